@@ -1,0 +1,39 @@
+//! `gitgate grant ...`: give, take and list users' permissions on projects and repositories.
+
+use serde_json::json;
+
+use super::print_json;
+use crate::permission::Level;
+use crate::policy::Target;
+use crate::store::{Actor, Store};
+
+pub fn add(store: &Store, name: &str, target: &str, level: &str) -> Result<(), String> {
+    let target = Target::parse(target)?;
+    let level: Level = level.parse()?;
+    store
+        .add_grant(name, &target, level, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    eprintln!("user '{name}' now has {level} on {target}");
+    Ok(())
+}
+
+pub fn remove(store: &Store, name: &str, target: &str) -> Result<(), String> {
+    let target = Target::parse(target)?;
+    store
+        .remove_grant(name, &target, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    eprintln!("removed the grant of '{name}' on {target} (their tokens lose it at once)");
+    Ok(())
+}
+
+pub fn list(store: &Store, name: Option<&str>, json: bool) -> Result<(), String> {
+    let grants = store.grants(name).map_err(|e| e.to_string())?;
+    if json {
+        return print_json(&json!(grants));
+    }
+    println!("{:<24} {:<40} LEVEL", "USER", "TARGET");
+    for g in grants {
+        println!("{:<24} {:<40} {}", g.user, g.target, g.level);
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! The operator's commands, acting on the store directly (one file per command group). Each
+//! returns `Result<(), String>`; `main` prints the error and exits non-zero.
+//!
+//! Output contract: human text by default, one JSON value with `--json`; secrets only ever on
+//! stdout of `token create`, never in lists.
+
+pub mod audit;
+pub mod grant;
+pub mod token;
+pub mod user;
+
+use std::io::{BufRead, IsTerminal};
+use std::path::Path;
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// Open the store named by the config file (the backend is not checked: the CLI does not use it).
+pub fn open_store(config_path: &Path) -> Result<Store, String> {
+    let text = std::fs::read_to_string(config_path).map_err(|e| {
+        format!(
+            "{}: cannot read the config file: {e} (choose one with --config or GITGATE_CONFIG)",
+            config_path.display()
+        )
+    })?;
+    let config = Config::parse(config_path, &text).map_err(|e| e.to_string())?;
+    Store::open(&config.store.path).map_err(|e| e.to_string())
+}
+
+/// Read a password: the first line of stdin with `--password-stdin`, else a no-echo prompt.
+pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        if !std::io::stdin().is_terminal() {
+            return Err("no terminal to ask for the password: pass it with --password-stdin".into());
+        }
+        rpassword::prompt_password(prompt).map_err(|e| format!("cannot read the password: {e}"))?
+    };
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    Ok(password)
+}
+
+/// Print a value as pretty JSON on stdout.
+pub fn print_json(value: &serde_json::Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+/// A date for tables, or "-".
+pub fn when(ms: Option<i64>) -> String {
+    ms.map(crate::clock::datetime).unwrap_or_else(|| "-".into())
+}

@@ -1,0 +1,60 @@
+//! `gitgate user ...`: add, list, disable, enable, passwd.
+
+use serde_json::json;
+
+use super::{print_json, read_password, when};
+use crate::password;
+use crate::store::{Actor, Role, Store};
+
+pub fn add(store: &Store, name: &str, admin: bool, password_stdin: bool) -> Result<(), String> {
+    crate::store::validate_slug(name).map_err(|e| e.to_string())?;
+    let pw = read_password(password_stdin, &format!("Password for {name}: "))?;
+    let hash = password::hash(&pw)?;
+    let role = if admin { Role::Admin } else { Role::User };
+    let user = store
+        .add_user(name, &hash, role, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    eprintln!("added {} user '{}'", user.role, user.slug);
+    Ok(())
+}
+
+pub fn list(store: &Store, json: bool) -> Result<(), String> {
+    let users = store.users().map_err(|e| e.to_string())?;
+    if json {
+        return print_json(&json!(users));
+    }
+    println!("{:<24} {:<6} {:<9} CREATED", "NAME", "ROLE", "STATUS");
+    for u in users {
+        let status = if u.active { "active" } else { "disabled" };
+        println!(
+            "{:<24} {:<6} {:<9} {}",
+            u.slug,
+            u.role,
+            status,
+            when(Some(u.created_at))
+        );
+    }
+    Ok(())
+}
+
+pub fn set_active(store: &Store, name: &str, active: bool) -> Result<(), String> {
+    store
+        .set_user_active(name, active, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    let what = if active { "enabled" } else { "disabled (their tokens stop working at once)" };
+    eprintln!("user '{name}' {what}");
+    Ok(())
+}
+
+pub fn passwd(store: &Store, name: &str, password_stdin: bool) -> Result<(), String> {
+    if store.user(name).map_err(|e| e.to_string())?.is_none() {
+        return Err(format!("no user '{name}'"));
+    }
+    let pw = read_password(password_stdin, &format!("New password for {name}: "))?;
+    let hash = password::hash(&pw)?;
+    store
+        .set_password(name, &hash, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    eprintln!("password of '{name}' changed");
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Time as the store and the policy see it: epoch milliseconds (Bitbucket's REST API speaks them
+//! too), plus UTC calendar formatting for messages. Only [`now_ms`] reads the clock; everything
+//! else takes the time as a value so that the policy stays pure.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The current time in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `2026-10-01` (UTC) for epoch milliseconds.
+pub fn date(ms: i64) -> String {
+    let (y, m, d) = civil_from_days(ms.div_euclid(DAY_MS));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `2026-10-01T12:34:56Z` (UTC) for epoch milliseconds.
+pub fn datetime(ms: i64) -> String {
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        date(ms),
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Parse `YYYY-MM-DD` or a whole number of epoch milliseconds, for `--since`.
+pub fn parse_date(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    let mut parts = s.splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let d: i64 = parts.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Inverse of civil_from_days.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * DAY_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_dates() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(datetime(0), "1970-01-01T00:00:00Z");
+        // 2026-10-01T00:00:00Z
+        assert_eq!(date(1_790_812_800_000), "2026-10-01");
+        assert_eq!(datetime(1_790_812_800_000 + 3_723_000), "2026-10-01T01:02:03Z");
+        assert_eq!(date(951_782_400_000), "2000-02-29");
+    }
+
+    #[test]
+    fn parses_dates_back() {
+        for ms in [0, 951_782_400_000, 1_790_812_800_000] {
+            assert_eq!(parse_date(&date(ms)), Some(ms));
+        }
+        assert_eq!(parse_date("12345"), Some(12345));
+        assert_eq!(parse_date("2026-13-01"), None);
+        assert_eq!(parse_date("yesterday"), None);
+    }
+}

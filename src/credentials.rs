@@ -1,0 +1,364 @@
+//! `Authorization` header → [`Credentials`].
+//!
+//! Git sends a token either as HTTP Basic (RFC 7617: `user:token`, which is what credential
+//! helpers store) or as `Bearer <token>` (RFC 6750, e.g. `http.extraHeader` in CI). This module
+//! only takes the header apart; whether the secret is a valid token, and whether the user name
+//! matters, is for the store and the policy.
+//!
+//! The parser is strict because it sees untrusted bytes before anything else does: one header
+//! only (two could be read differently by us and by a backend), a size cap, exact syntax, and
+//! errors that say what was wrong without echoing the secret. Secrets are wrapped in [`Secret`],
+//! whose `Debug` is redacted and which has no `Display`, so they do not end up in logs by
+//! accident.
+
+use std::fmt;
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use hyper::header::AUTHORIZATION;
+use hyper::HeaderMap;
+
+/// The largest `Authorization` value we look at. A gitgate token is under 100 bytes; anything
+/// this large is not one of ours.
+pub const MAX_HEADER_LEN: usize = 8 * 1024;
+
+/// Standard base64, with or without padding: RFC 7617 says padded, but some clients strip it.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// A secret (token or password) that must not be logged.
+///
+/// `Debug` prints `Secret(***)`; there is no `Display` and no `PartialEq` (compare hashes in
+/// constant time instead, see `token::constant_time_eq`). Read it with [`Secret::expose`].
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret, e.g. one read from a prompt or just generated.
+    pub fn new(secret: String) -> Secret {
+        Secret(secret)
+    }
+
+    /// The secret itself. The name is meant to stand out in review.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// What the client presented.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// `Basic base64(user:secret)`.
+    Basic { user: String, secret: Secret },
+    /// `Bearer token`.
+    Bearer { secret: Secret },
+}
+
+impl Credentials {
+    /// The secret, whichever scheme carried it.
+    pub fn secret(&self) -> &Secret {
+        match self {
+            Credentials::Basic { secret, .. } | Credentials::Bearer { secret } => secret,
+        }
+    }
+
+    /// The Basic user name, if any.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Credentials::Basic { user, .. } => Some(user),
+            Credentials::Bearer { .. } => None,
+        }
+    }
+}
+
+/// Why no credentials could be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialError {
+    /// No `Authorization` header: the client has not tried yet (git will ask its helper).
+    Missing,
+    /// A header was sent but cannot be used; the reason never contains the secret.
+    Malformed(&'static str),
+}
+
+impl fmt::Display for CredentialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialError::Missing => {
+                f.write_str("no credentials: send a gitgate token as the password (Basic auth)")
+            }
+            CredentialError::Malformed(reason) => {
+                write!(f, "unusable Authorization header: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CredentialError {}
+
+/// Read the credentials from a request's headers. More than one `Authorization` header is
+/// malformed rather than "take the first": a backend or another proxy might take the last.
+pub fn from_headers(headers: &HeaderMap) -> Result<Credentials, CredentialError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(CredentialError::Missing);
+    };
+    if values.next().is_some() {
+        return Err(CredentialError::Malformed(
+            "more than one Authorization header",
+        ));
+    }
+    parse(value.as_bytes())
+}
+
+/// Parse one `Authorization` header value.
+///
+/// `<scheme> 1*SP <credentials>`, scheme case-insensitive; surrounding spaces and tabs are
+/// ignored (HTTP strips them anyway).
+pub fn parse(value: &[u8]) -> Result<Credentials, CredentialError> {
+    use CredentialError::Malformed;
+
+    if value.len() > MAX_HEADER_LEN {
+        return Err(Malformed("header is larger than 8 KiB"));
+    }
+    let value = value.trim_ascii();
+    if value.is_empty() {
+        return Err(Malformed("header is empty"));
+    }
+    let (scheme, rest) = match value.iter().position(|&b| b == b' ') {
+        Some(at) => value.split_at(at),
+        None => (value, &[][..]),
+    };
+    let param = rest.trim_ascii_start();
+    if param.contains(&b' ') || param.contains(&b'\t') {
+        return Err(Malformed("unexpected whitespace in credentials"));
+    }
+
+    if scheme.eq_ignore_ascii_case(b"basic") {
+        parse_basic(param)
+    } else if scheme.eq_ignore_ascii_case(b"bearer") {
+        parse_bearer(param)
+    } else {
+        Err(Malformed("unsupported authorization scheme"))
+    }
+}
+
+fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
+    use CredentialError::Malformed;
+
+    if param.is_empty() {
+        return Err(Malformed("Basic credentials are missing"));
+    }
+    let decoded = BASE64
+        .decode(param)
+        .map_err(|_| Malformed("Basic credentials are not valid base64"))?;
+    let decoded =
+        String::from_utf8(decoded).map_err(|_| Malformed("Basic credentials are not UTF-8"))?;
+    let (user, secret) = decoded.split_once(':').ok_or(Malformed(
+        "Basic credentials have no ':' between user and password",
+    ))?;
+    if user.is_empty() {
+        return Err(Malformed("Basic user name is empty"));
+    }
+    if secret.is_empty() {
+        return Err(Malformed("Basic password is empty: use a gitgate token"));
+    }
+    // The user name ends up in logs and audit events; keep it on one line.
+    if user.chars().any(char::is_control) {
+        return Err(Malformed("Basic user name contains control characters"));
+    }
+    Ok(Credentials::Basic {
+        user: user.to_string(),
+        secret: Secret(secret.to_string()),
+    })
+}
+
+/// RFC 6750 `b64token` (the same as RFC 7235 `token68`):
+/// `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn parse_bearer(param: &[u8]) -> Result<Credentials, CredentialError> {
+    use CredentialError::Malformed;
+
+    let body_len = param.len() - param.iter().rev().take_while(|&&b| b == b'=').count();
+    let body = param.get(..body_len).unwrap_or_default();
+    if body.is_empty() {
+        return Err(Malformed("Bearer token is missing"));
+    }
+    let token68 = |b: &u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(b);
+    if !body.iter().all(token68) {
+        return Err(Malformed("Bearer token contains invalid characters"));
+    }
+    // Only ASCII was accepted above, so this cannot fail; map rather than unwrap anyway.
+    let token = std::str::from_utf8(param).map_err(|_| Malformed("Bearer token is not ASCII"))?;
+    Ok(Credentials::Bearer {
+        secret: Secret(token.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    fn basic(value: &str) -> (String, String) {
+        match parse(value.as_bytes()) {
+            Ok(Credentials::Basic { user, secret }) => (user, secret.expose().to_string()),
+            other => panic!("{value:?}: expected Basic, got {other:?}"),
+        }
+    }
+
+    fn malformed(value: &[u8]) -> &'static str {
+        match parse(value) {
+            Err(CredentialError::Malformed(r)) => r,
+            other => panic!("{value:?}: expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn basic_round_trip() {
+        let v = format!("Basic {}", b64("alice:ggt_secret"));
+        assert_eq!(basic(&v), ("alice".into(), "ggt_secret".into()));
+    }
+
+    #[test]
+    fn basic_scheme_is_case_insensitive_and_allows_several_spaces() {
+        let enc = b64("alice:pw");
+        for v in [
+            format!("basic {enc}"),
+            format!("BASIC {enc}"),
+            format!("bAsIc    {enc}"),
+            format!("  Basic {enc}  "),
+        ] {
+            assert_eq!(basic(&v), ("alice".into(), "pw".into()), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn basic_padding_is_optional() {
+        // "alice:p" encodes with one '=' of padding.
+        let padded = b64("alice:p");
+        assert!(padded.ends_with('='));
+        let unpadded = padded.trim_end_matches('=');
+        assert_eq!(basic(&format!("Basic {padded}")).1, "p");
+        assert_eq!(basic(&format!("Basic {unpadded}")).1, "p");
+    }
+
+    #[test]
+    fn basic_splits_at_first_colon() {
+        let v = format!("Basic {}", b64("bob:pa:ss:word"));
+        assert_eq!(basic(&v), ("bob".into(), "pa:ss:word".into()));
+    }
+
+    #[test]
+    fn basic_unicode_user_is_fine() {
+        let v = format!("Basic {}", b64("jürgen:pw"));
+        assert_eq!(basic(&v).0, "jürgen");
+    }
+
+    #[test]
+    fn basic_malformed() {
+        assert!(malformed(b"Basic").contains("missing"));
+        assert!(malformed(b"Basic ").contains("missing"));
+        assert!(malformed(b"Basic !!!!").contains("base64"));
+        // base64url characters are not standard base64.
+        assert!(malformed(b"Basic YWxp_2U6cHc-").contains("base64"));
+        let no_colon = format!("Basic {}", b64("alice"));
+        assert!(malformed(no_colon.as_bytes()).contains("':'"));
+        let empty_user = format!("Basic {}", b64(":pw"));
+        assert!(malformed(empty_user.as_bytes()).contains("user"));
+        let empty_pw = format!("Basic {}", b64("alice:"));
+        assert!(malformed(empty_pw.as_bytes()).contains("password"));
+        let not_utf8 = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(b"al\xffce:pw")
+        );
+        assert!(malformed(not_utf8.as_bytes()).contains("UTF-8"));
+        let control = format!("Basic {}", b64("al\nice:pw"));
+        assert!(malformed(control.as_bytes()).contains("control"));
+        let split = format!("Basic {} {}", b64("a:b"), b64("c:d"));
+        assert!(malformed(split.as_bytes()).contains("whitespace"));
+        assert!(malformed(b"Basic\tYTpi").contains("scheme"));
+    }
+
+    #[test]
+    fn bearer() {
+        for (v, token) in [
+            ("Bearer ggt_abc-DEF.~+/", "ggt_abc-DEF.~+/"),
+            ("bearer abc==", "abc=="),
+            ("BEARER   abc", "abc"),
+        ] {
+            match parse(v.as_bytes()) {
+                Ok(Credentials::Bearer { secret }) => assert_eq!(secret.expose(), token),
+                other => panic!("{v:?}: {other:?}"),
+            }
+        }
+        assert!(malformed(b"Bearer").contains("missing"));
+        assert!(malformed(b"Bearer ===").contains("missing"));
+        assert!(malformed(b"Bearer a=b").contains("invalid"));
+        assert!(malformed(b"Bearer a:b").contains("invalid"));
+        assert!(malformed(b"Bearer a\x00b").contains("invalid"));
+        assert!(malformed("Bearer é".as_bytes()).contains("invalid"));
+        assert!(malformed(b"Bearer a b").contains("whitespace"));
+    }
+
+    #[test]
+    fn other_schemes_are_unsupported() {
+        for v in [
+            &b"Digest username=\"a\""[..],
+            b"Token abc",
+            b"Negotiate abc",
+            b"Basicx YTpi",
+            b"abc",
+        ] {
+            assert_eq!(malformed(v), "unsupported authorization scheme");
+        }
+        assert_eq!(malformed(b""), "header is empty");
+        assert_eq!(malformed(b"   "), "header is empty");
+    }
+
+    #[test]
+    fn size_cap() {
+        let big = format!("Bearer {}", "a".repeat(MAX_HEADER_LEN));
+        assert!(malformed(big.as_bytes()).contains("8 KiB"));
+        let just_fits = format!("Bearer {}", "a".repeat(MAX_HEADER_LEN - 7));
+        assert!(parse(just_fits.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(from_headers(&h).unwrap_err(), CredentialError::Missing);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(from_headers(&h).unwrap().secret().expose(), "abc");
+        assert_eq!(from_headers(&h).unwrap().user(), None);
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(
+            from_headers(&h).unwrap_err(),
+            CredentialError::Malformed("more than one Authorization header")
+        );
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let v = format!("Basic {}", b64("alice:hunter2"));
+        let c = parse(v.as_bytes()).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("Secret(***)"));
+        assert_eq!(c.user(), Some("alice"));
+        let err = parse(b"Bearer hunter2 x").unwrap_err().to_string();
+        assert!(!err.contains("hunter2"));
+    }
+}

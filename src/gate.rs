@@ -1,0 +1,389 @@
+//! The gate: one hyper service that walks a request down the path described in the crate docs
+//! (classify → credentials → store → policy → upstream) and turns every refusal into an answer
+//! in one place, [`refusal`].
+//!
+//! Order matters for safety: the request is classified before anything else, so a path that does
+//! not name exactly one repository is never forwarded, whatever the credentials; and nothing is
+//! forwarded — so no 2xx can be sent — before the token has been verified and authorised (git's
+//! credential helper stores whatever got a 2xx).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Request, Response, StatusCode};
+
+use crate::clock;
+use crate::credentials::{self, CredentialError, Credentials};
+use crate::git::{self, GitRequest, Rejection};
+use crate::policy::{self, Deny, Identity};
+use crate::store::{Actor, AuthRecord, Store, StoreError};
+use crate::token;
+use crate::upstream::Upstream;
+
+/// The body of every answer: a short text, or a stream from the backend.
+pub type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Last-used times are written at most this often per token (milliseconds).
+const TOUCH_INTERVAL_MS: i64 = 5_000;
+
+/// What the gate needs, shared by all connections.
+pub struct Gate {
+    pub git_prefix: String,
+    pub realm: String,
+    pub store: Store,
+    pub upstream: Upstream,
+}
+
+/// Every way a request can end before reaching the backend.
+#[derive(Debug)]
+enum Refusal {
+    NotGit(Rejection),
+    NoCredentials(CredentialError),
+    InvalidToken,
+    Denied(Deny),
+    StoreDown(StoreError),
+}
+
+/// Facts about one request for its log line.
+#[derive(Default)]
+struct RequestLog {
+    repo: Option<String>,
+    access: Option<&'static str>,
+    user: Option<String>,
+    token_id: Option<String>,
+}
+
+impl Gate {
+    /// Handle one request; never fails (every error is an answer).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let mut log = RequestLog::default();
+        let bytes_in = Arc::new(AtomicU64::new(0));
+
+        let response = match self.admit(&req, remote, &mut log).await {
+            Ok((git_req, identity)) => {
+                let (parts, body) = req.into_parts();
+                let body = CountingBody {
+                    inner: body,
+                    count: bytes_in.clone(),
+                };
+                match self
+                    .upstream
+                    .forward(&parts, body, &git_req, &identity, remote)
+                    .await
+                {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
+                        text(StatusCode::BAD_GATEWAY, &format!("the git backend failed: {e}"))
+                    }
+                }
+            }
+            Err(refusal) => self.refusal(refusal, remote, &log),
+        };
+
+        let status = response.status();
+        let (parts, body) = response.into_parts();
+        let body = LoggedBody {
+            inner: body,
+            bytes_out: 0,
+            done: Some(LogLine {
+                method: method.to_string(),
+                path,
+                remote,
+                repo: log.repo,
+                access: log.access,
+                user: log.user,
+                token_id: log.token_id,
+                status: status.as_u16(),
+                bytes_in,
+                started,
+            }),
+        };
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+
+    /// Decide whether the request may go to the backend, and as whom.
+    async fn admit(
+        &self,
+        req: &Request<Incoming>,
+        remote: SocketAddr,
+        log: &mut RequestLog,
+    ) -> Result<(GitRequest, Identity), Refusal> {
+        let git_req = git::classify(
+            req.method().as_str(),
+            req.uri().path(),
+            req.uri().query(),
+            &self.git_prefix,
+        )
+        .map_err(Refusal::NotGit)?;
+        log.repo = Some(git_req.repo.to_string());
+        log.access = Some(git_req.access.as_str());
+
+        let creds = credentials::from_headers(req.headers()).map_err(Refusal::NoCredentials)?;
+        let (basic_user, secret) = match &creds {
+            Credentials::Basic { user, secret } => (Some(user.clone()), secret),
+            Credentials::Bearer { secret } => (None, secret),
+        };
+        log.user = basic_user.clone();
+        let id = token::parse(secret.expose()).ok_or(Refusal::InvalidToken)?;
+        log.token_id = Some(id.as_str().to_string());
+        let presented_hash = token::hash(secret.expose());
+
+        let store = self.store.clone();
+        let id_str = id.as_str().to_string();
+        let record = tokio::task::spawn_blocking(move || store.auth_record(&id_str))
+            .await
+            .map_err(|e| Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}"))))?
+            .map_err(Refusal::StoreDown)?
+            .ok_or(Refusal::InvalidToken)?;
+        if !token::constant_time_eq(&presented_hash, &record.secret_hash) {
+            return Err(Refusal::InvalidToken);
+        }
+
+        let now = clock::now_ms();
+        let identity = policy::authorize(
+            &record,
+            basic_user.as_deref(),
+            &git_req.repo,
+            git_req.access,
+            now,
+        )
+        .map_err(Refusal::Denied)?;
+        log.user = Some(identity.user.clone());
+        self.note_use(&record, now, remote);
+        Ok((git_req, identity))
+    }
+
+    /// Record the token's last use off the request path, at most every few seconds per token.
+    fn note_use(&self, record: &AuthRecord, now: i64, remote: SocketAddr) {
+        if record
+            .token
+            .last_used_at
+            .is_some_and(|t| now - t < TOUCH_INTERVAL_MS)
+        {
+            return;
+        }
+        let store = self.store.clone();
+        let id = record.token.id.clone();
+        let addr = remote.ip().to_string();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.touch_token(&id, now, &addr) {
+                tracing::warn!(token_id = %id, error = %e, "could not record last use");
+            }
+        });
+    }
+
+    /// The one place where refusals become answers.
+    fn refusal(&self, refusal: Refusal, remote: SocketAddr, log: &RequestLog) -> Response<ResponseBody> {
+        match refusal {
+            Refusal::NotGit(Rejection::NotFound(m)) => text(StatusCode::NOT_FOUND, &m),
+            Refusal::NotGit(Rejection::BadRequest(m)) => text(StatusCode::BAD_REQUEST, &m),
+            Refusal::NotGit(Rejection::MethodNotAllowed(m)) => {
+                text(StatusCode::METHOD_NOT_ALLOWED, &m)
+            }
+            Refusal::NoCredentials(CredentialError::Missing) => self.challenge(
+                "authentication required: use your user name and a gitgate access token as the password",
+            ),
+            Refusal::NoCredentials(e) => {
+                self.audit_failure(remote, log, &e.to_string());
+                self.challenge(&e.to_string())
+            }
+            Refusal::InvalidToken => {
+                self.audit_failure(remote, log, "invalid token");
+                self.challenge("invalid token")
+            }
+            Refusal::Denied(Deny::Unauthenticated(m)) => {
+                self.audit_failure(remote, log, &m);
+                self.challenge(&m)
+            }
+            Refusal::Denied(Deny::Forbidden(m)) => text(StatusCode::FORBIDDEN, &m),
+            Refusal::StoreDown(e) => {
+                tracing::error!(error = %e, "token store unavailable; refusing the request");
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "gitgate cannot check tokens right now; try again shortly",
+                )
+            }
+        }
+    }
+
+    /// 401 with the Basic challenge, so git asks its credential helper and retries.
+    fn challenge(&self, message: &str) -> Response<ResponseBody> {
+        let mut resp = text(StatusCode::UNAUTHORIZED, message);
+        if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{}\"", self.realm)) {
+            resp.headers_mut().insert(WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+
+    /// A failed authentication is an audit event (never with the secret), written off the path.
+    fn audit_failure(&self, remote: SocketAddr, log: &RequestLog, reason: &str) {
+        let store = self.store.clone();
+        let actor = Actor {
+            name: log.user.clone().unwrap_or_else(|| "anonymous".into()),
+            source: remote.ip().to_string(),
+        };
+        let target = log.token_id.clone().unwrap_or_default();
+        let detail = format!("{reason} (repo {})", log.repo.as_deref().unwrap_or("-"));
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.record_event(&actor, "auth.failed", &target, &detail) {
+                tracing::warn!(error = %e, "could not write the audit event");
+            }
+        });
+    }
+}
+
+/// A one-line `text/plain` answer; git shows it as `remote: ...`.
+pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    let body = Full::new(Bytes::from(format!("{message}\n")))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Counts the bytes of the request body as they stream to the backend.
+pub struct CountingBody<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct LogLine {
+    method: String,
+    path: String,
+    remote: SocketAddr,
+    repo: Option<String>,
+    access: Option<&'static str>,
+    user: Option<String>,
+    token_id: Option<String>,
+    status: u16,
+    bytes_in: Arc<AtomicU64>,
+    started: Instant,
+}
+
+/// Wraps the response body and writes the request's log line when the body ends or is dropped,
+/// so that bytes and duration cover the whole transfer, not just the headers.
+struct LoggedBody {
+    inner: ResponseBody,
+    bytes_out: u64,
+    done: Option<LogLine>,
+}
+
+impl LoggedBody {
+    fn finish(&mut self, outcome: &str) {
+        if let Some(l) = self.done.take() {
+            tracing::info!(
+                target: "gitgate::request",
+                method = %l.method,
+                path = %l.path,
+                remote = %l.remote.ip(),
+                repo = l.repo.as_deref().unwrap_or("-"),
+                access = l.access.unwrap_or("-"),
+                user = l.user.as_deref().unwrap_or("-"),
+                token_id = l.token_id.as_deref().unwrap_or("-"),
+                status = l.status,
+                bytes_in = l.bytes_in.load(Ordering::Relaxed),
+                bytes_out = self.bytes_out,
+                duration_ms = l.started.elapsed().as_secs_f64() * 1000.0,
+                outcome,
+                "request"
+            );
+        }
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes_out += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(error = %e, "response stream failed");
+                self.finish("stream-error");
+            }
+            Poll::Ready(None) => self.finish("complete"),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // A body that was fully sent may be dropped without being polled to its end.
+        let outcome = if self.inner.is_end_stream() {
+            "complete"
+        } else {
+            "client-gone"
+        };
+        self.finish(outcome);
+    }
+}

@@ -1,0 +1,760 @@
+//! Request classification: *what* a Git HTTP request is, never *who* may do it.
+//!
+//! [`classify`] turns a method, a raw (still percent-encoded) path and a raw query into a
+//! [`GitRequest`]: the repository, whether the operation reads or writes, and the canonical path
+//! and query to hand the backend. Deciding whether the caller may do that is `policy`'s job.
+//!
+//! Why this module is strict:
+//! - **Default deny.** Only the endpoints of Git's smart and dumb HTTP protocols are recognised;
+//!   anything else is [`Rejection::NotFound`] and is never forwarded. An endpoint we do not know
+//!   is an endpoint whose access level we cannot know.
+//! - **The repo we authorise is the repo the backend serves.** The repository path is decoded
+//!   once, every segment is checked against a small allowlist (so there is nothing left that a
+//!   backend could decode, normalise or interpret differently: no `..`, `/`, `\`, NUL, `%`), and
+//!   the backend path and query are *rebuilt* from the validated parts rather than copied from
+//!   the input.
+//! - **The suffix is matched before decoding.** `team/app%2Finfo%2Frefs` is one (invalid)
+//!   segment, never a repository `team/app` followed by `info/refs`.
+//!
+//! Rejections carry a one-line reason meant for the person running `git`.
+
+use std::fmt;
+
+use crate::permission::Access;
+
+/// Characters allowed in a repository path segment besides ASCII letters and digits.
+///
+/// None of them needs percent-encoding in a path, so the decoded segment is also its canonical
+/// encoded form.
+const SEGMENT_PUNCTUATION: &[u8] = b"._-+~";
+
+/// A normalised repository path such as `team/app`: at least two segments, no leading or
+/// trailing slash, no `.git` suffix, every segment passing [`valid_segment`].
+///
+/// Only [`RepoPath::parse`] and [`classify`] build one, so holding a `RepoPath` means the path
+/// is safe to compare against grants and to hand to a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RepoPath(String);
+
+impl RepoPath {
+    /// Parse operator input such as `team/app` or `team/app.git` (not percent-decoded).
+    ///
+    /// The same rules as for request paths apply: at least two segments, each valid, and one
+    /// optional `.git` suffix on the last segment, which is dropped.
+    pub fn parse(s: &str) -> Result<RepoPath, String> {
+        let segments: Vec<&str> = s.split('/').collect();
+        if segments.len() < 2 {
+            return Err(format!(
+                "repository path '{s}' needs a project and a repository name, e.g. 'team/app'"
+            ));
+        }
+        let mut owned = Vec::with_capacity(segments.len());
+        for segment in &segments {
+            if !valid_segment(segment) {
+                return Err(format!(
+                    "repository path '{s}' has an invalid segment '{segment}': segments must be \
+                     non-empty, must not start with '.', and may contain only letters, digits \
+                     and . _ - + ~ (write 'team/app', without leading or trailing '/')"
+                ));
+            }
+            owned.push((*segment).to_string());
+        }
+        RepoPath::from_segments(owned)
+            .map(|(repo, _)| repo)
+            .map_err(|reason| format!("repository path '{s}': {reason}"))
+    }
+
+    /// Build from validated segments; strips one `.git` from the last one.
+    ///
+    /// Returns the repo and whether a `.git` suffix was present.
+    fn from_segments(mut segments: Vec<String>) -> Result<(RepoPath, bool), String> {
+        if segments.len() < 2 {
+            return Err("a repository path needs a project and a repository name".into());
+        }
+        let mut had_git = false;
+        if let Some(last) = segments.last_mut() {
+            if let Some(stripped) = last.strip_suffix(".git") {
+                if stripped.is_empty() || stripped.ends_with(".git") {
+                    return Err(format!("'{last}' is not a valid repository name"));
+                }
+                *last = stripped.to_string();
+                had_git = true;
+            }
+        }
+        Ok((RepoPath(segments.join("/")), had_git))
+    }
+
+    /// The normalised path, e.g. `team/app`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The project: the first segment (`team` in `team/app`).
+    pub fn project(&self) -> &str {
+        // A RepoPath always has at least two segments, so there is a '/'; fall back to the whole
+        // path rather than panic if that invariant were ever broken.
+        self.0.split_once('/').map_or(&self.0, |(p, _)| p)
+    }
+}
+
+impl fmt::Display for RepoPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether `s` is an acceptable (already decoded) path segment or project key.
+///
+/// Non-empty, not starting with `.` (which excludes `.` and `..` and hidden files), and only
+/// `[A-Za-z0-9._+~-]`. This is an allowlist on purpose: it fails closed on anything a backend
+/// or filesystem might treat specially (`/`, `\`, NUL, control characters, `%`, non-ASCII).
+pub fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || SEGMENT_PUNCTUATION.contains(&b))
+}
+
+/// A Git smart-HTTP service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// Fetch and clone.
+    UploadPack,
+    /// Push.
+    ReceivePack,
+    /// `git archive --remote`.
+    UploadArchive,
+}
+
+impl Service {
+    /// The service name as it appears on the wire, e.g. `git-upload-pack`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::UploadPack => "git-upload-pack",
+            Service::ReceivePack => "git-receive-pack",
+            Service::UploadArchive => "git-upload-archive",
+        }
+    }
+
+    /// What the service needs: only `receive-pack` writes.
+    pub fn access(self) -> Access {
+        match self {
+            Service::UploadPack | Service::UploadArchive => Access::Read,
+            Service::ReceivePack => Access::Write,
+        }
+    }
+
+    fn from_name(name: &[u8]) -> Option<Service> {
+        match name {
+            b"git-upload-pack" => Some(Service::UploadPack),
+            b"git-receive-pack" => Some(Service::ReceivePack),
+            b"git-upload-archive" => Some(Service::UploadArchive),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of Git HTTP exchange a request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// `GET <repo>/info/refs?service=...`: the ref advertisement (and v2 capabilities).
+    Advertise(Service),
+    /// `POST <repo>/<service>`: the pack exchange itself.
+    Rpc(Service),
+    /// A dumb-HTTP file read (`GET`/`HEAD`).
+    Dumb,
+}
+
+/// A classified Git request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitRequest {
+    /// The repository, normalised (`team/app`).
+    pub repo: RepoPath,
+    /// Whether the request reads or writes.
+    pub access: Access,
+    /// What kind of exchange it is.
+    pub operation: Operation,
+    /// Canonical path for the backend, relative to the git root, e.g. `/team/app.git/info/refs`.
+    /// Rebuilt from the validated segments (keeping the client's `.git`), never the raw input.
+    pub backend_path: String,
+    /// Canonical query for the backend: `Some("service=...")` for advertisements, else `None`.
+    pub query: Option<String>,
+}
+
+/// Why a request is not a Git request gitgate will forward.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not a Git endpoint we serve (→ 404).
+    NotFound(String),
+    /// A Git endpoint, but the path or query cannot be resolved safely (→ 400).
+    BadRequest(String),
+    /// A known Git endpoint called with the wrong method (→ 405).
+    MethodNotAllowed(String),
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::NotFound(r) | Rejection::BadRequest(r) | Rejection::MethodNotAllowed(r) => {
+                f.write_str(r)
+            }
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// The endpoint named by the tail of the path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    /// `info/refs`: smart advertisement with `?service=`, dumb ref list without.
+    InfoRefs,
+    /// `git-upload-pack` etc.: POST only.
+    Rpc(Service),
+    /// A dumb-HTTP file: GET/HEAD only.
+    DumbFile,
+    /// `info/lfs/...`.
+    Lfs,
+}
+
+/// Classify one request.
+///
+/// `raw_path` and `raw_query` are as received (percent-encoded); `git_prefix` is `/` or a
+/// normalised prefix like `/scm` (leading `/`, no trailing `/`). Methods are case-sensitive, as
+/// HTTP says: `get` is not `GET`.
+pub fn classify(
+    method: &str,
+    raw_path: &str,
+    raw_query: Option<&str>,
+    git_prefix: &str,
+) -> Result<GitRequest, Rejection> {
+    let rest = strip_prefix(raw_path, git_prefix).ok_or_else(|| {
+        Rejection::NotFound(format!(
+            "'{raw_path}' is not under the git prefix '{git_prefix}'"
+        ))
+    })?;
+    if rest.contains('\\') || contains_ignore_case(rest, "%5c") {
+        return Err(Rejection::BadRequest(
+            "backslashes are not allowed in repository paths".into(),
+        ));
+    }
+
+    let segments: Vec<&str> = rest.split('/').collect();
+    let (endpoint, suffix_len) = match_suffix(&segments).ok_or_else(not_a_git_endpoint)?;
+    if endpoint == Endpoint::Lfs {
+        return Err(Rejection::NotFound("Git LFS is not supported yet".into()));
+    }
+    let split = segments
+        .len()
+        .checked_sub(suffix_len)
+        .ok_or_else(not_a_git_endpoint)?;
+    let (repo_raw, suffix) = segments.split_at(split);
+    if repo_raw.len() < 2 {
+        return Err(Rejection::NotFound(
+            "no repository in the path: expected <project>/<repo>/... under the git prefix".into(),
+        ));
+    }
+
+    let mut decoded = Vec::with_capacity(repo_raw.len());
+    for raw in repo_raw {
+        decoded.push(decode_segment(raw)?);
+    }
+    let backend_repo = decoded.join("/");
+    let (repo, _) = RepoPath::from_segments(decoded).map_err(Rejection::BadRequest)?;
+    // The suffix matched exact, allowlisted ASCII patterns, so it is already canonical.
+    let backend_path = format!("/{backend_repo}/{}", suffix.join("/"));
+
+    let is_read = method == "GET" || method == "HEAD";
+    let (access, operation, query) = match endpoint {
+        Endpoint::InfoRefs => {
+            if !is_read {
+                return Err(method_not_allowed(method, "info/refs", "GET or HEAD"));
+            }
+            match service_param(raw_query)? {
+                Some(service) => (
+                    service.access(),
+                    Operation::Advertise(service),
+                    Some(format!("service={}", service.as_str())),
+                ),
+                None => (Access::Read, Operation::Dumb, None),
+            }
+        }
+        Endpoint::Rpc(service) => {
+            if method != "POST" {
+                return Err(method_not_allowed(method, service.as_str(), "POST"));
+            }
+            (service.access(), Operation::Rpc(service), None)
+        }
+        Endpoint::DumbFile => {
+            if !is_read {
+                return Err(method_not_allowed(method, "dumb-HTTP files", "GET or HEAD"));
+            }
+            (Access::Read, Operation::Dumb, None)
+        }
+        Endpoint::Lfs => return Err(Rejection::NotFound("Git LFS is not supported yet".into())),
+    };
+
+    Ok(GitRequest {
+        repo,
+        access,
+        operation,
+        backend_path,
+        query,
+    })
+}
+
+fn not_a_git_endpoint() -> Rejection {
+    Rejection::NotFound("not a Git HTTP endpoint".into())
+}
+
+fn method_not_allowed(method: &str, what: &str, allowed: &str) -> Rejection {
+    // The method is echoed back; keep it printable and short.
+    let shown: String = method
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(16)
+        .collect();
+    Rejection::MethodNotAllowed(format!("{what} accepts {allowed}, not {shown}"))
+}
+
+/// The part of `raw_path` after the prefix and its `/`, or `None` if not under the prefix.
+fn strip_prefix<'a>(raw_path: &'a str, prefix: &str) -> Option<&'a str> {
+    let after = raw_path.strip_prefix(prefix)?;
+    if prefix.ends_with('/') {
+        Some(after)
+    } else {
+        after.strip_prefix('/')
+    }
+}
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// Recognise the git suffix on the raw (undecoded) tail segments.
+///
+/// Returns the endpoint and how many trailing segments it spans. Patterns are exact ASCII, so an
+/// encoded `/` can never produce a suffix.
+fn match_suffix(segments: &[&str]) -> Option<(Endpoint, usize)> {
+    match segments {
+        [.., "info", "refs"] => Some((Endpoint::InfoRefs, 2)),
+        [.., "git-upload-pack"] => Some((Endpoint::Rpc(Service::UploadPack), 1)),
+        [.., "git-receive-pack"] => Some((Endpoint::Rpc(Service::ReceivePack), 1)),
+        [.., "git-upload-archive"] => Some((Endpoint::Rpc(Service::UploadArchive), 1)),
+        [.., "HEAD"] => Some((Endpoint::DumbFile, 1)),
+        [.., "objects", "info", "packs" | "alternates" | "http-alternates"] => {
+            Some((Endpoint::DumbFile, 3))
+        }
+        [.., "objects", dir, file] if is_loose_object(dir, file) => Some((Endpoint::DumbFile, 3)),
+        [.., "objects", "pack", file] if is_pack_file(file) => Some((Endpoint::DumbFile, 3)),
+        _ => lfs_suffix(segments),
+    }
+}
+
+/// `info/lfs/...` after at least two repo segments.
+fn lfs_suffix(segments: &[&str]) -> Option<(Endpoint, usize)> {
+    let at = segments
+        .windows(2)
+        .enumerate()
+        .skip(2)
+        .find(|(_, w)| w == &["info", "lfs"])
+        .map(|(i, _)| i)?;
+    Some((Endpoint::Lfs, segments.len() - at))
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `XX/YYYY...`: 2 + 38 hex (SHA-1) or 2 + 62 hex (SHA-256), lowercase as git writes them.
+fn is_loose_object(dir: &str, file: &str) -> bool {
+    dir.len() == 2
+        && (file.len() == 38 || file.len() == 62)
+        && is_lower_hex(dir)
+        && is_lower_hex(file)
+}
+
+/// `pack-<40 or 64 hex>.pack` or `.idx`.
+fn is_pack_file(file: &str) -> bool {
+    let Some(rest) = file.strip_prefix("pack-") else {
+        return false;
+    };
+    let Some(hex) = rest
+        .strip_suffix(".pack")
+        .or_else(|| rest.strip_suffix(".idx"))
+    else {
+        return false;
+    };
+    (hex.len() == 40 || hex.len() == 64) && is_lower_hex(hex)
+}
+
+/// Percent-decode one raw path segment once and validate it.
+fn decode_segment(raw: &str) -> Result<String, Rejection> {
+    if raw.is_empty() {
+        return Err(Rejection::BadRequest(
+            "empty segment in repository path ('//' or a trailing '/')".into(),
+        ));
+    }
+    let bytes = percent_decode(raw.as_bytes()).ok_or_else(|| {
+        Rejection::BadRequest("invalid percent-encoding in repository path".into())
+    })?;
+    let segment = String::from_utf8(bytes).map_err(|_| {
+        Rejection::BadRequest("repository path is not valid UTF-8 after decoding".into())
+    })?;
+    if !valid_segment(&segment) {
+        return Err(Rejection::BadRequest(
+            "invalid repository path: segments must not be empty or start with '.', and may \
+             contain only letters, digits and . _ - + ~"
+                .into(),
+        ));
+    }
+    Ok(segment)
+}
+
+/// Decode `%XX` escapes once. `None` on a malformed escape. `+` stays `+`.
+fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        if b == b'%' {
+            let hi = hex_value(*input.get(i + 1)?)?;
+            let lo = hex_value(*input.get(i + 2)?)?;
+            out.push((hi << 4) | lo);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The `service` parameter of an `info/refs` query, if any.
+///
+/// Pairs are `&`-separated and percent-decoded; empty pairs and other parameters are ignored
+/// (and never forwarded: the caller rebuilds the query). A repeated or unknown `service` is a bad
+/// request, because a backend might pick a different one than we authorised.
+fn service_param(raw_query: Option<&str>) -> Result<Option<Service>, Rejection> {
+    let Some(query) = raw_query else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad_escape =
+            || Rejection::BadRequest("invalid percent-encoding in the query string".into());
+        let key = percent_decode(raw_key.as_bytes()).ok_or_else(bad_escape)?;
+        if key != b"service" {
+            continue;
+        }
+        let value = percent_decode(raw_value.as_bytes()).ok_or_else(bad_escape)?;
+        let service = Service::from_name(&value).ok_or_else(|| {
+            Rejection::BadRequest(
+                "unknown service: expected git-upload-pack, git-receive-pack or \
+                 git-upload-archive"
+                    .into(),
+            )
+        })?;
+        if found.replace(service).is_some() {
+            return Err(Rejection::BadRequest(
+                "the 'service' parameter is given more than once".into(),
+            ));
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA1: &str = "3b18e512dba79e4c8300dd08aeb37f8e728b8dad";
+    const SHA256: &str = "6a2f2c2a8f44c9c1f1e3d6f0b9a8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6";
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Want {
+        Ok(Access, Operation),
+        NotFound,
+        Bad,
+        Method,
+    }
+    use Want::*;
+
+    const UP: Service = Service::UploadPack;
+    const RP: Service = Service::ReceivePack;
+    const UA: Service = Service::UploadArchive;
+    const R: Access = Access::Read;
+    const W: Access = Access::Write;
+
+    fn outcome(r: &Result<GitRequest, Rejection>) -> Want {
+        match r {
+            Result::Ok(g) => Ok(g.access, g.operation),
+            Err(Rejection::NotFound(_)) => NotFound,
+            Err(Rejection::BadRequest(_)) => Bad,
+            Err(Rejection::MethodNotAllowed(_)) => Method,
+        }
+    }
+
+    /// (method, path, query, prefix, expected)
+    #[rustfmt::skip]
+    #[allow(clippy::type_complexity)]
+    fn table() -> Vec<(&'static str, String, Option<&'static str>, &'static str, Want)> {
+        let s = |x: &str| x.to_string();
+        vec![
+            // Smart discovery, v0/v1 and v2 (v2 differs only in the Git-Protocol header).
+            ("GET", s("/team/app.git/info/refs"), Some("service=git-upload-pack"), "/", Ok(R, Operation::Advertise(UP))),
+            ("GET", s("/team/app/info/refs"), Some("service=git-upload-pack"), "/", Ok(R, Operation::Advertise(UP))),
+            ("GET", s("/team/app.git/info/refs"), Some("service=git-receive-pack"), "/", Ok(W, Operation::Advertise(RP))),
+            ("GET", s("/team/app.git/info/refs"), Some("service=git-upload-archive"), "/", Ok(R, Operation::Advertise(UA))),
+            ("HEAD", s("/team/app.git/info/refs"), Some("service=git-upload-pack"), "/", Ok(R, Operation::Advertise(UP))),
+            ("GET", s("/scm/team/app.git/info/refs"), Some("service=git-receive-pack"), "/scm", Ok(W, Operation::Advertise(RP))),
+            ("GET", s("/team/app.git/info/refs"), Some("service=git-upload-pack&x=1"), "/", Ok(R, Operation::Advertise(UP))),
+            ("GET", s("/team/app.git/info/refs"), Some("&&service=git-upload-pack&"), "/", Ok(R, Operation::Advertise(UP))),
+            ("GET", s("/team/app.git/info/refs"), Some("service=git%2dupload%2Dpack"), "/", Ok(R, Operation::Advertise(UP))),
+            ("GET", s("/team/app.git/info/refs"), Some("%73ervice=git-receive-pack"), "/", Ok(W, Operation::Advertise(RP))),
+            // Query problems.
+            ("GET", s("/team/app.git/info/refs"), Some("service=git-upload-pack&service=git-receive-pack"), "/", Bad),
+            ("GET", s("/team/app.git/info/refs"), Some("service=git-upload-pack&service=git-upload-pack"), "/", Bad),
+            ("GET", s("/team/app.git/info/refs"), Some("service=git-frobnicate"), "/", Bad),
+            ("GET", s("/team/app.git/info/refs"), Some("service="), "/", Bad),
+            ("GET", s("/team/app.git/info/refs"), Some("service"), "/", Bad),
+            ("GET", s("/team/app.git/info/refs"), Some("service=git-upload-pack%zz"), "/", Bad),
+            ("GET", s("/team/app.git/info/refs"), Some("service=git-upload-pack%00"), "/", Bad),
+            // RPC.
+            ("POST", s("/team/app.git/git-upload-pack"), None, "/", Ok(R, Operation::Rpc(UP))),
+            ("POST", s("/team/app.git/git-receive-pack"), None, "/", Ok(W, Operation::Rpc(RP))),
+            ("POST", s("/team/app.git/git-upload-archive"), None, "/", Ok(R, Operation::Rpc(UA))),
+            ("POST", s("/scm/team/app/git-receive-pack"), Some("service=git-upload-pack"), "/scm", Ok(W, Operation::Rpc(RP))),
+            ("POST", s("/group/sub/app.git/git-upload-pack"), None, "/", Ok(R, Operation::Rpc(UP))),
+            // Dumb HTTP.
+            ("GET", s("/team/app.git/info/refs"), None, "/", Ok(R, Operation::Dumb)),
+            ("GET", s("/team/app.git/info/refs"), Some(""), "/", Ok(R, Operation::Dumb)),
+            ("GET", s("/team/app.git/info/refs"), Some("foo=bar"), "/", Ok(R, Operation::Dumb)),
+            ("GET", s("/team/app.git/HEAD"), None, "/", Ok(R, Operation::Dumb)),
+            ("HEAD", s("/team/app.git/HEAD"), None, "/", Ok(R, Operation::Dumb)),
+            ("GET", s("/team/app.git/objects/info/packs"), None, "/", Ok(R, Operation::Dumb)),
+            ("GET", s("/team/app.git/objects/info/alternates"), None, "/", Ok(R, Operation::Dumb)),
+            ("GET", s("/team/app.git/objects/info/http-alternates"), None, "/", Ok(R, Operation::Dumb)),
+            ("GET", format!("/team/app.git/objects/{}/{}", &SHA1[..2], &SHA1[2..]), None, "/", Ok(R, Operation::Dumb)),
+            ("GET", format!("/team/app.git/objects/{}/{}", &SHA256[..2], &SHA256[2..]), None, "/", Ok(R, Operation::Dumb)),
+            ("GET", format!("/team/app.git/objects/pack/pack-{SHA1}.pack"), None, "/", Ok(R, Operation::Dumb)),
+            ("GET", format!("/team/app.git/objects/pack/pack-{SHA256}.idx"), None, "/", Ok(R, Operation::Dumb)),
+            ("GET", format!("/team/app.git/objects/pack/pack-{SHA1}.keep"), None, "/", NotFound),
+            ("GET", format!("/team/app.git/objects/{}/{}", &SHA1[..2], &SHA1[2..39]), None, "/", NotFound),
+            ("GET", format!("/team/app.git/objects/{}/{}", &SHA1[..2], SHA1[2..].to_uppercase()), None, "/", NotFound),
+            ("GET", s("/team/app.git/objects/info/../../config"), None, "/", NotFound),
+            ("GET", s("/team/app.git/config"), None, "/", NotFound),
+            ("GET", s("/team/app.git/description"), None, "/", NotFound),
+            ("GET", s("/team/app.git/refs/heads/main"), None, "/", NotFound),
+            ("GET", s("/team/app.git/"), None, "/", NotFound),
+            ("GET", s("/team/app.git"), None, "/", NotFound),
+            ("GET", s("/"), None, "/", NotFound),
+            ("GET", s(""), None, "/", NotFound),
+            // Wrong methods and method case.
+            ("POST", s("/team/app.git/info/refs"), Some("service=git-upload-pack"), "/", Method),
+            ("PUT", s("/team/app.git/info/refs"), None, "/", Method),
+            ("GET", s("/team/app.git/git-upload-pack"), None, "/", Method),
+            ("GET", s("/team/app.git/git-receive-pack"), None, "/", Method),
+            ("HEAD", s("/team/app.git/git-receive-pack"), None, "/", Method),
+            ("post", s("/team/app.git/git-receive-pack"), None, "/", Method),
+            ("get", s("/team/app.git/info/refs"), Some("service=git-upload-pack"), "/", Method),
+            ("POST", s("/team/app.git/HEAD"), None, "/", Method),
+            ("DELETE", format!("/team/app.git/objects/pack/pack-{SHA1}.pack"), None, "/", Method),
+            // Prefix.
+            ("GET", s("/scmx/team/app.git/info/refs"), Some("service=git-upload-pack"), "/scm", NotFound),
+            ("GET", s("/team/app.git/info/refs"), Some("service=git-upload-pack"), "/scm", NotFound),
+            ("GET", s("/scm"), None, "/scm", NotFound),
+            ("GET", s("/scm/"), None, "/scm", NotFound),
+            ("GET", s("/SCM/team/app.git/info/refs"), None, "/scm", NotFound),
+            ("GET", s("/%73cm/team/app.git/info/refs"), None, "/scm", NotFound),
+            ("GET", s("team/app.git/info/refs"), None, "/", NotFound),
+            // Not enough segments.
+            ("GET", s("/app.git/info/refs"), Some("service=git-upload-pack"), "/", NotFound),
+            ("GET", s("/scm/app.git/info/refs"), Some("service=git-upload-pack"), "/scm", NotFound),
+            ("POST", s("/git-upload-pack"), None, "/", NotFound),
+            // Traversal in every encoding.
+            ("GET", s("/team/../app.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/%2e%2e/app.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/%2E%2E/app.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/.%2e/app.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/%2E./app.git/info/refs"), None, "/", Bad),
+            ("GET", s("/../team/app.git/info/refs"), None, "/", Bad),
+            ("GET", s("/scm/../team/app.git/info/refs"), None, "/scm", Bad),
+            ("GET", s("/team/./app.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/%2e/app.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team%2fapp.git/info/refs"), None, "/", NotFound),
+            ("GET", s("/x/team%2fapp.git/info/refs"), None, "/", Bad),
+            ("GET", s("/x/team%2F..%2Fapp.git/info/refs"), None, "/", Bad),
+            ("POST", s("/team/app.git%2Finfo%2Frefs"), None, "/", NotFound),
+            ("GET", s("/team/app.git%2Finfo%2Frefs"), None, "/", NotFound),
+            ("GET", s("/team/app.git%2finfo/refs"), None, "/", NotFound),
+            ("GET", s("/team/a%5c..%5capp.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/a%5C..%5Capp.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team\\..\\app.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/app.git\\info\\refs"), None, "/", Bad),
+            ("GET", s("/team//app.git/info/refs"), None, "/", Bad),
+            ("GET", s("//team/app.git/info/refs"), None, "/", Bad),
+            ("GET", s("/scm//team/app.git/info/refs"), None, "/scm", Bad),
+            ("GET", s("/team/app%00.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/app%0a.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/app%7f.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/app%ff.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/%C3%A9t%C3%A9/info/refs"), None, "/", Bad),
+            ("GET", s("/team/%252e%252e/app/info/refs"), None, "/", Bad),
+            ("GET", s("/team/app%zz/info/refs"), None, "/", Bad),
+            ("GET", s("/team/app%2/info/refs"), None, "/", Bad),
+            ("GET", s("/team/app%/info/refs"), None, "/", Bad),
+            ("GET", s("/team/.hidden/info/refs"), None, "/", Bad),
+            ("GET", s("/team/app name/info/refs"), None, "/", Bad),
+            ("GET", s("/team/app%20name/info/refs"), None, "/", Bad),
+            ("GET", s("/team/app:x/info/refs"), None, "/", Bad),
+            // .git suffix rules.
+            ("GET", s("/team/app.git.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/.git/info/refs"), None, "/", Bad),
+            ("GET", s("/team/app%2egit/info/refs"), None, "/", Ok(R, Operation::Dumb)),
+            // LFS.
+            ("POST", s("/team/app.git/info/lfs/objects/batch"), None, "/", NotFound),
+            ("GET", s("/team/app.git/info/lfs/locks"), None, "/", NotFound),
+            ("POST", s("/team/app.git/info/lfs/locks/verify"), None, "/", NotFound),
+        ]
+    }
+
+    #[test]
+    fn classification_table() {
+        let mut failures = Vec::new();
+        let cases = table();
+        assert!(cases.len() >= 40);
+        for (method, path, query, prefix, want) in cases {
+            let got = classify(method, &path, query, prefix);
+            if outcome(&got) != want {
+                failures.push(format!(
+                    "{method} {path:?} ?{query:?} prefix {prefix:?}: want {want:?}, got {got:?}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn backend_path_and_query_are_canonical() {
+        let g = classify(
+            "GET",
+            "/scm/te%61m/app.git/info/refs",
+            Some("x=1&service=git%2Dupload-pack&y"),
+            "/scm",
+        )
+        .unwrap();
+        assert_eq!(g.repo.as_str(), "team/app");
+        assert_eq!(g.repo.project(), "team");
+        assert_eq!(g.backend_path, "/team/app.git/info/refs");
+        assert_eq!(g.query.as_deref(), Some("service=git-upload-pack"));
+
+        let g = classify(
+            "POST",
+            "/team/app/git-receive-pack",
+            Some("service=x&a=b"),
+            "/",
+        )
+        .unwrap();
+        assert_eq!(g.backend_path, "/team/app/git-receive-pack");
+        assert_eq!(g.query, None);
+        assert_eq!(g.access, Access::Write);
+
+        let g = classify("GET", "/team/app.git/info/refs", Some("foo=bar"), "/").unwrap();
+        assert_eq!(g.operation, Operation::Dumb);
+        assert_eq!(g.query, None);
+
+        let path = format!("/a/b/c.git/objects/pack/pack-{SHA1}.idx");
+        let g = classify("HEAD", &path, None, "/").unwrap();
+        assert_eq!(g.repo.as_str(), "a/b/c");
+        assert_eq!(g.repo.project(), "a");
+        assert_eq!(g.backend_path, path);
+
+        // An encoded ".git" is decoded once and kept, as the client sent it.
+        let g = classify("GET", "/team/app%2Egit/HEAD", None, "/").unwrap();
+        assert_eq!(g.repo.as_str(), "team/app");
+        assert_eq!(g.backend_path, "/team/app.git/HEAD");
+    }
+
+    #[test]
+    fn lfs_has_a_clear_reason() {
+        let r = classify("POST", "/team/app.git/info/lfs/objects/batch", None, "/").unwrap_err();
+        assert_eq!(r.to_string(), "Git LFS is not supported yet");
+    }
+
+    #[test]
+    fn repo_path_parse() {
+        assert_eq!(RepoPath::parse("team/app").unwrap().as_str(), "team/app");
+        assert_eq!(
+            RepoPath::parse("team/app.git").unwrap().as_str(),
+            "team/app"
+        );
+        let nested = RepoPath::parse("team/sub/app").unwrap();
+        assert_eq!(nested.project(), "team");
+        assert_eq!(nested.to_string(), "team/sub/app");
+        for bad in [
+            "",
+            "team",
+            "/team/app",
+            "team/app/",
+            "team//app",
+            "team/../app",
+            "team/./app",
+            "team/.app",
+            "team/app.git.git",
+            "team/.git",
+            "team/a%2fb",
+            "team\\app",
+            "team/app name",
+            "team/é",
+        ] {
+            assert!(RepoPath::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn segment_allowlist() {
+        for ok in ["team", "my-app", "a_b", "v1.2", "c++", "~user", "A9"] {
+            assert!(valid_segment(ok), "{ok:?}");
+        }
+        for bad in [
+            "", ".", "..", ".x", "a/b", "a\\b", "a\0b", "a b", "a%b", "ü", "a\n",
+        ] {
+            assert!(!valid_segment(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn service_names() {
+        assert_eq!(Service::UploadPack.as_str(), "git-upload-pack");
+        assert_eq!(Service::ReceivePack.as_str(), "git-receive-pack");
+        assert_eq!(Service::UploadArchive.as_str(), "git-upload-archive");
+        assert_eq!(Service::ReceivePack.access(), Access::Write);
+    }
+
+    #[test]
+    fn method_is_echoed_safely() {
+        let long = "X".repeat(1000) + "\r\n";
+        let r = classify(&long, "/team/app/git-upload-pack", None, "/").unwrap_err();
+        assert!(r.to_string().len() < 100);
+        assert!(!r.to_string().contains('\n'));
+    }
+}

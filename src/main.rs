@@ -1,0 +1,227 @@
+//! The `gitgate` command line: definition and dispatch only. The work happens in the library
+//! (`gitgate::server` for `serve`, `gitgate::cli::*` for the operator's commands).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use gitgate::cli;
+
+#[derive(Parser)]
+#[command(name = "gitgate", version, about = "Token authentication in front of a Git smart-HTTP server")]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, env = "GITGATE_CONFIG", default_value = "proxy.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage users' permissions on projects and repositories.
+    #[command(subcommand)]
+    Grant(GrantCommand),
+    /// Manage access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show audit events.
+    Audit {
+        /// Only events at or after this date (YYYY-MM-DD) or epoch milliseconds.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (prompts for the password unless --password-stdin).
+    Add {
+        name: String,
+        /// Make the user an administrator (ADMIN on every repository).
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a user: their tokens stop working at once.
+    Disable { name: String },
+    /// Enable a disabled user.
+    Enable { name: String },
+    /// Change a user's password.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantCommand {
+    /// Give NAME LEVEL (read|write|admin) on TARGET (PROJECT or PROJECT/REPO).
+    Add {
+        name: String,
+        target: String,
+        level: String,
+    },
+    /// Take NAME's grant on TARGET away.
+    Remove { name: String, target: String },
+    /// List grants, of one user or of everyone.
+    List {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct TokenFor {
+    /// A personal token of this user (needs the user's password).
+    #[arg(long)]
+    user: Option<String>,
+    /// A token scoped to this project.
+    #[arg(long)]
+    project: Option<String>,
+    /// A token scoped to this repository (PROJECT/REPO).
+    #[arg(long)]
+    repo: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints the secret alone on stdout.
+    Create {
+        #[command(flatten)]
+        target: TokenFor,
+        /// A label for the token.
+        #[arg(long)]
+        name: String,
+        /// PROJECT_READ|PROJECT_WRITE|PROJECT_ADMIN|REPO_READ|REPO_WRITE|REPO_ADMIN (repeatable).
+        #[arg(long = "permission", required = true)]
+        permissions: Vec<String>,
+        /// Expire this many days from now.
+        #[arg(long)]
+        expiry_days: Option<u32>,
+        /// Read the owner's password from the first line of stdin (personal tokens).
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one token.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token; refused from the next request on.
+    Revoke { id: String },
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    // The server logs every request; the operator's commands only warnings.
+    init_logging(if matches!(args.command, Command::Serve) { "info" } else { "warn" });
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("gitgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Cli) -> Result<(), String> {
+    if let Command::Serve = args.command {
+        let config = gitgate::config::Config::load(&args.config).map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Runtime::new()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        return runtime.block_on(gitgate::server::run(config));
+    }
+    let store = cli::open_store(&args.config)?;
+    match args.command {
+        Command::Serve => unreachable!("handled above"),
+        Command::User(cmd) => match cmd {
+            UserCommand::Add {
+                name,
+                admin,
+                password_stdin,
+            } => cli::user::add(&store, &name, admin, password_stdin),
+            UserCommand::List { json } => cli::user::list(&store, json),
+            UserCommand::Disable { name } => cli::user::set_active(&store, &name, false),
+            UserCommand::Enable { name } => cli::user::set_active(&store, &name, true),
+            UserCommand::Passwd {
+                name,
+                password_stdin,
+            } => cli::user::passwd(&store, &name, password_stdin),
+        },
+        Command::Grant(cmd) => match cmd {
+            GrantCommand::Add {
+                name,
+                target,
+                level,
+            } => cli::grant::add(&store, &name, &target, &level),
+            GrantCommand::Remove { name, target } => cli::grant::remove(&store, &name, &target),
+            GrantCommand::List { name, json } => cli::grant::list(&store, name.as_deref(), json),
+        },
+        Command::Token(cmd) => match cmd {
+            TokenCommand::Create {
+                target,
+                name,
+                permissions,
+                expiry_days,
+                password_stdin,
+                json,
+            } => cli::token::create(
+                &store,
+                cli::token::For {
+                    user: target.user.as_deref(),
+                    project: target.project.as_deref(),
+                    repo: target.repo.as_deref(),
+                },
+                &name,
+                &permissions,
+                expiry_days,
+                password_stdin,
+                json,
+            ),
+            TokenCommand::List { user, json } => cli::token::list(&store, user.as_deref(), json),
+            TokenCommand::Show { id, json } => cli::token::show(&store, &id, json),
+            TokenCommand::Revoke { id } => cli::token::revoke(&store, &id),
+        },
+        Command::Audit { since, json } => cli::audit::show(&store, since.as_deref(), json),
+    }
+}
+
+/// Logs go to stderr; the filter comes from GITGATE_LOG, else `default`.
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GITGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,47 @@
+//! User passwords, which guard only management (token creation and the REST API; git always uses
+//! tokens). Stored as argon2id PHC strings — a deliberately slow hash, unlike token secrets, because
+//! people choose passwords with little entropy.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+/// Hash `password` with argon2id and a fresh 16-byte salt from the OS.
+pub fn hash(password: &str) -> Result<String, String> {
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|e| format!("no randomness from the OS: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("cannot hash the password: {e}"))
+}
+
+/// Whether `password` matches the stored PHC string (constant-time inside argon2).
+pub fn verify(password: &str, stored: &str) -> bool {
+    match PasswordHash::new(stored) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_and_verify() {
+        let h = hash("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(!h.contains("correct horse"));
+        assert!(verify("correct horse", &h));
+        assert!(!verify("wrong", &h));
+        assert!(!verify("correct horse", "not a hash"));
+        assert_ne!(h, hash("correct horse").unwrap());
+        assert!(hash("").is_err());
+    }
+}

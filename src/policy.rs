@@ -1,0 +1,350 @@
+//! Whether an authenticated token may do this git operation on this repository — and if not, the
+//! one line that tells the user why.
+//!
+//! Pure: the token, its owner's state and the time come in as values, a decision comes out. The
+//! rules (after Bitbucket Data Center):
+//! - a revoked or expired token, a disabled owner, or a Basic username that is not the owner of a
+//!   personal token → unauthenticated (401: git asks for other credentials);
+//! - a personal token's effective permission is the lower of the token's `REPO_*` permission and
+//!   the owner's permission on the repository *now* (admins hold ADMIN everywhere; otherwise the
+//!   highest grant on the repository or its project), so taking a grant away takes it away from
+//!   the user's tokens at once;
+//! - a project or repository token has its `REPO_*` permission inside its scope and nothing
+//!   outside;
+//! - fetch needs read, push needs write; too little is forbidden (403).
+
+use std::fmt;
+
+use crate::clock;
+use crate::git::{valid_segment, RepoPath};
+use crate::permission::{Access, Level, TokenKind, TokenPermission};
+use crate::store::{AuthRecord, Role};
+
+/// What a grant or a scoped token covers: a whole project, or one repository.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Project(String),
+    Repo(RepoPath),
+}
+
+impl Target {
+    /// `team` → project, `team/app` (or `team/app.git`) → repository.
+    pub fn parse(s: &str) -> Result<Target, String> {
+        if s.contains('/') {
+            RepoPath::parse(s).map(Target::Repo)
+        } else if valid_segment(s) {
+            Ok(Target::Project(s.to_string()))
+        } else {
+            Err(format!(
+                "'{s}' is not a project key or PROJECT/REPO path: use letters, digits, '.', '_', '-', '+', '~'"
+            ))
+        }
+    }
+
+    /// Whether this target includes `repo`.
+    pub fn covers(&self, repo: &RepoPath) -> bool {
+        match self {
+            Target::Project(p) => repo.project() == p,
+            Target::Repo(r) => r == repo,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Project(p) => format!("project {p}"),
+            Target::Repo(r) => format!("repository {r}"),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Project(p) => f.write_str(p),
+            Target::Repo(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+/// Who the request runs as, once allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Passed to the backend as REMOTE_USER: the owner for personal tokens, the token's name for
+    /// scoped tokens.
+    pub user: String,
+    pub token_id: String,
+}
+
+/// Why a request is refused; the message is shown to the git user as `remote: ...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deny {
+    /// 401: the credentials do not stand for anyone who may act now.
+    Unauthenticated(String),
+    /// 403: a valid token without enough permission.
+    Forbidden(String),
+}
+
+impl Deny {
+    pub fn message(&self) -> &str {
+        match self {
+            Deny::Unauthenticated(m) | Deny::Forbidden(m) => m,
+        }
+    }
+}
+
+/// Decide whether the token in `record` (already matched against the presented secret) may do
+/// `access` on `repo` at time `now` (epoch ms). `basic_user` is the username of Basic
+/// credentials, `None` for Bearer.
+pub fn authorize(
+    record: &AuthRecord,
+    basic_user: Option<&str>,
+    repo: &RepoPath,
+    access: Access,
+    now: i64,
+) -> Result<Identity, Deny> {
+    let token = &record.token;
+    let name = &token.name;
+    if token.revoked_at.is_some() {
+        return Err(Deny::Unauthenticated(format!(
+            "token '{name}' has been revoked"
+        )));
+    }
+    if let Some(expires) = token.expires_at {
+        if now >= expires {
+            return Err(Deny::Unauthenticated(format!(
+                "token '{name}' expired on {}",
+                clock::date(expires)
+            )));
+        }
+    }
+    let token_level = token.permissions.repo();
+    let needed = access.required();
+    let (user, effective) = match token.kind {
+        TokenKind::Personal => {
+            let Some(owner) = &record.owner else {
+                return Err(Deny::Unauthenticated("invalid token".into()));
+            };
+            if let Some(presented) = basic_user {
+                if presented != owner.slug {
+                    return Err(Deny::Unauthenticated(format!(
+                        "token '{name}' does not belong to user '{presented}'"
+                    )));
+                }
+            }
+            if !owner.active {
+                return Err(Deny::Unauthenticated(format!(
+                    "user '{}' is disabled",
+                    owner.slug
+                )));
+            }
+            let owner_level = if owner.role == Role::Admin {
+                Some(Level::Admin)
+            } else {
+                owner
+                    .grants
+                    .iter()
+                    .filter(|(target, _)| target.covers(repo))
+                    .map(|(_, level)| *level)
+                    .max()
+            };
+            if token_level >= needed {
+                match owner_level {
+                    None => {
+                        return Err(Deny::Forbidden(format!(
+                            "user '{}' has no access to {repo}; {} needs {needed}",
+                            owner.slug,
+                            access.verb()
+                        )))
+                    }
+                    Some(level) if level < needed => {
+                        return Err(Deny::Forbidden(format!(
+                            "user '{}' has {level} access to {repo}; {} needs {needed}",
+                            owner.slug,
+                            access.verb()
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            (owner.slug.clone(), token_level.min(owner_level.unwrap_or(Level::Read)))
+        }
+        TokenKind::Project | TokenKind::Repository => {
+            let Some(scope) = &token.scope else {
+                return Err(Deny::Unauthenticated("invalid token".into()));
+            };
+            if !scope.covers(repo) {
+                return Err(Deny::Forbidden(format!(
+                    "token '{name}' is limited to {}; it cannot be used for {repo}",
+                    scope.describe()
+                )));
+            }
+            (name.clone(), token_level)
+        }
+    };
+    if effective < needed {
+        return Err(Deny::Forbidden(format!(
+            "token '{name}' has {} on {repo}; {} needs {}",
+            TokenPermission::Repo(token_level),
+            access.verb(),
+            TokenPermission::Repo(needed)
+        )));
+    }
+    Ok(Identity {
+        user,
+        token_id: token.id.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::permission::TokenPermissions;
+    use crate::store::{Owner, TokenRecord};
+
+    const NOW: i64 = 1_790_812_800_000;
+
+    fn repo(s: &str) -> RepoPath {
+        RepoPath::parse(s).unwrap()
+    }
+
+    fn personal(perm: &str, role: Role, grants: &[(&str, Level)]) -> AuthRecord {
+        AuthRecord {
+            token: TokenRecord {
+                id: "abcdefghijkl".into(),
+                kind: TokenKind::Personal,
+                name: "laptop".into(),
+                owner: Some("alice".into()),
+                scope: None,
+                permissions: TokenPermissions::from_names(TokenKind::Personal, &[perm]).unwrap(),
+                created_at: 0,
+                created_by: "alice".into(),
+                expires_at: None,
+                last_used_at: None,
+                last_used_addr: None,
+                revoked_at: None,
+            },
+            secret_hash: vec![],
+            owner: Some(Owner {
+                slug: "alice".into(),
+                role,
+                active: true,
+                grants: grants
+                    .iter()
+                    .map(|(t, l)| (Target::parse(t).unwrap(), *l))
+                    .collect(),
+            }),
+        }
+    }
+
+    fn scoped(kind: TokenKind, scope: &str, perm: &str) -> AuthRecord {
+        let mut r = personal(perm, Role::User, &[]);
+        r.owner = None;
+        r.token.kind = kind;
+        r.token.owner = None;
+        r.token.name = "ci".into();
+        r.token.scope = Some(Target::parse(scope).unwrap());
+        r
+    }
+
+    fn check(r: &AuthRecord, user: Option<&str>, repo_s: &str, a: Access) -> Result<Identity, Deny> {
+        authorize(r, user, &repo(repo_s), a, NOW)
+    }
+
+    #[test]
+    fn personal_token_within_owner_grant() {
+        let r = personal("REPO_WRITE", Role::User, &[("team", Level::Write)]);
+        let id = check(&r, Some("alice"), "team/app", Access::Write).unwrap();
+        assert_eq!(id.user, "alice");
+        assert!(check(&r, None, "team/app", Access::Read).is_ok());
+    }
+
+    #[test]
+    fn token_permission_limits() {
+        let r = personal("REPO_READ", Role::User, &[("team", Level::Admin)]);
+        assert!(check(&r, Some("alice"), "team/app", Access::Read).is_ok());
+        let d = check(&r, Some("alice"), "team/app", Access::Write).unwrap_err();
+        assert_eq!(
+            d,
+            Deny::Forbidden("token 'laptop' has REPO_READ on team/app; push needs REPO_WRITE".into())
+        );
+    }
+
+    #[test]
+    fn owner_permission_limits() {
+        let r = personal("REPO_WRITE", Role::User, &[("team", Level::Read)]);
+        assert!(check(&r, Some("alice"), "team/app", Access::Read).is_ok());
+        let d = check(&r, Some("alice"), "team/app", Access::Write).unwrap_err();
+        assert_eq!(
+            d,
+            Deny::Forbidden("user 'alice' has read access to team/app; push needs write".into())
+        );
+        let d = check(&r, Some("alice"), "other/app", Access::Read).unwrap_err();
+        assert!(matches!(d, Deny::Forbidden(m) if m.contains("no access to other/app")));
+        // A repository grant above the project grant wins for that repository only.
+        let r = personal(
+            "REPO_WRITE",
+            Role::User,
+            &[("team", Level::Read), ("team/app", Level::Write)],
+        );
+        assert!(check(&r, None, "team/app", Access::Write).is_ok());
+        assert!(check(&r, None, "team/lib", Access::Write).is_err());
+    }
+
+    #[test]
+    fn admins_hold_admin_everywhere() {
+        let r = personal("REPO_ADMIN", Role::Admin, &[]);
+        assert!(check(&r, None, "any/thing", Access::Write).is_ok());
+    }
+
+    #[test]
+    fn revoked_expired_disabled_wrong_user() {
+        let mut r = personal("REPO_WRITE", Role::User, &[("team", Level::Write)]);
+        assert!(matches!(
+            check(&r, Some("bob"), "team/app", Access::Read),
+            Err(Deny::Unauthenticated(m)) if m == "token 'laptop' does not belong to user 'bob'"
+        ));
+        r.owner.as_mut().unwrap().active = false;
+        assert!(matches!(
+            check(&r, None, "team/app", Access::Read),
+            Err(Deny::Unauthenticated(m)) if m == "user 'alice' is disabled"
+        ));
+        r.owner.as_mut().unwrap().active = true;
+        r.token.expires_at = Some(NOW);
+        assert!(matches!(
+            check(&r, None, "team/app", Access::Read),
+            Err(Deny::Unauthenticated(m)) if m == "token 'laptop' expired on 2026-10-01"
+        ));
+        r.token.expires_at = Some(NOW + 1);
+        assert!(check(&r, None, "team/app", Access::Read).is_ok());
+        r.token.revoked_at = Some(NOW - 1);
+        assert!(matches!(
+            check(&r, None, "team/app", Access::Read),
+            Err(Deny::Unauthenticated(m)) if m.contains("revoked")
+        ));
+    }
+
+    #[test]
+    fn scoped_tokens_stay_in_scope_and_accept_any_basic_user() {
+        let r = scoped(TokenKind::Project, "team", "REPO_WRITE");
+        let id = check(&r, Some("ci-runner"), "team/app", Access::Write).unwrap();
+        assert_eq!(id.user, "ci");
+        let d = check(&r, None, "other/app", Access::Read).unwrap_err();
+        assert_eq!(
+            d,
+            Deny::Forbidden("token 'ci' is limited to project team; it cannot be used for other/app".into())
+        );
+        let r = scoped(TokenKind::Repository, "team/app", "REPO_READ");
+        assert!(check(&r, None, "team/app", Access::Read).is_ok());
+        assert!(check(&r, None, "team/app", Access::Write).is_err());
+        assert!(check(&r, None, "team/lib", Access::Read).is_err());
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(Target::parse("team").unwrap(), Target::Project("team".into()));
+        assert!(matches!(Target::parse("team/app.git").unwrap(), Target::Repo(r) if r.as_str() == "team/app"));
+        assert!(Target::parse("").is_err());
+        assert!(Target::parse("../x").is_err());
+        assert!(Target::parse("team/").is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! Audit events: who changed what, when, from where. Written in the same transaction as the change
+//! they describe; never contain secrets (callers pass names and ids, not tokens or passwords).
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{Actor, Result, Store};
+use crate::clock;
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    pub id: i64,
+    /// Epoch milliseconds.
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+    pub source: String,
+}
+
+/// Append one event inside the caller's transaction.
+pub(super) fn record(
+    conn: &rusqlite::Connection,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit_events (at, actor, action, target, detail, source)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        clock::now_ms(),
+        actor.name,
+        action,
+        target,
+        detail,
+        actor.source
+    ])?;
+    tracing::info!(
+        target: "gitgate::audit",
+        actor = %actor.name,
+        source = %actor.source,
+        action,
+        target = target,
+        detail,
+        "audit"
+    );
+    Ok(())
+}
+
+impl Store {
+    /// Record an event that is not part of a change (e.g. a failed authentication).
+    pub fn record_event(&self, actor: &Actor, action: &str, target: &str, detail: &str) -> Result<()> {
+        self.write(|tx| record(tx, actor, action, target, detail))
+    }
+
+    /// Events at or after `since` (epoch ms), oldest first, at most `limit`.
+    pub fn audit_events(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEvent>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, at, actor, action, target, detail, source FROM audit_events
+                 WHERE at >= ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![since.unwrap_or(i64::MIN), limit as i64], |r| {
+                Ok(AuditEvent {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: r.get(5)?,
+                    source: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+}

@@ -1,0 +1,237 @@
+//! The token store: one SQLite file holding users, grants, tokens, settings and audit events.
+//!
+//! Why SQLite: the CLI and the server are separate processes acting on the same state, and a
+//! revocation done by the CLI must be seen by the server on its very next request. SQLite in WAL
+//! mode gives exactly that (readers never block the writer, a commit is visible to the next read)
+//! without a service to run. Every connection gets a busy timeout so a long write elsewhere makes a
+//! reader wait briefly instead of failing, and writes start with `BEGIN IMMEDIATE` so two writers
+//! queue instead of deadlocking on a lock upgrade.
+//!
+//! Every change is written together with its audit event in one transaction: there is no change
+//! without its record, and no record of a change that did not happen.
+//!
+//! The schema is versioned with `PRAGMA user_version`; [`Store::open`] applies the migrations that
+//! a file has not seen yet.
+
+mod audit;
+mod grants;
+mod schema;
+mod tokens;
+mod users;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+pub use audit::AuditEvent;
+pub use grants::Grant;
+pub use tokens::{validate_name, AuthRecord, NewToken, Owner, TokenRecord};
+pub use users::{validate_slug, Role, User};
+
+/// How long a connection waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept for reuse.
+const POOL_SIZE: usize = 8;
+
+/// Who did something, and from where: recorded with every audit event.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub name: String,
+    pub source: String,
+}
+
+impl Actor {
+    /// The operator at the host's command line.
+    pub fn cli() -> Actor {
+        let user = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "unknown".into());
+        Actor {
+            name: format!("cli:{user}"),
+            source: "local".into(),
+        }
+    }
+}
+
+/// What went wrong in the store, in words for the operator or the API caller.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The file could not be opened or migrated.
+    Open { path: PathBuf, message: String },
+    /// Another process held the write lock past the busy timeout.
+    Busy,
+    /// A named thing does not exist (user 'bob', token 'abc').
+    NotFound(String),
+    /// The change conflicts with what is there (user exists already).
+    Conflict(String),
+    /// The request is not valid (bad slug, bad target).
+    Invalid(String),
+    /// Any other SQLite failure.
+    Sqlite(rusqlite::Error),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Open { path, message } => {
+                write!(f, "cannot open the token store {}: {message}", path.display())
+            }
+            StoreError::Busy => f.write_str(
+                "the token store is locked by another process; try again in a moment",
+            ),
+            StoreError::NotFound(m) | StoreError::Conflict(m) | StoreError::Invalid(m) => {
+                f.write_str(m)
+            }
+            StoreError::Sqlite(e) => write!(f, "token store error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A handle on the store; cheap to clone and safe to share between threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    /// Open (creating if needed) the store at `path` and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        let open_err = |message: String| StoreError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(open_err(format!(
+                    "the folder {} does not exist",
+                    parent.display()
+                )));
+            }
+        }
+        let mut conn = connect(path, true).map_err(|e| open_err(e.to_string()))?;
+        // WAL is a property of the file: set once, every later connection sees it.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| open_err(e.to_string()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_err(format!(
+                "could not switch to WAL mode (got '{mode}')"
+            )));
+        }
+        schema::migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                idle: Mutex::new(vec![conn]),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Run `f` on a pooled connection.
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let pooled = self.inner.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => connect(&self.inner.path, false).map_err(|e| StoreError::Open {
+                path: self.inner.path.clone(),
+                message: e.to_string(),
+            })?,
+        };
+        let out = f(&mut conn);
+        if let Ok(mut idle) = self.inner.idle.lock() {
+            if idle.len() < POOL_SIZE {
+                idle.push(conn);
+            }
+        }
+        out
+    }
+
+    /// Run `f` in a write transaction (`BEGIN IMMEDIATE`), committed if `f` succeeds.
+    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> Result<T>) -> Result<T> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Read a setting.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?;
+            let mut rows = stmt.query([key])?;
+            Ok(match rows.next()? {
+                Some(row) => Some(row.get(0)?),
+                None => None,
+            })
+        })
+    }
+
+    /// Quick health check: can the store be read right now?
+    pub fn ping(&self) -> Result<()> {
+        self.with_conn(|c| {
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+}
+
+fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    pub fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        (dir, store)
+    }
+
+    pub fn actor() -> Actor {
+        Actor {
+            name: "test".into(),
+            source: "local".into(),
+        }
+    }
+}

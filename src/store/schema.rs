@@ -1,0 +1,106 @@
+//! The schema and its migrations, numbered by `PRAGMA user_version`.
+//!
+//! A migration is appended, never edited: a file created by an older gitgate is brought forward
+//! step by step, each step in its own transaction.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    slug          TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+    active        INTEGER NOT NULL DEFAULT 1,
+    created_at    INTEGER NOT NULL
+);
+CREATE TABLE grants (
+    user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    target     TEXT NOT NULL,
+    level      TEXT NOT NULL CHECK (level IN ('read', 'write', 'admin')),
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, target)
+);
+CREATE TABLE tokens (
+    id             TEXT PRIMARY KEY,
+    kind           TEXT NOT NULL CHECK (kind IN ('personal', 'project', 'repository')),
+    name           TEXT NOT NULL,
+    owner_id       INTEGER REFERENCES users(id),
+    scope          TEXT,
+    permissions    TEXT NOT NULL,
+    secret_hash    BLOB NOT NULL,
+    created_at     INTEGER NOT NULL,
+    created_by     TEXT NOT NULL,
+    expires_at     INTEGER,
+    last_used_at   INTEGER,
+    last_used_addr TEXT,
+    revoked_at     INTEGER,
+    revoked_by     TEXT,
+    CHECK ((kind = 'personal') = (owner_id IS NOT NULL)),
+    CHECK ((kind = 'personal') = (scope IS NULL))
+);
+CREATE INDEX tokens_owner ON tokens(owner_id);
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE audit_events (
+    id     INTEGER PRIMARY KEY,
+    at     INTEGER NOT NULL,
+    actor  TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_events_at ON audit_events(at);
+"#];
+
+/// The schema version this build writes.
+pub const CURRENT: i64 = MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version >= CURRENT {
+            if version > CURRENT {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                    Some(format!(
+                        "the store has schema version {version}, newer than this gitgate knows \
+                         ({CURRENT}); upgrade gitgate"
+                    )),
+                ));
+            }
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[version as usize])?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_is_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, CURRENT);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", CURRENT + 1).unwrap();
+        assert!(migrate(&mut conn).is_err());
+    }
+}

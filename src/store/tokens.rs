@@ -1,0 +1,361 @@
+//! Tokens: id, kind, name, owner or scope, permissions, the SHA-256 of the secret, and their
+//! lifecycle times. The secret itself is never stored.
+
+use rusqlite::{params, OptionalExtension};
+use serde_json::json;
+
+use super::audit::record;
+use super::grants::grants_of;
+use super::users::{require_user, Role};
+use super::{Actor, Result, Store, StoreError};
+use crate::clock;
+use crate::permission::{Level, TokenKind, TokenPermissions};
+use crate::policy::Target;
+
+/// A token as listed and shown: everything but the secret's hash.
+#[derive(Clone, Debug)]
+pub struct TokenRecord {
+    pub id: String,
+    pub kind: TokenKind,
+    pub name: String,
+    /// The owning user's slug, for personal tokens.
+    pub owner: Option<String>,
+    /// The project or repository, for scoped tokens.
+    pub scope: Option<Target>,
+    pub permissions: TokenPermissions,
+    pub created_at: i64,
+    pub created_by: String,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub last_used_addr: Option<String>,
+    pub revoked_at: Option<i64>,
+}
+
+impl TokenRecord {
+    /// The JSON shape used by `--json` output (Bitbucket-like camelCase; never the secret).
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind.as_str(),
+            "user": self.owner,
+            "scope": self.scope.as_ref().map(|s| s.to_string()),
+            "permissions": self.permissions.names(),
+            "createdAt": self.created_at,
+            "createdBy": self.created_by,
+            "expiresAt": self.expires_at,
+            "lastUsedAt": self.last_used_at,
+            "lastUsedAddress": self.last_used_addr,
+            "revokedAt": self.revoked_at,
+        })
+    }
+
+    /// Who or what the token stands for: the owner, or `project:team` / `repo:team/app`.
+    pub fn principal(&self) -> String {
+        match (&self.owner, &self.scope) {
+            (Some(owner), _) => owner.clone(),
+            (None, Some(Target::Project(p))) => format!("project:{p}"),
+            (None, Some(Target::Repo(r))) => format!("repo:{r}"),
+            (None, None) => format!("token:{}", self.id),
+        }
+    }
+}
+
+/// What authentication needs in one read: the token, its hash, and its owner's current state.
+#[derive(Clone, Debug)]
+pub struct AuthRecord {
+    pub token: TokenRecord,
+    pub secret_hash: Vec<u8>,
+    pub owner: Option<Owner>,
+}
+
+/// A personal token's owner as of this read.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    pub slug: String,
+    pub role: Role,
+    pub active: bool,
+    pub grants: Vec<(Target, Level)>,
+}
+
+/// A token about to be stored.
+pub struct NewToken<'a> {
+    pub id: &'a str,
+    pub kind: TokenKind,
+    pub name: &'a str,
+    pub owner: Option<&'a str>,
+    pub scope: Option<&'a Target>,
+    pub permissions: TokenPermissions,
+    pub secret_hash: [u8; 32],
+    pub expires_at: Option<i64>,
+}
+
+/// Token names: 1–100 characters, no control characters.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(StoreError::Invalid(
+            "a token name must be 1-100 characters without control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+const SELECT: &str = "SELECT t.id, t.kind, t.name, u.slug, t.scope, t.permissions, t.created_at,
+    t.created_by, t.expires_at, t.last_used_at, t.last_used_addr, t.revoked_at, t.secret_hash, t.owner_id
+    FROM tokens t LEFT JOIN users u ON u.id = t.owner_id";
+
+fn token_from_row(r: &rusqlite::Row) -> rusqlite::Result<(TokenRecord, Vec<u8>, Option<i64>)> {
+    let bad = |i: usize, m: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, m.into())
+    };
+    let kind: TokenKind = r.get::<_, String>(1)?.parse().map_err(|m| bad(1, m))?;
+    let scope = match r.get::<_, Option<String>>(4)? {
+        Some(s) => Some(Target::parse(&s).map_err(|m| bad(4, m))?),
+        None => None,
+    };
+    let names: String = r.get(5)?;
+    let names: Vec<&str> = names.split(',').collect();
+    let permissions = TokenPermissions::from_names(kind, &names).map_err(|m| bad(5, m))?;
+    Ok((
+        TokenRecord {
+            id: r.get(0)?,
+            kind,
+            name: r.get(2)?,
+            owner: r.get(3)?,
+            scope,
+            permissions,
+            created_at: r.get(6)?,
+            created_by: r.get(7)?,
+            expires_at: r.get(8)?,
+            last_used_at: r.get(9)?,
+            last_used_addr: r.get(10)?,
+            revoked_at: r.get(11)?,
+        },
+        r.get(12)?,
+        r.get(13)?,
+    ))
+}
+
+fn find_token(c: &rusqlite::Connection, id: &str) -> Result<Option<TokenRecord>> {
+    Ok(c.prepare_cached(&format!("{SELECT} WHERE t.id = ?1"))?
+        .query_row([id], token_from_row)
+        .optional()?
+        .map(|(t, _, _)| t))
+}
+
+fn require_token(c: &rusqlite::Connection, id: &str) -> Result<TokenRecord> {
+    find_token(c, id)?.ok_or_else(|| StoreError::NotFound(format!("no token with id '{id}'")))
+}
+
+impl Store {
+    pub fn insert_token(&self, new: &NewToken, actor: &Actor) -> Result<TokenRecord> {
+        validate_name(new.name)?;
+        self.write(|tx| {
+            let owner_id = match new.owner {
+                Some(slug) => Some(require_user(tx, slug)?.id),
+                None => None,
+            };
+            tx.execute(
+                "INSERT INTO tokens (id, kind, name, owner_id, scope, permissions, secret_hash,
+                                     created_at, created_by, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    new.id,
+                    new.kind.as_str(),
+                    new.name,
+                    owner_id,
+                    new.scope.map(|s| s.to_string()),
+                    new.permissions.to_string(),
+                    &new.secret_hash[..],
+                    clock::now_ms(),
+                    actor.name,
+                    new.expires_at,
+                ],
+            )?;
+            let token = require_token(tx, new.id)?;
+            let expiry = match token.expires_at {
+                Some(ms) => clock::date(ms),
+                None => "never".into(),
+            };
+            record(
+                tx,
+                actor,
+                "token.created",
+                &token.id,
+                &format!(
+                    "{} token '{}' for {} with {}, expires {expiry}",
+                    token.kind.as_str(),
+                    token.name,
+                    token.principal(),
+                    token.permissions
+                ),
+            )?;
+            Ok(token)
+        })
+    }
+
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        self.with_conn(|c| find_token(c, id))
+    }
+
+    /// Tokens, newest first; only those owned by `owner` when given.
+    pub fn tokens(&self, owner: Option<&str>) -> Result<Vec<TokenRecord>> {
+        self.with_conn(|c| {
+            if let Some(slug) = owner {
+                require_user(c, slug)?;
+            }
+            let mut stmt = c.prepare_cached(&format!(
+                "{SELECT} WHERE ?1 IS NULL OR u.slug = ?1 ORDER BY t.created_at DESC, t.id"
+            ))?;
+            let rows = stmt.query_map([owner], token_from_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row?.0);
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn revoke_token(&self, id: &str, actor: &Actor) -> Result<TokenRecord> {
+        self.write(|tx| {
+            let token = require_token(tx, id)?;
+            if token.revoked_at.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "token '{}' ({id}) is already revoked",
+                    token.name
+                )));
+            }
+            tx.execute(
+                "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2 WHERE id = ?3",
+                params![clock::now_ms(), actor.name, id],
+            )?;
+            record(
+                tx,
+                actor,
+                "token.revoked",
+                id,
+                &format!("token '{}' of {}", token.name, token.principal()),
+            )?;
+            require_token(tx, id)
+        })
+    }
+
+    /// Everything authentication needs about token `id`, in one read transaction.
+    pub fn auth_record(&self, id: &str) -> Result<Option<AuthRecord>> {
+        self.with_conn(|c| {
+            let tx = c.transaction()?;
+            let found = tx
+                .prepare_cached(&format!("{SELECT} WHERE t.id = ?1"))?
+                .query_row([id], token_from_row)
+                .optional()?;
+            let Some((token, secret_hash, owner_id)) = found else {
+                return Ok(None);
+            };
+            let owner = match (owner_id, &token.owner) {
+                (Some(owner_id), Some(slug)) => {
+                    let user = require_user(&tx, slug)?;
+                    Some(Owner {
+                        slug: user.slug,
+                        role: user.role,
+                        active: user.active,
+                        grants: grants_of(&tx, owner_id)?,
+                    })
+                }
+                _ => None,
+            };
+            Ok(Some(AuthRecord {
+                token,
+                secret_hash,
+                owner,
+            }))
+        })
+    }
+
+    /// Note a successful use. Not audited (it is not a change anyone made).
+    pub fn touch_token(&self, id: &str, at: i64, addr: &str) -> Result<()> {
+        self.with_conn(|c| {
+            c.prepare_cached(
+                "UPDATE tokens SET last_used_at = ?1, last_used_addr = ?2
+                 WHERE id = ?3 AND (last_used_at IS NULL OR last_used_at < ?1)",
+            )?
+            .execute(params![at, addr, id])?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{actor, temp_store};
+    use super::*;
+
+    fn perms(names: &[&str]) -> TokenPermissions {
+        TokenPermissions::from_names(TokenKind::Personal, names).unwrap()
+    }
+
+    #[test]
+    fn insert_list_revoke_and_auth_record() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        store
+            .add_grant("alice", &Target::parse("team").unwrap(), Level::Write, &actor())
+            .unwrap();
+        let t = store
+            .insert_token(
+                &NewToken {
+                    id: "abcdefghijkl",
+                    kind: TokenKind::Personal,
+                    name: "laptop",
+                    owner: Some("alice"),
+                    scope: None,
+                    permissions: perms(&["REPO_WRITE"]),
+                    secret_hash: [7; 32],
+                    expires_at: None,
+                },
+                &actor(),
+            )
+            .unwrap();
+        assert_eq!(t.owner.as_deref(), Some("alice"));
+        let rec = store.auth_record("abcdefghijkl").unwrap().unwrap();
+        assert_eq!(rec.secret_hash, vec![7; 32]);
+        let owner = rec.owner.unwrap();
+        assert_eq!(owner.grants.len(), 1);
+        assert!(store.auth_record("nope").unwrap().is_none());
+        assert_eq!(store.tokens(Some("alice")).unwrap().len(), 1);
+        assert!(store.tokens(None).unwrap()[0].to_json().get("token").is_none());
+
+        store.touch_token("abcdefghijkl", 1000, "127.0.0.1").unwrap();
+        assert_eq!(store.token("abcdefghijkl").unwrap().unwrap().last_used_at, Some(1000));
+
+        store.revoke_token("abcdefghijkl", &actor()).unwrap();
+        assert!(store.token("abcdefghijkl").unwrap().unwrap().revoked_at.is_some());
+        assert!(matches!(
+            store.revoke_token("abcdefghijkl", &actor()),
+            Err(StoreError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn scoped_tokens_have_no_owner() {
+        let (_d, store) = temp_store();
+        let scope = Target::parse("team/app").unwrap();
+        let t = store
+            .insert_token(
+                &NewToken {
+                    id: "mnopqrstuvwx",
+                    kind: TokenKind::Repository,
+                    name: "ci",
+                    owner: None,
+                    scope: Some(&scope),
+                    permissions: TokenPermissions::from_names(TokenKind::Repository, &["REPO_READ"])
+                        .unwrap(),
+                    secret_hash: [1; 32],
+                    expires_at: Some(5),
+                },
+                &actor(),
+            )
+            .unwrap();
+        assert_eq!(t.principal(), "repo:team/app");
+        assert!(store.auth_record("mnopqrstuvwx").unwrap().unwrap().owner.is_none());
+    }
+}

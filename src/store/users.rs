@@ -1,0 +1,198 @@
+//! Users: a slug, an argon2id password hash (management only; git uses tokens), a role, and
+//! whether the account is active.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use super::audit::record;
+use super::{Actor, Result, Store, StoreError};
+use crate::clock;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "user" => Ok(Role::User),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("unknown role '{s}'")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    #[serde(skip)]
+    pub id: i64,
+    #[serde(rename = "name")]
+    pub slug: String,
+    pub role: Role,
+    pub active: bool,
+    pub created_at: i64,
+}
+
+/// A user slug: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit. Kept strict because it
+/// is compared with the username git sends and printed in messages and logs.
+pub fn validate_slug(slug: &str) -> Result<()> {
+    let ok = !slug.is_empty()
+        && slug.len() <= 64
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && slug.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "'{slug}' is not a valid user name: use 1-64 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )))
+    }
+}
+
+fn user_from_row(r: &rusqlite::Row) -> rusqlite::Result<User> {
+    let role: String = r.get(2)?;
+    Ok(User {
+        id: r.get(0)?,
+        slug: r.get(1)?,
+        role: role.parse().unwrap_or(Role::User),
+        active: r.get(3)?,
+        created_at: r.get(4)?,
+    })
+}
+
+pub(super) fn find_user(c: &rusqlite::Connection, slug: &str) -> Result<Option<User>> {
+    Ok(c.prepare_cached("SELECT id, slug, role, active, created_at FROM users WHERE slug = ?1")?
+        .query_row([slug], user_from_row)
+        .optional()?)
+}
+
+pub(super) fn require_user(c: &rusqlite::Connection, slug: &str) -> Result<User> {
+    find_user(c, slug)?.ok_or_else(|| StoreError::NotFound(format!("no user '{slug}'")))
+}
+
+impl Store {
+    pub fn add_user(&self, slug: &str, password_hash: &str, role: Role, actor: &Actor) -> Result<User> {
+        validate_slug(slug)?;
+        self.write(|tx| {
+            if find_user(tx, slug)?.is_some() {
+                return Err(StoreError::Conflict(format!("user '{slug}' already exists")));
+            }
+            tx.execute(
+                "INSERT INTO users (slug, password_hash, role, active, created_at) VALUES (?1, ?2, ?3, 1, ?4)",
+                params![slug, password_hash, role.as_str(), clock::now_ms()],
+            )?;
+            record(tx, actor, "user.added", slug, &format!("role={role}"))?;
+            require_user(tx, slug)
+        })
+    }
+
+    pub fn user(&self, slug: &str) -> Result<Option<User>> {
+        self.with_conn(|c| find_user(c, slug))
+    }
+
+    pub fn users(&self) -> Result<Vec<User>> {
+        self.with_conn(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id, slug, role, active, created_at FROM users ORDER BY slug")?;
+            let rows = stmt.query_map([], user_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// The stored argon2id hash of a user's password, for verification.
+    pub fn password_hash(&self, slug: &str) -> Result<Option<String>> {
+        self.with_conn(|c| {
+            Ok(c.prepare_cached("SELECT password_hash FROM users WHERE slug = ?1")?
+                .query_row([slug], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    pub fn set_user_active(&self, slug: &str, active: bool, actor: &Actor) -> Result<()> {
+        self.write(|tx| {
+            let user = require_user(tx, slug)?;
+            if user.active == active {
+                return Ok(());
+            }
+            tx.execute("UPDATE users SET active = ?1 WHERE id = ?2", params![active, user.id])?;
+            let action = if active { "user.enabled" } else { "user.disabled" };
+            record(tx, actor, action, slug, "")
+        })
+    }
+
+    pub fn set_password(&self, slug: &str, password_hash: &str, actor: &Actor) -> Result<()> {
+        self.write(|tx| {
+            let user = require_user(tx, slug)?;
+            tx.execute(
+                "UPDATE users SET password_hash = ?1 WHERE id = ?2",
+                params![password_hash, user.id],
+            )?;
+            record(tx, actor, "user.password_changed", slug, "")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{actor, temp_store};
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        assert!(validate_slug("alice").is_ok());
+        assert!(validate_slug("ci-bot.2").is_ok());
+        for bad in ["", "Alice", "-x", ".x", "a b", "a/b", "a:b", &"a".repeat(65)] {
+            assert!(validate_slug(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn add_disable_enable_with_audit() {
+        let (_d, store) = temp_store();
+        let u = store.add_user("alice", "hash", Role::User, &actor()).unwrap();
+        assert!(u.active);
+        assert!(matches!(
+            store.add_user("alice", "hash", Role::User, &actor()),
+            Err(StoreError::Conflict(_))
+        ));
+        store.set_user_active("alice", false, &actor()).unwrap();
+        assert!(!store.user("alice").unwrap().unwrap().active);
+        store.set_user_active("alice", true, &actor()).unwrap();
+        assert!(matches!(
+            store.set_user_active("bob", true, &actor()),
+            Err(StoreError::NotFound(_))
+        ));
+        let actions: Vec<String> = store
+            .audit_events(None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(actions, ["user.added", "user.disabled", "user.enabled"]);
+    }
+}

@@ -1,0 +1,338 @@
+//! The token secret format: generation, recognition and hashing.
+//!
+//! A secret looks like
+//!
+//! ```text
+//! ggt_abcdefgh2345_<43 chars base64url: 32 random bytes>_<6-char checksum>
+//! ```
+//!
+//! (67 characters, always). Each part has a reason:
+//! - the fixed **prefix** `ggt_` lets secret scanners (and people) recognise a gitgate token;
+//! - the **id** (12 chars of lowercase base32, 60 random bits) is the store's lookup key, so
+//!   authentication is one indexed read plus one hash comparison, never a scan;
+//! - the **body** is 256 bits from the operating system's RNG, so the secret cannot be guessed;
+//! - the **checksum** is the first 30 bits of SHA-256 over everything before the final `_`,
+//!   written as 6 lowercase base32 chars. It lets a scanner tell a real token from a look-alike
+//!   offline, and lets [`parse`] drop typos and garbage before they reach the store. It is not a
+//!   security feature: anyone can compute it.
+//!
+//! Parsing goes by fixed positions rather than by splitting on `_`, because the base64url body
+//! may itself contain `_` and `-`.
+//!
+//! Only [`hash`] of a secret is stored. SHA-256 (fast, unsalted) is the right choice here and a
+//! password hash like argon2 is not: the secret has 256 bits of entropy, so there is nothing to
+//! brute-force and nothing for a salt to protect, and a fast hash keeps authentication in
+//! microseconds. (Users' *passwords* are low-entropy and use argon2 elsewhere.)
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::credentials::Secret;
+
+/// Every gitgate secret starts with this.
+pub const PREFIX: &str = "ggt_";
+
+/// Length of a token id.
+pub const ID_LEN: usize = 12;
+/// Bytes of OS randomness in a secret.
+const BODY_BYTES: usize = 32;
+/// Length of the base64url (no padding) encoding of [`BODY_BYTES`].
+const BODY_LEN: usize = 43;
+/// Length of the checksum.
+const CHECKSUM_LEN: usize = 6;
+
+const ID_START: usize = PREFIX.len();
+const ID_END: usize = ID_START + ID_LEN;
+const BODY_START: usize = ID_END + 1;
+const BODY_END: usize = BODY_START + BODY_LEN;
+const CHECKSUM_START: usize = BODY_END + 1;
+
+/// Total length of a secret: 67.
+pub const SECRET_LEN: usize = CHECKSUM_START + CHECKSUM_LEN;
+
+/// Lowercase RFC 4648 base32 alphabet: no `0/o` or `1/l` confusion, safe in URLs and file names.
+const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+fn is_base32(b: u8) -> bool {
+    matches!(b, b'a'..=b'z' | b'2'..=b'7')
+}
+
+fn is_base64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// A token id: 12 characters of lowercase base32. Public (it appears in lists and audit events);
+/// not a secret.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId(String);
+
+impl TokenId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for TokenId {
+    type Err = String;
+
+    /// Parse an id typed by an operator. Surrounding whitespace is not accepted.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() == ID_LEN && s.bytes().all(is_base32) {
+            Ok(TokenId(s.to_string()))
+        } else {
+            Err(format!(
+                "'{s}' is not a token id: expected {ID_LEN} characters of a-z and 2-7 \
+                 (see `gitgate tokens list`)"
+            ))
+        }
+    }
+}
+
+/// A freshly created token: its id, and the secret to show once.
+#[derive(Debug)]
+pub struct NewSecret {
+    pub id: TokenId,
+    pub secret: Secret,
+}
+
+/// Create a new id and a secret for it.
+pub fn generate() -> Result<NewSecret, getrandom::Error> {
+    let id = new_id()?;
+    let secret = generate_with_id(&id)?;
+    Ok(NewSecret { id, secret })
+}
+
+/// A new secret for an existing id (rotation keeps the id, so lists and audit stay readable).
+pub fn generate_with_id(id: &TokenId) -> Result<Secret, getrandom::Error> {
+    let mut body = [0u8; BODY_BYTES];
+    getrandom::getrandom(&mut body)?;
+    let mut s = String::with_capacity(SECRET_LEN);
+    s.push_str(PREFIX);
+    s.push_str(id.as_str());
+    s.push('_');
+    s.push_str(&URL_SAFE_NO_PAD.encode(body));
+    let sum = checksum(s.as_bytes());
+    s.push('_');
+    s.push_str(&sum);
+    debug_assert_eq!(s.len(), SECRET_LEN);
+    Ok(Secret::new(s))
+}
+
+/// A new random id: 12 base32 characters (60 bits), from the OS RNG.
+pub fn new_id() -> Result<TokenId, getrandom::Error> {
+    let mut bytes = [0u8; ID_LEN];
+    getrandom::getrandom(&mut bytes)?;
+    // 256 is a multiple of 32, so taking the low 5 bits of a uniform byte is uniform.
+    let id = bytes
+        .iter()
+        .map(|b| char::from(BASE32[usize::from(b & 31)]))
+        .collect();
+    Ok(TokenId(id))
+}
+
+/// The id of a well-formed secret, or `None` unless prefix, length, alphabets, separators and
+/// checksum all match, so that garbage never reaches the store.
+pub fn parse(secret: &str) -> Option<TokenId> {
+    let b = secret.as_bytes();
+    if b.len() != SECRET_LEN || !secret.starts_with(PREFIX) {
+        return None;
+    }
+    let id = b.get(ID_START..ID_END)?;
+    let body = b.get(BODY_START..BODY_END)?;
+    let sum = b.get(CHECKSUM_START..)?;
+    let separators_ok = b.get(ID_END) == Some(&b'_') && b.get(BODY_END) == Some(&b'_');
+    if !separators_ok
+        || !id.iter().copied().all(is_base32)
+        || !body.iter().copied().all(is_base64url)
+        || !sum.iter().copied().all(is_base32)
+    {
+        return None;
+    }
+    let expected = checksum(b.get(..BODY_END)?);
+    if !constant_time_eq(expected.as_bytes(), sum) {
+        return None;
+    }
+    // All bytes checked are ASCII, so this slice is on char boundaries.
+    secret
+        .get(ID_START..ID_END)
+        .map(|id| TokenId(id.to_string()))
+}
+
+/// First 30 bits of SHA-256 over `data`, as 6 lowercase base32 characters.
+fn checksum(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    let [a, b, c, d, ..] = <[u8; 32]>::from(digest);
+    let bits = u32::from_be_bytes([a, b, c, d]) >> 2; // top 30 bits
+    (0..CHECKSUM_LEN)
+        .rev()
+        .map(|i| char::from(BASE32[((bits >> (5 * i)) & 31) as usize]))
+        .collect()
+}
+
+/// SHA-256 of a secret: what the store keeps and compares.
+pub fn hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Compare two byte strings without an early exit on the first difference, so the time taken
+/// does not reveal how long a matching prefix was. Lengths are not secret (stored hashes are
+/// always 32 bytes), so a length mismatch returns `false` at once.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_parse_back_to_their_id() {
+        for _ in 0..50 {
+            let new = generate().unwrap();
+            let s = new.secret.expose();
+            assert_eq!(s.len(), SECRET_LEN);
+            assert!(s.starts_with(PREFIX));
+            assert_eq!(parse(s), Some(new.id.clone()), "{s}");
+            assert_eq!(new.id.as_str().parse::<TokenId>().unwrap(), new.id);
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_the_id() {
+        let id: TokenId = "abcdefgh2345".parse().unwrap();
+        let a = generate_with_id(&id).unwrap();
+        let b = generate_with_id(&id).unwrap();
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(parse(a.expose()), Some(id.clone()));
+        assert_eq!(parse(b.expose()), Some(id));
+    }
+
+    #[test]
+    fn two_generations_differ() {
+        let a = generate().unwrap();
+        let b = generate().unwrap();
+        assert_ne!(a.id, b.id);
+        assert_ne!(a.secret.expose(), b.secret.expose());
+    }
+
+    #[test]
+    fn any_changed_character_fails() {
+        let new = generate().unwrap();
+        let s = new.secret.expose().to_string();
+        for i in 0..s.len() {
+            for replacement in ['a', 'Z', '7', '_', '-'] {
+                let mut bytes = s.clone().into_bytes();
+                if bytes[i] == replacement as u8 {
+                    continue;
+                }
+                bytes[i] = replacement as u8;
+                let changed = String::from_utf8(bytes).unwrap();
+                assert_eq!(
+                    parse(&changed),
+                    None,
+                    "position {i} -> {replacement}: {changed}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_shape_fails() {
+        let s = generate().unwrap().secret.expose().to_string();
+        assert_eq!(parse(""), None);
+        assert_eq!(parse(PREFIX), None);
+        assert_eq!(parse(&s[..s.len() - 1]), None);
+        assert_eq!(parse(&format!("{s}a")), None);
+        assert_eq!(parse(&format!(" {s}")), None);
+        assert_eq!(parse(&s.replacen("ggt_", "ggx_", 1)), None);
+        assert_eq!(parse(&s.replacen("ggt_", "GGT_", 1)), None);
+        assert_eq!(parse(&s.to_uppercase()), None);
+        // Non-ASCII of the right byte length must not panic.
+        let odd = format!("{PREFIX}{}a", "é".repeat((SECRET_LEN - PREFIX.len()) / 2));
+        assert_eq!(odd.len(), SECRET_LEN);
+        assert_eq!(parse(&odd), None);
+        let odd = "é".repeat(SECRET_LEN);
+        assert_eq!(parse(&odd[..SECRET_LEN - 1]), None);
+    }
+
+    #[test]
+    fn a_valid_checksum_on_a_bad_alphabet_still_fails() {
+        // Build a look-alike with an uppercase id and a correct checksum over it.
+        let mut s = format!("{PREFIX}ABCDEFGH2345_{}", "A".repeat(BODY_LEN));
+        let sum = checksum(s.as_bytes());
+        s.push('_');
+        s.push_str(&sum);
+        assert_eq!(s.len(), SECRET_LEN);
+        assert_eq!(parse(&s), None);
+        let lower = s.replacen("ABCDEFGH2345", "abcdefgh2345", 1);
+        assert_eq!(parse(&lower), None, "checksum was over the uppercase id");
+    }
+
+    #[test]
+    fn known_checksum_is_stable() {
+        // Freeze the format: a hand-built secret with a known body.
+        let mut s = format!("{PREFIX}abcdefgh2345_{}", "A".repeat(BODY_LEN));
+        let sum = checksum(s.as_bytes());
+        // Computed independently (Python: top 30 bits of sha256, base32, most significant first).
+        assert_eq!(sum, "j7t4lw");
+        s.push('_');
+        s.push_str(&sum);
+        assert_eq!(parse(&s).unwrap().as_str(), "abcdefgh2345");
+    }
+
+    #[test]
+    fn token_id_from_str() {
+        assert!("abcdefgh2345".parse::<TokenId>().is_ok());
+        for bad in [
+            "",
+            "abcdefgh234",
+            "abcdefgh23456",
+            "ABCDEFGH2345",
+            "abcdefgh2340",
+            "abcdefgh234_",
+        ] {
+            assert!(bad.parse::<TokenId>().is_err(), "{bad:?}");
+        }
+        let id: TokenId = "zzzzzzzzzzzz".parse().unwrap();
+        assert_eq!(id.to_string(), "zzzzzzzzzzzz");
+    }
+
+    #[test]
+    fn hash_is_stable() {
+        // SHA-256("abc"), FIPS 180-2 test vector.
+        let expected = [
+            0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae,
+            0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61,
+            0xf2, 0x00, 0x15, 0xad,
+        ];
+        assert_eq!(hash("abc"), expected);
+        assert_eq!(hash("x"), hash("x"));
+        assert_ne!(hash("x"), hash("y"));
+    }
+
+    #[test]
+    fn constant_time_eq_works() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"xbc"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        let h = hash("secret");
+        assert!(constant_time_eq(&h, &hash("secret")));
+        assert!(!constant_time_eq(&h, &hash("Secret")));
+    }
+}

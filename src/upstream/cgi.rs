@@ -1,0 +1,1373 @@
+//! The embedded backend: `git http-backend` run as a CGI/1.1 program, one process per request.
+//!
+//! By the time a request gets here the gate has classified it, authenticated the token and
+//! authorised the access; this module only moves bytes between hyper and the child process. It
+//! is written around three concerns:
+//!
+//! - **Streaming, both ways.** A push or a clone can be gigabytes. The request body is copied to
+//!   the child's stdin frame by frame by a task of its own, and the child's stdout becomes a
+//!   [`CgiBody`] that reads one chunk at a time as hyper asks for it. Nothing is collected, so
+//!   memory stays flat whatever the size of the pack, and backpressure works end to end (a slow
+//!   client stalls the backend's pipe, not our heap). Only the CGI header block is buffered, and
+//!   it is capped at [`MAX_HEADER_BLOCK`].
+//! - **Environment hygiene.** The child starts from an *empty* environment (`env_clear`) and gets
+//!   exactly the CGI and git variables it needs. gitgate's own environment (store paths,
+//!   secrets, `GIT_*` overrides an operator exported for something else) never leaks in.
+//! - **httpoxy.** CGI's habit of turning every request header `Foo` into `HTTP_FOO` lets a client
+//!   send `Proxy: http://evil` and get `HTTP_PROXY` into a process whose libraries read that as
+//!   their outbound proxy (CVE-2016-5385 and friends). We map *no* client header to `HTTP_*`
+//!   wholesale: `Content-Type`, `Content-Length`, `Git-Protocol` and `Content-Encoding` are
+//!   passed on by name, each validated; everything else — `Authorization` in particular, which
+//!   carries the client's token — stays in gitgate.
+//!
+//! A failed request must look like a failure to git, never like a short success. So: if the
+//! client's body breaks off mid-push the child is killed, so that a half-received push is never
+//! completed; if the child exits non-zero after its headers went out, the response body ends
+//! with an error rather than a clean end of stream; and if it dies before sending headers the
+//! caller gets [`CgiError::Exited`] with the exit status and the last line the child wrote to
+//! stderr. Every child is waited for by a supervisor task, whichever way the request ends
+//! (including the client going away and hyper dropping the body), so there are no zombies.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// The most bytes of CGI header block we accept before giving up on the backend. git's headers
+/// are a few hundred bytes; anything near this is a broken program, not a big response.
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+
+/// How much of the backend's stdout one response frame carries at most.
+const BODY_CHUNK: usize = 64 * 1024;
+
+/// How much stdout we ask for per read while looking for the end of the header block.
+const HEAD_READ: usize = 8 * 1024;
+
+/// Longest stderr line we log as one event; longer lines are logged in pieces.
+const MAX_STDERR_LINE: u64 = 4 * 1024;
+
+/// After the backend closed stdout without a header block, how long it may take to exit before
+/// we kill it. It has nothing more to say to us either way.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// After the backend exited, how long we wait for its stderr to drain (a grandchild that kept
+/// the pipe open must not hold the response hostage).
+const STDERR_GRACE: Duration = Duration::from_secs(1);
+
+/// `PATH` for the backend when gitgate's own has nothing usable in it.
+const FALLBACK_PATH: &str = "/usr/bin:/bin";
+
+/// Response headers that describe gitgate's connection to the client, not the content. hyper
+/// owns framing; a backend must not get a say in it.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Runs a CGI program (normally `git http-backend`) for each request it is given.
+#[derive(Debug, Clone)]
+pub struct CgiBackend {
+    program: PathBuf,
+    project_root: PathBuf,
+}
+
+/// What the backend is told about one request. Everything here has already been checked by the
+/// gate: `path_info` and `query` are canonical, `remote_user` is the authenticated identity.
+#[derive(Debug, Clone, Copy)]
+pub struct CgiRequest<'a> {
+    pub method: &'a Method,
+    /// Canonical repository path plus git suffix, e.g. `/team/app.git/info/refs`.
+    pub path_info: &'a str,
+    /// Canonical query string without `?`, e.g. `service=git-upload-pack`.
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub remote_user: &'a str,
+    pub remote_addr: IpAddr,
+}
+
+/// Why the backend could not produce a response. Once headers have been sent, failures show up
+/// as an error at the end of [`CgiBody`] instead.
+#[derive(Debug)]
+pub enum CgiError {
+    /// The program could not be started (missing, not executable, out of processes).
+    Spawn(io::Error),
+    /// The program's output did not start with a usable CGI header block.
+    BadHeaders(String),
+    /// The program exited (or closed stdout) before a complete header block; carries the exit
+    /// status and the last line it wrote to stderr.
+    Exited(String),
+}
+
+impl fmt::Display for CgiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CgiError::Spawn(e) => write!(f, "could not start the CGI backend: {e}"),
+            CgiError::BadHeaders(why) => {
+                write!(f, "the CGI backend sent an unusable header block: {why}")
+            }
+            CgiError::Exited(why) => {
+                write!(f, "the CGI backend ended before sending a response: {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CgiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CgiError::Spawn(e) => Some(e),
+            CgiError::BadHeaders(_) | CgiError::Exited(_) => None,
+        }
+    }
+}
+
+impl CgiBackend {
+    /// `program` is the CGI executable (e.g. `/usr/lib/git-core/git-http-backend`);
+    /// `project_root` the directory the repositories live under (`GIT_PROJECT_ROOT`).
+    pub fn new(program: PathBuf, project_root: PathBuf) -> Self {
+        CgiBackend {
+            program,
+            project_root,
+        }
+    }
+
+    /// Runs the backend for one authorised request.
+    ///
+    /// Returns once the backend has sent its header block; the body then streams from the
+    /// running process. The request body is fed to the backend concurrently, so a backend that
+    /// answers before reading all of its input (an error, say) is fine.
+    pub async fn serve<B>(
+        &self,
+        req: CgiRequest<'_>,
+        body: B,
+    ) -> Result<Response<CgiBody>, CgiError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: fmt::Display + Send,
+    {
+        let mut child = self.command(&req).spawn().map_err(CgiError::Spawn)?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+
+        // From here on the supervisor owns the child and reaps it however the request ends; the
+        // guard kills it if this future is dropped before the response is handed over.
+        let kill = KillSwitch::new();
+        let guard = KillGuard::new(kill.clone(), "request abandoned before the response");
+        let stderr_task = tokio::spawn(log_stderr(stderr, req.path_info.to_owned()));
+        let (exit_tx, mut exit_rx) = oneshot::channel();
+        tokio::spawn(supervise(child, kill.clone(), stderr_task, exit_tx));
+        tokio::spawn(feed_stdin(body, stdin, kill.clone()));
+
+        let (head, rest) = match read_head(&mut stdout).await {
+            Ok(Some(split)) => split,
+            Ok(None) => {
+                // stdout is closed: the backend is done talking, but may not have exited yet.
+                drop(stdout);
+                let info = match tokio::time::timeout(EXIT_GRACE, &mut exit_rx).await {
+                    Ok(info) => info,
+                    Err(_) => {
+                        kill.kill("closed stdout without a header block but did not exit");
+                        exit_rx.await
+                    }
+                };
+                let why = match info {
+                    Ok(info) => info.to_string(),
+                    Err(_) => "the process supervisor went away".to_owned(),
+                };
+                return Err(CgiError::Exited(why));
+            }
+            Err(e) => return Err(e), // the guard kills the child; the supervisor reaps it
+        };
+
+        let head = parse_head(&head)?;
+        let mut response = Response::new(CgiBody {
+            prefix: rest,
+            stdout: Some(stdout),
+            buf: BytesMut::new(),
+            exit: Some(exit_rx),
+            guard,
+        });
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        Ok(response)
+    }
+
+    /// The child's command line and its complete environment.
+    fn command(&self, req: &CgiRequest<'_>) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.env_clear()
+            .envs(cgi_env(req, &self.project_root))
+            .env("PATH", sanitize_path(std::env::var_os("PATH").as_deref()))
+            .env("HOME", home_dir(std::env::var_os("HOME").as_deref()))
+            // gitgate's working directory is none of the backend's business.
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+}
+
+/// The CGI and git variables for one request (all but `PATH` and `HOME`, which come from the
+/// host). Only the headers named here reach the backend, each only when it is well-formed.
+fn cgi_env(req: &CgiRequest<'_>, project_root: &Path) -> Vec<(&'static str, OsString)> {
+    let mut env: Vec<(&'static str, OsString)> = vec![
+        ("GATEWAY_INTERFACE", "CGI/1.1".into()),
+        ("SERVER_PROTOCOL", "HTTP/1.1".into()),
+        ("SERVER_SOFTWARE", "gitgate".into()),
+        ("REQUEST_METHOD", req.method.as_str().into()),
+        ("SCRIPT_NAME", "".into()),
+        ("PATH_INFO", req.path_info.into()),
+        ("QUERY_STRING", req.query.unwrap_or("").into()),
+        ("GIT_PROJECT_ROOT", project_root.as_os_str().to_owned()),
+        // gitgate has already decided who may read what; `git-daemon-export-ok` files would
+        // only be a second, conflicting opinion.
+        ("GIT_HTTP_EXPORT_ALL", "1".into()),
+        // Its presence is also what lets git http-backend accept receive-pack.
+        ("REMOTE_USER", req.remote_user.into()),
+        ("REMOTE_ADDR", req.remote_addr.to_string().into()),
+    ];
+    if let Some(v) = header_str(req.headers, &header::CONTENT_TYPE) {
+        env.push(("CONTENT_TYPE", v.into()));
+    }
+    if let Some(len) = content_length(req.headers) {
+        env.push(("CONTENT_LENGTH", len.to_string().into()));
+    }
+    if let Some(v) = header_str(req.headers, "git-protocol").filter(|v| valid_git_protocol(v)) {
+        env.push(("GIT_PROTOCOL", v.into()));
+    }
+    if let Some(v) = header_str(req.headers, &header::CONTENT_ENCODING).and_then(content_encoding) {
+        env.push(("HTTP_CONTENT_ENCODING", v.into()));
+    }
+    env
+}
+
+/// The single value of a header as text, or `None` if it is absent, repeated or not visible
+/// ASCII.
+fn header_str<K: header::AsHeaderName>(headers: &HeaderMap, name: K) -> Option<&str> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok().map(str::trim)
+}
+
+/// The request's length when it has a trustworthy one. A chunked body has none: the backend
+/// then reads stdin to EOF, which is where the stdin task's end of body lands.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let v = header_str(headers, &header::CONTENT_LENGTH)?;
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// `Git-Protocol` as git itself accepts it: `key[=value]` items joined by `:`, from a small
+/// alphabet. Anything else is dropped (git then speaks protocol v0), because the value goes into
+/// the environment of a process that parses it.
+fn valid_git_protocol(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 1024
+        && v.split(':').all(|item| {
+            !item.is_empty()
+                && item
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'.' | b'_' | b'-'))
+        })
+}
+
+/// The content codings git http-backend understands, normalised to the spelling it compares
+/// against (codings are case-insensitive in HTTP, not in git).
+fn content_encoding(v: &str) -> Option<&'static str> {
+    ["gzip", "x-gzip", "identity"]
+        .into_iter()
+        .find(|known| v.eq_ignore_ascii_case(known))
+}
+
+/// gitgate's `PATH` with empty and relative entries removed (they would resolve against the
+/// backend's working directory), or a minimal default. Hooks run by receive-pack need a `PATH`.
+fn sanitize_path(inherited: Option<&OsStr>) -> OsString {
+    let Some(inherited) = inherited else {
+        return FALLBACK_PATH.into();
+    };
+    let kept: Vec<&[u8]> = inherited
+        .as_bytes()
+        .split(|&b| b == b':')
+        .filter(|dir| dir.first() == Some(&b'/'))
+        .collect();
+    if kept.is_empty() {
+        FALLBACK_PATH.into()
+    } else {
+        OsString::from_vec(kept.join(&b':'))
+    }
+}
+
+/// The service account's home, where an operator keeps the git config for the backend (e.g.
+/// `safe.directory`), or a directory that does not exist.
+fn home_dir(inherited: Option<&OsStr>) -> OsString {
+    match inherited {
+        Some(home) if home.as_bytes().first() == Some(&b'/') => home.to_owned(),
+        _ => "/nonexistent".into(),
+    }
+}
+
+/// Tells the supervisor to kill the child, with a reason for the error message. Cheap to clone;
+/// the first reason wins.
+#[derive(Clone)]
+struct KillSwitch(Arc<watch::Sender<Option<String>>>);
+
+impl KillSwitch {
+    fn new() -> Self {
+        KillSwitch(Arc::new(watch::channel(None).0))
+    }
+
+    fn kill(&self, reason: &str) {
+        self.0.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(reason.to_owned());
+            true
+        });
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Option<String>> {
+        self.0.subscribe()
+    }
+}
+
+/// Resolves once someone pulled the switch; never, if every switch was dropped unpulled.
+async fn killed(rx: &mut watch::Receiver<Option<String>>) -> String {
+    let reason = rx
+        .wait_for(Option::is_some)
+        .await
+        .map(|reason| reason.clone().unwrap_or_default());
+    match reason {
+        Ok(reason) => reason,
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Pulls the switch when dropped, unless disarmed first.
+struct KillGuard {
+    switch: Option<KillSwitch>,
+    reason: &'static str,
+}
+
+impl KillGuard {
+    fn new(switch: KillSwitch, reason: &'static str) -> Self {
+        KillGuard {
+            switch: Some(switch),
+            reason,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.switch = None;
+    }
+}
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if let Some(switch) = self.switch.take() {
+            switch.kill(self.reason);
+        }
+    }
+}
+
+/// How the child ended, for error messages.
+#[derive(Debug)]
+struct ExitInfo {
+    status: io::Result<ExitStatus>,
+    last_stderr: Option<String>,
+    killed: Option<String>,
+}
+
+impl ExitInfo {
+    fn success(&self) -> bool {
+        matches!(&self.status, Ok(s) if s.success())
+    }
+}
+
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.status {
+            Ok(status) => write!(f, "{status}")?,
+            Err(e) => write!(f, "could not wait for it: {e}")?,
+        }
+        if let Some(reason) = &self.killed {
+            write!(f, " (killed by gitgate: {reason})")?;
+        }
+        match &self.last_stderr {
+            Some(line) => write!(f, "; last stderr line: {line:?}"),
+            None => write!(f, "; nothing on stderr"),
+        }
+    }
+}
+
+/// Owns the child until it has been reaped: waits for it to exit, or kills it when asked and then
+/// waits. Reports how it ended, with the last stderr line, to whoever still wants to know.
+async fn supervise(
+    mut child: Child,
+    switch: KillSwitch,
+    mut stderr: JoinHandle<Option<String>>,
+    report: oneshot::Sender<ExitInfo>,
+) {
+    let mut kill = switch.subscribe();
+    let mut killed_for = None;
+    let status = tokio::select! {
+        status = child.wait() => status,
+        reason = killed(&mut kill) => {
+            tracing::debug!(target: "gitgate::cgi", %reason, "killing CGI backend");
+            // Fails only if it already exited, which is what we wanted anyway.
+            let _ = child.start_kill();
+            killed_for = Some(reason);
+            child.wait().await
+        }
+    };
+    // Reaped. Pulling the switch now only stops the stdin task, which must not hang on to the
+    // client's body for a backend that is gone.
+    switch.kill("the backend exited");
+    let last_stderr = match tokio::time::timeout(STDERR_GRACE, &mut stderr).await {
+        Ok(last) => last.ok().flatten(),
+        Err(_) => {
+            stderr.abort();
+            None
+        }
+    };
+    let _ = report.send(ExitInfo {
+        status,
+        last_stderr,
+        killed: killed_for,
+    });
+}
+
+/// Copies the request body to the child's stdin frame by frame, then closes stdin. A broken
+/// client body kills the child: an incomplete push must not be applied.
+async fn feed_stdin<B>(mut body: B, mut stdin: ChildStdin, kill: KillSwitch)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: fmt::Display,
+{
+    let mut stop = kill.subscribe();
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = killed(&mut stop) => return,
+        };
+        match frame {
+            None => break,
+            Some(Ok(frame)) => {
+                // Trailers have no CGI meaning; only data goes to the backend.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if let Err(e) = stdin.write_all(&data).await {
+                    // The backend stopped reading (it answered early, or died); its exit status
+                    // tells the rest of the story.
+                    tracing::debug!(target: "gitgate::cgi", error = %e, "CGI backend stopped reading the request body");
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(target: "gitgate::cgi", error = %e, "request body failed; killing the CGI backend");
+                kill.kill(&format!("request body failed: {e}"));
+                return;
+            }
+        }
+    }
+    // Dropping stdin closes the pipe: end of body for a backend reading to EOF.
+    drop(stdin);
+}
+
+/// Logs each stderr line of the child as a warning; returns the last non-empty one.
+async fn log_stderr(stderr: ChildStderr, path: String) -> Option<String> {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut last = None;
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_STDERR_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return last,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end();
+                if !text.is_empty() {
+                    tracing::warn!(target: "gitgate::cgi", path = %path, "{text}");
+                    last = Some(text.to_owned());
+                }
+            }
+        }
+    }
+}
+
+/// Reads stdout until the end of the CGI header block. Returns the block (including its blank
+/// line) and any body bytes read along with it, or `None` if stdout closed first.
+async fn read_head<R: AsyncRead + Unpin>(
+    stdout: &mut R,
+) -> Result<Option<(Bytes, Option<Bytes>)>, CgiError> {
+    let mut buf = BytesMut::with_capacity(HEAD_READ);
+    let mut scan = HeadScan::default();
+    loop {
+        if let Some(end) = scan.find_end(&buf) {
+            let head = buf.split_to(end).freeze();
+            let rest = (!buf.is_empty()).then(|| buf.freeze());
+            return Ok(Some((head, rest)));
+        }
+        if buf.len() >= MAX_HEADER_BLOCK {
+            return Err(CgiError::BadHeaders(format!(
+                "no end of headers within the first {MAX_HEADER_BLOCK} bytes"
+            )));
+        }
+        buf.reserve(HEAD_READ);
+        match stdout.read_buf(&mut buf).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(CgiError::BadHeaders(format!("reading stdout failed: {e}"))),
+        }
+    }
+}
+
+/// Finds the blank line that ends a CGI header block, remembering where it stopped so that each
+/// new read is scanned once.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Start of the first line not yet known to be complete.
+    line_start: usize,
+}
+
+impl HeadScan {
+    /// The length of the header block including its terminating blank line (`\n` or `\r\n`),
+    /// if `buf` already holds all of it. The block may be at most [`MAX_HEADER_BLOCK`] long.
+    fn find_end(&mut self, buf: &[u8]) -> Option<usize> {
+        let limit = buf.len().min(MAX_HEADER_BLOCK);
+        while let Some(nl) = buf[self.line_start..limit].iter().position(|&b| b == b'\n') {
+            let line = &buf[self.line_start..self.line_start + nl];
+            self.line_start += nl + 1;
+            if line.is_empty() || line == b"\r" {
+                return Some(self.line_start);
+            }
+        }
+        None
+    }
+}
+
+/// The response line and headers a CGI header block asks for.
+#[derive(Debug)]
+struct Head {
+    status: StatusCode,
+    headers: HeaderMap,
+}
+
+/// Turns a complete CGI header block into a status and response headers (RFC 3875 §6.3).
+/// `Status` sets the status (default 200, or 302 with `Location`); other fields become response
+/// headers. A field hyper cannot carry is skipped with a warning; a block that is not CGI output
+/// at all (a line without a colon, an unreadable `Status`) is an error.
+fn parse_head(block: &[u8]) -> Result<Head, CgiError> {
+    let mut status = None;
+    let mut headers = HeaderMap::new();
+    for line in block.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break; // the blank line: end of the block
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err(CgiError::BadHeaders(format!(
+                "not a header line: {:?}",
+                String::from_utf8_lossy(line)
+            )));
+        };
+        let name = &line[..colon];
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"status") {
+            if status.is_some() {
+                return Err(CgiError::BadHeaders("more than one Status line".to_owned()));
+            }
+            status = Some(parse_status(value)?);
+            continue;
+        }
+        let parsed = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value));
+        let (Ok(name), Ok(value)) = parsed else {
+            tracing::warn!(
+                target: "gitgate::cgi",
+                header = %String::from_utf8_lossy(line),
+                "skipping invalid header from the CGI backend"
+            );
+            continue;
+        };
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            tracing::debug!(target: "gitgate::cgi", header = %name, "dropping hop-by-hop header from the CGI backend");
+            continue;
+        }
+        headers.append(name, value);
+    }
+    let status = status.unwrap_or(if headers.contains_key(header::LOCATION) {
+        StatusCode::FOUND
+    } else {
+        StatusCode::OK
+    });
+    Ok(Head { status, headers })
+}
+
+/// `404 Not Found` → 404. Only the code matters; the reason phrase is hyper's to write.
+fn parse_status(value: &[u8]) -> Result<StatusCode, CgiError> {
+    let code = value.split(|&b| b == b' ').next().unwrap_or_default();
+    match StatusCode::from_bytes(code) {
+        Ok(status) if code.len() == 3 => Ok(status),
+        _ => Err(CgiError::BadHeaders(format!(
+            "unusable Status: {:?}",
+            String::from_utf8_lossy(value)
+        ))),
+    }
+}
+
+/// The backend's response body: whatever came with the header block, then stdout chunk by chunk
+/// as hyper polls. Ends cleanly only if the backend exited successfully; otherwise the last frame
+/// is an error, so the client sees a failure rather than a truncated success.
+///
+/// Dropping it before the backend finished writing (the client went away) kills the backend;
+/// the supervisor task reaps it either way.
+pub struct CgiBody {
+    prefix: Option<Bytes>,
+    stdout: Option<ChildStdout>,
+    buf: BytesMut,
+    exit: Option<oneshot::Receiver<ExitInfo>>,
+    guard: KillGuard,
+}
+
+impl fmt::Debug for CgiBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CgiBody")
+            .field("reading_stdout", &self.stdout.is_some())
+            .field("done", &self.is_end_stream())
+            .finish()
+    }
+}
+
+impl Body for CgiBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+
+        if let Some(stdout) = &mut this.stdout {
+            // A zeroed buffer keeps this free of `unsafe`; the memset is noise next to the pipe.
+            this.buf.resize(BODY_CHUNK, 0);
+            let mut read = ReadBuf::new(&mut this.buf);
+            let result = ready!(Pin::new(stdout).poll_read(cx, &mut read));
+            let n = read.filled().len();
+            match result {
+                Ok(()) if n > 0 => {
+                    this.buf.truncate(n);
+                    return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+                }
+                Ok(()) => {
+                    // The backend said all it had to say; from now on it is left to exit by
+                    // itself, even if the body is dropped before we hear how.
+                    this.buf = BytesMut::new();
+                    this.stdout = None;
+                    this.guard.disarm();
+                }
+                Err(e) => {
+                    this.stdout = None;
+                    this.exit = None;
+                    if let Some(switch) = this.guard.switch.take() {
+                        switch.kill("reading stdout failed");
+                    }
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+
+        let Some(exit) = &mut this.exit else {
+            return Poll::Ready(None);
+        };
+        let info = ready!(Pin::new(exit).poll(cx));
+        this.exit = None;
+        match info {
+            Ok(info) if info.success() => Poll::Ready(None),
+            Ok(info) => Poll::Ready(Some(Err(io::Error::other(format!(
+                "the CGI backend failed after sending its response headers: {info}"
+            ))))),
+            Err(_) => Poll::Ready(Some(Err(io::Error::other(
+                "the CGI backend's supervisor went away",
+            )))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.stdout.is_none() && self.exit.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command as StdCommand;
+
+    use http_body_util::{Empty, Full};
+
+    // ---- pure parts ----------------------------------------------------------------------
+
+    #[test]
+    fn head_end_accepts_lf_and_crlf() {
+        assert_eq!(HeadScan::default().find_end(b"A: b\r\n\r\nbody"), Some(8));
+        assert_eq!(HeadScan::default().find_end(b"A: b\n\nbody"), Some(6));
+        assert_eq!(
+            HeadScan::default().find_end(b"A: b\r\nC: d\n\r\n"),
+            Some(13)
+        );
+        assert_eq!(HeadScan::default().find_end(b"\r\nbody"), Some(2));
+        assert_eq!(HeadScan::default().find_end(b"A: b\r\nC: d"), None);
+    }
+
+    #[test]
+    fn head_end_is_found_across_reads() {
+        let mut scan = HeadScan::default();
+        let full = b"Content-Type: x\r\nStatus: 200 OK\r\n\r\nrest";
+        for len in 0..full.len() {
+            if let Some(end) = scan.find_end(&full[..len]) {
+                assert_eq!(end, full.len() - "rest".len());
+                return;
+            }
+        }
+        panic!("end of headers not found");
+    }
+
+    #[test]
+    fn head_end_ignores_blank_line_beyond_the_cap() {
+        let mut block = vec![b'X'; MAX_HEADER_BLOCK];
+        block.extend_from_slice(b"\n\n");
+        assert_eq!(HeadScan::default().find_end(&block), None);
+    }
+
+    #[test]
+    fn parse_head_reads_status_and_headers() {
+        let head = parse_head(
+            b"Status: 404 Not Found\r\nContent-Type: text/plain\r\nX-Many: 1\r\nX-Many: 2\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(head.status, StatusCode::NOT_FOUND);
+        assert_eq!(head.headers["content-type"], "text/plain");
+        assert_eq!(head.headers.get_all("x-many").iter().count(), 2);
+        assert!(head.headers.get("status").is_none());
+    }
+
+    #[test]
+    fn parse_head_defaults() {
+        assert_eq!(
+            parse_head(b"Content-Type: a/b\n\n").unwrap().status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            parse_head(b"Location: /x\n\n").unwrap().status,
+            StatusCode::FOUND
+        );
+        assert_eq!(
+            parse_head(b"status:304\n\n").unwrap().status,
+            StatusCode::NOT_MODIFIED
+        );
+    }
+
+    #[test]
+    fn parse_head_skips_invalid_and_hop_by_hop_headers() {
+        let head = parse_head(
+            b"Bad Name: x\r\nX-Ctl: a\x01b\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nX-Ok: yes\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(head.headers.len(), 1);
+        assert_eq!(head.headers["x-ok"], "yes");
+    }
+
+    #[test]
+    fn parse_head_rejects_non_cgi_output() {
+        assert!(matches!(
+            parse_head(b"hello world\n\n"),
+            Err(CgiError::BadHeaders(_))
+        ));
+        assert!(matches!(
+            parse_head(b"Status: abc\n\n"),
+            Err(CgiError::BadHeaders(_))
+        ));
+        assert!(matches!(
+            parse_head(b"Status: 99\n\n"),
+            Err(CgiError::BadHeaders(_))
+        ));
+        assert!(matches!(
+            parse_head(b"Status: 2000\n\n"),
+            Err(CgiError::BadHeaders(_))
+        ));
+        assert!(matches!(
+            parse_head(b"Status: 200\nStatus: 500\n\n"),
+            Err(CgiError::BadHeaders(_))
+        ));
+    }
+
+    #[test]
+    fn git_protocol_validation() {
+        assert!(valid_git_protocol("version=2"));
+        assert!(valid_git_protocol("version=2:object-format=sha256:x.y_z-1"));
+        assert!(!valid_git_protocol(""));
+        assert!(!valid_git_protocol("version=2:"));
+        assert!(!valid_git_protocol("version=2::x"));
+        assert!(!valid_git_protocol("version=2 x"));
+        assert!(!valid_git_protocol("version=2;rm -rf"));
+        assert!(!valid_git_protocol("v=\u{e9}"));
+        assert!(!valid_git_protocol(&"a".repeat(2000)));
+    }
+
+    #[test]
+    fn content_encoding_is_normalised_or_dropped() {
+        assert_eq!(content_encoding("gzip"), Some("gzip"));
+        assert_eq!(content_encoding("GZip"), Some("gzip"));
+        assert_eq!(content_encoding("x-gzip"), Some("x-gzip"));
+        assert_eq!(content_encoding("identity"), Some("identity"));
+        assert_eq!(content_encoding("br"), None);
+        assert_eq!(content_encoding("gzip, br"), None);
+    }
+
+    #[test]
+    fn content_length_only_when_trustworthy() {
+        let mut h = HeaderMap::new();
+        assert_eq!(content_length(&h), None);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("42"));
+        assert_eq!(content_length(&h), Some(42));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert_eq!(content_length(&h), None);
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("+4"));
+        assert_eq!(content_length(&h), None);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(content_length(&h), None);
+    }
+
+    #[test]
+    fn path_is_sanitized() {
+        assert_eq!(sanitize_path(None), FALLBACK_PATH);
+        assert_eq!(sanitize_path(Some(OsStr::new(""))), FALLBACK_PATH);
+        assert_eq!(sanitize_path(Some(OsStr::new(".:bin::"))), FALLBACK_PATH);
+        assert_eq!(
+            sanitize_path(Some(OsStr::new("/usr/local/bin:.::/usr/bin:relative"))),
+            "/usr/local/bin:/usr/bin"
+        );
+        assert_eq!(home_dir(Some(OsStr::new("/home/git"))), "/home/git");
+        assert_eq!(home_dir(Some(OsStr::new("~"))), "/nonexistent");
+        assert_eq!(home_dir(None), "/nonexistent");
+    }
+
+    #[test]
+    fn env_maps_only_named_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("proxy", HeaderValue::from_static("http://evil"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer secret"),
+        );
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=b"));
+        headers.insert("git-protocol", HeaderValue::from_static("version=2"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-git-upload-pack-request"),
+        );
+        let req = CgiRequest {
+            method: &Method::POST,
+            path_info: "/team/app.git/git-upload-pack",
+            query: None,
+            headers: &headers,
+            remote_user: "alice",
+            remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let env = cgi_env(&req, Path::new("/srv/git"));
+        let get = |k: &str| {
+            env.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("GIT_PROTOCOL").unwrap(), "version=2");
+        assert_eq!(get("QUERY_STRING").unwrap(), "");
+        assert_eq!(get("REMOTE_ADDR").unwrap(), "127.0.0.1");
+        assert_eq!(get("GIT_PROJECT_ROOT").unwrap(), "/srv/git");
+        assert!(get("CONTENT_LENGTH").is_none());
+        assert!(env.iter().all(|(k, _)| !k.starts_with("HTTP_")));
+        let secret = env
+            .iter()
+            .any(|(_, v)| v.as_bytes().windows(6).any(|w| w == b"secret"));
+        assert!(!secret, "the token must not reach the backend");
+    }
+
+    // ---- real processes --------------------------------------------------------------------
+
+    fn http_backend() -> PathBuf {
+        let exec_path = StdCommand::new("git").arg("--exec-path").output().ok();
+        let from_git = exec_path.filter(|o| o.status.success()).map(|o| {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("git-http-backend")
+        });
+        match from_git {
+            Some(p) if p.exists() => p,
+            _ => PathBuf::from("/usr/lib/git-core/git-http-backend"),
+        }
+    }
+
+    fn git(dir: &Path, args: &[&str]) {
+        let out = StdCommand::new("git")
+            .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+            .args(["-c", "init.defaultBranch=main"])
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `<tmp>/root/team/app.git`, a bare repository with one commit on `main`.
+    fn repo() -> (tempfile::TempDir, CgiBackend) {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q"]);
+        std::fs::write(work.join("README"), "hello\n").unwrap();
+        git(&work, &["add", "README"]);
+        git(&work, &["commit", "-q", "-m", "first"]);
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("team")).unwrap();
+        git(
+            tmp.path(),
+            &["clone", "-q", "--bare", "work", "root/team/app.git"],
+        );
+        let backend = CgiBackend::new(http_backend(), root);
+        (tmp, backend)
+    }
+
+    /// A CGI program written as a shell script.
+    fn script(dir: &Path, name: &str, body: &str) -> CgiBackend {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        CgiBackend::new(path, dir.to_owned())
+    }
+
+    fn request<'a>(
+        method: &'a Method,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
+    ) -> CgiRequest<'a> {
+        CgiRequest {
+            method,
+            path_info: path,
+            query,
+            headers,
+            remote_user: "alice",
+            remote_addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+        }
+    }
+
+    /// `serve`, retrying while the kernel still sees the freshly written script as open for
+    /// writing (ETXTBSY: another test thread forked while we held it open).
+    async fn serve<B, F>(
+        backend: &CgiBackend,
+        req: CgiRequest<'_>,
+        mut body: F,
+    ) -> Result<Response<CgiBody>, CgiError>
+    where
+        F: FnMut() -> B,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: fmt::Display + Send,
+    {
+        for _ in 0..50 {
+            match backend.serve(req, body()).await {
+                Err(CgiError::Spawn(e)) if e.raw_os_error() == Some(26) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                other => return other,
+            }
+        }
+        panic!("script stayed busy");
+    }
+
+    async fn body_bytes(body: CgiBody) -> Bytes {
+        body.collect().await.expect("clean body").to_bytes()
+    }
+
+    fn empty() -> Empty<Bytes> {
+        Empty::new()
+    }
+
+    #[tokio::test]
+    async fn info_refs_v0() {
+        let (_tmp, backend) = repo();
+        let headers = HeaderMap::new();
+        let req = request(
+            &Method::GET,
+            "/team/app.git/info/refs",
+            Some("service=git-upload-pack"),
+            &headers,
+        );
+        let resp = serve(&backend, req, empty).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/x-git-upload-pack-advertisement"
+        );
+        let body = body_bytes(resp.into_body()).await;
+        assert!(
+            body.starts_with(b"001e# service=git-upload-pack\n"),
+            "{body:?}"
+        );
+        assert!(body.windows(15).any(|w| w == b"refs/heads/main"));
+    }
+
+    #[tokio::test]
+    async fn info_refs_v2() {
+        let (_tmp, backend) = repo();
+        let mut headers = HeaderMap::new();
+        headers.insert("git-protocol", HeaderValue::from_static("version=2"));
+        let req = request(
+            &Method::GET,
+            "/team/app.git/info/refs",
+            Some("service=git-upload-pack"),
+            &headers,
+        );
+        let resp = serve(&backend, req, empty).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = body_bytes(resp.into_body()).await;
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("version 2\n"), "{text}");
+        assert!(text.contains("ls-refs"), "{text}");
+        assert!(text.contains("fetch"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn missing_repo_is_404() {
+        let (_tmp, backend) = repo();
+        let headers = HeaderMap::new();
+        let req = request(
+            &Method::GET,
+            "/team/nope.git/info/refs",
+            Some("service=git-upload-pack"),
+            &headers,
+        );
+        let resp = serve(&backend, req, empty).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        body_bytes(resp.into_body()).await;
+    }
+
+    #[tokio::test]
+    async fn upload_pack_v2_ls_refs() {
+        let (_tmp, backend) = repo();
+        let pkt = b"0014command=ls-refs\n0001000bsymrefs0000".as_slice();
+        let mut headers = HeaderMap::new();
+        headers.insert("git-protocol", HeaderValue::from_static("version=2"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-git-upload-pack-request"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(pkt.len()));
+        let req = request(
+            &Method::POST,
+            "/team/app.git/git-upload-pack",
+            None,
+            &headers,
+        );
+        let resp = serve(&backend, req, || Full::new(Bytes::from_static(pkt)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/x-git-upload-pack-result"
+        );
+        let body = body_bytes(resp.into_body()).await;
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains(" HEAD symref-target:refs/heads/main\n"),
+            "{text}"
+        );
+        assert!(text.contains(" refs/heads/main\n"), "{text}");
+        assert!(text.ends_with("0000"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn client_headers_do_not_reach_the_environment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = script(
+            tmp.path(),
+            "env.cgi",
+            "printf 'Content-Type: text/plain\\r\\n\\r\\n'; env",
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("proxy", HeaderValue::from_static("http://evil"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic c2VjcmV0"),
+        );
+        headers.insert("git-protocol", HeaderValue::from_static("version=2;evil"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let req = request(
+            &Method::POST,
+            "/team/app.git/git-receive-pack",
+            None,
+            &headers,
+        );
+        let resp = serve(&backend, req, empty).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let env = String::from_utf8(body_bytes(resp.into_body()).await.to_vec()).unwrap();
+        let vars: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+        assert!(!vars.contains(&"HTTP_PROXY"), "{env}");
+        assert!(!vars.contains(&"HTTP_AUTHORIZATION"), "{env}");
+        assert!(!vars.contains(&"GIT_PROTOCOL"), "{env}");
+        assert!(!vars.iter().any(|v| v.starts_with("HTTP_")), "{env}");
+        assert!(!env.contains("c2VjcmV0"), "{env}");
+        assert!(env.lines().any(|l| l == "REMOTE_USER=alice"), "{env}");
+        assert!(env.lines().any(|l| l == "REMOTE_ADDR=192.0.2.7"), "{env}");
+        assert!(env.lines().any(|l| l == "CONTENT_LENGTH=0"), "{env}");
+        assert!(env.lines().any(|l| l == "REQUEST_METHOD=POST"), "{env}");
+        assert!(env.lines().any(|l| l == "GIT_HTTP_EXPORT_ALL=1"), "{env}");
+        // cargo sets this for the test process; env_clear keeps it from the child.
+        if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
+            assert!(!vars.contains(&"CARGO_MANIFEST_DIR"), "{env}");
+        }
+    }
+
+    #[tokio::test]
+    async fn exit_before_headers_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = script(
+            tmp.path(),
+            "fail.cgi",
+            "echo 'first' >&2; echo 'fatal: it broke' >&2; exit 1",
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/x", None, &headers);
+        match serve(&backend, req, empty).await {
+            Err(CgiError::Exited(why)) => {
+                assert!(why.contains("exit status: 1"), "{why}");
+                assert!(why.contains("fatal: it broke"), "{why}");
+            }
+            other => panic!("expected Exited, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_output_is_bad_headers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = script(
+            tmp.path(),
+            "garbage.cgi",
+            "echo 'not a header'; echo; echo body",
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/x", None, &headers);
+        let err = serve(&backend, req, empty).await.unwrap_err();
+        assert!(matches!(err, CgiError::BadHeaders(_)), "{err}");
+
+        let backend = script(tmp.path(), "endless.cgi", "exec yes X-Header: y");
+        let err = serve(&backend, req, empty).await.unwrap_err();
+        assert!(matches!(err, CgiError::BadHeaders(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn failure_after_headers_ends_body_with_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = script(
+            tmp.path(),
+            "partial.cgi",
+            "printf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\npartial'; echo 'died' >&2; exit 3",
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/x", None, &headers);
+        let mut body = serve(&backend, req, empty).await.unwrap().into_body();
+        let mut got = Vec::new();
+        let err = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
+                Some(Err(e)) => break e,
+                None => panic!("body ended cleanly after exit 3"),
+            }
+        };
+        assert_eq!(got, b"partial");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("exit status: 3") && msg.contains("died"),
+            "{msg}"
+        );
+    }
+
+    /// A request body of `remaining` bytes in 1 MiB frames, produced on the fly, optionally
+    /// failing instead of ending.
+    struct Generated {
+        remaining: usize,
+        fail_at_end: bool,
+    }
+
+    impl Body for Generated {
+        type Data = Bytes;
+        type Error = String;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, String>>> {
+            if self.remaining == 0 {
+                return Poll::Ready(self.fail_at_end.then(|| Err("client went away".to_owned())));
+            }
+            let n = self.remaining.min(1 << 20);
+            self.remaining -= n;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n])))))
+        }
+    }
+
+    #[tokio::test]
+    async fn large_body_streams_through() {
+        const SIZE: usize = 50 * 1000 * 1000 + 7;
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = script(
+            tmp.path(),
+            "echo.cgi",
+            "printf 'Content-Type: application/octet-stream\\r\\n\\r\\n'; exec cat",
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let req = request(&Method::POST, "/x", None, &headers);
+        let make = || Generated {
+            remaining: SIZE,
+            fail_at_end: false,
+        };
+        let mut body = serve(&backend, req, make).await.unwrap().into_body();
+        let (mut total, mut biggest) = (0, 0);
+        while let Some(frame) = body.frame().await {
+            let data = frame.expect("clean body").into_data().unwrap();
+            assert!(data.iter().all(|&b| b == b'x'));
+            total += data.len();
+            biggest = biggest.max(data.len());
+        }
+        assert_eq!(total, SIZE);
+        assert!(biggest <= BODY_CHUNK);
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn broken_request_body_kills_backend() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Would succeed (exit 0) once stdin ends cleanly; must not get the chance.
+        let backend = script(
+            tmp.path(),
+            "push.cgi",
+            "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; sleep 1; echo applied",
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::POST, "/x", None, &headers);
+        let make = || Generated {
+            remaining: 3 << 20,
+            fail_at_end: true,
+        };
+        let body = serve(&backend, req, make).await.unwrap().into_body();
+        let err = body.collect().await.unwrap_err().to_string();
+        assert!(
+            err.contains("request body failed: client went away"),
+            "{err}"
+        );
+        assert!(err.contains("signal"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn dropped_body_kills_and_reaps_backend() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = script(
+            tmp.path(),
+            "yes.cgi",
+            "printf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' $$; exec yes",
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/x", None, &headers);
+        let mut body = serve(&backend, req, empty).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let pid: u32 = String::from_utf8_lossy(&first)
+            .lines()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        assert!(proc_dir.exists());
+        drop(body);
+        // Gone from the process table altogether: killed *and* reaped, not a zombie.
+        for _ in 0..250 {
+            if !proc_dir.exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("backend {pid} still in the process table");
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_spawn_error() {
+        let backend = CgiBackend::new("/nonexistent/git-http-backend".into(), "/tmp".into());
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/x", None, &headers);
+        let err = backend.serve(req, Empty::<Bytes>::new()).await.unwrap_err();
+        assert!(matches!(err, CgiError::Spawn(_)), "{err}");
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn body_is_send_and_static() {
+        fn check<T: Body<Data = Bytes, Error = io::Error> + Send + 'static>() {}
+        check::<CgiBody>();
+    }
+}
