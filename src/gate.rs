@@ -25,6 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use crate::clock;
 use crate::credentials::{self, CredentialError, Credentials};
 use crate::git::{self, GitRequest, Rejection};
+use crate::health;
 use crate::policy::{self, Deny, Identity};
 use crate::store::{Actor, AuthRecord, Store, StoreError};
 use crate::token;
@@ -70,6 +71,9 @@ impl Gate {
         req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
+        if let Some(resp) = health::probe(&self, req.method(), req.uri().path()).await {
+            return Ok(resp);
+        }
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -91,7 +95,7 @@ impl Gate {
                     Ok(resp) => resp,
                     Err(e) => {
                         tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
-                        text(StatusCode::BAD_GATEWAY, &format!("the git backend failed: {e}"))
+                        text(e.status, &e.message)
                     }
                 }
             }
