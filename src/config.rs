@@ -87,7 +87,7 @@ pub enum Upstream {
         project_root: PathBuf,
     },
     /// An existing git server reached over HTTP(S).
-    Http(HttpUpstream),
+    Http(Box<HttpUpstream>),
 }
 
 /// `[upstream] url = ...`: forward to an existing git server.
@@ -339,7 +339,7 @@ impl Config {
                 ))
             }
             (None, Some(url)) => {
-                Upstream::Http(http_upstream(&url, upstream, &resolve).map_err(err)?)
+                Upstream::Http(Box::new(http_upstream(&url, upstream, &resolve).map_err(err)?))
             }
             (Some(cgi), None) => {
                 if let Some(key) = http_only_key(&upstream) {

@@ -56,10 +56,10 @@ pub async fn run(config: Config) -> Result<(), String> {
             program,
             project_root,
         } => Upstream::Cgi(CgiBackend::new(program.clone(), project_root.clone())),
-        UpstreamConfig::Http(http) => Upstream::Http(
+        UpstreamConfig::Http(http) => Upstream::Http(Box::new(
             HttpBackend::new(http, config.server.trusted_proxies.clone(), certs.is_some())
                 .map_err(|e| format!("{}: {e}", config.source.display()))?,
-        ),
+        )),
     };
     let gate = Arc::new(Gate {
         git_prefix: config.server.git_prefix.clone(),

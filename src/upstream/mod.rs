@@ -31,7 +31,7 @@ pub enum Upstream {
     /// `git http-backend` (or another CGI program) run by gitgate itself.
     Cgi(CgiBackend),
     /// An existing git server over HTTP(S).
-    Http(HttpBackend),
+    Http(Box<HttpBackend>),
 }
 
 /// Why a request could not be forwarded: the status to answer with (`502` when the backend
