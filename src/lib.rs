@@ -3,17 +3,20 @@
 //! # The path of one request
 //!
 //! ```text
-//!  git client ──▶ server ──▶ gate ──┬─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
-//!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
-//!                                   ├─ token::parse(secret) → id; store.auth_record(id); hash compare
-//!                                   ├─ policy::authorize(record, user, repo, access, now) ─▶ Identity | Deny
-//!                                   └─ upstream.forward(request, identity) ─▶ streamed response
-//!                                         └─ cgi: git http-backend run by gitgate itself
+//!  git client ──TLS?──▶ server ──▶ gate ──┬─ health::probe: /healthz, /readyz (no token, never forwarded)
+//!                                          ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
+//!                                          ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
+//!                                          ├─ token::parse(secret) → id; store.auth_record(id); hash compare
+//!                                          ├─ policy::authorize(record, user, repo, access, now) ─▶ Identity | Deny
+//!                                          └─ upstream.forward(request, identity) ─▶ streamed response
+//!                                                ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
+//!                                                └─ cgi:  git http-backend run by gitgate itself
 //!  off the hot path: last-used time/address (at most every 5 s per token), audit of failures
 //! ```
 //!
-//! - [`server`] accepts connections (hyper, HTTP/1.1 and h2c), with a header-read deadline and
-//!   graceful shutdown on SIGINT/SIGTERM.
+//! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2, TLS via [`tls`] with the
+//!   certificate reloaded on SIGHUP), with a header-read deadline, an idle timeout, a cap on
+//!   connections and header size, and graceful shutdown on SIGINT/SIGTERM.
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
 //!   `404/400/405` for what is not a git request (never forwarded), `401` with a Basic challenge
 //!   for missing or bad credentials, `403` for too little permission, `503` when the store
@@ -25,8 +28,11 @@
 //!   (`ggt_<id>_<256 random bits>_<checksum>`) and hashes it; only the SHA-256 is stored.
 //! - [`store`] is the SQLite token store (users, grants, tokens, settings, audit), shared with
 //!   the CLI process: a revocation there is seen on the next request.
-//! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
-//!   streamed.
+//! - [`upstream`] moves bytes: [`upstream::http`] forwards to an existing git server with a
+//!   pooled client, [`upstream::headers`] decides which headers cross (the client's token never
+//!   does; the identity header is always gitgate's); [`upstream::cgi`] runs `git http-backend`.
+//!   Both stream bodies both ways. `502`/`504` with a reason when the backend fails or stalls.
+//! - [`health`] answers the liveness and readiness probes.
 //! - [`lifecycle`] holds the token creation rules for every interface; [`cli`] is the operator's
 //!   command line; [`config`] reads and validates `proxy.toml`.
 
