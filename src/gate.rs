@@ -91,7 +91,10 @@ impl Gate {
                     Ok(resp) => resp,
                     Err(e) => {
                         tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
-                        text(StatusCode::BAD_GATEWAY, &format!("the git backend failed: {e}"))
+                        text(
+                            StatusCode::BAD_GATEWAY,
+                            &format!("the git backend failed: {e}"),
+                        )
                     }
                 }
             }
@@ -150,7 +153,9 @@ impl Gate {
         let id_str = id.as_str().to_string();
         let record = tokio::task::spawn_blocking(move || store.auth_record(&id_str))
             .await
-            .map_err(|e| Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}"))))?
+            .map_err(|e| {
+                Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
+            })?
             .map_err(Refusal::StoreDown)?
             .ok_or(Refusal::InvalidToken)?;
         if !token::constant_time_eq(&presented_hash, &record.secret_hash) {
@@ -191,7 +196,12 @@ impl Gate {
     }
 
     /// The one place where refusals become answers.
-    fn refusal(&self, refusal: Refusal, remote: SocketAddr, log: &RequestLog) -> Response<ResponseBody> {
+    fn refusal(
+        &self,
+        refusal: Refusal,
+        remote: SocketAddr,
+        log: &RequestLog,
+    ) -> Response<ResponseBody> {
         match refusal {
             Refusal::NotGit(Rejection::NotFound(m)) => text(StatusCode::NOT_FOUND, &m),
             Refusal::NotGit(Rejection::BadRequest(m)) => text(StatusCode::BAD_REQUEST, &m),
