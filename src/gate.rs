@@ -337,15 +337,15 @@ impl LoggedBody {
                 method = %l.method,
                 path = %l.path,
                 remote = %l.remote.ip(),
-                repo = l.repo.as_deref().unwrap_or("-"),
-                access = l.access.unwrap_or("-"),
-                user = l.user.as_deref().unwrap_or("-"),
-                token_id = l.token_id.as_deref().unwrap_or("-"),
+                repo = %l.repo.as_deref().unwrap_or("-"),
+                access = %l.access.unwrap_or("-"),
+                user = %l.user.as_deref().unwrap_or("-"),
+                token_id = %l.token_id.as_deref().unwrap_or("-"),
                 status = l.status,
                 bytes_in = l.bytes_in.load(Ordering::Relaxed),
                 bytes_out = self.bytes_out,
                 duration_ms = l.started.elapsed().as_secs_f64() * 1000.0,
-                outcome,
+                outcome = %outcome,
                 "request"
             );
         }
