@@ -129,7 +129,11 @@ pub fn show(store: &Store, id: &str, json: bool) -> Result<(), String> {
     println!("kind:        {}", t.kind.as_str());
     println!("for:         {}", t.principal());
     println!("permissions: {}", t.permissions);
-    println!("created:     {} by {}", when(Some(t.created_at)), t.created_by);
+    println!(
+        "created:     {} by {}",
+        when(Some(t.created_at)),
+        t.created_by
+    );
     println!("expires:     {}", when(t.expires_at));
     println!(
         "last used:   {}{}",
