@@ -667,17 +667,29 @@ fn identity_comes_from_the_token_never_from_the_client() {
     assert!(!log.contains("mallory") && !log.contains("10.6.6.6") && !log.contains("evil.example"));
 }
 
+/// Peak resident memory of a process so far, in KiB (Linux).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
-fn large_chunked_push_streams_through() {
-    let Some(w) = World::new("large_chunked_push_streams_through") else {
+fn large_chunked_push_and_clone_stream_with_flat_memory() {
+    let Some(w) = World::new("large_chunked_push_and_clone_stream_with_flat_memory") else {
         return;
     };
     let g = w.serve(&Options::default());
     let url = w.url(&g);
     let a = w.path("a");
     w.git_ok(w.dir.path(), &["clone", "-q", &url, a.to_str().unwrap()]);
-    // 4 MiB that does not compress: the pack is about as large.
-    let mut data = vec![0u8; 4 << 20];
+    let baseline = peak_rss_kib(g.child.id());
+    // 32 MiB that does not compress: the pack is about as large.
+    const SIZE: usize = 32 << 20;
+    let mut data = vec![0u8; SIZE];
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     for chunk in data.chunks_mut(8) {
         x ^= x << 13;
@@ -686,7 +698,9 @@ fn large_chunked_push_streams_through() {
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
     commit_file(&w, &a, "big.bin", &data);
+    drop(data);
     let started = Instant::now();
+    // A small postBuffer: git sends the pack with chunked transfer encoding.
     w.git_ok(
         &a,
         &[
@@ -698,21 +712,52 @@ fn large_chunked_push_streams_through() {
             "main",
         ],
     );
-    let took = started.elapsed();
+    let push_took = started.elapsed();
     let head = w.git_ok(&a, &["rev-parse", "HEAD"]);
     w.git_ok(&w.bare(), &["cat-file", "-e", head.trim()]);
 
-    // gitgate saw the whole pack go through as one chunked request body.
+    let started = Instant::now();
+    let b = w.path("b");
+    w.git_ok(w.dir.path(), &["clone", "-q", &url, b.to_str().unwrap()]);
+    let clone_took = started.elapsed();
+    assert_eq!(
+        std::fs::metadata(b.join("big.bin")).unwrap().len(),
+        SIZE as u64
+    );
+
+    // gitgate saw the whole pack go through as one request body ...
     let log = g.log();
-    let pushed = log
-        .lines()
-        .filter(|l| l.contains("git-receive-pack") && l.contains("method=POST"))
-        .filter_map(|l| l.split("bytes_in=").nth(1))
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
-    assert!(pushed > 4_000_000, "bytes_in of the push: {pushed}\n{log}");
-    eprintln!("pushed {pushed} bytes through gitgate → nginx in {took:?}");
+    let bytes = |method: &str, field: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("method={method}")))
+            .filter_map(|l| l.split(&format!("{field}=")).nth(1))
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let pushed = bytes("POST", "bytes_in");
+    let cloned = bytes("POST", "bytes_out");
+    assert!(
+        pushed > SIZE as u64,
+        "bytes_in of the push: {pushed}\n{log}"
+    );
+    assert!(
+        cloned > SIZE as u64,
+        "bytes_out of the clone: {cloned}\n{log}"
+    );
+    // ... without holding it: the peak memory barely moved.
+    let peak = peak_rss_kib(g.child.id());
+    eprintln!(
+        "push {pushed} B in {push_took:?}, clone {cloned} B in {clone_took:?}; \
+         gitgate peak RSS {baseline} KiB before, {peak} KiB after"
+    );
+    if baseline > 0 {
+        assert!(
+            peak - baseline < 16 * 1024,
+            "gitgate's peak memory grew by {} KiB moving 2 × 32 MiB",
+            peak - baseline
+        );
+    }
 }
 
 #[test]

@@ -223,18 +223,17 @@ impl HttpBackend {
         if cause.is_empty() {
             cause = e.to_string();
         }
+        // The client gets the cause; the upstream's address stays in gitgate's log.
         let origin = self.origin.to_string();
-        let origin = origin.trim_end_matches('/');
+        tracing::warn!(upstream = %origin.trim_end_matches('/'), cause = %cause, "upstream request failed");
         if timed_out {
             ForwardError::gateway_timeout(format!(
-                "the upstream git server {origin} did not answer in time ({cause})"
+                "the upstream git server did not answer in time ({cause})"
             ))
         } else if e.is_connect() {
-            ForwardError::bad_gateway(format!(
-                "cannot reach the upstream git server {origin} ({cause})"
-            ))
+            ForwardError::bad_gateway(format!("cannot reach the upstream git server ({cause})"))
         } else {
-            ForwardError::bad_gateway(format!("the upstream git server {origin} failed ({cause})"))
+            ForwardError::bad_gateway(format!("the upstream git server failed ({cause})"))
         }
     }
 
