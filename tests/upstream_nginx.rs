@@ -837,18 +837,39 @@ fn clone_over_tls_with_the_test_ca() {
     let ca = fixture("tls/ca.pem");
     let ca_opt = format!("http.sslCAInfo={}", ca.display());
     let a = w.path("a");
+    // Clone over HTTP/2 (ALPN h2) ...
+    let out = git_command(w.dir.path(), &w.home())
+        .env("GIT_TRACE_CURL", "1")
+        .env("GIT_TRACE_CURL_NO_DATA", "1")
+        .args(["-c", &ca_opt, "-c", "http.version=HTTP/2", "clone", "-q"])
+        .arg(w.url(&g))
+        .arg(&a)
+        .output()
+        .unwrap();
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{trace}");
+    assert!(trace.contains("HTTP/2 200"), "not HTTP/2: {trace}");
+    assert!(a.join("README").exists());
+    // ... and push over HTTP/1.1.
+    commit_file(&w, &a, "tls.txt", b"over TLS\n");
     w.git_ok(
-        w.dir.path(),
+        &a,
         &[
             "-c",
             &ca_opt,
-            "clone",
+            "-c",
+            "http.version=HTTP/1.1",
+            "push",
             "-q",
-            &w.url(&g),
-            a.to_str().unwrap(),
+            "origin",
+            "main",
         ],
     );
-    assert!(a.join("README").exists());
+    assert!(reflog(&w)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .contains(" alice <"));
     // Without the CA git refuses the certificate.
     let out = w.git(w.dir.path(), &["ls-remote", &w.url(&g)]);
     assert!(!out.status.success());
@@ -1062,4 +1083,29 @@ fn graceful_shutdown_finishes_a_slow_clone() {
         "gitgate exits 0 after a graceful shutdown: {status}"
     );
     assert!(g.log().contains("shutting down"), "{}", g.log());
+}
+
+#[test]
+fn refused_upstream_credentials_are_a_502_not_a_prompt() {
+    let Some(w) = World::new("refused_upstream_credentials_are_a_502_not_a_prompt") else {
+        return;
+    };
+    std::fs::write(w.path("upstream.secret"), "wrong-secret\n").unwrap();
+    let g = w.serve(&Options::default());
+    let auth = basic("alice", &w.token);
+    let (status, head, body) = http(
+        g.port,
+        "GET",
+        "/scm/team/app.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &auth)],
+    );
+    // nginx's 401 is about gitgate's credentials: passing its challenge on would only make git
+    // ask the user for a password that cannot help.
+    assert_eq!(status, 502, "{head}\n{body}");
+    assert!(
+        !head.to_ascii_lowercase().contains("www-authenticate"),
+        "{head}"
+    );
+    assert!(body.contains("[upstream.credentials]"), "{body}");
+    assert!(!body.contains("wrong-secret") && !head.contains("wrong-secret"));
 }

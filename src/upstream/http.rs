@@ -494,6 +494,19 @@ mod tests {
         .unwrap();
         assert_eq!(v, "Basic Z2l0Z2F0ZTpwdw==");
         assert!(v.is_sensitive());
+        std::env::set_var("GITGATE_TEST_UPSTREAM_BEARER", "tok3n\n");
+        let v = read_credentials(&UpstreamCredentials {
+            scheme: CredentialScheme::Bearer,
+            source: SecretSource::Env("GITGATE_TEST_UPSTREAM_BEARER".into()),
+        })
+        .unwrap();
+        assert_eq!(v, "Bearer tok3n");
+        assert!(read_credentials(&UpstreamCredentials {
+            scheme: CredentialScheme::Bearer,
+            source: SecretSource::Env("GITGATE_TEST_UNSET_VARIABLE".into()),
+        })
+        .unwrap_err()
+        .contains("not set"));
         std::fs::write(&f, "nocolon").unwrap();
         assert!(read_credentials(&UpstreamCredentials {
             scheme: CredentialScheme::Basic,
