@@ -216,3 +216,58 @@ fn an_upstream_that_never_answers_is_504() {
     assert!(out.contains("no answer"), "{out}");
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+#[test]
+fn an_upstream_that_cannot_be_connected_to_in_time_is_504() {
+    let dir = tempfile::tempdir().unwrap();
+    // A listener that never accepts, with its accept queue filled: further SYNs are dropped,
+    // so connecting hangs the way it does to a firewalled host.
+    let full = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = full.local_addr().unwrap().port();
+    let mut held = Vec::new();
+    for _ in 0..4096 {
+        match TcpStream::connect_timeout(&full.local_addr().unwrap(), Duration::from_millis(200)) {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n\
+         connect_timeout_seconds = 1\nidle_timeout_seconds = 2\n"
+    );
+    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+        .arg("--config")
+        .arg(dir.path().join("proxy.toml"))
+        .args([
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "ci",
+            "--permission",
+            "PROJECT_READ",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let g = start(dir.path(), &config);
+    let mut s = connect(g.port);
+    s.write_all(
+        format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (out, took) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(out.contains("did not answer in time"), "{out}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    drop(held);
+}
