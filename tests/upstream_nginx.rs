@@ -344,6 +344,8 @@ struct Options {
     /// `https://localhost:<nginx tls port>/git` with this `ca_file` (None: system roots).
     https_upstream: Option<Option<PathBuf>>,
     grace_seconds: u64,
+    /// `[server] trusted_proxies`.
+    trusted: &'static str,
 }
 
 impl Default for Options {
@@ -352,6 +354,7 @@ impl Default for Options {
             tls: false,
             https_upstream: None,
             grace_seconds: 30,
+            trusted: "",
         }
     }
 }
@@ -424,6 +427,9 @@ impl World {
             "[server]\nlisten = \"127.0.0.1:0\"\ngit_prefix = \"/scm\"\nshutdown_grace_seconds = {}\n",
             o.grace_seconds
         );
+        if !o.trusted.is_empty() {
+            text.push_str(&format!("trusted_proxies = [\"{}\"]\n", o.trusted));
+        }
         if o.tls {
             text.push_str("[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
             if !self.dir.path().join("cert.pem").exists() {
@@ -1108,4 +1114,40 @@ fn refused_upstream_credentials_are_a_502_not_a_prompt() {
     );
     assert!(body.contains("[upstream.credentials]"), "{body}");
     assert!(!body.contains("wrong-secret") && !head.contains("wrong-secret"));
+}
+
+#[test]
+fn a_trusted_front_proxy_extends_x_forwarded_for_but_not_the_identity() {
+    let Some(w) = World::new("a_trusted_front_proxy_extends_x_forwarded_for_but_not_the_identity")
+    else {
+        return;
+    };
+    // Here the test itself plays the load balancer on 127.0.0.1.
+    let g = w.serve(&Options {
+        trusted: "127.0.0.0/8",
+        ..Options::default()
+    });
+    w.git_ok(
+        w.dir.path(),
+        &[
+            "-c",
+            "http.extraHeader=X-Forwarded-For: 203.0.113.9",
+            "-c",
+            "http.extraHeader=X-Forwarded-Proto: https",
+            "-c",
+            "http.extraHeader=X-Forwarded-Host: git.example.com",
+            "-c",
+            "http.extraHeader=X-Forwarded-User: mallory",
+            "ls-remote",
+            &w.url(&g),
+        ],
+    );
+    let log = w.nginx.access_log();
+    assert!(!log.is_empty());
+    for line in log.lines() {
+        assert!(line.contains("xff=\"203.0.113.9, 127.0.0.1\""), "{line}");
+        assert!(line.contains("fproto=\"https\""), "{line}");
+        assert!(line.contains("fhost=\"git.example.com\""), "{line}");
+        assert!(line.contains("user=\"alice\""), "{line}");
+    }
 }
