@@ -25,7 +25,6 @@ use hyper::{Request, Response, StatusCode};
 use crate::clock;
 use crate::credentials::{self, CredentialError, Credentials};
 use crate::git::{self, GitRequest, Rejection};
-use crate::health;
 use crate::policy::{self, Deny, Identity};
 use crate::store::{Actor, AuthRecord, Store, StoreError};
 use crate::token;
@@ -71,9 +70,6 @@ impl Gate {
         req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
-        if let Some(resp) = health::probe(&self, req.method(), req.uri().path()).await {
-            return Ok(resp);
-        }
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();

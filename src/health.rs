@@ -1,8 +1,8 @@
 //! `GET /healthz` and `GET /readyz`, for load balancers and orchestrators.
 //!
-//! They are answered before classification, need no token and are never forwarded: a probe must
-//! not depend on (or leak anything about) repositories. Neither path can be a git request
-//! anyway — a repository needs at least `<project>/<repo>` and a git suffix.
+//! The server answers them before the gate sees the request: they need no token and are never
+//! forwarded, because a probe must not depend on (or leak anything about) repositories. Neither
+//! path can be a git request anyway — a repository needs `<project>/<repo>` and a git suffix.
 //!
 //! - liveness (`/healthz`): the process answers HTTP; nothing else is checked, so an outage of
 //!   the store or the upstream does not get gitgate restarted for nothing;

@@ -3,14 +3,13 @@
 //! # The path of one request
 //!
 //! ```text
-//!  git client ──TLS?──▶ server ──▶ gate ──┬─ health::probe: /healthz, /readyz (no token, never forwarded)
-//!                                          ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
-//!                                          ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
-//!                                          ├─ token::parse(secret) → id; store.auth_record(id); hash compare
-//!                                          ├─ policy::authorize(record, user, repo, access, now) ─▶ Identity | Deny
-//!                                          └─ upstream.forward(request, identity) ─▶ streamed response
-//!                                                ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
-//!                                                └─ cgi:  git http-backend run by gitgate itself
+//!  git client ──▶ server ──▶ gate ──┬─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
+//!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
+//!                                   ├─ token::parse(secret) → id; store.auth_record(id); hash compare
+//!                                   ├─ policy::authorize(record, user, repo, access, now) ─▶ Identity | Deny
+//!                                   └─ upstream.forward(request, identity) ─▶ streamed response
+//!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
+//!                                         └─ cgi:  git http-backend run by gitgate itself
 //!  off the hot path: last-used time/address (at most every 5 s per token), audit of failures
 //! ```
 //!
@@ -32,7 +31,7 @@
 //!   pooled client, [`upstream::headers`] decides which headers cross (the client's token never
 //!   does; the identity header is always gitgate's); [`upstream::cgi`] runs `git http-backend`.
 //!   Both stream bodies both ways. `502`/`504` with a reason when the backend fails or stalls.
-//! - [`health`] answers the liveness and readiness probes.
+//! - [`health`] answers `/healthz` and `/readyz`; the server routes them before the gate.
 //! - [`lifecycle`] holds the token creation rules for every interface; [`cli`] is the operator's
 //!   command line; [`config`] reads and validates `proxy.toml`.
 

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -30,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Limits, Upstream as UpstreamConfig};
 use crate::gate::Gate;
+use crate::health;
 use crate::store::Store;
 use crate::tls::CertStore;
 use crate::upstream::{CgiBackend, HttpBackend, Upstream};
@@ -198,7 +201,16 @@ impl Connection {
         let io = ActivityIo::new(io);
         let activity = io.activity.clone();
         let gate = self.gate;
-        let service = service_fn(move |req| gate.clone().handle(req, remote));
+        // Probes are answered here, before the gate: no token, no classification, never forwarded.
+        let service = service_fn(move |req: Request<Incoming>| {
+            let gate = gate.clone();
+            async move {
+                match health::probe(&gate, req.method(), req.uri().path()).await {
+                    Some(resp) => Ok(resp),
+                    None => gate.handle(req, remote).await,
+                }
+            }
+        });
         let conn = self
             .builder
             .serve_connection(TokioIo::new(io), service)

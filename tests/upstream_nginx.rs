@@ -1151,3 +1151,50 @@ fn a_trusted_front_proxy_extends_x_forwarded_for_but_not_the_identity() {
         assert!(line.contains("user=\"alice\""), "{line}");
     }
 }
+
+/// Not a test: `cargo test --release --test upstream_nginx -- --ignored --nocapture bench`
+/// prints how long a clone of a 64 MiB repository takes straight from nginx and through
+/// gitgate, to see what the hop costs.
+#[test]
+#[ignore]
+fn bench_clone_direct_and_through_gitgate() {
+    let Some(w) = World::new("bench_clone_direct_and_through_gitgate") else {
+        return;
+    };
+    let seed = w.path("seed");
+    let mut data = vec![0u8; 64 << 20];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    commit_file(&w, &seed, "big.bin", &data);
+    w.git_ok(&seed, &["push", "-q", w.bare().to_str().unwrap(), "main"]);
+    let g = w.serve(&Options::default());
+    let direct = format!("http://127.0.0.1:{}/git/team/app.git", w.nginx.port);
+    let auth = format!("http.extraHeader=Authorization: Bearer {UPSTREAM_SECRET}");
+    let mut best = [Duration::MAX; 2];
+    for round in 0..3 {
+        for (i, (url, extra)) in [(direct.as_str(), auth.as_str()), (&w.url(&g), "x.y=z")]
+            .into_iter()
+            .enumerate()
+        {
+            let dest = w.path(&format!("c{round}-{i}"));
+            let start = Instant::now();
+            w.git_ok(
+                w.dir.path(),
+                &["-c", extra, "clone", "-q", url, dest.to_str().unwrap()],
+            );
+            best[i] = best[i].min(start.elapsed());
+            std::fs::remove_dir_all(&dest).unwrap();
+        }
+    }
+    eprintln!(
+        "clone of 64 MiB, best of 3: nginx direct {:?}, through gitgate {:?}; gitgate peak RSS {} KiB",
+        best[0],
+        best[1],
+        peak_rss_kib(g.child.id())
+    );
+}
