@@ -16,6 +16,11 @@
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2, TLS via [`tls`] with the
 //!   certificate reloaded on SIGHUP), with a header-read deadline, an idle timeout, a cap on
 //!   connections and header size, and graceful shutdown on SIGINT/SIGTERM.
+//! - [`health`] answers `/healthz` and `/readyz`; the server routes them before the gate.
+//! - [`upstream::http`] forwards to an existing git server with a pooled client, bodies
+//!   streamed both ways; [`upstream::headers`] decides which headers cross (the client's token
+//!   never does; the identity header is always gitgate's). `502`/`504` with a reason when the
+//!   backend fails or stalls.
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
 //!   `404/400/405` for what is not a git request (never forwarded), `401` with a Basic challenge
 //!   for missing or bad credentials, `403` for too little permission, `503` when the store
@@ -27,11 +32,8 @@
 //!   (`ggt_<id>_<256 random bits>_<checksum>`) and hashes it; only the SHA-256 is stored.
 //! - [`store`] is the SQLite token store (users, grants, tokens, settings, audit), shared with
 //!   the CLI process: a revocation there is seen on the next request.
-//! - [`upstream`] moves bytes: [`upstream::http`] forwards to an existing git server with a
-//!   pooled client, [`upstream::headers`] decides which headers cross (the client's token never
-//!   does; the identity header is always gitgate's); [`upstream::cgi`] runs `git http-backend`.
-//!   Both stream bodies both ways. `502`/`504` with a reason when the backend fails or stalls.
-//! - [`health`] answers `/healthz` and `/readyz`; the server routes them before the gate.
+//! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
+//!   streamed.
 //! - [`lifecycle`] holds the token creation rules for every interface; [`cli`] is the operator's
 //!   command line; [`config`] reads and validates `proxy.toml`.
 
