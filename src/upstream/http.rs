@@ -15,7 +15,7 @@
 //!   connection is a `502`.
 //! - **The canonical request.** The path is `base_path` + the [`GitRequest`]'s canonical
 //!   `backend_path`, the query its canonical query: the repository the policy checked is exactly
-//!   the one the upstream serves. Headers go through [`headers`](super::headers).
+//!   the one the upstream serves. Headers go through [`super::headers`].
 
 use std::error::Error as StdError;
 use std::future::Future;
