@@ -149,15 +149,22 @@ impl Gate {
         log.token_id = Some(id.as_str().to_string());
         let presented_hash = token::hash(secret.expose());
 
-        let store = self.store.clone();
-        let id_str = id.as_str().to_string();
-        let record = tokio::task::spawn_blocking(move || store.auth_record(&id_str))
-            .await
-            .map_err(|e| {
-                Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
-            })?
-            .map_err(Refusal::StoreDown)?
-            .ok_or(Refusal::InvalidToken)?;
+        // Hot path: a cache hit costs a hash lookup and `PRAGMA data_version`; a miss reads
+        // SQLite on the blocking pool.
+        let record = match self.store.cached_auth_record(id.as_str()) {
+            Ok(Some(hit)) => hit,
+            _ => {
+                let store = self.store.clone();
+                let id_str = id.as_str().to_string();
+                tokio::task::spawn_blocking(move || store.auth_record_cached(&id_str))
+                    .await
+                    .map_err(|e| {
+                        Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
+                    })?
+                    .map_err(Refusal::StoreDown)?
+                    .ok_or(Refusal::InvalidToken)?
+            }
+        };
         if !token::constant_time_eq(&presented_hash, &record.secret_hash) {
             return Err(Refusal::InvalidToken);
         }
