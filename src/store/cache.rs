@@ -52,8 +52,8 @@ impl AuthCache {
     pub(super) fn version(&self) -> rusqlite::Result<i64> {
         let conn = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn.prepare_cached("PRAGMA data_version")?;
-        let version = stmt.query_row([], |r| r.get(0));
-        version
+        let version: i64 = stmt.query_row([], |r| r.get(0))?;
+        Ok(version)
     }
 
     /// The cached record for `id`, if the cache is still valid at `version`.
