@@ -153,16 +153,17 @@ impl Gate {
             .map_err(|e| Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}"))))?
             .map_err(Refusal::StoreDown)?
             .ok_or(Refusal::InvalidToken)?;
-        if !token::constant_time_eq(&presented_hash, &record.secret_hash) {
+        let now = clock::now_ms();
+        if !record.secret_matches(&presented_hash, now) {
             return Err(Refusal::InvalidToken);
         }
 
-        let now = clock::now_ms();
         let identity = policy::authorize(
             &record,
             basic_user.as_deref(),
             &git_req.repo,
             git_req.access,
+            remote.ip(),
             now,
         )
         .map_err(Refusal::Denied)?;

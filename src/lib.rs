@@ -37,6 +37,7 @@ pub mod credentials;
 pub mod gate;
 pub mod git;
 pub mod lifecycle;
+pub mod network;
 pub mod password;
 pub mod permission;
 pub mod policy;

@@ -16,6 +16,7 @@
 mod audit;
 mod grants;
 mod schema;
+mod settings;
 mod tokens;
 mod users;
 
@@ -28,7 +29,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit::AuditEvent;
 pub use grants::Grant;
-pub use tokens::{validate_name, AuthRecord, NewToken, Owner, TokenRecord};
+pub use tokens::{validate_name, AuthRecord, NewToken, Owner, TokenEdit, TokenRecord};
 pub use users::{validate_slug, Role, User};
 
 /// How long a connection waits for another process's write lock before giving up.

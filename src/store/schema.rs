@@ -55,7 +55,16 @@ CREATE TABLE audit_events (
     source TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX audit_events_at ON audit_events(at);
-"#];
+"#,
+    // 2: rotation keeps the previous secret's hash valid until a time (the overlap), and a token
+    // may be limited to source networks (comma-separated CIDRs; NULL means anywhere).
+    r#"
+ALTER TABLE tokens ADD COLUMN previous_hash BLOB;
+ALTER TABLE tokens ADD COLUMN previous_valid_until INTEGER;
+ALTER TABLE tokens ADD COLUMN rotated_at INTEGER;
+ALTER TABLE tokens ADD COLUMN allowed_networks TEXT;
+"#,
+];
 
 /// The schema version this build writes.
 pub const CURRENT: i64 = MIGRATIONS.len() as i64;
