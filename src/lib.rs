@@ -30,6 +30,7 @@
 //! - [`lifecycle`] holds the token creation rules for every interface; [`cli`] is the operator's
 //!   command line; [`config`] reads and validates `proxy.toml`.
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -228,7 +228,9 @@ pub fn set_policy(
             (EXPIRY_REQUIRED, new.expiry_required.to_string()),
             (
                 MAX_EXPIRY_DAYS,
-                new.max_expiry_days.map(|d| d.to_string()).unwrap_or_default(),
+                new.max_expiry_days
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
             ),
         ],
         "policy.changed",
@@ -359,9 +361,24 @@ pub fn list(store: &Store, caller: &Caller, subject: &Subject) -> Result<Vec<Tok
     })
 }
 
+/// Every token of every kind, newest first (administrators only).
+pub fn list_all(store: &Store, caller: &Caller) -> Result<Vec<TokenRecord>> {
+    if !caller.is_admin() {
+        return Err(Error::Forbidden(
+            "only administrators can list every token".into(),
+        ));
+    }
+    Ok(store.tokens(None)?)
+}
+
 /// One token. With `within` (a REST path's collection), a token of another subject is "not
 /// found", so ids cannot be probed across users.
-pub fn get(store: &Store, caller: &Caller, within: Option<&Subject>, id: &str) -> Result<TokenRecord> {
+pub fn get(
+    store: &Store,
+    caller: &Caller,
+    within: Option<&Subject>,
+    id: &str,
+) -> Result<TokenRecord> {
     if let Some(subject) = within {
         may_manage(caller, subject)?;
         if let Subject::Personal(user) = subject {
@@ -422,7 +439,9 @@ pub fn edit(
         )));
     }
     let permissions = match &req.permissions {
-        Some(names) => Some(TokenPermissions::from_names(token.kind, names).map_err(Error::Invalid)?),
+        Some(names) => {
+            Some(TokenPermissions::from_names(token.kind, names).map_err(Error::Invalid)?)
+        }
         None => None,
     };
     let allowed_networks = match &req.allowed_networks {
@@ -505,7 +524,12 @@ mod tests {
         store.add_user("bob", &h, Role::User, &actor()).unwrap();
         store.add_user("root", &h, Role::Admin, &actor()).unwrap();
         store
-            .add_grant("alice", &Target::parse("team").unwrap(), Level::Write, &actor())
+            .add_grant(
+                "alice",
+                &Target::parse("team").unwrap(),
+                Level::Write,
+                &actor(),
+            )
             .unwrap();
         (dir, store)
     }
@@ -530,16 +554,33 @@ mod tests {
     #[test]
     fn login_refuses_tokens_wrong_passwords_and_disabled_users() {
         let (_d, store) = setup();
-        assert_eq!(login(&store, "alice", "pw", &actor()).unwrap(), user("alice"));
+        assert_eq!(
+            login(&store, "alice", "pw", &actor()).unwrap(),
+            user("alice")
+        );
         assert_eq!(login(&store, "root", "pw", &actor()).unwrap(), user("root"));
-        let (_, secret) = create(&store, &user("alice"), personal("alice", None), &actor()).unwrap();
+        let (_, secret) =
+            create(&store, &user("alice"), personal("alice", None), &actor()).unwrap();
         let e = login(&store, "alice", secret.expose(), &actor()).unwrap_err();
-        assert!(matches!(&e, Error::Unauthenticated(m) if m.contains("access tokens cannot")), "{e}");
-        let wrong = login(&store, "alice", "nope", &actor()).unwrap_err().to_string();
-        let unknown = login(&store, "zed", "nope", &actor()).unwrap_err().to_string();
-        assert!(wrong.contains("wrong user name or password") && unknown.contains("wrong user name or password"));
+        assert!(
+            matches!(&e, Error::Unauthenticated(m) if m.contains("access tokens cannot")),
+            "{e}"
+        );
+        let wrong = login(&store, "alice", "nope", &actor())
+            .unwrap_err()
+            .to_string();
+        let unknown = login(&store, "zed", "nope", &actor())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wrong.contains("wrong user name or password")
+                && unknown.contains("wrong user name or password")
+        );
         store.set_user_active("bob", false, &actor()).unwrap();
-        assert!(matches!(login(&store, "bob", "pw", &actor()), Err(Error::Unauthenticated(_))));
+        assert!(matches!(
+            login(&store, "bob", "pw", &actor()),
+            Err(Error::Unauthenticated(_))
+        ));
         let failures = store
             .audit_events(None, 100)
             .unwrap()
@@ -554,7 +595,9 @@ mod tests {
         let (_d, store) = setup();
         assert!(create(&store, &user("alice"), personal("alice", None), &actor()).is_ok());
         let e = create(&store, &user("root"), personal("alice", None), &actor()).unwrap_err();
-        assert!(matches!(&e, Error::Forbidden(m) if m.contains("administrators cannot create personal tokens")));
+        assert!(
+            matches!(&e, Error::Forbidden(m) if m.contains("administrators cannot create personal tokens"))
+        );
         assert!(matches!(
             create(&store, &Caller::Operator, personal("alice", None), &actor()),
             Err(Error::Forbidden(_))
@@ -599,9 +642,24 @@ mod tests {
         assert_eq!(policy(&store).unwrap(), p);
         let e = create(&store, &user("alice"), personal("alice", None), &actor()).unwrap_err();
         assert!(e.to_string().contains("at most 90 days"), "{e}");
-        let e = create(&store, &user("alice"), personal("alice", Some(91)), &actor()).unwrap_err();
-        assert!(e.to_string().contains("the maximum expiry is 90 days"), "{e}");
-        let (new, _) = create(&store, &user("alice"), personal("alice", Some(90)), &actor()).unwrap();
+        let e = create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(91)),
+            &actor(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("the maximum expiry is 90 days"),
+            "{e}"
+        );
+        let (new, _) = create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(90)),
+            &actor(),
+        )
+        .unwrap();
         assert!(!p.compliant(&old));
         assert!(p.compliant(&new));
         assert!(ExpiryPolicy::default().compliant(&old));
@@ -611,7 +669,10 @@ mod tests {
             set_policy(
                 &store,
                 &Caller::Operator,
-                ExpiryPolicy { expiry_required: true, max_expiry_days: Some(0) },
+                ExpiryPolicy {
+                    expiry_required: true,
+                    max_expiry_days: Some(0)
+                },
                 &actor()
             ),
             Err(Error::Invalid(_))
@@ -621,12 +682,26 @@ mod tests {
     #[test]
     fn edit_revoke_rotate_rules() {
         let (_d, store) = setup();
-        let (t, old_secret) = create(&store, &user("alice"), personal("alice", Some(10)), &actor()).unwrap();
+        let (t, old_secret) = create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(10)),
+            &actor(),
+        )
+        .unwrap();
         let alice = Subject::Personal("alice".into());
         // Bob can neither see nor change Alice's token; the admin can.
-        assert!(matches!(get(&store, &user("bob"), None, &t.id), Err(Error::Forbidden(_))));
         assert!(matches!(
-            get(&store, &user("bob"), Some(&Subject::Personal("bob".into())), &t.id),
+            get(&store, &user("bob"), None, &t.id),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(matches!(
+            get(
+                &store,
+                &user("bob"),
+                Some(&Subject::Personal("bob".into())),
+                &t.id
+            ),
             Err(Error::NotFound(_))
         ));
         assert!(get(&store, &user("root"), Some(&alice), &t.id).is_ok());
@@ -635,20 +710,38 @@ mod tests {
             &user("root"),
             Some(&alice),
             &t.id,
-            EditRequest { expiry_days: Some(100), ..Default::default() },
+            EditRequest {
+                expiry_days: Some(100),
+                ..Default::default()
+            },
             &actor(),
         )
         .unwrap_err();
-        assert!(matches!(&e, Error::Invalid(m) if m.contains("never changes")), "{e}");
+        assert!(
+            matches!(&e, Error::Invalid(m) if m.contains("never changes")),
+            "{e}"
+        );
         // Repeating the current expiry is not a change.
-        let same = EditRequest { expiry_date: Some(t.expires_at), name: Some("renamed".into()), ..Default::default() };
-        assert_eq!(edit(&store, &user("root"), None, &t.id, same, &actor()).unwrap().name, "renamed");
+        let same = EditRequest {
+            expiry_date: Some(t.expires_at),
+            name: Some("renamed".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            edit(&store, &user("root"), None, &t.id, same, &actor())
+                .unwrap()
+                .name,
+            "renamed"
+        );
         let e = edit(
             &store,
             &user("alice"),
             None,
             &t.id,
-            EditRequest { permissions: Some(vec!["ADMIN".into()]), ..Default::default() },
+            EditRequest {
+                permissions: Some(vec!["ADMIN".into()]),
+                ..Default::default()
+            },
             &actor(),
         )
         .unwrap_err();
@@ -658,7 +751,10 @@ mod tests {
             &user("alice"),
             None,
             &t.id,
-            EditRequest { permissions: Some(vec!["REPO_READ".into()]), ..Default::default() },
+            EditRequest {
+                permissions: Some(vec!["REPO_READ".into()]),
+                ..Default::default()
+            },
             &actor(),
         )
         .unwrap();
@@ -666,10 +762,26 @@ mod tests {
         assert_eq!(edited.expires_at, t.expires_at);
 
         // Rotation: owner only; the old secret stops at once without an overlap.
-        assert!(matches!(rotate(&store, &user("root"), None, &t.id, 0, &actor()), Err(Error::Forbidden(_))));
-        assert!(matches!(rotate(&store, &user("alice"), None, &t.id, MAX_OVERLAP_SECS + 1, &actor()), Err(Error::Invalid(_))));
+        assert!(matches!(
+            rotate(&store, &user("root"), None, &t.id, 0, &actor()),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(matches!(
+            rotate(
+                &store,
+                &user("alice"),
+                None,
+                &t.id,
+                MAX_OVERLAP_SECS + 1,
+                &actor()
+            ),
+            Err(Error::Invalid(_))
+        ));
         let (r, new_secret) = rotate(&store, &user("alice"), None, &t.id, 0, &actor()).unwrap();
-        assert_eq!((r.id.as_str(), r.permissions), (t.id.as_str(), edited.permissions));
+        assert_eq!(
+            (r.id.as_str(), r.permissions),
+            (t.id.as_str(), edited.permissions)
+        );
         assert_eq!(token::parse(new_secret.expose()).unwrap().as_str(), t.id);
         let rec = store.auth_record(&t.id).unwrap().unwrap();
         let now = clock::now_ms();
@@ -682,18 +794,50 @@ mod tests {
         assert!(rec.secret_matches(&token::hash(new_secret.expose()), now));
         assert!(!rec.secret_matches(&token::hash(new_secret.expose()), now + 61_000));
 
-        assert!(matches!(revoke(&store, &user("bob"), None, &t.id, &actor()), Err(Error::Forbidden(_))));
-        revoke(&store, &user("root"), Some(&alice), &t.id, &actor()).unwrap();
-        assert!(matches!(revoke(&store, &user("alice"), None, &t.id, &actor()), Err(Error::Conflict(_))));
         assert!(matches!(
-            edit(&store, &user("alice"), None, &t.id, EditRequest { name: Some("x".into()), ..Default::default() }, &actor()),
+            revoke(&store, &user("bob"), None, &t.id, &actor()),
+            Err(Error::Forbidden(_))
+        ));
+        revoke(&store, &user("root"), Some(&alice), &t.id, &actor()).unwrap();
+        assert!(matches!(
+            revoke(&store, &user("alice"), None, &t.id, &actor()),
             Err(Error::Conflict(_))
         ));
-        assert!(matches!(rotate(&store, &user("alice"), None, &t.id, 0, &actor()), Err(Error::Conflict(_))));
+        assert!(matches!(
+            edit(
+                &store,
+                &user("alice"),
+                None,
+                &t.id,
+                EditRequest {
+                    name: Some("x".into()),
+                    ..Default::default()
+                },
+                &actor()
+            ),
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            rotate(&store, &user("alice"), None, &t.id, 0, &actor()),
+            Err(Error::Conflict(_))
+        ));
 
-        let actions: Vec<String> = store.audit_events(None, 1000).unwrap().into_iter().map(|e| e.action).collect();
-        for a in ["token.created", "token.edited", "token.rotated", "token.revoked"] {
-            assert!(actions.iter().any(|x| x == a), "{a} missing from {actions:?}");
+        let actions: Vec<String> = store
+            .audit_events(None, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        for a in [
+            "token.created",
+            "token.edited",
+            "token.rotated",
+            "token.revoked",
+        ] {
+            assert!(
+                actions.iter().any(|x| x == a),
+                "{a} missing from {actions:?}"
+            );
         }
     }
 
@@ -705,9 +849,15 @@ mod tests {
         let alice = Subject::Personal("alice".into());
         assert_eq!(list(&store, &user("alice"), &alice).unwrap().len(), 1);
         assert_eq!(list(&store, &user("root"), &alice).unwrap().len(), 1);
-        assert!(matches!(list(&store, &user("bob"), &alice), Err(Error::Forbidden(_))));
+        assert!(matches!(
+            list(&store, &user("bob"), &alice),
+            Err(Error::Forbidden(_))
+        ));
         let team = Subject::Scoped(Target::parse("team").unwrap());
-        assert!(matches!(list(&store, &user("alice"), &team), Err(Error::Forbidden(_))));
+        assert!(matches!(
+            list(&store, &user("alice"), &team),
+            Err(Error::Forbidden(_))
+        ));
         assert!(list(&store, &user("root"), &team).unwrap().is_empty());
     }
 }

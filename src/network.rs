@@ -75,7 +75,9 @@ impl FromStr for Cidr {
                 if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(bad("the prefix length must be a number"));
                 }
-                let n: u8 = p.parse().map_err(|_| bad("the prefix length is too large"))?;
+                let n: u8 = p
+                    .parse()
+                    .map_err(|_| bad("the prefix length is too large"))?;
                 if n > max {
                     return Err(bad(&format!("the prefix length must be at most {max}")));
                 }
@@ -139,8 +141,17 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         for bad in [
-            "", "10.0.0.0/", "10.0.0.0/33", "10.0.0/8", "10.0.0.0/+8", "10.0.0.0/-1",
-            "::/129", "example.com", "10.0.0.0/8/8", " 10.0.0.0/8", "10.0.0.0/0008",
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "10.0.0.0/+8",
+            "10.0.0.0/-1",
+            "::/129",
+            "example.com",
+            "10.0.0.0/8/8",
+            " 10.0.0.0/8",
+            "10.0.0.0/0008",
             "1.2.3.4/ 8",
         ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad:?} should be refused");

@@ -24,7 +24,10 @@ pub fn show(store: &Store, json: bool) -> Result<(), String> {
         value["nonCompliantTokens"] = json!(non_compliant);
         return print_json(&value);
     }
-    println!("expiry required:  {}", if p.expiry_required { "yes" } else { "no" });
+    println!(
+        "expiry required:  {}",
+        if p.expiry_required { "yes" } else { "no" }
+    );
     println!(
         "max expiry days:  {}",
         p.max_expiry_days
@@ -68,6 +71,9 @@ pub fn set(
     }
     let p = lifecycle::set_policy(store, &Caller::Operator, p, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!("token policy: {} (applies to tokens created from now on)", p.describe());
+    eprintln!(
+        "token policy: {} (applies to tokens created from now on)",
+        p.describe()
+    );
     Ok(())
 }

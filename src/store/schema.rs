@@ -6,7 +6,8 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            INTEGER PRIMARY KEY,
     slug          TEXT NOT NULL UNIQUE,
@@ -109,7 +110,8 @@ mod tests {
     #[test]
     fn refuses_a_newer_schema() {
         let mut conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "user_version", CURRENT + 1).unwrap();
+        conn.pragma_update(None, "user_version", CURRENT + 1)
+            .unwrap();
         assert!(migrate(&mut conn).is_err());
     }
 }

@@ -38,7 +38,12 @@ mod tests {
         let (_d, store) = temp_store();
         assert_eq!(store.setting("a").unwrap(), None);
         store
-            .set_settings(&[("a", "1".into()), ("b", "x".into())], "policy.changed", "a=1", &actor())
+            .set_settings(
+                &[("a", "1".into()), ("b", "x".into())],
+                "policy.changed",
+                "a=1",
+                &actor(),
+            )
             .unwrap();
         store
             .set_settings(&[("a", "2".into())], "policy.changed", "a=2", &actor())

@@ -132,7 +132,13 @@ fn networks_to_db(networks: &[Cidr]) -> Option<String> {
     if networks.is_empty() {
         None
     } else {
-        Some(networks.iter().map(Cidr::to_string).collect::<Vec<_>>().join(","))
+        Some(
+            networks
+                .iter()
+                .map(Cidr::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        )
     }
 }
 
@@ -166,9 +172,15 @@ fn token_from_row(r: &rusqlite::Row) -> rusqlite::Result<TokenRow> {
     let names: Vec<&str> = names.split(',').collect();
     let permissions = TokenPermissions::from_names(kind, &names).map_err(|m| bad(5, m))?;
     let networks: Option<String> = r.get(15)?;
-    let networks: Vec<&str> = networks.as_deref().map(|n| n.split(',').collect()).unwrap_or_default();
+    let networks: Vec<&str> = networks
+        .as_deref()
+        .map(|n| n.split(',').collect())
+        .unwrap_or_default();
     let allowed_networks = network::parse_list(&networks).map_err(|m| bad(15, m))?;
-    let previous = match (r.get::<_, Option<Vec<u8>>>(16)?, r.get::<_, Option<i64>>(17)?) {
+    let previous = match (
+        r.get::<_, Option<Vec<u8>>>(16)?,
+        r.get::<_, Option<i64>>(17)?,
+    ) {
         (Some(hash), Some(until)) => Some((hash, until)),
         _ => None,
     };
@@ -316,7 +328,10 @@ impl Store {
             }
             let mut changes = Vec::new();
             if let Some(name) = edit.name.as_deref().filter(|n| *n != before.name) {
-                tx.execute("UPDATE tokens SET name = ?1 WHERE id = ?2", params![name, id])?;
+                tx.execute(
+                    "UPDATE tokens SET name = ?1 WHERE id = ?2",
+                    params![name, id],
+                )?;
                 changes.push(format!("name '{}' -> '{name}'", before.name));
             }
             if let Some(p) = edit.permissions.filter(|p| *p != before.permissions) {
@@ -326,7 +341,11 @@ impl Store {
                 )?;
                 changes.push(format!("permissions {} -> {p}", before.permissions));
             }
-            if let Some(n) = edit.allowed_networks.as_ref().filter(|n| **n != before.allowed_networks) {
+            if let Some(n) = edit
+                .allowed_networks
+                .as_ref()
+                .filter(|n| **n != before.allowed_networks)
+            {
                 tx.execute(
                     "UPDATE tokens SET allowed_networks = ?1 WHERE id = ?2",
                     params![networks_to_db(n), id],
@@ -391,7 +410,11 @@ impl Store {
                 actor,
                 "token.rotated",
                 id,
-                &format!("token '{}' of {}; {overlap}", before.name, before.principal()),
+                &format!(
+                    "token '{}' of {}; {overlap}",
+                    before.name,
+                    before.principal()
+                ),
             )?;
             require_token(tx, id)
         })
@@ -456,7 +479,12 @@ mod tests {
         let (_d, store) = temp_store();
         store.add_user("alice", "h", Role::User, &actor()).unwrap();
         store
-            .add_grant("alice", &Target::parse("team").unwrap(), Level::Write, &actor())
+            .add_grant(
+                "alice",
+                &Target::parse("team").unwrap(),
+                Level::Write,
+                &actor(),
+            )
             .unwrap();
         let t = store
             .insert_token(
@@ -481,13 +509,26 @@ mod tests {
         assert_eq!(owner.grants.len(), 1);
         assert!(store.auth_record("nope").unwrap().is_none());
         assert_eq!(store.tokens(Some("alice")).unwrap().len(), 1);
-        assert!(store.tokens(None).unwrap()[0].to_json().get("token").is_none());
+        assert!(store.tokens(None).unwrap()[0]
+            .to_json()
+            .get("token")
+            .is_none());
 
-        store.touch_token("abcdefghijkl", 1000, "127.0.0.1").unwrap();
-        assert_eq!(store.token("abcdefghijkl").unwrap().unwrap().last_used_at, Some(1000));
+        store
+            .touch_token("abcdefghijkl", 1000, "127.0.0.1")
+            .unwrap();
+        assert_eq!(
+            store.token("abcdefghijkl").unwrap().unwrap().last_used_at,
+            Some(1000)
+        );
 
         store.revoke_token("abcdefghijkl", &actor()).unwrap();
-        assert!(store.token("abcdefghijkl").unwrap().unwrap().revoked_at.is_some());
+        assert!(store
+            .token("abcdefghijkl")
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some());
         assert!(matches!(
             store.revoke_token("abcdefghijkl", &actor()),
             Err(StoreError::Conflict(_))
@@ -506,8 +547,11 @@ mod tests {
                     name: "ci",
                     owner: None,
                     scope: Some(&scope),
-                    permissions: TokenPermissions::from_names(TokenKind::Repository, &["REPO_READ"])
-                        .unwrap(),
+                    permissions: TokenPermissions::from_names(
+                        TokenKind::Repository,
+                        &["REPO_READ"],
+                    )
+                    .unwrap(),
                     secret_hash: [1; 32],
                     expires_at: Some(5),
                     allowed_networks: &[],
@@ -516,6 +560,11 @@ mod tests {
             )
             .unwrap();
         assert_eq!(t.principal(), "repo:team/app");
-        assert!(store.auth_record("mnopqrstuvwx").unwrap().unwrap().owner.is_none());
+        assert!(store
+            .auth_record("mnopqrstuvwx")
+            .unwrap()
+            .unwrap()
+            .owner
+            .is_none());
     }
 }
