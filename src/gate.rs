@@ -95,10 +95,7 @@ impl Gate {
                     Ok(resp) => resp,
                     Err(e) => {
                         tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
-                        text(
-                            StatusCode::BAD_GATEWAY,
-                            &format!("the git backend failed: {e}"),
-                        )
+                        text(StatusCode::BAD_GATEWAY, &format!("the git backend failed: {e}"))
                     }
                 }
             }
@@ -157,9 +154,7 @@ impl Gate {
         let id_str = id.as_str().to_string();
         let record = tokio::task::spawn_blocking(move || store.auth_record(&id_str))
             .await
-            .map_err(|e| {
-                Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
-            })?
+            .map_err(|e| Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}"))))?
             .map_err(Refusal::StoreDown)?
             .ok_or(Refusal::InvalidToken)?;
         let now = clock::now_ms();
@@ -201,12 +196,7 @@ impl Gate {
     }
 
     /// The one place where refusals become answers.
-    fn refusal(
-        &self,
-        refusal: Refusal,
-        remote: SocketAddr,
-        log: &RequestLog,
-    ) -> Response<ResponseBody> {
+    fn refusal(&self, refusal: Refusal, remote: SocketAddr, log: &RequestLog) -> Response<ResponseBody> {
         match refusal {
             Refusal::NotGit(Rejection::NotFound(m)) => text(StatusCode::NOT_FOUND, &m),
             Refusal::NotGit(Rejection::BadRequest(m)) => text(StatusCode::BAD_REQUEST, &m),
