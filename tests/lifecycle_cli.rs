@@ -21,8 +21,16 @@ fn json_of(text: &str) -> Value {
 /// `token create --user alice ... --json`; returns the JSON.
 fn create_personal(install: &Install, extra: &[&str]) -> Value {
     let mut args = vec![
-        "token", "create", "--user", "alice", "--name", "laptop", "--permission", "REPO_WRITE",
-        "--password-stdin", "--json",
+        "token",
+        "create",
+        "--user",
+        "alice",
+        "--name",
+        "laptop",
+        "--permission",
+        "REPO_WRITE",
+        "--password-stdin",
+        "--json",
     ];
     args.extend_from_slice(extra);
     json_of(&install.cli_ok(&args, &format!("{PW}\n")))
@@ -33,14 +41,31 @@ fn create_list_revoke_keep_their_contract() {
     let install = setup();
     // The secret alone on stdout.
     let out = install.cli_ok(
-        &["token", "create", "--user", "alice", "--name", "laptop", "--permission", "REPO_READ", "--password-stdin"],
+        &[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--name",
+            "laptop",
+            "--permission",
+            "REPO_READ",
+            "--password-stdin",
+        ],
         &format!("{PW}\n"),
     );
     let secret = out.trim();
     assert!(secret.starts_with("ggt_") && !secret.contains(char::is_whitespace));
     let list = json_of(&install.cli_ok(&["token", "list", "--json"], ""));
     let t = &list[0];
-    for key in ["id", "name", "permissions", "expiresAt", "compliant", "allowedNetworks"] {
+    for key in [
+        "id",
+        "name",
+        "permissions",
+        "expiresAt",
+        "compliant",
+        "allowedNetworks",
+    ] {
         assert!(t.get(key).is_some(), "{key} missing from {t}");
     }
     assert!(t.get("token").is_none());
@@ -57,7 +82,17 @@ fn create_list_revoke_keep_their_contract() {
 fn personal_tokens_need_the_owners_password() {
     let install = setup();
     let err = install.cli_err(
-        &["token", "create", "--user", "alice", "--name", "x", "--permission", "REPO_READ", "--password-stdin"],
+        &[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--name",
+            "x",
+            "--permission",
+            "REPO_READ",
+            "--password-stdin",
+        ],
         "wrong\n",
     );
     assert!(err.contains("wrong user name or password"), "{err}");
@@ -65,7 +100,17 @@ fn personal_tokens_need_the_owners_password() {
     // A token is not a password.
     let t = create_personal(&install, &[]);
     let err = install.cli_err(
-        &["token", "create", "--user", "alice", "--name", "x", "--permission", "REPO_READ", "--password-stdin"],
+        &[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--name",
+            "x",
+            "--permission",
+            "REPO_READ",
+            "--password-stdin",
+        ],
         &format!("{}\n", t["token"].as_str().unwrap()),
     );
     assert!(err.contains("access tokens cannot be used"), "{err}");
@@ -74,12 +119,24 @@ fn personal_tokens_need_the_owners_password() {
 #[test]
 fn edit_show_and_the_expiry_that_never_changes() {
     let install = setup();
-    let t = create_personal(&install, &["--expiry-days", "10", "--allowed-network", "10.1.2.3/8"]);
+    let t = create_personal(
+        &install,
+        &["--expiry-days", "10", "--allowed-network", "10.1.2.3/8"],
+    );
     let id = t["id"].as_str().unwrap();
     assert_eq!(t["allowedNetworks"], json!(["10.0.0.0/8"]));
 
     let edited = json_of(&install.cli_ok(
-        &["token", "edit", id, "--name", "renamed", "--permission", "REPO_READ", "--json"],
+        &[
+            "token",
+            "edit",
+            id,
+            "--name",
+            "renamed",
+            "--permission",
+            "REPO_READ",
+            "--json",
+        ],
         "",
     ));
     assert_eq!(edited["name"], "renamed");
@@ -99,7 +156,10 @@ fn edit_show_and_the_expiry_that_never_changes() {
     let any = json_of(&install.cli_ok(&["token", "edit", id, "--any-network", "--json"], ""));
     assert_eq!(any["allowedNetworks"], json!([]));
     let text = install.cli_ok(&["token", "show", id], "");
-    assert!(text.contains("renamed") && text.contains("networks:    anywhere"), "{text}");
+    assert!(
+        text.contains("renamed") && text.contains("networks:    anywhere"),
+        "{text}"
+    );
     let err = install.cli_err(&["token", "show", "abcdefghijkl"], "");
     assert!(err.contains("no token with id"), "{err}");
 }
@@ -112,7 +172,10 @@ fn rotate_prints_a_new_secret_for_the_same_token() {
     // Personal: only with the owner's password.
     let err = install.cli_err(&["token", "rotate", id, "--password-stdin"], "wrong\n");
     assert!(err.contains("can only be rotated by its owner"), "{err}");
-    let out = install.cli_ok(&["token", "rotate", id, "--password-stdin"], &format!("{PW}\n"));
+    let out = install.cli_ok(
+        &["token", "rotate", id, "--password-stdin"],
+        &format!("{PW}\n"),
+    );
     let secret = out.trim();
     assert!(secret.starts_with("ggt_") && secret.contains(id));
     assert_ne!(secret, t["token"].as_str().unwrap());
@@ -122,14 +185,30 @@ fn rotate_prints_a_new_secret_for_the_same_token() {
 
     // Scoped: the operator rotates without a password.
     let scoped = json_of(&install.cli_ok(
-        &["token", "create", "--repo", "team/app", "--name", "ci", "--permission", "REPO_READ", "--json"],
+        &[
+            "token",
+            "create",
+            "--repo",
+            "team/app",
+            "--name",
+            "ci",
+            "--permission",
+            "REPO_READ",
+            "--json",
+        ],
         "",
     ));
     let sid = scoped["id"].as_str().unwrap();
-    let rotated = json_of(&install.cli_ok(&["token", "rotate", sid, "--overlap-seconds", "60", "--json"], ""));
+    let rotated = json_of(&install.cli_ok(
+        &["token", "rotate", sid, "--overlap-seconds", "60", "--json"],
+        "",
+    ));
     assert_eq!(rotated["id"], sid);
     assert_ne!(rotated["token"], scoped["token"]);
-    let err = install.cli_err(&["token", "rotate", sid, "--overlap-seconds", "999999999"], "");
+    let err = install.cli_err(
+        &["token", "rotate", sid, "--overlap-seconds", "999999999"],
+        "",
+    );
     assert!(err.contains("at most"), "{err}");
 
     let audit = install.cli_ok(&["audit"], "");
@@ -145,17 +224,37 @@ fn policy_show_and_set() {
     assert_eq!(shown["expiryRequired"], false);
     assert_eq!(shown["nonCompliantTokens"], json!([]));
 
-    install.cli_ok(&["policy", "set", "--expiry-required", "yes", "--max-expiry-days", "30"], "");
+    install.cli_ok(
+        &[
+            "policy",
+            "set",
+            "--expiry-required",
+            "yes",
+            "--max-expiry-days",
+            "30",
+        ],
+        "",
+    );
     let shown = json_of(&install.cli_ok(&["policy", "show", "--json"], ""));
     assert_eq!(shown["expiryRequired"], true);
     assert_eq!(shown["maxExpiryDays"], 30);
     assert_eq!(shown["nonCompliantTokens"], json!([old["id"]]));
     let text = install.cli_ok(&["policy", "show"], "");
-    assert!(text.contains("non-compliant tokens") && text.contains(old["id"].as_str().unwrap()), "{text}");
+    assert!(
+        text.contains("non-compliant tokens") && text.contains(old["id"].as_str().unwrap()),
+        "{text}"
+    );
 
     let create = |days: Option<&str>| {
         let mut args = vec![
-            "token", "create", "--project", "team", "--name", "ci", "--permission", "REPO_READ",
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "ci",
+            "--permission",
+            "REPO_READ",
         ];
         if let Some(d) = days {
             args.extend_from_slice(&["--expiry-days", d]);
@@ -172,7 +271,16 @@ fn policy_show_and_set() {
     let err = install.cli_err(&["policy", "set", "--expiry-required", "maybe"], "");
     assert!(err.contains("yes or no"), "{err}");
     install.cli_err(&["policy", "set", "--max-expiry-days", "0"], "");
-    install.cli_ok(&["policy", "set", "--expiry-required", "no", "--no-max-expiry-days"], "");
+    install.cli_ok(
+        &[
+            "policy",
+            "set",
+            "--expiry-required",
+            "no",
+            "--no-max-expiry-days",
+        ],
+        "",
+    );
     assert!(create(None).status.success());
     let events = json_of(&install.cli_ok(&["audit", "--json"], ""));
     let changes = events

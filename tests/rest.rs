@@ -54,11 +54,19 @@ fn ls_remote(install: &Install, server: &Server, user: &str, secret: &str) -> (b
 fn last_authenticated(server: &Server, user: &str, id: &str, newer_than: i64) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = server.api("GET", &format!("/users/{user}/{id}"), "root", "").json();
-        if let Some(at) = v["lastAuthenticated"].as_i64().filter(|at| *at > newer_than) {
+        let v = server
+            .api("GET", &format!("/users/{user}/{id}"), "root", "")
+            .json();
+        if let Some(at) = v["lastAuthenticated"]
+            .as_i64()
+            .filter(|at| *at > newer_than)
+        {
             return at;
         }
-        assert!(Instant::now() < deadline, "lastAuthenticated never moved past {newer_than}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "lastAuthenticated never moved past {newer_than}: {v}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -73,7 +81,10 @@ fn token_created_over_rest_clones_with_git_and_revocation_is_immediate() {
         &json!({"name": "laptop", "permissions": ["REPO_WRITE"], "expiryDays": 30}).to_string(),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.header("content-type").unwrap().starts_with("application/json"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let v = r.json();
     let id = v["id"].as_str().unwrap().to_string();
@@ -103,7 +114,12 @@ fn token_created_over_rest_clones_with_git_and_revocation_is_immediate() {
     let clone_dir = install.path().join("clone");
     install.git_ok(
         install.path(),
-        &["clone", "-q", &server.url("alice", &secret), clone_dir.to_str().unwrap()],
+        &[
+            "clone",
+            "-q",
+            &server.url("alice", &secret),
+            clone_dir.to_str().unwrap(),
+        ],
     );
     assert!(clone_dir.join("README").exists());
     let first = last_authenticated(&server, "alice", &id, 0);
@@ -123,8 +139,16 @@ fn token_created_over_rest_clones_with_git_and_revocation_is_immediate() {
     let (ok, stderr) = ls_remote(&install, &server, "alice", &secret);
     assert!(!ok);
     assert!(stderr.contains("revoked"), "{stderr}");
-    assert_eq!(server.api("GET", &format!("/users/alice/{id}"), "alice", "").status, 404);
-    assert_eq!(server.api("GET", "/users/alice", "alice", "").json()["size"], 0);
+    assert_eq!(
+        server
+            .api("GET", &format!("/users/alice/{id}"), "alice", "")
+            .status,
+        404
+    );
+    assert_eq!(
+        server.api("GET", "/users/alice", "alice", "").json()["size"],
+        0
+    );
     let again = server.api("DELETE", &format!("/users/alice/{id}"), "alice", "");
     assert_eq!(again.status, 409);
     assert!(again.error_message().contains("already revoked"));
@@ -150,20 +174,35 @@ fn who_may_do_what() {
         r.error_message();
     }
     // Nor can bob reach it through his own collection.
-    assert_eq!(server.api("GET", &format!("/users/bob/{id}"), "bob", "").status, 404);
+    assert_eq!(
+        server
+            .api("GET", &format!("/users/bob/{id}"), "bob", "")
+            .status,
+        404
+    );
 
     // An admin cannot create a personal token for someone else...
     let r = server.api("PUT", "/users/alice", "root", &body);
     assert_eq!(r.status, 403);
-    assert!(r.error_message().contains("administrators cannot create personal tokens"));
+    assert!(r
+        .error_message()
+        .contains("administrators cannot create personal tokens"));
     // ...nor rotate one (that would hand the admin a working secret)...
     let r = server.api("POST", &format!("{item}/rotate"), "root", "");
     assert_eq!(r.status, 403);
     assert!(r.error_message().contains("only 'alice' can rotate"));
     // ...but lists, shows, edits and revokes anyone's.
-    assert_eq!(server.api("GET", "/users/alice", "root", "").json()["size"], 1);
+    assert_eq!(
+        server.api("GET", "/users/alice", "root", "").json()["size"],
+        1
+    );
     assert_eq!(server.api("GET", &item, "root", "").status, 200);
-    let r = server.api("POST", &item, "root", &json!({"name": "renamed"}).to_string());
+    let r = server.api(
+        "POST",
+        &item,
+        "root",
+        &json!({"name": "renamed"}).to_string(),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["name"], "renamed");
     assert_eq!(server.api("DELETE", &item, "root", "").status, 204);
@@ -181,7 +220,12 @@ fn who_may_do_what() {
         assert_eq!(server.api("GET", path, "alice", "").status, 403);
     }
     // Only admins set the policy; anyone may read it.
-    let r = server.api("PUT", "/admin/policy", "alice", &json!({"expiryRequired": true}).to_string());
+    let r = server.api(
+        "PUT",
+        "/admin/policy",
+        "alice",
+        &json!({"expiryRequired": true}).to_string(),
+    );
     assert_eq!(r.status, 403);
     assert_eq!(server.api("GET", "/admin/policy", "alice", "").status, 200);
     assert_eq!(server.api("GET", "/admin/tokens", "alice", "").status, 403);
@@ -195,14 +239,24 @@ fn tokens_and_bad_passwords_cannot_manage_tokens() {
 
     let r = server.request("GET", &path, Auth::Basic("alice", &secret), "");
     assert_eq!(r.status, 401);
-    assert!(r.error_message().contains("access tokens cannot be used to manage tokens"));
-    assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"gitgate\""));
+    assert!(r
+        .error_message()
+        .contains("access tokens cannot be used to manage tokens"));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"gitgate\"")
+    );
 
     let r = server.request("GET", &path, Auth::Bearer(&secret), "");
     assert_eq!(r.status, 401);
     assert!(r.error_message().contains("access tokens cannot be used"));
 
-    let r = server.request("PUT", &path, Auth::Basic("alice", "wrong"), r#"{"name":"x","permissions":["REPO_READ"]}"#);
+    let r = server.request(
+        "PUT",
+        &path,
+        Auth::Basic("alice", "wrong"),
+        r#"{"name":"x","permissions":["REPO_READ"]}"#,
+    );
     assert_eq!(r.status, 401);
     assert!(r.error_message().contains("wrong user name or password"));
     assert_eq!(
@@ -229,11 +283,16 @@ fn tokens_and_bad_passwords_cannot_manage_tokens() {
         .filter(|e| e["action"] == "auth.failed")
         .collect();
     assert!(failures.len() >= 4, "{failures:?}");
-    assert!(failures.iter().any(|e| e["detail"].as_str().unwrap().contains("access token used")));
+    assert!(failures
+        .iter()
+        .any(|e| e["detail"].as_str().unwrap().contains("access token used")));
     assert!(failures.iter().all(|e| e["source"] == "127.0.0.1"));
     assert!(!audit.contains(&secret));
     // Only one token exists: the 401s created nothing.
-    assert_eq!(server.api("GET", "/users/alice", "alice", "").json()["size"], 1);
+    assert_eq!(
+        server.api("GET", "/users/alice", "alice", "").json()["size"],
+        1
+    );
 }
 
 #[test]
@@ -251,7 +310,14 @@ fn paging_and_error_shapes() {
     }
     let page = |q: &str| server.api("GET", &format!("/users/alice{q}"), "alice", "");
     let p1 = page("?limit=2").json();
-    assert_eq!((p1["size"].as_u64(), p1["limit"].as_u64(), p1["start"].as_u64()), (Some(2), Some(2), Some(0)));
+    assert_eq!(
+        (
+            p1["size"].as_u64(),
+            p1["limit"].as_u64(),
+            p1["start"].as_u64()
+        ),
+        (Some(2), Some(2), Some(0))
+    );
     assert_eq!(p1["isLastPage"], false);
     assert_eq!(p1["nextPageStart"], 2);
     let p2 = page("?start=2&limit=2").json();
@@ -262,13 +328,22 @@ fn paging_and_error_shapes() {
     assert!(p3.get("nextPageStart").is_none());
     let mut seen: Vec<String> = [&p1, &p2, &p3]
         .iter()
-        .flat_map(|p| p["values"].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()))
+        .flat_map(|p| {
+            p["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["id"].as_str().unwrap().to_string())
+        })
         .collect();
     seen.sort();
     ids.sort();
     assert_eq!(seen, ids, "pages cover every token once");
     let all = page("").json();
-    assert_eq!((all["size"].as_u64(), all["limit"].as_u64()), (Some(5), Some(25)));
+    assert_eq!(
+        (all["size"].as_u64(), all["limit"].as_u64()),
+        (Some(5), Some(25))
+    );
     assert_eq!(page("?start=10").json()["size"], 0);
     for q in ["?limit=0", "?limit=abc", "?start=-1", "?limit=5000"] {
         let r = page(q);
@@ -290,12 +365,30 @@ fn paging_and_error_shapes() {
     bad("[1]", "JSON object");
     bad(r#"{"permissions":["REPO_READ"]}"#, "\"name\" is required");
     bad(r#"{"name":"x"}"#, "\"permissions\" is required");
-    bad(r#"{"name":"x","permissions":["ADMIN"]}"#, "unknown permission 'ADMIN'");
-    bad(r#"{"name":"x","permissions":["PROJECT_WRITE","REPO_READ"]}"#, "REPO_READ is below PROJECT_WRITE");
-    bad(r#"{"name":"x","permissions":["REPO_READ"],"expiryDays":0}"#, "at least 1 day");
-    bad(r#"{"name":"x","permissions":["REPO_READ"],"expiryDays":"soon"}"#, "whole number of days");
-    bad(r#"{"name":"","permissions":["REPO_READ"]}"#, "1-100 characters");
-    bad(r#"{"name":"x","permissions":["REPO_READ"],"allowedNetworks":["10.0.0.0/33"]}"#, "at most 32");
+    bad(
+        r#"{"name":"x","permissions":["ADMIN"]}"#,
+        "unknown permission 'ADMIN'",
+    );
+    bad(
+        r#"{"name":"x","permissions":["PROJECT_WRITE","REPO_READ"]}"#,
+        "REPO_READ is below PROJECT_WRITE",
+    );
+    bad(
+        r#"{"name":"x","permissions":["REPO_READ"],"expiryDays":0}"#,
+        "at least 1 day",
+    );
+    bad(
+        r#"{"name":"x","permissions":["REPO_READ"],"expiryDays":"soon"}"#,
+        "whole number of days",
+    );
+    bad(
+        r#"{"name":"","permissions":["REPO_READ"]}"#,
+        "1-100 characters",
+    );
+    bad(
+        r#"{"name":"x","permissions":["REPO_READ"],"allowedNetworks":["10.0.0.0/33"]}"#,
+        "at most 32",
+    );
 
     let r = server.api("GET", "/nothing/here", "alice", "");
     assert_eq!(r.status, 404);
@@ -306,14 +399,25 @@ fn paging_and_error_shapes() {
     let r = server.api("PATCH", "/users/alice", "alice", "");
     assert_eq!(r.status, 405);
     r.error_message();
-    let big = format!(r#"{{"name":"{}","permissions":["REPO_READ"]}}"#, "x".repeat(70 * 1024));
+    let big = format!(
+        r#"{{"name":"{}","permissions":["REPO_READ"]}}"#,
+        "x".repeat(70 * 1024)
+    );
     let r = server.api("PUT", "/users/alice", "alice", &big);
     assert_eq!(r.status, 413);
     r.error_message();
     // Nothing under /rest/ reaches the git backend, even a path that looks like git.
-    let r = server.request("GET", "/rest/team/app.git/info/refs?service=git-upload-pack", Auth::None, "");
+    let r = server.request(
+        "GET",
+        "/rest/team/app.git/info/refs?service=git-upload-pack",
+        Auth::None,
+        "",
+    );
     assert_eq!(r.status, 404);
-    assert!(r.header("content-type").unwrap().starts_with("application/json"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
 }
 
 #[test]
@@ -342,7 +446,15 @@ fn edit_changes_name_and_permissions_but_never_the_expiry() {
     assert!(v.get("token").is_none());
     // The new permissions apply to git at once: push needs REPO_WRITE.
     let clone_dir = install.path().join("c");
-    install.git_ok(install.path(), &["clone", "-q", &server.url("alice", &secret), clone_dir.to_str().unwrap()]);
+    install.git_ok(
+        install.path(),
+        &[
+            "clone",
+            "-q",
+            &server.url("alice", &secret),
+            clone_dir.to_str().unwrap(),
+        ],
+    );
     install.git_ok(&clone_dir, &["commit", "-q", "--allow-empty", "-m", "x"]);
     let push = install.git(&clone_dir, &["push", "-q", "origin", "main"]);
     assert!(!push.status.success());
@@ -369,14 +481,28 @@ fn edit_changes_name_and_permissions_but_never_the_expiry() {
     assert_eq!(after["expiryDate"], before["expiryDate"]);
     assert_eq!(after["name"], "ci2");
 
-    for perms in [json!(["ADMIN"]), json!(["PROJECT_ADMIN", "REPO_READ"]), json!([])] {
-        let r = server.api("POST", &item, "alice", &json!({"permissions": perms}).to_string());
+    for perms in [
+        json!(["ADMIN"]),
+        json!(["PROJECT_ADMIN", "REPO_READ"]),
+        json!([]),
+    ] {
+        let r = server.api(
+            "POST",
+            &item,
+            "alice",
+            &json!({"permissions": perms}).to_string(),
+        );
         assert_eq!(r.status, 400, "{perms}");
         r.error_message();
     }
 
     assert_eq!(server.api("DELETE", &item, "alice", "").status, 204);
-    let r = server.api("POST", &item, "alice", &json!({"name": "zombie"}).to_string());
+    let r = server.api(
+        "POST",
+        &item,
+        "alice",
+        &json!({"name": "zombie"}).to_string(),
+    );
     assert_eq!(r.status, 409);
     assert!(r.error_message().contains("revoked"));
 }
@@ -387,7 +513,12 @@ fn policy_applies_to_the_next_creation_and_reports_non_compliant_tokens() {
     let (old_id, _) = personal(&server, "alice", &["REPO_READ"]);
     let p = server.api("GET", "/admin/policy", "alice", "").json();
     assert_eq!(p, json!({"expiryRequired": false, "maxExpiryDays": null}));
-    assert_eq!(server.api("GET", &format!("/users/alice/{old_id}"), "alice", "").json()["compliant"], true);
+    assert_eq!(
+        server
+            .api("GET", &format!("/users/alice/{old_id}"), "alice", "")
+            .json()["compliant"],
+        true
+    );
 
     let r = server.api(
         "PUT",
@@ -396,8 +527,14 @@ fn policy_applies_to_the_next_creation_and_reports_non_compliant_tokens() {
         &json!({"expiryRequired": true, "maxExpiryDays": 30}).to_string(),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json(), json!({"expiryRequired": true, "maxExpiryDays": 30}));
-    assert_eq!(server.api("GET", "/admin/policy", "bob", "").json()["maxExpiryDays"], 30);
+    assert_eq!(
+        r.json(),
+        json!({"expiryRequired": true, "maxExpiryDays": 30})
+    );
+    assert_eq!(
+        server.api("GET", "/admin/policy", "bob", "").json()["maxExpiryDays"],
+        30
+    );
 
     let try_create = |days: Option<u32>| {
         let mut body = json!({"name": "n", "permissions": ["REPO_READ"]});
@@ -430,26 +567,52 @@ fn policy_applies_to_the_next_creation_and_reports_non_compliant_tokens() {
     };
     assert_eq!(compliant(&old_id), false);
     assert_eq!(compliant(&new_id), true);
-    let found = server.api("GET", "/admin/tokens?compliant=false", "root", "").json();
-    let ids: Vec<&str> = found["values"].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap()).collect();
+    let found = server
+        .api("GET", "/admin/tokens?compliant=false", "root", "")
+        .json();
+    let ids: Vec<&str> = found["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [old_id.as_str()]);
     // The CLI reports it too.
-    let cli_list: Vec<Value> = serde_json::from_str(&install.cli_ok(&["token", "list", "--json"], "")).unwrap();
-    let old = cli_list.iter().find(|t| t["id"] == old_id.as_str()).unwrap();
+    let cli_list: Vec<Value> =
+        serde_json::from_str(&install.cli_ok(&["token", "list", "--json"], "")).unwrap();
+    let old = cli_list
+        .iter()
+        .find(|t| t["id"] == old_id.as_str())
+        .unwrap();
     assert_eq!(old["compliant"], false);
-    let shown: Value = serde_json::from_str(&install.cli_ok(&["policy", "show", "--json"], "")).unwrap();
+    let shown: Value =
+        serde_json::from_str(&install.cli_ok(&["policy", "show", "--json"], "")).unwrap();
     assert_eq!(shown["nonCompliantTokens"], json!([old_id]));
-    assert!(install.cli_ok(&["token", "list"], "").contains("non-compliant"));
+    assert!(install
+        .cli_ok(&["token", "list"], "")
+        .contains("non-compliant"));
 
     // Bad policy bodies.
-    for body in [json!({"expiryRequired": "yes"}), json!({"maxExpiryDays": 0}), json!({"maxExpiryDays": -3})] {
+    for body in [
+        json!({"expiryRequired": "yes"}),
+        json!({"maxExpiryDays": 0}),
+        json!({"maxExpiryDays": -3}),
+    ] {
         let r = server.api("PUT", "/admin/policy", "root", &body.to_string());
         assert_eq!(r.status, 400, "{body}");
         r.error_message();
     }
     // Relaxing it applies to the next creation as well.
-    let r = server.api("PUT", "/admin/policy", "root", &json!({"expiryRequired": false}).to_string());
-    assert_eq!(r.json(), json!({"expiryRequired": false, "maxExpiryDays": 30}));
+    let r = server.api(
+        "PUT",
+        "/admin/policy",
+        "root",
+        &json!({"expiryRequired": false}).to_string(),
+    );
+    assert_eq!(
+        r.json(),
+        json!({"expiryRequired": false, "maxExpiryDays": 30})
+    );
     assert_eq!(try_create(None).status, 200);
 }
 
@@ -460,14 +623,18 @@ fn project_and_repository_tokens_for_admins() {
         "PUT",
         "/projects/team",
         "root",
-        &json!({"name": "ci", "permissions": ["PROJECT_READ", "REPO_WRITE"], "expiryDays": 7}).to_string(),
+        &json!({"name": "ci", "permissions": ["PROJECT_READ", "REPO_WRITE"], "expiryDays": 7})
+            .to_string(),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
     assert_eq!(v["project"], json!({"key": "team"}));
     assert!(v.get("user").is_none());
     assert_eq!(v["permissions"], json!(["PROJECT_READ", "REPO_WRITE"]));
-    let (pid, psecret) = (v["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string());
+    let (pid, psecret) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+    );
 
     let r = server.api(
         "PUT",
@@ -476,15 +643,27 @@ fn project_and_repository_tokens_for_admins() {
         &json!({"name": "deploy", "permissions": ["PROJECT_READ"]}).to_string(),
     );
     assert_eq!(r.status, 400);
-    assert!(r.error_message().contains("repository tokens carry no PROJECT_ permission"));
+    assert!(r
+        .error_message()
+        .contains("repository tokens carry no PROJECT_ permission"));
     let (rid, rsecret) = create(
         &server,
         "root",
         "/projects/team/repos/app",
         json!({"name": "deploy", "permissions": ["REPO_READ"]}),
     );
-    let one = server.api("GET", &format!("/projects/team/repos/app/{rid}"), "root", "").json();
-    assert_eq!(one["repository"], json!({"slug": "app", "project": {"key": "team"}}));
+    let one = server
+        .api(
+            "GET",
+            &format!("/projects/team/repos/app/{rid}"),
+            "root",
+            "",
+        )
+        .json();
+    assert_eq!(
+        one["repository"],
+        json!({"slug": "app", "project": {"key": "team"}})
+    );
 
     // Each collection lists its own tokens; the wrong collection does not find the other's.
     let ids = |path: &str| -> Vec<String> {
@@ -495,13 +674,31 @@ fn project_and_repository_tokens_for_admins() {
             .map(|v| v["id"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(ids("/projects/team"), [pid.clone()]);
-    assert_eq!(ids("/projects/team/repos/app"), [rid.clone()]);
+    assert_eq!(ids("/projects/team"), [pid.as_str()]);
+    assert_eq!(ids("/projects/team/repos/app"), [rid.as_str()]);
     assert!(ids("/projects/other").is_empty());
-    assert_eq!(server.api("GET", &format!("/projects/team/{rid}"), "root", "").status, 404);
-    assert_eq!(server.api("GET", &format!("/projects/other/{pid}"), "root", "").status, 404);
-    assert_eq!(server.api("GET", &format!("/users/alice/{pid}"), "root", "").status, 404);
-    assert_eq!(server.api("GET", "/projects/bad%20key", "root", "").status, 400);
+    assert_eq!(
+        server
+            .api("GET", &format!("/projects/team/{rid}"), "root", "")
+            .status,
+        404
+    );
+    assert_eq!(
+        server
+            .api("GET", &format!("/projects/other/{pid}"), "root", "")
+            .status,
+        404
+    );
+    assert_eq!(
+        server
+            .api("GET", &format!("/users/alice/{pid}"), "root", "")
+            .status,
+        404
+    );
+    assert_eq!(
+        server.api("GET", "/projects/bad%20key", "root", "").status,
+        400
+    );
 
     // Scoped tokens work with git under any Basic user name.
     assert!(ls_remote(&install, &server, "ci-runner", &psecret).0);
@@ -516,13 +713,33 @@ fn project_and_repository_tokens_for_admins() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["permissions"], json!(["REPO_READ"]));
-    let r = server.api("POST", &format!("/projects/team/repos/app/{rid}/rotate"), "root", "");
+    let r = server.api(
+        "POST",
+        &format!("/projects/team/repos/app/{rid}/rotate"),
+        "root",
+        "",
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let rotated = r.json()["token"].as_str().unwrap().to_string();
     assert!(!ls_remote(&install, &server, "x", &rsecret).0);
     assert!(ls_remote(&install, &server, "x", &rotated).0);
-    assert_eq!(server.api("DELETE", &format!("/projects/team/{pid}"), "root", "").status, 204);
-    assert_eq!(server.api("DELETE", &format!("/projects/team/repos/app/{rid}"), "root", "").status, 204);
+    assert_eq!(
+        server
+            .api("DELETE", &format!("/projects/team/{pid}"), "root", "")
+            .status,
+        204
+    );
+    assert_eq!(
+        server
+            .api(
+                "DELETE",
+                &format!("/projects/team/repos/app/{rid}"),
+                "root",
+                ""
+            )
+            .status,
+        204
+    );
     let (ok, stderr) = ls_remote(&install, &server, "ci-runner", &psecret);
     assert!(!ok && stderr.contains("revoked"), "{stderr}");
 }
@@ -531,7 +748,8 @@ fn project_and_repository_tokens_for_admins() {
 fn rotation_replaces_the_secret_with_an_optional_overlap() {
     let (install, server) = setup();
     let (id, old) = personal(&server, "alice", &["REPO_READ"]);
-    let rotate = |body: &str| server.api("POST", &format!("/users/alice/{id}/rotate"), "alice", body);
+    let rotate =
+        |body: &str| server.api("POST", &format!("/users/alice/{id}/rotate"), "alice", body);
 
     let r = rotate("");
     assert_eq!(r.status, 200, "{}", r.body);
@@ -559,8 +777,18 @@ fn rotation_replaces_the_secret_with_an_optional_overlap() {
     assert!(r.error_message().contains("at most"));
     let r = server.api("GET", &format!("/users/alice/{id}/rotate"), "alice", "");
     assert_eq!(r.status, 405);
-    assert_eq!(server.api("POST", &format!("/users/bob/{id}/rotate"), "bob", "").status, 404);
-    assert_eq!(server.api("POST", &format!("/users/alice/{id}/rotate"), "bob", "").status, 403);
+    assert_eq!(
+        server
+            .api("POST", &format!("/users/bob/{id}/rotate"), "bob", "")
+            .status,
+        404
+    );
+    assert_eq!(
+        server
+            .api("POST", &format!("/users/alice/{id}/rotate"), "bob", "")
+            .status,
+        403
+    );
 }
 
 #[test]
@@ -572,12 +800,16 @@ fn allowed_networks_refuse_other_sources() {
         "/users/alice",
         json!({"name": "ci", "permissions": ["REPO_READ"], "allowedNetworks": ["10.0.0.0/8", "2001:db8::/32"]}),
     );
-    let v = server.api("GET", &format!("/users/alice/{id}"), "alice", "").json();
+    let v = server
+        .api("GET", &format!("/users/alice/{id}"), "alice", "")
+        .json();
     assert_eq!(v["allowedNetworks"], json!(["10.0.0.0/8", "2001:db8::/32"]));
     let (ok, stderr) = ls_remote(&install, &server, "alice", &secret);
     assert!(!ok);
     assert!(
-        stderr.contains("may only be used from 10.0.0.0/8, 2001:db8::/32; this request came from 127.0.0.1"),
+        stderr.contains(
+            "may only be used from 10.0.0.0/8, 2001:db8::/32; this request came from 127.0.0.1"
+        ),
         "{stderr}"
     );
     let r = server.api(
@@ -598,7 +830,12 @@ fn allowed_networks_refuse_other_sources() {
     assert_eq!(r.status, 400);
     assert!(r.error_message().contains("not a network"));
     // An empty list means anywhere again.
-    let r = server.api("POST", &format!("/users/alice/{id}"), "alice", &json!({"allowedNetworks": []}).to_string());
+    let r = server.api(
+        "POST",
+        &format!("/users/alice/{id}"),
+        "alice",
+        &json!({"allowedNetworks": []}).to_string(),
+    );
     assert_eq!(r.json()["allowedNetworks"], json!([]));
 }
 
@@ -608,25 +845,55 @@ fn every_action_is_audited_and_no_secret_is_written_anywhere() {
     // User and grant changes through the CLI.
     install.cli_ok(&["user", "disable", "bob"], "");
     install.cli_ok(&["user", "enable", "bob"], "");
-    install.cli_ok(&["user", "passwd", "bob", "--password-stdin"], &format!("{PW}\n"));
+    install.cli_ok(
+        &["user", "passwd", "bob", "--password-stdin"],
+        &format!("{PW}\n"),
+    );
     install.cli_ok(&["grant", "remove", "bob", "team"], "");
     // Token and policy changes through the API.
     let (id, first) = personal(&server, "alice", &["REPO_READ"]);
-    let r = server.api("POST", &format!("/users/alice/{id}"), "alice", &json!({"name": "renamed"}).to_string());
+    let r = server.api(
+        "POST",
+        &format!("/users/alice/{id}"),
+        "alice",
+        &json!({"name": "renamed"}).to_string(),
+    );
     assert_eq!(r.status, 200);
     let r = server.api("POST", &format!("/users/alice/{id}/rotate"), "alice", "");
     let second = r.json()["token"].as_str().unwrap().to_string();
-    let r = server.api("PUT", "/admin/policy", "root", &json!({"expiryRequired": true}).to_string());
+    let r = server.api(
+        "PUT",
+        "/admin/policy",
+        "root",
+        &json!({"expiryRequired": true}).to_string(),
+    );
     assert_eq!(r.status, 200);
     assert!(ls_remote(&install, &server, "alice", &second).0);
     assert!(!ls_remote(&install, &server, "alice", &first).0);
-    assert_eq!(server.api("DELETE", &format!("/users/alice/{id}"), "root", "").status, 204);
-    assert_eq!(server.request("GET", &format!("{API}/users/alice"), Auth::Basic("alice", "nope"), "").status, 401);
+    assert_eq!(
+        server
+            .api("DELETE", &format!("/users/alice/{id}"), "root", "")
+            .status,
+        204
+    );
+    assert_eq!(
+        server
+            .request(
+                "GET",
+                &format!("{API}/users/alice"),
+                Auth::Basic("alice", "nope"),
+                ""
+            )
+            .status,
+        401
+    );
 
     let audit_json = install.cli_ok(&["audit", "--json"], "");
     let events: Vec<Value> = serde_json::from_str(&audit_json).unwrap();
     let has = |action: &str, actor: &str| {
-        events.iter().any(|e| e["action"] == action && e["actor"].as_str().unwrap().starts_with(actor))
+        events
+            .iter()
+            .any(|e| e["action"] == action && e["actor"].as_str().unwrap().starts_with(actor))
     };
     for (action, actor) in [
         ("user.added", "cli:"),
@@ -644,11 +911,20 @@ fn every_action_is_audited_and_no_secret_is_written_anywhere() {
     ] {
         assert!(has(action, actor), "no {action} by {actor} in {audit_json}");
     }
-    let revoked = events.iter().find(|e| e["action"] == "token.revoked").unwrap();
+    let revoked = events
+        .iter()
+        .find(|e| e["action"] == "token.revoked")
+        .unwrap();
     assert_eq!(revoked["target"], id.as_str());
     assert_eq!(revoked["source"], "127.0.0.1");
-    let edited = events.iter().find(|e| e["action"] == "token.edited").unwrap();
-    assert!(edited["detail"].as_str().unwrap().contains("name 'laptop' -> 'renamed'"));
+    let edited = events
+        .iter()
+        .find(|e| e["action"] == "token.edited")
+        .unwrap();
+    assert!(edited["detail"]
+        .as_str()
+        .unwrap()
+        .contains("name 'laptop' -> 'renamed'"));
 
     // Give the server a moment to write its last log lines, then look everywhere.
     std::thread::sleep(Duration::from_millis(300));
@@ -676,5 +952,8 @@ fn every_action_is_audited_and_no_secret_is_written_anywhere() {
             assert!(!text.contains(secret.as_str()), "a secret is in the {what}");
         }
     }
-    assert!(!log.contains(PW) && !db.contains(PW), "a password was written");
+    assert!(
+        !log.contains(PW) && !db.contains(PW),
+        "a password was written"
+    );
 }

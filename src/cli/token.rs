@@ -18,16 +18,25 @@ pub struct For<'a> {
     pub repo: Option<&'a str>,
 }
 
-pub fn create(
-    store: &Store,
-    who: For,
-    name: &str,
-    permissions: &[String],
-    expiry_days: Option<u32>,
-    allowed_networks: &[String],
-    password_stdin: bool,
-    json: bool,
-) -> Result<(), String> {
+/// The rest of what `token create` was given.
+pub struct Create<'a> {
+    pub name: &'a str,
+    pub permissions: &'a [String],
+    pub expiry_days: Option<u32>,
+    pub allowed_networks: &'a [String],
+    pub password_stdin: bool,
+    pub json: bool,
+}
+
+pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
+    let Create {
+        name,
+        permissions,
+        expiry_days,
+        allowed_networks,
+        password_stdin,
+        json,
+    } = c;
     let mut caller = Caller::Operator;
     let subject = match (who.user, who.project, who.repo) {
         (Some(user), None, None) => {

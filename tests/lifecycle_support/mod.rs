@@ -166,7 +166,10 @@ impl Install {
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("gitgate serve exited with {status}: {text}");
             }
-            assert!(Instant::now() < deadline, "gitgate serve did not start: {text}");
+            assert!(
+                Instant::now() < deadline,
+                "gitgate serve did not start: {text}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -269,7 +272,10 @@ impl Server {
 
     /// The clone URL of team/app with credentials.
     pub fn url(&self, user: &str, secret: &str) -> String {
-        format!("http://{user}:{secret}@127.0.0.1:{}/team/app.git", self.port)
+        format!(
+            "http://{user}:{secret}@127.0.0.1:{}/team/app.git",
+            self.port
+        )
     }
 
     pub fn log_text(&self) -> String {
@@ -306,7 +312,11 @@ fn parse_response(raw: &[u8]) -> Resp {
         loop {
             let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
             let size = usize::from_str_radix(
-                String::from_utf8_lossy(&rest[..eol]).split(';').next().unwrap().trim(),
+                String::from_utf8_lossy(&rest[..eol])
+                    .split(';')
+                    .next()
+                    .unwrap()
+                    .trim(),
                 16,
             )
             .unwrap();
