@@ -147,7 +147,9 @@ impl Config {
         let store = raw.store.unwrap_or_default();
         let store_path = store.path.as_deref().unwrap_or("gitgate.db");
         if store_path.is_empty() {
-            return Err(err("[store] path is empty: name the SQLite file, e.g. \"gitgate.db\"".into()));
+            return Err(err(
+                "[store] path is empty: name the SQLite file, e.g. \"gitgate.db\"".into(),
+            ));
         }
 
         let upstream = raw.upstream.ok_or_else(|| {
@@ -187,7 +189,11 @@ impl Config {
 
         let auth = raw.auth.unwrap_or_default();
         let realm = auth.realm.unwrap_or_else(|| "gitgate".to_string());
-        if realm.is_empty() || realm.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+        if realm.is_empty()
+            || realm
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
             return Err(err(
                 "[auth] realm must be non-empty and contain no quotes, backslashes or control characters".into(),
             ));

@@ -95,7 +95,10 @@ impl Gate {
                     Ok(resp) => resp,
                     Err(e) => {
                         tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
-                        text(StatusCode::BAD_GATEWAY, &format!("the git backend failed: {e}"))
+                        text(
+                            StatusCode::BAD_GATEWAY,
+                            &format!("the git backend failed: {e}"),
+                        )
                     }
                 }
             }
@@ -154,7 +157,9 @@ impl Gate {
         let id_str = id.as_str().to_string();
         let record = tokio::task::spawn_blocking(move || store.auth_record(&id_str))
             .await
-            .map_err(|e| Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}"))))?
+            .map_err(|e| {
+                Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
+            })?
             .map_err(Refusal::StoreDown)?
             .ok_or(Refusal::InvalidToken)?;
         let now = clock::now_ms();
@@ -196,7 +201,12 @@ impl Gate {
     }
 
     /// The one place where refusals become answers.
-    fn refusal(&self, refusal: Refusal, remote: SocketAddr, log: &RequestLog) -> Response<ResponseBody> {
+    fn refusal(
+        &self,
+        refusal: Refusal,
+        remote: SocketAddr,
+        log: &RequestLog,
+    ) -> Response<ResponseBody> {
         match refusal {
             Refusal::NotGit(Rejection::NotFound(m)) => text(StatusCode::NOT_FOUND, &m),
             Refusal::NotGit(Rejection::BadRequest(m)) => text(StatusCode::BAD_REQUEST, &m),
@@ -332,15 +342,15 @@ impl LoggedBody {
                 method = %l.method,
                 path = %l.path,
                 remote = %l.remote.ip(),
-                repo = l.repo.as_deref().unwrap_or("-"),
-                access = l.access.unwrap_or("-"),
-                user = l.user.as_deref().unwrap_or("-"),
-                token_id = l.token_id.as_deref().unwrap_or("-"),
+                repo = %l.repo.as_deref().unwrap_or("-"),
+                access = %l.access.unwrap_or("-"),
+                user = %l.user.as_deref().unwrap_or("-"),
+                token_id = %l.token_id.as_deref().unwrap_or("-"),
                 status = l.status,
                 bytes_in = l.bytes_in.load(Ordering::Relaxed),
                 bytes_out = self.bytes_out,
                 duration_ms = l.started.elapsed().as_secs_f64() * 1000.0,
-                outcome,
+                outcome = %outcome,
                 "request"
             );
         }

@@ -9,10 +9,19 @@ use clap::{Args, Parser, Subcommand};
 use gitgate::cli;
 
 #[derive(Parser)]
-#[command(name = "gitgate", version, about = "Token authentication in front of a Git smart-HTTP server")]
+#[command(
+    name = "gitgate",
+    version,
+    about = "Token authentication in front of a Git smart-HTTP server"
+)]
 struct Cli {
     /// The configuration file.
-    #[arg(long, global = true, env = "GITGATE_CONFIG", default_value = "proxy.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "GITGATE_CONFIG",
+        default_value = "proxy.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -202,7 +211,11 @@ enum TokenCommand {
 fn main() -> ExitCode {
     let args = Cli::parse();
     // The server logs every request; the operator's commands only warnings.
-    init_logging(if matches!(args.command, Command::Serve) { "info" } else { "warn" });
+    init_logging(if matches!(args.command, Command::Serve) {
+        "info"
+    } else {
+        "warn"
+    });
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -177,7 +177,10 @@ pub fn authorize(
                     Some(_) => {}
                 }
             }
-            (owner.slug.clone(), token_level.min(owner_level.unwrap_or(Level::Read)))
+            (
+                owner.slug.clone(),
+                token_level.min(owner_level.unwrap_or(Level::Read)),
+            )
         }
         TokenKind::Project | TokenKind::Repository => {
             let Some(scope) = &token.scope else {
@@ -260,7 +263,12 @@ mod tests {
         r
     }
 
-    fn check(r: &AuthRecord, user: Option<&str>, repo_s: &str, a: Access) -> Result<Identity, Deny> {
+    fn check(
+        r: &AuthRecord,
+        user: Option<&str>,
+        repo_s: &str,
+        a: Access,
+    ) -> Result<Identity, Deny> {
         authorize(r, user, &repo(repo_s), a, "127.0.0.1".parse().unwrap(), NOW)
     }
 
@@ -307,7 +315,9 @@ mod tests {
         let d = check(&r, Some("alice"), "team/app", Access::Write).unwrap_err();
         assert_eq!(
             d,
-            Deny::Forbidden("token 'laptop' has REPO_READ on team/app; push needs REPO_WRITE".into())
+            Deny::Forbidden(
+                "token 'laptop' has REPO_READ on team/app; push needs REPO_WRITE".into()
+            )
         );
     }
 
@@ -373,7 +383,9 @@ mod tests {
         let d = check(&r, None, "other/app", Access::Read).unwrap_err();
         assert_eq!(
             d,
-            Deny::Forbidden("token 'ci' is limited to project team; it cannot be used for other/app".into())
+            Deny::Forbidden(
+                "token 'ci' is limited to project team; it cannot be used for other/app".into()
+            )
         );
         let r = scoped(TokenKind::Repository, "team/app", "REPO_READ");
         assert!(check(&r, None, "team/app", Access::Read).is_ok());
@@ -383,8 +395,13 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(Target::parse("team").unwrap(), Target::Project("team".into()));
-        assert!(matches!(Target::parse("team/app.git").unwrap(), Target::Repo(r) if r.as_str() == "team/app"));
+        assert_eq!(
+            Target::parse("team").unwrap(),
+            Target::Project("team".into())
+        );
+        assert!(
+            matches!(Target::parse("team/app.git").unwrap(), Target::Repo(r) if r.as_str() == "team/app")
+        );
         assert!(Target::parse("").is_err());
         assert!(Target::parse("../x").is_err());
         assert!(Target::parse("team/").is_err());

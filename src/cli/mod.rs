@@ -39,7 +39,9 @@ pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
         line.trim_end_matches(['\n', '\r']).to_string()
     } else {
         if !std::io::stdin().is_terminal() {
-            return Err("no terminal to ask for the password: pass it with --password-stdin".into());
+            return Err(
+                "no terminal to ask for the password: pass it with --password-stdin".into(),
+            );
         }
         rpassword::prompt_password(prompt).map_err(|e| format!("cannot read the password: {e}"))?
     };

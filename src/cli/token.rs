@@ -150,7 +150,11 @@ fn print_details(t: &TokenRecord, policy: &ExpiryPolicy) {
     println!("kind:        {}", t.kind.as_str());
     println!("for:         {}", t.principal());
     println!("permissions: {}", t.permissions);
-    println!("created:     {} by {}", when(Some(t.created_at)), t.created_by);
+    println!(
+        "created:     {} by {}",
+        when(Some(t.created_at)),
+        t.created_by
+    );
     println!("expires:     {}", when(t.expires_at));
     println!(
         "networks:    {}",

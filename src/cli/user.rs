@@ -41,7 +41,11 @@ pub fn set_active(store: &Store, name: &str, active: bool) -> Result<(), String>
     store
         .set_user_active(name, active, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    let what = if active { "enabled" } else { "disabled (their tokens stop working at once)" };
+    let what = if active {
+        "enabled"
+    } else {
+        "disabled (their tokens stop working at once)"
+    };
     eprintln!("user '{name}' {what}");
     Ok(())
 }

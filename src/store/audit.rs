@@ -54,7 +54,13 @@ pub(super) fn record(
 
 impl Store {
     /// Record an event that is not part of a change (e.g. a failed authentication).
-    pub fn record_event(&self, actor: &Actor, action: &str, target: &str, detail: &str) -> Result<()> {
+    pub fn record_event(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<()> {
         self.write(|tx| record(tx, actor, action, target, detail))
     }
 

@@ -22,7 +22,9 @@ pub struct Grant {
 /// All grants of one user as (target, level), for the policy.
 pub(super) fn grants_of(c: &rusqlite::Connection, user_id: i64) -> Result<Vec<(Target, Level)>> {
     let mut stmt = c.prepare_cached("SELECT target, level FROM grants WHERE user_id = ?1")?;
-    let rows = stmt.query_map([user_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let rows = stmt.query_map([user_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
     let mut out = Vec::new();
     for row in rows {
         let (target, level) = row?;
@@ -36,7 +38,13 @@ pub(super) fn grants_of(c: &rusqlite::Connection, user_id: i64) -> Result<Vec<(T
 
 impl Store {
     /// Give `slug` `level` on `target`, replacing any earlier grant on the same target.
-    pub fn add_grant(&self, slug: &str, target: &Target, level: Level, actor: &Actor) -> Result<()> {
+    pub fn add_grant(
+        &self,
+        slug: &str,
+        target: &Target,
+        level: Level,
+        actor: &Actor,
+    ) -> Result<()> {
         self.write(|tx| {
             let user = require_user(tx, slug)?;
             tx.execute(
@@ -68,7 +76,13 @@ impl Store {
                 "DELETE FROM grants WHERE user_id = ?1 AND target = ?2",
                 params![user.id, target],
             )?;
-            record(tx, actor, "grant.removed", slug, &format!("{target} {level}"))
+            record(
+                tx,
+                actor,
+                "grant.removed",
+                slug,
+                &format!("{target} {level}"),
+            )
         })
     }
 
@@ -84,7 +98,12 @@ impl Store {
                  WHERE ?1 IS NULL OR u.slug = ?1 ORDER BY u.slug, g.target",
             )?;
             let rows = stmt.query_map([slug], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get(3)?,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {

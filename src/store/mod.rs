@@ -78,11 +78,15 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::Open { path, message } => {
-                write!(f, "cannot open the token store {}: {message}", path.display())
+                write!(
+                    f,
+                    "cannot open the token store {}: {message}",
+                    path.display()
+                )
             }
-            StoreError::Busy => f.write_str(
-                "the token store is locked by another process; try again in a moment",
-            ),
+            StoreError::Busy => {
+                f.write_str("the token store is locked by another process; try again in a moment")
+            }
             StoreError::NotFound(m) | StoreError::Conflict(m) | StoreError::Invalid(m) => {
                 f.write_str(m)
             }

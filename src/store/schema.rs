@@ -110,7 +110,8 @@ mod tests {
     #[test]
     fn refuses_a_newer_schema() {
         let mut conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "user_version", CURRENT + 1).unwrap();
+        conn.pragma_update(None, "user_version", CURRENT + 1)
+            .unwrap();
         assert!(migrate(&mut conn).is_err());
     }
 }

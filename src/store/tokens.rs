@@ -479,7 +479,12 @@ mod tests {
         let (_d, store) = temp_store();
         store.add_user("alice", "h", Role::User, &actor()).unwrap();
         store
-            .add_grant("alice", &Target::parse("team").unwrap(), Level::Write, &actor())
+            .add_grant(
+                "alice",
+                &Target::parse("team").unwrap(),
+                Level::Write,
+                &actor(),
+            )
             .unwrap();
         let t = store
             .insert_token(
@@ -504,13 +509,26 @@ mod tests {
         assert_eq!(owner.grants.len(), 1);
         assert!(store.auth_record("nope").unwrap().is_none());
         assert_eq!(store.tokens(Some("alice")).unwrap().len(), 1);
-        assert!(store.tokens(None).unwrap()[0].to_json().get("token").is_none());
+        assert!(store.tokens(None).unwrap()[0]
+            .to_json()
+            .get("token")
+            .is_none());
 
-        store.touch_token("abcdefghijkl", 1000, "127.0.0.1").unwrap();
-        assert_eq!(store.token("abcdefghijkl").unwrap().unwrap().last_used_at, Some(1000));
+        store
+            .touch_token("abcdefghijkl", 1000, "127.0.0.1")
+            .unwrap();
+        assert_eq!(
+            store.token("abcdefghijkl").unwrap().unwrap().last_used_at,
+            Some(1000)
+        );
 
         store.revoke_token("abcdefghijkl", &actor()).unwrap();
-        assert!(store.token("abcdefghijkl").unwrap().unwrap().revoked_at.is_some());
+        assert!(store
+            .token("abcdefghijkl")
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some());
         assert!(matches!(
             store.revoke_token("abcdefghijkl", &actor()),
             Err(StoreError::Conflict(_))
@@ -529,8 +547,11 @@ mod tests {
                     name: "ci",
                     owner: None,
                     scope: Some(&scope),
-                    permissions: TokenPermissions::from_names(TokenKind::Repository, &["REPO_READ"])
-                        .unwrap(),
+                    permissions: TokenPermissions::from_names(
+                        TokenKind::Repository,
+                        &["REPO_READ"],
+                    )
+                    .unwrap(),
                     secret_hash: [1; 32],
                     expires_at: Some(5),
                     allowed_networks: &[],
@@ -539,6 +560,11 @@ mod tests {
             )
             .unwrap();
         assert_eq!(t.principal(), "repo:team/app");
-        assert!(store.auth_record("mnopqrstuvwx").unwrap().unwrap().owner.is_none());
+        assert!(store
+            .auth_record("mnopqrstuvwx")
+            .unwrap()
+            .unwrap()
+            .owner
+            .is_none());
     }
 }

@@ -86,9 +86,11 @@ fn user_from_row(r: &rusqlite::Row) -> rusqlite::Result<User> {
 }
 
 pub(super) fn find_user(c: &rusqlite::Connection, slug: &str) -> Result<Option<User>> {
-    Ok(c.prepare_cached("SELECT id, slug, role, active, created_at FROM users WHERE slug = ?1")?
-        .query_row([slug], user_from_row)
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT id, slug, role, active, created_at FROM users WHERE slug = ?1")?
+            .query_row([slug], user_from_row)
+            .optional()?,
+    )
 }
 
 pub(super) fn require_user(c: &rusqlite::Connection, slug: &str) -> Result<User> {
@@ -96,7 +98,13 @@ pub(super) fn require_user(c: &rusqlite::Connection, slug: &str) -> Result<User>
 }
 
 impl Store {
-    pub fn add_user(&self, slug: &str, password_hash: &str, role: Role, actor: &Actor) -> Result<User> {
+    pub fn add_user(
+        &self,
+        slug: &str,
+        password_hash: &str,
+        role: Role,
+        actor: &Actor,
+    ) -> Result<User> {
         validate_slug(slug)?;
         self.write(|tx| {
             if find_user(tx, slug)?.is_some() {
@@ -117,8 +125,9 @@ impl Store {
 
     pub fn users(&self) -> Result<Vec<User>> {
         self.with_conn(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT id, slug, role, active, created_at FROM users ORDER BY slug")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT id, slug, role, active, created_at FROM users ORDER BY slug",
+            )?;
             let rows = stmt.query_map([], user_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -127,9 +136,11 @@ impl Store {
     /// The stored argon2id hash of a user's password, for verification.
     pub fn password_hash(&self, slug: &str) -> Result<Option<String>> {
         self.with_conn(|c| {
-            Ok(c.prepare_cached("SELECT password_hash FROM users WHERE slug = ?1")?
-                .query_row([slug], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT password_hash FROM users WHERE slug = ?1")?
+                    .query_row([slug], |r| r.get(0))
+                    .optional()?,
+            )
         })
     }
 
@@ -139,8 +150,15 @@ impl Store {
             if user.active == active {
                 return Ok(());
             }
-            tx.execute("UPDATE users SET active = ?1 WHERE id = ?2", params![active, user.id])?;
-            let action = if active { "user.enabled" } else { "user.disabled" };
+            tx.execute(
+                "UPDATE users SET active = ?1 WHERE id = ?2",
+                params![active, user.id],
+            )?;
+            let action = if active {
+                "user.enabled"
+            } else {
+                "user.disabled"
+            };
             record(tx, actor, action, slug, "")
         })
     }
@@ -166,7 +184,16 @@ mod tests {
     fn slugs() {
         assert!(validate_slug("alice").is_ok());
         assert!(validate_slug("ci-bot.2").is_ok());
-        for bad in ["", "Alice", "-x", ".x", "a b", "a/b", "a:b", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Alice",
+            "-x",
+            ".x",
+            "a b",
+            "a/b",
+            "a:b",
+            &"a".repeat(65),
+        ] {
             assert!(validate_slug(bad).is_err(), "{bad}");
         }
     }
@@ -174,7 +201,9 @@ mod tests {
     #[test]
     fn add_disable_enable_with_audit() {
         let (_d, store) = temp_store();
-        let u = store.add_user("alice", "hash", Role::User, &actor()).unwrap();
+        let u = store
+            .add_user("alice", "hash", Role::User, &actor())
+            .unwrap();
         assert!(u.active);
         assert!(matches!(
             store.add_user("alice", "hash", Role::User, &actor()),

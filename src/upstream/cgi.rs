@@ -1324,6 +1324,46 @@ mod tests {
         assert!(err.contains("signal"), "{err}");
     }
 
+    /// A request body whose client never sends anything more.
+    struct Stalled(#[allow(dead_code)] Arc<()>);
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = String;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, String>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn stdin_task_lets_go_of_the_body_when_backend_exits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = script(
+            tmp.path(),
+            "early.cgi",
+            "printf 'Status: 403 Forbidden\\r\\n\\r\\nno'",
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::POST, "/x", None, &headers);
+        let alive = Arc::new(());
+        let body = serve(&backend, req, || Stalled(alive.clone()))
+            .await
+            .unwrap();
+        assert_eq!(body.status(), StatusCode::FORBIDDEN);
+        assert_eq!(body_bytes(body.into_body()).await, "no");
+        for _ in 0..250 {
+            if Arc::strong_count(&alive) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the stdin task still holds the request body");
+    }
+
     #[tokio::test]
     async fn dropped_body_kills_and_reaps_backend() {
         let tmp = tempfile::tempdir().unwrap();

@@ -1,0 +1,806 @@
+//! End-to-end: the `gitgate` command line, acting on the store directly, and `serve` refusing
+//! bad configuration. Each test has its own sandbox (see `tests/common/mod.rs`).
+
+mod common;
+
+use std::fs;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::{gitgate_bin, looks_like_secret, now_ms, run, secret_id, Sandbox, PASSWORD};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+// ---------------------------------------------------------------------------------------------
+// JSON helpers: the contract fixes token field names; for users and grants it only fixes that
+// the data is there, so those are looked up by value.
+
+fn strings_in(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a.iter().flat_map(strings_in).collect(),
+        Value::Object(o) => o.values().flat_map(strings_in).collect(),
+        _ => vec![],
+    }
+}
+
+fn keys_in(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(a) => a.iter().flat_map(keys_in).collect(),
+        Value::Object(o) => o
+            .iter()
+            .flat_map(|(k, v)| std::iter::once(k.clone()).chain(keys_in(v)))
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// The elements of the array `list` that have a string value equal to `value`.
+fn with_value<'a>(list: &'a Value, value: &str) -> Vec<&'a Value> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("expected a JSON array, got {list}"))
+        .iter()
+        .filter(|item| {
+            strings_in(item)
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(value))
+        })
+        .collect()
+}
+
+/// No key names a hash, secret or password, and no value is a secret or a password hash.
+#[track_caller]
+fn assert_no_secrets(v: &Value) {
+    for key in keys_in(v) {
+        let k = key.to_ascii_lowercase();
+        assert!(
+            !(k == "token" || k.contains("hash") || k.contains("secret") || k.contains("password")),
+            "key {key:?} should not be in {v}"
+        );
+    }
+    for s in strings_in(v) {
+        assert!(
+            !looks_like_secret(&s) && !s.starts_with("$argon2"),
+            "value {s:?} leaks a secret: {v}"
+        );
+        assert!(!s.contains(PASSWORD), "password in {v}");
+    }
+}
+
+fn user_sandbox() -> Sandbox {
+    let sb = Sandbox::new();
+    sb.add_user("alice", PASSWORD);
+    sb
+}
+
+// ---------------------------------------------------------------------------------------------
+// users
+
+#[test]
+fn user_add_list_disable_enable() {
+    let sb = user_sandbox();
+    sb.add_admin("root", "root-password-123");
+    let list = sb.cli_json(&["user", "list", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    assert_no_secrets(&list);
+    let alice = with_value(&list, "alice");
+    let root = with_value(&list, "root");
+    assert_eq!((alice.len(), root.len()), (1, 1), "{list}");
+    let is_admin = |u: &Value| {
+        strings_in(u)
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case("admin"))
+            || ["admin", "isAdmin", "is_admin"]
+                .iter()
+                .any(|k| u[*k] == Value::Bool(true))
+    };
+    assert!(is_admin(root[0]), "root should be shown as admin: {list}");
+    assert!(!is_admin(alice[0]), "alice is not an admin: {list}");
+
+    let before = alice[0].clone();
+    sb.cli(&["user", "disable", "alice"]).ok();
+    let list = sb.cli_json(&["user", "list", "--json"]);
+    let disabled = with_value(&list, "alice")[0].clone();
+    assert_ne!(
+        disabled, before,
+        "user list should show that alice is disabled"
+    );
+    assert_eq!(with_value(&list, "root")[0], root[0], "root is unchanged");
+    sb.cli(&["user", "enable", "alice"]).ok();
+    let list = sb.cli_json(&["user", "list", "--json"]);
+    assert_eq!(
+        with_value(&list, "alice")[0],
+        &before,
+        "enabled again: as before"
+    );
+
+    // the plain listing names both users
+    let plain = sb.cli(&["user", "list"]);
+    assert!(
+        plain.ok().contains("alice") && plain.stdout.contains("root"),
+        "{plain}"
+    );
+}
+
+#[test]
+fn user_errors_are_refused() {
+    let sb = user_sandbox();
+    let run = sb.cli_stdin(
+        &["user", "add", "alice", "--password-stdin"],
+        "again-password\n",
+    );
+    assert!(
+        !run.success() && !run.stderr.trim().is_empty(),
+        "duplicate user: {run}"
+    );
+    for args in [["user", "disable", "nobody"], ["user", "enable", "nobody"]] {
+        let run = sb.cli(&args);
+        assert!(!run.success(), "{run}");
+        assert!(
+            run.stderr.contains("nobody"),
+            "the message should name the user: {run}"
+        );
+    }
+    for bad in ["", "Alice Smith", "../etc", "a/b"] {
+        let run = sb.cli_stdin(&["user", "add", bad, "--password-stdin"], "some-password\n");
+        assert!(!run.success(), "user name {bad:?} should be refused: {run}");
+    }
+    let list = sb.cli_json(&["user", "list", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// grants
+
+#[test]
+fn grant_add_list_remove() {
+    let sb = user_sandbox();
+    sb.add_user("bob", "bob-password-123");
+    sb.grant("alice", "team", "write");
+    sb.grant("alice", "other/app", "admin");
+    sb.grant("bob", "team", "read");
+
+    let all = sb.cli_json(&["grant", "list", "--json"]);
+    assert_eq!(all.as_array().map(Vec::len), Some(3), "{all}");
+    let alice = sb.cli_json(&["grant", "list", "alice", "--json"]);
+    assert_eq!(alice.as_array().map(Vec::len), Some(2), "{alice}");
+    let team = with_value(&alice, "team");
+    assert_eq!(team.len(), 1, "{alice}");
+    assert!(
+        strings_in(team[0])
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case("write")),
+        "{alice}"
+    );
+    let repo = with_value(&alice, "other/app");
+    assert_eq!(repo.len(), 1, "{alice}");
+    assert!(
+        strings_in(repo[0])
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case("admin")),
+        "{alice}"
+    );
+    assert!(
+        with_value(&alice, "bob").is_empty(),
+        "filtered by user: {alice}"
+    );
+
+    sb.cli(&["grant", "remove", "alice", "team"]).ok();
+    let alice = sb.cli_json(&["grant", "list", "alice", "--json"]);
+    assert_eq!(alice.as_array().map(Vec::len), Some(1), "{alice}");
+    assert!(with_value(&alice, "team").is_empty(), "{alice}");
+    let bob = sb.cli_json(&["grant", "list", "bob", "--json"]);
+    assert_eq!(
+        bob.as_array().map(Vec::len),
+        Some(1),
+        "bob's grant untouched: {bob}"
+    );
+
+    let plain = sb.cli(&["grant", "list"]);
+    assert!(plain.ok().contains("other/app"), "{plain}");
+}
+
+#[test]
+fn grant_errors_are_refused() {
+    let sb = user_sandbox();
+    for target in [
+        "",
+        "/",
+        "team/",
+        "/team",
+        "team//app",
+        "../team",
+        "team/..",
+        "team/./app",
+        "team\\app",
+        "te am",
+    ] {
+        let run = sb.cli(&["grant", "add", "alice", target, "read"]);
+        assert!(!run.success(), "target {target:?} should be refused: {run}");
+        assert!(!run.stderr.trim().is_empty(), "{run}");
+    }
+    for level in ["owner", "", "READ_WRITE", "REPO_READ"] {
+        let run = sb.cli(&["grant", "add", "alice", "team", level]);
+        assert!(!run.success(), "level {level:?} should be refused: {run}");
+    }
+    sb.cli(&["grant", "add", "nobody", "team", "read"])
+        .fails_with("nobody");
+    let run = sb.cli(&["grant", "remove", "alice", "team"]);
+    assert!(
+        !run.success() || run.stderr.contains("team"),
+        "removing a missing grant: {run}"
+    );
+    let list = sb.cli_json(&["grant", "list", "--json"]);
+    assert_eq!(list, Value::Array(vec![]), "nothing was granted");
+}
+
+// ---------------------------------------------------------------------------------------------
+// tokens
+
+#[test]
+fn token_create_prints_the_secret_alone_on_stdout() {
+    let sb = user_sandbox();
+    let run = sb.cli_stdin(
+        &[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--name",
+            "laptop",
+            "--permission",
+            "REPO_WRITE",
+            "--password-stdin",
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    let out = run.ok();
+    let secret = out.trim_end_matches('\n');
+    assert!(
+        looks_like_secret(secret),
+        "stdout should be the secret alone: {run}"
+    );
+    assert!(!run.stderr.trim().is_empty(), "details go to stderr: {run}");
+    assert!(
+        !run.stderr.contains(secret),
+        "the secret is printed once, on stdout: {run}"
+    );
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    let ids: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(ids, [secret_id(secret)], "{list}");
+
+    // a project token the same way
+    let run = sb.cli(&[
+        "token",
+        "create",
+        "--project",
+        "team",
+        "--name",
+        "ci",
+        "--permission",
+        "REPO_READ",
+    ]);
+    assert!(looks_like_secret(run.ok().trim_end_matches('\n')), "{run}");
+}
+
+#[test]
+fn token_create_personal_json() {
+    let sb = user_sandbox();
+    let before = now_ms();
+    let t = sb.personal_token("alice", PASSWORD, "laptop", &["PROJECT_READ", "REPO_WRITE"]);
+    let after = now_ms();
+    let j = &t.json;
+    assert!(looks_like_secret(&t.secret), "{j}");
+    assert_eq!(secret_id(&t.secret), t.id, "the secret carries the id: {j}");
+    assert_eq!(t.id.len(), 12, "{j}");
+    assert_eq!(j["name"], "laptop", "{j}");
+    assert_eq!(j["kind"], "personal", "{j}");
+    assert_eq!(j["user"], "alice", "{j}");
+    assert_eq!(j["scope"], Value::Null, "{j}");
+    assert_eq!(j["expiresAt"], Value::Null, "{j}");
+    let mut perms: Vec<_> = j["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    perms.sort();
+    assert_eq!(perms, ["PROJECT_READ", "REPO_WRITE"], "{j}");
+    let created = j["createdAt"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("createdAt in ms: {j}"));
+    assert!(
+        before - 2000 <= created && created <= after + 2000,
+        "createdAt {created} not now: {j}"
+    );
+
+    // a second token gets another id and secret
+    let t2 = sb.personal_token("alice", PASSWORD, "desktop", &["REPO_READ"]);
+    assert_ne!(t2.id, t.id);
+    assert_ne!(t2.secret[17..], t.secret[17..]);
+}
+
+#[test]
+fn token_create_with_expiry_days() {
+    let sb = user_sandbox();
+    let run = sb.cli(&[
+        "token",
+        "create",
+        "--project",
+        "team",
+        "--name",
+        "ci",
+        "--permission",
+        "REPO_READ",
+        "--expiry-days",
+        "30",
+        "--json",
+    ]);
+    let j: Value = serde_json::from_str(run.ok()).unwrap();
+    let created = j["createdAt"].as_i64().unwrap_or_else(|| panic!("{j}"));
+    let expires = j["expiresAt"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("expiresAt in ms: {j}"));
+    assert!(
+        (expires - created - 30 * DAY_MS).abs() < 60_000,
+        "expiry should be 30 days: {j}"
+    );
+    for bad in ["-1", "abc"] {
+        let run = sb.cli(&[
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "x",
+            "--permission",
+            "REPO_READ",
+            "--expiry-days",
+            bad,
+        ]);
+        assert!(
+            !run.success(),
+            "--expiry-days {bad} should be refused: {run}"
+        );
+    }
+}
+
+#[test]
+fn personal_token_with_wrong_password_is_refused_and_nothing_created() {
+    let sb = user_sandbox();
+    for (user, password) in [
+        ("alice", "not-the-password"),
+        ("alice", ""),
+        ("nobody", PASSWORD),
+    ] {
+        let run = sb.cli_stdin(
+            &[
+                "token",
+                "create",
+                "--user",
+                user,
+                "--name",
+                "laptop",
+                "--permission",
+                "REPO_READ",
+                "--password-stdin",
+                "--json",
+            ],
+            &format!("{password}\n"),
+        );
+        assert!(!run.success(), "{user}/{password:?}: {run}");
+        assert!(run.stdout.trim().is_empty(), "nothing on stdout: {run}");
+        let err = run.stderr.to_ascii_lowercase();
+        assert!(
+            err.contains("password") || err.contains(user),
+            "the message should say what was wrong: {run}"
+        );
+    }
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    assert_eq!(list, Value::Array(vec![]), "nothing created");
+}
+
+#[test]
+fn scoped_tokens_json() {
+    let sb = Sandbox::new();
+    let p = sb.scoped_token("--project", "team", "ci", "REPO_WRITE");
+    assert!(looks_like_secret(&p.secret));
+    assert_eq!(secret_id(&p.secret), p.id);
+    assert_eq!(p.json["kind"], "project", "{}", p.json);
+    assert_eq!(p.json["scope"], "team", "{}", p.json);
+    assert_eq!(p.json["user"], Value::Null, "{}", p.json);
+    assert_eq!(
+        p.json["permissions"],
+        serde_json::json!(["REPO_WRITE"]),
+        "{}",
+        p.json
+    );
+
+    let r = sb.scoped_token("--repo", "team/app", "deploy", "REPO_READ");
+    assert_eq!(r.json["kind"], "repository", "{}", r.json);
+    assert_eq!(r.json["scope"], "team/app", "{}", r.json);
+    assert_eq!(r.json["user"], Value::Null, "{}", r.json);
+    assert_eq!(r.json["name"], "deploy", "{}", r.json);
+
+    for (flag, scope) in [
+        ("--project", "team/app"),
+        ("--project", ""),
+        ("--repo", "team"),
+        ("--repo", "team/../x"),
+    ] {
+        let run = sb.cli(&[
+            "token",
+            "create",
+            flag,
+            scope,
+            "--name",
+            "x",
+            "--permission",
+            "REPO_READ",
+        ]);
+        assert!(!run.success(), "{flag} {scope:?} should be refused: {run}");
+    }
+}
+
+#[test]
+fn bad_permissions_are_refused_and_nothing_created() {
+    let sb = user_sandbox();
+    for perm in ["REPO_OWNER", "READ", "", "REPO-READ", "PROJECT_REPO"] {
+        let run = sb.cli(&[
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "x",
+            "--permission",
+            perm,
+        ]);
+        assert!(
+            !run.success(),
+            "permission {perm:?} should be refused: {run}"
+        );
+        assert!(!run.stderr.trim().is_empty(), "{run}");
+        let run = sb.cli_stdin(
+            &[
+                "token",
+                "create",
+                "--user",
+                "alice",
+                "--name",
+                "x",
+                "--permission",
+                perm,
+                "--password-stdin",
+            ],
+            &format!("{PASSWORD}\n"),
+        );
+        assert!(
+            !run.success(),
+            "personal permission {perm:?} should be refused: {run}"
+        );
+    }
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    assert_eq!(list, Value::Array(vec![]), "nothing created");
+}
+
+#[test]
+fn repository_token_carries_no_project_permission() {
+    let sb = Sandbox::new();
+    let run = sb.cli(&[
+        "token",
+        "create",
+        "--repo",
+        "team/app",
+        "--name",
+        "x",
+        "--permission",
+        "PROJECT_READ",
+    ]);
+    assert!(
+        !run.success(),
+        "DESIGN.md: repository tokens carry no project permission: {run}"
+    );
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    assert_eq!(list, Value::Array(vec![]), "nothing created");
+}
+
+#[test]
+fn token_list_json_has_no_secrets_and_filters_by_user() {
+    let sb = user_sandbox();
+    sb.add_user("bob", "bob-password-123");
+    let a = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let b = sb.personal_token("bob", "bob-password-123", "bobs", &["REPO_READ"]);
+    let p = sb.scoped_token("--project", "team", "ci", "REPO_READ");
+
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    assert_no_secrets(&list);
+    let items = list.as_array().unwrap();
+    assert_eq!(items.len(), 3, "{list}");
+    for t in [&a, &b, &p] {
+        let item = items
+            .iter()
+            .find(|i| i["id"] == t.id.as_str())
+            .unwrap_or_else(|| panic!("{} missing: {list}", t.id));
+        for key in [
+            "id",
+            "name",
+            "permissions",
+            "expiresAt",
+            "createdAt",
+            "kind",
+            "user",
+            "scope",
+            "lastUsedAt",
+            "revokedAt",
+        ] {
+            assert!(item.get(key).is_some(), "{key} missing from {item}");
+        }
+        for key in [
+            "id",
+            "name",
+            "permissions",
+            "expiresAt",
+            "createdAt",
+            "kind",
+            "user",
+            "scope",
+        ] {
+            assert_eq!(
+                item[key], t.json[key],
+                "{key}: list says {item}, create said {}",
+                t.json
+            );
+        }
+        assert_eq!(item["revokedAt"], Value::Null, "{item}");
+        assert_eq!(item["lastUsedAt"], Value::Null, "never used: {item}");
+    }
+
+    let alice = sb.cli_json(&["token", "list", "--user", "alice", "--json"]);
+    let ids: Vec<_> = alice
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].clone())
+        .collect();
+    assert_eq!(ids, [Value::from(a.id.as_str())], "{alice}");
+
+    let plain = sb.cli(&["token", "list"]);
+    let out = plain.ok();
+    for t in [&a, &b, &p] {
+        assert!(out.contains(&t.id), "plain list shows ids: {plain}");
+        assert!(
+            !out.contains(&t.secret) && !out.contains(&t.secret[17..60]),
+            "plain list leaks: {plain}"
+        );
+    }
+}
+
+#[test]
+fn token_revoke() {
+    let sb = user_sandbox();
+    let a = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let keep = sb.personal_token("alice", PASSWORD, "desktop", &["REPO_WRITE"]);
+    let before = now_ms();
+    sb.cli(&["token", "revoke", &a.id]).ok();
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    let find = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let revoked_at = find(&a.id)["revokedAt"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("revokedAt in ms: {list}"));
+    assert!(
+        revoked_at >= before - 2000 && revoked_at <= now_ms() + 2000,
+        "{list}"
+    );
+    assert_eq!(find(&keep.id)["revokedAt"], Value::Null, "{list}");
+
+    let run = sb.cli(&["token", "revoke", "AAAAAAAAAAAA"]);
+    assert!(!run.success(), "unknown id: {run}");
+    assert!(
+        run.stderr.contains("AAAAAAAAAAAA"),
+        "message names the id: {run}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// config selection
+
+#[test]
+fn config_flag_after_subcommand_and_env_var() {
+    let sb = user_sandbox();
+    // --config after the subcommand
+    let mut cmd = Command::new(gitgate_bin());
+    cmd.env_remove("GITGATE_CONFIG")
+        .current_dir("/")
+        .args(["user", "list", "--json", "--config"])
+        .arg(sb.config());
+    let out = run(cmd, None);
+    assert_eq!(
+        with_value(&serde_json::from_str(out.ok()).unwrap(), "alice").len(),
+        1,
+        "{out}"
+    );
+    // GITGATE_CONFIG
+    let mut cmd = Command::new(gitgate_bin());
+    cmd.env("GITGATE_CONFIG", sb.config())
+        .current_dir("/")
+        .args(["user", "list", "--json"]);
+    let out = run(cmd, None);
+    assert_eq!(
+        with_value(&serde_json::from_str(out.ok()).unwrap(), "alice").len(),
+        1,
+        "{out}"
+    );
+}
+
+#[test]
+fn relative_store_path_is_relative_to_the_config_folder() {
+    let sb = Sandbox::new();
+    let mut cmd = Command::new(gitgate_bin());
+    cmd.env_remove("GITGATE_CONFIG")
+        .current_dir("/")
+        .arg("--config")
+        .arg(sb.config())
+        .args(["user", "add", "alice", "--password-stdin"]);
+    run(cmd, Some("some-password\n")).ok();
+    assert!(sb.db().exists(), "store should be at {}", sb.db().display());
+    assert!(!std::path::Path::new("/gitgate.db").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// serve refuses bad configuration
+
+/// Runs `serve` with `config` written to `bad.toml`; it must exit non-zero within 10 s.
+/// Returns its stderr.
+fn serve_refuses(sb: &Sandbox, config: &str) -> String {
+    let path = sb.root().join("bad.toml");
+    fs::write(&path, config).unwrap();
+    let log = sb.root().join("bad-serve.log");
+    let mut child = Command::new(gitgate_bin())
+        .env_remove("GITGATE_CONFIG")
+        .current_dir(sb.root())
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "serve started with a bad config:\n{config}\n--- log ---\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(25));
+    };
+    let stderr = fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "serve should fail: {stderr}");
+    assert!(
+        stderr.contains("bad.toml"),
+        "the message should name the file: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn serve_refuses_unknown_key() {
+    let sb = Sandbox::new();
+    let bad = sb
+        .config_text()
+        .replace("[server]\n", "[server]\nlisten_port = 8080\n");
+    let err = serve_refuses(&sb, &bad);
+    assert!(err.contains("listen_port"), "{err}");
+    let bad = format!("{}\n[extras]\ncolour = \"blue\"\n", sb.config_text());
+    let err = serve_refuses(&sb, &bad);
+    assert!(err.contains("extras"), "{err}");
+}
+
+#[test]
+fn serve_refuses_both_or_neither_backend() {
+    let sb = Sandbox::new();
+    let names_backend =
+        |e: &str| e.contains("upstream") || (e.contains("cgi") && e.contains("url"));
+    let both = sb.config_text().replace(
+        "[upstream]\n",
+        "[upstream]\nurl = \"http://127.0.0.1:9/\"\n",
+    );
+    let err = serve_refuses(&sb, &both);
+    assert!(names_backend(&err), "{err}");
+    let cgi_line = format!("cgi = \"{}\"\n", sb.cgi_script().display());
+    let neither = sb.config_text().replace(&cgi_line, "");
+    assert_ne!(neither, sb.config_text());
+    let err = serve_refuses(&sb, &neither);
+    assert!(names_backend(&err), "{err}");
+}
+
+#[test]
+fn serve_refuses_missing_or_unreadable_project_root() {
+    let sb = Sandbox::new();
+    let missing = sb.config_text().replace("project_root = \"repos\"\n", "");
+    assert_ne!(missing, sb.config_text());
+    let err = serve_refuses(&sb, &missing);
+    assert!(err.contains("project_root"), "{err}");
+    let absent = sb
+        .config_text()
+        .replace("project_root = \"repos\"", "project_root = \"no-such-dir\"");
+    let err = serve_refuses(&sb, &absent);
+    assert!(err.contains("project_root"), "{err}");
+}
+
+#[test]
+fn serve_refuses_missing_or_broken_config_file() {
+    let sb = Sandbox::new();
+    let err = serve_refuses(&sb, "[server\nlisten = ");
+    assert!(!err.trim().is_empty());
+    let mut cmd = Command::new(gitgate_bin());
+    cmd.env_remove("GITGATE_CONFIG")
+        .current_dir(sb.root())
+        .args(["--config", "does-not-exist.toml", "serve"]);
+    let out = run(cmd, None);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("does-not-exist.toml"), "{out}");
+}
+
+#[test]
+fn permission_combination_rules() {
+    let sb = Sandbox::new();
+    let create = |perms: &[&str]| {
+        let mut args = vec![
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "x",
+            "--json",
+        ];
+        for p in perms {
+            args.extend(["--permission", p]);
+        }
+        sb.cli(&args)
+    };
+    // repository permission below the project permission; two of one kind
+    for perms in [
+        &["PROJECT_WRITE", "REPO_READ"][..],
+        &["REPO_READ", "REPO_WRITE"],
+        &["PROJECT_READ", "PROJECT_ADMIN"],
+    ] {
+        let run = create(perms);
+        assert!(!run.success(), "{perms:?} should be refused: {run}");
+    }
+    assert_eq!(
+        sb.cli_json(&["token", "list", "--json"]),
+        Value::Array(vec![])
+    );
+
+    // a project permission alone implies the same repository permission
+    let run = create(&["PROJECT_WRITE"]);
+    let j: Value = serde_json::from_str(run.ok()).unwrap();
+    let perms: Vec<_> = strings_in(&j["permissions"]);
+    assert!(perms.contains(&"PROJECT_WRITE".to_owned()), "{j}");
+    assert!(!perms.iter().any(|p| p == "REPO_READ"), "{j}");
+}

@@ -1,0 +1,758 @@
+//! Harness shared by the end-to-end suites (`tests/gate.rs`, `tests/cli.rs`).
+//!
+//! Every test builds its own [`Sandbox`]: a tempdir holding a config file, the SQLite store, the
+//! repositories (`repos/`), a home directory for git, and a copy of a backend wrapper from
+//! `fixtures/` (the real `git http-backend`, plus a line per forwarded request in
+//! `backend-hits.log`). [`Sandbox::serve`] starts `gitgate serve` on port 0 and learns the port
+//! from its log; the process is killed when the [`Server`] is dropped. Nothing is shared between
+//! tests, so they run in parallel.
+//!
+//! Every child process runs under a deadline: a hung proxy fails the test instead of the suite.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// How long any single child process (git, gitgate CLI) may run.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(90);
+/// How long `gitgate serve` may take to log its listening address.
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A password no other string in the suite contains, so finding it anywhere is a leak.
+pub const PASSWORD: &str = "pw-Quokka-7f3a9c-Marzipan";
+
+pub fn gitgate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gitgate")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// The real `git http-backend` of the git on PATH.
+pub fn git_http_backend() -> &'static Path {
+    static BACKEND: OnceLock<PathBuf> = OnceLock::new();
+    BACKEND.get_or_init(|| {
+        let out = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git must be installed to run the end-to-end tests");
+        let dir = String::from_utf8(out.stdout).unwrap();
+        let backend = Path::new(dir.trim()).join("git-http-backend");
+        assert!(
+            backend.exists(),
+            "no git-http-backend at {}",
+            backend.display()
+        );
+        backend
+    })
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running child processes with a deadline
+
+/// The outcome of a child process, with its output decoded for assertions.
+#[derive(Debug)]
+pub struct Run {
+    pub what: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert!(self.status.success(), "expected success: {self}");
+        &self.stdout
+    }
+
+    /// Asserts failure and that stderr contains `needle`; returns stderr.
+    #[track_caller]
+    pub fn fails_with(&self, needle: &str) -> &str {
+        assert!(!self.status.success(), "expected failure: {self}");
+        assert!(
+            self.stderr.contains(needle),
+            "expected stderr to contain {needle:?}: {self}"
+        );
+        &self.stderr
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.what, self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` to completion (feeding `stdin`), killing it after [`COMMAND_DEADLINE`].
+pub fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
+    let what = format!("{cmd:?}");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {what}: {e}"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_owned();
+        thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        });
+    }
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let err = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > COMMAND_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+            panic!("{what} did not finish within {COMMAND_DEADLINE:?}; stderr:\n{stderr}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        what,
+        status,
+        stdout: String::from_utf8_lossy(&out.join().unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox: config, store, repositories and a git home of one test
+
+/// Which CGI program the sandbox's config points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `fixtures/counting-backend.sh`: the real backend, counting requests.
+    Counting,
+    /// `fixtures/failing-backend.sh`: exits 1 for `*/broken.git/*`, otherwise like `Counting`.
+    Failing,
+}
+
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub git_prefix: String,
+    pub backend: Backend,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            git_prefix: "/".into(),
+            backend: Backend::Counting,
+        }
+    }
+}
+
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+    pub setup: Setup,
+}
+
+/// A token as `gitgate token create --json` reported it.
+#[derive(Clone, Debug)]
+pub struct Token {
+    pub id: String,
+    pub secret: String,
+    pub json: Value,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Self::with(Setup::default())
+    }
+
+    pub fn with(setup: Setup) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gitgate-e2e-")
+            .tempdir()
+            .unwrap();
+        let sandbox = Sandbox { dir, setup };
+        fs::create_dir_all(sandbox.repos()).unwrap();
+        fs::create_dir_all(sandbox.home()).unwrap();
+        fs::write(
+            sandbox.home().join(".gitconfig"),
+            "[user]\n\tname = Gate Tester\n\temail = tester@example.com\n\
+             [init]\n\tdefaultBranch = main\n\
+             [credential]\n\thelper =\n\
+             [advice]\n\tdetachedHead = false\n",
+        )
+        .unwrap();
+        let template = match sandbox.setup.backend {
+            Backend::Counting => "counting-backend.sh",
+            Backend::Failing => "failing-backend.sh",
+        };
+        let script = fs::read_to_string(fixture(template))
+            .unwrap()
+            .replace("@HITS_LOG@", sandbox.hits_log().to_str().unwrap())
+            .replace("@GIT_HTTP_BACKEND@", git_http_backend().to_str().unwrap());
+        let script_path = sandbox.cgi_script();
+        fs::write(&script_path, script).unwrap();
+        fs::set_permissions(&script_path, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(sandbox.config(), sandbox.config_text()).unwrap();
+        sandbox
+    }
+
+    /// The valid config this sandbox uses. Store and repositories are given relative to the
+    /// config file's folder; the CGI program by absolute path.
+    pub fn config_text(&self) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ngit_prefix = \"{prefix}\"\n\n\
+             [store]\npath = \"gitgate.db\"\n\n\
+             [upstream]\ncgi = \"{cgi}\"\nproject_root = \"repos\"\n\n\
+             [auth]\nrealm = \"gitgate\"\n",
+            prefix = self.setup.git_prefix,
+            cgi = self.cgi_script().display(),
+        )
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root().join("gitgate.toml")
+    }
+    pub fn repos(&self) -> PathBuf {
+        self.root().join("repos")
+    }
+    pub fn home(&self) -> PathBuf {
+        self.root().join("home")
+    }
+    pub fn db(&self) -> PathBuf {
+        self.root().join("gitgate.db")
+    }
+    pub fn hits_log(&self) -> PathBuf {
+        self.root().join("backend-hits.log")
+    }
+    pub fn cgi_script(&self) -> PathBuf {
+        self.root().join("backend.sh")
+    }
+    pub fn server_log(&self) -> PathBuf {
+        self.root().join("gitgate.log")
+    }
+
+    /// Lines the backend wrapper wrote, one per request gitgate forwarded.
+    pub fn hits(&self) -> Vec<String> {
+        fs::read_to_string(self.hits_log())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    // --- the gitgate CLI ---------------------------------------------------------------------
+
+    pub fn gitgate_command(&self) -> Command {
+        let mut cmd = Command::new(gitgate_bin());
+        cmd.env_remove("GITGATE_CONFIG")
+            .env_remove("GITGATE_LOG")
+            .current_dir(self.root())
+            .arg("--config")
+            .arg(self.config());
+        cmd
+    }
+
+    /// `gitgate --config <sandbox config> ARGS...`
+    pub fn cli(&self, args: &[&str]) -> Run {
+        let mut cmd = self.gitgate_command();
+        cmd.args(args);
+        run(cmd, None)
+    }
+
+    /// Like [`Sandbox::cli`], with `stdin` on standard input.
+    pub fn cli_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        let mut cmd = self.gitgate_command();
+        cmd.args(args);
+        run(cmd, Some(stdin))
+    }
+
+    #[track_caller]
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let run = self.cli(args);
+        let out = run.ok();
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {run}"))
+    }
+
+    #[track_caller]
+    pub fn add_user(&self, name: &str, password: &str) {
+        self.cli_stdin(
+            &["user", "add", name, "--password-stdin"],
+            &format!("{password}\n"),
+        )
+        .ok();
+    }
+
+    #[track_caller]
+    pub fn add_admin(&self, name: &str, password: &str) {
+        self.cli_stdin(
+            &["user", "add", name, "--admin", "--password-stdin"],
+            &format!("{password}\n"),
+        )
+        .ok();
+    }
+
+    #[track_caller]
+    pub fn grant(&self, user: &str, target: &str, level: &str) {
+        self.cli(&["grant", "add", user, target, level]).ok();
+    }
+
+    #[track_caller]
+    pub fn personal_token(&self, user: &str, password: &str, name: &str, perms: &[&str]) -> Token {
+        let mut args = vec!["token", "create", "--user", user, "--name", name];
+        for p in perms {
+            args.extend(["--permission", p]);
+        }
+        args.extend(["--password-stdin", "--json"]);
+        token_from(self.cli_stdin(&args, &format!("{password}\n")))
+    }
+
+    /// A project (`--project KEY`) or repository (`--repo PROJECT/REPO`) token.
+    #[track_caller]
+    pub fn scoped_token(&self, flag: &str, scope: &str, name: &str, perm: &str) -> Token {
+        token_from(self.cli(&[
+            "token",
+            "create",
+            flag,
+            scope,
+            "--name",
+            name,
+            "--permission",
+            perm,
+            "--json",
+        ]))
+    }
+
+    // --- repositories ------------------------------------------------------------------------
+
+    /// `git init --bare repos/<repo>.git`, seeded with one commit on `main` pushed directly to
+    /// the bare path (not through gitgate). Returns the seed commit id.
+    pub fn create_repo(&self, repo: &str) -> String {
+        let bare = self.bare(repo);
+        self.git(
+            self.root(),
+            &["init", "--bare", "-q", bare.to_str().unwrap()],
+        )
+        .ok();
+        let seed = self.root().join(format!("seed-{}", repo.replace('/', "-")));
+        self.git(self.root(), &["init", "-q", seed.to_str().unwrap()])
+            .ok();
+        fs::write(seed.join("README"), format!("{repo}\n")).unwrap();
+        self.git(&seed, &["add", "README"]).ok();
+        self.git(&seed, &["commit", "-q", "-m", &format!("seed {repo}")])
+            .ok();
+        self.git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"])
+            .ok();
+        self.rev(&bare, "main")
+    }
+
+    pub fn bare(&self, repo: &str) -> PathBuf {
+        self.repos().join(format!("{repo}.git"))
+    }
+
+    /// The commit id `rev` names in the repository at `dir` (bare or not).
+    pub fn rev(&self, dir: &Path, rev: &str) -> String {
+        self.git(dir, &["rev-parse", rev]).ok().trim().to_owned()
+    }
+
+    /// Commit subjects on `main` of the bare repository `repo`.
+    pub fn bare_log(&self, repo: &str) -> String {
+        let bare = self.bare(repo);
+        self.git(
+            self.root(),
+            &[
+                "--git-dir",
+                bare.to_str().unwrap(),
+                "log",
+                "--format=%s",
+                "main",
+            ],
+        )
+        .ok()
+        .to_owned()
+    }
+
+    // --- git ---------------------------------------------------------------------------------
+
+    /// A git command with a clean, hermetic environment: no system or user config but the
+    /// sandbox's, no prompts, no credential helper, no proxy.
+    pub fn git_command(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("git");
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home())
+            .env("LC_ALL", "C")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .current_dir(cwd)
+            .args(["-c", "credential.helper="])
+            .args(args);
+        cmd
+    }
+
+    pub fn git(&self, cwd: &Path, args: &[&str]) -> Run {
+        run(self.git_command(cwd, args), None)
+    }
+
+    pub fn git_env(&self, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = self.git_command(cwd, args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run(cmd, None)
+    }
+
+    /// Makes a commit in the work tree `dir` that adds `file` with `content`; returns its id.
+    pub fn commit_file(&self, dir: &Path, file: &str, content: &[u8], message: &str) -> String {
+        fs::write(dir.join(file), content).unwrap();
+        self.git(dir, &["add", file]).ok();
+        self.git(dir, &["commit", "-q", "-m", message]).ok();
+        self.rev(dir, "HEAD")
+    }
+
+    // --- the server --------------------------------------------------------------------------
+
+    pub fn serve(&self) -> Server {
+        self.serve_with_env(&[])
+    }
+
+    /// Starts `gitgate --config C serve`, stderr to `gitgate.log`, and waits for the
+    /// `listening on http://127.0.0.1:PORT` line.
+    pub fn serve_with_env(&self, env: &[(&str, &str)]) -> Server {
+        let log = self.server_log();
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = self.gitgate_command();
+        cmd.arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn gitgate serve");
+        let mut server = Server {
+            child,
+            port: 0,
+            log,
+            prefix: self.setup.git_prefix.trim_end_matches('/').to_owned(),
+        };
+        let start = Instant::now();
+        loop {
+            let text = server.log_text();
+            if let Some(port) = listening_port(&text) {
+                server.port = port;
+                return server;
+            }
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("gitgate serve exited with {status} before listening; log:\n{text}");
+            }
+            if start.elapsed() > STARTUP_DEADLINE {
+                panic!("gitgate serve did not log `listening on http://127.0.0.1:PORT` within {STARTUP_DEADLINE:?}; log:\n{text}");
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+#[track_caller]
+fn token_from(run: Run) -> Token {
+    let out = run.ok();
+    let json: Value =
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("token create --json: {e}: {run}"));
+    Token {
+        id: json["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id: {json}"))
+            .to_owned(),
+        secret: json["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {json}"))
+            .to_owned(),
+        json,
+    }
+}
+
+/// The port in a `listening on http://127.0.0.1:PORT` log line.
+pub fn listening_port(log: &str) -> Option<u16> {
+    const MARK: &str = "listening on http://127.0.0.1:";
+    let at = log.find(MARK)? + MARK.len();
+    let digits: String = log[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|&p| p != 0)
+}
+
+/// A running `gitgate serve`; killed on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    prefix: String,
+}
+
+impl Server {
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// `http://127.0.0.1:PORT<prefix>/<repo>.git`
+    pub fn url(&self, repo: &str) -> String {
+        format!("http://127.0.0.1:{}{}/{repo}.git", self.port, self.prefix)
+    }
+
+    /// `http://USER:SECRET@127.0.0.1:PORT<prefix>/<repo>.git`
+    pub fn url_with(&self, user: &str, secret: &str, repo: &str) -> String {
+        format!(
+            "http://{user}:{secret}@127.0.0.1:{}{}/{repo}.git",
+            self.port, self.prefix
+        )
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/1.1
+
+#[derive(Debug)]
+pub struct Response {
+    /// 0 when the server closed the connection without a status line.
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `request` exactly as given and reads the whole response (the request should carry
+/// `Connection: close`).
+pub fn raw_http(port: u16, request: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            // A reset after a complete answer (server closed while we had unread bytes) is fine.
+            Err(e) if !buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("reading response: {e} (got {} bytes)", buf.len()),
+        }
+    }
+    parse_response(&buf)
+}
+
+fn parse_response(buf: &[u8]) -> Response {
+    let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Response {
+            status: 0,
+            headers: vec![],
+            body: buf.to_vec(),
+        };
+    };
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+    });
+    if chunked {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size_text = size_text.split(';').next().unwrap_or("").trim().to_owned();
+        let Ok(size) = usize::from_str_radix(&size_text, 16) else {
+            break;
+        };
+        data = &data[eol + 2..];
+        if size == 0 || data.len() < size {
+            out.extend_from_slice(&data[..size.min(data.len())]);
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
+}
+
+/// A `GET` of `target` (path and query, sent verbatim) with optional `Authorization` value.
+pub fn http_get(port: u16, target: &str, authorization: Option<&str>) -> Response {
+    let mut req =
+        format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: git/2.47.0\r\n");
+    if let Some(auth) = authorization {
+        req.push_str(&format!("Authorization: {auth}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    raw_http(port, req.as_bytes())
+}
+
+/// `Basic base64(user:password)`
+pub fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
+}
+
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token secrets
+
+/// `ggt_` + 12-char id + `_` + 43 chars + `_` + 6 chars.
+pub fn looks_like_secret(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 67
+        && s.starts_with("ggt_")
+        && b[16] == b'_'
+        && b[60] == b'_'
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+}
+
+/// The id a secret carries.
+pub fn secret_id(s: &str) -> &str {
+    &s[4..16]
+}
+
+/// `secret` with one character of its random part changed: same format, wrong secret.
+pub fn flip_secret(secret: &str) -> String {
+    let mut bytes = secret.as_bytes().to_vec();
+    let i = 30;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).unwrap()
+}
+
+/// `count` bytes that do not compress (xorshift64*).
+pub fn noise(count: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(count + 8);
+    while out.len() < count {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(count);
+    out
+}

@@ -1,0 +1,1097 @@
+//! End-to-end: the real git client through a running gitgate to the real `git http-backend`.
+//!
+//! Each test builds its own sandbox (tempdir, store, repositories, gitgate on port 0); see
+//! `tests/common/mod.rs`. The backend is wrapped by `fixtures/counting-backend.sh`, which logs a
+//! line per forwarded request, so tests can also prove what never reached it.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::{
+    basic, flip_secret, http_get, looks_like_secret, noise, now_ms, raw_http, secret_id, Backend,
+    Sandbox, Server, Setup, PASSWORD,
+};
+
+/// alice with a write grant on project `team`, repos team/app and other/app, and a running
+/// gitgate. Returns the sandbox, the server and alice's REPO_WRITE token.
+fn team_setup() -> (Sandbox, Server, common::Token) {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.create_repo("other/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let server = sb.serve();
+    (sb, server, token)
+}
+
+/// clone, ls-remote, push, and fetch (into a second clone) with the given protocol version.
+fn round_trip(version: &str) {
+    let (sb, server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    let proto = format!("protocol.version={version}");
+    let trace = [("GIT_TRACE_PACKET", "1")];
+
+    // clone
+    let clone = sb.git_env(sb.root(), &["-c", &proto, "clone", &url, "one"], &trace);
+    clone.ok();
+    let speaks_v2 = clone.stderr.contains("git< version 2");
+    assert_eq!(
+        speaks_v2,
+        version == "2",
+        "protocol.version={version}: packet trace should {}show `version 2`:\n{}",
+        if version == "2" { "" } else { "not " },
+        clone.stderr
+    );
+    let one = sb.root().join("one");
+    assert_eq!(sb.rev(&one, "HEAD"), sb.rev(&sb.bare("team/app"), "main"));
+    sb.git(sb.root(), &["-c", &proto, "clone", "-q", &url, "two"])
+        .ok();
+    let two = sb.root().join("two");
+
+    // push from `one`
+    let msg = format!("pushed over protocol v{version}");
+    let pushed = sb.commit_file(&one, "file.txt", b"hello through the gate\n", &msg);
+    sb.git(&one, &["-c", &proto, "push", "-q", "origin", "main"])
+        .ok();
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed);
+    assert!(sb.bare_log("team/app").contains(&msg));
+
+    // ls-remote sees it
+    let refs = sb.git_env(&one, &["-c", &proto, "ls-remote", &url], &trace);
+    let out = refs.ok();
+    assert!(
+        out.lines()
+            .any(|l| l == format!("{pushed}\trefs/heads/main")),
+        "ls-remote should list the pushed commit {pushed}:\n{out}"
+    );
+    assert_eq!(
+        refs.stderr.contains("git< version 2"),
+        version == "2",
+        "{refs}"
+    );
+
+    // fetch into `two`
+    sb.git(&two, &["-c", &proto, "fetch", "-q", "origin"]).ok();
+    assert_eq!(sb.rev(&two, "origin/main"), pushed);
+
+    // the backend saw the client's protocol version (GIT_PROTOCOL from the Git-Protocol header)
+    let hits = sb.hits();
+    let upload_packs: Vec<_> = hits
+        .iter()
+        .filter(|h| h.contains("git-upload-pack"))
+        .collect();
+    assert!(!upload_packs.is_empty(), "{hits:#?}");
+    for hit in &upload_packs {
+        assert_eq!(hit.contains("proto=version=2"), version == "2", "{hits:#?}");
+    }
+    assert!(
+        hits.iter()
+            .any(|h| h.starts_with("POST /team/app.git/git-receive-pack")),
+        "{hits:#?}"
+    );
+}
+
+#[test]
+fn clone_fetch_ls_remote_push_protocol_v0() {
+    round_trip("0");
+}
+
+#[test]
+fn clone_fetch_ls_remote_push_protocol_v2() {
+    round_trip("2");
+}
+
+#[test]
+fn push_larger_than_post_buffer_is_streamed() {
+    let (sb, server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    let big = noise(3 * 1024 * 1024, 0x5eed);
+    let pushed = sb.commit_file(&work, "big.bin", &big, "three megabytes of noise");
+    let push = sb.git_env(
+        &work,
+        &["-c", "http.postBuffer=65536", "push", "origin", "main"],
+        &[("GIT_TRACE_CURL", "1"), ("GIT_TRACE_CURL_NO_DATA", "1")],
+    );
+    push.ok();
+    // git really went the chunked way (after its 4-byte probe), not one buffered POST
+    assert!(
+        push.stderr
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "expected a chunked push:\n{}",
+        push.stderr
+    );
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed);
+    let bare = sb.bare("team/app");
+    let stored = sb.git(
+        sb.root(),
+        &[
+            "--git-dir",
+            bare.to_str().unwrap(),
+            "cat-file",
+            "-s",
+            "main:big.bin",
+        ],
+    );
+    assert_eq!(stored.ok().trim(), big.len().to_string());
+
+    // and the multi-megabyte pack streams back out on a fresh clone
+    sb.git(sb.root(), &["clone", "-q", &url, "again"]).ok();
+    assert_eq!(fs::read(sb.root().join("again/big.bin")).unwrap(), big);
+}
+
+#[test]
+fn gzip_encoded_request_bodies_reach_the_backend() {
+    // git gzips an upload-pack request body above 1 KiB: a fetch that has to send many `have`
+    // lines during negotiation does that; the backend needs Content-Encoding to read it.
+    let (sb, server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "busy"]).ok();
+    sb.git(sb.root(), &["clone", "-q", &url, "other"]).ok();
+    let busy = sb.root().join("busy");
+    for i in 0..60 {
+        let text = format!("local {i}\n");
+        sb.commit_file(&busy, "local.txt", text.as_bytes(), &format!("local {i}"));
+    }
+    let other = sb.root().join("other");
+    let pushed = sb.commit_file(&other, "remote.txt", b"remote\n", "from elsewhere");
+    sb.git(&other, &["push", "-q", "origin", "main"]).ok();
+
+    for version in ["0", "2"] {
+        // the fetch below must negotiate: the new commit is unknown here, and `busy` has 60
+        // local commits to offer as `have`s
+        let proto = format!("protocol.version={version}");
+        let fetch = sb.git_env(
+            &busy,
+            &["-c", &proto, "fetch", "origin", "+main:refs/remotes/probe"],
+            &[("GIT_TRACE_CURL", "1"), ("GIT_TRACE_CURL_NO_DATA", "1")],
+        );
+        fetch.ok();
+        assert!(
+            fetch
+                .stderr
+                .to_ascii_lowercase()
+                .contains("content-encoding: gzip"),
+            "v{version}: expected a gzip-encoded request:\n{}",
+            fetch.stderr
+        );
+        assert_eq!(sb.rev(&busy, "refs/remotes/probe"), pushed);
+        // forget the fetched objects' ref and prune them so the second round negotiates again
+        sb.git(&busy, &["update-ref", "-d", "refs/remotes/probe"])
+            .ok();
+        sb.git(&busy, &["update-ref", "-d", "refs/remotes/origin/main"])
+            .ok();
+        sb.git(&busy, &["reflog", "expire", "--expire=now", "--all"])
+            .ok();
+        sb.git(&busy, &["gc", "-q", "--prune=now"]).ok();
+    }
+}
+
+#[test]
+fn concurrent_clones_and_pushes() {
+    let (sb, server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    for i in 0..4 {
+        sb.git(sb.root(), &["clone", "-q", &url, &format!("w{i}")])
+            .ok();
+    }
+    for i in 0..4u64 {
+        let dir = sb.root().join(format!("w{i}"));
+        sb.git(&dir, &["checkout", "-q", "-b", &format!("topic{i}")])
+            .ok();
+        sb.commit_file(&dir, "t.txt", &noise(200_000, i + 1), &format!("topic {i}"));
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let (sb, url) = (&sb, &url);
+                scope.spawn(move || {
+                    let dir = sb.root().join(format!("w{i}"));
+                    sb.git(&dir, &["push", "-q", "origin", &format!("topic{i}")])
+                        .ok();
+                    sb.git(sb.root(), &["clone", "-q", url, &format!("c{i}")])
+                        .ok();
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    for i in 0..4 {
+        let dir = sb.root().join(format!("w{i}"));
+        assert_eq!(
+            sb.rev(&sb.bare("team/app"), &format!("topic{i}")),
+            sb.rev(&dir, "HEAD")
+        );
+    }
+}
+
+#[test]
+fn dumb_http_reads_need_credentials_too() {
+    let (sb, server, token) = team_setup();
+    let resp = http_get(server.port, "/team/app.git/HEAD", None);
+    assert_eq!(resp.status, 401, "{resp:?}");
+    assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
+    let auth = basic("alice", &token.secret);
+    let resp = http_get(server.port, "/team/app.git/HEAD", Some(&auth));
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.text().trim(), "ref: refs/heads/main");
+    assert_eq!(sb.hits().len(), 1, "{:#?}", sb.hits());
+}
+
+#[test]
+fn last_use_is_recorded() {
+    let (sb, server, token) = team_setup();
+    let unused = sb.personal_token("alice", PASSWORD, "unused", &["REPO_READ"]);
+    let before = now_ms();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["ls-remote", &url]).ok();
+    // written off the hot path: allow it a few seconds
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = sb.cli_json(&["token", "list", "--json"]);
+        let find = |id: &str| {
+            let items = list.as_array().unwrap();
+            items.iter().find(|t| t["id"] == id).cloned().unwrap()
+        };
+        if let Some(used) = find(&token.id)["lastUsedAt"].as_i64() {
+            assert!(used >= before - 2000 && used <= now_ms() + 2000, "{list}");
+            assert_eq!(
+                find(&unused.id)["lastUsedAt"],
+                serde_json::Value::Null,
+                "{list}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "lastUsedAt never set: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn personal_token_works_as_bearer() {
+    let (sb, server, token) = team_setup();
+    let header = format!("http.extraHeader=Authorization: Bearer {}", token.secret);
+    sb.git(
+        sb.root(),
+        &[
+            "-c",
+            &header,
+            "clone",
+            "-q",
+            &server.url("team/app"),
+            "work",
+        ],
+    )
+    .ok();
+    let work = sb.root().join("work");
+    let pushed = sb.commit_file(&work, "b.txt", b"bearer\n", "pushed with a bearer token");
+    sb.git(&work, &["-c", &header, "push", "-q", "origin", "main"])
+        .ok();
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refused credentials: 401 with a reason git shows as `remote: ...`
+
+#[test]
+fn wrong_secret_is_refused() {
+    let (sb, server, token) = team_setup();
+    let wrong = flip_secret(&token.secret);
+    assert!(looks_like_secret(&wrong) && wrong != token.secret);
+    let url = server.url_with("alice", &wrong, "team/app");
+    let run = sb.git(sb.root(), &["ls-remote", &url]);
+    run.fails_with("invalid token");
+    run.fails_with("Authentication failed");
+    assert!(
+        run.stderr.contains("remote: "),
+        "reason should reach git as `remote:`: {run}"
+    );
+    assert!(
+        sb.hits().is_empty(),
+        "a refused request reached the backend: {:#?}",
+        sb.hits()
+    );
+    // the right secret still works: the refusal was about the secret
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with("alice", &token.secret, "team/app"),
+        ],
+    )
+    .ok();
+    assert!(!sb.hits().is_empty());
+}
+
+#[test]
+fn unknown_token_is_refused() {
+    let (sb, server, token) = team_setup();
+    // same shape, but an id no token has
+    let id = secret_id(&token.secret);
+    let other_id: String = id.chars().rev().collect();
+    assert_ne!(other_id, id);
+    let unknown = format!("ggt_{other_id}{}", &token.secret[16..]);
+    assert!(looks_like_secret(&unknown));
+    let run = sb.git(
+        sb.root(),
+        &["ls-remote", &server.url_with("alice", &unknown, "team/app")],
+    );
+    run.fails_with("invalid token");
+    // and as Bearer
+    let header = format!("http.extraHeader=Authorization: Bearer {unknown}");
+    let run = sb.git(
+        sb.root(),
+        &["-c", &header, "ls-remote", &server.url("team/app")],
+    );
+    assert!(!run.success(), "{run}");
+    assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
+}
+
+#[test]
+fn token_revoked_from_cli_while_serving_is_refused_next_request() {
+    let (sb, server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    sb.git(&work, &["fetch", "-q"]).ok(); // warm any cache
+
+    sb.cli(&["token", "revoke", &token.id]).ok();
+    let run = sb.git(&work, &["fetch", "origin"]);
+    run.fails_with("revoked");
+    run.fails_with("Authentication failed");
+}
+
+#[test]
+fn expired_token_is_refused() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "short-lived", &["REPO_WRITE"]);
+    let still_good = sb.personal_token("alice", PASSWORD, "long-lived", &["REPO_READ"]);
+    let server = sb.serve();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["ls-remote", &url]).ok();
+
+    let db = rusqlite::Connection::open(sb.db()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE tokens SET expires_at = ?1 WHERE id = ?2",
+            rusqlite::params![now_ms() - 60_000, token.id],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "token {} should be a row in `tokens`", token.id);
+    drop(db);
+
+    let run = sb.git(sb.root(), &["ls-remote", &url]);
+    run.fails_with("expired");
+    run.fails_with("Authentication failed");
+    // the user's other token is unaffected
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with("alice", &still_good.secret, "team/app"),
+        ],
+    )
+    .ok();
+}
+
+#[test]
+fn disabled_owner_is_refused_until_enabled() {
+    let (sb, server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["ls-remote", &url]).ok();
+
+    sb.cli(&["user", "disable", "alice"]).ok();
+    let run = sb.git(sb.root(), &["ls-remote", &url]);
+    run.fails_with("disabled");
+    // as Bearer too
+    let header = format!("http.extraHeader=Authorization: Bearer {}", token.secret);
+    sb.git(
+        sb.root(),
+        &["-c", &header, "ls-remote", &server.url("team/app")],
+    )
+    .fails_with("disabled");
+
+    sb.cli(&["user", "enable", "alice"]).ok();
+    let out = sb.git(sb.root(), &["ls-remote", &url]);
+    assert!(out.ok().contains("refs/heads/main"), "{out}");
+}
+
+#[test]
+fn username_that_is_not_the_owner_is_refused() {
+    let (sb, server, token) = team_setup();
+    sb.add_user("bob", "bobs-password");
+    sb.grant("bob", "team", "write");
+    for user in ["bob", "mallory"] {
+        let run = sb.git(
+            sb.root(),
+            &[
+                "ls-remote",
+                &server.url_with(user, &token.secret, "team/app"),
+            ],
+        );
+        run.fails_with("does not belong to user");
+        run.fails_with("Authentication failed");
+    }
+    assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Too little permission: 403 naming what was missing
+
+#[test]
+fn read_only_token_cannot_push() {
+    let (sb, server, _) = team_setup();
+    let reader = sb.personal_token("alice", PASSWORD, "reader", &["REPO_READ"]);
+    let url = server.url_with("alice", &reader.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    let before = sb.rev(&sb.bare("team/app"), "main");
+    sb.commit_file(&work, "x.txt", b"x\n", "should not land");
+    let run = sb.git(&work, &["push", "origin", "main"]);
+    run.fails_with("push needs REPO_WRITE");
+    run.fails_with("403");
+    assert!(run.stderr.contains("remote: "), "{run}");
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), before);
+    assert!(
+        !sb.hits().iter().any(|h| h.contains("receive-pack")),
+        "a refused push must not reach the backend: {:#?}",
+        sb.hits()
+    );
+}
+
+#[test]
+fn owner_with_read_grant_cannot_push_with_write_token() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    sb.cli(&["grant", "remove", "alice", "team"]).ok();
+    sb.grant("alice", "team", "read");
+    let server = sb.serve();
+
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    sb.git(&work, &["fetch", "-q", "origin"]).ok();
+    let before = sb.rev(&sb.bare("team/app"), "main");
+    sb.commit_file(&work, "x.txt", b"x\n", "should not land");
+    let run = sb.git(&work, &["push", "origin", "main"]);
+    run.fails_with("user 'alice' has read");
+    run.fails_with("403");
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), before);
+}
+
+#[test]
+fn grant_downgrade_while_serving_takes_effect_at_once() {
+    let (sb, server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    sb.commit_file(&work, "a.txt", b"a\n", "first push");
+    sb.git(&work, &["push", "-q", "origin", "main"]).ok();
+
+    sb.cli(&["grant", "remove", "alice", "team"]).ok();
+    sb.grant("alice", "team", "read");
+    sb.commit_file(&work, "b.txt", b"b\n", "second push");
+    sb.git(&work, &["push", "origin", "main"])
+        .fails_with("user 'alice' has read");
+    sb.git(&work, &["fetch", "-q", "origin"]).ok();
+
+    sb.cli(&["grant", "remove", "alice", "team"]).ok();
+    sb.git(&work, &["fetch", "origin"]).fails_with("403");
+}
+
+#[test]
+fn project_permission_alone_implies_repository_permission() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "proj", &["PROJECT_WRITE"]);
+    let reader = sb.personal_token("alice", PASSWORD, "projr", &["PROJECT_READ"]);
+    let server = sb.serve();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    let pushed = sb.commit_file(&work, "p.txt", b"p\n", "project write pushes");
+    sb.git(&work, &["push", "-q", "origin", "main"]).ok();
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed);
+    let url = server.url_with("alice", &reader.secret, "team/app");
+    sb.git(&work, &["push", &url, "HEAD:refs/heads/other"])
+        .fails_with("push needs REPO_WRITE");
+}
+
+#[test]
+fn admin_user_pushes_anywhere_without_grants() {
+    let sb = Sandbox::new();
+    sb.create_repo("other/app");
+    sb.add_admin("root", PASSWORD);
+    let token = sb.personal_token("root", PASSWORD, "ops", &["REPO_ADMIN"]);
+    let server = sb.serve();
+    let url = server.url_with("root", &token.secret, "other/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    let pushed = sb.commit_file(&work, "admin.txt", b"admin\n", "admin push");
+    sb.git(&work, &["push", "-q", "origin", "main"]).ok();
+    assert_eq!(sb.rev(&sb.bare("other/app"), "main"), pushed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Project and repository tokens
+
+#[test]
+fn project_token_via_bearer_and_basic_inside_its_project_only() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.create_repo("other/app");
+    let token = sb.scoped_token("--project", "team", "ci-token", "REPO_WRITE");
+    let server = sb.serve();
+
+    // Bearer via http.extraHeader: clone and push
+    let header = format!("http.extraHeader=Authorization: Bearer {}", token.secret);
+    sb.git(
+        sb.root(),
+        &[
+            "-c",
+            &header,
+            "clone",
+            "-q",
+            &server.url("team/app"),
+            "work",
+        ],
+    )
+    .ok();
+    let work = sb.root().join("work");
+    let pushed = sb.commit_file(&work, "ci.txt", b"ci\n", "pushed by the project token");
+    sb.git(&work, &["-c", &header, "push", "-q", "origin", "main"])
+        .ok();
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed);
+
+    // Basic with any username
+    let basic_url = server.url_with("ci", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &basic_url, "work2"])
+        .ok();
+    let work2 = sb.root().join("work2");
+    assert_eq!(sb.rev(&work2, "HEAD"), pushed);
+    let pushed2 = sb.commit_file(&work2, "ci2.txt", b"ci2\n", "pushed by ci over basic");
+    sb.git(&work2, &["push", "-q", "origin", "main"]).ok();
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed2);
+
+    // outside the project: refused, whichever way it is sent
+    let hits_before = sb.hits().len();
+    sb.git(
+        sb.root(),
+        &["-c", &header, "clone", &server.url("other/app"), "nope1"],
+    )
+    .fails_with("limited to");
+    sb.git(
+        sb.root(),
+        &[
+            "clone",
+            &server.url_with("ci", &token.secret, "other/app"),
+            "nope2",
+        ],
+    )
+    .fails_with("limited to");
+    assert_eq!(sb.hits().len(), hits_before, "{:#?}", sb.hits());
+}
+
+#[test]
+fn repository_token_only_works_on_its_repository() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.create_repo("team/lib");
+    let token = sb.scoped_token("--repo", "team/app", "deploy", "REPO_READ");
+    let server = sb.serve();
+    let header = format!("http.extraHeader=Authorization: Bearer {}", token.secret);
+    sb.git(
+        sb.root(),
+        &[
+            "-c",
+            &header,
+            "clone",
+            "-q",
+            &server.url("team/app"),
+            "work",
+        ],
+    )
+    .ok();
+    sb.git(
+        sb.root(),
+        &["-c", &header, "ls-remote", &server.url("team/lib")],
+    )
+    .fails_with("limited to");
+    // read-only: no push
+    let work = sb.root().join("work");
+    sb.commit_file(&work, "x.txt", b"x\n", "nope");
+    sb.git(&work, &["-c", &header, "push", "origin", "main"])
+        .fails_with("push needs REPO_WRITE");
+}
+
+// ---------------------------------------------------------------------------------------------
+// What reaches the backend
+
+#[test]
+fn backend_gets_remote_user_and_git_protocol_but_no_proxy_header() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "read");
+    let personal = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let scoped = sb.scoped_token("--project", "team", "ci-bot", "REPO_READ");
+    let server = sb.serve();
+
+    let target = "/team/app.git/info/refs?service=git-upload-pack";
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nGit-Protocol: version=2\r\n\
+         Proxy: http://evil.example:3128\r\nConnection: close\r\n\r\n",
+        basic("alice", &personal.secret)
+    );
+    let resp = raw_http(server.port, req.as_bytes());
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(
+        resp.text().contains("version 2"),
+        "v2 capability advertisement expected: {}",
+        resp.text()
+    );
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        scoped.secret
+    );
+    assert_eq!(raw_http(server.port, req.as_bytes()).status, 200);
+
+    let hits = sb.hits();
+    assert_eq!(hits.len(), 2, "{hits:#?}");
+    assert!(hits[0].contains("user=alice "), "{hits:#?}");
+    assert!(hits[0].contains("proto=version=2 "), "{hits:#?}");
+    assert!(
+        hits[0].ends_with("proxy="),
+        "httpoxy: Proxy header became HTTP_PROXY: {hits:#?}"
+    );
+    assert!(
+        hits[1].contains("user=ci-bot "),
+        "scoped token: REMOTE_USER is its name: {hits:#?}"
+    );
+}
+
+#[test]
+fn traversal_and_odd_paths_never_reach_the_backend() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.create_repo("other/app");
+    sb.add_admin("root", PASSWORD);
+    let token = sb.personal_token("root", PASSWORD, "ops", &["REPO_ADMIN"]);
+    let server = sb.serve();
+    let auth = basic("root", &token.secret);
+    let q = "?service=git-upload-pack";
+
+    let odd = [
+        format!("/team/../other/app.git/info/refs{q}"),
+        format!("/team/%2e%2e/other/app.git/info/refs{q}"),
+        format!("/team/%2E%2E/other/app.git/info/refs{q}"),
+        format!("/%2e%2e/team/app.git/info/refs{q}"),
+        format!("/team/app.git/objects/../../../other/app.git/info/refs{q}"),
+        format!("//team/app.git/info/refs{q}"),
+        format!("/team//app.git/info/refs{q}"),
+        format!("/team%2fapp.git/info/refs{q}"),
+        format!("/team%2Fapp.git/info/refs{q}"),
+        format!("/team\\app.git/info/refs{q}"),
+        format!("/team%5capp.git/info/refs{q}"),
+        format!("/team%5Capp.git/info/refs{q}"),
+        format!("/team/./app.git/info/refs{q}"),
+        format!("/./team/app.git/info/refs{q}"),
+        format!("/team/%2e/app.git/info/refs{q}"),
+        format!("/team/app.git%00/info/refs{q}"),
+        format!("/team/app%00.git/info/refs{q}"),
+        format!("/team/app%0a.git/info/refs{q}"),
+        format!("/team/app%ff.git/info/refs{q}"),
+        format!("/team/app.git.git/info/refs{q}"),
+        format!("/team/app.git/info/refs{q}&service=git-receive-pack"),
+        "/team/app.git/info/refs?service=git-frobnicate".to_owned(),
+        "/team/app.git/config".to_owned(),
+        "/team/app.git/hooks/pre-receive".to_owned(),
+        "/team/app.git/info/lfs/objects/batch".to_owned(),
+        "/team/app.git/info/lfs/locks".to_owned(),
+        format!("/info/refs{q}"),
+        format!("/.git/info/refs{q}"),
+    ];
+    let mut failures = Vec::new();
+    for path in &odd {
+        let resp = http_get(server.port, path, Some(&auth));
+        if resp.status != 400 && resp.status != 404 {
+            failures.push(format!(
+                "GET {path} -> {} {}",
+                resp.status,
+                resp.text().trim()
+            ));
+        }
+    }
+    // LFS batch by POST, the way a client would send it
+    let body = r#"{"operation":"download","objects":[]}"#;
+    let req = format!(
+        "POST /team/app.git/info/lfs/objects/batch HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/vnd.git-lfs+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = raw_http(server.port, req.as_bytes());
+    if resp.status != 404 && resp.status != 400 {
+        failures.push(format!(
+            "POST lfs batch -> {} {}",
+            resp.status,
+            resp.text().trim()
+        ));
+    }
+    // git endpoints with the wrong method
+    for (method, path) in [
+        ("POST", "/team/app.git/info/refs?service=git-upload-pack"),
+        ("GET", "/team/app.git/git-upload-pack"),
+        ("GET", "/team/app.git/git-receive-pack"),
+        ("PUT", "/team/app.git/git-receive-pack"),
+        ("DELETE", "/team/app.git/HEAD"),
+    ] {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
+             Content-Length: 4\r\nConnection: close\r\n\r\n0000"
+        );
+        let resp = raw_http(server.port, req.as_bytes());
+        if ![400, 404, 405].contains(&resp.status) {
+            failures.push(format!(
+                "{method} {path} -> {} {}",
+                resp.status,
+                resp.text().trim()
+            ));
+        }
+    }
+    let leaked = sb.hits();
+
+    // the counter works: a valid request with the same credentials does reach the backend
+    let good = http_get(
+        server.port,
+        &format!("/team/app.git/info/refs{q}"),
+        Some(&auth),
+    );
+    assert_eq!(good.status, 200, "{}", good.text());
+    let hits = sb.hits();
+
+    assert!(
+        failures.is_empty(),
+        "odd paths not refused with 400/404:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        leaked.is_empty(),
+        "odd paths reached the backend:\n{}",
+        leaked.join("\n")
+    );
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert!(
+        hits[0].starts_with("GET /team/app.git/info/refs?service=git-upload-pack"),
+        "{hits:#?}"
+    );
+}
+
+#[test]
+fn git_prefix_is_honoured() {
+    let sb = Sandbox::with(Setup {
+        git_prefix: "/scm".into(),
+        ..Setup::default()
+    });
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let server = sb.serve();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    assert!(url.contains("/scm/team/app.git"), "{url}");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    let pushed = sb.commit_file(&work, "p.txt", b"p\n", "via prefix");
+    sb.git(&work, &["push", "-q", "origin", "main"]).ok();
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed);
+    assert!(
+        sb.hits().iter().all(|h| h.contains(" /team/app.git/")),
+        "{:#?}",
+        sb.hits()
+    );
+
+    let before = sb.hits().len();
+    let auth = basic("alice", &token.secret);
+    for path in [
+        "/team/app.git/info/refs?service=git-upload-pack",
+        "/scmteam/app.git/info/refs?service=git-upload-pack",
+    ] {
+        let resp = http_get(server.port, path, Some(&auth));
+        assert!(
+            resp.status == 404 || resp.status == 400,
+            "{path} -> {}",
+            resp.status
+        );
+    }
+    assert_eq!(sb.hits().len(), before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers before credentials
+
+#[test]
+fn no_credentials_gets_a_401_challenge_never_a_2xx() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let server = sb.serve();
+
+    let check_401 = |what: &str, resp: &common::Response| {
+        assert_eq!(resp.status, 401, "{what}: {resp:?}");
+        assert_eq!(
+            resp.header("WWW-Authenticate"),
+            Some("Basic realm=\"gitgate\""),
+            "{what}: {resp:?}"
+        );
+        let ct = resp
+            .header("Content-Type")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        assert!(ct.starts_with("text/plain"), "{what}: content-type {ct:?}");
+        assert!(ct.contains("charset=utf-8"), "{what}: content-type {ct:?}");
+        assert_eq!(
+            resp.text().trim_end().lines().count(),
+            1,
+            "{what}: one-line body: {:?}",
+            resp.text()
+        );
+    };
+
+    for service in ["git-upload-pack", "git-receive-pack"] {
+        let path = format!("/team/app.git/info/refs?service={service}");
+        let resp = http_get(server.port, &path, None);
+        check_401(&path, &resp);
+        assert!(
+            resp.text().contains("authentication required"),
+            "{}",
+            resp.text()
+        );
+    }
+    let body = "0000";
+    let req = format!(
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    check_401("POST receive-pack", &raw_http(server.port, req.as_bytes()));
+
+    // malformed or unusable credentials: also a challenge
+    let target = "/team/app.git/info/refs?service=git-upload-pack";
+    for auth in [
+        "Basic !!!not-base64!!!".to_owned(),
+        basic("alice", "hunter2"),
+        basic("alice", ""),
+        "Bearer".to_owned(),
+        "Bearer not-a-token".to_owned(),
+        format!("Digest username=\"alice\", response=\"{}\"", token.secret),
+        format!("Basic {}", common::base64(token.secret.as_bytes())), // no colon
+    ] {
+        check_401(&auth, &http_get(server.port, target, Some(&auth)));
+    }
+    assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
+
+    // git without any credential: fails without prompting
+    let run = sb.git(sb.root(), &["ls-remote", &server.url("team/app")]);
+    assert!(!run.success(), "{run}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend failures
+
+#[test]
+fn failing_backend_is_a_502_and_the_proxy_keeps_serving() {
+    let sb = Sandbox::with(Setup {
+        backend: Backend::Failing,
+        ..Setup::default()
+    });
+    sb.create_repo("team/app");
+    sb.create_repo("team/broken");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let mut server = sb.serve();
+    let auth = basic("alice", &token.secret);
+
+    for _ in 0..2 {
+        let resp = http_get(
+            server.port,
+            "/team/broken.git/info/refs?service=git-upload-pack",
+            Some(&auth),
+        );
+        assert_eq!(resp.status, 502, "{resp:?}");
+        let ct = resp.header("Content-Type").unwrap_or_default();
+        assert!(ct.starts_with("text/plain"), "content-type {ct:?}");
+        assert!(!resp.text().trim().is_empty(), "502 should say why");
+    }
+    let run = sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with("alice", &token.secret, "team/broken"),
+        ],
+    );
+    assert!(!run.success(), "{run}");
+    assert!(
+        server.alive(),
+        "gitgate died after a backend failure:\n{}",
+        server.log_text()
+    );
+
+    // still serving the healthy repository
+    let resp = http_get(
+        server.port,
+        "/team/app.git/info/refs?service=git-upload-pack",
+        Some(&auth),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    sb.git(
+        sb.root(),
+        &[
+            "clone",
+            "-q",
+            &server.url_with("alice", &token.secret, "team/app"),
+            "work",
+        ],
+    )
+    .ok();
+    assert!(
+        sb.hits().iter().any(|h| h.contains("/team/broken.git/")),
+        "{:#?}",
+        sb.hits()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+
+#[test]
+fn secrets_never_reach_the_log_or_the_database() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let personal = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let scoped = sb.scoped_token("--project", "team", "ci", "REPO_WRITE");
+    let revoked = sb.personal_token("alice", PASSWORD, "old", &["REPO_READ"]);
+    sb.cli(&["token", "revoke", &revoked.id]).ok();
+    let mut server = sb.serve_with_env(&[("GITGATE_LOG", "debug")]);
+
+    // successful and failed uses of every secret, over Basic and Bearer
+    let url = server.url_with("alice", &personal.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    sb.commit_file(&work, "s.txt", b"s\n", "secret test");
+    sb.git(&work, &["push", "-q", "origin", "main"]).ok();
+    let header = format!("http.extraHeader=Authorization: Bearer {}", scoped.secret);
+    sb.git(
+        sb.root(),
+        &["-c", &header, "ls-remote", &server.url("team/app")],
+    )
+    .ok();
+    let wrong = flip_secret(&personal.secret);
+    sb.git(
+        sb.root(),
+        &["ls-remote", &server.url_with("alice", &wrong, "team/app")],
+    )
+    .fails_with("invalid token");
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with("alice", &revoked.secret, "team/app"),
+        ],
+    )
+    .fails_with("revoked");
+    sb.git(
+        sb.root(),
+        &["ls-remote", &server.url_with("alice", PASSWORD, "team/app")],
+    )
+    .fails_with("Authentication failed");
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with("bob", &personal.secret, "team/app"),
+        ],
+    )
+    .fails_with("does not belong to user");
+    // give any background writer (last-used, audit) a moment, then stop the server
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    server.stop();
+
+    let log = fs::read(sb.server_log()).unwrap();
+    let mut store = Vec::new();
+    let mut store_files = Vec::new();
+    for entry in fs::read_dir(sb.root()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("gitgate.db") {
+            store.extend(fs::read(entry.path()).unwrap());
+            store_files.push(name);
+        }
+    }
+    assert!(!store.is_empty(), "no store files found");
+    assert!(!log.is_empty());
+    let contains =
+        |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for (what, secret) in [
+        ("personal token", personal.secret.as_str()),
+        ("personal token's random part", &personal.secret[17..60]),
+        ("scoped token", scoped.secret.as_str()),
+        ("scoped token's random part", &scoped.secret[17..60]),
+        ("revoked token", revoked.secret.as_str()),
+        ("wrong secret", wrong.as_str()),
+        ("password", PASSWORD),
+        (
+            "base64 of alice:token",
+            &common::base64(format!("alice:{}", personal.secret).as_bytes()),
+        ),
+    ] {
+        assert!(!contains(&log, secret), "the {what} is in the gitgate log");
+        assert!(
+            !contains(&store, secret),
+            "the {what} is in the store ({store_files:?})"
+        );
+    }
+    for id in [&personal.id, &scoped.id, &revoked.id] {
+        assert!(
+            contains(&store, id),
+            "token id {id} should be in the store ({store_files:?})"
+        );
+    }
+    // and the log did record the requests: one line per request, naming repo, token and status
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI colours when stderr is not a terminal"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&personal.id) && l.contains("team/app") && l.contains("200")),
+        "no request line for token {} with status 200:\n{log}",
+        personal.id
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("team/app") && l.contains("401")),
+        "no request line with status 401:\n{log}"
+    );
+}
