@@ -122,6 +122,9 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     }
     let wrong = || format!("authentication failed for user '{user}': wrong user name or password");
     let Some(hash) = store.password_hash(user)? else {
+        // Spend the same argon2 time as for a real user, so that the answer's timing does not
+        // tell which user names exist.
+        let _ = password::verify(password, dummy_hash());
         return fail("unknown user", wrong());
     };
     if !password::verify(password, &hash) {
@@ -137,6 +140,12 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         slug: account.slug,
         admin: account.role == crate::store::Role::Admin,
     })
+}
+
+/// A valid argon2id hash of nothing anyone knows, computed once, for [`login`]'s unknown users.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| password::hash("gitgate: no such user").unwrap_or_default())
 }
 
 /// The global expiry policy.
