@@ -114,4 +114,25 @@ mod tests {
             .unwrap();
         assert!(migrate(&mut conn).is_err());
     }
+
+    #[test]
+    fn a_version_1_store_keeps_its_tokens_through_migration_2() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO tokens (id, kind, name, scope, permissions, secret_hash, created_at, created_by)
+             VALUES ('abcdefghijkl', 'project', 'ci', 'team', 'REPO_READ', x'00', 1, 'test')",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let (name, networks, previous): (String, Option<String>, Option<Vec<u8>>) = conn
+            .query_row(
+                "SELECT name, allowed_networks, previous_hash FROM tokens",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((name.as_str(), networks, previous), ("ci", None, None));
+    }
 }
