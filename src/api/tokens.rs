@@ -206,6 +206,11 @@ pub fn page(call: &Call, values: Vec<Value>) -> ApiResult {
             "\"limit\" must be between 1 and {MAX_LIMIT}"
         )));
     }
+    Ok(Reply::ok(paged(values, start, limit)))
+}
+
+/// One page of `values` in Bitbucket's shape.
+fn paged(values: Vec<Value>, start: usize, limit: usize) -> Value {
     let total = values.len();
     let page: Vec<Value> = values.into_iter().skip(start).take(limit).collect();
     let size = page.len();
@@ -220,7 +225,7 @@ pub fn page(call: &Call, values: Vec<Value>) -> ApiResult {
     if !is_last {
         out["nextPageStart"] = json!(start + size);
     }
-    Ok(Reply::ok(out))
+    out
 }
 
 /// An optional string field.
@@ -257,5 +262,54 @@ fn days(body: &Map<String, Value>, key: &str) -> Result<Option<u32>, ApiError> {
             .ok_or_else(|| {
                 ApiError::bad_request(format!("\"{key}\" must be a whole number of days"))
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages() {
+        let values: Vec<Value> = (0..5).map(|i| json!(i)).collect();
+        let p = paged(values.clone(), 0, 2);
+        assert_eq!(p["values"], json!([0, 1]));
+        assert_eq!(
+            (p["isLastPage"].clone(), p["nextPageStart"].clone()),
+            (json!(false), json!(2))
+        );
+        let p = paged(values.clone(), 4, 2);
+        assert_eq!(p["values"], json!([4]));
+        assert_eq!(p["isLastPage"], true);
+        assert!(p.get("nextPageStart").is_none());
+        let p = paged(values.clone(), 3, 2);
+        assert_eq!(
+            (p["size"].clone(), p["isLastPage"].clone()),
+            (json!(2), json!(true))
+        );
+        let p = paged(values, 99, 25);
+        assert_eq!(
+            (p["size"].clone(), p["isLastPage"].clone()),
+            (json!(0), json!(true))
+        );
+        assert_eq!(paged(vec![], 0, 25)["isLastPage"], true);
+    }
+
+    #[test]
+    fn body_fields() {
+        let body: Map<String, Value> = serde_json::from_str(
+            r#"{"name":"x","permissions":["REPO_READ"],"bad":[1],"days":3,"neg":-1}"#,
+        )
+        .unwrap();
+        assert_eq!(string(&body, "name").unwrap().as_deref(), Some("x"));
+        assert_eq!(string(&body, "missing").unwrap(), None);
+        assert!(string(&body, "permissions").is_err());
+        assert_eq!(
+            strings(&body, "permissions").unwrap().unwrap(),
+            ["REPO_READ"]
+        );
+        assert!(strings(&body, "bad").is_err());
+        assert_eq!(days(&body, "days").unwrap(), Some(3));
+        assert!(days(&body, "neg").is_err());
     }
 }
