@@ -131,6 +131,7 @@ fn token_created_over_rest_clones_with_git_and_revocation_is_immediate() {
     assert!(second > first);
     let listed = server.api("GET", "/users/alice", "alice", "").json();
     assert_eq!(listed["values"][0]["lastAuthenticated"], second);
+    assert_eq!(listed["values"][0]["lastAuthenticatedFrom"], "127.0.0.1");
 
     // Revoke over REST: 204, and the very next git request is refused.
     let del = server.api("DELETE", &format!("/users/alice/{id}"), "alice", "");

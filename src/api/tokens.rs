@@ -147,7 +147,8 @@ pub fn rotate(call: &Call, subject: &Subject, id: &str) -> ApiResult {
 }
 
 /// A token as Bitbucket shows it (never the secret or its hash), plus gitgate's extensions:
-/// `allowedNetworks`, `rotatedDate` and `compliant` (whether it meets the expiry policy).
+/// `lastAuthenticatedFrom` (the address of the last use), `allowedNetworks`, `rotatedDate` and
+/// `compliant` (whether it meets the expiry policy).
 pub fn token_json(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Value {
     let mut v = json!({
         "id": t.id,
@@ -162,6 +163,9 @@ pub fn token_json(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Valu
     }
     if let Some(at) = t.last_used_at {
         v["lastAuthenticated"] = json!(at);
+    }
+    if let Some(addr) = &t.last_used_addr {
+        v["lastAuthenticatedFrom"] = json!(addr);
     }
     if let Some(at) = t.rotated_at {
         v["rotatedDate"] = json!(at);
