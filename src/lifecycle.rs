@@ -334,9 +334,8 @@ pub fn create(
     policy(store)?
         .check_new(req.expiry_days)
         .map_err(Error::Invalid)?;
-    let expires_at = req
-        .expiry_days
-        .map(|days| clock::now_ms() + i64::from(days) * DAY_MS);
+    let now = clock::now_ms();
+    let expires_at = req.expiry_days.map(|days| now + i64::from(days) * DAY_MS);
     let allowed_networks = network::parse_list(&req.allowed_networks).map_err(Error::Invalid)?;
     let fresh =
         token::generate().map_err(|e| Error::Invalid(format!("no randomness from the OS: {e}")))?;
@@ -351,6 +350,7 @@ pub fn create(
             secret_hash: token::hash(fresh.secret.expose()),
             expires_at,
             allowed_networks: &allowed_networks,
+            created_at: now,
         },
         actor,
     )?;

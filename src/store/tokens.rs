@@ -117,6 +117,9 @@ pub struct NewToken<'a> {
     pub secret_hash: [u8; 32],
     pub expires_at: Option<i64>,
     pub allowed_networks: &'a [Cidr],
+    /// Epoch ms; the same instant the expiry was counted from, so that `expiresAt - createdAt`
+    /// is exactly the days asked for.
+    pub created_at: i64,
 }
 
 /// What an edit changes; `None` leaves a field as it is. The expiry is deliberately absent: it
@@ -238,7 +241,7 @@ impl Store {
                     new.scope.map(|s| s.to_string()),
                     new.permissions.to_string(),
                     &new.secret_hash[..],
-                    clock::now_ms(),
+                    new.created_at,
                     actor.name,
                     new.expires_at,
                     networks_to_db(new.allowed_networks),
@@ -498,6 +501,7 @@ mod tests {
                     secret_hash: [7; 32],
                     expires_at: None,
                     allowed_networks: &[],
+                    created_at: clock::now_ms(),
                 },
                 &actor(),
             )
@@ -555,6 +559,7 @@ mod tests {
                     secret_hash: [1; 32],
                     expires_at: Some(5),
                     allowed_networks: &[],
+                    created_at: clock::now_ms(),
                 },
                 &actor(),
             )
