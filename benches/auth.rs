@@ -63,6 +63,8 @@ fn build_store(path: &Path) -> (Store, String) {
                     .unwrap(),
                 secret_hash: token::hash(fresh.secret.expose()),
                 expires_at: None,
+                allowed_networks: &[],
+                created_at: 0,
             },
             &actor,
         )
@@ -75,10 +77,11 @@ fn auth(c: &mut Criterion) {
     let (store, secret) = build_store(&dir.path().join("bench.db"));
     let repo = RepoPath::parse("team/app").unwrap();
     let now = clock::now_ms();
+    let remote: std::net::IpAddr = [127, 0, 0, 1].into();
 
     let check = |record: &gitgate::store::AuthRecord, presented: &[u8; 32]| {
-        assert!(token::constant_time_eq(presented, &record.secret_hash));
-        policy::authorize(record, Some("alice"), &repo, Access::Write, now).unwrap()
+        assert!(record.secret_matches(presented, now));
+        policy::authorize(record, Some("alice"), &repo, Access::Write, remote, now).unwrap()
     };
 
     let mut group = c.benchmark_group("auth_1M_tokens");

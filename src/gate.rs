@@ -70,6 +70,10 @@ impl Gate {
         req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
+        // The management API, before git classification: never forwarded upstream.
+        if crate::api::is_api_path(req.uri().path()) {
+            return Ok(crate::api::handle(self.store.clone(), &self.realm, req, remote).await);
+        }
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -165,16 +169,17 @@ impl Gate {
                     .ok_or(Refusal::InvalidToken)?
             }
         };
-        if !token::constant_time_eq(&presented_hash, &record.secret_hash) {
+        let now = clock::now_ms();
+        if !record.secret_matches(&presented_hash, now) {
             return Err(Refusal::InvalidToken);
         }
 
-        let now = clock::now_ms();
         let identity = policy::authorize(
             &record,
             basic_user.as_deref(),
             &git_req.repo,
             git_req.access,
+            remote.ip(),
             now,
         )
         .map_err(Refusal::Denied)?;

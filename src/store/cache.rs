@@ -112,6 +112,8 @@ mod tests {
                     .unwrap(),
                 secret_hash: [1; 32],
                 expires_at: None,
+                allowed_networks: &[],
+                created_at: 0,
             },
             &actor(),
         )

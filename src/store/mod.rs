@@ -17,6 +17,7 @@ mod audit;
 mod cache;
 mod grants;
 mod schema;
+mod settings;
 mod tokens;
 mod users;
 
@@ -29,7 +30,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit::AuditEvent;
 pub use grants::Grant;
-pub use tokens::{validate_name, AuthRecord, NewToken, Owner, TokenRecord};
+pub use tokens::{validate_name, AuthRecord, NewToken, Owner, TokenEdit, TokenRecord};
 pub use users::{validate_slug, Role, User};
 
 /// How long a connection waits for another process's write lock before giving up.
