@@ -1,6 +1,6 @@
 //! The gate: one hyper service that walks a request down the path described in the crate docs
 //! (classify → credentials → store → policy → upstream) and turns every refusal into an answer
-//! in one place, [`refusal`].
+//! in one place, `Gate::refusal`.
 //!
 //! Order matters for safety: the request is classified before anything else, so a path that does
 //! not name exactly one repository is never forwarded, whatever the credentials; and nothing is
@@ -70,6 +70,10 @@ impl Gate {
         req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
+        // The management API, before git classification: never forwarded upstream.
+        if crate::api::is_api_path(req.uri().path()) {
+            return Ok(crate::api::handle(self.store.clone(), &self.realm, req, remote).await);
+        }
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -146,25 +150,33 @@ impl Gate {
         log.token_id = Some(id.as_str().to_string());
         let presented_hash = token::hash(secret.expose());
 
-        let store = self.store.clone();
-        let id_str = id.as_str().to_string();
-        let record = tokio::task::spawn_blocking(move || store.auth_record(&id_str))
-            .await
-            .map_err(|e| {
-                Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
-            })?
-            .map_err(Refusal::StoreDown)?
-            .ok_or(Refusal::InvalidToken)?;
-        if !token::constant_time_eq(&presented_hash, &record.secret_hash) {
+        // Hot path: a cache hit costs a hash lookup and `PRAGMA data_version`; a miss reads
+        // SQLite on the blocking pool.
+        let record = match self.store.cached_auth_record(id.as_str()) {
+            Ok(Some(hit)) => hit,
+            _ => {
+                let store = self.store.clone();
+                let id_str = id.as_str().to_string();
+                tokio::task::spawn_blocking(move || store.auth_record_cached(&id_str))
+                    .await
+                    .map_err(|e| {
+                        Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
+                    })?
+                    .map_err(Refusal::StoreDown)?
+                    .ok_or(Refusal::InvalidToken)?
+            }
+        };
+        let now = clock::now_ms();
+        if !record.secret_matches(&presented_hash, now) {
             return Err(Refusal::InvalidToken);
         }
 
-        let now = clock::now_ms();
         let identity = policy::authorize(
             &record,
             basic_user.as_deref(),
             &git_req.repo,
             git_req.access,
+            remote.ip(),
             now,
         )
         .map_err(Refusal::Denied)?;

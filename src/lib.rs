@@ -3,10 +3,12 @@
 //! # The path of one request
 //!
 //! ```text
-//!  git client ──▶ server ──▶ gate ──┬─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
+//!  git client ──▶ server ──▶ gate ──┬─ /rest/... ─▶ api::handle: management, user's password only, never forwarded
+//!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
-//!                                   ├─ token::parse(secret) → id; store.auth_record(id); hash compare
-//!                                   ├─ policy::authorize(record, user, repo, access, now) ─▶ Identity | Deny
+//!                                   ├─ token::parse(secret) → id; store: cache (PRAGMA data_version) → SQLite; hash compare
+//!                                   │     (the current secret, or the previous one inside a rotation overlap)
+//!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
 //!                                         └─ cgi:  git http-backend run by gitgate itself
@@ -31,12 +33,18 @@
 //! - [`credentials`] parses `Authorization`; [`token`] knows the secret format
 //!   (`ggt_<id>_<256 random bits>_<checksum>`) and hashes it; only the SHA-256 is stored.
 //! - [`store`] is the SQLite token store (users, grants, tokens, settings, audit), shared with
-//!   the CLI process: a revocation there is seen on the next request.
+//!   the CLI process, with an in-memory cache of auth records that any commit to the file (seen
+//!   through `PRAGMA data_version`) drops: a revocation there is seen on the next request.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
 //!   streamed.
-//! - [`lifecycle`] holds the token creation rules for every interface; [`cli`] is the operator's
-//!   command line; [`config`] reads and validates `proxy.toml`.
+//! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which
+//!   token; the expiry policy; expiry never changes) for both interfaces: [`cli`], the
+//!   operator's command line, and [`api`], the Bitbucket-shaped REST API under `/rest/`, which
+//!   the gate routes before git classification and which accepts passwords, never tokens.
+//! - [`network`] parses the CIDR lists a token may be limited to; [`config`] reads and
+//!   validates `proxy.toml`.
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -45,6 +53,7 @@ pub mod gate;
 pub mod git;
 pub mod health;
 pub mod lifecycle;
+pub mod network;
 pub mod password;
 pub mod permission;
 pub mod policy;

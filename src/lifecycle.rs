@@ -1,104 +1,344 @@
-//! The token lifecycle rules, in one place for every interface (CLI now, REST API later):
-//! who may create which token, with which permissions and expiry.
+//! The token lifecycle rules, in one place for every interface: the CLI and the REST API call
+//! these functions and only translate their answers (an exit message, or a JSON error with a
+//! status). Nothing here knows about HTTP or the terminal.
 //!
-//! - A personal token is created only by its owner, proven by the owner's password; an admin
-//!   cannot create one for somebody else.
-//! - Project and repository tokens are created by an administrator (the CLI operator is one).
-//! - Permissions follow Bitbucket's combination rules ([`TokenPermissions::from_names`]).
-//! - An expiry is a whole number of days from now, at least one.
+//! The rules (after Bitbucket Data Center's personal access tokens):
+//! - **Who acts** is a [`Caller`]: a user who proved their password, or the operator at the
+//!   host's command line (an administrator). Tokens never act: [`login`] refuses a token given as
+//!   the password, so a leaked token cannot mint, widen or un-revoke tokens.
+//! - **Personal tokens** are created (and rotated, which mints a new secret) only by their owner.
+//!   An administrator cannot create one for somebody else — otherwise an admin could act as any
+//!   user without leaving that user's name out of the audit trail. Owners and administrators
+//!   list, show, edit and revoke them.
+//! - **Project and repository tokens** are created, listed, edited, rotated and revoked by
+//!   administrators only.
+//! - **Edit** changes the name, the permissions and the allowed networks; **never the expiry**.
+//!   An attempt to change it is refused with a message that says why.
+//! - **Expiry policy** (global, in the settings table): when `expiryRequired` is on, a new token
+//!   must have an expiry of at most `maxExpiryDays` days; existing tokens that do not meet it are
+//!   reported as non-compliant ([`ExpiryPolicy::compliant`]) so an admin can find them.
+//! - **Permissions** follow Bitbucket's combination rules ([`TokenPermissions::from_names`]); at
+//!   use, a personal token never exceeds its owner's permission (see [`crate::policy`]).
+//! - **Rotate** gives a token a new secret with the same id, name and permissions; the old
+//!   secret stays valid for an optional overlap (default none, at most [`MAX_OVERLAP_SECS`]).
+
+use std::fmt;
 
 use crate::clock::{self, DAY_MS};
 use crate::credentials::Secret;
+use crate::network;
 use crate::password;
 use crate::permission::{TokenKind, TokenPermissions};
 use crate::policy::Target;
-use crate::store::{Actor, NewToken, Store, StoreError, TokenRecord};
-use crate::token;
+use crate::store::{Actor, NewToken, Store, StoreError, TokenEdit, TokenRecord};
+use crate::token::{self, TokenId};
 
-/// Who a new token is for.
+/// The longest overlap a rotation may keep the old secret valid for: one week.
+pub const MAX_OVERLAP_SECS: u32 = 7 * 24 * 60 * 60;
+
+/// Settings keys of the expiry policy.
+const EXPIRY_REQUIRED: &str = "policy.expiry_required";
+const MAX_EXPIRY_DAYS: &str = "policy.max_expiry_days";
+
+/// Who is acting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The operator at the host's command line: an administrator, but not the owner of anyone's
+    /// personal tokens (creating or rotating one needs the owner's password, i.e. [`login`]).
+    Operator,
+    /// A user who proved their password.
+    User { slug: String, admin: bool },
+}
+
+impl Caller {
+    fn is_admin(&self) -> bool {
+        matches!(self, Caller::Operator | Caller::User { admin: true, .. })
+    }
+
+    fn is(&self, user: &str) -> bool {
+        matches!(self, Caller::User { slug, .. } if slug == user)
+    }
+}
+
+/// Why a lifecycle action was refused. Each variant maps to one HTTP status in the REST API.
+#[derive(Debug)]
+pub enum Error {
+    /// The request itself is wrong: bad permissions, expiry, name or network (400).
+    Invalid(String),
+    /// The caller is not who they claim, or used a token instead of a password (401).
+    Unauthenticated(String),
+    /// The caller may not do this (403).
+    Forbidden(String),
+    /// No such user or token (404).
+    NotFound(String),
+    /// The token's state forbids it, e.g. it is revoked (409).
+    Conflict(String),
+    /// The store failed (busy, broken).
+    Store(StoreError),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Invalid(m)
+            | Error::Unauthenticated(m)
+            | Error::Forbidden(m)
+            | Error::NotFound(m)
+            | Error::Conflict(m) => f.write_str(m),
+            Error::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(m) => Error::Invalid(m),
+            StoreError::NotFound(m) => Error::NotFound(m),
+            StoreError::Conflict(m) => Error::Conflict(m),
+            other => Error::Store(other),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Check a user's password and return them as a [`Caller`]. Every failure is audited (with the
+/// reason, never the password) and answered with the same message whether or not the user
+/// exists. A gitgate token in place of the password is refused by name: tokens cannot manage
+/// tokens.
+pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result<Caller> {
+    let fail = |reason: &str, message: String| {
+        let _ = store.record_event(actor, "auth.failed", user, reason);
+        Err(Error::Unauthenticated(message))
+    };
+    if token::parse(password).is_some() {
+        return fail(
+            "access token used as a management password",
+            "access tokens cannot be used to manage tokens or users: authenticate with your password".into(),
+        );
+    }
+    let wrong = || format!("authentication failed for user '{user}': wrong user name or password");
+    let Some(hash) = store.password_hash(user)? else {
+        // Spend the same argon2 time as for a real user, so that the answer's timing does not
+        // tell which user names exist.
+        let _ = password::verify(password, dummy_hash());
+        return fail("unknown user", wrong());
+    };
+    if !password::verify(password, &hash) {
+        return fail("wrong password", wrong());
+    }
+    let Some(account) = store.user(user)? else {
+        return fail("unknown user", wrong());
+    };
+    if !account.active {
+        return fail("user disabled", format!("user '{user}' is disabled"));
+    }
+    Ok(Caller::User {
+        slug: account.slug,
+        admin: account.role == crate::store::Role::Admin,
+    })
+}
+
+/// A valid argon2id hash of nothing anyone knows, computed once, for [`login`]'s unknown users.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| password::hash("gitgate: no such user").unwrap_or_default())
+}
+
+/// The global expiry policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExpiryPolicy {
+    /// New tokens must have an expiry.
+    pub expiry_required: bool,
+    /// When required: the most days a new token may live. `None`: any number.
+    pub max_expiry_days: Option<u32>,
+}
+
+impl ExpiryPolicy {
+    /// Whether a new token with `expiry_days` may be created.
+    pub fn check_new(&self, expiry_days: Option<u32>) -> Result<(), String> {
+        if !self.expiry_required {
+            return Ok(());
+        }
+        let limit = match self.max_expiry_days {
+            Some(max) => format!(" of at most {max} days"),
+            None => String::new(),
+        };
+        match (expiry_days, self.max_expiry_days) {
+            (None, _) => Err(format!(
+                "the token policy requires an expiry: give expiryDays (--expiry-days){limit}"
+            )),
+            (Some(days), Some(max)) if days > max => Err(format!(
+                "{days} days is more than the token policy allows: the maximum expiry is {max} days"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether an existing token meets the policy: always when no expiry is required;
+    /// otherwise it needs an expiry, within the maximum counted from its creation.
+    pub fn compliant(&self, token: &TokenRecord) -> bool {
+        if !self.expiry_required {
+            return true;
+        }
+        match (token.expires_at, self.max_expiry_days) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(at), Some(max)) => at - token.created_at <= i64::from(max) * DAY_MS,
+        }
+    }
+
+    /// A one-line description for messages and audit events.
+    pub fn describe(&self) -> String {
+        match (self.expiry_required, self.max_expiry_days) {
+            (false, _) => "expiry optional".into(),
+            (true, None) => "expiry required".into(),
+            (true, Some(max)) => format!("expiry required, at most {max} days"),
+        }
+    }
+}
+
+/// The policy now in force.
+pub fn policy(store: &Store) -> Result<ExpiryPolicy> {
+    let required = store.setting(EXPIRY_REQUIRED)?.is_some_and(|v| v == "true");
+    let max = store
+        .setting(MAX_EXPIRY_DAYS)?
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|d| *d > 0);
+    Ok(ExpiryPolicy {
+        expiry_required: required,
+        max_expiry_days: max,
+    })
+}
+
+/// Change the policy (administrators only). It applies to the next token created; existing
+/// tokens keep their expiry and are reported by [`ExpiryPolicy::compliant`].
+pub fn set_policy(
+    store: &Store,
+    caller: &Caller,
+    new: ExpiryPolicy,
+    actor: &Actor,
+) -> Result<ExpiryPolicy> {
+    if !caller.is_admin() {
+        return Err(Error::Forbidden(
+            "only administrators can change the token policy".into(),
+        ));
+    }
+    if new.max_expiry_days == Some(0) {
+        return Err(Error::Invalid(
+            "maxExpiryDays must be at least 1 (or absent for no maximum)".into(),
+        ));
+    }
+    store.set_settings(
+        &[
+            (EXPIRY_REQUIRED, new.expiry_required.to_string()),
+            (
+                MAX_EXPIRY_DAYS,
+                new.max_expiry_days
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+            ),
+        ],
+        "policy.changed",
+        &new.describe(),
+        actor,
+    )?;
+    Ok(new)
+}
+
+/// Whom a token is for: a user's personal token, or a project or repository token. Also the
+/// collection a REST path names (`users/{user}`, `projects/{key}`, `projects/{key}/repos/{slug}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Subject {
-    /// A personal token of `user`, authorised by that user's password.
-    Personal { user: String, password: String },
-    /// A token scoped to a project or repository, created by an administrator.
+    Personal(String),
     Scoped(Target),
 }
 
+impl Subject {
+    /// The subject a stored token belongs to.
+    pub fn of(token: &TokenRecord) -> Subject {
+        match (&token.owner, &token.scope) {
+            (Some(owner), _) => Subject::Personal(owner.clone()),
+            (None, Some(scope)) => Subject::Scoped(scope.clone()),
+            // The schema forbids this; treat it as an admin-only token.
+            (None, None) => Subject::Scoped(Target::Project(String::new())),
+        }
+    }
+}
+
+/// Whether `caller` may see and manage the tokens of `subject` (creation has its own rule).
+fn may_manage(caller: &Caller, subject: &Subject) -> Result<()> {
+    match subject {
+        Subject::Personal(user) if caller.is(user) || caller.is_admin() => Ok(()),
+        Subject::Personal(user) => Err(Error::Forbidden(format!(
+            "you may only manage your own tokens, not those of '{user}'"
+        ))),
+        Subject::Scoped(_) if caller.is_admin() => Ok(()),
+        Subject::Scoped(_) => Err(Error::Forbidden(
+            "only administrators can manage project and repository tokens".into(),
+        )),
+    }
+}
+
+/// A new token, as asked for.
 pub struct CreateRequest {
     pub subject: Subject,
     pub name: String,
     pub permissions: Vec<String>,
     pub expiry_days: Option<u32>,
-}
-
-/// Why a token was not created.
-#[derive(Debug)]
-pub enum CreateError {
-    /// The request itself is wrong (bad permissions, bad expiry, bad name).
-    Invalid(String),
-    /// The password does not prove ownership.
-    NotOwner(String),
-    Store(StoreError),
-}
-
-impl std::fmt::Display for CreateError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CreateError::Invalid(m) | CreateError::NotOwner(m) => f.write_str(m),
-            CreateError::Store(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for CreateError {}
-
-impl From<StoreError> for CreateError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Invalid(m) => CreateError::Invalid(m),
-            other => CreateError::Store(other),
-        }
-    }
+    /// CIDR networks the token may be used from; empty means anywhere.
+    pub allowed_networks: Vec<String>,
 }
 
 /// Create a token; returns its record and the secret, which is shown once and never stored.
 pub fn create(
     store: &Store,
+    caller: &Caller,
     req: CreateRequest,
     actor: &Actor,
-) -> Result<(TokenRecord, Secret), CreateError> {
+) -> Result<(TokenRecord, Secret)> {
     let (kind, owner, scope) = match &req.subject {
-        Subject::Personal { user, password } => {
-            let stored = store.password_hash(user)?;
-            let ok = stored.is_some_and(|h| password::verify(password, &h));
-            if !ok {
-                let _ = store.record_event(
-                    actor,
-                    "auth.failed",
-                    user,
-                    "wrong password for personal token creation",
-                );
-                return Err(CreateError::NotOwner(format!(
-                    "wrong password for user '{user}': a personal token can only be created by its owner, with the owner's password"
-                )));
+        Subject::Personal(user) => {
+            if !caller.is(user) {
+                return Err(Error::Forbidden(if caller.is_admin() {
+                    format!(
+                        "administrators cannot create personal tokens for other users: \
+                         '{user}' must create it with their own password"
+                    )
+                } else {
+                    format!("you may only create personal tokens for yourself, not for '{user}'")
+                }));
             }
             (TokenKind::Personal, Some(user.as_str()), None)
         }
-        Subject::Scoped(target @ Target::Project(_)) => (TokenKind::Project, None, Some(target)),
-        Subject::Scoped(target @ Target::Repo(_)) => (TokenKind::Repository, None, Some(target)),
+        Subject::Scoped(target) => {
+            if !caller.is_admin() {
+                return Err(Error::Forbidden(
+                    "only administrators can create project and repository tokens".into(),
+                ));
+            }
+            match target {
+                Target::Project(_) => (TokenKind::Project, None, Some(target)),
+                Target::Repo(_) => (TokenKind::Repository, None, Some(target)),
+            }
+        }
     };
     let permissions =
-        TokenPermissions::from_names(kind, &req.permissions).map_err(CreateError::Invalid)?;
-    let expires_at = match req.expiry_days {
-        None => None,
-        Some(0) => {
-            return Err(CreateError::Invalid(
-                "--expiry-days must be at least 1".into(),
-            ))
-        }
-        Some(days) => Some(clock::now_ms() + i64::from(days) * DAY_MS),
-    };
-    let fresh = token::generate()
-        .map_err(|e| CreateError::Invalid(format!("no randomness from the OS: {e}")))?;
+        TokenPermissions::from_names(kind, &req.permissions).map_err(Error::Invalid)?;
+    if req.expiry_days == Some(0) {
+        return Err(Error::Invalid("the expiry must be at least 1 day".into()));
+    }
+    policy(store)?
+        .check_new(req.expiry_days)
+        .map_err(Error::Invalid)?;
+    let now = clock::now_ms();
+    let expires_at = req.expiry_days.map(|days| now + i64::from(days) * DAY_MS);
+    let allowed_networks = network::parse_list(&req.allowed_networks).map_err(Error::Invalid)?;
+    let fresh =
+        token::generate().map_err(|e| Error::Invalid(format!("no randomness from the OS: {e}")))?;
     let record = store.insert_token(
         &NewToken {
             id: fresh.id.as_str(),
@@ -109,8 +349,524 @@ pub fn create(
             permissions,
             secret_hash: token::hash(fresh.secret.expose()),
             expires_at,
+            allowed_networks: &allowed_networks,
+            created_at: now,
         },
         actor,
     )?;
     Ok((record, fresh.secret))
+}
+
+/// The tokens of `subject` that `caller` may see, newest first, revoked ones included.
+pub fn list(store: &Store, caller: &Caller, subject: &Subject) -> Result<Vec<TokenRecord>> {
+    may_manage(caller, subject)?;
+    Ok(match subject {
+        Subject::Personal(user) => store.tokens(Some(user))?,
+        Subject::Scoped(target) => store
+            .tokens(None)?
+            .into_iter()
+            .filter(|t| t.owner.is_none() && t.scope.as_ref() == Some(target))
+            .collect(),
+    })
+}
+
+/// Every token of every kind, newest first (administrators only).
+pub fn list_all(store: &Store, caller: &Caller) -> Result<Vec<TokenRecord>> {
+    if !caller.is_admin() {
+        return Err(Error::Forbidden(
+            "only administrators can list every token".into(),
+        ));
+    }
+    Ok(store.tokens(None)?)
+}
+
+/// One token. With `within` (a REST path's collection), a token of another subject is "not
+/// found", so ids cannot be probed across users.
+pub fn get(
+    store: &Store,
+    caller: &Caller,
+    within: Option<&Subject>,
+    id: &str,
+) -> Result<TokenRecord> {
+    if let Some(subject) = within {
+        may_manage(caller, subject)?;
+        if let Subject::Personal(user) = subject {
+            if store.user(user)?.is_none() {
+                return Err(Error::NotFound(format!("no user '{user}'")));
+            }
+        }
+    }
+    let not_found = || Error::NotFound(format!("no token with id '{id}'"));
+    let token = store.token(id)?.ok_or_else(not_found)?;
+    let subject = Subject::of(&token);
+    if within.is_some_and(|w| *w != subject) {
+        return Err(not_found());
+    }
+    may_manage(caller, &subject)?;
+    Ok(token)
+}
+
+/// What an edit asks for. `expiry_days` and `expiry_date` exist only so that an attempt to
+/// change the expiry is refused with a clear message instead of being ignored.
+#[derive(Default)]
+pub struct EditRequest {
+    pub name: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    pub allowed_networks: Option<Vec<String>>,
+    pub expiry_days: Option<u32>,
+    /// `Some(None)`: asked to remove the expiry; `Some(Some(ms))`: asked to set it to `ms`.
+    pub expiry_date: Option<Option<i64>>,
+}
+
+/// Change a token's name, permissions or networks.
+pub fn edit(
+    store: &Store,
+    caller: &Caller,
+    within: Option<&Subject>,
+    id: &str,
+    req: EditRequest,
+    actor: &Actor,
+) -> Result<TokenRecord> {
+    let token = get(store, caller, within, id)?;
+    let changes_expiry =
+        req.expiry_days.is_some() || req.expiry_date.is_some_and(|d| d != token.expires_at);
+    if changes_expiry {
+        let now = match token.expires_at {
+            Some(at) => format!("expires on {}", clock::date(at)),
+            None => "has no expiry".into(),
+        };
+        return Err(Error::Invalid(format!(
+            "the expiry of a token never changes once it is created (token '{}' {now}): \
+             create a new token with the expiry you want and revoke this one",
+            token.name
+        )));
+    }
+    if token.revoked_at.is_some() {
+        return Err(Error::Conflict(format!(
+            "token '{}' ({id}) is revoked and cannot be changed",
+            token.name
+        )));
+    }
+    let permissions = match &req.permissions {
+        Some(names) => {
+            Some(TokenPermissions::from_names(token.kind, names).map_err(Error::Invalid)?)
+        }
+        None => None,
+    };
+    let allowed_networks = match &req.allowed_networks {
+        Some(list) => Some(network::parse_list(list).map_err(Error::Invalid)?),
+        None => None,
+    };
+    Ok(store.edit_token(
+        id,
+        &TokenEdit {
+            name: req.name,
+            permissions,
+            allowed_networks,
+        },
+        actor,
+    )?)
+}
+
+/// Revoke a token: refused from the next request on, also by a server in another process.
+pub fn revoke(
+    store: &Store,
+    caller: &Caller,
+    within: Option<&Subject>,
+    id: &str,
+    actor: &Actor,
+) -> Result<TokenRecord> {
+    get(store, caller, within, id)?;
+    Ok(store.revoke_token(id, actor)?)
+}
+
+/// Give a token a new secret. The old one keeps working for `overlap_secs` (0: stops at once).
+/// A personal token is rotated only by its owner, because rotation hands out a working secret.
+pub fn rotate(
+    store: &Store,
+    caller: &Caller,
+    within: Option<&Subject>,
+    id: &str,
+    overlap_secs: u32,
+    actor: &Actor,
+) -> Result<(TokenRecord, Secret)> {
+    let token = get(store, caller, within, id)?;
+    if let Some(owner) = &token.owner {
+        if !caller.is(owner) {
+            return Err(Error::Forbidden(format!(
+                "only '{owner}' can rotate their personal token '{}': a rotation hands out a new secret",
+                token.name
+            )));
+        }
+    }
+    if overlap_secs > MAX_OVERLAP_SECS {
+        return Err(Error::Invalid(format!(
+            "the overlap may be at most {MAX_OVERLAP_SECS} seconds (7 days)"
+        )));
+    }
+    let token_id: TokenId = id.parse().map_err(Error::Invalid)?;
+    let secret = token::generate_with_id(&token_id)
+        .map_err(|e| Error::Invalid(format!("no randomness from the OS: {e}")))?;
+    let until = (overlap_secs > 0).then(|| clock::now_ms() + i64::from(overlap_secs) * 1000);
+    let record = store.rotate_token(id, token::hash(secret.expose()), until, actor)?;
+    Ok((record, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::permission::Level;
+    use crate::store::Role;
+
+    fn actor() -> Actor {
+        Actor {
+            name: "test".into(),
+            source: "local".into(),
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let h = password::hash("pw").unwrap();
+        store.add_user("alice", &h, Role::User, &actor()).unwrap();
+        store.add_user("bob", &h, Role::User, &actor()).unwrap();
+        store.add_user("root", &h, Role::Admin, &actor()).unwrap();
+        store
+            .add_grant(
+                "alice",
+                &Target::parse("team").unwrap(),
+                Level::Write,
+                &actor(),
+            )
+            .unwrap();
+        (dir, store)
+    }
+
+    fn user(slug: &str) -> Caller {
+        Caller::User {
+            slug: slug.into(),
+            admin: slug == "root",
+        }
+    }
+
+    fn personal(user: &str, days: Option<u32>) -> CreateRequest {
+        CreateRequest {
+            subject: Subject::Personal(user.into()),
+            name: "laptop".into(),
+            permissions: vec!["REPO_WRITE".into()],
+            expiry_days: days,
+            allowed_networks: vec![],
+        }
+    }
+
+    #[test]
+    fn login_refuses_tokens_wrong_passwords_and_disabled_users() {
+        let (_d, store) = setup();
+        assert_eq!(
+            login(&store, "alice", "pw", &actor()).unwrap(),
+            user("alice")
+        );
+        assert_eq!(login(&store, "root", "pw", &actor()).unwrap(), user("root"));
+        let (_, secret) =
+            create(&store, &user("alice"), personal("alice", None), &actor()).unwrap();
+        let e = login(&store, "alice", secret.expose(), &actor()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Unauthenticated(m) if m.contains("access tokens cannot")),
+            "{e}"
+        );
+        let wrong = login(&store, "alice", "nope", &actor())
+            .unwrap_err()
+            .to_string();
+        let unknown = login(&store, "zed", "nope", &actor())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wrong.contains("wrong user name or password")
+                && unknown.contains("wrong user name or password")
+        );
+        store.set_user_active("bob", false, &actor()).unwrap();
+        assert!(matches!(
+            login(&store, "bob", "pw", &actor()),
+            Err(Error::Unauthenticated(_))
+        ));
+        let failures = store
+            .audit_events(None, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "auth.failed")
+            .count();
+        assert_eq!(failures, 4);
+    }
+
+    #[test]
+    fn who_may_create_what() {
+        let (_d, store) = setup();
+        assert!(create(&store, &user("alice"), personal("alice", None), &actor()).is_ok());
+        let e = create(&store, &user("root"), personal("alice", None), &actor()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Forbidden(m) if m.contains("administrators cannot create personal tokens"))
+        );
+        assert!(matches!(
+            create(&store, &Caller::Operator, personal("alice", None), &actor()),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(matches!(
+            create(&store, &user("bob"), personal("alice", None), &actor()),
+            Err(Error::Forbidden(_))
+        ));
+        let scoped = |c: &Caller| {
+            create(
+                &store,
+                c,
+                CreateRequest {
+                    subject: Subject::Scoped(Target::parse("team/app").unwrap()),
+                    name: "ci".into(),
+                    permissions: vec!["REPO_READ".into()],
+                    expiry_days: Some(30),
+                    allowed_networks: vec!["10.0.0.0/8".into()],
+                },
+                &actor(),
+            )
+        };
+        assert!(matches!(scoped(&user("alice")), Err(Error::Forbidden(_))));
+        let (t, _) = scoped(&user("root")).unwrap();
+        assert_eq!(t.network_names(), ["10.0.0.0/8"]);
+        assert!(scoped(&Caller::Operator).is_ok());
+    }
+
+    #[test]
+    fn expiry_policy() {
+        let (_d, store) = setup();
+        assert!(matches!(
+            set_policy(&store, &user("alice"), ExpiryPolicy::default(), &actor()),
+            Err(Error::Forbidden(_))
+        ));
+        let (old, _) = create(&store, &user("alice"), personal("alice", None), &actor()).unwrap();
+        let p = ExpiryPolicy {
+            expiry_required: true,
+            max_expiry_days: Some(90),
+        };
+        set_policy(&store, &user("root"), p, &actor()).unwrap();
+        assert_eq!(policy(&store).unwrap(), p);
+        let e = create(&store, &user("alice"), personal("alice", None), &actor()).unwrap_err();
+        assert!(e.to_string().contains("at most 90 days"), "{e}");
+        let e = create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(91)),
+            &actor(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("the maximum expiry is 90 days"),
+            "{e}"
+        );
+        let (new, _) = create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(90)),
+            &actor(),
+        )
+        .unwrap();
+        assert!(!p.compliant(&old));
+        assert!(p.compliant(&new));
+        assert!(ExpiryPolicy::default().compliant(&old));
+        set_policy(&store, &Caller::Operator, ExpiryPolicy::default(), &actor()).unwrap();
+        assert!(create(&store, &user("alice"), personal("alice", None), &actor()).is_ok());
+        assert!(matches!(
+            set_policy(
+                &store,
+                &Caller::Operator,
+                ExpiryPolicy {
+                    expiry_required: true,
+                    max_expiry_days: Some(0)
+                },
+                &actor()
+            ),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn edit_revoke_rotate_rules() {
+        let (_d, store) = setup();
+        let (t, old_secret) = create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(10)),
+            &actor(),
+        )
+        .unwrap();
+        let alice = Subject::Personal("alice".into());
+        // Bob can neither see nor change Alice's token; the admin can.
+        assert!(matches!(
+            get(&store, &user("bob"), None, &t.id),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(matches!(
+            get(
+                &store,
+                &user("bob"),
+                Some(&Subject::Personal("bob".into())),
+                &t.id
+            ),
+            Err(Error::NotFound(_))
+        ));
+        assert!(get(&store, &user("root"), Some(&alice), &t.id).is_ok());
+        let e = edit(
+            &store,
+            &user("root"),
+            Some(&alice),
+            &t.id,
+            EditRequest {
+                expiry_days: Some(100),
+                ..Default::default()
+            },
+            &actor(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(m) if m.contains("never changes")),
+            "{e}"
+        );
+        // Repeating the current expiry is not a change.
+        let same = EditRequest {
+            expiry_date: Some(t.expires_at),
+            name: Some("renamed".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            edit(&store, &user("root"), None, &t.id, same, &actor())
+                .unwrap()
+                .name,
+            "renamed"
+        );
+        let e = edit(
+            &store,
+            &user("alice"),
+            None,
+            &t.id,
+            EditRequest {
+                permissions: Some(vec!["ADMIN".into()]),
+                ..Default::default()
+            },
+            &actor(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)));
+        let edited = edit(
+            &store,
+            &user("alice"),
+            None,
+            &t.id,
+            EditRequest {
+                permissions: Some(vec!["REPO_READ".into()]),
+                ..Default::default()
+            },
+            &actor(),
+        )
+        .unwrap();
+        assert_eq!(edited.permissions.to_string(), "REPO_READ");
+        assert_eq!(edited.expires_at, t.expires_at);
+
+        // Rotation: owner only; the old secret stops at once without an overlap.
+        assert!(matches!(
+            rotate(&store, &user("root"), None, &t.id, 0, &actor()),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(matches!(
+            rotate(
+                &store,
+                &user("alice"),
+                None,
+                &t.id,
+                MAX_OVERLAP_SECS + 1,
+                &actor()
+            ),
+            Err(Error::Invalid(_))
+        ));
+        let (r, new_secret) = rotate(&store, &user("alice"), None, &t.id, 0, &actor()).unwrap();
+        assert_eq!(
+            (r.id.as_str(), r.permissions),
+            (t.id.as_str(), edited.permissions)
+        );
+        assert_eq!(token::parse(new_secret.expose()).unwrap().as_str(), t.id);
+        let rec = store.auth_record(&t.id).unwrap().unwrap();
+        let now = clock::now_ms();
+        assert!(rec.secret_matches(&token::hash(new_secret.expose()), now));
+        assert!(!rec.secret_matches(&token::hash(old_secret.expose()), now));
+        // With an overlap the previous secret works until it ends.
+        let (_, newer) = rotate(&store, &user("alice"), None, &t.id, 60, &actor()).unwrap();
+        let rec = store.auth_record(&t.id).unwrap().unwrap();
+        assert!(rec.secret_matches(&token::hash(newer.expose()), now));
+        assert!(rec.secret_matches(&token::hash(new_secret.expose()), now));
+        assert!(!rec.secret_matches(&token::hash(new_secret.expose()), now + 61_000));
+
+        assert!(matches!(
+            revoke(&store, &user("bob"), None, &t.id, &actor()),
+            Err(Error::Forbidden(_))
+        ));
+        revoke(&store, &user("root"), Some(&alice), &t.id, &actor()).unwrap();
+        assert!(matches!(
+            revoke(&store, &user("alice"), None, &t.id, &actor()),
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            edit(
+                &store,
+                &user("alice"),
+                None,
+                &t.id,
+                EditRequest {
+                    name: Some("x".into()),
+                    ..Default::default()
+                },
+                &actor()
+            ),
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            rotate(&store, &user("alice"), None, &t.id, 0, &actor()),
+            Err(Error::Conflict(_))
+        ));
+
+        let actions: Vec<String> = store
+            .audit_events(None, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        for a in [
+            "token.created",
+            "token.edited",
+            "token.rotated",
+            "token.revoked",
+        ] {
+            assert!(
+                actions.iter().any(|x| x == a),
+                "{a} missing from {actions:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lists_are_per_subject() {
+        let (_d, store) = setup();
+        create(&store, &user("alice"), personal("alice", None), &actor()).unwrap();
+        create(&store, &user("bob"), personal("bob", None), &actor()).unwrap();
+        let alice = Subject::Personal("alice".into());
+        assert_eq!(list(&store, &user("alice"), &alice).unwrap().len(), 1);
+        assert_eq!(list(&store, &user("root"), &alice).unwrap().len(), 1);
+        assert!(matches!(
+            list(&store, &user("bob"), &alice),
+            Err(Error::Forbidden(_))
+        ));
+        let team = Subject::Scoped(Target::parse("team").unwrap());
+        assert!(matches!(
+            list(&store, &user("alice"), &team),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(list(&store, &user("root"), &team).unwrap().is_empty());
+    }
 }

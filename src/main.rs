@@ -40,6 +40,9 @@ enum Command {
     /// Manage access tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Show or set the token expiry policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Show audit events.
     Audit {
         /// Only events at or after this date (YYYY-MM-DD) or epoch milliseconds.
@@ -76,6 +79,27 @@ enum UserCommand {
         name: String,
         #[arg(long)]
         password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Show the policy and the tokens that do not meet it.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the policy; it applies to tokens created from then on.
+    Set {
+        /// yes|no: whether new tokens must have an expiry.
+        #[arg(long)]
+        expiry_required: Option<String>,
+        /// The most days a new token may live when an expiry is required.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_expiry_days: Option<u32>,
+        /// Remove the maximum.
+        #[arg(long, conflicts_with = "max_expiry_days")]
+        no_max_expiry_days: bool,
     },
 }
 
@@ -126,6 +150,41 @@ enum TokenCommand {
         /// Expire this many days from now.
         #[arg(long)]
         expiry_days: Option<u32>,
+        /// Only accept the token from this network (CIDR, repeatable; default anywhere).
+        #[arg(long = "allowed-network")]
+        allowed_networks: Vec<String>,
+        /// Read the owner's password from the first line of stdin (personal tokens).
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a token's name, permissions or networks (never its expiry).
+    Edit {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The new permission set (repeatable), replacing the old one.
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        /// The new network list (CIDR, repeatable), replacing the old one.
+        #[arg(long = "allowed-network")]
+        allowed_networks: Vec<String>,
+        /// Accept the token from anywhere again.
+        #[arg(long, conflicts_with = "allowed_networks")]
+        any_network: bool,
+        /// Refused: an expiry never changes (accepted only to say so clearly).
+        #[arg(long, hide = true)]
+        expiry_days: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a token a new secret (same id, name and permissions); prints it on stdout.
+    Rotate {
+        id: String,
+        /// Keep the old secret working this many seconds (default 0: refused at once).
+        #[arg(long, default_value_t = 0)]
+        overlap_seconds: u32,
         /// Read the owner's password from the first line of stdin (personal tokens).
         #[arg(long)]
         password_stdin: bool,
@@ -205,6 +264,7 @@ fn run(args: Cli) -> Result<(), String> {
                 name,
                 permissions,
                 expiry_days,
+                allowed_networks,
                 password_stdin,
                 json,
             } => cli::token::create(
@@ -214,15 +274,57 @@ fn run(args: Cli) -> Result<(), String> {
                     project: target.project.as_deref(),
                     repo: target.repo.as_deref(),
                 },
-                &name,
-                &permissions,
-                expiry_days,
-                password_stdin,
-                json,
+                cli::token::Create {
+                    name: &name,
+                    permissions: &permissions,
+                    expiry_days,
+                    allowed_networks: &allowed_networks,
+                    password_stdin,
+                    json,
+                },
             ),
             TokenCommand::List { user, json } => cli::token::list(&store, user.as_deref(), json),
             TokenCommand::Show { id, json } => cli::token::show(&store, &id, json),
             TokenCommand::Revoke { id } => cli::token::revoke(&store, &id),
+            TokenCommand::Edit {
+                id,
+                name,
+                permissions,
+                allowed_networks,
+                any_network,
+                expiry_days,
+                json,
+            } => cli::token::edit(
+                &store,
+                &id,
+                cli::token::Edit {
+                    name: name.as_deref(),
+                    permissions: &permissions,
+                    allowed_networks: &allowed_networks,
+                    any_network,
+                    expiry_days,
+                    json,
+                },
+            ),
+            TokenCommand::Rotate {
+                id,
+                overlap_seconds,
+                password_stdin,
+                json,
+            } => cli::token::rotate(&store, &id, overlap_seconds, password_stdin, json),
+        },
+        Command::Policy(cmd) => match cmd {
+            PolicyCommand::Show { json } => cli::policy::show(&store, json),
+            PolicyCommand::Set {
+                expiry_required,
+                max_expiry_days,
+                no_max_expiry_days,
+            } => cli::policy::set(
+                &store,
+                expiry_required.as_deref(),
+                max_expiry_days,
+                no_max_expiry_days,
+            ),
         },
         Command::Audit { since, json } => cli::audit::show(&store, since.as_deref(), json),
     }

@@ -11,12 +11,16 @@
 //!   the user's tokens at once;
 //! - a project or repository token has its `REPO_*` permission inside its scope and nothing
 //!   outside;
-//! - fetch needs read, push needs write; too little is forbidden (403).
+//! - fetch needs read, push needs write; too little is forbidden (403);
+//! - a token limited to source networks (CIDR) is forbidden (403) from anywhere else, so a
+//!   leaked CI token is useless outside the CI network.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use crate::clock;
 use crate::git::{valid_segment, RepoPath};
+use crate::network;
 use crate::permission::{Access, Level, TokenKind, TokenPermission};
 use crate::store::{AuthRecord, Role};
 
@@ -94,12 +98,13 @@ impl Deny {
 
 /// Decide whether the token in `record` (already matched against the presented secret) may do
 /// `access` on `repo` at time `now` (epoch ms). `basic_user` is the username of Basic
-/// credentials, `None` for Bearer.
+/// credentials, `None` for Bearer; `remote` is the client's address.
 pub fn authorize(
     record: &AuthRecord,
     basic_user: Option<&str>,
     repo: &RepoPath,
     access: Access,
+    remote: IpAddr,
     now: i64,
 ) -> Result<Identity, Deny> {
     let token = &record.token;
@@ -116,6 +121,12 @@ pub fn authorize(
                 clock::date(expires)
             )));
         }
+    }
+    if !network::allowed(&token.allowed_networks, remote) {
+        return Err(Deny::Forbidden(format!(
+            "token '{name}' may only be used from {}; this request came from {remote}",
+            token.network_names().join(", ")
+        )));
     }
     let token_level = token.permissions.repo();
     let needed = access.required();
@@ -225,8 +236,11 @@ mod tests {
                 last_used_at: None,
                 last_used_addr: None,
                 revoked_at: None,
+                rotated_at: None,
+                allowed_networks: vec![],
             },
             secret_hash: vec![],
+            previous: None,
             owner: Some(Owner {
                 slug: "alice".into(),
                 role,
@@ -255,7 +269,35 @@ mod tests {
         repo_s: &str,
         a: Access,
     ) -> Result<Identity, Deny> {
-        authorize(r, user, &repo(repo_s), a, NOW)
+        authorize(r, user, &repo(repo_s), a, "127.0.0.1".parse().unwrap(), NOW)
+    }
+
+    #[test]
+    fn allowed_networks_are_enforced() {
+        let mut r = personal("REPO_WRITE", Role::User, &[("team", Level::Write)]);
+        r.token.allowed_networks = network::parse_list(&["10.0.0.0/8", "2001:db8::/32"]).unwrap();
+        let at = |r: &AuthRecord, ip: &str| {
+            authorize(
+                r,
+                None,
+                &repo("team/app"),
+                Access::Read,
+                ip.parse().unwrap(),
+                NOW,
+            )
+        };
+        assert!(at(&r, "10.1.2.3").is_ok());
+        assert!(at(&r, "2001:db8::7").is_ok());
+        assert_eq!(
+            at(&r, "127.0.0.1").unwrap_err(),
+            Deny::Forbidden(
+                "token 'laptop' may only be used from 10.0.0.0/8, 2001:db8::/32; this request came from 127.0.0.1"
+                    .into()
+            )
+        );
+        // Revocation is still reported first: the token is dead wherever it comes from.
+        r.token.revoked_at = Some(1);
+        assert!(matches!(at(&r, "127.0.0.1"), Err(Deny::Unauthenticated(_))));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{print_json, read_password, when};
 use crate::clock;
-use crate::lifecycle::{self, CreateRequest, Subject};
+use crate::lifecycle::{self, Caller, CreateRequest, EditRequest, ExpiryPolicy, Subject};
 use crate::policy::Target;
 use crate::store::{Actor, Store, TokenRecord};
 
@@ -18,25 +18,33 @@ pub struct For<'a> {
     pub repo: Option<&'a str>,
 }
 
-pub fn create(
-    store: &Store,
-    who: For,
-    name: &str,
-    permissions: &[String],
-    expiry_days: Option<u32>,
-    password_stdin: bool,
-    json: bool,
-) -> Result<(), String> {
+/// The rest of what `token create` was given.
+pub struct Create<'a> {
+    pub name: &'a str,
+    pub permissions: &'a [String],
+    pub expiry_days: Option<u32>,
+    pub allowed_networks: &'a [String],
+    pub password_stdin: bool,
+    pub json: bool,
+}
+
+pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
+    let Create {
+        name,
+        permissions,
+        expiry_days,
+        allowed_networks,
+        password_stdin,
+        json,
+    } = c;
+    let mut caller = Caller::Operator;
     let subject = match (who.user, who.project, who.repo) {
         (Some(user), None, None) => {
             if store.user(user).map_err(|e| e.to_string())?.is_none() {
                 return Err(format!("no user '{user}'"));
             }
-            let password = read_password(password_stdin, &format!("Password for {user}: "))?;
-            Subject::Personal {
-                user: user.to_string(),
-                password,
-            }
+            caller = login_as_owner(store, user, password_stdin, "created")?;
+            Subject::Personal(user.to_string())
         }
         (None, Some(project), None) => {
             if project.contains('/') {
@@ -58,11 +66,13 @@ pub fn create(
     };
     let (record, secret) = lifecycle::create(
         store,
+        &caller,
         CreateRequest {
             subject,
             name: name.to_string(),
             permissions: permissions.to_vec(),
             expiry_days,
+            allowed_networks: allowed_networks.to_vec(),
         },
         &Actor::cli(),
     )
@@ -91,8 +101,9 @@ pub fn create(
 
 pub fn list(store: &Store, user: Option<&str>, json: bool) -> Result<(), String> {
     let tokens = store.tokens(user).map_err(|e| e.to_string())?;
+    let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
     if json {
-        let values: Vec<_> = tokens.iter().map(TokenRecord::to_json).collect();
+        let values: Vec<_> = tokens.iter().map(|t| to_json(t, &policy)).collect();
         return print_json(&json!(values));
     }
     println!(
@@ -110,20 +121,30 @@ pub fn list(store: &Store, user: Option<&str>, json: bool) -> Result<(), String>
             t.permissions.to_string(),
             when(t.expires_at),
             when(t.last_used_at),
-            status(&t, now)
+            status(&t, &policy, now)
         );
     }
     Ok(())
 }
 
+/// The `--json` shape of a token: the store's fields plus whether it meets the expiry policy.
+fn to_json(t: &TokenRecord, policy: &ExpiryPolicy) -> serde_json::Value {
+    let mut value = t.to_json();
+    value["compliant"] = json!(policy.compliant(t));
+    value
+}
+
 pub fn show(store: &Store, id: &str, json: bool) -> Result<(), String> {
-    let t = store
-        .token(id)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no token with id '{id}'"))?;
+    let t = lifecycle::get(store, &Caller::Operator, None, id).map_err(|e| e.to_string())?;
+    let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
     if json {
-        return print_json(&t.to_json());
+        return print_json(&to_json(&t, &policy));
     }
+    print_details(&t, &policy);
+    Ok(())
+}
+
+fn print_details(t: &TokenRecord, policy: &ExpiryPolicy) {
     println!("id:          {}", t.id);
     println!("name:        {}", t.name);
     println!("kind:        {}", t.kind.as_str());
@@ -136,6 +157,15 @@ pub fn show(store: &Store, id: &str, json: bool) -> Result<(), String> {
     );
     println!("expires:     {}", when(t.expires_at));
     println!(
+        "networks:    {}",
+        if t.allowed_networks.is_empty() {
+            "anywhere".to_string()
+        } else {
+            t.network_names().join(", ")
+        }
+    );
+    println!("rotated:     {}", when(t.rotated_at));
+    println!(
         "last used:   {}{}",
         when(t.last_used_at),
         t.last_used_addr
@@ -143,13 +173,11 @@ pub fn show(store: &Store, id: &str, json: bool) -> Result<(), String> {
             .map(|a| format!(" from {a}"))
             .unwrap_or_default()
     );
-    println!("status:      {}", status(&t, clock::now_ms()));
-    Ok(())
+    println!("status:      {}", status(t, policy, clock::now_ms()));
 }
 
 pub fn revoke(store: &Store, id: &str) -> Result<(), String> {
-    let t = store
-        .revoke_token(id, &Actor::cli())
+    let t = lifecycle::revoke(store, &Caller::Operator, None, id, &Actor::cli())
         .map_err(|e| e.to_string())?;
     eprintln!(
         "revoked token '{}' ({}) of {}; it is refused from the next request on",
@@ -160,11 +188,110 @@ pub fn revoke(store: &Store, id: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn status(t: &TokenRecord, now: i64) -> &'static str {
+/// What `token edit` was given on the command line.
+pub struct Edit<'a> {
+    pub name: Option<&'a str>,
+    pub permissions: &'a [String],
+    pub allowed_networks: &'a [String],
+    pub any_network: bool,
+    pub expiry_days: Option<u32>,
+    pub json: bool,
+}
+
+pub fn edit(store: &Store, id: &str, e: Edit) -> Result<(), String> {
+    let allowed_networks = if e.any_network {
+        Some(Vec::new())
+    } else if e.allowed_networks.is_empty() {
+        None
+    } else {
+        Some(e.allowed_networks.to_vec())
+    };
+    let req = EditRequest {
+        name: e.name.map(str::to_string),
+        permissions: (!e.permissions.is_empty()).then(|| e.permissions.to_vec()),
+        allowed_networks,
+        expiry_days: e.expiry_days,
+        expiry_date: None,
+    };
+    if req.name.is_none()
+        && req.permissions.is_none()
+        && req.allowed_networks.is_none()
+        && req.expiry_days.is_none()
+    {
+        return Err(
+            "nothing to change: give --name, --permission, --allowed-network or --any-network"
+                .into(),
+        );
+    }
+    let t = lifecycle::edit(store, &Caller::Operator, None, id, req, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
+    if e.json {
+        return print_json(&to_json(&t, &policy));
+    }
+    eprintln!("token '{}' ({}) updated", t.name, t.id);
+    print_details(&t, &policy);
+    Ok(())
+}
+
+/// `token rotate`: a new secret for the same token, printed alone on stdout like `create`.
+/// A personal token is rotated only by its owner, so this asks for the owner's password.
+pub fn rotate(
+    store: &Store,
+    id: &str,
+    overlap_secs: u32,
+    password_stdin: bool,
+    json: bool,
+) -> Result<(), String> {
+    let t = lifecycle::get(store, &Caller::Operator, None, id).map_err(|e| e.to_string())?;
+    let caller = match &t.owner {
+        Some(owner) => login_as_owner(store, owner, password_stdin, "rotated")?,
+        None => Caller::Operator,
+    };
+    let (record, secret) = lifecycle::rotate(store, &caller, None, id, overlap_secs, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    if json {
+        let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
+        let mut value = to_json(&record, &policy);
+        value["token"] = json!(secret.expose());
+        return print_json(&value);
+    }
+    let old = if overlap_secs == 0 {
+        "the old secret is refused from now on".to_string()
+    } else {
+        format!("the old secret keeps working for {overlap_secs} more seconds")
+    };
+    eprintln!(
+        "rotated token '{}' ({}) of {}; {old}",
+        record.name,
+        record.id,
+        record.principal()
+    );
+    eprintln!("the new secret below is shown once; store it now:");
+    println!("{}", secret.expose());
+    Ok(())
+}
+
+/// Personal tokens are created and rotated only by their owner: prove it with the password.
+fn login_as_owner(
+    store: &Store,
+    user: &str,
+    password_stdin: bool,
+    what: &str,
+) -> Result<Caller, String> {
+    let password = read_password(password_stdin, &format!("Password for {user}: "))?;
+    lifecycle::login(store, user, &password, &Actor::cli()).map_err(|e| {
+        format!("{e}: a personal token can only be {what} by its owner, with the owner's password")
+    })
+}
+
+fn status(t: &TokenRecord, policy: &ExpiryPolicy, now: i64) -> &'static str {
     if t.revoked_at.is_some() {
         "revoked"
     } else if t.expires_at.is_some_and(|e| now >= e) {
         "expired"
+    } else if !policy.compliant(t) {
+        "active, non-compliant"
     } else {
         "active"
     }

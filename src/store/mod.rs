@@ -14,8 +14,10 @@
 //! a file has not seen yet.
 
 mod audit;
+mod cache;
 mod grants;
 mod schema;
+mod settings;
 mod tokens;
 mod users;
 
@@ -28,7 +30,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit::AuditEvent;
 pub use grants::Grant;
-pub use tokens::{validate_name, AuthRecord, NewToken, Owner, TokenRecord};
+pub use tokens::{validate_name, AuthRecord, NewToken, Owner, TokenEdit, TokenRecord};
 pub use users::{validate_slug, Role, User};
 
 /// How long a connection waits for another process's write lock before giving up.
@@ -118,6 +120,7 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    cache: cache::AuthCache,
 }
 
 impl Store {
@@ -146,10 +149,12 @@ impl Store {
             )));
         }
         schema::migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
+        let watcher = connect(path, false).map_err(|e| open_err(e.to_string()))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 idle: Mutex::new(vec![conn]),
+                cache: cache::AuthCache::new(watcher),
             }),
         })
     }
@@ -197,6 +202,36 @@ impl Store {
                 None => None,
             })
         })
+    }
+
+    /// The auth record for token `id` from the in-memory cache, if it is there and nothing has
+    /// been committed to the store since it was read. Cheap: no query but `PRAGMA data_version`.
+    pub fn cached_auth_record(&self, id: &str) -> Result<Option<Arc<AuthRecord>>> {
+        let version = self.inner.cache.version()?;
+        Ok(self.inner.cache.get(id, version))
+    }
+
+    /// The auth record for token `id`: from the cache when valid, else read and cached.
+    pub fn auth_record_cached(&self, id: &str) -> Result<Option<Arc<AuthRecord>>> {
+        let version = self.inner.cache.version()?;
+        if let Some(hit) = self.inner.cache.get(id, version) {
+            return Ok(Some(hit));
+        }
+        let Some(record) = self.auth_record(id)? else {
+            return Ok(None);
+        };
+        let record = Arc::new(record);
+        self.inner.cache.put(record.clone(), version);
+        Ok(Some(record))
+    }
+
+    /// Token cache hits and misses since start, for metrics.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.cache.hits.load(Relaxed),
+            self.inner.cache.misses.load(Relaxed),
+        )
     }
 
     /// Quick health check: can the store be read right now?

@@ -6,7 +6,8 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            INTEGER PRIMARY KEY,
     slug          TEXT NOT NULL UNIQUE,
@@ -55,7 +56,16 @@ CREATE TABLE audit_events (
     source TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX audit_events_at ON audit_events(at);
-"#];
+"#,
+    // 2: rotation keeps the previous secret's hash valid until a time (the overlap), and a token
+    // may be limited to source networks (comma-separated CIDRs; NULL means anywhere).
+    r#"
+ALTER TABLE tokens ADD COLUMN previous_hash BLOB;
+ALTER TABLE tokens ADD COLUMN previous_valid_until INTEGER;
+ALTER TABLE tokens ADD COLUMN rotated_at INTEGER;
+ALTER TABLE tokens ADD COLUMN allowed_networks TEXT;
+"#,
+];
 
 /// The schema version this build writes.
 pub const CURRENT: i64 = MIGRATIONS.len() as i64;
@@ -103,5 +113,26 @@ mod tests {
         conn.pragma_update(None, "user_version", CURRENT + 1)
             .unwrap();
         assert!(migrate(&mut conn).is_err());
+    }
+
+    #[test]
+    fn a_version_1_store_keeps_its_tokens_through_migration_2() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO tokens (id, kind, name, scope, permissions, secret_hash, created_at, created_by)
+             VALUES ('abcdefghijkl', 'project', 'ci', 'team', 'REPO_READ', x'00', 1, 'test')",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let (name, networks, previous): (String, Option<String>, Option<Vec<u8>>) = conn
+            .query_row(
+                "SELECT name, allowed_networks, previous_hash FROM tokens",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((name.as_str(), networks, previous), ("ci", None, None));
     }
 }

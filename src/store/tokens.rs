@@ -9,6 +9,7 @@ use super::grants::grants_of;
 use super::users::{require_user, Role};
 use super::{Actor, Result, Store, StoreError};
 use crate::clock;
+use crate::network::{self, Cidr};
 use crate::permission::{Level, TokenKind, TokenPermissions};
 use crate::policy::Target;
 
@@ -29,6 +30,10 @@ pub struct TokenRecord {
     pub last_used_at: Option<i64>,
     pub last_used_addr: Option<String>,
     pub revoked_at: Option<i64>,
+    /// When the secret was last replaced (`token rotate`).
+    pub rotated_at: Option<i64>,
+    /// Source networks the token may be used from; empty means anywhere.
+    pub allowed_networks: Vec<Cidr>,
 }
 
 impl TokenRecord {
@@ -47,7 +52,14 @@ impl TokenRecord {
             "lastUsedAt": self.last_used_at,
             "lastUsedAddress": self.last_used_addr,
             "revokedAt": self.revoked_at,
+            "rotatedAt": self.rotated_at,
+            "allowedNetworks": self.network_names(),
         })
+    }
+
+    /// The allowed networks as text, e.g. `["10.0.0.0/8"]`.
+    pub fn network_names(&self) -> Vec<String> {
+        self.allowed_networks.iter().map(Cidr::to_string).collect()
     }
 
     /// Who or what the token stands for: the owner, or `project:team` / `repo:team/app`.
@@ -66,7 +78,23 @@ impl TokenRecord {
 pub struct AuthRecord {
     pub token: TokenRecord,
     pub secret_hash: Vec<u8>,
+    /// After a rotation with an overlap: the previous secret's hash and until when it is valid.
+    pub previous: Option<(Vec<u8>, i64)>,
     pub owner: Option<Owner>,
+}
+
+impl AuthRecord {
+    /// Whether `presented` (the SHA-256 of the secret the client sent) is this token's secret at
+    /// time `now`: the current one, or the previous one inside its rotation overlap. Both
+    /// comparisons always run, in constant time.
+    pub fn secret_matches(&self, presented: &[u8], now: i64) -> bool {
+        let current = crate::token::constant_time_eq(presented, &self.secret_hash);
+        let previous = match &self.previous {
+            Some((hash, until)) => crate::token::constant_time_eq(presented, hash) && now < *until,
+            None => false,
+        };
+        current | previous
+    }
 }
 
 /// A personal token's owner as of this read.
@@ -88,6 +116,33 @@ pub struct NewToken<'a> {
     pub permissions: TokenPermissions,
     pub secret_hash: [u8; 32],
     pub expires_at: Option<i64>,
+    pub allowed_networks: &'a [Cidr],
+    /// Epoch ms; the same instant the expiry was counted from, so that `expiresAt - createdAt`
+    /// is exactly the days asked for.
+    pub created_at: i64,
+}
+
+/// What an edit changes; `None` leaves a field as it is. The expiry is deliberately absent: it
+/// never changes once a token exists.
+#[derive(Default)]
+pub struct TokenEdit {
+    pub name: Option<String>,
+    pub permissions: Option<TokenPermissions>,
+    pub allowed_networks: Option<Vec<Cidr>>,
+}
+
+fn networks_to_db(networks: &[Cidr]) -> Option<String> {
+    if networks.is_empty() {
+        None
+    } else {
+        Some(
+            networks
+                .iter()
+                .map(Cidr::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    }
 }
 
 /// Token names: 1–100 characters, no control characters.
@@ -101,10 +156,13 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 const SELECT: &str = "SELECT t.id, t.kind, t.name, u.slug, t.scope, t.permissions, t.created_at,
-    t.created_by, t.expires_at, t.last_used_at, t.last_used_addr, t.revoked_at, t.secret_hash, t.owner_id
+    t.created_by, t.expires_at, t.last_used_at, t.last_used_addr, t.revoked_at, t.secret_hash, t.owner_id,
+    t.rotated_at, t.allowed_networks, t.previous_hash, t.previous_valid_until
     FROM tokens t LEFT JOIN users u ON u.id = t.owner_id";
 
-fn token_from_row(r: &rusqlite::Row) -> rusqlite::Result<(TokenRecord, Vec<u8>, Option<i64>)> {
+type TokenRow = (TokenRecord, Vec<u8>, Option<i64>, Option<(Vec<u8>, i64)>);
+
+fn token_from_row(r: &rusqlite::Row) -> rusqlite::Result<TokenRow> {
     let bad = |i: usize, m: String| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, m.into())
     };
@@ -116,6 +174,19 @@ fn token_from_row(r: &rusqlite::Row) -> rusqlite::Result<(TokenRecord, Vec<u8>, 
     let names: String = r.get(5)?;
     let names: Vec<&str> = names.split(',').collect();
     let permissions = TokenPermissions::from_names(kind, &names).map_err(|m| bad(5, m))?;
+    let networks: Option<String> = r.get(15)?;
+    let networks: Vec<&str> = networks
+        .as_deref()
+        .map(|n| n.split(',').collect())
+        .unwrap_or_default();
+    let allowed_networks = network::parse_list(&networks).map_err(|m| bad(15, m))?;
+    let previous = match (
+        r.get::<_, Option<Vec<u8>>>(16)?,
+        r.get::<_, Option<i64>>(17)?,
+    ) {
+        (Some(hash), Some(until)) => Some((hash, until)),
+        _ => None,
+    };
     Ok((
         TokenRecord {
             id: r.get(0)?,
@@ -130,9 +201,12 @@ fn token_from_row(r: &rusqlite::Row) -> rusqlite::Result<(TokenRecord, Vec<u8>, 
             last_used_at: r.get(9)?,
             last_used_addr: r.get(10)?,
             revoked_at: r.get(11)?,
+            rotated_at: r.get(14)?,
+            allowed_networks,
         },
         r.get(12)?,
         r.get(13)?,
+        previous,
     ))
 }
 
@@ -140,7 +214,7 @@ fn find_token(c: &rusqlite::Connection, id: &str) -> Result<Option<TokenRecord>>
     Ok(c.prepare_cached(&format!("{SELECT} WHERE t.id = ?1"))?
         .query_row([id], token_from_row)
         .optional()?
-        .map(|(t, _, _)| t))
+        .map(|(t, ..)| t))
 }
 
 fn require_token(c: &rusqlite::Connection, id: &str) -> Result<TokenRecord> {
@@ -157,8 +231,8 @@ impl Store {
             };
             tx.execute(
                 "INSERT INTO tokens (id, kind, name, owner_id, scope, permissions, secret_hash,
-                                     created_at, created_by, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                     created_at, created_by, expires_at, allowed_networks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     new.id,
                     new.kind.as_str(),
@@ -167,9 +241,10 @@ impl Store {
                     new.scope.map(|s| s.to_string()),
                     new.permissions.to_string(),
                     &new.secret_hash[..],
-                    clock::now_ms(),
+                    new.created_at,
                     actor.name,
                     new.expires_at,
+                    networks_to_db(new.allowed_networks),
                 ],
             )?;
             let token = require_token(tx, new.id)?;
@@ -240,6 +315,114 @@ impl Store {
         })
     }
 
+    /// Change a token's name, permissions or networks (never its expiry), with an audit event
+    /// naming what changed. A revoked token cannot be edited.
+    pub fn edit_token(&self, id: &str, edit: &TokenEdit, actor: &Actor) -> Result<TokenRecord> {
+        if let Some(name) = &edit.name {
+            validate_name(name)?;
+        }
+        self.write(|tx| {
+            let before = require_token(tx, id)?;
+            if before.revoked_at.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "token '{}' ({id}) is revoked and cannot be changed",
+                    before.name
+                )));
+            }
+            let mut changes = Vec::new();
+            if let Some(name) = edit.name.as_deref().filter(|n| *n != before.name) {
+                tx.execute(
+                    "UPDATE tokens SET name = ?1 WHERE id = ?2",
+                    params![name, id],
+                )?;
+                changes.push(format!("name '{}' -> '{name}'", before.name));
+            }
+            if let Some(p) = edit.permissions.filter(|p| *p != before.permissions) {
+                tx.execute(
+                    "UPDATE tokens SET permissions = ?1 WHERE id = ?2",
+                    params![p.to_string(), id],
+                )?;
+                changes.push(format!("permissions {} -> {p}", before.permissions));
+            }
+            if let Some(n) = edit
+                .allowed_networks
+                .as_ref()
+                .filter(|n| **n != before.allowed_networks)
+            {
+                tx.execute(
+                    "UPDATE tokens SET allowed_networks = ?1 WHERE id = ?2",
+                    params![networks_to_db(n), id],
+                )?;
+                let show = |v: &[Cidr]| match networks_to_db(v) {
+                    Some(s) => s,
+                    None => "anywhere".into(),
+                };
+                changes.push(format!(
+                    "networks {} -> {}",
+                    show(&before.allowed_networks),
+                    show(n)
+                ));
+            }
+            if !changes.is_empty() {
+                record(
+                    tx,
+                    actor,
+                    "token.edited",
+                    id,
+                    &format!("token of {}: {}", before.principal(), changes.join("; ")),
+                )?;
+            }
+            require_token(tx, id)
+        })
+    }
+
+    /// Replace a token's secret hash. With `previous_valid_until`, the old secret keeps working
+    /// until then (the rotation overlap); without, it stops at once.
+    pub fn rotate_token(
+        &self,
+        id: &str,
+        new_hash: [u8; 32],
+        previous_valid_until: Option<i64>,
+        actor: &Actor,
+    ) -> Result<TokenRecord> {
+        self.write(|tx| {
+            let before = require_token(tx, id)?;
+            if before.revoked_at.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "token '{}' ({id}) is revoked and cannot be rotated",
+                    before.name
+                )));
+            }
+            let now = clock::now_ms();
+            let previous_valid_until = previous_valid_until.filter(|until| *until > now);
+            tx.execute(
+                "UPDATE tokens SET
+                    previous_hash = CASE WHEN ?1 IS NULL THEN NULL ELSE secret_hash END,
+                    previous_valid_until = ?1,
+                    secret_hash = ?2,
+                    rotated_at = ?3
+                 WHERE id = ?4",
+                params![previous_valid_until, &new_hash[..], now, id],
+            )?;
+            let overlap = match previous_valid_until {
+                Some(until) => format!("old secret valid until {}", clock::datetime(until)),
+                None => "old secret refused at once".into(),
+            };
+            record(
+                tx,
+                actor,
+                "token.rotated",
+                id,
+                &format!(
+                    "token '{}' of {}; {overlap}",
+                    before.name,
+                    before.principal()
+                ),
+            )?;
+            require_token(tx, id)
+        })
+    }
+
     /// Everything authentication needs about token `id`, in one read transaction.
     pub fn auth_record(&self, id: &str) -> Result<Option<AuthRecord>> {
         self.with_conn(|c| {
@@ -248,7 +431,7 @@ impl Store {
                 .prepare_cached(&format!("{SELECT} WHERE t.id = ?1"))?
                 .query_row([id], token_from_row)
                 .optional()?;
-            let Some((token, secret_hash, owner_id)) = found else {
+            let Some((token, secret_hash, owner_id, previous)) = found else {
                 return Ok(None);
             };
             let owner = match (owner_id, &token.owner) {
@@ -266,6 +449,7 @@ impl Store {
             Ok(Some(AuthRecord {
                 token,
                 secret_hash,
+                previous,
                 owner,
             }))
         })
@@ -316,6 +500,8 @@ mod tests {
                     permissions: perms(&["REPO_WRITE"]),
                     secret_hash: [7; 32],
                     expires_at: None,
+                    allowed_networks: &[],
+                    created_at: clock::now_ms(),
                 },
                 &actor(),
             )
@@ -372,6 +558,8 @@ mod tests {
                     .unwrap(),
                     secret_hash: [1; 32],
                     expires_at: Some(5),
+                    allowed_networks: &[],
+                    created_at: clock::now_ms(),
                 },
                 &actor(),
             )

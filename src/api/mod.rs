@@ -1,0 +1,403 @@
+//! The management REST API, served by `gitgate serve` under `/rest/` and shaped like Bitbucket
+//! Data Center's `rest/access-tokens/1.0` so that scripts written for Bitbucket keep working.
+//!
+//! Why it looks the way it does:
+//! - **Routed before git classification, never forwarded**: the gate hands every `/rest/` path
+//!   here first, so no management request can reach the git backend, and no git path can be
+//!   mistaken for a management one.
+//! - **HTTP Basic with the user's password only**: tokens cannot manage tokens (a stolen token
+//!   must not be able to mint a longer-lived one). A token given as the password, or a Bearer
+//!   token, is a 401 that says so. Every failure is an audit event.
+//! - **Small JSON, fully read, then synchronous work**: request bodies are capped at
+//!   [`MAX_BODY`] and collected with `Limited`; then password verification (argon2, deliberately
+//!   slow) and the store calls run together in `spawn_blocking`, off the async workers that
+//!   stream git traffic.
+//! - **All rules live in [`crate::lifecycle`]**: this module parses paths and JSON, calls the
+//!   lifecycle, and renders its answers and errors. Errors have Bitbucket's shape,
+//!   `{"errors":[{"context":null,"message":"...","exceptionName":"..."}]}`, with the status
+//!   chosen in one place ([`ApiError::from`]).
+//!
+//! Files: `users_tokens` (`users/{user}/...`), `scoped_tokens` (`projects/{key}/...` and
+//! `projects/{key}/repos/{slug}/...`), `tokens` (the five operations both share, and the token
+//! JSON), `policy` (`admin/policy`, `admin/tokens`).
+
+mod policy;
+mod scoped_tokens;
+mod tokens;
+mod users_tokens;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use crate::credentials::{self, CredentialError, Credentials};
+use crate::gate::ResponseBody;
+use crate::lifecycle::{self, Caller};
+use crate::store::{Actor, Store, StoreError};
+
+/// Where the token API lives.
+const BASE: &str = "/rest/access-tokens/1.0/";
+/// The largest request body accepted: token requests are a few hundred bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Whether the gate should hand this path to the API instead of classifying it as git.
+pub fn is_api_path(path: &str) -> bool {
+    path == "/rest" || path.starts_with("/rest/")
+}
+
+/// An error answer: status, message, and Bitbucket's exception name.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub exception: &'static str,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        let exception = match status {
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
+                "com.atlassian.bitbucket.validation.ArgumentValidationException"
+            }
+            StatusCode::UNAUTHORIZED => {
+                "com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException"
+            }
+            StatusCode::FORBIDDEN => "com.atlassian.bitbucket.AuthorisationException",
+            StatusCode::NOT_FOUND => "com.atlassian.bitbucket.NoSuchEntityException",
+            StatusCode::METHOD_NOT_ALLOWED => {
+                "com.atlassian.bitbucket.rest.MethodNotAllowedException"
+            }
+            StatusCode::CONFLICT => "com.atlassian.bitbucket.IllegalEntityStateException",
+            _ => "com.atlassian.bitbucket.ServiceException",
+        };
+        ApiError {
+            status,
+            message: message.into(),
+            exception,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    fn body(&self) -> Value {
+        json!({"errors": [{
+            "context": null,
+            "message": self.message,
+            "exceptionName": self.exception,
+        }]})
+    }
+}
+
+/// The one place where lifecycle refusals become statuses.
+impl From<lifecycle::Error> for ApiError {
+    fn from(e: lifecycle::Error) -> Self {
+        use lifecycle::Error as E;
+        let status = match &e {
+            E::Invalid(_) => StatusCode::BAD_REQUEST,
+            E::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            E::Forbidden(_) => StatusCode::FORBIDDEN,
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::Conflict(_) => StatusCode::CONFLICT,
+            E::Store(StoreError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
+            E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if let E::Store(err) = &e {
+            tracing::error!(error = %err, "token store failed during a REST call");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        lifecycle::Error::from(e).into()
+    }
+}
+
+/// A successful answer: a status and an optional JSON body (`204` has none).
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Option<Value>,
+}
+
+impl Reply {
+    pub fn ok(body: Value) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body: Some(body),
+        }
+    }
+
+    pub fn no_content() -> Reply {
+        Reply {
+            status: StatusCode::NO_CONTENT,
+            body: None,
+        }
+    }
+}
+
+pub type ApiResult = Result<Reply, ApiError>;
+
+/// One authenticated call, as the resource handlers see it.
+pub struct Call<'a> {
+    pub store: &'a Store,
+    pub caller: Caller,
+    pub actor: Actor,
+    pub method: &'a Method,
+    pub query: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+impl Call<'_> {
+    /// The body as a JSON object; an empty body is an empty object.
+    pub fn json_object(&self) -> Result<Map<String, Value>, ApiError> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Map::new());
+        }
+        match serde_json::from_slice::<Value>(self.body) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            )),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "the request body is not valid JSON: {e}"
+            ))),
+        }
+    }
+
+    /// A query parameter (first occurrence; values are not percent-decoded: the API only takes
+    /// numbers and booleans there).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query?
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// The answer for a method a resource does not support.
+pub fn method_not_allowed(method: &Method, allowed: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not supported here; use {allowed}"),
+    )
+}
+
+/// Serve one API request; never fails (every error is an answer).
+pub async fn handle(
+    store: Store,
+    realm: &str,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().map(str::to_string);
+
+    let outcome = match Limited::new(body, MAX_BODY).collect().await {
+        Err(e) => {
+            let too_big = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            Err(if too_big {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {MAX_BODY} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            })
+        }
+        Ok(collected) => {
+            let body = collected.to_bytes();
+            let headers = parts.headers;
+            let (method, path) = (method.clone(), path.clone());
+            tokio::task::spawn_blocking(move || {
+                dispatch(
+                    &store,
+                    &method,
+                    &path,
+                    query.as_deref(),
+                    &headers,
+                    &body,
+                    remote,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the request failed: {e}"),
+                ))
+            })
+        }
+    };
+
+    let (status, body) = match outcome {
+        Ok(reply) => (reply.status, reply.body),
+        Err(e) => (e.status, Some(e.body())),
+    };
+    tracing::info!(
+        target: "gitgate::request",
+        method = %method,
+        path = %path,
+        remote = %remote.ip(),
+        api = true,
+        status = status.as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    let bytes = match &body {
+        Some(v) => Bytes::from(v.to_string()),
+        None => Bytes::new(),
+    };
+    let mut resp = Response::new(
+        Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    if body.is_some() {
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json;charset=UTF-8"),
+        );
+    }
+    // Answers may carry a secret (create, rotate): never cache any of them.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+            headers.insert(WWW_AUTHENTICATE, v);
+        }
+    }
+    resp
+}
+
+/// Authenticate, then route by path. Runs on a blocking thread.
+fn dispatch(
+    store: &Store,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+    remote: SocketAddr,
+) -> ApiResult {
+    let Some(rest) = path.strip_prefix(BASE) else {
+        return Err(ApiError::not_found(format!(
+            "no REST resource at {path}; the token API is under {BASE}"
+        )));
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let (caller, actor) = authenticate(store, headers, remote)?;
+    let call = Call {
+        store,
+        caller,
+        actor,
+        method,
+        query,
+        body,
+    };
+    match segments.as_slice() {
+        ["users", rest @ ..] => users_tokens::route(&call, rest),
+        ["projects", rest @ ..] => scoped_tokens::route(&call, rest),
+        ["admin", rest @ ..] => policy::route(&call, rest),
+        _ => Err(ApiError::not_found(format!("no REST resource at {path}"))),
+    }
+}
+
+/// HTTP Basic with a user's password, and nothing else.
+fn authenticate(
+    store: &Store,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+) -> Result<(Caller, Actor), ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
+    let source = remote.ip().to_string();
+    let audit = |name: &str, reason: &str| {
+        let actor = Actor {
+            name: name.to_string(),
+            source: source.clone(),
+        };
+        let _ = store.record_event(&actor, "auth.failed", name, &format!("REST API: {reason}"));
+    };
+    match credentials::from_headers(headers) {
+        Err(CredentialError::Missing) => Err(unauthorized(
+            "authentication required: use HTTP Basic with your user name and password",
+        )),
+        Err(e) => {
+            audit("anonymous", &e.to_string());
+            Err(unauthorized(&e.to_string()))
+        }
+        Ok(Credentials::Bearer { .. }) => {
+            audit("anonymous", "access token used to manage tokens");
+            Err(unauthorized(
+                "access tokens cannot be used to manage tokens or users: authenticate with your password",
+            ))
+        }
+        Ok(Credentials::Basic { user, secret }) => {
+            let actor = Actor {
+                name: user.clone(),
+                source: source.clone(),
+            };
+            let caller = lifecycle::login(store, &user, secret.expose(), &actor)?;
+            Ok((caller, actor))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_paths() {
+        assert!(is_api_path("/rest/access-tokens/1.0/users/alice"));
+        assert!(is_api_path("/rest"));
+        assert!(!is_api_path("/restaurant/app.git/info/refs"));
+        assert!(!is_api_path("/team/rest/info/refs"));
+    }
+
+    #[test]
+    fn error_shape() {
+        let e = ApiError::from(lifecycle::Error::Conflict("already revoked".into()));
+        assert_eq!(e.status, StatusCode::CONFLICT);
+        assert_eq!(
+            e.body(),
+            json!({"errors":[{"context":null,"message":"already revoked",
+                "exceptionName":"com.atlassian.bitbucket.IllegalEntityStateException"}]})
+        );
+        assert_eq!(
+            ApiError::from(lifecycle::Error::Invalid("x".into())).status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            ApiError::from(lifecycle::Error::Unauthenticated("x".into())).status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            ApiError::from(lifecycle::Error::Forbidden("x".into())).status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            ApiError::from(lifecycle::Error::NotFound("x".into())).status,
+            StatusCode::NOT_FOUND
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! `rest/access-tokens/1.0/admin/policy` (`GET` for everyone, `PUT` for administrators): the
+//! global expiry policy, `{"expiryRequired": bool, "maxExpiryDays": n|null}`.
+//!
+//! `rest/access-tokens/1.0/admin/tokens` (`GET`, administrators): every active token of every
+//! kind, paged; `?compliant=false` keeps only those that do not meet the policy, so that an
+//! admin can find them and revoke them after tightening it.
+
+use serde_json::{json, Value};
+
+use super::tokens::{page, token_json};
+use super::{method_not_allowed, ApiError, ApiResult, Call, Reply};
+use crate::lifecycle::{self, ExpiryPolicy};
+
+/// Route the path segments after `admin/`.
+pub fn route(call: &Call, segments: &[&str]) -> ApiResult {
+    match segments {
+        ["policy"] => policy(call),
+        ["tokens"] => all_tokens(call),
+        _ => Err(ApiError::not_found(
+            "no such resource: use admin/policy or admin/tokens",
+        )),
+    }
+}
+
+fn policy_json(p: &ExpiryPolicy) -> Value {
+    json!({ "expiryRequired": p.expiry_required, "maxExpiryDays": p.max_expiry_days })
+}
+
+fn policy(call: &Call) -> ApiResult {
+    match call.method.as_str() {
+        "GET" => Ok(Reply::ok(policy_json(&lifecycle::policy(call.store)?))),
+        "PUT" => {
+            let body = call.json_object()?;
+            let current = lifecycle::policy(call.store)?;
+            let expiry_required = match body.get("expiryRequired") {
+                None => current.expiry_required,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "\"expiryRequired\" must be true or false",
+                    ))
+                }
+            };
+            let max_expiry_days = match body.get("maxExpiryDays") {
+                None => current.max_expiry_days,
+                Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().and_then(|d| u32::try_from(d).ok()).ok_or_else(
+                    || {
+                        ApiError::bad_request(
+                            "\"maxExpiryDays\" must be a whole number of days or null",
+                        )
+                    },
+                )?),
+            };
+            let new = ExpiryPolicy {
+                expiry_required,
+                max_expiry_days,
+            };
+            let set = lifecycle::set_policy(call.store, &call.caller, new, &call.actor)?;
+            Ok(Reply::ok(policy_json(&set)))
+        }
+        _ => Err(method_not_allowed(call.method, "GET or PUT")),
+    }
+}
+
+fn all_tokens(call: &Call) -> ApiResult {
+    if call.method.as_str() != "GET" {
+        return Err(method_not_allowed(call.method, "GET"));
+    }
+    let only = match call.query_param("compliant") {
+        None | Some("") => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "\"compliant\" must be true or false, not '{v}'"
+            )))
+        }
+    };
+    let policy = lifecycle::policy(call.store)?;
+    let tokens = lifecycle::list_all(call.store, &call.caller)?;
+    let values: Vec<Value> = tokens
+        .iter()
+        .filter(|t| t.revoked_at.is_none())
+        .filter(|t| only.is_none_or(|want| policy.compliant(t) == want))
+        .map(|t| token_json(call.store, t, &policy))
+        .collect();
+    page(call, values)
+}

@@ -1,0 +1,42 @@
+//! `rest/access-tokens/1.0/projects/{key}[/{id}[/rotate]]` and
+//! `rest/access-tokens/1.0/projects/{key}/repos/{slug}[/{id}[/rotate]]`: project and repository
+//! tokens, for administrators only (see [`crate::lifecycle`]).
+//!
+//! `repos` cannot be mistaken for a token id: ids are exactly 12 characters.
+
+use super::{tokens, ApiError, ApiResult, Call};
+use crate::lifecycle::Subject;
+use crate::policy::Target;
+
+/// Route the path segments after `projects/`.
+pub fn route(call: &Call, segments: &[&str]) -> ApiResult {
+    match segments {
+        [key] => tokens::collection(call, &project(key)?),
+        [key, "repos", slug] => tokens::collection(call, &repo(key, slug)?),
+        [key, "repos", slug, id] => tokens::item(call, &repo(key, slug)?, id),
+        [key, "repos", slug, id, "rotate"] => tokens::rotate(call, &repo(key, slug)?, id),
+        [key, id] => tokens::item(call, &project(key)?, id),
+        [key, id, "rotate"] => tokens::rotate(call, &project(key)?, id),
+        _ => Err(ApiError::not_found(
+            "no such resource: use projects/{key}[/{id}] or projects/{key}/repos/{slug}[/{id}]",
+        )),
+    }
+}
+
+fn project(key: &str) -> Result<Subject, ApiError> {
+    match Target::parse(key) {
+        Ok(t @ Target::Project(_)) => Ok(Subject::Scoped(t)),
+        _ => Err(ApiError::bad_request(format!(
+            "'{key}' is not a project key"
+        ))),
+    }
+}
+
+fn repo(key: &str, slug: &str) -> Result<Subject, ApiError> {
+    match Target::parse(&format!("{key}/{slug}")) {
+        Ok(t @ Target::Repo(_)) if !slug.is_empty() => Ok(Subject::Scoped(t)),
+        _ => Err(ApiError::bad_request(format!(
+            "'{key}/{slug}' is not a repository"
+        ))),
+    }
+}

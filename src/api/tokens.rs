@@ -1,0 +1,319 @@
+//! The five operations every token collection has — create (`PUT`), list (`GET`), show (`GET
+//! .../{id}`), update (`POST .../{id}`), revoke (`DELETE .../{id}`) — plus rotate, and the JSON
+//! a token is shown as. Personal and scoped collections differ only in their [`Subject`], so
+//! they share this code and cannot drift apart.
+//!
+//! Revoked tokens are left out of lists and are "not found" when shown, as in Bitbucket, where
+//! revoking deletes; changing one is a conflict (409). Secrets appear only in the answers to
+//! create and rotate.
+
+use serde_json::{json, Map, Value};
+
+use super::{method_not_allowed, ApiError, ApiResult, Call, Reply};
+use crate::lifecycle::{self, CreateRequest, EditRequest, ExpiryPolicy, Subject};
+use crate::policy::Target;
+use crate::store::{Store, TokenRecord};
+
+/// Page size when the client gives none, and the most it may ask for.
+const DEFAULT_LIMIT: usize = 25;
+const MAX_LIMIT: usize = 1000;
+
+/// `PUT` creates, `GET` lists.
+pub fn collection(call: &Call, subject: &Subject) -> ApiResult {
+    match call.method.as_str() {
+        "GET" => {
+            let policy = lifecycle::policy(call.store)?;
+            let tokens = lifecycle::list(call.store, &call.caller, subject)?;
+            let values: Vec<Value> = tokens
+                .iter()
+                .filter(|t| t.revoked_at.is_none())
+                .map(|t| token_json(call.store, t, &policy))
+                .collect();
+            page(call, values)
+        }
+        "PUT" => {
+            let body = call.json_object()?;
+            let name = string(&body, "name")?
+                .ok_or_else(|| ApiError::bad_request("\"name\" is required"))?;
+            let permissions = strings(&body, "permissions")?.ok_or_else(|| {
+                ApiError::bad_request("\"permissions\" is required, e.g. [\"REPO_READ\"]")
+            })?;
+            let req = CreateRequest {
+                subject: subject.clone(),
+                name,
+                permissions,
+                expiry_days: days(&body, "expiryDays")?,
+                allowed_networks: strings(&body, "allowedNetworks")?.unwrap_or_default(),
+            };
+            let (token, secret) = lifecycle::create(call.store, &call.caller, req, &call.actor)?;
+            let mut value = token_json(call.store, &token, &lifecycle::policy(call.store)?);
+            value["token"] = json!(secret.expose());
+            Ok(Reply::ok(value))
+        }
+        _ => Err(method_not_allowed(call.method, "GET or PUT")),
+    }
+}
+
+/// `GET` shows, `POST` updates, `DELETE` revokes.
+pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
+    match call.method.as_str() {
+        "GET" => {
+            let token = lifecycle::get(call.store, &call.caller, Some(subject), id)?;
+            if token.revoked_at.is_some() {
+                return Err(ApiError::not_found(format!(
+                    "token '{}' ({id}) has been revoked",
+                    token.name
+                )));
+            }
+            Ok(Reply::ok(token_json(
+                call.store,
+                &token,
+                &lifecycle::policy(call.store)?,
+            )))
+        }
+        "POST" => {
+            let body = call.json_object()?;
+            let expiry_days = match body.get("expiryDays") {
+                None | Some(Value::Null) => None,
+                // Any value is an attempt to change the expiry; the lifecycle refuses it.
+                Some(v) => Some(
+                    v.as_u64()
+                        .and_then(|d| u32::try_from(d).ok())
+                        .unwrap_or(u32::MAX),
+                ),
+            };
+            let expiry_date = match body.get("expiryDate") {
+                None => None,
+                Some(Value::Null) => Some(None),
+                Some(v) => Some(Some(v.as_i64().ok_or_else(|| {
+                    ApiError::bad_request("\"expiryDate\" must be epoch milliseconds")
+                })?)),
+            };
+            let req = EditRequest {
+                name: string(&body, "name")?,
+                permissions: strings(&body, "permissions")?,
+                allowed_networks: strings(&body, "allowedNetworks")?,
+                expiry_days,
+                expiry_date,
+            };
+            let token = lifecycle::edit(
+                call.store,
+                &call.caller,
+                Some(subject),
+                id,
+                req,
+                &call.actor,
+            )?;
+            Ok(Reply::ok(token_json(
+                call.store,
+                &token,
+                &lifecycle::policy(call.store)?,
+            )))
+        }
+        "DELETE" => {
+            lifecycle::revoke(call.store, &call.caller, Some(subject), id, &call.actor)?;
+            Ok(Reply::no_content())
+        }
+        _ => Err(method_not_allowed(call.method, "GET, POST or DELETE")),
+    }
+}
+
+/// `POST .../{id}/rotate` with an optional `{"overlapSeconds": n}`.
+pub fn rotate(call: &Call, subject: &Subject, id: &str) -> ApiResult {
+    if call.method.as_str() != "POST" {
+        return Err(method_not_allowed(call.method, "POST"));
+    }
+    let body = call.json_object()?;
+    let overlap = match body.get("overlapSeconds") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request("\"overlapSeconds\" must be a whole number of seconds")
+            })?,
+    };
+    let (token, secret) = lifecycle::rotate(
+        call.store,
+        &call.caller,
+        Some(subject),
+        id,
+        overlap,
+        &call.actor,
+    )?;
+    let mut value = token_json(call.store, &token, &lifecycle::policy(call.store)?);
+    value["token"] = json!(secret.expose());
+    Ok(Reply::ok(value))
+}
+
+/// A token as Bitbucket shows it (never the secret or its hash), plus gitgate's extensions:
+/// `lastAuthenticatedFrom` (the address of the last use), `allowedNetworks`, `rotatedDate` and
+/// `compliant` (whether it meets the expiry policy).
+pub fn token_json(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Value {
+    let mut v = json!({
+        "id": t.id,
+        "name": t.name,
+        "createdDate": t.created_at,
+        "permissions": t.permissions.names(),
+        "allowedNetworks": t.network_names(),
+        "compliant": policy.compliant(t),
+    });
+    if let Some(at) = t.expires_at {
+        v["expiryDate"] = json!(at);
+    }
+    if let Some(at) = t.last_used_at {
+        v["lastAuthenticated"] = json!(at);
+    }
+    if let Some(addr) = &t.last_used_addr {
+        v["lastAuthenticatedFrom"] = json!(addr);
+    }
+    if let Some(at) = t.rotated_at {
+        v["rotatedDate"] = json!(at);
+    }
+    match (&t.owner, &t.scope) {
+        (Some(owner), _) => {
+            let user = store.user(owner).ok().flatten();
+            v["user"] = json!({
+                "name": owner,
+                "slug": owner,
+                "displayName": owner,
+                "id": user.as_ref().map(|u| u.id),
+                "active": user.as_ref().is_some_and(|u| u.active),
+                "type": "NORMAL",
+            });
+        }
+        (None, Some(Target::Project(key))) => v["project"] = json!({ "key": key }),
+        (None, Some(Target::Repo(repo))) => {
+            let slug = repo.as_str().rsplit('/').next().unwrap_or_default();
+            v["repository"] = json!({ "slug": slug, "project": { "key": repo.project() } });
+        }
+        (None, None) => {}
+    }
+    v
+}
+
+/// Bitbucket's paged list: `start` and `limit` from the query; `size`, `isLastPage` and
+/// `nextPageStart` (only when there is a next page) in the answer.
+pub fn page(call: &Call, values: Vec<Value>) -> ApiResult {
+    let number = |name: &str, default: usize| -> Result<usize, ApiError> {
+        match call.query_param(name) {
+            None | Some("") => Ok(default),
+            Some(v) => v.parse().map_err(|_| {
+                ApiError::bad_request(format!("\"{name}\" must be a whole number, not '{v}'"))
+            }),
+        }
+    };
+    let start = number("start", 0)?;
+    let limit = number("limit", DEFAULT_LIMIT)?;
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "\"limit\" must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    Ok(Reply::ok(paged(values, start, limit)))
+}
+
+/// One page of `values` in Bitbucket's shape.
+fn paged(values: Vec<Value>, start: usize, limit: usize) -> Value {
+    let total = values.len();
+    let page: Vec<Value> = values.into_iter().skip(start).take(limit).collect();
+    let size = page.len();
+    let is_last = start.saturating_add(size) >= total;
+    let mut out = json!({
+        "size": size,
+        "limit": limit,
+        "start": start,
+        "isLastPage": is_last,
+        "values": page,
+    });
+    if !is_last {
+        out["nextPageStart"] = json!(start + size);
+    }
+    out
+}
+
+/// An optional string field.
+pub fn string(body: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_request(format!("\"{key}\" must be a string"))),
+    }
+}
+
+/// An optional array of strings.
+pub fn strings(body: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>, ApiError> {
+    let bad = || ApiError::bad_request(format!("\"{key}\" must be an array of strings"));
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string).ok_or_else(bad))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// An optional whole number of days.
+fn days(body: &Map<String, Value>, key: &str) -> Result<Option<u32>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|d| u32::try_from(d).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("\"{key}\" must be a whole number of days"))
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages() {
+        let values: Vec<Value> = (0..5).map(|i| json!(i)).collect();
+        let p = paged(values.clone(), 0, 2);
+        assert_eq!(p["values"], json!([0, 1]));
+        assert_eq!(
+            (p["isLastPage"].clone(), p["nextPageStart"].clone()),
+            (json!(false), json!(2))
+        );
+        let p = paged(values.clone(), 4, 2);
+        assert_eq!(p["values"], json!([4]));
+        assert_eq!(p["isLastPage"], true);
+        assert!(p.get("nextPageStart").is_none());
+        let p = paged(values.clone(), 3, 2);
+        assert_eq!(
+            (p["size"].clone(), p["isLastPage"].clone()),
+            (json!(2), json!(true))
+        );
+        let p = paged(values, 99, 25);
+        assert_eq!(
+            (p["size"].clone(), p["isLastPage"].clone()),
+            (json!(0), json!(true))
+        );
+        assert_eq!(paged(vec![], 0, 25)["isLastPage"], true);
+    }
+
+    #[test]
+    fn body_fields() {
+        let body: Map<String, Value> = serde_json::from_str(
+            r#"{"name":"x","permissions":["REPO_READ"],"bad":[1],"days":3,"neg":-1}"#,
+        )
+        .unwrap();
+        assert_eq!(string(&body, "name").unwrap().as_deref(), Some("x"));
+        assert_eq!(string(&body, "missing").unwrap(), None);
+        assert!(string(&body, "permissions").is_err());
+        assert_eq!(
+            strings(&body, "permissions").unwrap().unwrap(),
+            ["REPO_READ"]
+        );
+        assert!(strings(&body, "bad").is_err());
+        assert_eq!(days(&body, "days").unwrap(), Some(3));
+        assert!(days(&body, "neg").is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! `rest/access-tokens/1.0/users/{user}[/{id}[/rotate]]`: personal tokens.
+//!
+//! A user manages their own tokens here; an administrator may list, show, update and revoke
+//! anyone's, but creating and rotating stay with the owner (see [`crate::lifecycle`]).
+
+use super::{tokens, ApiError, ApiResult, Call};
+use crate::lifecycle::Subject;
+
+/// Route the path segments after `users/`.
+pub fn route(call: &Call, segments: &[&str]) -> ApiResult {
+    match segments {
+        [user] if !user.is_empty() => {
+            tokens::collection(call, &Subject::Personal(user.to_string()))
+        }
+        [user, id] if !id.is_empty() => {
+            tokens::item(call, &Subject::Personal(user.to_string()), id)
+        }
+        [user, id, "rotate"] => tokens::rotate(call, &Subject::Personal(user.to_string()), id),
+        _ => Err(ApiError::not_found(
+            "no such resource: use users/{user}, users/{user}/{id} or users/{user}/{id}/rotate",
+        )),
+    }
+}

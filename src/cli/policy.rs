@@ -1,0 +1,79 @@
+//! `gitgate policy ...`: show and set the global token expiry policy. The rules live in
+//! [`crate::lifecycle`]; this only reads options and prints.
+
+use serde_json::json;
+
+use super::print_json;
+use crate::lifecycle::{self, Caller, ExpiryPolicy};
+use crate::store::{Actor, Store};
+
+fn policy_json(p: &ExpiryPolicy) -> serde_json::Value {
+    json!({ "expiryRequired": p.expiry_required, "maxExpiryDays": p.max_expiry_days })
+}
+
+pub fn show(store: &Store, json: bool) -> Result<(), String> {
+    let p = lifecycle::policy(store).map_err(|e| e.to_string())?;
+    if json {
+        let mut value = policy_json(&p);
+        let tokens = store.tokens(None).map_err(|e| e.to_string())?;
+        let non_compliant: Vec<&str> = tokens
+            .iter()
+            .filter(|t| t.revoked_at.is_none() && !p.compliant(t))
+            .map(|t| t.id.as_str())
+            .collect();
+        value["nonCompliantTokens"] = json!(non_compliant);
+        return print_json(&value);
+    }
+    println!(
+        "expiry required:  {}",
+        if p.expiry_required { "yes" } else { "no" }
+    );
+    println!(
+        "max expiry days:  {}",
+        p.max_expiry_days
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "none".into())
+    );
+    let tokens = store.tokens(None).map_err(|e| e.to_string())?;
+    let bad: Vec<_> = tokens
+        .iter()
+        .filter(|t| t.revoked_at.is_none() && !p.compliant(t))
+        .collect();
+    if !bad.is_empty() {
+        println!("non-compliant tokens (revoke them with `gitgate token revoke ID`):");
+        for t in bad {
+            println!("  {} '{}' of {}", t.id, t.name, t.principal());
+        }
+    }
+    Ok(())
+}
+
+/// `policy set`: options not given keep their current value.
+pub fn set(
+    store: &Store,
+    expiry_required: Option<&str>,
+    max_expiry_days: Option<u32>,
+    no_max: bool,
+) -> Result<(), String> {
+    let mut p = lifecycle::policy(store).map_err(|e| e.to_string())?;
+    if let Some(v) = expiry_required {
+        p.expiry_required = match v {
+            "yes" | "true" => true,
+            "no" | "false" => false,
+            other => return Err(format!("--expiry-required takes yes or no, not '{other}'")),
+        };
+    }
+    if let Some(days) = max_expiry_days {
+        p.max_expiry_days = Some(days);
+    }
+    if no_max {
+        p.max_expiry_days = None;
+    }
+    let p = lifecycle::set_policy(store, &Caller::Operator, p, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "token policy: {} (applies to tokens created from now on)",
+        p.describe()
+    );
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Source networks a token may be used from: CIDR blocks such as `10.0.0.0/8` or
+//! `2001:db8::/32`, checked by the policy on every git request.
+//!
+//! Why our own small parser instead of a crate: the rules are a dozen lines on top of std's
+//! address parsing, and the exact behaviour matters for security, so it is kept here in plain
+//! sight with its tests. Decisions:
+//! - a bare address means that one host (`/32` or `/128`);
+//! - host bits below the prefix are cleared (`10.1.2.3/8` is stored and shown as `10.0.0.0/8`),
+//!   so what the operator sees is exactly what is checked;
+//! - an IPv4 client seen through an IPv6 socket (`::ffff:10.1.2.3`) is matched as IPv4.
+//!
+//! Pure: values in, values out.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+/// One network: an address with the host bits cleared, and a prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies inside this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                u32::from(ip) & mask32(self.prefix) == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                u128::from(ip) & mask128(self.prefix) == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask32(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn mask128(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| {
+            format!("'{s}' is not a network: {why} (use CIDR such as 10.0.0.0/8 or 2001:db8::/32)")
+        };
+        let (addr_text, prefix_text) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = if let Ok(v4) = Ipv4Addr::from_str(addr_text) {
+            IpAddr::V4(v4)
+        } else if let Ok(v6) = Ipv6Addr::from_str(addr_text) {
+            IpAddr::V6(v6)
+        } else {
+            return Err(bad("not an IPv4 or IPv6 address"));
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix_text {
+            None => max,
+            Some(p) => {
+                // Digits only: u8::from_str would accept "+8".
+                if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad("the prefix length must be a number"));
+                }
+                let n: u8 = p
+                    .parse()
+                    .map_err(|_| bad("the prefix length is too large"))?;
+                if n > max {
+                    return Err(bad(&format!("the prefix length must be at most {max}")));
+                }
+                n
+            }
+        };
+        let addr = match addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(prefix))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(prefix))),
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Parse a list of networks, e.g. from repeated `--allowed-network` options or a JSON array.
+/// Duplicates are dropped; order is kept.
+pub fn parse_list<S: AsRef<str>>(items: &[S]) -> Result<Vec<Cidr>, String> {
+    let mut out: Vec<Cidr> = Vec::with_capacity(items.len());
+    for item in items {
+        let cidr: Cidr = item.as_ref().trim().parse()?;
+        if !out.contains(&cidr) {
+            out.push(cidr);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `ip` may use a token limited to `allowed` (an empty list means anywhere).
+pub fn allowed(allowed: &[Cidr], ip: IpAddr) -> bool {
+    allowed.is_empty() || allowed.iter().any(|c| c.contains(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_and_normalises() {
+        assert_eq!(cidr("10.1.2.3/8").to_string(), "10.0.0.0/8");
+        assert_eq!(cidr("192.168.1.7").to_string(), "192.168.1.7/32");
+        assert_eq!(cidr("0.0.0.0/0").to_string(), "0.0.0.0/0");
+        assert_eq!(cidr("2001:db8:1::5/32").to_string(), "2001:db8::/32");
+        assert_eq!(cidr("::1").to_string(), "::1/128");
+        assert_eq!(cidr("::/0").to_string(), "::/0");
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in [
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "10.0.0.0/+8",
+            "10.0.0.0/-1",
+            "::/129",
+            "example.com",
+            "10.0.0.0/8/8",
+            " 10.0.0.0/8",
+            "10.0.0.0/0008",
+            "1.2.3.4/ 8",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?} should be refused");
+        }
+        let msg = "10.0.0.0/40".parse::<Cidr>().unwrap_err();
+        assert!(msg.contains("at most 32"), "{msg}");
+    }
+
+    #[test]
+    fn contains_v4() {
+        let net = cidr("10.0.0.0/8");
+        assert!(net.contains(ip("10.255.0.1")));
+        assert!(!net.contains(ip("11.0.0.1")));
+        assert!(cidr("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(cidr("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!cidr("127.0.0.1").contains(ip("127.0.0.2")));
+        // An IPv4 client seen on an IPv6 socket.
+        assert!(net.contains(ip("::ffff:10.1.2.3")));
+        assert!(!net.contains(ip("::1")));
+    }
+
+    #[test]
+    fn contains_v6() {
+        let net = cidr("2001:db8::/32");
+        assert!(net.contains(ip("2001:db8:ffff::1")));
+        assert!(!net.contains(ip("2001:db9::1")));
+        assert!(!net.contains(ip("10.0.0.1")));
+        assert!(cidr("::/0").contains(ip("fe80::1")));
+        assert!(cidr("::1/128").contains(ip("::1")));
+    }
+
+    #[test]
+    fn lists() {
+        let l = parse_list(&["10.0.0.0/8", "10.1.0.0/8", "::1"]).unwrap();
+        assert_eq!(l.len(), 2);
+        assert!(allowed(&l, ip("10.2.3.4")));
+        assert!(allowed(&l, ip("::1")));
+        assert!(!allowed(&l, ip("192.168.0.1")));
+        assert!(allowed(&[], ip("192.168.0.1")));
+        assert!(parse_list(&["10.0.0.0/8", "nope"]).is_err());
+    }
+}

@@ -1,0 +1,960 @@
+//! The management REST API end to end: the real `gitgate serve` binary, a real HTTP client over
+//! TCP, the real `git`, and the CLI to set users and grants up. Each test has its own server and
+//! store, so they run in parallel.
+
+mod lifecycle_support;
+
+use std::time::{Duration, Instant};
+
+use lifecycle_support::{Auth, Install, Server, API, PW};
+use serde_json::{json, Value};
+
+/// alice (user, write on team), bob (user, write on team), root (admin); a server running.
+fn setup() -> (Install, Server) {
+    let install = Install::new();
+    install.add_user("alice", false);
+    install.add_user("bob", false);
+    install.add_user("root", true);
+    install.cli_ok(&["grant", "add", "alice", "team", "write"], "");
+    install.cli_ok(&["grant", "add", "bob", "team", "write"], "");
+    let server = install.serve();
+    (install, server)
+}
+
+/// Create a token over REST and return (id, secret).
+fn create(server: &Server, who: &str, path: &str, body: Value) -> (String, String) {
+    let r = server.api("PUT", path, who, &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+    )
+}
+
+fn personal(server: &Server, user: &str, perms: &[&str]) -> (String, String) {
+    create(
+        server,
+        user,
+        &format!("/users/{user}"),
+        json!({"name": "laptop", "permissions": perms}),
+    )
+}
+
+/// `git ls-remote` with a secret as the Basic password; returns (success, stderr).
+fn ls_remote(install: &Install, server: &Server, user: &str, secret: &str) -> (bool, String) {
+    let out = install.git(install.path(), &["ls-remote", &server.url(user, secret)]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Wait for the server's off-path last-used write to show up in the API.
+fn last_authenticated(server: &Server, user: &str, id: &str, newer_than: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = server
+            .api("GET", &format!("/users/{user}/{id}"), "root", "")
+            .json();
+        if let Some(at) = v["lastAuthenticated"]
+            .as_i64()
+            .filter(|at| *at > newer_than)
+        {
+            return at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lastAuthenticated never moved past {newer_than}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn token_created_over_rest_clones_with_git_and_revocation_is_immediate() {
+    let (install, server) = setup();
+    let r = server.api(
+        "PUT",
+        "/users/alice",
+        "alice",
+        &json!({"name": "laptop", "permissions": ["REPO_WRITE"], "expiryDays": 30}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let v = r.json();
+    let id = v["id"].as_str().unwrap().to_string();
+    let secret = v["token"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("ggt_") && secret.contains(&id));
+    assert_eq!(v["name"], "laptop");
+    assert_eq!(v["permissions"], json!(["REPO_WRITE"]));
+    assert_eq!(v["user"]["name"], "alice");
+    assert_eq!(v["user"]["slug"], "alice");
+    assert_eq!(v["user"]["active"], true);
+    let created = v["createdDate"].as_i64().unwrap();
+    let expiry = v["expiryDate"].as_i64().unwrap();
+    assert_eq!(expiry - created, 30 * 86_400_000);
+    assert!(v.get("lastAuthenticated").is_none());
+
+    // The list and the single view never carry the secret.
+    let list = server.api("GET", "/users/alice", "alice", "");
+    assert_eq!(list.status, 200);
+    assert!(!list.body.contains(&secret));
+    assert_eq!(list.json()["values"][0]["id"], id.as_str());
+    let one = server.api("GET", &format!("/users/alice/{id}"), "alice", "");
+    assert_eq!(one.status, 200);
+    assert!(one.json().get("token").is_none());
+    assert_eq!(one.json()["expiryDate"], expiry);
+
+    // Clone with the real git, then the last-used time appears in the API.
+    let clone_dir = install.path().join("clone");
+    install.git_ok(
+        install.path(),
+        &[
+            "clone",
+            "-q",
+            &server.url("alice", &secret),
+            clone_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(clone_dir.join("README").exists());
+    let first = last_authenticated(&server, "alice", &id, 0);
+    assert!(first >= created);
+    // Uses are written at most every 5 s per token: a fetch after that moves it on.
+    std::thread::sleep(Duration::from_millis(5_200));
+    install.git_ok(&clone_dir, &["fetch", "-q", "origin"]);
+    let second = last_authenticated(&server, "alice", &id, first);
+    assert!(second > first);
+    let listed = server.api("GET", "/users/alice", "alice", "").json();
+    assert_eq!(listed["values"][0]["lastAuthenticated"], second);
+    assert_eq!(listed["values"][0]["lastAuthenticatedFrom"], "127.0.0.1");
+
+    // Revoke over REST: 204, and the very next git request is refused.
+    let del = server.api("DELETE", &format!("/users/alice/{id}"), "alice", "");
+    assert_eq!(del.status, 204, "{}", del.body);
+    assert!(del.body.is_empty());
+    let (ok, stderr) = ls_remote(&install, &server, "alice", &secret);
+    assert!(!ok);
+    assert!(stderr.contains("revoked"), "{stderr}");
+    assert_eq!(
+        server
+            .api("GET", &format!("/users/alice/{id}"), "alice", "")
+            .status,
+        404
+    );
+    assert_eq!(
+        server.api("GET", "/users/alice", "alice", "").json()["size"],
+        0
+    );
+    let again = server.api("DELETE", &format!("/users/alice/{id}"), "alice", "");
+    assert_eq!(again.status, 409);
+    assert!(again.error_message().contains("already revoked"));
+}
+
+#[test]
+fn who_may_do_what() {
+    let (_install, server) = setup();
+    let (id, _) = personal(&server, "alice", &["REPO_READ"]);
+    let item = format!("/users/alice/{id}");
+    let body = json!({"name": "x", "permissions": ["REPO_READ"]}).to_string();
+
+    // Another user: nothing of alice's.
+    for (method, path, b) in [
+        ("GET", "/users/alice", ""),
+        ("PUT", "/users/alice", body.as_str()),
+        ("GET", item.as_str(), ""),
+        ("POST", item.as_str(), body.as_str()),
+        ("DELETE", item.as_str(), ""),
+    ] {
+        let r = server.api(method, path, "bob", b);
+        assert_eq!(r.status, 403, "bob {method} {path}: {}", r.body);
+        r.error_message();
+    }
+    // Nor can bob reach it through his own collection.
+    assert_eq!(
+        server
+            .api("GET", &format!("/users/bob/{id}"), "bob", "")
+            .status,
+        404
+    );
+
+    // An admin cannot create a personal token for someone else...
+    let r = server.api("PUT", "/users/alice", "root", &body);
+    assert_eq!(r.status, 403);
+    assert!(r
+        .error_message()
+        .contains("administrators cannot create personal tokens"));
+    // ...nor rotate one (that would hand the admin a working secret)...
+    let r = server.api("POST", &format!("{item}/rotate"), "root", "");
+    assert_eq!(r.status, 403);
+    assert!(r.error_message().contains("only 'alice' can rotate"));
+    // ...but lists, shows, edits and revokes anyone's.
+    assert_eq!(
+        server.api("GET", "/users/alice", "root", "").json()["size"],
+        1
+    );
+    assert_eq!(server.api("GET", &item, "root", "").status, 200);
+    let r = server.api(
+        "POST",
+        &item,
+        "root",
+        &json!({"name": "renamed"}).to_string(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"], "renamed");
+    assert_eq!(server.api("DELETE", &item, "root", "").status, 204);
+    // Users list, and create, their own.
+    assert_eq!(server.api("GET", "/users/bob", "bob", "").status, 200);
+    personal(&server, "bob", &["REPO_READ"]);
+    // An admin asking for a user that does not exist.
+    assert_eq!(server.api("GET", "/users/nobody", "root", "").status, 404);
+
+    // Project and repository tokens are for admins only.
+    for path in ["/projects/team", "/projects/team/repos/app"] {
+        let r = server.api("PUT", path, "alice", &body);
+        assert_eq!(r.status, 403, "{path}");
+        assert!(r.error_message().contains("only administrators"));
+        assert_eq!(server.api("GET", path, "alice", "").status, 403);
+    }
+    // Only admins set the policy; anyone may read it.
+    let r = server.api(
+        "PUT",
+        "/admin/policy",
+        "alice",
+        &json!({"expiryRequired": true}).to_string(),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(server.api("GET", "/admin/policy", "alice", "").status, 200);
+    assert_eq!(server.api("GET", "/admin/tokens", "alice", "").status, 403);
+}
+
+#[test]
+fn tokens_and_bad_passwords_cannot_manage_tokens() {
+    let (install, server) = setup();
+    let (_, secret) = personal(&server, "alice", &["REPO_WRITE"]);
+    let path = format!("{API}/users/alice");
+
+    let r = server.request("GET", &path, Auth::Basic("alice", &secret), "");
+    assert_eq!(r.status, 401);
+    assert!(r
+        .error_message()
+        .contains("access tokens cannot be used to manage tokens"));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"gitgate\"")
+    );
+
+    let r = server.request("GET", &path, Auth::Bearer(&secret), "");
+    assert_eq!(r.status, 401);
+    assert!(r.error_message().contains("access tokens cannot be used"));
+
+    let r = server.request(
+        "PUT",
+        &path,
+        Auth::Basic("alice", "wrong"),
+        r#"{"name":"x","permissions":["REPO_READ"]}"#,
+    );
+    assert_eq!(r.status, 401);
+    assert!(r.error_message().contains("wrong user name or password"));
+    assert_eq!(
+        r.json()["errors"][0]["exceptionName"],
+        "com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException"
+    );
+
+    let r = server.request("GET", &path, Auth::None, "");
+    assert_eq!(r.status, 401);
+    assert!(r.error_message().contains("authentication required"));
+    assert!(r.header("www-authenticate").is_some());
+
+    // A disabled user cannot manage tokens either.
+    install.cli_ok(&["user", "disable", "bob"], "");
+    let r = server.api("GET", "/users/bob", "bob", "");
+    assert_eq!(r.status, 401);
+    assert!(r.error_message().contains("disabled"));
+
+    // Each failure is audited, without the secret or the password.
+    let audit = install.cli_ok(&["audit", "--json"], "");
+    let failures: Vec<Value> = serde_json::from_str::<Vec<Value>>(&audit)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["action"] == "auth.failed")
+        .collect();
+    assert!(failures.len() >= 4, "{failures:?}");
+    assert!(failures
+        .iter()
+        .any(|e| e["detail"].as_str().unwrap().contains("access token used")));
+    assert!(failures.iter().all(|e| e["source"] == "127.0.0.1"));
+    assert!(!audit.contains(&secret));
+    // Only one token exists: the 401s created nothing.
+    assert_eq!(
+        server.api("GET", "/users/alice", "alice", "").json()["size"],
+        1
+    );
+}
+
+#[test]
+fn paging_and_error_shapes() {
+    let (_install, server) = setup();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (id, _) = create(
+            &server,
+            "alice",
+            "/users/alice",
+            json!({"name": format!("t{i}"), "permissions": ["REPO_READ"]}),
+        );
+        ids.push(id);
+    }
+    let page = |q: &str| server.api("GET", &format!("/users/alice{q}"), "alice", "");
+    let p1 = page("?limit=2").json();
+    assert_eq!(
+        (
+            p1["size"].as_u64(),
+            p1["limit"].as_u64(),
+            p1["start"].as_u64()
+        ),
+        (Some(2), Some(2), Some(0))
+    );
+    assert_eq!(p1["isLastPage"], false);
+    assert_eq!(p1["nextPageStart"], 2);
+    let p2 = page("?start=2&limit=2").json();
+    assert_eq!(p2["nextPageStart"], 4);
+    let p3 = page("?start=4&limit=2").json();
+    assert_eq!(p3["size"], 1);
+    assert_eq!(p3["isLastPage"], true);
+    assert!(p3.get("nextPageStart").is_none());
+    let mut seen: Vec<String> = [&p1, &p2, &p3]
+        .iter()
+        .flat_map(|p| {
+            p["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["id"].as_str().unwrap().to_string())
+        })
+        .collect();
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "pages cover every token once");
+    let all = page("").json();
+    assert_eq!(
+        (all["size"].as_u64(), all["limit"].as_u64()),
+        (Some(5), Some(25))
+    );
+    assert_eq!(page("?start=10").json()["size"], 0);
+    for q in ["?limit=0", "?limit=abc", "?start=-1", "?limit=5000"] {
+        let r = page(q);
+        assert_eq!(r.status, 400, "{q}");
+        r.error_message();
+    }
+
+    let bad = |body: &str, needle: &str| {
+        let r = server.api("PUT", "/users/alice", "alice", body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        let m = r.error_message();
+        assert!(m.contains(needle), "{body}: {m}");
+        assert_eq!(
+            r.json()["errors"][0]["exceptionName"],
+            "com.atlassian.bitbucket.validation.ArgumentValidationException"
+        );
+    };
+    bad("{not json", "not valid JSON");
+    bad("[1]", "JSON object");
+    bad(r#"{"permissions":["REPO_READ"]}"#, "\"name\" is required");
+    bad(r#"{"name":"x"}"#, "\"permissions\" is required");
+    bad(
+        r#"{"name":"x","permissions":["ADMIN"]}"#,
+        "unknown permission 'ADMIN'",
+    );
+    bad(
+        r#"{"name":"x","permissions":["PROJECT_WRITE","REPO_READ"]}"#,
+        "REPO_READ is below PROJECT_WRITE",
+    );
+    bad(
+        r#"{"name":"x","permissions":["REPO_READ"],"expiryDays":0}"#,
+        "at least 1 day",
+    );
+    bad(
+        r#"{"name":"x","permissions":["REPO_READ"],"expiryDays":"soon"}"#,
+        "whole number of days",
+    );
+    bad(
+        r#"{"name":"","permissions":["REPO_READ"]}"#,
+        "1-100 characters",
+    );
+    bad(
+        r#"{"name":"x","permissions":["REPO_READ"],"allowedNetworks":["10.0.0.0/33"]}"#,
+        "at most 32",
+    );
+
+    let r = server.api("GET", "/nothing/here", "alice", "");
+    assert_eq!(r.status, 404);
+    r.error_message();
+    let r = server.api("GET", "/users/alice/abcdefghijkl", "alice", "");
+    assert_eq!(r.status, 404);
+    assert!(r.error_message().contains("no token with id"));
+    let r = server.api("PATCH", "/users/alice", "alice", "");
+    assert_eq!(r.status, 405);
+    r.error_message();
+    let big = format!(
+        r#"{{"name":"{}","permissions":["REPO_READ"]}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let r = server.api("PUT", "/users/alice", "alice", &big);
+    assert_eq!(r.status, 413);
+    r.error_message();
+    // Nothing under /rest/ reaches the git backend, even a path that looks like git.
+    let r = server.request(
+        "GET",
+        "/rest/team/app.git/info/refs?service=git-upload-pack",
+        Auth::None,
+        "",
+    );
+    assert_eq!(r.status, 404);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+}
+
+#[test]
+fn edit_changes_name_and_permissions_but_never_the_expiry() {
+    let (install, server) = setup();
+    let (id, secret) = create(
+        &server,
+        "alice",
+        "/users/alice",
+        json!({"name": "ci", "permissions": ["REPO_WRITE"], "expiryDays": 10}),
+    );
+    let item = format!("/users/alice/{id}");
+    let before = server.api("GET", &item, "alice", "").json();
+
+    let r = server.api(
+        "POST",
+        &item,
+        "alice",
+        &json!({"name": "ci-readonly", "permissions": ["REPO_READ"]}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["name"], "ci-readonly");
+    assert_eq!(v["permissions"], json!(["REPO_READ"]));
+    assert_eq!(v["expiryDate"], before["expiryDate"]);
+    assert!(v.get("token").is_none());
+    // The new permissions apply to git at once: push needs REPO_WRITE.
+    let clone_dir = install.path().join("c");
+    install.git_ok(
+        install.path(),
+        &[
+            "clone",
+            "-q",
+            &server.url("alice", &secret),
+            clone_dir.to_str().unwrap(),
+        ],
+    );
+    install.git_ok(&clone_dir, &["commit", "-q", "--allow-empty", "-m", "x"]);
+    let push = install.git(&clone_dir, &["push", "-q", "origin", "main"]);
+    assert!(!push.status.success());
+    assert!(String::from_utf8_lossy(&push.stderr).contains("push needs REPO_WRITE"));
+
+    for body in [
+        json!({"expiryDays": 365}),
+        json!({"name": "x", "expiryDate": 4_102_444_800_000_i64}),
+        json!({"expiryDate": null}),
+    ] {
+        let r = server.api("POST", &item, "root", &body.to_string());
+        assert_eq!(r.status, 400, "{body}");
+        assert!(r.error_message().contains("never changes"), "{body}");
+    }
+    // Sending the expiry it already has back (as a GET-modify-POST script does) is fine.
+    let r = server.api(
+        "POST",
+        &item,
+        "alice",
+        &json!({"name": "ci2", "expiryDate": before["expiryDate"]}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let after = server.api("GET", &item, "alice", "").json();
+    assert_eq!(after["expiryDate"], before["expiryDate"]);
+    assert_eq!(after["name"], "ci2");
+
+    for perms in [
+        json!(["ADMIN"]),
+        json!(["PROJECT_ADMIN", "REPO_READ"]),
+        json!([]),
+    ] {
+        let r = server.api(
+            "POST",
+            &item,
+            "alice",
+            &json!({"permissions": perms}).to_string(),
+        );
+        assert_eq!(r.status, 400, "{perms}");
+        r.error_message();
+    }
+
+    assert_eq!(server.api("DELETE", &item, "alice", "").status, 204);
+    let r = server.api(
+        "POST",
+        &item,
+        "alice",
+        &json!({"name": "zombie"}).to_string(),
+    );
+    assert_eq!(r.status, 409);
+    assert!(r.error_message().contains("revoked"));
+}
+
+#[test]
+fn policy_applies_to_the_next_creation_and_reports_non_compliant_tokens() {
+    let (install, server) = setup();
+    let (old_id, _) = personal(&server, "alice", &["REPO_READ"]);
+    let p = server.api("GET", "/admin/policy", "alice", "").json();
+    assert_eq!(p, json!({"expiryRequired": false, "maxExpiryDays": null}));
+    assert_eq!(
+        server
+            .api("GET", &format!("/users/alice/{old_id}"), "alice", "")
+            .json()["compliant"],
+        true
+    );
+
+    let r = server.api(
+        "PUT",
+        "/admin/policy",
+        "root",
+        &json!({"expiryRequired": true, "maxExpiryDays": 30}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({"expiryRequired": true, "maxExpiryDays": 30})
+    );
+    assert_eq!(
+        server.api("GET", "/admin/policy", "bob", "").json()["maxExpiryDays"],
+        30
+    );
+
+    let try_create = |days: Option<u32>| {
+        let mut body = json!({"name": "n", "permissions": ["REPO_READ"]});
+        if let Some(d) = days {
+            body["expiryDays"] = json!(d);
+        }
+        server.api("PUT", "/users/alice", "alice", &body.to_string())
+    };
+    let r = try_create(None);
+    assert_eq!(r.status, 400);
+    assert!(r.error_message().contains("at most 30 days"), "{}", r.body);
+    let r = try_create(Some(31));
+    assert_eq!(r.status, 400);
+    assert!(r.error_message().contains("the maximum expiry is 30 days"));
+    let r = try_create(Some(30));
+    assert_eq!(r.status, 200);
+    let new_id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(r.json()["compliant"], true);
+
+    // The old token is reported, in the user's list and in the admin's search.
+    let list = server.api("GET", "/users/alice", "alice", "").json();
+    let compliant = |id: &str| {
+        list["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == id)
+            .unwrap()["compliant"]
+            .clone()
+    };
+    assert_eq!(compliant(&old_id), false);
+    assert_eq!(compliant(&new_id), true);
+    let found = server
+        .api("GET", "/admin/tokens?compliant=false", "root", "")
+        .json();
+    let ids: Vec<&str> = found["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [old_id.as_str()]);
+    // The CLI reports it too.
+    let cli_list: Vec<Value> =
+        serde_json::from_str(&install.cli_ok(&["token", "list", "--json"], "")).unwrap();
+    let old = cli_list
+        .iter()
+        .find(|t| t["id"] == old_id.as_str())
+        .unwrap();
+    assert_eq!(old["compliant"], false);
+    let shown: Value =
+        serde_json::from_str(&install.cli_ok(&["policy", "show", "--json"], "")).unwrap();
+    assert_eq!(shown["nonCompliantTokens"], json!([old_id]));
+    assert!(install
+        .cli_ok(&["token", "list"], "")
+        .contains("non-compliant"));
+
+    // Bad policy bodies.
+    for body in [
+        json!({"expiryRequired": "yes"}),
+        json!({"maxExpiryDays": 0}),
+        json!({"maxExpiryDays": -3}),
+    ] {
+        let r = server.api("PUT", "/admin/policy", "root", &body.to_string());
+        assert_eq!(r.status, 400, "{body}");
+        r.error_message();
+    }
+    // Relaxing it applies to the next creation as well.
+    let r = server.api(
+        "PUT",
+        "/admin/policy",
+        "root",
+        &json!({"expiryRequired": false}).to_string(),
+    );
+    assert_eq!(
+        r.json(),
+        json!({"expiryRequired": false, "maxExpiryDays": 30})
+    );
+    assert_eq!(try_create(None).status, 200);
+}
+
+#[test]
+fn project_and_repository_tokens_for_admins() {
+    let (install, server) = setup();
+    let r = server.api(
+        "PUT",
+        "/projects/team",
+        "root",
+        &json!({"name": "ci", "permissions": ["PROJECT_READ", "REPO_WRITE"], "expiryDays": 7})
+            .to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["project"], json!({"key": "team"}));
+    assert!(v.get("user").is_none());
+    assert_eq!(v["permissions"], json!(["PROJECT_READ", "REPO_WRITE"]));
+    let (pid, psecret) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+    );
+
+    let r = server.api(
+        "PUT",
+        "/projects/team/repos/app",
+        "root",
+        &json!({"name": "deploy", "permissions": ["PROJECT_READ"]}).to_string(),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r
+        .error_message()
+        .contains("repository tokens carry no PROJECT_ permission"));
+    let (rid, rsecret) = create(
+        &server,
+        "root",
+        "/projects/team/repos/app",
+        json!({"name": "deploy", "permissions": ["REPO_READ"]}),
+    );
+    let one = server
+        .api(
+            "GET",
+            &format!("/projects/team/repos/app/{rid}"),
+            "root",
+            "",
+        )
+        .json();
+    assert_eq!(
+        one["repository"],
+        json!({"slug": "app", "project": {"key": "team"}})
+    );
+
+    // Each collection lists its own tokens; the wrong collection does not find the other's.
+    let ids = |path: &str| -> Vec<String> {
+        server.api("GET", path, "root", "").json()["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids("/projects/team"), [pid.as_str()]);
+    assert_eq!(ids("/projects/team/repos/app"), [rid.as_str()]);
+    assert!(ids("/projects/other").is_empty());
+    assert_eq!(
+        server
+            .api("GET", &format!("/projects/team/{rid}"), "root", "")
+            .status,
+        404
+    );
+    assert_eq!(
+        server
+            .api("GET", &format!("/projects/other/{pid}"), "root", "")
+            .status,
+        404
+    );
+    assert_eq!(
+        server
+            .api("GET", &format!("/users/alice/{pid}"), "root", "")
+            .status,
+        404
+    );
+    assert_eq!(
+        server.api("GET", "/projects/bad%20key", "root", "").status,
+        400
+    );
+
+    // Scoped tokens work with git under any Basic user name.
+    assert!(ls_remote(&install, &server, "ci-runner", &psecret).0);
+    assert!(ls_remote(&install, &server, "anything", &rsecret).0);
+
+    // Edit, rotate and revoke, all by the admin.
+    let r = server.api(
+        "POST",
+        &format!("/projects/team/{pid}"),
+        "root",
+        &json!({"permissions": ["REPO_READ"]}).to_string(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["permissions"], json!(["REPO_READ"]));
+    let r = server.api(
+        "POST",
+        &format!("/projects/team/repos/app/{rid}/rotate"),
+        "root",
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rotated = r.json()["token"].as_str().unwrap().to_string();
+    assert!(!ls_remote(&install, &server, "x", &rsecret).0);
+    assert!(ls_remote(&install, &server, "x", &rotated).0);
+    assert_eq!(
+        server
+            .api("DELETE", &format!("/projects/team/{pid}"), "root", "")
+            .status,
+        204
+    );
+    assert_eq!(
+        server
+            .api(
+                "DELETE",
+                &format!("/projects/team/repos/app/{rid}"),
+                "root",
+                ""
+            )
+            .status,
+        204
+    );
+    let (ok, stderr) = ls_remote(&install, &server, "ci-runner", &psecret);
+    assert!(!ok && stderr.contains("revoked"), "{stderr}");
+}
+
+#[test]
+fn rotation_replaces_the_secret_with_an_optional_overlap() {
+    let (install, server) = setup();
+    let (id, old) = personal(&server, "alice", &["REPO_READ"]);
+    let rotate =
+        |body: &str| server.api("POST", &format!("/users/alice/{id}/rotate"), "alice", body);
+
+    let r = rotate("");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["name"], "laptop");
+    assert_eq!(v["permissions"], json!(["REPO_READ"]));
+    assert!(v["rotatedDate"].as_i64().is_some());
+    let new = v["token"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    // Overlap 0 (the default): the old secret is refused at once, the new one works.
+    let (ok, stderr) = ls_remote(&install, &server, "alice", &old);
+    assert!(!ok && stderr.contains("invalid token"), "{stderr}");
+    assert!(ls_remote(&install, &server, "alice", &new).0);
+
+    // With an overlap both work for a while.
+    let r = rotate(&json!({"overlapSeconds": 120}).to_string());
+    assert_eq!(r.status, 200);
+    let newer = r.json()["token"].as_str().unwrap().to_string();
+    assert!(ls_remote(&install, &server, "alice", &new).0);
+    assert!(ls_remote(&install, &server, "alice", &newer).0);
+
+    let r = rotate(&json!({"overlapSeconds": 9_999_999}).to_string());
+    assert_eq!(r.status, 400);
+    assert!(r.error_message().contains("at most"));
+    let r = server.api("GET", &format!("/users/alice/{id}/rotate"), "alice", "");
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        server
+            .api("POST", &format!("/users/bob/{id}/rotate"), "bob", "")
+            .status,
+        404
+    );
+    assert_eq!(
+        server
+            .api("POST", &format!("/users/alice/{id}/rotate"), "bob", "")
+            .status,
+        403
+    );
+}
+
+#[test]
+fn allowed_networks_refuse_other_sources() {
+    let (install, server) = setup();
+    let (id, secret) = create(
+        &server,
+        "alice",
+        "/users/alice",
+        json!({"name": "ci", "permissions": ["REPO_READ"], "allowedNetworks": ["10.0.0.0/8", "2001:db8::/32"]}),
+    );
+    let v = server
+        .api("GET", &format!("/users/alice/{id}"), "alice", "")
+        .json();
+    assert_eq!(v["allowedNetworks"], json!(["10.0.0.0/8", "2001:db8::/32"]));
+    let (ok, stderr) = ls_remote(&install, &server, "alice", &secret);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "may only be used from 10.0.0.0/8, 2001:db8::/32; this request came from 127.0.0.1"
+        ),
+        "{stderr}"
+    );
+    let r = server.api(
+        "POST",
+        &format!("/users/alice/{id}"),
+        "alice",
+        &json!({"allowedNetworks": ["127.0.0.1/8"]}).to_string(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["allowedNetworks"], json!(["127.0.0.0/8"]));
+    assert!(ls_remote(&install, &server, "alice", &secret).0);
+    let r = server.api(
+        "POST",
+        &format!("/users/alice/{id}"),
+        "alice",
+        &json!({"allowedNetworks": ["localhost"]}).to_string(),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.error_message().contains("not a network"));
+    // An empty list means anywhere again.
+    let r = server.api(
+        "POST",
+        &format!("/users/alice/{id}"),
+        "alice",
+        &json!({"allowedNetworks": []}).to_string(),
+    );
+    assert_eq!(r.json()["allowedNetworks"], json!([]));
+}
+
+#[test]
+fn every_action_is_audited_and_no_secret_is_written_anywhere() {
+    let (install, server) = setup();
+    // User and grant changes through the CLI.
+    install.cli_ok(&["user", "disable", "bob"], "");
+    install.cli_ok(&["user", "enable", "bob"], "");
+    install.cli_ok(
+        &["user", "passwd", "bob", "--password-stdin"],
+        &format!("{PW}\n"),
+    );
+    install.cli_ok(&["grant", "remove", "bob", "team"], "");
+    // Token and policy changes through the API.
+    let (id, first) = personal(&server, "alice", &["REPO_READ"]);
+    let r = server.api(
+        "POST",
+        &format!("/users/alice/{id}"),
+        "alice",
+        &json!({"name": "renamed"}).to_string(),
+    );
+    assert_eq!(r.status, 200);
+    let r = server.api("POST", &format!("/users/alice/{id}/rotate"), "alice", "");
+    let second = r.json()["token"].as_str().unwrap().to_string();
+    let r = server.api(
+        "PUT",
+        "/admin/policy",
+        "root",
+        &json!({"expiryRequired": true}).to_string(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(ls_remote(&install, &server, "alice", &second).0);
+    assert!(!ls_remote(&install, &server, "alice", &first).0);
+    assert_eq!(
+        server
+            .api("DELETE", &format!("/users/alice/{id}"), "root", "")
+            .status,
+        204
+    );
+    assert_eq!(
+        server
+            .request(
+                "GET",
+                &format!("{API}/users/alice"),
+                Auth::Basic("alice", "nope"),
+                ""
+            )
+            .status,
+        401
+    );
+
+    let audit_json = install.cli_ok(&["audit", "--json"], "");
+    let events: Vec<Value> = serde_json::from_str(&audit_json).unwrap();
+    let has = |action: &str, actor: &str| {
+        events
+            .iter()
+            .any(|e| e["action"] == action && e["actor"].as_str().unwrap().starts_with(actor))
+    };
+    for (action, actor) in [
+        ("user.added", "cli:"),
+        ("user.disabled", "cli:"),
+        ("user.enabled", "cli:"),
+        ("user.password_changed", "cli:"),
+        ("grant.added", "cli:"),
+        ("grant.removed", "cli:"),
+        ("token.created", "alice"),
+        ("token.edited", "alice"),
+        ("token.rotated", "alice"),
+        ("policy.changed", "root"),
+        ("token.revoked", "root"),
+        ("auth.failed", "alice"),
+    ] {
+        assert!(has(action, actor), "no {action} by {actor} in {audit_json}");
+    }
+    let revoked = events
+        .iter()
+        .find(|e| e["action"] == "token.revoked")
+        .unwrap();
+    assert_eq!(revoked["target"], id.as_str());
+    assert_eq!(revoked["source"], "127.0.0.1");
+    let edited = events
+        .iter()
+        .find(|e| e["action"] == "token.edited")
+        .unwrap();
+    assert!(edited["detail"]
+        .as_str()
+        .unwrap()
+        .contains("name 'laptop' -> 'renamed'"));
+
+    // Give the server a moment to write its last log lines, then look everywhere.
+    std::thread::sleep(Duration::from_millis(300));
+    let human_audit = install.cli_ok(&["audit"], "");
+    let list = install.cli_ok(&["token", "list", "--json"], "");
+    let rest_list = server.api("GET", "/users/alice", "root", "").body;
+    let log = server.log_text();
+    assert!(log.contains("listening on"));
+    let mut db = Vec::new();
+    for name in ["gitgate.db", "gitgate.db-wal"] {
+        if let Ok(bytes) = std::fs::read(install.path().join(name)) {
+            db.extend(bytes);
+        }
+    }
+    let db = String::from_utf8_lossy(&db).to_string();
+    for secret in [&first, &second] {
+        for (what, text) in [
+            ("audit --json", &audit_json),
+            ("audit", &human_audit),
+            ("token list", &list),
+            ("REST list", &rest_list),
+            ("server log", &log),
+            ("database", &db),
+        ] {
+            assert!(!text.contains(secret.as_str()), "a secret is in the {what}");
+        }
+    }
+    assert!(
+        !log.contains(PW) && !db.contains(PW),
+        "a password was written"
+    );
+}
