@@ -43,11 +43,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::time::Sleep;
 
-use super::headers::{self, Cidr, Outbound};
+use super::headers::{self, Outbound};
 use super::ForwardError;
 use crate::config::{CredentialScheme, HttpUpstream, SecretSource, UpstreamCredentials};
 use crate::gate::ResponseBody;
 use crate::git::GitRequest;
+use crate::network::Cidr;
 use crate::policy::Identity;
 
 type OutBody = UnsyncBoxBody<Bytes, io::Error>;
