@@ -40,6 +40,9 @@ enum Command {
     /// Manage access tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Per-user rate-limit overrides and exemptions.
+    #[command(subcommand)]
+    Ratelimit(RatelimitCommand),
     /// Show audit events.
     Audit {
         /// Only events at or after this date (YYYY-MM-DD) or epoch milliseconds.
@@ -92,6 +95,29 @@ enum GrantCommand {
     /// List grants, of one user or of everyone.
     List {
         name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RatelimitCommand {
+    /// Give USER (a user, or token:ID for a project/repository token) its own bucket.
+    Set {
+        user: String,
+        /// Requests allowed in a burst.
+        #[arg(long)]
+        capacity: u32,
+        /// Requests added back per second (may be fractional).
+        #[arg(long)]
+        refill: f64,
+    },
+    /// Never rate-limit USER.
+    Exempt { user: String },
+    /// Remove USER's override: the [rate_limit] defaults apply again.
+    Clear { user: String },
+    /// List overrides.
+    List {
         #[arg(long)]
         json: bool,
     },
@@ -223,6 +249,16 @@ fn run(args: Cli) -> Result<(), String> {
             TokenCommand::List { user, json } => cli::token::list(&store, user.as_deref(), json),
             TokenCommand::Show { id, json } => cli::token::show(&store, &id, json),
             TokenCommand::Revoke { id } => cli::token::revoke(&store, &id),
+        },
+        Command::Ratelimit(cmd) => match cmd {
+            RatelimitCommand::Set {
+                user,
+                capacity,
+                refill,
+            } => cli::ratelimit::set(&store, &user, capacity, refill),
+            RatelimitCommand::Exempt { user } => cli::ratelimit::exempt(&store, &user),
+            RatelimitCommand::Clear { user } => cli::ratelimit::clear(&store, &user),
+            RatelimitCommand::List { json } => cli::ratelimit::list(&store, json),
         },
         Command::Audit { since, json } => cli::audit::show(&store, since.as_deref(), json),
     }

@@ -2,8 +2,9 @@
 //! to the [`Gate`], and shut down gracefully.
 //!
 //! Timeouts suit git: the header read has a deadline (slowloris), but bodies have none, because a
-//! big clone legitimately streams for minutes. A panic inside one connection's task is caught by
-//! tokio and ends that connection only.
+//! big clone legitimately streams for minutes. A panic while handling a request becomes a 500
+//! for that request ([`crate::unwind`]); one while streaming is caught by tokio and ends that
+//! connection only. Either way it is logged and the process lives on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,9 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, Upstream as UpstreamConfig};
 use crate::gate::Gate;
+use crate::guard::Guard;
 use crate::store::Store;
+use crate::unwind::CatchPanic;
 use crate::upstream::{CgiBackend, Upstream};
 
 /// How long a client may take to send its request headers.
@@ -28,6 +31,7 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Build the gate from the config and serve until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), String> {
+    crate::unwind::install_hook();
     let store = Store::open(&config.store.path).map_err(|e| e.to_string())?;
     let upstream = match &config.upstream {
         UpstreamConfig::Cgi {
@@ -38,6 +42,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let gate = Arc::new(Gate {
         git_prefix: config.server.git_prefix.clone(),
         realm: config.auth.realm.clone(),
+        guard: Guard::new(store.clone(), &config.rate_limit, &config.auth_failures),
         store,
         upstream,
     });
@@ -84,7 +89,8 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let gate = gate.clone();
-                let service = service_fn(move |req| gate.clone().handle(req, remote));
+                let service =
+                    service_fn(move |req| CatchPanic::new(gate.clone().handle(req, remote)));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod grant;
+pub mod ratelimit;
 pub mod token;
 pub mod user;
 

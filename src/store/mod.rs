@@ -15,6 +15,7 @@
 
 mod audit;
 mod grants;
+mod ratelimits;
 mod schema;
 mod tokens;
 mod users;
@@ -28,6 +29,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit::AuditEvent;
 pub use grants::Grant;
+pub use ratelimits::{RateOverride, RateRule};
 pub use tokens::{validate_name, AuthRecord, NewToken, Owner, TokenRecord};
 pub use users::{validate_slug, Role, User};
 

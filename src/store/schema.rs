@@ -6,7 +6,8 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            INTEGER PRIMARY KEY,
     slug          TEXT NOT NULL UNIQUE,
@@ -55,7 +56,21 @@ CREATE TABLE audit_events (
     source TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX audit_events_at ON audit_events(at);
-"#];
+"#,
+    // 2: per-principal rate-limit overrides and exemptions (`gitgate ratelimit`).
+    r#"
+CREATE TABLE rate_limits (
+    principal         TEXT PRIMARY KEY,
+    capacity          INTEGER,
+    refill_per_second REAL,
+    exempt            INTEGER NOT NULL DEFAULT 0,
+    updated_at        INTEGER NOT NULL,
+    updated_by        TEXT NOT NULL,
+    CHECK (exempt IN (0, 1)),
+    CHECK (exempt = 1 OR (capacity >= 1 AND refill_per_second > 0))
+);
+"#,
+];
 
 /// The schema version this build writes.
 pub const CURRENT: i64 = MIGRATIONS.len() as i64;
