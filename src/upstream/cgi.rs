@@ -587,16 +587,16 @@ impl HeadScan {
 
 /// The response line and headers a CGI header block asks for.
 #[derive(Debug)]
-struct Head {
-    status: StatusCode,
-    headers: HeaderMap,
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
 }
 
 /// Turns a complete CGI header block into a status and response headers (RFC 3875 §6.3).
 /// `Status` sets the status (default 200, or 302 with `Location`); other fields become response
 /// headers. A field hyper cannot carry is skipped with a warning; a block that is not CGI output
 /// at all (a line without a colon, an unreadable `Status`) is an error.
-fn parse_head(block: &[u8]) -> Result<Head, CgiError> {
+pub fn parse_head(block: &[u8]) -> Result<Head, CgiError> {
     let mut status = None;
     let mut headers = HeaderMap::new();
     for line in block.split(|&b| b == b'\n') {
