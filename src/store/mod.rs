@@ -120,6 +120,8 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Which file the pooled connections have open (see [`Store::check_file`]).
+    file: Mutex<Option<FileId>>,
 }
 
 impl Store {
@@ -152,6 +154,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 idle: Mutex::new(vec![conn]),
+                file: Mutex::new(file_id(path).ok()),
             }),
         })
     }
@@ -160,8 +163,34 @@ impl Store {
         &self.inner.path
     }
 
+    /// Fail closed when the store file is gone, and start over when it was replaced.
+    ///
+    /// An open SQLite connection keeps reading a deleted file's old inode, so without this check
+    /// a server whose store was deleted would go on accepting tokens that the CLI (which creates
+    /// a fresh file) can no longer revoke. One `stat` per store operation buys that guarantee.
+    fn check_file(&self) -> Result<FileId> {
+        let id = file_id(&self.inner.path).map_err(|e| StoreError::Open {
+            path: self.inner.path.clone(),
+            message: format!("the store file is unavailable: {e}"),
+        })?;
+        let mut known = self.inner.file.lock().unwrap_or_else(|p| p.into_inner());
+        if *known != Some(id) {
+            if known.is_some() {
+                tracing::warn!(path = %self.inner.path.display(), "the store file was replaced; reconnecting");
+            }
+            self.inner
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            *known = Some(id);
+        }
+        Ok(id)
+    }
+
     /// Run `f` on a pooled connection.
     fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let file = self.check_file()?;
         let pooled = self.inner.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut conn = match pooled {
             Some(c) => c,
@@ -171,8 +200,9 @@ impl Store {
             })?,
         };
         let out = f(&mut conn);
+        let same_file = *self.inner.file.lock().unwrap_or_else(|p| p.into_inner()) == Some(file);
         if let Ok(mut idle) = self.inner.idle.lock() {
-            if idle.len() < POOL_SIZE {
+            if same_file && idle.len() < POOL_SIZE {
                 idle.push(conn);
             }
         }
@@ -208,6 +238,21 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// Identifies a file across renames: device and inode.
+type FileId = (u64, u64);
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    std::fs::metadata(path).map(|_| (0, 0))
 }
 
 fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {
