@@ -574,8 +574,14 @@ impl HeadScan {
     /// if `buf` already holds all of it. The block may be at most [`MAX_HEADER_BLOCK`] long.
     fn find_end(&mut self, buf: &[u8]) -> Option<usize> {
         let limit = buf.len().min(MAX_HEADER_BLOCK);
-        while let Some(nl) = buf[self.line_start..limit].iter().position(|&b| b == b'\n') {
-            let line = &buf[self.line_start..self.line_start + nl];
+        // `get` rather than indexing: the bounds hold only if `buf` never shrinks between calls.
+        while let Some(nl) = buf
+            .get(self.line_start..limit)
+            .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+        {
+            let line = buf
+                .get(self.line_start..self.line_start + nl)
+                .unwrap_or_default();
             self.line_start += nl + 1;
             if line.is_empty() || line == b"\r" {
                 return Some(self.line_start);
