@@ -4,9 +4,11 @@
 //!
 //! ```text
 //!  git client ──▶ server ──▶ gate ──┬─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
+//!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read)
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
 //!                                   ├─ token::parse(secret) → id; store.auth_record(id); hash compare
 //!                                   ├─ policy::authorize(record, user, repo, access, now) ─▶ Identity | Deny
+//!                                   ├─ guard: principal's bucket (exchange starts only) ─▶ 429
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
 //!                                         └─ cgi: git http-backend run by gitgate itself
 //!  off the hot path: last-used time/address (at most every 5 s per token), audit of failures
@@ -27,6 +29,10 @@
 //!   the CLI process: a revocation there is seen on the next request.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
 //!   streamed.
+//! - [`guard`] defends the gate against abuse: [`throttle`] blocks an address after repeated
+//!   failed authentications (before the store is read), [`ratelimit`] gives each principal a
+//!   token bucket; both answer `429` with `Retry-After`. [`unwind`] turns a panic in a request
+//!   into a logged `500` so that no input can take the process down.
 //! - [`lifecycle`] holds the token creation rules for every interface; [`cli`] is the operator's
 //!   command line; [`config`] reads and validates `proxy.toml`.
 

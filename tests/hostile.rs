@@ -52,7 +52,7 @@ fn cases(w: &str, r: &str) -> Vec<(&'static str, Vec<u8>, u16)> {
     non_utf8_path.extend_from_slice(b"Connection: close\r\n\r\n");
 
     vec![
-        // --- credentials: all refused with the Basic challenge, none reaches the store's yes
+        // --- credentials: all refused with the Basic challenge
         ("no credentials", req("GET", IR, ""), 401),
         (
             "bad base64",
