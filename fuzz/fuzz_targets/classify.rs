@@ -22,12 +22,22 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(req) = gitgate::git::classify(method, path, query, prefix) {
         let repo = req.repo.as_str();
         for seg in repo.split('/') {
-            assert!(gitgate::git::valid_segment(seg), "bad segment {seg:?} in {repo:?}");
+            assert!(
+                gitgate::git::valid_segment(seg),
+                "bad segment {seg:?} in {repo:?}"
+            );
         }
         // `app..x` is a fine name; a `..` or `.` *segment*, or an empty one, is not.
-        let tail = req.backend_path.strip_prefix('/').expect("backend path is absolute");
+        let tail = req
+            .backend_path
+            .strip_prefix('/')
+            .expect("backend path is absolute");
         for seg in tail.split('/') {
-            assert!(!seg.is_empty() && seg != "." && seg != "..", "{}", req.backend_path);
+            assert!(
+                !seg.is_empty() && seg != "." && seg != "..",
+                "{}",
+                req.backend_path
+            );
         }
         assert!(!req.backend_path.contains('%'));
         assert!(!req.backend_path.contains('\\'));
