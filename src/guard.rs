@@ -228,3 +228,105 @@ impl Guard {
         cached.rules.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::Service;
+    use crate::permission::{TokenKind, TokenPermissions};
+    use crate::store::test_support::{actor, temp_store};
+    use crate::store::Role;
+
+    fn token(owner: Option<&str>) -> TokenRecord {
+        let kind = if owner.is_some() {
+            TokenKind::Personal
+        } else {
+            TokenKind::Project
+        };
+        TokenRecord {
+            id: "abcdefghijkl".into(),
+            kind,
+            name: "t".into(),
+            owner: owner.map(String::from),
+            scope: None,
+            permissions: TokenPermissions::from_names(kind, &["REPO_READ"]).unwrap(),
+            created_at: 0,
+            created_by: "test".into(),
+            expires_at: None,
+            last_used_at: None,
+            last_used_addr: None,
+            revoked_at: None,
+        }
+    }
+
+    fn guard(store: Store, capacity: u32) -> Guard {
+        Guard::new(
+            store,
+            &config::RateLimit {
+                enabled: true,
+                capacity,
+                refill_per_second: 1.0,
+            },
+            &config::AuthFailures {
+                max: 2,
+                window_seconds: 60,
+            },
+        )
+    }
+
+    #[test]
+    fn principals() {
+        assert_eq!(principal(&token(Some("alice"))), "user:alice");
+        assert_eq!(principal(&token(None)), "token:abcdefghijkl");
+    }
+
+    #[tokio::test]
+    async fn only_exchange_starts_are_limited_and_exemptions_apply() {
+        let (_d, store) = temp_store();
+        let g = guard(store.clone(), 1);
+        let alice = token(Some("alice"));
+        let advertise = Operation::Advertise(Service::UploadPack);
+        let rpc = Operation::Rpc(Service::UploadPack);
+        assert_eq!(g.check_principal(&alice, advertise, 0).await, Ok(()));
+        let limited = g.check_principal(&alice, advertise, 0).await.unwrap_err();
+        assert_eq!(limited.retry_after_secs(), 1);
+        assert!(limited.message().contains("user:alice"));
+        for _ in 0..10 {
+            assert_eq!(g.check_principal(&alice, rpc, 0).await, Ok(()));
+        }
+        // An exemption is read from the store once the cached overrides are stale.
+        store.add_user("alice", "x", Role::User, &actor()).unwrap();
+        store
+            .set_rate_limit("user:alice", RateRule::Exempt, &actor())
+            .unwrap();
+        let later = OVERRIDES_TTL_MS + 1;
+        for _ in 0..5 {
+            assert_eq!(g.check_principal(&alice, advertise, later).await, Ok(()));
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_block_the_address_and_are_audited() {
+        let (_d, store) = temp_store();
+        let g = guard(store.clone(), 60);
+        let addr: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(g.check_address(addr, 0), Ok(()));
+        g.failed_auth(addr, 0);
+        g.failed_auth(addr, 1);
+        assert_eq!(
+            g.check_address(addr, 2),
+            Err(Verdict::AddressBlocked {
+                retry_after_secs: 60
+            })
+        );
+        for _ in 0..100 {
+            let events = store.audit_events(None, 10).unwrap();
+            if events.iter().any(|e| e.action == "auth.throttled") {
+                assert!(events.iter().any(|e| e.target == "192.0.2.7"));
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("no auth.throttled audit event");
+    }
+}
