@@ -25,6 +25,8 @@ pub struct Config {
     pub store: Store,
     pub upstream: Upstream,
     pub auth: Auth,
+    pub rate_limit: RateLimit,
+    pub auth_failures: AuthFailures,
 }
 
 #[derive(Clone, Debug)]
@@ -139,6 +141,41 @@ pub struct Auth {
     pub realm: String,
 }
 
+/// `[rate_limit]`: token buckets per principal (see `ratelimit`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub enabled: bool,
+    pub capacity: u32,
+    pub refill_per_second: f64,
+}
+
+impl Default for RateLimit {
+    /// Bitbucket Data Center's defaults.
+    fn default() -> Self {
+        RateLimit {
+            enabled: true,
+            capacity: 60,
+            refill_per_second: 5.0,
+        }
+    }
+}
+
+/// `[auth_failures]`: failed-authentication throttling per source address (see `throttle`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthFailures {
+    pub max: u32,
+    pub window_seconds: u32,
+}
+
+impl Default for AuthFailures {
+    fn default() -> Self {
+        AuthFailures {
+            max: 10,
+            window_seconds: 60,
+        }
+    }
+}
+
 /// Why a configuration could not be used.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -161,6 +198,8 @@ struct RawConfig {
     store: Option<RawStore>,
     upstream: Option<RawUpstream>,
     auth: Option<RawAuth>,
+    rate_limit: Option<RawRateLimit>,
+    auth_failures: Option<RawAuthFailures>,
 }
 
 #[derive(Deserialize, Default)]
@@ -217,6 +256,21 @@ struct RawCredentials {
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     realm: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    enabled: Option<bool>,
+    capacity: Option<u32>,
+    refill_per_second: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuthFailures {
+    max: Option<u32>,
+    window_seconds: Option<u32>,
 }
 
 impl Config {
@@ -371,6 +425,10 @@ impl Config {
             ));
         }
 
+        let rate_limit = parse_rate_limit(raw.rate_limit.unwrap_or_default()).map_err(err)?;
+        let auth_failures =
+            parse_auth_failures(raw.auth_failures.unwrap_or_default()).map_err(err)?;
+
         Ok(Config {
             source: path.to_path_buf(),
             server: Server {
@@ -385,6 +443,8 @@ impl Config {
             },
             upstream,
             auth: Auth { realm },
+            rate_limit,
+            auth_failures,
         })
     }
 
@@ -435,6 +495,42 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn parse_rate_limit(raw: RawRateLimit) -> Result<RateLimit, String> {
+    let d = RateLimit::default();
+    let limit = RateLimit {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        capacity: raw.capacity.unwrap_or(d.capacity),
+        refill_per_second: raw.refill_per_second.unwrap_or(d.refill_per_second),
+    };
+    if limit.capacity == 0 {
+        return Err(
+            "[rate_limit] capacity must be at least 1 (to turn limiting off, set enabled = false)"
+                .into(),
+        );
+    }
+    if !(limit.refill_per_second.is_finite() && limit.refill_per_second > 0.0) {
+        return Err(
+            "[rate_limit] refill_per_second must be a positive number, e.g. 5 or 0.5".into(),
+        );
+    }
+    Ok(limit)
+}
+
+fn parse_auth_failures(raw: RawAuthFailures) -> Result<AuthFailures, String> {
+    let d = AuthFailures::default();
+    let f = AuthFailures {
+        max: raw.max.unwrap_or(d.max),
+        window_seconds: raw.window_seconds.unwrap_or(d.window_seconds),
+    };
+    if f.max == 0 || f.window_seconds == 0 {
+        return Err(
+            "[auth_failures] max and window_seconds must be at least 1, e.g. max = 10, window_seconds = 60"
+                .into(),
+        );
+    }
+    Ok(f)
 }
 
 #[cfg(unix)]
@@ -749,6 +845,31 @@ env = "UPSTREAM_TOKEN"
         assert!(parse(&GOOD.replace("/scm/", "/a/../b"))
             .unwrap_err()
             .contains("git_prefix"));
+    }
+
+    #[test]
+    fn hardening_sections_default_and_validate() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.rate_limit, RateLimit::default());
+        assert_eq!(c.rate_limit.capacity, 60);
+        assert_eq!(c.auth_failures.max, 10);
+        let custom = format!(
+            "{GOOD}[rate_limit]\nenabled = false\ncapacity = 5\nrefill_per_second = 0.5\n\
+             [auth_failures]\nmax = 3\nwindow_seconds = 10\n"
+        );
+        let c = parse(&custom).unwrap();
+        assert!(!c.rate_limit.enabled);
+        assert_eq!(c.rate_limit.capacity, 5);
+        assert_eq!(c.rate_limit.refill_per_second, 0.5);
+        assert_eq!(c.auth_failures.window_seconds, 10);
+        let bad = format!("{GOOD}[rate_limit]\ncapacity = 0\n");
+        assert!(parse(&bad).unwrap_err().contains("capacity"));
+        let bad = format!("{GOOD}[rate_limit]\nrefill_per_second = -1\n");
+        assert!(parse(&bad).unwrap_err().contains("refill_per_second"));
+        let bad = format!("{GOOD}[auth_failures]\nmax = 0\n");
+        assert!(parse(&bad).unwrap_err().contains("auth_failures"));
+        let bad = format!("{GOOD}[rate_limit]\nburst = 3\n");
+        assert!(parse(&bad).unwrap_err().contains("burst"));
     }
 
     #[test]

@@ -19,12 +19,13 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 
 use crate::clock;
 use crate::credentials::{self, CredentialError, Credentials};
 use crate::git::{self, GitRequest, Rejection};
+use crate::guard::{Guard, Verdict};
 use crate::policy::{self, Deny, Identity};
 use crate::store::{Actor, AuthRecord, Store, StoreError};
 use crate::token;
@@ -42,6 +43,8 @@ pub struct Gate {
     pub realm: String,
     pub store: Store,
     pub upstream: Upstream,
+    /// Failed-authentication throttling and rate limits (see [`crate::guard`]).
+    pub guard: Guard,
 }
 
 /// Every way a request can end before reaching the backend.
@@ -52,6 +55,8 @@ enum Refusal {
     InvalidToken,
     Denied(Deny),
     StoreDown(StoreError),
+    /// Too many failures from the address, or too many requests from the principal (429).
+    Guarded(Verdict),
 }
 
 /// Facts about one request for its log line.
@@ -139,6 +144,9 @@ impl Gate {
         .map_err(Refusal::NotGit)?;
         log.repo = Some(git_req.repo.to_string());
         log.access = Some(git_req.access.as_str());
+        self.guard
+            .check_address(remote.ip(), clock::now_ms())
+            .map_err(Refusal::Guarded)?;
 
         let creds = credentials::from_headers(req.headers()).map_err(Refusal::NoCredentials)?;
         let (basic_user, secret) = match &creds {
@@ -181,6 +189,10 @@ impl Gate {
         )
         .map_err(Refusal::Denied)?;
         log.user = Some(identity.user.clone());
+        self.guard
+            .check_principal(&record.token, git_req.operation, now)
+            .await
+            .map_err(Refusal::Guarded)?;
         self.note_use(&record, now, remote);
         Ok((git_req, identity))
     }
@@ -240,6 +252,12 @@ impl Gate {
                     "gitgate cannot check tokens right now; try again shortly",
                 )
             }
+            Refusal::Guarded(verdict) => {
+                let mut resp = text(StatusCode::TOO_MANY_REQUESTS, &verdict.message());
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(verdict.retry_after_secs()));
+                resp
+            }
         }
     }
 
@@ -254,6 +272,7 @@ impl Gate {
 
     /// A failed authentication is an audit event (never with the secret), written off the path.
     fn audit_failure(&self, remote: SocketAddr, log: &RequestLog, reason: &str) {
+        self.guard.failed_auth(remote.ip(), clock::now_ms());
         let store = self.store.clone();
         let actor = Actor {
             name: log.user.clone().unwrap_or_else(|| "anonymous".into()),

@@ -5,10 +5,12 @@
 //! ```text
 //!  git client ──▶ server ──▶ gate ──┬─ /rest/... ─▶ api::handle: management, user's password only, never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
+//!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read)
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
 //!                                   ├─ token::parse(secret) → id; store: cache (PRAGMA data_version) → SQLite; hash compare
 //!                                   │     (the current secret, or the previous one inside a rotation overlap)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
+//!                                   ├─ guard: principal's bucket (exchange starts only) ─▶ 429
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
 //!                                         └─ cgi:  git http-backend run by gitgate itself
@@ -43,6 +45,10 @@
 //!   the gate routes before git classification and which accepts passwords, never tokens.
 //! - [`network`] parses the CIDR lists a token may be limited to; [`config`] reads and
 //!   validates `proxy.toml`.
+//! - [`guard`] defends the gate against abuse: [`throttle`] blocks an address after repeated
+//!   failed authentications (before the store is read), [`ratelimit`] gives each principal a
+//!   token bucket; both answer `429` with `Retry-After`. [`unwind`] turns a panic in a request
+//!   into a logged `500` so that no input can take the process down.
 
 pub mod api;
 pub mod cli;
@@ -51,14 +57,18 @@ pub mod config;
 pub mod credentials;
 pub mod gate;
 pub mod git;
+pub mod guard;
 pub mod health;
 pub mod lifecycle;
 pub mod network;
 pub mod password;
 pub mod permission;
 pub mod policy;
+pub mod ratelimit;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 pub mod token;
+pub mod unwind;
 pub mod upstream;

@@ -43,6 +43,9 @@ enum Command {
     /// Show or set the token expiry policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Per-user rate-limit overrides and exemptions.
+    #[command(subcommand)]
+    Ratelimit(RatelimitCommand),
     /// Show audit events.
     Audit {
         /// Only events at or after this date (YYYY-MM-DD) or epoch milliseconds.
@@ -116,6 +119,29 @@ enum GrantCommand {
     /// List grants, of one user or of everyone.
     List {
         name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RatelimitCommand {
+    /// Give USER (a user, or token:ID for a project/repository token) its own bucket.
+    Set {
+        user: String,
+        /// Requests allowed in a burst.
+        #[arg(long)]
+        capacity: u32,
+        /// Requests added back per second (may be fractional).
+        #[arg(long)]
+        refill: f64,
+    },
+    /// Never rate-limit USER.
+    Exempt { user: String },
+    /// Remove USER's override: the [rate_limit] defaults apply again.
+    Clear { user: String },
+    /// List overrides.
+    List {
         #[arg(long)]
         json: bool,
     },
@@ -325,6 +351,16 @@ fn run(args: Cli) -> Result<(), String> {
                 max_expiry_days,
                 no_max_expiry_days,
             ),
+        },
+        Command::Ratelimit(cmd) => match cmd {
+            RatelimitCommand::Set {
+                user,
+                capacity,
+                refill,
+            } => cli::ratelimit::set(&store, &user, capacity, refill),
+            RatelimitCommand::Exempt { user } => cli::ratelimit::exempt(&store, &user),
+            RatelimitCommand::Clear { user } => cli::ratelimit::clear(&store, &user),
+            RatelimitCommand::List { json } => cli::ratelimit::list(&store, json),
         },
         Command::Audit { since, json } => cli::audit::show(&store, since.as_deref(), json),
     }

@@ -9,7 +9,9 @@
 //!
 //! Signals: SIGINT/SIGTERM stop accepting and give requests in flight `shutdown_grace` to
 //! finish (then `run` returns and the process exits 0); SIGHUP reloads the TLS certificate
-//! (see [`crate::tls`]). A panic inside one connection's task ends that connection only.
+//! (see [`crate::tls`]). A panic while handling a request becomes a 500 for that request
+//! ([`crate::unwind`]); one while streaming is caught by tokio and ends that connection only.
+//! Either way it is logged and the process lives on.
 
 use std::future::Future;
 use std::io;
@@ -32,9 +34,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Limits, Upstream as UpstreamConfig};
 use crate::gate::Gate;
+use crate::guard::Guard;
 use crate::health;
 use crate::store::Store;
 use crate::tls::CertStore;
+use crate::unwind::CatchPanic;
 use crate::upstream::{CgiBackend, HttpBackend, Upstream};
 
 /// How the server runs: TLS or not, and its limits.
@@ -46,6 +50,7 @@ pub struct Settings {
 
 /// Build the gate from the config and serve until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), String> {
+    crate::unwind::install_hook();
     let certs = match &config.server.tls {
         Some(tls) => Some(
             CertStore::load(&tls.cert, &tls.key)
@@ -67,6 +72,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let gate = Arc::new(Gate {
         git_prefix: config.server.git_prefix.clone(),
         realm: config.auth.realm.clone(),
+        guard: Guard::new(store.clone(), &config.rate_limit, &config.auth_failures),
         store,
         upstream,
     });
@@ -204,12 +210,12 @@ impl Connection {
         // Probes are answered here, before the gate: no token, no classification, never forwarded.
         let service = service_fn(move |req: Request<Incoming>| {
             let gate = gate.clone();
-            async move {
+            CatchPanic::new(async move {
                 match health::probe(&gate, req.method(), req.uri().path()).await {
                     Some(resp) => Ok(resp),
                     None => gate.handle(req, remote).await,
                 }
-            }
+            })
         });
         let conn = self
             .builder

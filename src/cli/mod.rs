@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod grant;
 pub mod policy;
+pub mod ratelimit;
 pub mod token;
 pub mod user;
 

@@ -48,6 +48,14 @@ impl AuthCache {
         }
     }
 
+    /// Forget everything and watch a new connection (the store file was replaced).
+    pub(super) fn reset(&self, watcher: Connection) {
+        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = watcher;
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state.entries.clear();
+        state.version = i64::MIN;
+    }
+
     /// The store's current data version as this cache's connection sees it.
     pub(super) fn version(&self) -> rusqlite::Result<i64> {
         let conn = self.watcher.lock().unwrap_or_else(|p| p.into_inner());

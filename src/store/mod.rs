@@ -16,6 +16,7 @@
 mod audit;
 mod cache;
 mod grants;
+mod ratelimits;
 mod schema;
 mod settings;
 mod tokens;
@@ -30,6 +31,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit::AuditEvent;
 pub use grants::Grant;
+pub use ratelimits::{RateOverride, RateRule};
 pub use tokens::{validate_name, AuthRecord, NewToken, Owner, TokenEdit, TokenRecord};
 pub use users::{validate_slug, Role, User};
 
@@ -121,6 +123,8 @@ struct Inner {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     cache: cache::AuthCache,
+    /// Which file the pooled connections have open (see [`Store::check_file`]).
+    file: Mutex<Option<FileId>>,
 }
 
 impl Store {
@@ -155,6 +159,7 @@ impl Store {
                 path: path.to_path_buf(),
                 idle: Mutex::new(vec![conn]),
                 cache: cache::AuthCache::new(watcher),
+                file: Mutex::new(file_id(path).ok()),
             }),
         })
     }
@@ -163,8 +168,42 @@ impl Store {
         &self.inner.path
     }
 
+    /// Fail closed when the store file is gone, and start over when it was replaced.
+    ///
+    /// An open SQLite connection keeps reading a deleted file's old inode, so without this check
+    /// a server whose store was deleted would go on accepting tokens that the CLI (which creates
+    /// a fresh file) can no longer revoke. One `stat` per store operation buys that guarantee.
+    fn check_file(&self) -> Result<FileId> {
+        let id = file_id(&self.inner.path).map_err(|e| StoreError::Open {
+            path: self.inner.path.clone(),
+            message: format!("the store file is unavailable: {e}"),
+        })?;
+        let mut known = self.inner.file.lock().unwrap_or_else(|p| p.into_inner());
+        if *known != Some(id) {
+            if known.is_some() {
+                tracing::warn!(path = %self.inner.path.display(), "the store file was replaced; reconnecting");
+            }
+            self.inner
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            if known.is_some() {
+                // The cache and its version watcher describe the old file: start over.
+                let watcher = connect(&self.inner.path, false).map_err(|e| StoreError::Open {
+                    path: self.inner.path.clone(),
+                    message: e.to_string(),
+                })?;
+                self.inner.cache.reset(watcher);
+            }
+            *known = Some(id);
+        }
+        Ok(id)
+    }
+
     /// Run `f` on a pooled connection.
     fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let file = self.check_file()?;
         let pooled = self.inner.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut conn = match pooled {
             Some(c) => c,
@@ -174,8 +213,9 @@ impl Store {
             })?,
         };
         let out = f(&mut conn);
+        let same_file = *self.inner.file.lock().unwrap_or_else(|p| p.into_inner()) == Some(file);
         if let Ok(mut idle) = self.inner.idle.lock() {
-            if idle.len() < POOL_SIZE {
+            if same_file && idle.len() < POOL_SIZE {
                 idle.push(conn);
             }
         }
@@ -207,12 +247,15 @@ impl Store {
     /// The auth record for token `id` from the in-memory cache, if it is there and nothing has
     /// been committed to the store since it was read. Cheap: no query but `PRAGMA data_version`.
     pub fn cached_auth_record(&self, id: &str) -> Result<Option<Arc<AuthRecord>>> {
+        // A deleted or replaced file must not be served from memory: fail closed / start over.
+        self.check_file()?;
         let version = self.inner.cache.version()?;
         Ok(self.inner.cache.get(id, version))
     }
 
     /// The auth record for token `id`: from the cache when valid, else read and cached.
     pub fn auth_record_cached(&self, id: &str) -> Result<Option<Arc<AuthRecord>>> {
+        self.check_file()?;
         let version = self.inner.cache.version()?;
         if let Some(hit) = self.inner.cache.get(id, version) {
             return Ok(Some(hit));
@@ -241,6 +284,21 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// Identifies a file across renames: device and inode.
+type FileId = (u64, u64);
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    std::fs::metadata(path).map(|_| (0, 0))
 }
 
 fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {

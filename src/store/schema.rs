@@ -65,6 +65,19 @@ ALTER TABLE tokens ADD COLUMN previous_valid_until INTEGER;
 ALTER TABLE tokens ADD COLUMN rotated_at INTEGER;
 ALTER TABLE tokens ADD COLUMN allowed_networks TEXT;
 "#,
+    // 3: per-principal rate-limit overrides and exemptions (`gitgate ratelimit`).
+    r#"
+CREATE TABLE rate_limits (
+    principal         TEXT PRIMARY KEY,
+    capacity          INTEGER,
+    refill_per_second REAL,
+    exempt            INTEGER NOT NULL DEFAULT 0,
+    updated_at        INTEGER NOT NULL,
+    updated_by        TEXT NOT NULL,
+    CHECK (exempt IN (0, 1)),
+    CHECK (exempt = 1 OR (capacity >= 1 AND refill_per_second > 0))
+);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -591,8 +591,14 @@ impl HeadScan {
     /// if `buf` already holds all of it. The block may be at most [`MAX_HEADER_BLOCK`] long.
     fn find_end(&mut self, buf: &[u8]) -> Option<usize> {
         let limit = buf.len().min(MAX_HEADER_BLOCK);
-        while let Some(nl) = buf[self.line_start..limit].iter().position(|&b| b == b'\n') {
-            let line = &buf[self.line_start..self.line_start + nl];
+        // `get` rather than indexing: the bounds hold only if `buf` never shrinks between calls.
+        while let Some(nl) = buf
+            .get(self.line_start..limit)
+            .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+        {
+            let line = buf
+                .get(self.line_start..self.line_start + nl)
+                .unwrap_or_default();
             self.line_start += nl + 1;
             if line.is_empty() || line == b"\r" {
                 return Some(self.line_start);
@@ -604,16 +610,16 @@ impl HeadScan {
 
 /// The response line and headers a CGI header block asks for.
 #[derive(Debug)]
-struct Head {
-    status: StatusCode,
-    headers: HeaderMap,
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
 }
 
 /// Turns a complete CGI header block into a status and response headers (RFC 3875 §6.3).
 /// `Status` sets the status (default 200, or 302 with `Location`); other fields become response
 /// headers. A field hyper cannot carry is skipped with a warning; a block that is not CGI output
 /// at all (a line without a colon, an unreadable `Status`) is an error.
-fn parse_head(block: &[u8]) -> Result<Head, CgiError> {
+pub fn parse_head(block: &[u8]) -> Result<Head, CgiError> {
     let mut status = None;
     let mut headers = HeaderMap::new();
     for line in block.split(|&b| b == b'\n') {

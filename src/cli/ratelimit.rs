@@ -1,0 +1,74 @@
+//! `gitgate ratelimit ...`: per-user (or per scoped token) overrides of the `[rate_limit]`
+//! defaults. `USER` is a user slug (covering all of that user's personal tokens) or `token:ID` for
+//! a project or repository token. A running server picks a change up within a few seconds.
+
+use serde_json::json;
+
+use super::{print_json, when};
+use crate::store::{Actor, RateRule, Store};
+
+/// `alice` → `user:alice`; `token:ID` stays as it is.
+fn principal(who: &str) -> Result<String, String> {
+    if let Some(id) = who.strip_prefix("token:") {
+        id.parse::<crate::token::TokenId>()?;
+        return Ok(who.to_string());
+    }
+    crate::store::validate_slug(who).map_err(|e| e.to_string())?;
+    Ok(format!("user:{who}"))
+}
+
+pub fn set(store: &Store, who: &str, capacity: u32, refill: f64) -> Result<(), String> {
+    let p = principal(who)?;
+    let rule = RateRule::Limits {
+        capacity,
+        refill_per_second: refill,
+    };
+    store
+        .set_rate_limit(&p, rule, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    eprintln!("{p}: capacity {capacity}, refill {refill}/s");
+    Ok(())
+}
+
+pub fn exempt(store: &Store, who: &str) -> Result<(), String> {
+    let p = principal(who)?;
+    store
+        .set_rate_limit(&p, RateRule::Exempt, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    eprintln!("{p}: exempt from rate limiting");
+    Ok(())
+}
+
+pub fn clear(store: &Store, who: &str) -> Result<(), String> {
+    let p = principal(who)?;
+    store
+        .clear_rate_limit(&p, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    eprintln!("{p}: the [rate_limit] defaults apply again");
+    Ok(())
+}
+
+pub fn list(store: &Store, as_json: bool) -> Result<(), String> {
+    let all = store.rate_limits().map_err(|e| e.to_string())?;
+    if as_json {
+        return print_json(&json!(all));
+    }
+    println!("{:<32} {:<28} UPDATED", "PRINCIPAL", "RULE");
+    for o in all {
+        let rule = match o.rule {
+            RateRule::Exempt => "exempt".to_string(),
+            RateRule::Limits {
+                capacity,
+                refill_per_second,
+            } => format!("capacity {capacity}, {refill_per_second}/s"),
+        };
+        println!(
+            "{:<32} {:<28} {} by {}",
+            o.principal,
+            rule,
+            when(Some(o.updated_at)),
+            o.updated_by
+        );
+    }
+    Ok(())
+}

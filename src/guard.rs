@@ -1,0 +1,334 @@
+//! The gate's defences against abuse, wired to the clock, the store and the logs: the pure
+//! [`throttle`](crate::throttle) (failed authentications per address) and
+//! [`ratelimit`](crate::ratelimit) (requests per principal) do the arithmetic; this module feeds
+//! them the time, reads the per-principal overrides, and writes the audit events and log lines.
+//!
+//! Where the gate asks:
+//! 1. [`Guard::check_address`] right after classification, before credentials are parsed or the
+//!    store is read: a blocked address costs nothing but a hash-map lookup.
+//! 2. [`Guard::failed_auth`] from the gate's one place for authentication failures.
+//! 3. [`Guard::check_principal`] after authorisation, for requests that start an exchange.
+//!
+//! Overrides (`gitgate ratelimit ...`) are read from the store at most every
+//! [`OVERRIDES_TTL_MS`], so a change from the CLI applies within seconds without a store read per
+//! request. If that read fails the last known overrides stay in force (the token lookup itself
+//! fails closed, so a store that is down is answered with 503 anyway).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::config;
+use crate::git::Operation;
+use crate::ratelimit::{self, Decision, Limits, RateLimiter};
+use crate::store::{Actor, RateRule, Store, TokenRecord};
+use crate::throttle::{self, Throttle};
+
+/// How stale the cached overrides may get.
+pub const OVERRIDES_TTL_MS: i64 = 5_000;
+
+/// A request the guard turns away, with the seconds to put in `Retry-After`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Too many failed authentications from this address.
+    AddressBlocked { retry_after_secs: u64 },
+    /// The principal's bucket is empty.
+    RateLimited {
+        principal: String,
+        retry_after_secs: u64,
+    },
+}
+
+impl Verdict {
+    pub fn retry_after_secs(&self) -> u64 {
+        match self {
+            Verdict::AddressBlocked { retry_after_secs }
+            | Verdict::RateLimited {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+        }
+    }
+
+    /// The one-line reason git shows as `remote: ...`.
+    pub fn message(&self) -> String {
+        match self {
+            Verdict::AddressBlocked { retry_after_secs } => format!(
+                "too many failed authentications from your address; try again in {retry_after_secs} s"
+            ),
+            Verdict::RateLimited {
+                principal,
+                retry_after_secs,
+            } => format!(
+                "rate limit exceeded for {principal}; try again in {retry_after_secs} s"
+            ),
+        }
+    }
+}
+
+/// The principal a token's requests are counted against: its owner for a personal token (all of
+/// a user's tokens share one bucket), the token itself for a project or repository token.
+pub fn principal(token: &TokenRecord) -> String {
+    match &token.owner {
+        Some(owner) => format!("user:{owner}"),
+        None => format!("token:{}", token.id),
+    }
+}
+
+struct Overrides {
+    fetched_at: Option<i64>,
+    rules: Arc<HashMap<String, RateRule>>,
+}
+
+/// Shared by every connection.
+pub struct Guard {
+    store: Store,
+    rate: Option<(RateLimiter, Limits)>,
+    throttle: Throttle,
+    overrides: Mutex<Overrides>,
+}
+
+impl Guard {
+    pub fn new(
+        store: Store,
+        rate_limit: &config::RateLimit,
+        auth_failures: &config::AuthFailures,
+    ) -> Guard {
+        let rate = rate_limit.enabled.then(|| {
+            (
+                RateLimiter::new(),
+                Limits {
+                    capacity: rate_limit.capacity,
+                    refill_per_second: rate_limit.refill_per_second,
+                },
+            )
+        });
+        Guard {
+            store,
+            rate,
+            throttle: Throttle::new(throttle::Policy {
+                max: auth_failures.max,
+                window_ms: i64::from(auth_failures.window_seconds) * 1000,
+            }),
+            overrides: Mutex::new(Overrides {
+                fetched_at: None,
+                rules: Arc::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Step 1: is this address blocked? No store access.
+    pub fn check_address(&self, addr: IpAddr, now: i64) -> Result<(), Verdict> {
+        self.throttle
+            .check(addr, now)
+            .map_err(|retry_after_secs| Verdict::AddressBlocked { retry_after_secs })
+    }
+
+    /// Step 2: count a failed authentication; a new block is logged and audited off the path.
+    pub fn failed_auth(&self, addr: IpAddr, now: i64) {
+        let Some(block) = self.throttle.record_failure(addr, now) else {
+            return;
+        };
+        let policy = self.throttle.policy();
+        let detail = format!(
+            "{} failed authentications within {} s: blocked for {} s (block {} in a row)",
+            policy.max,
+            policy.window_ms / 1000,
+            block.retry_after_secs,
+            block.strike
+        );
+        tracing::warn!(
+            target: "gitgate::throttle",
+            remote = %addr,
+            retry_after_secs = block.retry_after_secs,
+            strike = block.strike,
+            "address blocked after repeated authentication failures"
+        );
+        let store = self.store.clone();
+        let actor = Actor {
+            name: "gitgate".into(),
+            source: addr.to_string(),
+        };
+        let target = addr.to_string();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.record_event(&actor, "auth.throttled", &target, &detail) {
+                tracing::warn!(error = %e, "could not write the audit event");
+            }
+        });
+    }
+
+    /// Step 3: take a token from the principal's bucket if this request starts an exchange.
+    pub async fn check_principal(
+        &self,
+        token: &TokenRecord,
+        operation: Operation,
+        now: i64,
+    ) -> Result<(), Verdict> {
+        let Some((limiter, defaults)) = &self.rate else {
+            return Ok(());
+        };
+        if !ratelimit::counts(operation) {
+            return Ok(());
+        }
+        let principal = principal(token);
+        let limits = match self.overrides(now).await.get(&principal) {
+            Some(RateRule::Exempt) => return Ok(()),
+            Some(RateRule::Limits {
+                capacity,
+                refill_per_second,
+            }) => Limits {
+                capacity: *capacity,
+                refill_per_second: *refill_per_second,
+            },
+            None => *defaults,
+        };
+        match limiter.check(&principal, limits, now) {
+            Decision::Allow { .. } => Ok(()),
+            Decision::Limited { retry_after_secs } => {
+                tracing::info!(
+                    target: "gitgate::ratelimit",
+                    principal = %principal,
+                    retry_after_secs,
+                    "rate limit exceeded"
+                );
+                Err(Verdict::RateLimited {
+                    principal,
+                    retry_after_secs,
+                })
+            }
+        }
+    }
+
+    /// The overrides, refreshed from the store when older than [`OVERRIDES_TTL_MS`].
+    async fn overrides(&self, now: i64) -> Arc<HashMap<String, RateRule>> {
+        {
+            let mut cached = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = cached
+                .fetched_at
+                .is_some_and(|t| (0..OVERRIDES_TTL_MS).contains(&(now - t)));
+            if fresh {
+                return cached.rules.clone();
+            }
+            // Claim the refresh so concurrent requests use the old map meanwhile.
+            cached.fetched_at = Some(now);
+        }
+        let store = self.store.clone();
+        let read = tokio::task::spawn_blocking(move || store.rate_limits()).await;
+        let mut cached = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+        match read {
+            Ok(Ok(list)) => {
+                cached.rules = Arc::new(list.into_iter().map(|o| (o.principal, o.rule)).collect());
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read rate-limit overrides; keeping the last known ones");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rate-limit override task failed");
+            }
+        }
+        cached.rules.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::Service;
+    use crate::permission::{TokenKind, TokenPermissions};
+    use crate::store::test_support::{actor, temp_store};
+    use crate::store::Role;
+
+    fn token(owner: Option<&str>) -> TokenRecord {
+        let kind = if owner.is_some() {
+            TokenKind::Personal
+        } else {
+            TokenKind::Project
+        };
+        TokenRecord {
+            id: "abcdefghijkl".into(),
+            kind,
+            name: "t".into(),
+            owner: owner.map(String::from),
+            scope: None,
+            permissions: TokenPermissions::from_names(kind, &["REPO_READ"]).unwrap(),
+            created_at: 0,
+            created_by: "test".into(),
+            expires_at: None,
+            last_used_at: None,
+            last_used_addr: None,
+            revoked_at: None,
+            rotated_at: None,
+            allowed_networks: Vec::new(),
+        }
+    }
+
+    fn guard(store: Store, capacity: u32) -> Guard {
+        Guard::new(
+            store,
+            &config::RateLimit {
+                enabled: true,
+                capacity,
+                refill_per_second: 1.0,
+            },
+            &config::AuthFailures {
+                max: 2,
+                window_seconds: 60,
+            },
+        )
+    }
+
+    #[test]
+    fn principals() {
+        assert_eq!(principal(&token(Some("alice"))), "user:alice");
+        assert_eq!(principal(&token(None)), "token:abcdefghijkl");
+    }
+
+    #[tokio::test]
+    async fn only_exchange_starts_are_limited_and_exemptions_apply() {
+        let (_d, store) = temp_store();
+        let g = guard(store.clone(), 1);
+        let alice = token(Some("alice"));
+        let advertise = Operation::Advertise(Service::UploadPack);
+        let rpc = Operation::Rpc(Service::UploadPack);
+        assert_eq!(g.check_principal(&alice, advertise, 0).await, Ok(()));
+        let limited = g.check_principal(&alice, advertise, 0).await.unwrap_err();
+        assert_eq!(limited.retry_after_secs(), 1);
+        assert!(limited.message().contains("user:alice"));
+        for _ in 0..10 {
+            assert_eq!(g.check_principal(&alice, rpc, 0).await, Ok(()));
+        }
+        // An exemption is read from the store once the cached overrides are stale.
+        store.add_user("alice", "x", Role::User, &actor()).unwrap();
+        store
+            .set_rate_limit("user:alice", RateRule::Exempt, &actor())
+            .unwrap();
+        let later = OVERRIDES_TTL_MS + 1;
+        for _ in 0..5 {
+            assert_eq!(g.check_principal(&alice, advertise, later).await, Ok(()));
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_block_the_address_and_are_audited() {
+        let (_d, store) = temp_store();
+        let g = guard(store.clone(), 60);
+        let addr: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(g.check_address(addr, 0), Ok(()));
+        g.failed_auth(addr, 0);
+        g.failed_auth(addr, 1);
+        assert_eq!(
+            g.check_address(addr, 2),
+            Err(Verdict::AddressBlocked {
+                retry_after_secs: 60
+            })
+        );
+        for _ in 0..100 {
+            let events = store.audit_events(None, 10).unwrap();
+            if events.iter().any(|e| e.action == "auth.throttled") {
+                assert!(events.iter().any(|e| e.target == "192.0.2.7"));
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("no auth.throttled audit event");
+    }
+}

@@ -1,0 +1,327 @@
+//! Per-principal rate limiting with token buckets, after Bitbucket Data Center's: each principal
+//! (a personal token's owner, or a scoped token itself) has a bucket of `capacity` tokens that
+//! refills at `refill_per_second`; a counted request takes one, and an empty bucket means `429`
+//! with `Retry-After` until the next token is there.
+//!
+//! Why these choices:
+//! - **Pure.** Every method takes `now` (epoch milliseconds) as a value, so the arithmetic is
+//!   unit-tested without clocks or sleeps; the gate passes the real time in.
+//! - **Bounded memory.** A bucket that has refilled to capacity is indistinguishable from no
+//!   bucket, so it can be dropped. Each shard sweeps such idle buckets when it has grown past its
+//!   last sweep size, which keeps memory proportional to the principals active in the last
+//!   `capacity / refill` seconds. Principals are authenticated token owners or scoped tokens, so an
+//!   unauthenticated client cannot create entries at all.
+//! - **Sharded.** A `Mutex<HashMap>` per shard, picked by hashing the principal, keeps two
+//!   requests of different principals from contending on one lock on the hot path.
+//! - **Clones count once.** The gate only asks for a token on the request that starts an exchange
+//!   (the `info/refs` advertisement, or a dumb-HTTP GET), not on the `git-upload-pack` /
+//!   `git-receive-pack` POSTs that follow it, so a long clone or a protocol-v2 fetch that makes
+//!   several POSTs costs one token; see [`counts`].
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+use crate::git::Operation;
+
+/// Number of shards; a small power of two is plenty for a 2–16 core machine.
+const SHARDS: usize = 16;
+/// A shard does not sweep before it holds this many buckets.
+const MIN_SWEEP_AT: usize = 256;
+
+/// A bucket's size and refill rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// The burst: how many requests a principal can make at once after being idle.
+    pub capacity: u32,
+    /// Tokens added per second (may be fractional, e.g. 0.5).
+    pub refill_per_second: f64,
+}
+
+impl Limits {
+    /// Milliseconds for an empty bucket to fill up again: after this long idle, a bucket can go.
+    fn full_after_ms(&self) -> i64 {
+        if self.refill_per_second <= 0.0 {
+            return i64::MAX;
+        }
+        let ms = f64::from(self.capacity) * 1000.0 / self.refill_per_second;
+        if ms >= i64::MAX as f64 {
+            i64::MAX
+        } else {
+            ms.ceil() as i64
+        }
+    }
+}
+
+/// What the limiter says about one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Go ahead; `remaining` whole tokens are left.
+    Allow { remaining: u32 },
+    /// Over the limit: try again in `retry_after_secs` seconds (at least 1).
+    Limited { retry_after_secs: u64 },
+}
+
+/// One principal's bucket.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bucket {
+    tokens: f64,
+    updated_ms: i64,
+}
+
+impl Bucket {
+    /// A full bucket as of `now`.
+    pub fn full(limits: &Limits, now: i64) -> Bucket {
+        Bucket {
+            tokens: f64::from(limits.capacity),
+            updated_ms: now,
+        }
+    }
+
+    /// Refill for the time since the last update, then take one token if there is one.
+    ///
+    /// A clock that goes backwards adds nothing (and does not move `updated_ms` back).
+    pub fn take(&mut self, limits: &Limits, now: i64) -> Decision {
+        self.refill(limits, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Decision::Allow {
+                remaining: self.tokens.floor() as u32,
+            };
+        }
+        let missing = 1.0 - self.tokens;
+        let secs = if limits.refill_per_second > 0.0 {
+            (missing / limits.refill_per_second).ceil()
+        } else {
+            f64::from(u32::MAX)
+        };
+        Decision::Limited {
+            retry_after_secs: (secs as u64).max(1),
+        }
+    }
+
+    fn refill(&mut self, limits: &Limits, now: i64) {
+        let elapsed_ms = now.saturating_sub(self.updated_ms);
+        if elapsed_ms <= 0 {
+            return;
+        }
+        let added = elapsed_ms as f64 / 1000.0 * limits.refill_per_second;
+        self.tokens = (self.tokens + added).min(f64::from(limits.capacity));
+        self.updated_ms = now;
+    }
+
+    /// Whether the bucket would be full at `now` (so forgetting it changes nothing).
+    fn is_idle(&self, limits: &Limits, now: i64) -> bool {
+        now.saturating_sub(self.updated_ms) >= limits.full_after_ms()
+    }
+}
+
+/// Whether a request of this kind takes a token: only the request that starts an exchange.
+///
+/// A smart-HTTP clone, fetch or push is `GET info/refs?service=...` followed by one or more
+/// `POST git-upload-pack`/`git-receive-pack` on the same credentials; counting the advertisement
+/// alone makes a clone cost one request however many round trips protocol v2 or a large
+/// negotiation takes. Dumb-HTTP reads have no such start, so each counts.
+pub fn counts(operation: Operation) -> bool {
+    match operation {
+        Operation::Advertise(_) | Operation::Dumb => true,
+        Operation::Rpc(_) => false,
+    }
+}
+
+struct Shard {
+    buckets: HashMap<String, (Bucket, Limits)>,
+    /// Sweep when the map reaches this size.
+    sweep_at: usize,
+}
+
+/// The buckets of every principal, sharded.
+pub struct RateLimiter {
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter::new()
+    }
+}
+
+impl RateLimiter {
+    pub fn new() -> RateLimiter {
+        RateLimiter {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        buckets: HashMap::new(),
+                        sweep_at: MIN_SWEEP_AT,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    fn shard(&self, principal: &str) -> &Mutex<Shard> {
+        let mut h = DefaultHasher::new();
+        principal.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Take one token from `principal`'s bucket under `limits` (the default or its override).
+    ///
+    /// If the limits of a principal change (an override set or cleared), its bucket is kept but
+    /// capped at the new capacity.
+    pub fn check(&self, principal: &str, limits: Limits, now: i64) -> Decision {
+        // A poisoned lock only means another request panicked mid-update of plain numbers;
+        // the data is still usable, and refusing every request of the shard would be worse.
+        let mut shard = self
+            .shard(principal)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if shard.buckets.len() >= shard.sweep_at {
+            shard.buckets.retain(|_, (b, l)| !b.is_idle(l, now));
+            shard.sweep_at = (shard.buckets.len() * 2).max(MIN_SWEEP_AT);
+        }
+        let entry = shard
+            .buckets
+            .entry(principal.to_string())
+            .or_insert_with(|| (Bucket::full(&limits, now), limits));
+        if entry.1 != limits {
+            entry.1 = limits;
+            entry.0.tokens = entry.0.tokens.min(f64::from(limits.capacity));
+        }
+        entry.0.take(&limits, now)
+    }
+
+    /// How many buckets are held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|s| s.buckets.len()).unwrap_or(0))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::Service;
+
+    const L: Limits = Limits {
+        capacity: 3,
+        refill_per_second: 1.0,
+    };
+
+    #[test]
+    fn burst_then_limited_then_refilled() {
+        let mut b = Bucket::full(&L, 0);
+        assert_eq!(b.take(&L, 0), Decision::Allow { remaining: 2 });
+        assert_eq!(b.take(&L, 0), Decision::Allow { remaining: 1 });
+        assert_eq!(b.take(&L, 0), Decision::Allow { remaining: 0 });
+        assert_eq!(
+            b.take(&L, 0),
+            Decision::Limited {
+                retry_after_secs: 1
+            }
+        );
+        assert_eq!(
+            b.take(&L, 500),
+            Decision::Limited {
+                retry_after_secs: 1
+            }
+        );
+        assert_eq!(b.take(&L, 1000), Decision::Allow { remaining: 0 });
+        // Ten idle seconds refill only up to capacity.
+        assert_eq!(b.take(&L, 11_000), Decision::Allow { remaining: 2 });
+    }
+
+    #[test]
+    fn retry_after_rounds_up_for_slow_refill() {
+        let slow = Limits {
+            capacity: 1,
+            refill_per_second: 0.1,
+        };
+        let mut b = Bucket::full(&slow, 0);
+        assert!(matches!(b.take(&slow, 0), Decision::Allow { .. }));
+        assert_eq!(
+            b.take(&slow, 0),
+            Decision::Limited {
+                retry_after_secs: 10
+            }
+        );
+        assert_eq!(
+            b.take(&slow, 2_500),
+            Decision::Limited {
+                retry_after_secs: 8
+            }
+        );
+    }
+
+    #[test]
+    fn clock_going_backwards_adds_nothing() {
+        let mut b = Bucket::full(&L, 10_000);
+        for _ in 0..3 {
+            b.take(&L, 10_000);
+        }
+        assert!(matches!(b.take(&L, 0), Decision::Limited { .. }));
+        assert!(matches!(b.take(&L, 10_500), Decision::Limited { .. }));
+        assert!(matches!(b.take(&L, 11_000), Decision::Allow { .. }));
+    }
+
+    #[test]
+    fn principals_are_independent() {
+        let rl = RateLimiter::new();
+        for _ in 0..3 {
+            assert!(matches!(rl.check("alice", L, 0), Decision::Allow { .. }));
+        }
+        assert!(matches!(rl.check("alice", L, 0), Decision::Limited { .. }));
+        assert!(matches!(rl.check("bob", L, 0), Decision::Allow { .. }));
+    }
+
+    #[test]
+    fn changed_limits_cap_the_bucket() {
+        let rl = RateLimiter::new();
+        let big = Limits {
+            capacity: 100,
+            refill_per_second: 1.0,
+        };
+        assert_eq!(rl.check("ci", big, 0), Decision::Allow { remaining: 99 });
+        assert_eq!(rl.check("ci", L, 0), Decision::Allow { remaining: 2 });
+    }
+
+    #[test]
+    fn idle_buckets_are_evicted() {
+        let rl = RateLimiter::new();
+        for i in 0..5_000 {
+            rl.check(&format!("user{i}"), L, 0);
+        }
+        assert_eq!(rl.len(), 5_000);
+        // Long after every bucket refilled, new traffic sweeps the old entries away.
+        for i in 0..5_000 {
+            rl.check(&format!("other{i}"), L, 1_000_000);
+        }
+        assert!(rl.len() < 7_000, "{} buckets kept", rl.len());
+        // Buckets still refilling are not forgotten (that would reset their limit).
+        let rl = RateLimiter::new();
+        for _ in 0..3 {
+            rl.check("busy", L, 0);
+        }
+        for i in 0..5_000 {
+            rl.check(&format!("u{i}"), L, 100);
+        }
+        assert!(matches!(rl.check("busy", L, 200), Decision::Limited { .. }));
+    }
+
+    #[test]
+    fn only_exchange_starts_count() {
+        assert!(counts(Operation::Advertise(Service::UploadPack)));
+        assert!(counts(Operation::Advertise(Service::ReceivePack)));
+        assert!(counts(Operation::Dumb));
+        assert!(!counts(Operation::Rpc(Service::UploadPack)));
+        assert!(!counts(Operation::Rpc(Service::ReceivePack)));
+    }
+}

@@ -1,0 +1,197 @@
+//! Rate-limit overrides: a principal (`user:alice` or `token:<id>`) either gets its own bucket
+//! size and refill rate, or is exempt. Everyone else gets the `[rate_limit]` defaults. Each change
+//! is audited in the same transaction.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::audit::record;
+use super::users::require_user;
+use super::{Actor, Result, Store, StoreError};
+use crate::clock;
+
+/// What an override says.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum RateRule {
+    /// Never limited (e.g. a CI service account).
+    Exempt,
+    /// Its own bucket.
+    #[serde(rename_all = "camelCase")]
+    Limits {
+        capacity: u32,
+        refill_per_second: f64,
+    },
+}
+
+/// One stored override.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateOverride {
+    pub principal: String,
+    pub rule: RateRule,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+/// The principal must name something that exists: `user:<slug>` or `token:<id>`.
+fn require_principal(c: &rusqlite::Connection, principal: &str) -> Result<()> {
+    if let Some(slug) = principal.strip_prefix("user:") {
+        require_user(c, slug)?;
+        return Ok(());
+    }
+    if let Some(id) = principal.strip_prefix("token:") {
+        let n: i64 = c.query_row("SELECT count(*) FROM tokens WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no token '{id}'")));
+        }
+        return Ok(());
+    }
+    Err(StoreError::Invalid(format!(
+        "'{principal}' is not a rate-limit principal: use user:NAME or token:ID"
+    )))
+}
+
+impl Store {
+    /// Set (or replace) the override of `principal`.
+    pub fn set_rate_limit(&self, principal: &str, rule: RateRule, actor: &Actor) -> Result<()> {
+        if let RateRule::Limits {
+            capacity,
+            refill_per_second,
+        } = rule
+        {
+            if capacity == 0 || !(refill_per_second.is_finite() && refill_per_second > 0.0) {
+                return Err(StoreError::Invalid(
+                    "capacity must be at least 1 and refill a positive number".into(),
+                ));
+            }
+        }
+        self.write(|tx| {
+            require_principal(tx, principal)?;
+            let (capacity, refill, exempt, detail) = match rule {
+                RateRule::Exempt => (None, None, true, "exempt".to_string()),
+                RateRule::Limits {
+                    capacity,
+                    refill_per_second,
+                } => (
+                    Some(capacity),
+                    Some(refill_per_second),
+                    false,
+                    format!("capacity {capacity}, refill {refill_per_second}/s"),
+                ),
+            };
+            tx.execute(
+                "INSERT INTO rate_limits (principal, capacity, refill_per_second, exempt, updated_at, updated_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (principal) DO UPDATE SET capacity = ?2, refill_per_second = ?3,
+                     exempt = ?4, updated_at = ?5, updated_by = ?6",
+                params![principal, capacity, refill, exempt, clock::now_ms(), actor.name],
+            )?;
+            record(tx, actor, "ratelimit.set", principal, &detail)
+        })
+    }
+
+    /// Remove the override of `principal`: the defaults apply again.
+    pub fn clear_rate_limit(&self, principal: &str, actor: &Actor) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM rate_limits WHERE principal = ?1", [principal])?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "'{principal}' has no rate-limit override"
+                )));
+            }
+            record(tx, actor, "ratelimit.cleared", principal, "")
+        })
+    }
+
+    /// Every override, by principal.
+    pub fn rate_limits(&self) -> Result<Vec<RateOverride>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT principal, capacity, refill_per_second, exempt, updated_at, updated_by
+                 FROM rate_limits ORDER BY principal",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let exempt: bool = r.get(3)?;
+                let rule = if exempt {
+                    RateRule::Exempt
+                } else {
+                    RateRule::Limits {
+                        capacity: r.get(1)?,
+                        refill_per_second: r.get(2)?,
+                    }
+                };
+                Ok(RateOverride {
+                    principal: r.get(0)?,
+                    rule,
+                    updated_at: r.get(4)?,
+                    updated_by: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::{actor, temp_store};
+    use crate::store::Role;
+
+    #[test]
+    fn set_list_replace_clear() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "x", Role::User, &actor()).unwrap();
+        let limits = RateRule::Limits {
+            capacity: 10,
+            refill_per_second: 0.5,
+        };
+        store
+            .set_rate_limit("user:alice", limits, &actor())
+            .unwrap();
+        let all = store.rate_limits().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].rule, limits);
+        store
+            .set_rate_limit("user:alice", RateRule::Exempt, &actor())
+            .unwrap();
+        assert_eq!(store.rate_limits().unwrap()[0].rule, RateRule::Exempt);
+        store.clear_rate_limit("user:alice", &actor()).unwrap();
+        assert!(store.rate_limits().unwrap().is_empty());
+        assert!(matches!(
+            store.clear_rate_limit("user:alice", &actor()),
+            Err(StoreError::NotFound(_))
+        ));
+        let events = store.audit_events(None, 100).unwrap();
+        assert!(events.iter().any(|e| e.action == "ratelimit.set"));
+        assert!(events.iter().any(|e| e.action == "ratelimit.cleared"));
+    }
+
+    #[test]
+    fn unknown_principals_and_bad_limits_are_refused() {
+        let (_d, store) = temp_store();
+        assert!(matches!(
+            store.set_rate_limit("user:nobody", RateRule::Exempt, &actor()),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.set_rate_limit("token:abcdefghijkl", RateRule::Exempt, &actor()),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.set_rate_limit("alice", RateRule::Exempt, &actor()),
+            Err(StoreError::Invalid(_))
+        ));
+        let zero = RateRule::Limits {
+            capacity: 0,
+            refill_per_second: 1.0,
+        };
+        assert!(matches!(
+            store.set_rate_limit("user:x", zero, &actor()),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}

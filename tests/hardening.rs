@@ -1,0 +1,209 @@
+//! Abuse and fault behaviour of the real `gitgate serve`, over raw TCP:
+//! failed-authentication throttling, per-principal rate limits and their CLI overrides, a store
+//! deleted and restored while serving, a store locked by another process, and a client that
+//! disappears in the middle of a push.
+
+#[path = "hardening_support/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{basic, gitgate, header, status, Server};
+
+/// A little more than `guard::OVERRIDES_TTL_MS`: a CLI change has reached the server by then.
+const OVERRIDES_TTL: Duration =
+    Duration::from_millis(gitgate::guard::OVERRIDES_TTL_MS as u64 + 500);
+
+const IR: &str = "/team/app.git/info/refs?service=git-upload-pack";
+
+fn get(server: &Server, target: &str, secret: &str) -> Vec<u8> {
+    server.raw(
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+            basic("alice", secret)
+        )
+        .as_bytes(),
+    )
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn repeated_failures_block_the_address_before_the_store_is_read() {
+    let server = Server::start("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");
+    for _ in 0..3 {
+        assert_eq!(status(&get(&server, IR, "ggt_wrong")), 401);
+    }
+    // Blocked now: even a valid token gets 429, with the back-off in Retry-After.
+    let resp = get(&server, IR, &server.write_token);
+    assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
+    let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+    assert!((55..=60).contains(&retry), "Retry-After {retry}");
+    assert!(header(&resp, "content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(String::from_utf8_lossy(&resp).contains("too many failed authentications"));
+    assert!(server.backend_hits().is_empty());
+    // The decision is a log line and an audit event.
+    wait_for("the throttle log line", || {
+        server
+            .log()
+            .contains("address blocked after repeated authentication failures")
+    });
+    wait_for("the auth.throttled audit event", || {
+        gitgate(&server.config(), &["audit", "--json"], None).contains("auth.throttled")
+    });
+}
+
+#[test]
+fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
+    let server = Server::start(
+        "[rate_limit]\ncapacity = 2\nrefill_per_second = 0.5\n[auth_failures]\nmax = 1000\n",
+    );
+    let w = server.write_token.clone();
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    let resp = get(&server, IR, &w);
+    assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
+    // One token every 2 s: Retry-After is 2, or 1 if this machine took over a second so far.
+    let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert!(String::from_utf8_lossy(&resp).contains("rate limit exceeded for user:alice"));
+    // All of alice's personal tokens share her bucket.
+    assert_eq!(status(&get(&server, IR, &server.read_token)), 429);
+
+    // The RPC that follows an advertisement is not counted: a clone is one request.
+    let body = b"0000";
+    let post = format!(
+        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\n\
+         Content-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        basic("alice", &w),
+        body.len()
+    );
+    let mut bytes = post.into_bytes();
+    bytes.extend_from_slice(body);
+    let resp = server.raw(&bytes);
+    assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+
+    // An exemption from the CLI applies within the override cache's lifetime.
+    gitgate(&server.config(), &["ratelimit", "exempt", "alice"], None);
+    let listed = gitgate(&server.config(), &["ratelimit", "list", "--json"], None);
+    assert!(
+        listed.contains("user:alice") && listed.contains("exempt"),
+        "{listed}"
+    );
+    std::thread::sleep(OVERRIDES_TTL);
+    for _ in 0..5 {
+        assert_eq!(status(&get(&server, IR, &w)), 200);
+    }
+    // A tighter override: capacity 1 and a slow refill.
+    gitgate(
+        &server.config(),
+        &[
+            "ratelimit",
+            "set",
+            "alice",
+            "--capacity",
+            "1",
+            "--refill",
+            "0.1",
+        ],
+        None,
+    );
+    std::thread::sleep(OVERRIDES_TTL);
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    let resp = get(&server, IR, &w);
+    assert_eq!(status(&resp), 429);
+    assert_eq!(header(&resp, "retry-after").as_deref(), Some("10"));
+    gitgate(&server.config(), &["ratelimit", "clear", "alice"], None);
+    assert!(!gitgate(&server.config(), &["ratelimit", "list"], None).contains("user:alice"));
+}
+
+#[test]
+fn a_deleted_store_fails_closed_and_recovers_when_restored() {
+    let server = Server::start("");
+    let w = server.write_token.clone();
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+
+    // A consistent copy (WAL included), then the store disappears under the running server.
+    let db = server.path("gitgate.db");
+    let backup = server.path("backup.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+            .unwrap();
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let resp = get(&server, IR, &w);
+    assert_eq!(status(&resp), 503, "{}", String::from_utf8_lossy(&resp));
+    assert!(String::from_utf8_lossy(&resp).contains("cannot check tokens"));
+
+    std::fs::rename(&backup, &db).unwrap();
+    let resp = get(&server, IR, &w);
+    assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+}
+
+#[test]
+fn a_store_locked_by_another_writer_still_serves_and_logs_the_lost_write() {
+    let server = Server::start("");
+    let w = server.write_token.clone();
+    let conn = rusqlite::Connection::open(server.path("gitgate.db")).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Reads go on in WAL mode while another process holds the write lock...
+    let started = Instant::now();
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // ...and the last-used write, which waits out the busy timeout off the request path,
+    // fails with a log line and nothing else.
+    wait_for("the failed last-use write to be logged", || {
+        server.log().contains("could not record last use")
+    });
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    conn.execute_batch("ROLLBACK").unwrap();
+}
+
+/// Child processes of `pid` (Linux).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+#[test]
+fn a_client_gone_mid_push_ends_the_backend() {
+    let server = Server::start("");
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    let head = format!(
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n\
+         2\r\n00\r\n",
+        basic("alice", &server.write_token)
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // The push has reached the backend, which now waits for the rest of the body.
+    wait_for("the backend to start", || !server.backend_hits().is_empty());
+    let pid = server.child.id();
+    wait_for("a backend process", || !children(pid).is_empty());
+    drop(s);
+    wait_for("the backend to be ended", || children(pid).is_empty());
+}

@@ -1,0 +1,703 @@
+//! A table of malformed and hostile requests, sent as exact bytes over raw TCP to the real
+//! `gitgate serve`, each with the status it must get — and a counter on the backend (a CGI
+//! wrapper that appends a line per request before `exec`ing `git http-backend`) proving that
+//! none of them reached it, while one valid request afterwards did.
+//!
+//! Many cases carry a *valid* write token on purpose: then only classification stands between
+//! the trick and the backend. Throttling and rate limits are turned off here (they have their own
+//! test in `tests/hardening.rs`), so that every case gets the answer its own content earns.
+
+#[path = "hardening_support/mod.rs"]
+mod common;
+
+use common::{basic, status, Server};
+
+const IR: &str = "/team/app.git/info/refs?service=git-upload-pack";
+
+/// A request with `Connection: close`, so the server closes after answering.
+fn req(method: &str, target: &str, headers: &str) -> Vec<u8> {
+    format!(
+        "{method} {target} HTTP/1.1\r\nHost: gitgate.test\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn auth(user: &str, secret: &str) -> String {
+    format!("Authorization: Basic {}\r\n", basic(user, secret))
+}
+
+fn auth_bytes(raw: &[u8]) -> String {
+    use base64::Engine;
+    format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+fn cases(w: &str, r: &str) -> Vec<(&'static str, Vec<u8>, u16)> {
+    let aw = auth("alice", w);
+    let ar = auth("alice", r);
+    let mut tampered = w.to_string();
+    let last = if tampered.ends_with('a') { "b" } else { "a" };
+    tampered.pop();
+    tampered.push_str(last);
+    let big = "x".repeat(70 * 1024);
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let mut non_utf8_header = b"GET ".to_vec();
+    non_utf8_header.extend_from_slice(IR.as_bytes());
+    non_utf8_header.extend_from_slice(
+        b" HTTP/1.1\r\nHost: x\r\nAuthorization: Basic \xff\xfe\xfd\r\nConnection: close\r\n\r\n",
+    );
+    let mut non_utf8_path = b"GET /team/app\xff.git/info/refs HTTP/1.1\r\nHost: x\r\n".to_vec();
+    non_utf8_path.extend_from_slice(aw.as_bytes());
+    non_utf8_path.extend_from_slice(b"Connection: close\r\n\r\n");
+
+    vec![
+        // --- credentials: all refused with the Basic challenge
+        ("no credentials", req("GET", IR, ""), 401),
+        (
+            "bad base64",
+            req("GET", IR, "Authorization: Basic !!!notbase64\r\n"),
+            401,
+        ),
+        (
+            "base64 without colon",
+            req("GET", IR, &auth_bytes(b"alicenocolon")),
+            401,
+        ),
+        ("empty user", req("GET", IR, &auth("", w)), 401),
+        ("empty secret", req("GET", IR, &auth("alice", "")), 401),
+        (
+            "empty user and secret",
+            req("GET", IR, &auth_bytes(b":")),
+            401,
+        ),
+        (
+            "non-UTF-8 inside base64",
+            req("GET", IR, &auth_bytes(&[b'a', 0xff, b':', b'x'])),
+            401,
+        ),
+        ("non-UTF-8 header value", non_utf8_header, 401),
+        (
+            "wrong secret",
+            req("GET", IR, &auth("alice", "ggt_wrong")),
+            401,
+        ),
+        (
+            "tampered checksum",
+            req("GET", IR, &auth("alice", &tampered)),
+            401,
+        ),
+        (
+            "token with extra byte",
+            req("GET", IR, &auth("alice", &format!("{w}x"))),
+            401,
+        ),
+        (
+            "wrong user for personal token",
+            req("GET", IR, &auth("bob", w)),
+            401,
+        ),
+        (
+            "control character in user",
+            req("GET", IR, &auth("al\x01ice", w)),
+            401,
+        ),
+        (
+            "Bearer with bad characters",
+            req("GET", IR, "Authorization: Bearer a!b\r\n"),
+            401,
+        ),
+        (
+            "Bearer empty",
+            req("GET", IR, "Authorization: Bearer \r\n"),
+            401,
+        ),
+        (
+            "Bearer with two words",
+            req("GET", IR, &format!("Authorization: Bearer {w} {w}\r\n")),
+            401,
+        ),
+        (
+            "unknown scheme",
+            req("GET", IR, "Authorization: Digest username=\"alice\"\r\n"),
+            401,
+        ),
+        (
+            "scheme only",
+            req("GET", IR, "Authorization: Basic\r\n"),
+            401,
+        ),
+        (
+            "empty Authorization",
+            req("GET", IR, "Authorization:\r\n"),
+            401,
+        ),
+        (
+            "duplicate Authorization, both valid",
+            req("GET", IR, &format!("{aw}{aw}")),
+            401,
+        ),
+        (
+            "duplicate Authorization, valid then junk",
+            req("GET", IR, &format!("{aw}Authorization: Basic junk\r\n")),
+            401,
+        ),
+        (
+            "Authorization over 8 KiB",
+            req(
+                "GET",
+                IR,
+                &format!("Authorization: Basic {}\r\n", "A".repeat(9000)),
+            ),
+            401,
+        ),
+        // --- header injection and broken header syntax: hyper refuses before the gate runs
+        (
+            "bare CR in a header value",
+            req(
+                "GET",
+                IR,
+                &format!(
+                    "Authorization: Basic {}\rX-Injected: 1\r\n",
+                    basic("alice", w)
+                ),
+            ),
+            400,
+        ),
+        (
+            "obs-fold continuation line",
+            req("GET", IR, &format!("{aw} X-Folded: yes\r\n")),
+            400,
+        ),
+        (
+            "space in a header name",
+            req("GET", IR, "Authori zation: Basic eA==\r\n"),
+            400,
+        ),
+        (
+            "NUL in a header value",
+            req("GET", IR, "X-A: a\0b\r\n"),
+            400,
+        ),
+        (
+            "header line without colon",
+            req("GET", IR, "NoColonHere\r\n"),
+            400,
+        ),
+        (
+            "CRLF injected in the request target",
+            req("GET", "/team/app.git/info/refs\r\nX-Evil: 1", ""),
+            400,
+        ),
+        // --- size limits
+        (
+            "70 KiB header",
+            req("GET", IR, &format!("X-Big: {big}\r\n")),
+            431,
+        ),
+        ("200 headers", req("GET", IR, &many_headers), 431),
+        (
+            "70 KiB request target",
+            req("GET", &format!("/team/app.git/info/refs?{big}"), ""),
+            431,
+        ),
+        // --- methods
+        ("unknown method on info/refs", req("FOO", IR, &aw), 405),
+        ("lowercase get", req("get", IR, &aw), 405),
+        (
+            "PROPFIND on a repository",
+            req("PROPFIND", "/team/app.git/", &aw),
+            404,
+        ),
+        (
+            "PROPFIND on info/refs",
+            req("PROPFIND", "/team/app.git/info/refs", &aw),
+            405,
+        ),
+        (
+            "MKCOL a new repository",
+            req("MKCOL", "/team/new.git/", &aw),
+            404,
+        ),
+        (
+            "PUT over info/refs",
+            req("PUT", "/team/app.git/info/refs", &aw),
+            405,
+        ),
+        ("DELETE HEAD", req("DELETE", "/team/app.git/HEAD", &aw), 405),
+        ("LOCK HEAD", req("LOCK", "/team/app.git/HEAD", &aw), 405),
+        (
+            "MOVE a repository",
+            req(
+                "MOVE",
+                "/team/app.git/",
+                &format!("{aw}Destination: /team/b.git/\r\n"),
+            ),
+            404,
+        ),
+        ("TRACE info/refs", req("TRACE", IR, &aw), 405),
+        ("OPTIONS *", req("OPTIONS", "*", &aw), 404),
+        ("POST to info/refs", req("POST", IR, &aw), 405),
+        (
+            "GET git-upload-pack",
+            req("GET", "/team/app.git/git-upload-pack", &aw),
+            405,
+        ),
+        (
+            "PATCH git-receive-pack",
+            req("PATCH", "/team/app.git/git-receive-pack", &aw),
+            405,
+        ),
+        // --- request framing
+        // hyper frames such a request by Transfer-Encoding alone and drops Content-Length
+        // (RFC 9112 §6.3), so the gate and the backend see one unambiguous body; the read
+        // token's push is then refused as usual.
+        (
+            "Content-Length and Transfer-Encoding",
+            req(
+                "POST",
+                "/team/app.git/git-receive-pack",
+                &format!("{ar}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"),
+            ),
+            403,
+        ),
+        (
+            "Transfer-Encoding and Content-Length",
+            req(
+                "POST",
+                "/team/app.git/git-receive-pack",
+                &format!("{ar}Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"),
+            ),
+            403,
+        ),
+        (
+            "two different Content-Lengths",
+            req(
+                "POST",
+                "/team/app.git/git-receive-pack",
+                &format!("{ar}Content-Length: 5\r\nContent-Length: 6\r\n"),
+            ),
+            400,
+        ),
+        (
+            "negative Content-Length",
+            req(
+                "POST",
+                "/team/app.git/git-receive-pack",
+                &format!("{ar}Content-Length: -1\r\n"),
+            ),
+            400,
+        ),
+        (
+            "non-numeric Content-Length",
+            req(
+                "POST",
+                "/team/app.git/git-receive-pack",
+                &format!("{ar}Content-Length: abc\r\n"),
+            ),
+            400,
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            req(
+                "POST",
+                "/team/app.git/git-receive-pack",
+                &format!("{ar}Transfer-Encoding: gzip\r\n"),
+            ),
+            400,
+        ),
+        (
+            "read token pushing, chunked",
+            req(
+                "POST",
+                "/team/app.git/git-receive-pack",
+                &format!("{ar}Transfer-Encoding: chunked\r\n"),
+            ),
+            403,
+        ),
+        (
+            "unsupported HTTP version",
+            b"GET / HTTP/9.9\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "request line without version",
+            format!("GET {IR}\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            "TLS ClientHello on the plain port",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            400,
+        ),
+        (
+            "absolute-form target, no credentials",
+            req("GET", &format!("http://evil.example{IR}"), ""),
+            401,
+        ),
+        // --- traversal, in every encoding (valid token: classification alone must stop them)
+        (
+            "dot-dot segment",
+            req(
+                "GET",
+                "/team/../team/app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "encoded dot-dot",
+            req(
+                "GET",
+                "/team/%2e%2e/app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "encoded dot-dot, upper case",
+            req(
+                "GET",
+                "/team/%2E%2E/app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "half-encoded dot-dot",
+            req(
+                "GET",
+                "/team/.%2e/app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "double-encoded dot-dot",
+            req(
+                "GET",
+                "/team/%252e%252e/app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "overlong UTF-8 dots",
+            req(
+                "GET",
+                "/team/%c0%ae%c0%ae/app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "unicode two-dot leader",
+            req(
+                "GET",
+                "/team/%e2%80%a5/app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "encoded slash between project and repo",
+            req(
+                "GET",
+                "/team%2fapp.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            404,
+        ),
+        (
+            "encoded slashes hiding the suffix",
+            req(
+                "GET",
+                "/team/app.git%2finfo%2frefs?service=git-upload-pack",
+                &aw,
+            ),
+            404,
+        ),
+        (
+            "backslash",
+            req(
+                "GET",
+                "/team\\app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "encoded backslash",
+            req(
+                "GET",
+                "/team/%5c../app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "leading double slash",
+            req(
+                "GET",
+                "//team/app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "double slash inside",
+            req(
+                "GET",
+                "/team//app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "leading dot segment",
+            req(
+                "GET",
+                "/./team/app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "dot segment before suffix",
+            req(
+                "GET",
+                "/team/app.git/./info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "dot-dot inside the suffix",
+            req(
+                "GET",
+                "/team/app.git/info/../info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "encoded NUL",
+            req(
+                "GET",
+                "/team/%00app.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "NUL before .git",
+            req(
+                "GET",
+                "/team/app%00.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "encoded space",
+            req(
+                "GET",
+                "/team/app.git%20/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        ("raw non-UTF-8 in the path", non_utf8_path, 400),
+        (
+            "encoded NUL after the suffix",
+            req(
+                "GET",
+                "/team/app.git/info/refs%00?service=git-upload-pack",
+                &aw,
+            ),
+            404,
+        ),
+        (
+            "climb to /etc/passwd",
+            req("GET", "/../../etc/passwd", &aw),
+            404,
+        ),
+        (
+            "climb out of objects",
+            req("GET", "/team/app.git/objects/../../../../etc/passwd", &aw),
+            404,
+        ),
+        (
+            "repository config",
+            req("GET", "/team/app.git/config", &aw),
+            404,
+        ),
+        (
+            "repository hooks",
+            req("GET", "/team/app.git/hooks/pre-receive", &aw),
+            404,
+        ),
+        (
+            "LFS batch (unsupported)",
+            req("POST", "/team/app.git/info/lfs/objects/batch", &aw),
+            404,
+        ),
+        // --- `.git` alias tricks
+        (
+            "double .git",
+            req(
+                "GET",
+                "/team/app.git.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "bare .git as repository",
+            req("GET", "/team/.git/info/refs?service=git-upload-pack", &aw),
+            400,
+        ),
+        (
+            "work-tree .git folder",
+            req(
+                "GET",
+                "/team/app/.git/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "upper-case project escapes the grant",
+            req(
+                "GET",
+                "/TEAM/APP.GIT/info/refs?service=git-upload-pack",
+                &aw,
+            ),
+            403,
+        ),
+        (
+            "trailing slash, no endpoint",
+            req("GET", "/team/app.git/", &aw),
+            404,
+        ),
+        (
+            "only a project",
+            req("GET", "/team/info/refs?service=git-upload-pack", &aw),
+            404,
+        ),
+        // --- query tricks
+        (
+            "service given twice",
+            req(
+                "GET",
+                "/team/app.git/info/refs?service=git-upload-pack&service=git-receive-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "read token asking for receive-pack",
+            req(
+                "GET",
+                "/team/app.git/info/refs?service=git-receive-pack",
+                &ar,
+            ),
+            403,
+        ),
+        (
+            "service with encoded NUL",
+            req(
+                "GET",
+                "/team/app.git/info/refs?service=git-upload-pack%00",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "unknown service",
+            req(
+                "GET",
+                "/team/app.git/info/refs?service=git-upload-packx",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "bad escape in service",
+            req("GET", "/team/app.git/info/refs?service=%zz", &aw),
+            400,
+        ),
+        (
+            "semicolon-separated services",
+            req(
+                "GET",
+                "/team/app.git/info/refs?service=git-receive-pack;service=git-upload-pack",
+                &aw,
+            ),
+            400,
+        ),
+        (
+            "upload-pack query on a receive-pack POST",
+            req(
+                "POST",
+                "/team/app.git/git-receive-pack?service=git-upload-pack",
+                &format!("{ar}Content-Length: 0\r\n"),
+            ),
+            403,
+        ),
+        (
+            "receive-pack advertisement without credentials",
+            req(
+                "GET",
+                "/team/app.git/info/refs?service=git-receive-pack",
+                "",
+            ),
+            401,
+        ),
+    ]
+}
+
+#[test]
+fn hostile_requests_get_their_status_and_never_reach_the_backend() {
+    let mut server = Server::start(
+        "[auth_failures]\nmax = 100000\nwindow_seconds = 1\n[rate_limit]\nenabled = false\n",
+    );
+    let table = cases(&server.write_token, &server.read_token);
+    assert!(table.len() >= 60, "only {} cases", table.len());
+
+    let mut wrong = Vec::new();
+    for (name, bytes, expected) in &table {
+        let resp = server.raw(bytes);
+        let got = status(&resp);
+        if got != *expected {
+            let head = String::from_utf8_lossy(&resp);
+            let head = head.lines().take(1).collect::<Vec<_>>().join(" ");
+            wrong.push(format!("{name}: expected {expected}, got {got} ({head})"));
+        }
+    }
+    let hits = server.backend_hits();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases got the wrong status:\n{}",
+        wrong.len(),
+        table.len(),
+        wrong.join("\n")
+    );
+    assert!(
+        hits.is_empty(),
+        "hostile requests reached the backend: {hits:?}"
+    );
+    assert!(server.alive(), "the server died:\n{}", server.log());
+
+    // The counter counts: one valid request gets through, and only it.
+    let ok = server.raw(&req("GET", IR, &auth("alice", &server.write_token)));
+    assert_eq!(status(&ok), 200, "{}", String::from_utf8_lossy(&ok));
+    assert_eq!(
+        server.backend_hits().len(),
+        1,
+        "{:?}",
+        server.backend_hits()
+    );
+    assert!(!server.log().contains("panic"), "{}", server.log());
+}

@@ -1,0 +1,220 @@
+//! Property tests for the parsers that see untrusted bytes (proptest, in `cargo test`):
+//!
+//! - repository-path normalisation is idempotent and never yields `..`, `.`, empty segments or
+//!   `\`;
+//! - `classify` never returns a repository whose backend path differs from what a
+//!   straightforward resolver (decode once, resolve `.`/`..` like a filesystem) makes of the
+//!   request path: the repo gitgate authorises is the repo the backend serves;
+//! - `credentials::parse` and `token::parse` never panic, whatever the bytes.
+//!
+//! The fuzz targets in `fuzz/` search the same ground for longer; these run on every build.
+
+use base64::Engine;
+use gitgate::credentials::{self, Credentials};
+use gitgate::git::{self, RepoPath};
+use gitgate::token;
+use proptest::prelude::*;
+
+/// Segments that exercise every rule: dots, encodings of `.`/`/`/`\`/NUL, `.git` aliases,
+/// git's own suffix words, non-ASCII, and arbitrary short printable strings.
+fn segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-z0-9][a-zA-Z0-9._+~-]{0,6}",
+        3 => prop::sample::select(vec![
+            "team", "app", "app.git", "x.git.git", ".git", "..", ".", "", "%2e%2e", "%2E%2e",
+            "%2e", ".%2e", "%2f", "a%2fb", "a%2Fb", "%5c", "a\\b", "%00", "%", "%zz", "%e9",
+            "é", "~u", "+a", "a b", "a..b", "info", "refs", "lfs", "objects", "pack", "HEAD",
+            "git-upload-pack", "git-receive-pack", "app%2egit", "APP.GIT", "app.git%2f",
+            "%252e%252e", "..;", ";", "a?b", "a#b",
+        ])
+        .prop_map(String::from),
+        1 => "[ -~]{0,6}",
+        1 => "[a-z.%0-9]{1,5}",
+    ]
+}
+
+fn raw_path() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec(segment(), 0..5),
+        prop::sample::select(vec![
+            "/info/refs",
+            "/git-upload-pack",
+            "/git-receive-pack",
+            "/HEAD",
+            "/objects/info/packs",
+            "/objects/ab/0123456789abcdef0123456789abcdef01234567",
+            "/objects/pack/pack-0123456789abcdef0123456789abcdef01234567.idx",
+            "/info/lfs/objects/batch",
+            "",
+            "/",
+        ]),
+    )
+        .prop_map(|(segs, suffix)| format!("/{}{suffix}", segs.join("/")))
+}
+
+fn method() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["GET", "POST", "HEAD", "PUT", "get", "PROPFIND"])
+}
+
+fn query() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(None),
+        prop::sample::select(vec![
+            "service=git-upload-pack",
+            "service=git-receive-pack",
+            "service=git-upload-pack&service=git-receive-pack",
+            "service=git%2dupload-pack",
+            "x=1&service=git-upload-pack",
+            "service",
+            "service=",
+            "service=%zz",
+            "=&&=",
+        ])
+        .prop_map(|q| Some(q.to_string())),
+        "[ -~]{0,12}".prop_map(Some),
+    ]
+}
+
+/// What a plain backend makes of a request path: percent-decode once, then resolve it like a
+/// filesystem path (drop empty and `.` segments, `..` pops). `None` if it does not decode.
+fn resolve(raw: &str) -> Option<String> {
+    let mut bytes = Vec::new();
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            bytes.push(b[i]);
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8(bytes).ok()?;
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split(['/', '\\']) {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    Some(format!("/{}", out.join("/")))
+}
+
+fn assert_clean(repo: &str) {
+    for seg in repo.split('/') {
+        assert!(
+            !seg.is_empty() && seg != "." && seg != ".." && !seg.contains('\\'),
+            "unclean segment {seg:?} in {repo:?}"
+        );
+        assert!(
+            git::valid_segment(seg),
+            "invalid segment {seg:?} in {repo:?}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn repo_path_normalisation_is_idempotent_and_clean(segs in prop::collection::vec(segment(), 0..5)) {
+        let input = segs.join("/");
+        if let Ok(repo) = RepoPath::parse(&input) {
+            assert_clean(repo.as_str());
+            let again = RepoPath::parse(repo.as_str()).expect("a normalised path parses again");
+            prop_assert_eq!(again, repo);
+        }
+    }
+
+    #[test]
+    fn classify_resolves_like_a_plain_backend(
+        method in method(),
+        path in raw_path(),
+        query in query(),
+        scm in any::<bool>(),
+    ) {
+        let (prefix, full) = if scm { ("/scm", format!("/scm{path}")) } else { ("/", path.clone()) };
+        if let Ok(req) = git::classify(method, &full, query.as_deref(), prefix) {
+            assert_clean(req.repo.as_str());
+            // The backend serves `backend_path`; a plain resolver of the client's path must land
+            // on exactly the same file.
+            let resolved = resolve(&path).expect("an accepted path decodes");
+            prop_assert_eq!(&resolved, &req.backend_path);
+            // ...and re-resolving the canonical path changes nothing.
+            let re_resolved = resolve(&req.backend_path);
+            prop_assert_eq!(re_resolved.as_deref(), Some(req.backend_path.as_str()));
+            // The repository is a prefix of the backend path (with or without `.git`).
+            let plain = format!("/{}/", req.repo);
+            let dotgit = format!("/{}.git/", req.repo);
+            prop_assert!(req.backend_path.starts_with(&plain) || req.backend_path.starts_with(&dotgit));
+            // Classifying the canonical form again gives the same answer (idempotent).
+            let again = git::classify(method, &req.backend_path, req.query.as_deref(), "/")
+                .expect("the canonical path classifies");
+            prop_assert_eq!(again, req);
+        }
+    }
+
+    #[test]
+    fn credentials_parse_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let _ = credentials::parse(&bytes);
+    }
+
+    #[test]
+    fn basic_credentials_round_trip_or_refuse(user in "[ -~]{0,10}", secret in "[ -~]{0,10}", raw in prop::collection::vec(any::<u8>(), 0..40)) {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
+        if let Ok(Credentials::Basic { user: u, secret: s }) = credentials::parse(format!("Basic {encoded}").as_bytes()) {
+            // The first ':' splits, as RFC 7617 says.
+            let (eu, es) = format!("{user}:{secret}").split_once(':').map(|(a, b)| (a.to_string(), b.to_string())).unwrap();
+            prop_assert_eq!(u, eu);
+            prop_assert_eq!(s.expose(), es.as_str());
+        }
+        // Arbitrary bytes behind the scheme, base64'd or not, never panic.
+        let junk = base64::engine::general_purpose::STANDARD.encode(&raw);
+        let _ = credentials::parse(format!("Basic {junk}").as_bytes());
+        let mut bearer = b"Bearer ".to_vec();
+        bearer.extend_from_slice(&raw);
+        let _ = credentials::parse(&bearer);
+    }
+
+    #[test]
+    fn token_parse_never_panics(s in "\\PC{0,80}", id in "[a-z2-7]{12}", body in "[A-Za-z0-9_-]{43}", sum in "[a-z2-7]{6}") {
+        let _ = token::parse(&s);
+        // Well-shaped but with a random checksum: accepted only if the checksum is right, and
+        // then it yields exactly the id it carries.
+        let shaped = format!("ggt_{id}_{body}_{sum}");
+        if let Some(parsed) = token::parse(&shaped) {
+            prop_assert_eq!(parsed.as_str(), id.as_str());
+        }
+    }
+
+    #[test]
+    fn generated_tokens_always_parse(_n in 0..50u8) {
+        let new = token::generate().unwrap();
+        prop_assert_eq!(token::parse(new.secret.expose()), Some(new.id));
+    }
+}
+
+/// Guard against a vacuous property: the generator must reach accepted requests often enough.
+#[test]
+fn the_path_generator_reaches_accepted_requests() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = (method(), raw_path(), query());
+    let accepted = (0..3000)
+        .filter(|_| {
+            let (m, p, q) = strategy.new_tree(&mut runner).unwrap().current();
+            git::classify(m, &p, q.as_deref(), "/").is_ok()
+        })
+        .count();
+    assert!(
+        accepted >= 30,
+        "only {accepted} of 3000 generated requests were accepted"
+    );
+    assert_eq!(resolve("/a/%2e%2e/b/./c//d").as_deref(), Some("/b/c/d"));
+}
