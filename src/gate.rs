@@ -77,7 +77,17 @@ impl Gate {
     ) -> Result<Response<ResponseBody>, Infallible> {
         // The management API, before git classification: never forwarded upstream.
         if crate::api::is_api_path(req.uri().path()) {
-            return Ok(crate::api::handle(self.store.clone(), &self.realm, req, remote).await);
+            // Password guessing on the API counts for the address throttle like bad tokens do
+            // (and per user name, in `lifecycle::login`).
+            if let Err(verdict) = self.guard.check_address(remote.ip(), clock::now_ms()) {
+                return Ok(too_many(&verdict));
+            }
+            let tried = req.headers().contains_key(hyper::header::AUTHORIZATION);
+            let resp = crate::api::handle(self.store.clone(), &self.realm, req, remote).await;
+            if tried && resp.status() == StatusCode::UNAUTHORIZED {
+                self.guard.failed_auth(remote.ip(), clock::now_ms());
+            }
+            return Ok(resp);
         }
         let started = Instant::now();
         let method = req.method().clone();
@@ -252,12 +262,7 @@ impl Gate {
                     "gitgate cannot check tokens right now; try again shortly",
                 )
             }
-            Refusal::Guarded(verdict) => {
-                let mut resp = text(StatusCode::TOO_MANY_REQUESTS, &verdict.message());
-                resp.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(verdict.retry_after_secs()));
-                resp
-            }
+            Refusal::Guarded(verdict) => too_many(&verdict),
         }
     }
 
@@ -286,6 +291,14 @@ impl Gate {
             }
         });
     }
+}
+
+/// 429 with `Retry-After` for a throttled address or an exhausted rate limit.
+fn too_many(verdict: &Verdict) -> Response<ResponseBody> {
+    let mut resp = text(StatusCode::TOO_MANY_REQUESTS, &verdict.message());
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(verdict.retry_after_secs()));
+    resp
 }
 
 /// A one-line `text/plain` answer; git shows it as `remote: ...`.

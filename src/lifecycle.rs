@@ -121,6 +121,20 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         );
     }
     let wrong = || format!("authentication failed for user '{user}': wrong user name or password");
+    let now = clock::now_ms();
+    if let Some(until) = store.user(user)?.and_then(|u| u.locked_until) {
+        if now < until {
+            return fail(
+                "password locked",
+                format!(
+                    "password logins of user '{user}' are locked until {} after too many wrong \
+                     passwords (an administrator can lift it: gitgate user unlock {user}); the \
+                     user's tokens keep working",
+                    clock::datetime(until)
+                ),
+            );
+        }
+    }
     let Some(hash) = store.password_hash(user)? else {
         // Spend the same argon2 time as for a real user, so that the answer's timing does not
         // tell which user names exist.
@@ -128,8 +142,24 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         return fail("unknown user", wrong());
     };
     if !password::verify(password, &hash) {
+        let locked = store.record_password_failure(
+            user,
+            now,
+            PASSWORD_FAILURES_BEFORE_LOCK,
+            PASSWORD_LOCK_MS,
+            actor,
+        )?;
+        if let Some(until) = locked {
+            tracing::warn!(
+                user,
+                source = %actor.source,
+                until = %clock::datetime(until),
+                "password logins locked after repeated failures"
+            );
+        }
         return fail("wrong password", wrong());
     }
+    store.clear_password_failures(user)?;
     let Some(account) = store.user(user)? else {
         return fail("unknown user", wrong());
     };
@@ -141,6 +171,13 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         admin: account.role == crate::store::Role::Admin,
     })
 }
+
+/// Consecutive wrong passwords after which a user's password logins are locked. Counted per user
+/// name, whatever the source address (the per-address throttle in [`crate::throttle`] covers
+/// the other axis). Tokens are never locked, so an attacker cannot lock anyone out of git.
+pub const PASSWORD_FAILURES_BEFORE_LOCK: u32 = 10;
+/// How long the lock lasts unless an administrator lifts it with `gitgate user unlock`.
+pub const PASSWORD_LOCK_MS: i64 = 15 * 60 * 1000;
 
 /// A valid argon2id hash of nothing anyone knows, computed once, for [`login`]'s unknown users.
 fn dummy_hash() -> &'static str {

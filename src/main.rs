@@ -77,6 +77,8 @@ enum UserCommand {
     Disable { name: String },
     /// Enable a disabled user.
     Enable { name: String },
+    /// Lift the lock that repeated wrong passwords put on a user's password logins.
+    Unlock { name: String },
     /// Change a user's password.
     Passwd {
         name: String,
@@ -270,6 +272,7 @@ fn run(args: Cli) -> Result<(), String> {
             UserCommand::List { json } => cli::user::list(&store, json),
             UserCommand::Disable { name } => cli::user::set_active(&store, &name, false),
             UserCommand::Enable { name } => cli::user::set_active(&store, &name, true),
+            UserCommand::Unlock { name } => cli::user::unlock(&store, &name),
             UserCommand::Passwd {
                 name,
                 password_stdin,

@@ -958,3 +958,72 @@ fn every_action_is_audited_and_no_secret_is_written_anywhere() {
         "a password was written"
     );
 }
+
+#[test]
+fn repeated_wrong_passwords_lock_the_password_but_never_the_tokens() {
+    // A high per-address limit, so that only the per-user lock is at work here.
+    let install = Install::new_with("[auth_failures]\nmax = 1000\nwindow_seconds = 60\n");
+    install.add_user("alice", false);
+    install.add_user("root", true);
+    install.cli_ok(&["grant", "add", "alice", "team", "write"], "");
+    let server = install.serve();
+    let (_id, secret) = personal(&server, "alice", &["REPO_READ"]);
+
+    for _ in 0..10 {
+        let r = server.request(
+            "GET",
+            &format!("{API}/users/alice"),
+            Auth::Basic("alice", "wrong"),
+            "",
+        );
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    // The right password is refused now, with a message that says what to do...
+    let r = server.api("GET", "/users/alice", "alice", "");
+    assert_eq!(r.status, 401, "{}", r.body);
+    let message = r.error_message();
+    assert!(
+        message.contains("locked") && message.contains("gitgate user unlock alice"),
+        "{message}"
+    );
+    // ...other users are not affected...
+    assert_eq!(server.api("GET", "/users/root", "root", "").status, 200);
+    // ...and alice's token still works for git: an attacker cannot lock anyone out of git.
+    let (ok, err) = ls_remote(&install, &server, "alice", &secret);
+    assert!(ok, "{err}");
+
+    let listed = install.cli_ok(&["user", "list", "--json"], "");
+    let users: Value = serde_json::from_str(&listed).unwrap();
+    let alice = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "alice")
+        .unwrap();
+    assert!(alice["lockedUntil"].as_i64().is_some(), "{alice}");
+
+    install.cli_ok(&["user", "unlock", "alice"], "");
+    assert_eq!(server.api("GET", "/users/alice", "alice", "").status, 200);
+    let audit = install.cli_ok(&["audit", "--json"], "");
+    assert!(audit.contains("\"user.locked\""), "{audit}");
+    assert!(audit.contains("\"user.unlocked\""), "{audit}");
+}
+
+#[test]
+fn password_guessing_on_the_api_counts_for_the_address_throttle() {
+    let install = Install::new_with("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");
+    install.add_user("alice", false);
+    let server = install.serve();
+    for _ in 0..3 {
+        let r = server.request(
+            "GET",
+            &format!("{API}/users/alice"),
+            Auth::Basic("alice", "wrong"),
+            "",
+        );
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    let r = server.api("GET", "/users/alice", "alice", "");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.header("retry-after").is_some());
+}

@@ -25,7 +25,14 @@ pub fn list(store: &Store, json: bool) -> Result<(), String> {
     }
     println!("{:<24} {:<6} {:<9} CREATED", "NAME", "ROLE", "STATUS");
     for u in users {
-        let status = if u.active { "active" } else { "disabled" };
+        let locked = u
+            .locked_until
+            .is_some_and(|until| until > crate::clock::now_ms());
+        let status = match (u.active, locked) {
+            (false, _) => "disabled",
+            (true, true) => "locked",
+            (true, false) => "active",
+        };
         println!(
             "{:<24} {:<6} {:<9} {}",
             u.slug,
@@ -47,6 +54,14 @@ pub fn set_active(store: &Store, name: &str, active: bool) -> Result<(), String>
         "disabled (their tokens stop working at once)"
     };
     eprintln!("user '{name}' {what}");
+    Ok(())
+}
+
+pub fn unlock(store: &Store, name: &str) -> Result<(), String> {
+    store
+        .unlock_user(name, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    eprintln!("password logins of '{name}' are unlocked");
     Ok(())
 }
 

@@ -78,6 +78,12 @@ CREATE TABLE rate_limits (
     CHECK (exempt = 1 OR (capacity >= 1 AND refill_per_second > 0))
 );
 "#,
+    // 4: password lockout of the management login (REST API): consecutive failures and the
+    // time until which the password is refused. Tokens are not affected.
+    r#"
+ALTER TABLE users ADD COLUMN failed_logins INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN locked_until INTEGER;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -54,6 +54,8 @@ pub struct User {
     pub role: Role,
     pub active: bool,
     pub created_at: i64,
+    /// Until when (epoch ms) password logins are refused after too many failures; tokens still work.
+    pub locked_until: Option<i64>,
 }
 
 /// A user slug: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit. Kept strict because it
@@ -82,15 +84,16 @@ fn user_from_row(r: &rusqlite::Row) -> rusqlite::Result<User> {
         role: role.parse().unwrap_or(Role::User),
         active: r.get(3)?,
         created_at: r.get(4)?,
+        locked_until: r.get(5)?,
     })
 }
 
 pub(super) fn find_user(c: &rusqlite::Connection, slug: &str) -> Result<Option<User>> {
-    Ok(
-        c.prepare_cached("SELECT id, slug, role, active, created_at FROM users WHERE slug = ?1")?
-            .query_row([slug], user_from_row)
-            .optional()?,
-    )
+    Ok(c.prepare_cached(
+        "SELECT id, slug, role, active, created_at, locked_until FROM users WHERE slug = ?1",
+    )?
+    .query_row([slug], user_from_row)
+    .optional()?)
 }
 
 pub(super) fn require_user(c: &rusqlite::Connection, slug: &str) -> Result<User> {
@@ -126,7 +129,7 @@ impl Store {
     pub fn users(&self) -> Result<Vec<User>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, slug, role, active, created_at FROM users ORDER BY slug",
+                "SELECT id, slug, role, active, created_at, locked_until FROM users ORDER BY slug",
             )?;
             let rows = stmt.query_map([], user_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -175,6 +178,70 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Count a wrong password for `slug`. After `max` consecutive failures the password is locked
+    /// until `now + lock_ms` (an audit event `user.locked`). Returns the lock's end when locked.
+    /// Unknown users are not recorded.
+    pub fn record_password_failure(
+        &self,
+        slug: &str,
+        now: i64,
+        max: u32,
+        lock_ms: i64,
+        actor: &Actor,
+    ) -> Result<Option<i64>> {
+        self.write(|tx| {
+            let Some(user) = find_user(tx, slug)? else {
+                return Ok(None);
+            };
+            let failures: i64 = tx.query_row(
+                "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ?1 RETURNING failed_logins",
+                [user.id],
+                |r| r.get(0),
+            )?;
+            if failures < i64::from(max) {
+                return Ok(None);
+            }
+            let until = now + lock_ms;
+            tx.execute(
+                "UPDATE users SET locked_until = ?1, failed_logins = 0 WHERE id = ?2",
+                params![until, user.id],
+            )?;
+            record(
+                tx,
+                actor,
+                "user.locked",
+                slug,
+                &format!("{failures} wrong passwords; password logins refused until {}", clock::datetime(until)),
+            )?;
+            Ok(Some(until))
+        })
+    }
+
+    /// A correct password: forget earlier failures (no audit event; nothing changed for anyone).
+    pub fn clear_password_failures(&self, slug: &str) -> Result<()> {
+        self.with_conn(|c| {
+            c.prepare_cached(
+                "UPDATE users SET failed_logins = 0 WHERE slug = ?1 AND failed_logins > 0",
+            )?
+            .execute([slug])?;
+            Ok(())
+        })
+    }
+
+    /// Lift a password lock (`gitgate user unlock`).
+    pub fn unlock_user(&self, slug: &str, actor: &Actor) -> Result<()> {
+        self.write(|tx| {
+            let user = require_user(tx, slug)?;
+            tx.execute(
+                "UPDATE users SET locked_until = NULL, failed_logins = 0 WHERE id = ?1",
+                [user.id],
+            )?;
+            record(tx, actor, "user.unlocked", slug, "")
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{actor, temp_store};
@@ -216,12 +283,45 @@ mod tests {
             store.set_user_active("bob", true, &actor()),
             Err(StoreError::NotFound(_))
         ));
+        assert_eq!(
+            store
+                .record_password_failure("alice", 1000, 2, 60_000, &actor())
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .record_password_failure("alice", 1000, 2, 60_000, &actor())
+                .unwrap(),
+            Some(61_000)
+        );
+        assert_eq!(
+            store.user("alice").unwrap().unwrap().locked_until,
+            Some(61_000)
+        );
+        assert_eq!(
+            store
+                .record_password_failure("nobody", 1000, 1, 60_000, &actor())
+                .unwrap(),
+            None
+        );
+        store.unlock_user("alice", &actor()).unwrap();
+        assert_eq!(store.user("alice").unwrap().unwrap().locked_until, None);
         let actions: Vec<String> = store
             .audit_events(None, 100)
             .unwrap()
             .into_iter()
             .map(|e| e.action)
             .collect();
-        assert_eq!(actions, ["user.added", "user.disabled", "user.enabled"]);
+        assert_eq!(
+            actions,
+            [
+                "user.added",
+                "user.disabled",
+                "user.enabled",
+                "user.locked",
+                "user.unlocked"
+            ]
+        );
     }
 }

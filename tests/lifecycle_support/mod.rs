@@ -27,6 +27,11 @@ pub struct Install {
 
 impl Install {
     pub fn new() -> Install {
+        Install::new_with("")
+    }
+
+    /// An install whose proxy.toml ends with `extra` (more sections).
+    pub fn new_with(extra: &str) -> Install {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         std::fs::create_dir_all(root.join("repos/team")).unwrap();
@@ -35,7 +40,9 @@ impl Install {
             root.join("proxy.toml"),
             "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
              [upstream]\ncgi = \"/usr/lib/git-core/git-http-backend\"\nproject_root = \"repos\"\n\
-             [auth]\nrealm = \"gitgate\"\n",
+             [auth]\nrealm = \"gitgate\"\n"
+                .to_string()
+                + extra,
         )
         .unwrap();
         let install = Install { dir };
