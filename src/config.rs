@@ -147,6 +147,9 @@ pub struct RateLimit {
     pub enabled: bool,
     pub capacity: u32,
     pub refill_per_second: f64,
+    /// Requests one principal may have in flight to the backend at once; 0 = no cap. Applies
+    /// even with `enabled = false` (which turns off the token bucket only).
+    pub max_concurrent: u32,
 }
 
 impl Default for RateLimit {
@@ -156,6 +159,7 @@ impl Default for RateLimit {
             enabled: true,
             capacity: 60,
             refill_per_second: 5.0,
+            max_concurrent: 32,
         }
     }
 }
@@ -264,6 +268,7 @@ struct RawRateLimit {
     enabled: Option<bool>,
     capacity: Option<u32>,
     refill_per_second: Option<f64>,
+    max_concurrent: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -503,6 +508,7 @@ fn parse_rate_limit(raw: RawRateLimit) -> Result<RateLimit, String> {
         enabled: raw.enabled.unwrap_or(d.enabled),
         capacity: raw.capacity.unwrap_or(d.capacity),
         refill_per_second: raw.refill_per_second.unwrap_or(d.refill_per_second),
+        max_concurrent: raw.max_concurrent.unwrap_or(d.max_concurrent),
     };
     if limit.capacity == 0 {
         return Err(

@@ -26,6 +26,7 @@ use crate::clock;
 use crate::credentials::{self, CredentialError, Credentials};
 use crate::git::{self, GitRequest, Rejection};
 use crate::guard::{Guard, Verdict};
+use crate::inflight::Slot;
 use crate::policy::{self, Deny, Identity};
 use crate::store::{Actor, AuthRecord, Store, StoreError};
 use crate::token;
@@ -95,8 +96,10 @@ impl Gate {
         let mut log = RequestLog::default();
         let bytes_in = Arc::new(AtomicU64::new(0));
 
+        let mut slot = None;
         let response = match self.admit(&req, remote, &mut log).await {
-            Ok((git_req, identity)) => {
+            Ok((git_req, identity, held)) => {
+                slot = Some(held);
                 let (parts, body) = req.into_parts();
                 let body = CountingBody {
                     inner: body,
@@ -121,6 +124,7 @@ impl Gate {
         let (parts, body) = response.into_parts();
         let body = LoggedBody {
             inner: body,
+            _slot: slot,
             bytes_out: 0,
             done: Some(LogLine {
                 method: method.to_string(),
@@ -144,7 +148,7 @@ impl Gate {
         req: &Request<Incoming>,
         remote: SocketAddr,
         log: &mut RequestLog,
-    ) -> Result<(GitRequest, Identity), Refusal> {
+    ) -> Result<(GitRequest, Identity, Slot), Refusal> {
         let git_req = git::classify(
             req.method().as_str(),
             req.uri().path(),
@@ -204,7 +208,11 @@ impl Gate {
             .await
             .map_err(Refusal::Guarded)?;
         self.note_use(&record, now, remote);
-        Ok((git_req, identity))
+        let slot = self
+            .guard
+            .acquire_slot(&record.token)
+            .map_err(Refusal::Guarded)?;
+        Ok((git_req, identity, slot))
     }
 
     /// Record the token's last use off the request path, at most every few seconds per token.
@@ -366,6 +374,8 @@ struct LogLine {
 /// so that bytes and duration cover the whole transfer, not just the headers.
 struct LoggedBody {
     inner: ResponseBody,
+    /// The principal's place among its requests in flight, freed when the body is done.
+    _slot: Option<Slot>,
     bytes_out: u64,
     done: Option<LogLine>,
 }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config;
 use crate::git::Operation;
+use crate::inflight::{InFlight, Slot};
 use crate::ratelimit::{self, Decision, Limits, RateLimiter};
 use crate::store::{Actor, RateRule, Store, TokenRecord};
 use crate::throttle::{self, Throttle};
@@ -37,6 +38,8 @@ pub enum Verdict {
         principal: String,
         retry_after_secs: u64,
     },
+    /// The principal already has the most requests in flight it may have.
+    TooManyInFlight { principal: String, max: u32 },
 }
 
 impl Verdict {
@@ -46,12 +49,17 @@ impl Verdict {
             | Verdict::RateLimited {
                 retry_after_secs, ..
             } => *retry_after_secs,
+            // Clones take seconds to minutes; a short wait is the honest hint.
+            Verdict::TooManyInFlight { .. } => 5,
         }
     }
 
     /// The one-line reason git shows as `remote: ...`.
     pub fn message(&self) -> String {
         match self {
+            Verdict::TooManyInFlight { principal, max } => format!(
+                "too many requests in flight for {principal} (at most {max} at once); try again shortly"
+            ),
             Verdict::AddressBlocked { retry_after_secs } => format!(
                 "too many failed authentications from your address; try again in {retry_after_secs} s"
             ),
@@ -82,6 +90,7 @@ struct Overrides {
 /// Shared by every connection.
 pub struct Guard {
     store: Store,
+    inflight: Arc<InFlight>,
     rate: Option<(RateLimiter, Limits)>,
     throttle: Throttle,
     overrides: Mutex<Overrides>,
@@ -104,6 +113,7 @@ impl Guard {
         });
         Guard {
             store,
+            inflight: InFlight::new(rate_limit.max_concurrent),
             rate,
             throttle: Throttle::new(throttle::Policy {
                 max: auth_failures.max,
@@ -157,6 +167,23 @@ impl Guard {
     }
 
     /// Step 3: take a token from the principal's bucket if this request starts an exchange.
+    /// Step 4: a place among the principal's requests in flight, held until the response ends.
+    pub fn acquire_slot(&self, token: &TokenRecord) -> Result<Slot, Verdict> {
+        let principal = principal(token);
+        self.inflight.try_acquire(&principal).ok_or_else(|| {
+            tracing::info!(
+                target: "gitgate::ratelimit",
+                principal = %principal,
+                max = self.inflight.max(),
+                "too many requests in flight"
+            );
+            Verdict::TooManyInFlight {
+                principal,
+                max: self.inflight.max(),
+            }
+        })
+    }
+
     pub async fn check_principal(
         &self,
         token: &TokenRecord,
@@ -268,6 +295,7 @@ mod tests {
                 enabled: true,
                 capacity,
                 refill_per_second: 1.0,
+                max_concurrent: 0,
             },
             &config::AuthFailures {
                 max: 2,

@@ -10,7 +10,7 @@
 //!                                   ├─ token::parse(secret) → id; store: cache (PRAGMA data_version) → SQLite; hash compare
 //!                                   │     (the current secret, or the previous one inside a rotation overlap)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
-//!                                   ├─ guard: principal's bucket (exchange starts only) ─▶ 429
+//!                                   ├─ guard: principal's bucket (exchange starts only), in-flight cap ─▶ 429
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
 //!                                         └─ cgi:  git http-backend run by gitgate itself
@@ -59,6 +59,7 @@ pub mod gate;
 pub mod git;
 pub mod guard;
 pub mod health;
+pub mod inflight;
 pub mod lifecycle;
 pub mod network;
 pub mod password;

@@ -207,3 +207,36 @@ fn a_client_gone_mid_push_ends_the_backend() {
     drop(s);
     wait_for("the backend to be ended", || children(pid).is_empty());
 }
+
+#[test]
+fn requests_in_flight_are_capped_per_principal_and_freed_when_done() {
+    let server = Server::start("[rate_limit]\nmax_concurrent = 1\n");
+    // One push held open: its body never ends, so the request stays in flight.
+    let mut held = TcpStream::connect(server.addr).unwrap();
+    let head = format!(
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n\
+         2\r\n00\r\n",
+        basic("alice", &server.write_token)
+    );
+    held.write_all(head.as_bytes()).unwrap();
+    wait_for("the held push to reach the backend", || {
+        !server.backend_hits().is_empty()
+    });
+
+    // alice's other token shares her principal: refused while the push is in flight.
+    let resp = get(&server, IR, &server.read_token);
+    assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
+    assert!(header(&resp, "retry-after").is_some());
+    assert!(
+        String::from_utf8_lossy(&resp).contains("in flight for user:alice"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+
+    // When the held request ends, its place is free again.
+    drop(held);
+    wait_for("the place to be freed", || {
+        status(&get(&server, IR, &server.read_token)) == 200
+    });
+}
