@@ -79,6 +79,32 @@ fn read_until_closed(s: &mut TcpStream) -> (String, Duration) {
     (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
 }
 
+/// A project token for `team` (REPO_READ), created with the CLI against `cfg`.
+fn project_token(cfg: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+        .arg("--config")
+        .arg(cfg)
+        .args([
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "ci",
+            "--permission",
+            "PROJECT_READ",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
 
 #[test]
@@ -173,33 +199,7 @@ fn an_upstream_that_never_answers_is_504() {
     );
     std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
     let cfg = dir.path().join("proxy.toml");
-    let token = {
-        let run = |args: &[&str]| {
-            let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
-                .arg("--config")
-                .arg(&cfg)
-                .args(args)
-                .stdin(Stdio::null())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
-        };
-        run(&[
-            "token",
-            "create",
-            "--project",
-            "team",
-            "--name",
-            "ci",
-            "--permission",
-            "PROJECT_READ",
-        ])
-    };
+    let token = project_token(&cfg);
     let g = start(dir.path(), &config);
     let mut s = connect(g.port);
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
@@ -270,4 +270,54 @@ fn an_upstream_that_cannot_be_connected_to_in_time_is_504() {
     assert!(out.contains("did not answer in time"), "{out}");
     assert!(took < Duration::from_secs(6), "{took:?}");
     drop(held);
+}
+
+#[test]
+fn an_upstream_that_resets_mid_stream_is_never_a_complete_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    // Starts a chunked 200, sends one chunk, then drops the connection without the last chunk.
+    let breaking = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = breaking.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in breaking.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n400\r\n",
+            );
+            let _ = s.write_all(&[b'x'; 1024]);
+            let _ = s.write_all(b"\r\n");
+            // Dropped here: the upstream died mid-answer.
+        }
+    });
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n"
+    );
+    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
+    let token = project_token(&dir.path().join("proxy.toml"));
+    let g = start(dir.path(), &config);
+    let mut s = connect(g.port);
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
+    s.write_all(
+        format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (out, _) = read_until_closed(&mut s);
+    // The status went out before the failure, but the body must not look complete: no
+    // terminating chunk, so git reports an error instead of using a truncated answer.
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains(&"x".repeat(1024)),
+        "the chunk that arrived is passed on"
+    );
+    assert!(
+        !out.ends_with("0\r\n\r\n"),
+        "a truncated answer ended cleanly: {out}"
+    );
 }
