@@ -30,6 +30,7 @@ use crate::inflight::Slot;
 use crate::policy::{self, Deny, Identity};
 use crate::store::{Actor, AuthRecord, Store, StoreError};
 use crate::token;
+use crate::upstream::headers::client_address;
 use crate::upstream::Upstream;
 
 /// The body of every answer: a short text, or a stream from the backend.
@@ -46,6 +47,8 @@ pub struct Gate {
     pub upstream: Upstream,
     /// Failed-authentication throttling and rate limits (see [`crate::guard`]).
     pub guard: Guard,
+    /// Load balancers whose `X-Forwarded-For` names the client (`[server] trusted_proxies`).
+    pub trusted_proxies: Vec<crate::network::Cidr>,
 }
 
 /// Every way a request can end before reaching the backend.
@@ -74,8 +77,14 @@ impl Gate {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        remote: SocketAddr,
+        peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
+        // Everything about "who is asking from where" (throttle, allowed networks, audit, logs)
+        // uses the client's address; only the upstream hop itself needs the peer.
+        let remote = SocketAddr::new(
+            client_address(peer.ip(), req.headers(), &self.trusted_proxies),
+            peer.port(),
+        );
         // The management API, before git classification: never forwarded upstream.
         if crate::api::is_api_path(req.uri().path()) {
             // Password guessing on the API counts for the address throttle like bad tokens do
@@ -107,7 +116,7 @@ impl Gate {
                 };
                 match self
                     .upstream
-                    .forward(&parts, body, &git_req, &identity, remote)
+                    .forward(&parts, body, &git_req, &identity, peer, remote)
                     .await
                 {
                     Ok(resp) => resp,

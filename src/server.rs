@@ -73,6 +73,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         git_prefix: config.server.git_prefix.clone(),
         realm: config.auth.realm.clone(),
         guard: Guard::new(store.clone(), &config.rate_limit, &config.auth_failures),
+        trusted_proxies: config.server.trusted_proxies.clone(),
         store,
         upstream,
     });

@@ -240,3 +240,71 @@ fn requests_in_flight_are_capped_per_principal_and_freed_when_done() {
         status(&get(&server, IR, &server.read_token)) == 200
     });
 }
+
+/// GET `target` as alice with `secret`, as if relayed by a load balancer for `client`.
+fn get_via_proxy(server: &Server, target: &str, secret: &str, client: &str) -> Vec<u8> {
+    server.raw(
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\n\
+             X-Forwarded-For: {client}\r\nConnection: close\r\n\r\n",
+            basic("alice", secret)
+        )
+        .as_bytes(),
+    )
+}
+
+#[test]
+fn behind_a_trusted_proxy_the_client_address_is_what_counts() {
+    // The tests connect from 127.0.0.1, which plays the load balancer here.
+    let server = Server::start_with(
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+        "[auth_failures]\nmax = 2\nwindow_seconds = 60\n",
+    );
+    let read_id = &server.read_token[4..16];
+    gitgate(
+        &server.config(),
+        &[
+            "token",
+            "edit",
+            read_id,
+            "--allowed-network",
+            "203.0.113.0/24",
+        ],
+        None,
+    );
+    // Allowed networks see the client behind the proxy, not the proxy.
+    let inside = get_via_proxy(&server, IR, &server.read_token, "203.0.113.5");
+    assert_eq!(status(&inside), 200, "{}", String::from_utf8_lossy(&inside));
+    let outside = get_via_proxy(&server, IR, &server.read_token, "198.51.100.1");
+    assert_eq!(
+        status(&outside),
+        403,
+        "{}",
+        String::from_utf8_lossy(&outside)
+    );
+    assert_eq!(status(&get(&server, IR, &server.read_token)), 403);
+
+    // The throttle blocks the guessing client, not everyone behind the same proxy.
+    for _ in 0..2 {
+        let r = get_via_proxy(&server, IR, "wrong", "192.0.2.1");
+        assert_eq!(status(&r), 401);
+    }
+    assert_eq!(
+        status(&get_via_proxy(
+            &server,
+            IR,
+            &server.write_token,
+            "192.0.2.1"
+        )),
+        429
+    );
+    assert_eq!(
+        status(&get_via_proxy(
+            &server,
+            IR,
+            &server.write_token,
+            "192.0.2.2"
+        )),
+        200
+    );
+}

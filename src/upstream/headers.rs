@@ -183,6 +183,27 @@ fn single<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h HeaderValue> {
     all.next().is_none().then_some(first)
 }
 
+/// The address a request really comes from. A peer that is not a trusted proxy is the client.
+/// Behind trusted proxies it is the right-most `X-Forwarded-For` entry that is not itself a
+/// trusted proxy (entries further left were written by the client and prove nothing). A chain
+/// with garbage in it, or one of trusted proxies only, leaves the peer: the answer never comes
+/// from anything a client could choose.
+pub fn client_address(peer: IpAddr, inbound: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let Some(chain) = forwarded_chain(inbound) else {
+        return peer;
+    };
+    chain
+        .iter()
+        .rev()
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .find(|ip| !is_trusted(*ip))
+        .unwrap_or(peer)
+}
+
 /// The addresses of a trusted proxy's `X-Forwarded-For`, or `None` if any entry is not an IP
 /// address (a chain with garbage in it is not worth passing on).
 fn forwarded_chain(headers: &HeaderMap) -> Option<Vec<String>> {
@@ -230,6 +251,32 @@ fn identity_value(user: &str) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn client_address_trusts_only_trusted_proxies() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.1.1.1"),
+        );
+        let lb: IpAddr = "10.0.0.2".parse().unwrap();
+        let direct: IpAddr = "198.51.100.7".parse().unwrap();
+        // Through the load balancer: the right-most untrusted hop, not what the client wrote.
+        assert_eq!(
+            client_address(lb, &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // A direct client's X-Forwarded-For means nothing.
+        assert_eq!(client_address(direct, &h, &trusted), direct);
+        // Garbage or no header: the peer.
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, nonsense"),
+        );
+        assert_eq!(client_address(lb, &h, &trusted), lb);
+        assert_eq!(client_address(lb, &HeaderMap::new(), &trusted), lb);
+    }
+
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

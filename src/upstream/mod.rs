@@ -67,14 +67,17 @@ impl fmt::Display for ForwardError {
 impl std::error::Error for ForwardError {}
 
 impl Upstream {
-    /// Send the authorised request on and stream the answer back.
+    /// Send the authorised request on and stream the answer back. `peer` is the connection's
+    /// address (the HTTP upstream builds `X-Forwarded-For` from it), `client` the address the
+    /// request comes from once trusted proxies are seen through (the CGI's `REMOTE_ADDR`).
     pub async fn forward<B>(
         &self,
         parts: &Parts,
         body: B,
         git_req: &GitRequest,
         identity: &Identity,
-        remote: SocketAddr,
+        peer: SocketAddr,
+        client: SocketAddr,
     ) -> Result<Response<ResponseBody>, ForwardError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -88,18 +91,14 @@ impl Upstream {
                     query: git_req.query.as_deref(),
                     headers: &parts.headers,
                     remote_user: &identity.user,
-                    remote_addr: remote.ip(),
+                    remote_addr: client.ip(),
                 };
                 let resp = backend.serve(req, body).await.map_err(|e| {
                     ForwardError::bad_gateway(format!("the git backend failed: {e}"))
                 })?;
                 Ok(resp.map(|b| b.boxed_unsync()))
             }
-            Upstream::Http(backend) => {
-                backend
-                    .forward(parts, body, git_req, identity, remote)
-                    .await
-            }
+            Upstream::Http(backend) => backend.forward(parts, body, git_req, identity, peer).await,
         }
     }
 

@@ -52,6 +52,11 @@ pub fn gitgate(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
 impl Server {
     /// Set up the folder and start the server; `extra` is appended to proxy.toml.
     pub fn start(extra: &str) -> Server {
+        Server::start_with("", extra)
+    }
+
+    /// Like [`Server::start`], with `server_extra` lines inside `[server]`.
+    pub fn start_with(server_extra: &str, extra: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("repos/team")).unwrap();
@@ -79,7 +84,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
+                "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[store]\npath = \"gitgate.db\"\n\
                  [upstream]\ncgi = \"backend.sh\"\nproject_root = \"repos\"\n{extra}"
             ),
         )
