@@ -8,8 +8,13 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use hyper::header::HeaderName;
+use hyper::Uri;
 use serde::Deserialize;
+
+use crate::upstream::headers::Cidr;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -27,6 +32,46 @@ pub struct Server {
     pub listen: SocketAddr,
     /// Normalised: starts with '/', no trailing '/' unless it is exactly "/".
     pub git_prefix: String,
+    /// TLS termination; `None` serves plain HTTP.
+    pub tls: Option<Tls>,
+    /// Front proxies (load balancers) whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+    pub limits: Limits,
+}
+
+/// `[server.tls]`: PEM files, re-read on SIGHUP.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Timeouts and caps on the client side. None of them is a total request time: a big clone
+/// legitimately streams for many minutes.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// A client must send its request headers (and finish the TLS handshake) within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request header block accepted.
+    pub max_header_bytes: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            max_header_bytes: 64 * 1024,
+            max_connections: 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -41,6 +86,52 @@ pub enum Upstream {
         program: PathBuf,
         project_root: PathBuf,
     },
+    /// An existing git server reached over HTTP(S).
+    Http(Box<HttpUpstream>),
+}
+
+/// `[upstream] url = ...`: forward to an existing git server.
+#[derive(Clone, Debug)]
+pub struct HttpUpstream {
+    /// Scheme and authority only (`https://git.internal:8443`); the path is in `base_path`.
+    pub origin: Uri,
+    /// Normalised like `git_prefix`: `/` or `/git`.
+    pub base_path: String,
+    /// Extra CA certificates (PEM) to trust for an `https` upstream.
+    pub ca_file: Option<PathBuf>,
+    /// Whether the system's root certificates are trusted too.
+    pub system_roots: bool,
+    /// Header that carries the authenticated user (default `X-Forwarded-User`).
+    pub identity_header: HeaderName,
+    /// gitgate's own credentials for the upstream, if it wants any.
+    pub credentials: Option<UpstreamCredentials>,
+    pub connect_timeout: Duration,
+    /// No byte from the upstream (and none to it) for this long → 504 or a broken stream.
+    pub idle_timeout: Duration,
+    /// Pooled keep-alive connections are closed after this long unused; keep it below the
+    /// upstream's own keep-alive timeout (nginx: 75 s).
+    pub pool_idle_timeout: Duration,
+}
+
+/// `[upstream.credentials]`: a static secret gitgate sends upstream, never to the client.
+#[derive(Clone, Debug)]
+pub struct UpstreamCredentials {
+    pub scheme: CredentialScheme,
+    pub source: SecretSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialScheme {
+    /// The secret is `user:password`.
+    Basic,
+    /// The secret is the token.
+    Bearer,
+}
+
+#[derive(Clone, Debug)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +168,20 @@ struct RawConfig {
 struct RawServer {
     listen: Option<String>,
     git_prefix: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    header_read_timeout_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    shutdown_grace_seconds: Option<u64>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -91,6 +196,21 @@ struct RawUpstream {
     cgi: Option<String>,
     url: Option<String>,
     project_root: Option<String>,
+    ca_file: Option<String>,
+    system_roots: Option<bool>,
+    identity_header: Option<String>,
+    connect_timeout_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
+    pool_idle_timeout_seconds: Option<u64>,
+    credentials: Option<RawCredentials>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    scheme: String,
+    file: Option<String>,
+    env: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -143,6 +263,59 @@ impl Config {
         })?;
         let git_prefix = normalise_prefix(server.git_prefix.as_deref().unwrap_or("/"))
             .map_err(|m| err(format!("[server] git_prefix: {m}")))?;
+        let tls = server.tls.map(|t| Tls {
+            cert: resolve(&t.cert),
+            key: resolve(&t.key),
+        });
+        let trusted_proxies = server
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                p.parse::<Cidr>().map_err(|m| {
+                    err(format!(
+                        "[server] trusted_proxies: \"{p}\" {m}; use addresses or CIDR ranges, e.g. \"10.0.0.0/8\""
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let defaults = Limits::default();
+        let limits = Limits {
+            header_read_timeout: seconds(
+                server.header_read_timeout_seconds,
+                defaults.header_read_timeout,
+                "[server] header_read_timeout_seconds",
+            )
+            .map_err(err)?,
+            idle_timeout: seconds(
+                server.idle_timeout_seconds,
+                defaults.idle_timeout,
+                "[server] idle_timeout_seconds",
+            )
+            .map_err(err)?,
+            max_header_bytes: match server.max_header_bytes {
+                None => defaults.max_header_bytes,
+                Some(n) if (8192..=1024 * 1024).contains(&n) => n,
+                Some(n) => {
+                    return Err(err(format!(
+                        "[server] max_header_bytes = {n} is out of range: use 8192 to 1048576"
+                    )))
+                }
+            },
+            max_connections: match server.max_connections {
+                None => defaults.max_connections,
+                Some(0) => {
+                    return Err(err(
+                        "[server] max_connections = 0 would refuse everyone: use at least 1".into(),
+                    ))
+                }
+                Some(n) => n,
+            },
+            shutdown_grace: match server.shutdown_grace_seconds {
+                None => defaults.shutdown_grace,
+                Some(n) => Duration::from_secs(n),
+            },
+        };
 
         let store = raw.store.unwrap_or_default();
         let store_path = store.path.as_deref().unwrap_or("gitgate.db");
@@ -155,7 +328,7 @@ impl Config {
         let upstream = raw.upstream.ok_or_else(|| {
             err("[upstream] is missing: set `cgi` (with `project_root`) or `url`".into())
         })?;
-        let upstream = match (upstream.cgi, upstream.url) {
+        let upstream = match (upstream.cgi.clone(), upstream.url.clone()) {
             (Some(_), Some(_)) => {
                 return Err(err(
                     "[upstream] sets both `cgi` and `url`: choose exactly one backend".into(),
@@ -167,13 +340,15 @@ impl Config {
                         .into(),
                 ))
             }
-            (None, Some(_)) => {
-                return Err(err(
-                    "[upstream] url: HTTP upstreams are not supported by this version; use `cgi`"
-                        .into(),
-                ))
+            (None, Some(url)) => {
+                Upstream::Http(Box::new(http_upstream(&url, upstream, &resolve).map_err(err)?))
             }
             (Some(cgi), None) => {
+                if let Some(key) = http_only_key(&upstream) {
+                    return Err(err(format!(
+                        "[upstream] {key} applies to `url` upstreams only; remove it or switch to `url`"
+                    )));
+                }
                 if cgi.is_empty() {
                     return Err(err("[upstream] cgi is empty: name the CGI program".into()));
                 }
@@ -201,7 +376,13 @@ impl Config {
 
         Ok(Config {
             source: path.to_path_buf(),
-            server: Server { listen, git_prefix },
+            server: Server {
+                listen,
+                git_prefix,
+                tls,
+                trusted_proxies,
+                limits,
+            },
             store: Store {
                 path: resolve(store_path),
             },
@@ -240,6 +421,20 @@ impl Config {
                     ))
                 })?;
             }
+            Upstream::Http(http) => {
+                if let Some(ca) = &http.ca_file {
+                    std::fs::metadata(ca).map_err(|e| {
+                        err(format!("[upstream] ca_file = \"{}\": {e}", ca.display()))
+                    })?;
+                }
+            }
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                std::fs::metadata(path).map_err(|e| {
+                    err(format!("[server.tls] {key} = \"{}\": {e}", path.display()))
+                })?;
+            }
         }
         Ok(())
     }
@@ -254,6 +449,152 @@ fn is_executable(meta: &std::fs::Metadata) -> bool {
 #[cfg(not(unix))]
 fn is_executable(_: &std::fs::Metadata) -> bool {
     true
+}
+
+/// The first key of `raw` that only an HTTP upstream uses.
+fn http_only_key(raw: &RawUpstream) -> Option<&'static str> {
+    [
+        ("ca_file", raw.ca_file.is_some()),
+        ("system_roots", raw.system_roots.is_some()),
+        ("identity_header", raw.identity_header.is_some()),
+        (
+            "connect_timeout_seconds",
+            raw.connect_timeout_seconds.is_some(),
+        ),
+        ("idle_timeout_seconds", raw.idle_timeout_seconds.is_some()),
+        (
+            "pool_idle_timeout_seconds",
+            raw.pool_idle_timeout_seconds.is_some(),
+        ),
+        ("credentials", raw.credentials.is_some()),
+    ]
+    .into_iter()
+    .find(|(_, set)| *set)
+    .map(|(k, _)| k)
+}
+
+/// Validate `[upstream] url = ...` and the keys that go with it.
+fn http_upstream(
+    url: &str,
+    raw: RawUpstream,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<HttpUpstream, String> {
+    if raw.project_root.is_some() {
+        return Err(
+            "[upstream] project_root applies to `cgi` only: the server at `url` knows its own repositories"
+                .into(),
+        );
+    }
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("[upstream] url = \"{url}\" is not a URL: {e}"))?;
+    let scheme = uri.scheme_str().unwrap_or("");
+    if scheme != "http" && scheme != "https" {
+        return Err(format!(
+            "[upstream] url = \"{url}\": use http:// or https://, e.g. \"http://127.0.0.1:3000/git\""
+        ));
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("[upstream] url = \"{url}\" has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "[upstream] url = \"{url}\" carries credentials: put them in [upstream.credentials] instead"
+        ));
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(format!(
+            "[upstream] url = \"{url}\" must not have a query or fragment"
+        ));
+    }
+    let base_path =
+        normalise_prefix(uri.path()).map_err(|m| format!("[upstream] url path: {m}"))?;
+    let origin = Uri::builder()
+        .scheme(scheme)
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| format!("[upstream] url = \"{url}\": {e}"))?;
+
+    let ca_file = raw.ca_file.as_deref().map(resolve);
+    if scheme == "http" && (ca_file.is_some() || raw.system_roots.is_some()) {
+        return Err("[upstream] ca_file and system_roots apply to https:// upstreams only".into());
+    }
+    // With a private CA named, trust only it unless told otherwise: an internal git server's
+    // certificate should not also be accepted from any public CA.
+    let system_roots = raw.system_roots.unwrap_or(ca_file.is_none());
+    if scheme == "https" && ca_file.is_none() && !system_roots {
+        return Err(
+            "[upstream] system_roots = false without ca_file leaves nothing to trust: set ca_file"
+                .into(),
+        );
+    }
+    let header = raw.identity_header.as_deref().unwrap_or("X-Forwarded-User");
+    let identity_header = HeaderName::from_bytes(header.as_bytes())
+        .map_err(|_| format!("[upstream] identity_header = \"{header}\" is not a header name"))?;
+    if crate::upstream::headers::is_reserved(&identity_header) {
+        return Err(format!(
+            "[upstream] identity_header = \"{header}\" is a header gitgate manages itself; choose another, e.g. \"X-Forwarded-User\""
+        ));
+    }
+    let credentials = match raw.credentials {
+        None => None,
+        Some(c) => {
+            let scheme = match c.scheme.to_ascii_lowercase().as_str() {
+                "basic" => CredentialScheme::Basic,
+                "bearer" => CredentialScheme::Bearer,
+                other => {
+                    return Err(format!(
+                        "[upstream.credentials] scheme = \"{other}\": use \"basic\" or \"bearer\""
+                    ))
+                }
+            };
+            let source = match (c.file, c.env) {
+                (Some(f), None) => SecretSource::File(resolve(&f)),
+                (None, Some(e)) if !e.is_empty() => SecretSource::Env(e),
+                _ => {
+                    return Err(
+                        "[upstream.credentials] set exactly one of `file` (a file holding the secret) or `env` (an environment variable holding it)"
+                            .into(),
+                    )
+                }
+            };
+            Some(UpstreamCredentials { scheme, source })
+        }
+    };
+    let secs = |v, d, k| seconds(v, Duration::from_secs(d), k);
+    Ok(HttpUpstream {
+        origin,
+        base_path,
+        ca_file,
+        system_roots,
+        identity_header,
+        credentials,
+        connect_timeout: secs(
+            raw.connect_timeout_seconds,
+            10,
+            "[upstream] connect_timeout_seconds",
+        )?,
+        idle_timeout: secs(
+            raw.idle_timeout_seconds,
+            300,
+            "[upstream] idle_timeout_seconds",
+        )?,
+        pool_idle_timeout: secs(
+            raw.pool_idle_timeout_seconds,
+            50,
+            "[upstream] pool_idle_timeout_seconds",
+        )?,
+    })
+}
+
+/// A positive number of seconds, or the default.
+fn seconds(value: Option<u64>, default: Duration, key: &str) -> Result<Duration, String> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(format!("{key} = 0: use a positive number of seconds")),
+        Some(n) => Ok(Duration::from_secs(n)),
+    }
 }
 
 /// Turn toml's multi-line error into one line that keeps the key and position.
@@ -314,8 +655,74 @@ realm = "gitgate"
         let c = parse(GOOD).unwrap();
         assert_eq!(c.server.git_prefix, "/scm");
         assert_eq!(c.store.path, Path::new("/etc/gitgate/gitgate.db"));
-        let Upstream::Cgi { project_root, .. } = &c.upstream;
+        let Upstream::Cgi { project_root, .. } = &c.upstream else {
+            panic!("cgi expected")
+        };
         assert_eq!(project_root, Path::new("/etc/gitgate/repos"));
+        assert!(c.server.tls.is_none());
+        assert_eq!(c.server.limits.max_connections, 1024);
+    }
+
+    const HTTP: &str = r#"
+[server]
+trusted_proxies = ["10.0.0.0/8", "::1"]
+shutdown_grace_seconds = 5
+[server.tls]
+cert = "tls/cert.pem"
+key = "tls/key.pem"
+[upstream]
+url = "https://git.internal:8443/git/"
+ca_file = "ca.pem"
+[upstream.credentials]
+scheme = "bearer"
+env = "UPSTREAM_TOKEN"
+"#;
+
+    #[test]
+    fn http_upstream_parses() {
+        let c = parse(HTTP).unwrap();
+        let Upstream::Http(h) = &c.upstream else {
+            panic!("http expected")
+        };
+        assert_eq!(h.origin.to_string(), "https://git.internal:8443/");
+        assert_eq!(h.base_path, "/git");
+        assert_eq!(h.ca_file.as_deref(), Some(Path::new("/etc/gitgate/ca.pem")));
+        assert!(
+            !h.system_roots,
+            "a named CA replaces the system roots by default"
+        );
+        assert_eq!(h.identity_header.as_str(), "x-forwarded-user");
+        let creds = h.credentials.as_ref().unwrap();
+        assert_eq!(creds.scheme, CredentialScheme::Bearer);
+        assert!(matches!(&creds.source, SecretSource::Env(e) if e == "UPSTREAM_TOKEN"));
+        let tls = c.server.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/gitgate/tls/cert.pem"));
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert_eq!(c.server.limits.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn http_upstream_mistakes_are_named() {
+        let bad = |from: &str, to: &str| parse(&HTTP.replace(from, to)).unwrap_err();
+        assert!(bad("https://git.internal:8443/git/", "ftp://x/").contains("http://"));
+        assert!(
+            bad("https://git.internal:8443", "https://u:p@git.internal:8443")
+                .contains("credentials")
+        );
+        assert!(bad("bearer", "digest").contains("scheme"));
+        assert!(bad("env = \"UPSTREAM_TOKEN\"", "").contains("exactly one"));
+        assert!(bad("\"::1\"", "\"not-an-ip\"").contains("trusted_proxies"));
+        assert!(bad(
+            "ca_file = \"ca.pem\"",
+            "identity_header = \"Authorization\""
+        )
+        .contains("identity_header"));
+        assert!(bad("ca_file = \"ca.pem\"", "project_root = \"r\"").contains("project_root"));
+        assert!(
+            bad("shutdown_grace_seconds = 5", "max_connections = 0").contains("max_connections")
+        );
+        let cgi_with_http_key = GOOD.replace("[auth]", "ca_file = \"x\"\n[auth]");
+        assert!(parse(&cgi_with_http_key).unwrap_err().contains("ca_file"));
     }
 
     #[test]

@@ -95,10 +95,7 @@ impl Gate {
                     Ok(resp) => resp,
                     Err(e) => {
                         tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
-                        text(
-                            StatusCode::BAD_GATEWAY,
-                            &format!("the git backend failed: {e}"),
-                        )
+                        text(e.status, &e.message)
                     }
                 }
             }

@@ -10,12 +10,19 @@
 //!                                   │     (the current secret, or the previous one inside a rotation overlap)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
-//!                                         └─ cgi: git http-backend run by gitgate itself
+//!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
+//!                                         └─ cgi:  git http-backend run by gitgate itself
 //!  off the hot path: last-used time/address (at most every 5 s per token), audit of failures
 //! ```
 //!
-//! - [`server`] accepts connections (hyper, HTTP/1.1 and h2c), with a header-read deadline and
-//!   graceful shutdown on SIGINT/SIGTERM.
+//! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2, TLS via [`tls`] with the
+//!   certificate reloaded on SIGHUP), with a header-read deadline, an idle timeout, a cap on
+//!   connections and header size, and graceful shutdown on SIGINT/SIGTERM.
+//! - [`health`] answers `/healthz` and `/readyz`; the server routes them before the gate.
+//! - [`upstream::http`] forwards to an existing git server with a pooled client, bodies
+//!   streamed both ways; [`upstream::headers`] decides which headers cross (the client's token
+//!   never does; the identity header is always gitgate's). `502`/`504` with a reason when the
+//!   backend fails or stalls.
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
 //!   `404/400/405` for what is not a git request (never forwarded), `401` with a Basic challenge
 //!   for missing or bad credentials, `403` for too little permission, `503` when the store
@@ -43,6 +50,7 @@ pub mod config;
 pub mod credentials;
 pub mod gate;
 pub mod git;
+pub mod health;
 pub mod lifecycle;
 pub mod network;
 pub mod password;
@@ -50,5 +58,6 @@ pub mod permission;
 pub mod policy;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod upstream;

@@ -154,6 +154,23 @@ impl CgiBackend {
         }
     }
 
+    /// Readiness: the program is still there and the project root can be read.
+    pub async fn ready(&self) -> Result<(), String> {
+        let meta = tokio::fs::metadata(&self.program)
+            .await
+            .map_err(|e| format!("CGI program {}: {e}", self.program.display()))?;
+        if !meta.is_file() {
+            return Err(format!(
+                "CGI program {} is not a file",
+                self.program.display()
+            ));
+        }
+        tokio::fs::read_dir(&self.project_root)
+            .await
+            .map(drop)
+            .map_err(|e| format!("project root {}: {e}", self.project_root.display()))
+    }
+
     /// Runs the backend for one authorised request.
     ///
     /// Returns once the backend has sent its header block; the body then streams from the

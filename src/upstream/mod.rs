@@ -1,28 +1,70 @@
 //! Where allowed requests go. The upstream only moves bytes: by the time a request gets here it has
 //! been classified, authenticated and authorised, and it carries the canonical path and query that
 //! the policy checked — never the client's raw ones.
+//!
+//! - [`cgi`]: `git http-backend` run by gitgate itself (the embedded default);
+//! - [`http`]: an existing git server reached over HTTP(S), with [`headers`] deciding what
+//!   crosses in each direction.
 
 pub mod cgi;
+pub mod headers;
+pub mod http;
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper::http::request::Parts;
-use hyper::Response;
+use hyper::{Response, StatusCode};
 
 use crate::gate::ResponseBody;
 use crate::git::GitRequest;
 use crate::policy::Identity;
 
 pub use cgi::CgiBackend;
+pub use http::HttpBackend;
 
 /// The configured backend.
 pub enum Upstream {
     /// `git http-backend` (or another CGI program) run by gitgate itself.
     Cgi(CgiBackend),
+    /// An existing git server over HTTP(S).
+    Http(Box<HttpBackend>),
 }
+
+/// Why a request could not be forwarded: the status to answer with (`502` when the backend
+/// failed, `504` when it did not answer in time) and a one-line reason for the git user.
+#[derive(Debug)]
+pub struct ForwardError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ForwardError {
+    pub fn bad_gateway(message: impl Into<String>) -> ForwardError {
+        ForwardError {
+            status: StatusCode::BAD_GATEWAY,
+            message: message.into(),
+        }
+    }
+
+    pub fn gateway_timeout(message: impl Into<String>) -> ForwardError {
+        ForwardError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ForwardError {}
 
 impl Upstream {
     /// Send the authorised request on and stream the answer back.
@@ -33,7 +75,7 @@ impl Upstream {
         git_req: &GitRequest,
         identity: &Identity,
         remote: SocketAddr,
-    ) -> Result<Response<ResponseBody>, String>
+    ) -> Result<Response<ResponseBody>, ForwardError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
@@ -48,9 +90,24 @@ impl Upstream {
                     remote_user: &identity.user,
                     remote_addr: remote.ip(),
                 };
-                let resp = backend.serve(req, body).await.map_err(|e| e.to_string())?;
+                let resp = backend.serve(req, body).await.map_err(|e| {
+                    ForwardError::bad_gateway(format!("the git backend failed: {e}"))
+                })?;
                 Ok(resp.map(|b| b.boxed_unsync()))
             }
+            Upstream::Http(backend) => {
+                backend
+                    .forward(parts, body, git_req, identity, remote)
+                    .await
+            }
+        }
+    }
+
+    /// Readiness: can the backend take requests now? `Err` says why not.
+    pub async fn ready(&self) -> Result<(), String> {
+        match self {
+            Upstream::Cgi(backend) => backend.ready().await,
+            Upstream::Http(backend) => backend.ready().await,
         }
     }
 }

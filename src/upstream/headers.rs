@@ -1,0 +1,539 @@
+//! Header hygiene between the client and an HTTP upstream, in both directions.
+//!
+//! This is where a reverse proxy most easily leaks or lies, so it is one pure function per
+//! direction, tested on its own:
+//!
+//! - **Hop-by-hop headers** (`Connection` and every header it names, `Keep-Alive`,
+//!   `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`,
+//!   `Transfer-Encoding`, `Upgrade`) describe one connection, not the message; hyper frames each
+//!   side itself. `Expect` is answered by gitgate's own server, so it is not passed on either.
+//! - **Secrets stay here.** The client's `Authorization` carries its gitgate token: the upstream
+//!   never sees it. `Proxy` is dropped (httpoxy). gitgate's own upstream credentials, if any, are
+//!   added here and, since responses never echo request headers, never reach the client.
+//! - **Who and where** are gitgate's to say. Every `X-Forwarded-*` header (including a
+//!   client-sent `X-Forwarded-User`), `Forwarded`, `X-Real-IP` and the configured identity
+//!   header are removed, then gitgate sets the identity header to the authenticated user and
+//!   `X-Forwarded-For/-Proto/-Host` to what it saw. Only a peer in `trusted_proxies` (a load
+//!   balancer in front of gitgate) may extend the `X-Forwarded-For` chain and name the original
+//!   scheme and host.
+//! - **Content is kept**: `Content-Type`, `Content-Length`, `Content-Encoding` (git gzips
+//!   requests), `Accept*`, `User-Agent`, and `Git-Protocol` when it looks like what git sends
+//!   (it becomes `GIT_PROTOCOL` in the backend's environment, so it is validated).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that belong to one connection and never cross the proxy.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Request headers gitgate removes and, where needed, sets itself.
+const MANAGED: [&str; 6] = [
+    "authorization",
+    "proxy",
+    "forwarded",
+    "x-real-ip",
+    "host",
+    "expect",
+];
+
+/// Longest `Git-Protocol` value passed on; git sends a few dozen bytes.
+const MAX_GIT_PROTOCOL: usize = 256;
+
+/// An IP address range (`10.0.0.0/8`, `::1`, `fd00::/8`) from `trusted_proxies`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside the range. IPv4-mapped IPv6 peers (`::ffff:10.1.2.3`, as a
+    /// dual-stack listener reports them) match IPv4 ranges.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| "is not an IP address".to_string())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("has a prefix length that is not 0..={max}")),
+            },
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// What gitgate knows about the request beyond its headers.
+#[derive(Clone, Copy, Debug)]
+pub struct Outbound<'a> {
+    /// The address of the peer that connected to gitgate.
+    pub peer: IpAddr,
+    pub trusted_proxies: &'a [Cidr],
+    /// `"http"` or `"https"`: how the client reached gitgate.
+    pub proto: &'static str,
+    /// The `:authority` of an HTTP/2 request (HTTP/1.1 has `Host` in the headers).
+    pub authority: Option<&'a str>,
+    pub identity_header: &'a HeaderName,
+    /// The authenticated user.
+    pub user: &'a str,
+    /// gitgate's own `Authorization` for the upstream, if configured.
+    pub upstream_auth: Option<&'a HeaderValue>,
+}
+
+/// Whether `name` is a header gitgate manages itself, so not usable as the identity header.
+pub fn is_reserved(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    HOP_BY_HOP.contains(&n)
+        || MANAGED.contains(&n)
+        || n == "content-type"
+        || n == "content-length"
+        || n == "content-encoding"
+        || n == "git-protocol"
+        || (n.starts_with("x-forwarded-") && n != "x-forwarded-user")
+}
+
+/// The headers to send upstream for a request that arrived with `inbound`.
+pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
+    let named = connection_named(inbound);
+    let mut headers = HeaderMap::with_capacity(inbound.len() + 5);
+    for (name, value) in inbound {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || named.contains(n)
+            || MANAGED.contains(&n)
+            || n.starts_with("x-forwarded-")
+            || n == "git-protocol"
+            || name == out.identity_header
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+
+    if let Some(v) = single(inbound, "git-protocol").filter(|v| valid_git_protocol(v)) {
+        headers.insert(HeaderName::from_static("git-protocol"), v.clone());
+    }
+
+    let trusted = out.trusted_proxies.iter().any(|c| c.contains(out.peer));
+    let own_host = inbound
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or(out.authority)
+        .filter(|h| valid_host(h));
+
+    let mut chain = if trusted {
+        forwarded_chain(inbound).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    chain.push(out.peer.to_string());
+    if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+
+    let proto = trusted
+        .then(|| single(inbound, "x-forwarded-proto").and_then(|v| v.to_str().ok()))
+        .flatten()
+        .filter(|p| *p == "http" || *p == "https")
+        .unwrap_or(out.proto);
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
+    );
+
+    let host = trusted
+        .then(|| single(inbound, "x-forwarded-host").and_then(|v| v.to_str().ok()))
+        .flatten()
+        .filter(|h| valid_host(h))
+        .or(own_host);
+    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), v);
+    }
+
+    headers.insert(out.identity_header.clone(), identity_value(out.user));
+    if let Some(auth) = out.upstream_auth {
+        let mut auth = auth.clone();
+        auth.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, auth);
+    }
+    headers
+}
+
+/// The headers to send the client for a response that arrived from the upstream with
+/// `upstream`.
+pub fn to_client(upstream: &HeaderMap) -> HeaderMap {
+    let named = connection_named(upstream);
+    let mut headers = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || named.contains(n) || n == "authorization" {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers
+}
+
+/// The lower-cased names listed in every `Connection` header.
+fn connection_named(headers: &HeaderMap) -> HashSet<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The header's value if it is present exactly once.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h HeaderValue> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next()?;
+    all.next().is_none().then_some(first)
+}
+
+/// The addresses of a trusted proxy's `X-Forwarded-For`, or `None` if any entry is not an IP
+/// address (a chain with garbage in it is not worth passing on).
+fn forwarded_chain(headers: &HeaderMap) -> Option<Vec<String>> {
+    let mut chain = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        for part in v.to_str().ok()?.split(',') {
+            let ip: IpAddr = part.trim().parse().ok()?;
+            chain.push(ip.to_string());
+        }
+    }
+    Some(chain)
+}
+
+/// `version=2`, `version=2:object-format=sha256`: what git sends, nothing that could smuggle
+/// something else into the backend's environment.
+pub fn valid_git_protocol(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_GIT_PROTOCOL
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"=:._-".contains(c))
+}
+
+/// A host name or address with an optional port.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".-:[]_".contains(&c))
+}
+
+/// The user as a header value: visible ASCII and spaces as they are, anything else (and `%`)
+/// percent-encoded, so every name can be sent and none can break the header.
+fn identity_value(user: &str) -> HeaderValue {
+    let mut out = String::with_capacity(user.len());
+    for b in user.bytes() {
+        if (b == b' ' || b.is_ascii_graphic()) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn all(h: &HeaderMap, name: &str) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn out<'a>(ident: &'a HeaderName, trusted: &'a [Cidr]) -> Outbound<'a> {
+        Outbound {
+            peer: "192.0.2.7".parse().unwrap(),
+            trusted_proxies: trusted,
+            proto: "https",
+            authority: None,
+            identity_header: ident,
+            user: "alice",
+            upstream_auth: None,
+        }
+    }
+
+    fn ident() -> HeaderName {
+        HeaderName::from_static("x-forwarded-user")
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_dropped() {
+        let inbound = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("expect", "100-continue"),
+            ("user-agent", "git/2.47.3"),
+            ("content-type", "application/x-git-receive-pack-request"),
+            ("content-encoding", "gzip"),
+            ("accept", "application/x-git-receive-pack-result"),
+        ]);
+        let i = ident();
+        let h = to_upstream(&inbound, &out(&i, &[]));
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "expect",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(all(&h, "user-agent"), ["git/2.47.3"]);
+        assert_eq!(all(&h, "content-encoding"), ["gzip"]);
+        assert_eq!(
+            all(&h, "content-type"),
+            ["application/x-git-receive-pack-request"]
+        );
+        assert_eq!(all(&h, "accept"), ["application/x-git-receive-pack-result"]);
+    }
+
+    #[test]
+    fn client_secrets_never_go_upstream() {
+        let inbound = map(&[
+            ("authorization", "Basic YWxpY2U6Z2d0X3NlY3JldA=="),
+            ("proxy", "http://evil.example:3128"),
+        ]);
+        let i = ident();
+        let h = to_upstream(&inbound, &out(&i, &[]));
+        assert!(!h.contains_key("authorization"));
+        assert!(!h.contains_key("proxy"));
+    }
+
+    #[test]
+    fn upstream_credentials_replace_the_clients() {
+        let inbound = map(&[("authorization", "Bearer ggt_client")]);
+        let mine = HeaderValue::from_static("Bearer upstream-secret");
+        let i = ident();
+        let mut o = out(&i, &[]);
+        o.upstream_auth = Some(&mine);
+        let h = to_upstream(&inbound, &o);
+        assert_eq!(all(&h, "authorization"), ["Bearer upstream-secret"]);
+        assert!(h.get("authorization").unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn identity_header_is_always_gitgates() {
+        let inbound = map(&[
+            ("x-forwarded-user", "root"),
+            ("x-forwarded-user", "admin"),
+            ("x-remote-user", "mallory"),
+        ]);
+        let i = ident();
+        let h = to_upstream(&inbound, &out(&i, &[]));
+        assert_eq!(all(&h, "x-forwarded-user"), ["alice"]);
+
+        let custom = HeaderName::from_static("x-remote-user");
+        let h = to_upstream(&inbound, &out(&custom, &[]));
+        assert_eq!(all(&h, "x-remote-user"), ["alice"]);
+        // A client-sent X-Forwarded-User never gets through, whatever the configured name.
+        assert!(!h.contains_key("x-forwarded-user"));
+    }
+
+    #[test]
+    fn identity_values_are_encoded() {
+        assert_eq!(identity_value("alice"), "alice");
+        assert_eq!(identity_value("ci runner"), "ci runner");
+        assert_eq!(identity_value("100%"), "100%25");
+        assert_eq!(identity_value("é\r\n"), "%C3%A9%0D%0A");
+    }
+
+    #[test]
+    fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
+        let inbound = map(&[
+            ("host", "git.example.com"),
+            ("x-forwarded-for", "10.9.9.9"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=10.9.9.9"),
+            ("x-real-ip", "10.9.9.9"),
+        ]);
+        let i = ident();
+        let h = to_upstream(&inbound, &out(&i, &[]));
+        assert_eq!(all(&h, "x-forwarded-for"), ["192.0.2.7"]);
+        assert_eq!(all(&h, "x-forwarded-proto"), ["https"]);
+        assert_eq!(all(&h, "x-forwarded-host"), ["git.example.com"]);
+        assert!(!h.contains_key("forwarded"));
+        assert!(!h.contains_key("x-real-ip"));
+        assert!(
+            !h.contains_key("host"),
+            "the client sets Host from the upstream URL"
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_extends_the_chain() {
+        let trusted: Vec<Cidr> = vec!["192.0.2.0/24".parse().unwrap()];
+        let inbound = map(&[
+            ("host", "gitgate.internal"),
+            ("x-forwarded-for", "203.0.113.5, 198.51.100.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "git.example.com"),
+        ]);
+        let i = ident();
+        let h = to_upstream(&inbound, &out(&i, &trusted));
+        assert_eq!(
+            all(&h, "x-forwarded-for"),
+            ["203.0.113.5, 198.51.100.1, 198.51.100.2, 192.0.2.7"]
+        );
+        assert_eq!(all(&h, "x-forwarded-proto"), ["http"]);
+        assert_eq!(all(&h, "x-forwarded-host"), ["git.example.com"]);
+
+        // Garbage in the chain: only the peer is reported.
+        let inbound = map(&[("x-forwarded-for", "203.0.113.5, <script>")]);
+        let h = to_upstream(&inbound, &out(&i, &trusted));
+        assert_eq!(all(&h, "x-forwarded-for"), ["192.0.2.7"]);
+    }
+
+    #[test]
+    fn http2_authority_becomes_the_forwarded_host() {
+        let i = ident();
+        let mut o = out(&i, &[]);
+        o.authority = Some("git.example.com:8443");
+        let h = to_upstream(&HeaderMap::new(), &o);
+        assert_eq!(all(&h, "x-forwarded-host"), ["git.example.com:8443"]);
+    }
+
+    #[test]
+    fn git_protocol_is_validated() {
+        let i = ident();
+        let ok = map(&[("git-protocol", "version=2:object-format=sha256")]);
+        assert_eq!(
+            all(&to_upstream(&ok, &out(&i, &[])), "git-protocol"),
+            ["version=2:object-format=sha256"]
+        );
+        for bad in ["version=2 $(id)", "version=2;x", ""] {
+            let h = map(&[("git-protocol", bad)]);
+            assert!(
+                !to_upstream(&h, &out(&i, &[])).contains_key("git-protocol"),
+                "{bad}"
+            );
+        }
+        let twice = map(&[("git-protocol", "version=2"), ("git-protocol", "version=1")]);
+        assert!(!to_upstream(&twice, &out(&i, &[])).contains_key("git-protocol"));
+    }
+
+    #[test]
+    fn responses_lose_hop_by_hop_headers_only() {
+        let upstream = map(&[
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("keep-alive", "timeout=75"),
+            ("proxy-authenticate", "Basic"),
+            ("content-type", "application/x-git-upload-pack-result"),
+            ("cache-control", "no-cache"),
+            ("content-encoding", "gzip"),
+        ]);
+        let h = to_client(&upstream);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "cache-control", "content-encoding"]);
+    }
+
+    #[test]
+    fn cidr_ranges() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains("10.200.1.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        let one: Cidr = "::1".parse().unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("::2".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("host.example".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn reserved_names_cannot_carry_the_identity() {
+        assert!(is_reserved(&HeaderName::from_static("authorization")));
+        assert!(is_reserved(&HeaderName::from_static("x-forwarded-for")));
+        assert!(!is_reserved(&HeaderName::from_static("x-forwarded-user")));
+        assert!(!is_reserved(&HeaderName::from_static("remote-user")));
+    }
+}

@@ -1,0 +1,517 @@
+//! The HTTP backend: forward allowed requests to an existing git server (nginx + fcgiwrap,
+//! Apache, Gitea, ...) over HTTP or HTTPS.
+//!
+//! - **One pooled client.** A hyper-util legacy `Client` keeps keep-alive connections to the
+//!   upstream, closed by a pool timer after `pool_idle_timeout` (set below the upstream's own
+//!   keep-alive, so gitgate never sends on a connection the upstream is closing). HTTPS is rustls,
+//!   verified against a configured CA file and/or the system roots; never unverified.
+//! - **Streaming, both ways, with backpressure.** The client's body goes out frame by frame as
+//!   hyper asks for it, and the upstream's body comes back the same way; nothing is collected,
+//!   so a multi-GB push or clone keeps memory flat.
+//! - **Idle, not total, timeouts.** A big push may stream for many minutes before the upstream
+//!   answers, so "the upstream timed out" means nothing moved — no request bytes out, no
+//!   response — for `idle_timeout` (→ `504`); once the answer streams, a stall of the same
+//!   length breaks the stream. Connecting has its own short timeout (→ `504`); a refused
+//!   connection is a `502`.
+//! - **The canonical request.** The path is `base_path` + the [`GitRequest`]'s canonical
+//!   `backend_path`, the query its canonical query: the repository the policy checked is exactly
+//!   the one the upstream serves. Headers go through [`headers`](super::headers).
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::HeaderValue;
+use hyper::http::request::Parts;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio::time::Sleep;
+
+use super::headers::{self, Cidr, Outbound};
+use super::ForwardError;
+use crate::config::{CredentialScheme, HttpUpstream, SecretSource, UpstreamCredentials};
+use crate::gate::ResponseBody;
+use crate::git::GitRequest;
+use crate::policy::Identity;
+
+type OutBody = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Forwards requests to one upstream git server.
+pub struct HttpBackend {
+    client: Client<HttpsConnector<HttpConnector>, OutBody>,
+    origin: Uri,
+    base_path: String,
+    identity_header: hyper::header::HeaderName,
+    upstream_auth: Option<HeaderValue>,
+    trusted_proxies: Vec<Cidr>,
+    /// How clients reach gitgate: `http` or `https`.
+    proto: &'static str,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl HttpBackend {
+    /// Build the client: TLS roots, upstream credentials (read now, so a missing secret is a
+    /// start-up error, not a failure on the first push).
+    pub fn new(
+        cfg: &HttpUpstream,
+        trusted_proxies: Vec<Cidr>,
+        tls_in_front: bool,
+    ) -> Result<HttpBackend, String> {
+        let tls = client_tls_config(cfg)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        let upstream_auth = cfg.credentials.as_ref().map(read_credentials).transpose()?;
+        Ok(HttpBackend {
+            client,
+            origin: cfg.origin.clone(),
+            base_path: if cfg.base_path == "/" {
+                String::new()
+            } else {
+                cfg.base_path.clone()
+            },
+            identity_header: cfg.identity_header.clone(),
+            upstream_auth,
+            trusted_proxies,
+            proto: if tls_in_front { "https" } else { "http" },
+            connect_timeout: cfg.connect_timeout,
+            idle_timeout: cfg.idle_timeout,
+        })
+    }
+
+    /// The upstream URL for a classified request: base path + canonical path and query.
+    fn target(&self, git_req: &GitRequest) -> Result<Uri, ForwardError> {
+        let mut uri = format!(
+            "{}://{}{}{}",
+            self.origin.scheme_str().unwrap_or("http"),
+            self.origin.authority().map(|a| a.as_str()).unwrap_or(""),
+            self.base_path,
+            git_req.backend_path
+        );
+        if let Some(q) = &git_req.query {
+            uri.push('?');
+            uri.push_str(q);
+        }
+        uri.parse()
+            .map_err(|e| ForwardError::bad_gateway(format!("cannot build the upstream URL: {e}")))
+    }
+
+    /// Send the authorised request upstream and stream the answer back.
+    pub async fn forward<B>(
+        &self,
+        parts: &Parts,
+        body: B,
+        git_req: &GitRequest,
+        identity: &Identity,
+        remote: SocketAddr,
+    ) -> Result<Response<ResponseBody>, ForwardError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
+        let uri = self.target(git_req)?;
+        let headers = headers::to_upstream(
+            &parts.headers,
+            &Outbound {
+                peer: remote.ip(),
+                trusted_proxies: &self.trusted_proxies,
+                proto: self.proto,
+                authority: parts.uri.authority().map(|a| a.as_str()),
+                identity_header: &self.identity_header,
+                user: &identity.user,
+                upstream_auth: self.upstream_auth.as_ref(),
+            },
+        );
+        let activity = Activity::new();
+        let body = ActivityBody {
+            inner: body,
+            activity: activity.clone(),
+        }
+        .map_err(|e| io::Error::other(e.to_string()))
+        .boxed_unsync();
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+
+        // Wait for the answer while anything moves: the request body streaming out counts.
+        let sent = self.client.request(req);
+        tokio::pin!(sent);
+        let resp = loop {
+            let wait = self.idle_timeout.saturating_sub(activity.idle());
+            tokio::select! {
+                r = &mut sent => break r,
+                _ = tokio::time::sleep(wait) => {
+                    if activity.idle() >= self.idle_timeout {
+                        return Err(ForwardError::gateway_timeout(format!(
+                            "the upstream git server sent no answer for {}s",
+                            self.idle_timeout.as_secs()
+                        )));
+                    }
+                }
+            }
+        };
+        let resp = resp.map_err(|e| self.classify_error(&e))?;
+
+        if resp.status() == StatusCode::UNAUTHORIZED
+            || resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED
+        {
+            // The client has already proven who it is to gitgate; a challenge from behind us is
+            // about gitgate's own credentials, and passing it on would only make git prompt.
+            return Err(ForwardError::bad_gateway(format!(
+                "the upstream git server refused gitgate's request ({}); check [upstream.credentials]",
+                resp.status()
+            )));
+        }
+        let (mut parts, body) = resp.into_parts();
+        parts.headers = headers::to_client(&parts.headers);
+        let body = IdleBody {
+            inner: body,
+            idle: self.idle_timeout,
+            timer: Box::pin(tokio::time::sleep(self.idle_timeout)),
+        };
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+
+    /// 504 for timeouts, 502 for everything else, with the cause in words.
+    fn classify_error(&self, e: &hyper_util::client::legacy::Error) -> ForwardError {
+        let mut cause = String::new();
+        let mut timed_out = false;
+        let mut source: Option<&(dyn StdError + 'static)> = e.source();
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<io::Error>() {
+                timed_out |= io.kind() == io::ErrorKind::TimedOut;
+            }
+            let text = s.to_string();
+            if !cause.contains(&text) {
+                if !cause.is_empty() {
+                    cause.push_str(": ");
+                }
+                cause.push_str(&text);
+            }
+            source = s.source();
+        }
+        if cause.is_empty() {
+            cause = e.to_string();
+        }
+        // The client gets the cause; the upstream's address stays in gitgate's log.
+        let origin = self.origin.to_string();
+        tracing::warn!(upstream = %origin.trim_end_matches('/'), cause = %cause, "upstream request failed");
+        if timed_out {
+            ForwardError::gateway_timeout(format!(
+                "the upstream git server did not answer in time ({cause})"
+            ))
+        } else if e.is_connect() {
+            ForwardError::bad_gateway(format!("cannot reach the upstream git server ({cause})"))
+        } else {
+            ForwardError::bad_gateway(format!("the upstream git server failed ({cause})"))
+        }
+    }
+
+    /// Readiness: can a TCP connection to the upstream be opened within the connect timeout?
+    pub async fn ready(&self) -> Result<(), String> {
+        let authority = self.origin.authority().ok_or("no upstream host")?;
+        let port = authority
+            .port_u16()
+            .unwrap_or(if self.origin.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        match tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("upstream {authority} unreachable: {e}")),
+            Err(_) => Err(format!(
+                "upstream {authority} did not accept a connection in time"
+            )),
+        }
+    }
+}
+
+/// rustls client config: the configured CA file and/or the system roots, TLS 1.2+.
+fn client_tls_config(cfg: &HttpUpstream) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &cfg.ca_file {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("[upstream] ca_file = \"{}\": {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "[upstream] ca_file = \"{}\" holds no PEM certificate",
+                ca.display()
+            ));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("[upstream] ca_file = \"{}\": {e}", ca.display()))?;
+        }
+    }
+    if cfg.system_roots && cfg.origin.scheme_str() == Some("https") {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(error = %e, "could not read some system root certificates");
+        }
+        let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+        if added == 0 && cfg.ca_file.is_none() {
+            return Err(
+                "[upstream] no system root certificates found (is ca-certificates installed?); set ca_file"
+                    .into(),
+            );
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS set-up failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// Read gitgate's upstream secret and make the `Authorization` value of it.
+fn read_credentials(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
+    let secret = match &c.source {
+        SecretSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "[upstream.credentials] file = \"{}\" cannot be read: {e}",
+                path.display()
+            )
+        })?,
+        SecretSource::Env(name) => std::env::var(name).map_err(|_| {
+            format!("[upstream.credentials] env = \"{name}\": the variable is not set")
+        })?,
+    };
+    let secret = secret.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return Err("[upstream.credentials] the secret is empty".into());
+    }
+    let value = match c.scheme {
+        CredentialScheme::Basic => {
+            if !secret.contains(':') {
+                return Err(
+                    "[upstream.credentials] a basic secret is \"user:password\" (no ':' found)"
+                        .into(),
+                );
+            }
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(secret)
+            )
+        }
+        CredentialScheme::Bearer => format!("Bearer {secret}"),
+    };
+    let mut v = HeaderValue::from_str(&value).map_err(|_| {
+        "[upstream.credentials] the secret contains characters a header cannot carry".to_string()
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// When anything last moved, shared between the request body and the waiting forwarder.
+#[derive(Clone)]
+struct Activity {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// The client's request body on its way upstream, noting each frame as activity.
+struct ActivityBody<B> {
+    inner: B,
+    activity: Activity,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for ActivityBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(_)) = &polled {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream's response body; fails if no frame arrives for `idle`.
+struct IdleBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Body for IdleBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + self.idle;
+                self.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(io::Error::other(format!(
+                "the upstream response broke off: {e}"
+            ))))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the upstream response stalled for {}s", self.idle.as_secs()),
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn backend(url: &str) -> HttpBackend {
+        let text = format!("[upstream]\nurl = \"{url}\"\n");
+        let c = Config::parse(Path::new("/etc/gitgate/proxy.toml"), &text).unwrap();
+        let crate::config::Upstream::Http(h) = &c.upstream else {
+            panic!()
+        };
+        HttpBackend::new(h, vec![], false).unwrap()
+    }
+
+    fn git_req(path: &str, query: Option<&str>) -> GitRequest {
+        let mut r = crate::git::classify("GET", path, query, "/").unwrap();
+        r.query = query.map(str::to_string);
+        r
+    }
+
+    #[tokio::test]
+    async fn paths_map_onto_the_base() {
+        let b = backend("http://127.0.0.1:3000/git/");
+        let r = git_req("/team/app.git/info/refs", Some("service=git-upload-pack"));
+        assert_eq!(
+            b.target(&r).unwrap().to_string(),
+            "http://127.0.0.1:3000/git/team/app.git/info/refs?service=git-upload-pack"
+        );
+        let b = backend("http://127.0.0.1:3000");
+        assert_eq!(
+            b.target(&r).unwrap().to_string(),
+            "http://127.0.0.1:3000/team/app.git/info/refs?service=git-upload-pack"
+        );
+    }
+
+    #[test]
+    fn credentials_are_built_and_sensitive() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "gitgate:pw\n").unwrap();
+        let v = read_credentials(&UpstreamCredentials {
+            scheme: CredentialScheme::Basic,
+            source: SecretSource::File(f.clone()),
+        })
+        .unwrap();
+        assert_eq!(v, "Basic Z2l0Z2F0ZTpwdw==");
+        assert!(v.is_sensitive());
+        std::env::set_var("GITGATE_TEST_UPSTREAM_BEARER", "tok3n\n");
+        let v = read_credentials(&UpstreamCredentials {
+            scheme: CredentialScheme::Bearer,
+            source: SecretSource::Env("GITGATE_TEST_UPSTREAM_BEARER".into()),
+        })
+        .unwrap();
+        assert_eq!(v, "Bearer tok3n");
+        assert!(read_credentials(&UpstreamCredentials {
+            scheme: CredentialScheme::Bearer,
+            source: SecretSource::Env("GITGATE_TEST_UNSET_VARIABLE".into()),
+        })
+        .unwrap_err()
+        .contains("not set"));
+        std::fs::write(&f, "nocolon").unwrap();
+        assert!(read_credentials(&UpstreamCredentials {
+            scheme: CredentialScheme::Basic,
+            source: SecretSource::File(f),
+        })
+        .is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! Timeouts and caps, against a running gitgate over real TCP: the header-read deadline, the idle
+//! timeout, the connection cap, the header size cap, and an upstream that accepts but never
+//! answers (504). No nginx needed: the silent upstream is a listener in the test.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+struct Gitgate {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Gitgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, config: &str) -> Gitgate {
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("gitgate did not start");
+    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    Gitgate { child, port }
+}
+
+fn cgi_config(dir: &Path, extra_server: &str) -> String {
+    let repos = dir.join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{extra_server}\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\ncgi = \"/bin/true\"\nproject_root = \"{}\"\n",
+        repos.display()
+    )
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Read until the peer closes; returns what was read and how long it took.
+fn read_until_closed(s: &mut TcpStream) -> (String, Duration) {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn slow_headers_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(
+        dir.path(),
+        &cgi_config(dir.path(), "header_read_timeout_seconds = 1"),
+    );
+    let mut s = connect(g.port);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let (_, took) = read_until_closed(&mut s);
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+}
+
+#[test]
+fn idle_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(
+        dir.path(),
+        &cgi_config(dir.path(), "idle_timeout_seconds = 1"),
+    );
+    let mut s = connect(g.port);
+    s.write_all(HEALTHZ).unwrap();
+    let (out, took) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "a keep-alive connection doing nothing was closed after {took:?}"
+    );
+}
+
+#[test]
+fn connections_beyond_the_cap_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &cgi_config(dir.path(), "max_connections = 1"));
+    let first = connect(g.port);
+    // Let gitgate accept the first connection before the second arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = connect(g.port);
+    second.write_all(HEALTHZ).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        second.read(&mut buf).is_err(),
+        "the second connection was served while the first held the only slot"
+    );
+    drop(first);
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let n = second.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+}
+
+#[test]
+fn oversized_headers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(
+        dir.path(),
+        &cgi_config(dir.path(), "max_header_bytes = 8192"),
+    );
+    let mut s = connect(g.port);
+    let big = "a".repeat(16 * 1024);
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .unwrap();
+    let (out, _) = read_until_closed(&mut s);
+    assert!(
+        out.is_empty() || out.starts_with("HTTP/1.1 431"),
+        "a 16 KiB header was accepted: {out}"
+    );
+}
+
+#[test]
+fn an_upstream_that_never_answers_is_504() {
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts connections and reads, never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\nidle_timeout_seconds = 1\n"
+    );
+    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
+    let cfg = dir.path().join("proxy.toml");
+    let token = {
+        let run = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+                .arg("--config")
+                .arg(&cfg)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        run(&[
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "ci",
+            "--permission",
+            "PROJECT_READ",
+        ])
+    };
+    let g = start(dir.path(), &config);
+    let mut s = connect(g.port);
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
+    s.write_all(
+        format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (out, took) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(out.contains("no answer"), "{out}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn an_upstream_that_cannot_be_connected_to_in_time_is_504() {
+    let dir = tempfile::tempdir().unwrap();
+    // A listener that never accepts, with its accept queue filled: further SYNs are dropped,
+    // so connecting hangs the way it does to a firewalled host.
+    let full = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = full.local_addr().unwrap().port();
+    let mut held = Vec::new();
+    for _ in 0..4096 {
+        match TcpStream::connect_timeout(&full.local_addr().unwrap(), Duration::from_millis(200)) {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n\
+         connect_timeout_seconds = 1\nidle_timeout_seconds = 2\n"
+    );
+    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+        .arg("--config")
+        .arg(dir.path().join("proxy.toml"))
+        .args([
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "ci",
+            "--permission",
+            "PROJECT_READ",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let g = start(dir.path(), &config);
+    let mut s = connect(g.port);
+    s.write_all(
+        format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (out, took) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(out.contains("did not answer in time"), "{out}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    drop(held);
+}

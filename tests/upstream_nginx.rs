@@ -1,0 +1,1200 @@
+//! End to end in front of a real third-party git server: the real `git` client → gitgate →
+//! nginx → fcgiwrap → `git http-backend`, all on loopback, each test with its own ports and
+//! temporary folder (see `fixtures/nginx/` for the nginx config template).
+//!
+//! Without nginx or fcgiwrap the tests print a notice and pass, except under CI (`CI=true`),
+//! where a missing nginx is a failure: `.ci/run` installs both.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+const PASSWORD: &str = "correct horse";
+const UPSTREAM_SECRET: &str = "upstream-s3cret";
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+
+struct Tools {
+    nginx: PathBuf,
+    fcgiwrap: PathBuf,
+    backend: PathBuf,
+}
+
+fn find(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+/// The tools, or `None` (with a notice) when they are missing outside CI.
+fn tools(test: &str) -> Option<Tools> {
+    let nginx = find("nginx");
+    let fcgiwrap = find("fcgiwrap");
+    if nginx.is_none() || fcgiwrap.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true but nginx or fcgiwrap is not installed; .ci/run must install them");
+        }
+        eprintln!(
+            "NOTICE: skipping {test}: nginx and fcgiwrap are needed (apt-get install nginx fcgiwrap)"
+        );
+        return None;
+    }
+    let exec = Command::new("git").arg("--exec-path").output().unwrap();
+    let exec = String::from_utf8(exec.stdout).unwrap();
+    Some(Tools {
+        nginx: nginx.unwrap(),
+        fcgiwrap: fcgiwrap.unwrap(),
+        backend: Path::new(exec.trim()).join("git-http-backend"),
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(p)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// nginx + fcgiwrap + git http-backend
+
+struct Nginx {
+    dir: PathBuf,
+    port: u16,
+    tls_port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+    fcgiwrap: Child,
+    nginx_bin: PathBuf,
+}
+
+impl Nginx {
+    fn start(tools: &Tools, dir: &Path, repos: &Path) -> Nginx {
+        let dir = dir.join("nginx");
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let sock = dir.join("fcgi.sock");
+        // The backend, behind a wrapper the slow-clone test can switch on with a flag file.
+        let wrapper = dir.join("backend.sh");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nif [ \"$REQUEST_METHOD\" = POST ] && [ -f '{d}/slow' ]; then touch '{d}/started'; sleep 2; fi\nexec '{b}'\n",
+                d = dir.display(),
+                b = tools.backend.display()
+            ),
+        )
+        .unwrap();
+        Command::new("chmod")
+            .arg("+x")
+            .arg(&wrapper)
+            .status()
+            .unwrap();
+
+        let fcgiwrap = Command::new(&tools.fcgiwrap)
+            .args(["-c", "4", "-s"])
+            .arg(format!("unix:{}", sock.display()))
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start fcgiwrap");
+        wait_for("fcgiwrap's socket", Duration::from_secs(10), || {
+            sock.exists()
+        });
+
+        let (port, tls_port) = (free_port(), free_port());
+        let user = if is_root() {
+            "user root root;".to_string()
+        } else {
+            String::new()
+        };
+        let conf = std::fs::read_to_string(fixture("nginx/nginx.conf.in"))
+            .unwrap()
+            .replace("@USER@", &user)
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@PORT@", &port.to_string())
+            .replace("@TLS_PORT@", &tls_port.to_string())
+            .replace("@CERT@", &fixture("tls/server-a.pem").display().to_string())
+            .replace("@KEY@", &fixture("tls/server-a.key").display().to_string())
+            .replace("@SOCKET@", &sock.display().to_string())
+            .replace("@BACKEND@", &wrapper.display().to_string())
+            .replace("@REPOS@", &repos.display().to_string())
+            .replace("@SECRET@", UPSTREAM_SECRET);
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut n = Nginx {
+            dir,
+            port,
+            tls_port,
+            conf: conf_path,
+            child: None,
+            fcgiwrap,
+            nginx_bin: tools.nginx.clone(),
+        };
+        n.start_nginx();
+        n
+    }
+
+    fn start_nginx(&mut self) {
+        let mut child = Command::new(&self.nginx_bin)
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-e")
+            .arg(self.dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let port = self.port;
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nginx exited ({status}): {}",
+                    std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nginx did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    fn stop_nginx(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop_nginx();
+        let _ = self.fcgiwrap.kill();
+        let _ = self.fcgiwrap.wait();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------------------------
+// gitgate
+
+struct Gitgate {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+    scheme: &'static str,
+}
+
+impl Gitgate {
+    fn start(config: &Path) -> Gitgate {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env("GITGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gitgate");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest.split_whitespace().next().unwrap_or("").to_string();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(url);
+                    }
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("gitgate did not start: {}", log.lock().unwrap());
+            }
+        };
+        let port = url.rsplit(':').next().unwrap().parse().unwrap();
+        let scheme = if url.starts_with("https") {
+            "https"
+        } else {
+            "http"
+        };
+        Gitgate {
+            child,
+            port,
+            log,
+            scheme,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Gitgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the gitgate CLI, feeding `stdin`.
+fn cli(config: &Path, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "gitgate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// One world: a bare repository, nginx serving it under /git, gitgate in front under /scm.
+
+struct World {
+    dir: tempfile::TempDir,
+    nginx: Nginx,
+    token: String,
+    config: PathBuf,
+}
+
+struct Options {
+    tls: bool,
+    /// `https://localhost:<nginx tls port>/git` with this `ca_file` (None: system roots).
+    https_upstream: Option<Option<PathBuf>>,
+    grace_seconds: u64,
+    /// `[server] trusted_proxies`.
+    trusted: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            tls: false,
+            https_upstream: None,
+            grace_seconds: 30,
+            trusted: "",
+        }
+    }
+}
+
+impl World {
+    fn new(test: &str) -> Option<World> {
+        let tools = tools(test)?;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let repos = dir.path().join("repos");
+        let bare = repos.join("team/app.git");
+        std::fs::create_dir_all(&bare).unwrap();
+        run_git(&bare, &home, &["init", "--bare", "-q", "-b", "main"]);
+        run_git(&bare, &home, &["config", "core.logAllRefUpdates", "true"]);
+        // Seed it with one commit.
+        let seed = dir.path().join("seed");
+        std::fs::create_dir_all(&seed).unwrap();
+        run_git(&seed, &home, &["init", "-q", "-b", "main"]);
+        std::fs::write(seed.join("README"), "hello\n").unwrap();
+        run_git(&seed, &home, &["add", "README"]);
+        run_git(&seed, &home, &["commit", "-q", "-m", "first"]);
+        run_git(
+            &seed,
+            &home,
+            &["push", "-q", bare.to_str().unwrap(), "main"],
+        );
+
+        let nginx = Nginx::start(&tools, dir.path(), &repos);
+        let config = dir.path().join("proxy.toml");
+        std::fs::write(
+            dir.path().join("upstream.secret"),
+            format!("{UPSTREAM_SECRET}\n"),
+        )
+        .unwrap();
+        let mut w = World {
+            dir,
+            nginx,
+            token: String::new(),
+            config,
+        };
+        w.write_config(&Options::default());
+        cli(
+            &w.config,
+            &["user", "add", "alice", "--password-stdin"],
+            &format!("{PASSWORD}\n"),
+        );
+        cli(&w.config, &["grant", "add", "alice", "team", "write"], "");
+        w.token = cli(
+            &w.config,
+            &[
+                "token",
+                "create",
+                "--user",
+                "alice",
+                "--name",
+                "laptop",
+                "--permission",
+                "REPO_WRITE",
+                "--password-stdin",
+            ],
+            &format!("{PASSWORD}\n"),
+        );
+        assert!(w.token.starts_with("ggt_"), "{}", w.token);
+        Some(w)
+    }
+
+    fn write_config(&self, o: &Options) {
+        let mut text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ngit_prefix = \"/scm\"\nshutdown_grace_seconds = {}\n",
+            o.grace_seconds
+        );
+        if !o.trusted.is_empty() {
+            text.push_str(&format!("trusted_proxies = [\"{}\"]\n", o.trusted));
+        }
+        if o.tls {
+            text.push_str("[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
+            if !self.dir.path().join("cert.pem").exists() {
+                std::fs::copy(
+                    fixture("tls/server-a.pem"),
+                    self.dir.path().join("cert.pem"),
+                )
+                .unwrap();
+                std::fs::copy(fixture("tls/server-a.key"), self.dir.path().join("key.pem"))
+                    .unwrap();
+            }
+        }
+        text.push_str("[store]\npath = \"gitgate.db\"\n[upstream]\n");
+        match &o.https_upstream {
+            None => text.push_str(&format!(
+                "url = \"http://127.0.0.1:{}/git\"\n",
+                self.nginx.port
+            )),
+            Some(ca) => {
+                text.push_str(&format!(
+                    "url = \"https://localhost:{}/git\"\n",
+                    self.nginx.tls_port
+                ));
+                if let Some(ca) = ca {
+                    text.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
+                }
+            }
+        }
+        text.push_str("connect_timeout_seconds = 2\n");
+        text.push_str("[upstream.credentials]\nscheme = \"bearer\"\nfile = \"upstream.secret\"\n");
+        text.push_str("[auth]\nrealm = \"gitgate\"\n");
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn serve(&self, o: &Options) -> Gitgate {
+        self.write_config(o);
+        Gitgate::start(&self.config)
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn bare(&self) -> PathBuf {
+        self.dir.path().join("repos/team/app.git")
+    }
+
+    fn url(&self, g: &Gitgate) -> String {
+        let host = if g.scheme == "https" {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
+        format!(
+            "{}://alice:{}@{host}:{}/scm/team/app.git",
+            g.scheme, self.token, g.port
+        )
+    }
+
+    /// Run git in `cwd` (created if missing); returns the output, success or not.
+    fn git(&self, cwd: &Path, args: &[&str]) -> Output {
+        std::fs::create_dir_all(cwd).unwrap();
+        git_command(cwd, &self.home()).args(args).output().unwrap()
+    }
+
+    fn git_ok(&self, cwd: &Path, args: &[&str]) -> String {
+        let out = self.git(cwd, args);
+        assert!(
+            out.status.success(),
+            "git {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+}
+
+fn git_command(cwd: &Path, home: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(cwd)
+        .env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        // An inherited GIT_SSL_CAINFO would override the tests' http.sslCAInfo.
+        .env_remove("GIT_SSL_CAINFO")
+        .env_remove("GIT_SSL_CAPATH")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .args(["-c", "credential.helper=", "-c", "init.defaultBranch=main"]);
+    c
+}
+
+fn run_git(cwd: &Path, home: &Path, args: &[&str]) {
+    let out = git_command(cwd, home).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A raw HTTP/1.1 request; returns (status, head, body).
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+fn basic(user: &str, secret: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"))
+    )
+}
+
+fn commit_file(w: &World, repo: &Path, name: &str, content: &[u8]) {
+    std::fs::write(repo.join(name), content).unwrap();
+    w.git_ok(repo, &["add", name]);
+    w.git_ok(repo, &["commit", "-q", "-m", &format!("add {name}")]);
+}
+
+/// The reflog of `main` in the bare repository, as written by `git http-backend`.
+fn reflog(w: &World) -> String {
+    std::fs::read_to_string(w.bare().join("logs/refs/heads/main")).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn clone_fetch_push_v0_and_v2() {
+    let Some(w) = World::new("clone_fetch_push_v0_and_v2") else {
+        return;
+    };
+    let g = w.serve(&Options::default());
+    let url = w.url(&g);
+    for v in ["0", "2"] {
+        let proto = format!("protocol.version={v}");
+        let a = w.path(&format!("a{v}"));
+        let b = w.path(&format!("b{v}"));
+        w.git_ok(
+            w.dir.path(),
+            &["-c", &proto, "clone", "-q", &url, a.to_str().unwrap()],
+        );
+        w.git_ok(
+            w.dir.path(),
+            &["-c", &proto, "clone", "-q", &url, b.to_str().unwrap()],
+        );
+        commit_file(&w, &a, &format!("v{v}.txt"), b"pushed\n");
+        w.git_ok(&a, &["-c", &proto, "push", "-q", "origin", "main"]);
+        w.git_ok(&b, &["-c", &proto, "fetch", "-q", "origin"]);
+        let head_a = w.git_ok(&a, &["rev-parse", "HEAD"]);
+        let head_b = w.git_ok(&b, &["rev-parse", "origin/main"]);
+        assert_eq!(head_a, head_b, "protocol v{v}: fetch sees the push");
+        let remote = w.git_ok(&a, &["-c", &proto, "ls-remote", &url, "refs/heads/main"]);
+        assert!(remote.starts_with(head_a.trim()), "{remote}");
+    }
+    // v2 really was spoken: git's Git-Protocol header made it to the backend.
+    let log = w.nginx.access_log();
+    assert!(log.contains("proto2=\"version=2\""), "{log}");
+    // The git prefix /scm became the upstream base /git, and every request was authenticated
+    // with gitgate's own upstream secret.
+    for line in log.lines() {
+        assert!(
+            line.contains("\"GET /git/team/app.git/") || line.contains("\"POST /git/team/app.git/"),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("auth=\"Bearer {UPSTREAM_SECRET}\"")),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn identity_comes_from_the_token_never_from_the_client() {
+    let Some(w) = World::new("identity_comes_from_the_token_never_from_the_client") else {
+        return;
+    };
+    let g = w.serve(&Options::default());
+    let url = w.url(&g);
+    let a = w.path("a");
+    w.git_ok(w.dir.path(), &["clone", "-q", &url, a.to_str().unwrap()]);
+    commit_file(&w, &a, "who.txt", b"me\n");
+    w.git_ok(
+        &a,
+        &[
+            "-c",
+            "http.extraHeader=X-Forwarded-User: mallory",
+            "-c",
+            "http.extraHeader=X-Forwarded-For: 10.6.6.6",
+            "-c",
+            "http.extraHeader=X-Forwarded-Host: evil.example",
+            "push",
+            "-q",
+            "origin",
+            "main",
+        ],
+    );
+    // The push is attributed to the token's owner in the bare repository's reflog.
+    let reflog = reflog(&w);
+    let last = reflog.lines().last().unwrap_or_default();
+    assert!(last.contains(" alice <alice@http."), "reflog: {reflog}");
+    assert!(!reflog.contains("mallory"), "reflog: {reflog}");
+
+    let log = w.nginx.access_log();
+    assert!(!log.is_empty());
+    for line in log.lines() {
+        assert!(line.contains("user=\"alice\""), "{line}");
+        assert!(line.contains("xff=\"127.0.0.1\""), "{line}");
+        assert!(line.contains("fhost=\"127.0.0.1:"), "{line}");
+        assert!(line.contains("fproto=\"http\""), "{line}");
+    }
+    // The client's Authorization (its gitgate token) never reached nginx.
+    assert!(!log.contains(&w.token), "the token reached the upstream");
+    assert!(
+        !log.contains("Basic "),
+        "the client's Basic credentials reached the upstream"
+    );
+    assert!(!log.contains("mallory") && !log.contains("10.6.6.6") && !log.contains("evil.example"));
+}
+
+/// Peak resident memory of a process so far, in KiB (Linux).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn large_chunked_push_and_clone_stream_with_flat_memory() {
+    let Some(w) = World::new("large_chunked_push_and_clone_stream_with_flat_memory") else {
+        return;
+    };
+    let g = w.serve(&Options::default());
+    let url = w.url(&g);
+    let a = w.path("a");
+    w.git_ok(w.dir.path(), &["clone", "-q", &url, a.to_str().unwrap()]);
+    let baseline = peak_rss_kib(g.child.id());
+    // 32 MiB that does not compress: the pack is about as large.
+    const SIZE: usize = 32 << 20;
+    let mut data = vec![0u8; SIZE];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    commit_file(&w, &a, "big.bin", &data);
+    drop(data);
+    let started = Instant::now();
+    // A small postBuffer: git sends the pack with chunked transfer encoding.
+    w.git_ok(
+        &a,
+        &[
+            "-c",
+            "http.postBuffer=65536",
+            "push",
+            "-q",
+            "origin",
+            "main",
+        ],
+    );
+    let push_took = started.elapsed();
+    let head = w.git_ok(&a, &["rev-parse", "HEAD"]);
+    w.git_ok(&w.bare(), &["cat-file", "-e", head.trim()]);
+
+    let started = Instant::now();
+    let b = w.path("b");
+    w.git_ok(w.dir.path(), &["clone", "-q", &url, b.to_str().unwrap()]);
+    let clone_took = started.elapsed();
+    assert_eq!(
+        std::fs::metadata(b.join("big.bin")).unwrap().len(),
+        SIZE as u64
+    );
+
+    // gitgate saw the whole pack go through as one request body ...
+    let log = g.log();
+    let bytes = |method: &str, field: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("method={method}")))
+            .filter_map(|l| l.split(&format!("{field}=")).nth(1))
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let pushed = bytes("POST", "bytes_in");
+    let cloned = bytes("POST", "bytes_out");
+    assert!(
+        pushed > SIZE as u64,
+        "bytes_in of the push: {pushed}\n{log}"
+    );
+    assert!(
+        cloned > SIZE as u64,
+        "bytes_out of the clone: {cloned}\n{log}"
+    );
+    // ... without holding it: the peak memory barely moved.
+    let peak = peak_rss_kib(g.child.id());
+    eprintln!(
+        "push {pushed} B in {push_took:?}, clone {cloned} B in {clone_took:?}; \
+         gitgate peak RSS {baseline} KiB before, {peak} KiB after"
+    );
+    if baseline > 0 {
+        assert!(
+            peak - baseline < 16 * 1024,
+            "gitgate's peak memory grew by {} KiB moving 2 × 32 MiB",
+            peak - baseline
+        );
+    }
+}
+
+#[test]
+fn upstream_down_is_502_then_recovers() {
+    let Some(mut w) = World::new("upstream_down_is_502_then_recovers") else {
+        return;
+    };
+    let g = w.serve(&Options::default());
+    let url = w.url(&g);
+    w.git_ok(w.dir.path(), &["ls-remote", &url]);
+
+    w.nginx.stop_nginx();
+    let auth = basic("alice", &w.token);
+    let (status, head, body) = http(
+        g.port,
+        "GET",
+        "/scm/team/app.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status, 502, "{head}\n{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+    assert!(
+        body.contains("cannot reach the upstream git server"),
+        "{body}"
+    );
+    let out = w.git(w.dir.path(), &["ls-remote", &url]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("502"),
+        "{out:?}"
+    );
+    let (status, _, body) = http(g.port, "GET", "/readyz", &[]);
+    assert_eq!(status, 503, "{body}");
+
+    w.nginx.start_nginx();
+    w.git_ok(w.dir.path(), &["ls-remote", &url]);
+    let (status, _, _) = http(g.port, "GET", "/readyz", &[]);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn probes_need_no_token_and_are_not_forwarded() {
+    let Some(w) = World::new("probes_need_no_token_and_are_not_forwarded") else {
+        return;
+    };
+    let g = w.serve(&Options::default());
+    let (status, _, body) = http(g.port, "GET", "/healthz", &[]);
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, _, body) = http(g.port, "GET", "/readyz", &[]);
+    assert_eq!((status, body.trim()), (200, "ready"));
+    assert!(w.nginx.access_log().is_empty(), "{}", w.nginx.access_log());
+    // A git request without a token still gets the challenge, not a probe's answer.
+    let (status, head, _) = http(
+        g.port,
+        "GET",
+        "/scm/team/app.git/info/refs?service=git-upload-pack",
+        &[],
+    );
+    assert_eq!(status, 401);
+    assert!(head.contains("Basic realm=\"gitgate\""), "{head}");
+}
+
+#[test]
+fn clone_over_tls_with_the_test_ca() {
+    let Some(w) = World::new("clone_over_tls_with_the_test_ca") else {
+        return;
+    };
+    let g = w.serve(&Options {
+        tls: true,
+        ..Options::default()
+    });
+    assert_eq!(g.scheme, "https");
+    let ca = fixture("tls/ca.pem");
+    let ca_opt = format!("http.sslCAInfo={}", ca.display());
+    let a = w.path("a");
+    // Clone over HTTP/2 (ALPN h2) ...
+    let out = git_command(w.dir.path(), &w.home())
+        .env("GIT_TRACE_CURL", "1")
+        .env("GIT_TRACE_CURL_NO_DATA", "1")
+        .args(["-c", &ca_opt, "-c", "http.version=HTTP/2", "clone", "-q"])
+        .arg(w.url(&g))
+        .arg(&a)
+        .output()
+        .unwrap();
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{trace}");
+    assert!(trace.contains("HTTP/2 200"), "not HTTP/2: {trace}");
+    assert!(a.join("README").exists());
+    // ... and push over HTTP/1.1.
+    commit_file(&w, &a, "tls.txt", b"over TLS\n");
+    w.git_ok(
+        &a,
+        &[
+            "-c",
+            &ca_opt,
+            "-c",
+            "http.version=HTTP/1.1",
+            "push",
+            "-q",
+            "origin",
+            "main",
+        ],
+    );
+    assert!(reflog(&w)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .contains(" alice <"));
+    // Without the CA git refuses the certificate.
+    let out = w.git(w.dir.path(), &["ls-remote", &w.url(&g)]);
+    assert!(!out.status.success());
+    // The upstream was told the client came in over https.
+    let log = w.nginx.access_log();
+    assert!(log.lines().all(|l| l.contains("fproto=\"https\"")), "{log}");
+}
+
+#[test]
+fn https_upstream_is_verified_against_the_configured_ca() {
+    let Some(w) = World::new("https_upstream_is_verified_against_the_configured_ca") else {
+        return;
+    };
+    let g = w.serve(&Options {
+        https_upstream: Some(Some(fixture("tls/ca.pem"))),
+        ..Options::default()
+    });
+    let a = w.path("a");
+    w.git_ok(
+        w.dir.path(),
+        &["clone", "-q", &w.url(&g), a.to_str().unwrap()],
+    );
+    assert!(a.join("README").exists());
+    drop(g);
+
+    // Trusting only the system roots, the test CA's certificate is refused: 502, not a clone.
+    let g = w.serve(&Options {
+        https_upstream: Some(None),
+        ..Options::default()
+    });
+    let auth = basic("alice", &w.token);
+    let (status, _, body) = http(
+        g.port,
+        "GET",
+        "/scm/team/app.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(body.to_ascii_lowercase().contains("certificate"), "{body}");
+}
+
+/// The certificate a new TLS connection to `port` is served, and a TLS stream that stays open.
+fn tls_connect(
+    port: u16,
+) -> (
+    Vec<u8>,
+    rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(fixture("tls/ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
+    }
+    let cert = stream.conn.peer_certificates().unwrap()[0].to_vec();
+    (cert, stream)
+}
+
+/// One keep-alive `GET /healthz` on an open TLS stream; returns the status line.
+fn healthz_on(stream: &mut impl ReadWrite) -> String {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn pem_der(name: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(fixture(name))
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn certificate_reloads_on_sighup_without_dropping_connections() {
+    let Some(w) = World::new("certificate_reloads_on_sighup_without_dropping_connections") else {
+        return;
+    };
+    let g = w.serve(&Options {
+        tls: true,
+        ..Options::default()
+    });
+    let (cert, mut old) = tls_connect(g.port);
+    assert_eq!(cert, pem_der("tls/server-a.pem"));
+    assert!(healthz_on(&mut old).contains("200"));
+
+    // Swap the files to certificate B and signal.
+    std::fs::copy(fixture("tls/server-b.pem"), w.path("cert.pem")).unwrap();
+    std::fs::copy(fixture("tls/server-b.key"), w.path("key.pem")).unwrap();
+    signal(&g.child, "HUP");
+    wait_for("the reload", Duration::from_secs(10), || {
+        g.log().contains("TLS certificate reloaded")
+    });
+    let (cert, _) = tls_connect(g.port);
+    assert_eq!(cert, pem_der("tls/server-b.pem"), "a new connection sees B");
+    assert!(
+        healthz_on(&mut old).contains("200"),
+        "the connection opened before the reload still works"
+    );
+
+    // A broken certificate at reload: the old one stays, and the log says why.
+    std::fs::write(w.path("cert.pem"), "garbage").unwrap();
+    signal(&g.child, "HUP");
+    wait_for("the failed reload", Duration::from_secs(10), || {
+        g.log().contains("keeping the current TLS certificate")
+    });
+    let (cert, _) = tls_connect(g.port);
+    assert_eq!(cert, pem_der("tls/server-b.pem"));
+    assert!(g.log().contains("cert.pem"), "{}", g.log());
+}
+
+#[test]
+fn bad_certificate_at_start_is_a_clear_error() {
+    let Some(w) = World::new("bad_certificate_at_start_is_a_clear_error") else {
+        return;
+    };
+    w.write_config(&Options {
+        tls: true,
+        ..Options::default()
+    });
+    std::fs::write(w.path("cert.pem"), "not a certificate").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+        .arg("--config")
+        .arg(&w.config)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cert.pem") && err.contains("[server.tls]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn graceful_shutdown_finishes_a_slow_clone() {
+    let Some(w) = World::new("graceful_shutdown_finishes_a_slow_clone") else {
+        return;
+    };
+    let mut g = w.serve(&Options {
+        grace_seconds: 20,
+        ..Options::default()
+    });
+    std::fs::write(w.nginx.dir.join("slow"), "").unwrap();
+    let a = w.path("a");
+    // Protocol v0: one POST after the advertisement, which the backend holds for 2 s.
+    let clone = git_command(w.dir.path(), &w.home())
+        .args([
+            "-c",
+            "protocol.version=0",
+            "clone",
+            "-q",
+            &w.url(&g),
+            a.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = w.nginx.dir.join("started");
+    wait_for("the slow POST to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    signal(&g.child, "TERM");
+    let out = clone.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the clone in flight finished: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(a.join("README").exists());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = g.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "gitgate did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "gitgate exits 0 after a graceful shutdown: {status}"
+    );
+    assert!(g.log().contains("shutting down"), "{}", g.log());
+}
+
+#[test]
+fn refused_upstream_credentials_are_a_502_not_a_prompt() {
+    let Some(w) = World::new("refused_upstream_credentials_are_a_502_not_a_prompt") else {
+        return;
+    };
+    std::fs::write(w.path("upstream.secret"), "wrong-secret\n").unwrap();
+    let g = w.serve(&Options::default());
+    let auth = basic("alice", &w.token);
+    let (status, head, body) = http(
+        g.port,
+        "GET",
+        "/scm/team/app.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &auth)],
+    );
+    // nginx's 401 is about gitgate's credentials: passing its challenge on would only make git
+    // ask the user for a password that cannot help.
+    assert_eq!(status, 502, "{head}\n{body}");
+    assert!(
+        !head.to_ascii_lowercase().contains("www-authenticate"),
+        "{head}"
+    );
+    assert!(body.contains("[upstream.credentials]"), "{body}");
+    assert!(!body.contains("wrong-secret") && !head.contains("wrong-secret"));
+}
+
+#[test]
+fn a_trusted_front_proxy_extends_x_forwarded_for_but_not_the_identity() {
+    let Some(w) = World::new("a_trusted_front_proxy_extends_x_forwarded_for_but_not_the_identity")
+    else {
+        return;
+    };
+    // Here the test itself plays the load balancer on 127.0.0.1.
+    let g = w.serve(&Options {
+        trusted: "127.0.0.0/8",
+        ..Options::default()
+    });
+    w.git_ok(
+        w.dir.path(),
+        &[
+            "-c",
+            "http.extraHeader=X-Forwarded-For: 203.0.113.9",
+            "-c",
+            "http.extraHeader=X-Forwarded-Proto: https",
+            "-c",
+            "http.extraHeader=X-Forwarded-Host: git.example.com",
+            "-c",
+            "http.extraHeader=X-Forwarded-User: mallory",
+            "ls-remote",
+            &w.url(&g),
+        ],
+    );
+    let log = w.nginx.access_log();
+    assert!(!log.is_empty());
+    for line in log.lines() {
+        assert!(line.contains("xff=\"203.0.113.9, 127.0.0.1\""), "{line}");
+        assert!(line.contains("fproto=\"https\""), "{line}");
+        assert!(line.contains("fhost=\"git.example.com\""), "{line}");
+        assert!(line.contains("user=\"alice\""), "{line}");
+    }
+}
+
+/// Not a test: `cargo test --release --test upstream_nginx -- --ignored --nocapture bench`
+/// prints how long a clone of a 64 MiB repository takes straight from nginx and through
+/// gitgate, to see what the hop costs.
+#[test]
+#[ignore]
+fn bench_clone_direct_and_through_gitgate() {
+    let Some(w) = World::new("bench_clone_direct_and_through_gitgate") else {
+        return;
+    };
+    let seed = w.path("seed");
+    let mut data = vec![0u8; 64 << 20];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    commit_file(&w, &seed, "big.bin", &data);
+    w.git_ok(&seed, &["push", "-q", w.bare().to_str().unwrap(), "main"]);
+    let g = w.serve(&Options::default());
+    let direct = format!("http://127.0.0.1:{}/git/team/app.git", w.nginx.port);
+    let auth = format!("http.extraHeader=Authorization: Bearer {UPSTREAM_SECRET}");
+    let mut best = [Duration::MAX; 2];
+    for round in 0..3 {
+        for (i, (url, extra)) in [(direct.as_str(), auth.as_str()), (&w.url(&g), "x.y=z")]
+            .into_iter()
+            .enumerate()
+        {
+            let dest = w.path(&format!("c{round}-{i}"));
+            let start = Instant::now();
+            w.git_ok(
+                w.dir.path(),
+                &["-c", extra, "clone", "-q", url, dest.to_str().unwrap()],
+            );
+            best[i] = best[i].min(start.elapsed());
+            std::fs::remove_dir_all(&dest).unwrap();
+        }
+    }
+    eprintln!(
+        "clone of 64 MiB, best of 3: nginx direct {:?}, through gitgate {:?}; gitgate peak RSS {} KiB",
+        best[0],
+        best[1],
+        peak_rss_kib(g.child.id())
+    );
+}
