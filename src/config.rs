@@ -25,6 +25,8 @@ pub struct Config {
     pub store: Store,
     pub upstream: Upstream,
     pub auth: Auth,
+    /// `[metrics] listen`: where `GET /metrics` is served; `None` (the default) serves nothing.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -161,6 +163,13 @@ struct RawConfig {
     store: Option<RawStore>,
     upstream: Option<RawUpstream>,
     auth: Option<RawAuth>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -374,6 +383,15 @@ impl Config {
             ));
         }
 
+        let metrics_listen = match raw.metrics.and_then(|m| m.listen) {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                err(format!(
+                    "[metrics] listen = \"{text}\" is not an address: use IP:PORT, e.g. \"127.0.0.1:9100\""
+                ))
+            })?),
+        };
+
         Ok(Config {
             source: path.to_path_buf(),
             server: Server {
@@ -388,6 +406,7 @@ impl Config {
             },
             upstream,
             auth: Auth { realm },
+            metrics_listen,
         })
     }
 

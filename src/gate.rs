@@ -25,6 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use crate::clock;
 use crate::credentials::{self, CredentialError, Credentials};
 use crate::git::{self, GitRequest, Rejection};
+use crate::metrics::{Operation, Outcome, METRICS};
 use crate::policy::{self, Deny, Identity};
 use crate::store::{Actor, AuthRecord, Store, StoreError};
 use crate::token;
@@ -80,7 +81,10 @@ impl Gate {
         let mut log = RequestLog::default();
         let bytes_in = Arc::new(AtomicU64::new(0));
 
-        let response = match self.admit(&req, remote, &mut log).await {
+        let admitted = self.admit(&req, remote, &mut log).await;
+        METRICS.auth_duration.observe(started.elapsed());
+        let mut forwarded = false;
+        let response = match admitted {
             Ok((git_req, identity)) => {
                 let (parts, body) = req.into_parts();
                 let body = CountingBody {
@@ -92,8 +96,12 @@ impl Gate {
                     .forward(&parts, body, &git_req, &identity, remote)
                     .await
                 {
-                    Ok(resp) => resp,
+                    Ok(resp) => {
+                        forwarded = true;
+                        resp
+                    }
                     Err(e) => {
+                        METRICS.upstream_error();
                         tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
                         text(e.status, &e.message)
                     }
@@ -116,6 +124,7 @@ impl Gate {
                 user: log.user,
                 token_id: log.token_id,
                 status: status.as_u16(),
+                forwarded,
                 bytes_in,
                 started,
             }),
@@ -326,6 +335,7 @@ struct LogLine {
     user: Option<String>,
     token_id: Option<String>,
     status: u16,
+    forwarded: bool,
     bytes_in: Arc<AtomicU64>,
     started: Instant,
 }
@@ -341,6 +351,19 @@ struct LoggedBody {
 impl LoggedBody {
     fn finish(&mut self, outcome: &str) {
         if let Some(l) = self.done.take() {
+            let operation = match l.access {
+                Some("read") => Operation::Read,
+                Some("write") => Operation::Write,
+                _ => Operation::None,
+            };
+            METRICS.request_done(
+                operation,
+                Outcome::of(l.forwarded, l.status),
+                l.status,
+                l.bytes_in.load(Ordering::Relaxed),
+                self.bytes_out,
+                l.started.elapsed(),
+            );
             tracing::info!(
                 target: "gitgate::request",
                 method = %l.method,

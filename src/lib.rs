@@ -52,6 +52,7 @@ pub mod gate;
 pub mod git;
 pub mod health;
 pub mod lifecycle;
+pub mod metrics;
 pub mod network;
 pub mod password;
 pub mod permission;
