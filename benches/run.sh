@@ -40,6 +40,7 @@ cleanup() {
 trap cleanup EXIT
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
+REAL_HOME=$HOME # cargo and rustup live there; git gets a clean one
 export HOME=$W/home GIT_CONFIG_NOSYSTEM=1 GIT_TERMINAL_PROMPT=0 LC_ALL=C
 mkdir -p "$HOME" "$W/repos/team" "$W/nginx/tmp"
 git config --global user.name bench
@@ -54,7 +55,7 @@ now() { date +%s.%N; }
 
 # --- build --------------------------------------------------------------------------------------
 log "building gitgate (release)"
-(cd "$HERE" && cargo build --release --quiet)
+(cd "$HERE" && HOME=$REAL_HOME cargo build --release --quiet)
 GITGATE=$HERE/target/release/gitgate
 BACKEND=$(git --exec-path)/git-http-backend
 
@@ -80,7 +81,7 @@ make_repo big "$BIG_MB"
 
 # --- nginx + fcgiwrap ---------------------------------------------------------------------------
 GIT_PORT=$(free_port) PROXY_PORT=$(free_port) R401_PORT=$(free_port)
-fcgiwrap -c "$((CONCURRENT + 4))" -s "unix:$W/fcgi.sock" &
+fcgiwrap -c "$((CONCURRENT + 4))" -s "unix:$W/fcgi.sock" 2>"$W/fcgiwrap.log" &
 PIDS+=($!)
 user_line=""
 [[ $(id -u) == 0 ]] && user_line="user root;"
@@ -253,12 +254,11 @@ mp99() { tr ' ' '\n' <<<"${P99[$1]}" | grep . | median; }
 log "cargo bench --bench auth"
 BENCH_ARGS=()
 ((QUICK)) && BENCH_ARGS=(-- --warm-up-time 1 --measurement-time 3)
-(cd "$HERE" && cargo bench --quiet --bench auth "${BENCH_ARGS[@]}" 2>/dev/null) >"$W/auth-bench.txt" || true
+(cd "$HERE" && HOME=$REAL_HOME cargo bench --quiet --bench auth "${BENCH_ARGS[@]}" 2>/dev/null) >"$W/auth-bench.txt" || true
 bench_time() { # name -> microseconds (criterion's middle estimate)
 	awk -v n="$1" '
-		$1 == n && /time:/ { line = $0 }
-		prev == n && /time:/ { line = $0 }
-		{ prev = $1 }
+		/^[^ ]/ && !/^time:/ { name = $1 }
+		name == n && /time:/ { line = $0 }
 		END {
 			if (line == "") { print "n/a"; exit }
 			sub(/.*\[/, "", line); split(line, f, " ")
@@ -267,7 +267,7 @@ bench_time() { # name -> microseconds (criterion's middle estimate)
 			printf "%.2f", v
 		}' "$W/auth-bench.txt"
 }
-mapfile -t BENCH_NAMES < <(awk '/time:/ {print $1}' "$W/auth-bench.txt")
+mapfile -t BENCH_NAMES < <(awk '/^[^ ]/ && !/^time:/ { name = $1 } /time:/ { print name }' "$W/auth-bench.txt")
 
 # --- 5. memory ----------------------------------------------------------------------------------
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }

@@ -263,18 +263,15 @@ impl Gate {
 
     /// A failed authentication is an audit event (never with the secret), written off the path.
     fn audit_failure(&self, remote: SocketAddr, log: &RequestLog, reason: &str) {
-        let store = self.store.clone();
+        let store = &self.store;
         let actor = Actor {
             name: log.user.clone().unwrap_or_else(|| "anonymous".into()),
             source: remote.ip().to_string(),
         };
         let target = log.token_id.clone().unwrap_or_default();
         let detail = format!("{reason} (repo {})", log.repo.as_deref().unwrap_or("-"));
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.record_event(&actor, "auth.failed", &target, &detail) {
-                tracing::warn!(error = %e, "could not write the audit event");
-            }
-        });
+        // Batched by the store's audit writer: one commit per batch, not per refusal.
+        store.record_event_later(actor, "auth.failed", target, detail);
     }
 }
 

@@ -20,6 +20,7 @@ mod schema;
 mod settings;
 mod tokens;
 mod users;
+mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -121,6 +122,7 @@ struct Inner {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     cache: cache::AuthCache,
+    audit_writer: writer::AuditWriter,
 }
 
 impl Store {
@@ -155,6 +157,7 @@ impl Store {
                 path: path.to_path_buf(),
                 idle: Mutex::new(vec![conn]),
                 cache: cache::AuthCache::new(watcher),
+                audit_writer: writer::AuditWriter::new(),
             }),
         })
     }
