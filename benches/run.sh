@@ -33,7 +33,11 @@ export PATH="$PATH:/usr/sbin"
 W=$(mktemp -d /tmp/gitgate-bench.XXXXXX)
 PIDS=()
 cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do
+		# fcgiwrap -c N forks N children that outlive their parent: end them by id too.
+		for c in $(pgrep -P "$p" 2>/dev/null); do kill "$c" 2>/dev/null || true; done
+		kill "$p" 2>/dev/null || true
+	done
 	wait 2>/dev/null || true
 	rm -rf "$W"
 }
@@ -61,19 +65,20 @@ BACKEND=$(git --exec-path)/git-http-backend
 
 # --- repositories: random blobs, one pack --------------------------------------------------------
 make_repo() { # name megabytes
-	local name=$1 mb=$2 work=$W/gen-$1
+	local name=$1 mb=$2 work=$W/gen-$1 bare=$W/repos/team/$1.git
 	log "generating $name: $mb MB of random blobs"
-	git init -q "$work"
+	mkdir -p "$work"
+	git init -q --bare "$bare"
 	local i=0
 	while ((i < mb)); do
 		head -c 1048576 /dev/urandom >"$work/blob-$i"
 		i=$((i + 1))
 	done
-	git -C "$work" add -A
-	git -C "$work" commit -q -m "$mb MB of random blobs"
-	git init -q --bare "$W/repos/team/$name.git"
-	git -C "$work" push -q "$W/repos/team/$name.git" main
-	git -C "$W/repos/team/$name.git" repack -a -d -q
+	# Straight into the bare repository, one pack, no delta search (random data has no deltas;
+	# a push or a default repack would spend minutes looking for them).
+	git --git-dir="$bare" --work-tree="$work" add -A
+	git --git-dir="$bare" --work-tree="$work" commit -q -m "$mb MB of random blobs"
+	git -C "$bare" repack -a -d -q --window=0
 	rm -rf "$work"
 }
 make_repo app "$REPO_MB"
