@@ -14,7 +14,7 @@ use hyper::header::HeaderName;
 use hyper::Uri;
 use serde::Deserialize;
 
-use crate::upstream::headers::Cidr;
+use crate::network::Cidr;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -281,11 +281,8 @@ impl Config {
             .unwrap_or_default()
             .iter()
             .map(|p| {
-                p.parse::<Cidr>().map_err(|m| {
-                    err(format!(
-                        "[server] trusted_proxies: \"{p}\" {m}; use addresses or CIDR ranges, e.g. \"10.0.0.0/8\""
-                    ))
-                })
+                p.parse::<Cidr>()
+                    .map_err(|m| err(format!("[server] trusted_proxies: {m}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let defaults = Limits::default();

@@ -1,6 +1,6 @@
 //! The gate: one hyper service that walks a request down the path described in the crate docs
 //! (classify → credentials → store → policy → upstream) and turns every refusal into an answer
-//! in one place, [`refusal`].
+//! in one place, `Gate::refusal`.
 //!
 //! Order matters for safety: the request is classified before anything else, so a path that does
 //! not name exactly one repository is never forwarded, whatever the credentials; and nothing is

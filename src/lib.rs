@@ -6,7 +6,7 @@
 //!  git client ──▶ server ──▶ gate ──┬─ /rest/... ─▶ api::handle: management, user's password only, never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
-//!                                   ├─ token::parse(secret) → id; store.auth_record(id); hash compare
+//!                                   ├─ token::parse(secret) → id; store: cache (PRAGMA data_version) → SQLite; hash compare
 //!                                   │     (the current secret, or the previous one inside a rotation overlap)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
@@ -36,7 +36,8 @@
 //! - [`credentials`] parses `Authorization`; [`token`] knows the secret format
 //!   (`ggt_<id>_<256 random bits>_<checksum>`) and hashes it; only the SHA-256 is stored.
 //! - [`store`] is the SQLite token store (users, grants, tokens, settings, audit), shared with
-//!   the CLI process: a revocation there is seen on the next request.
+//!   the CLI process, with an in-memory cache of auth records that any commit to the file (seen
+//!   through `PRAGMA data_version`) drops: a revocation there is seen on the next request.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
 //!   streamed.
 //! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which

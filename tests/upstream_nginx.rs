@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -124,7 +125,9 @@ impl Nginx {
             .status()
             .unwrap();
 
+        // In a process group of its own: `-c 4` forks workers, and all of them must go with it.
         let fcgiwrap = Command::new(&tools.fcgiwrap)
+            .process_group(0)
             .args(["-c", "4", "-s"])
             .arg(format!("unix:{}", sock.display()))
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -216,7 +219,9 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         self.stop_nginx();
-        let _ = self.fcgiwrap.kill();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.fcgiwrap.id())])
+            .status();
         let _ = self.fcgiwrap.wait();
     }
 }

@@ -17,9 +17,9 @@
 //!   `{"errors":[{"context":null,"message":"...","exceptionName":"..."}]}`, with the status
 //!   chosen in one place ([`ApiError::from`]).
 //!
-//! Files: [`users_tokens`] (`users/{user}/...`), [`scoped_tokens`] (`projects/{key}/...` and
-//! `projects/{key}/repos/{slug}/...`), [`tokens`] (the five operations both share, and the token
-//! JSON), [`policy`] (`admin/policy`, `admin/tokens`).
+//! Files: `users_tokens` (`users/{user}/...`), `scoped_tokens` (`projects/{key}/...` and
+//! `projects/{key}/repos/{slug}/...`), `tokens` (the five operations both share, and the token
+//! JSON), `policy` (`admin/policy`, `admin/tokens`).
 
 mod policy;
 mod scoped_tokens;

@@ -21,11 +21,11 @@
 //!   (it becomes `GIT_PROTOCOL` in the backend's environment, so it is validated).
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::network::Cidr;
 
 /// Headers that belong to one connection and never cross the proxy.
 const HOP_BY_HOP: [&str; 9] = [
@@ -52,68 +52,6 @@ const MANAGED: [&str; 6] = [
 
 /// Longest `Git-Protocol` value passed on; git sends a few dozen bytes.
 const MAX_GIT_PROTOCOL: usize = 256;
-
-/// An IP address range (`10.0.0.0/8`, `::1`, `fd00::/8`) from `trusted_proxies`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` is inside the range. IPv4-mapped IPv6 peers (`::ffff:10.1.2.3`, as a
-    /// dual-stack listener reports them) match IPv4 ranges.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| "is not an IP address".to_string())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => match p.parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => return Err(format!("has a prefix length that is not 0..={max}")),
-            },
-        };
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
 
 /// What gitgate knows about the request beyond its headers.
 #[derive(Clone, Copy, Debug)]
@@ -512,21 +450,6 @@ mod tests {
         let h = to_client(&upstream);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type", "cache-control", "content-encoding"]);
-    }
-
-    #[test]
-    fn cidr_ranges() {
-        let c: Cidr = "10.0.0.0/8".parse().unwrap();
-        assert!(c.contains("10.200.1.1".parse().unwrap()));
-        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
-        assert!(!c.contains("11.0.0.1".parse().unwrap()));
-        let one: Cidr = "::1".parse().unwrap();
-        assert!(one.contains("::1".parse().unwrap()));
-        assert!(!one.contains("::2".parse().unwrap()));
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("203.0.113.9".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-        assert!("host.example".parse::<Cidr>().is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!   connection is a `502`.
 //! - **The canonical request.** The path is `base_path` + the [`GitRequest`]'s canonical
 //!   `backend_path`, the query its canonical query: the repository the policy checked is exactly
-//!   the one the upstream serves. Headers go through [`headers`](super::headers).
+//!   the one the upstream serves. Headers go through [`super::headers`].
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -43,11 +43,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::time::Sleep;
 
-use super::headers::{self, Cidr, Outbound};
+use super::headers::{self, Outbound};
 use super::ForwardError;
 use crate::config::{CredentialScheme, HttpUpstream, SecretSource, UpstreamCredentials};
 use crate::gate::ResponseBody;
 use crate::git::GitRequest;
+use crate::network::Cidr;
 use crate::policy::Identity;
 
 type OutBody = UnsyncBoxBody<Bytes, io::Error>;
