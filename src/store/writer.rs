@@ -100,3 +100,33 @@ fn run(store: Weak<Inner>, events: Receiver<Event>, dropped: Arc<AtomicU64>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::store::test_support::{actor, temp_store};
+
+    #[test]
+    fn queued_events_are_written_soon_in_order() {
+        let (_dir, store) = temp_store();
+        for i in 0..100 {
+            store.record_event_later(actor(), "auth.failed", format!("t{i}"), "bad".into());
+        }
+        let start = Instant::now();
+        let events = loop {
+            let events = store.audit_events(None, 1000).unwrap();
+            let failures: Vec<_> = events
+                .into_iter()
+                .filter(|e| e.action == "auth.failed")
+                .collect();
+            if failures.len() == 100 || start.elapsed() > Duration::from_secs(10) {
+                break failures;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(events.len(), 100);
+        assert_eq!(events[0].target, "t0");
+        assert_eq!(events[99].target, "t99");
+    }
+}
