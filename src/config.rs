@@ -27,6 +27,8 @@ pub struct Config {
     pub auth: Auth,
     pub rate_limit: RateLimit,
     pub auth_failures: AuthFailures,
+    /// `[metrics] listen`: where `GET /metrics` is served; `None` (the default) serves nothing.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -204,6 +206,13 @@ struct RawConfig {
     auth: Option<RawAuth>,
     rate_limit: Option<RawRateLimit>,
     auth_failures: Option<RawAuthFailures>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -433,6 +442,14 @@ impl Config {
         let rate_limit = parse_rate_limit(raw.rate_limit.unwrap_or_default()).map_err(err)?;
         let auth_failures =
             parse_auth_failures(raw.auth_failures.unwrap_or_default()).map_err(err)?;
+        let metrics_listen = match raw.metrics.and_then(|m| m.listen) {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                err(format!(
+                    "[metrics] listen = \"{text}\" is not an address: use IP:PORT, e.g. \"127.0.0.1:9100\""
+                ))
+            })?),
+        };
 
         Ok(Config {
             source: path.to_path_buf(),
@@ -450,6 +467,7 @@ impl Config {
             auth: Auth { realm },
             rate_limit,
             auth_failures,
+            metrics_listen,
         })
     }
 

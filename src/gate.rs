@@ -27,6 +27,7 @@ use crate::credentials::{self, CredentialError, Credentials};
 use crate::git::{self, GitRequest, Rejection};
 use crate::guard::{Guard, Verdict};
 use crate::inflight::Slot;
+use crate::metrics::{Operation, Outcome, METRICS};
 use crate::policy::{self, Deny, Identity};
 use crate::store::{Actor, AuthRecord, Store, StoreError};
 use crate::token;
@@ -105,8 +106,11 @@ impl Gate {
         let mut log = RequestLog::default();
         let bytes_in = Arc::new(AtomicU64::new(0));
 
+        let admitted = self.admit(&req, remote, &mut log).await;
+        METRICS.auth_duration.observe(started.elapsed());
+        let mut forwarded = false;
         let mut slot = None;
-        let response = match self.admit(&req, remote, &mut log).await {
+        let response = match admitted {
             Ok((git_req, identity, held)) => {
                 slot = Some(held);
                 let (parts, body) = req.into_parts();
@@ -119,8 +123,12 @@ impl Gate {
                     .forward(&parts, body, &git_req, &identity, peer, remote)
                     .await
                 {
-                    Ok(resp) => resp,
+                    Ok(resp) => {
+                        forwarded = true;
+                        resp
+                    }
                     Err(e) => {
+                        METRICS.upstream_error();
                         tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
                         text(e.status, &e.message)
                     }
@@ -144,6 +152,7 @@ impl Gate {
                 user: log.user,
                 token_id: log.token_id,
                 status: status.as_u16(),
+                forwarded,
                 bytes_in,
                 started,
             }),
@@ -239,6 +248,7 @@ impl Gate {
         tokio::task::spawn_blocking(move || {
             if let Err(e) = store.touch_token(&id, now, &addr) {
                 tracing::warn!(token_id = %id, error = %e, "could not record last use");
+                METRICS.side_effect_failure();
             }
         });
     }
@@ -295,18 +305,15 @@ impl Gate {
     /// A failed authentication is an audit event (never with the secret), written off the path.
     fn audit_failure(&self, remote: SocketAddr, log: &RequestLog, reason: &str) {
         self.guard.failed_auth(remote.ip(), clock::now_ms());
-        let store = self.store.clone();
+        let store = &self.store;
         let actor = Actor {
             name: log.user.clone().unwrap_or_else(|| "anonymous".into()),
             source: remote.ip().to_string(),
         };
         let target = log.token_id.clone().unwrap_or_default();
         let detail = format!("{reason} (repo {})", log.repo.as_deref().unwrap_or("-"));
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.record_event(&actor, "auth.failed", &target, &detail) {
-                tracing::warn!(error = %e, "could not write the audit event");
-            }
-        });
+        // Batched by the store's audit writer: one commit per batch, not per refusal.
+        store.record_event_later(actor, "auth.failed", target, detail);
     }
 }
 
@@ -375,6 +382,7 @@ struct LogLine {
     user: Option<String>,
     token_id: Option<String>,
     status: u16,
+    forwarded: bool,
     bytes_in: Arc<AtomicU64>,
     started: Instant,
 }
@@ -392,6 +400,19 @@ struct LoggedBody {
 impl LoggedBody {
     fn finish(&mut self, outcome: &str) {
         if let Some(l) = self.done.take() {
+            let operation = match l.access {
+                Some("read") => Operation::Read,
+                Some("write") => Operation::Write,
+                _ => Operation::None,
+            };
+            METRICS.request_done(
+                operation,
+                Outcome::of(l.forwarded, l.status),
+                l.status,
+                l.bytes_in.load(Ordering::Relaxed),
+                self.bytes_out,
+                l.started.elapsed(),
+            );
             tracing::info!(
                 target: "gitgate::request",
                 method = %l.method,

@@ -162,6 +162,7 @@ impl Guard {
         tokio::task::spawn_blocking(move || {
             if let Err(e) = store.record_event(&actor, "auth.throttled", &target, &detail) {
                 tracing::warn!(error = %e, "could not write the audit event");
+                crate::metrics::METRICS.side_effect_failure();
             }
         });
     }

@@ -15,8 +15,11 @@
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
 //!                                         └─ cgi:  git http-backend run by gitgate itself
 //!  off the hot path: last-used time/address (at most every 5 s per token), audit of failures
+//!  (batched by one writer thread), metrics (relaxed atomics, rendered only when scraped)
 //! ```
 //!
+//! - [`metrics`] counts requests, outcomes, bytes, latencies and connections and serves them as
+//!   `GET /metrics` (Prometheus text) on its own listener, `[metrics] listen`, off by default.
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2, TLS via [`tls`] with the
 //!   certificate reloaded on SIGHUP), with a header-read deadline, an idle timeout, a cap on
 //!   connections and header size, and graceful shutdown on SIGINT/SIGTERM.
@@ -61,6 +64,7 @@ pub mod guard;
 pub mod health;
 pub mod inflight;
 pub mod lifecycle;
+pub mod metrics;
 pub mod network;
 pub mod password;
 pub mod permission;

@@ -36,6 +36,7 @@ use crate::config::{Config, Limits, Upstream as UpstreamConfig};
 use crate::gate::Gate;
 use crate::guard::Guard;
 use crate::health;
+use crate::metrics::{self, METRICS};
 use crate::store::Store;
 use crate::tls::CertStore;
 use crate::unwind::CatchPanic;
@@ -88,6 +89,16 @@ pub async fn run(config: Config) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     tokio::spawn(reload_on_hangup(certs));
+    if let Some(addr) = config.metrics_listen {
+        let metrics = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+        let local = metrics
+            .local_addr()
+            .map_err(|e| format!("cannot read the metrics address: {e}"))?;
+        tracing::info!("metrics on http://{local}/metrics");
+        tokio::spawn(metrics::serve(metrics, gate.store.clone()));
+    }
     tracing::info!(
         config = %config.source.display(),
         store = %config.store.path.display(),
@@ -151,8 +162,10 @@ pub async fn serve(
                     watcher: graceful.watcher(),
                     remote,
                 };
+                let active = METRICS.connection();
                 tokio::spawn(async move {
                     conn.run(stream).await;
+                    drop(active);
                     drop(permit);
                 });
             }

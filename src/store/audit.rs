@@ -64,6 +64,27 @@ impl Store {
         self.write(|tx| record(tx, actor, action, target, detail))
     }
 
+    /// Record an event soon, batched with others by a background writer (see `writer.rs`):
+    /// for events on the request path, such as failed authentications, which must not cost a
+    /// commit each. Never blocks; a full queue is summarised in the log instead.
+    pub fn record_event_later(
+        &self,
+        actor: Actor,
+        action: &'static str,
+        target: String,
+        detail: String,
+    ) {
+        self.inner.audit_writer.send(
+            &self.inner,
+            super::writer::Event {
+                actor,
+                action,
+                target,
+                detail,
+            },
+        );
+    }
+
     /// Events at or after `since` (epoch ms), oldest first, at most `limit`.
     pub fn audit_events(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEvent>> {
         self.with_conn(|c| {

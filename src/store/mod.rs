@@ -21,6 +21,7 @@ mod schema;
 mod settings;
 mod tokens;
 mod users;
+mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -125,6 +126,7 @@ struct Inner {
     cache: cache::AuthCache,
     /// Which file the pooled connections have open (see [`Store::check_file`]).
     file: Mutex<Option<FileId>>,
+    audit_writer: writer::AuditWriter,
 }
 
 impl Store {
@@ -160,6 +162,7 @@ impl Store {
                 idle: Mutex::new(vec![conn]),
                 cache: cache::AuthCache::new(watcher),
                 file: Mutex::new(file_id(path).ok()),
+                audit_writer: writer::AuditWriter::new(),
             }),
         })
     }

@@ -423,6 +423,20 @@ impl Store {
         })
     }
 
+    /// How many live (not revoked, not yet expired) tokens expire within `window_ms` of `now`:
+    /// the metrics' early warning. One indexed-free scan; called about once a minute.
+    pub fn count_expiring(&self, now: i64, window_ms: i64) -> Result<u64> {
+        self.with_conn(|c| {
+            let n: i64 = c.query_row(
+                "SELECT count(*) FROM tokens WHERE revoked_at IS NULL \
+                 AND expires_at IS NOT NULL AND expires_at > ?1 AND expires_at <= ?2",
+                params![now, now.saturating_add(window_ms)],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
     /// Everything authentication needs about token `id`, in one read transaction.
     pub fn auth_record(&self, id: &str) -> Result<Option<AuthRecord>> {
         self.with_conn(|c| {

@@ -1,0 +1,346 @@
+#!/usr/bin/env bash
+# gitgate against nginx, on loopback, every figure a ratio against a baseline measured in the
+# same run (these 2-core machines are too noisy for absolute times to mean much).
+#
+#   benches/run.sh            full sizes: 200 MB repo, 1 GB repo, 50 concurrent clones, 5 runs
+#   benches/run.sh --quick    small sizes for a sanity run (about two minutes)
+#
+# Needs: git, nginx, fcgiwrap, wrk, curl, cargo. Everything runs in a temporary folder on
+# 127.0.0.1 and is stopped and removed on exit. Every loop is bounded (run counts, wrk -d).
+# Prints a markdown table on stdout; progress goes to stderr.
+set -euo pipefail
+
+QUICK=0
+[[ "${1:-}" == "--quick" ]] && QUICK=1
+if ((QUICK)); then
+	REPO_MB=${REPO_MB:-20} BIG_MB=${BIG_MB:-100} CONCURRENT=${CONCURRENT:-10}
+	RUNS=${RUNS:-3} WRK_SECONDS=${WRK_SECONDS:-5} WRK_ROUNDS=${WRK_ROUNDS:-1}
+else
+	REPO_MB=${REPO_MB:-200} BIG_MB=${BIG_MB:-1024} CONCURRENT=${CONCURRENT:-50}
+	RUNS=${RUNS:-5} WRK_SECONDS=${WRK_SECONDS:-10} WRK_ROUNDS=${WRK_ROUNDS:-3}
+fi
+WRK_CONNS=64
+
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+for tool in git nginx fcgiwrap wrk curl cargo; do
+	command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || {
+		echo "benches/run.sh: $tool is missing (apt-get install nginx fcgiwrap wrk curl)" >&2
+		exit 1
+	}
+done
+export PATH="$PATH:/usr/sbin"
+
+W=$(mktemp -d /tmp/gitgate-bench.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do
+		# fcgiwrap -c N forks N children that outlive their parent: end them by id too.
+		for c in $(pgrep -P "$p" 2>/dev/null); do kill "$c" 2>/dev/null || true; done
+		kill "$p" 2>/dev/null || true
+	done
+	wait 2>/dev/null || true
+	rm -rf "$W"
+}
+trap cleanup EXIT
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+REAL_HOME=$HOME # cargo and rustup live there; git gets a clean one
+export HOME=$W/home GIT_CONFIG_NOSYSTEM=1 GIT_TERMINAL_PROMPT=0 LC_ALL=C
+mkdir -p "$HOME" "$W/repos/team" "$W/nginx/tmp"
+git config --global user.name bench
+git config --global user.email bench@example.com
+git config --global init.defaultBranch main
+git config --global core.compression 1
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.3f", a / b }'; }
+now() { date +%s.%N; }
+
+# --- build --------------------------------------------------------------------------------------
+log "building gitgate (release)"
+(cd "$HERE" && HOME=$REAL_HOME cargo build --release --quiet)
+GITGATE=$HERE/target/release/gitgate
+BACKEND=$(git --exec-path)/git-http-backend
+
+# --- repositories: random blobs, one pack --------------------------------------------------------
+make_repo() { # name megabytes
+	local name=$1 mb=$2 work=$W/gen-$1 bare=$W/repos/team/$1.git
+	log "generating $name: $mb MB of random blobs"
+	mkdir -p "$work"
+	git init -q --bare "$bare"
+	local i=0
+	while ((i < mb)); do
+		head -c 1048576 /dev/urandom >"$work/blob-$i"
+		i=$((i + 1))
+	done
+	# Straight into the bare repository, one pack, no delta search (random data has no deltas;
+	# a push or a default repack would spend minutes looking for them).
+	git --git-dir="$bare" --work-tree="$work" add -A
+	git --git-dir="$bare" --work-tree="$work" commit -q -m "$mb MB of random blobs"
+	git -C "$bare" repack -a -d -q --window=0
+	rm -rf "$work"
+}
+make_repo app "$REPO_MB"
+make_repo big "$BIG_MB"
+
+# --- nginx + fcgiwrap ---------------------------------------------------------------------------
+GIT_PORT=$(free_port) PROXY_PORT=$(free_port) R401_PORT=$(free_port)
+fcgiwrap -c "$((CONCURRENT + 4))" -s "unix:$W/fcgi.sock" 2>"$W/fcgiwrap.log" &
+PIDS+=($!)
+user_line=""
+[[ $(id -u) == 0 ]] && user_line="user root;"
+cat >"$W/nginx/nginx.conf" <<EOF
+$user_line
+daemon off;
+master_process off;
+worker_processes 1;
+pid $W/nginx/nginx.pid;
+error_log $W/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    client_body_temp_path $W/nginx/tmp/body;
+    fastcgi_temp_path $W/nginx/tmp/fastcgi;
+    proxy_temp_path $W/nginx/tmp/proxy;
+    uwsgi_temp_path $W/nginx/tmp/uwsgi;
+    scgi_temp_path $W/nginx/tmp/scgi;
+    access_log off;
+    client_max_body_size 0;
+    keepalive_requests 1000000;
+    upstream origin { server 127.0.0.1:$GIT_PORT; keepalive 64; }
+
+    # The git server (nginx + fcgiwrap + git http-backend) and the static origin of the hop test.
+    server {
+        listen 127.0.0.1:$GIT_PORT;
+        location ~ ^/git(/.*)\$ {
+            fastcgi_pass unix:$W/fcgi.sock;
+            fastcgi_request_buffering off;
+            fastcgi_buffering off;
+            fastcgi_read_timeout 600s;
+            fastcgi_param SCRIPT_FILENAME $BACKEND;
+            fastcgi_param GIT_PROJECT_ROOT $W/repos;
+            fastcgi_param GIT_HTTP_EXPORT_ALL "";
+            fastcgi_param PATH_INFO \$1;
+            fastcgi_param QUERY_STRING \$query_string;
+            fastcgi_param REQUEST_METHOD \$request_method;
+            fastcgi_param CONTENT_TYPE \$content_type;
+            fastcgi_param CONTENT_LENGTH \$content_length;
+            fastcgi_param GIT_PROTOCOL \$http_git_protocol;
+            fastcgi_param REMOTE_USER \$http_x_forwarded_user;
+            fastcgi_param REMOTE_ADDR \$remote_addr;
+            fastcgi_param SERVER_PROTOCOL \$server_protocol;
+            fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+        }
+        # A git-shaped path with a small static body: gitgate classifies
+        # /team/app.git/info/refs?service=git-upload-pack as a read and forwards it here.
+        location /static/ { default_type text/plain; return 200 "hop ok\n"; }
+    }
+    # (a) of the hop test: nginx proxy_pass with keep-alive to the same origin.
+    server {
+        listen 127.0.0.1:$PROXY_PORT;
+        location / {
+            proxy_pass http://origin/static/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+    # The rejection baseline: nginx's own 401.
+    server {
+        listen 127.0.0.1:$R401_PORT;
+        location / { return 401; }
+    }
+}
+EOF
+nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" &
+PIDS+=($!)
+
+# --- gitgate instances --------------------------------------------------------------------------
+start_gitgate() { # name upstream-toml -> sets GG_PORT, GG_PID
+	local name=$1 upstream=$2 dir=$W/gg-$1
+	mkdir -p "$dir"
+	cat >"$dir/gitgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "$W/gitgate.db"
+[upstream]
+$upstream
+# One load generator is one principal from one address: the per-principal bucket is skipped by
+# an exemption (still looked up per request), the in-flight cap is off, and the failed-auth
+# throttle is set out of reach so that benchmark 3 measures 401s, not 429s.
+[rate_limit]
+max_concurrent = 0
+[auth_failures]
+max = 1000000000
+window_seconds = 1
+EOF
+	GITGATE_LOG=warn,gitgate=info,gitgate::request=warn "$GITGATE" --config "$dir/gitgate.toml" serve 2>"$dir/log" &
+	GG_PID=$!
+	PIDS+=("$GG_PID")
+	local i=0
+	until grep -q 'listening on http://' "$dir/log"; do
+		i=$((i + 1))
+		((i < 200)) || { cat "$dir/log" >&2; exit 1; }
+		sleep 0.05
+	done
+	GG_PORT=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$dir/log" | head -1 | sed 's/.*://')
+}
+# Token store: one repository token, read access (git's credential flow: Basic, any user name).
+mkdir -p "$W/gg-cli"
+printf '[store]\npath = "%s"\n[upstream]\ncgi = "%s"\nproject_root = "%s"\n' \
+	"$W/gitgate.db" "$BACKEND" "$W/repos" >"$W/gg-cli/gitgate.toml"
+TOKEN=$("$GITGATE" --config "$W/gg-cli/gitgate.toml" token create --repo team/app --name bench \
+	--permission REPO_READ --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+"$GITGATE" --config "$W/gg-cli/gitgate.toml" token create --repo team/big --name big \
+	--permission REPO_READ --json >"$W/big.json"
+BIG_TOKEN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$W/big.json")
+for t in "$TOKEN" "$BIG_TOKEN"; do
+	"$GITGATE" --config "$W/gg-cli/gitgate.toml" ratelimit exempt "token:${t:4:12}" 2>/dev/null
+done
+AUTH="Basic $(printf 'ci:%s' "$TOKEN" | base64 -w0)"
+BAD_AUTH="Basic $(printf 'ci:%s' 'ggt_wrongwrong_not-a-token' | base64 -w0)"
+
+start_gitgate http "url = \"http://127.0.0.1:$GIT_PORT/git\""
+GG_HTTP=$GG_PORT
+start_gitgate cgi "cgi = \"$BACKEND\"
+project_root = \"$W/repos\""
+GG_CGI=$GG_PORT
+start_gitgate hop "url = \"http://127.0.0.1:$GIT_PORT/static\""
+GG_HOP=$GG_PORT
+sleep 0.3
+
+# --- 1. big clone -------------------------------------------------------------------------------
+declare -A URL=(
+	[nginx]="http://127.0.0.1:$GIT_PORT/git/team/app.git"
+	[gitgate_http]="http://ci:$TOKEN@127.0.0.1:$GG_HTTP/team/app.git"
+	[gitgate_cgi]="http://ci:$TOKEN@127.0.0.1:$GG_CGI/team/app.git"
+)
+declare -A TIMES=()
+git clone -q --bare "${URL[nginx]}" "$W/warm" && rm -rf "$W/warm" # page cache
+for ((run = 1; run <= RUNS; run++)); do
+	for v in nginx gitgate_http gitgate_cgi; do
+		t0=$(now)
+		git clone -q --bare "${URL[$v]}" "$W/clone-$v"
+		t1=$(now)
+		rm -rf "$W/clone-$v"
+		TIMES[$v]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') "
+	done
+	log "clone run $run/$RUNS: ${TIMES[nginx]##* } | nginx ${TIMES[nginx]} | gitgate→nginx ${TIMES[gitgate_http]} | gitgate cgi ${TIMES[gitgate_cgi]}"
+done
+med() { tr ' ' '\n' <<<"${TIMES[$1]}" | grep . | median; }
+CLONE_NGINX=$(med nginx) CLONE_HTTP=$(med gitgate_http) CLONE_CGI=$(med gitgate_cgi)
+
+# --- 2./3. the hop and rejections (wrk) ----------------------------------------------------------
+HOP_PATH="/team/app.git/info/refs?service=git-upload-pack"
+wrk_run() { # url [header] -> "rps p99_ms"
+	local out
+	if [[ -n "${2:-}" ]]; then
+		out=$(wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECONDS}s" --latency -H "Authorization: $2" "$1")
+	else
+		out=$(wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECONDS}s" --latency "$1")
+	fi
+	local rps p99
+	rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+	p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
+	if grep -q "Non-2xx" <<<"$out" && [[ "${3:-}" != "expect-non-2xx" ]]; then
+		log "unexpected non-2xx answers: $out"
+	fi
+	echo "$rps $p99"
+}
+# Sanity: each target answers as intended.
+[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PROXY_PORT$HOP_PATH") == 200 ]]
+[[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 200 ]]
+[[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $BAD_AUTH" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 401 ]]
+declare -A RPS=() P99=()
+for ((round = 1; round <= WRK_ROUNDS; round++)); do
+	read -r r p < <(wrk_run "http://127.0.0.1:$PROXY_PORT$HOP_PATH")
+	RPS[proxy]+="$r " P99[proxy]+="$p "
+	read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOP$HOP_PATH" "$AUTH")
+	RPS[gitgate]+="$r " P99[gitgate]+="$p "
+	read -r r p < <(wrk_run "http://127.0.0.1:$R401_PORT$HOP_PATH" "" expect-non-2xx)
+	RPS[nginx401]+="$r " P99[nginx401]+="$p "
+	read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOP$HOP_PATH" "$BAD_AUTH" expect-non-2xx)
+	RPS[gitgate401]+="$r " P99[gitgate401]+="$p "
+	log "wrk round $round/$WRK_ROUNDS: rps proxy ${RPS[proxy]}| gitgate ${RPS[gitgate]}| 401 nginx ${RPS[nginx401]}| 401 gitgate ${RPS[gitgate401]}"
+done
+mrps() { tr ' ' '\n' <<<"${RPS[$1]}" | grep . | median; }
+mp99() { tr ' ' '\n' <<<"${P99[$1]}" | grep . | median; }
+
+# --- 4. auth micro-benchmark ---------------------------------------------------------------------
+log "cargo bench --bench auth"
+BENCH_ARGS=()
+((QUICK)) && BENCH_ARGS=(-- --warm-up-time 1 --measurement-time 3)
+(cd "$HERE" && HOME=$REAL_HOME cargo bench --quiet --bench auth "${BENCH_ARGS[@]}" 2>/dev/null) >"$W/auth-bench.txt" || true
+bench_time() { # name -> microseconds (criterion's middle estimate)
+	awk -v n="$1" '
+		/^[^ ]/ && !/^time:/ { name = $1 }
+		name == n && /time:/ { line = $0 }
+		END {
+			if (line == "") { print "n/a"; exit }
+			sub(/.*\[/, "", line); split(line, f, " ")
+			v = f[3]; u = f[4]
+			if (u == "ns") v /= 1000; else if (u == "ms") v *= 1000; else if (u == "s") v *= 1e6
+			printf "%.2f", v
+		}' "$W/auth-bench.txt"
+}
+mapfile -t BENCH_NAMES < <(awk '/^[^ ]/ && !/^time:/ { name = $1 } /time:/ { print name }' "$W/auth-bench.txt")
+
+# --- 5. memory ----------------------------------------------------------------------------------
+hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+start_gitgate rss1 "url = \"http://127.0.0.1:$GIT_PORT/git\""
+log "RSS: one clone of the $BIG_MB MB repository through gitgate"
+git clone -q --bare "http://ci:$BIG_TOKEN@127.0.0.1:$GG_PORT/team/big.git" "$W/clone-big"
+BIG_BYTES=$(du -sb "$W/clone-big" | cut -f1)
+rm -rf "$W/clone-big"
+RSS_BIG=$(hwm_kb "$GG_PID")
+kill "$GG_PID"
+
+start_gitgate rss2 "url = \"http://127.0.0.1:$GIT_PORT/git\""
+log "RSS: $CONCURRENT concurrent clones of the $REPO_MB MB repository (upload-pack, pack to /dev/null)"
+HEAD_ID=$(git -C "$W/repos/team/app.git" rev-parse main)
+printf '0032want %s\n00000009done\n' "$HEAD_ID" >"$W/upload-pack.req"
+t0=$(now)
+CPIDS=()
+for ((i = 0; i < CONCURRENT; i++)); do
+	curl -s -o /dev/null -w '%{http_code} %{size_download}\n' -u "ci:$TOKEN" \
+		-H 'Content-Type: application/x-git-upload-pack-request' \
+		--data-binary @"$W/upload-pack.req" \
+		"http://127.0.0.1:$GG_PORT/team/app.git/git-upload-pack" >"$W/conc-$i.out" &
+	CPIDS+=($!)
+done
+for p in "${CPIDS[@]}"; do wait "$p"; done
+t1=$(now)
+CONC_OK=$(cat "$W"/conc-*.out | awk '$1 == 200 && $2 > '"$((REPO_MB * 1000000))"' {n++} END {print n+0}')
+CONC_SECONDS=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
+RSS_CONC=$(hwm_kb "$GG_PID")
+kill "$GG_PID"
+
+# --- the table ----------------------------------------------------------------------------------
+mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
+{
+	echo "## gitgate benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), $( ((QUICK)) && echo quick || echo full) mode)"
+	echo
+	echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM; nginx $(nginx -v 2>&1 | sed 's/.*\///'), git $(git --version | awk '{print $3}')."
+	echo
+	echo "| # | what | baseline | gitgate | ratio | target | met |"
+	echo "|---|------|----------|---------|-------|--------|-----|"
+	r=$(ratio "$CLONE_HTTP" "$CLONE_NGINX")
+	echo "| 1a | \`git clone --bare\` $REPO_MB MB, median of $RUNS (s) | nginx+fcgiwrap $CLONE_NGINX | gitgate→nginx $CLONE_HTTP | $r× | ≤ 1.03× | $(awk -v r="$r" 'BEGIN{print (r <= 1.03) ? "yes" : "no"}') |"
+	r=$(ratio "$CLONE_CGI" "$CLONE_NGINX")
+	echo "| 1b | same, embedded CGI (s) | nginx+fcgiwrap $CLONE_NGINX | gitgate cgi $CLONE_CGI | $r× | ≤ 1.0× | $(awk -v r="$r" 'BEGIN{print (r <= 1.0) ? "yes" : "no"}') |"
+	a=$(mrps proxy) b=$(mrps gitgate) r=$(ratio "$b" "$a")
+	echo "| 2a | hop, static 200, wrk $WRK_CONNS conns (req/s) | nginx proxy_pass $a | $b | $r× | ≥ 1.0× | $(awk -v r="$r" 'BEGIN{print (r >= 1.0) ? "yes" : "no"}') |"
+	a=$(mp99 proxy) b=$(mp99 gitgate) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
+	echo "| 2b | hop p99 (ms) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× ($d ms) | ≤ +0.5 ms | $(awk -v d="$d" 'BEGIN{print (d <= 0.5) ? "yes" : "no"}') |"
+	a=$(mrps nginx401) b=$(mrps gitgate401) r=$(ratio "$b" "$a")
+	echo "| 3 | 401 wrong token (req/s) | nginx \`return 401\` $a | $b | $r× | ≥ 0.8× | $(awk -v r="$r" 'BEGIN{print (r >= 0.8) ? "yes" : "no"}') |"
+	base=$(bench_time "${BENCH_NAMES[0]:-none}")
+	for n in "${BENCH_NAMES[@]}"; do
+		v=$(bench_time "$n")
+		echo "| 4 | criterion \`$n\` (µs) | ${BENCH_NAMES[0]} $base | $v | $(ratio "$v" "$base")× | cached < 5, uncached < 50 | |"
+	done
+	echo "| 5a | peak RSS, one clone of $BIG_MB MB ($(awk -v b="$BIG_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB received) (MiB) | repo size $BIG_MB | $(mb "$RSS_BIG") | $(ratio "$(mb "$RSS_BIG")" "$BIG_MB")× of repo | < 64 | $(awk -v k="$RSS_BIG" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
+	echo "| 5b | peak RSS, $CONCURRENT concurrent clones of $REPO_MB MB ($CONC_OK/$CONCURRENT complete, ${CONC_SECONDS}s) (MiB) | total served $((REPO_MB * CONCURRENT)) | $(mb "$RSS_CONC") | $(ratio "$(mb "$RSS_CONC")" "$((REPO_MB * CONCURRENT))")× of bytes served | < 64 | $(awk -v k="$RSS_CONC" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
+	echo
+	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }]; req/s proxy [${RPS[proxy]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }]; p99 ms proxy [${P99[proxy]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }]."
+}

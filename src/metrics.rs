@@ -1,0 +1,427 @@
+//! `GET /metrics` in the Prometheus text format, on a listener of its own (`[metrics] listen`,
+//! off when absent) so that it is never reachable through the git port.
+//!
+//! Why hand-written: everything here is a counter, a gauge or a histogram with fixed buckets, so
+//! a handful of atomics does the job; the hot path pays one relaxed `fetch_add` per figure and
+//! no lock, no allocation and no label lookup (labels are array indexes). Rendering, which does
+//! allocate, happens only when Prometheus scrapes.
+//!
+//! One process has one registry, so it is a `static` ([`METRICS`]) rather than a field threaded
+//! through every layer: the gate and the server record into it without knowing who reads it.
+//! Figures that live elsewhere are read at scrape time (token cache hits/misses from the store)
+//! or refreshed in the background (tokens expiring within 7 days, a store query once a minute).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::clock;
+use crate::store::Store;
+
+/// The process's registry.
+pub static METRICS: Metrics = Metrics::new();
+
+/// How far ahead `gitgate_tokens_expiring_soon` looks.
+const EXPIRY_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How often that figure is refreshed.
+const EXPIRY_REFRESH: Duration = Duration::from_secs(60);
+
+/// What a request was, for its label: a read, a write, or not a git request at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Read,
+    Write,
+    None,
+}
+
+const OPERATIONS: [&str; 3] = ["read", "write", "none"];
+
+/// How a request ended, for its label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Authorised and forwarded; the backend answered (whatever its status).
+    Allowed,
+    Unauthorized,
+    Forbidden,
+    TooManyRequests,
+    /// 400/404/405 and the like: not a git request, never forwarded.
+    Rejected,
+    /// gitgate could not serve it: backend unreachable or failed, store down.
+    ServerError,
+}
+
+const OUTCOMES: [&str; 6] = ["allowed", "401", "403", "429", "rejected", "5xx"];
+
+impl Outcome {
+    /// The outcome of a request answered with `status`; `forwarded` when the backend answered.
+    pub fn of(forwarded: bool, status: u16) -> Outcome {
+        match status {
+            _ if forwarded => Outcome::Allowed,
+            401 => Outcome::Unauthorized,
+            403 => Outcome::Forbidden,
+            429 => Outcome::TooManyRequests,
+            500..=599 => Outcome::ServerError,
+            _ => Outcome::Rejected,
+        }
+    }
+}
+
+/// A histogram with fixed upper bounds (seconds); observations in nanoseconds.
+pub struct Histogram {
+    bounds_ns: &'static [u64],
+    /// Non-cumulative counts per bucket, the last one for +Inf.
+    counts: [AtomicU64; MAX_BUCKETS + 1],
+    sum_ns: AtomicU64,
+}
+
+const MAX_BUCKETS: usize = 16;
+
+/// The auth decision: microseconds when cached, a millisecond or so on a store read.
+const AUTH_BOUNDS_NS: [u64; 12] = [
+    5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000, 50_000_000,
+];
+
+/// The whole request, from headers in to the last byte out: milliseconds to minutes.
+const REQUEST_BOUNDS_NS: [u64; 14] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    5_000_000_000,
+    15_000_000_000,
+    60_000_000_000,
+    300_000_000_000,
+];
+
+impl Histogram {
+    const fn new(bounds_ns: &'static [u64]) -> Histogram {
+        assert!(bounds_ns.len() <= MAX_BUCKETS);
+        Histogram {
+            bounds_ns,
+            counts: [const { AtomicU64::new(0) }; MAX_BUCKETS + 1],
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = self
+            .bounds_ns
+            .iter()
+            .position(|&b| ns <= b)
+            .unwrap_or(MAX_BUCKETS);
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds_ns.iter().enumerate() {
+            cumulative += self.counts[i].load(Relaxed);
+            let le = *bound as f64 / 1e9;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        cumulative += self.counts[MAX_BUCKETS].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// Every figure gitgate exports.
+pub struct Metrics {
+    requests: [[AtomicU64; OUTCOMES.len()]; OPERATIONS.len()],
+    /// Backend answers by status class 1xx..5xx (index 0..4).
+    upstream_status: [AtomicU64; 5],
+    upstream_errors: AtomicU64,
+    side_effect_failures: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    active_connections: AtomicI64,
+    tokens_expiring_soon: AtomicU64,
+    pub auth_duration: Histogram,
+    pub request_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub const fn new() -> Metrics {
+        Metrics {
+            requests: [const { [const { AtomicU64::new(0) }; OUTCOMES.len()] }; OPERATIONS.len()],
+            upstream_status: [const { AtomicU64::new(0) }; 5],
+            upstream_errors: AtomicU64::new(0),
+            side_effect_failures: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            active_connections: AtomicI64::new(0),
+            tokens_expiring_soon: AtomicU64::new(0),
+            auth_duration: Histogram::new(&AUTH_BOUNDS_NS),
+            request_duration: Histogram::new(&REQUEST_BOUNDS_NS),
+        }
+    }
+
+    /// One finished request (its body fully sent, failed or abandoned).
+    pub fn request_done(
+        &self,
+        op: Operation,
+        outcome: Outcome,
+        status: u16,
+        bytes_in: u64,
+        bytes_out: u64,
+        took: Duration,
+    ) {
+        self.requests[op as usize][outcome as usize].fetch_add(1, Relaxed);
+        if outcome == Outcome::Allowed {
+            let class = usize::from(status / 100).clamp(1, 5) - 1;
+            self.upstream_status[class].fetch_add(1, Relaxed);
+        }
+        self.bytes_in.fetch_add(bytes_in, Relaxed);
+        self.bytes_out.fetch_add(bytes_out, Relaxed);
+        self.request_duration.observe(took);
+    }
+
+    /// The backend could not be reached or failed before answering.
+    pub fn upstream_error(&self) {
+        self.upstream_errors.fetch_add(1, Relaxed);
+    }
+
+    /// An audit event or a last-used time could not be written (the request was served anyway).
+    pub fn side_effect_failure(&self) {
+        self.side_effect_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection as active until the guard is dropped.
+    pub fn connection(&'static self) -> ConnectionGuard {
+        self.active_connections.fetch_add(1, Relaxed);
+        ConnectionGuard(self)
+    }
+
+    /// The exposition text; `cache` is the token cache's (hits, misses).
+    pub fn render(&self, cache: (u64, u64)) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str(
+            "# HELP gitgate_requests_total Git requests by operation and outcome.\n\
+             # TYPE gitgate_requests_total counter\n",
+        );
+        for (o, op) in OPERATIONS.iter().enumerate() {
+            for (k, outcome) in OUTCOMES.iter().enumerate() {
+                let n = self.requests[o][k].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "gitgate_requests_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP gitgate_upstream_responses_total Answers from the backend by status class.\n\
+             # TYPE gitgate_upstream_responses_total counter\n",
+        );
+        for (i, counter) in self.upstream_status.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "gitgate_upstream_responses_total{{status=\"{}xx\"}} {}",
+                i + 1,
+                counter.load(Relaxed)
+            );
+        }
+        let simple: [(&str, &str, &str, String); 8] = [
+            (
+                "gitgate_side_effect_write_failures_total",
+                "counter",
+                "Audit events and last-used times that could not be written; requests were served.",
+                self.side_effect_failures.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_upstream_errors_total",
+                "counter",
+                "Requests the backend failed before answering (unreachable, timed out, crashed).",
+                self.upstream_errors.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_request_bytes_total",
+                "counter",
+                "Request body bytes received from clients.",
+                self.bytes_in.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_response_bytes_total",
+                "counter",
+                "Response body bytes sent to clients.",
+                self.bytes_out.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_active_connections",
+                "gauge",
+                "Client connections open now.",
+                self.active_connections.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_token_cache_hits_total",
+                "counter",
+                "Token lookups answered from the in-memory cache.",
+                cache.0.to_string(),
+            ),
+            (
+                "gitgate_token_cache_misses_total",
+                "counter",
+                "Token lookups that had to read the store.",
+                cache.1.to_string(),
+            ),
+            (
+                "gitgate_tokens_expiring_soon",
+                "gauge",
+                "Live tokens that expire within 7 days (refreshed every minute).",
+                self.tokens_expiring_soon.load(Relaxed).to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in simple {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        self.auth_duration.render(
+            &mut out,
+            "gitgate_auth_duration_seconds",
+            "Time to decide a request (classify, credentials, token lookup, policy).",
+        );
+        self.request_duration.render(
+            &mut out,
+            "gitgate_request_duration_seconds",
+            "Whole requests, from the headers to the last byte of the answer.",
+        );
+        out
+    }
+}
+
+/// Decrements the active-connection gauge when the connection ends.
+pub struct ConnectionGuard(&'static Metrics);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.active_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Serve `GET /metrics` on `listener` for as long as the process runs, and keep the
+/// expiring-tokens figure fresh.
+pub async fn serve(listener: TcpListener, store: Store) {
+    tokio::spawn(refresh_expiring(store.clone()));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let store = store.clone();
+                async move { Ok::<_, Infallible>(answer(&req, &store)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer<B>(req: &Request<B>, store: &Store) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/metrics" {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"only /metrics here\n")));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return r;
+    }
+    let mut r = Response::new(Full::new(Bytes::from(METRICS.render(store.cache_stats()))));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn refresh_expiring(store: Store) {
+    loop {
+        let s = store.clone();
+        let counted = tokio::task::spawn_blocking(move || {
+            s.count_expiring(clock::now_ms(), EXPIRY_WINDOW_MS)
+        })
+        .await;
+        match counted {
+            Ok(Ok(n)) => METRICS.tokens_expiring_soon.store(n, Relaxed),
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics: could not count expiring tokens"),
+            Err(e) => tracing::warn!(error = %e, "metrics: expiry count task failed"),
+        }
+        tokio::time::sleep(EXPIRY_REFRESH).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_follow_status_unless_forwarded() {
+        assert_eq!(Outcome::of(true, 500), Outcome::Allowed);
+        assert_eq!(Outcome::of(false, 401), Outcome::Unauthorized);
+        assert_eq!(Outcome::of(false, 403), Outcome::Forbidden);
+        assert_eq!(Outcome::of(false, 429), Outcome::TooManyRequests);
+        assert_eq!(Outcome::of(false, 502), Outcome::ServerError);
+        assert_eq!(Outcome::of(false, 404), Outcome::Rejected);
+    }
+
+    #[test]
+    fn renders_cumulative_buckets_and_labels() {
+        let m = Metrics::new();
+        m.auth_duration.observe(Duration::from_micros(3));
+        m.auth_duration.observe(Duration::from_millis(2));
+        m.auth_duration.observe(Duration::from_secs(9));
+        m.request_done(
+            Operation::Read,
+            Outcome::Allowed,
+            200,
+            10,
+            20,
+            Duration::from_millis(3),
+        );
+        let text = m.render((7, 1));
+        assert!(text.contains("gitgate_auth_duration_seconds_bucket{le=\"0.000005\"} 1\n"));
+        assert!(text.contains("gitgate_auth_duration_seconds_bucket{le=\"0.0025\"} 2\n"));
+        assert!(text.contains("gitgate_auth_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("gitgate_auth_duration_seconds_count 3\n"));
+        assert!(text.contains("gitgate_requests_total{operation=\"read\",outcome=\"allowed\"} 1\n"));
+        assert!(text.contains("gitgate_upstream_responses_total{status=\"2xx\"} 1\n"));
+        assert!(text.contains("gitgate_response_bytes_total 20\n"));
+        assert!(text.contains("gitgate_token_cache_hits_total 7\n"));
+    }
+}

@@ -1,0 +1,156 @@
+//! `GET /metrics` end to end: the real binary with `[metrics] listen` on port 0, real git traffic
+//! (a clone, a push, a wrong token, a push without write permission), then a scrape.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{http_get, Sandbox, PASSWORD};
+
+/// The port in the `metrics on http://127.0.0.1:PORT/metrics` log line.
+fn metrics_port(log: &str) -> Option<u16> {
+    const MARK: &str = "metrics on http://127.0.0.1:";
+    let at = log.find(MARK)? + MARK.len();
+    let digits: String = log[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|&p| p != 0)
+}
+
+/// The value of the sample line that starts with `series ` (labels included).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample `{series}` in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_count_real_git_traffic() {
+    let sb = Sandbox::new();
+    std::fs::write(
+        sb.config(),
+        format!(
+            "{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            sb.config_text()
+        ),
+    )
+    .unwrap();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let writer = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let reader = sb.personal_token("alice", PASSWORD, "reader", &["REPO_READ"]);
+    sb.cli(&[
+        "token",
+        "create",
+        "--repo",
+        "team/app",
+        "--name",
+        "ci-soon",
+        "--permission",
+        "REPO_READ",
+        "--expiry-days",
+        "3",
+    ])
+    .ok();
+    let server = sb.serve();
+    let start = Instant::now();
+    let port = loop {
+        if let Some(p) = metrics_port(&server.log_text()) {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no `metrics on` line:\n{}",
+            server.log_text()
+        );
+        thread::sleep(Duration::from_millis(25));
+    };
+
+    // Allowed: a clone and a push.
+    let url = server.url_with("alice", &writer.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    sb.commit_file(&work, "f.txt", &[7u8; 100_000], "a file");
+    sb.git(&work, &["push", "-q", "origin", "main"]).ok();
+    // 401: a wrong token.
+    let bad = server.url_with("alice", "ggt_nottoken", "team/app");
+    assert!(!sb.git(sb.root(), &["ls-remote", &bad]).success());
+    // 403: a read-only token pushing.
+    let ro = server.url_with("alice", &reader.secret, "team/app");
+    sb.git(&work, &["remote", "set-url", "origin", &ro]).ok();
+    sb.commit_file(&work, "g.txt", b"more", "another");
+    assert!(!sb.git(&work, &["push", "-q", "origin", "main"]).success());
+
+    // The log line (and the counters) are written when a response body ends; give the last
+    // one a moment.
+    let mut text = String::new();
+    for _ in 0..40 {
+        let resp = http_get(port, "/metrics", None);
+        assert_eq!(resp.status, 200);
+        assert!(resp
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain"));
+        text = String::from_utf8(resp.body).unwrap();
+        if sample(
+            &text,
+            "gitgate_requests_total{operation=\"write\",outcome=\"403\"}",
+        ) >= 1.0
+        {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    let read_ok = sample(
+        &text,
+        "gitgate_requests_total{operation=\"read\",outcome=\"allowed\"}",
+    );
+    let write_ok = sample(
+        &text,
+        "gitgate_requests_total{operation=\"write\",outcome=\"allowed\"}",
+    );
+    // clone: info/refs + upload-pack; push: info/refs + receive-pack.
+    assert!(read_ok >= 2.0, "{text}");
+    assert!(write_ok >= 2.0, "{text}");
+    assert!(
+        sample(
+            &text,
+            "gitgate_requests_total{operation=\"read\",outcome=\"401\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "gitgate_requests_total{operation=\"write\",outcome=\"403\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(sample(&text, "gitgate_upstream_responses_total{status=\"2xx\"}") >= 4.0);
+    assert_eq!(sample(&text, "gitgate_upstream_errors_total"), 0.0);
+    assert!(
+        sample(&text, "gitgate_request_bytes_total") >= 100.0,
+        "{text}"
+    );
+    assert!(sample(&text, "gitgate_response_bytes_total") >= 100.0);
+    // The scrape itself is not a gate connection; the git clients have gone.
+    assert!(sample(&text, "gitgate_active_connections") >= 0.0);
+    let hits = sample(&text, "gitgate_token_cache_hits_total");
+    let misses = sample(&text, "gitgate_token_cache_misses_total");
+    assert!(hits + misses >= 4.0, "{text}");
+    assert_eq!(sample(&text, "gitgate_tokens_expiring_soon"), 1.0, "{text}");
+    let auth_count = sample(&text, "gitgate_auth_duration_seconds_count");
+    assert!(auth_count >= read_ok + write_ok, "{text}");
+    assert_eq!(
+        sample(&text, "gitgate_auth_duration_seconds_bucket{le=\"+Inf\"}"),
+        auth_count
+    );
+    assert!(sample(&text, "gitgate_request_duration_seconds_count") >= read_ok + write_ok);
+
+    // Nothing else is served there, and the git port does not serve metrics.
+    assert_eq!(http_get(port, "/", None).status, 404);
+    assert_ne!(http_get(server.port, "/metrics", None).status, 200);
+}
