@@ -50,7 +50,9 @@
 //!   validates `proxy.toml`.
 //! - [`guard`] defends the gate against abuse: [`throttle`] blocks an address after repeated
 //!   failed authentications (before the store is read), [`ratelimit`] gives each principal a
-//!   token bucket; both answer `429` with `Retry-After`. [`unwind`] turns a panic in a request
+//!   token bucket, [`inflight`] caps its requests in flight; all answer `429` with
+//!   `Retry-After`. Behind `trusted_proxies` they see the client's address
+//!   ([`upstream::headers::client_address`]). [`unwind`] turns a panic in a request
 //!   into a logged `500` so that no input can take the process down.
 
 pub mod api;
