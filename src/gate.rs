@@ -22,6 +22,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 
+use crate::body::Observed;
 use crate::clock;
 use crate::credentials::{self, CredentialError, Credentials};
 use crate::git::{self, GitRequest, Rejection};
@@ -114,10 +115,12 @@ impl Gate {
             Ok((git_req, identity, held)) => {
                 slot = Some(held);
                 let (parts, body) = req.into_parts();
-                let body = CountingBody {
-                    inner: body,
-                    count: bytes_in.clone(),
-                };
+                let count = bytes_in.clone();
+                let body = Observed::new(body, move |frame: &Frame<Bytes>| {
+                    if let Some(data) = frame.data_ref() {
+                        count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                });
                 match self
                     .upstream
                     .forward(&parts, body, &git_req, &identity, peer, remote)
@@ -339,38 +342,6 @@ pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
-}
-
-/// Counts the bytes of the request body as they stream to the backend.
-pub struct CountingBody<B> {
-    inner: B,
-    count: Arc<AtomicU64>,
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 struct LogLine {

@@ -56,6 +56,7 @@
 //!   into a logged `500` so that no input can take the process down.
 
 pub mod api;
+pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;

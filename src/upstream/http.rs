@@ -45,6 +45,7 @@ use tokio::time::Sleep;
 
 use super::headers::{self, Outbound};
 use super::ForwardError;
+use crate::body::Observed;
 use crate::config::{CredentialScheme, HttpUpstream, SecretSource, UpstreamCredentials};
 use crate::gate::ResponseBody;
 use crate::git::GitRequest;
@@ -152,12 +153,11 @@ impl HttpBackend {
             },
         );
         let activity = Activity::new();
-        let body = ActivityBody {
-            inner: body,
-            activity: activity.clone(),
-        }
-        .map_err(|e| io::Error::other(e.to_string()))
-        .boxed_unsync();
+        // Each frame of the client's body on its way upstream is activity.
+        let touched = activity.clone();
+        let body = Observed::new(body, move |_: &Frame<Bytes>| touched.touch())
+            .map_err(|e| io::Error::other(e.to_string()))
+            .boxed_unsync();
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
@@ -370,36 +370,6 @@ impl Activity {
     fn idle(&self) -> Duration {
         let now = self.start.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
-/// The client's request body on its way upstream, noting each frame as activity.
-struct ActivityBody<B> {
-    inner: B,
-    activity: Activity,
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for ActivityBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(_)) = &polled {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
