@@ -30,7 +30,7 @@ use crate::guard::{Guard, Verdict};
 use crate::inflight::Slot;
 use crate::metrics::{Operation, Outcome, METRICS};
 use crate::policy::{self, Deny, Identity};
-use crate::store::{Actor, AuthRecord, Store, StoreError};
+use crate::store::{Actor, AuthRecord, CacheLookup, Store, StoreError};
 use crate::token;
 use crate::upstream::headers::client_address;
 use crate::upstream::Upstream;
@@ -196,11 +196,11 @@ impl Gate {
         // Hot path: a cache hit costs a hash lookup and `PRAGMA data_version`; a miss reads
         // SQLite on the blocking pool.
         let record = match self.store.cached_auth_record(id.as_str()) {
-            Ok(Some(hit)) => hit,
-            _ => {
+            Ok(CacheLookup::Hit(hit)) => hit,
+            Ok(CacheLookup::Miss(at)) => {
                 let store = self.store.clone();
                 let id_str = id.as_str().to_string();
-                tokio::task::spawn_blocking(move || store.auth_record_cached(&id_str))
+                tokio::task::spawn_blocking(move || store.load_auth_record(&id_str, at))
                     .await
                     .map_err(|e| {
                         Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
@@ -208,6 +208,7 @@ impl Gate {
                     .map_err(Refusal::StoreDown)?
                     .ok_or(Refusal::InvalidToken)?
             }
+            Err(e) => return Err(Refusal::StoreDown(e)),
         };
         let now = clock::now_ms();
         if !record.secret_matches(&presented_hash, now) {

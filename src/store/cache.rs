@@ -99,7 +99,7 @@ impl AuthCache {
 mod tests {
     use crate::permission::{TokenKind, TokenPermissions};
     use crate::store::test_support::actor;
-    use crate::store::{NewToken, Role, Store};
+    use crate::store::{CacheLookup, NewToken, Role, Store};
 
     #[test]
     fn a_commit_from_another_connection_invalidates_at_once() {
@@ -127,14 +127,22 @@ mod tests {
         )
         .unwrap();
 
-        assert!(server.cached_auth_record("abcdefghijkl").unwrap().is_none());
+        assert!(matches!(
+            server.cached_auth_record("abcdefghijkl").unwrap(),
+            CacheLookup::Miss(_)
+        ));
         let first = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
         assert!(first.token.revoked_at.is_none());
-        let hit = server.cached_auth_record("abcdefghijkl").unwrap().unwrap();
+        let CacheLookup::Hit(hit) = server.cached_auth_record("abcdefghijkl").unwrap() else {
+            panic!("expected a cache hit");
+        };
         assert!(std::sync::Arc::ptr_eq(&first, &hit));
 
         cli.revoke_token("abcdefghijkl", &actor()).unwrap();
-        assert!(server.cached_auth_record("abcdefghijkl").unwrap().is_none());
+        assert!(matches!(
+            server.cached_auth_record("abcdefghijkl").unwrap(),
+            CacheLookup::Miss(_)
+        ));
         let fresh = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
         assert!(fresh.token.revoked_at.is_some());
 

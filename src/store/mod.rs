@@ -41,6 +41,16 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept for reuse.
 const POOL_SIZE: usize = 8;
 
+/// The answer of [`Store::cached_auth_record`].
+pub enum CacheLookup {
+    Hit(Arc<AuthRecord>),
+    Miss(CacheVersion),
+}
+
+/// The store's data version a cache miss was observed at.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheVersion(i64);
+
 /// Who did something, and from where: recorded with every audit event.
 #[derive(Clone, Debug)]
 pub struct Actor {
@@ -248,27 +258,37 @@ impl Store {
     }
 
     /// The auth record for token `id` from the in-memory cache, if it is there and nothing has
-    /// been committed to the store since it was read. Cheap: no query but `PRAGMA data_version`.
-    pub fn cached_auth_record(&self, id: &str) -> Result<Option<Arc<AuthRecord>>> {
+    /// been committed to the store since it was read. Cheap: a `stat` of the file and
+    /// `PRAGMA data_version`, no query. A miss carries the version it was checked at, for
+    /// [`Store::load_auth_record`].
+    pub fn cached_auth_record(&self, id: &str) -> Result<CacheLookup> {
         // A deleted or replaced file must not be served from memory: fail closed / start over.
         self.check_file()?;
         let version = self.inner.cache.version()?;
-        Ok(self.inner.cache.get(id, version))
+        Ok(match self.inner.cache.get(id, version) {
+            Some(hit) => CacheLookup::Hit(hit),
+            None => CacheLookup::Miss(CacheVersion(version)),
+        })
     }
 
-    /// The auth record for token `id`: from the cache when valid, else read and cached.
-    pub fn auth_record_cached(&self, id: &str) -> Result<Option<Arc<AuthRecord>>> {
-        self.check_file()?;
-        let version = self.inner.cache.version()?;
-        if let Some(hit) = self.inner.cache.get(id, version) {
-            return Ok(Some(hit));
-        }
+    /// Read the auth record for token `id` from SQLite and cache it under `at`, the version seen
+    /// by the [`Store::cached_auth_record`] that missed (so a commit in between still
+    /// invalidates it).
+    pub fn load_auth_record(&self, id: &str, at: CacheVersion) -> Result<Option<Arc<AuthRecord>>> {
         let Some(record) = self.auth_record(id)? else {
             return Ok(None);
         };
         let record = Arc::new(record);
-        self.inner.cache.put(record.clone(), version);
+        self.inner.cache.put(record.clone(), at.0);
         Ok(Some(record))
+    }
+
+    /// Both steps at once: from the cache when valid, else read and cached.
+    pub fn auth_record_cached(&self, id: &str) -> Result<Option<Arc<AuthRecord>>> {
+        match self.cached_auth_record(id)? {
+            CacheLookup::Hit(hit) => Ok(Some(hit)),
+            CacheLookup::Miss(at) => self.load_auth_record(id, at),
+        }
     }
 
     /// Token cache hits and misses since start, for metrics.
