@@ -46,6 +46,8 @@
 //!   token; the expiry policy; expiry never changes) for both interfaces: [`cli`], the
 //!   operator's command line, and [`api`], the Bitbucket-shaped REST API under `/rest/`, which
 //!   the gate routes before git classification and which accepts passwords, never tokens.
+//! - [`body`] lets the gate and the upstream watch frames stream past (byte counts, idle
+//!   activity) without buffering them.
 //! - [`network`] parses the CIDR lists a token may be limited to; [`config`] reads and
 //!   validates `proxy.toml`.
 //! - [`guard`] defends the gate against abuse: [`throttle`] blocks an address after repeated
