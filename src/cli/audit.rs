@@ -20,8 +20,14 @@ pub fn show(store: &Store, since: Option<&str>, json: bool) -> Result<(), String
         return print_json(&json!(events));
     }
     for e in events {
+        let repeats = match e.last_at {
+            Some(last) if e.count > 1 => {
+                format!(" ({} times, until {})", e.count, clock::datetime(last))
+            }
+            _ => String::new(),
+        };
         println!(
-            "{} {:<22} actor={} source={} target={} {}",
+            "{} {:<22} actor={} source={} target={} {}{repeats}",
             clock::datetime(e.at),
             e.action,
             e.actor,

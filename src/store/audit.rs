@@ -18,6 +18,11 @@ pub struct AuditEvent {
     pub target: String,
     pub detail: String,
     pub source: String,
+    /// How many times this happened: more than 1 when repeats were folded into one row.
+    pub count: i64,
+    /// Epoch milliseconds of the last repeat (when `count` > 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_at: Option<i64>,
 }
 
 /// Append one event inside the caller's transaction.
@@ -28,17 +33,42 @@ pub(super) fn record(
     target: &str,
     detail: &str,
 ) -> Result<()> {
+    record_repeated(conn, actor, action, target, detail, clock::now_ms(), None)
+}
+
+/// Repeats of one event seen `count` times, first at `at` and last at `last`.
+pub(super) struct Repeats {
+    pub count: u64,
+    pub last: i64,
+}
+
+/// Append one event that happened at `at` (and, with `repeats`, again until `repeats.last`).
+pub(super) fn record_repeated(
+    conn: &rusqlite::Connection,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: &str,
+    at: i64,
+    repeats: Option<&Repeats>,
+) -> Result<()> {
+    let (count, last_at) = match repeats {
+        Some(r) if r.count > 1 => (r.count as i64, Some(r.last)),
+        _ => (1, None),
+    };
     conn.prepare_cached(
-        "INSERT INTO audit_events (at, actor, action, target, detail, source)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO audit_events (at, actor, action, target, detail, source, count, last_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
-        clock::now_ms(),
+        at,
         actor.name,
         action,
         target,
         detail,
-        actor.source
+        actor.source,
+        count,
+        last_at
     ])?;
     tracing::info!(
         target: "gitgate::audit",
@@ -47,6 +77,7 @@ pub(super) fn record(
         action,
         target = target,
         detail,
+        count,
         "audit"
     );
     Ok(())
@@ -77,6 +108,7 @@ impl Store {
         self.inner.audit_writer.send(
             &self.inner,
             super::writer::Event {
+                at: clock::now_ms(),
                 actor,
                 action,
                 target,
@@ -89,7 +121,8 @@ impl Store {
     pub fn audit_events(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEvent>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, at, actor, action, target, detail, source FROM audit_events
+                "SELECT id, at, actor, action, target, detail, source, count, last_at
+                 FROM audit_events
                  WHERE at >= ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![since.unwrap_or(i64::MIN), limit as i64], |r| {
@@ -101,6 +134,8 @@ impl Store {
                     target: r.get(4)?,
                     detail: r.get(5)?,
                     source: r.get(6)?,
+                    count: r.get(7)?,
+                    last_at: r.get(8)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -84,6 +84,13 @@ CREATE TABLE rate_limits (
 ALTER TABLE users ADD COLUMN failed_logins INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN locked_until INTEGER;
 "#,
+    // 5: repeated events (the same failed authentication, from the same address, for the same
+    // token, within the audit writer's window) are one row with a count and the last time, so
+    // a flood of bad tokens costs a few rows a second instead of one each.
+    r#"
+ALTER TABLE audit_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE audit_events ADD COLUMN last_at INTEGER;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -3,103 +3,201 @@
 //! Why: a failed authentication is an audit event, and writing each one in its own transaction
 //! costs a commit per refused request — under a flood of bad tokens that is most of gitgate's CPU,
 //! and every commit also moves `PRAGMA data_version`, which empties the token cache for everyone
-//! else. Events are instead queued (bounded) to one writer thread that commits whatever has
-//! queued up, up to [`BATCH`] events, in a single `BEGIN IMMEDIATE` transaction.
+//! else. Events are instead gathered in memory for up to [`WINDOW`] and written by one writer
+//! thread in a single `BEGIN IMMEDIATE` transaction.
 //!
-//! The queue is bounded so a flood cannot grow memory; an event that finds it full is counted,
-//! and the count is written as one summary event with the next batch, so the audit log still says
-//! that (and how many) failures happened. The thread holds only a weak reference to the store and
-//! ends when the store is dropped.
+//! Within a window, repeats of the same event (same actor, address, action, target and detail —
+//! one bad token tried over and over from one place) become one row with a count and the time
+//! of the last repeat: a flood costs a few rows a second, not one row per refusal, and the log
+//! still says exactly what happened how often. Different events are never merged.
+//!
+//! Adding an event is a short critical section and no wake-up (the writer is woken once per
+//! window, by the first event), so a refusal does not cost a thread switch. At most
+//! [`DISTINCT`] different events wait at once so a flood of varied garbage cannot grow memory;
+//! beyond that they are counted, and the count is written as one `audit.dropped` summary, so the
+//! audit log still says that (and how many) failures happened. The writer holds only a weak
+//! reference to the store and ends when the store is dropped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
-use super::{audit::record, Actor, Inner, Store};
+use super::audit::{record, record_repeated, Repeats};
+use super::{Actor, Inner, Store};
 
-/// Events waiting to be written before new ones are counted instead.
-const QUEUE: usize = 4096;
-/// Most events per transaction.
-const BATCH: usize = 512;
+/// Most different events waiting to be written; more are counted, not kept.
+const DISTINCT: usize = 4096;
+/// How long the writer gathers events (and folds repeats) before it commits them.
+const WINDOW: Duration = Duration::from_millis(100);
 
 pub(super) struct Event {
+    /// Epoch milliseconds when it happened (not when it was written).
+    pub at: i64,
     pub actor: Actor,
     pub action: &'static str,
     pub target: String,
     pub detail: String,
 }
 
+impl Event {
+    fn same_as(&self, other: &Event) -> bool {
+        self.action == other.action
+            && self.actor.name == other.actor.name
+            && self.actor.source == other.actor.source
+            && self.target == other.target
+            && self.detail == other.detail
+    }
+
+    fn key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            self.action,
+            &self.actor.name,
+            &self.actor.source,
+            &self.target,
+            &self.detail,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+}
+
+/// Distinct events of one window, in the order they first happened, each with its repeats.
+#[derive(Default)]
+struct Batch {
+    events: Vec<(Event, Repeats)>,
+    /// Index into `events` by [`Event::key`].
+    index: HashMap<u64, Vec<usize>>,
+    total: u64,
+    /// Events not kept because [`DISTINCT`] were already waiting.
+    dropped: u64,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.total == 0 && self.dropped == 0
+    }
+
+    fn add(&mut self, event: Event) {
+        let slots = self.index.entry(event.key()).or_default();
+        for &i in slots.iter() {
+            let (seen, repeats) = &mut self.events[i];
+            if seen.same_as(&event) {
+                self.total += 1;
+                repeats.count += 1;
+                repeats.last = repeats.last.max(event.at);
+                return;
+            }
+        }
+        if self.events.len() >= DISTINCT {
+            self.dropped += 1;
+            return;
+        }
+        self.total += 1;
+        slots.push(self.events.len());
+        let last = event.at;
+        self.events.push((event, Repeats { count: 1, last }));
+    }
+}
+
+/// Events waiting for the writer, and the signal that wakes it.
+#[derive(Default)]
+struct Pending {
+    batch: Mutex<Batch>,
+    arrived: Condvar,
+}
+
 pub(super) struct AuditWriter {
-    tx: Mutex<Option<SyncSender<Event>>>,
-    dropped: Arc<AtomicU64>,
+    pending: Arc<Pending>,
+    started: OnceLock<()>,
 }
 
 impl AuditWriter {
     pub(super) fn new() -> AuditWriter {
         AuditWriter {
-            tx: Mutex::new(None),
-            dropped: Arc::new(AtomicU64::new(0)),
+            pending: Arc::new(Pending::default()),
+            started: OnceLock::new(),
         }
     }
 
-    /// Queue `event`; starts the writer thread on first use.
+    /// Add `event` to the current window; starts the writer thread on first use.
     pub(super) fn send(&self, store: &Arc<Inner>, event: Event) {
-        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let sender = tx.get_or_insert_with(|| {
-            let (sender, receiver) = sync_channel(QUEUE);
+        self.started.get_or_init(|| {
             let weak = Arc::downgrade(store);
-            let dropped = self.dropped.clone();
+            let pending = self.pending.clone();
             let spawned = std::thread::Builder::new()
                 .name("gitgate-audit".into())
-                .spawn(move || run(weak, receiver, dropped));
+                .spawn(move || run(weak, pending));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start the audit writer thread");
             }
-            sender
         });
-        match sender.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let mut batch = self.pending.batch.lock().unwrap_or_else(|p| p.into_inner());
+        let first = batch.is_empty();
+        batch.add(event);
+        drop(batch);
+        if first {
+            self.pending.arrived.notify_one();
         }
     }
 }
 
-fn run(store: Weak<Inner>, events: Receiver<Event>, dropped: Arc<AtomicU64>) {
-    while let Ok(first) = events.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match events.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+fn run(store: Weak<Inner>, pending: Arc<Pending>) {
+    loop {
+        // Sleep until a window opens (checking now and then that the store still exists).
+        {
+            let mut batch = pending.batch.lock().unwrap_or_else(|p| p.into_inner());
+            while batch.is_empty() {
+                if store.strong_count() == 0 {
+                    return;
+                }
+                batch = pending
+                    .arrived
+                    .wait_timeout(batch, Duration::from_secs(1))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
         }
+        std::thread::sleep(WINDOW);
+        let batch = std::mem::take(&mut *pending.batch.lock().unwrap_or_else(|p| p.into_inner()));
         let Some(inner) = store.upgrade() else { return };
-        let store = Store { inner };
-        let lost = dropped.swap(0, Ordering::Relaxed);
-        let written = store.write(|tx| {
-            for e in &batch {
-                record(tx, &e.actor, e.action, &e.target, &e.detail)?;
-            }
-            if lost > 0 {
-                let actor = Actor {
-                    name: "gitgate".into(),
-                    source: "local".into(),
-                };
-                let detail = format!(
-                    "{lost} more events (e.g. {}) were not recorded one by one: the audit queue was full",
-                    batch[0].action
-                );
-                record(tx, &actor, "audit.dropped", "", &detail)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = written {
-            tracing::warn!(error = %e, events = batch.len(), "could not write audit events");
-            for _ in 0..batch.len() {
-                crate::metrics::METRICS.side_effect_failure();
-            }
+        write(&Store { inner }, &batch);
+    }
+}
+
+/// One transaction for the window: one row per distinct event, plus the summary of any dropped.
+fn write(store: &Store, batch: &Batch) {
+    let written = store.write(|tx| {
+        for (e, repeats) in &batch.events {
+            record_repeated(
+                tx,
+                &e.actor,
+                e.action,
+                &e.target,
+                &e.detail,
+                e.at,
+                Some(repeats),
+            )?;
+        }
+        if batch.dropped > 0 {
+            let actor = Actor {
+                name: "gitgate".into(),
+                source: "local".into(),
+            };
+            let detail = format!(
+                "{} more events (e.g. {}) were not recorded: {DISTINCT} different events were already waiting",
+                batch.dropped,
+                batch.events.first().map_or("auth.failed", |(e, _)| e.action)
+            );
+            record(tx, &actor, "audit.dropped", "", &detail)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = written {
+        tracing::warn!(error = %e, events = batch.total, "could not write audit events");
+        for _ in 0..batch.total {
+            crate::metrics::METRICS.side_effect_failure();
         }
     }
 }
@@ -131,5 +229,85 @@ mod tests {
         assert_eq!(events.len(), 100);
         assert_eq!(events[0].target, "t0");
         assert_eq!(events[99].target, "t99");
+        assert!(events.iter().all(|e| e.count == 1 && e.last_at.is_none()));
+    }
+
+    #[test]
+    fn a_window_keeps_at_most_distinct_events_and_counts_the_rest() {
+        let mut batch = super::Batch::default();
+        for i in 0..super::DISTINCT + 5 {
+            batch.add(super::Event {
+                at: i as i64,
+                actor: actor(),
+                action: "auth.failed",
+                target: format!("t{i}"),
+                detail: "bad".into(),
+            });
+        }
+        // A repeat of one already waiting is still folded in, not dropped.
+        batch.add(super::Event {
+            at: 99_999,
+            actor: actor(),
+            action: "auth.failed",
+            target: "t0".into(),
+            detail: "bad".into(),
+        });
+        assert_eq!(batch.events.len(), super::DISTINCT);
+        assert_eq!(batch.dropped, 5);
+        assert_eq!(batch.total, super::DISTINCT as u64 + 1);
+        assert_eq!(
+            (batch.events[0].1.count, batch.events[0].1.last),
+            (2, 99_999)
+        );
+    }
+
+    #[test]
+    fn repeats_within_the_window_are_one_row_with_a_count() {
+        let (_dir, store) = temp_store();
+        for _ in 0..300 {
+            store.record_event_later(actor(), "auth.failed", "tok".into(), "bad".into());
+        }
+        // A different detail, target or address is a different event.
+        store.record_event_later(actor(), "auth.failed", "tok".into(), "worse".into());
+        store.record_event_later(actor(), "auth.failed", "other".into(), "bad".into());
+        let mut elsewhere = actor();
+        elsewhere.source = "192.0.2.7".into();
+        store.record_event_later(elsewhere, "auth.failed", "tok".into(), "bad".into());
+        let start = Instant::now();
+        let failures = loop {
+            let failures: Vec<_> = store
+                .audit_events(None, 1000)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == "auth.failed")
+                .collect();
+            let total: i64 = failures.iter().map(|e| e.count).sum();
+            if total == 303 || start.elapsed() > Duration::from_secs(10) {
+                break failures;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let total: i64 = failures.iter().map(|e| e.count).sum();
+        assert_eq!(total, 303, "every failure is counted");
+        // The 300 repeats arrive well inside a few windows: a handful of rows, not 300.
+        assert!(failures.len() <= 12, "{} rows", failures.len());
+        let folded = failures.iter().find(|e| e.count > 1).expect("a folded row");
+        assert_eq!(
+            (folded.target.as_str(), folded.detail.as_str()),
+            ("tok", "bad")
+        );
+        assert!(folded.last_at.unwrap() >= folded.at);
+        for (target, detail, source) in [
+            ("tok", "worse", "local"),
+            ("other", "bad", "local"),
+            ("tok", "bad", "192.0.2.7"),
+        ] {
+            let n: i64 = failures
+                .iter()
+                .filter(|e| e.target == target && e.detail == detail && e.source == source)
+                .map(|e| e.count)
+                .sum();
+            assert_eq!(n, 1, "{target} {detail} {source}");
+        }
     }
 }
