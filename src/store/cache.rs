@@ -1,18 +1,30 @@
 //! An in-memory cache of [`AuthRecord`]s in front of SQLite, so that the auth hot path is a hash
 //! lookup instead of a query — without giving up immediate revocation.
 //!
-//! Invalidation uses SQLite's `PRAGMA data_version`: on one connection its value changes whenever
-//! *any other* connection (another process such as the CLI, or another connection of this one)
-//! has committed since the last read. Every lookup reads it first (a few hundred nanoseconds on a
-//! dedicated connection); if it moved, the whole cache is dropped. A revocation, a disabled user or
-//! a removed grant is therefore seen on the very next request, exactly as without the cache.
-//! Time-based rules (expiry) are applied by the policy with the current time, so a cached record
-//! never outlives its expiry.
+//! Invalidation: every lookup first asks whether anything was committed to the store since the
+//! cache was filled; if so, the whole cache is dropped. A revocation, a disabled user or a removed
+//! grant is therefore seen on the very next request, exactly as without the cache. Time-based
+//! rules (expiry) are applied by the policy with the current time, so a cached record never
+//! outlives its expiry.
+//!
+//! The question is answered from the WAL index header, not by a query. In WAL mode (which the
+//! store always uses) every commit, from any process, rewrites the header at the start of the
+//! `-shm` file (documented in <https://www.sqlite.org/walformat.html>, "The WAL-Index Header"):
+//! the frame count and checksums change with every commit, and the salts with every WAL restart,
+//! so two equal headers mean no commit in between. A commit is visible to readers exactly when
+//! that header is written, so a revocation that has returned to the CLI is seen by the next
+//! lookup. Reading it is one `pread` of 96 bytes — no lock, no SQLite call, against the
+//! statement, file locks and mutex of `PRAGMA data_version`, which was half of the cached auth
+//! path. The writer updates the header's two copies one after the other, so a read that finds
+//! them different (a commit in progress), or a missing `-shm` file, falls back to
+//! `PRAGMA data_version` on the watcher connection: slower, never staler.
 //!
 //! Unknown ids are not cached (that would let anyone fill memory); the cache is cleared when it
 //! reaches [`MAX_ENTRIES`].
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -24,7 +36,7 @@ use super::AuthRecord;
 pub const MAX_ENTRIES: usize = 100_000;
 
 pub(super) struct AuthCache {
-    watcher: Mutex<Connection>,
+    watcher: Mutex<Watcher>,
     state: RwLock<State>,
     pub(super) hits: AtomicU64,
     pub(super) misses: AtomicU64,
@@ -35,10 +47,82 @@ struct State {
     entries: HashMap<String, Arc<AuthRecord>>,
 }
 
+/// Size of the two copies of the WAL index header at the start of the `-shm` file.
+const HEADER_COPIES: usize = 96;
+
+/// Tells whether the store changed: the WAL index header, or `PRAGMA data_version` when the
+/// header cannot be read cleanly.
+struct Watcher {
+    conn: Connection,
+    shm_path: PathBuf,
+    /// Opened on first use (SQLite creates the file when a connection first reads).
+    shm: Option<File>,
+    last_header: [u8; HEADER_COPIES / 2],
+    last_data_version: i64,
+    /// Moves whenever either signal does: the cache's notion of "version".
+    epoch: i64,
+}
+
+impl Watcher {
+    fn new(conn: Connection, db_path: &Path) -> Watcher {
+        let mut shm_path = db_path.as_os_str().to_owned();
+        shm_path.push("-shm");
+        Watcher {
+            conn,
+            shm_path: PathBuf::from(shm_path),
+            shm: None,
+            last_header: [0; HEADER_COPIES / 2],
+            last_data_version: i64::MIN,
+            epoch: 0,
+        }
+    }
+
+    /// The current header if both copies agree.
+    fn header(&mut self) -> Option<[u8; HEADER_COPIES / 2]> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            if self.shm.is_none() {
+                self.shm = File::open(&self.shm_path).ok();
+            }
+            let mut both = [0u8; HEADER_COPIES];
+            let shm = self.shm.as_ref()?;
+            shm.read_exact_at(&mut both, 0).ok()?;
+            let (a, b) = both.split_at(HEADER_COPIES / 2);
+            // isInit (byte 12) is 0 until a connection has built the index.
+            (a == b && a[12] == 1).then(|| a.try_into().expect("48 bytes"))
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    }
+
+    fn version(&mut self) -> rusqlite::Result<i64> {
+        if let Some(header) = self.header() {
+            if header != self.last_header {
+                self.last_header = header;
+                self.epoch += 1;
+            }
+            return Ok(self.epoch);
+        }
+        let mut stmt = self.conn.prepare_cached("PRAGMA data_version")?;
+        let data_version: i64 = stmt.query_row([], |r| r.get(0))?;
+        drop(stmt);
+        // The header is unknown now: whatever it says next time counts as a change.
+        self.last_header = [0; HEADER_COPIES / 2];
+        if data_version != self.last_data_version {
+            self.last_data_version = data_version;
+            self.epoch += 1;
+        }
+        Ok(self.epoch)
+    }
+}
+
 impl AuthCache {
-    pub(super) fn new(watcher: Connection) -> AuthCache {
+    pub(super) fn new(watcher: Connection, db_path: &Path) -> AuthCache {
         AuthCache {
-            watcher: Mutex::new(watcher),
+            watcher: Mutex::new(Watcher::new(watcher, db_path)),
             state: RwLock::new(State {
                 version: i64::MIN,
                 entries: HashMap::new(),
@@ -49,19 +133,24 @@ impl AuthCache {
     }
 
     /// Forget everything and watch a new connection (the store file was replaced).
-    pub(super) fn reset(&self, watcher: Connection) {
-        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = watcher;
+    pub(super) fn reset(&self, watcher: Connection, db_path: &Path) {
+        {
+            let mut w = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+            let epoch = w.epoch + 1;
+            *w = Watcher::new(watcher, db_path);
+            w.epoch = epoch;
+        }
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         state.entries.clear();
         state.version = i64::MIN;
     }
 
-    /// The store's current data version as this cache's connection sees it.
+    /// A number that changes whenever anything was committed to the store.
     pub(super) fn version(&self) -> rusqlite::Result<i64> {
-        let conn = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn.prepare_cached("PRAGMA data_version")?;
-        let version: i64 = stmt.query_row([], |r| r.get(0))?;
-        Ok(version)
+        self.watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .version()
     }
 
     /// The cached record for `id`, if the cache is still valid at `version`.
@@ -100,6 +189,35 @@ mod tests {
     use crate::permission::{TokenKind, TokenPermissions};
     use crate::store::test_support::actor;
     use crate::store::{CacheLookup, NewToken, Role, Store};
+
+    #[test]
+    fn the_wal_index_header_is_read_cleanly_and_moves_with_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let server = Store::open(&path).unwrap();
+        let cli = Store::open(&path).unwrap();
+        let header = || {
+            let mut w = server.inner.cache.watcher.lock().unwrap();
+            w.header().expect("the fast path must read a clean header")
+        };
+        server.ping().unwrap();
+        let before = header();
+        assert_eq!(header(), before, "no commit, no change");
+        let v1 = server.inner.cache.version().unwrap();
+        assert_eq!(server.inner.cache.version().unwrap(), v1);
+        cli.add_user("alice", "h", Role::User, &actor()).unwrap();
+        assert_ne!(header(), before, "a commit by another connection moves it");
+        assert_ne!(server.inner.cache.version().unwrap(), v1);
+        // A full checkpoint that restarts the WAL still moves it on the next commit.
+        let moved = header();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+            .unwrap();
+        let v2 = server.inner.cache.version().unwrap();
+        cli.add_user("bob", "h", Role::User, &actor()).unwrap();
+        assert_ne!(header(), moved);
+        assert_ne!(server.inner.cache.version().unwrap(), v2);
+    }
 
     #[test]
     fn a_commit_from_another_connection_invalidates_at_once() {

@@ -170,7 +170,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 idle: Mutex::new(vec![conn]),
-                cache: cache::AuthCache::new(watcher),
+                cache: cache::AuthCache::new(watcher, path),
                 file: Mutex::new(file_id(path).ok()),
                 audit_writer: writer::AuditWriter::new(),
             }),
@@ -207,7 +207,7 @@ impl Store {
                     path: self.inner.path.clone(),
                     message: e.to_string(),
                 })?;
-                self.inner.cache.reset(watcher);
+                self.inner.cache.reset(watcher, &self.inner.path);
             }
             *known = Some(id);
         }
