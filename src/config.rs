@@ -41,6 +41,8 @@ pub struct Server {
     /// Front proxies (load balancers) whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<Cidr>,
     pub limits: Limits,
+    /// Threads serving connections, each with its own event loop (default: one per core).
+    pub workers: usize,
 }
 
 /// `[server.tls]`: PEM files, re-read on SIGHUP.
@@ -226,6 +228,7 @@ struct RawServer {
     max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
+    workers: Option<usize>,
     tls: Option<RawTls>,
 }
 
@@ -439,6 +442,15 @@ impl Config {
             ));
         }
 
+        let workers = match server.workers {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) if (1..=256).contains(&n) => n,
+            Some(n) => {
+                return Err(err(format!(
+                    "[server] workers = {n} is out of range: use 1 to 256 (default: one per core)"
+                )))
+            }
+        };
         let rate_limit = parse_rate_limit(raw.rate_limit.unwrap_or_default()).map_err(err)?;
         let auth_failures =
             parse_auth_failures(raw.auth_failures.unwrap_or_default()).map_err(err)?;
@@ -459,6 +471,7 @@ impl Config {
                 tls,
                 trusted_proxies,
                 limits,
+                workers,
             },
             store: Store {
                 path: resolve(store_path),
@@ -778,6 +791,7 @@ realm = "gitgate"
         assert_eq!(project_root, Path::new("/etc/gitgate/repos"));
         assert!(c.server.tls.is_none());
         assert_eq!(c.server.limits.max_connections, 1024);
+        assert!(c.server.workers >= 1, "one worker per core by default");
     }
 
     const HTTP: &str = r#"
@@ -838,6 +852,7 @@ env = "UPSTREAM_TOKEN"
         assert!(
             bad("shutdown_grace_seconds = 5", "max_connections = 0").contains("max_connections")
         );
+        assert!(bad("shutdown_grace_seconds = 5", "workers = 0").contains("[server] workers = 0"));
         let cgi_with_http_key = GOOD.replace("[auth]", "ca_file = \"x\"\n[auth]");
         assert!(parse(&cgi_with_http_key).unwrap_err().contains("ca_file"));
     }

@@ -48,7 +48,8 @@ pub struct Gate {
     pub store: Store,
     pub upstream: Upstream,
     /// Failed-authentication throttling and rate limits (see [`crate::guard`]).
-    pub guard: Guard,
+    /// Shared by every worker thread: limits count the whole process.
+    pub guard: Arc<Guard>,
     /// Load balancers whose `X-Forwarded-For` names the client (`[server] trusted_proxies`).
     pub trusted_proxies: Vec<crate::network::Cidr>,
 }

@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Limits, Upstream as UpstreamConfig};
@@ -50,8 +50,26 @@ pub struct Settings {
 }
 
 /// Build the gate from the config and serve until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> Result<(), String> {
+///
+/// Threads: `[server] workers` event loops (default one per core), each a single-threaded tokio
+/// runtime with its own [`Gate`] — and so its own pool of upstream connections. A connection,
+/// once accepted, lives on one worker: its requests, its upstream connection and the bodies
+/// streaming between them are polled by the same thread, as in nginx's worker model, instead of
+/// being handed between threads on every request (the hand-offs and cross-core wake-ups were
+/// most of the hop's cost; see docs/PERFORMANCE.md). One acceptor (on the main thread, which is
+/// also worker 0) gives each new connection to the worker with the fewest open connections.
+/// What must be process-wide is shared: the store and its token cache, the [`Guard`] (rate
+/// limits and failed-auth throttling), the connection cap, metrics.
+pub fn run(config: Config) -> Result<(), String> {
     crate::unwind::install_hook();
+    let main = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    main.block_on(run_workers(config))
+}
+
+async fn run_workers(config: Config) -> Result<(), String> {
     let certs = match &config.server.tls {
         Some(tls) => Some(
             CertStore::load(&tls.cert, &tls.key)
@@ -60,24 +78,33 @@ pub async fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let store = Store::open(&config.store.path).map_err(|e| e.to_string())?;
-    let upstream = match &config.upstream {
-        UpstreamConfig::Cgi {
-            program,
-            project_root,
-        } => Upstream::Cgi(CgiBackend::new(program.clone(), project_root.clone())),
-        UpstreamConfig::Http(http) => Upstream::Http(Box::new(
-            HttpBackend::new(http, config.server.trusted_proxies.clone(), certs.is_some())
-                .map_err(|e| format!("{}: {e}", config.source.display()))?,
-        )),
-    };
-    let gate = Arc::new(Gate {
-        git_prefix: config.server.git_prefix.clone(),
-        realm: config.auth.realm.clone(),
-        guard: Guard::new(store.clone(), &config.rate_limit, &config.auth_failures),
-        trusted_proxies: config.server.trusted_proxies.clone(),
-        store,
-        upstream,
-    });
+    let guard = Arc::new(Guard::new(
+        store.clone(),
+        &config.rate_limit,
+        &config.auth_failures,
+    ));
+    // Every worker's gate is built here, so a bad upstream setting fails the start, not a worker.
+    let mut gates = Vec::with_capacity(config.server.workers);
+    for _ in 0..config.server.workers {
+        let upstream = match &config.upstream {
+            UpstreamConfig::Cgi {
+                program,
+                project_root,
+            } => Upstream::Cgi(CgiBackend::new(program.clone(), project_root.clone())),
+            UpstreamConfig::Http(http) => Upstream::Http(Box::new(
+                HttpBackend::new(http, config.server.trusted_proxies.clone(), certs.is_some())
+                    .map_err(|e| format!("{}: {e}", config.source.display()))?,
+            )),
+        };
+        gates.push(Arc::new(Gate {
+            git_prefix: config.server.git_prefix.clone(),
+            realm: config.auth.realm.clone(),
+            guard: guard.clone(),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            store: store.clone(),
+            upstream,
+        }));
+    }
     let tls = match &certs {
         Some(c) => Some(TlsAcceptor::from(Arc::new(c.server_config()?))),
         None => None,
@@ -97,43 +124,101 @@ pub async fn run(config: Config) -> Result<(), String> {
             .local_addr()
             .map_err(|e| format!("cannot read the metrics address: {e}"))?;
         tracing::info!("metrics on http://{local}/metrics");
-        tokio::spawn(metrics::serve(metrics, gate.store.clone()));
+        tokio::spawn(metrics::serve(metrics, store.clone()));
     }
-    tracing::info!(
-        config = %config.source.display(),
-        store = %config.store.path.display(),
-        "listening on {}://{local}",
-        if tls.is_some() { "https" } else { "http" }
-    );
     let settings = Settings {
         tls,
         limits: config.server.limits.clone(),
     };
-    serve(listener, gate, settings, shutdown_signal()).await;
+
+    let mut workers = Vec::with_capacity(gates.len());
+    let mut threads = Vec::new();
+    let mut gates = gates.into_iter();
+    let first = gates.next().expect("at least one worker");
+    let (worker, inbox) = Worker::new();
+    let main_worker = tokio::spawn(work(first, settings.clone(), inbox));
+    workers.push(worker);
+    for (i, gate) in gates.enumerate() {
+        let (worker, inbox) = Worker::new();
+        let settings = settings.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        let thread = std::thread::Builder::new()
+            .name(format!("gitgate-worker-{}", i + 1))
+            .spawn(move || runtime.block_on(work(gate, settings, inbox)))
+            .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+        workers.push(worker);
+        threads.push(thread);
+    }
+    tracing::info!(
+        config = %config.source.display(),
+        store = %config.store.path.display(),
+        workers = workers.len(),
+        "listening on {}://{local}",
+        if settings.tls.is_some() { "https" } else { "http" }
+    );
+    accept(listener, &workers, &settings.limits, shutdown_signal()).await;
+    // Closing the inboxes tells every worker to drain.
+    drop(workers);
+    let _ = main_worker.await;
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     Ok(())
 }
 
-/// Accept connections until `shutdown` completes, then drain for at most the grace period.
-pub async fn serve(
+/// A connection handed from the acceptor to a worker, with its place under the connection cap.
+struct Accepted {
+    stream: std::net::TcpStream,
+    remote: std::net::SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// The acceptor's handle on one worker thread.
+struct Worker {
+    inbox: mpsc::UnboundedSender<Accepted>,
+    /// Connections open on this worker.
+    open: Arc<AtomicUsize>,
+}
+
+/// A worker's side: new connections, and the count it keeps up to date.
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<Accepted>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn new() -> (Worker, Inbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        (
+            Worker {
+                inbox: tx,
+                open: open.clone(),
+            },
+            Inbox { rx, open },
+        )
+    }
+}
+
+/// The worker with the fewest open connections (the first of equals).
+fn least_busy(workers: &[Worker]) -> &Worker {
+    workers
+        .iter()
+        .min_by_key(|w| w.open.load(Ordering::Relaxed))
+        .expect("at least one worker")
+}
+
+/// Accept connections until `shutdown` completes, handing each to the least busy worker.
+async fn accept(
     listener: TcpListener,
-    gate: Arc<Gate>,
-    settings: Settings,
+    workers: &[Worker],
+    limits: &Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limits = &settings.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -155,31 +240,80 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = Connection {
-                    gate: gate.clone(),
-                    builder: builder.clone(),
-                    settings: settings.clone(),
-                    watcher: graceful.watcher(),
-                    remote,
+                // Leave this thread's event loop; the worker registers it with its own.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot hand over a connection");
+                        continue;
+                    }
                 };
-                let active = METRICS.connection();
-                tokio::spawn(async move {
-                    conn.run(stream).await;
-                    drop(active);
-                    drop(permit);
-                });
+                let worker = least_busy(workers);
+                worker.open.fetch_add(1, Ordering::Relaxed);
+                if worker.inbox.send(Accepted { stream, remote, permit }).is_err() {
+                    worker.open.fetch_sub(1, Ordering::Relaxed);
+                    tracing::error!("a worker thread has stopped; refusing the connection");
+                }
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
-    let grace = settings.limits.shutdown_grace;
     tracing::info!(
         "shutting down: no new connections; waiting up to {}s for requests in flight",
-        grace.as_secs()
+        limits.shutdown_grace.as_secs()
     );
+}
+
+/// One worker: serve the connections it is given until the acceptor closes its inbox, then
+/// drain for at most the grace period.
+async fn work(gate: Arc<Gate>, settings: Settings, mut inbox: Inbox) {
+    let limits = &settings.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    while let Some(Accepted {
+        stream,
+        remote,
+        permit,
+    }) = inbox.rx.recv().await
+    {
+        let open = inbox.open.clone();
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                open.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(remote = %remote, error = %e, "cannot take over a connection");
+                continue;
+            }
+        };
+        let conn = Connection {
+            gate: gate.clone(),
+            builder: builder.clone(),
+            settings: settings.clone(),
+            watcher: graceful.watcher(),
+            remote,
+        };
+        let active = METRICS.connection();
+        tokio::spawn(async move {
+            conn.run(stream).await;
+            drop(active);
+            open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    let grace = limits.shutdown_grace;
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = graceful.shutdown() => tracing::debug!("a worker's connections all closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
     }
 }
@@ -400,5 +534,25 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_connections_go_to_the_least_busy_worker_first_of_equals() {
+        let (a, _ia) = Worker::new();
+        let (b, _ib) = Worker::new();
+        let (c, _ic) = Worker::new();
+        let workers = [a, b, c];
+        assert!(std::ptr::eq(least_busy(&workers), &workers[0]));
+        workers[0].open.store(2, Ordering::Relaxed);
+        workers[1].open.store(1, Ordering::Relaxed);
+        workers[2].open.store(1, Ordering::Relaxed);
+        assert!(std::ptr::eq(least_busy(&workers), &workers[1]));
+        workers[1].open.store(5, Ordering::Relaxed);
+        assert!(std::ptr::eq(least_busy(&workers), &workers[2]));
     }
 }

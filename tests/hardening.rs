@@ -129,6 +129,46 @@ fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
 }
 
 #[test]
+fn every_worker_thread_counts_against_the_same_limits() {
+    // Four event loops; a rate limit of 4 exchanges for alice, barely refilling.
+    let server = Server::start_with(
+        "workers = 4\n",
+        "[rate_limit]\ncapacity = 4\nrefill_per_second = 0.01\n[auth_failures]\nmax = 1000\n",
+    );
+    assert!(server.log().contains("workers=4"), "{}", server.log());
+    // Eight connections open at once: each new one goes to the least busy worker, so every
+    // worker holds two of them before any request is sent.
+    let conns: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let request = format!(
+        "GET {IR} HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+        basic("alice", &server.write_token)
+    );
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = conns
+            .into_iter()
+            .map(|mut c| {
+                let request = &request;
+                scope.spawn(move || {
+                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    c.write_all(request.as_bytes()).unwrap();
+                    let mut out = Vec::new();
+                    let _ = std::io::Read::read_to_end(&mut c, &mut out);
+                    status(&out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let allowed = statuses.iter().filter(|&&s| s == 200).count();
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    // Per-worker buckets would have let all eight through.
+    assert_eq!((allowed, limited), (4, 4), "{statuses:?}");
+}
+
+#[test]
 fn a_deleted_store_fails_closed_and_recovers_when_restored() {
     let server = Server::start("");
     let w = server.write_token.clone();
