@@ -4,15 +4,20 @@
 #
 #   benches/run.sh            full sizes: 200 MB repo, 1 GB repo, 50 concurrent clones, 5 runs
 #   benches/run.sh --quick    small sizes for a sanity run (about two minutes)
+#   benches/run.sh --hop      only benchmarks 2 and 3 (wrk), for iterating on the request path
 #
 # Needs: git, nginx, fcgiwrap, wrk, curl, cargo. Everything runs in a temporary folder on
 # 127.0.0.1 and is stopped and removed on exit. Every loop is bounded (run counts, wrk -d).
 # Prints a markdown table on stdout; progress goes to stderr.
 set -euo pipefail
 
-QUICK=0
+QUICK=0 HOP_ONLY=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
-if ((QUICK)); then
+[[ "${1:-}" == "--hop" ]] && HOP_ONLY=1
+if ((HOP_ONLY)); then
+	REPO_MB=1 BIG_MB=1 CONCURRENT=1 RUNS=0
+	WRK_SECONDS=${WRK_SECONDS:-10} WRK_ROUNDS=${WRK_ROUNDS:-3}
+elif ((QUICK)); then
 	REPO_MB=${REPO_MB:-20} BIG_MB=${BIG_MB:-100} CONCURRENT=${CONCURRENT:-10}
 	RUNS=${RUNS:-3} WRK_SECONDS=${WRK_SECONDS:-5} WRK_ROUNDS=${WRK_ROUNDS:-1}
 else
@@ -59,7 +64,7 @@ now() { date +%s.%N; }
 
 # --- build --------------------------------------------------------------------------------------
 log "building gitgate (release)"
-(cd "$HERE" && HOME=$REAL_HOME cargo build --release --quiet)
+[[ -n "${NO_BUILD:-}" ]] || (cd "$HERE" && HOME=$REAL_HOME cargo build --release --quiet)
 GITGATE=$HERE/target/release/gitgate
 BACKEND=$(git --exec-path)/git-http-backend
 
@@ -155,8 +160,8 @@ nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" &
 PIDS+=($!)
 
 # --- gitgate instances --------------------------------------------------------------------------
-start_gitgate() { # name upstream-toml -> sets GG_PORT, GG_PID
-	local name=$1 upstream=$2 dir=$W/gg-$1
+start_gitgate() { # name upstream-toml [binary] -> sets GG_PORT, GG_PID
+	local name=$1 upstream=$2 bin=${3:-$GITGATE} dir=$W/gg-$1
 	mkdir -p "$dir"
 	cat >"$dir/gitgate.toml" <<EOF
 [server]
@@ -174,7 +179,7 @@ max_concurrent = 0
 max = 1000000000
 window_seconds = 1
 EOF
-	GITGATE_LOG=warn,gitgate=info,gitgate::request=warn "$GITGATE" --config "$dir/gitgate.toml" serve 2>"$dir/log" &
+	GITGATE_LOG=warn,gitgate=info,gitgate::request=warn "$bin" --config "$dir/gitgate.toml" serve 2>"$dir/log" &
 	GG_PID=$!
 	PIDS+=("$GG_PID")
 	local i=0
@@ -207,6 +212,11 @@ project_root = \"$W/repos\""
 GG_CGI=$GG_PORT
 start_gitgate hop "url = \"http://127.0.0.1:$GIT_PORT/static\""
 GG_HOP=$GG_PORT
+# COMPARE=/path/to/other/gitgate (with --hop): an A/B of two builds, interleaved in every round.
+if [[ -n "${COMPARE:-}" ]]; then
+	start_gitgate hopb "url = \"http://127.0.0.1:$GIT_PORT/static\"" "$COMPARE"
+	GG_HOPB=$GG_PORT
+fi
 sleep 0.3
 
 # --- 1. big clone -------------------------------------------------------------------------------
@@ -216,7 +226,7 @@ declare -A URL=(
 	[gitgate_cgi]="http://ci:$TOKEN@127.0.0.1:$GG_CGI/team/app.git"
 )
 declare -A TIMES=()
-git clone -q --bare "${URL[nginx]}" "$W/warm" && rm -rf "$W/warm" # page cache
+((HOP_ONLY)) || { git clone -q --bare "${URL[nginx]}" "$W/warm" && rm -rf "$W/warm"; } # page cache
 for ((run = 1; run <= RUNS; run++)); do
 	for v in nginx gitgate_http gitgate_cgi; do
 		t0=$(now)
@@ -228,7 +238,7 @@ for ((run = 1; run <= RUNS; run++)); do
 	log "clone run $run/$RUNS: ${TIMES[nginx]##* } | nginx ${TIMES[nginx]} | gitgate→nginx ${TIMES[gitgate_http]} | gitgate cgi ${TIMES[gitgate_cgi]}"
 done
 med() { tr ' ' '\n' <<<"${TIMES[$1]}" | grep . | median; }
-CLONE_NGINX=$(med nginx) CLONE_HTTP=$(med gitgate_http) CLONE_CGI=$(med gitgate_cgi)
+((HOP_ONLY)) || { CLONE_NGINX=$(med nginx) CLONE_HTTP=$(med gitgate_http) CLONE_CGI=$(med gitgate_cgi); }
 
 # --- 2./3. the hop and rejections (wrk) ----------------------------------------------------------
 HOP_PATH="/team/app.git/info/refs?service=git-upload-pack"
@@ -251,6 +261,11 @@ wrk_run() { # url [header] -> "rps p99_ms"
 [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PROXY_PORT$HOP_PATH") == 200 ]]
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 200 ]]
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $BAD_AUTH" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 401 ]]
+if [[ -n "${HOLD:-}" ]]; then # keep the set-up running for manual experiments
+	echo "proxy=$PROXY_PORT gitgate=$GG_HOP nginx401=$R401_PORT path=$HOP_PATH auth='$AUTH' dir=$W" >&2
+	sleep "$HOLD"
+	exit 0
+fi
 declare -A RPS=() P99=()
 for ((round = 1; round <= WRK_ROUNDS; round++)); do
 	read -r r p < <(wrk_run "http://127.0.0.1:$PROXY_PORT$HOP_PATH")
@@ -261,10 +276,35 @@ for ((round = 1; round <= WRK_ROUNDS; round++)); do
 	RPS[nginx401]+="$r " P99[nginx401]+="$p "
 	read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOP$HOP_PATH" "$BAD_AUTH" expect-non-2xx)
 	RPS[gitgate401]+="$r " P99[gitgate401]+="$p "
+	if [[ -n "${GG_HOPB:-}" ]]; then
+		read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOPB$HOP_PATH" "$AUTH")
+		RPS[compare]+="$r " P99[compare]+="$p "
+		read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOPB$HOP_PATH" "$BAD_AUTH" expect-non-2xx)
+		RPS[compare401]+="$r " P99[compare401]+="$p "
+		log "wrk round $round/$WRK_ROUNDS: compare ($COMPARE) ${RPS[compare]}| 401 ${RPS[compare401]}"
+	fi
 	log "wrk round $round/$WRK_ROUNDS: rps proxy ${RPS[proxy]}| gitgate ${RPS[gitgate]}| 401 nginx ${RPS[nginx401]}| 401 gitgate ${RPS[gitgate401]}"
 done
 mrps() { tr ' ' '\n' <<<"${RPS[$1]}" | grep . | median; }
 mp99() { tr ' ' '\n' <<<"${P99[$1]}" | grep . | median; }
+
+if ((HOP_ONLY)); then
+	a=$(mrps proxy) b=$(mrps gitgate)
+	echo "| 2a | hop (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
+	a=$(mp99 proxy) b=$(mp99 gitgate)
+	echo "| 2b | hop p99 (ms) | nginx proxy_pass $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f ms", b-a}') |"
+	a=$(mrps nginx401) b=$(mrps gitgate401)
+	echo "| 3 | 401 (req/s) | nginx return 401 $a | $b | $(ratio "$b" "$a")× |"
+	echo "Raw: req/s proxy [${RPS[proxy]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }]; p99 ms proxy [${P99[proxy]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }]."
+	if [[ -n "${GG_HOPB:-}" ]]; then
+		a=$(mrps proxy) b=$(mrps compare)
+		echo "| 2a' | hop, $COMPARE (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
+		a=$(mrps nginx401) b=$(mrps compare401)
+		echo "| 3' | 401, $COMPARE (req/s) | nginx return 401 $a | $b | $(ratio "$b" "$a")× |"
+		echo "Raw compare: req/s [${RPS[compare]% }], 401 [${RPS[compare401]% }]; p99 ms [${P99[compare]% }], 401 [${P99[compare401]% }]."
+	fi
+	exit 0
+fi
 
 # --- 4. auth micro-benchmark ---------------------------------------------------------------------
 log "cargo bench --bench auth"
