@@ -158,6 +158,38 @@ http {
 EOF
 nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" &
 PIDS+=($!)
+# A stronger baseline for the hop, reported beside the issue's: nginx proxy_pass as its own
+# process (as gitgate is), with one worker per core (as gitgate has), to the same origin.
+PROXY2_PORT=$(free_port)
+mkdir -p "$W/nginx2/tmp"
+cat >"$W/nginx2/nginx.conf" <<EOF
+$user_line
+daemon off;
+worker_processes $(nproc);
+pid $W/nginx2/nginx.pid;
+error_log $W/nginx2/error.log warn;
+events { worker_connections 4096; }
+http {
+    client_body_temp_path $W/nginx2/tmp/body;
+    fastcgi_temp_path $W/nginx2/tmp/fastcgi;
+    proxy_temp_path $W/nginx2/tmp/proxy;
+    uwsgi_temp_path $W/nginx2/tmp/uwsgi;
+    scgi_temp_path $W/nginx2/tmp/scgi;
+    access_log off;
+    keepalive_requests 1000000;
+    upstream origin { server 127.0.0.1:$GIT_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$PROXY2_PORT;
+        location / {
+            proxy_pass http://origin/static/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+nginx -c "$W/nginx2/nginx.conf" -p "$W/nginx2" &
+PIDS+=($!)
 
 # --- gitgate instances --------------------------------------------------------------------------
 start_gitgate() { # name upstream-toml [binary] -> sets GG_PORT, GG_PID
@@ -259,6 +291,7 @@ wrk_run() { # url [header] -> "rps p99_ms"
 }
 # Sanity: each target answers as intended.
 [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PROXY_PORT$HOP_PATH") == 200 ]]
+[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PROXY2_PORT$HOP_PATH") == 200 ]]
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 200 ]]
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $BAD_AUTH" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 401 ]]
 if [[ -n "${HOLD:-}" ]]; then # keep the set-up running for manual experiments
@@ -270,6 +303,8 @@ declare -A RPS=() P99=()
 for ((round = 1; round <= WRK_ROUNDS; round++)); do
 	read -r r p < <(wrk_run "http://127.0.0.1:$PROXY_PORT$HOP_PATH")
 	RPS[proxy]+="$r " P99[proxy]+="$p "
+	read -r r p < <(wrk_run "http://127.0.0.1:$PROXY2_PORT$HOP_PATH")
+	RPS[proxy2]+="$r " P99[proxy2]+="$p "
 	read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOP$HOP_PATH" "$AUTH")
 	RPS[gitgate]+="$r " P99[gitgate]+="$p "
 	read -r r p < <(wrk_run "http://127.0.0.1:$R401_PORT$HOP_PATH" "" expect-non-2xx)
@@ -283,7 +318,7 @@ for ((round = 1; round <= WRK_ROUNDS; round++)); do
 		RPS[compare401]+="$r " P99[compare401]+="$p "
 		log "wrk round $round/$WRK_ROUNDS: compare ($COMPARE) ${RPS[compare]}| 401 ${RPS[compare401]}"
 	fi
-	log "wrk round $round/$WRK_ROUNDS: rps proxy ${RPS[proxy]}| gitgate ${RPS[gitgate]}| 401 nginx ${RPS[nginx401]}| 401 gitgate ${RPS[gitgate401]}"
+	log "wrk round $round/$WRK_ROUNDS: rps proxy ${RPS[proxy]}| proxy2 ${RPS[proxy2]}| gitgate ${RPS[gitgate]}| 401 nginx ${RPS[nginx401]}| 401 gitgate ${RPS[gitgate401]}"
 done
 mrps() { tr ' ' '\n' <<<"${RPS[$1]}" | grep . | median; }
 mp99() { tr ' ' '\n' <<<"${P99[$1]}" | grep . | median; }
@@ -293,9 +328,13 @@ if ((HOP_ONLY)); then
 	echo "| 2a | hop (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
 	a=$(mp99 proxy) b=$(mp99 gitgate)
 	echo "| 2b | hop p99 (ms) | nginx proxy_pass $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f ms", b-a}') |"
+	a=$(mrps proxy2) b=$(mrps gitgate)
+	echo "| 2c | hop (req/s) | nginx proxy_pass, own process, $(nproc) workers $a | $b | $(ratio "$b" "$a")× |"
+	a=$(mp99 proxy2) b=$(mp99 gitgate)
+	echo "| 2d | hop p99 (ms) | same $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f ms", b-a}') |"
 	a=$(mrps nginx401) b=$(mrps gitgate401)
 	echo "| 3 | 401 (req/s) | nginx return 401 $a | $b | $(ratio "$b" "$a")× |"
-	echo "Raw: req/s proxy [${RPS[proxy]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }]; p99 ms proxy [${P99[proxy]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }]."
+	echo "Raw: req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }]."
 	if [[ -n "${GG_HOPB:-}" ]]; then
 		a=$(mrps proxy) b=$(mrps compare)
 		echo "| 2a' | hop, $COMPARE (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
@@ -311,17 +350,10 @@ log "cargo bench --bench auth"
 BENCH_ARGS=()
 ((QUICK)) && BENCH_ARGS=(-- --warm-up-time 1 --measurement-time 3)
 (cd "$HERE" && HOME=$REAL_HOME cargo bench --quiet --bench auth "${BENCH_ARGS[@]}" 2>/dev/null) >"$W/auth-bench.txt" || true
-bench_time() { # name -> microseconds (criterion's middle estimate)
-	awk -v n="$1" '
-		/^[^ ]/ && !/^time:/ { name = $1 }
-		name == n && /time:/ { line = $0 }
-		END {
-			if (line == "") { print "n/a"; exit }
-			sub(/.*\[/, "", line); split(line, f, " ")
-			v = f[3]; u = f[4]
-			if (u == "ns") v /= 1000; else if (u == "ms") v *= 1000; else if (u == "s") v *= 1e6
-			printf "%.2f", v
-		}' "$W/auth-bench.txt"
+bench_time() { # name -> microseconds: criterion's median (p50) of this run's samples
+	local est="$HERE/target/criterion/$1/new/estimates.json"
+	[[ -f $est ]] || { echo n/a; return; }
+	python3 -c 'import json,sys; print("%.2f" % (json.load(open(sys.argv[1]))["median"]["point_estimate"] / 1000))' "$est"
 }
 mapfile -t BENCH_NAMES < <(awk '/^[^ ]/ && !/^time:/ { name = $1 } /time:/ { print name }' "$W/auth-bench.txt")
 
@@ -372,15 +404,19 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 2a | hop, static 200, wrk $WRK_CONNS conns (req/s) | nginx proxy_pass $a | $b | $r× | ≥ 1.0× | $(awk -v r="$r" 'BEGIN{print (r >= 1.0) ? "yes" : "no"}') |"
 	a=$(mp99 proxy) b=$(mp99 gitgate) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
 	echo "| 2b | hop p99 (ms) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× ($d ms) | ≤ +0.5 ms | $(awk -v d="$d" 'BEGIN{print (d <= 0.5) ? "yes" : "no"}') |"
+	a=$(mrps proxy2) b=$(mrps gitgate) r=$(ratio "$b" "$a")
+	echo "| 2c | hop (req/s), stronger baseline | nginx proxy_pass as its own process, $(nproc) workers $a | $b | $r× | ≥ 1.0× | $(awk -v r="$r" 'BEGIN{print (r >= 1.0) ? "yes" : "no"}') |"
+	a=$(mp99 proxy2) b=$(mp99 gitgate) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
+	echo "| 2d | hop p99 (ms), stronger baseline | same $a | $b | $(ratio "$b" "$a")× ($d ms) | ≤ +0.5 ms | $(awk -v d="$d" 'BEGIN{print (d <= 0.5) ? "yes" : "no"}') |"
 	a=$(mrps nginx401) b=$(mrps gitgate401) r=$(ratio "$b" "$a")
 	echo "| 3 | 401 wrong token (req/s) | nginx \`return 401\` $a | $b | $r× | ≥ 0.8× | $(awk -v r="$r" 'BEGIN{print (r >= 0.8) ? "yes" : "no"}') |"
 	base=$(bench_time "${BENCH_NAMES[0]:-none}")
 	for n in "${BENCH_NAMES[@]}"; do
 		v=$(bench_time "$n")
-		echo "| 4 | criterion \`$n\` (µs) | ${BENCH_NAMES[0]} $base | $v | $(ratio "$v" "$base")× | cached < 5, uncached < 50 | |"
+		echo "| 4 | criterion \`$n\`, median (µs) | ${BENCH_NAMES[0]} $base | $v | $(ratio "$v" "$base")× | cached < 5, uncached < 50 | |"
 	done
 	echo "| 5a | peak RSS, one clone of $BIG_MB MB ($(awk -v b="$BIG_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB received) (MiB) | repo size $BIG_MB | $(mb "$RSS_BIG") | $(ratio "$(mb "$RSS_BIG")" "$BIG_MB")× of repo | < 64 | $(awk -v k="$RSS_BIG" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
 	echo "| 5b | peak RSS, $CONCURRENT concurrent clones of $REPO_MB MB ($CONC_OK/$CONCURRENT complete, ${CONC_SECONDS}s) (MiB) | total served $((REPO_MB * CONCURRENT)) | $(mb "$RSS_CONC") | $(ratio "$(mb "$RSS_CONC")" "$((REPO_MB * CONCURRENT))")× of bytes served | < 64 | $(awk -v k="$RSS_CONC" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
 	echo
-	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }]; req/s proxy [${RPS[proxy]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }]; p99 ms proxy [${P99[proxy]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }]."
+	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }]."
 }

@@ -104,7 +104,8 @@ impl Gate {
         }
         let started = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        // A clone of the URI shares its bytes: the log line costs no copy of the path.
+        let uri = req.uri().clone();
         let mut log = RequestLog::default();
         let bytes_in = Arc::new(AtomicU64::new(0));
 
@@ -148,8 +149,8 @@ impl Gate {
             _slot: slot,
             bytes_out: 0,
             done: Some(LogLine {
-                method: method.to_string(),
-                path,
+                method,
+                uri,
                 remote,
                 repo: log.repo,
                 access: log.access,
@@ -347,8 +348,8 @@ pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
 }
 
 struct LogLine {
-    method: String,
-    path: String,
+    method: hyper::Method,
+    uri: hyper::Uri,
     remote: SocketAddr,
     repo: Option<String>,
     access: Option<&'static str>,
@@ -389,7 +390,7 @@ impl LoggedBody {
             tracing::info!(
                 target: "gitgate::request",
                 method = %l.method,
-                path = %l.path,
+                path = %l.uri.path(),
                 remote = %l.remote.ip(),
                 repo = %l.repo.as_deref().unwrap_or("-"),
                 access = %l.access.unwrap_or("-"),

@@ -198,7 +198,8 @@ impl HttpBackend {
         let body = IdleBody {
             inner: body,
             idle: self.idle_timeout,
-            timer: Box::pin(tokio::time::sleep(self.idle_timeout)),
+            last_frame: tokio::time::Instant::now(),
+            timer: None,
         };
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
@@ -374,10 +375,15 @@ impl Activity {
 }
 
 /// The upstream's response body; fails if no frame arrives for `idle`.
+///
+/// The timer is armed only when the body first has to wait: a small answer that is already
+/// buffered when its headers arrive (most info/refs and every error) never touches the timer
+/// wheel.
 struct IdleBody {
     inner: Incoming,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    last_frame: tokio::time::Instant,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Body for IdleBody {
@@ -390,15 +396,25 @@ impl Body for IdleBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + self.idle;
-                self.timer.as_mut().reset(deadline);
+                let now = tokio::time::Instant::now();
+                self.last_frame = now;
+                let idle = self.idle;
+                if let Some(timer) = self.timer.as_mut() {
+                    timer.as_mut().reset(now + idle);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(io::Error::other(format!(
                 "the upstream response broke off: {e}"
             ))))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.timer.as_mut().poll(cx) {
+            Poll::Pending => match {
+                let deadline = self.last_frame + self.idle;
+                self.timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)))
+                    .as_mut()
+                    .poll(cx)
+            } {
                 Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("the upstream response stalled for {}s", self.idle.as_secs()),
