@@ -408,19 +408,19 @@ impl Body for IdleBody {
                 "the upstream response broke off: {e}"
             ))))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match {
+            Poll::Pending => {
                 let deadline = self.last_frame + self.idle;
-                self.timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)))
-                    .as_mut()
-                    .poll(cx)
-            } {
-                Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the upstream response stalled for {}s", self.idle.as_secs()),
-                )))),
-                Poll::Pending => Poll::Pending,
-            },
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the upstream response stalled for {}s", self.idle.as_secs()),
+                    )))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
