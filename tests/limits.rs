@@ -321,3 +321,54 @@ fn an_upstream_that_resets_mid_stream_is_never_a_complete_answer() {
         "a truncated answer ended cleanly: {out}"
     );
 }
+
+#[test]
+fn an_upstream_that_stalls_mid_stream_is_cut_off_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // Starts a chunked 200, sends one chunk, then holds the connection open and says nothing.
+    let stalling = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = stalling.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut s in stalling.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n400\r\n",
+            );
+            let _ = s.write_all(&[b'y'; 1024]);
+            let _ = s.write_all(b"\r\n");
+            held.push(s);
+        }
+    });
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\nidle_timeout_seconds = 1\n"
+    );
+    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
+    let token = project_token(&dir.path().join("proxy.toml"));
+    let g = start(dir.path(), &config);
+    let mut s = connect(g.port);
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
+    s.write_all(
+        format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (out, took) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(&"y".repeat(1024)), "{out}");
+    assert!(
+        !out.ends_with("0\r\n\r\n"),
+        "a stalled answer ended cleanly: {out}"
+    );
+    // Cut off by the idle timeout (1 s after the last frame), not by the client's patience.
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+}
