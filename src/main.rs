@@ -8,12 +8,6 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use gitgate::cli;
 
-/// Every request allocates a little (header maps, body boxes, log fields) on two worker threads;
-/// mimalloc's thread-local free lists make that cheaper than glibc's arenas (measured in
-/// docs/PERFORMANCE.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "gitgate",
