@@ -45,7 +45,7 @@ use tokio::time::Sleep;
 
 use super::headers::{self, Outbound};
 use super::ForwardError;
-use crate::body::Observed;
+use crate::body::{Batched, Observed};
 use crate::config::{CredentialScheme, HttpUpstream, SecretSource, UpstreamCredentials};
 use crate::gate::ResponseBody;
 use crate::git::GitRequest;
@@ -201,7 +201,11 @@ impl HttpBackend {
             last_frame: tokio::time::Instant::now(),
             timer: None,
         };
-        Ok(Response::from_parts(parts, body.boxed_unsync()))
+        // Small chunks from the upstream go out to the client in bursts (see `body::Batched`).
+        Ok(Response::from_parts(
+            parts,
+            Batched::new(body).boxed_unsync(),
+        ))
     }
 
     /// 504 for timeouts, 502 for everything else, with the cause in words.
