@@ -195,7 +195,7 @@ impl Gate {
         log.token_id = Some(id.as_str().to_string());
         let presented_hash = token::hash(secret.expose());
 
-        // Hot path: a cache hit costs a hash lookup and `PRAGMA data_version`; a miss reads
+        // Hot path: a cache hit costs a hash lookup and a read of the WAL index header; a miss reads
         // SQLite on the blocking pool.
         let record = match self.store.cached_auth_record(id.as_str()) {
             Ok(CacheLookup::Hit(hit)) => hit,

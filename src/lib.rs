@@ -7,7 +7,7 @@
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read)
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
-//!                                   ├─ token::parse(secret) → id; store: cache (PRAGMA data_version) → SQLite; hash compare
+//!                                   ├─ token::parse(secret) → id; store: cache (WAL index header) → SQLite; hash compare
 //!                                   │     (the current secret, or the previous one inside a rotation overlap)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
 //!                                   ├─ guard: principal's bucket (exchange starts only), in-flight cap ─▶ 429
@@ -15,14 +15,17 @@
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
 //!                                         └─ cgi:  git http-backend run by gitgate itself
 //!  off the hot path: last-used time/address (at most every 5 s per token), audit of failures
-//!  (batched by one writer thread), metrics (relaxed atomics, rendered only when scraped)
+//!  (100 ms windows, repeats folded, one writer thread), metrics (relaxed atomics, rendered
+//!  only when scraped)
 //! ```
 //!
 //! - [`metrics`] counts requests, outcomes, bytes, latencies and connections and serves them as
 //!   `GET /metrics` (Prometheus text) on its own listener, `[metrics] listen`, off by default.
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2, TLS via [`tls`] with the
 //!   certificate reloaded on SIGHUP), with a header-read deadline, an idle timeout, a cap on
-//!   connections and header size, and graceful shutdown on SIGINT/SIGTERM.
+//!   connections and header size, and graceful shutdown on SIGINT/SIGTERM. One single-threaded
+//!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
+//!   one thread; limits, store and cache are shared.
 //! - [`health`] answers `/healthz` and `/readyz`; the server routes them before the gate.
 //! - [`upstream::http`] forwards to an existing git server with a pooled client, bodies
 //!   streamed both ways; [`upstream::headers`] decides which headers cross (the client's token
@@ -39,7 +42,8 @@
 //!   (`ggt_<id>_<256 random bits>_<checksum>`) and hashes it; only the SHA-256 is stored.
 //! - [`store`] is the SQLite token store (users, grants, tokens, settings, audit), shared with
 //!   the CLI process, with an in-memory cache of auth records that any commit to the file (seen
-//!   through `PRAGMA data_version`) drops: a revocation there is seen on the next request.
+//!   in the WAL index header, `PRAGMA data_version` as the fallback) drops: a revocation there
+//!   is seen on the next request.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
 //!   streamed.
 //! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which
@@ -47,7 +51,8 @@
 //!   operator's command line, and [`api`], the Bitbucket-shaped REST API under `/rest/`, which
 //!   the gate routes before git classification and which accepts passwords, never tokens.
 //! - [`body`] lets the gate and the upstream watch frames stream past (byte counts, idle
-//!   activity) without buffering them.
+//!   activity) without buffering them, and hands small upstream chunks on in bursts (one
+//!   `writev` for many).
 //! - [`network`] parses the CIDR lists a token may be limited to; [`config`] reads and
 //!   validates `proxy.toml`.
 //! - [`guard`] defends the gate against abuse: [`throttle`] blocks an address after repeated

@@ -259,7 +259,7 @@ impl Store {
 
     /// The auth record for token `id` from the in-memory cache, if it is there and nothing has
     /// been committed to the store since it was read. Cheap: a `stat` of the file and
-    /// `PRAGMA data_version`, no query. A miss carries the version it was checked at, for
+    /// a read of the WAL index header, no query. A miss carries the version it was checked at, for
     /// [`Store::load_auth_record`].
     pub fn cached_auth_record(&self, id: &str) -> Result<CacheLookup> {
         // A deleted or replaced file must not be served from memory: fail closed / start over.

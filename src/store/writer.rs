@@ -2,7 +2,7 @@
 //!
 //! Why: a failed authentication is an audit event, and writing each one in its own transaction
 //! costs a commit per refused request — under a flood of bad tokens that is most of gitgate's CPU,
-//! and every commit also moves `PRAGMA data_version`, which empties the token cache for everyone
+//! and every commit also moves the WAL index header, which empties the token cache for everyone
 //! else. Events are instead gathered in memory for up to [`WINDOW`] and written by one writer
 //! thread in a single `BEGIN IMMEDIATE` transaction.
 //!
