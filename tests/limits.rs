@@ -79,6 +79,30 @@ fn read_until_closed(s: &mut TcpStream) -> (String, Duration) {
     (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
 }
 
+/// `GET info/refs` through a gitgate in front of the upstream at `upstream_port` (plus
+/// `upstream_extra` lines in `[upstream]`), with a project token: the raw answer, read until the
+/// connection closes, and how long that took.
+fn info_refs_via(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (String, Duration) {
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n{upstream_extra}"
+    );
+    std::fs::write(dir.join("proxy.toml"), &config).unwrap();
+    let token = project_token(&dir.join("proxy.toml"));
+    let g = start(dir, &config);
+    let mut s = connect(g.port);
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
+    s.write_all(
+        format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    read_until_closed(&mut s)
+}
+
 /// A project token for `team` (REPO_READ), created with the CLI against `cfg`.
 fn project_token(cfg: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
@@ -193,25 +217,7 @@ fn an_upstream_that_never_answers_is_504() {
             held.push(s);
         }
     });
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
-         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\nidle_timeout_seconds = 1\n"
-    );
-    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
-    let cfg = dir.path().join("proxy.toml");
-    let token = project_token(&cfg);
-    let g = start(dir.path(), &config);
-    let mut s = connect(g.port);
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
-    s.write_all(
-        format!(
-            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
-             Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let (out, took) = read_until_closed(&mut s);
+    let (out, took) = info_refs_via(dir.path(), upstream_port, "idle_timeout_seconds = 1\n");
     assert!(out.starts_with("HTTP/1.1 504"), "{out}");
     assert!(out.contains("no answer"), "{out}");
     assert!(took < Duration::from_secs(5), "{took:?}");
@@ -291,24 +297,7 @@ fn an_upstream_that_resets_mid_stream_is_never_a_complete_answer() {
             // Dropped here: the upstream died mid-answer.
         }
     });
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
-         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n"
-    );
-    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
-    let token = project_token(&dir.path().join("proxy.toml"));
-    let g = start(dir.path(), &config);
-    let mut s = connect(g.port);
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
-    s.write_all(
-        format!(
-            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
-             Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let (out, _) = read_until_closed(&mut s);
+    let (out, _) = info_refs_via(dir.path(), upstream_port, "");
     // The status went out before the failure, but the body must not look complete: no
     // terminating chunk, so git reports an error instead of using a truncated answer.
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -342,24 +331,7 @@ fn an_upstream_that_stalls_mid_stream_is_cut_off_after_the_idle_timeout() {
             held.push(s);
         }
     });
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
-         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\nidle_timeout_seconds = 1\n"
-    );
-    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
-    let token = project_token(&dir.path().join("proxy.toml"));
-    let g = start(dir.path(), &config);
-    let mut s = connect(g.port);
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
-    s.write_all(
-        format!(
-            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
-             Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let (out, took) = read_until_closed(&mut s);
+    let (out, took) = info_refs_via(dir.path(), upstream_port, "idle_timeout_seconds = 1\n");
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains(&"y".repeat(1024)), "{out}");
     assert!(
