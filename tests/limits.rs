@@ -237,41 +237,11 @@ fn an_upstream_that_cannot_be_connected_to_in_time_is_504() {
             Err(_) => break,
         }
     }
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
-         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n\
-         connect_timeout_seconds = 1\nidle_timeout_seconds = 2\n"
+    let (out, took) = info_refs_via(
+        dir.path(),
+        upstream_port,
+        "connect_timeout_seconds = 1\nidle_timeout_seconds = 2\n",
     );
-    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
-        .arg("--config")
-        .arg(dir.path().join("proxy.toml"))
-        .args([
-            "token",
-            "create",
-            "--project",
-            "team",
-            "--name",
-            "ci",
-            "--permission",
-            "PROJECT_READ",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let g = start(dir.path(), &config);
-    let mut s = connect(g.port);
-    s.write_all(
-        format!(
-            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
-             Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let (out, took) = read_until_closed(&mut s);
     assert!(out.starts_with("HTTP/1.1 504"), "{out}");
     assert!(out.contains("did not answer in time"), "{out}");
     assert!(took < Duration::from_secs(6), "{took:?}");
