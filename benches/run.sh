@@ -95,20 +95,24 @@ fcgiwrap -c "$((CONCURRENT + 4))" -s "unix:$W/fcgi.sock" 2>"$W/fcgiwrap.log" &
 PIDS+=($!)
 user_line=""
 [[ $(id -u) == 0 ]] && user_line="user root;"
+# The parts of an nginx config that only name its own folder (pid, log, temp files).
+nginx_files() {
+	printf 'pid %s/nginx.pid;\nerror_log %s/error.log warn;\nevents { worker_connections 4096; }\n' "$1" "$1"
+}
+nginx_temp_paths() {
+	local t
+	for t in client_body fastcgi proxy uwsgi scgi; do
+		printf '    %s_temp_path %s/tmp/%s;\n' "$t" "$1" "${t#client_}"
+	done
+}
 cat >"$W/nginx/nginx.conf" <<EOF
 $user_line
 daemon off;
 master_process off;
 worker_processes 1;
-pid $W/nginx/nginx.pid;
-error_log $W/nginx/error.log warn;
-events { worker_connections 4096; }
+$(nginx_files "$W/nginx")
 http {
-    client_body_temp_path $W/nginx/tmp/body;
-    fastcgi_temp_path $W/nginx/tmp/fastcgi;
-    proxy_temp_path $W/nginx/tmp/proxy;
-    uwsgi_temp_path $W/nginx/tmp/uwsgi;
-    scgi_temp_path $W/nginx/tmp/scgi;
+$(nginx_temp_paths "$W/nginx")
     access_log off;
     client_max_body_size 0;
     keepalive_requests 1000000;
@@ -166,15 +170,9 @@ cat >"$W/nginx2/nginx.conf" <<EOF
 $user_line
 daemon off;
 worker_processes $(nproc);
-pid $W/nginx2/nginx.pid;
-error_log $W/nginx2/error.log warn;
-events { worker_connections 4096; }
+$(nginx_files "$W/nginx2")
 http {
-    client_body_temp_path $W/nginx2/tmp/body;
-    fastcgi_temp_path $W/nginx2/tmp/fastcgi;
-    proxy_temp_path $W/nginx2/tmp/proxy;
-    uwsgi_temp_path $W/nginx2/tmp/uwsgi;
-    scgi_temp_path $W/nginx2/tmp/scgi;
+$(nginx_temp_paths "$W/nginx2")
     access_log off;
     keepalive_requests 1000000;
     upstream origin { server 127.0.0.1:$GIT_PORT; keepalive 64; }
