@@ -35,16 +35,20 @@ pub fn install_hook() {
     }));
 }
 
-/// A request future whose panic becomes a `500` answer.
-pub struct CatchPanic<F> {
-    inner: Pin<Box<F>>,
+pin_project_lite::pin_project! {
+    /// A request future whose panic becomes a `500` answer.
+    ///
+    /// The future is held inline, not boxed: hyper keeps one slot per connection for the request
+    /// future, so a request costs no allocation of its (several-KB) state machine.
+    pub struct CatchPanic<F> {
+        #[pin]
+        inner: F,
+    }
 }
 
 impl<F> CatchPanic<F> {
     pub fn new(inner: F) -> Self {
-        CatchPanic {
-            inner: Box::pin(inner),
-        }
+        CatchPanic { inner }
     }
 }
 
@@ -54,8 +58,8 @@ where
 {
     type Output = Result<Response<ResponseBody>, Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.inner.as_mut();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(poll) => poll,
             Err(_) => {

@@ -83,6 +83,13 @@ fn read_until_closed(s: &mut TcpStream) -> (String, Duration) {
 /// `upstream_extra` lines in `[upstream]`), with a project token: the raw answer, read until the
 /// connection closes, and how long that took.
 fn info_refs_via(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (String, Duration) {
+    let (g, auth) = start_in_front_of(dir, upstream_port, upstream_extra);
+    info_refs(&g, &auth)
+}
+
+/// gitgate in front of `http://127.0.0.1:{upstream_port}`, and the Basic credentials of a
+/// project token for `team`.
+fn start_in_front_of(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (Gitgate, String) {
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
          [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n{upstream_extra}"
@@ -90,8 +97,13 @@ fn info_refs_via(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (Strin
     std::fs::write(dir.join("proxy.toml"), &config).unwrap();
     let token = project_token(&dir.join("proxy.toml"));
     let g = start(dir, &config);
-    let mut s = connect(g.port);
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
+    (g, auth)
+}
+
+/// One info/refs GET on a new connection; the whole answer and how long it took.
+fn info_refs(g: &Gitgate, auth: &str) -> (String, Duration) {
+    let mut s = connect(g.port);
     s.write_all(
         format!(
             "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
@@ -101,6 +113,48 @@ fn info_refs_via(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (Strin
     )
     .unwrap();
     read_until_closed(&mut s)
+}
+
+/// A scripted upstream that answers every request on a connection with a 2-byte 200 (keep-alive
+/// implied), sending each request head it read, with the number of the connection it came on,
+/// to `heads`; after `answers_per_connection`
+/// answers it closes the connection without saying so, the way an upstream's keep-alive
+/// timeout does.
+fn keep_alive_upstream(answers_per_connection: usize) -> (u16, mpsc::Receiver<(usize, String)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (heads, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, s) in listener.incoming().flatten().enumerate() {
+            let heads = heads.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().unwrap());
+                let mut s = s;
+                for _ in 0..answers_per_connection {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let _ = heads.send((n, head));
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                // Dropped: closed after the last answer, with no `Connection: close`.
+            });
+        }
+    });
+    (port, rx)
 }
 
 /// A project token for `team` (REPO_READ), created with the CLI against `cfg`.
@@ -313,4 +367,64 @@ fn an_upstream_that_stalls_mid_stream_is_cut_off_after_the_idle_timeout() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(6),
         "{took:?}"
     );
+}
+
+#[test]
+fn upstream_connections_are_kept_alive_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, heads) = keep_alive_upstream(usize::MAX);
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    for _ in 0..20 {
+        let (out, _) = info_refs(&g, &auth);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.ends_with("ok"), "{out}");
+    }
+    let heads: Vec<(usize, String)> = heads.try_iter().collect();
+    assert_eq!(heads.len(), 20);
+    for (_, head) in &heads {
+        // Origin form, the upstream's own authority as Host, never the client's credentials.
+        assert!(
+            head.starts_with("GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\n"),
+            "{head}"
+        );
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            lower.contains(&format!("host: 127.0.0.1:{upstream_port}\r\n")),
+            "{head}"
+        );
+        assert!(!lower.contains("authorization"), "{head}");
+    }
+    // 20 sequential requests from new client connections need at most one upstream connection
+    // per worker thread (one per core): every later request reused a pooled one.
+    let mut connections: Vec<usize> = heads.iter().map(|(n, _)| *n).collect();
+    connections.dedup();
+    connections.sort();
+    connections.dedup();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        connections.len() <= workers.min(19),
+        "{} upstream connections for 20 requests",
+        connections.len()
+    );
+}
+
+#[test]
+fn an_upstream_closing_idle_connections_never_costs_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every upstream connection carries one answer, then closes without warning: each pooled
+    // connection gitgate holds is dead by the time it could be reused.
+    let (upstream_port, heads) = keep_alive_upstream(1);
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    for i in 0..30 {
+        let (out, _) = info_refs(&g, &auth);
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.ends_with("ok"),
+            "request {i}: {out}"
+        );
+        if i % 3 == 0 {
+            // Sometimes give the close time to arrive, sometimes race it.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(heads.try_iter().count(), 30);
 }

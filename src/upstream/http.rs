@@ -1,10 +1,10 @@
 //! The HTTP backend: forward allowed requests to an existing git server (nginx + fcgiwrap,
 //! Apache, Gitea, ...) over HTTP or HTTPS.
 //!
-//! - **One pooled client.** A hyper-util legacy `Client` keeps keep-alive connections to the
-//!   upstream, closed by a pool timer after `pool_idle_timeout` (set below the upstream's own
-//!   keep-alive, so gitgate never sends on a connection the upstream is closing). HTTPS is rustls,
-//!   verified against a configured CA file and/or the system roots; never unverified.
+//! - **Pooled keep-alive connections**, one small pool per worker ([`super::pool`]), never
+//!   reused once idle for `pool_idle_timeout` (set below the upstream's own keep-alive, so
+//!   gitgate never sends on a connection the upstream is closing). HTTPS is rustls, verified
+//!   against a configured CA file and/or the system roots; never unverified.
 //! - **Streaming, both ways, with backpressure.** The client's body goes out frame by frame as
 //!   hyper asks for it, and the upstream's body comes back the same way; nothing is collected,
 //!   so a multi-GB push or clone keeps memory flat.
@@ -29,21 +29,18 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::HeaderValue;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, HOST};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::time::Sleep;
 
 use super::headers::{self, Outbound};
+use super::pool::{ConnectError, Origin, OutBody, Pool};
 use super::ForwardError;
 use crate::body::{Batched, Observed};
 use crate::config::{CredentialScheme, HttpUpstream, SecretSource, UpstreamCredentials};
@@ -52,12 +49,12 @@ use crate::git::GitRequest;
 use crate::network::Cidr;
 use crate::policy::Identity;
 
-type OutBody = UnsyncBoxBody<Bytes, io::Error>;
-
 /// Forwards requests to one upstream git server.
 pub struct HttpBackend {
-    client: Client<HttpsConnector<HttpConnector>, OutBody>,
+    pool: Arc<Pool>,
     origin: Uri,
+    /// `Host` for every upstream request: the upstream's own authority.
+    host: HeaderValue,
     base_path: String,
     identity_header: hyper::header::HeaderName,
     upstream_auth: Option<HeaderValue>,
@@ -76,25 +73,38 @@ impl HttpBackend {
         trusted_proxies: Vec<Cidr>,
         tls_in_front: bool,
     ) -> Result<HttpBackend, String> {
-        let tls = client_tls_config(cfg)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
+        let https = cfg.origin.scheme_str() == Some("https");
+        let authority = cfg.origin.authority().ok_or("[upstream] url has no host")?;
+        let host_name = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let tls = if https {
+            let mut config = client_tls_config(cfg)?;
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = ServerName::try_from(host_name.clone())
+                .map_err(|e| format!("[upstream] url: {e}"))?;
+            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        let origin = Origin {
+            host: host_name,
+            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            tls,
+        };
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "[upstream] url: the host cannot be a Host header".to_string())?;
         let upstream_auth = cfg.credentials.as_ref().map(read_credentials).transpose()?;
         Ok(HttpBackend {
-            client,
+            pool: Arc::new(Pool::new(
+                origin,
+                cfg.connect_timeout,
+                cfg.pool_idle_timeout,
+            )),
             origin: cfg.origin.clone(),
+            host,
             base_path: if cfg.base_path == "/" {
                 String::new()
             } else {
@@ -109,20 +119,20 @@ impl HttpBackend {
         })
     }
 
-    /// The upstream URL for a classified request: base path + canonical path and query.
+    /// The upstream request target for a classified request (origin form: base path +
+    /// canonical path and query).
     fn target(&self, git_req: &GitRequest) -> Result<Uri, ForwardError> {
-        let mut uri = format!(
-            "{}://{}{}{}",
-            self.origin.scheme_str().unwrap_or("http"),
-            self.origin.authority().map(|a| a.as_str()).unwrap_or(""),
-            self.base_path,
-            git_req.backend_path
+        let query = git_req.query.as_deref();
+        let mut uri = String::with_capacity(
+            self.base_path.len() + git_req.backend_path.len() + query.map_or(0, |q| q.len() + 1),
         );
-        if let Some(q) = &git_req.query {
+        uri.push_str(&self.base_path);
+        uri.push_str(&git_req.backend_path);
+        if let Some(q) = query {
             uri.push('?');
             uri.push_str(q);
         }
-        uri.parse()
+        Uri::try_from(uri)
             .map_err(|e| ForwardError::bad_gateway(format!("cannot build the upstream URL: {e}")))
     }
 
@@ -139,38 +149,45 @@ impl HttpBackend {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
     {
-        let uri = self.target(git_req)?;
-        let headers = headers::to_upstream(
-            &parts.headers,
-            &Outbound {
-                peer: remote.ip(),
-                trusted_proxies: &self.trusted_proxies,
-                proto: self.proto,
-                authority: parts.uri.authority().map(|a| a.as_str()),
-                identity_header: &self.identity_header,
-                user: &identity.user,
-                upstream_auth: self.upstream_auth.as_ref(),
-            },
-        );
+        let bodiless = body.is_end_stream();
         let activity = Activity::new();
         // Each frame of the client's body on its way upstream is activity.
         let touched = activity.clone();
         let body = Observed::new(body, move |_: &Frame<Bytes>| touched.touch())
             .map_err(|e| io::Error::other(e.to_string()))
             .boxed_unsync();
-        let mut req = Request::new(body);
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = headers;
+        let build = |body: OutBody| -> Result<Request<OutBody>, ForwardError> {
+            let mut headers = headers::to_upstream(
+                &parts.headers,
+                &Outbound {
+                    peer: remote.ip(),
+                    trusted_proxies: &self.trusted_proxies,
+                    proto: self.proto,
+                    authority: parts.uri.authority().map(|a| a.as_str()),
+                    identity_header: &self.identity_header,
+                    user: &identity.user,
+                    upstream_auth: self.upstream_auth.as_ref(),
+                },
+            );
+            headers.insert(HOST, self.host.clone());
+            let mut req = Request::new(body);
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = self.target(git_req)?;
+            *req.version_mut() = Version::HTTP_11;
+            *req.headers_mut() = headers;
+            Ok(req)
+        };
+        // A request without a body can be built again for a second attempt.
+        let rebuild = bodiless.then_some(&build as &(dyn Fn(OutBody) -> _ + Sync));
+        let req = build(body)?;
 
         // Wait for the answer while anything moves: the request body streaming out counts.
-        let sent = self.client.request(req);
+        let sent = self.send(req, rebuild);
         tokio::pin!(sent);
-        let resp = loop {
+        let (resp, sender) = loop {
             let wait = self.idle_timeout.saturating_sub(activity.idle());
             tokio::select! {
-                r = &mut sent => break r,
+                r = &mut sent => break r?,
                 _ = tokio::time::sleep(wait) => {
                     if activity.idle() >= self.idle_timeout {
                         return Err(ForwardError::gateway_timeout(format!(
@@ -181,7 +198,6 @@ impl HttpBackend {
                 }
             }
         };
-        let resp = resp.map_err(|e| self.classify_error(&e))?;
 
         if resp.status() == StatusCode::UNAUTHORIZED
             || resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED
@@ -195,12 +211,17 @@ impl HttpBackend {
         }
         let (mut parts, body) = resp.into_parts();
         parts.headers = headers::to_client(&parts.headers);
-        let body = IdleBody {
+        let mut body = UpstreamBody {
             inner: body,
             idle: self.idle_timeout,
             last_frame: tokio::time::Instant::now(),
             timer: None,
+            connection: Some((self.pool.clone(), sender)),
         };
+        if body.inner.is_end_stream() {
+            // No body at all (204, 304, HEAD): the connection is free now.
+            body.release();
+        }
         // Small chunks from the upstream go out to the client in bursts (see `body::Batched`).
         Ok(Response::from_parts(
             parts,
@@ -208,10 +229,73 @@ impl HttpBackend {
         ))
     }
 
+    /// Send `req` on a pooled connection.
+    ///
+    /// A reused connection can turn out dead only when used (an upstream that restarted, or
+    /// closed it without saying so): if it fails before any answer, the request goes once more
+    /// on a new connection — when hyper hands it back unsent, or when it has no body and
+    /// `rebuild` can make it again. A request whose body has started streaming cannot be
+    /// replayed: that failure is the client's 502.
+    async fn send(
+        &self,
+        mut req: Request<OutBody>,
+        rebuild: Option<&(dyn Fn(OutBody) -> Result<Request<OutBody>, ForwardError> + Sync)>,
+    ) -> Result<(Response<Incoming>, SendRequest<OutBody>), ForwardError> {
+        let mut fresh_only = false;
+        loop {
+            let mut conn = if fresh_only {
+                self.pool.connect_new().await
+            } else {
+                self.pool.checkout().await
+            }
+            .map_err(|e| self.connect_error(e))?;
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, conn.sender)),
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    let error = e.into_error();
+                    let again = match (unsent, rebuild) {
+                        _ if !conn.reused || error.is_timeout() => None,
+                        (Some(unsent), _) => Some(unsent),
+                        (None, Some(build)) => Some(build(
+                            http_body_util::Empty::new()
+                                .map_err(|never| match never {})
+                                .boxed_unsync(),
+                        )?),
+                        (None, None) => None,
+                    };
+                    match again {
+                        Some(r) => {
+                            tracing::debug!(error = %error, "a reused upstream connection failed; sending again on a new one");
+                            req = r;
+                            fresh_only = true;
+                        }
+                        None => return Err(self.request_error(&error)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// 504 when connecting timed out, 502 otherwise, with the cause in words.
+    fn connect_error(&self, e: ConnectError) -> ForwardError {
+        let cause = e.to_string();
+        let origin = self.origin.to_string();
+        tracing::warn!(upstream = %origin.trim_end_matches('/'), cause = %cause, "cannot connect to the upstream");
+        match e {
+            ConnectError::TimedOut => ForwardError::gateway_timeout(format!(
+                "the upstream git server did not answer in time ({cause})"
+            )),
+            _ => {
+                ForwardError::bad_gateway(format!("cannot reach the upstream git server ({cause})"))
+            }
+        }
+    }
+
     /// 504 for timeouts, 502 for everything else, with the cause in words.
-    fn classify_error(&self, e: &hyper_util::client::legacy::Error) -> ForwardError {
-        let mut cause = String::new();
-        let mut timed_out = false;
+    fn request_error(&self, e: &hyper::Error) -> ForwardError {
+        let mut cause = e.to_string();
+        let mut timed_out = e.is_timeout();
         let mut source: Option<&(dyn StdError + 'static)> = e.source();
         while let Some(s) = source {
             if let Some(io) = s.downcast_ref::<io::Error>() {
@@ -226,9 +310,6 @@ impl HttpBackend {
             }
             source = s.source();
         }
-        if cause.is_empty() {
-            cause = e.to_string();
-        }
         // The client gets the cause; the upstream's address stays in gitgate's log.
         let origin = self.origin.to_string();
         tracing::warn!(upstream = %origin.trim_end_matches('/'), cause = %cause, "upstream request failed");
@@ -236,8 +317,6 @@ impl HttpBackend {
             ForwardError::gateway_timeout(format!(
                 "the upstream git server did not answer in time ({cause})"
             ))
-        } else if e.is_connect() {
-            ForwardError::bad_gateway(format!("cannot reach the upstream git server ({cause})"))
         } else {
             ForwardError::bad_gateway(format!("the upstream git server failed ({cause})"))
         }
@@ -378,19 +457,30 @@ impl Activity {
     }
 }
 
-/// The upstream's response body; fails if no frame arrives for `idle`.
+/// The upstream's response body: fails if no frame arrives for `idle`, and gives its
+/// connection back to the pool once read to the end (dropped early, the connection is closed
+/// with it).
 ///
 /// The timer is armed only when the body first has to wait: a small answer that is already
 /// buffered when its headers arrive (most info/refs and every error) never touches the timer
 /// wheel.
-struct IdleBody {
+struct UpstreamBody {
     inner: Incoming,
     idle: Duration,
     last_frame: tokio::time::Instant,
     timer: Option<Pin<Box<Sleep>>>,
+    connection: Option<(Arc<Pool>, SendRequest<OutBody>)>,
 }
 
-impl Body for IdleBody {
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some((pool, sender)) = self.connection.take() {
+            pool.put(sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = io::Error;
 
@@ -406,12 +496,21 @@ impl Body for IdleBody {
                 if let Some(timer) = self.timer.as_mut() {
                     timer.as_mut().reset(now + idle);
                 }
+                if self.inner.is_end_stream() {
+                    self.release();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(io::Error::other(format!(
-                "the upstream response broke off: {e}"
-            ))))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                self.connection = None;
+                Poll::Ready(Some(Err(io::Error::other(format!(
+                    "the upstream response broke off: {e}"
+                )))))
+            }
+            Poll::Ready(None) => {
+                self.release();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let deadline = self.last_frame + self.idle;
                 let timer = self
@@ -464,12 +563,13 @@ mod tests {
         let r = git_req("/team/app.git/info/refs", Some("service=git-upload-pack"));
         assert_eq!(
             b.target(&r).unwrap().to_string(),
-            "http://127.0.0.1:3000/git/team/app.git/info/refs?service=git-upload-pack"
+            "/git/team/app.git/info/refs?service=git-upload-pack"
         );
+        assert_eq!(b.host, "127.0.0.1:3000");
         let b = backend("http://127.0.0.1:3000");
         assert_eq!(
             b.target(&r).unwrap().to_string(),
-            "http://127.0.0.1:3000/team/app.git/info/refs?service=git-upload-pack"
+            "/team/app.git/info/refs?service=git-upload-pack"
         );
     }
 

@@ -9,6 +9,7 @@
 pub mod cgi;
 pub mod headers;
 pub mod http;
+pub mod pool;
 
 use std::fmt;
 use std::net::SocketAddr;
