@@ -27,8 +27,8 @@
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
 //!   one thread; limits, store and cache are shared.
 //! - [`health`] answers `/healthz` and `/readyz`; the server routes them before the gate.
-//! - [`upstream::http`] forwards to an existing git server with a pooled client, bodies
-//!   streamed both ways; [`upstream::headers`] decides which headers cross (the client's token
+//! - [`upstream::http`] forwards to an existing git server over keep-alive connections from a
+//!   small pool per worker ([`upstream::pool`]), bodies streamed both ways; [`upstream::headers`] decides which headers cross (the client's token
 //!   never does; the identity header is always gitgate's). `502`/`504` with a reason when the
 //!   backend fails or stalls.
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:

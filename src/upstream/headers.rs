@@ -20,7 +20,6 @@
 //!   requests), `Accept*`, `User-Agent`, and `Git-Protocol` when it looks like what git sends
 //!   (it becomes `GIT_PROTOCOL` in the backend's environment, so it is validated).
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -84,12 +83,11 @@ pub fn is_reserved(name: &HeaderName) -> bool {
 
 /// The headers to send upstream for a request that arrived with `inbound`.
 pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
-    let named = connection_named(inbound);
     let mut headers = HeaderMap::with_capacity(inbound.len() + 5);
     for (name, value) in inbound {
         let n = name.as_str();
         if HOP_BY_HOP.contains(&n)
-            || named.contains(n)
+            || named_by_connection(inbound, n)
             || MANAGED.contains(&n)
             || n.starts_with("x-forwarded-")
             || n == "git-protocol"
@@ -149,31 +147,33 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     headers
 }
 
-/// The headers to send the client for a response that arrived from the upstream with
-/// `upstream`.
-pub fn to_client(upstream: &HeaderMap) -> HeaderMap {
-    let named = connection_named(upstream);
-    let mut headers = HeaderMap::with_capacity(upstream.len());
-    for (name, value) in upstream {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || named.contains(n) || n == "authorization" {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
+/// Make an upstream response's headers the client's: hop-by-hop headers, whatever
+/// `Connection` names, and any `Authorization` are removed, in place — a response usually
+/// carries few of them, so usually nothing else moves and nothing is allocated.
+pub fn to_client(headers: &mut HeaderMap) {
+    let gone: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            HOP_BY_HOP.contains(&n) || n == "authorization" || named_by_connection(headers, n)
+        })
+        .cloned()
+        .collect();
+    for name in gone {
+        headers.remove(name);
     }
-    headers
 }
 
-/// The lower-cased names listed in every `Connection` header.
-fn connection_named(headers: &HeaderMap) -> HashSet<String> {
+/// Whether a `Connection` header lists `name` (a lower-case header name), so that the header
+/// belongs to the connection, not the message. Allocation-free: it runs for every header of
+/// every request and response.
+fn named_by_connection(headers: &HeaderMap, name: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
+        .any(|t| t.trim().eq_ignore_ascii_case(name))
 }
 
 /// The header's value if it is present exactly once.
@@ -494,9 +494,11 @@ mod tests {
             ("cache-control", "no-cache"),
             ("content-encoding", "gzip"),
         ]);
-        let h = to_client(&upstream);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-type", "cache-control", "content-encoding"]);
+        let mut h = upstream;
+        to_client(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["cache-control", "content-encoding", "content-type"]);
     }
 
     #[test]

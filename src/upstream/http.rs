@@ -210,7 +210,7 @@ impl HttpBackend {
             )));
         }
         let (mut parts, body) = resp.into_parts();
-        parts.headers = headers::to_client(&parts.headers);
+        headers::to_client(&mut parts.headers);
         let mut body = UpstreamBody {
             inner: body,
             idle: self.idle_timeout,
