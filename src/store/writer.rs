@@ -11,15 +11,19 @@
 //! of the last repeat: a flood costs a few rows a second, not one row per refusal, and the log
 //! still says exactly what happened how often. Different events are never merged.
 //!
-//! Adding an event is a short critical section and no wake-up (the writer is woken once per
-//! window, by the first event), so a refusal does not cost a thread switch. At most
-//! [`DISTINCT`] different events wait at once so a flood of varied garbage cannot grow memory;
-//! beyond that they are counted, and the count is written as one `audit.dropped` summary, so the
-//! audit log still says that (and how many) failures happened. The writer holds only a weak
-//! reference to the store and ends when the store is dropped.
+//! Adding an event touches only the adding thread's own batch (each worker thread has one; the
+//! writer takes them all once per window) and wakes nobody but the writer, once per window: a
+//! refusal costs neither a thread switch nor cache lines bouncing between the cores of two busy
+//! workers (one shared batch under one lock cost about 10 % of the refusal rate). At most
+//! [`DISTINCT`] different events wait per thread and per window, so a flood of varied garbage
+//! cannot grow memory; beyond that they are counted, and the count is written as one
+//! `audit.dropped` summary, so the audit log still says that (and how many) failures happened.
+//! The writer holds only a weak reference to the store and ends when the store is dropped.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -79,33 +83,97 @@ impl Batch {
         self.total == 0 && self.dropped == 0
     }
 
+    /// Fold another thread's window into this one: repeats add up, the cap still holds.
+    fn absorb(&mut self, other: Batch) {
+        for (event, repeats) in other.events {
+            self.add_repeated(event, repeats);
+        }
+        self.dropped += other.dropped;
+    }
+
     fn add(&mut self, event: Event) {
+        let last = event.at;
+        self.add_repeated(event, Repeats { count: 1, last });
+    }
+
+    fn add_repeated(&mut self, event: Event, seen_as: Repeats) {
         let slots = self.index.entry(event.key()).or_default();
         for &i in slots.iter() {
             let (seen, repeats) = &mut self.events[i];
             if seen.same_as(&event) {
-                self.total += 1;
-                repeats.count += 1;
-                repeats.last = repeats.last.max(event.at);
+                self.total += seen_as.count;
+                repeats.count += seen_as.count;
+                repeats.last = repeats.last.max(seen_as.last);
                 return;
             }
         }
         if self.events.len() >= DISTINCT {
-            self.dropped += 1;
+            self.dropped += seen_as.count;
             return;
         }
-        self.total += 1;
+        self.total += seen_as.count;
         slots.push(self.events.len());
-        let last = event.at;
-        self.events.push((event, Repeats { count: 1, last }));
+        self.events.push((event, seen_as));
     }
 }
 
 /// Events waiting for the writer, and the signal that wakes it.
 #[derive(Default)]
 struct Pending {
-    batch: Mutex<Batch>,
+    /// One batch per thread that has added events; the owner locks its own (uncontended but for
+    /// the writer, once per window).
+    batches: Mutex<Vec<Arc<Mutex<Batch>>>>,
+    /// Set by the first event of a window, cleared by the writer as it takes the window.
+    open: AtomicBool,
+    wake: Mutex<()>,
     arrived: Condvar,
+}
+
+/// A thread's own batch for one writer.
+type OwnBatch = (Weak<Pending>, Arc<Mutex<Batch>>);
+
+thread_local! {
+    /// This thread's batch for each writer it has added to (one per store; tests have many).
+    static OWN: RefCell<Vec<OwnBatch>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Pending {
+    /// The calling thread's batch, registered with the writer on first use.
+    fn own_batch(self: &Arc<Self>) -> Arc<Mutex<Batch>> {
+        OWN.with(|own| {
+            let mut own = own.borrow_mut();
+            if let Some((_, batch)) = own
+                .iter()
+                .find(|(p, _)| std::ptr::eq(p.as_ptr(), Arc::as_ptr(self)))
+            {
+                return batch.clone();
+            }
+            own.retain(|(p, _)| p.strong_count() > 0);
+            let batch = Arc::new(Mutex::new(Batch::default()));
+            self.batches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(batch.clone());
+            own.push((Arc::downgrade(self), batch.clone()));
+            batch
+        })
+    }
+
+    /// Everything the threads gathered, folded into one batch; batches of threads that have
+    /// ended are forgotten once emptied.
+    fn take(&self) -> Batch {
+        let mut all = Batch::default();
+        let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+        for b in batches.iter() {
+            let taken = std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner()));
+            all.absorb(taken);
+        }
+        batches.retain(|b| Arc::strong_count(b) > 1);
+        // Rows in the order the events first happened, whichever thread saw them.
+        all.events.sort_by_key(|(e, _)| e.at);
+        all.index.clear();
+        all
+    }
 }
 
 pub(super) struct AuditWriter {
@@ -133,12 +201,13 @@ impl AuditWriter {
                 tracing::error!(error = %e, "cannot start the audit writer thread");
             }
         });
-        let mut batch = self.pending.batch.lock().unwrap_or_else(|p| p.into_inner());
-        let first = batch.is_empty();
-        batch.add(event);
-        drop(batch);
-        if first {
-            self.pending.arrived.notify_one();
+        let own = self.pending.own_batch();
+        own.lock().unwrap_or_else(|p| p.into_inner()).add(event);
+        // The first event of a window wakes the writer; later ones only read the flag.
+        let pending = &self.pending;
+        if !pending.open.load(Ordering::Relaxed) && !pending.open.swap(true, Ordering::AcqRel) {
+            let _wake = pending.wake.lock().unwrap_or_else(|p| p.into_inner());
+            pending.arrived.notify_one();
         }
     }
 }
@@ -147,20 +216,26 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
     loop {
         // Sleep until a window opens (checking now and then that the store still exists).
         {
-            let mut batch = pending.batch.lock().unwrap_or_else(|p| p.into_inner());
-            while batch.is_empty() {
+            let mut wake = pending.wake.lock().unwrap_or_else(|p| p.into_inner());
+            while !pending.open.load(Ordering::Acquire) {
                 if store.strong_count() == 0 {
                     return;
                 }
-                batch = pending
+                wake = pending
                     .arrived
-                    .wait_timeout(batch, Duration::from_secs(1))
+                    .wait_timeout(wake, Duration::from_secs(1))
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
         }
         std::thread::sleep(WINDOW);
-        let batch = std::mem::take(&mut *pending.batch.lock().unwrap_or_else(|p| p.into_inner()));
+        // Events from here on open the next window (or land in this one, if their thread's
+        // batch has not been taken yet: nothing is lost either way).
+        pending.open.store(false, Ordering::Release);
+        let batch = pending.take();
+        if batch.is_empty() {
+            continue;
+        }
         let Some(inner) = store.upgrade() else { return };
         write(&Store { inner }, &batch);
     }
@@ -259,6 +334,42 @@ mod tests {
             (batch.events[0].1.count, batch.events[0].1.last),
             (2, 99_999)
         );
+    }
+
+    #[test]
+    fn windows_of_several_threads_fold_into_one_in_time_order() {
+        let pending = std::sync::Arc::new(super::Pending::default());
+        let event = |at: i64, target: &str| super::Event {
+            at,
+            actor: actor(),
+            action: "auth.failed",
+            target: target.into(),
+            detail: "bad".into(),
+        };
+        std::thread::scope(|s| {
+            for t in 0..2i64 {
+                let pending = pending.clone();
+                s.spawn(move || {
+                    let own = pending.own_batch();
+                    for i in 0..100 {
+                        own.lock().unwrap().add(event(10 + i, "same"));
+                    }
+                    own.lock().unwrap().add(event(5 - t, &format!("only-{t}")));
+                });
+            }
+        });
+        let batch = pending.take();
+        let rows: Vec<(&str, u64)> = batch
+            .events
+            .iter()
+            .map(|(e, r)| (e.target.as_str(), r.count))
+            .collect();
+        assert_eq!(rows, [("only-1", 1), ("only-0", 1), ("same", 200)]);
+        assert_eq!(batch.total, 202);
+        assert_eq!(batch.events[2].1.last, 109);
+        // Both threads have ended: their batches are forgotten once taken.
+        assert!(pending.batches.lock().unwrap().is_empty());
+        assert!(pending.take().is_empty());
     }
 
     #[test]
