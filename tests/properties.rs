@@ -5,7 +5,11 @@
 //! - `classify` never returns a repository whose backend path differs from what a
 //!   straightforward resolver (decode once, resolve `.`/`..` like a filesystem) makes of the
 //!   request path: the repo gitgate authorises is the repo the backend serves;
-//! - `credentials::parse` and `token::parse` never panic, whatever the bytes.
+//! - `credentials::parse` and `token::parse` never panic, whatever the bytes;
+//! - header hygiene (`upstream::headers`): nothing connection-level, no client credentials and
+//!   no spoofable origin header goes upstream, the identity header is always the authenticated
+//!   user, and every other header arrives whole; towards the client only connection headers
+//!   and credentials are removed.
 //!
 //! The fuzz targets in `fuzz/` search the same ground for longer; these run on every build.
 
@@ -217,4 +221,189 @@ fn the_path_generator_reaches_accepted_requests() {
         "only {accepted} of 3000 generated requests were accepted"
     );
     assert_eq!(resolve("/a/%2e%2e/b/./c//d").as_deref(), Some("/b/c/d"));
+}
+
+// ---- header hygiene between client and upstream (src/upstream/headers.rs) ----------------------
+
+mod header_hygiene {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use gitgate::network::Cidr;
+    use gitgate::upstream::headers::{to_client, to_upstream, valid_git_protocol, Outbound};
+    use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+    use proptest::prelude::*;
+
+    const HOP_BY_HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+
+    /// Names a proxy must handle with care, and some it must simply pass on.
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "authorization", "proxy-authorization", "host", "connection", "keep-alive", "te",
+                "trailer", "transfer-encoding", "upgrade", "proxy-connection", "proxy",
+                "forwarded", "x-real-ip", "x-forwarded-for", "x-forwarded-proto",
+                "x-forwarded-host", "x-forwarded-user", "x-remote-user", "expect", "git-protocol",
+                "content-type", "content-length", "content-encoding", "user-agent", "accept",
+                "x-custom", "x-secret-hop", "proxy-authenticate",
+            ])
+            .prop_map(String::from),
+            1 => "[a-z][a-z0-9-]{0,10}",
+        ]
+    }
+
+    /// Values, including `Connection` lists naming other headers in any case and spacing.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            2 => prop::sample::select(vec![
+                "close, X-Secret-Hop", "keep-alive", " x-custom , UPGRADE", "X-Forwarded-User",
+                "version=2", "version=2:object-format=sha256", "version=2\r\nx: y", "git/2.47.3",
+                "10.0.0.1, 203.0.113.9", "garbage, 1.2.3.4", "example.com:8443", "evil host",
+                "Basic Y2k6c2VjcmV0", "", "x-remote-user, authorization",
+            ])
+            .prop_map(String::from),
+            1 => "[ -~]{0,20}",
+        ]
+    }
+
+    fn header_map() -> impl Strategy<Value = HeaderMap> {
+        prop::collection::vec((name(), value()), 0..12).prop_map(|pairs| {
+            let mut map = HeaderMap::new();
+            for (n, v) in pairs {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(n.as_bytes()),
+                    HeaderValue::from_str(&v),
+                ) {
+                    map.append(n, v);
+                }
+            }
+            map
+        })
+    }
+
+    /// The lower-cased tokens of every `Connection` header.
+    fn connection_named(map: &HeaderMap) -> Vec<String> {
+        map.get_all("connection")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect()
+    }
+
+    fn values<'a>(map: &'a HeaderMap, name: &str) -> Vec<&'a HeaderValue> {
+        map.get_all(name).iter().collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn what_goes_upstream_is_clean_and_complete(
+            inbound in header_map(),
+            peer in any::<u32>().prop_map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+            trusted_peer in any::<bool>(),
+            https in any::<bool>(),
+            remote_user in any::<bool>(),
+            user in "[a-zA-Z0-9._-]{1,12}",
+            with_auth in any::<bool>(),
+        ) {
+            let trusted: Vec<Cidr> = if trusted_peer {
+                vec![format!("{peer}/32").parse().unwrap()]
+            } else {
+                vec![]
+            };
+            let identity = HeaderName::from_static(if remote_user { "x-remote-user" } else { "x-forwarded-user" });
+            let own_auth = HeaderValue::from_static("Basic Z2l0Z2F0ZTpwdw==");
+            let out = Outbound {
+                peer,
+                trusted_proxies: &trusted,
+                proto: if https { "https" } else { "http" },
+                authority: None,
+                identity_header: &identity,
+                user: &user,
+                upstream_auth: with_auth.then_some(&own_auth),
+            };
+            let sent = to_upstream(&inbound, &out);
+            let named = connection_named(&inbound);
+            let set_by_gitgate = |n: &str| {
+                n.starts_with("x-forwarded-") || n == identity.as_str() || n == "authorization"
+                    || n == "git-protocol"
+            };
+
+            // Never: connection-level headers, the client's credentials, spoofable origin headers.
+            for n in HOP_BY_HOP.iter().chain(&["proxy", "forwarded", "x-real-ip", "expect", "host"]) {
+                prop_assert!(!sent.contains_key(*n), "{} was forwarded", n);
+            }
+            for n in &named {
+                if !set_by_gitgate(n) {
+                    prop_assert!(!sent.contains_key(n.as_str()), "{} (named by Connection) was forwarded", n);
+                }
+            }
+            // Authorization is gitgate's own or nothing.
+            if with_auth {
+                prop_assert_eq!(values(&sent, "authorization"), vec![&own_auth]);
+            } else {
+                prop_assert!(!sent.contains_key("authorization"));
+            }
+            // The identity is the authenticated user, once.
+            let expected = HeaderValue::from_str(&user).unwrap();
+            prop_assert_eq!(values(&sent, identity.as_str()), vec![&expected]);
+            // Where the request came from is what gitgate saw, unless the peer is trusted.
+            let xff = values(&sent, "x-forwarded-for");
+            prop_assert_eq!(xff.len(), 1);
+            let xff = xff[0].to_str().unwrap();
+            prop_assert!(xff.ends_with(&peer.to_string()), "{}", xff);
+            if !trusted_peer {
+                prop_assert_eq!(xff, peer.to_string());
+                prop_assert_eq!(values(&sent, "x-forwarded-proto"), vec![out.proto]);
+                if let Some(host) = sent.get("x-forwarded-host") {
+                    prop_assert_eq!(Some(host), inbound.get("host"));
+                }
+            }
+            // Git-Protocol: only a single, plausible value.
+            let gp = values(&inbound, "git-protocol");
+            if gp.len() == 1 && valid_git_protocol(gp[0]) {
+                prop_assert_eq!(values(&sent, "git-protocol"), gp);
+            } else {
+                prop_assert!(!sent.contains_key("git-protocol"));
+            }
+            // Everything else arrives whole: every value, in order.
+            for n in inbound.keys() {
+                let s = n.as_str();
+                let handled = HOP_BY_HOP.contains(&s)
+                    || ["proxy", "forwarded", "x-real-ip", "expect", "host"].contains(&s)
+                    || named.iter().any(|t| t == s)
+                    || set_by_gitgate(s);
+                if !handled {
+                    prop_assert_eq!(values(&sent, s), values(&inbound, s), "{}", s);
+                }
+            }
+        }
+
+        #[test]
+        fn what_goes_to_the_client_loses_only_connection_headers_and_credentials(upstream in header_map()) {
+            let named = connection_named(&upstream);
+            let mut sent = upstream.clone();
+            to_client(&mut sent);
+            for n in upstream.keys() {
+                let s = n.as_str();
+                if HOP_BY_HOP.contains(&s) || s == "authorization" || named.iter().any(|t| t == s) {
+                    prop_assert!(!sent.contains_key(s), "{} reached the client", s);
+                } else {
+                    prop_assert_eq!(values(&sent, s), values(&upstream, s), "{}", s);
+                }
+            }
+            prop_assert!(sent.keys().all(|n| upstream.contains_key(n)));
+        }
+    }
 }
