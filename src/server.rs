@@ -92,8 +92,13 @@ async fn run_workers(config: Config) -> Result<(), String> {
                 project_root,
             } => Upstream::Cgi(CgiBackend::new(program.clone(), project_root.clone())),
             UpstreamConfig::Http(http) => Upstream::Http(Box::new(
-                HttpBackend::new(http, config.server.trusted_proxies.clone(), certs.is_some())
-                    .map_err(|e| format!("{}: {e}", config.source.display()))?,
+                HttpBackend::new(
+                    http,
+                    config.server.trusted_proxies.clone(),
+                    certs.is_some(),
+                    &config.server.git_prefix,
+                )
+                .map_err(|e| format!("{}: {e}", config.source.display()))?,
             )),
         };
         gates.push(Arc::new(Gate {

@@ -121,12 +121,24 @@ fn info_refs(g: &Gitgate, auth: &str) -> (String, Duration) {
 /// answers it closes the connection without saying so, the way an upstream's keep-alive
 /// timeout does.
 fn keep_alive_upstream(answers_per_connection: usize) -> (u16, mpsc::Receiver<(usize, String)>) {
+    scripted_upstream(answers_per_connection, |_| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+    })
+}
+
+/// Like [`keep_alive_upstream`], answering with what `answer` makes of the upstream's port.
+fn scripted_upstream(
+    answers_per_connection: usize,
+    answer: impl Fn(u16) -> Vec<u8> + Send + 'static,
+) -> (u16, mpsc::Receiver<(usize, String)>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let answer = std::sync::Arc::new(answer(port));
     let (heads, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for (n, s) in listener.incoming().flatten().enumerate() {
             let heads = heads.clone();
+            let answer = answer.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(s.try_clone().unwrap());
                 let mut s = s;
@@ -144,9 +156,7 @@ fn keep_alive_upstream(answers_per_connection: usize) -> (u16, mpsc::Receiver<(u
                         }
                     }
                     let _ = heads.send((n, head));
-                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .is_err()
-                    {
+                    if s.write_all(&answer).is_err() {
                         return;
                     }
                 }
@@ -427,4 +437,38 @@ fn an_upstream_closing_idle_connections_never_costs_a_request() {
         }
     }
     assert_eq!(heads.try_iter().count(), 30);
+}
+
+#[test]
+fn upstream_redirects_point_at_gitgate_not_at_the_upstream() {
+    for (location, expected) in [
+        // The upstream's own address: rewritten to the same place on gitgate.
+        (
+            "http://127.0.0.1:{port}/team/app.git/info/refs?service=git-upload-pack&x=1",
+            "/team/app.git/info/refs?service=git-upload-pack&x=1",
+        ),
+        // Another site: passed on as it is.
+        (
+            "https://git.example.com/team/app.git/",
+            "https://git.example.com/team/app.git/",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (upstream_port, _heads) = scripted_upstream(usize::MAX, move |port| {
+            let location = location.replace("{port}", &port.to_string());
+            format!(
+                "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+            )
+            .into_bytes()
+        });
+        let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+        let (out, _) = info_refs(&g, &auth);
+        assert!(out.starts_with("HTTP/1.1 301"), "{out}");
+        let sent = out
+            .lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .unwrap_or_else(|| panic!("no Location in {out}"));
+        assert_eq!(sent, expected, "{out}");
+        assert!(!out.contains(&format!(":{upstream_port}")), "{out}");
+    }
 }

@@ -16,6 +16,9 @@
 //!   `X-Forwarded-For/-Proto/-Host` to what it saw. Only a peer in `trusted_proxies` (a load
 //!   balancer in front of gitgate) may extend the `X-Forwarded-For` chain and name the original
 //!   scheme and host.
+//! - **Redirects point at gitgate.** A `Location` naming the upstream's own origin or base path
+//!   is rewritten to the same place under gitgate's git prefix ([`location_to_client`]), so a
+//!   redirect never sends git around the gate to an internal address.
 //! - **Content is kept**: `Content-Type`, `Content-Length`, `Content-Encoding` (git gzips
 //!   requests), `Accept*`, `User-Agent`, and `Git-Protocol` when it looks like what git sends
 //!   (it becomes `GIT_PROTOCOL` in the backend's environment, so it is validated).
@@ -162,6 +165,52 @@ pub fn to_client(headers: &mut HeaderMap) {
     for name in gone {
         headers.remove(name);
     }
+}
+
+/// A `Location` from the upstream as the client must see it, or `None` to pass it unchanged.
+///
+/// An upstream that redirects names its own address and path (`http://127.0.0.1:3000/git/...`,
+/// or `/git/...`): passed on, it would send git to an internal address, around the gate, or to a
+/// path gitgate does not serve. A URL on the upstream's own origin, or an absolute path, under
+/// the upstream's base path becomes the same place under gitgate's git prefix, as an
+/// absolute-path reference (no scheme or host: the client resolves it against the URL it used,
+/// so nothing here trusts a `Host` header). Anything else — another site, a relative reference,
+/// a path outside the base — is passed on as it is, the way nginx's `proxy_redirect default`
+/// treats it.
+///
+/// `upstream_origin` is `scheme://authority` (no trailing `/`); `upstream_base` and
+/// `client_prefix` are `""` for the root or a path like `/git` (no trailing `/`).
+pub fn location_to_client(
+    location: &str,
+    upstream_origin: &str,
+    upstream_base: &str,
+    client_prefix: &str,
+) -> Option<String> {
+    let path = match location.get(..upstream_origin.len()) {
+        Some(head) if head.eq_ignore_ascii_case(upstream_origin) => {
+            let rest = &location[upstream_origin.len()..];
+            if rest.is_empty() {
+                "/"
+            } else {
+                rest
+            }
+        }
+        _ => location,
+    };
+    if !path.starts_with('/') || path.starts_with("//") {
+        return None;
+    }
+    let tail = path.strip_prefix(upstream_base)?;
+    if !(tail.is_empty() || tail.starts_with('/') || tail.starts_with('?')) {
+        return None; // `/gitx/...` is not under `/git`
+    }
+    let mut out = String::with_capacity(client_prefix.len() + tail.len() + 1);
+    out.push_str(client_prefix);
+    if !tail.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(tail);
+    (out != location).then_some(out)
 }
 
 /// Whether a `Connection` header lists `name` (a lower-case header name), so that the header
@@ -499,6 +548,44 @@ mod tests {
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["cache-control", "content-encoding", "content-type"]);
+    }
+
+    #[test]
+    fn redirects_to_the_upstream_become_redirects_to_gitgate() {
+        let up = "http://127.0.0.1:3000";
+        let cases = [
+            // (location, upstream base, client prefix, expected; None = unchanged)
+            (
+                "http://127.0.0.1:3000/git/team/app.git/info/refs?service=git-upload-pack",
+                "/git",
+                "",
+                Some("/team/app.git/info/refs?service=git-upload-pack"),
+            ),
+            (
+                "/git/team/app.git/",
+                "/git",
+                "/scm",
+                Some("/scm/team/app.git/"),
+            ),
+            ("HTTP://127.0.0.1:3000/git", "/git", "/scm", Some("/scm/")),
+            ("http://127.0.0.1:3000", "", "", Some("/")),
+            ("/git?x=1", "/git", "", Some("/?x=1")),
+            ("/team/app.git", "", "/scm", Some("/scm/team/app.git")),
+            ("/team/app.git", "", "", None),
+            ("/gitx/team/app.git", "/git", "", None),
+            ("/other/place", "/git", "", None),
+            ("https://github.com/team/app.git", "/git", "", None),
+            ("http://127.0.0.1:30000/git/x", "/git", "", None),
+            ("//evil.example/git/x", "/git", "", None),
+            ("app.git/info/refs", "", "/scm", None),
+        ];
+        for (location, base, prefix, expected) in cases {
+            assert_eq!(
+                location_to_client(location, up, base, prefix).as_deref(),
+                expected,
+                "{location} with base {base:?}, prefix {prefix:?}"
+            );
+        }
     }
 
     #[test]

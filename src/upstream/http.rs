@@ -32,7 +32,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, HOST};
+use hyper::header::{HeaderValue, HOST, LOCATION};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use rustls::pki_types::pem::PemObject;
@@ -53,6 +53,10 @@ use crate::policy::Identity;
 pub struct HttpBackend {
     pool: Arc<Pool>,
     origin: Uri,
+    /// `scheme://authority` of the upstream, for recognising its redirects.
+    origin_text: String,
+    /// gitgate's git prefix as clients see it: `""` for `/`, else like `/scm`.
+    client_prefix: String,
     /// `Host` for every upstream request: the upstream's own authority.
     host: HeaderValue,
     base_path: String,
@@ -67,11 +71,13 @@ pub struct HttpBackend {
 
 impl HttpBackend {
     /// Build the client: TLS roots, upstream credentials (read now, so a missing secret is a
-    /// start-up error, not a failure on the first push).
+    /// start-up error, not a failure on the first push). `git_prefix` is where clients find the
+    /// repositories on gitgate (`[server] git_prefix`), for rewriting the upstream's redirects.
     pub fn new(
         cfg: &HttpUpstream,
         trusted_proxies: Vec<Cidr>,
         tls_in_front: bool,
+        git_prefix: &str,
     ) -> Result<HttpBackend, String> {
         let https = cfg.origin.scheme_str() == Some("https");
         let authority = cfg.origin.authority().ok_or("[upstream] url has no host")?;
@@ -104,6 +110,12 @@ impl HttpBackend {
                 cfg.pool_idle_timeout,
             )),
             origin: cfg.origin.clone(),
+            origin_text: format!(
+                "{}://{}",
+                if https { "https" } else { "http" },
+                authority.as_str()
+            ),
+            client_prefix: git_prefix.trim_end_matches('/').to_string(),
             host,
             base_path: if cfg.base_path == "/" {
                 String::new()
@@ -211,6 +223,17 @@ impl HttpBackend {
         }
         let (mut parts, body) = resp.into_parts();
         headers::to_client(&mut parts.headers);
+        if let Some(location) = parts.headers.get(LOCATION).and_then(|v| v.to_str().ok()) {
+            let moved = headers::location_to_client(
+                location,
+                &self.origin_text,
+                &self.base_path,
+                &self.client_prefix,
+            );
+            if let Some(v) = moved.and_then(|m| HeaderValue::from_str(&m).ok()) {
+                parts.headers.insert(LOCATION, v);
+            }
+        }
         let mut body = UpstreamBody {
             inner: body,
             idle: self.idle_timeout,
@@ -548,7 +571,7 @@ mod tests {
         let crate::config::Upstream::Http(h) = &c.upstream else {
             panic!()
         };
-        HttpBackend::new(h, vec![], false).unwrap()
+        HttpBackend::new(h, vec![], false, "/").unwrap()
     }
 
     fn git_req(path: &str, query: Option<&str>) -> GitRequest {
