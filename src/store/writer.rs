@@ -45,16 +45,9 @@ pub(super) struct Event {
 }
 
 impl Event {
-    fn same_as(&self, other: &Event) -> bool {
-        self.action == other.action
-            && self.actor.name == other.actor.name
-            && self.actor.source == other.actor.source
-            && self.target == other.target
-            && self.detail == other.detail
-    }
-
-    fn key(&self) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+    /// What makes two events the same event (everything but the time): compared to fold
+    /// repeats, hashed to find them.
+    fn identity(&self) -> (&str, &str, &str, &str, &str) {
         (
             self.action,
             &self.actor.name,
@@ -62,7 +55,15 @@ impl Event {
             &self.target,
             &self.detail,
         )
-            .hash(&mut h);
+    }
+
+    fn same_as(&self, other: &Event) -> bool {
+        self.identity() == other.identity()
+    }
+
+    fn key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.identity().hash(&mut h);
         h.finish()
     }
 }
