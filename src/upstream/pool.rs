@@ -102,18 +102,16 @@ impl Pool {
         }
     }
 
-    /// An idle connection ready for a request, or a new one.
+    /// An idle connection ready for a request, or a new one. Never waits for a pooled
+    /// connection: one still busy with its exchange is passed over.
     pub async fn checkout(&self) -> Result<Checkout, ConnectError> {
-        while let Some(mut sender) = self.pop_idle() {
-            // An idle connection is ready at once; one the upstream closed says so here.
-            if sender.ready().await.is_ok() {
-                return Ok(Checkout {
-                    sender,
-                    reused: true,
-                });
-            }
+        match self.pop_ready() {
+            Some(sender) => Ok(Checkout {
+                sender,
+                reused: true,
+            }),
+            None => self.connect_new().await,
         }
-        self.connect_new().await
     }
 
     /// A new connection, never a pooled one (for a second attempt after a reused one failed).
@@ -144,9 +142,12 @@ impl Pool {
         self.idle.lock().unwrap().len()
     }
 
-    /// The most recently returned connection that is still young and open; older ones are
-    /// dropped on the way (dropping the sender ends its connection task and closes the socket).
-    fn pop_idle(&self) -> Option<SendRequest<OutBody>> {
+    /// The most recently returned connection that is young, open and ready for a request.
+    /// Connections idle too long and closed ones are dropped on the way (dropping the sender
+    /// ends its connection task and closes the socket). One not ready yet — its exchange still
+    /// finishing, such as a push whose body is still going up after the answer came — stays
+    /// where it is: a request never waits on another request's connection.
+    fn pop_ready(&self) -> Option<SendRequest<OutBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         // The stack is ordered by return time: once one is too old, all below it are too.
@@ -158,9 +159,13 @@ impl Pool {
         } else {
             idle.clear();
         }
-        while let Some(i) = idle.pop() {
-            if !i.sender.is_closed() {
-                return Some(i.sender);
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].sender.is_closed() {
+                idle.remove(i);
+            } else if idle[i].sender.is_ready() {
+                return Some(idle.remove(i).sender);
             }
         }
         None
@@ -305,6 +310,46 @@ mod tests {
         assert!(get(&p).await);
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(p.idle_count(), 1);
+    }
+
+    /// A request body that never ends: its connection stays busy after the answer.
+    struct Endless;
+
+    impl hyper::body::Body for Endless {
+        type Data = Bytes;
+        type Error = io::Error;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_is_passed_over_not_waited_for() {
+        let (port, accepted) = upstream().await;
+        let p = pool(port, Duration::from_secs(30));
+        let mut busy = p.checkout().await.unwrap();
+        let req = Request::builder()
+            .method("POST")
+            .uri("/push")
+            .header("host", "up")
+            .body(Endless.boxed_unsync())
+            .unwrap();
+        // The upstream answers after the head; the request body never finishes.
+        let resp = busy.sender.send_request(req).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        p.put(busy.sender);
+        assert_eq!(p.idle_count(), 1);
+        let fresh = tokio::time::timeout(Duration::from_secs(2), get(&p))
+            .await
+            .expect("a checkout waited for a busy connection");
+        assert!(!fresh, "the busy connection was handed out");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // The busy one is still pooled (until it finishes or expires); the fresh one came back.
+        assert_eq!(p.idle_count(), 2);
     }
 
     #[tokio::test]
