@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run every fuzz target for SECONDS each (default 600), one after the other, starting from the
 # committed seeds (fuzz/seeds/TARGET, taken from real git request lines, Authorization headers,
-# token secrets, git http-backend header blocks and request header blocks). New inputs go to fuzz/corpus/TARGET (not
-# committed); a crash is written to fuzz/artifacts/TARGET and stops the script with an error.
-# Each target's libFuzzer output is in fuzz/logs/TARGET.log; the script prints the executions.
+# token secrets, git http-backend header blocks and git request header blocks). New inputs go
+# to fuzz/corpus/TARGET (not committed); a crash is written to fuzz/artifacts/TARGET and stops
+# the script with an error. Each target's libFuzzer output is in fuzz/logs/TARGET.log; the
+# script prints the executions.
 #
 # Stable toolchain: the default SANITIZER=none makes cargo-fuzz pass no -Z flag at all (only
 # stable -C flags for SanitizerCoverage), so nightly is not needed. gitgate has no unsafe code
