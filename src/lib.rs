@@ -28,9 +28,10 @@
 //!   one thread; limits, store and cache are shared.
 //! - [`health`] answers `/healthz` and `/readyz`; the server routes them before the gate.
 //! - [`upstream::http`] forwards to an existing git server over keep-alive connections from a
-//!   small pool per worker ([`upstream::pool`]), bodies streamed both ways; [`upstream::headers`] decides which headers cross (the client's token
-//!   never does; the identity header is always gitgate's). `502`/`504` with a reason when the
-//!   backend fails or stalls.
+//!   small pool per worker ([`upstream::pool`]), bodies streamed both ways;
+//!   [`upstream::headers`] decides which headers cross (the client's token never does; the
+//!   identity header is always gitgate's; upstream redirects are pointed back at gitgate).
+//!   `502`/`504` with a reason when the backend fails or stalls.
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
 //!   `404/400/405` for what is not a git request (never forwarded), `401` with a Basic challenge
 //!   for missing or bad credentials, `403` for too little permission, `503` when the store

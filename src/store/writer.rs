@@ -13,8 +13,9 @@
 //!
 //! Adding an event touches only the adding thread's own batch (each worker thread has one; the
 //! writer takes them all once per window) and wakes nobody but the writer, once per window: a
-//! refusal costs neither a thread switch nor cache lines bouncing between the cores of two busy
-//! workers (one shared batch under one lock cost about 10 % of the refusal rate). At most
+//! refusal costs neither a thread switch nor cache lines bouncing between the cores of busy
+//! workers (against one shared batch under one lock: +4 % refusals/s in an A/B on 2 cores,
+//! more to gain with more workers). At most
 //! [`DISTINCT`] different events wait per thread and per window, so a flood of varied garbage
 //! cannot grow memory; beyond that they are counted, and the count is written as one
 //! `audit.dropped` summary, so the audit log still says that (and how many) failures happened.

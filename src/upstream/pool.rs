@@ -1,10 +1,10 @@
 //! Keep-alive connections to the upstream git server: one small pool per worker thread.
 //!
 //! A pool is a stack of idle HTTP/1.1 connections (hyper's `client::conn` senders, each with its
-//! connection task on the worker that opened it). Checkout pops the most recently used one, so a
-//! busy worker keeps reusing a few warm connections; a connection comes back when the upstream's
-//! response body has been read to its end — the only moment it can carry another request — and
-//! is dropped instead when the exchange broke off.
+//! connection task on the worker that opened it). Checkout takes the most recently returned one
+//! that is ready, so a busy worker keeps reusing a few warm connections, and never waits for one
+//! still finishing its exchange; a connection comes back when the upstream's response body has
+//! been read to its end, and is dropped instead when the exchange broke off.
 //!
 //! Why not hyper-util's pooled client, which gitgate used first: per request it boxes its
 //! request future, needs an absolute URI (built and parsed again), hashes a pool key under a
@@ -14,11 +14,11 @@
 //!
 //! Idle connections are never used once older than `pool_idle_timeout` (set below the
 //! upstream's own keep-alive timeout), so gitgate does not send on a connection the upstream is
-//! closing; if a reused connection still turns out closed before the request was written,
-//! the request is sent once more on a new connection (hyper hands the unsent request back).
+//! closing. If a reused connection still turns out dead before any answer, the backend sends
+//! the request once more on a new connection (see `HttpBackend::send`).
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -230,14 +230,12 @@ where
     }
 }
 
-/// Shared by the backend and the response bodies that return connections to it.
-pub type SharedPool = Arc<Pool>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, Empty};
     use hyper::Request;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
