@@ -348,18 +348,23 @@ mod tests {
             target: target.into(),
             detail: "bad".into(),
         };
-        std::thread::scope(|s| {
-            for t in 0..2i64 {
+        // Plain threads, joined: a join returns once the thread has ended, its thread-locals
+        // dropped (a scoped thread's may still be running their destructors).
+        let threads: Vec<_> = (0..2i64)
+            .map(|t| {
                 let pending = pending.clone();
-                s.spawn(move || {
+                std::thread::spawn(move || {
                     let own = pending.own_batch();
                     for i in 0..100 {
                         own.lock().unwrap().add(event(10 + i, "same"));
                     }
                     own.lock().unwrap().add(event(5 - t, &format!("only-{t}")));
-                });
-            }
-        });
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
         let batch = pending.take();
         let rows: Vec<(&str, u64)> = batch
             .events
