@@ -26,7 +26,7 @@ use crate::body::Observed;
 use crate::clock;
 use crate::credentials::{self, CredentialError, Credentials};
 use crate::git::{self, GitRequest, Rejection};
-use crate::guard::{Guard, Verdict};
+use crate::guard::{self, Guard, Verdict};
 use crate::inflight::Slot;
 use crate::metrics::{Operation, Outcome, METRICS};
 use crate::policy::{self, Deny, Identity};
@@ -227,14 +227,15 @@ impl Gate {
         )
         .map_err(Refusal::Denied)?;
         log.user = Some(identity.user.clone());
+        let principal = guard::principal(&record.token);
         self.guard
-            .check_principal(&record.token, git_req.operation, now)
+            .check_principal(&principal, git_req.operation, now)
             .await
             .map_err(Refusal::Guarded)?;
         self.note_use(&record, now, remote);
         let slot = self
             .guard
-            .acquire_slot(&record.token)
+            .acquire_slot(&principal)
             .map_err(Refusal::Guarded)?;
         Ok((git_req, identity, slot))
     }

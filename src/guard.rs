@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use crate::config;
 use crate::git::Operation;
@@ -93,7 +93,7 @@ pub struct Guard {
     inflight: Arc<InFlight>,
     rate: Option<(RateLimiter, Limits)>,
     throttle: Throttle,
-    overrides: Mutex<Overrides>,
+    overrides: RwLock<Overrides>,
 }
 
 impl Guard {
@@ -119,7 +119,7 @@ impl Guard {
                 max: auth_failures.max,
                 window_ms: i64::from(auth_failures.window_seconds) * 1000,
             }),
-            overrides: Mutex::new(Overrides {
+            overrides: RwLock::new(Overrides {
                 fetched_at: None,
                 rules: Arc::new(HashMap::new()),
             }),
@@ -169,9 +169,8 @@ impl Guard {
 
     /// Step 3: take a token from the principal's bucket if this request starts an exchange.
     /// Step 4: a place among the principal's requests in flight, held until the response ends.
-    pub fn acquire_slot(&self, token: &TokenRecord) -> Result<Slot, Verdict> {
-        let principal = principal(token);
-        self.inflight.try_acquire(&principal).ok_or_else(|| {
+    pub fn acquire_slot(&self, principal: &str) -> Result<Slot, Verdict> {
+        self.inflight.try_acquire(principal).ok_or_else(|| {
             tracing::info!(
                 target: "gitgate::ratelimit",
                 principal = %principal,
@@ -179,7 +178,7 @@ impl Guard {
                 "too many requests in flight"
             );
             Verdict::TooManyInFlight {
-                principal,
+                principal: principal.to_string(),
                 max: self.inflight.max(),
             }
         })
@@ -187,7 +186,7 @@ impl Guard {
 
     pub async fn check_principal(
         &self,
-        token: &TokenRecord,
+        principal: &str,
         operation: Operation,
         now: i64,
     ) -> Result<(), Verdict> {
@@ -197,8 +196,7 @@ impl Guard {
         if !ratelimit::counts(operation) {
             return Ok(());
         }
-        let principal = principal(token);
-        let limits = match self.overrides(now).await.get(&principal) {
+        let limits = match self.overrides(now).await.get(principal) {
             Some(RateRule::Exempt) => return Ok(()),
             Some(RateRule::Limits {
                 capacity,
@@ -209,7 +207,7 @@ impl Guard {
             },
             None => *defaults,
         };
-        match limiter.check(&principal, limits, now) {
+        match limiter.check(principal, limits, now) {
             Decision::Allow { .. } => Ok(()),
             Decision::Limited { retry_after_secs } => {
                 tracing::info!(
@@ -219,7 +217,7 @@ impl Guard {
                     "rate limit exceeded"
                 );
                 Err(Verdict::RateLimited {
-                    principal,
+                    principal: principal.to_string(),
                     retry_after_secs,
                 })
             }
@@ -228,12 +226,20 @@ impl Guard {
 
     /// The overrides, refreshed from the store when older than [`OVERRIDES_TTL_MS`].
     async fn overrides(&self, now: i64) -> Arc<HashMap<String, RateRule>> {
+        let fresh = |o: &Overrides| {
+            o.fetched_at
+                .is_some_and(|t| (0..OVERRIDES_TTL_MS).contains(&(now - t)))
+        };
         {
-            let mut cached = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
-            let fresh = cached
-                .fetched_at
-                .is_some_and(|t| (0..OVERRIDES_TTL_MS).contains(&(now - t)));
-            if fresh {
+            // Every request of every worker comes here: the read side lets them in together.
+            let cached = self.overrides.read().unwrap_or_else(|p| p.into_inner());
+            if fresh(&cached) {
+                return cached.rules.clone();
+            }
+        }
+        {
+            let mut cached = self.overrides.write().unwrap_or_else(|p| p.into_inner());
+            if fresh(&cached) {
                 return cached.rules.clone();
             }
             // Claim the refresh so concurrent requests use the old map meanwhile.
@@ -241,7 +247,7 @@ impl Guard {
         }
         let store = self.store.clone();
         let read = tokio::task::spawn_blocking(move || store.rate_limits()).await;
-        let mut cached = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = self.overrides.write().unwrap_or_else(|p| p.into_inner());
         match read {
             Ok(Ok(list)) => {
                 cached.rules = Arc::new(list.into_iter().map(|o| (o.principal, o.rule)).collect());
@@ -318,12 +324,18 @@ mod tests {
         let alice = token(Some("alice"));
         let advertise = Operation::Advertise(Service::UploadPack);
         let rpc = Operation::Rpc(Service::UploadPack);
-        assert_eq!(g.check_principal(&alice, advertise, 0).await, Ok(()));
-        let limited = g.check_principal(&alice, advertise, 0).await.unwrap_err();
+        assert_eq!(
+            g.check_principal(&principal(&alice), advertise, 0).await,
+            Ok(())
+        );
+        let limited = g
+            .check_principal(&principal(&alice), advertise, 0)
+            .await
+            .unwrap_err();
         assert_eq!(limited.retry_after_secs(), 1);
         assert!(limited.message().contains("user:alice"));
         for _ in 0..10 {
-            assert_eq!(g.check_principal(&alice, rpc, 0).await, Ok(()));
+            assert_eq!(g.check_principal(&principal(&alice), rpc, 0).await, Ok(()));
         }
         // An exemption is read from the store once the cached overrides are stale.
         store.add_user("alice", "x", Role::User, &actor()).unwrap();
@@ -332,7 +344,11 @@ mod tests {
             .unwrap();
         let later = OVERRIDES_TTL_MS + 1;
         for _ in 0..5 {
-            assert_eq!(g.check_principal(&alice, advertise, later).await, Ok(()));
+            assert_eq!(
+                g.check_principal(&principal(&alice), advertise, later)
+                    .await,
+                Ok(())
+            );
         }
     }
 

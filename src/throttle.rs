@@ -24,7 +24,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{PoisonError, RwLock};
 
 const SHARDS: usize = 16;
 const MIN_SWEEP_AT: usize = 256;
@@ -87,7 +87,8 @@ struct Shard {
 /// Failure counts and blocks of every address.
 pub struct Throttle {
     policy: Policy,
-    shards: Vec<Mutex<Shard>>,
+    /// Every request reads its shard ([`Throttle::check`]); only failures write.
+    shards: Vec<RwLock<Shard>>,
 }
 
 fn secs_until(until: i64, now: i64) -> u64 {
@@ -101,7 +102,7 @@ impl Throttle {
             policy,
             shards: (0..SHARDS)
                 .map(|_| {
-                    Mutex::new(Shard {
+                    RwLock::new(Shard {
                         entries: HashMap::new(),
                         sweep_at: MIN_SWEEP_AT,
                     })
@@ -114,18 +115,19 @@ impl Throttle {
         self.policy
     }
 
-    fn shard(&self, addr: &IpAddr) -> std::sync::MutexGuard<'_, Shard> {
+    fn shard(&self, addr: &IpAddr) -> &RwLock<Shard> {
         let mut h = DefaultHasher::new();
         addr.hash(&mut h);
-        // Poison only means a panic elsewhere mid-update of plain numbers: keep going.
-        self.shards[(h.finish() as usize) % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        &self.shards[(h.finish() as usize) % SHARDS]
     }
 
     /// `Err(retry_after_secs)` while `addr` is blocked.
     pub fn check(&self, addr: IpAddr, now: i64) -> Result<(), u64> {
-        let shard = self.shard(&addr);
+        // Poison only means a panic elsewhere mid-update of plain numbers: keep going.
+        let shard = self
+            .shard(&addr)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         match shard.entries.get(&addr) {
             Some(e) if e.blocked_until > now => Err(secs_until(e.blocked_until, now)),
             _ => Ok(()),
@@ -135,7 +137,10 @@ impl Throttle {
     /// Count one failed authentication; `Some` if this failure starts a block.
     pub fn record_failure(&self, addr: IpAddr, now: i64) -> Option<Block> {
         let policy = self.policy;
-        let mut shard = self.shard(&addr);
+        let mut shard = self
+            .shard(&addr)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if shard.entries.len() >= shard.sweep_at {
             shard.entries.retain(|_, e| !e.is_forgettable(&policy, now));
             shard.sweep_at = (shard.entries.len() * 2).max(MIN_SWEEP_AT);
@@ -178,7 +183,7 @@ impl Throttle {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map(|s| s.entries.len()).unwrap_or(0))
+            .map(|s| s.read().map(|s| s.entries.len()).unwrap_or(0))
             .sum()
     }
 

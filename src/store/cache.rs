@@ -36,7 +36,12 @@ use super::AuthRecord;
 pub const MAX_ENTRIES: usize = 100_000;
 
 pub(super) struct AuthCache {
-    watcher: Mutex<Watcher>,
+    /// The last clean WAL index header and the epoch it belongs to. Every lookup takes the read
+    /// side (the workers never wait for each other); the write side only when the header moved
+    /// or could not be read.
+    seen: RwLock<Seen>,
+    /// The slow path's connection, for `PRAGMA data_version`.
+    fallback: Mutex<Connection>,
     state: RwLock<State>,
     pub(super) hits: AtomicU64,
     pub(super) misses: AtomicU64,
@@ -50,44 +55,40 @@ struct State {
 /// Size of the two copies of the WAL index header at the start of the `-shm` file.
 const HEADER_COPIES: usize = 96;
 
-/// Tells whether the store changed: the WAL index header, or `PRAGMA data_version` when the
-/// header cannot be read cleanly.
-struct Watcher {
-    conn: Connection,
+type Header = [u8; HEADER_COPIES / 2];
+
+/// What tells whether the store changed: the WAL index header, or `PRAGMA data_version` when
+/// the header cannot be read cleanly.
+struct Seen {
     shm_path: PathBuf,
     /// Opened on first use (SQLite creates the file when a connection first reads).
     shm: Option<File>,
-    last_header: [u8; HEADER_COPIES / 2],
-    last_data_version: i64,
+    header: Header,
+    data_version: i64,
     /// Moves whenever either signal does: the cache's notion of "version".
     epoch: i64,
 }
 
-impl Watcher {
-    fn new(conn: Connection, db_path: &Path) -> Watcher {
+impl Seen {
+    fn new(db_path: &Path, epoch: i64) -> Seen {
         let mut shm_path = db_path.as_os_str().to_owned();
         shm_path.push("-shm");
-        Watcher {
-            conn,
+        Seen {
             shm_path: PathBuf::from(shm_path),
             shm: None,
-            last_header: [0; HEADER_COPIES / 2],
-            last_data_version: i64::MIN,
-            epoch: 0,
+            header: [0; HEADER_COPIES / 2],
+            data_version: i64::MIN,
+            epoch,
         }
     }
 
     /// The current header if both copies agree.
-    fn header(&mut self) -> Option<[u8; HEADER_COPIES / 2]> {
+    fn header(&self) -> Option<Header> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::FileExt;
-            if self.shm.is_none() {
-                self.shm = File::open(&self.shm_path).ok();
-            }
             let mut both = [0u8; HEADER_COPIES];
-            let shm = self.shm.as_ref()?;
-            shm.read_exact_at(&mut both, 0).ok()?;
+            self.shm.as_ref()?.read_exact_at(&mut both, 0).ok()?;
             let (a, b) = both.split_at(HEADER_COPIES / 2);
             // isInit (byte 12) is 0 until a connection has built the index.
             (a == b && a[12] == 1).then(|| a.try_into().expect("48 bytes"))
@@ -97,32 +98,13 @@ impl Watcher {
             None
         }
     }
-
-    fn version(&mut self) -> rusqlite::Result<i64> {
-        if let Some(header) = self.header() {
-            if header != self.last_header {
-                self.last_header = header;
-                self.epoch += 1;
-            }
-            return Ok(self.epoch);
-        }
-        let mut stmt = self.conn.prepare_cached("PRAGMA data_version")?;
-        let data_version: i64 = stmt.query_row([], |r| r.get(0))?;
-        drop(stmt);
-        // The header is unknown now: whatever it says next time counts as a change.
-        self.last_header = [0; HEADER_COPIES / 2];
-        if data_version != self.last_data_version {
-            self.last_data_version = data_version;
-            self.epoch += 1;
-        }
-        Ok(self.epoch)
-    }
 }
 
 impl AuthCache {
     pub(super) fn new(watcher: Connection, db_path: &Path) -> AuthCache {
         AuthCache {
-            watcher: Mutex::new(Watcher::new(watcher, db_path)),
+            seen: RwLock::new(Seen::new(db_path, 0)),
+            fallback: Mutex::new(watcher),
             state: RwLock::new(State {
                 version: i64::MIN,
                 entries: HashMap::new(),
@@ -135,10 +117,9 @@ impl AuthCache {
     /// Forget everything and watch a new connection (the store file was replaced).
     pub(super) fn reset(&self, watcher: Connection, db_path: &Path) {
         {
-            let mut w = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
-            let epoch = w.epoch + 1;
-            *w = Watcher::new(watcher, db_path);
-            w.epoch = epoch;
+            let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+            *seen = Seen::new(db_path, seen.epoch + 1);
+            *self.fallback.lock().unwrap_or_else(|p| p.into_inner()) = watcher;
         }
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         state.entries.clear();
@@ -147,10 +128,36 @@ impl AuthCache {
 
     /// A number that changes whenever anything was committed to the store.
     pub(super) fn version(&self) -> rusqlite::Result<i64> {
-        self.watcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .version()
+        {
+            let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
+            if seen.header().is_some_and(|h| h == seen.header) {
+                return Ok(seen.epoch);
+            }
+        }
+        // Moved, unreadable or not open yet: look again, alone.
+        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        if seen.shm.is_none() {
+            seen.shm = File::open(&seen.shm_path).ok();
+        }
+        if let Some(header) = seen.header() {
+            if header != seen.header {
+                seen.header = header;
+                seen.epoch += 1;
+            }
+            return Ok(seen.epoch);
+        }
+        let data_version: i64 = {
+            let conn = self.fallback.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stmt = conn.prepare_cached("PRAGMA data_version")?;
+            stmt.query_row([], |r| r.get(0))?
+        };
+        // The header is unknown now: whatever it says next time counts as a change.
+        seen.header = [0; HEADER_COPIES / 2];
+        if data_version != seen.data_version {
+            seen.data_version = data_version;
+            seen.epoch += 1;
+        }
+        Ok(seen.epoch)
     }
 
     /// The cached record for `id`, if the cache is still valid at `version`.
@@ -196,11 +203,13 @@ mod tests {
         let path = dir.path().join("t.db");
         let server = Store::open(&path).unwrap();
         let cli = Store::open(&path).unwrap();
-        let header = || {
-            let mut w = server.inner.cache.watcher.lock().unwrap();
-            w.header().expect("the fast path must read a clean header")
-        };
         server.ping().unwrap();
+        server.inner.cache.version().unwrap(); // opens the -shm file
+        let header = || {
+            let seen = server.inner.cache.seen.read().unwrap();
+            seen.header()
+                .expect("the fast path must read a clean header")
+        };
         let before = header();
         assert_eq!(header(), before, "no commit, no change");
         let v1 = server.inner.cache.version().unwrap();

@@ -25,7 +25,7 @@ mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -135,7 +135,7 @@ struct Inner {
     idle: Mutex<Vec<Connection>>,
     cache: cache::AuthCache,
     /// Which file the pooled connections have open (see [`Store::check_file`]).
-    file: Mutex<Option<FileId>>,
+    file: RwLock<Option<FileId>>,
     audit_writer: writer::AuditWriter,
 }
 
@@ -171,7 +171,7 @@ impl Store {
                 path: path.to_path_buf(),
                 idle: Mutex::new(vec![conn]),
                 cache: cache::AuthCache::new(watcher, path),
-                file: Mutex::new(file_id(path).ok()),
+                file: RwLock::new(file_id(path).ok()),
                 audit_writer: writer::AuditWriter::new(),
             }),
         })
@@ -191,7 +191,12 @@ impl Store {
             path: self.inner.path.clone(),
             message: format!("the store file is unavailable: {e}"),
         })?;
-        let mut known = self.inner.file.lock().unwrap_or_else(|p| p.into_inner());
+        // Hot path (every lookup, from every worker): the same file as last time. The read side
+        // lets the workers in together; a change waits for them and then has the lock alone.
+        if *self.inner.file.read().unwrap_or_else(|p| p.into_inner()) == Some(id) {
+            return Ok(id);
+        }
+        let mut known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
         if *known != Some(id) {
             if known.is_some() {
                 tracing::warn!(path = %self.inner.path.display(), "the store file was replaced; reconnecting");
@@ -226,7 +231,7 @@ impl Store {
             })?,
         };
         let out = f(&mut conn);
-        let same_file = *self.inner.file.lock().unwrap_or_else(|p| p.into_inner()) == Some(file);
+        let same_file = *self.inner.file.read().unwrap_or_else(|p| p.into_inner()) == Some(file);
         if let Ok(mut idle) = self.inner.idle.lock() {
             if same_file && idle.len() < POOL_SIZE {
                 idle.push(conn);
