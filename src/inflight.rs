@@ -96,6 +96,17 @@ mod tests {
     }
 
     #[test]
+    fn a_principal_in_flight_keeps_one_key() {
+        let inflight = InFlight::new(8);
+        let first = inflight.try_acquire("user:ci").unwrap();
+        let second = inflight.try_acquire("user:ci").unwrap();
+        let key = |s: &Slot| s.held.as_ref().unwrap().1.clone();
+        // The second request reuses the first one's key instead of allocating its own.
+        assert!(Arc::ptr_eq(&key(&first), &key(&second)));
+        assert_eq!(inflight.current("user:ci"), 2);
+    }
+
+    #[test]
     fn idle_principals_are_forgotten_and_zero_means_no_cap() {
         let inflight = InFlight::new(1);
         drop(inflight.try_acquire("token:x").unwrap());
