@@ -18,6 +18,7 @@
 //!
 //! Rejections carry a one-line reason meant for the person running `git`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::permission::Access;
@@ -48,7 +49,6 @@ impl RepoPath {
                 "repository path '{s}' needs a project and a repository name, e.g. 'team/app'"
             ));
         }
-        let mut owned = Vec::with_capacity(segments.len());
         for segment in &segments {
             if !valid_segment(segment) {
                 return Err(format!(
@@ -57,31 +57,23 @@ impl RepoPath {
                      and . _ - + ~ (write 'team/app', without leading or trailing '/')"
                 ));
             }
-            owned.push((*segment).to_string());
         }
-        RepoPath::from_segments(owned)
-            .map(|(repo, _)| repo)
-            .map_err(|reason| format!("repository path '{s}': {reason}"))
+        RepoPath::from_joined(s).map_err(|reason| format!("repository path '{s}': {reason}"))
     }
 
-    /// Build from validated segments; strips one `.git` from the last one.
-    ///
-    /// Returns the repo and whether a `.git` suffix was present.
-    fn from_segments(mut segments: Vec<String>) -> Result<(RepoPath, bool), String> {
-        if segments.len() < 2 {
+    /// Build from validated segments joined by `/`; strips one `.git` from the last one.
+    fn from_joined(joined: &str) -> Result<RepoPath, String> {
+        let Some((_, last)) = joined.rsplit_once('/') else {
             return Err("a repository path needs a project and a repository name".into());
-        }
-        let mut had_git = false;
-        if let Some(last) = segments.last_mut() {
-            if let Some(stripped) = last.strip_suffix(".git") {
-                if stripped.is_empty() || stripped.ends_with(".git") {
-                    return Err(format!("'{last}' is not a valid repository name"));
-                }
-                *last = stripped.to_string();
-                had_git = true;
+        };
+        let repo = match last.strip_suffix(".git") {
+            Some(stripped) if stripped.is_empty() || stripped.ends_with(".git") => {
+                return Err(format!("'{last}' is not a valid repository name"));
             }
-        }
-        Ok((RepoPath(segments.join("/")), had_git))
+            Some(_) => &joined[..joined.len() - ".git".len()],
+            None => joined,
+        };
+        Ok(RepoPath(repo.to_string()))
     }
 
     /// The normalised path, e.g. `team/app`.
@@ -136,6 +128,15 @@ impl Service {
         }
     }
 
+    /// The canonical query of its `info/refs` advertisement, e.g. `service=git-upload-pack`.
+    pub fn advertisement_query(self) -> &'static str {
+        match self {
+            Service::UploadPack => "service=git-upload-pack",
+            Service::ReceivePack => "service=git-receive-pack",
+            Service::UploadArchive => "service=git-upload-archive",
+        }
+    }
+
     /// What the service needs: only `receive-pack` writes.
     pub fn access(self) -> Access {
         match self {
@@ -184,7 +185,7 @@ pub struct GitRequest {
     /// Rebuilt from the validated segments (keeping the client's `.git`), never the raw input.
     pub backend_path: String,
     /// Canonical query for the backend: `Some("service=...")` for advertisements, else `None`.
-    pub query: Option<String>,
+    pub query: Option<Cow<'static, str>>,
 }
 
 /// Why a request is not a Git request gitgate will forward.
@@ -261,14 +262,19 @@ pub fn classify(
         ));
     }
 
-    let mut decoded = Vec::with_capacity(repo_raw.len());
+    // The canonical backend path is built in one string: each repository segment decoded and
+    // checked, then the suffix, which matched exact, allowlisted ASCII patterns and so is
+    // already canonical. The repository is the same segments without the path's `.git`.
+    let mut backend_path = String::with_capacity(rest.len() + 1);
     for raw in repo_raw {
-        decoded.push(decode_segment(raw)?);
+        backend_path.push('/');
+        push_decoded_segment(raw, &mut backend_path)?;
     }
-    let backend_repo = decoded.join("/");
-    let (repo, _) = RepoPath::from_segments(decoded).map_err(Rejection::BadRequest)?;
-    // The suffix matched exact, allowlisted ASCII patterns, so it is already canonical.
-    let backend_path = format!("/{backend_repo}/{}", suffix.join("/"));
+    let repo = RepoPath::from_joined(&backend_path[1..]).map_err(Rejection::BadRequest)?;
+    for part in suffix {
+        backend_path.push('/');
+        backend_path.push_str(part);
+    }
 
     let is_read = method == "GET" || method == "HEAD";
     let (access, operation, query) = match endpoint {
@@ -280,7 +286,7 @@ pub fn classify(
                 Some(service) => (
                     service.access(),
                     Operation::Advertise(service),
-                    Some(format!("service={}", service.as_str())),
+                    Some(Cow::Borrowed(service.advertisement_query())),
                 ),
                 None => (Access::Read, Operation::Dumb, None),
             }
@@ -398,26 +404,34 @@ fn is_pack_file(file: &str) -> bool {
 }
 
 /// Percent-decode one raw path segment once and validate it.
-fn decode_segment(raw: &str) -> Result<String, Rejection> {
+fn push_decoded_segment(raw: &str, out: &mut String) -> Result<(), Rejection> {
     if raw.is_empty() {
         return Err(Rejection::BadRequest(
             "empty segment in repository path ('//' or a trailing '/')".into(),
         ));
     }
-    let bytes = percent_decode(raw.as_bytes()).ok_or_else(|| {
-        Rejection::BadRequest("invalid percent-encoding in repository path".into())
-    })?;
-    let segment = String::from_utf8(bytes).map_err(|_| {
-        Rejection::BadRequest("repository path is not valid UTF-8 after decoding".into())
-    })?;
-    if !valid_segment(&segment) {
+    // Almost every path has no escapes: then the segment is checked as it stands.
+    let decoded;
+    let segment = if raw.contains('%') {
+        let bytes = percent_decode(raw.as_bytes()).ok_or_else(|| {
+            Rejection::BadRequest("invalid percent-encoding in repository path".into())
+        })?;
+        decoded = String::from_utf8(bytes).map_err(|_| {
+            Rejection::BadRequest("repository path is not valid UTF-8 after decoding".into())
+        })?;
+        decoded.as_str()
+    } else {
+        raw
+    };
+    if !valid_segment(segment) {
         return Err(Rejection::BadRequest(
             "invalid repository path: segments must not be empty or start with '.', and may \
              contain only letters, digits and . _ - + ~"
                 .into(),
         ));
     }
-    Ok(segment)
+    out.push_str(segment);
+    Ok(())
 }
 
 /// Decode `%XX` escapes once. `None` on a malformed escape. `+` stays `+`.

@@ -123,7 +123,7 @@ pub fn generate_with_id(id: &TokenId) -> Result<Secret, getrandom::Error> {
     s.push_str(&URL_SAFE_NO_PAD.encode(body));
     let sum = checksum(s.as_bytes());
     s.push('_');
-    s.push_str(&sum);
+    s.extend(sum.iter().copied().map(char::from));
     debug_assert_eq!(s.len(), SECRET_LEN);
     Ok(Secret::new(s))
 }
@@ -159,7 +159,7 @@ pub fn parse(secret: &str) -> Option<TokenId> {
         return None;
     }
     let expected = checksum(b.get(..BODY_END)?);
-    if !constant_time_eq(expected.as_bytes(), sum) {
+    if !constant_time_eq(&expected, sum) {
         return None;
     }
     // All bytes checked are ASCII, so this slice is on char boundaries.
@@ -169,14 +169,12 @@ pub fn parse(secret: &str) -> Option<TokenId> {
 }
 
 /// First 30 bits of SHA-256 over `data`, as 6 lowercase base32 characters.
-fn checksum(data: &[u8]) -> String {
+/// (On the stack: it is computed for every request that presents a token.)
+fn checksum(data: &[u8]) -> [u8; CHECKSUM_LEN] {
     let digest = Sha256::digest(data);
     let [a, b, c, d, ..] = <[u8; 32]>::from(digest);
     let bits = u32::from_be_bytes([a, b, c, d]) >> 2; // top 30 bits
-    (0..CHECKSUM_LEN)
-        .rev()
-        .map(|i| char::from(BASE32[((bits >> (5 * i)) & 31) as usize]))
-        .collect()
+    std::array::from_fn(|i| BASE32[((bits >> (5 * (CHECKSUM_LEN - 1 - i))) & 31) as usize])
 }
 
 /// SHA-256 of a secret: what the store keeps and compares.
@@ -275,7 +273,7 @@ mod tests {
         let mut s = format!("{PREFIX}ABCDEFGH2345_{}", "A".repeat(BODY_LEN));
         let sum = checksum(s.as_bytes());
         s.push('_');
-        s.push_str(&sum);
+        s.extend(sum.iter().copied().map(char::from));
         assert_eq!(s.len(), SECRET_LEN);
         assert_eq!(parse(&s), None);
         let lower = s.replacen("ABCDEFGH2345", "abcdefgh2345", 1);
@@ -288,9 +286,9 @@ mod tests {
         let mut s = format!("{PREFIX}abcdefgh2345_{}", "A".repeat(BODY_LEN));
         let sum = checksum(s.as_bytes());
         // Computed independently (Python: top 30 bits of sha256, base32, most significant first).
-        assert_eq!(sum, "j7t4lw");
+        assert_eq!(&sum, b"j7t4lw");
         s.push('_');
-        s.push_str(&sum);
+        s.extend(sum.iter().copied().map(char::from));
         assert_eq!(parse(&s).unwrap().as_str(), "abcdefgh2345");
     }
 

@@ -112,13 +112,25 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
         .or(out.authority)
         .filter(|h| valid_host(h));
 
-    let mut chain = if trusted {
-        forwarded_chain(inbound).unwrap_or_default()
-    } else {
-        Vec::new()
+    let forwarded_for = match trusted.then(|| forwarded_chain(inbound)).flatten() {
+        Some(mut chain) if !chain.is_empty() => {
+            chain.push(out.peer.to_string());
+            HeaderValue::from_str(&chain.join(", ")).ok()
+        }
+        // The usual case, a client straight from the network: its address alone, formatted
+        // on the stack.
+        _ => {
+            use std::io::Write;
+            let mut buf = [0u8; 64];
+            let mut w = &mut buf[..];
+            let written = write!(w, "{}", out.peer).is_ok();
+            let len = 64 - w.len();
+            written
+                .then(|| HeaderValue::from_bytes(&buf[..len]).ok())
+                .flatten()
+        }
     };
-    chain.push(out.peer.to_string());
-    if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
+    if let Some(v) = forwarded_for {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
 
@@ -287,6 +299,11 @@ fn valid_host(h: &str) -> bool {
 /// The user as a header value: visible ASCII and spaces as they are, anything else (and `%`)
 /// percent-encoded, so every name can be sent and none can break the header.
 fn identity_value(user: &str) -> HeaderValue {
+    let plain = |b: u8| (b == b' ' || b.is_ascii_graphic()) && b != b'%';
+    if user.bytes().all(plain) {
+        // Nothing to encode (almost every user name): no intermediate string.
+        return HeaderValue::from_str(user).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    }
     let mut out = String::with_capacity(user.len());
     for b in user.bytes() {
         if (b == b' ' || b.is_ascii_graphic()) && b != b'%' {
@@ -453,6 +470,22 @@ mod tests {
         assert_eq!(identity_value("ci runner"), "ci runner");
         assert_eq!(identity_value("100%"), "100%25");
         assert_eq!(identity_value("é\r\n"), "%C3%A9%0D%0A");
+    }
+
+    #[test]
+    fn an_ipv6_peer_of_any_length_is_written_whole() {
+        let i = ident();
+        for peer in [
+            "::1",
+            "2001:db8::7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let mut o = out(&i, &[]);
+            o.peer = peer.parse().unwrap();
+            let h = to_upstream(&HeaderMap::new(), &o);
+            let expected = o.peer.to_string();
+            assert_eq!(all(&h, "x-forwarded-for"), [expected.as_str()]);
+        }
     }
 
     #[test]

@@ -576,7 +576,7 @@ mod tests {
 
     fn git_req(path: &str, query: Option<&str>) -> GitRequest {
         let mut r = crate::git::classify("GET", path, query, "/").unwrap();
-        r.query = query.map(str::to_string);
+        r.query = query.map(|q| q.to_string().into());
         r
     }
 
