@@ -306,7 +306,7 @@ fn identity_value(user: &str) -> HeaderValue {
     }
     let mut out = String::with_capacity(user.len());
     for b in user.bytes() {
-        if (b == b' ' || b.is_ascii_graphic()) && b != b'%' {
+        if plain(b) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
