@@ -403,7 +403,7 @@ fn is_pack_file(file: &str) -> bool {
     (hex.len() == 40 || hex.len() == 64) && is_lower_hex(hex)
 }
 
-/// Percent-decode one raw path segment once and validate it.
+/// Percent-decode one raw path segment once, validate it and append it to `out`.
 fn push_decoded_segment(raw: &str, out: &mut String) -> Result<(), Rejection> {
     if raw.is_empty() {
         return Err(Rejection::BadRequest(
@@ -499,6 +499,18 @@ fn service_param(raw_query: Option<&str>) -> Result<Option<Service>, Rejection> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advertisement_queries_name_their_service() {
+        for service in [
+            Service::UploadPack,
+            Service::ReceivePack,
+            Service::UploadArchive,
+        ] {
+            let spelled = format!("service={}", service.as_str());
+            assert_eq!(service.advertisement_query(), spelled);
+        }
+    }
 
     const SHA1: &str = "3b18e512dba79e4c8300dd08aeb37f8e728b8dad";
     const SHA256: &str = "6a2f2c2a8f44c9c1f1e3d6f0b9a8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6";

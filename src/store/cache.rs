@@ -83,7 +83,7 @@ impl Seen {
     }
 
     /// The current header if both copies agree.
-    fn header(&self) -> Option<Header> {
+    fn read_header(&self) -> Option<Header> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::FileExt;
@@ -130,7 +130,7 @@ impl AuthCache {
     pub(super) fn version(&self) -> rusqlite::Result<i64> {
         {
             let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
-            if seen.header().is_some_and(|h| h == seen.header) {
+            if seen.read_header().is_some_and(|h| h == seen.header) {
                 return Ok(seen.epoch);
             }
         }
@@ -139,7 +139,7 @@ impl AuthCache {
         if seen.shm.is_none() {
             seen.shm = File::open(&seen.shm_path).ok();
         }
-        if let Some(header) = seen.header() {
+        if let Some(header) = seen.read_header() {
             if header != seen.header {
                 seen.header = header;
                 seen.epoch += 1;
@@ -207,7 +207,7 @@ mod tests {
         server.inner.cache.version().unwrap(); // opens the -shm file
         let header = || {
             let seen = server.inner.cache.seen.read().unwrap();
-            seen.header()
+            seen.read_header()
                 .expect("the fast path must read a clean header")
         };
         let before = header();
