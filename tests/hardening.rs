@@ -3,14 +3,14 @@
 //! deleted and restored while serving, a store locked by another process, and a client that
 //! disappears in the middle of a push.
 
-#[path = "hardening_support/mod.rs"]
 mod common;
+mod hardening_support;
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{basic, gitgate, header, status, Server};
+use hardening_support::{basic, gitgate, header, status, Server};
 
 /// A little more than `guard::OVERRIDES_TTL_MS`: a CLI change has reached the server by then.
 const OVERRIDES_TTL: Duration =
@@ -21,7 +21,7 @@ const IR: &str = "/team/app.git/info/refs?service=git-upload-pack";
 fn get(server: &Server, target: &str, secret: &str) -> Vec<u8> {
     server.raw(
         format!(
-            "GET {target} HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+            "GET {target} HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
             basic("alice", secret)
         )
         .as_bytes(),
@@ -83,7 +83,7 @@ fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
     // The RPC that follows an advertisement is not counted: a clone is one request.
     let body = b"0000";
     let post = format!(
-        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\n\
+        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
          Content-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n",
         basic("alice", &w),
@@ -143,7 +143,7 @@ fn every_worker_thread_counts_against_the_same_limits() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let request = format!(
-        "GET {IR} HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+        "GET {IR} HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
         basic("alice", &server.write_token)
     );
     let statuses: Vec<u16> = std::thread::scope(|scope| {
@@ -234,7 +234,7 @@ fn a_client_gone_mid_push_ends_the_backend() {
     let server = Server::start("");
     let mut s = TcpStream::connect(server.addr).unwrap();
     let head = format!(
-        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\n\
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
          Content-Type: application/x-git-receive-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n\
          2\r\n00\r\n",
         basic("alice", &server.write_token)
@@ -242,7 +242,7 @@ fn a_client_gone_mid_push_ends_the_backend() {
     s.write_all(head.as_bytes()).unwrap();
     // The push has reached the backend, which now waits for the rest of the body.
     wait_for("the backend to start", || !server.backend_hits().is_empty());
-    let pid = server.child.id();
+    let pid = server.pid();
     wait_for("a backend process", || !children(pid).is_empty());
     drop(s);
     wait_for("the backend to be ended", || children(pid).is_empty());
@@ -254,7 +254,7 @@ fn requests_in_flight_are_capped_per_principal_and_freed_when_done() {
     // One push held open: its body never ends, so the request stays in flight.
     let mut held = TcpStream::connect(server.addr).unwrap();
     let head = format!(
-        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\n\
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
          Content-Type: application/x-git-receive-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n\
          2\r\n00\r\n",
         basic("alice", &server.write_token)
@@ -285,7 +285,7 @@ fn requests_in_flight_are_capped_per_principal_and_freed_when_done() {
 fn get_via_proxy(server: &Server, target: &str, secret: &str, client: &str) -> Vec<u8> {
     server.raw(
         format!(
-            "GET {target} HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\n\
+            "GET {target} HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
              X-Forwarded-For: {client}\r\nConnection: close\r\n\r\n",
             basic("alice", secret)
         )

@@ -7,10 +7,10 @@
 //! the trick and the backend. Throttling and rate limits are turned off here (they have their own
 //! test in `tests/hardening.rs`), so that every case gets the answer its own content earns.
 
-#[path = "hardening_support/mod.rs"]
 mod common;
+mod hardening_support;
 
-use common::{basic, status, Server};
+use hardening_support::{basic, status, Server};
 
 const IR: &str = "/team/app.git/info/refs?service=git-upload-pack";
 
@@ -23,7 +23,7 @@ fn req(method: &str, target: &str, headers: &str) -> Vec<u8> {
 }
 
 fn auth(user: &str, secret: &str) -> String {
-    format!("Authorization: Basic {}\r\n", basic(user, secret))
+    format!("Authorization: {}\r\n", basic(user, secret))
 }
 
 fn auth_bytes(raw: &[u8]) -> String {
@@ -158,10 +158,7 @@ fn cases(w: &str, r: &str) -> Vec<(&'static str, Vec<u8>, u16)> {
             req(
                 "GET",
                 IR,
-                &format!(
-                    "Authorization: Basic {}\rX-Injected: 1\r\n",
-                    basic("alice", w)
-                ),
+                &format!("Authorization: {}\rX-Injected: 1\r\n", basic("alice", w)),
             ),
             400,
         ),

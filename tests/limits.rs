@@ -2,57 +2,28 @@
 //! timeout, the connection cap, the header size cap, and an upstream that accepts but never
 //! answers (504). No nginx needed: the silent upstream is a listener in the test.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::Server;
 
-struct Gitgate {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Gitgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path, config: &str) -> Gitgate {
+/// `gitgate serve` with `config` written to `dir/proxy.toml`, its log in `dir/gitgate.log`.
+fn start(dir: &Path, config: &str) -> Server {
     let path = dir.join("proxy.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+    let mut cmd = Command::new(common::gitgate_bin());
+    cmd.env_remove("GITGATE_CONFIG")
         .arg("--config")
         .arg(&path)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("gitgate did not start");
-    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-    Gitgate { child, port }
+        .arg("serve");
+    Server::start(cmd, dir.join("gitgate.log"), "")
 }
 
 fn cgi_config(dir: &Path, extra_server: &str) -> String {
@@ -89,7 +60,7 @@ fn info_refs_via(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (Strin
 
 /// gitgate in front of `http://127.0.0.1:{upstream_port}`, and the Basic credentials of a
 /// project token for `team`.
-fn start_in_front_of(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (Gitgate, String) {
+fn start_in_front_of(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (Server, String) {
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
          [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n{upstream_extra}"
@@ -102,7 +73,7 @@ fn start_in_front_of(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (G
 }
 
 /// One info/refs GET on a new connection; the whole answer and how long it took.
-fn info_refs(g: &Gitgate, auth: &str) -> (String, Duration) {
+fn info_refs(g: &Server, auth: &str) -> (String, Duration) {
     let mut s = connect(g.port);
     s.write_all(
         format!(
@@ -167,9 +138,10 @@ fn scripted_upstream(
     (port, rx)
 }
 
-/// A project token for `team` (REPO_READ), created with the CLI against `cfg`.
+/// A project token for `team` (PROJECT_READ), created with the CLI against `cfg`.
 fn project_token(cfg: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+    let mut cmd = Command::new(common::gitgate_bin());
+    cmd.env_remove("GITGATE_CONFIG")
         .arg("--config")
         .arg(cfg)
         .args([
@@ -181,16 +153,8 @@ fn project_token(cfg: &Path) -> String {
             "ci",
             "--permission",
             "PROJECT_READ",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+        ]);
+    common::run(cmd, None).ok().trim().to_string()
 }
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";

@@ -2,11 +2,12 @@
 //! TCP, the real `git`, and the CLI to set users and grants up. Each test has its own server and
 //! store, so they run in parallel.
 
+mod common;
 mod lifecycle_support;
 
 use std::time::{Duration, Instant};
 
-use lifecycle_support::{Auth, Install, Server, API, PW};
+use lifecycle_support::{Api, Auth, Install, Server, API, PW};
 use serde_json::{json, Value};
 
 /// alice (user, write on team), bob (user, write on team), root (admin); a server running.
@@ -43,11 +44,11 @@ fn personal(server: &Server, user: &str, perms: &[&str]) -> (String, String) {
 
 /// `git ls-remote` with a secret as the Basic password; returns (success, stderr).
 fn ls_remote(install: &Install, server: &Server, user: &str, secret: &str) -> (bool, String) {
-    let out = install.git(install.path(), &["ls-remote", &server.url(user, secret)]);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let out = install.git(
+        install.path(),
+        &["ls-remote", &server.url_with(user, secret, "team/app")],
+    );
+    (out.success(), out.stderr)
 }
 
 /// Wait for the server's off-path last-used write to show up in the API.
@@ -117,7 +118,7 @@ fn token_created_over_rest_clones_with_git_and_revocation_is_immediate() {
         &[
             "clone",
             "-q",
-            &server.url("alice", &secret),
+            &server.url_with("alice", &secret, "team/app"),
             clone_dir.to_str().unwrap(),
         ],
     );
@@ -452,14 +453,14 @@ fn edit_changes_name_and_permissions_but_never_the_expiry() {
         &[
             "clone",
             "-q",
-            &server.url("alice", &secret),
+            &server.url_with("alice", &secret, "team/app"),
             clone_dir.to_str().unwrap(),
         ],
     );
     install.git_ok(&clone_dir, &["commit", "-q", "--allow-empty", "-m", "x"]);
     let push = install.git(&clone_dir, &["push", "-q", "origin", "main"]);
-    assert!(!push.status.success());
-    assert!(String::from_utf8_lossy(&push.stderr).contains("push needs REPO_WRITE"));
+    assert!(!push.success());
+    assert!(push.stderr.contains("push needs REPO_WRITE"));
 
     for body in [
         json!({"expiryDays": 365}),

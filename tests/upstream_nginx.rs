@@ -5,15 +5,17 @@
 //! Without nginx or fcgiwrap the tests print a notice and pass, except under CI (`CI=true`),
 //! where a missing nginx is a failure: `.ci/run` installs both.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
+use common::{basic, fixture, Server};
 
 const PASSWORD: &str = "correct horse";
 const UPSTREAM_SECRET: &str = "upstream-s3cret";
@@ -50,12 +52,10 @@ fn tools(test: &str) -> Option<Tools> {
         );
         return None;
     }
-    let exec = Command::new("git").arg("--exec-path").output().unwrap();
-    let exec = String::from_utf8(exec.stdout).unwrap();
     Some(Tools {
         nginx: nginx.unwrap(),
         fcgiwrap: fcgiwrap.unwrap(),
-        backend: Path::new(exec.trim()).join("git-http-backend"),
+        backend: common::git_http_backend().to_path_buf(),
     })
 }
 
@@ -67,27 +67,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(p)
-}
-
 fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} failed");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -237,101 +222,26 @@ fn is_root() -> bool {
 // ---------------------------------------------------------------------------------------------
 // gitgate
 
-struct Gitgate {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<String>>,
-    scheme: &'static str,
-}
-
-impl Gitgate {
-    fn start(config: &Path) -> Gitgate {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gitgate"))
-            .arg("--config")
-            .arg(config)
-            .arg("serve")
-            .env("GITGATE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start gitgate");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let url = rest.split_whitespace().next().unwrap_or("").to_string();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url);
-                    }
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(u) => u,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("gitgate did not start: {}", log.lock().unwrap());
-            }
-        };
-        let port = url.rsplit(':').next().unwrap().parse().unwrap();
-        let scheme = if url.starts_with("https") {
-            "https"
-        } else {
-            "http"
-        };
-        Gitgate {
-            child,
-            port,
-            log,
-            scheme,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Gitgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Run the gitgate CLI, feeding `stdin`.
-fn cli(config: &Path, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gitgate"))
+/// `gitgate serve` on `config`, its log in `gitgate.log` beside it.
+fn start_gitgate(config: &Path) -> Server {
+    let mut cmd = Command::new(common::gitgate_bin());
+    cmd.env_remove("GITGATE_CONFIG")
+        .env("GITGATE_LOG", "info")
         .arg("--config")
         .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "gitgate {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+        .arg("serve");
+    Server::start(cmd, config.with_file_name("gitgate.log"), "")
+}
+
+/// Run the gitgate CLI, feeding `stdin`; it must succeed. Returns its trimmed stdout.
+#[track_caller]
+fn cli(config: &Path, args: &[&str], stdin: &str) -> String {
+    let mut cmd = Command::new(common::gitgate_bin());
+    cmd.env_remove("GITGATE_CONFIG")
+        .arg("--config")
+        .arg(config)
+        .args(args);
+    common::run(cmd, Some(stdin)).ok().trim().to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -469,9 +379,9 @@ impl World {
         std::fs::write(&self.config, text).unwrap();
     }
 
-    fn serve(&self, o: &Options) -> Gitgate {
+    fn serve(&self, o: &Options) -> Server {
         self.write_config(o);
-        Gitgate::start(&self.config)
+        start_gitgate(&self.config)
     }
 
     fn home(&self) -> PathBuf {
@@ -482,7 +392,7 @@ impl World {
         self.dir.path().join("repos/team/app.git")
     }
 
-    fn url(&self, g: &Gitgate) -> String {
+    fn url(&self, g: &Server) -> String {
         let host = if g.scheme == "https" {
             "localhost"
         } else {
@@ -541,34 +451,21 @@ fn run_git(cwd: &Path, home: &Path, args: &[&str]) {
     );
 }
 
-/// A raw HTTP/1.1 request; returns (status, head, body).
+/// A raw HTTP/1.1 request; returns (status, head, body), the head as a status line and
+/// `name: value` lines.
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let resp = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
-}
-
-fn basic(user: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"))
-    )
+    let resp = common::raw_http(port, req.as_bytes());
+    let mut head = format!("HTTP/1.1 {}\r\n", resp.status);
+    for (k, v) in &resp.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    (resp.status, head, resp.text())
 }
 
 fn commit_file(w: &World, repo: &Path, name: &str, content: &[u8]) {
@@ -697,7 +594,7 @@ fn large_chunked_push_and_clone_stream_with_flat_memory() {
     let url = w.url(&g);
     let a = w.path("a");
     w.git_ok(w.dir.path(), &["clone", "-q", &url, a.to_str().unwrap()]);
-    let baseline = peak_rss_kib(g.child.id());
+    let baseline = peak_rss_kib(g.pid());
     // 32 MiB that does not compress: the pack is about as large.
     const SIZE: usize = 32 << 20;
     let mut data = vec![0u8; SIZE];
@@ -737,7 +634,7 @@ fn large_chunked_push_and_clone_stream_with_flat_memory() {
     );
 
     // gitgate saw the whole pack go through as one request body ...
-    let log = g.log();
+    let log = g.log_text();
     let bytes = |method: &str, field: &str| {
         log.lines()
             .filter(|l| l.contains(&format!("method={method}")))
@@ -757,7 +654,7 @@ fn large_chunked_push_and_clone_stream_with_flat_memory() {
         "bytes_out of the clone: {cloned}\n{log}"
     );
     // ... without holding it: the peak memory barely moved.
-    let peak = peak_rss_kib(g.child.id());
+    let peak = peak_rss_kib(g.pid());
     eprintln!(
         "push {pushed} B in {push_took:?}, clone {cloned} B in {clone_took:?}; \
          gitgate peak RSS {baseline} KiB before, {peak} KiB after"
@@ -994,9 +891,9 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     // Swap the files to certificate B and signal.
     std::fs::copy(fixture("tls/server-b.pem"), w.path("cert.pem")).unwrap();
     std::fs::copy(fixture("tls/server-b.key"), w.path("key.pem")).unwrap();
-    signal(&g.child, "HUP");
+    g.signal("HUP");
     wait_for("the reload", Duration::from_secs(10), || {
-        g.log().contains("TLS certificate reloaded")
+        g.log_text().contains("TLS certificate reloaded")
     });
     let (cert, _) = tls_connect(g.port);
     assert_eq!(cert, pem_der("tls/server-b.pem"), "a new connection sees B");
@@ -1007,13 +904,13 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
 
     // A broken certificate at reload: the old one stays, and the log says why.
     std::fs::write(w.path("cert.pem"), "garbage").unwrap();
-    signal(&g.child, "HUP");
+    g.signal("HUP");
     wait_for("the failed reload", Duration::from_secs(10), || {
-        g.log().contains("keeping the current TLS certificate")
+        g.log_text().contains("keeping the current TLS certificate")
     });
     let (cert, _) = tls_connect(g.port);
     assert_eq!(cert, pem_der("tls/server-b.pem"));
-    assert!(g.log().contains("cert.pem"), "{}", g.log());
+    assert!(g.log_text().contains("cert.pem"), "{}", g.log_text());
 }
 
 #[test]
@@ -1070,7 +967,7 @@ fn graceful_shutdown_finishes_a_slow_clone() {
     wait_for("the slow POST to start", Duration::from_secs(20), || {
         started.exists()
     });
-    signal(&g.child, "TERM");
+    g.signal("TERM");
     let out = clone.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -1080,7 +977,7 @@ fn graceful_shutdown_finishes_a_slow_clone() {
     assert!(a.join("README").exists());
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = g.child.try_wait().unwrap() {
+        if let Some(s) = g.exit_status() {
             break s;
         }
         assert!(
@@ -1093,7 +990,7 @@ fn graceful_shutdown_finishes_a_slow_clone() {
         status.success(),
         "gitgate exits 0 after a graceful shutdown: {status}"
     );
-    assert!(g.log().contains("shutting down"), "{}", g.log());
+    assert!(g.log_text().contains("shutting down"), "{}", g.log_text());
 }
 
 #[test]
@@ -1200,6 +1097,6 @@ fn bench_clone_direct_and_through_gitgate() {
         "clone of 64 MiB, best of 3: nginx direct {:?}, through gitgate {:?}; gitgate peak RSS {} KiB",
         best[0],
         best[1],
-        peak_rss_kib(g.child.id())
+        peak_rss_kib(g.pid())
     );
 }

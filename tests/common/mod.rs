@@ -1,4 +1,5 @@
-//! Harness shared by the end-to-end suites (`tests/gate.rs`, `tests/cli.rs`).
+//! Harness shared by every end-to-end suite: `tests/lifecycle_support` (the REST and lifecycle
+//! suites) and `tests/hardening_support` (the raw-TCP suites) build their fixtures on it.
 //!
 //! Every test builds its own [`Sandbox`]: a tempdir holding a config file, the SQLite store, the
 //! repositories (`repos/`), a home directory for git, and a copy of a backend wrapper from
@@ -182,6 +183,10 @@ pub enum Backend {
 pub struct Setup {
     pub git_prefix: String,
     pub backend: Backend,
+    /// More lines inside `[server]`.
+    pub server_extra: String,
+    /// More sections at the end of the config.
+    pub extra: String,
 }
 
 impl Default for Setup {
@@ -189,6 +194,8 @@ impl Default for Setup {
         Setup {
             git_prefix: "/".into(),
             backend: Backend::Counting,
+            server_extra: String::new(),
+            extra: String::new(),
         }
     }
 }
@@ -252,12 +259,14 @@ impl Sandbox {
     /// config file's folder; the CGI program by absolute path.
     pub fn config_text(&self) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ngit_prefix = \"{prefix}\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\ngit_prefix = \"{prefix}\"\n{server_extra}\n\
              [store]\npath = \"gitgate.db\"\n\n\
              [upstream]\ncgi = \"{cgi}\"\nproject_root = \"repos\"\n\n\
-             [auth]\nrealm = \"gitgate\"\n",
+             [auth]\nrealm = \"gitgate\"\n{extra}",
             prefix = self.setup.git_prefix,
+            server_extra = self.setup.server_extra,
             cgi = self.cgi_script().display(),
+            extra = self.setup.extra,
         )
     }
 
@@ -473,42 +482,16 @@ impl Sandbox {
     /// Starts `gitgate --config C serve`, stderr to `gitgate.log`, and waits for the
     /// `listening on http://127.0.0.1:PORT` line.
     pub fn serve_with_env(&self, env: &[(&str, &str)]) -> Server {
-        let log = self.server_log();
-        let log_file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
         let mut cmd = self.gitgate_command();
-        cmd.arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
+        cmd.arg("serve");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn gitgate serve");
-        let mut server = Server {
-            child,
-            port: 0,
-            log,
-            prefix: self.setup.git_prefix.trim_end_matches('/').to_owned(),
-        };
-        let start = Instant::now();
-        loop {
-            let text = server.log_text();
-            if let Some(port) = listening_port(&text) {
-                server.port = port;
-                return server;
-            }
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("gitgate serve exited with {status} before listening; log:\n{text}");
-            }
-            if start.elapsed() > STARTUP_DEADLINE {
-                panic!("gitgate serve did not log `listening on http://127.0.0.1:PORT` within {STARTUP_DEADLINE:?}; log:\n{text}");
-            }
-            thread::sleep(Duration::from_millis(25));
-        }
+        Server::start(
+            cmd,
+            self.server_log(),
+            self.setup.git_prefix.trim_end_matches('/'),
+        )
     }
 }
 
@@ -530,23 +513,86 @@ fn token_from(run: Run) -> Token {
     }
 }
 
-/// The port in a `listening on http://127.0.0.1:PORT` log line.
-pub fn listening_port(log: &str) -> Option<u16> {
-    const MARK: &str = "listening on http://127.0.0.1:";
+/// The scheme and port in a `listening on http(s)://127.0.0.1:PORT` log line.
+pub fn listening_at(log: &str) -> Option<(&'static str, u16)> {
+    const MARK: &str = "listening on http";
     let at = log.find(MARK)? + MARK.len();
-    let digits: String = log[at..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok().filter(|&p| p != 0)
+    let (scheme, rest) = match log[at..].strip_prefix("s://127.0.0.1:") {
+        Some(rest) => ("https", rest),
+        None => ("http", log[at..].strip_prefix("://127.0.0.1:")?),
+    };
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let port = digits.parse().ok().filter(|&p| p != 0)?;
+    Some((scheme, port))
 }
 
 /// A running `gitgate serve`; killed on drop.
 pub struct Server {
     child: Child,
     pub port: u16,
+    /// `http`, or `https` when the server listens with TLS.
+    pub scheme: &'static str,
     pub log: PathBuf,
     prefix: String,
 }
 
 impl Server {
+    /// Runs `cmd` (a `gitgate ... serve` command) with stderr appended to `log`, and waits for
+    /// its `listening on http(s)://127.0.0.1:PORT` line; fails the test if the process exits first
+    /// or stays silent past [`STARTUP_DEADLINE`].
+    pub fn start(mut cmd: Command, log: PathBuf, prefix: &str) -> Server {
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        // A restarted server appends to the same log: only its own lines count.
+        let earlier = log_file.metadata().unwrap().len() as usize;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let child = cmd.spawn().expect("spawn gitgate serve");
+        let mut server = Server {
+            child,
+            port: 0,
+            scheme: "http",
+            log,
+            prefix: prefix.to_owned(),
+        };
+        let start = Instant::now();
+        loop {
+            let text = server.log_text();
+            let text = text.get(earlier..).unwrap_or_default();
+            if let Some((scheme, port)) = listening_at(text) {
+                server.scheme = scheme;
+                server.port = port;
+                return server;
+            }
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("gitgate serve exited with {status} before listening; log:\n{text}");
+            }
+            if start.elapsed() > STARTUP_DEADLINE {
+                panic!("gitgate serve did not log `listening on http://127.0.0.1:PORT` within {STARTUP_DEADLINE:?}; log:\n{text}");
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, ...) to the server with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {} failed", self.pid());
+    }
+
     pub fn log_text(&self) -> String {
         String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
     }
@@ -566,7 +612,12 @@ impl Server {
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.exit_status().is_none()
+    }
+
+    /// How the process ended, or `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     pub fn stop(&mut self) {
@@ -605,13 +656,14 @@ impl Response {
 }
 
 /// Sends `request` exactly as given and reads the whole response (the request should carry
-/// `Connection: close`).
+/// `Connection: close`). A failed write is not an error: a server may answer (413, 431) and
+/// close before it has read everything, and the answer is what counts.
 pub fn raw_http(port: u16, request: &[u8]) -> Response {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    stream.write_all(request).unwrap();
+    let _ = stream.write_all(request);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -626,7 +678,8 @@ pub fn raw_http(port: u16, request: &[u8]) -> Response {
     parse_response(&buf)
 }
 
-fn parse_response(buf: &[u8]) -> Response {
+/// The first response in `buf`: status 0 and the bytes as body when there is no whole head.
+pub fn parse_response(buf: &[u8]) -> Response {
     let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Response {
             status: 0,
