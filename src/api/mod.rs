@@ -61,6 +61,9 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        // Every name is a class of Bitbucket Data Center's public Java API (its javadoc, 9.x):
+        // clients that switch on `exceptionName` see the ones Bitbucket itself sends. A status
+        // without a specific class there (405, 429, 5xx) gets their common base class.
         let exception = match status {
             StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
                 "com.atlassian.bitbucket.validation.ArgumentValidationException"
@@ -70,9 +73,6 @@ impl ApiError {
             }
             StatusCode::FORBIDDEN => "com.atlassian.bitbucket.AuthorisationException",
             StatusCode::NOT_FOUND => "com.atlassian.bitbucket.NoSuchEntityException",
-            StatusCode::METHOD_NOT_ALLOWED => {
-                "com.atlassian.bitbucket.rest.MethodNotAllowedException"
-            }
             StatusCode::CONFLICT => "com.atlassian.bitbucket.IllegalEntityStateException",
             _ => "com.atlassian.bitbucket.ServiceException",
         };
@@ -372,6 +372,37 @@ mod tests {
         assert!(is_api_path("/rest"));
         assert!(!is_api_path("/restaurant/app.git/info/refs"));
         assert!(!is_api_path("/team/rest/info/refs"));
+    }
+
+    #[test]
+    fn exception_names_are_bitbucket_classes() {
+        // Checked against Bitbucket Data Center's javadoc (com.atlassian.bitbucket, .auth and
+        // .validation packages); a new status must name a class that exists there too.
+        let cases = [
+            (
+                400,
+                "com.atlassian.bitbucket.validation.ArgumentValidationException",
+            ),
+            (
+                413,
+                "com.atlassian.bitbucket.validation.ArgumentValidationException",
+            ),
+            (
+                401,
+                "com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException",
+            ),
+            (403, "com.atlassian.bitbucket.AuthorisationException"),
+            (404, "com.atlassian.bitbucket.NoSuchEntityException"),
+            (405, "com.atlassian.bitbucket.ServiceException"),
+            (409, "com.atlassian.bitbucket.IllegalEntityStateException"),
+            (429, "com.atlassian.bitbucket.ServiceException"),
+            (500, "com.atlassian.bitbucket.ServiceException"),
+            (503, "com.atlassian.bitbucket.ServiceException"),
+        ];
+        for (status, name) in cases {
+            let e = ApiError::new(StatusCode::from_u16(status).unwrap(), "m");
+            assert_eq!(e.exception, name, "status {status}");
+        }
     }
 
     #[test]
