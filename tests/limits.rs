@@ -7,7 +7,6 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -18,11 +17,8 @@ use common::Server;
 fn start(dir: &Path, config: &str) -> Server {
     let path = dir.join("proxy.toml");
     std::fs::write(&path, config).unwrap();
-    let mut cmd = Command::new(common::gitgate_bin());
-    cmd.env_remove("GITGATE_CONFIG")
-        .arg("--config")
-        .arg(&path)
-        .arg("serve");
+    let mut cmd = common::gitgate_command(&path);
+    cmd.arg("serve");
     Server::start(cmd, dir.join("gitgate.log"), "")
 }
 
@@ -140,20 +136,17 @@ fn scripted_upstream(
 
 /// A project token for `team` (PROJECT_READ), created with the CLI against `cfg`.
 fn project_token(cfg: &Path) -> String {
-    let mut cmd = Command::new(common::gitgate_bin());
-    cmd.env_remove("GITGATE_CONFIG")
-        .arg("--config")
-        .arg(cfg)
-        .args([
-            "token",
-            "create",
-            "--project",
-            "team",
-            "--name",
-            "ci",
-            "--permission",
-            "PROJECT_READ",
-        ]);
+    let mut cmd = common::gitgate_command(cfg);
+    cmd.args([
+        "token",
+        "create",
+        "--project",
+        "team",
+        "--name",
+        "ci",
+        "--permission",
+        "PROJECT_READ",
+    ]);
     common::run(cmd, None).ok().trim().to_string()
 }
 

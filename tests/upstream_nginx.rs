@@ -224,23 +224,16 @@ fn is_root() -> bool {
 
 /// `gitgate serve` on `config`, its log in `gitgate.log` beside it.
 fn start_gitgate(config: &Path) -> Server {
-    let mut cmd = Command::new(common::gitgate_bin());
-    cmd.env_remove("GITGATE_CONFIG")
-        .env("GITGATE_LOG", "info")
-        .arg("--config")
-        .arg(config)
-        .arg("serve");
+    let mut cmd = common::gitgate_command(config);
+    cmd.env("GITGATE_LOG", "info").arg("serve");
     Server::start(cmd, config.with_file_name("gitgate.log"), "")
 }
 
 /// Run the gitgate CLI, feeding `stdin`; it must succeed. Returns its trimmed stdout.
 #[track_caller]
 fn cli(config: &Path, args: &[&str], stdin: &str) -> String {
-    let mut cmd = Command::new(common::gitgate_bin());
-    cmd.env_remove("GITGATE_CONFIG")
-        .arg("--config")
-        .arg(config)
-        .args(args);
+    let mut cmd = common::gitgate_command(config);
+    cmd.args(args);
     common::run(cmd, Some(stdin)).ok().trim().to_string()
 }
 

@@ -26,14 +26,26 @@ use serde_json::Value;
 
 /// How long any single child process (git, gitgate CLI) may run.
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(90);
-/// How long `gitgate serve` may take to log its listening address.
-pub const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long `gitgate serve` may take to log its listening address (a deadline, not a wait: the
+/// harness polls the log every 25 ms; generous because suites start servers in parallel on
+/// two cores).
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A password no other string in the suite contains, so finding it anywhere is a leak.
 pub const PASSWORD: &str = "pw-Quokka-7f3a9c-Marzipan";
 
 pub fn gitgate_bin() -> &'static str {
     env!("CARGO_BIN_EXE_gitgate")
+}
+
+/// `gitgate --config CONFIG`, not swayed by the caller's `GITGATE_CONFIG` or `GITGATE_LOG`.
+pub fn gitgate_command(config: &Path) -> Command {
+    let mut cmd = Command::new(gitgate_bin());
+    cmd.env_remove("GITGATE_CONFIG")
+        .env_remove("GITGATE_LOG")
+        .arg("--config")
+        .arg(config);
+    cmd
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -307,12 +319,8 @@ impl Sandbox {
     // --- the gitgate CLI ---------------------------------------------------------------------
 
     pub fn gitgate_command(&self) -> Command {
-        let mut cmd = Command::new(gitgate_bin());
-        cmd.env_remove("GITGATE_CONFIG")
-            .env_remove("GITGATE_LOG")
-            .current_dir(self.root())
-            .arg("--config")
-            .arg(self.config());
+        let mut cmd = gitgate_command(&self.config());
+        cmd.current_dir(self.root());
         cmd
     }
 

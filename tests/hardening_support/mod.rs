@@ -29,12 +29,8 @@ pub struct Server {
 /// `gitgate --config CONFIG ARGS`, which must succeed; returns its trimmed stdout.
 #[track_caller]
 pub fn gitgate(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
-    let mut cmd = std::process::Command::new(common::gitgate_bin());
-    cmd.env_remove("GITGATE_CONFIG")
-        .env_remove("GITGATE_LOG")
-        .arg("--config")
-        .arg(config)
-        .args(args);
+    let mut cmd = common::gitgate_command(config);
+    cmd.args(args);
     common::run(cmd, stdin).ok().trim().to_string()
 }
 
