@@ -667,6 +667,12 @@ impl Response {
 /// `Connection: close`). A failed write is not an error: a server may answer (413, 431) and
 /// close before it has read everything, and the answer is what counts.
 pub fn raw_http(port: u16, request: &[u8]) -> Response {
+    try_raw_http(port, request).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`raw_http`], with a failed read as an error that names the request, the error kind and
+/// how much had arrived, for the caller to add what it knows (the server's log).
+pub fn try_raw_http(port: u16, request: &[u8]) -> Result<Response, String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -678,12 +684,21 @@ pub fn raw_http(port: u16, request: &[u8]) -> Response {
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // A reset after a complete answer (server closed while we had unread bytes) is fine.
             Err(e) if !buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("reading response: {e} (got {} bytes)", buf.len()),
+            Err(e) => {
+                return Err(format!(
+                    "reading the response to {:?} on port {port}: {e} ({:?}; got {} bytes: {:?})",
+                    String::from_utf8_lossy(&request[..request.len().min(120)]),
+                    e.kind(),
+                    buf.len(),
+                    String::from_utf8_lossy(&buf[..buf.len().min(200)]),
+                ))
+            }
         }
     }
-    parse_response(&buf)
+    Ok(parse_response(&buf))
 }
 
 /// The first response in `buf`: status 0 and the bytes as body when there is no whole head.

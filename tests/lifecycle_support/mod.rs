@@ -160,8 +160,15 @@ impl Api for Server {
         }
         head.push_str("\r\n");
         head.push_str(body);
-        let resp = common::raw_http(self.port, head.as_bytes());
-        assert_ne!(resp.status, 0, "no HTTP answer: {}", resp.text());
+        let resp = common::try_raw_http(self.port, head.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}\n--- server log ---\n{}", self.log_text()));
+        assert_ne!(
+            resp.status,
+            0,
+            "no HTTP answer: {}\n--- server log ---\n{}",
+            resp.text(),
+            self.log_text()
+        );
         Resp {
             status: resp.status,
             body: String::from_utf8(resp.body).expect("a UTF-8 body"),
