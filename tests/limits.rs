@@ -62,7 +62,14 @@ fn start_in_front_of(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (S
          [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n{upstream_extra}"
     );
     std::fs::write(dir.join("proxy.toml"), &config).unwrap();
-    let token = project_token(&dir.join("proxy.toml"));
+    let token = common::scoped_token(
+        &dir.join("proxy.toml"),
+        "--project",
+        "team",
+        "ci",
+        "PROJECT_READ",
+    )
+    .secret;
     let g = start(dir, &config);
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
     (g, auth)
@@ -132,22 +139,6 @@ fn scripted_upstream(
         }
     });
     (port, rx)
-}
-
-/// A project token for `team` (PROJECT_READ), created with the CLI against `cfg`.
-fn project_token(cfg: &Path) -> String {
-    let mut cmd = common::gitgate_command(cfg);
-    cmd.args([
-        "token",
-        "create",
-        "--project",
-        "team",
-        "--name",
-        "ci",
-        "--permission",
-        "PROJECT_READ",
-    ]);
-    common::run(cmd, None).ok().trim().to_string()
 }
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";

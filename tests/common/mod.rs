@@ -381,17 +381,7 @@ impl Sandbox {
     /// A project (`--project KEY`) or repository (`--repo PROJECT/REPO`) token.
     #[track_caller]
     pub fn scoped_token(&self, flag: &str, scope: &str, name: &str, perm: &str) -> Token {
-        token_from(self.cli(&[
-            "token",
-            "create",
-            flag,
-            scope,
-            "--name",
-            name,
-            "--permission",
-            perm,
-            "--json",
-        ]))
+        scoped_token(&self.config(), flag, scope, name, perm)
     }
 
     // --- repositories ------------------------------------------------------------------------
@@ -501,6 +491,25 @@ impl Sandbox {
             self.setup.git_prefix.trim_end_matches('/'),
         )
     }
+}
+
+/// A project (`--project KEY`) or repository (`--repo PROJECT/REPO`) token, created with the CLI
+/// on the store of `config`.
+#[track_caller]
+pub fn scoped_token(config: &Path, flag: &str, scope: &str, name: &str, perm: &str) -> Token {
+    let mut cmd = gitgate_command(config);
+    cmd.args([
+        "token",
+        "create",
+        flag,
+        scope,
+        "--name",
+        name,
+        "--permission",
+        perm,
+        "--json",
+    ]);
+    token_from(run(cmd, None))
 }
 
 #[track_caller]
