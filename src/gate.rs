@@ -199,17 +199,7 @@ impl Gate {
         // SQLite on the blocking pool.
         let record = match self.store.cached_auth_record(id.as_str()) {
             Ok(CacheLookup::Hit(hit)) => hit,
-            Ok(CacheLookup::Miss(at)) => {
-                let store = self.store.clone();
-                let id_str = id.as_str().to_string();
-                tokio::task::spawn_blocking(move || store.load_auth_record(&id_str, at))
-                    .await
-                    .map_err(|e| {
-                        Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
-                    })?
-                    .map_err(Refusal::StoreDown)?
-                    .ok_or(Refusal::InvalidToken)?
-            }
+            Ok(CacheLookup::Miss(_)) => self.load_record(id.as_str()).await?,
             Err(e) => return Err(Refusal::StoreDown(e)),
         };
         let now = clock::now_ms();
@@ -240,7 +230,32 @@ impl Gate {
         Ok((git_req, identity, slot))
     }
 
-    /// Record the token's last use off the request path, at most every few seconds per token.
+    /// A cache miss: read the token's record on the blocking pool, a few at a time (see
+    /// [`Store::miss_slots`]). A request that waited for its turn looks in the cache again
+    /// first — another request for the same token has usually read it meanwhile.
+    async fn load_record(&self, id: &str) -> Result<Arc<AuthRecord>, Refusal> {
+        let _slot = self.store.miss_slots().acquire().await.map_err(|_| {
+            Refusal::StoreDown(StoreError::Invalid("the store is shutting down".into()))
+        })?;
+        let at = match self.store.cached_auth_record(id) {
+            Ok(CacheLookup::Hit(hit)) => return Ok(hit),
+            Ok(CacheLookup::Miss(at)) => at,
+            Err(e) => return Err(Refusal::StoreDown(e)),
+        };
+        let store = self.store.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || store.load_auth_record(&id, at))
+            .await
+            .map_err(|e| {
+                Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
+            })?
+            .map_err(Refusal::StoreDown)?
+            .ok_or(Refusal::InvalidToken)
+    }
+
+    /// Record the token's last use off the request path, at most every few seconds per token:
+    /// the store's writer batches it with other tokens' (one commit a second at most, however
+    /// many tokens are in use).
     fn note_use(&self, record: &AuthRecord, now: i64, remote: SocketAddr) {
         if record
             .token
@@ -249,15 +264,8 @@ impl Gate {
         {
             return;
         }
-        let store = self.store.clone();
-        let id = record.token.id.clone();
-        let addr = remote.ip().to_string();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.touch_token(&id, now, &addr) {
-                tracing::warn!(token_id = %id, error = %e, "could not record last use");
-                METRICS.side_effect_failure();
-            }
-        });
+        self.store
+            .touch_token_later(&record.token.id, now, remote.ip());
     }
 
     /// The one place where refusals become answers.

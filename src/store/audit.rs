@@ -105,7 +105,7 @@ impl Store {
         target: String,
         detail: String,
     ) {
-        self.inner.audit_writer.send(
+        self.inner.batch_writer.send(
             &self.inner,
             super::writer::Event {
                 at: clock::now_ms(),

@@ -160,7 +160,11 @@ impl AuthCache {
         Ok(seen.epoch)
     }
 
-    /// The cached record for `id`, if the cache is still valid at `version`.
+    /// The cached record for `id`, if the cache is still valid at `version`. A hit is counted
+    /// here; a miss where the store is read ([`Store::load_auth_record`]), so that a request
+    /// that looks twice — before and after waiting for a place to read — counts once.
+    ///
+    /// [`Store::load_auth_record`]: super::Store::load_auth_record
     pub(super) fn get(&self, id: &str, version: i64) -> Option<Arc<AuthRecord>> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let found = if state.version == version {
@@ -168,12 +172,9 @@ impl AuthCache {
         } else {
             None
         };
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
         found
     }
 

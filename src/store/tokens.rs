@@ -1,7 +1,9 @@
 //! Tokens: id, kind, name, owner or scope, permissions, the SHA-256 of the secret, and their
 //! lifecycle times. The secret itself is never stored.
 
-use rusqlite::{params, OptionalExtension};
+use std::net::IpAddr;
+
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
 use super::audit::record;
@@ -469,17 +471,22 @@ impl Store {
         })
     }
 
-    /// Note a successful use. Not audited (it is not a change anyone made).
-    pub fn touch_token(&self, id: &str, at: i64, addr: &str) -> Result<()> {
-        self.with_conn(|c| {
-            c.prepare_cached(
-                "UPDATE tokens SET last_used_at = ?1, last_used_addr = ?2
-                 WHERE id = ?3 AND (last_used_at IS NULL OR last_used_at < ?1)",
-            )?
-            .execute(params![at, addr, id])?;
-            Ok(())
-        })
+    /// Note a successful use (not audited: it is not a change anyone made), written soon in a batch with other tokens' (see `writer.rs`): for
+    /// the request path, which must not cost a commit per token — every commit empties the
+    /// token cache. Never blocks; a failed write is logged and counted by the writer.
+    pub fn touch_token_later(&self, id: &str, at: i64, addr: IpAddr) {
+        self.inner.batch_writer.last_use(&self.inner, id, at, addr);
     }
+}
+
+/// Set a token's last use, unless a later one is already recorded.
+pub(super) fn write_last_use(c: &Connection, id: &str, at: i64, addr: &str) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE tokens SET last_used_at = ?1, last_used_addr = ?2
+         WHERE id = ?3 AND (last_used_at IS NULL OR last_used_at < ?1)",
+    )?
+    .execute(params![at, addr, id])?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -533,12 +540,19 @@ mod tests {
             .is_none());
 
         store
-            .touch_token("abcdefghijkl", 1000, "127.0.0.1")
+            .with_conn(|c| write_last_use(c, "abcdefghijkl", 1000, "127.0.0.1"))
             .unwrap();
         assert_eq!(
             store.token("abcdefghijkl").unwrap().unwrap().last_used_at,
             Some(1000)
         );
+        // An older use does not overwrite a newer one.
+        store
+            .with_conn(|c| write_last_use(c, "abcdefghijkl", 999, "192.0.2.1"))
+            .unwrap();
+        let t = store.token("abcdefghijkl").unwrap().unwrap();
+        assert_eq!(t.last_used_at, Some(1000));
+        assert_eq!(t.last_used_addr.as_deref(), Some("127.0.0.1"));
 
         store.revoke_token("abcdefghijkl", &actor()).unwrap();
         assert!(store
@@ -585,5 +599,59 @@ mod tests {
             .unwrap()
             .owner
             .is_none());
+    }
+
+    /// Uses noted on the request path reach the store soon, with the newest use of each token.
+    #[test]
+    fn last_uses_noted_later_are_written_soon_the_newest_winning() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        let ids: Vec<String> = (0..50).map(|i| format!("tok{i:09}")).collect();
+        for id in &ids {
+            store
+                .insert_token(
+                    &NewToken {
+                        id,
+                        kind: TokenKind::Personal,
+                        name: id,
+                        owner: Some("alice"),
+                        scope: None,
+                        permissions: perms(&["REPO_READ"]),
+                        secret_hash: [7; 32],
+                        expires_at: None,
+                        allowed_networks: &[],
+                        created_at: 1,
+                    },
+                    &actor(),
+                )
+                .unwrap();
+        }
+        let addr: IpAddr = "192.0.2.9".parse().unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            store.touch_token_later(id, 1000 + i as i64, addr);
+            // A later use of the same token wins; an older one does not.
+            store.touch_token_later(id, 5000 + i as i64, addr);
+            store.touch_token_later(id, 10, "198.51.100.1".parse().unwrap());
+        }
+        let used = |store: &Store| -> Vec<(Option<i64>, Option<String>)> {
+            ids.iter()
+                .map(|id| {
+                    let t = store.token(id).unwrap().unwrap();
+                    (t.last_used_at, t.last_used_addr)
+                })
+                .collect()
+        };
+        let expected: Vec<_> = (0..50)
+            .map(|i| (Some(5000 + i as i64), Some("192.0.2.9".to_string())))
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let seen = loop {
+            let seen = used(&store);
+            if seen == expected || std::time::Instant::now() > deadline {
+                break seen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(seen, expected);
     }
 }

@@ -1,10 +1,16 @@
-//! Batched audit writes off the request path.
+//! Batched writes off the request path: audit events and tokens' last use.
 //!
-//! Why: a failed authentication is an audit event, and writing each one in its own transaction
-//! costs a commit per refused request — under a flood of bad tokens that is most of gitgate's CPU,
-//! and every commit also moves the WAL index header, which empties the token cache for everyone
-//! else. Events are instead gathered in memory for up to [`WINDOW`] and written by one writer
-//! thread in a single `BEGIN IMMEDIATE` transaction.
+//! Why: a failed authentication is an audit event, and a successful one updates the token's
+//! last-used time. Writing each in its own transaction costs a commit per request — under a flood
+//! of bad tokens that is most of gitgate's CPU — and every commit moves the WAL index header,
+//! which empties the token cache for every token (`cache.rs`). Last-used writes made that
+//! visible: one token used at once costs a commit every few seconds, but three hundred tokens
+//! in use (a CI fleet) cost sixty commits a second, and the cache — emptied sixty times a
+//! second — missed on every token's next request: 30–40 % fewer requests/s and a p99 eight to
+//! eleven times that with one token (docs/PERFORMANCE.md). Both are instead gathered in
+//! memory and written by one writer thread in a single `BEGIN IMMEDIATE` transaction: audit
+//! events within [`WINDOW`], last-used times at most once per [`LAST_USE_WINDOW`] — so the
+//! store takes a bounded number of commits a second however many tokens are in use.
 //!
 //! Within a window, repeats of the same event (same actor, address, action, target and detail —
 //! one bad token tried over and over from one place) become one row with a count and the time
@@ -19,22 +25,35 @@
 //! [`DISTINCT`] different events wait per thread and per window, so a flood of varied garbage
 //! cannot grow memory; beyond that they are counted, and the count is written as one
 //! `audit.dropped` summary, so the audit log still says that (and how many) failures happened.
+//!
+//! Last use: per token, only the newest time (and the address it came from) is kept; a token
+//! whose time is already waiting costs a hash lookup, no allocation. At most [`LAST_USES`]
+//! tokens wait per thread and window; beyond that a use is not noted — harmless, as that
+//! token's stored time stays old and its next request offers it again.
+//!
 //! The writer holds only a weak reference to the store and ends when the store is dropped.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::audit::{record, record_repeated, Repeats};
+use super::tokens::write_last_use;
 use super::{Actor, Inner, Store};
 
 /// Most different events waiting to be written; more are counted, not kept.
 const DISTINCT: usize = 4096;
 /// How long the writer gathers events (and folds repeats) before it commits them.
 const WINDOW: Duration = Duration::from_millis(100);
+/// Last-used times are written at most this often (the first after a quiet spell within
+/// [`WINDOW`]).
+const LAST_USE_WINDOW: Duration = Duration::from_secs(1);
+/// Most tokens whose last use waits per thread and window.
+const LAST_USES: usize = 65_536;
 
 pub(super) struct Event {
     /// Epoch milliseconds when it happened (not when it was written).
@@ -119,12 +138,64 @@ impl Batch {
     }
 }
 
+/// When a token was last used, and from where.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct LastUse {
+    at: i64,
+    addr: IpAddr,
+}
+
+/// Tokens' last uses of one window, the newest per token.
+#[derive(Default)]
+struct LastUses {
+    tokens: HashMap<String, LastUse>,
+}
+
+impl LastUses {
+    fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Keep `used` if it is the token's newest; a token already waiting costs no allocation.
+    fn note(&mut self, id: &str, used: LastUse) {
+        let room = self.tokens.len() < LAST_USES;
+        match self.tokens.get_mut(id) {
+            Some(kept) if used.at > kept.at => *kept = used,
+            Some(_) => {}
+            None if room => {
+                self.tokens.insert(id.to_owned(), used);
+            }
+            None => {}
+        }
+    }
+
+    /// Fold another thread's last uses into these, the newest per token winning.
+    fn absorb(&mut self, other: LastUses) {
+        for (id, used) in other.tokens {
+            match self.tokens.get_mut(&id) {
+                Some(kept) if kept.at >= used.at => {}
+                Some(kept) => *kept = used,
+                None => {
+                    self.tokens.insert(id, used);
+                }
+            }
+        }
+    }
+}
+
+/// What one thread has gathered for the writer.
+#[derive(Default)]
+struct Gathered {
+    events: Batch,
+    last_uses: LastUses,
+}
+
 /// Events waiting for the writer, and the signal that wakes it.
 #[derive(Default)]
 struct Pending {
     /// One batch per thread that has added events; the owner locks its own (uncontended but for
     /// the writer, once per window).
-    batches: Mutex<Vec<Arc<Mutex<Batch>>>>,
+    batches: Mutex<Vec<Arc<Mutex<Gathered>>>>,
     /// Set by the first event of a window, cleared by the writer as it takes the window.
     open: AtomicBool,
     wake: Mutex<()>,
@@ -132,7 +203,7 @@ struct Pending {
 }
 
 /// A thread's own batch for one writer.
-type OwnBatch = (Weak<Pending>, Arc<Mutex<Batch>>);
+type OwnBatch = (Weak<Pending>, Arc<Mutex<Gathered>>);
 
 thread_local! {
     /// This thread's batch for each writer it has added to (one per store; tests have many).
@@ -141,7 +212,7 @@ thread_local! {
 
 impl Pending {
     /// The calling thread's batch, registered with the writer on first use.
-    fn own_batch(self: &Arc<Self>) -> Arc<Mutex<Batch>> {
+    fn own_batch(self: &Arc<Self>) -> Arc<Mutex<Gathered>> {
         OWN.with(|own| {
             let mut own = own.borrow_mut();
             if let Some((_, batch)) = own
@@ -151,7 +222,7 @@ impl Pending {
                 return batch.clone();
             }
             own.retain(|(p, _)| p.strong_count() > 0);
-            let batch = Arc::new(Mutex::new(Batch::default()));
+            let batch = Arc::new(Mutex::new(Gathered::default()));
             self.batches
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -161,31 +232,56 @@ impl Pending {
         })
     }
 
-    /// Everything the threads gathered, folded into one batch; batches of threads that have
+    /// Everything the threads gathered, folded into one batch — last uses only when
+    /// `with_last_uses` — and whether last uses were left waiting. Batches of threads that have
     /// ended are forgotten once emptied.
-    fn take(&self) -> Batch {
+    fn take(&self, with_last_uses: bool) -> (Batch, LastUses, bool) {
         let mut all = Batch::default();
+        let mut last_uses = LastUses::default();
+        let mut left = false;
         let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
         for b in batches.iter() {
-            let taken = std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner()));
-            all.absorb(taken);
+            let mut gathered = b.lock().unwrap_or_else(|p| p.into_inner());
+            all.absorb(std::mem::take(&mut gathered.events));
+            if with_last_uses {
+                last_uses.absorb(std::mem::take(&mut gathered.last_uses));
+            } else {
+                left |= !gathered.last_uses.is_empty();
+            }
         }
-        batches.retain(|b| Arc::strong_count(b) > 1);
+        // A thread that has ended is forgotten, unless what it gathered is still waiting.
+        batches.retain(|b| {
+            Arc::strong_count(b) > 1
+                || !b
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_uses
+                    .is_empty()
+        });
         // Rows in the order the events first happened, whichever thread saw them.
         all.events.sort_by_key(|(e, _)| e.at);
         all.index.clear();
-        all
+        (all, last_uses, left)
+    }
+
+    /// Open a window if none is: the first addition of a window wakes the writer, later ones
+    /// only read the flag.
+    fn open_window(&self) {
+        if !self.open.load(Ordering::Relaxed) && !self.open.swap(true, Ordering::AcqRel) {
+            let _wake = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+            self.arrived.notify_one();
+        }
     }
 }
 
-pub(super) struct AuditWriter {
+pub(super) struct BatchWriter {
     pending: Arc<Pending>,
     started: OnceLock<()>,
 }
 
-impl AuditWriter {
-    pub(super) fn new() -> AuditWriter {
-        AuditWriter {
+impl BatchWriter {
+    pub(super) fn new() -> BatchWriter {
+        BatchWriter {
             pending: Arc::new(Pending::default()),
             started: OnceLock::new(),
         }
@@ -193,28 +289,43 @@ impl AuditWriter {
 
     /// Add `event` to the current window; starts the writer thread on first use.
     pub(super) fn send(&self, store: &Arc<Inner>, event: Event) {
+        self.start(store);
+        let own = self.pending.own_batch();
+        own.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .events
+            .add(event);
+        self.pending.open_window();
+    }
+
+    /// Note that token `id` was used at `at` (epoch ms) from `addr`, to be written soon.
+    pub(super) fn last_use(&self, store: &Arc<Inner>, id: &str, at: i64, addr: IpAddr) {
+        self.start(store);
+        let own = self.pending.own_batch();
+        own.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_uses
+            .note(id, LastUse { at, addr });
+        self.pending.open_window();
+    }
+
+    /// Start the writer thread on first use.
+    fn start(&self, store: &Arc<Inner>) {
         self.started.get_or_init(|| {
             let weak = Arc::downgrade(store);
             let pending = self.pending.clone();
             let spawned = std::thread::Builder::new()
-                .name("gitgate-audit".into())
+                .name("gitgate-writer".into())
                 .spawn(move || run(weak, pending));
             if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start the audit writer thread");
+                tracing::error!(error = %e, "cannot start the store's writer thread");
             }
         });
-        let own = self.pending.own_batch();
-        own.lock().unwrap_or_else(|p| p.into_inner()).add(event);
-        // The first event of a window wakes the writer; later ones only read the flag.
-        let pending = &self.pending;
-        if !pending.open.load(Ordering::Relaxed) && !pending.open.swap(true, Ordering::AcqRel) {
-            let _wake = pending.wake.lock().unwrap_or_else(|p| p.into_inner());
-            pending.arrived.notify_one();
-        }
     }
 }
 
 fn run(store: Weak<Inner>, pending: Arc<Pending>) {
+    let mut last_uses_written: Option<Instant> = None;
     loop {
         // Sleep until a window opens (checking now and then that the store still exists).
         {
@@ -234,17 +345,26 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
         // Events from here on open the next window (or land in this one, if their thread's
         // batch has not been taken yet: nothing is lost either way).
         pending.open.store(false, Ordering::Release);
-        let batch = pending.take();
-        if batch.is_empty() {
+        let due = last_uses_written.is_none_or(|t| t.elapsed() >= LAST_USE_WINDOW);
+        let (batch, last_uses, left) = pending.take(due);
+        if left {
+            // Come back for them in a later window.
+            pending.open.store(true, Ordering::Release);
+        }
+        if !last_uses.is_empty() {
+            last_uses_written = Some(Instant::now());
+        }
+        if batch.is_empty() && last_uses.is_empty() {
             continue;
         }
         let Some(inner) = store.upgrade() else { return };
-        write(&Store { inner }, &batch);
+        write(&Store { inner }, &batch, &last_uses);
     }
 }
 
-/// One transaction for the window: one row per distinct event, plus the summary of any dropped.
-fn write(store: &Store, batch: &Batch) {
+/// One transaction for the window: one row per distinct event, plus the summary of any dropped,
+/// and the tokens' last uses.
+fn write(store: &Store, batch: &Batch, last_uses: &LastUses) {
     let written = store.write(|tx| {
         for (e, repeats) in &batch.events {
             record_repeated(
@@ -269,11 +389,19 @@ fn write(store: &Store, batch: &Batch) {
             );
             record(tx, &actor, "audit.dropped", "", &detail)?;
         }
+        for (id, used) in &last_uses.tokens {
+            write_last_use(tx, id, used.at, &used.addr.to_string())?;
+        }
         Ok(())
     });
     if let Err(e) = written {
-        tracing::warn!(error = %e, events = batch.total, "could not write audit events");
-        for _ in 0..batch.total {
+        if !batch.is_empty() {
+            tracing::warn!(error = %e, events = batch.total, "could not write audit events");
+        }
+        if !last_uses.is_empty() {
+            tracing::warn!(error = %e, tokens = last_uses.tokens.len(), "could not record last use");
+        }
+        for _ in 0..batch.total + last_uses.tokens.len() as u64 {
             crate::metrics::METRICS.side_effect_failure();
         }
     }
@@ -356,16 +484,19 @@ mod tests {
                 std::thread::spawn(move || {
                     let own = pending.own_batch();
                     for i in 0..100 {
-                        own.lock().unwrap().add(event(10 + i, "same"));
+                        own.lock().unwrap().events.add(event(10 + i, "same"));
                     }
-                    own.lock().unwrap().add(event(5 - t, &format!("only-{t}")));
+                    own.lock()
+                        .unwrap()
+                        .events
+                        .add(event(5 - t, &format!("only-{t}")));
                 })
             })
             .collect();
         for t in threads {
             t.join().unwrap();
         }
-        let batch = pending.take();
+        let (batch, _, _) = pending.take(true);
         let rows: Vec<(&str, u64)> = batch
             .events
             .iter()
@@ -376,7 +507,67 @@ mod tests {
         assert_eq!(batch.events[2].1.last, 109);
         // Both threads have ended: their batches are forgotten once taken.
         assert!(pending.batches.lock().unwrap().is_empty());
-        assert!(pending.take().is_empty());
+        assert!(pending.take(true).0.is_empty());
+    }
+
+    fn used(at: i64, addr: &str) -> super::LastUse {
+        super::LastUse {
+            at,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_token_keeps_its_newest_use_and_a_window_is_capped() {
+        let mut uses = super::LastUses::default();
+        uses.note("a", used(10, "192.0.2.1"));
+        uses.note("a", used(30, "192.0.2.3"));
+        uses.note("a", used(20, "192.0.2.2"));
+        assert_eq!(uses.tokens["a"], used(30, "192.0.2.3"));
+        let mut other = super::LastUses::default();
+        other.note("a", used(25, "192.0.2.9"));
+        other.note("b", used(5, "192.0.2.5"));
+        uses.absorb(other);
+        assert_eq!(uses.tokens["a"], used(30, "192.0.2.3"));
+        assert_eq!(uses.tokens["b"], used(5, "192.0.2.5"));
+        let mut newer = super::LastUses::default();
+        newer.note("b", used(6, "192.0.2.6"));
+        uses.absorb(newer);
+        assert_eq!(uses.tokens["b"], used(6, "192.0.2.6"));
+
+        let mut full = super::LastUses::default();
+        for i in 0..super::LAST_USES + 10 {
+            full.note(&format!("t{i}"), used(1, "192.0.2.1"));
+        }
+        assert_eq!(full.tokens.len(), super::LAST_USES);
+        // A token already waiting still moves forward when the window is full.
+        full.note("t0", used(2, "192.0.2.1"));
+        assert_eq!(full.tokens["t0"].at, 2);
+    }
+
+    /// Last uses wait for their own, slower window; one noted by a thread that has since ended
+    /// still waits, and is taken when due.
+    #[test]
+    fn last_uses_wait_for_their_window_even_when_their_thread_has_ended() {
+        let pending = std::sync::Arc::new(super::Pending::default());
+        let p = pending.clone();
+        std::thread::spawn(move || {
+            p.own_batch()
+                .lock()
+                .unwrap()
+                .last_uses
+                .note("tok", used(7, "192.0.2.7"));
+        })
+        .join()
+        .unwrap();
+        let (events, uses, left) = pending.take(false);
+        assert!(events.is_empty() && uses.is_empty());
+        assert!(left, "the last use is reported as still waiting");
+        let (_, uses, left) = pending.take(true);
+        assert_eq!(uses.tokens["tok"], used(7, "192.0.2.7"));
+        assert!(!left);
+        // Taken, the ended thread's batch is forgotten.
+        assert!(pending.batches.lock().unwrap().is_empty());
     }
 
     #[test]
