@@ -25,6 +25,7 @@ else
 	RUNS=${RUNS:-5} WRK_SECONDS=${WRK_SECONDS:-10} WRK_ROUNDS=${WRK_ROUNDS:-3}
 fi
 WRK_CONNS=64
+MANY_TOKENS=${MANY_TOKENS:-300}
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 for tool in git nginx fcgiwrap wrk curl cargo; do
@@ -234,6 +235,28 @@ for t in "$TOKEN" "$BIG_TOKEN"; do
 done
 AUTH="Basic $(printf 'ci:%s' "$TOKEN" | base64 -w0)"
 BAD_AUTH="Basic $(printf 'ci:%s' 'ggt_wrongwrong_not-a-token' | base64 -w0)"
+# Many tokens in use at once (2e/2f, a CI fleet): MANY_TOKENS repository tokens, exempt from the
+# bucket like the bench token, which wrk takes in turn, one per request (a Lua script). Each
+# token's last use is written every few seconds, so the store sees commits all the time.
+log "creating $MANY_TOKENS tokens"
+for ((i = 1; i <= MANY_TOKENS; i++)); do
+	t=$("$GITGATE" --config "$W/gg-cli/gitgate.toml" token create --repo team/app --name "many$i" \
+		--permission REPO_READ --json | grep -o '"token": "[^"]*"' | cut -d'"' -f4)
+	"$GITGATE" --config "$W/gg-cli/gitgate.toml" ratelimit exempt "token:${t:4:12}" 2>/dev/null
+	printf '"Basic %s",\n' "$(printf 'ci:%s' "$t" | base64 -w0)"
+done >"$W/many.auth"
+{
+	echo "local auth = {"
+	cat "$W/many.auth"
+	cat <<'LUA'
+}
+local i = 0
+request = function()
+	i = i + 1
+	return wrk.format("GET", nil, { ["Authorization"] = auth[(i % #auth) + 1] })
+end
+LUA
+} >"$W/many.lua"
 
 start_gitgate http "url = \"http://127.0.0.1:$GIT_PORT/git\""
 GG_HTTP=$GG_PORT
@@ -272,9 +295,11 @@ med() { tr ' ' '\n' <<<"${TIMES[$1]}" | grep . | median; }
 
 # --- 2./3. the hop and rejections (wrk) ----------------------------------------------------------
 HOP_PATH="/team/app.git/info/refs?service=git-upload-pack"
-wrk_run() { # url [header] -> "rps p99_ms"
+wrk_run() { # url [header|many] [expect-non-2xx] -> "rps p99_ms"; many: rotate the many tokens
 	local out
-	if [[ -n "${2:-}" ]]; then
+	if [[ "${2:-}" == many ]]; then
+		out=$(wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECONDS}s" --latency -s "$W/many.lua" "$1")
+	elif [[ -n "${2:-}" ]]; then
 		out=$(wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECONDS}s" --latency -H "Authorization: $2" "$1")
 	else
 		out=$(wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECONDS}s" --latency "$1")
@@ -292,8 +317,9 @@ wrk_run() { # url [header] -> "rps p99_ms"
 [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PROXY2_PORT$HOP_PATH") == 200 ]]
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 200 ]]
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $BAD_AUTH" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 401 ]]
+[[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $(head -1 "$W/many.auth" | tr -d '",' )" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 200 ]]
 if [[ -n "${HOLD:-}" ]]; then # keep the set-up running for manual experiments
-	echo "proxy=$PROXY_PORT gitgate=$GG_HOP nginx401=$R401_PORT path=$HOP_PATH auth='$AUTH' dir=$W" >&2
+	echo "proxy=$PROXY_PORT gitgate=$GG_HOP nginx401=$R401_PORT path=$HOP_PATH auth='$AUTH' dir=$W many=$W/many.lua" >&2
 	sleep "$HOLD"
 	exit 0
 fi
@@ -309,14 +335,21 @@ for ((round = 1; round <= WRK_ROUNDS; round++)); do
 	RPS[nginx401]+="$r " P99[nginx401]+="$p "
 	read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOP$HOP_PATH" "$BAD_AUTH" expect-non-2xx)
 	RPS[gitgate401]+="$r " P99[gitgate401]+="$p "
+	# The same Lua script against nginx (which ignores the header), so both pay wrk's Lua.
+	read -r r p < <(wrk_run "http://127.0.0.1:$PROXY_PORT$HOP_PATH" many)
+	RPS[proxymany]+="$r " P99[proxymany]+="$p "
+	read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOP$HOP_PATH" many)
+	RPS[gitgatemany]+="$r " P99[gitgatemany]+="$p "
 	if [[ -n "${GG_HOPB:-}" ]]; then
 		read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOPB$HOP_PATH" "$AUTH")
 		RPS[compare]+="$r " P99[compare]+="$p "
 		read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOPB$HOP_PATH" "$BAD_AUTH" expect-non-2xx)
 		RPS[compare401]+="$r " P99[compare401]+="$p "
+		read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOPB$HOP_PATH" many)
+		RPS[comparemany]+="$r " P99[comparemany]+="$p "
 		log "wrk round $round/$WRK_ROUNDS: compare ($COMPARE) ${RPS[compare]}| 401 ${RPS[compare401]}"
 	fi
-	log "wrk round $round/$WRK_ROUNDS: rps proxy ${RPS[proxy]}| proxy2 ${RPS[proxy2]}| gitgate ${RPS[gitgate]}| 401 nginx ${RPS[nginx401]}| 401 gitgate ${RPS[gitgate401]}"
+	log "wrk round $round/$WRK_ROUNDS: rps proxy ${RPS[proxy]}| proxy2 ${RPS[proxy2]}| gitgate ${RPS[gitgate]}| 401 nginx ${RPS[nginx401]}| 401 gitgate ${RPS[gitgate401]}| $MANY_TOKENS tokens: proxy ${RPS[proxymany]}| gitgate ${RPS[gitgatemany]}"
 done
 mrps() { tr ' ' '\n' <<<"${RPS[$1]}" | grep . | median; }
 mp99() { tr ' ' '\n' <<<"${P99[$1]}" | grep . | median; }
@@ -330,15 +363,23 @@ if ((HOP_ONLY)); then
 	echo "| 2c | hop (req/s) | nginx proxy_pass, own process, $(nproc) workers $a | $b | $(ratio "$b" "$a")× |"
 	a=$(mp99 proxy2) b=$(mp99 gitgate)
 	echo "| 2d | hop p99 (ms) | same $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f ms", b-a}') |"
+	a=$(mrps proxymany) b=$(mrps gitgatemany)
+	echo "| 2e | hop, $MANY_TOKENS tokens in turn (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
+	a=$(mp99 proxymany) b=$(mp99 gitgatemany)
+	echo "| 2f | hop, $MANY_TOKENS tokens, p99 (ms) | nginx proxy_pass $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f ms", b-a}') |"
 	a=$(mrps nginx401) b=$(mrps gitgate401)
 	echo "| 3 | 401 (req/s) | nginx return 401 $a | $b | $(ratio "$b" "$a")× |"
-	echo "Raw: req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }]."
+	echo "Raw: req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
 	if [[ -n "${GG_HOPB:-}" ]]; then
 		a=$(mrps proxy) b=$(mrps compare)
 		echo "| 2a' | hop, $COMPARE (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
 		a=$(mrps nginx401) b=$(mrps compare401)
 		echo "| 3' | 401, $COMPARE (req/s) | nginx return 401 $a | $b | $(ratio "$b" "$a")× |"
-		echo "Raw compare: req/s [${RPS[compare]% }], 401 [${RPS[compare401]% }]; p99 ms [${P99[compare]% }], 401 [${P99[compare401]% }]."
+		a=$(mrps proxymany) b=$(mrps comparemany)
+		echo "| 2e' | hop, $MANY_TOKENS tokens, $COMPARE (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
+		a=$(mp99 proxymany) b=$(mp99 comparemany)
+		echo "| 2f' | hop, $MANY_TOKENS tokens, p99, $COMPARE (ms) | nginx proxy_pass $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f ms", b-a}') |"
+		echo "Raw compare: req/s [${RPS[compare]% }], 401 [${RPS[compare401]% }], $MANY_TOKENS tokens [${RPS[comparemany]% }]; p99 ms [${P99[compare]% }], 401 [${P99[compare401]% }], $MANY_TOKENS tokens [${P99[comparemany]% }]."
 	fi
 	exit 0
 fi
@@ -406,6 +447,10 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 2c | hop (req/s), stronger baseline | nginx proxy_pass as its own process, $(nproc) workers $a | $b | $r× | ≥ 1.0× | $(awk -v r="$r" 'BEGIN{print (r >= 1.0) ? "yes" : "no"}') |"
 	a=$(mp99 proxy2) b=$(mp99 gitgate) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
 	echo "| 2d | hop p99 (ms), stronger baseline | same $a | $b | $(ratio "$b" "$a")× ($d ms) | ≤ +0.5 ms | $(awk -v d="$d" 'BEGIN{print (d <= 0.5) ? "yes" : "no"}') |"
+	a=$(mrps proxymany) b=$(mrps gitgatemany) r=$(ratio "$b" "$a")
+	echo "| 2e | hop with $MANY_TOKENS tokens in use, wrk taking them in turn (req/s) | nginx proxy_pass, same script $a | $b | $r× | (as 2a) ≥ 1.0× | $(awk -v r="$r" 'BEGIN{print (r >= 1.0) ? "yes" : "no"}') |"
+	a=$(mp99 proxymany) b=$(mp99 gitgatemany) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
+	echo "| 2f | same, p99 (ms) | nginx proxy_pass, same script $a | $b | $(ratio "$b" "$a")× ($d ms) | (as 2b) ≤ +0.5 ms | $(awk -v d="$d" 'BEGIN{print (d <= 0.5) ? "yes" : "no"}') |"
 	a=$(mrps nginx401) b=$(mrps gitgate401) r=$(ratio "$b" "$a")
 	echo "| 3 | 401 wrong token (req/s) | nginx \`return 401\` $a | $b | $r× | ≥ 0.8× | $(awk -v r="$r" 'BEGIN{print (r >= 0.8) ? "yes" : "no"}') |"
 	base=$(bench_time "${BENCH_NAMES[0]:-none}")
@@ -416,5 +461,5 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 5a | peak RSS, one clone of $BIG_MB MB ($(awk -v b="$BIG_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB received) (MiB) | repo size $BIG_MB | $(mb "$RSS_BIG") | $(ratio "$(mb "$RSS_BIG")" "$BIG_MB")× of repo | < 64 | $(awk -v k="$RSS_BIG" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
 	echo "| 5b | peak RSS, $CONCURRENT concurrent clones of $REPO_MB MB ($CONC_OK/$CONCURRENT complete, ${CONC_SECONDS}s) (MiB) | total served $((REPO_MB * CONCURRENT)) | $(mb "$RSS_CONC") | $(ratio "$(mb "$RSS_CONC")" "$((REPO_MB * CONCURRENT))")× of bytes served | < 64 | $(awk -v k="$RSS_CONC" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
 	echo
-	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }]."
+	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
 }
