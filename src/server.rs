@@ -171,6 +171,9 @@ async fn run_workers(config: Config) -> Result<(), String> {
     for t in threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
+    // No request is left: write what the store's writer still holds (audit events and last
+    // uses of the last window), which would otherwise end with the process.
+    let _ = tokio::task::spawn_blocking(move || store.flush_pending_writes()).await;
     Ok(())
 }
 

@@ -274,6 +274,53 @@ fn last_use_is_recorded() {
     }
 }
 
+/// What the store's writer still holds when gitgate is told to stop — the audit event of a
+/// refused request, the last use of an accepted one, both inside their batching window — is
+/// written before the process exits.
+#[test]
+fn a_graceful_stop_writes_the_pending_audit_events_and_last_uses() {
+    let (sb, mut server, token) = team_setup();
+    let target = "/team/app.git/info/refs?service=git-upload-pack";
+    let refused = http_get(
+        server.port,
+        target,
+        Some(&basic("alice", &flip_secret(&token.secret))),
+    );
+    assert_eq!(refused.status, 401);
+    let accepted = http_get(server.port, target, Some(&basic("alice", &token.secret)));
+    assert_eq!(accepted.status, 200);
+    server.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = server.exit_status() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "gitgate did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}\n{}", server.log_text());
+    let audit = sb.cli_json(&["audit", "--json"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "auth.failed"),
+        "the refusal's audit event was lost: {audit}"
+    );
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    let mine = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == token.id.as_str())
+        .unwrap();
+    assert!(
+        mine["lastUsedAt"].as_i64().is_some(),
+        "the last use was lost: {mine}"
+    );
+}
+
 #[test]
 fn personal_token_works_as_bearer() {
     let (sb, server, token) = team_setup();

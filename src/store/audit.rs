@@ -117,6 +117,11 @@ impl Store {
         );
     }
 
+    /// Write the audit events and last uses still waiting for the writer now (at shutdown).
+    pub fn flush_pending_writes(&self) {
+        self.inner.batch_writer.flush(self);
+    }
+
     /// Events at or after `since` (epoch ms), oldest first, at most `limit`.
     pub fn audit_events(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEvent>> {
         self.with_conn(|c| {

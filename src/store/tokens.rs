@@ -601,12 +601,10 @@ mod tests {
             .is_none());
     }
 
-    /// Uses noted on the request path reach the store soon, with the newest use of each token.
-    #[test]
-    fn last_uses_noted_later_are_written_soon_the_newest_winning() {
-        let (_d, store) = temp_store();
+    /// `n` personal tokens of a new user alice, by id.
+    fn alices_tokens(store: &Store, n: usize) -> Vec<String> {
         store.add_user("alice", "h", Role::User, &actor()).unwrap();
-        let ids: Vec<String> = (0..50).map(|i| format!("tok{i:09}")).collect();
+        let ids: Vec<String> = (0..n).map(|i| format!("tok{i:09}")).collect();
         for id in &ids {
             store
                 .insert_token(
@@ -626,6 +624,14 @@ mod tests {
                 )
                 .unwrap();
         }
+        ids
+    }
+
+    /// Uses noted on the request path reach the store soon, with the newest use of each token.
+    #[test]
+    fn last_uses_noted_later_are_written_soon_the_newest_winning() {
+        let (_d, store) = temp_store();
+        let ids = alices_tokens(&store, 50);
         let addr: IpAddr = "192.0.2.9".parse().unwrap();
         for (i, id) in ids.iter().enumerate() {
             store.touch_token_later(id, 1000 + i as i64, addr);
@@ -653,5 +659,45 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
         assert_eq!(seen, expected);
+    }
+
+    /// However many tokens are in use, their last uses cost about one commit a second — each
+    /// commit empties the token cache — not one commit per token.
+    #[test]
+    fn last_uses_of_many_tokens_cost_about_one_commit_a_second() {
+        use std::time::{Duration, Instant};
+        let (_d, store) = temp_store();
+        let ids = alices_tokens(&store, 200);
+        let addr: IpAddr = "192.0.2.9".parse().unwrap();
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for chunk in ids.chunks(50) {
+                let store = &store;
+                s.spawn(move || {
+                    for round in 1..=5 {
+                        for id in chunk {
+                            store.touch_token_later(id, round, addr);
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                });
+            }
+        });
+        let deadline = start + Duration::from_secs(20);
+        while !ids
+            .iter()
+            .all(|id| store.token(id).unwrap().unwrap().last_used_at == Some(5))
+        {
+            assert!(Instant::now() < deadline, "last uses not written in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let commits = store.inner.batch_writer.last_use_commits();
+        // One right away, then at most one a second (and one more for a window in progress).
+        let bound = 2 + start.elapsed().as_secs();
+        assert!(
+            (1..=bound).contains(&commits),
+            "{commits} commits for 200 tokens used 5 times each in {:?}",
+            start.elapsed()
+        );
     }
 }

@@ -198,6 +198,9 @@ struct Pending {
     batches: Mutex<Vec<Arc<Mutex<Gathered>>>>,
     /// Set by the first event of a window, cleared by the writer as it takes the window.
     open: AtomicBool,
+    /// Transactions that wrote last uses (for tests).
+    #[cfg(test)]
+    last_use_commits: std::sync::atomic::AtomicU64,
     wake: Mutex<()>,
     arrived: Condvar,
 }
@@ -309,6 +312,21 @@ impl BatchWriter {
         self.pending.open_window();
     }
 
+    /// Write everything waiting now, on the calling thread, whether or not its window is over:
+    /// at shutdown, so that nothing gathered is lost with the process.
+    pub(super) fn flush(&self, store: &Store) {
+        let (batch, last_uses, _) = self.pending.take(true);
+        if !batch.is_empty() || !last_uses.is_empty() {
+            write(store, &batch, &last_uses);
+        }
+    }
+
+    /// Transactions so far that wrote last uses.
+    #[cfg(test)]
+    pub(super) fn last_use_commits(&self) -> u64 {
+        self.pending.last_use_commits.load(Ordering::Relaxed)
+    }
+
     /// Start the writer thread on first use.
     fn start(&self, store: &Arc<Inner>) {
         self.started.get_or_init(|| {
@@ -353,6 +371,8 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
         }
         if !last_uses.is_empty() {
             last_uses_written = Some(Instant::now());
+            #[cfg(test)]
+            pending.last_use_commits.fetch_add(1, Ordering::Relaxed);
         }
         if batch.is_empty() && last_uses.is_empty() {
             continue;
