@@ -39,7 +39,7 @@ use crate::upstream::Upstream;
 pub type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Last-used times are written at most this often per token (milliseconds).
-const TOUCH_INTERVAL_MS: i64 = 5_000;
+const LAST_USE_INTERVAL_MS: i64 = 5_000;
 
 /// What the gate needs, shared by all connections.
 pub struct Gate {
@@ -260,12 +260,11 @@ impl Gate {
         if record
             .token
             .last_used_at
-            .is_some_and(|t| now - t < TOUCH_INTERVAL_MS)
+            .is_some_and(|t| now - t < LAST_USE_INTERVAL_MS)
         {
             return;
         }
-        self.store
-            .touch_token_later(&record.token.id, now, remote.ip());
+        self.store.note_last_use(&record.token.id, now, remote.ip());
     }
 
     /// The one place where refusals become answers.

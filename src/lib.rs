@@ -7,16 +7,17 @@
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read)
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
-//!                                   ├─ token::parse(secret) → id; store: cache (WAL index header) → SQLite; hash compare
+//!                                   ├─ token::parse(secret) → id; store: cache (WAL index header) → on a miss SQLite,
+//!                                   │     a few reads at a time (Store::miss_slots); hash compare
 //!                                   │     (the current secret, or the previous one inside a rotation overlap)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
 //!                                   ├─ guard: principal's bucket (exchange starts only), in-flight cap ─▶ 429
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
 //!                                         └─ cgi:  git http-backend run by gitgate itself
-//!  off the hot path: last-used time/address (at most every 5 s per token), audit of failures
-//!  (100 ms windows, repeats folded, one writer thread), metrics (relaxed atomics, rendered
-//!  only when scraped)
+//!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
+//!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
+//!  written out at shutdown too; metrics (relaxed atomics, rendered only when scraped)
 //! ```
 //!
 //! - [`metrics`] counts requests, outcomes, bytes, latencies and connections and serves them as

@@ -474,7 +474,7 @@ impl Store {
     /// Note a successful use (not audited: it is not a change anyone made), written soon in a batch with other tokens' (see `writer.rs`): for
     /// the request path, which must not cost a commit per token — every commit empties the
     /// token cache. Never blocks; a failed write is logged and counted by the writer.
-    pub fn touch_token_later(&self, id: &str, at: i64, addr: IpAddr) {
+    pub fn note_last_use(&self, id: &str, at: i64, addr: IpAddr) {
         self.inner.batch_writer.last_use(&self.inner, id, at, addr);
     }
 }
@@ -634,10 +634,10 @@ mod tests {
         let ids = alices_tokens(&store, 50);
         let addr: IpAddr = "192.0.2.9".parse().unwrap();
         for (i, id) in ids.iter().enumerate() {
-            store.touch_token_later(id, 1000 + i as i64, addr);
+            store.note_last_use(id, 1000 + i as i64, addr);
             // A later use of the same token wins; an older one does not.
-            store.touch_token_later(id, 5000 + i as i64, addr);
-            store.touch_token_later(id, 10, "198.51.100.1".parse().unwrap());
+            store.note_last_use(id, 5000 + i as i64, addr);
+            store.note_last_use(id, 10, "198.51.100.1".parse().unwrap());
         }
         let used = |store: &Store| -> Vec<(Option<i64>, Option<String>)> {
             ids.iter()
@@ -676,7 +676,7 @@ mod tests {
                 s.spawn(move || {
                     for round in 1..=5 {
                         for id in chunk {
-                            store.touch_token_later(id, round, addr);
+                            store.note_last_use(id, round, addr);
                         }
                         std::thread::sleep(Duration::from_millis(100));
                     }
