@@ -203,6 +203,8 @@ struct Pending {
     last_use_commits: std::sync::atomic::AtomicU64,
     wake: Mutex<()>,
     arrived: Condvar,
+    /// Held from taking a window to its commit (by the writer thread, or by a flush).
+    writing: Mutex<()>,
 }
 
 /// A thread's own batch for one writer.
@@ -290,31 +292,34 @@ impl BatchWriter {
         }
     }
 
-    /// Add `event` to the current window; starts the writer thread on first use.
+    /// Add `event` to the current window.
     pub(super) fn send(&self, store: &Arc<Inner>, event: Event) {
-        self.start(store);
-        let own = self.pending.own_batch();
-        own.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .events
-            .add(event);
-        self.pending.open_window();
+        self.gather(store, |g| g.events.add(event));
     }
 
     /// Note that token `id` was used at `at` (epoch ms) from `addr`, to be written soon.
     pub(super) fn last_use(&self, store: &Arc<Inner>, id: &str, at: i64, addr: IpAddr) {
+        self.gather(store, |g| g.last_uses.note(id, LastUse { at, addr }));
+    }
+
+    /// Add to the calling thread's batch and open a window; starts the writer thread on first
+    /// use.
+    fn gather(&self, store: &Arc<Inner>, add: impl FnOnce(&mut Gathered)) {
         self.start(store);
         let own = self.pending.own_batch();
-        own.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_uses
-            .note(id, LastUse { at, addr });
+        add(&mut own.lock().unwrap_or_else(|p| p.into_inner()));
         self.pending.open_window();
     }
 
     /// Write everything waiting now, on the calling thread, whether or not its window is over:
-    /// at shutdown, so that nothing gathered is lost with the process.
+    /// at shutdown, so that nothing gathered is lost with the process. Waits for a write the
+    /// writer thread has under way, which would otherwise die unfinished with the process.
     pub(super) fn flush(&self, store: &Store) {
+        let _writing = self
+            .pending
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let (batch, last_uses, _) = self.pending.take(true);
         if !batch.is_empty() || !last_uses.is_empty() {
             write(store, &batch, &last_uses);
@@ -363,6 +368,7 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
         // Events from here on open the next window (or land in this one, if their thread's
         // batch has not been taken yet: nothing is lost either way).
         pending.open.store(false, Ordering::Release);
+        let _writing = pending.writing.lock().unwrap_or_else(|p| p.into_inner());
         let due = last_uses_written.is_none_or(|t| t.elapsed() >= LAST_USE_WINDOW);
         let (batch, last_uses, left) = pending.take(due);
         if left {
