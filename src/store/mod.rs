@@ -301,9 +301,9 @@ impl Store {
     /// blocking thread. Every commit empties the cache, so the requests in flight at that moment
     /// all miss together; without a bound each took a thread of its own and, past the pooled
     /// connections, opened a connection of its own — with 300 tokens in use, a p99 several
-    /// times that of one token (docs/PERFORMANCE.md). With it a burst is read by a few threads on pooled
-    /// connections while the rest wait without a thread, and a request that waited for a
-    /// place usually finds its token already read by one that went first.
+    /// times that of one token (docs/PERFORMANCE.md). With it a burst is read by a few threads
+    /// on pooled connections while the rest wait without a thread, and a request that waited
+    /// for a place usually finds its token already read by one that went first.
     pub fn miss_slots(&self) -> &tokio::sync::Semaphore {
         &self.inner.miss_slots
     }
