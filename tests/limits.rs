@@ -294,6 +294,46 @@ fn an_upstream_that_resets_mid_stream_is_never_a_complete_answer() {
 }
 
 #[test]
+fn an_upstream_that_trickles_is_not_cut_off_but_is_once_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sends a chunk every 400 ms for 2.4 s (longer than the 1 s idle timeout), then holds the
+    // connection open and says nothing: the timer set at the first wait fires while chunks
+    // still come, and must wait on from the last chunk instead of cutting the answer.
+    let trickling = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = trickling.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut s in trickling.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n",
+            );
+            for i in 0..7u8 {
+                let _ = s.write_all(format!("11\r\nchunk-{i:02}-of-seven\r\n").as_bytes());
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            held.push(s);
+        }
+    });
+    let (out, took) = info_refs_via(dir.path(), upstream_port, "idle_timeout_seconds = 1\n");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    for i in 0..7 {
+        assert!(out.contains(&format!("chunk-{i:02}-of-seven")), "{out}");
+    }
+    assert!(
+        !out.ends_with("0\r\n\r\n"),
+        "a stalled answer ended cleanly: {out}"
+    );
+    // The last chunk left at about 2.4 s; the cut comes about 1 s after it.
+    assert!(
+        took >= Duration::from_millis(3200) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+}
+
+#[test]
 fn an_upstream_that_stalls_mid_stream_is_cut_off_after_the_idle_timeout() {
     let dir = tempfile::tempdir().unwrap();
     // Starts a chunked 200, sends one chunk, then holds the connection open and says nothing.

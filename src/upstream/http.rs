@@ -486,7 +486,9 @@ impl Activity {
 ///
 /// The timer is armed only when the body first has to wait: a small answer that is already
 /// buffered when its headers arrive (most info/refs and every error) never touches the timer
-/// wheel.
+/// wheel. A frame only notes its time; the timer is moved when it fires early (frames came
+/// since it was set), so a clone's tens of thousands of frames cost a clock read each, not a
+/// timer-wheel move each.
 struct UpstreamBody {
     inner: Incoming,
     idle: Duration,
@@ -513,12 +515,7 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let now = tokio::time::Instant::now();
-                self.last_frame = now;
-                let idle = self.idle;
-                if let Some(timer) = self.timer.as_mut() {
-                    timer.as_mut().reset(now + idle);
-                }
+                self.last_frame = tokio::time::Instant::now();
                 if self.inner.is_end_stream() {
                     self.release();
                 }
@@ -536,15 +533,24 @@ impl Body for UpstreamBody {
             }
             Poll::Pending => {
                 let deadline = self.last_frame + self.idle;
+                let idle_secs = self.idle.as_secs();
                 let timer = self
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("the upstream response stalled for {}s", self.idle.as_secs()),
-                    )))),
-                    Poll::Pending => Poll::Pending,
+                loop {
+                    match timer.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        // Frames came since the timer was set: wait from the last one.
+                        Poll::Ready(()) if timer.deadline() < deadline => {
+                            timer.as_mut().reset(deadline)
+                        }
+                        Poll::Ready(()) => {
+                            return Poll::Ready(Some(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("the upstream response stalled for {idle_secs}s"),
+                            ))))
+                        }
+                    }
                 }
             }
         }
