@@ -172,9 +172,22 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     if secret.is_empty() {
         return Err(Malformed("Basic password is empty: use a gitgate token"));
     }
-    // The user name ends up in logs and audit events; keep it on one line.
+    // The user name ends up in logs and audit events: keep it on one line, and keep it one
+    // field (`user=alice token_id=...` must not be forgeable from a user name with spaces).
     if user.chars().any(char::is_control) {
         return Err(Malformed("Basic user name contains control characters"));
+    }
+    if user.chars().any(char::is_whitespace) {
+        return Err(Malformed("Basic user name contains spaces"));
+    }
+    // `https://TOKEN@host/...` (GitHub's style) puts the secret where user names go — into
+    // logs and the audit table. No user name starts with the token prefix (user names are
+    // lower case, digits and `._-`), so refuse it by name, without echoing it.
+    if user.starts_with(crate::token::PREFIX) {
+        return Err(Malformed(
+            "the Basic user name is a gitgate token: give the token as the password and your \
+             user name as the user (any name for a project or repository token)",
+        ));
     }
     Ok(Credentials::Basic {
         user: user.to_string(),
@@ -287,6 +300,14 @@ mod tests {
         assert!(malformed(not_utf8.as_bytes()).contains("UTF-8"));
         let control = format!("Basic {}", b64("al\nice:pw"));
         assert!(malformed(control.as_bytes()).contains("control"));
+        let forged = format!("Basic {}", b64("alice token_id=x status=200:pw"));
+        assert!(malformed(forged.as_bytes()).contains("spaces"));
+        // A token in the user name (even a mistyped one) is refused without being echoed.
+        let secret = "ggt_a2lwkrfqzn5a_GI7nsecretsecretsecretsecretsecretsecr_vf4il2";
+        let token_user = format!("Basic {}", b64(&format!("{secret}:x-oauth-basic")));
+        let reason = malformed(token_user.as_bytes());
+        assert!(reason.contains("is a gitgate token"), "{reason}");
+        assert!(!reason.contains(&secret[4..]), "{reason}");
         let split = format!("Basic {} {}", b64("a:b"), b64("c:d"));
         assert!(malformed(split.as_bytes()).contains("whitespace"));
         assert!(malformed(b"Basic\tYTpi").contains("scheme"));

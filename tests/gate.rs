@@ -1080,6 +1080,15 @@ fn secrets_never_reach_the_log_or_the_database() {
         ],
     )
     .fails_with("does not belong to user");
+    // The token where the user name goes (`https://TOKEN@host`, GitHub's style).
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with(&personal.secret, "x-oauth-basic", "team/app"),
+        ],
+    )
+    .fails_with("is a gitgate token");
     // give any background writer (last-used, audit) a moment, then stop the server
     std::thread::sleep(std::time::Duration::from_millis(500));
     server.stop();

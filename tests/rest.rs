@@ -890,6 +890,16 @@ fn every_action_is_audited_and_no_secret_is_written_anywhere() {
         401
     );
 
+    // A token where the user name goes (`https://TOKEN@host`) is refused by name, unechoed.
+    let r = server.request(
+        "GET",
+        &format!("{API}/users/alice"),
+        Auth::Basic(&second, "x-oauth-basic"),
+        "",
+    );
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("is a gitgate token"), "{}", r.body);
+
     let audit_json = install.cli_ok(&["audit", "--json"], "");
     let events: Vec<Value> = serde_json::from_str(&audit_json).unwrap();
     let has = |action: &str, actor: &str| {
