@@ -27,6 +27,10 @@
 //! caller gets [`CgiError::Exited`] with the exit status and the last line the child wrote to
 //! stderr. Every child is waited for by a supervisor task, whichever way the request ends
 //! (including the client going away and hyper dropping the body), so there are no zombies.
+//! A request that ends early ends everything its child started, too: `git http-backend` runs
+//! `git upload-pack`, which runs `git pack-objects`, and killing only the first would leave the
+//! others packing for a client that is gone — a CPU sink per abandoned clone. So each child leads
+//! its own process group, and the group is what gets the signals (see [`end_group`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -46,6 +50,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode};
+use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{oneshot, watch};
@@ -71,6 +76,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// After the backend exited, how long we wait for its stderr to drain (a grandchild that kept
 /// the pipe open must not hold the response hostage).
 const STDERR_GRACE: Duration = Duration::from_secs(1);
+
+/// How long an ended backend's process group gets after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(2);
 
 /// `PATH` for the backend when gitgate's own has nothing usable in it.
 const FALLBACK_PATH: &str = "/usr/bin:/bin";
@@ -245,6 +253,8 @@ impl CgiBackend {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so that ending it ends what it started (module docs).
+            .process_group(0)
             .kill_on_drop(true);
         cmd
     }
@@ -465,10 +475,8 @@ async fn supervise(
         status = child.wait() => status,
         reason = killed(&mut kill) => {
             tracing::debug!(target: "gitgate::cgi", %reason, "killing CGI backend");
-            // Fails only if it already exited, which is what we wanted anyway.
-            let _ = child.start_kill();
             killed_for = Some(reason);
-            child.wait().await
+            end_group(&mut child).await
         }
     };
     // Reaped. Pulling the switch now only stops the stdin task, which must not hang on to the
@@ -486,6 +494,30 @@ async fn supervise(
         last_stderr,
         killed: killed_for,
     });
+}
+
+/// Ends the child and every process in its group: SIGTERM first, so that git removes its
+/// temporary files (a push's quarantined objects, a half-written pack), then SIGKILL for the
+/// group if the child has not exited within [`TERM_GRACE`]. Signals go to the group only while
+/// the child is not reaped yet — its id is still taken then, so the group cannot be someone
+/// else's. Errors from `kill` mean the group is already gone, which is what we wanted.
+async fn end_group(child: &mut Child) -> io::Result<ExitStatus> {
+    let Some(group) = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(Pid::from_raw)
+    else {
+        return child.wait().await; // already reaped
+    };
+    let _ = kill_process_group(group, Signal::TERM);
+    match tokio::time::timeout(TERM_GRACE, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            let _ = kill_process_group(group, Signal::KILL);
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    }
 }
 
 /// Copies the request body to the child's stdin frame by frame, then closes stdin. A broken
@@ -1416,6 +1448,52 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("backend {pid} still in the process table");
+    }
+
+    /// Whether `pid` has ended: gone from the process table, or a zombie waiting for whoever
+    /// inherited it (in a container that may be a PID 1 that never reaps).
+    fn ended(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ended_backend_takes_what_it_started_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Like http-backend running upload-pack running pack-objects: a grandchild that would
+        // go on working for minutes.
+        let backend = script(
+            tmp.path(),
+            "spawns.cgi",
+            "sleep 300 & printf 'Content-Type: text/plain\\r\\n\\r\\n%s %s\\n' $$ $!; exec yes",
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/x", None, &headers);
+        let mut body = serve(&backend, req, empty).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let text = String::from_utf8_lossy(&first);
+        let pids: Vec<u32> = text
+            .lines()
+            .next()
+            .unwrap()
+            .split(' ')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 2, "{text}");
+        assert!(pids.iter().all(|&p| !ended(p)));
+        drop(body);
+        for _ in 0..250 {
+            if pids.iter().all(|&p| ended(p)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left: Vec<_> = pids.iter().filter(|&&p| !ended(p)).collect();
+        panic!("still running after the request ended: {left:?}");
     }
 
     #[tokio::test]
