@@ -249,6 +249,8 @@ fn main() -> ExitCode {
     });
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // `gitgate audit | head`: the reader has what it wanted; end as SIGPIPE would, quietly.
+        Err(message) if message == cli::STDOUT_CLOSED => ExitCode::from(141),
         Err(message) => {
             eprintln!("gitgate: {message}");
             ExitCode::FAILURE

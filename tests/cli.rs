@@ -617,6 +617,63 @@ fn token_revoke() {
     );
 }
 
+#[test]
+fn a_secret_that_cannot_be_shown_does_not_stay_valid() {
+    let sb = user_sandbox();
+    // stdout on a full disk: the token is created, its secret cannot be written.
+    let mut cmd = sb.gitgate_command();
+    cmd.args([
+        "token",
+        "create",
+        "--project",
+        "team",
+        "--name",
+        "lost",
+        "--permission",
+        "REPO_READ",
+    ])
+    .stdin(Stdio::null())
+    .stdout(
+        fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap(),
+    )
+    .stderr(Stdio::piped());
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("could not be shown, so it was revoked"),
+        "{stderr}"
+    );
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    let lost = with_value(&list, "lost");
+    assert_eq!(lost.len(), 1, "{list}");
+    assert!(lost[0]["revokedAt"].is_i64(), "{list}");
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_output_quietly() {
+    let sb = user_sandbox();
+    assert!(!sb.cli(&["audit"]).ok().is_empty(), "the audit has lines");
+    // `gitgate audit | head`, with the reader gone before the first line: the read end is
+    // closed as soon as the process exists, long before it has opened the store.
+    let mut cmd = sb.gitgate_command();
+    cmd.args(["audit"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // config selection
 

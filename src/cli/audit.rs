@@ -26,7 +26,7 @@ pub fn show(store: &Store, since: Option<&str>, json: bool) -> Result<(), String
             }
             _ => String::new(),
         };
-        println!(
+        outln!(
             "{} {:<22} actor={} source={} target={} {}{repeats}",
             clock::datetime(e.at),
             e.action,

@@ -31,9 +31,9 @@ pub fn list(store: &Store, name: Option<&str>, json: bool) -> Result<(), String>
     if json {
         return print_json(&json!(grants));
     }
-    println!("{:<24} {:<40} LEVEL", "USER", "TARGET");
+    outln!("{:<24} {:<40} LEVEL", "USER", "TARGET");
     for g in grants {
-        println!("{:<24} {:<40} {}", g.user, g.target, g.level);
+        outln!("{:<24} {:<40} {}", g.user, g.target, g.level);
     }
     Ok(())
 }

@@ -3,6 +3,17 @@
 //!
 //! Output contract: human text by default, one JSON value with `--json`; secrets only ever on
 //! stdout of `token create`, never in lists.
+//!
+//! Standard output is written with [`outln!`], not `println!` (which panics when stdout fails):
+//! `gitgate audit | head` ends quietly when `head` has read enough ([`STDOUT_CLOSED`]), and a
+//! stdout that cannot be written (a full disk) is an error like any other.
+
+/// `println!` that returns the write error (see the module docs) from the enclosing function.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!($($arg)*))?
+    };
+}
 
 pub mod audit;
 pub mod grant;
@@ -52,10 +63,28 @@ pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
     Ok(password)
 }
 
+/// The error of a command whose standard output was closed by its reader (`| head`): `main`
+/// exits without a message, as a command killed by SIGPIPE would.
+pub const STDOUT_CLOSED: &str = "standard output was closed";
+
+/// Write one line to standard output (see [`outln!`]).
+pub fn out(line: std::fmt::Arguments<'_>) -> Result<(), String> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => STDOUT_CLOSED.to_string(),
+            _ => format!("cannot write to standard output: {e}"),
+        })
+}
+
 /// Print a value as pretty JSON on stdout.
 pub fn print_json(value: &serde_json::Value) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 

@@ -24,11 +24,11 @@ pub fn show(store: &Store, json: bool) -> Result<(), String> {
         value["nonCompliantTokens"] = json!(non_compliant);
         return print_json(&value);
     }
-    println!(
+    outln!(
         "expiry required:  {}",
         if p.expiry_required { "yes" } else { "no" }
     );
-    println!(
+    outln!(
         "max expiry days:  {}",
         p.max_expiry_days
             .map(|d| d.to_string())
@@ -40,9 +40,9 @@ pub fn show(store: &Store, json: bool) -> Result<(), String> {
         .filter(|t| t.revoked_at.is_none() && !p.compliant(t))
         .collect();
     if !bad.is_empty() {
-        println!("non-compliant tokens (revoke them with `gitgate token revoke ID`):");
+        outln!("non-compliant tokens (revoke them with `gitgate token revoke ID`):");
         for t in bad {
-            println!("  {} '{}' of {}", t.id, t.name, t.principal());
+            outln!("  {} '{}' of {}", t.id, t.name, t.principal());
         }
     }
     Ok(())

@@ -53,7 +53,7 @@ pub fn list(store: &Store, as_json: bool) -> Result<(), String> {
     if as_json {
         return print_json(&json!(all));
     }
-    println!("{:<32} {:<28} UPDATED", "PRINCIPAL", "RULE");
+    outln!("{:<32} {:<28} UPDATED", "PRINCIPAL", "RULE");
     for o in all {
         let rule = match o.rule {
             RateRule::Exempt => "exempt".to_string(),
@@ -62,7 +62,7 @@ pub fn list(store: &Store, as_json: bool) -> Result<(), String> {
                 refill_per_second,
             } => format!("capacity {capacity}, {refill_per_second}/s"),
         };
-        println!(
+        outln!(
             "{:<32} {:<28} {} by {}",
             o.principal,
             rule,

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::{print_json, read_password, when};
 use crate::clock;
+use crate::credentials::Secret;
 use crate::lifecycle::{self, Caller, CreateRequest, EditRequest, ExpiryPolicy, Subject};
 use crate::policy::Target;
 use crate::store::{Actor, Store, TokenRecord};
@@ -77,11 +78,39 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
         &Actor::cli(),
     )
     .map_err(|e| e.to_string())?;
-    if json {
+    // A secret that never reached the operator must not stay valid: revoke it and say so.
+    let delivered = if json {
         let mut value = record.to_json();
         value["token"] = json!(secret.expose());
-        return print_json(&value);
-    }
+        print_json(&value)
+    } else {
+        announce(&record, &secret)
+    };
+    delivered.map_err(|e| {
+        let undone = lifecycle::revoke(
+            store,
+            &Caller::Operator,
+            None,
+            record.id.as_str(),
+            &Actor::cli(),
+        );
+        match undone {
+            Ok(_) => format!(
+                "{e}: the secret of token '{}' (id {}) could not be shown, so it was revoked \
+                 again; create a new one",
+                record.name, record.id
+            ),
+            Err(r) => format!(
+                "{e}: the secret of token '{}' (id {}) could not be shown, and revoking it \
+                 failed too ({r}): revoke it with `gitgate token revoke {}`",
+                record.name, record.id, record.id
+            ),
+        }
+    })
+}
+
+/// The new token's details on stderr and its secret, alone, on stdout.
+fn announce(record: &TokenRecord, secret: &Secret) -> Result<(), String> {
     eprintln!(
         "created {} token '{}' (id {}) for {} with {}, expires {}",
         record.kind.as_str(),
@@ -95,7 +124,7 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
             .unwrap_or_else(|| "never".into())
     );
     eprintln!("the secret below is shown once; store it now:");
-    println!("{}", secret.expose());
+    outln!("{}", secret.expose());
     Ok(())
 }
 
@@ -106,13 +135,19 @@ pub fn list(store: &Store, user: Option<&str>, json: bool) -> Result<(), String>
         let values: Vec<_> = tokens.iter().map(|t| to_json(t, &policy)).collect();
         return print_json(&json!(values));
     }
-    println!(
+    outln!(
         "{:<12} {:<20} {:<10} {:<20} {:<24} {:<20} {:<20} STATUS",
-        "ID", "NAME", "KIND", "FOR", "PERMISSIONS", "EXPIRES", "LAST USED"
+        "ID",
+        "NAME",
+        "KIND",
+        "FOR",
+        "PERMISSIONS",
+        "EXPIRES",
+        "LAST USED"
     );
     let now = clock::now_ms();
     for t in tokens {
-        println!(
+        outln!(
             "{:<12} {:<20} {:<10} {:<20} {:<24} {:<20} {:<20} {}",
             t.id,
             t.name,
@@ -140,23 +175,22 @@ pub fn show(store: &Store, id: &str, json: bool) -> Result<(), String> {
     if json {
         return print_json(&to_json(&t, &policy));
     }
-    print_details(&t, &policy);
-    Ok(())
+    print_details(&t, &policy)
 }
 
-fn print_details(t: &TokenRecord, policy: &ExpiryPolicy) {
-    println!("id:          {}", t.id);
-    println!("name:        {}", t.name);
-    println!("kind:        {}", t.kind.as_str());
-    println!("for:         {}", t.principal());
-    println!("permissions: {}", t.permissions);
-    println!(
+fn print_details(t: &TokenRecord, policy: &ExpiryPolicy) -> Result<(), String> {
+    outln!("id:          {}", t.id);
+    outln!("name:        {}", t.name);
+    outln!("kind:        {}", t.kind.as_str());
+    outln!("for:         {}", t.principal());
+    outln!("permissions: {}", t.permissions);
+    outln!(
         "created:     {} by {}",
         when(Some(t.created_at)),
         t.created_by
     );
-    println!("expires:     {}", when(t.expires_at));
-    println!(
+    outln!("expires:     {}", when(t.expires_at));
+    outln!(
         "networks:    {}",
         if t.allowed_networks.is_empty() {
             "anywhere".to_string()
@@ -164,8 +198,8 @@ fn print_details(t: &TokenRecord, policy: &ExpiryPolicy) {
             t.network_names().join(", ")
         }
     );
-    println!("rotated:     {}", when(t.rotated_at));
-    println!(
+    outln!("rotated:     {}", when(t.rotated_at));
+    outln!(
         "last used:   {}{}",
         when(t.last_used_at),
         t.last_used_addr
@@ -173,7 +207,8 @@ fn print_details(t: &TokenRecord, policy: &ExpiryPolicy) {
             .map(|a| format!(" from {a}"))
             .unwrap_or_default()
     );
-    println!("status:      {}", status(t, policy, clock::now_ms()));
+    outln!("status:      {}", status(t, policy, clock::now_ms()));
+    Ok(())
 }
 
 pub fn revoke(store: &Store, id: &str) -> Result<(), String> {
@@ -230,8 +265,7 @@ pub fn edit(store: &Store, id: &str, e: Edit) -> Result<(), String> {
         return print_json(&to_json(&t, &policy));
     }
     eprintln!("token '{}' ({}) updated", t.name, t.id);
-    print_details(&t, &policy);
-    Ok(())
+    print_details(&t, &policy)
 }
 
 /// `token rotate`: a new secret for the same token, printed alone on stdout like `create`.
@@ -250,12 +284,29 @@ pub fn rotate(
     };
     let (record, secret) = lifecycle::rotate(store, &caller, None, id, overlap_secs, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    if json {
+    let delivered = if json {
         let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
         let mut value = to_json(&record, &policy);
         value["token"] = json!(secret.expose());
-        return print_json(&value);
-    }
+        print_json(&value)
+    } else {
+        announce_rotation(&record, &secret, overlap_secs)
+    };
+    delivered.map_err(|e| {
+        format!(
+            "{e}: the new secret of token '{}' (id {}) could not be shown; rotate it again \
+             (gitgate token rotate {})",
+            record.name, record.id, record.id
+        )
+    })
+}
+
+/// The rotation on stderr and the new secret, alone, on stdout.
+fn announce_rotation(
+    record: &TokenRecord,
+    secret: &Secret,
+    overlap_secs: u32,
+) -> Result<(), String> {
     let old = if overlap_secs == 0 {
         "the old secret is refused from now on".to_string()
     } else {
@@ -268,7 +319,7 @@ pub fn rotate(
         record.principal()
     );
     eprintln!("the new secret below is shown once; store it now:");
-    println!("{}", secret.expose());
+    outln!("{}", secret.expose());
     Ok(())
 }
 

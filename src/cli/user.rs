@@ -14,7 +14,7 @@ pub fn add(store: &Store, name: &str, admin: bool, password_stdin: bool) -> Resu
     let user = store
         .add_user(name, &hash, role, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!("added {} user '{}'", user.role, user.slug);
+    eprintln!("added {} '{}'", user.role, user.slug);
     Ok(())
 }
 
@@ -23,7 +23,7 @@ pub fn list(store: &Store, json: bool) -> Result<(), String> {
     if json {
         return print_json(&json!(users));
     }
-    println!("{:<24} {:<6} {:<9} CREATED", "NAME", "ROLE", "STATUS");
+    outln!("{:<24} {:<6} {:<9} CREATED", "NAME", "ROLE", "STATUS");
     for u in users {
         let locked = u
             .locked_until
@@ -33,7 +33,7 @@ pub fn list(store: &Store, json: bool) -> Result<(), String> {
             (true, true) => "locked",
             (true, false) => "active",
         };
-        println!(
+        outln!(
             "{:<24} {:<6} {:<9} {}",
             u.slug,
             u.role,
