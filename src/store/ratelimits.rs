@@ -2,7 +2,7 @@
 //! size and refill rate, or is exempt. Everyone else gets the `[rate_limit]` defaults. Each change
 //! is audited in the same transaction.
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::audit::record;
@@ -41,13 +41,23 @@ fn require_principal(c: &rusqlite::Connection, principal: &str) -> Result<()> {
         return Ok(());
     }
     if let Some(id) = principal.strip_prefix("token:") {
-        let n: i64 = c.query_row("SELECT count(*) FROM tokens WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("no token '{id}'")));
-        }
-        return Ok(());
+        let owner: Option<Option<String>> = c
+            .query_row(
+                "SELECT u.slug FROM tokens t LEFT JOIN users u ON u.id = t.owner_id WHERE t.id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        return match owner {
+            None => Err(StoreError::NotFound(format!("no token '{id}'"))),
+            // A personal token is counted in its owner's bucket, never in one of its own: a
+            // rule for it would be accepted and never apply.
+            Some(Some(owner)) => Err(StoreError::Invalid(format!(
+                "token '{id}' is a personal token of '{owner}', and all of a user's personal \
+                 tokens share the user's limit: set it for the user ({owner})"
+            ))),
+            Some(None) => Ok(()),
+        };
     }
     Err(StoreError::Invalid(format!(
         "'{principal}' is not a rate-limit principal: use user:NAME or token:ID"
@@ -185,6 +195,37 @@ mod tests {
             store.set_rate_limit("alice", RateRule::Exempt, &actor()),
             Err(StoreError::Invalid(_))
         ));
+        // A personal token is counted in its owner's bucket: a rule of its own would never
+        // apply, so it is refused with a pointer to the user.
+        store.add_user("alice", "x", Role::User, &actor()).unwrap();
+        store
+            .insert_token(
+                &crate::store::NewToken {
+                    id: "mnopqrstuvwx",
+                    kind: crate::permission::TokenKind::Personal,
+                    name: "laptop",
+                    owner: Some("alice"),
+                    scope: None,
+                    permissions: crate::permission::TokenPermissions::from_names(
+                        crate::permission::TokenKind::Personal,
+                        &["REPO_READ"],
+                    )
+                    .unwrap(),
+                    secret_hash: [7; 32],
+                    expires_at: None,
+                    allowed_networks: &[],
+                    created_at: 1,
+                },
+                &actor(),
+            )
+            .unwrap();
+        match store.set_rate_limit("token:mnopqrstuvwx", RateRule::Exempt, &actor()) {
+            Err(StoreError::Invalid(m)) => {
+                assert!(m.contains("set it for the user (alice)"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(store.rate_limits().unwrap().is_empty());
         let zero = RateRule::Limits {
             capacity: 0,
             refill_per_second: 1.0,
