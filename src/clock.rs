@@ -59,6 +59,7 @@ pub fn parse_date(s: &str) -> Option<i64> {
         return None;
     }
     // Inverse of civil_from_days.
+    let year = y;
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
@@ -66,12 +67,31 @@ pub fn parse_date(s: &str) -> Option<i64> {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
+    // A day the month does not have (2026-02-30) would silently become another one: refuse it.
+    if civil_from_days(days) != (year, m as u32, d as u32) {
+        return None;
+    }
     Some(days * DAY_MS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_a_month_does_not_have_are_refused() {
+        assert_eq!(parse_date("2026-02-30"), None);
+        assert_eq!(parse_date("2025-02-29"), None);
+        assert_eq!(parse_date("2026-04-31"), None);
+        assert_eq!(
+            parse_date("2024-02-29").map(date).as_deref(),
+            Some("2024-02-29")
+        );
+        assert_eq!(
+            parse_date("2026-12-31").map(date).as_deref(),
+            Some("2026-12-31")
+        );
+    }
 
     #[test]
     fn formats_known_dates() {

@@ -334,6 +334,12 @@ impl Config {
         })?;
         let git_prefix = normalise_prefix(server.git_prefix.as_deref().unwrap_or("/"))
             .map_err(|m| err(format!("[server] git_prefix: {m}")))?;
+        if crate::api::is_api_path(&git_prefix) {
+            return Err(err(format!(
+                "[server] git_prefix = \"{git_prefix}\" is where the REST API is served \
+                 (/rest/...): no git request could reach it; choose another, e.g. \"/scm\""
+            )));
+        }
         let tls = server.tls.map(|t| Tls {
             cert: resolve(&t.cert),
             key: resolve(&t.key),
@@ -884,6 +890,12 @@ env = "UPSTREAM_TOKEN"
         assert!(parse(&GOOD.replace("/scm/", "/a/../b"))
             .unwrap_err()
             .contains("git_prefix"));
+        for api in ["/rest", "/rest/git"] {
+            assert!(parse(&GOOD.replace("/scm/", api))
+                .unwrap_err()
+                .contains("REST API"));
+        }
+        assert!(parse(&GOOD.replace("/scm/", "/restful")).is_ok());
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl FromStr for TokenId {
         } else {
             Err(format!(
                 "'{s}' is not a token id: expected {ID_LEN} characters of a-z and 2-7 \
-                 (see `gitgate tokens list`)"
+                 (see `gitgate token list`)"
             ))
         }
     }
