@@ -236,12 +236,18 @@ impl Store {
             })?,
         };
         let out = f(&mut conn);
-        let same_file = *self.inner.file.read().unwrap_or_else(|p| p.into_inner()) == Some(file);
-        if let Ok(mut idle) = self.inner.idle.lock() {
-            if same_file && idle.len() < POOL_SIZE {
-                idle.push(conn);
+        // Pooled only if the file is still the one it was opened on, checked and pushed under
+        // the read lock: a replacement (check_file's write lock, which empties the pool) cannot
+        // slip in between and leave a connection to the old file in the pool for good.
+        let known = self.inner.file.read().unwrap_or_else(|p| p.into_inner());
+        if *known == Some(file) {
+            if let Ok(mut idle) = self.inner.idle.lock() {
+                if idle.len() < POOL_SIZE {
+                    idle.push(conn);
+                }
             }
         }
+        drop(known);
         out
     }
 
