@@ -106,16 +106,30 @@ impl Gate {
         let method = req.method().clone();
         // A clone of the URI shares its bytes: the log line costs no copy of the path.
         let uri = req.uri().clone();
-        let mut log = RequestLog::default();
         let bytes_in = Arc::new(AtomicU64::new(0));
+        // Logged as 499 if the client goes away before it has an answer (hyper then drops this
+        // future), so that no request leaves the log and the metrics unseen.
+        let mut pending = Unanswered(Some(LogLine {
+            method,
+            uri,
+            remote,
+            who: RequestLog::default(),
+            status: CLIENT_GONE_BEFORE_ANSWER,
+            forwarded: false,
+            bytes_in: bytes_in.clone(),
+            started,
+        }));
+        let log = &mut pending.line().who;
 
-        let admitted = self.admit(&req, remote, &mut log).await;
+        let admitted = self.admit(&req, remote, log).await;
         METRICS.auth_duration.observe(started.elapsed());
         let mut forwarded = false;
         let mut slot = None;
         let response = match admitted {
             Ok((git_req, identity, held)) => {
                 slot = Some(held);
+                // Counted as allowed if the client goes while the backend is still answering.
+                pending.line().forwarded = true;
                 let (parts, body) = req.into_parts();
                 let count = bytes_in.clone();
                 let body = Observed::new(body, move |frame: &Frame<Bytes>| {
@@ -139,28 +153,18 @@ impl Gate {
                     }
                 }
             }
-            Err(refusal) => self.refusal(refusal, remote, &log),
+            Err(refusal) => self.refusal(refusal, remote, &pending.line().who),
         };
 
-        let status = response.status();
+        let mut line = pending.answered();
+        line.status = response.status().as_u16();
+        line.forwarded = forwarded;
         let (parts, body) = response.into_parts();
         let body = LoggedBody {
             inner: body,
             _slot: slot,
             bytes_out: 0,
-            done: Some(LogLine {
-                method,
-                uri,
-                remote,
-                repo: log.repo,
-                access: log.access,
-                user: log.user,
-                token_id: log.token_id,
-                status: status.as_u16(),
-                forwarded,
-                bytes_in,
-                started,
-            }),
+            done: Some(line),
         };
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
@@ -355,18 +359,80 @@ pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
     resp
 }
 
+/// The status logged for a request whose client went away before it had an answer (nginx's
+/// "client closed request"; never sent).
+const CLIENT_GONE_BEFORE_ANSWER: u16 = 499;
+
 struct LogLine {
     method: hyper::Method,
     uri: hyper::Uri,
     remote: SocketAddr,
-    repo: Option<String>,
-    access: Option<&'static str>,
-    user: Option<String>,
-    token_id: Option<String>,
+    who: RequestLog,
     status: u16,
     forwarded: bool,
     bytes_in: Arc<AtomicU64>,
     started: Instant,
+}
+
+impl LogLine {
+    /// The request's metrics and its log line.
+    fn write(self, bytes_out: u64, outcome: &str) {
+        let operation = match self.who.access {
+            Some("read") => Operation::Read,
+            Some("write") => Operation::Write,
+            _ => Operation::None,
+        };
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        METRICS.request_done(
+            operation,
+            Outcome::of(self.forwarded, self.status),
+            self.status,
+            bytes_in,
+            bytes_out,
+            self.started.elapsed(),
+        );
+        tracing::info!(
+            target: "gitgate::request",
+            method = %self.method,
+            path = %self.uri.path(),
+            remote = %self.remote.ip(),
+            repo = %self.who.repo.as_deref().unwrap_or("-"),
+            access = %self.who.access.unwrap_or("-"),
+            user = %self.who.user.as_deref().unwrap_or("-"),
+            token_id = %self.who.token_id.as_deref().unwrap_or("-"),
+            status = self.status,
+            bytes_in,
+            bytes_out,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            outcome = %outcome,
+            "request"
+        );
+    }
+}
+
+/// A request's log line until it has an answer; written (as 499, `client-gone`) if dropped
+/// before then.
+struct Unanswered(Option<LogLine>);
+
+impl Unanswered {
+    fn line(&mut self) -> &mut LogLine {
+        self.0
+            .as_mut()
+            .expect("taken only by answered(), which consumes self")
+    }
+
+    /// The line, now for the answer's body to write.
+    fn answered(mut self) -> LogLine {
+        self.0.take().expect("taken only here")
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(line) = self.0.take() {
+            line.write(0, "client-gone");
+        }
+    }
 }
 
 /// Wraps the response body and writes the request's log line when the body ends or is dropped,
@@ -381,36 +447,8 @@ struct LoggedBody {
 
 impl LoggedBody {
     fn finish(&mut self, outcome: &str) {
-        if let Some(l) = self.done.take() {
-            let operation = match l.access {
-                Some("read") => Operation::Read,
-                Some("write") => Operation::Write,
-                _ => Operation::None,
-            };
-            METRICS.request_done(
-                operation,
-                Outcome::of(l.forwarded, l.status),
-                l.status,
-                l.bytes_in.load(Ordering::Relaxed),
-                self.bytes_out,
-                l.started.elapsed(),
-            );
-            tracing::info!(
-                target: "gitgate::request",
-                method = %l.method,
-                path = %l.uri.path(),
-                remote = %l.remote.ip(),
-                repo = %l.repo.as_deref().unwrap_or("-"),
-                access = %l.access.unwrap_or("-"),
-                user = %l.user.as_deref().unwrap_or("-"),
-                token_id = %l.token_id.as_deref().unwrap_or("-"),
-                status = l.status,
-                bytes_in = l.bytes_in.load(Ordering::Relaxed),
-                bytes_out = self.bytes_out,
-                duration_ms = l.started.elapsed().as_secs_f64() * 1000.0,
-                outcome = %outcome,
-                "request"
-            );
+        if let Some(line) = self.done.take() {
+            line.write(self.bytes_out, outcome);
         }
     }
 }

@@ -964,6 +964,55 @@ fn no_credentials_gets_a_401_challenge_never_a_2xx() {
 // Backend failures
 
 #[test]
+fn a_client_that_gives_up_before_the_answer_is_still_logged() {
+    let sb = Sandbox::with(Setup {
+        backend: Backend::Failing,
+        ..Setup::default()
+    });
+    sb.create_repo("team/slow");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let mut server = sb.serve();
+    // The backend takes 5 s for slow.git; the client hangs up after 300 ms.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "GET /team/slow.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: {}\r\n\r\n",
+            basic("alice", &token.secret)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(s);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let line = loop {
+        let log = fs::read_to_string(sb.server_log()).unwrap();
+        if let Some(line) = log.lines().find(|l| l.contains("repo=team/slow")) {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request line: {log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    server.stop();
+    for field in [
+        "status=499",
+        "outcome=client-gone",
+        "user=alice",
+        "access=read",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    assert!(line.contains(&format!("token_id={}", token.id)), "{line}");
+}
+
+#[test]
 fn failing_backend_is_a_502_and_the_proxy_keeps_serving() {
     let sb = Sandbox::with(Setup {
         backend: Backend::Failing,
