@@ -254,7 +254,8 @@ mod header_hygiene {
                 "forwarded", "x-real-ip", "x-forwarded-for", "x-forwarded-proto",
                 "x-forwarded-host", "x-forwarded-user", "x-remote-user", "expect", "git-protocol",
                 "content-type", "content-length", "content-encoding", "user-agent", "accept",
-                "x-custom", "x-secret-hop", "proxy-authenticate",
+                "x-custom", "x-secret-hop", "proxy-authenticate", "x_forwarded_user",
+                "remote_user",
             ])
             .prop_map(String::from),
             1 => "[a-z][a-z0-9-]{0,10}",
@@ -344,6 +345,10 @@ mod header_hygiene {
             for n in HOP_BY_HOP.iter().chain(&["proxy", "forwarded", "x-real-ip", "expect", "host"]) {
                 prop_assert!(!sent.contains_key(*n), "{} was forwarded", n);
             }
+            // Nor a name with an underscore (CGI/WSGI read `x_forwarded_user` as the dashed one).
+            for n in sent.keys() {
+                prop_assert!(!n.as_str().contains('_'), "{} was forwarded", n);
+            }
             for n in &named {
                 if !set_by_gitgate(n) {
                     prop_assert!(!sent.contains_key(n.as_str()), "{} (named by Connection) was forwarded", n);
@@ -382,6 +387,7 @@ mod header_hygiene {
                 let s = n.as_str();
                 let handled = HOP_BY_HOP.contains(&s)
                     || ["proxy", "forwarded", "x-real-ip", "expect", "host"].contains(&s)
+                    || s.contains('_')
                     || named.iter().any(|t| t == s)
                     || set_by_gitgate(s);
                 if !handled {

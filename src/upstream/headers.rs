@@ -15,7 +15,10 @@
 //!   header are removed, then gitgate sets the identity header to the authenticated user and
 //!   `X-Forwarded-For/-Proto/-Host` to what it saw. Only a peer in `trusted_proxies` (a load
 //!   balancer in front of gitgate) may extend the `X-Forwarded-For` chain and name the original
-//!   scheme and host.
+//!   scheme and host. Header names with an underscore are dropped too (as nginx does by
+//!   default): CGI- and WSGI-style upstreams turn `X_Forwarded_User` and `X-Forwarded-User`
+//!   into the same `HTTP_X_FORWARDED_USER`, so a client could otherwise name the user; no
+//!   header git sends has one.
 //! - **Redirects point at gitgate.** A `Location` naming the upstream's own origin or base path
 //!   is rewritten to the same place under gitgate's git prefix ([`location_to_client`]), so a
 //!   redirect never sends git around the gate to an internal address.
@@ -95,6 +98,7 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
             || n.starts_with("x-forwarded-")
             || n == "git-protocol"
             || name == out.identity_header
+            || n.contains('_')
         {
             continue;
         }
@@ -462,6 +466,22 @@ mod tests {
         assert_eq!(all(&h, "x-remote-user"), ["alice"]);
         // A client-sent X-Forwarded-User never gets through, whatever the configured name.
         assert!(!h.contains_key("x-forwarded-user"));
+    }
+
+    #[test]
+    fn underscore_spellings_of_a_header_never_get_through() {
+        // CGI/WSGI map these to the same variables as the dashed names.
+        let inbound = map(&[
+            ("x_forwarded_user", "root"),
+            ("remote_user", "root"),
+            ("x-remote_user", "root"),
+            ("user-agent", "git/2.47"),
+        ]);
+        let custom = HeaderName::from_static("x-remote-user");
+        let h = to_upstream(&inbound, &out(&custom, &[]));
+        assert!(h.keys().all(|k| !k.as_str().contains('_')), "{h:?}");
+        assert_eq!(all(&h, "x-remote-user"), ["alice"]);
+        assert_eq!(all(&h, "user-agent"), ["git/2.47"]);
     }
 
     #[test]
