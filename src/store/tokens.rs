@@ -224,6 +224,10 @@ fn require_token(c: &rusqlite::Connection, id: &str) -> Result<TokenRecord> {
 }
 
 impl Store {
+    /// Insert a new token. A project or repository token may not be named after a user: the
+    /// backend knows it by its name (`REMOTE_USER`, the identity header), so the token would
+    /// pass for that user there — in hooks and reflogs, or with an upstream that logs users in
+    /// by that header. (`users::add_user` refuses the other way round.)
     pub fn insert_token(&self, new: &NewToken, actor: &Actor) -> Result<TokenRecord> {
         validate_name(new.name)?;
         self.write(|tx| {
@@ -231,6 +235,9 @@ impl Store {
                 Some(slug) => Some(require_user(tx, slug)?.id),
                 None => None,
             };
+            if new.owner.is_none() {
+                refuse_user_name(tx, new.name)?;
+            }
             tx.execute(
                 "INSERT INTO tokens (id, kind, name, owner_id, scope, permissions, secret_hash,
                                      created_at, created_by, expires_at, allowed_networks)
@@ -333,6 +340,9 @@ impl Store {
             }
             let mut changes = Vec::new();
             if let Some(name) = edit.name.as_deref().filter(|n| *n != before.name) {
+                if before.owner.is_none() {
+                    refuse_user_name(tx, name)?;
+                }
                 tx.execute(
                     "UPDATE tokens SET name = ?1 WHERE id = ?2",
                     params![name, id],
@@ -489,6 +499,20 @@ pub(super) fn write_last_use(c: &Connection, id: &str, at: i64, addr: &str) -> R
     Ok(())
 }
 
+/// Refuse `name` for a project or repository token when a user has that name (see
+/// [`Store::insert_token`]).
+fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
+    // Case-insensitively: some upstreams (Gitea) treat user names so.
+    if super::users::find_user(c, &name.to_lowercase())?.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "a project or repository token cannot be named '{name}': that is a user's name, \
+             and the git backend knows a project or repository token by its name, so it would \
+             pass for that user there; choose another name"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{actor, temp_store};
@@ -599,6 +623,66 @@ mod tests {
             .unwrap()
             .owner
             .is_none());
+    }
+
+    #[test]
+    fn a_scoped_token_and_a_user_never_share_a_name() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        let scope = Target::parse("team").unwrap();
+        let project = |id: &'static str, name: &'static str| NewToken {
+            id,
+            kind: TokenKind::Project,
+            name,
+            owner: None,
+            scope: Some(&scope),
+            permissions: TokenPermissions::from_names(TokenKind::Project, &["REPO_READ"]).unwrap(),
+            secret_hash: [1; 32],
+            expires_at: None,
+            allowed_networks: &[],
+            created_at: 1,
+        };
+        // Named after a user (in any case): the backend would take it for that user.
+        for name in ["alice", "Alice"] {
+            match store.insert_token(&project("mnopqrstuvwx", name), &actor()) {
+                Err(StoreError::Conflict(m)) => assert!(m.contains("a user's name"), "{m}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        store
+            .insert_token(&project("mnopqrstuvwx", "ci"), &actor())
+            .unwrap();
+        // Renamed to a user's name: refused, and nothing changed.
+        let rename = TokenEdit {
+            name: Some("alice".into()),
+            ..TokenEdit::default()
+        };
+        assert!(matches!(
+            store.edit_token("mnopqrstuvwx", &rename, &actor()),
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.token("mnopqrstuvwx").unwrap().unwrap().name, "ci");
+        // A new user named like a live scoped token: refused, until the token is revoked.
+        match store.add_user("ci", "h", Role::User, &actor()) {
+            Err(StoreError::Conflict(m)) => assert!(m.contains("mnopqrstuvwx"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        store.revoke_token("mnopqrstuvwx", &actor()).unwrap();
+        store.add_user("ci", "h", Role::User, &actor()).unwrap();
+        // A personal token may be called anything, its owner's name included.
+        let personal = NewToken {
+            id: "abcdefghijkl",
+            kind: TokenKind::Personal,
+            name: "alice",
+            owner: Some("alice"),
+            scope: None,
+            permissions: perms(&["REPO_READ"]),
+            secret_hash: [2; 32],
+            expires_at: None,
+            allowed_networks: &[],
+            created_at: 1,
+        };
+        store.insert_token(&personal, &actor()).unwrap();
     }
 
     /// `n` personal tokens of a new user alice, by id.

@@ -114,6 +114,23 @@ impl Store {
             if find_user(tx, slug)?.is_some() {
                 return Err(StoreError::Conflict(format!("user '{slug}' already exists")));
             }
+            // The other side of tokens::refuse_user_name: a project or repository token is
+            // known to the backend by its name, so a new user must not take that name.
+            let taken: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM tokens WHERE owner_id IS NULL AND revoked_at IS NULL \
+                     AND name = ?1 COLLATE NOCASE LIMIT 1",
+                    [slug],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = taken {
+                return Err(StoreError::Conflict(format!(
+                    "cannot add user '{slug}': project or repository token {id} has that name, \
+                     and the git backend knows it by that name; rename or revoke the token \
+                     first (gitgate token edit {id} --name ...)"
+                )));
+            }
             tx.execute(
                 "INSERT INTO users (slug, password_hash, role, active, created_at) VALUES (?1, ?2, ?3, 1, ?4)",
                 params![slug, password_hash, role.as_str(), clock::now_ms()],
