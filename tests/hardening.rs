@@ -195,7 +195,7 @@ fn a_deleted_store_fails_closed_and_recovers_when_restored() {
 }
 
 #[test]
-fn a_store_locked_by_another_writer_still_serves_and_logs_the_lost_write() {
+fn a_store_locked_by_another_writer_still_serves_and_the_write_is_tried_again() {
     let server = Server::start("");
     let w = server.write_token.clone();
     let conn = rusqlite::Connection::open(server.path("gitgate.db")).unwrap();
@@ -205,12 +205,27 @@ fn a_store_locked_by_another_writer_still_serves_and_logs_the_lost_write() {
     assert_eq!(status(&get(&server, IR, &w)), 200);
     assert!(started.elapsed() < Duration::from_secs(3));
     // ...and the last-used write, which waits out the busy timeout off the request path,
-    // fails with a log line and nothing else.
+    // fails with a log line and is kept for another try.
     wait_for("the failed last-use write to be logged", || {
-        server.log().contains("could not record last use")
+        server.log().contains("trying again")
     });
     assert_eq!(status(&get(&server, IR, &w)), 200);
+    let id = &w[4..16];
+    let last_used = |conn: &rusqlite::Connection| -> Option<i64> {
+        conn.query_row("SELECT last_used_at FROM tokens WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(
+        last_used(&conn),
+        None,
+        "written through another writer's lock"
+    );
+    // Once the lock is gone, a later try writes it: nothing was lost.
     conn.execute_batch("ROLLBACK").unwrap();
+    wait_for("the last use to be written", || last_used(&conn).is_some());
+    assert!(!server.log().contains("they are lost"));
 }
 
 /// Child processes of `pid` (Linux).

@@ -42,8 +42,45 @@ pub(super) struct Repeats {
     pub last: i64,
 }
 
-/// Append one event that happened at `at` (and, with `repeats`, again until `repeats.last`).
+/// Append one event that happened at `at` (and, with `repeats`, again until `repeats.last`),
+/// and log it.
 pub(super) fn record_repeated(
+    conn: &rusqlite::Connection,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: &str,
+    at: i64,
+    repeats: Option<&Repeats>,
+) -> Result<()> {
+    insert_repeated(conn, actor, action, target, detail, at, repeats)?;
+    log_event(actor, action, target, detail, repeats);
+    Ok(())
+}
+
+/// The log line of an audit event.
+pub(super) fn log_event(
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: &str,
+    repeats: Option<&Repeats>,
+) {
+    let count = repeats.map_or(1, |r| r.count.max(1));
+    tracing::info!(
+        target: "gitgate::audit",
+        actor = %actor.name,
+        source = %actor.source,
+        action,
+        target = target,
+        detail,
+        count,
+        "audit"
+    );
+}
+
+/// Append one event without logging it (the batch writer logs once the commit succeeded).
+pub(super) fn insert_repeated(
     conn: &rusqlite::Connection,
     actor: &Actor,
     action: &str,
@@ -70,16 +107,6 @@ pub(super) fn record_repeated(
         count,
         last_at
     ])?;
-    tracing::info!(
-        target: "gitgate::audit",
-        actor = %actor.name,
-        source = %actor.source,
-        action,
-        target = target,
-        detail,
-        count,
-        "audit"
-    );
     Ok(())
 }
 

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::audit::{record, record_repeated, Repeats};
+use super::audit::{insert_repeated, log_event, Repeats};
 use super::tokens::write_last_use;
 use super::{Actor, Inner, Store};
 
@@ -54,6 +54,10 @@ const WINDOW: Duration = Duration::from_millis(100);
 const LAST_USE_WINDOW: Duration = Duration::from_secs(1);
 /// Most tokens whose last use waits per thread and window.
 const LAST_USES: usize = 65_536;
+/// Writes of one window's events tried before they are given up (a store locked longer than
+/// the busy timeout, a full disk); between two tries the writer waits [`RETRY_PAUSE`].
+const ATTEMPTS: u32 = 5;
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 pub(super) struct Event {
     /// Epoch milliseconds when it happened (not when it was written).
@@ -205,6 +209,10 @@ struct Pending {
     arrived: Condvar,
     /// Held from taking a window to its commit (by the writer thread, or by a flush).
     writing: Mutex<()>,
+    /// What a failed write gave back, taken with the next window (see [`ATTEMPTS`]).
+    held_back: Mutex<Gathered>,
+    /// Failed writes in a row.
+    failures: std::sync::atomic::AtomicU32,
 }
 
 /// A thread's own batch for one writer.
@@ -245,7 +253,7 @@ impl Pending {
         let mut last_uses = LastUses::default();
         let mut left = false;
         let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
-        for b in batches.iter() {
+        for b in std::iter::once(&self.held_back).chain(batches.iter().map(|b| &**b)) {
             let mut gathered = b.lock().unwrap_or_else(|p| p.into_inner());
             all.absorb(std::mem::take(&mut gathered.events));
             if with_last_uses {
@@ -322,7 +330,10 @@ impl BatchWriter {
             .unwrap_or_else(|p| p.into_inner());
         let (batch, last_uses, _) = self.pending.take(true);
         if !batch.is_empty() || !last_uses.is_empty() {
-            write(store, &batch, &last_uses);
+            // The last try: nobody is left to try again.
+            if let Err(e) = write(store, &batch, &last_uses) {
+                give_up(&e, &batch, &last_uses);
+            }
         }
     }
 
@@ -368,7 +379,7 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
         // Events from here on open the next window (or land in this one, if their thread's
         // batch has not been taken yet: nothing is lost either way).
         pending.open.store(false, Ordering::Release);
-        let _writing = pending.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let writing = pending.writing.lock().unwrap_or_else(|p| p.into_inner());
         let due = last_uses_written.is_none_or(|t| t.elapsed() >= LAST_USE_WINDOW);
         let (batch, last_uses, left) = pending.take(due);
         if left {
@@ -384,16 +395,38 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
             continue;
         }
         let Some(inner) = store.upgrade() else { return };
-        write(&Store { inner }, &batch, &last_uses);
+        match write(&Store { inner }, &batch, &last_uses) {
+            Ok(()) => pending.failures.store(0, Ordering::Relaxed),
+            Err(e) => {
+                failed(&pending, &e, batch, last_uses);
+                // Try again after a pause, with whatever the next window brings.
+                drop(writing);
+                std::thread::sleep(RETRY_PAUSE);
+                pending.open.store(true, Ordering::Release);
+            }
+        }
     }
 }
 
 /// One transaction for the window: one row per distinct event, plus the summary of any dropped,
-/// and the tokens' last uses.
-fn write(store: &Store, batch: &Batch, last_uses: &LastUses) {
-    let written = store.write(|tx| {
+/// and the tokens' last uses. The events are logged once they are stored.
+fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super::StoreError> {
+    let summary = (batch.dropped > 0).then(|| {
+        let actor = Actor {
+            name: "gitgate".into(),
+            source: "local".into(),
+        };
+        let detail = format!(
+            "{} more events (e.g. {}) were not recorded: {DISTINCT} different events were already waiting",
+            batch.dropped,
+            batch.events.first().map_or("auth.failed", |(e, _)| e.action)
+        );
+        (actor, detail)
+    });
+    let now = crate::clock::now_ms();
+    store.write(|tx| {
         for (e, repeats) in &batch.events {
-            record_repeated(
+            insert_repeated(
                 tx,
                 &e.actor,
                 e.action,
@@ -403,33 +436,53 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) {
                 Some(repeats),
             )?;
         }
-        if batch.dropped > 0 {
-            let actor = Actor {
-                name: "gitgate".into(),
-                source: "local".into(),
-            };
-            let detail = format!(
-                "{} more events (e.g. {}) were not recorded: {DISTINCT} different events were already waiting",
-                batch.dropped,
-                batch.events.first().map_or("auth.failed", |(e, _)| e.action)
-            );
-            record(tx, &actor, "audit.dropped", "", &detail)?;
+        if let Some((actor, detail)) = &summary {
+            insert_repeated(tx, actor, "audit.dropped", "", detail, now, None)?;
         }
         for (id, used) in &last_uses.tokens {
             write_last_use(tx, id, used.at, &used.addr.to_string())?;
         }
         Ok(())
-    });
-    if let Err(e) = written {
-        if !batch.is_empty() {
-            tracing::warn!(error = %e, events = batch.total, "could not write audit events");
-        }
-        if !last_uses.is_empty() {
-            tracing::warn!(error = %e, tokens = last_uses.tokens.len(), "could not record last use");
-        }
-        for _ in 0..batch.total + last_uses.tokens.len() as u64 {
-            crate::metrics::METRICS.side_effect_failure();
-        }
+    })?;
+    for (e, repeats) in &batch.events {
+        log_event(&e.actor, e.action, &e.target, &e.detail, Some(repeats));
+    }
+    if let Some((actor, detail)) = &summary {
+        log_event(actor, "audit.dropped", "", detail, None);
+    }
+    Ok(())
+}
+
+/// A window that could not be written: kept for the next window unless it has had its
+/// [`ATTEMPTS`], then given up.
+fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: LastUses) {
+    let attempt = pending.failures.fetch_add(1, Ordering::Relaxed) + 1;
+    if attempt >= ATTEMPTS {
+        pending.failures.store(0, Ordering::Relaxed);
+        give_up(e, &batch, &last_uses);
+        return;
+    }
+    tracing::warn!(
+        error = %e,
+        events = batch.total,
+        tokens = last_uses.tokens.len(),
+        "could not write audit events and last uses (try {attempt} of {ATTEMPTS}); trying again"
+    );
+    let mut held = pending.held_back.lock().unwrap_or_else(|p| p.into_inner());
+    held.events.absorb(batch);
+    held.last_uses.absorb(last_uses);
+}
+
+/// Log and count what is lost.
+fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses) {
+    if !batch.is_empty() {
+        tracing::warn!(error = %e, events = batch.total, "could not write audit events; they are lost");
+    }
+    if !last_uses.is_empty() {
+        tracing::warn!(error = %e, tokens = last_uses.tokens.len(), "could not record last use");
+    }
+    for _ in 0..batch.total + last_uses.tokens.len() as u64 {
+        crate::metrics::METRICS.side_effect_failure();
     }
 }
 
@@ -438,6 +491,54 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use crate::store::test_support::{actor, temp_store};
+
+    #[test]
+    fn a_window_that_could_not_be_written_is_written_by_a_later_try() {
+        let (_dir, store) = temp_store();
+        // Every insert into the audit table fails (as on a full disk) until the trigger goes.
+        store
+            .with_conn(|c| {
+                c.execute_batch(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON audit_events \
+                     BEGIN SELECT RAISE(ABORT, 'no space left (test)'); END;",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        for i in 0..3 {
+            store.record_event_later(actor(), "auth.failed", format!("t{i}"), "bad".into());
+        }
+        let writer = store.inner.batch_writer.pending.clone();
+        let start = Instant::now();
+        while writer.failures.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no write was tried"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        store
+            .with_conn(|c| Ok(c.execute_batch("DROP TRIGGER refuse")?))
+            .unwrap();
+        let written = loop {
+            let failures: Vec<_> = store
+                .audit_events(None, 100)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == "auth.failed")
+                .collect();
+            if failures.len() >= 3 || start.elapsed() > Duration::from_secs(15) {
+                break failures;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let targets: Vec<_> = written.iter().map(|e| e.target.as_str()).collect();
+        assert_eq!(targets, ["t0", "t1", "t2"], "each event once, in order");
+        assert_eq!(
+            writer.failures.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
 
     #[test]
     fn queued_events_are_written_soon_in_order() {
