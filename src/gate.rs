@@ -52,6 +52,8 @@ pub struct Gate {
     pub guard: Arc<Guard>,
     /// Load balancers whose `X-Forwarded-For` names the client (`[server] trusted_proxies`).
     pub trusted_proxies: Vec<crate::network::Cidr>,
+    /// The last successful readiness check (`/readyz`).
+    pub readiness: crate::health::Readiness,
 }
 
 /// Every way a request can end before reaching the backend.

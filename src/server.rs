@@ -108,6 +108,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
             trusted_proxies: config.server.trusted_proxies.clone(),
             store: store.clone(),
             upstream,
+            readiness: Default::default(),
         }));
     }
     let tls = match &certs {

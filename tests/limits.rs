@@ -368,6 +368,36 @@ fn an_upstream_that_stalls_mid_stream_is_cut_off_after_the_idle_timeout() {
 }
 
 #[test]
+fn a_flood_of_readiness_probes_is_not_a_flood_of_upstream_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let (g, _) = start_in_front_of(dir.path(), upstream_port, "");
+    let started = Instant::now();
+    for _ in 0..40 {
+        let resp = common::http_get(g.port, "/readyz", None);
+        assert_eq!(resp.status, 200, "{resp:?}");
+    }
+    // A success answers for a second, per worker (one per core by default): at most one check
+    // per worker and second.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    let checks = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        checks >= 1 && checks <= workers * seconds,
+        "{checks} upstream connections for 40 probes"
+    );
+}
+
+#[test]
 fn upstream_connections_are_kept_alive_and_reused() {
     let dir = tempfile::tempdir().unwrap();
     let (upstream_port, heads) = keep_alive_upstream(usize::MAX);
