@@ -143,6 +143,18 @@ impl fmt::Display for CgiError {
     }
 }
 
+impl CgiError {
+    /// What went wrong, without what the backend said (exit status, stderr), which can name
+    /// server paths: for the client; [`Display`](fmt::Display) has it all, for the log.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            CgiError::Spawn(_) => "could not start the CGI backend",
+            CgiError::BadHeaders(_) => "the CGI backend sent an unusable header block",
+            CgiError::Exited(_) => "the CGI backend ended before sending a response",
+        }
+    }
+}
+
 impl std::error::Error for CgiError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {

@@ -40,7 +40,10 @@ pub enum Upstream {
 #[derive(Debug)]
 pub struct ForwardError {
     pub status: StatusCode,
+    /// For the client (git shows it as `remote: ...`).
     pub message: String,
+    /// For the server's log only: what the backend said can name server paths.
+    pub detail: Option<String>,
 }
 
 impl ForwardError {
@@ -48,6 +51,7 @@ impl ForwardError {
         ForwardError {
             status: StatusCode::BAD_GATEWAY,
             message: message.into(),
+            detail: None,
         }
     }
 
@@ -55,13 +59,19 @@ impl ForwardError {
         ForwardError {
             status: StatusCode::GATEWAY_TIMEOUT,
             message: message.into(),
+            detail: None,
         }
     }
 }
 
+/// The message and, for the log, the detail.
 impl fmt::Display for ForwardError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.message)?;
+        match &self.detail {
+            Some(detail) => write!(f, " ({detail})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -94,8 +104,12 @@ impl Upstream {
                     remote_user: &identity.user,
                     remote_addr: client.ip(),
                 };
-                let resp = backend.serve(req, body).await.map_err(|e| {
-                    ForwardError::bad_gateway(format!("the git backend failed: {e}"))
+                let resp = backend.serve(req, body).await.map_err(|e| ForwardError {
+                    detail: Some(e.to_string()),
+                    ..ForwardError::bad_gateway(format!(
+                        "the git backend failed: {}; the server's log has the details",
+                        e.summary()
+                    ))
                 })?;
                 Ok(resp.map(|b| b.boxed_unsync()))
             }
