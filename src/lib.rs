@@ -17,7 +17,9 @@
 //!                                         └─ cgi:  git http-backend run by gitgate itself
 //!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
-//!  written out at shutdown too; metrics (relaxed atomics, rendered only when scraped)
+//!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
+//!  atomics, rendered only when scraped); one log line per request, when its answer's body ends
+//!  — or, as 499 `client-gone`, when the client hangs up before it has an answer
 //! ```
 //!
 //! - [`metrics`] counts requests, outcomes, bytes, latencies and connections and serves them as
@@ -27,7 +29,8 @@
 //!   connections and header size, and graceful shutdown on SIGINT/SIGTERM. One single-threaded
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
 //!   one thread; limits, store and cache are shared.
-//! - [`health`] answers `/healthz` and `/readyz`; the server routes them before the gate.
+//! - [`health`] answers `/healthz` and `/readyz` (a success remembered for a second, so probes
+//!   cannot flood the upstream); the server routes them before the gate.
 //! - [`upstream::http`] forwards to an existing git server over keep-alive connections from a
 //!   small pool per worker ([`upstream::pool`]), bodies streamed both ways;
 //!   [`upstream::headers`] decides which headers cross (the client's token never does; the
@@ -40,14 +43,15 @@
 //!   one-line `text/plain` reason that git prints as `remote: ...`.
 //! - [`git`] says *what* a request is (repository, read or write) and builds the canonical path the
 //!   backend will see; [`policy`] says *whether* it is allowed; neither does I/O.
-//! - [`credentials`] parses `Authorization`; [`token`] knows the secret format
+//! - [`credentials`] parses `Authorization` (a token where the user name goes is refused before
+//!   anything logs it); [`token`] knows the secret format
 //!   (`ggt_<id>_<256 random bits>_<checksum>`) and hashes it; only the SHA-256 is stored.
 //! - [`store`] is the SQLite token store (users, grants, tokens, settings, audit), shared with
 //!   the CLI process, with an in-memory cache of auth records that any commit to the file (seen
 //!   in the WAL index header, `PRAGMA data_version` as the fallback) drops: a revocation there
 //!   is seen on the next request.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
-//!   streamed.
+//!   streamed, in a process group of its own that is ended whole when the request ends early.
 //! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which
 //!   token; the expiry policy; expiry never changes) for both interfaces: [`cli`], the
 //!   operator's command line, and [`api`], the Bitbucket-shaped REST API under `/rest/`, which
