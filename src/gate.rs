@@ -125,12 +125,12 @@ impl Gate {
 
         let admitted = self.admit(&req, remote, log).await;
         METRICS.auth_duration.observe(started.elapsed());
-        let mut forwarded = false;
         let mut slot = None;
         let response = match admitted {
             Ok((git_req, identity, held)) => {
                 slot = Some(held);
-                // Counted as allowed if the client goes while the backend is still answering.
+                // Forwarded (counted as allowed) unless the backend fails, also if the client
+                // goes while the backend is still answering.
                 pending.line().forwarded = true;
                 let (parts, body) = req.into_parts();
                 let count = bytes_in.clone();
@@ -144,11 +144,9 @@ impl Gate {
                     .forward(&parts, body, &git_req, &identity, peer, remote)
                     .await
                 {
-                    Ok(resp) => {
-                        forwarded = true;
-                        resp
-                    }
+                    Ok(resp) => resp,
                     Err(e) => {
+                        pending.line().forwarded = false;
                         METRICS.upstream_error();
                         tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
                         text(e.status, &e.message)
@@ -160,7 +158,6 @@ impl Gate {
 
         let mut line = pending.answered();
         line.status = response.status().as_u16();
-        line.forwarded = forwarded;
         let (parts, body) = response.into_parts();
         let body = LoggedBody {
             inner: body,

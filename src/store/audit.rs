@@ -25,7 +25,8 @@ pub struct AuditEvent {
     pub last_at: Option<i64>,
 }
 
-/// Append one event inside the caller's transaction.
+/// Append one event inside the caller's transaction, and log it (a failed commit is the
+/// caller's to report).
 pub(super) fn record(
     conn: &rusqlite::Connection,
     actor: &Actor,
@@ -33,29 +34,15 @@ pub(super) fn record(
     target: &str,
     detail: &str,
 ) -> Result<()> {
-    record_repeated(conn, actor, action, target, detail, clock::now_ms(), None)
+    insert_repeated(conn, actor, action, target, detail, clock::now_ms(), None)?;
+    log_event(actor, action, target, detail, None);
+    Ok(())
 }
 
 /// Repeats of one event seen `count` times, first at `at` and last at `last`.
 pub(super) struct Repeats {
     pub count: u64,
     pub last: i64,
-}
-
-/// Append one event that happened at `at` (and, with `repeats`, again until `repeats.last`),
-/// and log it.
-pub(super) fn record_repeated(
-    conn: &rusqlite::Connection,
-    actor: &Actor,
-    action: &str,
-    target: &str,
-    detail: &str,
-    at: i64,
-    repeats: Option<&Repeats>,
-) -> Result<()> {
-    insert_repeated(conn, actor, action, target, detail, at, repeats)?;
-    log_event(actor, action, target, detail, repeats);
-    Ok(())
 }
 
 /// The log line of an audit event.
@@ -79,7 +66,9 @@ pub(super) fn log_event(
     );
 }
 
-/// Append one event without logging it (the batch writer logs once the commit succeeded).
+/// Append one event that happened at `at` (and, with `repeats`, again until `repeats.last`),
+/// without logging it: callers log once the event is written (the batch writer after its
+/// commit).
 pub(super) fn insert_repeated(
     conn: &rusqlite::Connection,
     actor: &Actor,
