@@ -385,4 +385,22 @@ pub(crate) mod test_support {
             source: "local".into(),
         }
     }
+
+    /// A REPO_READ personal token of `owner`, without expiry, for tests that only need one.
+    pub fn personal_token<'a>(id: &'a str, name: &'a str, owner: &'a str) -> NewToken<'a> {
+        let kind = crate::permission::TokenKind::Personal;
+        NewToken {
+            id,
+            kind,
+            name,
+            owner: Some(owner),
+            scope: None,
+            permissions: crate::permission::TokenPermissions::from_names(kind, &["REPO_READ"])
+                .unwrap(),
+            secret_hash: [7; 32],
+            expires_at: None,
+            allowed_networks: &[],
+            created_at: 1,
+        }
+    }
 }

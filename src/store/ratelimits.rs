@@ -148,7 +148,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::{actor, temp_store};
+    use crate::store::test_support::{actor, personal_token, temp_store};
     use crate::store::Role;
 
     #[test]
@@ -199,25 +199,7 @@ mod tests {
         // apply, so it is refused with a pointer to the user.
         store.add_user("alice", "x", Role::User, &actor()).unwrap();
         store
-            .insert_token(
-                &crate::store::NewToken {
-                    id: "mnopqrstuvwx",
-                    kind: crate::permission::TokenKind::Personal,
-                    name: "laptop",
-                    owner: Some("alice"),
-                    scope: None,
-                    permissions: crate::permission::TokenPermissions::from_names(
-                        crate::permission::TokenKind::Personal,
-                        &["REPO_READ"],
-                    )
-                    .unwrap(),
-                    secret_hash: [7; 32],
-                    expires_at: None,
-                    allowed_networks: &[],
-                    created_at: 1,
-                },
-                &actor(),
-            )
+            .insert_token(&personal_token("mnopqrstuvwx", "laptop", "alice"), &actor())
             .unwrap();
         match store.set_rate_limit("token:mnopqrstuvwx", RateRule::Exempt, &actor()) {
             Err(StoreError::Invalid(m)) => {

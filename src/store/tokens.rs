@@ -515,7 +515,7 @@ fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{actor, temp_store};
+    use super::super::test_support::{actor, personal_token, temp_store};
     use super::*;
 
     fn perms(names: &[&str]) -> TokenPermissions {
@@ -670,19 +670,9 @@ mod tests {
         store.revoke_token("mnopqrstuvwx", &actor()).unwrap();
         store.add_user("ci", "h", Role::User, &actor()).unwrap();
         // A personal token may be called anything, its owner's name included.
-        let personal = NewToken {
-            id: "abcdefghijkl",
-            kind: TokenKind::Personal,
-            name: "alice",
-            owner: Some("alice"),
-            scope: None,
-            permissions: perms(&["REPO_READ"]),
-            secret_hash: [2; 32],
-            expires_at: None,
-            allowed_networks: &[],
-            created_at: 1,
-        };
-        store.insert_token(&personal, &actor()).unwrap();
+        store
+            .insert_token(&personal_token("abcdefghijkl", "alice", "alice"), &actor())
+            .unwrap();
     }
 
     /// `n` personal tokens of a new user alice, by id.
@@ -691,21 +681,7 @@ mod tests {
         let ids: Vec<String> = (0..n).map(|i| format!("tok{i:09}")).collect();
         for id in &ids {
             store
-                .insert_token(
-                    &NewToken {
-                        id,
-                        kind: TokenKind::Personal,
-                        name: id,
-                        owner: Some("alice"),
-                        scope: None,
-                        permissions: perms(&["REPO_READ"]),
-                        secret_hash: [7; 32],
-                        expires_at: None,
-                        allowed_networks: &[],
-                        created_at: 1,
-                    },
-                    &actor(),
-                )
+                .insert_token(&personal_token(id, id, "alice"), &actor())
                 .unwrap();
         }
         ids
