@@ -63,6 +63,8 @@ enum Refusal {
     NoCredentials(CredentialError),
     InvalidToken,
     Denied(Deny),
+    /// A request body framed in a way gitgate cannot pass on (501).
+    Unframeable(String),
     StoreDown(StoreError),
     /// Too many failures from the address, or too many requests from the principal (429).
     Guarded(Verdict),
@@ -182,6 +184,9 @@ impl Gate {
             &self.git_prefix,
         )
         .map_err(Refusal::NotGit)?;
+        if let Some(m) = crate::upstream::headers::unsupported_transfer_coding(req.headers()) {
+            return Err(Refusal::Unframeable(m));
+        }
         log.repo = Some(git_req.repo.to_string());
         log.access = Some(git_req.access.as_str());
         self.guard
@@ -299,6 +304,7 @@ impl Gate {
                 self.challenge(&m)
             }
             Refusal::Denied(Deny::Forbidden(m)) => text(StatusCode::FORBIDDEN, &m),
+            Refusal::Unframeable(m) => text(StatusCode::NOT_IMPLEMENTED, &m),
             Refusal::StoreDown(e) => {
                 tracing::error!(error = %e, "token store unavailable; refusing the request");
                 text(

@@ -78,6 +78,7 @@ pub mod gate;
 pub mod git;
 pub mod guard;
 pub mod health;
+pub mod idle;
 pub mod inflight;
 pub mod lifecycle;
 pub mod metrics;

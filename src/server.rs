@@ -2,8 +2,9 @@
 //! HTTP/2 with hyper, hand each request to the [`Gate`], and shut down gracefully.
 //!
 //! Timeouts suit git: the TLS handshake and the request headers have a deadline (slowloris),
-//! and a connection on which no byte moves either way for `idle_timeout` is closed; but nothing
-//! limits the total time of a request, because a big clone legitimately streams for minutes.
+//! and an idle connection ([`crate::idle`]: no byte moving, or no request open) is closed after
+//! `idle_timeout`; but nothing limits the total time of a request, because a big clone
+//! legitimately streams for minutes.
 //! Connections are capped by a semaphore taken *before* `accept`, so past the cap new clients
 //! wait in the kernel's backlog instead of costing memory here.
 //!
@@ -14,12 +15,9 @@
 //! Either way it is logged and the process lives on.
 
 use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -27,7 +25,7 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -36,6 +34,7 @@ use crate::config::{Config, Limits, Upstream as UpstreamConfig};
 use crate::gate::Gate;
 use crate::guard::Guard;
 use crate::health;
+use crate::idle::{Activity, ActivityIo, OpenBody};
 use crate::metrics::{self, METRICS};
 use crate::store::Store;
 use crate::tls::CertStore;
@@ -361,18 +360,25 @@ impl Connection {
     {
         let remote = self.remote;
         let idle = self.settings.limits.idle_timeout;
-        let io = ActivityIo::new(io);
-        let activity = io.activity.clone();
+        let activity = Activity::new();
+        let io = ActivityIo::new(io, activity.clone());
         let gate = self.gate;
+        let requests = activity.clone();
         // Probes are answered here, before the gate: no token, no classification, never forwarded.
         let service = service_fn(move |req: Request<Incoming>| {
             let gate = gate.clone();
-            CatchPanic::new(async move {
+            let open = requests.request_opened();
+            let answer = CatchPanic::new(async move {
                 match health::probe(&gate, req.method(), req.uri().path()).await {
                     Some(resp) => Ok(resp),
                     None => gate.handle(req, remote).await,
                 }
-            })
+            });
+            async move {
+                answer
+                    .await
+                    .map(|resp| resp.map(|body| OpenBody::new(body, open)))
+            }
         });
         let conn = self
             .builder
@@ -397,96 +403,6 @@ impl Connection {
                 }
             }
         }
-    }
-}
-
-/// When a connection last moved a byte.
-#[derive(Clone)]
-struct Activity {
-    start: Instant,
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Activity {
-    fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle(&self) -> Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
-/// A connection's byte stream, noting every successful read or write.
-struct ActivityIo<IO> {
-    inner: IO,
-    activity: Activity,
-}
-
-impl<IO> ActivityIo<IO> {
-    fn new(inner: IO) -> Self {
-        ActivityIo {
-            inner,
-            activity: Activity {
-                start: Instant::now(),
-                last_ms: Arc::new(AtomicU64::new(0)),
-            },
-        }
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for ActivityIo<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for ActivityIo<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -174,6 +174,90 @@ fn idle_connections_are_closed() {
     );
 }
 
+/// An HTTP/2 frame header: length, type, flags, stream 0.
+fn h2_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        kind,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn pings_without_requests_do_not_keep_an_http2_connection_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(
+        dir.path(),
+        &cgi_config(dir.path(), "idle_timeout_seconds = 1"),
+    );
+    // HTTP/2 with prior knowledge: the preface and empty SETTINGS, then a PING every 200 ms and
+    // never a request. Bytes move both ways all the time (gitgate answers each PING).
+    let mut s = connect(g.port);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(4, &[])).unwrap();
+    let mut reader = s.try_clone().unwrap();
+    let closed = std::thread::spawn(move || read_until_closed(&mut reader));
+    let start = Instant::now();
+    while !closed.is_finished() && start.elapsed() < Duration::from_secs(6) {
+        if s.write_all(&h2_frame(6, b"12345678")).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, took) = closed.join().unwrap();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "an HTTP/2 connection with PINGs and no request was closed after {took:?}"
+    );
+}
+
+#[test]
+fn a_request_body_in_a_transfer_coding_other_than_chunked_is_refused_not_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, heads) = keep_alive_upstream(10);
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let post = |coding: &str| {
+        let mut s = connect(g.port);
+        s.write_all(
+            format!(
+                "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+                 Authorization: Basic {auth}\r\nContent-Type: application/x-git-upload-pack-request\r\n\
+                 Transfer-Encoding: {coding}\r\nConnection: close\r\n\r\n4\r\n0000\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        read_until_closed(&mut s).0
+    };
+    let out = post("gzip, chunked");
+    assert!(out.starts_with("HTTP/1.1 501"), "{out}");
+    assert!(
+        out.contains("Transfer-Encoding \"gzip, chunked\" is not supported"),
+        "{out}"
+    );
+    assert!(
+        heads.recv_timeout(Duration::from_millis(300)).is_err(),
+        "forwarded"
+    );
+    // Plain chunked bodies are passed on.
+    let out = post("chunked");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let (_, head) = heads.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        head.starts_with("POST /team/app.git/git-upload-pack"),
+        "{head}"
+    );
+}
+
 #[test]
 fn connections_beyond_the_cap_wait() {
     let dir = tempfile::tempdir().unwrap();

@@ -45,6 +45,29 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// Whether the request body's framing is one gitgate can pass on: `Transfer-Encoding` may only
+/// be `chunked`. hyper removes the chunked framing and gitgate drops the header (hop-by-hop), so
+/// any other coding (`gzip, chunked`) would reach the backend as a body it cannot tell is
+/// encoded. Such requests get `501 Not Implemented` (RFC 9112, section 6.1), as from nginx;
+/// git compresses with `Content-Encoding`, which passes through untouched.
+pub fn unsupported_transfer_coding(inbound: &HeaderMap) -> Option<String> {
+    let codings: Vec<&str> = inbound
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    if codings.iter().all(|c| c.eq_ignore_ascii_case("chunked")) {
+        return None;
+    }
+    Some(format!(
+        "Transfer-Encoding \"{}\" is not supported: gitgate passes only chunked request bodies \
+         on (send compressed bodies with Content-Encoding)",
+        codings.join(", ")
+    ))
+}
+
 /// Request headers gitgate removes and, where needed, sets itself.
 const MANAGED: [&str; 6] = [
     "authorization",
@@ -321,6 +344,25 @@ fn identity_value(user: &str) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_chunked_request_framing_is_passed_on() {
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, HeaderValue::from_str(v).unwrap());
+            }
+            unsupported_transfer_coding(&h)
+        };
+        assert_eq!(with(&[]), None);
+        assert_eq!(with(&["chunked"]), None);
+        assert_eq!(with(&["Chunked "]), None);
+        let refused = with(&["gzip, chunked"]).expect("gzip is refused");
+        assert!(refused.contains("\"gzip, chunked\""), "{refused}");
+        assert!(with(&["gzip", "chunked"]).is_some());
+        assert!(with(&["deflate"]).is_some());
+        assert!(with(&["chunked, identity"]).is_some());
+    }
+
     #[test]
     fn client_address_trusts_only_trusted_proxies() {
         let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
