@@ -235,6 +235,12 @@ pub fn classify(
     raw_query: Option<&str>,
     git_prefix: &str,
 ) -> Result<GitRequest, Rejection> {
+    if !raw_path.starts_with('/') {
+        // `OPTIONS *` (asterisk form) asks about the server itself.
+        return Err(Rejection::NotFound(format!(
+            "'{raw_path}' names no repository: gitgate answers only git requests"
+        )));
+    }
     let rest = strip_prefix(raw_path, git_prefix).ok_or_else(|| {
         Rejection::NotFound(format!(
             "'{raw_path}' is not under the git prefix '{git_prefix}'"
@@ -435,7 +441,7 @@ fn push_decoded_segment(raw: &str, out: &mut String) -> Result<(), Rejection> {
 }
 
 /// Decode `%XX` escapes once. `None` on a malformed escape. `+` stays `+`.
-fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while let Some(&b) = input.get(i) {
@@ -677,6 +683,16 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn the_asterisk_form_names_no_repository() {
+        for prefix in ["/", "/scm"] {
+            match classify("OPTIONS", "*", None, prefix) {
+                Err(Rejection::NotFound(m)) => assert!(m.contains("names no repository"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -103,7 +103,7 @@ enum PolicyCommand {
         #[arg(long)]
         expiry_required: Option<String>,
         /// The most days a new token may live when an expiry is required.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
         max_expiry_days: Option<u32>,
         /// Remove the maximum.
         #[arg(long, conflicts_with = "max_expiry_days")]
@@ -135,10 +135,10 @@ enum RatelimitCommand {
     Set {
         user: String,
         /// Requests allowed in a burst.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         capacity: u32,
         /// Requests added back per second (may be fractional).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         refill: f64,
     },
     /// Never rate-limit USER.
@@ -179,7 +179,7 @@ enum TokenCommand {
         #[arg(long = "permission", required = true)]
         permissions: Vec<String>,
         /// Expire this many days from now.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         expiry_days: Option<u32>,
         /// Only accept the token from this network (CIDR, repeatable; default anywhere).
         #[arg(long = "allowed-network")]
@@ -205,7 +205,7 @@ enum TokenCommand {
         #[arg(long, conflicts_with = "allowed_networks")]
         any_network: bool,
         /// Refused: an expiry never changes (accepted only to say so clearly).
-        #[arg(long, hide = true)]
+        #[arg(long, hide = true, allow_negative_numbers = true)]
         expiry_days: Option<u32>,
         #[arg(long)]
         json: bool,
@@ -214,7 +214,7 @@ enum TokenCommand {
     Rotate {
         id: String,
         /// Keep the old secret working this many seconds (default 0: refused at once).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         overlap_seconds: u32,
         /// Read the owner's password from the first line of stdin (personal tokens).
         #[arg(long)]

@@ -371,6 +371,30 @@ fn token_create_with_expiry_days() {
             "--expiry-days {bad} should be refused: {run}"
         );
     }
+    // A negative number is read as a number, not as an unknown option.
+    let run = sb.cli(&[
+        "token",
+        "create",
+        "--project",
+        "team",
+        "--name",
+        "x",
+        "--permission",
+        "REPO_READ",
+        "--expiry-days",
+        "-5",
+    ]);
+    run.fails_with("invalid value '-5' for '--expiry-days");
+    sb.cli(&[
+        "ratelimit",
+        "set",
+        "alice",
+        "--capacity",
+        "5",
+        "--refill",
+        "-1",
+    ])
+    .fails_with("refill a positive number");
 }
 
 #[test]

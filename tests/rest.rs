@@ -401,6 +401,16 @@ fn paging_and_error_shapes() {
     let r = server.api("PATCH", "/users/alice", "alice", "");
     assert_eq!(r.status, 405);
     r.error_message();
+    // A path segment is percent-decoded once, as in any URL; a bad escape is refused.
+    let r = server.api("GET", "/users/al%69ce", "alice", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["size"],
+        server.api("GET", "/users/alice", "alice", "").json()["size"]
+    );
+    let r = server.api("GET", "/users/al%zzce", "alice", "");
+    assert_eq!(r.status, 400);
+    assert!(r.error_message().contains("invalid percent-encoding"));
     let big = format!(
         r#"{{"name":"{}","permissions":["REPO_READ"]}}"#,
         "x".repeat(70 * 1024)

@@ -304,7 +304,8 @@ fn dispatch(
             "no REST resource at {path}; the token API is under {BASE}"
         )));
     };
-    let segments: Vec<&str> = rest.split('/').collect();
+    let decoded = path_segments(rest)?;
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let (caller, actor) = authenticate(store, headers, remote)?;
     let call = Call {
         store,
@@ -320,6 +321,22 @@ fn dispatch(
         ["admin", rest @ ..] => policy::route(&call, rest),
         _ => Err(ApiError::not_found(format!("no REST resource at {path}"))),
     }
+}
+
+/// The path's segments, each percent-decoded once (`users/al%69ce` is `users/alice`). An escape
+/// that is malformed, decodes to something other than UTF-8, or hides a `/` is refused rather
+/// than guessed at.
+fn path_segments(rest: &str) -> Result<Vec<String>, ApiError> {
+    rest.split('/')
+        .map(|raw| {
+            crate::git::percent_decode(raw.as_bytes())
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .filter(|s| !s.contains('/'))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("invalid percent-encoding in the path: {raw}"))
+                })
+        })
+        .collect()
 }
 
 /// HTTP Basic with a user's password, and nothing else.
@@ -365,6 +382,20 @@ fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_are_decoded_once() {
+        assert_eq!(
+            path_segments("users/al%69ce/123/rotate").unwrap(),
+            ["users", "alice", "123", "rotate"]
+        );
+        assert_eq!(path_segments("users/%2569").unwrap(), ["users", "%69"]);
+        assert_eq!(path_segments("users/").unwrap(), ["users", ""]);
+        for bad in ["users/al%2fice", "users/%zz", "users/%", "users/%ff"] {
+            let e = path_segments(bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
 
     #[test]
     fn api_paths() {
