@@ -415,8 +415,8 @@ impl LogLine {
     }
 }
 
-/// A request's log line until it has an answer; written (as 499, `client-gone`) if dropped
-/// before then.
+/// A request's log line until it has an answer; written (as 499, `client-gone`, or `shutdown`
+/// past the grace period) if dropped before then.
 struct Unanswered(Option<LogLine>);
 
 impl Unanswered {
@@ -435,7 +435,7 @@ impl Unanswered {
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some(line) = self.0.take() {
-            line.write(0, "client-gone");
+            line.write(0, crate::server::unfinished_outcome());
         }
     }
 }
@@ -498,7 +498,7 @@ impl Drop for LoggedBody {
         let outcome = if self.inner.is_end_stream() {
             "complete"
         } else {
-            "client-gone"
+            crate::server::unfinished_outcome()
         };
         self.finish(outcome);
     }

@@ -15,7 +15,7 @@
 //! Either way it is logged and the process lives on.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Limits, Upstream as UpstreamConfig};
@@ -174,6 +175,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
     // No request is left: write what the store's writer still holds (audit events and last
     // uses of the last window), which would otherwise end with the process.
     let _ = tokio::task::spawn_blocking(move || store.flush_pending_writes()).await;
+    tracing::info!("stopped: every connection closed, pending audit events and last uses written");
     Ok(())
 }
 
@@ -289,12 +291,28 @@ async fn work(gate: Arc<Gate>, settings: Settings, mut inbox: Inbox) {
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    while let Some(Accepted {
-        stream,
-        remote,
-        permit,
-    }) = inbox.rx.recv().await
-    {
+    // The worker's connections, so that it can end those still open at the end of the grace
+    // period itself, before the store's last writes: worker 0's tasks live on the main runtime,
+    // which outlives this function.
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = inbox.rx.recv() => accepted,
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "a connection task ended abnormally");
+                }
+                continue;
+            }
+        };
+        let Some(Accepted {
+            stream,
+            remote,
+            permit,
+        }) = accepted
+        else {
+            break;
+        };
         let open = inbox.open.clone();
         let stream = match TcpStream::from_std(stream) {
             Ok(s) => s,
@@ -312,7 +330,7 @@ async fn work(gate: Arc<Gate>, settings: Settings, mut inbox: Inbox) {
             remote,
         };
         let active = METRICS.connection();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             conn.run(stream).await;
             drop(active);
             open.fetch_sub(1, Ordering::Relaxed);
@@ -322,7 +340,30 @@ async fn work(gate: Arc<Gate>, settings: Settings, mut inbox: Inbox) {
     let grace = limits.shutdown_grace;
     tokio::select! {
         _ = graceful.shutdown() => tracing::debug!("a worker's connections all closed"),
-        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(
+                connections = connections.len(),
+                "grace period over; closing the remaining connections"
+            );
+            CUT_OFF.store(true, Ordering::Relaxed);
+        }
+    }
+    // Ends what is left, and waits until each connection's requests, bodies and backend
+    // processes have been dropped (their log lines written, their process groups signalled).
+    connections.shutdown().await;
+}
+
+/// Set once the grace period is over: a request dropped from then on was cut off by the
+/// shutdown, not by its client.
+static CUT_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Why a request that never finished ended: `shutdown` once the grace period is over,
+/// `client-gone` before.
+pub fn unfinished_outcome() -> &'static str {
+    if CUT_OFF.load(Ordering::Relaxed) {
+        "shutdown"
+    } else {
+        "client-gone"
     }
 }
 

@@ -963,6 +963,65 @@ fn no_credentials_gets_a_401_challenge_never_a_2xx() {
 // ---------------------------------------------------------------------------------------------
 // Backend failures
 
+/// A request still running when the grace period ends is cut off by gitgate itself (on worker 0
+/// too, whose tasks live on the main thread), and logged as such before the process exits.
+#[test]
+fn a_request_past_the_grace_period_is_cut_off_and_logged() {
+    let sb = Sandbox::with(Setup {
+        backend: Backend::Failing,
+        server_extra: "workers = 1\nshutdown_grace_seconds = 1".into(),
+        ..Setup::default()
+    });
+    sb.create_repo("team/slow");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "read");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let mut server = sb.serve();
+    // The backend takes 5 s for slow.git; the stop comes after 300 ms with a 1 s grace.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "GET /team/slow.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: {}\r\n\r\n",
+            basic("alice", &token.secret)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stopped = Instant::now();
+    server.signal("TERM");
+    let status = loop {
+        if let Some(s) = server.exit_status() {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(4),
+            "gitgate did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+    let log = fs::read_to_string(sb.server_log()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("repo=team/slow"))
+        .unwrap_or_else(|| panic!("no request line: {log}"));
+    assert!(line.contains("outcome=shutdown"), "{line}");
+    // Cut off by the worker, before the store's last writes and the final line.
+    let at = |needle: &str| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("{needle}: {log}"))
+    };
+    assert!(at("grace period over") < at("repo=team/slow"), "{log}");
+    assert!(
+        at("repo=team/slow") < at("stopped: every connection closed"),
+        "{log}"
+    );
+    drop(s);
+}
+
 #[test]
 fn a_client_that_gives_up_before_the_answer_is_still_logged() {
     let sb = Sandbox::with(Setup {
