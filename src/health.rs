@@ -8,7 +8,7 @@
 //!   the store or the upstream does not get gitgate restarted for nothing;
 //! - readiness (`/readyz`): the token store can be read and the upstream can be reached, i.e.
 //!   a git request now would not fail for a reason of gitgate's own. `503` with the reason if not.
-//!   A success is remembered for [`READY_FOR`]: the check opens a connection to the upstream,
+//!   A success is remembered for `READY_FOR`: the check opens a connection to the upstream,
 //!   and a flood of unauthenticated probes must not become a flood of connections there. A
 //!   failure is not remembered, so recovery shows on the next probe.
 

@@ -19,14 +19,17 @@
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
 //!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
 //!  atomics, rendered only when scraped); one log line per request, when its answer's body ends
-//!  — or, as 499 `client-gone`, when the client hangs up before it has an answer
+//!  — or, as 499 `client-gone`, when the client hangs up before it has an answer, or
+//!  `shutdown`, when the grace period after SIGTERM ends first
 //! ```
 //!
 //! - [`metrics`] counts requests, outcomes, bytes, latencies and connections and serves them as
 //!   `GET /metrics` (Prometheus text) on its own listener, `[metrics] listen`, off by default.
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2, TLS via [`tls`] with the
-//!   certificate reloaded on SIGHUP), with a header-read deadline, an idle timeout, a cap on
-//!   connections and header size, and graceful shutdown on SIGINT/SIGTERM. One single-threaded
+//!   certificate reloaded on SIGHUP), with a header-read deadline, an idle timeout ([`idle`]:
+//!   no byte moving, or no request open, so HTTP/2 PINGs alone hold nothing), a cap on
+//!   connections and header size, and graceful shutdown on SIGINT/SIGTERM (what is left at the
+//!   end of the grace period is cut off by its worker, then pending writes are flushed). One single-threaded
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
 //!   one thread; limits, store and cache are shared.
 //! - [`health`] answers `/healthz` and `/readyz` (a success remembered for a second, so probes
@@ -37,7 +40,8 @@
 //!   identity header is always gitgate's; upstream redirects are pointed back at gitgate).
 //!   `502`/`504` with a reason when the backend fails or stalls.
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
-//!   `404/400/405` for what is not a git request (never forwarded), `401` with a Basic challenge
+//!   `404/400/405` for what is not a git request (never forwarded), `501` for a request body in a
+//!   transfer coding other than `chunked` (never forwarded), `401` with a Basic challenge
 //!   for missing or bad credentials, `403` for too little permission, `503` when the store
 //!   cannot be read (fail closed), `502` when the backend fails. Every refusal carries a
 //!   one-line `text/plain` reason that git prints as `remote: ...`.

@@ -4,7 +4,7 @@
 //! Output contract: human text by default, one JSON value with `--json`; secrets only ever on
 //! stdout of `token create`, never in lists.
 //!
-//! Standard output is written with [`outln!`], not `println!` (which panics when stdout fails):
+//! Standard output is written with `outln!`, not `println!` (which panics when stdout fails):
 //! `gitgate audit | head` ends quietly when `head` has read enough ([`STDOUT_CLOSED`]), and a
 //! stdout that cannot be written (a full disk) is an error like any other.
 
@@ -67,7 +67,7 @@ pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
 /// exits without a message, as a command killed by SIGPIPE would.
 pub const STDOUT_CLOSED: &str = "standard output was closed";
 
-/// Write one line to standard output (see [`outln!`]).
+/// Write one line to standard output (see `outln!`).
 pub fn out(line: std::fmt::Arguments<'_>) -> Result<(), String> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();

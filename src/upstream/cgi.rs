@@ -30,7 +30,7 @@
 //! A request that ends early ends everything its child started, too: `git http-backend` runs
 //! `git upload-pack`, which runs `git pack-objects`, and killing only the first would leave the
 //! others packing for a client that is gone — a CPU sink per abandoned clone. So each child leads
-//! its own process group, and the group is what gets the signals (see [`end_group`]).
+//! its own process group, and the group is what gets the signals (see `end_group`).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
