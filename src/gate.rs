@@ -54,6 +54,8 @@ pub struct Gate {
     pub trusted_proxies: Vec<crate::network::Cidr>,
     /// The last successful readiness check (`/readyz`).
     pub readiness: crate::health::Readiness,
+    /// How long a management API request's body may take to arrive (`header_read_timeout`).
+    pub api_body_deadline: std::time::Duration,
 }
 
 /// Every way a request can end before reaching the backend.
@@ -100,7 +102,14 @@ impl Gate {
                 return Ok(too_many(&verdict));
             }
             let tried = req.headers().contains_key(hyper::header::AUTHORIZATION);
-            let resp = crate::api::handle(self.store.clone(), &self.realm, req, remote).await;
+            let resp = crate::api::handle(
+                self.store.clone(),
+                &self.realm,
+                self.api_body_deadline,
+                req,
+                remote,
+            )
+            .await;
             if tried && resp.status() == StatusCode::UNAUTHORIZED {
                 self.guard.failed_auth(remote.ip(), clock::now_ms());
             }

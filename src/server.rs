@@ -109,6 +109,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
             store: store.clone(),
             upstream,
             readiness: Default::default(),
+            api_body_deadline: config.server.limits.header_read_timeout,
         }));
     }
     let tls = match &certs {

@@ -258,6 +258,105 @@ fn a_request_body_in_a_transfer_coding_other_than_chunked_is_refused_not_forward
     );
 }
 
+const API_USERS: &str = "/rest/access-tokens/1.0/users/alice";
+
+#[test]
+fn an_api_request_without_credentials_is_refused_before_its_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &cgi_config(dir.path(), ""));
+    let mut s = connect(g.port);
+    // Announces a body it never sends: the answer must not wait for it.
+    s.write_all(
+        format!("PUT {API_USERS} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s);
+    let mut status = String::new();
+    let started = Instant::now();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 401"), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn an_api_request_body_that_trickles_is_cut_off_at_the_header_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(
+        dir.path(),
+        &cgi_config(dir.path(), "header_read_timeout_seconds = 1"),
+    );
+    let mut s = connect(g.port);
+    s.write_all(
+        format!(
+            "PUT {API_USERS} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWxpY2U6cHc=\r\n\
+             Content-Length: 1000\r\n\r\n{{\"name\""
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let answered = std::thread::spawn(move || read_until_closed(&mut s));
+    // One byte every 300 ms: bytes keep moving, the body never completes.
+    let started = Instant::now();
+    while !answered.is_finished() && started.elapsed() < Duration::from_secs(6) {
+        if writer.write_all(b" ").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (out, _) = answered.join().unwrap();
+    let took = started.elapsed();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("did not arrive within 1s"), "{out}");
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+}
+
+#[test]
+fn password_checks_run_a_few_at_a_time_and_the_rest_are_told_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &cgi_config(dir.path(), ""));
+    let port = g.port;
+    let n = 40;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let answers: Vec<String> = (0..n)
+        .map(|i| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let auth = base64::engine::general_purpose::STANDARD
+                    .encode(format!("nobody{i}:wrong-password"));
+                let mut s = connect(port);
+                start.wait();
+                s.write_all(
+                    format!(
+                        "GET {API_USERS} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
+                         Connection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+                read_until_closed(&mut s).0
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let status = |a: &String| a.get(9..12).unwrap_or("").to_string();
+    let busy: Vec<&String> = answers.iter().filter(|a| status(a) == "503").collect();
+    assert!(
+        !busy.is_empty(),
+        "40 logins at once, none told to wait: {:?}",
+        answers.iter().map(status).collect::<Vec<_>>()
+    );
+    for a in &busy {
+        assert!(a.to_ascii_lowercase().contains("retry-after: 1"), "{a}");
+        assert!(a.contains("too many password checks in progress"), "{a}");
+    }
+    for a in &answers {
+        assert!(["401", "429", "503"].contains(&status(a).as_str()), "{a}");
+    }
+}
+
 #[test]
 fn connections_beyond_the_cap_wait() {
     let dir = tempfile::tempdir().unwrap();

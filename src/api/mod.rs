@@ -27,14 +27,18 @@ mod tokens;
 mod users_tokens;
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
+use tokio::sync::Semaphore;
 
 use crate::credentials::{self, CredentialError, Credentials};
 use crate::gate::ResponseBody;
@@ -197,9 +201,15 @@ pub fn method_not_allowed(method: &Method, allowed: &str) -> ApiError {
 }
 
 /// Serve one API request; never fails (every error is an answer).
+///
+/// Before anything is read or hashed, a request must name credentials; its body must then arrive
+/// within `body_deadline`; and password checks (argon2: deliberately slow, ~19 MiB each) run at
+/// most [`password_checks`] at a time, more get `503` + `Retry-After` at once. Anonymous clients
+/// can therefore neither hold a connection open with a trickling body nor pile up hashes.
 pub async fn handle(
     store: Store,
     realm: &str,
+    body_deadline: Duration,
     req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<ResponseBody> {
@@ -209,8 +219,29 @@ pub async fn handle(
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().map(str::to_string);
 
-    let outcome = match Limited::new(body, MAX_BODY).collect().await {
-        Err(e) => {
+    let read = async {
+        if !path.starts_with(BASE) {
+            return Err(ApiError::not_found(format!(
+                "no REST resource at {path}; the token API is under {BASE}"
+            )));
+        }
+        if !parts.headers.contains_key(AUTHORIZATION) {
+            return Err(credentials_required());
+        }
+        match tokio::time::timeout(body_deadline, Limited::new(body, MAX_BODY).collect()).await {
+            Ok(read) => Ok(read),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {}s",
+                    body_deadline.as_secs()
+                ),
+            )),
+        }
+    };
+    let outcome = match read.await {
+        Err(e) => Err(e),
+        Ok(Err(e)) => {
             let too_big = e
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
@@ -223,29 +254,36 @@ pub async fn handle(
                 ApiError::bad_request(format!("could not read the request body: {e}"))
             })
         }
-        Ok(collected) => {
-            let body = collected.to_bytes();
-            let headers = parts.headers;
-            let (method, path) = (method.clone(), path.clone());
-            tokio::task::spawn_blocking(move || {
-                dispatch(
-                    &store,
-                    &method,
-                    &path,
-                    query.as_deref(),
-                    &headers,
-                    &body,
-                    remote,
-                )
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("the request failed: {e}"),
-                ))
-            })
-        }
+        Ok(Ok(collected)) => match PASSWORD_CHECKS.clone().try_acquire_owned() {
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many password checks in progress; try again in a second",
+            )),
+            Ok(permit) => {
+                let body = collected.to_bytes();
+                let headers = parts.headers;
+                let (method, path) = (method.clone(), path.clone());
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    dispatch(
+                        &store,
+                        &method,
+                        &path,
+                        query.as_deref(),
+                        &headers,
+                        &body,
+                        remote,
+                    )
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the request failed: {e}"),
+                    ))
+                })
+            }
+        },
     };
 
     let (status, body) = match outcome {
@@ -286,7 +324,27 @@ pub async fn handle(
             headers.insert(WWW_AUTHENTICATE, v);
         }
     }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     resp
+}
+
+/// How many API requests may check a password at once: two per core. Each argon2 check takes
+/// about 19 MiB and a core for tens of milliseconds; without a cap, a burst of anonymous logins
+/// would run one per connection before the address throttle had counted any of them.
+pub fn password_checks() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+static PASSWORD_CHECKS: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(password_checks())));
+
+fn credentials_required() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "authentication required: use HTTP Basic with your user name and password",
+    )
 }
 
 /// Authenticate, then route by path. Runs on a blocking thread.
@@ -300,9 +358,7 @@ fn dispatch(
     remote: SocketAddr,
 ) -> ApiResult {
     let Some(rest) = path.strip_prefix(BASE) else {
-        return Err(ApiError::not_found(format!(
-            "no REST resource at {path}; the token API is under {BASE}"
-        )));
+        return Err(ApiError::not_found(format!("no REST resource at {path}")));
     };
     let decoded = path_segments(rest)?;
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
@@ -355,9 +411,7 @@ fn authenticate(
         let _ = store.record_event(&actor, "auth.failed", name, &format!("REST API: {reason}"));
     };
     match credentials::from_headers(headers) {
-        Err(CredentialError::Missing) => Err(unauthorized(
-            "authentication required: use HTTP Basic with your user name and password",
-        )),
+        Err(CredentialError::Missing) => Err(credentials_required()),
         Err(e) => {
             audit("anonymous", &e.to_string());
             Err(unauthorized(&e.to_string()))
