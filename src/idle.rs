@@ -4,11 +4,12 @@
 //!
 //! - **No byte moved** either way. This is what cuts off a stalled transfer, and a keep-alive
 //!   HTTP/1.1 connection on which nothing happens.
-//! - **No request open**, and none opened or ended. Bytes alone are not enough on HTTP/2: a
-//!   client may send a PING (or SETTINGS, or WINDOW_UPDATE) every few minutes and so hold a
-//!   connection, and one place under `max_connections`, without ever sending a request, let
-//!   alone a token. A request is open from the moment hyper hands it to gitgate until its
-//!   response body has been sent or dropped.
+//! - **No answer moving**: no request waiting for its answer, and no answer started, sent a
+//!   frame or ended. Bytes alone are not enough on HTTP/2: a client may send a PING (or
+//!   SETTINGS, or WINDOW_UPDATE) every few minutes and so hold a connection, and one place under
+//!   `max_connections`, without ever sending a request, let alone a token — or send one request
+//!   with a flow-control window of zero, so that its answer never moves. While a request waits
+//!   for its answer (a push uploading, the backend working) only the byte clock counts.
 //!
 //! Nothing here limits the total time of a request: a clone that keeps streaming keeps its
 //! connection however long it takes.
@@ -26,15 +27,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::gate::ResponseBody;
 
-/// How long a connection has been idle, in milliseconds since it opened: the longer of the
-/// time since its last byte and, when no request is open, the time since the last one opened
-/// or ended (`quiet_since_ms`).
-pub fn idle_ms(now_ms: u64, last_byte_ms: u64, open_requests: usize, quiet_since_ms: u64) -> u64 {
+/// How long a connection has been idle, in milliseconds since it opened: the time since its
+/// last byte while a request waits for its answer, else the longer of that and the time since
+/// an answer last started, sent a frame or ended (`last_answer_ms`).
+pub fn idle_ms(now_ms: u64, last_byte_ms: u64, unanswered: usize, last_answer_ms: u64) -> u64 {
     let bytes = now_ms.saturating_sub(last_byte_ms);
-    if open_requests > 0 {
+    if unanswered > 0 {
         return bytes;
     }
-    bytes.max(now_ms.saturating_sub(quiet_since_ms))
+    bytes.max(now_ms.saturating_sub(last_answer_ms))
 }
 
 /// One connection's clocks, shared by its byte stream, its requests and its idle timer.
@@ -44,8 +45,8 @@ pub struct Activity(Arc<Clocks>);
 struct Clocks {
     start: Instant,
     last_byte_ms: AtomicU64,
-    open_requests: AtomicUsize,
-    quiet_since_ms: AtomicU64,
+    unanswered: AtomicUsize,
+    last_answer_ms: AtomicU64,
 }
 
 impl Activity {
@@ -53,8 +54,8 @@ impl Activity {
         Activity(Arc::new(Clocks {
             start: Instant::now(),
             last_byte_ms: AtomicU64::new(0),
-            open_requests: AtomicUsize::new(0),
-            quiet_since_ms: AtomicU64::new(0),
+            unanswered: AtomicUsize::new(0),
+            last_answer_ms: AtomicU64::new(0),
         }))
     }
 
@@ -66,20 +67,27 @@ impl Activity {
         self.0.last_byte_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
+    fn answer_moved(&self) {
+        self.0
+            .last_answer_ms
+            .store(self.now_ms(), Ordering::Release);
+    }
+
     /// How long the connection has been idle (see the module doc).
     pub fn idle(&self) -> Duration {
         Duration::from_millis(idle_ms(
             self.now_ms(),
             self.0.last_byte_ms.load(Ordering::Relaxed),
-            self.0.open_requests.load(Ordering::Acquire),
-            self.0.quiet_since_ms.load(Ordering::Acquire),
+            self.0.unanswered.load(Ordering::Acquire),
+            self.0.last_answer_ms.load(Ordering::Acquire),
         ))
     }
 
-    /// A request has come in; it stays open until the returned value is dropped.
+    /// A request has come in; it waits for its answer until [`OpenBody::new`] takes the returned
+    /// value, or it is dropped.
     pub fn request_opened(&self) -> OpenRequest {
-        self.0.open_requests.fetch_add(1, Ordering::AcqRel);
-        OpenRequest(self.clone())
+        self.0.unanswered.fetch_add(1, Ordering::AcqRel);
+        OpenRequest(Some(self.clone()))
     }
 }
 
@@ -89,29 +97,38 @@ impl Default for Activity {
     }
 }
 
-/// A request of the connection that has not finished yet.
-pub struct OpenRequest(Activity);
+/// A request of the connection that is waiting for its answer.
+pub struct OpenRequest(Option<Activity>);
 
-impl Drop for OpenRequest {
-    fn drop(&mut self) {
-        let clocks = &self.0 .0;
-        // The quiet clock first: whoever sees the count at zero also sees when it got there.
-        clocks
-            .quiet_since_ms
-            .store(self.0.now_ms(), Ordering::Release);
-        clocks.open_requests.fetch_sub(1, Ordering::AcqRel);
+impl OpenRequest {
+    /// The request has its answer (or was dropped): it no longer waits.
+    fn stop_waiting(&mut self) -> Option<Activity> {
+        let activity = self.0.take()?;
+        // The answer clock first: whoever sees the count drop also sees when it did.
+        activity.answer_moved();
+        activity.0.unanswered.fetch_sub(1, Ordering::AcqRel);
+        Some(activity)
     }
 }
 
-/// A response body that keeps its request open until it has been sent or dropped.
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.stop_waiting();
+    }
+}
+
+/// A response body on its way out: each frame it yields, and its end, move the answer clock.
 pub struct OpenBody {
     inner: ResponseBody,
-    _open: OpenRequest,
+    activity: Option<Activity>,
 }
 
 impl OpenBody {
-    pub fn new(inner: ResponseBody, open: OpenRequest) -> Self {
-        OpenBody { inner, _open: open }
+    pub fn new(inner: ResponseBody, mut request: OpenRequest) -> Self {
+        OpenBody {
+            inner,
+            activity: request.stop_waiting(),
+        }
     }
 }
 
@@ -123,7 +140,11 @@ impl Body for OpenBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(_))), Some(activity)) = (&polled, &self.activity) {
+            activity.answer_moved();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -132,6 +153,14 @@ impl Body for OpenBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for OpenBody {
+    fn drop(&mut self) {
+        if let Some(activity) = &self.activity {
+            activity.answer_moved();
+        }
     }
 }
 
@@ -208,13 +237,21 @@ mod tests {
     fn bytes_moving_do_not_keep_a_connection_without_requests() {
         // PINGs every second, no request since the connection opened at 0.
         assert_eq!(idle_ms(300_000, 299_000, 0, 0), 300_000);
-        // The last request ended at 100 s.
+        // The last answer ended at 100 s.
         assert_eq!(idle_ms(300_000, 299_000, 0, 100_000), 200_000);
     }
 
     #[test]
-    fn an_open_request_counts_only_bytes() {
-        // A clone streaming for an hour is not idle ...
+    fn an_answer_that_does_not_move_does_not_keep_a_connection() {
+        // Answered at 10 s, not a frame since (a zero flow-control window), PINGs flowing.
+        assert_eq!(idle_ms(310_000, 309_500, 0, 10_000), 300_000);
+        // A clone streaming for an hour is not idle.
+        assert_eq!(idle_ms(3_600_000, 3_599_990, 0, 3_599_995), 10);
+    }
+
+    #[test]
+    fn a_request_waiting_for_its_answer_counts_only_bytes() {
+        // A push uploading for an hour before the backend answers is not idle ...
         assert_eq!(idle_ms(3_600_000, 3_599_990, 1, 0), 10);
         // ... but one on which nothing has moved for five minutes is.
         assert_eq!(idle_ms(3_600_000, 3_300_000, 1, 0), 300_000);
@@ -232,14 +269,17 @@ mod tests {
     }
 
     #[test]
-    fn a_request_is_open_until_its_guard_is_dropped() {
+    fn a_request_waits_until_answered_or_dropped() {
         let activity = Activity::new();
+        let waiting = || activity.0.unanswered.load(Ordering::Relaxed);
         let a = activity.request_opened();
         let b = activity.request_opened();
-        assert_eq!(activity.0.open_requests.load(Ordering::Relaxed), 2);
-        drop(a);
-        assert_eq!(activity.0.open_requests.load(Ordering::Relaxed), 1);
+        assert_eq!(waiting(), 2);
+        let body = OpenBody::new(crate::gate::text(hyper::StatusCode::OK, "x").into_body(), a);
+        assert_eq!(waiting(), 1);
         drop(b);
-        assert_eq!(activity.0.open_requests.load(Ordering::Relaxed), 0);
+        assert_eq!(waiting(), 0);
+        drop(body);
+        assert_eq!(waiting(), 0);
     }
 }

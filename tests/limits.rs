@@ -174,22 +174,32 @@ fn idle_connections_are_closed() {
     );
 }
 
-/// An HTTP/2 frame header: length, type, flags, stream 0.
+/// An HTTP/2 frame on stream 0 with no flags.
 fn h2_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    h2_frame_on(kind, 0, 0, payload)
+}
+
+/// An HTTP/2 frame: length, type, flags, stream id, payload.
+fn h2_frame_on(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
-    let mut f = vec![
-        (len >> 16) as u8,
-        (len >> 8) as u8,
-        len as u8,
-        kind,
-        0,
-        0,
-        0,
-        0,
-        0,
-    ];
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
     f.extend_from_slice(payload);
     f
+}
+
+/// Sends a PING every 200 ms on `s` until the peer closes (or 6 s pass); how long that took.
+fn ping_until_closed(s: &mut TcpStream) -> Duration {
+    let mut reader = s.try_clone().unwrap();
+    let closed = std::thread::spawn(move || read_until_closed(&mut reader));
+    let start = Instant::now();
+    while !closed.is_finished() && start.elapsed() < Duration::from_secs(6) {
+        if s.write_all(&h2_frame(6, b"12345678")).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    closed.join().unwrap().1
 }
 
 #[test]
@@ -204,19 +214,34 @@ fn pings_without_requests_do_not_keep_an_http2_connection_open() {
     let mut s = connect(g.port);
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
     s.write_all(&h2_frame(4, &[])).unwrap();
-    let mut reader = s.try_clone().unwrap();
-    let closed = std::thread::spawn(move || read_until_closed(&mut reader));
-    let start = Instant::now();
-    while !closed.is_finished() && start.elapsed() < Duration::from_secs(6) {
-        if s.write_all(&h2_frame(6, b"12345678")).is_err() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let (_, took) = closed.join().unwrap();
+    let took = ping_until_closed(&mut s);
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "an HTTP/2 connection with PINGs and no request was closed after {took:?}"
+    );
+}
+
+#[test]
+fn an_http2_answer_held_back_by_a_zero_window_does_not_keep_the_connection_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(
+        dir.path(),
+        &cgi_config(dir.path(), "idle_timeout_seconds = 1"),
+    );
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: gitgate may send the answer's headers, never its body.
+    let mut s = connect(g.port);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(4, &[0, 4, 0, 0, 0, 0])).unwrap();
+    // GET /healthz (HPACK: :method GET, :scheme http, :path and :authority as literals), with
+    // END_STREAM and END_HEADERS, on stream 1.
+    let mut block = vec![0x82, 0x86, 0x04, 8];
+    block.extend_from_slice(b"/healthz");
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    s.write_all(&h2_frame_on(1, 0x05, 1, &block)).unwrap();
+    let took = ping_until_closed(&mut s);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "an HTTP/2 connection whose answer could not move was closed after {took:?}"
     );
 }
 
