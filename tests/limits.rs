@@ -273,6 +273,12 @@ fn a_request_body_in_a_transfer_coding_other_than_chunked_is_refused_not_forward
         heads.recv_timeout(Duration::from_millis(300)).is_err(),
         "forwarded"
     );
+    let out = post("chunked, chunked");
+    assert!(out.starts_with("HTTP/1.1 501"), "{out}");
+    assert!(
+        heads.recv_timeout(Duration::from_millis(300)).is_err(),
+        "forwarded"
+    );
     // Plain chunked bodies are passed on.
     let out = post("chunked");
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");

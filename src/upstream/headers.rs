@@ -58,7 +58,9 @@ pub fn unsupported_transfer_coding(inbound: &HeaderMap) -> Option<String> {
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .collect();
-    if codings.iter().all(|c| c.eq_ignore_ascii_case("chunked")) {
+    // None, or exactly one `chunked`: hyper removes one layer of chunked framing, so a second
+    // (`chunked, chunked`) would reach the backend as part of the body.
+    if codings.is_empty() || (codings.len() == 1 && codings[0].eq_ignore_ascii_case("chunked")) {
         return None;
     }
     Some(format!(
@@ -361,6 +363,8 @@ mod tests {
         assert!(with(&["gzip", "chunked"]).is_some());
         assert!(with(&["deflate"]).is_some());
         assert!(with(&["chunked, identity"]).is_some());
+        assert!(with(&["chunked, chunked"]).is_some());
+        assert!(with(&["chunked", "chunked"]).is_some());
     }
 
     #[test]
