@@ -19,9 +19,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::service::service_fn;
-use hyper::Request;
+use hyper::{Method, Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -32,7 +35,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Limits, Upstream as UpstreamConfig};
-use crate::gate::Gate;
+use crate::gate::{Gate, ResponseBody};
 use crate::guard::Guard;
 use crate::health;
 use crate::idle::{Activity, ActivityIo, OpenBody};
@@ -354,6 +357,39 @@ async fn work(gate: Arc<Gate>, settings: Settings, mut inbox: Inbox) {
     connections.shutdown().await;
 }
 
+/// The answer to a HEAD request over HTTP/2: its headers (with the length the body would have
+/// had), no body. hyper drops a HEAD answer's body on HTTP/1.1 but sends it as DATA frames on
+/// HTTP/2, which clients reject as a protocol error (RFC 9113, section 8.1).
+fn without_body(resp: Response<ResponseBody>) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    if !parts.headers.contains_key(CONTENT_LENGTH) {
+        if let Some(n) = body.size_hint().exact() {
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    Response::from_parts(parts, NoBody.boxed_unsync())
+}
+
+/// A body that has ended before it began, of no stated length (so that hyper adds no
+/// `content-length: 0` to a HEAD answer whose real length is unknown).
+struct NoBody;
+
+impl Body for NoBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        true
+    }
+}
+
 /// Set once the grace period is over: a request dropped from then on was cut off by the
 /// shutdown, not by its client.
 static CUT_OFF: AtomicBool = AtomicBool::new(false);
@@ -410,6 +446,7 @@ impl Connection {
         let service = service_fn(move |req: Request<Incoming>| {
             let gate = gate.clone();
             let open = requests.request_opened();
+            let head_on_h2 = req.method() == Method::HEAD && req.version() == Version::HTTP_2;
             let answer = CatchPanic::new(async move {
                 match health::probe(&gate, req.method(), req.uri().path()).await {
                     Some(resp) => Ok(resp),
@@ -417,9 +454,10 @@ impl Connection {
                 }
             });
             async move {
-                answer
-                    .await
-                    .map(|resp| resp.map(|body| OpenBody::new(body, open)))
+                answer.await.map(|resp| {
+                    let resp = if head_on_h2 { without_body(resp) } else { resp };
+                    resp.map(|body| OpenBody::new(body, open))
+                })
             }
         });
         let conn = self

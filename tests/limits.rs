@@ -245,6 +245,58 @@ fn an_http2_answer_held_back_by_a_zero_window_does_not_keep_the_connection_open(
     );
 }
 
+/// Reads HTTP/2 frames until one on `stream` ends it (END_STREAM or RST_STREAM) or 5 s pass:
+/// (type, flags, stream) of each.
+fn h2_frames_until_stream_ends(s: &mut TcpStream, stream: u32) -> Vec<(u8, u8, u32)> {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut frames = Vec::new();
+    let mut head = [0u8; 9];
+    while s.read_exact(&mut head).is_ok() {
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).is_err() {
+            break;
+        }
+        frames.push((kind, flags, id));
+        if id == stream && (flags & 0x1 != 0 && kind <= 1 || kind == 3) {
+            break;
+        }
+    }
+    frames
+}
+
+#[test]
+fn a_head_request_over_http2_gets_headers_and_no_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &cgi_config(dir.path(), ""));
+    let mut s = connect(g.port);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(4, &[])).unwrap();
+    // HEAD /healthz (HPACK literals for :method and :path), END_STREAM | END_HEADERS.
+    let mut block = vec![0x02, 4];
+    block.extend_from_slice(b"HEAD");
+    block.extend_from_slice(&[0x86, 0x04, 8]);
+    block.extend_from_slice(b"/healthz");
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    s.write_all(&h2_frame_on(1, 0x05, 1, &block)).unwrap();
+    let on_stream: Vec<(u8, u8)> = h2_frames_until_stream_ends(&mut s, 1)
+        .into_iter()
+        .filter(|f| f.2 == 1)
+        .map(|f| (f.0, f.1))
+        .collect();
+    // One HEADERS frame that ends the stream: no DATA, no reset.
+    assert_eq!(on_stream.len(), 1, "frames on the stream: {on_stream:?}");
+    let (kind, flags) = on_stream[0];
+    assert_eq!(kind, 1, "{on_stream:?}");
+    assert_eq!(
+        flags & 0x1,
+        0x1,
+        "HEADERS without END_STREAM: {on_stream:?}"
+    );
+}
+
 #[test]
 fn a_request_body_in_a_transfer_coding_other_than_chunked_is_refused_not_forwarded() {
     let dir = tempfile::tempdir().unwrap();
