@@ -7,35 +7,32 @@
 //! - liveness (`/healthz`): the process answers HTTP; nothing else is checked, so an outage of
 //!   the store or the upstream does not get gitgate restarted for nothing;
 //! - readiness (`/readyz`): the token store can be read and the upstream can be reached, i.e.
-//!   a git request now would not fail for a reason of gitgate's own. `503` with the reason if not.
-//!   A success is remembered for `READY_FOR`: the check opens a connection to the upstream,
-//!   and a flood of unauthenticated probes must not become a flood of connections there. A
-//!   failure is not remembered, so recovery shows on the next probe.
+//!   a git request now would not fail for a reason of gitgate's own. `503` with what failed if
+//!   not — "token store unreadable" or "git backend unreachable"; the details (addresses,
+//!   paths, errors) go to the log only, since anyone may probe.
+//!
+//! The check opens a connection to the upstream, and a flood of unauthenticated probes must not
+//! become a flood of connections there: each worker runs one check at a time, the probes that
+//! arrive meanwhile wait for its outcome, and an outcome, success or failure, answers for
+//! `REMEMBER_FOR` (so recovery shows within a second).
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hyper::{Method, Response, StatusCode};
+use tokio::sync::Mutex;
 
 use crate::gate::{text, Gate, ResponseBody};
 
-/// How long a successful readiness check answers for the probes that follow it.
-const READY_FOR: Duration = Duration::from_secs(1);
+/// How long a readiness check answers for the probes that follow it.
+const REMEMBER_FOR: Duration = Duration::from_secs(1);
 
-/// When readiness was last checked successfully (one per gate, that is per worker).
+/// What failed, as a probe is told.
+type NotReady = &'static str;
+
+/// The last readiness check and when it ran (one per gate, that is per worker). Its lock is
+/// held while a check runs, so that concurrent probes share it.
 #[derive(Default)]
-pub struct Readiness(Mutex<Option<Instant>>);
-
-impl Readiness {
-    fn fresh(&self) -> bool {
-        let last = *self.0.lock().unwrap_or_else(|p| p.into_inner());
-        last.is_some_and(|at| at.elapsed() < READY_FOR)
-    }
-
-    fn confirmed(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-    }
-}
+pub struct Readiness(Mutex<Option<(Instant, Result<(), NotReady>)>>);
 
 /// The answer to a probe, or `None` if the request is not one.
 pub async fn probe(gate: &Gate, method: &Method, path: &str) -> Option<Response<ResponseBody>> {
@@ -46,32 +43,41 @@ pub async fn probe(gate: &Gate, method: &Method, path: &str) -> Option<Response<
         "/healthz" => Some(text(StatusCode::OK, "ok")),
         "/readyz" => Some(match ready(gate).await {
             Ok(()) => text(StatusCode::OK, "ready"),
-            Err(why) => {
-                tracing::warn!(reason = %why, "not ready");
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("not ready: {why}"),
-                )
-            }
+            Err(what) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {what} (the reason is in gitgate's log)"),
+            ),
         }),
         _ => None,
     }
 }
 
-async fn ready(gate: &Gate) -> Result<(), String> {
-    if gate.readiness.fresh() {
-        return Ok(());
+async fn ready(gate: &Gate) -> Result<(), NotReady> {
+    let mut last = gate.readiness.0.lock().await;
+    if let Some((at, outcome)) = *last {
+        if at.elapsed() < REMEMBER_FOR {
+            return outcome;
+        }
     }
-    check(gate).await?;
-    gate.readiness.confirmed();
-    Ok(())
+    let outcome = check(gate).await;
+    *last = Some((Instant::now(), outcome));
+    outcome
 }
 
-async fn check(gate: &Gate) -> Result<(), String> {
+/// Runs the checks; a failure is logged with its details and answered with what failed.
+async fn check(gate: &Gate) -> Result<(), NotReady> {
     let store = gate.store.clone();
-    tokio::task::spawn_blocking(move || store.ping())
-        .await
-        .map_err(|e| format!("store check failed: {e}"))?
-        .map_err(|e| format!("token store unreadable: {e}"))?;
-    gate.upstream.ready().await
+    let pinged = match tokio::task::spawn_blocking(move || store.ping()).await {
+        Ok(pinged) => pinged.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the check failed: {e}")),
+    };
+    if let Err(why) = pinged {
+        tracing::warn!(reason = %why, "not ready: token store unreadable");
+        return Err("token store unreadable");
+    }
+    if let Err(why) = gate.upstream.ready().await {
+        tracing::warn!(reason = %why, "not ready: git backend unreachable");
+        return Err("git backend unreachable");
+    }
+    Ok(())
 }

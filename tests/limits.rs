@@ -664,6 +664,47 @@ fn a_flood_of_readiness_probes_is_not_a_flood_of_upstream_connections() {
 }
 
 #[test]
+fn readiness_failures_are_shared_remembered_and_name_no_address() {
+    let dir = tempfile::tempdir().unwrap();
+    // An upstream that is down: a port nothing listens on.
+    let upstream_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (g, _) = start_in_front_of(dir.path(), upstream_port, "");
+    let started = Instant::now();
+    let port = g.port;
+    let answers: Vec<common::Response> = (0..40)
+        .map(|_| std::thread::spawn(move || common::http_get(port, "/readyz", None)))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    for resp in &answers {
+        assert_eq!(resp.status, 503, "{resp:?}");
+        assert!(
+            resp.text().contains("not ready: git backend unreachable"),
+            "{resp:?}"
+        );
+        assert!(
+            !resp.text().contains(&upstream_port.to_string()),
+            "{resp:?}"
+        );
+    }
+    // The details are in the log, once per check: at most one check per worker and second.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
+    let checks = log.matches("not ready: git backend unreachable").count();
+    assert!(
+        checks >= 1 && checks <= workers * seconds,
+        "{checks} checks for 40 probes:\n{log}"
+    );
+    assert!(log.contains(&format!("127.0.0.1:{upstream_port}")), "{log}");
+}
+
+#[test]
 fn upstream_connections_are_kept_alive_and_reused() {
     let dir = tempfile::tempdir().unwrap();
     let (upstream_port, heads) = keep_alive_upstream(usize::MAX);

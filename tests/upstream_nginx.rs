@@ -699,8 +699,16 @@ fn upstream_down_is_502_then_recovers() {
 
     w.nginx.start_nginx();
     w.git_ok(w.dir.path(), &["ls-remote", &url]);
-    let (status, _, _) = http(g.port, "GET", "/readyz", &[]);
-    assert_eq!(status, 200);
+    // A failed check answers for a second: recovery shows within one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let (status, _, body) = http(g.port, "GET", "/readyz", &[]);
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]
