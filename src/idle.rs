@@ -14,6 +14,7 @@
 //! Nothing here limits the total time of a request: a clone that keeps streaming keeps its
 //! connection however long it takes.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -160,6 +161,27 @@ impl Drop for OpenBody {
     fn drop(&mut self) {
         if let Some(activity) = &self.activity {
             activity.answer_moved();
+        }
+    }
+}
+
+/// Drives `conn` until it ends (`Some` of its output) or the connection has been idle for
+/// `limit` (`None`; `conn` is dropped, which closes it).
+pub async fn until_idle<F: Future>(
+    conn: F,
+    activity: &Activity,
+    limit: Duration,
+) -> Option<F::Output> {
+    tokio::pin!(conn);
+    loop {
+        let wait = limit.saturating_sub(activity.idle());
+        tokio::select! {
+            out = &mut conn => return Some(out),
+            _ = tokio::time::sleep(wait) => {
+                if activity.idle() >= limit {
+                    return None;
+                }
+            }
         }
     }
 }

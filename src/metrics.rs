@@ -14,6 +14,7 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,10 +22,13 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::clock;
+use crate::config::Limits;
+use crate::idle::{until_idle, Activity, ActivityIo};
 use crate::store::Store;
 
 /// The process's registry.
@@ -325,11 +329,21 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Most connections the metrics listener serves at once; more wait in the listen backlog. A
+/// scraper or two keep one each.
+const MAX_SCRAPERS: usize = 16;
+
 /// Serve `GET /metrics` on `listener` for as long as the process runs, and keep the
-/// expiring-tokens figure fresh.
-pub async fn serve(listener: TcpListener, store: Store) {
+/// expiring-tokens figure fresh. The listener has the main one's header deadline and idle
+/// timeout (`limits`), and its own small connection cap, so that whoever can reach it cannot
+/// hold connections (and file descriptors) open.
+pub async fn serve(listener: TcpListener, store: Store, limits: Limits) {
     tokio::spawn(refresh_expiring(store.clone()));
+    let slots = Arc::new(Semaphore::new(MAX_SCRAPERS));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -339,14 +353,25 @@ pub async fn serve(listener: TcpListener, store: Store) {
             }
         };
         let store = store.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
+            let activity = Activity::new();
+            let requests = activity.clone();
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let store = store.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &store)) }
+                let answered = answer(&req, &store);
+                // Opened and answered at once: moves the idle timer's answer clock.
+                drop(requests.request_opened());
+                async move { Ok::<_, Infallible>(answered) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(
+                    TokioIo::new(ActivityIo::new(stream, activity.clone())),
+                    service,
+                );
+            let _ = until_idle(conn, &activity, limits.idle_timeout).await;
+            drop(permit);
         });
     }
 }

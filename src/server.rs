@@ -38,7 +38,7 @@ use crate::config::{Config, Limits, Upstream as UpstreamConfig};
 use crate::gate::{Gate, ResponseBody};
 use crate::guard::Guard;
 use crate::health;
-use crate::idle::{Activity, ActivityIo, OpenBody};
+use crate::idle::{until_idle, Activity, ActivityIo, OpenBody};
 use crate::metrics::{self, METRICS};
 use crate::store::Store;
 use crate::tls::CertStore;
@@ -134,7 +134,11 @@ async fn run_workers(config: Config) -> Result<(), String> {
             .local_addr()
             .map_err(|e| format!("cannot read the metrics address: {e}"))?;
         tracing::info!("metrics on http://{local}/metrics");
-        tokio::spawn(metrics::serve(metrics, store.clone()));
+        tokio::spawn(metrics::serve(
+            metrics,
+            store.clone(),
+            config.server.limits.clone(),
+        ));
     }
     let settings = Settings {
         tls,
@@ -465,23 +469,16 @@ impl Connection {
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let conn = self.watcher.watch(conn);
-        tokio::pin!(conn);
-        loop {
-            let wait = idle.saturating_sub(activity.idle());
-            tokio::select! {
-                r = &mut conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(remote = %remote, error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                _ = tokio::time::sleep(wait) => {
-                    if activity.idle() >= idle {
-                        tracing::debug!(remote = %remote, "closing a connection idle for {}s", idle.as_secs());
-                        return;
-                    }
-                }
+        match until_idle(conn, &activity, idle).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::debug!(remote = %remote, error = %e, "connection ended with an error")
             }
+            None => tracing::debug!(
+                remote = %remote,
+                "closing a connection idle for {}s",
+                idle.as_secs()
+            ),
         }
     }
 }

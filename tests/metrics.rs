@@ -6,7 +6,10 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{http_get, Sandbox, PASSWORD};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::{http_get, Sandbox, Setup, PASSWORD};
 
 /// The port in the `metrics on http://127.0.0.1:PORT/metrics` log line.
 fn metrics_port(log: &str) -> Option<u16> {
@@ -153,4 +156,54 @@ fn metrics_count_real_git_traffic() {
     // Nothing else is served there, and the git port does not serve metrics.
     assert_eq!(http_get(port, "/", None).status, 404);
     assert_ne!(http_get(server.port, "/metrics", None).status, 200);
+}
+
+/// Whoever can reach the metrics listener cannot hold connections there: it has the main
+/// listener's header deadline and idle timeout.
+#[test]
+fn the_metrics_listener_closes_slow_and_idle_connections() {
+    let sb = Sandbox::with(Setup {
+        server_extra: "header_read_timeout_seconds = 1\nidle_timeout_seconds = 1".into(),
+        ..Setup::default()
+    });
+    std::fs::write(
+        sb.config(),
+        format!(
+            "{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            sb.config_text()
+        ),
+    )
+    .unwrap();
+    let server = sb.serve();
+    let start = Instant::now();
+    let port = loop {
+        if let Some(p) = metrics_port(&server.log_text()) {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no metrics line");
+        thread::sleep(Duration::from_millis(25));
+    };
+    let closed_after = |first: &[u8]| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(first).unwrap();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            started.elapsed(),
+        )
+    };
+    // Half a request: cut off at the header deadline.
+    let (_, took) = closed_after(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    // A scrape on a kept-alive connection, then nothing: closed once idle.
+    let (out, took) = closed_after(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("gitgate_requests_total"), "{out}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
 }
