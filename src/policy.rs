@@ -192,6 +192,15 @@ pub fn authorize(
                     scope.describe()
                 )));
             }
+            // The backend knows the token by its name, and HTTP and git trim spaces around it:
+            // 'bob ' would arrive as 'bob'. Such names are refused when set; one from an older
+            // store is refused here.
+            if name.trim() != name {
+                return Err(Deny::Forbidden(format!(
+                    "token '{name}' has spaces around its name, which the git backend would read \
+                     as another name; an administrator must rename it"
+                )));
+            }
             (name.clone(), token_level)
         }
     };
@@ -391,6 +400,18 @@ mod tests {
         assert!(check(&r, None, "team/app", Access::Read).is_ok());
         assert!(check(&r, None, "team/app", Access::Write).is_err());
         assert!(check(&r, None, "team/lib", Access::Read).is_err());
+    }
+
+    #[test]
+    fn a_scoped_token_named_with_surrounding_spaces_never_reaches_the_backend() {
+        let mut r = scoped(TokenKind::Project, "team", "REPO_READ");
+        for name in ["bob ", " bob", "bob\u{a0}"] {
+            r.token.name = name.into();
+            match check(&r, None, "team/app", Access::Read) {
+                Err(Deny::Forbidden(m)) => assert!(m.contains("spaces around its name"), "{m}"),
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

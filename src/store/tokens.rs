@@ -147,12 +147,19 @@ fn networks_to_db(networks: &[Cidr]) -> Option<String> {
     }
 }
 
-/// Token names: 1–100 characters, no control characters.
+/// Token names: 1–100 characters, no control characters, no space at either end (the backend
+/// knows a project or repository token by its name, and HTTP and git trim the spaces around
+/// it, so `bob ` would arrive as `bob`).
 pub fn validate_name(name: &str) -> Result<()> {
     if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(StoreError::Invalid(
             "a token name must be 1-100 characters without control characters".into(),
         ));
+    }
+    if name.trim() != name {
+        return Err(StoreError::Invalid(format!(
+            "a token name may not begin or end with a space: '{name}'"
+        )));
     }
     Ok(())
 }
@@ -503,7 +510,7 @@ pub(super) fn write_last_use(c: &Connection, id: &str, at: i64, addr: &str) -> R
 /// [`Store::insert_token`]).
 fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
     // Case-insensitively: some upstreams (Gitea) treat user names so.
-    if super::users::find_user(c, &name.to_lowercase())?.is_some() {
+    if super::users::find_user(c, &name.trim().to_lowercase())?.is_some() {
         return Err(StoreError::Conflict(format!(
             "a project or repository token cannot be named '{name}': that is a user's name, \
              and the git backend knows a project or repository token by its name, so it would \
@@ -649,9 +656,32 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+        // Spaces around a name: the backend (HTTP, git) trims them, so they are refused.
+        for name in ["alice ", " Alice", "ci "] {
+            match store.insert_token(&project("mnopqrstuvwx", name), &actor()) {
+                Err(StoreError::Invalid(m)) => {
+                    assert!(m.contains("begin or end with a space"), "{m}")
+                }
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
         store
             .insert_token(&project("mnopqrstuvwx", "ci"), &actor())
             .unwrap();
+        // A name with spaces from an older store still keeps a user from taking the name.
+        store
+            .insert_token(&project("legacyabcdef", "dave"), &actor())
+            .unwrap();
+        store
+            .with_conn(|c| {
+                c.execute("UPDATE tokens SET name = 'dave ' WHERE id = 'legacyabcdef'", [])?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(matches!(
+            store.add_user("dave", "h", Role::User, &actor()),
+            Err(StoreError::Conflict(_))
+        ));
         // Renamed to a user's name: refused, and nothing changed.
         let rename = TokenEdit {
             name: Some("alice".into()),

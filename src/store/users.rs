@@ -119,7 +119,7 @@ impl Store {
             let taken: Option<String> = tx
                 .query_row(
                     "SELECT id FROM tokens WHERE owner_id IS NULL AND revoked_at IS NULL \
-                     AND name = ?1 COLLATE NOCASE LIMIT 1",
+                     AND TRIM(name) = ?1 COLLATE NOCASE LIMIT 1",
                     [slug],
                     |r| r.get(0),
                 )
