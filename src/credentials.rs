@@ -181,18 +181,48 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
         return Err(Malformed("Basic user name contains spaces"));
     }
     // `https://TOKEN@host/...` (GitHub's style) puts the secret where user names go — into
-    // logs and the audit table. No user name starts with the token prefix (user names are
-    // lower case, digits and `._-`), so refuse it by name, without echoing it.
-    if user.starts_with(crate::token::PREFIX) {
+    // logs and the audit table. Refuse it by name, without echoing it — also when it is only
+    // part of the user name (`"ggt_..."` pasted from JSON, `alice@ggt_...`) or only the secret's
+    // random part.
+    if holds_a_secret(user) {
         return Err(Malformed(
-            "the Basic user name is a gitgate token: give the token as the password and your \
-             user name as the user (any name for a project or repository token)",
+            "the Basic user name is a gitgate token (or holds one): give the token as the \
+             password and your user name as the user (any name for a project or repository token)",
         ));
     }
     Ok(Credentials::Basic {
         user: user.to_string(),
         secret: Secret(secret.to_string()),
     })
+}
+
+/// Whether `text` (a path, say) holds the token prefix `ggt_`, in any case: whatever follows
+/// may be a secret pasted in by mistake.
+pub fn holds_a_token(text: &str) -> bool {
+    text.as_bytes()
+        .windows(4)
+        .any(|w| w[..3].eq_ignore_ascii_case(b"ggt") && w[3] == b'_')
+}
+
+/// Whether a user name holds a gitgate token secret, or something that may be one: the token
+/// prefix anywhere (also mistyped as `ggt-`), or a run of 32 or more characters of the secret's
+/// alphabet with an upper-case letter and a digit in it (the secret's random part is 43 such
+/// characters). User names never look like that: they are at most 64 lower-case letters,
+/// digits and `._-`, and the names CI systems send are short words.
+pub fn holds_a_secret(user: &str) -> bool {
+    let mistyped = user
+        .as_bytes()
+        .windows(4)
+        .any(|w| w[..3].eq_ignore_ascii_case(b"ggt") && w[3] == b'-');
+    if holds_a_token(user) || mistyped {
+        return true;
+    }
+    user.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .any(|run| {
+            run.len() >= 32
+                && run.bytes().any(|b| b.is_ascii_uppercase())
+                && run.bytes().any(|b| b.is_ascii_digit())
+        })
 }
 
 /// RFC 6750 `b64token` (the same as RFC 7235 `token68`):
@@ -303,11 +333,35 @@ mod tests {
         let forged = format!("Basic {}", b64("alice token_id=x status=200:pw"));
         assert!(malformed(forged.as_bytes()).contains("spaces"));
         // A token in the user name (even a mistyped one) is refused without being echoed.
-        let secret = "ggt_a2lwkrfqzn5a_GI7nsecretsecretsecretsecretsecretsecr_vf4il2";
+        let secret = "ggt_a2lwkrfqzn5a_GI7nQx0b2V9kP3sLmT8wYz1cRf4hJ6dNq5uEa7iOg2B_vf4il2";
         let token_user = format!("Basic {}", b64(&format!("{secret}:x-oauth-basic")));
         let reason = malformed(token_user.as_bytes());
         assert!(reason.contains("is a gitgate token"), "{reason}");
         assert!(!reason.contains(&secret[4..]), "{reason}");
+        // ... also when it is only part of the user name, or only the random part.
+        for user in [
+            format!("\"{secret}\""),
+            format!("alice@{secret}"),
+            format!("x{secret}"),
+            secret.replacen("ggt_", "GGT-", 1),
+            secret[21..].to_string(),
+        ] {
+            let v = format!("Basic {}", b64(&format!("{user}:pw")));
+            let reason = malformed(v.as_bytes());
+            assert!(reason.contains("is a gitgate token"), "{user}: {reason}");
+            assert!(!reason.contains(&secret[21..]), "{reason}");
+        }
+        // Ordinary user names pass.
+        for user in [
+            "alice",
+            "x-oauth-basic",
+            "gitlab-ci-token",
+            "eggtimer",
+            "john.doe@example.com",
+            "a-very-long-user-name-of-sixty-four-characters-in-lower-case-xyz",
+        ] {
+            assert!(!holds_a_secret(user), "{user}");
+        }
         let split = format!("Basic {} {}", b64("a:b"), b64("c:d"));
         assert!(malformed(split.as_bytes()).contains("whitespace"));
         assert!(malformed(b"Basic\tYTpi").contains("scheme"));

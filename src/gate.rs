@@ -193,6 +193,14 @@ impl Gate {
             &self.git_prefix,
         )
         .map_err(Refusal::NotGit)?;
+        if credentials::holds_a_token(git_req.repo.as_str()) {
+            // Before the repository is logged or audited: it may be a secret pasted by mistake.
+            return Err(Refusal::NotGit(Rejection::BadRequest(
+                "the repository path holds what looks like a gitgate token; a token goes in the \
+                 password, never in the URL's path"
+                    .into(),
+            )));
+        }
         if let Some(m) = crate::upstream::headers::unsupported_transfer_coding(req.headers()) {
             return Err(Refusal::Unframeable(m));
         }
@@ -408,7 +416,7 @@ impl LogLine {
         tracing::info!(
             target: "gitgate::request",
             method = %self.method,
-            path = %self.uri.path(),
+            path = %loggable_path(self.uri.path()),
             remote = %self.remote.ip(),
             repo = %self.who.repo.as_deref().unwrap_or("-"),
             access = %self.who.access.unwrap_or("-"),
@@ -421,6 +429,16 @@ impl LogLine {
             outcome = %outcome,
             "request"
         );
+    }
+}
+
+/// The path as logged: one that holds what may be a token secret (pasted into a URL by
+/// mistake) is not written out.
+pub fn loggable_path(path: &str) -> &str {
+    if crate::credentials::holds_a_token(path) {
+        "<a path holding what looks like a token secret>"
+    } else {
+        path
     }
 }
 

@@ -1209,6 +1209,23 @@ fn secrets_never_reach_the_log_or_the_database() {
         ],
     )
     .fails_with("is a gitgate token");
+    // ... or inside it, or the secret pasted into the path.
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with(&format!("x{}", personal.secret), "pw", "team/app"),
+        ],
+    )
+    .fails_with("is a gitgate token");
+    let run = sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with("alice", "pw", &format!("team/{}", scoped.secret)),
+        ],
+    );
+    assert!(!run.success(), "{run}");
     // give any background writer (last-used, audit) a moment, then stop the server
     std::thread::sleep(std::time::Duration::from_millis(500));
     server.stop();

@@ -909,6 +909,11 @@ fn every_action_is_audited_and_no_secret_is_written_anywhere() {
     );
     assert_eq!(r.status, 401);
     assert!(r.body.contains("is a gitgate token"), "{}", r.body);
+    // A secret where the token's id goes is refused without being echoed (or logged: below).
+    let r = server.api("GET", &format!("/users/alice/{second}"), "alice", "");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("looks like a token secret"), "{}", r.body);
+    assert!(!r.body.contains(&second[17..60]), "{}", r.body);
 
     let audit_json = install.cli_ok(&["audit", "--json"], "");
     let events: Vec<Value> = serde_json::from_str(&audit_json).unwrap();

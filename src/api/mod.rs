@@ -220,6 +220,12 @@ pub async fn handle(
     let query = parts.uri.query().map(str::to_string);
 
     let read = async {
+        if credentials::holds_a_token(&path) {
+            return Err(ApiError::bad_request(
+                "the path holds what looks like a token secret; a token is named by its id \
+                 (the 12 characters after ggt_), and its secret never goes in a URL",
+            ));
+        }
         if !path.starts_with(BASE) {
             return Err(ApiError::not_found(format!(
                 "no REST resource at {path}; the token API is under {BASE}"
@@ -293,7 +299,7 @@ pub async fn handle(
     tracing::info!(
         target: "gitgate::request",
         method = %method,
-        path = %path,
+        path = %crate::gate::loggable_path(&path),
         remote = %remote.ip(),
         api = true,
         status = status.as_u16(),

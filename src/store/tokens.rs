@@ -674,7 +674,10 @@ mod tests {
             .unwrap();
         store
             .with_conn(|c| {
-                c.execute("UPDATE tokens SET name = 'dave ' WHERE id = 'legacyabcdef'", [])?;
+                c.execute(
+                    "UPDATE tokens SET name = 'dave ' WHERE id = 'legacyabcdef'",
+                    [],
+                )?;
                 Ok(())
             })
             .unwrap();
