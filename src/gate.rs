@@ -29,6 +29,7 @@ use crate::git::{self, GitRequest, Rejection};
 use crate::guard::{self, Guard, Verdict};
 use crate::inflight::Slot;
 use crate::metrics::{Operation, Outcome, METRICS};
+use crate::permission::TokenKind;
 use crate::policy::{self, Deny, Identity};
 use crate::store::{Actor, AuthRecord, CacheLookup, Store, StoreError};
 use crate::token;
@@ -231,6 +232,12 @@ impl Gate {
         if !record.secret_matches(&presented_hash, now) {
             return Err(Refusal::InvalidToken);
         }
+        // From here on the log names whom the token stands for, not the name the client chose:
+        // a refused request must not be logged under somebody else's name.
+        log.user = Some(match (&record.token.kind, &record.owner) {
+            (TokenKind::Personal, Some(owner)) => owner.slug.clone(),
+            _ => record.token.name.clone(),
+        });
 
         let identity = policy::authorize(
             &record,

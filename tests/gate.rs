@@ -647,12 +647,22 @@ fn project_token_via_bearer_and_basic_inside_its_project_only() {
         sb.root(),
         &[
             "clone",
-            &server.url_with("ci", &token.secret, "other/app"),
+            &server.url_with("root", &token.secret, "other/app"),
             "nope2",
         ],
     )
     .fails_with("limited to");
     assert_eq!(sb.hits().len(), hits_before, "{:#?}", sb.hits());
+    // The refusal is logged under the token's name, not the user name the client chose.
+    let log = fs::read_to_string(sb.server_log()).unwrap();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("repo=other/app") && l.contains("status=403"))
+        .collect();
+    assert!(!refused.is_empty(), "{log}");
+    for line in refused {
+        assert!(line.contains("user=ci-token"), "{line}");
+    }
 }
 
 #[test]
