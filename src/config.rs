@@ -387,6 +387,11 @@ impl Config {
             },
             shutdown_grace: match server.shutdown_grace_seconds {
                 None => defaults.shutdown_grace,
+                Some(n) if n > MAX_SECONDS => {
+                    return Err(err(format!(
+                    "[server] shutdown_grace_seconds = {n}: at most {MAX_SECONDS} seconds (a year)"
+                )))
+                }
                 Some(n) => Duration::from_secs(n),
             },
         };
@@ -725,10 +730,17 @@ fn http_upstream(
 }
 
 /// A positive number of seconds, or the default.
+/// The longest timeout or grace period accepted: a year. Longer ones mean "never" and would
+/// overflow the clock arithmetic of every connection.
+const MAX_SECONDS: u64 = 365 * 24 * 3600;
+
 fn seconds(value: Option<u64>, default: Duration, key: &str) -> Result<Duration, String> {
     match value {
         None => Ok(default),
         Some(0) => Err(format!("{key} = 0: use a positive number of seconds")),
+        Some(n) if n > MAX_SECONDS => Err(format!(
+            "{key} = {n}: at most {MAX_SECONDS} seconds (a year)"
+        )),
         Some(n) => Ok(Duration::from_secs(n)),
     }
 }
@@ -859,6 +871,29 @@ env = "UPSTREAM_TOKEN"
             bad("shutdown_grace_seconds = 5", "max_connections = 0").contains("max_connections")
         );
         assert!(bad("shutdown_grace_seconds = 5", "workers = 0").contains("[server] workers = 0"));
+        // Timeouts beyond a year would overflow the clock arithmetic of every connection.
+        let huge = "9223372036854775807";
+        for (from, to) in [
+            (
+                "shutdown_grace_seconds = 5",
+                format!("shutdown_grace_seconds = {huge}"),
+            ),
+            (
+                "shutdown_grace_seconds = 5",
+                format!("header_read_timeout_seconds = {huge}"),
+            ),
+            (
+                "shutdown_grace_seconds = 5",
+                format!("idle_timeout_seconds = {huge}"),
+            ),
+        ] {
+            assert!(bad(from, &to).contains("at most 31536000 seconds"), "{to}");
+        }
+        assert!(bad(
+            "ca_file = \"ca.pem\"",
+            &format!("ca_file = \"ca.pem\"\nidle_timeout_seconds = {huge}")
+        )
+        .contains("[upstream] idle_timeout_seconds"));
         let cgi_with_http_key = GOOD.replace("[auth]", "ca_file = \"x\"\n[auth]");
         assert!(parse(&cgi_with_http_key).unwrap_err().contains("ca_file"));
     }
