@@ -21,7 +21,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-/// `inner`, with `on_frame` called for every frame that arrives.
+/// `inner`, with `on_frame` called for every frame that arrives, and for the error that ends it
+/// (if one does).
 pub struct Observed<B, F> {
     inner: B,
     on_frame: F,
@@ -36,7 +37,7 @@ impl<B, F> Observed<B, F> {
 impl<B, F> Body for Observed<B, F>
 where
     B: Body<Data = Bytes> + Unpin,
-    F: FnMut(&Frame<Bytes>) + Unpin,
+    F: FnMut(Result<&Frame<Bytes>, &B::Error>) + Unpin,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -47,8 +48,8 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            (this.on_frame)(frame);
+        if let Poll::Ready(Some(item)) = &polled {
+            (this.on_frame)(item.as_ref());
         }
         polled
     }
@@ -297,8 +298,8 @@ mod tests {
         let mut seen = 0;
         let body = Observed::new(
             Full::new(Bytes::from_static(b"hello")),
-            |f: &Frame<Bytes>| {
-                seen += f.data_ref().map_or(0, |d| d.len());
+            |f: Result<&Frame<Bytes>, &std::convert::Infallible>| {
+                seen += f.ok().and_then(|f| f.data_ref()).map_or(0, |d| d.len());
             },
         );
         let out = body.collect().await.unwrap().to_bytes();

@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -146,17 +146,35 @@ impl Gate {
                 pending.line().forwarded = true;
                 let (parts, body) = req.into_parts();
                 let count = bytes_in.clone();
-                let body = Observed::new(body, move |frame: &Frame<Bytes>| {
-                    if let Some(data) = frame.data_ref() {
-                        count.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    }
-                });
+                let body_broke = Arc::new(AtomicBool::new(false));
+                let broke = body_broke.clone();
+                let body =
+                    Observed::new(body, move |frame: Result<&Frame<Bytes>, &_>| match frame {
+                        Ok(frame) => {
+                            if let Some(data) = frame.data_ref() {
+                                count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => broke.store(true, Ordering::Relaxed),
+                    });
                 match self
                     .upstream
                     .forward(&parts, body, &git_req, &identity, peer, remote)
                     .await
                 {
                     Ok(resp) => resp,
+                    // The client's body broke (bad chunked framing, or the client stopped
+                    // sending): the backend failing on it is the client's fault, not an upstream
+                    // error to alert on.
+                    Err(e) if body_broke.load(Ordering::Relaxed) => {
+                        pending.line().forwarded = false;
+                        tracing::info!(repo = %git_req.repo, error = %e, "the request body broke off");
+                        text(
+                            StatusCode::BAD_REQUEST,
+                            "the request body was malformed or ended early (bad chunked framing, \
+                             or the client stopped sending)",
+                        )
+                    }
                     Err(e) => {
                         pending.line().forwarded = false;
                         METRICS.upstream_error();

@@ -502,6 +502,37 @@ fn an_upstream_that_never_answers_is_504() {
 }
 
 #[test]
+fn a_malformed_request_body_is_the_clients_fault_not_a_backend_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts connections and holds them, never answers: the body's error decides.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "idle_timeout_seconds = 5\n");
+    let mut s = connect(g.port);
+    s.write_all(
+        format!(
+            "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\nContent-Type: application/x-git-upload-pack-request\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\n0000\r\nzz\r\n0000\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (out, took) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("the request body was malformed"), "{out}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
+    assert!(!log.contains("backend failed"), "{log}");
+}
+
+#[test]
 fn an_upstream_that_cannot_be_connected_to_in_time_is_504() {
     let dir = tempfile::tempdir().unwrap();
     // A listener that never accepts, with its accept queue filled: further SYNs are dropped,

@@ -165,9 +165,13 @@ impl HttpBackend {
         let activity = Activity::new();
         // Each frame of the client's body on its way upstream is activity.
         let touched = activity.clone();
-        let body = Observed::new(body, move |_: &Frame<Bytes>| touched.touch())
-            .map_err(|e| io::Error::other(e.to_string()))
-            .boxed_unsync();
+        let body = Observed::new(body, move |frame: Result<&Frame<Bytes>, &B::Error>| {
+            if frame.is_ok() {
+                touched.touch()
+            }
+        })
+        .map_err(|e| io::Error::other(e.to_string()))
+        .boxed_unsync();
         let build = |body: OutBody| -> Result<Request<OutBody>, ForwardError> {
             let mut headers = headers::to_upstream(
                 &parts.headers,
