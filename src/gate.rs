@@ -19,8 +19,10 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::{
+    HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use hyper::{HeaderMap, Request, Response, StatusCode, Version};
 
 use crate::body::Observed;
 use crate::clock;
@@ -97,6 +99,9 @@ impl Gate {
         );
         // The management API, before git classification: never forwarded upstream.
         if crate::api::is_api_path(req.uri().path()) {
+            if let Some(m) = host_problem(req.version(), req.headers()) {
+                return Ok(text(StatusCode::BAD_REQUEST, m));
+            }
             // Password guessing on the API counts for the address throttle like bad tokens do
             // (and per user name, in `lifecycle::login`).
             if let Err(verdict) = self.guard.check_address(remote.ip(), clock::now_ms()) {
@@ -212,6 +217,9 @@ impl Gate {
             &self.git_prefix,
         )
         .map_err(Refusal::NotGit)?;
+        if let Some(m) = host_problem(req.version(), req.headers()) {
+            return Err(Refusal::NotGit(Rejection::BadRequest(m.into())));
+        }
         if credentials::holds_a_token(git_req.repo.as_str()) {
             // Before the repository is logged or audited: it may be a secret pasted by mistake.
             return Err(Refusal::NotGit(Rejection::BadRequest(
@@ -454,6 +462,20 @@ impl LogLine {
             outcome = %outcome,
             "request"
         );
+    }
+}
+
+/// What is wrong with the request's `Host`, if anything: an HTTP/1.1 request must carry exactly
+/// one (RFC 9112, section 3.2). Two could make gitgate and a proxy behind it disagree about
+/// the host. (HTTP/2 names it in `:authority`; HTTP/1.0 may leave it out.)
+pub fn host_problem(version: Version, headers: &HeaderMap) -> Option<&'static str> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    match headers.get_all(HOST).iter().count() {
+        1 => None,
+        0 => Some("an HTTP/1.1 request needs a Host header"),
+        _ => Some("an HTTP/1.1 request may carry only one Host header"),
     }
 }
 

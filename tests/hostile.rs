@@ -183,6 +183,16 @@ fn cases(w: &str, r: &str) -> Vec<(&'static str, Vec<u8>, u16)> {
             400,
         ),
         (
+            "two Host headers, with a valid token",
+            req("GET", IR, &format!("{aw}Host: other.test\r\n")),
+            400,
+        ),
+        (
+            "no Host header, with a valid token",
+            format!("GET {IR} HTTP/1.1\r\n{aw}Connection: close\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
             "CRLF injected in the request target",
             req("GET", "/team/app.git/info/refs\r\nX-Evil: 1", ""),
             400,
