@@ -96,7 +96,13 @@ ALTER TABLE audit_events ADD COLUMN last_at INTEGER;
 /// The schema version this build writes.
 pub const CURRENT: i64 = MIGRATIONS.len() as i64;
 
+/// Bring the schema up to date. A store already at this version is only read, so that opening
+/// it (every CLI command does) works while another process holds the write lock.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == CURRENT {
+        return Ok(());
+    }
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -131,6 +137,23 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, CURRENT);
+    }
+
+    #[test]
+    fn an_up_to_date_store_opens_while_another_connection_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut first = Connection::open(&path).unwrap();
+        first
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+            .unwrap();
+        migrate(&mut first).unwrap();
+        let writer = Connection::open(&path).unwrap();
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // No busy timeout: a write lock attempt would fail at once with SQLITE_BUSY.
+        let mut reader = Connection::open(&path).unwrap();
+        migrate(&mut reader).unwrap();
+        writer.execute_batch("COMMIT").unwrap();
     }
 
     #[test]
