@@ -57,9 +57,18 @@ fn info_refs_via(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (Strin
 /// gitgate in front of `http://127.0.0.1:{upstream_port}`, and the Basic credentials of a
 /// project token for `team`.
 fn start_in_front_of(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (Server, String) {
+    start_in_front_of_url(
+        dir,
+        &format!("http://127.0.0.1:{upstream_port}"),
+        upstream_extra,
+    )
+}
+
+/// Like [`start_in_front_of`], with the upstream's whole URL (a base path, say).
+fn start_in_front_of_url(dir: &Path, url: &str, upstream_extra: &str) -> (Server, String) {
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
-         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n{upstream_extra}"
+         [upstream]\nurl = \"{url}\"\n{upstream_extra}"
     );
     std::fs::write(dir.join("proxy.toml"), &config).unwrap();
     let token = common::scoped_token(
@@ -793,6 +802,29 @@ fn an_upstream_closing_idle_connections_never_costs_a_request() {
         }
     }
     assert_eq!(heads.try_iter().count(), 30);
+}
+
+#[test]
+fn an_upstream_redirect_to_its_own_address_outside_its_repositories_is_a_502() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = scripted_upstream(usize::MAX, move |port| {
+        format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/login?next=x\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    });
+    let url = format!("http://127.0.0.1:{upstream_port}/git");
+    let (g, auth) = start_in_front_of_url(dir.path(), &url, "");
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(out.contains("redirected outside its repositories"), "{out}");
+    assert!(!out.contains(&format!(":{upstream_port}")), "{out}");
+    let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
+    assert!(
+        log.contains("/login?next=x"),
+        "the log names the Location: {log}"
+    );
 }
 
 #[test]

@@ -208,50 +208,79 @@ pub fn to_client(headers: &mut HeaderMap) {
     }
 }
 
-/// A `Location` from the upstream as the client must see it, or `None` to pass it unchanged.
+/// What becomes of an upstream's `Location` on its way to the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Redirect {
+    /// Passed on as it is: another site, a relative reference, a path that is not the
+    /// upstream's.
+    Unchanged,
+    /// Rewritten to this absolute path under gitgate's git prefix.
+    To(String),
+    /// A URL on the upstream's own origin outside its base path (a login page, say): passing it
+    /// on would send git to an internal address, around the gate, so the answer is a 502.
+    OffBase,
+}
+
+/// Where an upstream's redirect should send the client.
 ///
 /// An upstream that redirects names its own address and path (`http://127.0.0.1:3000/git/...`,
 /// or `/git/...`): passed on, it would send git to an internal address, around the gate, or to a
 /// path gitgate does not serve. A URL on the upstream's own origin, or an absolute path, under
 /// the upstream's base path becomes the same place under gitgate's git prefix, as an
 /// absolute-path reference (no scheme or host: the client resolves it against the URL it used,
-/// so nothing here trusts a `Host` header). Anything else — another site, a relative reference,
-/// a path outside the base — is passed on as it is, the way nginx's `proxy_redirect default`
-/// treats it.
+/// so nothing here trusts a `Host` header). A URL on the upstream's own origin outside the base
+/// path is [`Redirect::OffBase`]. Anything else — another site, a relative reference, an
+/// absolute path outside the base — is passed on as it is, the way nginx's
+/// `proxy_redirect default` treats it.
 ///
-/// `upstream_origin` is `scheme://authority` (no trailing `/`); `upstream_base` and
-/// `client_prefix` are `""` for the root or a path like `/git` (no trailing `/`).
+/// `upstream_origins` are the upstream's `scheme://authority` spellings (no trailing `/`; with
+/// and without its default port); `upstream_base` and `client_prefix` are `""` for the root or
+/// a path like `/git` (no trailing `/`).
 pub fn location_to_client(
     location: &str,
-    upstream_origin: &str,
+    upstream_origins: &[&str],
     upstream_base: &str,
     client_prefix: &str,
-) -> Option<String> {
-    let path = match location.get(..upstream_origin.len()) {
-        Some(head) if head.eq_ignore_ascii_case(upstream_origin) => {
-            let rest = &location[upstream_origin.len()..];
-            if rest.is_empty() {
-                "/"
-            } else {
-                rest
-            }
+) -> Redirect {
+    let on_origin = upstream_origins.iter().find_map(|origin| {
+        let head = location.get(..origin.len())?;
+        let rest = &location[origin.len()..];
+        (head.eq_ignore_ascii_case(origin)
+            && (rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')))
+        .then_some(rest)
+    });
+    let path = match on_origin {
+        Some("") => "/",
+        Some(rest) => rest,
+        None => location,
+    };
+    let outside = || {
+        if on_origin.is_some() {
+            Redirect::OffBase
+        } else {
+            Redirect::Unchanged
         }
-        _ => location,
     };
     if !path.starts_with('/') || path.starts_with("//") {
-        return None;
+        return outside();
     }
-    let tail = path.strip_prefix(upstream_base)?;
-    if !(tail.is_empty() || tail.starts_with('/') || tail.starts_with('?')) {
-        return None; // `/gitx/...` is not under `/git`
-    }
+    let Some(tail) = path
+        .strip_prefix(upstream_base)
+        .filter(|t| t.is_empty() || t.starts_with('/') || t.starts_with('?'))
+    else {
+        return outside(); // `/gitx/...` is not under `/git`
+    };
     let mut out = String::with_capacity(client_prefix.len() + tail.len() + 1);
     out.push_str(client_prefix);
     if !tail.starts_with('/') {
         out.push('/');
     }
     out.push_str(tail);
-    (out != location).then_some(out)
+    if out == location {
+        Redirect::Unchanged
+    } else {
+        Redirect::To(out)
+    }
 }
 
 /// Whether a `Connection` header lists `name` (a lower-case header name), so that the header
@@ -651,40 +680,70 @@ mod tests {
 
     #[test]
     fn redirects_to_the_upstream_become_redirects_to_gitgate() {
-        let up = "http://127.0.0.1:3000";
+        let up = ["http://127.0.0.1:3000"];
+        let to = |s: &str| Redirect::To(s.into());
         let cases = [
-            // (location, upstream base, client prefix, expected; None = unchanged)
+            // (location, upstream base, client prefix, expected)
             (
                 "http://127.0.0.1:3000/git/team/app.git/info/refs?service=git-upload-pack",
                 "/git",
                 "",
-                Some("/team/app.git/info/refs?service=git-upload-pack"),
+                to("/team/app.git/info/refs?service=git-upload-pack"),
             ),
             (
                 "/git/team/app.git/",
                 "/git",
                 "/scm",
-                Some("/scm/team/app.git/"),
+                to("/scm/team/app.git/"),
             ),
-            ("HTTP://127.0.0.1:3000/git", "/git", "/scm", Some("/scm/")),
-            ("http://127.0.0.1:3000", "", "", Some("/")),
-            ("/git?x=1", "/git", "", Some("/?x=1")),
-            ("/team/app.git", "", "/scm", Some("/scm/team/app.git")),
-            ("/team/app.git", "", "", None),
-            ("/gitx/team/app.git", "/git", "", None),
-            ("/other/place", "/git", "", None),
-            ("https://github.com/team/app.git", "/git", "", None),
-            ("http://127.0.0.1:30000/git/x", "/git", "", None),
-            ("//evil.example/git/x", "/git", "", None),
-            ("app.git/info/refs", "", "/scm", None),
+            ("HTTP://127.0.0.1:3000/git", "/git", "/scm", to("/scm/")),
+            ("http://127.0.0.1:3000", "", "", to("/")),
+            ("/git?x=1", "/git", "", to("/?x=1")),
+            ("/team/app.git", "", "/scm", to("/scm/team/app.git")),
+            ("/team/app.git", "", "", Redirect::Unchanged),
+            ("/gitx/team/app.git", "/git", "", Redirect::Unchanged),
+            ("/other/place", "/git", "", Redirect::Unchanged),
+            (
+                "https://github.com/team/app.git",
+                "/git",
+                "",
+                Redirect::Unchanged,
+            ),
+            (
+                "http://127.0.0.1:30000/git/x",
+                "/git",
+                "",
+                Redirect::Unchanged,
+            ),
+            ("//evil.example/git/x", "/git", "", Redirect::Unchanged),
+            ("app.git/info/refs", "", "/scm", Redirect::Unchanged),
+            // The upstream's own origin outside its base path: never passed on.
+            (
+                "http://127.0.0.1:3000/login?next=/git",
+                "/git",
+                "",
+                Redirect::OffBase,
+            ),
+            ("http://127.0.0.1:3000", "/git", "", Redirect::OffBase),
+            ("http://127.0.0.1:3000//evil/x", "", "", Redirect::OffBase),
         ];
         for (location, base, prefix, expected) in cases {
             assert_eq!(
-                location_to_client(location, up, base, prefix).as_deref(),
+                location_to_client(location, &up, base, prefix),
                 expected,
                 "{location} with base {base:?}, prefix {prefix:?}"
             );
         }
+        // With the default port spelled out, or left out, it is the same origin.
+        let both = ["http://git.internal", "http://git.internal:80"];
+        assert_eq!(
+            location_to_client("http://git.internal:80/git/x", &both, "/git", ""),
+            to("/x")
+        );
+        assert_eq!(
+            location_to_client("http://GIT.internal/login", &both, "/git", ""),
+            Redirect::OffBase
+        );
     }
 
     #[test]

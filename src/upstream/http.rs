@@ -39,7 +39,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::time::Sleep;
 
-use super::headers::{self, Outbound};
+use super::headers::{self, Outbound, Redirect};
 use super::pool::{ConnectError, Origin, OutBody, Pool};
 use super::ForwardError;
 use crate::body::{Batched, Observed};
@@ -53,8 +53,9 @@ use crate::policy::Identity;
 pub struct HttpBackend {
     pool: Arc<Pool>,
     origin: Uri,
-    /// `scheme://authority` of the upstream, for recognising its redirects.
-    origin_text: String,
+    /// `scheme://authority` of the upstream, with and without its default port, for
+    /// recognising its redirects.
+    origin_texts: Vec<String>,
     /// gitgate's git prefix as clients see it: `""` for `/`, else like `/scm`.
     client_prefix: String,
     /// `Host` for every upstream request: the upstream's own authority.
@@ -110,11 +111,7 @@ impl HttpBackend {
                 cfg.pool_idle_timeout,
             )),
             origin: cfg.origin.clone(),
-            origin_text: format!(
-                "{}://{}",
-                if https { "https" } else { "http" },
-                authority.as_str()
-            ),
+            origin_texts: origin_spellings(https, authority),
             client_prefix: git_prefix.trim_end_matches('/').to_string(),
             host,
             base_path: if cfg.base_path == "/" {
@@ -228,14 +225,27 @@ impl HttpBackend {
         let (mut parts, body) = resp.into_parts();
         headers::to_client(&mut parts.headers);
         if let Some(location) = parts.headers.get(LOCATION).and_then(|v| v.to_str().ok()) {
-            let moved = headers::location_to_client(
+            let origins: Vec<&str> = self.origin_texts.iter().map(String::as_str).collect();
+            match headers::location_to_client(
                 location,
-                &self.origin_text,
+                &origins,
                 &self.base_path,
                 &self.client_prefix,
-            );
-            if let Some(v) = moved.and_then(|m| HeaderValue::from_str(&m).ok()) {
-                parts.headers.insert(LOCATION, v);
+            ) {
+                Redirect::Unchanged => {}
+                Redirect::To(moved) => {
+                    if let Ok(v) = HeaderValue::from_str(&moved) {
+                        parts.headers.insert(LOCATION, v);
+                    }
+                }
+                Redirect::OffBase => {
+                    return Err(ForwardError {
+                        detail: Some(format!("Location: {location}")),
+                        ..ForwardError::bad_gateway(
+                            "the upstream git server redirected outside its repositories",
+                        )
+                    });
+                }
             }
         }
         let mut body = UpstreamBody {
@@ -376,6 +386,20 @@ impl HttpBackend {
             )),
         }
     }
+}
+
+/// The ways a URL can name the upstream's origin: `scheme://authority`, and the same with the
+/// default port added or left out.
+fn origin_spellings(https: bool, authority: &hyper::http::uri::Authority) -> Vec<String> {
+    let scheme = if https { "https" } else { "http" };
+    let default = if https { 443 } else { 80 };
+    let mut out = vec![format!("{scheme}://{}", authority.as_str())];
+    match authority.port_u16() {
+        None => out.push(format!("{scheme}://{}:{default}", authority.as_str())),
+        Some(p) if p == default => out.push(format!("{scheme}://{}", authority.host())),
+        Some(_) => {}
+    }
+    out
 }
 
 /// rustls client config: the configured CA file and/or the system roots, TLS 1.2+.
