@@ -356,9 +356,15 @@ async fn work(gate: Arc<Gate>, settings: Settings, mut inbox: Inbox) {
             CUT_OFF.store(true, Ordering::Relaxed);
         }
     }
-    // Ends what is left, and waits until each connection's requests, bodies and backend
-    // processes have been dropped (their log lines written, their process groups signalled).
+    // Ends what is left, and waits until each connection's requests and bodies have been dropped
+    // (their log lines written, their backends told to end) ...
     connections.shutdown().await;
+    // ... and until the backends have been reaped, their process groups ended whole; HTTP/2
+    // streams, which run as tasks of their own, end once their connection is gone.
+    let running = crate::upstream::cgi::wait_until_reaped().await;
+    if running > 0 {
+        tracing::warn!(running, "backend processes still running at exit");
+    }
 }
 
 /// The answer to a HEAD request over HTTP/2: its headers (with the length the body would have

@@ -1032,6 +1032,83 @@ fn a_request_past_the_grace_period_is_cut_off_and_logged() {
     drop(s);
 }
 
+/// Whether any process is in process group `group` (from /proc).
+fn group_alive(group: u32) -> bool {
+    fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
+            // pid (comm) state ppid pgrp ...: fields after the last ')'.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok())
+                == Some(group)
+        })
+    })
+}
+
+/// A backend that ignores SIGTERM, still running when the grace period ends, is ended with its
+/// whole process group before gitgate exits (SIGKILL after the TERM grace), not left behind.
+#[test]
+fn a_backend_that_ignores_sigterm_is_ended_with_its_group_before_exit() {
+    let sb = Sandbox::with(Setup {
+        backend: Backend::Failing,
+        server_extra: "workers = 2\nshutdown_grace_seconds = 1".into(),
+        ..Setup::default()
+    });
+    sb.create_repo("team/stubborn");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "read");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let mut server = sb.serve();
+    // Two requests, so that the two workers have one each.
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        std::io::Write::write_all(
+            &mut s,
+            format!(
+                "GET /team/stubborn.git/info/refs?service=git-upload-pack HTTP/1.1\r\n\
+                 Host: x\r\nAuthorization: {}\r\n\r\n",
+                basic("alice", &token.secret)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        clients.push(s);
+    }
+    let noted = std::path::PathBuf::from(format!("{}.stubborn", sb.hits_log().display()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let group: u32 = loop {
+        if let Some(g) = fs::read_to_string(&noted)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break g;
+        }
+        assert!(Instant::now() < deadline, "the backend never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(group_alive(group));
+    server.signal("TERM");
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = server.exit_status() {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(8),
+            "gitgate did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+    // The backend (5 s) would still run now had only its leader been killed.
+    assert!(
+        !group_alive(group),
+        "backend group {group} outlived gitgate\n{}",
+        fs::read_to_string(sb.server_log()).unwrap()
+    );
+    drop(clients);
+}
+
 #[test]
 fn a_client_that_gives_up_before_the_answer_is_still_logged() {
     let sb = Sandbox::with(Setup {

@@ -41,6 +41,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -53,7 +54,7 @@ use hyper::{Method, Response, StatusCode};
 use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 /// The most bytes of CGI header block we accept before giving up on the backend. git's headers
@@ -216,7 +217,14 @@ impl CgiBackend {
         let guard = KillGuard::new(kill.clone(), "request abandoned before the response");
         let stderr_task = tokio::spawn(log_stderr(stderr, req.path_info.to_owned()));
         let (exit_tx, mut exit_rx) = oneshot::channel();
-        tokio::spawn(supervise(child, kill.clone(), stderr_task, exit_tx));
+        let running = Running::new();
+        tokio::spawn(supervise(
+            child,
+            kill.clone(),
+            stderr_task,
+            exit_tx,
+            running,
+        ));
         tokio::spawn(feed_stdin(body, stdin, kill.clone()));
 
         let (head, rest) = match read_head(&mut stdout).await {
@@ -473,6 +481,50 @@ impl fmt::Display for ExitInfo {
     }
 }
 
+/// Backends started and not yet reaped, in the whole process.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// Woken when [`RUNNING`] drops to zero.
+static ALL_REAPED: Notify = Notify::const_new();
+
+/// One backend counted in [`RUNNING`] until its supervisor has reaped it (or is dropped).
+struct Running;
+
+impl Running {
+    fn new() -> Running {
+        RUNNING.fetch_add(1, Ordering::AcqRel);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if RUNNING.fetch_sub(1, Ordering::AcqRel) == 1 {
+            ALL_REAPED.notify_waiters();
+        }
+    }
+}
+
+/// Waits until every backend the process started has been reaped — those of requests cut off at
+/// shutdown get SIGTERM, then SIGKILL for their whole group after [`TERM_GRACE`] — or until a
+/// little longer than that has passed. A worker calls this before its runtime ends: the
+/// runtime's end would drop the supervisors, and with them the SIGKILL for the group (tokio
+/// would kill only the group's leader). Returns how many are still running.
+pub async fn wait_until_reaped() -> usize {
+    let deadline = tokio::time::Instant::now() + TERM_GRACE + Duration::from_secs(1);
+    loop {
+        let reaped = ALL_REAPED.notified();
+        tokio::pin!(reaped);
+        reaped.as_mut().enable();
+        let running = RUNNING.load(Ordering::Acquire);
+        if running == 0 {
+            return 0;
+        }
+        if tokio::time::timeout_at(deadline, reaped).await.is_err() {
+            return RUNNING.load(Ordering::Acquire);
+        }
+    }
+}
+
 /// Owns the child until it has been reaped: waits for it to exit, or kills it when asked and then
 /// waits. Reports how it ended, with the last stderr line, to whoever still wants to know.
 async fn supervise(
@@ -480,6 +532,7 @@ async fn supervise(
     switch: KillSwitch,
     mut stderr: JoinHandle<Option<String>>,
     report: oneshot::Sender<ExitInfo>,
+    _running: Running,
 ) {
     let mut kill = switch.subscribe();
     let mut killed_for = None;
