@@ -199,9 +199,12 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
 /// Whether `text` (a path, say) holds the token prefix `ggt_`, in any case: whatever follows
 /// may be a secret pasted in by mistake.
 pub fn holds_a_token(text: &str) -> bool {
-    text.as_bytes()
-        .windows(4)
-        .any(|w| w[..3].eq_ignore_ascii_case(b"ggt") && w[3] == b'_')
+    // Runs for every request's path: look at the few underscores, not every position.
+    let bytes = text.as_bytes();
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'_' && i >= 3 && bytes[i - 3..i].eq_ignore_ascii_case(b"ggt"))
 }
 
 /// Whether a user name holds a gitgate token secret, or something that may be one: the token

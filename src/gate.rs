@@ -125,7 +125,7 @@ impl Gate {
         let method = req.method().clone();
         // A clone of the URI shares its bytes: the log line costs no copy of the path.
         let uri = req.uri().clone();
-        let bytes_in = Arc::new(AtomicU64::new(0));
+        let inbound = Arc::new(Inbound::default());
         // Logged as 499 if the client goes away before it has an answer (hyper then drops this
         // future), so that no request leaves the log and the metrics unseen.
         let mut pending = Unanswered(Some(LogLine {
@@ -135,7 +135,7 @@ impl Gate {
             who: RequestLog::default(),
             status: CLIENT_GONE_BEFORE_ANSWER,
             forwarded: false,
-            bytes_in: bytes_in.clone(),
+            inbound: inbound.clone(),
             started,
         }));
         let log = &mut pending.line().who;
@@ -150,17 +150,15 @@ impl Gate {
                 // goes while the backend is still answering.
                 pending.line().forwarded = true;
                 let (parts, body) = req.into_parts();
-                let count = bytes_in.clone();
-                let body_broke = Arc::new(AtomicBool::new(false));
-                let broke = body_broke.clone();
+                let seen = inbound.clone();
                 let body =
                     Observed::new(body, move |frame: Result<&Frame<Bytes>, &_>| match frame {
                         Ok(frame) => {
                             if let Some(data) = frame.data_ref() {
-                                count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                                seen.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                             }
                         }
-                        Err(_) => broke.store(true, Ordering::Relaxed),
+                        Err(_) => seen.broke.store(true, Ordering::Relaxed),
                     });
                 match self
                     .upstream
@@ -171,7 +169,7 @@ impl Gate {
                     // The client's body broke (bad chunked framing, or the client stopped
                     // sending): the backend failing on it is the client's fault, not an upstream
                     // error to alert on.
-                    Err(e) if body_broke.load(Ordering::Relaxed) => {
+                    Err(e) if inbound.broke.load(Ordering::Relaxed) => {
                         pending.line().forwarded = false;
                         tracing::info!(repo = %git_req.repo, error = %e, "the request body broke off");
                         text(
@@ -425,7 +423,7 @@ struct LogLine {
     who: RequestLog,
     status: u16,
     forwarded: bool,
-    bytes_in: Arc<AtomicU64>,
+    inbound: Arc<Inbound>,
     started: Instant,
 }
 
@@ -437,7 +435,7 @@ impl LogLine {
             Some("write") => Operation::Write,
             _ => Operation::None,
         };
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let bytes_in = self.inbound.bytes.load(Ordering::Relaxed);
         METRICS.request_done(
             operation,
             Outcome::of(self.forwarded, self.status),
@@ -487,6 +485,15 @@ pub fn loggable_path(path: &str) -> &str {
     } else {
         path
     }
+}
+
+/// What the client's request body has done so far (one allocation per request, shared by the
+/// body on its way to the backend and the log line).
+#[derive(Default)]
+struct Inbound {
+    bytes: AtomicU64,
+    /// The body ended with an error: bad chunked framing, or the client stopped sending.
+    broke: AtomicBool,
 }
 
 /// A request's log line until it has an answer; written (as 499, `client-gone`, or `shutdown`

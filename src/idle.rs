@@ -20,15 +20,16 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use rustix::time::{clock_gettime, ClockId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::gate::ResponseBody;
 
-/// How long a connection has been idle, in milliseconds since it opened: the time since its
+/// How long a connection has been idle, in milliseconds: the time since its
 /// last byte while a request waits for its answer, else the longer of that and the time since
 /// an answer last started, sent a frame or ended (`last_answer_ms`).
 pub fn idle_ms(now_ms: u64, last_byte_ms: u64, unanswered: usize, last_answer_ms: u64) -> u64 {
@@ -44,24 +45,31 @@ pub fn idle_ms(now_ms: u64, last_byte_ms: u64, unanswered: usize, last_answer_ms
 pub struct Activity(Arc<Clocks>);
 
 struct Clocks {
-    start: Instant,
     last_byte_ms: AtomicU64,
     unanswered: AtomicUsize,
     last_answer_ms: AtomicU64,
 }
 
+/// Milliseconds on the coarse monotonic clock. Its few milliseconds of resolution are plenty
+/// for timeouts counted in seconds, and reading it costs a few nanoseconds (no hardware
+/// counter is read): the clocks here move on every read, write and response frame.
+fn coarse_now_ms() -> u64 {
+    let t = clock_gettime(ClockId::MonotonicCoarse);
+    (t.tv_sec as u64).saturating_mul(1000) + t.tv_nsec as u64 / 1_000_000
+}
+
 impl Activity {
     pub fn new() -> Self {
+        let now = coarse_now_ms();
         Activity(Arc::new(Clocks {
-            start: Instant::now(),
-            last_byte_ms: AtomicU64::new(0),
+            last_byte_ms: AtomicU64::new(now),
             unanswered: AtomicUsize::new(0),
-            last_answer_ms: AtomicU64::new(0),
+            last_answer_ms: AtomicU64::new(now),
         }))
     }
 
     fn now_ms(&self) -> u64 {
-        self.0.start.elapsed().as_millis() as u64
+        coarse_now_ms()
     }
 
     fn byte_moved(&self) {
@@ -129,6 +137,16 @@ impl OpenBody {
         OpenBody {
             inner,
             activity: request.stop_waiting(),
+        }
+    }
+}
+
+/// An answer made without its request being counted (a panic's `500`).
+impl From<ResponseBody> for OpenBody {
+    fn from(inner: ResponseBody) -> Self {
+        OpenBody {
+            inner,
+            activity: None,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! ([`crate::unwind`]); one while streaming is caught by tokio and ends that connection only.
 //! Either way it is logged and the process lives on.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -457,18 +458,19 @@ impl Connection {
             let gate = gate.clone();
             let open = requests.request_opened();
             let head_on_h2 = req.method() == Method::HEAD && req.version() == Version::HTTP_2;
-            let answer = CatchPanic::new(async move {
-                match health::probe(&gate, req.method(), req.uri().path()).await {
-                    Some(resp) => Ok(resp),
-                    None => gate.handle(req, remote).await,
-                }
-            });
-            async move {
-                answer.await.map(|resp| {
-                    let resp = if head_on_h2 { without_body(resp) } else { resp };
-                    resp.map(|body| OpenBody::new(body, open))
-                })
-            }
+            // One future, held inline by hyper: wrapping it in another would copy its several
+            // KB once more per request (measured: +1.5 % of gitgate's CPU in memmove).
+            CatchPanic::new(async move {
+                let resp = match health::probe(&gate, req.method(), req.uri().path()).await {
+                    Some(resp) => resp,
+                    None => {
+                        let Ok(resp) = gate.handle(req, remote).await;
+                        resp
+                    }
+                };
+                let resp = if head_on_h2 { without_body(resp) } else { resp };
+                Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)))
+            })
         });
         let conn = self
             .builder

@@ -52,11 +52,12 @@ impl<F> CatchPanic<F> {
     }
 }
 
-impl<F> Future for CatchPanic<F>
+impl<F, B> Future for CatchPanic<F>
 where
-    F: Future<Output = Result<Response<ResponseBody>, Infallible>>,
+    F: Future<Output = Result<Response<B>, Infallible>>,
+    B: From<ResponseBody>,
 {
-    type Output = Result<Response<ResponseBody>, Infallible>;
+    type Output = Result<Response<B>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let inner = self.project().inner;
@@ -68,7 +69,8 @@ where
                 Poll::Ready(Ok(text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "gitgate hit an internal error; the request was not forwarded",
-                )))
+                )
+                .map(B::from)))
             }
         }
     }
