@@ -1032,14 +1032,16 @@ fn a_request_past_the_grace_period_is_cut_off_and_logged() {
     drop(s);
 }
 
-/// Whether any process is in process group `group` (from /proc).
+/// Whether any live process (not a zombie waiting to be reaped) is in process group `group`.
 fn group_alive(group: u32) -> bool {
     fs::read_dir("/proc").unwrap().flatten().any(|e| {
         fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
-            // pid (comm) state ppid pgrp ...: fields after the last ')'.
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok())
-                == Some(group)
+            // pid (comm) state ppid pgrp ...: the fields after the last ')'.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.len() > 2 && fields[0] != "Z" && fields[2].parse::<u32>() == Ok(group)
         })
     })
 }
@@ -1100,7 +1102,12 @@ fn a_backend_that_ignores_sigterm_is_ended_with_its_group_before_exit() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "{status}");
-    // The backend (5 s) would still run now had only its leader been killed.
+    // The backend (5 s, 3 more from here) would still run had only its leader been killed;
+    // killed, its processes are gone once the kernel has delivered the signal.
+    let settled = Instant::now() + Duration::from_millis(500);
+    while group_alive(group) && Instant::now() < settled {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         !group_alive(group),
         "backend group {group} outlived gitgate\n{}",
