@@ -29,6 +29,7 @@ use crate::clock;
 use crate::credentials::{self, CredentialError, Credentials};
 use crate::git::{self, GitRequest, Rejection};
 use crate::guard::{self, Guard, Verdict};
+use crate::idle::Activity;
 use crate::inflight::Slot;
 use crate::metrics::{Operation, Outcome, METRICS};
 use crate::permission::TokenKind;
@@ -90,6 +91,7 @@ impl Gate {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        exchange: Activity,
     ) -> Result<Response<ResponseBody>, Infallible> {
         // Everything about "who is asking from where" (throttle, allowed networks, audit, logs)
         // uses the client's address; only the upstream hop itself needs the peer.
@@ -156,6 +158,7 @@ impl Gate {
                         Ok(frame) => {
                             if let Some(data) = frame.data_ref() {
                                 seen.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                                exchange.request_body_moved();
                             }
                         }
                         Err(_) => seen.broke.store(true, Ordering::Relaxed),

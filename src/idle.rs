@@ -4,12 +4,14 @@
 //!
 //! - **No byte moved** either way. This is what cuts off a stalled transfer, and a keep-alive
 //!   HTTP/1.1 connection on which nothing happens.
-//! - **No answer moving**: no request waiting for its answer, and no answer started, sent a
-//!   frame or ended. Bytes alone are not enough on HTTP/2: a client may send a PING (or
+//! - **No exchange moving**: no request waiting for its answer, and no frame of a request body
+//!   arrived, no answer started, sent a frame or ended. Bytes alone are not enough on HTTP/2: a client may send a PING (or
 //!   SETTINGS, or WINDOW_UPDATE) every few minutes and so hold a connection, and one place under
 //!   `max_connections`, without ever sending a request, let alone a token — or send one request
 //!   with a flow-control window of zero, so that its answer never moves. While a request waits
-//!   for its answer (a push uploading, the backend working) only the byte clock counts.
+//!   for its answer (the backend working) only the byte clock counts; a push whose backend has
+//!   answered with its headers first (git http-backend does) moves the clock with every frame
+//!   of its body that it uploads.
 //!
 //! Nothing here limits the total time of a request: a clone that keeps streaming keeps its
 //! connection however long it takes.
@@ -80,6 +82,12 @@ impl Activity {
         self.0
             .last_answer_ms
             .store(self.now_ms(), Ordering::Release);
+    }
+
+    /// A frame of a request body arrived: the exchange is moving even while its answer (a CGI
+    /// backend sends its headers before it reads a push) waits for the body's end.
+    pub fn request_body_moved(&self) {
+        self.answer_moved();
     }
 
     /// How long the connection has been idle (see the module doc).

@@ -362,7 +362,7 @@ async fn work(gate: Arc<Gate>, settings: Settings, mut inbox: Inbox) {
     connections.shutdown().await;
     // ... and until the backends have been reaped, their process groups ended whole; HTTP/2
     // streams, which run as tasks of their own, end once their connection is gone.
-    let running = crate::upstream::cgi::wait_until_reaped().await;
+    let running = gate.upstream.wait_until_reaped().await;
     if running > 0 {
         tracing::warn!(running, "backend processes still running at exit");
     }
@@ -457,6 +457,7 @@ impl Connection {
         let service = service_fn(move |req: Request<Incoming>| {
             let gate = gate.clone();
             let open = requests.request_opened();
+            let exchange = requests.clone();
             let head_on_h2 = req.method() == Method::HEAD && req.version() == Version::HTTP_2;
             // One future, held inline by hyper: wrapping it in another would copy its several
             // KB once more per request (measured: +1.5 % of gitgate's CPU in memmove).
@@ -464,7 +465,7 @@ impl Connection {
                 let resp = match health::probe(&gate, req.method(), req.uri().path()).await {
                     Some(resp) => resp,
                     None => {
-                        let Ok(resp) = gate.handle(req, remote).await;
+                        let Ok(resp) = gate.handle(req, remote, exchange).await;
                         resp
                     }
                 };

@@ -1032,6 +1032,55 @@ fn a_request_past_the_grace_period_is_cut_off_and_logged() {
     drop(s);
 }
 
+/// A push whose backend answers with its headers before reading the pack (git http-backend
+/// does) keeps its connection for as long as its body keeps arriving, however long that is.
+#[test]
+fn a_push_uploading_for_longer_than_the_idle_timeout_is_not_cut_off() {
+    let sb = Sandbox::with(Setup {
+        server_extra: "idle_timeout_seconds = 1".into(),
+        ..Setup::default()
+    });
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let server = sb.serve();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: {}\r\nContent-Type: application/x-git-receive-pack-request\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+            basic("alice", &token.secret)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // One pkt-line (a command receive-pack will refuse), a byte every 250 ms for ~3 s, then
+    // the flush and the end of the body.
+    let zero = "0".repeat(40);
+    let pkt = format!("{zero} {zero} refs/heads/main\n");
+    let line = format!("{:04x}{pkt}", pkt.len() + 4);
+    let started = Instant::now();
+    for chunk in line.as_bytes().chunks(7) {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(chunk);
+        frame.extend_from_slice(b"\r\n");
+        std::io::Write::write_all(&mut s, &frame).expect("gitgate closed the connection");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+    std::io::Write::write_all(&mut s, b"4\r\n0000\r\n0\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // The backend's answer arrived whole (its last chunk), not cut off.
+    assert!(out.ends_with("0\r\n\r\n"), "{out}");
+}
+
 /// Whether any live process (not a zombie waiting to be reaped) is in process group `group`.
 fn group_alive(group: u32) -> bool {
     fs::read_dir("/proc").unwrap().flatten().any(|e| {

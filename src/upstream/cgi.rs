@@ -101,6 +101,8 @@ const HOP_BY_HOP: [&str; 7] = [
 pub struct CgiBackend {
     program: PathBuf,
     project_root: PathBuf,
+    /// This backend's (that is, this worker's) processes not yet reaped.
+    running: Arc<Running>,
 }
 
 /// What the backend is told about one request. Everything here has already been checked by the
@@ -172,6 +174,7 @@ impl CgiBackend {
         CgiBackend {
             program,
             project_root,
+            running: Arc::new(Running::default()),
         }
     }
 
@@ -217,13 +220,13 @@ impl CgiBackend {
         let guard = KillGuard::new(kill.clone(), "request abandoned before the response");
         let stderr_task = tokio::spawn(log_stderr(stderr, req.path_info.to_owned()));
         let (exit_tx, mut exit_rx) = oneshot::channel();
-        let running = Running::new();
+        let counted = Counted::new(self.running.clone());
         tokio::spawn(supervise(
             child,
             kill.clone(),
             stderr_task,
             exit_tx,
-            running,
+            counted,
         ));
         tokio::spawn(feed_stdin(body, stdin, kill.clone()));
 
@@ -481,46 +484,53 @@ impl fmt::Display for ExitInfo {
     }
 }
 
-/// Backends started and not yet reaped, in the whole process.
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
-/// Woken when [`RUNNING`] drops to zero.
-static ALL_REAPED: Notify = Notify::const_new();
+/// The processes of one backend (one worker) started and not yet reaped.
+#[derive(Debug, Default)]
+struct Running {
+    count: AtomicUsize,
+    /// Woken when `count` drops to zero.
+    all_reaped: Notify,
+}
 
-/// One backend counted in [`RUNNING`] until its supervisor has reaped it (or is dropped).
-struct Running;
+/// One process counted in its backend's [`Running`] until its supervisor has reaped it (or is
+/// dropped).
+struct Counted(Arc<Running>);
 
-impl Running {
-    fn new() -> Running {
-        RUNNING.fetch_add(1, Ordering::AcqRel);
-        Running
+impl Counted {
+    fn new(running: Arc<Running>) -> Counted {
+        running.count.fetch_add(1, Ordering::AcqRel);
+        Counted(running)
     }
 }
 
-impl Drop for Running {
+impl Drop for Counted {
     fn drop(&mut self) {
-        if RUNNING.fetch_sub(1, Ordering::AcqRel) == 1 {
-            ALL_REAPED.notify_waiters();
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_reaped.notify_waiters();
         }
     }
 }
 
-/// Waits until every backend the process started has been reaped — those of requests cut off at
-/// shutdown get SIGTERM, then SIGKILL for their whole group after [`TERM_GRACE`] — or until a
-/// little longer than that has passed. A worker calls this before its runtime ends: the
-/// runtime's end would drop the supervisors, and with them the SIGKILL for the group (tokio
-/// would kill only the group's leader). Returns how many are still running.
-pub async fn wait_until_reaped() -> usize {
-    let deadline = tokio::time::Instant::now() + TERM_GRACE + Duration::from_secs(1);
-    loop {
-        let reaped = ALL_REAPED.notified();
-        tokio::pin!(reaped);
-        reaped.as_mut().enable();
-        let running = RUNNING.load(Ordering::Acquire);
-        if running == 0 {
-            return 0;
-        }
-        if tokio::time::timeout_at(deadline, reaped).await.is_err() {
-            return RUNNING.load(Ordering::Acquire);
+impl CgiBackend {
+    /// Waits until every process this backend started has been reaped — those of requests cut
+    /// off at shutdown get SIGTERM, then SIGKILL for their whole group after [`TERM_GRACE`] — or
+    /// until a little longer than that has passed. A worker calls this before its runtime ends:
+    /// the runtime's end would drop the supervisors, and with them the SIGKILL for the group
+    /// (tokio would kill only the group's leader). Returns how many are still running.
+    pub async fn wait_until_reaped(&self) -> usize {
+        let running = &self.running;
+        let deadline = tokio::time::Instant::now() + TERM_GRACE + Duration::from_secs(1);
+        loop {
+            let reaped = running.all_reaped.notified();
+            tokio::pin!(reaped);
+            reaped.as_mut().enable();
+            let count = running.count.load(Ordering::Acquire);
+            if count == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, reaped).await.is_err() {
+                return running.count.load(Ordering::Acquire);
+            }
         }
     }
 }
@@ -532,7 +542,7 @@ async fn supervise(
     switch: KillSwitch,
     mut stderr: JoinHandle<Option<String>>,
     report: oneshot::Sender<ExitInfo>,
-    _running: Running,
+    counted: Counted,
 ) {
     let mut kill = switch.subscribe();
     let mut killed_for = None;
@@ -546,6 +556,7 @@ async fn supervise(
     };
     // Reaped. Pulling the switch now only stops the stdin task, which must not hang on to the
     // client's body for a backend that is gone.
+    drop(counted);
     switch.kill("the backend exited");
     let last_stderr = match tokio::time::timeout(STDERR_GRACE, &mut stderr).await {
         Ok(last) => last.ok().flatten(),

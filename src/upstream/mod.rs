@@ -124,4 +124,13 @@ impl Upstream {
             Upstream::Http(backend) => backend.ready().await,
         }
     }
+
+    /// At shutdown: wait (briefly) until the backend processes this worker started have been
+    /// reaped; how many are still running. Nothing to wait for over HTTP.
+    pub async fn wait_until_reaped(&self) -> usize {
+        match self {
+            Upstream::Cgi(backend) => backend.wait_until_reaped().await,
+            Upstream::Http(_) => 0,
+        }
+    }
 }
