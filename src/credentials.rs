@@ -196,11 +196,22 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     })
 }
 
-/// Whether `text` (a path, say) holds the token prefix `ggt_`, in any case: whatever follows
-/// may be a secret pasted in by mistake.
+/// Whether `text` (a path, say) holds the token prefix `ggt_`, in any case, also with its
+/// characters percent-encoded (`ggt%5F`): whatever follows may be a secret pasted in by mistake.
 pub fn holds_a_token(text: &str) -> bool {
-    // Runs for every request's path: look at the few underscores, not every position.
-    let bytes = text.as_bytes();
+    if text.contains('%') {
+        if let Some(decoded) = crate::git::percent_decode(text.as_bytes()) {
+            if prefix_in(&decoded) {
+                return true;
+            }
+        }
+    }
+    prefix_in(text.as_bytes())
+}
+
+/// `ggt_` anywhere in `bytes`, in any case. Runs for every request's path: it looks at the
+/// few underscores, not at every position.
+fn prefix_in(bytes: &[u8]) -> bool {
     bytes
         .iter()
         .enumerate()
@@ -208,10 +219,10 @@ pub fn holds_a_token(text: &str) -> bool {
 }
 
 /// Whether a user name holds a gitgate token secret, or something that may be one: the token
-/// prefix anywhere (also mistyped as `ggt-`), or a run of 32 or more characters of the secret's
-/// alphabet with an upper-case letter and a digit in it (the secret's random part is 43 such
+/// prefix anywhere (also mistyped as `ggt-`), or a run of 40 or more characters of the secret's
+/// alphabet with both upper- and lower-case letters in it (the secret's random part is 43 such
 /// characters). User names never look like that: they are at most 64 lower-case letters,
-/// digits and `._-`, and the names CI systems send are short words.
+/// digits and `._-`; the names CI systems send are short words; a GUID is 36.
 pub fn holds_a_secret(user: &str) -> bool {
     let mistyped = user
         .as_bytes()
@@ -222,9 +233,9 @@ pub fn holds_a_secret(user: &str) -> bool {
     }
     user.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         .any(|run| {
-            run.len() >= 32
+            run.len() >= 40
                 && run.bytes().any(|b| b.is_ascii_uppercase())
-                && run.bytes().any(|b| b.is_ascii_digit())
+                && run.bytes().any(|b| b.is_ascii_lowercase())
         })
 }
 
@@ -362,9 +373,21 @@ mod tests {
             "eggtimer",
             "john.doe@example.com",
             "a-very-long-user-name-of-sixty-four-characters-in-lower-case-xyz",
+            "123E4567-E89B-12D3-A456-426614174000",
         ] {
             assert!(!holds_a_secret(user), "{user}");
         }
+        // The random part without a digit is still a secret.
+        assert!(holds_a_secret(
+            "GIbnQxobqVgkPdsLmTnwYzacRfehJudNqruEaqiOgxB"
+        ));
+        // Percent-encoded, in a path.
+        for path in ["/team/ggt%5Fabc/info/refs", "/x/%67gt_abc", "/x/GG%54_abc"] {
+            assert!(holds_a_token(path), "{path}");
+        }
+        assert!(!holds_a_token(
+            "/team/app.git/info/refs?service=git-upload-pack"
+        ));
         let split = format!("Basic {} {}", b64("a:b"), b64("c:d"));
         assert!(malformed(split.as_bytes()).contains("whitespace"));
         assert!(malformed(b"Basic\tYTpi").contains("scheme"));
