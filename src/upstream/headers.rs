@@ -233,8 +233,8 @@ pub enum Redirect {
 /// absolute path outside the base — is passed on as it is, the way nginx's
 /// `proxy_redirect default` treats it.
 ///
-/// `upstream_origins` are the upstream's `scheme://authority` spellings (no trailing `/`; with
-/// and without its default port); `upstream_base` and `client_prefix` are `""` for the root or
+/// `upstream_origins` are the ways to name the upstream's address (`scheme://authority` or
+/// `//authority`, no trailing `/`; with and without its default port); `upstream_base` and `client_prefix` are `""` for the root or
 /// a path like `/git` (no trailing `/`).
 pub fn location_to_client(
     location: &str,
@@ -734,6 +734,20 @@ mod tests {
                 "{location} with base {base:?}, prefix {prefix:?}"
             );
         }
+        // The same address with the other scheme, or scheme-relative, is the upstream too.
+        let spelled = [
+            "http://127.0.0.1:3000",
+            "https://127.0.0.1:3000",
+            "//127.0.0.1:3000",
+        ];
+        assert_eq!(
+            location_to_client("https://127.0.0.1:3000/login", &spelled, "/git", ""),
+            Redirect::OffBase
+        );
+        assert_eq!(
+            location_to_client("//127.0.0.1:3000/git/x", &spelled, "/git", ""),
+            to("/x")
+        );
         // With the default port spelled out, or left out, it is the same origin.
         let both = ["http://git.internal", "http://git.internal:80"];
         assert_eq!(

@@ -388,16 +388,22 @@ impl HttpBackend {
     }
 }
 
-/// The ways a URL can name the upstream's origin: `scheme://authority`, and the same with the
-/// default port added or left out.
+/// The ways a `Location` can name the upstream's own address: its authority as configured and
+/// with the default port added or left out, after `http://`, `https://` (an upstream told
+/// `X-Forwarded-Proto: https` may build its URLs with that) or `//` (scheme-relative).
 fn origin_spellings(https: bool, authority: &hyper::http::uri::Authority) -> Vec<String> {
-    let scheme = if https { "https" } else { "http" };
     let default = if https { 443 } else { 80 };
-    let mut out = vec![format!("{scheme}://{}", authority.as_str())];
+    let mut authorities = vec![authority.as_str().to_string()];
     match authority.port_u16() {
-        None => out.push(format!("{scheme}://{}:{default}", authority.as_str())),
-        Some(p) if p == default => out.push(format!("{scheme}://{}", authority.host())),
+        None => authorities.push(format!("{}:{default}", authority.as_str())),
+        Some(p) if p == default => authorities.push(authority.host().to_string()),
         Some(_) => {}
+    }
+    let mut out = Vec::with_capacity(authorities.len() * 3);
+    for a in &authorities {
+        for scheme in ["http://", "https://", "//"] {
+            out.push(format!("{scheme}{a}"));
+        }
     }
     out
 }
