@@ -150,7 +150,8 @@ mod tests {
         migrate(&mut first).unwrap();
         let writer = Connection::open(&path).unwrap();
         writer.execute_batch("BEGIN IMMEDIATE").unwrap();
-        // No busy timeout: a write lock attempt would fail at once with SQLITE_BUSY.
+        // A write lock attempt would wait out rusqlite's 5 s busy timeout, then fail with
+        // SQLITE_BUSY: reading the version needs no lock.
         let mut reader = Connection::open(&path).unwrap();
         migrate(&mut reader).unwrap();
         writer.execute_batch("COMMIT").unwrap();
