@@ -22,7 +22,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{
     HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST, RETRY_AFTER, WWW_AUTHENTICATE,
 };
-use hyper::{HeaderMap, Request, Response, StatusCode, Version};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 
 use crate::body::Observed;
 use crate::clock;
@@ -578,8 +578,10 @@ impl Body for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        // A body that was fully sent may be dropped without being polled to its end.
-        let outcome = if self.inner.is_end_stream() {
+        // A body that was fully sent may be dropped without being polled to its end; a HEAD
+        // answer's body is never sent at all.
+        let head = self.done.as_ref().is_some_and(|l| l.method == Method::HEAD);
+        let outcome = if self.inner.is_end_stream() || head {
             "complete"
         } else {
             crate::server::unfinished_outcome()

@@ -1032,6 +1032,29 @@ fn a_request_past_the_grace_period_is_cut_off_and_logged() {
     drop(s);
 }
 
+/// A HEAD request's answer has no body to send: it is logged as complete, not as a client gone.
+#[test]
+fn a_head_request_is_logged_as_complete() {
+    let (sb, mut server, token) = team_setup();
+    let resp = raw_http(
+        server.port,
+        format!(
+            "HEAD /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: {}\r\nConnection: close\r\n\r\n",
+            basic("alice", &token.secret)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(resp.status, 200);
+    server.stop();
+    let log = fs::read_to_string(sb.server_log()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("method=HEAD"))
+        .unwrap_or_else(|| panic!("no HEAD line: {log}"));
+    assert!(line.contains("outcome=complete"), "{line}");
+}
+
 /// A push whose backend answers with its headers before reading the pack (git http-backend
 /// does) keeps its connection for as long as its body keeps arriving, however long that is.
 #[test]
