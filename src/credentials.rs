@@ -199,14 +199,42 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
 /// Whether `text` (a path, say) holds the token prefix `ggt_`, in any case, also with its
 /// characters percent-encoded (`ggt%5F`): whatever follows may be a secret pasted in by mistake.
 pub fn holds_a_token(text: &str) -> bool {
-    if text.contains('%') {
-        if let Some(decoded) = crate::git::percent_decode(text.as_bytes()) {
-            if prefix_in(&decoded) {
-                return true;
+    let mut bytes = std::borrow::Cow::Borrowed(text.as_bytes());
+    // Decoded leniently (a stray `%` elsewhere must not hide it), and again for each level of
+    // encoding, up to three.
+    for _ in 0..3 {
+        if prefix_in(&bytes) {
+            return true;
+        }
+        if !bytes.contains(&b'%') {
+            return false;
+        }
+        bytes = std::borrow::Cow::Owned(lenient_percent_decode(&bytes));
+    }
+    prefix_in(&bytes)
+}
+
+/// `%XX` decoded where it is well-formed, everything else kept as it is.
+fn lenient_percent_decode(input: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let escaped = (input[i] == b'%')
+            .then(|| Some((hex(*input.get(i + 1)?)?, hex(*input.get(i + 2)?)?)))
+            .flatten();
+        match escaped {
+            Some((hi, lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            None => {
+                out.push(input[i]);
+                i += 1;
             }
         }
     }
-    prefix_in(text.as_bytes())
+    out
 }
 
 /// `ggt_` anywhere in `bytes`, in any case. Runs for every request's path: it looks at the
@@ -382,7 +410,14 @@ mod tests {
             "GIbnQxobqVgkPdsLmTnwYzacRfehJudNqruEaqiOgxB"
         ));
         // Percent-encoded, in a path.
-        for path in ["/team/ggt%5Fabc/info/refs", "/x/%67gt_abc", "/x/GG%54_abc"] {
+        for path in [
+            "/team/ggt%5Fabc/info/refs",
+            "/x/%67gt_abc",
+            "/x/GG%54_abc",
+            "/team/ggt%5Fabc%zz/info/refs",
+            "/x/ggt%255Fabc",
+            "/x/%zz/ggt%5Fabc%",
+        ] {
             assert!(holds_a_token(path), "{path}");
         }
         assert!(!holds_a_token(

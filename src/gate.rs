@@ -156,7 +156,7 @@ impl Gate {
                 let body =
                     Observed::new(body, move |frame: Result<&Frame<Bytes>, &_>| match frame {
                         Ok(frame) => {
-                            if let Some(data) = frame.data_ref() {
+                            if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
                                 seen.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                                 exchange.request_body_moved();
                             }
@@ -581,10 +581,10 @@ impl Drop for LoggedBody {
         // A body that was fully sent may be dropped without being polled to its end; a HEAD
         // answer's body is never sent at all.
         let head = self.done.as_ref().is_some_and(|l| l.method == Method::HEAD);
-        let outcome = if self.inner.is_end_stream() || head {
-            "complete"
-        } else {
-            crate::server::unfinished_outcome()
+        let outcome = match crate::server::unfinished_outcome() {
+            _ if self.inner.is_end_stream() => "complete",
+            "client-gone" if head => "complete",
+            unfinished => unfinished,
         };
         self.finish(outcome);
     }

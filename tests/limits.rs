@@ -828,6 +828,26 @@ fn an_upstream_redirect_to_its_own_address_outside_its_repositories_is_a_502() {
 }
 
 #[test]
+fn an_upstream_redirecting_to_the_address_gitgate_asked_is_a_502_not_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    // http -> https on the same address and path: through gitgate, git would loop.
+    let (upstream_port, _heads) = scripted_upstream(usize::MAX, move |port| {
+        format!(
+            "HTTP/1.1 301 Moved Permanently\r\nLocation: https://127.0.0.1:{port}/team/app.git/\
+             info/refs?service=git-upload-pack\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(
+        out.contains("check the scheme and port of [upstream] url"),
+        "{out}"
+    );
+}
+
+#[test]
 fn upstream_redirects_point_at_gitgate_not_at_the_upstream() {
     for (location, expected) in [
         // The upstream's own address: rewritten to the same place on gitgate.

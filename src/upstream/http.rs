@@ -222,6 +222,7 @@ impl HttpBackend {
                 resp.status()
             )));
         }
+        let asked = parts.uri.path_and_query();
         let (mut parts, body) = resp.into_parts();
         headers::to_client(&mut parts.headers);
         if let Some(location) = parts.headers.get(LOCATION).and_then(|v| v.to_str().ok()) {
@@ -233,6 +234,17 @@ impl HttpBackend {
                 &self.client_prefix,
             ) {
                 Redirect::Unchanged => {}
+                // Back to where git just was (an upstream redirecting http to https, say): git
+                // would loop until it gives up, so say what is wrong instead.
+                Redirect::To(moved) if asked.is_some_and(|a| a.as_str() == moved) => {
+                    return Err(ForwardError {
+                        detail: Some(format!("Location: {location}")),
+                        ..ForwardError::bad_gateway(
+                            "the upstream git server redirects to the address gitgate asked; \
+                             check the scheme and port of [upstream] url",
+                        )
+                    });
+                }
                 Redirect::To(moved) => {
                     if let Ok(v) = HeaderValue::from_str(&moved) {
                         parts.headers.insert(LOCATION, v);
