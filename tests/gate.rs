@@ -973,45 +973,62 @@ fn no_credentials_gets_a_401_challenge_never_a_2xx() {
 // ---------------------------------------------------------------------------------------------
 // Backend failures
 
-/// A request still running when the grace period ends is cut off by gitgate itself (on worker 0
-/// too, whose tasks live on the main thread), and logged as such before the process exits.
-#[test]
-fn a_request_past_the_grace_period_is_cut_off_and_logged() {
+/// The failing backend (`fixtures/failing-backend.sh`) with `repo` (`team/slow` takes 5 s,
+/// `team/stubborn` also ignores SIGTERM), `server_extra` in `[server]`, alice with a read grant
+/// on `team` and a REPO_READ token, and a running gitgate.
+fn slow_backend_setup(server_extra: &str, repo: &str) -> (Sandbox, Server, common::Token) {
     let sb = Sandbox::with(Setup {
         backend: Backend::Failing,
-        server_extra: "workers = 1\nshutdown_grace_seconds = 1".into(),
+        server_extra: server_extra.into(),
         ..Setup::default()
     });
-    sb.create_repo("team/slow");
+    sb.create_repo(repo);
     sb.add_user("alice", PASSWORD);
     sb.grant("alice", "team", "read");
     let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
-    let mut server = sb.serve();
-    // The backend takes 5 s for slow.git; the stop comes after 300 ms with a 1 s grace.
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let server = sb.serve();
+    (sb, server, token)
+}
+
+/// Sends `GET /{repo}.git/info/refs` with `token` on a new connection and returns it, unread.
+fn start_info_refs(port: u16, repo: &str, token: &common::Token) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     std::io::Write::write_all(
         &mut s,
         format!(
-            "GET /team/slow.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+            "GET /{repo}.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
              Authorization: {}\r\n\r\n",
             basic("alice", &token.secret)
         )
         .as_bytes(),
     )
     .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let stopped = Instant::now();
+    s
+}
+
+/// Sends SIGTERM and waits (at most `limit`) for gitgate to exit; its exit status.
+fn stop_within(server: &mut Server, limit: Duration) -> std::process::ExitStatus {
     server.signal("TERM");
-    let status = loop {
+    let stopped = Instant::now();
+    loop {
         if let Some(s) = server.exit_status() {
-            break s;
+            return s;
         }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(4),
-            "gitgate did not exit"
-        );
+        assert!(stopped.elapsed() < limit, "gitgate did not exit");
         std::thread::sleep(Duration::from_millis(10));
-    };
+    }
+}
+
+/// A request still running when the grace period ends is cut off by gitgate itself (on worker 0
+/// too, whose tasks live on the main thread), and logged as such before the process exits.
+#[test]
+fn a_request_past_the_grace_period_is_cut_off_and_logged() {
+    let (sb, mut server, token) =
+        slow_backend_setup("workers = 1\nshutdown_grace_seconds = 1", "team/slow");
+    // The backend takes 5 s for slow.git; the stop comes after 300 ms with a 1 s grace.
+    let s = start_info_refs(server.port, "team/slow", &token);
+    std::thread::sleep(Duration::from_millis(300));
+    let status = stop_within(&mut server, Duration::from_secs(4));
     assert!(status.success(), "{status}");
     let log = fs::read_to_string(sb.server_log()).unwrap();
     let line = log
@@ -1122,32 +1139,12 @@ fn group_alive(group: u32) -> bool {
 /// whole process group before gitgate exits (SIGKILL after the TERM grace), not left behind.
 #[test]
 fn a_backend_that_ignores_sigterm_is_ended_with_its_group_before_exit() {
-    let sb = Sandbox::with(Setup {
-        backend: Backend::Failing,
-        server_extra: "workers = 2\nshutdown_grace_seconds = 1".into(),
-        ..Setup::default()
-    });
-    sb.create_repo("team/stubborn");
-    sb.add_user("alice", PASSWORD);
-    sb.grant("alice", "team", "read");
-    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
-    let mut server = sb.serve();
+    let (sb, mut server, token) =
+        slow_backend_setup("workers = 2\nshutdown_grace_seconds = 1", "team/stubborn");
     // Two requests, so that the two workers have one each.
-    let mut clients = Vec::new();
-    for _ in 0..2 {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-        std::io::Write::write_all(
-            &mut s,
-            format!(
-                "GET /team/stubborn.git/info/refs?service=git-upload-pack HTTP/1.1\r\n\
-                 Host: x\r\nAuthorization: {}\r\n\r\n",
-                basic("alice", &token.secret)
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-        clients.push(s);
-    }
+    let clients: Vec<_> = (0..2)
+        .map(|_| start_info_refs(server.port, "team/stubborn", &token))
+        .collect();
     let noted = std::path::PathBuf::from(format!("{}.stubborn", sb.hits_log().display()));
     let deadline = Instant::now() + Duration::from_secs(5);
     let group: u32 = loop {
@@ -1161,18 +1158,7 @@ fn a_backend_that_ignores_sigterm_is_ended_with_its_group_before_exit() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(group_alive(group));
-    server.signal("TERM");
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(s) = server.exit_status() {
-            break s;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(8),
-            "gitgate did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = stop_within(&mut server, Duration::from_secs(8));
     assert!(status.success(), "{status}");
     // The backend (5 s, 3 more from here) would still run had only its leader been killed;
     // killed, its processes are gone once the kernel has delivered the signal.
@@ -1190,27 +1176,9 @@ fn a_backend_that_ignores_sigterm_is_ended_with_its_group_before_exit() {
 
 #[test]
 fn a_client_that_gives_up_before_the_answer_is_still_logged() {
-    let sb = Sandbox::with(Setup {
-        backend: Backend::Failing,
-        ..Setup::default()
-    });
-    sb.create_repo("team/slow");
-    sb.add_user("alice", PASSWORD);
-    sb.grant("alice", "team", "write");
-    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
-    let mut server = sb.serve();
+    let (sb, mut server, token) = slow_backend_setup("", "team/slow");
     // The backend takes 5 s for slow.git; the client hangs up after 300 ms.
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    std::io::Write::write_all(
-        &mut s,
-        format!(
-            "GET /team/slow.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
-             Authorization: {}\r\n\r\n",
-            basic("alice", &token.secret)
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    let s = start_info_refs(server.port, "team/slow", &token);
     std::thread::sleep(std::time::Duration::from_millis(300));
     drop(s);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -150,6 +150,19 @@ fn scripted_upstream(
     (port, rx)
 }
 
+/// An upstream that accepts connections and holds them, never answering; its port.
+fn silent_upstream() -> u16 {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    port
+}
+
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
 
 #[test]
@@ -495,15 +508,7 @@ fn oversized_headers_are_refused() {
 #[test]
 fn an_upstream_that_never_answers_is_504() {
     let dir = tempfile::tempdir().unwrap();
-    // Accepts connections and reads, never answers.
-    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream_port = silent.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in silent.incoming().flatten() {
-            held.push(s);
-        }
-    });
+    let upstream_port = silent_upstream();
     let (out, took) = info_refs_via(dir.path(), upstream_port, "idle_timeout_seconds = 1\n");
     assert!(out.starts_with("HTTP/1.1 504"), "{out}");
     assert!(out.contains("no answer"), "{out}");
@@ -513,15 +518,8 @@ fn an_upstream_that_never_answers_is_504() {
 #[test]
 fn a_malformed_request_body_is_the_clients_fault_not_a_backend_failure() {
     let dir = tempfile::tempdir().unwrap();
-    // Accepts connections and holds them, never answers: the body's error decides.
-    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream_port = silent.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in silent.incoming().flatten() {
-            held.push(s);
-        }
-    });
+    // The upstream never answers: the body's error decides.
+    let upstream_port = silent_upstream();
     let (g, auth) = start_in_front_of(dir.path(), upstream_port, "idle_timeout_seconds = 5\n");
     let mut s = connect(g.port);
     s.write_all(
