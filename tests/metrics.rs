@@ -19,6 +19,34 @@ fn metrics_port(log: &str) -> Option<u16> {
     digits.parse().ok().filter(|&p| p != 0)
 }
 
+/// Adds `[metrics] listen` on port 0 to the sandbox's config.
+fn with_metrics_listener(sb: &Sandbox) {
+    std::fs::write(
+        sb.config(),
+        format!(
+            "{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            sb.config_text()
+        ),
+    )
+    .unwrap();
+}
+
+/// The metrics port, once the server has logged it (at most 10 s).
+fn wait_for_metrics_port(server: &common::Server) -> u16 {
+    let start = Instant::now();
+    loop {
+        if let Some(p) = metrics_port(&server.log_text()) {
+            return p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no `metrics on` line:\n{}",
+            server.log_text()
+        );
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// The value of the sample line that starts with `series ` (labels included).
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -31,14 +59,7 @@ fn sample(text: &str, series: &str) -> f64 {
 #[test]
 fn metrics_count_real_git_traffic() {
     let sb = Sandbox::new();
-    std::fs::write(
-        sb.config(),
-        format!(
-            "{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-            sb.config_text()
-        ),
-    )
-    .unwrap();
+    with_metrics_listener(&sb);
     sb.create_repo("team/app");
     sb.add_user("alice", PASSWORD);
     sb.grant("alice", "team", "write");
@@ -58,18 +79,7 @@ fn metrics_count_real_git_traffic() {
     ])
     .ok();
     let server = sb.serve();
-    let start = Instant::now();
-    let port = loop {
-        if let Some(p) = metrics_port(&server.log_text()) {
-            break p;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no `metrics on` line:\n{}",
-            server.log_text()
-        );
-        thread::sleep(Duration::from_millis(25));
-    };
+    let port = wait_for_metrics_port(&server);
 
     // Allowed: a clone and a push.
     let url = server.url_with("alice", &writer.secret, "team/app");
@@ -166,23 +176,9 @@ fn the_metrics_listener_closes_slow_and_idle_connections() {
         server_extra: "header_read_timeout_seconds = 1\nidle_timeout_seconds = 1".into(),
         ..Setup::default()
     });
-    std::fs::write(
-        sb.config(),
-        format!(
-            "{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-            sb.config_text()
-        ),
-    )
-    .unwrap();
+    with_metrics_listener(&sb);
     let server = sb.serve();
-    let start = Instant::now();
-    let port = loop {
-        if let Some(p) = metrics_port(&server.log_text()) {
-            break p;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "no metrics line");
-        thread::sleep(Duration::from_millis(25));
-    };
+    let port = wait_for_metrics_port(&server);
     let closed_after = |first: &[u8]| {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
