@@ -27,9 +27,10 @@
 //!   `GET /metrics` (Prometheus text) on its own listener, `[metrics] listen`, off by default.
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2, TLS via [`tls`] with the
 //!   certificate reloaded on SIGHUP), with a header-read deadline, an idle timeout ([`idle`]:
-//!   no byte moving, or no answer moving, so HTTP/2 PINGs alone hold nothing), a cap on
-//!   connections and header size, and graceful shutdown on SIGINT/SIGTERM (what is left at the
-//!   end of the grace period is cut off by its worker, then pending writes are flushed). One single-threaded
+//!   no byte moving, or no exchange moving — no request body or answer frame — so HTTP/2
+//!   PINGs alone hold nothing), a cap on connections and header size, and graceful shutdown on
+//!   SIGINT/SIGTERM (what is left at the end of the grace period is cut off by its worker, its
+//!   backends reaped, then pending writes are flushed). One single-threaded
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
 //!   one thread; limits, store and cache are shared.
 //! - [`health`] answers `/healthz` and `/readyz` (a success remembered for a second, so probes

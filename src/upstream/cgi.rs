@@ -513,8 +513,8 @@ impl Drop for Counted {
 
 impl CgiBackend {
     /// Waits until every process this backend started has been reaped — those of requests cut
-    /// off at shutdown get SIGTERM, then SIGKILL for their whole group after [`TERM_GRACE`] — or
-    /// until a little longer than that has passed. A worker calls this before its runtime ends:
+    /// off at shutdown get SIGTERM, then SIGKILL for their whole group after `TERM_GRACE`
+    /// (2 s) — or until a little longer than that has passed. A worker calls this before its runtime ends:
     /// the runtime's end would drop the supervisors, and with them the SIGKILL for the group
     /// (tokio would kill only the group's leader). Returns how many are still running.
     pub async fn wait_until_reaped(&self) -> usize {
