@@ -447,10 +447,18 @@ impl LogLine {
             bytes_out,
             self.started.elapsed(),
         );
+        // A classified request's repository was checked for a token already (in `admit`, on
+        // its decoded form, before `repo` was set); its path holds nothing else but the
+        // configured prefix and a fixed git suffix, so it needs no second scan.
+        let path = if self.who.repo.is_some() {
+            self.uri.path()
+        } else {
+            loggable_path(self.uri.path())
+        };
         tracing::info!(
             target: "gitgate::request",
             method = %self.method,
-            path = %loggable_path(self.uri.path()),
+            path = %path,
             remote = %self.remote.ip(),
             repo = %self.who.repo.as_deref().unwrap_or("-"),
             access = %self.who.access.unwrap_or("-"),
