@@ -8,7 +8,8 @@
 //!   sends has nothing ready — so an upstream that answers in 4 KiB chunks (nginx + fcgiwrap
 //!   does) cost one system call per 4 KiB: 51,000 `writev`s for a 200 MB clone, measured with
 //!   strace. Batched waits a few scheduler rounds ([`WAIT_ROUNDS`]; the task that feeds the
-//!   channel needs two, measured) for the next frame before releasing what it holds; while
+//!   channel needs two, measured — a stream driven inline, `upstream::pool`, needs none, and the
+//!   rounds cost it nothing measurable) for the next frame before releasing what it holds; while
 //!   frames keep coming it gathers up to [`BATCH_FRAMES`] / [`BATCH_BYTES`] and then releases
 //!   them back to back, which hyper queues into one `writev`. Frames are never copied or merged,
 //!   and a stream that pauses is flushed within those few rounds (microseconds), so git's

@@ -878,3 +878,102 @@ fn upstream_redirects_point_at_gitgate_not_at_the_upstream() {
         assert!(!out.contains(&format!(":{upstream_port}")), "{out}");
     }
 }
+
+#[test]
+fn an_upload_goes_on_while_the_client_does_not_read_an_answer_that_started_early() {
+    // git http-backend sends its headers before it reads a push; a client still sending does
+    // not read. Here the upstream answers at once with 32 MiB (more than the sockets between
+    // gitgate and the client hold), then reads the 32 MiB request body, then ends its answer;
+    // the client sends its whole body before it reads anything. gitgate must keep taking the
+    // body while nobody takes the answer, or both sides wait until the idle timeout.
+    const MIB32: usize = 32 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = listener.local_addr().unwrap().port();
+    let (received_tx, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(Ok(s)) = listener.incoming().next() else {
+            return;
+        };
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse::<usize>().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut writer = s;
+        let answer = std::thread::spawn(move || {
+            let _ = writer.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-receive-pack-result\r\n\
+                     Transfer-Encoding: chunked\r\n\r\n{MIB32:x}\r\n"
+                )
+                .as_bytes(),
+            );
+            let _ = writer.write_all(&vec![b'a'; MIB32]);
+            let _ = writer.write_all(b"\r\n");
+            writer
+        });
+        let mut body = Vec::new();
+        let _ = (&mut reader).take(length as u64).read_to_end(&mut body);
+        let _ = received_tx.send(body.len());
+        if let Ok(mut writer) = answer.join() {
+            let _ = writer.write_all(b"0\r\n\r\n");
+        }
+    });
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_seconds = 3\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n"
+    );
+    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
+    let token = common::scoped_token(
+        &dir.path().join("proxy.toml"),
+        "--project",
+        "team",
+        "ci",
+        "PROJECT_WRITE",
+    )
+    .secret;
+    let g = start(dir.path(), &config);
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
+    let mut s = connect(g.port);
+    s.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(
+        format!(
+            "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\n\
+             Content-Type: application/x-git-receive-pack-request\r\n\
+             Content-Length: {MIB32}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&vec![b'p'; MIB32])
+        .expect("the upload stalled while the answer was not read");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(5)),
+        Ok(MIB32),
+        "the upstream did not get the whole body"
+    );
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &answer[..64.min(answer.len())]
+    );
+    assert!(answer.len() > MIB32, "{} bytes of answer", answer.len());
+    assert!(
+        answer.ends_with(b"0\r\n\r\n"),
+        "the answer did not end cleanly"
+    );
+}

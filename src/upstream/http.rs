@@ -22,7 +22,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,16 +31,15 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, HOST, LOCATION};
 use hyper::http::request::Parts;
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::time::Sleep;
 
 use super::headers::{self, Outbound, Redirect};
-use super::pool::{ConnectError, Origin, OutBody, Pool};
+use super::pool::{ConnectError, Connection, Driving, Origin, OutBody, Pool};
 use super::ForwardError;
 use crate::body::{Batched, Observed};
 use crate::config::{CredentialScheme, HttpUpstream, SecretSource, UpstreamCredentials};
@@ -167,7 +166,13 @@ impl HttpBackend {
                 touched.touch()
             }
         })
-        .map_err(|e| io::Error::other(e.to_string()))
+        .map_err(|e| io::Error::other(e.to_string()));
+        // Whether the request body has gone up to its end (see `pool::Connection::detach`).
+        let uploaded = Arc::new(AtomicBool::new(bodiless));
+        let body = WatchEnd {
+            inner: body,
+            ended: uploaded.clone(),
+        }
         .boxed_unsync();
         let build = |body: OutBody| -> Result<Request<OutBody>, ForwardError> {
             let mut headers = headers::to_upstream(
@@ -197,7 +202,7 @@ impl HttpBackend {
         // Wait for the answer while anything moves: the request body streaming out counts.
         let sent = self.send(req, rebuild);
         tokio::pin!(sent);
-        let (resp, sender) = loop {
+        let (resp, mut connection) = loop {
             let wait = self.idle_timeout.saturating_sub(activity.idle());
             tokio::select! {
                 r = &mut sent => break r?,
@@ -260,12 +265,17 @@ impl HttpBackend {
                 }
             }
         }
+        if !uploaded.load(Ordering::Relaxed) {
+            // The answer started while the client is still sending: the upload must go on even
+            // when nobody reads the answer.
+            connection.detach();
+        }
         let mut body = UpstreamBody {
             inner: body,
             idle: self.idle_timeout,
             last_frame: tokio::time::Instant::now(),
             timer: None,
-            connection: Some((self.pool.clone(), sender)),
+            connection: Some((self.pool.clone(), connection)),
         };
         if body.inner.is_end_stream() {
             // No body at all (204, 304, HEAD): the connection is free now.
@@ -289,17 +299,24 @@ impl HttpBackend {
         &self,
         mut req: Request<OutBody>,
         rebuild: Option<&(dyn Fn(OutBody) -> Result<Request<OutBody>, ForwardError> + Sync)>,
-    ) -> Result<(Response<Incoming>, SendRequest<OutBody>), ForwardError> {
+    ) -> Result<(Response<Incoming>, Connection), ForwardError> {
+        // git's answers to a POST are the packs, streamed; to a GET, the ref advertisements.
+        let driving = if req.method() == Method::POST {
+            Driving::Inline
+        } else {
+            Driving::OwnTask
+        };
         let mut fresh_only = false;
         loop {
             let mut conn = if fresh_only {
-                self.pool.connect_new().await
+                self.pool.connect_new(driving).await
             } else {
-                self.pool.checkout().await
+                self.pool.checkout(driving).await
             }
             .map_err(|e| self.connect_error(e))?;
-            match conn.sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, conn.sender)),
+            let sending = conn.connection.sender.try_send_request(req);
+            match conn.connection.exchange(sending).await {
+                Ok(resp) => return Ok((resp, conn.connection)),
                 Err(mut e) => {
                     let unsent = e.take_message();
                     let error = e.into_error();
@@ -500,6 +517,42 @@ fn read_credentials(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
     Ok(v)
 }
 
+/// A request body that notes when it has given its last frame: hyper stops polling a body once
+/// it says it is at its end, so both that and the end itself count.
+struct WatchEnd<B> {
+    inner: B,
+    ended: Arc<AtomicBool>,
+}
+
+impl<B> Body for WatchEnd<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None))
+            || (matches!(polled, Poll::Ready(Some(Ok(_)))) && self.inner.is_end_stream())
+        {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// When anything last moved, shared between the request body and the waiting forwarder.
 #[derive(Clone)]
 struct Activity {
@@ -540,13 +593,14 @@ struct UpstreamBody {
     idle: Duration,
     last_frame: tokio::time::Instant,
     timer: Option<Pin<Box<Sleep>>>,
-    connection: Option<(Arc<Pool>, SendRequest<OutBody>)>,
+    /// The connection the answer comes on, driven from `poll_frame` (see `super::pool`).
+    connection: Option<(Arc<Pool>, Connection)>,
 }
 
 impl UpstreamBody {
     fn release(&mut self) {
-        if let Some((pool, sender)) = self.connection.take() {
-            pool.put(sender);
+        if let Some((pool, connection)) = self.connection.take() {
+            pool.put(connection);
         }
     }
 }
@@ -559,7 +613,15 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_pending() {
+            if let Some((_, connection)) = &mut self.connection {
+                // The body has just said it wants more: now the connection reads it.
+                connection.drive(cx);
+                polled = Pin::new(&mut self.inner).poll_frame(cx);
+            }
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 self.last_frame = tokio::time::Instant::now();
                 if self.inner.is_end_stream() {
@@ -630,6 +692,48 @@ mod tests {
         let mut r = crate::git::classify("GET", path, query, "/").unwrap();
         r.query = query.map(|q| q.to_string().into());
         r
+    }
+
+    /// A body of one frame that says it is at its end only once that frame is taken (as hyper's
+    /// `Incoming` with a `Content-Length` does), or only when polled once more.
+    struct OneFrame {
+        frame: Option<Bytes>,
+        says_end: bool,
+    }
+
+    impl Body for OneFrame {
+        type Data = Bytes;
+        type Error = io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+            Poll::Ready(self.frame.take().map(|b| Ok(Frame::data(b))))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.says_end && self.frame.is_none()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_body_is_seen_to_end_either_way() {
+        for says_end in [true, false] {
+            let ended = Arc::new(AtomicBool::new(false));
+            let mut body = WatchEnd {
+                inner: OneFrame {
+                    frame: Some(Bytes::from_static(b"0000")),
+                    says_end,
+                },
+                ended: ended.clone(),
+            };
+            assert!(body.frame().await.unwrap().is_ok());
+            // hyper polls no more once a body says it is at its end.
+            assert_eq!(ended.load(Ordering::Relaxed), says_end);
+            if !says_end {
+                assert!(body.frame().await.is_none());
+                assert!(ended.load(Ordering::Relaxed));
+            }
+        }
     }
 
     #[tokio::test]
