@@ -164,7 +164,10 @@ EOF
 nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" &
 PIDS+=($!)
 # A stronger baseline for the hop, reported beside the issue's: nginx proxy_pass as its own
-# process (as gitgate is), with one worker per core (as gitgate has), to the same origin.
+# process (as gitgate is), with one worker per core (as gitgate has), to the same origin. Under
+# /git/ it is also a reference for the clone (1c): another proxy in the same place as gitgate,
+# streaming both ways as gitgate does (nginx's default buffering writes a large answer to temp
+# files first, and costs more).
 PROXY2_PORT=$(free_port)
 mkdir -p "$W/nginx2/tmp"
 cat >"$W/nginx2/nginx.conf" <<EOF
@@ -183,6 +186,13 @@ $(nginx_temp_paths "$W/nginx2")
             proxy_pass http://origin/static/;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+        }
+        location /git/ {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
         }
     }
 }
@@ -277,21 +287,22 @@ declare -A URL=(
 	[nginx]="http://127.0.0.1:$GIT_PORT/git/team/app.git"
 	[gitgate_http]="http://ci:$TOKEN@127.0.0.1:$GG_HTTP/team/app.git"
 	[gitgate_cgi]="http://ci:$TOKEN@127.0.0.1:$GG_CGI/team/app.git"
+	[nginx_proxy]="http://127.0.0.1:$PROXY2_PORT/git/team/app.git"
 )
 declare -A TIMES=()
 ((HOP_ONLY)) || { git clone -q --bare "${URL[nginx]}" "$W/warm" && rm -rf "$W/warm"; } # page cache
 for ((run = 1; run <= RUNS; run++)); do
-	for v in nginx gitgate_http gitgate_cgi; do
+	for v in nginx gitgate_http gitgate_cgi nginx_proxy; do
 		t0=$(now)
 		git clone -q --bare "${URL[$v]}" "$W/clone-$v"
 		t1=$(now)
 		rm -rf "$W/clone-$v"
 		TIMES[$v]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') "
 	done
-	log "clone run $run/$RUNS: ${TIMES[nginx]##* } | nginx ${TIMES[nginx]} | gitgate→nginx ${TIMES[gitgate_http]} | gitgate cgi ${TIMES[gitgate_cgi]}"
+	log "clone run $run/$RUNS: nginx ${TIMES[nginx]} | gitgate→nginx ${TIMES[gitgate_http]} | gitgate cgi ${TIMES[gitgate_cgi]} | nginx proxy→nginx ${TIMES[nginx_proxy]}"
 done
 med() { tr ' ' '\n' <<<"${TIMES[$1]}" | grep . | median; }
-((HOP_ONLY)) || { CLONE_NGINX=$(med nginx) CLONE_HTTP=$(med gitgate_http) CLONE_CGI=$(med gitgate_cgi); }
+((HOP_ONLY)) || { CLONE_NGINX=$(med nginx) CLONE_HTTP=$(med gitgate_http) CLONE_CGI=$(med gitgate_cgi) CLONE_PROXY=$(med nginx_proxy); }
 
 # --- 2./3. the hop and rejections (wrk) ----------------------------------------------------------
 HOP_PATH="/team/app.git/info/refs?service=git-upload-pack"
@@ -439,6 +450,8 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 1a | \`git clone --bare\` $REPO_MB MB, median of $RUNS (s) | nginx+fcgiwrap $CLONE_NGINX | gitgate→nginx $CLONE_HTTP | $r× | ≤ 1.03× | $(awk -v r="$r" 'BEGIN{print (r <= 1.03) ? "yes" : "no"}') |"
 	r=$(ratio "$CLONE_CGI" "$CLONE_NGINX")
 	echo "| 1b | same, embedded CGI (s) | nginx+fcgiwrap $CLONE_NGINX | gitgate cgi $CLONE_CGI | $r× | ≤ 1.0× | $(awk -v r="$r" 'BEGIN{print (r <= 1.0) ? "yes" : "no"}') |"
+	r=$(ratio "$CLONE_PROXY" "$CLONE_NGINX")
+	echo "| 1c | same, through nginx proxy_pass instead of gitgate, for reference (s) | nginx+fcgiwrap $CLONE_NGINX | nginx proxy→nginx $CLONE_PROXY | $r× | — | |"
 	a=$(mrps proxy) b=$(mrps gitgate) r=$(ratio "$b" "$a")
 	echo "| 2a | hop, static 200, wrk $WRK_CONNS conns (req/s) | nginx proxy_pass $a | $b | $r× | ≥ 1.0× | $(awk -v r="$r" 'BEGIN{print (r >= 1.0) ? "yes" : "no"}') |"
 	a=$(mp99 proxy) b=$(mp99 gitgate) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
@@ -461,5 +474,5 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 5a | peak RSS, one clone of $BIG_MB MB ($(awk -v b="$BIG_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB received) (MiB) | repo size $BIG_MB | $(mb "$RSS_BIG") | $(ratio "$(mb "$RSS_BIG")" "$BIG_MB")× of repo | < 64 | $(awk -v k="$RSS_BIG" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
 	echo "| 5b | peak RSS, $CONCURRENT concurrent clones of $REPO_MB MB ($CONC_OK/$CONCURRENT complete, ${CONC_SECONDS}s) (MiB) | total served $((REPO_MB * CONCURRENT)) | $(mb "$RSS_CONC") | $(ratio "$(mb "$RSS_CONC")" "$((REPO_MB * CONCURRENT))")× of bytes served | < 64 | $(awk -v k="$RSS_CONC" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
 	echo
-	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
+	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
 }
