@@ -242,9 +242,10 @@ pub fn location_to_client(
     upstream_base: &str,
     client_prefix: &str,
 ) -> Redirect {
+    let named = without_userinfo(location);
     let on_origin = upstream_origins.iter().find_map(|origin| {
-        let head = location.get(..origin.len())?;
-        let rest = &location[origin.len()..];
+        let head = named.get(..origin.len())?;
+        let rest = &named[origin.len()..];
         (head.eq_ignore_ascii_case(origin)
             && (rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')))
         .then_some(rest)
@@ -280,6 +281,34 @@ pub fn location_to_client(
         Redirect::Unchanged
     } else {
         Redirect::To(out)
+    }
+}
+
+/// `location` without the user information of an absolute or scheme-relative URL
+/// (`http://git@host/` names the same server as `http://host/`).
+fn without_userinfo(location: &str) -> std::borrow::Cow<'_, str> {
+    let after_scheme = match location.find("//") {
+        Some(i)
+            if location[..i]
+                .strip_suffix(':')
+                .is_some_and(|scheme| scheme.bytes().all(|b| b.is_ascii_alphanumeric()))
+                || i == 0 =>
+        {
+            i + 2
+        }
+        _ => return location.into(),
+    };
+    let authority_end = location[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(location.len(), |e| after_scheme + e);
+    match location[after_scheme..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}{}",
+            &location[..after_scheme],
+            &location[after_scheme + at + 1..]
+        )
+        .into(),
+        None => location.into(),
     }
 }
 
@@ -726,7 +755,25 @@ mod tests {
             ),
             ("http://127.0.0.1:3000", "/git", "", Redirect::OffBase),
             ("http://127.0.0.1:3000//evil/x", "", "", Redirect::OffBase),
+            // User information names no other server.
+            ("http://git@127.0.0.1:3000/git/x", "/git", "", to("/x")),
+            ("http://a:b@c@127.0.0.1:3000/git/x", "/git", "", to("/x")),
+            (
+                "http://u@127.0.0.1:3000/login",
+                "/git",
+                "",
+                Redirect::OffBase,
+            ),
+            (
+                "http://127.0.0.1:3000@evil.example/git/x",
+                "/git",
+                "",
+                Redirect::Unchanged,
+            ),
+            ("/git/a@b", "/git", "", to("/a@b")),
         ];
+        assert_eq!(without_userinfo("//u@h:1/x@y"), "//h:1/x@y");
+        assert_eq!(without_userinfo("mailto:a@b"), "mailto:a@b");
         for (location, base, prefix, expected) in cases {
             assert_eq!(
                 location_to_client(location, &up, base, prefix),
