@@ -14,8 +14,13 @@
 //! while waiting for the answer and then from the response body's `poll_frame` — so a frame is
 //! read, decoded and handed on in one task, and only the channel's bookkeeping is left (gitgate's
 //! CPU per 200 MB clone 13 % lower, its user-space part a third lower; docs/PERFORMANCE.md).
-//! Nobody polls an idle inline connection, so an upstream's close is seen when the connection
-//! is checked out, before a request is sent on it.
+//! Nobody polls an idle inline connection when it is handed out, so an upstream's close is
+//! seen at checkout, before a request is sent on it; and a sweeper task per pool, running while
+//! inline connections are idle, looks at them every [`SWEEP_EVERY`], so that a close is
+//! answered (the socket closed, not left in `CLOSE_WAIT`) and old ones are dropped even when
+//! no request comes. A connection still holding request bytes it could not send (the upstream
+//! answered without reading them all) is not ready — hyper takes a new request only with its
+//! write buffer empty — so it too goes on on a task of its own, which flushes them.
 //!
 //! That is for streams. For a small answer the connection's own task is cheaper: each hand-over
 //! of the answer then wakes the request's whole task (hyper's server connection, the gate, the
@@ -42,7 +47,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -60,6 +66,9 @@ pub type OutBody = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Most idle connections one worker keeps; more are closed when they come back.
 const MAX_IDLE: usize = 256;
+
+/// How often the sweeper looks at idle inline connections (see the module docs).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The most an upstream connection reads ahead of the client (hyper's default lets its read
 /// buffer grow to about 400 KiB). A clone moves just as fast through 64 KiB reads, and fifty
@@ -203,6 +212,8 @@ pub struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     idle: Mutex<Stacks>,
+    /// Whether a sweeper task runs (see [`sweep`]).
+    sweeping: AtomicBool,
 }
 
 impl Pool {
@@ -212,6 +223,7 @@ impl Pool {
             connect_timeout,
             idle_timeout,
             idle: Mutex::new(Stacks::default()),
+            sweeping: AtomicBool::new(false),
         }
     }
 
@@ -257,9 +269,9 @@ impl Pool {
     }
 
     /// Give a connection back after its exchange ended cleanly. One whose exchange is still
-    /// finishing (its request body still going up) goes on on a task of its own: in the pool
-    /// nobody would drive it.
-    pub fn put(&self, mut connection: Connection) {
+    /// finishing (its request body still going up, or bytes of it still unsent) goes on on a
+    /// task of its own: in the pool nobody would drive it.
+    pub fn put(self: &Arc<Self>, mut connection: Connection) {
         connection.catch_up();
         if connection.sender.is_closed() {
             return;
@@ -267,8 +279,9 @@ impl Pool {
         if !connection.sender.is_ready() {
             connection.detach();
         }
+        let driving = connection.driving();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let stack = match connection.driving() {
+        let stack = match driving {
             Driving::Inline => &mut idle.inline,
             Driving::OwnTask => &mut idle.own_task,
         };
@@ -277,6 +290,10 @@ impl Pool {
                 connection,
                 since: Instant::now(),
             });
+            // Under the lock, as the sweeper's decision to stop is.
+            if driving == Driving::Inline && !self.sweeping.swap(true, Ordering::Relaxed) {
+                tokio::spawn(sweep(Arc::downgrade(self)));
+            }
         }
     }
 
@@ -293,15 +310,7 @@ impl Pool {
     /// push whose body is still going up after the answer came — stays where it is: a request
     /// never waits on another request's connection.
     fn pop_ready(&self, idle: &mut Vec<Idle>, now: Instant) -> Option<Connection> {
-        // The stack is ordered by return time: once one is too old, all below it are too.
-        if let Some(first_fresh) = idle
-            .iter()
-            .position(|i| now.duration_since(i.since) < self.idle_timeout)
-        {
-            idle.drain(..first_fresh);
-        } else {
-            idle.clear();
-        }
+        self.drop_expired(idle, now);
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
@@ -315,6 +324,18 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// Drop the connections idle for `idle_timeout` or longer.
+    fn drop_expired(&self, idle: &mut Vec<Idle>, now: Instant) {
+        // The stack is ordered by return time: once one is too old, all below it are too.
+        match idle
+            .iter()
+            .position(|i| now.duration_since(i.since) < self.idle_timeout)
+        {
+            Some(first_fresh) => drop(idle.drain(..first_fresh)),
+            None => idle.clear(),
+        }
     }
 
     /// Open a new connection (TCP, then TLS for https) within the connect timeout.
@@ -345,6 +366,30 @@ impl Pool {
         })
         .await;
         connected.unwrap_or(Err(ConnectError::TimedOut))
+    }
+}
+
+/// Looks at a pool's idle inline connections every [`SWEEP_EVERY`] while it has any: drops the
+/// old ones and those the upstream closed (which closes gitgate's side of the socket).
+async fn sweep(pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let idle = &mut *idle;
+        pool.drop_expired(&mut idle.own_task, now);
+        pool.drop_expired(&mut idle.inline, now);
+        idle.inline.retain_mut(|i| {
+            i.connection.catch_up();
+            !i.connection.sender.is_closed()
+        });
+        if idle.inline.is_empty() {
+            pool.sweeping.store(false, Ordering::Relaxed);
+            return;
+        }
     }
 }
 
@@ -412,8 +457,8 @@ mod tests {
         (port, accepted)
     }
 
-    fn pool(port: u16, idle: Duration) -> Pool {
-        Pool::new(
+    fn pool(port: u16, idle: Duration) -> Arc<Pool> {
+        Arc::new(Pool::new(
             Origin {
                 host: "127.0.0.1".into(),
                 port,
@@ -421,12 +466,12 @@ mod tests {
             },
             Duration::from_secs(2),
             idle,
-        )
+        ))
     }
 
     /// One GET on a pooled connection driven as asked (inline: by this task, as `HttpBackend`
     /// drives it); whether the connection was reused.
-    async fn get(pool: &Pool, driving: Driving) -> bool {
+    async fn get(pool: &Arc<Pool>, driving: Driving) -> bool {
         let mut c = pool.checkout(driving).await.unwrap();
         let req = Request::builder()
             .uri("/x")
@@ -557,6 +602,97 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert!(!get(&p, Inline).await, "an old idle connection is replaced");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// Reads one request head on each connection it accepts and hands the stream over.
+    async fn after_one_head(then: impl Fn(TcpStream) + Send + 'static) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut seen = Vec::new();
+                let mut byte = [0u8; 1];
+                while !seen.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    seen.push(byte[0]);
+                }
+                then(s);
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn an_idle_inline_connection_the_upstream_closed_is_closed_without_a_request() {
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        let closed_tx = Mutex::new(Some(closed_tx));
+        // Answers, closes its side a little later (once the connection is back in the pool),
+        // then waits for gitgate to close the other.
+        let port = after_one_head(move |mut s| {
+            let tx = closed_tx.lock().unwrap().take();
+            tokio::spawn(async move {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = s.shutdown().await;
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+                if let Some(tx) = tx {
+                    let _ = tx.send(());
+                }
+            });
+        })
+        .await;
+        let p = pool(port, Duration::from_secs(30));
+        assert!(!get(&p, Inline).await);
+        // No request comes to check the connection out: the sweeper closes it.
+        tokio::time::timeout(SWEEP_EVERY * 3, closed)
+            .await
+            .expect("gitgate held a connection the upstream had closed")
+            .unwrap();
+        assert_eq!(p.idle_count(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_request_bytes_unsent_gets_its_own_task() {
+        // Answers after the head and never reads the body: most of it stays unsent.
+        let port = after_one_head(|s| {
+            tokio::spawn(async move {
+                let mut s = s;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        })
+        .await;
+        let p = pool(port, Duration::from_secs(30));
+        let mut c = p.checkout(Inline).await.unwrap();
+        let req = Request::builder()
+            .method("POST")
+            .uri("/push")
+            .header("host", "up")
+            .body(
+                http_body_util::Full::new(Bytes::from(vec![b'p'; 16 << 20]))
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+            .unwrap();
+        let sending = c.connection.sender.send_request(req);
+        let resp = c.connection.exchange(sending).await.unwrap();
+        c.connection
+            .exchange(resp.into_body().collect())
+            .await
+            .unwrap();
+        p.put(c.connection);
+        assert_eq!(
+            p.idle_count(),
+            (0, 1),
+            "a connection holding unsent bytes was pooled where nobody drives it"
+        );
     }
 
     #[tokio::test]
