@@ -16,7 +16,7 @@
 //! CPU per 200 MB clone 13 % lower, its user-space part a third lower; docs/PERFORMANCE.md).
 //! Nobody polls an idle inline connection when it is handed out, so an upstream's close is
 //! seen at checkout, before a request is sent on it; and a sweeper task per pool, running while
-//! inline connections are idle, looks at them every [`SWEEP_EVERY`], so that a close is
+//! inline connections are idle, looks at them every second, so that a close is
 //! answered (the socket closed, not left in `CLOSE_WAIT`) and old ones are dropped even when
 //! no request comes. A connection still holding request bytes it could not send (the upstream
 //! answered without reading them all) is not ready — hyper takes a new request only with its
