@@ -1,7 +1,7 @@
 //! Body wrappers shared by the request path.
 //!
 //! - [`Observed`] lets a closure see each frame as it streams past, without buffering or changing
-//!   it. The gate counts request bytes with it, the HTTP upstream notes activity for its idle
+//!   it, and the body's end or error. The gate counts request bytes with it, the HTTP upstream notes activity for its idle
 //!   timeout: one wrapper instead of a near-copy per concern.
 //! - [`Batched`] hands frames on in bursts. hyper's client delivers a response body one frame
 //!   at a time through a channel, and hyper's server writes (one `writev`) whenever the body it
@@ -22,23 +22,37 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-/// `inner`, with `on_frame` called for every frame that arrives, and for the error that ends it
-/// (if one does).
+/// What an [`Observed`] body's closure is shown.
+pub enum Seen<'a, E> {
+    Frame(&'a Frame<Bytes>),
+    /// The error that ends the body.
+    Error(&'a E),
+    /// The body's end, once: when it says so after a frame (hyper polls no further then), or
+    /// when it ends without a frame.
+    End,
+}
+
+/// `inner`, with `on_seen` called for every frame that arrives and for how the body ends.
 pub struct Observed<B, F> {
     inner: B,
-    on_frame: F,
+    on_seen: F,
+    ended: bool,
 }
 
 impl<B, F> Observed<B, F> {
-    pub fn new(inner: B, on_frame: F) -> Self {
-        Observed { inner, on_frame }
+    pub fn new(inner: B, on_seen: F) -> Self {
+        Observed {
+            inner,
+            on_seen,
+            ended: false,
+        }
     }
 }
 
 impl<B, F> Body for Observed<B, F>
 where
     B: Body<Data = Bytes> + Unpin,
-    F: FnMut(Result<&Frame<Bytes>, &B::Error>) + Unpin,
+    F: FnMut(Seen<'_, B::Error>) + Unpin,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -49,8 +63,21 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(item)) = &polled {
-            (this.on_frame)(item.as_ref());
+        let end = match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                (this.on_seen)(Seen::Frame(frame));
+                this.inner.is_end_stream()
+            }
+            Poll::Ready(Some(Err(e))) => {
+                (this.on_seen)(Seen::Error(e));
+                false
+            }
+            Poll::Ready(None) => true,
+            Poll::Pending => false,
+        };
+        if end && !this.ended {
+            this.ended = true;
+            (this.on_seen)(Seen::End);
         }
         polled
     }
@@ -296,15 +323,61 @@ mod tests {
 
     #[tokio::test]
     async fn sees_every_frame_and_passes_it_on() {
-        let mut seen = 0;
+        let (mut bytes, mut ends) = (0, 0);
         let body = Observed::new(
             Full::new(Bytes::from_static(b"hello")),
-            |f: Result<&Frame<Bytes>, &std::convert::Infallible>| {
-                seen += f.ok().and_then(|f| f.data_ref()).map_or(0, |d| d.len());
+            |s: Seen<'_, std::convert::Infallible>| match s {
+                Seen::Frame(f) => bytes += f.data_ref().map_or(0, |d| d.len()),
+                Seen::Error(_) => unreachable!(),
+                Seen::End => ends += 1,
             },
         );
         let out = body.collect().await.unwrap().to_bytes();
         assert_eq!(&out[..], b"hello");
-        assert_eq!(seen, 5);
+        assert_eq!((bytes, ends), (5, 1));
+    }
+
+    /// A body of one frame that says it is at its end only once that frame is taken (as hyper's
+    /// `Incoming` with a `Content-Length` does), or only when polled once more.
+    struct OneFrame {
+        frame: Option<Bytes>,
+        says_end: bool,
+    }
+
+    impl Body for OneFrame {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(self.frame.take().map(|b| Ok(Frame::data(b))))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.says_end && self.frame.is_none()
+        }
+    }
+
+    #[tokio::test]
+    async fn sees_the_end_either_way_and_once() {
+        for says_end in [true, false] {
+            let ends = std::cell::Cell::new(0);
+            let mut body = Observed::new(
+                OneFrame {
+                    frame: Some(Bytes::from_static(b"0000")),
+                    says_end,
+                },
+                |s: Seen<'_, std::io::Error>| {
+                    if let Seen::End = s {
+                        ends.set(ends.get() + 1)
+                    }
+                },
+            );
+            assert!(body.frame().await.unwrap().is_ok());
+            // hyper polls no more once a body says it is at its end.
+            assert_eq!(ends.get(), usize::from(says_end));
+            assert!(body.frame().await.is_none());
+            assert_eq!(ends.get(), 1);
+        }
     }
 }

@@ -24,7 +24,7 @@ use hyper::header::{
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 
-use crate::body::Observed;
+use crate::body::{Observed, Seen};
 use crate::clock;
 use crate::credentials::{self, CredentialError, Credentials};
 use crate::git::{self, GitRequest, Rejection};
@@ -153,16 +153,16 @@ impl Gate {
                 pending.line().forwarded = true;
                 let (parts, body) = req.into_parts();
                 let seen = inbound.clone();
-                let body =
-                    Observed::new(body, move |frame: Result<&Frame<Bytes>, &_>| match frame {
-                        Ok(frame) => {
-                            if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
-                                seen.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                                exchange.request_body_moved();
-                            }
+                let body = Observed::new(body, move |s: Seen<'_, _>| match s {
+                    Seen::Frame(frame) => {
+                        if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+                            seen.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            exchange.request_body_moved();
                         }
-                        Err(_) => seen.broke.store(true, Ordering::Relaxed),
-                    });
+                    }
+                    Seen::Error(_) => seen.broke.store(true, Ordering::Relaxed),
+                    Seen::End => {}
+                });
                 match self
                     .upstream
                     .forward(&parts, body, &git_req, &identity, peer, remote)

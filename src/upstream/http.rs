@@ -41,7 +41,7 @@ use tokio::time::Sleep;
 use super::headers::{self, Outbound, Redirect};
 use super::pool::{ConnectError, Connection, Driving, Origin, OutBody, Pool};
 use super::ForwardError;
-use crate::body::{Batched, Observed};
+use crate::body::{Batched, Observed, Seen};
 use crate::config::{CredentialScheme, HttpUpstream, SecretSource, UpstreamCredentials};
 use crate::gate::ResponseBody;
 use crate::git::GitRequest;
@@ -159,20 +159,17 @@ impl HttpBackend {
     {
         let bodiless = body.is_end_stream();
         let activity = Activity::new();
-        // Each frame of the client's body on its way upstream is activity.
+        // Each frame of the client's body on its way upstream is activity; its end says the
+        // upload is done (see `pool::Connection::detach`).
         let touched = activity.clone();
-        let body = Observed::new(body, move |frame: Result<&Frame<Bytes>, &B::Error>| {
-            if frame.is_ok() {
-                touched.touch()
-            }
-        })
-        .map_err(|e| io::Error::other(e.to_string()));
-        // Whether the request body has gone up to its end (see `pool::Connection::detach`).
         let uploaded = Arc::new(AtomicBool::new(bodiless));
-        let body = WatchEnd {
-            inner: body,
-            ended: uploaded.clone(),
-        }
+        let done = uploaded.clone();
+        let body = Observed::new(body, move |s: Seen<'_, B::Error>| match s {
+            Seen::Frame(_) => touched.touch(),
+            Seen::Error(_) => {}
+            Seen::End => done.store(true, Ordering::Relaxed),
+        })
+        .map_err(|e| io::Error::other(e.to_string()))
         .boxed_unsync();
         let build = |body: OutBody| -> Result<Request<OutBody>, ForwardError> {
             let mut headers = headers::to_upstream(
@@ -517,42 +514,6 @@ fn read_credentials(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
     Ok(v)
 }
 
-/// A request body that notes when it has given its last frame: hyper stops polling a body once
-/// it says it is at its end, so both that and the end itself count.
-struct WatchEnd<B> {
-    inner: B,
-    ended: Arc<AtomicBool>,
-}
-
-impl<B> Body for WatchEnd<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None))
-            || (matches!(polled, Poll::Ready(Some(Ok(_)))) && self.inner.is_end_stream())
-        {
-            self.ended.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// When anything last moved, shared between the request body and the waiting forwarder.
 #[derive(Clone)]
 struct Activity {
@@ -692,48 +653,6 @@ mod tests {
         let mut r = crate::git::classify("GET", path, query, "/").unwrap();
         r.query = query.map(|q| q.to_string().into());
         r
-    }
-
-    /// A body of one frame that says it is at its end only once that frame is taken (as hyper's
-    /// `Incoming` with a `Content-Length` does), or only when polled once more.
-    struct OneFrame {
-        frame: Option<Bytes>,
-        says_end: bool,
-    }
-
-    impl Body for OneFrame {
-        type Data = Bytes;
-        type Error = io::Error;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-            Poll::Ready(self.frame.take().map(|b| Ok(Frame::data(b))))
-        }
-        fn is_end_stream(&self) -> bool {
-            self.says_end && self.frame.is_none()
-        }
-    }
-
-    #[tokio::test]
-    async fn a_request_body_is_seen_to_end_either_way() {
-        for says_end in [true, false] {
-            let ended = Arc::new(AtomicBool::new(false));
-            let mut body = WatchEnd {
-                inner: OneFrame {
-                    frame: Some(Bytes::from_static(b"0000")),
-                    says_end,
-                },
-                ended: ended.clone(),
-            };
-            assert!(body.frame().await.unwrap().is_ok());
-            // hyper polls no more once a body says it is at its end.
-            assert_eq!(ended.load(Ordering::Relaxed), says_end);
-            if !says_end {
-                assert!(body.frame().await.is_none());
-                assert!(ended.load(Ordering::Relaxed));
-            }
-        }
     }
 
     #[tokio::test]
