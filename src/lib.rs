@@ -36,7 +36,9 @@
 //! - [`health`] answers `/healthz` and `/readyz` (a success remembered for a second, so probes
 //!   cannot flood the upstream); the server routes them before the gate.
 //! - [`upstream::http`] forwards to an existing git server over keep-alive connections from a
-//!   small pool per worker ([`upstream::pool`]), bodies streamed both ways;
+//!   small pool per worker ([`upstream::pool`]), bodies streamed both ways; a `POST`'s answer
+//!   (a pack) is read by the request's own task, which drives its connection, a `GET`'s by the
+//!   connection's task;
 //!   [`upstream::headers`] decides which headers cross (the client's token never does; the
 //!   identity header is always gitgate's; upstream redirects are pointed back at gitgate).
 //!   `502`/`504` with a reason when the backend fails or stalls.
