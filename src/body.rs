@@ -27,8 +27,8 @@ pub enum Seen<'a, E> {
     Frame(&'a Frame<Bytes>),
     /// The error that ends the body.
     Error(&'a E),
-    /// The body's end, once: when it says so after a frame (hyper polls no further then), or
-    /// when it ends without a frame.
+    /// The body's end, once: when it says so after a frame (hyper polls no further then), after
+    /// its trailers, or when it ends without a frame.
     End,
 }
 
@@ -66,7 +66,8 @@ where
         let end = match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 (this.on_seen)(Seen::Frame(frame));
-                this.inner.is_end_stream()
+                // Trailers are a body's last frame; hyper's `Incoming` still says it has more.
+                frame.is_trailers() || this.inner.is_end_stream()
             }
             Poll::Ready(Some(Err(e))) => {
                 (this.on_seen)(Seen::Error(e));
@@ -337,47 +338,71 @@ mod tests {
         assert_eq!((bytes, ends), (5, 1));
     }
 
-    /// A body of one frame that says it is at its end only once that frame is taken (as hyper's
-    /// `Incoming` with a `Content-Length` does), or only when polled once more.
-    struct OneFrame {
-        frame: Option<Bytes>,
+    /// A body of `frames` that says it is at its end once they are taken (as hyper's `Incoming`
+    /// with a `Content-Length` does) or never (as a chunked one).
+    struct Frames {
+        frames: VecDeque<Frame<Bytes>>,
         says_end: bool,
     }
 
-    impl Body for OneFrame {
+    impl Body for Frames {
         type Data = Bytes;
         type Error = std::io::Error;
         fn poll_frame(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-            Poll::Ready(self.frame.take().map(|b| Ok(Frame::data(b))))
+            Poll::Ready(self.frames.pop_front().map(Ok))
         }
         fn is_end_stream(&self) -> bool {
-            self.says_end && self.frame.is_none()
+            self.says_end && self.frames.is_empty()
         }
+    }
+
+    /// An `Observed` over `body` that counts the ends it reports.
+    fn counting_ends(
+        body: Frames,
+        ends: &std::cell::Cell<usize>,
+    ) -> Observed<Frames, impl FnMut(Seen<'_, std::io::Error>) + '_> {
+        Observed::new(body, move |s: Seen<'_, std::io::Error>| {
+            if let Seen::End = s {
+                ends.set(ends.get() + 1)
+            }
+        })
     }
 
     #[tokio::test]
     async fn sees_the_end_either_way_and_once() {
         for says_end in [true, false] {
             let ends = std::cell::Cell::new(0);
-            let mut body = Observed::new(
-                OneFrame {
-                    frame: Some(Bytes::from_static(b"0000")),
-                    says_end,
-                },
-                |s: Seen<'_, std::io::Error>| {
-                    if let Seen::End = s {
-                        ends.set(ends.get() + 1)
-                    }
-                },
-            );
+            let body = Frames {
+                frames: VecDeque::from([Frame::data(Bytes::from_static(b"0000"))]),
+                says_end,
+            };
+            let mut body = counting_ends(body, &ends);
             assert!(body.frame().await.unwrap().is_ok());
             // hyper polls no more once a body says it is at its end.
             assert_eq!(ends.get(), usize::from(says_end));
             assert!(body.frame().await.is_none());
             assert_eq!(ends.get(), 1);
         }
+    }
+
+    #[tokio::test]
+    async fn trailers_are_the_end() {
+        let ends = std::cell::Cell::new(0);
+        let body = Frames {
+            frames: VecDeque::from([
+                Frame::data(Bytes::from_static(b"0000")),
+                Frame::trailers(hyper::HeaderMap::new()),
+            ]),
+            says_end: false,
+        };
+        let mut body = counting_ends(body, &ends);
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        assert_eq!(ends.get(), 0);
+        // hyper's client writes the trailers and polls the body no more.
+        assert!(body.frame().await.unwrap().unwrap().is_trailers());
+        assert_eq!(ends.get(), 1);
     }
 }

@@ -930,7 +930,7 @@ fn an_upload_goes_on_while_the_client_does_not_read_an_answer_that_started_early
         }
     });
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_seconds = 3\n[store]\npath = \"gitgate.db\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_seconds = 10\n[store]\npath = \"gitgate.db\"\n\
          [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n"
     );
     std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
