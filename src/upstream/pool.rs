@@ -107,6 +107,13 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
+/// How a connection's state machine ended, for the debug log.
+fn log_end(ended: hyper::Result<()>) {
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "upstream connection ended with an error");
+    }
+}
+
 /// Who drives a connection (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Driving {
@@ -142,9 +149,7 @@ impl Connection {
     pub fn drive(&mut self, cx: &mut Context<'_>) {
         if let Some(driver) = &mut self.driver {
             if let Poll::Ready(ended) = driver.as_mut().poll(cx) {
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
+                log_end(ended);
                 // Dropping the state machine fails whatever still waits on it.
                 self.driver = None;
             }
@@ -165,11 +170,7 @@ impl Connection {
     /// connections usually do.
     pub fn detach(&mut self) {
         if let Some(driver) = self.driver.take() {
-            tokio::spawn(async move {
-                if let Err(e) = driver.await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
+            tokio::spawn(async move { log_end(driver.await) });
         }
     }
 
