@@ -977,3 +977,175 @@ fn an_upload_goes_on_while_the_client_does_not_read_an_answer_that_started_early
         "the answer did not end cleanly"
     );
 }
+
+/// A gitgate in front of the upstream on `upstream_port` with `[upstream] idle_timeout_seconds
+/// = 1`, and the Basic credentials of a project token that may push to `team`.
+fn start_for_pushes(dir: &Path, upstream_port: u16) -> (Server, String) {
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_seconds = 10\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\nidle_timeout_seconds = 1\n"
+    );
+    std::fs::write(dir.join("proxy.toml"), &config).unwrap();
+    let token = common::scoped_token(
+        &dir.join("proxy.toml"),
+        "--project",
+        "team",
+        "ci",
+        "PROJECT_WRITE",
+    )
+    .secret;
+    let g = start(dir, &config);
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
+    (g, auth)
+}
+
+/// The head of a push of `length` bytes.
+fn push_head(auth: &str, length: usize) -> String {
+    format!(
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Basic {auth}\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\n\
+         Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// An upstream that takes one request: after its head, `then` gets the stream and the
+/// request's Content-Length.
+fn one_request_upstream(then: impl FnOnce(BufReader<TcpStream>, usize) + Send + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Some(Ok(s)) = listener.incoming().next() else {
+            return;
+        };
+        let mut reader = BufReader::new(s);
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse::<usize>().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        then(reader, length);
+    });
+    port
+}
+
+#[test]
+fn a_push_that_uploads_for_longer_than_the_upstream_idle_timeout_is_not_cut_off() {
+    // git http-backend (behind nginx, say) sends its headers as soon as a push arrives, then
+    // reads the whole pack before it answers a byte more. An upload that takes longer than
+    // `[upstream] idle_timeout` is not an upstream that stalled: the clock must count it.
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_port = one_request_upstream(|mut reader, length| {
+        let mut s = reader.get_ref().try_clone().unwrap();
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-receive-pack-result\r\n\
+              Transfer-Encoding: chunked\r\n\r\n",
+        );
+        let mut body = Vec::new();
+        let _ = (&mut reader).take(length as u64).read_to_end(&mut body);
+        if body.len() == length {
+            let _ = s.write_all(b"8\r\nunpacked\r\n0\r\n\r\n");
+        }
+    });
+    let (g, auth) = start_for_pushes(dir.path(), upstream_port);
+    let mut s = connect(g.port);
+    // 30 pieces, one every 100 ms: three times the upstream's idle timeout.
+    s.write_all(push_head(&auth, 30 * 100).as_bytes()).unwrap();
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        if s.write_all(&[b'p'; 100]).is_err() {
+            break;
+        }
+    }
+    let (answer, _) = read_until_closed(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("unpacked") && answer.ends_with("0\r\n\r\n"),
+        "the answer was cut off while the upload was still moving: {answer:?}"
+    );
+}
+
+#[test]
+fn an_answer_that_ends_before_its_upload_stops_the_upload() {
+    // An upstream that refuses a push at once, with a complete answer, and never reads the
+    // pack. The rest of the upload is for nobody: gitgate must not go on reading it from the
+    // client and sending it upstream (outside the request's log line and in-flight slot).
+    let dir = tempfile::tempdir().unwrap();
+    let (closed_tx, closed) = mpsc::channel();
+    let upstream_port = one_request_upstream(move |mut reader, _| {
+        let mut s = reader.get_ref().try_clone().unwrap();
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nrefused");
+        // Whatever else comes, until gitgate closes the connection.
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest);
+        let _ = closed_tx.send(Instant::now());
+    });
+    let (g, auth) = start_for_pushes(dir.path(), upstream_port);
+    let mut s = connect(g.port);
+    // Announces 1 MiB; sends a piece every 50 ms for up to 8 s, until gitgate stops taking it.
+    s.write_all(push_head(&auth, 1 << 20).as_bytes()).unwrap();
+    let mut sender = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..160 {
+            if sender.write_all(&[b'p'; 1024]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).ends_with("refused") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let answered = Instant::now();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("refused"),
+        "{answer}"
+    );
+    let at = closed
+        .recv_timeout(Duration::from_secs(4))
+        .expect("gitgate went on sending the upload after its answer had ended");
+    assert!(at.duration_since(answered) < Duration::from_secs(3));
+}
+
+#[test]
+fn an_upstream_answer_with_trailers_leaves_its_connection_reusable() {
+    // Trailers end a chunked answer; hyper's body does not count them as its end, so gitgate
+    // must, or the connection is closed instead of pooled (and the answer logged as cut off).
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, heads) = scripted_upstream(usize::MAX, |_| {
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Sum: 1\r\n\r\n"
+            .to_vec()
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    for _ in 0..10 {
+        let (out, _) = info_refs(&g, &auth);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("\r\n\r\n2\r\nok\r\n"), "{out:?}");
+    }
+    let mut connections: Vec<usize> = heads.try_iter().map(|(n, _)| n).collect();
+    assert_eq!(connections.len(), 10);
+    connections.sort();
+    connections.dedup();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        connections.len() <= workers.min(9),
+        "{} upstream connections for 10 requests",
+        connections.len()
+    );
+    let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
+    assert!(!log.contains("client-gone"), "{log}");
+}

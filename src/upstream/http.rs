@@ -262,17 +262,25 @@ impl HttpBackend {
                 }
             }
         }
-        if !uploaded.load(Ordering::Relaxed) {
+        let upload = if uploaded.load(Ordering::Relaxed) {
+            None
+        } else {
             // The answer started while the client is still sending: the upload must go on even
             // when nobody reads the answer.
             connection.detach();
-        }
+            Some(Upload {
+                activity,
+                done: uploaded,
+            })
+        };
         let mut body = UpstreamBody {
             inner: body,
             idle: self.idle_timeout,
             last_frame: tokio::time::Instant::now(),
             timer: None,
             connection: Some((self.pool.clone(), connection)),
+            upload,
+            trailers_seen: false,
         };
         if body.inner.is_end_stream() {
             // No body at all (204, 304, HEAD): the connection is free now.
@@ -540,9 +548,9 @@ impl Activity {
     }
 }
 
-/// The upstream's response body: fails if no frame arrives for `idle`, and gives its
-/// connection back to the pool once read to the end (dropped early, the connection is closed
-/// with it).
+/// The upstream's response body: fails if nothing moves for `idle` (no frame of it, and no
+/// frame of a request body still going up), and gives its connection back to the pool once
+/// read to the end (dropped early, the connection is closed with it).
 ///
 /// The timer is armed only when the body first has to wait: a small answer that is already
 /// buffered when its headers arrive (most info/refs and every error) never touches the timer
@@ -556,13 +564,42 @@ struct UpstreamBody {
     timer: Option<Pin<Box<Sleep>>>,
     /// The connection the answer comes on, driven from `poll_frame` (see `super::pool`).
     connection: Option<(Arc<Pool>, Connection)>,
+    /// The client's request body, when it was still going up as the answer started.
+    upload: Option<Upload>,
+    /// The answer ended with trailers (hyper's `Incoming` does not count them as the end).
+    trailers_seen: bool,
+}
+
+/// A request body still being sent upstream while the answer comes.
+struct Upload {
+    /// Moves with each of its frames: a push's pack may take longer to go up than the
+    /// upstream's idle timeout, with nothing coming back meanwhile.
+    activity: Activity,
+    done: Arc<AtomicBool>,
 }
 
 impl UpstreamBody {
+    /// The answer has been read to its end: the connection goes back to the pool, unless the
+    /// client's upload is unfinished. An answer that ends before its request (an upstream
+    /// refusing a push early) is final, and the rest of the upload would be read from the
+    /// client and sent for nobody, outside the request's log line and in-flight slot.
     fn release(&mut self) {
         if let Some((pool, connection)) = self.connection.take() {
-            pool.put(connection);
+            match &self.upload {
+                Some(u) if !u.done.load(Ordering::Relaxed) => connection.abort(),
+                _ => pool.put(connection),
+            }
         }
+    }
+
+    /// When the body stops waiting: `idle` after the last thing that moved.
+    fn deadline(&self) -> tokio::time::Instant {
+        let mut last = self.last_frame;
+        if let Some(u) = &self.upload {
+            let now = tokio::time::Instant::now();
+            last = last.max(now.checked_sub(u.activity.idle()).unwrap_or(now));
+        }
+        last + self.idle
     }
 }
 
@@ -585,7 +622,10 @@ impl Body for UpstreamBody {
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 self.last_frame = tokio::time::Instant::now();
-                if self.inner.is_end_stream() {
+                if frame.is_trailers() {
+                    self.trailers_seen = true;
+                }
+                if self.is_end_stream() {
                     self.release();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -601,7 +641,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let deadline = self.last_frame + self.idle;
+                let deadline = self.deadline();
                 let idle_secs = self.idle.as_secs();
                 let timer = self
                     .timer
@@ -626,7 +666,7 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.trailers_seen || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

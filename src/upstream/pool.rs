@@ -16,9 +16,10 @@
 //! CPU per 200 MB clone 13 % lower, its user-space part a third lower; docs/PERFORMANCE.md).
 //! Nobody polls an idle inline connection when it is handed out, so an upstream's close is
 //! seen at checkout, before a request is sent on it; and a sweeper task per pool, running while
-//! inline connections are idle, looks at them every second, so that a close is
-//! answered (the socket closed, not left in `CLOSE_WAIT`) and old ones are dropped even when
-//! no request comes. A connection still holding request bytes it could not send (the upstream
+//! any connection is idle, looks at them every second, so that a close is
+//! answered (the socket closed, not left in `CLOSE_WAIT`) and old ones of either kind are
+//! dropped even when no request comes (an upstream without a keep-alive timeout of its own
+//! would otherwise keep them open for good). A connection still holding request bytes it could not send (the upstream
 //! answered without reading them all) is not ready — hyper takes a new request only with its
 //! write buffer empty — so it too goes on on a task of its own, which flushes them.
 //!
@@ -67,7 +68,7 @@ pub type OutBody = UnsyncBoxBody<Bytes, io::Error>;
 /// Most idle connections one worker keeps; more are closed when they come back.
 const MAX_IDLE: usize = 256;
 
-/// How often the sweeper looks at idle inline connections (see the module docs).
+/// How often the sweeper looks at idle connections (see the module docs).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The most an upstream connection reads ahead of the client (hyper's default lets its read
@@ -131,6 +132,8 @@ pub struct Connection {
     pub sender: SendRequest<OutBody>,
     /// `None` once the connection ended, or when it runs on a task of its own.
     driver: Option<Driver>,
+    /// The task of its own, once it has one (see [`Connection::abort`]).
+    task: Option<tokio::task::AbortHandle>,
 }
 
 impl Connection {
@@ -141,6 +144,7 @@ impl Connection {
         Connection {
             sender,
             driver: Some(Box::pin(conn)),
+            task: None,
         }
     }
 
@@ -170,7 +174,17 @@ impl Connection {
     /// connections usually do.
     pub fn detach(&mut self) {
         if let Some(driver) = self.driver.take() {
-            tokio::spawn(async move { log_end(driver.await) });
+            let task = tokio::spawn(async move { log_end(driver.await) });
+            self.task = Some(task.abort_handle());
+        }
+    }
+
+    /// Close the connection now, with whatever its exchange had left to do. Dropping a
+    /// connection lets a task of its own finish the exchange first (hyper's way); that is
+    /// wrong when what is left is an upload nobody will answer.
+    pub fn abort(self) {
+        if let Some(task) = &self.task {
+            task.abort();
         }
     }
 
@@ -292,7 +306,7 @@ impl Pool {
                 since: Instant::now(),
             });
             // Under the lock, as the sweeper's decision to stop is.
-            if driving == Driving::Inline && !self.sweeping.swap(true, Ordering::Relaxed) {
+            if !self.sweeping.swap(true, Ordering::Relaxed) {
                 tokio::spawn(sweep(Arc::downgrade(self)));
             }
         }
@@ -307,9 +321,9 @@ impl Pool {
 
     /// The most recently returned connection that is young, open and ready for a request.
     /// Connections idle too long and closed ones are dropped on the way (which closes their
-    /// sockets). One not ready yet — its exchange still finishing on its own task, such as a
-    /// push whose body is still going up after the answer came — stays where it is: a request
-    /// never waits on another request's connection.
+    /// sockets). One not ready yet — its exchange still finishing on its own task, such as one
+    /// still flushing request bytes after the answer came — stays where it is: a request never
+    /// waits on another request's connection.
     fn pop_ready(&self, idle: &mut Vec<Idle>, now: Instant) -> Option<Connection> {
         self.drop_expired(idle, now);
         let mut i = idle.len();
@@ -401,7 +415,9 @@ async fn sweep(pool: Weak<Pool>) {
             i.connection.catch_up();
             !i.connection.sender.is_closed()
         });
-        if idle.inline.is_empty() {
+        // Those with a task of their own see a close by themselves; they are only dropped.
+        idle.own_task.retain(|i| !i.connection.sender.is_closed());
+        if idle.inline.is_empty() && idle.own_task.is_empty() {
             pool.sweeping.store(false, Ordering::Relaxed);
             return;
         }
@@ -670,6 +686,77 @@ mod tests {
             .expect("gitgate held a connection the upstream had closed")
             .unwrap();
         assert_eq!(p.idle_count(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_of_both_kinds_expire_without_a_request() {
+        // An upstream that never closes an idle connection (no keep-alive timeout of its own):
+        // only gitgate's pool timeout ends them. Each connection says when gitgate closed it.
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        let port = after_one_head(move |mut s| {
+            let tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+                let _ = tx.send(());
+            });
+        })
+        .await;
+        let p = pool(port, Duration::from_millis(300));
+        for (driving, idle) in [(OwnTask, (0, 1)), (Inline, (1, 0))] {
+            assert!(!get(&p, driving).await);
+            assert_eq!(p.idle_count(), idle);
+            tokio::time::timeout(SWEEP_EVERY * 3, closed.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("an idle {driving:?} connection was held past its timeout")
+                })
+                .unwrap();
+            assert_eq!(p.idle_count(), (0, 0));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_aborted_connection_stops_its_upload() {
+        // Answers after the head, then counts what else arrives until gitgate closes.
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let done_tx = Mutex::new(Some(done_tx));
+        let port = after_one_head(move |mut s| {
+            let tx = done_tx.lock().unwrap().take();
+            tokio::spawn(async move {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+                if let Some(tx) = tx {
+                    let _ = tx.send(());
+                }
+            });
+        })
+        .await;
+        let p = pool(port, Duration::from_secs(30));
+        let mut c = p.checkout(Inline).await.unwrap();
+        // A body that never ends, as a client still pushing.
+        let req = Request::builder()
+            .method("POST")
+            .uri("/push")
+            .header("host", "up")
+            .body(Endless.boxed_unsync())
+            .unwrap();
+        let sending = c.connection.sender.send_request(req);
+        let resp = c.connection.exchange(sending).await.unwrap();
+        c.connection.detach();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        c.connection.abort();
+        tokio::time::timeout(Duration::from_secs(5), done)
+            .await
+            .expect("the upload went on after the connection was aborted")
+            .unwrap();
     }
 
     #[tokio::test]
