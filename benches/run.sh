@@ -28,9 +28,9 @@ WRK_CONNS=64
 MANY_TOKENS=${MANY_TOKENS:-300}
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-for tool in git nginx fcgiwrap wrk curl cargo; do
+for tool in git nginx fcgiwrap wrk curl python3 cargo; do
 	command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || {
-		echo "benches/run.sh: $tool is missing (apt-get install nginx fcgiwrap wrk curl)" >&2
+		echo "benches/run.sh: $tool is missing (apt-get install nginx fcgiwrap wrk curl python3)" >&2
 		exit 1
 	}
 done
@@ -291,8 +291,13 @@ declare -A URL=(
 )
 declare -A TIMES=()
 ((HOP_ONLY)) || { git clone -q --bare "${URL[nginx]}" "$W/warm" && rm -rf "$W/warm"; } # page cache
+# Odd runs go forward, even runs backward (ABBA): a variant's place in the round, and any drift
+# of the machine during the run, weigh on every variant alike.
+ORDER=(nginx gitgate_http gitgate_cgi nginx_proxy)
 for ((run = 1; run <= RUNS; run++)); do
-	for v in nginx gitgate_http gitgate_cgi nginx_proxy; do
+	order=("${ORDER[@]}")
+	((run % 2)) || order=("${ORDER[3]}" "${ORDER[2]}" "${ORDER[1]}" "${ORDER[0]}")
+	for v in "${order[@]}"; do
 		t0=$(now)
 		git clone -q --bare "${URL[$v]}" "$W/clone-$v"
 		t1=$(now)

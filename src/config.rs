@@ -58,7 +58,8 @@ pub struct Tls {
 pub struct Limits {
     /// A client must send its request headers (and finish the TLS handshake) within this.
     pub header_read_timeout: Duration,
-    /// A connection with no bytes moving in either direction for this long is closed.
+    /// A connection with no bytes moving in either direction, or no exchange moving (no request
+    /// or answer frame: HTTP/2 PINGs alone do not count), for this long is closed.
     pub idle_timeout: Duration,
     /// Largest request header block accepted.
     pub max_header_bytes: usize,

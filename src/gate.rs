@@ -56,7 +56,7 @@ pub struct Gate {
     pub guard: Arc<Guard>,
     /// Load balancers whose `X-Forwarded-For` names the client (`[server] trusted_proxies`).
     pub trusted_proxies: Vec<crate::network::Cidr>,
-    /// The last successful readiness check (`/readyz`).
+    /// The last readiness check's outcome (`/readyz`), reused for a second.
     pub readiness: crate::health::Readiness,
     /// How long a management API request's body may take to arrive (`header_read_timeout`).
     pub api_body_deadline: std::time::Duration,

@@ -33,7 +33,7 @@
 //!   backends reaped, then pending writes are flushed). One single-threaded
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
 //!   one thread; limits, store and cache are shared.
-//! - [`health`] answers `/healthz` and `/readyz` (a success remembered for a second, so probes
+//! - [`health`] answers `/healthz` and `/readyz` (an outcome remembered for a second, so probes
 //!   cannot flood the upstream); the server routes them before the gate.
 //! - [`upstream::http`] forwards to an existing git server over keep-alive connections from a
 //!   small pool per worker ([`upstream::pool`]), bodies streamed both ways; a `POST`'s answer

@@ -54,6 +54,7 @@ enum Command {
         /// Only events at or after this date (YYYY-MM-DD) or epoch milliseconds.
         #[arg(long)]
         since: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -73,6 +74,7 @@ enum UserCommand {
     },
     /// List users.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -94,6 +96,7 @@ enum UserCommand {
 enum PolicyCommand {
     /// Show the policy and the tokens that do not meet it.
     Show {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -124,6 +127,7 @@ enum GrantCommand {
     /// List grants, of one user or of everyone.
     List {
         name: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -147,6 +151,7 @@ enum RatelimitCommand {
     Clear { user: String },
     /// List overrides.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -187,12 +192,15 @@ enum TokenCommand {
         /// Read the owner's password from the first line of stdin (personal tokens).
         #[arg(long)]
         password_stdin: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Change a token's name, permissions or networks (never its expiry).
     Edit {
+        /// The token's id (see `token list`).
         id: String,
+        /// The new label.
         #[arg(long)]
         name: Option<String>,
         /// The new permission set (repeatable), replacing the old one.
@@ -207,11 +215,13 @@ enum TokenCommand {
         /// Refused: an expiry never changes (accepted only to say so clearly).
         #[arg(long, hide = true, allow_negative_numbers = true)]
         expiry_days: Option<u32>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Give a token a new secret (same id, name and permissions); prints it on stdout.
     Rotate {
+        /// The token's id (see `token list`).
         id: String,
         /// Keep the old secret working this many seconds (default 0: refused at once).
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -219,6 +229,7 @@ enum TokenCommand {
         /// Read the owner's password from the first line of stdin (personal tokens).
         #[arg(long)]
         password_stdin: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -226,12 +237,15 @@ enum TokenCommand {
     List {
         #[arg(long)]
         user: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show one token.
     Show {
+        /// The token's id (see `token list`).
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
