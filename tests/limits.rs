@@ -1009,30 +1009,33 @@ fn push_head(auth: &str, length: usize) -> String {
     )
 }
 
-/// An upstream that takes one request: after its head, `then` gets the stream and the
-/// request's Content-Length.
-fn one_request_upstream(then: impl FnOnce(BufReader<TcpStream>, usize) + Send + 'static) -> u16 {
+/// An upstream that takes one request per connection: after its head, `then` gets the stream
+/// and the request's Content-Length.
+fn one_request_upstream(then: impl Fn(BufReader<TcpStream>, usize) + Send + Sync + 'static) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let then = std::sync::Arc::new(then);
     std::thread::spawn(move || {
-        let Some(Ok(s)) = listener.incoming().next() else {
-            return;
-        };
-        let mut reader = BufReader::new(s);
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse::<usize>().unwrap();
-            }
-            if line == "\r\n" {
-                break;
-            }
+        for s in listener.incoming().flatten() {
+            let then = then.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse::<usize>().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                then(reader, length);
+            });
         }
-        then(reader, length);
     });
     port
 }
@@ -1090,11 +1093,11 @@ fn an_answer_that_ends_before_its_upload_stops_the_upload() {
     });
     let (g, auth) = start_for_pushes(dir.path(), upstream_port);
     let mut s = connect(g.port);
-    // Announces 1 MiB; sends a piece every 50 ms for up to 8 s, until gitgate stops taking it.
+    // Announces 1 MiB; sends a piece every 50 ms for up to 20 s, until gitgate stops taking it.
     s.write_all(push_head(&auth, 1 << 20).as_bytes()).unwrap();
     let mut sender = s.try_clone().unwrap();
     std::thread::spawn(move || {
-        for _ in 0..160 {
+        for _ in 0..400 {
             if sender.write_all(&[b'p'; 1024]).is_err() {
                 return;
             }
@@ -1115,10 +1118,42 @@ fn an_answer_that_ends_before_its_upload_stops_the_upload() {
         answer.starts_with("HTTP/1.1 200") && answer.ends_with("refused"),
         "{answer}"
     );
+    // The upload may go on for 5 s after the answer (so that a client still sending gets to
+    // read it), not for as long as the client keeps sending.
     let at = closed
-        .recv_timeout(Duration::from_secs(4))
-        .expect("gitgate went on sending the upload after its answer had ended");
-    assert!(at.duration_since(answered) < Duration::from_secs(3));
+        .recv_timeout(Duration::from_secs(10))
+        .expect("gitgate went on sending the upload long after its answer had ended");
+    assert!(at.duration_since(answered) < Duration::from_secs(8));
+}
+
+#[test]
+fn a_small_push_refused_before_its_body_is_sent_gets_the_refusal_cleanly() {
+    // The upstream answers in full as soon as it has the head; the client sends its body only
+    // after that answer has ended, and reads late. It must still read the whole refusal and
+    // the end of the connection, without an error.
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_port = one_request_upstream(move |mut reader, _| {
+        let mut s = reader.get_ref().try_clone().unwrap();
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nrefused");
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest);
+    });
+    let (g, auth) = start_for_pushes(dir.path(), upstream_port);
+    for _ in 0..3 {
+        let mut s = connect(g.port);
+        s.write_all(push_head(&auth, 64 << 10).as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(&[b'p'; 64 << 10]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut answer = Vec::new();
+        let read = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "{read:?} after {answer:?}");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("refused"),
+            "{answer}"
+        );
+    }
 }
 
 #[test]

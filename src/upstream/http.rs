@@ -162,10 +162,21 @@ impl HttpBackend {
         // Each frame of the client's body on its way upstream is activity; its end says the
         // upload is done (see `pool::Connection::detach`).
         let touched = activity.clone();
-        let uploaded = Arc::new(AtomicBool::new(bodiless));
+        // A body of known length is all sent with its last byte: hyper's client stops polling
+        // it there, so an end flag that comes in a frame of its own (HTTP/2) is never seen.
+        let mut unsent = body.size_hint().exact();
+        let uploaded = Arc::new(AtomicBool::new(bodiless || unsent == Some(0)));
         let done = uploaded.clone();
         let body = Observed::new(body, move |s: Seen<'_, B::Error>| match s {
-            Seen::Frame(_) => touched.touch(),
+            Seen::Frame(frame) => {
+                touched.touch();
+                if let (Some(left), Some(data)) = (&mut unsent, frame.data_ref()) {
+                    *left = left.saturating_sub(data.len() as u64);
+                    if *left == 0 {
+                        done.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
             Seen::Error(_) => {}
             Seen::End => done.store(true, Ordering::Relaxed),
         })
@@ -570,6 +581,9 @@ struct UpstreamBody {
     trailers_seen: bool,
 }
 
+/// How long an upload may go on after its answer has ended (see [`UpstreamBody::release`]).
+const UPLOAD_AFTER_ANSWER: Duration = Duration::from_secs(5);
+
 /// A request body still being sent upstream while the answer comes.
 struct Upload {
     /// Moves with each of its frames: a push's pack may take longer to go up than the
@@ -581,12 +595,18 @@ struct Upload {
 impl UpstreamBody {
     /// The answer has been read to its end: the connection goes back to the pool, unless the
     /// client's upload is unfinished. An answer that ends before its request (an upstream
-    /// refusing a push early) is final, and the rest of the upload would be read from the
-    /// client and sent for nobody, outside the request's log line and in-flight slot.
+    /// refusing a push early) is final; the rest of the upload goes on for at most
+    /// [`UPLOAD_AFTER_ANSWER`], then the connection is closed: the upload is for nobody, and
+    /// past the request's log line and in-flight slot. Not at once, as nginx's lingering close
+    /// does not: a client that has not finished sending may not have read the answer yet, and
+    /// a socket closed on bytes it has not read sends a reset, which some TCP stacks (Windows)
+    /// let destroy an answer received but not yet read.
     fn release(&mut self) {
         if let Some((pool, connection)) = self.connection.take() {
             match &self.upload {
-                Some(u) if !u.done.load(Ordering::Relaxed) => connection.abort(),
+                Some(u) if !u.done.load(Ordering::Relaxed) => {
+                    connection.close_within(UPLOAD_AFTER_ANSWER)
+                }
                 _ => pool.put(connection),
             }
         }

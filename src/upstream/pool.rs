@@ -179,12 +179,18 @@ impl Connection {
         }
     }
 
-    /// Close the connection now, with whatever its exchange had left to do. Dropping a
-    /// connection lets a task of its own finish the exchange first (hyper's way); that is
-    /// wrong when what is left is an upload nobody will answer.
-    pub fn abort(self) {
-        if let Some(task) = &self.task {
-            task.abort();
+    /// Let the exchange finish on the connection's own task for at most `limit`, then close
+    /// the connection, never to be reused. Dropping a connection lets its task finish the
+    /// exchange however long that takes (hyper's way); that is wrong when what is left is an
+    /// upload nobody will answer.
+    pub fn close_within(self, limit: Duration) {
+        if let Some(task) = self.task {
+            if !task.is_finished() {
+                tokio::spawn(async move {
+                    tokio::time::sleep(limit).await;
+                    task.abort();
+                });
+            }
         }
     }
 
@@ -720,7 +726,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_aborted_connection_stops_its_upload() {
+    async fn a_connection_closed_within_a_limit_stops_its_upload() {
         // Answers after the head, then counts what else arrives until gitgate closes.
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let done_tx = Mutex::new(Some(done_tx));
@@ -752,10 +758,10 @@ mod tests {
         c.connection.detach();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
-        c.connection.abort();
+        c.connection.close_within(Duration::from_millis(200));
         tokio::time::timeout(Duration::from_secs(5), done)
             .await
-            .expect("the upload went on after the connection was aborted")
+            .expect("the upload went on past its limit")
             .unwrap();
     }
 
