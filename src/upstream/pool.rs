@@ -390,8 +390,9 @@ impl Pool {
     }
 }
 
-/// Looks at a pool's idle inline connections every [`SWEEP_EVERY`] while it has any: drops the
-/// old ones and those the upstream closed (which closes gitgate's side of the socket).
+/// Looks at a pool's idle connections every [`SWEEP_EVERY`] while it has any: drops the old
+/// ones of both kinds, and the inline ones the upstream closed (which closes gitgate's side of
+/// the socket; a connection with a task of its own does that by itself).
 async fn sweep(pool: Weak<Pool>) {
     /// Clears `sweeping` if the sweeper dies of a panic (in hyper, polled below), so that the
     /// next connection pooled starts a new one.
