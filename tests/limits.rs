@@ -70,16 +70,22 @@ fn start_in_front_of_url(dir: &Path, url: &str, upstream_extra: &str) -> (Server
         "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
          [upstream]\nurl = \"{url}\"\n{upstream_extra}"
     );
-    std::fs::write(dir.join("proxy.toml"), &config).unwrap();
+    start_with_token(dir, &config, "PROJECT_READ")
+}
+
+/// gitgate with `config`, and the Basic credentials of a project token for `team` with
+/// `permission`.
+fn start_with_token(dir: &Path, config: &str, permission: &str) -> (Server, String) {
+    std::fs::write(dir.join("proxy.toml"), config).unwrap();
     let token = common::scoped_token(
         &dir.join("proxy.toml"),
         "--project",
         "team",
         "ci",
-        "PROJECT_READ",
+        permission,
     )
     .secret;
-    let g = start(dir, &config);
+    let g = start(dir, config);
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
     (g, auth)
 }
@@ -933,17 +939,7 @@ fn an_upload_goes_on_while_the_client_does_not_read_an_answer_that_started_early
         "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_seconds = 10\n[store]\npath = \"gitgate.db\"\n\
          [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n"
     );
-    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
-    let token = common::scoped_token(
-        &dir.path().join("proxy.toml"),
-        "--project",
-        "team",
-        "ci",
-        "PROJECT_WRITE",
-    )
-    .secret;
-    let g = start(dir.path(), &config);
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
+    let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_WRITE");
     let mut s = connect(g.port);
     s.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
     s.write_all(
@@ -985,18 +981,7 @@ fn start_for_pushes(dir: &Path, upstream_port: u16) -> (Server, String) {
         "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_seconds = 10\n[store]\npath = \"gitgate.db\"\n\
          [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\nidle_timeout_seconds = 1\n"
     );
-    std::fs::write(dir.join("proxy.toml"), &config).unwrap();
-    let token = common::scoped_token(
-        &dir.join("proxy.toml"),
-        "--project",
-        "team",
-        "ci",
-        "PROJECT_WRITE",
-    )
-    .secret;
-    let g = start(dir, &config);
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
-    (g, auth)
+    start_with_token(dir, &config, "PROJECT_WRITE")
 }
 
 /// The head of a push of `length` bytes.

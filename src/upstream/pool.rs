@@ -450,6 +450,7 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio::sync::mpsc::UnboundedReceiver;
     use Driving::{Inline, OwnTask};
 
     /// A tiny HTTP/1.1 upstream that answers every request on a connection with `200 ok` and
@@ -591,6 +592,16 @@ mod tests {
     /// A request body that never ends: its connection stays busy after the answer.
     struct Endless;
 
+    /// A push whose body never ends, as a client still sending.
+    fn endless_push() -> Request<OutBody> {
+        Request::builder()
+            .method("POST")
+            .uri("/push")
+            .header("host", "up")
+            .body(Endless.boxed_unsync())
+            .unwrap()
+    }
+
     impl hyper::body::Body for Endless {
         type Data = Bytes;
         type Error = io::Error;
@@ -608,12 +619,7 @@ mod tests {
         let (port, accepted) = upstream().await;
         let p = pool(port, Duration::from_secs(30));
         let mut busy = p.checkout(Inline).await.unwrap();
-        let req = Request::builder()
-            .method("POST")
-            .uri("/push")
-            .header("host", "up")
-            .body(Endless.boxed_unsync())
-            .unwrap();
+        let req = endless_push();
         // The upstream answers after the head; the request body never finishes.
         let sending = busy.connection.sender.send_request(req);
         let resp = busy.connection.exchange(sending).await.unwrap();
@@ -663,32 +669,37 @@ mod tests {
         port
     }
 
-    #[tokio::test]
-    async fn an_idle_inline_connection_the_upstream_closed_is_closed_without_a_request() {
-        let (closed_tx, closed) = tokio::sync::oneshot::channel();
-        let closed_tx = Mutex::new(Some(closed_tx));
-        // Answers, closes its side a little later (once the connection is back in the pool),
-        // then waits for gitgate to close the other.
+    /// An upstream that answers `200 ok` after one request head, closes its side of the
+    /// connection 100 ms later if `closes` (once the connection is back in the pool), and
+    /// says on the channel when gitgate has closed the connection.
+    async fn answers_then_tells_close(closes: bool) -> (u16, UnboundedReceiver<()>) {
+        let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
         let port = after_one_head(move |mut s| {
-            let tx = closed_tx.lock().unwrap().take();
+            let tx = closed_tx.clone();
             tokio::spawn(async move {
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let _ = s.shutdown().await;
+                if closes {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let _ = s.shutdown().await;
+                }
                 let mut rest = Vec::new();
                 let _ = s.read_to_end(&mut rest).await;
-                if let Some(tx) = tx {
-                    let _ = tx.send(());
-                }
+                let _ = tx.send(());
             });
         })
         .await;
+        (port, closed)
+    }
+
+    #[tokio::test]
+    async fn an_idle_inline_connection_the_upstream_closed_is_closed_without_a_request() {
+        let (port, mut closed) = answers_then_tells_close(true).await;
         let p = pool(port, Duration::from_secs(30));
         assert!(!get(&p, Inline).await);
         // No request comes to check the connection out: the sweeper closes it.
-        tokio::time::timeout(SWEEP_EVERY * 3, closed)
+        tokio::time::timeout(SWEEP_EVERY * 3, closed.recv())
             .await
             .expect("gitgate held a connection the upstream had closed")
             .unwrap();
@@ -698,20 +709,8 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_of_both_kinds_expire_without_a_request() {
         // An upstream that never closes an idle connection (no keep-alive timeout of its own):
-        // only gitgate's pool timeout ends them. Each connection says when gitgate closed it.
-        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
-        let port = after_one_head(move |mut s| {
-            let tx = closed_tx.clone();
-            tokio::spawn(async move {
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                let mut rest = Vec::new();
-                let _ = s.read_to_end(&mut rest).await;
-                let _ = tx.send(());
-            });
-        })
-        .await;
+        // only gitgate's pool timeout ends them.
+        let (port, mut closed) = answers_then_tells_close(false).await;
         let p = pool(port, Duration::from_millis(300));
         for (driving, idle) in [(OwnTask, (0, 1)), (Inline, (1, 0))] {
             assert!(!get(&p, driving).await);
@@ -728,39 +727,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_closed_within_a_limit_stops_its_upload() {
-        // Answers after the head, then counts what else arrives until gitgate closes.
-        let (done_tx, done) = tokio::sync::oneshot::channel();
-        let done_tx = Mutex::new(Some(done_tx));
-        let port = after_one_head(move |mut s| {
-            let tx = done_tx.lock().unwrap().take();
-            tokio::spawn(async move {
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                let mut rest = Vec::new();
-                let _ = s.read_to_end(&mut rest).await;
-                if let Some(tx) = tx {
-                    let _ = tx.send(());
-                }
-            });
-        })
-        .await;
+        // Answers after the head and reads what else arrives until gitgate closes.
+        let (port, mut done) = answers_then_tells_close(false).await;
         let p = pool(port, Duration::from_secs(30));
         let mut c = p.checkout(Inline).await.unwrap();
-        // A body that never ends, as a client still pushing.
-        let req = Request::builder()
-            .method("POST")
-            .uri("/push")
-            .header("host", "up")
-            .body(Endless.boxed_unsync())
-            .unwrap();
+        let req = endless_push();
         let sending = c.connection.sender.send_request(req);
         let resp = c.connection.exchange(sending).await.unwrap();
         c.connection.detach();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         c.connection.close_within(Duration::from_millis(200));
-        tokio::time::timeout(Duration::from_secs(5), done)
+        tokio::time::timeout(Duration::from_secs(5), done.recv())
             .await
             .expect("the upload went on past its limit")
             .unwrap();
