@@ -1,6 +1,6 @@
 //! Abuse and fault behaviour of the real `gitgate serve`, over raw TCP:
 //! failed-authentication throttling, per-principal rate limits and their CLI overrides, a store
-//! deleted and restored while serving, a store locked by another process, and a client that
+//! moved away and back or replaced while serving, a store locked by another process, and a client that
 //! disappears in the middle of a push.
 
 mod common;
@@ -169,9 +169,26 @@ fn every_worker_thread_counts_against_the_same_limits() {
 }
 
 #[test]
-fn a_deleted_store_fails_closed_and_recovers_when_restored() {
+fn a_store_moved_away_fails_closed_and_serves_again_when_moved_back() {
     let server = Server::start("");
     let w = server.write_token.clone();
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    let db = server.path("gitgate.db");
+    let away = server.path("away.db");
+    std::fs::rename(&db, &away).unwrap();
+    let resp = get(&server, IR, &w);
+    assert_eq!(status(&resp), 503, "{}", String::from_utf8_lossy(&resp));
+    assert!(String::from_utf8_lossy(&resp).contains("cannot check tokens"));
+    // The same file back: served again.
+    std::fs::rename(&away, &db).unwrap();
+    let resp = get(&server, IR, &w);
+    assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+}
+
+#[test]
+fn a_store_replaced_while_serving_is_refused_until_a_restart() {
+    let mut server = Server::start("");
+    let (w, r) = (server.write_token.clone(), server.read_token.clone());
     assert_eq!(status(&get(&server, IR, &w)), 200);
 
     // A consistent copy (WAL included), then the store disappears under the running server.
@@ -187,11 +204,21 @@ fn a_deleted_store_fails_closed_and_recovers_when_restored() {
     }
     let resp = get(&server, IR, &w);
     assert_eq!(status(&resp), 503, "{}", String::from_utf8_lossy(&resp));
-    assert!(String::from_utf8_lossy(&resp).contains("cannot check tokens"));
 
+    // The copy put in its place is another file: refused, and the log says what to do.
     std::fs::rename(&backup, &db).unwrap();
-    let resp = get(&server, IR, &w);
-    assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+    for token in [&w, &r] {
+        let resp = get(&server, IR, token);
+        assert_eq!(status(&resp), 503, "{}", String::from_utf8_lossy(&resp));
+    }
+    assert!(server
+        .log()
+        .contains("the store file was replaced while gitgate was running"));
+    // A revocation in the restored file, then a restart: the restored file is what counts.
+    gitgate(&server.config(), &["token", "revoke", &w[4..16]], None);
+    server.restart();
+    assert_eq!(status(&get(&server, IR, &w)), 401);
+    assert_eq!(status(&get(&server, IR, &r)), 200);
 }
 
 #[test]

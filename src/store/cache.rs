@@ -114,13 +114,9 @@ impl AuthCache {
         }
     }
 
-    /// Forget everything and watch a new connection (the store file was replaced).
-    pub(super) fn reset(&self, watcher: Connection, db_path: &Path) {
-        {
-            let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
-            *seen = Seen::new(db_path, seen.epoch + 1);
-            *self.fallback.lock().unwrap_or_else(|p| p.into_inner()) = watcher;
-        }
+    /// Forget every entry (the store file was replaced: the store refuses every operation from
+    /// now on, see `Store::check_file`).
+    pub(super) fn clear(&self) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         state.entries.clear();
         state.version = i64::MIN;

@@ -25,6 +25,7 @@ mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -139,6 +140,8 @@ struct Inner {
     cache: cache::AuthCache,
     /// Which file the pooled connections have open (see [`Store::check_file`]).
     file: RwLock<Option<FileId>>,
+    /// The file was replaced under the running server: every operation fails until a restart.
+    replaced: AtomicBool,
     batch_writer: writer::BatchWriter,
     miss_slots: tokio::sync::Semaphore,
 }
@@ -176,6 +179,7 @@ impl Store {
                 idle: Mutex::new(vec![conn]),
                 cache: cache::AuthCache::new(watcher, path),
                 file: RwLock::new(file_id(path).ok()),
+                replaced: AtomicBool::new(false),
                 batch_writer: writer::BatchWriter::new(),
                 miss_slots: tokio::sync::Semaphore::new(MISS_READERS),
             }),
@@ -186,12 +190,22 @@ impl Store {
         &self.inner.path
     }
 
-    /// Fail closed when the store file is gone, and start over when it was replaced.
+    /// Fail closed when the store file is gone, and for good when it was replaced.
     ///
     /// An open SQLite connection keeps reading a deleted file's old inode, so without this check
     /// a server whose store was deleted would go on accepting tokens that the CLI (which creates
     /// a fresh file) can no longer revoke. One `stat` per store operation buys that guarantee.
+    ///
+    /// A file that comes back as the same file (renamed away and back) is served again. A
+    /// different file in its place (a restored backup, a copy moved over it) is not, until a
+    /// restart: SQLite finds a database's write-ahead log by the database's name, and the old
+    /// file's log, still open here and still on disk, would be read as the new file's — a mix
+    /// of both, in which a revocation made in either may not show. gitgate does not guess
+    /// which file is meant; the README says how to restore a store.
     fn check_file(&self) -> Result<FileId> {
+        if self.inner.replaced.load(Ordering::Relaxed) {
+            return Err(self.replaced());
+        }
         let id = file_id(&self.inner.path).map_err(|e| StoreError::Open {
             path: self.inner.path.clone(),
             message: format!("the store file is unavailable: {e}"),
@@ -202,26 +216,35 @@ impl Store {
             return Ok(id);
         }
         let mut known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
-        if *known != Some(id) {
-            if known.is_some() {
-                tracing::warn!(path = %self.inner.path.display(), "the store file was replaced; reconnecting");
+        match *known {
+            Some(k) if k == id => {}
+            None => *known = Some(id),
+            Some(_) => {
+                if !self.inner.replaced.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        path = %self.inner.path.display(),
+                        "the store file was replaced while gitgate was running: every token is \
+                         refused until gitgate is restarted (to restore a store, stop gitgate \
+                         first: see the README)"
+                    );
+                    self.inner
+                        .idle
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clear();
+                    self.inner.cache.clear();
+                }
+                return Err(self.replaced());
             }
-            self.inner
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
-            if known.is_some() {
-                // The cache and its version watcher describe the old file: start over.
-                let watcher = connect(&self.inner.path, false).map_err(|e| StoreError::Open {
-                    path: self.inner.path.clone(),
-                    message: e.to_string(),
-                })?;
-                self.inner.cache.reset(watcher, &self.inner.path);
-            }
-            *known = Some(id);
         }
         Ok(id)
+    }
+
+    fn replaced(&self) -> StoreError {
+        StoreError::Open {
+            path: self.inner.path.clone(),
+            message: "the file was replaced while gitgate was running; restart gitgate".into(),
+        }
     }
 
     /// Run `f` on a pooled connection.
@@ -236,15 +259,15 @@ impl Store {
             })?,
         };
         let out = f(&mut conn);
-        // Pooled only if the file is still the one it was opened on, checked and pushed under
-        // the read lock: a replacement (check_file's write lock, which empties the pool) cannot
-        // slip in between and leave a connection to the old file in the pool for good.
+        // Checked and pooled under the read lock: a replacement (check_file's write lock, which
+        // empties the pool) cannot slip in between and leave a connection to the old file in
+        // the pool.
         let known = self.inner.file.read().unwrap_or_else(|p| p.into_inner());
-        if *known == Some(file) {
-            if let Ok(mut idle) = self.inner.idle.lock() {
-                if idle.len() < POOL_SIZE {
-                    idle.push(conn);
-                }
+        if self.inner.replaced.load(Ordering::Relaxed) || *known != Some(file) {
+            drop(conn);
+        } else if let Ok(mut idle) = self.inner.idle.lock() {
+            if idle.len() < POOL_SIZE {
+                idle.push(conn);
             }
         }
         drop(known);
@@ -402,5 +425,54 @@ pub(crate) mod test_support {
             allowed_networks: &[],
             created_at: 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::temp_store;
+    use super::*;
+    use rusqlite::OptionalExtension;
+
+    #[test]
+    fn a_replaced_file_is_refused_until_a_restart_and_left_unharmed() {
+        let (dir, store) = temp_store();
+        let path = dir.path().join("t.db");
+        store.setting("x").unwrap();
+        // A copy moved over the live file (a restored backup), then a commit to it that stays
+        // in its write-ahead log while its writer is open.
+        let copy = dir.path().join("copy.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+            .unwrap();
+        std::fs::rename(&copy, &path).unwrap();
+        let writer = connect(&path, false).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA wal_autocheckpoint = 0; \
+                 INSERT INTO settings (key, value) VALUES ('restored', 'yes');",
+            )
+            .unwrap();
+
+        let err = store.setting("x").unwrap_err().to_string();
+        assert!(err.contains("restart gitgate"), "{err}");
+        // For good, even for what was cached or pooled before.
+        assert!(store.setting("x").is_err());
+        // The server's connections to the old file go away (a server stopping): SQLite sees
+        // that their file has moved and leaves the new file's log alone ...
+        drop(store);
+        // ... so its commit is still there for whoever opens it next.
+        let reader = connect(&path, false).unwrap();
+        let restored: Option<String> = reader
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'restored'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap();
+        assert_eq!(restored.as_deref(), Some("yes"));
+        drop(writer);
     }
 }

@@ -101,6 +101,13 @@ impl Server {
         raw_exchange(self.addr, bytes)
     }
 
+    /// Stop the server and start it again on the same sandbox (on a new port).
+    pub fn restart(&mut self) {
+        self.server.stop();
+        self.server = self.sandbox.serve_with_env(&[("GITGATE_LOG", "info")]);
+        self.addr = SocketAddr::from(([127, 0, 0, 1], self.server.port));
+    }
+
     /// Whether the server process is still running.
     pub fn alive(&mut self) -> bool {
         self.server.alive()
