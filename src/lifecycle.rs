@@ -111,7 +111,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// tokens.
 pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result<Caller> {
     let fail = |reason: &str, message: String| {
-        let _ = store.record_event(actor, "auth.failed", user, reason);
+        store.record_event_or_log(actor, "auth.failed", user, reason);
         Err(Error::Unauthenticated(message))
     };
     if token::parse(password).is_some() {
@@ -578,6 +578,26 @@ mod tests {
             )
             .unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn a_failed_login_the_store_cannot_record_is_still_logged() {
+        let (dir, store) = setup();
+        rusqlite::Connection::open(dir.path().join("t.db"))
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_events \
+                 BEGIN SELECT RAISE(ABORT, 'no space left (test)'); END;",
+            )
+            .unwrap();
+        let log = crate::store::test_support::logged(|| {
+            assert!(login(&store, "alice", "wrong", &actor()).is_err());
+        });
+        assert!(log.contains("only logged"), "{log}");
+        assert!(
+            log.contains("auth.failed") && log.contains("alice"),
+            "the failed login is not in the log: {log}"
+        );
     }
 
     fn user(slug: &str) -> Caller {

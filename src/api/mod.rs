@@ -114,13 +114,24 @@ impl From<lifecycle::Error> for ApiError {
             E::Forbidden(_) => StatusCode::FORBIDDEN,
             E::NotFound(_) => StatusCode::NOT_FOUND,
             E::Conflict(_) => StatusCode::CONFLICT,
-            E::Store(StoreError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
+            E::Store(StoreError::Busy) | E::Store(StoreError::Open { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if let E::Store(err) = &e {
-            tracing::error!(error = %err, "token store failed during a REST call");
+        match &e {
+            E::Store(StoreError::Busy) => ApiError::new(status, e.to_string()),
+            // The details (the store's path among them) are for the operator, not the caller,
+            // who may not even have authenticated yet.
+            E::Store(err) => {
+                tracing::error!(error = %err, "token store failed during a REST call");
+                ApiError::new(
+                    status,
+                    "the token store is not available; the reason is in gitgate's log",
+                )
+            }
+            _ => ApiError::new(status, e.to_string()),
         }
-        ApiError::new(status, e.to_string())
     }
 }
 
@@ -414,7 +425,7 @@ fn authenticate(
             name: name.to_string(),
             source: source.clone(),
         };
-        let _ = store.record_event(&actor, "auth.failed", name, &format!("REST API: {reason}"));
+        store.record_event_or_log(&actor, "auth.failed", name, &format!("REST API: {reason}"));
     };
     match credentials::from_headers(headers) {
         Err(CredentialError::Missing) => Err(credentials_required()),
@@ -442,6 +453,27 @@ fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_failure_tells_the_caller_no_path_and_no_detail() {
+        let unavailable = ApiError::from(lifecycle::Error::Store(StoreError::Open {
+            path: "/srv/secret-place/gitgate.db".into(),
+            message: "the store file is unavailable: No such file or directory".into(),
+        }));
+        assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
+        let broken = ApiError::from(lifecycle::Error::Store(StoreError::Sqlite(
+            rusqlite::Error::InvalidQuery,
+        )));
+        assert_eq!(broken.status, StatusCode::INTERNAL_SERVER_ERROR);
+        for e in [&unavailable, &broken] {
+            assert!(!e.message.contains("secret-place"), "{}", e.message);
+            assert!(!e.message.contains("Query"), "{}", e.message);
+            assert!(e.message.contains("gitgate's log"), "{}", e.message);
+        }
+        let busy = ApiError::from(lifecycle::Error::Store(StoreError::Busy));
+        assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(busy.message.contains("try again"), "{}", busy.message);
+    }
 
     #[test]
     fn path_segments_are_decoded_once() {

@@ -25,8 +25,9 @@ pub struct AuditEvent {
     pub last_at: Option<i64>,
 }
 
-/// Append one event inside the caller's transaction, and log it (a failed commit is the
-/// caller's to report).
+/// Append one event inside the caller's transaction; its log line is written once the
+/// transaction has committed ([`after_transaction`]), so that the log never tells of a change
+/// that was rolled back.
 pub(super) fn record(
     conn: &rusqlite::Connection,
     actor: &Actor,
@@ -35,14 +36,67 @@ pub(super) fn record(
     detail: &str,
 ) -> Result<()> {
     insert_repeated(conn, actor, action, target, detail, clock::now_ms(), None)?;
-    log_event(actor, action, target, detail, None);
+    UNCOMMITTED.with(|u| {
+        u.borrow_mut().push(Uncommitted {
+            actor: actor.clone(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail: detail.to_owned(),
+        })
+    });
     Ok(())
+}
+
+/// An event recorded in a transaction still open on this thread.
+struct Uncommitted {
+    actor: Actor,
+    action: String,
+    target: String,
+    detail: String,
+}
+
+thread_local! {
+    /// `Store::write` runs its transaction on the calling thread, start to end.
+    static UNCOMMITTED: std::cell::RefCell<Vec<Uncommitted>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The transaction of this thread has ended: log its events if it committed, forget them if
+/// not.
+pub(super) fn after_transaction(committed: bool) {
+    let events = UNCOMMITTED.with(|u| std::mem::take(&mut *u.borrow_mut()));
+    if committed {
+        for e in events {
+            log_event(&e.actor, &e.action, &e.target, &e.detail, None);
+        }
+    }
 }
 
 /// Repeats of one event seen `count` times, first at `at` and last at `last`.
 pub(super) struct Repeats {
     pub count: u64,
     pub last: i64,
+}
+
+/// The log line of an audit event the store could not take: the event in full, so that the
+/// log keeps what the audit table lost.
+pub(super) fn log_lost_event(
+    error: &super::StoreError,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: &str,
+    count: u64,
+) {
+    tracing::warn!(
+        error = %error,
+        actor = %actor.name,
+        source = %actor.source,
+        action,
+        target = target,
+        detail,
+        count,
+        "could not write an audit event to the store; it is only logged"
+    );
 }
 
 /// The log line of an audit event.
@@ -111,6 +165,15 @@ impl Store {
         self.write(|tx| record(tx, actor, action, target, detail))
     }
 
+    /// [`Store::record_event`] for a caller that cannot fail on it (a refusal being answered):
+    /// an event the store cannot take is still logged, with why it is not in the store.
+    pub fn record_event_or_log(&self, actor: &Actor, action: &str, target: &str, detail: &str) {
+        if let Err(e) = self.record_event(actor, action, target, detail) {
+            log_lost_event(&e, actor, action, target, detail, 1);
+            crate::metrics::METRICS.side_effect_failure();
+        }
+    }
+
     /// Record an event soon, batched with others by a background writer (see `writer.rs`):
     /// for events on the request path, such as failed authentications, which must not cost a
     /// commit each. Never blocks; a full queue is summarised in the log instead.
@@ -161,5 +224,29 @@ impl Store {
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{actor, logged, temp_store};
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn the_event_of_a_change_rolled_back_is_not_logged() {
+        let (_dir, store) = temp_store();
+        let log = logged(|| {
+            let rolled_back: Result<()> = store.write(|tx| {
+                record(tx, &actor(), "test.rolled_back", "t", "")?;
+                Err(StoreError::Invalid("no".into()))
+            });
+            assert!(rolled_back.is_err());
+            store
+                .record_event(&actor(), "test.committed", "t", "")
+                .unwrap();
+        });
+        assert!(log.contains("test.committed"), "{log}");
+        assert!(!log.contains("test.rolled_back"), "{log}");
     }
 }

@@ -276,12 +276,14 @@ impl Store {
 
     /// Run `f` in a write transaction (`BEGIN IMMEDIATE`), committed if `f` succeeds.
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> Result<T>) -> Result<T> {
-        self.with_conn(|conn| {
+        let out = self.with_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
-        })
+        });
+        audit::after_transaction(out.is_ok());
+        out
     }
 
     /// Read a setting.
@@ -395,6 +397,29 @@ fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+
+    /// What `f` logs (all levels gitgate's default shows), as text.
+    pub fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
 
     pub fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::audit::{insert_repeated, log_event, Repeats};
+use super::audit::{insert_repeated, log_event, log_lost_event, Repeats};
 use super::tokens::write_last_use;
 use super::{Actor, Inner, Store};
 
@@ -473,10 +473,22 @@ fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: Las
     held.last_uses.absorb(last_uses);
 }
 
-/// Log and count what is lost.
+/// Log and count what is lost; the events themselves go to the log, so that the audit trail
+/// keeps them even where the store could not.
 fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses) {
     if !batch.is_empty() {
-        tracing::warn!(error = %e, events = batch.total, "could not write audit events; they are lost");
+        tracing::warn!(error = %e, events = batch.total, "could not write audit events; they are lost from the store and only logged");
+        for (event, repeats) in &batch.events {
+            let (actor, action) = (&event.actor, event.action);
+            log_lost_event(
+                e,
+                actor,
+                action,
+                &event.target,
+                &event.detail,
+                repeats.count,
+            );
+        }
     }
     if !last_uses.is_empty() {
         tracing::warn!(error = %e, tokens = last_uses.tokens.len(), "could not record last use");
@@ -490,7 +502,29 @@ fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses) {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use crate::store::test_support::{actor, temp_store};
+    use crate::store::test_support::{actor, logged, temp_store};
+
+    #[test]
+    fn events_the_store_cannot_take_at_the_last_try_are_still_logged() {
+        let (_dir, store) = temp_store();
+        store
+            .with_conn(|c| {
+                c.execute_batch(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON audit_events \
+                     BEGIN SELECT RAISE(ABORT, 'no space left (test)'); END;",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        store.record_event_later(actor(), "auth.failed", "mallory".into(), "bad token".into());
+        // Shutdown's flush is the last try.
+        let log = logged(|| store.inner.batch_writer.flush(&store));
+        assert!(log.contains("only logged"), "{log}");
+        assert!(
+            log.contains("auth.failed") && log.contains("mallory") && log.contains("bad token"),
+            "the lost event itself is not in the log: {log}"
+        );
+    }
 
     #[test]
     fn a_window_that_could_not_be_written_is_written_by_a_later_try() {
