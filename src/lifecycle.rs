@@ -541,6 +541,17 @@ pub fn rotate(
             "the overlap may be at most {MAX_OVERLAP_SECS} seconds (7 days)"
         )));
     }
+    // A new secret is a new credential, so it follows the policy new tokens follow: a token
+    // that breaks it keeps working until revoked or expired, but is not issued a fresh secret.
+    let policy = policy(store)?;
+    if !policy.compliant(&token) {
+        return Err(Error::Invalid(format!(
+            "token '{}' does not meet the expiry policy ({}), so it cannot be given a new \
+             secret; create a new token instead",
+            token.name,
+            policy.describe()
+        )));
+    }
     let token_id: TokenId = id.parse().map_err(Error::Invalid)?;
     let secret = token::generate_with_id(&token_id)
         .map_err(|e| Error::Invalid(format!("no randomness from the OS: {e}")))?;
@@ -729,6 +740,13 @@ mod tests {
         assert!(!p.compliant(&old));
         assert!(p.compliant(&new));
         assert!(ExpiryPolicy::default().compliant(&old));
+        // A token that breaks the policy gets no new secret; one that meets it does.
+        let e = rotate(&store, &user("alice"), None, &old.id, 0, &actor()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(m) if m.contains("create a new token instead")),
+            "{e}"
+        );
+        assert!(rotate(&store, &user("alice"), None, &new.id, 0, &actor()).is_ok());
         set_policy(&store, &Caller::Operator, ExpiryPolicy::default(), &actor()).unwrap();
         assert!(create(&store, &user("alice"), personal("alice", None), &actor()).is_ok());
         assert!(matches!(
