@@ -94,7 +94,10 @@ async fn run_workers(config: Config) -> Result<(), String> {
             UpstreamConfig::Cgi {
                 program,
                 project_root,
-            } => Upstream::Cgi(CgiBackend::new(program.clone(), project_root.clone())),
+            } => Upstream::Cgi(
+                CgiBackend::new(program.clone(), project_root.clone())
+                    .with_head_timeout(config.server.limits.idle_timeout),
+            ),
             UpstreamConfig::Http(http) => Upstream::Http(Box::new(
                 HttpBackend::new(
                     http,

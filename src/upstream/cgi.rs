@@ -46,6 +46,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use super::progress::Progress;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
@@ -101,6 +102,9 @@ const HOP_BY_HOP: [&str; 7] = [
 pub struct CgiBackend {
     program: PathBuf,
     project_root: PathBuf,
+    /// The longest a backend may go without sending its headers while nothing of the request
+    /// body moves either (see [`CgiBackend::with_head_timeout`]).
+    head_timeout: Duration,
     /// This backend's (that is, this worker's) processes not yet reaped.
     running: Arc<Running>,
 }
@@ -130,6 +134,8 @@ pub enum CgiError {
     /// The program exited (or closed stdout) before a complete header block; carries the exit
     /// status and the last line it wrote to stderr.
     Exited(String),
+    /// The program sent no header block within the head timeout, with the request body still.
+    TimedOut(Duration),
 }
 
 impl fmt::Display for CgiError {
@@ -142,6 +148,11 @@ impl fmt::Display for CgiError {
             CgiError::Exited(why) => {
                 write!(f, "the CGI backend ended before sending a response: {why}")
             }
+            CgiError::TimedOut(after) => write!(
+                f,
+                "the CGI backend sent no response for {}s; it was ended",
+                after.as_secs()
+            ),
         }
     }
 }
@@ -154,6 +165,7 @@ impl CgiError {
             CgiError::Spawn(_) => "could not start the CGI backend",
             CgiError::BadHeaders(_) => "the CGI backend sent an unusable header block",
             CgiError::Exited(_) => "the CGI backend ended before sending a response",
+            CgiError::TimedOut(_) => "the CGI backend sent no response in time",
         }
     }
 }
@@ -162,7 +174,7 @@ impl std::error::Error for CgiError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             CgiError::Spawn(e) => Some(e),
-            CgiError::BadHeaders(_) | CgiError::Exited(_) => None,
+            CgiError::BadHeaders(_) | CgiError::Exited(_) | CgiError::TimedOut(_) => None,
         }
     }
 }
@@ -174,8 +186,19 @@ impl CgiBackend {
         CgiBackend {
             program,
             project_root,
+            head_timeout: Duration::from_secs(300),
             running: Arc::new(Running::default()),
         }
+    }
+
+    /// A backend that sends no headers for `timeout` while the request body does not move
+    /// either is stuck: it is ended and the client gets a 504 (default 300 s; the server uses
+    /// `[server] idle_timeout`). Without it a request whose backend hangs before answering
+    /// would hold its connection, its in-flight place and the process for as long as the
+    /// client kept the connection alive — with HTTP/2 PINGs, for good.
+    pub fn with_head_timeout(mut self, timeout: Duration) -> Self {
+        self.head_timeout = timeout;
+        self
     }
 
     /// Readiness: the program is still there and the project root can be read.
@@ -228,9 +251,27 @@ impl CgiBackend {
             exit_tx,
             counted,
         ));
-        tokio::spawn(feed_stdin(body, stdin, kill.clone()));
+        let uploading = Progress::new();
+        tokio::spawn(feed_stdin(body, stdin, kill.clone(), uploading.clone()));
 
-        let (head, rest) = match read_head(&mut stdout).await {
+        // The headers, within the head timeout counted from the body's last frame.
+        let head = {
+            let reading = read_head(&mut stdout);
+            tokio::pin!(reading);
+            loop {
+                let wait = self.head_timeout.saturating_sub(uploading.idle());
+                tokio::select! {
+                    head = &mut reading => break head,
+                    _ = tokio::time::sleep(wait) => {
+                        if uploading.idle() >= self.head_timeout {
+                            kill.kill("sent no header block in time");
+                            return Err(CgiError::TimedOut(self.head_timeout));
+                        }
+                    }
+                }
+            }
+        };
+        let (head, rest) = match head {
             Ok(Some(split)) => split,
             Ok(None) => {
                 // stdout is closed: the backend is done talking, but may not have exited yet.
@@ -598,7 +639,7 @@ async fn end_group(child: &mut Child) -> io::Result<ExitStatus> {
 
 /// Copies the request body to the child's stdin frame by frame, then closes stdin. A broken
 /// client body kills the child: an incomplete push must not be applied.
-async fn feed_stdin<B>(mut body: B, mut stdin: ChildStdin, kill: KillSwitch)
+async fn feed_stdin<B>(mut body: B, mut stdin: ChildStdin, kill: KillSwitch, moved: Progress)
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: fmt::Display,
@@ -612,6 +653,7 @@ where
         match frame {
             None => break,
             Some(Ok(frame)) => {
+                moved.touch();
                 // Trailers have no CGI meaning; only data goes to the backend.
                 let Ok(data) = frame.into_data() else {
                     continue;
@@ -1173,6 +1215,73 @@ mod tests {
 
     fn empty() -> Empty<Bytes> {
         Empty::new()
+    }
+
+    /// A request body whose frames come from a channel, as they arrive.
+    struct Trickle(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for Trickle {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_sends_no_headers_in_time_is_ended_with_a_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = script(dir.path(), "hang", "exec sleep 60")
+            .with_head_timeout(Duration::from_millis(500));
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/team/app.git/info/refs", None, &headers);
+        let started = std::time::Instant::now();
+        let e = serve(&backend, req, empty).await.unwrap_err();
+        assert!(matches!(e, CgiError::TimedOut(_)), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            backend.wait_until_reaped().await,
+            0,
+            "the backend was not ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_backend_reading_an_upload_that_moves_is_not_timed_out() {
+        // Reads the whole body before its headers (as a CGI program may), while the body
+        // trickles in for three times the head timeout.
+        let dir = tempfile::tempdir().unwrap();
+        let backend = script(
+            dir.path(),
+            "reader",
+            "cat >/dev/null; printf 'Content-Type: text/plain\\r\\n\\r\\nread'",
+        )
+        .with_head_timeout(Duration::from_millis(500));
+        let headers = HeaderMap::new();
+        let req = request(
+            &Method::POST,
+            "/team/app.git/git-receive-pack",
+            None,
+            &headers,
+        );
+        let trickle = || {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(async move {
+                for _ in 0..15 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if tx.send(Bytes::from_static(b"p")).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Trickle(rx)
+        };
+        let resp = serve(&backend, req, trickle).await.unwrap();
+        assert_eq!(&body_bytes(resp.into_body()).await[..], b"read");
     }
 
     #[tokio::test]

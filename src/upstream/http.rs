@@ -22,10 +22,10 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -40,6 +40,7 @@ use tokio::time::Sleep;
 
 use super::headers::{self, Outbound, Redirect};
 use super::pool::{ConnectError, Connection, Driving, Origin, OutBody, Pool};
+use super::progress::Progress;
 use super::ForwardError;
 use crate::body::{Batched, Observed, Seen};
 use crate::config::{CredentialScheme, HttpUpstream, SecretSource, UpstreamCredentials};
@@ -158,7 +159,7 @@ impl HttpBackend {
         B::Error: std::fmt::Display + Send,
     {
         let bodiless = body.is_end_stream();
-        let activity = Activity::new();
+        let activity = Progress::new();
         // Each frame of the client's body on its way upstream is activity; its end says the
         // upload is done (see `pool::Connection::detach`).
         let touched = activity.clone();
@@ -533,32 +534,6 @@ fn read_credentials(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
     Ok(v)
 }
 
-/// When anything last moved, shared between the request body and the waiting forwarder.
-#[derive(Clone)]
-struct Activity {
-    start: Instant,
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn touch(&self) {
-        let now = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(now, Ordering::Relaxed);
-    }
-
-    fn idle(&self) -> Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
 /// The upstream's response body: fails if nothing moves for `idle` (no frame of it, and no
 /// frame of a request body still going up), and gives its connection back to the pool once
 /// read to the end (dropped early, the connection is closed with it).
@@ -588,7 +563,7 @@ const UPLOAD_AFTER_ANSWER: Duration = Duration::from_secs(5);
 struct Upload {
     /// Moves with each of its frames: a push's pack may take longer to go up than the
     /// upstream's idle timeout, with nothing coming back meanwhile.
-    activity: Activity,
+    activity: Progress,
     done: Arc<AtomicBool>,
 }
 

@@ -10,6 +10,7 @@ pub mod cgi;
 pub mod headers;
 pub mod http;
 pub mod pool;
+mod progress;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -104,12 +105,19 @@ impl Upstream {
                     remote_user: &identity.user,
                     remote_addr: client.ip(),
                 };
-                let resp = backend.serve(req, body).await.map_err(|e| ForwardError {
-                    detail: Some(e.to_string()),
-                    ..ForwardError::bad_gateway(format!(
+                let resp = backend.serve(req, body).await.map_err(|e| {
+                    let message = format!(
                         "the git backend failed: {}; the server's log has the details",
                         e.summary()
-                    ))
+                    );
+                    let base = match e {
+                        cgi::CgiError::TimedOut(_) => ForwardError::gateway_timeout(message),
+                        _ => ForwardError::bad_gateway(message),
+                    };
+                    ForwardError {
+                        detail: Some(e.to_string()),
+                        ..base
+                    }
                 })?;
                 Ok(resp.map(|b| b.boxed_unsync()))
             }
