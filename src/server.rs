@@ -66,11 +66,67 @@ pub struct Settings {
 /// limits and failed-auth throttling), the connection cap, metrics.
 pub fn run(config: Config) -> Result<(), String> {
     crate::unwind::install_hook();
+    raise_open_files_limit(config.server.limits.max_connections);
     let main = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     main.block_on(run_workers(config))
+}
+
+/// File descriptors a connection may need at once: its socket, an upstream connection, and a
+/// CGI backend's three pipes and process handle, with room to spare.
+const FDS_PER_CONNECTION: u64 = 8;
+
+/// How many open files gitgate wants for `max_connections` (see [`FDS_PER_CONNECTION`]), and
+/// the soft limit to ask for given the current `(soft, hard)` limits: `None` when the soft one
+/// is enough already. Never above the hard limit, which only an administrator can raise.
+fn open_files_wanted(max_connections: usize, soft: u64, hard: Option<u64>) -> (u64, Option<u64>) {
+    let wanted = (max_connections as u64)
+        .saturating_mul(FDS_PER_CONNECTION)
+        .saturating_add(256);
+    let target = hard.map_or(wanted, |h| wanted.min(h));
+    (wanted, (target > soft).then_some(target))
+}
+
+/// Raise the soft limit on open files to what `max_connections` needs. The usual soft limit,
+/// 1024, runs out at about 200 CGI requests at once: connections would then fail to be
+/// accepted and backends to start (502s), long before `max_connections`.
+fn raise_open_files_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let Some(soft) = now.current else {
+        return; // unlimited
+    };
+    let (wanted, raise) = open_files_wanted(max_connections, soft, now.maximum);
+    let soft = match raise {
+        Some(target) => match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: now.maximum,
+            },
+        ) {
+            Ok(()) => {
+                tracing::debug!(from = soft, to = target, "raised the open-files limit");
+                target
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot raise the open-files limit");
+                soft
+            }
+        },
+        None => soft,
+    };
+    if soft < wanted {
+        tracing::warn!(
+            limit = soft,
+            wanted,
+            max_connections,
+            "the open-files limit is low for max_connections: raise the hard limit (ulimit -Hn, \
+             systemd LimitNOFILE) or lower max_connections"
+        );
+    }
 }
 
 async fn run_workers(config: Config) -> Result<(), String> {
@@ -206,6 +262,15 @@ struct Worker {
 }
 
 /// A worker's side: new connections, and the count it keeps up to date.
+/// One of a worker's open connections, for the acceptor's choice of the least busy worker.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 struct Inbox {
     rx: mpsc::UnboundedReceiver<Accepted>,
     open: Arc<AtomicUsize>,
@@ -342,10 +407,13 @@ async fn work(gate: Arc<Gate>, settings: Settings, mut inbox: Inbox) {
             remote,
         };
         let active = METRICS.connection();
+        // Counted down however the connection ends: a panic in a body polled by hyper unwinds
+        // the task past any statement after `run`, and this worker would look busier for good.
+        let counted = OpenConnection(open);
         connections.spawn(async move {
             conn.run(stream).await;
             drop(active);
-            open.fetch_sub(1, Ordering::Relaxed);
+            drop(counted);
             drop(permit);
         });
     }
@@ -568,5 +636,34 @@ mod tests {
         assert!(std::ptr::eq(least_busy(&workers), &workers[1]));
         workers[1].open.store(5, Ordering::Relaxed);
         assert!(std::ptr::eq(least_busy(&workers), &workers[2]));
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_what_the_connections_need_within_the_hard_limit() {
+        // The default 1024 connections want 8448 descriptors.
+        assert_eq!(
+            open_files_wanted(1024, 1024, Some(524_288)),
+            (8448, Some(8448))
+        );
+        assert_eq!(
+            open_files_wanted(1024, 1024, Some(4096)),
+            (8448, Some(4096))
+        );
+        assert_eq!(open_files_wanted(1024, 1024, None), (8448, Some(8448)));
+        // Enough already, or nothing to gain: left alone.
+        assert_eq!(open_files_wanted(1024, 65_536, Some(524_288)), (8448, None));
+        assert_eq!(open_files_wanted(1024, 1024, Some(1024)), (8448, None));
+    }
+
+    #[test]
+    fn a_connection_is_counted_down_however_its_task_ends() {
+        let open = Arc::new(AtomicUsize::new(1));
+        let counted = OpenConnection(open.clone());
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _counted = counted;
+            panic!("a body panicked");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(open.load(Ordering::Relaxed), 0);
     }
 }

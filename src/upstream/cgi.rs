@@ -170,6 +170,17 @@ impl CgiError {
     }
 }
 
+impl CgiError {
+    /// The backend could not be started for want of processes or file descriptors: the server
+    /// is overloaded for now, not broken.
+    pub fn is_overload(&self) -> bool {
+        const EAGAIN: i32 = 11;
+        const ENFILE: i32 = 23;
+        const EMFILE: i32 = 24;
+        matches!(self, CgiError::Spawn(e) if matches!(e.raw_os_error(), Some(EAGAIN | ENFILE | EMFILE)))
+    }
+}
+
 impl std::error::Error for CgiError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -1230,6 +1241,15 @@ mod tests {
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
             self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
         }
+    }
+
+    #[test]
+    fn running_out_of_processes_or_files_is_an_overload_not_a_failure() {
+        for errno in [11, 23, 24] {
+            assert!(CgiError::Spawn(io::Error::from_raw_os_error(errno)).is_overload());
+        }
+        assert!(!CgiError::Spawn(io::Error::from_raw_os_error(2)).is_overload());
+        assert!(!CgiError::TimedOut(Duration::from_secs(1)).is_overload());
     }
 
     #[tokio::test]

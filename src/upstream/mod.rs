@@ -112,6 +112,12 @@ impl Upstream {
                     );
                     let base = match e {
                         cgi::CgiError::TimedOut(_) => ForwardError::gateway_timeout(message),
+                        _ if e.is_overload() => ForwardError {
+                            status: StatusCode::SERVICE_UNAVAILABLE,
+                            ..ForwardError::bad_gateway(
+                                "the server cannot start another git process now; try again in a moment",
+                            )
+                        },
                         _ => ForwardError::bad_gateway(message),
                     };
                     ForwardError {
