@@ -304,13 +304,22 @@ impl CgiBackend {
         };
 
         let head = parse_head(&head)?;
-        let mut response = Response::new(CgiBody {
+        let declared = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let mut body = CgiBody {
             prefix: rest,
             stdout: Some(stdout),
             buf: BytesMut::new(),
             exit: Some(exit_rx),
             guard,
-        });
+            left: declared,
+        };
+        if declared == Some(0) {
+            body.declared_length_sent();
+        }
+        let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
         Ok(response)
@@ -850,6 +859,35 @@ pub struct CgiBody {
     buf: BytesMut,
     exit: Option<oneshot::Receiver<ExitInfo>>,
     guard: KillGuard,
+    /// What is left of a `Content-Length` the backend declared (git http-backend does for
+    /// dumb-HTTP files). hyper stops reading at that length, so the body ends there, not at the
+    /// backend's exit: else the finished answer would be logged as cut off, and its backend
+    /// killed.
+    left: Option<u64>,
+}
+
+impl CgiBody {
+    /// `data` as far as the declared length goes; at its end the body is complete, and the
+    /// backend is left to exit by itself.
+    fn within_declared(&mut self, mut data: Bytes) -> Bytes {
+        if let Some(left) = self.left {
+            data.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+            let left = left - data.len() as u64;
+            self.left = Some(left);
+            if left == 0 {
+                self.declared_length_sent();
+            }
+        }
+        data
+    }
+
+    fn declared_length_sent(&mut self) {
+        self.prefix = None;
+        self.stdout = None;
+        self.buf = BytesMut::new();
+        self.exit = None;
+        self.guard.disarm();
+    }
 }
 
 impl fmt::Debug for CgiBody {
@@ -871,7 +909,7 @@ impl Body for CgiBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         if let Some(prefix) = this.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+            return Poll::Ready(Some(Ok(Frame::data(this.within_declared(prefix)))));
         }
 
         if let Some(stdout) = &mut this.stdout {
@@ -883,7 +921,8 @@ impl Body for CgiBody {
             match result {
                 Ok(()) if n > 0 => {
                     this.buf.truncate(n);
-                    return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+                    let data = this.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(this.within_declared(data)))));
                 }
                 Ok(()) => {
                     // The backend said all it had to say; from now on it is left to exit by
@@ -1241,6 +1280,27 @@ mod tests {
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
             self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_declared_length_ends_with_its_last_byte() {
+        // The backend keeps stdout open after its declared five bytes (and would send more).
+        let dir = tempfile::tempdir().unwrap();
+        let backend = script(
+            dir.path(),
+            "sized",
+            "printf 'Content-Type: text/plain\\r\\nContent-Length: 5\\r\\n\\r\\nhello, and more'; exec sleep 5",
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/team/app.git/HEAD", None, &headers);
+        let resp = serve(&backend, req, empty).await.unwrap();
+        let started = std::time::Instant::now();
+        let body = resp.into_body();
+        let bytes = tokio::time::timeout(Duration::from_secs(3), body_bytes(body))
+            .await
+            .expect("the body waited for the backend's exit, past its declared length");
+        assert_eq!(&bytes[..], b"hello");
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 
     #[test]
