@@ -46,7 +46,8 @@
 //!   `404/400/405` for what is not a git request (never forwarded), `501` for a request body in a
 //!   transfer coding other than `chunked` (never forwarded), `401` with a Basic challenge
 //!   for missing or bad credentials, `403` for too little permission, `503` when the store
-//!   cannot be read (fail closed), `502` when the backend fails. Every refusal carries a
+//!   cannot be read, is gone, or was replaced by another file (fail closed; a replaced one until
+//!   a restart), `502` when the backend fails. Every refusal carries a
 //!   one-line `text/plain` reason that git prints as `remote: ...`.
 //! - [`git`] says *what* a request is (repository, read or write) and builds the canonical path the
 //!   backend will see; [`policy`] says *whether* it is allowed; neither does I/O.
@@ -58,7 +59,8 @@
 //!   in the WAL index header, `PRAGMA data_version` as the fallback) drops: a revocation there
 //!   is seen on the next request.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
-//!   streamed, in a process group of its own that is ended whole when the request ends early.
+//!   streamed, in a process group of its own that is ended whole when the request ends early
+//!   (or, `504`, when it sends no headers while the upload does not move either).
 //! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which
 //!   token; the expiry policy; expiry never changes) for both interfaces: [`cli`], the
 //!   operator's command line, and [`api`], the Bitbucket-shaped REST API under `/rest/`, which
