@@ -593,14 +593,8 @@ mod tests {
 
     #[test]
     fn a_failed_login_the_store_cannot_record_is_still_logged() {
-        let (dir, store) = setup();
-        rusqlite::Connection::open(dir.path().join("t.db"))
-            .unwrap()
-            .execute_batch(
-                "CREATE TRIGGER refuse BEFORE INSERT ON audit_events \
-                 BEGIN SELECT RAISE(ABORT, 'no space left (test)'); END;",
-            )
-            .unwrap();
+        let (_dir, store) = setup();
+        crate::store::test_support::refuse_audit_inserts(store.path());
         let log = crate::store::test_support::logged(|| {
             assert!(login(&store, "alice", "wrong", &actor()).is_err());
         });

@@ -398,6 +398,18 @@ fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {
 pub(crate) mod test_support {
     use super::*;
 
+    /// Every insert into the audit table of the store at `db` fails from now on, as on a full
+    /// disk, until `DROP TRIGGER refuse`.
+    pub fn refuse_audit_inserts(db: &Path) {
+        Connection::open(db)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_events \
+                 BEGIN SELECT RAISE(ABORT, 'no space left (test)'); END;",
+            )
+            .unwrap();
+    }
+
     /// What `f` logs (all levels gitgate's default shows), as text.
     pub fn logged(f: impl FnOnce()) -> String {
         #[derive(Clone, Default)]

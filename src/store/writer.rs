@@ -502,20 +502,12 @@ fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses) {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use crate::store::test_support::{actor, logged, temp_store};
+    use crate::store::test_support::{actor, logged, refuse_audit_inserts, temp_store};
 
     #[test]
     fn events_the_store_cannot_take_at_the_last_try_are_still_logged() {
         let (_dir, store) = temp_store();
-        store
-            .with_conn(|c| {
-                c.execute_batch(
-                    "CREATE TRIGGER refuse BEFORE INSERT ON audit_events \
-                     BEGIN SELECT RAISE(ABORT, 'no space left (test)'); END;",
-                )?;
-                Ok(())
-            })
-            .unwrap();
+        refuse_audit_inserts(store.path());
         store.record_event_later(actor(), "auth.failed", "mallory".into(), "bad token".into());
         // Shutdown's flush is the last try.
         let log = logged(|| store.inner.batch_writer.flush(&store));
@@ -529,16 +521,7 @@ mod tests {
     #[test]
     fn a_window_that_could_not_be_written_is_written_by_a_later_try() {
         let (_dir, store) = temp_store();
-        // Every insert into the audit table fails (as on a full disk) until the trigger goes.
-        store
-            .with_conn(|c| {
-                c.execute_batch(
-                    "CREATE TRIGGER refuse BEFORE INSERT ON audit_events \
-                     BEGIN SELECT RAISE(ABORT, 'no space left (test)'); END;",
-                )?;
-                Ok(())
-            })
-            .unwrap();
+        refuse_audit_inserts(store.path());
         for i in 0..3 {
             store.record_event_later(actor(), "auth.failed", format!("t{i}"), "bad".into());
         }
