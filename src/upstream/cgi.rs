@@ -30,7 +30,10 @@
 //! A request that ends early ends everything its child started, too: `git http-backend` runs
 //! `git upload-pack`, which runs `git pack-objects`, and killing only the first would leave the
 //! others packing for a client that is gone — a CPU sink per abandoned clone. So each child leads
-//! its own process group, and the group is what gets the signals (see `end_group`).
+//! its own process group, and the group is what gets the signals (see `end_group`). The same
+//! goes for a child that dies of a signal on its own (the OOM killer): what it started is
+//! killed with it. The supervisor sees a child's end without reaping it (a pidfd, `waitid`
+//! with `WNOWAIT`), so that the group's id cannot have been reused when it is signalled.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -607,8 +610,21 @@ async fn supervise(
 ) {
     let mut kill = switch.subscribe();
     let mut killed_for = None;
+    let group = group_of(&child);
     let status = tokio::select! {
-        status = child.wait() => status,
+        died = async {
+            match group {
+                Some(group) => exit_unreaped(group).await,
+                None => Err(io::ErrorKind::Unsupported.into()),
+            }
+        } => {
+            if let (Ok(true), Some(group)) = (died, group) {
+                // Killed by a signal (the OOM killer, an operator): what it started is left
+                // working for nobody. Ended while the dead leader's id still holds the group.
+                let _ = kill_process_group(group, Signal::KILL);
+            }
+            child.wait().await
+        }
         reason = killed(&mut kill) => {
             tracing::debug!(target: "gitgate::cgi", %reason, "killing CGI backend");
             killed_for = Some(reason);
@@ -633,22 +649,66 @@ async fn supervise(
     });
 }
 
-/// Ends the child and every process in its group: SIGTERM first, so that git removes its
-/// temporary files (a push's quarantined objects, a half-written pack), then SIGKILL for the
-/// group if the child has not exited within [`TERM_GRACE`]. Signals go to the group only while
-/// the child is not reaped yet — its id is still taken then, so the group cannot be someone
-/// else's. Errors from `kill` mean the group is already gone, which is what we wanted.
-async fn end_group(child: &mut Child) -> io::Result<ExitStatus> {
-    let Some(group) = child
+/// The child's process group (its own id: it leads a group of its own), while not reaped.
+fn group_of(child: &Child) -> Option<Pid> {
+    child
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .and_then(Pid::from_raw)
-    else {
+}
+
+/// Waits until the group's leader has exited, without reaping it: a dead but unreaped leader
+/// keeps its id, and so its group's, from being reused, and the rest of the group can still be
+/// signalled safely. `Ok(true)` when it died of a signal. `Err` when this cannot be watched
+/// (no pidfd before Linux 5.4); the caller then reaps as usual.
+async fn exit_unreaped(leader: Pid) -> io::Result<bool> {
+    use rustix::process::{pidfd_open, waitid, PidfdFlags, WaitId, WaitIdOptions};
+    use std::os::fd::AsFd;
+    let pidfd = pidfd_open(leader, PidfdFlags::NONBLOCK)?;
+    // Deprecated because a type could return another descriptor later; an `OwnedFd` cannot.
+    #[allow(deprecated)]
+    let pidfd = tokio::io::unix::AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)?;
+    loop {
+        let mut ready = pidfd.readable().await?;
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+        match waitid(WaitId::PidFd(pidfd.get_ref().as_fd()), options)? {
+            Some(status) => return Ok(status.terminating_signal().is_some()),
+            None => ready.clear_ready(),
+        }
+    }
+}
+
+/// Ends the child and every process in its group: SIGTERM first, so that git removes its
+/// temporary files (a push's quarantined objects, a half-written pack), then, after
+/// [`TERM_GRACE`], SIGKILL for whatever of the group is left — the child itself, or a
+/// descendant that ignores SIGTERM after the child is gone. Signals go to the group only while
+/// the child is not reaped yet — its id is still taken then, so the group cannot be someone
+/// else's. Errors from `kill` mean the group is already gone, which is what we wanted.
+async fn end_group(child: &mut Child) -> io::Result<ExitStatus> {
+    let Some(group) = group_of(child) else {
         return child.wait().await; // already reaped
     };
     let _ = kill_process_group(group, Signal::TERM);
-    match tokio::time::timeout(TERM_GRACE, child.wait()).await {
-        Ok(status) => status,
+    let deadline = tokio::time::Instant::now() + TERM_GRACE;
+    match tokio::time::timeout_at(deadline, exit_unreaped(group)).await {
+        Ok(Ok(_)) => {
+            // The leader is gone but unreaped. The rest of the group (git's helpers, cleaning
+            // up after SIGTERM) gets what is left of the grace period, then SIGKILL. Whether
+            // any is left cannot be told cheaply — the dead leader is still a member — so the
+            // grace is waited out.
+            tokio::time::sleep_until(deadline).await;
+            let _ = kill_process_group(group, Signal::KILL);
+            child.wait().await
+        }
+        // No pidfd: wait for the leader as before.
+        Ok(Err(_)) => match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                let _ = kill_process_group(group, Signal::KILL);
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        },
         Err(_) => {
             let _ = kill_process_group(group, Signal::KILL);
             let _ = child.start_kill();
@@ -1642,6 +1702,97 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("signal"), "{err}");
+    }
+
+    /// Whether process `pid` still runs (a zombie has stopped running).
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                !state.starts_with('Z') && !state.starts_with('X')
+            })
+            .unwrap_or(false)
+    }
+
+    /// The pid a script wrote to `file`, once it is there.
+    async fn pid_in(file: &Path) -> u32 {
+        for _ in 0..100 {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                if let Ok(pid) = text.trim().parse() {
+                    return pid;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no pid in {}", file.display());
+    }
+
+    #[tokio::test]
+    async fn a_backend_killed_by_a_signal_leaves_nothing_it_started_running() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pidfile = tmp.path().join("helper.pid");
+        // Starts a helper (as http-backend starts upload-pack), then dies of SIGKILL (as under
+        // the OOM killer).
+        let backend = script(
+            tmp.path(),
+            "dies.cgi",
+            &format!(
+                "sleep 30 & echo $! >'{}'; printf 'Content-Type: text/plain\\r\\n\\r\\n'; kill -9 $$",
+                pidfile.display()
+            ),
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/x", None, &headers);
+        // The helper holds the backend's stdout: the answer ends only when it is gone.
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            if let Ok(resp) = serve(&backend, req, empty).await {
+                assert!(resp.into_body().collect().await.is_err());
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "the answer waited for the dead backend's helper"
+        );
+        let helper = pid_in(&pidfile).await;
+        // It closed its stdout as it died; its end may take a moment more to show.
+        for _ in 0..50 {
+            if !running(helper) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the dead backend's helper {helper} is still running");
+    }
+
+    #[tokio::test]
+    async fn a_helper_that_ignores_sigterm_is_killed_when_the_backend_is_ended() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pidfile = tmp.path().join("helper.pid");
+        // The backend exits at SIGTERM at once; its helper ignores SIGTERM.
+        let backend = script(
+            tmp.path(),
+            "stubborn.cgi",
+            &format!(
+                "sh -c 'trap \"\" TERM; echo $$ >{}; exec sleep 30' & printf 'Content-Type: text/plain\\r\\n\\r\\n'; exec sleep 30",
+                pidfile.display()
+            ),
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/x", None, &headers);
+        let resp = serve(&backend, req, empty).await.unwrap();
+        let helper = pid_in(&pidfile).await;
+        // The client goes away: gitgate ends the backend.
+        drop(resp);
+        tokio::time::sleep(TERM_GRACE + Duration::from_millis(500)).await;
+        for _ in 0..50 {
+            if !running(helper) {
+                assert_eq!(backend.wait_until_reaped().await, 0);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the helper {helper} that ignores SIGTERM outlived its backend");
     }
 
     /// A request body whose client never sends anything more.
