@@ -610,25 +610,38 @@ async fn supervise(
 ) {
     let mut kill = switch.subscribe();
     let mut killed_for = None;
-    let group = group_of(&child);
-    let status = tokio::select! {
-        died = async {
-            match group {
-                Some(group) => exit_unreaped(group).await,
-                None => Err(io::ErrorKind::Unsupported.into()),
+    // The leader's end, seen without reaping it where the kernel allows (see `ExitWatch`).
+    let mut watch = group_of(&child).and_then(|g| ExitWatch::new(g).ok().map(|w| (g, w)));
+    let status = loop {
+        if let Some((group, exits)) = &watch {
+            tokio::select! {
+                died = exits.died() => match died {
+                    Ok(signaled) => {
+                        if signaled {
+                            // Killed by a signal (the OOM killer, an operator): what it started
+                            // is left working for nobody. Ended while the dead leader's id still
+                            // holds the group.
+                            let _ = kill_process_group(*group, Signal::KILL);
+                        }
+                        break child.wait().await;
+                    }
+                    Err(_) => watch = None, // wait as below
+                },
+                reason = killed(&mut kill) => {
+                    tracing::debug!(target: "gitgate::cgi", %reason, "killing CGI backend");
+                    killed_for = Some(reason);
+                    break end_group(&mut child).await;
+                }
             }
-        } => {
-            if let (Ok(true), Some(group)) = (died, group) {
-                // Killed by a signal (the OOM killer, an operator): what it started is left
-                // working for nobody. Ended while the dead leader's id still holds the group.
-                let _ = kill_process_group(group, Signal::KILL);
-            }
-            child.wait().await
+            continue;
         }
-        reason = killed(&mut kill) => {
-            tracing::debug!(target: "gitgate::cgi", %reason, "killing CGI backend");
-            killed_for = Some(reason);
-            end_group(&mut child).await
+        tokio::select! {
+            status = child.wait() => break status,
+            reason = killed(&mut kill) => {
+                tracing::debug!(target: "gitgate::cgi", %reason, "killing CGI backend");
+                killed_for = Some(reason);
+                break end_group(&mut child).await;
+            }
         }
     };
     // Reaped. Pulling the switch now only stops the stdin task, which must not hang on to the
@@ -657,23 +670,32 @@ fn group_of(child: &Child) -> Option<Pid> {
         .and_then(Pid::from_raw)
 }
 
-/// Waits until the group's leader has exited, without reaping it: a dead but unreaped leader
-/// keeps its id, and so its group's, from being reused, and the rest of the group can still be
-/// signalled safely. `Ok(true)` when it died of a signal. `Err` when this cannot be watched
-/// (no pidfd before Linux 5.4); the caller then reaps as usual.
-async fn exit_unreaped(leader: Pid) -> io::Result<bool> {
-    use rustix::process::{pidfd_open, waitid, PidfdFlags, WaitId, WaitIdOptions};
-    use std::os::fd::AsFd;
-    let pidfd = pidfd_open(leader, PidfdFlags::NONBLOCK)?;
-    // Deprecated because a type could return another descriptor later; an `OwnedFd` cannot.
-    #[allow(deprecated)]
-    let pidfd = tokio::io::unix::AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)?;
-    loop {
-        let mut ready = pidfd.readable().await?;
-        let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
-        match waitid(WaitId::PidFd(pidfd.get_ref().as_fd()), options)? {
-            Some(status) => return Ok(status.terminating_signal().is_some()),
-            None => ready.clear_ready(),
+/// Sees a group leader's end without reaping it: a dead but unreaped leader keeps its id, and
+/// so its group's, from being reused, and the rest of the group can still be signalled safely.
+struct ExitWatch(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>);
+
+impl ExitWatch {
+    /// `Err` when the kernel has no pidfd (before Linux 5.4): callers then wait as before.
+    fn new(leader: Pid) -> io::Result<ExitWatch> {
+        use rustix::process::{pidfd_open, PidfdFlags};
+        let pidfd = pidfd_open(leader, PidfdFlags::NONBLOCK)?;
+        // Deprecated because a type could return another descriptor later; an `OwnedFd` cannot.
+        #[allow(deprecated)]
+        let pidfd = tokio::io::unix::AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)?;
+        Ok(ExitWatch(pidfd))
+    }
+
+    /// Waits until the leader has exited, leaving it unreaped; `true` when it died of a signal.
+    async fn died(&self) -> io::Result<bool> {
+        use rustix::process::{waitid, WaitId, WaitIdOptions};
+        use std::os::fd::AsFd;
+        loop {
+            let mut ready = self.0.readable().await?;
+            let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+            match waitid(WaitId::PidFd(self.0.get_ref().as_fd()), options)? {
+                Some(status) => return Ok(status.terminating_signal().is_some()),
+                None => ready.clear_ready(),
+            }
         }
     }
 }
@@ -690,7 +712,13 @@ async fn end_group(child: &mut Child) -> io::Result<ExitStatus> {
     };
     let _ = kill_process_group(group, Signal::TERM);
     let deadline = tokio::time::Instant::now() + TERM_GRACE;
-    match tokio::time::timeout_at(deadline, exit_unreaped(group)).await {
+    let died = async {
+        match ExitWatch::new(group) {
+            Ok(exits) => exits.died().await,
+            Err(e) => Err(e),
+        }
+    };
+    match tokio::time::timeout_at(deadline, died).await {
         Ok(Ok(_)) => {
             // The leader is gone but unreaped. The rest of the group (git's helpers, cleaning
             // up after SIGTERM) gets what is left of the grace period, then SIGKILL. Whether
