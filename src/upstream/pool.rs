@@ -311,8 +311,10 @@ impl Pool {
                 connection,
                 since: Instant::now(),
             });
-            // Under the lock, as the sweeper's decision to stop is.
-            if !self.sweeping.swap(true, Ordering::Relaxed) {
+            // Under the lock, as the sweeper's decision to stop is, so a plain read decides:
+            // every request's connection comes back here, and a sweeper is nearly always on.
+            if !self.sweeping.load(Ordering::Relaxed) {
+                self.sweeping.store(true, Ordering::Relaxed);
                 tokio::spawn(sweep(Arc::downgrade(self)));
             }
         }
