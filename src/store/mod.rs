@@ -426,6 +426,7 @@ pub(crate) mod test_support {
         let captured = Captured::default();
         let sink = captured.clone();
         let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
             .with_writer(move || sink.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, f);

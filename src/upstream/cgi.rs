@@ -57,7 +57,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -73,6 +73,11 @@ const HEAD_READ: usize = 8 * 1024;
 
 /// Longest stderr line we log as one event; longer lines are logged in pieces.
 const MAX_STDERR_LINE: u64 = 4 * 1024;
+
+/// The most stderr lines of one backend we log. A backend (or a hook it runs) that writes
+/// without end must not flood gitgate's log or its disk; the rest is read and counted, so the
+/// backend never blocks on a full pipe, and the count is logged when stderr closes.
+const MAX_STDERR_LINES: u32 = 100;
 
 /// After the backend closed stdout without a header block, how long it may take to exit before
 /// we kill it. It has nothing more to say to us either way.
@@ -784,11 +789,14 @@ where
     drop(stdin);
 }
 
-/// Logs each stderr line of the child as a warning; returns the last non-empty one.
-async fn log_stderr(stderr: ChildStderr, path: String) -> Option<String> {
+/// Logs each stderr line of the child as a warning, up to [`MAX_STDERR_LINES`], then how many
+/// more there were; returns the last non-empty one.
+async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) -> Option<String> {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
     let mut last = None;
+    let mut logged = 0u32;
+    let mut unlogged = 0u64;
     loop {
         line.clear();
         match (&mut reader)
@@ -796,17 +804,33 @@ async fn log_stderr(stderr: ChildStderr, path: String) -> Option<String> {
             .read_until(b'\n', &mut line)
             .await
         {
-            Ok(0) | Err(_) => return last,
+            Ok(0) | Err(_) => break,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end();
-                if !text.is_empty() {
-                    tracing::warn!(target: "gitgate::cgi", path = %path, "{text}");
-                    last = Some(text.to_owned());
+                if text.is_empty() {
+                    continue;
                 }
+                if logged < MAX_STDERR_LINES {
+                    logged += 1;
+                    tracing::warn!(target: "gitgate::cgi", path = %path, "{text}");
+                } else {
+                    unlogged += 1;
+                }
+                last = Some(text.to_owned());
             }
         }
     }
+    if unlogged > 0 {
+        tracing::warn!(
+            target: "gitgate::cgi",
+            path = %path,
+            logged,
+            unlogged,
+            "CGI backend wrote more stderr lines than are logged; the rest were read and dropped"
+        );
+    }
+    last
 }
 
 /// Reads stdout until the end of the CGI header block. Returns the block (including its blank
@@ -1072,6 +1096,42 @@ mod tests {
         );
         assert_eq!(HeadScan::default().find_end(b"\r\nbody"), Some(2));
         assert_eq!(HeadScan::default().find_end(b"A: b\r\nC: d"), None);
+    }
+
+    #[test]
+    fn a_backend_flooding_stderr_gets_a_bounded_number_of_log_lines() {
+        let flood: String = (1..=5000).map(|n| format!("line {n}\n")).collect();
+        let mut last = None;
+        let log = crate::store::test_support::logged(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            last = rt.block_on(log_stderr(flood.as_bytes(), "/repo.git/x".into()));
+        });
+        // Every line is read (the last one is still reported), not every line is logged.
+        assert_eq!(last.as_deref(), Some("line 5000"));
+        assert_eq!(
+            log.matches("line ").count(),
+            MAX_STDERR_LINES as usize,
+            "{log}"
+        );
+        assert!(log.contains(&format!("line {MAX_STDERR_LINES}")));
+        assert!(!log.contains(&format!("line {}", MAX_STDERR_LINES + 1)));
+        assert!(log.contains("logged=100 unlogged=4900"), "{log}");
+    }
+
+    #[test]
+    fn a_backend_writing_a_few_stderr_lines_has_each_logged() {
+        let mut last = None;
+        let log = crate::store::test_support::logged(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            last = rt.block_on(log_stderr(&b"fatal: one\n\ntwo"[..], "/r".into()));
+        });
+        assert_eq!(last.as_deref(), Some("two"));
+        assert!(log.contains("fatal: one") && log.contains("two"), "{log}");
+        assert!(!log.contains("unlogged"), "{log}");
     }
 
     #[test]
