@@ -29,8 +29,10 @@
 //!   certificate reloaded on SIGHUP), with a header-read deadline, an idle timeout ([`idle`]:
 //!   no byte moving, or no exchange moving — no request body or answer frame — so HTTP/2
 //!   PINGs alone hold nothing), a cap on connections and header size, and graceful shutdown on
-//!   SIGINT/SIGTERM (what is left at the end of the grace period is cut off by its worker, its
-//!   backends reaped, then pending writes are flushed). One single-threaded
+//!   SIGINT/SIGTERM (what is left at the end of the grace period, or at a second signal, is cut
+//!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
+//!   Everything that can fail on a bad setting is checked before the store is opened. One
+//!   single-threaded
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
 //!   one thread; limits, store and cache are shared.
 //! - [`health`] answers `/healthz` and `/readyz` (an outcome remembered for a second, so probes
@@ -97,6 +99,7 @@ pub mod permission;
 pub mod policy;
 pub mod ratelimit;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod throttle;
 pub mod tls;

@@ -31,7 +31,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -41,6 +41,7 @@ use crate::guard::Guard;
 use crate::health;
 use crate::idle::{until_idle, Activity, ActivityIo, OpenBody};
 use crate::metrics::{self, METRICS};
+use crate::signals::{HangupSignal, StopSignals};
 use crate::store::Store;
 use crate::tls::CertStore;
 use crate::unwind::CatchPanic;
@@ -130,6 +131,8 @@ fn raise_open_files_limit(max_connections: usize) {
 }
 
 async fn run_workers(config: Config) -> Result<(), String> {
+    // Everything that can still fail on a bad setting comes before the store is opened (and
+    // created, or migrated): a start that fails changes nothing on disk.
     let certs = match &config.server.tls {
         Some(tls) => Some(
             CertStore::load(&tls.cert, &tls.key)
@@ -137,16 +140,11 @@ async fn run_workers(config: Config) -> Result<(), String> {
         ),
         None => None,
     };
-    let store = Store::open(&config.store.path).map_err(|e| e.to_string())?;
-    let guard = Arc::new(Guard::new(
-        store.clone(),
-        &config.rate_limit,
-        &config.auth_failures,
-    ));
-    // Every worker's gate is built here, so a bad upstream setting fails the start, not a worker.
-    let mut gates = Vec::with_capacity(config.server.workers);
+    // Every worker's backend is built here, so a bad upstream setting fails the start, not a
+    // worker.
+    let mut upstreams = Vec::with_capacity(config.server.workers);
     for _ in 0..config.server.workers {
-        let upstream = match &config.upstream {
+        upstreams.push(match &config.upstream {
             UpstreamConfig::Cgi {
                 program,
                 project_root,
@@ -163,33 +161,55 @@ async fn run_workers(config: Config) -> Result<(), String> {
                 )
                 .map_err(|e| format!("{}: {e}", config.source.display()))?,
             )),
-        };
-        gates.push(Arc::new(Gate {
-            git_prefix: config.server.git_prefix.clone(),
-            realm: config.auth.realm.clone(),
-            guard: guard.clone(),
-            trusted_proxies: config.server.trusted_proxies.clone(),
-            store: store.clone(),
-            upstream,
-            readiness: Default::default(),
-            api_body_deadline: config.server.limits.header_read_timeout,
-        }));
+        });
     }
     let tls = match &certs {
         Some(c) => Some(TlsAcceptor::from(Arc::new(c.server_config()?))),
         None => None,
     };
+    // Signals are ours from here on: a SIGHUP (a certificate renewal hook) during the start
+    // must not end the process, as its default action would.
+    let mut stop = StopSignals::listen();
+    let hangup = HangupSignal::listen();
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    tokio::spawn(reload_on_hangup(certs));
-    if let Some(addr) = config.metrics_listen {
-        let metrics = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+
+    let store = Store::open(&config.store.path).map_err(|e| e.to_string())?;
+    store.check_writable().map_err(|e| e.to_string())?;
+    let guard = Arc::new(Guard::new(
+        store.clone(),
+        &config.rate_limit,
+        &config.auth_failures,
+    ));
+    let gates: Vec<Arc<Gate>> = upstreams
+        .into_iter()
+        .map(|upstream| {
+            Arc::new(Gate {
+                git_prefix: config.server.git_prefix.clone(),
+                realm: config.auth.realm.clone(),
+                guard: guard.clone(),
+                trusted_proxies: config.server.trusted_proxies.clone(),
+                store: store.clone(),
+                upstream,
+                readiness: Default::default(),
+                api_body_deadline: config.server.limits.header_read_timeout,
+            })
+        })
+        .collect();
+    tokio::spawn(reload_on_hangup(hangup, certs));
+    if let Some(metrics) = metrics_listener {
         let local = metrics
             .local_addr()
             .map_err(|e| format!("cannot read the metrics address: {e}"))?;
@@ -210,18 +230,20 @@ async fn run_workers(config: Config) -> Result<(), String> {
     let mut gates = gates.into_iter();
     let first = gates.next().expect("at least one worker");
     let (worker, inbox) = Worker::new();
-    let main_worker = tokio::spawn(work(first, settings.clone(), inbox));
+    let (cut_off_now, cut_off) = watch::channel(false);
+    let main_worker = tokio::spawn(work(first, settings.clone(), inbox, cut_off.clone()));
     workers.push(worker);
     for (i, gate) in gates.enumerate() {
         let (worker, inbox) = Worker::new();
         let settings = settings.clone();
+        let cut_off = cut_off.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the async runtime: {e}"))?;
         let thread = std::thread::Builder::new()
             .name(format!("gitgate-worker-{}", i + 1))
-            .spawn(move || runtime.block_on(work(gate, settings, inbox)))
+            .spawn(move || runtime.block_on(work(gate, settings, inbox, cut_off)))
             .map_err(|e| format!("cannot start a worker thread: {e}"))?;
         workers.push(worker);
         threads.push(thread);
@@ -233,7 +255,13 @@ async fn run_workers(config: Config) -> Result<(), String> {
         "listening on {}://{local}",
         if settings.tls.is_some() { "https" } else { "http" }
     );
-    accept(listener, &workers, &settings.limits, shutdown_signal()).await;
+    accept(listener, &workers, &settings.limits, stop.next()).await;
+    // A second stop signal ends the drain at once.
+    tokio::spawn(async move {
+        stop.next().await;
+        tracing::warn!("second stop signal: closing the remaining connections now");
+        let _ = cut_off_now.send(true);
+    });
     // Closing the inboxes tells every worker to drain.
     drop(workers);
     let _ = main_worker.await;
@@ -354,7 +382,12 @@ async fn accept(
 
 /// One worker: serve the connections it is given until the acceptor closes its inbox, then
 /// drain for at most the grace period.
-async fn work(gate: Arc<Gate>, settings: Settings, mut inbox: Inbox) {
+async fn work(
+    gate: Arc<Gate>,
+    settings: Settings,
+    mut inbox: Inbox,
+    mut cut_off: watch::Receiver<bool>,
+) {
     let limits = &settings.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -427,6 +460,7 @@ async fn work(gate: Arc<Gate>, settings: Settings, mut inbox: Inbox) {
             );
             CUT_OFF.store(true, Ordering::Relaxed);
         }
+        Ok(_) = cut_off.wait_for(|now| *now) => CUT_OFF.store(true, Ordering::Relaxed),
     }
     // Ends what is left, and waits until each connection's requests and bodies have been dropped
     // (their log lines written, their backends told to end) ...
@@ -564,58 +598,20 @@ impl Connection {
 }
 
 /// On SIGHUP, reload the TLS certificate (if any); a bad new one keeps the old.
-async fn reload_on_hangup(certs: Option<Arc<CertStore>>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; certificate reload disabled");
-                return;
-            }
-        };
-        while hup.recv().await.is_some() {
-            match &certs {
-                None => tracing::info!("SIGHUP: no [server.tls] configured, nothing to reload"),
-                Some(c) => match c.reload() {
-                    Ok(()) => tracing::info!(
-                        cert = %c.cert_path().display(),
-                        "SIGHUP: TLS certificate reloaded; new connections use it"
-                    ),
-                    Err(e) => tracing::error!(
-                        "SIGHUP: keeping the current TLS certificate, the new one is unusable: {e}"
-                    ),
-                },
-            }
+async fn reload_on_hangup(mut hangup: HangupSignal, certs: Option<Arc<CertStore>>) {
+    while hangup.next().await {
+        match &certs {
+            None => tracing::info!("SIGHUP: no [server.tls] configured, nothing to reload"),
+            Some(c) => match c.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %c.cert_path().display(),
+                    "SIGHUP: TLS certificate reloaded; new connections use it"
+                ),
+                Err(e) => tracing::error!(
+                    "SIGHUP: keeping the current TLS certificate, the new one is unusable: {e}"
+                ),
+            },
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = certs;
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

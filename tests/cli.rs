@@ -846,6 +846,101 @@ fn serve_refuses_missing_or_broken_config_file() {
     assert!(out.stderr.contains("does-not-exist.toml"), "{out}");
 }
 
+/// A start that fails on its settings (here: the port is taken) leaves no store behind: the
+/// store is opened, created or migrated only once everything else is in place.
+#[test]
+fn a_failed_start_creates_no_store() {
+    let sb = Sandbox::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = sb
+        .config_text()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    fs::write(sb.config(), config).unwrap();
+    let mut cmd = sb.gitgate_command();
+    cmd.arg("serve");
+    let out = run(cmd, None);
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr
+            .contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{out}"
+    );
+    assert!(!sb.db().exists(), "a failed start created the store");
+    drop(taken);
+}
+
+/// `serve` on the sandbox's config as a user other than the store's owner: `nobody` when the
+/// tests run as root (as in CI), where file modes do not stop root; otherwise this user, with
+/// the write bits taken away by the caller. It must refuse to start.
+fn serve_without_write_access(sb: &Sandbox) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = sb.gitgate_command();
+    cmd.arg("serve");
+    if rustix::process::geteuid().is_root() {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = run(cmd, None);
+    assert!(
+        !out.success(),
+        "serve started on a store it cannot write: {out}"
+    );
+    out.stderr
+}
+
+/// Whoever runs this test can still write the store (root can), and `serve` runs as another.
+fn as_store_owner_only(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn serve_refuses_a_store_it_cannot_write() {
+    let sb = Sandbox::new();
+    sb.add_user("alice", "alice-password-1");
+    let root = rustix::process::geteuid().is_root();
+    // The sandbox folder must be open to `nobody`, as a service's working folder would be.
+    as_store_owner_only(sb.root(), 0o755);
+    let uid = if root {
+        "uid 65534".to_owned()
+    } else {
+        format!("uid {}", rustix::process::geteuid().as_raw())
+    };
+    let before = fs::read(sb.db()).unwrap();
+
+    // The file is the store owner's alone (as after `sudo gitgate user add`) in a folder the
+    // service may write: SQLite would open it read-only and `serve` would start.
+    if root {
+        as_store_owner_only(sb.root(), 0o777);
+    }
+    as_store_owner_only(&sb.db(), if root { 0o644 } else { 0o444 });
+    let err = serve_without_write_access(&sb);
+    assert!(err.contains(sb.db().to_str().unwrap()), "{err}");
+    assert!(err.contains(&uid), "{err}");
+    assert!(
+        err.contains("read-only") || err.contains("readonly"),
+        "{err}"
+    );
+
+    // The file may be written, its folder not: the write-ahead log cannot be created there.
+    as_store_owner_only(&sb.db(), 0o666);
+    as_store_owner_only(sb.root(), 0o755);
+    for extra in ["-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{extra}", sb.db().display()));
+    }
+    if !root {
+        as_store_owner_only(sb.root(), 0o555);
+    }
+    let err = serve_without_write_access(&sb);
+    as_store_owner_only(sb.root(), 0o755);
+    assert!(err.contains(&uid), "{err}");
+    assert!(
+        err.contains(&format!("folder {}", sb.root().display())),
+        "the message should name the folder: {err}"
+    );
+    assert_eq!(fs::read(sb.db()).unwrap(), before, "the store changed");
+}
+
 #[test]
 fn permission_combination_rules() {
     let sb = Sandbox::new();

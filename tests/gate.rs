@@ -1049,6 +1049,33 @@ fn a_request_past_the_grace_period_is_cut_off_and_logged() {
     drop(s);
 }
 
+/// A second stop signal ends the grace period at once: an operator who presses Ctrl-C twice does
+/// not wait for it (30 s by default, up to a year allowed).
+#[test]
+fn a_second_stop_signal_cuts_the_grace_period_short() {
+    let (sb, mut server, token) = slow_backend_setup("shutdown_grace_seconds = 60", "team/slow");
+    let s = start_info_refs(server.port, "team/slow", &token);
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.exit_status().is_none(),
+        "gitgate did not wait for the request"
+    );
+    // The backend takes 5 s for slow.git; without the second signal gitgate would wait for it.
+    let status = stop_within(&mut server, Duration::from_secs(3));
+    assert!(status.success(), "{status}");
+    let log = fs::read_to_string(sb.server_log()).unwrap();
+    assert!(log.contains("second stop signal"), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("repo=team/slow"))
+        .unwrap_or_else(|| panic!("no request line: {log}"));
+    assert!(line.contains("outcome=shutdown"), "{line}");
+    assert!(log.contains("stopped: every connection closed"), "{log}");
+    drop(s);
+}
+
 /// A HEAD request's answer has no body to send: it is logged as complete, not as a client gone.
 #[test]
 fn a_head_request_is_logged_as_complete() {

@@ -161,18 +161,19 @@ impl Store {
                 )));
             }
         }
-        let mut conn = connect(path, true).map_err(|e| open_err(e.to_string()))?;
+        let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
+        let mut conn = connect(path, true).map_err(explain)?;
         // WAL is a property of the file: set once, every later connection sees it.
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| open_err(e.to_string()))?;
+            .map_err(explain)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(open_err(format!(
                 "could not switch to WAL mode (got '{mode}')"
             )));
         }
-        schema::migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
-        let watcher = connect(path, false).map_err(|e| open_err(e.to_string()))?;
+        schema::migrate(&mut conn).map_err(explain)?;
+        let watcher = connect(path, false).map_err(explain)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -188,6 +189,37 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Fails unless this process can write the store, as serving needs: audit events, last
+    /// uses and password failures are written while requests are answered.
+    ///
+    /// SQLite opens a file it may not write read-only, without a word, and reads go on working:
+    /// without this check `serve` would start and report ready on a store owned by another user
+    /// (`sudo gitgate user add ...` creates it as root), then fail every API login and lose every
+    /// audit event. `BEGIN IMMEDIATE` also finds a folder where the write-ahead log cannot be
+    /// created.
+    pub fn check_writable(&self) -> Result<()> {
+        let path = self.inner.path.clone();
+        self.with_conn(|conn| {
+            let trial = if conn.is_readonly(rusqlite::DatabaseName::Main)? {
+                Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                    Some("SQLite opened the file read-only".into()),
+                ))
+            } else {
+                conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK")
+            };
+            trial.map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
+                    StoreError::Open {
+                        message: explain_open_error(&path, &e),
+                        path: path.clone(),
+                    }
+                }
+                _ => e.into(),
+            })
+        })
     }
 
     /// Fail closed when the store file is gone, and for good when it was replaced.
@@ -378,6 +410,27 @@ fn file_id(path: &Path) -> std::io::Result<FileId> {
 #[cfg(not(unix))]
 fn file_id(path: &Path) -> std::io::Result<FileId> {
     std::fs::metadata(path).map(|_| (0, 0))
+}
+
+/// SQLite's words for a failed open, and for a store this process may not write, what to do
+/// about it: which user needs to write which file and folder.
+fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
+            let folder = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(p) => p.display().to_string(),
+                None => ".".into(),
+            };
+            let file = path.display();
+            format!(
+                "{e}: this process (uid {uid}) must be able to write the file and its folder \
+                 {folder}, where SQLite creates {file}-wal and {file}-shm; check their owner \
+                 and mode",
+                uid = rustix::process::geteuid().as_raw()
+            )
+        }
+        _ => e.to_string(),
+    }
 }
 
 fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {

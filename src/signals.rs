@@ -1,0 +1,101 @@
+//! The process signals `serve` answers: SIGINT and SIGTERM stop it, SIGHUP reloads the TLS
+//! certificate.
+//!
+//! Each handler is installed when its value is made, before the store is opened, and stays
+//! installed: a SIGHUP from a certificate-renewal hook while gitgate is starting must not end
+//! it (the default action), and a second stop signal during the drain must reach us — it cuts
+//! the grace period short, as an operator pressing Ctrl-C twice expects.
+
+#[cfg(unix)]
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// SIGINT and SIGTERM, as one stream.
+pub struct StopSignals {
+    #[cfg(unix)]
+    interrupt: Option<Signal>,
+    #[cfg(unix)]
+    terminate: Option<Signal>,
+}
+
+impl StopSignals {
+    pub fn listen() -> StopSignals {
+        #[cfg(unix)]
+        {
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for {name}");
+                    None
+                }
+            };
+            StopSignals {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    /// Completes on the next SIGINT or SIGTERM (never, for one we could not listen for).
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<Signal>) {
+                let received = match s {
+                    Some(s) => s.recv().await.is_some(),
+                    None => false,
+                };
+                if !received {
+                    std::future::pending::<()>().await;
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.interrupt) => {}
+                _ = recv(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// SIGHUP.
+pub struct HangupSignal {
+    #[cfg(unix)]
+    hangup: Option<Signal>,
+}
+
+impl HangupSignal {
+    pub fn listen() -> HangupSignal {
+        #[cfg(unix)]
+        {
+            HangupSignal {
+                hangup: match signal(SignalKind::hangup()) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for SIGHUP; certificate reload disabled");
+                        None
+                    }
+                },
+            }
+        }
+        #[cfg(not(unix))]
+        HangupSignal {}
+    }
+
+    /// Completes on the next SIGHUP; `false` when there will be none to hear.
+    pub async fn next(&mut self) -> bool {
+        #[cfg(unix)]
+        {
+            match &mut self.hangup {
+                Some(s) => s.recv().await.is_some(),
+                None => false,
+            }
+        }
+        #[cfg(not(unix))]
+        false
+    }
+}
