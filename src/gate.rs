@@ -95,10 +95,21 @@ impl Gate {
     ) -> Result<Response<ResponseBody>, Infallible> {
         // Everything about "who is asking from where" (throttle, allowed networks, audit, logs)
         // uses the client's address; only the upstream hop itself needs the peer.
-        let remote = SocketAddr::new(
-            client_address(peer.ip(), req.headers(), &self.trusted_proxies),
-            peer.port(),
-        );
+        let client = match client_address(peer.ip(), req.headers(), &self.trusted_proxies) {
+            Ok(ip) => ip,
+            Err(_) => {
+                tracing::warn!(
+                    peer = %peer,
+                    "refused: the trusted proxy's X-Forwarded-For names no client address"
+                );
+                return Ok(text(
+                    StatusCode::BAD_REQUEST,
+                    "the X-Forwarded-For header from the load balancer names no client address \
+                     gitgate can read",
+                ));
+            }
+        };
+        let remote = SocketAddr::new(client, peer.port());
         // The management API, before git classification: never forwarded upstream.
         if crate::api::is_api_path(req.uri().path()) {
             if let Some(m) = host_problem(req.version(), req.headers()) {

@@ -389,4 +389,31 @@ fn behind_a_trusted_proxy_the_client_address_is_what_counts() {
         )),
         200
     );
+
+    // A client that sends `X-Forwarded-For: x` (the balancer appends its address) is still
+    // itself: its guesses block it, not the balancer and everyone behind it.
+    for _ in 0..2 {
+        let r = get_via_proxy(&server, IR, "wrong", "x, 192.0.2.3");
+        assert_eq!(status(&r), 401);
+    }
+    let guesser = get_via_proxy(&server, IR, &server.write_token, "192.0.2.3");
+    assert_eq!(status(&guesser), 429);
+    let balancer = get(&server, IR, &server.write_token);
+    assert_eq!(
+        status(&balancer),
+        200,
+        "{}",
+        String::from_utf8_lossy(&balancer)
+    );
+    // ... and its allowed networks are checked against its own address.
+    let outside = get_via_proxy(&server, IR, &server.read_token, "x, 198.51.100.1");
+    assert_eq!(status(&outside), 403);
+    // What the balancer itself wrote cannot be read: refused, not taken for the balancer.
+    let unreadable = get_via_proxy(&server, IR, &server.read_token, "203.0.113.5, unknown");
+    assert_eq!(status(&unreadable), 400);
+    assert!(
+        String::from_utf8_lossy(&unreadable).contains("X-Forwarded-For"),
+        "{}",
+        String::from_utf8_lossy(&unreadable)
+    );
 }

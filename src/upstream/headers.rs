@@ -141,10 +141,16 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
         .or(out.authority)
         .filter(|h| valid_host(h));
 
-    let forwarded_for = match trusted.then(|| forwarded_chain(inbound)).flatten() {
-        Some(mut chain) if !chain.is_empty() => {
-            chain.push(out.peer.to_string());
-            HeaderValue::from_str(&chain.join(", ")).ok()
+    let chain = if trusted {
+        forwarded_chain(inbound)
+    } else {
+        Vec::new()
+    };
+    let forwarded_for = match chain {
+        mut chain if !chain.is_empty() => {
+            chain.push(out.peer);
+            let text: Vec<String> = chain.iter().map(IpAddr::to_string).collect();
+            HeaderValue::from_str(&text.join(", ")).ok()
         }
         // The usual case, a client straight from the network: its address alone, formatted
         // on the stack.
@@ -331,38 +337,71 @@ fn single<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h HeaderValue> {
     all.next().is_none().then_some(first)
 }
 
+/// A trusted proxy's `X-Forwarded-For` that names no client address gitgate can read: the
+/// request is refused, since any address put in its place (the proxy's own) would be shared by
+/// every client behind that proxy.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnreadableForwardedFor;
+
 /// The address a request really comes from. A peer that is not a trusted proxy is the client.
 /// Behind trusted proxies it is the right-most `X-Forwarded-For` entry that is not itself a
-/// trusted proxy (entries further left were written by the client and prove nothing). A chain
-/// with garbage in it, or one of trusted proxies only, leaves the peer: the answer never comes
-/// from anything a client could choose.
-pub fn client_address(peer: IpAddr, inbound: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+/// trusted proxy: each entry was written by the hop to its right, so the walk from the right
+/// reads only what trusted proxies wrote, and stops at the first address they vouch for.
+/// Entries further left were written by the client and prove nothing — garbage there changes
+/// nothing. A chain of trusted proxies only names its left-most entry; no header, the peer.
+///
+/// An entry the walk reaches that is not an address (a proxy writing `unknown`, or passing on
+/// a client's header unchecked) is an error, never the peer: the peer is the load balancer, and
+/// its address would be every client's — for allowed networks, the throttle and the audit.
+pub fn client_address(
+    peer: IpAddr,
+    inbound: &HeaderMap,
+    trusted: &[Cidr],
+) -> Result<IpAddr, UnreadableForwardedFor> {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
     if !is_trusted(peer) {
-        return peer;
+        return Ok(peer);
     }
-    let Some(chain) = forwarded_chain(inbound) else {
-        return peer;
-    };
-    chain
-        .iter()
-        .rev()
-        .filter_map(|ip| ip.parse::<IpAddr>().ok())
-        .find(|ip| !is_trusted(*ip))
-        .unwrap_or(peer)
-}
-
-/// The addresses of a trusted proxy's `X-Forwarded-For`, or `None` if any entry is not an IP
-/// address (a chain with garbage in it is not worth passing on).
-fn forwarded_chain(headers: &HeaderMap) -> Option<Vec<String>> {
-    let mut chain = Vec::new();
-    for v in headers.get_all("x-forwarded-for") {
-        for part in v.to_str().ok()?.split(',') {
-            let ip: IpAddr = part.trim().parse().ok()?;
-            chain.push(ip.to_string());
+    let mut client = peer;
+    for value in inbound.get_all("x-forwarded-for").iter().rev() {
+        let value = value.to_str().map_err(|_| UnreadableForwardedFor)?;
+        for entry in value.rsplit(',').filter(|e| !e.trim().is_empty()) {
+            client = forwarded_address(entry).ok_or(UnreadableForwardedFor)?;
+            if !is_trusted(client) {
+                return Ok(client);
+            }
         }
     }
-    Some(chain)
+    Ok(client)
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with the port some proxies add
+/// (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
+/// The addresses of a trusted proxy's `X-Forwarded-For` to pass on, left to right: those right
+/// of any entry that is not an address (what is left of garbage is not worth passing on).
+fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
+    let mut chain = Vec::new();
+    'values: for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(value) = value.to_str() else {
+            break;
+        };
+        for entry in value.rsplit(',').filter(|e| !e.trim().is_empty()) {
+            match forwarded_address(entry) {
+                Some(ip) => chain.push(ip),
+                None => break 'values,
+            }
+        }
+    }
+    chain.reverse();
+    chain
 }
 
 /// `version=2`, `version=2:object-format=sha256`: what git sends, nothing that could smuggle
@@ -438,17 +477,45 @@ mod tests {
         // Through the load balancer: the right-most untrusted hop, not what the client wrote.
         assert_eq!(
             client_address(lb, &h, &trusted),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
+            Ok("203.0.113.9".parse::<IpAddr>().unwrap())
         );
         // A direct client's X-Forwarded-For means nothing.
-        assert_eq!(client_address(direct, &h, &trusted), direct);
-        // Garbage or no header: the peer.
-        h.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("203.0.113.9, nonsense"),
+        assert_eq!(client_address(direct, &h, &trusted), Ok(direct));
+        // No header: the peer.
+        assert_eq!(client_address(lb, &HeaderMap::new(), &trusted), Ok(lb));
+    }
+
+    #[test]
+    fn garbage_from_the_client_does_not_make_it_the_load_balancer() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let lb: IpAddr = "10.0.0.2".parse().unwrap();
+        let client: IpAddr = "198.51.100.7".parse().unwrap();
+        let xff = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+            }
+            client_address(lb, &h, &trusted)
+        };
+        // The client sent `X-Forwarded-For: x` (or worse); the balancer appended its address.
+        assert_eq!(xff(&["x, 198.51.100.7"]), Ok(client));
+        assert_eq!(xff(&["<script>, 10.0.0.9, 198.51.100.7"]), Ok(client));
+        assert_eq!(xff(&["x", "198.51.100.7"]), Ok(client));
+        assert_eq!(xff(&[", 198.51.100.7"]), Ok(client));
+        // Proxies that add the port.
+        assert_eq!(xff(&["198.51.100.7:4711"]), Ok(client));
+        assert_eq!(
+            xff(&["[2001:db8::7]:4711"]),
+            Ok("2001:db8::7".parse().unwrap())
         );
-        assert_eq!(client_address(lb, &h, &trusted), lb);
-        assert_eq!(client_address(lb, &HeaderMap::new(), &trusted), lb);
+        // What a trusted proxy wrote cannot be read: refused, never the balancer's address.
+        assert_eq!(xff(&["198.51.100.7, unknown"]), Err(UnreadableForwardedFor));
+        assert_eq!(xff(&["nonsense, 10.0.0.9"]), Err(UnreadableForwardedFor));
+        // Only trusted hops: the left-most, the origin of the request.
+        assert_eq!(
+            xff(&["10.5.5.5, 10.0.0.9"]),
+            Ok("10.5.5.5".parse().unwrap())
+        );
     }
 
     use super::*;
@@ -654,10 +721,13 @@ mod tests {
         assert_eq!(all(&h, "x-forwarded-proto"), ["http"]);
         assert_eq!(all(&h, "x-forwarded-host"), ["git.example.com"]);
 
-        // Garbage in the chain: only the peer is reported.
+        // Garbage in the chain: only what is right of it, and the peer.
         let inbound = map(&[("x-forwarded-for", "203.0.113.5, <script>")]);
         let h = to_upstream(&inbound, &out(&i, &trusted));
         assert_eq!(all(&h, "x-forwarded-for"), ["192.0.2.7"]);
+        let inbound = map(&[("x-forwarded-for", "<script>, 203.0.113.5:4711")]);
+        let h = to_upstream(&inbound, &out(&i, &trusted));
+        assert_eq!(all(&h, "x-forwarded-for"), ["203.0.113.5, 192.0.2.7"]);
     }
 
     #[test]
