@@ -102,8 +102,15 @@ impl Seen {
 
 impl AuthCache {
     pub(super) fn new(watcher: Connection, db_path: &Path) -> AuthCache {
+        // The file SQLite opened, symbolic links resolved: its `-shm` is the live index (one
+        // beside a link to the store may be stale).
+        let opened = watcher
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| db_path.to_path_buf());
         AuthCache {
-            seen: RwLock::new(Seen::new(db_path, 0)),
+            seen: RwLock::new(Seen::new(&opened, 0)),
             fallback: Mutex::new(watcher),
             state: RwLock::new(State {
                 version: i64::MIN,
@@ -225,13 +232,7 @@ mod tests {
         assert_ne!(server.inner.cache.version().unwrap(), v2);
     }
 
-    #[test]
-    fn a_commit_from_another_connection_invalidates_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let server = Store::open(&path).unwrap();
-        // Stands for the CLI: another process with its own connections to the same file.
-        let cli = Store::open(&path).unwrap();
+    fn alice_with_a_token(cli: &Store) {
         cli.add_user("alice", "h", Role::User, &actor()).unwrap();
         cli.insert_token(
             &NewToken {
@@ -250,6 +251,16 @@ mod tests {
             &actor(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_commit_from_another_connection_invalidates_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let server = Store::open(&path).unwrap();
+        // Stands for the CLI: another process with its own connections to the same file.
+        let cli = Store::open(&path).unwrap();
+        alice_with_a_token(&cli);
 
         assert!(matches!(
             server.cached_auth_record("abcdefghijkl").unwrap(),
@@ -275,5 +286,37 @@ mod tests {
         assert!(!fresh.owner.as_ref().unwrap().active);
         let (hits, misses) = server.cache_stats();
         assert!(hits >= 1 && misses >= 3, "{hits} {misses}");
+    }
+
+    /// A store configured through a symbolic link: SQLite keeps its write-ahead log and index
+    /// beside the real file, and a stale `-shm` beside the link (left from before the store was
+    /// moved) must not be taken for the live one, whose header would then never move.
+    #[test]
+    fn a_store_reached_through_a_symlink_watches_the_real_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.db");
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let server = Store::open(&link).unwrap();
+        let cli = Store::open(&link).unwrap();
+        alice_with_a_token(&cli);
+        assert!(dir.path().join("real.db-shm").exists());
+        std::fs::copy(
+            dir.path().join("real.db-shm"),
+            dir.path().join("link.db-shm"),
+        )
+        .unwrap();
+
+        let first = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+        assert!(first.token.revoked_at.is_none());
+        assert!(matches!(
+            server.cached_auth_record("abcdefghijkl").unwrap(),
+            CacheLookup::Hit(_)
+        ));
+        cli.revoke_token("abcdefghijkl", &actor()).unwrap();
+        assert!(matches!(
+            server.cached_auth_record("abcdefghijkl").unwrap(),
+            CacheLookup::Miss(_)
+        ));
     }
 }
