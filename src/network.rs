@@ -84,6 +84,15 @@ impl FromStr for Cidr {
                 n
             }
         };
+        // An IPv4 network written in IPv6's mapped form (`::ffff:10.1.2.0/120`, as a dual-stack
+        // listener shows its peers) is that IPv4 network: `contains` compares IPv4 addresses.
+        let (addr, prefix) = match addr {
+            IpAddr::V6(a) if prefix >= 96 => match a.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (addr, prefix),
+            },
+            _ => (addr, prefix),
+        };
         let addr = match addr {
             IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(prefix))),
             IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(prefix))),
@@ -136,6 +145,19 @@ mod tests {
         assert_eq!(cidr("2001:db8:1::5/32").to_string(), "2001:db8::/32");
         assert_eq!(cidr("::1").to_string(), "::1/128");
         assert_eq!(cidr("::/0").to_string(), "::/0");
+    }
+
+    #[test]
+    fn an_ipv4_network_in_mapped_form_is_that_ipv4_network() {
+        let net = cidr("::ffff:10.1.2.0/120");
+        assert_eq!(net.to_string(), "10.1.2.0/24");
+        // As a dual-stack listener sees an IPv4 client, and as an IPv4 listener does.
+        assert!(net.contains(ip("::ffff:10.1.2.3")));
+        assert!(net.contains(ip("10.1.2.3")));
+        assert!(!net.contains(ip("10.1.3.3")));
+        assert_eq!(cidr("::ffff:192.0.2.7").to_string(), "192.0.2.7/32");
+        // Not in the mapped range: an IPv6 network as written.
+        assert_eq!(cidr("::ffff:0:0/80").to_string(), "::/80");
     }
 
     #[test]
