@@ -310,7 +310,7 @@ impl Config {
             file: path.to_path_buf(),
             message,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| err(toml_message(&e)))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(toml_message(&e, text)))?;
         // Absolute, so that the backend (which runs in another directory) sees the same paths.
         let base = path
             .parent()
@@ -379,10 +379,10 @@ impl Config {
             },
             max_connections: match server.max_connections {
                 None => defaults.max_connections,
-                Some(0) => {
-                    return Err(err(
-                        "[server] max_connections = 0 would refuse everyone: use at least 1".into(),
-                    ))
+                Some(n) if n == 0 || n > MAX_CONNECTIONS => {
+                    return Err(err(format!(
+                        "[server] max_connections = {n} is out of range: use 1 to {MAX_CONNECTIONS}"
+                    )))
                 }
                 Some(n) => n,
             },
@@ -474,6 +474,12 @@ impl Config {
                 ))
             })?),
         };
+        if let Some(metrics) = metrics_listen.filter(|m| listeners_overlap(*m, listen)) {
+            return Err(err(format!(
+                "[metrics] listen = \"{metrics}\" is the git listener's address ([server] listen \
+                 = \"{listen}\"): /metrics needs a port of its own"
+            )));
+        }
 
         Ok(Config {
             source: path.to_path_buf(),
@@ -735,6 +741,10 @@ fn http_upstream(
 /// overflow the clock arithmetic of every connection.
 const MAX_SECONDS: u64 = 365 * 24 * 3600;
 
+/// The most connections `[server] max_connections` may allow: far above what one host's
+/// descriptors and memory carry, and low enough for every count derived from it.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 fn seconds(value: Option<u64>, default: Duration, key: &str) -> Result<Duration, String> {
     match value {
         None => Ok(default),
@@ -746,13 +756,38 @@ fn seconds(value: Option<u64>, default: Duration, key: &str) -> Result<Duration,
     }
 }
 
-/// Turn toml's multi-line error into one line that keeps the key and position.
-fn toml_message(e: &toml::de::Error) -> String {
+/// Whether two listening addresses would take the same port: the same port, and the same
+/// address or a wildcard (`0.0.0.0`, `::`) on either side. Port 0 (any free port) never does.
+fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Turn toml's multi-line error into one line that names the place: the line number and the
+/// line itself, which holds the key (`line 3: workers = "2": invalid type: ...`).
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message();
-    match e.span() {
-        Some(span) => format!("{msg} (at byte {})", span.start),
-        None => msg.to_string(),
+    let Some(span) = e.span() else {
+        return msg.to_string();
+    };
+    let start = span.start.min(text.len());
+    if !text.is_char_boundary(start) {
+        return msg.to_string();
     }
+    let line_no = text.as_bytes()[..start]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return format!("line {line_no}: {msg}");
+    }
+    let shown: String = line.chars().take(80).collect();
+    let more = if shown.len() < line.len() { "..." } else { "" };
+    format!("line {line_no}: {shown}{more}: {msg}")
 }
 
 /// `"/scm/"` → `"/scm"`, `""` → `"/"`. Refuses characters that could make prefix matching
@@ -849,6 +884,47 @@ env = "UPSTREAM_TOKEN"
         assert_eq!(tls.cert, Path::new("/etc/gitgate/tls/cert.pem"));
         assert_eq!(c.server.trusted_proxies.len(), 2);
         assert_eq!(c.server.limits.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_shown_with_its_line_and_key() {
+        let e = parse(&GOOD.replace("git_prefix = \"/scm/\"", "workers = \"2\"")).unwrap_err();
+        assert!(e.contains("line 4: workers = \"2\": invalid type"), "{e}");
+        let e = parse(&GOOD.replace("git_prefix = \"/scm/\"", "max_connections = -1")).unwrap_err();
+        assert!(e.contains("line 4: max_connections = -1:"), "{e}");
+        assert!(!e.contains("byte"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_connections_and_a_shared_metrics_port_are_refused() {
+        let with =
+            |extra: &str| parse(&GOOD.replace("git_prefix", &format!("{extra}\ngit_prefix")));
+        let e = with("max_connections = 4000000000000000000").unwrap_err();
+        assert!(
+            e.contains("max_connections") && e.contains("1 to 1000000"),
+            "{e}"
+        );
+        assert_eq!(
+            with("max_connections = 1000000")
+                .unwrap()
+                .server
+                .limits
+                .max_connections,
+            1_000_000
+        );
+        let metrics = |addr: &str| {
+            parse(&format!("{GOOD}[metrics]\nlisten = \"{addr}\"\n")).map(|c| c.metrics_listen)
+        };
+        for clash in ["127.0.0.1:8080", "0.0.0.0:8080", "[::]:8080"] {
+            let e = metrics(clash).unwrap_err();
+            assert!(
+                e.contains("[metrics] listen") && e.contains("port of its own"),
+                "{e}"
+            );
+        }
+        for fine in ["127.0.0.1:9100", "127.0.0.2:8080"] {
+            assert!(metrics(fine).unwrap().is_some(), "{fine}");
+        }
     }
 
     #[test]
