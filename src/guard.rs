@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock};
 use crate::config;
 use crate::git::Operation;
 use crate::inflight::{InFlight, Slot};
-use crate::ratelimit::{self, Decision, Limits, RateLimiter};
+use crate::ratelimit::{Cost, Decision, Limits, RateLimiter};
 use crate::store::{Actor, RateRule, Store, TokenRecord};
 use crate::throttle::{self, Throttle};
 
@@ -198,9 +198,6 @@ impl Guard {
         let Some((limiter, defaults)) = &self.rate else {
             return Ok(());
         };
-        if !ratelimit::counts(operation) {
-            return Ok(());
-        }
         let limits = match self.overrides(now).await.get(principal) {
             Some(RateRule::Exempt) => return Ok(()),
             Some(RateRule::Limits {
@@ -212,7 +209,7 @@ impl Guard {
             },
             None => *defaults,
         };
-        match limiter.check(principal, limits, now) {
+        match limiter.check(principal, Cost::of(operation), limits, now) {
             Decision::Allow { .. } => Ok(()),
             Decision::Limited { retry_after_secs } => {
                 tracing::info!(

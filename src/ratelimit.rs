@@ -13,10 +13,13 @@
 //!   unauthenticated client cannot create entries at all.
 //! - **Sharded.** A `Mutex<HashMap>` per shard, picked by hashing the principal, keeps two
 //!   requests of different principals from contending on one lock on the hot path.
-//! - **Clones count once.** The gate only asks for a token on the request that starts an exchange
-//!   (the `info/refs` advertisement, or a dumb-HTTP GET), not on the `git-upload-pack` /
-//!   `git-receive-pack` POSTs that follow it, so a long clone or a protocol-v2 fetch that makes
-//!   several POSTs costs one token; see [`counts`].
+//! - **Clones count once.** The request that starts an exchange (the `info/refs` advertisement,
+//!   or a dumb-HTTP GET) takes a token; the `git-upload-pack` / `git-receive-pack` POSTs that
+//!   follow an advertisement are paid for by it: each advertisement gives the principal
+//!   [`RPC_CREDITS`] POSTs (at most [`MAX_RPC_CREDITS`] saved up), so a long clone or a
+//!   protocol-v2 fetch that makes several POSTs costs one token. A POST with no credit left
+//!   takes a token like any request: POSTs sent without advertisements — each one starts a
+//!   pack — are limited too; see [`Cost`].
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -29,6 +32,12 @@ use crate::git::Operation;
 const SHARDS: usize = 16;
 /// A shard does not sweep before it holds this many buckets.
 const MIN_SWEEP_AT: usize = 256;
+
+/// POSTs each advertisement pays for: a clone makes one or two (protocol v2: `ls-refs`, then
+/// `fetch`), a fetch's negotiation a few more.
+pub const RPC_CREDITS: u32 = 16;
+/// The most POST credits a principal can save up.
+pub const MAX_RPC_CREDITS: u32 = 64;
 
 /// A bucket's size and refill rate.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,6 +77,8 @@ pub enum Decision {
 pub struct Bucket {
     tokens: f64,
     updated_ms: i64,
+    /// POSTs already paid for by advertisements.
+    rpc_credits: u32,
 }
 
 impl Bucket {
@@ -76,6 +87,30 @@ impl Bucket {
         Bucket {
             tokens: f64::from(limits.capacity),
             updated_ms: now,
+            rpc_credits: 0,
+        }
+    }
+
+    /// Charge a request of this cost: an advertisement takes a token and pays for the POSTs
+    /// that follow it; such a POST uses up a credit, or takes a token when none is left.
+    pub fn charge(&mut self, cost: Cost, limits: &Limits, now: i64) -> Decision {
+        match cost {
+            Cost::Token => self.take(limits, now),
+            Cost::Advertisement => {
+                let decision = self.take(limits, now);
+                if matches!(decision, Decision::Allow { .. }) {
+                    self.rpc_credits = (self.rpc_credits + RPC_CREDITS).min(MAX_RPC_CREDITS);
+                }
+                decision
+            }
+            Cost::Rpc if self.rpc_credits > 0 => {
+                self.rpc_credits -= 1;
+                self.refill(limits, now);
+                Decision::Allow {
+                    remaining: self.tokens.floor() as u32,
+                }
+            }
+            Cost::Rpc => self.take(limits, now),
         }
     }
 
@@ -117,16 +152,29 @@ impl Bucket {
     }
 }
 
-/// Whether a request of this kind takes a token: only the request that starts an exchange.
+/// What a request costs its principal's bucket.
 ///
 /// A smart-HTTP clone, fetch or push is `GET info/refs?service=...` followed by one or more
-/// `POST git-upload-pack`/`git-receive-pack` on the same credentials; counting the advertisement
-/// alone makes a clone cost one request however many round trips protocol v2 or a large
-/// negotiation takes. Dumb-HTTP reads have no such start, so each counts.
-pub fn counts(operation: Operation) -> bool {
-    match operation {
-        Operation::Advertise(_) | Operation::Dumb => true,
-        Operation::Rpc(_) => false,
+/// `POST git-upload-pack`/`git-receive-pack` on the same credentials; charging the
+/// advertisement for them makes a clone cost one request however many round trips protocol v2
+/// or a large negotiation takes. Dumb-HTTP reads have no such start, so each takes a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cost {
+    /// A token.
+    Token,
+    /// A token, and credit for the POSTs that follow.
+    Advertisement,
+    /// A credit from an advertisement, or else a token.
+    Rpc,
+}
+
+impl Cost {
+    pub fn of(operation: Operation) -> Cost {
+        match operation {
+            Operation::Advertise(_) => Cost::Advertisement,
+            Operation::Dumb => Cost::Token,
+            Operation::Rpc(_) => Cost::Rpc,
+        }
     }
 }
 
@@ -171,7 +219,7 @@ impl RateLimiter {
     ///
     /// If the limits of a principal change (an override set or cleared), its bucket is kept but
     /// capped at the new capacity.
-    pub fn check(&self, principal: &str, limits: Limits, now: i64) -> Decision {
+    pub fn check(&self, principal: &str, cost: Cost, limits: Limits, now: i64) -> Decision {
         // A poisoned lock only means another request panicked mid-update of plain numbers;
         // the data is still usable, and refusing every request of the shard would be worse.
         let mut shard = self
@@ -190,7 +238,7 @@ impl RateLimiter {
             entry.1 = limits;
             entry.0.tokens = entry.0.tokens.min(f64::from(limits.capacity));
         }
-        entry.0.take(&limits, now)
+        entry.0.charge(cost, &limits, now)
     }
 
     /// How many buckets are held (for tests and metrics).
@@ -276,10 +324,68 @@ mod tests {
     fn principals_are_independent() {
         let rl = RateLimiter::new();
         for _ in 0..3 {
-            assert!(matches!(rl.check("alice", L, 0), Decision::Allow { .. }));
+            assert!(matches!(
+                rl.check("alice", Cost::Token, L, 0),
+                Decision::Allow { .. }
+            ));
         }
-        assert!(matches!(rl.check("alice", L, 0), Decision::Limited { .. }));
-        assert!(matches!(rl.check("bob", L, 0), Decision::Allow { .. }));
+        assert!(matches!(
+            rl.check("alice", Cost::Token, L, 0),
+            Decision::Limited { .. }
+        ));
+        assert!(matches!(
+            rl.check("bob", Cost::Token, L, 0),
+            Decision::Allow { .. }
+        ));
+    }
+
+    #[test]
+    fn an_advertisement_pays_for_the_posts_that_follow_it_and_no_more() {
+        let mut b = Bucket::full(&L, 0);
+        assert_eq!(
+            b.charge(Cost::Advertisement, &L, 0),
+            Decision::Allow { remaining: 2 }
+        );
+        for _ in 0..RPC_CREDITS {
+            assert_eq!(b.charge(Cost::Rpc, &L, 0), Decision::Allow { remaining: 2 });
+        }
+        // Beyond the credit, a POST costs a token like any request.
+        assert_eq!(b.charge(Cost::Rpc, &L, 0), Decision::Allow { remaining: 1 });
+        assert_eq!(b.charge(Cost::Rpc, &L, 0), Decision::Allow { remaining: 0 });
+        assert!(matches!(
+            b.charge(Cost::Rpc, &L, 0),
+            Decision::Limited { .. }
+        ));
+
+        // POSTs with no advertisement at all: limited as soon as the bucket is empty.
+        let mut b = Bucket::full(&L, 0);
+        for _ in 0..3 {
+            assert!(matches!(b.charge(Cost::Rpc, &L, 0), Decision::Allow { .. }));
+        }
+        assert!(matches!(
+            b.charge(Cost::Rpc, &L, 0),
+            Decision::Limited { .. }
+        ));
+
+        // Credits saved up are capped; a refused advertisement earns none.
+        let big = Limits {
+            capacity: 100,
+            refill_per_second: 0.0,
+        };
+        let mut b = Bucket::full(&big, 0);
+        for _ in 0..10 {
+            b.charge(Cost::Advertisement, &big, 0);
+        }
+        assert_eq!(b.rpc_credits, MAX_RPC_CREDITS);
+        let mut b = Bucket::full(&L, 0);
+        for _ in 0..3 {
+            b.charge(Cost::Token, &L, 0);
+        }
+        assert!(matches!(
+            b.charge(Cost::Advertisement, &L, 0),
+            Decision::Limited { .. }
+        ));
+        assert_eq!(b.rpc_credits, 0);
     }
 
     #[test]
@@ -289,39 +395,54 @@ mod tests {
             capacity: 100,
             refill_per_second: 1.0,
         };
-        assert_eq!(rl.check("ci", big, 0), Decision::Allow { remaining: 99 });
-        assert_eq!(rl.check("ci", L, 0), Decision::Allow { remaining: 2 });
+        assert_eq!(
+            rl.check("ci", Cost::Token, big, 0),
+            Decision::Allow { remaining: 99 }
+        );
+        assert_eq!(
+            rl.check("ci", Cost::Token, L, 0),
+            Decision::Allow { remaining: 2 }
+        );
     }
 
     #[test]
     fn idle_buckets_are_evicted() {
         let rl = RateLimiter::new();
         for i in 0..5_000 {
-            rl.check(&format!("user{i}"), L, 0);
+            rl.check(&format!("user{i}"), Cost::Token, L, 0);
         }
         assert_eq!(rl.len(), 5_000);
         // Long after every bucket refilled, new traffic sweeps the old entries away.
         for i in 0..5_000 {
-            rl.check(&format!("other{i}"), L, 1_000_000);
+            rl.check(&format!("other{i}"), Cost::Token, L, 1_000_000);
         }
         assert!(rl.len() < 7_000, "{} buckets kept", rl.len());
         // Buckets still refilling are not forgotten (that would reset their limit).
         let rl = RateLimiter::new();
         for _ in 0..3 {
-            rl.check("busy", L, 0);
+            rl.check("busy", Cost::Token, L, 0);
         }
         for i in 0..5_000 {
-            rl.check(&format!("u{i}"), L, 100);
+            rl.check(&format!("u{i}"), Cost::Token, L, 100);
         }
-        assert!(matches!(rl.check("busy", L, 200), Decision::Limited { .. }));
+        assert!(matches!(
+            rl.check("busy", Cost::Token, L, 200),
+            Decision::Limited { .. }
+        ));
     }
 
     #[test]
     fn only_exchange_starts_count() {
-        assert!(counts(Operation::Advertise(Service::UploadPack)));
-        assert!(counts(Operation::Advertise(Service::ReceivePack)));
-        assert!(counts(Operation::Dumb));
-        assert!(!counts(Operation::Rpc(Service::UploadPack)));
-        assert!(!counts(Operation::Rpc(Service::ReceivePack)));
+        assert_eq!(
+            Cost::of(Operation::Advertise(Service::UploadPack)),
+            Cost::Advertisement
+        );
+        assert_eq!(
+            Cost::of(Operation::Advertise(Service::ReceivePack)),
+            Cost::Advertisement
+        );
+        assert_eq!(Cost::of(Operation::Dumb), Cost::Token);
+        assert_eq!(Cost::of(Operation::Rpc(Service::UploadPack)), Cost::Rpc);
+        assert_eq!(Cost::of(Operation::Rpc(Service::ReceivePack)), Cost::Rpc);
     }
 }

@@ -80,18 +80,8 @@ fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
     // All of alice's personal tokens share her bucket.
     assert_eq!(status(&get(&server, IR, &server.read_token)), 429);
 
-    // The RPC that follows an advertisement is not counted: a clone is one request.
-    let body = b"0000";
-    let post = format!(
-        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
-         Content-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        basic("alice", &w),
-        body.len()
-    );
-    let mut bytes = post.into_bytes();
-    bytes.extend_from_slice(body);
-    let resp = server.raw(&bytes);
+    // The RPC that follows an advertisement is paid for by it: a clone is one request.
+    let resp = upload_pack_post(&server, &w);
     assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
 
     // An exemption from the CLI applies within the override cache's lifetime.
@@ -126,6 +116,35 @@ fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
     assert_eq!(header(&resp, "retry-after").as_deref(), Some("10"));
     gitgate(&server.config(), &["ratelimit", "clear", "alice"], None);
     assert!(!gitgate(&server.config(), &["ratelimit", "list"], None).contains("user:alice"));
+}
+
+/// `POST git-upload-pack` as alice with `secret` (an empty request: git answers at once).
+fn upload_pack_post(server: &Server, secret: &str) -> Vec<u8> {
+    let body = b"0000";
+    let post = format!(
+        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        basic("alice", secret),
+        body.len()
+    );
+    let mut bytes = post.into_bytes();
+    bytes.extend_from_slice(body);
+    server.raw(&bytes)
+}
+
+/// POSTs sent without advertisements (each would start a pack) are not free: with no credit
+/// from an advertisement, each takes a token.
+#[test]
+fn posts_without_advertisements_are_rate_limited() {
+    let server = Server::start(
+        "[rate_limit]\ncapacity = 2\nrefill_per_second = 0.01\n[auth_failures]\nmax = 1000\n",
+    );
+    assert_eq!(status(&upload_pack_post(&server, &server.read_token)), 200);
+    assert_eq!(status(&upload_pack_post(&server, &server.read_token)), 200);
+    let resp = upload_pack_post(&server, &server.read_token);
+    assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
+    assert!(String::from_utf8_lossy(&resp).contains("rate limit exceeded for user:alice"));
 }
 
 #[test]
