@@ -1,6 +1,6 @@
 //! The gate's defences against abuse, wired to the clock, the store and the logs: the pure
 //! [`throttle`] (failed authentications per address) and
-//! [`ratelimit`] (requests per principal) do the arithmetic; this module feeds
+//! [`ratelimit`](crate::ratelimit) (requests per principal) do the arithmetic; this module feeds
 //! them the time, reads the per-principal overrides, and writes the audit events and log lines.
 //!
 //! Where the gate asks:
