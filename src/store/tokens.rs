@@ -147,13 +147,39 @@ fn networks_to_db(networks: &[Cidr]) -> Option<String> {
     }
 }
 
+/// Characters that show as nothing or reorder the text around them (Unicode format
+/// characters: zero-width spaces and joiners, bidirectional marks, overrides and isolates, the
+/// soft hyphen, the byte-order mark). In a name they make `alice\u{200B}` look like `alice` in
+/// the backend's `REMOTE_USER`, hooks and reflogs, or garble the `remote:` lines git prints.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
+}
+
 /// Token names: 1–100 characters, no control characters, no space at either end (the backend
 /// knows a project or repository token by its name, and HTTP and git trim the spaces around
 /// it, so `bob ` would arrive as `bob`).
 pub fn validate_name(name: &str) -> Result<()> {
-    if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+    if name.trim().is_empty()
+        || name.chars().count() > 100
+        || name
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c))
+    {
         return Err(StoreError::Invalid(
-            "a token name must be 1-100 characters without control characters".into(),
+            "a token name must be 1-100 characters without control, invisible or \
+             text-direction characters"
+                .into(),
         ));
     }
     if name.trim() != name {
@@ -527,6 +553,29 @@ mod tests {
 
     fn perms(names: &[&str]) -> TokenPermissions {
         TokenPermissions::from_names(TokenKind::Personal, names).unwrap()
+    }
+
+    #[test]
+    fn names_that_hide_or_reorder_text_are_refused() {
+        for bad in [
+            "alice\u{200B}",
+            "\u{202E}nimda",
+            "ci\u{2066}x",
+            "\u{FEFF}deploy",
+            "a\u{00AD}b",
+        ] {
+            let e = validate_name(bad).unwrap_err().to_string();
+            assert!(e.contains("invisible"), "{bad:?}: {e}");
+        }
+        for good in [
+            "laptop",
+            "CI – nightly",
+            "Zoë's key",
+            "デプロイ",
+            "ci (team/app)",
+        ] {
+            validate_name(good).unwrap();
+        }
     }
 
     #[test]
