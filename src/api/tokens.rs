@@ -45,8 +45,10 @@ pub fn collection(call: &Call, subject: &Subject) -> ApiResult {
                 expiry_days: days(&body, "expiryDays")?,
                 allowed_networks: strings(&body, "allowedNetworks")?.unwrap_or_default(),
             };
+            // Read before the write: once the token exists, its answer must not fail on a read.
+            let policy = lifecycle::policy(call.store)?;
             let (token, secret) = lifecycle::create(call.store, &call.caller, req, &call.actor)?;
-            let mut value = token_json(call.store, &token, &lifecycle::policy(call.store)?);
+            let mut value = token_json(call.store, &token, &policy);
             value["token"] = json!(secret.expose());
             Ok(Reply::ok(value))
         }
@@ -133,6 +135,8 @@ pub fn rotate(call: &Call, subject: &Subject, id: &str) -> ApiResult {
                 ApiError::bad_request("\"overlapSeconds\" must be a whole number of seconds")
             })?,
     };
+    // Read before the write: once the old secret is replaced, the answer must not fail on a read.
+    let policy = lifecycle::policy(call.store)?;
     let (token, secret) = lifecycle::rotate(
         call.store,
         &call.caller,
@@ -141,7 +145,7 @@ pub fn rotate(call: &Call, subject: &Subject, id: &str) -> ApiResult {
         overlap,
         &call.actor,
     )?;
-    let mut value = token_json(call.store, &token, &lifecycle::policy(call.store)?);
+    let mut value = token_json(call.store, &token, &policy);
     value["token"] = json!(secret.expose());
     Ok(Reply::ok(value))
 }
@@ -204,11 +208,11 @@ pub fn page(call: &Call, values: Vec<Value>) -> ApiResult {
         }
     };
     let start = number("start", 0)?;
-    let limit = number("limit", DEFAULT_LIMIT)?;
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::bad_request(format!(
-            "\"limit\" must be between 1 and {MAX_LIMIT}"
-        )));
+    // As Bitbucket: a larger page than the server gives is capped, not refused (the answer's
+    // `limit` says what was used).
+    let limit = number("limit", DEFAULT_LIMIT)?.min(MAX_LIMIT);
+    if limit == 0 {
+        return Err(ApiError::bad_request("\"limit\" must be at least 1"));
     }
     Ok(Reply::ok(paged(values, start, limit)))
 }

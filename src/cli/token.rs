@@ -282,10 +282,12 @@ pub fn rotate(
         Some(owner) => login_as_owner(store, owner, password_stdin, "rotated")?,
         None => Caller::Operator,
     };
+    // Read before the write: once the old secret is replaced, showing the new one must not fail
+    // on a read of the store.
+    let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
     let (record, secret) = lifecycle::rotate(store, &caller, None, id, overlap_secs, &Actor::cli())
         .map_err(|e| e.to_string())?;
     let delivered = if json {
-        let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
         let mut value = to_json(&record, &policy);
         value["token"] = json!(secret.expose());
         print_json(&value)
