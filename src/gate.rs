@@ -62,6 +62,10 @@ pub struct Gate {
     pub api_body_deadline: std::time::Duration,
 }
 
+/// The answer to a trusted proxy's `X-Forwarded-For` that names no client address.
+const UNREADABLE_FORWARDED_FOR: &str =
+    "the X-Forwarded-For header from the load balancer names no client address gitgate can read";
+
 /// Every way a request can end before reaching the backend.
 #[derive(Debug)]
 enum Refusal {
@@ -95,23 +99,21 @@ impl Gate {
     ) -> Result<Response<ResponseBody>, Infallible> {
         // Everything about "who is asking from where" (throttle, allowed networks, audit, logs)
         // uses the client's address; only the upstream hop itself needs the peer.
-        let client = match client_address(peer.ip(), req.headers(), &self.trusted_proxies) {
-            Ok(ip) => ip,
-            Err(_) => {
-                tracing::warn!(
-                    peer = %peer,
-                    "refused: the trusted proxy's X-Forwarded-For names no client address"
-                );
-                return Ok(text(
-                    StatusCode::BAD_REQUEST,
-                    "the X-Forwarded-For header from the load balancer names no client address \
-                     gitgate can read",
-                ));
-            }
-        };
-        let remote = SocketAddr::new(client, peer.port());
+        // A trusted proxy's X-Forwarded-For that names no client is refused below, with the
+        // request logged as from the proxy.
+        let client = client_address(peer.ip(), req.headers(), &self.trusted_proxies);
+        if client.is_err() {
+            tracing::warn!(
+                peer = %peer,
+                "refused: the trusted proxy's X-Forwarded-For names no client address"
+            );
+        }
+        let remote = SocketAddr::new(*client.as_ref().unwrap_or(&peer.ip()), peer.port());
         // The management API, before git classification: never forwarded upstream.
         if crate::api::is_api_path(req.uri().path()) {
+            if client.is_err() {
+                return Ok(text(StatusCode::BAD_REQUEST, UNREADABLE_FORWARDED_FOR));
+            }
             if let Some(m) = host_problem(req.version(), req.headers()) {
                 return Ok(text(StatusCode::BAD_REQUEST, m));
             }
@@ -153,7 +155,12 @@ impl Gate {
         }));
         let log = &mut pending.line().who;
 
-        let admitted = self.admit(&req, remote, log).await;
+        let admitted = match client {
+            Ok(_) => self.admit(&req, remote, log).await,
+            Err(_) => Err(Refusal::NotGit(Rejection::BadRequest(
+                UNREADABLE_FORWARDED_FOR.into(),
+            ))),
+        };
         METRICS.auth_duration.observe(started.elapsed());
         let mut slot = None;
         let response = match admitted {

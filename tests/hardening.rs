@@ -435,4 +435,11 @@ fn behind_a_trusted_proxy_the_client_address_is_what_counts() {
         "{}",
         String::from_utf8_lossy(&unreadable)
     );
+    // Logged like every request: one line with its status, from the proxy's address.
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("status=400") && l.contains("remote=127.0.0.1")),
+        "{log}"
+    );
 }
