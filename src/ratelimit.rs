@@ -16,7 +16,7 @@
 //! - **Clones count once.** The request that starts an exchange (the `info/refs` advertisement,
 //!   or a dumb-HTTP GET) takes a token; the `git-upload-pack` / `git-receive-pack` POSTs that
 //!   follow an advertisement are paid for by it: each advertisement gives the principal
-//!   [`RPC_CREDITS`] POSTs (at most [`MAX_RPC_CREDITS`] saved up), so a long clone or a
+//!   [`RPC_CREDITS`] POSTs for [`RPC_CREDIT_MS`] (at most [`MAX_RPC_CREDITS`] saved up), so a long clone or a
 //!   protocol-v2 fetch that makes several POSTs costs one token. A POST with no credit left
 //!   takes a token like any request: POSTs sent without advertisements — each one starts a
 //!   pack — are limited too; see [`Cost`].
@@ -38,6 +38,9 @@ const MIN_SWEEP_AT: usize = 256;
 pub const RPC_CREDITS: u32 = 16;
 /// The most POST credits a principal can save up.
 pub const MAX_RPC_CREDITS: u32 = 64;
+/// How long after its principal's last advertisement a credit may be used: git sends its POSTs
+/// right after the advertisement; credits saved up for later would be a second bucket.
+pub const RPC_CREDIT_MS: i64 = 5 * 60 * 1000;
 
 /// A bucket's size and refill rate.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -77,8 +80,10 @@ pub enum Decision {
 pub struct Bucket {
     tokens: f64,
     updated_ms: i64,
-    /// POSTs already paid for by advertisements.
+    /// POSTs already paid for by advertisements ...
     rpc_credits: u32,
+    /// ... until then.
+    credits_until_ms: i64,
 }
 
 impl Bucket {
@@ -88,6 +93,7 @@ impl Bucket {
             tokens: f64::from(limits.capacity),
             updated_ms: now,
             rpc_credits: 0,
+            credits_until_ms: 0,
         }
     }
 
@@ -99,11 +105,17 @@ impl Bucket {
             Cost::Advertisement => {
                 let decision = self.take(limits, now);
                 if matches!(decision, Decision::Allow { .. }) {
-                    self.rpc_credits = (self.rpc_credits + RPC_CREDITS).min(MAX_RPC_CREDITS);
+                    let saved = if self.has_credit(now) {
+                        self.rpc_credits
+                    } else {
+                        0
+                    };
+                    self.rpc_credits = (saved + RPC_CREDITS).min(MAX_RPC_CREDITS);
+                    self.credits_until_ms = now.saturating_add(RPC_CREDIT_MS);
                 }
                 decision
             }
-            Cost::Rpc if self.rpc_credits > 0 => {
+            Cost::Rpc if self.has_credit(now) => {
                 self.rpc_credits -= 1;
                 self.refill(limits, now);
                 Decision::Allow {
@@ -146,9 +158,14 @@ impl Bucket {
         self.updated_ms = now;
     }
 
-    /// Whether the bucket would be full at `now` (so forgetting it changes nothing).
+    fn has_credit(&self, now: i64) -> bool {
+        self.rpc_credits > 0 && now <= self.credits_until_ms
+    }
+
+    /// Whether the bucket would be full at `now` with no credit left (so forgetting it changes
+    /// nothing).
     fn is_idle(&self, limits: &Limits, now: i64) -> bool {
-        now.saturating_sub(self.updated_ms) >= limits.full_after_ms()
+        now.saturating_sub(self.updated_ms) >= limits.full_after_ms() && !self.has_credit(now)
     }
 }
 
@@ -386,6 +403,44 @@ mod tests {
             Decision::Limited { .. }
         ));
         assert_eq!(b.rpc_credits, 0);
+
+        // Credits are for the POSTs that follow, not saved for later.
+        let mut b = Bucket::full(&L, 0);
+        b.charge(Cost::Advertisement, &L, 0);
+        // Still in time: a credit (the bucket has refilled meanwhile, and stays full).
+        assert_eq!(
+            b.charge(Cost::Rpc, &L, RPC_CREDIT_MS),
+            Decision::Allow { remaining: 3 }
+        );
+        // Past it: tokens, although 15 credits are left.
+        assert_eq!(
+            b.charge(Cost::Rpc, &L, RPC_CREDIT_MS + 1),
+            Decision::Allow { remaining: 2 }
+        );
+        assert_eq!(
+            b.charge(Cost::Rpc, &L, RPC_CREDIT_MS + 1),
+            Decision::Allow { remaining: 1 }
+        );
+    }
+
+    #[test]
+    fn a_bucket_with_credit_left_is_not_swept() {
+        let fast = Limits {
+            capacity: 1,
+            refill_per_second: 1000.0,
+        };
+        let rl = RateLimiter::new();
+        rl.check("cloner", Cost::Advertisement, fast, 0);
+        // Enough other principals, a moment later (every bucket full again), to make the shard
+        // sweep: the cloner's POSTs still have their credit.
+        for i in 0..(MIN_SWEEP_AT * SHARDS * 2) {
+            rl.check(&format!("u{i}"), Cost::Token, fast, 10);
+        }
+        rl.check("cloner", Cost::Token, fast, 10); // empties its one-token bucket
+        assert_eq!(
+            rl.check("cloner", Cost::Rpc, fast, 10),
+            Decision::Allow { remaining: 0 }
+        );
     }
 
     #[test]
