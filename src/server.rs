@@ -256,9 +256,16 @@ async fn run_workers(config: Config) -> Result<(), String> {
         if settings.tls.is_some() { "https" } else { "http" }
     );
     accept(listener, &workers, &settings.limits, stop.next()).await;
-    // A second stop signal ends the drain at once.
+    // A second stop signal ends the drain at once. One within a second of the first is the
+    // same stop: Ctrl-C in a terminal sends SIGINT, and a supervisor may pass on a SIGTERM too.
+    let stopping = tokio::time::Instant::now();
     tokio::spawn(async move {
-        stop.next().await;
+        loop {
+            stop.next().await;
+            if stopping.elapsed() >= SAME_STOP {
+                break;
+            }
+        }
         tracing::warn!("second stop signal: closing the remaining connections now");
         let _ = cut_off_now.send(true);
     });
@@ -509,6 +516,9 @@ impl Body for NoBody {
 /// Set once the grace period is over: a request dropped from then on was cut off by the
 /// shutdown, not by its client.
 static CUT_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Stop signals this close together are one stop, not a second one.
+const SAME_STOP: Duration = Duration::from_secs(1);
 
 /// Why a request that never finished ended: `shutdown` once the grace period is over,
 /// `client-gone` before.
