@@ -759,13 +759,17 @@ fn seconds(value: Option<u64>, default: Duration, key: &str) -> Result<Duration,
 /// Whether two listening addresses would take the same port: the same port, and the same
 /// address or a wildcard (`0.0.0.0`, `::`) on either side. Port 0 (any free port) never does.
 fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    // `::` also takes IPv4 (Linux's default, dual-stack sockets); `0.0.0.0` only IPv4.
+    let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
     a.port() != 0
         && a.port() == b.port()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
 }
 
-/// Turn toml's multi-line error into one line that names the place: the line number and the
-/// line itself, which holds the key (`line 3: workers = "2": invalid type: ...`).
+/// Turn toml's multi-line error into one line that names the place: the line number and its
+/// key (`line 3, workers: invalid type: ...`).
 fn toml_message(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message();
     let Some(span) = e.span() else {
@@ -782,12 +786,18 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
         + 1;
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("").trim();
-    if line.is_empty() {
+    // The key only, never the value: a misplaced secret (`password = "..."` where only `file`
+    // or `env` may go) must not end up in the journal.
+    let key = match line.split_once('=') {
+        Some((key, _)) => key.trim(),
+        None => line,
+    };
+    if key.is_empty() {
         return format!("line {line_no}: {msg}");
     }
-    let shown: String = line.chars().take(80).collect();
-    let more = if shown.len() < line.len() { "..." } else { "" };
-    format!("line {line_no}: {shown}{more}: {msg}")
+    let shown: String = key.chars().take(80).collect();
+    let more = if shown.len() < key.len() { "..." } else { "" };
+    format!("line {line_no}, {shown}{more}: {msg}")
 }
 
 /// `"/scm/"` → `"/scm"`, `""` → `"/"`. Refuses characters that could make prefix matching
@@ -889,10 +899,15 @@ env = "UPSTREAM_TOKEN"
     #[test]
     fn a_value_of_the_wrong_type_is_shown_with_its_line_and_key() {
         let e = parse(&GOOD.replace("git_prefix = \"/scm/\"", "workers = \"2\"")).unwrap_err();
-        assert!(e.contains("line 4: workers = \"2\": invalid type"), "{e}");
+        assert!(e.contains("line 4, workers: invalid type"), "{e}");
         let e = parse(&GOOD.replace("git_prefix = \"/scm/\"", "max_connections = -1")).unwrap_err();
-        assert!(e.contains("line 4: max_connections = -1:"), "{e}");
+        assert!(e.contains("line 4, max_connections:"), "{e}");
         assert!(!e.contains("byte"), "{e}");
+        // A secret put where it does not belong is named by its key, never shown.
+        let e = parse(&GOOD.replace("realm = \"gitgate\"", "password = \"hunter2-secret\""))
+            .unwrap_err();
+        assert!(e.contains("password"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]
@@ -922,6 +937,15 @@ env = "UPSTREAM_TOKEN"
                 "{e}"
             );
         }
+        // An IPv4 wildcard does not take an IPv6 address's port.
+        assert!(listeners_overlap(
+            "[::]:8080".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        ));
+        assert!(!listeners_overlap(
+            "0.0.0.0:8080".parse().unwrap(),
+            "[::1]:8080".parse().unwrap()
+        ));
         for fine in ["127.0.0.1:9100", "127.0.0.2:8080"] {
             assert!(metrics(fine).unwrap().is_some(), "{fine}");
         }
