@@ -188,7 +188,12 @@ pub fn token_json(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Valu
         }
         (None, Some(Target::Project(key))) => v["project"] = json!({ "key": key }),
         (None, Some(Target::Repo(repo))) => {
-            let slug = repo.as_str().rsplit('/').next().unwrap_or_default();
+            // Everything after the project: a nested repository (`team/tools/app`) shows as
+            // `tools/app`, never as a `team/app` it is not.
+            let slug = repo
+                .as_str()
+                .split_once('/')
+                .map_or(repo.as_str(), |(_, rest)| rest);
             v["repository"] = json!({ "slug": slug, "project": { "key": repo.project() } });
         }
         (None, None) => {}
@@ -276,6 +281,40 @@ fn days(body: &Map<String, Value>, key: &str) -> Result<Option<u32>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nested_repository_token_shows_its_whole_path() {
+        use crate::permission::{TokenKind, TokenPermissions};
+        use crate::store::test_support::{actor, temp_store};
+        let (_d, store) = temp_store();
+        let scope = Target::parse("team/tools/app").unwrap();
+        let t = store
+            .insert_token(
+                &crate::store::NewToken {
+                    id: "abcdefghijkl",
+                    kind: TokenKind::Repository,
+                    name: "deploy",
+                    owner: None,
+                    scope: Some(&scope),
+                    permissions: TokenPermissions::from_names(
+                        TokenKind::Repository,
+                        &["REPO_READ"],
+                    )
+                    .unwrap(),
+                    secret_hash: [1; 32],
+                    expires_at: None,
+                    allowed_networks: &[],
+                    created_at: 0,
+                },
+                &actor(),
+            )
+            .unwrap();
+        let v = token_json(&store, &t, &ExpiryPolicy::default());
+        assert_eq!(
+            v["repository"],
+            json!({"slug": "tools/app", "project": {"key": "team"}})
+        );
+    }
 
     #[test]
     fn pages() {
