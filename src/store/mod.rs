@@ -417,6 +417,9 @@ fn file_id(path: &Path) -> std::io::Result<FileId> {
 fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
+            // Through a symbolic link, SQLite writes beside the file the link points at.
+            let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            let path = real.as_path();
             let folder = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 Some(p) => p.display().to_string(),
                 None => ".".into(),
