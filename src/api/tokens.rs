@@ -284,28 +284,12 @@ mod tests {
 
     #[test]
     fn a_nested_repository_token_shows_its_whole_path() {
-        use crate::permission::{TokenKind, TokenPermissions};
-        use crate::store::test_support::{actor, temp_store};
+        use crate::store::test_support::{actor, repository_token, temp_store};
         let (_d, store) = temp_store();
         let scope = Target::parse("team/tools/app").unwrap();
         let t = store
             .insert_token(
-                &crate::store::NewToken {
-                    id: "abcdefghijkl",
-                    kind: TokenKind::Repository,
-                    name: "deploy",
-                    owner: None,
-                    scope: Some(&scope),
-                    permissions: TokenPermissions::from_names(
-                        TokenKind::Repository,
-                        &["REPO_READ"],
-                    )
-                    .unwrap(),
-                    secret_hash: [1; 32],
-                    expires_at: None,
-                    allowed_networks: &[],
-                    created_at: 0,
-                },
+                &repository_token("abcdefghijkl", "deploy", &scope),
                 &actor(),
             )
             .unwrap();

@@ -197,9 +197,8 @@ impl AuthCache {
 
 #[cfg(test)]
 mod tests {
-    use crate::permission::{TokenKind, TokenPermissions};
-    use crate::store::test_support::actor;
-    use crate::store::{CacheLookup, NewToken, Role, Store};
+    use crate::store::test_support::{actor, personal_token};
+    use crate::store::{CacheLookup, Role, Store};
 
     #[test]
     fn the_wal_index_header_is_read_cleanly_and_moves_with_every_commit() {
@@ -234,23 +233,8 @@ mod tests {
 
     fn alice_with_a_token(cli: &Store) {
         cli.add_user("alice", "h", Role::User, &actor()).unwrap();
-        cli.insert_token(
-            &NewToken {
-                id: "abcdefghijkl",
-                kind: TokenKind::Personal,
-                name: "laptop",
-                owner: Some("alice"),
-                scope: None,
-                permissions: TokenPermissions::from_names(TokenKind::Personal, &["REPO_READ"])
-                    .unwrap(),
-                secret_hash: [1; 32],
-                expires_at: None,
-                allowed_networks: &[],
-                created_at: 0,
-            },
-            &actor(),
-        )
-        .unwrap();
+        cli.insert_token(&personal_token("abcdefghijkl", "laptop", "alice"), &actor())
+            .unwrap();
     }
 
     #[test]

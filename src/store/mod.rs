@@ -520,6 +520,23 @@ pub(crate) mod test_support {
             created_at: 1,
         }
     }
+
+    /// A REPO_READ repository token for `scope`, without expiry.
+    pub fn repository_token<'a>(
+        id: &'a str,
+        name: &'a str,
+        scope: &'a crate::policy::Target,
+    ) -> NewToken<'a> {
+        let kind = crate::permission::TokenKind::Repository;
+        NewToken {
+            owner: None,
+            scope: Some(scope),
+            kind,
+            permissions: crate::permission::TokenPermissions::from_names(kind, &["REPO_READ"])
+                .unwrap(),
+            ..personal_token(id, name, "")
+        }
+    }
 }
 
 #[cfg(test)]

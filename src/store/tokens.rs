@@ -548,7 +548,7 @@ fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{actor, personal_token, temp_store};
+    use super::super::test_support::{actor, personal_token, repository_token, temp_store};
     use super::*;
 
     fn perms(names: &[&str]) -> TokenPermissions {
@@ -654,20 +654,9 @@ mod tests {
         let t = store
             .insert_token(
                 &NewToken {
-                    id: "mnopqrstuvwx",
-                    kind: TokenKind::Repository,
-                    name: "ci",
-                    owner: None,
-                    scope: Some(&scope),
-                    permissions: TokenPermissions::from_names(
-                        TokenKind::Repository,
-                        &["REPO_READ"],
-                    )
-                    .unwrap(),
-                    secret_hash: [1; 32],
                     expires_at: Some(5),
-                    allowed_networks: &[],
                     created_at: clock::now_ms(),
+                    ..repository_token("mnopqrstuvwx", "ci", &scope)
                 },
                 &actor(),
             )
