@@ -240,9 +240,15 @@ impl ExpiryPolicy {
 
 /// The policy now in force.
 pub fn policy(store: &Store) -> Result<ExpiryPolicy> {
-    let required = store.setting(EXPIRY_REQUIRED)?.is_some_and(|v| v == "true");
-    let max = store
-        .setting(MAX_EXPIRY_DAYS)?
+    Ok(policy_from(&|key| store.setting(key))?)
+}
+
+/// The policy as the settings read by `setting` say.
+fn policy_from(
+    setting: &dyn Fn(&str) -> crate::store::Result<Option<String>>,
+) -> crate::store::Result<ExpiryPolicy> {
+    let required = setting(EXPIRY_REQUIRED)?.is_some_and(|v| v == "true");
+    let max = setting(MAX_EXPIRY_DAYS)?
         .and_then(|v| v.parse::<u32>().ok())
         .filter(|d| *d > 0);
     Ok(ExpiryPolicy {
@@ -368,15 +374,20 @@ pub fn create(
     if req.expiry_days == Some(0) {
         return Err(Error::Invalid("the expiry must be at least 1 day".into()));
     }
-    policy(store)?
-        .check_new(req.expiry_days)
-        .map_err(Error::Invalid)?;
+    // Checked here for a clear answer, and again inside the write: a policy set meanwhile
+    // (by an administrator, in another process) must not let this token through.
+    let allowed = |setting: &dyn Fn(&str) -> crate::store::Result<Option<String>>| {
+        policy_from(setting)?
+            .check_new(req.expiry_days)
+            .map_err(StoreError::Invalid)
+    };
+    allowed(&|key| store.setting(key))?;
     let now = clock::now_ms();
     let expires_at = req.expiry_days.map(|days| now + i64::from(days) * DAY_MS);
     let allowed_networks = network::parse_list(&req.allowed_networks).map_err(Error::Invalid)?;
     let fresh =
         token::generate().map_err(|e| Error::Invalid(format!("no randomness from the OS: {e}")))?;
-    let record = store.insert_token(
+    let record = store.insert_token_if(
         &NewToken {
             id: fresh.id.as_str(),
             kind,
@@ -389,6 +400,7 @@ pub fn create(
             allowed_networks: &allowed_networks,
             created_at: now,
         },
+        &allowed,
         actor,
     )?;
     Ok((record, fresh.secret))
@@ -543,20 +555,25 @@ pub fn rotate(
     }
     // A new secret is a new credential, so it follows the policy new tokens follow: a token
     // that breaks it keeps working until revoked or expired, but is not issued a fresh secret.
-    let policy = policy(store)?;
-    if !policy.compliant(&token) {
-        return Err(Error::Invalid(format!(
+    // Checked here, and again inside the write (a policy set meanwhile applies).
+    let allowed = |setting: &dyn Fn(&str) -> crate::store::Result<Option<String>>| {
+        let policy = policy_from(setting)?;
+        if policy.compliant(&token) {
+            return Ok(());
+        }
+        Err(StoreError::Invalid(format!(
             "token '{}' does not meet the expiry policy ({}), so it cannot be given a new \
              secret; create a new token instead",
             token.name,
             policy.describe()
-        )));
-    }
+        )))
+    };
+    allowed(&|key| store.setting(key))?;
     let token_id: TokenId = id.parse().map_err(Error::Invalid)?;
     let secret = token::generate_with_id(&token_id)
         .map_err(|e| Error::Invalid(format!("no randomness from the OS: {e}")))?;
     let until = (overlap_secs > 0).then(|| clock::now_ms() + i64::from(overlap_secs) * 1000);
-    let record = store.rotate_token(id, token::hash(secret.expose()), until, actor)?;
+    let record = store.rotate_token(id, token::hash(secret.expose()), until, &allowed, actor)?;
     Ok((record, secret))
 }
 

@@ -320,14 +320,7 @@ impl Store {
 
     /// Read a setting.
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
-        self.with_conn(|c| {
-            let mut stmt = c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?;
-            let mut rows = stmt.query([key])?;
-            Ok(match rows.next()? {
-                Some(row) => Some(row.get(0)?),
-                None => None,
-            })
-        })
+        self.with_conn(|c| setting_in(c, key))
     }
 
     /// The auth record for token `id` from the in-memory cache, if it is there and nothing has
@@ -411,6 +404,21 @@ fn file_id(path: &Path) -> std::io::Result<FileId> {
 fn file_id(path: &Path) -> std::io::Result<FileId> {
     std::fs::metadata(path).map(|_| (0, 0))
 }
+
+/// A setting as `c` (a connection, or a transaction in progress) sees it.
+fn setting_in(c: &Connection, key: &str) -> Result<Option<String>> {
+    let mut stmt = c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?;
+    let mut rows = stmt.query([key])?;
+    Ok(match rows.next()? {
+        Some(row) => Some(row.get(0)?),
+        None => None,
+    })
+}
+
+/// A condition on the settings checked inside the transaction of a change, so that a setting
+/// changed meanwhile (the expiry policy) cannot let through what it now forbids. It is given a
+/// reader of the settings as the transaction sees them.
+pub type SettingsCheck<'a> = &'a dyn Fn(&dyn Fn(&str) -> Result<Option<String>>) -> Result<()>;
 
 /// SQLite's words for a failed open, and for a store this process may not write, what to do
 /// about it: which user needs to write which file and folder.

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::audit::record;
 use super::grants::grants_of;
 use super::users::{require_user, Role};
-use super::{Actor, Result, Store, StoreError};
+use super::{setting_in, Actor, Result, SettingsCheck, Store, StoreError};
 use crate::clock;
 use crate::network::{self, Cidr};
 use crate::permission::{Level, TokenKind, TokenPermissions};
@@ -262,8 +262,19 @@ impl Store {
     /// pass for that user there — in hooks and reflogs, or with an upstream that logs users in
     /// by that header. (`users::add_user` refuses the other way round.)
     pub fn insert_token(&self, new: &NewToken, actor: &Actor) -> Result<TokenRecord> {
+        self.insert_token_if(new, &|_| Ok(()), actor)
+    }
+
+    /// [`Store::insert_token`] if `allowed` holds for the settings in the same transaction.
+    pub fn insert_token_if(
+        &self,
+        new: &NewToken,
+        allowed: SettingsCheck<'_>,
+        actor: &Actor,
+    ) -> Result<TokenRecord> {
         validate_name(new.name)?;
         self.write(|tx| {
+            allowed(&|key| setting_in(tx, key))?;
             let owner_id = match new.owner {
                 Some(slug) => Some(require_user(tx, slug)?.id),
                 None => None,
@@ -428,9 +439,11 @@ impl Store {
         id: &str,
         new_hash: [u8; 32],
         previous_valid_until: Option<i64>,
+        allowed: SettingsCheck<'_>,
         actor: &Actor,
     ) -> Result<TokenRecord> {
         self.write(|tx| {
+            allowed(&|key| setting_in(tx, key))?;
             let before = require_token(tx, id)?;
             if before.revoked_at.is_some() {
                 return Err(StoreError::Conflict(format!(
@@ -645,6 +658,53 @@ mod tests {
             store.revoke_token("abcdefghijkl", &actor()),
             Err(StoreError::Conflict(_))
         ));
+    }
+
+    /// The settings check of a change runs inside its write transaction: no other process
+    /// can change a setting (the expiry policy) between the check and the write.
+    #[test]
+    fn the_settings_check_runs_under_the_write_lock_and_can_refuse() {
+        let (dir, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        let path = dir.path().join("t.db");
+        let other_writer_was_kept_out = std::cell::Cell::new(false);
+        let check = |setting: &dyn Fn(&str) -> Result<Option<String>>| {
+            assert_eq!(setting("policy.expiry_required")?, None);
+            let other = rusqlite::Connection::open(&path).unwrap();
+            other
+                .busy_timeout(std::time::Duration::from_millis(50))
+                .unwrap();
+            let tried = other.execute(
+                "INSERT INTO settings (key, value) VALUES ('policy.expiry_required', 'true')",
+                [],
+            );
+            other_writer_was_kept_out.set(matches!(
+                tried.map_err(|e| e.sqlite_error_code()),
+                Err(Some(rusqlite::ErrorCode::DatabaseBusy))
+            ));
+            Ok(())
+        };
+        store
+            .insert_token_if(
+                &personal_token("abcdefghijkl", "a", "alice"),
+                &check,
+                &actor(),
+            )
+            .unwrap();
+        assert!(other_writer_was_kept_out.get());
+
+        let refuse = |_: &dyn Fn(&str) -> Result<Option<String>>| {
+            Err(StoreError::Invalid("no (test)".into()))
+        };
+        let e = store
+            .insert_token_if(
+                &personal_token("mnopqrstuvwx", "b", "alice"),
+                &refuse,
+                &actor(),
+            )
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Invalid(_)));
+        assert!(store.token("mnopqrstuvwx").unwrap().is_none());
     }
 
     #[test]
