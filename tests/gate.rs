@@ -974,7 +974,7 @@ fn no_credentials_gets_a_401_challenge_never_a_2xx() {
 // Backend failures
 
 /// The failing backend (`fixtures/failing-backend.sh`) with `repo` (`team/slow` takes 5 s,
-/// `team/stubborn` also ignores SIGTERM), `server_extra` in `[server]`, alice with a read grant
+/// `team/stubborn` takes 30 s and ignores SIGTERM), `server_extra` in `[server]`, alice with a read grant
 /// on `team` and a REPO_READ token, and a running gitgate.
 fn slow_backend_setup(server_extra: &str, repo: &str) -> (Sandbox, Server, common::Token) {
     let sb = Sandbox::with(Setup {
@@ -1193,8 +1193,8 @@ fn a_backend_that_ignores_sigterm_is_ended_with_its_group_before_exit() {
     assert!(group_alive(group));
     let status = stop_within(&mut server, Duration::from_secs(8));
     assert!(status.success(), "{status}");
-    // The backend (5 s, 3 more from here) would still run had only its leader been killed;
-    // killed, its processes are gone once the kernel has delivered the signal.
+    // The backend (30 s) would still run had only its leader been killed, and gitgate would still
+    // wait for it without the SIGKILL; killed, its processes are gone once it is delivered.
     let settled = Instant::now() + Duration::from_millis(500);
     while group_alive(group) && Instant::now() < settled {
         std::thread::sleep(Duration::from_millis(20));

@@ -107,10 +107,12 @@ fn metrics_count_real_git_traffic() {
             .unwrap()
             .starts_with("text/plain"));
         text = String::from_utf8(resp.body).unwrap();
+        // The git clients' connections are closed once gitgate has seen them go.
         if sample(
             &text,
             "gitgate_requests_total{operation=\"write\",outcome=\"403\"}",
         ) >= 1.0
+            && sample(&text, "gitgate_active_connections") == 0.0
         {
             break;
         }
@@ -150,7 +152,7 @@ fn metrics_count_real_git_traffic() {
     );
     assert!(sample(&text, "gitgate_response_bytes_total") >= 100.0);
     // The scrape itself is not a gate connection; the git clients have gone.
-    assert!(sample(&text, "gitgate_active_connections") >= 0.0);
+    assert_eq!(sample(&text, "gitgate_active_connections"), 0.0, "{text}");
     let hits = sample(&text, "gitgate_token_cache_hits_total");
     let misses = sample(&text, "gitgate_token_cache_misses_total");
     assert!(hits + misses >= 4.0, "{text}");

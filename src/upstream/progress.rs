@@ -50,9 +50,10 @@ mod tests {
     #[test]
     fn idle_counts_from_the_last_touch() {
         let p = Progress::new();
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(p.idle() >= Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(p.idle() >= Duration::from_millis(300));
         p.clone().touch();
-        assert!(p.idle() < Duration::from_millis(30));
+        // A generous bound: a loaded 2-core machine may stall the thread for a while.
+        assert!(p.idle() < Duration::from_millis(300));
     }
 }
