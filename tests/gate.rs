@@ -10,8 +10,8 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use common::{
-    basic, flip_secret, http_get, looks_like_secret, noise, now_ms, raw_http, secret_id, Backend,
-    Sandbox, Server, Setup, PASSWORD,
+    basic, flip_secret, group_alive, http_get, looks_like_secret, noise, now_ms, raw_http,
+    secret_id, Backend, Sandbox, Server, Setup, PASSWORD,
 };
 
 /// alice with a write grant on project `team`, repos team/app and other/app, and a running
@@ -1152,20 +1152,6 @@ fn a_push_uploading_for_longer_than_the_idle_timeout_is_not_cut_off() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     // The backend's answer arrived whole (its last chunk), not cut off.
     assert!(out.ends_with("0\r\n\r\n"), "{out}");
-}
-
-/// Whether any live process (not a zombie waiting to be reaped) is in process group `group`.
-fn group_alive(group: u32) -> bool {
-    fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
-            // pid (comm) state ppid pgrp ...: the fields after the last ')'.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.len() > 2 && fields[0] != "Z" && fields[2].parse::<u32>() == Ok(group)
-        })
-    })
 }
 
 /// A backend that ignores SIGTERM, still running when the grace period ends, is ended with its

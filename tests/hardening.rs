@@ -10,6 +10,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::group_alive;
 use hardening_support::{basic, gitgate, header, status, Server};
 
 /// A little more than `guard::OVERRIDES_TTL_MS`: a CLI change has reached the server by then.
@@ -52,6 +53,13 @@ fn repeated_failures_block_the_address_before_the_store_is_read() {
         .starts_with("text/plain"));
     assert!(String::from_utf8_lossy(&resp).contains("too many failed authentications"));
     assert!(server.backend_hits().is_empty());
+    // ... decided before the store is read: with the store gone, still 429, not 503.
+    let db = server.path("gitgate.db");
+    let away = server.path("gitgate.db.away");
+    std::fs::rename(&db, &away).unwrap();
+    let resp = get(&server, IR, &server.write_token);
+    std::fs::rename(&away, &db).unwrap();
+    assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
     // The decision is a log line and an audit event.
     wait_for("the throttle log line", || {
         server
@@ -292,7 +300,7 @@ fn children(pid: u32) -> Vec<u32> {
 
 #[test]
 fn a_client_gone_mid_push_ends_the_backend() {
-    let server = Server::start("");
+    let mut server = Server::start("");
     let mut s = TcpStream::connect(server.addr).unwrap();
     let head = format!(
         "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
@@ -305,8 +313,15 @@ fn a_client_gone_mid_push_ends_the_backend() {
     wait_for("the backend to start", || !server.backend_hits().is_empty());
     let pid = server.pid();
     wait_for("a backend process", || !children(pid).is_empty());
+    // Each backend leads a process group of its own: the group covers what it started
+    // (git-receive-pack), which would no longer be gitgate's child if it outlived its parent.
+    let groups = children(pid);
+    assert!(groups.iter().all(|&g| group_alive(g)));
     drop(s);
-    wait_for("the backend to be ended", || children(pid).is_empty());
+    wait_for("the backend's whole group to be ended", || {
+        !groups.iter().any(|&g| group_alive(g))
+    });
+    assert!(server.alive(), "gitgate itself must keep running");
 }
 
 #[test]

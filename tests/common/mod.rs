@@ -841,3 +841,17 @@ pub fn noise(count: usize, seed: u64) -> Vec<u8> {
     out.truncate(count);
     out
 }
+
+/// Whether any live process (not a zombie waiting to be reaped) is in process group `group`.
+pub fn group_alive(group: u32) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
+            // pid (comm) state ppid pgrp ...: the fields after the last ')'.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.len() > 2 && fields[0] != "Z" && fields[2].parse::<u32>() == Ok(group)
+        })
+    })
+}
