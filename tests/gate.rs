@@ -280,25 +280,46 @@ fn last_use_is_recorded() {
 #[test]
 fn a_graceful_stop_writes_the_pending_audit_events_and_last_uses() {
     let (sb, mut server, token) = team_setup();
+    let second = sb.personal_token("alice", PASSWORD, "second", &["REPO_READ"]);
     let target = "/team/app.git/info/refs?service=git-upload-pack";
+    let last_used = |id: &str| {
+        let list = sb.cli_json(&["token", "list", "--json"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap()["lastUsedAt"]
+            .as_i64()
+    };
+    // One token's use is written (within the writer's first window) ...
+    let first = http_get(server.port, target, Some(&basic("alice", &token.secret)));
+    assert_eq!(first.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while last_used(&token.id).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the first last use was never written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ... so the next is held for a second (last uses are written at most once a second):
+    // still pending at the stop, as is the refusal's audit event (held 100 ms).
+    let accepted = http_get(server.port, target, Some(&basic("alice", &second.secret)));
+    assert_eq!(accepted.status, 200);
     let refused = http_get(
         server.port,
         target,
         Some(&basic("alice", &flip_secret(&token.secret))),
     );
     assert_eq!(refused.status, 401);
-    let accepted = http_get(server.port, target, Some(&basic("alice", &token.secret)));
-    assert_eq!(accepted.status, 200);
-    server.signal("TERM");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = server.exit_status() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "gitgate did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = stop_within(&mut server, Duration::from_secs(15));
     assert!(status.success(), "{status}\n{}", server.log_text());
+    let log = server.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("still pending at the stop") && !l.contains("last_uses=0")),
+        "nothing was pending at the stop: the test did not test the flush\n{log}"
+    );
     let audit = sb.cli_json(&["audit", "--json"]);
     assert!(
         audit
@@ -308,16 +329,9 @@ fn a_graceful_stop_writes_the_pending_audit_events_and_last_uses() {
             .any(|e| e["action"] == "auth.failed"),
         "the refusal's audit event was lost: {audit}"
     );
-    let list = sb.cli_json(&["token", "list", "--json"]);
-    let mine = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == token.id.as_str())
-        .unwrap();
     assert!(
-        mine["lastUsedAt"].as_i64().is_some(),
-        "the last use was lost: {mine}"
+        last_used(&second.id).is_some(),
+        "the pending last use was lost"
     );
 }
 

@@ -330,6 +330,11 @@ impl BatchWriter {
             .unwrap_or_else(|p| p.into_inner());
         let (batch, last_uses, _) = self.pending.take(true);
         if !batch.is_empty() || !last_uses.is_empty() {
+            tracing::info!(
+                events = batch.events.len(),
+                last_uses = last_uses.tokens.len(),
+                "writing what was still pending at the stop"
+            );
             // The last try: nobody is left to try again.
             if let Err(e) = write(store, &batch, &last_uses) {
                 give_up(&e, &batch, &last_uses);
