@@ -212,6 +212,12 @@ impl Metrics {
     }
 
     /// An audit event or a last-used time could not be written (the request was served anyway).
+    /// Side effects lost so far (for tests).
+    #[cfg(test)]
+    pub fn side_effect_failures(&self) -> u64 {
+        self.side_effect_failures.load(Relaxed)
+    }
+
     pub fn side_effect_failure(&self) {
         self.side_effect_failures.fetch_add(1, Relaxed);
     }

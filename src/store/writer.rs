@@ -507,6 +507,7 @@ fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses) {
 mod tests {
     use std::time::{Duration, Instant};
 
+    use super::{ATTEMPTS, RETRY_PAUSE};
     use crate::store::test_support::{actor, logged, refuse_audit_inserts, temp_store};
 
     #[test]
@@ -521,6 +522,45 @@ mod tests {
             log.contains("auth.failed") && log.contains("mallory") && log.contains("bad token"),
             "the lost event itself is not in the log: {log}"
         );
+    }
+
+    /// Promise 9: a write that keeps failing is tried 5 times, a second or more apart, then
+    /// given up (its events logged as lost, as the test above shows for the last try) and
+    /// counted in `gitgate_side_effect_write_failures_total`.
+    #[test]
+    fn a_window_that_can_never_be_written_is_given_up_and_counted_after_five_tries() {
+        let (_dir, store) = temp_store();
+        refuse_audit_inserts(store.path());
+        let counted = crate::metrics::METRICS.side_effect_failures();
+        let start = Instant::now();
+        store.record_event_later(actor(), "auth.failed", "eve".into(), "never stored".into());
+        // The writer's count of failures in a row climbs to 4, then starts over at the give-up.
+        let failures = &store.inner.batch_writer.pending.failures;
+        let mut most = 0;
+        loop {
+            let now = failures.load(std::sync::atomic::Ordering::Relaxed);
+            most = most.max(now);
+            if most >= ATTEMPTS - 1 && now == 0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the writer never gave up"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Five tries, a second or more apart: the give-up comes after four pauses.
+        assert!(
+            start.elapsed() >= RETRY_PAUSE * (ATTEMPTS - 1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(crate::metrics::METRICS.side_effect_failures() > counted);
+        assert!(store
+            .audit_events(None, 10)
+            .unwrap()
+            .iter()
+            .all(|e| e.target != "eve"));
     }
 
     #[test]
