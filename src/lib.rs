@@ -3,7 +3,9 @@
 //! # The path of one request
 //!
 //! ```text
-//!  git client ──▶ server ──▶ gate ──┬─ /rest/... ─▶ api::handle: management, user's password only, never forwarded
+//!  git client ──▶ server ──▶ gate ──┬─ client address: the peer, or behind trusted_proxies the right-most
+//!                                   │     untrusted X-Forwarded-For entry (unreadable: 400)
+//!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read)
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
@@ -11,7 +13,7 @@
 //!                                   │     a few reads at a time (Store::miss_slots); hash compare
 //!                                   │     (the current secret, or the previous one inside a rotation overlap)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
-//!                                   ├─ guard: principal's bucket (exchange starts only), in-flight cap ─▶ 429
+//!                                   ├─ guard: principal's bucket (an advertisement pays for its POSTs), in-flight cap ─▶ 429
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
 //!                                         └─ cgi:  git http-backend run by gitgate itself
