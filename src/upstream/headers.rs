@@ -363,20 +363,34 @@ pub fn client_address(
         return Ok(peer);
     }
     let mut client = peer;
-    for value in inbound.get_all("x-forwarded-for").iter().rev() {
-        let value = value.to_str().map_err(|_| UnreadableForwardedFor)?;
-        for entry in value.rsplit(',').filter(|e| !e.trim().is_empty()) {
-            client = forwarded_address(entry).ok_or(UnreadableForwardedFor)?;
-            if !is_trusted(client) {
-                return Ok(client);
-            }
+    for entry in forwarded_from_the_right(inbound) {
+        client = entry.ok_or(UnreadableForwardedFor)?;
+        if !is_trusted(client) {
+            return Ok(client);
         }
     }
     Ok(client)
 }
 
-/// One `X-Forwarded-For` entry: an address, or an address with the port some proxies add
-/// (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+/// The entries of `X-Forwarded-For`, right to left (the last header line first), empty ones
+/// skipped: `None` for one that is not an address (nor an address with the port some proxies
+/// add, `192.0.2.1:4711`, `[2001:db8::1]:4711`), or for a header line that is not text.
+fn forwarded_from_the_right(headers: &HeaderMap) -> impl Iterator<Item = Option<IpAddr>> + '_ {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .flat_map(|value| {
+            let text = value.to_str();
+            let not_text = text.is_err().then_some(None);
+            text.unwrap_or_default()
+                .rsplit(',')
+                .filter(|e| !e.trim().is_empty())
+                .map(forwarded_address)
+                .chain(not_text)
+        })
+}
+
 fn forwarded_address(entry: &str) -> Option<IpAddr> {
     let entry = entry.trim();
     entry
@@ -388,18 +402,7 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
 /// The addresses of a trusted proxy's `X-Forwarded-For` to pass on, left to right: those right
 /// of any entry that is not an address (what is left of garbage is not worth passing on).
 fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
-    let mut chain = Vec::new();
-    'values: for value in headers.get_all("x-forwarded-for").iter().rev() {
-        let Ok(value) = value.to_str() else {
-            break;
-        };
-        for entry in value.rsplit(',').filter(|e| !e.trim().is_empty()) {
-            match forwarded_address(entry) {
-                Some(ip) => chain.push(ip),
-                None => break 'values,
-            }
-        }
-    }
+    let mut chain: Vec<IpAddr> = forwarded_from_the_right(headers).map_while(|e| e).collect();
     chain.reverse();
     chain
 }
@@ -511,6 +514,15 @@ mod tests {
         // What a trusted proxy wrote cannot be read: refused, never the balancer's address.
         assert_eq!(xff(&["198.51.100.7, unknown"]), Err(UnreadableForwardedFor));
         assert_eq!(xff(&["nonsense, 10.0.0.9"]), Err(UnreadableForwardedFor));
+        // A header line that is not text: unreadable when reached, nothing when left of the client.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        assert_eq!(
+            client_address(lb, &h, &trusted),
+            Err(UnreadableForwardedFor)
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+        assert_eq!(client_address(lb, &h, &trusted), Ok(client));
         // Only trusted hops: the left-most, the origin of the request.
         assert_eq!(
             xff(&["10.5.5.5, 10.0.0.9"]),
