@@ -9,6 +9,18 @@
 #[cfg(unix)]
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+/// A signal's stream, or `None` (with a warning) when the handler cannot be installed.
+#[cfg(unix)]
+fn listen(kind: SignalKind, what: &str) -> Option<Signal> {
+    match signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for {what}");
+            None
+        }
+    }
+}
+
 /// SIGINT and SIGTERM, as one stream.
 pub struct StopSignals {
     #[cfg(unix)]
@@ -21,13 +33,6 @@ impl StopSignals {
     pub fn listen() -> StopSignals {
         #[cfg(unix)]
         {
-            let listen = |kind: SignalKind, name: &str| match signal(kind) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for {name}");
-                    None
-                }
-            };
             StopSignals {
                 interrupt: listen(SignalKind::interrupt(), "SIGINT"),
                 terminate: listen(SignalKind::terminate(), "SIGTERM"),
@@ -73,13 +78,7 @@ impl HangupSignal {
         #[cfg(unix)]
         {
             HangupSignal {
-                hangup: match signal(SignalKind::hangup()) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for SIGHUP; certificate reload disabled");
-                        None
-                    }
-                },
+                hangup: listen(SignalKind::hangup(), "SIGHUP (certificate reload disabled)"),
             }
         }
         #[cfg(not(unix))]
