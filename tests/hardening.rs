@@ -324,6 +324,64 @@ fn a_client_gone_mid_push_ends_the_backend() {
     assert!(server.alive(), "gitgate itself must keep running");
 }
 
+/// An HTTP/2 frame: length, type, flags, stream id, payload.
+fn h2_frame_on(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK "literal header field without indexing, new name" (lengths below 127).
+fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
+    block.push(0x00);
+    for s in [name, value] {
+        assert!(s.len() < 127);
+        block.push(s.len() as u8);
+        block.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// An HTTP/2 client that resets its stream with NO_ERROR ends the request body cleanly (no
+/// error) short of its Content-Length — the one break hyper does not report as an error. git
+/// http-backend, copying a fixed-length push to receive-pack, loops on that early end at full
+/// CPU for good, and once receive-pack has exited nothing else would end it.
+#[test]
+fn an_http2_push_reset_short_of_its_length_leaves_no_backend_behind() {
+    let mut server = Server::start("");
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame_on(4, 0, 0, &[])).unwrap(); // SETTINGS
+                                                      // :method POST and :scheme http from the static table, then the rest as literals.
+    let mut block = vec![0x83, 0x86];
+    literal(&mut block, ":path", "/team/app.git/git-receive-pack");
+    literal(&mut block, ":authority", "t");
+    let authorization = basic("alice", &server.write_token);
+    literal(&mut block, "authorization", &authorization);
+    literal(
+        &mut block,
+        "content-type",
+        "application/x-git-receive-pack-request",
+    );
+    literal(&mut block, "content-length", "100000");
+    s.write_all(&h2_frame_on(1, 0x04, 1, &block)).unwrap(); // HEADERS, END_HEADERS
+                                                            // A flush packet: receive-pack has no commands and exits, closing the answer; git
+                                                            // http-backend waits for the other 99,996 bytes.
+    s.write_all(&h2_frame_on(0, 0, 1, b"0000")).unwrap();
+    let pid = server.pid();
+    wait_for("a backend process", || !children(pid).is_empty());
+    let groups = children(pid);
+    std::thread::sleep(Duration::from_millis(500)); // receive-pack done, its answer ended
+    s.write_all(&h2_frame_on(3, 0, 1, &[0, 0, 0, 0])).unwrap(); // RST_STREAM(NO_ERROR)
+    wait_for("the backend's whole group to be ended", || {
+        !groups.iter().any(|&g| group_alive(g))
+    });
+    assert!(server.alive(), "gitgate itself must keep running");
+    assert!(server.log().contains("ended short of its Content-Length"));
+    drop(s);
+}
+
 #[test]
 fn requests_in_flight_are_capped_per_principal_and_freed_when_done() {
     let server = Server::start("[rate_limit]\nmax_concurrent = 1\n");

@@ -271,7 +271,16 @@ impl CgiBackend {
             counted,
         ));
         let uploading = Progress::new();
-        tokio::spawn(feed_stdin(body, stdin, kill.clone(), uploading.clone()));
+        // What the backend is told the body's length is (`CONTENT_LENGTH`): the stdin task holds
+        // the body to it.
+        let promised = content_length(req.headers);
+        tokio::spawn(feed_stdin(
+            body,
+            stdin,
+            promised,
+            kill.clone(),
+            uploading.clone(),
+        ));
 
         // The headers, within the head timeout counted from the body's last frame.
         let head = {
@@ -751,13 +760,23 @@ async fn end_group(child: &mut Child) -> io::Result<ExitStatus> {
 }
 
 /// Copies the request body to the child's stdin frame by frame, then closes stdin. A broken
-/// client body kills the child: an incomplete push must not be applied.
-async fn feed_stdin<B>(mut body: B, mut stdin: ChildStdin, kill: KillSwitch, moved: Progress)
-where
+/// client body kills the child: an incomplete push must not be applied. So does a body that
+/// ends cleanly short of the `CONTENT_LENGTH` the child was `promised`, which hyper does when an
+/// HTTP/2 client resets the stream with `NO_ERROR`. git http-backend, copying a fixed-length
+/// push to receive-pack, loops on such an early EOF for good, at full CPU; and once receive-pack
+/// has exited (stdout closed, the body's kill guard disarmed), nothing else would end it.
+async fn feed_stdin<B>(
+    mut body: B,
+    mut stdin: ChildStdin,
+    promised: Option<u64>,
+    kill: KillSwitch,
+    moved: Progress,
+) where
     B: Body<Data = Bytes> + Unpin,
     B::Error: fmt::Display,
 {
     let mut stop = kill.subscribe();
+    let mut fed = 0u64;
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
@@ -771,6 +790,7 @@ where
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
+                fed += data.len() as u64;
                 if let Err(e) = stdin.write_all(&data).await {
                     // The backend stopped reading (it answered early, or died); its exit status
                     // tells the rest of the story.
@@ -784,6 +804,14 @@ where
                 return;
             }
         }
+    }
+    if let Some(promised) = promised.filter(|&promised| fed < promised) {
+        // A broken body, like an error: the kill is asked for before stdin closes (on return).
+        tracing::info!(target: "gitgate::cgi", fed, promised, "request body ended short of its Content-Length; killing the CGI backend");
+        kill.kill(&format!(
+            "request body ended after {fed} of its {promised} bytes"
+        ));
+        return;
     }
     // Dropping stdin closes the pipe: end of body for a backend reading to EOF.
     drop(stdin);
