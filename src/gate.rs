@@ -334,14 +334,9 @@ impl Gate {
     /// the store's writer batches it with other tokens' (one commit a second at most, however
     /// many tokens are in use).
     fn note_use(&self, record: &AuthRecord, now: i64, remote: SocketAddr) {
-        if record
-            .token
-            .last_used_at
-            .is_some_and(|t| now - t < LAST_USE_INTERVAL_MS)
-        {
-            return;
+        if record.claim_use(now, LAST_USE_INTERVAL_MS) {
+            self.store.note_last_use(&record.token.id, now, remote.ip());
         }
-        self.store.note_last_use(&record.token.id, now, remote.ip());
     }
 
     /// The one place where refusals become answers.

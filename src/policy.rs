@@ -259,6 +259,7 @@ mod tests {
                     .map(|(t, l)| (Target::parse(t).unwrap(), *l))
                     .collect(),
             }),
+            queued_use: Default::default(),
         }
     }
 

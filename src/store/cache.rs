@@ -19,6 +19,15 @@
 //! them different (a commit in progress), or a missing `-shm` file, falls back to
 //! `PRAGMA data_version` on the watcher connection: slower, never staler.
 //!
+//! One kind of commit does not empty the cache: the store's writer thread's, which holds only
+//! audit rows and tokens' last uses — nothing a decision reads. With many tokens in use it
+//! commits every second, and each commit used to make every token miss once. The writer reads
+//! the header under its write lock before its commit and again after it, and checks with
+//! `PRAGMA data_version` on its own connection (which moves only for other connections'
+//! commits) that nobody else committed in between; the cache then takes the new header as seen,
+//! but only if it had seen the one before. Any other commit — the CLI's, the REST API's, one
+//! that slipped in around the writer's — still empties the cache on the next lookup.
+//!
 //! Unknown ids are not cached (that would let anyone fill memory); the cache is cleared when it
 //! reaches [`MAX_ENTRIES`].
 
@@ -55,7 +64,7 @@ struct State {
 /// Size of the two copies of the WAL index header at the start of the `-shm` file.
 const HEADER_COPIES: usize = 96;
 
-type Header = [u8; HEADER_COPIES / 2];
+pub(super) type Header = [u8; HEADER_COPIES / 2];
 
 /// What tells whether the store changed: the WAL index header, or `PRAGMA data_version` when
 /// the header cannot be read cleanly.
@@ -127,6 +136,28 @@ impl AuthCache {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         state.entries.clear();
         state.version = i64::MIN;
+    }
+
+    /// The WAL index header as it is now, if it can be read cleanly.
+    pub(super) fn header_now(&self) -> Option<Header> {
+        self.seen
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .read_header()
+    }
+
+    /// This process's own commit of what no decision reads (audit rows, last uses) moved the
+    /// header from `before` to `after`, with no other commit in between (see
+    /// [`Store::write_bookkeeping`]). If the cache had seen every commit up to `before`, it
+    /// takes `after` as seen too and keeps its entries; otherwise the next lookup finds the
+    /// header moved and starts over, as for any commit.
+    ///
+    /// [`Store::write_bookkeeping`]: super::Store::write_bookkeeping
+    pub(super) fn own_commit(&self, before: Header, after: Header) {
+        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        if seen.header == before {
+            seen.header = after;
+        }
     }
 
     /// A number that changes whenever anything was committed to the store.
@@ -270,6 +301,98 @@ mod tests {
         assert!(!fresh.owner.as_ref().unwrap().active);
         let (hits, misses) = server.cache_stats();
         assert!(hits >= 1 && misses >= 3, "{hits} {misses}");
+    }
+
+    fn is_hit(store: &Store) -> bool {
+        matches!(
+            store.cached_auth_record("abcdefghijkl").unwrap(),
+            CacheLookup::Hit(_)
+        )
+    }
+
+    fn cached_and_hit(server: &Store) {
+        server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+        assert!(is_hit(server));
+    }
+
+    /// The writer's commits (last uses, audit rows) change nothing a decision reads: with many
+    /// tokens in use they came every second and each made every token miss once.
+    #[test]
+    fn the_writers_own_commits_keep_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let server = Store::open(&path).unwrap();
+        let cli = Store::open(&path).unwrap();
+        alice_with_a_token(&cli);
+        cached_and_hit(&server);
+        for at in [1_000, 2_000] {
+            server.note_last_use("abcdefghijkl", at, "127.0.0.1".parse().unwrap());
+            server.flush_pending_writes();
+            let stored = cli.token("abcdefghijkl").unwrap().unwrap();
+            assert_eq!(stored.last_used_at, Some(at), "the use is committed");
+            assert!(is_hit(&server), "kept across the writer's commit at {at}");
+        }
+        // And a revocation after them is still seen at once.
+        cli.revoke_token("abcdefghijkl", &actor()).unwrap();
+        assert!(!is_hit(&server));
+        let fresh = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+        assert!(fresh.token.revoked_at.is_some());
+    }
+
+    /// Another connection's commit just before, or just after, the writer's is never taken for
+    /// the writer's own.
+    #[test]
+    fn a_commit_by_another_connection_around_the_writers_is_still_seen() {
+        let bookkeeping = |server: &Store, between: &dyn Fn()| {
+            server
+                .write_bookkeeping_then(
+                    |tx| {
+                        tx.execute("UPDATE tokens SET last_used_at = 1", [])?;
+                        Ok(())
+                    },
+                    between,
+                )
+                .unwrap();
+        };
+        let revoked = |server: &Store| {
+            assert!(!is_hit(server), "the revocation must be seen");
+            let fresh = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+            assert!(fresh.token.revoked_at.is_some());
+        };
+        // Before the writer's, with no lookup in between.
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+            alice_with_a_token(&cli);
+            cached_and_hit(&server);
+            cli.revoke_token("abcdefghijkl", &actor()).unwrap();
+            bookkeeping(&server, &|| {});
+            revoked(&server);
+        }
+        // Between the writer's commit and its look at the header.
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+            alice_with_a_token(&cli);
+            cached_and_hit(&server);
+            bookkeeping(&server, &|| {
+                cli.revoke_token("abcdefghijkl", &actor()).unwrap();
+            });
+            revoked(&server);
+        }
+        // After the writer's, with no lookup in between.
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+            alice_with_a_token(&cli);
+            cached_and_hit(&server);
+            bookkeeping(&server, &|| {});
+            cli.revoke_token("abcdefghijkl", &actor()).unwrap();
+            revoked(&server);
+        }
     }
 
     /// A store configured through a symbolic link: SQLite keeps its write-ahead log and index

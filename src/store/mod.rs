@@ -318,6 +318,45 @@ impl Store {
         out
     }
 
+    /// Run `f` in a write transaction that changes nothing an auth decision reads — the writer
+    /// thread's audit rows and tokens' last uses — and tell the token cache, so that it keeps
+    /// its entries across this commit (see `cache.rs`).
+    fn write_bookkeeping(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction) -> Result<()>,
+    ) -> Result<()> {
+        self.write_bookkeeping_then(f, || {})
+    }
+
+    /// [`Store::write_bookkeeping`], with `after_commit` run between the commit and the checks
+    /// that it was the only one (for the tests: another connection's commit there).
+    fn write_bookkeeping_then(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction) -> Result<()>,
+        after_commit: impl FnOnce(),
+    ) -> Result<()> {
+        let cache = &self.inner.cache;
+        let out = self.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Under the write lock: no other connection can commit until ours has.
+            let before = cache.header_now();
+            let version = data_version(&tx)?;
+            f(&tx)?;
+            tx.commit()?;
+            after_commit();
+            let after = cache.header_now();
+            // Read after `after`: unchanged only if no other connection has committed since
+            // the transaction began, so `after` is our commit's header alone.
+            let alone = data_version(conn).is_ok_and(|v| v == version);
+            if let (Some(before), Some(after), true) = (before, after, alone) {
+                cache.own_commit(before, after);
+            }
+            Ok(())
+        });
+        audit::after_transaction(out.is_ok());
+        out
+    }
+
     /// Read a setting.
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
         self.with_conn(|c| setting_in(c, key))
@@ -403,6 +442,13 @@ fn file_id(path: &Path) -> std::io::Result<FileId> {
 #[cfg(not(unix))]
 fn file_id(path: &Path) -> std::io::Result<FileId> {
     std::fs::metadata(path).map(|_| (0, 0))
+}
+
+/// `PRAGMA data_version` of `c`: it moves when another connection has committed since `c` last
+/// looked, never for `c`'s own commits.
+fn data_version(c: &Connection) -> Result<i64> {
+    Ok(c.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// A setting as `c` (a connection, or a transaction in progress) sees it.

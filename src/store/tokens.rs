@@ -2,6 +2,7 @@
 //! lifecycle times. The secret itself is never stored.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
@@ -83,9 +84,38 @@ pub struct AuthRecord {
     /// After a rotation with an overlap: the previous secret's hash and until when it is valid.
     pub previous: Option<(Vec<u8>, i64)>,
     pub owner: Option<Owner>,
+    /// When this process last queued the token's use for the store (ms since the epoch; 0:
+    /// never), see [`AuthRecord::claim_use`].
+    pub queued_use: QueuedUse,
+}
+
+/// A time kept beside a cached record and changed in place: the cache outlives the writer's
+/// commits of last uses, so the record's `last_used_at` is the time read from the store, not
+/// the newest one queued.
+#[derive(Debug, Default)]
+pub struct QueuedUse(AtomicI64);
+
+impl Clone for QueuedUse {
+    fn clone(&self) -> QueuedUse {
+        QueuedUse(AtomicI64::new(self.0.load(Ordering::Relaxed)))
+    }
 }
 
 impl AuthRecord {
+    /// Whether a use at `now` is to be queued for the store: none was stored or queued in the
+    /// last `interval` ms. At most one caller gets `true` for each interval, however many
+    /// requests share the cached record.
+    pub fn claim_use(&self, now: i64, interval: i64) -> bool {
+        let queued = self.queued_use.0.load(Ordering::Relaxed);
+        let last = queued.max(self.token.last_used_at.unwrap_or(i64::MIN));
+        now.saturating_sub(last) >= interval
+            && self
+                .queued_use
+                .0
+                .compare_exchange(queued, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// Whether `presented` (the SHA-256 of the secret the client sent) is this token's secret at
     /// time `now`: the current one, or the previous one inside its rotation overlap. Both
     /// comparisons always run, in constant time.
@@ -523,6 +553,7 @@ impl Store {
                 secret_hash,
                 previous,
                 owner,
+                queued_use: QueuedUse::default(),
             }))
         })
     }
@@ -566,6 +597,26 @@ mod tests {
 
     fn perms(names: &[&str]) -> TokenPermissions {
         TokenPermissions::from_names(TokenKind::Personal, names).unwrap()
+    }
+
+    #[test]
+    fn a_use_is_queued_once_an_interval_whatever_the_cached_record_says() {
+        let (_dir, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        store
+            .insert_token(&personal_token("abcdefghijkl", "laptop", "alice"), &actor())
+            .unwrap();
+        let mut record = store.auth_record("abcdefghijkl").unwrap().unwrap();
+        assert!(record.claim_use(10_000, 5_000), "never used: queue it");
+        assert!(!record.claim_use(10_001, 5_000), "queued a moment ago");
+        assert!(
+            !record.clone().claim_use(14_999, 5_000),
+            "a clone knows it too"
+        );
+        assert!(record.claim_use(15_000, 5_000), "an interval later");
+        record.token.last_used_at = Some(30_000);
+        assert!(!record.claim_use(31_000, 5_000), "stored a moment ago");
+        assert!(record.claim_use(35_000, 5_000));
     }
 
     #[test]

@@ -429,7 +429,8 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super
         (actor, detail)
     });
     let now = crate::clock::now_ms();
-    store.write(|tx| {
+    // Nothing here is read by a decision: the token cache keeps its entries across it.
+    store.write_bookkeeping(|tx| {
         for (e, repeats) in &batch.events {
             insert_repeated(
                 tx,
