@@ -359,24 +359,25 @@ mod tests {
             let fresh = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
             assert!(fresh.token.revoked_at.is_some());
         };
-        // Before the writer's, with no lookup in between.
-        {
+        // A server store with alice's token cached, and another connection to the same file.
+        let cached_in_a_fresh_store = || {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("t.db");
             let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
             alice_with_a_token(&cli);
             cached_and_hit(&server);
+            (dir, server, cli)
+        };
+        // Before the writer's, with no lookup in between.
+        {
+            let (_dir, server, cli) = cached_in_a_fresh_store();
             cli.revoke_token("abcdefghijkl", &actor()).unwrap();
             bookkeeping(&server, &|| {});
             revoked(&server);
         }
         // Between the writer's commit and its look at the header.
         {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("t.db");
-            let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
-            alice_with_a_token(&cli);
-            cached_and_hit(&server);
+            let (_dir, server, cli) = cached_in_a_fresh_store();
             bookkeeping(&server, &|| {
                 cli.revoke_token("abcdefghijkl", &actor()).unwrap();
             });
@@ -384,11 +385,7 @@ mod tests {
         }
         // After the writer's, with no lookup in between.
         {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("t.db");
-            let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
-            alice_with_a_token(&cli);
-            cached_and_hit(&server);
+            let (_dir, server, cli) = cached_in_a_fresh_store();
             bookkeeping(&server, &|| {});
             cli.revoke_token("abcdefghijkl", &actor()).unwrap();
             revoked(&server);
