@@ -60,8 +60,9 @@
 //!   (`ggt_<id>_<256 random bits>_<checksum>`) and hashes it; only the SHA-256 is stored.
 //! - [`store`] is the SQLite token store (users, grants, tokens, settings, audit), shared with
 //!   the CLI process, with an in-memory cache of auth records that any commit to the file (seen
-//!   in the WAL index header, `PRAGMA data_version` as the fallback) drops: a revocation there
-//!   is seen on the next request.
+//!   in the WAL index header, `PRAGMA data_version` as the fallback) drops — but gitgate's own
+//!   writer's, which holds only audit rows and last uses: a revocation is seen on the next
+//!   request.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
 //!   streamed, in a process group of its own that is ended whole when the request ends early
 //!   (or, `504`, when it sends no headers while the upload does not move either).
