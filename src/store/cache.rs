@@ -315,16 +315,21 @@ mod tests {
         assert!(is_hit(server));
     }
 
+    /// A server store with alice's token cached, and another connection to the same file.
+    fn cached_in_a_fresh_store() -> (tempfile::TempDir, Store, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+        alice_with_a_token(&cli);
+        cached_and_hit(&server);
+        (dir, server, cli)
+    }
+
     /// The writer's commits (last uses, audit rows) change nothing a decision reads: with many
     /// tokens in use they came every second and each made every token miss once.
     #[test]
     fn the_writers_own_commits_keep_the_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let server = Store::open(&path).unwrap();
-        let cli = Store::open(&path).unwrap();
-        alice_with_a_token(&cli);
-        cached_and_hit(&server);
+        let (_dir, server, cli) = cached_in_a_fresh_store();
         for at in [1_000, 2_000] {
             server.note_last_use("abcdefghijkl", at, "127.0.0.1".parse().unwrap());
             server.flush_pending_writes();
@@ -358,15 +363,6 @@ mod tests {
             assert!(!is_hit(server), "the revocation must be seen");
             let fresh = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
             assert!(fresh.token.revoked_at.is_some());
-        };
-        // A server store with alice's token cached, and another connection to the same file.
-        let cached_in_a_fresh_store = || {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("t.db");
-            let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
-            alice_with_a_token(&cli);
-            cached_and_hit(&server);
-            (dir, server, cli)
         };
         // Before the writer's, with no lookup in between.
         {
