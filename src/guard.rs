@@ -9,10 +9,14 @@
 //! 2. [`Guard::failed_auth`] from the gate's one place for authentication failures.
 //! 3. [`Guard::check_principal`] after authorisation, for requests that start an exchange.
 //!
-//! Overrides (`gitgate ratelimit ...`) are read from the store at most every
-//! [`OVERRIDES_TTL_MS`], so a change from the CLI applies within seconds without a store read per
-//! request. If that read fails the last known overrides stay in force (the token lookup itself
-//! fails closed, so a store that is down is answered with 503 anyway).
+//! Overrides (`gitgate ratelimit ...`) are read when the guard is built, then from the store at
+//! most every [`OVERRIDES_TTL_MS`], so a change from the CLI applies within seconds without a
+//! store read per request. While one request refreshes them, the others go on with the last map
+//! read, which is why the first read happens before the guard serves anything: an empty map
+//! would hand every principal the defaults, and the burst of a CI fleet arriving at a freshly
+//! started gitgate would be answered 429 despite its exemption. If a refresh fails the last known
+//! overrides stay in force (the token lookup itself fails closed, so a store that is down is
+//! answered with 503 anyway).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -88,7 +92,8 @@ pub fn principal(token: &TokenRecord) -> String {
 }
 
 struct Overrides {
-    fetched_at: Option<i64>,
+    /// When the map was last read (or a refresh claimed), epoch milliseconds.
+    fetched_at: i64,
     rules: Arc<HashMap<String, RateRule>>,
 }
 
@@ -102,11 +107,17 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// Reads the rate-limit overrides from `store` as of `now`: a store that cannot give them
+    /// is an error, not an empty map (see the module doc).
     pub fn new(
         store: Store,
         rate_limit: &config::RateLimit,
         auth_failures: &config::AuthFailures,
-    ) -> Guard {
+        now: i64,
+    ) -> Result<Guard, String> {
+        let rules = store
+            .rate_limits()
+            .map_err(|e| format!("cannot read the rate-limit overrides: {e}"))?;
         let rate = rate_limit.enabled.then(|| {
             (
                 RateLimiter::new(),
@@ -116,7 +127,7 @@ impl Guard {
                 },
             )
         });
-        Guard {
+        Ok(Guard {
             store,
             inflight: InFlight::new(rate_limit.max_concurrent),
             rate,
@@ -125,10 +136,10 @@ impl Guard {
                 window_ms: i64::from(auth_failures.window_seconds) * 1000,
             }),
             overrides: RwLock::new(Overrides {
-                fetched_at: None,
-                rules: Arc::new(HashMap::new()),
+                fetched_at: now,
+                rules: Arc::new(rules.into_iter().map(|o| (o.principal, o.rule)).collect()),
             }),
-        }
+        })
     }
 
     /// Step 1: is this address blocked? No store access.
@@ -228,10 +239,7 @@ impl Guard {
 
     /// The overrides, refreshed from the store when older than [`OVERRIDES_TTL_MS`].
     async fn overrides(&self, now: i64) -> Arc<HashMap<String, RateRule>> {
-        let fresh = |o: &Overrides| {
-            o.fetched_at
-                .is_some_and(|t| (0..OVERRIDES_TTL_MS).contains(&(now - t)))
-        };
+        let fresh = |o: &Overrides| (0..OVERRIDES_TTL_MS).contains(&(now - o.fetched_at));
         {
             // Every request of every worker comes here: the read side lets them in together.
             let cached = self.overrides.read().unwrap_or_else(|p| p.into_inner());
@@ -244,8 +252,8 @@ impl Guard {
             if fresh(&cached) {
                 return cached.rules.clone();
             }
-            // Claim the refresh so concurrent requests use the old map meanwhile.
-            cached.fetched_at = Some(now);
+            // Claim the refresh so concurrent requests use the last map read meanwhile.
+            cached.fetched_at = now;
         }
         let store = self.store.clone();
         let read = tokio::task::spawn_blocking(move || store.rate_limits()).await;
@@ -298,6 +306,10 @@ mod tests {
     }
 
     fn guard(store: Store, capacity: u32) -> Guard {
+        guard_at(store, capacity, 0)
+    }
+
+    fn guard_at(store: Store, capacity: u32, now: i64) -> Guard {
         Guard::new(
             store,
             &config::RateLimit {
@@ -310,7 +322,9 @@ mod tests {
                 max: 2,
                 window_seconds: 60,
             },
+            now,
         )
+        .unwrap()
     }
 
     #[test]
@@ -352,6 +366,64 @@ mod tests {
                 Ok(())
             );
         }
+    }
+
+    #[tokio::test]
+    async fn an_exemption_holds_from_the_first_requests_of_a_burst() {
+        let (_d, store) = temp_store();
+        store.add_user("ci", "x", Role::User, &actor()).unwrap();
+        store
+            .set_rate_limit("user:ci", RateRule::Exempt, &actor())
+            .unwrap();
+        // Built long after time 0, as a server is, and asked at once by many requests: none may
+        // be charged against the defaults (a bucket of 1) while the overrides are read.
+        let now = 10 * OVERRIDES_TTL_MS;
+        let g = Arc::new(guard_at(store, 1, now));
+        let who = principal(&token(Some("ci")));
+        let advertise = Operation::Advertise(Service::UploadPack);
+        let burst: Vec<_> = (0..8)
+            .map(|_| {
+                let (g, who) = (g.clone(), who.clone());
+                tokio::spawn(async move { g.check_principal(&who, advertise, now).await })
+            })
+            .collect();
+        for request in burst {
+            assert_eq!(request.await.unwrap(), Ok(()));
+        }
+        // The refresh after the TTL keeps it, and a request during that refresh uses the map
+        // already read rather than an empty one.
+        let later = now + OVERRIDES_TTL_MS;
+        let (a, b) = tokio::join!(
+            g.check_principal(&who, advertise, later),
+            g.check_principal(&who, advertise, later)
+        );
+        assert_eq!((a, b), (Ok(()), Ok(())));
+    }
+
+    #[test]
+    fn a_store_without_its_overrides_table_is_an_error() {
+        let (dir, store) = temp_store();
+        rusqlite::Connection::open(dir.path().join("t.db"))
+            .unwrap()
+            .execute_batch("DROP TABLE rate_limits")
+            .unwrap();
+        let err = Guard::new(
+            store,
+            &config::RateLimit {
+                enabled: true,
+                capacity: 1,
+                refill_per_second: 1.0,
+                max_concurrent: 0,
+            },
+            &config::AuthFailures {
+                max: 2,
+                window_seconds: 60,
+            },
+            0,
+        )
+        .err()
+        .expect("no guard without its overrides");
+        assert!(err.contains("rate-limit overrides"), "{err}");
     }
 
     #[tokio::test]

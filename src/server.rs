@@ -192,7 +192,8 @@ async fn run_workers(config: Config) -> Result<(), String> {
         store.clone(),
         &config.rate_limit,
         &config.auth_failures,
-    ));
+        crate::clock::now_ms(),
+    )?);
     let gates: Vec<Arc<Gate>> = upstreams
         .into_iter()
         .map(|upstream| {
