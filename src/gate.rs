@@ -556,6 +556,13 @@ struct LoggedBody {
 }
 
 impl LoggedBody {
+    /// Whether the request's own body ended with an error (see [`Inbound::broke`]).
+    fn request_broke(&self) -> bool {
+        self.done
+            .as_ref()
+            .is_some_and(|l| l.inbound.broke.load(Ordering::Relaxed))
+    }
+
     fn finish(&mut self, outcome: &str) {
         if let Some(line) = self.done.take() {
             line.write(self.bytes_out, outcome);
@@ -577,6 +584,12 @@ impl Body for LoggedBody {
                 if let Some(data) = frame.data_ref() {
                     self.bytes_out += data.len() as u64;
                 }
+            }
+            // A backend that answered before reading the whole request (git http-backend does,
+            // for a push) fails when the request's body breaks off: the client's doing.
+            Poll::Ready(Some(Err(e))) if self.request_broke() => {
+                tracing::info!(error = %e, "the request body broke off during the answer");
+                self.finish("client-gone");
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!(error = %e, "response stream failed");

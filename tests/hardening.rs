@@ -6,7 +6,7 @@
 mod common;
 mod hardening_support;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -317,11 +317,35 @@ fn a_client_gone_mid_push_ends_the_backend() {
     // (git-receive-pack), which would no longer be gitgate's child if it outlived its parent.
     let groups = children(pid);
     assert!(groups.iter().all(|&g| group_alive(g)));
+    // git http-backend answers with its headers before it reads the pack: the client breaks
+    // off after it has them, during the response's body.
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "no response head: {head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
     drop(s);
     wait_for("the backend's whole group to be ended", || {
         !groups.iter().any(|&g| group_alive(g))
     });
     assert!(server.alive(), "gitgate itself must keep running");
+    // The client's doing, logged as such: not a failed response stream to alert on.
+    wait_for("the push's log line", || {
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("git-receive-pack") && l.contains("outcome="))
+    });
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("git-receive-pack") && l.contains("outcome="))
+        .unwrap();
+    assert!(line.contains("outcome=client-gone"), "{line}");
+    assert!(!log.contains("response stream failed"), "{log}");
 }
 
 /// An HTTP/2 frame: length, type, flags, stream id, payload.
