@@ -539,6 +539,10 @@ fn identity_comes_from_the_token_never_from_the_client() {
             "http.extraHeader=X-Forwarded-For: 10.6.6.6",
             "-c",
             "http.extraHeader=X-Forwarded-Host: evil.example",
+            // Gitea's reverse-proxy login header: an upstream that trusts gitgate's address
+            // would take it as the user.
+            "-c",
+            "http.extraHeader=X-WEBAUTH-USER: mallory",
             "push",
             "-q",
             "origin",
@@ -558,6 +562,9 @@ fn identity_comes_from_the_token_never_from_the_client() {
         assert!(line.contains("xff=\"127.0.0.1\""), "{line}");
         assert!(line.contains("fhost=\"127.0.0.1:"), "{line}");
         assert!(line.contains("fproto=\"http\""), "{line}");
+        assert!(line.contains("webauth=\"-\""), "{line}");
+        // What git says about itself still arrives.
+        assert!(line.contains("ua=\"git/"), "{line}");
     }
     // The client's Authorization (its gitgate token) never reached nginx.
     assert!(!log.contains(&w.token), "the token reached the upstream");

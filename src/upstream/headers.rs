@@ -22,9 +22,14 @@
 //! - **Redirects point at gitgate.** A `Location` naming the upstream's own origin or base path
 //!   is rewritten to the same place under gitgate's git prefix ([`location_to_client`]), so a
 //!   redirect never sends git around the gate to an internal address.
-//! - **Content is kept**: `Content-Type`, `Content-Length`, `Content-Encoding` (git gzips
-//!   requests), `Accept*`, `User-Agent`, and `Git-Protocol` when it looks like what git sends
-//!   (it becomes `GIT_PROTOCOL` in the backend's environment, so it is validated).
+//! - **Only what git says about the content and itself is passed on** ([`PASSED_ON`]):
+//!   `Content-Type`, `Content-Length` (one value), `Content-Encoding` (git gzips requests),
+//!   `Accept*`, `User-Agent`, `Pragma`, `Cache-Control`, `Range` (dumb HTTP resumes a pack
+//!   download), and `Git-Protocol` when it looks like what git sends (it becomes
+//!   `GIT_PROTOCOL` in the backend's environment, so it is validated). Everything else stays
+//!   here: an allowlist, because a denylist cannot know every header some upstream trusts — a
+//!   client's `X-WEBAUTH-USER` (Gitea's reverse-proxy login), `Remote-User` or `True-Client-IP`
+//!   would otherwise reach a server that believes what comes from gitgate's address.
 
 use std::net::IpAddr;
 
@@ -70,6 +75,21 @@ pub fn unsupported_transfer_coding(inbound: &HeaderMap) -> Option<String> {
     ))
 }
 
+/// Request headers passed on as the client sent them (see the module doc); `Content-Length`
+/// and `Git-Protocol` are passed on too, checked on their own.
+const PASSED_ON: [&str; 10] = [
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "content-encoding",
+    "content-type",
+    "pragma",
+    "range",
+    "user-agent",
+    "if-range",
+];
+
 /// Request headers gitgate removes and, where needed, sets itself.
 const MANAGED: [&str; 6] = [
     "authorization",
@@ -105,9 +125,8 @@ pub fn is_reserved(name: &HeaderName) -> bool {
     let n = name.as_str();
     HOP_BY_HOP.contains(&n)
         || MANAGED.contains(&n)
-        || n == "content-type"
+        || PASSED_ON.contains(&n)
         || n == "content-length"
-        || n == "content-encoding"
         || n == "git-protocol"
         || (n.starts_with("x-forwarded-") && n != "x-forwarded-user")
 }
@@ -117,17 +136,16 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(inbound.len() + 5);
     for (name, value) in inbound {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || named_by_connection(inbound, n)
-            || MANAGED.contains(&n)
-            || n.starts_with("x-forwarded-")
-            || n == "git-protocol"
-            || name == out.identity_header
-            || n.contains('_')
-        {
+        // The identity header is never on the list (`is_reserved`, checked by the config).
+        if !PASSED_ON.contains(&n) || named_by_connection(inbound, n) {
             continue;
         }
         headers.append(name.clone(), value.clone());
+    }
+    // The body's length, once: over HTTP/2 a client may repeat it (HTTP/1.1 repeats are merged
+    // or refused by hyper), and the h2 layer holds the body to the first value.
+    if let Some(v) = inbound.get(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, v.clone());
     }
 
     if let Some(v) = single(inbound, "git-protocol").filter(|v| valid_git_protocol(v)) {
@@ -668,6 +686,56 @@ mod tests {
     }
 
     #[test]
+    fn only_what_git_says_about_the_content_is_passed_on() {
+        // What some upstream may believe when it comes from gitgate's address: the login
+        // header of Gitea's reverse-proxy authentication, other servers' user and client
+        // address headers, and whatever `http.extraHeader` adds.
+        let inbound = map(&[
+            ("x-webauth-user", "admin"),
+            ("remote-user", "root"),
+            ("true-client-ip", "10.9.9.9"),
+            ("x-client-ip", "10.9.9.9"),
+            ("cookie", "session=x"),
+            ("x-anything", "1"),
+            ("user-agent", "git/2.47.3"),
+            ("accept-encoding", "deflate, gzip"),
+            ("accept-language", "en"),
+            ("pragma", "no-cache"),
+            ("cache-control", "no-cache"),
+            ("range", "bytes=100-"),
+            ("content-length", "4"),
+            ("content-length", "4"),
+        ]);
+        let i = ident();
+        let h = to_upstream(&inbound, &out(&i, &[]));
+        for gone in [
+            "x-webauth-user",
+            "remote-user",
+            "true-client-ip",
+            "x-client-ip",
+            "cookie",
+            "x-anything",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} was forwarded");
+        }
+        for (kept, value) in [
+            ("user-agent", "git/2.47.3"),
+            ("accept-encoding", "deflate, gzip"),
+            ("accept-language", "en"),
+            ("pragma", "no-cache"),
+            ("cache-control", "no-cache"),
+            ("range", "bytes=100-"),
+            ("content-length", "4"),
+        ] {
+            assert_eq!(all(&h, kept), [value], "{kept}");
+        }
+        assert_eq!(all(&h, "x-forwarded-user"), ["alice"]);
+        // A header on the list that the client names in `Connection` is still hop-by-hop.
+        let inbound = map(&[("connection", "pragma"), ("pragma", "no-cache")]);
+        assert!(!to_upstream(&inbound, &out(&i, &[])).contains_key("pragma"));
+    }
+
+    #[test]
     fn identity_values_are_encoded() {
         assert_eq!(identity_value("alice"), "alice");
         assert_eq!(identity_value("ci runner"), "ci runner");
@@ -895,5 +963,8 @@ mod tests {
         assert!(is_reserved(&HeaderName::from_static("x-forwarded-for")));
         assert!(!is_reserved(&HeaderName::from_static("x-forwarded-user")));
         assert!(!is_reserved(&HeaderName::from_static("remote-user")));
+        // Passed on from the client, so it cannot name the user.
+        assert!(is_reserved(&HeaderName::from_static("user-agent")));
+        assert!(is_reserved(&HeaderName::from_static("range")));
     }
 }
