@@ -188,6 +188,26 @@ pub struct GitRequest {
     pub query: Option<Cow<'static, str>>,
 }
 
+impl GitRequest {
+    /// [`GitRequest::backend_path`] with the repository spelled `team/app.git` (`with_git`) or
+    /// `team/app`, whichever the client wrote: the embedded backend names the one directory
+    /// that answers to the repository (see `upstream::cgi::RepoDir`).
+    pub fn backend_path_spelled(&self, with_git: bool) -> String {
+        let repo = self.repo.as_str();
+        // `/<repo>[.git]/<suffix>`: the repository is the decoded path without its `.git`.
+        let after = &self.backend_path[1 + repo.len()..];
+        let suffix = after.strip_prefix(".git").unwrap_or(after);
+        let mut path = String::with_capacity(self.backend_path.len() + 4);
+        path.push('/');
+        path.push_str(repo);
+        if with_git {
+            path.push_str(".git");
+        }
+        path.push_str(suffix);
+        path
+    }
+}
+
 /// Why a request is not a Git request gitgate will forward.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -516,6 +536,33 @@ mod tests {
             let spelled = format!("service={}", service.as_str());
             assert_eq!(service.advertisement_query(), spelled);
         }
+    }
+
+    #[test]
+    fn the_backend_path_can_be_spelled_with_or_without_git() {
+        let spelled = |path: &str, query: Option<&str>, with_git: bool| {
+            classify("GET", path, query, "/")
+                .unwrap()
+                .backend_path_spelled(with_git)
+        };
+        let q = Some("service=git-upload-pack");
+        for path in ["/team/app.git/info/refs", "/team/app/info/refs"] {
+            assert_eq!(spelled(path, q, true), "/team/app.git/info/refs");
+            assert_eq!(spelled(path, q, false), "/team/app/info/refs");
+        }
+        // Nested, decoded, and a repository whose name contains `.git` elsewhere.
+        assert_eq!(
+            spelled("/team/tools/a%70p.git/HEAD", None, false),
+            "/team/tools/app/HEAD"
+        );
+        assert_eq!(
+            spelled("/team/my.github/objects/info/packs", None, true),
+            "/team/my.github.git/objects/info/packs"
+        );
+        assert_eq!(
+            spelled("/team/x.gitx/info/refs", q, false),
+            "/team/x.gitx/info/refs"
+        );
     }
 
     const SHA1: &str = "3b18e512dba79e4c8300dd08aeb37f8e728b8dad";

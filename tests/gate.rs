@@ -27,6 +27,52 @@ fn team_setup() -> (Sandbox, Server, common::Token) {
     (sb, server, token)
 }
 
+/// `team/x` and `team/x.git` are one repository to gitgate (grants, tokens and logs name
+/// `team/x`): the embedded backend is given the one directory on disk that answers to it, so the
+/// client's spelling never picks a second repository, and two that could are refused.
+#[test]
+fn one_repository_name_is_one_directory_whatever_the_client_spells() {
+    let sb = Sandbox::new();
+    let plain = sb.create_repo("team/p");
+    std::fs::rename(sb.bare("team/p"), sb.repos().join("team/p")).unwrap();
+    let x_plain = sb.create_repo("team/x-plain");
+    std::fs::rename(sb.bare("team/x-plain"), sb.repos().join("team/x")).unwrap();
+    let x_git = sb.create_repo("team/x");
+    assert_ne!(x_plain, x_git);
+    // `team/y.git.git`: a name gitgate refuses, which `team/y.git` used to reach.
+    let hidden = sb.create_repo("team/y.git");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "read");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let server = sb.serve();
+    let url = |spelled: &str| {
+        format!(
+            "http://alice:{}@127.0.0.1:{}/{spelled}",
+            token.secret, server.port
+        )
+    };
+    // A plain directory, under either spelling.
+    for spelled in ["team/p", "team/p.git"] {
+        let refs = sb.git(sb.root(), &["ls-remote", &url(spelled)]);
+        assert!(refs.ok().contains(&plain), "{spelled}: {}", refs.stdout);
+    }
+    // Two directories for one name: refused under both spellings, neither one served.
+    for spelled in ["team/x", "team/x.git"] {
+        let refs = sb.git(sb.root(), &["ls-remote", &url(spelled)]);
+        let err = refs.fails_with("two repositories on this server answer to team/x");
+        assert!(
+            !refs.stdout.contains(&x_plain) && !refs.stdout.contains(&x_git),
+            "{err}"
+        );
+    }
+    // Only `team/y.git.git` exists: `team/y.git` is `team/y`, which is not there.
+    for spelled in ["team/y", "team/y.git"] {
+        let refs = sb.git(sb.root(), &["ls-remote", &url(spelled)]);
+        assert!(!refs.success(), "{spelled}: {}", refs.stdout);
+        assert!(!refs.stdout.contains(&hidden), "{spelled}: {}", refs.stdout);
+    }
+}
+
 /// clone, ls-remote, push, and fetch (into a second clone) with the given protocol version.
 fn round_trip(version: &str) {
     let (sb, server, token) = team_setup();

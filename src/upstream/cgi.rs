@@ -198,7 +198,48 @@ impl std::error::Error for CgiError {
     }
 }
 
+/// Which directory under the project root answers to a repository `team/app`.
+///
+/// gitgate treats `team/app` and `team/app.git` as one repository (grants, scopes and tokens
+/// name `team/app`), but on disk they can be two directories, and `git http-backend` finds a
+/// repository by trying `P/.git`, `P`, `P.git/.git` and `P.git` for the path `P` it is given —
+/// so the client's spelling could pick either, or `team/app.git.git`, a name gitgate refuses.
+/// The backend is therefore given the one spelling that exists on disk, and none at all when
+/// both do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoDir {
+    /// `team/app.git` (the usual bare repository).
+    WithGit,
+    /// `team/app` (a bare repository without the suffix, or a working tree with `.git`).
+    Plain,
+    /// Neither: the backend is asked for `team/app`, which it can only resolve inside the
+    /// two names above, and answers that there is no such repository.
+    Missing,
+    /// Both: refused, since gitgate cannot tell which one a grant means.
+    Both,
+}
+
+impl RepoDir {
+    /// Pure: from whether `<root>/<repo>.git` and `<root>/<repo>` are directories.
+    pub fn of(with_git: bool, plain: bool) -> RepoDir {
+        match (with_git, plain) {
+            (true, true) => RepoDir::Both,
+            (true, false) => RepoDir::WithGit,
+            (false, true) => RepoDir::Plain,
+            (false, false) => RepoDir::Missing,
+        }
+    }
+}
+
 impl CgiBackend {
+    /// Which directory answers to `repo` (two `stat`s; see [`RepoDir`]).
+    pub fn repo_dir(&self, repo: &str) -> RepoDir {
+        let plain = self.project_root.join(repo);
+        let mut with_git = plain.clone().into_os_string();
+        with_git.push(".git");
+        RepoDir::of(Path::new(&with_git).is_dir(), plain.is_dir())
+    }
+
     /// `program` is the CGI executable (e.g. `/usr/lib/git-core/git-http-backend`);
     /// `project_root` the directory the repositories live under (`GIT_PROJECT_ROOT`).
     pub fn new(program: PathBuf, project_root: PathBuf) -> Self {
@@ -1106,6 +1147,28 @@ impl Body for CgiBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_directory_answers_to_a_repository() {
+        assert_eq!(RepoDir::of(true, false), RepoDir::WithGit);
+        assert_eq!(RepoDir::of(false, true), RepoDir::Plain);
+        assert_eq!(RepoDir::of(false, false), RepoDir::Missing);
+        assert_eq!(RepoDir::of(true, true), RepoDir::Both);
+        let root = tempfile::tempdir().unwrap();
+        let backend = CgiBackend::new("/bin/false".into(), root.path().to_owned());
+        std::fs::create_dir_all(root.path().join("team/app.git")).unwrap();
+        std::fs::create_dir_all(root.path().join("team/plain")).unwrap();
+        std::fs::create_dir_all(root.path().join("team/both")).unwrap();
+        std::fs::create_dir_all(root.path().join("team/both.git")).unwrap();
+        std::fs::create_dir_all(root.path().join("team/odd.git.git")).unwrap();
+        // A file is no repository.
+        std::fs::write(root.path().join("team/file"), "").unwrap();
+        assert_eq!(backend.repo_dir("team/app"), RepoDir::WithGit);
+        assert_eq!(backend.repo_dir("team/plain"), RepoDir::Plain);
+        assert_eq!(backend.repo_dir("team/both"), RepoDir::Both);
+        assert_eq!(backend.repo_dir("team/odd"), RepoDir::Missing);
+        assert_eq!(backend.repo_dir("team/file"), RepoDir::Missing);
+    }
     use std::net::Ipv4Addr;
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command as StdCommand;
