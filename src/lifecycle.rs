@@ -120,19 +120,31 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
             "access tokens cannot be used to manage tokens or users: authenticate with your password".into(),
         );
     }
-    let wrong = || format!("authentication failed for user '{user}': wrong user name or password");
+    // One answer for every failure: a locked user answered differently from an unknown one
+    // would tell a guesser which names exist, and one whose right password got a different
+    // answer while locked would let the guessing go on through the lock. So the lock is
+    // mentioned to everyone, and its details go only to the audit log and the server's log.
+    let wrong = || {
+        format!(
+            "authentication failed for user '{user}': wrong user name or password, or password \
+             logins locked after {PASSWORD_FAILURES_BEFORE_LOCK} wrong passwords in a row (for \
+             {} minutes; an administrator can lift it: gitgate user unlock {user}); the user's \
+             tokens keep working",
+            PASSWORD_LOCK_MS / 60_000
+        )
+    };
     let now = clock::now_ms();
     if let Some(until) = store.user(user)?.and_then(|u| u.locked_until) {
         if now < until {
-            return fail(
-                "password locked",
-                format!(
-                    "password logins of user '{user}' are locked until {} after too many wrong \
-                     passwords (an administrator can lift it: gitgate user unlock {user}); the \
-                     user's tokens keep working",
-                    clock::datetime(until)
-                ),
+            // The same argon2 time as any other answer.
+            let _ = password::verify(password, dummy_hash());
+            tracing::info!(
+                user,
+                source = %actor.source,
+                until = %clock::datetime(until),
+                "password login refused: locked"
             );
+            return fail("password locked", wrong());
         }
     }
     let Some(hash) = store.password_hash(user)? else {

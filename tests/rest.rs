@@ -1029,6 +1029,27 @@ fn repeated_wrong_passwords_lock_the_password_but_never_the_tokens() {
         message.contains("locked") && message.contains("gitgate user unlock alice"),
         "{message}"
     );
+    // ...but the same one as for a wrong password (which would otherwise tell a guesser that
+    // the password it just tried is right) and, but for the name, as for a user who does not
+    // exist after as many tries (which would tell which names exist).
+    let wrong = server.request(
+        "GET",
+        &format!("{API}/users/alice"),
+        Auth::Basic("alice", "wrong"),
+        "",
+    );
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.error_message(), message);
+    for _ in 0..11 {
+        let r = server.request(
+            "GET",
+            &format!("{API}/users/ghost"),
+            Auth::Basic("ghost", "wrong"),
+            "",
+        );
+        assert_eq!(r.status, 401);
+        assert_eq!(r.error_message(), message.replace("alice", "ghost"));
+    }
     // ...other users are not affected...
     assert_eq!(server.api("GET", "/users/root", "root", "").status, 200);
     // ...and alice's token still works for git: an attacker cannot lock anyone out of git.
