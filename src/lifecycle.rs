@@ -243,7 +243,10 @@ impl ExpiryPolicy {
     /// A one-line description for messages and audit events.
     pub fn describe(&self) -> String {
         match (self.expiry_required, self.max_expiry_days) {
-            (false, _) => "expiry optional".into(),
+            (false, None) => "expiry optional".into(),
+            (false, Some(max)) => {
+                format!("expiry optional (a maximum of {max} days is kept for when it is required)")
+            }
             (true, None) => "expiry required".into(),
             (true, Some(max)) => format!("expiry required, at most {max} days"),
         }
@@ -286,6 +289,10 @@ pub fn set_policy(
         return Err(Error::Invalid(
             "maxExpiryDays must be at least 1 (or absent for no maximum)".into(),
         ));
+    }
+    // Nothing to change, nothing to audit.
+    if policy(store)? == new {
+        return Ok(new);
     }
     store.set_settings(
         &[
@@ -740,6 +747,32 @@ mod tests {
         };
         set_policy(&store, &user("root"), p, &actor()).unwrap();
         assert_eq!(policy(&store).unwrap(), p);
+        // The audit event says what the policy is now; setting it again changes nothing.
+        let changes = |store: &Store| {
+            store
+                .audit_events(None, 100)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == "policy.changed")
+                .map(|e| e.detail)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(changes(&store), ["expiry required, at most 90 days"]);
+        set_policy(&store, &user("root"), p, &actor()).unwrap();
+        assert_eq!(changes(&store).len(), 1);
+        let optional = ExpiryPolicy {
+            expiry_required: false,
+            max_expiry_days: Some(10),
+        };
+        set_policy(&store, &user("root"), optional, &actor()).unwrap();
+        assert!(
+            changes(&store).iter().any(
+                |d| d.contains("expiry optional") && d.contains("a maximum of 10 days is kept")
+            ),
+            "{:?}",
+            changes(&store)
+        );
+        set_policy(&store, &user("root"), p, &actor()).unwrap();
         let e = create(&store, &user("alice"), personal("alice", None), &actor()).unwrap_err();
         assert!(e.to_string().contains("at most 90 days"), "{e}");
         let e = create(

@@ -30,9 +30,11 @@ pub fn show(store: &Store, json: bool) -> Result<(), String> {
     );
     outln!(
         "max expiry days:  {}",
-        p.max_expiry_days
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| "none".into())
+        match (p.max_expiry_days, p.expiry_required) {
+            (None, _) => "none".to_string(),
+            (Some(d), true) => d.to_string(),
+            (Some(d), false) => format!("{d} (applies only while expiry is required)"),
+        }
     );
     let tokens = store.tokens(None).map_err(|e| e.to_string())?;
     let bad: Vec<_> = tokens
