@@ -248,6 +248,28 @@ fn a_store_replaced_while_serving_is_refused_until_a_restart() {
     assert_eq!(status(&get(&server, IR, &r)), 200);
 }
 
+/// The store's `-wal` and `-shm` deleted under the running server: the CLI makes new ones, and
+/// its revocation must not go unseen by a server still reading the old, deleted index.
+#[test]
+fn a_store_index_deleted_while_serving_fails_closed() {
+    let mut server = Server::start("");
+    let w = server.write_token.clone();
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    let db = server.path("gitgate.db");
+    for suffix in ["-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", db.display())).unwrap();
+    }
+    gitgate(&server.config(), &["token", "revoke", &w[4..16]], None);
+    let resp = get(&server, IR, &w);
+    assert_eq!(status(&resp), 503, "{}", String::from_utf8_lossy(&resp));
+    assert!(server
+        .log()
+        .contains("the store's -shm file was deleted or replaced while gitgate was running"));
+    // After a restart the revocation is what counts.
+    server.restart();
+    assert_eq!(status(&get(&server, IR, &w)), 401);
+}
+
 #[test]
 fn a_store_locked_by_another_writer_still_serves_and_the_write_is_tried_again() {
     let server = Server::start("");

@@ -138,6 +138,26 @@ impl AuthCache {
         state.version = i64::MIN;
     }
 
+    /// Whether the `-shm` file this cache reads has been unlinked — deleted, or replaced by a
+    /// rename — under the running server. SQLite keeps a connection's `-shm` and `-wal` open,
+    /// so this process would go on reading the old index and log while every other process
+    /// creates new ones: commits made since (a revocation) would never be seen here. One
+    /// `fstat` of the open file; `false` before it is open.
+    pub(super) fn index_unlinked(&self) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
+            seen.shm
+                .as_ref()
+                .is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() == 0))
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    }
+
     /// The WAL index header as it is now, if it can be read cleanly.
     pub(super) fn header_now(&self) -> Option<Header> {
         self.seen
@@ -323,6 +343,20 @@ mod tests {
         alice_with_a_token(&cli);
         cached_and_hit(&server);
         (dir, server, cli)
+    }
+
+    /// `-wal` and `-shm` deleted under the running server (another process would make new ones
+    /// and commit a revocation there, unseen by this one's open index): refused, not served
+    /// from the cache or the old files.
+    #[test]
+    fn a_deleted_index_is_refused_until_a_restart() {
+        let (dir, server, _cli) = cached_in_a_fresh_store();
+        for file in ["t.db-wal", "t.db-shm"] {
+            std::fs::remove_file(dir.path().join(file)).unwrap();
+        }
+        let err = server.auth_record_cached("abcdefghijkl").unwrap_err();
+        assert!(err.to_string().contains("restart gitgate"), "{err}");
+        assert!(server.setting("x").is_err(), "every operation is refused");
     }
 
     /// The writer's commits (last uses, audit rows) change nothing a decision reads: with many

@@ -244,38 +244,59 @@ impl Store {
         })?;
         // Hot path (every lookup, from every worker): the same file as last time. The read side
         // lets the workers in together; a change waits for them and then has the lock alone.
-        if *self.inner.file.read().unwrap_or_else(|p| p.into_inner()) == Some(id) {
-            return Ok(id);
-        }
-        let mut known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
-        match *known {
-            Some(k) if k == id => {}
-            None => *known = Some(id),
-            Some(_) => {
-                if !self.inner.replaced.swap(true, Ordering::Relaxed) {
-                    tracing::error!(
-                        path = %self.inner.path.display(),
-                        "the store file was replaced while gitgate was running: every token is \
-                         refused until gitgate is restarted (to restore a store, stop gitgate \
-                         first: see the README)"
-                    );
-                    self.inner
-                        .idle
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clear();
-                    self.inner.cache.clear();
+        if *self.inner.file.read().unwrap_or_else(|p| p.into_inner()) != Some(id) {
+            let mut known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
+            match *known {
+                Some(k) if k == id => {}
+                None => *known = Some(id),
+                Some(_) => {
+                    return Err(self.give_up(
+                        known,
+                        "the store file was replaced while gitgate was running",
+                    ))
                 }
-                return Err(self.replaced());
             }
         }
+        if self.inner.cache.index_unlinked() {
+            let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
+            return Err(self.give_up(
+                known,
+                "the store's -shm file was deleted or replaced while gitgate was running",
+            ));
+        }
         Ok(id)
+    }
+
+    /// Refuse every operation from now on, once logged; `known` (the file's write lock) keeps
+    /// [`Store::with_conn`] from pooling a connection meanwhile.
+    fn give_up(
+        &self,
+        known: std::sync::RwLockWriteGuard<'_, Option<FileId>>,
+        what: &str,
+    ) -> StoreError {
+        if !self.inner.replaced.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                path = %self.inner.path.display(),
+                "{what}: every token is refused until gitgate is restarted (to restore a store, \
+                 stop gitgate first: see the README)"
+            );
+            self.inner
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            self.inner.cache.clear();
+        }
+        drop(known);
+        self.replaced()
     }
 
     fn replaced(&self) -> StoreError {
         StoreError::Open {
             path: self.inner.path.clone(),
-            message: "the file was replaced while gitgate was running; restart gitgate".into(),
+            message: "the file or its -shm index was replaced while gitgate was running; \
+                      restart gitgate"
+                .into(),
         }
     }
 
