@@ -312,11 +312,17 @@ impl Store {
             })?,
         };
         let out = f(&mut conn);
+        // SQLite opens a file this process cannot write read-only, without a word: such a
+        // connection serves this call's reads, but pooled it would fail every write for good,
+        // long after the file became writable again (a `chmod` during a backup).
+        let poolable = !conn
+            .is_readonly(rusqlite::DatabaseName::Main)
+            .unwrap_or(true);
         // Checked and pooled under the read lock: a replacement (check_file's write lock, which
         // empties the pool) cannot slip in between and leave a connection to the old file in
         // the pool.
         let known = self.inner.file.read().unwrap_or_else(|p| p.into_inner());
-        if self.inner.replaced.load(Ordering::Relaxed) || *known != Some(file) {
+        if !poolable || self.inner.replaced.load(Ordering::Relaxed) || *known != Some(file) {
             drop(conn);
         } else if let Ok(mut idle) = self.inner.idle.lock() {
             if idle.len() < POOL_SIZE {
@@ -619,6 +625,31 @@ mod tests {
     use super::test_support::temp_store;
     use super::*;
     use rusqlite::OptionalExtension;
+
+    #[test]
+    fn a_read_only_connection_is_used_once_and_never_pooled() {
+        let (dir, store) = temp_store();
+        store.setting("x").unwrap();
+        store.inner.idle.lock().unwrap().clear();
+        // What SQLite opens for a file this process may not write at that moment.
+        let read_only = Connection::open_with_flags(
+            dir.path().join("t.db"),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .unwrap();
+        store.inner.idle.lock().unwrap().push(read_only);
+        assert_eq!(store.setting("x").unwrap(), None, "its reads are served");
+        assert!(
+            store.inner.idle.lock().unwrap().is_empty(),
+            "but it is not kept"
+        );
+        // The next call opens a writable one, which is kept.
+        store
+            .set_settings(&[("x", "1".into())], "test", "x=1", &test_support::actor())
+            .unwrap();
+        assert_eq!(store.setting("x").unwrap().as_deref(), Some("1"));
+        assert_eq!(store.inner.idle.lock().unwrap().len(), 1);
+    }
 
     #[test]
     fn a_replaced_file_is_refused_until_a_restart_and_left_unharmed() {
