@@ -1,6 +1,7 @@
 //! Time as the store and the policy see it: epoch milliseconds (Bitbucket's REST API speaks them
-//! too), plus UTC calendar formatting for messages. Only [`now_ms`] reads the clock; everything
-//! else takes the time as a value so that the policy stays pure.
+//! too), plus UTC calendar formatting for messages; and [`monotonic_ms`] for intervals. Only
+//! these two read a clock; everything else takes the time as a value so that the policy stays
+//! pure.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,6 +13,18 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Milliseconds on a monotonic clock, counted from the first call in this process: for rate
+/// limits, the failed-authentication throttle and cache lifetimes, which measure intervals. The
+/// wall clock ([`now_ms`]) can be stepped back (an NTP correction, a VM resumed from a
+/// snapshot): a bucket would then not refill for as long, and a block would last an hour more.
+/// Expiry, audit times and last uses stay on the wall clock, where they are compared with
+/// dates.
+pub fn monotonic_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
 /// `2026-10-01` (UTC) for epoch milliseconds.
@@ -77,6 +90,17 @@ pub fn parse_date(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_monotonic_clock_starts_near_zero_and_never_goes_back() {
+        let a = monotonic_ms();
+        let b = monotonic_ms();
+        assert!(a >= 0 && b >= a, "{a} {b}");
+        assert!(
+            b < now_ms(),
+            "counted from the process's first call, not the epoch"
+        );
+    }
 
     #[test]
     fn days_a_month_does_not_have_are_refused() {

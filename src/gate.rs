@@ -119,7 +119,7 @@ impl Gate {
             }
             // Password guessing on the API counts for the address throttle like bad tokens do
             // (and per user name, in `lifecycle::login`).
-            if let Err(verdict) = self.guard.check_address(remote.ip(), clock::now_ms()) {
+            if let Err(verdict) = self.guard.check_address(remote.ip(), clock::monotonic_ms()) {
                 return Ok(too_many(&verdict));
             }
             let tried = req.headers().contains_key(hyper::header::AUTHORIZATION);
@@ -132,7 +132,7 @@ impl Gate {
             )
             .await;
             if tried && resp.status() == StatusCode::UNAUTHORIZED {
-                self.guard.failed_auth(remote.ip(), clock::now_ms());
+                self.guard.failed_auth(remote.ip(), clock::monotonic_ms());
             }
             return Ok(resp);
         }
@@ -253,7 +253,7 @@ impl Gate {
         log.repo = Some(git_req.repo.to_string());
         log.access = Some(git_req.access.as_str());
         self.guard
-            .check_address(remote.ip(), clock::now_ms())
+            .check_address(remote.ip(), clock::monotonic_ms())
             .map_err(Refusal::Guarded)?;
 
         let creds = credentials::from_headers(req.headers()).map_err(Refusal::NoCredentials)?;
@@ -296,7 +296,7 @@ impl Gate {
         log.user = Some(identity.user.clone());
         let principal = guard::principal(&record.token);
         self.guard
-            .check_principal(&principal, git_req.operation, now)
+            .check_principal(&principal, git_req.operation, clock::monotonic_ms())
             .await
             .map_err(Refusal::Guarded)?;
         self.note_use(&record, now, remote);
@@ -391,7 +391,7 @@ impl Gate {
 
     /// A failed authentication is an audit event (never with the secret), written off the path.
     fn audit_failure(&self, remote: SocketAddr, log: &RequestLog, reason: &str) {
-        self.guard.failed_auth(remote.ip(), clock::now_ms());
+        self.guard.failed_auth(remote.ip(), clock::monotonic_ms());
         let store = &self.store;
         let actor = Actor {
             name: log.user.clone().unwrap_or_else(|| "anonymous".into()),

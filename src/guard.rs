@@ -92,7 +92,7 @@ pub fn principal(token: &TokenRecord) -> String {
 }
 
 struct Overrides {
-    /// When the map was last read (or a refresh claimed), epoch milliseconds.
+    /// When the map was last read (or a refresh claimed), on [`crate::clock::monotonic_ms`].
     fetched_at: i64,
     rules: Arc<HashMap<String, RateRule>>,
 }

@@ -4,8 +4,9 @@
 //! with `Retry-After` until the next token is there.
 //!
 //! Why these choices:
-//! - **Pure.** Every method takes `now` (epoch milliseconds) as a value, so the arithmetic is
-//!   unit-tested without clocks or sleeps; the gate passes the real time in.
+//! - **Pure.** Every method takes `now` (milliseconds) as a value, so the arithmetic is
+//!   unit-tested without clocks or sleeps; the gate passes [`crate::clock::monotonic_ms`] in,
+//!   so a wall clock stepped back neither stops the refill nor lengthens a wait.
 //! - **Bounded memory.** A bucket that has refilled to capacity is indistinguishable from no
 //!   bucket, so it can be dropped. Each shard sweeps such idle buckets when it has grown past its
 //!   last sweep size, which keeps memory proportional to the principals active in the last

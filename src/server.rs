@@ -192,7 +192,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
         store.clone(),
         &config.rate_limit,
         &config.auth_failures,
-        crate::clock::now_ms(),
+        crate::clock::monotonic_ms(),
     )?);
     let gates: Vec<Arc<Gate>> = upstreams
         .into_iter()

@@ -17,8 +17,9 @@
 //!   its neighbours for the back-off. The default (10 per minute) is far above what a person
 //!   mistyping produces.
 //!
-//! Pure: every method takes `now` (epoch milliseconds). Memory is bounded the same way as the
-//! rate limiter's: forgotten entries are swept when a shard grows.
+//! Pure: every method takes `now` (milliseconds, on [`crate::clock::monotonic_ms`] in the gate).
+//! Memory is bounded the same way as the rate limiter's: forgotten entries are swept when a
+//! shard grows.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;

@@ -22,7 +22,7 @@
 //! - **Redirects point at gitgate.** A `Location` naming the upstream's own origin or base path
 //!   is rewritten to the same place under gitgate's git prefix ([`location_to_client`]), so a
 //!   redirect never sends git around the gate to an internal address.
-//! - **Only what git says about the content and itself is passed on** ([`PASSED_ON`]):
+//! - **Only what git says about the content and itself is passed on** (`PASSED_ON`):
 //!   `Content-Type`, `Content-Length` (one value), `Content-Encoding` (git gzips requests),
 //!   `Accept*`, `User-Agent`, `Pragma`, `Cache-Control`, `Range` (dumb HTTP resumes a pack
 //!   download), and `Git-Protocol` when it looks like what git sends (it becomes
