@@ -824,6 +824,15 @@ fn https_upstream_is_verified_against_the_configured_ca() {
     );
     assert_eq!(status, 502, "{body}");
     assert!(body.to_ascii_lowercase().contains("certificate"), "{body}");
+    // And the readiness probe says so, instead of ready for requests that all fail.
+    let (status, _, body) = http(g.port, "GET", "/readyz", &[]);
+    assert_eq!(status, 503, "{body}");
+    let log = g.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("not ready") && l.contains("TLS handshake failed")),
+        "{log}"
+    );
 }
 
 /// The certificate a new TLS connection to `port` is served, and a TLS stream that stays open.

@@ -66,7 +66,6 @@ pub struct HttpBackend {
     trusted_proxies: Vec<Cidr>,
     /// How clients reach gitgate: `http` or `https`.
     proto: &'static str,
-    connect_timeout: Duration,
     idle_timeout: Duration,
 }
 
@@ -123,7 +122,6 @@ impl HttpBackend {
             upstream_auth,
             trusted_proxies,
             proto: if tls_in_front { "https" } else { "http" },
-            connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.idle_timeout,
         })
     }
@@ -405,31 +403,22 @@ impl HttpBackend {
         }
     }
 
-    /// Readiness: can a TCP connection to the upstream be opened within the connect timeout?
+    /// Readiness: can a connection to the upstream be opened within the connect timeout — TCP,
+    /// and for https the TLS handshake with the configured roots, as a request would? A
+    /// certificate the upstream's clients would refuse makes gitgate not ready, rather than
+    /// ready to answer every request 502. The connection is closed at once, never pooled.
     pub async fn ready(&self) -> Result<(), String> {
         let authority = self.origin.authority().ok_or("no upstream host")?;
-        let port = authority
-            .port_u16()
-            .unwrap_or(if self.origin.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            });
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        match tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect((host, port)),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("upstream {authority} unreachable: {e}")),
-            Err(_) => Err(format!(
+        match self.pool.connect_new(Driving::Inline).await {
+            Ok(checkout) => {
+                drop(checkout);
+                Ok(())
+            }
+            Err(ConnectError::TimedOut) => Err(format!(
                 "upstream {authority} did not accept a connection in time"
             )),
+            Err(e @ ConnectError::Tls(_)) => Err(format!("upstream {authority}: {e}")),
+            Err(e) => Err(format!("upstream {authority} unreachable: {e}")),
         }
     }
 }
