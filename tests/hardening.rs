@@ -270,6 +270,80 @@ fn a_store_index_deleted_while_serving_fails_closed() {
     assert_eq!(status(&get(&server, IR, &w)), 401);
 }
 
+/// libfaketime, which moves the wall clock of the process it is preloaded into (Debian's
+/// `faketime` package; `.ci/run` installs it).
+fn faketime_library() -> Option<&'static str> {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if std::path::Path::new(lib).exists() {
+        return Some(lib);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "libfaketime is missing: apt-get install faketime"
+    );
+    eprintln!("skipped: libfaketime is missing (apt-get install faketime)");
+    None
+}
+
+/// Rate limits and the failed-authentication throttle measure intervals, on a monotonic clock:
+/// the wall clock stepped back an hour (an NTP correction, a VM resumed from a snapshot) must
+/// neither stop a bucket's refill nor keep an address blocked for that hour.
+#[test]
+fn a_wall_clock_stepped_back_neither_stops_the_refill_nor_lengthens_a_block() {
+    let Some(lib) = faketime_library() else {
+        return;
+    };
+    let clock = tempfile::tempdir().unwrap();
+    let offset = clock.path().join("offset");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let server = Server::start_env(
+        "[rate_limit]\ncapacity = 2\nrefill_per_second = 2\n\
+         [auth_failures]\nmax = 2\nwindow_seconds = 2\n",
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let w = server.write_token.clone();
+    // The bucket emptied, and the address blocked by two bad tokens.
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    assert_eq!(status(&get(&server, IR, &w)), 429);
+    let bad = "ggt_aaaaaaaaaaaa_not-a-real-secret";
+    assert_eq!(status(&get(&server, IR, bad)), 401);
+    assert_eq!(status(&get(&server, IR, bad)), 401);
+    let blocked = get(&server, IR, &w);
+    assert_eq!(status(&blocked), 429);
+    let retry: u64 = header(&blocked, "retry-after").unwrap().parse().unwrap();
+    assert!(retry <= 2, "Retry-After {retry}");
+
+    // The wall clock goes back an hour; the block (2 s) and the refill (2 a second) do not.
+    std::fs::write(&offset, "-3600\n").unwrap();
+    std::thread::sleep(Duration::from_millis(2600));
+    let resp = get(&server, IR, &server.read_token);
+    assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+
+    // The step really reached gitgate: the last use it wrote for that token is an hour old.
+    let conn = rusqlite::Connection::open(server.path("gitgate.db")).unwrap();
+    let id = &server.read_token[4..16];
+    let mut used = None;
+    wait_for("the last use to be written", || {
+        used = conn
+            .query_row("SELECT last_used_at FROM tokens WHERE id = ?1", [id], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .unwrap();
+        used.is_some()
+    });
+    let age = common::now_ms() - used.unwrap();
+    assert!(
+        age > 50 * 60 * 1000,
+        "last use only {age} ms ago: the clock did not move"
+    );
+}
+
 #[test]
 fn a_store_locked_by_another_writer_still_serves_and_the_write_is_tried_again() {
     let server = Server::start("");

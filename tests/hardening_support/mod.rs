@@ -40,8 +40,17 @@ impl Server {
         Server::start_with("", extra)
     }
 
+    /// Like [`Server::start`], with more variables in gitgate's environment.
+    pub fn start_env(extra: &str, env: &[(&str, &str)]) -> Server {
+        Server::start_full("", extra, env)
+    }
+
     /// Like [`Server::start`], with `server_extra` lines inside `[server]`.
     pub fn start_with(server_extra: &str, extra: &str) -> Server {
+        Server::start_full(server_extra, extra, &[])
+    }
+
+    fn start_full(server_extra: &str, extra: &str, env: &[(&str, &str)]) -> Server {
         let sandbox = Sandbox::with(Setup {
             server_extra: server_extra.to_owned(),
             extra: extra.to_owned(),
@@ -62,7 +71,9 @@ impl Server {
         let read_token = sandbox
             .personal_token("alice", PW, "r", &["REPO_READ"])
             .secret;
-        let server = sandbox.serve_with_env(&[("GITGATE_LOG", "info")]);
+        let mut env = env.to_vec();
+        env.push(("GITGATE_LOG", "info"));
+        let server = sandbox.serve_with_env(&env);
         let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
         Server {
             sandbox,
