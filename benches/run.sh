@@ -44,6 +44,9 @@ cleanup() {
 		for c in $(pgrep -P "$p" 2>/dev/null); do kill "$c" 2>/dev/null || true; done
 		kill "$p" 2>/dev/null || true
 	done
+	# fcgiwrap's parent forks a new child for each one that ends, so children killed before it
+	# can be replaced: whatever still names this run's folder goes now.
+	pkill -f "$W/" 2>/dev/null || true
 	wait 2>/dev/null || true
 	rm -rf "$W"
 }
