@@ -43,15 +43,17 @@
 //!   small pool per worker ([`upstream::pool`]), bodies streamed both ways; a `POST`'s answer
 //!   (a pack) is read by the request's own task, which drives its connection, a `GET`'s by the
 //!   connection's task;
-//!   [`upstream::headers`] decides which headers cross (the client's token never does; the
-//!   identity header is always gitgate's; upstream redirects are pointed back at gitgate).
+//!   [`upstream::headers`] decides which headers cross (an allowlist of what git says about the
+//!   content and itself: the client's token never does, nor any header an upstream might take
+//!   for an identity; the identity header is always gitgate's; upstream redirects are pointed
+//!   back at gitgate).
 //!   `502`/`504` with a reason when the backend fails or stalls.
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
 //!   `404/400/405` for what is not a git request (never forwarded), `501` for a request body in a
 //!   transfer coding other than `chunked` (never forwarded), `401` with a Basic challenge
 //!   for missing or bad credentials, `403` for too little permission, `503` when the store
-//!   cannot be read, is gone, or was replaced by another file (fail closed; a replaced one until
-//!   a restart), `502` when the backend fails. Every refusal carries a
+//!   cannot be read, is gone, or was replaced by another file or had its `-shm` index deleted
+//!   (fail closed; a replaced one until a restart), `502` when the backend fails. Every refusal carries a
 //!   one-line `text/plain` reason that git prints as `remote: ...`.
 //! - [`git`] says *what* a request is (repository, read or write) and builds the canonical path the
 //!   backend will see; [`policy`] says *whether* it is allowed; neither does I/O.
@@ -65,7 +67,9 @@
 //!   request.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
 //!   streamed, in a process group of its own that is ended whole when the request ends early
-//!   (or, `504`, when it sends no headers while the upload does not move either).
+//!   (or, `504`, when it sends no headers while the upload does not move either), given the one
+//!   directory on disk that answers to the repository (`team/app.git` or `team/app`; both is a
+//!   `500`).
 //! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which
 //!   token; the expiry policy; expiry never changes) for both interfaces: [`cli`], the
 //!   operator's command line, and [`api`], the Bitbucket-shaped REST API under `/rest/`, which
@@ -78,7 +82,8 @@
 //! - [`guard`] defends the gate against abuse: [`throttle`] blocks an address after repeated
 //!   failed authentications (before the store is read), [`ratelimit`] gives each principal a
 //!   token bucket, [`inflight`] caps its requests in flight; all answer `429` with
-//!   `Retry-After`. Behind `trusted_proxies` they see the client's address
+//!   `Retry-After`, and count time on a monotonic clock ([`clock::monotonic_ms`]); their
+//!   per-principal overrides are read before the first request is served. Behind `trusted_proxies` they see the client's address
 //!   ([`upstream::headers::client_address`]). [`unwind`] turns a panic in a request
 //!   into a logged `500` so that no input can take the process down.
 

@@ -1012,14 +1012,18 @@ fn repeated_wrong_passwords_lock_the_password_but_never_the_tokens() {
     let server = install.serve();
     let (_id, secret) = personal(&server, "alice", &["REPO_READ"]);
 
-    for _ in 0..10 {
+    let wrong_password = |user: &str| {
         let r = server.request(
             "GET",
-            &format!("{API}/users/alice"),
-            Auth::Basic("alice", "wrong"),
+            &format!("{API}/users/{user}"),
+            Auth::Basic(user, "wrong"),
             "",
         );
         assert_eq!(r.status, 401, "{}", r.body);
+        r.error_message()
+    };
+    for _ in 0..10 {
+        wrong_password("alice");
     }
     // The right password is refused now, with a message that says what to do...
     let r = server.api("GET", "/users/alice", "alice", "");
@@ -1032,23 +1036,9 @@ fn repeated_wrong_passwords_lock_the_password_but_never_the_tokens() {
     // ...but the same one as for a wrong password (which would otherwise tell a guesser that
     // the password it just tried is right) and, but for the name, as for a user who does not
     // exist after as many tries (which would tell which names exist).
-    let wrong = server.request(
-        "GET",
-        &format!("{API}/users/alice"),
-        Auth::Basic("alice", "wrong"),
-        "",
-    );
-    assert_eq!(wrong.status, 401);
-    assert_eq!(wrong.error_message(), message);
+    assert_eq!(wrong_password("alice"), message);
     for _ in 0..11 {
-        let r = server.request(
-            "GET",
-            &format!("{API}/users/ghost"),
-            Auth::Basic("ghost", "wrong"),
-            "",
-        );
-        assert_eq!(r.status, 401);
-        assert_eq!(r.error_message(), message.replace("alice", "ghost"));
+        assert_eq!(wrong_password("ghost"), message.replace("alice", "ghost"));
     }
     // ...other users are not affected...
     assert_eq!(server.api("GET", "/users/root", "root", "").status, 200);
