@@ -187,7 +187,17 @@ async fn run_workers(config: Config) -> Result<(), String> {
     };
 
     let store = Store::open(&config.store.path).map_err(|e| e.to_string())?;
-    store.check_writable().map_err(|e| e.to_string())?;
+    match store.check_writable() {
+        Ok(()) => {}
+        // Another process holding the write lock (a long CLI change) is not a store gitgate
+        // cannot write: tokens are read beside it, and the writer's commits wait their turn.
+        Err(crate::store::StoreError::Busy) => tracing::warn!(
+            store = %config.store.path.display(),
+            "the token store is locked by another process: serving; its writes (audit events, \
+             last uses) wait until the lock is released"
+        ),
+        Err(e) => return Err(e.to_string()),
+    }
     let guard = Arc::new(Guard::new(
         store.clone(),
         &config.rate_limit,

@@ -344,6 +344,23 @@ fn a_wall_clock_stepped_back_neither_stops_the_refill_nor_lengthens_a_block() {
     );
 }
 
+/// A (re)start while another process holds the store's write lock for longer than the busy
+/// timeout (a long CLI change, say) serves anyway: only a store gitgate cannot write at all
+/// keeps it from starting.
+#[test]
+fn a_start_while_another_process_holds_the_write_lock_serves() {
+    let mut server = Server::start("");
+    let w = server.write_token.clone();
+    let conn = rusqlite::Connection::open(server.path("gitgate.db")).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    server.restart();
+    assert!(server
+        .log()
+        .contains("the token store is locked by another process: serving"));
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    conn.execute_batch("ROLLBACK").unwrap();
+}
+
 #[test]
 fn a_store_locked_by_another_writer_still_serves_and_the_write_is_tried_again() {
     let server = Server::start("");
