@@ -232,6 +232,16 @@ impl RepoDir {
 }
 
 impl CgiBackend {
+    /// The request's `PATH_INFO`: its repository spelled as the directory that answers to it
+    /// (see [`RepoDir`]); `None` when two do.
+    pub fn path_info(&self, git_req: &crate::git::GitRequest) -> Option<String> {
+        match self.repo_dir(git_req.repo.as_str()) {
+            RepoDir::WithGit => Some(git_req.backend_path_spelled(true)),
+            RepoDir::Plain | RepoDir::Missing => Some(git_req.backend_path_spelled(false)),
+            RepoDir::Both => None,
+        }
+    }
+
     /// Which directory answers to `repo` (two `stat`s; see [`RepoDir`]).
     pub fn repo_dir(&self, repo: &str) -> RepoDir {
         let plain = self.project_root.join(repo);

@@ -97,21 +97,16 @@ impl Upstream {
     {
         match self {
             Upstream::Cgi(backend) => {
-                let path_info = match backend.repo_dir(git_req.repo.as_str()) {
-                    cgi::RepoDir::WithGit => git_req.backend_path_spelled(true),
-                    cgi::RepoDir::Plain | cgi::RepoDir::Missing => {
-                        git_req.backend_path_spelled(false)
-                    }
-                    cgi::RepoDir::Both => {
-                        let repo = &git_req.repo;
-                        return Err(ForwardError {
-                            status: StatusCode::INTERNAL_SERVER_ERROR,
-                            message: format!(
-                                "two repositories on this server answer to {repo} ({repo} and                                  {repo}.git); ask its administrator to rename one"
-                            ),
-                            detail: None,
-                        });
-                    }
+                let Some(path_info) = backend.path_info(git_req) else {
+                    let repo = &git_req.repo;
+                    return Err(ForwardError {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        message: format!(
+                            "two repositories on this server answer to {repo} ({repo} and \
+                             {repo}.git); ask its administrator to rename one"
+                        ),
+                        detail: None,
+                    });
                 };
                 let req = cgi::CgiRequest {
                     method: &parts.method,
