@@ -694,6 +694,21 @@ fn upstream_down_is_502_then_recovers() {
         body.contains("cannot reach the upstream git server"),
         "{body}"
     );
+    // The client's message leaves out the upstream's address; the log has it, in the one
+    // line the failure writes besides the request line.
+    let upstream = format!("127.0.0.1:{}", w.nginx.port);
+    assert!(!body.contains(&upstream), "{body}");
+    let log = g.log_text();
+    let failure_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("upstream") && !l.contains("gitgate::request"))
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert_eq!(failure_lines.len(), 1, "{log}");
+    assert!(
+        failure_lines[0].contains("backend failed") && failure_lines[0].contains(&upstream),
+        "{log}"
+    );
     let out = w.git(w.dir.path(), &["ls-remote", &url]);
     assert!(!out.status.success());
     assert!(

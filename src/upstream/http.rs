@@ -361,15 +361,24 @@ impl HttpBackend {
     /// 504 when connecting timed out, 502 otherwise, with the cause in words.
     fn connect_error(&self, e: ConnectError) -> ForwardError {
         let cause = e.to_string();
-        let origin = self.origin.to_string();
-        tracing::warn!(upstream = %origin.trim_end_matches('/'), cause = %cause, "cannot connect to the upstream");
-        match e {
+        let error = match e {
             ConnectError::TimedOut => ForwardError::gateway_timeout(format!(
                 "the upstream git server did not answer in time ({cause})"
             )),
             _ => {
                 ForwardError::bad_gateway(format!("cannot reach the upstream git server ({cause})"))
             }
+        };
+        self.naming_upstream(error)
+    }
+
+    /// The upstream's address goes into the error's detail, for the one line the gate logs per
+    /// failed request; the client's message leaves it out.
+    fn naming_upstream(&self, error: ForwardError) -> ForwardError {
+        let origin = self.origin.to_string();
+        ForwardError {
+            detail: Some(format!("upstream {}", origin.trim_end_matches('/'))),
+            ..error
         }
     }
 
@@ -392,15 +401,14 @@ impl HttpBackend {
             source = s.source();
         }
         // The client gets the cause; the upstream's address stays in gitgate's log.
-        let origin = self.origin.to_string();
-        tracing::warn!(upstream = %origin.trim_end_matches('/'), cause = %cause, "upstream request failed");
-        if timed_out {
+        let error = if timed_out {
             ForwardError::gateway_timeout(format!(
                 "the upstream git server did not answer in time ({cause})"
             ))
         } else {
             ForwardError::bad_gateway(format!("the upstream git server failed ({cause})"))
-        }
+        };
+        self.naming_upstream(error)
     }
 
     /// Readiness: can a connection to the upstream be opened within the connect timeout — TCP,
