@@ -122,12 +122,18 @@ pub fn authorize(
             )));
         }
     }
-    if !network::allowed(&token.allowed_networks, remote) {
-        return Err(Deny::Forbidden(format!(
-            "token '{name}' may only be used from {}; this request came from {remote}",
-            token.network_names().join(", ")
-        )));
-    }
+    // Checked once every 401 is ruled out: a wrong user or a disabled owner is told "not
+    // authenticated", never where the token may be used.
+    let from_allowed_network = || {
+        if network::allowed(&token.allowed_networks, remote) {
+            Ok(())
+        } else {
+            Err(Deny::Forbidden(format!(
+                "token '{name}' may only be used from {}; this request came from {remote}",
+                token.network_names().join(", ")
+            )))
+        }
+    };
     let token_level = token.permissions.repo();
     let needed = access.required();
     let (user, effective) = match token.kind {
@@ -148,6 +154,7 @@ pub fn authorize(
                     owner.slug
                 )));
             }
+            from_allowed_network()?;
             let owner_level = if owner.role == Role::Admin {
                 Some(Level::Admin)
             } else {
@@ -186,6 +193,7 @@ pub fn authorize(
             let Some(scope) = &token.scope else {
                 return Err(Deny::Unauthenticated("invalid token".into()));
             };
+            from_allowed_network()?;
             if !scope.covers(repo) {
                 return Err(Deny::Forbidden(format!(
                     "token '{name}' is limited to {}; it cannot be used for {repo}",
@@ -305,9 +313,41 @@ mod tests {
                     .into()
             )
         );
+        // A wrong user or a disabled owner is a 401 wherever the request comes from, and is
+        // not told where the token may be used.
+        let outside = "127.0.0.1".parse().unwrap();
+        let wrong_user = authorize(
+            &r,
+            Some("mallory"),
+            &repo("team/app"),
+            Access::Read,
+            outside,
+            NOW,
+        );
+        assert_eq!(
+            wrong_user.unwrap_err(),
+            Deny::Unauthenticated("token 'laptop' does not belong to user 'mallory'".into())
+        );
+        let mut disabled = r.clone();
+        disabled.owner.as_mut().unwrap().active = false;
+        assert_eq!(
+            at(&disabled, "127.0.0.1").unwrap_err(),
+            Deny::Unauthenticated("user 'alice' is disabled".into())
+        );
         // Revocation is still reported first: the token is dead wherever it comes from.
         r.token.revoked_at = Some(1);
         assert!(matches!(at(&r, "127.0.0.1"), Err(Deny::Unauthenticated(_))));
+    }
+
+    #[test]
+    fn a_scoped_token_outside_its_networks_is_refused_before_its_scope_is_told() {
+        let mut r = scoped(TokenKind::Repository, "team/app", "REPO_READ");
+        r.token.allowed_networks = network::parse_list(&["10.0.0.0/8"]).unwrap();
+        let denied = check(&r, None, "other/repo", Access::Read).unwrap_err();
+        assert!(
+            matches!(&denied, Deny::Forbidden(m) if m.contains("may only be used from 10.0.0.0/8")),
+            "{denied:?}"
+        );
     }
 
     #[test]
