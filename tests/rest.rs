@@ -487,13 +487,42 @@ fn edit_changes_name_and_permissions_but_never_the_expiry() {
         assert_eq!(r.status, 400, "{body}");
         assert!(r.error_message().contains("never changes"), "{body}");
     }
-    // Sending the expiry it already has back (as a GET-modify-POST script does) is fine.
-    let r = server.api(
-        "POST",
-        &item,
-        "alice",
-        &json!({"name": "ci2", "expiryDate": before["expiryDate"]}).to_string(),
+    // A field the API does not know is refused by name, and changes nothing: ignored, a
+    // misspelt expiry would pass for a token that never expires.
+    for body in [
+        json!({"name": "x", "expiresAt": 5}),
+        json!({"name": "x", "expiry_days": 1}),
+    ] {
+        let r = server.api("POST", &item, "alice", &body.to_string());
+        assert_eq!(r.status, 400, "{body}");
+        assert!(r.error_message().contains("unknown field"), "{}", r.body);
+    }
+    assert_eq!(
+        server.api("GET", &item, "alice", "").json()["name"],
+        "ci-readonly"
     );
+    let r = server.api(
+        "PUT",
+        "/users/alice",
+        "alice",
+        &json!({"name": "n", "permissions": ["REPO_READ"], "expiry_days": 1}).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.error_message().contains("unknown field \"expiry_days\""),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        server.api("GET", "/users/alice", "alice", "").json()["size"],
+        1
+    );
+
+    // Sending back what a GET showed, changed (as a GET-modify-POST script does), is fine: the
+    // fields that never change are ignored, the expiry it already has included.
+    let mut whole = server.api("GET", &item, "alice", "").json();
+    whole["name"] = json!("ci2");
+    let r = server.api("POST", &item, "alice", &whole.to_string());
     assert_eq!(r.status, 200, "{}", r.body);
     let after = server.api("GET", &item, "alice", "").json();
     assert_eq!(after["expiryDate"], before["expiryDate"]);
@@ -536,6 +565,25 @@ fn policy_applies_to_the_next_creation_and_reports_non_compliant_tokens() {
             .api("GET", &format!("/users/alice/{old_id}"), "alice", "")
             .json()["compliant"],
         true
+    );
+
+    // A misspelt field is refused by name, not ignored as a 200 that changed nothing.
+    let r = server.api(
+        "PUT",
+        "/admin/policy",
+        "root",
+        &json!({"expiry_required": true, "maxExpiryDays": 30}).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.error_message()
+            .contains("unknown field \"expiry_required\""),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        server.api("GET", "/admin/policy", "alice", "").json(),
+        json!({"expiryRequired": false, "maxExpiryDays": null})
     );
 
     let r = server.api(

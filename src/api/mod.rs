@@ -176,8 +176,26 @@ pub struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// The body as a JSON object; an empty body is an empty object.
-    pub fn json_object(&self) -> Result<Map<String, Value>, ApiError> {
+    /// The body as a JSON object with no field but the `known` ones; an empty body is an empty
+    /// object. Any other field is a 400 naming it: a misspelt `expiry_days`, ignored, would
+    /// make a token that never expires, and a misspelt policy field a `200` that changed nothing.
+    pub fn json_object(&self, known: &[&str]) -> Result<Map<String, Value>, ApiError> {
+        let map = self.any_json_object()?;
+        match map.keys().find(|k| !known.contains(&k.as_str())) {
+            None => Ok(map),
+            Some(unknown) => Err(ApiError::bad_request(format!(
+                "unknown field {}: this call takes {}",
+                Value::from(unknown.as_str()),
+                known
+                    .iter()
+                    .map(|k| format!("\"{k}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    fn any_json_object(&self) -> Result<Map<String, Value>, ApiError> {
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Map::new());
         }

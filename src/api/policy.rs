@@ -30,7 +30,7 @@ fn policy(call: &Call) -> ApiResult {
     match call.method.as_str() {
         "GET" => Ok(Reply::ok(policy_json(&lifecycle::policy(call.store)?))),
         "PUT" => {
-            let body = call.json_object()?;
+            let body = call.json_object(&["expiryRequired", "maxExpiryDays"])?;
             let current = lifecycle::policy(call.store)?;
             let expiry_required = match body.get("expiryRequired") {
                 None => current.expiry_required,

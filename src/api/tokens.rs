@@ -32,7 +32,8 @@ pub fn collection(call: &Call, subject: &Subject) -> ApiResult {
             page(call, values)
         }
         "PUT" => {
-            let body = call.json_object()?;
+            let body =
+                call.json_object(&["name", "permissions", "expiryDays", "allowedNetworks"])?;
             let name = string(&body, "name")?
                 .ok_or_else(|| ApiError::bad_request("\"name\" is required"))?;
             let permissions = strings(&body, "permissions")?.ok_or_else(|| {
@@ -56,6 +57,26 @@ pub fn collection(call: &Call, subject: &Subject) -> ApiResult {
     }
 }
 
+/// What an update may send: the fields it changes, and — so that a script can GET a token,
+/// change it and POST it back — the ones a GET shows that never change, which are ignored.
+/// (`expiryDate` is both: sent back unchanged it is fine, changed it is refused.)
+const EDIT_FIELDS: [&str; 14] = [
+    "name",
+    "permissions",
+    "allowedNetworks",
+    "expiryDays",
+    "expiryDate",
+    "id",
+    "createdDate",
+    "compliant",
+    "lastAuthenticated",
+    "lastAuthenticatedFrom",
+    "rotatedDate",
+    "user",
+    "project",
+    "repository",
+];
+
 /// `GET` shows, `POST` updates, `DELETE` revokes.
 pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
     match call.method.as_str() {
@@ -74,7 +95,7 @@ pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
             )))
         }
         "POST" => {
-            let body = call.json_object()?;
+            let body = call.json_object(&EDIT_FIELDS)?;
             let expiry_days = match body.get("expiryDays") {
                 None | Some(Value::Null) => None,
                 // Any value is an attempt to change the expiry; the lifecycle refuses it.
@@ -125,7 +146,7 @@ pub fn rotate(call: &Call, subject: &Subject, id: &str) -> ApiResult {
     if call.method.as_str() != "POST" {
         return Err(method_not_allowed(call.method, "POST"));
     }
-    let body = call.json_object()?;
+    let body = call.json_object(&["overlapSeconds"])?;
     let overlap = match body.get("overlapSeconds") {
         None | Some(Value::Null) => 0,
         Some(v) => v
