@@ -45,6 +45,22 @@ impl Target {
         }
     }
 
+    /// A target for a new grant or scoped token: [`Target::parse`], and not one holding `ggt_`,
+    /// the token prefix. The gate refuses every request for such a path before it is logged
+    /// (it may be a secret pasted into a URL), so a grant or token for it could never be used.
+    /// Stored targets are read with `parse`, so that older ones still list and can be removed.
+    pub fn parse_new(s: &str) -> Result<Target, String> {
+        let target = Target::parse(s)?;
+        if crate::credentials::holds_a_token(s) {
+            return Err(format!(
+                "'{s}' holds 'ggt_', the prefix of gitgate's tokens: gitgate refuses requests \
+                 for such a path (a token pasted into a URL must never be logged), so it could \
+                 never be served; rename it"
+            ));
+        }
+        Ok(target)
+    }
+
     /// Whether this target includes `repo`.
     pub fn covers(&self, repo: &RepoPath) -> bool {
         match self {
@@ -465,6 +481,14 @@ mod tests {
             matches!(Target::parse("team/app.git").unwrap(), Target::Repo(r) if r.as_str() == "team/app")
         );
         assert!(Target::parse("").is_err());
+        // A path the gate would refuse cannot be granted or given a token...
+        for held in ["team/ggt_calc", "GGT_team", "team/x%5Fggt_y"] {
+            let e = Target::parse_new(held).unwrap_err();
+            assert!(e.contains("ggt_"), "{e}");
+        }
+        assert!(Target::parse_new("team/ggcalc").is_ok());
+        // ... but one already stored still reads.
+        assert!(Target::parse("team/ggt_calc").is_ok());
         assert!(Target::parse("../x").is_err());
         assert!(Target::parse("team/").is_err());
     }

@@ -230,6 +230,23 @@ fn grant_errors_are_refused() {
     }
     sb.cli(&["grant", "add", "nobody", "team", "read"])
         .fails_with("nobody");
+    // The gate refuses every request for a path holding the token prefix, so neither a grant
+    // nor a token for one is made.
+    sb.cli(&["grant", "add", "alice", "team/ggt_calc", "read"])
+        .fails_with("ggt_");
+    sb.cli(&[
+        "token",
+        "create",
+        "--repo",
+        "team/ggt_calc",
+        "--name",
+        "ci",
+        "--permission",
+        "REPO_READ",
+    ])
+    .fails_with("could never be served");
+    let tokens = sb.cli_json(&["token", "list", "--json"]);
+    assert_eq!(tokens, Value::Array(vec![]), "no token was made");
     let run = sb.cli(&["grant", "remove", "alice", "team"]);
     assert!(
         !run.success() || run.stderr.contains("team"),

@@ -685,6 +685,16 @@ fn policy_applies_to_the_next_creation_and_reports_non_compliant_tokens() {
 #[test]
 fn project_and_repository_tokens_for_admins() {
     let (install, server) = setup();
+    // Not for a path the gate would refuse (it holds the token prefix): the API refuses such
+    // paths as a whole, as the CLI refuses the target.
+    let r = server.api(
+        "PUT",
+        "/projects/team/repos/ggt_calc",
+        "root",
+        &json!({"name": "ci", "permissions": ["REPO_READ"]}).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error_message().contains("ggt_"), "{}", r.body);
     let r = server.api(
         "PUT",
         "/projects/team",

@@ -8,7 +8,7 @@ use crate::policy::Target;
 use crate::store::{Actor, Store};
 
 pub fn add(store: &Store, name: &str, target: &str, level: &str) -> Result<(), String> {
-    let target = Target::parse(target)?;
+    let target = Target::parse_new(target)?;
     let level: Level = level.parse()?;
     store
         .add_grant(name, &target, level, &Actor::cli())

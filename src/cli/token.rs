@@ -53,7 +53,7 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
                     "--project takes a project key, not '{project}': use --repo for a repository"
                 ));
             }
-            Subject::Scoped(Target::parse(project)?)
+            Subject::Scoped(Target::parse_new(project)?)
         }
         (None, None, Some(repo)) => {
             if !repo.contains('/') {
@@ -61,7 +61,7 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
                     "--repo takes PROJECT/REPO, not '{repo}': use --project for a whole project"
                 ));
             }
-            Subject::Scoped(Target::parse(repo)?)
+            Subject::Scoped(Target::parse_new(repo)?)
         }
         _ => return Err("give exactly one of --user, --project or --repo".into()),
     };
