@@ -20,7 +20,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{
-    HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HOST, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 
@@ -349,8 +349,11 @@ impl Gate {
         match refusal {
             Refusal::NotGit(Rejection::NotFound(m)) => text(StatusCode::NOT_FOUND, &m),
             Refusal::NotGit(Rejection::BadRequest(m)) => text(StatusCode::BAD_REQUEST, &m),
-            Refusal::NotGit(Rejection::MethodNotAllowed(m)) => {
-                text(StatusCode::METHOD_NOT_ALLOWED, &m)
+            Refusal::NotGit(Rejection::MethodNotAllowed { message, allow }) => {
+                let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, &message);
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+                resp
             }
             Refusal::NoCredentials(CredentialError::Missing) => self.challenge(
                 "authentication required: use your user name and a gitgate access token as the password",

@@ -215,16 +215,20 @@ pub enum Rejection {
     NotFound(String),
     /// A Git endpoint, but the path or query cannot be resolved safely (→ 400).
     BadRequest(String),
-    /// A known Git endpoint called with the wrong method (→ 405).
-    MethodNotAllowed(String),
+    /// A known Git endpoint called with the wrong method (→ 405, with the methods it takes
+    /// in `Allow`, as RFC 9110 requires).
+    MethodNotAllowed {
+        message: String,
+        allow: &'static str,
+    },
 }
 
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Rejection::NotFound(r) | Rejection::BadRequest(r) | Rejection::MethodNotAllowed(r) => {
-                f.write_str(r)
-            }
+            Rejection::NotFound(r)
+            | Rejection::BadRequest(r)
+            | Rejection::MethodNotAllowed { message: r, .. } => f.write_str(r),
         }
     }
 }
@@ -306,7 +310,7 @@ pub fn classify(
     let (access, operation, query) = match endpoint {
         Endpoint::InfoRefs => {
             if !is_read {
-                return Err(method_not_allowed(method, "info/refs", "GET or HEAD"));
+                return Err(method_not_allowed(method, "info/refs", READS));
             }
             match service_param(raw_query)? {
                 Some(service) => (
@@ -319,13 +323,13 @@ pub fn classify(
         }
         Endpoint::Rpc(service) => {
             if method != "POST" {
-                return Err(method_not_allowed(method, service.as_str(), "POST"));
+                return Err(method_not_allowed(method, service.as_str(), POSTS));
             }
             (service.access(), Operation::Rpc(service), None)
         }
         Endpoint::DumbFile => {
             if !is_read {
-                return Err(method_not_allowed(method, "dumb-HTTP files", "GET or HEAD"));
+                return Err(method_not_allowed(method, "dumb-HTTP files", READS));
             }
             (Access::Read, Operation::Dumb, None)
         }
@@ -345,14 +349,22 @@ fn not_a_git_endpoint() -> Rejection {
     Rejection::NotFound("not a Git HTTP endpoint".into())
 }
 
-fn method_not_allowed(method: &str, what: &str, allowed: &str) -> Rejection {
+/// The methods of the read endpoints and of the RPCs, as in an `Allow` header.
+const READS: &str = "GET, HEAD";
+const POSTS: &str = "POST";
+
+fn method_not_allowed(method: &str, what: &str, allow: &'static str) -> Rejection {
     // The method is echoed back; keep it printable and short.
     let shown: String = method
         .chars()
         .filter(|c| c.is_ascii_graphic())
         .take(16)
         .collect();
-    Rejection::MethodNotAllowed(format!("{what} accepts {allowed}, not {shown}"))
+    let allowed = allow.replace(", ", " or ");
+    Rejection::MethodNotAllowed {
+        message: format!("{what} accepts {allowed}, not {shown}"),
+        allow,
+    }
 }
 
 /// The part of `raw_path` after the prefix and its `/`, or `None` if not under the prefix.
@@ -588,7 +600,7 @@ mod tests {
             Result::Ok(g) => Ok(g.access, g.operation),
             Err(Rejection::NotFound(_)) => NotFound,
             Err(Rejection::BadRequest(_)) => Bad,
-            Err(Rejection::MethodNotAllowed(_)) => Method,
+            Err(Rejection::MethodNotAllowed { .. }) => Method,
         }
     }
 

@@ -682,6 +682,20 @@ fn hostile_requests_get_their_status_and_never_reach_the_backend() {
             let head = head.lines().take(1).collect::<Vec<_>>().join(" ");
             wrong.push(format!("{name}: expected {expected}, got {got} ({head})"));
         }
+        // RFC 9110 §15.5.6: a 405 names the methods the resource takes.
+        if got == 405 {
+            let text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+            let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let allow = head.lines().find_map(|l| l.strip_prefix("allow: "));
+            let request = String::from_utf8_lossy(bytes);
+            let target = request.split(' ').nth(1).unwrap_or("");
+            let path = target.split('?').next().unwrap_or("");
+            let rpc = path.ends_with("/git-upload-pack") || path.ends_with("/git-receive-pack");
+            let fits = allow == Some(if rpc { "post" } else { "get, head" });
+            if !fits {
+                wrong.push(format!("{name}: 405 with Allow {allow:?}"));
+            }
+        }
     }
     let hits = server.backend_hits();
     assert!(
