@@ -181,29 +181,26 @@ pub fn authorize(
                     .map(|(_, level)| *level)
                     .max()
             };
-            if token_level >= needed {
-                match owner_level {
-                    None => {
-                        return Err(Deny::Forbidden(format!(
-                            "user '{}' has no access to {repo}; {} needs {needed}",
-                            owner.slug,
-                            access.verb()
-                        )))
-                    }
-                    Some(level) if level < needed => {
-                        return Err(Deny::Forbidden(format!(
-                            "user '{}' has {level} access to {repo}; {} needs {needed}",
-                            owner.slug,
-                            access.verb()
-                        )))
-                    }
-                    Some(_) => {}
+            // The owner's access first: when it falls short, a token with more permission
+            // would not help, and the message must not suggest it would.
+            let owner_level = match owner_level {
+                None => {
+                    return Err(Deny::Forbidden(format!(
+                        "user '{}' has no access to {repo}; {} needs {needed}",
+                        owner.slug,
+                        access.verb()
+                    )))
                 }
-            }
-            (
-                owner.slug.clone(),
-                token_level.min(owner_level.unwrap_or(Level::Read)),
-            )
+                Some(level) if level < needed => {
+                    return Err(Deny::Forbidden(format!(
+                        "user '{}' has {level} access to {repo}; {} needs {needed}",
+                        owner.slug,
+                        access.verb()
+                    )))
+                }
+                Some(level) => level,
+            };
+            (owner.slug.clone(), token_level.min(owner_level))
         }
         TokenKind::Project | TokenKind::Repository => {
             let Some(scope) = &token.scope else {
@@ -398,6 +395,17 @@ mod tests {
         );
         let d = check(&r, Some("alice"), "other/app", Access::Read).unwrap_err();
         assert!(matches!(d, Deny::Forbidden(m) if m.contains("no access to other/app")));
+        // When both fall short, the owner's access is named: a token with more permission
+        // would not help, and the message must not claim the token has any on the repository.
+        let reader = personal("REPO_READ", Role::User, &[("team", Level::Read)]);
+        assert_eq!(
+            check(&reader, None, "other/app", Access::Write).unwrap_err(),
+            Deny::Forbidden("user 'alice' has no access to other/app; push needs write".into())
+        );
+        assert_eq!(
+            check(&reader, None, "team/app", Access::Write).unwrap_err(),
+            Deny::Forbidden("user 'alice' has read access to team/app; push needs write".into())
+        );
         // A repository grant above the project grant wins for that repository only.
         let r = personal(
             "REPO_WRITE",
