@@ -166,9 +166,9 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     let (user, secret) = decoded.split_once(':').ok_or(Malformed(
         "Basic credentials have no ':' between user and password",
     ))?;
-    if user.is_empty() {
-        return Err(Malformed("Basic user name is empty"));
-    }
+    // An empty user name (`https://:TOKEN@host/...`, a common CI habit; RFC 7617 allows it) is
+    // no user name: fine for a project or repository token, which takes any; for a personal
+    // token it claims no owner, as Bearer does.
     if secret.is_empty() {
         return Err(Malformed("Basic password is empty: use a gitgate token"));
     }
@@ -362,7 +362,10 @@ mod tests {
         let no_colon = format!("Basic {}", b64("alice"));
         assert!(malformed(no_colon.as_bytes()).contains("':'"));
         let empty_user = format!("Basic {}", b64(":pw"));
-        assert!(malformed(empty_user.as_bytes()).contains("user"));
+        assert!(matches!(
+            parse(empty_user.as_bytes()),
+            Ok(Credentials::Basic { user, .. }) if user.is_empty()
+        ));
         let empty_pw = format!("Basic {}", b64("alice:"));
         assert!(malformed(empty_pw.as_bytes()).contains("password"));
         let not_utf8 = format!(

@@ -258,6 +258,8 @@ impl Gate {
 
         let creds = credentials::from_headers(req.headers()).map_err(Refusal::NoCredentials)?;
         let (basic_user, secret) = match &creds {
+            // An empty user name claims no user (see `credentials`).
+            Credentials::Basic { user, secret } if user.is_empty() => (None, secret),
             Credentials::Basic { user, secret } => (Some(user.clone()), secret),
             Credentials::Bearer { secret } => (None, secret),
         };

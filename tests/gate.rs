@@ -695,6 +695,19 @@ fn project_token_via_bearer_and_basic_inside_its_project_only() {
     let pushed2 = sb.commit_file(&work2, "ci2.txt", b"ci2\n", "pushed by ci over basic");
     sb.git(&work2, &["push", "-q", "origin", "main"]).ok();
     assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed2);
+    // ... the empty one included (RFC 7617 allows it; git itself sends no password with an
+    // empty user name, but curl and HTTP libraries in CI scripts do).
+    let no_name = http_get(
+        server.port,
+        "/team/app.git/info/refs?service=git-upload-pack",
+        Some(&basic("", &token.secret)),
+    );
+    assert_eq!(
+        no_name.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&no_name.body)
+    );
 
     // outside the project: refused, whichever way it is sent
     let hits_before = sb.hits().len();
