@@ -889,6 +889,34 @@ fn a_failed_start_creates_no_store() {
     drop(taken);
 }
 
+/// `[store] path` pointing at another program's SQLite database: `serve` and the CLI refuse it
+/// and leave it exactly as it was — no gitgate tables, no switch to WAL.
+#[test]
+fn another_programs_database_is_refused_and_left_as_it_was() {
+    let sb = Sandbox::new();
+    {
+        let other = rusqlite::Connection::open(sb.db()).unwrap();
+        other
+            .execute_batch("CREATE TABLE metrics(x); INSERT INTO metrics VALUES (1);")
+            .unwrap();
+    }
+    let before = fs::read(sb.db()).unwrap();
+    let mut cmd = sb.gitgate_command();
+    cmd.arg("serve");
+    let out = run(cmd, None);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("not a gitgate store"), "{out}");
+    assert!(out.stderr.contains("[store] path"), "{out}");
+    assert_eq!(out.stderr.trim().lines().count(), 1, "one line: {out}");
+    sb.cli(&["user", "list"]).fails_with("not a gitgate store");
+    assert_eq!(fs::read(sb.db()).unwrap(), before, "the file was changed");
+    let other = rusqlite::Connection::open(sb.db()).unwrap();
+    let mode: String = other
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+}
+
 /// `serve` on the sandbox's config as a user other than the store's owner: `nobody` when the
 /// tests run as root (as in CI), where file modes do not stop root; otherwise this user, with
 /// the write bits taken away by the caller. It must refuse to start.

@@ -163,6 +163,13 @@ impl Store {
         }
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         let mut conn = connect(path, true).map_err(explain)?;
+        if let Some(tables) = schema::foreign_tables(&conn).map_err(explain)? {
+            return Err(open_err(format!(
+                "this is not a gitgate store but another program's SQLite database (it has \
+                 tables '{tables}' and no gitgate schema); it was left as it is: check \
+                 [store] path"
+            )));
+        }
         // WAL is a property of the file: set once, every later connection sees it.
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))

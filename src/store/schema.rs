@@ -98,6 +98,25 @@ pub const CURRENT: i64 = MIGRATIONS.len() as i64;
 
 /// Bring the schema up to date. A store already at this version is only read, so that opening
 /// it (every CLI command does) works while another process holds the write lock.
+/// What is wrong if this file is another program's SQLite database: gitgate's schema version is
+/// 0 (none applied), yet the file holds tables. Checked before anything is written to it — the
+/// switch to WAL included — so that a `[store] path` pointing at the wrong file leaves it as it
+/// was instead of adding gitgate's tables to it. `None` for a gitgate store or an empty file.
+pub fn foreign_tables(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != 0 {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+         ORDER BY name LIMIT 3",
+    )?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((!names.is_empty()).then(|| names.join("', '")))
+}
+
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version == CURRENT {
@@ -127,6 +146,22 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_programs_database_is_told_apart_from_an_empty_or_gitgate_file() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(foreign_tables(&conn).unwrap(), None, "empty");
+        migrate(&mut conn).unwrap();
+        assert_eq!(foreign_tables(&conn).unwrap(), None, "gitgate's own");
+        let other = Connection::open_in_memory().unwrap();
+        other
+            .execute_batch("CREATE TABLE metrics(x); CREATE TABLE users(y)")
+            .unwrap();
+        assert_eq!(
+            foreign_tables(&other).unwrap().as_deref(),
+            Some("metrics', 'users")
+        );
+    }
 
     #[test]
     fn migrates_once_and_is_idempotent() {
