@@ -655,6 +655,20 @@ fn http_upstream(
             "[upstream] url = \"{url}\" must not have a query or fragment"
         ));
     }
+    // `http::Uri` keeps a port it cannot read as a number (`:99999`), or an empty one, and the
+    // connector then quietly uses the scheme's default port instead.
+    let text = authority.as_str();
+    let after_host = match text.rfind(']') {
+        Some(end) => &text[end..], // [IPv6]:port
+        None => text,
+    };
+    let port_given = after_host.contains(':');
+    if port_given && authority.port_u16().is_none_or(|p| p == 0) {
+        return Err(format!(
+            "[upstream] url = \"{url}\" has an invalid port: use 1-65535, or leave the port \
+             out for the scheme's default"
+        ));
+    }
     let base_path =
         normalise_prefix(uri.path()).map_err(|m| format!("[upstream] url path: {m}"))?;
     let origin = Uri::builder()
@@ -960,6 +974,13 @@ env = "UPSTREAM_TOKEN"
                 .contains("credentials")
         );
         assert!(bad("bearer", "digest").contains("scheme"));
+        // A port the URI type keeps but cannot read would become the default port, unsaid.
+        for port in ["99999", "0", ""] {
+            let e = bad("git.internal:8443", &format!("git.internal:{port}"));
+            assert!(e.contains("invalid port"), "{port:?}: {e}");
+        }
+        assert!(parse(&HTTP.replace("git.internal:8443", "git.internal")).is_ok());
+        assert!(parse(&HTTP.replace("git.internal:8443", "[::1]:65535")).is_ok());
         assert!(bad("env = \"UPSTREAM_TOKEN\"", "").contains("exactly one"));
         assert!(bad("\"::1\"", "\"not-an-ip\"").contains("trusted_proxies"));
         assert!(bad(
