@@ -256,11 +256,14 @@ enum TokenCommand {
 fn main() -> ExitCode {
     let args = Cli::parse();
     // The server logs every request; the operator's commands only warnings.
-    init_logging(if matches!(args.command, Command::Serve) {
+    if let Err(message) = init_logging(if matches!(args.command, Command::Serve) {
         "info"
     } else {
         "warn"
-    });
+    }) {
+        eprintln!("gitgate: {message}");
+        return ExitCode::from(2);
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         // `gitgate audit | head`: the reader has what it wanted; end as SIGPIPE would, quietly.
@@ -387,12 +390,72 @@ fn run(args: Cli) -> Result<(), String> {
 }
 
 /// Logs go to stderr; the filter comes from GITGATE_LOG, else `default`.
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GITGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+/// Logging to stderr, filtered by `GITGATE_LOG` (else `default`). A value that is not
+/// understood is refused: read as best it could be, it would turn logging off without a word.
+fn init_logging(default: &str) -> Result<(), String> {
+    let filter = match std::env::var("GITGATE_LOG") {
+        Ok(value) if !value.trim().is_empty() => {
+            if let Some(problem) = log_filter_problem(&value) {
+                return Err(format!("GITGATE_LOG={value:?}: {problem}"));
+            }
+            tracing_subscriber::EnvFilter::try_new(&value)
+                .map_err(|e| format!("GITGATE_LOG={value:?} is not a log filter: {e}"))?
+        }
+        _ => tracing_subscriber::EnvFilter::new(default),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    Ok(())
+}
+
+/// What is wrong with a `GITGATE_LOG` value that the filter syntax would take but no operator
+/// means: a bare word that is neither a level nor a module path (`warning`, `verbose`) is read
+/// as a target name, and then nothing else logs — not even errors.
+fn log_filter_problem(value: &str) -> Option<String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.contains('=') && !d.contains('['))
+        .find(|d| {
+            !LEVELS.contains(&d.to_ascii_lowercase().as_str())
+                && !matches!(*d, "0" | "1" | "2" | "3" | "4" | "5")
+                && !d.contains("::")
+                && !d.starts_with("gitgate")
+                && !d.starts_with("hyper")
+        })
+        .map(|word| {
+            format!(
+                "'{word}' is not a log level: use one of {}, or TARGET=LEVEL \
+                 (e.g. gitgate=debug)",
+                LEVELS.join(", ")
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter_problem;
+
+    #[test]
+    fn a_log_filter_word_that_is_no_level_is_refused() {
+        for ok in [
+            "info",
+            "WARN",
+            "gitgate=debug,hyper=warn",
+            "warn,gitgate::request=info",
+            "gitgate",
+            "gitgate::cgi",
+            "off",
+        ] {
+            assert_eq!(log_filter_problem(ok), None, "{ok}");
+        }
+        for bad in ["warning", "verbose", "info,quiet"] {
+            let problem = log_filter_problem(bad).unwrap();
+            assert!(problem.contains("is not a log level"), "{bad}: {problem}");
+        }
+    }
 }
