@@ -454,10 +454,21 @@ impl Store {
         )
     }
 
-    /// Quick health check: can the store be read right now?
+    /// Quick health check: can the store be read right now — the schema, and the first pages
+    /// of what every authentication reads (tokens by id, their owners, the owners' grants)?
+    /// A damaged root page there fails every git request, so it must fail readiness too; a
+    /// full `quick_check` would read the whole file on every probe. (`NOT INDEXED`: a bare
+    /// scan would be served from a smaller index and never touch the table.)
     pub fn ping(&self) -> Result<()> {
         self.with_conn(|c| {
-            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+            c.query_row(
+                "SELECT (SELECT count(*) FROM sqlite_master), \
+                        (SELECT 1 FROM tokens NOT INDEXED LIMIT 1), (SELECT 1 FROM tokens WHERE id = ''), \
+                        (SELECT 1 FROM users NOT INDEXED LIMIT 1), (SELECT 1 FROM users WHERE id = 0), \
+                        (SELECT 1 FROM grants NOT INDEXED LIMIT 1), (SELECT 1 FROM grants WHERE user_id = 0)",
+                [],
+                |_| Ok(()),
+            )?;
             Ok(())
         })
     }
@@ -632,6 +643,49 @@ mod tests {
     use super::test_support::temp_store;
     use super::*;
     use rusqlite::OptionalExtension;
+
+    #[test]
+    fn a_damaged_tokens_table_fails_the_health_check() {
+        let (dir, store) = temp_store();
+        let path = dir.path().join("t.db");
+        store
+            .add_user("alice", "h", Role::User, &test_support::actor())
+            .unwrap();
+        store
+            .insert_token(
+                &test_support::personal_token("abcdefghijkl", "t", "alice"),
+                &test_support::actor(),
+            )
+            .unwrap();
+        store.ping().unwrap();
+        drop(store);
+        // Every connection closed: the log is checkpointed into the file. Overwrite the
+        // tokens table's root page, as a disk error would.
+        let (root, page_size): (i64, i64) = {
+            let c = Connection::open(&path).unwrap();
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+            let root = c
+                .query_row(
+                    "SELECT rootpage FROM sqlite_master WHERE name = 'tokens'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (
+                root,
+                c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap(),
+            )
+        };
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = ((root - 1) * page_size) as usize;
+        bytes[at..at + page_size as usize].fill(0xA5);
+        std::fs::write(&path, bytes).unwrap();
+
+        let store = Store::open(&path).unwrap();
+        let err = store.ping().unwrap_err().to_string();
+        assert!(err.contains("malformed"), "{err}");
+    }
 
     #[test]
     fn a_read_only_connection_is_used_once_and_never_pooled() {
