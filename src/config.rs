@@ -519,12 +519,19 @@ impl Config {
                         program.display()
                     ))
                 })?;
-                if !meta.is_file() || !is_executable(&meta) {
+                if !meta.is_file() {
                     return Err(err(format!(
                         "[upstream] cgi = \"{}\" is not an executable file",
                         program.display()
                     )));
                 }
+                crate::upstream::cgi::may_execute(program).map_err(|e| {
+                    err(format!(
+                        "[upstream] cgi = \"{}\" cannot be run by this user ({e}): it must \
+                         be executable for the user gitgate runs as",
+                        program.display()
+                    ))
+                })?;
                 std::fs::read_dir(project_root).map_err(|e| {
                     err(format!(
                         "[upstream] project_root = \"{}\" cannot be read: {e}",
@@ -586,17 +593,6 @@ fn parse_auth_failures(raw: RawAuthFailures) -> Result<AuthFailures, String> {
         );
     }
     Ok(f)
-}
-
-#[cfg(unix)]
-fn is_executable(meta: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    meta.permissions().mode() & 0o111 != 0
-}
-
-#[cfg(not(unix))]
-fn is_executable(_: &std::fs::Metadata) -> bool {
-    true
 }
 
 /// The first key of `raw` that only an HTTP upstream uses.

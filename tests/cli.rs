@@ -917,6 +917,41 @@ fn another_programs_database_is_refused_and_left_as_it_was() {
     assert_eq!(mode, "delete");
 }
 
+/// A CGI program gitgate's user may not run is refused at start, naming the key — by the
+/// kernel's check, not the mode bits: mode 0700 of another user has execute bits too.
+#[test]
+fn a_cgi_program_this_user_cannot_run_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    let script = sb.cgi_script();
+    let set_mode = |path: &std::path::Path, mode: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set_mode(&script, 0o644);
+    let mut cmd = sb.gitgate_command();
+    cmd.arg("serve");
+    let out = run(cmd, None);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("[upstream] cgi"), "{out}");
+    assert!(out.stderr.contains("cannot be run by this user"), "{out}");
+    assert!(!sb.db().exists(), "a failed start created the store");
+
+    // Run as `nobody`, the owner's 0700 is not enough. (Needs root to switch users; CI is.)
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: the other-user case is left out");
+        return;
+    }
+    set_mode(sb.root(), 0o755);
+    set_mode(&sb.config(), 0o644);
+    set_mode(&script, 0o700);
+    let mut cmd = sb.gitgate_command();
+    cmd.arg("serve").uid(65534).gid(65534);
+    let out = run(cmd, None);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("cannot be run by this user"), "{out}");
+}
+
 /// `serve` on the sandbox's config as a user other than the store's owner: `nobody` when the
 /// tests run as root (as in CI), where file modes do not stop root; otherwise this user, with
 /// the write bits taken away by the caller. It must refuse to start.

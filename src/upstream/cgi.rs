@@ -282,6 +282,8 @@ impl CgiBackend {
                 self.program.display()
             ));
         }
+        may_execute(&self.program)
+            .map_err(|e| format!("CGI program {}: {e}", self.program.display()))?;
         tokio::fs::read_dir(&self.project_root)
             .await
             .map(drop)
@@ -662,6 +664,14 @@ impl CgiBackend {
             }
         }
     }
+}
+
+/// Whether this process may run `program`: the kernel's own check for gitgate's effective user
+/// (`faccessat` with `AT_EACCESS`), not the mode bits — a program mode 0700 owned by another
+/// user has execute bits, and every request would end in a 502 "permission denied".
+pub fn may_execute(program: &Path) -> io::Result<()> {
+    use rustix::fs::{accessat, Access, AtFlags, CWD};
+    accessat(CWD, program, Access::EXEC_OK, AtFlags::EACCESS).map_err(io::Error::from)
 }
 
 /// Owns the child until it has been reaped: waits for it to exit, or kills it when asked and then
