@@ -166,9 +166,9 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     let (user, secret) = decoded.split_once(':').ok_or(Malformed(
         "Basic credentials have no ':' between user and password",
     ))?;
-    // An empty user name (`https://:TOKEN@host/...`, a common CI habit; RFC 7617 allows it) is
-    // no user name: fine for a project or repository token, which takes any; for a personal
-    // token it claims no owner, as Bearer does.
+    // An empty user name (`:TOKEN`, as curl and HTTP libraries send `https://:TOKEN@host/`;
+    // RFC 7617 allows it) is a user name like any other: a project or repository token takes
+    // any, a personal token only its owner's (see `policy::authorize`).
     if secret.is_empty() {
         return Err(Malformed("Basic password is empty: use a gitgate token"));
     }

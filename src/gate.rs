@@ -258,12 +258,10 @@ impl Gate {
 
         let creds = credentials::from_headers(req.headers()).map_err(Refusal::NoCredentials)?;
         let (basic_user, secret) = match &creds {
-            // An empty user name claims no user (see `credentials`).
-            Credentials::Basic { user, secret } if user.is_empty() => (None, secret),
             Credentials::Basic { user, secret } => (Some(user.clone()), secret),
             Credentials::Bearer { secret } => (None, secret),
         };
-        log.user = basic_user.clone();
+        log.user = basic_user.clone().filter(|u| !u.is_empty());
         let id = token::parse(secret.expose()).ok_or(Refusal::InvalidToken)?;
         log.token_id = Some(id.as_str().to_string());
         let presented_hash = token::hash(secret.expose());

@@ -158,6 +158,11 @@ pub fn authorize(
                 return Err(Deny::Unauthenticated("invalid token".into()));
             };
             if let Some(presented) = basic_user {
+                if presented.is_empty() {
+                    return Err(Deny::Unauthenticated(format!(
+                        "token '{name}' is a personal token: give its owner's user name with it"
+                    )));
+                }
                 if presented != owner.slug {
                     return Err(Deny::Unauthenticated(format!(
                         "token '{name}' does not belong to user '{presented}'"
@@ -350,6 +355,19 @@ mod tests {
         // Revocation is still reported first: the token is dead wherever it comes from.
         r.token.revoked_at = Some(1);
         assert!(matches!(at(&r, "127.0.0.1"), Err(Deny::Unauthenticated(_))));
+    }
+
+    #[test]
+    fn an_empty_basic_user_name_suits_scoped_tokens_only() {
+        let r = personal("REPO_READ", Role::User, &[("team", Level::Read)]);
+        assert_eq!(
+            check(&r, Some(""), "team/app", Access::Read).unwrap_err(),
+            Deny::Unauthenticated(
+                "token 'laptop' is a personal token: give its owner's user name with it".into()
+            )
+        );
+        let scoped_token = scoped(TokenKind::Repository, "team/app", "REPO_READ");
+        assert!(check(&scoped_token, Some(""), "team/app", Access::Read).is_ok());
     }
 
     #[test]
