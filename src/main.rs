@@ -280,7 +280,16 @@ fn run(args: Cli) -> Result<(), String> {
         let config = gitgate::config::Config::load(&args.config).map_err(|e| e.to_string())?;
         return gitgate::server::run(config);
     }
-    let store = cli::open_store(&args.config)?;
+    let only_reads = matches!(
+        args.command,
+        Command::User(UserCommand::List { .. })
+            | Command::Grant(GrantCommand::List { .. })
+            | Command::Token(TokenCommand::List { .. } | TokenCommand::Show { .. })
+            | Command::Policy(PolicyCommand::Show { .. })
+            | Command::Ratelimit(RatelimitCommand::List { .. })
+            | Command::Audit { .. }
+    );
+    let store = cli::open_store(&args.config, !only_reads)?;
     match args.command {
         Command::Serve => unreachable!("handled above"),
         Command::User(cmd) => match cmd {

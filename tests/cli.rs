@@ -917,6 +917,33 @@ fn another_programs_database_is_refused_and_left_as_it_was() {
     assert_eq!(mode, "delete");
 }
 
+/// A command that only reads never creates the store: on a mistyped `[store] path` it says so
+/// instead of answering "nothing" from a new empty file.
+#[test]
+fn reading_commands_do_not_create_a_store() {
+    let sb = Sandbox::new();
+    assert!(!sb.db().exists());
+    for args in [
+        &["user", "list"][..],
+        &["grant", "list"],
+        &["token", "list"],
+        &["token", "show", "abcdefghijkl"],
+        &["policy", "show"],
+        &["ratelimit", "list"],
+        &["audit"],
+    ] {
+        sb.cli(args).fails_with("no token store at");
+        assert!(!sb.db().exists(), "{args:?} created the store");
+    }
+    sb.cli_stdin(
+        &["user", "add", "alice", "--password-stdin"],
+        "pw-1234567890\n",
+    )
+    .ok();
+    assert!(sb.db().exists());
+    sb.cli(&["user", "list"]).ok();
+}
+
 /// A CGI program gitgate's user may not run is refused at start, naming the key — by the
 /// kernel's check, not the mode bits: mode 0700 of another user has execute bits too.
 #[test]

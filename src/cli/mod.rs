@@ -29,7 +29,10 @@ use crate::config::Config;
 use crate::store::Store;
 
 /// Open the store named by the config file (the backend is not checked: the CLI does not use it).
-pub fn open_store(config_path: &Path) -> Result<Store, String> {
+/// The store named by the config. Only a command that writes may create it: a list, show or
+/// audit on a mistyped `[store] path` must say so, not answer "nothing" from a new empty store
+/// it leaves behind (as root, owned by root).
+pub fn open_store(config_path: &Path, may_create: bool) -> Result<Store, String> {
     let text = std::fs::read_to_string(config_path).map_err(|e| {
         format!(
             "{}: cannot read the config file: {e} (choose one with --config or GITGATE_CONFIG)",
@@ -37,7 +40,16 @@ pub fn open_store(config_path: &Path) -> Result<Store, String> {
         )
     })?;
     let config = Config::parse(config_path, &text).map_err(|e| e.to_string())?;
-    Store::open(&config.store.path).map_err(|e| e.to_string())
+    let path = &config.store.path;
+    if !may_create && !path.exists() {
+        return Err(format!(
+            "no token store at {} ([store] path in {}): check the path; `gitgate serve` or \
+             `gitgate user add` creates it",
+            path.display(),
+            config_path.display()
+        ));
+    }
+    Store::open(path).map_err(|e| e.to_string())
 }
 
 /// Read a password: the first line of stdin with `--password-stdin`, else a no-echo prompt.
