@@ -572,6 +572,15 @@ pub fn rotate(
             "the overlap may be at most {MAX_OVERLAP_SECS} seconds (7 days)"
         )));
     }
+    // The expiry never changes, so a new secret for an expired token would be dead on arrival.
+    if let Some(expired) = token.expires_at.filter(|&at| at <= clock::now_ms()) {
+        return Err(Error::Conflict(format!(
+            "token '{}' expired on {}: its expiry never changes, so a new secret would not \
+             work; create a new token instead",
+            token.name,
+            clock::date(expired)
+        )));
+    }
     // A new secret is a new credential, so it follows the policy new tokens follow: a token
     // that breaks it keeps working until revoked or expired, but is not issued a fresh secret.
     // Checked here, and again inside the write (a policy set meanwhile applies).
@@ -817,6 +826,24 @@ mod tests {
             ),
             Err(Error::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn an_expired_token_is_not_given_a_new_secret() {
+        let (_d, store) = setup();
+        let (t, _) = create(&store, &user("alice"), personal("alice", Some(1)), &actor()).unwrap();
+        rusqlite::Connection::open(store.path())
+            .unwrap()
+            .execute(
+                "UPDATE tokens SET expires_at = ?1 WHERE id = ?2",
+                rusqlite::params![clock::now_ms() - 1, t.id],
+            )
+            .unwrap();
+        let e = rotate(&store, &user("alice"), None, &t.id, 0, &actor()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Conflict(m) if m.contains("expired on") && m.contains("create a new token")),
+            "{e}"
+        );
     }
 
     #[test]
