@@ -365,6 +365,11 @@ pub fn create(
     let (kind, owner, scope) = match &req.subject {
         Subject::Personal(user) => {
             if !caller.is(user) {
+                // An administrator may know who exists (the lists show it): a name that is
+                // nobody's is told as such, not as a rule about other users' tokens.
+                if caller.is_admin() && store.user(user)?.is_none() {
+                    return Err(Error::NotFound(format!("no user '{user}'")));
+                }
                 return Err(Error::Forbidden(if caller.is_admin() {
                     format!(
                         "administrators cannot create personal tokens for other users: \
@@ -710,6 +715,11 @@ mod tests {
     fn who_may_create_what() {
         let (_d, store) = setup();
         assert!(create(&store, &user("alice"), personal("alice", None), &actor()).is_ok());
+        // For a name that is nobody's, an administrator is told so.
+        assert!(matches!(
+            create(&store, &user("root"), personal("ghost", None), &actor()),
+            Err(Error::NotFound(m)) if m == "no user 'ghost'"
+        ));
         let e = create(&store, &user("root"), personal("alice", None), &actor()).unwrap_err();
         assert!(
             matches!(&e, Error::Forbidden(m) if m.contains("administrators cannot create personal tokens"))
