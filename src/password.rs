@@ -10,6 +10,13 @@ pub fn hash(password: &str) -> Result<String, String> {
     if password.is_empty() {
         return Err("the password is empty".into());
     }
+    // A login refuses a token in place of the password (tokens cannot manage tokens), so an
+    // account with one as its password could never log in.
+    if crate::token::parse(password).is_some() {
+        return Err(
+            "that is a gitgate access token, which logins refuse: choose another password".into(),
+        );
+    }
     let mut salt = [0u8; 16];
     getrandom::getrandom(&mut salt).map_err(|e| format!("no randomness from the OS: {e}"))?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
@@ -43,5 +50,13 @@ mod tests {
         assert!(!verify("correct horse", "not a hash"));
         assert_ne!(h, hash("correct horse").unwrap());
         assert!(hash("").is_err());
+    }
+
+    #[test]
+    fn a_token_is_refused_as_a_password() {
+        let token = crate::token::generate().unwrap();
+        let e = hash(token.secret.expose()).unwrap_err();
+        assert!(e.contains("choose another password"), "{e}");
+        assert!(!e.contains(token.secret.expose()));
     }
 }
