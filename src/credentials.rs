@@ -180,6 +180,12 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     if user.chars().any(char::is_whitespace) {
         return Err(Malformed("Basic user name contains spaces"));
     }
+    // Nor may it turn the rest of an audit line around (U+202E) or hide characters.
+    if user.chars().any(is_invisible_format) {
+        return Err(Malformed(
+            "Basic user name contains invisible or text-direction characters",
+        ));
+    }
     // `https://TOKEN@host/...` (GitHub's style) puts the secret where user names go — into
     // logs and the audit table. Refuse it by name, without echoing it — also when it is only
     // part of the user name (`"ggt_..."` pasted from JSON, `alice@ggt_...`) or only the secret's
@@ -194,6 +200,25 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
         user: user.to_string(),
         secret: Secret(secret.to_string()),
     })
+}
+
+/// Characters that show as nothing or reorder the text around them (Unicode format
+/// characters: zero-width spaces and joiners, bidirectional marks, overrides and isolates, the
+/// soft hyphen, the byte-order mark). In a name they make `alice\u{200B}` look like `alice` in
+/// the backend's `REMOTE_USER`, hooks and reflogs, or garble the `remote:` lines git prints.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
 
 /// Whether `text` (a path, say) holds the token prefix `ggt_`, in any case, also with its
@@ -350,6 +375,17 @@ mod tests {
     fn basic_unicode_user_is_fine() {
         let v = format!("Basic {}", b64("jürgen:pw"));
         assert_eq!(basic(&v).0, "jürgen");
+    }
+
+    #[test]
+    fn a_basic_user_name_that_would_garble_a_log_line_is_refused() {
+        for user in ["eve\u{202E}live", "al\u{200B}ice", "\u{FEFF}bob"] {
+            let value = format!("Basic {}", b64(&format!("{user}:pw")));
+            assert!(
+                malformed(value.as_bytes()).contains("text-direction"),
+                "{user:?}"
+            );
+        }
     }
 
     #[test]

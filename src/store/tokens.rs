@@ -177,25 +177,6 @@ fn networks_to_db(networks: &[Cidr]) -> Option<String> {
     }
 }
 
-/// Characters that show as nothing or reorder the text around them (Unicode format
-/// characters: zero-width spaces and joiners, bidirectional marks, overrides and isolates, the
-/// soft hyphen, the byte-order mark). In a name they make `alice\u{200B}` look like `alice` in
-/// the backend's `REMOTE_USER`, hooks and reflogs, or garble the `remote:` lines git prints.
-fn is_invisible_format(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{061C}'
-            | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}'
-            | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
-    )
-}
-
 /// Token names: 1–100 characters, no control characters, no space at either end (the backend
 /// knows a project or repository token by its name, and HTTP and git trim the spaces around
 /// it, so `bob ` would arrive as `bob`).
@@ -204,7 +185,7 @@ pub fn validate_name(name: &str) -> Result<()> {
         || name.chars().count() > 100
         || name
             .chars()
-            .any(|c| c.is_control() || is_invisible_format(c))
+            .any(|c| c.is_control() || crate::credentials::is_invisible_format(c))
     {
         return Err(StoreError::Invalid(
             "a token name must be 1-100 characters without control, invisible or \
