@@ -75,6 +75,8 @@ enum Refusal {
     Denied(Deny),
     /// A request body framed in a way gitgate cannot pass on (501).
     Unframeable(String),
+    /// A request body in a content coding git's backends do not read (415).
+    UnsupportedCoding(String),
     StoreDown(StoreError),
     /// Too many failures from the address, or too many requests from the principal (429).
     Guarded(Verdict),
@@ -250,6 +252,9 @@ impl Gate {
         if let Some(m) = crate::upstream::headers::unsupported_transfer_coding(req.headers()) {
             return Err(Refusal::Unframeable(m));
         }
+        if let Some(m) = crate::upstream::headers::unsupported_content_coding(req.headers()) {
+            return Err(Refusal::UnsupportedCoding(m));
+        }
         log.repo = Some(git_req.repo.to_string());
         log.access = Some(git_req.access.as_str());
         self.guard
@@ -372,6 +377,7 @@ impl Gate {
             }
             Refusal::Denied(Deny::Forbidden(m)) => text(StatusCode::FORBIDDEN, &m),
             Refusal::Unframeable(m) => text(StatusCode::NOT_IMPLEMENTED, &m),
+            Refusal::UnsupportedCoding(m) => text(StatusCode::UNSUPPORTED_MEDIA_TYPE, &m),
             Refusal::StoreDown(e) => {
                 tracing::error!(error = %e, "token store unavailable; refusing the request");
                 text(

@@ -305,6 +305,28 @@ fn cases(w: &str, r: &str) -> Vec<(&'static str, Vec<u8>, u16)> {
             ),
             400,
         ),
+        // A body in a coding git's backends do not read (valid token, upload-pack: only the
+        // coding stops it).
+        (
+            "Content-Encoding br",
+            req(
+                "POST",
+                "/team/app.git/git-upload-pack",
+                &format!("{ar}Content-Encoding: br\r\nContent-Length: 0\r\n"),
+            ),
+            415,
+        ),
+        (
+            "two Content-Encodings",
+            req(
+                "POST",
+                "/team/app.git/git-upload-pack",
+                &format!(
+                    "{ar}Content-Encoding: gzip\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n"
+                ),
+            ),
+            415,
+        ),
         (
             "Transfer-Encoding not ending in chunked",
             req(

@@ -75,6 +75,35 @@ pub fn unsupported_transfer_coding(inbound: &HeaderMap) -> Option<String> {
     ))
 }
 
+/// Whether the request body's `Content-Encoding` is one git's backends read: none, or exactly
+/// one of `gzip`, `x-gzip` (what git sends) and `identity`. `git http-backend` reads only those;
+/// any other would reach it as bytes it takes for a plain body, fail with "protocol error", and
+/// the client would see a 200 with an empty answer. Such requests get `415` (RFC 9110, section
+/// 15.5.16) and are never forwarded.
+pub fn unsupported_content_coding(inbound: &HeaderMap) -> Option<String> {
+    let codings: Vec<&str> = inbound
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let known = |c: &str| {
+        ["gzip", "x-gzip", "identity"]
+            .iter()
+            .any(|k| c.eq_ignore_ascii_case(k))
+    };
+    match codings.as_slice() {
+        [] => None,
+        [one] if known(one) => None,
+        _ => Some(format!(
+            "Content-Encoding \"{}\" is not supported: send the request body gzip-compressed \
+             or uncompressed, as git does",
+            codings.join(", ")
+        )),
+    }
+}
+
 /// Request headers passed on as the client sent them (see the module doc); `Content-Length`
 /// and `Git-Protocol` are passed on too, checked on their own.
 const PASSED_ON: [&str; 10] = [
@@ -483,6 +512,30 @@ mod tests {
         assert!(with(&["chunked, identity"]).is_some());
         assert!(with(&["chunked, chunked"]).is_some());
         assert!(with(&["chunked", "chunked"]).is_some());
+    }
+
+    #[test]
+    fn only_the_content_codings_git_sends_are_passed_on() {
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONTENT_ENCODING, HeaderValue::from_str(v).unwrap());
+            }
+            unsupported_content_coding(&h)
+        };
+        for fine in [&[][..], &["gzip"], &["GZip"], &["x-gzip"], &["identity"]] {
+            assert_eq!(with(fine), None, "{fine:?}");
+        }
+        let refused = with(&["br"]).expect("br is refused");
+        assert!(refused.contains("\"br\""), "{refused}");
+        for bad in [
+            &["deflate"][..],
+            &["gzip, gzip"],
+            &["gzip", "br"],
+            &["gzip", "gzip"],
+        ] {
+            assert!(with(bad).is_some(), "{bad:?}");
+        }
     }
 
     #[test]
