@@ -419,6 +419,9 @@ async fn work(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    // Set when the drain begins: a connection still in its TLS handshake has no request to
+    // finish, and must not hold the stop for the whole grace period.
+    let (draining_now, draining) = watch::channel(false);
     // The worker's connections, so that it can end those still open at the end of the grace
     // period itself, before the store's last writes: worker 0's tasks live on the main runtime,
     // which outlives this function.
@@ -455,6 +458,7 @@ async fn work(
             builder: builder.clone(),
             settings: settings.clone(),
             watcher: graceful.watcher(),
+            draining: draining.clone(),
             remote,
         };
         let active = METRICS.connection();
@@ -468,6 +472,7 @@ async fn work(
             drop(permit);
         });
     }
+    let _ = draining_now.send(true);
     let grace = limits.shutdown_grace;
     tokio::select! {
         _ = graceful.shutdown() => tracing::debug!("a worker's connections all closed"),
@@ -547,6 +552,8 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     settings: Settings,
     watcher: Watcher,
+    /// `true` once the worker drains (see [`work`]).
+    draining: watch::Receiver<bool>,
     remote: std::net::SocketAddr,
 }
 
@@ -557,12 +564,20 @@ impl Connection {
             None => self.serve_io(stream).await,
             Some(acceptor) => {
                 let deadline = self.settings.limits.header_read_timeout;
-                match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => self.serve_io(tls).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => tracing::debug!(remote = %remote, "TLS handshake timed out"),
+                let mut draining = self.draining.clone();
+                let handshake = tokio::time::timeout(deadline, acceptor.accept(stream));
+                tokio::select! {
+                    done = handshake => match done {
+                        Ok(Ok(tls)) => self.serve_io(tls).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(remote = %remote, "TLS handshake timed out"),
+                    },
+                    true = async { draining.wait_for(|now| *now).await.is_ok() } => tracing::debug!(
+                        remote = %remote,
+                        "shutting down: closing a connection still in its TLS handshake"
+                    ),
                 }
             }
         }

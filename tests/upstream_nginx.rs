@@ -906,6 +906,44 @@ fn pem_der(name: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// A connection that never starts its TLS handshake has no request to finish: a stop does not
+/// wait the grace period (30 s here) for it.
+#[test]
+fn a_silent_tls_connection_does_not_hold_up_a_stop() {
+    let Some(w) = World::new("a_silent_tls_connection_does_not_hold_up_a_stop") else {
+        return;
+    };
+    let mut g = w.serve(&Options {
+        tls: true,
+        ..Options::default()
+    });
+    let silent = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    // Handed to a worker before the stop: a healthz over another connection is answered after it.
+    let (_, mut other) = tls_connect(g.port);
+    assert!(healthz_on(&mut other).contains("200"));
+    drop(other);
+    let start = Instant::now();
+    g.signal("TERM");
+    let status = loop {
+        if let Some(s) = g.exit_status() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "gitgate waited for a connection that never began its handshake:\n{}",
+            g.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !g.log_text().contains("grace period over"),
+        "{}",
+        g.log_text()
+    );
+    drop(silent);
+}
+
 #[test]
 fn certificate_reloads_on_sighup_without_dropping_connections() {
     let Some(w) = World::new("certificate_reloads_on_sighup_without_dropping_connections") else {
