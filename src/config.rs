@@ -781,13 +781,20 @@ fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
 /// Turn toml's multi-line error into one line that names the place: the line number and its
 /// key (`line 3, workers: invalid type: ...`).
 fn toml_message(e: &toml::de::Error, text: &str) -> String {
-    let msg = e.message();
+    // One line, as every other refusal: the parser's messages can span several.
+    let msg = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     let Some(span) = e.span() else {
-        return msg.to_string();
+        return msg;
     };
     let start = span.start.min(text.len());
     if !text.is_char_boundary(start) {
-        return msg.to_string();
+        return msg;
     }
     let line_no = text.as_bytes()[..start]
         .iter()
@@ -798,9 +805,12 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
     let line = text[line_start..].lines().next().unwrap_or("").trim();
     // The key only, never the value: a misplaced secret (`password = "..."` where only `file`
     // or `env` may go) must not end up in the journal.
+    // A line without `=` is shown only as a table header: anything else may be a secret pasted
+    // on a line of its own.
     let key = match line.split_once('=') {
         Some((key, _)) => key.trim(),
-        None => line,
+        None if line.starts_with('[') => line,
+        None => "",
     };
     if key.is_empty() {
         return format!("line {line_no}: {msg}");
@@ -918,6 +928,16 @@ env = "UPSTREAM_TOKEN"
             .unwrap_err();
         assert!(e.contains("password"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
+        // ... nor one pasted on a line of its own, nor a bare value after its key.
+        for pasted in ["ggt_hunter2-secret", "file = hunter2-secret"] {
+            let e = parse(&GOOD.replace("realm = \"gitgate\"", pasted)).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("line "), "{e}");
+        }
+        // Every refusal is one line, a duplicate table's included, and names the table.
+        let e = parse(&format!("{GOOD}\n[server]\nworkers = 1\n")).unwrap_err();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains("[server]"), "{e}");
     }
 
     #[test]

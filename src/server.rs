@@ -171,18 +171,23 @@ async fn run_workers(config: Config) -> Result<(), String> {
     // must not end the process, as its default action would.
     let mut stop = StopSignals::listen();
     let hangup = HangupSignal::listen();
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {} ([server] listen in {}): {e}",
+            config.server.listen,
+            config.source.display()
+        )
+    })?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?,
-        ),
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            format!(
+                "cannot listen for metrics on {addr} ([metrics] listen in {}): {e}",
+                config.source.display()
+            )
+        })?),
         None => None,
     };
 

@@ -881,8 +881,9 @@ fn a_failed_start_creates_no_store() {
     let out = run(cmd, None);
     assert!(!out.success(), "{out}");
     assert!(
-        out.stderr
-            .contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        out.stderr.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} ([server] listen in "
+        )),
         "{out}"
     );
     assert!(!sb.db().exists(), "a failed start created the store");
