@@ -161,6 +161,11 @@ impl Store {
                 )));
             }
         }
+        if path.is_dir() {
+            return Err(open_err(
+                "that is a folder: name a file in it (e.g. gitgate.db) as [store] path".into(),
+            ));
+        }
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         let mut conn = connect(path, true).map_err(explain)?;
         if let Some(tables) = schema::foreign_tables(&conn).map_err(explain)? {
@@ -643,6 +648,13 @@ mod tests {
     use super::test_support::temp_store;
     use super::*;
     use rusqlite::OptionalExtension;
+
+    #[test]
+    fn a_folder_is_not_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("that is a folder"), "{e}");
+    }
 
     #[test]
     fn a_damaged_tokens_table_fails_the_health_check() {
