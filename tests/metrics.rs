@@ -167,6 +167,12 @@ fn metrics_count_real_git_traffic() {
 
     // Nothing else is served there, and the git port does not serve metrics.
     assert_eq!(http_get(port, "/", None).status, 404);
+    let post = common::raw_http(
+        port,
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
     assert_ne!(http_get(server.port, "/metrics", None).status, 200);
 }
 

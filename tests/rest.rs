@@ -406,6 +406,7 @@ fn paging_and_error_shapes() {
     assert!(r.error_message().contains("no token with id"));
     let r = server.api("PATCH", "/users/alice", "alice", "");
     assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, PUT"));
     r.error_message();
     // A path segment is percent-decoded once, as in any URL; a bad escape is refused.
     let r = server.api("GET", "/users/al%69ce", "alice", "");

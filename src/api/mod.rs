@@ -34,7 +34,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
@@ -61,6 +61,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub exception: &'static str,
+    /// For a 405: the methods the resource takes, sent as `Allow` (RFC 9110, section 15.5.6).
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -84,6 +86,7 @@ impl ApiError {
             status,
             message: message.into(),
             exception,
+            allow: None,
         }
     }
 
@@ -222,11 +225,15 @@ impl Call<'_> {
 }
 
 /// The answer for a method a resource does not support.
+/// `allowed` in words ("GET or PUT"); the `Allow` header lists the same methods.
 pub fn method_not_allowed(method: &Method, allowed: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not supported here; use {allowed}"),
-    )
+    ApiError {
+        allow: Some(allowed.replace(" or ", ", ")),
+        ..ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not supported here; use {allowed}"),
+        )
+    }
 }
 
 /// Serve one API request; never fails (every error is an answer).
@@ -321,9 +328,9 @@ pub async fn handle(
         },
     };
 
-    let (status, body) = match outcome {
-        Ok(reply) => (reply.status, reply.body),
-        Err(e) => (e.status, Some(e.body())),
+    let (status, body, allow) = match outcome {
+        Ok(reply) => (reply.status, reply.body, None),
+        Err(e) => (e.status, Some(e.body()), e.allow),
     };
     tracing::info!(
         target: "gitgate::request",
@@ -361,6 +368,9 @@ pub async fn handle(
     }
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let Some(v) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        headers.insert(ALLOW, v);
     }
     resp
 }
