@@ -40,6 +40,10 @@ pub const MAX_OVERLAP_SECS: u32 = 7 * 24 * 60 * 60;
 const EXPIRY_REQUIRED: &str = "policy.expiry_required";
 const MAX_EXPIRY_DAYS: &str = "policy.max_expiry_days";
 
+/// The longest expiry, and the largest policy maximum, in days: 100 years. Anything longer is
+/// a typo (`--expiry-days 4294967295` would expire in the year 11,761,247), not a plan.
+pub const MAX_DAYS: u32 = 36_500;
+
 /// Who is acting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -290,6 +294,11 @@ pub fn set_policy(
             "maxExpiryDays must be at least 1 (or absent for no maximum)".into(),
         ));
     }
+    if new.max_expiry_days.is_some_and(|d| d > MAX_DAYS) {
+        return Err(Error::Invalid(format!(
+            "maxExpiryDays may be at most {MAX_DAYS} (100 years), or absent for no maximum"
+        )));
+    }
     // Nothing to change, nothing to audit.
     if policy(store)? == new {
         return Ok(new);
@@ -395,8 +404,15 @@ pub fn create(
     };
     let permissions =
         TokenPermissions::from_names(kind, &req.permissions).map_err(Error::Invalid)?;
-    if req.expiry_days == Some(0) {
-        return Err(Error::Invalid("the expiry must be at least 1 day".into()));
+    match req.expiry_days {
+        Some(0) => return Err(Error::Invalid("the expiry must be at least 1 day".into())),
+        Some(days) if days > MAX_DAYS => {
+            return Err(Error::Invalid(format!(
+                "the expiry may be at most {MAX_DAYS} days (100 years); leave it out for a token \
+                 that does not expire"
+            )))
+        }
+        _ => {}
     }
     // Checked here for a clear answer, and again inside the write: a policy set meanwhile
     // (by an administrator, in another process) must not let this token through.
@@ -834,6 +850,37 @@ mod tests {
                 },
                 &actor()
             ),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn an_expiry_beyond_a_hundred_years_is_a_typo() {
+        let (_d, store) = setup();
+        let e = create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(u32::MAX)),
+            &actor(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(m) if m.contains("at most 36500 days")),
+            "{e}"
+        );
+        assert!(create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(MAX_DAYS)),
+            &actor()
+        )
+        .is_ok());
+        let too_long = ExpiryPolicy {
+            expiry_required: true,
+            max_expiry_days: Some(MAX_DAYS + 1),
+        };
+        assert!(matches!(
+            set_policy(&store, &Caller::Operator, too_long, &actor()),
             Err(Error::Invalid(_))
         ));
     }
