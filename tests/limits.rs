@@ -841,6 +841,34 @@ fn an_upstream_redirect_to_its_own_address_outside_its_repositories_is_a_502() {
     );
 }
 
+/// A redirect gitgate cannot check is never passed on: one with bytes that are not ASCII, a
+/// second Location, or the upstream's bare address with a fragment could each name the
+/// internal address past the rewriting.
+#[test]
+fn an_upstream_redirect_gitgate_cannot_check_is_a_502() {
+    for head in [
+        &b"Location: http://127.0.0.1:{port}/git/\xc3\xbc/../team/app.git/info/refs\r\n"[..],
+        b"Location: https://example.invalid/x\r\nLocation: http://127.0.0.1:{port}/login\r\n",
+        b"Location: http://127.0.0.1:{port}#frag\r\n",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (upstream_port, _heads) = scripted_upstream(usize::MAX, move |port| {
+            let head = String::from_utf8_lossy(head).replace("{port}", &port.to_string());
+            // (`ü` is valid UTF-8: its two bytes go out as they are.)
+            format!("HTTP/1.1 302 Found\r\n{head}Content-Length: 0\r\n\r\n").into_bytes()
+        });
+        let url = format!("http://127.0.0.1:{upstream_port}/git");
+        let (g, auth) = start_in_front_of_url(dir.path(), &url, "");
+        let (out, _) = info_refs(&g, &auth);
+        let shown = String::from_utf8_lossy(head);
+        assert!(out.starts_with("HTTP/1.1 502"), "{shown}: {out}");
+        assert!(
+            !out.contains(&format!(":{upstream_port}")),
+            "{shown}: {out}"
+        );
+    }
+}
+
 #[test]
 fn an_upstream_redirecting_to_the_address_gitgate_asked_is_a_502_not_a_loop() {
     let dir = tempfile::tempdir().unwrap();

@@ -300,11 +300,12 @@ pub fn location_to_client(
         let head = named.get(..origin.len())?;
         let rest = &named[origin.len()..];
         (head.eq_ignore_ascii_case(origin)
-            && (rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')))
+            && (rest.is_empty() || rest.starts_with(['/', '?', '#'])))
         .then_some(rest)
     });
     let path = match on_origin {
         Some("") => "/",
+        Some(rest) if rest.starts_with(['?', '#']) => return Redirect::OffBase,
         Some(rest) => rest,
         None => location,
     };
@@ -320,7 +321,7 @@ pub fn location_to_client(
     }
     let Some(tail) = path
         .strip_prefix(upstream_base)
-        .filter(|t| t.is_empty() || t.starts_with('/') || t.starts_with('?'))
+        .filter(|t| t.is_empty() || t.starts_with(['/', '?', '#']))
     else {
         return outside(); // `/gitx/...` is not under `/git`
     };
@@ -957,6 +958,9 @@ mod tests {
                 Redirect::OffBase,
             ),
             ("http://127.0.0.1:3000", "/git", "", Redirect::OffBase),
+            ("http://127.0.0.1:3000#frag", "/git", "", Redirect::OffBase),
+            ("http://127.0.0.1:3000?x=1", "/git", "", Redirect::OffBase),
+            ("http://127.0.0.1:3000/git#frag", "/git", "", to("/#frag")),
             ("http://127.0.0.1:3000//evil/x", "", "", Redirect::OffBase),
             // User information names no other server.
             ("http://git@127.0.0.1:3000/git/x", "/git", "", to("/x")),

@@ -237,7 +237,18 @@ impl HttpBackend {
         let asked = parts.uri.path_and_query();
         let (mut parts, body) = resp.into_parts();
         headers::to_client(&mut parts.headers);
-        if let Some(location) = parts.headers.get(LOCATION).and_then(|v| v.to_str().ok()) {
+        // Every Location is checked, as bytes: one that cannot be read as text, or a second
+        // one, could name the upstream's internal address past the rewriting below.
+        let locations: Vec<&HeaderValue> = parts.headers.get_all(LOCATION).iter().collect();
+        let location = match locations.as_slice() {
+            [] => None,
+            [one] => match one.to_str() {
+                Ok(text) => Some(text.to_owned()),
+                Err(_) => return Err(unreadable_redirect(&locations)),
+            },
+            _ => return Err(unreadable_redirect(&locations)),
+        };
+        if let Some(location) = location.as_deref() {
             let origins: Vec<&str> = self.origin_texts.iter().map(String::as_str).collect();
             match headers::location_to_client(
                 location,
@@ -257,11 +268,16 @@ impl HttpBackend {
                         )
                     });
                 }
-                Redirect::To(moved) => {
-                    if let Ok(v) = HeaderValue::from_str(&moved) {
+                Redirect::To(moved) => match HeaderValue::from_str(&moved) {
+                    Ok(v) => {
                         parts.headers.insert(LOCATION, v);
                     }
-                }
+                    Err(_) => {
+                        return Err(unreadable_redirect(
+                            &parts.headers.get_all(LOCATION).iter().collect::<Vec<_>>(),
+                        ))
+                    }
+                },
                 Redirect::OffBase => {
                     return Err(ForwardError {
                         detail: Some(format!("Location: {location}")),
@@ -663,6 +679,18 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A 502 for an upstream redirect gitgate cannot check: never passed on, since it might name the
+/// upstream's internal address. The values go to the log only.
+fn unreadable_redirect(locations: &[&HeaderValue]) -> ForwardError {
+    ForwardError {
+        detail: Some(format!("Location: {locations:?}")),
+        ..ForwardError::bad_gateway(
+            "the upstream git server sent a redirect gitgate cannot check (more than one \
+             Location, or one that is not plain ASCII), so it is not passed on",
+        )
     }
 }
 
