@@ -869,6 +869,34 @@ fn an_upstream_redirect_gitgate_cannot_check_is_a_502() {
     }
 }
 
+/// The upstream's framing is not passed on as it came: a chunked answer's stray
+/// Content-Length would promise bytes that never come, and a coding other than chunked would
+/// reach git as bytes it cannot tell are coded. Nor are the upstream's cookies.
+#[test]
+fn an_upstream_answers_framing_and_cookies_stay_behind_gitgate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = scripted_upstream(usize::MAX, |_| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\
+          Set-Cookie: sess=upstream-secret\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+            .to_vec()
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\r\n\r\n2\r\nok\r\n0\r\n"), "sent on chunked: {out}");
+    assert!(!out.contains("content-length: 100"), "{out}");
+    assert!(!out.contains("upstream-secret"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = scripted_upstream(usize::MAX, |_| {
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec()
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(out.contains("Transfer-Encoding \"gzip, chunked\""), "{out}");
+}
+
 #[test]
 fn an_upstream_redirecting_to_the_address_gitgate_asked_is_a_502_not_a_loop() {
     let dir = tempfile::tempdir().unwrap();

@@ -177,7 +177,9 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
         headers.insert(header::CONTENT_LENGTH, v.clone());
     }
 
-    if let Some(v) = single(inbound, "git-protocol").filter(|v| valid_git_protocol(v)) {
+    if let Some(v) = single(inbound, "git-protocol")
+        .filter(|v| valid_git_protocol(v) && !named_by_connection(inbound, "git-protocol"))
+    {
         headers.insert(HeaderName::from_static("git-protocol"), v.clone());
     }
 
@@ -244,21 +246,57 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     headers
 }
 
+/// Response headers that describe the upstream's own site, not the repository: its cookies
+/// (gitgate never passes the client's `Cookie` on, so they only show the upstream's sessions),
+/// its alternative services, and a `Content-Location` that names its internal address.
+const UPSTREAM_ONLY: [&str; 3] = ["set-cookie", "alt-svc", "content-location"];
+
 /// Make an upstream response's headers the client's: hop-by-hop headers, whatever
-/// `Connection` names, and any `Authorization` are removed, in place — a response usually
-/// carries few of them, so usually nothing else moves and nothing is allocated.
-pub fn to_client(headers: &mut HeaderMap) {
+/// `Connection` names, any `Authorization` and the [`UPSTREAM_ONLY`] ones are removed, in
+/// place — a response usually carries few of them, so usually nothing else moves and nothing
+/// is allocated.
+///
+/// The body's framing is hyper's to redo: an answer the upstream sent chunked loses its
+/// `Content-Length` too (RFC 9112, section 6.3: with `Transfer-Encoding` present it means
+/// nothing, and passed on it would promise bytes that never come). Any other transfer coding
+/// (`gzip, chunked`) cannot be passed on — its header goes, the coded bytes would stay — so it
+/// is an `Err`.
+pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
+    let codings: Vec<&str> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    match codings.as_slice() {
+        [] => {}
+        [one] if one.eq_ignore_ascii_case("chunked") => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        _ => {
+            return Err(format!(
+                "the upstream git server sent Transfer-Encoding \"{}\", which gitgate cannot \
+                 pass on",
+                codings.join(", ")
+            ))
+        }
+    }
     let gone: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
             let n = name.as_str();
-            HOP_BY_HOP.contains(&n) || n == "authorization" || named_by_connection(headers, n)
+            HOP_BY_HOP.contains(&n)
+                || UPSTREAM_ONLY.contains(&n)
+                || n == "authorization"
+                || named_by_connection(headers, n)
         })
         .cloned()
         .collect();
     for name in gone {
         headers.remove(name);
     }
+    Ok(())
 }
 
 /// What becomes of an upstream's `Location` on its way to the client.
@@ -876,6 +914,12 @@ mod tests {
     #[test]
     fn git_protocol_is_validated() {
         let i = ident();
+        // Named by Connection, it is this hop's only.
+        let hop = map(&[
+            ("connection", "Git-Protocol"),
+            ("git-protocol", "version=2"),
+        ]);
+        assert!(all(&to_upstream(&hop, &out(&i, &[])), "git-protocol").is_empty());
         let ok = map(&[("git-protocol", "version=2:object-format=sha256")]);
         assert_eq!(
             all(&to_upstream(&ok, &out(&i, &[])), "git-protocol"),
@@ -905,10 +949,35 @@ mod tests {
             ("content-encoding", "gzip"),
         ]);
         let mut h = upstream;
-        to_client(&mut h);
+        to_client(&mut h).unwrap();
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["cache-control", "content-encoding", "content-type"]);
+    }
+
+    #[test]
+    fn responses_lose_the_upstreams_own_site_headers_and_stale_framing() {
+        let mut h = map(&[
+            ("set-cookie", "sess=upstream-secret"),
+            ("alt-svc", "h3=\":443\""),
+            ("content-location", "http://127.0.0.1:3000/git/internal"),
+            ("content-length", "100"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/plain"),
+        ]);
+        to_client(&mut h).unwrap();
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
+        // Without Transfer-Encoding, the length stays.
+        let mut h = map(&[("content-length", "7")]);
+        to_client(&mut h).unwrap();
+        assert_eq!(h.get("content-length").unwrap(), "7");
+        // A coding other than chunked cannot be passed on.
+        for coded in ["gzip, chunked", "chunked, chunked"] {
+            let mut h = map(&[("transfer-encoding", coded)]);
+            let e = to_client(&mut h).unwrap_err();
+            assert!(e.contains(coded), "{e}");
+        }
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl HttpBackend {
         }
         let asked = parts.uri.path_and_query();
         let (mut parts, body) = resp.into_parts();
-        headers::to_client(&mut parts.headers);
+        headers::to_client(&mut parts.headers).map_err(ForwardError::bad_gateway)?;
         // Every Location is checked, as bytes: one that cannot be read as text, or a second
         // one, could name the upstream's internal address past the rewriting below.
         let locations: Vec<&HeaderValue> = parts.headers.get_all(LOCATION).iter().collect();
