@@ -883,7 +883,10 @@ fn an_upstream_answers_framing_and_cookies_stay_behind_gitgate() {
     let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
     let (out, _) = info_refs(&g, &auth);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert!(out.contains("\r\n\r\n2\r\nok\r\n0\r\n"), "sent on chunked: {out}");
+    assert!(
+        out.contains("\r\n\r\n2\r\nok\r\n0\r\n"),
+        "sent on chunked: {out}"
+    );
     assert!(!out.contains("content-length: 100"), "{out}");
     assert!(!out.contains("upstream-secret"), "{out}");
 
