@@ -4,7 +4,12 @@
 //! malformed `Authorization`, a wrong user name), the address is blocked: every request from it
 //! gets `429` with `Retry-After` for the back-off, without the store being read. Each block that
 //! follows another doubles the back-off (window, 2×, 4×, ... capped at [`MAX_BACKOFF_MS`]); an
-//! address that stays quiet for a full back-off after its block ends is forgotten.
+//! address that stays quiet — no block, no failure — for a full back-off is forgotten.
+//!
+//! The window slides: failures are counted in [`STEPS`] steps of a window each, over the last
+//! `STEPS + 1` steps, so `max` failures within any one window block, wherever its edges fall (a
+//! fixed window let `2 × (max − 1)` through around its edge). A failure counts for at least a
+//! window and at most `1 + 1/STEPS` of one; the memory per address stays fixed.
 //!
 //! Why:
 //! - Guessing a 256-bit token is hopeless, but a flood of bad credentials still costs a hash, a
@@ -31,6 +36,10 @@ const SHARDS: usize = 16;
 const MIN_SWEEP_AT: usize = 256;
 /// The longest back-off: one hour.
 pub const MAX_BACKOFF_MS: i64 = 3_600_000;
+/// Steps per window of the failure count.
+pub const STEPS: i64 = 32;
+/// Steps counted: the current one and a whole window before it.
+const COUNTED: usize = STEPS as usize + 1;
 
 /// When to block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +51,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The step (of a window's [`STEPS`]) that `now` falls in.
+    fn step(&self, now: i64) -> i64 {
+        now.div_euclid((self.window_ms / STEPS).max(1))
+    }
+
     /// The back-off for the `strike`-th block in a row (1-based): window × 2^(strike-1), capped.
     pub fn backoff_ms(&self, strike: u32) -> i64 {
         let shift = strike.saturating_sub(1).min(30);
@@ -52,23 +66,57 @@ impl Policy {
 }
 
 /// The state of one address.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
-    window_start: i64,
-    failures: u32,
+    /// Failures per step, a ring indexed by step number modulo its length.
+    failures: [u16; COUNTED],
+    /// The step of the newest failure in `failures`.
+    newest_step: i64,
+    last_failure: i64,
     /// Blocks so far in this run of misbehaviour.
     strikes: u32,
     blocked_until: i64,
 }
 
+impl Default for Entry {
+    fn default() -> Entry {
+        Entry {
+            failures: [0; COUNTED],
+            newest_step: 0,
+            last_failure: 0,
+            strikes: 0,
+            blocked_until: 0,
+        }
+    }
+}
+
 impl Entry {
-    /// Forgettable once a whole back-off has passed after the block ended, with no failures
-    /// counting in the current window.
+    /// Forgettable once a whole back-off has passed with neither a block nor a failure, and no
+    /// failure still counts.
     fn is_forgettable(&self, policy: &Policy, now: i64) -> bool {
-        let quiet_until = self
-            .blocked_until
-            .saturating_add(policy.backoff_ms(self.strikes.max(1)));
-        now >= quiet_until && now.saturating_sub(self.window_start) >= policy.window_ms
+        let quiet_since = self.blocked_until.max(self.last_failure);
+        now >= quiet_since.saturating_add(policy.backoff_ms(self.strikes.max(1)))
+            && policy.step(now) - self.newest_step >= COUNTED as i64
+    }
+
+    /// Count one failure at `step`; the failures counted within the last window, this one
+    /// included.
+    fn count(&mut self, step: i64) -> u32 {
+        // Steps since the newest failure are empty; a step before it (cannot happen on the
+        // monotonic clock) counts as the newest.
+        let step = step.max(self.newest_step);
+        let gap = step - self.newest_step;
+        if gap >= COUNTED as i64 {
+            self.failures = [0; COUNTED];
+        } else {
+            for s in self.newest_step + 1..=step {
+                self.failures[s.rem_euclid(COUNTED as i64) as usize] = 0;
+            }
+        }
+        self.newest_step = step;
+        let slot = &mut self.failures[step.rem_euclid(COUNTED as i64) as usize];
+        *slot = slot.saturating_add(1);
+        self.failures.iter().map(|&n| u32::from(n)).sum()
     }
 }
 
@@ -146,34 +194,24 @@ impl Throttle {
             shard.entries.retain(|_, e| !e.is_forgettable(&policy, now));
             shard.sweep_at = (shard.entries.len() * 2).max(MIN_SWEEP_AT);
         }
-        let entry = shard.entries.entry(addr).or_insert(Entry {
-            window_start: now,
-            ..Entry::default()
-        });
+        let entry = shard.entries.entry(addr).or_default();
         if entry.is_forgettable(&policy, now) && entry.strikes > 0 {
-            // Quiet for a whole back-off after the last block: start over.
-            *entry = Entry {
-                window_start: now,
-                ..Entry::default()
-            };
+            // Quiet for a whole back-off: start over.
+            *entry = Entry::default();
         }
         if entry.blocked_until > now {
             // Already blocked (a request that passed the check just before the block began).
             return None;
         }
-        if now.saturating_sub(entry.window_start) >= policy.window_ms || now < entry.window_start {
-            entry.window_start = now;
-            entry.failures = 0;
-        }
-        entry.failures = entry.failures.saturating_add(1);
-        if entry.failures < policy.max {
+        entry.last_failure = now;
+        if entry.count(policy.step(now)) < policy.max {
             return None;
         }
         entry.strikes = entry.strikes.saturating_add(1);
         let backoff = policy.backoff_ms(entry.strikes);
         entry.blocked_until = now.saturating_add(backoff);
-        entry.failures = 0;
-        entry.window_start = entry.blocked_until;
+        // The failures that made this block are spent.
+        entry.failures = [0; COUNTED];
         Some(Block {
             strike: entry.strikes,
             retry_after_secs: secs_until(entry.blocked_until, now),
@@ -230,12 +268,58 @@ mod tests {
     #[test]
     fn failures_spread_over_windows_do_not_block() {
         let t = Throttle::new(P);
-        // Two failures per window, never three inside one.
+        // Two failures per window, never three inside one (nor within the 1/32 of a window
+        // more that a failure may count for).
         for i in 0..10 {
-            assert_eq!(t.record_failure(ip(1), i * 61_000), None);
-            assert_eq!(t.record_failure(ip(1), i * 61_000 + 1), None);
+            assert_eq!(t.record_failure(ip(1), i * 62_000), None);
+            assert_eq!(t.record_failure(ip(1), i * 62_000 + 1), None);
         }
-        assert_eq!(t.check(ip(1), 610_000), Ok(()));
+        assert_eq!(t.check(ip(1), 620_000), Ok(()));
+    }
+
+    #[test]
+    fn the_window_slides_so_a_burst_around_its_edge_is_caught() {
+        let t = Throttle::new(Policy {
+            max: 3,
+            window_ms: 20_000,
+        });
+        // One at 0 and one at 19.9 s; then two just after 20 s, where a fixed window started at
+        // the first failure would begin counting again: three within 0.3 s must block.
+        assert_eq!(t.record_failure(ip(1), 0), None);
+        assert_eq!(t.record_failure(ip(1), 19_900), None);
+        let blocked = [20_100, 20_200]
+            .iter()
+            .any(|&at| t.record_failure(ip(1), at).is_some());
+        assert!(blocked, "three failures within 0.3 s were let through");
+        // Failures a whole window apart still do not add up.
+        let t = Throttle::new(P);
+        assert_eq!(t.record_failure(ip(2), 0), None);
+        assert_eq!(t.record_failure(ip(2), 1), None);
+        assert_eq!(t.record_failure(ip(2), 62_000), None);
+    }
+
+    #[test]
+    fn guessing_on_below_the_limit_after_a_block_keeps_the_back_off_growing() {
+        let t = Throttle::new(P);
+        for i in 0..3 {
+            t.record_failure(ip(1), i);
+        }
+        // Blocked until 60_002. Then two failures a window apart, never enough for a block, and
+        // never a whole back-off of quiet: the next block doubles.
+        assert_eq!(t.record_failure(ip(1), 70_000), None);
+        assert_eq!(t.record_failure(ip(1), 125_000), None);
+        let block = loop_until_block(&t, ip(1), 150_000);
+        assert_eq!(block.strike, 2);
+        assert_eq!(block.retry_after_secs, 120);
+    }
+
+    fn loop_until_block(t: &Throttle, addr: IpAddr, mut now: i64) -> Block {
+        loop {
+            if let Some(b) = t.record_failure(addr, now) {
+                return b;
+            }
+            now += 1;
+        }
     }
 
     #[test]
