@@ -300,15 +300,18 @@ impl Gate {
         .map_err(Refusal::Denied)?;
         log.user = Some(identity.user.clone());
         let principal = guard::principal(&record.token);
+        // The place among the principal's requests in flight first: a request refused for the
+        // cap must not also take a token from its bucket (nor earn POST credits), or a client
+        // that honours `Retry-After` would drain its bucket waiting.
+        let slot = self
+            .guard
+            .acquire_slot(&principal)
+            .map_err(Refusal::Guarded)?;
         self.guard
             .check_principal(&principal, git_req.operation, clock::monotonic_ms())
             .await
             .map_err(Refusal::Guarded)?;
         self.note_use(&record, now, remote);
-        let slot = self
-            .guard
-            .acquire_slot(&principal)
-            .map_err(Refusal::Guarded)?;
         Ok((git_req, identity, slot))
     }
 

@@ -521,7 +521,11 @@ fn an_http2_push_reset_short_of_its_length_leaves_no_backend_behind() {
 
 #[test]
 fn requests_in_flight_are_capped_per_principal_and_freed_when_done() {
-    let server = Server::start("[rate_limit]\nmax_concurrent = 1\n");
+    // A bucket of 3 that hardly refills: the held push takes one; requests refused for the
+    // cap must not take the rest.
+    let server = Server::start(
+        "[rate_limit]\nmax_concurrent = 1\ncapacity = 3\nrefill_per_second = 0.001\n",
+    );
     // One push held open: its body never ends, so the request stays in flight.
     let mut held = TcpStream::connect(server.addr).unwrap();
     let head = format!(
@@ -544,8 +548,12 @@ fn requests_in_flight_are_capped_per_principal_and_freed_when_done() {
         "{}",
         String::from_utf8_lossy(&resp)
     );
+    for _ in 0..4 {
+        assert_eq!(status(&get(&server, IR, &server.read_token)), 429);
+    }
 
-    // When the held request ends, its place is free again.
+    // When the held request ends, its place is free again, and the bucket still holds what
+    // the refused requests did not take.
     drop(held);
     wait_for("the place to be freed", || {
         status(&get(&server, IR, &server.read_token)) == 200
