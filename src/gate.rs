@@ -201,6 +201,13 @@ impl Gate {
                              or the client stopped sending)",
                         )
                     }
+                    // A 500 is gitgate's own (two directories answer to the repository, say): no
+                    // backend was asked, so it is no upstream error.
+                    Err(e) if e.status == StatusCode::INTERNAL_SERVER_ERROR => {
+                        pending.line().forwarded = false;
+                        tracing::error!(repo = %git_req.repo, error = %e, "cannot forward");
+                        text(e.status, &e.message)
+                    }
                     Err(e) => {
                         pending.line().forwarded = false;
                         METRICS.upstream_error();
@@ -464,10 +471,13 @@ impl LogLine {
             _ => Operation::None,
         };
         let bytes_in = self.inbound.bytes.load(Ordering::Relaxed);
+        // A forwarded request whose client left before the backend answered was allowed, but
+        // has no backend status to count.
+        let answered = self.forwarded && self.status != CLIENT_GONE_BEFORE_ANSWER;
         METRICS.request_done(
             operation,
             Outcome::of(self.forwarded, self.status),
-            self.status,
+            answered.then_some(self.status),
             bytes_in,
             bytes_out,
             self.started.elapsed(),
@@ -492,7 +502,7 @@ impl LogLine {
             status = self.status,
             bytes_in,
             bytes_out,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = %format_args!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
             outcome = %outcome,
             "request"
         );
@@ -605,6 +615,7 @@ impl Body for LoggedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!(error = %e, "response stream failed");
+                METRICS.upstream_error();
                 self.finish("stream-error");
             }
             Poll::Ready(None) => self.finish("complete"),

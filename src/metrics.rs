@@ -191,13 +191,13 @@ impl Metrics {
         &self,
         op: Operation,
         outcome: Outcome,
-        status: u16,
+        upstream_status: Option<u16>,
         bytes_in: u64,
         bytes_out: u64,
         took: Duration,
     ) {
         self.requests[op as usize][outcome as usize].fetch_add(1, Relaxed);
-        if outcome == Outcome::Allowed {
+        if let Some(status) = upstream_status {
             let class = usize::from(status / 100).clamp(1, 5) - 1;
             self.upstream_status[class].fetch_add(1, Relaxed);
         }
@@ -206,7 +206,7 @@ impl Metrics {
         self.request_duration.observe(took);
     }
 
-    /// The backend could not be reached or failed before answering.
+    /// The backend could not be reached, or failed before or while answering.
     pub fn upstream_error(&self) {
         self.upstream_errors.fetch_add(1, Relaxed);
     }
@@ -266,7 +266,7 @@ impl Metrics {
             (
                 "gitgate_upstream_errors_total",
                 "counter",
-                "Requests the backend failed before answering (unreachable, timed out, crashed).",
+                "Requests the backend failed: unreachable, timed out, or crashed before or while answering.",
                 self.upstream_errors.load(Relaxed).to_string(),
             ),
             (
@@ -442,9 +442,18 @@ mod tests {
         m.request_done(
             Operation::Read,
             Outcome::Allowed,
-            200,
+            Some(200),
             10,
             20,
+            Duration::from_millis(3),
+        );
+        // Allowed, but its client left before the backend answered: no backend status.
+        m.request_done(
+            Operation::Read,
+            Outcome::Allowed,
+            None,
+            0,
+            0,
             Duration::from_millis(3),
         );
         let text = m.render((7, 1));
@@ -452,8 +461,9 @@ mod tests {
         assert!(text.contains("gitgate_auth_duration_seconds_bucket{le=\"0.0025\"} 2\n"));
         assert!(text.contains("gitgate_auth_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("gitgate_auth_duration_seconds_count 3\n"));
-        assert!(text.contains("gitgate_requests_total{operation=\"read\",outcome=\"allowed\"} 1\n"));
+        assert!(text.contains("gitgate_requests_total{operation=\"read\",outcome=\"allowed\"} 2\n"));
         assert!(text.contains("gitgate_upstream_responses_total{status=\"2xx\"} 1\n"));
+        assert!(text.contains("gitgate_upstream_responses_total{status=\"4xx\"} 0\n"));
         assert!(text.contains("gitgate_response_bytes_total 20\n"));
         assert!(text.contains("gitgate_token_cache_hits_total 7\n"));
     }

@@ -339,7 +339,7 @@ pub async fn handle(
         remote = %remote.ip(),
         api = true,
         status = status.as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         "request"
     );
     let bytes = match &body {
