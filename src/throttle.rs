@@ -164,6 +164,19 @@ impl Throttle {
         self.policy
     }
 
+    /// The address an entry is kept under: an IPv4-mapped IPv6 address is its IPv4 one (a
+    /// proxy may write either form), and an IPv6 address counts by its /64 — one host or site
+    /// usually has a whole /64, and could otherwise take a fresh address after each block.
+    fn key(addr: IpAddr) -> IpAddr {
+        match addr.to_canonical() {
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+            v4 => v4,
+        }
+    }
+
     fn shard(&self, addr: &IpAddr) -> &RwLock<Shard> {
         let mut h = DefaultHasher::new();
         addr.hash(&mut h);
@@ -172,6 +185,7 @@ impl Throttle {
 
     /// `Err(retry_after_secs)` while `addr` is blocked.
     pub fn check(&self, addr: IpAddr, now: i64) -> Result<(), u64> {
+        let addr = Throttle::key(addr);
         // Poison only means a panic elsewhere mid-update of plain numbers: keep going.
         let shard = self
             .shard(&addr)
@@ -185,6 +199,7 @@ impl Throttle {
 
     /// Count one failed authentication; `Some` if this failure starts a block.
     pub fn record_failure(&self, addr: IpAddr, now: i64) -> Option<Block> {
+        let addr = Throttle::key(addr);
         let policy = self.policy;
         let mut shard = self
             .shard(&addr)
@@ -362,6 +377,21 @@ mod tests {
             t.record_failure(ip(1), later + 2).map(|b| b.strike),
             Some(1)
         );
+    }
+
+    #[test]
+    fn one_ipv6_64_and_both_forms_of_an_ipv4_address_count_as_one() {
+        let t = Throttle::new(P);
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        t.record_failure(v6("2001:db8:1:2::1"), 0);
+        t.record_failure(v6("2001:db8:1:2:ffff::9"), 1);
+        assert!(t.record_failure(v6("2001:db8:1:2:abcd::7"), 2).is_some());
+        assert!(t.check(v6("2001:db8:1:2::1234"), 3).is_err());
+        assert_eq!(t.check(v6("2001:db8:1:3::1"), 3), Ok(()), "another /64");
+        t.record_failure(ip(5), 0);
+        t.record_failure(v6("::ffff:192.0.2.5"), 1);
+        assert!(t.record_failure(ip(5), 2).is_some());
+        assert!(t.check(v6("::ffff:192.0.2.5"), 3).is_err());
     }
 
     #[test]
