@@ -113,16 +113,29 @@ impl Gate {
         let remote = SocketAddr::new(*client.as_ref().unwrap_or(&peer.ip()), peer.port());
         // The management API, before git classification: never forwarded upstream.
         if crate::api::is_api_path(req.uri().path()) {
+            // Refused before the API sees it: logged here, as the API logs what it answers.
+            let refused = |resp: Response<ResponseBody>| {
+                tracing::info!(
+                    target: "gitgate::request",
+                    method = %req.method(),
+                    path = %loggable_path(req.uri().path()),
+                    remote = %remote.ip(),
+                    api = true,
+                    status = resp.status().as_u16(),
+                    "request"
+                );
+                Ok(resp)
+            };
             if client.is_err() {
-                return Ok(text(StatusCode::BAD_REQUEST, UNREADABLE_FORWARDED_FOR));
+                return refused(text(StatusCode::BAD_REQUEST, UNREADABLE_FORWARDED_FOR));
             }
             if let Some(m) = host_problem(req.version(), req.headers()) {
-                return Ok(text(StatusCode::BAD_REQUEST, m));
+                return refused(text(StatusCode::BAD_REQUEST, m));
             }
             // Password guessing on the API counts for the address throttle like bad tokens do
             // (and per user name, in `lifecycle::login`).
             if let Err(verdict) = self.guard.check_address(remote.ip(), clock::monotonic_ms()) {
-                return Ok(too_many(&verdict));
+                return refused(too_many(&verdict));
             }
             let tried = req.headers().contains_key(hyper::header::AUTHORIZATION);
             let resp = crate::api::handle(

@@ -1139,4 +1139,11 @@ fn password_guessing_on_the_api_counts_for_the_address_throttle() {
     let r = server.api("GET", "/users/alice", "alice", "");
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(r.header("retry-after").is_some());
+    // The refusal is a request line like any answer.
+    let log = server.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("api=true") && l.contains("status=429")),
+        "{log}"
+    );
 }
