@@ -424,7 +424,8 @@ pub fn create(
     allowed(&|key| store.setting(key))?;
     let now = clock::now_ms();
     let expires_at = req.expiry_days.map(|days| now + i64::from(days) * DAY_MS);
-    let allowed_networks = network::parse_list(&req.allowed_networks).map_err(Error::Invalid)?;
+    let allowed_networks =
+        network::parse_new_list(&req.allowed_networks).map_err(Error::Invalid)?;
     let fresh =
         token::generate().map_err(|e| Error::Invalid(format!("no randomness from the OS: {e}")))?;
     let record = store.insert_token_if(
@@ -543,7 +544,7 @@ pub fn edit(
         None => None,
     };
     let allowed_networks = match &req.allowed_networks {
-        Some(list) => Some(network::parse_list(list).map_err(Error::Invalid)?),
+        Some(list) => Some(network::parse_new_list(list).map_err(Error::Invalid)?),
         None => None,
     };
     Ok(store.edit_token(

@@ -120,6 +120,35 @@ pub fn parse_list<S: AsRef<str>>(items: &[S]) -> Result<Vec<Cidr>, String> {
     Ok(out)
 }
 
+/// [`parse_list`] for networks given now (a token's allowed networks): one with address bits
+/// past its prefix (`10.1.2.3/8`) is refused, not widened in silence to `10.0.0.0/8` — a typo
+/// for `/32` would let a token work from a sixteen-million-address network. (Lists already
+/// stored, and the config's, read as before.)
+pub fn parse_new_list<S: AsRef<str>>(items: &[S]) -> Result<Vec<Cidr>, String> {
+    let list = parse_list(items)?;
+    for item in items {
+        let text = item.as_ref().trim();
+        let Some((addr_text, _)) = text.split_once('/') else {
+            continue; // a bare address is exactly itself
+        };
+        let cidr: Cidr = text.parse()?;
+        let given = match addr_text.parse::<IpAddr>() {
+            Ok(IpAddr::V6(a)) if cidr.addr.is_ipv4() => a.to_ipv4_mapped().map(IpAddr::V4),
+            Ok(a) => Some(a),
+            Err(_) => None,
+        };
+        if given != Some(cidr.addr) {
+            let host = if cidr.addr.is_ipv4() { 32 } else { 128 };
+            return Err(format!(
+                "'{text}' has address bits set past its /{prefix}: write {cidr} for the \
+                 network, or {addr_text}/{host} for the one address",
+                prefix = cidr.prefix
+            ));
+        }
+    }
+    Ok(list)
+}
+
 /// Whether `ip` may use a token limited to `allowed` (an empty list means anywhere).
 pub fn allowed(allowed: &[Cidr], ip: IpAddr) -> bool {
     allowed.is_empty() || allowed.iter().any(|c| c.contains(ip))
@@ -128,6 +157,24 @@ pub fn allowed(allowed: &[Cidr], ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_given_now_may_not_have_bits_past_their_prefix() {
+        let e = parse_new_list(&["10.1.2.3/8"]).unwrap_err();
+        assert!(e.contains("10.0.0.0/8") && e.contains("10.1.2.3/32"), "{e}");
+        assert!(parse_new_list(&["2001:db8::1/32"]).is_err());
+        for fine in [
+            "10.0.0.0/8",
+            "10.1.2.3",
+            "10.1.2.3/32",
+            "::ffff:10.1.2.0/120",
+            "2001:db8::/32",
+        ] {
+            assert!(parse_new_list(&[fine]).is_ok(), "{fine}");
+        }
+        // What is stored already still reads.
+        assert!(parse_list(&["10.1.2.3/8"]).is_ok());
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

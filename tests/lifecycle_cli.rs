@@ -120,9 +120,26 @@ fn personal_tokens_need_the_owners_password() {
 #[test]
 fn edit_show_and_the_expiry_that_never_changes() {
     let install = setup();
+    let err = install.cli_err(
+        &[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--name",
+            "typo",
+            "--permission",
+            "REPO_READ",
+            "--allowed-network",
+            "10.1.2.3/8",
+            "--password-stdin",
+        ],
+        &format!("{PW}\n"),
+    );
+    assert!(err.contains("address bits set past its /8"), "{err}");
     let t = create_personal(
         &install,
-        &["--expiry-days", "10", "--allowed-network", "10.1.2.3/8"],
+        &["--expiry-days", "10", "--allowed-network", "10.0.0.0/8"],
     );
     let id = t["id"].as_str().unwrap();
     assert_eq!(t["allowedNetworks"], json!(["10.0.0.0/8"]));

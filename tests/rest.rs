@@ -895,6 +895,15 @@ fn allowed_networks_refuse_other_sources() {
         "alice",
         &json!({"allowedNetworks": ["127.0.0.1/8"]}).to_string(),
     );
+    // Address bits past the prefix are a typo to be told, not a network to widen to.
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error_message().contains("127.0.0.0/8"), "{}", r.body);
+    let r = server.api(
+        "POST",
+        &format!("/users/alice/{id}"),
+        "alice",
+        &json!({"allowedNetworks": ["127.0.0.0/8"]}).to_string(),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["allowedNetworks"], json!(["127.0.0.0/8"]));
     assert!(ls_remote(&install, &server, "alice", &secret).0);
