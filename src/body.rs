@@ -30,6 +30,8 @@ pub enum Seen<'a, E> {
     /// The body's end, once: when it says so after a frame (hyper polls no further then), after
     /// its trailers, or when it ends without a frame.
     End,
+    /// Polled, and nothing there yet: the reader waits for whoever sends the body.
+    Waiting,
 }
 
 /// `inner`, with `on_seen` called for every frame that arrives and for how the body ends.
@@ -74,7 +76,10 @@ where
                 false
             }
             Poll::Ready(None) => true,
-            Poll::Pending => false,
+            Poll::Pending => {
+                (this.on_seen)(Seen::Waiting);
+                false
+            }
         };
         if end && !this.ended {
             this.ended = true;
@@ -331,6 +336,7 @@ mod tests {
                 Seen::Frame(f) => bytes += f.data_ref().map_or(0, |d| d.len()),
                 Seen::Error(_) => unreachable!(),
                 Seen::End => ends += 1,
+                Seen::Waiting => unreachable!("a full body never waits"),
             },
         );
         let out = body.collect().await.unwrap().to_bytes();

@@ -194,7 +194,7 @@ impl Gate {
                         }
                     }
                     Seen::Error(_) => seen.broke.store(true, Ordering::Relaxed),
-                    Seen::End => {}
+                    Seen::End | Seen::Waiting => {}
                 });
                 match self
                     .upstream
@@ -219,6 +219,12 @@ impl Gate {
                     Err(e) if e.status == StatusCode::INTERNAL_SERVER_ERROR => {
                         pending.line().forwarded = false;
                         tracing::error!(repo = %git_req.repo, error = %e, "cannot forward");
+                        text(e.status, &e.message)
+                    }
+                    // The client's doing (its body stopped arriving): not an upstream error.
+                    Err(e) if e.status.is_client_error() => {
+                        pending.line().forwarded = false;
+                        tracing::info!(repo = %git_req.repo, error = %e, "request refused");
                         text(e.status, &e.message)
                     }
                     Err(e) => {

@@ -1130,6 +1130,31 @@ fn a_push_that_uploads_for_longer_than_the_upstream_idle_timeout_is_not_cut_off(
     );
 }
 
+/// A client that stops sending its body while the upstream waits for it is the client's
+/// doing: a 408 naming the body, logged as a refusal, not a 504 "upstream sent no answer"
+/// counted as a backend failure.
+#[test]
+fn a_client_whose_upload_stops_gets_a_408_not_a_gateway_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_port = one_request_upstream(|mut reader, _| {
+        // Reads whatever comes, answers nothing.
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    let (g, auth) = start_for_pushes(dir.path(), upstream_port);
+    let mut s = connect(g.port);
+    s.write_all(push_head(&auth, 10).as_bytes()).unwrap();
+    s.write_all(b"00000").unwrap();
+    let (answer, _) = read_until_closed(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("the request body stopped arriving"),
+        "{answer}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
+    assert!(!log.contains("backend failed"), "{log}");
+}
+
 #[test]
 fn an_answer_that_ends_before_its_upload_stops_the_upload() {
     // An upstream that refuses a push at once, with a complete answer, and never reads the

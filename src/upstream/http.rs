@@ -166,18 +166,25 @@ impl HttpBackend {
         let mut unsent = body.size_hint().exact();
         let uploaded = Arc::new(AtomicBool::new(bodiless || unsent == Some(0)));
         let done = uploaded.clone();
-        let body = Observed::new(body, move |s: Seen<'_, B::Error>| match s {
-            Seen::Frame(frame) => {
-                touched.touch();
-                if let (Some(left), Some(data)) = (&mut unsent, frame.data_ref()) {
-                    *left = left.saturating_sub(data.len() as u64);
-                    if *left == 0 {
-                        done.store(true, Ordering::Relaxed);
+        // Whether the upload waits for the client (its body was polled and had nothing) rather
+        // than for the upstream (which stopped reading it): a stall is then the client's.
+        let waiting_for_client = Arc::new(AtomicBool::new(false));
+        let waiting = waiting_for_client.clone();
+        let body = Observed::new(body, move |s: Seen<'_, B::Error>| {
+            waiting.store(matches!(s, Seen::Waiting), Ordering::Relaxed);
+            match s {
+                Seen::Frame(frame) => {
+                    touched.touch();
+                    if let (Some(left), Some(data)) = (&mut unsent, frame.data_ref()) {
+                        *left = left.saturating_sub(data.len() as u64);
+                        if *left == 0 {
+                            done.store(true, Ordering::Relaxed);
+                        }
                     }
                 }
+                Seen::Error(_) | Seen::Waiting => {}
+                Seen::End => done.store(true, Ordering::Relaxed),
             }
-            Seen::Error(_) => {}
-            Seen::End => done.store(true, Ordering::Relaxed),
         })
         .map_err(|e| io::Error::other(e.to_string()))
         .boxed_unsync();
@@ -215,6 +222,18 @@ impl HttpBackend {
                 r = &mut sent => break r?,
                 _ = tokio::time::sleep(wait) => {
                     if activity.idle() >= self.idle_timeout {
+                        if !uploaded.load(Ordering::Relaxed)
+                            && waiting_for_client.load(Ordering::Relaxed)
+                        {
+                            return Err(ForwardError {
+                                status: StatusCode::REQUEST_TIMEOUT,
+                                message: format!(
+                                    "the request body stopped arriving: nothing came for {}s",
+                                    self.idle_timeout.as_secs()
+                                ),
+                                detail: None,
+                            });
+                        }
                         return Err(ForwardError::gateway_timeout(format!(
                             "the upstream git server sent no answer for {}s",
                             self.idle_timeout.as_secs()
