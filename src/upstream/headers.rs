@@ -50,19 +50,25 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// The codings a header lists, over all its lines (`gzip, chunked`), in order; a value that is
+/// not text is one coding, `?`, that nothing accepts.
+fn codings(headers: &HeaderMap, name: HeaderName) -> Vec<&str> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
 /// Whether the request body's framing is one gitgate can pass on: `Transfer-Encoding` may only
 /// be `chunked`. hyper removes the chunked framing and gitgate drops the header (hop-by-hop), so
 /// any other coding (`gzip, chunked`) would reach the backend as a body it cannot tell is
 /// encoded. Such requests get `501 Not Implemented` (RFC 9112, section 6.1), as from nginx;
 /// git compresses with `Content-Encoding`, which passes through untouched.
 pub fn unsupported_transfer_coding(inbound: &HeaderMap) -> Option<String> {
-    let codings: Vec<&str> = inbound
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
+    let codings = codings(inbound, header::TRANSFER_ENCODING);
     // None, or exactly one `chunked`: hyper removes one layer of chunked framing, so a second
     // (`chunked, chunked`) would reach the backend as part of the body.
     if codings.is_empty() || (codings.len() == 1 && codings[0].eq_ignore_ascii_case("chunked")) {
@@ -81,13 +87,7 @@ pub fn unsupported_transfer_coding(inbound: &HeaderMap) -> Option<String> {
 /// the client would see a 200 with an empty answer. Such requests get `415` (RFC 9110, section
 /// 15.5.16) and are never forwarded.
 pub fn unsupported_content_coding(inbound: &HeaderMap) -> Option<String> {
-    let codings: Vec<&str> = inbound
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
+    let codings = codings(inbound, header::CONTENT_ENCODING);
     let known = |c: &str| {
         ["gzip", "x-gzip", "identity"]
             .iter()
@@ -262,13 +262,7 @@ const UPSTREAM_ONLY: [&str; 3] = ["set-cookie", "alt-svc", "content-location"];
 /// (`gzip, chunked`) cannot be passed on — its header goes, the coded bytes would stay — so it
 /// is an `Err`.
 pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
-    let codings: Vec<&str> = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
+    let codings = codings(headers, header::TRANSFER_ENCODING);
     match codings.as_slice() {
         [] => {}
         [one] if one.eq_ignore_ascii_case("chunked") => {
