@@ -7,13 +7,18 @@
 //!                                   │     untrusted X-Forwarded-For entry (unreadable: 400)
 //!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
-//!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read)
+//!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
+//!                                   │     IPv6 by /64)
+//!                                   ├─ body codings: Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
 //!                                   ├─ token::parse(secret) → id; store: cache (WAL index header) → on a miss SQLite,
 //!                                   │     a few reads at a time (Store::miss_slots); hash compare
 //!                                   │     (the current secret, or the previous one inside a rotation overlap)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
-//!                                   ├─ guard: principal's bucket (an advertisement pays for its POSTs), in-flight cap ─▶ 429
+//!                                   │     (401s first — revoked, expired, wrong user, disabled owner — then the
+//!                                   │     token's networks, then the owner's and the token's permission: 403)
+//!                                   ├─ guard: in-flight cap, then the principal's bucket (an advertisement pays
+//!                                   │     for its POSTs) ─▶ 429
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
 //!                                         └─ cgi:  git http-backend run by gitgate itself
@@ -46,8 +51,10 @@
 //!   [`upstream::headers`] decides which headers cross (an allowlist of what git says about the
 //!   content and itself: the client's token never does, nor any header an upstream might take
 //!   for an identity; the identity header is always gitgate's; upstream redirects are pointed
-//!   back at gitgate).
-//!   `502`/`504` with a reason when the backend fails or stalls.
+//!   back at gitgate, and one that cannot be checked — not ASCII, or several — is a `502`; the
+//!   answer's framing is hyper's to redo, its cookies stay behind).
+//!   `502`/`504` with a reason when the backend fails or stalls; `408` when the client's
+//!   upload stops while the upstream waits for it.
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
 //!   `404/400/405` for what is not a git request (never forwarded), `501` for a request body in a
 //!   transfer coding other than `chunked` (never forwarded), `401` with a Basic challenge
