@@ -252,7 +252,8 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
 const UPSTREAM_ONLY: [&str; 3] = ["set-cookie", "alt-svc", "content-location"];
 
 /// Make an upstream response's headers the client's: hop-by-hop headers, whatever
-/// `Connection` names, any `Authorization` and the [`UPSTREAM_ONLY`] ones are removed, in
+/// `Connection` names, any `Authorization` and the upstream's own-site headers (`Set-Cookie`, `Alt-Svc`,
+/// `Content-Location`) are removed, in
 /// place — a response usually carries few of them, so usually nothing else moves and nothing
 /// is allocated.
 ///
