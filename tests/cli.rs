@@ -245,6 +245,22 @@ fn grant_errors_are_refused() {
         "REPO_READ",
     ])
     .fails_with("could never be served");
+    // A password for a token that takes none is a mistake to be told, not ignored.
+    sb.cli_stdin(
+        &[
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "ci",
+            "--permission",
+            "REPO_READ",
+            "--password-stdin",
+        ],
+        "pw\n",
+    )
+    .fails_with("--password-stdin is for personal tokens");
     let tokens = sb.cli_json(&["token", "list", "--json"]);
     assert_eq!(tokens, Value::Array(vec![]), "no token was made");
     let run = sb.cli(&["grant", "remove", "alice", "team"]);

@@ -65,6 +65,13 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
         }
         _ => return Err("give exactly one of --user, --project or --repo".into()),
     };
+    if password_stdin && matches!(subject, Subject::Scoped(_)) {
+        return Err(
+            "--password-stdin is for personal tokens (their owner's password): project and \
+             repository tokens are the operator's, made without one"
+                .into(),
+        );
+    }
     let (record, secret) = lifecycle::create(
         store,
         &caller,
