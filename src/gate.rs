@@ -37,7 +37,7 @@ use crate::policy::{self, Deny, Identity};
 use crate::store::{Actor, AuthRecord, CacheLookup, Store, StoreError};
 use crate::token;
 use crate::upstream::headers::client_address;
-use crate::upstream::Upstream;
+use crate::upstream::{Fault, Upstream};
 
 /// The body of every answer: a short text, or a stream from the backend.
 pub type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -214,23 +214,22 @@ impl Gate {
                              or the client stopped sending)",
                         )
                     }
-                    // A 500 is gitgate's own (two directories answer to the repository, say): no
-                    // backend was asked, so it is no upstream error.
-                    Err(e) if e.status == StatusCode::INTERNAL_SERVER_ERROR => {
-                        pending.line().forwarded = false;
-                        tracing::error!(repo = %git_req.repo, error = %e, "cannot forward");
-                        text(e.status, &e.message)
-                    }
-                    // The client's doing (its body stopped arriving): not an upstream error.
-                    Err(e) if e.status.is_client_error() => {
-                        pending.line().forwarded = false;
-                        tracing::info!(repo = %git_req.repo, error = %e, "request refused");
-                        text(e.status, &e.message)
-                    }
                     Err(e) => {
                         pending.line().forwarded = false;
-                        METRICS.upstream_error();
-                        tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
+                        match e.fault {
+                            Fault::Backend => {
+                                METRICS.upstream_error();
+                                tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
+                            }
+                            // No backend was asked (two directories answer to the repository).
+                            Fault::Server => {
+                                tracing::error!(repo = %git_req.repo, error = %e, "cannot forward")
+                            }
+                            // The client's doing (its upload stopped arriving).
+                            Fault::Client => {
+                                tracing::info!(repo = %git_req.repo, error = %e, "request refused")
+                            }
+                        }
                         text(e.status, &e.message)
                     }
                 }

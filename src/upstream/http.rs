@@ -41,7 +41,7 @@ use tokio::time::Sleep;
 use super::headers::{self, Outbound, Redirect};
 use super::pool::{ConnectError, Connection, Driving, Origin, OutBody, Pool};
 use super::progress::Progress;
-use super::ForwardError;
+use super::{Fault, ForwardError};
 use crate::body::{Batched, Observed, Seen};
 use crate::config::{CredentialScheme, HttpUpstream, SecretSource, UpstreamCredentials};
 use crate::gate::ResponseBody;
@@ -232,6 +232,7 @@ impl HttpBackend {
                                     self.idle_timeout.as_secs()
                                 ),
                                 detail: None,
+                                fault: Fault::Client,
                             });
                         }
                         return Err(ForwardError::gateway_timeout(format!(
@@ -287,16 +288,12 @@ impl HttpBackend {
                         )
                     });
                 }
-                Redirect::To(moved) => match HeaderValue::from_str(&moved) {
-                    Ok(v) => {
-                        parts.headers.insert(LOCATION, v);
-                    }
-                    Err(_) => {
-                        return Err(unreadable_redirect(
-                            &parts.headers.get_all(LOCATION).iter().collect::<Vec<_>>(),
-                        ))
-                    }
-                },
+                // `moved` is built from ASCII text, so this only fails on a bug: never pass the
+                // upstream's own Location on in its place.
+                Redirect::To(moved) => {
+                    let v = HeaderValue::from_str(&moved).map_err(|_| unreadable_redirect(&[]))?;
+                    parts.headers.insert(LOCATION, v);
+                }
                 Redirect::OffBase => {
                     return Err(ForwardError {
                         detail: Some(format!("Location: {location}")),

@@ -45,6 +45,19 @@ pub struct ForwardError {
     pub message: String,
     /// For the server's log only: what the backend said can name server paths.
     pub detail: Option<String>,
+    /// Whose failure it is: only the backend's count as upstream errors.
+    pub fault: Fault,
+}
+
+/// Who a failed forward is down to, for the log's level and the upstream-error metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Unreachable, timed out, crashed, or an answer gitgate cannot pass on.
+    Backend,
+    /// The client (its upload stopped arriving).
+    Client,
+    /// This server's own setup (two directories answer to one repository): no backend asked.
+    Server,
 }
 
 impl ForwardError {
@@ -53,14 +66,14 @@ impl ForwardError {
             status: StatusCode::BAD_GATEWAY,
             message: message.into(),
             detail: None,
+            fault: Fault::Backend,
         }
     }
 
     pub fn gateway_timeout(message: impl Into<String>) -> ForwardError {
         ForwardError {
             status: StatusCode::GATEWAY_TIMEOUT,
-            message: message.into(),
-            detail: None,
+            ..ForwardError::bad_gateway(message)
         }
     }
 }
@@ -106,6 +119,7 @@ impl Upstream {
                              {repo}.git); ask its administrator to rename one"
                         ),
                         detail: None,
+                        fault: Fault::Server,
                     });
                 };
                 let req = cgi::CgiRequest {
