@@ -10,7 +10,7 @@
 //!
 //! Signals: SIGINT/SIGTERM stop accepting and give requests in flight `shutdown_grace` to
 //! finish (then `run` returns and the process exits 0); SIGHUP reloads the TLS certificate
-//! (see [`crate::tls`]). A panic while handling a request becomes a 500 for that request
+//! (see [`crate::tls`]) and the upstream credentials ([`crate::upstream::secret`]). A panic while handling a request becomes a 500 for that request
 //! ([`crate::unwind`]); one while streaming is caught by tokio and ends that connection only.
 //! Either way it is logged and the process lives on.
 
@@ -45,6 +45,7 @@ use crate::signals::{HangupSignal, StopSignals};
 use crate::store::Store;
 use crate::tls::CertStore;
 use crate::unwind::CatchPanic;
+use crate::upstream::secret::{Reloaded, UpstreamSecret};
 use crate::upstream::{CgiBackend, HttpBackend, Upstream};
 
 /// How the server runs: TLS or not, and its limits.
@@ -140,6 +141,16 @@ async fn run_workers(config: Config) -> Result<(), String> {
         ),
         None => None,
     };
+    // Read once, shared by the workers' backends, and read again on SIGHUP.
+    let upstream_secret = match &config.upstream {
+        UpstreamConfig::Http(http) => match &http.credentials {
+            Some(c) => Some(Arc::new(
+                UpstreamSecret::load(c).map_err(|e| format!("{}: {e}", config.source.display()))?,
+            )),
+            None => None,
+        },
+        UpstreamConfig::Cgi { .. } => None,
+    };
     // Every worker's backend is built here, so a bad upstream setting fails the start, not a
     // worker.
     let mut upstreams = Vec::with_capacity(config.server.workers);
@@ -155,6 +166,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
             UpstreamConfig::Http(http) => Upstream::Http(Box::new(
                 HttpBackend::new(
                     http,
+                    upstream_secret.clone(),
                     config.server.trusted_proxies.clone(),
                     certs.is_some(),
                     &config.server.git_prefix,
@@ -224,7 +236,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
             })
         })
         .collect();
-    tokio::spawn(reload_on_hangup(hangup, certs));
+    tokio::spawn(reload_on_hangup(hangup, certs, upstream_secret));
     if let Some(metrics) = metrics_listener {
         let local = metrics
             .local_addr()
@@ -638,11 +650,35 @@ impl Connection {
     }
 }
 
-/// On SIGHUP, reload the TLS certificate (if any); a bad new one keeps the old.
-async fn reload_on_hangup(mut hangup: HangupSignal, certs: Option<Arc<CertStore>>) {
+/// On SIGHUP, reload the TLS certificate and the upstream credentials (those configured); a bad
+/// new one keeps the old.
+async fn reload_on_hangup(
+    mut hangup: HangupSignal,
+    certs: Option<Arc<CertStore>>,
+    upstream_secret: Option<Arc<UpstreamSecret>>,
+) {
     while hangup.next().await {
+        if let Some(secret) = &upstream_secret {
+            let from = secret.describe();
+            match secret.reload() {
+                Ok(Reloaded::FromFile) => tracing::info!(
+                    from = %from,
+                    "SIGHUP: upstream credentials read again; new requests use them"
+                ),
+                Ok(Reloaded::Unchanged) => tracing::info!(
+                    from = %from,
+                    "SIGHUP: upstream credentials come from the environment, which changes only with a restart"
+                ),
+                Err(e) => tracing::error!(
+                    "SIGHUP: keeping the current upstream credentials, the new ones are unusable: {e}"
+                ),
+            }
+        }
         match &certs {
-            None => tracing::info!("SIGHUP: no [server.tls] configured, nothing to reload"),
+            None if upstream_secret.is_none() => tracing::info!(
+                "SIGHUP: no [server.tls] and no [upstream.credentials] configured, nothing to reload"
+            ),
+            None => {}
             Some(c) => match c.reload() {
                 Ok(()) => tracing::info!(
                     cert = %c.cert_path().display(),

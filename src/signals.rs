@@ -1,5 +1,5 @@
 //! The process signals `serve` answers: SIGINT and SIGTERM stop it, SIGHUP reloads the TLS
-//! certificate.
+//! certificate and the upstream credentials.
 //!
 //! Each handler is installed when its value is made, before the store is opened, and stays
 //! installed: a SIGHUP from a certificate-renewal hook while gitgate is starting must not end
@@ -78,7 +78,10 @@ impl HangupSignal {
         #[cfg(unix)]
         {
             HangupSignal {
-                hangup: listen(SignalKind::hangup(), "SIGHUP (certificate reload disabled)"),
+                hangup: listen(
+                    SignalKind::hangup(),
+                    "SIGHUP (certificate and credentials reload disabled)",
+                ),
             }
         }
         #[cfg(not(unix))]

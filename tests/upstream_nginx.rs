@@ -1088,6 +1088,62 @@ fn refused_upstream_credentials_are_a_502_not_a_prompt() {
 }
 
 #[test]
+fn sighup_reads_the_upstream_secret_again_and_keeps_it_when_the_new_one_is_unusable() {
+    let Some(w) = World::new("sighup_reads_the_upstream_secret_again") else {
+        return;
+    };
+    let secret = w.path("upstream.secret");
+    std::fs::write(&secret, "old-secret\n").unwrap();
+    let g = w.serve(&Options::default());
+    let auth = basic("alice", &w.token);
+    let advertise = || {
+        http(
+            g.port,
+            "GET",
+            "/scm/team/app.git/info/refs?service=git-upload-pack",
+            &[("Authorization", &auth)],
+        )
+    };
+    // Read at start: nginx wants another one.
+    let (status, _, body) = advertise();
+    assert_eq!(status, 502, "{body}");
+    // The rotated secret, and a reload: no restart.
+    std::fs::write(&secret, format!("{UPSTREAM_SECRET}\n")).unwrap();
+    g.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !g
+        .log_text()
+        .contains("SIGHUP: upstream credentials read again")
+    {
+        assert!(Instant::now() < deadline, "{}", g.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _, body) = advertise();
+    assert_eq!(status, 200, "{body}");
+    w.git_ok(w.dir.path(), &["ls-remote", &w.url(&g)]);
+    // An unusable new secret keeps the one that works, and the log says why.
+    std::fs::write(&secret, "\n").unwrap();
+    g.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !g
+        .log_text()
+        .contains("SIGHUP: keeping the current upstream credentials, the new ones are unusable")
+    {
+        assert!(Instant::now() < deadline, "{}", g.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _, body) = advertise();
+    assert_eq!(status, 200, "{body}");
+    // Neither secret ever reaches the log.
+    let log = g.log_text();
+    assert!(log.contains("the secret is empty"), "{log}");
+    assert!(
+        !log.contains("old-secret") && !log.contains(UPSTREAM_SECRET),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_trusted_front_proxy_extends_x_forwarded_for_but_not_the_identity() {
     let Some(w) = World::new("a_trusted_front_proxy_extends_x_forwarded_for_but_not_the_identity")
     else {

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -41,9 +40,10 @@ use tokio::time::Sleep;
 use super::headers::{self, Outbound, Redirect};
 use super::pool::{ConnectError, Connection, Driving, Origin, OutBody, Pool};
 use super::progress::Progress;
+use super::secret::UpstreamSecret;
 use super::{Fault, ForwardError};
 use crate::body::{Batched, Observed, Seen};
-use crate::config::{CredentialScheme, HttpUpstream, SecretSource, UpstreamCredentials};
+use crate::config::HttpUpstream;
 use crate::gate::ResponseBody;
 use crate::git::GitRequest;
 use crate::network::Cidr;
@@ -62,7 +62,8 @@ pub struct HttpBackend {
     host: HeaderValue,
     base_path: String,
     identity_header: hyper::header::HeaderName,
-    upstream_auth: Option<HeaderValue>,
+    /// gitgate's own credentials for the upstream, shared by the workers (SIGHUP re-reads them).
+    upstream_auth: Option<Arc<UpstreamSecret>>,
     trusted_proxies: Vec<Cidr>,
     /// How clients reach gitgate: `http` or `https`.
     proto: &'static str,
@@ -70,11 +71,13 @@ pub struct HttpBackend {
 }
 
 impl HttpBackend {
-    /// Build the client: TLS roots, upstream credentials (read now, so a missing secret is a
-    /// start-up error, not a failure on the first push). `git_prefix` is where clients find the
-    /// repositories on gitgate (`[server] git_prefix`), for rewriting the upstream's redirects.
+    /// Build the client: TLS roots, and the upstream credentials read at start (so a missing
+    /// secret is a start-up error, not a failure on the first push). `git_prefix` is where
+    /// clients find the repositories on gitgate (`[server] git_prefix`), for rewriting the
+    /// upstream's redirects.
     pub fn new(
         cfg: &HttpUpstream,
+        upstream_auth: Option<Arc<UpstreamSecret>>,
         trusted_proxies: Vec<Cidr>,
         tls_in_front: bool,
         git_prefix: &str,
@@ -102,7 +105,6 @@ impl HttpBackend {
         };
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| "[upstream] url: the host cannot be a Host header".to_string())?;
-        let upstream_auth = cfg.credentials.as_ref().map(read_credentials).transpose()?;
         Ok(HttpBackend {
             pool: Arc::new(Pool::new(
                 origin,
@@ -188,6 +190,8 @@ impl HttpBackend {
         })
         .map_err(|e| io::Error::other(e.to_string()))
         .boxed_unsync();
+        // Read once per request: a reload in between cannot give its two attempts two secrets.
+        let upstream_auth = self.upstream_auth.as_ref().map(|s| s.value());
         let build = |body: OutBody| -> Result<Request<OutBody>, ForwardError> {
             let mut headers = headers::to_upstream(
                 &parts.headers,
@@ -198,7 +202,7 @@ impl HttpBackend {
                     authority: parts.uri.authority().map(|a| a.as_str()),
                     identity_header: &self.identity_header,
                     user: &identity.user,
-                    upstream_auth: self.upstream_auth.as_ref(),
+                    upstream_auth: upstream_auth.as_ref(),
                 },
             );
             headers.insert(HOST, self.host.clone());
@@ -524,45 +528,6 @@ fn client_tls_config(cfg: &HttpUpstream) -> Result<rustls::ClientConfig, String>
     Ok(config)
 }
 
-/// Read gitgate's upstream secret and make the `Authorization` value of it.
-fn read_credentials(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
-    let secret = match &c.source {
-        SecretSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
-            format!(
-                "[upstream.credentials] file = \"{}\" cannot be read: {e}",
-                path.display()
-            )
-        })?,
-        SecretSource::Env(name) => std::env::var(name).map_err(|_| {
-            format!("[upstream.credentials] env = \"{name}\": the variable is not set")
-        })?,
-    };
-    let secret = secret.trim_end_matches(['\r', '\n']);
-    if secret.is_empty() {
-        return Err("[upstream.credentials] the secret is empty".into());
-    }
-    let value = match c.scheme {
-        CredentialScheme::Basic => {
-            if !secret.contains(':') {
-                return Err(
-                    "[upstream.credentials] a basic secret is \"user:password\" (no ':' found)"
-                        .into(),
-                );
-            }
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(secret)
-            )
-        }
-        CredentialScheme::Bearer => format!("Bearer {secret}"),
-    };
-    let mut v = HeaderValue::from_str(&value).map_err(|_| {
-        "[upstream.credentials] the secret contains characters a header cannot carry".to_string()
-    })?;
-    v.set_sensitive(true);
-    Ok(v)
-}
-
 /// The upstream's response body: fails if nothing moves for `idle` (no frame of it, and no
 /// frame of a request body still going up), and gives its connection back to the pool once
 /// read to the end (dropped early, the connection is closed with it).
@@ -722,7 +687,7 @@ mod tests {
         let crate::config::Upstream::Http(h) = &c.upstream else {
             panic!()
         };
-        HttpBackend::new(h, vec![], false, "/").unwrap()
+        HttpBackend::new(h, None, vec![], false, "/").unwrap()
     }
 
     fn git_req(path: &str, query: Option<&str>) -> GitRequest {
@@ -745,38 +710,5 @@ mod tests {
             b.target(&r).unwrap().to_string(),
             "/team/app.git/info/refs?service=git-upload-pack"
         );
-    }
-
-    #[test]
-    fn credentials_are_built_and_sensitive() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("secret");
-        std::fs::write(&f, "gitgate:pw\n").unwrap();
-        let v = read_credentials(&UpstreamCredentials {
-            scheme: CredentialScheme::Basic,
-            source: SecretSource::File(f.clone()),
-        })
-        .unwrap();
-        assert_eq!(v, "Basic Z2l0Z2F0ZTpwdw==");
-        assert!(v.is_sensitive());
-        std::env::set_var("GITGATE_TEST_UPSTREAM_BEARER", "tok3n\n");
-        let v = read_credentials(&UpstreamCredentials {
-            scheme: CredentialScheme::Bearer,
-            source: SecretSource::Env("GITGATE_TEST_UPSTREAM_BEARER".into()),
-        })
-        .unwrap();
-        assert_eq!(v, "Bearer tok3n");
-        assert!(read_credentials(&UpstreamCredentials {
-            scheme: CredentialScheme::Bearer,
-            source: SecretSource::Env("GITGATE_TEST_UNSET_VARIABLE".into()),
-        })
-        .unwrap_err()
-        .contains("not set"));
-        std::fs::write(&f, "nocolon").unwrap();
-        assert!(read_credentials(&UpstreamCredentials {
-            scheme: CredentialScheme::Basic,
-            source: SecretSource::File(f),
-        })
-        .is_err());
     }
 }

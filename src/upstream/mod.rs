@@ -11,6 +11,7 @@ pub mod headers;
 pub mod http;
 pub mod pool;
 mod progress;
+pub mod secret;
 
 use std::fmt;
 use std::net::SocketAddr;

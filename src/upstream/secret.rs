@@ -1,0 +1,178 @@
+//! gitgate's own credentials for an HTTP upstream (`[upstream.credentials]`): read at start, so
+//! that a missing or malformed secret stops the start rather than failing the first push, and
+//! read again on SIGHUP, so that a rotated secret does not need a restart. A new secret that
+//! cannot be used keeps the old one, as a bad new TLS certificate does. The secret itself is
+//! never logged; its header value is marked sensitive.
+
+use std::sync::RwLock;
+
+use base64::Engine;
+use hyper::header::HeaderValue;
+
+use crate::config::{CredentialScheme, SecretSource, UpstreamCredentials};
+
+/// The `Authorization` value gitgate sends upstream, and where it came from.
+pub struct UpstreamSecret {
+    credentials: UpstreamCredentials,
+    current: RwLock<HeaderValue>,
+}
+
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// Read again from its file; new requests use it.
+    FromFile,
+    /// From an environment variable, which a running process cannot see change.
+    Unchanged,
+}
+
+impl UpstreamSecret {
+    /// Read the secret now.
+    pub fn load(credentials: &UpstreamCredentials) -> Result<UpstreamSecret, String> {
+        Ok(UpstreamSecret {
+            current: RwLock::new(read(credentials)?),
+            credentials: credentials.clone(),
+        })
+    }
+
+    /// The header value for a request.
+    pub fn value(&self) -> HeaderValue {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Read the secret's file again; on an error the current secret stays.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        if let SecretSource::Env(_) = self.credentials.source {
+            return Ok(Reloaded::Unchanged);
+        }
+        let new = read(&self.credentials)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(Reloaded::FromFile)
+    }
+
+    /// Where the secret is read from, for the log.
+    pub fn describe(&self) -> String {
+        match &self.credentials.source {
+            SecretSource::File(path) => format!("file {}", path.display()),
+            SecretSource::Env(name) => format!("environment variable {name}"),
+        }
+    }
+}
+
+/// Read gitgate's upstream secret and make the `Authorization` value of it.
+fn read(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
+    let secret = match &c.source {
+        SecretSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "[upstream.credentials] file = \"{}\" cannot be read: {e}",
+                path.display()
+            )
+        })?,
+        SecretSource::Env(name) => std::env::var(name).map_err(|_| {
+            format!("[upstream.credentials] env = \"{name}\": the variable is not set")
+        })?,
+    };
+    let secret = secret.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return Err("[upstream.credentials] the secret is empty".into());
+    }
+    let value = match c.scheme {
+        CredentialScheme::Basic => {
+            if !secret.contains(':') {
+                return Err(
+                    "[upstream.credentials] a basic secret is \"user:password\" (no ':' found)"
+                        .into(),
+                );
+            }
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(secret)
+            )
+        }
+        CredentialScheme::Bearer => format!("Bearer {secret}"),
+    };
+    let mut v = HeaderValue::from_str(&value).map_err(|_| {
+        "[upstream.credentials] the secret contains characters a header cannot carry".to_string()
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_built_and_sensitive() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "gitgate:pw\n").unwrap();
+        let v = read(&UpstreamCredentials {
+            scheme: CredentialScheme::Basic,
+            source: SecretSource::File(f.clone()),
+        })
+        .unwrap();
+        assert_eq!(v, "Basic Z2l0Z2F0ZTpwdw==");
+        assert!(v.is_sensitive());
+        std::env::set_var("GITGATE_TEST_UPSTREAM_BEARER", "tok3n\n");
+        let v = read(&UpstreamCredentials {
+            scheme: CredentialScheme::Bearer,
+            source: SecretSource::Env("GITGATE_TEST_UPSTREAM_BEARER".into()),
+        })
+        .unwrap();
+        assert_eq!(v, "Bearer tok3n");
+        assert!(read(&UpstreamCredentials {
+            scheme: CredentialScheme::Bearer,
+            source: SecretSource::Env("GITGATE_TEST_UNSET_VARIABLE".into()),
+        })
+        .unwrap_err()
+        .contains("not set"));
+        std::fs::write(&f, "nocolon").unwrap();
+        assert!(read(&UpstreamCredentials {
+            scheme: CredentialScheme::Basic,
+            source: SecretSource::File(f),
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn a_reload_takes_a_new_file_and_keeps_the_old_secret_when_the_new_one_is_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "one\n").unwrap();
+        let s = UpstreamSecret::load(&UpstreamCredentials {
+            scheme: CredentialScheme::Bearer,
+            source: SecretSource::File(f.clone()),
+        })
+        .unwrap();
+        assert_eq!(s.value(), "Bearer one");
+        std::fs::write(&f, "two\n").unwrap();
+        assert_eq!(s.reload(), Ok(Reloaded::FromFile));
+        assert_eq!(s.value(), "Bearer two");
+        assert!(s.value().is_sensitive());
+        for bad in ["", "\n", "bad\u{7f}secret"] {
+            std::fs::write(&f, bad).unwrap();
+            assert!(s.reload().is_err(), "{bad:?}");
+            assert_eq!(s.value(), "Bearer two", "{bad:?}");
+        }
+        std::fs::remove_file(&f).unwrap();
+        assert!(s.reload().unwrap_err().contains("cannot be read"));
+        assert_eq!(s.value(), "Bearer two");
+    }
+
+    #[test]
+    fn a_secret_from_the_environment_is_not_re_read() {
+        std::env::set_var("GITGATE_TEST_UPSTREAM_RELOAD", "env1");
+        let s = UpstreamSecret::load(&UpstreamCredentials {
+            scheme: CredentialScheme::Bearer,
+            source: SecretSource::Env("GITGATE_TEST_UPSTREAM_RELOAD".into()),
+        })
+        .unwrap();
+        std::env::set_var("GITGATE_TEST_UPSTREAM_RELOAD", "env2");
+        assert_eq!(s.reload(), Ok(Reloaded::Unchanged));
+        assert_eq!(s.value(), "Bearer env1");
+    }
+}
