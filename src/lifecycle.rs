@@ -126,12 +126,13 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     }
     // One answer for every failure: a locked user answered differently from an unknown one
     // would tell a guesser which names exist, and one whose right password got a different
-    // answer while locked would let the guessing go on through the lock. So the lock is
-    // mentioned to everyone, and its details go only to the audit log and the server's log.
+    // answer while locked or disabled would confirm the guess (a password that may work
+    // elsewhere). So the lock and a disabled user are mentioned to everyone, and the details go
+    // only to the audit log and the server's log.
     let wrong = || {
         format!(
-            "authentication failed for user '{user}': wrong user name or password, or password \
-             logins locked after {PASSWORD_FAILURES_BEFORE_LOCK} wrong passwords in a row (for \
+            "authentication failed for user '{user}': wrong user name or password, a disabled \
+             user, or password logins locked after {PASSWORD_FAILURES_BEFORE_LOCK} wrong passwords in a row (for \
              {} minutes; an administrator can lift it: gitgate user unlock {user}); the user's \
              tokens keep working",
             PASSWORD_LOCK_MS / 60_000
@@ -180,7 +181,8 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         return fail("unknown user", wrong());
     };
     if !account.active {
-        return fail("user disabled", format!("user '{user}' is disabled"));
+        tracing::info!(user, source = %actor.source, "password login refused: user disabled");
+        return fail("user disabled", wrong());
     }
     Ok(Caller::User {
         slug: account.slug,
@@ -715,10 +717,12 @@ mod tests {
                 && unknown.contains("wrong user name or password")
         );
         store.set_user_active("bob", false, &actor()).unwrap();
-        assert!(matches!(
-            login(&store, "bob", "pw", &actor()),
-            Err(Error::Unauthenticated(_))
-        ));
+        // The right password of a disabled user gets the answer a wrong one gets.
+        let disabled = login(&store, "bob", "pw", &actor())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(disabled, wrong.replace("alice", "bob"));
+        assert!(!disabled.contains("is disabled"), "{disabled}");
         let failures = store
             .audit_events(None, 100)
             .unwrap()

@@ -198,6 +198,16 @@ pub fn validate_name(name: &str) -> Result<()> {
             "a token name may not begin or end with a space: '{name}'"
         )));
     }
+    // Names are shown in lists, audit events and logs, and a scoped token's is its identity
+    // upstream: a secret pasted here would be stored and logged in the clear. Not echoed.
+    if crate::credentials::holds_a_secret(name) {
+        return Err(StoreError::Invalid(
+            "a token name may not hold a gitgate token or anything that looks like a secret \
+             (the name is shown in lists and logs): was a secret pasted into it? Choose \
+             another name, and if it was a real secret, rotate or revoke that token"
+                .into(),
+        ));
+    }
     Ok(())
 }
 
@@ -557,9 +567,20 @@ pub(super) fn write_last_use(c: &Connection, id: &str, at: i64, addr: &str) -> R
     Ok(())
 }
 
-/// Refuse `name` for a project or repository token when a user has that name (see
-/// [`Store::insert_token`]).
+/// Refuse `name` for a project or repository token when it is not printable ASCII, or when a
+/// user has that name (see [`Store::insert_token`]).
 fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
+    // The backend knows the token by its name (its identity header, REMOTE_USER, reflogs), so
+    // the name must not pass for a user's. Beyond ASCII, look-alikes (the Kelvin sign K,
+    // full-width letters, a dotted capital I) would slip past any comparison short of Unicode
+    // normalisation, and the user side compares with SQLite's ASCII-only NOCASE.
+    if !name.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(StoreError::Invalid(format!(
+            "a project or repository token's name is the identity the git backend sees (in \
+             reflogs and hooks), so it is kept to printable ASCII — letters, digits, spaces and \
+             punctuation — and cannot pass for a user's name; '{name}' is not"
+        )));
+    }
     // Case-insensitively: some upstreams (Gitea) treat user names so.
     if super::users::find_user(c, &name.trim().to_lowercase())?.is_some() {
         return Err(StoreError::Conflict(format!(
@@ -611,6 +632,17 @@ mod tests {
         ] {
             let e = validate_name(bad).unwrap_err().to_string();
             assert!(e.contains("invisible"), "{bad:?}: {e}");
+        }
+        // A secret pasted as the name: never stored, never echoed.
+        let secret = "ggt_2ssrpb4buu6m_4sxQ0aaBbCcDdEeFfGgHhIiJjKkLlMmNnOoPpQqRr_onlebw";
+        for bad in [
+            secret.to_string(),
+            format!("ci {secret}"),
+            secret[17..].to_string(),
+        ] {
+            let e = validate_name(&bad).unwrap_err().to_string();
+            assert!(e.contains("looks like a secret"), "{bad:?}: {e}");
+            assert!(!e.contains(&secret[17..]), "{e}");
         }
         for good in [
             "laptop",
@@ -786,6 +818,14 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+        // Look-alikes of a user's name (the Kelvin sign, a full-width letter, a dotted capital
+        // I): refused with every other name beyond printable ASCII, in either order.
+        for name in ["\u{212A}ate", "\u{FF41}lice", "AL\u{130}CE", "caf\u{E9}"] {
+            match store.insert_token(&project("mnopqrstuvwx", name), &actor()) {
+                Err(StoreError::Invalid(m)) => assert!(m.contains("printable ASCII"), "{m}"),
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
         // Spaces around a name: the backend (HTTP, git) trims them, so they are refused.
         for name in ["alice ", " Alice", "ci "] {
             match store.insert_token(&project("mnopqrstuvwx", name), &actor()) {
@@ -825,6 +865,14 @@ mod tests {
             Err(StoreError::Conflict(_))
         ));
         assert_eq!(store.token("mnopqrstuvwx").unwrap().unwrap().name, "ci");
+        let lookalike = TokenEdit {
+            name: Some("\u{212A}ate".into()),
+            ..TokenEdit::default()
+        };
+        assert!(matches!(
+            store.edit_token("mnopqrstuvwx", &lookalike, &actor()),
+            Err(StoreError::Invalid(_))
+        ));
         // A new user named like a live scoped token: refused, until the token is revoked.
         match store.add_user("ci", "h", Role::User, &actor()) {
             Err(StoreError::Conflict(m)) => assert!(m.contains("mnopqrstuvwx"), "{m}"),
@@ -832,9 +880,15 @@ mod tests {
         }
         store.revoke_token("mnopqrstuvwx", &actor()).unwrap();
         store.add_user("ci", "h", Role::User, &actor()).unwrap();
-        // A personal token may be called anything, its owner's name included.
+        // A personal token may be called anything (beyond ASCII too), its owner's name included.
         store
             .insert_token(&personal_token("abcdefghijkl", "alice", "alice"), &actor())
+            .unwrap();
+        store
+            .insert_token(
+                &personal_token("bcdefghijklm", "Zo\u{EB}'s key", "alice"),
+                &actor(),
+            )
             .unwrap();
     }
 
