@@ -54,6 +54,9 @@ enum Command {
         /// Only events at or after this date (YYYY-MM-DD) or epoch milliseconds.
         #[arg(long)]
         since: Option<String>,
+        /// Only the newest N events (still printed oldest first). Without it, all of them.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -394,7 +397,9 @@ fn run(args: Cli) -> Result<(), String> {
             RatelimitCommand::Clear { user } => cli::ratelimit::clear(&store, &user),
             RatelimitCommand::List { json } => cli::ratelimit::list(&store, json),
         },
-        Command::Audit { since, json } => cli::audit::show(&store, since.as_deref(), json),
+        Command::Audit { since, limit, json } => {
+            cli::audit::show(&store, since.as_deref(), limit, json)
+        }
     }
 }
 

@@ -714,6 +714,85 @@ fn a_secret_that_cannot_be_shown_does_not_stay_valid() {
 }
 
 #[test]
+fn audit_lists_every_event_and_limit_keeps_the_newest() {
+    let sb = user_sandbox();
+    let before = sb.cli_json(&["audit", "--json"]).as_array().unwrap().len();
+    assert!(before > 0);
+    // More events than a page, and than the 100,000 the listing once stopped at: 100,500 rows
+    // written straight into the table, each with its own number.
+    {
+        let mut db = rusqlite::Connection::open(sb.db()).unwrap();
+        let tx = db.transaction().unwrap();
+        for i in 0..100_500 {
+            tx.execute(
+                "INSERT INTO audit_events (at, actor, action, target, detail, source, count) \
+                 VALUES (?1, 'tester', 'test.event', ?2, '', 'local', 1)",
+                rusqlite::params![1_700_000_000_000i64 + i, format!("n{i}")],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    sb.cli(&["user", "disable", "alice"]).ok();
+    let all = sb.cli_json(&["audit", "--json"]);
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), before + 100_500 + 1);
+    // Oldest first, and the newest — written after all those — is there at the end.
+    assert_eq!(all[before]["target"], "n0");
+    assert_eq!(all[before + 100_499]["target"], "n100499");
+    assert_eq!(
+        all.last().unwrap()["action"],
+        "user.disabled",
+        "{:?}",
+        all.last()
+    );
+    let ids: Vec<i64> = all.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let text = sb.cli(&["audit"]).ok().to_string();
+    assert_eq!(text.lines().count(), all.len());
+    assert!(
+        text.lines().last().unwrap().contains("user.disabled"),
+        "{text}"
+    );
+    // --limit: the newest N, still oldest first, in both forms.
+    let newest = sb.cli_json(&["audit", "--limit", "3", "--json"]);
+    let newest = newest.as_array().unwrap();
+    assert_eq!(newest.as_slice(), &all[all.len() - 3..]);
+    let text3 = sb.cli(&["audit", "--limit", "3"]).ok().to_string();
+    assert_eq!(
+        text3.lines().collect::<Vec<_>>(),
+        text.lines().skip(all.len() - 3).collect::<Vec<_>>()
+    );
+    // --since with --limit: the newest N of those since then.
+    let since = sb.cli_json(&[
+        "audit",
+        "--since",
+        "2026-01-01",
+        "--limit",
+        "100000",
+        "--json",
+    ]);
+    assert!(since
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["target"] != "n0"));
+    assert_eq!(
+        sb.cli_json(&["audit", "--limit", "1", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    sb.cli(&["audit", "--limit", "0"]).fails_with("--limit 0");
+    // Nothing at all: still valid JSON.
+    assert_eq!(
+        sb.cli_json(&["audit", "--since", "2999-01-01", "--json"]),
+        serde_json::json!([])
+    );
+}
+
+#[test]
 fn a_reader_that_stops_early_ends_the_output_quietly() {
     let sb = user_sandbox();
     assert!(!sb.cli(&["audit"]).ok().is_empty(), "the audit has lines");

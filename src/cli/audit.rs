@@ -1,40 +1,85 @@
-//! `gitgate audit`: print audit events.
+//! `gitgate audit`: print audit events, oldest first — all of them, or the newest `--limit`.
+//!
+//! The table only grows (repeated failures are folded into one row, but nothing is deleted), so
+//! the listing is read and printed a page at a time: memory stays flat however long it is, and
+//! the newest events are never cut off behind a fixed cap.
 
-use serde_json::json;
-
-use super::print_json;
+use super::out_raw;
 use crate::clock;
-use crate::store::Store;
+use crate::store::{AuditEvent, Store};
 
-pub fn show(store: &Store, since: Option<&str>, json: bool) -> Result<(), String> {
+/// Events read from the store at a time.
+const PAGE: usize = 1000;
+
+pub fn show(
+    store: &Store,
+    since: Option<&str>,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<(), String> {
     let since = match since {
         Some(s) => Some(clock::parse_date(s).ok_or_else(|| {
             format!("--since '{s}' is not a date: use YYYY-MM-DD or epoch milliseconds")
         })?),
         None => None,
     };
-    let events = store
-        .audit_events(since, 100_000)
-        .map_err(|e| e.to_string())?;
+    let mut after = match limit {
+        Some(0) => {
+            return Err("--limit 0 shows nothing: give the number of newest events to show".into())
+        }
+        Some(n) => store
+            .audit_before_newest(since, n)
+            .map_err(|e| e.to_string())?,
+        None => i64::MIN,
+    };
+    let mut left = limit.unwrap_or(usize::MAX);
+    let mut first = true;
     if json {
-        return print_json(&json!(events));
+        // A JSON array, written as it is read; the same text `to_string_pretty` makes of it.
+        out_raw("[")?;
     }
-    for e in events {
-        let repeats = match e.last_at {
-            Some(last) if e.count > 1 => {
-                format!(" ({} times, until {})", e.count, clock::datetime(last))
+    while left > 0 {
+        let page = store
+            .audit_page(since, after, PAGE.min(left))
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        left -= page.len();
+        for e in &page {
+            if json {
+                // Through a `Value`, as `print_json` would: the same key order as before.
+                let text = serde_json::to_value(e)
+                    .and_then(|v| serde_json::to_string_pretty(&v))
+                    .map_err(|e| e.to_string())?;
+                let sep = if first { "\n" } else { ",\n" };
+                out_raw(&format!("{sep}  {}", text.replace('\n', "\n  ")))?;
+            } else {
+                line(e)?;
             }
-            _ => String::new(),
-        };
-        outln!(
-            "{} {:<22} actor={} source={} target={} {}{repeats}",
-            clock::datetime(e.at),
-            e.action,
-            e.actor,
-            e.source,
-            e.target,
-            e.detail
-        );
+            first = false;
+        }
     }
+    if json {
+        out_raw(if first { "]\n" } else { "\n]\n" })?;
+    }
+    Ok(())
+}
+
+fn line(e: &AuditEvent) -> Result<(), String> {
+    let repeats = match e.last_at {
+        Some(last) if e.count > 1 => {
+            format!(" ({} times, until {})", e.count, clock::datetime(last))
+        }
+        _ => String::new(),
+    };
+    outln!(
+        "{} {:<22} actor={} source={} target={} {}{repeats}",
+        clock::datetime(e.at),
+        e.action,
+        e.actor,
+        e.source,
+        e.target,
+        e.detail
+    );
     Ok(())
 }

@@ -82,10 +82,24 @@ pub const STDOUT_CLOSED: &str = "standard output was closed";
 /// Write one line to standard output (see `outln!`).
 pub fn out(line: std::fmt::Arguments<'_>) -> Result<(), String> {
     use std::io::Write;
+    write_out(|stdout| {
+        stdout.write_fmt(line)?;
+        stdout.write_all(b"\n")
+    })
+}
+
+/// Write `text` to standard output as it is, without a newline (see `outln!`).
+pub fn out_raw(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    write_out(|stdout| stdout.write_all(text.as_bytes()))
+}
+
+fn write_out(
+    write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<(), String> {
+    use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_fmt(line)
-        .and_then(|()| stdout.write_all(b"\n"))
+    write(&mut stdout)
         .and_then(|()| stdout.flush())
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::BrokenPipe => STDOUT_CLOSED.to_string(),

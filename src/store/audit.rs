@@ -1,7 +1,7 @@
 //! Audit events: who changed what, when, from where. Written in the same transaction as the change
 //! they describe; never contain secrets (callers pass names and ids, not tokens or passwords).
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{Actor, Result, Store};
@@ -203,25 +203,56 @@ impl Store {
 
     /// Events at or after `since` (epoch ms), oldest first, at most `limit`.
     pub fn audit_events(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEvent>> {
+        self.audit_page(since, i64::MIN, limit)
+    }
+
+    /// The id just before the newest `n` events at or after `since`, for [`Store::audit_page`]
+    /// to start from; `i64::MIN` when there are no more than `n`.
+    pub fn audit_before_newest(&self, since: Option<i64>, n: usize) -> Result<i64> {
+        self.with_conn(|c| {
+            let id: Option<i64> = c
+                .query_row(
+                    "SELECT id FROM audit_events WHERE at >= ?1
+                     ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                    params![since.unwrap_or(i64::MIN), n as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(id.unwrap_or(i64::MIN))
+        })
+    }
+
+    /// Events at or after `since` (epoch ms) with an id above `after_id`, oldest first, at most
+    /// `limit`: one page of a listing that may be far longer than memory should hold. Each page
+    /// is its own read, so a listing piped into a slow reader holds no snapshot of the store.
+    pub fn audit_page(
+        &self,
+        since: Option<i64>,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, at, actor, action, target, detail, source, count, last_at
                  FROM audit_events
-                 WHERE at >= ?1 ORDER BY id LIMIT ?2",
+                 WHERE at >= ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![since.unwrap_or(i64::MIN), limit as i64], |r| {
-                Ok(AuditEvent {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    detail: r.get(5)?,
-                    source: r.get(6)?,
-                    count: r.get(7)?,
-                    last_at: r.get(8)?,
-                })
-            })?;
+            let rows = stmt.query_map(
+                params![since.unwrap_or(i64::MIN), after_id, limit as i64],
+                |r| {
+                    Ok(AuditEvent {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        target: r.get(4)?,
+                        detail: r.get(5)?,
+                        source: r.get(6)?,
+                        count: r.get(7)?,
+                        last_at: r.get(8)?,
+                    })
+                },
+            )?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
