@@ -105,6 +105,10 @@ impl fmt::Display for CredentialError {
 
 impl std::error::Error for CredentialError {}
 
+/// The reason for a Basic header without a password, worded for git (the REST API, which takes
+/// passwords and not tokens, words it its own way).
+pub const EMPTY_PASSWORD: &str = "Basic password is empty: use a gitgate token";
+
 /// Read the credentials from a request's headers. More than one `Authorization` header is
 /// malformed rather than "take the first": a backend or another proxy might take the last.
 pub fn from_headers(headers: &HeaderMap) -> Result<Credentials, CredentialError> {
@@ -170,7 +174,7 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     // RFC 7617 allows it) is a user name like any other: a project or repository token takes
     // any, a personal token only its owner's (see `policy::authorize`).
     if secret.is_empty() {
-        return Err(Malformed("Basic password is empty: use a gitgate token"));
+        return Err(Malformed(EMPTY_PASSWORD));
     }
     // The user name ends up in logs and audit events: keep it on one line, and keep it one
     // field (`user=alice token_id=...` must not be forgeable from a user name with spaces).

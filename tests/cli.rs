@@ -357,6 +357,15 @@ fn token_create_personal_json() {
         "createdAt {created} not now: {j}"
     );
 
+    // The shape `token show --json` has, and the secret.
+    let mut shown = sb.cli_json(&["token", "show", &t.id, "--json"]);
+    shown["token"] = Value::from(t.secret.as_str());
+    let mut created = j.clone();
+    // (Only the last use may have moved since.)
+    created["lastUsedAt"] = shown["lastUsedAt"].clone();
+    assert_eq!(created, shown);
+    assert_eq!(j["compliant"], true, "{j}");
+
     // a second token gets another id and secret
     let t2 = sb.personal_token("alice", PASSWORD, "desktop", &["REPO_READ"]);
     assert_ne!(t2.id, t.id);

@@ -228,6 +228,17 @@ fn rotate_prints_a_new_secret_for_the_same_token() {
         "",
     );
     assert!(err.contains("at most"), "{err}");
+    // A password for a token that takes none is refused, not silently ignored.
+    let err = install.cli_err(&["token", "rotate", sid, "--password-stdin"], "pw\n");
+    assert!(
+        err.contains("--password-stdin is for personal tokens"),
+        "{err}"
+    );
+    let after = json_of(&install.cli_ok(&["token", "show", sid, "--json"], ""));
+    assert_eq!(
+        after["rotatedAt"], rotated["rotatedAt"],
+        "not rotated again"
+    );
 
     let audit = install.cli_ok(&["audit"], "");
     assert!(audit.contains("token.rotated"));

@@ -266,6 +266,21 @@ fn tokens_and_bad_passwords_cannot_manage_tokens() {
         "com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException"
     );
 
+    // An empty password is answered for the API, which wants a password, not a token.
+    let r = server.request("GET", &path, Auth::Basic("alice", ""), "");
+    assert_eq!(r.status, 401);
+    assert!(
+        r.error_message()
+            .contains("the REST API takes your gitgate user name and password"),
+        "{}",
+        r.body
+    );
+    assert!(
+        !r.error_message().contains("use a gitgate token"),
+        "{}",
+        r.body
+    );
+
     let r = server.request("GET", &path, Auth::None, "");
     assert_eq!(r.status, 401);
     assert!(r.error_message().contains("authentication required"));
@@ -358,6 +373,13 @@ fn paging_and_error_shapes() {
         (big["size"].as_u64(), big["limit"].as_u64()),
         (Some(5), Some(1000))
     );
+    // However large, digits and all.
+    let huge = page("?limit=99999999999999999999999").json();
+    assert_eq!(
+        (huge["size"].as_u64(), huge["limit"].as_u64()),
+        (Some(5), Some(1000))
+    );
+    assert_eq!(page("?start=99999999999999999999999").json()["size"], 0);
 
     let bad = |body: &str, needle: &str| {
         let r = server.api("PUT", "/users/alice", "alice", body);
@@ -514,6 +536,34 @@ fn edit_changes_name_and_permissions_but_never_the_expiry() {
         "{}",
         r.body
     );
+    // A field named twice: parsers disagree about which one counts (serde_json takes the
+    // last, a proxy in front may read the first), so neither is taken.
+    let r = server.api(
+        "PUT",
+        "/users/alice",
+        "alice",
+        r#"{"name": "dup", "permissions": ["REPO_READ"], "expiryDays": 5, "expiryDays": null}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.error_message()
+            .contains("field \"expiryDays\" appears twice"),
+        "{}",
+        r.body
+    );
+    let r = server.api("POST", &item, "alice", r#"{"name": "a", "name": "b"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    // HEAD answers where GET does, with GET's head and no body.
+    let get = server.api("GET", "/users/alice", "alice", "");
+    let head = server.api("HEAD", "/users/alice", "alice", "");
+    assert_eq!(head.status, 200, "{}", head.body);
+    assert!(head.body.is_empty(), "{}", head.body);
+    assert_eq!(
+        head.header("content-length"),
+        Some(get.body.len().to_string().as_str())
+    );
+    assert_eq!(head.header("content-type"), get.header("content-type"));
+    assert_eq!(server.api("HEAD", &item, "alice", "").status, 200);
     assert_eq!(
         server.api("GET", "/users/alice", "alice", "").json()["size"],
         1

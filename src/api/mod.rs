@@ -21,6 +21,7 @@
 //! `projects/{key}/repos/{slug}/...`), `tokens` (the five operations both share, and the token
 //! JSON), `policy` (`admin/policy`, `admin/tokens`).
 
+mod body;
 mod policy;
 mod scoped_tokens;
 mod tokens;
@@ -202,11 +203,15 @@ impl Call<'_> {
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Map::new());
         }
-        match serde_json::from_slice::<Value>(self.body) {
+        match body::parse(self.body) {
             Ok(Value::Object(map)) => Ok(map),
             Ok(_) => Err(ApiError::bad_request(
                 "the request body must be a JSON object",
             )),
+            // A repeated field (see `body`).
+            Err(e) if e.is_data() => Err(ApiError::bad_request(format!(
+                "the request body is refused: {e}"
+            ))),
             Err(e) => Err(ApiError::bad_request(format!(
                 "the request body is not valid JSON: {e}"
             ))),
@@ -304,7 +309,13 @@ pub async fn handle(
             Ok(permit) => {
                 let body = collected.to_bytes();
                 let headers = parts.headers;
-                let (method, path) = (method.clone(), path.clone());
+                // HEAD is GET without the body (hyper sends the head only).
+                let routed = if method == Method::HEAD {
+                    Method::GET
+                } else {
+                    method.clone()
+                };
+                let (method, path) = (routed, path.clone());
                 tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     dispatch(
@@ -457,6 +468,13 @@ fn authenticate(
     };
     match credentials::from_headers(headers) {
         Err(CredentialError::Missing) => Err(credentials_required()),
+        Err(CredentialError::Malformed(credentials::EMPTY_PASSWORD)) => {
+            audit("anonymous", "empty password");
+            Err(unauthorized(
+                "the password is empty: the REST API takes your gitgate user name and password \
+                 (not a token)",
+            ))
+        }
         Err(e) => {
             audit("anonymous", &e.to_string());
             Err(unauthorized(&e.to_string()))

@@ -228,6 +228,11 @@ pub fn page(call: &Call, values: Vec<Value>) -> ApiResult {
     let number = |name: &str, default: usize| -> Result<usize, ApiError> {
         match call.query_param(name) {
             None | Some("") => Ok(default),
+            // All digits but beyond usize: a number too large to page to, capped like any large
+            // one (a `start` past the end gives an empty last page).
+            Some(v) if v.bytes().all(|b| b.is_ascii_digit()) && v.parse::<usize>().is_err() => {
+                Ok(usize::MAX)
+            }
             Some(v) => v.parse().map_err(|_| {
                 ApiError::bad_request(format!("\"{name}\" must be a whole number, not '{v}'"))
             }),

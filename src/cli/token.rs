@@ -72,6 +72,8 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
                 .into(),
         );
     }
+    // Read before the write, as for a rotation: showing the new secret must not fail on it.
+    let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
     let (record, secret) = lifecycle::create(
         store,
         &caller,
@@ -87,7 +89,8 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     // A secret that never reached the operator must not stay valid: revoke it and say so.
     let delivered = if json {
-        let mut value = record.to_json();
+        // The shape of `token show --json`, and the secret.
+        let mut value = to_json(&record, &policy);
         value["token"] = json!(secret.expose());
         print_json(&value)
     } else {
@@ -287,6 +290,12 @@ pub fn rotate(
     let t = lifecycle::get(store, &Caller::Operator, None, id).map_err(|e| e.to_string())?;
     let caller = match &t.owner {
         Some(owner) => login_as_owner(store, owner, password_stdin, "rotated")?,
+        None if password_stdin => {
+            return Err(format!(
+                "--password-stdin is for personal tokens (their owner's password): token {id} \
+                 is a project or repository token, rotated by the operator without one"
+            ))
+        }
         None => Caller::Operator,
     };
     // Read before the write: once the old secret is replaced, showing the new one must not fail
