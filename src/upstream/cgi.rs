@@ -21,13 +21,18 @@
 //!   carries the client's token — stays in gitgate.
 //!
 //! A failed request must look like a failure to git, never like a short success. So: if the
-//! client's body breaks off mid-push the child is killed, so that a half-received push is never
-//! completed; if the child exits non-zero after its headers went out, the response body ends
+//! client's body breaks off, the child is told by the end of its stdin — a push then fails on
+//! its own (a pack is applied only whole, checked against its trailing checksum), cleaning up
+//! its quarantined objects, which a killed receive-pack leaves on disk — and any other child is
+//! killed; if the child exits non-zero after its headers went out, the response body ends
 //! with an error rather than a clean end of stream; and if it dies before sending headers the
 //! caller gets [`CgiError::Exited`] with the exit status and the last line the child wrote to
 //! stderr. Every child is waited for by a supervisor task, whichever way the request ends
 //! (including the client going away and hyper dropping the body), so there are no zombies.
-//! A request that ends early ends everything its child started, too: `git http-backend` runs
+//! A push is not killed when its client goes away, either: once receive-pack has the whole pack
+//! it updates the refs and runs the `post-receive` hook, and killing it then would skip the hook
+//! for a push that did happen (see [`CgiBody`]). Every other request that ends early ends
+//! everything its child started: `git http-backend` runs
 //! `git upload-pack`, which runs `git pack-objects`, and killing only the first would leave the
 //! others packing for a client that is gone — a CPU sink per abandoned clone. So each child leads
 //! its own process group, and the group is what gets the signals (see `end_group`). The same
@@ -304,6 +309,7 @@ impl CgiBackend {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: fmt::Display + Send,
     {
+        let push = is_push(&req);
         let mut child = self.command(&req).spawn().map_err(CgiError::Spawn)?;
         let stdin = child.stdin.take().expect("stdin is piped");
         let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -331,6 +337,7 @@ impl CgiBackend {
             body,
             stdin,
             promised,
+            if push { Break::CloseStdin } else { Break::Kill },
             kill.clone(),
             uploading.clone(),
         ));
@@ -385,6 +392,7 @@ impl CgiBackend {
             exit: Some(exit_rx),
             guard,
             left: declared,
+            finishes_alone: push.then_some(self.head_timeout),
         };
         if declared == Some(0) {
             body.declared_length_sent();
@@ -436,7 +444,11 @@ fn cgi_env(req: &CgiRequest<'_>, project_root: &Path) -> Vec<(&'static str, OsSt
     if let Some(v) = header_str(req.headers, &header::CONTENT_TYPE) {
         env.push(("CONTENT_TYPE", v.into()));
     }
-    if let Some(len) = content_length(req.headers) {
+    // Not for a push: git http-backend then hands stdin to receive-pack as it is, and an early
+    // end of it (the client gone) reaches receive-pack, which fails cleanly. Told a length, it
+    // copies that many bytes itself and loops for good at full CPU on an early end. The length
+    // is still held to by the stdin task.
+    if let Some(len) = content_length(req.headers).filter(|_| !is_push(req)) {
         env.push(("CONTENT_LENGTH", len.to_string().into()));
     }
     if let Some(v) = header_str(req.headers, "git-protocol").filter(|v| valid_git_protocol(v)) {
@@ -446,6 +458,11 @@ fn cgi_env(req: &CgiRequest<'_>, project_root: &Path) -> Vec<(&'static str, OsSt
         env.push(("HTTP_CONTENT_ENCODING", v.into()));
     }
     env
+}
+
+/// A push: the one request whose backend changes the repository (`git-receive-pack`).
+fn is_push(req: &CgiRequest<'_>) -> bool {
+    req.method == Method::POST && req.path_info.ends_with("/git-receive-pack")
 }
 
 /// The single value of a header as text, or `None` if it is absent, repeated or not visible
@@ -569,6 +586,13 @@ impl KillGuard {
         KillGuard {
             switch: Some(switch),
             reason,
+        }
+    }
+
+    fn disarmed() -> Self {
+        KillGuard {
+            switch: None,
+            reason: "",
         }
     }
 
@@ -820,16 +844,26 @@ async fn end_group(child: &mut Child) -> io::Result<ExitStatus> {
     }
 }
 
-/// Copies the request body to the child's stdin frame by frame, then closes stdin. A broken
-/// client body kills the child: an incomplete push must not be applied. So does a body that
-/// ends cleanly short of the `CONTENT_LENGTH` the child was `promised`, which hyper does when an
-/// HTTP/2 client resets the stream with `NO_ERROR`. git http-backend, copying a fixed-length
-/// push to receive-pack, loops on such an early EOF for good, at full CPU; and once receive-pack
-/// has exited (stdout closed, the body's kill guard disarmed), nothing else would end it.
+/// What the stdin task does when the client's body breaks off (an error, or a clean end short of
+/// its `Content-Length`, which hyper gives when an HTTP/2 client resets the stream with
+/// `NO_ERROR`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Break {
+    /// Close stdin and let the backend fail by itself: a push. receive-pack, given an
+    /// incomplete pack, fails its checksum and removes its quarantined objects; killed, it would
+    /// leave them on disk (tens of MB per interrupted push).
+    CloseStdin,
+    /// Kill the backend: anything else, which has nothing to clean up.
+    Kill,
+}
+
+/// Copies the request body to the child's stdin frame by frame, then closes stdin; a broken
+/// body is handled as `on_break` says.
 async fn feed_stdin<B>(
     mut body: B,
     mut stdin: ChildStdin,
     promised: Option<u64>,
+    on_break: Break,
     kill: KillSwitch,
     moved: Progress,
 ) where
@@ -860,6 +894,10 @@ async fn feed_stdin<B>(
                 }
             }
             Some(Err(e)) => {
+                if on_break == Break::CloseStdin {
+                    tracing::warn!(target: "gitgate::cgi", error = %e, "push body failed; closing the backend's input so that the push fails and cleans up");
+                    return; // closes stdin
+                }
                 tracing::warn!(target: "gitgate::cgi", error = %e, "request body failed; killing the CGI backend");
                 kill.kill(&format!("request body failed: {e}"));
                 return;
@@ -867,6 +905,10 @@ async fn feed_stdin<B>(
         }
     }
     if let Some(promised) = promised.filter(|&promised| fed < promised) {
+        if on_break == Break::CloseStdin {
+            tracing::info!(target: "gitgate::cgi", fed, promised, "push body ended short of its Content-Length; closing the backend's input so that the push fails and cleans up");
+            return;
+        }
         // A broken body, like an error: the kill is asked for before stdin closes (on return).
         tracing::info!(target: "gitgate::cgi", fed, promised, "request body ended short of its Content-Length; killing the CGI backend");
         kill.kill(&format!(
@@ -1052,8 +1094,10 @@ fn parse_status(value: &[u8]) -> Result<StatusCode, CgiError> {
 /// as hyper polls. Ends cleanly only if the backend exited successfully; otherwise the last frame
 /// is an error, so the client sees a failure rather than a truncated success.
 ///
-/// Dropping it before the backend finished writing (the client went away) kills the backend;
-/// the supervisor task reaps it either way.
+/// Dropping it before the backend finished writing (the client went away) kills the backend,
+/// except a push's: that one is left to finish, its output read and thrown away, as long as it
+/// keeps writing at least every `finishes_alone` (see the module docs). The supervisor task reaps
+/// it either way.
 pub struct CgiBody {
     prefix: Option<Bytes>,
     stdout: Option<ChildStdout>,
@@ -1065,6 +1109,44 @@ pub struct CgiBody {
     /// backend's exit: else the finished answer would be logged as cut off, and its backend
     /// killed.
     left: Option<u64>,
+    /// For a push: dropped early, the backend may go on for as long as it writes something
+    /// within this (the idle timeout), then it is killed.
+    finishes_alone: Option<Duration>,
+}
+
+impl Drop for CgiBody {
+    fn drop(&mut self) {
+        let (Some(idle), Some(stdout)) = (self.finishes_alone, self.stdout.take()) else {
+            return; // the guard, if still armed, kills the backend
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let guard = std::mem::replace(&mut self.guard, KillGuard::disarmed());
+        tracing::info!(target: "gitgate::cgi", "the client left during a push; letting git receive-pack finish (its refs and hooks)");
+        runtime.spawn(finish_alone(stdout, guard, idle));
+    }
+}
+
+/// Reads a push's output to its end for a client that has left, so that receive-pack can
+/// finish; `guard` kills it if it writes nothing for `idle`.
+async fn finish_alone(mut stdout: ChildStdout, mut guard: KillGuard, idle: Duration) {
+    let mut scratch = vec![0u8; HEAD_READ];
+    loop {
+        match tokio::time::timeout(idle, stdout.read(&mut scratch)).await {
+            Ok(Ok(0)) => {
+                // Done talking: left to exit by itself, as a body read to its end is.
+                guard.disarm();
+                return;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return, // the guard kills it
+            Err(_) => {
+                guard.reason = "a push whose client left sent nothing for the idle timeout";
+                return;
+            }
+        }
+    }
 }
 
 impl CgiBody {
@@ -1423,6 +1505,30 @@ mod tests {
         assert!(!secret, "the token must not reach the backend");
     }
 
+    #[test]
+    fn a_push_is_not_told_its_length_a_fetch_is() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("42"));
+        let req = |path_info| CgiRequest {
+            method: &Method::POST,
+            path_info,
+            query: None,
+            headers: &headers,
+            remote_user: "alice",
+            remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let length = |path_info| {
+            cgi_env(&req(path_info), Path::new("/srv/git"))
+                .into_iter()
+                .find(|(k, _)| *k == "CONTENT_LENGTH")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(length("/team/app.git/git-upload-pack").unwrap(), "42");
+        assert_eq!(length("/team/app.git/git-receive-pack"), None);
+        assert!(is_push(&req("/team/app.git/git-receive-pack")));
+        assert!(!is_push(&req("/team/app.git/git-upload-pack")));
+    }
+
     // ---- real processes --------------------------------------------------------------------
 
     fn http_backend() -> PathBuf {
@@ -1750,7 +1856,8 @@ mod tests {
         assert!(!env.contains("c2VjcmV0"), "{env}");
         assert!(env.lines().any(|l| l == "REMOTE_USER=alice"), "{env}");
         assert!(env.lines().any(|l| l == "REMOTE_ADDR=192.0.2.7"), "{env}");
-        assert!(env.lines().any(|l| l == "CONTENT_LENGTH=0"), "{env}");
+        // A push is not told its length (see `cgi_env`).
+        assert!(!vars.contains(&"CONTENT_LENGTH"), "{env}");
         assert!(env.lines().any(|l| l == "REQUEST_METHOD=POST"), "{env}");
         assert!(env.lines().any(|l| l == "GIT_HTTP_EXPORT_ALL=1"), "{env}");
         // cargo sets this for the test process; env_clear keeps it from the child.
@@ -1901,6 +2008,93 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("signal"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_push_whose_client_left_is_let_finish_and_a_silent_one_is_ended() {
+        let tmp = tempfile::tempdir().unwrap();
+        let done = tmp.path().join("post-receive-ran");
+        // receive-pack's shape: headers at once, the pack read to its end, then the refs and
+        // the post-receive hook, writing progress as it goes.
+        let backend = script(
+            tmp.path(),
+            "push.cgi",
+            &format!(
+                "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; echo unpacked; \
+                 sleep 1; echo hook; touch '{}'",
+                done.display()
+            ),
+        );
+        let headers = HeaderMap::new();
+        let push = request(
+            &Method::POST,
+            "/team/app.git/git-receive-pack",
+            None,
+            &headers,
+        );
+        let make = || Generated {
+            remaining: 1000,
+            fail_at_end: false,
+        };
+        let response = serve(&backend, push, make).await.unwrap();
+        drop(response); // the client left
+        for _ in 0..100 {
+            if done.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(done.exists(), "the push was killed before its hook ran");
+
+        // Not for a fetch: its backend goes with its client.
+        let fetched = tmp.path().join("fetch-finished");
+        let backend = script(
+            tmp.path(),
+            "fetch.cgi",
+            &format!(
+                "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; sleep 1; touch '{}'",
+                fetched.display()
+            ),
+        );
+        let fetch = request(
+            &Method::POST,
+            "/team/app.git/git-upload-pack",
+            None,
+            &headers,
+        );
+        drop(serve(&backend, fetch, make).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!fetched.exists());
+
+        // A push left alone that writes nothing for the idle timeout is ended.
+        let pid_file = tmp.path().join("pid");
+        let backend = script(
+            tmp.path(),
+            "stuck.cgi",
+            &format!(
+                "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; echo $$ > '{}'; exec sleep 60",
+                pid_file.display()
+            ),
+        )
+        .with_head_timeout(Duration::from_millis(500));
+        let push = request(
+            &Method::POST,
+            "/team/app.git/git-receive-pack",
+            None,
+            &headers,
+        );
+        drop(serve(&backend, push, make).await.unwrap());
+        let pid = pid_in(&pid_file).await;
+        for _ in 0..100 {
+            if !running(pid) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            !running(pid),
+            "a silent push whose client left must be ended"
+        );
     }
 
     /// Whether process `pid` still runs (a zombie has stopped running).
