@@ -13,13 +13,19 @@
 //!   answered with its headers first (git http-backend does) moves the clock with every frame
 //!   of its body that it uploads.
 //!
+//! And before its first request a connection has only `[server] header_read_timeout` (see
+//! [`until_idle`]): hyper's own header deadline starts at a request's first byte, so a client that
+//! connects and sends nothing — or finishes a TLS handshake, or an HTTP/2 preface, or half a
+//! header block, and goes quiet — would otherwise hold a place under `max_connections` for the
+//! whole idle timeout.
+//!
 //! Nothing here limits the total time of a request: a clone that keeps streaming keeps its
 //! connection however long it takes.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,6 +56,8 @@ struct Clocks {
     last_byte_ms: AtomicU64,
     unanswered: AtomicUsize,
     last_answer_ms: AtomicU64,
+    /// A request has come in on this connection.
+    had_request: AtomicBool,
 }
 
 /// Milliseconds on the coarse monotonic clock. Its few milliseconds of resolution are plenty
@@ -67,6 +75,7 @@ impl Activity {
             last_byte_ms: AtomicU64::new(now),
             unanswered: AtomicUsize::new(0),
             last_answer_ms: AtomicU64::new(now),
+            had_request: AtomicBool::new(false),
         }))
     }
 
@@ -103,6 +112,10 @@ impl Activity {
     /// A request has come in; it waits for its answer until [`OpenBody::new`] takes the returned
     /// value, or it is dropped.
     pub fn request_opened(&self) -> OpenRequest {
+        // Read first: after the first request no store, so the line stays shared.
+        if !self.0.had_request.load(Ordering::Relaxed) {
+            self.0.had_request.store(true, Ordering::Relaxed);
+        }
         self.0.unanswered.fetch_add(1, Ordering::AcqRel);
         OpenRequest(Some(self.clone()))
     }
@@ -191,21 +204,43 @@ impl Drop for OpenBody {
     }
 }
 
-/// Drives `conn` until it ends (`Some` of its output) or the connection has been idle for
-/// `limit` (`None`; `conn` is dropped, which closes it).
+/// Why [`until_idle`] closed a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed<T> {
+    /// It ended by itself, with this.
+    Ended(T),
+    /// Idle for the idle limit (see the module doc).
+    Idle,
+    /// No request within the first-request limit of its start.
+    NoRequest,
+}
+
+/// Drives `conn` until it ends, or the connection has been idle for `limit`, or it has had no
+/// request within `first_request` of this call (`conn` is then dropped, which closes it).
 pub async fn until_idle<F: Future>(
     conn: F,
     activity: &Activity,
     limit: Duration,
-) -> Option<F::Output> {
+    first_request: Duration,
+) -> Closed<F::Output> {
     tokio::pin!(conn);
+    let started = tokio::time::Instant::now();
     loop {
-        let wait = limit.saturating_sub(activity.idle());
+        let mut wait = limit.saturating_sub(activity.idle());
+        let waiting_for_first = !activity.0.had_request.load(Ordering::Relaxed);
+        if waiting_for_first {
+            wait = wait.min(first_request.saturating_sub(started.elapsed()));
+        }
         tokio::select! {
-            out = &mut conn => return Some(out),
+            out = &mut conn => return Closed::Ended(out),
             _ = tokio::time::sleep(wait) => {
                 if activity.idle() >= limit {
-                    return None;
+                    return Closed::Idle;
+                }
+                if !activity.0.had_request.load(Ordering::Relaxed)
+                    && started.elapsed() >= first_request
+                {
+                    return Closed::NoRequest;
                 }
             }
         }

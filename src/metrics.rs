@@ -376,7 +376,13 @@ pub async fn serve(listener: TcpListener, store: Store, limits: Limits) {
                     TokioIo::new(ActivityIo::new(stream, activity.clone())),
                     service,
                 );
-            let _ = until_idle(conn, &activity, limits.idle_timeout).await;
+            let _ = until_idle(
+                conn,
+                &activity,
+                limits.idle_timeout,
+                limits.header_read_timeout,
+            )
+            .await;
             drop(permit);
         });
     }

@@ -39,7 +39,7 @@ use crate::config::{Config, Limits, Upstream as UpstreamConfig};
 use crate::gate::{Gate, ResponseBody};
 use crate::guard::Guard;
 use crate::health;
-use crate::idle::{until_idle, Activity, ActivityIo, OpenBody};
+use crate::idle::{until_idle, Activity, ActivityIo, Closed, OpenBody};
 use crate::metrics::{self, METRICS};
 use crate::signals::{HangupSignal, StopSignals};
 use crate::store::Store;
@@ -636,15 +636,21 @@ impl Connection {
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let conn = self.watcher.watch(conn);
-        match until_idle(conn, &activity, idle).await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
+        let first = self.settings.limits.header_read_timeout;
+        match until_idle(conn, &activity, idle, first).await {
+            Closed::Ended(Ok(())) => {}
+            Closed::Ended(Err(e)) => {
                 tracing::debug!(remote = %remote, error = %e, "connection ended with an error")
             }
-            None => tracing::debug!(
+            Closed::Idle => tracing::debug!(
                 remote = %remote,
                 "closing a connection idle for {}s",
                 idle.as_secs()
+            ),
+            Closed::NoRequest => tracing::debug!(
+                remote = %remote,
+                "closing a connection that sent no request within {}s",
+                first.as_secs()
             ),
         }
     }

@@ -556,6 +556,62 @@ fn a_push_cut_off_mid_pack_leaves_no_quarantined_objects() {
     );
 }
 
+/// A connection that sends no request — nothing at all, or an HTTP/2 preface and half a header
+/// block — is closed after the header deadline, not the (much longer) idle timeout: else a client
+/// could hold every place under `max_connections` for minutes at a time.
+#[test]
+fn a_connection_without_a_request_is_closed_after_the_header_deadline() {
+    let server = Server::start_with(
+        "header_read_timeout_seconds = 1\nidle_timeout_seconds = 60",
+        "",
+    );
+    let closed_within = |s: &mut TcpStream| -> Duration {
+        let start = Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return start.elapsed(),
+                Ok(_) => {} // an HTTP/2 server's SETTINGS, GOAWAY
+            }
+        }
+    };
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    let mut h2 = TcpStream::connect(server.addr).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    h2.write_all(&h2_frame_on(4, 0, 0, &[])).unwrap(); // SETTINGS
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    literal(&mut block, ":path", "/team/app.git/info/refs");
+    // HEADERS without END_HEADERS: a header block that never ends.
+    h2.write_all(&h2_frame_on(1, 0x01, 1, &block)).unwrap();
+    for s in [&mut silent, &mut h2] {
+        let took = closed_within(s);
+        assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    }
+    // A client that asks in time is served as before, and keeps its connection.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    let ask = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    for _ in 0..2 {
+        s.write_all(ask.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1);
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        let len: usize = header(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+        let chunked = header(&head, "transfer-encoding").is_some();
+        assert!(!chunked, "{}", String::from_utf8_lossy(&head));
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+    }
+}
+
 /// An HTTP/2 frame: length, type, flags, stream id, payload.
 fn h2_frame_on(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
