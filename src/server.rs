@@ -76,6 +76,14 @@ pub fn run(config: Config) -> Result<(), String> {
     main.block_on(run_workers(config))
 }
 
+/// The longest a backend may keep a waiting client without a word: a little under the client
+/// connection's idle timeout. Both clocks start at the request's last move, so with equal limits
+/// the connection's would close first, and the client would get an empty reply instead of the
+/// backend's `504`, the hang logged as the client's leaving.
+fn answer_deadline(idle: Duration) -> Duration {
+    idle.saturating_sub(Duration::from_secs(1)).max(idle / 2)
+}
+
 /// File descriptors a connection may need at once: its socket, an upstream connection, and a
 /// CGI backend's three pipes and process handle, with room to spare.
 const FDS_PER_CONNECTION: u64 = 8;
@@ -161,7 +169,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
                 project_root,
             } => Upstream::Cgi(
                 CgiBackend::new(program.clone(), project_root.clone())
-                    .with_head_timeout(config.server.limits.idle_timeout),
+                    .with_head_timeout(answer_deadline(config.server.limits.idle_timeout)),
             ),
             UpstreamConfig::Http(http) => Upstream::Http(Box::new(
                 HttpBackend::new(
@@ -171,7 +179,8 @@ async fn run_workers(config: Config) -> Result<(), String> {
                     certs.is_some(),
                     &config.server.git_prefix,
                 )
-                .map_err(|e| format!("{}: {e}", config.source.display()))?,
+                .map_err(|e| format!("{}: {e}", config.source.display()))?
+                .with_answer_deadline(answer_deadline(config.server.limits.idle_timeout)),
             )),
         });
     }

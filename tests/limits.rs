@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -529,6 +530,44 @@ fn an_upstream_that_never_answers_is_504() {
     assert!(out.starts_with("HTTP/1.1 504"), "{out}");
     assert!(out.contains("no answer"), "{out}");
     assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+/// The backend's deadline sits a little under the client connection's idle timeout: with both
+/// at the same length the connection's clock, started a moment earlier, closed first, and git got
+/// an empty reply instead of the 504, logged as the client leaving.
+#[test]
+fn a_backend_that_hangs_is_a_504_before_the_connection_idles_out() {
+    // The embedded CGI runner, with a program that never answers.
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("hang.cgi");
+    std::fs::write(&program, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(dir.path().join("repos")).unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_seconds = 2\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\ncgi = \"{}\"\nproject_root = \"repos\"\n",
+        program.display()
+    );
+    let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
+    let (out, took) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(out.contains("sent no response in time"), "{out}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
+    assert!(!log.contains("client-gone"), "{log}");
+
+    // An HTTP upstream with its own idle timeout at the default (300 s), longer than the
+    // connection's.
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_port = silent_upstream();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_seconds = 2\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n"
+    );
+    let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
+    let (out, took) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
 #[test]

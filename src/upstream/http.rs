@@ -128,6 +128,13 @@ impl HttpBackend {
         })
     }
 
+    /// Wait at most `deadline` for the upstream (its `idle_timeout`, if shorter, stays): see
+    /// `server::answer_deadline`.
+    pub fn with_answer_deadline(mut self, deadline: Duration) -> Self {
+        self.idle_timeout = self.idle_timeout.min(deadline);
+        self
+    }
+
     /// The upstream request target for a classified request (origin form: base path +
     /// canonical path and query).
     fn target(&self, git_req: &GitRequest) -> Result<Uri, ForwardError> {
