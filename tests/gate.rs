@@ -65,6 +65,14 @@ fn one_repository_name_is_one_directory_whatever_the_client_spells() {
             "{err}"
         );
     }
+    // A folder that is no repository (of other repositories, or just left over) beside a
+    // repository of the same name: the repository answers.
+    let n_git = sb.create_repo("team/n");
+    std::fs::create_dir_all(sb.repos().join("team/n/sub")).unwrap();
+    for spelled in ["team/n", "team/n.git"] {
+        let refs = sb.git(sb.root(), &["ls-remote", &url(spelled)]);
+        assert!(refs.ok().contains(&n_git), "{spelled}: {}", refs.stdout);
+    }
     // Only `team/y.git.git` exists: `team/y.git` is `team/y`, which is not there.
     for spelled in ["team/y", "team/y.git"] {
         let refs = sb.git(sb.root(), &["ls-remote", &url(spelled)]);

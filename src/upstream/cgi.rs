@@ -236,6 +236,13 @@ impl RepoDir {
     }
 }
 
+/// Whether `dir` is a repository as git would take it: a working tree (with `.git`), or a bare
+/// repository (`HEAD`, `objects/` and `refs/`, which git's own `is_git_directory` asks for).
+fn looks_like_repository(dir: &Path) -> bool {
+    dir.join(".git").exists()
+        || (dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir())
+}
+
 impl CgiBackend {
     /// The request's `PATH_INFO`: its repository spelled as the directory that answers to it
     /// (see [`RepoDir`]); `None` when two do.
@@ -247,12 +254,17 @@ impl CgiBackend {
         }
     }
 
-    /// Which directory answers to `repo` (two `stat`s; see [`RepoDir`]).
+    /// Which directory answers to `repo` (a few `stat`s; see [`RepoDir`]). Only a directory
+    /// that looks like a repository counts: `team/app/` may also be a folder of repositories
+    /// (`team/app/lib.git`, subgroups) beside the repository `team/app.git`.
     pub fn repo_dir(&self, repo: &str) -> RepoDir {
         let plain = self.project_root.join(repo);
         let mut with_git = plain.clone().into_os_string();
         with_git.push(".git");
-        RepoDir::of(Path::new(&with_git).is_dir(), plain.is_dir())
+        RepoDir::of(
+            looks_like_repository(Path::new(&with_git)),
+            looks_like_repository(&plain),
+        )
     }
 
     /// `program` is the CGI executable (e.g. `/usr/lib/git-core/git-http-backend`);
@@ -1258,18 +1270,35 @@ mod tests {
         assert_eq!(RepoDir::of(true, true), RepoDir::Both);
         let root = tempfile::tempdir().unwrap();
         let backend = CgiBackend::new("/bin/false".into(), root.path().to_owned());
-        std::fs::create_dir_all(root.path().join("team/app.git")).unwrap();
-        std::fs::create_dir_all(root.path().join("team/plain")).unwrap();
-        std::fs::create_dir_all(root.path().join("team/both")).unwrap();
-        std::fs::create_dir_all(root.path().join("team/both.git")).unwrap();
-        std::fs::create_dir_all(root.path().join("team/odd.git.git")).unwrap();
+        let bare = |name: &str| {
+            let dir = root.path().join(name);
+            std::fs::create_dir_all(dir.join("objects")).unwrap();
+            std::fs::create_dir_all(dir.join("refs")).unwrap();
+            std::fs::write(dir.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        };
+        bare("team/app.git");
+        bare("team/plain");
+        bare("team/both");
+        bare("team/both.git");
+        bare("team/odd.git.git");
+        // A working tree.
+        std::fs::create_dir_all(root.path().join("team/tree/.git")).unwrap();
+        // A folder of repositories beside the repository of the same name, and an empty one.
+        bare("team/nested.git");
+        bare("team/nested/lib.git");
+        std::fs::create_dir_all(root.path().join("team/stray.git")).unwrap();
+        bare("team/stray");
         // A file is no repository.
         std::fs::write(root.path().join("team/file"), "").unwrap();
         assert_eq!(backend.repo_dir("team/app"), RepoDir::WithGit);
         assert_eq!(backend.repo_dir("team/plain"), RepoDir::Plain);
+        assert_eq!(backend.repo_dir("team/tree"), RepoDir::Plain);
         assert_eq!(backend.repo_dir("team/both"), RepoDir::Both);
         assert_eq!(backend.repo_dir("team/odd"), RepoDir::Missing);
         assert_eq!(backend.repo_dir("team/file"), RepoDir::Missing);
+        assert_eq!(backend.repo_dir("team/nested"), RepoDir::WithGit);
+        assert_eq!(backend.repo_dir("team/nested/lib"), RepoDir::WithGit);
+        assert_eq!(backend.repo_dir("team/stray"), RepoDir::Plain);
     }
     use std::net::Ipv4Addr;
     use std::os::unix::fs::PermissionsExt;
