@@ -92,6 +92,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// the pipe open must not hold the response hostage).
 const STDERR_GRACE: Duration = Duration::from_secs(1);
 
+/// The same for a backend that exited successfully, whose last stderr line explains nothing.
+const SUCCESS_STDERR_GRACE: Duration = Duration::from_millis(50);
+
 /// How long an ended backend's process group gets after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 
@@ -759,8 +762,19 @@ async fn supervise(
     // client's body for a backend that is gone.
     drop(counted);
     switch.kill("the backend exited");
-    let last_stderr = match tokio::time::timeout(STDERR_GRACE, &mut stderr).await {
+    // The last stderr line explains a failure, worth a second's wait. A success waits only
+    // a moment: a hook's background job that keeps the pipe open would otherwise hold every
+    // answer back by the full grace. Its lines are still logged as they come.
+    let failed = killed_for.is_some() || !matches!(&status, Ok(s) if s.success());
+    let grace = if failed {
+        STDERR_GRACE
+    } else {
+        SUCCESS_STDERR_GRACE
+    };
+    let last_stderr = match tokio::time::timeout(grace, &mut stderr).await {
         Ok(last) => last.ok().flatten(),
+        // Detached, not aborted: it logs the rest as it comes.
+        Err(_) if !failed => None,
         Err(_) => {
             stderr.abort();
             None
@@ -2037,6 +2051,29 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("signal"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_background_job_holding_stderr_does_not_hold_back_a_finished_answer() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A hook's background job, started without redirecting stderr.
+        let backend = script(
+            tmp.path(),
+            "hook.cgi",
+            "printf 'Content-Type: text/plain\\r\\n\\r\\nok'; sleep 3 >/dev/null </dev/null & exit 0",
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/x", None, &headers);
+        let body = serve(&backend, req, || Empty::<Bytes>::new())
+            .await
+            .unwrap()
+            .into_body();
+        // From the headers to the body's end: the backend has exited by then, and the answer
+        // waited a second more for the job's stderr to close.
+        let started = std::time::Instant::now();
+        assert_eq!(body_bytes(body).await, "ok");
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(800), "{took:?}");
     }
 
     #[tokio::test]
