@@ -2064,7 +2064,7 @@ mod tests {
         );
         let headers = HeaderMap::new();
         let req = request(&Method::GET, "/x", None, &headers);
-        let body = serve(&backend, req, || Empty::<Bytes>::new())
+        let body = serve(&backend, req, Empty::<Bytes>::new)
             .await
             .unwrap()
             .into_body();
