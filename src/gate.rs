@@ -388,9 +388,12 @@ impl Gate {
                     .insert(ALLOW, HeaderValue::from_static(allow));
                 resp
             }
-            Refusal::NoCredentials(CredentialError::Missing) => self.challenge(
-                "authentication required: use your user name and a gitgate access token as the password",
-            ),
+            Refusal::NoCredentials(CredentialError::Missing) => {
+                METRICS.challenge();
+                self.challenge(
+                    "authentication required: use your user name and a gitgate access token as the password",
+                )
+            }
             Refusal::NoCredentials(e) => {
                 self.audit_failure(remote, log, &e.to_string());
                 self.challenge(&e.to_string())

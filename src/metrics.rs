@@ -155,6 +155,8 @@ pub struct Metrics {
     /// Backend answers by status class 1xx..5xx (index 0..4).
     upstream_status: [AtomicU64; 5],
     upstream_errors: AtomicU64,
+    /// 401s to requests without credentials (git's first round trip of each operation).
+    challenges: AtomicU64,
     side_effect_failures: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -176,6 +178,7 @@ impl Metrics {
             requests: [const { [const { AtomicU64::new(0) }; OUTCOMES.len()] }; OPERATIONS.len()],
             upstream_status: [const { AtomicU64::new(0) }; 5],
             upstream_errors: AtomicU64::new(0),
+            challenges: AtomicU64::new(0),
             side_effect_failures: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -204,6 +207,13 @@ impl Metrics {
         self.bytes_in.fetch_add(bytes_in, Relaxed);
         self.bytes_out.fetch_add(bytes_out, Relaxed);
         self.request_duration.observe(took);
+    }
+
+    /// A request without credentials was answered 401 with a challenge: git does this once per
+    /// operation before it sends the token, so these are inside `outcome="401"` and are no
+    /// failures; the difference is.
+    pub fn challenge(&self) {
+        self.challenges.fetch_add(1, Relaxed);
     }
 
     /// The backend could not be reached, or failed before or while answering.
@@ -256,7 +266,7 @@ impl Metrics {
                 counter.load(Relaxed)
             );
         }
-        let simple: [(&str, &str, &str, String); 8] = [
+        let simple: [(&str, &str, &str, String); 9] = [
             (
                 "gitgate_side_effect_write_failures_total",
                 "counter",
@@ -268,6 +278,12 @@ impl Metrics {
                 "counter",
                 "Requests the backend failed: unreachable, timed out, or crashed before or while answering.",
                 self.upstream_errors.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_auth_challenges_total",
+                "counter",
+                "401s to requests that sent no credentials: git's first round trip of each operation, counted in outcome=\"401\" too.",
+                self.challenges.load(Relaxed).to_string(),
             ),
             (
                 "gitgate_request_bytes_total",

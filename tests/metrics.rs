@@ -144,6 +144,20 @@ fn metrics_count_real_git_traffic() {
         ) >= 1.0,
         "{text}"
     );
+    // git's credential-less first requests are challenges, counted apart; the wrong token's
+    // 401 is not one of them.
+    let challenges = sample(&text, "gitgate_auth_challenges_total");
+    assert!(challenges >= 1.0, "{text}");
+    let all_401: f64 = ["read", "write", "none"]
+        .iter()
+        .map(|op| {
+            sample(
+                &text,
+                &format!("gitgate_requests_total{{operation=\"{op}\",outcome=\"401\"}}"),
+            )
+        })
+        .sum();
+    assert!(all_401 >= challenges + 1.0, "{text}");
     assert!(sample(&text, "gitgate_upstream_responses_total{status=\"2xx\"}") >= 4.0);
     assert_eq!(sample(&text, "gitgate_upstream_errors_total"), 0.0);
     assert!(
