@@ -296,6 +296,28 @@ pub fn holds_a_secret(user: &str) -> bool {
         })
 }
 
+/// Whether a token's name holds what is most likely a pasted secret: the token prefix anywhere
+/// (also mistyped as `ggt-`), or a run of 40 or more characters of the secret's alphabet with
+/// upper- and lower-case letters *and* digits in it. Stricter than [`holds_a_secret`]: a name
+/// may well be a long hyphenated mixed-case label (`GitHubActions-deploy-production-cluster`),
+/// while the secret's 43 random characters miss a digit only about once in 1,500.
+pub fn names_a_secret(name: &str) -> bool {
+    let mistyped = name
+        .as_bytes()
+        .windows(4)
+        .any(|w| w[..3].eq_ignore_ascii_case(b"ggt") && w[3] == b'-');
+    if holds_a_token(name) || mistyped {
+        return true;
+    }
+    name.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .any(|run| {
+            run.len() >= 40
+                && run.bytes().any(|b| b.is_ascii_uppercase())
+                && run.bytes().any(|b| b.is_ascii_lowercase())
+                && run.bytes().any(|b| b.is_ascii_digit())
+        })
+}
+
 /// RFC 6750 `b64token` (the same as RFC 7235 `token68`):
 /// `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn parse_bearer(param: &[u8]) -> Result<Credentials, CredentialError> {

@@ -13,11 +13,13 @@
 //!   answered with its headers first (git http-backend does) moves the clock with every frame
 //!   of its body that it uploads.
 //!
-//! And before its first request a connection has only `[server] header_read_timeout` (see
-//! [`until_idle`]): hyper's own header deadline starts at a request's first byte, so a client that
-//! connects and sends nothing — or finishes a TLS handshake, or an HTTP/2 preface, or half a
-//! header block, and goes quiet — would otherwise hold a place under `max_connections` for the
-//! whole idle timeout.
+//! And a connection with nothing going on — no request waiting, no answer streaming — has only
+//! `[server] header_read_timeout` from its start (its accept, the TLS handshake included) or its
+//! last answer to send a request (see [`until_idle`]). hyper's own header deadline starts at a
+//! request's first byte, and on HTTP/2 not at all, so a client that connects and sends nothing —
+//! or finishes a TLS handshake, or an HTTP/2 preface, or half a header block, or one cheap
+//! request, and goes quiet — would otherwise hold a place under `max_connections` for the whole
+//! idle timeout. HTTP/1 keep-alive connections get the same from hyper already.
 //!
 //! Nothing here limits the total time of a request: a clone that keeps streaming keeps its
 //! connection however long it takes.
@@ -25,7 +27,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -56,8 +58,8 @@ struct Clocks {
     last_byte_ms: AtomicU64,
     unanswered: AtomicUsize,
     last_answer_ms: AtomicU64,
-    /// A request has come in on this connection.
-    had_request: AtomicBool,
+    /// Answers whose body is still on its way out.
+    answering: AtomicUsize,
 }
 
 /// Milliseconds on the coarse monotonic clock. Its few milliseconds of resolution are plenty
@@ -75,7 +77,7 @@ impl Activity {
             last_byte_ms: AtomicU64::new(now),
             unanswered: AtomicUsize::new(0),
             last_answer_ms: AtomicU64::new(now),
-            had_request: AtomicBool::new(false),
+            answering: AtomicUsize::new(0),
         }))
     }
 
@@ -99,6 +101,18 @@ impl Activity {
         self.answer_moved();
     }
 
+    /// How long the connection has waited for a request: since its start or its last answer,
+    /// while no request waits for its answer and no answer is on its way out; else zero.
+    pub fn waiting_for_request(&self) -> Duration {
+        if self.0.unanswered.load(Ordering::Acquire) > 0
+            || self.0.answering.load(Ordering::Acquire) > 0
+        {
+            return Duration::ZERO;
+        }
+        let last = self.0.last_answer_ms.load(Ordering::Acquire);
+        Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
+
     /// How long the connection has been idle (see the module doc).
     pub fn idle(&self) -> Duration {
         Duration::from_millis(idle_ms(
@@ -112,10 +126,6 @@ impl Activity {
     /// A request has come in; it waits for its answer until [`OpenBody::new`] takes the returned
     /// value, or it is dropped.
     pub fn request_opened(&self) -> OpenRequest {
-        // Read first: after the first request no store, so the line stays shared.
-        if !self.0.had_request.load(Ordering::Relaxed) {
-            self.0.had_request.store(true, Ordering::Relaxed);
-        }
         self.0.unanswered.fetch_add(1, Ordering::AcqRel);
         OpenRequest(Some(self.clone()))
     }
@@ -155,10 +165,11 @@ pub struct OpenBody {
 
 impl OpenBody {
     pub fn new(inner: ResponseBody, mut request: OpenRequest) -> Self {
-        OpenBody {
-            inner,
-            activity: request.stop_waiting(),
+        let activity = request.stop_waiting();
+        if let Some(a) = &activity {
+            a.0.answering.fetch_add(1, Ordering::AcqRel);
         }
+        OpenBody { inner, activity }
     }
 }
 
@@ -200,6 +211,7 @@ impl Drop for OpenBody {
     fn drop(&mut self) {
         if let Some(activity) = &self.activity {
             activity.answer_moved();
+            activity.0.answering.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -211,35 +223,31 @@ pub enum Closed<T> {
     Ended(T),
     /// Idle for the idle limit (see the module doc).
     Idle,
-    /// No request within the first-request limit of its start.
+    /// No request for `request_within` while nothing else went on.
     NoRequest,
 }
 
-/// Drives `conn` until it ends, or the connection has been idle for `limit`, or it has had no
-/// request within `first_request` of this call (`conn` is then dropped, which closes it).
+/// Drives `conn` until it ends, or the connection has been idle for `limit`, or has waited for
+/// a request for `request_within` ([`Activity::waiting_for_request`]); `conn` is then dropped,
+/// which closes it.
 pub async fn until_idle<F: Future>(
     conn: F,
     activity: &Activity,
     limit: Duration,
-    first_request: Duration,
+    request_within: Duration,
 ) -> Closed<F::Output> {
     tokio::pin!(conn);
-    let started = tokio::time::Instant::now();
     loop {
-        let mut wait = limit.saturating_sub(activity.idle());
-        let waiting_for_first = !activity.0.had_request.load(Ordering::Relaxed);
-        if waiting_for_first {
-            wait = wait.min(first_request.saturating_sub(started.elapsed()));
-        }
+        let wait = limit
+            .saturating_sub(activity.idle())
+            .min(request_within.saturating_sub(activity.waiting_for_request()));
         tokio::select! {
             out = &mut conn => return Closed::Ended(out),
             _ = tokio::time::sleep(wait) => {
                 if activity.idle() >= limit {
                     return Closed::Idle;
                 }
-                if !activity.0.had_request.load(Ordering::Relaxed)
-                    && started.elapsed() >= first_request
-                {
+                if activity.waiting_for_request() >= request_within {
                     return Closed::NoRequest;
                 }
             }

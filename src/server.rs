@@ -586,15 +586,17 @@ struct Connection {
 impl Connection {
     async fn run(self, stream: TcpStream) {
         let remote = self.remote;
+        // Started now: the wait for a first request counts the TLS handshake in.
+        let activity = Activity::new();
         match self.settings.tls.clone() {
-            None => self.serve_io(stream).await,
+            None => self.serve_io(stream, activity).await,
             Some(acceptor) => {
                 let deadline = self.settings.limits.header_read_timeout;
                 let mut draining = self.draining.clone();
                 let handshake = tokio::time::timeout(deadline, acceptor.accept(stream));
                 tokio::select! {
                     done = handshake => match done {
-                        Ok(Ok(tls)) => self.serve_io(tls).await,
+                        Ok(Ok(tls)) => self.serve_io(tls, activity).await,
                         Ok(Err(e)) => {
                             tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
                         }
@@ -610,13 +612,12 @@ impl Connection {
     }
 
     /// Serve HTTP on `io` until the client is done, the connection idles out, or shutdown.
-    async fn serve_io<IO>(self, io: IO)
+    async fn serve_io<IO>(self, io: IO, activity: Activity)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let remote = self.remote;
         let idle = self.settings.limits.idle_timeout;
-        let activity = Activity::new();
         let io = ActivityIo::new(io, activity.clone());
         let gate = self.gate;
         let requests = activity.clone();
@@ -658,7 +659,7 @@ impl Connection {
             ),
             Closed::NoRequest => tracing::debug!(
                 remote = %remote,
-                "closing a connection that sent no request within {}s",
+                "closing a connection that sent no request for {}s",
                 first.as_secs()
             ),
         }

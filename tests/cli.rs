@@ -793,6 +793,9 @@ fn audit_lists_every_event_and_limit_keeps_the_newest() {
             .len(),
         1
     );
+    // A limit beyond SQLite's integers is all of them.
+    let huge = sb.cli_json(&["audit", "--limit", "18446744073709551615", "--json"]);
+    assert_eq!(huge.as_array().unwrap().len(), all.len());
     sb.cli(&["audit", "--limit", "0"]).fails_with("--limit 0");
     // Nothing at all: still valid JSON.
     assert_eq!(

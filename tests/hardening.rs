@@ -556,9 +556,10 @@ fn a_push_cut_off_mid_pack_leaves_no_quarantined_objects() {
     );
 }
 
-/// A connection that sends no request — nothing at all, or an HTTP/2 preface and half a header
-/// block — is closed after the header deadline, not the (much longer) idle timeout: else a client
-/// could hold every place under `max_connections` for minutes at a time.
+/// A connection that sends no request — nothing at all, an HTTP/2 preface and half a header
+/// block, or one cheap HTTP/2 request and then nothing — is closed after the header deadline, not
+/// the (much longer) idle timeout: else a client could hold every place under `max_connections`
+/// for minutes at a time.
 #[test]
 fn a_connection_without_a_request_is_closed_after_the_header_deadline() {
     let server = Server::start_with(
@@ -584,7 +585,19 @@ fn a_connection_without_a_request_is_closed_after_the_header_deadline() {
     literal(&mut block, ":path", "/team/app.git/info/refs");
     // HEADERS without END_HEADERS: a header block that never ends.
     h2.write_all(&h2_frame_on(1, 0x01, 1, &block)).unwrap();
-    for s in [&mut silent, &mut h2] {
+    // One cheap request on HTTP/2 (which has no header deadline between requests), then quiet.
+    let mut h2_once = TcpStream::connect(server.addr).unwrap();
+    h2_once
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    h2_once.write_all(&h2_frame_on(4, 0, 0, &[])).unwrap();
+    let mut probe = vec![0x82, 0x86]; // :method GET, :scheme http
+    literal(&mut probe, ":path", "/healthz");
+    literal(&mut probe, ":authority", "t");
+    h2_once
+        .write_all(&h2_frame_on(1, 0x05, 1, &probe)) // END_STREAM | END_HEADERS
+        .unwrap();
+    for s in [&mut silent, &mut h2, &mut h2_once] {
         let took = closed_within(s);
         assert!(took < Duration::from_secs(5), "closed after {took:?}");
     }

@@ -214,7 +214,10 @@ impl Store {
                 .query_row(
                     "SELECT id FROM audit_events WHERE at >= ?1
                      ORDER BY id DESC LIMIT 1 OFFSET ?2",
-                    params![since.unwrap_or(i64::MIN), n as i64],
+                    params![
+                        since.unwrap_or(i64::MIN),
+                        i64::try_from(n).unwrap_or(i64::MAX)
+                    ],
                     |r| r.get(0),
                 )
                 .optional()?;

@@ -200,7 +200,7 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
     // Names are shown in lists, audit events and logs, and a scoped token's is its identity
     // upstream: a secret pasted here would be stored and logged in the clear. Not echoed.
-    if crate::credentials::holds_a_secret(name) {
+    if crate::credentials::names_a_secret(name) {
         return Err(StoreError::Invalid(
             "a token name may not hold a gitgate token or anything that looks like a secret \
              (the name is shown in lists and logs): was a secret pasted into it? Choose \
@@ -392,11 +392,13 @@ impl Store {
     /// Change a token's name, permissions or networks (never its expiry), with an audit event
     /// naming what changed. A revoked token cannot be edited.
     pub fn edit_token(&self, id: &str, edit: &TokenEdit, actor: &Actor) -> Result<TokenRecord> {
-        if let Some(name) = &edit.name {
-            validate_name(name)?;
-        }
         self.write(|tx| {
             let before = require_token(tx, id)?;
+            // Only a new name is checked: an edit that sends the name back unchanged (as a
+            // GET-modify-PUT does) must not fail on a rule newer than the name.
+            if let Some(name) = edit.name.as_deref().filter(|n| *n != before.name) {
+                validate_name(name)?;
+            }
             if before.revoked_at.is_some() {
                 return Err(StoreError::Conflict(format!(
                     "token '{}' ({id}) is revoked and cannot be changed",
@@ -635,6 +637,13 @@ mod tests {
         }
         // A secret pasted as the name: never stored, never echoed.
         let secret = "ggt_2ssrpb4buu6m_4sxQ0aaBbCcDdEeFfGgHhIiJjKkLlMmNnOoPpQqRr_onlebw";
+        // Long hyphenated labels in mixed case are names, not secrets.
+        for good in [
+            "GitHubActions-deploy-production-cluster-eu-west",
+            "Jenkins-nightly-build-and-release-pipeline",
+        ] {
+            validate_name(good).unwrap();
+        }
         for bad in [
             secret.to_string(),
             format!("ci {secret}"),
@@ -890,6 +899,41 @@ mod tests {
                 &actor(),
             )
             .unwrap();
+    }
+
+    #[test]
+    fn an_edit_that_sends_the_name_back_unchanged_is_not_held_to_newer_name_rules() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        store
+            .insert_token(&personal_token("abcdefghijkl", "ok", "alice"), &actor())
+            .unwrap();
+        // A name from before the rule on secret-like names.
+        let old = "x".repeat(20) + "Aa1" + &"y".repeat(20);
+        store
+            .with_conn(|c| {
+                c.execute(
+                    "UPDATE tokens SET name = ?1 WHERE id = 'abcdefghijkl'",
+                    [&old],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let same = TokenEdit {
+            name: Some(old.clone()),
+            permissions: Some(perms(&["REPO_READ"])),
+            ..TokenEdit::default()
+        };
+        store.edit_token("abcdefghijkl", &same, &actor()).unwrap();
+        // A new name is held to them.
+        let other = TokenEdit {
+            name: Some(old.replace('x', "z")),
+            ..TokenEdit::default()
+        };
+        assert!(matches!(
+            store.edit_token("abcdefghijkl", &other, &actor()),
+            Err(StoreError::Invalid(_))
+        ));
     }
 
     /// `n` personal tokens of a new user alice, by id.

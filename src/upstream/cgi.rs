@@ -773,8 +773,20 @@ async fn supervise(
     };
     let last_stderr = match tokio::time::timeout(grace, &mut stderr).await {
         Ok(last) => last.ok().flatten(),
-        // Detached, not aborted: it logs the rest as it comes.
-        Err(_) if !failed => None,
+        Err(_) if !failed => {
+            // Left to log the rest for the full grace, off the answer's path; then ended like a
+            // failure's, so that a job holding the pipe for good holds no task and no descriptor
+            // of gitgate's.
+            tokio::spawn(async move {
+                if tokio::time::timeout(STDERR_GRACE, &mut stderr)
+                    .await
+                    .is_err()
+                {
+                    stderr.abort();
+                }
+            });
+            None
+        }
         Err(_) => {
             stderr.abort();
             None
