@@ -501,7 +501,10 @@ async fn work(
     let _ = draining_now.send(true);
     let grace = limits.shutdown_grace;
     tokio::select! {
-        _ = graceful.shutdown() => tracing::debug!("a worker's connections all closed"),
+        _ = async {
+            graceful.shutdown().await;
+            gate.upstream.pushes_finished().await;
+        } => tracing::debug!("a worker's connections all closed, its pushes all finished"),
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(
                 connections = connections.len(),
@@ -511,8 +514,10 @@ async fn work(
         }
         Ok(_) = cut_off.wait_for(|now| *now) => CUT_OFF.store(true, Ordering::Relaxed),
     }
-    // Ends what is left, and waits until each connection's requests and bodies have been dropped
+    // Ends what is left — pushes finishing without their client, and those whose client is
+    // cut off now — and waits until each connection's requests and bodies have been dropped
     // (their log lines written, their backends told to end) ...
+    gate.upstream.stop_finishing();
     connections.shutdown().await;
     // ... and until the backends have been reaped, their process groups ended whole; HTTP/2
     // streams, which run as tasks of their own, end once their connection is gone.

@@ -554,6 +554,13 @@ fn a_push_cut_off_mid_pack_leaves_no_quarantined_objects() {
         "{}",
         server.log()
     );
+    // How the push ended is logged, with what it was.
+    wait_for("the push's end in the log", || {
+        server.log().lines().any(|l| {
+            l.contains("a push whose client left has")
+                && l.contains("/team/app.git/git-receive-pack (user alice)")
+        })
+    });
 }
 
 /// A connection that sends no request — nothing at all, an HTTP/2 preface and half a header

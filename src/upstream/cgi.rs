@@ -407,7 +407,11 @@ impl CgiBackend {
             exit: Some(exit_rx),
             guard,
             left: declared,
-            finishes_alone: push.then_some(self.head_timeout),
+            finishing: push.then(|| Finishing {
+                idle: self.head_timeout,
+                running: self.running.clone(),
+                label: format!("{} (user {})", req.path_info, req.remote_user),
+            }),
         };
         if declared == Some(0) {
             body.declared_length_sent();
@@ -655,11 +659,29 @@ impl fmt::Display for ExitInfo {
 }
 
 /// The processes of one backend (one worker) started and not yet reaped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Running {
     count: AtomicUsize,
     /// Woken when `count` drops to zero.
     all_reaped: Notify,
+    /// Pushes finishing without their client ([`Finishing`]).
+    finishing: AtomicUsize,
+    /// Woken when `finishing` drops to zero.
+    none_finishing: Notify,
+    /// Set when gitgate stops: pushes finishing alone are ended, and no more start.
+    stopping: watch::Sender<bool>,
+}
+
+impl Default for Running {
+    fn default() -> Self {
+        Running {
+            count: AtomicUsize::new(0),
+            all_reaped: Notify::new(),
+            finishing: AtomicUsize::new(0),
+            none_finishing: Notify::new(),
+            stopping: watch::channel(false).0,
+        }
+    }
 }
 
 /// One process counted in its backend's [`Running`] until its supervisor has reaped it (or is
@@ -682,6 +704,28 @@ impl Drop for Counted {
 }
 
 impl CgiBackend {
+    /// At shutdown, within the grace period: waits until no push of this worker is finishing
+    /// without its client.
+    pub async fn pushes_finished(&self) {
+        let running = &self.running;
+        loop {
+            let done = running.none_finishing.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if running.finishing.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    /// At shutdown, once the grace period is over: pushes finishing without their client are
+    /// ended (SIGTERM, then SIGKILL for their group), and one whose client leaves from now on
+    /// is ended at once.
+    pub fn stop_finishing(&self) {
+        self.running.stopping.send_replace(true);
+    }
+
     /// Waits until every process this backend started has been reaped — those of requests cut
     /// off at shutdown get SIGTERM, then SIGKILL for their whole group after `TERM_GRACE`
     /// (2 s) — or until a little longer than that has passed. A worker calls this before its runtime ends:
@@ -1134,7 +1178,7 @@ fn parse_status(value: &[u8]) -> Result<StatusCode, CgiError> {
 ///
 /// Dropping it before the backend finished writing (the client went away) kills the backend,
 /// except a push's: that one is left to finish, its output read and thrown away, as long as it
-/// keeps writing at least every `finishes_alone` (see the module docs). The supervisor task reaps
+/// keeps writing (see [`Finishing`] and the module docs). The supervisor task reaps
 /// it either way.
 pub struct CgiBody {
     prefix: Option<Bytes>,
@@ -1147,43 +1191,116 @@ pub struct CgiBody {
     /// backend's exit: else the finished answer would be logged as cut off, and its backend
     /// killed.
     left: Option<u64>,
-    /// For a push: dropped early, the backend may go on for as long as it writes something
-    /// within this (the idle timeout), then it is killed.
-    finishes_alone: Option<Duration>,
+    /// For a push: what it needs to finish without its client (see [`Finishing`]).
+    finishing: Option<Finishing>,
 }
+
+/// How a push whose client left is let finish: for as long as it writes something within
+/// `idle` (the head timeout), while fewer than [`MAX_FINISHING`] of this worker's pushes are
+/// finishing so, and until gitgate stops.
+struct Finishing {
+    idle: Duration,
+    running: Arc<Running>,
+    /// The request, for the log: repository path and user.
+    label: String,
+}
+
+/// The most pushes of one worker that may finish without their client at once. Past it, a push
+/// whose client leaves is ended as any other request is: a writer cannot stack unbounded
+/// receive-packs and hooks by connecting and leaving.
+const MAX_FINISHING: usize = 8;
 
 impl Drop for CgiBody {
     fn drop(&mut self) {
-        let (Some(idle), Some(stdout)) = (self.finishes_alone, self.stdout.take()) else {
+        let (Some(finishing), Some(stdout)) = (self.finishing.take(), self.stdout.take()) else {
             return; // the guard, if still armed, kills the backend
         };
+        let label = &finishing.label;
+        if *finishing.running.stopping.borrow() {
+            return; // gitgate is stopping: the guard ends it with the rest
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let Some(slot) = FinishingSlot::take(&finishing.running) else {
+            tracing::warn!(target: "gitgate::cgi", push = %label, "the client left during a push, and {MAX_FINISHING} pushes are already finishing without theirs: ending this one");
+            return;
+        };
         let guard = std::mem::replace(&mut self.guard, KillGuard::disarmed());
-        tracing::info!(target: "gitgate::cgi", "the client left during a push; letting git receive-pack finish (its refs and hooks)");
-        runtime.spawn(finish_alone(stdout, guard, idle));
+        tracing::info!(target: "gitgate::cgi", push = %label, "the client left during a push; git receive-pack finishes it (its refs only if the whole pack arrived, and its hooks)");
+        runtime.spawn(finish_alone(
+            stdout,
+            guard,
+            self.exit.take(),
+            finishing,
+            slot,
+        ));
+    }
+}
+
+/// One of a worker's [`MAX_FINISHING`] places, given back when dropped.
+struct FinishingSlot(Arc<Running>);
+
+impl FinishingSlot {
+    fn take(running: &Arc<Running>) -> Option<FinishingSlot> {
+        running
+            .finishing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_FINISHING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| FinishingSlot(running.clone()))
+    }
+}
+
+impl Drop for FinishingSlot {
+    fn drop(&mut self) {
+        if self.0.finishing.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_finishing.notify_waiters();
+        }
     }
 }
 
 /// Reads a push's output to its end for a client that has left, so that receive-pack can
-/// finish; `guard` kills it if it writes nothing for `idle`.
-async fn finish_alone(mut stdout: ChildStdout, mut guard: KillGuard, idle: Duration) {
+/// finish, then logs how it ended; `guard` kills it if it writes nothing for the idle time, or
+/// when gitgate stops.
+async fn finish_alone(
+    mut stdout: ChildStdout,
+    mut guard: KillGuard,
+    exit: Option<oneshot::Receiver<ExitInfo>>,
+    finishing: Finishing,
+    _slot: FinishingSlot,
+) {
+    let mut stopping = finishing.running.stopping.subscribe();
     let mut scratch = vec![0u8; HEAD_READ];
-    loop {
-        match tokio::time::timeout(idle, stdout.read(&mut scratch)).await {
-            Ok(Ok(0)) => {
-                // Done talking: left to exit by itself, as a body read to its end is.
-                guard.disarm();
-                return;
-            }
+    // `None` once it has said all it had to say; else why it is ended.
+    let ended = loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout(finishing.idle, stdout.read(&mut scratch)) => read,
+            _ = stopping.wait_for(|s| *s) => break Some("gitgate is stopping"),
+        };
+        match read {
+            Ok(Ok(0)) => break None,
             Ok(Ok(_)) => {}
-            Ok(Err(_)) => return, // the guard kills it
-            Err(_) => {
-                guard.reason = "a push whose client left sent nothing for the idle timeout";
-                return;
-            }
+            Ok(Err(_)) => break Some("reading the output of a push whose client left failed"),
+            Err(_) => break Some("a push whose client left sent nothing for the idle timeout"),
         }
+    };
+    match ended {
+        // Left to exit by itself, as a body read to its end is.
+        None => guard.disarm(),
+        Some(reason) => guard.reason = reason,
+    }
+    drop(guard);
+    let Some(exit) = exit else { return };
+    match exit.await {
+        Ok(info) if info.success() => {
+            tracing::info!(target: "gitgate::cgi", push = %finishing.label, "a push whose client left has finished: {info}")
+        }
+        Ok(info) => {
+            tracing::warn!(target: "gitgate::cgi", push = %finishing.label, "a push whose client left has failed: {info}")
+        }
+        Err(_) => {}
     }
 }
 
@@ -2063,6 +2180,83 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("signal"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pushes_finishing_alone_are_capped_and_ended_when_gitgate_stops() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A push that reads its pack, then reports progress for a long time (a slow hook).
+        let backend = script(
+            tmp.path(),
+            "slow-push.cgi",
+            &format!(
+                "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; echo $$ > '{}/pid.'$$; \
+                 i=0; while [ $i -lt 300 ]; do echo progress; sleep 0.1; i=$((i+1)); done",
+                tmp.path().display()
+            ),
+        );
+        let headers = HeaderMap::new();
+        let make = || Generated {
+            remaining: 10,
+            fail_at_end: false,
+        };
+        let pids = |dir: &Path| -> Vec<u32> {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("pid."))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+                .collect()
+        };
+        // As many as may finish alone, each left by its client once it has its pack ...
+        for n in 1..=MAX_FINISHING {
+            let push = request(
+                &Method::POST,
+                "/team/app.git/git-receive-pack",
+                None,
+                &headers,
+            );
+            let response = serve(&backend, push, make).await.unwrap();
+            for _ in 0..100 {
+                if pids(tmp.path()).len() == n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(pids(tmp.path()).len(), n);
+            drop(response);
+        }
+        // ... and one more, which is ended; the others go on.
+        let push = request(
+            &Method::POST,
+            "/team/app.git/git-receive-pack",
+            None,
+            &headers,
+        );
+        drop(serve(&backend, push, make).await.unwrap());
+        tokio::time::sleep(TERM_GRACE + Duration::from_millis(500)).await;
+        let alive = pids(tmp.path()).into_iter().filter(|&p| running(p)).count();
+        assert_eq!(alive, MAX_FINISHING);
+        assert_eq!(
+            backend.running.finishing.load(Ordering::Acquire),
+            MAX_FINISHING
+        );
+        // gitgate stops: they are ended, reaped, and their places given back.
+        backend.stop_finishing();
+        assert_eq!(backend.wait_until_reaped().await, 0);
+        assert!(pids(tmp.path()).into_iter().all(|p| !running(p)));
+        tokio::time::timeout(Duration::from_secs(5), backend.pushes_finished())
+            .await
+            .expect("no push left finishing");
+        // And from now on a push whose client leaves is ended at once.
+        let push = request(
+            &Method::POST,
+            "/team/app.git/git-receive-pack",
+            None,
+            &headers,
+        );
+        drop(serve(&backend, push, make).await.unwrap());
+        assert_eq!(backend.wait_until_reaped().await, 0);
     }
 
     #[tokio::test]

@@ -165,6 +165,21 @@ impl Upstream {
         }
     }
 
+    /// At shutdown, within the grace period: wait until no push is finishing without its
+    /// client (see [`CgiBackend::pushes_finished`]).
+    pub async fn pushes_finished(&self) {
+        if let Upstream::Cgi(backend) = self {
+            backend.pushes_finished().await;
+        }
+    }
+
+    /// At shutdown, after the grace period: end pushes finishing without their client.
+    pub fn stop_finishing(&self) {
+        if let Upstream::Cgi(backend) = self {
+            backend.stop_finishing();
+        }
+    }
+
     /// At shutdown: wait (briefly) until the backend processes this worker started have been
     /// reaped; how many are still running. Nothing to wait for over HTTP.
     pub async fn wait_until_reaped(&self) -> usize {
