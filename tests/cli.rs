@@ -1025,6 +1025,35 @@ fn another_programs_database_is_refused_and_left_as_it_was() {
     assert_eq!(mode, "delete");
 }
 
+/// A store a newer gitgate made: refused by `serve` and the CLI, and left exactly as it was —
+/// its journal mode included, which used to be switched to WAL before the version was read.
+#[test]
+fn a_store_from_a_newer_gitgate_is_refused_and_left_as_it_was() {
+    let sb = Sandbox::new();
+    sb.cli_stdin(
+        &["user", "add", "alice", "--password-stdin"],
+        "pw-1234567890\n",
+    )
+    .ok();
+    {
+        let db = rusqlite::Connection::open(sb.db()).unwrap();
+        db.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+            .unwrap();
+        db.execute_batch("PRAGMA user_version = 99").unwrap();
+    }
+    let before = fs::read(sb.db()).unwrap();
+    let mut cmd = sb.gitgate_command();
+    cmd.arg("serve");
+    let out = run(cmd, None);
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains("newer than this gitgate knows"),
+        "{out}"
+    );
+    sb.cli(&["user", "list"]).fails_with("upgrade gitgate");
+    assert_eq!(fs::read(sb.db()).unwrap(), before, "the file was changed");
+}
+
 /// A command that only reads never creates the store: on a mistyped `[store] path` it says so
 /// instead of answering "nothing" from a new empty file.
 #[test]

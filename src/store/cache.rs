@@ -72,6 +72,9 @@ struct Seen {
     shm_path: PathBuf,
     /// Opened on first use (SQLite creates the file when a connection first reads).
     shm: Option<File>,
+    wal_path: PathBuf,
+    /// The write-ahead log SQLite has open, held only to see it unlinked.
+    wal: Option<File>,
     header: Header,
     data_version: i64,
     /// Moves whenever either signal does: the cache's notion of "version".
@@ -82,12 +85,26 @@ impl Seen {
     fn new(db_path: &Path, epoch: i64) -> Seen {
         let mut shm_path = db_path.as_os_str().to_owned();
         shm_path.push("-shm");
+        let mut wal_path = db_path.as_os_str().to_owned();
+        wal_path.push("-wal");
         Seen {
             shm_path: PathBuf::from(shm_path),
             shm: None,
+            wal_path: PathBuf::from(wal_path),
+            wal: None,
             header: [0; HEADER_COPIES / 2],
             data_version: i64::MIN,
             epoch,
+        }
+    }
+
+    /// Opens the `-shm` and `-wal` files if they are not open yet (and exist).
+    fn open_files(&mut self) {
+        if self.shm.is_none() {
+            self.shm = File::open(&self.shm_path).ok();
+        }
+        if self.wal.is_none() {
+            self.wal = File::open(&self.wal_path).ok();
         }
     }
 
@@ -130,6 +147,15 @@ impl AuthCache {
         }
     }
 
+    /// Open the `-shm` and `-wal` files SQLite has made for this process's connections, so that
+    /// their removal is seen from the first request on ([`AuthCache::index_unlinked`]).
+    pub(super) fn open_files(&self) {
+        self.seen
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .open_files();
+    }
+
     /// Forget every entry (the store file was replaced: the store refuses every operation from
     /// now on, see `Store::check_file`).
     pub(super) fn clear(&self) {
@@ -138,19 +164,22 @@ impl AuthCache {
         state.version = i64::MIN;
     }
 
-    /// Whether the `-shm` file this cache reads has been unlinked — deleted, or replaced by a
-    /// rename — under the running server. SQLite keeps a connection's `-shm` and `-wal` open,
-    /// so this process would go on reading the old index and log while every other process
-    /// creates new ones: commits made since (a revocation) would never be seen here. One
-    /// `fstat` of the open file; `false` before it is open.
+    /// Whether the `-shm` or `-wal` file this process has open has been unlinked — deleted, or
+    /// replaced by a rename — under the running server. SQLite keeps a connection's `-shm` and
+    /// `-wal` open, so this process would go on reading the old index and log while every other
+    /// process creates new ones: commits made since (a revocation) would never be seen here.
+    /// While any connection is open SQLite itself never removes either. One `fstat` of each
+    /// open file; `false` for one not open yet (see [`AuthCache::open_files`]).
     pub(super) fn index_unlinked(&self) -> bool {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
             let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
-            seen.shm
-                .as_ref()
-                .is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() == 0))
+            let unlinked = |f: &Option<File>| {
+                f.as_ref()
+                    .is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() == 0))
+            };
+            unlinked(&seen.shm) || unlinked(&seen.wal)
         }
         #[cfg(not(unix))]
         {
@@ -190,9 +219,7 @@ impl AuthCache {
         }
         // Moved, unreadable or not open yet: look again, alone.
         let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
-        if seen.shm.is_none() {
-            seen.shm = File::open(&seen.shm_path).ok();
-        }
+        seen.open_files();
         if let Some(header) = seen.read_header() {
             if header != seen.header {
                 seen.header = header;
@@ -357,6 +384,27 @@ mod tests {
         let err = server.auth_record_cached("abcdefghijkl").unwrap_err();
         assert!(err.to_string().contains("restart gitgate"), "{err}");
         assert!(server.setting("x").is_err(), "every operation is refused");
+    }
+
+    /// Only the `-wal` deleted (another process then makes a new one and commits there), or
+    /// both deleted before this process's first lookup: refused the same way.
+    #[test]
+    fn a_deleted_log_or_an_index_deleted_before_the_first_lookup_is_refused() {
+        let (dir, server, _cli) = cached_in_a_fresh_store();
+        std::fs::remove_file(dir.path().join("t.db-wal")).unwrap();
+        let err = server.auth_record_cached("abcdefghijkl").unwrap_err();
+        assert!(err.to_string().contains("restart gitgate"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let server = Store::open(&path).unwrap();
+        for file in ["t.db-wal", "t.db-shm"] {
+            std::fs::remove_file(dir.path().join(file)).unwrap();
+        }
+        // (Another process would make new ones and commit there; in this one SQLite shares
+        // the old ones between connections.)
+        let err = server.auth_record_cached("abcdefghijkl").unwrap_err();
+        assert!(err.to_string().contains("restart gitgate"), "{err}");
     }
 
     /// The writer's commits (last uses, audit rows) change nothing a decision reads: with many

@@ -175,6 +175,7 @@ impl Store {
                  [store] path"
             )));
         }
+        schema::refuse_newer(&conn).map_err(explain)?;
         // WAL is a property of the file: set once, every later connection sees it.
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -186,11 +187,14 @@ impl Store {
         }
         schema::migrate(&mut conn).map_err(explain)?;
         let watcher = connect(path, false).map_err(explain)?;
+        let cache = cache::AuthCache::new(watcher, path);
+        // The `-shm` and `-wal` exist by now (the WAL switch and the migration read the file).
+        cache.open_files();
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 idle: Mutex::new(vec![conn]),
-                cache: cache::AuthCache::new(watcher, path),
+                cache,
                 file: RwLock::new(file_id(path).ok()),
                 replaced: AtomicBool::new(false),
                 batch_writer: writer::BatchWriter::new(),

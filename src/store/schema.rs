@@ -117,8 +117,29 @@ pub fn foreign_tables(conn: &Connection) -> rusqlite::Result<Option<String>> {
     Ok((!names.is_empty()).then(|| names.join("', '")))
 }
 
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+/// The store's schema version, refused if newer than this gitgate knows. Read before anything is
+/// changed: a store a newer gitgate made must be left exactly as it is (its journal mode
+/// included).
+pub fn refuse_newer(conn: &Connection) -> rusqlite::Result<i64> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > CURRENT {
+        return Err(newer(version));
+    }
+    Ok(version)
+}
+
+fn newer(version: i64) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+        Some(format!(
+            "the store has schema version {version}, newer than this gitgate knows \
+             ({CURRENT}); upgrade gitgate"
+        )),
+    )
+}
+
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version = refuse_newer(conn)?;
     if version == CURRENT {
         return Ok(());
     }
@@ -127,13 +148,7 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version >= CURRENT {
             if version > CURRENT {
-                return Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                    Some(format!(
-                        "the store has schema version {version}, newer than this gitgate knows \
-                         ({CURRENT}); upgrade gitgate"
-                    )),
-                ));
+                return Err(newer(version));
             }
             return Ok(());
         }

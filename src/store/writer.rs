@@ -213,6 +213,8 @@ struct Pending {
     held_back: Mutex<Gathered>,
     /// Failed writes in a row.
     failures: std::sync::atomic::AtomicU32,
+    /// Writes in a row that found the store locked by another process (never given up).
+    busy_waits: std::sync::atomic::AtomicU32,
 }
 
 /// A thread's own batch for one writer.
@@ -401,7 +403,10 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
         }
         let Some(inner) = store.upgrade() else { return };
         match write(&Store { inner }, &batch, &last_uses) {
-            Ok(()) => pending.failures.store(0, Ordering::Relaxed),
+            Ok(()) => {
+                pending.failures.store(0, Ordering::Relaxed);
+                pending.busy_waits.store(0, Ordering::Relaxed);
+            }
             Err(e) => {
                 failed(&pending, &e, batch, last_uses);
                 // Try again after a pause, with whatever the next window brings.
@@ -462,6 +467,24 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super
 /// A window that could not be written: kept for the next window unless it has had its
 /// [`ATTEMPTS`], then given up.
 fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: LastUses) {
+    if matches!(e, super::StoreError::Busy) {
+        // Another process holds the write lock (a backup, an open `sqlite3`, a long CLI
+        // change): the events wait for it however long it takes, as the start-up warning says —
+        // held in memory within the window's caps, repeats folded, retried every pause.
+        let waits = pending.busy_waits.fetch_add(1, Ordering::Relaxed);
+        if waits % 60 == 0 {
+            tracing::warn!(
+                error = %e,
+                events = batch.total,
+                tokens = last_uses.tokens.len(),
+                "the token store is locked by another process: audit events and last uses wait for the lock"
+            );
+        }
+        let mut held = pending.held_back.lock().unwrap_or_else(|p| p.into_inner());
+        held.events.absorb(batch);
+        held.last_uses.absorb(last_uses);
+        return;
+    }
     let attempt = pending.failures.fetch_add(1, Ordering::Relaxed) + 1;
     if attempt >= ATTEMPTS {
         pending.failures.store(0, Ordering::Relaxed);
@@ -562,6 +585,36 @@ mod tests {
             .unwrap()
             .iter()
             .all(|e| e.target != "eve"));
+    }
+
+    /// A store locked by another process is waited for, however many tries it takes: the
+    /// events are held (repeats folded), never given up as after other errors.
+    #[test]
+    fn a_locked_store_is_waited_for_not_given_up() {
+        let pending = super::Pending::default();
+        for at in 0..(ATTEMPTS as i64 * 3) {
+            let mut batch = super::Batch::default();
+            batch.add(super::Event {
+                at,
+                actor: actor(),
+                action: "auth.failed",
+                target: "eve".into(),
+                detail: "while locked".into(),
+            });
+            super::failed(
+                &pending,
+                &crate::store::StoreError::Busy,
+                batch,
+                super::LastUses::default(),
+            );
+        }
+        let held = pending.held_back.lock().unwrap();
+        assert_eq!(held.events.total, ATTEMPTS as u64 * 3, "every one held");
+        assert_eq!(held.events.events.len(), 1, "folded into one");
+        assert_eq!(
+            pending.failures.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]
