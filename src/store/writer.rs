@@ -472,7 +472,7 @@ fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: Las
         // change): the events wait for it however long it takes, as the start-up warning says —
         // held in memory within the window's caps, repeats folded, retried every pause.
         let waits = pending.busy_waits.fetch_add(1, Ordering::Relaxed);
-        if waits % 60 == 0 {
+        if waits.is_multiple_of(60) {
             tracing::warn!(
                 error = %e,
                 events = batch.total,
