@@ -372,9 +372,9 @@ fn a_store_locked_by_another_writer_still_serves_and_the_write_is_tried_again() 
     assert_eq!(status(&get(&server, IR, &w)), 200);
     assert!(started.elapsed() < Duration::from_secs(3));
     // ...and the last-used write, which waits out the busy timeout off the request path,
-    // fails with a log line and is kept for another try.
+    // fails with a log line and is kept for another try, for as long as the lock is held.
     wait_for("the failed last-use write to be logged", || {
-        server.log().contains("trying again")
+        server.log().contains("wait for the lock")
     });
     assert_eq!(status(&get(&server, IR, &w)), 200);
     let id = &w[4..16];
