@@ -1178,7 +1178,7 @@ fn parse_status(value: &[u8]) -> Result<StatusCode, CgiError> {
 ///
 /// Dropping it before the backend finished writing (the client went away) kills the backend,
 /// except a push's: that one is left to finish, its output read and thrown away, as long as it
-/// keeps writing (see [`Finishing`] and the module docs). The supervisor task reaps
+/// keeps writing, a few at a time (see the module docs). The supervisor task reaps
 /// it either way.
 pub struct CgiBody {
     prefix: Option<Bytes>,
