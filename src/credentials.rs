@@ -281,40 +281,31 @@ fn prefix_in(bytes: &[u8]) -> bool {
 /// characters). User names never look like that: they are at most 64 lower-case letters,
 /// digits and `._-`; the names CI systems send are short words; a GUID is 36.
 pub fn holds_a_secret(user: &str) -> bool {
-    let mistyped = user
-        .as_bytes()
-        .windows(4)
-        .any(|w| w[..3].eq_ignore_ascii_case(b"ggt") && w[3] == b'-');
-    if holds_a_token(user) || mistyped {
-        return true;
-    }
-    user.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        .any(|run| {
-            run.len() >= 40
-                && run.bytes().any(|b| b.is_ascii_uppercase())
-                && run.bytes().any(|b| b.is_ascii_lowercase())
-        })
+    looks_like_a_secret(user, false)
 }
 
-/// Whether a token's name holds what is most likely a pasted secret: the token prefix anywhere
-/// (also mistyped as `ggt-`), or a run of 40 or more characters of the secret's alphabet with
-/// upper- and lower-case letters *and* digits in it. Stricter than [`holds_a_secret`]: a name
-/// may well be a long hyphenated mixed-case label (`GitHubActions-deploy-production-cluster`),
-/// while the secret's 43 random characters miss a digit only about once in 1,500.
+/// Whether a token's name holds what is most likely a pasted secret: as [`holds_a_secret`], but
+/// a long run must have digits in it too. A name may well be a long hyphenated mixed-case label
+/// (`GitHubActions-deploy-production-cluster`), while the secret's 43 random characters miss a
+/// digit only about once in 1,500.
 pub fn names_a_secret(name: &str) -> bool {
-    let mistyped = name
+    looks_like_a_secret(name, true)
+}
+
+fn looks_like_a_secret(text: &str, run_needs_digits: bool) -> bool {
+    let mistyped = text
         .as_bytes()
         .windows(4)
         .any(|w| w[..3].eq_ignore_ascii_case(b"ggt") && w[3] == b'-');
-    if holds_a_token(name) || mistyped {
+    if holds_a_token(text) || mistyped {
         return true;
     }
-    name.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         .any(|run| {
             run.len() >= 40
                 && run.bytes().any(|b| b.is_ascii_uppercase())
                 && run.bytes().any(|b| b.is_ascii_lowercase())
-                && run.bytes().any(|b| b.is_ascii_digit())
+                && (!run_needs_digits || run.bytes().any(|b| b.is_ascii_digit()))
         })
 }
 

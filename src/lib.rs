@@ -33,7 +33,8 @@
 //! - [`metrics`] counts requests, outcomes, bytes, latencies and connections and serves them as
 //!   `GET /metrics` (Prometheus text) on its own listener, `[metrics] listen`, off by default.
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2, TLS via [`tls`] with the
-//!   certificate reloaded on SIGHUP), with a header-read deadline, an idle timeout ([`idle`]:
+//!   certificate reloaded on SIGHUP), with a header-read deadline (also for a connection
+//!   waiting for a request: a silent one is closed after it), an idle timeout ([`idle`]:
 //!   no byte moving, or no exchange moving — no request body or answer frame — so HTTP/2
 //!   PINGs alone hold nothing), a cap on connections and header size, and graceful shutdown on
 //!   SIGINT/SIGTERM (what is left at the end of the grace period, or at a second signal, is cut
@@ -59,7 +60,7 @@
 //!   `404/400/405` for what is not a git request (never forwarded), `501` for a request body in a
 //!   transfer coding other than `chunked` (never forwarded), `401` with a Basic challenge
 //!   for missing or bad credentials, `403` for too little permission, `503` when the store
-//!   cannot be read, is gone, or was replaced by another file or had its `-shm` index deleted
+//!   cannot be read, is gone, or was replaced by another file or had its `-wal`/`-shm` deleted
 //!   (fail closed; a replaced one until a restart), `502` when the backend fails. Every refusal carries a
 //!   one-line `text/plain` reason that git prints as `remote: ...`.
 //! - [`git`] says *what* a request is (repository, read or write) and builds the canonical path the
@@ -74,7 +75,9 @@
 //!   request.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
 //!   streamed, in a process group of its own that is ended whole when the request ends early
-//!   (or, `504`, when it sends no headers while the upload does not move either), given the one
+//!   — but for a push, which is told by the end of its input and left to finish (a few per
+//!   worker, until gitgate stops) — or, `504`, when it sends no headers while the upload does
+//!   not move either; it is given the one
 //!   directory on disk that answers to the repository (`team/app.git` or `team/app`; both is a
 //!   `500`).
 //! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which
