@@ -1110,28 +1110,20 @@ fn sighup_reads_the_upstream_secret_again_and_keeps_it_when_the_new_one_is_unusa
     // The rotated secret, and a reload: no restart.
     std::fs::write(&secret, format!("{UPSTREAM_SECRET}\n")).unwrap();
     g.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !g
-        .log_text()
-        .contains("SIGHUP: upstream credentials read again")
-    {
-        assert!(Instant::now() < deadline, "{}", g.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the reload", Duration::from_secs(10), || {
+        g.log_text()
+            .contains("SIGHUP: upstream credentials read again")
+    });
     let (status, _, body) = advertise();
     assert_eq!(status, 200, "{body}");
     w.git_ok(w.dir.path(), &["ls-remote", &w.url(&g)]);
     // An unusable new secret keeps the one that works, and the log says why.
     std::fs::write(&secret, "\n").unwrap();
     g.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !g
-        .log_text()
-        .contains("SIGHUP: keeping the current upstream credentials, the new ones are unusable")
-    {
-        assert!(Instant::now() < deadline, "{}", g.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the refused reload", Duration::from_secs(10), || {
+        g.log_text()
+            .contains("SIGHUP: keeping the current upstream credentials, the new ones are unusable")
+    });
     let (status, _, body) = advertise();
     assert_eq!(status, 200, "{body}");
     // Neither secret ever reaches the log.

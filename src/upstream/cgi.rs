@@ -2217,12 +2217,7 @@ mod tests {
                 &headers,
             );
             let response = serve(&backend, push, make).await.unwrap();
-            for _ in 0..100 {
-                if pids(tmp.path()).len() == n {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            eventually(|| pids(tmp.path()).len() == n).await;
             assert_eq!(pids(tmp.path()).len(), n);
             drop(response);
         }
@@ -2310,13 +2305,10 @@ mod tests {
         };
         let response = serve(&backend, push, make).await.unwrap();
         drop(response); // the client left
-        for _ in 0..100 {
-            if done.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(done.exists(), "the push was killed before its hook ran");
+        assert!(
+            eventually(|| done.exists()).await,
+            "the push was killed before its hook ran"
+        );
 
         // Not for a fetch: its backend goes with its client.
         let fetched = tmp.path().join("fetch-finished");
@@ -2357,14 +2349,8 @@ mod tests {
         );
         drop(serve(&backend, push, make).await.unwrap());
         let pid = pid_in(&pid_file).await;
-        for _ in 0..100 {
-            if !running(pid) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         assert!(
-            !running(pid),
+            eventually(|| !running(pid)).await,
             "a silent push whose client left must be ended"
         );
     }
@@ -2377,6 +2363,17 @@ mod tests {
                 !state.starts_with('Z') && !state.starts_with('X')
             })
             .unwrap_or(false)
+    }
+
+    /// Whether `done` holds within 5 s (polled every 20 ms).
+    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        for _ in 0..250 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done()
     }
 
     /// The pid a script wrote to `file`, once it is there.
