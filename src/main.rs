@@ -278,21 +278,29 @@ fn main() -> ExitCode {
     }
 }
 
+impl Command {
+    /// Whether the command only reads the store: it then must not create one where there is
+    /// none (a mistyped `[store] path` would leave an empty store behind and list nothing).
+    /// Kept beside the commands, so that a new one is classed where it is added.
+    fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            Command::User(UserCommand::List { .. })
+                | Command::Grant(GrantCommand::List { .. })
+                | Command::Token(TokenCommand::List { .. } | TokenCommand::Show { .. })
+                | Command::Policy(PolicyCommand::Show { .. })
+                | Command::Ratelimit(RatelimitCommand::List { .. })
+                | Command::Audit { .. }
+        )
+    }
+}
+
 fn run(args: Cli) -> Result<(), String> {
     if let Command::Serve = args.command {
         let config = gitgate::config::Config::load(&args.config).map_err(|e| e.to_string())?;
         return gitgate::server::run(config);
     }
-    let only_reads = matches!(
-        args.command,
-        Command::User(UserCommand::List { .. })
-            | Command::Grant(GrantCommand::List { .. })
-            | Command::Token(TokenCommand::List { .. } | TokenCommand::Show { .. })
-            | Command::Policy(PolicyCommand::Show { .. })
-            | Command::Ratelimit(RatelimitCommand::List { .. })
-            | Command::Audit { .. }
-    );
-    let store = cli::open_store(&args.config, !only_reads)?;
+    let store = cli::open_store(&args.config, !args.command.only_reads())?;
     match args.command {
         Command::Serve => unreachable!("handled above"),
         Command::User(cmd) => match cmd {

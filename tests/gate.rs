@@ -366,7 +366,7 @@ fn a_graceful_stop_writes_the_pending_audit_events_and_last_uses() {
         Some(&basic("alice", &flip_secret(&token.secret))),
     );
     assert_eq!(refused.status, 401);
-    let status = stop_within(&mut server, Duration::from_secs(15));
+    let status = server.stop_within(Duration::from_secs(15));
     assert!(status.success(), "{status}\n{}", server.log_text());
     let log = server.log_text();
     assert!(
@@ -1087,19 +1087,6 @@ fn start_info_refs(port: u16, repo: &str, token: &common::Token) -> std::net::Tc
     s
 }
 
-/// Sends SIGTERM and waits (at most `limit`) for gitgate to exit; its exit status.
-fn stop_within(server: &mut Server, limit: Duration) -> std::process::ExitStatus {
-    server.signal("TERM");
-    let stopped = Instant::now();
-    loop {
-        if let Some(s) = server.exit_status() {
-            return s;
-        }
-        assert!(stopped.elapsed() < limit, "gitgate did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A request still running when the grace period ends is cut off by gitgate itself (on worker 0
 /// too, whose tasks live on the main thread), and logged as such before the process exits.
 #[test]
@@ -1109,7 +1096,7 @@ fn a_request_past_the_grace_period_is_cut_off_and_logged() {
     // The backend takes 5 s for slow.git; the stop comes after 300 ms with a 1 s grace.
     let s = start_info_refs(server.port, "team/slow", &token);
     std::thread::sleep(Duration::from_millis(300));
-    let status = stop_within(&mut server, Duration::from_secs(4));
+    let status = server.stop_within(Duration::from_secs(4));
     assert!(status.success(), "{status}");
     let log = fs::read_to_string(sb.server_log()).unwrap();
     let line = log
@@ -1150,7 +1137,7 @@ fn a_second_stop_signal_cuts_the_grace_period_short() {
     assert!(!log.contains("second stop signal"), "{log}");
     // The backend takes 5 s for slow.git; without the second signal gitgate would wait for it
     // and log it complete. Cut off, the backend is reaped after its 2 s TERM grace.
-    let status = stop_within(&mut server, Duration::from_secs(4));
+    let status = server.stop_within(Duration::from_secs(4));
     assert!(status.success(), "{status}");
     let log = fs::read_to_string(sb.server_log()).unwrap();
     assert!(log.contains("second stop signal"), "{log}");
@@ -1258,7 +1245,7 @@ fn a_backend_that_ignores_sigterm_is_ended_with_its_group_before_exit() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(group_alive(group));
-    let status = stop_within(&mut server, Duration::from_secs(8));
+    let status = server.stop_within(Duration::from_secs(8));
     assert!(status.success(), "{status}");
     // The backend (30 s) would still run had only its leader been killed, and gitgate would still
     // wait for it without the SIGKILL; killed, its processes are gone once it is delivered.
@@ -1461,7 +1448,7 @@ fn secrets_never_reach_the_log_or_the_database() {
     );
     assert!(!run.success(), "{run}");
     // A graceful stop writes what the store's writer still holds (audit events, last uses).
-    let status = stop_within(&mut server, Duration::from_secs(10));
+    let status = server.stop_within(Duration::from_secs(10));
     assert!(status.success(), "{status}");
     // The refusals were written down (the audit rows are among what is searched below).
     let audit = sb.cli(&["audit", "--json"]);

@@ -248,6 +248,40 @@ fn a_store_replaced_while_serving_is_refused_until_a_restart() {
     assert_eq!(status(&get(&server, IR, &r)), 200);
 }
 
+/// A backup moved over the store file without stopping gitgate first (which the README asks
+/// for), its `-wal` and `-shm` left in place: they hold the old file's log, which the next start
+/// would apply to the restored file. The stop says so and what to remove; done, the restored
+/// file is what counts (here: from before a revocation).
+#[test]
+fn a_store_restored_over_the_running_server_says_what_to_remove_at_the_stop() {
+    let mut server = Server::start("");
+    let r = server.read_token.clone();
+    assert_eq!(status(&get(&server, IR, &r)), 200);
+    let db = server.path("gitgate.db");
+    let backup = server.path("backup.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+            .unwrap();
+    }
+    gitgate(&server.config(), &["token", "revoke", &r[4..16]], None);
+    assert_eq!(status(&get(&server, IR, &r)), 401);
+    std::fs::rename(&backup, &db).unwrap();
+    assert_eq!(status(&get(&server, IR, &r)), 503);
+    server.stop();
+    let wal = format!("{}-wal", db.display());
+    let shm = format!("{}-shm", db.display());
+    let advice = format!(
+        "If the new file is a restored backup, remove {wal} and {shm} before starting gitgate again"
+    );
+    assert!(server.log().contains(&advice), "{}", server.log());
+    std::fs::remove_file(&wal).unwrap();
+    std::fs::remove_file(&shm).unwrap();
+    server.start_again();
+    let resp = get(&server, IR, &r);
+    assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+}
+
 /// The store's `-wal` and `-shm` deleted under the running server: the CLI makes new ones, and
 /// its revocation must not go unseen by a server still reading the old, deleted index.
 #[test]
@@ -268,6 +302,47 @@ fn a_store_index_deleted_while_serving_fails_closed() {
     // After a restart the revocation is what counts.
     server.restart();
     assert_eq!(status(&get(&server, IR, &w)), 401);
+}
+
+/// The same, once the server has written to its log file (the token's last use): the server's
+/// connections to the old, deleted `-wal` must not be checkpointed into the store when they are
+/// closed at the stop. That checkpoint would write the token's row as the old log has it (not
+/// revoked) over the CLI's revocation, and then delete the CLI's new `-wal` by its name.
+///
+/// Both when a request saw the change before the stop, and when none did (the stop is then the
+/// first to look).
+#[test]
+fn a_restart_after_the_index_was_deleted_keeps_what_the_cli_wrote_meanwhile() {
+    for asked_before_the_stop in [true, false] {
+        restart_after_the_index_was_deleted(asked_before_the_stop);
+    }
+}
+
+fn restart_after_the_index_was_deleted(asked_before_the_stop: bool) {
+    let mut server = Server::start("");
+    let w = server.write_token.clone();
+    let id = &w[4..16];
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    // The last use is committed to the server's log (a batch, within a few seconds).
+    wait_for("the token's last use", || {
+        gitgate(&server.config(), &["token", "show", id, "--json"], None)
+            .contains("\"lastUsedAt\": 1")
+    });
+    let db = server.path("gitgate.db");
+    for suffix in ["-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", db.display())).unwrap();
+    }
+    gitgate(&server.config(), &["token", "revoke", id], None);
+    if asked_before_the_stop {
+        assert_eq!(status(&get(&server, IR, &w)), 503);
+    }
+    server.restart();
+    let resp = get(&server, IR, &w);
+    assert_eq!(status(&resp), 401, "{}", String::from_utf8_lossy(&resp));
+    assert!(
+        !gitgate(&server.config(), &["token", "show", id, "--json"], None)
+            .contains("\"revokedAt\": null")
+    );
 }
 
 /// libfaketime, which moves the wall clock of the process it is preloaded into (Debian's

@@ -156,6 +156,12 @@ impl AuthCache {
             .open_files();
     }
 
+    /// The watcher connection, for the store's last word at the stop (see `Inner::drop` in
+    /// the store).
+    pub(super) fn watcher(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.fallback.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Forget every entry (the store file was replaced: the store refuses every operation from
     /// now on, see `Store::check_file`).
     pub(super) fn clear(&self) {

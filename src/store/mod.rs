@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit::AuditEvent;
@@ -541,6 +542,61 @@ fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
             )
         }
         _ => e.to_string(),
+    }
+}
+
+impl Drop for Inner {
+    /// At the stop, leave the store's files as the next start should find them when they were
+    /// changed under the running server (see [`Store::check_file`]).
+    ///
+    /// SQLite checkpoints the write-ahead log into the store file and deletes the `-wal` and
+    /// `-shm` when a database's last connection closes (the watcher's, dropped after this) —
+    /// unless the file has moved, when it leaves both as they are. Two changes go wrong then:
+    /// - **The `-wal` and `-shm` were deleted.** Their names now belong to other processes'
+    ///   new files: a CLI that revoked a token meanwhile has its revocation there or already in
+    ///   the store file. The checkpoint would write the token's row as this process's old log
+    ///   has it over the revocation and delete the new `-wal`: the revoked token valid again
+    ///   after the restart gitgate asks for. So this process's old log is left unapplied, as a
+    ///   crash would leave it; what only it held (last uses, audit events written before the
+    ///   deletion) was lost to every other process already.
+    /// - **The store file was replaced** (a backup moved over it) while the `-wal` stayed:
+    ///   SQLite keeps that log, and the next start would apply the old file's log to the new
+    ///   file — a mix of the two, or a corrupt store. Which file's commits are meant is not
+    ///   gitgate's to guess (a CLI may have committed to the new file through the same log), so
+    ///   the log is left and the operator is told what to remove.
+    fn drop(&mut self) {
+        if self.cache.index_unlinked() {
+            for conn in self
+                .idle
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                keep_log_on_close(conn);
+            }
+            keep_log_on_close(&self.cache.watcher());
+        } else if file_id(&self.path)
+            .is_ok_and(|id| *self.file.get_mut().unwrap_or_else(|p| p.into_inner()) != Some(id))
+        {
+            let wal = format!("{}-wal", self.path.display());
+            if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                tracing::error!(
+                    "the store file was replaced while gitgate was running, and {wal} is the old \
+                     file's write-ahead log: the next start would apply it to the new file. If \
+                     the new file is a restored backup, remove {wal} and {path}-shm before \
+                     starting gitgate again (whatever was written to the new file since it was \
+                     put in place went to that log too)",
+                    path = self.path.display()
+                );
+            }
+        }
+    }
+}
+
+/// See [`Inner::drop`].
+fn keep_log_on_close(conn: &Connection) {
+    if let Err(e) = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true) {
+        tracing::error!(error = %e, "could not keep a store connection from checkpointing on close");
     }
 }
 

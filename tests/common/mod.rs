@@ -641,6 +641,24 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends SIGTERM and waits (at most `limit`) for gitgate to exit, as an operator's stop or
+    /// restart does; its exit status.
+    pub fn stop_within(&mut self, limit: Duration) -> ExitStatus {
+        self.signal("TERM");
+        let stopped = Instant::now();
+        loop {
+            if let Some(s) = self.exit_status() {
+                return s;
+            }
+            assert!(
+                stopped.elapsed() < limit,
+                "gitgate did not exit within {limit:?} of SIGTERM:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Server {

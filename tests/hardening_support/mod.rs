@@ -112,9 +112,21 @@ impl Server {
         raw_exchange(self.addr, bytes)
     }
 
-    /// Stop the server and start it again on the same sandbox (on a new port).
+    /// Stop the server as an operator does (SIGTERM, and a clean exit) and start it again on
+    /// the same sandbox (on a new port).
     pub fn restart(&mut self) {
-        self.server.stop();
+        self.stop();
+        self.start_again();
+    }
+
+    /// Stop the server as an operator does: SIGTERM, and a clean exit.
+    pub fn stop(&mut self) {
+        let status = self.server.stop_within(Duration::from_secs(30));
+        assert!(status.success(), "gitgate's stop: {status}");
+    }
+
+    /// Start the server again on the same sandbox (on a new port) after [`Server::stop`].
+    pub fn start_again(&mut self) {
         self.server = self.sandbox.serve_with_env(&[("GITGATE_LOG", "info")]);
         self.addr = SocketAddr::from(([127, 0, 0, 1], self.server.port));
     }
