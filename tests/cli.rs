@@ -263,10 +263,11 @@ fn grant_errors_are_refused() {
     .fails_with("--password-stdin is for personal tokens");
     let tokens = sb.cli_json(&["token", "list", "--json"]);
     assert_eq!(tokens, Value::Array(vec![]), "no token was made");
-    let run = sb.cli(&["grant", "remove", "alice", "team"]);
+    sb.cli(&["grant", "remove", "alice", "team"])
+        .fails_with("user 'alice' has no grant on team");
     assert!(
-        !run.success() || run.stderr.contains("team"),
-        "removing a missing grant: {run}"
+        !sb.cli(&["audit"]).stdout.contains("grant.removed"),
+        "a refused removal is no event"
     );
     let list = sb.cli_json(&["grant", "list", "--json"]);
     assert_eq!(list, Value::Array(vec![]), "nothing was granted");
@@ -498,11 +499,11 @@ fn scoped_tokens_json() {
     assert_eq!(r.json["user"], Value::Null, "{}", r.json);
     assert_eq!(r.json["name"], "deploy", "{}", r.json);
 
-    for (flag, scope) in [
-        ("--project", "team/app"),
-        ("--project", ""),
-        ("--repo", "team"),
-        ("--repo", "team/../x"),
+    for (flag, scope, reason) in [
+        ("--project", "team/app", "--project takes a project key"),
+        ("--project", "", "is not a project key"),
+        ("--repo", "team", "--repo takes PROJECT/REPO"),
+        ("--repo", "team/../x", "has an invalid segment '..'"),
     ] {
         let run = sb.cli(&[
             "token",
@@ -515,7 +516,17 @@ fn scoped_tokens_json() {
             "REPO_READ",
         ]);
         assert!(!run.success(), "{flag} {scope:?} should be refused: {run}");
+        assert!(
+            run.stderr.contains(reason),
+            "{flag} {scope:?}: the refusal does not say what is wrong: {run}"
+        );
     }
+    let tokens = sb.cli_json(&["token", "list", "--json"]);
+    assert_eq!(
+        tokens.as_array().unwrap().len(),
+        2,
+        "a refused scope made a token: {tokens}"
+    );
 }
 
 #[test]

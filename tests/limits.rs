@@ -65,10 +65,14 @@ fn start_in_front_of(dir: &Path, upstream_port: u16, upstream_extra: &str) -> (S
     )
 }
 
+/// The worker threads of the gitgate in front of a test upstream: fixed, so that bounds that
+/// count per worker mean the same on a machine of any size.
+const WORKERS: usize = 2;
+
 /// Like [`start_in_front_of`], with the upstream's whole URL (a base path, say).
 fn start_in_front_of_url(dir: &Path, url: &str, upstream_extra: &str) -> (Server, String) {
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"gitgate.db\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {WORKERS}\n[store]\npath = \"gitgate.db\"\n\
          [upstream]\nurl = \"{url}\"\n{upstream_extra}"
     );
     start_with_token(dir, &config, "PROJECT_READ")
@@ -471,6 +475,12 @@ fn password_checks_run_a_few_at_a_time_and_the_rest_are_told_to_retry() {
     for a in &answers {
         assert!(["401", "429", "503"].contains(&status(a).as_str()), "{a}");
     }
+    // ... and a few at a time were checked (a limiter refusing every login would pass the rest).
+    assert!(
+        answers.iter().any(|a| status(a) == "401"),
+        "no password was checked: {:?}",
+        answers.iter().map(status).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -549,10 +559,11 @@ fn a_backend_that_hangs_is_a_504_before_the_connection_idles_out() {
         program.display()
     );
     let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
-    let (out, took) = info_refs(&g, &auth);
+    // A 504 at all says the backend's deadline came first: closed by its idle timeout, the
+    // connection would have answered nothing (a bound on the time would only add flakiness).
+    let (out, _) = info_refs(&g, &auth);
     assert!(out.starts_with("HTTP/1.1 504"), "{out}");
     assert!(out.contains("sent no response in time"), "{out}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
     let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
     assert!(!log.contains("client-gone"), "{log}");
 
@@ -565,9 +576,8 @@ fn a_backend_that_hangs_is_a_504_before_the_connection_idles_out() {
          [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n"
     );
     let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
-    let (out, took) = info_refs(&g, &auth);
+    let (out, _) = info_refs(&g, &auth);
     assert!(out.starts_with("HTTP/1.1 504"), "{out}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
 #[test]
@@ -745,13 +755,11 @@ fn a_flood_of_readiness_probes_is_not_a_flood_of_upstream_connections() {
         let resp = common::http_get(g.port, "/readyz", None);
         assert_eq!(resp.status, 200, "{resp:?}");
     }
-    // A success answers for a second, per worker (one per core by default): at most one check
-    // per worker and second.
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // A success answers for a second, per worker: at most one check per worker and second.
     let seconds = started.elapsed().as_secs() as usize + 1;
     let checks = accepted.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
-        checks >= 1 && checks <= workers * seconds,
+        checks >= 1 && checks <= WORKERS * seconds,
         "{checks} upstream connections for 40 probes"
     );
 }
@@ -786,12 +794,11 @@ fn readiness_failures_are_shared_remembered_and_name_no_address() {
         );
     }
     // The details are in the log, once per check: at most one check per worker and second.
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let seconds = started.elapsed().as_secs() as usize + 1;
     let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
     let checks = log.matches("not ready: git backend unreachable").count();
     assert!(
-        checks >= 1 && checks <= workers * seconds,
+        checks >= 1 && checks <= WORKERS * seconds,
         "{checks} checks for 40 probes:\n{log}"
     );
     assert!(log.contains(&format!("127.0.0.1:{upstream_port}")), "{log}");
@@ -823,14 +830,13 @@ fn upstream_connections_are_kept_alive_and_reused() {
         assert!(!lower.contains("authorization"), "{head}");
     }
     // 20 sequential requests from new client connections need at most one upstream connection
-    // per worker thread (one per core): every later request reused a pooled one.
+    // per worker thread: every later request reused a pooled one.
     let mut connections: Vec<usize> = heads.iter().map(|(n, _)| *n).collect();
     connections.dedup();
     connections.sort();
     connections.dedup();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert!(
-        connections.len() <= workers.min(19),
+        connections.len() <= WORKERS,
         "{} upstream connections for 20 requests",
         connections.len()
     );
@@ -1293,9 +1299,8 @@ fn an_upstream_answer_with_trailers_leaves_its_connection_reusable() {
     assert_eq!(connections.len(), 10);
     connections.sort();
     connections.dedup();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert!(
-        connections.len() <= workers.min(9),
+        connections.len() <= WORKERS,
         "{} upstream connections for 10 requests",
         connections.len()
     );

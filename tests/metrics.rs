@@ -187,7 +187,9 @@ fn metrics_count_real_git_traffic() {
     );
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
-    assert_ne!(http_get(server.port, "/metrics", None).status, 200);
+    let on_git_port = http_get(server.port, "/metrics", None);
+    assert_eq!(on_git_port.status, 404);
+    assert!(!String::from_utf8_lossy(&on_git_port.body).contains("gitgate_"));
 }
 
 /// Whoever can reach the metrics listener cannot hold connections there: it has the main

@@ -977,7 +977,7 @@ fn allowed_networks_refuse_other_sources() {
 
 #[test]
 fn every_action_is_audited_and_no_secret_is_written_anywhere() {
-    let (install, server) = setup();
+    let (install, mut server) = setup();
     // User and grant changes through the CLI.
     install.cli_ok(&["user", "disable", "bob"], "");
     install.cli_ok(&["user", "enable", "bob"], "");
@@ -1077,13 +1077,17 @@ fn every_action_is_audited_and_no_secret_is_written_anywhere() {
         .unwrap()
         .contains("name 'laptop' -> 'renamed'"));
 
-    // Give the server a moment to write its last log lines, then look everywhere.
-    std::thread::sleep(Duration::from_millis(300));
+    let rest_list = server.api("GET", "/users/alice", "root", "").body;
+    // A graceful stop: every log line and pending audit event is written. Then look everywhere.
+    let status = server.stop_within(Duration::from_secs(15));
+    assert!(status.success(), "{status}");
     let human_audit = install.cli_ok(&["audit"], "");
     let list = install.cli_ok(&["token", "list", "--json"], "");
-    let rest_list = server.api("GET", "/users/alice", "root", "").body;
     let log = server.log_text();
     assert!(log.contains("listening on"));
+    assert!(log.contains("stopped: every connection closed"), "{log}");
+    // The request that put a secret in its path was logged, without it.
+    assert!(log.contains("status=400"), "{log}");
     let mut db = Vec::new();
     for name in ["gitgate.db", "gitgate.db-wal"] {
         if let Ok(bytes) = std::fs::read(install.path().join(name)) {

@@ -2190,7 +2190,8 @@ mod tests {
             tmp.path(),
             "slow-push.cgi",
             &format!(
-                "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; echo $$ > '{}/pid.'$$; \
+                "echo $$ > '{0}/started.'$$; printf 'Content-Type: text/plain\\r\\n\\r\\n'; \
+                 cat >/dev/null; echo $$ > '{0}/pid.'$$; \
                  i=0; while [ $i -lt 300 ]; do echo progress; sleep 0.1; i=$((i+1)); done",
                 tmp.path().display()
             ),
@@ -2200,13 +2201,22 @@ mod tests {
             remaining: 10,
             fail_at_end: false,
         };
-        let pids = |dir: &Path| -> Vec<u32> {
+        // The backends that have their pack (`pid.*`), or have started at all (`started.*`,
+        // written before the response's head, so there once `serve` has returned).
+        let noted = |dir: &Path, prefix: &str| -> Vec<u32> {
             std::fs::read_dir(dir)
                 .unwrap()
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("pid."))
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
                 .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
                 .collect()
+        };
+        let pids = |dir: &Path| noted(dir, "pid.");
+        let alive_started = |dir: &Path| {
+            noted(dir, "started.")
+                .into_iter()
+                .filter(|&p| running(p))
+                .count()
         };
         // As many as may finish alone, each left by its client once it has its pack ...
         for n in 1..=MAX_FINISHING {
@@ -2229,9 +2239,9 @@ mod tests {
             &headers,
         );
         drop(serve(&backend, push, make).await.unwrap());
-        tokio::time::sleep(TERM_GRACE + Duration::from_millis(500)).await;
-        let alive = pids(tmp.path()).into_iter().filter(|&p| running(p)).count();
-        assert_eq!(alive, MAX_FINISHING);
+        assert_eq!(noted(tmp.path(), "started.").len(), MAX_FINISHING + 1);
+        eventually(|| alive_started(tmp.path()) == MAX_FINISHING).await;
+        assert_eq!(alive_started(tmp.path()), MAX_FINISHING);
         assert_eq!(
             backend.running.finishing.load(Ordering::Acquire),
             MAX_FINISHING
@@ -2312,11 +2322,14 @@ mod tests {
 
         // Not for a fetch: its backend goes with its client.
         let fetched = tmp.path().join("fetch-finished");
+        let fetch_pid = tmp.path().join("fetch-pid");
         let backend = script(
             tmp.path(),
             "fetch.cgi",
             &format!(
-                "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; sleep 1; touch '{}'",
+                "echo $$ > '{}'; printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; \
+                 sleep 1; touch '{}'",
+                fetch_pid.display(),
                 fetched.display()
             ),
         );
@@ -2327,8 +2340,12 @@ mod tests {
             &headers,
         );
         drop(serve(&backend, fetch, make).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert!(!fetched.exists());
+        // Ended, or (were it left alone) finished: either way it stops running; then its
+        // last step tells which.
+        let pid = pid_in(&fetch_pid).await;
+        eventually(|| !running(pid)).await;
+        assert!(!running(pid));
+        assert!(!fetched.exists(), "the fetch's backend was left to finish");
 
         // A push left alone that writes nothing for the idle timeout is ended.
         let pid_file = tmp.path().join("pid");
