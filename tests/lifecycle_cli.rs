@@ -4,7 +4,7 @@
 mod common;
 mod lifecycle_support;
 
-use lifecycle_support::{Install, PW};
+use lifecycle_support::{Api, Install, PW};
 use serde_json::{json, Value};
 
 fn setup() -> Install {
@@ -319,4 +319,431 @@ fn policy_show_and_set() {
         .filter(|e| e["action"] == "policy.changed")
         .count();
     assert_eq!(changes, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Passwords: `user passwd`, and the lock after too many wrong ones (`lifecycle::login`)
+
+/// Wrong passwords in a row that lock a user's password logins
+/// (`PASSWORD_FAILURES_BEFORE_LOCK` in `src/lifecycle.rs`).
+const LOCK_AFTER: usize = 10;
+/// How long such a lock lasts unless lifted (`PASSWORD_LOCK_MS`), in seconds.
+const LOCK_SECS: i64 = 15 * 60;
+
+/// `token create --user alice ... --password-stdin` with `password`: the CLI's password check.
+fn create_with_password(install: &Install, password: &str) -> common::Run {
+    install.cli(&create_args(), &format!("{password}\n"))
+}
+
+fn create_args() -> Vec<&'static str> {
+    vec![
+        "token",
+        "create",
+        "--user",
+        "alice",
+        "--name",
+        "pw-checked",
+        "--permission",
+        "REPO_READ",
+        "--password-stdin",
+    ]
+}
+
+/// A password login that worked: the new secret alone on stdout.
+#[track_caller]
+fn assert_login_ok(run: &common::Run) {
+    let secret = run.ok().trim();
+    assert!(secret.starts_with("ggt_"), "{run}");
+}
+
+/// A password login refused with the one answer every failure gets (wrong password, locked,
+/// disabled), which names the lock, its length and the way out; nothing on stdout.
+#[track_caller]
+fn assert_login_refused(run: &common::Run) {
+    let err = run.fails_with("authentication failed for user 'alice': wrong user name or password");
+    assert!(
+        err.contains(&format!(
+            "locked after {LOCK_AFTER} wrong passwords in a row (for {} minutes; an \
+             administrator can lift it: gitgate user unlock alice)",
+            LOCK_SECS / 60
+        )),
+        "{run}"
+    );
+    assert!(run.stdout.is_empty(), "{run}");
+}
+
+/// The ids of all tokens, to see that a refused command created none.
+fn token_ids(install: &Install) -> Vec<String> {
+    json_of(&install.cli_ok(&["token", "list", "--json"], ""))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Alice's entry in `user list --json`.
+fn alice(install: &Install) -> Value {
+    let users = json_of(&install.cli_ok(&["user", "list", "--json"], ""));
+    users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "alice")
+        .cloned()
+        .unwrap_or_else(|| panic!("no alice in {users}"))
+}
+
+/// Alice's STATUS column in `user list`.
+fn alice_status(install: &Install) -> String {
+    let text = install.cli_ok(&["user", "list"], "");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("alice "))
+        .unwrap_or_else(|| panic!("no alice in {text}"));
+    line.split_whitespace().nth(2).unwrap().to_owned()
+}
+
+/// The audit events with `action`.
+fn audit_events(install: &Install, action: &str) -> Vec<Value> {
+    json_of(&install.cli_ok(&["audit", "--json"], ""))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action)
+        .cloned()
+        .collect()
+}
+
+/// `n` wrong passwords for alice, each refused with the same answer.
+#[track_caller]
+fn wrong_passwords(install: &Install, n: usize) {
+    for _ in 0..n {
+        assert_login_refused(&create_with_password(install, "not her password"));
+    }
+}
+
+/// `user passwd alice` from `PW` to a new one: the password check of `token create
+/// --password-stdin` then takes only the new one. The old one is refused with the wrong-password
+/// answer and creates no token; the change is audited, without either password anywhere in the
+/// output or the audit; and another user's password is left alone.
+#[test]
+fn passwd_replaces_the_password_that_token_create_checks() {
+    let install = setup();
+    let new_pw = "battery staple 42";
+    let run = install.cli(
+        &["user", "passwd", "alice", "--password-stdin"],
+        &format!("{new_pw}\n"),
+    );
+    assert!(run.ok().is_empty(), "{run}");
+    assert!(run.stderr.contains("password of 'alice' changed"), "{run}");
+    assert!(!run.stderr.contains(new_pw), "{run}");
+
+    // The old password: refused, and no token.
+    assert_login_refused(&create_with_password(&install, PW));
+    assert_eq!(token_ids(&install), Vec::<String>::new());
+
+    // The new one works.
+    assert_login_ok(&create_with_password(&install, new_pw));
+    assert_eq!(token_ids(&install).len(), 1);
+
+    // Only alice's password changed: root's is still PW.
+    let root = install.cli(
+        &[
+            "token",
+            "create",
+            "--user",
+            "root",
+            "--name",
+            "x",
+            "--permission",
+            "REPO_READ",
+            "--password-stdin",
+        ],
+        &format!("{PW}\n"),
+    );
+    assert!(root.ok().starts_with("ggt_"), "{root}");
+
+    let changed = audit_events(&install, "user.password_changed");
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0]["target"], "alice");
+    assert!(changed[0]["actor"].as_str().unwrap().starts_with("cli:"));
+    let audit = install.cli_ok(&["audit", "--json"], "");
+    assert!(!audit.contains(new_pw) && !audit.contains(PW), "{audit}");
+}
+
+/// `user passwd` for a user who does not exist fails, naming the user, before it reads a
+/// password; it creates no user, records nothing, and changes no one's password.
+#[test]
+fn passwd_of_an_unknown_user_fails_naming_them_and_changes_nothing() {
+    let install = setup();
+    let users = install.cli_ok(&["user", "list", "--json"], "");
+    let audit = install.cli_ok(&["audit", "--json"], "");
+    let run = install.cli(
+        &["user", "passwd", "bob", "--password-stdin"],
+        "a new password\n",
+    );
+    run.fails_with("no user 'bob'");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert_eq!(install.cli_ok(&["user", "list", "--json"], ""), users);
+    assert_eq!(install.cli_ok(&["audit", "--json"], ""), audit);
+    assert_login_ok(&create_with_password(&install, PW));
+    assert!(!install.cli_ok(&["audit"], "").contains("a new password"));
+}
+
+/// A new password that is empty (an empty line, or no input at all), an access token (which
+/// logins refuse, so the user could never log in again), or none because there is no terminal to
+/// ask on: each is refused with its reason, and the old password keeps working, unaudited as a
+/// change.
+#[test]
+fn passwd_refuses_an_empty_or_unusable_password_and_keeps_the_old_one() {
+    let install = setup();
+    let token = create_personal(&install, &[]);
+    let token = token["token"].as_str().unwrap();
+    let passwd = ["user", "passwd", "alice", "--password-stdin"];
+    for stdin in ["\n", "\r\n", ""] {
+        let run = install.cli(&passwd, stdin);
+        run.fails_with("the password is empty");
+    }
+    let run = install.cli(&passwd, &format!("{token}\n"));
+    run.fails_with("that is a gitgate access token, which logins refuse: choose another password");
+    assert!(!run.stderr.contains(token), "{run}");
+    let run = install.cli(&["user", "passwd", "alice"], "typed\n");
+    run.fails_with("no terminal to ask for the password: pass it with --password-stdin");
+
+    assert_eq!(
+        audit_events(&install, "user.password_changed"),
+        Vec::<Value>::new()
+    );
+    assert_login_ok(&create_with_password(&install, PW));
+}
+
+/// The lock: the first `LOCK_AFTER - 1` wrong passwords in a row leave alice unlocked, the next
+/// one locks her password logins for `LOCK_SECS` (audited, shown by `user list`). While locked,
+/// her right password is refused with the same answer, over the CLI and the REST API alike, and
+/// creates nothing; more wrong passwords do not push the end back; her tokens keep working for
+/// git. `user unlock` lifts the lock at once, for the REST API and the CLI (for an unknown user
+/// it fails and changes nothing).
+#[test]
+fn wrong_passwords_in_a_row_lock_password_logins_until_unlocked() {
+    let install = setup();
+    let token = create_personal(&install, &[]);
+    let secret = token["token"].as_str().unwrap().to_owned();
+    let tokens = token_ids(&install);
+
+    wrong_passwords(&install, LOCK_AFTER - 1);
+    assert_eq!(alice(&install)["lockedUntil"], Value::Null);
+    assert_eq!(alice_status(&install), "active");
+    assert_eq!(audit_events(&install, "user.locked"), Vec::<Value>::new());
+
+    let before = common::now_ms();
+    wrong_passwords(&install, 1);
+    let after = common::now_ms();
+    let until = alice(&install)["lockedUntil"].as_i64().expect("locked");
+    assert!(
+        (before + LOCK_SECS * 1000..=after + LOCK_SECS * 1000).contains(&until),
+        "locked until {until}, {before}..{after}"
+    );
+    assert_eq!(alice_status(&install), "locked");
+    let locked = audit_events(&install, "user.locked");
+    assert_eq!(locked.len(), 1, "{locked:?}");
+    assert_eq!(locked[0]["target"], "alice");
+    assert!(
+        locked[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{LOCK_AFTER} wrong passwords")),
+        "{locked:?}"
+    );
+
+    // The right password is refused now, and creates nothing.
+    assert_login_refused(&create_with_password(&install, PW));
+    assert_eq!(token_ids(&install), tokens);
+    // More wrong passwords neither lengthen the lock nor lock again.
+    wrong_passwords(&install, LOCK_AFTER);
+    assert_eq!(alice(&install)["lockedUntil"].as_i64(), Some(until));
+    assert_eq!(audit_events(&install, "user.locked").len(), 1);
+
+    // The same lock for the REST API; alice's token still works for git.
+    let server = install.serve();
+    let r = server.api("GET", "/users/alice", "alice", "");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.error_message().contains("wrong user name or password"),
+        "{}",
+        r.body
+    );
+    let git = install.git(
+        install.path(),
+        &["ls-remote", &server.url_with("alice", &secret, "team/app")],
+    );
+    assert!(git.ok().contains("refs/heads/main"), "{git}");
+
+    // Unlocking someone unknown changes nothing.
+    install
+        .cli(&["user", "unlock", "bob"], "")
+        .fails_with("no user 'bob'");
+    assert_eq!(alice(&install)["lockedUntil"].as_i64(), Some(until));
+    assert_eq!(audit_events(&install, "user.unlocked"), Vec::<Value>::new());
+
+    let run = install.cli(&["user", "unlock", "alice"], "");
+    assert!(run.ok().is_empty(), "{run}");
+    assert!(
+        run.stderr
+            .contains("password logins of 'alice' are unlocked"),
+        "{run}"
+    );
+    assert_eq!(alice(&install)["lockedUntil"], Value::Null);
+    assert_eq!(alice_status(&install), "active");
+    assert_eq!(audit_events(&install, "user.unlocked").len(), 1);
+    let r = server.api("GET", "/users/alice", "alice", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    assert_login_ok(&create_with_password(&install, PW));
+    assert_eq!(token_ids(&install).len(), tokens.len() + 1);
+}
+
+/// `user unlock` also forgets wrong passwords short of the lock: `LOCK_AFTER - 1` wrong, an
+/// unlock, `LOCK_AFTER - 1` wrong again leave alice unlocked, and one more locks her.
+#[test]
+fn unlock_forgets_wrong_passwords_short_of_the_lock() {
+    let install = setup();
+    wrong_passwords(&install, LOCK_AFTER - 1);
+    install.cli_ok(&["user", "unlock", "alice"], "");
+    wrong_passwords(&install, LOCK_AFTER - 1);
+    assert_eq!(alice(&install)["lockedUntil"], Value::Null);
+    assert_eq!(alice_status(&install), "active");
+    wrong_passwords(&install, 1);
+    assert!(alice(&install)["lockedUntil"].as_i64().is_some());
+    assert_eq!(alice_status(&install), "locked");
+}
+
+/// Only wrong passwords *in a row* count: the right one before the `LOCK_AFTER`th forgets the
+/// earlier ones, so `LOCK_AFTER - 1` wrong, one right and `LOCK_AFTER - 1` wrong again leave
+/// alice unlocked; one more wrong one then locks her (the count went on from zero, not stopped).
+#[test]
+fn a_right_password_before_the_lock_starts_the_count_again() {
+    let install = setup();
+    wrong_passwords(&install, LOCK_AFTER - 1);
+    assert_login_ok(&create_with_password(&install, PW));
+    wrong_passwords(&install, LOCK_AFTER - 1);
+    assert_eq!(alice(&install)["lockedUntil"], Value::Null);
+    assert_eq!(alice_status(&install), "active");
+    assert_eq!(audit_events(&install, "user.locked"), Vec::<Value>::new());
+
+    wrong_passwords(&install, 1);
+    assert!(alice(&install)["lockedUntil"].as_i64().is_some());
+    assert_login_refused(&create_with_password(&install, PW));
+    assert_eq!(token_ids(&install).len(), 1);
+}
+
+/// libfaketime, which moves the wall clock of the process it is preloaded into (as in
+/// `tests/hardening.rs`).
+fn faketime_library() -> Option<&'static str> {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if std::path::Path::new(lib).exists() {
+        return Some(lib);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "libfaketime is missing: apt-get install faketime"
+    );
+    eprintln!("skipped: libfaketime is missing (apt-get install faketime)");
+    None
+}
+
+/// `gitgate ARGS` with its wall clock `secs` seconds ahead (the lock is kept in wall-clock epoch
+/// milliseconds, `clock::now_ms`, which libfaketime moves).
+fn cli_later(install: &Install, lib: &str, secs: i64, args: &[&str], stdin: &str) -> common::Run {
+    let config = install.path().join("gitgate.toml");
+    assert!(config.exists(), "no config at {}", config.display());
+    let mut cmd = common::gitgate_command(&config);
+    cmd.current_dir(install.path())
+        .env("LD_PRELOAD", lib)
+        .env("FAKETIME", format!("{secs:+}"))
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env_remove("FAKETIME_TIMESTAMP_FILE")
+        .args(args);
+    common::run(cmd, Some(stdin))
+}
+
+/// Without an administrator, the lock lifts by itself `LOCK_SECS` after it began: a minute
+/// before, the right password is still refused and `user list` says locked; a minute after, it
+/// is active and the right password works. The count was reset by the lock: one wrong password
+/// after it does not lock again.
+#[test]
+fn the_lock_lifts_by_itself_after_the_lock_time() {
+    let Some(lib) = faketime_library() else {
+        return;
+    };
+    let install = setup();
+    wrong_passwords(&install, LOCK_AFTER);
+    assert!(alice(&install)["lockedUntil"].as_i64().is_some());
+    let create = create_args();
+    let pw = format!("{PW}\n");
+
+    let soon = LOCK_SECS - 60;
+    assert_login_refused(&cli_later(&install, lib, soon, &create, &pw));
+    let list = cli_later(&install, lib, soon, &["user", "list"], "");
+    assert!(list.ok().contains(" locked "), "{list}");
+    assert_eq!(token_ids(&install), Vec::<String>::new());
+
+    let later = LOCK_SECS + 60;
+    let list = cli_later(&install, lib, later, &["user", "list"], "");
+    assert!(!list.ok().contains(" locked "), "{list}");
+    assert!(list.stdout.contains(" active "), "{list}");
+    assert_login_refused(&cli_later(&install, lib, later, &create, "wrong\n"));
+    assert_login_ok(&cli_later(&install, lib, later, &create, &pw));
+    assert_eq!(token_ids(&install).len(), 1);
+    // No administrator was involved.
+    assert_eq!(audit_events(&install, "user.unlocked"), Vec::<Value>::new());
+    // The JSON listing shows no lock that has ended.
+    let list = cli_later(&install, lib, later, &["user", "list", "--json"], "");
+    let alice_later = json_of(list.ok())
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "alice")
+        .cloned()
+        .unwrap();
+    assert_eq!(alice_later["lockedUntil"], Value::Null, "{alice_later}");
+}
+
+/// An administrator's `user passwd` for a user who locked themselves out lifts the lock and
+/// forgets the wrong passwords (tries at the old password): the new password works at once, the
+/// CLI and the audit event say the lock went with it.
+#[test]
+fn passwd_lifts_a_lock_and_forgets_the_wrong_passwords() {
+    let install = setup();
+    wrong_passwords(&install, LOCK_AFTER);
+    assert_eq!(alice_status(&install), "locked");
+    let new_pw = "battery staple 42";
+    let run = install.cli(
+        &["user", "passwd", "alice", "--password-stdin"],
+        &format!("{new_pw}\n"),
+    );
+    assert!(run.ok().is_empty(), "{run}");
+    assert!(
+        run.stderr
+            .contains("the lock after wrong passwords is lifted"),
+        "{run}"
+    );
+    assert_eq!(alice_status(&install), "active");
+    assert_eq!(alice(&install)["lockedUntil"], Value::Null);
+    let changed = audit_events(&install, "user.password_changed");
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0]["detail"], "lock lifted", "{changed:?}");
+    assert_login_ok(&create_with_password(&install, new_pw));
+    // The count started again: a lock needs all its wrong passwords anew.
+    wrong_passwords(&install, LOCK_AFTER - 1);
+    assert_eq!(alice_status(&install), "active");
+    // Without a lock to lift, the message and the event say nothing of one.
+    let run = install.cli(
+        &["user", "passwd", "alice", "--password-stdin"],
+        &format!("{PW}\n"),
+    );
+    assert!(!run.stderr.contains("lock"), "{run}");
+    let changed = audit_events(&install, "user.password_changed");
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    assert!(changed.iter().any(|e| e["detail"] == ""), "{changed:?}");
 }

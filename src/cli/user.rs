@@ -19,15 +19,18 @@ pub fn add(store: &Store, name: &str, admin: bool, password_stdin: bool) -> Resu
 }
 
 pub fn list(store: &Store, json: bool) -> Result<(), String> {
-    let users = store.users().map_err(|e| e.to_string())?;
+    let mut users = store.users().map_err(|e| e.to_string())?;
+    // A lock that has ended is no lock: `lockedUntil` is only shown while it holds.
+    let now = crate::clock::now_ms();
+    for u in &mut users {
+        u.locked_until = u.locked_until.filter(|&until| until > now);
+    }
     if json {
         return print_json(&json!(users));
     }
     outln!("{:<24} {:<6} {:<9} CREATED", "NAME", "ROLE", "STATUS");
     for u in users {
-        let locked = u
-            .locked_until
-            .is_some_and(|until| until > crate::clock::now_ms());
+        let locked = u.locked_until.is_some();
         let status = match (u.active, locked) {
             (false, _) => "disabled",
             (true, true) => "locked",
@@ -71,9 +74,16 @@ pub fn passwd(store: &Store, name: &str, password_stdin: bool) -> Result<(), Str
     }
     let pw = read_password(password_stdin, &format!("New password for {name}: "))?;
     let hash = password::hash(&pw)?;
-    store
-        .set_password(name, &hash, &Actor::cli())
+    let unlocked = store
+        .set_password(name, &hash, crate::clock::now_ms(), &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!("password of '{name}' changed");
+    if unlocked {
+        eprintln!(
+            "password of '{name}' changed; the lock after wrong passwords is lifted with the old \
+             password"
+        );
+    } else {
+        eprintln!("password of '{name}' changed");
+    }
     Ok(())
 }

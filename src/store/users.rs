@@ -184,14 +184,28 @@ impl Store {
         })
     }
 
-    pub fn set_password(&self, slug: &str, password_hash: &str, actor: &Actor) -> Result<()> {
+    /// Set a new password. It also forgets the wrong passwords counted so far and lifts a lock
+    /// they caused: those were tries at the old password, and a reset is what an administrator
+    /// does for a user who locked themselves out. Returns whether a lock (ending after `now`)
+    /// was lifted; the audit event says so.
+    pub fn set_password(
+        &self,
+        slug: &str,
+        password_hash: &str,
+        now: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
         self.write(|tx| {
             let user = require_user(tx, slug)?;
+            let was_locked = user.locked_until.is_some_and(|until| until > now);
             tx.execute(
-                "UPDATE users SET password_hash = ?1 WHERE id = ?2",
+                "UPDATE users SET password_hash = ?1, failed_logins = 0, locked_until = NULL \
+                 WHERE id = ?2",
                 params![password_hash, user.id],
             )?;
-            record(tx, actor, "user.password_changed", slug, "")
+            let detail = if was_locked { "lock lifted" } else { "" };
+            record(tx, actor, "user.password_changed", slug, detail)?;
+            Ok(was_locked)
         })
     }
 }
