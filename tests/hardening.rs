@@ -345,27 +345,12 @@ fn restart_after_the_index_was_deleted(asked_before_the_stop: bool) {
     );
 }
 
-/// libfaketime, which moves the wall clock of the process it is preloaded into (Debian's
-/// `faketime` package; `.ci/run` installs it).
-fn faketime_library() -> Option<&'static str> {
-    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-    if std::path::Path::new(lib).exists() {
-        return Some(lib);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "libfaketime is missing: apt-get install faketime"
-    );
-    eprintln!("skipped: libfaketime is missing (apt-get install faketime)");
-    None
-}
-
 /// Rate limits and the failed-authentication throttle measure intervals, on a monotonic clock:
 /// the wall clock stepped back an hour (an NTP correction, a VM resumed from a snapshot) must
 /// neither stop a bucket's refill nor keep an address blocked for that hour.
 #[test]
 fn a_wall_clock_stepped_back_neither_stops_the_refill_nor_lengthens_a_block() {
-    let Some(lib) = faketime_library() else {
+    let Some(lib) = common::faketime_library() else {
         return;
     };
     let clock = tempfile::tempdir().unwrap();

@@ -637,21 +637,6 @@ fn a_right_password_before_the_lock_starts_the_count_again() {
     assert_eq!(token_ids(&install).len(), 1);
 }
 
-/// libfaketime, which moves the wall clock of the process it is preloaded into (as in
-/// `tests/hardening.rs`).
-fn faketime_library() -> Option<&'static str> {
-    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-    if std::path::Path::new(lib).exists() {
-        return Some(lib);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "libfaketime is missing: apt-get install faketime"
-    );
-    eprintln!("skipped: libfaketime is missing (apt-get install faketime)");
-    None
-}
-
 /// `gitgate ARGS` with its wall clock `secs` seconds ahead (the lock is kept in wall-clock epoch
 /// milliseconds, `clock::now_ms`, which libfaketime moves).
 fn cli_later(install: &Install, lib: &str, secs: i64, args: &[&str], stdin: &str) -> common::Run {
@@ -673,7 +658,7 @@ fn cli_later(install: &Install, lib: &str, secs: i64, args: &[&str], stdin: &str
 /// after it does not lock again.
 #[test]
 fn the_lock_lifts_by_itself_after_the_lock_time() {
-    let Some(lib) = faketime_library() else {
+    let Some(lib) = common::faketime_library() else {
         return;
     };
     let install = setup();

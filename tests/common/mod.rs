@@ -126,6 +126,26 @@ impl std::fmt::Display for Run {
     }
 }
 
+/// libfaketime, which moves the wall clock of the process it is preloaded into (Debian's
+/// `faketime` package; `.ci/run` installs it). Missing, the test that needs it fails under CI
+/// and is skipped elsewhere, with a line that says so.
+pub fn faketime_library() -> Option<&'static str> {
+    for lib in [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ] {
+        if Path::new(lib).exists() {
+            return Some(lib);
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "libfaketime is missing: apt-get install faketime"
+    );
+    eprintln!("skipped: libfaketime is missing (apt-get install faketime)");
+    None
+}
+
 /// Runs `cmd` to completion (feeding `stdin`), killing it after [`COMMAND_DEADLINE`].
 pub fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
     let what = format!("{cmd:?}");
