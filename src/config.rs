@@ -533,8 +533,15 @@ impl Config {
                     ))
                 })?;
                 std::fs::read_dir(project_root).map_err(|e| {
+                    let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                        " (create it, with the bare repositories as PROJECT/REPO.git under it, \
+                         or point project_root at the folder that has them; a relative path is \
+                         taken from the config file's folder)"
+                    } else {
+                        ""
+                    };
                     err(format!(
-                        "[upstream] project_root = \"{}\" cannot be read: {e}",
+                        "[upstream] project_root = \"{}\" cannot be read: {e}{hint}",
                         project_root.display()
                     ))
                 })?;
@@ -876,6 +883,28 @@ realm = "gitgate"
         assert!(c.server.tls.is_none());
         assert_eq!(c.server.limits.max_connections, 1024);
         assert!(c.server.workers >= 1, "one worker per core by default");
+    }
+
+    /// A missing project root (a `proxy.toml` copied to a new folder without its `repos/`)
+    /// is named at start with what to do; one that exists passes.
+    #[test]
+    fn a_missing_project_root_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("proxy.toml");
+        let text = "[upstream]\ncgi = \"/bin/sh\"\nproject_root = \"repos\"\n";
+        let err = Config::parse(&config, text)
+            .unwrap()
+            .check_paths()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("project_root"), "{err}");
+        assert!(
+            err.contains(&dir.path().join("repos").display().to_string()),
+            "{err}"
+        );
+        assert!(err.contains("create it"), "{err}");
+        std::fs::create_dir(dir.path().join("repos")).unwrap();
+        Config::parse(&config, text).unwrap().check_paths().unwrap();
     }
 
     const HTTP: &str = r#"

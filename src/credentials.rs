@@ -86,6 +86,11 @@ impl Credentials {
 pub enum CredentialError {
     /// No `Authorization` header: the client has not tried yet (git will ask its helper).
     Missing,
+    /// Basic with a user name and an empty password: what git sends first when the URL names
+    /// the user (`https://alice@host/team/app.git`), before it asks its credential helper. No
+    /// secret was tried, so like [`CredentialError::Missing`] it is not a failed
+    /// authentication.
+    NoPassword,
     /// A header was sent but cannot be used; the reason never contains the secret.
     Malformed(&'static str),
 }
@@ -96,6 +101,7 @@ impl fmt::Display for CredentialError {
             CredentialError::Missing => {
                 f.write_str("no credentials: send a gitgate token as the password (Basic auth)")
             }
+            CredentialError::NoPassword => f.write_str(EMPTY_PASSWORD),
             CredentialError::Malformed(reason) => {
                 write!(f, "unusable Authorization header: {reason}")
             }
@@ -107,7 +113,7 @@ impl std::error::Error for CredentialError {}
 
 /// The reason for a Basic header without a password, worded for git (the REST API, which takes
 /// passwords and not tokens, words it its own way).
-pub const EMPTY_PASSWORD: &str = "Basic password is empty: use a gitgate token";
+pub const EMPTY_PASSWORD: &str = "no password: send a gitgate token as the password (Basic auth)";
 
 /// Read the credentials from a request's headers. More than one `Authorization` header is
 /// malformed rather than "take the first": a backend or another proxy might take the last.
@@ -173,9 +179,6 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     // An empty user name (`:TOKEN`, as curl and HTTP libraries send `https://:TOKEN@host/`;
     // RFC 7617 allows it) is a user name like any other: a project or repository token takes
     // any, a personal token only its owner's (see `policy::authorize`).
-    if secret.is_empty() {
-        return Err(Malformed(EMPTY_PASSWORD));
-    }
     // The user name ends up in logs and audit events: keep it on one line, and keep it one
     // field (`user=alice token_id=...` must not be forgeable from a user name with spaces).
     if user.chars().any(char::is_control) {
@@ -199,6 +202,11 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
             "the Basic user name is a gitgate token (or holds one): give the token as the \
              password and your user name as the user (any name for a project or repository token)",
         ));
+    }
+    // Checked after the user name, so that `https://TOKEN@host/...` — which git sends with an
+    // empty password first — is told where the token goes.
+    if secret.is_empty() {
+        return Err(CredentialError::NoPassword);
     }
     Ok(Credentials::Basic {
         user: user.to_string(),
@@ -420,7 +428,13 @@ mod tests {
             Ok(Credentials::Basic { user, .. }) if user.is_empty()
         ));
         let empty_pw = format!("Basic {}", b64("alice:"));
-        assert!(malformed(empty_pw.as_bytes()).contains("password"));
+        assert_eq!(
+            parse(empty_pw.as_bytes()).unwrap_err(),
+            CredentialError::NoPassword
+        );
+        // A user name that cannot be one is refused as such, with or without a password.
+        let spaced = format!("Basic {}", b64("al ice:"));
+        assert!(malformed(spaced.as_bytes()).contains("spaces"));
         let not_utf8 = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(b"al\xffce:pw")
@@ -436,6 +450,11 @@ mod tests {
         let reason = malformed(token_user.as_bytes());
         assert!(reason.contains("is a gitgate token"), "{reason}");
         assert!(!reason.contains(&secret[4..]), "{reason}");
+        // ... also without a password, as git first sends `https://TOKEN@host/...`: the user
+        // is told where the token goes, not that the password is empty.
+        let token_user = format!("Basic {}", b64(&format!("{secret}:")));
+        let reason = malformed(token_user.as_bytes());
+        assert!(reason.contains("is a gitgate token"), "{reason}");
         // ... also when it is only part of the user name, or only the random part.
         for user in [
             format!("\"{secret}\""),

@@ -388,7 +388,9 @@ impl Gate {
                     .insert(ALLOW, HeaderValue::from_static(allow));
                 resp
             }
-            Refusal::NoCredentials(CredentialError::Missing) => {
+            // No secret was tried: git's first round trip, without credentials or with the URL's
+            // user name alone. A challenge, not a failure (no throttle count, no audit event).
+            Refusal::NoCredentials(CredentialError::Missing | CredentialError::NoPassword) => {
                 METRICS.challenge();
                 self.challenge(
                     "authentication required: use your user name and a gitgate access token as the password",

@@ -209,9 +209,9 @@ impl Metrics {
         self.request_duration.observe(took);
     }
 
-    /// A request without credentials was answered 401 with a challenge: git does this once per
-    /// operation before it sends the token, so these are inside `outcome="401"` and are no
-    /// failures; the difference is.
+    /// A request without credentials (or with a user name alone) was answered 401 with a
+    /// challenge: git does this once per operation before it sends the token, so these are
+    /// inside `outcome="401"` and are no failures; the difference is.
     pub fn challenge(&self) {
         self.challenges.fetch_add(1, Relaxed);
     }

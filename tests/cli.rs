@@ -1131,16 +1131,21 @@ fn a_cgi_program_this_user_cannot_run_is_refused_at_start() {
 /// tests run as root (as in CI), where file modes do not stop root; otherwise this user, with
 /// the write bits taken away by the caller. It must refuse to start.
 fn serve_without_write_access(sb: &Sandbox) -> String {
+    without_write_access(sb, &["serve"])
+}
+
+/// `gitgate ARGS` as [`serve_without_write_access`] runs `serve`; it must fail. Its stderr.
+fn without_write_access(sb: &Sandbox, args: &[&str]) -> String {
     use std::os::unix::process::CommandExt;
     let mut cmd = sb.gitgate_command();
-    cmd.arg("serve");
+    cmd.args(args);
     if rustix::process::geteuid().is_root() {
         cmd.uid(65534).gid(65534);
     }
     let out = run(cmd, None);
     assert!(
         !out.success(),
-        "serve started on a store it cannot write: {out}"
+        "{args:?} ran on a store it cannot write: {out}"
     );
     out.stderr
 }
@@ -1178,6 +1183,11 @@ fn serve_refuses_a_store_it_cannot_write() {
         err.contains("read-only") || err.contains("readonly"),
         "{err}"
     );
+    // A CLI command that writes says the same, before it does anything.
+    let err = without_write_access(&sb, &["user", "disable", "alice"]);
+    assert!(err.contains(sb.db().to_str().unwrap()), "{err}");
+    assert!(err.contains(&uid), "{err}");
+    assert_eq!(fs::read(sb.db()).unwrap(), before, "the store changed");
 
     // The file may be written, its folder not: the write-ahead log cannot be created there.
     as_store_owner_only(&sb.db(), 0o666);

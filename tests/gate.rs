@@ -27,6 +27,54 @@ fn team_setup() -> (Sandbox, Server, common::Token) {
     (sb, server, token)
 }
 
+/// The README's clone URL names the user (`http://alice@host/team/app.git`): git then sends
+/// the user name with an empty password before it asks its credential helper, on every fetch.
+/// No secret was tried, so it is a challenge, not a failed authentication: no throttle count,
+/// no `auth.failed` event. Before, a few fetches got the user's own address blocked.
+#[test]
+fn the_user_name_in_the_url_is_not_a_failed_authentication() {
+    let sb = Sandbox::with(Setup {
+        extra: "[auth_failures]\nmax = 3\nwindow_seconds = 600\n".into(),
+        ..Setup::default()
+    });
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "read");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let server = sb.serve();
+    let store = sb.root().join("git-credentials");
+    fs::write(
+        &store,
+        format!("http://alice:{}@127.0.0.1:{}\n", token.secret, server.port),
+    )
+    .unwrap();
+    let helper = format!("credential.helper=store --file={}", store.display());
+    let url = server.url_with_user("alice", "team/app");
+    for _ in 0..6 {
+        sb.git(sb.root(), &["-c", &helper, "ls-remote", &url]).ok();
+    }
+    // git did send the user alone first: the challenges were counted as such.
+    let log = server.log_text();
+    assert!(!log.contains("too many failed authentications"), "{log}");
+    let audit = sb.cli(&["audit", "--json"]);
+    assert!(!audit.ok().contains("auth.failed"), "{audit}");
+    // A wrong secret is still a failure, and the throttle still works.
+    for _ in 0..3 {
+        let resp = http_get(
+            server.port,
+            "/team/app.git/info/refs?service=git-upload-pack",
+            Some(&basic("alice", &flip_secret(&token.secret))),
+        );
+        assert_eq!(resp.status, 401);
+    }
+    let resp = http_get(
+        server.port,
+        "/team/app.git/info/refs?service=git-upload-pack",
+        Some(&basic("alice", &token.secret)),
+    );
+    assert_eq!(resp.status, 429);
+}
+
 /// `team/x` and `team/x.git` are one repository to gitgate (grants, tokens and logs name
 /// `team/x`): the embedded backend is given the one directory on disk that answers to it, so the
 /// client's spelling never picks a second repository, and two that could are refused.

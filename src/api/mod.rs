@@ -468,7 +468,7 @@ fn authenticate(
     };
     match credentials::from_headers(headers) {
         Err(CredentialError::Missing) => Err(credentials_required()),
-        Err(CredentialError::Malformed(credentials::EMPTY_PASSWORD)) => {
+        Err(CredentialError::NoPassword) => {
             audit("anonymous", "empty password");
             Err(unauthorized(
                 "the password is empty: the REST API takes your gitgate user name and password \

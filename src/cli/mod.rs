@@ -49,7 +49,14 @@ pub fn open_store(config_path: &Path, may_create: bool) -> Result<Store, String>
             config_path.display()
         ));
     }
-    Store::open(path).map_err(|e| e.to_string())
+    let store = Store::open(path).map_err(|e| e.to_string())?;
+    // A command that writes says up front, as `serve` does, when this process cannot write the
+    // store (a store created by `sudo gitgate ...`, run as another user), instead of SQLite's
+    // bare "attempt to write a readonly database" after the work.
+    if may_create {
+        store.check_writable().map_err(|e| e.to_string())?;
+    }
+    Ok(store)
 }
 
 /// Read a password: the first line of stdin with `--password-stdin`, else a no-echo prompt.

@@ -639,6 +639,14 @@ impl Server {
         format!("http://127.0.0.1:{}{}/{repo}.git", self.port, self.prefix)
     }
 
+    /// `http://USER@127.0.0.1:PORT<prefix>/<repo>.git`: the user alone, as the README's clone URL.
+    pub fn url_with_user(&self, user: &str, repo: &str) -> String {
+        format!(
+            "http://{user}@127.0.0.1:{}{}/{repo}.git",
+            self.port, self.prefix
+        )
+    }
+
     /// `http://USER:SECRET@127.0.0.1:PORT<prefix>/<repo>.git`
     pub fn url_with(&self, user: &str, secret: &str, repo: &str) -> String {
         format!(
