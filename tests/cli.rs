@@ -1247,3 +1247,27 @@ fn permission_combination_rules() {
     assert!(perms.contains(&"PROJECT_WRITE".to_owned()), "{j}");
     assert!(!perms.iter().any(|p| p == "REPO_READ"), "{j}");
 }
+
+/// The CLI's audit actor takes the login name from the environment (`SUDO_USER`, else `USER`),
+/// which anyone can set; the event's source says which user the process really ran as.
+#[test]
+fn the_cli_actor_names_the_real_uid_beside_the_claimed_user() {
+    let sb = Sandbox::new();
+    sb.add_user("alice", PASSWORD);
+    let mut cmd = sb.gitgate_command();
+    cmd.env("USER", "mallory")
+        .env_remove("SUDO_USER")
+        .args(["user", "disable", "alice"]);
+    run(cmd, None).ok();
+    let audit = sb.cli_json(&["audit", "--json"]);
+    let event = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "user.disabled")
+        .cloned()
+        .unwrap_or_else(|| panic!("no user.disabled in {audit}"));
+    assert_eq!(event["actor"], "cli:mallory", "{event}");
+    let uid = rustix::process::getuid().as_raw();
+    assert_eq!(event["source"], format!("local uid={uid}"), "{event}");
+}

@@ -65,13 +65,16 @@ pub struct Actor {
 
 impl Actor {
     /// The operator at the host's command line.
+    /// The operator at the command line: the login name the environment gives (`SUDO_USER`,
+    /// else `USER`) — a claim anyone can set, so the source says who the process really runs
+    /// as (`local uid=1000`), which the environment cannot change.
     pub fn cli() -> Actor {
         let user = std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
             .unwrap_or_else(|_| "unknown".into());
         Actor {
             name: format!("cli:{user}"),
-            source: "local".into(),
+            source: format!("local uid={}", rustix::process::getuid().as_raw()),
         }
     }
 }
