@@ -130,6 +130,19 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Credentials, CredentialError>
     parse(value.as_bytes())
 }
 
+/// Whether the request's one `Authorization` header uses the Bearer scheme, well-formed or
+/// not (it decides how a refusal is answered, see `Gate::unauthenticated`).
+pub fn names_bearer(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => {
+            let v = value.as_bytes().trim_ascii_start();
+            v.len() >= 6 && v[..6].eq_ignore_ascii_case(b"bearer")
+        }
+        _ => false,
+    }
+}
+
 /// Parse one `Authorization` header value.
 ///
 /// `<scheme> 1*SP <credentials>`, scheme case-insensitive; surrounding spaces and tabs are

@@ -89,6 +89,8 @@ struct RequestLog {
     access: Option<&'static str>,
     user: Option<String>,
     token_id: Option<String>,
+    /// The credentials came in a Bearer header: see [`Gate::unauthenticated`].
+    bearer: bool,
 }
 
 impl Gate {
@@ -286,6 +288,7 @@ impl Gate {
             .check_address(remote.ip(), clock::monotonic_ms())
             .map_err(Refusal::Guarded)?;
 
+        log.bearer = credentials::names_bearer(req.headers());
         let creds = credentials::from_headers(req.headers()).map_err(Refusal::NoCredentials)?;
         let (basic_user, secret) = match &creds {
             Credentials::Basic { user, secret } => (Some(user.clone()), secret),
@@ -398,15 +401,15 @@ impl Gate {
             }
             Refusal::NoCredentials(e) => {
                 self.audit_failure(remote, log, &e.to_string());
-                self.challenge(&e.to_string())
+                self.unauthenticated(log, &e.to_string())
             }
             Refusal::InvalidToken => {
                 self.audit_failure(remote, log, "invalid token");
-                self.challenge("invalid token")
+                self.unauthenticated(log, "invalid token")
             }
             Refusal::Denied(Deny::Unauthenticated(m)) => {
                 self.audit_failure(remote, log, &m);
-                self.challenge(&m)
+                self.unauthenticated(log, &m)
             }
             Refusal::Denied(Deny::Forbidden(m)) => text(StatusCode::FORBIDDEN, &m),
             Refusal::Unframeable(m) => text(StatusCode::NOT_IMPLEMENTED, &m),
@@ -419,6 +422,23 @@ impl Gate {
                 )
             }
             Refusal::Guarded(verdict) => too_many(&verdict),
+        }
+    }
+
+    /// The answer to credentials that were tried and failed (the failure is counted and audited
+    /// by the caller).
+    ///
+    /// For Basic, a 401 with the challenge: git asks its credential helper (which forgets a
+    /// stored token git sent itself) and prints the reason when it gives up. A Bearer header is
+    /// one git does not send itself (`http.extraHeader`, the README's way for CI): to a 401 git
+    /// would answer by asking for a user name — "could not read Username: terminal prompts
+    /// disabled" in a CI log — and never print why. So a refused Bearer token is a 403 with the
+    /// same reason, which git prints as `remote: ...`.
+    fn unauthenticated(&self, log: &RequestLog, message: &str) -> Response<ResponseBody> {
+        if log.bearer {
+            text(StatusCode::FORBIDDEN, message)
+        } else {
+            self.challenge(message)
         }
     }
 

@@ -438,6 +438,33 @@ fn a_graceful_stop_writes_the_pending_audit_events_and_last_uses() {
     );
 }
 
+/// CI gives the token as `http.extraHeader="Authorization: Bearer ..."` (README). When it stops
+/// working, the CI log must say why: git prints the reason of the 403 it gets (a 401 would make
+/// it ask for a user name instead).
+#[test]
+fn a_refused_bearer_token_shows_its_reason_in_git() {
+    let (sb, server, token) = team_setup();
+    let header = format!("http.extraHeader=Authorization: Bearer {}", token.secret);
+    let ok = sb.git(
+        sb.root(),
+        &["-c", &header, "ls-remote", &server.url("team/app")],
+    );
+    assert!(ok.success(), "{ok}");
+    sb.cli(&["token", "revoke", &token.id]).ok();
+    let run = sb.git(
+        sb.root(),
+        &["-c", &header, "ls-remote", &server.url("team/app")],
+    );
+    run.fails_with("remote: token 'laptop' has been revoked");
+    assert!(!run.stderr.contains("could not read Username"), "{run}");
+    // Still a failed authentication: audited (within the audit's 100 ms window).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sb.cli(&["audit"]).ok().contains("auth.failed") {
+        assert!(Instant::now() < deadline, "the refusal was not audited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn personal_token_works_as_bearer() {
     let (sb, server, token) = team_setup();
@@ -509,18 +536,25 @@ fn unknown_token_is_refused() {
     );
     run.fails_with("invalid token");
     // and as Bearer
-    // and as Bearer (git answers a 401 to its own header by asking for a user name, so the
-    // server's answer is read directly)
+    // and as Bearer: a 403 (git answers a 401 to a header it did not send itself by asking for
+    // a user name, and never prints the reason)
     let resp = http_get(
         server.port,
         "/team/app.git/info/refs?service=git-upload-pack",
         Some(&format!("Bearer {unknown}")),
     );
-    assert_eq!(resp.status, 401);
+    assert_eq!(resp.status, 403);
     assert!(
         String::from_utf8_lossy(&resp.body).contains("invalid token"),
         "{resp:?}"
     );
+    // ... which git, given the header as CI gives it, prints.
+    let header = format!("http.extraHeader=Authorization: Bearer {unknown}");
+    sb.git(
+        sb.root(),
+        &["-c", &header, "ls-remote", &server.url("team/app")],
+    )
+    .fails_with("remote: invalid token");
     assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
 }
 
@@ -1092,12 +1126,22 @@ fn no_credentials_gets_a_401_challenge_never_a_2xx() {
         "Basic !!!not-base64!!!".to_owned(),
         basic("alice", "hunter2"),
         basic("alice", ""),
-        "Bearer".to_owned(),
-        "Bearer not-a-token".to_owned(),
         format!("Digest username=\"alice\", response=\"{}\"", token.secret),
         format!("Basic {}", common::base64(token.secret.as_bytes())), // no colon
     ] {
         check_401(&auth, &http_get(server.port, target, Some(&auth)));
+    }
+    // ... but a Bearer header, which git only sends as an extra header (to a 401 it would ask
+    // for a user name and never print the reason), gets a 403 with the reason, no challenge.
+    for auth in ["Bearer", "Bearer not-a-token", "bearer ggt_x"] {
+        let resp = http_get(server.port, target, Some(auth));
+        assert_eq!(resp.status, 403, "{auth}: {resp:?}");
+        assert_eq!(resp.header("WWW-Authenticate"), None, "{auth}: {resp:?}");
+        assert_eq!(
+            resp.text().trim_end().lines().count(),
+            1,
+            "{auth}: {resp:?}"
+        );
     }
     assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
 

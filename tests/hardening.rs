@@ -53,14 +53,8 @@ fn repeated_failures_block_the_address_before_the_store_is_read() {
         .starts_with("text/plain"));
     assert!(String::from_utf8_lossy(&resp).contains("too many failed authentications"));
     assert!(server.backend_hits().is_empty());
-    // ... decided before the store is read: with the store gone, still 429, not 503.
-    let db = server.path("gitgate.db");
-    let away = server.path("gitgate.db.away");
-    std::fs::rename(&db, &away).unwrap();
-    let resp = get(&server, IR, &server.write_token);
-    std::fs::rename(&away, &db).unwrap();
-    assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
-    // The decision is a log line and an audit event.
+    // The decision is a log line and an audit event (written before the store is moved away
+    // below, which would make the writer's batch fail).
     wait_for("the throttle log line", || {
         server
             .log()
@@ -69,6 +63,13 @@ fn repeated_failures_block_the_address_before_the_store_is_read() {
     wait_for("the auth.throttled audit event", || {
         gitgate(&server.config(), &["audit", "--json"], None).contains("auth.throttled")
     });
+    // ... decided before the store is read: with the store gone, still 429, not 503.
+    let db = server.path("gitgate.db");
+    let away = server.path("gitgate.db.away");
+    std::fs::rename(&db, &away).unwrap();
+    let resp = get(&server, IR, &server.write_token);
+    std::fs::rename(&away, &db).unwrap();
+    assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
 }
 
 #[test]

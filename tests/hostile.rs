@@ -106,17 +106,17 @@ fn cases(w: &str, r: &str) -> Vec<(&'static str, Vec<u8>, u16)> {
         (
             "Bearer with bad characters",
             req("GET", IR, "Authorization: Bearer a!b\r\n"),
-            401,
+            403,
         ),
         (
             "Bearer empty",
             req("GET", IR, "Authorization: Bearer \r\n"),
-            401,
+            403,
         ),
         (
             "Bearer with two words",
             req("GET", IR, &format!("Authorization: Bearer {w} {w}\r\n")),
-            401,
+            403,
         ),
         (
             "unknown scheme",
