@@ -115,6 +115,12 @@ impl std::error::Error for CredentialError {}
 /// passwords and not tokens, words it its own way).
 pub const EMPTY_PASSWORD: &str = "no password: send a gitgate token as the password (Basic auth)";
 
+/// The reason for a Basic user name that is (or holds) a token secret, worded for git (the
+/// REST API, which takes passwords and not tokens, words it its own way).
+pub const TOKEN_AS_USER: &str = "the Basic user name is a gitgate token (or holds one): give the \
+     token as the password and your user name as the user (any name for a project or repository \
+     token)";
+
 /// Read the credentials from a request's headers. More than one `Authorization` header is
 /// malformed rather than "take the first": a backend or another proxy might take the last.
 pub fn from_headers(headers: &HeaderMap) -> Result<Credentials, CredentialError> {
@@ -137,7 +143,9 @@ pub fn names_bearer(headers: &HeaderMap) -> bool {
     match (values.next(), values.next()) {
         (Some(value), None) => {
             let v = value.as_bytes().trim_ascii_start();
-            v.len() >= 6 && v[..6].eq_ignore_ascii_case(b"bearer")
+            v.len() >= 6
+                && v[..6].eq_ignore_ascii_case(b"bearer")
+                && v.get(6).is_none_or(|&b| b == b' ' || b == b'\t')
         }
         _ => false,
     }
@@ -211,10 +219,7 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     // part of the user name (`"ggt_..."` pasted from JSON, `alice@ggt_...`) or only the secret's
     // random part.
     if holds_a_secret(user) {
-        return Err(Malformed(
-            "the Basic user name is a gitgate token (or holds one): give the token as the \
-             password and your user name as the user (any name for a project or repository token)",
-        ));
+        return Err(Malformed(TOKEN_AS_USER));
     }
     // Checked after the user name, so that `https://TOKEN@host/...` — which git sends with an
     // empty password first — is told where the token goes.

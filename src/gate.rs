@@ -453,6 +453,7 @@ impl Gate {
 
     /// A failed authentication is an audit event (never with the secret), written off the path.
     fn audit_failure(&self, remote: SocketAddr, log: &RequestLog, reason: &str) {
+        METRICS.auth_failure();
         self.guard.failed_auth(remote.ip(), clock::monotonic_ms());
         let store = &self.store;
         let actor = Actor {

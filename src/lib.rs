@@ -59,7 +59,9 @@
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
 //!   `404/400/405` for what is not a git request (never forwarded), `501` for a request body in a
 //!   transfer coding other than `chunked` (never forwarded), `401` with a Basic challenge
-//!   for missing or bad credentials, `403` for too little permission, `503` when the store
+//!   for missing or bad credentials (`403` without one for a refused Bearer token, which git
+//!   did not send itself and would answer a 401 to by prompting), `403` for too little
+//!   permission, `503` when the store
 //!   cannot be read, is gone, or was replaced by another file or had its `-wal`/`-shm` deleted
 //!   (fail closed; a replaced one until a restart), `502` when the backend fails. Every refusal carries a
 //!   one-line `text/plain` reason that git prints as `remote: ...`.

@@ -157,6 +157,8 @@ pub struct Metrics {
     upstream_errors: AtomicU64,
     /// 401s to requests without credentials (git's first round trip of each operation).
     challenges: AtomicU64,
+    /// Credentials tried and refused on git's path (401, or 403 for a Bearer token).
+    auth_failures: AtomicU64,
     side_effect_failures: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -179,6 +181,7 @@ impl Metrics {
             upstream_status: [const { AtomicU64::new(0) }; 5],
             upstream_errors: AtomicU64::new(0),
             challenges: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
             side_effect_failures: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -214,6 +217,13 @@ impl Metrics {
     /// inside `outcome="401"` and are no failures; the difference is.
     pub fn challenge(&self) {
         self.challenges.fetch_add(1, Relaxed);
+    }
+
+    /// Credentials were tried on git's path and refused: a wrong or unknown token, a revoked or
+    /// expired one, a disabled owner, a malformed header. Most are 401s; a refused Bearer token
+    /// is a 403 (see `Gate::unauthenticated`), so this is counted on its own.
+    pub fn auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Relaxed);
     }
 
     /// The backend could not be reached, or failed before or while answering.
@@ -266,7 +276,7 @@ impl Metrics {
                 counter.load(Relaxed)
             );
         }
-        let simple: [(&str, &str, &str, String); 9] = [
+        let simple: [(&str, &str, &str, String); 10] = [
             (
                 "gitgate_side_effect_write_failures_total",
                 "counter",
@@ -282,8 +292,14 @@ impl Metrics {
             (
                 "gitgate_auth_challenges_total",
                 "counter",
-                "401s to requests that sent no credentials: git's first round trip of each operation, counted in outcome=\"401\" too.",
+                "401s to requests that sent no credentials (or a user name alone): git's first round trip of each operation, counted in outcome=\"401\" too.",
                 self.challenges.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_auth_failures_total",
+                "counter",
+                "Git requests whose credentials were tried and refused (wrong, unknown, revoked or expired token, disabled owner, malformed header); answered 401, or 403 for a Bearer token.",
+                self.auth_failures.load(Relaxed).to_string(),
             ),
             (
                 "gitgate_request_bytes_total",

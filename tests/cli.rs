@@ -1269,5 +1269,5 @@ fn the_cli_actor_names_the_real_uid_beside_the_claimed_user() {
         .unwrap_or_else(|| panic!("no user.disabled in {audit}"));
     assert_eq!(event["actor"], "cli:mallory", "{event}");
     let uid = rustix::process::getuid().as_raw();
-    assert_eq!(event["source"], format!("local uid={uid}"), "{event}");
+    assert_eq!(event["source"], format!("local:uid={uid}"), "{event}");
 }

@@ -249,6 +249,27 @@ fn a_store_replaced_while_serving_is_refused_until_a_restart() {
     assert_eq!(status(&get(&server, IR, &r)), 200);
 }
 
+/// A revocation made before the `-wal` and `-shm` were deleted is only in the log the server
+/// still has open (a CLI cannot checkpoint while the server runs): with nobody writing since,
+/// the stop's checkpoint is what keeps it.
+#[test]
+fn a_revocation_made_before_the_index_was_deleted_holds_after_a_restart() {
+    let mut server = Server::start("");
+    let w = server.write_token.clone();
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    gitgate(&server.config(), &["token", "revoke", &w[4..16]], None);
+    assert_eq!(status(&get(&server, IR, &w)), 401);
+    let db = server.path("gitgate.db");
+    for suffix in ["-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", db.display())).unwrap();
+    }
+    assert_eq!(status(&get(&server, IR, &w)), 503);
+    server.restart();
+    let resp = get(&server, IR, &w);
+    assert_eq!(status(&resp), 401, "{}", String::from_utf8_lossy(&resp));
+    assert_eq!(status(&get(&server, IR, &server.read_token)), 200);
+}
+
 /// A backup moved over the store file without stopping gitgate first (which the README asks
 /// for), its `-wal` and `-shm` left in place: they hold the old file's log, which the next start
 /// would apply to the restored file. The stop says so and what to remove; done, the restored
@@ -343,6 +364,13 @@ fn restart_after_the_index_was_deleted(asked_before_the_stop: bool) {
     assert!(
         !gitgate(&server.config(), &["token", "show", id, "--json"], None)
             .contains("\"revokedAt\": null")
+    );
+    assert!(
+        server
+            .log()
+            .contains("gitgate's own log from before the deletion is left unapplied"),
+        "{}",
+        server.log()
     );
 }
 

@@ -158,6 +158,12 @@ fn metrics_count_real_git_traffic() {
         })
         .sum();
     assert!(all_401 >= challenges + 1.0, "{text}");
+    // ... and counted as what it is: a failed authentication.
+    let failures = sample(&text, "gitgate_auth_failures_total");
+    assert!(
+        failures >= 1.0 && failures <= all_401 - challenges,
+        "{text}"
+    );
     assert!(sample(&text, "gitgate_upstream_responses_total{status=\"2xx\"}") >= 4.0);
     assert_eq!(sample(&text, "gitgate_upstream_errors_total"), 0.0);
     assert!(

@@ -14,7 +14,7 @@
 //! The fuzz targets in `fuzz/` search the same ground for longer; these run on every build.
 
 use base64::Engine;
-use gitgate::credentials::{self, Credentials};
+use gitgate::credentials::{self, CredentialError, Credentials};
 use gitgate::git::{self, RepoPath};
 use gitgate::token;
 use proptest::prelude::*;
@@ -191,11 +191,18 @@ proptest! {
                 prop_assert_eq!(u, eu);
                 prop_assert_eq!(s.expose(), es.as_str());
             }
-            other => {
-                // Refused only for what the parser refuses by rule: an empty password, a space
-                // in the user name, or a user name that holds the token prefix.
-                let refusable = es.is_empty() || eu.contains(' ') || eu.to_ascii_lowercase().contains("ggt_");
-                prop_assert!(refusable, "{:?}:{:?} refused: {:?}", eu, es, other.map(|_| ()));
+            Ok(other) => prop_assert!(false, "not Basic: {:?}", other),
+            Err(e) => {
+                // Refused only for what the parser refuses by rule. A user name that cannot be
+                // one (a space, the token prefix) is malformed, password or not; an acceptable
+                // one without a password is `NoPassword` — no secret tried, not a failure.
+                let bad_user = eu.contains(' ') || eu.to_ascii_lowercase().contains("ggt_");
+                if bad_user {
+                    prop_assert!(matches!(e, CredentialError::Malformed(_)), "{:?}:{:?} -> {:?}", eu, es, e);
+                } else {
+                    prop_assert!(es.is_empty(), "{:?}:{:?} refused: {:?}", eu, es, e);
+                    prop_assert_eq!(e, CredentialError::NoPassword);
+                }
             }
         }
         // Arbitrary bytes behind the scheme, base64'd or not, never panic.

@@ -1033,6 +1033,22 @@ fn every_action_is_audited_and_no_secret_is_written_anywhere() {
     );
     assert_eq!(r.status, 401);
     assert!(r.body.contains("is a gitgate token"), "{}", r.body);
+    // ... with the API's own advice (it takes passwords), with or without a password.
+    for password in ["x-oauth-basic", ""] {
+        let r = server.request(
+            "GET",
+            &format!("{API}/users/alice"),
+            Auth::Basic(&second, password),
+            "",
+        );
+        assert_eq!(r.status, 401);
+        assert!(
+            r.body
+                .contains("the REST API takes your gitgate user name and password"),
+            "{}",
+            r.body
+        );
+    }
     // A secret where the token's id goes is refused without being echoed (or logged: below).
     let r = server.api("GET", &format!("/users/alice/{second}"), "alice", "");
     assert_eq!(r.status, 400);

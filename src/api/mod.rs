@@ -475,6 +475,13 @@ fn authenticate(
                  (not a token)",
             ))
         }
+        Err(CredentialError::Malformed(credentials::TOKEN_AS_USER)) => {
+            audit("anonymous", "a token as the user name");
+            Err(unauthorized(
+                "the user name is a gitgate token: the REST API takes your gitgate user name and \
+                 password (not a token)",
+            ))
+        }
         Err(e) => {
             audit("anonymous", &e.to_string());
             Err(unauthorized(&e.to_string()))

@@ -67,14 +67,18 @@ impl Actor {
     /// The operator at the host's command line.
     /// The operator at the command line: the login name the environment gives (`SUDO_USER`,
     /// else `USER`) — a claim anyone can set, so the source says who the process really runs
-    /// as (`local uid=1000`), which the environment cannot change.
+    /// as (`local:uid=1000`), which the environment cannot change. The name is kept to one
+    /// field of a log or audit line: anything but visible ASCII becomes `?`.
     pub fn cli() -> Actor {
-        let user = std::env::var("SUDO_USER")
+        let user: String = std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "unknown".into());
+            .unwrap_or_else(|_| "unknown".into())
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect();
         Actor {
             name: format!("cli:{user}"),
-            source: format!("local uid={}", rustix::process::getuid().as_raw()),
+            source: format!("local:uid={}", rustix::process::getuid().as_raw()),
         }
     }
 }
@@ -554,44 +558,55 @@ impl Drop for Inner {
     ///
     /// SQLite checkpoints the write-ahead log into the store file and deletes the `-wal` and
     /// `-shm` when a database's last connection closes (the watcher's, dropped after this) —
-    /// unless the file has moved, when it leaves both as they are. Two changes go wrong then:
-    /// - **The `-wal` and `-shm` were deleted.** Their names now belong to other processes'
-    ///   new files: a CLI that revoked a token meanwhile has its revocation there or already in
-    ///   the store file. The checkpoint would write the token's row as this process's old log
-    ///   has it over the revocation and delete the new `-wal`: the revoked token valid again
-    ///   after the restart gitgate asks for. So this process's old log is left unapplied, as a
-    ///   crash would leave it; what only it held (last uses, audit events written before the
-    ///   deletion) was lost to every other process already.
+    /// unless the file has moved, when it leaves both as they are. Two changes need more:
+    /// - **The `-wal` and `-shm` were deleted.** The log this process has open is the old one;
+    ///   its commits (a revocation made before the deletion, through the REST API or the CLI)
+    ///   are nowhere else, and the checkpoint is what keeps them — unless another process has
+    ///   committed to a new `-wal` since. Then the checkpoint would write the old log's pages
+    ///   over those commits (a CLI revocation made after the deletion: the revoked token valid
+    ///   again after the restart gitgate asks for) and delete the new `-wal` by its name. Two
+    ///   logs of one store cannot be merged: the newer one, which every other process has seen,
+    ///   wins, and the loss of the old one's commits is logged.
     /// - **The store file was replaced** (a backup moved over it) while the `-wal` stayed:
     ///   SQLite keeps that log, and the next start would apply the old file's log to the new
     ///   file — a mix of the two, or a corrupt store. Which file's commits are meant is not
     ///   gitgate's to guess (a CLI may have committed to the new file through the same log), so
     ///   the log is left and the operator is told what to remove.
     fn drop(&mut self) {
+        let wal = format!("{}-wal", self.path.display());
+        let wal_written = || std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
         if self.cache.index_unlinked() {
-            for conn in self
-                .idle
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-            {
-                keep_log_on_close(conn);
-            }
-            keep_log_on_close(&self.cache.watcher());
-        } else if file_id(&self.path)
-            .is_ok_and(|id| *self.file.get_mut().unwrap_or_else(|p| p.into_inner()) != Some(id))
-        {
-            let wal = format!("{}-wal", self.path.display());
-            if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            if wal_written() {
+                for conn in self
+                    .idle
+                    .get_mut()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                {
+                    keep_log_on_close(conn);
+                }
+                keep_log_on_close(&self.cache.watcher());
                 tracing::error!(
-                    "the store file was replaced while gitgate was running, and {wal} is the old \
-                     file's write-ahead log: the next start would apply it to the new file. If \
-                     the new file is a restored backup, remove {wal} and {path}-shm before \
-                     starting gitgate again (whatever was written to the new file since it was \
-                     put in place went to that log too)",
+                    "the store's -wal and -shm were deleted while gitgate was running, and \
+                     another process has written to {wal} since: gitgate's own log from before \
+                     the deletion is left unapplied, and what only it held is lost (changes \
+                     made through the REST API or the CLI that were not yet in {path}, last uses, \
+                     audit events): check recent token and user changes",
                     path = self.path.display()
                 );
             }
+        } else if file_id(&self.path)
+            .is_ok_and(|id| *self.file.get_mut().unwrap_or_else(|p| p.into_inner()) != Some(id))
+            && wal_written()
+        {
+            tracing::error!(
+                "the store file was replaced while gitgate was running, and {wal} is the old \
+                 file's write-ahead log: the next start would apply it to the new file. If the \
+                 new file is a restored backup, remove {wal} and {path}-shm before starting \
+                 gitgate again (whatever was written to the new file since it was put in place \
+                 went to that log too)",
+                path = self.path.display()
+            );
         }
     }
 }
