@@ -314,8 +314,19 @@ async fn run_workers(config: Config) -> Result<(), String> {
     }
     // No request is left: write what the store's writer still holds (audit events and last
     // uses of the last window), which would otherwise end with the process.
-    let _ = tokio::task::spawn_blocking(move || store.flush_pending_writes()).await;
-    tracing::info!("stopped: every connection closed, pending audit events and last uses written");
+    let written = tokio::task::spawn_blocking(move || store.flush_pending_writes())
+        .await
+        .unwrap_or(false);
+    if written {
+        tracing::info!(
+            "stopped: every connection closed, pending audit events and last uses written"
+        );
+    } else {
+        tracing::warn!(
+            "stopped: every connection closed; pending audit events or last uses could not be \
+             written (see above)"
+        );
+    }
     Ok(())
 }
 

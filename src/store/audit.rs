@@ -197,8 +197,8 @@ impl Store {
     }
 
     /// Write the audit events and last uses still waiting for the writer now (at shutdown).
-    pub fn flush_pending_writes(&self) {
-        self.inner.batch_writer.flush(self);
+    pub fn flush_pending_writes(&self) -> bool {
+        self.inner.batch_writer.flush(self)
     }
 
     /// Events at or after `since` (epoch ms), oldest first, at most `limit`.

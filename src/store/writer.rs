@@ -324,7 +324,8 @@ impl BatchWriter {
     /// Write everything waiting now, on the calling thread, whether or not its window is over:
     /// at shutdown, so that nothing gathered is lost with the process. Waits for a write the
     /// writer thread has under way, which would otherwise die unfinished with the process.
-    pub(super) fn flush(&self, store: &Store) {
+    /// Whether everything was written (or nothing was waiting).
+    pub(super) fn flush(&self, store: &Store) -> bool {
         let _writing = self
             .pending
             .writing
@@ -340,8 +341,10 @@ impl BatchWriter {
             // The last try: nobody is left to try again.
             if let Err(e) = write(store, &batch, &last_uses) {
                 give_up(&e, &batch, &last_uses);
+                return false;
             }
         }
+        true
     }
 
     /// Transactions so far that wrote last uses.
@@ -402,7 +405,12 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
             continue;
         }
         let Some(inner) = store.upgrade() else { return };
-        match write(&Store { inner }, &batch, &last_uses) {
+        // Its own statement, so that the strong reference is dropped before the pause below:
+        // held by this thread while the process stops, it would keep the store from being
+        // dropped at the stop (its last word, `Drop for Inner`, and SQLite's checkpoint on
+        // close, which is what keeps the log of a store whose -wal was deleted).
+        let written = write(&Store { inner }, &batch, &last_uses);
+        match written {
             Ok(()) => {
                 pending.failures.store(0, Ordering::Relaxed);
                 pending.busy_waits.store(0, Ordering::Relaxed);
@@ -540,7 +548,7 @@ mod tests {
         refuse_audit_inserts(store.path());
         store.record_event_later(actor(), "auth.failed", "mallory".into(), "bad token".into());
         // Shutdown's flush is the last try.
-        let log = logged(|| store.inner.batch_writer.flush(&store));
+        let log = logged(|| assert!(!store.inner.batch_writer.flush(&store)));
         assert!(log.contains("only logged"), "{log}");
         assert!(
             log.contains("auth.failed") && log.contains("mallory") && log.contains("bad token"),
