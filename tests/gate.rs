@@ -27,12 +27,9 @@ fn team_setup() -> (Sandbox, Server, common::Token) {
     (sb, server, token)
 }
 
-/// The README's clone URL names the user (`http://alice@host/team/app.git`): git then sends
-/// the user name with an empty password before it asks its credential helper, on every fetch.
-/// No secret was tried, so it is a challenge, not a failed authentication: no throttle count,
-/// no `auth.failed` event. Before, a few fetches got the user's own address blocked.
-#[test]
-fn the_user_name_in_the_url_is_not_a_failed_authentication() {
+/// alice with a read grant on `team/app` and a REPO_READ token, behind a gitgate that blocks an
+/// address after 3 failed authentications.
+fn throttled_setup() -> (Sandbox, Server, common::Token) {
     let sb = Sandbox::with(Setup {
         extra: "[auth_failures]\nmax = 3\nwindow_seconds = 600\n".into(),
         ..Setup::default()
@@ -42,6 +39,16 @@ fn the_user_name_in_the_url_is_not_a_failed_authentication() {
     sb.grant("alice", "team", "read");
     let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
     let server = sb.serve();
+    (sb, server, token)
+}
+
+/// The README's clone URL names the user (`http://alice@host/team/app.git`): git then sends
+/// the user name with an empty password before it asks its credential helper, on every fetch.
+/// No secret was tried, so it is a challenge, not a failed authentication: no throttle count,
+/// no `auth.failed` event. Before, a few fetches got the user's own address blocked.
+#[test]
+fn the_user_name_in_the_url_is_not_a_failed_authentication() {
+    let (sb, server, token) = throttled_setup();
     let store = sb.root().join("git-credentials");
     fs::write(
         &store,
@@ -453,15 +460,7 @@ fn a_graceful_stop_writes_the_pending_audit_events_and_last_uses() {
 /// by the throttle like a wrong Basic password.
 #[test]
 fn refused_bearer_tokens_are_throttled_too() {
-    let sb = Sandbox::with(Setup {
-        extra: "[auth_failures]\nmax = 3\nwindow_seconds = 600\n".into(),
-        ..Setup::default()
-    });
-    sb.create_repo("team/app");
-    sb.add_user("alice", PASSWORD);
-    sb.grant("alice", "team", "read");
-    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
-    let server = sb.serve();
+    let (_sb, server, token) = throttled_setup();
     let target = "/team/app.git/info/refs?service=git-upload-pack";
     let wrong = format!("Bearer {}", flip_secret(&token.secret));
     for _ in 0..3 {
