@@ -288,8 +288,13 @@ impl Gate {
             .check_address(remote.ip(), clock::monotonic_ms())
             .map_err(Refusal::Guarded)?;
 
-        log.bearer = credentials::names_bearer(req.headers());
-        let creds = credentials::from_headers(req.headers()).map_err(Refusal::NoCredentials)?;
+        // Whether the header was Bearer: from the parse when it worked (the hot path reads the
+        // header once), from the header's scheme when it did not.
+        let creds = credentials::from_headers(req.headers()).map_err(|e| {
+            log.bearer = credentials::names_bearer(req.headers());
+            Refusal::NoCredentials(e)
+        })?;
+        log.bearer = matches!(creds, Credentials::Bearer { .. });
         let (basic_user, secret) = match &creds {
             Credentials::Basic { user, secret } => (Some(user.clone()), secret),
             Credentials::Bearer { secret } => (None, secret),
