@@ -65,7 +65,7 @@ struct Clocks {
 /// Milliseconds on the coarse monotonic clock. Its few milliseconds of resolution are plenty
 /// for timeouts counted in seconds, and reading it costs a few nanoseconds (no hardware
 /// counter is read): the clocks here move on every read, write and response frame.
-fn coarse_now_ms() -> u64 {
+pub(crate) fn coarse_now_ms() -> u64 {
     let t = clock_gettime(ClockId::MonotonicCoarse);
     (t.tv_sec as u64).saturating_mul(1000) + t.tv_nsec as u64 / 1_000_000
 }

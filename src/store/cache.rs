@@ -127,16 +127,11 @@ impl Seen {
 }
 
 impl AuthCache {
-    pub(super) fn new(watcher: Connection, db_path: &Path) -> AuthCache {
-        // The file SQLite opened, symbolic links resolved: its `-shm` is the live index (one
-        // beside a link to the store may be stale).
-        let opened = watcher
-            .path()
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| db_path.to_path_buf());
+    /// `opened` is the file SQLite opened, symbolic links resolved: its `-shm` is the live index
+    /// (one beside a link to the store may be stale).
+    pub(super) fn new(watcher: Connection, opened: &Path) -> AuthCache {
         AuthCache {
-            seen: RwLock::new(Seen::new(&opened, 0)),
+            seen: RwLock::new(Seen::new(opened, 0)),
             fallback: Mutex::new(watcher),
             state: RwLock::new(State {
                 version: i64::MIN,
@@ -390,6 +385,34 @@ mod tests {
         let err = server.auth_record_cached("abcdefghijkl").unwrap_err();
         assert!(err.to_string().contains("restart gitgate"), "{err}");
         assert!(server.setting("x").is_err(), "every operation is refused");
+    }
+
+    /// With the store's folders watched (inotify), lookups skip the `stat` and `fstat`s of the
+    /// store's files until a name changes in those folders — and a deleted `-wal` is still
+    /// refused on the very next lookup, not at the next periodic check.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn watched_folders_let_lookups_skip_the_file_checks_and_still_see_a_deletion_at_once() {
+        let (dir, server, _cli) = cached_in_a_fresh_store();
+        let watch = server.inner.watch.as_ref().expect("inotify here");
+        let before = watch.full_checks();
+        for _ in 0..200 {
+            server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+        }
+        // A few for the periodic check and for other tests' files in /tmp above this folder.
+        let checks = watch.full_checks() - before;
+        assert!(checks < 50, "{checks} full checks for 200 lookups");
+        // Right after a lookup that skipped them, the `-wal` goes.
+        assert!(
+            (0..50).any(|_| {
+                server.auth_record_cached("abcdefghijkl").unwrap();
+                watch.quiet()
+            }),
+            "lookups never skip the full checks"
+        );
+        std::fs::remove_file(dir.path().join("t.db-wal")).unwrap();
+        let err = server.auth_record_cached("abcdefghijkl").unwrap_err();
+        assert!(err.to_string().contains("restart gitgate"), "{err}");
     }
 
     /// Only the `-wal` deleted (another process then makes a new one and commits there), or

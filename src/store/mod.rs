@@ -21,6 +21,7 @@ mod schema;
 mod settings;
 mod tokens;
 mod users;
+mod watch;
 mod writer;
 
 use std::fmt;
@@ -150,6 +151,9 @@ struct Inner {
     file: RwLock<Option<FileId>>,
     /// The file was replaced under the running server: every operation fails until a restart.
     replaced: AtomicBool,
+    /// Says when [`Store::check_file`]'s full checks can be skipped; `None` where inotify is not
+    /// available (they then run on every operation).
+    watch: Option<watch::FolderWatch>,
     batch_writer: writer::BatchWriter,
     miss_slots: tokio::sync::Semaphore,
 }
@@ -195,9 +199,16 @@ impl Store {
         }
         schema::migrate(&mut conn).map_err(explain)?;
         let watcher = connect(path, false).map_err(explain)?;
-        let cache = cache::AuthCache::new(watcher, path);
+        // The file SQLite opened, symbolic links resolved: its `-wal` and `-shm` are beside it.
+        let opened = watcher
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| path.to_path_buf());
+        let cache = cache::AuthCache::new(watcher, &opened);
         // The `-shm` and `-wal` exist by now (the WAL switch and the migration read the file).
         cache.open_files();
+        let watch = watch::FolderWatch::new(&[path, &opened]);
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -205,6 +216,7 @@ impl Store {
                 cache,
                 file: RwLock::new(file_id(path).ok()),
                 replaced: AtomicBool::new(false),
+                watch,
                 batch_writer: writer::BatchWriter::new(),
                 miss_slots: tokio::sync::Semaphore::new(MISS_READERS),
             }),
@@ -250,7 +262,7 @@ impl Store {
     ///
     /// An open SQLite connection keeps reading a deleted file's old inode, so without this check
     /// a server whose store was deleted would go on accepting tokens that the CLI (which creates
-    /// a fresh file) can no longer revoke. One `stat` per store operation buys that guarantee.
+    /// a fresh file) can no longer revoke.
     ///
     /// A file that comes back as the same file (renamed away and back) is served again. A
     /// different file in its place (a restored backup, a copy moved over it) is not, until a
@@ -258,8 +270,27 @@ impl Store {
     /// file's log, still open here and still on disk, would be read as the new file's — a mix
     /// of both, in which a revocation made in either may not show. gitgate does not guess
     /// which file is meant; the README says how to restore a store.
+    ///
+    /// The checks are a `stat` of the path and an `fstat` of the open `-shm` and `-wal`; where
+    /// the store's folders are watched, they run only after a change of names in those folders
+    /// (and at least every 0.1 s), see `watch.rs`.
     fn check_file(&self) -> Result<FileId> {
-        if self.inner.replaced.load(Ordering::Relaxed) {
+        if self.inner.replaced.load(Ordering::SeqCst) {
+            return Err(self.replaced());
+        }
+        let Some(watch) = &self.inner.watch else {
+            return self.check_file_fully();
+        };
+        if watch.quiet() && !self.inner.replaced.load(Ordering::SeqCst) {
+            if let Some(id) = *self.inner.file.read().unwrap_or_else(|p| p.into_inner()) {
+                return Ok(id);
+            }
+        }
+        watch.full_check(|| self.check_file_fully())
+    }
+
+    fn check_file_fully(&self) -> Result<FileId> {
+        if self.inner.replaced.load(Ordering::SeqCst) {
             return Err(self.replaced());
         }
         let id = file_id(&self.inner.path).map_err(|e| StoreError::Open {
@@ -298,7 +329,7 @@ impl Store {
         known: std::sync::RwLockWriteGuard<'_, Option<FileId>>,
         what: &str,
     ) -> StoreError {
-        if !self.inner.replaced.swap(true, Ordering::Relaxed) {
+        if !self.inner.replaced.swap(true, Ordering::SeqCst) {
             tracing::error!(
                 path = %self.inner.path.display(),
                 "{what}: every token is refused until gitgate is restarted (to restore a store, \
@@ -414,9 +445,9 @@ impl Store {
     }
 
     /// The auth record for token `id` from the in-memory cache, if it is there and nothing has
-    /// been committed to the store since it was read. Cheap: a `stat` of the file and
-    /// a read of the WAL index header, no query. A miss carries the version it was checked at, for
-    /// [`Store::load_auth_record`].
+    /// been committed to the store since it was read. Cheap: the file checks (one system call
+    /// while the store's folders are unchanged) and a read of the WAL index header, no query. A
+    /// miss carries the version it was checked at, for [`Store::load_auth_record`].
     pub fn cached_auth_record(&self, id: &str) -> Result<CacheLookup> {
         // A deleted or replaced file must not be served from memory: fail closed / start over.
         self.check_file()?;

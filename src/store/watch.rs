@@ -1,0 +1,315 @@
+//! Seeing the store's files deleted, renamed or replaced with one system call per request
+//! instead of three.
+//!
+//! gitgate fails closed when the store file, its `-wal` or its `-shm` is deleted or replaced
+//! under the running server (`Store::check_file`): a `stat` of the store's path and an `fstat`
+//! of each open index file. Run on every store operation, those three system calls were about
+//! 6 % of gitgate's CPU on a proxied request. Every such change is a change of a folder's names
+//! — an unlink, a rename, a link, a create — and the kernel queues an inotify event for it inside
+//! the system call that makes it, before that call returns to `rm`, `mv` or the CLI. So a request
+//! that comes after the change finds the event queued: one `ioctl(FIONREAD)` per request says
+//! whether anything happened in the watched folders, and the full checks run only then.
+//!
+//! Watched: the folder of the store path as configured, the folder SQLite resolved it to
+//! (through symbolic links), and every folder above either — a renamed parent, a symbolic link
+//! on the path pointed elsewhere. Not seen by inotify: a file system mounted over one of those
+//! folders, a link of a chain of symbolic links that lies outside them, a change made by another
+//! machine on a network file system. For those the full checks also run at least every
+//! [`FULL_CHECK_EVERY`]: such a change is seen within that time instead of on the next request.
+//!
+//! Any event runs the full checks: the watch does not try to tell which name changed (a busy
+//! folder above the store, such as `/tmp`, costs one check per event, as every request cost
+//! before). An event that says a watched folder itself moved or went away, or that the queue
+//! overflowed, ends the watch: from then on every operation runs the full checks, as it does
+//! where inotify cannot be had (not Linux, or the per-user limit of inotify instances reached).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The longest the full checks are skipped without an event: the bound for the changes inotify
+/// does not report (see the module's documentation).
+pub(super) const FULL_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// An inotify watch on the folders the store's path goes through.
+pub(super) struct FolderWatch {
+    #[cfg(target_os = "linux")]
+    fd: rustix::fd::OwnedFd,
+    /// Held by the full check that takes the queued events off and records its result; others
+    /// that come meanwhile run their checks without it.
+    recording: Mutex<()>,
+    /// A recording full check is under way: its events are off the queue but its result is not
+    /// known yet, so nobody may skip.
+    checking: AtomicBool,
+    /// When the last recording full check passed (coarse clock, milliseconds); 0 when it failed.
+    passed_ms: AtomicU64,
+    /// The watch no longer covers the path: a watched folder moved or went away, or events were
+    /// lost.
+    ended: AtomicBool,
+    /// Full checks run through [`FolderWatch::full_check`], for the tests.
+    checks: AtomicU64,
+}
+
+impl FolderWatch {
+    /// A watch on the folders of each of `store_paths` and every folder above them, or `None`
+    /// when one of them cannot be watched (the store is then checked on every operation).
+    pub(super) fn new(store_paths: &[&Path]) -> Option<FolderWatch> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+            let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
+                .map_err(|e| tracing::debug!(error = %e, "no inotify watch on the store's folders"))
+                .ok()?;
+            let names = WatchFlags::CREATE
+                | WatchFlags::DELETE
+                | WatchFlags::MOVED_FROM
+                | WatchFlags::MOVED_TO
+                | WatchFlags::DELETE_SELF
+                | WatchFlags::MOVE_SELF
+                | WatchFlags::ONLYDIR;
+            for path in store_paths {
+                let absolute = std::path::absolute(path).ok()?;
+                for folder in absolute.ancestors().skip(1) {
+                    if let Err(e) = inotify::add_watch(&fd, folder, names) {
+                        tracing::debug!(folder = %folder.display(), error = %e,
+                            "no inotify watch on the store's folders");
+                        return None;
+                    }
+                }
+            }
+            Some(FolderWatch {
+                fd,
+                recording: Mutex::new(()),
+                checking: AtomicBool::new(false),
+                passed_ms: AtomicU64::new(0),
+                ended: AtomicBool::new(false),
+                checks: AtomicU64::new(0),
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = store_paths;
+            None
+        }
+    }
+
+    /// Whether this operation may skip the full checks: the last full check passed less than
+    /// [`FULL_CHECK_EVERY`] ago, no name changed in the watched folders since it took the
+    /// queue's events off, and none is under way. One system call.
+    pub(super) fn quiet(&self) -> bool {
+        if self.ended.load(SeqCst) {
+            return false;
+        }
+        // The order matters: a recording check sets `checking` before it takes the events off
+        // and clears it after it recorded its result. So an empty queue read here, after it took
+        // them, finds it still under way or its result recorded.
+        if !self.queue_empty() || self.checking.load(SeqCst) {
+            return false;
+        }
+        let passed = self.passed_ms.load(SeqCst);
+        passed != 0 && crate::idle::coarse_now_ms().saturating_sub(passed) < window_ms()
+    }
+
+    /// Run `check` (the full checks). Unless another recording check is under way, the queued
+    /// events are taken off first and the result is recorded for [`FolderWatch::quiet`].
+    pub(super) fn full_check<T, E>(&self, check: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        self.checks.fetch_add(1, Relaxed);
+        let Ok(_alone) = self.recording.try_lock() else {
+            return check();
+        };
+        self.checking.store(true, SeqCst);
+        let covered = self.take_events();
+        let out = check();
+        let passed = if out.is_ok() && covered {
+            crate::idle::coarse_now_ms().max(1)
+        } else {
+            0
+        };
+        self.passed_ms.store(passed, SeqCst);
+        self.checking.store(false, SeqCst);
+        out
+    }
+
+    /// How many full checks ran through [`FolderWatch::full_check`].
+    #[cfg(test)]
+    pub(super) fn full_checks(&self) -> u64 {
+        self.checks.load(Relaxed)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn queue_empty(&self) -> bool {
+        rustix::io::ioctl_fionread(&self.fd).is_ok_and(|queued| queued == 0)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn queue_empty(&self) -> bool {
+        false
+    }
+
+    /// Take every queued event off; `false` (and the watch ended) when one says the watch no
+    /// longer covers the store's path.
+    #[cfg(target_os = "linux")]
+    fn take_events(&self) -> bool {
+        use rustix::fs::inotify::{ReadFlags, Reader};
+        use rustix::io::Errno;
+        let uncovering = ReadFlags::DELETE_SELF
+            | ReadFlags::MOVE_SELF
+            | ReadFlags::IGNORED
+            | ReadFlags::UNMOUNT
+            | ReadFlags::QUEUE_OVERFLOW;
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut events = Reader::new(&self.fd, &mut buf);
+        loop {
+            match events.next() {
+                Ok(event) if event.events().intersects(uncovering) => self.end(),
+                Ok(_) => {}
+                Err(Errno::AGAIN) => break,
+                Err(Errno::INTR) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the store folders' inotify events");
+                    self.end();
+                    break;
+                }
+            }
+        }
+        !self.ended.load(SeqCst)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn take_events(&self) -> bool {
+        false
+    }
+
+    fn end(&self) {
+        if !self.ended.swap(true, SeqCst) {
+            tracing::info!(
+                "a folder on the store's path was moved or removed: the store's files are \
+                 checked on every request from now on"
+            );
+        }
+    }
+}
+
+fn window_ms() -> u64 {
+    FULL_CHECK_EVERY.as_millis() as u64
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn pass() -> Result<(), ()> {
+        Ok(())
+    }
+
+    /// A watch on `dir/store.db`, with one passing full check recorded.
+    fn watching(dir: &Path) -> FolderWatch {
+        let watch = FolderWatch::new(&[&dir.join("store.db")]).expect("inotify here");
+        assert!(!watch.quiet(), "nothing checked yet");
+        assert!(settles(&watch));
+        watch
+    }
+
+    /// Whether a passing full check lets the next call skip. `/tmp`, above every test's
+    /// folder, sees other tests' files come and go: a few tries allow for their events.
+    fn settles(watch: &FolderWatch) -> bool {
+        (0..50).any(|_| {
+            watch.full_check(pass).unwrap();
+            watch.quiet()
+        })
+    }
+
+    #[test]
+    fn a_change_of_names_in_the_store_folder_is_seen_by_the_next_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = watching(dir.path());
+        type Change<'a> = (&'a str, &'a dyn Fn(&Path));
+        let cases: [Change; 4] = [
+            ("create", &|d| {
+                std::fs::write(d.join("store.db-wal"), b"x").unwrap()
+            }),
+            ("rename", &|d| {
+                std::fs::rename(d.join("store.db-wal"), d.join("old-wal")).unwrap()
+            }),
+            ("link", &|d| {
+                std::fs::hard_link(d.join("old-wal"), d.join("store.db")).unwrap()
+            }),
+            ("delete", &|d| {
+                std::fs::remove_file(d.join("store.db")).unwrap()
+            }),
+        ];
+        for (what, change) in cases {
+            change(dir.path());
+            assert!(!watch.quiet(), "{what} not seen");
+            // A failed full check is not remembered as passed: the next call checks again.
+            assert!(watch.full_check(|| Err::<(), _>(())).is_err());
+            assert!(
+                !watch.quiet(),
+                "{what}: a failed check let the next one skip"
+            );
+            assert!(settles(&watch), "{what}: the events were taken off");
+        }
+    }
+
+    #[test]
+    fn a_change_in_a_folder_above_is_seen_and_a_moved_folder_ends_the_watch() {
+        let top = tempfile::tempdir().unwrap();
+        let store_dir = top.path().join("a/b");
+        std::fs::create_dir_all(&store_dir).unwrap();
+        let watch = watching(&store_dir);
+        // A symbolic link swapped in a folder above (a deploy's `current`).
+        std::os::unix::fs::symlink(&store_dir, top.path().join("current")).unwrap();
+        assert!(
+            !watch.quiet(),
+            "a name created above the store's folder not seen"
+        );
+        assert!(settles(&watch));
+        // The store's folder's parent renamed: the watch no longer says where the path goes.
+        std::fs::rename(top.path().join("a"), top.path().join("moved")).unwrap();
+        assert!(!watch.quiet());
+        watch.full_check(pass).unwrap();
+        assert!(!watch.quiet(), "a moved folder must end the watch");
+        watch.full_check(pass).unwrap();
+        assert!(!watch.quiet(), "an ended watch stays ended");
+    }
+
+    #[test]
+    fn without_events_the_full_checks_still_run_every_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = watching(dir.path());
+        // The coarse clock moves in steps of a few milliseconds.
+        std::thread::sleep(FULL_CHECK_EVERY + Duration::from_millis(20));
+        assert!(
+            !watch.quiet(),
+            "a blind spot of inotify would never be checked"
+        );
+        assert!(settles(&watch));
+    }
+
+    #[test]
+    fn a_check_under_way_keeps_everyone_checking_until_its_result_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = watching(dir.path());
+        std::fs::write(dir.path().join("store.db"), b"x").unwrap();
+        watch
+            .full_check(|| {
+                // The event is off the queue now, but this check has not passed yet.
+                assert!(
+                    !watch.quiet(),
+                    "skipped while the check of its event was under way"
+                );
+                // A second check meanwhile runs, without taking events or recording.
+                assert_eq!(watch.full_check(|| Ok::<_, ()>(7)), Ok(7));
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert!(settles(&watch));
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_watched_gives_no_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(FolderWatch::new(&[&dir.path().join("missing/store.db")]).is_none());
+    }
+}
