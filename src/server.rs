@@ -213,6 +213,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
     };
 
     let store = Store::open(&config.store.path).map_err(|e| e.to_string())?;
+    store.watch_folders();
     match store.check_writable() {
         Ok(()) => {}
         // Another process holding the write lock (a long CLI change) is not a store gitgate

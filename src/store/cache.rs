@@ -166,21 +166,29 @@ impl AuthCache {
     }
 
     /// Whether the `-shm` or `-wal` file this process has open has been unlinked — deleted, or
-    /// replaced by a rename — under the running server. SQLite keeps a connection's `-shm` and
-    /// `-wal` open, so this process would go on reading the old index and log while every other
-    /// process creates new ones: commits made since (a revocation) would never be seen here.
-    /// While any connection is open SQLite itself never removes either. One `fstat` of each
-    /// open file; `false` for one not open yet (see [`AuthCache::open_files`]).
+    /// replaced by a rename — or moved away under the running server. SQLite keeps a
+    /// connection's `-shm` and `-wal` open, so this process would go on reading the old index
+    /// and log while every other process creates new ones: commits made since (a revocation)
+    /// would never be seen here. While any connection is open SQLite itself never removes
+    /// either. An `fstat` of each open file and a `stat` of its name; `false` for one not open
+    /// yet (see [`AuthCache::open_files`]).
     pub(super) fn index_unlinked(&self) -> bool {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
             let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
-            let unlinked = |f: &Option<File>| {
-                f.as_ref()
-                    .is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() == 0))
+            let gone = |f: &Option<File>, path: &Path| {
+                f.as_ref().is_some_and(|f| match f.metadata() {
+                    Ok(open) => {
+                        open.nlink() == 0
+                            || std::fs::metadata(path).map_or(true, |named| {
+                                (named.dev(), named.ino()) != (open.dev(), open.ino())
+                            })
+                    }
+                    Err(_) => false,
+                })
             };
-            unlinked(&seen.shm) || unlinked(&seen.wal)
+            gone(&seen.shm, &seen.shm_path) || gone(&seen.wal, &seen.wal_path)
         }
         #[cfg(not(unix))]
         {
@@ -394,7 +402,8 @@ mod tests {
     #[test]
     fn watched_folders_let_lookups_skip_the_file_checks_and_still_see_a_deletion_at_once() {
         let (dir, server, _cli) = cached_in_a_fresh_store();
-        let watch = server.inner.watch.as_ref().expect("inotify here");
+        server.watch_folders();
+        let watch = server.inner.watch.get().expect("inotify here");
         let before = watch.full_checks();
         for _ in 0..200 {
             server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
@@ -413,6 +422,18 @@ mod tests {
         std::fs::remove_file(dir.path().join("t.db-wal")).unwrap();
         let err = server.auth_record_cached("abcdefghijkl").unwrap_err();
         assert!(err.to_string().contains("restart gitgate"), "{err}");
+    }
+
+    /// The `-shm` or the `-wal` moved away within its file system (its link count stays 1):
+    /// another process would make new ones, unseen here, so refused the same way.
+    #[test]
+    fn a_moved_index_or_log_is_refused_until_a_restart() {
+        for file in ["t.db-shm", "t.db-wal"] {
+            let (dir, server, _cli) = cached_in_a_fresh_store();
+            std::fs::rename(dir.path().join(file), dir.path().join("elsewhere")).unwrap();
+            let err = server.auth_record_cached("abcdefghijkl").unwrap_err();
+            assert!(err.to_string().contains("restart gitgate"), "{file}: {err}");
+        }
     }
 
     /// Only the `-wal` deleted (another process then makes a new one and commits there), or

@@ -151,9 +151,12 @@ struct Inner {
     file: RwLock<Option<FileId>>,
     /// The file was replaced under the running server: every operation fails until a restart.
     replaced: AtomicBool,
-    /// Says when [`Store::check_file`]'s full checks can be skipped; `None` where inotify is not
-    /// available (they then run on every operation).
-    watch: Option<watch::FolderWatch>,
+    /// Says when [`Store::check_file`]'s full checks can be skipped; set by `serve`
+    /// ([`Store::watch_folders`]), unset where inotify is not available (they then run on every
+    /// operation).
+    watch: std::sync::OnceLock<watch::FolderWatch>,
+    /// The store's path as SQLite resolved it (symbolic links), for the watch.
+    opened: PathBuf,
     batch_writer: writer::BatchWriter,
     miss_slots: tokio::sync::Semaphore,
 }
@@ -179,6 +182,9 @@ impl Store {
             ));
         }
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
+        // The file the connections open is the one `file` names below, unless it was replaced
+        // in between: then it is looked at again before anything is served.
+        let file_before = file_id(path).ok();
         let mut conn = connect(path, true).map_err(explain)?;
         if let Some(tables) = schema::foreign_tables(&conn).map_err(explain)? {
             return Err(open_err(format!(
@@ -208,15 +214,21 @@ impl Store {
         let cache = cache::AuthCache::new(watcher, &opened);
         // The `-shm` and `-wal` exist by now (the WAL switch and the migration read the file).
         cache.open_files();
-        let watch = watch::FolderWatch::new(&[path, &opened]);
+        let file = file_id(path).ok();
+        if file_before.is_some() && file != file_before {
+            return Err(open_err(
+                "the store file was replaced while it was being opened: try again".into(),
+            ));
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 idle: Mutex::new(vec![conn]),
                 cache,
-                file: RwLock::new(file_id(path).ok()),
+                file: RwLock::new(file),
                 replaced: AtomicBool::new(false),
-                watch,
+                watch: std::sync::OnceLock::new(),
+                opened,
                 batch_writer: writer::BatchWriter::new(),
                 miss_slots: tokio::sync::Semaphore::new(MISS_READERS),
             }),
@@ -225,6 +237,21 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Watch the store's folders, so that the file checks of every operation run only after a
+    /// change there (see `watch.rs`): for a server, which runs them on every request. Where no
+    /// watch can be had, says so and goes on checking every time.
+    pub fn watch_folders(&self) {
+        match watch::FolderWatch::new(&[&self.inner.path, &self.inner.opened]) {
+            Ok(w) => {
+                let _ = self.inner.watch.set(w);
+            }
+            Err(e) => tracing::info!(
+                error = %e,
+                "no inotify watch on the store's folders: its files are checked on every request"
+            ),
+        }
     }
 
     /// Fails unless this process can write the store, as serving needs: audit events, last
@@ -278,7 +305,7 @@ impl Store {
         if self.inner.replaced.load(Ordering::SeqCst) {
             return Err(self.replaced());
         }
-        let Some(watch) = &self.inner.watch else {
+        let Some(watch) = self.inner.watch.get() else {
             return self.check_file_fully();
         };
         if watch.quiet() && !self.inner.replaced.load(Ordering::SeqCst) {

@@ -23,9 +23,9 @@
 //! overflowed, ends the watch: from then on every operation runs the full checks, as it does
 //! where inotify cannot be had (not Linux, or the per-user limit of inotify instances reached).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 /// The longest the full checks are skipped without an event: the bound for the changes inotify
@@ -34,73 +34,60 @@ pub(super) const FULL_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// An inotify watch on the folders the store's path goes through.
 pub(super) struct FolderWatch {
-    #[cfg(target_os = "linux")]
-    fd: rustix::fd::OwnedFd,
+    /// The store's path as configured and as SQLite resolved it.
+    store_paths: Vec<PathBuf>,
+    /// `None` once the watch could not be set up again (see [`FolderWatch::take_events`]).
+    inotify: RwLock<Option<Inotify>>,
     /// Held by the full check that takes the queued events off and records its result; others
     /// that come meanwhile run their checks without it.
     recording: Mutex<()>,
     /// A recording full check is under way: its events are off the queue but its result is not
     /// known yet, so nobody may skip.
     checking: AtomicBool,
-    /// When the last recording full check passed (coarse clock, milliseconds); 0 when it failed.
+    /// When the last recording full check passed (coarse clock, milliseconds); 0 when a check
+    /// failed since.
     passed_ms: AtomicU64,
-    /// The watch no longer covers the path: a watched folder moved or went away, or events were
-    /// lost.
+    /// The watch is gone for good: every operation runs the full checks.
     ended: AtomicBool,
     /// Full checks run through [`FolderWatch::full_check`], for the tests.
     checks: AtomicU64,
 }
 
+/// One inotify instance and the folders it watches.
+struct Inotify {
+    #[cfg(target_os = "linux")]
+    fd: rustix::fd::OwnedFd,
+    /// Each watched folder's path with the folder it named when the watch was added: a path
+    /// through a symbolic link that now names another folder is no longer watched.
+    folders: Vec<(PathBuf, FolderId)>,
+}
+
+type FolderId = (u64, u64);
+
 impl FolderWatch {
-    /// A watch on the folders of each of `store_paths` and every folder above them, or `None`
-    /// when one of them cannot be watched (the store is then checked on every operation).
-    pub(super) fn new(store_paths: &[&Path]) -> Option<FolderWatch> {
-        #[cfg(target_os = "linux")]
-        {
-            use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
-            let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
-                .map_err(|e| tracing::debug!(error = %e, "no inotify watch on the store's folders"))
-                .ok()?;
-            let names = WatchFlags::CREATE
-                | WatchFlags::DELETE
-                | WatchFlags::MOVED_FROM
-                | WatchFlags::MOVED_TO
-                | WatchFlags::DELETE_SELF
-                | WatchFlags::MOVE_SELF
-                | WatchFlags::ONLYDIR;
-            for path in store_paths {
-                let absolute = std::path::absolute(path).ok()?;
-                for folder in absolute.ancestors().skip(1) {
-                    if let Err(e) = inotify::add_watch(&fd, folder, names) {
-                        tracing::debug!(folder = %folder.display(), error = %e,
-                            "no inotify watch on the store's folders");
-                        return None;
-                    }
-                }
-            }
-            Some(FolderWatch {
-                fd,
-                recording: Mutex::new(()),
-                checking: AtomicBool::new(false),
-                passed_ms: AtomicU64::new(0),
-                ended: AtomicBool::new(false),
-                checks: AtomicU64::new(0),
-            })
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = store_paths;
-            None
-        }
+    /// A watch on the folders of each of `store_paths` and every folder above them, or why
+    /// there can be none (the store is then checked on every operation).
+    pub(super) fn new(store_paths: &[&Path]) -> std::io::Result<FolderWatch> {
+        let store_paths = store_paths
+            .iter()
+            .map(std::path::absolute)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let inotify = Inotify::new(&store_paths)?;
+        Ok(FolderWatch {
+            store_paths,
+            inotify: RwLock::new(Some(inotify)),
+            recording: Mutex::new(()),
+            checking: AtomicBool::new(false),
+            passed_ms: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+            checks: AtomicU64::new(0),
+        })
     }
 
     /// Whether this operation may skip the full checks: the last full check passed less than
     /// [`FULL_CHECK_EVERY`] ago, no name changed in the watched folders since it took the
     /// queue's events off, and none is under way. One system call.
     pub(super) fn quiet(&self) -> bool {
-        if self.ended.load(SeqCst) {
-            return false;
-        }
         // The order matters: a recording check sets `checking` before it takes the events off
         // and clears it after it recorded its result. So an empty queue read here, after it took
         // them, finds it still under way or its result recorded.
@@ -115,8 +102,17 @@ impl FolderWatch {
     /// events are taken off first and the result is recorded for [`FolderWatch::quiet`].
     pub(super) fn full_check<T, E>(&self, check: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         self.checks.fetch_add(1, Relaxed);
-        let Ok(_alone) = self.recording.try_lock() else {
+        if self.ended.load(Relaxed) {
             return check();
+        }
+        let Ok(_alone) = self.recording.try_lock() else {
+            let out = check();
+            if out.is_err() {
+                // A failure no event announced (a mount, a folder made unreadable): the next
+                // operations check too.
+                self.passed_ms.store(0, SeqCst);
+            }
+            return out;
         };
         self.checking.store(true, SeqCst);
         let covered = self.take_events();
@@ -137,6 +133,81 @@ impl FolderWatch {
         self.checks.load(Relaxed)
     }
 
+    fn queue_empty(&self) -> bool {
+        self.inotify
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(Inotify::queue_empty)
+    }
+
+    /// Take every queued event off. When one says the watch no longer covers the store's path
+    /// (a watched folder moved or went away, events were lost) or a watched path now names
+    /// another folder (a symbolic link re-pointed), the folders are watched again from scratch;
+    /// `false` when that fails (the watch then ends).
+    fn take_events(&self) -> bool {
+        let uncovered = match self
+            .inotify
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            None => return false,
+            Some(inotify) => inotify.take_events() || inotify.folders_moved(),
+        };
+        if !uncovered {
+            return true;
+        }
+        let again = Inotify::new(&self.store_paths);
+        let covered = again.is_ok();
+        if let Err(e) = &again {
+            if !self.ended.swap(true, SeqCst) {
+                tracing::info!(
+                    error = %e,
+                    "a folder on the store's path was moved or removed and cannot be watched \
+                     again: the store's files are checked on every request from now on"
+                );
+            }
+        }
+        *self.inotify.write().unwrap_or_else(|p| p.into_inner()) = again.ok();
+        covered
+    }
+}
+
+impl Inotify {
+    /// Watch the folder of each of `store_paths` (absolute) and every folder above them for
+    /// changes of names.
+    #[cfg(target_os = "linux")]
+    fn new(store_paths: &[PathBuf]) -> std::io::Result<Inotify> {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
+        let names = WatchFlags::CREATE
+            | WatchFlags::DELETE
+            | WatchFlags::MOVED_FROM
+            | WatchFlags::MOVED_TO
+            | WatchFlags::DELETE_SELF
+            | WatchFlags::MOVE_SELF
+            | WatchFlags::ONLYDIR;
+        let mut folders = Vec::new();
+        for path in store_paths {
+            for folder in path.ancestors().skip(1) {
+                let id = folder_id(folder)?;
+                inotify::add_watch(&fd, folder, names).map_err(|e| {
+                    std::io::Error::other(format!("cannot watch {}: {e}", folder.display()))
+                })?;
+                // Looked at before the watch was added: a change in between shows as a moved
+                // folder at the first check.
+                folders.push((folder.to_path_buf(), id));
+            }
+        }
+        Ok(Inotify { fd, folders })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn new(_: &[PathBuf]) -> std::io::Result<Inotify> {
+        Err(std::io::Error::other("inotify is Linux's"))
+    }
+
     #[cfg(target_os = "linux")]
     fn queue_empty(&self) -> bool {
         rustix::io::ioctl_fionread(&self.fd).is_ok_and(|queued| queued == 0)
@@ -147,8 +218,8 @@ impl FolderWatch {
         false
     }
 
-    /// Take every queued event off; `false` (and the watch ended) when one says the watch no
-    /// longer covers the store's path.
+    /// Take every queued event off; `true` when one says the watch no longer covers the store's
+    /// path.
     #[cfg(target_os = "linux")]
     fn take_events(&self) -> bool {
         use rustix::fs::inotify::{ReadFlags, Reader};
@@ -160,35 +231,43 @@ impl FolderWatch {
             | ReadFlags::QUEUE_OVERFLOW;
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
         let mut events = Reader::new(&self.fd, &mut buf);
+        let mut uncovered = false;
         loop {
             match events.next() {
-                Ok(event) if event.events().intersects(uncovering) => self.end(),
-                Ok(_) => {}
-                Err(Errno::AGAIN) => break,
+                Ok(event) => uncovered |= event.events().intersects(uncovering),
+                Err(Errno::AGAIN) => return uncovered,
                 Err(Errno::INTR) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read the store folders' inotify events");
-                    self.end();
-                    break;
+                    return true;
                 }
             }
         }
-        !self.ended.load(SeqCst)
     }
 
     #[cfg(not(target_os = "linux"))]
     fn take_events(&self) -> bool {
-        false
+        true
     }
 
-    fn end(&self) {
-        if !self.ended.swap(true, SeqCst) {
-            tracing::info!(
-                "a folder on the store's path was moved or removed: the store's files are \
-                 checked on every request from now on"
-            );
-        }
+    /// Whether a watched folder's path now names another folder, or none.
+    fn folders_moved(&self) -> bool {
+        self.folders
+            .iter()
+            .any(|(path, id)| folder_id(path).ok() != Some(*id))
     }
+}
+
+#[cfg(unix)]
+fn folder_id(path: &Path) -> std::io::Result<FolderId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn folder_id(path: &Path) -> std::io::Result<FolderId> {
+    std::fs::metadata(path).map(|_| (0, 0))
 }
 
 fn window_ms() -> u64 {
@@ -253,25 +332,51 @@ mod tests {
     }
 
     #[test]
-    fn a_change_in_a_folder_above_is_seen_and_a_moved_folder_ends_the_watch() {
+    fn a_change_in_a_folder_above_is_seen_and_a_folder_gone_from_the_path_ends_the_watch() {
         let top = tempfile::tempdir().unwrap();
         let store_dir = top.path().join("a/b");
         std::fs::create_dir_all(&store_dir).unwrap();
         let watch = watching(&store_dir);
-        // A symbolic link swapped in a folder above (a deploy's `current`).
-        std::os::unix::fs::symlink(&store_dir, top.path().join("current")).unwrap();
+        std::fs::write(top.path().join("a/other"), b"x").unwrap();
         assert!(
             !watch.quiet(),
             "a name created above the store's folder not seen"
         );
         assert!(settles(&watch));
-        // The store's folder's parent renamed: the watch no longer says where the path goes.
+        // The store's folder's parent renamed: its path names no folder now.
         std::fs::rename(top.path().join("a"), top.path().join("moved")).unwrap();
         assert!(!watch.quiet());
         watch.full_check(pass).unwrap();
-        assert!(!watch.quiet(), "a moved folder must end the watch");
+        assert!(
+            !watch.quiet(),
+            "a folder gone from the path must end the watch"
+        );
+        std::fs::rename(top.path().join("moved"), top.path().join("a")).unwrap();
         watch.full_check(pass).unwrap();
         assert!(!watch.quiet(), "an ended watch stays ended");
+    }
+
+    /// A deploy's `current` link pointed at the next release: the watch moves with it.
+    #[test]
+    fn a_symbolic_link_on_the_path_pointed_elsewhere_is_followed() {
+        let top = tempfile::tempdir().unwrap();
+        for release in ["r1", "r2"] {
+            std::fs::create_dir(top.path().join(release)).unwrap();
+        }
+        std::os::unix::fs::symlink("r1", top.path().join("current")).unwrap();
+        let watch = watching(&top.path().join("current"));
+        std::fs::write(top.path().join("r1/store.db-wal"), b"x").unwrap();
+        assert!(!watch.quiet(), "the first release's folder is watched");
+        assert!(settles(&watch));
+        std::os::unix::fs::symlink("r2", top.path().join("next")).unwrap();
+        std::fs::rename(top.path().join("next"), top.path().join("current")).unwrap();
+        assert!(!watch.quiet(), "the link's swap not seen");
+        assert!(settles(&watch), "a re-pointed link ended the watch");
+        std::fs::write(top.path().join("r2/store.db-wal"), b"x").unwrap();
+        assert!(
+            !watch.quiet(),
+            "the folder the link names now is not watched"
+        );
     }
 
     #[test]
@@ -310,6 +415,6 @@ mod tests {
     #[test]
     fn a_folder_that_cannot_be_watched_gives_no_watch() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(FolderWatch::new(&[&dir.path().join("missing/store.db")]).is_none());
+        assert!(FolderWatch::new(&[&dir.path().join("missing/store.db")]).is_err());
     }
 }
