@@ -28,6 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+/// A folder's device and inode, as for the store file.
+use super::FileId as FolderId;
+
 /// The longest the full checks are skipped without an event: the bound for the changes inotify
 /// does not report (see the module's documentation).
 pub(super) const FULL_CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -61,8 +64,6 @@ struct Inotify {
     /// through a symbolic link that now names another folder is no longer watched.
     folders: Vec<(PathBuf, FolderId)>,
 }
-
-type FolderId = (u64, u64);
 
 impl FolderWatch {
     /// A watch on the folders of each of `store_paths` and every folder above them, or why
@@ -191,7 +192,7 @@ impl Inotify {
         let mut folders = Vec::new();
         for path in store_paths {
             for folder in path.ancestors().skip(1) {
-                let id = folder_id(folder)?;
+                let id = super::file_id(folder)?;
                 inotify::add_watch(&fd, folder, names).map_err(|e| {
                     std::io::Error::other(format!("cannot watch {}: {e}", folder.display()))
                 })?;
@@ -254,20 +255,8 @@ impl Inotify {
     fn folders_moved(&self) -> bool {
         self.folders
             .iter()
-            .any(|(path, id)| folder_id(path).ok() != Some(*id))
+            .any(|(path, id)| super::file_id(path).ok() != Some(*id))
     }
-}
-
-#[cfg(unix)]
-fn folder_id(path: &Path) -> std::io::Result<FolderId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
-}
-
-#[cfg(not(unix))]
-fn folder_id(path: &Path) -> std::io::Result<FolderId> {
-    std::fs::metadata(path).map(|_| (0, 0))
 }
 
 fn window_ms() -> u64 {
