@@ -74,7 +74,9 @@
 //!   the CLI process, with an in-memory cache of auth records that any commit to the file (seen
 //!   in the WAL index header, `PRAGMA data_version` as the fallback) drops — but gitgate's own
 //!   writer's, which holds only audit rows and last uses: a revocation is seen on the next
-//!   request.
+//!   request. A store file, `-wal` or `-shm` deleted, moved or replaced under the server is
+//!   refused on the next request too; the file checks that see it run after an inotify watch on
+//!   the store's folders reports a change there (and every 0.1 s), not on every request.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
 //!   streamed, in a process group of its own that is ended whole when the request ends early
 //!   — but for a push, which is told by the end of its input and left to finish (a few per
