@@ -423,7 +423,8 @@ impl Gate {
                 tracing::error!(error = %e, "token store unavailable; refusing the request");
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "gitgate cannot check tokens right now; try again shortly",
+                    "gitgate cannot check tokens right now (its token store is unavailable); \
+                     if this lasts, tell its administrator",
                 )
             }
             Refusal::Guarded(verdict) => too_many(&verdict),

@@ -165,19 +165,33 @@ impl AuthCache {
         state.version = i64::MIN;
     }
 
-    /// Whether the `-shm` or `-wal` file this process has open has been unlinked — deleted, or
-    /// replaced by a rename — or moved away under the running server. SQLite keeps a
-    /// connection's `-shm` and `-wal` open, so this process would go on reading the old index
-    /// and log while every other process creates new ones: commits made since (a revocation)
-    /// would never be seen here. While any connection is open SQLite itself never removes
-    /// either. An `fstat` of each open file and a `stat` of its name; `false` for one not open
-    /// yet (see [`AuthCache::open_files`]).
-    pub(super) fn index_unlinked(&self) -> bool {
+    /// Whether the `-shm` or `-wal` file this process has open is no longer the one other
+    /// processes open: unlinked (deleted, or replaced by a rename), moved away, or no longer
+    /// beside the file `store_path` leads to now (a symbolic link on it re-pointed to another
+    /// folder holding the same store file by a hard link: other processes then use that
+    /// folder's `-wal` and `-shm`). SQLite keeps a connection's `-shm` and `-wal` open, so this
+    /// process would go on reading the old index and log while every other process uses others:
+    /// commits made there (a revocation) would never be seen here. While any connection is open
+    /// SQLite itself never removes either. An `fstat` of each open file, the store path resolved
+    /// and a `stat` of each name beside it; `false` for a file not open yet (see
+    /// [`AuthCache::open_files`]).
+    pub(super) fn index_unlinked(&self, store_path: &Path) -> bool {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
             let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
-            let gone = |f: &Option<File>, path: &Path| {
+            // SQLite finds the `-wal` and `-shm` beside the store path with its symbolic links
+            // resolved; a path that does not resolve is refused by the store file's own check.
+            let now = std::fs::canonicalize(store_path).ok();
+            let beside = |fixed: &Path, suffix: &str| match &now {
+                Some(resolved) => {
+                    let mut name = resolved.as_os_str().to_owned();
+                    name.push(suffix);
+                    PathBuf::from(name)
+                }
+                None => fixed.to_path_buf(),
+            };
+            let gone = |f: &Option<File>, path: PathBuf| {
                 f.as_ref().is_some_and(|f| match f.metadata() {
                     Ok(open) => {
                         open.nlink() == 0
@@ -188,10 +202,12 @@ impl AuthCache {
                     Err(_) => false,
                 })
             };
-            gone(&seen.shm, &seen.shm_path) || gone(&seen.wal, &seen.wal_path)
+            gone(&seen.shm, beside(&seen.shm_path, "-shm"))
+                || gone(&seen.wal, beside(&seen.wal_path, "-wal"))
         }
         #[cfg(not(unix))]
         {
+            let _ = store_path;
             false
         }
     }
@@ -433,6 +449,47 @@ mod tests {
             std::fs::rename(dir.path().join(file), dir.path().join("elsewhere")).unwrap();
             let err = server.auth_record_cached("abcdefghijkl").unwrap_err();
             assert!(err.to_string().contains("restart gitgate"), "{file}: {err}");
+        }
+    }
+
+    /// A deploy's `current` link re-pointed to a folder that holds the same store by hard
+    /// links (`-wal` and `-shm` too): served on, the files are the same. Then that folder's
+    /// `-wal` deleted: other processes, which follow the link, make a new one there — refused,
+    /// with the folders watched as `serve` does and without.
+    #[test]
+    fn a_log_deleted_beside_where_a_re_pointed_link_now_leads_is_refused() {
+        for watched in [true, false] {
+            let top = tempfile::tempdir().unwrap();
+            for release in ["r1", "r2"] {
+                std::fs::create_dir(top.path().join(release)).unwrap();
+            }
+            std::os::unix::fs::symlink("r1", top.path().join("current")).unwrap();
+            let path = top.path().join("current/t.db");
+            let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+            if watched {
+                server.watch_folders();
+            }
+            alice_with_a_token(&cli);
+            cached_and_hit(&server);
+            for file in ["t.db", "t.db-wal", "t.db-shm"] {
+                std::fs::hard_link(
+                    top.path().join("r1").join(file),
+                    top.path().join("r2").join(file),
+                )
+                .unwrap();
+            }
+            std::os::unix::fs::symlink("r2", top.path().join("next")).unwrap();
+            std::fs::rename(top.path().join("next"), top.path().join("current")).unwrap();
+            assert!(
+                server.auth_record_cached("abcdefghijkl").unwrap().is_some(),
+                "same files"
+            );
+            std::fs::remove_file(top.path().join("r2/t.db-wal")).unwrap();
+            let err = server.auth_record_cached("abcdefghijkl").unwrap_err();
+            assert!(
+                err.to_string().contains("restart gitgate"),
+                "watched {watched}: {err}"
+            );
         }
     }
 

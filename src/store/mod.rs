@@ -339,11 +339,12 @@ impl Store {
                 }
             }
         }
-        if self.inner.cache.index_unlinked() {
+        if self.inner.cache.index_unlinked(&self.inner.path) {
             let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
             return Err(self.give_up(
                 known,
-                "the store's -shm file was deleted or replaced while gitgate was running",
+                "the store's -wal or -shm file was deleted, moved or replaced while gitgate was \
+                 running",
             ));
         }
         Ok(id)
@@ -631,9 +632,11 @@ impl Drop for Inner {
     ///   gitgate's to guess (a CLI may have committed to the new file through the same log), so
     ///   the log is left and the operator is told what to remove.
     fn drop(&mut self) {
-        let wal = format!("{}-wal", self.path.display());
+        // The log other processes write: beside the store path as it resolves now.
+        let resolved = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        let wal = format!("{}-wal", resolved.display());
         let wal_written = || std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
-        if self.cache.index_unlinked() {
+        if self.cache.index_unlinked(&self.path) {
             if wal_written() {
                 for conn in self
                     .idle
