@@ -322,9 +322,9 @@ fn a_store_index_deleted_while_serving_fails_closed() {
     gitgate(&server.config(), &["token", "revoke", &w[4..16]], None);
     let resp = get(&server, IR, &w);
     assert_eq!(status(&resp), 503, "{}", String::from_utf8_lossy(&resp));
-    assert!(server
-        .log()
-        .contains("the store's -shm file was deleted or replaced while gitgate was running"));
+    assert!(server.log().contains(
+        "the store's -wal or -shm file was deleted, moved or replaced while gitgate was running"
+    ));
     // After a restart the revocation is what counts.
     server.restart();
     assert_eq!(status(&get(&server, IR, &w)), 401);
