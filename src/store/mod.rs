@@ -377,8 +377,8 @@ impl Store {
     fn replaced(&self) -> StoreError {
         StoreError::Open {
             path: self.inner.path.clone(),
-            message: "the file or its -shm index was replaced while gitgate was running; \
-                      restart gitgate"
+            message: "the file, its -wal or its -shm was deleted, moved or replaced while \
+                      gitgate was running; restart gitgate"
                 .into(),
         }
     }
