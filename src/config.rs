@@ -65,6 +65,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one client address (an IPv6 /64) may hold at once; `None`: no cap. Past it a
+    /// connection is answered `503` and closed. A trusted proxy's address has no cap.
+    pub max_connections_per_address: Option<usize>,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
 }
@@ -76,6 +79,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             max_header_bytes: 64 * 1024,
             max_connections: 1024,
+            max_connections_per_address: None,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -228,6 +232,7 @@ struct RawServer {
     idle_timeout_seconds: Option<u64>,
     max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
     workers: Option<usize>,
     tls: Option<RawTls>,
@@ -385,6 +390,16 @@ impl Config {
                     )))
                 }
                 Some(n) => n,
+            },
+            max_connections_per_address: match server.max_connections_per_address {
+                None => None,
+                Some(n) if n == 0 || n > MAX_CONNECTIONS => {
+                    return Err(err(format!(
+                        "[server] max_connections_per_address = {n} is out of range: use 1 to \
+                         {MAX_CONNECTIONS}, or leave it out for no cap"
+                    )))
+                }
+                Some(n) => Some(n),
             },
             shutdown_grace: match server.shutdown_grace_seconds {
                 None => defaults.shutdown_grace,
@@ -977,6 +992,23 @@ env = "UPSTREAM_TOKEN"
         assert!(
             e.contains("max_connections") && e.contains("1 to 1000000"),
             "{e}"
+        );
+        for n in ["0", "1000001"] {
+            let e = with(&format!("max_connections_per_address = {n}")).unwrap_err();
+            assert!(
+                e.contains("max_connections_per_address") && e.contains("leave it out"),
+                "{e}"
+            );
+        }
+        let limits = |extra: &str| with(extra).unwrap().server.limits;
+        assert_eq!(
+            limits("").max_connections_per_address,
+            None,
+            "off unless set"
+        );
+        assert_eq!(
+            limits("max_connections_per_address = 16").max_connections_per_address,
+            Some(16)
         );
         assert_eq!(
             with("max_connections = 1000000")

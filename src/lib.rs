@@ -101,6 +101,7 @@
 //!   ([`upstream::headers::client_address`]). [`unwind`] turns a panic in a request
 //!   into a logged `500` so that no input can take the process down.
 
+pub mod address_cap;
 pub mod api;
 pub mod body;
 pub mod cli;

@@ -160,6 +160,8 @@ pub struct Metrics {
     /// Credentials tried and refused on git's path (401, or 403 for a Bearer token).
     auth_failures: AtomicU64,
     side_effect_failures: AtomicU64,
+    /// Connections refused for their address's connection cap.
+    address_cap_refusals: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     active_connections: AtomicI64,
@@ -183,6 +185,7 @@ impl Metrics {
             challenges: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             side_effect_failures: AtomicU64::new(0),
+            address_cap_refusals: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             active_connections: AtomicI64::new(0),
@@ -224,6 +227,12 @@ impl Metrics {
     /// is a 403 (see `Gate::unauthenticated`), so this is counted on its own.
     pub fn auth_failure(&self) {
         self.auth_failures.fetch_add(1, Relaxed);
+    }
+
+    /// A connection was over its address's connection cap (`[server]
+    /// max_connections_per_address`).
+    pub fn address_cap_refusal(&self) {
+        self.address_cap_refusals.fetch_add(1, Relaxed);
     }
 
     /// The backend could not be reached, or failed before or while answering.
@@ -276,7 +285,13 @@ impl Metrics {
                 counter.load(Relaxed)
             );
         }
-        let simple: [(&str, &str, &str, String); 10] = [
+        let simple: [(&str, &str, &str, String); 11] = [
+            (
+                "gitgate_connections_over_address_cap_total",
+                "counter",
+                "Connections answered 503 and closed because their client address held [server] max_connections_per_address already.",
+                self.address_cap_refusals.load(Relaxed).to_string(),
+            ),
             (
                 "gitgate_side_effect_write_failures_total",
                 "counter",

@@ -15,6 +15,19 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+/// The address a client counts under for limits kept per address: an IPv4-mapped IPv6 address
+/// is its IPv4 one (a proxy may write either form), and an IPv6 address counts by its /64 — one
+/// host or site usually has a whole /64, and could otherwise take a fresh address each time.
+pub fn client_key(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// One network: an address with the host bits cleared, and a prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Cidr {

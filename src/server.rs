@@ -25,7 +25,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, Version};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::address_cap::{refusal, AddressCap, Admission};
 use crate::config::{Config, Limits, Upstream as UpstreamConfig};
 use crate::gate::{Gate, ResponseBody};
 use crate::guard::Guard;
@@ -293,7 +294,18 @@ async fn run_workers(config: Config) -> Result<(), String> {
         "listening on {}://{local}",
         if settings.tls.is_some() { "https" } else { "http" }
     );
-    accept(listener, &workers, &settings.limits, stop.next()).await;
+    let address_cap = settings
+        .limits
+        .max_connections_per_address
+        .map(|max| AddressCap::new(max, config.server.trusted_proxies.clone()));
+    accept(
+        listener,
+        &workers,
+        &settings.limits,
+        address_cap,
+        stop.next(),
+    )
+    .await;
     // A second stop signal ends the drain at once. One within a second of the first is the
     // same stop: Ctrl-C in a terminal sends SIGINT, and a supervisor may pass on a SIGTERM too.
     let stopping = tokio::time::Instant::now();
@@ -331,11 +343,13 @@ async fn run_workers(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// A connection handed from the acceptor to a worker, with its place under the connection cap.
+/// A connection handed from the acceptor to a worker, with its place under the connection cap
+/// and under its address's cap.
 struct Accepted {
     stream: std::net::TcpStream,
     remote: std::net::SocketAddr,
     permit: OwnedSemaphorePermit,
+    address: Admission,
 }
 
 /// The acceptor's handle on one worker thread.
@@ -387,6 +401,7 @@ async fn accept(
     listener: TcpListener,
     workers: &[Worker],
     limits: &Limits,
+    address_cap: Option<Arc<AddressCap>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -419,9 +434,26 @@ async fn accept(
                         continue;
                     }
                 };
+                let address = match &address_cap {
+                    Some(cap) => cap.admit(remote.ip()),
+                    None => Admission::Admitted(None),
+                };
+                if let Admission::OverCap { max } = address {
+                    METRICS.address_cap_refusal();
+                    tracing::debug!(
+                        remote = %remote, max,
+                        "over the per-address connection cap: answering 503 and closing"
+                    );
+                }
                 let worker = least_busy(workers);
                 worker.open.fetch_add(1, Ordering::Relaxed);
-                if worker.inbox.send(Accepted { stream, remote, permit }).is_err() {
+                let accepted = Accepted {
+                    stream,
+                    remote,
+                    permit,
+                    address,
+                };
+                if worker.inbox.send(accepted).is_err() {
                     worker.open.fetch_sub(1, Ordering::Relaxed);
                     tracing::error!("a worker thread has stopped; refusing the connection");
                 }
@@ -478,6 +510,7 @@ async fn work(
             stream,
             remote,
             permit,
+            address,
         }) = accepted
         else {
             break;
@@ -498,6 +531,10 @@ async fn work(
             watcher: graceful.watcher(),
             draining: draining.clone(),
             remote,
+            over_address_cap: match &address {
+                Admission::OverCap { max } => Some(*max),
+                Admission::Admitted(_) => None,
+            },
         };
         let active = METRICS.connection();
         // Counted down however the connection ends: a panic in a body polled by hyper unwinds
@@ -508,6 +545,7 @@ async fn work(
             drop(active);
             drop(counted);
             drop(permit);
+            drop(address);
         });
     }
     let _ = draining_now.send(true);
@@ -537,6 +575,20 @@ async fn work(
     if running > 0 {
         tracing::warn!(running, "backend processes still running at exit");
     }
+}
+
+/// The answer to every request on a connection over its address's cap: `503` with the reason,
+/// and on HTTP/1 the connection closed after it (HTTP/2 has no such header; its client sees the
+/// `503` on each request until the connection idles out).
+fn over_cap_answer(max: usize, version: Version) -> Response<ResponseBody> {
+    let mut resp = crate::gate::text(StatusCode::SERVICE_UNAVAILABLE, &refusal(max));
+    if version < Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
 }
 
 /// The answer to a HEAD request over HTTP/2: its headers (with the length the body would have
@@ -598,6 +650,9 @@ struct Connection {
     /// `true` once the worker drains (see [`work`]).
     draining: watch::Receiver<bool>,
     remote: std::net::SocketAddr,
+    /// The client's address holds its cap of connections already (the cap): every request on
+    /// this one is refused.
+    over_address_cap: Option<usize>,
 }
 
 impl Connection {
@@ -638,6 +693,7 @@ impl Connection {
         let io = ActivityIo::new(io, activity.clone());
         let gate = self.gate;
         let requests = activity.clone();
+        let over_address_cap = self.over_address_cap;
         // Probes are answered here, before the gate: no token, no classification, never forwarded.
         let service = service_fn(move |req: Request<Incoming>| {
             let gate = gate.clone();
@@ -647,6 +703,10 @@ impl Connection {
             // One future, held inline by hyper: wrapping it in another would copy its several
             // KB once more per request (measured: +1.5 % of gitgate's CPU in memmove).
             CatchPanic::new(async move {
+                if let Some(max) = over_address_cap {
+                    let resp = over_cap_answer(max, req.version());
+                    return Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)));
+                }
                 let resp = match health::probe(&gate, req.method(), req.uri().path()).await {
                     Some(resp) => resp,
                     None => {

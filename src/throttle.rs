@@ -164,17 +164,9 @@ impl Throttle {
         self.policy
     }
 
-    /// The address an entry is kept under: an IPv4-mapped IPv6 address is its IPv4 one (a
-    /// proxy may write either form), and an IPv6 address counts by its /64 — one host or site
-    /// usually has a whole /64, and could otherwise take a fresh address after each block.
+    /// The address an entry is kept under (see [`crate::network::client_key`]).
     fn key(addr: IpAddr) -> IpAddr {
-        match addr.to_canonical() {
-            IpAddr::V6(v6) => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(bits.into())
-            }
-            v4 => v4,
-        }
+        crate::network::client_key(addr)
     }
 
     fn shard(&self, addr: &IpAddr) -> &RwLock<Shard> {

@@ -508,6 +508,77 @@ fn connections_beyond_the_cap_wait() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
 
+/// `[server] max_connections_per_address = 2`: a third connection from the same address is
+/// answered 503 with the reason and closed, while the first two are served; once one of them
+/// ends, the address may connect again. The count is scraped from /metrics.
+#[test]
+fn connections_beyond_an_addresss_cap_are_answered_503_and_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cgi_config(dir.path(), "max_connections_per_address = 2");
+    config.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let g = start(dir.path(), &config);
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect(g.port)).collect();
+    let mut over = connect(g.port);
+    over.write_all(HEALTHZ).unwrap();
+    let (out, _) = read_until_closed(&mut over);
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+    assert!(
+        out.contains("too many connections from your address (at most 2 at once)"),
+        "{out}"
+    );
+    // The two under the cap are served as usual.
+    for s in &mut held {
+        s.write_all(HEALTHZ).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    // One ends: its place comes back once gitgate has seen it close.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = connect(g.port);
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (out, _) = read_until_closed(&mut s);
+        if out.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        assert!(
+            Instant::now() < deadline,
+            "the ended connection's place never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    const MARK: &str = "metrics on http://127.0.0.1:";
+    let log = g.log_text();
+    let at = log
+        .find(MARK)
+        .unwrap_or_else(|| panic!("no metrics line: {log}"))
+        + MARK.len();
+    let port: u16 = log[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    let metrics = String::from_utf8(common::http_get(port, "/metrics", None).body).unwrap();
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gitgate_connections_over_address_cap_total "))
+        .unwrap_or_else(|| panic!("no counter in {metrics}"));
+    assert!(refused.trim().parse::<u64>().unwrap() >= 1, "{metrics}");
+}
+
 #[test]
 fn oversized_headers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
