@@ -195,9 +195,17 @@ impl AuthCache {
                 f.as_ref().is_some_and(|f| match f.metadata() {
                     Ok(open) => {
                         open.nlink() == 0
-                            || std::fs::metadata(path).map_or(true, |named| {
-                                (named.dev(), named.ino()) != (open.dev(), open.ino())
-                            })
+                            || match std::fs::metadata(path) {
+                                Ok(named) => (named.dev(), named.ino()) != (open.dev(), open.ino()),
+                                // Gone from its place. Another error (a folder made unreadable)
+                                // says nothing of the file: the store path's own check, in the
+                                // same folder, refuses that operation without giving up for good.
+                                Err(e) => matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::NotFound
+                                        | std::io::ErrorKind::NotADirectory
+                                ),
+                            }
                     }
                     Err(_) => false,
                 })

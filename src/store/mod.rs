@@ -155,8 +155,6 @@ struct Inner {
     /// ([`Store::watch_folders`]), unset where inotify is not available (they then run on every
     /// operation).
     watch: std::sync::OnceLock<watch::FolderWatch>,
-    /// The store's path as SQLite resolved it (symbolic links), for the watch.
-    opened: PathBuf,
     batch_writer: writer::BatchWriter,
     miss_slots: tokio::sync::Semaphore,
 }
@@ -228,7 +226,6 @@ impl Store {
                 file: RwLock::new(file),
                 replaced: AtomicBool::new(false),
                 watch: std::sync::OnceLock::new(),
-                opened,
                 batch_writer: writer::BatchWriter::new(),
                 miss_slots: tokio::sync::Semaphore::new(MISS_READERS),
             }),
@@ -243,7 +240,7 @@ impl Store {
     /// change there (see `watch.rs`): for a server, which runs them on every request. Where no
     /// watch can be had, says so and goes on checking every time.
     pub fn watch_folders(&self) {
-        match watch::FolderWatch::new(&[&self.inner.path, &self.inner.opened]) {
+        match watch::FolderWatch::new(&self.inner.path) {
             Ok(w) => {
                 let _ = self.inner.watch.set(w);
             }
@@ -298,9 +295,10 @@ impl Store {
     /// of both, in which a revocation made in either may not show. gitgate does not guess
     /// which file is meant; the README says how to restore a store.
     ///
-    /// The checks are a `stat` of the path and an `fstat` of the open `-shm` and `-wal`; where
-    /// the store's folders are watched, they run only after a change of names in those folders
-    /// (and at least every 0.1 s), see `watch.rs`.
+    /// The checks are a `stat` of the path, an `fstat` of the open `-shm` and `-wal` and a
+    /// `stat` of the names beside the path as it resolves now; where the store's folders are
+    /// watched, they run only after a change of names in those folders (and at least every
+    /// 0.1 s), see `watch.rs`.
     fn check_file(&self) -> Result<FileId> {
         if self.inner.replaced.load(Ordering::SeqCst) {
             return Err(self.replaced());
@@ -666,7 +664,7 @@ impl Drop for Inner {
                  new file is a restored backup, remove {wal} and {path}-shm before starting \
                  gitgate again (whatever was written to the new file since it was put in place \
                  went to that log too)",
-                path = self.path.display()
+                path = resolved.display()
             );
         }
     }

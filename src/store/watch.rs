@@ -3,8 +3,9 @@
 //!
 //! gitgate fails closed when the store file, its `-wal` or its `-shm` is deleted or replaced
 //! under the running server (`Store::check_file`): a `stat` of the store's path and an `fstat`
-//! of each open index file. Run on every store operation, those three system calls were about
-//! 6 % of gitgate's CPU on a proxied request. Every such change is a change of a folder's names
+//! of each open index file (and, since, the store path resolved and a `stat` of the `-wal` and
+//! `-shm` beside it). Run on every store operation, the first three system calls alone were
+//! about 6 % of gitgate's CPU on a proxied request. Every such change is a change of a folder's names
 //! — an unlink, a rename, a link, a create — and the kernel queues an inotify event for it inside
 //! the system call that makes it, before that call returns to `rm`, `mv` or the CLI. So a request
 //! that comes after the change finds the event queued: one `ioctl(FIONREAD)` per request says
@@ -19,9 +20,12 @@
 //!
 //! Any event runs the full checks: the watch does not try to tell which name changed (a busy
 //! folder above the store, such as `/tmp`, costs one check per event, as every request cost
-//! before). An event that says a watched folder itself moved or went away, or that the queue
-//! overflowed, ends the watch: from then on every operation runs the full checks, as it does
-//! where inotify cannot be had (not Linux, or the per-user limit of inotify instances reached).
+//! before). An event that says a watched folder itself moved or went away, a lost event, a
+//! watched path that names another folder now, or a store path that leads to another file now
+//! (symbolic links re-pointed) sets the watch up again from scratch. Where that fails (a folder
+//! on the path is gone), the watch ends: from then on every operation runs the full checks, as
+//! it does where inotify cannot be had (not Linux, or the per-user limit of inotify instances
+//! reached) — then about ten system calls per operation, the store path resolved included.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -37,8 +41,8 @@ pub(super) const FULL_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// An inotify watch on the folders the store's path goes through.
 pub(super) struct FolderWatch {
-    /// The store's path as configured and as SQLite resolved it.
-    store_paths: Vec<PathBuf>,
+    /// The store's path as configured, made absolute.
+    store_path: PathBuf,
     /// `None` once the watch could not be set up again (see [`FolderWatch::take_events`]).
     inotify: RwLock<Option<Inotify>>,
     /// Held by the full check that takes the queued events off and records its result; others
@@ -52,6 +56,9 @@ pub(super) struct FolderWatch {
     passed_ms: AtomicU64,
     /// The watch is gone for good: every operation runs the full checks.
     ended: AtomicBool,
+    /// Failed checks that could not record their result (another check was recording): that
+    /// one does not record a pass if any failed while it ran.
+    unrecorded_failures: AtomicU64,
     /// Full checks run through [`FolderWatch::full_check`], for the tests.
     checks: AtomicU64,
 }
@@ -63,24 +70,25 @@ struct Inotify {
     /// Each watched folder's path with the folder it named when the watch was added: a path
     /// through a symbolic link that now names another folder is no longer watched.
     folders: Vec<(PathBuf, FolderId)>,
+    /// The store path with its symbolic links resolved when the watch was set up: where it
+    /// leads elsewhere now (a link to the store file re-pointed), the watch starts over.
+    resolved: Option<PathBuf>,
 }
 
 impl FolderWatch {
-    /// A watch on the folders of each of `store_paths` and every folder above them, or why
-    /// there can be none (the store is then checked on every operation).
-    pub(super) fn new(store_paths: &[&Path]) -> std::io::Result<FolderWatch> {
-        let store_paths = store_paths
-            .iter()
-            .map(std::path::absolute)
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let inotify = Inotify::new(&store_paths)?;
+    /// A watch on the folders of `store_path` (as given and as it resolves) and every folder
+    /// above them, or why there can be none (the store is then checked on every operation).
+    pub(super) fn new(store_path: &Path) -> std::io::Result<FolderWatch> {
+        let store_path = std::path::absolute(store_path)?;
+        let inotify = Inotify::new(&store_path)?;
         Ok(FolderWatch {
-            store_paths,
+            store_path,
             inotify: RwLock::new(Some(inotify)),
             recording: Mutex::new(()),
             checking: AtomicBool::new(false),
             passed_ms: AtomicU64::new(0),
             ended: AtomicBool::new(false),
+            unrecorded_failures: AtomicU64::new(0),
             checks: AtomicU64::new(0),
         })
     }
@@ -110,16 +118,21 @@ impl FolderWatch {
             let out = check();
             if out.is_err() {
                 // A failure no event announced (a mount, a folder made unreadable): the next
-                // operations check too.
+                // operations check too, and the check recording meanwhile records no pass.
+                self.unrecorded_failures.fetch_add(1, SeqCst);
                 self.passed_ms.store(0, SeqCst);
             }
             return out;
         };
         self.checking.store(true, SeqCst);
+        let failures_before = self.unrecorded_failures.load(SeqCst);
+        // A pass counts from when its check began, not from when it ended.
+        let started = crate::idle::coarse_now_ms().max(1);
         let covered = self.take_events();
         let out = check();
-        let passed = if out.is_ok() && covered {
-            crate::idle::coarse_now_ms().max(1)
+        let unchallenged = self.unrecorded_failures.load(SeqCst) == failures_before;
+        let passed = if out.is_ok() && covered && unchallenged {
+            started
         } else {
             0
         };
@@ -143,9 +156,10 @@ impl FolderWatch {
     }
 
     /// Take every queued event off. When one says the watch no longer covers the store's path
-    /// (a watched folder moved or went away, events were lost) or a watched path now names
-    /// another folder (a symbolic link re-pointed), the folders are watched again from scratch;
-    /// `false` when that fails (the watch then ends).
+    /// (a watched folder moved or went away, events were lost), a watched path now names
+    /// another folder, or the store path leads to another file (a symbolic link re-pointed),
+    /// the folders are watched again from scratch; `false` when that fails (the watch then
+    /// ends).
     fn take_events(&self) -> bool {
         let uncovered = match self
             .inotify
@@ -154,12 +168,16 @@ impl FolderWatch {
             .as_ref()
         {
             None => return false,
-            Some(inotify) => inotify.take_events() || inotify.folders_moved(),
+            Some(inotify) => {
+                inotify.take_events()
+                    || inotify.folders_moved()
+                    || std::fs::canonicalize(&self.store_path).ok() != inotify.resolved
+            }
         };
         if !uncovered {
             return true;
         }
-        let again = Inotify::new(&self.store_paths);
+        let again = Inotify::new(&self.store_path);
         let covered = again.is_ok();
         if let Err(e) = &again {
             if !self.ended.swap(true, SeqCst) {
@@ -176,10 +194,11 @@ impl FolderWatch {
 }
 
 impl Inotify {
-    /// Watch the folder of each of `store_paths` (absolute) and every folder above them for
-    /// changes of names.
+    /// Watch the folder of `store_path` (absolute), and of where it resolves to, and every
+    /// folder above them for changes of names — from the root down, so that a folder re-pointed
+    /// while the watches are added is seen by its parent's.
     #[cfg(target_os = "linux")]
-    fn new(store_paths: &[PathBuf]) -> std::io::Result<Inotify> {
+    fn new(store_path: &Path) -> std::io::Result<Inotify> {
         use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
         let names = WatchFlags::CREATE
@@ -189,9 +208,12 @@ impl Inotify {
             | WatchFlags::DELETE_SELF
             | WatchFlags::MOVE_SELF
             | WatchFlags::ONLYDIR;
+        let resolved = std::fs::canonicalize(store_path).ok();
         let mut folders = Vec::new();
-        for path in store_paths {
-            for folder in path.ancestors().skip(1) {
+        for path in std::iter::once(store_path).chain(resolved.as_deref()) {
+            let mut above: Vec<&Path> = path.ancestors().skip(1).collect();
+            above.reverse();
+            for folder in above {
                 let id = super::file_id(folder)?;
                 inotify::add_watch(&fd, folder, names).map_err(|e| {
                     std::io::Error::other(format!("cannot watch {}: {e}", folder.display()))
@@ -201,11 +223,15 @@ impl Inotify {
                 folders.push((folder.to_path_buf(), id));
             }
         }
-        Ok(Inotify { fd, folders })
+        Ok(Inotify {
+            fd,
+            folders,
+            resolved,
+        })
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn new(_: &[PathBuf]) -> std::io::Result<Inotify> {
+    fn new(_: &Path) -> std::io::Result<Inotify> {
         Err(std::io::Error::other("inotify is Linux's"))
     }
 
@@ -273,7 +299,7 @@ mod tests {
 
     /// A watch on `dir/store.db`, with one passing full check recorded.
     fn watching(dir: &Path) -> FolderWatch {
-        let watch = FolderWatch::new(&[&dir.join("store.db")]).expect("inotify here");
+        let watch = FolderWatch::new(&dir.join("store.db")).expect("inotify here");
         assert!(!watch.quiet(), "nothing checked yet");
         assert!(settles(&watch));
         watch
@@ -368,6 +394,35 @@ mod tests {
         );
     }
 
+    /// A link to the store file re-pointed at a copy in another folder (the same store by hard
+    /// links): the watch moves to that folder.
+    #[test]
+    fn a_link_to_the_store_file_pointed_elsewhere_is_followed() {
+        let top = tempfile::tempdir().unwrap();
+        for folder in ["etc", "b", "c"] {
+            std::fs::create_dir(top.path().join(folder)).unwrap();
+        }
+        std::fs::write(top.path().join("b/store.db"), b"x").unwrap();
+        std::fs::hard_link(top.path().join("b/store.db"), top.path().join("c/store.db")).unwrap();
+        std::os::unix::fs::symlink(
+            top.path().join("b/store.db"),
+            top.path().join("etc/store.db"),
+        )
+        .unwrap();
+        let watch = FolderWatch::new(&top.path().join("etc/store.db")).expect("inotify here");
+        assert!(settles(&watch));
+        std::os::unix::fs::symlink(top.path().join("c/store.db"), top.path().join("etc/next"))
+            .unwrap();
+        std::fs::rename(top.path().join("etc/next"), top.path().join("etc/store.db")).unwrap();
+        assert!(!watch.quiet(), "the link's swap not seen");
+        assert!(settles(&watch), "a re-pointed link ended the watch");
+        std::fs::write(top.path().join("c/store.db-wal"), b"x").unwrap();
+        assert!(
+            !watch.quiet(),
+            "the folder the link leads to now is not watched"
+        );
+    }
+
     #[test]
     fn without_events_the_full_checks_still_run_every_window() {
         let dir = tempfile::tempdir().unwrap();
@@ -404,6 +459,6 @@ mod tests {
     #[test]
     fn a_folder_that_cannot_be_watched_gives_no_watch() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(FolderWatch::new(&[&dir.path().join("missing/store.db")]).is_err());
+        assert!(FolderWatch::new(&dir.path().join("missing/store.db")).is_err());
     }
 }
