@@ -36,7 +36,8 @@
 //!   certificate reloaded on SIGHUP), with a header-read deadline (also for a connection
 //!   waiting for a request: a silent one is closed after it), an idle timeout ([`idle`]:
 //!   no byte moving, or no exchange moving — no request body or answer frame — so HTTP/2
-//!   PINGs alone hold nothing), a cap on connections and header size, and graceful shutdown on
+//!   PINGs alone hold nothing), a cap on connections (and, if set, per client address:
+//!   [`address_cap`], a `503` on each request past it) and header size, and graceful shutdown on
 //!   SIGINT/SIGTERM (what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
 //!   Everything that can fail on a bad setting is checked before the store is opened. One
