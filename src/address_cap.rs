@@ -66,7 +66,8 @@ impl AddressCap {
     }
 
     /// Connections counted for `peer`'s address now.
-    pub fn open(&self, peer: IpAddr) -> usize {
+    #[cfg(test)]
+    fn open(&self, peer: IpAddr) -> usize {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.get(&client_key(peer)).copied().unwrap_or(0)
     }

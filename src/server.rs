@@ -724,7 +724,21 @@ impl Connection {
             .into_owned();
         let conn = self.watcher.watch(conn);
         let first = self.settings.limits.header_read_timeout;
-        match until_idle(conn, &activity, idle, first).await {
+        let closing = until_idle(conn, &activity, idle, first);
+        let closed = match over_address_cap {
+            // Refused on every request, it gets no longer than a first request may take: an
+            // HTTP/2 client (no `Connection: close` there) would otherwise keep its place under
+            // `max_connections` with a request now and then.
+            Some(_) => match tokio::time::timeout(first, closing).await {
+                Ok(closed) => closed,
+                Err(_) => {
+                    tracing::debug!(remote = %remote, "closing a connection over its address's cap");
+                    return;
+                }
+            },
+            None => closing.await,
+        };
+        match closed {
             Closed::Ended(Ok(())) => {}
             Closed::Ended(Err(e)) => {
                 tracing::debug!(remote = %remote, error = %e, "connection ended with an error")

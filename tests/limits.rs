@@ -579,6 +579,46 @@ fn connections_beyond_an_addresss_cap_are_answered_503_and_closed() {
     assert!(refused.trim().parse::<u64>().unwrap() >= 1, "{metrics}");
 }
 
+/// Over HTTP/2 there is no `Connection: close`: a connection past its address's cap that keeps
+/// sending requests (each answered 503) is still closed after `header_read_timeout_seconds`, so
+/// that it cannot hold a place under `max_connections`.
+#[test]
+fn an_http2_connection_over_its_addresss_cap_is_closed_however_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(
+        dir.path(),
+        &cgi_config(
+            dir.path(),
+            "max_connections_per_address = 1\nheader_read_timeout_seconds = 1",
+        ),
+    );
+    let _held = connect(g.port);
+    let mut s = connect(g.port);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(4, &[])).unwrap();
+    let mut reader = s.try_clone().unwrap();
+    let closed = std::thread::spawn(move || read_until_closed(&mut reader));
+    // GET /healthz on streams 1, 3, 5, ... every 100 ms.
+    let start = Instant::now();
+    let mut stream = 1;
+    while !closed.is_finished() && start.elapsed() < Duration::from_secs(6) {
+        let mut block = vec![0x82, 0x86, 0x04, 8];
+        block.extend_from_slice(b"/healthz");
+        block.extend_from_slice(&[0x01, 1, b'x']);
+        if s.write_all(&h2_frame_on(1, 0x05, stream, &block)).is_err() {
+            break;
+        }
+        stream += 2;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, took) = closed.join().unwrap();
+    assert!(stream > 5, "only {} requests were sent", stream / 2);
+    assert!(
+        took < Duration::from_secs(4),
+        "a busy HTTP/2 connection over the cap was open for {took:?}"
+    );
+}
+
 #[test]
 fn oversized_headers_are_refused() {
     let dir = tempfile::tempdir().unwrap();

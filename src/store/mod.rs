@@ -300,9 +300,6 @@ impl Store {
     /// watched, they run only after a change of names in those folders (and at least every
     /// 0.1 s), see `watch.rs`.
     fn check_file(&self) -> Result<FileId> {
-        if self.inner.replaced.load(Ordering::SeqCst) {
-            return Err(self.replaced());
-        }
         let Some(watch) = self.inner.watch.get() else {
             return self.check_file_fully();
         };
