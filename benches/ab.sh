@@ -6,13 +6,17 @@
 #
 #   benches/ab.sh NEW_BINARY OLD_BINARY [PAIRS=5] [SECONDS=8]
 #
+# MODES chooses the loads, in this order within a pair (default "one many"): `one` a valid
+# token, `many` 300 tokens in turn, `bad` benchmark 3's wrong token (401s).
+#
 # Uses `run.sh --hop` with HOLD for nginx, the repository and the tokens (NO_BUILD=1: build
 # both binaries first). Prints one line per run on stdout.
 set -euo pipefail
 NEW=$1 OLD=$2 PAIRS=${3:-5} SECS=${4:-8}
 HERE=$(cd "$(dirname "$0")" && pwd)
 LOG=$(mktemp /tmp/gitgate-ab.XXXXXX)
-NO_BUILD=1 HOLD=$((PAIRS * 4 * (SECS + 3) + 120)) "$HERE/run.sh" --hop >/dev/null 2>"$LOG" &
+read -ra MODE_LIST <<<"${MODES:-one many}"
+NO_BUILD=1 HOLD=$((PAIRS * 2 * ${#MODE_LIST[@]} * (SECS + 3) + 120)) "$HERE/run.sh" --hop >/dev/null 2>"$LOG" &
 HOLDER=$!
 # run.sh stops its nginx, fcgiwrap and temporary folder on its own exit.
 # Ending the holder's HOLD `sleep` lets it exit and stop everything it started (a signal to
@@ -25,6 +29,8 @@ done
 W=$(grep -o "dir=[^ ]*" "$LOG" | cut -d= -f2)
 AUTH=$(grep -o "auth='[^']*'" "$LOG" | cut -d"'" -f2)
 HOP="/team/app.git/info/refs?service=git-upload-pack"
+# run.sh's wrong token for benchmark 3.
+BAD_AUTH="Basic $(printf 'ci:%s' 'ggt_wrongwrong_not-a-token' | base64 -w0)"
 
 run() { # name binary one|many
 	local dir=$W/ab-$1 i=0
@@ -40,7 +46,9 @@ run() { # name binary one|many
 	done
 	local port
 	port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$dir/log" | sed 's/.*://')
-	if [[ $3 == many ]]; then
+	if [[ $3 == bad ]]; then
+		wrk -t2 -c64 -d"${SECS}s" --latency -H "Authorization: $BAD_AUTH" "http://127.0.0.1:$port$HOP" >"$dir/wrk"
+	elif [[ $3 == many ]]; then
 		wrk -t2 -c64 -d"${SECS}s" --latency -s "$W/many.lua" "http://127.0.0.1:$port$HOP" >"$dir/wrk"
 	else
 		wrk -t2 -c64 -d"${SECS}s" --latency -H "Authorization: $AUTH" "http://127.0.0.1:$port$HOP" >"$dir/wrk"
@@ -55,7 +63,7 @@ run() { # name binary one|many
 		"non_2xx=$(grep -c Non-2xx "$dir/wrk" || true)"
 }
 for ((i = 1; i <= PAIRS; i++)); do
-	for mode in one many; do
+	for mode in "${MODE_LIST[@]}"; do
 		if ((i % 2)); then
 			run "new$i" "$NEW" $mode
 			run "old$i" "$OLD" $mode
