@@ -30,6 +30,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 const SHARDS: usize = 16;
@@ -138,6 +139,10 @@ pub struct Throttle {
     policy: Policy,
     /// Every request reads its shard ([`Throttle::check`]); only failures write.
     shards: Vec<RwLock<Shard>>,
+    /// When the block that ends last ends (monotonic ms; 0 before the first block): until a
+    /// block starts, and once every block is over, a check is one atomic read — no lock, no
+    /// hash — on every request.
+    blocks_end: AtomicI64,
 }
 
 fn secs_until(until: i64, now: i64) -> u64 {
@@ -157,6 +162,7 @@ impl Throttle {
                     })
                 })
                 .collect(),
+            blocks_end: AtomicI64::new(0),
         }
     }
 
@@ -177,6 +183,11 @@ impl Throttle {
 
     /// `Err(retry_after_secs)` while `addr` is blocked.
     pub fn check(&self, addr: IpAddr, now: i64) -> Result<(), u64> {
+        if now >= self.blocks_end.load(Ordering::Acquire) {
+            // No address is blocked now. A block that starts while this runs is one this
+            // request passed just before (as with a read of the shard just before its write).
+            return Ok(());
+        }
         let addr = Throttle::key(addr);
         // Poison only means a panic elsewhere mid-update of plain numbers: keep going.
         let shard = self
@@ -217,6 +228,8 @@ impl Throttle {
         entry.strikes = entry.strikes.saturating_add(1);
         let backoff = policy.backoff_ms(entry.strikes);
         entry.blocked_until = now.saturating_add(backoff);
+        self.blocks_end
+            .fetch_max(entry.blocked_until, Ordering::Release);
         // The failures that made this block are spent.
         entry.failures = [0; COUNTED];
         Some(Block {
@@ -270,6 +283,28 @@ mod tests {
         assert_eq!(t.check(ip(1), 62_000), Ok(()));
         // Another address is not affected.
         assert_eq!(t.check(ip(2), 2_000), Ok(()));
+    }
+
+    /// The check's shortcut (no block running) must never hide one: a shorter block that ends
+    /// before another still holds is seen ending, the longer one still seen.
+    #[test]
+    fn blocks_of_different_lengths_each_hold_to_their_own_end() {
+        let t = Throttle::new(P);
+        // ip(1): a first block at 0..60 s, then a second (120 s) from 60 s: until 180 s.
+        let first = loop_until_block(&t, ip(1), 0);
+        assert_eq!(first.strike, 1);
+        assert_eq!(t.check(ip(1), 60_100), Ok(()));
+        assert_eq!(loop_until_block(&t, ip(1), 60_100).strike, 2);
+        // ip(2): one block of 60 s, from 100 s.
+        assert_eq!(loop_until_block(&t, ip(2), 100_000).strike, 1);
+        assert!(t.check(ip(2), 150_000).is_err());
+        assert!(t.check(ip(1), 150_000).is_err());
+        // ip(2)'s ended, ip(1)'s holds; nobody else is blocked meanwhile.
+        assert_eq!(t.check(ip(2), 170_000), Ok(()));
+        assert!(t.check(ip(1), 170_000).is_err());
+        assert_eq!(t.check(ip(3), 170_000), Ok(()));
+        // All over.
+        assert_eq!(t.check(ip(1), 190_000), Ok(()));
     }
 
     #[test]
