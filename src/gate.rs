@@ -8,6 +8,7 @@
 //! credential helper stores whatever got a 2xx).
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,7 +35,7 @@ use crate::inflight::Slot;
 use crate::metrics::{Operation, Outcome, METRICS};
 use crate::permission::TokenKind;
 use crate::policy::{self, Deny, Identity};
-use crate::store::{Actor, AuthRecord, CacheLookup, Store, StoreError};
+use crate::store::{AuthRecord, CacheLookup, Store, StoreError};
 use crate::token;
 use crate::upstream::headers::client_address;
 use crate::upstream::{Fault, Upstream};
@@ -49,6 +50,9 @@ const LAST_USE_INTERVAL_MS: i64 = 5_000;
 pub struct Gate {
     pub git_prefix: String,
     pub realm: String,
+    /// The `WWW-Authenticate` value of every 401, made once from the realm
+    /// ([`basic_challenge`]).
+    pub challenge: Option<HeaderValue>,
     pub store: Store,
     pub upstream: Upstream,
     /// Failed-authentication throttling and rate limits (see [`crate::guard`]).
@@ -296,10 +300,10 @@ impl Gate {
         })?;
         log.bearer = matches!(creds, Credentials::Bearer { .. });
         let (basic_user, secret) = match &creds {
-            Credentials::Basic { user, secret } => (Some(user.clone()), secret),
+            Credentials::Basic { user, secret } => (Some(user.as_str()), secret),
             Credentials::Bearer { secret } => (None, secret),
         };
-        log.user = basic_user.clone().filter(|u| !u.is_empty());
+        log.user = basic_user.filter(|u| !u.is_empty()).map(str::to_string);
         let id = token::parse(secret.expose()).ok_or(Refusal::InvalidToken)?;
         log.token_id = Some(id.as_str().to_string());
         let presented_hash = token::hash(secret.expose());
@@ -324,7 +328,7 @@ impl Gate {
 
         let identity = policy::authorize(
             &record,
-            basic_user.as_deref(),
+            basic_user,
             &git_req.repo,
             git_req.access,
             remote.ip(),
@@ -451,8 +455,9 @@ impl Gate {
     /// 401 with the Basic challenge, so git asks its credential helper and retries.
     fn challenge(&self, message: &str) -> Response<ResponseBody> {
         let mut resp = text(StatusCode::UNAUTHORIZED, message);
-        if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{}\"", self.realm)) {
-            resp.headers_mut().insert(WWW_AUTHENTICATE, v);
+        if let Some(v) = &self.challenge {
+            // A clone shares the value's bytes.
+            resp.headers_mut().insert(WWW_AUTHENTICATE, v.clone());
         }
         resp
     }
@@ -461,16 +466,65 @@ impl Gate {
     fn audit_failure(&self, remote: SocketAddr, log: &RequestLog, reason: &str) {
         METRICS.auth_failure();
         self.guard.failed_auth(remote.ip(), clock::monotonic_ms());
-        let store = &self.store;
-        let actor = Actor {
-            name: log.user.clone().unwrap_or_else(|| "anonymous".into()),
-            source: remote.ip().to_string(),
-        };
-        let target = log.token_id.clone().unwrap_or_default();
-        let detail = format!("{reason} (repo {})", log.repo.as_deref().unwrap_or("-"));
-        // Batched by the store's audit writer: one commit per batch, not per refusal.
-        store.record_event_later(actor, "auth.failed", target, detail);
+        // A flood of refusals is mostly one event repeated: its address and detail are written
+        // into this thread's reused buffers (the address only when it changed), and the store's
+        // writer copies them only for an event not already waiting (a repeat is counted,
+        // nothing allocated).
+        AUDIT_SCRATCH.with(|scratch| {
+            let scratch = &mut *scratch.borrow_mut();
+            let (source, detail) = scratch.fill(remote.ip(), reason, log.repo.as_deref());
+            // Batched by the store's audit writer: one commit per batch, not per refusal.
+            self.store.record_event_later(
+                (log.user.as_deref().unwrap_or("anonymous"), source),
+                "auth.failed",
+                log.token_id.as_deref().unwrap_or_default(),
+                detail,
+            );
+        });
     }
+}
+
+/// [`Gate::audit_failure`]'s buffers, reused from one refusal to the next on a thread.
+struct AuditScratch {
+    /// The address `source` spells.
+    ip: Option<std::net::IpAddr>,
+    source: String,
+    detail: String,
+}
+
+impl AuditScratch {
+    /// The failure's source (its address) and detail (`<reason> (repo <repo>)`), spelled into
+    /// the buffers; the address is spelled again only when it changed.
+    fn fill(&mut self, ip: std::net::IpAddr, reason: &str, repo: Option<&str>) -> (&str, &str) {
+        if self.ip != Some(ip) {
+            self.source.clear();
+            // Writing into a String cannot fail.
+            let _ = write!(self.source, "{ip}");
+            self.ip = Some(ip);
+        }
+        self.detail.clear();
+        self.detail.push_str(reason);
+        self.detail.push_str(" (repo ");
+        self.detail.push_str(repo.unwrap_or("-"));
+        self.detail.push(')');
+        (&self.source, &self.detail)
+    }
+}
+
+thread_local! {
+    static AUDIT_SCRATCH: std::cell::RefCell<AuditScratch> = const {
+        std::cell::RefCell::new(AuditScratch {
+            ip: None,
+            source: String::new(),
+            detail: String::new(),
+        })
+    };
+}
+
+/// The `WWW-Authenticate` value of a 401: Basic, in `realm`; `None` for a realm that cannot be
+/// a header value (then 401s carry no challenge, as before this was made once).
+pub fn basic_challenge(realm: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")).ok()
 }
 
 /// 429 with `Retry-After` for a throttled address or an exhausted rate limit.
@@ -483,7 +537,10 @@ fn too_many(verdict: &Verdict) -> Response<ResponseBody> {
 
 /// A one-line `text/plain` answer; git shows it as `remote: ...`.
 pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
-    let body = Full::new(Bytes::from(format!("{message}\n")))
+    let mut line = String::with_capacity(message.len() + 1);
+    line.push_str(message);
+    line.push('\n');
+    let body = Full::new(Bytes::from(line))
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut resp = Response::new(body);
@@ -694,5 +751,41 @@ impl Drop for LoggedBody {
             unfinished => unfinished,
         };
         self.finish(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuditScratch;
+
+    #[test]
+    fn an_audit_failures_source_and_detail_are_each_refusals_own() {
+        let mut scratch = AuditScratch {
+            ip: None,
+            source: String::new(),
+            detail: String::new(),
+        };
+        let mut fill = |ip: &str, reason, repo| {
+            let (source, detail) = scratch.fill(ip.parse().unwrap(), reason, repo);
+            (source.to_string(), detail.to_string())
+        };
+        let spelled = |source: &str, detail: &str| (source.to_string(), detail.to_string());
+        assert_eq!(
+            fill("192.0.2.10", "invalid token", Some("team/app")),
+            spelled("192.0.2.10", "invalid token (repo team/app)")
+        );
+        // The same address again, a shorter one, then another family.
+        assert_eq!(
+            fill("192.0.2.10", "expired", None),
+            spelled("192.0.2.10", "expired (repo -)")
+        );
+        assert_eq!(
+            fill("192.0.2.1", "invalid token", Some("a/b")),
+            spelled("192.0.2.1", "invalid token (repo a/b)")
+        );
+        assert_eq!(
+            fill("2001:db8::1", "invalid token", Some("a/b")),
+            spelled("2001:db8::1", "invalid token (repo a/b)")
+        );
     }
 }

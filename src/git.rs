@@ -490,6 +490,15 @@ pub(crate) fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// [`percent_decode`], without a copy for the usual text that has no escapes.
+fn decoded(raw: &str) -> Option<Cow<'_, [u8]>> {
+    if raw.contains('%') {
+        percent_decode(raw.as_bytes()).map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(raw.as_bytes()))
+    }
+}
+
 fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -513,11 +522,11 @@ fn service_param(raw_query: Option<&str>) -> Result<Option<Service>, Rejection> 
         let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
         let bad_escape =
             || Rejection::BadRequest("invalid percent-encoding in the query string".into());
-        let key = percent_decode(raw_key.as_bytes()).ok_or_else(bad_escape)?;
-        if key != b"service" {
+        let key = decoded(raw_key).ok_or_else(bad_escape)?;
+        if *key != *b"service" {
             continue;
         }
-        let value = percent_decode(raw_value.as_bytes()).ok_or_else(bad_escape)?;
+        let value = decoded(raw_value).ok_or_else(bad_escape)?;
         let service = Service::from_name(&value).ok_or_else(|| {
             Rejection::BadRequest(
                 "unknown service: expected git-upload-pack, git-receive-pack or \

@@ -238,6 +238,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
             Arc::new(Gate {
                 git_prefix: config.server.git_prefix.clone(),
                 realm: config.auth.realm.clone(),
+                challenge: crate::gate::basic_challenge(&config.auth.realm),
                 guard: guard.clone(),
                 trusted_proxies: config.server.trusted_proxies.clone(),
                 store: store.clone(),

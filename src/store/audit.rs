@@ -177,18 +177,23 @@ impl Store {
     /// Record an event soon, batched with others by a background writer (see `writer.rs`):
     /// for events on the request path, such as failed authentications, which must not cost a
     /// commit each. Never blocks; a full queue is summarised in the log instead.
+    ///
+    /// Borrowed, because most such events repeat one already waiting (one bad token tried over
+    /// and over): a repeat is counted without a copy of anything.
     pub fn record_event_later(
         &self,
-        actor: Actor,
+        actor: (&str, &str),
         action: &'static str,
-        target: String,
-        detail: String,
+        target: &str,
+        detail: &str,
     ) {
+        let (name, source) = actor;
         self.inner.batch_writer.send(
             &self.inner,
-            super::writer::Event {
+            super::writer::EventRef {
                 at: clock::now_ms(),
-                actor,
+                name,
+                source,
                 action,
                 target,
                 detail,
