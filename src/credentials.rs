@@ -192,11 +192,12 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     let decoded = BASE64
         .decode(param)
         .map_err(|_| Malformed("Basic credentials are not valid base64"))?;
-    let decoded =
+    let mut decoded =
         String::from_utf8(decoded).map_err(|_| Malformed("Basic credentials are not UTF-8"))?;
-    let (user, secret) = decoded.split_once(':').ok_or(Malformed(
+    let colon = decoded.find(':').ok_or(Malformed(
         "Basic credentials have no ':' between user and password",
     ))?;
+    let (user, secret) = (&decoded[..colon], &decoded[colon + 1..]);
     // An empty user name (`:TOKEN`, as curl and HTTP libraries send `https://:TOKEN@host/`;
     // RFC 7617 allows it) is a user name like any other: a project or repository token takes
     // any, a personal token only its owner's (see `policy::authorize`).
@@ -226,9 +227,12 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     if secret.is_empty() {
         return Err(CredentialError::NoPassword);
     }
+    // The decoded string becomes the user name: one copy per request, not two.
+    let secret = Secret(secret.to_string());
+    decoded.truncate(colon);
     Ok(Credentials::Basic {
-        user: user.to_string(),
-        secret: Secret(secret.to_string()),
+        user: decoded,
+        secret,
     })
 }
 

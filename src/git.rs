@@ -276,8 +276,23 @@ pub fn classify(
         ));
     }
 
-    let segments: Vec<&str> = rest.split('/').collect();
-    let (endpoint, suffix_len) = match_suffix(&segments).ok_or_else(not_a_git_endpoint)?;
+    // A path has a handful of segments: they are split onto the stack (into a Vec only past
+    // [`SEGMENTS_ON_STACK`]), as this runs for every request.
+    let mut on_stack = [""; SEGMENTS_ON_STACK];
+    let on_heap: Vec<&str>;
+    let mut parts = rest.split('/');
+    let mut n = 0;
+    for (slot, part) in on_stack.iter_mut().zip(parts.by_ref()) {
+        *slot = part;
+        n += 1;
+    }
+    let segments: &[&str] = if n == SEGMENTS_ON_STACK && parts.next().is_some() {
+        on_heap = rest.split('/').collect();
+        &on_heap
+    } else {
+        &on_stack[..n]
+    };
+    let (endpoint, suffix_len) = match_suffix(segments).ok_or_else(not_a_git_endpoint)?;
     if endpoint == Endpoint::Lfs {
         return Err(Rejection::NotFound("Git LFS is not supported yet".into()));
     }
@@ -344,6 +359,9 @@ pub fn classify(
         query,
     })
 }
+
+/// Path segments [`classify`] splits without an allocation.
+const SEGMENTS_ON_STACK: usize = 16;
 
 fn not_a_git_endpoint() -> Rejection {
     Rejection::NotFound("not a Git HTTP endpoint".into())
@@ -584,6 +602,31 @@ mod tests {
             spelled("/team/x.gitx/info/refs", q, false),
             "/team/x.gitx/info/refs"
         );
+    }
+
+    /// Paths of up to [`SEGMENTS_ON_STACK`] segments are split on the stack, longer ones into a
+    /// Vec: both classify alike, at the edge and far past it.
+    #[test]
+    fn deep_paths_classify_on_either_side_of_the_stack_split() {
+        for depth in [
+            SEGMENTS_ON_STACK - 3,
+            SEGMENTS_ON_STACK - 2,
+            SEGMENTS_ON_STACK - 1,
+            SEGMENTS_ON_STACK,
+            40,
+        ] {
+            // `depth` repository segments, then `info/refs`.
+            let repo: Vec<String> = (0..depth).map(|i| format!("p{i}")).collect();
+            let repo = repo.join("/");
+            let path = format!("/{repo}.git/info/refs");
+            let g = classify("GET", &path, Some("service=git-receive-pack"), "/").unwrap();
+            assert_eq!(g.repo.as_str(), repo, "depth {depth}");
+            assert_eq!(g.backend_path, format!("/{repo}.git/info/refs"));
+            assert_eq!(g.access, Access::Write);
+            // The same depth with a bad segment is still refused.
+            let bad = format!("/{repo}/.hidden.git/info/refs");
+            assert!(classify("GET", &bad, None, "/").is_err(), "depth {depth}");
+        }
     }
 
     const SHA1: &str = "3b18e512dba79e4c8300dd08aeb37f8e728b8dad";
