@@ -52,6 +52,16 @@ pub async fn probe(gate: &Gate, method: &Method, path: &str) -> Option<Response<
     }
 }
 
+/// The readiness check once, as gitgate starts: a backend that does not answer (a wrong port, a
+/// missing CGI program) shows in the start's log — the check's own warning, with the details —
+/// rather than first as a user's 502. Not fatal: the backend may start after gitgate. Its
+/// outcome answers the first second's probes like any check's.
+pub async fn check_at_start(gate: &Gate) {
+    if ready(gate).await.is_ok() {
+        tracing::info!("ready: the token store and the git backend answer");
+    }
+}
+
 async fn ready(gate: &Gate) -> Result<(), NotReady> {
     let mut last = gate.readiness.0.lock().await;
     if let Some((at, outcome)) = *last {

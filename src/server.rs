@@ -269,6 +269,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
     let mut threads = Vec::new();
     let mut gates = gates.into_iter();
     let first = gates.next().expect("at least one worker");
+    let probe = first.clone();
     let (worker, inbox) = Worker::new();
     let (cut_off_now, cut_off) = watch::channel(false);
     let main_worker = tokio::spawn(work(first, settings.clone(), inbox, cut_off.clone()));
@@ -295,6 +296,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
         "listening on {}://{local}",
         if settings.tls.is_some() { "https" } else { "http" }
     );
+    tokio::spawn(async move { health::check_at_start(&probe).await });
     let address_cap = settings
         .limits
         .max_connections_per_address

@@ -715,8 +715,17 @@ fn upstream_down_is_502_then_recovers() {
         String::from_utf8_lossy(&out.stderr).contains("502"),
         "{out:?}"
     );
-    let (status, _, body) = http(g.port, "GET", "/readyz", &[]);
-    assert_eq!(status, 503, "{body}");
+    // A check's outcome answers for a second (the start's own check included): the outage
+    // shows within one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let (status, _, body) = http(g.port, "GET", "/readyz", &[]);
+        if status == 503 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     w.nginx.start_nginx();
     w.git_ok(w.dir.path(), &["ls-remote", &url]);
@@ -730,6 +739,46 @@ fn upstream_down_is_502_then_recovers() {
         assert!(std::time::Instant::now() < deadline, "{status} {body}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// The start's log says whether the backend answers: a wrong port shows before anybody clones.
+#[test]
+fn the_start_reports_whether_the_backend_answers() {
+    let Some(mut w) = World::new("the_start_reports_whether_the_backend_answers") else {
+        return;
+    };
+    let wait_for = |g: &Server, what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = g.log_text();
+            if log.contains(what) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no '{what}' in:\n{log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let g = w.serve(&Options::default());
+    let log = wait_for(&g, "ready: the token store and the git backend answer");
+    assert!(!log.contains("not ready"), "{log}");
+    drop(g);
+
+    w.nginx.stop_nginx();
+    let g = w.serve(&Options::default());
+    let log = wait_for(&g, "not ready: git backend unreachable");
+    let upstream = format!("127.0.0.1:{}", w.nginx.port);
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("not ready: git backend unreachable")
+            && l.contains(&upstream)),
+        "{log}"
+    );
+    // Not fatal: it serves, and takes the backend once it is there.
+    w.nginx.start_nginx();
+    w.git_ok(w.dir.path(), &["ls-remote", &w.url(&g)]);
 }
 
 #[test]
