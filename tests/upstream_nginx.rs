@@ -716,29 +716,23 @@ fn upstream_down_is_502_then_recovers() {
         "{out:?}"
     );
     // A check's outcome answers for a second (the start's own check included): the outage
-    // shows within one.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    loop {
-        let (status, _, body) = http(g.port, "GET", "/readyz", &[]);
-        if status == 503 {
-            break;
+    // shows within one, and so does the recovery.
+    let readyz_turns = |want: u16| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let (status, _, body) = http(g.port, "GET", "/readyz", &[]);
+            if status == want {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{status} {body}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        assert!(std::time::Instant::now() < deadline, "{status} {body}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    };
+    readyz_turns(503);
 
     w.nginx.start_nginx();
     w.git_ok(w.dir.path(), &["ls-remote", &url]);
-    // A failed check answers for a second: recovery shows within one.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    loop {
-        let (status, _, body) = http(g.port, "GET", "/readyz", &[]);
-        if status == 200 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{status} {body}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    readyz_turns(200);
 }
 
 /// The start's log says whether the backend answers: a wrong port shows before anybody clones.
