@@ -8,7 +8,7 @@
 //!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
-//!                                   │     IPv6 by /64)
+//!                                   │     IPv6 by /64; one atomic read while no address is blocked)
 //!                                   ├─ body codings: Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
 //!                                   ├─ token::parse(secret) → id; store: cache (WAL index header) → on a miss SQLite,
@@ -45,7 +45,8 @@
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
 //!   one thread; limits, store and cache are shared.
 //! - [`health`] answers `/healthz` and `/readyz` (an outcome remembered for a second, so probes
-//!   cannot flood the upstream); the server routes them before the gate.
+//!   cannot flood the upstream); the server routes them before the gate, and runs the readiness
+//!   check once as it starts, so that an unreachable backend shows in the start's log.
 //! - [`upstream::http`] forwards to an existing git server over keep-alive connections from a
 //!   small pool per worker ([`upstream::pool`]), bodies streamed both ways; a `POST`'s answer
 //!   (a pack) is read by the request's own task, which drives its connection, a `GET`'s by the
