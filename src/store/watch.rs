@@ -383,14 +383,26 @@ mod tests {
         std::fs::write(top.path().join("r1/store.db-wal"), b"x").unwrap();
         assert!(!watch.quiet(), "the first release's folder is watched");
         assert!(settles(&watch));
-        std::os::unix::fs::symlink("r2", top.path().join("next")).unwrap();
-        std::fs::rename(top.path().join("next"), top.path().join("current")).unwrap();
+        repoint_and_check(
+            &watch,
+            &top.path().join("current"),
+            Path::new("r2"),
+            &top.path().join("r2/store.db-wal"),
+        );
+    }
+
+    /// Point `link` at `target` as a deploy does (a new link renamed over the old one), then
+    /// check that the watch saw the swap, lives on, and now watches where `written` is.
+    fn repoint_and_check(watch: &FolderWatch, link: &Path, target: &Path, written: &Path) {
+        let next = link.with_file_name("next");
+        std::os::unix::fs::symlink(target, &next).unwrap();
+        std::fs::rename(&next, link).unwrap();
         assert!(!watch.quiet(), "the link's swap not seen");
-        assert!(settles(&watch), "a re-pointed link ended the watch");
-        std::fs::write(top.path().join("r2/store.db-wal"), b"x").unwrap();
+        assert!(settles(watch), "a re-pointed link ended the watch");
+        std::fs::write(written, b"x").unwrap();
         assert!(
             !watch.quiet(),
-            "the folder the link names now is not watched"
+            "the folder the link leads to now is not watched"
         );
     }
 
@@ -411,15 +423,11 @@ mod tests {
         .unwrap();
         let watch = FolderWatch::new(&top.path().join("etc/store.db")).expect("inotify here");
         assert!(settles(&watch));
-        std::os::unix::fs::symlink(top.path().join("c/store.db"), top.path().join("etc/next"))
-            .unwrap();
-        std::fs::rename(top.path().join("etc/next"), top.path().join("etc/store.db")).unwrap();
-        assert!(!watch.quiet(), "the link's swap not seen");
-        assert!(settles(&watch), "a re-pointed link ended the watch");
-        std::fs::write(top.path().join("c/store.db-wal"), b"x").unwrap();
-        assert!(
-            !watch.quiet(),
-            "the folder the link leads to now is not watched"
+        repoint_and_check(
+            &watch,
+            &top.path().join("etc/store.db"),
+            &top.path().join("c/store.db"),
+            &top.path().join("c/store.db-wal"),
         );
     }
 
