@@ -448,6 +448,33 @@ mod tests {
         assert!(err.to_string().contains("restart gitgate"), "{err}");
     }
 
+    /// The store's folder moved away and back (the same files): refused while it is away, served
+    /// again once it is back — and watched again, so that lookups skip the file checks as before
+    /// instead of running them every time until a restart.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_store_folder_moved_away_and_back_is_watched_again() {
+        let top = tempfile::tempdir().unwrap();
+        let (folder, away) = (top.path().join("store"), top.path().join("away"));
+        std::fs::create_dir(&folder).unwrap();
+        let path = folder.join("t.db");
+        let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+        alice_with_a_token(&cli);
+        cached_and_hit(&server);
+        server.watch_folders();
+        let watch = server.inner.watch.get().expect("inotify here");
+        std::fs::rename(&folder, &away).unwrap();
+        assert!(server.auth_record_cached("abcdefghijkl").is_err());
+        assert!(server.auth_record_cached("abcdefghijkl").is_err());
+        std::fs::rename(&away, &folder).unwrap();
+        let before = watch.full_checks();
+        for _ in 0..200 {
+            server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+        }
+        let checks = watch.full_checks() - before;
+        assert!(checks < 50, "{checks} full checks for 200 lookups");
+    }
+
     /// The `-shm` or the `-wal` moved away within its file system (its link count stays 1):
     /// another process would make new ones, unseen here, so refused the same way.
     #[test]

@@ -23,9 +23,12 @@
 //! before). An event that says a watched folder itself moved or went away, a lost event, a
 //! watched path that names another folder now, or a store path that leads to another file now
 //! (symbolic links re-pointed) sets the watch up again from scratch. Where that fails (a folder
-//! on the path is gone), the watch ends: from then on every operation runs the full checks, as
-//! it does where inotify cannot be had (not Linux, or the per-user limit of inotify instances
-//! reached) — then about ten system calls per operation, the store path resolved included.
+//! on the path is gone), the watch ends: every operation runs the full checks, as it does where
+//! inotify cannot be had (not Linux, or the per-user limit of inotify instances reached) — about
+//! ten system calls per operation, the store path resolved included. An ended watch is set up
+//! again once a full check passes (the folder is back, with the same store in it), tried at most
+//! once per [`FULL_CHECK_EVERY`]: a folder moved away and back does not cost every later request
+//! those system calls until a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -54,8 +57,12 @@ pub(super) struct FolderWatch {
     /// When the last recording full check passed (coarse clock, milliseconds); 0 when a check
     /// failed since.
     passed_ms: AtomicU64,
-    /// The watch is gone for good: every operation runs the full checks.
+    /// The watch is gone: every operation runs the full checks, until one that passes sets it
+    /// up again ([`FolderWatch::watch_again`]).
     ended: AtomicBool,
+    /// Not before this (coarse clock, milliseconds) does a passing check try to set an ended
+    /// watch up again.
+    next_try_ms: AtomicU64,
     /// Failed checks that could not record their result (another check was recording): that
     /// one does not record a pass if any failed while it ran.
     unrecorded_failures: AtomicU64,
@@ -88,6 +95,7 @@ impl FolderWatch {
             checking: AtomicBool::new(false),
             passed_ms: AtomicU64::new(0),
             ended: AtomicBool::new(false),
+            next_try_ms: AtomicU64::new(0),
             unrecorded_failures: AtomicU64::new(0),
             checks: AtomicU64::new(0),
         })
@@ -111,8 +119,12 @@ impl FolderWatch {
     /// events are taken off first and the result is recorded for [`FolderWatch::quiet`].
     pub(super) fn full_check<T, E>(&self, check: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         self.checks.fetch_add(1, Relaxed);
-        if self.ended.load(Relaxed) {
-            return check();
+        if self.ended.load(SeqCst) {
+            let out = check();
+            if out.is_ok() {
+                self.watch_again();
+            }
+            return out;
         }
         let Ok(_alone) = self.recording.try_lock() else {
             let out = check();
@@ -139,6 +151,27 @@ impl FolderWatch {
         self.passed_ms.store(passed, SeqCst);
         self.checking.store(false, SeqCst);
         out
+    }
+
+    /// After a passing full check while the watch is ended: set it up again, one try at a time,
+    /// and after a try that failed not again within [`FULL_CHECK_EVERY`]. The check that passed ran without a watch, so it
+    /// covers nothing: the next check after this one records (`passed_ms` is 0 while ended).
+    fn watch_again(&self) {
+        let now = crate::idle::coarse_now_ms();
+        if now < self.next_try_ms.load(SeqCst) {
+            return;
+        }
+        let Ok(_alone) = self.recording.try_lock() else {
+            return;
+        };
+        let Ok(inotify) = Inotify::new(&self.store_path) else {
+            self.next_try_ms.store(now + window_ms(), SeqCst);
+            return;
+        };
+        *self.inotify.write().unwrap_or_else(|p| p.into_inner()) = Some(inotify);
+        self.passed_ms.store(0, SeqCst);
+        self.ended.store(false, SeqCst);
+        tracing::info!("the store's folders are back and watched again");
     }
 
     /// How many full checks ran through [`FolderWatch::full_check`].
@@ -184,7 +217,7 @@ impl FolderWatch {
                 tracing::info!(
                     error = %e,
                     "a folder on the store's path was moved or removed and cannot be watched \
-                     again: the store's files are checked on every request from now on"
+                     again: the store's files are checked on every request until it is back"
                 );
             }
         }
@@ -347,7 +380,7 @@ mod tests {
     }
 
     #[test]
-    fn a_change_in_a_folder_above_is_seen_and_a_folder_gone_from_the_path_ends_the_watch() {
+    fn a_folder_gone_from_the_path_ends_the_watch_until_it_is_back() {
         let top = tempfile::tempdir().unwrap();
         let store_dir = top.path().join("a/b");
         std::fs::create_dir_all(&store_dir).unwrap();
@@ -366,9 +399,30 @@ mod tests {
             !watch.quiet(),
             "a folder gone from the path must end the watch"
         );
+        // Back in place: the next passing check sets the watch up again ...
         std::fs::rename(top.path().join("moved"), top.path().join("a")).unwrap();
         watch.full_check(pass).unwrap();
-        assert!(!watch.quiet(), "an ended watch stays ended");
+        assert!(
+            !watch.quiet(),
+            "the check that set it up again covers nothing"
+        );
+        assert!(
+            settles(&watch),
+            "a folder back in place is not watched again"
+        );
+        std::fs::write(store_dir.join("store.db-wal"), b"x").unwrap();
+        assert!(!watch.quiet(), "the store's folder is watched again");
+        assert!(settles(&watch));
+        // ... and while the folder is gone, tries are spaced: a try that fails waits a window.
+        std::fs::rename(top.path().join("a"), top.path().join("moved")).unwrap();
+        watch.full_check(pass).unwrap();
+        watch.full_check(pass).unwrap();
+        std::fs::rename(top.path().join("moved"), top.path().join("a")).unwrap();
+        watch.full_check(pass).unwrap();
+        assert!(!watch.quiet(), "tried again within the window");
+        assert!(!settles(&watch), "tried again within the window");
+        std::thread::sleep(FULL_CHECK_EVERY + Duration::from_millis(20));
+        assert!(settles(&watch), "not tried again after the window");
     }
 
     /// A deploy's `current` link pointed at the next release: the watch moves with it.
