@@ -55,13 +55,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use super::progress::Progress;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use rustix::process::{kill_process_group, Pid, Signal};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
@@ -1351,18 +1351,22 @@ impl Body for CgiBody {
         }
 
         if let Some(stdout) = &mut this.stdout {
-            // A zeroed buffer keeps this free of `unsafe`; the memset is noise next to the pipe.
-            this.buf.resize(BODY_CHUNK, 0);
-            let mut read = ReadBuf::new(&mut this.buf);
-            let result = ready!(Pin::new(stdout).poll_read(cx, &mut read));
-            let n = read.filled().len();
+            // Read into the buffer's spare room as it is: zeroing 64 KiB before each read (what
+            // a safe `ReadBuf` over initialised bytes needs) cost a tenth of gitgate's CPU in a
+            // clone through the CGI runner (`memset`, perf), as much as the copy it prepares.
+            this.buf.reserve(BODY_CHUNK);
+            let mut room = (&mut this.buf).limit(BODY_CHUNK);
+            let result = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(stdout),
+                cx,
+                &mut room
+            ));
             match result {
-                Ok(()) if n > 0 => {
-                    this.buf.truncate(n);
+                Ok(n) if n > 0 => {
                     let data = this.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(this.within_declared(data)))));
                 }
-                Ok(()) => {
+                Ok(_) => {
                     // The backend said all it had to say; from now on it is left to exit by
                     // itself, even if the body is dropped before we hear how.
                     this.buf = BytesMut::new();
