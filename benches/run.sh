@@ -96,6 +96,7 @@ make_repo big "$BIG_MB"
 # --- nginx + fcgiwrap ---------------------------------------------------------------------------
 GIT_PORT=$(free_port) PROXY_PORT=$(free_port) R401_PORT=$(free_port)
 fcgiwrap -c "$((CONCURRENT + 4))" -s "unix:$W/fcgi.sock" 2>"$W/fcgiwrap.log" &
+FCGI_PID=$!
 PIDS+=($!)
 user_line=""
 [[ $(id -u) == 0 ]] && user_line="user root;"
@@ -165,6 +166,7 @@ $(nginx_temp_paths "$W/nginx")
 }
 EOF
 nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" &
+NGINX_PID=$!
 PIDS+=($!)
 # A stronger baseline for the hop, reported beside the issue's: nginx proxy_pass as its own
 # process (as gitgate is), with one worker per core (as gitgate has), to the same origin. Under
@@ -201,6 +203,7 @@ $(nginx_temp_paths "$W/nginx2")
 }
 EOF
 nginx -c "$W/nginx2/nginx.conf" -p "$W/nginx2" &
+NGINX2_PID=$!
 PIDS+=($!)
 
 # --- gitgate instances --------------------------------------------------------------------------
@@ -272,10 +275,10 @@ LUA
 } >"$W/many.lua"
 
 start_gitgate http "url = \"http://127.0.0.1:$GIT_PORT/git\""
-GG_HTTP=$GG_PORT
+GG_HTTP=$GG_PORT GG_HTTP_PID=$GG_PID
 start_gitgate cgi "cgi = \"$BACKEND\"
 project_root = \"$W/repos\""
-GG_CGI=$GG_PORT
+GG_CGI=$GG_PORT GG_CGI_PID=$GG_PID
 start_gitgate hop "url = \"http://127.0.0.1:$GIT_PORT/static\""
 GG_HOP=$GG_PORT
 # COMPARE=/path/to/other/gitgate (with --hop): an A/B of two builds, interleaved in every round.
@@ -292,7 +295,26 @@ declare -A URL=(
 	[gitgate_cgi]="http://ci:$TOKEN@127.0.0.1:$GG_CGI/team/app.git"
 	[nginx_proxy]="http://127.0.0.1:$PROXY2_PORT/git/team/app.git"
 )
-declare -A TIMES=()
+declare -A TIMES=() TICKS=()
+# The CPU time (user + system, clock ticks) a clone costs the processes that serve it around git
+# http-backend — each process's own, not its children's (git's work is the same in every
+# variant): gitgate alone for 1a and 1b; the proxy nginx's workers for 1c; for the direct clone,
+# nginx and the fcgiwrap processes, which do what gitgate's embedded runner does in 1b.
+serving_pids() {
+	case $1 in
+	nginx) echo "$NGINX_PID" "$FCGI_PID" $(pgrep -P "$FCGI_PID") ;;
+	gitgate_http) echo "$GG_HTTP_PID" ;;
+	gitgate_cgi) echo "$GG_CGI_PID" ;;
+	nginx_proxy) pgrep -P "$NGINX2_PID" ;;
+	esac
+}
+cpu_ticks() {
+	local p t=0
+	for p in "$@"; do
+		[[ -r /proc/$p/stat ]] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+	done
+	echo "$t"
+}
 ((HOP_ONLY)) || { git clone -q --bare "${URL[nginx]}" "$W/warm" && rm -rf "$W/warm"; } # page cache
 # Odd runs go forward, even runs backward (ABBA): a variant's place in the round, and any drift
 # of the machine during the run, weigh on every variant alike.
@@ -301,16 +323,25 @@ for ((run = 1; run <= RUNS; run++)); do
 	order=("${ORDER[@]}")
 	((run % 2)) || order=("${ORDER[3]}" "${ORDER[2]}" "${ORDER[1]}" "${ORDER[0]}")
 	for v in "${order[@]}"; do
+		pids=$(serving_pids "$v")
+		c0=$(cpu_ticks $pids)
 		t0=$(now)
 		git clone -q --bare "${URL[$v]}" "$W/clone-$v"
 		t1=$(now)
+		c1=$(cpu_ticks $pids)
 		rm -rf "$W/clone-$v"
 		TIMES[$v]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') "
+		TICKS[$v]+="$((c1 - c0)) "
 	done
 	log "clone run $run/$RUNS: nginx ${TIMES[nginx]} | gitgate→nginx ${TIMES[gitgate_http]} | gitgate cgi ${TIMES[gitgate_cgi]} | nginx proxy→nginx ${TIMES[nginx_proxy]}"
 done
 med() { tr ' ' '\n' <<<"${TIMES[$1]}" | grep . | median; }
-((HOP_ONLY)) || { CLONE_NGINX=$(med nginx) CLONE_HTTP=$(med gitgate_http) CLONE_CGI=$(med gitgate_cgi) CLONE_PROXY=$(med nginx_proxy); }
+TICK_MS=$((1000 / $(getconf CLK_TCK)))
+cpu_ms() { tr ' ' '\n' <<<"${TICKS[$1]}" | grep . | median | awk -v k="$TICK_MS" '{printf "%d", $1 * k}'; }
+((HOP_ONLY)) || {
+	CLONE_NGINX=$(med nginx) CLONE_HTTP=$(med gitgate_http) CLONE_CGI=$(med gitgate_cgi) CLONE_PROXY=$(med nginx_proxy)
+	CPU_NGINX=$(cpu_ms nginx) CPU_HTTP=$(cpu_ms gitgate_http) CPU_CGI=$(cpu_ms gitgate_cgi) CPU_PROXY=$(cpu_ms nginx_proxy)
+}
 
 # --- 2./3. the hop and rejections (wrk) ----------------------------------------------------------
 HOP_PATH="/team/app.git/info/refs?service=git-upload-pack"
@@ -460,6 +491,10 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 1b | same, embedded CGI (s) | nginx+fcgiwrap $CLONE_NGINX | gitgate cgi $CLONE_CGI | $r× | ≤ 1.0× | $(awk -v r="$r" 'BEGIN{print (r <= 1.0) ? "yes" : "no"}') |"
 	r=$(ratio "$CLONE_PROXY" "$CLONE_NGINX")
 	echo "| 1c | same, through nginx proxy_pass instead of gitgate, for reference (s) | nginx+fcgiwrap $CLONE_NGINX | nginx proxy→nginx $CLONE_PROXY | $r× | — | |"
+	r=$(ratio "$CPU_HTTP" "$CPU_PROXY")
+	echo "| 1d | CPU per clone of the proxy in front of nginx, median (ms) | nginx proxy_pass (1c) $CPU_PROXY | gitgate→nginx (1a) $CPU_HTTP | $r× | — | |"
+	r=$(ratio "$CPU_CGI" "$CPU_NGINX")
+	echo "| 1e | CPU per clone of what runs git http-backend, median (ms) | nginx+fcgiwrap $CPU_NGINX | gitgate cgi (1b) $CPU_CGI | $r× | — | |"
 	a=$(mrps proxy) b=$(mrps gitgate) r=$(ratio "$b" "$a")
 	echo "| 2a | hop, static 200, wrk $WRK_CONNS conns (req/s) | nginx proxy_pass $a | $b | $r× | ≥ 1.0× | $(awk -v r="$r" 'BEGIN{print (r >= 1.0) ? "yes" : "no"}') |"
 	a=$(mp99 proxy) b=$(mp99 gitgate) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
@@ -482,5 +517,5 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 5a | peak RSS, one clone of $BIG_MB MB ($(awk -v b="$BIG_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB received) (MiB) | repo size $BIG_MB | $(mb "$RSS_BIG") | $(ratio "$(mb "$RSS_BIG")" "$BIG_MB")× of repo | < 64 | $(awk -v k="$RSS_BIG" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
 	echo "| 5b | peak RSS, $CONCURRENT concurrent clones of $REPO_MB MB ($CONC_OK/$CONCURRENT complete, ${CONC_SECONDS}s) (MiB) | total served $((REPO_MB * CONCURRENT)) | $(mb "$RSS_CONC") | $(ratio "$(mb "$RSS_CONC")" "$((REPO_MB * CONCURRENT))")× of bytes served | < 64 | $(awk -v k="$RSS_CONC" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
 	echo
-	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
+	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }]; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
 }
