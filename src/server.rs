@@ -31,7 +31,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -581,8 +581,8 @@ async fn work(
 }
 
 /// The answer to every request on a connection over its address's cap: `503` with the reason,
-/// and on HTTP/1 the connection closed after it (HTTP/2 has no such header; its client sees the
-/// `503` on each request until the connection idles out).
+/// and the connection closed after it (on HTTP/1 said with `Connection: close`; on HTTP/2, which
+/// has no such header, with the GOAWAY of [`Connection::serve_io`]).
 fn over_cap_answer(max: usize, version: Version) -> Response<ResponseBody> {
     let mut resp = crate::gate::text(StatusCode::SERVICE_UNAVAILABLE, &refusal(max));
     if version < Version::HTTP_2 {
@@ -697,8 +697,17 @@ impl Connection {
         let gate = self.gate;
         let requests = activity.clone();
         let over_address_cap = self.over_address_cap;
+        // Over the cap, the first request's answer is the connection's last: told to close as
+        // soon as that request has come (HTTP/2 finishes its streams and sends GOAWAY; HTTP/1
+        // also says `Connection: close`), so that an HTTP/2 client learns to go at once instead
+        // of holding its place with a request now and then.
+        let over_cap_asked = over_address_cap.map(|_| Arc::new(Notify::new()));
+        let asked = over_cap_asked.clone();
         // Probes are answered here, before the gate: no token, no classification, never forwarded.
         let service = service_fn(move |req: Request<Incoming>| {
+            if let Some(asked) = &asked {
+                asked.notify_one();
+            }
             let gate = gate.clone();
             let open = requests.request_opened();
             let exchange = requests.clone();
@@ -725,21 +734,30 @@ impl Connection {
             .builder
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
-        let conn = self.watcher.watch(conn);
         let first = self.settings.limits.header_read_timeout;
-        let closing = until_idle(conn, &activity, idle, first);
-        let closed = match over_address_cap {
-            // Refused on every request, it gets no longer than a first request may take: an
-            // HTTP/2 client (no `Connection: close` there) would otherwise keep its place under
-            // `max_connections` with a request now and then.
-            Some(_) => match tokio::time::timeout(first, closing).await {
-                Ok(closed) => closed,
-                Err(_) => {
-                    tracing::debug!(remote = %remote, "closing a connection over its address's cap");
-                    return;
+        let closed = match over_cap_asked {
+            // Refused on every request, it gets no longer than a first request may take, however
+            // its client answers the GOAWAY.
+            Some(asked) => {
+                let conn = async move {
+                    let mut conn = std::pin::pin!(conn);
+                    tokio::select! {
+                        ended = conn.as_mut() => return ended,
+                        _ = asked.notified() => {}
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                };
+                let closing = until_idle(conn, &activity, idle, first);
+                match tokio::time::timeout(first, closing).await {
+                    Ok(closed) => closed,
+                    Err(_) => {
+                        tracing::debug!(remote = %remote, "closing a connection over its address's cap");
+                        return;
+                    }
                 }
-            },
-            None => closing.await,
+            }
+            None => until_idle(self.watcher.watch(conn), &activity, idle, first).await,
         };
         match closed {
             Closed::Ended(Ok(())) => {}

@@ -619,6 +619,68 @@ fn an_http2_connection_over_its_addresss_cap_is_closed_however_busy() {
     );
 }
 
+/// An HTTP/2 client over its address's cap gets the 503 for its first request, then a GOAWAY,
+/// and the connection ends at once — not after `header_read_timeout_seconds`, with nothing said.
+#[test]
+fn an_http2_connection_over_its_addresss_cap_is_sent_goaway_after_its_first_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(
+        dir.path(),
+        &cgi_config(
+            dir.path(),
+            "max_connections_per_address = 1\nheader_read_timeout_seconds = 30",
+        ),
+    );
+    let _held = connect(g.port);
+    let mut s = connect(g.port);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(4, &[])).unwrap();
+    let mut block = vec![0x82, 0x86, 0x04, 8];
+    block.extend_from_slice(b"/healthz");
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    s.write_all(&h2_frame_on(1, 0x05, 1, &block)).unwrap();
+    let start = Instant::now();
+    let mut frames = Vec::new();
+    let mut head = [0u8; 9];
+    while s.read_exact(&mut head).is_ok() {
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).is_err() {
+            break;
+        }
+        // A graceful GOAWAY waits for the answer to its PING, as a real client sends.
+        if head[3] == 6 && head[4] & 1 == 0 {
+            let _ = s.write_all(&h2_frame_on(6, 1, 0, &payload));
+        }
+        frames.push((head[3], payload));
+    }
+    let took = start.elapsed();
+    let kinds: Vec<u8> = frames.iter().map(|(k, _)| *k).collect();
+    let answer = kinds.iter().position(|&k| k == 1);
+    let goaway = kinds.iter().rposition(|&k| k == 7);
+    assert!(
+        matches!((answer, goaway), (Some(a), Some(g)) if a < g),
+        "no answer followed by GOAWAY: frame types {kinds:?}"
+    );
+    // The last GOAWAY names stream 1 as the last one served, with no error.
+    let (_, last) = &frames[goaway.unwrap()];
+    assert_eq!(&last[..8], &[0, 0, 0, 1, 0, 0, 0, 0], "{last:?}");
+    let body: Vec<u8> = frames
+        .iter()
+        .filter(|(k, _)| *k == 0)
+        .flat_map(|(_, p)| p.clone())
+        .collect();
+    assert!(
+        String::from_utf8_lossy(&body).contains("too many connections from your address"),
+        "{:?}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the connection stayed open for {took:?} after its answer"
+    );
+}
+
 #[test]
 fn oversized_headers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
