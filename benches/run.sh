@@ -16,13 +16,15 @@ QUICK=0 HOP_ONLY=0
 [[ "${1:-}" == "--hop" ]] && HOP_ONLY=1
 if ((HOP_ONLY)); then
 	REPO_MB=${REPO_MB:-1} BIG_MB=1 CONCURRENT=1 RUNS=0
-	WRK_SECONDS=${WRK_SECONDS:-10} WRK_ROUNDS=${WRK_ROUNDS:-3}
+	WRK_SECONDS=${WRK_SECONDS:-10} WRK_ROUNDS=${WRK_ROUNDS:-5}
 elif ((QUICK)); then
 	REPO_MB=${REPO_MB:-20} BIG_MB=${BIG_MB:-100} CONCURRENT=${CONCURRENT:-10}
 	RUNS=${RUNS:-3} WRK_SECONDS=${WRK_SECONDS:-5} WRK_ROUNDS=${WRK_ROUNDS:-1}
 else
 	REPO_MB=${REPO_MB:-200} BIG_MB=${BIG_MB:-1024} CONCURRENT=${CONCURRENT:-50}
-	RUNS=${RUNS:-5} WRK_SECONDS=${WRK_SECONDS:-10} WRK_ROUNDS=${WRK_ROUNDS:-3}
+	# Nine clones (the issue asks for at least five) and five wrk rounds: one figure moves by
+	# ±10 % from run to run on two shared cores, and a median of more samples moves less.
+	RUNS=${RUNS:-9} WRK_SECONDS=${WRK_SECONDS:-10} WRK_ROUNDS=${WRK_ROUNDS:-5}
 fi
 WRK_CONNS=64
 MANY_TOKENS=${MANY_TOKENS:-300}
