@@ -216,6 +216,34 @@ fn h2_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     h2_frame_on(kind, 0, 0, payload)
 }
 
+/// `GET /healthz` on `stream` (HPACK: :method GET, :scheme http, :path and :authority as
+/// literals), with END_STREAM and END_HEADERS.
+fn h2_healthz(stream: u32) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, 8];
+    block.extend_from_slice(b"/healthz");
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    h2_frame_on(1, 0x05, stream, &block)
+}
+
+/// A gitgate that lets one connection per address (`header_read_timeout_seconds` as given), a
+/// connection that holds that place, and one over the cap that has sent the HTTP/2 preface.
+fn h2_over_the_cap(dir: &Path, header_read_timeout: u32) -> (Server, TcpStream, TcpStream) {
+    let g = start(
+        dir,
+        &cgi_config(
+            dir,
+            &format!(
+                "max_connections_per_address = 1\nheader_read_timeout_seconds = {header_read_timeout}"
+            ),
+        ),
+    );
+    let held = connect(g.port);
+    let mut s = connect(g.port);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(4, &[])).unwrap();
+    (g, held, s)
+}
+
 /// An HTTP/2 frame: length, type, flags, stream id, payload.
 fn h2_frame_on(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
@@ -269,12 +297,7 @@ fn an_http2_answer_held_back_by_a_zero_window_does_not_keep_the_connection_open(
     let mut s = connect(g.port);
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
     s.write_all(&h2_frame(4, &[0, 4, 0, 0, 0, 0])).unwrap();
-    // GET /healthz (HPACK: :method GET, :scheme http, :path and :authority as literals), with
-    // END_STREAM and END_HEADERS, on stream 1.
-    let mut block = vec![0x82, 0x86, 0x04, 8];
-    block.extend_from_slice(b"/healthz");
-    block.extend_from_slice(&[0x01, 1, b'x']);
-    s.write_all(&h2_frame_on(1, 0x05, 1, &block)).unwrap();
+    s.write_all(&h2_healthz(1)).unwrap();
     let took = ping_until_closed(&mut s);
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
@@ -579,33 +602,20 @@ fn connections_beyond_an_addresss_cap_are_answered_503_and_closed() {
     assert!(refused.trim().parse::<u64>().unwrap() >= 1, "{metrics}");
 }
 
-/// Over HTTP/2 there is no `Connection: close`: a connection past its address's cap that keeps
-/// sending requests (each answered 503) is still closed after `header_read_timeout_seconds`, so
-/// that it cannot hold a place under `max_connections`.
+/// Over HTTP/2 there is no `Connection: close`: a connection past its address's cap whose client
+/// ignores the GOAWAY (it never answers its PING, and keeps sending requests) is still closed
+/// after `header_read_timeout_seconds`, so that it cannot hold a place under `max_connections`.
 #[test]
 fn an_http2_connection_over_its_addresss_cap_is_closed_however_busy() {
     let dir = tempfile::tempdir().unwrap();
-    let g = start(
-        dir.path(),
-        &cgi_config(
-            dir.path(),
-            "max_connections_per_address = 1\nheader_read_timeout_seconds = 1",
-        ),
-    );
-    let _held = connect(g.port);
-    let mut s = connect(g.port);
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    s.write_all(&h2_frame(4, &[])).unwrap();
+    let (_g, _held, mut s) = h2_over_the_cap(dir.path(), 1);
     let mut reader = s.try_clone().unwrap();
     let closed = std::thread::spawn(move || read_until_closed(&mut reader));
     // GET /healthz on streams 1, 3, 5, ... every 100 ms.
     let start = Instant::now();
     let mut stream = 1;
     while !closed.is_finished() && start.elapsed() < Duration::from_secs(6) {
-        let mut block = vec![0x82, 0x86, 0x04, 8];
-        block.extend_from_slice(b"/healthz");
-        block.extend_from_slice(&[0x01, 1, b'x']);
-        if s.write_all(&h2_frame_on(1, 0x05, stream, &block)).is_err() {
+        if s.write_all(&h2_healthz(stream)).is_err() {
             break;
         }
         stream += 2;
@@ -624,21 +634,8 @@ fn an_http2_connection_over_its_addresss_cap_is_closed_however_busy() {
 #[test]
 fn an_http2_connection_over_its_addresss_cap_is_sent_goaway_after_its_first_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let g = start(
-        dir.path(),
-        &cgi_config(
-            dir.path(),
-            "max_connections_per_address = 1\nheader_read_timeout_seconds = 30",
-        ),
-    );
-    let _held = connect(g.port);
-    let mut s = connect(g.port);
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    s.write_all(&h2_frame(4, &[])).unwrap();
-    let mut block = vec![0x82, 0x86, 0x04, 8];
-    block.extend_from_slice(b"/healthz");
-    block.extend_from_slice(&[0x01, 1, b'x']);
-    s.write_all(&h2_frame_on(1, 0x05, 1, &block)).unwrap();
+    let (_g, _held, mut s) = h2_over_the_cap(dir.path(), 30);
+    s.write_all(&h2_healthz(1)).unwrap();
     let start = Instant::now();
     let mut frames = Vec::new();
     let mut head = [0u8; 9];
