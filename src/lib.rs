@@ -37,8 +37,8 @@
 //!   waiting for a request: a silent one is closed after it), an idle timeout ([`idle`]:
 //!   no byte moving, or no exchange moving — no request body or answer frame — so HTTP/2
 //!   PINGs alone hold nothing), a cap on connections (and, if set, per client address:
-//!   [`address_cap`], a `503` on each request past it) and header size, and graceful shutdown on
-//!   SIGINT/SIGTERM (what is left at the end of the grace period, or at a second signal, is cut
+//!   [`address_cap`], a `503` and the connection closed — over HTTP/2 with a GOAWAY) and header
+//!   size, and graceful shutdown on SIGINT/SIGTERM (what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
 //!   Everything that can fail on a bad setting is checked before the store is opened. One
 //!   single-threaded
@@ -78,7 +78,8 @@
 //!   writer's, which holds only audit rows and last uses: a revocation is seen on the next
 //!   request. A store file, `-wal` or `-shm` deleted, moved or replaced under the server is
 //!   refused on the next request too; the file checks that see it run after an inotify watch on
-//!   the store's folders reports a change there (and every 0.1 s), not on every request.
+//!   the store's folders reports a change there (and every 0.1 s), not on every request; a
+//!   watch lost with a folder moved away is set up again once the folder is back.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
 //!   streamed, in a process group of its own that is ended whole when the request ends early
 //!   — but for a push, which is told by the end of its input and left to finish (a few per
