@@ -737,7 +737,8 @@ impl Connection {
         let first = self.settings.limits.header_read_timeout;
         let closed = match over_cap_asked {
             // Refused on every request, it gets no longer than a first request may take, however
-            // its client answers the GOAWAY.
+            // its client answers the GOAWAY. Not watched for the stop's drain: it has nothing to
+            // finish, and ends with the worker's connections if still open then.
             Some(asked) => {
                 let conn = async move {
                     let mut conn = std::pin::pin!(conn);
