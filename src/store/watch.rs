@@ -26,9 +26,9 @@
 //! on the path is gone), the watch ends: every operation runs the full checks, as it does where
 //! inotify cannot be had (not Linux, or the per-user limit of inotify instances reached) — about
 //! ten system calls per operation, the store path resolved included. An ended watch is set up
-//! again once a full check passes (the folder is back, with the same store in it), tried at most
-//! once per [`FULL_CHECK_EVERY`]: a folder moved away and back does not cost every later request
-//! those system calls until a restart.
+//! again once a full check passes (the folder is back, with the same store in it); after a try
+//! that failed, not again within [`FULL_CHECK_EVERY`]. So a folder moved away and back does not
+//! cost every later request those system calls until a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -154,8 +154,9 @@ impl FolderWatch {
     }
 
     /// After a passing full check while the watch is ended: set it up again, one try at a time,
-    /// and after a try that failed not again within [`FULL_CHECK_EVERY`]. The check that passed ran without a watch, so it
-    /// covers nothing: the next check after this one records (`passed_ms` is 0 while ended).
+    /// and after a try that failed not again within [`FULL_CHECK_EVERY`]. The check that passed
+    /// ran without a watch, so it covers nothing: the next check after this one records
+    /// (`passed_ms` is 0 while ended).
     fn watch_again(&self) {
         let now = crate::idle::coarse_now_ms();
         if now < self.next_try_ms.load(SeqCst) {
