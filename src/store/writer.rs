@@ -133,7 +133,7 @@ impl Event {
 #[derive(Default)]
 struct Batch {
     events: Vec<(Event, Repeats)>,
-    /// Index into `events` by [`Event::key`].
+    /// Index into `events` by their identity's hash (`key`).
     index: HashMap<u64, Vec<usize>>,
     total: u64,
     /// Events not kept because [`DISTINCT`] were already waiting.

@@ -132,7 +132,7 @@ pub struct Connection {
     pub sender: SendRequest<OutBody>,
     /// `None` once the connection ended, or when it runs on a task of its own.
     driver: Option<Driver>,
-    /// The task of its own, once it has one (see [`Connection::abort`]).
+    /// The task of its own, once it has one (see [`Connection::detach`] and [`Connection::close_within`]).
     task: Option<tokio::task::AbortHandle>,
 }
 

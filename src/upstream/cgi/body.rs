@@ -1,0 +1,256 @@
+//! The response body read from the backend's stdout, and what happens to a push whose client
+//! left before its end (let finish, a few at a time).
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hyper::body::{Body, Frame};
+use tokio::io::AsyncReadExt;
+use tokio::process::ChildStdout;
+use tokio::sync::oneshot;
+
+use super::head::HEAD_READ;
+use super::process::{ExitInfo, KillGuard, Running};
+
+/// How much of the backend's stdout one response frame carries at most.
+pub(super) const BODY_CHUNK: usize = 64 * 1024;
+
+/// The backend's response body: whatever came with the header block, then stdout chunk by chunk
+/// as hyper polls. Ends cleanly only if the backend exited successfully; otherwise the last frame
+/// is an error, so the client sees a failure rather than a truncated success.
+///
+/// Dropping it before the backend finished writing (the client went away) kills the backend,
+/// except a push's: that one is left to finish, its output read and thrown away, as long as it
+/// keeps writing, a few at a time (see the `cgi` module docs). The supervisor task reaps
+/// it either way.
+pub struct CgiBody {
+    pub(super) prefix: Option<Bytes>,
+    pub(super) stdout: Option<ChildStdout>,
+    pub(super) buf: BytesMut,
+    pub(super) exit: Option<oneshot::Receiver<ExitInfo>>,
+    pub(super) guard: KillGuard,
+    /// What is left of a `Content-Length` the backend declared (git http-backend does for
+    /// dumb-HTTP files). hyper stops reading at that length, so the body ends there, not at the
+    /// backend's exit: else the finished answer would be logged as cut off, and its backend
+    /// killed.
+    pub(super) left: Option<u64>,
+    /// For a push: what it needs to finish without its client (see [`Finishing`]).
+    pub(super) finishing: Option<Finishing>,
+}
+
+/// How a push whose client left is let finish: for as long as it writes something within
+/// `idle` (the head timeout), while fewer than [`MAX_FINISHING`] of this worker's pushes are
+/// finishing so, and until gitgate stops.
+pub(super) struct Finishing {
+    pub(super) idle: Duration,
+    pub(super) running: Arc<Running>,
+    /// The request, for the log: repository path and user.
+    pub(super) label: String,
+}
+
+/// The most pushes of one worker that may finish without their client at once. Past it, a push
+/// whose client leaves is ended as any other request is: a writer cannot stack unbounded
+/// receive-packs and hooks by connecting and leaving.
+pub(super) const MAX_FINISHING: usize = 8;
+
+impl Drop for CgiBody {
+    fn drop(&mut self) {
+        let (Some(finishing), Some(stdout)) = (self.finishing.take(), self.stdout.take()) else {
+            return; // the guard, if still armed, kills the backend
+        };
+        let label = &finishing.label;
+        if *finishing.running.stopping.borrow() {
+            return; // gitgate is stopping: the guard ends it with the rest
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(slot) = FinishingSlot::take(&finishing.running) else {
+            tracing::warn!(target: "gitgate::cgi", push = %label, "the client left during a push, and {MAX_FINISHING} pushes are already finishing without theirs: ending this one");
+            return;
+        };
+        let guard = std::mem::replace(&mut self.guard, KillGuard::disarmed());
+        tracing::info!(target: "gitgate::cgi", push = %label, "the client left during a push; git receive-pack finishes it (its refs only if the whole pack arrived, and its hooks)");
+        runtime.spawn(finish_alone(
+            stdout,
+            guard,
+            self.exit.take(),
+            finishing,
+            slot,
+        ));
+    }
+}
+
+/// One of a worker's [`MAX_FINISHING`] places, given back when dropped.
+pub(super) struct FinishingSlot(Arc<Running>);
+
+impl FinishingSlot {
+    fn take(running: &Arc<Running>) -> Option<FinishingSlot> {
+        running
+            .finishing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_FINISHING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| FinishingSlot(running.clone()))
+    }
+}
+
+impl Drop for FinishingSlot {
+    fn drop(&mut self) {
+        if self.0.finishing.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_finishing.notify_waiters();
+        }
+    }
+}
+
+/// Reads a push's output to its end for a client that has left, so that receive-pack can
+/// finish, then logs how it ended; `guard` kills it if it writes nothing for the idle time, or
+/// when gitgate stops.
+pub(super) async fn finish_alone(
+    mut stdout: ChildStdout,
+    mut guard: KillGuard,
+    exit: Option<oneshot::Receiver<ExitInfo>>,
+    finishing: Finishing,
+    _slot: FinishingSlot,
+) {
+    let mut stopping = finishing.running.stopping.subscribe();
+    let mut scratch = vec![0u8; HEAD_READ];
+    // `None` once it has said all it had to say; else why it is ended.
+    let ended = loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout(finishing.idle, stdout.read(&mut scratch)) => read,
+            _ = stopping.wait_for(|s| *s) => break Some("gitgate is stopping"),
+        };
+        match read {
+            Ok(Ok(0)) => break None,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => break Some("reading the output of a push whose client left failed"),
+            Err(_) => break Some("a push whose client left sent nothing for the idle timeout"),
+        }
+    };
+    match ended {
+        // Left to exit by itself, as a body read to its end is.
+        None => guard.disarm(),
+        Some(reason) => guard.reason = reason,
+    }
+    drop(guard);
+    let Some(exit) = exit else { return };
+    match exit.await {
+        Ok(info) if info.success() => {
+            tracing::info!(target: "gitgate::cgi", push = %finishing.label, "a push whose client left has finished: {info}")
+        }
+        Ok(info) => {
+            tracing::warn!(target: "gitgate::cgi", push = %finishing.label, "a push whose client left has failed: {info}")
+        }
+        Err(_) => {}
+    }
+}
+
+impl CgiBody {
+    /// `data` as far as the declared length goes; at its end the body is complete, and the
+    /// backend is left to exit by itself.
+    fn within_declared(&mut self, mut data: Bytes) -> Bytes {
+        if let Some(left) = self.left {
+            data.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+            let left = left - data.len() as u64;
+            self.left = Some(left);
+            if left == 0 {
+                self.declared_length_sent();
+            }
+        }
+        data
+    }
+
+    pub(super) fn declared_length_sent(&mut self) {
+        self.prefix = None;
+        self.stdout = None;
+        self.buf = BytesMut::new();
+        self.exit = None;
+        self.guard.disarm();
+    }
+}
+
+impl fmt::Debug for CgiBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CgiBody")
+            .field("reading_stdout", &self.stdout.is_some())
+            .field("done", &self.is_end_stream())
+            .finish()
+    }
+}
+
+impl Body for CgiBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(this.within_declared(prefix)))));
+        }
+
+        if let Some(stdout) = &mut this.stdout {
+            // Read into the buffer's spare room as it is: zeroing 64 KiB before each read (what
+            // a safe `ReadBuf` over initialised bytes needs) cost a tenth of gitgate's CPU in a
+            // clone through the CGI runner (`memset`, perf), as much as the copy it prepares.
+            this.buf.reserve(BODY_CHUNK);
+            let mut room = (&mut this.buf).limit(BODY_CHUNK);
+            let result = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(stdout),
+                cx,
+                &mut room
+            ));
+            match result {
+                Ok(n) if n > 0 => {
+                    let data = this.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(this.within_declared(data)))));
+                }
+                Ok(_) => {
+                    // The backend said all it had to say; from now on it is left to exit by
+                    // itself, even if the body is dropped before we hear how.
+                    this.buf = BytesMut::new();
+                    this.stdout = None;
+                    this.guard.disarm();
+                }
+                Err(e) => {
+                    this.stdout = None;
+                    this.exit = None;
+                    if let Some(switch) = this.guard.switch.take() {
+                        switch.kill("reading stdout failed");
+                    }
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+
+        let Some(exit) = &mut this.exit else {
+            return Poll::Ready(None);
+        };
+        let info = ready!(Pin::new(exit).poll(cx));
+        this.exit = None;
+        match info {
+            Ok(info) if info.success() => Poll::Ready(None),
+            Ok(info) => Poll::Ready(Some(Err(io::Error::other(format!(
+                "the CGI backend failed after sending its response headers: {info}"
+            ))))),
+            Err(_) => Poll::Ready(Some(Err(io::Error::other(
+                "the CGI backend's supervisor went away",
+            )))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.stdout.is_none() && self.exit.is_none()
+    }
+}

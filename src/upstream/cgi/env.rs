@@ -1,0 +1,258 @@
+//! The environment a CGI backend starts with: the CGI/1.1 variables for one request and the
+//! few git ones, each header passed on by name and only when well-formed (module docs of
+//! `cgi`: environment hygiene, httpoxy). Pure: values in, values out.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+use hyper::header::{self, HeaderMap};
+use hyper::Method;
+
+use super::CgiRequest;
+
+/// `PATH` for the backend when gitgate's own has nothing usable in it.
+pub(super) const FALLBACK_PATH: &str = "/usr/bin:/bin";
+
+/// The CGI and git variables for one request (all but `PATH` and `HOME`, which come from the
+/// host). Only the headers named here reach the backend, each only when it is well-formed.
+pub(super) fn cgi_env(req: &CgiRequest<'_>, project_root: &Path) -> Vec<(&'static str, OsString)> {
+    let mut env: Vec<(&'static str, OsString)> = vec![
+        ("GATEWAY_INTERFACE", "CGI/1.1".into()),
+        ("SERVER_PROTOCOL", "HTTP/1.1".into()),
+        ("SERVER_SOFTWARE", "gitgate".into()),
+        ("REQUEST_METHOD", req.method.as_str().into()),
+        ("SCRIPT_NAME", "".into()),
+        ("PATH_INFO", req.path_info.into()),
+        ("QUERY_STRING", req.query.unwrap_or("").into()),
+        ("GIT_PROJECT_ROOT", project_root.as_os_str().to_owned()),
+        // gitgate has already decided who may read what; `git-daemon-export-ok` files would
+        // only be a second, conflicting opinion.
+        ("GIT_HTTP_EXPORT_ALL", "1".into()),
+        // Its presence is also what lets git http-backend accept receive-pack.
+        ("REMOTE_USER", req.remote_user.into()),
+        ("REMOTE_ADDR", req.remote_addr.to_string().into()),
+    ];
+    if let Some(v) = header_str(req.headers, &header::CONTENT_TYPE) {
+        env.push(("CONTENT_TYPE", v.into()));
+    }
+    // Not for a push: git http-backend then hands stdin to receive-pack as it is, and an early
+    // end of it (the client gone) reaches receive-pack, which fails cleanly. Told a length, it
+    // copies that many bytes itself and loops for good at full CPU on an early end. The length
+    // is still held to by the stdin task.
+    if let Some(len) = content_length(req.headers).filter(|_| !is_push(req)) {
+        env.push(("CONTENT_LENGTH", len.to_string().into()));
+    }
+    if let Some(v) = header_str(req.headers, "git-protocol").filter(|v| valid_git_protocol(v)) {
+        env.push(("GIT_PROTOCOL", v.into()));
+    }
+    if let Some(v) = header_str(req.headers, &header::CONTENT_ENCODING).and_then(content_encoding) {
+        env.push(("HTTP_CONTENT_ENCODING", v.into()));
+    }
+    env
+}
+
+/// A push: the one request whose backend changes the repository (`git-receive-pack`).
+pub(super) fn is_push(req: &CgiRequest<'_>) -> bool {
+    req.method == Method::POST && req.path_info.ends_with("/git-receive-pack")
+}
+
+/// The single value of a header as text, or `None` if it is absent, repeated or not visible
+/// ASCII.
+pub(super) fn header_str<K: header::AsHeaderName>(headers: &HeaderMap, name: K) -> Option<&str> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok().map(str::trim)
+}
+
+/// The request's length when it has a trustworthy one. A chunked body has none: the backend
+/// then reads stdin to EOF, which is where the stdin task's end of body lands.
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let v = header_str(headers, &header::CONTENT_LENGTH)?;
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// `Git-Protocol` as git itself accepts it: `key[=value]` items joined by `:`, from a small
+/// alphabet. Anything else is dropped (git then speaks protocol v0), because the value goes into
+/// the environment of a process that parses it.
+pub(super) fn valid_git_protocol(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 1024
+        && v.split(':').all(|item| {
+            !item.is_empty()
+                && item
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'.' | b'_' | b'-'))
+        })
+}
+
+/// The content codings git http-backend understands, normalised to the spelling it compares
+/// against (codings are case-insensitive in HTTP, not in git).
+pub(super) fn content_encoding(v: &str) -> Option<&'static str> {
+    ["gzip", "x-gzip", "identity"]
+        .into_iter()
+        .find(|known| v.eq_ignore_ascii_case(known))
+}
+
+/// gitgate's `PATH` with empty and relative entries removed (they would resolve against the
+/// backend's working directory), or a minimal default. Hooks run by receive-pack need a `PATH`.
+pub(super) fn sanitize_path(inherited: Option<&OsStr>) -> OsString {
+    let Some(inherited) = inherited else {
+        return FALLBACK_PATH.into();
+    };
+    let kept: Vec<&[u8]> = inherited
+        .as_bytes()
+        .split(|&b| b == b':')
+        .filter(|dir| dir.first() == Some(&b'/'))
+        .collect();
+    if kept.is_empty() {
+        FALLBACK_PATH.into()
+    } else {
+        OsString::from_vec(kept.join(&b':'))
+    }
+}
+
+/// The service account's home, where an operator keeps the git config for the backend (e.g.
+/// `safe.directory`), or a directory that does not exist.
+pub(super) fn home_dir(inherited: Option<&OsStr>) -> OsString {
+    match inherited {
+        Some(home) if home.as_bytes().first() == Some(&b'/') => home.to_owned(),
+        _ => "/nonexistent".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn git_protocol_validation() {
+        assert!(valid_git_protocol("version=2"));
+        assert!(valid_git_protocol("version=2:object-format=sha256:x.y_z-1"));
+        assert!(!valid_git_protocol(""));
+        assert!(!valid_git_protocol("version=2:"));
+        assert!(!valid_git_protocol("version=2::x"));
+        assert!(!valid_git_protocol("version=2 x"));
+        assert!(!valid_git_protocol("version=2;rm -rf"));
+        assert!(!valid_git_protocol("v=\u{e9}"));
+        assert!(!valid_git_protocol(&"a".repeat(2000)));
+    }
+
+    #[test]
+    fn content_encoding_is_normalised_or_dropped() {
+        assert_eq!(content_encoding("gzip"), Some("gzip"));
+        assert_eq!(content_encoding("GZip"), Some("gzip"));
+        assert_eq!(content_encoding("x-gzip"), Some("x-gzip"));
+        assert_eq!(content_encoding("identity"), Some("identity"));
+        assert_eq!(content_encoding("br"), None);
+        assert_eq!(content_encoding("gzip, br"), None);
+    }
+
+    #[test]
+    fn content_length_only_when_trustworthy() {
+        let mut h = HeaderMap::new();
+        assert_eq!(content_length(&h), None);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("42"));
+        assert_eq!(content_length(&h), Some(42));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert_eq!(content_length(&h), None);
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("+4"));
+        assert_eq!(content_length(&h), None);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(content_length(&h), None);
+    }
+
+    #[test]
+    fn path_is_sanitized() {
+        assert_eq!(sanitize_path(None), FALLBACK_PATH);
+        assert_eq!(sanitize_path(Some(OsStr::new(""))), FALLBACK_PATH);
+        assert_eq!(sanitize_path(Some(OsStr::new(".:bin::"))), FALLBACK_PATH);
+        assert_eq!(
+            sanitize_path(Some(OsStr::new("/usr/local/bin:.::/usr/bin:relative"))),
+            "/usr/local/bin:/usr/bin"
+        );
+        assert_eq!(home_dir(Some(OsStr::new("/home/git"))), "/home/git");
+        assert_eq!(home_dir(Some(OsStr::new("~"))), "/nonexistent");
+        assert_eq!(home_dir(None), "/nonexistent");
+    }
+
+    #[test]
+    fn env_maps_only_named_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("proxy", HeaderValue::from_static("http://evil"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer secret"),
+        );
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=b"));
+        headers.insert("git-protocol", HeaderValue::from_static("version=2"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-git-upload-pack-request"),
+        );
+        let req = CgiRequest {
+            method: &Method::POST,
+            path_info: "/team/app.git/git-upload-pack",
+            query: None,
+            headers: &headers,
+            remote_user: "alice",
+            remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let env = cgi_env(&req, Path::new("/srv/git"));
+        let get = |k: &str| {
+            env.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("GIT_PROTOCOL").unwrap(), "version=2");
+        assert_eq!(get("QUERY_STRING").unwrap(), "");
+        assert_eq!(get("REMOTE_ADDR").unwrap(), "127.0.0.1");
+        assert_eq!(get("GIT_PROJECT_ROOT").unwrap(), "/srv/git");
+        assert!(get("CONTENT_LENGTH").is_none());
+        assert!(env.iter().all(|(k, _)| !k.starts_with("HTTP_")));
+        let secret = env
+            .iter()
+            .any(|(_, v)| v.as_bytes().windows(6).any(|w| w == b"secret"));
+        assert!(!secret, "the token must not reach the backend");
+    }
+
+    #[test]
+    fn a_push_is_not_told_its_length_a_fetch_is() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("42"));
+        let req = |path_info| CgiRequest {
+            method: &Method::POST,
+            path_info,
+            query: None,
+            headers: &headers,
+            remote_user: "alice",
+            remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let length = |path_info| {
+            cgi_env(&req(path_info), Path::new("/srv/git"))
+                .into_iter()
+                .find(|(k, _)| *k == "CONTENT_LENGTH")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(length("/team/app.git/git-upload-pack").unwrap(), "42");
+        assert_eq!(length("/team/app.git/git-receive-pack"), None);
+        assert!(is_push(&req("/team/app.git/git-receive-pack")));
+        assert!(!is_push(&req("/team/app.git/git-upload-pack")));
+    }
+}

@@ -1,0 +1,461 @@
+//! The embedded backend: `git http-backend` run as a CGI/1.1 program, one process per request.
+//!
+//! By the time a request gets here the gate has classified it, authenticated the token and
+//! authorised the access; this module only moves bytes between hyper and the child process. It
+//! is written around three concerns:
+//!
+//! - **Streaming, both ways.** A push or a clone can be gigabytes. The request body is copied to
+//!   the child's stdin frame by frame by a task of its own, and the child's stdout becomes a
+//!   [`CgiBody`] that reads one chunk at a time as hyper asks for it. Nothing is collected, so
+//!   memory stays flat whatever the size of the pack, and backpressure works end to end (a slow
+//!   client stalls the backend's pipe, not our heap). Only the CGI header block is buffered, and
+//!   it is capped at [`MAX_HEADER_BLOCK`].
+//! - **Environment hygiene.** The child starts from an *empty* environment (`env_clear`) and gets
+//!   exactly the CGI and git variables it needs. gitgate's own environment (store paths,
+//!   secrets, `GIT_*` overrides an operator exported for something else) never leaks in.
+//! - **httpoxy.** CGI's habit of turning every request header `Foo` into `HTTP_FOO` lets a client
+//!   send `Proxy: http://evil` and get `HTTP_PROXY` into a process whose libraries read that as
+//!   their outbound proxy (CVE-2016-5385 and friends). We map *no* client header to `HTTP_*`
+//!   wholesale: `Content-Type`, `Content-Length`, `Git-Protocol` and `Content-Encoding` are
+//!   passed on by name, each validated; everything else — `Authorization` in particular, which
+//!   carries the client's token — stays in gitgate.
+//!
+//! A failed request must look like a failure to git, never like a short success. So: if the
+//! client's body breaks off, the child is told by the end of its stdin — a push then fails on
+//! its own (a pack is applied only whole, checked against its trailing checksum), cleaning up
+//! its quarantined objects, which a killed receive-pack leaves on disk — and any other child is
+//! killed; if the child exits non-zero after its headers went out, the response body ends
+//! with an error rather than a clean end of stream; and if it dies before sending headers the
+//! caller gets [`CgiError::Exited`] with the exit status and the last line the child wrote to
+//! stderr. Every child is waited for by a supervisor task, whichever way the request ends
+//! (including the client going away and hyper dropping the body), so there are no zombies.
+//! A push is not killed when its client goes away, either: once receive-pack has the whole pack
+//! it updates the refs and runs the `post-receive` hook, and killing it then would skip the hook
+//! for a push that did happen (see [`CgiBody`]). Every other request that ends early ends
+//! everything its child started: `git http-backend` runs
+//! `git upload-pack`, which runs `git pack-objects`, and killing only the first would leave the
+//! others packing for a client that is gone — a CPU sink per abandoned clone. So each child leads
+//! its own process group, and the group is what gets the signals (see `end_group`). The same
+//! goes for a child that dies of a signal on its own (the OOM killer): what it started is
+//! killed with it. The supervisor sees a child's end without reaping it (a pidfd, `waitid`
+//! with `WNOWAIT`), so that the group's id cannot have been reused when it is signalled.
+//!
+//! The parts, one file each: `env` builds the child's environment (pure); `process` owns the
+//! child from spawn to reaping and ends its group; `stdio` feeds the request body to stdin and
+//! logs stderr; `head` finds and parses the CGI header block; `body` streams stdout as the
+//! response body and lets a push whose client left finish. This file starts a request and
+//! wires them together.
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::progress::Progress;
+use bytes::{Bytes, BytesMut};
+use hyper::body::Body;
+use hyper::header::{self, HeaderMap};
+use hyper::{Method, Response};
+use tokio::process::Command;
+use tokio::sync::oneshot;
+
+mod body;
+mod env;
+mod head;
+mod process;
+mod stdio;
+
+pub use body::CgiBody;
+pub use head::{parse_head, Head, MAX_HEADER_BLOCK};
+pub use process::may_execute;
+
+use body::Finishing;
+use env::{cgi_env, content_length, home_dir, is_push, sanitize_path};
+use head::read_head;
+use process::{supervise, Counted, KillGuard, KillSwitch, Running, TERM_GRACE};
+use stdio::{feed_stdin, log_stderr, Break};
+
+/// After the backend closed stdout without a header block, how long it may take to exit before
+/// we kill it. It has nothing more to say to us either way.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs a CGI program (normally `git http-backend`) for each request it is given.
+#[derive(Debug, Clone)]
+pub struct CgiBackend {
+    program: PathBuf,
+    project_root: PathBuf,
+    /// The longest a backend may go without sending its headers while nothing of the request
+    /// body moves either (see [`CgiBackend::with_head_timeout`]).
+    head_timeout: Duration,
+    /// This backend's (that is, this worker's) processes not yet reaped.
+    running: Arc<Running>,
+}
+
+/// What the backend is told about one request. Everything here has already been checked by the
+/// gate: `path_info` and `query` are canonical, `remote_user` is the authenticated identity.
+#[derive(Debug, Clone, Copy)]
+pub struct CgiRequest<'a> {
+    pub method: &'a Method,
+    /// Canonical repository path plus git suffix, e.g. `/team/app.git/info/refs`.
+    pub path_info: &'a str,
+    /// Canonical query string without `?`, e.g. `service=git-upload-pack`.
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub remote_user: &'a str,
+    pub remote_addr: IpAddr,
+}
+
+/// Why the backend could not produce a response. Once headers have been sent, failures show up
+/// as an error at the end of [`CgiBody`] instead.
+#[derive(Debug)]
+pub enum CgiError {
+    /// The program could not be started (missing, not executable, out of processes).
+    Spawn(io::Error),
+    /// The program's output did not start with a usable CGI header block.
+    BadHeaders(String),
+    /// The program exited (or closed stdout) before a complete header block; carries the exit
+    /// status and the last line it wrote to stderr.
+    Exited(String),
+    /// The program sent no header block within the head timeout, with the request body still.
+    TimedOut(Duration),
+}
+
+impl fmt::Display for CgiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CgiError::Spawn(e) => write!(f, "could not start the CGI backend: {e}"),
+            CgiError::BadHeaders(why) => {
+                write!(f, "the CGI backend sent an unusable header block: {why}")
+            }
+            CgiError::Exited(why) => {
+                write!(f, "the CGI backend ended before sending a response: {why}")
+            }
+            CgiError::TimedOut(after) => write!(
+                f,
+                "the CGI backend sent no response for {}s; it was ended",
+                after.as_secs()
+            ),
+        }
+    }
+}
+
+impl CgiError {
+    /// What went wrong, without what the backend said (exit status, stderr), which can name
+    /// server paths: for the client; [`Display`](fmt::Display) has it all, for the log.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            CgiError::Spawn(_) => "could not start the CGI backend",
+            CgiError::BadHeaders(_) => "the CGI backend sent an unusable header block",
+            CgiError::Exited(_) => "the CGI backend ended before sending a response",
+            CgiError::TimedOut(_) => "the CGI backend sent no response in time",
+        }
+    }
+}
+
+impl CgiError {
+    /// The backend could not be started for want of processes or file descriptors: the server
+    /// is overloaded for now, not broken.
+    pub fn is_overload(&self) -> bool {
+        const EAGAIN: i32 = 11;
+        const ENFILE: i32 = 23;
+        const EMFILE: i32 = 24;
+        matches!(self, CgiError::Spawn(e) if matches!(e.raw_os_error(), Some(EAGAIN | ENFILE | EMFILE)))
+    }
+}
+
+impl std::error::Error for CgiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CgiError::Spawn(e) => Some(e),
+            CgiError::BadHeaders(_) | CgiError::Exited(_) | CgiError::TimedOut(_) => None,
+        }
+    }
+}
+
+/// Which directory under the project root answers to a repository `team/app`.
+///
+/// gitgate treats `team/app` and `team/app.git` as one repository (grants, scopes and tokens
+/// name `team/app`), but on disk they can be two directories, and `git http-backend` finds a
+/// repository by trying `P/.git`, `P`, `P.git/.git` and `P.git` for the path `P` it is given —
+/// so the client's spelling could pick either, or `team/app.git.git`, a name gitgate refuses.
+/// The backend is therefore given the one spelling that exists on disk, and none at all when
+/// both do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoDir {
+    /// `team/app.git` (the usual bare repository).
+    WithGit,
+    /// `team/app` (a bare repository without the suffix, or a working tree with `.git`).
+    Plain,
+    /// Neither: the backend is asked for `team/app`, which it can only resolve inside the
+    /// two names above, and answers that there is no such repository.
+    Missing,
+    /// Both: refused, since gitgate cannot tell which one a grant means.
+    Both,
+}
+
+impl RepoDir {
+    /// Pure: from whether `<root>/<repo>.git` and `<root>/<repo>` are directories.
+    pub fn of(with_git: bool, plain: bool) -> RepoDir {
+        match (with_git, plain) {
+            (true, true) => RepoDir::Both,
+            (true, false) => RepoDir::WithGit,
+            (false, true) => RepoDir::Plain,
+            (false, false) => RepoDir::Missing,
+        }
+    }
+}
+
+/// Whether `dir` is a repository as git would take it: a working tree (with `.git`), or a bare
+/// repository (`HEAD`, `objects/` and `refs/`, which git's own `is_git_directory` asks for).
+fn looks_like_repository(dir: &Path) -> bool {
+    dir.join(".git").exists()
+        || (dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir())
+}
+
+impl CgiBackend {
+    /// The request's `PATH_INFO`: its repository spelled as the directory that answers to it
+    /// (see [`RepoDir`]); `None` when two do.
+    pub fn path_info(&self, git_req: &crate::git::GitRequest) -> Option<String> {
+        match self.repo_dir(git_req.repo.as_str()) {
+            RepoDir::WithGit => Some(git_req.backend_path_spelled(true)),
+            RepoDir::Plain | RepoDir::Missing => Some(git_req.backend_path_spelled(false)),
+            RepoDir::Both => None,
+        }
+    }
+
+    /// Which directory answers to `repo` (a few `stat`s; see [`RepoDir`]). Only a directory
+    /// that looks like a repository counts: `team/app/` may also be a folder of repositories
+    /// (`team/app/lib.git`, subgroups) beside the repository `team/app.git`.
+    pub fn repo_dir(&self, repo: &str) -> RepoDir {
+        let plain = self.project_root.join(repo);
+        let mut with_git = plain.clone().into_os_string();
+        with_git.push(".git");
+        RepoDir::of(
+            looks_like_repository(Path::new(&with_git)),
+            looks_like_repository(&plain),
+        )
+    }
+
+    /// `program` is the CGI executable (e.g. `/usr/lib/git-core/git-http-backend`);
+    /// `project_root` the directory the repositories live under (`GIT_PROJECT_ROOT`).
+    pub fn new(program: PathBuf, project_root: PathBuf) -> Self {
+        CgiBackend {
+            program,
+            project_root,
+            head_timeout: Duration::from_secs(300),
+            running: Arc::new(Running::default()),
+        }
+    }
+
+    /// A backend that sends no headers for `timeout` while the request body does not move
+    /// either is stuck: it is ended and the client gets a 504 (default 300 s; the server uses
+    /// `[server] idle_timeout`). Without it a request whose backend hangs before answering
+    /// would hold its connection, its in-flight place and the process for as long as the
+    /// client kept the connection alive — with HTTP/2 PINGs, for good.
+    pub fn with_head_timeout(mut self, timeout: Duration) -> Self {
+        self.head_timeout = timeout;
+        self
+    }
+
+    /// Readiness: the program is still there and the project root can be read.
+    pub async fn ready(&self) -> Result<(), String> {
+        let meta = tokio::fs::metadata(&self.program)
+            .await
+            .map_err(|e| format!("CGI program {}: {e}", self.program.display()))?;
+        if !meta.is_file() {
+            return Err(format!(
+                "CGI program {} is not a file",
+                self.program.display()
+            ));
+        }
+        may_execute(&self.program)
+            .map_err(|e| format!("CGI program {}: {e}", self.program.display()))?;
+        tokio::fs::read_dir(&self.project_root)
+            .await
+            .map(drop)
+            .map_err(|e| format!("project root {}: {e}", self.project_root.display()))
+    }
+
+    /// Runs the backend for one authorised request.
+    ///
+    /// Returns once the backend has sent its header block; the body then streams from the
+    /// running process. The request body is fed to the backend concurrently, so a backend that
+    /// answers before reading all of its input (an error, say) is fine.
+    pub async fn serve<B>(
+        &self,
+        req: CgiRequest<'_>,
+        body: B,
+    ) -> Result<Response<CgiBody>, CgiError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: fmt::Display + Send,
+    {
+        let push = is_push(&req);
+        let mut child = self.command(&req).spawn().map_err(CgiError::Spawn)?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+
+        // From here on the supervisor owns the child and reaps it however the request ends; the
+        // guard kills it if this future is dropped before the response is handed over.
+        let kill = KillSwitch::new();
+        let guard = KillGuard::new(kill.clone(), "request abandoned before the response");
+        let stderr_task = tokio::spawn(log_stderr(stderr, req.path_info.to_owned()));
+        let (exit_tx, mut exit_rx) = oneshot::channel();
+        let counted = Counted::new(self.running.clone());
+        tokio::spawn(supervise(
+            child,
+            kill.clone(),
+            stderr_task,
+            exit_tx,
+            counted,
+        ));
+        let uploading = Progress::new();
+        // What the backend is told the body's length is (`CONTENT_LENGTH`): the stdin task holds
+        // the body to it.
+        let promised = content_length(req.headers);
+        tokio::spawn(feed_stdin(
+            body,
+            stdin,
+            promised,
+            if push { Break::CloseStdin } else { Break::Kill },
+            kill.clone(),
+            uploading.clone(),
+        ));
+
+        // The headers, within the head timeout counted from the body's last frame.
+        let head = {
+            let reading = read_head(&mut stdout);
+            tokio::pin!(reading);
+            loop {
+                let wait = self.head_timeout.saturating_sub(uploading.idle());
+                tokio::select! {
+                    head = &mut reading => break head,
+                    _ = tokio::time::sleep(wait) => {
+                        if uploading.idle() >= self.head_timeout {
+                            kill.kill("sent no header block in time");
+                            return Err(CgiError::TimedOut(self.head_timeout));
+                        }
+                    }
+                }
+            }
+        };
+        let (head, rest) = match head {
+            Ok(Some(split)) => split,
+            Ok(None) => {
+                // stdout is closed: the backend is done talking, but may not have exited yet.
+                drop(stdout);
+                let info = match tokio::time::timeout(EXIT_GRACE, &mut exit_rx).await {
+                    Ok(info) => info,
+                    Err(_) => {
+                        kill.kill("closed stdout without a header block but did not exit");
+                        exit_rx.await
+                    }
+                };
+                let why = match info {
+                    Ok(info) => info.to_string(),
+                    Err(_) => "the process supervisor went away".to_owned(),
+                };
+                return Err(CgiError::Exited(why));
+            }
+            Err(e) => return Err(e), // the guard kills the child; the supervisor reaps it
+        };
+
+        let head = parse_head(&head)?;
+        let declared = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let mut body = CgiBody {
+            prefix: rest,
+            stdout: Some(stdout),
+            buf: BytesMut::new(),
+            exit: Some(exit_rx),
+            guard,
+            left: declared,
+            finishing: push.then(|| Finishing {
+                idle: self.head_timeout,
+                running: self.running.clone(),
+                label: format!("{} (user {})", req.path_info, req.remote_user),
+            }),
+        };
+        if declared == Some(0) {
+            body.declared_length_sent();
+        }
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        Ok(response)
+    }
+
+    /// The child's command line and its complete environment.
+    fn command(&self, req: &CgiRequest<'_>) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.env_clear()
+            .envs(cgi_env(req, &self.project_root))
+            .env("PATH", sanitize_path(std::env::var_os("PATH").as_deref()))
+            .env("HOME", home_dir(std::env::var_os("HOME").as_deref()))
+            // gitgate's working directory is none of the backend's business.
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that ending it ends what it started (module docs).
+            .process_group(0)
+            .kill_on_drop(true);
+        cmd
+    }
+}
+
+impl CgiBackend {
+    /// At shutdown, within the grace period: waits until no push of this worker is finishing
+    /// without its client.
+    pub async fn pushes_finished(&self) {
+        let running = &self.running;
+        loop {
+            let done = running.none_finishing.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if running.finishing.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    /// At shutdown, once the grace period is over: pushes finishing without their client are
+    /// ended (SIGTERM, then SIGKILL for their group), and one whose client leaves from now on
+    /// is ended at once.
+    pub fn stop_finishing(&self) {
+        self.running.stopping.send_replace(true);
+    }
+
+    /// Waits until every process this backend started has been reaped — those of requests cut
+    /// off at shutdown get SIGTERM, then SIGKILL for their whole group after `TERM_GRACE`
+    /// (2 s) — or until a little longer than that has passed. A worker calls this before its runtime ends:
+    /// the runtime's end would drop the supervisors, and with them the SIGKILL for the group
+    /// (tokio would kill only the group's leader). Returns how many are still running.
+    pub async fn wait_until_reaped(&self) -> usize {
+        let running = &self.running;
+        let deadline = tokio::time::Instant::now() + TERM_GRACE + Duration::from_secs(1);
+        loop {
+            let reaped = running.all_reaped.notified();
+            tokio::pin!(reaped);
+            reaped.as_mut().enable();
+            let count = running.count.load(Ordering::Acquire);
+            if count == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, reaped).await.is_err() {
+                return running.count.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

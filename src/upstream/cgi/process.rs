@@ -1,0 +1,349 @@
+//! The backend's process and its group, from spawn to reaping: the kill switch a request pulls,
+//! the supervisor that owns the child, the count of processes not yet reaped, and how a
+//! group is ended (SIGTERM, then SIGKILL) without signalling a reused id.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::process::{kill_process_group, Pid, Signal};
+use tokio::process::Child;
+use tokio::sync::{oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+
+/// After the backend exited, how long we wait for its stderr to drain (a grandchild that kept
+/// the pipe open must not hold the response hostage).
+pub(super) const STDERR_GRACE: Duration = Duration::from_secs(1);
+
+/// The same for a backend that exited successfully, whose last stderr line explains nothing.
+pub(super) const SUCCESS_STDERR_GRACE: Duration = Duration::from_millis(50);
+
+/// How long an ended backend's process group gets after SIGTERM before SIGKILL.
+pub(super) const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// Tells the supervisor to kill the child, with a reason for the error message. Cheap to clone;
+/// the first reason wins.
+#[derive(Clone)]
+pub(super) struct KillSwitch(Arc<watch::Sender<Option<String>>>);
+
+impl KillSwitch {
+    pub(super) fn new() -> Self {
+        KillSwitch(Arc::new(watch::channel(None).0))
+    }
+
+    pub(super) fn kill(&self, reason: &str) {
+        self.0.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(reason.to_owned());
+            true
+        });
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<Option<String>> {
+        self.0.subscribe()
+    }
+}
+
+/// Resolves once someone pulled the switch; never, if every switch was dropped unpulled.
+pub(super) async fn killed(rx: &mut watch::Receiver<Option<String>>) -> String {
+    let reason = rx
+        .wait_for(Option::is_some)
+        .await
+        .map(|reason| reason.clone().unwrap_or_default());
+    match reason {
+        Ok(reason) => reason,
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Pulls the switch when dropped, unless disarmed first.
+pub(super) struct KillGuard {
+    pub(super) switch: Option<KillSwitch>,
+    pub(super) reason: &'static str,
+}
+
+impl KillGuard {
+    pub(super) fn new(switch: KillSwitch, reason: &'static str) -> Self {
+        KillGuard {
+            switch: Some(switch),
+            reason,
+        }
+    }
+
+    pub(super) fn disarmed() -> Self {
+        KillGuard {
+            switch: None,
+            reason: "",
+        }
+    }
+
+    pub(super) fn disarm(&mut self) {
+        self.switch = None;
+    }
+}
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if let Some(switch) = self.switch.take() {
+            switch.kill(self.reason);
+        }
+    }
+}
+
+/// How the child ended, for error messages.
+#[derive(Debug)]
+pub(super) struct ExitInfo {
+    pub(super) status: io::Result<ExitStatus>,
+    pub(super) last_stderr: Option<String>,
+    pub(super) killed: Option<String>,
+}
+
+impl ExitInfo {
+    pub(super) fn success(&self) -> bool {
+        matches!(&self.status, Ok(s) if s.success())
+    }
+}
+
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.status {
+            Ok(status) => write!(f, "{status}")?,
+            Err(e) => write!(f, "could not wait for it: {e}")?,
+        }
+        if let Some(reason) = &self.killed {
+            write!(f, " (killed by gitgate: {reason})")?;
+        }
+        match &self.last_stderr {
+            Some(line) => write!(f, "; last stderr line: {line:?}"),
+            None => write!(f, "; nothing on stderr"),
+        }
+    }
+}
+
+/// The processes of one backend (one worker) started and not yet reaped.
+#[derive(Debug)]
+pub(super) struct Running {
+    pub(super) count: AtomicUsize,
+    /// Woken when `count` drops to zero.
+    pub(super) all_reaped: Notify,
+    /// Pushes finishing without their client ([`Finishing`](super::body::Finishing)).
+    pub(super) finishing: AtomicUsize,
+    /// Woken when `finishing` drops to zero.
+    pub(super) none_finishing: Notify,
+    /// Set when gitgate stops: pushes finishing alone are ended, and no more start.
+    pub(super) stopping: watch::Sender<bool>,
+}
+
+impl Default for Running {
+    fn default() -> Self {
+        Running {
+            count: AtomicUsize::new(0),
+            all_reaped: Notify::new(),
+            finishing: AtomicUsize::new(0),
+            none_finishing: Notify::new(),
+            stopping: watch::channel(false).0,
+        }
+    }
+}
+
+/// One process counted in its backend's [`Running`] until its supervisor has reaped it (or is
+/// dropped).
+pub(super) struct Counted(Arc<Running>);
+
+impl Counted {
+    pub(super) fn new(running: Arc<Running>) -> Counted {
+        running.count.fetch_add(1, Ordering::AcqRel);
+        Counted(running)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_reaped.notify_waiters();
+        }
+    }
+}
+
+/// Whether this process may run `program`: the kernel's own check for gitgate's effective user
+/// (`faccessat` with `AT_EACCESS`), not the mode bits — a program mode 0700 owned by another
+/// user has execute bits, and every request would end in a 502 "permission denied".
+pub fn may_execute(program: &Path) -> io::Result<()> {
+    use rustix::fs::{accessat, Access, AtFlags, CWD};
+    accessat(CWD, program, Access::EXEC_OK, AtFlags::EACCESS).map_err(io::Error::from)
+}
+
+/// Owns the child until it has been reaped: waits for it to exit, or kills it when asked and then
+/// waits. Reports how it ended, with the last stderr line, to whoever still wants to know.
+pub(super) async fn supervise(
+    mut child: Child,
+    switch: KillSwitch,
+    mut stderr: JoinHandle<Option<String>>,
+    report: oneshot::Sender<ExitInfo>,
+    counted: Counted,
+) {
+    let mut kill = switch.subscribe();
+    let mut killed_for = None;
+    // The leader's end, seen without reaping it where the kernel allows (see `ExitWatch`).
+    let mut watch = group_of(&child).and_then(|g| ExitWatch::new(g).ok().map(|w| (g, w)));
+    let status = loop {
+        if let Some((group, exits)) = &watch {
+            tokio::select! {
+                died = exits.died() => match died {
+                    Ok(signaled) => {
+                        if signaled {
+                            // Killed by a signal (the OOM killer, an operator): what it started
+                            // is left working for nobody. Ended while the dead leader's id still
+                            // holds the group.
+                            let _ = kill_process_group(*group, Signal::KILL);
+                        }
+                        break child.wait().await;
+                    }
+                    Err(_) => watch = None, // wait as below
+                },
+                reason = killed(&mut kill) => {
+                    tracing::debug!(target: "gitgate::cgi", %reason, "killing CGI backend");
+                    killed_for = Some(reason);
+                    break end_group(&mut child).await;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            status = child.wait() => break status,
+            reason = killed(&mut kill) => {
+                tracing::debug!(target: "gitgate::cgi", %reason, "killing CGI backend");
+                killed_for = Some(reason);
+                break end_group(&mut child).await;
+            }
+        }
+    };
+    // Reaped. Pulling the switch now only stops the stdin task, which must not hang on to the
+    // client's body for a backend that is gone.
+    drop(counted);
+    switch.kill("the backend exited");
+    // The last stderr line explains a failure, worth a second's wait. A success waits only
+    // a moment: a hook's background job that keeps the pipe open would otherwise hold every
+    // answer back by the full grace. Its lines are still logged as they come.
+    let failed = killed_for.is_some() || !matches!(&status, Ok(s) if s.success());
+    let grace = if failed {
+        STDERR_GRACE
+    } else {
+        SUCCESS_STDERR_GRACE
+    };
+    let last_stderr = match tokio::time::timeout(grace, &mut stderr).await {
+        Ok(last) => last.ok().flatten(),
+        Err(_) if !failed => {
+            // Left to log the rest for the full grace, off the answer's path; then ended like a
+            // failure's, so that a job holding the pipe for good holds no task and no descriptor
+            // of gitgate's.
+            tokio::spawn(async move {
+                if tokio::time::timeout(STDERR_GRACE, &mut stderr)
+                    .await
+                    .is_err()
+                {
+                    stderr.abort();
+                }
+            });
+            None
+        }
+        Err(_) => {
+            stderr.abort();
+            None
+        }
+    };
+    let _ = report.send(ExitInfo {
+        status,
+        last_stderr,
+        killed: killed_for,
+    });
+}
+
+/// The child's process group (its own id: it leads a group of its own), while not reaped.
+pub(super) fn group_of(child: &Child) -> Option<Pid> {
+    child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(Pid::from_raw)
+}
+
+/// Sees a group leader's end without reaping it: a dead but unreaped leader keeps its id, and
+/// so its group's, from being reused, and the rest of the group can still be signalled safely.
+pub(super) struct ExitWatch(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>);
+
+impl ExitWatch {
+    /// `Err` when the kernel has no pidfd (before Linux 5.4): callers then wait as before.
+    pub(super) fn new(leader: Pid) -> io::Result<ExitWatch> {
+        use rustix::process::{pidfd_open, PidfdFlags};
+        let pidfd = pidfd_open(leader, PidfdFlags::NONBLOCK)?;
+        // Deprecated because a type could return another descriptor later; an `OwnedFd` cannot.
+        #[allow(deprecated)]
+        let pidfd = tokio::io::unix::AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)?;
+        Ok(ExitWatch(pidfd))
+    }
+
+    /// Waits until the leader has exited, leaving it unreaped; `true` when it died of a signal.
+    async fn died(&self) -> io::Result<bool> {
+        use rustix::process::{waitid, WaitId, WaitIdOptions};
+        use std::os::fd::AsFd;
+        loop {
+            let mut ready = self.0.readable().await?;
+            let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+            match waitid(WaitId::PidFd(self.0.get_ref().as_fd()), options)? {
+                Some(status) => return Ok(status.terminating_signal().is_some()),
+                None => ready.clear_ready(),
+            }
+        }
+    }
+}
+
+/// Ends the child and every process in its group: SIGTERM first, so that git removes its
+/// temporary files (a push's quarantined objects, a half-written pack), then, after
+/// [`TERM_GRACE`], SIGKILL for whatever of the group is left — the child itself, or a
+/// descendant that ignores SIGTERM after the child is gone. Signals go to the group only while
+/// the child is not reaped yet — its id is still taken then, so the group cannot be someone
+/// else's. Errors from `kill` mean the group is already gone, which is what we wanted.
+pub(super) async fn end_group(child: &mut Child) -> io::Result<ExitStatus> {
+    let Some(group) = group_of(child) else {
+        return child.wait().await; // already reaped
+    };
+    let _ = kill_process_group(group, Signal::TERM);
+    let deadline = tokio::time::Instant::now() + TERM_GRACE;
+    let died = async {
+        match ExitWatch::new(group) {
+            Ok(exits) => exits.died().await,
+            Err(e) => Err(e),
+        }
+    };
+    match tokio::time::timeout_at(deadline, died).await {
+        Ok(Ok(_)) => {
+            // The leader is gone but unreaped. The rest of the group (git's helpers, cleaning
+            // up after SIGTERM) gets what is left of the grace period, then SIGKILL. Whether
+            // any is left cannot be told cheaply — the dead leader is still a member — so the
+            // grace is waited out.
+            tokio::time::sleep_until(deadline).await;
+            let _ = kill_process_group(group, Signal::KILL);
+            child.wait().await
+        }
+        // No pidfd: wait for the leader as before.
+        Ok(Err(_)) => match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                let _ = kill_process_group(group, Signal::KILL);
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        },
+        Err(_) => {
+            let _ = kill_process_group(group, Signal::KILL);
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    }
+}

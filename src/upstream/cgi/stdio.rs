@@ -1,0 +1,182 @@
+//! The backend's stdin and stderr: the request body copied to stdin frame by frame (and what a
+//! broken body does to the backend), and stderr logged line by line, bounded.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::ChildStdin;
+
+use super::process::{killed, KillSwitch};
+use crate::upstream::progress::Progress;
+
+/// Longest stderr line we log as one event; longer lines are logged in pieces.
+pub(super) const MAX_STDERR_LINE: u64 = 4 * 1024;
+
+/// The most stderr lines of one backend we log. A backend (or a hook it runs) that writes
+/// without end must not flood gitgate's log or its disk; the rest is read and counted, so the
+/// backend never blocks on a full pipe, and the count is logged when stderr closes.
+pub(super) const MAX_STDERR_LINES: u32 = 100;
+
+/// What the stdin task does when the client's body breaks off (an error, or a clean end short of
+/// its `Content-Length`, which hyper gives when an HTTP/2 client resets the stream with
+/// `NO_ERROR`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Break {
+    /// Close stdin and let the backend fail by itself: a push. receive-pack, given an
+    /// incomplete pack, fails its checksum and removes its quarantined objects; killed, it would
+    /// leave them on disk (tens of MB per interrupted push).
+    CloseStdin,
+    /// Kill the backend: anything else, which has nothing to clean up.
+    Kill,
+}
+
+/// Copies the request body to the child's stdin frame by frame, then closes stdin; a broken
+/// body is handled as `on_break` says.
+pub(super) async fn feed_stdin<B>(
+    mut body: B,
+    mut stdin: ChildStdin,
+    promised: Option<u64>,
+    on_break: Break,
+    kill: KillSwitch,
+    moved: Progress,
+) where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: fmt::Display,
+{
+    let mut stop = kill.subscribe();
+    let mut fed = 0u64;
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = killed(&mut stop) => return,
+        };
+        match frame {
+            None => break,
+            Some(Ok(frame)) => {
+                moved.touch();
+                // Trailers have no CGI meaning; only data goes to the backend.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                fed += data.len() as u64;
+                if let Err(e) = stdin.write_all(&data).await {
+                    // The backend stopped reading (it answered early, or died); its exit status
+                    // tells the rest of the story.
+                    tracing::debug!(target: "gitgate::cgi", error = %e, "CGI backend stopped reading the request body");
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                if on_break == Break::CloseStdin {
+                    tracing::warn!(target: "gitgate::cgi", error = %e, "push body failed; closing the backend's input so that the push fails and cleans up");
+                    return; // closes stdin
+                }
+                tracing::warn!(target: "gitgate::cgi", error = %e, "request body failed; killing the CGI backend");
+                kill.kill(&format!("request body failed: {e}"));
+                return;
+            }
+        }
+    }
+    if let Some(promised) = promised.filter(|&promised| fed < promised) {
+        if on_break == Break::CloseStdin {
+            tracing::info!(target: "gitgate::cgi", fed, promised, "push body ended short of its Content-Length; closing the backend's input so that the push fails and cleans up");
+            return;
+        }
+        // A broken body, like an error: the kill is asked for before stdin closes (on return).
+        tracing::info!(target: "gitgate::cgi", fed, promised, "request body ended short of its Content-Length; killing the CGI backend");
+        kill.kill(&format!(
+            "request body ended after {fed} of its {promised} bytes"
+        ));
+        return;
+    }
+    // Dropping stdin closes the pipe: end of body for a backend reading to EOF.
+    drop(stdin);
+}
+
+/// Logs each stderr line of the child as a warning, up to [`MAX_STDERR_LINES`], then how many
+/// more there were; returns the last non-empty one.
+pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) -> Option<String> {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut last = None;
+    let mut logged = 0u32;
+    let mut unlogged = 0u64;
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_STDERR_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end();
+                if text.is_empty() {
+                    continue;
+                }
+                if logged < MAX_STDERR_LINES {
+                    logged += 1;
+                    tracing::warn!(target: "gitgate::cgi", path = %path, "{text}");
+                } else {
+                    unlogged += 1;
+                }
+                last = Some(text.to_owned());
+            }
+        }
+    }
+    if unlogged > 0 {
+        tracing::warn!(
+            target: "gitgate::cgi",
+            path = %path,
+            logged,
+            unlogged,
+            "CGI backend wrote more stderr lines than are logged; the rest were read and dropped"
+        );
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_flooding_stderr_gets_a_bounded_number_of_log_lines() {
+        let flood: String = (1..=5000).map(|n| format!("line {n}\n")).collect();
+        let mut last = None;
+        let log = crate::store::test_support::logged(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            last = rt.block_on(log_stderr(flood.as_bytes(), "/repo.git/x".into()));
+        });
+        // Every line is read (the last one is still reported), not every line is logged.
+        assert_eq!(last.as_deref(), Some("line 5000"));
+        assert_eq!(
+            log.matches("line ").count(),
+            MAX_STDERR_LINES as usize,
+            "{log}"
+        );
+        assert!(log.contains(&format!("line {MAX_STDERR_LINES}")));
+        assert!(!log.contains(&format!("line {}", MAX_STDERR_LINES + 1)));
+        assert!(log.contains("logged=100 unlogged=4900"), "{log}");
+    }
+
+    #[test]
+    fn a_backend_writing_a_few_stderr_lines_has_each_logged() {
+        let mut last = None;
+        let log = crate::store::test_support::logged(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            last = rt.block_on(log_stderr(&b"fatal: one\n\ntwo"[..], "/r".into()));
+        });
+        assert_eq!(last.as_deref(), Some("two"));
+        assert!(log.contains("fatal: one") && log.contains("two"), "{log}");
+        assert!(!log.contains("unlogged"), "{log}");
+    }
+}

@@ -1,0 +1,959 @@
+use super::body::{BODY_CHUNK, MAX_FINISHING};
+use super::*;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use hyper::header::HeaderValue;
+use hyper::StatusCode;
+
+#[test]
+fn one_directory_answers_to_a_repository() {
+    assert_eq!(RepoDir::of(true, false), RepoDir::WithGit);
+    assert_eq!(RepoDir::of(false, true), RepoDir::Plain);
+    assert_eq!(RepoDir::of(false, false), RepoDir::Missing);
+    assert_eq!(RepoDir::of(true, true), RepoDir::Both);
+    let root = tempfile::tempdir().unwrap();
+    let backend = CgiBackend::new("/bin/false".into(), root.path().to_owned());
+    let bare = |name: &str| {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(dir.join("objects")).unwrap();
+        std::fs::create_dir_all(dir.join("refs")).unwrap();
+        std::fs::write(dir.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    };
+    bare("team/app.git");
+    bare("team/plain");
+    bare("team/both");
+    bare("team/both.git");
+    bare("team/odd.git.git");
+    // A working tree.
+    std::fs::create_dir_all(root.path().join("team/tree/.git")).unwrap();
+    // A folder of repositories beside the repository of the same name, and an empty one.
+    bare("team/nested.git");
+    bare("team/nested/lib.git");
+    std::fs::create_dir_all(root.path().join("team/stray.git")).unwrap();
+    bare("team/stray");
+    // A file is no repository.
+    std::fs::write(root.path().join("team/file"), "").unwrap();
+    assert_eq!(backend.repo_dir("team/app"), RepoDir::WithGit);
+    assert_eq!(backend.repo_dir("team/plain"), RepoDir::Plain);
+    assert_eq!(backend.repo_dir("team/tree"), RepoDir::Plain);
+    assert_eq!(backend.repo_dir("team/both"), RepoDir::Both);
+    assert_eq!(backend.repo_dir("team/odd"), RepoDir::Missing);
+    assert_eq!(backend.repo_dir("team/file"), RepoDir::Missing);
+    assert_eq!(backend.repo_dir("team/nested"), RepoDir::WithGit);
+    assert_eq!(backend.repo_dir("team/nested/lib"), RepoDir::WithGit);
+    assert_eq!(backend.repo_dir("team/stray"), RepoDir::Plain);
+}
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command as StdCommand;
+
+use http_body_util::{Empty, Full};
+
+// ---- real processes --------------------------------------------------------------------
+
+fn http_backend() -> PathBuf {
+    let exec_path = StdCommand::new("git").arg("--exec-path").output().ok();
+    let from_git = exec_path
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("git-http-backend"));
+    match from_git {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from("/usr/lib/git-core/git-http-backend"),
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = StdCommand::new("git")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(["-c", "init.defaultBranch=main"])
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `<tmp>/root/team/app.git`, a bare repository with one commit on `main`.
+fn repo() -> (tempfile::TempDir, CgiBackend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    std::fs::write(work.join("README"), "hello\n").unwrap();
+    git(&work, &["add", "README"]);
+    git(&work, &["commit", "-q", "-m", "first"]);
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("team")).unwrap();
+    git(
+        tmp.path(),
+        &["clone", "-q", "--bare", "work", "root/team/app.git"],
+    );
+    let backend = CgiBackend::new(http_backend(), root);
+    (tmp, backend)
+}
+
+/// A CGI program written as a shell script.
+fn script(dir: &Path, name: &str, body: &str) -> CgiBackend {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    CgiBackend::new(path, dir.to_owned())
+}
+
+fn request<'a>(
+    method: &'a Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+) -> CgiRequest<'a> {
+    CgiRequest {
+        method,
+        path_info: path,
+        query,
+        headers,
+        remote_user: "alice",
+        remote_addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+    }
+}
+
+/// `serve`, retrying while the kernel still sees the freshly written script as open for
+/// writing (ETXTBSY: another test thread forked while we held it open).
+async fn serve<B, F>(
+    backend: &CgiBackend,
+    req: CgiRequest<'_>,
+    mut body: F,
+) -> Result<Response<CgiBody>, CgiError>
+where
+    F: FnMut() -> B,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: fmt::Display + Send,
+{
+    for _ in 0..50 {
+        match backend.serve(req, body()).await {
+            Err(CgiError::Spawn(e)) if e.raw_os_error() == Some(26) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => return other,
+        }
+    }
+    panic!("script stayed busy");
+}
+
+async fn body_bytes(body: CgiBody) -> Bytes {
+    body.collect().await.expect("clean body").to_bytes()
+}
+
+fn empty() -> Empty<Bytes> {
+    Empty::new()
+}
+
+/// A request body whose frames come from a channel, as they arrive.
+struct Trickle(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for Trickle {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn a_body_of_declared_length_ends_with_its_last_byte() {
+    // The backend keeps stdout open after its declared five bytes (and would send more).
+    let dir = tempfile::tempdir().unwrap();
+    let backend = script(
+        dir.path(),
+        "sized",
+        "printf 'Content-Type: text/plain\\r\\nContent-Length: 5\\r\\n\\r\\nhello, and more'; exec sleep 5",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/team/app.git/HEAD", None, &headers);
+    let resp = serve(&backend, req, empty).await.unwrap();
+    let started = std::time::Instant::now();
+    let body = resp.into_body();
+    let bytes = tokio::time::timeout(Duration::from_secs(3), body_bytes(body))
+        .await
+        .expect("the body waited for the backend's exit, past its declared length");
+    assert_eq!(&bytes[..], b"hello");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn running_out_of_processes_or_files_is_an_overload_not_a_failure() {
+    for errno in [11, 23, 24] {
+        assert!(CgiError::Spawn(io::Error::from_raw_os_error(errno)).is_overload());
+    }
+    assert!(!CgiError::Spawn(io::Error::from_raw_os_error(2)).is_overload());
+    assert!(!CgiError::TimedOut(Duration::from_secs(1)).is_overload());
+}
+
+#[tokio::test]
+async fn a_backend_that_sends_no_headers_in_time_is_ended_with_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend =
+        script(dir.path(), "hang", "exec sleep 60").with_head_timeout(Duration::from_millis(500));
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/team/app.git/info/refs", None, &headers);
+    let started = std::time::Instant::now();
+    let e = serve(&backend, req, empty).await.unwrap_err();
+    assert!(matches!(e, CgiError::TimedOut(_)), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        backend.wait_until_reaped().await,
+        0,
+        "the backend was not ended"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_reading_an_upload_that_moves_is_not_timed_out() {
+    // Reads the whole body before its headers (as a CGI program may), while the body
+    // trickles in for three times the head timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let backend = script(
+        dir.path(),
+        "reader",
+        "cat >/dev/null; printf 'Content-Type: text/plain\\r\\n\\r\\nread'",
+    )
+    .with_head_timeout(Duration::from_millis(500));
+    let headers = HeaderMap::new();
+    let req = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    let trickle = || {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for _ in 0..15 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if tx.send(Bytes::from_static(b"p")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Trickle(rx)
+    };
+    let resp = serve(&backend, req, trickle).await.unwrap();
+    assert_eq!(&body_bytes(resp.into_body()).await[..], b"read");
+}
+
+#[tokio::test]
+async fn info_refs_v0() {
+    let (_tmp, backend) = repo();
+    let headers = HeaderMap::new();
+    let req = request(
+        &Method::GET,
+        "/team/app.git/info/refs",
+        Some("service=git-upload-pack"),
+        &headers,
+    );
+    let resp = serve(&backend, req, empty).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/x-git-upload-pack-advertisement"
+    );
+    let body = body_bytes(resp.into_body()).await;
+    assert!(
+        body.starts_with(b"001e# service=git-upload-pack\n"),
+        "{body:?}"
+    );
+    assert!(body.windows(15).any(|w| w == b"refs/heads/main"));
+}
+
+#[tokio::test]
+async fn info_refs_v2() {
+    let (_tmp, backend) = repo();
+    let mut headers = HeaderMap::new();
+    headers.insert("git-protocol", HeaderValue::from_static("version=2"));
+    let req = request(
+        &Method::GET,
+        "/team/app.git/info/refs",
+        Some("service=git-upload-pack"),
+        &headers,
+    );
+    let resp = serve(&backend, req, empty).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = body_bytes(resp.into_body()).await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("version 2\n"), "{text}");
+    assert!(text.contains("ls-refs"), "{text}");
+    assert!(text.contains("fetch"), "{text}");
+}
+
+#[tokio::test]
+async fn missing_repo_is_404() {
+    let (_tmp, backend) = repo();
+    let headers = HeaderMap::new();
+    let req = request(
+        &Method::GET,
+        "/team/nope.git/info/refs",
+        Some("service=git-upload-pack"),
+        &headers,
+    );
+    let resp = serve(&backend, req, empty).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    body_bytes(resp.into_body()).await;
+}
+
+#[tokio::test]
+async fn upload_pack_v2_ls_refs() {
+    let (_tmp, backend) = repo();
+    let pkt = b"0014command=ls-refs\n0001000bsymrefs0000".as_slice();
+    let mut headers = HeaderMap::new();
+    headers.insert("git-protocol", HeaderValue::from_static("version=2"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-git-upload-pack-request"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(pkt.len()));
+    let req = request(
+        &Method::POST,
+        "/team/app.git/git-upload-pack",
+        None,
+        &headers,
+    );
+    let resp = serve(&backend, req, || Full::new(Bytes::from_static(pkt)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/x-git-upload-pack-result"
+    );
+    let body = body_bytes(resp.into_body()).await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains(" HEAD symref-target:refs/heads/main\n"),
+        "{text}"
+    );
+    assert!(text.contains(" refs/heads/main\n"), "{text}");
+    assert!(text.ends_with("0000"), "{text}");
+}
+
+#[tokio::test]
+async fn client_headers_do_not_reach_the_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "env.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\n'; env",
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert("proxy", HeaderValue::from_static("http://evil"));
+    headers.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Basic c2VjcmV0"),
+    );
+    headers.insert("git-protocol", HeaderValue::from_static("version=2;evil"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    let req = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    let resp = serve(&backend, req, empty).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let env = String::from_utf8(body_bytes(resp.into_body()).await.to_vec()).unwrap();
+    let vars: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    assert!(!vars.contains(&"HTTP_PROXY"), "{env}");
+    assert!(!vars.contains(&"HTTP_AUTHORIZATION"), "{env}");
+    assert!(!vars.contains(&"GIT_PROTOCOL"), "{env}");
+    assert!(!vars.iter().any(|v| v.starts_with("HTTP_")), "{env}");
+    assert!(!env.contains("c2VjcmV0"), "{env}");
+    assert!(env.lines().any(|l| l == "REMOTE_USER=alice"), "{env}");
+    assert!(env.lines().any(|l| l == "REMOTE_ADDR=192.0.2.7"), "{env}");
+    // A push is not told its length (see `cgi_env`).
+    assert!(!vars.contains(&"CONTENT_LENGTH"), "{env}");
+    assert!(env.lines().any(|l| l == "REQUEST_METHOD=POST"), "{env}");
+    assert!(env.lines().any(|l| l == "GIT_HTTP_EXPORT_ALL=1"), "{env}");
+    // cargo sets this for the test process; env_clear keeps it from the child.
+    if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
+        assert!(!vars.contains(&"CARGO_MANIFEST_DIR"), "{env}");
+    }
+}
+
+#[tokio::test]
+async fn exit_before_headers_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "fail.cgi",
+        "echo 'first' >&2; echo 'fatal: it broke' >&2; exit 1",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    match serve(&backend, req, empty).await {
+        Err(CgiError::Exited(why)) => {
+            assert!(why.contains("exit status: 1"), "{why}");
+            assert!(why.contains("fatal: it broke"), "{why}");
+        }
+        other => panic!("expected Exited, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn garbage_output_is_bad_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "garbage.cgi",
+        "echo 'not a header'; echo; echo body",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let err = serve(&backend, req, empty).await.unwrap_err();
+    assert!(matches!(err, CgiError::BadHeaders(_)), "{err}");
+
+    let backend = script(tmp.path(), "endless.cgi", "exec yes X-Header: y");
+    let err = serve(&backend, req, empty).await.unwrap_err();
+    assert!(matches!(err, CgiError::BadHeaders(_)), "{err}");
+}
+
+#[tokio::test]
+async fn failure_after_headers_ends_body_with_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "partial.cgi",
+        "printf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\npartial'; echo 'died' >&2; exit 3",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let mut body = serve(&backend, req, empty).await.unwrap().into_body();
+    let mut got = Vec::new();
+    let err = loop {
+        match body.frame().await {
+            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
+            Some(Err(e)) => break e,
+            None => panic!("body ended cleanly after exit 3"),
+        }
+    };
+    assert_eq!(got, b"partial");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("exit status: 3") && msg.contains("died"),
+        "{msg}"
+    );
+}
+
+/// A request body of `remaining` bytes in 1 MiB frames, produced on the fly, optionally
+/// failing instead of ending.
+struct Generated {
+    remaining: usize,
+    fail_at_end: bool,
+}
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = String;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, String>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(self.fail_at_end.then(|| Err("client went away".to_owned())));
+        }
+        let n = self.remaining.min(1 << 20);
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n])))))
+    }
+}
+
+#[tokio::test]
+async fn large_body_streams_through() {
+    const SIZE: usize = 50 * 1000 * 1000 + 7;
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "echo.cgi",
+        "printf 'Content-Type: application/octet-stream\\r\\n\\r\\n'; exec cat",
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    let req = request(&Method::POST, "/x", None, &headers);
+    let make = || Generated {
+        remaining: SIZE,
+        fail_at_end: false,
+    };
+    let mut body = serve(&backend, req, make).await.unwrap().into_body();
+    let (mut total, mut biggest) = (0, 0);
+    while let Some(frame) = body.frame().await {
+        let data = frame.expect("clean body").into_data().unwrap();
+        assert!(data.iter().all(|&b| b == b'x'));
+        total += data.len();
+        biggest = biggest.max(data.len());
+    }
+    assert_eq!(total, SIZE);
+    assert!(biggest <= BODY_CHUNK);
+    assert!(body.is_end_stream());
+}
+
+#[tokio::test]
+async fn broken_request_body_kills_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Would succeed (exit 0) once stdin ends cleanly; must not get the chance.
+    let backend = script(
+        tmp.path(),
+        "push.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; sleep 1; echo applied",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::POST, "/x", None, &headers);
+    let make = || Generated {
+        remaining: 3 << 20,
+        fail_at_end: true,
+    };
+    let body = serve(&backend, req, make).await.unwrap().into_body();
+    let err = body.collect().await.unwrap_err().to_string();
+    assert!(
+        err.contains("request body failed: client went away"),
+        "{err}"
+    );
+    assert!(err.contains("signal"), "{err}");
+}
+
+#[tokio::test]
+async fn pushes_finishing_alone_are_capped_and_ended_when_gitgate_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A push that reads its pack, then reports progress for a long time (a slow hook).
+    let backend = script(
+        tmp.path(),
+        "slow-push.cgi",
+        &format!(
+            "echo $$ > '{0}/started.'$$; printf 'Content-Type: text/plain\\r\\n\\r\\n'; \
+             cat >/dev/null; echo $$ > '{0}/pid.'$$; \
+             i=0; while [ $i -lt 300 ]; do echo progress; sleep 0.1; i=$((i+1)); done",
+            tmp.path().display()
+        ),
+    );
+    let headers = HeaderMap::new();
+    let make = || Generated {
+        remaining: 10,
+        fail_at_end: false,
+    };
+    // The backends that have their pack (`pid.*`), or have started at all (`started.*`,
+    // written before the response's head, so there once `serve` has returned).
+    let noted = |dir: &Path, prefix: &str| -> Vec<u32> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+            .collect()
+    };
+    let pids = |dir: &Path| noted(dir, "pid.");
+    let alive_started = |dir: &Path| {
+        noted(dir, "started.")
+            .into_iter()
+            .filter(|&p| running(p))
+            .count()
+    };
+    // As many as may finish alone, each left by its client once it has its pack ...
+    for n in 1..=MAX_FINISHING {
+        let push = request(
+            &Method::POST,
+            "/team/app.git/git-receive-pack",
+            None,
+            &headers,
+        );
+        let response = serve(&backend, push, make).await.unwrap();
+        eventually(|| pids(tmp.path()).len() == n).await;
+        assert_eq!(pids(tmp.path()).len(), n);
+        drop(response);
+    }
+    // ... and one more, which is ended; the others go on.
+    let push = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    drop(serve(&backend, push, make).await.unwrap());
+    assert_eq!(noted(tmp.path(), "started.").len(), MAX_FINISHING + 1);
+    eventually(|| alive_started(tmp.path()) == MAX_FINISHING).await;
+    assert_eq!(alive_started(tmp.path()), MAX_FINISHING);
+    assert_eq!(
+        backend.running.finishing.load(Ordering::Acquire),
+        MAX_FINISHING
+    );
+    // gitgate stops: they are ended, reaped, and their places given back.
+    backend.stop_finishing();
+    assert_eq!(backend.wait_until_reaped().await, 0);
+    assert!(pids(tmp.path()).into_iter().all(|p| !running(p)));
+    tokio::time::timeout(Duration::from_secs(5), backend.pushes_finished())
+        .await
+        .expect("no push left finishing");
+    // And from now on a push whose client leaves is ended at once.
+    let push = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    drop(serve(&backend, push, make).await.unwrap());
+    assert_eq!(backend.wait_until_reaped().await, 0);
+}
+
+#[tokio::test]
+async fn a_background_job_holding_stderr_does_not_hold_back_a_finished_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A hook's background job, started without redirecting stderr.
+    let backend = script(
+        tmp.path(),
+        "hook.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\nok'; sleep 3 >/dev/null </dev/null & exit 0",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let body = serve(&backend, req, Empty::<Bytes>::new)
+        .await
+        .unwrap()
+        .into_body();
+    // From the headers to the body's end: the backend has exited by then, and the answer
+    // waited a second more for the job's stderr to close.
+    let started = std::time::Instant::now();
+    assert_eq!(body_bytes(body).await, "ok");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(800), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_push_whose_client_left_is_let_finish_and_a_silent_one_is_ended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let done = tmp.path().join("post-receive-ran");
+    // receive-pack's shape: headers at once, the pack read to its end, then the refs and
+    // the post-receive hook, writing progress as it goes.
+    let backend = script(
+        tmp.path(),
+        "push.cgi",
+        &format!(
+            "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; echo unpacked; \
+             sleep 1; echo hook; touch '{}'",
+            done.display()
+        ),
+    );
+    let headers = HeaderMap::new();
+    let push = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    let make = || Generated {
+        remaining: 1000,
+        fail_at_end: false,
+    };
+    let response = serve(&backend, push, make).await.unwrap();
+    drop(response); // the client left
+    assert!(
+        eventually(|| done.exists()).await,
+        "the push was killed before its hook ran"
+    );
+
+    // Not for a fetch: its backend goes with its client.
+    let fetched = tmp.path().join("fetch-finished");
+    let fetch_pid = tmp.path().join("fetch-pid");
+    let backend = script(
+        tmp.path(),
+        "fetch.cgi",
+        &format!(
+            "echo $$ > '{}'; printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; \
+             sleep 1; touch '{}'",
+            fetch_pid.display(),
+            fetched.display()
+        ),
+    );
+    let fetch = request(
+        &Method::POST,
+        "/team/app.git/git-upload-pack",
+        None,
+        &headers,
+    );
+    drop(serve(&backend, fetch, make).await.unwrap());
+    // Ended, or (were it left alone) finished: either way it stops running; then its
+    // last step tells which.
+    let pid = pid_in(&fetch_pid).await;
+    eventually(|| !running(pid)).await;
+    assert!(!running(pid));
+    assert!(!fetched.exists(), "the fetch's backend was left to finish");
+
+    // A push left alone that writes nothing for the idle timeout is ended.
+    let pid_file = tmp.path().join("pid");
+    let backend = script(
+        tmp.path(),
+        "stuck.cgi",
+        &format!(
+            "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; echo $$ > '{}'; exec sleep 60",
+            pid_file.display()
+        ),
+    )
+    .with_head_timeout(Duration::from_millis(500));
+    let push = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    drop(serve(&backend, push, make).await.unwrap());
+    let pid = pid_in(&pid_file).await;
+    assert!(
+        eventually(|| !running(pid)).await,
+        "a silent push whose client left must be ended"
+    );
+}
+
+/// Whether process `pid` still runs (a zombie has stopped running).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `done` holds within 5 s (polled every 20 ms).
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..250 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done()
+}
+
+/// The pid a script wrote to `file`, once it is there.
+async fn pid_in(file: &Path) -> u32 {
+    for _ in 0..100 {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            if let Ok(pid) = text.trim().parse() {
+                return pid;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no pid in {}", file.display());
+}
+
+#[tokio::test]
+async fn a_backend_killed_by_a_signal_leaves_nothing_it_started_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pidfile = tmp.path().join("helper.pid");
+    // Starts a helper (as http-backend starts upload-pack), then dies of SIGKILL (as under
+    // the OOM killer).
+    let backend = script(
+        tmp.path(),
+        "dies.cgi",
+        &format!(
+            "sleep 30 & echo $! >'{}'; printf 'Content-Type: text/plain\\r\\n\\r\\n'; kill -9 $$",
+            pidfile.display()
+        ),
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    // The helper holds the backend's stdout: the answer ends only when it is gone.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        if let Ok(resp) = serve(&backend, req, empty).await {
+            assert!(resp.into_body().collect().await.is_err());
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the answer waited for the dead backend's helper"
+    );
+    let helper = pid_in(&pidfile).await;
+    // It closed its stdout as it died; its end may take a moment more to show.
+    for _ in 0..50 {
+        if !running(helper) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the dead backend's helper {helper} is still running");
+}
+
+#[tokio::test]
+async fn a_helper_that_ignores_sigterm_is_killed_when_the_backend_is_ended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pidfile = tmp.path().join("helper.pid");
+    // The backend exits at SIGTERM at once; its helper ignores SIGTERM.
+    let backend = script(
+        tmp.path(),
+        "stubborn.cgi",
+        &format!(
+            "sh -c 'trap \"\" TERM; echo $$ >{}; exec sleep 30' & printf 'Content-Type: text/plain\\r\\n\\r\\n'; exec sleep 30",
+            pidfile.display()
+        ),
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let resp = serve(&backend, req, empty).await.unwrap();
+    let helper = pid_in(&pidfile).await;
+    // The client goes away: gitgate ends the backend.
+    drop(resp);
+    tokio::time::sleep(TERM_GRACE + Duration::from_millis(500)).await;
+    for _ in 0..50 {
+        if !running(helper) {
+            assert_eq!(backend.wait_until_reaped().await, 0);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the helper {helper} that ignores SIGTERM outlived its backend");
+}
+
+/// A request body whose client never sends anything more.
+struct Stalled(#[allow(dead_code)] Arc<()>);
+
+impl Body for Stalled {
+    type Data = Bytes;
+    type Error = String;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, String>>> {
+        Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn stdin_task_lets_go_of_the_body_when_backend_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "early.cgi",
+        "printf 'Status: 403 Forbidden\\r\\n\\r\\nno'",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::POST, "/x", None, &headers);
+    let alive = Arc::new(());
+    let body = serve(&backend, req, || Stalled(alive.clone()))
+        .await
+        .unwrap();
+    assert_eq!(body.status(), StatusCode::FORBIDDEN);
+    assert_eq!(body_bytes(body.into_body()).await, "no");
+    for _ in 0..250 {
+        if Arc::strong_count(&alive) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the stdin task still holds the request body");
+}
+
+#[tokio::test]
+async fn dropped_body_kills_and_reaps_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "yes.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' $$; exec yes",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let mut body = serve(&backend, req, empty).await.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let pid: u32 = String::from_utf8_lossy(&first)
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir.exists());
+    drop(body);
+    // Gone from the process table altogether: killed *and* reaped, not a zombie.
+    for _ in 0..250 {
+        if !proc_dir.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("backend {pid} still in the process table");
+}
+
+/// Whether `pid` has ended: gone from the process table, or a zombie waiting for whoever
+/// inherited it (in a container that may be a PID 1 that never reaps).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn an_ended_backend_takes_what_it_started_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Like http-backend running upload-pack running pack-objects: a grandchild that would
+    // go on working for minutes.
+    let backend = script(
+        tmp.path(),
+        "spawns.cgi",
+        "sleep 300 & printf 'Content-Type: text/plain\\r\\n\\r\\n%s %s\\n' $$ $!; exec yes",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let mut body = serve(&backend, req, empty).await.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let text = String::from_utf8_lossy(&first);
+    let pids: Vec<u32> = text
+        .lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{text}");
+    assert!(pids.iter().all(|&p| !ended(p)));
+    drop(body);
+    for _ in 0..250 {
+        if pids.iter().all(|&p| ended(p)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: Vec<_> = pids.iter().filter(|&&p| !ended(p)).collect();
+    panic!("still running after the request ended: {left:?}");
+}
+
+#[tokio::test]
+async fn missing_program_is_spawn_error() {
+    let backend = CgiBackend::new("/nonexistent/git-http-backend".into(), "/tmp".into());
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let err = backend.serve(req, Empty::<Bytes>::new()).await.unwrap_err();
+    assert!(matches!(err, CgiError::Spawn(_)), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
+}
+
+#[test]
+fn body_is_send_and_static() {
+    fn check<T: Body<Data = Bytes, Error = io::Error> + Send + 'static>() {}
+    check::<CgiBody>();
+}
