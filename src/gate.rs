@@ -146,6 +146,7 @@ impl Gate {
             let tried = req.headers().contains_key(hyper::header::AUTHORIZATION);
             let resp = crate::api::handle(
                 self.store.clone(),
+                &self.guard,
                 &self.realm,
                 self.api_body_deadline,
                 req,

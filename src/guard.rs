@@ -7,7 +7,8 @@
 //! 1. [`Guard::check_address`] right after classification, before credentials are parsed or the
 //!    store is read: a blocked address costs nothing but a hash-map lookup.
 //! 2. [`Guard::failed_auth`] from the gate's one place for authentication failures.
-//! 3. [`Guard::check_principal`] after authorisation, for requests that start an exchange.
+//! 3. [`Guard::check_principal`] after authorisation, for requests that start an exchange;
+//!    [`Guard::check_api_call`] for a REST API call, once its password has been checked.
 //!
 //! Overrides (`gitgate ratelimit ...`) are read when the guard is built, then from the store at
 //! most every [`OVERRIDES_TTL_MS`], so a change from the CLI applies within seconds without a
@@ -89,6 +90,12 @@ pub fn principal(token: &TokenRecord) -> String {
     principal.push_str(kind);
     principal.push_str(name);
     principal
+}
+
+/// The principal of a user's own requests: the bucket their personal tokens share (see
+/// [`principal`]), and the key `gitgate ratelimit set USER` writes.
+pub fn user_principal(user: &str) -> String {
+    format!("user:{user}")
 }
 
 struct Overrides {
@@ -206,6 +213,18 @@ impl Guard {
         operation: Operation,
         now: i64,
     ) -> Result<(), Verdict> {
+        self.charge(principal, Cost::of(operation), now).await
+    }
+
+    /// Step 3 for the REST API: an authenticated call takes a token from its user's bucket —
+    /// the one their personal tokens' git requests draw from, with the same overrides — as a
+    /// call to Bitbucket's REST API does. Asked only once the password has been checked: an
+    /// unauthenticated caller must not be able to empty someone else's bucket.
+    pub async fn check_api_call(&self, user: &str, now: i64) -> Result<(), Verdict> {
+        self.charge(&user_principal(user), Cost::Token, now).await
+    }
+
+    async fn charge(&self, principal: &str, cost: Cost, now: i64) -> Result<(), Verdict> {
         let Some((limiter, defaults)) = &self.rate else {
             return Ok(());
         };
@@ -220,7 +239,7 @@ impl Guard {
             },
             None => *defaults,
         };
-        match limiter.check(principal, Cost::of(operation), limits, now) {
+        match limiter.check(principal, cost, limits, now) {
             Decision::Allow { .. } => Ok(()),
             Decision::Limited { retry_after_secs } => {
                 tracing::info!(
@@ -365,6 +384,31 @@ mod tests {
                     .await,
                 Ok(())
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_api_call_takes_a_token_from_its_users_bucket() {
+        let (_d, store) = temp_store();
+        let g = guard(store.clone(), 2);
+        let alice = principal(&token(Some("alice")));
+        let advertise = Operation::Advertise(Service::UploadPack);
+        // A REST call and a clone draw from one bucket: alice's.
+        assert_eq!(g.check_api_call("alice", 0).await, Ok(()));
+        assert_eq!(g.check_principal(&alice, advertise, 0).await, Ok(()));
+        let limited = g.check_api_call("alice", 0).await.unwrap_err();
+        assert!(limited.message().contains("user:alice"), "{limited:?}");
+        assert!(g.check_principal(&alice, advertise, 0).await.is_err());
+        // Another user's calls draw from theirs.
+        assert_eq!(g.check_api_call("bob", 0).await, Ok(()));
+        // An exemption covers the API too.
+        store.add_user("alice", "x", Role::User, &actor()).unwrap();
+        store
+            .set_rate_limit(&user_principal("alice"), RateRule::Exempt, &actor())
+            .unwrap();
+        let later = OVERRIDES_TTL_MS + 1;
+        for _ in 0..5 {
+            assert_eq!(g.check_api_call("alice", later).await, Ok(()));
         }
     }
 

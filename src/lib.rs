@@ -5,7 +5,8 @@
 //! ```text
 //!  git client ──▶ server ──▶ gate ──┬─ client address: the peer, or behind trusted_proxies the right-most
 //!                                   │     untrusted X-Forwarded-For entry (unreadable: 400)
-//!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, never forwarded
+//!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, then the
+//!                                   │     user's rate-limit bucket (429); never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
 //!                                   │     IPv6 by /64; one atomic read while no address is blocked)

@@ -126,7 +126,9 @@ fn token_created_over_rest_clones_with_git_and_revocation_is_immediate() {
     let first = last_authenticated(&server, "alice", &id, 0);
     assert!(first >= created);
     // Uses are written at most every 5 s per token: a fetch after that moves it on.
-    std::thread::sleep(Duration::from_millis(5_200));
+    std::thread::sleep(Duration::from_millis(
+        gitgate::guard::OVERRIDES_TTL_MS as u64 + 500,
+    ));
     install.git_ok(&clone_dir, &["fetch", "-q", "origin"]);
     let second = last_authenticated(&server, "alice", &id, first);
     assert!(second > first);
@@ -1219,6 +1221,64 @@ fn password_guessing_on_the_api_counts_for_the_address_throttle() {
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(r.header("retry-after").is_some());
     // The refusal is a request line like any answer.
+    let log = server.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("api=true") && l.contains("status=429")),
+        "{log}"
+    );
+}
+
+#[test]
+fn api_calls_count_against_the_callers_rate_limit_like_their_git_requests() {
+    let install = Install::new_with("[rate_limit]\ncapacity = 3\nrefill_per_second = 0.01\n");
+    install.add_user("alice", false);
+    install.add_user("bob", false);
+    install.cli_ok(&["grant", "add", "alice", "team", "write"], "");
+    let server = install.serve();
+    // The token creation is alice's first call; two more fill her bucket of three.
+    let (_id, secret) = personal(&server, "alice", &["REPO_READ"]);
+    for _ in 0..2 {
+        let r = server.api("GET", "/users/alice", "alice", "");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = server.api("GET", "/users/alice", "alice", "");
+    assert_eq!(r.status, 429, "{}", r.body);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=100).contains(&retry), "Retry-After {retry}");
+    let message = r.json()["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        message,
+        format!("rate limit exceeded for user:alice; try again in {retry} s")
+    );
+    // Her git requests share the bucket, as in Bitbucket: the clone is refused too.
+    let (ok, stderr) = ls_remote(&install, &server, "alice", &secret);
+    assert!(
+        !ok && stderr.contains("rate limit exceeded for user:alice"),
+        "{stderr}"
+    );
+    // bob's bucket is his own, and a wrong password costs alice nothing (it is the address
+    // throttle's business, not her bucket's).
+    assert_eq!(server.api("GET", "/users/bob", "bob", "").status, 200);
+    let r = server.request(
+        "GET",
+        &format!("{API}/users/alice"),
+        Auth::Basic("alice", "wrong"),
+        "",
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    // An exemption from the CLI covers her API calls within the overrides' lifetime.
+    install.cli_ok(&["ratelimit", "exempt", "alice"], "");
+    std::thread::sleep(Duration::from_millis(
+        gitgate::guard::OVERRIDES_TTL_MS as u64 + 500,
+    ));
+    for _ in 0..5 {
+        let r = server.api("GET", "/users/alice", "alice", "");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
     let log = server.log_text();
     assert!(
         log.lines()

@@ -10,8 +10,10 @@
 //!   token, is a 401 that says so. Every failure is an audit event.
 //! - **Small JSON, fully read, then synchronous work**: request bodies are capped at
 //!   [`MAX_BODY`] and collected with `Limited`; then password verification (argon2, deliberately
-//!   slow) and the store calls run together in `spawn_blocking`, off the async workers that
-//!   stream git traffic.
+//!   slow) runs in `spawn_blocking`, off the async workers that stream git traffic; then the
+//!   call takes a token from its user's rate-limit bucket (the one their git requests use, as
+//!   in Bitbucket; asked only after the password, so nobody can empty another's bucket); then
+//!   the store calls run in `spawn_blocking` too.
 //! - **All rules live in [`crate::lifecycle`]**: this module parses paths and JSON, calls the
 //!   lifecycle, and renders its answers and errors. Errors have Bitbucket's shape,
 //!   `{"errors":[{"context":null,"message":"...","exceptionName":"..."}]}`, with the status
@@ -41,8 +43,10 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 
+use crate::clock;
 use crate::credentials::{self, CredentialError, Credentials};
 use crate::gate::ResponseBody;
+use crate::guard::{Guard, Verdict};
 use crate::lifecycle::{self, Caller};
 use crate::store::{Actor, Store, StoreError};
 
@@ -64,6 +68,8 @@ pub struct ApiError {
     pub exception: &'static str,
     /// For a 405: the methods the resource takes, sent as `Allow` (RFC 9110, section 15.5.6).
     pub allow: Option<String>,
+    /// For a 429: the seconds to send as `Retry-After` (a 503 always says 1).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -88,6 +94,15 @@ impl ApiError {
             message: message.into(),
             exception,
             allow: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// The caller's bucket is empty (see [`crate::guard::Guard::check_api_call`]).
+    fn rate_limited(verdict: &Verdict) -> ApiError {
+        ApiError {
+            retry_after_secs: Some(verdict.retry_after_secs()),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, verdict.message())
         }
     }
 
@@ -246,9 +261,12 @@ pub fn method_not_allowed(method: &Method, allowed: &str) -> ApiError {
 /// Before anything is read or hashed, a request must name credentials; its body must then arrive
 /// within `body_deadline`; and password checks (argon2: deliberately slow, ~19 MiB each) run at
 /// most [`password_checks`] at a time, more get `503` + `Retry-After` at once. Anonymous clients
-/// can therefore neither hold a connection open with a trickling body nor pile up hashes.
+/// can therefore neither hold a connection open with a trickling body nor pile up hashes. Once
+/// the password is checked, the call takes a token from its user's bucket (`429` +
+/// `Retry-After` when it is empty), and only then does its work.
 pub async fn handle(
     store: Store,
+    guard: &Guard,
     realm: &str,
     body_deadline: Duration,
     req: Request<Incoming>,
@@ -309,39 +327,47 @@ pub async fn handle(
             Ok(permit) => {
                 let body = collected.to_bytes();
                 let headers = parts.headers;
-                // HEAD is GET without the body (hyper sends the head only).
-                let routed = if method == Method::HEAD {
-                    Method::GET
-                } else {
-                    method.clone()
+                let path = path.clone();
+                // First the password, within the permit...
+                let checked = {
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        login(&store, &path, &headers, remote)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(task_failed(e)))
                 };
-                let (method, path) = (routed, path.clone());
-                tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    dispatch(
-                        &store,
-                        &method,
-                        &path,
-                        query.as_deref(),
-                        &headers,
-                        &body,
-                        remote,
-                    )
-                })
-                .await
-                .unwrap_or_else(|e| {
-                    Err(ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("the request failed: {e}"),
-                    ))
-                })
+                match checked {
+                    Err(e) => Err(e),
+                    // ...then the caller's bucket, then the work.
+                    Ok(login) => match guard
+                        .check_api_call(login.user(), clock::monotonic_ms())
+                        .await
+                    {
+                        Err(verdict) => Err(ApiError::rate_limited(&verdict)),
+                        Ok(()) => {
+                            // HEAD is GET without the body (hyper sends the head only).
+                            let routed = if method == Method::HEAD {
+                                Method::GET
+                            } else {
+                                method.clone()
+                            };
+                            tokio::task::spawn_blocking(move || {
+                                dispatch(&store, login, &routed, query.as_deref(), &body)
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(task_failed(e)))
+                        }
+                    },
+                }
             }
         },
     };
 
-    let (status, body, allow) = match outcome {
-        Ok(reply) => (reply.status, reply.body, None),
-        Err(e) => (e.status, Some(e.body()), e.allow),
+    let (status, body, allow, retry_after_secs) = match outcome {
+        Ok(reply) => (reply.status, reply.body, None, None),
+        Err(e) => (e.status, Some(e.body()), e.allow, e.retry_after_secs),
     };
     tracing::info!(
         target: "gitgate::request",
@@ -380,6 +406,9 @@ pub async fn handle(
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    if let Some(secs) = retry_after_secs {
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
     if let Some(v) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
         headers.insert(ALLOW, v);
     }
@@ -403,26 +432,58 @@ fn credentials_required() -> ApiError {
     )
 }
 
-/// Authenticate, then route by path. Runs on a blocking thread.
-fn dispatch(
+/// A call whose path is under [`BASE`] and whose caller has proved their password.
+struct Login {
+    path: String,
+    segments: Vec<String>,
+    caller: Caller,
+    actor: Actor,
+}
+
+impl Login {
+    /// The user whose bucket the call draws from.
+    fn user(&self) -> &str {
+        match &self.caller {
+            Caller::User { slug, .. } => slug,
+            // `authenticate` makes only users (the operator is the CLI, which never comes here).
+            Caller::Operator => &self.actor.name,
+        }
+    }
+}
+
+/// The path, then the password. Runs on a blocking thread (argon2).
+fn login(
     store: &Store,
-    method: &Method,
     path: &str,
-    query: Option<&str>,
     headers: &HeaderMap,
-    body: &[u8],
     remote: SocketAddr,
-) -> ApiResult {
+) -> Result<Login, ApiError> {
     let Some(rest) = path.strip_prefix(BASE) else {
         return Err(ApiError::not_found(format!("no REST resource at {path}")));
     };
-    let decoded = path_segments(rest)?;
-    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let segments = path_segments(rest)?;
     let (caller, actor) = authenticate(store, headers, remote)?;
-    let call = Call {
-        store,
+    Ok(Login {
+        path: path.to_owned(),
+        segments,
         caller,
         actor,
+    })
+}
+
+/// Route an authenticated call by path. Runs on a blocking thread.
+fn dispatch(
+    store: &Store,
+    login: Login,
+    method: &Method,
+    query: Option<&str>,
+    body: &[u8],
+) -> ApiResult {
+    let segments: Vec<&str> = login.segments.iter().map(String::as_str).collect();
+    let call = Call {
+        store,
+        caller: login.caller,
+        actor: login.actor,
         method,
         query,
         body,
@@ -431,8 +492,19 @@ fn dispatch(
         ["users", rest @ ..] => users_tokens::route(&call, rest),
         ["projects", rest @ ..] => scoped_tokens::route(&call, rest),
         ["admin", rest @ ..] => policy::route(&call, rest),
-        _ => Err(ApiError::not_found(format!("no REST resource at {path}"))),
+        _ => Err(ApiError::not_found(format!(
+            "no REST resource at {}",
+            login.path
+        ))),
     }
+}
+
+/// A blocking task that panicked or was cancelled.
+fn task_failed(e: tokio::task::JoinError) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the request failed: {e}"),
+    )
 }
 
 /// The path's segments, each percent-decoded once (`users/al%69ce` is `users/alice`). An escape

@@ -14,7 +14,7 @@ fn principal(who: &str) -> Result<String, String> {
         return Ok(who.to_string());
     }
     crate::store::validate_slug(who).map_err(|e| e.to_string())?;
-    Ok(format!("user:{who}"))
+    Ok(crate::guard::user_principal(who))
 }
 
 pub fn set(store: &Store, who: &str, capacity: u32, refill: f64) -> Result<(), String> {
