@@ -128,6 +128,7 @@ $(nginx_temp_paths "$W/nginx")
     # The git server (nginx + fcgiwrap + git http-backend) and the static origin of the hop test.
     server {
         listen 127.0.0.1:$GIT_PORT;
+        listen unix:$W/nginx.sock; # the same server for gitgate's [upstream] socket (1f)
         location ~ ^/git(/.*)\$ {
             fastcgi_pass unix:$W/fcgi.sock;
             fastcgi_request_buffering off;
@@ -278,6 +279,9 @@ LUA
 
 start_gitgate http "url = \"http://127.0.0.1:$GIT_PORT/git\""
 GG_HTTP=$GG_PORT GG_HTTP_PID=$GG_PID
+start_gitgate unix "url = \"http://git.bench/git\"
+socket = \"$W/nginx.sock\""
+GG_UNIX=$GG_PORT GG_UNIX_PID=$GG_PID
 start_gitgate cgi "cgi = \"$BACKEND\"
 project_root = \"$W/repos\""
 GG_CGI=$GG_PORT GG_CGI_PID=$GG_PID
@@ -295,6 +299,7 @@ declare -A URL=(
 	[nginx]="http://127.0.0.1:$GIT_PORT/git/team/app.git"
 	[gitgate_http]="http://ci:$TOKEN@127.0.0.1:$GG_HTTP/team/app.git"
 	[gitgate_cgi]="http://ci:$TOKEN@127.0.0.1:$GG_CGI/team/app.git"
+	[gitgate_unix]="http://ci:$TOKEN@127.0.0.1:$GG_UNIX/team/app.git"
 	[nginx_proxy]="http://127.0.0.1:$PROXY2_PORT/git/team/app.git"
 )
 declare -A TIMES=() TICKS=()
@@ -307,6 +312,7 @@ serving_pids() {
 	nginx) echo "$NGINX_PID" "$FCGI_PID" $(pgrep -P "$FCGI_PID") ;;
 	gitgate_http) echo "$GG_HTTP_PID" ;;
 	gitgate_cgi) echo "$GG_CGI_PID" ;;
+	gitgate_unix) echo "$GG_UNIX_PID" ;;
 	nginx_proxy) pgrep -P "$NGINX2_PID" ;;
 	esac
 }
@@ -320,10 +326,10 @@ cpu_ticks() {
 ((HOP_ONLY)) || { git clone -q --bare "${URL[nginx]}" "$W/warm" && rm -rf "$W/warm"; } # page cache
 # Odd runs go forward, even runs backward (ABBA): a variant's place in the round, and any drift
 # of the machine during the run, weigh on every variant alike.
-ORDER=(nginx gitgate_http gitgate_cgi nginx_proxy)
+ORDER=(nginx gitgate_http gitgate_cgi nginx_proxy gitgate_unix)
 for ((run = 1; run <= RUNS; run++)); do
 	order=("${ORDER[@]}")
-	((run % 2)) || order=("${ORDER[3]}" "${ORDER[2]}" "${ORDER[1]}" "${ORDER[0]}")
+	((run % 2)) || for ((i = 0; i < ${#ORDER[@]}; i++)); do order[i]=${ORDER[${#ORDER[@]} - 1 - i]}; done
 	for v in "${order[@]}"; do
 		pids=$(serving_pids "$v")
 		c0=$(cpu_ticks $pids)
@@ -335,7 +341,7 @@ for ((run = 1; run <= RUNS; run++)); do
 		TIMES[$v]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') "
 		TICKS[$v]+="$((c1 - c0)) "
 	done
-	log "clone run $run/$RUNS: nginx ${TIMES[nginx]} | gitgate→nginx ${TIMES[gitgate_http]} | gitgate cgi ${TIMES[gitgate_cgi]} | nginx proxy→nginx ${TIMES[nginx_proxy]}"
+	log "clone run $run/$RUNS: nginx ${TIMES[nginx]} | gitgate→nginx ${TIMES[gitgate_http]} | gitgate cgi ${TIMES[gitgate_cgi]} | nginx proxy→nginx ${TIMES[nginx_proxy]} | gitgate→nginx over a socket ${TIMES[gitgate_unix]}"
 done
 med() { tr ' ' '\n' <<<"${TIMES[$1]}" | grep . | median; }
 TICK_MS=$((1000 / $(getconf CLK_TCK)))
@@ -343,6 +349,7 @@ cpu_ms() { tr ' ' '\n' <<<"${TICKS[$1]}" | grep . | median | awk -v k="$TICK_MS"
 ((HOP_ONLY)) || {
 	CLONE_NGINX=$(med nginx) CLONE_HTTP=$(med gitgate_http) CLONE_CGI=$(med gitgate_cgi) CLONE_PROXY=$(med nginx_proxy)
 	CPU_NGINX=$(cpu_ms nginx) CPU_HTTP=$(cpu_ms gitgate_http) CPU_CGI=$(cpu_ms gitgate_cgi) CPU_PROXY=$(cpu_ms nginx_proxy)
+	CLONE_UNIX=$(med gitgate_unix) CPU_UNIX=$(cpu_ms gitgate_unix)
 }
 
 # --- 2./3. the hop and rejections (wrk) ----------------------------------------------------------
@@ -497,6 +504,8 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 1d | CPU per clone of the proxy in front of nginx, median (ms) | nginx proxy_pass (1c) $CPU_PROXY | gitgate→nginx (1a) $CPU_HTTP | $r× | — | |"
 	r=$(ratio "$CPU_CGI" "$CPU_NGINX")
 	echo "| 1e | CPU per clone of what runs git http-backend, median (ms) | nginx+fcgiwrap $CPU_NGINX | gitgate cgi (1b) $CPU_CGI | $r× | — | |"
+	r=$(ratio "$CLONE_UNIX" "$CLONE_NGINX")
+	echo "| 1f | same as 1a over a Unix socket (\`[upstream] socket\`), for reference; gitgate's CPU per clone $CPU_UNIX ms against 1a's $CPU_HTTP (s) | nginx+fcgiwrap $CLONE_NGINX | gitgate→nginx socket $CLONE_UNIX | $r× | — | |"
 	a=$(mrps proxy) b=$(mrps gitgate) r=$(ratio "$b" "$a")
 	echo "| 2a | hop, static 200, wrk $WRK_CONNS conns (req/s) | nginx proxy_pass $a | $b | $r× | ≥ 1.0× | $(awk -v r="$r" 'BEGIN{print (r >= 1.0) ? "yes" : "no"}') |"
 	a=$(mp99 proxy) b=$(mp99 gitgate) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
@@ -519,5 +528,5 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 5a | peak RSS, one clone of $BIG_MB MB ($(awk -v b="$BIG_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB received) (MiB) | repo size $BIG_MB | $(mb "$RSS_BIG") | $(ratio "$(mb "$RSS_BIG")" "$BIG_MB")× of repo | < 64 | $(awk -v k="$RSS_BIG" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
 	echo "| 5b | peak RSS, $CONCURRENT concurrent clones of $REPO_MB MB ($CONC_OK/$CONCURRENT complete, ${CONC_SECONDS}s) (MiB) | total served $((REPO_MB * CONCURRENT)) | $(mb "$RSS_CONC") | $(ratio "$(mb "$RSS_CONC")" "$((REPO_MB * CONCURRENT))")× of bytes served | < 64 | $(awk -v k="$RSS_CONC" 'BEGIN{print (k < 65536) ? "yes" : "no"}') |"
 	echo
-	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }]; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
+	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }], gitgate→nginx socket [${TIMES[gitgate_unix]% }]; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }], gitgate→nginx socket [${TICKS[gitgate_unix]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
 }

@@ -108,6 +108,9 @@ pub struct HttpUpstream {
     pub origin: Uri,
     /// Normalised like `git_prefix`: `/` or `/git`.
     pub base_path: String,
+    /// A Unix socket to connect to instead of the URL's host and port (`[upstream] socket`);
+    /// the URL still names the upstream in `Host`, its redirects and TLS.
+    pub socket: Option<PathBuf>,
     /// Extra CA certificates (PEM) to trust for an `https` upstream.
     pub ca_file: Option<PathBuf>,
     /// Whether the system's root certificates are trusted too.
@@ -256,6 +259,7 @@ struct RawStore {
 struct RawUpstream {
     cgi: Option<String>,
     url: Option<String>,
+    socket: Option<String>,
     project_root: Option<String>,
     ca_file: Option<String>,
     system_roots: Option<bool>,
@@ -620,6 +624,7 @@ fn parse_auth_failures(raw: RawAuthFailures) -> Result<AuthFailures, String> {
 /// The first key of `raw` that only an HTTP upstream uses.
 fn http_only_key(raw: &RawUpstream) -> Option<&'static str> {
     [
+        ("socket", raw.socket.is_some()),
         ("ca_file", raw.ca_file.is_some()),
         ("system_roots", raw.system_roots.is_some()),
         ("identity_header", raw.identity_header.is_some()),
@@ -696,6 +701,16 @@ fn http_upstream(
         .build()
         .map_err(|e| format!("[upstream] url = \"{url}\": {e}"))?;
 
+    let socket = match raw.socket.as_deref() {
+        None => None,
+        Some("") => {
+            return Err(
+                "[upstream] socket is empty: name the upstream's Unix socket, e.g. \"/run/gitea/gitea.sock\", or remove the key"
+                    .into(),
+            )
+        }
+        Some(path) => Some(resolve(path)),
+    };
     let ca_file = raw.ca_file.as_deref().map(resolve);
     if scheme == "http" && (ca_file.is_some() || raw.system_roots.is_some()) {
         return Err("[upstream] ca_file and system_roots apply to https:// upstreams only".into());
@@ -746,6 +761,7 @@ fn http_upstream(
     Ok(HttpUpstream {
         origin,
         base_path,
+        socket,
         ca_file,
         system_roots,
         identity_header,
@@ -945,6 +961,7 @@ env = "UPSTREAM_TOKEN"
         };
         assert_eq!(h.origin.to_string(), "https://git.internal:8443/");
         assert_eq!(h.base_path, "/git");
+        assert_eq!(h.socket, None);
         assert_eq!(h.ca_file.as_deref(), Some(Path::new("/etc/gitgate/ca.pem")));
         assert!(
             !h.system_roots,
@@ -1040,6 +1057,38 @@ env = "UPSTREAM_TOKEN"
         for fine in ["127.0.0.1:9100", "127.0.0.2:8080"] {
             assert!(metrics(fine).unwrap().is_some(), "{fine}");
         }
+    }
+
+    #[test]
+    fn an_http_upstream_may_be_reached_over_a_unix_socket() {
+        let with = |line: &str| {
+            parse(&HTTP.replace(
+                "ca_file = \"ca.pem\"",
+                &format!("ca_file = \"ca.pem\"\n{line}"),
+            ))
+        };
+        let c = with("socket = \"run/git.sock\"").unwrap();
+        let Upstream::Http(h) = &c.upstream else {
+            panic!("http expected")
+        };
+        // Relative to the config's folder, like every path; the URL still names the upstream.
+        assert_eq!(
+            h.socket.as_deref(),
+            Some(Path::new("/etc/gitgate/run/git.sock"))
+        );
+        assert_eq!(h.origin.to_string(), "https://git.internal:8443/");
+        assert!(with("socket = \"\"")
+            .unwrap_err()
+            .contains("socket is empty"));
+        let e = parse(&GOOD.replace(
+            "project_root = \"repos\"",
+            "project_root = \"repos\"\nsocket = \"/run/git.sock\"",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("[upstream] socket applies to `url` upstreams only"),
+            "{e}"
+        );
     }
 
     #[test]

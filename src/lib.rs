@@ -21,7 +21,8 @@
 //!                                   ├─ guard: in-flight cap, then the principal's bucket (an advertisement pays
 //!                                   │     for its POSTs) ─▶ 429
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
-//!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...)
+//!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...),
+//!                                         │     on a TCP port or a Unix socket
 //!                                         └─ cgi:  git http-backend run by gitgate itself
 //!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),

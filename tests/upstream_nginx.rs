@@ -172,8 +172,11 @@ impl Nginx {
             .spawn()
             .expect("start nginx");
         let port = self.port;
+        let socket = self.dir.join("nginx.sock");
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", port)).is_err()
+            || std::os::unix::net::UnixStream::connect(&socket).is_err()
+        {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "nginx exited ({status}): {}",
@@ -194,6 +197,8 @@ impl Nginx {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Killed, nginx leaves its Unix socket behind, and the next start could not bind it.
+        let _ = std::fs::remove_file(self.dir.join("nginx.sock"));
     }
 
     fn access_log(&self) -> String {
@@ -254,6 +259,9 @@ struct Options {
     grace_seconds: u64,
     /// `[server] trusted_proxies`.
     trusted: &'static str,
+    /// Reach nginx on its Unix socket (`[upstream] socket`), under a URL naming a host that
+    /// does not resolve.
+    unix_socket: bool,
 }
 
 impl Default for Options {
@@ -263,6 +271,7 @@ impl Default for Options {
             https_upstream: None,
             grace_seconds: 30,
             trusted: "",
+            unix_socket: false,
         }
     }
 }
@@ -352,6 +361,9 @@ impl World {
         }
         text.push_str("[store]\npath = \"gitgate.db\"\n[upstream]\n");
         match &o.https_upstream {
+            None if o.unix_socket => {
+                text.push_str("url = \"http://git.invalid/git\"\nsocket = \"nginx/nginx.sock\"\n")
+            }
             None => text.push_str(&format!(
                 "url = \"http://127.0.0.1:{}/git\"\n",
                 self.nginx.port
@@ -518,6 +530,70 @@ fn clone_fetch_push_v0_and_v2() {
             "{line}"
         );
     }
+}
+
+/// `[upstream] socket`: the same nginx on a Unix socket, the URL naming a host that does not
+/// resolve (`.invalid`), so that only the socket can have carried the requests.
+#[test]
+fn clone_push_and_v2_over_the_upstreams_unix_socket() {
+    let Some(mut w) = World::new("clone_push_and_v2_over_the_upstreams_unix_socket") else {
+        return;
+    };
+    let g = w.serve(&Options {
+        unix_socket: true,
+        ..Options::default()
+    });
+    assert!(g.log_text().contains("ready"), "{}", g.log_text());
+    let url = w.url(&g);
+    let a = w.path("a");
+    w.git_ok(w.dir.path(), &["clone", "-q", &url, a.to_str().unwrap()]);
+    commit_file(&w, &a, "over-the-socket.txt", b"pushed\n");
+    w.git_ok(&a, &["push", "-q", "origin", "main"]);
+    let head = w.git_ok(&a, &["rev-parse", "HEAD"]);
+    let remote = w.git_ok(
+        &a,
+        &[
+            "-c",
+            "protocol.version=2",
+            "ls-remote",
+            &url,
+            "refs/heads/main",
+        ],
+    );
+    assert!(remote.starts_with(head.trim()), "{remote}");
+    assert_eq!(
+        w.git_ok(
+            w.dir.path(),
+            &["--git-dir", w.bare().to_str().unwrap(), "rev-parse", "main"]
+        ),
+        head
+    );
+    // Every request came over the socket (nginx logs its peer as `unix:`), with the URL's host
+    // and gitgate's upstream secret.
+    let log = w.nginx.access_log();
+    assert!(log.contains("proto2=\"version=2\""), "{log}");
+    for line in log.lines() {
+        assert!(line.starts_with("unix: "), "{line}");
+        assert!(
+            line.contains(&format!("auth=\"Bearer {UPSTREAM_SECRET}\"")),
+            "{line}"
+        );
+    }
+    // Down: a 502 whose log line names the URL and the socket; back: served again.
+    w.nginx.stop_nginx();
+    let (status, _, body) = http(
+        g.port,
+        "GET",
+        "/scm/team/app.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &basic("alice", &w.token))],
+    );
+    assert_eq!(status, 502, "{body}");
+    let socket = w.path("nginx/nginx.sock");
+    assert!(!body.contains("nginx.sock"), "{body}");
+    let named = format!("upstream http://git.invalid via unix:{}", socket.display());
+    assert!(g.log_text().contains(&named), "{}", g.log_text());
+    w.nginx.start_nginx();
+    w.git_ok(w.dir.path(), &["ls-remote", &url]);
 }
 
 #[test]

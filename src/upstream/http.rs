@@ -1,5 +1,7 @@
 //! The HTTP backend: forward allowed requests to an existing git server (nginx + fcgiwrap,
-//! Apache, Gitea, ...) over HTTP or HTTPS.
+//! Apache, Gitea, ...) over HTTP or HTTPS, on a TCP port or, on the same host, a Unix socket
+//! (`[upstream] socket`: only processes that may open the socket's file can reach the server
+//! around gitgate, where anything on the host can connect to a loopback port).
 //!
 //! - **Pooled keep-alive connections**, one small pool per worker ([`super::pool`]), never
 //!   reused once idle for `pool_idle_timeout` (set below the upstream's own keep-alive, so
@@ -52,7 +54,9 @@ use crate::policy::Identity;
 /// Forwards requests to one upstream git server.
 pub struct HttpBackend {
     pool: Arc<Pool>,
-    origin: Uri,
+    /// The upstream for log lines and readiness: `http://git.internal:8080`, and `via
+    /// unix:/run/git.sock` after it when a socket is where gitgate connects.
+    address: String,
     /// `scheme://authority` of the upstream, with and without its default port, for
     /// recognising its redirects.
     origin_texts: Vec<String>,
@@ -99,6 +103,7 @@ impl HttpBackend {
             None
         };
         let origin = Origin {
+            socket: cfg.socket.clone(),
             host: host_name,
             port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
             tls,
@@ -111,7 +116,14 @@ impl HttpBackend {
                 cfg.connect_timeout,
                 cfg.pool_idle_timeout,
             )),
-            origin: cfg.origin.clone(),
+            address: match &cfg.socket {
+                None => cfg.origin.to_string().trim_end_matches('/').to_string(),
+                Some(socket) => format!(
+                    "{} via unix:{}",
+                    cfg.origin.to_string().trim_end_matches('/'),
+                    socket.display()
+                ),
+            },
             origin_texts: origin_spellings(https, authority),
             client_prefix: git_prefix.trim_end_matches('/').to_string(),
             host,
@@ -418,9 +430,8 @@ impl HttpBackend {
     /// The upstream's address goes into the error's detail, for the one line the gate logs per
     /// failed request; the client's message leaves it out.
     fn naming_upstream(&self, error: ForwardError) -> ForwardError {
-        let origin = self.origin.to_string();
         ForwardError {
-            detail: Some(format!("upstream {}", origin.trim_end_matches('/'))),
+            detail: Some(format!("upstream {}", self.address)),
             ..error
         }
     }
@@ -459,17 +470,17 @@ impl HttpBackend {
     /// certificate the upstream's clients would refuse makes gitgate not ready, rather than
     /// ready to answer every request 502. The connection is closed at once, never pooled.
     pub async fn ready(&self) -> Result<(), String> {
-        let authority = self.origin.authority().ok_or("no upstream host")?;
+        let upstream = &self.address;
         match self.pool.connect_new(Driving::Inline).await {
             Ok(checkout) => {
                 drop(checkout);
                 Ok(())
             }
             Err(ConnectError::TimedOut) => Err(format!(
-                "upstream {authority} did not accept a connection in time"
+                "upstream {upstream} did not accept a connection in time"
             )),
-            Err(e @ ConnectError::Tls(_)) => Err(format!("upstream {authority}: {e}")),
-            Err(e) => Err(format!("upstream {authority} unreachable: {e}")),
+            Err(e @ ConnectError::Tls(_)) => Err(format!("upstream {upstream}: {e}")),
+            Err(e) => Err(format!("upstream {upstream} unreachable: {e}")),
         }
     }
 }

@@ -47,6 +47,7 @@
 
 use std::future::Future;
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -58,7 +59,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
@@ -80,6 +82,8 @@ const MAX_READ_BUFFER: usize = 64 * 1024;
 pub struct Origin {
     pub host: String,
     pub port: u16,
+    /// A Unix socket to connect to instead of `host:port` (`[upstream] socket`).
+    pub socket: Option<PathBuf>,
     /// Present for `https` upstreams.
     pub tls: Option<(TlsConnector, ServerName<'static>)>,
 }
@@ -361,34 +365,50 @@ impl Pool {
         }
     }
 
-    /// Open a new connection (TCP, then TLS for https) within the connect timeout.
+    /// Open a new connection (TCP or a Unix socket, then TLS for https) within the connect
+    /// timeout.
     async fn connect(&self) -> Result<Connection, ConnectError> {
         let o = &self.origin;
         let connected = tokio::time::timeout(self.connect_timeout, async {
+            if let Some(path) = &o.socket {
+                let stream = UnixStream::connect(path).await.map_err(ConnectError::Io)?;
+                return over(stream, &o.tls).await;
+            }
             let tcp = TcpStream::connect((o.host.as_str(), o.port))
                 .await
                 .map_err(ConnectError::Io)?;
             // Request heads and small answers are single writes: do not hold them back.
             tcp.set_nodelay(true).map_err(ConnectError::Io)?;
-            match &o.tls {
-                None => handshake(TokioIo::new(tcp))
-                    .await
-                    .map(|(sender, conn)| Connection::new(sender, conn))
-                    .map_err(ConnectError::Http),
-                Some((connector, name)) => {
-                    let tls = connector
-                        .connect(name.clone(), tcp)
-                        .await
-                        .map_err(ConnectError::Tls)?;
-                    handshake(TokioIo::new(tls))
-                        .await
-                        .map(|(sender, conn)| Connection::new(sender, conn))
-                        .map_err(ConnectError::Http)
-                }
-            }
+            over(tcp, &o.tls).await
         })
         .await;
         connected.unwrap_or(Err(ConnectError::TimedOut))
+    }
+}
+
+/// HTTP/1 over a connected stream, after a TLS handshake if the upstream is https.
+async fn over<S>(
+    stream: S,
+    tls: &Option<(TlsConnector, ServerName<'static>)>,
+) -> Result<Connection, ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    match tls {
+        None => handshake(TokioIo::new(stream))
+            .await
+            .map(|(sender, conn)| Connection::new(sender, conn))
+            .map_err(ConnectError::Http),
+        Some((connector, name)) => {
+            let tls = connector
+                .connect(name.clone(), stream)
+                .await
+                .map_err(ConnectError::Tls)?;
+            handshake(TokioIo::new(tls))
+                .await
+                .map(|(sender, conn)| Connection::new(sender, conn))
+                .map_err(ConnectError::Http)
+        }
     }
 }
 
@@ -501,6 +521,7 @@ mod tests {
     fn pool(port: u16, idle: Duration) -> Arc<Pool> {
         Arc::new(Pool::new(
             Origin {
+                socket: None,
                 host: "127.0.0.1".into(),
                 port,
                 tls: None,
@@ -530,6 +551,60 @@ mod tests {
         assert_eq!(&body[..], b"ok");
         pool.put(c.connection);
         c.reused
+    }
+
+    #[tokio::test]
+    async fn an_upstream_on_a_unix_socket_is_reached_and_its_connections_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("git.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut buf, mut seen) = ([0u8; 1024], Vec::new());
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let over_socket = |socket: PathBuf| {
+            Arc::new(Pool::new(
+                Origin {
+                    socket: Some(socket),
+                    // Not where it connects: a socket takes the place of host and port.
+                    host: "192.0.2.1".into(),
+                    port: 9,
+                    tls: None,
+                },
+                Duration::from_secs(2),
+                Duration::from_secs(30),
+            ))
+        };
+        let p = over_socket(path);
+        assert!(!get(&p, Inline).await);
+        assert!(
+            get(&p, Inline).await,
+            "the second request reuses the connection"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // A socket that is not there is a connection error naming why, at once.
+        let missing = over_socket(dir.path().join("nothing.sock"));
+        match missing.checkout(Inline).await {
+            Err(ConnectError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("connected to a socket that does not exist"),
+        }
     }
 
     #[tokio::test]
