@@ -197,8 +197,10 @@ impl Nginx {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Killed, nginx leaves its Unix socket behind, and the next start could not bind it.
-        let _ = std::fs::remove_file(self.dir.join("nginx.sock"));
+        // Killed, nginx leaves its Unix sockets behind, and the next start could not bind them.
+        for socket in ["nginx.sock", "nginx-tls.sock"] {
+            let _ = std::fs::remove_file(self.dir.join(socket));
+        }
     }
 
     fn access_log(&self) -> String {
@@ -259,8 +261,8 @@ struct Options {
     grace_seconds: u64,
     /// `[server] trusted_proxies`.
     trusted: &'static str,
-    /// Reach nginx on its Unix socket (`[upstream] socket`), under a URL naming a host that
-    /// does not resolve.
+    /// Reach nginx on a Unix socket (`[upstream] socket`): plain under `http://git.invalid` (a
+    /// name that does not resolve), TLS under `https://localhost` with `https_upstream`.
     unix_socket: bool,
 }
 
@@ -369,10 +371,16 @@ impl World {
                 self.nginx.port
             )),
             Some(ca) => {
-                text.push_str(&format!(
-                    "url = \"https://localhost:{}/git\"\n",
-                    self.nginx.tls_port
-                ));
+                if o.unix_socket {
+                    text.push_str(
+                        "url = \"https://localhost/git\"\nsocket = \"nginx/nginx-tls.sock\"\n",
+                    );
+                } else {
+                    text.push_str(&format!(
+                        "url = \"https://localhost:{}/git\"\n",
+                        self.nginx.tls_port
+                    ));
+                }
                 if let Some(ca) = ca {
                     text.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
                 }
@@ -594,6 +602,44 @@ fn clone_push_and_v2_over_the_upstreams_unix_socket() {
     assert!(g.log_text().contains(&named), "{}", g.log_text());
     w.nginx.start_nginx();
     w.git_ok(w.dir.path(), &["ls-remote", &url]);
+}
+
+/// An `https://` upstream over a Unix socket: TLS runs over the socket, and the certificate is
+/// checked against the URL's name, as over TCP.
+#[test]
+fn https_over_the_upstreams_unix_socket_is_checked_against_the_urls_name() {
+    let Some(w) =
+        World::new("https_over_the_upstreams_unix_socket_is_checked_against_the_urls_name")
+    else {
+        return;
+    };
+    let g = w.serve(&Options {
+        unix_socket: true,
+        https_upstream: Some(Some(fixture("tls/ca.pem"))),
+        ..Options::default()
+    });
+    w.git_ok(w.dir.path(), &["ls-remote", &w.url(&g)]);
+    let log = w.nginx.access_log();
+    assert!(
+        !log.is_empty() && log.lines().all(|l| l.starts_with("unix: ")),
+        "{log}"
+    );
+    drop(g);
+    // The same socket under a name the certificate does not carry: refused, not forwarded.
+    let config = std::fs::read_to_string(&w.config).unwrap();
+    let renamed = config.replace("https://localhost/git", "https://elsewhere.invalid/git");
+    assert_ne!(config, renamed);
+    std::fs::write(&w.config, renamed).unwrap();
+    let g = start_gitgate(&w.config);
+    let (status, _, body) = http(
+        g.port,
+        "GET",
+        "/scm/team/app.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &basic("alice", &w.token))],
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(body.to_ascii_lowercase().contains("certificate"), "{body}");
+    assert_eq!(w.nginx.access_log(), log, "nothing more reached nginx");
 }
 
 #[test]
