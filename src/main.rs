@@ -34,6 +34,9 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve,
+    /// Check the configuration and what it names (TLS files, upstream, store) without starting,
+    /// as `nginx -t` does: exit 1 where `serve` would refuse to start. Changes nothing.
+    Check,
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -300,9 +303,12 @@ fn run(args: Cli) -> Result<(), String> {
         let config = gitgate::config::Config::load(&args.config).map_err(|e| e.to_string())?;
         return gitgate::server::run(config);
     }
+    if let Command::Check = args.command {
+        return cli::check::run(&args.config);
+    }
     let store = cli::open_store(&args.config, !args.command.only_reads())?;
     match args.command {
-        Command::Serve => unreachable!("handled above"),
+        Command::Serve | Command::Check => unreachable!("handled above"),
         Command::User(cmd) => match cmd {
             UserCommand::Add {
                 name,

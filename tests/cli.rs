@@ -924,6 +924,137 @@ fn serve_refuses(sb: &Sandbox, config: &str) -> String {
     stderr
 }
 
+/// Every file under `dir` with its length and modification time: what `check` must not change.
+fn files_in(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            out.extend(files_in(&entry.path()));
+        } else {
+            out.push((entry.path(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `gitgate check` (as `nginx -t`): what `serve` would make of the config, changing nothing.
+#[test]
+fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
+    let sb = user_sandbox();
+    let check = |config: &std::path::Path| {
+        let mut cmd = Command::new(gitgate_bin());
+        cmd.env_remove("GITGATE_CONFIG")
+            .current_dir(sb.root())
+            .arg("--config")
+            .arg(config)
+            .arg("check");
+        run(cmd, None)
+    };
+    let before = files_in(sb.root());
+    let out = check(&sb.config());
+    let text = out.ok();
+    for line in [
+        "config ",
+        "listen http://127.0.0.1:0 (not tried)",
+        "upstream cgi ",
+        ": ready",
+        "; 1 user, 0 tokens not revoked",
+        "ok: serve would start with this configuration",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    assert_eq!(files_in(sb.root()), before, "check changed files");
+    // Beside a running server (its `-wal` open), the same, read through the log.
+    let server = sb.serve();
+    sb.add_user("bob", PASSWORD);
+    assert!(check(&sb.config())
+        .ok()
+        .contains("; 2 users, 0 tokens not revoked"));
+    drop(server);
+
+    // No store yet: serve creates it, and check does not.
+    let elsewhere = sb.root().join("fresh.toml");
+    fs::write(
+        &elsewhere,
+        sb.config_text().replace("gitgate.db", "fresh.db"),
+    )
+    .unwrap();
+    assert!(check(&elsewhere)
+        .ok()
+        .contains("not there yet; serve creates it"));
+    assert!(!sb.root().join("fresh.db").exists());
+    // In a folder that is not there, serve could not create it: an error, as at a start.
+    fs::write(
+        &elsewhere,
+        sb.config_text()
+            .replace("gitgate.db", "no-such-folder/fresh.db"),
+    )
+    .unwrap();
+    let out = check(&elsewhere);
+    assert!(
+        !out.success() && out.stderr.contains("does not exist"),
+        "{out}"
+    );
+
+    // An upstream that does not answer is a warning, as at a start.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cgi_line = format!(
+        "cgi = \"{}\"\nproject_root = \"repos\"\n",
+        sb.cgi_script().display()
+    );
+    let http = sb.root().join("http.toml");
+    let text = sb.config_text();
+    assert!(text.contains(&cgi_line), "{text}");
+    fs::write(
+        &http,
+        text.replace(
+            &cgi_line,
+            &format!("url = \"http://127.0.0.1:{port}/git\"\n"),
+        ),
+    )
+    .unwrap();
+    let out = check(&http);
+    let text = out.ok();
+    assert!(
+        text.contains(&format!(
+            "warning: upstream http://127.0.0.1:{port}/git is not ready"
+        )) && text.contains("(1 warning)"),
+        "{text}"
+    );
+
+    // Where serve refuses to start, check fails with its message: a certificate that is not
+    // there, or a store that is another program's database (left as it was).
+    let tls = sb.root().join("tls.toml");
+    fs::write(
+        &tls,
+        sb.config_text().replace(
+            "[store]",
+            "[server.tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\n\n[store]",
+        ),
+    )
+    .unwrap();
+    let out = check(&tls);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("missing.pem"), "{out}");
+    let foreign = sb.root().join("foreign.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (x)")
+        .unwrap();
+    let foreign_bytes = fs::read(&foreign).unwrap();
+    let other = sb.root().join("other.toml");
+    fs::write(&other, sb.config_text().replace("gitgate.db", "foreign.db")).unwrap();
+    let out = check(&other);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("not a gitgate store"), "{out}");
+    assert_eq!(fs::read(&foreign).unwrap(), foreign_bytes);
+}
+
 #[test]
 fn serve_refuses_unknown_key() {
     let sb = Sandbox::new();

@@ -16,6 +16,7 @@ macro_rules! outln {
 }
 
 pub mod audit;
+pub mod check;
 pub mod grant;
 pub mod policy;
 pub mod ratelimit;

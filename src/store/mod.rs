@@ -159,7 +159,89 @@ struct Inner {
     miss_slots: tokio::sync::Semaphore,
 }
 
+/// What `gitgate check` reads of a store without changing it (see [`Store::inspect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// The store's schema version (0: an empty file, set up at the next start).
+    pub schema: i64,
+    /// This gitgate's: a lower `schema` is migrated at the next start.
+    pub current: i64,
+    pub users: i64,
+    /// Tokens not revoked (expired ones included).
+    pub unrevoked_tokens: i64,
+}
+
 impl Store {
+    /// Read a store's schema version and size without changing anything: opened read-only, so
+    /// no switch to WAL, no migration and nothing created — unlike [`Store::open`], which
+    /// `serve` runs. `None` when there is no file at `path`. A folder, another program's
+    /// database or a store from a newer gitgate is an error, as at a start.
+    pub fn inspect(path: &Path) -> Result<Option<Inspection>> {
+        let open_err = |message: String| StoreError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        if path.is_dir() {
+            return Err(open_err(
+                "that is a folder: name a file in it (e.g. gitgate.db) as [store] path".into(),
+            ));
+        }
+        if !path.exists() {
+            // As `open` would refuse to create it there.
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if !parent.is_dir() {
+                    return Err(open_err(format!(
+                        "the folder {} does not exist",
+                        parent.display()
+                    )));
+                }
+            }
+            return Ok(None);
+        }
+        let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let conn = if Path::new(&wal).exists() {
+            Connection::open_with_flags(path, flags)
+        } else {
+            // No `-wal`: no connection has the store open (the last one to close removes it), and
+            // everything is in the file itself. Read it as it is: a read-only connection would
+            // otherwise create the `-wal` and `-shm` beside it, owned by whoever runs the check.
+            Connection::open_with_flags(
+                format!("file:{}?immutable=1", uri_path(path)),
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )
+        }
+        .map_err(explain)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(explain)?;
+        if let Some(tables) = schema::foreign_tables(&conn).map_err(explain)? {
+            return Err(open_err(format!(
+                "this is not a gitgate store but another program's SQLite database (it has \
+                 tables '{tables}' and no gitgate schema): check [store] path"
+            )));
+        }
+        let version = schema::refuse_newer(&conn).map_err(explain)?;
+        let count = |sql: &str| {
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map_err(explain)
+        };
+        let (users, unrevoked_tokens) = if version == 0 {
+            (0, 0)
+        } else {
+            (
+                count("SELECT count(*) FROM users")?,
+                count("SELECT count(*) FROM tokens WHERE revoked_at IS NULL")?,
+            )
+        };
+        Ok(Some(Inspection {
+            schema: version,
+            current: schema::CURRENT,
+            users,
+            unrevoked_tokens,
+        }))
+    }
+
     /// Open (creating if needed) the store at `path` and bring its schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
         let open_err = |message: String| StoreError::Open {
@@ -672,6 +754,20 @@ fn keep_log_on_close(conn: &Connection) {
     if let Err(e) = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true) {
         tracing::error!(error = %e, "could not keep a store connection from checkpointing on close");
     }
+}
+
+/// `path` for a `file:` URI: the characters a URI gives a meaning (`%`, `?`, `#`) escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {

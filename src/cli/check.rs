@@ -1,0 +1,130 @@
+//! `gitgate check`: what `serve` would make of the configuration, without starting it — as
+//! `nginx -t` does, for a change about to be deployed, restarted or sent `SIGHUP`. It runs the
+//! start's own checks in the start's order (the config, the TLS certificate and key, the
+//! upstream's settings and its secret), then asks the backend whether it is ready and reads the
+//! store — read-only: no store is created or migrated, and nothing is bound.
+//!
+//! It fails (exit 1, the start's message) exactly where `serve` would refuse to start; an
+//! upstream that does not answer now is a warning, as at a start, where gitgate serves and
+//! reports not ready until it does. Listening is not tried: the running server holds the
+//! address.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{Config, Upstream};
+use crate::store::Store;
+use crate::tls::CertStore;
+use crate::upstream::secret::UpstreamSecret;
+use crate::upstream::{CgiBackend, HttpBackend};
+
+pub fn run(config_path: &Path) -> Result<(), String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    let source = config.source.display().to_string();
+    outln!("config {source}: ok");
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    match config.metrics_listen {
+        Some(metrics) => outln!(
+            "listen {scheme}://{} (not tried), metrics on {metrics}",
+            config.server.listen
+        ),
+        None => outln!("listen {scheme}://{} (not tried)", config.server.listen),
+    }
+    if let Some(tls) = &config.server.tls {
+        let certs = CertStore::load(&tls.cert, &tls.key).map_err(|e| format!("{source}: {e}"))?;
+        certs.server_config()?;
+        outln!(
+            "tls: certificate {} and key {}: ok",
+            tls.cert.display(),
+            tls.key.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let (what, ready) = match &config.upstream {
+        Upstream::Cgi {
+            program,
+            project_root,
+        } => {
+            let backend = CgiBackend::new(program.clone(), project_root.clone());
+            (
+                format!("cgi {} for {}", program.display(), project_root.display()),
+                runtime.block_on(backend.ready()),
+            )
+        }
+        Upstream::Http(http) => {
+            let secret = match &http.credentials {
+                Some(c) => Some(Arc::new(
+                    UpstreamSecret::load(c).map_err(|e| format!("{source}: {e}"))?,
+                )),
+                None => None,
+            };
+            let backend = HttpBackend::new(
+                http,
+                secret,
+                config.server.trusted_proxies.clone(),
+                config.server.tls.is_some(),
+                &config.server.git_prefix,
+            )
+            .map_err(|e| format!("{source}: {e}"))?;
+            let mut url = http.origin.to_string();
+            url.truncate(url.trim_end_matches('/').len());
+            url.push_str(&http.base_path);
+            if let Some(socket) = &http.socket {
+                url.push_str(&format!(" via unix:{}", socket.display()));
+            }
+            (url, runtime.block_on(backend.ready()))
+        }
+    };
+    let mut warnings = 0;
+    match ready {
+        Ok(()) => outln!("upstream {what}: ready"),
+        Err(why) => {
+            warnings += 1;
+            outln!(
+                "warning: upstream {what} is not ready: {why} (serve starts anyway, and \
+                 /readyz answers 503 until it is)"
+            );
+        }
+    }
+    let store = config.store.path.display();
+    match Store::inspect(&config.store.path).map_err(|e| e.to_string())? {
+        None => outln!("store {store}: not there yet; serve creates it"),
+        Some(i) if i.schema < i.current => outln!(
+            "store {store}: schema {}, migrated to {} at the next start; {}, {} not revoked",
+            i.schema,
+            i.current,
+            counted(i.users, "user"),
+            counted(i.unrevoked_tokens, "token")
+        ),
+        Some(i) => outln!(
+            "store {store}: schema {} (current); {}, {} not revoked",
+            i.schema,
+            counted(i.users, "user"),
+            counted(i.unrevoked_tokens, "token")
+        ),
+    }
+    match warnings {
+        0 => outln!("ok: serve would start with this configuration"),
+        n => outln!(
+            "ok: serve would start with this configuration ({})",
+            counted(n, "warning")
+        ),
+    }
+    Ok(())
+}
+
+/// `1 user`, `2 users`.
+fn counted(n: i64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
