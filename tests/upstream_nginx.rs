@@ -481,6 +481,16 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, 
     (resp.status, head, resp.text())
 }
 
+/// alice's `GET info/refs` (the ref advertisement) through gitgate: status, head and body.
+fn advertise(w: &World, g: &Server) -> (u16, String, String) {
+    http(
+        g.port,
+        "GET",
+        "/scm/team/app.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &basic("alice", &w.token))],
+    )
+}
+
 fn commit_file(w: &World, repo: &Path, name: &str, content: &[u8]) {
     std::fs::write(repo.join(name), content).unwrap();
     w.git_ok(repo, &["add", name]);
@@ -589,12 +599,7 @@ fn clone_push_and_v2_over_the_upstreams_unix_socket() {
     }
     // Down: a 502 whose log line names the URL and the socket; back: served again.
     w.nginx.stop_nginx();
-    let (status, _, body) = http(
-        g.port,
-        "GET",
-        "/scm/team/app.git/info/refs?service=git-upload-pack",
-        &[("Authorization", &basic("alice", &w.token))],
-    );
+    let (status, _, body) = advertise(&w, &g);
     assert_eq!(status, 502, "{body}");
     let socket = w.path("nginx/nginx.sock");
     assert!(!body.contains("nginx.sock"), "{body}");
@@ -631,12 +636,7 @@ fn https_over_the_upstreams_unix_socket_is_checked_against_the_urls_name() {
     assert_ne!(config, renamed);
     std::fs::write(&w.config, renamed).unwrap();
     let g = start_gitgate(&w.config);
-    let (status, _, body) = http(
-        g.port,
-        "GET",
-        "/scm/team/app.git/info/refs?service=git-upload-pack",
-        &[("Authorization", &basic("alice", &w.token))],
-    );
+    let (status, _, body) = advertise(&w, &g);
     assert_eq!(status, 502, "{body}");
     assert!(body.to_ascii_lowercase().contains("certificate"), "{body}");
     assert_eq!(w.nginx.access_log(), log, "nothing more reached nginx");
@@ -799,13 +799,7 @@ fn upstream_down_is_502_then_recovers() {
     w.git_ok(w.dir.path(), &["ls-remote", &url]);
 
     w.nginx.stop_nginx();
-    let auth = basic("alice", &w.token);
-    let (status, head, body) = http(
-        g.port,
-        "GET",
-        "/scm/team/app.git/info/refs?service=git-upload-pack",
-        &[("Authorization", &auth)],
-    );
+    let (status, head, body) = advertise(&w, &g);
     assert_eq!(status, 502, "{head}\n{body}");
     assert!(
         head.to_ascii_lowercase()
@@ -1000,13 +994,7 @@ fn https_upstream_is_verified_against_the_configured_ca() {
         https_upstream: Some(None),
         ..Options::default()
     });
-    let auth = basic("alice", &w.token);
-    let (status, _, body) = http(
-        g.port,
-        "GET",
-        "/scm/team/app.git/info/refs?service=git-upload-pack",
-        &[("Authorization", &auth)],
-    );
+    let (status, _, body) = advertise(&w, &g);
     assert_eq!(status, 502, "{body}");
     assert!(body.to_ascii_lowercase().contains("certificate"), "{body}");
     // And the readiness probe says so, instead of ready for requests that all fail.
@@ -1237,13 +1225,7 @@ fn refused_upstream_credentials_are_a_502_not_a_prompt() {
     };
     std::fs::write(w.path("upstream.secret"), "wrong-secret\n").unwrap();
     let g = w.serve(&Options::default());
-    let auth = basic("alice", &w.token);
-    let (status, head, body) = http(
-        g.port,
-        "GET",
-        "/scm/team/app.git/info/refs?service=git-upload-pack",
-        &[("Authorization", &auth)],
-    );
+    let (status, head, body) = advertise(&w, &g);
     // nginx's 401 is about gitgate's credentials: passing its challenge on would only make git
     // ask the user for a password that cannot help.
     assert_eq!(status, 502, "{head}\n{body}");
@@ -1263,15 +1245,7 @@ fn sighup_reads_the_upstream_secret_again_and_keeps_it_when_the_new_one_is_unusa
     let secret = w.path("upstream.secret");
     std::fs::write(&secret, "old-secret\n").unwrap();
     let g = w.serve(&Options::default());
-    let auth = basic("alice", &w.token);
-    let advertise = || {
-        http(
-            g.port,
-            "GET",
-            "/scm/team/app.git/info/refs?service=git-upload-pack",
-            &[("Authorization", &auth)],
-        )
-    };
+    let advertise = || advertise(&w, &g);
     // Read at start: nginx wants another one.
     let (status, _, body) = advertise();
     assert_eq!(status, 502, "{body}");

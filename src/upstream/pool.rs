@@ -493,29 +493,37 @@ mod tests {
                 let (mut s, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut seen = Vec::new();
-                    let mut answered = 0;
-                    while answered < answers {
-                        let n = match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        seen.extend_from_slice(&buf[..n]);
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if s.write_all(answer).await.is_err() {
-                                return;
-                            }
-                            answered += 1;
-                        }
+                    if answer_ok(&mut s, answers).await {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
                 });
             }
         });
         (port, accepted)
+    }
+
+    /// Answers `200 ok` to each request head on `s`, up to `answers` of them; `true` once it
+    /// has given them all, `false` when the client closed or the connection failed first.
+    async fn answer_ok<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, answers: usize) -> bool {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        let mut answered = 0;
+        while answered < answers {
+            let n = match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            seen.extend_from_slice(&buf[..n]);
+            while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                seen.drain(..end + 4);
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if s.write_all(answer).await.is_err() {
+                    return false;
+                }
+                answered += 1;
+            }
+        }
+        true
     }
 
     fn pool(port: u16, idle: Duration) -> Arc<Pool> {
@@ -563,19 +571,7 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let (mut buf, mut seen) = ([0u8; 1024], Vec::new());
-                    while let Ok(n @ 1..) = s.read(&mut buf).await {
-                        seen.extend_from_slice(&buf[..n]);
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if s.write_all(answer).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
+                tokio::spawn(async move { answer_ok(&mut s, usize::MAX).await });
             }
         });
         let over_socket = |socket: PathBuf| {
