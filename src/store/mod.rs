@@ -181,21 +181,8 @@ impl Store {
             path: path.to_path_buf(),
             message,
         };
-        if path.is_dir() {
-            return Err(open_err(
-                "that is a folder: name a file in it (e.g. gitgate.db) as [store] path".into(),
-            ));
-        }
+        usable_path(path).map_err(open_err)?;
         if !path.exists() {
-            // As `open` would refuse to create it there.
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                if !parent.is_dir() {
-                    return Err(open_err(format!(
-                        "the folder {} does not exist",
-                        parent.display()
-                    )));
-                }
-            }
             return Ok(None);
         }
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
@@ -216,10 +203,7 @@ impl Store {
         .map_err(explain)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(explain)?;
         if let Some(tables) = schema::foreign_tables(&conn).map_err(explain)? {
-            return Err(open_err(format!(
-                "this is not a gitgate store but another program's SQLite database (it has \
-                 tables '{tables}' and no gitgate schema): check [store] path"
-            )));
+            return Err(open_err(foreign_database(&tables)));
         }
         let version = schema::refuse_newer(&conn).map_err(explain)?;
         let count = |sql: &str| {
@@ -248,30 +232,14 @@ impl Store {
             path: path.to_path_buf(),
             message,
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.is_dir() {
-                return Err(open_err(format!(
-                    "the folder {} does not exist",
-                    parent.display()
-                )));
-            }
-        }
-        if path.is_dir() {
-            return Err(open_err(
-                "that is a folder: name a file in it (e.g. gitgate.db) as [store] path".into(),
-            ));
-        }
+        usable_path(path).map_err(open_err)?;
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         // The file the connections open is the one `file` names below, unless it was replaced
         // in between: then it is looked at again before anything is served.
         let file_before = file_id(path).ok();
         let mut conn = connect(path, true).map_err(explain)?;
         if let Some(tables) = schema::foreign_tables(&conn).map_err(explain)? {
-            return Err(open_err(format!(
-                "this is not a gitgate store but another program's SQLite database (it has \
-                 tables '{tables}' and no gitgate schema); it was left as it is: check \
-                 [store] path"
-            )));
+            return Err(open_err(foreign_database(&tables)));
         }
         schema::refuse_newer(&conn).map_err(explain)?;
         // WAL is a property of the file: set once, every later connection sees it.
@@ -754,6 +722,28 @@ fn keep_log_on_close(conn: &Connection) {
     if let Err(e) = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true) {
         tracing::error!(error = %e, "could not keep a store connection from checkpointing on close");
     }
+}
+
+/// Why `path` cannot be a store, before SQLite is asked: its folder is not there (no store
+/// could be created in it), or it is a folder itself.
+fn usable_path(path: &Path) -> std::result::Result<(), String> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(format!("the folder {} does not exist", parent.display()));
+        }
+    }
+    if path.is_dir() {
+        return Err("that is a folder: name a file in it (e.g. gitgate.db) as [store] path".into());
+    }
+    Ok(())
+}
+
+/// The refusal of another program's SQLite database (see `schema::foreign_tables`).
+fn foreign_database(tables: &str) -> String {
+    format!(
+        "this is not a gitgate store but another program's SQLite database (it has tables \
+         '{tables}' and no gitgate schema); it was left as it is: check [store] path"
+    )
 }
 
 /// `path` for a `file:` URI: the characters a URI gives a meaning (`%`, `?`, `#`) escaped.
