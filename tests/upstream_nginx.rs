@@ -603,7 +603,10 @@ fn clone_push_and_v2_over_the_upstreams_unix_socket() {
     assert_eq!(status, 502, "{body}");
     let socket = w.path("nginx/nginx.sock");
     assert!(!body.contains("nginx.sock"), "{body}");
-    let named = format!("upstream http://git.invalid via unix:{}", socket.display());
+    let named = format!(
+        "upstream http://git.invalid/git via unix:{}",
+        socket.display()
+    );
     assert!(g.log_text().contains(&named), "{}", g.log_text());
     w.nginx.start_nginx();
     w.git_ok(w.dir.path(), &["ls-remote", &url]);

@@ -73,13 +73,10 @@ pub fn run(config_path: &Path) -> Result<(), String> {
                 &config.server.git_prefix,
             )
             .map_err(|e| format!("{source}: {e}"))?;
-            let mut url = http.origin.to_string();
-            url.truncate(url.trim_end_matches('/').len());
-            url.push_str(&http.base_path);
-            if let Some(socket) = &http.socket {
-                url.push_str(&format!(" via unix:{}", socket.display()));
-            }
-            (url, runtime.block_on(backend.ready()))
+            (
+                backend.address().to_owned(),
+                runtime.block_on(backend.ready()),
+            )
         }
     };
     let mut warnings = 0;

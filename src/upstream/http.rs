@@ -54,8 +54,8 @@ use crate::policy::Identity;
 /// Forwards requests to one upstream git server.
 pub struct HttpBackend {
     pool: Arc<Pool>,
-    /// The upstream for log lines and readiness: `http://git.internal:8080`, and `via
-    /// unix:/run/git.sock` after it when a socket is where gitgate connects.
+    /// The upstream for log lines, readiness and `gitgate check`: `http://git.internal:8080/git`
+    /// (its URL), and `via unix:/run/git.sock` after it when a socket is where gitgate connects.
     address: String,
     /// `scheme://authority` of the upstream, with and without its default port, for
     /// recognising its redirects.
@@ -116,13 +116,21 @@ impl HttpBackend {
                 cfg.connect_timeout,
                 cfg.pool_idle_timeout,
             )),
-            address: match &cfg.socket {
-                None => cfg.origin.to_string().trim_end_matches('/').to_string(),
-                Some(socket) => format!(
-                    "{} via unix:{}",
-                    cfg.origin.to_string().trim_end_matches('/'),
-                    socket.display()
-                ),
+            address: {
+                let origin = cfg.origin.to_string();
+                let base = if cfg.base_path == "/" {
+                    ""
+                } else {
+                    &cfg.base_path
+                };
+                match &cfg.socket {
+                    None => format!("{}{base}", origin.trim_end_matches('/')),
+                    Some(socket) => format!(
+                        "{}{base} via unix:{}",
+                        origin.trim_end_matches('/'),
+                        socket.display()
+                    ),
+                }
             },
             origin_texts: origin_spellings(https, authority),
             client_prefix: git_prefix.trim_end_matches('/').to_string(),
@@ -463,6 +471,11 @@ impl HttpBackend {
             ForwardError::bad_gateway(format!("the upstream git server failed ({cause})"))
         };
         self.naming_upstream(error)
+    }
+
+    /// The upstream as the log names it (see the field).
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     /// Readiness: can a connection to the upstream be opened within the connect timeout — TCP,
