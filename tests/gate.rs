@@ -145,6 +145,18 @@ fn one_repository_name_is_one_directory_whatever_the_client_spells() {
         assert!(!refs.success(), "{spelled}: {}", refs.stdout);
         assert!(!refs.stdout.contains(&hidden), "{spelled}: {}", refs.stdout);
     }
+    // `team/z.git` that git does not take for a repository (its `HEAD` is garbage) beside a
+    // `team/z.git.git`: git would pass over the first to the second, so neither is served.
+    let behind = sb.create_repo("team/z.git");
+    let z = sb.repos().join("team/z.git");
+    std::fs::create_dir_all(z.join("objects")).unwrap();
+    std::fs::create_dir_all(z.join("refs")).unwrap();
+    std::fs::write(z.join("HEAD"), "garbage\n").unwrap();
+    for spelled in ["team/z", "team/z.git"] {
+        let refs = sb.git(sb.root(), &["ls-remote", &url(spelled)]);
+        let err = refs.fails_with("team/z.git has a team/z.git.git beside it");
+        assert!(!refs.stdout.contains(&behind), "{err}");
+    }
 }
 
 /// clone, ls-remote, push, and fetch (into a second clone) with the given protocol version.

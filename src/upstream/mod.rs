@@ -111,17 +111,29 @@ impl Upstream {
     {
         match self {
             Upstream::Cgi(backend) => {
-                let Some(path_info) = backend.path_info(git_req) else {
-                    let repo = &git_req.repo;
-                    return Err(ForwardError {
-                        status: StatusCode::INTERNAL_SERVER_ERROR,
-                        message: format!(
-                            "two repositories on this server answer to {repo} ({repo} and \
-                             {repo}.git); ask its administrator to rename one"
-                        ),
-                        detail: None,
-                        fault: Fault::Server,
-                    });
+                let path_info = match backend.path_info(git_req) {
+                    Ok(path_info) => path_info,
+                    Err(clash) => {
+                        let repo = &git_req.repo;
+                        let message = if clash == cgi::RepoDir::Doubled {
+                            format!(
+                                "{repo}.git has a {repo}.git.git beside it, which git http-backend \
+                                 could serve in its place; ask this server's administrator to \
+                                 remove or rename it"
+                            )
+                        } else {
+                            format!(
+                                "two repositories on this server answer to {repo} ({repo} and \
+                                 {repo}.git); ask its administrator to rename one"
+                            )
+                        };
+                        return Err(ForwardError {
+                            status: StatusCode::INTERNAL_SERVER_ERROR,
+                            message,
+                            detail: None,
+                            fault: Fault::Server,
+                        });
+                    }
                 };
                 let req = cgi::CgiRequest {
                     method: &parts.method,

@@ -183,7 +183,9 @@ impl std::error::Error for CgiError {
 /// repository by trying `P/.git`, `P`, `P.git/.git` and `P.git` for the path `P` it is given —
 /// so the client's spelling could pick either, or `team/app.git.git`, a name gitgate refuses.
 /// The backend is therefore given the one spelling that exists on disk, and none at all when
-/// both do.
+/// both do, or when git could pass over `team/app.git` to `team/app.git.git` (git's test of a
+/// repository reads `HEAD`'s contents too, which gitgate's does not: a `team/app.git` that
+/// gitgate takes for a repository and git does not would send it on to the next name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepoDir {
     /// `team/app.git` (the usual bare repository).
@@ -195,13 +197,21 @@ pub enum RepoDir {
     Missing,
     /// Both: refused, since gitgate cannot tell which one a grant means.
     Both,
+    /// `team/app.git` and, beside it, something named `team/app.git.git`: refused, since git
+    /// tries that name after `team/app.git` when it does not take `team/app.git` for a
+    /// repository, and gitgate never grants it.
+    Doubled,
 }
 
 impl RepoDir {
-    /// Pure: from whether `<root>/<repo>.git` and `<root>/<repo>` are directories.
-    pub fn of(with_git: bool, plain: bool) -> RepoDir {
+    /// Pure: from whether `<root>/<repo>.git` and `<root>/<repo>` are repositories, and
+    /// whether anything is named `<root>/<repo>.git.git` (only `<repo>.git` can lead git
+    /// there: asked for `<repo>`, git tries `<repo>/.git`, `<repo>`, `<repo>.git/.git` and
+    /// `<repo>.git`).
+    pub fn of(with_git: bool, plain: bool, doubled: bool) -> RepoDir {
         match (with_git, plain) {
             (true, true) => RepoDir::Both,
+            (true, false) if doubled => RepoDir::Doubled,
             (true, false) => RepoDir::WithGit,
             (false, true) => RepoDir::Plain,
             (false, false) => RepoDir::Missing,
@@ -218,12 +228,12 @@ fn looks_like_repository(dir: &Path) -> bool {
 
 impl CgiBackend {
     /// The request's `PATH_INFO`: its repository spelled as the directory that answers to it
-    /// (see [`RepoDir`]); `None` when two do.
-    pub fn path_info(&self, git_req: &crate::git::GitRequest) -> Option<String> {
+    /// (see [`RepoDir`]); the clash when none can be given safely.
+    pub fn path_info(&self, git_req: &crate::git::GitRequest) -> Result<String, RepoDir> {
         match self.repo_dir(git_req.repo.as_str()) {
-            RepoDir::WithGit => Some(git_req.backend_path_spelled(true)),
-            RepoDir::Plain | RepoDir::Missing => Some(git_req.backend_path_spelled(false)),
-            RepoDir::Both => None,
+            RepoDir::WithGit => Ok(git_req.backend_path_spelled(true)),
+            RepoDir::Plain | RepoDir::Missing => Ok(git_req.backend_path_spelled(false)),
+            clash @ (RepoDir::Both | RepoDir::Doubled) => Err(clash),
         }
     }
 
@@ -234,10 +244,13 @@ impl CgiBackend {
         let plain = self.project_root.join(repo);
         let mut with_git = plain.clone().into_os_string();
         with_git.push(".git");
-        RepoDir::of(
-            looks_like_repository(Path::new(&with_git)),
-            looks_like_repository(&plain),
-        )
+        let is_repository = looks_like_repository(Path::new(&with_git));
+        // Any kind of file counts: git follows a gitfile or a symlink there as well.
+        let doubled = is_repository && {
+            with_git.push(".git");
+            std::fs::symlink_metadata(&with_git).is_ok()
+        };
+        RepoDir::of(is_repository, looks_like_repository(&plain), doubled)
     }
 
     /// `program` is the CGI executable (e.g. `/usr/lib/git-core/git-http-backend`);

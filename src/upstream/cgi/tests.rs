@@ -10,10 +10,15 @@ use hyper::StatusCode;
 
 #[test]
 fn one_directory_answers_to_a_repository() {
-    assert_eq!(RepoDir::of(true, false), RepoDir::WithGit);
-    assert_eq!(RepoDir::of(false, true), RepoDir::Plain);
-    assert_eq!(RepoDir::of(false, false), RepoDir::Missing);
-    assert_eq!(RepoDir::of(true, true), RepoDir::Both);
+    assert_eq!(RepoDir::of(true, false, false), RepoDir::WithGit);
+    assert_eq!(RepoDir::of(false, true, false), RepoDir::Plain);
+    assert_eq!(RepoDir::of(false, false, false), RepoDir::Missing);
+    assert_eq!(RepoDir::of(true, true, false), RepoDir::Both);
+    // `<repo>.git.git` matters only where git would be asked for `<repo>.git`.
+    assert_eq!(RepoDir::of(true, false, true), RepoDir::Doubled);
+    assert_eq!(RepoDir::of(true, true, true), RepoDir::Both);
+    assert_eq!(RepoDir::of(false, true, true), RepoDir::Plain);
+    assert_eq!(RepoDir::of(false, false, true), RepoDir::Missing);
     let root = tempfile::tempdir().unwrap();
     let backend = CgiBackend::new("/bin/false".into(), root.path().to_owned());
     let bare = |name: &str| {
@@ -36,6 +41,15 @@ fn one_directory_answers_to_a_repository() {
     bare("team/stray");
     // A file is no repository.
     std::fs::write(root.path().join("team/file"), "").unwrap();
+    // A repository with anything named `<it>.git.git` beside it, where git could go next.
+    bare("team/twice.git");
+    bare("team/twice.git.git");
+    bare("team/gitfile.git");
+    std::fs::write(
+        root.path().join("team/gitfile.git.git"),
+        "gitdir: ../team/app.git\n",
+    )
+    .unwrap();
     assert_eq!(backend.repo_dir("team/app"), RepoDir::WithGit);
     assert_eq!(backend.repo_dir("team/plain"), RepoDir::Plain);
     assert_eq!(backend.repo_dir("team/tree"), RepoDir::Plain);
@@ -45,6 +59,8 @@ fn one_directory_answers_to_a_repository() {
     assert_eq!(backend.repo_dir("team/nested"), RepoDir::WithGit);
     assert_eq!(backend.repo_dir("team/nested/lib"), RepoDir::WithGit);
     assert_eq!(backend.repo_dir("team/stray"), RepoDir::Plain);
+    assert_eq!(backend.repo_dir("team/twice"), RepoDir::Doubled);
+    assert_eq!(backend.repo_dir("team/gitfile"), RepoDir::Doubled);
 }
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
