@@ -440,8 +440,9 @@ fn init_logging(default: &str) -> Result<(), String> {
 }
 
 /// What is wrong with a `GITGATE_LOG` value that the filter syntax would take but no operator
-/// means: a bare word that is neither a level nor a module path (`warning`, `verbose`) is read
-/// as a target name, and then nothing else logs — not even errors.
+/// means: a bare word that is neither a level nor a module path (`warning`, `verbose`, or a
+/// typo such as `gitgate:debug`) is read as a target name, and then nothing else logs — not
+/// even errors.
 fn log_filter_problem(value: &str) -> Option<String> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     value
@@ -451,9 +452,7 @@ fn log_filter_problem(value: &str) -> Option<String> {
         .find(|d| {
             !LEVELS.contains(&d.to_ascii_lowercase().as_str())
                 && !matches!(*d, "0" | "1" | "2" | "3" | "4" | "5")
-                && !d.contains("::")
-                && !d.starts_with("gitgate")
-                && !d.starts_with("hyper")
+                && !is_log_target(d)
         })
         .map(|word| {
             format!(
@@ -462,6 +461,16 @@ fn log_filter_problem(value: &str) -> Option<String> {
                 LEVELS.join(", ")
             )
         })
+}
+
+/// A bare word that names whose lines to show: one of the crates gitgate logs through, or a
+/// module path (`gitgate::cgi`, `hyper::proto`), whose parts are Rust identifiers.
+fn is_log_target(word: &str) -> bool {
+    const CRATES: [&str; 6] = ["gitgate", "hyper", "hyper_util", "h2", "rustls", "rusqlite"];
+    let identifier = |part: &str| {
+        !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    CRATES.contains(&word) || (word.contains("::") && word.split("::").all(identifier))
 }
 
 #[cfg(test)]
@@ -481,7 +490,16 @@ mod tests {
         ] {
             assert_eq!(log_filter_problem(ok), None, "{ok}");
         }
-        for bad in ["warning", "verbose", "info,quiet"] {
+        for bad in [
+            "warning",
+            "verbose",
+            "info,quiet",
+            "gitgate:debug",
+            "gitgate.debug",
+            "hyper-util",
+            "gitgate::",
+            "gitgatex",
+        ] {
             let problem = log_filter_problem(bad).unwrap();
             assert!(problem.contains("is not a log level"), "{bad}: {problem}");
         }

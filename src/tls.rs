@@ -100,8 +100,14 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
             cert.display()
         ));
     }
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("[server.tls] key = \"{}\": {e}", key.display()))?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!(
+            "[server.tls] key = \"{}\" holds no PEM private key (expected -----BEGIN PRIVATE KEY-----, \
+             -----BEGIN RSA PRIVATE KEY----- or -----BEGIN EC PRIVATE KEY-----)",
+            key.display()
+        ),
+        e => format!("[server.tls] key = \"{}\": {e}", key.display()),
+    })?;
     CertifiedKey::from_der(chain, private, provider).map_err(|e| {
         format!(
             "[server.tls] key = \"{}\" does not go with cert = \"{}\": {e}",
@@ -167,5 +173,13 @@ mod tests {
         assert!(e.contains("/nonexistent/cert.pem"), "{e}");
         let e = CertStore::load(&fixture("server-a.pem"), &fixture("ca.pem")).unwrap_err();
         assert!(e.contains("ca.pem"), "{e}");
+        // A key file with no key in it (here the certificate itself) says what it lacks.
+        let e = CertStore::load(&fixture("server-a.pem"), &fixture("server-a.pem")).unwrap_err();
+        assert!(
+            e.contains(
+                "server-a.pem\" holds no PEM private key (expected -----BEGIN PRIVATE KEY-----"
+            ),
+            "{e}"
+        );
     }
 }
