@@ -246,6 +246,15 @@ impl ExpiryPolicy {
         }
     }
 
+    /// The tokens an admin has to act on: active at `now` (an expired or revoked token opens
+    /// nothing, so it breaks no policy) and not compliant.
+    pub fn breaches<'a>(&self, tokens: &'a [TokenRecord], now: i64) -> Vec<&'a TokenRecord> {
+        tokens
+            .iter()
+            .filter(|t| t.is_active(now) && !self.compliant(t))
+            .collect()
+    }
+
     /// A one-line description for messages and audit events.
     pub fn describe(&self) -> String {
         match (self.expiry_required, self.max_expiry_days) {
@@ -836,6 +845,25 @@ mod tests {
         assert!(!p.compliant(&old));
         assert!(p.compliant(&new));
         assert!(ExpiryPolicy::default().compliant(&old));
+        // Of the tokens breaking it, only the active ones need an admin: an expired or a
+        // revoked token opens nothing.
+        let now = crate::clock::now_ms();
+        let mut expired = old.clone();
+        expired.id = "expired".into();
+        expired.expires_at = Some(now);
+        let mut revoked = old.clone();
+        revoked.id = "revoked".into();
+        revoked.revoked_at = Some(now);
+        let mut expiring = old.clone();
+        expiring.id = "expiring".into();
+        expiring.expires_at = Some(now + 1 + 91 * DAY_MS);
+        let all = [old.clone(), new.clone(), expired, revoked, expiring];
+        let ids: Vec<&str> = p
+            .breaches(&all, now)
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect();
+        assert_eq!(ids, [old.id.as_str(), "expiring"]);
         // A token that breaks the policy gets no new secret; one that meets it does.
         let e = rotate(&store, &user("alice"), None, &old.id, 0, &actor()).unwrap_err();
         assert!(

@@ -731,6 +731,59 @@ fn a_secret_that_cannot_be_shown_does_not_stay_valid() {
     let lost = with_value(&list, "lost");
     assert_eq!(lost.len(), 1, "{list}");
     assert!(lost[0]["revokedAt"].is_i64(), "{list}");
+    // stdout closed, or /dev/null: every write succeeds and nobody reads it. Refused before
+    // anything is made — a create, and a rotation that would cut the old secret off.
+    let keep = sb.cli(&[
+        "token",
+        "create",
+        "--project",
+        "team",
+        "--name",
+        "kept",
+        "--permission",
+        "REPO_READ",
+    ]);
+    let kept_secret = keep.ok().trim().to_string();
+    let kept_id = with_value(&sb.cli_json(&["token", "list", "--json"]), "kept")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for args in [
+        vec![
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "unseen",
+            "--permission",
+            "REPO_READ",
+        ],
+        vec!["token", "rotate", &kept_id],
+    ] {
+        let out = sb
+            .gitgate_command()
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("standard output is closed or /dev/null")
+                && stderr.contains("nothing was changed"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    assert!(with_value(&list, "unseen").is_empty(), "{list}");
+    let kept = with_value(&list, "kept");
+    assert!(
+        kept[0]["rotatedAt"].is_null() && kept[0]["revokedAt"].is_null(),
+        "{list}"
+    );
+    assert!(kept_secret.starts_with("ggt_"), "{kept_secret}");
 }
 
 #[test]
@@ -757,17 +810,19 @@ fn audit_lists_every_event_and_limit_keeps_the_newest() {
     let all = sb.cli_json(&["audit", "--json"]);
     let all = all.as_array().unwrap();
     assert_eq!(all.len(), before + 100_500 + 1);
-    // Oldest first, and the newest — written after all those — is there at the end.
-    assert_eq!(all[before]["target"], "n0");
-    assert_eq!(all[before + 100_499]["target"], "n100499");
+    // Oldest first — by when each happened, not by when it was stored: the rows written
+    // straight in happened in 2023, before the sandbox's own events — and the newest is there
+    // at the end.
+    assert_eq!(all[0]["target"], "n0");
+    assert_eq!(all[100_499]["target"], "n100499");
     assert_eq!(
         all.last().unwrap()["action"],
         "user.disabled",
         "{:?}",
         all.last()
     );
-    let ids: Vec<i64> = all.iter().map(|e| e["id"].as_i64().unwrap()).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let times: Vec<i64> = all.iter().map(|e| e["at"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
     let text = sb.cli(&["audit"]).ok().to_string();
     assert_eq!(text.lines().count(), all.len());
     assert!(

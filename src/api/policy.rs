@@ -79,10 +79,15 @@ fn all_tokens(call: &Call) -> ApiResult {
     };
     let policy = lifecycle::policy(call.store)?;
     let tokens = lifecycle::list_all(call.store, &call.caller)?;
+    // Unfiltered: every token not revoked. Filtered by compliance: only the active ones, as an
+    // expired token breaks no policy (see `ExpiryPolicy::breaches`).
+    let now = crate::clock::now_ms();
     let values: Vec<Value> = tokens
         .iter()
-        .filter(|t| t.revoked_at.is_none())
-        .filter(|t| only.is_none_or(|want| policy.compliant(t) == want))
+        .filter(|t| match only {
+            None => t.revoked_at.is_none(),
+            Some(want) => t.is_active(now) && policy.compliant(t) == want,
+        })
         .map(|t| token_json(call.store, t, &policy))
         .collect();
     page(call, values)

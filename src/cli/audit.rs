@@ -6,7 +6,7 @@
 
 use super::out_raw;
 use crate::clock;
-use crate::store::{AuditEvent, Store};
+use crate::store::{AuditCursor, AuditEvent, Store};
 
 /// Events read from the store at a time.
 const PAGE: usize = 1000;
@@ -30,7 +30,7 @@ pub fn show(
         Some(n) => store
             .audit_before_newest(since, n)
             .map_err(|e| e.to_string())?,
-        None => i64::MIN,
+        None => AuditCursor::START,
     };
     let mut left = limit.unwrap_or(usize::MAX);
     let mut first = true;
@@ -43,7 +43,7 @@ pub fn show(
             .audit_page(since, after, PAGE.min(left))
             .map_err(|e| e.to_string())?;
         let Some(last) = page.last() else { break };
-        after = last.id;
+        after = AuditCursor::after(last);
         left -= page.len();
         for e in &page {
             if json {

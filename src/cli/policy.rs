@@ -4,6 +4,7 @@
 use serde_json::json;
 
 use super::print_json;
+use crate::clock::now_ms;
 use crate::lifecycle::{self, Caller, ExpiryPolicy};
 use crate::store::{Actor, Store};
 
@@ -16,9 +17,9 @@ pub fn show(store: &Store, json: bool) -> Result<(), String> {
     if json {
         let mut value = policy_json(&p);
         let tokens = store.tokens(None).map_err(|e| e.to_string())?;
-        let non_compliant: Vec<&str> = tokens
+        let non_compliant: Vec<&str> = p
+            .breaches(&tokens, now_ms())
             .iter()
-            .filter(|t| t.revoked_at.is_none() && !p.compliant(t))
             .map(|t| t.id.as_str())
             .collect();
         value["nonCompliantTokens"] = json!(non_compliant);
@@ -37,10 +38,7 @@ pub fn show(store: &Store, json: bool) -> Result<(), String> {
         }
     );
     let tokens = store.tokens(None).map_err(|e| e.to_string())?;
-    let bad: Vec<_> = tokens
-        .iter()
-        .filter(|t| t.revoked_at.is_none() && !p.compliant(t))
-        .collect();
+    let bad = p.breaches(&tokens, now_ms());
     if !bad.is_empty() {
         outln!("non-compliant tokens (revoke them with `gitgate token revoke ID`):");
         for t in bad {

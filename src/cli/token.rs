@@ -3,6 +3,8 @@
 //! `create` prints the secret alone on stdout so that `TOKEN=$(gitgate token create ...)` works;
 //! the details go to stderr. The secret is shown this once and never again.
 
+use std::path::Path;
+
 use serde_json::json;
 
 use super::{print_json, read_password, when};
@@ -29,7 +31,22 @@ pub struct Create<'a> {
     pub json: bool,
 }
 
+/// Where a new secret would be written, when nobody could read it there: standard output is
+/// `/dev/null`. Closed, it is that too (the Rust runtime opens `/dev/null` in its place at
+/// start), and every write would succeed: the token would work with a secret nobody saw.
+fn secret_would_be_lost() -> Result<(), String> {
+    match std::fs::read_link("/proc/self/fd/1") {
+        Ok(target) if target == Path::new("/dev/null") => Err(
+            "standard output is closed or /dev/null, and the secret is shown only once, there: \
+             send it to a file or a pipe (nothing was changed)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
 pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
+    secret_would_be_lost()?;
     let Create {
         name,
         permissions,
@@ -287,6 +304,7 @@ pub fn rotate(
     password_stdin: bool,
     json: bool,
 ) -> Result<(), String> {
+    secret_would_be_lost()?;
     let t = lifecycle::get(store, &Caller::Operator, None, id).map_err(|e| e.to_string())?;
     let caller = match &t.owner {
         Some(owner) => login_as_owner(store, owner, password_stdin, "rotated")?,

@@ -25,6 +25,31 @@ pub struct AuditEvent {
     pub last_at: Option<i64>,
 }
 
+/// A place in the audit listing, which goes by time (`at`), then by id among events of the
+/// same millisecond. Not by id alone: failed authentications reach the table in the writer's
+/// batches, up to a second after events recorded in between, with the time they happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditCursor {
+    pub at: i64,
+    pub id: i64,
+}
+
+impl AuditCursor {
+    /// Before every event.
+    pub const START: AuditCursor = AuditCursor {
+        at: i64::MIN,
+        id: i64::MIN,
+    };
+
+    /// Just after `event`.
+    pub fn after(event: &AuditEvent) -> AuditCursor {
+        AuditCursor {
+            at: event.at,
+            id: event.id,
+        }
+    }
+}
+
 /// Append one event inside the caller's transaction; its log line is written once the
 /// transaction has committed ([`after_transaction`]), so that the log never tells of a change
 /// that was rolled back.
@@ -208,45 +233,52 @@ impl Store {
 
     /// Events at or after `since` (epoch ms), oldest first, at most `limit`.
     pub fn audit_events(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEvent>> {
-        self.audit_page(since, i64::MIN, limit)
+        self.audit_page(since, AuditCursor::START, limit)
     }
 
-    /// The id just before the newest `n` events at or after `since`, for [`Store::audit_page`]
-    /// to start from; `i64::MIN` when there are no more than `n`.
-    pub fn audit_before_newest(&self, since: Option<i64>, n: usize) -> Result<i64> {
+    /// The place just before the newest `n` events at or after `since`, for
+    /// [`Store::audit_page`] to start from; [`AuditCursor::START`] when there are no more than
+    /// `n`.
+    pub fn audit_before_newest(&self, since: Option<i64>, n: usize) -> Result<AuditCursor> {
         self.with_conn(|c| {
-            let id: Option<i64> = c
+            let place = c
                 .query_row(
-                    "SELECT id FROM audit_events WHERE at >= ?1
-                     ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                    "SELECT at, id FROM audit_events WHERE at >= ?1
+                     ORDER BY at DESC, id DESC LIMIT 1 OFFSET ?2",
                     params![
                         since.unwrap_or(i64::MIN),
                         i64::try_from(n).unwrap_or(i64::MAX)
                     ],
-                    |r| r.get(0),
+                    |r| {
+                        Ok(AuditCursor {
+                            at: r.get(0)?,
+                            id: r.get(1)?,
+                        })
+                    },
                 )
                 .optional()?;
-            Ok(id.unwrap_or(i64::MIN))
+            Ok(place.unwrap_or(AuditCursor::START))
         })
     }
 
-    /// Events at or after `since` (epoch ms) with an id above `after_id`, oldest first, at most
-    /// `limit`: one page of a listing that may be far longer than memory should hold. Each page
-    /// is its own read, so a listing piped into a slow reader holds no snapshot of the store.
+    /// Events at or after `since` (epoch ms) and past `after`, oldest first (by time, then id),
+    /// at most `limit`: one page of a listing that may be far longer than memory should hold.
+    /// Each page is its own read, so a listing piped into a slow reader holds no snapshot of
+    /// the store. The index on `at` (which holds the id too) gives the order without a sort.
     pub fn audit_page(
         &self,
         since: Option<i64>,
-        after_id: i64,
+        after: AuditCursor,
         limit: usize,
     ) -> Result<Vec<AuditEvent>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, at, actor, action, target, detail, source, count, last_at
                  FROM audit_events
-                 WHERE at >= ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                 WHERE at >= ?1 AND (at, id) > (?2, ?3) ORDER BY at, id LIMIT ?4",
             )?;
             let rows = stmt.query_map(
-                params![since.unwrap_or(i64::MIN), after_id, limit as i64],
+                params![since.unwrap_or(i64::MIN), after.at, after.id, limit as i64],
                 |r| {
                     Ok(AuditEvent {
                         id: r.get(0)?,
@@ -287,5 +319,45 @@ mod tests {
         });
         assert!(log.contains("test.committed"), "{log}");
         assert!(!log.contains("test.rolled_back"), "{log}");
+    }
+
+    /// A failed authentication reaches the table after events recorded later; the listing,
+    /// its pages and its newest-N start all go by when each happened.
+    #[test]
+    fn events_are_listed_by_when_they_happened_not_when_they_were_stored() {
+        let (_dir, store) = temp_store();
+        store.record_event_later(("mallory", "10.0.0.1"), "auth.failed", "t", "");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        store
+            .record_event(&actor(), "user.disabled", "t", "")
+            .unwrap();
+        assert!(store.flush_pending_writes());
+        let all = store.audit_events(None, 10).unwrap();
+        let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["auth.failed", "user.disabled"]);
+        assert!(
+            all[0].id > all[1].id,
+            "stored after, listed before: {all:?}"
+        );
+        // One page at a time, from the start.
+        let first = store.audit_page(None, AuditCursor::START, 1).unwrap();
+        assert_eq!(first[0].action, "auth.failed");
+        let second = store
+            .audit_page(None, AuditCursor::after(&first[0]), 1)
+            .unwrap();
+        assert_eq!(second[0].action, "user.disabled");
+        assert!(store
+            .audit_page(None, AuditCursor::after(&second[0]), 1)
+            .unwrap()
+            .is_empty());
+        // The newest one is the one that happened last.
+        let start = store.audit_before_newest(None, 1).unwrap();
+        let newest = store.audit_page(None, start, 10).unwrap();
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].action, "user.disabled");
+        assert_eq!(
+            store.audit_before_newest(None, 2).unwrap(),
+            AuditCursor::START
+        );
     }
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-pub use audit::AuditEvent;
+pub use audit::{AuditCursor, AuditEvent};
 pub use grants::Grant;
 pub use ratelimits::{RateOverride, RateRule};
 pub use tokens::{validate_name, AuthRecord, NewToken, Owner, TokenEdit, TokenRecord};

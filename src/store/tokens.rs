@@ -60,6 +60,12 @@ impl TokenRecord {
         })
     }
 
+    /// Whether the token still opens anything at `now` (ms since the epoch): neither revoked
+    /// nor expired.
+    pub fn is_active(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| now < at)
+    }
+
     /// The allowed networks as text, e.g. `["10.0.0.0/8"]`.
     pub fn network_names(&self) -> Vec<String> {
         self.allowed_networks.iter().map(Cidr::to_string).collect()

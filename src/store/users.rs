@@ -68,7 +68,14 @@ pub fn validate_slug(slug: &str) -> Result<()> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         && slug.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
+    if ok && crate::credentials::holds_a_secret(slug) {
+        // gitgate refuses such a user name wherever it is sent (it is how a token pasted into
+        // the user field looks), so a user by that name could never log in nor use a token.
+        Err(StoreError::Invalid(format!(
+            "'{slug}' is not a valid user name: it holds 'ggt_' or 'ggt-', how gitgate's token \
+             secrets begin, and requests naming it are refused"
+        )))
+    } else if ok {
         Ok(())
     } else {
         Err(StoreError::Invalid(format!(
@@ -294,6 +301,14 @@ mod tests {
             &"a".repeat(65),
         ] {
             assert!(validate_slug(bad).is_err(), "{bad}");
+        }
+        // Names that requests are refused for, as they look like a token pasted in.
+        for secretish in ["ggt_bob", "dev-eggt-1", "ci.ggt_x"] {
+            let e = validate_slug(secretish).unwrap_err().to_string();
+            assert!(
+                e.contains("how gitgate's token secrets begin"),
+                "{secretish}: {e}"
+            );
         }
     }
 
