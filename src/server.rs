@@ -213,6 +213,9 @@ async fn run_workers(config: Config) -> Result<(), String> {
         None => None,
     };
 
+    // Before the open, which would otherwise make the `-wal` and `-shm` of a store this
+    // process then finds it cannot write.
+    Store::check_can_write(&config.store.path).map_err(|e| e.to_string())?;
     let store = Store::open(&config.store.path).map_err(|e| e.to_string())?;
     store.watch_folders();
     match store.check_writable() {

@@ -1369,6 +1369,17 @@ fn serve_refuses_a_store_it_cannot_write() {
         err.contains("read-only") || err.contains("readonly"),
         "{err}"
     );
+    // The failed start left nothing beside the store (no `-wal`/`-shm` of its user's), and
+    // `check` says the same as serve, where it used to report that serve would start.
+    for extra in ["-wal", "-shm"] {
+        let left = format!("{}{extra}", sb.db().display());
+        assert!(!std::path::Path::new(&left).exists(), "{left} left: {err}");
+    }
+    let checked = without_write_access(&sb, &["check"]);
+    assert!(
+        checked.contains(&uid) && checked.contains("read-only"),
+        "{checked}"
+    );
     // A CLI command that writes says the same, before it does anything.
     let err = without_write_access(&sb, &["user", "disable", "alice"]);
     assert!(err.contains(sb.db().to_str().unwrap()), "{err}");
@@ -1385,11 +1396,16 @@ fn serve_refuses_a_store_it_cannot_write() {
         as_store_owner_only(sb.root(), 0o555);
     }
     let err = serve_without_write_access(&sb);
+    let checked = without_write_access(&sb, &["check"]);
     as_store_owner_only(sb.root(), 0o755);
     assert!(err.contains(&uid), "{err}");
     assert!(
         err.contains(&format!("folder {}", sb.root().display())),
         "the message should name the folder: {err}"
+    );
+    assert!(
+        checked.contains(&format!("folder {}", sb.root().display())),
+        "{checked}"
     );
     assert_eq!(fs::read(sb.db()).unwrap(), before, "the store changed");
 }

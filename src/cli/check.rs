@@ -91,7 +91,10 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         }
     }
     let store = config.store.path.display();
-    match Store::inspect(&config.store.path).map_err(|e| e.to_string())? {
+    let inspection = Store::inspect(&config.store.path).map_err(|e| e.to_string())?;
+    // serve's own check before it opens the store: this process's access, nothing opened.
+    Store::check_can_write(&config.store.path).map_err(|e| e.to_string())?;
+    match inspection {
         None => outln!("store {store}: not there yet; serve creates it"),
         Some(i) if i.schema < i.current => outln!(
             "store {store}: schema {}, migrated to {} at the next start; {}, {} not revoked",

@@ -226,6 +226,61 @@ impl Store {
         }))
     }
 
+    /// Fails unless this process could write the store at `path` as `serve` needs, asking the
+    /// kernel (`faccessat` for the effective user: owners, modes, ACLs and read-only mounts
+    /// alike) and opening nothing: the store file, its `-wal` and `-shm` where they exist, and
+    /// the folder where one of them is still to be created. For `serve` before it opens the
+    /// store — so that a start that cannot write leaves no `-wal`/`-shm` behind, owned by its
+    /// user — and for `gitgate check`. [`Store::check_writable`] still runs after the open: it
+    /// is the real trial, and also finds a store locked by another process.
+    pub fn check_can_write(path: &Path) -> Result<()> {
+        use rustix::fs::{accessat, Access, AtFlags, CWD};
+        usable_path(path).map_err(|message| StoreError::Open {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        // Through a symbolic link, SQLite writes beside the file the link points at.
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let folder = match real.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(p) => p.to_path_buf(),
+            None => PathBuf::from("."),
+        };
+        let beside = |suffix: &str| {
+            let mut name = real.clone().into_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        let files = [real.clone(), beside("-wal"), beside("-shm")];
+        let mut to_try: Vec<(&Path, Access)> = Vec::new();
+        for file in &files {
+            if file.exists() {
+                to_try.push((file, Access::READ_OK | Access::WRITE_OK));
+            }
+        }
+        if to_try.len() < files.len() {
+            to_try.push((&folder, Access::WRITE_OK | Access::EXEC_OK));
+        }
+        for (what, access) in to_try {
+            if let Err(e) = accessat(CWD, what, access, AtFlags::EACCESS) {
+                return Err(StoreError::Open {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "{} cannot be written by this process ({}), and SQLite would open the \
+                         store read-only: this process (uid {uid}) must be able to write the \
+                         file and its folder {}, where SQLite creates {file}-wal and {file}-shm; \
+                         check their owner and mode",
+                        what.display(),
+                        std::io::Error::from(e),
+                        folder.display(),
+                        file = real.display(),
+                        uid = rustix::process::geteuid().as_raw()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Open (creating if needed) the store at `path` and bring its schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
         let open_err = |message: String| StoreError::Open {
