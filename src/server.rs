@@ -74,7 +74,21 @@ pub fn run(config: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    main.block_on(run_workers(config))
+    let ended = main.block_on(run_workers(config));
+    if matches!(ended, Ok(Ended::BeforeTheStore)) {
+        // The store's open is still waiting on a lock held elsewhere, in a blocking thread: a
+        // stop is not held up for it (SQLite leaves nothing half-done when a process ends).
+        main.shutdown_background();
+    }
+    ended.map(|_| ())
+}
+
+/// How [`run_workers`] ended without an error.
+enum Ended {
+    /// A stop signal came while the store was being opened: nothing was served.
+    BeforeTheStore,
+    /// After serving, every connection closed.
+    Served,
 }
 
 /// The longest a backend may keep a waiting client without a word: a little under the client
@@ -140,7 +154,7 @@ fn raise_open_files_limit(max_connections: usize) {
     }
 }
 
-async fn run_workers(config: Config) -> Result<(), String> {
+async fn run_workers(config: Config) -> Result<Ended, String> {
     // Everything that can still fail on a bad setting comes before the store is opened (and
     // created, or migrated): a start that fails changes nothing on disk.
     let certs = match &config.server.tls {
@@ -213,22 +227,20 @@ async fn run_workers(config: Config) -> Result<(), String> {
         None => None,
     };
 
-    // Before the open, which would otherwise make the `-wal` and `-shm` of a store this
-    // process then finds it cannot write.
-    Store::check_can_write(&config.store.path).map_err(|e| e.to_string())?;
-    let store = Store::open(&config.store.path).map_err(|e| e.to_string())?;
-    store.watch_folders();
-    match store.check_writable() {
-        Ok(()) => {}
-        // Another process holding the write lock (a long CLI change) is not a store gitgate
-        // cannot write: tokens are read beside it, and the writer's commits wait their turn.
-        Err(crate::store::StoreError::Busy) => tracing::warn!(
-            store = %config.store.path.display(),
-            "the token store is locked by another process: serving; its writes (audit events, \
-             last uses) wait until the lock is released"
-        ),
-        Err(e) => return Err(e.to_string()),
-    }
+    // The open may wait up to SQLite's busy timeout on a lock held by another process: a stop
+    // signal in the meantime ends the start at once, with nothing served.
+    let path = config.store.path.clone();
+    let opening = tokio::task::spawn_blocking(move || open_store(&path));
+    let store = tokio::select! {
+        opened = opening => opened.map_err(|e| format!("opening the token store failed: {e}"))??,
+        () = stop.next() => {
+            tracing::info!(
+                "stopped: a stop signal came while the token store was being opened; nothing \
+                 was served"
+            );
+            return Ok(Ended::BeforeTheStore);
+        }
+    };
     let guard = Arc::new(Guard::new(
         store.clone(),
         &config.rate_limit,
@@ -299,7 +311,15 @@ async fn run_workers(config: Config) -> Result<(), String> {
         "listening on {}://{local}",
         if settings.tls.is_some() { "https" } else { "http" }
     );
-    tokio::spawn(async move { health::check_at_start(&probe).await });
+    // The start's readiness report, unless a stop comes first: "ready" after "shutting down"
+    // would tell a log reader the opposite of what is happening.
+    let (stopping_now, mut stopping) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = health::check_at_start(&probe) => {}
+            _ = stopping.wait_for(|stopping| *stopping) => {}
+        }
+    });
     let address_cap = settings
         .limits
         .max_connections_per_address
@@ -312,6 +332,7 @@ async fn run_workers(config: Config) -> Result<(), String> {
         stop.next(),
     )
     .await;
+    let _ = stopping_now.send(true);
     // A second stop signal ends the drain at once. One within a second of the first is the
     // same stop: Ctrl-C in a terminal sends SIGINT, and a supervisor may pass on a SIGTERM too.
     let stopping = tokio::time::Instant::now();
@@ -333,9 +354,15 @@ async fn run_workers(config: Config) -> Result<(), String> {
     }
     // No request is left: write what the store's writer still holds (audit events and last
     // uses of the last window), which would otherwise end with the process.
-    let written = tokio::task::spawn_blocking(move || store.flush_pending_writes())
-        .await
-        .unwrap_or(false);
+    // And tell now of store files changed under the running server, which the store's last
+    // close would otherwise tell after the "stopped" line that ends the log.
+    let written = tokio::task::spawn_blocking(move || {
+        let written = store.flush_pending_writes();
+        store.report_changed_files();
+        written
+    })
+    .await
+    .unwrap_or(false);
     if written {
         tracing::info!(
             "stopped: every connection closed, pending audit events and last uses written"
@@ -346,7 +373,28 @@ async fn run_workers(config: Config) -> Result<(), String> {
              written (see above)"
         );
     }
-    Ok(())
+    Ok(Ended::Served)
+}
+
+/// The store as `serve` needs it: writable by this process (asked before the open, which would
+/// otherwise leave a `-wal` and `-shm` of this user's beside a store it cannot write), opened,
+/// watched, and tried with a write.
+fn open_store(path: &std::path::Path) -> Result<Store, String> {
+    Store::check_can_write(path).map_err(|e| e.to_string())?;
+    let store = Store::open(path).map_err(|e| e.to_string())?;
+    store.watch_folders();
+    match store.check_writable() {
+        Ok(()) => {}
+        // Another process holding the write lock (a long CLI change) is not a store gitgate
+        // cannot write: tokens are read beside it, and the writer's commits wait their turn.
+        Err(crate::store::StoreError::Busy) => tracing::warn!(
+            store = %path.display(),
+            "the token store is locked by another process: serving; its writes (audit events, \
+             last uses) wait until the lock is released"
+        ),
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(store)
 }
 
 /// A connection handed from the acceptor to a worker, with its place under the connection cap

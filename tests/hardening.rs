@@ -243,8 +243,28 @@ fn a_store_replaced_while_serving_is_refused_until_a_restart() {
         .log()
         .contains("the store file was replaced while gitgate was running"));
     // A revocation in the restored file, then a restart: the restored file is what counts.
+    // Another process keeps the file open meanwhile, so the revocation stays in the `-wal`
+    // at the stop, which must tell of it.
+    // (`VACUUM INTO` made the copy in rollback mode: WAL first, as gitgate's CLI would.)
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+        .unwrap();
+    holder
+        .query_row("SELECT count(*) FROM tokens", [], |r| r.get::<_, i64>(0))
+        .unwrap();
     gitgate(&server.config(), &["token", "revoke", &w[4..16]], None);
-    server.restart();
+    server.stop();
+    drop(holder);
+    // The stop tells what to remove before the next start, before its own last line.
+    let log = server.log();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.contains("stopped: every connection closed"), "{log}");
+    assert!(
+        log.contains("were deleted while gitgate was running, and another process has written"),
+        "{log}"
+    );
+    server.start_again();
     assert_eq!(status(&get(&server, IR, &w)), 401);
     assert_eq!(status(&get(&server, IR, &r)), 200);
 }
@@ -452,6 +472,52 @@ fn a_start_while_another_process_holds_the_write_lock_serves() {
         .contains("the token store is locked by another process: serving"));
     assert_eq!(status(&get(&server, IR, &w)), 200);
     conn.execute_batch("ROLLBACK").unwrap();
+}
+
+/// A stop signal while the start waits on that lock ends the start there: nothing is served,
+/// and the log does not go on to say "listening" and "ready".
+#[test]
+fn a_stop_while_the_start_waits_on_a_locked_store_ends_it_there() {
+    let mut server = Server::start("");
+    server.stop();
+    let conn = rusqlite::Connection::open(server.path("gitgate.db")).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let log = server.path("locked-start.log");
+    let mut child = common::gitgate_command(&server.config())
+        .arg("serve")
+        .env("GITGATE_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The start has the store open, and waits for the lock (SQLite's busy timeout, 5 s).
+    let db = std::fs::canonicalize(server.path("gitgate.db")).unwrap();
+    wait_for("the start to open the store", || {
+        std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == db))
+            })
+            .unwrap_or(false)
+    });
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    conn.execute_batch("ROLLBACK").unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}: {text}");
+    assert!(
+        text.contains("stopped: a stop signal came while the token store was being opened"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("listening on") && !text.contains("ready"),
+        "{text}"
+    );
 }
 
 #[test]

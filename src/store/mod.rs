@@ -151,6 +151,9 @@ struct Inner {
     file: RwLock<Option<FileId>>,
     /// The file was replaced under the running server: every operation fails until a restart.
     replaced: AtomicBool,
+    /// A change to the files, told of at the stop ([`Store::report_changed_files`]): not told
+    /// again by the close.
+    changes_reported: AtomicBool,
     /// Says when [`Store::check_file`]'s full checks can be skipped; set by `serve`
     /// ([`Store::watch_folders`]), unset where inotify is not available (they then run on every
     /// operation).
@@ -330,6 +333,7 @@ impl Store {
                 cache,
                 file: RwLock::new(file),
                 replaced: AtomicBool::new(false),
+                changes_reported: AtomicBool::new(false),
                 watch: std::sync::OnceLock::new(),
                 batch_writer: writer::BatchWriter::new(),
                 miss_slots: tokio::sync::Semaphore::new(MISS_READERS),
@@ -339,6 +343,17 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// At the stop, before its last line: tell of a change to the store's files made under the
+    /// running server that the next start must know about (see [`Inner::drop`], which then
+    /// handles it without telling again).
+    pub fn report_changed_files(&self) {
+        if let Some(change) = self.inner.changed_files() {
+            if !self.inner.changes_reported.swap(true, Ordering::Relaxed) {
+                self.inner.report(change);
+            }
+        }
     }
 
     /// Watch the store's folders, so that the file checks of every operation run only after a
@@ -732,42 +747,75 @@ impl Drop for Inner {
     ///   gitgate's to guess (a CLI may have committed to the new file through the same log), so
     ///   the log is left and the operator is told what to remove.
     fn drop(&mut self) {
-        // The log other processes write: beside the store path as it resolves now.
-        let resolved = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
-        let wal = format!("{}-wal", resolved.display());
-        let wal_written = || std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
-        if self.cache.index_unlinked(&self.path) {
-            if wal_written() {
-                for conn in self
-                    .idle
-                    .get_mut()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                {
-                    keep_log_on_close(conn);
-                }
-                keep_log_on_close(&self.cache.watcher());
-                tracing::error!(
-                    "the store's -wal and -shm were deleted while gitgate was running, and \
-                     another process has written to {wal} since: gitgate's own log from before \
-                     the deletion is left unapplied, and what only it held is lost (changes \
-                     made through the REST API or the CLI that were not yet in {path}, last uses, \
-                     audit events): check recent token and user changes",
-                    path = self.path.display()
-                );
+        let change = self.changed_files();
+        if change == Some(FileChange::LogsDeletedAndRewritten) {
+            for conn in self
+                .idle
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                keep_log_on_close(conn);
             }
-        } else if file_id(&self.path)
-            .is_ok_and(|id| *self.file.get_mut().unwrap_or_else(|p| p.into_inner()) != Some(id))
-            && wal_written()
-        {
-            tracing::error!(
+            keep_log_on_close(&self.cache.watcher());
+        }
+        if let Some(change) = change {
+            if !self.changes_reported.swap(true, Ordering::Relaxed) {
+                self.report(change);
+            }
+        }
+    }
+}
+
+/// A change to the store's files under the running server that its close must handle (see
+/// [`Inner::drop`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileChange {
+    /// The `-wal` and `-shm` were deleted, and another process has written a new `-wal`.
+    LogsDeletedAndRewritten,
+    /// The store file was replaced, and the old file's `-wal` is still there.
+    Replaced,
+}
+
+impl Inner {
+    /// The log other processes write: beside the store path as it resolves now.
+    fn resolved(&self) -> PathBuf {
+        std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone())
+    }
+
+    fn changed_files(&self) -> Option<FileChange> {
+        let wal = format!("{}-wal", self.resolved().display());
+        let wal_written = || std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+        let opened = *self.file.read().unwrap_or_else(|p| p.into_inner());
+        if self.cache.index_unlinked(&self.path) {
+            wal_written().then_some(FileChange::LogsDeletedAndRewritten)
+        } else if file_id(&self.path).is_ok_and(|id| opened != Some(id)) && wal_written() {
+            Some(FileChange::Replaced)
+        } else {
+            None
+        }
+    }
+
+    fn report(&self, change: FileChange) {
+        let resolved = self.resolved();
+        let wal = format!("{}-wal", resolved.display());
+        match change {
+            FileChange::LogsDeletedAndRewritten => tracing::error!(
+                "the store's -wal and -shm were deleted while gitgate was running, and \
+                 another process has written to {wal} since: gitgate's own log from before \
+                 the deletion is left unapplied, and what only it held is lost (changes \
+                 made through the REST API or the CLI that were not yet in {path}, last uses, \
+                 audit events): check recent token and user changes",
+                path = self.path.display()
+            ),
+            FileChange::Replaced => tracing::error!(
                 "the store file was replaced while gitgate was running, and {wal} is the old \
                  file's write-ahead log: the next start would apply it to the new file. If the \
                  new file is a restored backup, remove {wal} and {path}-shm before starting \
                  gitgate again (whatever was written to the new file since it was put in place \
                  went to that log too)",
                 path = resolved.display()
-            );
+            ),
         }
     }
 }
