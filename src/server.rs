@@ -648,10 +648,14 @@ fn over_cap_answer(max: usize, version: Version) -> Response<ResponseBody> {
 /// The answer to a HEAD request over HTTP/2: its headers (with the length the body would have
 /// had), no body. hyper drops a HEAD answer's body on HTTP/1.1 but sends it as DATA frames on
 /// HTTP/2, which clients reject as a protocol error (RFC 9113, section 8.1).
+///
+/// The length is taken from a body that has one (gitgate's own answers); an empty body says
+/// nothing — an HTTP upstream's answer to a HEAD is one, whatever its GET would send — and a
+/// `content-length: 0` from it would be false.
 fn without_body(resp: Response<ResponseBody>) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     if !parts.headers.contains_key(CONTENT_LENGTH) {
-        if let Some(n) = body.size_hint().exact() {
+        if let Some(n) = body.size_hint().exact().filter(|&n| n > 0) {
             parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
     }

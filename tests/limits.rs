@@ -1463,6 +1463,141 @@ fn a_small_push_refused_before_its_body_is_sent_gets_the_refusal_cleanly() {
     }
 }
 
+/// What an HTTP/2 client (hyper's, prior knowledge) gets for one request to gitgate.
+struct H2Answer {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: Vec<u8>,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+/// `method target` over HTTP/2 with Basic `auth` and `TE: trailers`.
+fn h2_request(port: u16, method: &str, target: &str, auth: &str) -> H2Answer {
+    use http_body_util::BodyExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://127.0.0.1:{port}{target}"))
+            .header("authorization", format!("Basic {auth}"))
+            .header("te", "trailers")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        let status = answer.status().as_u16();
+        let headers = answer.headers().clone();
+        let mut body = answer.into_body();
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("the HTTP/2 stream ends cleanly");
+            match frame.into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        H2Answer {
+            status,
+            headers,
+            body: data,
+            trailers,
+        }
+    })
+}
+
+#[test]
+fn an_upstreams_trailers_are_not_passed_on() {
+    // Trailers are header fields the head's filter never sees: a `Set-Cookie`, an internal
+    // address. git sends none; over HTTP/2 (where a client may take them) they are dropped and
+    // the body ends cleanly.
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = scripted_upstream(usize::MAX, |_| {
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Secret, Set-Cookie\r\n\r\n\
+          2\r\nok\r\n0\r\nX-Secret: internal\r\nSet-Cookie: a=b\r\n\r\n"
+            .to_vec()
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let answer = h2_request(
+        g.port,
+        "GET",
+        "/team/app.git/info/refs?service=git-upload-pack",
+        &auth,
+    );
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, b"ok");
+    assert!(answer.trailers.is_none(), "{:?}", answer.trailers);
+    assert!(
+        !answer.headers.contains_key("trailer"),
+        "{:?}",
+        answer.headers
+    );
+}
+
+#[test]
+fn a_head_over_http2_through_an_http_upstream_states_no_false_length() {
+    // The upstream's answer to HEAD has no body, whatever its GET would send: gitgate must not
+    // turn that into `content-length: 0`, but pass on the length the upstream gives, if any.
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, heads) = scripted_upstream(1, |_| {
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+          Transfer-Encoding: chunked\r\n\r\n"
+            .to_vec()
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let target = "/team/app.git/info/refs?service=git-upload-pack";
+    let answer = h2_request(g.port, "HEAD", target, &auth);
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.is_empty());
+    assert_eq!(
+        answer.headers.get("content-length"),
+        None,
+        "{:?}",
+        answer.headers
+    );
+    assert!(heads.recv().unwrap().1.starts_with("HEAD "));
+    // gitgate's own answers keep their length: a HEAD without credentials.
+    let answer = h2_request(g.port, "HEAD", target, "bm9ib2R5Ong=");
+    assert_eq!(answer.status, 401);
+    let length: usize = answer.headers["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(length > 0, "{:?}", answer.headers);
+}
+
+#[test]
+fn an_upstreams_101_is_a_bad_gateway_not_a_switch() {
+    // gitgate never asks for an upgrade: a `101` from the upstream would leave the client's
+    // connection switched to nothing (HTTP/1.1) or break its stream (HTTP/2).
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = scripted_upstream(1, |_| {
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n".to_vec()
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(
+        out.contains("answered 101 Switching Protocols as its final answer"),
+        "{out}"
+    );
+}
+
 #[test]
 fn an_upstream_answer_with_trailers_leaves_its_connection_reusable() {
     // Trailers end a chunked answer; hyper's body does not count them as its end, so gitgate

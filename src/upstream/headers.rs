@@ -171,6 +171,14 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
         }
         headers.append(name.clone(), value.clone());
     }
+    // The body's coding as the backend compares it: `git http-backend` matches `gzip` and
+    // `x-gzip` case-sensitively and takes any other spelling (`GZIP`) for a plain body, while
+    // the 415 check (`unsupported_content_coding`) lets every case through, as RFC 9110 does.
+    if let [one] = codings(inbound, header::CONTENT_ENCODING).as_slice() {
+        if let Ok(v) = HeaderValue::from_str(&one.to_ascii_lowercase()) {
+            headers.insert(header::CONTENT_ENCODING, v);
+        }
+    }
     // The body's length, once: over HTTP/2 a client may repeat it (HTTP/1.1 repeats are merged
     // or refused by hyper), and the h2 layer holds the body to the first value.
     if let Some(v) = inbound.get(header::CONTENT_LENGTH) {
@@ -707,6 +715,16 @@ mod tests {
         }
         assert_eq!(all(&h, "user-agent"), ["git/2.47.3"]);
         assert_eq!(all(&h, "content-encoding"), ["gzip"]);
+        // In the one spelling `git http-backend` reads (it compares case-sensitively).
+        for (sent, forwarded) in [
+            ("GZIP", "gzip"),
+            (" X-Gzip ", "x-gzip"),
+            ("Identity", "identity"),
+        ] {
+            let inbound = map(&[("content-encoding", sent)]);
+            let h = to_upstream(&inbound, &out(&i, &[]));
+            assert_eq!(all(&h, "content-encoding"), [forwarded], "{sent}");
+        }
         assert_eq!(
             all(&h, "content-type"),
             ["application/x-git-receive-pack-request"]

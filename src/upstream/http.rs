@@ -275,6 +275,15 @@ impl HttpBackend {
             }
         };
 
+        if resp.status().is_informational() {
+            // hyper's client passes 1xx answers on as final only when they are: a `101` it was
+            // not asked for (gitgate never asks for an upgrade), which would leave the client's
+            // connection switched to nothing.
+            return Err(ForwardError::bad_gateway(format!(
+                "the upstream git server answered {} as its final answer",
+                resp.status()
+            )));
+        }
         if resp.status() == StatusCode::UNAUTHORIZED
             || resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED
         {
@@ -643,7 +652,12 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 self.last_frame = tokio::time::Instant::now();
                 if frame.is_trailers() {
+                    // The upstream's trailers end the body here, unsent: git sends none, and
+                    // they are header fields the head's filter never saw (`Set-Cookie`, the
+                    // upstream's own addresses), as `Trailer` in the head is dropped too.
                     self.trailers_seen = true;
+                    self.release();
+                    return Poll::Ready(None);
                 }
                 if self.is_end_stream() {
                     self.release();

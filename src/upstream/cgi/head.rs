@@ -141,11 +141,13 @@ pub fn parse_head(block: &[u8]) -> Result<Head, CgiError> {
     Ok(Head { status, headers })
 }
 
-/// `404 Not Found` → 404. Only the code matters; the reason phrase is hyper's to write.
+/// `404 Not Found` → 404. Only the code matters; the reason phrase is hyper's to write. A 1xx
+/// is no final answer (a `101` would switch the client's connection to nothing, a `100` ends
+/// it in hyper's 500): refused like any unusable status, a 502.
 pub(super) fn parse_status(value: &[u8]) -> Result<StatusCode, CgiError> {
     let code = value.split(|&b| b == b' ').next().unwrap_or_default();
     match StatusCode::from_bytes(code) {
-        Ok(status) if code.len() == 3 => Ok(status),
+        Ok(status) if code.len() == 3 && !status.is_informational() => Ok(status),
         _ => Err(CgiError::BadHeaders(format!(
             "unusable Status: {:?}",
             String::from_utf8_lossy(value)
@@ -215,6 +217,18 @@ mod tests {
             parse_head(b"status:304\n\n").unwrap().status,
             StatusCode::NOT_MODIFIED
         );
+    }
+
+    #[test]
+    fn an_informational_status_is_no_final_answer() {
+        for status in ["100 Continue", "101 Switching Protocols", "103", "199"] {
+            let head = format!("Status: {status}\r\n\r\n");
+            assert!(
+                matches!(parse_head(head.as_bytes()), Err(CgiError::BadHeaders(_))),
+                "{status}"
+            );
+        }
+        assert!(parse_head(b"Status: 200\r\n\r\n").is_ok());
     }
 
     #[test]
