@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use super::head::HEAD_READ;
 use super::process::{ExitInfo, KillGuard, Running};
+use crate::upstream::progress::Progress;
 
 /// How much of the backend's stdout one response frame carries at most.
 pub(super) const BODY_CHUNK: usize = 64 * 1024;
@@ -43,6 +44,19 @@ pub struct CgiBody {
     pub(super) left: Option<u64>,
     /// For a push: what it needs to finish without its client (see [`Finishing`]).
     pub(super) finishing: Option<Finishing>,
+    /// A backend that writes nothing for this long, while the request body does not move
+    /// either, is stuck (the head timeout, a little under the connection's idle timeout): its
+    /// body ends with an error — logged as the backend's fault and counted as an upstream
+    /// error — rather than the connection's idle timeout cutting it off as if the client had
+    /// left.
+    pub(super) idle: Duration,
+    /// When the request body last moved (a push's pack: receive-pack says nothing until it has
+    /// read it).
+    pub(super) uploading: Progress,
+    pub(super) last_read: tokio::time::Instant,
+    /// Armed at the first wait for output, moved on only when it fires early (as in
+    /// `UpstreamBody`): no timer work per chunk.
+    pub(super) silence: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// How a push whose client left is let finish: for as long as it writes something within
@@ -155,6 +169,42 @@ pub(super) async fn finish_alone(
 }
 
 impl CgiBody {
+    /// Pending while the backend's silence is shorter than [`CgiBody::idle`], counted from its
+    /// last output or the request body's last frame, whichever is later; past it, an error.
+    /// The body's drop then ends the backend (or lets a push finish alone, which ends it when it
+    /// stays silent).
+    fn wait_for_output(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let now = tokio::time::Instant::now();
+        let moved = self
+            .last_read
+            .max(now.checked_sub(self.uploading.idle()).unwrap_or(now));
+        let deadline = moved + self.idle;
+        let silence = self
+            .silence
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            match silence.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Output or upload came since it was set: wait from the last of them.
+                Poll::Ready(()) if silence.deadline() < deadline => {
+                    silence.as_mut().reset(deadline)
+                }
+                Poll::Ready(()) => {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the CGI backend sent nothing for {}s after its headers",
+                            self.idle.as_secs_f32()
+                        ),
+                    ))))
+                }
+            }
+        }
+    }
+
     /// `data` as far as the declared length goes; at its end the body is complete, and the
     /// backend is left to exit by itself.
     fn within_declared(&mut self, mut data: Bytes) -> Bytes {
@@ -206,13 +256,13 @@ impl Body for CgiBody {
             // clone through the CGI runner (`memset`, perf), as much as the copy it prepares.
             this.buf.reserve(BODY_CHUNK);
             let mut room = (&mut this.buf).limit(BODY_CHUNK);
-            let result = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(stdout),
-                cx,
-                &mut room
-            ));
+            let result = match tokio_util::io::poll_read_buf(Pin::new(stdout), cx, &mut room) {
+                Poll::Ready(result) => result,
+                Poll::Pending => return this.wait_for_output(cx),
+            };
             match result {
                 Ok(n) if n > 0 => {
+                    this.last_read = tokio::time::Instant::now();
                     let data = this.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(this.within_declared(data)))));
                 }
@@ -222,6 +272,15 @@ impl Body for CgiBody {
                     this.buf = BytesMut::new();
                     this.stdout = None;
                     this.guard.disarm();
+                    if let Some(short) = this.left.filter(|&left| left > 0) {
+                        // Short of the length it declared, whatever its exit: the client would
+                        // take a truncated answer for a whole one, were the body to end cleanly.
+                        this.exit = None;
+                        return Poll::Ready(Some(Err(io::Error::other(format!(
+                            "the CGI backend's output ended {short} bytes short of the \
+                             Content-Length it declared"
+                        )))));
+                    }
                 }
                 Err(e) => {
                     this.stdout = None;

@@ -395,6 +395,10 @@ impl CgiBackend {
                 running: self.running.clone(),
                 label: format!("{} (user {})", req.path_info, req.remote_user),
             }),
+            idle: self.head_timeout,
+            uploading,
+            last_read: tokio::time::Instant::now(),
+            silence: None,
         };
         if declared == Some(0) {
             body.declared_length_sent();

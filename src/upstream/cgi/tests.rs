@@ -442,6 +442,97 @@ async fn garbage_output_is_bad_headers() {
     assert!(matches!(err, CgiError::BadHeaders(_)), "{err}");
 }
 
+/// The body's frames up to its error (which it must end with) and the error.
+async fn body_until_error(mut body: CgiBody) -> (Vec<u8>, io::Error) {
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the body moved on within 10 s")
+        {
+            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
+            Some(Err(e)) => return (got, e),
+            None => panic!(
+                "the body ended cleanly after {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn output_short_of_its_declared_length_ends_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "short.cgi",
+        "printf 'Content-Type: text/plain\\r\\nContent-Length: 10\\r\\n\\r\\nabc'; exit 0",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let body = serve(&backend, req, empty).await.unwrap().into_body();
+    let (got, e) = body_until_error(body).await;
+    assert_eq!(got, b"abc");
+    assert!(e.to_string().contains("7 bytes short"), "{e}");
+}
+
+#[tokio::test]
+async fn a_backend_silent_after_its_headers_is_ended_with_a_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "stall.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\nstart'; exec sleep 60",
+    )
+    .with_head_timeout(Duration::from_millis(500));
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let body = serve(&backend, req, empty).await.unwrap().into_body();
+    let (got, e) = body_until_error(body).await;
+    assert_eq!(got, b"start");
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    assert!(e.to_string().contains("sent nothing"), "{e}");
+    assert_eq!(
+        backend.wait_until_reaped().await,
+        0,
+        "the backend was not ended"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_silent_after_its_headers_while_the_upload_moves_is_not_timed_out() {
+    // git http-backend's way with a push: headers first, then nothing until the whole pack is
+    // read — here a pack that trickles in for three times the timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let backend = script(
+        dir.path(),
+        "headers-first",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; printf 'read'",
+    )
+    .with_head_timeout(Duration::from_millis(500));
+    let headers = HeaderMap::new();
+    let req = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    let trickle = || {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for _ in 0..15 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if tx.send(Bytes::from_static(b"p")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Trickle(rx)
+    };
+    let resp = serve(&backend, req, trickle).await.unwrap();
+    assert_eq!(&body_bytes(resp.into_body()).await[..], b"read");
+}
+
 #[tokio::test]
 async fn failure_after_headers_ends_body_with_error() {
     let tmp = tempfile::tempdir().unwrap();
