@@ -417,10 +417,23 @@ mod header_hygiene {
                 "accept", "accept-encoding", "accept-language", "cache-control",
                 "content-encoding", "content-type", "pragma", "range", "user-agent", "if-range",
             ];
+            // A single content coding goes in the one spelling git http-backend reads (it
+            // compares case-sensitively): lower case.
+            let codings: Vec<String> = inbound
+                .get_all("content-encoding")
+                .iter()
+                .flat_map(|v| v.to_str().unwrap_or("?").split(',').map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+                .filter(|c| !c.is_empty())
+                .collect();
             for n in inbound.keys() {
                 let s = n.as_str();
                 if PASSED_ON.contains(&s) && !named.iter().any(|t| t == s) {
-                    prop_assert_eq!(values(&sent, s), values(&inbound, s), "{}", s);
+                    if s == "content-encoding" && codings.len() == 1 {
+                        let canonical = HeaderValue::from_str(&codings[0]).unwrap();
+                        prop_assert_eq!(values(&sent, s), vec![&canonical]);
+                    } else {
+                        prop_assert_eq!(values(&sent, s), values(&inbound, s), "{}", s);
+                    }
                 }
             }
             if let Some(length) = inbound.get("content-length") {

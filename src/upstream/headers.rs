@@ -174,9 +174,11 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     // The body's coding as the backend compares it: `git http-backend` matches `gzip` and
     // `x-gzip` case-sensitively and takes any other spelling (`GZIP`) for a plain body, while
     // the 415 check (`unsupported_content_coding`) lets every case through, as RFC 9110 does.
-    if let [one] = codings(inbound, header::CONTENT_ENCODING).as_slice() {
-        if let Ok(v) = HeaderValue::from_str(&one.to_ascii_lowercase()) {
-            headers.insert(header::CONTENT_ENCODING, v);
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        if let [one] = codings(inbound, header::CONTENT_ENCODING).as_slice() {
+            if let Ok(v) = HeaderValue::from_str(&one.to_ascii_lowercase()) {
+                headers.insert(header::CONTENT_ENCODING, v);
+            }
         }
     }
     // The body's length, once: over HTTP/2 a client may repeat it (HTTP/1.1 repeats are merged
