@@ -20,13 +20,12 @@
 //!   the one the upstream serves. Headers go through [`super::headers`].
 
 use std::error::Error as StdError;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,11 +36,10 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::time::Sleep;
 
 use super::headers::{self, Outbound, Redirect};
 use super::pool::{ConnectError, Connection, Driving, Origin, OutBody, Pool};
-use super::progress::Progress;
+use super::progress::{Progress, Silence};
 use super::secret::UpstreamSecret;
 use super::{Fault, ForwardError};
 use crate::body::{Batched, Observed, Seen};
@@ -357,9 +355,7 @@ impl HttpBackend {
         };
         let mut body = UpstreamBody {
             inner: body,
-            idle: self.idle_timeout,
-            last_frame: tokio::time::Instant::now(),
-            timer: None,
+            silence: Silence::new(self.idle_timeout),
             connection: Some((self.pool.clone(), connection)),
             upload,
             trailers_seen: false,
@@ -568,20 +564,13 @@ fn client_tls_config(cfg: &HttpUpstream) -> Result<rustls::ClientConfig, String>
     Ok(config)
 }
 
-/// The upstream's response body: fails if nothing moves for `idle` (no frame of it, and no
-/// frame of a request body still going up), and gives its connection back to the pool once
-/// read to the end (dropped early, the connection is closed with it).
-///
-/// The timer is armed only when the body first has to wait: a small answer that is already
-/// buffered when its headers arrive (most info/refs and every error) never touches the timer
-/// wheel. A frame only notes its time; the timer is moved when it fires early (frames came
-/// since it was set), so a clone's tens of thousands of frames cost a clock read each, not a
-/// timer-wheel move each.
+/// The upstream's response body: fails if nothing moves for the upstream's idle timeout (no
+/// frame of it, and no frame of a request body still going up; see [`Silence`]), and gives its
+/// connection back to the pool once read to the end (dropped early, the connection is closed
+/// with it).
 struct UpstreamBody {
     inner: Incoming,
-    idle: Duration,
-    last_frame: tokio::time::Instant,
-    timer: Option<Pin<Box<Sleep>>>,
+    silence: Silence,
     /// The connection the answer comes on, driven from `poll_frame` (see `super::pool`).
     connection: Option<(Arc<Pool>, Connection)>,
     /// The client's request body, when it was still going up as the answer started.
@@ -620,16 +609,6 @@ impl UpstreamBody {
             }
         }
     }
-
-    /// When the body stops waiting: `idle` after the last thing that moved.
-    fn deadline(&self) -> tokio::time::Instant {
-        let mut last = self.last_frame;
-        if let Some(u) = &self.upload {
-            let now = tokio::time::Instant::now();
-            last = last.max(now.checked_sub(u.activity.idle()).unwrap_or(now));
-        }
-        last + self.idle
-    }
 }
 
 impl Body for UpstreamBody {
@@ -650,7 +629,7 @@ impl Body for UpstreamBody {
         }
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                self.last_frame = tokio::time::Instant::now();
+                self.silence.heard();
                 if frame.is_trailers() {
                     // The upstream's trailers end the body here, unsent: git sends none, and
                     // they are header fields the head's filter never saw (`Set-Cookie`, the
@@ -675,26 +654,16 @@ impl Body for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let deadline = self.deadline();
-                let idle_secs = self.idle.as_secs();
-                let timer = self
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                loop {
-                    match timer.as_mut().poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        // Frames came since the timer was set: wait from the last one.
-                        Poll::Ready(()) if timer.deadline() < deadline => {
-                            timer.as_mut().reset(deadline)
-                        }
-                        Poll::Ready(()) => {
-                            return Poll::Ready(Some(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                format!("the upstream response stalled for {idle_secs}s"),
-                            ))))
-                        }
-                    }
-                }
+                let this = &mut *self;
+                let upload = this.upload.as_ref().map(|u| &u.activity);
+                ready!(this.silence.poll_over(upload, cx));
+                Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the upstream response stalled for {}s",
+                        this.silence.idle().as_secs()
+                    ),
+                ))))
             }
         }
     }

@@ -5,9 +5,14 @@
 //! another CGI program may read it all before even those. So "no answer for `idle`" is counted
 //! from the later of the wait's start and the upload's last frame.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use tokio::time::Sleep;
 
 /// Shared between a request body on its way to the backend and the task waiting for the answer.
 #[derive(Clone)]
@@ -40,6 +45,62 @@ impl Progress {
 impl Default for Progress {
     fn default() -> Self {
         Progress::new()
+    }
+}
+
+/// How long an answer's body has been silent, for a body that fails after `idle` of it: its
+/// own frames and those of a request body still going up both count as moving.
+///
+/// The timer is armed only when the body first has to wait: a small answer already buffered
+/// when its headers arrive (most info/refs, every error) never touches the timer wheel. A
+/// frame only notes its time; the timer is moved when it fires early (frames came since it was
+/// set), so a clone's tens of thousands of frames cost a clock read each, not a timer-wheel
+/// move each.
+pub struct Silence {
+    idle: Duration,
+    last: tokio::time::Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Silence {
+    /// Counting from now.
+    pub fn new(idle: Duration) -> Silence {
+        Silence {
+            idle,
+            last: tokio::time::Instant::now(),
+            timer: None,
+        }
+    }
+
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// The answer moved now.
+    pub fn heard(&mut self) {
+        self.last = tokio::time::Instant::now();
+    }
+
+    /// Ready once neither the answer nor `upload` has moved for `idle`; else pending, woken
+    /// when that may have come.
+    pub fn poll_over(&mut self, upload: Option<&Progress>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut last = self.last;
+        if let Some(upload) = upload {
+            let now = tokio::time::Instant::now();
+            last = last.max(now.checked_sub(upload.idle()).unwrap_or(now));
+        }
+        let deadline = last + self.idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Something moved since the timer was set: wait from then.
+                Poll::Ready(()) if timer.deadline() < deadline => timer.as_mut().reset(deadline),
+                Poll::Ready(()) => return Poll::Ready(()),
+            }
+        }
     }
 }
 

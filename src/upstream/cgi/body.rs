@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::head::HEAD_READ;
 use super::process::{ExitInfo, KillGuard, Running};
-use crate::upstream::progress::Progress;
+use crate::upstream::progress::{Progress, Silence};
 
 /// How much of the backend's stdout one response frame carries at most.
 pub(super) const BODY_CHUNK: usize = 64 * 1024;
@@ -44,19 +44,15 @@ pub struct CgiBody {
     pub(super) left: Option<u64>,
     /// For a push: what it needs to finish without its client (see [`Finishing`]).
     pub(super) finishing: Option<Finishing>,
-    /// A backend that writes nothing for this long, while the request body does not move
+    /// A backend that writes nothing for its idle time, while the request body does not move
     /// either, is stuck (the head timeout, a little under the connection's idle timeout): its
     /// body ends with an error — logged as the backend's fault and counted as an upstream
     /// error — rather than the connection's idle timeout cutting it off as if the client had
     /// left.
-    pub(super) idle: Duration,
+    pub(super) silence: Silence,
     /// When the request body last moved (a push's pack: receive-pack says nothing until it has
     /// read it).
     pub(super) uploading: Progress,
-    pub(super) last_read: tokio::time::Instant,
-    /// Armed at the first wait for output, moved on only when it fires early (as in
-    /// `UpstreamBody`): no timer work per chunk.
-    pub(super) silence: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// How a push whose client left is let finish: for as long as it writes something within
@@ -169,7 +165,7 @@ pub(super) async fn finish_alone(
 }
 
 impl CgiBody {
-    /// Pending while the backend's silence is shorter than [`CgiBody::idle`], counted from its
+    /// Pending while the backend's silence is shorter than its idle time, counted from its
     /// last output or the request body's last frame, whichever is later; past it, an error.
     /// The body's drop then ends the backend (or lets a push finish alone, which ends it when it
     /// stays silent).
@@ -177,32 +173,14 @@ impl CgiBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let now = tokio::time::Instant::now();
-        let moved = self
-            .last_read
-            .max(now.checked_sub(self.uploading.idle()).unwrap_or(now));
-        let deadline = moved + self.idle;
-        let silence = self
-            .silence
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            match silence.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                // Output or upload came since it was set: wait from the last of them.
-                Poll::Ready(()) if silence.deadline() < deadline => {
-                    silence.as_mut().reset(deadline)
-                }
-                Poll::Ready(()) => {
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "the CGI backend sent nothing for {}s after its headers",
-                            self.idle.as_secs_f32()
-                        ),
-                    ))))
-                }
-            }
-        }
+        ready!(self.silence.poll_over(Some(&self.uploading), cx));
+        Poll::Ready(Some(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the CGI backend sent nothing for {}s after its headers",
+                self.silence.idle().as_secs_f32()
+            ),
+        ))))
     }
 
     /// `data` as far as the declared length goes; at its end the body is complete, and the
@@ -262,7 +240,7 @@ impl Body for CgiBody {
             };
             match result {
                 Ok(n) if n > 0 => {
-                    this.last_read = tokio::time::Instant::now();
+                    this.silence.heard();
                     let data = this.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(this.within_declared(data)))));
                 }

@@ -55,7 +55,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::progress::Progress;
+use super::progress::{Progress, Silence};
 use bytes::{Bytes, BytesMut};
 use hyper::body::Body;
 use hyper::header::{self, HeaderMap};
@@ -395,10 +395,8 @@ impl CgiBackend {
                 running: self.running.clone(),
                 label: format!("{} (user {})", req.path_info, req.remote_user),
             }),
-            idle: self.head_timeout,
+            silence: Silence::new(self.head_timeout),
             uploading,
-            last_read: tokio::time::Instant::now(),
-            silence: None,
         };
         if declared == Some(0) {
             body.declared_length_sent();

@@ -186,6 +186,20 @@ impl Body for Trickle {
     }
 }
 
+/// A one-byte request body frame every 100 ms for 1.5 s: an upload that keeps moving.
+fn trickle() -> Trickle {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        for _ in 0..15 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if tx.send(Bytes::from_static(b"p")).await.is_err() {
+                return;
+            }
+        }
+    });
+    Trickle(rx)
+}
+
 #[tokio::test]
 async fn a_body_of_declared_length_ends_with_its_last_byte() {
     // The backend keeps stdout open after its declared five bytes (and would send more).
@@ -252,18 +266,6 @@ async fn a_backend_reading_an_upload_that_moves_is_not_timed_out() {
         None,
         &headers,
     );
-    let trickle = || {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            for _ in 0..15 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if tx.send(Bytes::from_static(b"p")).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Trickle(rx)
-    };
     let resp = serve(&backend, req, trickle).await.unwrap();
     assert_eq!(&body_bytes(resp.into_body()).await[..], b"read");
 }
@@ -517,18 +519,6 @@ async fn a_backend_silent_after_its_headers_while_the_upload_moves_is_not_timed_
         None,
         &headers,
     );
-    let trickle = || {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            for _ in 0..15 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if tx.send(Bytes::from_static(b"p")).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Trickle(rx)
-    };
     let resp = serve(&backend, req, trickle).await.unwrap();
     assert_eq!(&body_bytes(resp.into_body()).await[..], b"read");
 }
