@@ -442,6 +442,10 @@ impl Worker {
     }
 }
 
+/// How many connections over their address's cap may wait for their `503` at once, beside
+/// `max_connections` (see [`accept`]).
+const OVER_CAP_SLOTS: usize = 64;
+
 /// The worker with the fewest open connections (the first of equals).
 fn least_busy(workers: &[Worker]) -> &Worker {
     workers
@@ -459,6 +463,7 @@ async fn accept(
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let over_cap_slots = Arc::new(Semaphore::new(OVER_CAP_SLOTS));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -492,13 +497,35 @@ async fn accept(
                     Some(cap) => cap.admit(remote.ip()),
                     None => Admission::Admitted(None),
                 };
-                if let Admission::OverCap { max } = address {
-                    METRICS.address_cap_refusal();
-                    tracing::debug!(
-                        remote = %remote, max,
-                        "over the per-address connection cap: answering 503 and closing"
-                    );
-                }
+                let permit = match address {
+                    Admission::OverCap { max } => {
+                        METRICS.address_cap_refusal();
+                        // Its place under `max_connections` goes back at once: held while it is
+                        // answered (up to `header_read_timeout`), the places of one address's
+                        // refused connections would fill the server for every other client,
+                        // which the cap is there to prevent. They have a small pool of their
+                        // own; past it, one is closed without its 503.
+                        drop(permit);
+                        match over_cap_slots.clone().try_acquire_owned() {
+                            Ok(refusing) => {
+                                tracing::debug!(
+                                    remote = %remote, max,
+                                    "over the per-address connection cap: answering 503 and closing"
+                                );
+                                refusing
+                            }
+                            Err(_) => {
+                                tracing::debug!(
+                                    remote = %remote, max,
+                                    "over the per-address connection cap, with {OVER_CAP_SLOTS} \
+                                     such connections being answered already: closing"
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                    Admission::Admitted(_) => permit,
+                };
                 let worker = least_busy(workers);
                 worker.open.fetch_add(1, Ordering::Relaxed);
                 let accepted = Accepted {

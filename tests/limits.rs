@@ -602,6 +602,48 @@ fn connections_beyond_an_addresss_cap_are_answered_503_and_closed() {
     assert!(refused.trim().parse::<u64>().unwrap() >= 1, "{metrics}");
 }
 
+/// Connections over one address's cap take no place under `max_connections` while they wait
+/// for their 503: one address holding its cap and reconnecting cannot fill the server for others.
+#[test]
+fn connections_over_an_addresss_cap_leave_the_server_to_other_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(
+        dir.path(),
+        &cgi_config(
+            dir.path(),
+            "max_connections = 4\nmax_connections_per_address = 2\nheader_read_timeout_seconds = 30",
+        ),
+    );
+    // 127.0.0.1 holds its two places and opens six more, all silent.
+    let silent: Vec<TcpStream> = (0..8).map(|_| connect(g.port)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Another address gets its answer now, not when the silent ones time out.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = socket
+            .connect(([127, 0, 0, 1], g.port).into())
+            .await
+            .unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("an answer within 10 s, not after the silent connections' 30 s")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(silent);
+}
+
 /// Over HTTP/2 there is no `Connection: close`: a connection past its address's cap whose client
 /// ignores the GOAWAY (it never answers its PING, and keeps sending requests) is still closed
 /// after `header_read_timeout_seconds`, so that it cannot hold a place under `max_connections`.
