@@ -354,15 +354,12 @@ impl Config {
             cert: resolve(&t.cert),
             key: resolve(&t.key),
         });
-        let trusted_proxies = server
-            .trusted_proxies
-            .unwrap_or_default()
-            .iter()
-            .map(|p| {
-                p.parse::<Cidr>()
-                    .map_err(|m| err(format!("[server] trusted_proxies: {m}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        // Checked as a token's allowed networks are: `127.0.0.2/8` is a typo for one address
+        // or for the network, and read as the network it would trust 16 million addresses to
+        // name their clients.
+        let trusted_proxies =
+            crate::network::parse_new_list(&server.trusted_proxies.unwrap_or_default())
+                .map_err(|m| err(format!("[server] trusted_proxies: {m}")))?;
         let defaults = Limits::default();
         let limits = Limits {
             header_read_timeout: seconds(
@@ -1109,6 +1106,12 @@ env = "UPSTREAM_TOKEN"
         assert!(parse(&HTTP.replace("git.internal:8443", "[::1]:65535")).is_ok());
         assert!(bad("env = \"UPSTREAM_TOKEN\"", "").contains("exactly one"));
         assert!(bad("\"::1\"", "\"not-an-ip\"").contains("trusted_proxies"));
+        let widened = bad("\"10.0.0.0/8\"", "\"10.0.0.2/8\"");
+        assert!(
+            widened.contains("trusted_proxies")
+                && widened.contains("write 10.0.0.0/8 for the network, or 10.0.0.2/32"),
+            "{widened}"
+        );
         assert!(bad(
             "ca_file = \"ca.pem\"",
             "identity_header = \"Authorization\""

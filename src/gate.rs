@@ -154,6 +154,8 @@ impl Gate {
             )
             .await;
             if tried && resp.status() == StatusCode::UNAUTHORIZED {
+                // A wrong password is credentials tried and refused, as a bad token is.
+                METRICS.auth_failure();
                 self.guard.failed_auth(remote.ip(), clock::monotonic_ms());
             }
             return Ok(resp);

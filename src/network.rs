@@ -135,8 +135,8 @@ pub fn parse_list<S: AsRef<str>>(items: &[S]) -> Result<Vec<Cidr>, String> {
 
 /// [`parse_list`] for networks given now (a token's allowed networks): one with address bits
 /// past its prefix (`10.1.2.3/8`) is refused, not widened in silence to `10.0.0.0/8` — a typo
-/// for `/32` would let a token work from a sixteen-million-address network. (Lists already
-/// stored, and the config's, read as before.)
+/// for `/32` would let a token work from a sixteen-million-address network. Also for the
+/// config's `trusted_proxies`. (Lists already stored are read as before.)
 pub fn parse_new_list<S: AsRef<str>>(items: &[S]) -> Result<Vec<Cidr>, String> {
     let list = parse_list(items)?;
     for item in items {
@@ -152,9 +152,11 @@ pub fn parse_new_list<S: AsRef<str>>(items: &[S]) -> Result<Vec<Cidr>, String> {
         };
         if given != Some(cidr.addr) {
             let host = if cidr.addr.is_ipv4() { 32 } else { 128 };
+            // The one address as the network is written: `::ffff:10.1.2.3/104` is IPv4.
+            let one = given.map_or_else(|| addr_text.to_owned(), |a| a.to_string());
             return Err(format!(
                 "'{text}' has address bits set past its /{prefix}: write {cidr} for the \
-                 network, or {addr_text}/{host} for the one address",
+                 network, or {one}/{host} for the one address",
                 prefix = cidr.prefix
             ));
         }
@@ -176,6 +178,11 @@ mod tests {
         let e = parse_new_list(&["10.1.2.3/8"]).unwrap_err();
         assert!(e.contains("10.0.0.0/8") && e.contains("10.1.2.3/32"), "{e}");
         assert!(parse_new_list(&["2001:db8::1/32"]).is_err());
+        // An IPv4-mapped network is IPv4: the one address is suggested as such, and that
+        // suggestion is taken.
+        let e = parse_new_list(&["::ffff:10.1.2.3/104"]).unwrap_err();
+        assert!(e.contains("or 10.1.2.3/32 for the one address"), "{e}");
+        assert!(parse_new_list(&["10.1.2.3/32"]).is_ok());
         for fine in [
             "10.0.0.0/8",
             "10.1.2.3",

@@ -145,7 +145,9 @@ impl Bucket {
             f64::from(u32::MAX)
         };
         Decision::Limited {
-            retry_after_secs: (secs as u64).max(1),
+            // At most what an empty refill gives: a rate so small that the wait overflows
+            // (`1e-300` per second) is no reason to answer `Retry-After: 18446744073709551615`.
+            retry_after_secs: (secs.min(f64::from(u32::MAX)) as u64).max(1),
         }
     }
 
@@ -323,6 +325,19 @@ mod tests {
             b.take(&slow, 2_500),
             Decision::Limited {
                 retry_after_secs: 8
+            }
+        );
+        // A rate so small the wait overflows waits as long as no refill at all.
+        let tiny = Limits {
+            capacity: 1,
+            refill_per_second: 1e-300,
+        };
+        let mut b = Bucket::full(&tiny, 0);
+        assert!(matches!(b.take(&tiny, 0), Decision::Allow { .. }));
+        assert_eq!(
+            b.take(&tiny, 5_000),
+            Decision::Limited {
+                retry_after_secs: u64::from(u32::MAX)
             }
         );
     }

@@ -476,7 +476,13 @@ async fn accept(
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
-                    Ok(conn) => conn,
+                    // An IPv4 client of a dual-stack listener (`[::]`) is `::ffff:a.b.c.d` to
+                    // the socket: named as the IPv4 address it is, in logs, audit events and
+                    // messages alike, as when a trusted proxy names it.
+                    Ok((stream, remote)) => {
+                        let ip = remote.ip().to_canonical();
+                        (stream, std::net::SocketAddr::new(ip, remote.port()))
+                    }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");

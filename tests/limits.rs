@@ -602,6 +602,37 @@ fn connections_beyond_an_addresss_cap_are_answered_503_and_closed() {
     assert!(refused.trim().parse::<u64>().unwrap() >= 1, "{metrics}");
 }
 
+/// An IPv4 client of a dual-stack listener is named by its IPv4 address (not `::ffff:...`) in
+/// the log and the audit, as when a trusted proxy names it.
+#[test]
+fn an_ipv4_client_of_a_dual_stack_listener_is_named_as_ipv4() {
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        eprintln!("no IPv6 here: the dual-stack case is left out");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = cgi_config(dir.path(), "").replace("127.0.0.1:0", "[::]:0");
+    let g = start(dir.path(), &config);
+    let mut s = connect(g.port);
+    s.write_all(
+        b"GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+          Authorization: Basic YWxpY2U6bm90LWEtdG9rZW4=\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let (out, _) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = g.log_text();
+        if log.contains("status=401") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(log.contains("remote=127.0.0.1 "), "{log}");
+    assert!(!log.contains("::ffff:"), "{log}");
+}
+
 /// Connections over one address's cap take no place under `max_connections` while they wait
 /// for their 503: one address holding its cap and reconnecting cannot fill the server for others.
 #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
+use base64::Engine;
 use common::{http_get, Sandbox, Setup, PASSWORD};
 
 /// The port in the `metrics on http://127.0.0.1:PORT/metrics` log line.
@@ -95,6 +96,14 @@ fn metrics_count_real_git_traffic() {
     sb.git(&work, &["remote", "set-url", "origin", &ro]).ok();
     sb.commit_file(&work, "g.txt", b"more", "another");
     assert!(!sb.git(&work, &["push", "-q", "origin", "main"]).success());
+    // 401 on the REST API: a wrong password (not a git request, but a failed authentication).
+    let wrong = base64::engine::general_purpose::STANDARD.encode("alice:not-her-password");
+    let api = http_get(
+        server.port,
+        "/rest/access-tokens/1.0/users/alice",
+        Some(&format!("Basic {wrong}")),
+    );
+    assert_eq!(api.status, 401);
 
     // The log line (and the counters) are written when a response body ends; give the last
     // one a moment.
@@ -158,10 +167,11 @@ fn metrics_count_real_git_traffic() {
         })
         .sum();
     assert!(all_401 >= challenges + 1.0, "{text}");
-    // ... and counted as what it is: a failed authentication.
+    // ... and counted as what it is: a failed authentication, as is the REST API's wrong
+    // password (which is no git request).
     let failures = sample(&text, "gitgate_auth_failures_total");
     assert!(
-        failures >= 1.0 && failures <= all_401 - challenges,
+        failures >= 2.0 && failures <= all_401 - challenges + 1.0,
         "{text}"
     );
     assert!(sample(&text, "gitgate_upstream_responses_total{status=\"2xx\"}") >= 4.0);

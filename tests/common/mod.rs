@@ -554,12 +554,18 @@ fn token_from(run: Run) -> Token {
 pub fn listening_at(log: &str) -> Option<(&'static str, u16)> {
     const MARK: &str = "listening on http";
     let at = log.find(MARK)? + MARK.len();
-    let (scheme, rest) = match log[at..].strip_prefix("s://127.0.0.1:") {
+    let (scheme, rest) = match log[at..].strip_prefix("s://") {
         Some(rest) => ("https", rest),
-        None => ("http", log[at..].strip_prefix("://127.0.0.1:")?),
+        None => ("http", log[at..].strip_prefix("://")?),
     };
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    let port = digits.parse().ok().filter(|&p| p != 0)?;
+    // `127.0.0.1:PORT` or `[::]:PORT`: the port is after the last colon.
+    let authority = rest.split_whitespace().next()?;
+    let port = authority
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)?;
     Some((scheme, port))
 }
 
