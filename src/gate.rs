@@ -44,7 +44,7 @@ use crate::upstream::{Fault, Upstream};
 pub type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Last-used times are written at most this often per token (milliseconds).
-const LAST_USE_INTERVAL_MS: i64 = 5_000;
+pub const LAST_USE_INTERVAL_MS: i64 = 5_000;
 
 /// What the gate needs, shared by all connections.
 pub struct Gate {

@@ -929,7 +929,7 @@ mod tests {
     }
 
     #[test]
-    fn the_open_files_limit_is_raised_to_what_the_connections_need_within_the_hard_limit() {
+    fn the_open_files_wanted_are_what_the_connections_need_within_the_hard_limit() {
         // The default 1024 connections want 8448 descriptors.
         assert_eq!(
             open_files_wanted(1024, 1024, Some(524_288)),

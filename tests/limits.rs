@@ -602,6 +602,50 @@ fn connections_beyond_an_addresss_cap_are_answered_503_and_closed() {
     assert!(refused.trim().parse::<u64>().unwrap() >= 1, "{metrics}");
 }
 
+/// The soft limit on open files, as `/proc/PID/limits` has it (`None`: unlimited), and the hard.
+fn open_files_limits(pid: u32) -> (Option<u64>, Option<u64>) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut values = line["Max open files".len()..]
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().ok());
+    (values.next().unwrap(), values.next().unwrap())
+}
+
+/// Started with a soft limit of 256 open files, gitgate raises it to what `max_connections`
+/// needs (8 per connection, and 256), within the hard limit.
+#[test]
+fn the_running_server_raises_its_open_files_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config_path,
+        cgi_config(dir.path(), "max_connections = 1000"),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -Sn 256 && exec \"$0\" --config \"$1\" serve",
+        common::gitgate_bin(),
+        config_path.to_str().unwrap(),
+    ])
+    .env_remove("GITGATE_CONFIG")
+    .env_remove("GITGATE_LOG");
+    let g = Server::start(cmd, dir.path().join("gitgate.log"), "");
+    let (soft, hard) = open_files_limits(g.pid());
+    let wanted = 1000 * 8 + 256;
+    let expected = hard.map_or(wanted, |h| h.min(wanted));
+    assert_eq!(soft, Some(expected), "hard limit {hard:?}");
+    assert!(
+        expected > 256,
+        "the hard limit leaves nothing to raise: {hard:?}"
+    );
+}
+
 /// An IPv4 client of a dual-stack listener is named by its IPv4 address (not `::ffff:...`) in
 /// the log and the audit, as when a trusted proxy names it.
 #[test]

@@ -176,11 +176,29 @@ fn metrics_count_real_git_traffic() {
     );
     assert!(sample(&text, "gitgate_upstream_responses_total{status=\"2xx\"}") >= 4.0);
     assert_eq!(sample(&text, "gitgate_upstream_errors_total"), 0.0);
-    assert!(
-        sample(&text, "gitgate_request_bytes_total") >= 100.0,
-        "{text}"
+    // The bytes are those of the requests' log lines, each way: the push sent a 100 kB file
+    // (incompressible enough: the same byte compresses, but not below 100 bytes), the clone
+    // got it and more.
+    let log = server.log_text();
+    let logged = |field: &str| -> f64 {
+        log.lines()
+            .filter(|l| l.contains("gitgate::request"))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(field)))
+            .map(|v| v.parse::<f64>().unwrap())
+            .sum()
+    };
+    let (sent, received) = (logged("bytes_in="), logged("bytes_out="));
+    assert_eq!(
+        sample(&text, "gitgate_request_bytes_total"),
+        sent,
+        "{text}\n{log}"
     );
-    assert!(sample(&text, "gitgate_response_bytes_total") >= 100.0);
+    assert_eq!(
+        sample(&text, "gitgate_response_bytes_total"),
+        received,
+        "{text}\n{log}"
+    );
+    assert!(sent >= 100.0 && received >= 100.0, "{log}");
     // The scrape itself is not a gate connection; the git clients have gone.
     assert_eq!(sample(&text, "gitgate_active_connections"), 0.0, "{text}");
     let hits = sample(&text, "gitgate_token_cache_hits_total");

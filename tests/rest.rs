@@ -127,7 +127,7 @@ fn token_created_over_rest_clones_with_git_and_revocation_is_immediate() {
     assert!(first >= created);
     // Uses are written at most every 5 s per token: a fetch after that moves it on.
     std::thread::sleep(Duration::from_millis(
-        gitgate::guard::OVERRIDES_TTL_MS as u64 + 500,
+        gitgate::gate::LAST_USE_INTERVAL_MS as u64 + 500,
     ));
     install.git_ok(&clone_dir, &["fetch", "-q", "origin"]);
     let second = last_authenticated(&server, "alice", &id, first);
@@ -278,7 +278,8 @@ fn tokens_and_bad_passwords_cannot_manage_tokens() {
         r.body
     );
     assert!(
-        !r.error_message().contains("use a gitgate token"),
+        !r.error_message()
+            .contains("gitgate access token as the password"),
         "{}",
         r.body
     );

@@ -463,6 +463,47 @@ async fn body_until_error(mut body: CgiBody) -> (Vec<u8>, io::Error) {
 }
 
 #[tokio::test]
+async fn the_request_body_reaches_the_backend_while_it_is_still_coming() {
+    // A pack is streamed, never gathered first: the backend has the first bytes while the
+    // client has not finished sending.
+    let dir = tempfile::tempdir().unwrap();
+    let got = dir.path().join("got");
+    let backend = script(
+        dir.path(),
+        "first-bytes",
+        &format!(
+            "printf 'Content-Type: text/plain\\r\\n\\r\\n'; head -c 5 > {got}.part && mv {got}.part {got}; \
+             printf 'ok'; cat >/dev/null",
+            got = got.display()
+        ),
+    );
+    let headers = HeaderMap::new();
+    let req = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    let sender = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = sender.clone();
+    let resp = serve(&backend, req, move || {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        *slot.lock().unwrap() = Some(tx);
+        Trickle(rx)
+    })
+    .await
+    .unwrap();
+    let tx = sender.lock().unwrap().take().unwrap();
+    tx.send(Bytes::from_static(b"hello")).await.unwrap();
+    assert!(
+        eventually(|| std::fs::read(&got).is_ok_and(|b| b == b"hello")).await,
+        "the first bytes did not reach the backend before the body's end"
+    );
+    drop(tx);
+    assert_eq!(&body_bytes(resp.into_body()).await[..], b"ok");
+}
+
+#[tokio::test]
 async fn output_short_of_its_declared_length_ends_with_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let backend = script(
