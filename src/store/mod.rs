@@ -346,7 +346,7 @@ impl Store {
     }
 
     /// At the stop, before its last line: tell of a change to the store's files made under the
-    /// running server that the next start must know about (see [`Inner::drop`], which then
+    /// running server that the next start must know about (see `Inner::drop`, which then
     /// handles it without telling again).
     pub fn report_changed_files(&self) {
         if let Some(change) = self.inner.changed_files() {
