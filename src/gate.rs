@@ -311,10 +311,11 @@ impl Gate {
         log.token_id = Some(id.as_str().to_string());
         let presented_hash = token::hash(secret.expose());
 
-        // Hot path: a cache hit costs a hash lookup and a read of the WAL index header; a miss reads
-        // SQLite on the blocking pool.
+        // Hot path: a cache hit costs a hash lookup and a read of the WAL index header (an id
+        // the store did not have, as much); a miss reads SQLite on the blocking pool.
         let record = match self.store.cached_auth_record(id.as_str()) {
             Ok(CacheLookup::Hit(hit)) => hit,
+            Ok(CacheLookup::Unknown) => return Err(Refusal::InvalidToken),
             Ok(CacheLookup::Miss(_)) => self.load_record(id.as_str()).await?,
             Err(e) => return Err(Refusal::StoreDown(e)),
         };
@@ -364,6 +365,7 @@ impl Gate {
         })?;
         let at = match self.store.cached_auth_record(id) {
             Ok(CacheLookup::Hit(hit)) => return Ok(hit),
+            Ok(CacheLookup::Unknown) => return Err(Refusal::InvalidToken),
             Ok(CacheLookup::Miss(at)) => at,
             Err(e) => return Err(Refusal::StoreDown(e)),
         };

@@ -360,11 +360,14 @@ fn a_store_index_deleted_while_serving_fails_closed() {
 #[test]
 fn a_restart_after_the_index_was_deleted_keeps_what_the_cli_wrote_meanwhile() {
     for asked_before_the_stop in [true, false] {
-        restart_after_the_index_was_deleted(asked_before_the_stop);
+        restart_after_the_index_was_deleted(asked_before_the_stop, false);
     }
+    // The CLI's new log emptied into the file by a third process's checkpoint (a backup tool's
+    // `wal_checkpoint(TRUNCATE)`): the revocation is in the file now, not in any log.
+    restart_after_the_index_was_deleted(true, true);
 }
 
-fn restart_after_the_index_was_deleted(asked_before_the_stop: bool) {
+fn restart_after_the_index_was_deleted(asked_before_the_stop: bool, checkpointed: bool) {
     let mut server = Server::start("");
     let w = server.write_token.clone();
     let id = &w[4..16];
@@ -379,6 +382,17 @@ fn restart_after_the_index_was_deleted(asked_before_the_stop: bool) {
         std::fs::remove_file(format!("{}{suffix}", db.display())).unwrap();
     }
     gitgate(&server.config(), &["token", "revoke", id], None);
+    if checkpointed {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        drop(conn);
+        let wal = std::fs::metadata(format!("{}-wal", db.display()));
+        assert!(
+            wal.map_or(true, |m| m.len() == 0),
+            "the log was not emptied"
+        );
+    }
     if asked_before_the_stop {
         assert_eq!(status(&get(&server, IR, &w)), 503);
     }

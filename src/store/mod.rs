@@ -50,6 +50,8 @@ const MISS_READERS: usize = 4;
 /// The answer of [`Store::cached_auth_record`].
 pub enum CacheLookup {
     Hit(Arc<AuthRecord>),
+    /// The store had no such token when last read, and nothing was committed since.
+    Unknown,
     Miss(CacheVersion),
 }
 
@@ -124,6 +126,16 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl StoreError {
+    /// SQLite found the file damaged: not a database, or pages that do not read as one.
+    fn is_corruption(&self) -> bool {
+        matches!(self, StoreError::Sqlite(e) if matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        ))
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
@@ -154,6 +166,8 @@ struct Inner {
     /// A change to the files, told of at the stop ([`Store::report_changed_files`]): not told
     /// again by the close.
     changes_reported: AtomicBool,
+    /// Why the store gave up (with `replaced`): the file was found damaged, not changed.
+    damaged: AtomicBool,
     /// Says when [`Store::check_file`]'s full checks can be skipped; set by `serve`
     /// ([`Store::watch_folders`]), unset where inotify is not available (they then run on every
     /// operation).
@@ -334,6 +348,7 @@ impl Store {
                 file: RwLock::new(file),
                 replaced: AtomicBool::new(false),
                 changes_reported: AtomicBool::new(false),
+                damaged: AtomicBool::new(false),
                 watch: std::sync::OnceLock::new(),
                 batch_writer: writer::BatchWriter::new(),
                 miss_slots: tokio::sync::Semaphore::new(MISS_READERS),
@@ -490,11 +505,16 @@ impl Store {
     }
 
     fn replaced(&self) -> StoreError {
+        let message = if self.inner.damaged.load(Ordering::SeqCst) {
+            "the file was found damaged while gitgate was running; restore it (see the README) \
+             and restart gitgate"
+        } else {
+            "the file, its -wal or its -shm was deleted, moved or replaced while gitgate was \
+             running; restart gitgate"
+        };
         StoreError::Open {
             path: self.inner.path.clone(),
-            message: "the file, its -wal or its -shm was deleted, moved or replaced while \
-                      gitgate was running; restart gitgate"
-                .into(),
+            message: message.into(),
         }
     }
 
@@ -510,6 +530,20 @@ impl Store {
             })?,
         };
         let out = f(&mut conn);
+        if let Some(e) = out.as_ref().err().filter(|e| e.is_corruption()) {
+            // A damaged store (overwritten or truncated in place: the same file, so no other
+            // check sees it) fails closed from now on: the cache would otherwise go on admitting
+            // tokens that no process can revoke any more.
+            let what = format!("the store file is damaged ({e})");
+            drop(conn);
+            let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
+            self.inner.damaged.store(true, Ordering::SeqCst);
+            self.give_up(known, &what);
+            return Err(StoreError::Open {
+                path: self.inner.path.clone(),
+                message: format!("{what}; restore it (see the README) and restart gitgate"),
+            });
+        }
         // SQLite opens a file this process cannot write read-only, without a word: such a
         // connection serves this call's reads, but pooled it would fail every write for good,
         // long after the file became writable again (a `chmod` during a backup).
@@ -596,8 +630,9 @@ impl Store {
         self.check_file()?;
         let version = self.inner.cache.version()?;
         Ok(match self.inner.cache.get(id, version) {
-            Some(hit) => CacheLookup::Hit(hit),
-            None => CacheLookup::Miss(CacheVersion(version)),
+            cache::Cached::Record(hit) => CacheLookup::Hit(hit),
+            cache::Cached::Unknown => CacheLookup::Unknown,
+            cache::Cached::Nothing => CacheLookup::Miss(CacheVersion(version)),
         })
     }
 
@@ -610,6 +645,7 @@ impl Store {
             .misses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(record) = self.auth_record(id)? else {
+            self.inner.cache.put_unknown(id, at.0);
             return Ok(None);
         };
         let record = Arc::new(record);
@@ -632,6 +668,7 @@ impl Store {
     pub fn auth_record_cached(&self, id: &str) -> Result<Option<Arc<AuthRecord>>> {
         match self.cached_auth_record(id)? {
             CacheLookup::Hit(hit) => Ok(Some(hit)),
+            CacheLookup::Unknown => Ok(None),
             CacheLookup::Miss(at) => self.load_auth_record(id, at),
         }
     }
@@ -784,11 +821,21 @@ impl Inner {
     }
 
     fn changed_files(&self) -> Option<FileChange> {
-        let wal = format!("{}-wal", self.resolved().display());
+        let resolved = self.resolved();
+        let wal = format!("{}-wal", resolved.display());
         let wal_written = || std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
         let opened = *self.file.read().unwrap_or_else(|p| p.into_inner());
         if self.cache.index_unlinked(&self.path) {
-            wal_written().then_some(FileChange::LogsDeletedAndRewritten)
+            // Another process committed since the deletion if its new log holds something — or
+            // if a checkpoint wrote the store file since (`wal_checkpoint(TRUNCATE)` leaves that
+            // log empty, the commits in the file): only checkpoints write it, and none of this
+            // process's after the deletion.
+            let file_written_since = self.cache.index_changed_at().is_some_and(|deleted| {
+                std::fs::metadata(&resolved)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|written| written > deleted)
+            });
+            (wal_written() || file_written_since).then_some(FileChange::LogsDeletedAndRewritten)
         } else if file_id(&self.path).is_ok_and(|id| opened != Some(id)) && wal_written() {
             Some(FileChange::Replaced)
         } else {
@@ -802,8 +849,8 @@ impl Inner {
         match change {
             FileChange::LogsDeletedAndRewritten => tracing::error!(
                 "the store's -wal and -shm were deleted while gitgate was running, and \
-                 another process has written to {wal} since: gitgate's own log from before \
-                 the deletion is left unapplied, and what only it held is lost (changes \
+                 another process has written to the store since (to {wal}, or into the file by a \
+                 checkpoint): gitgate's own log from before the deletion is left unapplied, and what only it held is lost (changes \
                  made through the REST API or the CLI that were not yet in {path}, last uses, \
                  audit events): check recent token and user changes",
                 path = self.path.display()
