@@ -30,7 +30,8 @@ W=$(grep -o "dir=[^ ]*" "$LOG" | cut -d= -f2)
 AUTH=$(grep -o "auth='[^']*'" "$LOG" | cut -d"'" -f2)
 HOP="/team/app.git/info/refs?service=git-upload-pack"
 # run.sh's wrong token for benchmark 3.
-BAD_AUTH="Basic $(printf 'ci:%s' 'ggt_wrongwrong_not-a-token' | base64 -w0)"
+# A well-formed token of an id the store does not hold: refused after the hash and the lookup.
+BAD_AUTH="Basic $(printf 'ci:%s' "$(python3 "$HERE/wrong-token.py")" | base64 -w0)"
 
 run() { # name binary one|many
 	local dir=$W/ab-$1 i=0

@@ -5,7 +5,12 @@
 //!   WAL index header, which say whether anything changed), compare hashes in constant time, and
 //!   run the policy.
 //! - `uncached`: the same with the record read from SQLite (the first request of a token, or the
-//!   first after any commit to the store).
+//!   first after any commit to the store), inline, the same token each time.
+//! - `miss_path`: a cache miss as the gate takes it — the failed cache lookup, then the read on
+//!   tokio's blocking pool (`spawn_blocking`, a thread hand-off each way), which caches the
+//!   record — for ids spread over the million (each once per pass, so SQLite's pages are not
+//!   all hot), the SHA-256 of a secret and its comparison. The filler tokens' secrets are not
+//!   known, so the comparison fails and the policy is not run: its cost is in `cached`.
 //! - `baseline_sha256`: the SHA-256 of one secret alone, measured in the same run, so the numbers
 //!   can be read as ratios on any machine.
 //!
@@ -110,6 +115,32 @@ fn auth(c: &mut Criterion) {
             let presented = token::hash(&secret);
             let record = store.auth_record(id.as_str()).unwrap().unwrap();
             check(&record, &presented)
+        })
+    });
+    // The ids of the filler rows, visited in a scattered order (7919 is prime to 1,000,000).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let mut step: i64 = 0;
+    group.bench_function("miss_path", |b| {
+        b.iter(|| {
+            step += 1;
+            let id = format!("f{:011}", (step * 7919) % FILLER_TOKENS + 1);
+            let presented = token::hash(black_box(&secret));
+            let at = match store.cached_auth_record(&id).unwrap() {
+                CacheLookup::Miss(at) => at,
+                _ => panic!("a filler token was cached or unknown"),
+            };
+            let reading = store.clone();
+            let record = runtime
+                .block_on(async move {
+                    tokio::task::spawn_blocking(move || reading.load_auth_record(&id, at)).await
+                })
+                .unwrap()
+                .unwrap()
+                .expect("a filler token");
+            black_box(record.secret_matches(&presented, now))
         })
     });
     group.finish();
