@@ -236,13 +236,47 @@ pub async fn until_idle<F: Future>(
     limit: Duration,
     request_within: Duration,
 ) -> Closed<F::Output> {
+    until_idle_or_drained(conn, activity, limit, request_within, None).await
+}
+
+/// How long a connection with nothing in flight is waited for once the server drains: HTTP/2's
+/// graceful close waits for the client's answer to its PING, which a client need not send.
+pub const DRAINED_WITHIN: Duration = Duration::from_secs(1);
+
+/// [`until_idle`], and once `draining` turns true, `request_within` is at most
+/// [`DRAINED_WITHIN`]: a connection with no request in flight then holds the stop a second at
+/// most, however its client answers the GOAWAY.
+pub async fn until_idle_or_drained<F: Future>(
+    conn: F,
+    activity: &Activity,
+    limit: Duration,
+    request_within: Duration,
+    mut draining: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Closed<F::Output> {
     tokio::pin!(conn);
     loop {
+        let drained = draining.as_ref().is_some_and(|d| *d.borrow());
+        let request_within = if drained {
+            request_within.min(DRAINED_WITHIN)
+        } else {
+            request_within
+        };
         let wait = limit
             .saturating_sub(activity.idle())
             .min(request_within.saturating_sub(activity.waiting_for_request()));
+        let drain_begins = async {
+            match draining.as_mut().filter(|_| !drained) {
+                Some(d) => {
+                    if d.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             out = &mut conn => return Closed::Ended(out),
+            () = drain_begins => {}
             _ = tokio::time::sleep(wait) => {
                 if activity.idle() >= limit {
                     return Closed::Idle;

@@ -40,7 +40,7 @@ use crate::config::{Config, Limits, Upstream as UpstreamConfig};
 use crate::gate::{Gate, ResponseBody};
 use crate::guard::Guard;
 use crate::health;
-use crate::idle::{until_idle, Activity, ActivityIo, Closed, OpenBody};
+use crate::idle::{until_idle, until_idle_or_drained, Activity, ActivityIo, Closed, OpenBody};
 use crate::metrics::{self, METRICS};
 use crate::signals::{HangupSignal, StopSignals};
 use crate::store::Store;
@@ -442,6 +442,10 @@ impl Worker {
     }
 }
 
+/// The most header fields a request may have (hyper's HTTP/1.1 limit; see the service in
+/// [`Connection::run`] for HTTP/2).
+const MAX_HEADER_FIELDS: usize = 100;
+
 /// How many connections over their address's cap may wait for their `503` at once, beside
 /// `max_connections` (see [`accept`]).
 const OVER_CAP_SLOTS: usize = 64;
@@ -751,6 +755,10 @@ impl Connection {
         let remote = self.remote;
         // Started now: the wait for a first request counts the TLS handshake in.
         let activity = Activity::new();
+        // Bytes are counted on the TCP stream, under TLS: rustls takes an answer's plaintext
+        // into its buffer while the socket is full, and counted above it, a client that stopped
+        // reading would look active a while longer than the idle timeout.
+        let stream = ActivityIo::new(stream, activity.clone());
         match self.settings.tls.clone() {
             None => self.serve_io(stream, activity).await,
             Some(acceptor) => {
@@ -781,7 +789,6 @@ impl Connection {
     {
         let remote = self.remote;
         let idle = self.settings.limits.idle_timeout;
-        let io = ActivityIo::new(io, activity.clone());
         let gate = self.gate;
         let requests = activity.clone();
         let over_address_cap = self.over_address_cap;
@@ -805,6 +812,15 @@ impl Connection {
             CatchPanic::new(async move {
                 if let Some(max) = over_address_cap {
                     let resp = over_cap_answer(max, req.version());
+                    return Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)));
+                }
+                // HTTP/1.1's parser stops at MAX_HEADER_FIELDS with a 431; HTTP/2's has no
+                // such count (only the block's size), so it is made here, the same for both.
+                if req.headers().len() > MAX_HEADER_FIELDS {
+                    let resp = crate::gate::text(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        &format!("too many header fields: at most {MAX_HEADER_FIELDS}"),
+                    );
                     return Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)));
                 }
                 let resp = match health::probe(&gate, req.method(), req.uri().path()).await {
@@ -846,7 +862,11 @@ impl Connection {
                     }
                 }
             }
-            None => until_idle(self.watcher.watch(conn), &activity, idle, first).await,
+            None => {
+                let draining = Some(self.draining.clone());
+                until_idle_or_drained(self.watcher.watch(conn), &activity, idle, first, draining)
+                    .await
+            }
         };
         match closed {
             Closed::Ended(Ok(())) => {}

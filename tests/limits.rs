@@ -305,6 +305,40 @@ fn an_http2_answer_held_back_by_a_zero_window_does_not_keep_the_connection_open(
     );
 }
 
+/// An idle HTTP/2 connection whose client does not answer the GOAWAY's PING (hyper waits for
+/// it before the last GOAWAY) holds a stop a second at most, not until the wait for its next
+/// request runs out (30 s here, as the grace period).
+#[test]
+fn an_idle_http2_connection_does_not_hold_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = start(
+        dir.path(),
+        &cgi_config(
+            dir.path(),
+            "header_read_timeout_seconds = 30\nshutdown_grace_seconds = 30",
+        ),
+    );
+    let mut s = connect(g.port);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(4, &[])).unwrap();
+    s.write_all(&h2_healthz(1)).unwrap();
+    let frames = h2_frames_until_stream_ends(&mut s, 1);
+    assert!(
+        frames.iter().any(|&(kind, _, id)| kind == 1 && id == 1),
+        "{frames:?}"
+    );
+    // The client now reads nothing and answers nothing.
+    let stopped = Instant::now();
+    let status = g.stop_within(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "the stop waited {:?} for an idle connection",
+        stopped.elapsed()
+    );
+    drop(s);
+}
+
 /// Reads HTTP/2 frames until one on `stream` ends it (END_STREAM or RST_STREAM) or 5 s pass:
 /// (type, flags, stream) of each.
 fn h2_frames_until_stream_ends(s: &mut TcpStream, stream: u32) -> Vec<(u8, u8, u32)> {
@@ -1590,6 +1624,11 @@ struct H2Answer {
 
 /// `method target` over HTTP/2 with Basic `auth` and `TE: trailers`.
 fn h2_request(port: u16, method: &str, target: &str, auth: &str) -> H2Answer {
+    h2_request_with(port, method, target, auth, 0)
+}
+
+/// [`h2_request`] with `extra` more header fields (`x-extra-N: v`).
+fn h2_request_with(port: u16, method: &str, target: &str, auth: &str, extra: usize) -> H2Answer {
     use http_body_util::BodyExt;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1606,11 +1645,15 @@ fn h2_request(port: u16, method: &str, target: &str, auth: &str) -> H2Answer {
         .await
         .unwrap();
         tokio::spawn(connection);
-        let request = hyper::Request::builder()
+        let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("http://127.0.0.1:{port}{target}"))
             .header("authorization", format!("Basic {auth}"))
-            .header("te", "trailers")
+            .header("te", "trailers");
+        for i in 0..extra {
+            request = request.header(format!("x-extra-{i}"), "v");
+        }
+        let request = request
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();
         let answer = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
@@ -1635,6 +1678,28 @@ fn h2_request(port: u16, method: &str, target: &str, auth: &str) -> H2Answer {
             trailers,
         }
     })
+}
+
+/// Over 100 header fields get 431 over HTTP/2 as over HTTP/1.1 (whose parser counts them);
+/// 100 are fine.
+#[test]
+fn too_many_header_fields_get_431_over_http2_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &cgi_config(dir.path(), ""));
+    // authorization and te, and the rest.
+    let answer = h2_request_with(g.port, "GET", "/healthz", "eDp5", 98);
+    assert_eq!(answer.status, 200);
+    let answer = h2_request_with(g.port, "GET", "/healthz", "eDp5", 99);
+    assert_eq!(answer.status, 431);
+    assert!(String::from_utf8_lossy(&answer.body).contains("too many header fields: at most 100"));
+    let mut s = connect(g.port);
+    let mut req = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 0..100 {
+        req.push_str(&format!("x-extra-{i}: v\r\n"));
+    }
+    s.write_all(format!("{req}\r\n").as_bytes()).unwrap();
+    let (out, _) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
 }
 
 #[test]
