@@ -3,7 +3,8 @@
 //! # The path of one request
 //!
 //! ```text
-//!  git client ──▶ server ──▶ gate ──┬─ client address: the peer, or behind trusted_proxies the right-most
+//!  git client ──▶ server (over 100 header fields ─▶ 431, on HTTP/2 too; /healthz, /readyz)
+//!                        ──▶ gate ──┬─ client address: the peer, or behind trusted_proxies the right-most
 //!                                   │     untrusted X-Forwarded-For entry (unreadable: 400)
 //!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, then the
 //!                                   │     user's rate-limit bucket (429); never forwarded
@@ -12,8 +13,9 @@
 //!                                   │     IPv6 by /64; one atomic read while no address is blocked)
 //!                                   ├─ body codings: Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
-//!                                   ├─ token::parse(secret) → id; store: cache (WAL index header) → on a miss SQLite,
-//!                                   │     a few reads at a time (Store::miss_slots); hash compare
+//!                                   ├─ token::parse(secret) → id; store: cache (WAL index header; ids the store
+//!                                   │     lacks remembered too) → on a miss SQLite, a few reads at a time
+//!                                   │     (Store::miss_slots); hash compare
 //!                                   │     (the current secret, or the previous one inside a rotation overlap)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
 //!                                   │     (401s first — revoked, expired, wrong user, disabled owner — then the
@@ -66,8 +68,8 @@
 //!   for missing or bad credentials (`403` without one for a refused Bearer token, which git
 //!   did not send itself and would answer a 401 to by prompting), `403` for too little
 //!   permission, `503` when the store
-//!   cannot be read, is gone, or was replaced by another file or had its `-wal`/`-shm` deleted
-//!   (fail closed; a replaced one until a restart), `502` when the backend fails. Every refusal carries a
+//!   cannot be read, is gone, was found damaged, or was replaced by another file or had its
+//!   `-wal`/`-shm` deleted (fail closed; a replaced or damaged one until a restart), `502` when the backend fails. Every refusal carries a
 //!   one-line `text/plain` reason that git prints as `remote: ...`.
 //! - [`git`] says *what* a request is (repository, read or write) and builds the canonical path the
 //!   backend will see; [`policy`] says *whether* it is allowed; neither does I/O.
