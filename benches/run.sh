@@ -209,6 +209,8 @@ $(nginx_temp_paths "$W/nginx2")
             # Reads of 64 KiB, as gitgate's (its default is one page, 4 KiB: 51,400 reads and
             # writes per 200 MB clone, which would make 1d flatter gitgate).
             proxy_buffer_size 64k;
+            proxy_buffers 4 64k;
+            proxy_busy_buffers_size 128k;
         }
     }
 }
