@@ -11,6 +11,8 @@
 //!   record — for ids spread over the million (each once per pass, so SQLite's pages are not
 //!   all hot), the SHA-256 of a secret and its comparison. The filler tokens' secrets are not
 //!   known, so the comparison fails and the policy is not run: its cost is in `cached`.
+//! - `miss_inline`: the same misses read inline, without the hand-off: the difference from
+//!   `miss_path` is what the trip to the blocking pool and back costs.
 //! - `baseline_sha256`: the SHA-256 of one secret alone, measured in the same run, so the numbers
 //!   can be read as ratios on any machine.
 //!
@@ -138,6 +140,24 @@ fn auth(c: &mut Criterion) {
                     tokio::task::spawn_blocking(move || reading.load_auth_record(&id, at)).await
                 })
                 .unwrap()
+                .unwrap()
+                .expect("a filler token");
+            black_box(record.secret_matches(&presented, now))
+        })
+    });
+    // Other ids than `miss_path`'s (which are cached by now): from the middle of the million.
+    let mut inline_step: i64 = FILLER_TOKENS / 2;
+    group.bench_function("miss_inline", |b| {
+        b.iter(|| {
+            inline_step += 1;
+            let id = format!("f{:011}", (inline_step * 7919) % FILLER_TOKENS + 1);
+            let presented = token::hash(black_box(&secret));
+            let at = match store.cached_auth_record(&id).unwrap() {
+                CacheLookup::Miss(at) => at,
+                _ => panic!("a filler token was cached or unknown"),
+            };
+            let record = store
+                .load_auth_record(&id, at)
                 .unwrap()
                 .expect("a filler token");
             black_box(record.secret_matches(&presented, now))
