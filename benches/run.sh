@@ -77,6 +77,14 @@ now() { date +%s.%N; }
 log "building gitgate (release)"
 [[ -n "${NO_BUILD:-}" ]] || (cd "$HERE" && HOME=$REAL_HOME cargo build --release --quiet)
 GITGATE=$HERE/target/release/gitgate
+# The floor of benchmark 3 (benches/hyper_401.rs): a bare hyper server answering gitgate's 401.
+FLOOR=$(cd "$HERE" && HOME=$REAL_HOME cargo bench --no-run --quiet --bench hyper_401 --message-format=json 2>/dev/null |
+	python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "hyper_401" and m.get("executable"):
+        print(m["executable"])')
+[[ -x "$FLOOR" ]] || { echo "benches/run.sh: cannot build benches/hyper_401.rs" >&2; exit 1; }
 BACKEND=$(git --exec-path)/git-http-backend
 
 # --- repositories: random blobs, one pack --------------------------------------------------------
@@ -297,11 +305,15 @@ start_gitgate cgi "cgi = \"$BACKEND\"
 project_root = \"$W/repos\""
 GG_CGI=$GG_PORT GG_CGI_PID=$GG_PID
 start_gitgate hop "url = \"http://127.0.0.1:$GIT_PORT/static\""
-GG_HOP=$GG_PORT
+GG_HOP=$GG_PORT GG_HOP_PID=$GG_PID
+FLOOR_PORT=$(free_port)
+"$FLOOR" --serve "$FLOOR_PORT" "$(nproc)" &
+FLOOR_PID=$!
+PIDS+=($!)
 # COMPARE=/path/to/other/gitgate (with --hop): an A/B of two builds, interleaved in every round.
 if [[ -n "${COMPARE:-}" ]]; then
 	start_gitgate hopb "url = \"http://127.0.0.1:$GIT_PORT/static\"" "$COMPARE"
-	GG_HOPB=$GG_PORT
+	GG_HOPB=$GG_PORT GG_HOPB_PID=$GG_PID
 fi
 sleep 0.3
 
@@ -365,7 +377,7 @@ cpu_ms() { tr ' ' '\n' <<<"${TICKS[$1]}" | grep . | median | awk -v k="$TICK_MS"
 
 # --- 2./3. the hop and rejections (wrk) ----------------------------------------------------------
 HOP_PATH="/team/app.git/info/refs?service=git-upload-pack"
-wrk_run() { # url [header|many] [expect-non-2xx] -> "rps p99_ms"; many: rotate the many tokens
+wrk_run() { # url [header|many] [expect-non-2xx] -> "rps p99_ms requests"; many: rotate the many tokens
 	local out
 	if [[ "${2:-}" == many ]]; then
 		out=$(wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECONDS}s" --latency -s "$W/many.lua" "$1")
@@ -395,30 +407,45 @@ wrk_run() { # url [header|many] [expect-non-2xx] -> "rps p99_ms"; many: rotate t
 	if [[ "${errors:-0}" != 0 ]]; then
 		log "socket errors in a round ($errors): its p99 leaves their requests out"
 	fi
-	echo "$rps $p99"
+	echo "$rps $p99 ${total:-0}"
 }
 # Sanity: each target answers as intended.
 [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PROXY_PORT$HOP_PATH") == 200 ]]
 [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PROXY2_PORT$HOP_PATH") == 200 ]]
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 200 ]]
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $BAD_AUTH" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 401 ]]
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+	[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$FLOOR_PORT$HOP_PATH") == 401 ]] && break
+	sleep 0.1
+done
+[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$FLOOR_PORT$HOP_PATH") == 401 ]]
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $(head -1 "$W/many.auth" | tr -d '",' )" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 200 ]]
 if [[ -n "${HOLD:-}" ]]; then # keep the set-up running for manual experiments
 	echo "proxy=$PROXY_PORT gitgate=$GG_HOP nginx401=$R401_PORT path=$HOP_PATH auth='$AUTH' dir=$W many=$W/many.lua" >&2
 	sleep "$HOLD"
 	exit 0
 fi
-declare -A RPS=() P99=()
+declare -A RPS=() P99=() CPU_US=()
+# The process whose CPU time per answer a row also records (the 401 rows: a single process
+# each, serving only that row's load while it runs).
+declare -A SERVER_PID=([nginx401]=$NGINX_PID [gitgate401]=$GG_HOP_PID [hyper401]=$FLOOR_PID)
+[[ -n "${GG_HOPB_PID:-}" ]] && SERVER_PID[compare401]=$GG_HOPB_PID
+CLK_TCK=$(getconf CLK_TCK)
 # One wrk measurement: NAME URL [header|many] [expect-non-2xx].
 measure() {
-	local name=$1 r p
+	local name=$1 r p n c0 c1 pid=${SERVER_PID[$1]:-}
 	shift
-	read -r r p < <(wrk_run "$@")
+	[[ -n "$pid" ]] && c0=$(cpu_ticks "$pid")
+	read -r r p n < <(wrk_run "$@")
 	RPS[$name]+="$r " P99[$name]+="$p "
+	if [[ -n "$pid" ]]; then
+		c1=$(cpu_ticks "$pid")
+		CPU_US[$name]+="$(awk -v t=$((c1 - c0)) -v k="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", (n > 0) ? t * 1e6 / k / n : 0 }') "
+	fi
 }
 # Odd rounds go forward, even rounds backward, as the clones do: no row always follows the
 # same one (the 2-worker nginx's round, say) or always comes last.
-WRK_ORDER=(proxy proxy2 gitgate nginx401 gitgate401 proxymany gitgatemany)
+WRK_ORDER=(proxy proxy2 gitgate nginx401 gitgate401 hyper401 proxymany gitgatemany)
 measure_named() {
 	case $1 in
 	proxy) measure proxy "http://127.0.0.1:$PROXY_PORT$HOP_PATH" ;;
@@ -426,6 +453,8 @@ measure_named() {
 	gitgate) measure gitgate "http://127.0.0.1:$GG_HOP$HOP_PATH" "$AUTH" ;;
 	nginx401) measure nginx401 "http://127.0.0.1:$R401_PORT$HOP_PATH" "" expect-non-2xx ;;
 	gitgate401) measure gitgate401 "http://127.0.0.1:$GG_HOP$HOP_PATH" "$BAD_AUTH" expect-non-2xx ;;
+	# The floor: hyper alone, with gitgate's threads, answering the same 401 to the same header.
+	hyper401) measure hyper401 "http://127.0.0.1:$FLOOR_PORT$HOP_PATH" "$BAD_AUTH" expect-non-2xx ;;
 	# The same Lua script against nginx (which ignores the header), so both pay wrk's Lua.
 	proxymany) measure proxymany "http://127.0.0.1:$PROXY_PORT$HOP_PATH" many ;;
 	gitgatemany) measure gitgatemany "http://127.0.0.1:$GG_HOP$HOP_PATH" many ;;
@@ -436,18 +465,24 @@ for ((round = 1; round <= WRK_ROUNDS; round++)); do
 	((round % 2)) || for ((i = 0; i < ${#WRK_ORDER[@]}; i++)); do order[i]=${WRK_ORDER[${#WRK_ORDER[@]} - 1 - i]}; done
 	for m in "${order[@]}"; do measure_named "$m"; done
 	if [[ -n "${GG_HOPB:-}" ]]; then
-		read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOPB$HOP_PATH" "$AUTH")
-		RPS[compare]+="$r " P99[compare]+="$p "
-		read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOPB$HOP_PATH" "$BAD_AUTH" expect-non-2xx)
-		RPS[compare401]+="$r " P99[compare401]+="$p "
-		read -r r p < <(wrk_run "http://127.0.0.1:$GG_HOPB$HOP_PATH" many)
-		RPS[comparemany]+="$r " P99[comparemany]+="$p "
+		measure compare "http://127.0.0.1:$GG_HOPB$HOP_PATH" "$AUTH"
+		measure compare401 "http://127.0.0.1:$GG_HOPB$HOP_PATH" "$BAD_AUTH" expect-non-2xx
+		measure comparemany "http://127.0.0.1:$GG_HOPB$HOP_PATH" many
 		log "wrk round $round/$WRK_ROUNDS: compare ($COMPARE) ${RPS[compare]}| 401 ${RPS[compare401]}"
 	fi
-	log "wrk round $round/$WRK_ROUNDS: rps proxy ${RPS[proxy]}| proxy2 ${RPS[proxy2]}| gitgate ${RPS[gitgate]}| 401 nginx ${RPS[nginx401]}| 401 gitgate ${RPS[gitgate401]}| $MANY_TOKENS tokens: proxy ${RPS[proxymany]}| gitgate ${RPS[gitgatemany]}"
+	log "wrk round $round/$WRK_ROUNDS: rps proxy ${RPS[proxy]}| proxy2 ${RPS[proxy2]}| gitgate ${RPS[gitgate]}| 401 nginx ${RPS[nginx401]}| 401 gitgate ${RPS[gitgate401]}| 401 hyper ${RPS[hyper401]}| $MANY_TOKENS tokens: proxy ${RPS[proxymany]}| gitgate ${RPS[gitgatemany]}"
 done
 mrps() { tr ' ' '\n' <<<"${RPS[$1]}" | grep . | median; }
 mp99() { tr ' ' '\n' <<<"${P99[$1]}" | grep . | median; }
+mcpu() { tr ' ' '\n' <<<"${CPU_US[$1]}" | grep . | median; }
+# Rows 3b and 3c, the same in both tables.
+floor_rows() {
+	local a b c
+	a=$(mrps nginx401) b=$(mrps hyper401)
+	echo "| 3b | 401 from bare hyper, $(nproc) threads as gitgate (req/s): the floor of a proxy built on hyper | nginx \`return 401\` $a | hyper $b | $(ratio "$b" "$a")× | — | |"
+	a=$(mcpu nginx401) b=$(mcpu gitgate401) c=$(mcpu hyper401)
+	echo "| 3c | CPU per 401, median of the rounds (µs) | nginx $a; bare hyper $c | $b | $(ratio "$b" "$a")× (hyper $(ratio "$c" "$a")×) | — | |"
+}
 
 if ((HOP_ONLY)); then
 	a=$(mrps proxy) b=$(mrps gitgate)
@@ -464,17 +499,20 @@ if ((HOP_ONLY)); then
 	echo "| 2f | hop, $MANY_TOKENS tokens, p99 (ms) | nginx proxy_pass $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f ms", b-a}') |"
 	a=$(mrps nginx401) b=$(mrps gitgate401)
 	echo "| 3 | 401 (req/s) | nginx return 401 $a | $b | $(ratio "$b" "$a")× |"
-	echo "Raw: req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
+	floor_rows | awk -F' [|] ' '{print $1 " | " $2 " | " $3 " | " $4 " | " $5 " |"}'
+	echo "Raw: req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
 	if [[ -n "${GG_HOPB:-}" ]]; then
 		a=$(mrps proxy) b=$(mrps compare)
 		echo "| 2a' | hop, $COMPARE (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
 		a=$(mrps nginx401) b=$(mrps compare401)
 		echo "| 3' | 401, $COMPARE (req/s) | nginx return 401 $a | $b | $(ratio "$b" "$a")× |"
+		a=$(mcpu gitgate401) b=$(mcpu compare401)
+		echo "| 3c' | CPU per 401, $COMPARE (µs) | this build $a | $b | $(ratio "$b" "$a")× |"
 		a=$(mrps proxymany) b=$(mrps comparemany)
 		echo "| 2e' | hop, $MANY_TOKENS tokens, $COMPARE (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
 		a=$(mp99 proxymany) b=$(mp99 comparemany)
 		echo "| 2f' | hop, $MANY_TOKENS tokens, p99, $COMPARE (ms) | nginx proxy_pass $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f ms", b-a}') |"
-		echo "Raw compare: req/s [${RPS[compare]% }], 401 [${RPS[compare401]% }], $MANY_TOKENS tokens [${RPS[comparemany]% }]; p99 ms [${P99[compare]% }], 401 [${P99[compare401]% }], $MANY_TOKENS tokens [${P99[comparemany]% }]."
+		echo "Raw compare: req/s [${RPS[compare]% }], 401 [${RPS[compare401]% }], CPU µs per 401 [${CPU_US[compare401]% }], $MANY_TOKENS tokens [${RPS[comparemany]% }]; p99 ms [${P99[compare]% }], 401 [${P99[compare401]% }], $MANY_TOKENS tokens [${P99[comparemany]% }]."
 	fi
 	exit 0
 fi
@@ -556,6 +594,7 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 2f | same, p99 (ms) | nginx proxy_pass, same script $a | $b | $(ratio "$b" "$a")× ($d ms) | (as 2b) ≤ +0.5 ms | $(over_by_at_most "$a" "$b" 0.5) |"
 	a=$(mrps nginx401) b=$(mrps gitgate401) r=$(ratio "$b" "$a")
 	echo "| 3 | 401 wrong token (req/s) | nginx \`return 401\` $a | $b | $r× | ≥ 0.8× | $(at_least "$b" "$a" 0.8) |"
+	floor_rows
 	base=$(bench_time "${BENCH_NAMES[0]:-none}")
 	for n in "${BENCH_NAMES[@]}"; do
 		v=$(bench_time "$n")
@@ -564,5 +603,5 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 5a | peak RSS, one clone of $BIG_MB MB ($(awk -v b="$BIG_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB received) (MiB) | repo size $BIG_MB | $(mb "$RSS_BIG") | $(ratio "$(mb "$RSS_BIG")" "$BIG_MB")× of repo | < 64 MB | $(awk -v k="$RSS_BIG" 'BEGIN{print (k * 1024 < 64e6) ? "yes" : "no"}') |"
 	echo "| 5b | peak RSS, $CONCURRENT concurrent clones of $REPO_MB MB ($CONC_OK/$CONCURRENT complete, ${CONC_SECONDS}s) (MiB) | total served $((REPO_MB * CONCURRENT)) | $(mb "$RSS_CONC") | $(ratio "$(mb "$RSS_CONC")" "$((REPO_MB * CONCURRENT))")× of bytes served | < 64 MB | $(awk -v k="$RSS_CONC" -v ok="$CONC_OK" -v n="$CONCURRENT" 'BEGIN{print (k * 1024 < 64e6 && ok == n) ? "yes" : "no"}') |"
 	echo
-	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }], gitgate→nginx socket [${TIMES[gitgate_unix]% }]; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }], gitgate→nginx socket [${TICKS[gitgate_unix]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
+	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }], gitgate→nginx socket [${TIMES[gitgate_unix]% }]; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }], gitgate→nginx socket [${TICKS[gitgate_unix]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
 }

@@ -691,6 +691,28 @@ mod tests {
         assert!(server.setting("x").is_err(), "every operation is refused");
     }
 
+    /// An id remembered as unknown is refused before the file checks (no system call for a flood
+    /// of one deleted token); the first lookup of any other id still finds the store gone, and
+    /// from then on nothing is answered from memory, the unknown ids included.
+    #[test]
+    fn an_unknown_id_is_refused_before_the_file_checks_and_the_store_still_fails_closed() {
+        let (dir, server, _cli) = cached_in_a_fresh_store();
+        assert!(server.auth_record_cached("zzzzzzzzzzzz").unwrap().is_none());
+        for file in ["t.db-wal", "t.db-shm"] {
+            std::fs::remove_file(dir.path().join(file)).unwrap();
+        }
+        assert!(matches!(
+            server.cached_auth_record("zzzzzzzzzzzz").unwrap(),
+            CacheLookup::Unknown
+        ));
+        let err = server.auth_record_cached("abcdefghijkl").unwrap_err();
+        assert!(err.to_string().contains("restart gitgate"), "{err}");
+        let Err(err) = server.cached_auth_record("zzzzzzzzzzzz") else {
+            panic!("answered from memory after the store gave up");
+        };
+        assert!(err.to_string().contains("restart gitgate"), "{err}");
+    }
+
     /// With the store's folders watched (inotify), lookups skip the `stat` and `fstat`s of the
     /// store's files until a name changes in those folders — and a deleted `-wal` is still
     /// refused on the very next lookup, not at the next periodic check.

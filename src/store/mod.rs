@@ -622,14 +622,24 @@ impl Store {
     }
 
     /// The auth record for token `id` from the in-memory cache, if it is there and nothing has
-    /// been committed to the store since it was read. Cheap: the file checks (one system call
-    /// while the store's folders are unchanged) and a read of the WAL index header, no query. A
-    /// miss carries the version it was checked at, for [`Store::load_auth_record`].
+    /// been committed to the store since it was read. Cheap: a read of the WAL index header (a
+    /// memory read) and the file checks (one system call while the store's folders are
+    /// unchanged), no query. A miss carries the version it was checked at, for
+    /// [`Store::load_auth_record`].
+    ///
+    /// An id remembered as unknown is answered before the file checks: that answer can only
+    /// refuse, and a store deleted or replaced since is refused on the first lookup of any other
+    /// id (the cache is emptied when the store gives up, so nothing is remembered after). A flood
+    /// of one unknown token — a deleted token a CI job keeps sending — so costs no system call.
     pub fn cached_auth_record(&self, id: &str) -> Result<CacheLookup> {
+        let version = self.inner.cache.version()?;
+        let found = self.inner.cache.get(id, version);
+        if matches!(found, cache::Cached::Unknown) {
+            return Ok(CacheLookup::Unknown);
+        }
         // A deleted or replaced file must not be served from memory: fail closed / start over.
         self.check_file()?;
-        let version = self.inner.cache.version()?;
-        Ok(match self.inner.cache.get(id, version) {
+        Ok(match found {
             cache::Cached::Record(hit) => CacheLookup::Hit(hit),
             cache::Cached::Unknown => CacheLookup::Unknown,
             cache::Cached::Nothing => CacheLookup::Miss(CacheVersion(version)),
