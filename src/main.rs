@@ -34,8 +34,9 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve,
-    /// Check the configuration and what it names (TLS files, upstream, store) without starting,
-    /// as `nginx -t` does: exit 1 where `serve` would refuse to start. Changes nothing.
+    /// Check the configuration and what it names (TLS files, listen addresses, upstream, store)
+    /// without starting, as `nginx -t` does: exit 1 where `serve` would refuse to start.
+    /// Changes nothing.
     Check,
     /// Manage users.
     #[command(subcommand)]

@@ -1013,7 +1013,7 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     let text = out.ok();
     for line in [
         "config ",
-        "listen http://127.0.0.1:0 (not tried)",
+        "listen http://127.0.0.1:0: free",
         "upstream cgi ",
         ": ready",
         "; 1 user, 0 tokens not revoked",
@@ -1080,6 +1080,46 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
             "warning: upstream http://127.0.0.1:{port}/git is not ready"
         )) && text.contains("(1 warning)"),
         "{text}"
+    );
+
+    // A listen address in use (by the running server, usually) is a warning; one this machine
+    // does not have fails as serve's start would.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let busy = sb.root().join("busy.toml");
+    let base = sb.config_text();
+    assert!(base.contains("listen = \"127.0.0.1:0\""), "{base}");
+    fs::write(
+        &busy,
+        base.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{taken_port}\""),
+        ),
+    )
+    .unwrap();
+    let out = check(&busy);
+    let text = out.ok();
+    assert!(
+        text.contains(&format!(
+            "warning: listen http://127.0.0.1:{taken_port}: in use now"
+        )) && text.contains("(1 warning)"),
+        "{text}"
+    );
+    drop(taken);
+    let absent = sb.root().join("absent.toml");
+    // 192.0.2.0/24 is reserved for documentation: no machine has it.
+    fs::write(
+        &absent,
+        base.replace("listen = \"127.0.0.1:0\"", "listen = \"192.0.2.1:8080\""),
+    )
+    .unwrap();
+    let out = check(&absent);
+    assert!(
+        !out.success()
+            && out
+                .stderr
+                .contains("cannot listen on 192.0.2.1:8080 ([server] listen in"),
+        "{out}"
     );
 
     // Where serve refuses to start, check fails with its message: a certificate that is not

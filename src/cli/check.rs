@@ -2,12 +2,14 @@
 //! `nginx -t` does, for a change about to be deployed, restarted or sent `SIGHUP`. It runs the
 //! start's own checks in the start's order (the config, the TLS certificate and key, the
 //! upstream's settings and its secret), then asks the backend whether it is ready and reads the
-//! store — read-only: no store is created or migrated, and nothing is bound.
+//! store — read-only: no store is created or migrated.
 //!
 //! It fails (exit 1, the start's message) exactly where `serve` would refuse to start; an
 //! upstream that does not answer now is a warning, as at a start, where gitgate serves and
-//! reports not ready until it does. Listening is not tried: the running server holds the
-//! address.
+//! reports not ready until it does. The listen addresses are bound for a moment and let go, as
+//! `serve` binds them: an address this machine does not have, or a port this user may not
+//! take, fails as the start would. An address in use is a warning only: for a configuration
+//! about to be reloaded or restarted, the running gitgate is what holds it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,12 +29,37 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     } else {
         "http"
     };
-    match config.metrics_listen {
-        Some(metrics) => outln!(
-            "listen {scheme}://{} (not tried), metrics on {metrics}",
-            config.server.listen
-        ),
-        None => outln!("listen {scheme}://{} (not tried)", config.server.listen),
+    let mut warnings = 0;
+    let listen = config.server.listen;
+    match try_listen(listen) {
+        Ok(()) => outln!("listen {scheme}://{listen}: free"),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            warnings += 1;
+            outln!(
+                "warning: listen {scheme}://{listen}: in use now (by the running gitgate, if \
+                 this configuration is live; serve cannot start while it is)"
+            );
+        }
+        // serve's own message for the same failure.
+        Err(e) => {
+            return Err(format!(
+                "cannot listen on {listen} ([server] listen in {source}): {e}"
+            ))
+        }
+    }
+    if let Some(metrics) = config.metrics_listen {
+        match try_listen(metrics) {
+            Ok(()) => outln!("metrics on http://{metrics}: free"),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                warnings += 1;
+                outln!("warning: metrics on http://{metrics}: in use now");
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot listen for metrics on {metrics} ([metrics] listen in {source}): {e}"
+                ))
+            }
+        }
     }
     if let Some(tls) = &config.server.tls {
         let certs = CertStore::load(&tls.cert, &tls.key).map_err(|e| format!("{source}: {e}"))?;
@@ -79,7 +106,6 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             )
         }
     };
-    let mut warnings = 0;
     match ready {
         Ok(()) => outln!("upstream {what}: ready"),
         Err(why) => {
@@ -118,6 +144,11 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         ),
     }
     Ok(())
+}
+
+/// Bind `addr` as `serve` would (`SO_REUSEADDR`, as tokio's listener sets it) and let it go.
+fn try_listen(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    std::net::TcpListener::bind(addr).map(drop)
 }
 
 /// `1 user`, `2 users`.
