@@ -15,8 +15,8 @@
 //! that header is written, so a revocation that has returned to the CLI is seen by the next
 //! lookup. Reading it is a read of 96 bytes of memory: the `-shm` file's first page mapped as
 //! SQLite maps it (shared, here read-only) — no system call, no lock, no SQLite call. A `pread`
-//! of the same bytes cost a system call per request (a twentieth of a refusal's whole cost,
-//! measured under wrk), and `PRAGMA data_version` (statement, file locks, mutex) was half of the
+//! of the same bytes cost a system call per request (with the file checks' `FIONREAD` that an
+//! unknown id now skips, a tenth of a refused request's CPU under wrk: docs/PERFORMANCE.md), and `PRAGMA data_version` (statement, file locks, mutex) was half of the
 //! cached auth path. The writer updates the header's two copies one after the other (the second
 //! first), and the read takes them in SQLite's own order (the first, a fence, the second), so a
 //! read that finds them different (a commit in progress), or a `-shm` file not there or not
