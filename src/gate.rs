@@ -35,7 +35,7 @@ use crate::inflight::Slot;
 use crate::metrics::{Operation, Outcome, METRICS};
 use crate::permission::TokenKind;
 use crate::policy::{self, Deny, Identity};
-use crate::store::{AuthRecord, CacheLookup, Store, StoreError};
+use crate::store::{AuthRecord, CacheLookup, CacheVersion, Store, StoreError};
 use crate::token;
 use crate::upstream::headers::client_address;
 use crate::upstream::{Fault, Upstream};
@@ -311,11 +311,11 @@ impl Gate {
         log.token_id = Some(id.as_str().to_string());
 
         // Hot path: a cache hit costs a hash lookup and a read of the WAL index header (an id
-        // the store did not have, as much); a miss reads SQLite on the blocking pool.
+        // the store did not have, as much); a miss reads SQLite, here or on the blocking pool.
         let record = match self.store.cached_auth_record(id.as_str()) {
             Ok(CacheLookup::Hit(hit)) => hit,
             Ok(CacheLookup::Unknown) => return Err(Refusal::InvalidToken),
-            Ok(CacheLookup::Miss(_)) => self.load_record(id.as_str()).await?,
+            Ok(CacheLookup::Miss(at)) => self.load_record(id.as_str(), at).await?,
             Err(e) => return Err(Refusal::StoreDown(e)),
         };
         // Hashed only for an id the store holds: ids are not secret (they are logged), so an
@@ -358,10 +358,16 @@ impl Gate {
         Ok((git_req, identity, slot))
     }
 
-    /// A cache miss: read the token's record on the blocking pool, a few at a time (see
+    /// A cache miss (seen at `at`): read the token's record here when that cannot wait (see
+    /// [`Store::load_auth_record_now`]), else on the blocking pool, a few at a time (see
     /// [`Store::miss_slots`]). A request that waited for its turn looks in the cache again
     /// first — another request for the same token has usually read it meanwhile.
-    async fn load_record(&self, id: &str) -> Result<Arc<AuthRecord>, Refusal> {
+    async fn load_record(&self, id: &str, at: CacheVersion) -> Result<Arc<AuthRecord>, Refusal> {
+        if let Some(read) = self.store.load_auth_record_now(id, at) {
+            return read
+                .map_err(Refusal::StoreDown)?
+                .ok_or(Refusal::InvalidToken);
+        }
         let _slot = self.store.miss_slots().acquire().await.map_err(|_| {
             Refusal::StoreDown(StoreError::Invalid("the store is shutting down".into()))
         })?;

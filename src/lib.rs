@@ -14,8 +14,9 @@
 //!                                   ├─ body codings: Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
 //!                                   ├─ token::parse(secret) → id; store: cache (WAL index header; ids the store
-//!                                   │     lacks remembered too) → on a miss SQLite, a few reads at a time
-//!                                   │     (Store::miss_slots); hash compare
+//!                                   │     lacks remembered too) → on a miss SQLite: inline on an idle pooled
+//!                                   │     connection, else on the blocking pool a few at a time
+//!                                   │     (Store::load_auth_record_now, Store::miss_slots); hash compare
 //!                                   │     (the current secret, or the previous one inside a rotation overlap)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
 //!                                   │     (401s first — revoked, expired, wrong user, disabled owner — then the

@@ -691,6 +691,60 @@ mod tests {
         assert!(server.setting("x").is_err(), "every operation is refused");
     }
 
+    /// A miss read inline: on an idle pooled connection, cached as the blocking pool's read
+    /// is; not at all (the caller goes to the pool) when inline reads are paused — and the
+    /// connection keeps its busy timeout for every other use.
+    #[test]
+    fn a_miss_is_read_inline_unless_that_would_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+        alice_with_a_token(&cli);
+        server.ping().unwrap(); // a connection in the pool
+        let miss = |id: &str| match server.cached_auth_record(id).unwrap() {
+            CacheLookup::Miss(at) => at,
+            _ => panic!("{id} should miss"),
+        };
+        let at = miss("abcdefghijkl");
+        let read = server
+            .load_auth_record_now("abcdefghijkl", at)
+            .expect("read inline");
+        assert_eq!(read.unwrap().unwrap().token.name, "laptop");
+        assert!(matches!(
+            server.cached_auth_record("abcdefghijkl").unwrap(),
+            CacheLookup::Hit(_)
+        ));
+        let at = miss("zzzzzzzzzzzz");
+        assert!(server
+            .load_auth_record_now("zzzzzzzzzzzz", at)
+            .expect("read inline")
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            server.cached_auth_record("zzzzzzzzzzzz").unwrap(),
+            CacheLookup::Unknown
+        ));
+
+        // The read set SQLite's busy timeout to zero for itself only. (What makes a WAL reader
+        // busy — another process rebuilding the index, or holding the file in exclusive
+        // locking mode — cannot be set up beside this process's own connections.)
+        let timeout: i64 = server
+            .with_conn(|c| Ok(c.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(
+            timeout, 5000,
+            "the pooled connection waits again as it should"
+        );
+
+        // Paused after a slow read: left to the pool.
+        let at = miss("xxxxxxxxxxxx");
+        server.inner.inline_paused_until.store(
+            crate::clock::monotonic_ms() + 60_000,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        assert!(server.load_auth_record_now("xxxxxxxxxxxx", at).is_none());
+    }
+
     /// An id remembered as unknown is refused before the file checks (no system call for a flood
     /// of one deleted token); the first lookup of any other id still finds the store gone, and
     /// from then on nothing is answered from memory, the unknown ids included.

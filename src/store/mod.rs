@@ -26,7 +26,7 @@ mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -46,6 +46,15 @@ const POOL_SIZE: usize = 8;
 /// Cache misses read at once (see [`Store::miss_slots`]): fewer than the pooled connections, so
 /// a burst of misses is read on pooled connections, not new ones.
 const MISS_READERS: usize = 4;
+/// An inline read of a miss ([`Store::load_auth_record_now`]) that read from the disk (its
+/// thread's `ru_inblock` moved: the store's pages are not in the OS page cache), or that took
+/// longer than [`INLINE_STALL`] whatever the reason, sends the misses of the next
+/// [`INLINE_PAUSE_MS`] to the blocking pool: an event loop stalls on such a read at most once in
+/// that time. Time alone is not the test: on a virtual machine reads from the page cache took
+/// 1–3 ms now and then (the host's scheduling), and a pause after each of those kept most misses
+/// off the inline path.
+const INLINE_STALL: Duration = Duration::from_millis(20);
+const INLINE_PAUSE_MS: i64 = 1_000;
 
 /// The answer of [`Store::cached_auth_record`].
 pub enum CacheLookup {
@@ -174,6 +183,26 @@ struct Inner {
     watch: std::sync::OnceLock<watch::FolderWatch>,
     batch_writer: writer::BatchWriter,
     miss_slots: tokio::sync::Semaphore,
+    /// Until when (monotonic ms) misses are not read inline: see [`INLINE_SLOW`].
+    inline_paused_until: AtomicI64,
+}
+
+/// The blocks this thread has read from storage so far (`getrusage(RUSAGE_THREAD)`'s
+/// `ru_inblock`): a read that moves it found pages outside the OS page cache. `None` where it
+/// cannot be told.
+fn blocks_read() -> Option<i64> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage fills the rusage it is given, and says whether it did.
+        let filled = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) } == 0;
+        // SAFETY: filled by getrusage (and zeroed before in any case).
+        filled.then(|| unsafe { usage.assume_init() }.ru_inblock)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
 }
 
 /// What `gitgate check` reads of a store without changing it (see [`Store::inspect`]).
@@ -352,6 +381,7 @@ impl Store {
                 watch: std::sync::OnceLock::new(),
                 batch_writer: writer::BatchWriter::new(),
                 miss_slots: tokio::sync::Semaphore::new(MISS_READERS),
+                inline_paused_until: AtomicI64::new(0),
             }),
         })
     }
@@ -518,17 +548,43 @@ impl Store {
         }
     }
 
-    /// Run `f` on a pooled connection.
+    /// Run `f` on a pooled connection (a new one when none is idle).
     fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         let file = self.check_file()?;
         let pooled = self.inner.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let mut conn = match pooled {
+        let conn = match pooled {
             Some(c) => c,
             None => connect(&self.inner.path, false).map_err(|e| StoreError::Open {
                 path: self.inner.path.clone(),
                 message: e.to_string(),
             })?,
         };
+        self.run_on(file, conn, f)
+    }
+
+    /// Run `f` on an idle pooled connection; `None` when none is idle (opening one reads the
+    /// file and its schema: not for a caller that must not wait).
+    fn with_idle_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Option<Result<T>> {
+        let file = match self.check_file() {
+            Ok(file) => file,
+            Err(e) => return Some(Err(e)),
+        };
+        let conn = self
+            .inner
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.pop())?;
+        Some(self.run_on(file, conn, f))
+    }
+
+    /// [`Store::with_conn`]'s common part: run `f`, give up on a damaged store, pool `conn`.
+    fn run_on<T>(
+        &self,
+        file: FileId,
+        mut conn: Connection,
+        f: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
         let out = f(&mut conn);
         if let Some(e) = out.as_ref().err().filter(|e| e.is_corruption()) {
             // A damaged store (overwritten or truncated in place: the same file, so no other
@@ -654,13 +710,76 @@ impl Store {
             .cache
             .misses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(record) = self.auth_record(id)? else {
+        let found = self.auth_record(id)?;
+        Ok(self.cache_loaded(id, at, found))
+    }
+
+    /// [`Store::load_auth_record`] on the caller's thread — an event loop's — when it can be
+    /// done without waiting: on an idle pooled connection (none is opened), with SQLite's busy
+    /// timeout at zero for the read. `None` when it cannot: no idle connection, SQLite busy
+    /// (another process's recovery of the index), or inline reads paused because one read from
+    /// the disk or stalled (see [`INLINE_STALL`]: the store is not in the page cache yet, and the
+    /// next reads would stall the loop too). The caller then reads on the blocking pool.
+    ///
+    /// A miss read inline costs the read alone (`miss_path` in `benches/auth.rs`, about 20 µs
+    /// with a million tokens); through the blocking pool it also costs a thread wake-up each
+    /// way, which on a virtual machine with idle cores was 30–80 µs more.
+    pub fn load_auth_record_now(
+        &self,
+        id: &str,
+        at: CacheVersion,
+    ) -> Option<Result<Option<Arc<AuthRecord>>>> {
+        let now = crate::clock::monotonic_ms();
+        if now < self.inner.inline_paused_until.load(Ordering::Relaxed) {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let blocks_before = blocks_read();
+        let read = self.with_idle_conn(|conn| {
+            conn.busy_timeout(Duration::ZERO)?;
+            let read = tokens::auth_record_in(conn, id);
+            // Back to the pool's wait for every other use of the connection.
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            read
+        })?;
+        let from_disk = blocks_before.is_some() && blocks_read() != blocks_before;
+        if from_disk || started.elapsed() > INLINE_STALL {
+            self.inner
+                .inline_paused_until
+                .store(now + INLINE_PAUSE_MS, Ordering::Relaxed);
+            tracing::debug!(
+                took_us = started.elapsed().as_micros() as u64,
+                from_disk,
+                "a token read inline waited; misses go to the blocking pool for 1 s"
+            );
+        }
+        match read {
+            Err(StoreError::Busy) => None,
+            Err(e) => Some(Err(e)),
+            Ok(found) => {
+                self.inner
+                    .cache
+                    .misses
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(Ok(self.cache_loaded(id, at, found)))
+            }
+        }
+    }
+
+    /// Cache what a miss read (`found`, or that there is no such token) under `at`.
+    fn cache_loaded(
+        &self,
+        id: &str,
+        at: CacheVersion,
+        found: Option<AuthRecord>,
+    ) -> Option<Arc<AuthRecord>> {
+        let Some(record) = found else {
             self.inner.cache.put_unknown(id, at.0);
-            return Ok(None);
+            return None;
         };
         let record = Arc::new(record);
         self.inner.cache.put(record.clone(), at.0);
-        Ok(Some(record))
+        Some(record)
     }
 
     /// Places for reading cache misses: take one before [`Store::load_auth_record`] on a

@@ -526,35 +526,7 @@ impl Store {
 
     /// Everything authentication needs about token `id`, in one read transaction.
     pub fn auth_record(&self, id: &str) -> Result<Option<AuthRecord>> {
-        self.with_conn(|c| {
-            let tx = c.transaction()?;
-            let found = tx
-                .prepare_cached(&format!("{SELECT} WHERE t.id = ?1"))?
-                .query_row([id], token_from_row)
-                .optional()?;
-            let Some((token, secret_hash, owner_id, previous)) = found else {
-                return Ok(None);
-            };
-            let owner = match (owner_id, &token.owner) {
-                (Some(owner_id), Some(slug)) => {
-                    let user = require_user(&tx, slug)?;
-                    Some(Owner {
-                        slug: user.slug,
-                        role: user.role,
-                        active: user.active,
-                        grants: grants_of(&tx, owner_id)?,
-                    })
-                }
-                _ => None,
-            };
-            Ok(Some(AuthRecord {
-                token,
-                secret_hash,
-                previous,
-                owner,
-                queued_use: QueuedUse::default(),
-            }))
-        })
+        self.with_conn(|c| auth_record_in(c, id))
     }
 
     /// Note a successful use (not audited: it is not a change anyone made), written soon in a batch with other tokens' (see `writer.rs`): for
@@ -598,6 +570,37 @@ fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The auth record of token `id`, read on `c` in one read transaction.
+pub(super) fn auth_record_in(c: &mut Connection, id: &str) -> Result<Option<AuthRecord>> {
+    let tx = c.transaction()?;
+    let found = tx
+        .prepare_cached(&format!("{SELECT} WHERE t.id = ?1"))?
+        .query_row([id], token_from_row)
+        .optional()?;
+    let Some((token, secret_hash, owner_id, previous)) = found else {
+        return Ok(None);
+    };
+    let owner = match (owner_id, &token.owner) {
+        (Some(owner_id), Some(slug)) => {
+            let user = require_user(&tx, slug)?;
+            Some(Owner {
+                slug: user.slug,
+                role: user.role,
+                active: user.active,
+                grants: grants_of(&tx, owner_id)?,
+            })
+        }
+        _ => None,
+    };
+    Ok(Some(AuthRecord {
+        token,
+        secret_hash,
+        previous,
+        owner,
+        queued_use: QueuedUse::default(),
+    }))
 }
 
 #[cfg(test)]
