@@ -183,7 +183,7 @@ struct Inner {
     watch: std::sync::OnceLock<watch::FolderWatch>,
     batch_writer: writer::BatchWriter,
     miss_slots: tokio::sync::Semaphore,
-    /// Until when (monotonic ms) misses are not read inline: see [`INLINE_SLOW`].
+    /// Until when (monotonic ms) misses are not read inline: see [`INLINE_STALL`].
     inline_paused_until: AtomicI64,
 }
 
@@ -717,9 +717,9 @@ impl Store {
     /// [`Store::load_auth_record`] on the caller's thread — an event loop's — when it can be
     /// done without waiting: on an idle pooled connection (none is opened), with SQLite's busy
     /// timeout at zero for the read. `None` when it cannot: no idle connection, SQLite busy
-    /// (another process's recovery of the index), or inline reads paused because one read from
-    /// the disk or stalled (see [`INLINE_STALL`]: the store is not in the page cache yet, and the
-    /// next reads would stall the loop too). The caller then reads on the blocking pool.
+    /// (another process's recovery of the index), or inline reads paused for a second because
+    /// one read from the disk (the store is not in the page cache yet, and the next reads would
+    /// stall the loop too) or took over 20 ms. The caller then reads on the blocking pool.
     ///
     /// A miss read inline costs the read alone (`miss_path` in `benches/auth.rs`, about 20 µs
     /// with a million tokens); through the blocking pool it also costs a thread wake-up each
