@@ -126,27 +126,32 @@ fn auth(c: &mut Criterion) {
         .worker_threads(1)
         .build()
         .unwrap();
+    // The `step`th filler id, which must miss the cache, and the version it missed at.
+    let missing = |step: i64| {
+        let id = format!("f{:011}", (step * 7919) % FILLER_TOKENS + 1);
+        match store.cached_auth_record(&id).unwrap() {
+            CacheLookup::Miss(at) => (id, at),
+            _ => panic!("a filler token was cached or unknown"),
+        }
+    };
+    // The read on tokio's blocking pool, as the gate does it when it cannot read inline.
+    let on_the_pool = |id: String, at| {
+        let reading = store.clone();
+        runtime
+            .block_on(async move {
+                tokio::task::spawn_blocking(move || reading.load_auth_record(&id, at)).await
+            })
+            .unwrap()
+    };
     let mut step: i64 = 0;
     group.bench_function("miss_path", |b| {
         b.iter(|| {
             step += 1;
-            let id = format!("f{:011}", (step * 7919) % FILLER_TOKENS + 1);
             let presented = token::hash(black_box(&secret));
-            let at = match store.cached_auth_record(&id).unwrap() {
-                CacheLookup::Miss(at) => at,
-                _ => panic!("a filler token was cached or unknown"),
-            };
+            let (id, at) = missing(step);
             let read = match store.load_auth_record_now(&id, at) {
                 Some(read) => read,
-                None => {
-                    let reading = store.clone();
-                    runtime
-                        .block_on(async move {
-                            tokio::task::spawn_blocking(move || reading.load_auth_record(&id, at))
-                                .await
-                        })
-                        .unwrap()
-                }
+                None => on_the_pool(id, at),
             };
             let record = read.unwrap().expect("a filler token");
             black_box(record.secret_matches(&presented, now))
@@ -157,20 +162,9 @@ fn auth(c: &mut Criterion) {
     group.bench_function("miss_pool", |b| {
         b.iter(|| {
             pool_step += 1;
-            let id = format!("f{:011}", (pool_step * 7919) % FILLER_TOKENS + 1);
             let presented = token::hash(black_box(&secret));
-            let at = match store.cached_auth_record(&id).unwrap() {
-                CacheLookup::Miss(at) => at,
-                _ => panic!("a filler token was cached or unknown"),
-            };
-            let reading = store.clone();
-            let record = runtime
-                .block_on(async move {
-                    tokio::task::spawn_blocking(move || reading.load_auth_record(&id, at)).await
-                })
-                .unwrap()
-                .unwrap()
-                .expect("a filler token");
+            let (id, at) = missing(pool_step);
+            let record = on_the_pool(id, at).unwrap().expect("a filler token");
             black_box(record.secret_matches(&presented, now))
         })
     });
