@@ -1008,6 +1008,14 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
             .arg("check");
         run(cmd, None)
     };
+    // A config beside the sandbox's, with `from` (which must be there) replaced by `to`.
+    let variant = |name: &str, from: &str, to: &str| {
+        let text = sb.config_text();
+        assert!(text.contains(from), "{from:?} in:\n{text}");
+        let path = sb.root().join(name);
+        fs::write(&path, text.replace(from, to)).unwrap();
+        path
+    };
     let before = files_in(sb.root());
     let out = check(&sb.config());
     let text = out.ok();
@@ -1031,23 +1039,13 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     drop(server);
 
     // No store yet: serve creates it, and check does not.
-    let elsewhere = sb.root().join("fresh.toml");
-    fs::write(
-        &elsewhere,
-        sb.config_text().replace("gitgate.db", "fresh.db"),
-    )
-    .unwrap();
+    let elsewhere = variant("fresh.toml", "gitgate.db", "fresh.db");
     assert!(check(&elsewhere)
         .ok()
         .contains("not there yet; serve creates it"));
     assert!(!sb.root().join("fresh.db").exists());
     // In a folder that is not there, serve could not create it: an error, as at a start.
-    fs::write(
-        &elsewhere,
-        sb.config_text()
-            .replace("gitgate.db", "no-such-folder/fresh.db"),
-    )
-    .unwrap();
+    let elsewhere = variant("fresh.toml", "gitgate.db", "no-such-folder/fresh.db");
     let out = check(&elsewhere);
     assert!(
         !out.success() && out.stderr.contains("does not exist"),
@@ -1062,17 +1060,11 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         "cgi = \"{}\"\nproject_root = \"repos\"\n",
         sb.cgi_script().display()
     );
-    let http = sb.root().join("http.toml");
-    let text = sb.config_text();
-    assert!(text.contains(&cgi_line), "{text}");
-    fs::write(
-        &http,
-        text.replace(
-            &cgi_line,
-            &format!("url = \"http://127.0.0.1:{port}/git\"\n"),
-        ),
-    )
-    .unwrap();
+    let http = variant(
+        "http.toml",
+        &cgi_line,
+        &format!("url = \"http://127.0.0.1:{port}/git\"\n"),
+    );
     let out = check(&http);
     let text = out.ok();
     assert!(
@@ -1086,17 +1078,11 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     // does not have fails as serve's start would.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
-    let busy = sb.root().join("busy.toml");
-    let base = sb.config_text();
-    assert!(base.contains("listen = \"127.0.0.1:0\""), "{base}");
-    fs::write(
-        &busy,
-        base.replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{taken_port}\""),
-        ),
-    )
-    .unwrap();
+    let busy = variant(
+        "busy.toml",
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{taken_port}\""),
+    );
     let out = check(&busy);
     let text = out.ok();
     assert!(
@@ -1106,13 +1092,12 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         "{text}"
     );
     drop(taken);
-    let absent = sb.root().join("absent.toml");
     // 192.0.2.0/24 is reserved for documentation: no machine has it.
-    fs::write(
-        &absent,
-        base.replace("listen = \"127.0.0.1:0\"", "listen = \"192.0.2.1:8080\""),
-    )
-    .unwrap();
+    let absent = variant(
+        "absent.toml",
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"192.0.2.1:8080\"",
+    );
     let out = check(&absent);
     assert!(
         !out.success()
@@ -1124,15 +1109,11 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
 
     // Where serve refuses to start, check fails with its message: a certificate that is not
     // there, or a store that is another program's database (left as it was).
-    let tls = sb.root().join("tls.toml");
-    fs::write(
-        &tls,
-        sb.config_text().replace(
-            "[store]",
-            "[server.tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\n\n[store]",
-        ),
-    )
-    .unwrap();
+    let tls = variant(
+        "tls.toml",
+        "[store]",
+        "[server.tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\n\n[store]",
+    );
     let out = check(&tls);
     assert!(!out.success(), "{out}");
     assert!(out.stderr.contains("missing.pem"), "{out}");

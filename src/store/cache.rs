@@ -460,14 +460,20 @@ mod tests {
     use crate::store::test_support::{actor, personal_token};
     use crate::store::{CacheLookup, Role, Store};
 
-    #[test]
-    fn the_wal_index_header_is_read_cleanly_and_moves_with_every_commit() {
+    /// A store in a fresh folder opened twice, as gitgate and the CLI open it: the server's
+    /// side with a connection pooled and its index mapped.
+    fn server_and_cli() -> (tempfile::TempDir, std::path::PathBuf, Store, Store) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let server = Store::open(&path).unwrap();
-        let cli = Store::open(&path).unwrap();
+        let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
         server.ping().unwrap();
-        server.inner.cache.version().unwrap(); // opens the -shm file
+        server.inner.cache.version().unwrap(); // maps the -shm file
+        (dir, path, server, cli)
+    }
+
+    #[test]
+    fn the_wal_index_header_is_read_cleanly_and_moves_with_every_commit() {
+        let (_dir, path, server, cli) = server_and_cli();
         let header = || {
             let seen = server.inner.cache.seen.read().unwrap();
             seen.read_header()
@@ -494,12 +500,7 @@ mod tests {
     #[test]
     fn the_mapped_header_follows_the_file_and_a_torn_one_is_not_trusted() {
         use std::os::unix::fs::FileExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let server = Store::open(&path).unwrap();
-        let cli = Store::open(&path).unwrap();
-        server.ping().unwrap();
-        server.inner.cache.version().unwrap(); // maps the -shm file
+        let (dir, _path, server, cli) = server_and_cli();
         let shm_path = dir.path().join("t.db-shm");
         let on_disk = || {
             let mut both = [0u8; super::HEADER_COPIES];
@@ -696,11 +697,8 @@ mod tests {
     /// connection keeps its busy timeout for every other use.
     #[test]
     fn a_miss_is_read_inline_unless_that_would_wait() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+        let (_dir, _path, server, cli) = server_and_cli();
         alice_with_a_token(&cli);
-        server.ping().unwrap(); // a connection in the pool
         let miss = |id: &str| match server.cached_auth_record(id).unwrap() {
             CacheLookup::Miss(at) => at,
             _ => panic!("{id} should miss"),
