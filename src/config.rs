@@ -595,9 +595,11 @@ fn parse_rate_limit(raw: RawRateLimit) -> Result<RateLimit, String> {
                 .into(),
         );
     }
-    if !(limit.refill_per_second.is_finite() && limit.refill_per_second > 0.0) {
+    if !crate::ratelimit::Limits::refill_in_range(limit.refill_per_second) {
         return Err(
-            "[rate_limit] refill_per_second must be a positive number, e.g. 5 or 0.5".into(),
+            "[rate_limit] refill_per_second must be a positive number no larger than \
+             1000000, e.g. 5 or 0.5 (to turn limiting off, set enabled = false)"
+                .into(),
         );
     }
     Ok(limit)
@@ -1201,8 +1203,14 @@ env = "UPSTREAM_TOKEN"
         assert_eq!(c.auth_failures.window_seconds, 10);
         let bad = format!("{GOOD}[rate_limit]\ncapacity = 0\n");
         assert!(parse(&bad).unwrap_err().contains("capacity"));
-        let bad = format!("{GOOD}[rate_limit]\nrefill_per_second = -1\n");
-        assert!(parse(&bad).unwrap_err().contains("refill_per_second"));
+        for refill in ["-1", "0", "1e300", "inf", "nan"] {
+            let bad = format!("{GOOD}[rate_limit]\nrefill_per_second = {refill}\n");
+            let e = parse(&bad).unwrap_err();
+            assert!(
+                e.contains("refill_per_second") && e.contains("1000000"),
+                "{refill}: {e}"
+            );
+        }
         let bad = format!("{GOOD}[auth_failures]\nmax = 0\n");
         assert!(parse(&bad).unwrap_err().contains("auth_failures"));
         let bad = format!("{GOOD}[rate_limit]\nburst = 3\n");

@@ -52,7 +52,17 @@ pub struct Limits {
     pub refill_per_second: f64,
 }
 
+/// The fastest refill a bucket may have: a principal allowed more than this many requests a
+/// second is not limited at all, and `ratelimit exempt` (or `enabled = false`) says so plainly.
+pub const MAX_REFILL_PER_SECOND: f64 = 1_000_000.0;
+
 impl Limits {
+    /// Whether `refill_per_second` can be a bucket's: a positive number no larger than
+    /// [`MAX_REFILL_PER_SECOND`] (which also keeps it printable without an exponent).
+    pub fn refill_in_range(refill_per_second: f64) -> bool {
+        refill_per_second > 0.0 && refill_per_second <= MAX_REFILL_PER_SECOND
+    }
+
     /// Milliseconds for an empty bucket to fill up again: after this long idle, a bucket can go.
     fn full_after_ms(&self) -> i64 {
         if self.refill_per_second <= 0.0 {

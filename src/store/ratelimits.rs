@@ -72,9 +72,14 @@ impl Store {
             refill_per_second,
         } = rule
         {
-            if capacity == 0 || !(refill_per_second.is_finite() && refill_per_second > 0.0) {
+            if capacity == 0 {
+                return Err(StoreError::Invalid("capacity must be at least 1".into()));
+            }
+            if !crate::ratelimit::Limits::refill_in_range(refill_per_second) {
                 return Err(StoreError::Invalid(
-                    "capacity must be at least 1 and refill a positive number".into(),
+                    "refill must be a positive number of requests per second, at most 1000000 \
+                     (for no limit at all, exempt the principal)"
+                        .into(),
                 ));
             }
         }
@@ -216,5 +221,26 @@ mod tests {
             store.set_rate_limit("user:x", zero, &actor()),
             Err(StoreError::Invalid(_))
         ));
+        // A refill beyond a million a second limits nothing (and `ratelimit list` printed 1e300
+        // as 301 digits): refused with a pointer to `exempt`, as are NaN, infinity and zero.
+        for refill in [1e300, 1_000_000.5, f64::INFINITY, f64::NAN, 0.0, -1.0] {
+            let rule = RateRule::Limits {
+                capacity: 5,
+                refill_per_second: refill,
+            };
+            match store.set_rate_limit("user:alice", rule, &actor()) {
+                Err(StoreError::Invalid(m)) => assert!(m.contains("at most 1000000"), "{m}"),
+                other => panic!("{refill}: {other:?}"),
+            }
+        }
+        assert!(store.rate_limits().unwrap().is_empty());
+        let fastest = RateRule::Limits {
+            capacity: 5,
+            refill_per_second: 1_000_000.0,
+        };
+        store
+            .set_rate_limit("user:alice", fastest, &actor())
+            .unwrap();
+        assert_eq!(store.rate_limits().unwrap()[0].rule, fastest);
     }
 }
