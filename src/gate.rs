@@ -23,7 +23,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{
     HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HOST, RETRY_AFTER, WWW_AUTHENTICATE,
 };
-use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::body::{Observed, Seen};
 use crate::clock;
@@ -135,7 +135,7 @@ impl Gate {
             if client.is_err() {
                 return refused(text(StatusCode::BAD_REQUEST, UNREADABLE_FORWARDED_FOR));
             }
-            if let Some(m) = host_problem(req.version(), req.headers()) {
+            if let Some(m) = host_problem(req.version(), req.uri(), req.headers()) {
                 return refused(text(StatusCode::BAD_REQUEST, m));
             }
             // Password guessing on the API counts for the address throttle like bad tokens do
@@ -272,7 +272,7 @@ impl Gate {
             &self.git_prefix,
         )
         .map_err(Refusal::NotGit)?;
-        if let Some(m) = host_problem(req.version(), req.headers()) {
+        if let Some(m) = host_problem(req.version(), req.uri(), req.headers()) {
             return Err(Refusal::NotGit(Rejection::BadRequest(m.into())));
         }
         if credentials::holds_a_token(git_req.repo.as_str()) {
@@ -573,7 +573,7 @@ const CLIENT_GONE_BEFORE_ANSWER: u16 = 499;
 
 struct LogLine {
     method: hyper::Method,
-    uri: hyper::Uri,
+    uri: Uri,
     remote: SocketAddr,
     who: RequestLog,
     status: u16,
@@ -631,15 +631,33 @@ impl LogLine {
 
 /// What is wrong with the request's `Host`, if anything: an HTTP/1.1 request must carry exactly
 /// one (RFC 9112, section 3.2). Two could make gitgate and a proxy behind it disagree about
-/// the host. (HTTP/2 names it in `:authority`; HTTP/1.0 may leave it out.)
-pub fn host_problem(version: Version, headers: &HeaderMap) -> Option<&'static str> {
+/// the host. HTTP/2 names the host in `:authority` (`uri`'s authority here) and may leave `Host`
+/// out, but one that names another host makes the request malformed (RFC 9113, section 8.3.1):
+/// gitgate passes `Host` on as the forwarded host, and the backend would see another host than
+/// the one the client connected to. HTTP/1.0 may leave it out.
+pub fn host_problem(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<&'static str> {
+    let mut hosts = headers.get_all(HOST).iter();
+    let (first, more) = (hosts.next(), hosts.next().is_some());
+    if version == Version::HTTP_2 {
+        return match (first, uri.authority()) {
+            _ if more => Some("a request may carry only one Host header"),
+            (Some(host), Some(authority))
+                if !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+            {
+                Some("the Host header names another host than the request's :authority")
+            }
+            _ => None,
+        };
+    }
     if version != Version::HTTP_11 {
         return None;
     }
-    match headers.get_all(HOST).iter().count() {
-        1 => None,
-        0 => Some("an HTTP/1.1 request needs a Host header"),
-        _ => Some("an HTTP/1.1 request may carry only one Host header"),
+    match (first, more) {
+        (Some(_), false) => None,
+        (None, _) => Some("an HTTP/1.1 request needs a Host header"),
+        (Some(_), true) => Some("an HTTP/1.1 request may carry only one Host header"),
     }
 }
 
@@ -769,7 +787,50 @@ impl Drop for LoggedBody {
 
 #[cfg(test)]
 mod tests {
-    use super::AuditScratch;
+    use super::{host_problem, AuditScratch};
+    use hyper::header::HOST;
+    use hyper::{HeaderMap, Uri, Version};
+
+    fn hosts(values: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(HOST, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn an_http11_request_carries_one_host() {
+        let uri: Uri = "/team/app.git/info/refs".parse().unwrap();
+        let v11 = Version::HTTP_11;
+        assert_eq!(host_problem(v11, &uri, &hosts(&["git.example.com"])), None);
+        assert!(host_problem(v11, &uri, &hosts(&[]))
+            .unwrap()
+            .contains("needs a Host"));
+        let two = hosts(&["a.example", "b.example"]);
+        assert!(host_problem(v11, &uri, &two).unwrap().contains("only one"));
+        assert_eq!(host_problem(Version::HTTP_10, &uri, &hosts(&[])), None);
+    }
+
+    #[test]
+    fn an_http2_host_must_agree_with_its_authority() {
+        let v2 = Version::HTTP_2;
+        let uri: Uri = "https://git.example.com:8443/team/app.git".parse().unwrap();
+        assert_eq!(host_problem(v2, &uri, &hosts(&[])), None);
+        let same = hosts(&["GIT.example.com:8443"]);
+        assert_eq!(host_problem(v2, &uri, &same), None);
+        let other = hosts(&["intranet.example"]);
+        assert!(host_problem(v2, &uri, &other)
+            .unwrap()
+            .contains(":authority"));
+        let port = hosts(&["git.example.com"]);
+        assert!(host_problem(v2, &uri, &port).is_some());
+        let two = hosts(&["git.example.com:8443", "git.example.com:8443"]);
+        assert!(host_problem(v2, &uri, &two).unwrap().contains("only one"));
+        // No :authority (a client may send Host alone): nothing to disagree with.
+        let path_only: Uri = "/team/app.git".parse().unwrap();
+        assert_eq!(host_problem(v2, &path_only, &other), None);
+    }
 
     #[test]
     fn an_audit_failures_source_and_detail_are_each_refusals_own() {

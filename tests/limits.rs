@@ -1629,6 +1629,20 @@ fn h2_request(port: u16, method: &str, target: &str, auth: &str) -> H2Answer {
 
 /// [`h2_request`] with `extra` more header fields (`x-extra-N: v`).
 fn h2_request_with(port: u16, method: &str, target: &str, auth: &str, extra: usize) -> H2Answer {
+    let extra: Vec<(String, String)> = (0..extra)
+        .map(|i| (format!("x-extra-{i}"), "v".to_string()))
+        .collect();
+    h2_request_headers(port, method, target, auth, &extra)
+}
+
+/// [`h2_request`] with the header fields `extra` as well.
+fn h2_request_headers(
+    port: u16,
+    method: &str,
+    target: &str,
+    auth: &str,
+    extra: &[(String, String)],
+) -> H2Answer {
     use http_body_util::BodyExt;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1650,8 +1664,8 @@ fn h2_request_with(port: u16, method: &str, target: &str, auth: &str, extra: usi
             .uri(format!("http://127.0.0.1:{port}{target}"))
             .header("authorization", format!("Basic {auth}"))
             .header("te", "trailers");
-        for i in 0..extra {
-            request = request.header(format!("x-extra-{i}"), "v");
+        for (name, value) in extra {
+            request = request.header(name, value);
         }
         let request = request
             .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -1700,6 +1714,36 @@ fn too_many_header_fields_get_431_over_http2_too() {
     s.write_all(format!("{req}\r\n").as_bytes()).unwrap();
     let (out, _) = read_until_closed(&mut s);
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+}
+
+/// Over HTTP/2 the host is the request's `:authority`: a `Host` header naming another one is
+/// refused, never forwarded (gitgate would pass it on as the forwarded host), and one that
+/// agrees is fine.
+#[test]
+fn an_http2_host_header_that_disagrees_with_the_authority_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, heads) = scripted_upstream(usize::MAX, |_| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let target = "/team/app.git/info/refs?service=git-upload-pack";
+    let host = |h: &str| vec![("host".to_string(), h.to_string())];
+    let answer = h2_request_headers(g.port, "GET", target, &auth, &host("intranet.example"));
+    assert_eq!(answer.status, 400);
+    let body = String::from_utf8_lossy(&answer.body);
+    assert!(
+        body.contains("another host than the request's :authority"),
+        "{body}"
+    );
+    assert!(
+        heads.try_recv().is_err(),
+        "the refused request was forwarded"
+    );
+    let same = format!("127.0.0.1:{}", g.port);
+    let answer = h2_request_headers(g.port, "GET", target, &auth, &host(&same));
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, b"ok");
+    assert!(heads.recv().unwrap().1.starts_with("GET "));
 }
 
 #[test]
