@@ -337,7 +337,28 @@ serving_pids() {
 	gitgate_cgi) echo "$GG_CGI_PID" ;;
 	gitgate_unix) echo "$GG_UNIX_PID" ;;
 	nginx_proxy) pgrep -P "$NGINX2_PID" ;;
+	nginx_pinned) serving_pids nginx ;;
+	gitgate_pinned) serving_pids gitgate_http ;;
 	esac
+}
+# 1g: the same two clones as 1a with the proxy on a core of its own. git (client and
+# http-backend), nginx and fcgiwrap share CPU 0 and gitgate has CPU 1, so what 1g shows is what
+# the hop costs a clone when it does not take CPU from the clone: a machine with cores to spare.
+# The direct clone gets CPU 0 alone. `pin CPUS` moves the origin's processes (fcgiwrap's
+# children fork git with the mask they have) and the git client's (`taskset` on the clone);
+# gitgate goes to the next CPU; `pin` with no argument gives everyone every CPU again.
+ALL_CPUS=0-$(($(nproc) - 1))
+PINNED=0
+if command -v taskset >/dev/null && (($(nproc) >= 2)) && ! ((HOP_ONLY)); then
+	PINNED=1 URL[nginx_pinned]=${URL[nginx]} URL[gitgate_pinned]=${URL[gitgate_http]}
+fi
+pin() {
+	local p origin=$ALL_CPUS proxy=$ALL_CPUS
+	[[ -n "${1:-}" ]] && origin=0 proxy=1
+	for p in "$NGINX_PID" "$FCGI_PID" $(pgrep -P "$FCGI_PID"); do
+		taskset -a -p -c "$origin" "$p" >/dev/null
+	done
+	taskset -a -p -c "$proxy" "$GG_HTTP_PID" >/dev/null
 }
 cpu_ticks() {
 	local p t=0
@@ -350,21 +371,25 @@ cpu_ticks() {
 # Odd runs go forward, even runs backward (ABBA): a variant's place in the round, and any drift
 # of the machine during the run, weigh on every variant alike.
 ORDER=(nginx gitgate_http gitgate_cgi nginx_proxy gitgate_unix)
+((PINNED)) && ORDER+=(nginx_pinned gitgate_pinned)
 for ((run = 1; run <= RUNS; run++)); do
 	order=("${ORDER[@]}")
 	((run % 2)) || for ((i = 0; i < ${#ORDER[@]}; i++)); do order[i]=${ORDER[${#ORDER[@]} - 1 - i]}; done
 	for v in "${order[@]}"; do
 		pids=$(serving_pids "$v")
+		client=()
+		[[ $v == *_pinned ]] && pin on && client=(taskset -c 0)
 		c0=$(cpu_ticks $pids)
 		t0=$(now)
-		git clone -q --bare "${URL[$v]}" "$W/clone-$v"
+		"${client[@]}" git clone -q --bare "${URL[$v]}" "$W/clone-$v"
 		t1=$(now)
 		c1=$(cpu_ticks $pids)
+		if [[ $v == *_pinned ]]; then pin; fi
 		rm -rf "$W/clone-$v"
 		TIMES[$v]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') "
 		TICKS[$v]+="$((c1 - c0)) "
 	done
-	log "clone run $run/$RUNS: nginx ${TIMES[nginx]} | gitgate→nginx ${TIMES[gitgate_http]} | gitgate cgi ${TIMES[gitgate_cgi]} | nginx proxy→nginx ${TIMES[nginx_proxy]} | gitgate→nginx over a socket ${TIMES[gitgate_unix]}"
+	log "clone run $run/$RUNS: nginx ${TIMES[nginx]} | gitgate→nginx ${TIMES[gitgate_http]} | gitgate cgi ${TIMES[gitgate_cgi]} | nginx proxy→nginx ${TIMES[nginx_proxy]} | gitgate→nginx over a socket ${TIMES[gitgate_unix]}${TIMES[gitgate_pinned]:+ | pinned: nginx ${TIMES[nginx_pinned]}| gitgate ${TIMES[gitgate_pinned]}}"
 done
 med() { tr ' ' '\n' <<<"${TIMES[$1]}" | grep . | median; }
 TICK_MS=$((1000 / $(getconf CLK_TCK)))
@@ -373,6 +398,9 @@ cpu_ms() { tr ' ' '\n' <<<"${TICKS[$1]}" | grep . | median | awk -v k="$TICK_MS"
 	CLONE_NGINX=$(med nginx) CLONE_HTTP=$(med gitgate_http) CLONE_CGI=$(med gitgate_cgi) CLONE_PROXY=$(med nginx_proxy)
 	CPU_NGINX=$(cpu_ms nginx) CPU_HTTP=$(cpu_ms gitgate_http) CPU_CGI=$(cpu_ms gitgate_cgi) CPU_PROXY=$(cpu_ms nginx_proxy)
 	CLONE_UNIX=$(med gitgate_unix) CPU_UNIX=$(cpu_ms gitgate_unix)
+	if ((PINNED)); then
+		CLONE_NGINX_PINNED=$(med nginx_pinned) CLONE_HTTP_PINNED=$(med gitgate_pinned)
+	fi
 }
 
 # --- 2./3. the hop and rejections (wrk) ----------------------------------------------------------
@@ -580,6 +608,10 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 1e | CPU per clone of what runs git http-backend, median (ms) | nginx+fcgiwrap $CPU_NGINX | gitgate cgi (1b) $CPU_CGI | $r× | — | |"
 	r=$(ratio "$CLONE_UNIX" "$CLONE_NGINX")
 	echo "| 1f | same as 1a over a Unix socket (\`[upstream] socket\`), for reference; gitgate's CPU per clone $CPU_UNIX ms against 1a's $CPU_HTTP (s) | nginx+fcgiwrap $CLONE_NGINX | gitgate→nginx socket $CLONE_UNIX | $r× | — | |"
+	if ((PINNED)); then
+		r=$(ratio "$CLONE_HTTP_PINNED" "$CLONE_NGINX_PINNED")
+		echo "| 1g | same as 1a with gitgate on a core of its own (git, nginx and fcgiwrap on CPU 0, gitgate on CPU 1; the direct clone on CPU 0 alone), for reference: what the hop costs when it takes no CPU from the clone (s) | nginx+fcgiwrap $CLONE_NGINX_PINNED | gitgate→nginx $CLONE_HTTP_PINNED | $r× | — | |"
+	fi
 	a=$(mrps proxy) b=$(mrps gitgate) r=$(ratio "$b" "$a")
 	echo "| 2a | hop, static 200, wrk $WRK_CONNS conns (req/s) | nginx proxy_pass $a | $b | $r× | ≥ 1.0× | $(at_least "$b" "$a" 1.0) |"
 	a=$(mp99 proxy) b=$(mp99 gitgate) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
@@ -603,5 +635,5 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 5a | peak RSS, one clone of $BIG_MB MB ($(awk -v b="$BIG_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB received) (MiB) | repo size $BIG_MB | $(mb "$RSS_BIG") | $(ratio "$(mb "$RSS_BIG")" "$BIG_MB")× of repo | < 64 MB | $(awk -v k="$RSS_BIG" 'BEGIN{print (k * 1024 < 64e6) ? "yes" : "no"}') |"
 	echo "| 5b | peak RSS, $CONCURRENT concurrent clones of $REPO_MB MB ($CONC_OK/$CONCURRENT complete, ${CONC_SECONDS}s) (MiB) | total served $((REPO_MB * CONCURRENT)) | $(mb "$RSS_CONC") | $(ratio "$(mb "$RSS_CONC")" "$((REPO_MB * CONCURRENT))")× of bytes served | < 64 MB | $(awk -v k="$RSS_CONC" -v ok="$CONC_OK" -v n="$CONCURRENT" 'BEGIN{print (k * 1024 < 64e6 && ok == n) ? "yes" : "no"}') |"
 	echo
-	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }], gitgate→nginx socket [${TIMES[gitgate_unix]% }]; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }], gitgate→nginx socket [${TICKS[gitgate_unix]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
+	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }], gitgate→nginx socket [${TIMES[gitgate_unix]% }], pinned (1g) nginx+fcgiwrap [${TIMES[nginx_pinned]:-}] gitgate→nginx [${TIMES[gitgate_pinned]:-}]; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }], gitgate→nginx socket [${TICKS[gitgate_unix]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
 }
