@@ -1038,6 +1038,32 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         .contains("; 2 users, 0 tokens not revoked"));
     drop(server);
 
+    // A damaged store fails the check, with what to do about it: here the audit log's first
+    // page overwritten, which nothing else that check or a token lookup reads would notice.
+    use std::io::{Seek, Write};
+    let damaged = sb.root().join("damaged.db");
+    fs::copy(sb.root().join("gitgate.db"), &damaged).unwrap();
+    let page: u64 = rusqlite::Connection::open(&damaged)
+        .unwrap()
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'audit_events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut file = fs::OpenOptions::new().write(true).open(&damaged).unwrap();
+    file.seek(std::io::SeekFrom::Start((page - 1) * 4096))
+        .unwrap();
+    file.write_all(&[0xa5; 4096]).unwrap();
+    drop(file);
+    let out = check(&variant("damaged.toml", "gitgate.db", "damaged.db"));
+    assert!(
+        !out.success()
+            && out.stderr.contains("damaged")
+            && out.stderr.contains("Backing up and restoring the store"),
+        "{out}"
+    );
+
     // No store yet: serve creates it, and check does not.
     let elsewhere = variant("fresh.toml", "gitgate.db", "fresh.db");
     assert!(check(&elsewhere)

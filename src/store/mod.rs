@@ -221,7 +221,8 @@ impl Store {
     /// Read a store's schema version and size without changing anything: opened read-only, so
     /// no switch to WAL, no migration and nothing created — unlike [`Store::open`], which
     /// `serve` runs. `None` when there is no file at `path`. A folder, another program's
-    /// database or a store from a newer gitgate is an error, as at a start.
+    /// database or a store from a newer gitgate is an error, as at a start; so is a damaged one,
+    /// which a start would only find when a request reads the damaged page.
     pub fn inspect(path: &Path) -> Result<Option<Inspection>> {
         let open_err = |message: String| StoreError::Open {
             path: path.to_path_buf(),
@@ -252,6 +253,19 @@ impl Store {
             return Err(open_err(foreign_database(&tables)));
         }
         let version = schema::refuse_newer(&conn).map_err(explain)?;
+        // Every page read once (SQLite's quick_check: the b-trees and their records, not the
+        // indexes against the tables): a damaged page is otherwise found only when a request
+        // happens to read it, and serve then refuses every token until the store is restored.
+        let found: Vec<String> = conn
+            .prepare("PRAGMA quick_check(3)")
+            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+            .map_err(explain)?;
+        if found != ["ok"] {
+            return Err(open_err(format!(
+                "SQLite's quick_check found it damaged ({}); {RESTORE}",
+                found.join("; ")
+            )));
+        }
         let count = |sql: &str| {
             conn.query_row(sql, [], |r| r.get::<_, i64>(0))
                 .map_err(explain)
@@ -870,8 +884,15 @@ pub type SettingsCheck<'a> = &'a dyn Fn(&dyn Fn(&str) -> Result<Option<String>>)
 
 /// SQLite's words for a failed open, and for a store this process may not write, what to do
 /// about it: which user needs to write which file and folder.
+/// What to do about a damaged store.
+const RESTORE: &str =
+    "restore it from a backup (see \"Backing up and restoring the store\" in the README)";
+
 fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
     match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            format!("{e}: the store is damaged; {RESTORE}")
+        }
         Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
             // Through a symbolic link, SQLite writes beside the file the link points at.
             let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
