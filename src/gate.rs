@@ -185,7 +185,7 @@ impl Gate {
                 UNREADABLE_FORWARDED_FOR.into(),
             ))),
         };
-        METRICS.auth_duration.observe(started.elapsed());
+        METRICS.auth_decided(started.elapsed());
         let mut slot = None;
         let response = match admitted {
             Ok((git_req, identity, held)) => {

@@ -6,14 +6,21 @@
 //! no lock, no allocation and no label lookup (labels are array indexes). Rendering, which does
 //! allocate, happens only when Prometheus scrapes.
 //!
+//! The figures every request moves (about eight `fetch_add`s for a 401) are kept in
+//! [`SHARDS`] copies, each thread writing its own ([`Shard`], on cache lines of its own) and a
+//! scrape adding them up: with one shared copy, the event loops on different cores took each of
+//! those cache lines from each other on every request. Figures that move per connection or on
+//! failures stay single.
+//!
 //! One process has one registry, so it is a `static` ([`METRICS`]) rather than a field threaded
 //! through every layer: the gate and the server record into it without knowing who reads it.
 //! Figures that live elsewhere are read at scrape time (token cache hits/misses from the store)
 //! or refreshed in the background (tokens expiring within 7 days, a store query once a minute).
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,40 +141,89 @@ impl Histogram {
         self.sum_ns.fetch_add(ns, Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
+    /// The exposition of `parts` added up: the same histogram's shards.
+    fn render_sum(parts: &[&Histogram], out: &mut String, name: &str, help: &str) {
+        let count = |i: usize| parts.iter().map(|h| h.counts[i].load(Relaxed)).sum::<u64>();
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (i, bound) in self.bounds_ns.iter().enumerate() {
-            cumulative += self.counts[i].load(Relaxed);
+        for (i, bound) in parts[0].bounds_ns.iter().enumerate() {
+            cumulative += count(i);
             let le = *bound as f64 / 1e9;
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
-        cumulative += self.counts[MAX_BUCKETS].load(Relaxed);
+        cumulative += count(MAX_BUCKETS);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
+        let sum_ns: u64 = parts.iter().map(|h| h.sum_ns.load(Relaxed)).sum();
+        let sum = sum_ns as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
     }
 }
 
-/// Every figure gitgate exports.
-pub struct Metrics {
+/// Copies of the per-request figures (a power of two). Threads take them in turn: the event
+/// loops (one per core) first, so that up to this many cores never share one.
+pub const SHARDS: usize = 8;
+
+/// The figures every request moves: one copy per shard, aligned so that no two shards share a
+/// cache line (or the pair of lines the CPU prefetches together).
+#[repr(align(128))]
+struct Shard {
     requests: [[AtomicU64; OUTCOMES.len()]; OPERATIONS.len()],
     /// Backend answers by status class 1xx..5xx (index 0..4).
     upstream_status: [AtomicU64; 5],
-    upstream_errors: AtomicU64,
     /// 401s to requests without credentials (git's first round trip of each operation).
     challenges: AtomicU64,
     /// Credentials tried and refused on git's path (401, or 403 for a Bearer token).
     auth_failures: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    auth_duration: Histogram,
+    request_duration: Histogram,
+}
+
+impl Shard {
+    const fn new() -> Shard {
+        Shard {
+            requests: [const { [const { AtomicU64::new(0) }; OUTCOMES.len()] }; OPERATIONS.len()],
+            upstream_status: [const { AtomicU64::new(0) }; 5],
+            challenges: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            auth_duration: Histogram::new(&AUTH_BOUNDS_NS),
+            request_duration: Histogram::new(&REQUEST_BOUNDS_NS),
+        }
+    }
+}
+
+/// The next shard to hand a thread.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard, taken at its first figure.
+    static THREAD_SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// This thread's shard index.
+fn thread_shard() -> usize {
+    THREAD_SHARD.with(|s| match s.get() {
+        Some(i) => i,
+        None => {
+            let i = NEXT_SHARD.fetch_add(1, Relaxed) % SHARDS;
+            s.set(Some(i));
+            i
+        }
+    })
+}
+
+/// Every figure gitgate exports.
+pub struct Metrics {
+    shards: [Shard; SHARDS],
+    upstream_errors: AtomicU64,
     side_effect_failures: AtomicU64,
     /// Connections refused for their address's connection cap.
     address_cap_refusals: AtomicU64,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
     active_connections: AtomicI64,
     tokens_expiring_soon: AtomicU64,
-    pub auth_duration: Histogram,
-    pub request_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -179,20 +235,28 @@ impl Default for Metrics {
 impl Metrics {
     pub const fn new() -> Metrics {
         Metrics {
-            requests: [const { [const { AtomicU64::new(0) }; OUTCOMES.len()] }; OPERATIONS.len()],
-            upstream_status: [const { AtomicU64::new(0) }; 5],
+            shards: [const { Shard::new() }; SHARDS],
             upstream_errors: AtomicU64::new(0),
-            challenges: AtomicU64::new(0),
-            auth_failures: AtomicU64::new(0),
             side_effect_failures: AtomicU64::new(0),
             address_cap_refusals: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
             active_connections: AtomicI64::new(0),
             tokens_expiring_soon: AtomicU64::new(0),
-            auth_duration: Histogram::new(&AUTH_BOUNDS_NS),
-            request_duration: Histogram::new(&REQUEST_BOUNDS_NS),
         }
+    }
+
+    /// The calling thread's copy of the per-request figures.
+    fn shard(&self) -> &Shard {
+        &self.shards[thread_shard()]
+    }
+
+    /// A per-request counter, added up over the shards.
+    fn total(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| counter(s).load(Relaxed)).sum()
+    }
+
+    /// How long the auth decision took (classification, credentials, lookup, policy).
+    pub fn auth_decided(&self, took: Duration) {
+        self.shard().auth_duration.observe(took);
     }
 
     /// One finished request (its body fully sent, failed or abandoned).
@@ -205,28 +269,29 @@ impl Metrics {
         bytes_out: u64,
         took: Duration,
     ) {
-        self.requests[op as usize][outcome as usize].fetch_add(1, Relaxed);
+        let shard = self.shard();
+        shard.requests[op as usize][outcome as usize].fetch_add(1, Relaxed);
         if let Some(status) = upstream_status {
             let class = usize::from(status / 100).clamp(1, 5) - 1;
-            self.upstream_status[class].fetch_add(1, Relaxed);
+            shard.upstream_status[class].fetch_add(1, Relaxed);
         }
-        self.bytes_in.fetch_add(bytes_in, Relaxed);
-        self.bytes_out.fetch_add(bytes_out, Relaxed);
-        self.request_duration.observe(took);
+        shard.bytes_in.fetch_add(bytes_in, Relaxed);
+        shard.bytes_out.fetch_add(bytes_out, Relaxed);
+        shard.request_duration.observe(took);
     }
 
     /// A request without credentials (or with a user name alone) was answered 401 with a
     /// challenge: git does this once per operation before it sends the token, so these are
     /// inside `outcome="401"` and are no failures; the difference is.
     pub fn challenge(&self) {
-        self.challenges.fetch_add(1, Relaxed);
+        self.shard().challenges.fetch_add(1, Relaxed);
     }
 
     /// Credentials were tried on git's path and refused: a wrong or unknown token, a revoked or
     /// expired one, a disabled owner, a malformed header. Most are 401s; a refused Bearer token
     /// is a 403 (see `Gate::unauthenticated`), so this is counted on its own.
     pub fn auth_failure(&self) {
-        self.auth_failures.fetch_add(1, Relaxed);
+        self.shard().auth_failures.fetch_add(1, Relaxed);
     }
 
     /// A connection was over its address's connection cap (`[server]
@@ -266,7 +331,7 @@ impl Metrics {
         );
         for (o, op) in OPERATIONS.iter().enumerate() {
             for (k, outcome) in OUTCOMES.iter().enumerate() {
-                let n = self.requests[o][k].load(Relaxed);
+                let n = self.total(|s| &s.requests[o][k]);
                 let _ = writeln!(
                     out,
                     "gitgate_requests_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}"
@@ -277,12 +342,12 @@ impl Metrics {
             "# HELP gitgate_upstream_responses_total Answers from the backend by status class.\n\
              # TYPE gitgate_upstream_responses_total counter\n",
         );
-        for (i, counter) in self.upstream_status.iter().enumerate() {
+        for i in 0..5 {
             let _ = writeln!(
                 out,
                 "gitgate_upstream_responses_total{{status=\"{}xx\"}} {}",
                 i + 1,
-                counter.load(Relaxed)
+                self.total(|s| &s.upstream_status[i])
             );
         }
         let simple: [(&str, &str, &str, String); 11] = [
@@ -308,25 +373,25 @@ impl Metrics {
                 "gitgate_auth_challenges_total",
                 "counter",
                 "401s to requests that sent no credentials (or a user name alone): git's first round trip of each operation, counted in outcome=\"401\" too.",
-                self.challenges.load(Relaxed).to_string(),
+                self.total(|s| &s.challenges).to_string(),
             ),
             (
                 "gitgate_auth_failures_total",
                 "counter",
                 "Git requests whose credentials were tried and refused (wrong, unknown, revoked or expired token, disabled owner, malformed header); answered 401, or 403 for a Bearer token.",
-                self.auth_failures.load(Relaxed).to_string(),
+                self.total(|s| &s.auth_failures).to_string(),
             ),
             (
                 "gitgate_request_bytes_total",
                 "counter",
                 "Request body bytes received from clients.",
-                self.bytes_in.load(Relaxed).to_string(),
+                self.total(|s| &s.bytes_in).to_string(),
             ),
             (
                 "gitgate_response_bytes_total",
                 "counter",
                 "Response body bytes sent to clients.",
-                self.bytes_out.load(Relaxed).to_string(),
+                self.total(|s| &s.bytes_out).to_string(),
             ),
             (
                 "gitgate_active_connections",
@@ -359,12 +424,16 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
-        self.auth_duration.render(
+        let auth: Vec<&Histogram> = self.shards.iter().map(|s| &s.auth_duration).collect();
+        Histogram::render_sum(
+            &auth,
             &mut out,
             "gitgate_auth_duration_seconds",
             "Time to decide a request (classify, credentials, token lookup, policy).",
         );
-        self.request_duration.render(
+        let whole: Vec<&Histogram> = self.shards.iter().map(|s| &s.request_duration).collect();
+        Histogram::render_sum(
+            &whole,
             &mut out,
             "gitgate_request_duration_seconds",
             "Whole requests, from the headers to the last byte of the answer.",
@@ -489,9 +558,9 @@ mod tests {
     #[test]
     fn renders_cumulative_buckets_and_labels() {
         let m = Metrics::new();
-        m.auth_duration.observe(Duration::from_micros(3));
-        m.auth_duration.observe(Duration::from_millis(2));
-        m.auth_duration.observe(Duration::from_secs(9));
+        m.auth_decided(Duration::from_micros(3));
+        m.auth_decided(Duration::from_millis(2));
+        m.auth_decided(Duration::from_secs(9));
         m.request_done(
             Operation::Read,
             Outcome::Allowed,
@@ -519,5 +588,51 @@ mod tests {
         assert!(text.contains("gitgate_upstream_responses_total{status=\"4xx\"} 0\n"));
         assert!(text.contains("gitgate_response_bytes_total 20\n"));
         assert!(text.contains("gitgate_token_cache_hits_total 7\n"));
+    }
+
+    /// Each thread writes its own shard; a scrape adds them all up, from more threads than
+    /// there are shards too.
+    #[test]
+    fn figures_from_many_threads_add_up() {
+        static M: Metrics = Metrics::new();
+        let threads: Vec<_> = (0..SHARDS * 2 + 3)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..100 {
+                        M.request_done(
+                            Operation::Write,
+                            Outcome::Unauthorized,
+                            None,
+                            1,
+                            2,
+                            Duration::from_micros(1500),
+                        );
+                        M.auth_failure();
+                        M.auth_decided(Duration::from_micros(7));
+                    }
+                    thread_shard()
+                })
+            })
+            .collect();
+        let mut used: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        used.sort();
+        used.dedup();
+        // Threads take shards in turn (other tests' threads too): these took several.
+        assert!(used.len() >= 2, "shards taken: {used:?}");
+        let n = (SHARDS * 2 + 3) * 100;
+        let text = M.render((0, 0));
+        for line in [
+            format!("gitgate_requests_total{{operation=\"write\",outcome=\"401\"}} {n}\n"),
+            format!("gitgate_auth_failures_total {n}\n"),
+            format!("gitgate_request_bytes_total {n}\n"),
+            format!("gitgate_response_bytes_total {}\n", 2 * n),
+            format!("gitgate_request_duration_seconds_bucket{{le=\"0.0025\"}} {n}\n"),
+            "gitgate_request_duration_seconds_bucket{le=\"0.001\"} 0\n".to_string(),
+            format!("gitgate_auth_duration_seconds_count {n}\n"),
+        ] {
+            assert!(text.contains(&line), "{line:?} in:\n{text}");
+        }
+        let sum = format!("gitgate_auth_duration_seconds_sum {}\n", n as f64 * 7e-6);
+        assert!(text.contains(&sum), "{sum:?} in:\n{text}");
     }
 }
