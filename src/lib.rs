@@ -9,6 +9,8 @@
 //!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, then the
 //!                                   │     user's rate-limit bucket (429); never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
+//!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 none, or one that
+//!                                   │     names the :authority ─▶ 400
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
 //!                                   │     IPv6 by /64; one atomic read while no address is blocked)
 //!                                   ├─ body codings: Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415
@@ -30,7 +32,7 @@
 //!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
 //!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
-//!  atomics, rendered only when scraped); one log line per request, when its answer's body ends
+//!  atomics, a copy per thread, added up and rendered only when scraped); one log line per request, when its answer's body ends
 //!  — or, as 499 `client-gone`, when the client hangs up before it has an answer, or
 //!  `shutdown`, when the grace period after SIGTERM ends first
 //! ```
