@@ -7,7 +7,7 @@
 //! allocate, happens only when Prometheus scrapes.
 //!
 //! The figures every request moves (about eight `fetch_add`s for a 401) are kept in
-//! [`SHARDS`] copies, each thread writing its own ([`Shard`], on cache lines of its own) and a
+//! [`SHARDS`] copies, each thread writing its own (`Shard`, on cache lines of its own) and a
 //! scrape adding them up: with one shared copy, the event loops on different cores took each of
 //! those cache lines from each other on every request. Figures that move per connection or on
 //! failures stay single.
