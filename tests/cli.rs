@@ -1008,6 +1008,15 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
             .arg("check");
         run(cmd, None)
     };
+    // `config` passes the check with this one warning and no other.
+    let warns_once = |config: &std::path::Path, warning: &str| {
+        let out = check(config);
+        let text = out.ok();
+        assert!(
+            text.contains(warning) && text.contains("(1 warning)"),
+            "{text}"
+        );
+    };
     // A config beside the sandbox's, with `from` (which must be there) replaced by `to`.
     let variant = |name: &str, from: &str, to: &str| {
         let text = sb.config_text();
@@ -1091,13 +1100,9 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         &cgi_line,
         &format!("url = \"http://127.0.0.1:{port}/git\"\n"),
     );
-    let out = check(&http);
-    let text = out.ok();
-    assert!(
-        text.contains(&format!(
-            "warning: upstream http://127.0.0.1:{port}/git is not ready"
-        )) && text.contains("(1 warning)"),
-        "{text}"
+    warns_once(
+        &http,
+        &format!("warning: upstream http://127.0.0.1:{port}/git is not ready"),
     );
 
     // A listen address in use (by the running server, usually) is a warning; one this machine
@@ -1109,13 +1114,9 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:{taken_port}\""),
     );
-    let out = check(&busy);
-    let text = out.ok();
-    assert!(
-        text.contains(&format!(
-            "warning: listen http://127.0.0.1:{taken_port}: in use now"
-        )) && text.contains("(1 warning)"),
-        "{text}"
+    warns_once(
+        &busy,
+        &format!("warning: listen http://127.0.0.1:{taken_port}: in use now"),
     );
     drop(taken);
     // 192.0.2.0/24 is reserved for documentation: no machine has it.
