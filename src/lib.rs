@@ -32,7 +32,8 @@
 //!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
 //!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
-//!  atomics, a copy per thread, added up and rendered only when scraped); one log line per request, when its answer's body ends
+//!  atomics, a copy per thread, added up and rendered only when scraped); one log line per
+//!  request, when its answer's body ends
 //!  — or, as 499 `client-gone`, when the client hangs up before it has an answer, or
 //!  `shutdown`, when the grace period after SIGTERM ends first
 //! ```
