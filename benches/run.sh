@@ -459,16 +459,34 @@ declare -A RPS=() P99=() CPU_US=()
 declare -A SERVER_PID=([nginx401]=$NGINX_PID [gitgate401]=$GG_HOP_PID [hyper401]=$FLOOR_PID)
 [[ -n "${GG_HOPB_PID:-}" ]] && SERVER_PID[compare401]=$GG_HOPB_PID
 CLK_TCK=$(getconf CLK_TCK)
+# Row 2g: what the scheduler says of the processes that serve a hop row — all their threads'
+# CPU time and time spent runnable but waiting for a core (the 2nd field of each thread's
+# /proc/PID/task/TID/schedstat), per answer. The proxy nginx is also the origin (2a's set-up);
+# gitgate's row adds the origin nginx, which gitgate's requests keep busy as well.
+declare -A SCHED_PIDS=([proxy]="$NGINX_PID" [gitgate]="$GG_HOP_PID $NGINX_PID")
+declare -A SCHED_CPU=() SCHED_WAIT=()
+sched_ns() { # pids -> "cpu_ns wait_ns", summed over every thread
+	local p
+	for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done | awk '{c += $1; w += $2} END {printf "%.0f %.0f\n", c, w}'
+}
 # One wrk measurement: NAME URL [header|many] [expect-non-2xx].
 measure() {
-	local name=$1 r p n c0 c1 pid=${SERVER_PID[$1]:-}
+	local name=$1 r p n c0 c1 pid=${SERVER_PID[$1]:-} sched=${SCHED_PIDS[$1]:-} s0 s1
 	shift
 	[[ -n "$pid" ]] && c0=$(cpu_ticks "$pid")
+	# shellcheck disable=SC2086 # a list of pids
+	[[ -n "$sched" ]] && s0=$(sched_ns $sched)
 	read -r r p n < <(wrk_run "$@")
 	RPS[$name]+="$r " P99[$name]+="$p "
 	if [[ -n "$pid" ]]; then
 		c1=$(cpu_ticks "$pid")
 		CPU_US[$name]+="$(awk -v t=$((c1 - c0)) -v k="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", (n > 0) ? t * 1e6 / k / n : 0 }') "
+	fi
+	if [[ -n "$sched" ]]; then
+		# shellcheck disable=SC2086
+		s1=$(sched_ns $sched)
+		read -r c0 c1 < <(awk -v a="$s0" -v b="$s1" -v n="$n" 'BEGIN { split(a, x, " "); split(b, y, " "); if (n > 0) printf "%.1f %.1f\n", (y[1] - x[1]) / 1000 / n, (y[2] - x[2]) / 1000 / n; else print "0 0" }')
+		SCHED_CPU[$name]+="$c0 " SCHED_WAIT[$name]+="$c1 "
 	fi
 }
 # Odd rounds go forward, even rounds backward, as the clones do: no row always follows the
@@ -503,6 +521,12 @@ done
 mrps() { tr ' ' '\n' <<<"${RPS[$1]}" | grep . | median; }
 mp99() { tr ' ' '\n' <<<"${P99[$1]}" | grep . | median; }
 mcpu() { tr ' ' '\n' <<<"${CPU_US[$1]}" | grep . | median; }
+mcpu_sched() { tr ' ' '\n' <<<"${SCHED_CPU[$1]}" | grep . | median; }
+mwait() { tr ' ' '\n' <<<"${SCHED_WAIT[$1]}" | grep . | median; }
+# Row 2g, the same in both tables.
+sched_row() {
+	echo "| 2g | the hop's processes per answer, median of the rounds (µs): CPU; time runnable waiting for a core | nginx proxy_pass (origin in the same process) $(mcpu_sched proxy); $(mwait proxy) | gitgate + origin nginx $(mcpu_sched gitgate); $(mwait gitgate) | $(ratio "$(mcpu_sched gitgate)" "$(mcpu_sched proxy)")× CPU | — | |"
+}
 # Rows 3b and 3c, the same in both tables.
 floor_rows() {
 	local a b c
@@ -521,6 +545,7 @@ if ((HOP_ONLY)); then
 	echo "| 2c | hop (req/s) | nginx proxy_pass, own process, $(nproc) workers $a | $b | $(ratio "$b" "$a")× |"
 	a=$(mp99 proxy2) b=$(mp99 gitgate)
 	echo "| 2d | hop p99 (ms) | same $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f ms", b-a}') |"
+	sched_row | awk -F' [|] ' '{print $1 " | " $2 " | " $3 " | " $4 " | " $5 " |"}'
 	a=$(mrps proxymany) b=$(mrps gitgatemany)
 	echo "| 2e | hop, $MANY_TOKENS tokens in turn (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
 	a=$(mp99 proxymany) b=$(mp99 gitgatemany)
@@ -528,7 +553,7 @@ if ((HOP_ONLY)); then
 	a=$(mrps nginx401) b=$(mrps gitgate401)
 	echo "| 3 | 401 (req/s) | nginx return 401 $a | $b | $(ratio "$b" "$a")× |"
 	floor_rows | awk -F' [|] ' '{print $1 " | " $2 " | " $3 " | " $4 " | " $5 " |"}'
-	echo "Raw: req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
+	echo "Raw: req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]; 2g CPU µs proxy [${SCHED_CPU[proxy]% }] gitgate [${SCHED_CPU[gitgate]% }], waiting µs proxy [${SCHED_WAIT[proxy]% }] gitgate [${SCHED_WAIT[gitgate]% }]."
 	if [[ -n "${GG_HOPB:-}" ]]; then
 		a=$(mrps proxy) b=$(mrps compare)
 		echo "| 2a' | hop, $COMPARE (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
@@ -620,6 +645,7 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 2c | hop (req/s), stronger baseline | nginx proxy_pass as its own process, $(nproc) workers $a | $b | $r× | ≥ 1.0× | $(at_least "$b" "$a" 1.0) |"
 	a=$(mp99 proxy2) b=$(mp99 gitgate) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
 	echo "| 2d | hop p99 (ms), stronger baseline | same $a | $b | $(ratio "$b" "$a")× ($d ms) | ≤ +0.5 ms | $(over_by_at_most "$a" "$b" 0.5) |"
+	sched_row
 	a=$(mrps proxymany) b=$(mrps gitgatemany) r=$(ratio "$b" "$a")
 	echo "| 2e | hop with $MANY_TOKENS tokens in use, wrk taking them in turn (req/s) | nginx proxy_pass, same script $a | $b | $r× | (as 2a) ≥ 1.0× | $(at_least "$b" "$a" 1.0) |"
 	a=$(mp99 proxymany) b=$(mp99 gitgatemany) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
@@ -635,5 +661,5 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 5a | peak RSS, one clone of $BIG_MB MB ($(awk -v b="$BIG_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB received) (MiB) | repo size $BIG_MB | $(mb "$RSS_BIG") | $(ratio "$(mb "$RSS_BIG")" "$BIG_MB")× of repo | < 64 MB | $(awk -v k="$RSS_BIG" 'BEGIN{print (k * 1024 < 64e6) ? "yes" : "no"}') |"
 	echo "| 5b | peak RSS, $CONCURRENT concurrent clones of $REPO_MB MB ($CONC_OK/$CONCURRENT complete, ${CONC_SECONDS}s) (MiB) | total served $((REPO_MB * CONCURRENT)) | $(mb "$RSS_CONC") | $(ratio "$(mb "$RSS_CONC")" "$((REPO_MB * CONCURRENT))")× of bytes served | < 64 MB | $(awk -v k="$RSS_CONC" -v ok="$CONC_OK" -v n="$CONCURRENT" 'BEGIN{print (k * 1024 < 64e6 && ok == n) ? "yes" : "no"}') |"
 	echo
-	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }], gitgate→nginx socket [${TIMES[gitgate_unix]% }], pinned (1g) nginx+fcgiwrap [${TIMES[nginx_pinned]:-}] gitgate→nginx [${TIMES[gitgate_pinned]:-}]; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }], gitgate→nginx socket [${TICKS[gitgate_unix]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]."
+	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }], gitgate→nginx socket [${TIMES[gitgate_unix]% }], pinned (1g) nginx+fcgiwrap [${TIMES[nginx_pinned]:-}] gitgate→nginx [${TIMES[gitgate_pinned]:-}]; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }], gitgate→nginx socket [${TICKS[gitgate_unix]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]; 2g CPU µs proxy [${SCHED_CPU[proxy]% }] gitgate [${SCHED_CPU[gitgate]% }], waiting µs proxy [${SCHED_WAIT[proxy]% }] gitgate [${SCHED_WAIT[gitgate]% }]."
 }
