@@ -460,8 +460,8 @@ declare -A SERVER_PID=([nginx401]=$NGINX_PID [gitgate401]=$GG_HOP_PID [hyper401]
 [[ -n "${GG_HOPB_PID:-}" ]] && SERVER_PID[compare401]=$GG_HOPB_PID
 CLK_TCK=$(getconf CLK_TCK)
 # Row 2g: what the scheduler says of the processes that serve a hop row — all their threads'
-# CPU time and time spent runnable but waiting for a core (the 2nd field of each thread's
-# /proc/PID/task/TID/schedstat), per answer. The proxy nginx is also the origin (2a's set-up);
+# CPU time and time spent runnable but waiting for a core (the 1st and 2nd fields of each
+# thread's /proc/PID/task/TID/schedstat, in ns), per answer. The proxy nginx is also the origin (2a's set-up);
 # gitgate's row adds the origin nginx, which gitgate's requests keep busy as well, and so does
 # 2c's nginx, a proxy in a process of its own as gitgate is.
 declare -A SCHED_PIDS=([proxy]="$NGINX_PID" [gitgate]="$GG_HOP_PID $NGINX_PID" [proxy2]="$(pgrep -P "$NGINX2_PID" | tr '\n' ' ')$NGINX_PID")
@@ -472,7 +472,7 @@ sched_ns() { # pids -> "cpu_ns wait_ns", summed over every thread
 }
 # One wrk measurement: NAME URL [header|many] [expect-non-2xx].
 measure() {
-	local name=$1 r p n c0 c1 pid=${SERVER_PID[$1]:-} sched=${SCHED_PIDS[$1]:-} s0 s1
+	local name=$1 r p n c0 c1 pid=${SERVER_PID[$1]:-} sched=${SCHED_PIDS[$1]:-} s0 s1 on_cpu waiting
 	shift
 	[[ -n "$pid" ]] && c0=$(cpu_ticks "$pid")
 	# shellcheck disable=SC2086 # a list of pids
@@ -486,8 +486,8 @@ measure() {
 	if [[ -n "$sched" ]]; then
 		# shellcheck disable=SC2086
 		s1=$(sched_ns $sched)
-		read -r c0 c1 < <(awk -v a="$s0" -v b="$s1" -v n="$n" 'BEGIN { split(a, x, " "); split(b, y, " "); if (n > 0) printf "%.1f %.1f\n", (y[1] - x[1]) / 1000 / n, (y[2] - x[2]) / 1000 / n; else print "0 0" }')
-		SCHED_CPU[$name]+="$c0 " SCHED_WAIT[$name]+="$c1 "
+		read -r on_cpu waiting < <(awk -v a="$s0" -v b="$s1" -v n="$n" 'BEGIN { split(a, x, " "); split(b, y, " "); if (n > 0) printf "%.1f %.1f\n", (y[1] - x[1]) / 1000 / n, (y[2] - x[2]) / 1000 / n; else print "0 0" }')
+		SCHED_CPU[$name]+="$on_cpu " SCHED_WAIT[$name]+="$waiting "
 	fi
 }
 # Odd rounds go forward, even rounds backward, as the clones do: no row always follows the
