@@ -69,6 +69,7 @@ pub struct Settings {
 /// limits and failed-auth throttling), the connection cap, metrics.
 pub fn run(config: Config) -> Result<(), String> {
     crate::unwind::install_hook();
+    keep_inherited_descriptors_from_children();
     raise_open_files_limit(config.server.limits.max_connections);
     let main = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -97,6 +98,55 @@ enum Ended {
 /// backend's `504`, the hang logged as the client's leaving.
 fn answer_deadline(idle: Duration) -> Duration {
     idle.saturating_sub(Duration::from_secs(1)).max(idle / 2)
+}
+
+/// Mark every descriptor gitgate was started with, but stdin, stdout and stderr, close-on-exec.
+///
+/// gitgate's own descriptors are all opened close-on-exec, but what its parent left open without
+/// the flag (a supervisor's pipe, a shell's `exec 9<file`, a CI runner's job descriptor) would
+/// otherwise reach every `git http-backend` the CGI runner starts, and every hook that runs
+/// under it: code gitgate does not control, handed files it has no business passing on.
+/// Runs before any thread exists, so nothing can be opened (or exec'd) in between.
+fn keep_inherited_descriptors_from_children() {
+    // close_range(2) with CLOSE_RANGE_CLOEXEC (Linux 5.11) does it in one call; on an older
+    // kernel, each descriptor in /proc/self/fd gets the flag.
+    // SAFETY: the call only sets a flag on descriptors; it takes no pointers.
+    let marked = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        )
+    } == 0;
+    if !marked {
+        mark_listed_descriptors_close_on_exec();
+    }
+}
+
+/// [`keep_inherited_descriptors_from_children`] without `close_range(2)`: each descriptor above
+/// stderr that `/proc/self/fd` lists gets `FD_CLOEXEC`.
+fn mark_listed_descriptors_close_on_exec() {
+    let listed: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd > 2)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list inherited file descriptors: backends may inherit them");
+            return;
+        }
+    };
+    for fd in listed {
+        // SAFETY: fcntl on a descriptor number, no pointers; one that is gone (read_dir's own,
+        // closed by now) just fails with EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 /// File descriptors a connection may need at once: its socket, an upstream connection, and a
@@ -932,6 +982,21 @@ async fn reload_on_hangup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fallback for kernels without `close_range(2)`: a descriptor opened without
+    /// close-on-exec has it afterwards. (The `close_range` path is covered end to end, in
+    /// `tests/gate.rs`.)
+    #[test]
+    fn listed_descriptors_are_marked_close_on_exec() {
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: fcntl on a descriptor this test owns, no pointers.
+        let flags = || unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        unsafe { libc::fcntl(fd, libc::F_SETFD, flags() & !libc::FD_CLOEXEC) };
+        assert_eq!(flags() & libc::FD_CLOEXEC, 0);
+        mark_listed_descriptors_close_on_exec();
+        assert_ne!(flags() & libc::FD_CLOEXEC, 0);
+    }
 
     #[test]
     fn new_connections_go_to_the_least_busy_worker_first_of_equals() {

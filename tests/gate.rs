@@ -7,6 +7,8 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -962,6 +964,62 @@ fn backend_gets_remote_user_and_git_protocol_but_no_proxy_header() {
     assert!(
         hits[1].contains("user=ci-bot "),
         "scoped token: REMOTE_USER is its name: {hits:#?}"
+    );
+}
+
+/// A descriptor gitgate's parent left open without close-on-exec (here a shell's `exec 9<file`,
+/// as a supervisor's pipe would be) reaches neither the backend nor the hooks it runs.
+#[test]
+fn descriptors_gitgate_inherited_reach_no_backend_or_hook() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let marker = sb.root().join("inherited-marker");
+    fs::write(&marker, "").unwrap();
+    let seen = sb.root().join("hook-descriptors.txt");
+    let hook = sb.bare("team/app").join("hooks/pre-receive");
+    fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nfor fd in /proc/$$/fd/*; do readlink \"$fd\"; done > '{}'\ncat >/dev/null\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(sb.root())
+        .env_remove("GITGATE_CONFIG")
+        .env_remove("GITGATE_LOG")
+        .arg("-c")
+        .arg("exec 9<\"$0\" && exec \"$@\"")
+        .arg(&marker)
+        .arg(common::gitgate_bin())
+        .arg("--config")
+        .arg(sb.config())
+        .arg("serve");
+    let server = Server::start(cmd, sb.server_log(), "");
+    let inherited = fs::read_link(format!("/proc/{}/fd/9", server.pid())).unwrap();
+    assert_eq!(
+        inherited, marker,
+        "the test's own premise: gitgate holds fd 9"
+    );
+
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    sb.commit_file(&work, "f.txt", b"pushed\n", "a push that runs the hook");
+    sb.git(&work, &["push", "-q", "origin", "main"]).ok();
+    let seen = fs::read_to_string(&seen).expect("the pre-receive hook ran");
+    assert!(
+        seen.lines().any(|l| l.contains("hooks/pre-receive")),
+        "the hook listed its own descriptors: {seen}"
+    );
+    assert!(
+        !seen.contains("inherited-marker"),
+        "a descriptor gitgate inherited reached the hook:\n{seen}"
     );
 }
 

@@ -12,7 +12,9 @@
 //!   it is capped at [`MAX_HEADER_BLOCK`].
 //! - **Environment hygiene.** The child starts from an *empty* environment (`env_clear`) and gets
 //!   exactly the CGI and git variables it needs. gitgate's own environment (store paths,
-//!   secrets, `GIT_*` overrides an operator exported for something else) never leaks in.
+//!   secrets, `GIT_*` overrides an operator exported for something else) never leaks in. Nor
+//!   does any open file: gitgate's own are close-on-exec, and what it inherited without the flag
+//!   is given it as `serve` starts (`server::keep_inherited_descriptors_from_children`).
 //! - **httpoxy.** CGI's habit of turning every request header `Foo` into `HTTP_FOO` lets a client
 //!   send `Proxy: http://evil` and get `HTTP_PROXY` into a process whose libraries read that as
 //!   their outbound proxy (CVE-2016-5385 and friends). We map *no* client header to `HTTP_*`
