@@ -1045,7 +1045,38 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     assert!(check(&sb.config())
         .ok()
         .contains("; 2 users, 0 tokens not revoked"));
+    // What a process killed while it had the store open leaves, once its `-shm` is removed:
+    // the file and a `-wal` holding commits the file lacks (bob). Read without creating the
+    // `-shm` (which, made by another user than serve's, could keep serve from the store).
+    let crashed = sb.root().join("crashed.db");
+    fs::copy(sb.db(), &crashed).unwrap();
+    fs::copy(
+        format!("{}-wal", sb.db().display()),
+        sb.root().join("crashed.db-wal"),
+    )
+    .unwrap();
     drop(server);
+    let crashed_wal = sb.root().join("crashed.db-wal");
+    let (file_before, wal_before) = (fs::read(&crashed).unwrap(), fs::read(&crashed_wal).unwrap());
+    let in_the_file_alone: i64 = rusqlite::Connection::open_with_flags(
+        format!("file:{}?immutable=1", crashed.display()),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap()
+    .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+    .unwrap();
+    assert_eq!(in_the_file_alone, 1, "the premise: bob is only in the -wal");
+    let out = check(&variant("crashed.toml", "gitgate.db", "crashed.db"));
+    assert!(
+        out.ok().contains("; 2 users, 0 tokens not revoked"),
+        "the -wal's commits were read: {out}"
+    );
+    assert!(
+        !sb.root().join("crashed.db-shm").exists(),
+        "check created the -shm"
+    );
+    assert_eq!(fs::read(&crashed).unwrap(), file_before);
+    assert_eq!(fs::read(&crashed_wal).unwrap(), wal_before);
 
     // A damaged store fails the check, with what to do about it: here the audit log's first
     // page overwritten, which nothing else that check or a token lookup reads would notice.

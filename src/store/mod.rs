@@ -217,10 +217,46 @@ pub struct Inspection {
     pub unrevoked_tokens: i64,
 }
 
+/// A copy of a store and its `-wal` in a folder of its own (mode 0700, in the temporary
+/// folder), removed with everything SQLite adds to it when dropped: what [`Store::inspect`]
+/// reads of a store whose `-shm` is missing.
+struct ScratchCopy {
+    dir: PathBuf,
+    db: PathBuf,
+}
+
+impl ScratchCopy {
+    fn of(store: &Path, wal: &Path) -> std::io::Result<ScratchCopy> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut random = [0u8; 8];
+        getrandom::getrandom(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let dir = std::env::temp_dir().join(format!(
+            "gitgate-check-{}-{:016x}",
+            std::process::id(),
+            u64::from_le_bytes(random)
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let copy = ScratchCopy {
+            db: dir.join("store.db"),
+            dir,
+        };
+        std::fs::copy(store, &copy.db)?;
+        std::fs::copy(wal, copy.dir.join("store.db-wal"))?;
+        Ok(copy)
+    }
+}
+
+impl Drop for ScratchCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Store {
     /// Read a store's schema version and size without changing anything: opened read-only, so
     /// no switch to WAL, no migration and nothing created — unlike [`Store::open`], which
-    /// `serve` runs. `None` when there is no file at `path`. A folder, another program's
+    /// `serve` runs. (A store with a `-wal` but no `-shm` is read from a private copy of both:
+    /// SQLite cannot read that log without creating the `-shm`.) `None` when there is no file at `path`. A folder, another program's
     /// database or a store from a newer gitgate is an error, as at a start; so is a damaged one,
     /// which a start would only find when a request reads the damaged page.
     pub fn inspect(path: &Path) -> Result<Option<Inspection>> {
@@ -234,9 +270,34 @@ impl Store {
         }
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let conn = if Path::new(&wal).exists() {
+        let beside = |suffix: &str| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        let (wal, shm) = (beside("-wal"), beside("-shm"));
+        // Declared before the connection, so that it outlives it.
+        let scratch;
+        let conn = if wal.exists() && !shm.exists() {
+            // A `-wal` without its `-shm`: left by a process that ended without closing the
+            // store (its `-shm` removed since), and no process has it open now. The log may hold
+            // commits the file does not, so it must be read, and SQLite would create the `-shm`
+            // to read it — owned by whoever runs the check, which could keep `serve`, running
+            // as another user, from opening the store. Both files are read from a private copy
+            // instead.
+            scratch = ScratchCopy::of(path, &wal).map_err(|e| {
+                open_err(format!(
+                    "it has a -wal but no -shm, and reading it would create the -shm; \
+                     reading a copy of both instead failed: {e}"
+                ))
+            })?;
+            if shm.exists() {
+                // Opened by a process meanwhile, which made the `-shm`: read the store itself.
+                Connection::open_with_flags(path, flags)
+            } else {
+                Connection::open_with_flags(&scratch.db, flags)
+            }
+        } else if wal.exists() {
             Connection::open_with_flags(path, flags)
         } else {
             // No `-wal`: no connection has the store open (the last one to close removes it), and
