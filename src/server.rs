@@ -628,7 +628,11 @@ async fn work(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(Builders {
+        http1: builder.clone().http1_only(),
+        http2: builder.clone().http2_only(),
+        any: builder,
+    });
     let graceful = GracefulShutdown::new();
     // Set when the drain begins: a connection still in its TLS handshake has no request to
     // finish, and must not hold the stop for the whole grace period.
@@ -786,10 +790,39 @@ pub fn unfinished_outcome() -> &'static str {
     }
 }
 
+/// A worker's HTTP settings, one per protocol a connection may be held to ([`Spoken`]).
+struct Builders {
+    any: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+/// The HTTP a connection is served in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spoken {
+    /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge, told by the client's first bytes.
+    Either,
+    Http1,
+    Http2,
+}
+
+impl Spoken {
+    /// What a TLS connection is held to: the protocol its handshake agreed on (ALPN), and only
+    /// that one, as RFC 9113 asks (§3.2: HTTP/2 over TLS is negotiated, never assumed). Without
+    /// ALPN, HTTP/1.1. Otherwise a client that agreed on `http/1.1` could still speak HTTP/2 (or
+    /// the other way round) and be served.
+    fn agreed(alpn: Option<&[u8]>) -> Spoken {
+        match alpn {
+            Some(b"h2") => Spoken::Http2,
+            _ => Spoken::Http1,
+        }
+    }
+}
+
 /// One accepted connection, before TLS.
 struct Connection {
     gate: Arc<Gate>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     settings: Settings,
     watcher: Watcher,
     /// `true` once the worker drains (see [`work`]).
@@ -810,14 +843,17 @@ impl Connection {
         // reading would look active a while longer than the idle timeout.
         let stream = ActivityIo::new(stream, activity.clone());
         match self.settings.tls.clone() {
-            None => self.serve_io(stream, activity).await,
+            None => self.serve_io(stream, activity, Spoken::Either).await,
             Some(acceptor) => {
                 let deadline = self.settings.limits.header_read_timeout;
                 let mut draining = self.draining.clone();
                 let handshake = tokio::time::timeout(deadline, acceptor.accept(stream));
                 tokio::select! {
                     done = handshake => match done {
-                        Ok(Ok(tls)) => self.serve_io(tls, activity).await,
+                        Ok(Ok(tls)) => {
+                            let spoken = Spoken::agreed(tls.get_ref().1.alpn_protocol());
+                            self.serve_io(tls, activity, spoken).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
                         }
@@ -833,7 +869,7 @@ impl Connection {
     }
 
     /// Serve HTTP on `io` until the client is done, the connection idles out, or shutdown.
-    async fn serve_io<IO>(self, io: IO, activity: Activity)
+    async fn serve_io<IO>(self, io: IO, activity: Activity, spoken: Spoken)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -884,8 +920,12 @@ impl Connection {
                 Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)))
             })
         });
-        let conn = self
-            .builder
+        let builder = match spoken {
+            Spoken::Either => &self.builder.any,
+            Spoken::Http1 => &self.builder.http1,
+            Spoken::Http2 => &self.builder.http2,
+        };
+        let conn = builder
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let first = self.settings.limits.header_read_timeout;
@@ -982,6 +1022,13 @@ async fn reload_on_hangup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_connection_speaks_only_what_its_handshake_agreed() {
+        assert_eq!(Spoken::agreed(Some(b"h2")), Spoken::Http2);
+        assert_eq!(Spoken::agreed(Some(b"http/1.1")), Spoken::Http1);
+        assert_eq!(Spoken::agreed(None), Spoken::Http1);
+    }
 
     /// The fallback for kernels without `close_range(2)`: a descriptor opened without
     /// close-on-exec has it afterwards. (The `close_range` path is covered end to end, in

@@ -975,6 +975,77 @@ fn clone_over_tls_with_the_test_ca() {
     assert!(log.lines().all(|l| l.contains("fproto=\"https\"")), "{log}");
 }
 
+/// Over TLS a connection speaks what its handshake agreed on (ALPN), and only that: HTTP/2 is
+/// never assumed over TLS (RFC 9113 §3.2), nor HTTP/1.1 served on a connection agreed as h2.
+#[test]
+fn a_tls_connection_speaks_only_the_protocol_its_handshake_agreed() {
+    let Some(w) = World::new("a_tls_connection_speaks_only_the_protocol_its_handshake_agreed")
+    else {
+        return;
+    };
+    let g = w.serve(&Options {
+        tls: true,
+        ..Options::default()
+    });
+    // Everything the server sends until it closes, or 3 s of silence.
+    let answer = |stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+                  ask: &[u8]| {
+        stream
+            .sock
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        stream.write_all(ask).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    };
+    const H1: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    // HTTP/2's connection preface and an empty SETTINGS frame.
+    const H2: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    // A SETTINGS frame back: the server took the preface as HTTP/2's.
+    let h2_settings = |got: &[u8]| got.len() >= 9 && got[3] == 0x04;
+
+    // Agreed on each, each is served.
+    let (_, mut s) = tls_connect_offering(g.port, &[b"http/1.1"]);
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let got = answer(&mut s, H1);
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let (_, mut s) = tls_connect_offering(g.port, &[b"h2"]);
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]));
+    assert!(h2_settings(&answer(&mut s, H2)));
+
+    // Agreed on HTTP/1.1 (or on nothing), HTTP/2's preface is not taken as HTTP/2.
+    for offered in [&[&b"http/1.1"[..]][..], &[]] {
+        let (_, mut s) = tls_connect_offering(g.port, offered);
+        let got = answer(&mut s, H2);
+        assert!(
+            !h2_settings(&got),
+            "HTTP/2 spoken after ALPN {offered:?}: {got:?}"
+        );
+    }
+    // Agreed on h2, HTTP/1.1 gets no HTTP/1.1 answer.
+    let (_, mut s) = tls_connect_offering(g.port, &[b"h2"]);
+    let got = answer(&mut s, H1);
+    assert!(
+        !got.starts_with(b"HTTP/1.1"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // Without ALPN (as `tls_connect`), HTTP/1.1 as before.
+    let (_, mut s) = tls_connect(g.port);
+    assert!(answer(&mut s, H1).starts_with(b"HTTP/1.1 200"));
+}
+
 #[test]
 fn https_upstream_is_verified_against_the_configured_ca() {
     let Some(w) = World::new("https_upstream_is_verified_against_the_configured_ca") else {
@@ -1018,6 +1089,17 @@ fn tls_connect(
     Vec<u8>,
     rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
 ) {
+    tls_connect_offering(port, &[])
+}
+
+/// [`tls_connect`], offering the protocols `alpn` in the handshake (none: no ALPN at all).
+fn tls_connect_offering(
+    port: u16,
+    alpn: &[&[u8]],
+) -> (
+    Vec<u8>,
+    rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+) {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_file_iter(fixture("tls/ca.pem")).unwrap() {
@@ -1030,6 +1112,8 @@ fn tls_connect(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let conn =
         rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
     let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
