@@ -19,14 +19,20 @@ use common::{
 /// alice with a write grant on project `team`, repos team/app and other/app, and a running
 /// gitgate. Returns the sandbox, the server and alice's REPO_WRITE token.
 fn team_setup() -> (Sandbox, Server, common::Token) {
+    let (sb, token) = team_sandbox();
+    let server = sb.serve();
+    (sb, server, token)
+}
+
+/// [`team_setup`] before its server starts.
+fn team_sandbox() -> (Sandbox, common::Token) {
     let sb = Sandbox::new();
     sb.create_repo("team/app");
     sb.create_repo("other/app");
     sb.add_user("alice", PASSWORD);
     sb.grant("alice", "team", "write");
     let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
-    let server = sb.serve();
-    (sb, server, token)
+    (sb, token)
 }
 
 /// alice with a read grant on `team/app` and a REPO_READ token, behind a gitgate that blocks an
@@ -971,11 +977,7 @@ fn backend_gets_remote_user_and_git_protocol_but_no_proxy_header() {
 /// as a supervisor's pipe would be) reaches neither the backend nor the hooks it runs.
 #[test]
 fn descriptors_gitgate_inherited_reach_no_backend_or_hook() {
-    let sb = Sandbox::new();
-    sb.create_repo("team/app");
-    sb.add_user("alice", PASSWORD);
-    sb.grant("alice", "team", "write");
-    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let (sb, token) = team_sandbox();
     let marker = sb.root().join("inherited-marker");
     fs::write(&marker, "").unwrap();
     let seen = sb.root().join("hook-descriptors.txt");
