@@ -40,8 +40,9 @@
 //!
 //! - [`metrics`] counts requests, outcomes, bytes, latencies and connections and serves them as
 //!   `GET /metrics` (Prometheus text) on its own listener, `[metrics] listen`, off by default.
-//! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2 — over TLS, the one ALPN agreed —
-//!   TLS via [`tls`] with the certificate reloaded on SIGHUP), with a header-read deadline (also for a connection
+//! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2 — over TLS, the one ALPN
+//!   agreed — TLS via [`tls`] with the certificate reloaded on SIGHUP), with a header-read
+//!   deadline (also for a connection
 //!   waiting for a request: a silent one is closed after it), an idle timeout ([`idle`]:
 //!   no byte moving, or no exchange moving — no request body or answer frame — so HTTP/2
 //!   PINGs alone hold nothing), a cap on connections (and, if set, per client address:

@@ -1077,6 +1077,16 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     );
     assert_eq!(fs::read(&crashed).unwrap(), file_before);
     assert_eq!(fs::read(&crashed_wal).unwrap(), wal_before);
+    // The same through a symbolic link: SQLite's `-wal` is beside the file the link leads to.
+    std::os::unix::fs::symlink("crashed.db", sb.root().join("linked.db")).unwrap();
+    let out = check(&variant("linked.toml", "gitgate.db", "linked.db"));
+    assert!(
+        out.ok().contains("; 2 users, 0 tokens not revoked"),
+        "the -wal beside the link's file was read: {out}"
+    );
+    for shm in ["crashed.db-shm", "linked.db-shm"] {
+        assert!(!sb.root().join(shm).exists(), "check created {shm}");
+    }
 
     // A damaged store fails the check, with what to do about it: here the audit log's first
     // page overwritten, which nothing else that check or a token lookup reads would notice.

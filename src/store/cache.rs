@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rusqlite::Connection;
 
-use super::AuthRecord;
+use super::{sidecar, AuthRecord};
 
 /// Entries kept before the cache starts over.
 pub const MAX_ENTRIES: usize = 100_000;
@@ -120,15 +120,11 @@ struct Seen {
 
 impl Seen {
     fn new(db_path: &Path, epoch: i64) -> Seen {
-        let mut shm_path = db_path.as_os_str().to_owned();
-        shm_path.push("-shm");
-        let mut wal_path = db_path.as_os_str().to_owned();
-        wal_path.push("-wal");
         Seen {
-            shm_path: PathBuf::from(shm_path),
+            shm_path: sidecar(db_path, "-shm"),
             shm: None,
             mapped: None,
-            wal_path: PathBuf::from(wal_path),
+            wal_path: sidecar(db_path, "-wal"),
             wal: None,
             header: [0; HEADER_COPIES / 2],
             data_version: i64::MIN,
@@ -322,11 +318,7 @@ impl AuthCache {
             // resolved; a path that does not resolve is refused by the store file's own check.
             let now = std::fs::canonicalize(store_path).ok();
             let beside = |fixed: &Path, suffix: &str| match &now {
-                Some(resolved) => {
-                    let mut name = resolved.as_os_str().to_owned();
-                    name.push(suffix);
-                    PathBuf::from(name)
-                }
+                Some(resolved) => sidecar(resolved, suffix),
                 None => fixed.to_path_buf(),
             };
             let gone = |f: &Option<File>, path: PathBuf| {

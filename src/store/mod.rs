@@ -217,6 +217,14 @@ pub struct Inspection {
     pub unrevoked_tokens: i64,
 }
 
+/// The name SQLite gives a store's write-ahead log (`suffix` `-wal`) or its index (`-shm`): the
+/// store's path with the suffix.
+pub(crate) fn sidecar(store: &Path, suffix: &str) -> PathBuf {
+    let mut name = store.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// A copy of a store and its `-wal` in a folder of its own (mode 0700, in the temporary
 /// folder), removed with everything SQLite adds to it when dropped: what [`Store::inspect`]
 /// reads of a store whose `-shm` is missing.
@@ -256,9 +264,10 @@ impl Store {
     /// Read a store's schema version and size without changing anything: opened read-only, so
     /// no switch to WAL, no migration and nothing created — unlike [`Store::open`], which
     /// `serve` runs. (A store with a `-wal` but no `-shm` is read from a private copy of both:
-    /// SQLite cannot read that log without creating the `-shm`.) `None` when there is no file at `path`. A folder, another program's
-    /// database or a store from a newer gitgate is an error, as at a start; so is a damaged one,
-    /// which a start would only find when a request reads the damaged page.
+    /// SQLite cannot read that log without creating the `-shm`.) `None` when there is no file
+    /// at `path`. A folder, another program's database or a store from a newer gitgate is an
+    /// error, as at a start; so is a damaged one, which a start would only find when a request
+    /// reads the damaged page.
     pub fn inspect(path: &Path) -> Result<Option<Inspection>> {
         let open_err = |message: String| StoreError::Open {
             path: path.to_path_buf(),
@@ -270,12 +279,9 @@ impl Store {
         }
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let beside = |suffix: &str| {
-            let mut name = path.as_os_str().to_owned();
-            name.push(suffix);
-            PathBuf::from(name)
-        };
-        let (wal, shm) = (beside("-wal"), beside("-shm"));
+        // Through a symbolic link, SQLite keeps the `-wal` and `-shm` beside the real file.
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
         // Declared before the connection, so that it outlives it.
         let scratch;
         let conn = if wal.exists() && !shm.exists() {
@@ -285,7 +291,7 @@ impl Store {
             // to read it — owned by whoever runs the check, which could keep `serve`, running
             // as another user, from opening the store. Both files are read from a private copy
             // instead.
-            scratch = ScratchCopy::of(path, &wal).map_err(|e| {
+            scratch = ScratchCopy::of(&real, &wal).map_err(|e| {
                 open_err(format!(
                     "it has a -wal but no -shm, and reading it would create the -shm; \
                      reading a copy of both instead failed: {e}"
@@ -366,12 +372,7 @@ impl Store {
             Some(p) => p.to_path_buf(),
             None => PathBuf::from("."),
         };
-        let beside = |suffix: &str| {
-            let mut name = real.clone().into_os_string();
-            name.push(suffix);
-            PathBuf::from(name)
-        };
-        let files = [real.clone(), beside("-wal"), beside("-shm")];
+        let files = [real.clone(), sidecar(&real, "-wal"), sidecar(&real, "-shm")];
         let mut to_try: Vec<(&Path, Access)> = Vec::new();
         for file in &files {
             if file.exists() {
