@@ -30,7 +30,7 @@ use crate::network;
 use crate::password;
 use crate::permission::{TokenKind, TokenPermissions};
 use crate::policy::Target;
-use crate::store::{Actor, NewToken, Store, StoreError, TokenEdit, TokenRecord};
+use crate::store::{Actor, NewToken, ReplacedSecret, Store, StoreError, TokenEdit, TokenRecord};
 use crate::token::{self, TokenId};
 
 /// The longest overlap a rotation may keep the old secret valid for: one week.
@@ -583,6 +583,7 @@ pub fn revoke(
 
 /// Give a token a new secret. The old one keeps working for `overlap_secs` (0: stops at once).
 /// A personal token is rotated only by its owner, because rotation hands out a working secret.
+/// Also returns the secret it replaced, for [`undo_rotation`] when the new one cannot be shown.
 pub fn rotate(
     store: &Store,
     caller: &Caller,
@@ -590,7 +591,7 @@ pub fn rotate(
     id: &str,
     overlap_secs: u32,
     actor: &Actor,
-) -> Result<(TokenRecord, Secret)> {
+) -> Result<(TokenRecord, Secret, ReplacedSecret)> {
     let token = get(store, caller, within, id)?;
     if let Some(owner) = &token.owner {
         if !caller.is(owner) {
@@ -634,8 +635,21 @@ pub fn rotate(
     let secret = token::generate_with_id(&token_id)
         .map_err(|e| Error::Invalid(format!("no randomness from the OS: {e}")))?;
     let until = (overlap_secs > 0).then(|| clock::now_ms() + i64::from(overlap_secs) * 1000);
-    let record = store.rotate_token(id, token::hash(secret.expose()), until, &allowed, actor)?;
-    Ok((record, secret))
+    let (record, replaced) =
+        store.rotate_token(id, token::hash(secret.expose()), until, &allowed, actor)?;
+    Ok((record, secret, replaced))
+}
+
+/// Take back a rotation whose new `secret` never reached anyone: the token's old secret (and
+/// its overlap, if it had one) works again. Refused if the token was rotated again meanwhile.
+pub fn undo_rotation(
+    store: &Store,
+    id: &str,
+    secret: &Secret,
+    replaced: &ReplacedSecret,
+    actor: &Actor,
+) -> Result<()> {
+    Ok(store.undo_rotation(id, token::hash(secret.expose()), replaced, actor)?)
 }
 
 #[cfg(test)]
@@ -1034,7 +1048,7 @@ mod tests {
             ),
             Err(Error::Invalid(_))
         ));
-        let (r, new_secret) = rotate(&store, &user("alice"), None, &t.id, 0, &actor()).unwrap();
+        let (r, new_secret, _) = rotate(&store, &user("alice"), None, &t.id, 0, &actor()).unwrap();
         assert_eq!(
             (r.id.as_str(), r.permissions),
             (t.id.as_str(), edited.permissions)
@@ -1045,11 +1059,34 @@ mod tests {
         assert!(rec.secret_matches(&token::hash(new_secret.expose()), now));
         assert!(!rec.secret_matches(&token::hash(old_secret.expose()), now));
         // With an overlap the previous secret works until it ends.
-        let (_, newer) = rotate(&store, &user("alice"), None, &t.id, 60, &actor()).unwrap();
+        let (_, newer, _) = rotate(&store, &user("alice"), None, &t.id, 60, &actor()).unwrap();
         let rec = store.auth_record(&t.id).unwrap().unwrap();
         assert!(rec.secret_matches(&token::hash(newer.expose()), now));
         assert!(rec.secret_matches(&token::hash(new_secret.expose()), now));
         assert!(!rec.secret_matches(&token::hash(new_secret.expose()), now + 61_000));
+        // Undone (its secret was never shown): both secrets before it work as they did, and a
+        // second undo, or one after a later rotation, finds the token changed and leaves it.
+        let (_, unseen, replaced) =
+            rotate(&store, &user("alice"), None, &t.id, 0, &actor()).unwrap();
+        let (_, later, replaced_later) =
+            rotate(&store, &user("alice"), None, &t.id, 0, &actor()).unwrap();
+        assert!(matches!(
+            undo_rotation(&store, &t.id, &unseen, &replaced, &actor()),
+            Err(Error::Conflict(_))
+        ));
+        undo_rotation(&store, &t.id, &later, &replaced_later, &actor()).unwrap();
+        let rec = store.auth_record(&t.id).unwrap().unwrap();
+        assert!(rec.secret_matches(&token::hash(unseen.expose()), now));
+        assert!(!rec.secret_matches(&token::hash(later.expose()), now));
+        undo_rotation(&store, &t.id, &unseen, &replaced, &actor()).unwrap();
+        let rec = store.auth_record(&t.id).unwrap().unwrap();
+        assert!(rec.secret_matches(&token::hash(newer.expose()), now));
+        assert!(rec.secret_matches(&token::hash(new_secret.expose()), now));
+        assert!(!rec.secret_matches(&token::hash(unseen.expose()), now));
+        assert!(matches!(
+            undo_rotation(&store, &t.id, &unseen, &replaced, &actor()),
+            Err(Error::Conflict(_))
+        ));
 
         assert!(matches!(
             revoke(&store, &user("bob"), None, &t.id, &actor()),
@@ -1089,6 +1126,7 @@ mod tests {
             "token.created",
             "token.edited",
             "token.rotated",
+            "token.rotation_undone",
             "token.revoked",
         ] {
             assert!(

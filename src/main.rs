@@ -268,7 +268,7 @@ fn main() -> ExitCode {
     } else {
         "warn"
     }) {
-        eprintln!("gitgate: {message}");
+        gitgate::cli::note(format_args!("gitgate: {message}"));
         return ExitCode::from(2);
     }
     match run(args) {
@@ -276,7 +276,7 @@ fn main() -> ExitCode {
         // `gitgate audit | head`: the reader has what it wanted; end as SIGPIPE would, quietly.
         Err(message) if message == cli::STDOUT_CLOSED => ExitCode::from(141),
         Err(message) => {
-            eprintln!("gitgate: {message}");
+            gitgate::cli::note(format_args!("gitgate: {message}"));
             ExitCode::FAILURE
         }
     }

@@ -786,6 +786,120 @@ fn a_secret_that_cannot_be_shown_does_not_stay_valid() {
     assert!(kept_secret.starts_with("ggt_"), "{kept_secret}");
 }
 
+/// Runs `gitgate ARGS` with stdout (or stderr) on a full disk.
+fn with_full(sb: &Sandbox, args: &[&str], stderr_full: bool) -> std::process::Output {
+    let full = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let mut cmd = sb.gitgate_command();
+    cmd.args(args).stdin(Stdio::null());
+    if stderr_full {
+        cmd.stdout(Stdio::piped()).stderr(full());
+    } else {
+        cmd.stdout(full()).stderr(Stdio::piped());
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_rotation_whose_secret_cannot_be_shown_is_undone() {
+    let sb = user_sandbox();
+    sb.create_repo("team/app");
+    let ci = sb.scoped_token("--project", "team", "ci", "REPO_READ");
+    // A rotation with an overlap before it: the undo must give that back too.
+    let first = sb.cli(&["token", "rotate", &ci.id, "--overlap-seconds", "3600"]);
+    let current = first.ok().trim().to_string();
+    let before = with_value(&sb.cli_json(&["token", "list", "--json"]), "ci")[0].clone();
+    // stdout on a full disk: the new secret is made and cannot be written.
+    let out = with_full(&sb, &["token", "rotate", &ci.id], false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("could not be shown, so the rotation was undone")
+            && stderr.contains("the old secret works as before"),
+        "{stderr}"
+    );
+    let after = with_value(&sb.cli_json(&["token", "list", "--json"]), "ci")[0].clone();
+    assert_eq!(after, before, "the token is as it was before the rotation");
+    let audit = sb.cli_json(&["audit", "--json"]);
+    let undone: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "token.rotation_undone")
+        .collect();
+    assert_eq!(undone.len(), 1, "{audit}");
+    assert_no_secrets(&audit);
+    // Both secrets the token had before still work: the current one, and the one the first
+    // rotation left valid for an hour.
+    let server = sb.serve();
+    for secret in [&current, &ci.secret] {
+        let git = sb.git(
+            sb.root(),
+            &["ls-remote", &server.url_with("ci", secret, "team/app")],
+        );
+        assert!(git.ok().contains("refs/heads/main"), "{git}");
+    }
+}
+
+#[test]
+fn a_change_made_is_not_reported_as_failed_when_its_output_cannot_be_written() {
+    let sb = user_sandbox();
+    let ci = sb.scoped_token("--project", "team", "ci", "REPO_READ");
+    // `token edit` prints the token after changing it: stdout full says the change was made.
+    let out = with_full(
+        &sb,
+        &["token", "edit", &ci.id, "--name", "ci-renamed"],
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "token 'ci-renamed' ({}) was updated, but its details could not be shown",
+            ci.id
+        )),
+        "{stderr}"
+    );
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    assert_eq!(with_value(&list, "ci-renamed").len(), 1, "{list}");
+    // A confirmation on a full stderr does not turn a change made into a crash (exit 101).
+    for args in [
+        vec!["token", "revoke", ci.id.as_str()],
+        vec!["user", "disable", "alice"],
+        vec!["grant", "add", "alice", "team", "read"],
+        vec![
+            "policy",
+            "set",
+            "--expiry-required",
+            "yes",
+            "--max-expiry-days",
+            "90",
+        ],
+    ] {
+        let out = with_full(&sb, &args, true);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+    }
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    assert!(
+        with_value(&list, "ci-renamed")[0]["revokedAt"].is_i64(),
+        "{list}"
+    );
+    let users = sb.cli_json(&["user", "list", "--json"]);
+    assert_eq!(
+        with_value(&users, "alice")[0]["active"],
+        Value::Bool(false),
+        "{users}"
+    );
+    // An error that cannot be written is no crash either.
+    let out = with_full(&sb, &["token", "revoke", "nosuchtoken12"], true);
+    assert_eq!(out.status.code(), Some(1));
+}
+
 #[test]
 fn audit_lists_every_event_and_limit_keeps_the_newest() {
     let sb = user_sandbox();

@@ -158,7 +158,9 @@ pub fn rotate(call: &Call, subject: &Subject, id: &str) -> ApiResult {
     };
     // Read before the write: once the old secret is replaced, the answer must not fail on a read.
     let policy = lifecycle::policy(call.store)?;
-    let (token, secret) = lifecycle::rotate(
+    // An answer that never reaches the client cannot be told apart from one that did; the
+    // client rotates again (the CLI, which can tell, puts the old secret back).
+    let (token, secret, _replaced) = lifecycle::rotate(
         call.store,
         &call.caller,
         Some(subject),

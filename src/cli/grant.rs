@@ -13,7 +13,7 @@ pub fn add(store: &Store, name: &str, target: &str, level: &str) -> Result<(), S
     store
         .add_grant(name, &target, level, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!("user '{name}' now has {level} on {target}");
+    note!("user '{name}' now has {level} on {target}");
     Ok(())
 }
 
@@ -22,7 +22,7 @@ pub fn remove(store: &Store, name: &str, target: &str) -> Result<(), String> {
     store
         .remove_grant(name, &target, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!("removed the grant of '{name}' on {target} (their tokens lose it at once)");
+    note!("removed the grant of '{name}' on {target} (their tokens lose it at once)");
     Ok(())
 }
 

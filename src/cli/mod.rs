@@ -6,12 +6,24 @@
 //!
 //! Standard output is written with `outln!`, not `println!` (which panics when stdout fails):
 //! `gitgate audit | head` ends quietly when `head` has read enough ([`STDOUT_CLOSED`]), and a
-//! stdout that cannot be written (a full disk) is an error like any other.
+//! stdout that cannot be written (a full disk) is an error like any other. What a command says
+//! it did goes to standard error with `note!`, which never fails the command: the change is
+//! made by then. A command that prints after its change says, when the printing fails, that the
+//! change was made — and `token create` and `token rotate`, whose secret would be lost, undo it.
 
 /// `println!` that returns the write error (see the module docs) from the enclosing function.
 macro_rules! outln {
     ($($arg:tt)*) => {
         $crate::cli::out(format_args!($($arg)*))?
+    };
+}
+
+/// `eprintln!` for what a command says it did, which never panics: a confirmation that cannot
+/// be written (stderr closed or on a full disk) does not undo the change, so it must not turn
+/// a command that succeeded into a crash (exit 101) either.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::cli::note(format_args!($($arg)*))
     };
 }
 
@@ -100,6 +112,15 @@ pub fn out(line: std::fmt::Arguments<'_>) -> Result<(), String> {
 pub fn out_raw(text: &str) -> Result<(), String> {
     use std::io::Write;
     write_out(|stdout| stdout.write_all(text.as_bytes()))
+}
+
+/// Write one line to standard error; a failure is ignored (see `note!`).
+pub fn note(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_fmt(line)
+        .and_then(|()| stderr.write_all(b"\n"));
 }
 
 fn write_out(

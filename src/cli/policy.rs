@@ -71,7 +71,7 @@ pub fn set(
     }
     let p = lifecycle::set_policy(store, &Caller::Operator, p, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!(
+    note!(
         "token policy: {} (applies to tokens created from now on)",
         p.describe()
     );

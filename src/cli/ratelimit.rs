@@ -26,7 +26,7 @@ pub fn set(store: &Store, who: &str, capacity: u32, refill: f64) -> Result<(), S
     store
         .set_rate_limit(&p, rule, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!("{p}: capacity {capacity}, refill {refill}/s");
+    note!("{p}: capacity {capacity}, refill {refill}/s");
     Ok(())
 }
 
@@ -35,7 +35,7 @@ pub fn exempt(store: &Store, who: &str) -> Result<(), String> {
     store
         .set_rate_limit(&p, RateRule::Exempt, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!("{p}: exempt from rate limiting");
+    note!("{p}: exempt from rate limiting");
     Ok(())
 }
 
@@ -44,7 +44,7 @@ pub fn clear(store: &Store, who: &str) -> Result<(), String> {
     store
         .clear_rate_limit(&p, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!("{p}: the [rate_limit] defaults apply again");
+    note!("{p}: the [rate_limit] defaults apply again");
     Ok(())
 }
 

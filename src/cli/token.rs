@@ -138,7 +138,7 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
 
 /// The new token's details on stderr and its secret, alone, on stdout.
 fn announce(record: &TokenRecord, secret: &Secret) -> Result<(), String> {
-    eprintln!(
+    note!(
         "created {} token '{}' (id {}) for {} with {}, expires {}",
         record.kind.as_str(),
         record.name,
@@ -150,7 +150,7 @@ fn announce(record: &TokenRecord, secret: &Secret) -> Result<(), String> {
             .map(clock::date)
             .unwrap_or_else(|| "never".into())
     );
-    eprintln!("the secret below is shown once; store it now:");
+    note!("the secret below is shown once; store it now:");
     outln!("{}", secret.expose());
     Ok(())
 }
@@ -241,7 +241,7 @@ fn print_details(t: &TokenRecord, policy: &ExpiryPolicy) -> Result<(), String> {
 pub fn revoke(store: &Store, id: &str) -> Result<(), String> {
     let t = lifecycle::revoke(store, &Caller::Operator, None, id, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!(
+    note!(
         "revoked token '{}' ({}) of {}; it is refused from the next request on",
         t.name,
         t.id,
@@ -285,14 +285,26 @@ pub fn edit(store: &Store, id: &str, e: Edit) -> Result<(), String> {
                 .into(),
         );
     }
+    // Read before the write: once the token is changed, showing it must not fail on a read.
+    let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
     let t = lifecycle::edit(store, &Caller::Operator, None, id, req, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
-    if e.json {
-        return print_json(&to_json(&t, &policy));
-    }
-    eprintln!("token '{}' ({}) updated", t.name, t.id);
-    print_details(&t, &policy)
+    let shown = if e.json {
+        print_json(&to_json(&t, &policy))
+    } else {
+        note!("token '{}' ({}) updated", t.name, t.id);
+        print_details(&t, &policy)
+    };
+    // The change is made: an error from here on must not read as if it were not.
+    shown.map_err(|err| {
+        if err == super::STDOUT_CLOSED {
+            return err;
+        }
+        format!(
+            "token '{}' ({}) was updated, but its details could not be shown: {err}",
+            t.name, t.id
+        )
+    })
 }
 
 /// `token rotate`: a new secret for the same token, printed alone on stdout like `create`.
@@ -319,8 +331,9 @@ pub fn rotate(
     // Read before the write: once the old secret is replaced, showing the new one must not fail
     // on a read of the store.
     let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
-    let (record, secret) = lifecycle::rotate(store, &caller, None, id, overlap_secs, &Actor::cli())
-        .map_err(|e| e.to_string())?;
+    let (record, secret, replaced) =
+        lifecycle::rotate(store, &caller, None, id, overlap_secs, &Actor::cli())
+            .map_err(|e| e.to_string())?;
     let delivered = if json {
         let mut value = to_json(&record, &policy);
         value["token"] = json!(secret.expose());
@@ -328,12 +341,21 @@ pub fn rotate(
     } else {
         announce_rotation(&record, &secret, overlap_secs)
     };
+    // A new secret that never reached the operator must not have replaced the one in use (a
+    // CI job's, say): put the old one back and say so.
     delivered.map_err(|e| {
-        format!(
-            "{e}: the new secret of token '{}' (id {}) could not be shown; rotate it again \
-             (gitgate token rotate {})",
-            record.name, record.id, record.id
-        )
+        match lifecycle::undo_rotation(store, &record.id, &secret, &replaced, &Actor::cli()) {
+            Ok(()) => format!(
+                "{e}: the new secret of token '{}' (id {}) could not be shown, so the rotation \
+                 was undone: the old secret works as before; rotate it again",
+                record.name, record.id
+            ),
+            Err(u) => format!(
+                "{e}: the new secret of token '{}' (id {}) could not be shown, and undoing the \
+                 rotation failed too ({u}): rotate it again (gitgate token rotate {})",
+                record.name, record.id, record.id
+            ),
+        }
     })
 }
 
@@ -348,13 +370,13 @@ fn announce_rotation(
     } else {
         format!("the old secret keeps working for {overlap_secs} more seconds")
     };
-    eprintln!(
+    note!(
         "rotated token '{}' ({}) of {}; {old}",
         record.name,
         record.id,
         record.principal()
     );
-    eprintln!("the new secret below is shown once; store it now:");
+    note!("the new secret below is shown once; store it now:");
     outln!("{}", secret.expose());
     Ok(())
 }

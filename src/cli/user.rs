@@ -14,7 +14,7 @@ pub fn add(store: &Store, name: &str, admin: bool, password_stdin: bool) -> Resu
     let user = store
         .add_user(name, &hash, role, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!("added {} '{}'", user.role, user.slug);
+    note!("added {} '{}'", user.role, user.slug);
     Ok(())
 }
 
@@ -56,7 +56,7 @@ pub fn set_active(store: &Store, name: &str, active: bool) -> Result<(), String>
     } else {
         "disabled (their tokens stop working at once)"
     };
-    eprintln!("user '{name}' {what}");
+    note!("user '{name}' {what}");
     Ok(())
 }
 
@@ -64,7 +64,7 @@ pub fn unlock(store: &Store, name: &str) -> Result<(), String> {
     store
         .unlock_user(name, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    eprintln!("password logins of '{name}' are unlocked");
+    note!("password logins of '{name}' are unlocked");
     Ok(())
 }
 
@@ -78,12 +78,12 @@ pub fn passwd(store: &Store, name: &str, password_stdin: bool) -> Result<(), Str
         .set_password(name, &hash, crate::clock::now_ms(), &Actor::cli())
         .map_err(|e| e.to_string())?;
     if unlocked {
-        eprintln!(
+        note!(
             "password of '{name}' changed; the lock after wrong passwords is lifted with the old \
              password"
         );
     } else {
-        eprintln!("password of '{name}' changed");
+        note!("password of '{name}' changed");
     }
     Ok(())
 }

@@ -36,7 +36,9 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 pub use audit::{AuditCursor, AuditEvent};
 pub use grants::Grant;
 pub use ratelimits::{RateOverride, RateRule};
-pub use tokens::{validate_name, AuthRecord, NewToken, Owner, TokenEdit, TokenRecord};
+pub use tokens::{
+    validate_name, AuthRecord, NewToken, Owner, ReplacedSecret, TokenEdit, TokenRecord,
+};
 pub use users::{validate_slug, Role, User};
 
 /// How long a connection waits for another process's write lock before giving up.

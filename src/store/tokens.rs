@@ -160,6 +160,16 @@ pub struct NewToken<'a> {
     pub created_at: i64,
 }
 
+/// The secret a rotation replaced, as stored: what [`Store::undo_rotation`] puts back. Only
+/// hashes, never a secret.
+#[derive(Clone, Debug)]
+pub struct ReplacedSecret {
+    secret_hash: Vec<u8>,
+    previous_hash: Option<Vec<u8>>,
+    previous_valid_until: Option<i64>,
+    rotated_at: Option<i64>,
+}
+
 /// What an edit changes; `None` leaves a field as it is. The expiry is deliberately absent: it
 /// never changes once a token exists.
 #[derive(Default)]
@@ -470,7 +480,7 @@ impl Store {
         previous_valid_until: Option<i64>,
         allowed: SettingsCheck<'_>,
         actor: &Actor,
-    ) -> Result<TokenRecord> {
+    ) -> Result<(TokenRecord, ReplacedSecret)> {
         self.write(|tx| {
             allowed(&|key| setting_in(tx, key))?;
             let before = require_token(tx, id)?;
@@ -480,6 +490,19 @@ impl Store {
                     before.name
                 )));
             }
+            let replaced = tx.query_row(
+                "SELECT secret_hash, previous_hash, previous_valid_until, rotated_at
+                 FROM tokens WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(ReplacedSecret {
+                        secret_hash: r.get(0)?,
+                        previous_hash: r.get(1)?,
+                        previous_valid_until: r.get(2)?,
+                        rotated_at: r.get(3)?,
+                    })
+                },
+            )?;
             let now = clock::now_ms();
             let previous_valid_until = previous_valid_until.filter(|until| *until > now);
             tx.execute(
@@ -506,7 +529,53 @@ impl Store {
                     before.principal()
                 ),
             )?;
-            require_token(tx, id)
+            Ok((require_token(tx, id)?, replaced))
+        })
+    }
+
+    /// Put back the secret a rotation replaced, when its new secret never reached anyone (the
+    /// CLI could not print it): without this the token would be left with a secret nobody has.
+    /// Only while the token still has the rotation's `new_hash` — a rotation made meanwhile is
+    /// not undone — and audited, as the rotation was.
+    pub fn undo_rotation(
+        &self,
+        id: &str,
+        new_hash: [u8; 32],
+        replaced: &ReplacedSecret,
+        actor: &Actor,
+    ) -> Result<()> {
+        self.write(|tx| {
+            let token = require_token(tx, id)?;
+            let changed = tx.execute(
+                "UPDATE tokens SET secret_hash = ?1, previous_hash = ?2,
+                    previous_valid_until = ?3, rotated_at = ?4
+                 WHERE id = ?5 AND secret_hash = ?6 AND revoked_at IS NULL",
+                params![
+                    replaced.secret_hash,
+                    replaced.previous_hash,
+                    replaced.previous_valid_until,
+                    replaced.rotated_at,
+                    id,
+                    &new_hash[..]
+                ],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "token '{}' ({id}) was rotated again or revoked meanwhile",
+                    token.name
+                )));
+            }
+            record(
+                tx,
+                actor,
+                "token.rotation_undone",
+                id,
+                &format!(
+                    "token '{}' of {}; its new secret could not be shown, so the old one works again",
+                    token.name,
+                    token.principal()
+                ),
+            )
         })
     }
 
