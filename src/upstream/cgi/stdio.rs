@@ -120,7 +120,15 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
                 }
                 if logged < MAX_STDERR_LINES {
                     logged += 1;
-                    tracing::warn!(target: "gitgate::cgi", path = %path, "{text}");
+                    // Quoted, with control characters escaped: the line can hold what a
+                    // client sent (receive-pack names a refused ref, hooks echo commits), and
+                    // as the message a `\r` or a ` user=...` in it could forge a log line.
+                    tracing::warn!(
+                        target: "gitgate::cgi",
+                        path = %path,
+                        stderr = ?text,
+                        "the CGI backend wrote to stderr"
+                    );
                 } else {
                     unlogged += 1;
                 }
@@ -178,5 +186,34 @@ mod tests {
         assert_eq!(last.as_deref(), Some("two"));
         assert!(log.contains("fatal: one") && log.contains("two"), "{log}");
         assert!(!log.contains("unlogged"), "{log}");
+    }
+
+    #[test]
+    fn a_stderr_line_cannot_forge_a_log_line_or_its_fields() {
+        // What receive-pack writes for a ref name a client chose, without side-band.
+        let forged = b"error: refusing to create funny ref 'refs/heads/x\r2026-12-02T06:00:00Z  \
+            INFO gitgate::request: request user=alice\x1b[2K' remotely path=/x user=eve\n";
+        let log = crate::store::test_support::logged(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(log_stderr(
+                &forged[..],
+                "/team/app.git/git-receive-pack".into(),
+            ));
+        });
+        assert!(!log.contains('\r') && !log.contains('\x1b'), "{log:?}");
+        assert!(
+            log.contains("refs/heads/x\\r2026"),
+            "escaped, not dropped: {log}"
+        );
+        // The line is one quoted field, after the request's own path.
+        assert!(
+            log.contains(
+                "path=/team/app.git/git-receive-pack stderr=\"error: refusing to create funny ref"
+            ),
+            "{log}"
+        );
+        assert!(log.contains("remotely path=/x user=eve\""), "{log}");
     }
 }
