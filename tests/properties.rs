@@ -459,12 +459,33 @@ mod header_hygiene {
                 .flat_map(|v| v.to_str().unwrap_or("?").split(',').map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>())
                 .filter(|c| !c.is_empty())
                 .collect();
+            // Without a transfer coding, the length: every value of every line, one number.
+            let lengths: Vec<Option<u64>> = upstream
+                .get_all("content-length")
+                .iter()
+                .flat_map(|v| {
+                    v.as_bytes()
+                        .split(|&b| b == b',')
+                        .map(|p| {
+                            let p = std::str::from_utf8(p.trim_ascii()).ok()?;
+                            p.bytes().all(|b| b.is_ascii_digit()).then(|| p.parse().ok())?
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let one_length = lengths.first().copied().flatten().filter(|&n| lengths.iter().all(|l| *l == Some(n)));
             let mut sent = upstream.clone();
             let chunked = match to_client(&mut sent) {
                 Ok(()) => !codings.is_empty(),
                 Err(e) => {
-                    // Only a transfer coding other than one `chunked` is refused.
-                    prop_assert!(codings != ["chunked"] && !codings.is_empty(), "{}", e);
+                    // Refused: a transfer coding other than one `chunked`, or without one, a
+                    // Content-Length that is not one length.
+                    prop_assert!(
+                        (codings != ["chunked"] && !codings.is_empty())
+                            || (codings.is_empty() && !lengths.is_empty() && one_length.is_none()),
+                        "{}",
+                        e
+                    );
                     return Ok(());
                 }
             };
@@ -477,6 +498,13 @@ mod header_hygiene {
                     || named.iter().any(|t| t == s)
                 {
                     prop_assert!(!sent.contains_key(s), "{} reached the client", s);
+                } else if s == "content-length" {
+                    // Said once, as the one length.
+                    let got: Vec<String> = values(&sent, s)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect();
+                    prop_assert_eq!(Some(got), one_length.map(|n| vec![n.to_string()]), "{}", s);
                 } else {
                     prop_assert_eq!(values(&sent, s), values(&upstream, s), "{}", s);
                 }

@@ -275,7 +275,7 @@ const UPSTREAM_ONLY: [&str; 3] = ["set-cookie", "alt-svc", "content-location"];
 pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
     let codings = codings(headers, header::TRANSFER_ENCODING);
     match codings.as_slice() {
-        [] => {}
+        [] => one_content_length(headers)?,
         [one] if one.eq_ignore_ascii_case("chunked") => {
             headers.remove(header::CONTENT_LENGTH);
         }
@@ -301,6 +301,51 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
     for name in gone {
         headers.remove(name);
     }
+    Ok(())
+}
+
+/// The answer's `Content-Length`, as one value. hyper's client takes a repeated one whose
+/// values agree (`5` twice, or `5, 5`) and frames the body by it, but leaves the header as it
+/// came; passed on, HTTP/2 clients refuse the answer (a `PROTOCOL_ERROR`, while the log says
+/// it was complete) and HTTP/1.1 ones may. RFC 9110 §8.6 lets a recipient collapse such a list
+/// to its one value; values that disagree, or are no length, are an `Err` (a `502`).
+fn one_content_length(headers: &mut HeaderMap) -> Result<(), String> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(());
+    };
+    let digits = |b: &[u8]| !b.is_empty() && b.iter().all(u8::is_ascii_digit);
+    if values.next().is_none() && digits(first.as_bytes()) {
+        return Ok(()); // the usual answer: nothing to do
+    }
+    let unusable = || {
+        let all: Vec<String> = headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        format!(
+            "the upstream git server sent Content-Length \"{}\", which is not one length",
+            all.join("\", \"")
+        )
+    };
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let n = std::str::from_utf8(part)
+                .ok()
+                .filter(|p| digits(p.as_bytes()))
+                .and_then(|p| p.parse::<u64>().ok())
+                .ok_or_else(unusable)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(unusable());
+            }
+            length = Some(n);
+        }
+    }
+    let length = length.ok_or_else(unusable)?;
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     Ok(())
 }
 
@@ -987,6 +1032,29 @@ mod tests {
         let mut h = map(&[("content-length", "7")]);
         to_client(&mut h).unwrap();
         assert_eq!(h.get("content-length").unwrap(), "7");
+        // Repeated, and agreeing (hyper's client frames the body by it): one value. Disagreeing
+        // or no length: refused.
+        for repeated in [
+            &[("content-length", "5"), ("content-length", "5")][..],
+            &[("content-length", "5, 5")],
+            &[("content-length", "05"), ("content-length", " 5 ,5")],
+        ] {
+            let mut h = map(repeated);
+            to_client(&mut h).unwrap();
+            let all: Vec<_> = h.get_all("content-length").iter().collect();
+            assert_eq!(all, ["5"], "{repeated:?}");
+        }
+        for bad in [
+            &[("content-length", "5"), ("content-length", "6")][..],
+            &[("content-length", "5, 6")],
+            &[("content-length", "5,")],
+            &[("content-length", "-5")],
+            &[("content-length", "")],
+        ] {
+            let mut h = map(bad);
+            let e = to_client(&mut h).unwrap_err();
+            assert!(e.contains("is not one length"), "{bad:?}: {e}");
+        }
         // A coding other than chunked cannot be passed on.
         for coded in ["gzip, chunked", "chunked, chunked"] {
             let mut h = map(&[("transfer-encoding", coded)]);

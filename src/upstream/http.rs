@@ -426,18 +426,27 @@ impl HttpBackend {
         }
     }
 
-    /// 504 when connecting timed out, 502 otherwise, with the cause in words.
+    /// 504 when connecting timed out, 502 otherwise, with the cause in words. A refused TLS
+    /// handshake's cause stays in the log: rustls's words name the certificate's names and the
+    /// name gitgate asked for, the upstream's internal ones.
     fn connect_error(&self, e: ConnectError) -> ForwardError {
         let cause = e.to_string();
-        let error = match e {
-            ConnectError::TimedOut => ForwardError::gateway_timeout(format!(
+        match e {
+            ConnectError::TimedOut => self.naming_upstream(ForwardError::gateway_timeout(format!(
                 "the upstream git server did not answer in time ({cause})"
-            )),
-            _ => {
-                ForwardError::bad_gateway(format!("cannot reach the upstream git server ({cause})"))
-            }
-        };
-        self.naming_upstream(error)
+            ))),
+            ConnectError::Tls(_) => ForwardError {
+                detail: Some(format!("upstream {}: {cause}", self.address)),
+                ..ForwardError::bad_gateway(
+                    "cannot reach the upstream git server (the TLS handshake failed: a \
+                     certificate not trusted or not for its name, or no protocol in common; \
+                     gitgate's log says which)",
+                )
+            },
+            _ => self.naming_upstream(ForwardError::bad_gateway(format!(
+                "cannot reach the upstream git server ({cause})"
+            ))),
+        }
     }
 
     /// The upstream's address goes into the error's detail, for the one line the gate logs per
