@@ -168,8 +168,8 @@ pub const SHARDS: usize = 8;
 #[repr(align(128))]
 struct Shard {
     requests: [[AtomicU64; OUTCOMES.len()]; OPERATIONS.len()],
-    /// Backend answers by status class 1xx..5xx (index 0..4).
-    upstream_status: [AtomicU64; 5],
+    /// Backend answers by operation and status class 1xx..5xx (index 0..4).
+    upstream_status: [[AtomicU64; 5]; OPERATIONS.len()],
     /// 401s to requests without credentials (git's first round trip of each operation).
     challenges: AtomicU64,
     /// Credentials tried and refused on git's path (401, or 403 for a Bearer token).
@@ -184,7 +184,7 @@ impl Shard {
     const fn new() -> Shard {
         Shard {
             requests: [const { [const { AtomicU64::new(0) }; OUTCOMES.len()] }; OPERATIONS.len()],
-            upstream_status: [const { AtomicU64::new(0) }; 5],
+            upstream_status: [const { [const { AtomicU64::new(0) }; 5] }; OPERATIONS.len()],
             challenges: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
@@ -273,7 +273,7 @@ impl Metrics {
         shard.requests[op as usize][outcome as usize].fetch_add(1, Relaxed);
         if let Some(status) = upstream_status {
             let class = usize::from(status / 100).clamp(1, 5) - 1;
-            shard.upstream_status[class].fetch_add(1, Relaxed);
+            shard.upstream_status[op as usize][class].fetch_add(1, Relaxed);
         }
         shard.bytes_in.fetch_add(bytes_in, Relaxed);
         shard.bytes_out.fetch_add(bytes_out, Relaxed);
@@ -338,17 +338,23 @@ impl Metrics {
                 );
             }
         }
+        // With the operation, as the requests are: only a request whose outcome is "allowed"
+        // has a backend answer, so these two are requests by operation, outcome and upstream
+        // status. Only reads and writes are ever forwarded.
         out.push_str(
-            "# HELP gitgate_upstream_responses_total Answers from the backend by status class.\n\
+            "# HELP gitgate_upstream_responses_total Answers from the backend by operation and \
+             status class.\n\
              # TYPE gitgate_upstream_responses_total counter\n",
         );
-        for i in 0..5 {
-            let _ = writeln!(
-                out,
-                "gitgate_upstream_responses_total{{status=\"{}xx\"}} {}",
-                i + 1,
-                self.total(|s| &s.upstream_status[i])
-            );
+        for (o, op) in OPERATIONS.iter().enumerate().take(2) {
+            for i in 0..5 {
+                let _ = writeln!(
+                    out,
+                    "gitgate_upstream_responses_total{{operation=\"{op}\",status=\"{}xx\"}} {}",
+                    i + 1,
+                    self.total(|s| &s.upstream_status[o][i])
+                );
+            }
         }
         let simple: [(&str, &str, &str, String); 11] = [
             (
@@ -584,8 +590,14 @@ mod tests {
         assert!(text.contains("gitgate_auth_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("gitgate_auth_duration_seconds_count 3\n"));
         assert!(text.contains("gitgate_requests_total{operation=\"read\",outcome=\"allowed\"} 2\n"));
-        assert!(text.contains("gitgate_upstream_responses_total{status=\"2xx\"} 1\n"));
-        assert!(text.contains("gitgate_upstream_responses_total{status=\"4xx\"} 0\n"));
+        assert!(text
+            .contains("gitgate_upstream_responses_total{operation=\"read\",status=\"2xx\"} 1\n"));
+        for zero in ["read\",status=\"4xx", "write\",status=\"2xx"] {
+            assert!(text.contains(&format!(
+                "gitgate_upstream_responses_total{{operation=\"{zero}\"}} 0\n"
+            )));
+        }
+        assert!(!text.contains("operation=\"none\",status="));
         assert!(text.contains("gitgate_response_bytes_total 20\n"));
         assert!(text.contains("gitgate_token_cache_hits_total 7\n"));
     }

@@ -174,7 +174,14 @@ fn metrics_count_real_git_traffic() {
         failures >= 2.0 && failures <= all_401 - challenges + 1.0,
         "{text}"
     );
-    assert!(sample(&text, "gitgate_upstream_responses_total{status=\"2xx\"}") >= 4.0);
+    // The backend's answers by operation: every allowed request here was answered 2xx.
+    for (op, allowed) in [("read", read_ok), ("write", write_ok)] {
+        let answered = sample(
+            &text,
+            &format!("gitgate_upstream_responses_total{{operation=\"{op}\",status=\"2xx\"}}"),
+        );
+        assert_eq!(answered, allowed, "{op}: {text}");
+    }
     assert_eq!(sample(&text, "gitgate_upstream_errors_total"), 0.0);
     // The bytes are those of the requests' log lines, each way: the push sent a 100 kB file
     // (incompressible enough: the same byte compresses, but not below 100 bytes), the clone
