@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{gitgate_bin, looks_like_secret, now_ms, run, secret_id, Sandbox, PASSWORD};
+use common::{gitgate_bin, http_get, looks_like_secret, now_ms, run, secret_id, Sandbox, PASSWORD};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -898,6 +898,55 @@ fn a_change_made_is_not_reported_as_failed_when_its_output_cannot_be_written() {
     // An error that cannot be written is no crash either.
     let out = with_full(&sb, &["token", "revoke", "nosuchtoken12"], true);
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// A store file emptied under a running server (`: > gitgate.db`), its `-wal` still holding
+/// commits: SQLite would delete that `-wal` on opening the file, so the CLI and `check` refuse
+/// before it does, and the server stops serving from the log alone.
+#[test]
+fn an_emptied_store_file_is_refused_and_its_log_kept() {
+    let sb = user_sandbox();
+    let server = sb.serve();
+    // Commits made while the server holds the store open stay in its `-wal`.
+    sb.add_user("bob", PASSWORD);
+    let wal = sb.root().join("gitgate.db-wal");
+    let wal_len = fs::metadata(&wal).unwrap().len();
+    assert!(wal_len > 0);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(sb.db())
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    for args in [
+        &["user", "list"][..],
+        &["check"],
+        &["token", "revoke", "abcdefghijkl"],
+    ] {
+        let run = sb.cli(args);
+        let err = run.fails_with("the store file is empty (0 bytes)");
+        assert!(
+            err.contains("nothing was opened or changed"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        fs::metadata(&wal).unwrap().len(),
+        wal_len,
+        "the -wal is kept"
+    );
+    // The server: not ready, with the cause in its log.
+    let mut ready = 200;
+    for _ in 0..50 {
+        ready = http_get(server.port, "/readyz", None).status;
+        if ready == 503 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ready, 503);
+    let log = server.log_text();
+    assert!(log.contains("emptied (truncated to 0 bytes)"), "{log}");
 }
 
 #[test]

@@ -227,6 +227,31 @@ pub(crate) fn sidecar(store: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Refuse a store file emptied (truncated to 0 bytes) beside a `-wal` that still holds changes:
+/// SQLite, opening a file of no pages, deletes the `-wal` it finds beside it — the one copy of
+/// what the log held — and goes on with a new, empty store. Checked before SQLite sees the file.
+/// A store in use is never 0 bytes (its first page is written when it is made), so this is
+/// damage, or a mistake (`: > gitgate.db`), not a state gitgate leaves.
+fn refuse_an_emptied_file(path: &Path) -> std::result::Result<(), String> {
+    // Through a symbolic link, the `-wal` is beside the real file.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    match std::fs::metadata(&real) {
+        Ok(file) if file.is_file() && file.len() == 0 => {}
+        _ => return Ok(()),
+    }
+    let wal = sidecar(&real, "-wal");
+    match std::fs::metadata(&wal) {
+        Ok(log) if log.len() > 0 => Err(format!(
+            "the store file is empty (0 bytes), but the -wal beside it ({}, {} bytes) still \
+             holds changes, which SQLite would delete on opening the store: nothing was opened \
+             or changed. Keep that -wal, and restore the store file from a backup",
+            wal.display(),
+            log.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A copy of a store and its `-wal` in a folder of its own (mode 0700, in the temporary
 /// folder), removed with everything SQLite adds to it when dropped: what [`Store::inspect`]
 /// reads of a store whose `-shm` is missing.
@@ -279,6 +304,7 @@ impl Store {
         if !path.exists() {
             return Ok(None);
         }
+        refuse_an_emptied_file(path).map_err(open_err)?;
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         // Through a symbolic link, SQLite keeps the `-wal` and `-shm` beside the real file.
@@ -412,6 +438,7 @@ impl Store {
             message,
         };
         usable_path(path).map_err(open_err)?;
+        refuse_an_emptied_file(path).map_err(open_err)?;
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         // The file the connections open is the one `file` names below, unless it was replaced
         // in between: then it is looked at again before anything is served.
@@ -558,10 +585,21 @@ impl Store {
         if self.inner.replaced.load(Ordering::SeqCst) {
             return Err(self.replaced());
         }
-        let id = file_id(&self.inner.path).map_err(|e| StoreError::Open {
+        let (id, len) = file_id_and_len(&self.inner.path).map_err(|e| StoreError::Open {
             path: self.inner.path.clone(),
             message: format!("the store file is unavailable: {e}"),
         })?;
+        if len == 0 {
+            // Emptied under the running server (see `refuse_an_emptied_file`): what it reads
+            // now comes from the `-wal` alone, and a checkpoint would write those pages into a
+            // file without the rest. Damage, for what the requests are answered.
+            self.inner.damaged.store(true, Ordering::SeqCst);
+            let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
+            return Err(self.give_up(
+                known,
+                "the store file was emptied (truncated to 0 bytes) while gitgate was running",
+            ));
+        }
         // Hot path (every lookup, from every worker): the same file as last time. The read side
         // lets the workers in together; a change waits for them and then has the lock alone.
         if *self.inner.file.read().unwrap_or_else(|p| p.into_inner()) != Some(id) {
@@ -914,9 +952,20 @@ type FileId = (u64, u64);
 
 #[cfg(unix)]
 fn file_id(path: &Path) -> std::io::Result<FileId> {
+    file_id_and_len(path).map(|(id, _)| id)
+}
+
+/// The file's identity and its length in bytes, from one `stat`.
+#[cfg(unix)]
+fn file_id_and_len(path: &Path) -> std::io::Result<(FileId, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
+    Ok(((m.dev(), m.ino()), m.len()))
+}
+
+#[cfg(not(unix))]
+fn file_id_and_len(path: &Path) -> std::io::Result<(FileId, u64)> {
+    std::fs::metadata(path).map(|m| ((0, 0), m.len()))
 }
 
 #[cfg(not(unix))]
@@ -1353,6 +1402,51 @@ mod tests {
             .optional()
             .unwrap();
         assert_eq!(restored.as_deref(), Some("yes"));
+        drop(writer);
+    }
+
+    #[test]
+    fn an_emptied_file_beside_a_log_is_never_opened_and_stops_the_server() {
+        let (dir, store) = temp_store();
+        let path = dir.path().join("t.db");
+        // A commit that stays in the write-ahead log while the server's connections are open.
+        let writer = connect(&path, false).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA wal_autocheckpoint = 0; \
+                 INSERT INTO settings (key, value) VALUES ('only', 'in the log');",
+            )
+            .unwrap();
+        let wal = sidecar(&path, "-wal");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let wal_len = std::fs::metadata(&wal).unwrap().len();
+        assert!(wal_len > 0);
+        // The CLI and `check` refuse it before SQLite sees it (which would delete the `-wal`).
+        for err in [
+            Store::open(&path).err().map(|e| e.to_string()),
+            Store::inspect(&path).err().map(|e| e.to_string()),
+        ] {
+            let err = err.expect("refused");
+            assert!(
+                err.contains("the store file is empty (0 bytes)")
+                    && err.contains("nothing was opened"),
+                "{err}"
+            );
+        }
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), wal_len);
+        // The running server stops serving from it (at the latest at the next full check).
+        std::thread::sleep(watch::FULL_CHECK_EVERY + Duration::from_millis(20));
+        let log = test_support::logged(|| {
+            let err = store.setting("only").unwrap_err().to_string();
+            assert!(err.contains("found damaged"), "{err}");
+        });
+        assert!(log.contains("emptied (truncated to 0 bytes)"), "{log}");
+        assert!(store.setting("x").is_err(), "for good");
         drop(writer);
     }
 }
