@@ -121,7 +121,9 @@ pub fn foreign_tables(conn: &Connection) -> rusqlite::Result<Option<String>> {
 /// changed: a store a newer gitgate made must be left exactly as it is (its journal mode
 /// included).
 pub fn refuse_newer(conn: &Connection) -> rusqlite::Result<i64> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version: i64 = conn
+        .prepare_cached("PRAGMA user_version")?
+        .query_row([], |r| r.get(0))?;
     if version > CURRENT {
         return Err(newer(version));
     }

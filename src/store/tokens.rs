@@ -644,6 +644,12 @@ fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
 /// The auth record of token `id`, read on `c` in one read transaction.
 pub(super) fn auth_record_in(c: &mut Connection, id: &str) -> Result<Option<AuthRecord>> {
     let tx = c.transaction()?;
+    // A newer gitgate may have migrated the store under this running one (its CLI run before
+    // the server was restarted): its tables may say a revocation or a disabled owner in a way
+    // this one cannot read, so nothing is decided from them. Every commit of another process
+    // empties the token cache, so the first lookup after the migration lands here. (Page 1's
+    // header, which the transaction reads anyway.)
+    super::schema::refuse_newer(&tx)?;
     let found = tx
         .prepare_cached(&format!("{SELECT} WHERE t.id = ?1"))?
         .query_row([id], token_from_row)
@@ -676,6 +682,7 @@ pub(super) fn auth_record_in(c: &mut Connection, id: &str) -> Result<Option<Auth
 mod tests {
     use super::super::test_support::{actor, personal_token, repository_token, temp_store};
     use super::*;
+    use crate::store::CacheLookup;
 
     fn perms(names: &[&str]) -> TokenPermissions {
         TokenPermissions::from_names(TokenKind::Personal, names).unwrap()
@@ -879,6 +886,34 @@ mod tests {
             .unwrap()
             .owner
             .is_none());
+    }
+
+    #[test]
+    fn a_store_migrated_by_a_newer_gitgate_decides_nothing_more() {
+        let (d, store) = temp_store();
+        let id = &alices_tokens(&store, 1)[0];
+        let CacheLookup::Miss(at) = store.cached_auth_record(id).unwrap() else {
+            panic!("a first lookup misses");
+        };
+        assert!(store.load_auth_record(id, at).unwrap().is_some());
+        assert!(matches!(
+            store.cached_auth_record(id).unwrap(),
+            CacheLookup::Hit(_)
+        ));
+        // A newer gitgate's CLI migrates the store while this one serves.
+        rusqlite::Connection::open(d.path().join("t.db"))
+            .unwrap()
+            .execute_batch(&format!(
+                "PRAGMA user_version = {}",
+                super::super::schema::CURRENT + 1
+            ))
+            .unwrap();
+        let CacheLookup::Miss(at) = store.cached_auth_record(id).unwrap() else {
+            panic!("another process's commit empties the cache");
+        };
+        let e = store.load_auth_record(id, at).unwrap_err().to_string();
+        assert!(e.contains("newer than this gitgate knows"), "{e}");
+        assert!(store.auth_record("nosuchtoken1").is_err());
     }
 
     #[test]
