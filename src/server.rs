@@ -673,7 +673,9 @@ async fn work(
             gate: gate.clone(),
             builder: builder.clone(),
             settings: settings.clone(),
-            watcher: graceful.watcher(),
+            // A connection over its address's cap has nothing for the stop to wait for (see
+            // `serve_io`): with a watcher it would hold the stop until its own deadline.
+            watcher: matches!(address, Admission::Admitted(_)).then(|| graceful.watcher()),
             draining: draining.clone(),
             remote,
             over_address_cap: match &address {
@@ -824,7 +826,8 @@ struct Connection {
     gate: Arc<Gate>,
     builder: Arc<Builders>,
     settings: Settings,
-    watcher: Watcher,
+    /// What the stop's drain waits for; `None` over the address's cap.
+    watcher: Option<Watcher>,
     /// `true` once the worker drains (see [`work`]).
     draining: watch::Receiver<bool>,
     remote: std::net::SocketAddr,
@@ -931,7 +934,8 @@ impl Connection {
         let first = self.settings.limits.header_read_timeout;
         let closed = match over_cap_asked {
             // Refused on every request, it gets no longer than a first request may take, however
-            // its client answers the GOAWAY. Not watched for the stop's drain: it has nothing to
+            // its client answers the GOAWAY. Not watched for the stop's drain (it was given no
+            // watcher, which would hold the stop until that deadline): it has nothing to
             // finish, and ends with the worker's connections if still open then.
             Some(asked) => {
                 let conn = async move {
@@ -954,8 +958,13 @@ impl Connection {
             }
             None => {
                 let draining = Some(self.draining.clone());
-                until_idle_or_drained(self.watcher.watch(conn), &activity, idle, first, draining)
-                    .await
+                match self.watcher {
+                    Some(watcher) => {
+                        let conn = watcher.watch(conn);
+                        until_idle_or_drained(conn, &activity, idle, first, draining).await
+                    }
+                    None => until_idle_or_drained(conn, &activity, idle, first, draining).await,
+                }
             }
         };
         match closed {

@@ -339,6 +339,37 @@ fn an_idle_http2_connection_does_not_hold_the_stop() {
     drop(s);
 }
 
+/// A connection over its address's cap has nothing to finish: silent (plain TCP, or an HTTP/2
+/// preface alone), it does not hold the stop until its first request's deadline either.
+#[test]
+fn a_connection_over_its_addresss_cap_does_not_hold_the_stop() {
+    for preface in [&b""[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = start(
+            dir.path(),
+            &cgi_config(
+                dir.path(),
+                "max_connections_per_address = 1\nheader_read_timeout_seconds = 30\n\
+                 shutdown_grace_seconds = 30",
+            ),
+        );
+        let held = connect(g.port);
+        let mut over = connect(g.port);
+        over.write_all(preface).unwrap();
+        // Both taken in by their worker: the second counted over the cap.
+        std::thread::sleep(Duration::from_millis(300));
+        let stopped = Instant::now();
+        let status = g.stop_within(Duration::from_secs(20));
+        assert!(status.success(), "{status}");
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "the stop waited {:?} for a connection over the cap",
+            stopped.elapsed()
+        );
+        drop((held, over));
+    }
+}
+
 /// Reads HTTP/2 frames until one on `stream` ends it (END_STREAM or RST_STREAM) or 5 s pass:
 /// (type, flags, stream) of each.
 fn h2_frames_until_stream_ends(s: &mut TcpStream, stream: u32) -> Vec<(u8, u8, u32)> {
