@@ -224,6 +224,8 @@ pub struct Metrics {
     address_cap_refusals: AtomicU64,
     active_connections: AtomicI64,
     tokens_expiring_soon: AtomicU64,
+    /// The served TLS certificate's notAfter, epoch seconds; 0 without TLS (or unread dates).
+    tls_certificate_expiry: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -241,7 +243,15 @@ impl Metrics {
             address_cap_refusals: AtomicU64::new(0),
             active_connections: AtomicI64::new(0),
             tokens_expiring_soon: AtomicU64::new(0),
+            tls_certificate_expiry: AtomicI64::new(0),
         }
+    }
+
+    /// The TLS certificate now served expires at `not_after` (epoch ms), at start and after a
+    /// reload: what an alert on certificate renewal watches.
+    pub fn tls_certificate_expires(&self, not_after: i64) {
+        self.tls_certificate_expiry
+            .store(not_after.div_euclid(1000), Relaxed);
     }
 
     /// The calling thread's copy of the per-request figures.
@@ -430,6 +440,16 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        let expiry = self.tls_certificate_expiry.load(Relaxed);
+        if expiry != 0 {
+            let _ = writeln!(
+                out,
+                "# HELP gitgate_tls_certificate_expiry_timestamp_seconds When the TLS \
+                 certificate gitgate serves expires (its notAfter), in Unix seconds.\n\
+                 # TYPE gitgate_tls_certificate_expiry_timestamp_seconds gauge\n\
+                 gitgate_tls_certificate_expiry_timestamp_seconds {expiry}"
+            );
+        }
         let auth: Vec<&Histogram> = self.shards.iter().map(|s| &s.auth_duration).collect();
         Histogram::render_sum(
             &auth,
@@ -598,6 +618,12 @@ mod tests {
             )));
         }
         assert!(!text.contains("operation=\"none\",status="));
+        // The certificate's expiry only once there is one.
+        assert!(!text.contains("gitgate_tls_certificate_expiry_timestamp_seconds"));
+        m.tls_certificate_expires(4_951_613_640_000);
+        assert!(m
+            .render((0, 0))
+            .contains("\ngitgate_tls_certificate_expiry_timestamp_seconds 4951613640\n"));
         assert!(text.contains("gitgate_response_bytes_total 20\n"));
         assert!(text.contains("gitgate_token_cache_hits_total 7\n"));
     }

@@ -208,10 +208,12 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     // Everything that can still fail on a bad setting comes before the store is opened (and
     // created, or migrated): a start that fails changes nothing on disk.
     let certs = match &config.server.tls {
-        Some(tls) => Some(
-            CertStore::load(&tls.cert, &tls.key)
-                .map_err(|e| format!("{}: {e}", config.source.display()))?,
-        ),
+        Some(tls) => {
+            let certs = CertStore::load(&tls.cert, &tls.key)
+                .map_err(|e| format!("{}: {e}", config.source.display()))?;
+            certificate_dates_said(&certs);
+            Some(certs)
+        }
         None => None,
     };
     // Read once, shared by the workers' backends, and read again on SIGHUP.
@@ -986,6 +988,31 @@ impl Connection {
     }
 }
 
+/// How long before its expiry the served certificate is warned about, at start and on reload.
+const CERTIFICATE_RENEWAL_WARNING_MS: i64 = 14 * 24 * 3600 * 1000;
+
+/// The served certificate's expiry: into the metrics, and a warning when it is near (one that
+/// has passed is refused by [`CertStore`]); unread dates are said too.
+fn certificate_dates_said(certs: &CertStore) {
+    let Some(validity) = certs.validity() else {
+        tracing::warn!(
+            cert = %certs.cert_path().display(),
+            "cannot read the TLS certificate's validity dates; its expiry is not watched"
+        );
+        return;
+    };
+    METRICS.tls_certificate_expires(validity.not_after);
+    let left = validity.not_after - crate::clock::now_ms();
+    if left < CERTIFICATE_RENEWAL_WARNING_MS {
+        tracing::warn!(
+            cert = %certs.cert_path().display(),
+            "the TLS certificate expires on {} (in {} hours): renew it, then send SIGHUP",
+            crate::clock::datetime(validity.not_after),
+            left / 3_600_000
+        );
+    }
+}
+
 /// On SIGHUP, reload the TLS certificate and the upstream credentials (those configured); a bad
 /// new one keeps the old.
 async fn reload_on_hangup(
@@ -1016,10 +1043,13 @@ async fn reload_on_hangup(
             ),
             None => {}
             Some(c) => match c.reload() {
-                Ok(()) => tracing::info!(
-                    cert = %c.cert_path().display(),
-                    "SIGHUP: TLS certificate reloaded; new connections use it"
-                ),
+                Ok(()) => {
+                    tracing::info!(
+                        cert = %c.cert_path().display(),
+                        "SIGHUP: TLS certificate reloaded; new connections use it"
+                    );
+                    certificate_dates_said(c);
+                }
                 Err(e) => tracing::error!(
                     "SIGHUP: keeping the current TLS certificate, the new one is unusable: {e}"
                 ),

@@ -27,6 +27,8 @@ pub struct CertStore {
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
+    /// The current certificate's dates; `None` if they could not be read (then not checked).
+    validity: RwLock<Option<Validity>>,
 }
 
 impl fmt::Debug for CertStore {
@@ -40,26 +42,38 @@ impl fmt::Debug for CertStore {
 
 impl CertStore {
     /// Read the certificate chain and key; an error names the file and what is wrong with it.
+    /// A certificate that has expired, or is not valid yet, is refused: every client would
+    /// refuse it, while gitgate looked ready.
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certified = read_pair(cert, key, &provider)?;
+        let (certified, validity) = read_pair(cert, key, &provider)?;
         Ok(Arc::new(CertStore {
             cert_path: cert.to_path_buf(),
             key_path: key.to_path_buf(),
             provider,
             current: RwLock::new(Arc::new(certified)),
+            validity: RwLock::new(validity),
         }))
     }
 
     /// Read the files again and, if they make a usable pair, serve them from the next
-    /// handshake on. On error the old pair stays.
+    /// handshake on. On error (an expired certificate included) the old pair stays.
     pub fn reload(&self) -> Result<(), String> {
-        let certified = read_pair(&self.cert_path, &self.key_path, &self.provider)?;
+        let (certified, validity) = read_pair(&self.cert_path, &self.key_path, &self.provider)?;
         match self.current.write() {
             Ok(mut current) => *current = Arc::new(certified),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(certified),
         }
+        match self.validity.write() {
+            Ok(mut current) => *current = validity,
+            Err(poisoned) => *poisoned.into_inner() = validity,
+        }
         Ok(())
+    }
+
+    /// The served certificate's dates, when they could be read.
+    pub fn validity(&self) -> Option<Validity> {
+        *self.validity.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The rustls server configuration that asks this store for its certificate.
@@ -89,8 +103,13 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// Read and check a certificate chain (PEM) and its private key (PEM: PKCS#8, PKCS#1 or SEC1).
-fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+/// Read and check a certificate chain (PEM) and its private key (PEM: PKCS#8, PKCS#1 or SEC1),
+/// and the dates of the certificate served (the chain's first): refused outside them.
+fn read_pair(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<(CertifiedKey, Option<Validity>), String> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("[server.tls] cert = \"{}\": {e}", cert.display()))?;
@@ -108,13 +127,123 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
         ),
         e => format!("[server.tls] key = \"{}\": {e}", key.display()),
     })?;
-    CertifiedKey::from_der(chain, private, provider).map_err(|e| {
+    let validity = validity(&chain[0]);
+    if let Some(problem) = validity.and_then(|v| v.problem(crate::clock::now_ms())) {
+        return Err(format!(
+            "[server.tls] cert = \"{}\": {problem}; clients refuse it (renew it)",
+            cert.display()
+        ));
+    }
+    let certified = CertifiedKey::from_der(chain, private, provider).map_err(|e| {
         format!(
             "[server.tls] key = \"{}\" does not go with cert = \"{}\": {e}",
             key.display(),
             cert.display()
         )
+    })?;
+    Ok((certified, validity))
+}
+
+/// When a certificate may be used (RFC 5280 §4.1.2.5), in epoch milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// Why a certificate cannot be served at `now`: clients refuse one that has expired or is
+    /// not valid yet, whatever else is right with it.
+    pub fn problem(&self, now: i64) -> Option<String> {
+        if now >= self.not_after {
+            Some(format!(
+                "the certificate expired on {}",
+                crate::clock::datetime(self.not_after)
+            ))
+        } else if now < self.not_before {
+            Some(format!(
+                "the certificate is not valid before {}",
+                crate::clock::datetime(self.not_before)
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// The validity of a DER certificate, read from its `tbsCertificate`: rustls checks the dates
+/// of the certificates a peer sends, not of the one gitgate serves. Only the few fields before
+/// the dates are walked (version, serial number, signature algorithm, issuer); `None` for
+/// anything that is not a certificate as RFC 5280 lays it out.
+pub fn validity(der: &[u8]) -> Option<Validity> {
+    let (cert, _) = der_take(der, 0x30)?;
+    let (tbs, _) = der_take(cert, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der_take(rest, 0xa0)?.1; // [0] version
+    }
+    rest = der_take(rest, 0x02)?.1; // serialNumber
+    rest = der_take(rest, 0x30)?.1; // signature AlgorithmIdentifier
+    rest = der_take(rest, 0x30)?.1; // issuer Name
+    let (dates, _) = der_take(rest, 0x30)?;
+    let (not_before, rest) = der_time(dates)?;
+    let (not_after, rest) = der_time(rest)?;
+    rest.is_empty().then_some(Validity {
+        not_before,
+        not_after,
     })
+}
+
+/// One DER element with tag `tag` at the start of `input`: (its contents, what follows).
+fn der_take(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&first, rest) = input.split_first()?;
+    if first != tag {
+        return None;
+    }
+    let (&len, mut rest) = rest.split_first()?;
+    let len = if len < 0x80 {
+        usize::from(len)
+    } else {
+        let n = usize::from(len & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (bytes, after) = rest.split_at(n);
+        rest = after;
+        bytes.iter().fold(0usize, |l, &b| (l << 8) | usize::from(b))
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// A `UTCTime` (`YYMMDDHHMMSSZ`, years 1950–2049) or `GeneralizedTime` (`YYYYMMDDHHMMSSZ`),
+/// the two forms RFC 5280 allows, as epoch milliseconds; and what follows.
+fn der_time(input: &[u8]) -> Option<(i64, &[u8])> {
+    let (text, rest) = match input.first()? {
+        0x17 => der_take(input, 0x17)?,
+        0x18 => der_take(input, 0x18)?,
+        _ => return None,
+    };
+    let text = std::str::from_utf8(text).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (year, rest_digits) = match digits.len() {
+        12 => {
+            let yy: i64 = digits[..2].parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &digits[2..])
+        }
+        14 => (digits[..4].parse().ok()?, &digits[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<i64> { rest_digits.get(i..i + 2)?.parse().ok() };
+    let (month, day, hour, minute, second) =
+        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let midnight = crate::clock::parse_date(&format!("{year:04}-{month:02}-{day:02}"))?;
+    Some((midnight + ((hour * 60 + minute) * 60 + second) * 1000, rest))
 }
 
 #[cfg(test)]
@@ -164,6 +293,71 @@ mod tests {
             "{e}"
         );
         assert_eq!(serving(&store), der("server-b.pem"));
+    }
+
+    #[test]
+    fn a_certificates_dates_are_read_in_both_forms() {
+        let at = |s: &str| {
+            let (date, time) = s.split_once('T').unwrap();
+            let secs: Vec<i64> = time.split(':').map(|p| p.parse().unwrap()).collect();
+            crate::clock::parse_date(date).unwrap()
+                + ((secs[0] * 60 + secs[1]) * 60 + secs[2]) * 1000
+        };
+        // UTCTime before 2050, GeneralizedTime from then on (`openssl x509 -dates`).
+        assert_eq!(
+            validity(&der("server-a.pem")),
+            Some(Validity {
+                not_before: at("2026-11-28T00:14:00"),
+                not_after: at("2126-11-04T00:14:00"),
+            })
+        );
+        let expired = validity(&der("expired.pem")).unwrap();
+        assert_eq!(
+            (expired.not_before, expired.not_after),
+            (at("2020-01-01T00:00:00"), at("2020-01-31T00:00:00"))
+        );
+        assert_eq!(
+            expired.problem(at("2026-12-02T00:00:00")).unwrap(),
+            "the certificate expired on 2020-01-31T00:00:00Z"
+        );
+        assert_eq!(
+            expired.problem(at("2019-12-31T23:59:59")).unwrap(),
+            "the certificate is not valid before 2020-01-01T00:00:00Z"
+        );
+        assert_eq!(expired.problem(at("2020-01-15T12:00:00")), None);
+        // Not a certificate, or one cut short: no dates, never a panic.
+        let whole = der("server-a.pem");
+        for cut in [0, 1, 2, 10, 100, whole.len() / 2] {
+            assert_eq!(validity(&whole[..cut]), None, "{cut}");
+        }
+        assert_eq!(validity(b"\x30\x84\xff\xff\xff\xff"), None);
+        for bad in [
+            &b"\x17\x0d2001010000Z"[..],
+            b"\x17\x0d201301000000Z",
+            b"\x18\x0f20200101000060Z",
+        ] {
+            assert_eq!(der_time(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused_at_start_and_on_reload() {
+        let e = CertStore::load(&fixture("expired.pem"), &fixture("expired.key")).unwrap_err();
+        assert!(
+            e.contains("expired.pem") && e.contains("expired on 2020-01-31"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::copy(fixture("server-a.pem"), &cert).unwrap();
+        std::fs::copy(fixture("server-a.key"), &key).unwrap();
+        let store = CertStore::load(&cert, &key).unwrap();
+        std::fs::copy(fixture("expired.pem"), &cert).unwrap();
+        std::fs::copy(fixture("expired.key"), &key).unwrap();
+        let e = store.reload().unwrap_err();
+        assert!(e.contains("expired on 2020-01-31"), "{e}");
+        assert_eq!(serving(&store), der("server-a.pem"));
+        assert_eq!(store.validity(), validity(&der("server-a.pem")));
     }
 
     #[test]

@@ -1348,6 +1348,38 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     let out = check(&tls);
     assert!(!out.success(), "{out}");
     assert!(out.stderr.contains("missing.pem"), "{out}");
+    // A certificate clients would refuse for its dates, and a good one with its expiry said.
+    let tls_with = |name: &str, cert: &str, key: &str| {
+        variant(
+            name,
+            "[store]",
+            &format!(
+                "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[store]",
+                common::fixture(cert).display(),
+                common::fixture(key).display()
+            ),
+        )
+    };
+    let out = check(&tls_with(
+        "expired.toml",
+        "tls/expired.pem",
+        "tls/expired.key",
+    ));
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr
+            .contains("the certificate expired on 2020-01-31T00:00:00Z; clients refuse it"),
+        "{out}"
+    );
+    let out = check(&tls_with(
+        "valid.toml",
+        "tls/server-a.pem",
+        "tls/server-a.key",
+    ));
+    assert!(
+        out.ok().contains(": ok, valid until 2126-11-04T00:14:00Z"),
+        "{out}"
+    );
     let foreign = sb.root().join("foreign.db");
     rusqlite::Connection::open(&foreign)
         .unwrap()

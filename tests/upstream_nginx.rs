@@ -1238,6 +1238,16 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     let (cert, _) = tls_connect(g.port);
     assert_eq!(cert, pem_der("tls/server-b.pem"));
     assert!(g.log_text().contains("cert.pem"), "{}", g.log_text());
+
+    // An expired certificate (a renewal that failed and left an old one): kept out too.
+    std::fs::copy(fixture("tls/expired.pem"), w.path("cert.pem")).unwrap();
+    std::fs::copy(fixture("tls/expired.key"), w.path("key.pem")).unwrap();
+    g.signal("HUP");
+    wait_for("the refused reload", Duration::from_secs(10), || {
+        g.log_text().contains("expired on 2020-01-31")
+    });
+    let (cert, _) = tls_connect(g.port);
+    assert_eq!(cert, pem_der("tls/server-b.pem"));
 }
 
 #[test]
@@ -1260,6 +1270,18 @@ fn bad_certificate_at_start_is_a_clear_error() {
     assert!(
         err.contains("cert.pem") && err.contains("[server.tls]"),
         "{err}"
+    );
+    // An expired one: every client would refuse it while gitgate said it was ready.
+    std::fs::copy(fixture("tls/expired.pem"), w.path("cert.pem")).unwrap();
+    std::fs::copy(fixture("tls/expired.key"), w.path("key.pem")).unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_gitgate"));
+    serve.arg("--config").arg(&w.config).arg("serve");
+    let out = common::run(serve, None);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("the certificate expired on 2020-01-31"),
+        "{}",
+        out.stderr
     );
 }
 

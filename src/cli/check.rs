@@ -64,8 +64,12 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     if let Some(tls) = &config.server.tls {
         let certs = CertStore::load(&tls.cert, &tls.key).map_err(|e| format!("{source}: {e}"))?;
         certs.server_config()?;
+        let until = match certs.validity() {
+            Some(v) => format!(", valid until {}", crate::clock::datetime(v.not_after)),
+            None => ", its validity dates unreadable".into(),
+        };
         outln!(
-            "tls: certificate {} and key {}: ok",
+            "tls: certificate {} and key {}: ok{until}",
             tls.cert.display(),
             tls.key.display()
         );
