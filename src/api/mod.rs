@@ -23,7 +23,7 @@
 //! `projects/{key}/repos/{slug}/...`), `tokens` (the five operations both share, and the token
 //! JSON), `policy` (`admin/policy`, `admin/tokens`).
 
-mod body;
+pub mod body; // public for the fuzz target `api_body`
 mod policy;
 mod scoped_tokens;
 mod tokens;
