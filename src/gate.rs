@@ -629,6 +629,32 @@ impl LogLine {
     }
 }
 
+/// The log line of an answer the server gives before the gate sees the request (a connection
+/// over its address's cap, too many header fields), in the request log's format with what is
+/// known: every answer is in the log. `outcome` says which refusal it was. Not counted in
+/// `gitgate_requests_total` (no git request was looked at); the cap's refusals have a counter
+/// of their own.
+pub fn log_answered_before_the_gate<B>(
+    req: &hyper::Request<B>,
+    remote: SocketAddr,
+    status: StatusCode,
+    outcome: &str,
+) {
+    tracing::info!(
+        target: "gitgate::request",
+        method = %req.method(),
+        path = %loggable_path(req.uri().path()),
+        remote = %remote.ip(),
+        repo = "-",
+        access = "-",
+        user = "-",
+        token_id = "-",
+        status = status.as_u16(),
+        outcome = %outcome,
+        "request"
+    );
+}
+
 /// What is wrong with the request's `Host`, if anything: an HTTP/1.1 request must carry exactly
 /// one (RFC 9112, section 3.2). Two could make gitgate and a proxy behind it disagree about
 /// the host. HTTP/2 names the host in `:authority` (`uri`'s authority here) and may leave `Host`

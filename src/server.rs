@@ -903,6 +903,12 @@ impl Connection {
             CatchPanic::new(async move {
                 if let Some(max) = over_address_cap {
                     let resp = over_cap_answer(max, req.version());
+                    crate::gate::log_answered_before_the_gate(
+                        &req,
+                        remote,
+                        resp.status(),
+                        "over-address-cap",
+                    );
                     return Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)));
                 }
                 // HTTP/1.1's parser stops at MAX_HEADER_FIELDS with a 431; HTTP/2's has no
@@ -911,6 +917,12 @@ impl Connection {
                     let resp = crate::gate::text(
                         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         &format!("too many header fields: at most {MAX_HEADER_FIELDS}"),
+                    );
+                    crate::gate::log_answered_before_the_gate(
+                        &req,
+                        remote,
+                        resp.status(),
+                        "too-many-header-fields",
                     );
                     return Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)));
                 }

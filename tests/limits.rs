@@ -649,6 +649,14 @@ fn connections_beyond_an_addresss_cap_are_answered_503_and_closed() {
     }
     const MARK: &str = "metrics on http://127.0.0.1:";
     let log = g.log_text();
+    // Each refusal has its line in the request log.
+    assert!(
+        log.lines().any(|l| l.contains("gitgate::request")
+            && l.contains("path=/healthz")
+            && l.contains("status=503")
+            && l.contains("outcome=over-address-cap")),
+        "{log}"
+    );
     let at = log
         .find(MARK)
         .unwrap_or_else(|| panic!("no metrics line: {log}"))
@@ -1760,6 +1768,13 @@ fn too_many_header_fields_get_431_over_http2_too() {
     let answer = h2_request_with(g.port, "GET", "/healthz", "eDp5", 99);
     assert_eq!(answer.status, 431);
     assert!(String::from_utf8_lossy(&answer.body).contains("too many header fields: at most 100"));
+    let log = g.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("gitgate::request")
+            && l.contains("status=431")
+            && l.contains("outcome=too-many-header-fields")),
+        "{log}"
+    );
     let mut s = connect(g.port);
     let mut req = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
     for i in 0..100 {
