@@ -1376,13 +1376,7 @@ mod tests {
             .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
             .unwrap();
         std::fs::rename(&copy, &path).unwrap();
-        let writer = connect(&path, false).unwrap();
-        writer
-            .execute_batch(
-                "PRAGMA wal_autocheckpoint = 0; \
-                 INSERT INTO settings (key, value) VALUES ('restored', 'yes');",
-            )
-            .unwrap();
+        let writer = commit_kept_in_the_log(&path, "restored", "yes");
 
         let err = store.setting("x").unwrap_err().to_string();
         assert!(err.contains("restart gitgate"), "{err}");
@@ -1405,18 +1399,28 @@ mod tests {
         drop(writer);
     }
 
+    /// A setting committed on a connection of its own that never checkpoints: the commit
+    /// stays in the store's `-wal` while the returned connection is open.
+    fn commit_kept_in_the_log(path: &Path, key: &str, value: &str) -> Connection {
+        let writer = connect(path, false).unwrap();
+        writer
+            .execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .unwrap();
+        writer
+            .execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)",
+                [key, value],
+            )
+            .unwrap();
+        writer
+    }
+
     #[test]
     fn an_emptied_file_beside_a_log_is_never_opened_and_stops_the_server() {
         let (dir, store) = temp_store();
         let path = dir.path().join("t.db");
         // A commit that stays in the write-ahead log while the server's connections are open.
-        let writer = connect(&path, false).unwrap();
-        writer
-            .execute_batch(
-                "PRAGMA wal_autocheckpoint = 0; \
-                 INSERT INTO settings (key, value) VALUES ('only', 'in the log');",
-            )
-            .unwrap();
+        let writer = commit_kept_in_the_log(&path, "only", "in the log");
         let wal = sidecar(&path, "-wal");
         std::fs::OpenOptions::new()
             .write(true)
