@@ -3,7 +3,8 @@
 //! # The path of one request
 //!
 //! ```text
-//!  git client ──▶ server (over 100 header fields ─▶ 431, on HTTP/2 too; /healthz, /readyz)
+//!  git client ──▶ server (over 100 header fields ─▶ 431, on HTTP/2 too; a connection over its
+//!                        address's cap ─▶ 503; both logged; /healthz, /readyz)
 //!                        ──▶ gate ──┬─ client address: the peer, or behind trusted_proxies the right-most
 //!                                   │     untrusted X-Forwarded-For entry (unreadable: 400)
 //!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, then the
@@ -18,7 +19,9 @@
 //!                                   ├─ token::parse(secret) → id; store: cache (WAL index header; ids the store
 //!                                   │     lacks remembered too) → on a miss SQLite: inline on an idle pooled
 //!                                   │     connection, else on the blocking pool a few at a time
-//!                                   │     (Store::load_auth_record_now, Store::miss_slots); hash compare
+//!                                   │     (Store::load_auth_record_now, Store::miss_slots; a store
+//!                                   │     file deleted, replaced or emptied, or migrated by a newer
+//!                                   │     gitgate ─▶ 503); hash compare
 //!                                   │     (the current secret, or the previous one inside a rotation overlap)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
 //!                                   │     (401s first — revoked, expired, wrong user, disabled owner — then the
