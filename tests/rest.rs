@@ -433,6 +433,19 @@ fn paging_and_error_shapes() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, PUT"));
     r.error_message();
+    // A trailing or doubled slash is one 404 everywhere, never an item with an empty id (which
+    // answered a collection's PUT with 405 and the methods of an item).
+    for (method, path) in [
+        ("PUT", "/users/alice/"),
+        ("PUT", "/projects/team/"),
+        ("PUT", "/projects/team/repos/app/"),
+        ("GET", "/projects/team/"),
+        ("POST", "/users//rotate"),
+    ] {
+        let r = server.api(method, path, "root", "");
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
+        assert!(r.error_message().contains("a segment of the path is empty"));
+    }
     // A path segment is percent-decoded once, as in any URL; a bad escape is refused.
     let r = server.api("GET", "/users/al%69ce", "alice", "");
     assert_eq!(r.status, 200);
@@ -919,6 +932,88 @@ fn rotation_replaces_the_secret_with_an_optional_overlap() {
             .status,
         403
     );
+}
+
+/// A browser sends a password it was once given for the API with any form another site's page
+/// submits: a change must come with a JSON body by its type, and not from another site.
+#[test]
+fn a_web_page_of_another_site_cannot_change_tokens() {
+    let (install, server) = setup();
+    let (id, secret) = personal(&server, "alice", &["REPO_READ"]);
+    let send = |method: &str, path: &str, extra: &str, body: &str| {
+        let head = format!(
+            "{method} {API}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+             Authorization: {auth}\r\nContent-Length: {len}\r\n{extra}\r\n{body}",
+            port = server.port,
+            auth = common::basic("alice", PW),
+            len = body.len(),
+        );
+        let resp = common::try_raw_http(server.port, head.as_bytes()).unwrap();
+        (
+            resp.status,
+            String::from_utf8_lossy(&resp.body).into_owned(),
+        )
+    };
+    let rotate = format!("/users/alice/{id}/rotate");
+    let edit = format!("/users/alice/{id}");
+    // What a form can send: a text/plain body made into JSON by a field's name, or nothing.
+    let forged = r#"{"name":"ci=","permissions":["REPO_WRITE"]}"#;
+    for (method, path, extra, body, status) in [
+        ("POST", &edit, "Content-Type: text/plain\r\n", forged, 415),
+        (
+            "POST",
+            &edit,
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            forged,
+            415,
+        ),
+        ("POST", &edit, "", forged, 415),
+        ("POST", &rotate, "Origin: https://evil.example\r\n", "", 403),
+        ("POST", &rotate, "Origin: null\r\n", "", 403),
+        ("POST", &rotate, "Sec-Fetch-Site: cross-site\r\n", "", 403),
+        ("DELETE", &edit, "Sec-Fetch-Site: same-site\r\n", "", 403),
+    ] {
+        let (got, text) = send(method, path, extra, body);
+        assert_eq!(got, status, "{method} {path} {extra:?}: {text}");
+        let message = serde_json::from_str::<Value>(&text).unwrap()["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.contains("must be JSON") || message.contains("web page of another site"),
+            "{message}"
+        );
+    }
+    // Nothing changed: the token as it was, its secret still good, nothing audited.
+    let v = server
+        .api("GET", &format!("/users/alice/{id}"), "alice", "")
+        .json();
+    assert_eq!(
+        (v["name"].as_str(), &v["permissions"], &v["rotatedDate"]),
+        (Some("laptop"), &json!(["REPO_READ"]), &Value::Null),
+        "{v}"
+    );
+    assert!(ls_remote(&install, &server, "alice", &secret).0);
+    let audit = install.cli_ok(&["audit", "--json"], "");
+    assert!(
+        !audit.contains("token.edited")
+            && !audit.contains("token.rotated")
+            && !audit.contains("token.revoked"),
+        "{audit}"
+    );
+    // Scripts: JSON with a charset, the page's own origin, a change without a body.
+    let (got, text) = send(
+        "POST",
+        &edit,
+        &format!(
+            "Content-Type: application/json; charset=utf-8\r\nOrigin: http://127.0.0.1:{}\r\n",
+            server.port
+        ),
+        r#"{"name":"renamed"}"#,
+    );
+    assert_eq!(got, 200, "{text}");
+    let (got, text) = send("POST", &rotate, "", "");
+    assert_eq!(got, 200, "{text}");
 }
 
 #[test]

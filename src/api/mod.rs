@@ -8,6 +8,10 @@
 //! - **HTTP Basic with the user's password only**: tokens cannot manage tokens (a stolen token
 //!   must not be able to mint a longer-lived one). A token given as the password, or a Bearer
 //!   token, is a 401 that says so. Every failure is an audit event.
+//! - **No changes from web pages** ([`browser`]): a body must be JSON by its `Content-Type`,
+//!   and a change must not come from a page of another site (`Origin`, `Sec-Fetch-Site`),
+//!   since a browser would send a password it was once given for the API with another site's
+//!   form.
 //! - **Small JSON, fully read, then synchronous work**: request bodies are capped at
 //!   [`MAX_BODY`] and collected with `Limited`; then password verification (argon2, deliberately
 //!   slow) runs in `spawn_blocking`, off the async workers that stream git traffic; then the
@@ -24,6 +28,7 @@
 //! JSON), `policy` (`admin/policy`, `admin/tokens`).
 
 pub mod body; // public for the fuzz target `api_body`
+mod browser;
 mod policy;
 mod scoped_tokens;
 mod tokens;
@@ -290,6 +295,11 @@ pub async fn handle(
                 "no REST resource at {path}; the token API is under {BASE}"
             )));
         }
+        // Before the password is checked: a change a web page could have made (see `browser`).
+        if let Some((status, message)) = browser::refusal(&parts.method, &parts.uri, &parts.headers)
+        {
+            return Err(ApiError::new(status, message));
+        }
         if !parts.headers.contains_key(AUTHORIZATION) {
             return Err(credentials_required());
         }
@@ -488,6 +498,14 @@ fn dispatch(
         query,
         body,
     };
+    // A trailing or doubled `/`: one answer for every resource, not a guess at what was meant
+    // (`projects/team/` would otherwise be the item with id "").
+    if segments.contains(&"") {
+        return Err(ApiError::not_found(format!(
+            "no REST resource at {}: a segment of the path is empty (a trailing or doubled /)",
+            login.path
+        )));
+    }
     match segments.as_slice() {
         ["users", rest @ ..] => users_tokens::route(&call, rest),
         ["projects", rest @ ..] => scoped_tokens::route(&call, rest),

@@ -1,0 +1,211 @@
+//! Keeping web pages out of the management API (cross-site request forgery).
+//!
+//! The API takes HTTP Basic, and a browser that was once given a user's password for it (its
+//! 401s carry a challenge, so opening an API address in a browser asks for one) sends that
+//! password with every later request to the site — also with a form another site's page
+//! submits. A form can `POST` with no header of its own, as `text/plain` whose body can be made
+//! into JSON (`{"name":"ci=","permissions":["PROJECT_ADMIN"]}` from a field named `{"name":"ci`),
+//! or with an empty body, which is all a rotation needs. gitgate serves no web pages, so a
+//! change that comes from one is refused before the password is checked:
+//!
+//! - a body must be JSON by its `Content-Type` (`application/json`, or a `+json` type), which a
+//!   form cannot send and a script must then ask the browser's leave for (CORS; gitgate answers
+//!   no preflight);
+//! - a change (any method but `GET`, `HEAD` and `OPTIONS`) must not say it comes from a page of
+//!   another site: `Sec-Fetch-Site` other than `none` or `same-origin`, or an `Origin` that is
+//!   not the address asked (`Host`, or HTTP/2's `:authority`). Browsers send them; scripts and
+//!   the CLI send neither, and are not affected.
+//!
+//! Bitbucket refuses the same requests ("XSRF check failed") unless told otherwise by a header.
+
+use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, TRANSFER_ENCODING};
+use hyper::{Method, StatusCode, Uri};
+
+/// Why a request is refused as one a web page could have made: its status (`403` for a page of
+/// another site, `415` for a body that is not JSON) and the message.
+pub fn refusal(method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<(StatusCode, String)> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or("?");
+        if !site.eq_ignore_ascii_case("none") && !site.eq_ignore_ascii_case("same-origin") {
+            return Some((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "refused: this request comes from a web page of another site \
+                     (Sec-Fetch-Site: {site}); the API takes changes from scripts and the CLI"
+                ),
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(ORIGIN) {
+        let origin = origin.to_str().unwrap_or("?");
+        if !same_origin(origin, uri, headers) {
+            return Some((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "refused: this request comes from a web page of another site (Origin: \
+                     {origin}); the API takes changes from scripts and the CLI"
+                ),
+            ));
+        }
+    }
+    if has_body(headers) && !is_json(headers) {
+        let given = headers
+            .get(CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        return Some((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "the request body must be JSON, sent with Content-Type: application/json (it \
+                 came {})",
+                given.map_or_else(|| "without a Content-Type".into(), |t| format!("as {t}"))
+            ),
+        ));
+    }
+    None
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the address the request was sent to.
+fn same_origin(origin: &str, uri: &Uri, headers: &HeaderMap) -> bool {
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false; // `null`, or nothing an origin looks like
+    };
+    let asked = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()));
+    asked.is_some_and(|asked| authority.eq_ignore_ascii_case(asked))
+}
+
+/// Whether the request has a body: a length above 0, or a chunked one.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+/// `application/json`, or a `+json` type, with any parameters (`; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let media = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json"
+        || (media.starts_with("application/") && media.ends_with("+json") && !media.contains(' '))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn refused(method: Method, pairs: &[(&'static str, &'static str)]) -> Option<StatusCode> {
+        let uri: Uri = "/rest/access-tokens/1.0/users/alice".parse().unwrap();
+        refusal(&method, &uri, &headers(pairs)).map(|(status, _)| status)
+    }
+
+    #[test]
+    fn a_page_of_another_site_cannot_change_anything() {
+        let host = ("host", "git.example.com:8080");
+        for cross in [
+            &[host, ("origin", "https://evil.example")][..],
+            &[host, ("origin", "null")],
+            &[host, ("origin", "http://git.example.com")], // another port: another origin
+            &[host, ("sec-fetch-site", "cross-site")],
+            &[host, ("sec-fetch-site", "same-site")],
+        ] {
+            for method in [Method::POST, Method::PUT, Method::DELETE] {
+                assert_eq!(
+                    refused(method.clone(), cross),
+                    Some(StatusCode::FORBIDDEN),
+                    "{method} {cross:?}"
+                );
+            }
+            assert_eq!(refused(Method::GET, cross), None, "{cross:?}");
+        }
+        // The same site, and scripts (no such header): let through.
+        for own in [
+            &[host, ("origin", "http://GIT.example.com:8080")][..],
+            &[host, ("sec-fetch-site", "same-origin")],
+            &[host, ("sec-fetch-site", "none")],
+            &[host],
+            &[],
+        ] {
+            assert_eq!(refused(Method::POST, own), None, "{own:?}");
+        }
+    }
+
+    #[test]
+    fn a_body_must_say_it_is_json() {
+        for form in [
+            &[("content-length", "12"), ("content-type", "text/plain")][..],
+            &[
+                ("content-length", "12"),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            &[
+                ("content-length", "12"),
+                ("content-type", "multipart/form-data; boundary=x"),
+            ],
+            &[("content-length", "12")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("content-type", "text/json"),
+            ],
+            &[
+                ("content-length", "12"),
+                ("content-type", "application/jsonx"),
+            ],
+        ] {
+            assert_eq!(
+                refused(Method::PUT, form),
+                Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                "{form:?}"
+            );
+        }
+        for json in [
+            &[
+                ("content-length", "12"),
+                ("content-type", "application/json"),
+            ][..],
+            &[
+                ("content-length", "12"),
+                ("content-type", "Application/JSON; charset=utf-8"),
+            ],
+            &[
+                ("content-length", "12"),
+                ("content-type", "application/vnd.api+json"),
+            ],
+            // No body (a rotation, a revocation): nothing to say.
+            &[("content-length", "0")],
+            &[],
+        ] {
+            assert_eq!(refused(Method::POST, json), None, "{json:?}");
+        }
+        // A GET's body is never read as a change.
+        assert_eq!(
+            refused(
+                Method::GET,
+                &[("content-length", "3"), ("content-type", "text/plain")]
+            ),
+            None
+        );
+    }
+}
