@@ -75,6 +75,8 @@ const UNREADABLE_FORWARDED_FOR: &str =
 enum Refusal {
     NotGit(Rejection),
     NoCredentials(CredentialError),
+    /// The secret cannot be a token at all (an account password, a token cut short): why.
+    NotAToken(&'static str),
     InvalidToken,
     Denied(Deny),
     /// A request body framed in a way gitgate cannot pass on (501).
@@ -307,7 +309,8 @@ impl Gate {
             Credentials::Bearer { secret } => (None, secret),
         };
         log.user = basic_user.filter(|u| !u.is_empty()).map(str::to_string);
-        let id = token::parse(secret.expose()).ok_or(Refusal::InvalidToken)?;
+        let id = token::parse(secret.expose())
+            .ok_or_else(|| Refusal::NotAToken(token::why_not_a_token(secret.expose())))?;
         log.token_id = Some(id.as_str().to_string());
 
         // Hot path: a cache hit costs a hash lookup and a read of the WAL index header (an id
@@ -428,6 +431,10 @@ impl Gate {
             Refusal::InvalidToken => {
                 self.audit_failure(remote, log, "invalid token");
                 self.unauthenticated(log, "invalid token")
+            }
+            Refusal::NotAToken(why) => {
+                self.audit_failure(remote, log, "invalid token");
+                self.unauthenticated(log, why)
             }
             Refusal::Denied(Deny::Unauthenticated(m)) => {
                 self.audit_failure(remote, log, &m);

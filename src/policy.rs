@@ -163,7 +163,9 @@ pub fn authorize(
                         "token '{name}' is a personal token: give its owner's user name with it"
                     )));
                 }
-                if presented != owner.slug {
+                // User names are lower-case (see `store::users`), so no two differ in case
+                // alone: `Alice`, as people and single sign-on helpers type it, is alice.
+                if !presented.eq_ignore_ascii_case(&owner.slug) {
                     return Err(Deny::Unauthenticated(format!(
                         "token '{name}' does not belong to user '{presented}'"
                     )));
@@ -346,6 +348,19 @@ mod tests {
             wrong_user.unwrap_err(),
             Deny::Unauthenticated("token 'laptop' does not belong to user 'mallory'".into())
         );
+        // The owner's name in another case is the owner (names are lower-case).
+        let inside = "10.1.2.3".parse().unwrap();
+        for spelled in ["Alice", "ALICE"] {
+            let ok = authorize(
+                &r,
+                Some(spelled),
+                &repo("team/app"),
+                Access::Read,
+                inside,
+                NOW,
+            );
+            assert_eq!(ok.map(|i| i.user).unwrap(), "alice", "{spelled}");
+        }
         let mut disabled = r.clone();
         disabled.owner.as_mut().unwrap().active = false;
         assert_eq!(

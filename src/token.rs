@@ -168,6 +168,19 @@ pub fn parse(secret: &str) -> Option<TokenId> {
         .map(|id| TokenId(id.to_string()))
 }
 
+/// Why `secret`, which [`parse`] refused, is not a token, in words for the client: an account
+/// password (the first thing people try) reads otherwise than a token cut short or pasted with
+/// a space. Never repeats the secret.
+pub fn why_not_a_token(secret: &str) -> &'static str {
+    if secret.trim_start().starts_with(PREFIX) {
+        "invalid token: the password begins like a gitgate access token but is not a whole one \
+         (cut short, or with extra characters or spaces)"
+    } else {
+        "invalid token: the password is not a gitgate access token (those begin with ggt_); \
+         git takes an access token as its password, not an account password"
+    }
+}
+
 /// First 30 bits of SHA-256 over `data`, as 6 lowercase base32 characters.
 /// (On the stack: it is computed for every request that presents a token.)
 fn checksum(data: &[u8]) -> [u8; CHECKSUM_LEN] {
@@ -265,6 +278,14 @@ mod tests {
         assert_eq!(parse(&odd), None);
         let odd = "é".repeat(SECRET_LEN);
         assert_eq!(parse(&odd[..SECRET_LEN - 1]), None);
+        // What the client is told, without the secret: a password, or a token cut short.
+        assert!(why_not_a_token("hunter2").contains("not a gitgate access token"));
+        assert!(why_not_a_token("").contains("not a gitgate access token"));
+        for cut in [&s[..s.len() - 1], &format!(" {s}"), &format!("{s} ")] {
+            let why = why_not_a_token(cut);
+            assert!(why.contains("not a whole one"), "{why}");
+            assert!(!why.contains(&s[PREFIX.len()..PREFIX.len() + 8]));
+        }
     }
 
     #[test]

@@ -708,6 +708,43 @@ fn username_that_is_not_the_owner_is_refused() {
         run.fails_with("Authentication failed");
     }
     assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
+    // The owner's name typed with a capital is still the owner: names are lower-case.
+    let run = sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with("Alice", &token.secret, "team/app"),
+        ],
+    );
+    assert!(run.ok().contains("refs/heads/main"), "{run}");
+}
+
+/// The first thing people try is their account password, the next a token pasted with a space
+/// or cut short: git says which, never repeating what was typed.
+#[test]
+fn a_password_or_a_broken_token_is_told_apart_from_a_wrong_token() {
+    let (sb, server, token) = team_setup();
+    let cut = &token.secret[..token.secret.len() - 3];
+    for (secret, said) in [
+        (
+            "alices-account-password",
+            "the password is not a gitgate access token (those begin with ggt_)",
+        ),
+        (
+            cut,
+            "begins like a gitgate access token but is not a whole one",
+        ),
+    ] {
+        let run = sb.git(
+            sb.root(),
+            &["ls-remote", &server.url_with("alice", secret, "team/app")],
+        );
+        let err = run.fails_with(said);
+        assert!(err.contains("remote: invalid token"), "{err}");
+        assert!(!err.contains(secret), "{err}");
+    }
+    assert!(!server.log_text().contains("alices-account-password"));
+    assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
 }
 
 // ---------------------------------------------------------------------------------------------
