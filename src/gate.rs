@@ -351,7 +351,7 @@ impl Gate {
         // that honours `Retry-After` would drain its bucket waiting.
         let slot = self
             .guard
-            .acquire_slot(&principal)
+            .acquire_slot(&principal, git_req.operation)
             .map_err(Refusal::Guarded)?;
         self.guard
             .check_principal(&principal, git_req.operation, clock::monotonic_ms())

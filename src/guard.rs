@@ -191,9 +191,14 @@ impl Guard {
     }
 
     /// Step 3: take a token from the principal's bucket if this request starts an exchange.
-    /// Step 4: a place among the principal's requests in flight, held until the response ends.
-    pub fn acquire_slot(&self, principal: &str) -> Result<Slot, Verdict> {
-        self.inflight.try_acquire(principal).ok_or_else(|| {
+    /// Step 4: a place among the principal's requests in flight, held until the response ends
+    /// — for a POST, one that carries on an exchange, up to twice the cap (see [`InFlight`]).
+    pub fn acquire_slot(&self, principal: &str, operation: Operation) -> Result<Slot, Verdict> {
+        let slot = match operation {
+            Operation::Rpc(_) => self.inflight.try_continue(principal),
+            Operation::Advertise(_) | Operation::Dumb => self.inflight.try_acquire(principal),
+        };
+        slot.ok_or_else(|| {
             tracing::info!(
                 target: "gitgate::ratelimit",
                 principal = %principal,

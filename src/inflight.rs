@@ -5,6 +5,14 @@
 //! that starts fifty clones at once (each of which may stream for minutes and hold a
 //! `git upload-pack` process). A [`Slot`] is held for the whole request, until the response body
 //! has been sent or dropped, and gives its place back when dropped.
+//!
+//! The cap is checked where an exchange starts (the advertisement, a dumb-HTTP GET): refused
+//! there, git prints the reason. A clone admitted that way sends its `git-upload-pack` POST
+//! next, and a POST refused for the cap is a clone cut off half-way with nothing said (git does
+//! not print a failed POST's answer: "RPC failed; HTTP 429", "expected flush after ref
+//! listing"). So a POST may take places up to twice the cap ([`InFlight::try_continue`]): the
+//! exchanges admitted can finish, new ones are refused while their POSTs hold the places, and
+//! POSTs sent without advertisements are still bounded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -36,13 +44,23 @@ impl InFlight {
 
     /// A place for one more request of `principal`, or `None` when it already has `max`.
     pub fn try_acquire(self: &Arc<Self>, principal: &str) -> Option<Slot> {
+        self.acquire_below(principal, self.max)
+    }
+
+    /// A place for a POST that carries on an exchange (see the module docs): `None` only when
+    /// the principal has twice `max` in flight.
+    pub fn try_continue(self: &Arc<Self>, principal: &str) -> Option<Slot> {
+        self.acquire_below(principal, self.max.saturating_mul(2))
+    }
+
+    fn acquire_below(self: &Arc<Self>, principal: &str, limit: u32) -> Option<Slot> {
         if self.max == 0 {
             return Some(Slot { held: None });
         }
         let mut counts = self.counts();
         // A principal with requests in flight already has its key: no allocation then.
         let key = match counts.get_key_value(principal) {
-            Some((_, &count)) if count >= self.max => return None,
+            Some((_, &count)) if count >= limit => return None,
             Some((key, _)) => key.clone(),
             None => Arc::from(principal),
         };
@@ -93,6 +111,26 @@ mod tests {
         drop(a1);
         assert_eq!(inflight.current("user:alice"), 1);
         assert!(inflight.try_acquire("user:alice").is_some());
+    }
+
+    #[test]
+    fn a_post_that_carries_on_an_exchange_may_go_up_to_twice_the_cap() {
+        let inflight = InFlight::new(2);
+        // Two clones admitted: their advertisements are done, their POSTs come.
+        let posts: Vec<_> = (0..2)
+            .map(|_| inflight.try_continue("token:ci").unwrap())
+            .collect();
+        // A third clone is refused where it starts (git prints why) ...
+        assert!(inflight.try_acquire("token:ci").is_none());
+        // ... while POSTs of exchanges under way get through, up to twice the cap.
+        let more: Vec<_> = (0..2)
+            .map(|_| inflight.try_continue("token:ci").unwrap())
+            .collect();
+        assert!(inflight.try_continue("token:ci").is_none());
+        assert_eq!(inflight.current("token:ci"), 4);
+        drop((posts, more));
+        assert_eq!(inflight.current("token:ci"), 0);
+        assert!(InFlight::new(0).try_continue("token:ci").is_some());
     }
 
     #[test]

@@ -910,6 +910,54 @@ fn requests_in_flight_are_capped_per_principal_and_freed_when_done() {
     });
 }
 
+/// The cap is checked where an exchange starts, whose refusal git prints; a POST carrying on an
+/// exchange already admitted gets through up to twice the cap — refused, git would print no
+/// reason, only "RPC failed; HTTP 429" half-way through a clone.
+#[test]
+fn a_post_carrying_on_an_exchange_is_not_refused_at_the_cap() {
+    let server = Server::start("[rate_limit]\nmax_concurrent = 1\n");
+    let hold_a_push = || {
+        let mut held = TcpStream::connect(server.addr).unwrap();
+        let head = format!(
+            "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
+             Content-Type: application/x-git-receive-pack-request\r\n\
+             Transfer-Encoding: chunked\r\n\r\n2\r\n00\r\n",
+            basic("alice", &server.write_token)
+        );
+        held.write_all(head.as_bytes()).unwrap();
+        held
+    };
+    let upload_pack = || {
+        server.raw(
+            format!(
+                "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
+                 Content-Type: application/x-git-upload-pack-request\r\nContent-Length: 4\r\n\
+                 Connection: close\r\n\r\n0000",
+                basic("alice", &server.read_token)
+            )
+            .as_bytes(),
+        )
+    };
+    let first = hold_a_push();
+    wait_for("the held push to reach the backend", || {
+        server.backend_hits().len() == 1
+    });
+    // A new exchange is refused where it starts: git shows this.
+    let resp = get(&server, IR, &server.read_token);
+    assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
+    // The POST of one already admitted is not.
+    let resp = upload_pack();
+    assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+    // Up to twice the cap: with two held, a third request of any kind is refused.
+    let second = hold_a_push();
+    wait_for("the second held push to reach the backend", || {
+        server.backend_hits().len() == 3
+    });
+    let resp = upload_pack();
+    assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
+    drop((first, second));
+}
+
 /// GET `target` as alice with `secret`, as if relayed by a load balancer for `client`.
 fn get_via_proxy(server: &Server, target: &str, secret: &str, client: &str) -> Vec<u8> {
     server.raw(
