@@ -475,7 +475,11 @@ fn an_api_request_without_credentials_is_refused_before_its_body_is_read() {
     let mut s = connect(g.port);
     // Announces a body it never sends: the answer must not wait for it.
     s.write_all(
-        format!("PUT {API_USERS} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n").as_bytes(),
+        format!(
+            "PUT {API_USERS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 1000\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .unwrap();
     let mut reader = BufReader::new(s);
@@ -497,7 +501,7 @@ fn an_api_request_body_that_trickles_is_cut_off_at_the_header_deadline() {
     s.write_all(
         format!(
             "PUT {API_USERS} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWxpY2U6cHc=\r\n\
-             Content-Length: 1000\r\n\r\n{{\"name\""
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"name\""
         )
         .as_bytes(),
     )
