@@ -301,6 +301,21 @@ struct RawAuthFailures {
 }
 
 impl Config {
+    /// A refusal of the token store, said with where its path comes from (this file's
+    /// `[store] path`); a path with a `~` in it is told that nothing expands it.
+    pub fn store_refusal(&self, e: impl std::fmt::Display) -> String {
+        let tilde = self
+            .store
+            .path
+            .components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('~'));
+        let hint = if tilde {
+            " (a ~ in [store] path is taken as it is, not as a home folder: write the full path)"
+        } else {
+            ""
+        };
+        format!("{}: [store] path: {e}{hint}", self.source.display())
+    }
     /// Read and validate the file at `path`, checking the filesystem (backend program, project
     /// root) as a server start needs.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -350,10 +365,19 @@ impl Config {
                  (/rest/...): no git request could reach it; choose another, e.g. \"/scm\""
             )));
         }
-        let tls = server.tls.map(|t| Tls {
-            cert: resolve(&t.cert),
-            key: resolve(&t.key),
-        });
+        let tls = match server.tls {
+            Some(t) if t.cert.is_empty() || t.key.is_empty() => {
+                return Err(err(format!(
+                    "[server.tls] {} is empty: name the PEM file",
+                    if t.cert.is_empty() { "cert" } else { "key" }
+                )))
+            }
+            Some(t) => Some(Tls {
+                cert: resolve(&t.cert),
+                key: resolve(&t.key),
+            }),
+            None => None,
+        };
         // Checked as a token's allowed networks are: `127.0.0.2/8` is a typo for one address
         // or for the network, and read as the network it would trust 16 million addresses to
         // name their clients.
@@ -451,6 +475,14 @@ impl Config {
                 let root = upstream.project_root.ok_or_else(|| {
                     err("[upstream] project_root is missing: `cgi` needs the folder that holds the repositories".into())
                 })?;
+                // Read as the config file's own folder, it would serve that folder (the store's).
+                if root.is_empty() {
+                    return Err(err(
+                        "[upstream] project_root is empty: name the folder that holds the \
+                         repositories, e.g. \"repos\""
+                            .into(),
+                    ));
+                }
                 Upstream::Cgi {
                     program: resolve(&cgi),
                     project_root: resolve(&root),
@@ -649,6 +681,9 @@ fn http_upstream(
     raw: RawUpstream,
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<HttpUpstream, String> {
+    // What messages show of the URL: a secret pasted into it (`https://user:token@...`,
+    // `?access_token=...`) must not reach the journal with the refusal.
+    let shown = redacted_url(url);
     if raw.project_root.is_some() {
         return Err(
             "[upstream] project_root applies to `cgi` only: the server at `url` knows its own repositories"
@@ -657,24 +692,24 @@ fn http_upstream(
     }
     let uri: Uri = url
         .parse()
-        .map_err(|e| format!("[upstream] url = \"{url}\" is not a URL: {e}"))?;
+        .map_err(|e| format!("[upstream] url = \"{shown}\" is not a URL: {e}"))?;
     let scheme = uri.scheme_str().unwrap_or("");
     if scheme != "http" && scheme != "https" {
         return Err(format!(
-            "[upstream] url = \"{url}\": use http:// or https://, e.g. \"http://127.0.0.1:3000/git\""
+            "[upstream] url = \"{shown}\": use http:// or https://, e.g. \"http://127.0.0.1:3000/git\""
         ));
     }
     let Some(authority) = uri.authority() else {
-        return Err(format!("[upstream] url = \"{url}\" has no host"));
+        return Err(format!("[upstream] url = \"{shown}\" has no host"));
     };
     if authority.as_str().contains('@') {
         return Err(format!(
-            "[upstream] url = \"{url}\" carries credentials: put them in [upstream.credentials] instead"
+            "[upstream] url = \"{shown}\" carries credentials: put them in [upstream.credentials] instead"
         ));
     }
     if uri.query().is_some() || url.contains('#') {
         return Err(format!(
-            "[upstream] url = \"{url}\" must not have a query or fragment"
+            "[upstream] url = \"{shown}\" must not have a query or fragment"
         ));
     }
     // `http::Uri` keeps a port it cannot read as a number (`:99999`), or an empty one, and the
@@ -687,7 +722,7 @@ fn http_upstream(
     let port_given = after_host.contains(':');
     if port_given && authority.port_u16().is_none_or(|p| p == 0) {
         return Err(format!(
-            "[upstream] url = \"{url}\" has an invalid port: use 1-65535, or leave the port \
+            "[upstream] url = \"{shown}\" has an invalid port: use 1-65535, or leave the port \
              out for the scheme's default"
         ));
     }
@@ -698,7 +733,7 @@ fn http_upstream(
         .authority(authority.clone())
         .path_and_query("/")
         .build()
-        .map_err(|e| format!("[upstream] url = \"{url}\": {e}"))?;
+        .map_err(|e| format!("[upstream] url = \"{shown}\": {e}"))?;
 
     let socket = match raw.socket.as_deref() {
         None => None,
@@ -710,6 +745,11 @@ fn http_upstream(
         }
         Some(path) => Some(resolve(path)),
     };
+    if raw.ca_file.as_deref() == Some("") {
+        return Err(
+            "[upstream] ca_file is empty: name the PEM file of the CA, or remove the key".into(),
+        );
+    }
     let ca_file = raw.ca_file.as_deref().map(resolve);
     if scheme == "http" && (ca_file.is_some() || raw.system_roots.is_some()) {
         return Err("[upstream] ca_file and system_roots apply to https:// upstreams only".into());
@@ -737,15 +777,33 @@ fn http_upstream(
             let scheme = match c.scheme.to_ascii_lowercase().as_str() {
                 "basic" => CredentialScheme::Basic,
                 "bearer" => CredentialScheme::Bearer,
-                other => {
-                    return Err(format!(
-                        "[upstream.credentials] scheme = \"{other}\": use \"basic\" or \"bearer\""
-                    ))
+                // Not repeated: a whole header value (`Bearer ghp_...`) is a likely mistake.
+                _ => {
+                    return Err(
+                        "[upstream.credentials] scheme must be \"basic\" or \"bearer\" (the \
+                         value given is not shown: it may hold the secret)"
+                            .into(),
+                    )
                 }
             };
             let source = match (c.file, c.env) {
+                (Some(f), None) if f.is_empty() => {
+                    return Err("[upstream.credentials] file is empty: name the file that holds \
+                                the secret"
+                        .into())
+                }
                 (Some(f), None) => SecretSource::File(resolve(&f)),
-                (None, Some(e)) if !e.is_empty() => SecretSource::Env(e),
+                (None, Some(e)) if !e.is_empty() => {
+                    if !is_variable_name(&e) {
+                        return Err(
+                            "[upstream.credentials] env must name an environment variable \
+                             (letters, digits and _, not starting with a digit) that holds the \
+                             secret, not hold the secret itself (the value is not shown)"
+                                .into(),
+                        );
+                    }
+                    SecretSource::Env(e)
+                }
                 _ => {
                     return Err(
                         "[upstream.credentials] set exactly one of `file` (a file holding the secret) or `env` (an environment variable holding it)"
@@ -806,13 +864,13 @@ fn seconds(value: Option<u64>, default: Duration, key: &str) -> Result<Duration,
 /// Whether two listening addresses would take the same port: the same port, and the same
 /// address or a wildcard (`0.0.0.0`, `::`) on either side. Port 0 (any free port) never does.
 fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    // `::` also takes IPv4 (Linux's default, dual-stack sockets); `0.0.0.0` only IPv4.
+    // `::` also takes IPv4 (Linux's default, dual-stack sockets); `0.0.0.0` only IPv4. An
+    // IPv4-mapped address (`[::ffff:127.0.0.1]`) is the IPv4 one for the socket it binds.
+    let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
     let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
         wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
     };
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+    a.port() != 0 && a.port() == b.port() && (ia == ib || covers(ia, ib) || covers(ib, ia))
 }
 
 /// Turn toml's multi-line error into one line that names the place: the line number and its
@@ -826,6 +884,9 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ");
+    // serde repeats a string of the wrong type (`invalid type: string "bearer ...", expected
+    // struct ...`): a secret where a table goes would reach the journal.
+    let msg = without_quoted_strings(&msg);
     let Some(span) = e.span() else {
         return msg;
     };
@@ -855,6 +916,67 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
     let shown: String = key.chars().take(80).collect();
     let more = if shown.len() < key.len() { "..." } else { "" };
     format!("line {line_no}, {shown}{more}: {msg}")
+}
+
+/// `msg` with the text of every `string "..."` serde quotes left out.
+fn without_quoted_strings(msg: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at]);
+        out.push_str("a string (not shown)");
+        let after = &rest[at + MARK.len()..];
+        // The closing quote: the first one not escaped.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        match end {
+            Some(i) => rest = &after[i + 1..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The URL as messages show it: whatever is between the scheme and an `@` (user and password),
+/// and the query and fragment, replaced by `***`.
+fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let (before_query, query) = match rest.find(['?', '#']) {
+        Some(at) => (&rest[..at], Some(&rest[at..at + 1])),
+        None => (rest, None),
+    };
+    let authority_end = before_query.find('/').unwrap_or(before_query.len());
+    let (authority, path) = before_query.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***{}", &authority[at..]),
+        None => authority.to_string(),
+    };
+    let query = query.map(|mark| format!("{mark}***")).unwrap_or_default();
+    format!("{scheme}{authority}{path}{query}")
+}
+
+/// Whether `name` can be an environment variable's name (as shells take them).
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// `"/scm/"` → `"/scm"`, `""` → `"/"`. Refuses characters that could make prefix matching
@@ -1001,6 +1123,79 @@ env = "UPSTREAM_TOKEN"
     }
 
     #[test]
+    fn a_secret_pasted_into_the_upstream_settings_is_never_repeated() {
+        let http = |upstream: &str| {
+            GOOD.replace(
+                "cgi = \"/usr/lib/git-core/git-http-backend\"\nproject_root = \"repos\"",
+                upstream,
+            )
+        };
+        for (upstream, key) in [
+            ("url = \"https://deploy:hunter2@git.internal/git\"", "carries credentials"),
+            ("url = \"https://hunter2@git.internal/git\"", "carries credentials"),
+            ("url = \"https://git.internal/git?access_token=hunter2\"", "query"),
+            ("url = \"https://git.internal/git#hunter2\"", "fragment"),
+            ("url = \"ftp://hunter2@git.internal/git\"", "use http:// or https://"),
+            (
+                "url = \"https://git.internal/git\"\n[upstream.credentials]\nscheme = \"Bearer hunter2\"\nenv = \"T\"",
+                "scheme must be",
+            ),
+            (
+                "url = \"https://git.internal/git\"\n[upstream.credentials]\nscheme = \"bearer\"\nenv = \"hunter2 secret\"",
+                "env must name an environment variable",
+            ),
+            (
+                "url = \"https://git.internal/git\"\ncredentials = \"bearer hunter2\"",
+                "credentials",
+            ),
+        ] {
+            let e = parse(&http(upstream)).unwrap_err();
+            assert!(e.contains(key), "{upstream}: {e}");
+            assert!(!e.contains("hunter2"), "{upstream}: {e}");
+        }
+        // What is shown of a URL: where it goes, not who it says it is.
+        assert_eq!(
+            redacted_url("https://u:p@git.internal:8443/git?t=x"),
+            "https://***@git.internal:8443/git?***"
+        );
+        assert_eq!(redacted_url("http://a/b/c"), "http://a/b/c");
+    }
+
+    #[test]
+    fn an_empty_path_is_refused_by_its_key() {
+        for (from, to, key) in [
+            (
+                "project_root = \"repos\"",
+                "project_root = \"\"",
+                "project_root is empty",
+            ),
+            (
+                "[auth]",
+                "[server.tls]\ncert = \"\"\nkey = \"k.pem\"\n[auth]",
+                "[server.tls] cert is empty",
+            ),
+            (
+                "[auth]",
+                "[server.tls]\ncert = \"c.pem\"\nkey = \"\"\n[auth]",
+                "[server.tls] key is empty",
+            ),
+        ] {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err();
+            assert!(e.contains(key), "{to}: {e}");
+        }
+        let http = GOOD.replace(
+            "cgi = \"/usr/lib/git-core/git-http-backend\"\nproject_root = \"repos\"",
+            "url = \"https://git.internal/git\"\nca_file = \"\"",
+        );
+        assert!(parse(&http).unwrap_err().contains("ca_file is empty"));
+        let http = GOOD.replace(
+            "cgi = \"/usr/lib/git-core/git-http-backend\"\nproject_root = \"repos\"",
+            "url = \"https://git.internal/git\"\n[upstream.credentials]\nscheme = \"bearer\"\nfile = \"\"",
+        );
+        assert!(parse(&http).unwrap_err().contains("file is empty"));
+    }
+
+    #[test]
     fn out_of_range_connections_and_a_shared_metrics_port_are_refused() {
         let with =
             |extra: &str| parse(&GOOD.replace("git_prefix", &format!("{extra}\ngit_prefix")));
@@ -1037,7 +1232,13 @@ env = "UPSTREAM_TOKEN"
         let metrics = |addr: &str| {
             parse(&format!("{GOOD}[metrics]\nlisten = \"{addr}\"\n")).map(|c| c.metrics_listen)
         };
-        for clash in ["127.0.0.1:8080", "0.0.0.0:8080", "[::]:8080"] {
+        for clash in [
+            "127.0.0.1:8080",
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "[::ffff:127.0.0.1]:8080",
+            "[::ffff:0.0.0.0]:8080",
+        ] {
             let e = metrics(clash).unwrap_err();
             assert!(
                 e.contains("[metrics] listen") && e.contains("port of its own"),

@@ -444,24 +444,37 @@ fn init_logging(default: &str) -> Result<(), String> {
 /// means: a bare word that is neither a level nor a module path (`warning`, `verbose`, or a
 /// typo such as `gitgate:debug`) is read as a target name, and then nothing else logs — not
 /// even errors.
+/// The same for `TARGET=LEVEL` with a target nothing logs under (`GITGATE=debug`: targets are
+/// case-sensitive, `gitgat=info`): without a level of its own the filter then shows nothing.
 fn log_filter_problem(value: &str) -> Option<String> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
-    value
+    let directives = value
         .split(',')
         .map(str::trim)
-        .filter(|d| !d.is_empty() && !d.contains('=') && !d.contains('['))
-        .find(|d| {
-            !LEVELS.contains(&d.to_ascii_lowercase().as_str())
-                && !matches!(*d, "0" | "1" | "2" | "3" | "4" | "5")
-                && !is_log_target(d)
-        })
-        .map(|word| {
-            format!(
-                "'{word}' is not a log level: use one of {}, or TARGET=LEVEL \
-                 (e.g. gitgate=debug)",
-                LEVELS.join(", ")
-            )
-        })
+        .filter(|d| !d.is_empty() && !d.contains('['));
+    for d in directives {
+        match d.split_once('=') {
+            Some((target, _)) if !is_log_target(target.trim()) => {
+                return Some(format!(
+                    "'{}' names nothing gitgate logs under (targets are lower-case: gitgate, \
+                     gitgate::request, hyper, h2, rustls, rusqlite, ...)",
+                    target.trim()
+                ))
+            }
+            Some(_) => {}
+            None if LEVELS.contains(&d.to_ascii_lowercase().as_str())
+                || matches!(d, "0" | "1" | "2" | "3" | "4" | "5")
+                || is_log_target(d) => {}
+            None => {
+                return Some(format!(
+                    "'{d}' is not a log level: use one of {}, or TARGET=LEVEL \
+                     (e.g. gitgate=debug)",
+                    LEVELS.join(", ")
+                ))
+            }
+        }
+    }
+    None
 }
 
 /// A bare word that names whose lines to show: one of the crates gitgate logs through, or a
@@ -471,7 +484,8 @@ fn is_log_target(word: &str) -> bool {
     let identifier = |part: &str| {
         !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
-    CRATES.contains(&word) || (word.contains("::") && word.split("::").all(identifier))
+    let first = word.split("::").next().unwrap_or("");
+    CRATES.contains(&first) && word.split("::").all(identifier)
 }
 
 #[cfg(test)]
@@ -500,9 +514,30 @@ mod tests {
             "hyper-util",
             "gitgate::",
             "gitgatex",
+            "other::module",
         ] {
             let problem = log_filter_problem(bad).unwrap();
             assert!(problem.contains("is not a log level"), "{bad}: {problem}");
+        }
+        // A TARGET=LEVEL whose target nothing logs under would silence everything.
+        for bad in [
+            "GITGATE=debug",
+            "gitgat=info",
+            "warn,Hyper=debug",
+            "x::y=trace",
+        ] {
+            let problem = log_filter_problem(bad).unwrap();
+            assert!(
+                problem.contains("names nothing gitgate logs under"),
+                "{bad}: {problem}"
+            );
+        }
+        for ok in [
+            "gitgate::upstream::http=debug",
+            "h2=warn,rustls=error",
+            "hyper_util=info",
+        ] {
+            assert_eq!(log_filter_problem(ok), None, "{ok}");
         }
     }
 }

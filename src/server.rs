@@ -284,7 +284,9 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     let path = config.store.path.clone();
     let opening = tokio::task::spawn_blocking(move || open_store(&path));
     let store = tokio::select! {
-        opened = opening => opened.map_err(|e| format!("opening the token store failed: {e}"))??,
+        opened = opening => opened
+            .map_err(|e| format!("opening the token store failed: {e}"))?
+            .map_err(|e| config.store_refusal(e))?,
         () = stop.next() => {
             tracing::info!(
                 "stopped: a stop signal came while the token store was being opened; nothing \

@@ -1394,6 +1394,34 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     assert_eq!(fs::read(&foreign).unwrap(), foreign_bytes);
 }
 
+/// Where `serve` could not open the store, `check` must not say ok; both name the config file
+/// and `[store] path`.
+#[test]
+fn check_and_serve_agree_on_a_store_path_that_cannot_be_opened() {
+    let sb = Sandbox::new();
+    for (path, said) in [
+        ("newdir/", "ends with /"),
+        ("~/gg.db", "not as a home folder"),
+    ] {
+        let text = sb.config_text().replace("gitgate.db", path);
+        assert_ne!(text, sb.config_text());
+        let err = serve_refuses(&sb, &text);
+        assert!(
+            err.contains("bad.toml: [store] path:") && err.contains(said),
+            "{err}"
+        );
+        let mut cmd = Command::new(gitgate_bin());
+        cmd.env_remove("GITGATE_CONFIG")
+            .current_dir(sb.root())
+            .arg("--config")
+            .arg(sb.root().join("bad.toml"))
+            .arg("check");
+        let out = run(cmd, None);
+        let err = out.fails_with("[store] path:");
+        assert!(err.contains(said), "{err}");
+    }
+}
+
 #[test]
 fn serve_refuses_unknown_key() {
     let sb = Sandbox::new();

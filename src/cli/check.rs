@@ -121,9 +121,9 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         }
     }
     let store = config.store.path.display();
-    let inspection = Store::inspect(&config.store.path).map_err(|e| e.to_string())?;
+    let inspection = Store::inspect(&config.store.path).map_err(|e| config.store_refusal(e))?;
     // serve's own check before it opens the store: this process's access, nothing opened.
-    Store::check_can_write(&config.store.path).map_err(|e| e.to_string())?;
+    Store::check_can_write(&config.store.path).map_err(|e| config.store_refusal(e))?;
     match inspection {
         None => outln!("store {store}: not there yet; serve creates it"),
         Some(i) if i.schema < i.current => outln!(

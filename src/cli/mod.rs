@@ -62,7 +62,7 @@ pub fn open_store(config_path: &Path, may_create: bool) -> Result<Store, String>
             config_path.display()
         ));
     }
-    let store = Store::open(path).map_err(|e| e.to_string())?;
+    let store = Store::open(path).map_err(|e| config.store_refusal(e))?;
     // A command that writes says up front, as `serve` does, when this process cannot write the
     // store (a store created by `sudo gitgate ...`, run as another user), instead of SQLite's
     // bare "attempt to write a readonly database" after the work.

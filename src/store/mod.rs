@@ -1140,6 +1140,22 @@ fn keep_log_on_close(conn: &Connection) {
 /// Why `path` cannot be a store, before SQLite is asked: its folder is not there (no store
 /// could be created in it), or it is a folder itself.
 fn usable_path(path: &Path) -> std::result::Result<(), String> {
+    usable_path_through(path, 0)
+}
+
+/// [`usable_path`], `links` symbolic links in.
+fn usable_path_through(path: &Path, links: u32) -> std::result::Result<(), String> {
+    if links > 16 {
+        return Err("too many levels of symbolic links".into());
+    }
+    // `Path` drops a trailing `/` (`newdir/` has the parent `.`), the system does not: the
+    // check and the start must both refuse it.
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(
+            "the path ends with /: name a file (e.g. gitgate.db) as [store] path, not a folder"
+                .into(),
+        );
+    }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
             return Err(format!("the folder {} does not exist", parent.display()));
@@ -1147,6 +1163,19 @@ fn usable_path(path: &Path) -> std::result::Result<(), String> {
     }
     if path.is_dir() {
         return Err("that is a folder: name a file in it (e.g. gitgate.db) as [store] path".into());
+    }
+    // A symbolic link to a file not there yet is followed when the store is made: the folder
+    // it points into must be there.
+    if let Ok(target) = std::fs::read_link(path) {
+        if !path.exists() {
+            let target = path.parent().unwrap_or(Path::new("")).join(target);
+            return usable_path_through(&target, links + 1).map_err(|e| {
+                format!(
+                    "a symbolic link to {}, which cannot be made: {e}",
+                    target.display()
+                )
+            });
+        }
     }
     Ok(())
 }
@@ -1413,6 +1442,34 @@ mod tests {
             )
             .unwrap();
         writer
+    }
+
+    #[test]
+    fn a_path_the_start_could_not_open_is_refused_by_the_check_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        let with_slash = |name: &str| PathBuf::from(format!("{}/", at(name).display()));
+        std::fs::write(at("file.db"), "").unwrap();
+        std::os::unix::fs::symlink(at("nowhere/target.db"), at("dangling.db")).unwrap();
+        std::os::unix::fs::symlink(at("new.db"), at("ahead.db")).unwrap();
+        std::os::unix::fs::symlink(at("loop-b"), at("loop-a")).unwrap();
+        std::os::unix::fs::symlink(at("loop-a"), at("loop-b")).unwrap();
+        for (path, said) in [
+            (with_slash("newdir"), "ends with /"),
+            (with_slash("file.db"), "ends with /"),
+            (at("dangling.db"), "nowhere does not exist"),
+            (at("loop-a"), "too many levels of symbolic links"),
+        ] {
+            let e = usable_path(&path).unwrap_err();
+            assert!(e.contains(said), "{}: {e}", path.display());
+            // What `check` reads, and what the start opens: both refuse.
+            assert!(Store::inspect(&path).is_err(), "{}", path.display());
+            assert!(Store::open(&path).is_err(), "{}", path.display());
+        }
+        // A link to a store not made yet, in a folder that is there: made through the link.
+        usable_path(&at("ahead.db")).unwrap();
+        Store::open(&at("ahead.db")).unwrap();
+        assert!(at("new.db").is_file());
     }
 
     #[test]

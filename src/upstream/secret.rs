@@ -72,7 +72,18 @@ fn read(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
             )
         })?,
         SecretSource::Env(name) => std::env::var(name).map_err(|_| {
-            format!("[upstream.credentials] env = \"{name}\": the variable is not set")
+            // A secret pasted in place of the name would be shown here: a name is shown only
+            // when it looks like one (upper case, digits and _, as variables are named).
+            if name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                format!("[upstream.credentials] env = \"{name}\": the variable is not set")
+            } else {
+                "[upstream.credentials] env: the variable it names is not set (the name is not \
+                 shown: it does not look like a variable's name — is it the secret itself?)"
+                    .into()
+            }
         })?,
     };
     let secret = secret.trim_end_matches(['\r', '\n']);
@@ -129,7 +140,14 @@ mod tests {
             source: SecretSource::Env("GITGATE_TEST_UNSET_VARIABLE".into()),
         })
         .unwrap_err()
-        .contains("not set"));
+        .contains("GITGATE_TEST_UNSET_VARIABLE\": the variable is not set"));
+        // A secret pasted where the name goes is not repeated.
+        let e = read(&UpstreamCredentials {
+            scheme: CredentialScheme::Bearer,
+            source: SecretSource::Env("ghp_hunter2Secret".into()),
+        })
+        .unwrap_err();
+        assert!(e.contains("not set") && !e.contains("hunter2"), "{e}");
         std::fs::write(&f, "nocolon").unwrap();
         assert!(read(&UpstreamCredentials {
             scheme: CredentialScheme::Basic,
