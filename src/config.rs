@@ -637,6 +637,9 @@ fn parse_rate_limit(raw: RawRateLimit) -> Result<RateLimit, String> {
     Ok(limit)
 }
 
+/// The longest `[auth_failures] window_seconds`: a day.
+const MAX_AUTH_FAILURE_WINDOW_SECS: u32 = 86_400;
+
 fn parse_auth_failures(raw: RawAuthFailures) -> Result<AuthFailures, String> {
     let d = AuthFailures::default();
     let f = AuthFailures {
@@ -648,6 +651,15 @@ fn parse_auth_failures(raw: RawAuthFailures) -> Result<AuthFailures, String> {
             "[auth_failures] max and window_seconds must be at least 1, e.g. max = 10, window_seconds = 60"
                 .into(),
         );
+    }
+    // The window is also the first back-off, and a block doubles from there: a typo of a few
+    // digits too many would lock an address out for years after one bad token.
+    if f.window_seconds > MAX_AUTH_FAILURE_WINDOW_SECS {
+        return Err(format!(
+            "[auth_failures] window_seconds = {} is out of range: use 1 to {MAX_AUTH_FAILURE_WINDOW_SECS} \
+             (a day; it is also the first back-off)",
+            f.window_seconds
+        ));
     }
     Ok(f)
 }
@@ -1414,6 +1426,13 @@ env = "UPSTREAM_TOKEN"
         }
         let bad = format!("{GOOD}[auth_failures]\nmax = 0\n");
         assert!(parse(&bad).unwrap_err().contains("auth_failures"));
+        let long = |secs: u32| parse(&format!("{GOOD}[auth_failures]\nwindow_seconds = {secs}\n"));
+        assert_eq!(long(86_400).unwrap().auth_failures.window_seconds, 86_400);
+        let e = long(86_401).unwrap_err();
+        assert!(
+            e.contains("window_seconds = 86401 is out of range: use 1 to 86400"),
+            "{e}"
+        );
         let bad = format!("{GOOD}[rate_limit]\nburst = 3\n");
         assert!(parse(&bad).unwrap_err().contains("burst"));
     }
