@@ -296,8 +296,12 @@ pub async fn handle(
             )));
         }
         // Before the password is checked: a change a web page could have made (see `browser`).
-        if let Some((status, message)) = browser::refusal(&parts.method, &parts.uri, &parts.headers)
-        {
+        if let Some((status, message)) = browser::refusal(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            !hyper::body::Body::is_end_stream(&body),
+        ) {
             return Err(ApiError::new(status, message));
         }
         if !parts.headers.contains_key(AUTHORIZATION) {
