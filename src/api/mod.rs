@@ -8,7 +8,7 @@
 //! - **HTTP Basic with the user's password only**: tokens cannot manage tokens (a stolen token
 //!   must not be able to mint a longer-lived one). A token given as the password, or a Bearer
 //!   token, is a 401 that says so. Every failure is an audit event.
-//! - **No changes from web pages** ([`browser`]): a body must be JSON by its `Content-Type`,
+//! - **No changes from web pages** (`browser`): a body must be JSON by its `Content-Type`,
 //!   and a change must not come from a page of another site (`Origin`, `Sec-Fetch-Site`),
 //!   since a browser would send a password it was once given for the API with another site's
 //!   form.
