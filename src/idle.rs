@@ -229,14 +229,16 @@ pub enum Closed<T> {
 
 /// Drives `conn` until it ends, or the connection has been idle for `limit`, or has waited for
 /// a request for `request_within` ([`Activity::waiting_for_request`]); `conn` is then dropped,
-/// which closes it.
+/// which closes it — after at most [`ENDED_WITHIN`] of letting it close itself, when its
+/// stream was wrapped in [`EndableIo`] and `ending` is that stream's [`Ending`].
 pub async fn until_idle<F: Future>(
     conn: F,
     activity: &Activity,
     limit: Duration,
     request_within: Duration,
+    ending: Option<&Ending>,
 ) -> Closed<F::Output> {
-    until_idle_or_drained(conn, activity, limit, request_within, None).await
+    until_idle_or_drained(conn, activity, limit, request_within, None, ending).await
 }
 
 /// How long a connection with nothing in flight is waited for once the server drains: HTTP/2's
@@ -252,8 +254,32 @@ pub async fn until_idle_or_drained<F: Future>(
     limit: Duration,
     request_within: Duration,
     mut draining: Option<tokio::sync::watch::Receiver<bool>>,
+    ending: Option<&Ending>,
 ) -> Closed<F::Output> {
     tokio::pin!(conn);
+    let closed = until_closed(
+        conn.as_mut(),
+        activity,
+        limit,
+        request_within,
+        &mut draining,
+    )
+    .await;
+    if let (Closed::Idle | Closed::NoRequest, Some(ending)) = (&closed, ending) {
+        ending.end();
+        let _ = tokio::time::timeout(ENDED_WITHIN, conn).await;
+    }
+    closed
+}
+
+/// The loop of [`until_idle_or_drained`], leaving `conn` to its caller.
+async fn until_closed<F: Future>(
+    mut conn: Pin<&mut F>,
+    activity: &Activity,
+    limit: Duration,
+    request_within: Duration,
+    draining: &mut Option<tokio::sync::watch::Receiver<bool>>,
+) -> Closed<F::Output> {
     loop {
         let drained = draining.as_ref().is_some_and(|d| *d.borrow());
         let request_within = if drained {
@@ -275,7 +301,7 @@ pub async fn until_idle_or_drained<F: Future>(
             }
         };
         tokio::select! {
-            out = &mut conn => return Closed::Ended(out),
+            out = conn.as_mut() => return Closed::Ended(out),
             () = drain_begins => {}
             _ = tokio::time::sleep(wait) => {
                 if activity.idle() >= limit {
@@ -286,6 +312,119 @@ pub async fn until_idle_or_drained<F: Future>(
                 }
             }
         }
+    }
+}
+
+/// How long a connection closed for idling may take to close itself (see [`EndableIo`]).
+pub const ENDED_WITHIN: Duration = Duration::from_secs(1);
+
+/// A TLS connection's plaintext stream, which an idle close ends the way a client's leaving
+/// would: its reads see the end of the stream. hyper then closes the connection itself, which
+/// shuts the stream down: rustls sends `close_notify` before the TCP FIN, so the client reads
+/// a clean end instead of a truncation (which strict TLS clients log as an attack). Dropping
+/// the connection, as the idle close otherwise does, sends the FIN alone. A connection that
+/// cannot close itself within [`ENDED_WITHIN`] (a client that stopped reading, whose window
+/// holds the alert back) is dropped as before.
+pub struct EndableIo<IO> {
+    inner: IO,
+    ending: Ending,
+}
+
+/// The switch of an [`EndableIo`].
+#[derive(Clone, Default)]
+pub struct Ending(Arc<EndingState>);
+
+#[derive(Default)]
+struct EndingState {
+    ended: std::sync::atomic::AtomicBool,
+    /// The task last left waiting for a read, woken by [`Ending::end`].
+    reader: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl Ending {
+    /// Every read from now on sees the end of the stream.
+    pub fn end(&self) {
+        self.0.ended.store(true, Ordering::SeqCst);
+        let reader = self
+            .0
+            .reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.0.ended.load(Ordering::SeqCst)
+    }
+}
+
+impl<IO> EndableIo<IO> {
+    pub fn new(inner: IO, ending: Ending) -> Self {
+        EndableIo { inner, ending }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for EndableIo<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.ending.ended() {
+            return Poll::Ready(Ok(()));
+        }
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if polled.is_pending() {
+            // Kept under the lock `end` takes it with, and the switch looked at again after:
+            // an `end` in between is seen here or wakes this waker.
+            let mut reader = self
+                .ending
+                .0
+                .reader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if self.ending.ended() {
+                return Poll::Ready(Ok(()));
+            }
+            match reader.as_mut() {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *reader = Some(cx.waker().clone()),
+            }
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for EndableIo<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -523,6 +523,7 @@ pub async fn serve(listener: TcpListener, store: Store, limits: Limits) {
                 &activity,
                 limits.idle_timeout,
                 limits.header_read_timeout,
+                None,
             )
             .await;
             drop(permit);

@@ -40,7 +40,9 @@ use crate::config::{Config, Limits, Upstream as UpstreamConfig};
 use crate::gate::{Gate, ResponseBody};
 use crate::guard::Guard;
 use crate::health;
-use crate::idle::{until_idle, until_idle_or_drained, Activity, ActivityIo, Closed, OpenBody};
+use crate::idle::{
+    until_idle, until_idle_or_drained, Activity, ActivityIo, Closed, EndableIo, Ending, OpenBody,
+};
 use crate::metrics::{self, METRICS};
 use crate::signals::{HangupSignal, StopSignals};
 use crate::store::Store;
@@ -850,7 +852,7 @@ impl Connection {
         // reading would look active a while longer than the idle timeout.
         let stream = ActivityIo::new(stream, activity.clone());
         match self.settings.tls.clone() {
-            None => self.serve_io(stream, activity, Spoken::Either).await,
+            None => self.serve_io(stream, activity, Spoken::Either, None).await,
             Some(acceptor) => {
                 let deadline = self.settings.limits.header_read_timeout;
                 let mut draining = self.draining.clone();
@@ -859,7 +861,10 @@ impl Connection {
                     done = handshake => match done {
                         Ok(Ok(tls)) => {
                             let spoken = Spoken::agreed(tls.get_ref().1.alpn_protocol());
-                            self.serve_io(tls, activity, spoken).await
+                            // Closed for idling, it says `close_notify` (see `EndableIo`).
+                            let ending = Ending::default();
+                            let tls = EndableIo::new(tls, ending.clone());
+                            self.serve_io(tls, activity, spoken, Some(ending)).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
@@ -876,7 +881,7 @@ impl Connection {
     }
 
     /// Serve HTTP on `io` until the client is done, the connection idles out, or shutdown.
-    async fn serve_io<IO>(self, io: IO, activity: Activity, spoken: Spoken)
+    async fn serve_io<IO>(self, io: IO, activity: Activity, spoken: Spoken, ending: Option<Ending>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -963,7 +968,7 @@ impl Connection {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 };
-                let closing = until_idle(conn, &activity, idle, first);
+                let closing = until_idle(conn, &activity, idle, first, ending.as_ref());
                 match tokio::time::timeout(first, closing).await {
                     Ok(closed) => closed,
                     Err(_) => {
@@ -977,9 +982,13 @@ impl Connection {
                 match self.watcher {
                     Some(watcher) => {
                         let conn = watcher.watch(conn);
-                        until_idle_or_drained(conn, &activity, idle, first, draining).await
+                        let ending = ending.as_ref();
+                        until_idle_or_drained(conn, &activity, idle, first, draining, ending).await
                     }
-                    None => until_idle_or_drained(conn, &activity, idle, first, draining).await,
+                    None => {
+                        let ending = ending.as_ref();
+                        until_idle_or_drained(conn, &activity, idle, first, draining, ending).await
+                    }
                 }
             }
         };

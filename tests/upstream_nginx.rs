@@ -275,6 +275,8 @@ struct Options {
     /// Reach nginx on a Unix socket (`[upstream] socket`): plain under `http://git.invalid` (a
     /// name that does not resolve), TLS under `https://localhost` with `https_upstream`.
     unix_socket: bool,
+    /// More `[server]` keys, one per line.
+    server: &'static str,
 }
 
 impl Default for Options {
@@ -285,6 +287,7 @@ impl Default for Options {
             grace_seconds: 30,
             trusted: "",
             unix_socket: false,
+            server: "",
         }
     }
 }
@@ -360,6 +363,7 @@ impl World {
         if !o.trusted.is_empty() {
             text.push_str(&format!("trusted_proxies = [\"{}\"]\n", o.trusted));
         }
+        text.push_str(o.server);
         if o.tls {
             text.push_str("[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
             if !self.dir.path().join("cert.pem").exists() {
@@ -1044,6 +1048,59 @@ fn a_tls_connection_speaks_only_the_protocol_its_handshake_agreed() {
     // Without ALPN (as `tls_connect`), HTTP/1.1 as before.
     let (_, mut s) = tls_connect(g.port);
     assert!(answer(&mut s, H1).starts_with(b"HTTP/1.1 200"));
+}
+
+/// A TLS connection gitgate closes for idling, or for sending no request in time, ends with
+/// TLS's `close_notify` before the FIN: the client reads a clean end, not a truncation.
+#[test]
+fn a_tls_connection_closed_for_idling_ends_with_close_notify() {
+    let Some(w) = World::new("a_tls_connection_closed_for_idling_ends_with_close_notify") else {
+        return;
+    };
+    let g = w.serve(&Options {
+        tls: true,
+        server: "header_read_timeout_seconds = 1\nidle_timeout_seconds = 2\n",
+        ..Options::default()
+    });
+    // Reads to the end: rustls says `Ok(0)` after a `close_notify`, and an `UnexpectedEof`
+    // error for a FIN without one.
+    let end = |stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>| {
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let ended = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break Err(e),
+            }
+        };
+        (ended, got, started.elapsed())
+    };
+    // HTTP/1.1 agreed, no request at all.
+    let (_, mut s) = tls_connect_offering(g.port, &[b"http/1.1"]);
+    let (ended, _, took) = end(&mut s);
+    assert!(ended.is_ok(), "no close_notify: {ended:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // One keep-alive request answered, then nothing: closed after the same wait.
+    let (_, mut s) = tls_connect_offering(g.port, &[b"http/1.1"]);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let (ended, got, _) = end(&mut s);
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+    assert!(ended.is_ok(), "no close_notify: {ended:?}");
+    // HTTP/2: the preface and SETTINGS, then nothing.
+    let (_, mut s) = tls_connect_offering(g.port, &[b"h2"]);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let (ended, got, _) = end(&mut s);
+    assert!(got.len() >= 9 && got[3] == 0x04, "{got:?}");
+    assert!(ended.is_ok(), "no close_notify: {ended:?}");
+    // Half a request head: cut off, as before; how it ends is the client's fault.
+    let (_, mut s) = tls_connect_offering(g.port, &[b"http/1.1"]);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc").unwrap();
+    let (_, _, took) = end(&mut s);
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[test]
