@@ -232,7 +232,8 @@ impl Gate {
                                 METRICS.upstream_error();
                                 tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
                             }
-                            // No backend was asked (two directories answer to the repository).
+                            // No backend was asked (the repository's folder is not one it may
+                            // serve: two answer to it, a link, one nested in another).
                             Fault::Server => {
                                 tracing::error!(repo = %git_req.repo, error = %e, "cannot forward")
                             }

@@ -171,6 +171,105 @@ fn one_repository_name_is_one_directory_whatever_the_client_spells() {
     }
 }
 
+/// The repository gitgate authorised is the one the backend serves: nothing on disk may lead
+/// git elsewhere. A user who can push to a working tree can write a symbolic link, a gitfile or
+/// a whole repository (hooks included) into it; an administrator's link into another project
+/// would open it to everyone with a grant on the first. Neither is served, and a repository
+/// that is not there is answered without starting the backend.
+#[test]
+fn a_link_a_gitfile_or_a_repository_inside_another_is_not_served() {
+    let sb = Sandbox::new();
+    let secret = sb.create_repo("other/secret");
+    // A working tree that takes pushes (a deploy target).
+    let site = sb.repos().join("team/site");
+    sb.git(sb.root(), &["init", "-q", site.to_str().unwrap()])
+        .ok();
+    sb.commit_file(&site, "index.html", b"hello\n", "site");
+    sb.git(
+        &site,
+        &["config", "receive.denyCurrentBranch", "updateInstead"],
+    )
+    .ok();
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let server = sb.serve();
+    let url = |repo: &str| server.url_with("alice", &token.secret, repo);
+
+    // alice pushes a link, a gitfile and a repository into the working tree.
+    let work = sb.root().join("work");
+    sb.git(
+        sb.root(),
+        &["clone", "-q", &url("team/site"), work.to_str().unwrap()],
+    )
+    .ok();
+    std::os::unix::fs::symlink("../../other/secret.git", work.join("evil.git")).unwrap();
+    std::fs::write(work.join("evil2.git"), "gitdir: ../../other/secret.git\n").unwrap();
+    let inner = work.join("inner.git");
+    for dir in ["objects", "refs"] {
+        std::fs::create_dir_all(inner.join(dir)).unwrap();
+        std::fs::write(inner.join(dir).join(".keep"), "").unwrap();
+    }
+    std::fs::write(inner.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    sb.git(&work, &["add", "-A"]).ok();
+    sb.git(&work, &["commit", "-q", "-m", "plant"]).ok();
+    sb.git(&work, &["push", "-q", "origin", "HEAD:main"]).ok();
+    assert!(
+        site.join("evil.git").symlink_metadata().is_ok(),
+        "the push did not land"
+    );
+    // And the administrator links another project's repository into this one's.
+    std::os::unix::fs::symlink("../other/secret.git", sb.repos().join("team/link.git")).unwrap();
+
+    let hits_before = sb.hits().len();
+    for (repo, says) in [
+        (
+            "team/site/evil",
+            "team/site/evil lies inside another repository's folder",
+        ),
+        (
+            "team/site/evil2",
+            "team/site/evil2 lies inside another repository's folder",
+        ),
+        (
+            "team/link",
+            "team/link is reached on this server through a symbolic link or a gitfile",
+        ),
+        (
+            "team/site/inner",
+            "team/site/inner lies inside another repository's folder",
+        ),
+    ] {
+        let refs = sb.git(sb.root(), &["ls-remote", &url(repo)]);
+        let err = refs.fails_with(says);
+        assert!(!refs.stdout.contains(&secret), "{repo}: {err}");
+        let push = sb.git(&work, &["push", &url(repo), "HEAD:refs/heads/planted"]);
+        push.fails_with(says);
+    }
+    // A repository that is not there: git's own words, no backend started.
+    sb.git(sb.root(), &["ls-remote", &url("team/nope")])
+        .fails_with("not found");
+    assert_eq!(sb.hits().len(), hits_before, "{:?}", sb.hits());
+    // Nothing reached other/secret.
+    let refs = sb.git(
+        sb.root(),
+        &[
+            "--git-dir",
+            sb.bare("other/secret").to_str().unwrap(),
+            "for-each-ref",
+        ],
+    );
+    assert!(!refs.ok().contains("planted"), "{}", refs.stdout);
+    // The working tree itself is still served.
+    sb.git(sb.root(), &["ls-remote", &url("team/site")]).ok();
+    let log = server.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("cannot forward") && l.contains("repo=team/link")),
+        "{log}"
+    );
+}
+
 /// clone, ls-remote, push, and fetch (into a second clone) with the given protocol version.
 fn round_trip(version: &str) {
     let (sb, server, token) = team_setup();

@@ -57,8 +57,57 @@ pub enum Fault {
     Backend,
     /// The client (its upload stopped arriving).
     Client,
-    /// This server's own setup (two directories answer to one repository): no backend asked.
+    /// This server's own setup (two directories answer to one repository, or one is reached
+    /// through a link, or lies inside another repository): no backend asked.
     Server,
+}
+
+/// Why the CGI backend is not asked for `repo` (see [`cgi::RepoDir`]), in words for the git
+/// user; no path on the server's disk is named.
+fn not_served(repo: &crate::git::RepoPath, why: cgi::NotServed) -> ForwardError {
+    let server = |status, message: String| ForwardError {
+        status,
+        message,
+        detail: None,
+        fault: Fault::Server,
+    };
+    match why {
+        cgi::NotServed::Missing => ForwardError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("repository '{repo}' not found"),
+            detail: None,
+            fault: Fault::Client,
+        },
+        cgi::NotServed::Doubled => server(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "{repo}.git has a {repo}.git.git beside it, which git http-backend could serve \
+                 in its place; ask this server's administrator to remove or rename it"
+            ),
+        ),
+        cgi::NotServed::Indirect => server(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "{repo} is reached on this server through a symbolic link or a gitfile, which \
+                 could lead git to another repository than the one authorised; ask its \
+                 administrator to make it a real directory under the project root"
+            ),
+        ),
+        cgi::NotServed::Nested => server(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{repo} lies inside another repository's folder, and gitgate does not serve a \
+                 repository nested in another (whoever can push to that one could have written it)"
+            ),
+        ),
+        cgi::NotServed::Both => server(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "two repositories on this server answer to {repo} ({repo} and {repo}.git); ask \
+                 its administrator to rename one"
+            ),
+        ),
+    }
 }
 
 impl ForwardError {
@@ -113,27 +162,7 @@ impl Upstream {
             Upstream::Cgi(backend) => {
                 let path_info = match backend.path_info(git_req) {
                     Ok(path_info) => path_info,
-                    Err(clash) => {
-                        let repo = &git_req.repo;
-                        let message = if clash == cgi::RepoDir::Doubled {
-                            format!(
-                                "{repo}.git has a {repo}.git.git beside it, which git http-backend \
-                                 could serve in its place; ask this server's administrator to \
-                                 remove or rename it"
-                            )
-                        } else {
-                            format!(
-                                "two repositories on this server answer to {repo} ({repo} and \
-                                 {repo}.git); ask its administrator to rename one"
-                            )
-                        };
-                        return Err(ForwardError {
-                            status: StatusCode::INTERNAL_SERVER_ERROR,
-                            message,
-                            detail: None,
-                            fault: Fault::Server,
-                        });
-                    }
+                    Err(why) => return Err(not_served(&git_req.repo, why)),
                 };
                 let req = cgi::CgiRequest {
                     method: &parts.method,

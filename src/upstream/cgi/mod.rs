@@ -188,71 +188,140 @@ impl std::error::Error for CgiError {
 /// both do, or when git could pass over `team/app.git` to `team/app.git.git` (git's test of a
 /// repository reads `HEAD`'s contents too, which gitgate's does not: a `team/app.git` that
 /// gitgate takes for a repository and git does not would send it on to the next name).
+///
+/// The repository gitgate authorised must be the one git serves, so nothing on the way may
+/// lead git elsewhere: git follows a symbolic link, and a file in a repository's place (or in
+/// place of a working tree's `.git`) that says `gitdir: <path>`. Every folder from the project
+/// root down and every name git tries must be a real directory ([`RepoDir::Indirect`]
+/// otherwise); and a repository inside another's folder is not served ([`RepoDir::Nested`]):
+/// whoever can push to a working tree can write any file in it, a whole repository with
+/// hooks (which git would run) or a gitfile into another project included — git's own
+/// `safe.bareRepository` guards against such embedded repositories.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepoDir {
     /// `team/app.git` (the usual bare repository).
     WithGit,
     /// `team/app` (a bare repository without the suffix, or a working tree with `.git`).
     Plain,
-    /// Neither: the backend is asked for `team/app`, which it can only resolve inside the
-    /// two names above, and answers that there is no such repository.
+    /// None that may be served: the backend is not started.
+    NotServed(NotServed),
+}
+
+/// Why no directory of a repository is given to the backend (see [`RepoDir`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotServed {
+    /// Neither name is a repository: answered as no such repository.
     Missing,
-    /// Both: refused, since gitgate cannot tell which one a grant means.
+    /// Both are: refused, since gitgate cannot tell which one a grant means.
     Both,
     /// `team/app.git` and, beside it, something named `team/app.git.git`: refused, since git
     /// tries that name after `team/app.git` when it does not take `team/app.git` for a
     /// repository, and gitgate never grants it.
     Doubled,
+    /// A symbolic link on the way, or a symbolic link or a file (a gitfile) at a name git tries:
+    /// refused, since git would follow it to a repository gitgate did not authorise.
+    Indirect,
+    /// Inside the folder of another repository (a working tree, or a repository's own folder):
+    /// refused (see [`RepoDir`]).
+    Nested,
+}
+
+/// What is at one of the names git tries for a repository, not following links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    Nothing,
+    /// A directory that is a repository as git would take it.
+    Repository,
+    /// A directory that is no repository (a folder of repositories, say).
+    Folder,
+    /// A symbolic link, a file (which git reads as a gitfile), or a working tree whose `.git`
+    /// is one of those.
+    Indirect,
 }
 
 impl RepoDir {
-    /// Pure: from whether `<root>/<repo>.git` and `<root>/<repo>` are repositories, and
-    /// whether anything is named `<root>/<repo>.git.git` (only `<repo>.git` can lead git
-    /// there: asked for `<repo>`, git tries `<repo>/.git`, `<repo>`, `<repo>.git/.git` and
-    /// `<repo>.git`).
-    pub fn of(with_git: bool, plain: bool, doubled: bool) -> RepoDir {
+    /// Pure: from what is at `<root>/<repo>.git` and `<root>/<repo>`, and whether anything is
+    /// named `<root>/<repo>.git.git` (only `<repo>.git` can lead git there: asked for `<repo>`,
+    /// git tries `<repo>/.git`, `<repo>`, `<repo>.git/.git` and `<repo>.git`).
+    pub fn of(with_git: Found, plain: Found, doubled: bool) -> RepoDir {
         match (with_git, plain) {
-            (true, true) => RepoDir::Both,
-            (true, false) if doubled => RepoDir::Doubled,
-            (true, false) => RepoDir::WithGit,
-            (false, true) => RepoDir::Plain,
-            (false, false) => RepoDir::Missing,
+            (Found::Indirect, _) | (_, Found::Indirect) => RepoDir::NotServed(NotServed::Indirect),
+            (Found::Repository, Found::Repository) => RepoDir::NotServed(NotServed::Both),
+            (Found::Repository, _) if doubled => RepoDir::NotServed(NotServed::Doubled),
+            (Found::Repository, _) => RepoDir::WithGit,
+            (_, Found::Repository) => RepoDir::Plain,
+            _ => RepoDir::NotServed(NotServed::Missing),
         }
     }
 }
 
-/// Whether `dir` is a repository as git would take it: a working tree (with `.git`), or a bare
+/// What is at `path` (see [`Found`]): a working tree (with `.git`, a directory), or a bare
 /// repository (`HEAD`, `objects/` and `refs/`, which git's own `is_git_directory` asks for).
-fn looks_like_repository(dir: &Path) -> bool {
-    dir.join(".git").exists()
-        || (dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir())
+fn found_at(path: &Path) -> Found {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Found::Nothing,
+        Ok(meta) if !meta.is_dir() => Found::Indirect,
+        Ok(_) => match std::fs::symlink_metadata(path.join(".git")) {
+            Ok(dot_git) if dot_git.is_dir() => Found::Repository,
+            Ok(_) => Found::Indirect,
+            Err(_)
+                if path.join("HEAD").is_file()
+                    && path.join("objects").is_dir()
+                    && path.join("refs").is_dir() =>
+            {
+                Found::Repository
+            }
+            Err(_) => Found::Folder,
+        },
+    }
 }
 
 impl CgiBackend {
     /// The request's `PATH_INFO`: its repository spelled as the directory that answers to it
-    /// (see [`RepoDir`]); the clash when none can be given safely.
-    pub fn path_info(&self, git_req: &crate::git::GitRequest) -> Result<String, RepoDir> {
+    /// (see [`RepoDir`]); what else was found when none can be given.
+    pub fn path_info(&self, git_req: &crate::git::GitRequest) -> Result<String, NotServed> {
         match self.repo_dir(git_req.repo.as_str()) {
             RepoDir::WithGit => Ok(git_req.backend_path_spelled(true)),
-            RepoDir::Plain | RepoDir::Missing => Ok(git_req.backend_path_spelled(false)),
-            clash @ (RepoDir::Both | RepoDir::Doubled) => Err(clash),
+            RepoDir::Plain => Ok(git_req.backend_path_spelled(false)),
+            RepoDir::NotServed(why) => Err(why),
         }
     }
 
-    /// Which directory answers to `repo` (a few `stat`s; see [`RepoDir`]). Only a directory
-    /// that looks like a repository counts: `team/app/` may also be a folder of repositories
-    /// (`team/app/lib.git`, subgroups) beside the repository `team/app.git`.
+    /// Which directory answers to `repo` (a few `lstat`s per folder; see [`RepoDir`]). Only a
+    /// directory that looks like a repository counts: `team/app/` may also be a folder of
+    /// repositories (`team/app/lib.git`, subgroups) beside the repository `team/app.git`.
     pub fn repo_dir(&self, repo: &str) -> RepoDir {
-        let plain = self.project_root.join(repo);
+        let mut plain = self.project_root.clone();
+        let (name, folders) = match repo.rsplit_once('/') {
+            Some((folders, name)) => (name, Some(folders)),
+            None => (repo, None),
+        };
+        for folder in folders.into_iter().flat_map(|f| f.split('/')) {
+            plain.push(folder);
+            let why = match found_at(&plain) {
+                Found::Folder => continue,
+                Found::Nothing => NotServed::Missing,
+                Found::Repository => NotServed::Nested,
+                // A link, a file (git goes no further), or a working tree whose `.git` leads
+                // elsewhere.
+                Found::Indirect => match std::fs::symlink_metadata(&plain) {
+                    Ok(meta) if meta.is_dir() => NotServed::Nested,
+                    Ok(meta) if meta.file_type().is_symlink() => NotServed::Indirect,
+                    _ => NotServed::Missing,
+                },
+            };
+            return RepoDir::NotServed(why);
+        }
+        plain.push(name);
         let mut with_git = plain.clone().into_os_string();
         with_git.push(".git");
-        let is_repository = looks_like_repository(Path::new(&with_git));
+        let with_git_found = found_at(Path::new(&with_git));
         // Any kind of file counts: git follows a gitfile or a symlink there as well.
-        let doubled = is_repository && {
+        let doubled = with_git_found == Found::Repository && {
             with_git.push(".git");
             std::fs::symlink_metadata(&with_git).is_ok()
         };
-        RepoDir::of(is_repository, looks_like_repository(&plain), doubled)
+        RepoDir::of(with_git_found, found_at(&plain), doubled)
     }
 
     /// `program` is the CGI executable (e.g. `/usr/lib/git-core/git-http-backend`);

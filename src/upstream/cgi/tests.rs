@@ -10,15 +10,56 @@ use hyper::StatusCode;
 
 #[test]
 fn one_directory_answers_to_a_repository() {
-    assert_eq!(RepoDir::of(true, false, false), RepoDir::WithGit);
-    assert_eq!(RepoDir::of(false, true, false), RepoDir::Plain);
-    assert_eq!(RepoDir::of(false, false, false), RepoDir::Missing);
-    assert_eq!(RepoDir::of(true, true, false), RepoDir::Both);
+    use Found::{Folder, Indirect, Nothing, Repository};
+    let refused = RepoDir::NotServed;
+    assert_eq!(RepoDir::of(Repository, Nothing, false), RepoDir::WithGit);
+    assert_eq!(RepoDir::of(Nothing, Repository, false), RepoDir::Plain);
+    assert_eq!(
+        RepoDir::of(Nothing, Nothing, false),
+        refused(NotServed::Missing)
+    );
+    assert_eq!(
+        RepoDir::of(Repository, Repository, false),
+        refused(NotServed::Both)
+    );
     // `<repo>.git.git` matters only where git would be asked for `<repo>.git`.
-    assert_eq!(RepoDir::of(true, false, true), RepoDir::Doubled);
-    assert_eq!(RepoDir::of(true, true, true), RepoDir::Both);
-    assert_eq!(RepoDir::of(false, true, true), RepoDir::Plain);
-    assert_eq!(RepoDir::of(false, false, true), RepoDir::Missing);
+    assert_eq!(
+        RepoDir::of(Repository, Nothing, true),
+        refused(NotServed::Doubled)
+    );
+    assert_eq!(
+        RepoDir::of(Repository, Repository, true),
+        refused(NotServed::Both)
+    );
+    assert_eq!(RepoDir::of(Nothing, Repository, true), RepoDir::Plain);
+    assert_eq!(
+        RepoDir::of(Nothing, Nothing, true),
+        refused(NotServed::Missing)
+    );
+    // A folder of repositories beside the repository of the same name.
+    assert_eq!(RepoDir::of(Repository, Folder, false), RepoDir::WithGit);
+    assert_eq!(RepoDir::of(Folder, Repository, false), RepoDir::Plain);
+    assert_eq!(
+        RepoDir::of(Folder, Folder, false),
+        refused(NotServed::Missing)
+    );
+    // A link or a gitfile at either name refuses both: git could go on to it.
+    assert_eq!(
+        RepoDir::of(Indirect, Repository, false),
+        refused(NotServed::Indirect)
+    );
+    assert_eq!(
+        RepoDir::of(Repository, Indirect, false),
+        refused(NotServed::Indirect)
+    );
+    assert_eq!(
+        RepoDir::of(Nothing, Indirect, false),
+        refused(NotServed::Indirect)
+    );
+}
+
+#[test]
+fn the_directory_on_disk_is_found_without_following_links() {
     let root = tempfile::tempdir().unwrap();
     let backend = CgiBackend::new("/bin/false".into(), root.path().to_owned());
     let bare = |name: &str| {
@@ -50,17 +91,86 @@ fn one_directory_answers_to_a_repository() {
         "gitdir: ../team/app.git\n",
     )
     .unwrap();
+    // Links and gitfiles: to another project's repository, or out of the project root.
+    bare("other/secret.git");
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        root.path().join("other/secret.git"),
+        root.path().join("team/link.git"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.path().join("team/out")).unwrap();
+    bare("team/out/x.git");
+    std::os::unix::fs::symlink(root.path().join("other"), root.path().join("linked")).unwrap();
+    std::fs::write(
+        root.path().join("team/pointer.git"),
+        "gitdir: ../other/secret.git\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.path().join("team/worktree")).unwrap();
+    std::fs::write(
+        root.path().join("team/worktree/.git"),
+        "gitdir: ../../other/secret.git\n",
+    )
+    .unwrap();
+    // A repository inside a working tree (anyone who pushes to it could have written it), and
+    // inside a bare repository's folder.
+    std::fs::create_dir_all(root.path().join("team/site/.git")).unwrap();
+    bare("team/site/evil.git");
+    bare("team/app.git/inner.git");
+
+    let refused = RepoDir::NotServed;
     assert_eq!(backend.repo_dir("team/app"), RepoDir::WithGit);
     assert_eq!(backend.repo_dir("team/plain"), RepoDir::Plain);
     assert_eq!(backend.repo_dir("team/tree"), RepoDir::Plain);
-    assert_eq!(backend.repo_dir("team/both"), RepoDir::Both);
-    assert_eq!(backend.repo_dir("team/odd"), RepoDir::Missing);
-    assert_eq!(backend.repo_dir("team/file"), RepoDir::Missing);
+    assert_eq!(backend.repo_dir("team/both"), refused(NotServed::Both));
+    assert_eq!(backend.repo_dir("team/odd"), refused(NotServed::Missing));
     assert_eq!(backend.repo_dir("team/nested"), RepoDir::WithGit);
     assert_eq!(backend.repo_dir("team/nested/lib"), RepoDir::WithGit);
     assert_eq!(backend.repo_dir("team/stray"), RepoDir::Plain);
-    assert_eq!(backend.repo_dir("team/twice"), RepoDir::Doubled);
-    assert_eq!(backend.repo_dir("team/gitfile"), RepoDir::Doubled);
+    assert_eq!(backend.repo_dir("team/twice"), refused(NotServed::Doubled));
+    assert_eq!(
+        backend.repo_dir("team/gitfile"),
+        refused(NotServed::Doubled)
+    );
+    assert_eq!(backend.repo_dir("missing/app"), refused(NotServed::Missing));
+    assert_eq!(
+        backend.repo_dir("team/app/missing"),
+        refused(NotServed::Missing)
+    );
+    // A file where a repository goes is read by git as a gitfile.
+    assert_eq!(backend.repo_dir("team/file"), refused(NotServed::Indirect));
+    assert_eq!(
+        backend.repo_dir("team/pointer"),
+        refused(NotServed::Indirect)
+    );
+    assert_eq!(
+        backend.repo_dir("team/worktree"),
+        refused(NotServed::Indirect)
+    );
+    assert_eq!(backend.repo_dir("team/link"), refused(NotServed::Indirect));
+    assert_eq!(backend.repo_dir("team/out/x"), refused(NotServed::Indirect));
+    assert_eq!(
+        backend.repo_dir("linked/secret"),
+        refused(NotServed::Indirect)
+    );
+    assert_eq!(
+        backend.repo_dir("team/site/evil"),
+        refused(NotServed::Nested)
+    );
+    assert_eq!(
+        backend.repo_dir("team/app.git/inner"),
+        refused(NotServed::Nested)
+    );
+    assert_eq!(
+        backend.repo_dir("team/worktree/x"),
+        refused(NotServed::Nested)
+    );
+    // The project root itself may be reached through a link.
+    let through = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(root.path(), through.path().join("root")).unwrap();
+    let backend = CgiBackend::new("/bin/false".into(), through.path().join("root"));
+    assert_eq!(backend.repo_dir("team/app"), RepoDir::WithGit);
 }
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
