@@ -309,7 +309,10 @@ impl Gate {
             Credentials::Basic { user, secret } => (Some(user.as_str()), secret),
             Credentials::Bearer { secret } => (None, secret),
         };
-        log.user = basic_user.filter(|u| !u.is_empty()).map(str::to_string);
+        // Until the token says whose it is, the name the client sent, if it could be a user's.
+        log.user = basic_user
+            .filter(|u| !u.is_empty())
+            .map(|u| crate::store::as_written_down(u).to_string());
         let id = token::parse(secret.expose())
             .ok_or_else(|| Refusal::NotAToken(token::why_not_a_token(secret.expose())))?;
         log.token_id = Some(id.as_str().to_string());

@@ -114,8 +114,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// exists. A gitgate token in place of the password is refused by name: tokens cannot manage
 /// tokens.
 pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result<Caller> {
+    // Written down (audited, logged, answered) only if it could be a user name: a password
+    // typed in its place must not be kept. Looked up in lower case, as git's side compares it
+    // (user names are lower-case: `Alice` is alice).
+    let shown = crate::store::as_written_down(user).to_ascii_lowercase();
+    let user = &user.to_ascii_lowercase();
     let fail = |reason: &str, message: String| {
-        store.record_event_or_log(actor, "auth.failed", user, reason);
+        store.record_event_or_log(actor, "auth.failed", &shown, reason);
         Err(Error::Unauthenticated(message))
     };
     if token::parse(password).is_some() {
@@ -131,9 +136,9 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     // only to the audit log and the server's log.
     let wrong = || {
         format!(
-            "authentication failed for user '{user}': wrong user name or password, a disabled \
+            "authentication failed for user '{shown}': wrong user name or password, a disabled \
              user, or password logins locked after {PASSWORD_FAILURES_BEFORE_LOCK} wrong passwords in a row (for \
-             {} minutes; an administrator can lift it: gitgate user unlock {user}); the user's \
+             {} minutes; an administrator can lift it: gitgate user unlock {shown}); the user's \
              tokens keep working",
             PASSWORD_LOCK_MS / 60_000
         )
@@ -388,7 +393,7 @@ pub fn create(
                 // An administrator may know who exists (the lists show it): a name that is
                 // nobody's is told as such, not as a rule about other users' tokens.
                 if caller.is_admin() && store.user(user)?.is_none() {
-                    return Err(Error::NotFound(format!("no user '{user}'")));
+                    return Err(Error::NotFound(crate::store::no_such_user(user)));
                 }
                 return Err(Error::Forbidden(if caller.is_admin() {
                     format!(
@@ -493,7 +498,7 @@ pub fn get(
         may_manage(caller, subject)?;
         if let Subject::Personal(user) = subject {
             if store.user(user)?.is_none() {
-                return Err(Error::NotFound(format!("no user '{user}'")));
+                return Err(Error::NotFound(crate::store::no_such_user(user)));
             }
         }
     }

@@ -166,9 +166,17 @@ pub fn authorize(
                 // User names are lower-case (see `store::users`), so no two differ in case
                 // alone: `Alice`, as people and single sign-on helpers type it, is alice.
                 if !presented.eq_ignore_ascii_case(&owner.slug) {
-                    return Err(Deny::Unauthenticated(format!(
-                        "token '{name}' does not belong to user '{presented}'"
-                    )));
+                    // Into the log and the audit table too: never a name that may be a password.
+                    let message = match crate::store::as_written_down(presented) {
+                        crate::store::NOT_A_USER_NAME => format!(
+                            "token '{name}' does not belong to the user name given, which is not a \
+                             user name (was a password typed at git's Username prompt?)"
+                        ),
+                        presented => {
+                            format!("token '{name}' does not belong to user '{presented}'")
+                        }
+                    };
+                    return Err(Deny::Unauthenticated(message));
                 }
             }
             if !owner.active {

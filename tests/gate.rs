@@ -1790,6 +1790,32 @@ fn secrets_never_reach_the_log_or_the_database() {
         ],
     )
     .fails_with("does not belong to user");
+    // A password typed at git's Username prompt: with a token, and with something else.
+    const TYPED_AS_USER: &str = "Zq9SecretPasswordXy";
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with(TYPED_AS_USER, &personal.secret, "team/app"),
+        ],
+    )
+    .fails_with("does not belong to the user name given, which is not a user name");
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with(TYPED_AS_USER, "x", "team/app"),
+        ],
+    )
+    .fails_with("is not a gitgate access token");
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with(TYPED_AS_USER, &wrong, "team/app"),
+        ],
+    )
+    .fails_with("invalid token");
     // The token where the user name goes (`https://TOKEN@host`, GitHub's style).
     sb.git(
         sb.root(),
@@ -1857,6 +1883,11 @@ fn secrets_never_reach_the_log_or_the_database() {
         ("revoked token", revoked.secret.as_str()),
         ("wrong secret", wrong.as_str()),
         ("password", PASSWORD),
+        ("password typed as the user name", TYPED_AS_USER),
+        (
+            "password typed as the user name",
+            &TYPED_AS_USER.to_ascii_lowercase(),
+        ),
         (
             "base64 of alice:token",
             &common::base64(format!("alice:{}", personal.secret).as_bytes()),

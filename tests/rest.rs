@@ -315,6 +315,53 @@ fn tokens_and_bad_passwords_cannot_manage_tokens() {
     );
 }
 
+/// User names are lower-case, and are compared in any case here as on git's side: `Alice` is
+/// alice, and no wrong-case name counts as a failed login. A password typed as the user name
+/// is never written down.
+#[test]
+fn user_names_in_any_case_are_the_user_and_a_password_typed_as_one_is_not_kept() {
+    let (install, server) = setup();
+    for (who, path) in [
+        ("Alice", "/users/alice"),
+        ("alice", "/users/Alice"),
+        ("ALICE", "/users/ALICE"),
+    ] {
+        let r = server.api("GET", path, who, "");
+        assert_eq!(r.status, 200, "{who} {path}: {}", r.body);
+    }
+    let r = server.api("GET", "/users/Bob", "alice", "");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.error_message().contains("not those of 'bob'"),
+        "{}",
+        r.body
+    );
+
+    const TYPED_AS_USER: &str = "Zq9SecretPasswordXy";
+    let r = server.request(
+        "GET",
+        &format!("{API}/users/alice"),
+        Auth::Basic(TYPED_AS_USER, "x"),
+        "",
+    );
+    assert_eq!(r.status, 401);
+    assert!(
+        r.error_message()
+            .contains("authentication failed for user '<not a user name>'"),
+        "{}",
+        r.body
+    );
+    let audit = install.cli_ok(&["audit", "--json"], "");
+    assert!(audit.contains("<not a user name>"), "{audit}");
+    assert!(
+        !audit
+            .to_ascii_lowercase()
+            .contains(&TYPED_AS_USER.to_ascii_lowercase()),
+        "{audit}"
+    );
+    assert!(!server.log_text().contains(TYPED_AS_USER));
+}
+
 #[test]
 fn paging_and_error_shapes() {
     let (_install, server) = setup();

@@ -587,8 +587,9 @@ fn authenticate(
             ))
         }
         Ok(Credentials::Basic { user, secret }) => {
+            // Never a password typed as the user name (see `store::as_written_down`).
             let actor = Actor {
-                name: user.clone(),
+                name: crate::store::as_written_down(&user).to_ascii_lowercase(),
                 source: source.clone(),
             };
             let caller = lifecycle::login(store, &user, secret.expose(), &actor)?;

@@ -8,14 +8,13 @@ use crate::lifecycle::Subject;
 
 /// Route the path segments after `users/`.
 pub fn route(call: &Call, segments: &[&str]) -> ApiResult {
+    // User names are lower-case: `users/Alice` is alice's, as a login as `Alice` is alice.
+    let lower = segments.first().map(|user| user.to_ascii_lowercase());
+    let user = lower.as_deref().unwrap_or_default();
     match segments {
-        [user] if !user.is_empty() => {
-            tokens::collection(call, &Subject::Personal(user.to_string()))
-        }
-        [user, id] if !id.is_empty() => {
-            tokens::item(call, &Subject::Personal(user.to_string()), id)
-        }
-        [user, id, "rotate"] => tokens::rotate(call, &Subject::Personal(user.to_string()), id),
+        [_] if !user.is_empty() => tokens::collection(call, &Subject::Personal(user.to_string())),
+        [_, id] if !id.is_empty() => tokens::item(call, &Subject::Personal(user.to_string()), id),
+        [_, id, "rotate"] => tokens::rotate(call, &Subject::Personal(user.to_string()), id),
         _ => Err(ApiError::not_found(
             "no such resource: use users/{user}, users/{user}/{id} or users/{user}/{id}/rotate",
         )),

@@ -59,7 +59,7 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
     let subject = match (who.user, who.project, who.repo) {
         (Some(user), None, None) => {
             if store.user(user).map_err(|e| e.to_string())?.is_none() {
-                return Err(format!("no user '{user}'"));
+                return Err(crate::store::no_such_user(user));
             }
             caller = login_as_owner(store, user, password_stdin, "created")?;
             Subject::Personal(user.to_string())

@@ -70,7 +70,7 @@ pub fn unlock(store: &Store, name: &str) -> Result<(), String> {
 
 pub fn passwd(store: &Store, name: &str, password_stdin: bool) -> Result<(), String> {
     if store.user(name).map_err(|e| e.to_string())?.is_none() {
-        return Err(format!("no user '{name}'"));
+        return Err(crate::store::no_such_user(name));
     }
     let pw = read_password(password_stdin, &format!("New password for {name}: "))?;
     let hash = password::hash(&pw)?;

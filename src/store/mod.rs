@@ -39,7 +39,7 @@ pub use ratelimits::{RateOverride, RateRule};
 pub use tokens::{
     validate_name, AuthRecord, NewToken, Owner, ReplacedSecret, TokenEdit, TokenRecord,
 };
-pub use users::{validate_slug, Role, User};
+pub use users::{as_written_down, no_such_user, validate_slug, Role, User, NOT_A_USER_NAME};
 
 /// How long a connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -84,6 +84,44 @@ pub fn validate_slug(slug: &str) -> Result<()> {
     }
 }
 
+/// What a user name sent with a request is written down as (in the log, the audit table and
+/// messages) before it is known to be a user's: itself when it could be one as people type
+/// them (`alice`, `Alice`, `ALICE`: user names are lower-case, and compared in any case), else
+/// [`NOT_A_USER_NAME`]. A name that could not be one is most often a password typed into git's
+/// Username prompt, and must not be kept. (A password that looks like a user name, all in one
+/// case, still would be: telling it apart would take a look at the store on every refusal.)
+pub fn as_written_down(name: &str) -> &str {
+    // On every request that names a user: no allocation.
+    let b = name.as_bytes();
+    let slug_like = !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c));
+    let rest = b.get(1..).unwrap_or_default();
+    let one_case =
+        !rest.iter().any(u8::is_ascii_uppercase) || !b.iter().any(u8::is_ascii_lowercase);
+    // (Names holding a token are refused, and never written down, before this is asked.)
+    if slug_like && one_case && !crate::credentials::holds_a_secret(name) {
+        name
+    } else {
+        NOT_A_USER_NAME
+    }
+}
+
+/// "no user 'NAME'", with a hint when `name` has upper-case letters (user names have none).
+pub fn no_such_user(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    if lower != name && validate_slug(&lower).is_ok() {
+        format!("no user '{name}' (user names are lower-case: '{lower}')")
+    } else {
+        format!("no user '{name}'")
+    }
+}
+
+/// How [`as_written_down`] writes a name that cannot be a user's.
+pub const NOT_A_USER_NAME: &str = "<not a user name>";
+
 fn user_from_row(r: &rusqlite::Row) -> rusqlite::Result<User> {
     let role: String = r.get(2)?;
     Ok(User {
@@ -105,7 +143,7 @@ pub(super) fn find_user(c: &rusqlite::Connection, slug: &str) -> Result<Option<U
 }
 
 pub(super) fn require_user(c: &rusqlite::Connection, slug: &str) -> Result<User> {
-    find_user(c, slug)?.ok_or_else(|| StoreError::NotFound(format!("no user '{slug}'")))
+    find_user(c, slug)?.ok_or_else(|| StoreError::NotFound(no_such_user(slug)))
 }
 
 impl Store {
@@ -289,6 +327,27 @@ mod tests {
     #[test]
     fn slugs() {
         assert!(validate_slug("alice").is_ok());
+        assert_eq!(
+            no_such_user("Alice"),
+            "no user 'Alice' (user names are lower-case: 'alice')"
+        );
+        assert_eq!(no_such_user("ghost"), "no user 'ghost'");
+        for shown in ["alice", "Alice", "ALICE", "ci-bot.2", "Ci-bot.2", "a"] {
+            assert_eq!(as_written_down(shown), shown);
+        }
+        for hidden in [
+            "Zq9SecretPasswordXy",
+            "aLICE",
+            "hunter 2",
+            "p@ssw0rd",
+            "-alice",
+            "",
+            "ggt_abc",
+            &"a".repeat(65),
+            "ünïcode",
+        ] {
+            assert_eq!(as_written_down(hidden), NOT_A_USER_NAME, "{hidden}");
+        }
         assert!(validate_slug("ci-bot.2").is_ok());
         for bad in [
             "",
