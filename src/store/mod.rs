@@ -934,6 +934,9 @@ impl Store {
     /// scan would be served from a smaller index and never touch the table.)
     pub fn ping(&self) -> Result<()> {
         self.with_conn(|c| {
+            // A store migrated by a newer gitgate: every token is refused (see
+            // `schema::refuse_newer`), so not ready either.
+            schema::refuse_newer(c)?;
             c.query_row(
                 "SELECT (SELECT count(*) FROM sqlite_master), \
                         (SELECT 1 FROM tokens NOT INDEXED LIMIT 1), (SELECT 1 FROM tokens WHERE id = ''), \

@@ -900,6 +900,7 @@ mod tests {
             store.cached_auth_record(id).unwrap(),
             CacheLookup::Hit(_)
         ));
+        assert!(store.ping().is_ok());
         // A newer gitgate's CLI migrates the store while this one serves.
         rusqlite::Connection::open(d.path().join("t.db"))
             .unwrap()
@@ -914,6 +915,9 @@ mod tests {
         let e = store.load_auth_record(id, at).unwrap_err().to_string();
         assert!(e.contains("newer than this gitgate knows"), "{e}");
         assert!(store.auth_record("nosuchtoken1").is_err());
+        // Not ready either (`/readyz`), so that a load balancer sends requests elsewhere.
+        let e = store.ping().unwrap_err().to_string();
+        assert!(e.contains("newer than this gitgate knows"), "{e}");
     }
 
     #[test]
