@@ -427,7 +427,7 @@ fn init_logging(default: &str) -> Result<(), String> {
             if let Some(problem) = log_filter_problem(&value) {
                 return Err(format!("GITGATE_LOG={value:?}: {problem}"));
             }
-            tracing_subscriber::EnvFilter::try_new(&value)
+            tracing_subscriber::EnvFilter::try_new(with_a_level(&value, default))
                 .map_err(|e| format!("GITGATE_LOG={value:?} is not a log filter: {e}"))?
         }
         _ => tracing_subscriber::EnvFilter::new(default),
@@ -440,6 +440,24 @@ fn init_logging(default: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `value` as a filter: as it is when it sets a level for everything (`warn`,
+/// `warn,gitgate::request=info`), else on top of `default`. A filter of `TARGET=LEVEL` pairs
+/// alone shows nothing else at all, errors included: `gitgate::request=off`, the way to drop
+/// the request lines, would have silenced every line.
+fn with_a_level(value: &str, default: &str) -> String {
+    let sets_a_level = value.split(',').map(str::trim).any(|d| {
+        LEVELS.contains(&d.to_ascii_lowercase().as_str())
+            || matches!(d, "0" | "1" | "2" | "3" | "4" | "5")
+    });
+    if sets_a_level {
+        value.to_string()
+    } else {
+        format!("{default},{value}")
+    }
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
 /// What is wrong with a `GITGATE_LOG` value that the filter syntax would take but no operator
 /// means: a bare word that is neither a level nor a module path (`warning`, `verbose`, or a
 /// typo such as `gitgate:debug`) is read as a target name, and then nothing else logs — not
@@ -447,7 +465,6 @@ fn init_logging(default: &str) -> Result<(), String> {
 /// The same for `TARGET=LEVEL` with a target nothing logs under (`GITGATE=debug`: targets are
 /// case-sensitive, `gitgat=info`): without a level of its own the filter then shows nothing.
 fn log_filter_problem(value: &str) -> Option<String> {
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     let directives = value
         .split(',')
         .map(str::trim)
@@ -490,7 +507,25 @@ fn is_log_target(word: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::log_filter_problem;
+    use super::{log_filter_problem, with_a_level};
+
+    #[test]
+    fn target_pairs_alone_refine_the_default_level() {
+        assert_eq!(
+            with_a_level("gitgate::request=off", "info"),
+            "info,gitgate::request=off"
+        );
+        assert_eq!(with_a_level("hyper=debug", "warn"), "warn,hyper=debug");
+        assert_eq!(with_a_level("gitgate", "info"), "info,gitgate");
+        for as_is in [
+            "warn",
+            "WARN,gitgate::request=info",
+            "gitgate=debug,2",
+            "off",
+        ] {
+            assert_eq!(with_a_level(as_is, "info"), as_is);
+        }
+    }
 
     #[test]
     fn a_log_filter_word_that_is_no_level_is_refused() {

@@ -1161,6 +1161,31 @@ fn descriptors_gitgate_inherited_reach_no_backend_or_hook() {
     );
 }
 
+/// `GITGATE_LOG=gitgate::request=off` drops the request lines and nothing else: a filter of
+/// target pairs alone refines the default level (it used to silence every line, errors too).
+#[test]
+fn a_log_filter_of_target_pairs_alone_keeps_the_other_lines() {
+    let (sb, server, token) = {
+        let sb = Sandbox::new();
+        sb.create_repo("team/app");
+        sb.add_user("alice", PASSWORD);
+        sb.grant("alice", "team", "read");
+        let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+        let server = sb.serve_with_env(&[("GITGATE_LOG", "gitgate::request=off")]);
+        (sb, server, token)
+    };
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["ls-remote", &url]).ok();
+    sb.git(
+        sb.root(),
+        &["ls-remote", &server.url_with("alice", "x", "team/nope")],
+    )
+    .fails_with("not a gitgate access token");
+    let log = server.log_text();
+    assert!(log.contains("listening"), "{log}");
+    assert!(!log.contains("gitgate::request"), "{log}");
+}
+
 #[test]
 fn traversal_and_odd_paths_never_reach_the_backend() {
     let sb = Sandbox::new();
