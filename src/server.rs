@@ -319,7 +319,12 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
             })
         })
         .collect();
-    tokio::spawn(reload_on_hangup(hangup, certs, upstream_secret));
+    tokio::spawn(reload_on_hangup(
+        hangup,
+        certs,
+        upstream_secret,
+        config.clone(),
+    ));
     if let Some(metrics) = metrics_listener {
         let local = metrics
             .local_addr()
@@ -1042,8 +1047,10 @@ async fn reload_on_hangup(
     mut hangup: HangupSignal,
     certs: Option<Arc<CertStore>>,
     upstream_secret: Option<Arc<UpstreamSecret>>,
+    running: Config,
 ) {
     while hangup.next().await {
+        config_said_on_hangup(&running);
         if let Some(secret) = &upstream_secret {
             let from = secret.describe();
             match secret.reload() {
@@ -1081,9 +1088,95 @@ async fn reload_on_hangup(
     }
 }
 
+/// A SIGHUP re-reads the files `[server.tls]` and `[upstream.credentials]` name, not the
+/// config file: its other settings are built into the running server. An operator who edited
+/// it and sent SIGHUP (as for nginx) is told so, and told when it no longer loads, since the
+/// next restart would then fail.
+fn config_said_on_hangup(running: &Config) {
+    match Config::load(&running.source) {
+        Err(e) => tracing::warn!(
+            "SIGHUP: the config file no longer loads, so a restart would fail (the running \
+             settings are kept; `gitgate check` says more): {e}"
+        ),
+        Ok(now) => {
+            let changed = changed_sections(running, &now);
+            if !changed.is_empty() {
+                tracing::warn!(
+                    config = %running.source.display(),
+                    changed = %changed.join(", "),
+                    "SIGHUP: the config file changed since the start; a SIGHUP reads again only \
+                     the files that [server.tls] and [upstream.credentials] name, so these \
+                     changes take effect at a restart"
+                );
+            }
+        }
+    }
+}
+
+/// The sections of the config file whose settings differ between `a` and `b`.
+fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
+    let differ =
+        |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") != format!("{y:?}");
+    let mut changed = Vec::new();
+    let server = |c: &Config| {
+        let s = &c.server;
+        format!(
+            "{:?}",
+            (
+                &s.listen,
+                &s.git_prefix,
+                &s.trusted_proxies,
+                &s.limits,
+                s.workers
+            )
+        )
+    };
+    if server(a) != server(b) {
+        changed.push("[server]");
+    }
+    for (name, x, y) in [
+        (
+            "[server.tls]",
+            &a.server.tls as &dyn std::fmt::Debug,
+            &b.server.tls as &dyn std::fmt::Debug,
+        ),
+        ("[store]", &a.store, &b.store),
+        ("[upstream]", &a.upstream, &b.upstream),
+        ("[auth]", &a.auth, &b.auth),
+        ("[rate_limit]", &a.rate_limit, &b.rate_limit),
+        ("[auth_failures]", &a.auth_failures, &b.auth_failures),
+        ("[metrics]", &a.metrics_listen, &b.metrics_listen),
+    ] {
+        if differ(x, y) {
+            changed.push(name);
+        }
+    }
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sections_a_config_edit_changed_are_named() {
+        let path = std::path::Path::new("/etc/gitgate/proxy.toml");
+        let base = "[server]\nlisten = \"127.0.0.1:8080\"\n[store]\npath = \"g.db\"\n\
+                    [upstream]\nurl = \"http://127.0.0.1:9000\"\n";
+        let a = Config::parse(path, base).unwrap();
+        assert!(changed_sections(&a, &a.clone()).is_empty());
+        // A comment or a reordering changes nothing.
+        let b = Config::parse(path, &format!("# renewed\n{base}")).unwrap();
+        assert!(changed_sections(&a, &b).is_empty());
+        let b = Config::parse(
+            path,
+            &format!("{base}[rate_limit]\ncapacity = 7\n[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n"),
+        )
+        .unwrap();
+        assert_eq!(changed_sections(&a, &b), ["[server.tls]", "[rate_limit]"]);
+        let b = Config::parse(path, &base.replace("8080", "8081")).unwrap();
+        assert_eq!(changed_sections(&a, &b), ["[server]"]);
+    }
 
     #[test]
     fn a_tls_connection_speaks_only_what_its_handshake_agreed() {

@@ -1305,6 +1305,26 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     });
     let (cert, _) = tls_connect(g.port);
     assert_eq!(cert, pem_der("tls/server-b.pem"));
+
+    // The config file itself is not read again: an edit is named as waiting for a restart,
+    // and a file that no longer loads as a restart that would fail.
+    let config = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(&w.config, format!("{config}[rate_limit]\ncapacity = 7\n")).unwrap();
+    g.signal("HUP");
+    wait_for("the edit said", Duration::from_secs(10), || {
+        g.log_text().contains("changed=[rate_limit]")
+    });
+    assert!(
+        g.log_text().contains("these changes take effect at a restart"),
+        "{}",
+        g.log_text()
+    );
+    std::fs::write(&w.config, format!("{config}oops = [\n")).unwrap();
+    g.signal("HUP");
+    wait_for("the broken file said", Duration::from_secs(10), || {
+        g.log_text()
+            .contains("the config file no longer loads, so a restart would fail")
+    });
 }
 
 #[test]
