@@ -1315,7 +1315,8 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
         g.log_text().contains("changed=[rate_limit]")
     });
     assert!(
-        g.log_text().contains("these changes take effect at a restart"),
+        g.log_text()
+            .contains("these changes take effect at a restart"),
         "{}",
         g.log_text()
     );

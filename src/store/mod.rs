@@ -227,20 +227,31 @@ pub(crate) fn sidecar(store: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Refuse a store file emptied (truncated to 0 bytes) beside a `-wal` that still holds changes:
-/// SQLite, opening a file of no pages, deletes the `-wal` it finds beside it — the one copy of
-/// what the log held — and goes on with a new, empty store. Checked before SQLite sees the file.
-/// A store in use is never 0 bytes (its first page is written when it is made), so this is
-/// damage, or a mistake (`: > gitgate.db`), not a state gitgate leaves.
-fn refuse_an_emptied_file(path: &Path) -> std::result::Result<(), String> {
+/// Refuse a store file emptied (truncated to 0 bytes), or missing, beside a `-wal` that still
+/// holds changes: SQLite, opening a file of no pages, deletes the `-wal` it finds beside it —
+/// the one copy of what the log held — and goes on with a new, empty store (and creating the
+/// missing file does the same). Checked before SQLite sees the file. A store in use is never 0
+/// bytes (its first page is written when it is made), and its `-wal` is never left without it,
+/// so this is damage, or a mistake (`: > gitgate.db`, a store moved without its `-wal`), not a
+/// state gitgate leaves.
+fn refuse_a_log_without_its_file(path: &Path) -> std::result::Result<(), String> {
     // Through a symbolic link, the `-wal` is beside the real file.
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    match std::fs::metadata(&real) {
-        Ok(file) if file.is_file() && file.len() == 0 => {}
+    let missing = match std::fs::symlink_metadata(&real) {
+        Ok(file) if file.is_file() && file.len() == 0 => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         _ => return Ok(()),
-    }
+    };
     let wal = sidecar(&real, "-wal");
     match std::fs::metadata(&wal) {
+        Ok(log) if log.len() > 0 && missing => Err(format!(
+            "the store file is missing, but a -wal beside where it goes ({}, {} bytes) holds \
+             changes, which SQLite would delete on creating a new store: nothing was created \
+             or changed. Put the store file back beside it (or, to start over with an empty \
+             store, move that -wal away first)",
+            wal.display(),
+            log.len()
+        )),
         Ok(log) if log.len() > 0 => Err(format!(
             "the store file is empty (0 bytes), but the -wal beside it ({}, {} bytes) still \
              holds changes, which SQLite would delete on opening the store: nothing was opened \
@@ -301,10 +312,10 @@ impl Store {
             message,
         };
         usable_path(path).map_err(open_err)?;
+        refuse_a_log_without_its_file(path).map_err(open_err)?;
         if !path.exists() {
             return Ok(None);
         }
-        refuse_an_emptied_file(path).map_err(open_err)?;
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         // Through a symbolic link, SQLite keeps the `-wal` and `-shm` beside the real file.
@@ -438,11 +449,16 @@ impl Store {
             message,
         };
         usable_path(path).map_err(open_err)?;
-        refuse_an_emptied_file(path).map_err(open_err)?;
+        refuse_a_log_without_its_file(path).map_err(open_err)?;
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         // The file the connections open is the one `file` names below, unless it was replaced
         // in between: then it is looked at again before anything is served.
         let file_before = file_id(path).ok();
+        if file_before.is_none() {
+            // A mistyped `[store] path` would otherwise answer every token "invalid token",
+            // and git's credential helpers erase a token refused so.
+            tracing::warn!(path = %path.display(), "creating a new, empty token store");
+        }
         let mut conn = connect(path, true).map_err(explain)?;
         if let Some(tables) = schema::foreign_tables(&conn).map_err(explain)? {
             return Err(open_err(foreign_database(&tables)));
@@ -590,7 +606,7 @@ impl Store {
             message: format!("the store file is unavailable: {e}"),
         })?;
         if len == 0 {
-            // Emptied under the running server (see `refuse_an_emptied_file`): what it reads
+            // Emptied under the running server (see `refuse_a_log_without_its_file`): what it reads
             // now comes from the `-wal` alone, and a checkpoint would write those pages into a
             // file without the rest. Damage, for what the requests are answered.
             self.inner.damaged.store(true, Ordering::SeqCst);
@@ -1512,5 +1528,41 @@ mod tests {
         assert!(log.contains("emptied (truncated to 0 bytes)"), "{log}");
         assert!(store.setting("x").is_err(), "for good");
         drop(writer);
+    }
+
+    /// A store moved away without its `-wal` (or deleted): creating a new one there would have
+    /// SQLite delete the `-wal`, the one copy of what it held.
+    #[test]
+    fn a_missing_file_beside_a_log_is_not_created_anew() {
+        let (dir, store) = temp_store();
+        let path = dir.path().join("t.db");
+        let writer = commit_kept_in_the_log(&path, "only", "in the log");
+        drop(store);
+        let wal = sidecar(&path, "-wal");
+        let wal_len = std::fs::metadata(&wal).unwrap().len();
+        assert!(wal_len > 0);
+        std::fs::rename(&path, dir.path().join("aside.db")).unwrap();
+        for err in [
+            Store::open(&path).err().map(|e| e.to_string()),
+            Store::inspect(&path).err().map(|e| e.to_string()),
+        ] {
+            let err = err.expect("refused");
+            assert!(
+                err.contains("the store file is missing") && err.contains("nothing was created"),
+                "{err}"
+            );
+        }
+        assert!(!path.exists());
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), wal_len);
+        drop(writer);
+        // Without a log beside it, a missing store is created (and said).
+        let fresh = dir.path().join("fresh.db");
+        let log = test_support::logged(|| {
+            Store::open(&fresh).unwrap();
+        });
+        assert!(log.contains("creating a new, empty token store"), "{log}");
+        assert!(Store::inspect(&dir.path().join("none.db"))
+            .unwrap()
+            .is_none());
     }
 }
