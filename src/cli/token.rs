@@ -389,9 +389,18 @@ fn login_as_owner(
     what: &str,
 ) -> Result<Caller, String> {
     let password = read_password(password_stdin, &format!("Password for {user}: "))?;
-    lifecycle::login(store, user, &password, &Actor::cli()).map_err(|e| {
-        format!("{e}: a personal token can only be {what} by its owner, with the owner's password")
-    })
+    lifecycle::login(store, user, &password, &Actor::cli()).map_err(|e| owner_login_error(e, what))
+}
+
+/// Why [`login_as_owner`] failed: who may do `what` is said only to a failed authentication, not
+/// to a store that cannot be read or written (a full disk is not the password's fault).
+fn owner_login_error(e: lifecycle::Error, what: &str) -> String {
+    match e {
+        lifecycle::Error::Unauthenticated(_) => format!(
+            "{e}: a personal token can only be {what} by its owner, with the owner's password"
+        ),
+        other => other.to_string(),
+    }
 }
 
 fn status(t: &TokenRecord, policy: &ExpiryPolicy, now: i64) -> &'static str {
@@ -403,5 +412,24 @@ fn status(t: &TokenRecord, policy: &ExpiryPolicy, now: i64) -> &'static str {
         "active, non-compliant"
     } else {
         "active"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failed_login_is_told_who_may_create_a_token() {
+        let refused = owner_login_error(
+            lifecycle::Error::Unauthenticated("authentication failed".into()),
+            "created",
+        );
+        assert!(refused.ends_with("can only be created by its owner, with the owner's password"));
+        let busy = owner_login_error(
+            lifecycle::Error::Store(crate::store::StoreError::Busy),
+            "created",
+        );
+        assert!(!busy.contains("password"), "{busy}");
     }
 }
