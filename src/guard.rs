@@ -27,7 +27,7 @@ use crate::config;
 use crate::git::Operation;
 use crate::inflight::{InFlight, Slot};
 use crate::ratelimit::{Cost, Decision, Limits, RateLimiter};
-use crate::store::{Actor, RateRule, Store, TokenRecord};
+use crate::store::{Actor, RateRule, Store, TokenRecord, UnreadableOverride};
 use crate::throttle::{self, Throttle};
 
 /// How stale the cached overrides may get.
@@ -102,6 +102,28 @@ struct Overrides {
     /// When the map was last read (or a refresh claimed), on [`crate::clock::monotonic_ms`].
     fetched_at: i64,
     rules: Arc<HashMap<String, RateRule>>,
+    /// The rows last found unusable, said once each time they change.
+    unreadable: Vec<UnreadableOverride>,
+}
+
+/// Says which stored overrides cannot be used, when that differs from what was said last.
+fn said_unreadable(now: &[UnreadableOverride], before: &[UnreadableOverride]) {
+    let same = now.len() == before.len()
+        && now
+            .iter()
+            .zip(before)
+            .all(|(a, b)| a.principal == b.principal && a.error == b.error);
+    if same {
+        return;
+    }
+    for o in now {
+        tracing::error!(
+            principal = %o.principal,
+            error = %o.error,
+            "a rate-limit override cannot be used: its principal gets the defaults until it is \
+             set again (gitgate ratelimit set) or cleared"
+        );
+    }
 }
 
 /// Shared by every connection.
@@ -125,6 +147,7 @@ impl Guard {
         let rules = store
             .rate_limits()
             .map_err(|e| format!("cannot read the rate-limit overrides: {e}"))?;
+        said_unreadable(&rules.unreadable, &[]);
         let rate = rate_limit.enabled.then(|| {
             (
                 RateLimiter::new(),
@@ -144,7 +167,14 @@ impl Guard {
             }),
             overrides: RwLock::new(Overrides {
                 fetched_at: now,
-                rules: Arc::new(rules.into_iter().map(|o| (o.principal, o.rule)).collect()),
+                rules: Arc::new(
+                    rules
+                        .usable
+                        .into_iter()
+                        .map(|o| (o.principal, o.rule))
+                        .collect(),
+                ),
+                unreadable: rules.unreadable,
             }),
         })
     }
@@ -284,7 +314,14 @@ impl Guard {
         let mut cached = self.overrides.write().unwrap_or_else(|p| p.into_inner());
         match read {
             Ok(Ok(list)) => {
-                cached.rules = Arc::new(list.into_iter().map(|o| (o.principal, o.rule)).collect());
+                said_unreadable(&list.unreadable, &cached.unreadable);
+                cached.unreadable = list.unreadable;
+                cached.rules = Arc::new(
+                    list.usable
+                        .into_iter()
+                        .map(|o| (o.principal, o.rule))
+                        .collect(),
+                );
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "could not read rate-limit overrides; keeping the last known ones");

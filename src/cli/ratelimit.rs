@@ -51,10 +51,21 @@ pub fn clear(store: &Store, who: &str) -> Result<(), String> {
 pub fn list(store: &Store, as_json: bool) -> Result<(), String> {
     let all = store.rate_limits().map_err(|e| e.to_string())?;
     if as_json {
-        return print_json(&json!(all));
+        let mut rows: Vec<serde_json::Value> = all.usable.iter().map(|o| json!(o)).collect();
+        rows.extend(all.unreadable.iter().map(
+            |o| json!({"principal": o.principal, "rule": {"kind": "unreadable", "error": o.error}}),
+        ));
+        return print_json(&json!(rows));
     }
     outln!("{:<32} {:<28} UPDATED", "PRINCIPAL", "RULE");
-    for o in all {
+    for o in &all.unreadable {
+        outln!(
+            "{:<32} unreadable (the defaults apply; set it again or clear it): {}",
+            o.principal,
+            o.error
+        );
+    }
+    for o in all.usable {
         let rule = match o.rule {
             RateRule::Exempt => "exempt".to_string(),
             RateRule::Limits {

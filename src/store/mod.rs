@@ -35,7 +35,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit::{AuditCursor, AuditEvent};
 pub use grants::Grant;
-pub use ratelimits::{RateOverride, RateRule};
+pub use ratelimits::{RateOverride, RateOverrides, RateRule, UnreadableOverride};
 pub use tokens::{
     validate_name, AuthRecord, NewToken, Owner, ReplacedSecret, TokenEdit, TokenRecord,
 };

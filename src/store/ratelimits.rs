@@ -34,6 +34,48 @@ pub struct RateOverride {
     pub updated_by: String,
 }
 
+/// A stored override that cannot be used (edited by hand, or by a newer gitgate): its principal
+/// gets the defaults, and the rest are used all the same.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnreadableOverride {
+    pub principal: String,
+    pub error: String,
+}
+
+/// Every stored override: those that can be used, and those that cannot.
+#[derive(Clone, Debug, Default)]
+pub struct RateOverrides {
+    pub usable: Vec<RateOverride>,
+    pub unreadable: Vec<UnreadableOverride>,
+}
+
+/// What a row says, or why it cannot be used. A rule the CLI would refuse (a capacity of 0, a
+/// refill out of range) is no rule either.
+fn override_from_row(r: &rusqlite::Row) -> std::result::Result<RateOverride, String> {
+    let exempt: bool = r.get(3).map_err(|e| e.to_string())?;
+    let rule = if exempt {
+        RateRule::Exempt
+    } else {
+        let capacity: u32 = r.get(1).map_err(|e| format!("capacity: {e}"))?;
+        let refill_per_second: f64 = r.get(2).map_err(|e| format!("refill_per_second: {e}"))?;
+        if capacity == 0 || !crate::ratelimit::Limits::refill_in_range(refill_per_second) {
+            return Err(format!(
+                "capacity {capacity}, refill {refill_per_second}/s is out of range"
+            ));
+        }
+        RateRule::Limits {
+            capacity,
+            refill_per_second,
+        }
+    };
+    Ok(RateOverride {
+        principal: r.get(0).map_err(|e| e.to_string())?,
+        rule,
+        updated_at: r.get(4).map_err(|e| format!("updated_at: {e}"))?,
+        updated_by: r.get(5).map_err(|e| format!("updated_by: {e}"))?,
+    })
+}
+
 /// The principal must name something that exists: `user:<slug>` or `token:<id>`.
 fn require_principal(c: &rusqlite::Connection, principal: &str) -> Result<()> {
     if let Some(slug) = principal.strip_prefix("user:") {
@@ -121,31 +163,28 @@ impl Store {
         })
     }
 
-    /// Every override, by principal.
-    pub fn rate_limits(&self) -> Result<Vec<RateOverride>> {
+    /// Every override, by principal. One row that cannot be used does not keep the others
+    /// from being used: it is returned apart, with why.
+    pub fn rate_limits(&self) -> Result<RateOverrides> {
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT principal, capacity, refill_per_second, exempt, updated_at, updated_by
                  FROM rate_limits ORDER BY principal",
             )?;
-            let rows = stmt.query_map([], |r| {
-                let exempt: bool = r.get(3)?;
-                let rule = if exempt {
-                    RateRule::Exempt
-                } else {
-                    RateRule::Limits {
-                        capacity: r.get(1)?,
-                        refill_per_second: r.get(2)?,
-                    }
-                };
-                Ok(RateOverride {
-                    principal: r.get(0)?,
-                    rule,
-                    updated_at: r.get(4)?,
-                    updated_by: r.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let mut rows = stmt.query([])?;
+            let mut all = RateOverrides::default();
+            while let Some(row) = rows.next()? {
+                match override_from_row(row) {
+                    Ok(o) => all.usable.push(o),
+                    Err(error) => all.unreadable.push(UnreadableOverride {
+                        principal: row
+                            .get::<_, String>(0)
+                            .unwrap_or_else(|_| "(unreadable principal)".into()),
+                        error,
+                    }),
+                }
+            }
+            Ok(all)
         })
     }
 }
@@ -167,15 +206,18 @@ mod tests {
         store
             .set_rate_limit("user:alice", limits, &actor())
             .unwrap();
-        let all = store.rate_limits().unwrap();
+        let all = store.rate_limits().unwrap().usable;
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].rule, limits);
         store
             .set_rate_limit("user:alice", RateRule::Exempt, &actor())
             .unwrap();
-        assert_eq!(store.rate_limits().unwrap()[0].rule, RateRule::Exempt);
+        assert_eq!(
+            store.rate_limits().unwrap().usable[0].rule,
+            RateRule::Exempt
+        );
         store.clear_rate_limit("user:alice", &actor()).unwrap();
-        assert!(store.rate_limits().unwrap().is_empty());
+        assert!(store.rate_limits().unwrap().usable.is_empty());
         assert!(matches!(
             store.clear_rate_limit("user:alice", &actor()),
             Err(StoreError::NotFound(_))
@@ -183,6 +225,58 @@ mod tests {
         let events = store.audit_events(None, 100).unwrap();
         assert!(events.iter().any(|e| e.action == "ratelimit.set"));
         assert!(events.iter().any(|e| e.action == "ratelimit.cleared"));
+    }
+
+    /// A row edited by hand into something unusable costs its own principal its override, not
+    /// every principal theirs (one bad row used to fail the whole read, and a running server
+    /// kept the overrides of its last good read, a removed exemption included).
+    #[test]
+    fn an_unusable_row_is_set_apart_and_the_others_are_used() {
+        let (d, store) = temp_store();
+        let limits = RateRule::Limits {
+            capacity: 5,
+            refill_per_second: 1.0,
+        };
+        for user in ["alice", "bob", "carol"] {
+            store.add_user(user, "x", Role::User, &actor()).unwrap();
+            store
+                .set_rate_limit(&format!("user:{user}"), limits, &actor())
+                .unwrap();
+        }
+        let raw = rusqlite::Connection::open(d.path().join("t.db")).unwrap();
+        raw.execute_batch(
+            "UPDATE rate_limits SET capacity = '5x' WHERE principal = 'user:alice';
+             PRAGMA ignore_check_constraints = ON;
+             UPDATE rate_limits SET capacity = 0 WHERE principal = 'user:carol';",
+        )
+        .unwrap();
+        let all = store.rate_limits().unwrap();
+        let usable: Vec<_> = all.usable.iter().map(|o| o.principal.as_str()).collect();
+        assert_eq!(usable, ["user:bob"]);
+        let unreadable: Vec<_> = all
+            .unreadable
+            .iter()
+            .map(|o| o.principal.as_str())
+            .collect();
+        assert_eq!(unreadable, ["user:alice", "user:carol"]);
+        assert!(
+            all.unreadable[0].error.contains("capacity"),
+            "{:?}",
+            all.unreadable
+        );
+        assert!(
+            all.unreadable[1].error.contains("out of range"),
+            "{:?}",
+            all.unreadable
+        );
+        // Cleared, or set again, it is usable.
+        store.clear_rate_limit("user:alice", &actor()).unwrap();
+        store
+            .set_rate_limit("user:carol", limits, &actor())
+            .unwrap();
+        let all = store.rate_limits().unwrap();
+        assert!(all.unreadable.is_empty());
+        assert_eq!(all.usable.len(), 2);
     }
 
     #[test]
@@ -212,7 +306,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(store.rate_limits().unwrap().is_empty());
+        assert!(store.rate_limits().unwrap().usable.is_empty());
         let zero = RateRule::Limits {
             capacity: 0,
             refill_per_second: 1.0,
@@ -233,7 +327,7 @@ mod tests {
                 other => panic!("{refill}: {other:?}"),
             }
         }
-        assert!(store.rate_limits().unwrap().is_empty());
+        assert!(store.rate_limits().unwrap().usable.is_empty());
         let fastest = RateRule::Limits {
             capacity: 5,
             refill_per_second: 1_000_000.0,
@@ -241,6 +335,6 @@ mod tests {
         store
             .set_rate_limit("user:alice", fastest, &actor())
             .unwrap();
-        assert_eq!(store.rate_limits().unwrap()[0].rule, fastest);
+        assert_eq!(store.rate_limits().unwrap().usable[0].rule, fastest);
     }
 }
