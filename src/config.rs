@@ -783,6 +783,16 @@ fn http_upstream(
             "[upstream] identity_header = \"{header}\" is a header gitgate manages itself; choose another, e.g. \"X-Forwarded-User\""
         ));
     }
+    // nginx (`underscores_in_headers off`) and Apache drop such a header without a word, so
+    // every request would reach the git server as nobody's (pushes refused with a bare 403).
+    if header.contains('_') {
+        return Err(format!(
+            "[upstream] identity_header = \"{header}\" has an underscore: nginx and Apache drop \
+             such headers by default, so the git server would never see the user; use '-' \
+             (e.g. \"{}\")",
+            header.replace('_', "-")
+        ));
+    }
     let credentials = match raw.credentials {
         None => None,
         Some(c) => {
@@ -1332,6 +1342,14 @@ env = "UPSTREAM_TOKEN"
             "identity_header = \"Authorization\""
         )
         .contains("identity_header"));
+        let underscore = bad(
+            "ca_file = \"ca.pem\"",
+            "identity_header = \"X_Forwarded_User\"",
+        );
+        assert!(
+            underscore.contains("has an underscore") && underscore.contains("\"X-Forwarded-User\""),
+            "{underscore}"
+        );
         assert!(bad("ca_file = \"ca.pem\"", "project_root = \"r\"").contains("project_root"));
         assert!(
             bad("shutdown_grace_seconds = 5", "max_connections = 0").contains("max_connections")
