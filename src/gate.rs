@@ -197,14 +197,17 @@ impl Gate {
                 pending.line().forwarded = true;
                 let (parts, body) = req.into_parts();
                 let seen = inbound.clone();
-                let body = Observed::new(body, move |s: Seen<'_, _>| match s {
+                let body = Observed::new(body, move |s: Seen<'_, hyper::Error>| match s {
                     Seen::Frame(frame) => {
                         if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
                             seen.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                             exchange.request_body_moved();
                         }
                     }
-                    Seen::Error(_) => seen.broke.store(true, Ordering::Relaxed),
+                    Seen::Error(e) => {
+                        let _ = seen.broke_because.set(with_causes(e));
+                        seen.broke.store(true, Ordering::Relaxed)
+                    }
                     Seen::End | Seen::Waiting => {}
                 });
                 match self
@@ -216,9 +219,10 @@ impl Gate {
                     // The client's body broke (bad chunked framing, or the client stopped
                     // sending): the backend failing on it is the client's fault, not an upstream
                     // error to alert on.
-                    Err(e) if inbound.broke.load(Ordering::Relaxed) => {
+                    Err(_) if inbound.broke.load(Ordering::Relaxed) => {
                         pending.line().forwarded = false;
-                        tracing::info!(repo = %git_req.repo, error = %e, "the request body broke off");
+                        let error = inbound.broke_because.get().map_or("", String::as_str);
+                        tracing::info!(repo = %git_req.repo, error, "the request body broke off");
                         text(
                             StatusCode::BAD_REQUEST,
                             "the request body was malformed or ended early (bad chunked framing, \
@@ -708,6 +712,22 @@ pub fn loggable_path(path: &str) -> &str {
     }
 }
 
+/// `e` and the errors under it, as one line ("error reading a body from connection: invalid
+/// chunk size line").
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// What the client's request body has done so far (one allocation per request, shared by the
 /// body on its way to the backend and the log line).
 #[derive(Default)]
@@ -715,6 +735,8 @@ struct Inbound {
     bytes: AtomicU64,
     /// The body ended with an error: bad chunked framing, or the client stopped sending.
     broke: AtomicBool,
+    /// That error, for the log (the backend's failure on it would blame the backend).
+    broke_because: std::sync::OnceLock<String>,
 }
 
 /// A request's log line until it has an answer; written (as 499, `client-gone`, or `shutdown`

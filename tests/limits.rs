@@ -966,6 +966,13 @@ fn a_malformed_request_body_is_the_clients_fault_not_a_backend_failure() {
     assert!(took < Duration::from_secs(4), "{took:?}");
     let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
     assert!(!log.contains("backend failed"), "{log}");
+    // The log says what broke, and does not blame the git server for it.
+    let line = log
+        .lines()
+        .find(|l| l.contains("the request body broke off"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(!line.contains("upstream git server"), "{line}");
+    assert!(line.contains("chunk"), "{line}");
 }
 
 #[test]
@@ -1923,4 +1930,66 @@ fn an_upstream_answer_with_trailers_leaves_its_connection_reusable() {
     );
     let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
     assert!(!log.contains("client-gone"), "{log}");
+}
+
+/// gitgate answers in its own HTTP version: an upstream's `HTTP/1.0` answer goes on to an
+/// HTTP/1.1 client as HTTP/1.1, with its length, and the client's connection stays open.
+#[test]
+fn an_http_1_0_upstream_answer_goes_on_as_http_1_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = scripted_upstream(1, |_| {
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let mut s = connect(g.port);
+    let ask = format!(
+        "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Basic {auth}\r\n\r\n"
+    );
+    // Two rounds on one connection: the first answer left it open.
+    for round in 0..2 {
+        s.write_all(ask.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"\r\n\r\nok") {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("round {round}: {e}: {}", String::from_utf8_lossy(&got)),
+            }
+        }
+        let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(got.starts_with("http/1.1 200"), "round {round}: {got}");
+        assert!(
+            got.contains("content-length: 2\r\n"),
+            "round {round}: {got}"
+        );
+        assert!(got.ends_with("\r\n\r\nok"), "round {round}: {got}");
+    }
+}
+
+/// An https upstream that accepts the connection and never finishes the TLS handshake (a
+/// plain-HTTP port, a stuck TLS terminator) is a 504 that says so, not "connect timed out".
+#[test]
+fn an_https_upstream_that_never_finishes_its_handshake_is_said_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_port = silent_upstream();
+    let (g, auth) = start_in_front_of_url(
+        dir.path(),
+        &format!("https://127.0.0.1:{upstream_port}"),
+        "connect_timeout_seconds = 1\n",
+    );
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(
+        out.contains("the connection was accepted, but the TLS handshake timed out"),
+        "{out}"
+    );
+    let ready = common::http_get(g.port, "/readyz", None);
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    let log = g.log_text();
+    assert!(
+        log.contains("did not finish the TLS handshake in time"),
+        "{log}"
+    );
 }

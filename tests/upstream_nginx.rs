@@ -1435,6 +1435,14 @@ fn refused_upstream_credentials_are_a_502_not_a_prompt() {
     );
     assert!(body.contains("[upstream.credentials]"), "{body}");
     assert!(!body.contains("wrong-secret") && !head.contains("wrong-secret"));
+    // The log names the upstream that refused, as for every other upstream failure.
+    let log = g.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("backend failed")
+            && l.contains("[upstream.credentials]")
+            && l.contains("upstream http://127.0.0.1:")),
+        "{log}"
+    );
 }
 
 #[test]

@@ -183,6 +183,25 @@ impl HttpBackend {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
     {
+        // Every failure of the upstream's names it in the log (the client's message leaves it
+        // out), whatever part of the exchange it came from.
+        self.exchange(parts, body, git_req, identity, remote)
+            .await
+            .map_err(|e| self.naming_upstream(e))
+    }
+
+    async fn exchange<B>(
+        &self,
+        parts: &Parts,
+        body: B,
+        git_req: &GitRequest,
+        identity: &Identity,
+        remote: SocketAddr,
+    ) -> Result<Response<ResponseBody>, ForwardError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
         let bodiless = body.is_end_stream();
         let activity = Progress::new();
         // Each frame of the client's body on its way upstream is activity; its end says the
@@ -364,6 +383,9 @@ impl HttpBackend {
             // No body at all (204, 304, HEAD): the connection is free now.
             body.release();
         }
+        // gitgate answers in its own HTTP version: an upstream's `HTTP/1.0` would otherwise go
+        // on to the client, costing it keep-alive.
+        parts.version = hyper::Version::default();
         // Small chunks from the upstream go out to the client in bursts (see `body::Batched`).
         Ok(Response::from_parts(
             parts,
@@ -432,9 +454,9 @@ impl HttpBackend {
     fn connect_error(&self, e: ConnectError) -> ForwardError {
         let cause = e.to_string();
         match e {
-            ConnectError::TimedOut => self.naming_upstream(ForwardError::gateway_timeout(format!(
-                "the upstream git server did not answer in time ({cause})"
-            ))),
+            ConnectError::TimedOut { .. } => self.naming_upstream(ForwardError::gateway_timeout(
+                format!("the upstream git server did not answer in time ({cause})"),
+            )),
             ConnectError::Tls(_) => ForwardError {
                 detail: Some(format!("upstream {}: {cause}", self.address)),
                 ..ForwardError::bad_gateway(
@@ -452,8 +474,17 @@ impl HttpBackend {
     /// The upstream's address goes into the error's detail, for the one line the gate logs per
     /// failed request; the client's message leaves it out.
     fn naming_upstream(&self, error: ForwardError) -> ForwardError {
+        if error.fault != Fault::Backend {
+            return error;
+        }
+        let named = format!("upstream {}", self.address);
+        let detail = match error.detail {
+            Some(d) if d.contains(&named) => d,
+            Some(d) => format!("{d}; {named}"),
+            None => named,
+        };
         ForwardError {
-            detail: Some(format!("upstream {}", self.address)),
+            detail: Some(detail),
             ..error
         }
     }
@@ -503,8 +534,14 @@ impl HttpBackend {
                 drop(checkout);
                 Ok(())
             }
-            Err(ConnectError::TimedOut) => Err(format!(
+            Err(ConnectError::TimedOut {
+                in_handshake: false,
+            }) => Err(format!(
                 "upstream {upstream} did not accept a connection in time"
+            )),
+            Err(ConnectError::TimedOut { in_handshake: true }) => Err(format!(
+                "upstream {upstream} accepted a connection but did not finish the TLS handshake \
+                 in time (does it speak https on that port?)"
             )),
             Err(e @ ConnectError::Tls(_)) => Err(format!("upstream {upstream}: {e}")),
             Err(e) => Err(format!("upstream {upstream} unreachable: {e}")),

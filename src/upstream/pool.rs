@@ -91,8 +91,9 @@ pub struct Origin {
 /// Why no connection could be had.
 #[derive(Debug)]
 pub enum ConnectError {
-    /// Nothing answered within the connect timeout.
-    TimedOut,
+    /// Nothing answered within the connect timeout; `in_handshake`: the connection was
+    /// accepted, and the TLS handshake did not finish.
+    TimedOut { in_handshake: bool },
     /// The TCP connection failed (refused, unreachable, name not resolved).
     Io(io::Error),
     /// The TLS handshake failed (certificate not trusted, wrong name, protocol).
@@ -104,7 +105,12 @@ pub enum ConnectError {
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConnectError::TimedOut => f.write_str("connect timed out"),
+            ConnectError::TimedOut {
+                in_handshake: false,
+            } => f.write_str("connect timed out"),
+            ConnectError::TimedOut { in_handshake: true } => {
+                f.write_str("the connection was accepted, but the TLS handshake timed out")
+            }
             ConnectError::Io(e) => write!(f, "{e}"),
             ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             ConnectError::Http(e) => write!(f, "{e}"),
@@ -369,20 +375,26 @@ impl Pool {
     /// timeout.
     async fn connect(&self) -> Result<Connection, ConnectError> {
         let o = &self.origin;
+        // Whether the upstream accepted the connection: a timeout after it is the handshake's.
+        let mut accepted = false;
         let connected = tokio::time::timeout(self.connect_timeout, async {
             if let Some(path) = &o.socket {
                 let stream = UnixStream::connect(path).await.map_err(ConnectError::Io)?;
+                accepted = true;
                 return over(stream, &o.tls).await;
             }
             let tcp = TcpStream::connect((o.host.as_str(), o.port))
                 .await
                 .map_err(ConnectError::Io)?;
+            accepted = true;
             // Request heads and small answers are single writes: do not hold them back.
             tcp.set_nodelay(true).map_err(ConnectError::Io)?;
             over(tcp, &o.tls).await
         })
         .await;
-        connected.unwrap_or(Err(ConnectError::TimedOut))
+        connected.unwrap_or(Err(ConnectError::TimedOut {
+            in_handshake: accepted && o.tls.is_some(),
+        }))
     }
 }
 
