@@ -1161,6 +1161,40 @@ fn descriptors_gitgate_inherited_reach_no_backend_or_hook() {
     );
 }
 
+/// A repository git refuses to serve (owned by another user than gitgate's: "detected dubious
+/// ownership") gets a bare `500` from git http-backend, which says why only on stderr: git
+/// prints a reason all the same, and the log says what to do.
+#[test]
+fn a_backend_error_without_a_reason_gets_one() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "read");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let owned = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(sb.bare("team/app"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !owned {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI runs as root: chown must work"
+        );
+        eprintln!("NOTICE: skipping: giving the repository to another user needs root");
+        return;
+    }
+    let server = sb.serve();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["ls-remote", &url]).fails_with(
+        "remote: the git backend failed (500 Internal Server Error) without saying why",
+    );
+    let log = server.log_text();
+    assert!(log.contains("dubious ownership"), "{log}");
+    assert!(log.contains("safe.directory"), "{log}");
+}
+
 /// `GITGATE_LOG=gitgate::request=off` drops the request lines and nothing else: a filter of
 /// target pairs alone refines the default level (it used to silence every line, errors too).
 #[test]

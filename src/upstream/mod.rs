@@ -62,6 +62,41 @@ pub enum Fault {
     Server,
 }
 
+/// The most of a CGI's error answer read to see whether it says anything, and for how long.
+const ERROR_BODY_MAX: usize = 64 * 1024;
+const ERROR_BODY_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A CGI's `5xx` answer, with a reason when it gave none. `git http-backend` answers a
+/// repository it will not serve (one owned by another user: "detected dubious ownership") with
+/// a bare `500` and says why only on stderr, which goes to gitgate's log; git would print
+/// nothing but the status. Such an answer is small and whole by now, so it is read first.
+async fn with_a_reason(resp: Response<cgi::CgiBody>) -> Response<ResponseBody> {
+    use http_body_util::{BodyExt, Full, Limited};
+    let (mut parts, body) = resp.into_parts();
+    let read = tokio::time::timeout(
+        ERROR_BODY_WITHIN,
+        Limited::new(body, ERROR_BODY_MAX).collect(),
+    )
+    .await;
+    match read.map(|r| r.map(|c| c.to_bytes())) {
+        Ok(Ok(said)) if !said.trim_ascii().is_empty() => {
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+            let body = Full::new(said)
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            Response::from_parts(parts, body)
+        }
+        _ => crate::gate::text(
+            parts.status,
+            &format!(
+                "the git backend failed ({}) without saying why to the client; the server's log \
+                 has its error output",
+                parts.status
+            ),
+        ),
+    }
+}
+
 /// Why the CGI backend is not asked for `repo` (see [`cgi::RepoDir`]), in words for the git
 /// user; no path on the server's disk is named.
 fn not_served(repo: &crate::git::RepoPath, why: cgi::NotServed) -> ForwardError {
@@ -192,6 +227,9 @@ impl Upstream {
                         ..base
                     }
                 })?;
+                if resp.status().is_server_error() {
+                    return Ok(with_a_reason(resp).await);
+                }
                 Ok(resp.map(|b| b.boxed_unsync()))
             }
             Upstream::Http(backend) => backend.forward(parts, body, git_req, identity, peer).await,

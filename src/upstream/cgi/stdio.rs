@@ -132,6 +132,15 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
                 } else {
                     unlogged += 1;
                 }
+                if text.contains("detected dubious ownership") {
+                    tracing::error!(
+                        target: "gitgate::cgi",
+                        path = %path,
+                        "git refuses to serve a repository owned by another user than the one \
+                         gitgate runs as: run gitgate as the repositories' owner, or add them to \
+                         safe.directory in that user's (or the system's) git config"
+                    );
+                }
                 last = Some(text.to_owned());
             }
         }
