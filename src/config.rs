@@ -319,7 +319,7 @@ impl Config {
     /// Read and validate the file at `path`, checking the filesystem (backend program, project
     /// root) as a server start needs.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = crate::small_file::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             message: format!("cannot read the config file: {e}"),
         })?;

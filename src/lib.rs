@@ -98,7 +98,8 @@
 //!   worker, until gitgate stops) — or, `504`, when it sends no headers while the upload does
 //!   not move either; it is given the one
 //!   directory on disk that answers to the repository (`team/app.git` or `team/app`; both is a
-//!   `500`).
+//!   `500`), reached without a symbolic link or gitfile and not inside another repository (a
+//!   missing one is a `404` without starting git).
 //! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which
 //!   token; the expiry policy; expiry never changes) for both interfaces: [`cli`], the
 //!   operator's command line, and [`api`], the Bitbucket-shaped REST API under `/rest/`, which
@@ -107,7 +108,8 @@
 //!   activity) without buffering them, and hands small upstream chunks on in bursts (one
 //!   `writev` for many).
 //! - [`network`] parses the CIDR lists a token may be limited to; [`config`] reads and
-//!   validates `proxy.toml`.
+//!   validates `proxy.toml`; [`small_file`] reads it, and the PEM and secret files it names,
+//!   only when each is a regular file of a sane size (never a device or a FIFO).
 //! - [`guard`] defends the gate against abuse: [`throttle`] blocks an address after repeated
 //!   failed authentications (before the store is read), [`ratelimit`] gives each principal a
 //!   token bucket, [`inflight`] caps its requests in flight; all answer `429` with
@@ -138,6 +140,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod server;
 pub mod signals;
+pub mod small_file;
 pub mod store;
 pub mod throttle;
 pub mod tls;

@@ -110,16 +110,21 @@ fn read_pair(
     key: &Path,
     provider: &CryptoProvider,
 ) -> Result<(CertifiedKey, Option<Validity>), String> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("[server.tls] cert = \"{}\": {e}", cert.display()))?;
+    let named = |setting: &str, path: &Path, e: &dyn std::fmt::Display| {
+        format!("[server.tls] {setting} = \"{}\": {e}", path.display())
+    };
+    let cert_pem = crate::small_file::read(cert).map_err(|e| named("cert", cert, &e))?;
+    let key_pem = crate::small_file::read(key).map_err(|e| named("key", key, &e))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| named("cert", cert, &e))?;
     if chain.is_empty() {
         return Err(format!(
             "[server.tls] cert = \"{}\" holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
             cert.display()
         ));
     }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => format!(
             "[server.tls] key = \"{}\" holds no PEM private key (expected -----BEGIN PRIVATE KEY-----, \
              -----BEGIN RSA PRIVATE KEY----- or -----BEGIN EC PRIVATE KEY-----)",

@@ -1380,6 +1380,31 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         out.ok().contains(": ok, valid until 2126-11-04T00:14:00Z"),
         "{out}"
     );
+    // A device or a FIFO where a file goes: a clear refusal, not a hang that fills memory.
+    let zero_key = variant(
+        "zero-key.toml",
+        "[store]",
+        &format!(
+            "[server.tls]\ncert = \"{}\"\nkey = \"/dev/zero\"\n\n[store]",
+            common::fixture("tls/server-a.pem").display()
+        ),
+    );
+    let started = Instant::now();
+    let out = check(&zero_key);
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr
+            .contains("key = \"/dev/zero\": it is not a regular file but a device"),
+        "{out}"
+    );
+    let out = check(std::path::Path::new("/dev/zero"));
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("not a regular file"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     let foreign = sb.root().join("foreign.db");
     rusqlite::Connection::open(&foreign)
         .unwrap()

@@ -46,7 +46,7 @@ use crate::store::Store;
 /// audit on a mistyped `[store] path` must say so, not answer "nothing" from a new empty store
 /// it leaves behind (as root, owned by root).
 pub fn open_store(config_path: &Path, may_create: bool) -> Result<Store, String> {
-    let text = std::fs::read_to_string(config_path).map_err(|e| {
+    let text = crate::small_file::read_to_string(config_path).map_err(|e| {
         format!(
             "{}: cannot read the config file: {e} (choose one with --config or GITGATE_CONFIG)",
             config_path.display()

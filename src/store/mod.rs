@@ -1183,6 +1183,13 @@ fn usable_path_through(path: &Path, links: u32) -> std::result::Result<(), Strin
     if path.is_dir() {
         return Err("that is a folder: name a file in it (e.g. gitgate.db) as [store] path".into());
     }
+    // `/dev/null` and the like: SQLite would "open" it and make its `-wal` beside it.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(
+            "that is not a regular file (a device, a FIFO or a socket): name a file as [store] path"
+                .into(),
+        );
+    }
     // A symbolic link to a file not there yet is followed when the store is made: the folder
     // it points into must be there.
     if let Ok(target) = std::fs::read_link(path) {
@@ -1341,6 +1348,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = Store::open(dir.path()).err().unwrap().to_string();
         assert!(e.contains("that is a folder"), "{e}");
+        // Nor a device: SQLite would take /dev/null for an empty store, its -wal beside it.
+        for device in ["/dev/null", "/dev/zero"] {
+            for e in [
+                Store::open(Path::new(device)).err().map(|e| e.to_string()),
+                Store::inspect(Path::new(device))
+                    .err()
+                    .map(|e| e.to_string()),
+            ] {
+                let e = e.expect("refused");
+                assert!(e.contains("that is not a regular file"), "{e}");
+            }
+        }
+        assert!(!Path::new("/dev/null-wal").exists());
     }
 
     #[test]

@@ -573,8 +573,10 @@ fn origin_spellings(https: bool, authority: &hyper::http::uri::Authority) -> Vec
 fn client_tls_config(cfg: &HttpUpstream) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &cfg.ca_file {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        let pem = crate::small_file::read(ca)
+            .map_err(|e| format!("[upstream] ca_file = \"{}\": {e}", ca.display()))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("[upstream] ca_file = \"{}\": {e}", ca.display()))?;
         if certs.is_empty() {
             return Err(format!(

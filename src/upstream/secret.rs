@@ -65,7 +65,7 @@ impl UpstreamSecret {
 /// Read gitgate's upstream secret and make the `Authorization` value of it.
 fn read(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
     let secret = match &c.source {
-        SecretSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+        SecretSource::File(path) => crate::small_file::read_to_string(path).map_err(|e| {
             format!(
                 "[upstream.credentials] file = \"{}\" cannot be read: {e}",
                 path.display()
