@@ -237,6 +237,18 @@ pub fn authorize(
                      as another name; an administrator must rename it"
                 )));
             }
+            if name.is_empty() {
+                return Err(Deny::Forbidden(
+                    "this token has no name, and the git backend knows a project or repository \
+                     token by its name; an administrator must rename it"
+                        .into(),
+                ));
+            }
+            if let Some(why) = &record.unusable_name {
+                return Err(Deny::Forbidden(format!(
+                    "token '{name}' cannot be used: {why} (an administrator must rename it)"
+                )));
+            }
             (name.clone(), token_level)
         }
     };
@@ -295,6 +307,7 @@ mod tests {
                     .map(|(t, l)| (Target::parse(t).unwrap(), *l))
                     .collect(),
             }),
+            unusable_name: None,
             queued_use: Default::default(),
         }
     }
@@ -517,6 +530,28 @@ mod tests {
                 Err(Deny::Forbidden(m)) => assert!(m.contains("spaces around its name"), "{m}"),
                 other => panic!("{name:?}: {other:?}"),
             }
+        }
+    }
+
+    /// Names refused when set, met in a store edited by hand: never the backend's identity.
+    #[test]
+    fn a_scoped_token_without_a_usable_name_never_reaches_the_backend() {
+        let mut r = scoped(TokenKind::Project, "team", "REPO_READ");
+        r.token.name = String::new();
+        match check(&r, None, "team/app", Access::Read) {
+            Err(Deny::Forbidden(m)) => assert!(m.contains("has no name"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        r.token.name = "alice".into();
+        r.unusable_name = Some("that is a user's name".into());
+        match check(&r, None, "team/app", Access::Read) {
+            Err(Deny::Forbidden(m)) => {
+                assert!(
+                    m.contains("token 'alice' cannot be used: that is a user's name"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
         }
     }
 

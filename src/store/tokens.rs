@@ -90,6 +90,10 @@ pub struct AuthRecord {
     /// After a rotation with an overlap: the previous secret's hash and until when it is valid.
     pub previous: Option<(Vec<u8>, i64)>,
     pub owner: Option<Owner>,
+    /// For a project or repository token: why its name may not be the identity the git backend
+    /// sees (a user's name, or not printable ASCII — refused when set, so only in a store edited
+    /// by hand or older than the rule); read with the record, so that a request costs nothing.
+    pub unusable_name: Option<String>,
     /// When this process last queued the token's use for the store (ms since the epoch; 0:
     /// never), see [`AuthRecord::claim_use`].
     pub queued_use: QueuedUse,
@@ -669,11 +673,20 @@ pub(super) fn auth_record_in(c: &mut Connection, id: &str) -> Result<Option<Auth
         }
         _ => None,
     };
+    let unusable_name = match owner_id {
+        None => match refuse_user_name(&tx, &token.name) {
+            Ok(()) => None,
+            Err(StoreError::Invalid(why) | StoreError::Conflict(why)) => Some(why),
+            Err(e) => return Err(e),
+        },
+        Some(_) => None,
+    };
     Ok(Some(AuthRecord {
         token,
         secret_hash,
         previous,
         owner,
+        unusable_name,
         queued_use: QueuedUse::default(),
     }))
 }
@@ -918,6 +931,31 @@ mod tests {
         // Not ready either (`/readyz`), so that a load balancer sends requests elsewhere.
         let e = store.ping().unwrap_err().to_string();
         assert!(e.contains("newer than this gitgate knows"), "{e}");
+    }
+
+    /// A project or repository token named after a user in a store edited by hand: its record
+    /// says so, for the policy to refuse it (see `policy`).
+    #[test]
+    fn a_scoped_token_renamed_by_hand_to_a_user_name_is_marked_unusable() {
+        let (d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        let scope = Target::parse("team/app").unwrap();
+        let id = "mnopqrstuvwx";
+        store
+            .insert_token(&repository_token(id, "ci", &scope), &actor())
+            .unwrap();
+        assert!(store
+            .auth_record(id)
+            .unwrap()
+            .unwrap()
+            .unusable_name
+            .is_none());
+        rusqlite::Connection::open(d.path().join("t.db"))
+            .unwrap()
+            .execute("UPDATE tokens SET name = 'Alice' WHERE id = ?1", [id])
+            .unwrap();
+        let why = store.auth_record(id).unwrap().unwrap().unusable_name;
+        assert!(why.is_some_and(|w| w.contains("that is a user's name")));
     }
 
     #[test]
