@@ -33,7 +33,16 @@ pub fn list(store: &Store, name: Option<&str>, json: bool) -> Result<(), String>
     }
     outln!("{:<24} {:<40} LEVEL", "USER", "TARGET");
     for g in grants {
-        outln!("{:<24} {:<40} {}", g.user, g.target, g.level);
+        match (g.level, &g.unknown_level) {
+            (Some(level), _) => outln!("{:<24} {:<40} {level}", g.user, g.target),
+            (None, said) => outln!(
+                "{:<24} {:<40} none: the stored level {:?} is unknown, so it grants nothing \
+                 (set it again with grant add)",
+                g.user,
+                g.target,
+                said.as_deref().unwrap_or_default()
+            ),
+        }
     }
     Ok(())
 }

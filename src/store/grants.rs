@@ -15,7 +15,11 @@ use crate::policy::Target;
 pub struct Grant {
     pub user: String,
     pub target: String,
-    pub level: Level,
+    /// `None` for a row whose level gitgate does not know (edited by hand): it grants nothing.
+    pub level: Option<Level>,
+    /// Then what the row says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_level: Option<String>,
     pub created_at: i64,
 }
 
@@ -108,14 +112,56 @@ impl Store {
             let mut out = Vec::new();
             for row in rows {
                 let (user, target, level, created_at) = row?;
+                // Shown as it is, as the policy reads it: granting nothing (see `grants_of`).
+                let known = level.parse::<Level>().ok();
                 out.push(Grant {
                     user,
                     target,
-                    level: level.parse().unwrap_or(Level::Read),
+                    level: known,
+                    unknown_level: known.is_none().then_some(level),
                     created_at,
                 });
             }
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{actor, temp_store};
+    use super::*;
+    use crate::store::Role;
+
+    /// A level edited by hand into one gitgate does not know is listed as granting nothing,
+    /// which is what the policy makes of it; not as `read`.
+    #[test]
+    fn an_unknown_level_is_listed_as_granting_nothing() {
+        let (d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        let team = Target::parse("team").unwrap();
+        store
+            .add_grant("alice", &team, Level::Write, &actor())
+            .unwrap();
+        assert_eq!(
+            store.grants(Some("alice")).unwrap()[0].level,
+            Some(Level::Write)
+        );
+        rusqlite::Connection::open(d.path().join("t.db"))
+            .unwrap()
+            .execute_batch(
+                "PRAGMA ignore_check_constraints = ON; UPDATE grants SET level = 'owner';",
+            )
+            .unwrap();
+        let listed = &store.grants(Some("alice")).unwrap()[0];
+        assert_eq!(listed.level, None);
+        assert_eq!(listed.unknown_level.as_deref(), Some("owner"));
+        let conn = rusqlite::Connection::open(d.path().join("t.db")).unwrap();
+        let id: i64 = conn
+            .query_row("SELECT id FROM users WHERE slug = 'alice'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(grants_of(&conn, id).unwrap().is_empty());
     }
 }
