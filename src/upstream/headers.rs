@@ -499,11 +499,18 @@ pub fn client_address(
         return Ok(peer);
     }
     let mut client = peer;
+    let mut entries = 0;
     for entry in forwarded_from_the_right(inbound) {
+        entries += 1;
         client = entry.ok_or(UnreadableForwardedFor)?;
         if !is_trusted(client) {
             return Ok(client);
         }
+    }
+    // A header with nothing in it (`X-Forwarded-For: `, or `,`) names no client either: taken
+    // as no header, the proxy's own address would be every client's.
+    if entries == 0 && inbound.contains_key("x-forwarded-for") {
+        return Err(UnreadableForwardedFor);
     }
     Ok(client)
 }
@@ -673,6 +680,10 @@ mod tests {
         );
         // What a trusted proxy wrote cannot be read: refused, never the balancer's address.
         assert_eq!(xff(&["198.51.100.7, unknown"]), Err(UnreadableForwardedFor));
+        // Nor can a header with nothing in it.
+        for blank in ["", " ", ",", " , "] {
+            assert_eq!(xff(&[blank]), Err(UnreadableForwardedFor), "{blank:?}");
+        }
         assert_eq!(xff(&["nonsense, 10.0.0.9"]), Err(UnreadableForwardedFor));
         // A header line that is not text: unreadable when reached, nothing when left of the client.
         let mut h = HeaderMap::new();
