@@ -1429,3 +1429,43 @@ fn api_calls_count_against_the_callers_rate_limit_like_their_git_requests() {
         "{log}"
     );
 }
+
+/// A whole number too large for any rule is refused by the rule, with its limit said, not as
+/// "not a whole number".
+#[test]
+fn numbers_too_large_are_refused_with_the_limit() {
+    let (_install, server) = setup();
+    let r = server.api(
+        "PUT",
+        "/users/alice",
+        "alice",
+        r#"{"name":"big","permissions":["REPO_READ"],"expiryDays":5000000000}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error_message().contains("at most"), "{}", r.body);
+    let (id, _) = personal(&server, "alice", &["REPO_READ"]);
+    let r = server.api(
+        "POST",
+        &format!("/users/alice/{id}/rotate"),
+        "alice",
+        r#"{"overlapSeconds":5000000000}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error_message().contains("at most"), "{}", r.body);
+    let r = server.api(
+        "PUT",
+        "/admin/policy",
+        "root",
+        r#"{"maxExpiryDays":5000000000}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error_message().contains("at most"), "{}", r.body);
+    let r = server.api(
+        "PUT",
+        "/users/alice",
+        "alice",
+        r#"{"name":"neg","permissions":["REPO_READ"],"expiryDays":-1}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error_message().contains("0 or more"), "{}", r.body);
+}

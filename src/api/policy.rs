@@ -44,13 +44,11 @@ fn policy(call: &Call) -> ApiResult {
             let max_expiry_days = match body.get("maxExpiryDays") {
                 None => current.max_expiry_days,
                 Some(Value::Null) => None,
-                Some(v) => Some(v.as_u64().and_then(|d| u32::try_from(d).ok()).ok_or_else(
-                    || {
-                        ApiError::bad_request(
-                            "\"maxExpiryDays\" must be a whole number of days or null",
-                        )
-                    },
-                )?),
+                Some(v) => Some(v.as_u64().map(super::tokens::saturated).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "\"maxExpiryDays\" must be a whole number of days or null",
+                    )
+                })?),
             };
             let new = ExpiryPolicy {
                 expiry_required,

@@ -149,12 +149,10 @@ pub fn rotate(call: &Call, subject: &Subject, id: &str) -> ApiResult {
     let body = call.json_object(&["overlapSeconds"])?;
     let overlap = match body.get("overlapSeconds") {
         None | Some(Value::Null) => 0,
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| {
-                ApiError::bad_request("\"overlapSeconds\" must be a whole number of seconds")
-            })?,
+        // One too large for any rule is refused by the rule itself, with its limit said.
+        Some(v) => v.as_u64().map(saturated).ok_or_else(|| {
+            ApiError::bad_request("\"overlapSeconds\" must be a whole number of seconds, 0 or more")
+        })?,
     };
     // Read before the write: once the old secret is replaced, the answer must not fail on a read.
     let policy = lifecycle::policy(call.store)?;
@@ -296,14 +294,18 @@ pub fn strings(body: &Map<String, Value>, key: &str) -> Result<Option<Vec<String
 fn days(body: &Map<String, Value>, key: &str) -> Result<Option<u32>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|d| u32::try_from(d).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!("\"{key}\" must be a whole number of days"))
-            }),
+        Some(v) => v.as_u64().map(saturated).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "\"{key}\" must be a whole number of days, 0 or more"
+            ))
+        }),
     }
+}
+
+/// A whole number from a body, at most `u32::MAX`: every rule it meets has a limit far below,
+/// which then refuses it in its own words ("at most 36500 days") rather than as no number.
+pub fn saturated(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
