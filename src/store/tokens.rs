@@ -1044,6 +1044,17 @@ mod tests {
         }
         store.revoke_token("mnopqrstuvwx", &actor()).unwrap();
         store.add_user("ci", "h", Role::User, &actor()).unwrap();
+        // ... or has expired (it can never be used again: its expiry never changes).
+        store
+            .insert_token(
+                &NewToken {
+                    expires_at: Some(clock::now_ms() - 1),
+                    ..project("expiredabcde", "old-ci")
+                },
+                &actor(),
+            )
+            .unwrap();
+        store.add_user("old-ci", "h", Role::User, &actor()).unwrap();
         // A personal token may be called anything (beyond ASCII too), its owner's name included.
         store
             .insert_token(&personal_token("abcdefghijkl", "alice", "alice"), &actor())

@@ -160,12 +160,15 @@ impl Store {
                 return Err(StoreError::Conflict(format!("user '{slug}' already exists")));
             }
             // The other side of tokens::refuse_user_name: a project or repository token is
-            // known to the backend by its name, so a new user must not take that name.
+            // known to the backend by its name, so a new user must not take that name — while
+            // the token can still be used: a revoked or expired one never can again (its
+            // expiry never changes, and it cannot be rotated).
             let taken: Option<String> = tx
                 .query_row(
                     "SELECT id FROM tokens WHERE owner_id IS NULL AND revoked_at IS NULL \
+                     AND (expires_at IS NULL OR expires_at > ?2) \
                      AND TRIM(name) = ?1 COLLATE NOCASE LIMIT 1",
-                    [slug],
+                    rusqlite::params![slug, crate::clock::now_ms()],
                     |r| r.get(0),
                 )
                 .optional()?;
