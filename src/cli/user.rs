@@ -61,10 +61,14 @@ pub fn set_active(store: &Store, name: &str, active: bool) -> Result<(), String>
 }
 
 pub fn unlock(store: &Store, name: &str) -> Result<(), String> {
-    store
+    let lifted = store
         .unlock_user(name, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    note!("password logins of '{name}' are unlocked");
+    if lifted {
+        note!("password logins of '{name}' are unlocked");
+    } else {
+        note!("password logins of '{name}' were not locked; nothing changed");
+    }
     Ok(())
 }
 

@@ -309,15 +309,21 @@ impl Store {
         })
     }
 
-    /// Lift a password lock (`gitgate user unlock`).
-    pub fn unlock_user(&self, slug: &str, actor: &Actor) -> Result<()> {
+    /// Lift a password lock (`gitgate user unlock`), and the count of wrong passwords toward
+    /// the next one. `false`: there was neither, so nothing changed and nothing is audited.
+    pub fn unlock_user(&self, slug: &str, actor: &Actor) -> Result<bool> {
         self.write(|tx| {
             let user = require_user(tx, slug)?;
-            tx.execute(
-                "UPDATE users SET locked_until = NULL, failed_logins = 0 WHERE id = ?1",
+            let lifted = tx.execute(
+                "UPDATE users SET locked_until = NULL, failed_logins = 0 \
+                 WHERE id = ?1 AND (locked_until IS NOT NULL OR failed_logins > 0)",
                 [user.id],
             )?;
-            record(tx, actor, "user.unlocked", slug, "")
+            if lifted == 0 {
+                return Ok(false);
+            }
+            record(tx, actor, "user.unlocked", slug, "")?;
+            Ok(true)
         })
     }
 }
@@ -414,8 +420,10 @@ mod tests {
                 .unwrap(),
             None
         );
-        store.unlock_user("alice", &actor()).unwrap();
+        assert!(store.unlock_user("alice", &actor()).unwrap());
         assert_eq!(store.user("alice").unwrap().unwrap().locked_until, None);
+        // Nothing left to lift: nothing changes, nothing is audited.
+        assert!(!store.unlock_user("alice", &actor()).unwrap());
         let actions: Vec<String> = store
             .audit_events(None, 100)
             .unwrap()
