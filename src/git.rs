@@ -292,6 +292,11 @@ pub fn classify(
     } else {
         &on_stack[..n]
     };
+    if rest.is_empty() {
+        return Err(Rejection::NotFound(
+            "no repository in the path: expected <project>/<repo>/... under the git prefix".into(),
+        ));
+    }
     let (endpoint, suffix_len) = match_suffix(segments).ok_or_else(not_a_git_endpoint)?;
     if endpoint == Endpoint::Lfs {
         return Err(Rejection::NotFound("Git LFS is not supported yet".into()));
@@ -388,7 +393,8 @@ fn method_not_allowed(method: &str, what: &str, allow: &'static str) -> Rejectio
 /// The part of `raw_path` after the prefix and its `/`, or `None` if not under the prefix.
 fn strip_prefix<'a>(raw_path: &'a str, prefix: &str) -> Option<&'a str> {
     let after = raw_path.strip_prefix(prefix)?;
-    if prefix.ends_with('/') {
+    // The prefix itself (`/scm` for `/scm`) is under it, with no repository named.
+    if prefix.ends_with('/') || after.is_empty() {
         Some(after)
     } else {
         after.strip_prefix('/')
@@ -778,6 +784,19 @@ mod tests {
             ("GET", s("/team/app.git/info/lfs/locks"), None, "/", NotFound),
             ("POST", s("/team/app.git/info/lfs/locks/verify"), None, "/", NotFound),
         ]
+    }
+
+    /// The git prefix itself names no repository; it is under the prefix all the same.
+    #[test]
+    fn the_prefix_alone_is_said_to_name_no_repository() {
+        for path in ["/scm", "/scm/"] {
+            match classify("GET", path, None, "/scm") {
+                Err(Rejection::NotFound(m)) => {
+                    assert!(m.contains("no repository in the path"), "{path}: {m}")
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
     }
 
     #[test]
