@@ -123,6 +123,7 @@ impl Gate {
         if crate::api::is_api_path(req.uri().path()) {
             // Refused before the API sees it: logged here, as the API logs what it answers.
             let refused = |resp: Response<ResponseBody>| {
+                METRICS.api_request(resp.status().as_u16());
                 tracing::info!(
                     target: "gitgate::request",
                     method = %req.method(),

@@ -218,6 +218,9 @@ fn thread_shard() -> usize {
 /// Every figure gitgate exports.
 pub struct Metrics {
     shards: [Shard; SHARDS],
+    /// REST API calls by status class 1xx..5xx (index 0..4): not git requests, so apart from
+    /// `requests`; few enough for one copy.
+    api_requests: [AtomicU64; 5],
     upstream_errors: AtomicU64,
     side_effect_failures: AtomicU64,
     /// Connections refused for their address's connection cap.
@@ -238,6 +241,7 @@ impl Metrics {
     pub const fn new() -> Metrics {
         Metrics {
             shards: [const { Shard::new() }; SHARDS],
+            api_requests: [const { AtomicU64::new(0) }; 5],
             upstream_errors: AtomicU64::new(0),
             side_effect_failures: AtomicU64::new(0),
             address_cap_refusals: AtomicU64::new(0),
@@ -288,6 +292,12 @@ impl Metrics {
         shard.bytes_in.fetch_add(bytes_in, Relaxed);
         shard.bytes_out.fetch_add(bytes_out, Relaxed);
         shard.request_duration.observe(took);
+    }
+
+    /// A REST API call was answered `status`.
+    pub fn api_request(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.api_requests[class].fetch_add(1, Relaxed);
     }
 
     /// A request without credentials (or with a user name alone) was answered 401 with a
@@ -366,6 +376,18 @@ impl Metrics {
                 );
             }
         }
+        out.push_str(
+            "# HELP gitgate_api_requests_total REST API calls (under /rest/) by status class.\n\
+             # TYPE gitgate_api_requests_total counter\n",
+        );
+        for (i, n) in self.api_requests.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "gitgate_api_requests_total{{status=\"{}xx\"}} {}",
+                i + 1,
+                n.load(Relaxed)
+            );
+        }
         let simple: [(&str, &str, &str, String); 11] = [
             (
                 "gitgate_connections_over_address_cap_total",
@@ -394,7 +416,7 @@ impl Metrics {
             (
                 "gitgate_auth_failures_total",
                 "counter",
-                "Git requests whose credentials were tried and refused (wrong, unknown, revoked or expired token, disabled owner, malformed header); answered 401, or 403 for a Bearer token.",
+                "Requests whose credentials were tried and refused: git's (wrong, unknown, revoked or expired token, disabled owner, malformed header; answered 401, or 403 for a Bearer token) and the REST API's (a wrong password, 401).",
                 self.total(|s| &s.auth_failures).to_string(),
             ),
             (

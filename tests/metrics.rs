@@ -104,6 +104,14 @@ fn metrics_count_real_git_traffic() {
         Some(&format!("Basic {wrong}")),
     );
     assert_eq!(api.status, 401);
+    // And one that works: counted with the API's calls, logged with its user and bytes.
+    let right = base64::engine::general_purpose::STANDARD.encode(format!("alice:{PASSWORD}"));
+    let api = http_get(
+        server.port,
+        "/rest/access-tokens/1.0/users/alice",
+        Some(&format!("Basic {right}")),
+    );
+    assert_eq!(api.status, 200);
 
     // The log line (and the counters) are written when a response body ends; give the last
     // one a moment.
@@ -187,9 +195,28 @@ fn metrics_count_real_git_traffic() {
     // (incompressible enough: the same byte compresses, but not below 100 bytes), the clone
     // got it and more.
     let log = server.log_text();
+    // The REST API's calls are not git requests: counted apart, by status class.
+    assert_eq!(
+        sample(&text, "gitgate_api_requests_total{status=\"4xx\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "gitgate_api_requests_total{status=\"2xx\"}"),
+        1.0,
+        "{text}"
+    );
+    let api_line = log
+        .lines()
+        .find(|l| l.contains("api=true") && l.contains("status=200"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        api_line.contains("user=alice") && api_line.contains("bytes_out="),
+        "{api_line}"
+    );
     let logged = |field: &str| -> f64 {
         log.lines()
-            .filter(|l| l.contains("gitgate::request"))
+            .filter(|l| l.contains("gitgate::request") && !l.contains("api=true"))
             .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(field)))
             .map(|v| v.parse::<f64>().unwrap())
             .sum()

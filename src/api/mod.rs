@@ -318,6 +318,10 @@ pub async fn handle(
             )),
         }
     };
+    // For the log line: who the call was made as (once the password was checked), and the
+    // bytes of its body.
+    let mut user: Option<String> = None;
+    let mut bytes_in = 0;
     let outcome = match read.await {
         Err(e) => Err(e),
         Ok(Err(e)) => {
@@ -340,6 +344,7 @@ pub async fn handle(
             )),
             Ok(permit) => {
                 let body = collected.to_bytes();
+                bytes_in = body.len();
                 let headers = parts.headers;
                 let path = path.clone();
                 // First the password, within the permit...
@@ -352,6 +357,9 @@ pub async fn handle(
                     .await
                     .unwrap_or_else(|e| Err(task_failed(e)))
                 };
+                if let Ok(login) = &checked {
+                    user = Some(login.user().to_string());
+                }
                 match checked {
                     Err(e) => Err(e),
                     // ...then the caller's bucket, then the work.
@@ -383,20 +391,24 @@ pub async fn handle(
         Ok(reply) => (reply.status, reply.body, None, None),
         Err(e) => (e.status, Some(e.body()), e.allow, e.retry_after_secs),
     };
+    let bytes = match &body {
+        Some(v) => Bytes::from(v.to_string()),
+        None => Bytes::new(),
+    };
+    crate::metrics::METRICS.api_request(status.as_u16());
     tracing::info!(
         target: "gitgate::request",
         method = %method,
         path = %crate::gate::loggable_path(&path),
         remote = %remote.ip(),
         api = true,
+        user = %user.as_deref().unwrap_or(""),
         status = status.as_u16(),
+        bytes_in,
+        bytes_out = bytes.len(),
         duration_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         "request"
     );
-    let bytes = match &body {
-        Some(v) => Bytes::from(v.to_string()),
-        None => Bytes::new(),
-    };
     let mut resp = Response::new(
         Full::new(bytes)
             .map_err(|never| match never {})
