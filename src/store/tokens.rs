@@ -238,7 +238,21 @@ const SELECT: &str = "SELECT t.id, t.kind, t.name, u.slug, t.scope, t.permission
 
 type TokenRow = (TokenRecord, Vec<u8>, Option<i64>, Option<(Vec<u8>, i64)>);
 
+/// A token row, or why it cannot be read, naming the token: one row edited by hand into what
+/// gitgate cannot read (an unknown permission, a date that is text) fails what reads it — a
+/// listing, an authentication (`503`, fail closed) — and the operator must know which.
 fn token_from_row(r: &rusqlite::Row) -> rusqlite::Result<TokenRow> {
+    read_token_row(r).map_err(|e| match r.get::<_, String>(0) {
+        // (The variant whose text is the message alone.)
+        Ok(id) => rusqlite::Error::ToSqlConversionFailure(
+            format!("token {id} cannot be read from the store (its row was changed by hand?): {e}")
+                .into(),
+        ),
+        Err(_) => e,
+    })
+}
+
+fn read_token_row(r: &rusqlite::Row) -> rusqlite::Result<TokenRow> {
     let bad = |i: usize, m: String| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, m.into())
     };
@@ -931,6 +945,31 @@ mod tests {
         // Not ready either (`/readyz`), so that a load balancer sends requests elsewhere.
         let e = store.ping().unwrap_err().to_string();
         assert!(e.contains("newer than this gitgate knows"), "{e}");
+    }
+
+    /// A row edited by hand into what gitgate cannot read fails closed, and the error names
+    /// the token, so that the operator knows which row to mend.
+    #[test]
+    fn an_unreadable_token_row_is_named_in_the_error() {
+        let (d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        store
+            .insert_token(&personal_token("abcdefghijkl", "laptop", "alice"), &actor())
+            .unwrap();
+        rusqlite::Connection::open(d.path().join("t.db"))
+            .unwrap()
+            .execute_batch("UPDATE tokens SET permissions = 'BOGUS'")
+            .unwrap();
+        for e in [
+            store.auth_record("abcdefghijkl").unwrap_err().to_string(),
+            store.token("abcdefghijkl").unwrap_err().to_string(),
+        ] {
+            assert!(
+                e.contains("token abcdefghijkl cannot be read from the store")
+                    && e.contains("BOGUS"),
+                "{e}"
+            );
+        }
     }
 
     /// A project or repository token named after a user in a store edited by hand: its record
