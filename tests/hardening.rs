@@ -734,6 +734,17 @@ fn a_push_cut_off_mid_pack_leaves_no_quarantined_objects() {
                 && l.contains("/team/app.git/git-receive-pack (user alice)")
         })
     });
+    // ... and what it did, which its exit status does not say (receive-pack exits 0 when it
+    // refuses a pack): not an update.
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("a push whose client left has"))
+        .unwrap();
+    assert!(
+        line.contains("outcome=") && !line.contains("ref(s) updated"),
+        "{line}"
+    );
 }
 
 /// A connection that sends no request — nothing at all, an HTTP/2 preface and half a header

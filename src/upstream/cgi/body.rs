@@ -133,6 +133,8 @@ pub(super) async fn finish_alone(
 ) {
     let mut stopping = finishing.running.stopping.subscribe();
     let mut scratch = vec![0u8; HEAD_READ];
+    // The end of what it says, which holds receive-pack's report (see `push_outcome`).
+    let mut tail = Vec::new();
     // `None` once it has said all it had to say; else why it is ended.
     let ended = loop {
         let read = tokio::select! {
@@ -141,7 +143,12 @@ pub(super) async fn finish_alone(
         };
         match read {
             Ok(Ok(0)) => break None,
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => {
+                tail.extend_from_slice(&scratch[..n]);
+                if tail.len() > 2 * REPORT_TAIL {
+                    tail.drain(..tail.len() - REPORT_TAIL);
+                }
+            }
             Ok(Err(_)) => break Some("reading the output of a push whose client left failed"),
             Err(_) => break Some("a push whose client left sent nothing for the idle timeout"),
         }
@@ -153,14 +160,57 @@ pub(super) async fn finish_alone(
     }
     drop(guard);
     let Some(exit) = exit else { return };
+    // receive-pack exits 0 also when it refused the pack or a ref: what it did is in its report.
+    let outcome = push_outcome(&tail);
     match exit.await {
         Ok(info) if info.success() => {
-            tracing::info!(target: "gitgate::cgi", push = %finishing.label, "a push whose client left has finished: {info}")
+            tracing::info!(target: "gitgate::cgi", push = %finishing.label, outcome = %outcome, "a push whose client left has finished: {info}")
         }
         Ok(info) => {
-            tracing::warn!(target: "gitgate::cgi", push = %finishing.label, "a push whose client left has failed: {info}")
+            tracing::warn!(target: "gitgate::cgi", push = %finishing.label, outcome = %outcome, "a push whose client left has failed: {info}")
         }
         Err(_) => {}
+    }
+}
+
+/// How much of a push's last output is kept for its report.
+const REPORT_TAIL: usize = 64 * 1024;
+
+/// What receive-pack's report (its last output: `unpack ok` or `unpack <error>`, then `ok <ref>`
+/// or `ng <ref> <reason>` per ref, in pkt-lines, inside side-band 1 when the client asked for
+/// it) says was done, in words for the log. The lines are found by their text, which a
+/// pkt-line or side-band header never splits within a short line.
+pub(super) fn push_outcome(output: &[u8]) -> String {
+    let lines = |prefix: &'static [u8]| {
+        output
+            .windows(prefix.len())
+            .enumerate()
+            .filter(move |(_, w)| *w == prefix)
+            .map(move |(i, _)| {
+                let rest = &output[i + prefix.len()..];
+                let end = rest
+                    .iter()
+                    .position(|&b| b == b'\n' || b == 0)
+                    .unwrap_or(rest.len().min(200));
+                String::from_utf8_lossy(&rest[..end]).into_owned()
+            })
+    };
+    let Some(unpack) = lines(b"unpack ").next_back() else {
+        return "no report from receive-pack (the pack did not arrive whole?)".into();
+    };
+    if unpack != "ok" {
+        return format!("refused: unpack {unpack}; no ref was updated");
+    }
+    let updated = lines(b"ok refs/").count();
+    let refused: Vec<String> = lines(b"ng refs/").map(|r| format!("refs/{r}")).collect();
+    if refused.is_empty() {
+        format!("unpack ok, {updated} ref(s) updated")
+    } else {
+        format!(
+            "unpack ok, {updated} ref(s) updated, {} refused: {}",
+            refused.len(),
+            refused.join("; ")
+        )
     }
 }
 

@@ -1190,3 +1190,56 @@ fn body_is_send_and_static() {
     fn check<T: Body<Data = Bytes, Error = io::Error> + Send + 'static>() {}
     check::<CgiBody>();
 }
+
+/// receive-pack's report, plain and inside side-band 1 (with progress on band 2 around it).
+#[test]
+fn a_push_report_is_read_for_the_log() {
+    fn pkt(payload: &[u8]) -> Vec<u8> {
+        let mut out = format!("{:04x}", payload.len() + 4).into_bytes();
+        out.extend_from_slice(payload);
+        out
+    }
+    let report = |lines: &[&str]| {
+        let mut r = Vec::new();
+        for l in lines {
+            r.extend(pkt(l.as_bytes()));
+        }
+        r.extend_from_slice(b"0000");
+        r
+    };
+    let sideband = |inner: Vec<u8>| {
+        let mut out = pkt(b"\x02Resolving deltas: 100% (3/3)\n");
+        let mut band = vec![1u8];
+        band.extend(inner);
+        out.extend(pkt(&band));
+        out.extend_from_slice(b"0000");
+        out
+    };
+    let ok = report(&["unpack ok\n", "ok refs/heads/main\n", "ok refs/tags/v1\n"]);
+    assert_eq!(
+        super::body::push_outcome(&ok),
+        "unpack ok, 2 ref(s) updated"
+    );
+    assert_eq!(
+        super::body::push_outcome(&sideband(ok)),
+        "unpack ok, 2 ref(s) updated"
+    );
+    let partly = report(&[
+        "unpack ok\n",
+        "ok refs/heads/main\n",
+        "ng refs/heads/x non-fast-forward\n",
+    ]);
+    assert_eq!(
+        super::body::push_outcome(&sideband(partly)),
+        "unpack ok, 1 ref(s) updated, 1 refused: refs/heads/x non-fast-forward"
+    );
+    let broken = report(&[
+        "unpack index-pack abnormal exit\n",
+        "ng refs/heads/main unpacker error\n",
+    ]);
+    assert_eq!(
+        super::body::push_outcome(&broken),
+        "refused: unpack index-pack abnormal exit; no ref was updated"
+    );
+    assert!(super::body::push_outcome(b"").starts_with("no report"));
+}
