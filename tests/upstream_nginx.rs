@@ -1567,3 +1567,35 @@ fn bench_clone_direct_and_through_gitgate() {
         peak_rss_kib(g.pid())
     );
 }
+
+/// `check` tells an upstream that only accepts connections from one that speaks HTTP there:
+/// an `http://` URL for nginx's https port connects, and every git request would get a 400.
+#[test]
+fn check_warns_of_an_http_url_for_an_https_port() {
+    let Some(w) = World::new("check_warns_of_an_http_url_for_an_https_port") else {
+        return;
+    };
+    w.write_config(&Options::default());
+    let check = || {
+        let out = common::gitgate_command(&w.config)
+            .arg("check")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let good = check();
+    assert!(!good.contains("400 Bad Request"), "{good}");
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let wrong = text.replace(
+        &format!("127.0.0.1:{}/git", w.nginx.port),
+        &format!("127.0.0.1:{}/git", w.nginx.tls_port),
+    );
+    assert_ne!(wrong, text);
+    std::fs::write(&w.config, wrong).unwrap();
+    let out = check();
+    assert!(
+        out.contains("answers 400 Bad Request to a plain HEAD of its base path")
+            && out.contains("write https://"),
+        "{out}"
+    );
+}

@@ -104,10 +104,32 @@ pub fn run(config_path: &Path) -> Result<(), String> {
                 &config.server.git_prefix,
             )
             .map_err(|e| format!("{source}: {e}"))?;
-            (
-                backend.address().to_owned(),
-                runtime.block_on(backend.ready()),
-            )
+            let ready = runtime.block_on(backend.ready());
+            // Connecting is not speaking HTTP there: an `http://` URL for an https port
+            // connects, and every request then gets the upstream's `400`.
+            if ready.is_ok() {
+                match runtime.block_on(backend.answer_to_a_plain_request()) {
+                    Ok(status) if status == hyper::StatusCode::BAD_REQUEST => {
+                        warnings += 1;
+                        outln!(
+                            "warning: upstream {} answers 400 Bad Request to a plain HEAD of its \
+                             base path: if it speaks https on that port, write https:// in \
+                             [upstream] url",
+                            backend.address()
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(why) => {
+                        warnings += 1;
+                        outln!(
+                            "warning: upstream {} accepts connections but gave no HTTP answer \
+                             to a plain HEAD of its base path: {why}",
+                            backend.address()
+                        );
+                    }
+                }
+            }
+            (backend.address().to_owned(), ready)
         }
     };
     match ready {

@@ -518,6 +518,35 @@ impl HttpBackend {
         self.naming_upstream(error)
     }
 
+    /// What the upstream answers a plain `HEAD` of its base path with, on a new connection:
+    /// for `check`, which can then tell an upstream that speaks something else on that port
+    /// (an `http://` URL for an https port: nginx answers `400`, and every git request
+    /// would) from one that only accepts connections.
+    pub async fn answer_to_a_plain_request(&self) -> Result<StatusCode, String> {
+        let uri = Uri::try_from(format!("{}/", self.base_path.trim_end_matches('/')))
+            .map_err(|e| e.to_string())?;
+        let mut req: Request<OutBody> = Request::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *req.method_mut() = Method::HEAD;
+        *req.uri_mut() = uri;
+        req.headers_mut().insert(HOST, self.host.clone());
+        let mut conn = self
+            .pool
+            .connect_new(Driving::OwnTask)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sending = conn.connection.sender.try_send_request(req);
+        let answered = tokio::time::timeout(self.idle_timeout, conn.connection.exchange(sending))
+            .await
+            .map_err(|_| "no answer in time".to_string())?;
+        answered
+            .map(|resp| resp.status())
+            .map_err(|e| e.into_error().to_string())
+    }
+
     /// The upstream as the log names it (see the field).
     pub fn address(&self) -> &str {
         &self.address
