@@ -1745,6 +1745,16 @@ fn serve_refuses_a_store_it_cannot_write() {
         "{checked}"
     );
     assert_eq!(fs::read(sb.db()).unwrap(), before, "the store changed");
+
+    // A file it cannot even read: said as such, without SQLite's internal URI.
+    as_store_owner_only(&sb.db(), 0o600);
+    let checked = without_write_access(&sb, &["check"]);
+    as_store_owner_only(&sb.db(), 0o644);
+    assert!(
+        checked.contains("cannot read") && checked.contains("Permission denied"),
+        "{checked}"
+    );
+    assert!(!checked.contains("file:/"), "{checked}");
 }
 
 #[test]

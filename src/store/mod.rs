@@ -1029,6 +1029,23 @@ fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
             // Through a symbolic link, SQLite writes beside the file the link points at.
             let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
             let path = real.as_path();
+            // SQLite names the URI it was given (`file:...?immutable=1`), not the cause: a file
+            // this process cannot even read is said as such.
+            let mut said = e.to_string();
+            if let Some(uri) = said.find(": file:") {
+                said.truncate(uri);
+            }
+            if let Err(read) = std::fs::File::open(path) {
+                if read.kind() == std::io::ErrorKind::PermissionDenied {
+                    return format!(
+                        "{said}: this process (uid {uid}) cannot read {file} ({read}); check its \
+                         owner and mode",
+                        uid = rustix::process::geteuid().as_raw(),
+                        file = path.display()
+                    );
+                }
+            }
+            let e = said;
             let folder = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 Some(p) => p.display().to_string(),
                 None => ".".into(),
