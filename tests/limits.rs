@@ -916,7 +916,12 @@ fn a_backend_that_hangs_is_a_504_before_the_connection_idles_out() {
     let program = dir.path().join("hang.cgi");
     std::fs::write(&program, "#!/bin/sh\nexec sleep 60\n").unwrap();
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::create_dir_all(dir.path().join("repos")).unwrap();
+    // A repository to ask for (one that is not there is answered without the backend).
+    let repo = dir.path().join("repos/team/app.git");
+    for sub in ["objects", "refs"] {
+        std::fs::create_dir_all(repo.join(sub)).unwrap();
+    }
+    std::fs::write(repo.join("HEAD"), "ref: refs/heads/main\n").unwrap();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_seconds = 2\n[store]\npath = \"gitgate.db\"\n\
          [upstream]\ncgi = \"{}\"\nproject_root = \"repos\"\n",
