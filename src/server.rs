@@ -207,6 +207,9 @@ fn raise_open_files_limit(max_connections: usize) {
 }
 
 async fn run_workers(config: Config) -> Result<Ended, String> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     // Everything that can still fail on a bad setting comes before the store is opened (and
     // created, or migrated): a start that fails changes nothing on disk.
     let certs = match &config.server.tls {

@@ -30,6 +30,10 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         "http"
     };
     let mut warnings = 0;
+    for warning in config.warnings() {
+        warnings += 1;
+        outln!("warning: {warning}");
+    }
     let listen = config.server.listen;
     match try_listen(listen) {
         Ok(()) => outln!("listen {scheme}://{listen}: free"),
