@@ -499,25 +499,20 @@ pub fn client_address(
         return Ok(peer);
     }
     let mut client = peer;
-    let mut entries = 0;
     for entry in forwarded_from_the_right(inbound) {
-        entries += 1;
         client = entry.ok_or(UnreadableForwardedFor)?;
         if !is_trusted(client) {
             return Ok(client);
         }
     }
-    // A header with nothing in it (`X-Forwarded-For: `, or `,`) names no client either: taken
-    // as no header, the proxy's own address would be every client's.
-    if entries == 0 && inbound.contains_key("x-forwarded-for") {
-        return Err(UnreadableForwardedFor);
-    }
     Ok(client)
 }
 
-/// The entries of `X-Forwarded-For`, right to left (the last header line first), empty ones
-/// skipped: `None` for one that is not an address (nor an address with the port some proxies
-/// add, `192.0.2.1:4711`, `[2001:db8::1]:4711`), or for a header line that is not text.
+/// The entries of `X-Forwarded-For`, right to left (the last header line first): `None` for one
+/// that is not an address (nor an address with the port some proxies add, `192.0.2.1:4711`,
+/// `[2001:db8::1]:4711`), an empty one included — a trusted proxy's empty entry, skipped, would
+/// let the walk reach one the client wrote; a header with nothing in it, skipped, would make
+/// the proxy's own address every client's — or for a header line that is not text.
 fn forwarded_from_the_right(headers: &HeaderMap) -> impl Iterator<Item = Option<IpAddr>> + '_ {
     headers
         .get_all("x-forwarded-for")
@@ -528,7 +523,6 @@ fn forwarded_from_the_right(headers: &HeaderMap) -> impl Iterator<Item = Option<
             let not_text = text.is_err().then_some(None);
             text.unwrap_or_default()
                 .rsplit(',')
-                .filter(|e| !e.trim().is_empty())
                 .map(forwarded_address)
                 .chain(not_text)
         })
@@ -680,9 +674,13 @@ mod tests {
         );
         // What a trusted proxy wrote cannot be read: refused, never the balancer's address.
         assert_eq!(xff(&["198.51.100.7, unknown"]), Err(UnreadableForwardedFor));
-        // Nor can a header with nothing in it.
+        // Nor can a header with nothing in it, nor an empty entry a trusted proxy wrote (the
+        // walk would go on to one the client wrote).
         for blank in ["", " ", ",", " , "] {
             assert_eq!(xff(&[blank]), Err(UnreadableForwardedFor), "{blank:?}");
+        }
+        for trailing in [&["198.51.100.7, "][..], &["198.51.100.7,,"], &["198.51.100.7", ""]] {
+            assert_eq!(xff(trailing), Err(UnreadableForwardedFor), "{trailing:?}");
         }
         assert_eq!(xff(&["nonsense, 10.0.0.9"]), Err(UnreadableForwardedFor));
         // A header line that is not text: unreadable when reached, nothing when left of the client.
