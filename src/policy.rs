@@ -169,8 +169,9 @@ pub fn authorize(
                     // Into the log and the audit table too: never a name that may be a password.
                     let message = match crate::store::as_written_down(presented) {
                         crate::store::NOT_A_USER_NAME => format!(
-                            "token '{name}' does not belong to the user name given, which is not a \
-                             user name (was a password typed at git's Username prompt?)"
+                            "token '{name}' does not belong to the user name given (not repeated: \
+                             it is not written as user names are, in lower case, and may be a \
+                             password typed at git's Username prompt)"
                         ),
                         presented => {
                             format!("token '{name}' does not belong to user '{presented}'")

@@ -1858,7 +1858,7 @@ fn secrets_never_reach_the_log_or_the_database() {
             &server.url_with(TYPED_AS_USER, &personal.secret, "team/app"),
         ],
     )
-    .fails_with("does not belong to the user name given, which is not a user name");
+    .fails_with("does not belong to the user name given (not repeated");
     sb.git(
         sb.root(),
         &[
@@ -1875,6 +1875,16 @@ fn secrets_never_reach_the_log_or_the_database() {
         ],
     )
     .fails_with("invalid token");
+    // The commonest shape of a password: a capital, then lower case and digits.
+    const CAPITALISED: &str = "Summer2024";
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with(CAPITALISED, &personal.secret, "team/app"),
+        ],
+    )
+    .fails_with("does not belong to the user name given (not repeated");
     // The token where the user name goes (`https://TOKEN@host`, GitHub's style).
     sb.git(
         sb.root(),
@@ -1947,6 +1957,8 @@ fn secrets_never_reach_the_log_or_the_database() {
             "password typed as the user name",
             &TYPED_AS_USER.to_ascii_lowercase(),
         ),
+        ("capitalised password typed as the user name", CAPITALISED),
+        ("capitalised password typed as the user name", "summer2024"),
         (
             "base64 of alice:token",
             &common::base64(format!("alice:{}", personal.secret).as_bytes()),

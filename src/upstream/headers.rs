@@ -679,7 +679,11 @@ mod tests {
         for blank in ["", " ", ",", " , "] {
             assert_eq!(xff(&[blank]), Err(UnreadableForwardedFor), "{blank:?}");
         }
-        for trailing in [&["198.51.100.7, "][..], &["198.51.100.7,,"], &["198.51.100.7", ""]] {
+        for trailing in [
+            &["198.51.100.7, "][..],
+            &["198.51.100.7,,"],
+            &["198.51.100.7", ""],
+        ] {
             assert_eq!(xff(trailing), Err(UnreadableForwardedFor), "{trailing:?}");
         }
         assert_eq!(xff(&["nonsense, 10.0.0.9"]), Err(UnreadableForwardedFor));
