@@ -243,12 +243,17 @@ impl RepoDir {
     /// Pure: from what is at `<root>/<repo>.git` and `<root>/<repo>`, and whether anything is
     /// named `<root>/<repo>.git.git` (only `<repo>.git` can lead git there: asked for `<repo>`,
     /// git tries `<repo>/.git`, `<repo>`, `<repo>.git/.git` and `<repo>.git`).
+    ///
+    /// A link or a file at `<repo>` beside the repository `<repo>.git` matters not: given
+    /// `<repo>.git`, git never looks at `<repo>`. The other way round it does: given `<repo>`,
+    /// git goes on to `<repo>.git` when it does not take `<repo>` for a repository (its test
+    /// reads `HEAD`'s contents, gitgate's does not), as with [`NotServed::Doubled`].
     pub fn of(with_git: Found, plain: Found, doubled: bool) -> RepoDir {
         match (with_git, plain) {
-            (Found::Indirect, _) | (_, Found::Indirect) => RepoDir::NotServed(NotServed::Indirect),
             (Found::Repository, Found::Repository) => RepoDir::NotServed(NotServed::Both),
             (Found::Repository, _) if doubled => RepoDir::NotServed(NotServed::Doubled),
             (Found::Repository, _) => RepoDir::WithGit,
+            (Found::Indirect, _) | (_, Found::Indirect) => RepoDir::NotServed(NotServed::Indirect),
             (_, Found::Repository) => RepoDir::Plain,
             _ => RepoDir::NotServed(NotServed::Missing),
         }
@@ -265,7 +270,7 @@ fn found_at(path: &Path) -> Found {
             Ok(dot_git) if dot_git.is_dir() => Found::Repository,
             Ok(_) => Found::Indirect,
             Err(_)
-                if path.join("HEAD").is_file()
+                if has_a_head(path)
                     && path.join("objects").is_dir()
                     && path.join("refs").is_dir() =>
             {
@@ -273,6 +278,19 @@ fn found_at(path: &Path) -> Found {
             }
             Err(_) => Found::Folder,
         },
+    }
+}
+
+/// Whether `repo` has a `HEAD` as git takes one: a file, or (`core.preferSymlinkRefs`) a
+/// symbolic link into `refs/`, which need not lead to a file (the ref may be packed).
+fn has_a_head(repo: &Path) -> bool {
+    let head = repo.join("HEAD");
+    match std::fs::symlink_metadata(&head) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            std::fs::read_link(&head).is_ok_and(|target| target.starts_with("refs/"))
+        }
+        Ok(_) => head.is_file(),
+        Err(_) => false,
     }
 }
 

@@ -43,19 +43,26 @@ fn one_directory_answers_to_a_repository() {
         RepoDir::of(Folder, Folder, false),
         refused(NotServed::Missing)
     );
-    // A link or a gitfile at either name refuses both: git could go on to it.
-    assert_eq!(
-        RepoDir::of(Indirect, Repository, false),
-        refused(NotServed::Indirect)
-    );
-    assert_eq!(
-        RepoDir::of(Repository, Indirect, false),
-        refused(NotServed::Indirect)
-    );
+    // A link or a gitfile where git would go: refused (given `<repo>`, git goes on to
+    // `<repo>.git` when it does not take `<repo>` for a repository). Beside `<repo>.git`, which
+    // is what git is given then, it never looks.
     assert_eq!(
         RepoDir::of(Nothing, Indirect, false),
         refused(NotServed::Indirect)
     );
+    assert_eq!(
+        RepoDir::of(Indirect, Nothing, false),
+        refused(NotServed::Indirect)
+    );
+    assert_eq!(
+        RepoDir::of(Indirect, Folder, false),
+        refused(NotServed::Indirect)
+    );
+    assert_eq!(
+        RepoDir::of(Indirect, Repository, false),
+        refused(NotServed::Indirect)
+    );
+    assert_eq!(RepoDir::of(Repository, Indirect, false), RepoDir::WithGit);
 }
 
 #[test]
@@ -166,6 +173,16 @@ fn the_directory_on_disk_is_found_without_following_links() {
         backend.repo_dir("team/worktree/x"),
         refused(NotServed::Nested)
     );
+    // A HEAD that is a link into refs/ (core.preferSymlinkRefs; its ref packed) is a HEAD.
+    bare("team/symhead.git");
+    std::fs::remove_file(root.path().join("team/symhead.git/HEAD")).unwrap();
+    std::os::unix::fs::symlink("refs/heads/main", root.path().join("team/symhead.git/HEAD"))
+        .unwrap();
+    assert_eq!(backend.repo_dir("team/symhead"), RepoDir::WithGit);
+    // A stray file beside a repository: git, given the repository's name, never looks at it.
+    bare("team/withfile.git");
+    std::fs::write(root.path().join("team/withfile"), "").unwrap();
+    assert_eq!(backend.repo_dir("team/withfile"), RepoDir::WithGit);
     // The project root itself may be reached through a link.
     let through = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(root.path(), through.path().join("root")).unwrap();
