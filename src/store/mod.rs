@@ -235,8 +235,9 @@ pub(crate) fn sidecar(store: &Path, suffix: &str) -> PathBuf {
 /// so this is damage, or a mistake (`: > gitgate.db`, a store moved without its `-wal`), not a
 /// state gitgate leaves.
 fn refuse_a_log_without_its_file(path: &Path) -> std::result::Result<(), String> {
-    // Through a symbolic link, the `-wal` is beside the real file.
-    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    // Through a symbolic link, the `-wal` is beside the real file (one not there yet included:
+    // SQLite creates it where the link leads).
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| link_target(path));
     let missing = match std::fs::symlink_metadata(&real) {
         Ok(file) if file.is_file() && file.len() == 0 => false,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -261,6 +262,22 @@ fn refuse_a_log_without_its_file(path: &Path) -> std::result::Result<(), String>
         )),
         _ => Ok(()),
     }
+}
+
+/// Where `path` leads through symbolic links (at most 16), when what they lead to is not there
+/// (so that `canonicalize` fails): the name SQLite would create.
+fn link_target(path: &Path) -> PathBuf {
+    let mut at = path.to_path_buf();
+    for _ in 0..16 {
+        let Ok(target) = std::fs::read_link(&at) else {
+            break;
+        };
+        at = match at.parent() {
+            Some(parent) => parent.join(target),
+            None => target,
+        };
+    }
+    at
 }
 
 /// A copy of a store and its `-wal` in a folder of its own (mode 0700, in the temporary
@@ -1589,6 +1606,13 @@ mod tests {
                 "{err}"
             );
         }
+        assert!(!path.exists());
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), wal_len);
+        // Also through a symbolic link to where the store was (SQLite would create it there).
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = Store::open(&link).err().expect("refused").to_string();
+        assert!(err.contains("the store file is missing"), "{err}");
         assert!(!path.exists());
         assert_eq!(std::fs::metadata(&wal).unwrap().len(), wal_len);
         drop(writer);
