@@ -36,8 +36,8 @@ pub fn list(store: &Store, name: Option<&str>, json: bool) -> Result<(), String>
         match (g.level, &g.unknown_level) {
             (Some(level), _) => outln!("{:<24} {:<40} {level}", g.user, g.target),
             (None, said) => outln!(
-                "{:<24} {:<40} none: the stored level {:?} is unknown, so it grants nothing \
-                 (set it again with grant add)",
+                "{:<24} {:<40} none: the stored level {:?} or target cannot be read, so it \
+                 grants nothing (remove it, and set it again with grant add)",
                 g.user,
                 g.target,
                 said.as_deref().unwrap_or_default()

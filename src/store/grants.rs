@@ -15,9 +15,10 @@ use crate::policy::Target;
 pub struct Grant {
     pub user: String,
     pub target: String,
-    /// `None` for a row whose level gitgate does not know (edited by hand): it grants nothing.
+    /// `None` for a row whose level or target gitgate cannot read (edited by hand): it grants
+    /// nothing.
     pub level: Option<Level>,
-    /// Then what the row says.
+    /// Then the level the row says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_level: Option<String>,
     pub created_at: i64,
@@ -112,8 +113,12 @@ impl Store {
             let mut out = Vec::new();
             for row in rows {
                 let (user, target, level, created_at) = row?;
-                // Shown as it is, as the policy reads it: granting nothing (see `grants_of`).
-                let known = level.parse::<Level>().ok();
+                // Shown as the policy reads it: a row whose level or target does not parse
+                // grants nothing (see `grants_of`).
+                let known = level
+                    .parse::<Level>()
+                    .ok()
+                    .filter(|_| Target::parse(&target).is_ok());
                 out.push(Grant {
                     user,
                     target,
@@ -162,6 +167,12 @@ mod tests {
                 r.get(0)
             })
             .unwrap();
+        assert!(grants_of(&conn, id).unwrap().is_empty());
+        // A target that no longer parses grants nothing either, whatever its level.
+        conn.execute_batch("UPDATE grants SET level = 'write', target = 'team/../x'")
+            .unwrap();
+        let listed = &store.grants(Some("alice")).unwrap()[0];
+        assert_eq!(listed.level, None);
         assert!(grants_of(&conn, id).unwrap().is_empty());
     }
 }
