@@ -550,6 +550,11 @@ fn service_param(raw_query: Option<&str>) -> Result<Option<Service>, Rejection> 
         if *key != *b"service" {
             continue;
         }
+        if found.is_some() {
+            return Err(Rejection::BadRequest(
+                "the 'service' parameter is given more than once".into(),
+            ));
+        }
         let value = decoded(raw_value).ok_or_else(bad_escape)?;
         let service = Service::from_name(&value).ok_or_else(|| {
             Rejection::BadRequest(
@@ -558,11 +563,7 @@ fn service_param(raw_query: Option<&str>) -> Result<Option<Service>, Rejection> 
                     .into(),
             )
         })?;
-        if found.replace(service).is_some() {
-            return Err(Rejection::BadRequest(
-                "the 'service' parameter is given more than once".into(),
-            ));
-        }
+        found = Some(service);
     }
     Ok(found)
 }
@@ -784,6 +785,20 @@ mod tests {
             ("GET", s("/team/app.git/info/lfs/locks"), None, "/", NotFound),
             ("POST", s("/team/app.git/info/lfs/locks/verify"), None, "/", NotFound),
         ]
+    }
+
+    /// A second `service`, whatever it says (an empty or unknown one too), is said as a second.
+    #[test]
+    fn a_second_service_is_said_as_one() {
+        for query in [
+            "service=git-upload-pack&service",
+            "service=git-upload-pack&service=x",
+        ] {
+            match classify("GET", "/team/app.git/info/refs", Some(query), "/") {
+                Err(Rejection::BadRequest(m)) => assert!(m.contains("more than once"), "{m}"),
+                other => panic!("{query}: {other:?}"),
+            }
+        }
     }
 
     /// The git prefix itself names no repository; it is under the prefix all the same.
