@@ -239,8 +239,24 @@ fn print_details(t: &TokenRecord, policy: &ExpiryPolicy) -> Result<(), String> {
 }
 
 pub fn revoke(store: &Store, id: &str) -> Result<(), String> {
-    let t = lifecycle::revoke(store, &Caller::Operator, None, id, &Actor::cli())
-        .map_err(|e| e.to_string())?;
+    let t = match lifecycle::revoke(store, &Caller::Operator, None, id, &Actor::cli()) {
+        Ok(t) => t,
+        // A row edited by hand into what gitgate cannot read: revoked without reading it.
+        Err(lifecycle::Error::Store(crate::store::StoreError::Sqlite(
+            e @ rusqlite::Error::ToSqlConversionFailure(_),
+        ))) => {
+            if store
+                .revoke_unreadable_token(id, &Actor::cli())
+                .map_err(|e| e.to_string())?
+            {
+                note!("revoked token {id}, whose row cannot be read ({e}); it is refused from the next request on");
+                return Ok(());
+            }
+            // It was read (and failed), so it is there: revoked already.
+            return Err(format!("{e}; it is revoked already"));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     note!(
         "revoked token '{}' ({}) of {}; it is refused from the next request on",
         t.name,

@@ -393,9 +393,42 @@ impl Store {
             let rows = stmt.query_map([owner], token_from_row)?;
             let mut out = Vec::new();
             for row in rows {
-                out.push(row?.0);
+                match row {
+                    Ok(row) => out.push(row.0),
+                    // One row edited by hand into what gitgate cannot read must not hide every
+                    // other token from the operator: left out, and said (its id named). It
+                    // authenticates nothing either way (see `token_from_row`).
+                    Err(e @ rusqlite::Error::ToSqlConversionFailure(_)) => {
+                        tracing::warn!("{e}; it is left out of the list")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Ok(out)
+        })
+    }
+
+    /// Revoke the token `id` whose row cannot be read (see `token_from_row`), without reading
+    /// it: the operator's way to end it for good, where [`Store::revoke_token`] fails on the
+    /// row. `false`: no such token, or revoked already.
+    pub fn revoke_unreadable_token(&self, id: &str, actor: &Actor) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE tokens SET revoked_at = ?1, revoked_by = ?2 \
+                 WHERE id = ?3 AND (revoked_at IS NULL OR typeof(revoked_at) != 'integer')",
+                params![clock::now_ms(), actor.name, id],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            record(
+                tx,
+                actor,
+                "token.revoked",
+                id,
+                "a token whose row cannot be read",
+            )?;
+            Ok(true)
         })
     }
 
@@ -960,6 +993,16 @@ mod tests {
             .unwrap()
             .execute_batch("UPDATE tokens SET permissions = 'BOGUS'")
             .unwrap();
+        store
+            .insert_token(&personal_token("bcdefghijklm", "desk", "alice"), &actor())
+            .unwrap();
+        // The others are still listed; that one is said, not listed.
+        let log = crate::store::test_support::logged(|| {
+            let listed = store.tokens(Some("alice")).unwrap();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].id, "bcdefghijklm");
+        });
+        assert!(log.contains("token abcdefghijkl cannot be read"), "{log}");
         for e in [
             store.auth_record("abcdefghijkl").unwrap_err().to_string(),
             store.token("abcdefghijkl").unwrap_err().to_string(),
@@ -970,6 +1013,16 @@ mod tests {
                 "{e}"
             );
         }
+        // The operator can still end it for good.
+        assert!(store
+            .revoke_unreadable_token("abcdefghijkl", &actor())
+            .unwrap());
+        assert!(!store
+            .revoke_unreadable_token("abcdefghijkl", &actor())
+            .unwrap());
+        assert!(!store
+            .revoke_unreadable_token("nosuchtoken1", &actor())
+            .unwrap());
     }
 
     /// A project or repository token named after a user in a store edited by hand: its record
