@@ -59,16 +59,28 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Parse `YYYY-MM-DD` or a whole number of epoch milliseconds, for `--since`.
+/// Parse `YYYY-MM-DD` (years 1970 to 9999) or a whole number of epoch milliseconds, for
+/// `--since`. A number too small to be milliseconds of this century (`date +%s`'s seconds, or
+/// `20261202`) is refused rather than read as a moment of 1970.
 pub fn parse_date(s: &str) -> Option<i64> {
     if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
+        return (ms >= MIN_EPOCH_MS).then_some(ms);
     }
     let mut parts = s.splitn(3, '-');
     let y: i64 = parts.next()?.parse().ok()?;
     let m: i64 = parts.next()?.parse().ok()?;
     let d: i64 = parts.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if y < 1970 {
+        return None;
+    }
+    date_ms(y, m, d)
+}
+
+/// Midnight (UTC) of the day `y-m-d`, years 0 to 9999, in epoch milliseconds; `None` for a
+/// day the month does not have.
+pub fn date_ms(y: i64, m: i64, d: i64) -> Option<i64> {
+    // Bounded before the arithmetic below, which a year of twelve digits would overflow.
+    if !(0..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
     // Inverse of civil_from_days.
@@ -87,9 +99,30 @@ pub fn parse_date(s: &str) -> Option<i64> {
     Some(days * DAY_MS)
 }
 
+/// The smallest number `parse_date` takes as epoch milliseconds: 1973-03-03, past any count
+/// of seconds until the year 5000.
+pub const MIN_EPOCH_MS: i64 = 100_000_000_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_out_of_range_and_numbers_that_are_no_milliseconds_are_refused() {
+        for bad in [
+            "999999999999-01-01",
+            "9223372036854775807-01-01",
+            "-5-01-01",
+            "1969-12-31",
+            "1796202586",
+            "20261202",
+            "0",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+        assert_eq!(parse_date("1796202586000"), Some(1_796_202_586_000));
+        assert!(parse_date("9999-12-31").is_some());
+    }
 
     #[test]
     fn the_monotonic_clock_starts_near_zero_and_never_goes_back() {
@@ -135,7 +168,7 @@ mod tests {
         for ms in [0, 951_782_400_000, 1_790_812_800_000] {
             assert_eq!(parse_date(&date(ms)), Some(ms));
         }
-        assert_eq!(parse_date("12345"), Some(12345));
+        assert_eq!(parse_date("123456789012"), Some(123_456_789_012));
         assert_eq!(parse_date("2026-13-01"), None);
         assert_eq!(parse_date("yesterday"), None);
     }

@@ -247,7 +247,7 @@ fn der_time(input: &[u8]) -> Option<(i64, &[u8])> {
     if hour > 23 || minute > 59 || second > 59 {
         return None;
     }
-    let midnight = crate::clock::parse_date(&format!("{year:04}-{month:02}-{day:02}"))?;
+    let midnight = crate::clock::date_ms(year, month, day)?;
     Some((midnight + ((hour * 60 + minute) * 60 + second) * 1000, rest))
 }
 

@@ -19,7 +19,7 @@ pub fn show(
 ) -> Result<(), String> {
     let since = match since {
         Some(s) => Some(clock::parse_date(s).ok_or_else(|| {
-            format!("--since '{s}' is not a date: use YYYY-MM-DD or epoch milliseconds")
+            format!("--since '{s}' is not a date: use YYYY-MM-DD (1970 to 9999) or epoch milliseconds (seconds × 1000)")
         })?),
         None => None,
     };
