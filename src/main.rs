@@ -297,6 +297,19 @@ impl Command {
                 | Command::Audit { .. }
         )
     }
+
+    /// Whether the command may create the store: one that can start a new install (a first
+    /// user, a first project token, the policy). Every other command reads or changes what must
+    /// be there already, so on a mistyped `[store] path` it says there is no store, instead of
+    /// leaving a new empty one behind that later commands would read as "nothing there".
+    fn may_create_the_store(&self) -> bool {
+        matches!(
+            self,
+            Command::User(UserCommand::Add { .. })
+                | Command::Token(TokenCommand::Create { .. })
+                | Command::Policy(PolicyCommand::Set { .. })
+        )
+    }
 }
 
 fn run(args: Cli) -> Result<(), String> {
@@ -307,7 +320,11 @@ fn run(args: Cli) -> Result<(), String> {
     if let Command::Check = args.command {
         return cli::check::run(&args.config);
     }
-    let store = cli::open_store(&args.config, !args.command.only_reads())?;
+    let store = cli::open_store(
+        &args.config,
+        !args.command.only_reads(),
+        args.command.may_create_the_store(),
+    )?;
     match args.command {
         Command::Serve | Command::Check => unreachable!("handled above"),
         Command::User(cmd) => match cmd {

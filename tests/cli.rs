@@ -1588,8 +1588,8 @@ fn a_store_from_a_newer_gitgate_is_refused_and_left_as_it_was() {
     assert_eq!(fs::read(sb.db()).unwrap(), before, "the file was changed");
 }
 
-/// A command that only reads never creates the store: on a mistyped `[store] path` it says so
-/// instead of answering "nothing" from a new empty file.
+/// Only a command that can start a new install creates the store: any other on a mistyped
+/// `[store] path` says so instead of answering "nothing" (or "no user") from a new empty file.
 #[test]
 fn reading_commands_do_not_create_a_store() {
     let sb = Sandbox::new();
@@ -1602,6 +1602,12 @@ fn reading_commands_do_not_create_a_store() {
         &["policy", "show"],
         &["ratelimit", "list"],
         &["audit"],
+        // ... nor one that changes what must be there already.
+        &["token", "revoke", "abcdefghijkl"],
+        &["user", "disable", "alice"],
+        &["user", "unlock", "alice"],
+        &["grant", "remove", "alice", "team"],
+        &["ratelimit", "clear", "alice"],
     ] {
         sb.cli(args).fails_with("no token store at");
         assert!(!sb.db().exists(), "{args:?} created the store");

@@ -41,11 +41,12 @@ use std::path::Path;
 use crate::config::Config;
 use crate::store::Store;
 
-/// Open the store named by the config file (the backend is not checked: the CLI does not use it).
-/// The store named by the config. Only a command that writes may create it: a list, show or
-/// audit on a mistyped `[store] path` must say so, not answer "nothing" from a new empty store
-/// it leaves behind (as root, owned by root).
-pub fn open_store(config_path: &Path, may_create: bool) -> Result<Store, String> {
+/// The store named by the config file (the backend is not checked: the CLI does not use it).
+/// Only a command that can start a new install (`may_create`) creates it: any other on a
+/// mistyped `[store] path` must say so, not answer "nothing" (or "no user 'alice'") from a new
+/// empty store it leaves behind (as root, owned by root). A command that `writes` checks first
+/// that this process can.
+pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<Store, String> {
     let text = crate::small_file::read_to_string(config_path).map_err(|e| {
         format!(
             "{}: cannot read the config file: {e} (choose one with --config or GITGATE_CONFIG)",
@@ -56,8 +57,8 @@ pub fn open_store(config_path: &Path, may_create: bool) -> Result<Store, String>
     let path = &config.store.path;
     if !may_create && !path.exists() {
         return Err(format!(
-            "no token store at {} ([store] path in {}): check the path; `gitgate serve` or \
-             `gitgate user add` creates it",
+            "no token store at {} ([store] path in {}): check the path; `gitgate serve`, \
+             `gitgate user add`, `token create` or `policy set` creates it",
             path.display(),
             config_path.display()
         ));
@@ -66,7 +67,7 @@ pub fn open_store(config_path: &Path, may_create: bool) -> Result<Store, String>
     // A command that writes says up front, as `serve` does, when this process cannot write the
     // store (a store created by `sudo gitgate ...`, run as another user), instead of SQLite's
     // bare "attempt to write a readonly database" after the work.
-    if may_create {
+    if writes {
         store.check_writable().map_err(|e| e.to_string())?;
     }
     Ok(store)
