@@ -649,7 +649,7 @@ fn parse_rate_limit(raw: RawRateLimit) -> Result<RateLimit, String> {
     }
     if !crate::ratelimit::Limits::refill_in_range(limit.refill_per_second) {
         return Err(
-            "[rate_limit] refill_per_second must be a positive number no larger than \
+            "[rate_limit] refill_per_second must be from 0.0000116 (one request a day) to \
              1000000, e.g. 5 or 0.5 (to turn limiting off, set enabled = false)"
                 .into(),
         );

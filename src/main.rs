@@ -148,7 +148,7 @@ enum RatelimitCommand {
         /// Requests allowed in a burst.
         #[arg(long, allow_negative_numbers = true)]
         capacity: u32,
-        /// Requests added back per second (may be fractional; at most 1000000).
+        /// Requests added back per second (may be fractional; from 0.0000116, one a day, to 1000000).
         #[arg(long, allow_negative_numbers = true)]
         refill: f64,
     },

@@ -56,11 +56,15 @@ pub struct Limits {
 /// second is not limited at all, and `ratelimit exempt` (or `enabled = false`) says so plainly.
 pub const MAX_REFILL_PER_SECOND: f64 = 1_000_000.0;
 
+/// The slowest: one request a day. Below it a bucket is a ban in disguise (`1e-300` answered
+/// "try again in 4294967295 s"), and its rate printed as 300 digits.
+pub const MIN_REFILL_PER_SECOND: f64 = 1.0 / 86_400.0;
+
 impl Limits {
-    /// Whether `refill_per_second` can be a bucket's: a positive number no larger than
+    /// Whether `refill_per_second` can be a bucket's: from [`MIN_REFILL_PER_SECOND`] to
     /// [`MAX_REFILL_PER_SECOND`] (which also keeps it printable without an exponent).
     pub fn refill_in_range(refill_per_second: f64) -> bool {
-        refill_per_second > 0.0 && refill_per_second <= MAX_REFILL_PER_SECOND
+        (MIN_REFILL_PER_SECOND..=MAX_REFILL_PER_SECOND).contains(&refill_per_second)
     }
 
     /// Milliseconds for an empty bucket to fill up again: after this long idle, a bucket can go.

@@ -7,12 +7,14 @@ use serde_json::json;
 use super::{print_json, when};
 use crate::store::{Actor, RateRule, Store};
 
-/// `alice` → `user:alice`; `token:ID` stays as it is.
+/// `alice` (or `user:alice`, as `ratelimit list` shows it) → `user:alice`; `token:ID` stays as
+/// it is.
 fn principal(who: &str) -> Result<String, String> {
     if let Some(id) = who.strip_prefix("token:") {
         id.parse::<crate::token::TokenId>()?;
         return Ok(who.to_string());
     }
+    let who = who.strip_prefix("user:").unwrap_or(who);
     crate::store::validate_slug(who).map_err(|e| e.to_string())?;
     Ok(crate::guard::user_principal(who))
 }
@@ -82,4 +84,21 @@ pub fn list(store: &Store, as_json: bool) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::principal;
+
+    #[test]
+    fn a_principal_is_taken_as_the_list_shows_it_too() {
+        assert_eq!(principal("alice").unwrap(), "user:alice");
+        assert_eq!(principal("user:alice").unwrap(), "user:alice");
+        assert_eq!(
+            principal("token:abcdefghijkl").unwrap(),
+            "token:abcdefghijkl"
+        );
+        assert!(principal("user:Alice").is_err());
+        assert!(principal("user:").is_err());
+    }
 }

@@ -119,7 +119,7 @@ impl Store {
             }
             if !crate::ratelimit::Limits::refill_in_range(refill_per_second) {
                 return Err(StoreError::Invalid(
-                    "refill must be a positive number of requests per second, at most 1000000 \
+                    "refill must be from 0.0000116 (one request a day) to at most 1000000 requests per second \
                      (for no limit at all, exempt the principal)"
                         .into(),
                 ));
@@ -317,7 +317,16 @@ mod tests {
         ));
         // A refill beyond a million a second limits nothing (and `ratelimit list` printed 1e300
         // as 301 digits): refused with a pointer to `exempt`, as are NaN, infinity and zero.
-        for refill in [1e300, 1_000_000.5, f64::INFINITY, f64::NAN, 0.0, -1.0] {
+        for refill in [
+            1e300,
+            1_000_000.5,
+            f64::INFINITY,
+            f64::NAN,
+            0.0,
+            -1.0,
+            1e-300,
+            1e-5,
+        ] {
             let rule = RateRule::Limits {
                 capacity: 5,
                 refill_per_second: refill,
