@@ -48,13 +48,14 @@ pub fn list(store: &Store, json: bool) -> Result<(), String> {
 }
 
 pub fn set_active(store: &Store, name: &str, active: bool) -> Result<(), String> {
-    store
+    let changed = store
         .set_user_active(name, active, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    let what = if active {
-        "enabled"
-    } else {
-        "disabled (their tokens stop working at once)"
+    let what = match (changed, active) {
+        (true, true) => "enabled",
+        (true, false) => "disabled (their tokens stop working at once)",
+        (false, true) => "was enabled already; nothing changed",
+        (false, false) => "was disabled already; nothing changed",
     };
     note!("user '{name}' {what}");
     Ok(())

@@ -211,11 +211,12 @@ impl Store {
         })
     }
 
-    pub fn set_user_active(&self, slug: &str, active: bool, actor: &Actor) -> Result<()> {
+    /// Enable or disable `slug`; `false` when it already was (nothing changed, nothing audited).
+    pub fn set_user_active(&self, slug: &str, active: bool, actor: &Actor) -> Result<bool> {
         self.write(|tx| {
             let user = require_user(tx, slug)?;
             if user.active == active {
-                return Ok(());
+                return Ok(false);
             }
             tx.execute(
                 "UPDATE users SET active = ?1 WHERE id = ?2",
@@ -226,7 +227,8 @@ impl Store {
             } else {
                 "user.disabled"
             };
-            record(tx, actor, action, slug, "")
+            record(tx, actor, action, slug, "")?;
+            Ok(true)
         })
     }
 
@@ -394,7 +396,8 @@ mod tests {
         ));
         store.set_user_active("alice", false, &actor()).unwrap();
         assert!(!store.user("alice").unwrap().unwrap().active);
-        store.set_user_active("alice", true, &actor()).unwrap();
+        assert!(store.set_user_active("alice", true, &actor()).unwrap());
+        assert!(!store.set_user_active("alice", true, &actor()).unwrap());
         assert!(matches!(
             store.set_user_active("bob", true, &actor()),
             Err(StoreError::NotFound(_))
