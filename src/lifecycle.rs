@@ -135,6 +135,15 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     // elsewhere). So the lock and a disabled user are mentioned to everyone, and the details go
     // only to the audit log and the server's log.
     let wrong = || {
+        if shown == crate::store::NOT_A_USER_NAME {
+            // Nothing to unlock by that name, which is not repeated: it may be a password.
+            return format!(
+                "authentication failed for the user name given (not repeated: it is not written \
+                 as user names are — lower-case letters, digits, '.', '_' or '-' — and may be a \
+                 password): wrong user name or password, a disabled user, or password logins \
+                 locked after {PASSWORD_FAILURES_BEFORE_LOCK} wrong passwords in a row"
+            );
+        }
         format!(
             "authentication failed for user '{shown}': wrong user name or password, a disabled \
              user, or password logins locked after {PASSWORD_FAILURES_BEFORE_LOCK} wrong passwords in a row (for \
@@ -307,12 +316,12 @@ pub fn set_policy(
     }
     if new.max_expiry_days == Some(0) {
         return Err(Error::Invalid(
-            "maxExpiryDays must be at least 1 (or absent for no maximum)".into(),
+            "maxExpiryDays must be at least 1 (or null for no maximum)".into(),
         ));
     }
     if new.max_expiry_days.is_some_and(|d| d > MAX_DAYS) {
         return Err(Error::Invalid(format!(
-            "maxExpiryDays may be at most {MAX_DAYS} (100 years), or absent for no maximum"
+            "maxExpiryDays may be at most {MAX_DAYS} (100 years), or null for no maximum"
         )));
     }
     // Nothing to change, nothing to audit.

@@ -12,6 +12,9 @@ use serde_json::{Map, Value};
 
 /// Parse `bytes` as JSON, refusing any object that names a field twice (at any depth).
 pub fn parse(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    // A UTF-8 byte-order mark, which some Windows clients (PowerShell, .NET) put first and
+    // Bitbucket's parser skips, is skipped here too.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     serde_json::from_slice::<Strict>(bytes).map(|s| s.0)
 }
 

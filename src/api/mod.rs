@@ -57,6 +57,16 @@ use crate::store::{Actor, Store, StoreError};
 
 /// Where the token API lives.
 const BASE: &str = "/rest/access-tokens/1.0/";
+
+/// Bitbucket serves every REST API under `latest` too, and its published OpenAPI and many
+/// scripts use that spelling.
+const LATEST: &str = "/rest/access-tokens/latest/";
+
+/// What follows [`BASE`] or [`LATEST`] in `path`.
+fn under_base(path: &str) -> Option<&str> {
+    path.strip_prefix(BASE)
+        .or_else(|| path.strip_prefix(LATEST))
+}
 /// The largest request body accepted: token requests are a few hundred bytes.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -290,9 +300,9 @@ pub async fn handle(
                  (the 12 characters after ggt_), and its secret never goes in a URL",
             ));
         }
-        if !path.starts_with(BASE) {
+        if under_base(&path).is_none() {
             return Err(ApiError::not_found(format!(
-                "no REST resource at {path}; the token API is under {BASE}"
+                "no REST resource at {path}; the token API is under {BASE} (or {LATEST})"
             )));
         }
         // Before the password is checked: a change a web page could have made (see `browser`).
@@ -484,7 +494,7 @@ fn login(
     headers: &HeaderMap,
     remote: SocketAddr,
 ) -> Result<Login, ApiError> {
-    let Some(rest) = path.strip_prefix(BASE) else {
+    let Some(rest) = under_base(path) else {
         return Err(ApiError::not_found(format!("no REST resource at {path}")));
     };
     let segments = path_segments(rest)?;

@@ -44,11 +44,15 @@ fn policy(call: &Call) -> ApiResult {
             let max_expiry_days = match body.get("maxExpiryDays") {
                 None => current.max_expiry_days,
                 Some(Value::Null) => None,
-                Some(v) => Some(v.as_u64().map(super::tokens::saturated).ok_or_else(|| {
-                    ApiError::bad_request(
-                        "\"maxExpiryDays\" must be a whole number of days or null",
-                    )
-                })?),
+                Some(v) => Some(
+                    super::tokens::whole(v)
+                        .map(super::tokens::saturated)
+                        .ok_or_else(|| {
+                            ApiError::bad_request(
+                                "\"maxExpiryDays\" must be a whole number of days or null",
+                            )
+                        })?,
+                ),
             };
             let new = ExpiryPolicy {
                 expiry_required,
@@ -57,13 +61,13 @@ fn policy(call: &Call) -> ApiResult {
             let set = lifecycle::set_policy(call.store, &call.caller, new, &call.actor)?;
             Ok(Reply::ok(policy_json(&set)))
         }
-        _ => Err(method_not_allowed(call.method, "GET or PUT")),
+        _ => Err(method_not_allowed(call.method, "GET, HEAD or PUT")),
     }
 }
 
 fn all_tokens(call: &Call) -> ApiResult {
     if call.method.as_str() != "GET" {
-        return Err(method_not_allowed(call.method, "GET"));
+        return Err(method_not_allowed(call.method, "GET or HEAD"));
     }
     let only = match call.query_param("compliant") {
         None | Some("") => None,

@@ -53,7 +53,7 @@ pub fn collection(call: &Call, subject: &Subject) -> ApiResult {
             value["token"] = json!(secret.expose());
             Ok(Reply::ok(value))
         }
-        _ => Err(method_not_allowed(call.method, "GET or PUT")),
+        _ => Err(method_not_allowed(call.method, "GET, HEAD or PUT")),
     }
 }
 
@@ -137,7 +137,7 @@ pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
             lifecycle::revoke(call.store, &call.caller, Some(subject), id, &call.actor)?;
             Ok(Reply::no_content())
         }
-        _ => Err(method_not_allowed(call.method, "GET, POST or DELETE")),
+        _ => Err(method_not_allowed(call.method, "GET, HEAD, POST or DELETE")),
     }
 }
 
@@ -150,7 +150,7 @@ pub fn rotate(call: &Call, subject: &Subject, id: &str) -> ApiResult {
     let overlap = match body.get("overlapSeconds") {
         None | Some(Value::Null) => 0,
         // One too large for any rule is refused by the rule itself, with its limit said.
-        Some(v) => v.as_u64().map(saturated).ok_or_else(|| {
+        Some(v) => whole(v).map(saturated).ok_or_else(|| {
             ApiError::bad_request("\"overlapSeconds\" must be a whole number of seconds, 0 or more")
         })?,
     };
@@ -294,12 +294,22 @@ pub fn strings(body: &Map<String, Value>, key: &str) -> Result<Option<Vec<String
 fn days(body: &Map<String, Value>, key: &str) -> Result<Option<u32>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(saturated).map(Some).ok_or_else(|| {
+        Some(v) => whole(v).map(saturated).map(Some).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "\"{key}\" must be a whole number of days, 0 or more"
+                "\"{key}\" must be a whole number of days, 1 or more"
             ))
         }),
     }
+}
+
+/// A whole number, 0 or more, also when a client sends it as `30.0` (Python's `90 / 3`), as
+/// Bitbucket's parser takes it.
+pub fn whole(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0 && f.fract() == 0.0)
+            .map(|f| f as u64)
+    })
 }
 
 /// A whole number from a body, at most `u32::MAX`: every rule it meets has a limit far below,
