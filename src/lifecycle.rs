@@ -204,6 +204,26 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     })
 }
 
+/// The most networks a token may be limited to: each is checked on every request, stored with
+/// the token and named in its refusals.
+pub const MAX_NETWORKS: usize = 64;
+
+/// A token's allowed networks as given for a new token or an edit (see
+/// [`network::parse_new_list`]), at most [`MAX_NETWORKS`].
+fn token_networks(items: &[String]) -> Result<Vec<network::Cidr>> {
+    if items.len() > MAX_NETWORKS {
+        return Err(Error::Invalid(format!(
+            "a token may be limited to at most {MAX_NETWORKS} networks ({} given): give wider \
+             ones (a /16 for a range of /24s)",
+            items.len()
+        )));
+    }
+    network::parse_new_list(items).map_err(Error::Invalid)
+}
+
+/// The most tokens one user, or one project or repository, may have that can still be used.
+pub const MAX_LIVE_TOKENS: u64 = 100;
+
 /// Consecutive wrong passwords after which a user's password logins are locked. Counted per user
 /// name, whatever the source address (the per-address throttle in [`crate::throttle`] covers
 /// the other axis). Tokens are never locked, so an attacker cannot lock anyone out of git.
@@ -429,6 +449,19 @@ pub fn create(
     };
     let permissions =
         TokenPermissions::from_names(kind, &req.permissions).map_err(Error::Invalid)?;
+    // One user (or one script with an administrator's password) must not fill the store's
+    // disk: Bitbucket caps tokens per user too. Revoked and expired ones do not count.
+    if store.live_tokens(owner, scope)? >= MAX_LIVE_TOKENS {
+        let whose = match (owner, scope) {
+            (Some(user), _) => format!("user '{user}'"),
+            (None, Some(target)) => target.to_string(),
+            (None, None) => "this scope".into(),
+        };
+        return Err(Error::Conflict(format!(
+            "{whose} already has {MAX_LIVE_TOKENS} tokens that can be used, the most allowed: \
+             revoke one first"
+        )));
+    }
     match req.expiry_days {
         Some(0) => return Err(Error::Invalid("the expiry must be at least 1 day".into())),
         Some(days) if days > MAX_DAYS => {
@@ -449,8 +482,7 @@ pub fn create(
     allowed(&|key| store.setting(key))?;
     let now = clock::now_ms();
     let expires_at = req.expiry_days.map(|days| now + i64::from(days) * DAY_MS);
-    let allowed_networks =
-        network::parse_new_list(&req.allowed_networks).map_err(Error::Invalid)?;
+    let allowed_networks = token_networks(&req.allowed_networks)?;
     let fresh =
         token::generate().map_err(|e| Error::Invalid(format!("no randomness from the OS: {e}")))?;
     let record = store.insert_token_if(
@@ -569,7 +601,7 @@ pub fn edit(
         None => None,
     };
     let allowed_networks = match &req.allowed_networks {
-        Some(list) => Some(network::parse_new_list(list).map_err(Error::Invalid)?),
+        Some(list) => Some(token_networks(list)?),
         None => None,
     };
     Ok(store.edit_token(
@@ -767,6 +799,37 @@ mod tests {
             .filter(|e| e.action == "auth.failed")
             .count();
         assert_eq!(failures, 4);
+    }
+
+    /// One user cannot fill the store: at most MAX_LIVE_TOKENS tokens that can be used, and
+    /// MAX_NETWORKS networks on each.
+    #[test]
+    fn tokens_per_user_and_networks_per_token_are_capped() {
+        let (_d, store) = setup();
+        let alice = user("alice");
+        let mut first = None;
+        for _ in 0..MAX_LIVE_TOKENS {
+            let (t, _) = create(&store, &alice, personal("alice", None), &actor()).unwrap();
+            first.get_or_insert(t.id);
+        }
+        match create(&store, &alice, personal("alice", None), &actor()) {
+            Err(Error::Conflict(m)) => assert!(m.contains("already has 100 tokens"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // A revoked one no longer counts.
+        revoke(&store, &alice, None, &first.unwrap(), &actor()).unwrap();
+        assert!(create(&store, &alice, personal("alice", None), &actor()).is_ok());
+        // Networks.
+        let many = |n: usize| -> Vec<String> { (0..n).map(|i| format!("10.0.{i}.0/24")).collect() };
+        let mut req = personal("bob", None);
+        req.allowed_networks = many(MAX_NETWORKS + 1);
+        match create(&store, &user("bob"), req, &actor()) {
+            Err(Error::Invalid(m)) => assert!(m.contains("at most 64 networks"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let mut req = personal("bob", None);
+        req.allowed_networks = many(MAX_NETWORKS);
+        assert!(create(&store, &user("bob"), req, &actor()).is_ok());
     }
 
     #[test]

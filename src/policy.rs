@@ -144,9 +144,14 @@ pub fn authorize(
         if network::allowed(&token.allowed_networks, remote) {
             Ok(())
         } else {
+            // A few are named: the line is git's `remote:` message.
+            let names = token.network_names();
+            let shown = match names.len() {
+                n if n > 8 => format!("{} and {} more", names[..8].join(", "), n - 8),
+                _ => names.join(", "),
+            };
             Err(Deny::Forbidden(format!(
-                "token '{name}' may only be used from {}; this request came from {remote}",
-                token.network_names().join(", ")
+                "token '{name}' may only be used from {shown}; this request came from {remote}"
             )))
         }
     };
@@ -355,6 +360,18 @@ mod tests {
                     .into()
             )
         );
+        // Of many networks (a token made before they were capped), a few are named.
+        let mut many = r.clone();
+        many.token.allowed_networks = (0..10)
+            .map(|i| format!("10.{i}.0.0/16").parse().unwrap())
+            .collect();
+        match at(&many, "127.0.0.1").unwrap_err() {
+            Deny::Forbidden(m) => assert!(
+                m.contains("10.7.0.0/16 and 2 more; this request came from 127.0.0.1"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
         // A wrong user or a disabled owner is a 401 wherever the request comes from, and is
         // not told where the token may be used.
         let outside = "127.0.0.1".parse().unwrap();
