@@ -10,10 +10,13 @@
 //! 3. [`Guard::check_principal`] after authorisation, for requests that start an exchange;
 //!    [`Guard::check_api_call`] for a REST API call, once its password has been checked.
 //!
-//! Overrides (`gitgate ratelimit ...`) are read when the guard is built, then from the store at
-//! most every [`OVERRIDES_TTL_MS`], so a change from the CLI applies within seconds without a
-//! store read per request. While one request refreshes them, the others go on with the last map
-//! read, which is why the first read happens before the guard serves anything: an empty map
+//! Overrides (`gitgate ratelimit ...`) are read when the guard is built, then from the store
+//! once they are [`REFRESH_AFTER_MS`] old, so a change from the CLI applies within
+//! [`OVERRIDES_TTL_MS`] without a store read per request. While one request refreshes them, the
+//! others go on with the last map read — but only while it is younger than
+//! [`OVERRIDES_TTL_MS`]: after an idle spell the map is old, and each request reads the store
+//! itself rather than be judged by it (a burst used to get 429s seconds after an exemption).
+//! The first read happens before the guard serves anything: an empty map
 //! would hand every principal the defaults, and the burst of a CI fleet arriving at a freshly
 //! started gitgate would be answered 429 despite its exemption. If a refresh fails the last known
 //! overrides stay in force (the token lookup itself fails closed, so a store that is down is
@@ -30,8 +33,12 @@ use crate::ratelimit::{Cost, Decision, Limits, RateLimiter};
 use crate::store::{Actor, RateRule, Store, TokenRecord, UnreadableOverride};
 use crate::throttle::{self, Throttle};
 
-/// How stale the cached overrides may get.
+/// How stale the cached overrides may get: a change applies within this.
 pub const OVERRIDES_TTL_MS: i64 = 5_000;
+
+/// The age at which the cached overrides are read again; the second left until
+/// [`OVERRIDES_TTL_MS`] is for the read, during which other requests use the last map.
+pub const REFRESH_AFTER_MS: i64 = 4_000;
 
 /// A request the guard turns away, with the seconds to put in `Retry-After`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,6 +108,8 @@ pub fn user_principal(user: &str) -> String {
 struct Overrides {
     /// When the map was last read (or a refresh claimed), on [`crate::clock::monotonic_ms`].
     fetched_at: i64,
+    /// A request is reading them now.
+    refreshing: bool,
     rules: Arc<HashMap<String, RateRule>>,
     /// The rows last found unusable, said once each time they change.
     unreadable: Vec<UnreadableOverride>,
@@ -167,6 +176,7 @@ impl Guard {
             }),
             overrides: RwLock::new(Overrides {
                 fetched_at: now,
+                refreshing: false,
                 rules: Arc::new(
                     rules
                         .usable
@@ -293,7 +303,12 @@ impl Guard {
 
     /// The overrides, refreshed from the store when older than [`OVERRIDES_TTL_MS`].
     async fn overrides(&self, now: i64) -> Arc<HashMap<String, RateRule>> {
-        let fresh = |o: &Overrides| (0..OVERRIDES_TTL_MS).contains(&(now - o.fetched_at));
+        // Fresh enough to use without a read; or, while another request reads, to use still.
+        let fresh = |o: &Overrides| {
+            let age = now - o.fetched_at;
+            (0..REFRESH_AFTER_MS).contains(&age)
+                || (o.refreshing && (0..OVERRIDES_TTL_MS).contains(&age))
+        };
         {
             // Every request of every worker comes here: the read side lets them in together.
             let cached = self.overrides.read().unwrap_or_else(|p| p.into_inner());
@@ -306,12 +321,17 @@ impl Guard {
             if fresh(&cached) {
                 return cached.rules.clone();
             }
-            // Claim the refresh so concurrent requests use the last map read meanwhile.
-            cached.fetched_at = now;
+            // Claim the refresh so concurrent requests use the last map read meanwhile (while
+            // it is young enough).
+            cached.refreshing = true;
         }
         let store = self.store.clone();
         let read = tokio::task::spawn_blocking(move || store.rate_limits()).await;
         let mut cached = self.overrides.write().unwrap_or_else(|p| p.into_inner());
+        cached.refreshing = false;
+        // Read at `now` or later: what was read is at least that fresh. (A failed read keeps
+        // the last map, and is not tried again by every request until then either.)
+        cached.fetched_at = cached.fetched_at.max(now);
         match read {
             Ok(Ok(list)) => {
                 said_unreadable(&list.unreadable, &cached.unreadable);
@@ -427,6 +447,37 @@ mod tests {
                 Ok(())
             );
         }
+    }
+
+    /// After an idle spell, a request arriving while another reads the overrides is not judged
+    /// by the old map: it reads them itself. (A burst right after an exemption got 429s.)
+    #[tokio::test]
+    async fn a_stale_map_is_not_used_while_another_request_refreshes_it() {
+        let (_d, store) = temp_store();
+        let g = guard(store.clone(), 1);
+        let alice = token(Some("alice"));
+        let advertise = Operation::Advertise(Service::UploadPack);
+        store.add_user("alice", "x", Role::User, &actor()).unwrap();
+        store
+            .set_rate_limit("user:alice", RateRule::Exempt, &actor())
+            .unwrap();
+        // Another request has claimed the refresh (and is still reading).
+        g.overrides.write().unwrap().refreshing = true;
+        let idle = 10 * OVERRIDES_TTL_MS;
+        for _ in 0..5 {
+            assert_eq!(
+                g.check_principal(&principal(&alice), advertise, idle).await,
+                Ok(())
+            );
+        }
+        // A map younger than the promise is used meanwhile, a refresh under way or not.
+        store.clear_rate_limit("user:alice", &actor()).unwrap();
+        g.overrides.write().unwrap().refreshing = true;
+        let soon = idle + REFRESH_AFTER_MS + 1;
+        assert_eq!(
+            g.check_principal(&principal(&alice), advertise, soon).await,
+            Ok(())
+        );
     }
 
     #[tokio::test]
