@@ -60,6 +60,8 @@ struct Clocks {
     last_answer_ms: AtomicU64,
     /// Answers whose body is still on its way out.
     answering: AtomicUsize,
+    /// The connection's socket, for [`Activity::still_sending`] (-1: none).
+    socket: std::sync::atomic::AtomicI32,
 }
 
 /// Milliseconds on the coarse monotonic clock. Its few milliseconds of resolution are plenty
@@ -78,7 +80,31 @@ impl Activity {
             unanswered: AtomicUsize::new(0),
             last_answer_ms: AtomicU64::new(now),
             answering: AtomicUsize::new(0),
+            socket: std::sync::atomic::AtomicI32::new(-1),
         }))
+    }
+
+    /// The TCP socket under the connection, whose send queue [`Activity::still_sending`] reads.
+    pub fn watch_socket(&self, fd: std::os::fd::RawFd) {
+        self.0.socket.store(fd, Ordering::Relaxed);
+    }
+
+    /// Bytes written to the socket that the client has not acknowledged yet; 0 when unknown.
+    fn send_queue(&self) -> u64 {
+        let fd = self.0.socket.load(Ordering::Relaxed);
+        if fd < 0 {
+            return 0;
+        }
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ for a TCP socket) writes one int through the pointer,
+        // which points at `queued`; `fd` is the connection's own socket, open while the
+        // connection (and so this call, made while it is driven) lives.
+        let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) };
+        if r == 0 {
+            u64::try_from(queued).unwrap_or(0)
+        } else {
+            0
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -305,6 +331,23 @@ async fn until_closed<F: Future>(
             () = drain_begins => {}
             _ = tokio::time::sleep(wait) => {
                 if activity.idle() >= limit {
+                    // A client reading slowly but steadily moves no byte through gitgate's
+                    // writes for a while (the kernel wakes a blocked writer only once a third
+                    // of its send buffer has drained), yet is not idle: its send queue shrinks.
+                    let queued = activity.send_queue();
+                    if queued > 0 {
+                        tokio::select! {
+                            out = conn.as_mut() => return Closed::Ended(out),
+                            _ = tokio::time::sleep(SEND_QUEUE_PROBE) => {}
+                        }
+                        if activity.send_queue() < queued {
+                            activity.byte_moved();
+                            if activity.0.answering.load(Ordering::Acquire) > 0 {
+                                activity.answer_moved();
+                            }
+                            continue;
+                        }
+                    }
                     return Closed::Idle;
                 }
                 if activity.waiting_for_request() >= request_within {
@@ -314,6 +357,10 @@ async fn until_closed<F: Future>(
         }
     }
 }
+
+/// How long the send queue of a connection about to be closed for idling is watched for a
+/// client still reading.
+const SEND_QUEUE_PROBE: Duration = Duration::from_secs(1);
 
 /// How long a connection closed for idling may take to close itself (see [`EndableIo`]).
 pub const ENDED_WITHIN: Duration = Duration::from_secs(1);
@@ -498,6 +545,39 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ActivityIo<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `still_sending` reads: the bytes a client has not acknowledged, which shrink as it
+    /// reads, however slowly, while gitgate's writes stay blocked.
+    #[test]
+    fn the_send_queue_shrinks_as_a_slow_client_reads() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let activity = Activity::new();
+        assert_eq!(activity.send_queue(), 0, "no socket watched");
+        activity.watch_socket(server.as_raw_fd());
+        assert_eq!(activity.send_queue(), 0, "nothing written");
+        // Fill the client's receive buffer and the server's send queue.
+        server.set_nonblocking(true).unwrap();
+        let chunk = [7u8; 64 * 1024];
+        while server.write(&chunk).is_ok() {}
+        let queued = activity.send_queue();
+        assert!(queued > 0);
+        // The client reads a little: the queue drains by about as much (it may take a moment
+        // for the acknowledgements to arrive).
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut read = 0;
+        while read < buf.len() {
+            read += client.read(&mut buf[read..]).unwrap();
+        }
+        let drained = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            activity.send_queue() < queued
+        });
+        assert!(drained, "{queued} -> {}", activity.send_queue());
+    }
 
     #[test]
     fn bytes_moving_do_not_keep_a_connection_without_requests() {

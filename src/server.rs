@@ -858,6 +858,7 @@ impl Connection {
         // Bytes are counted on the TCP stream, under TLS: rustls takes an answer's plaintext
         // into its buffer while the socket is full, and counted above it, a client that stopped
         // reading would look active a while longer than the idle timeout.
+        activity.watch_socket(std::os::fd::AsRawFd::as_raw_fd(&stream));
         let stream = ActivityIo::new(stream, activity.clone());
         match self.settings.tls.clone() {
             None => self.serve_io(stream, activity, Spoken::Either, None).await,
