@@ -179,6 +179,7 @@ impl Gate {
             forwarded: false,
             inbound: inbound.clone(),
             started,
+            connection: exchange.clone(),
         }));
         let log = &mut pending.line().who;
 
@@ -596,6 +597,8 @@ struct LogLine {
     forwarded: bool,
     inbound: Arc<Inbound>,
     started: Instant,
+    /// The connection's clocks: whether gitgate closed it for idling.
+    connection: Activity,
 }
 
 impl LogLine {
@@ -760,7 +763,8 @@ impl Unanswered {
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some(line) = self.0.take() {
-            line.write(0, crate::server::unfinished_outcome());
+            let outcome = crate::server::unfinished_outcome(&line.connection);
+            line.write(0, outcome);
         }
     }
 }
@@ -836,7 +840,10 @@ impl Drop for LoggedBody {
         // A body that was fully sent may be dropped without being polled to its end; a HEAD
         // answer's body is never sent at all.
         let head = self.done.as_ref().is_some_and(|l| l.method == Method::HEAD);
-        let outcome = match crate::server::unfinished_outcome() {
+        let Some(connection) = self.done.as_ref().map(|l| &l.connection) else {
+            return;
+        };
+        let outcome = match crate::server::unfinished_outcome(connection) {
             _ if self.inner.is_end_stream() => "complete",
             "client-gone" if head => "complete",
             unfinished => unfinished,

@@ -60,8 +60,11 @@ struct Clocks {
     last_answer_ms: AtomicU64,
     /// Answers whose body is still on its way out.
     answering: AtomicUsize,
-    /// The connection's socket, for [`Activity::still_sending`] (-1: none).
+    /// The connection's socket, for the send-queue check before an idle close (-1: none).
     socket: std::sync::atomic::AtomicI32,
+    /// gitgate closed the connection for idling: what was unfinished on it did not end by its
+    /// client's leaving.
+    closed_for_idling: std::sync::atomic::AtomicBool,
 }
 
 /// Milliseconds on the coarse monotonic clock. Its few milliseconds of resolution are plenty
@@ -81,7 +84,13 @@ impl Activity {
             last_answer_ms: AtomicU64::new(now),
             answering: AtomicUsize::new(0),
             socket: std::sync::atomic::AtomicI32::new(-1),
+            closed_for_idling: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Whether gitgate closed the connection for idling (see [`until_idle_or_drained`]).
+    pub fn closed_for_idling(&self) -> bool {
+        self.0.closed_for_idling.load(Ordering::Acquire)
     }
 
     /// The TCP socket under the connection, whose send queue [`Activity::still_sending`] reads.
@@ -291,6 +300,9 @@ pub async fn until_idle_or_drained<F: Future>(
         &mut draining,
     )
     .await;
+    if matches!(closed, Closed::Idle) {
+        activity.0.closed_for_idling.store(true, Ordering::Release);
+    }
     if let (Closed::Idle | Closed::NoRequest, Some(ending)) = (&closed, ending) {
         ending.end();
         let _ = tokio::time::timeout(ENDED_WITHIN, conn).await;

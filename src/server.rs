@@ -796,11 +796,13 @@ static CUT_OFF: AtomicBool = AtomicBool::new(false);
 /// Stop signals this close together are one stop, not a second one.
 const SAME_STOP: Duration = Duration::from_secs(1);
 
-/// Why a request that never finished ended: `shutdown` once the grace period is over,
-/// `client-gone` before.
-pub fn unfinished_outcome() -> &'static str {
+/// Why a request on `connection` that never finished ended: `shutdown` once the grace period
+/// is over, `idle-timeout` when gitgate closed its connection for idling, `client-gone` else.
+pub fn unfinished_outcome(connection: &Activity) -> &'static str {
     if CUT_OFF.load(Ordering::Relaxed) {
         "shutdown"
+    } else if connection.closed_for_idling() {
+        "idle-timeout"
     } else {
         "client-gone"
     }

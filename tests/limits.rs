@@ -305,6 +305,47 @@ fn an_http2_answer_held_back_by_a_zero_window_does_not_keep_the_connection_open(
     );
 }
 
+/// A git request's answer that gitgate gave up on when it closed the connection for idling (a
+/// client that stopped reading) is logged as that, `idle-timeout`, not as its client leaving.
+#[test]
+fn an_answer_cut_off_by_the_idle_timeout_is_logged_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = scripted_upstream(1, |_| {
+        let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 33554432\r\n\r\n".to_vec();
+        answer.resize(answer.len() + 32 * 1024 * 1024, b'y');
+        answer
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    drop(g);
+    // The same gitgate, with a short idle timeout.
+    let config = std::fs::read_to_string(dir.path().join("proxy.toml"))
+        .unwrap()
+        .replace("[server]\n", "[server]\nidle_timeout_seconds = 1\n");
+    let g = start(dir.path(), &config);
+    let mut s = connect(g.port);
+    s.write_all(
+        format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // Never read: gitgate's writes stop once the socket's buffers are full.
+    let log = || std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log().contains("outcome=") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("gitgate::request") && l.contains("/team/app.git/info/refs"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("outcome=idle-timeout"), "{line}");
+    drop(s);
+}
+
 /// An idle HTTP/2 connection whose client does not answer the GOAWAY's PING (hyper waits for
 /// it before the last GOAWAY) holds a stop a second at most, not until the wait for its next
 /// request runs out (30 s here, as the grace period).
