@@ -439,7 +439,7 @@ fn token_create_with_expiry_days() {
         "--refill",
         "-1",
     ])
-    .fails_with("refill must be a positive number of requests per second, at most 1000000");
+    .fails_with("refill must be from 0.0000116 (one request a day) to at most 1000000");
 }
 
 #[test]
