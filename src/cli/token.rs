@@ -386,14 +386,16 @@ fn announce_rotation(
     } else {
         format!("the old secret keeps working for {overlap_secs} more seconds")
     };
+    note!("the new secret below is shown once; store it now:");
+    outln!("{}", secret.expose());
+    // Said once the secret is out: a rotation whose secret could not be shown is undone, and
+    // its log must not say first that the old secret was refused.
     note!(
         "rotated token '{}' ({}) of {}; {old}",
         record.name,
         record.id,
         record.principal()
     );
-    note!("the new secret below is shown once; store it now:");
-    outln!("{}", secret.expose());
     Ok(())
 }
 
