@@ -396,9 +396,8 @@ pub struct Ending(Arc<EndingState>);
 #[derive(Default)]
 struct EndingState {
     ended: std::sync::atomic::AtomicBool,
-    /// The task last left waiting for a read, woken by [`Ending::end`]. Needed: polled again,
-    /// hyper's HTTP/1 connection does not always read again (without the wake, 2 of 8 runs of
-    /// the close_notify test closed with a bare FIN). Taken only when a read is pending.
+    /// The task last left waiting for a read, woken by [`Ending::end`], so that a read waiting
+    /// on the socket sees the end whoever polls next. Taken only when a read is pending.
     reader: std::sync::Mutex<Option<std::task::Waker>>,
 }
 

@@ -633,10 +633,16 @@ async fn work(
 ) {
     let limits = &settings.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header deadline is only a backstop, a little later than gitgate's (the
+    // connection's wait for a request, `idle::until_idle`, which a half-sent head counts in):
+    // hyper's ends the connection with an error, without closing it (so over TLS with no
+    // `close_notify`), and firing first it raced gitgate's close.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(
+            limits.header_read_timeout + crate::idle::ENDED_WITHIN + Duration::from_secs(1),
+        )
         .max_buf_size(limits.max_header_bytes);
     builder
         .http2()
