@@ -93,7 +93,7 @@ impl Activity {
         self.0.closed_for_idling.load(Ordering::Acquire)
     }
 
-    /// The TCP socket under the connection, whose send queue [`Activity::still_sending`] reads.
+    /// The TCP socket under the connection, whose send queue is read before an idle close.
     pub fn watch_socket(&self, fd: std::os::fd::RawFd) {
         self.0.socket.store(fd, Ordering::Relaxed);
     }

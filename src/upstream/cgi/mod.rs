@@ -192,8 +192,8 @@ impl std::error::Error for CgiError {
 /// The repository gitgate authorised must be the one git serves, so nothing on the way may
 /// lead git elsewhere: git follows a symbolic link, and a file in a repository's place (or in
 /// place of a working tree's `.git`) that says `gitdir: <path>`. Every folder from the project
-/// root down and every name git tries must be a real directory ([`RepoDir::Indirect`]
-/// otherwise); and a repository inside another's folder is not served ([`RepoDir::Nested`]):
+/// root down and every name git tries must be a real directory ([`NotServed::Indirect`]
+/// otherwise); and a repository inside another's folder is not served ([`NotServed::Nested`]):
 /// whoever can push to a working tree can write any file in it, a whole repository with
 /// hooks (which git would run) or a gitfile into another project included — git's own
 /// `safe.bareRepository` guards against such embedded repositories.
