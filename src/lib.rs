@@ -16,6 +16,8 @@
 //!                                   │     IPv6 by /64; one atomic read while no address is blocked)
 //!                                   ├─ body codings: Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
+//!                                   │     (until the token says whose it is, a user name not written as
+//!                                   │     user names are is logged as `<not a user name>`: a password?)
 //!                                   ├─ token::parse(secret) → id; store: cache (WAL index header; ids the store
 //!                                   │     lacks remembered too) → on a miss SQLite: inline on an idle pooled
 //!                                   │     connection, else on the blocking pool a few at a time
@@ -37,8 +39,9 @@
 //!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
 //!  atomics, a copy per thread, added up and rendered only when scraped); one log line per
 //!  request, when its answer's body ends
-//!  — or, as 499 `client-gone`, when the client hangs up before it has an answer, or
-//!  `shutdown`, when the grace period after SIGTERM ends first
+//!  — or, as 499 `client-gone`, when the client hangs up before it has an answer,
+//!  `idle-timeout`, when gitgate closes the connection for idling (over TLS with
+//!  `close_notify`), or `shutdown`, when the grace period after SIGTERM ends first
 //! ```
 //!
 //! - [`metrics`] counts requests, outcomes, bytes, latencies and connections and serves them as
@@ -48,7 +51,8 @@
 //!   deadline (also for a connection
 //!   waiting for a request: a silent one is closed after it), an idle timeout ([`idle`]:
 //!   no byte moving, or no exchange moving — no request body or answer frame — so HTTP/2
-//!   PINGs alone hold nothing), a cap on connections (and, if set, per client address:
+//!   PINGs alone hold nothing; a client still reading, whose socket's send queue drains, is
+//!   not idle), a cap on connections (and, if set, per client address:
 //!   [`address_cap`], a `503` and the connection closed — over HTTP/2 with a GOAWAY) and header
 //!   size, and graceful shutdown on SIGINT/SIGTERM (what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
