@@ -320,26 +320,17 @@ impl Store {
         self.insert_token_if(new, &|_| Ok(()), actor)
     }
 
-    /// How many tokens of `owner` (a user's personal ones) or, without one, for `scope` can
-    /// still be used: neither revoked nor expired.
-    pub fn live_tokens(&self, owner: Option<&str>, scope: Option<&Target>) -> Result<u64> {
+    /// How many personal tokens of `owner` can still be used: neither revoked nor expired.
+    pub fn live_personal_tokens(&self, owner: &str) -> Result<u64> {
         let now = clock::now_ms();
         self.with_conn(|c| {
-            let n: i64 = match owner {
-                Some(slug) => c.query_row(
-                    "SELECT count(*) FROM tokens t JOIN users u ON u.id = t.owner_id \
-                     WHERE u.slug = ?1 AND t.revoked_at IS NULL \
-                     AND (t.expires_at IS NULL OR t.expires_at > ?2)",
-                    params![slug, now],
-                    |r| r.get(0),
-                )?,
-                None => c.query_row(
-                    "SELECT count(*) FROM tokens WHERE owner_id IS NULL AND scope = ?1 \
-                     AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)",
-                    params![scope.map(|s| s.to_string()), now],
-                    |r| r.get(0),
-                )?,
-            };
+            let n: i64 = c.query_row(
+                "SELECT count(*) FROM tokens t JOIN users u ON u.id = t.owner_id \
+                 WHERE u.slug = ?1 AND t.revoked_at IS NULL \
+                 AND (t.expires_at IS NULL OR t.expires_at > ?2)",
+                params![owner, now],
+                |r| r.get(0),
+            )?;
             Ok(u64::try_from(n).unwrap_or(0))
         })
     }
