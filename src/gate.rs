@@ -815,6 +815,11 @@ impl Body for LoggedBody {
                 tracing::info!(error = %e, "the request body broke off during the answer");
                 self.finish("client-gone");
             }
+            // The backend waited for an upload the client stopped sending: the client idled.
+            Poll::Ready(Some(Err(e))) if crate::upstream::UploadStalled::is(e) => {
+                tracing::info!(error = %e, "the client stopped sending its request body");
+                self.finish("idle-timeout");
+            }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!(error = %e, "response stream failed");
                 METRICS.upstream_error();

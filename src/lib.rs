@@ -145,6 +145,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod signals;
 pub mod small_file;
+pub mod stall;
 pub mod store;
 pub mod throttle;
 pub mod tls;

@@ -803,11 +803,12 @@ static CUT_OFF: AtomicBool = AtomicBool::new(false);
 const SAME_STOP: Duration = Duration::from_secs(1);
 
 /// Why a request on `connection` that never finished ended: `shutdown` once the grace period
-/// is over, `idle-timeout` when gitgate closed its connection for idling, `client-gone` else.
+/// is over, `idle-timeout` when gitgate closed its connection for idling or let go of an
+/// HTTP/2 answer its client took none of ([`crate::stall`]), `client-gone` else.
 pub fn unfinished_outcome(connection: &Activity) -> &'static str {
     if CUT_OFF.load(Ordering::Relaxed) {
         "shutdown"
-    } else if connection.closed_for_idling() {
+    } else if connection.closed_for_idling() || crate::stall::cutting_off() {
         "idle-timeout"
     } else {
         "client-gone"
@@ -921,7 +922,8 @@ impl Connection {
             let gate = gate.clone();
             let open = requests.request_opened();
             let exchange = requests.clone();
-            let head_on_h2 = req.method() == Method::HEAD && req.version() == Version::HTTP_2;
+            let on_h2 = req.version() == Version::HTTP_2;
+            let head_on_h2 = on_h2 && req.method() == Method::HEAD;
             // One future, held inline by hyper: wrapping it in another would copy its several
             // KB once more per request (measured: +1.5 % of gitgate's CPU in memmove).
             CatchPanic::new(async move {
@@ -957,7 +959,14 @@ impl Connection {
                         resp
                     }
                 };
-                let resp = if head_on_h2 { without_body(resp) } else { resp };
+                let resp = if head_on_h2 {
+                    without_body(resp)
+                } else if on_h2 {
+                    // One stream's window may stay shut while others move (`crate::stall`).
+                    resp.map(|body| crate::stall::watched(body, idle))
+                } else {
+                    resp
+                };
                 Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)))
             })
         });

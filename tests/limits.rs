@@ -305,6 +305,134 @@ fn an_http2_answer_held_back_by_a_zero_window_does_not_keep_the_connection_open(
     );
 }
 
+/// One HTTP/2 stream given no window while the client keeps its connection busy with others:
+/// after the idle timeout its backend is let go (the upstream connection closed, the request
+/// logged as `idle-timeout`), the connection stays open for the other streams, and the stream
+/// is reset once the client opens its window.
+#[test]
+fn an_http2_answer_whose_stream_gets_no_window_lets_go_of_its_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let (let_go_tx, let_go) = mpsc::channel();
+    let let_go_tx = std::sync::Mutex::new(let_go_tx);
+    let upstream_port = one_request_upstream(move |reader, _| {
+        let mut s = reader.into_inner();
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n");
+        let chunk = vec![b'y'; 64 * 1024];
+        let started = Instant::now();
+        while s.write_all(&chunk).is_ok() {
+            if started.elapsed() > Duration::from_secs(20) {
+                return;
+            }
+        }
+        let _ = let_go_tx.lock().unwrap().send(started.elapsed());
+    });
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout_seconds = 1\n[store]\n\
+         path = \"gitgate.db\"\n[upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n"
+    );
+    let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
+    let mut s = connect(g.port);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream's body moves until it is given a window.
+    s.write_all(&h2_frame(4, &[0, 4, 0, 0, 0, 0])).unwrap();
+    // GET info/refs with the token, END_STREAM | END_HEADERS.
+    let path = b"/team/app.git/info/refs?service=git-upload-pack";
+    let authorization = format!("Basic {auth}");
+    assert!(authorization.len() < 127, "one HPACK length byte");
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path);
+    block.extend_from_slice(&[0x01, 1, b'x', 0x00, 13]);
+    block.extend_from_slice(b"authorization");
+    block.push(authorization.len() as u8);
+    block.extend_from_slice(authorization.as_bytes());
+    s.write_all(&h2_frame_on(1, 0x05, 1, &block)).unwrap();
+
+    let frames = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u8, u8, u32)>::new()));
+    let mut reader = s.try_clone().unwrap();
+    let seen = frames.clone();
+    std::thread::spawn(move || {
+        let mut head = [0u8; 9];
+        while reader.read_exact(&mut head).is_ok() {
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let id = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+            let mut payload = vec![0u8; len];
+            if reader.read_exact(&mut payload).is_err() {
+                break;
+            }
+            seen.lock().unwrap().push((head[3], head[4], id));
+        }
+    });
+    let answered = |stream: u32| {
+        frames
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|&(kind, flags, id)| id == stream && kind <= 1 && flags & 0x1 != 0)
+    };
+    // Other streams, one every 200 ms, each given a window: the connection is busy throughout.
+    let mut stream = 3;
+    let busy = |s: &mut TcpStream, stream: &mut u32| {
+        s.write_all(&h2_healthz(*stream)).unwrap();
+        s.write_all(&h2_frame_on(8, 0, *stream, &65_535u32.to_be_bytes()))
+            .unwrap();
+        *stream += 2;
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let started = Instant::now();
+    let mut took = None;
+    while started.elapsed() < Duration::from_secs(8) {
+        busy(&mut s, &mut stream);
+        if let Ok(t) = let_go.try_recv() {
+            took = Some(t);
+            break;
+        }
+    }
+    let took = took.expect("the stalled answer's upstream connection was held for 8 s");
+    assert!(
+        took >= Duration::from_millis(900),
+        "let go after {took:?}, before the idle timeout"
+    );
+    let log = || std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("gitgate::request") && l.contains("/team/app.git/info/refs"))
+        {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no request line: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(line.contains("outcome=idle-timeout"), "{line}");
+    // The connection still serves the other streams.
+    let last = stream;
+    busy(&mut s, &mut stream);
+    busy(&mut s, &mut stream);
+    assert!(answered(last), "{:?}", frames.lock().unwrap());
+    // Given a window now, the stalled stream is reset, not resumed.
+    s.write_all(&h2_frame_on(8, 0, 1, &65_535u32.to_be_bytes()))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !frames
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|&(kind, _, id)| kind == 3 && id == 1)
+    {
+        assert!(Instant::now() < deadline, "{:?}", frames.lock().unwrap());
+        busy(&mut s, &mut stream);
+    }
+    let data_on_1 = frames
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&(kind, _, id)| kind == 0 && id == 1)
+        .count();
+    assert_eq!(data_on_1, 0, "{:?}", frames.lock().unwrap());
+}
+
 /// A git request's answer that gitgate gave up on when it closed the connection for idling (a
 /// client that stopped reading) is logged as that, `idle-timeout`, not as its client leaving.
 #[test]
@@ -1651,6 +1779,46 @@ fn a_client_whose_upload_stops_gets_a_408_not_a_gateway_timeout() {
     );
     let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
     assert!(!log.contains("backend failed"), "{log}");
+}
+
+/// The same after the answer has started (git http-backend sends its headers before it reads
+/// a push): the answer is cut off after the upstream's idle timeout, and that is the client
+/// idling (`outcome=idle-timeout`), not the backend's body breaking off (`stream-error`,
+/// counted as an upstream error).
+#[test]
+fn a_client_whose_upload_stops_after_the_answer_started_is_the_one_idling() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_port = one_request_upstream(|mut reader, _| {
+        let mut s = reader.get_ref().try_clone().unwrap();
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-receive-pack-result\r\n\
+              Transfer-Encoding: chunked\r\n\r\n",
+        );
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    let (g, auth) = start_for_pushes(dir.path(), upstream_port);
+    let mut s = connect(g.port);
+    s.write_all(push_head(&auth, 1000).as_bytes()).unwrap();
+    s.write_all(&[b'p'; 100]).unwrap();
+    let (answer, _) = read_until_closed(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !answer.ends_with("0\r\n\r\n"),
+        "ended as if complete: {answer:?}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("gitgate::request") && l.contains("git-receive-pack"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("outcome=idle-timeout"), "{line}");
+    assert!(
+        log.contains("the client stopped sending its request body"),
+        "{log}"
+    );
+    assert!(!log.contains("response stream failed"), "{log}");
+    drop(g);
 }
 
 #[test]

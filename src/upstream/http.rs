@@ -39,7 +39,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::headers::{self, Outbound, Redirect};
 use super::pool::{ConnectError, Connection, Driving, Origin, OutBody, Pool};
-use super::progress::{Progress, Silence};
+use super::progress::{Progress, Silence, UploadStalled};
 use super::secret::UpstreamSecret;
 use super::{Fault, ForwardError};
 use crate::body::{Batched, Observed, Seen};
@@ -370,6 +370,7 @@ impl HttpBackend {
             Some(Upload {
                 activity,
                 done: uploaded,
+                waiting_for_client,
             })
         };
         let mut body = UpstreamBody {
@@ -665,6 +666,8 @@ struct Upload {
     /// upstream's idle timeout, with nothing coming back meanwhile.
     activity: Progress,
     done: Arc<AtomicBool>,
+    /// The upload waits for the client's next frame (not for the upstream to read on).
+    waiting_for_client: Arc<AtomicBool>,
 }
 
 impl UpstreamBody {
@@ -734,6 +737,12 @@ impl Body for UpstreamBody {
                 let this = &mut *self;
                 let upload = this.upload.as_ref().map(|u| &u.activity);
                 ready!(this.silence.poll_over(upload, cx));
+                let client_stalled = this.upload.as_ref().is_some_and(|u| {
+                    !u.done.load(Ordering::Relaxed) && u.waiting_for_client.load(Ordering::Relaxed)
+                });
+                if client_stalled {
+                    return Poll::Ready(Some(Err(UploadStalled(this.silence.idle()).into_io())));
+                }
                 Poll::Ready(Some(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(

@@ -28,6 +28,7 @@ use crate::policy::Identity;
 
 pub use cgi::CgiBackend;
 pub use http::HttpBackend;
+pub use progress::UploadStalled;
 
 /// The configured backend.
 pub enum Upstream {

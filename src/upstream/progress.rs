@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,6 +19,9 @@ use tokio::time::Sleep;
 pub struct Progress {
     start: Instant,
     last_ms: Arc<AtomicU64>,
+    /// The upload waits for the client (its body was asked for a frame and had none), not for
+    /// the backend to read on; see [`Progress::waiting_for_client`].
+    waiting: Arc<AtomicBool>,
 }
 
 impl Progress {
@@ -26,7 +29,20 @@ impl Progress {
         Progress {
             start: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),
+            waiting: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether the upload now waits for the client's next frame (`true`), or for nothing from
+    /// it: the backend reads on, or the upload is over (`false`).
+    pub fn waiting(&self, for_client: bool) {
+        self.waiting.store(for_client, Ordering::Relaxed);
+    }
+
+    /// Whether the upload waits for the client: a silence then is the client's, not the
+    /// backend's ([`UploadStalled`]).
+    pub fn waiting_for_client(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Something moved now.
@@ -45,6 +61,36 @@ impl Progress {
 impl Default for Progress {
     fn default() -> Self {
         Progress::new()
+    }
+}
+
+/// An answer's body went silent for the idle time while the client's upload, unfinished, had
+/// stopped arriving as long: the backend waits for the client, whose doing the stop is (logged
+/// as `idle-timeout`, not counted as an upstream error).
+#[derive(Debug)]
+pub struct UploadStalled(pub Duration);
+
+impl std::fmt::Display for UploadStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body stopped arriving: nothing came for {}s while the backend waited \
+             for it",
+            self.0.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for UploadStalled {}
+
+impl UploadStalled {
+    pub fn into_io(self) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, self)
+    }
+
+    /// Whether `e` is an [`UploadStalled`].
+    pub fn is(e: &std::io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<UploadStalled>())
     }
 }
 

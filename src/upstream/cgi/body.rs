@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::head::HEAD_READ;
 use super::process::{ExitInfo, KillGuard, Running};
-use crate::upstream::progress::{Progress, Silence};
+use crate::upstream::progress::{Progress, Silence, UploadStalled};
 
 /// How much of the backend's stdout one response frame carries at most.
 pub(super) const BODY_CHUNK: usize = 64 * 1024;
@@ -224,6 +224,9 @@ impl CgiBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         ready!(self.silence.poll_over(Some(&self.uploading), cx));
+        if self.uploading.waiting_for_client() {
+            return Poll::Ready(Some(Err(UploadStalled(self.silence.idle()).into_io())));
+        }
         Poll::Ready(Some(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(

@@ -48,11 +48,22 @@ pub(super) async fn feed_stdin<B>(
 {
     let mut stop = kill.subscribe();
     let mut fed = 0u64;
+    // Whatever way this ends, nothing more is waited for from the client.
+    struct Over(Progress);
+    impl Drop for Over {
+        fn drop(&mut self) {
+            self.0.waiting(false);
+        }
+    }
+    let moved = Over(moved);
+    let moved = &moved.0;
     loop {
+        moved.waiting(true);
         let frame = tokio::select! {
             frame = body.frame() => frame,
             _ = killed(&mut stop) => return,
         };
+        moved.waiting(false);
         match frame {
             None => break,
             Some(Ok(frame)) => {

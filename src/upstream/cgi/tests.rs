@@ -1,5 +1,6 @@
 use super::body::{BODY_CHUNK, MAX_FINISHING};
 use super::*;
+use crate::upstream::UploadStalled;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -674,6 +675,49 @@ async fn a_backend_silent_after_its_headers_is_ended_with_a_timeout() {
         0,
         "the backend was not ended"
     );
+}
+
+/// A backend that answered its headers and waits for an upload the client stopped sending:
+/// the same timeout, but the error says it is the client's ([`UploadStalled`]); a backend that
+/// has the whole upload and goes silent is still the backend's.
+#[tokio::test]
+async fn a_silence_waiting_for_the_clients_upload_is_the_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "reads.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\nstart'; cat > /dev/null; echo done",
+    )
+    .with_head_timeout(Duration::from_millis(500));
+    let headers = HeaderMap::new();
+    let req = request(&Method::POST, "/x", None, &headers);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut rx = Some(rx);
+    let body = serve(&backend, req, || Trickle(rx.take().unwrap()))
+        .await
+        .unwrap()
+        .into_body();
+    tx.send(Bytes::from_static(b"some of it")).await.unwrap();
+    let (got, e) = body_until_error(body).await;
+    assert_eq!(got, b"start");
+    assert!(UploadStalled::is(&e), "{e}");
+    assert!(
+        e.to_string().contains("the request body stopped arriving"),
+        "{e}"
+    );
+    drop(tx);
+
+    let silent = script(
+        tmp.path(),
+        "silent.cgi",
+        "cat > /dev/null; printf 'Content-Type: text/plain\\r\\n\\r\\nstart'; exec sleep 60",
+    )
+    .with_head_timeout(Duration::from_millis(500));
+    let req = request(&Method::POST, "/x", None, &headers);
+    let body = serve(&silent, req, empty).await.unwrap().into_body();
+    let (_, e) = body_until_error(body).await;
+    assert!(!UploadStalled::is(&e), "{e}");
+    assert!(e.to_string().contains("sent nothing"), "{e}");
 }
 
 #[tokio::test]
