@@ -221,8 +221,9 @@ fn token_networks(items: &[String]) -> Result<Vec<network::Cidr>> {
     network::parse_new_list(items).map_err(Error::Invalid)
 }
 
-/// The most personal tokens one user may have that can still be used.
-pub const MAX_LIVE_TOKENS: u64 = 100;
+/// The most personal tokens one user may have that can still be used; counted again in the
+/// transaction that adds one ([`crate::store::MAX_LIVE_PERSONAL_TOKENS`]).
+pub const MAX_LIVE_TOKENS: u64 = crate::store::MAX_LIVE_PERSONAL_TOKENS;
 
 /// Consecutive wrong passwords after which a user's password logins are locked. Counted per user
 /// name, whatever the source address (the per-address throttle in [`crate::throttle`] covers
@@ -449,15 +450,11 @@ pub fn create(
     };
     let permissions =
         TokenPermissions::from_names(kind, &req.permissions).map_err(Error::Invalid)?;
-    // One user must not fill the store's disk: Bitbucket caps personal tokens per user too.
-    // Revoked and expired ones do not count. (Project and repository tokens are made by
-    // administrators only, a CI fleet's hundreds among them.)
+    // Checked here for a clear answer before the policy's, and again inside the write (see
+    // `MAX_LIVE_TOKENS`).
     if let Some(user) = owner {
         if store.live_personal_tokens(user)? >= MAX_LIVE_TOKENS {
-            return Err(Error::Conflict(format!(
-                "user '{user}' already has {MAX_LIVE_TOKENS} personal tokens that can be used, \
-                 the most allowed: revoke one first"
-            )));
+            return Err(crate::store::too_many_personal_tokens(user).into());
         }
     }
     match req.expiry_days {

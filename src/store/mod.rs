@@ -34,10 +34,11 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit::{AuditCursor, AuditEvent};
-pub use grants::Grant;
+pub use grants::{Grant, GrantChange};
 pub use ratelimits::{RateOverride, RateOverrides, RateRule, UnreadableOverride};
 pub use tokens::{
-    validate_name, AuthRecord, NewToken, Owner, ReplacedSecret, TokenEdit, TokenRecord,
+    too_many_personal_tokens, validate_name, AuthRecord, NewToken, Owner, ReplacedSecret,
+    TokenEdit, TokenRecord, MAX_LIVE_PERSONAL_TOKENS,
 };
 pub use users::{as_written_down, no_such_user, validate_slug, Role, User, NOT_A_USER_NAME};
 

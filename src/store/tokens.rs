@@ -300,6 +300,31 @@ fn read_token_row(r: &rusqlite::Row) -> rusqlite::Result<TokenRow> {
     ))
 }
 
+/// The most personal tokens one user may hold that can still be used. One user must not fill
+/// the store's disk: Bitbucket caps personal tokens per user too. Revoked and expired ones do
+/// not count. (Project and repository tokens are made by administrators only, a CI fleet's
+/// hundreds among them.)
+pub const MAX_LIVE_PERSONAL_TOKENS: u64 = 100;
+
+/// The refusal of a token over [`MAX_LIVE_PERSONAL_TOKENS`].
+pub fn too_many_personal_tokens(owner: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "user '{owner}' already has {MAX_LIVE_PERSONAL_TOKENS} personal tokens that can be used, \
+         the most allowed: revoke one first"
+    ))
+}
+
+fn live_personal_tokens_in(c: &rusqlite::Connection, owner: &str) -> Result<u64> {
+    let n: i64 = c.query_row(
+        "SELECT count(*) FROM tokens t JOIN users u ON u.id = t.owner_id \
+         WHERE u.slug = ?1 AND t.revoked_at IS NULL \
+         AND (t.expires_at IS NULL OR t.expires_at > ?2)",
+        params![owner, clock::now_ms()],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 fn find_token(c: &rusqlite::Connection, id: &str) -> Result<Option<TokenRecord>> {
     Ok(c.prepare_cached(&format!("{SELECT} WHERE t.id = ?1"))?
         .query_row([id], token_from_row)
@@ -322,17 +347,7 @@ impl Store {
 
     /// How many personal tokens of `owner` can still be used: neither revoked nor expired.
     pub fn live_personal_tokens(&self, owner: &str) -> Result<u64> {
-        let now = clock::now_ms();
-        self.with_conn(|c| {
-            let n: i64 = c.query_row(
-                "SELECT count(*) FROM tokens t JOIN users u ON u.id = t.owner_id \
-                 WHERE u.slug = ?1 AND t.revoked_at IS NULL \
-                 AND (t.expires_at IS NULL OR t.expires_at > ?2)",
-                params![owner, now],
-                |r| r.get(0),
-            )?;
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
+        self.with_conn(|c| live_personal_tokens_in(c, owner))
     }
 
     /// [`Store::insert_token`] if `allowed` holds for the settings in the same transaction.
@@ -349,6 +364,13 @@ impl Store {
                 Some(slug) => Some(require_user(tx, slug)?.id),
                 None => None,
             };
+            // Counted in the transaction that adds the token: two made at once (two API
+            // calls, or the CLI beside the server) cannot both take the last place.
+            if let Some(slug) = new.owner {
+                if live_personal_tokens_in(tx, slug)? >= MAX_LIVE_PERSONAL_TOKENS {
+                    return Err(too_many_personal_tokens(slug));
+                }
+            }
             if new.owner.is_none() {
                 refuse_user_name(tx, new.name)?;
             }
@@ -895,6 +917,46 @@ mod tests {
 
     /// The settings check of a change runs inside its write transaction: no other process
     /// can change a setting (the expiry policy) between the check and the write.
+    /// The cap is counted in the write that adds the token, not only by the caller before it:
+    /// a token added straight to the store past the cap is refused, and a revoked one frees
+    /// its place.
+    #[test]
+    fn the_personal_token_cap_is_kept_by_the_write_itself() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        let ids: Vec<String> = (0..=MAX_LIVE_PERSONAL_TOKENS)
+            .map(|n| format!("cap{n:09}"))
+            .collect();
+        let add = |id: &str| {
+            store.insert_token(
+                &NewToken {
+                    id,
+                    kind: TokenKind::Personal,
+                    name: "laptop",
+                    owner: Some("alice"),
+                    scope: None,
+                    permissions: perms(&["REPO_READ"]),
+                    secret_hash: [7; 32],
+                    expires_at: None,
+                    allowed_networks: &[],
+                    created_at: clock::now_ms(),
+                },
+                &actor(),
+            )
+        };
+        for id in &ids[..MAX_LIVE_PERSONAL_TOKENS as usize] {
+            add(id).unwrap();
+        }
+        let last = &ids[MAX_LIVE_PERSONAL_TOKENS as usize];
+        match add(last) {
+            Err(StoreError::Conflict(m)) => assert!(m.contains("revoke one first"), "{m}"),
+            other => panic!("over the cap: {other:?}"),
+        }
+        assert!(store.token(last).unwrap().is_none());
+        store.revoke_token(&ids[0], &actor()).unwrap();
+        add(last).unwrap();
+    }
+
     #[test]
     fn the_settings_check_runs_under_the_write_lock_and_can_refuse() {
         let (dir, store) = temp_store();
