@@ -732,3 +732,124 @@ fn passwd_lifts_a_lock_and_forgets_the_wrong_passwords() {
     assert_eq!(changed.len(), 2, "{changed:?}");
     assert!(changed.iter().any(|e| e["detail"] == ""), "{changed:?}");
 }
+
+/// `gitgate ARGS` of `install` run on a terminal (`script` gives it one), typing `typed`;
+/// (success, everything the terminal showed).
+fn at_a_terminal(install: &Install, args: &[&str], typed: &str) -> (bool, String) {
+    let mut line = format!(
+        "{} --config {}",
+        common::gitgate_bin(),
+        install.path().join("gitgate.toml").display()
+    );
+    for a in args {
+        line.push(' ');
+        line.push_str(a);
+    }
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("GITGATE_CONFIG")
+        .env_remove("GITGATE_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        // One line at a time, each after its prompt is up (typed ahead, a line could be read
+        // before the prompt turns echo off).
+        for l in typed.split_inclusive('\n') {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            stdin.write_all(l.as_bytes()).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let out = child.wait_with_output().unwrap();
+    let shown =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), shown)
+}
+
+/// At a prompt a new password is asked twice: two that differ change nothing (no user added,
+/// the old password kept); two that match are set. (Typed passwords are not echoed: a typo
+/// would otherwise become a password nobody knows.)
+#[test]
+fn a_password_typed_at_a_prompt_is_asked_twice() {
+    let install = setup();
+    let (ok, shown) = at_a_terminal(&install, &["user", "add", "bob"], "first-pw\nsecond-pw\n");
+    assert!(!ok, "{shown}");
+    assert!(shown.contains("Retype it:"), "{shown}");
+    assert!(
+        shown.contains("the two passwords typed differ; nothing changed"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("first-pw") && !shown.contains("second-pw"),
+        "echoed: {shown}"
+    );
+    let users = install.cli_ok(&["user", "list"], "");
+    assert!(!users.contains("bob"), "{users}");
+
+    let (ok, shown) = at_a_terminal(
+        &install,
+        &["user", "passwd", "alice"],
+        "new-pw-1\nnew-pw-2\n",
+    );
+    assert!(!ok, "{shown}");
+    assert!(
+        shown.contains("the two passwords typed differ; nothing changed"),
+        "{shown}"
+    );
+    assert_login_ok(&create_with_password(&install, PW));
+
+    let (ok, shown) = at_a_terminal(&install, &["user", "add", "bob"], "bobs-pw\nbobs-pw\n");
+    assert!(ok, "{shown}");
+    assert!(shown.contains("added user 'bob'"), "{shown}");
+}
+
+/// A token whose owner is disabled is shown as git finds it, refused, not "active"; enabled
+/// again, it is active again.
+#[test]
+fn a_token_of_a_disabled_owner_is_shown_as_refused() {
+    let install = setup();
+    let token = create_personal(&install, &[]);
+    let id = token["id"].as_str().unwrap();
+    install.cli_ok(&["user", "disable", "alice"], "");
+    let shown = install.cli_ok(&["token", "show", id], "");
+    assert!(
+        shown.contains("status:      refused: its owner is disabled"),
+        "{shown}"
+    );
+    let listed = install.cli_ok(&["token", "list", "--user", "alice"], "");
+    assert!(
+        listed.contains("refused: its owner is disabled"),
+        "{listed}"
+    );
+    install.cli_ok(&["user", "enable", "alice"], "");
+    let shown = install.cli_ok(&["token", "show", id], "");
+    assert!(shown.contains("status:      active"), "{shown}");
+}
+
+/// `grant add` says what it did: a new grant, a level replaced (named), or nothing at all.
+#[test]
+fn grant_add_says_whether_it_added_replaced_or_changed_nothing() {
+    let install = setup();
+    // setup() gave alice write on team.
+    let again = install.cli(&["grant", "add", "alice", "team", "write"], "");
+    assert!(
+        again.ok().is_empty()
+            && again
+                .stderr
+                .contains("already has write on team; nothing changed"),
+        "{again}"
+    );
+    let run = install.cli(&["grant", "add", "alice", "team", "read"], "");
+    assert!(
+        run.ok().is_empty() && run.stderr.contains("now has read on team, replacing write"),
+        "{run}"
+    );
+    let audit = install.cli_ok(&["audit"], "");
+    assert!(audit.contains("grant.changed"), "{audit}");
+    assert!(audit.contains("team write -> read"), "{audit}");
+}

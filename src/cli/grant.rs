@@ -5,15 +5,24 @@ use serde_json::json;
 use super::print_json;
 use crate::permission::Level;
 use crate::policy::Target;
-use crate::store::{Actor, Store};
+use crate::store::{Actor, GrantChange, Store};
 
 pub fn add(store: &Store, name: &str, target: &str, level: &str) -> Result<(), String> {
     let target = Target::parse_new(target)?;
     let level: Level = level.parse()?;
-    store
+    let change = store
         .add_grant(name, &target, level, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    note!("user '{name}' now has {level} on {target}");
+    match change {
+        GrantChange::Added => note!("user '{name}' now has {level} on {target}"),
+        GrantChange::Changed { from } => note!(
+            "user '{name}' now has {level} on {target}, replacing {from} (their tokens have the \
+             new level at once)"
+        ),
+        GrantChange::Unchanged => {
+            note!("user '{name}' already has {level} on {target}; nothing changed")
+        }
+    }
     Ok(())
 }
 

@@ -96,6 +96,20 @@ pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
     Ok(password)
 }
 
+/// Read a password to be set: as [`read_password`], and at a prompt asked twice, so that a
+/// typo nobody saw (the prompt does not echo) does not become the password.
+pub fn read_new_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
+    let password = read_password(from_stdin, prompt)?;
+    if !from_stdin {
+        let again = rpassword::prompt_password("Retype it: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        if again != password {
+            return Err("the two passwords typed differ; nothing changed".into());
+        }
+    }
+    Ok(password)
+}
+
 /// The error of a command whose standard output was closed by its reader (`| head`): `main`
 /// exits without a message, as a command killed by SIGPIPE would.
 pub const STDOUT_CLOSED: &str = "standard output was closed";

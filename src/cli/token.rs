@@ -173,7 +173,15 @@ pub fn list(store: &Store, user: Option<&str>, json: bool) -> Result<(), String>
         "LAST USED"
     );
     let now = clock::now_ms();
+    let disabled: std::collections::HashSet<String> = store
+        .users()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|u| !u.active)
+        .map(|u| u.slug)
+        .collect();
     for t in tokens {
+        let owner_disabled = t.owner.as_ref().is_some_and(|o| disabled.contains(o));
         outln!(
             "{:<12} {:<20} {:<10} {:<20} {:<24} {:<20} {:<20} {}",
             t.id,
@@ -183,7 +191,7 @@ pub fn list(store: &Store, user: Option<&str>, json: bool) -> Result<(), String>
             t.permissions.to_string(),
             when(t.expires_at),
             when(t.last_used_at),
-            status(&t, &policy, now)
+            status(&t, &policy, now, owner_disabled)
         );
     }
     Ok(())
@@ -202,10 +210,10 @@ pub fn show(store: &Store, id: &str, json: bool) -> Result<(), String> {
     if json {
         return print_json(&to_json(&t, &policy));
     }
-    print_details(&t, &policy)
+    print_details(store, &t, &policy)
 }
 
-fn print_details(t: &TokenRecord, policy: &ExpiryPolicy) -> Result<(), String> {
+fn print_details(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Result<(), String> {
     outln!("id:          {}", t.id);
     outln!("name:        {}", t.name);
     outln!("kind:        {}", t.kind.as_str());
@@ -234,7 +242,16 @@ fn print_details(t: &TokenRecord, policy: &ExpiryPolicy) -> Result<(), String> {
             .map(|a| format!(" from {a}"))
             .unwrap_or_default()
     );
-    outln!("status:      {}", status(t, policy, clock::now_ms()));
+    // Not a failure of its own: `token edit` shows the token after its change is made (see
+    // `edit`), and the token itself was just read from the same store.
+    let owner_disabled = t
+        .owner
+        .as_ref()
+        .is_some_and(|owner| store.user(owner).ok().flatten().is_some_and(|u| !u.active));
+    outln!(
+        "status:      {}",
+        status(t, policy, clock::now_ms(), owner_disabled)
+    );
     Ok(())
 }
 
@@ -309,7 +326,7 @@ pub fn edit(store: &Store, id: &str, e: Edit) -> Result<(), String> {
         print_json(&to_json(&t, &policy))
     } else {
         note!("token '{}' ({}) updated", t.name, t.id);
-        print_details(&t, &policy)
+        print_details(store, &t, &policy)
     };
     // The change is made: an error from here on must not read as if it were not.
     shown.map_err(|err| {
@@ -421,11 +438,15 @@ fn owner_login_error(e: lifecycle::Error, what: &str) -> String {
     }
 }
 
-fn status(t: &TokenRecord, policy: &ExpiryPolicy, now: i64) -> &'static str {
+/// A token's status as git would find it: one whose owner is disabled is refused, whatever the
+/// token itself says.
+fn status(t: &TokenRecord, policy: &ExpiryPolicy, now: i64, owner_disabled: bool) -> &'static str {
     if t.revoked_at.is_some() {
         "revoked"
     } else if t.expires_at.is_some_and(|e| now >= e) {
         "expired"
+    } else if owner_disabled {
+        "refused: its owner is disabled"
     } else if !policy.compliant(t) {
         "active, non-compliant"
     } else {

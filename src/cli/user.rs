@@ -2,13 +2,13 @@
 
 use serde_json::json;
 
-use super::{print_json, read_password, when};
+use super::{print_json, read_new_password, when};
 use crate::password;
 use crate::store::{Actor, Role, Store};
 
 pub fn add(store: &Store, name: &str, admin: bool, password_stdin: bool) -> Result<(), String> {
     crate::store::validate_slug(name).map_err(|e| e.to_string())?;
-    let pw = read_password(password_stdin, &format!("Password for {name}: "))?;
+    let pw = read_new_password(password_stdin, &format!("Password for {name}: "))?;
     let hash = password::hash(&pw)?;
     let role = if admin { Role::Admin } else { Role::User };
     let user = store
@@ -77,7 +77,7 @@ pub fn passwd(store: &Store, name: &str, password_stdin: bool) -> Result<(), Str
     if store.user(name).map_err(|e| e.to_string())?.is_none() {
         return Err(crate::store::no_such_user(name));
     }
-    let pw = read_password(password_stdin, &format!("New password for {name}: "))?;
+    let pw = read_new_password(password_stdin, &format!("New password for {name}: "))?;
     let hash = password::hash(&pw)?;
     let unlocked = store
         .set_password(name, &hash, crate::clock::now_ms(), &Actor::cli())

@@ -41,6 +41,18 @@ pub(super) fn grants_of(c: &rusqlite::Connection, user_id: i64) -> Result<Vec<(T
     Ok(out)
 }
 
+/// What [`Store::add_grant`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantChange {
+    /// A grant on a target the user had none on (audited as `grant.added`).
+    Added,
+    /// The earlier grant's level (as stored) was replaced (audited as `grant.changed`, with
+    /// both levels: a write grant lowered to read is a change someone must be able to find).
+    Changed { from: String },
+    /// The user had that level there already: nothing written, nothing audited.
+    Unchanged,
+}
+
 impl Store {
     /// Give `slug` `level` on `target`, replacing any earlier grant on the same target.
     pub fn add_grant(
@@ -49,15 +61,37 @@ impl Store {
         target: &Target,
         level: Level,
         actor: &Actor,
-    ) -> Result<()> {
+    ) -> Result<GrantChange> {
         self.write(|tx| {
             let user = require_user(tx, slug)?;
+            let before: Option<String> = tx
+                .query_row(
+                    "SELECT level FROM grants WHERE user_id = ?1 AND target = ?2",
+                    params![user.id, target.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let change = match before {
+                None => GrantChange::Added,
+                Some(from) if from == level.as_str() => return Ok(GrantChange::Unchanged),
+                Some(from) => GrantChange::Changed { from },
+            };
             tx.execute(
                 "INSERT INTO grants (user_id, target, level, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (user_id, target) DO UPDATE SET level = excluded.level",
                 params![user.id, target.to_string(), level.as_str(), clock::now_ms()],
             )?;
-            record(tx, actor, "grant.added", slug, &format!("{target} {level}"))
+            match &change {
+                GrantChange::Changed { from } => record(
+                    tx,
+                    actor,
+                    "grant.changed",
+                    slug,
+                    &format!("{target} {from} -> {level}"),
+                )?,
+                _ => record(tx, actor, "grant.added", slug, &format!("{target} {level}"))?,
+            }
+            Ok(change)
         })
     }
 
@@ -137,6 +171,46 @@ mod tests {
     use super::super::test_support::{actor, temp_store};
     use super::*;
     use crate::store::Role;
+
+    /// A grant given again is no change (not audited); one whose level changes is audited
+    /// with the level it had.
+    #[test]
+    fn a_grant_given_again_or_changed_is_audited_as_what_it_is() {
+        let (_d, store) = temp_store();
+        store.add_user("carol", "h", Role::User, &actor()).unwrap();
+        let team = Target::parse("team").unwrap();
+        let add = |level| store.add_grant("carol", &team, level, &actor()).unwrap();
+        assert_eq!(add(Level::Write), GrantChange::Added);
+        assert_eq!(add(Level::Write), GrantChange::Unchanged);
+        assert_eq!(
+            add(Level::Read),
+            GrantChange::Changed {
+                from: "write".into()
+            }
+        );
+        assert_eq!(add(Level::Read), GrantChange::Unchanged);
+        let events: Vec<(String, String)> = store
+            .audit_events(None, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action.starts_with("grant."))
+            .map(|e| (e.action, e.detail))
+            .collect();
+        assert_eq!(
+            events,
+            vec![
+                ("grant.added".to_string(), "team write".to_string()),
+                (
+                    "grant.changed".to_string(),
+                    "team write -> read".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            store.grants(Some("carol")).unwrap()[0].level,
+            Some(Level::Read)
+        );
+    }
 
     /// A level edited by hand into one gitgate does not know is listed as granting nothing,
     /// which is what the policy makes of it; not as `read`.
