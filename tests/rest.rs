@@ -329,6 +329,27 @@ fn user_names_in_any_case_are_the_user_and_a_password_typed_as_one_is_not_kept()
         let r = server.api("GET", path, who, "");
         assert_eq!(r.status, 200, "{who} {path}: {}", r.body);
     }
+    // Changes made by a user who typed their name in capitals are audited under that user.
+    let (id, _) = create(
+        &server,
+        "Alice",
+        "/users/alice",
+        json!({"name": "typed-in-capitals", "permissions": ["REPO_READ"]}),
+    );
+    let r = server.api("DELETE", &format!("/users/alice/{id}"), "ROOT", "");
+    assert_eq!(r.status, 204, "{}", r.body);
+    let events: Vec<Value> =
+        serde_json::from_str(&install.cli_ok(&["audit", "--json"], "")).unwrap();
+    for (action, actor) in [("token.created", "alice"), ("token.revoked", "root")] {
+        let e = events
+            .iter()
+            .find(|e| e["action"] == action && e["target"] == id.as_str())
+            .unwrap_or_else(|| panic!("no {action} of {id}: {events:?}"));
+        assert_eq!(e["actor"], actor, "{e}");
+    }
+    let shown = install.cli_ok(&["token", "show", &id], "");
+    assert!(shown.contains("by alice"), "{shown}");
+
     let r = server.api("GET", "/users/Bob", "alice", "");
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(

@@ -615,6 +615,15 @@ fn authenticate(
                 source: source.clone(),
             };
             let caller = lifecycle::login(store, &user, secret.expose(), &actor)?;
+            // Logged in, the name is the account's, however it was typed (`ROOT` is root): the
+            // changes this call makes are audited under it.
+            let actor = match &caller {
+                Caller::User { slug, .. } => Actor {
+                    name: slug.clone(),
+                    source,
+                },
+                Caller::Operator => actor,
+            };
             Ok((caller, actor))
         }
     }
