@@ -435,6 +435,53 @@ fn gzip_encoded_request_bodies_reach_the_backend() {
     }
 }
 
+/// Every `Content-Encoding` spelling the gate lets through as gzip (a trailing comma, an empty
+/// line beside it) reaches git http-backend as gzip: a protocol v2 `ls-refs` compressed with
+/// `gzip` answers with the refs, not an empty 200 and a backend "protocol error".
+#[test]
+fn gzip_spelled_loosely_is_still_gzip_for_the_backend() {
+    let (sb, server, token) = team_setup();
+    let plain = "0014command=ls-refs\n00010009peel\n0000";
+    let mut gzip = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut gzip.stdin.take().unwrap(), plain.as_bytes()).unwrap();
+    let body = gzip.wait_with_output().unwrap().stdout;
+    let main = sb.rev(&sb.repos().join("team/app.git"), "refs/heads/main");
+    for coding in [
+        "Content-Encoding: gzip",
+        "Content-Encoding: gzip,",
+        "Content-Encoding: , gzip",
+        "Content-Encoding: gzip\r\nContent-Encoding: ",
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = format!(
+            "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+             Git-Protocol: version=2\r\nContent-Type: application/x-git-upload-pack-request\r\n\
+             {coding}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            basic("alice", &token.secret),
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        std::io::Write::write_all(&mut s, &req).unwrap();
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut out);
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{coding:?}: {out}");
+        assert!(
+            out.contains(&format!("{main} refs/heads/main")),
+            "{coding:?}: {out}"
+        );
+    }
+    let log = server.log_text();
+    assert!(!log.contains("protocol error"), "{log}");
+}
+
 #[test]
 fn concurrent_clones_and_pushes() {
     let (sb, server, token) = team_setup();

@@ -81,6 +81,25 @@ pub fn unsupported_transfer_coding(inbound: &HeaderMap) -> Option<String> {
     ))
 }
 
+/// `coding` as git http-backend spells it, if it is one it reads (codings are case-insensitive
+/// in HTTP, not in git).
+fn known_content_coding(coding: &str) -> Option<&'static str> {
+    ["gzip", "x-gzip", "identity"]
+        .into_iter()
+        .find(|k| coding.eq_ignore_ascii_case(k))
+}
+
+/// The request body's content coding as [`unsupported_content_coding`] read it (over all the
+/// header's lines, empty list items skipped), normalised: what a backend must be told, so that
+/// the body it decodes is the body gitgate let through. `None` when there is none — or when
+/// the header was one that check refuses, which is never forwarded.
+pub fn content_coding(inbound: &HeaderMap) -> Option<&'static str> {
+    match codings(inbound, header::CONTENT_ENCODING).as_slice() {
+        [one] => known_content_coding(one),
+        _ => None,
+    }
+}
+
 /// Whether the request body's `Content-Encoding` is one git's backends read: none, or exactly
 /// one of `gzip`, `x-gzip` (what git sends) and `identity`. `git http-backend` reads only those;
 /// any other would reach it as bytes it takes for a plain body, fail with "protocol error", and
@@ -88,14 +107,9 @@ pub fn unsupported_transfer_coding(inbound: &HeaderMap) -> Option<String> {
 /// 15.5.16) and are never forwarded.
 pub fn unsupported_content_coding(inbound: &HeaderMap) -> Option<String> {
     let codings = codings(inbound, header::CONTENT_ENCODING);
-    let known = |c: &str| {
-        ["gzip", "x-gzip", "identity"]
-            .iter()
-            .any(|k| c.eq_ignore_ascii_case(k))
-    };
     match codings.as_slice() {
         [] => None,
-        [one] if known(one) => None,
+        [one] if known_content_coding(one).is_some() => None,
         _ => Some(format!(
             "Content-Encoding \"{}\" is not supported: send the request body gzip-compressed \
              or uncompressed, as git does",

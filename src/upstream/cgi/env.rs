@@ -46,7 +46,9 @@ pub(super) fn cgi_env(req: &CgiRequest<'_>, project_root: &Path) -> Vec<(&'stati
     if let Some(v) = header_str(req.headers, "git-protocol").filter(|v| valid_git_protocol(v)) {
         env.push(("GIT_PROTOCOL", v.into()));
     }
-    if let Some(v) = header_str(req.headers, &header::CONTENT_ENCODING).and_then(content_encoding) {
+    // Read as the gate's check read it (`gzip,` is gzip there): two readings could tell the
+    // backend "not compressed" about a body the check let through as gzip.
+    if let Some(v) = crate::upstream::headers::content_coding(req.headers) {
         env.push(("HTTP_CONTENT_ENCODING", v.into()));
     }
     env
@@ -95,14 +97,6 @@ pub(super) fn valid_git_protocol(v: &str) -> bool {
         })
 }
 
-/// The content codings git http-backend understands, normalised to the spelling it compares
-/// against (codings are case-insensitive in HTTP, not in git).
-pub(super) fn content_encoding(v: &str) -> Option<&'static str> {
-    ["gzip", "x-gzip", "identity"]
-        .into_iter()
-        .find(|known| v.eq_ignore_ascii_case(known))
-}
-
 /// gitgate's `PATH` with empty and relative entries removed (they would resolve against the
 /// backend's working directory), or a minimal default. Hooks run by receive-pack need a `PATH`.
 pub(super) fn sanitize_path(inherited: Option<&OsStr>) -> OsString {
@@ -149,14 +143,44 @@ mod tests {
         assert!(!valid_git_protocol(&"a".repeat(2000)));
     }
 
+    /// The backend is told the coding the gate's check let through, read the same way: every
+    /// spelling the check passes as gzip (a trailing comma, an empty line beside it) is gzip
+    /// here too, never "not compressed".
     #[test]
-    fn content_encoding_is_normalised_or_dropped() {
-        assert_eq!(content_encoding("gzip"), Some("gzip"));
-        assert_eq!(content_encoding("GZip"), Some("gzip"));
-        assert_eq!(content_encoding("x-gzip"), Some("x-gzip"));
-        assert_eq!(content_encoding("identity"), Some("identity"));
-        assert_eq!(content_encoding("br"), None);
-        assert_eq!(content_encoding("gzip, br"), None);
+    fn content_encoding_is_read_as_the_check_reads_it() {
+        use crate::upstream::headers::{content_coding, unsupported_content_coding};
+        let headers = |lines: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(header::CONTENT_ENCODING, HeaderValue::from_static(l));
+            }
+            h
+        };
+        for (lines, told) in [
+            (&["gzip"][..], Some("gzip")),
+            (&["GZip"], Some("gzip")),
+            (&["x-gzip"], Some("x-gzip")),
+            (&["identity"], Some("identity")),
+            (&["gzip,"], Some("gzip")),
+            (&[", gzip"], Some("gzip")),
+            (&["gzip", ""], Some("gzip")),
+            (&[" gzip "], Some("gzip")),
+            (&[], None),
+        ] {
+            let h = headers(lines);
+            assert_eq!(unsupported_content_coding(&h), None, "{lines:?}");
+            assert_eq!(content_coding(&h), told, "{lines:?}");
+        }
+        for lines in [
+            &["br"][..],
+            &["gzip, br"],
+            &["gzip", "gzip"],
+            &["gzip, gzip"],
+        ] {
+            let h = headers(lines);
+            assert!(unsupported_content_coding(&h).is_some(), "{lines:?}");
+            assert_eq!(content_coding(&h), None, "{lines:?}");
+        }
     }
 
     #[test]
