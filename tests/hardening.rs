@@ -634,12 +634,10 @@ fn a_client_gone_mid_push_ends_the_backend() {
     assert!(!log.contains("response stream failed"), "{log}");
 }
 
-/// A push cut off in the middle of its pack: receive-pack is told by the end of its input, fails
-/// the pack (a pack is applied only whole) and removes its quarantined objects. Killed, as any
-/// other backend is, it would leave them on disk — tens of MB for each interrupted push.
-#[test]
-fn a_push_cut_off_mid_pack_leaves_no_quarantined_objects() {
-    let server = Server::start("");
+/// Sends the command and half the pack of a 4 MB push to `server` (made in a scratch
+/// repository: one commit of noise that does not compress), and waits until receive-pack is
+/// taking it into its quarantine; the connection, still open.
+fn half_a_push(server: &Server) -> TcpStream {
     // A pack of one commit holding 4 MB that does not compress, made in a scratch repository.
     let work = server.path("scratch");
     let git = |args: &[&str], stdin: Option<&[u8]>| -> Vec<u8> {
@@ -679,7 +677,7 @@ fn a_push_cut_off_mid_pack_leaves_no_quarantined_objects() {
     );
     assert!(pack.len() > 4 << 20);
 
-    // The command, a flush, and the first half of the pack; then the client is gone.
+    // The command, a flush, and the first half of the pack.
     let command = format!(
         "{} {} refs/heads/main\0report-status\n",
         "0".repeat(40),
@@ -697,15 +695,54 @@ fn a_push_cut_off_mid_pack_leaves_no_quarantined_objects() {
     );
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(&body).unwrap();
-    let objects = server.path("repos/team/app.git/objects");
-    let quarantines = || -> Vec<String> {
-        std::fs::read_dir(&objects)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("tmp_objdir-incoming"))
-            .collect()
-    };
+    // receive-pack is taking the pack into its quarantine.
+    wait_for("the quarantine to be made", || {
+        !quarantines(server).is_empty()
+    });
+    s
+}
+
+/// The quarantine folders in the objects of `team/app.git`.
+fn quarantines(server: &Server) -> Vec<String> {
+    std::fs::read_dir(server.path("repos/team/app.git/objects"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tmp_objdir-incoming"))
+        .collect()
+}
+
+/// The same push cut off by a stop instead (its grace period over): gitgate ends it by closing
+/// its input first, as for a client that left, not with a SIGTERM, which receive-pack does not
+/// catch while it takes a pack: its quarantine would stay on disk.
+#[test]
+fn a_push_cut_off_by_a_stop_leaves_no_quarantined_objects() {
+    let mut server = Server::start_with("shutdown_grace_seconds = 1", "");
+    let s = half_a_push(&server);
+    server.stop();
+    assert_eq!(
+        quarantines(&server),
+        Vec::<String>::new(),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("git-receive-pack") && l.contains("outcome="))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("outcome=shutdown"), "{line}");
+    drop(s);
+}
+
+/// A push cut off in the middle of its pack: receive-pack is told by the end of its input, fails
+/// the pack (a pack is applied only whole) and removes its quarantined objects. Killed, as any
+/// other backend is, it would leave them on disk — tens of MB for each interrupted push.
+#[test]
+fn a_push_cut_off_mid_pack_leaves_no_quarantined_objects() {
+    let server = Server::start("");
+    let s = half_a_push(&server);
+    let quarantines = || quarantines(&server);
     // receive-pack is taking the pack into its quarantine.
     wait_for("the quarantine to be made", || !quarantines().is_empty());
     let pid = server.pid();

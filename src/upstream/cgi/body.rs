@@ -17,7 +17,7 @@ use tokio::process::ChildStdout;
 use tokio::sync::oneshot;
 
 use super::head::HEAD_READ;
-use super::process::{ExitInfo, KillGuard, Running};
+use super::process::{ExitInfo, KillGuard, Running, INPUT_CLOSED_GRACE, TERM_GRACE};
 use crate::upstream::progress::{Progress, Silence, UploadStalled};
 
 /// How much of the backend's stdout one response frame carries at most.
@@ -76,12 +76,17 @@ impl Drop for CgiBody {
             return; // the guard, if still armed, kills the backend
         };
         let label = &finishing.label;
-        if *finishing.running.stopping.borrow() {
-            return; // gitgate is stopping: the guard ends it with the rest
-        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if *finishing.running.stopping.borrow() {
+            // gitgate is stopping: the guard ends it with the rest, closing its input first
+            // (see `process::INPUT_CLOSED_GRACE`). Its output is still read meanwhile, so that
+            // receive-pack, seeing the pack end early, can say so and remove its quarantine:
+            // writing to a closed pipe would kill it first (SIGPIPE), leaving the folder.
+            runtime.spawn(drain(stdout));
+            return;
+        }
         let Some(slot) = FinishingSlot::take(&finishing.running) else {
             tracing::warn!(target: "gitgate::cgi", push = %label, "the client left during a push, and {MAX_FINISHING} pushes are already finishing without theirs: ending this one");
             return;
@@ -96,6 +101,16 @@ impl Drop for CgiBody {
             slot,
         ));
     }
+}
+
+/// Reads and throws away a push's output until it ends, for a while at most (the time its
+/// supervisor gives it to end).
+async fn drain(mut stdout: ChildStdout) {
+    let mut scratch = vec![0u8; HEAD_READ];
+    let _ = tokio::time::timeout(INPUT_CLOSED_GRACE + TERM_GRACE, async {
+        while matches!(stdout.read(&mut scratch).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// One of a worker's [`MAX_FINISHING`] places, given back when dropped.

@@ -78,7 +78,7 @@ pub use process::may_execute;
 use body::Finishing;
 use env::{cgi_env, content_length, home_dir, is_push, sanitize_path};
 use head::read_head;
-use process::{supervise, Counted, KillGuard, KillSwitch, Running, TERM_GRACE};
+use process::{supervise, Counted, KillGuard, KillSwitch, Running, INPUT_CLOSED_GRACE, TERM_GRACE};
 use stdio::{feed_stdin, log_stderr, Break};
 
 /// After the backend closed stdout without a header block, how long it may take to exit before
@@ -415,6 +415,7 @@ impl CgiBackend {
             stderr_task,
             exit_tx,
             counted,
+            push,
         ));
         let uploading = Progress::new();
         // What the backend is told the body's length is (`CONTENT_LENGTH`): the stdin task holds
@@ -540,12 +541,14 @@ impl CgiBackend {
 
     /// Waits until every process this backend started has been reaped — those of requests cut
     /// off at shutdown get SIGTERM, then SIGKILL for their whole group after `TERM_GRACE`
-    /// (2 s) — or until a little longer than that has passed. A worker calls this before its runtime ends:
+    /// (2 s), a push a second with its input closed before that (`INPUT_CLOSED_GRACE`) — or
+    /// until a little longer than that has passed. A worker calls this before its runtime ends:
     /// the runtime's end would drop the supervisors, and with them the SIGKILL for the group
     /// (tokio would kill only the group's leader). Returns how many are still running.
     pub async fn wait_until_reaped(&self) -> usize {
         let running = &self.running;
-        let deadline = tokio::time::Instant::now() + TERM_GRACE + Duration::from_secs(1);
+        let deadline =
+            tokio::time::Instant::now() + INPUT_CLOSED_GRACE + TERM_GRACE + Duration::from_secs(1);
         loop {
             let reaped = running.all_reaped.notified();
             tokio::pin!(reaped);
