@@ -450,7 +450,19 @@ impl Gate {
                 self.audit_failure(remote, log, &m);
                 self.unauthenticated(log, &m)
             }
-            Refusal::Denied(Deny::Forbidden(m)) => text(StatusCode::FORBIDDEN, &m),
+            Refusal::Denied(Deny::Forbidden(m)) => {
+                // The client is told why; so is the operator, who has no other trace of it (a
+                // 401 is an audit event, a 403 is not: the principal is known and allowed in).
+                tracing::info!(
+                    remote = %remote.ip(),
+                    user = %log.user.as_deref().unwrap_or("-"),
+                    token_id = %log.token_id.as_deref().unwrap_or("-"),
+                    repo = %log.repo.as_deref().unwrap_or("-"),
+                    reason = %m,
+                    "access refused"
+                );
+                text(StatusCode::FORBIDDEN, &m)
+            }
             Refusal::Unframeable(m) => text(StatusCode::NOT_IMPLEMENTED, &m),
             Refusal::UnsupportedCoding(m) => text(StatusCode::UNSUPPORTED_MEDIA_TYPE, &m),
             Refusal::StoreDown(e) => {

@@ -938,6 +938,18 @@ fn owner_with_read_grant_cannot_push_with_write_token() {
     run.fails_with("user 'alice' has read");
     run.fails_with("403");
     assert_eq!(sb.rev(&sb.bare("team/app"), "main"), before);
+    // The operator sees why too, not only the status.
+    let log = server.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("access refused"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("user=alice")
+            && line.contains("repo=team/app")
+            && line.contains("reason=user 'alice' has read access to team/app"),
+        "{line}"
+    );
 }
 
 #[test]
