@@ -634,6 +634,20 @@ impl Store {
                 "the store file was emptied (truncated to 0 bytes) while gitgate was running",
             ));
         }
+        // Overwritten in place (`dd ... conv=notrunc`, a backup copied over it): SQLite serves
+        // from its page cache and would not notice until it reads the page again — `readyz`
+        // would say ready, cached and uncached tokens alike would pass, and the stop would
+        // checkpoint the log into the ruined file. Its first 16 bytes say whether it is still
+        // a SQLite database at all (one `pread`, at most every `FULL_CHECK_EVERY`).
+        if !has_sqlite_header(&self.inner.path) {
+            self.inner.damaged.store(true, Ordering::SeqCst);
+            let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
+            return Err(self.give_up(
+                known,
+                "the store file's header was overwritten while gitgate was running (it is no \
+                 longer a SQLite database)",
+            ));
+        }
         // Hot path (every lookup, from every worker): the same file as last time. The read side
         // lets the workers in together; a change waits for them and then has the lock alone.
         if *self.inner.file.read().unwrap_or_else(|p| p.into_inner()) != Some(id) {
@@ -1000,6 +1014,17 @@ fn file_id_and_len(path: &Path) -> std::io::Result<(FileId, u64)> {
     Ok(((m.dev(), m.ino()), m.len()))
 }
 
+/// Whether the file at `path` begins as every SQLite database does. A file that cannot be read
+/// counts as one: whether it is there at all is for the caller's other checks to say.
+fn has_sqlite_header(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header)) {
+        Ok(()) => &header == b"SQLite format 3\0",
+        Err(_) => true,
+    }
+}
+
 #[cfg(not(unix))]
 fn file_id_and_len(path: &Path) -> std::io::Result<(FileId, u64)> {
     std::fs::metadata(path).map(|m| ((0, 0), m.len()))
@@ -1101,6 +1126,27 @@ impl Drop for Inner {
     ///   gitgate's to guess (a CLI may have committed to the new file through the same log), so
     ///   the log is left and the operator is told what to remove.
     fn drop(&mut self) {
+        if self.damaged.load(Ordering::SeqCst) {
+            // Found damaged (overwritten, truncated or emptied in place): a checkpoint would
+            // write the log's pages into the ruined file and delete the log, which may hold the
+            // only copy of the latest commits. Left as it is, for whoever restores the store.
+            for conn in self
+                .idle
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                keep_log_on_close(conn);
+            }
+            keep_log_on_close(&self.cache.watcher());
+            tracing::error!(
+                path = %self.path.display(),
+                "the store was found damaged while gitgate was running: its -wal and -shm are \
+                 left as they are, unapplied (they may hold the latest changes); restore the \
+                 store before starting gitgate again (see the README)"
+            );
+            return;
+        }
         let change = self.changed_files();
         if change == Some(FileChange::LogsDeletedAndRewritten) {
             for conn in self
@@ -1583,6 +1629,43 @@ mod tests {
         assert!(log.contains("emptied (truncated to 0 bytes)"), "{log}");
         assert!(store.setting("x").is_err(), "for good");
         drop(writer);
+    }
+
+    /// A store whose header is overwritten in place under the running server is damage, seen
+    /// at the next full check: before, SQLite went on answering from its page cache, and the
+    /// stop would have checkpointed its log into the ruined file.
+    #[test]
+    fn a_header_overwritten_in_place_stops_the_server() {
+        let (dir, store) = temp_store();
+        let path = dir.path().join("t.db");
+        store
+            .set_settings(
+                &[("x", "1".into())],
+                "test.set",
+                "x",
+                &test_support::actor(),
+            )
+            .unwrap();
+        assert_eq!(store.setting("x").unwrap().as_deref(), Some("1"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_all(b"XXXXXXXXXXXXXXXX").unwrap();
+        }
+        std::thread::sleep(watch::FULL_CHECK_EVERY + Duration::from_millis(20));
+        let log = test_support::logged(|| {
+            let err = store.setting("x").unwrap_err().to_string();
+            assert!(err.contains("found damaged"), "{err}");
+        });
+        assert!(log.contains("header was overwritten"), "{log}");
+        assert!(store.ping().is_err(), "still ready");
+        // The stop leaves the log as it is: not checkpointed into the ruined file, not deleted.
+        let wal = sidecar(&path, "-wal");
+        let wal_len = std::fs::metadata(&wal).unwrap().len();
+        assert!(wal_len > 0);
+        let log = test_support::logged(|| drop(store));
+        assert!(log.contains("left as they are, unapplied"), "{log}");
+        assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).ok(), Some(wal_len));
     }
 
     /// A store moved away without its `-wal` (or deleted): creating a new one there would have

@@ -1271,13 +1271,21 @@ mod tests {
         ));
     }
 
-    /// `n` personal tokens of a new user alice, by id.
+    /// `n` personal tokens of new users, by id: alice's first, then (past the cap of
+    /// [`MAX_LIVE_PERSONAL_TOKENS`] per user) alice2's, alice3's...
     fn alices_tokens(store: &Store, n: usize) -> Vec<String> {
-        store.add_user("alice", "h", Role::User, &actor()).unwrap();
         let ids: Vec<String> = (0..n).map(|i| format!("tok{i:09}")).collect();
-        for id in &ids {
+        let per_user = MAX_LIVE_PERSONAL_TOKENS as usize;
+        for (i, id) in ids.iter().enumerate() {
+            let owner = match i / per_user {
+                0 => "alice".to_string(),
+                n => format!("alice{}", n + 1),
+            };
+            if i % per_user == 0 {
+                store.add_user(&owner, "h", Role::User, &actor()).unwrap();
+            }
             store
-                .insert_token(&personal_token(id, id, "alice"), &actor())
+                .insert_token(&personal_token(id, id, &owner), &actor())
                 .unwrap();
         }
         ids
