@@ -1826,3 +1826,62 @@ fn the_cli_actor_names_the_real_uid_beside_the_claimed_user() {
     let uid = rustix::process::getuid().as_raw();
     assert_eq!(event["source"], format!("local:uid={uid}"), "{event}");
 }
+
+/// A file system mounted for one test, unmounted however the test ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A store on a full file system: `check` and `serve` both refuse it, naming the full disk
+/// (SQLite says only "disk I/O error"), and leave no `-wal` or `-shm` behind (which would fail
+/// every later open too). Needs a tmpfs of its own, so root (as `.ci/run` is); elsewhere it
+/// says it did not run.
+#[test]
+fn a_store_on_a_full_disk_is_refused_by_check_and_serve_alike() {
+    let sb = Sandbox::new();
+    let small = sb.root().join("small");
+    fs::create_dir_all(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=600k", "tmpfs"])
+        .arg(&small)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("not run: mounting a tmpfs needs root");
+        return;
+    }
+    let _unmount = Mounted(small.clone());
+    let config = sb
+        .config_text()
+        .replace("path = \"gitgate.db\"", "path = \"small/gitgate.db\"");
+    fs::write(sb.config(), config).unwrap();
+    sb.add_user("alice", PASSWORD);
+    // Fill what is left.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1k"])
+        .arg(format!("of={}", small.join("filler").display()))
+        .stderr(Stdio::null())
+        .status();
+    let sidecars = || {
+        ["gitgate.db-wal", "gitgate.db-shm"]
+            .iter()
+            .filter(|f| small.join(f).exists())
+            .count()
+    };
+    assert_eq!(sidecars(), 0);
+    let check = sb.cli(&["check"]);
+    assert!(!check.success(), "{check}");
+    let said = format!("{}{}", check.stdout, check.stderr);
+    assert!(said.contains("no space left"), "{said}");
+    let mut serve = sb.gitgate_command();
+    let out = serve.arg("serve").stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no space left"), "{said}");
+    assert_eq!(sidecars(), 0, "left behind by a start that failed");
+}

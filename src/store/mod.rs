@@ -439,6 +439,18 @@ impl Store {
         if to_try.len() < files.len() {
             to_try.push((&folder, Access::WRITE_OK | Access::EXEC_OK));
         }
+        // A full file system: SQLite fails to size a new `-shm` with a bare "disk I/O error",
+        // after it has made it and an empty `-wal`, which then fail every later open too.
+        if !files[2].exists() {
+            if let Some(free) = free_bytes(&folder) {
+                if let Some(message) = no_room_for_the_index(free, &folder, &real) {
+                    return Err(StoreError::Open {
+                        path: path.to_path_buf(),
+                        message,
+                    });
+                }
+            }
+        }
         for (what, access) in to_try {
             if let Err(e) = accessat(CWD, what, access, AtFlags::EACCESS) {
                 return Err(StoreError::Open {
@@ -1014,6 +1026,37 @@ fn file_id_and_len(path: &Path) -> std::io::Result<(FileId, u64)> {
     Ok(((m.dev(), m.ino()), m.len()))
 }
 
+/// The size of the `-shm` file SQLite makes when it opens a store in WAL mode (its first
+/// 32 KiB region of the WAL index), with room for the first pages of a `-wal`.
+const ROOM_TO_OPEN: u64 = 40 * 1024;
+
+/// Why a store whose `-shm` is not there yet cannot be opened in `folder` with `free` bytes
+/// left on its file system; `None` when it can.
+fn no_room_for_the_index(free: u64, folder: &Path, file: &Path) -> Option<String> {
+    (free < ROOM_TO_OPEN).then(|| {
+        format!(
+            "no space left: the file system holding {folder} has {free} bytes free, and SQLite \
+             needs about {kib} KiB there for {file}-shm and {file}-wal; free some space (nothing \
+             was created)",
+            folder = folder.display(),
+            file = file.display(),
+            kib = ROOM_TO_OPEN / 1024,
+        )
+    })
+}
+
+/// Bytes this process may still write on the file system holding `folder` (root may use the
+/// blocks kept for it); `None` when that cannot be told.
+fn free_bytes(folder: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(folder).ok()?;
+    let blocks = if rustix::process::geteuid().is_root() {
+        s.f_bfree
+    } else {
+        s.f_bavail
+    };
+    Some(blocks.saturating_mul(s.f_frsize))
+}
+
 /// Whether the file at `path` begins as every SQLite database does. A file that cannot be read
 /// counts as one: whether it is there at all is for the caller's other checks to say.
 fn has_sqlite_header(path: &Path) -> bool {
@@ -1067,6 +1110,21 @@ fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
             format!("{e}: the store is damaged; {RESTORE}")
+        }
+        // "disk I/O error" alone, when it is a full disk (the `-shm` could not be sized).
+        Some(rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::DiskFull) => {
+            let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            let folder = match real.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(p) => p.to_path_buf(),
+                None => PathBuf::from("."),
+            };
+            match free_bytes(&folder) {
+                Some(free) if free < ROOM_TO_OPEN => format!(
+                    "{e}: the file system holding {} has {free} bytes free (no space left?)",
+                    folder.display()
+                ),
+                _ => e.to_string(),
+            }
         }
         Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
             // Through a symbolic link, SQLite writes beside the file the link points at.
@@ -1629,6 +1687,25 @@ mod tests {
         assert!(log.contains("emptied (truncated to 0 bytes)"), "{log}");
         assert!(store.setting("x").is_err(), "for good");
         drop(writer);
+    }
+
+    #[test]
+    fn a_store_without_room_for_its_index_is_refused_before_anything_is_made() {
+        let folder = Path::new("/srv/git");
+        let file = Path::new("/srv/git/gitgate.db");
+        let said = no_room_for_the_index(0, folder, file).expect("refused");
+        assert!(
+            said.contains("no space left: the file system holding /srv/git has 0 bytes free")
+                && said.contains("/srv/git/gitgate.db-shm")
+                && said.contains("nothing was created"),
+            "{said}"
+        );
+        assert!(no_room_for_the_index(ROOM_TO_OPEN - 1, folder, file).is_some());
+        assert!(no_room_for_the_index(ROOM_TO_OPEN, folder, file).is_none());
+        // This machine's own temporary folder has room.
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).is_some_and(|free| free >= ROOM_TO_OPEN));
+        Store::check_can_write(&dir.path().join("t.db")).unwrap();
     }
 
     /// A store whose header is overwritten in place under the running server is damage, seen
