@@ -188,6 +188,13 @@ struct Inner {
     miss_slots: tokio::sync::Semaphore,
     /// Until when (monotonic ms) misses are not read inline: see [`INLINE_STALL`].
     inline_paused_until: AtomicI64,
+    /// The store file, open for the header check ([`Store::check_file`]) for as long as the
+    /// store is. Never opened and closed again while connections are open: closing any
+    /// descriptor of a file drops every POSIX lock this process holds on it — SQLite's
+    /// included — and another process's connection, finding no lock, would take itself for
+    /// the last one, checkpoint and delete the `-wal` and `-shm` under the server. Last of the
+    /// fields, so that it is closed after the connections.
+    header: Option<std::fs::File>,
 }
 
 /// The blocks this thread has read from storage so far (`getrusage(RUSAGE_THREAD)`'s
@@ -533,6 +540,7 @@ impl Store {
                 batch_writer: writer::BatchWriter::new(),
                 miss_slots: tokio::sync::Semaphore::new(MISS_READERS),
                 inline_paused_until: AtomicI64::new(0),
+                header: std::fs::File::open(&opened).ok(),
             }),
         })
     }
@@ -627,6 +635,21 @@ impl Store {
         watch.full_check(|| self.check_file_fully())
     }
 
+    /// Whether the store file still begins as every SQLite database does (read through the
+    /// descriptor kept for it: see [`Inner::header`]). One that cannot be read counts as one:
+    /// whether it is there at all is for the other checks to say.
+    fn header_says_sqlite(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Some(file) = &self.inner.header else {
+            return true;
+        };
+        let mut header = [0u8; 16];
+        match file.read_exact_at(&mut header, 0) {
+            Ok(()) => &header == b"SQLite format 3\0",
+            Err(_) => true,
+        }
+    }
+
     fn check_file_fully(&self) -> Result<FileId> {
         if self.inner.replaced.load(Ordering::SeqCst) {
             return Err(self.replaced());
@@ -651,7 +674,7 @@ impl Store {
         // would say ready, cached and uncached tokens alike would pass, and the stop would
         // checkpoint the log into the ruined file. Its first 16 bytes say whether it is still
         // a SQLite database at all (one `pread`, at most every `FULL_CHECK_EVERY`).
-        if !has_sqlite_header(&self.inner.path) {
+        if !self.header_says_sqlite() {
             self.inner.damaged.store(true, Ordering::SeqCst);
             let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
             return Err(self.give_up(
@@ -1055,17 +1078,6 @@ fn free_bytes(folder: &Path) -> Option<u64> {
         s.f_bavail
     };
     Some(blocks.saturating_mul(s.f_frsize))
-}
-
-/// Whether the file at `path` begins as every SQLite database does. A file that cannot be read
-/// counts as one: whether it is there at all is for the caller's other checks to say.
-fn has_sqlite_header(path: &Path) -> bool {
-    use std::io::Read;
-    let mut header = [0u8; 16];
-    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header)) {
-        Ok(()) => &header == b"SQLite format 3\0",
-        Err(_) => true,
-    }
 }
 
 #[cfg(not(unix))]
