@@ -40,8 +40,10 @@
 //!  atomics, a copy per thread, added up and rendered only when scraped); one log line per
 //!  request, when its answer's body ends
 //!  — or, as 499 `client-gone`, when the client hangs up before it has an answer,
-//!  `idle-timeout`, when gitgate closes the connection for idling (over TLS with
-//!  `close_notify`), or `shutdown`, when the grace period after SIGTERM ends first
+//!  `idle-timeout`, when the client idles (gitgate closes the connection for idling, over TLS
+//!  with `close_notify`; lets go of an HTTP/2 stream given no window; or the backend waited
+//!  that long for an upload the client stopped sending), or `shutdown`, when the grace period
+//!  after SIGTERM ends first
 //! ```
 //!
 //! - [`metrics`] counts requests, outcomes, bytes, latencies and connections and serves them as
@@ -52,7 +54,8 @@
 //!   waiting for a request: a silent one is closed after it), an idle timeout ([`idle`]:
 //!   no byte moving, or no exchange moving — no request body or answer frame — so HTTP/2
 //!   PINGs alone hold nothing; a client still reading, whose socket's send queue drains, is
-//!   not idle), a cap on connections (and, if set, per client address:
+//!   not idle; one HTTP/2 stream given no window while others move lets go of its backend
+//!   after the idle timeout: [`stall`]), a cap on connections (and, if set, per client address:
 //!   [`address_cap`], a `503` and the connection closed — over HTTP/2 with a GOAWAY) and header
 //!   size, and graceful shutdown on SIGINT/SIGTERM (what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
@@ -93,7 +96,8 @@
 //!   in the WAL index header, `PRAGMA data_version` as the fallback) drops — but gitgate's own
 //!   writer's, which holds only audit rows and last uses: a revocation is seen on the next
 //!   request. A store file, `-wal` or `-shm` deleted, moved or replaced under the server is
-//!   refused on the next request too; the file checks that see it run after an inotify watch on
+//!   refused on the next request too, and so is a file whose header no longer says SQLite; the
+//!   file checks that see it run after an inotify watch on
 //!   the store's folders reports a change there (and every 0.1 s), not on every request; a
 //!   watch lost with a folder moved away is set up again once the folder is back.
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies

@@ -34,7 +34,7 @@ use crate::gate::ResponseBody;
 use crate::idle::coarse_now_ms;
 
 /// `handed_ms` while the body waits for its backend (its last poll was pending).
-const WAITING_FOR_BACKEND: u64 = u64::MAX;
+pub const WAITING_FOR_BACKEND: u64 = u64::MAX;
 
 /// Whether a stalled answer, after `limit`, should be let go: `handed_ms` is when it last gave
 /// hyper a frame (or was made), or [`WAITING_FOR_BACKEND`]. Returns how much longer to wait
