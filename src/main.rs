@@ -261,6 +261,13 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
+    // Set but empty (`GITGATE_CONFIG= gitgate ...`, a unit file's `Environment=GITGATE_CONFIG=`)
+    // is unset, as for most tools: clap would otherwise refuse every command with "a value is
+    // required for '--config'", even one given `--config` on its command line.
+    if std::env::var_os("GITGATE_CONFIG").is_some_and(|v| v.is_empty()) {
+        // Nothing else runs yet: no other thread reads the environment.
+        std::env::remove_var("GITGATE_CONFIG");
+    }
     let args = Cli::parse();
     // The server logs every request; the operator's commands only warnings.
     if let Err(message) = init_logging(if matches!(args.command, Command::Serve) {

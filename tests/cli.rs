@@ -1082,6 +1082,29 @@ fn config_flag_after_subcommand_and_env_var() {
         1,
         "{out}"
     );
+    // Set but empty, it is unset: --config is taken, and without it ./proxy.toml.
+    let mut cmd = Command::new(gitgate_bin());
+    cmd.env("GITGATE_CONFIG", "")
+        .current_dir("/")
+        .args(["user", "list", "--json", "--config"])
+        .arg(sb.config());
+    let out = run(cmd, None);
+    assert_eq!(
+        with_value(&serde_json::from_str(out.ok()).unwrap(), "alice").len(),
+        1,
+        "{out}"
+    );
+    std::fs::copy(sb.config(), sb.root().join("proxy.toml")).unwrap();
+    let mut cmd = Command::new(gitgate_bin());
+    cmd.env("GITGATE_CONFIG", "")
+        .current_dir(sb.root())
+        .args(["user", "list", "--json"]);
+    let out = run(cmd, None);
+    assert_eq!(
+        with_value(&serde_json::from_str(out.ok()).unwrap(), "alice").len(),
+        1,
+        "{out}"
+    );
 }
 
 #[test]
