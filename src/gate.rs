@@ -147,21 +147,38 @@ impl Gate {
                 return refused(too_many(&verdict));
             }
             let tried = req.headers().contains_key(hyper::header::AUTHORIZATION);
-            let resp = crate::api::handle(
-                self.store.clone(),
-                &self.guard,
-                &self.realm,
-                self.api_body_deadline,
-                req,
-                remote,
-            )
-            .await;
-            if tried && resp.status() == StatusCode::UNAUTHORIZED {
-                // A wrong password is credentials tried and refused, as a bad token is.
-                METRICS.auth_failure();
-                self.guard.failed_auth(remote.ip(), clock::monotonic_ms());
-            }
-            return Ok(resp);
+            // A task of its own, which finishes however soon the client hangs up: a password
+            // check, once started, runs to its end on the blocking pool anyway, and its failure
+            // must count for the throttle, the metric and the log — else a guesser who closes
+            // each connection before the answer would never be blocked.
+            let gate = self.clone();
+            let call = tokio::spawn(async move {
+                let resp = crate::api::handle(
+                    gate.store.clone(),
+                    &gate.guard,
+                    &gate.realm,
+                    gate.api_body_deadline,
+                    req,
+                    remote,
+                )
+                .await;
+                if tried && resp.status() == StatusCode::UNAUTHORIZED {
+                    // A wrong password is credentials tried and refused, as a bad token is.
+                    METRICS.auth_failure();
+                    gate.guard.failed_auth(remote.ip(), clock::monotonic_ms());
+                }
+                resp
+            });
+            return Ok(match call.await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    tracing::error!(error = %e, "a REST API call failed inside gitgate");
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error: the call failed inside gitgate (logged)",
+                    )
+                }
+            });
         }
         let started = Instant::now();
         let method = req.method().clone();

@@ -1394,6 +1394,48 @@ fn password_guessing_on_the_api_counts_for_the_address_throttle() {
     );
 }
 
+/// A guesser who hangs up before each answer is counted all the same: its password checks
+/// ran, so they count for the address throttle, the failure metric and the log.
+#[test]
+fn password_guesses_whose_client_hangs_up_still_count_for_the_throttle() {
+    use std::io::Write;
+    let install = Install::new_with("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");
+    install.add_user("alice", false);
+    let server = install.serve();
+    let guess = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:wrong");
+    for _ in 0..4 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.write_all(
+            format!(
+                "GET {API}/users/alice HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {guess}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        drop(s);
+    }
+    // Each check ends on its own (argon2 on the blocking pool), answered to nobody.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let logged = || {
+        server
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("api=true") && l.contains("status=401"))
+            .count()
+    };
+    while logged() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r = server.api("GET", "/users/alice", "alice", "");
+    assert_eq!(r.status, 429, "{}", r.body);
+}
+
 #[test]
 fn api_calls_count_against_the_callers_rate_limit_like_their_git_requests() {
     let install = Install::new_with("[rate_limit]\ncapacity = 3\nrefill_per_second = 0.01\n");
