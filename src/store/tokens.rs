@@ -706,6 +706,19 @@ pub(super) fn write_last_use(c: &Connection, id: &str, at: i64, addr: &str) -> R
 
 /// Refuse `name` for a project or repository token when it is not printable ASCII, or when a
 /// user has that name (see [`Store::insert_token`]).
+/// `name` as git writes a committer's name into a reflog line (`ident.c`,
+/// `strbuf_addstr_without_crud`): without the "crud" git strips from both ends (control
+/// characters and spaces, `. , : ; < > " \ '`), and without the line's delimiters `<`, `>`
+/// and newlines anywhere.
+pub fn as_git_writes_it(name: &str) -> String {
+    let crud =
+        |c: char| c <= ' ' || matches!(c, '.' | ',' | ':' | ';' | '<' | '>' | '"' | '\\' | '\'');
+    name.trim_matches(crud)
+        .chars()
+        .filter(|c| !matches!(c, '\n' | '<' | '>'))
+        .collect()
+}
+
 fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
     // The backend knows the token by its name (its identity header, REMOTE_USER, reflogs), so
     // the name must not pass for a user's. Beyond ASCII, look-alikes (the Kelvin sign K,
@@ -718,8 +731,14 @@ fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
              punctuation — and cannot pass for a user's name; '{name}' is not"
         )));
     }
-    // Case-insensitively: some upstreams (Gitea) treat user names so.
-    if super::users::find_user(c, &name.trim().to_lowercase())?.is_some() {
+    // Case-insensitively: some upstreams (Gitea) treat user names so. And as git writes it into
+    // a reflog, which drops `<`, `>` and leading or trailing punctuation: `al<>ice` and
+    // `alice.` are written `alice` there.
+    let trimmed = name.trim().to_lowercase();
+    let in_reflogs = as_git_writes_it(name).to_lowercase();
+    let passes_for_a_user = super::users::find_user(c, &trimmed)?.is_some()
+        || (in_reflogs != trimmed && super::users::find_user(c, &in_reflogs)?.is_some());
+    if passes_for_a_user {
         return Err(StoreError::Conflict(format!(
             "a project or repository token cannot be named '{name}': that is a user's name, \
              and the git backend knows a project or repository token by its name, so it would \
@@ -917,6 +936,49 @@ mod tests {
 
     /// The settings check of a change runs inside its write transaction: no other process
     /// can change a setting (the expiry policy) between the check and the write.
+    #[test]
+    fn names_are_cleaned_as_git_cleans_them_for_reflogs() {
+        for (name, written) in [
+            ("alice", "alice"),
+            ("al<>ice", "alice"),
+            ("alice.", "alice"),
+            ("'alice'", "alice"),
+            ("  \"alice\";", "alice"),
+            ("<alice>", "alice"),
+            ("ci bot", "ci bot"),
+            ("ci.bot", "ci.bot"),
+            ("a\nb", "ab"),
+        ] {
+            assert_eq!(as_git_writes_it(name), written, "{name:?}");
+        }
+    }
+
+    /// A scoped token whose name git would write into a reflog as a user's is refused, and a
+    /// user is not added under the name such a token would be written as.
+    #[test]
+    fn a_scoped_name_git_would_write_as_a_users_is_refused() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        let repo = crate::policy::Target::parse("team/app").unwrap();
+        for (i, name) in ["al<>ice", "alice.", "'Alice'", "<alice>"]
+            .iter()
+            .enumerate()
+        {
+            let id = format!("scoped{i:06}");
+            let t = repository_token(&id, name, &repo);
+            match store.insert_token(&t, &actor()) {
+                Err(StoreError::Conflict(m)) => assert!(m.contains("a user's name"), "{m}"),
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
+        let t = repository_token("scoped000009", "bob,", &repo);
+        store.insert_token(&t, &actor()).unwrap();
+        match store.add_user("bob", "h", Role::User, &actor()) {
+            Err(StoreError::Conflict(m)) => assert!(m.contains("scoped000009"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// The cap is counted in the write that adds the token, not only by the caller before it:
     /// a token added straight to the store past the cap is refused, and a revoked one frees
     /// its place.

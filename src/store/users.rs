@@ -161,15 +161,25 @@ impl Store {
             // known to the backend by its name, so a new user must not take that name — while
             // the token can still be used: a revoked or expired one never can again (its
             // expiry never changes, and it cannot be rotated).
-            let taken: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM tokens WHERE owner_id IS NULL AND revoked_at IS NULL \
-                     AND (expires_at IS NULL OR expires_at > ?2) \
-                     AND TRIM(name) = ?1 COLLATE NOCASE LIMIT 1",
-                    rusqlite::params![slug, crate::clock::now_ms()],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            // Compared as git writes the token's name into a reflog, too (`bob,` is `bob`).
+            let mut live = tx.prepare(
+                "SELECT id, name FROM tokens WHERE owner_id IS NULL AND revoked_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > ?1)",
+            )?;
+            let mut taken: Option<String> = None;
+            let rows = live.query_map([crate::clock::now_ms()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (id, name) = row?;
+                if name.trim().eq_ignore_ascii_case(slug)
+                    || super::tokens::as_git_writes_it(&name).eq_ignore_ascii_case(slug)
+                {
+                    taken = Some(id);
+                    break;
+                }
+            }
+            drop(live);
             if let Some(id) = taken {
                 return Err(StoreError::Conflict(format!(
                     "cannot add user '{slug}': project or repository token {id} has that name, \
