@@ -129,13 +129,26 @@ fn not_served(repo: &crate::git::RepoPath, why: cgi::NotServed) -> ForwardError 
                  administrator to make it a real directory under the project root"
             ),
         ),
-        cgi::NotServed::Nested => server(
-            StatusCode::FORBIDDEN,
-            format!(
+        // A request's path, not the server's state: refused like too little permission.
+        cgi::NotServed::Nested => ForwardError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
                 "{repo} lies inside another repository's folder, and gitgate does not serve a \
                  repository nested in another (whoever can push to that one could have written it)"
             ),
-        ),
+            detail: None,
+            fault: Fault::Client,
+        },
+        // Counted and logged as the backend failing: storage gone is an outage, not a
+        // repository the client named wrongly (`/readyz` says so too).
+        cgi::NotServed::RootUnavailable => ForwardError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "this server's repositories are unavailable right now (its project root \
+                      cannot be read); tell its administrator"
+                .into(),
+            detail: None,
+            fault: Fault::Backend,
+        },
         cgi::NotServed::Both => server(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(

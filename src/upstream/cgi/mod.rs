@@ -224,6 +224,8 @@ pub enum NotServed {
     /// Inside the folder of another repository (a working tree, or a repository's own folder):
     /// refused (see [`RepoDir`]).
     Nested,
+    /// The project root itself is not there (or not a folder): no repository can be served.
+    RootUnavailable,
 }
 
 /// What is at one of the names git tries for a repository, not following links.
@@ -309,6 +311,30 @@ impl CgiBackend {
     /// directory that looks like a repository counts: `team/app/` may also be a folder of
     /// repositories (`team/app/lib.git`, subgroups) beside the repository `team/app.git`.
     pub fn repo_dir(&self, repo: &str) -> RepoDir {
+        match self.repo_dir_found(repo) {
+            // Every repository is missing when the project root is (storage not mounted, a
+            // folder moved): the server's fault, not a repository the client got wrong.
+            RepoDir::NotServed(NotServed::Missing) if !self.project_root.is_dir() => {
+                RepoDir::NotServed(NotServed::RootUnavailable)
+            }
+            // A path below a repository's folder where nothing is (a typo): not there, rather
+            // than a nested repository that does not exist.
+            RepoDir::NotServed(NotServed::Nested) if !self.anything_at(repo) => {
+                RepoDir::NotServed(NotServed::Missing)
+            }
+            found => found,
+        }
+    }
+
+    /// Whether anything is at either name git tries for `repo` (not following links).
+    fn anything_at(&self, repo: &str) -> bool {
+        let plain = self.project_root.join(repo);
+        let mut with_git = plain.clone().into_os_string();
+        with_git.push(".git");
+        std::fs::symlink_metadata(&plain).is_ok() || std::fs::symlink_metadata(&with_git).is_ok()
+    }
+
+    fn repo_dir_found(&self, repo: &str) -> RepoDir {
         let mut plain = self.project_root.clone();
         let (name, folders) = match repo.rsplit_once('/') {
             Some((folders, name)) => (name, Some(folders)),

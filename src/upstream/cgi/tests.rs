@@ -170,9 +170,19 @@ fn the_directory_on_disk_is_found_without_following_links() {
         backend.repo_dir("team/app.git/inner"),
         refused(NotServed::Nested)
     );
+    bare("team/worktree/y.git");
+    assert_eq!(
+        backend.repo_dir("team/worktree/y"),
+        refused(NotServed::Nested)
+    );
+    // Below a repository where nothing is (a typo): not there, not a nested repository.
     assert_eq!(
         backend.repo_dir("team/worktree/x"),
-        refused(NotServed::Nested)
+        refused(NotServed::Missing)
+    );
+    assert_eq!(
+        backend.repo_dir("team/app.git/typo"),
+        refused(NotServed::Missing)
     );
     // A HEAD that is a link into refs/ (core.preferSymlinkRefs; its ref packed) is a HEAD.
     bare("team/symhead.git");
@@ -189,6 +199,12 @@ fn the_directory_on_disk_is_found_without_following_links() {
     std::os::unix::fs::symlink(root.path(), through.path().join("root")).unwrap();
     let backend = CgiBackend::new("/bin/false".into(), through.path().join("root"));
     assert_eq!(backend.repo_dir("team/app"), RepoDir::WithGit);
+    // With the project root gone (storage not mounted), no repository is "not found".
+    let gone = CgiBackend::new("/bin/false".into(), through.path().join("unmounted"));
+    assert_eq!(
+        gone.repo_dir("team/app"),
+        refused(NotServed::RootUnavailable)
+    );
 }
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
