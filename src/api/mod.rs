@@ -306,11 +306,14 @@ pub async fn handle(
             )));
         }
         // Before the password is checked: a change a web page could have made (see `browser`).
+        // A body known to have bytes is judged now, before it is read; one of unknown length
+        // (chunked, or HTTP/2 without a Content-Length) once read, when it may prove empty —
+        // an empty body needs no type.
         if let Some((status, message)) = browser::refusal(
             &parts.method,
             &parts.uri,
             &parts.headers,
-            !hyper::body::Body::is_end_stream(&body),
+            hyper::body::Body::size_hint(&body).lower() > 0,
         ) {
             return Err(ApiError::new(status, message));
         }
@@ -318,7 +321,18 @@ pub async fn handle(
             return Err(credentials_required());
         }
         match tokio::time::timeout(body_deadline, Limited::new(body, MAX_BODY).collect()).await {
-            Ok(read) => Ok(read),
+            Ok(Ok(collected)) => {
+                let bytes = collected.to_bytes();
+                if !bytes.is_empty() {
+                    if let Some((status, message)) =
+                        browser::refusal(&parts.method, &parts.uri, &parts.headers, true)
+                    {
+                        return Err(ApiError::new(status, message));
+                    }
+                }
+                Ok(Ok(bytes))
+            }
+            Ok(Err(e)) => Ok(Err(e)),
             Err(_) => Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
@@ -353,7 +367,7 @@ pub async fn handle(
                 "too many password checks in progress; try again in a second",
             )),
             Ok(permit) => {
-                let body = collected.to_bytes();
+                let body = collected;
                 bytes_in = body.len();
                 let headers = parts.headers;
                 let path = path.clone();

@@ -119,6 +119,9 @@ pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
                 expiry_days,
                 expiry_date,
             };
+            // Read before the write, as for a creation: once the token is changed, its answer
+            // must not fail on a read (a 503 for an edit that was saved).
+            let policy = lifecycle::policy(call.store)?;
             let token = lifecycle::edit(
                 call.store,
                 &call.caller,
@@ -127,11 +130,7 @@ pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
                 req,
                 &call.actor,
             )?;
-            Ok(Reply::ok(token_json(
-                call.store,
-                &token,
-                &lifecycle::policy(call.store)?,
-            )))
+            Ok(Reply::ok(token_json(call.store, &token, &policy)))
         }
         "DELETE" => {
             lifecycle::revoke(call.store, &call.caller, Some(subject), id, &call.actor)?;
