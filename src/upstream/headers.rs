@@ -542,12 +542,17 @@ fn forwarded_from_the_right(headers: &HeaderMap) -> impl Iterator<Item = Option<
         })
 }
 
+/// One entry as an address, in the form the rest of gitgate names it: an IPv4-mapped IPv6
+/// address (`::ffff:10.0.0.5`, as nginx on a dual-stack listener writes `$remote_addr`) as the
+/// IPv4 address it is, as for a TCP peer — else one client would be logged, audited and
+/// throttled under two spellings.
 fn forwarded_address(entry: &str) -> Option<IpAddr> {
     let entry = entry.trim();
     entry
         .parse::<IpAddr>()
         .ok()
         .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .map(|ip| ip.to_canonical())
 }
 
 /// The addresses of a trusted proxy's `X-Forwarded-For` to pass on, left to right: those right
@@ -682,6 +687,11 @@ mod tests {
         assert_eq!(xff(&[", 198.51.100.7"]), Ok(client));
         // Proxies that add the port.
         assert_eq!(xff(&["198.51.100.7:4711"]), Ok(client));
+        // An IPv4-mapped entry (nginx on a dual-stack listener) is the IPv4 address it is,
+        // with or without a port; and a mapped trusted hop is trusted.
+        assert_eq!(xff(&["::ffff:198.51.100.7"]), Ok(client));
+        assert_eq!(xff(&["[::ffff:198.51.100.7]:4711"]), Ok(client));
+        assert_eq!(xff(&["198.51.100.7, ::ffff:10.0.0.9"]), Ok(client));
         assert_eq!(
             xff(&["[2001:db8::7]:4711"]),
             Ok("2001:db8::7".parse().unwrap())
