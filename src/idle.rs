@@ -148,6 +148,12 @@ impl Activity {
         Duration::from_millis(self.now_ms().saturating_sub(last))
     }
 
+    /// No request waits for its answer and no answer is on its way out.
+    fn nothing_in_flight(&self) -> bool {
+        self.0.unanswered.load(Ordering::Acquire) == 0
+            && self.0.answering.load(Ordering::Acquire) == 0
+    }
+
     /// How long the connection has been idle (see the module doc).
     pub fn idle(&self) -> Duration {
         Duration::from_millis(idle_ms(
@@ -318,6 +324,13 @@ async fn until_closed<F: Future>(
     request_within: Duration,
     draining: &mut Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Closed<F::Output> {
+    // When this connection saw the drain begin. An HTTP/2 client that never answers the
+    // GOAWAY's PING is still let open new streams by hyper (the GOAWAY names the highest stream
+    // id until the PING comes back), and each answer would restart the wait for a request: a
+    // client sending one every half second would hold the stop for the whole grace period.
+    // From DRAINED_WITHIN after the drain began, the connection is closed at the first moment
+    // nothing is in flight on it, whatever answers came since.
+    let mut drain_began: Option<tokio::time::Instant> = None;
     loop {
         let drained = draining.as_ref().is_some_and(|d| *d.borrow());
         let request_within = if drained {
@@ -325,9 +338,19 @@ async fn until_closed<F: Future>(
         } else {
             request_within
         };
-        let wait = limit
+        let mut wait = limit
             .saturating_sub(activity.idle())
             .min(request_within.saturating_sub(activity.waiting_for_request()));
+        let drain_over = drained && {
+            let began = *drain_began.get_or_insert_with(tokio::time::Instant::now);
+            let past = began.elapsed();
+            wait = wait.min(if past >= DRAINED_WITHIN {
+                DRAIN_RECHECK
+            } else {
+                DRAINED_WITHIN - past
+            });
+            past >= DRAINED_WITHIN
+        };
         let drain_begins = async {
             match draining.as_mut().filter(|_| !drained) {
                 Some(d) => {
@@ -365,10 +388,17 @@ async fn until_closed<F: Future>(
                 if activity.waiting_for_request() >= request_within {
                     return Closed::NoRequest;
                 }
+                if drain_over && activity.nothing_in_flight() {
+                    return Closed::NoRequest;
+                }
             }
         }
     }
 }
+
+/// How often a draining connection past [`DRAINED_WITHIN`] looks for a moment with nothing in
+/// flight (see `until_closed`).
+const DRAIN_RECHECK: Duration = Duration::from_millis(100);
 
 /// How long the send queue of a connection about to be closed for idling is watched for a
 /// client still reading.

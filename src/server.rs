@@ -1028,6 +1028,11 @@ impl Connection {
                 "closing a connection idle for {}s",
                 idle.as_secs()
             ),
+            // During a stop the wait was shorter (`DRAINED_WITHIN`): say which applied.
+            Closed::NoRequest if *self.draining.borrow() => tracing::debug!(
+                remote = %remote,
+                "shutting down: closing a connection with no request in flight"
+            ),
             Closed::NoRequest => tracing::debug!(
                 remote = %remote,
                 "closing a connection that sent no request for {}s",

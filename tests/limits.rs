@@ -508,6 +508,55 @@ fn an_idle_http2_connection_does_not_hold_the_stop() {
     drop(s);
 }
 
+/// An HTTP/2 client that never answers the GOAWAY's PING, and so may still open streams, and
+/// opens one every 300 ms: its connection is closed a second or so into the stop, at a moment
+/// with nothing in flight, not held open (and the stop with it) for the whole grace period.
+#[test]
+fn an_http2_client_ignoring_the_goaway_does_not_hold_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = start(
+        dir.path(),
+        &cgi_config(
+            dir.path(),
+            "header_read_timeout_seconds = 30\nshutdown_grace_seconds = 30",
+        ),
+    );
+    let mut s = connect(g.port);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(4, &[])).unwrap();
+    s.write_all(&h2_healthz(1)).unwrap();
+    let frames = h2_frames_until_stream_ends(&mut s, 1);
+    assert!(
+        frames.iter().any(|&(kind, _, id)| kind == 1 && id == 1),
+        "{frames:?}"
+    );
+    // From now on: a new stream every 300 ms, until the connection is closed; no PING is
+    // ever answered, and nothing read is looked at.
+    let mut writer = s.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let mut stream = 3;
+        while writer.write_all(&h2_healthz(stream)).is_ok() && stream < 200 {
+            stream += 2;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let mut reader = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 4096];
+        while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let stopped = Instant::now();
+    let status = g.stop_within(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(6),
+        "the stop waited {:?} for a client ignoring the GOAWAY",
+        stopped.elapsed()
+    );
+    drop(s);
+    let _ = sending.join();
+}
+
 /// A connection over its address's cap has nothing to finish: silent (plain TCP, or an HTTP/2
 /// preface alone), it does not hold the stop until its first request's deadline either.
 #[test]
