@@ -1059,12 +1059,30 @@ fn a_reader_that_stops_early_ends_the_output_quietly() {
 #[test]
 fn config_flag_after_subcommand_and_env_var() {
     let sb = user_sandbox();
+    // `user list --json` as `cmd` runs it must list alice.
+    let lists_alice = |mut cmd: Command| {
+        cmd.args(["user", "list", "--json"]);
+        let out = run(cmd, None);
+        assert_eq!(
+            with_value(&serde_json::from_str(out.ok()).unwrap(), "alice").len(),
+            1,
+            "{out}"
+        );
+    };
+    let gitgate = |config_env: Option<&str>, cwd: &std::path::Path| {
+        let mut cmd = Command::new(gitgate_bin());
+        match config_env {
+            Some(v) => cmd.env("GITGATE_CONFIG", v),
+            None => cmd.env_remove("GITGATE_CONFIG"),
+        };
+        cmd.current_dir(cwd);
+        cmd
+    };
+    let config = sb.config().display().to_string();
+    let root = std::path::Path::new("/");
     // --config after the subcommand
-    let mut cmd = Command::new(gitgate_bin());
-    cmd.env_remove("GITGATE_CONFIG")
-        .current_dir("/")
-        .args(["user", "list", "--json", "--config"])
-        .arg(sb.config());
+    let mut cmd = gitgate(None, root);
+    cmd.args(["user", "list", "--json", "--config", &config]);
     let out = run(cmd, None);
     assert_eq!(
         with_value(&serde_json::from_str(out.ok()).unwrap(), "alice").len(),
@@ -1072,39 +1090,13 @@ fn config_flag_after_subcommand_and_env_var() {
         "{out}"
     );
     // GITGATE_CONFIG
-    let mut cmd = Command::new(gitgate_bin());
-    cmd.env("GITGATE_CONFIG", sb.config())
-        .current_dir("/")
-        .args(["user", "list", "--json"]);
-    let out = run(cmd, None);
-    assert_eq!(
-        with_value(&serde_json::from_str(out.ok()).unwrap(), "alice").len(),
-        1,
-        "{out}"
-    );
+    lists_alice(gitgate(Some(&config), root));
     // Set but empty, it is unset: --config is taken, and without it ./proxy.toml.
-    let mut cmd = Command::new(gitgate_bin());
-    cmd.env("GITGATE_CONFIG", "")
-        .current_dir("/")
-        .args(["user", "list", "--json", "--config"])
-        .arg(sb.config());
-    let out = run(cmd, None);
-    assert_eq!(
-        with_value(&serde_json::from_str(out.ok()).unwrap(), "alice").len(),
-        1,
-        "{out}"
-    );
+    let mut cmd = gitgate(Some(""), root);
+    cmd.args(["--config", &config]);
+    lists_alice(cmd);
     std::fs::copy(sb.config(), sb.root().join("proxy.toml")).unwrap();
-    let mut cmd = Command::new(gitgate_bin());
-    cmd.env("GITGATE_CONFIG", "")
-        .current_dir(sb.root())
-        .args(["user", "list", "--json"]);
-    let out = run(cmd, None);
-    assert_eq!(
-        with_value(&serde_json::from_str(out.ok()).unwrap(), "alice").len(),
-        1,
-        "{out}"
-    );
+    lists_alice(gitgate(Some(""), sb.root()));
 }
 
 #[test]

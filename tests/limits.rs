@@ -474,16 +474,13 @@ fn an_answer_cut_off_by_the_idle_timeout_is_logged_as_such() {
     drop(s);
 }
 
-/// An idle HTTP/2 connection whose client does not answer the GOAWAY's PING (hyper waits for
-/// it before the last GOAWAY) holds a stop a second at most, not until the wait for its next
-/// request runs out (30 s here, as the grace period).
-#[test]
-fn an_idle_http2_connection_does_not_hold_the_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut g = start(
-        dir.path(),
+/// A gitgate with a 30 s grace period and header deadline, and an HTTP/2 connection to it that
+/// has had one answer (`/healthz` on stream 1).
+fn h2_answered_once(dir: &Path) -> (Server, TcpStream) {
+    let g = start(
+        dir,
         &cgi_config(
-            dir.path(),
+            dir,
             "header_read_timeout_seconds = 30\nshutdown_grace_seconds = 30",
         ),
     );
@@ -496,6 +493,16 @@ fn an_idle_http2_connection_does_not_hold_the_stop() {
         frames.iter().any(|&(kind, _, id)| kind == 1 && id == 1),
         "{frames:?}"
     );
+    (g, s)
+}
+
+/// An idle HTTP/2 connection whose client does not answer the GOAWAY's PING (hyper waits for
+/// it before the last GOAWAY) holds a stop a second at most, not until the wait for its next
+/// request runs out (30 s here, as the grace period).
+#[test]
+fn an_idle_http2_connection_does_not_hold_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut g, s) = h2_answered_once(dir.path());
     // The client now reads nothing and answers nothing.
     let stopped = Instant::now();
     let status = g.stop_within(Duration::from_secs(10));
@@ -514,22 +521,7 @@ fn an_idle_http2_connection_does_not_hold_the_stop() {
 #[test]
 fn an_http2_client_ignoring_the_goaway_does_not_hold_the_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let mut g = start(
-        dir.path(),
-        &cgi_config(
-            dir.path(),
-            "header_read_timeout_seconds = 30\nshutdown_grace_seconds = 30",
-        ),
-    );
-    let mut s = connect(g.port);
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    s.write_all(&h2_frame(4, &[])).unwrap();
-    s.write_all(&h2_healthz(1)).unwrap();
-    let frames = h2_frames_until_stream_ends(&mut s, 1);
-    assert!(
-        frames.iter().any(|&(kind, _, id)| kind == 1 && id == 1),
-        "{frames:?}"
-    );
+    let (mut g, s) = h2_answered_once(dir.path());
     // From now on: a new stream every 300 ms, until the connection is closed; no PING is
     // ever answered, and nothing read is looked at.
     let mut writer = s.try_clone().unwrap();

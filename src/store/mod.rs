@@ -1200,15 +1200,7 @@ impl Drop for Inner {
             // Found damaged (overwritten, truncated or emptied in place): a checkpoint would
             // write the log's pages into the ruined file and delete the log, which may hold the
             // only copy of the latest commits. Left as it is, for whoever restores the store.
-            for conn in self
-                .idle
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-            {
-                keep_log_on_close(conn);
-            }
-            keep_log_on_close(&self.cache.watcher());
+            self.keep_logs_on_close();
             tracing::error!(
                 path = %self.path.display(),
                 "the store was found damaged while gitgate was running: its -wal and -shm are \
@@ -1219,15 +1211,7 @@ impl Drop for Inner {
         }
         let change = self.changed_files();
         if change == Some(FileChange::LogsDeletedAndRewritten) {
-            for conn in self
-                .idle
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-            {
-                keep_log_on_close(conn);
-            }
-            keep_log_on_close(&self.cache.watcher());
+            self.keep_logs_on_close();
         }
         if let Some(change) = change {
             if !self.changes_reported.swap(true, Ordering::Relaxed) {
@@ -1248,6 +1232,20 @@ enum FileChange {
 }
 
 impl Inner {
+    /// Every connection of this store, the watcher's included, closes without checkpointing
+    /// its log into the file and deleting it (see [`Inner::drop`]).
+    fn keep_logs_on_close(&mut self) {
+        for conn in self
+            .idle
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            keep_log_on_close(conn);
+        }
+        keep_log_on_close(&self.cache.watcher());
+    }
+
     /// The log other processes write: beside the store path as it resolves now.
     fn resolved(&self) -> PathBuf {
         std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone())
