@@ -80,6 +80,9 @@ impl Outcome {
             401 => Outcome::Unauthorized,
             403 => Outcome::Forbidden,
             429 => Outcome::TooManyRequests,
+            // A request framed in a way gitgate does not pass on (`Transfer-Encoding: gzip`):
+            // the client's doing, whoever sends it — not an alert on gitgate's health.
+            501 => Outcome::Rejected,
             500..=599 => Outcome::ServerError,
             _ => Outcome::Rejected,
         }
@@ -602,6 +605,9 @@ mod tests {
         assert_eq!(Outcome::of(false, 429), Outcome::TooManyRequests);
         assert_eq!(Outcome::of(false, 502), Outcome::ServerError);
         assert_eq!(Outcome::of(false, 404), Outcome::Rejected);
+        // A framing gitgate does not pass on is the client's, not gitgate's failing.
+        assert_eq!(Outcome::of(false, 501), Outcome::Rejected);
+        assert_eq!(Outcome::of(false, 503), Outcome::ServerError);
     }
 
     #[test]

@@ -672,8 +672,10 @@ impl Store {
     pub fn count_expiring(&self, now: i64, window_ms: i64) -> Result<u64> {
         self.with_conn(|c| {
             let n: i64 = c.query_row(
-                "SELECT count(*) FROM tokens WHERE revoked_at IS NULL \
-                 AND expires_at IS NOT NULL AND expires_at > ?1 AND expires_at <= ?2",
+                "SELECT count(*) FROM tokens t WHERE t.revoked_at IS NULL \
+                 AND t.expires_at IS NOT NULL AND t.expires_at > ?1 AND t.expires_at <= ?2 \
+                 AND (t.owner_id IS NULL \
+                      OR EXISTS (SELECT 1 FROM users u WHERE u.id = t.owner_id AND u.active))",
                 params![now, now.saturating_add(window_ms)],
                 |r| r.get(0),
             )?;
@@ -977,6 +979,30 @@ mod tests {
             Err(StoreError::Conflict(m)) => assert!(m.contains("scoped000009"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The early warning counts tokens that could be used until they expire: not revoked ones,
+    /// nor those of a disabled owner (git refuses them already).
+    #[test]
+    fn tokens_expiring_soon_are_only_usable_ones() {
+        let (_d, store) = temp_store();
+        let now = clock::now_ms();
+        let ids = alices_tokens(&store, 3);
+        store
+            .with_conn(|c| {
+                c.execute(
+                    "UPDATE tokens SET expires_at = ?1",
+                    params![now + 3 * 86_400_000],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let week = 7 * 86_400_000;
+        assert_eq!(store.count_expiring(now, week).unwrap(), 3);
+        store.revoke_token(&ids[0], &actor()).unwrap();
+        assert_eq!(store.count_expiring(now, week).unwrap(), 2);
+        store.set_user_active("alice", false, &actor()).unwrap();
+        assert_eq!(store.count_expiring(now, week).unwrap(), 0);
     }
 
     /// The cap is counted in the write that adds the token, not only by the caller before it:
