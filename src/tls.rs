@@ -103,6 +103,26 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// A PEM file's problem in words: rustls names the marker it missed as a list of byte values
+/// (`[67, 69, 82, ...]` for `CERTIFICATE`).
+pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM section has no end line (\"{}\"): the file is cut short or damaged",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "a PEM section begins with a malformed line (\"{}\")",
+            String::from_utf8_lossy(line).trim()
+        ),
+        Error::Base64Decode(why) => {
+            format!("a PEM section's base64 is damaged ({why}): the file is not intact")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Read and check a certificate chain (PEM) and its private key (PEM: PKCS#8, PKCS#1 or SEC1),
 /// and the dates of the certificate served (the chain's first): refused outside them.
 fn read_pair(
@@ -117,7 +137,7 @@ fn read_pair(
     let key_pem = crate::small_file::read(key).map_err(|e| named("key", key, &e))?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| named("cert", cert, &e))?;
+        .map_err(|e| named("cert", cert, &pem_problem(&e)))?;
     if chain.is_empty() {
         return Err(format!(
             "[server.tls] cert = \"{}\" holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
@@ -130,7 +150,7 @@ fn read_pair(
              -----BEGIN RSA PRIVATE KEY----- or -----BEGIN EC PRIVATE KEY-----)",
             key.display()
         ),
-        e => format!("[server.tls] key = \"{}\": {e}", key.display()),
+        e => format!("[server.tls] key = \"{}\": {}", key.display(), pem_problem(&e)),
     })?;
     let validity = validity(&chain[0]);
     if let Some(problem) = validity.and_then(|v| v.problem(crate::clock::now_ms())) {
@@ -254,6 +274,22 @@ fn der_time(input: &[u8]) -> Option<(i64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PEM file cut short is said in words, its marker named as text (rustls gives the
+    /// marker's bytes as numbers).
+    #[test]
+    fn a_pem_file_cut_short_is_said_in_words() {
+        let whole = std::fs::read(fixture("ca.pem")).unwrap();
+        let cut = &whole[..300];
+        let e = CertificateDer::pem_slice_iter(cut)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_err();
+        let said = pem_problem(&e);
+        assert!(
+            said.contains("CERTIFICATE") && said.contains("cut short") && !said.contains("67, 69"),
+            "{said}"
+        );
+    }
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))

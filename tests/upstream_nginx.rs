@@ -1128,7 +1128,7 @@ fn https_upstream_is_verified_against_the_configured_ca() {
     let (status, _, body) = advertise(&w, &g);
     assert_eq!(status, 502, "{body}");
     assert!(
-        body.contains("the TLS handshake failed: a certificate not trusted"),
+        body.contains("the TLS handshake with it failed; gitgate's log says why"),
         "{body}"
     );
     // rustls's own words name the certificate's names and the one asked for (the upstream's

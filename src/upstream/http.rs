@@ -461,9 +461,8 @@ impl HttpBackend {
             ConnectError::Tls(_) => ForwardError {
                 detail: Some(format!("upstream {}: {cause}", self.address)),
                 ..ForwardError::bad_gateway(
-                    "cannot reach the upstream git server (the TLS handshake failed: a \
-                     certificate not trusted or not for its name, or no protocol in common; \
-                     gitgate's log says which)",
+                    "cannot reach the upstream git server (the TLS handshake with it failed; \
+                     gitgate's log says why)",
                 )
             },
             _ => self.naming_upstream(ForwardError::bad_gateway(format!(
@@ -607,17 +606,30 @@ fn client_tls_config(cfg: &HttpUpstream) -> Result<rustls::ClientConfig, String>
             .map_err(|e| format!("[upstream] ca_file = \"{}\": {e}", ca.display()))?;
         let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("[upstream] ca_file = \"{}\": {e}", ca.display()))?;
+            .map_err(|e| {
+                format!(
+                    "[upstream] ca_file = \"{}\": {}",
+                    ca.display(),
+                    crate::tls::pem_problem(&e)
+                )
+            })?;
         if certs.is_empty() {
             return Err(format!(
                 "[upstream] ca_file = \"{}\" holds no PEM certificate",
                 ca.display()
             ));
         }
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| format!("[upstream] ca_file = \"{}\": {e}", ca.display()))?;
+        for (n, c) in certs.into_iter().enumerate() {
+            // rustls says "invalid peer certificate" of any certificate it cannot read: here it
+            // is the CA file's, not a peer's.
+            roots.add(c).map_err(|e| {
+                format!(
+                    "[upstream] ca_file = \"{}\": certificate {} of the file is not a readable \
+                     X.509 certificate ({e:?})",
+                    ca.display(),
+                    n + 1
+                )
+            })?;
         }
     }
     if cfg.system_roots && cfg.origin.scheme_str() == Some("https") {

@@ -112,9 +112,25 @@ impl std::fmt::Display for ConnectError {
                 f.write_str("the connection was accepted, but the TLS handshake timed out")
             }
             ConnectError::Io(e) => write!(f, "{e}"),
-            ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            ConnectError::Tls(e) => match tls_hint(e) {
+                Some(hint) => write!(f, "TLS handshake failed: {e} ({hint})"),
+                None => write!(f, "TLS handshake failed: {e}"),
+            },
             ConnectError::Http(e) => write!(f, "{e}"),
         }
+    }
+}
+
+/// What an operator should make of a handshake failure whose rustls words do not say it.
+fn tls_hint(e: &io::Error) -> Option<&'static str> {
+    let said = format!("{e:?}");
+    if said.contains("InvalidContentType") {
+        // The first bytes back were not a TLS record: an HTTP answer to a ClientHello.
+        Some("the upstream does not answer in TLS on that port: if it speaks plain HTTP there, write http:// in [upstream] url")
+    } else if said.contains("CaUsedAsEndEntity") {
+        Some("the upstream's own certificate is marked as a CA, as openssl makes a self-signed one by default: put the CA that signed the server's certificate in ca_file, and give the server a certificate that is not a CA")
+    } else {
+        None
     }
 }
 
@@ -486,6 +502,30 @@ mod tests {
     use tokio::net::TcpListener;
     use tokio::sync::mpsc::UnboundedReceiver;
     use Driving::{Inline, OwnTask};
+
+    /// A handshake refused for what rustls names only in its own terms says what to do.
+    #[test]
+    fn a_plain_http_port_and_a_ca_certificate_served_are_named() {
+        let plain = ConnectError::Tls(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        ));
+        let said = plain.to_string();
+        assert!(
+            said.contains("does not answer in TLS on that port") && said.contains("http://"),
+            "{said}"
+        );
+        let ca = ConnectError::Tls(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::General("CaUsedAsEndEntity".into()),
+        ));
+        assert!(ca.to_string().contains("put the CA that signed"), "{ca}");
+        let other = ConnectError::Tls(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::DecryptError,
+        ));
+        assert!(!other.to_string().contains('('), "{other}");
+    }
 
     /// A tiny HTTP/1.1 upstream that answers every request on a connection with `200 ok` and
     /// counts the connections it accepted.
