@@ -1420,6 +1420,42 @@ fn password_guessing_on_the_api_counts_for_the_address_throttle() {
     );
 }
 
+/// A store a newer gitgate migrated under this running one: the REST API neither reads nor
+/// writes it (503, as git gets), so no token is made or revoked in tables this gitgate may not
+/// read rightly.
+#[test]
+fn a_store_migrated_by_a_newer_gitgate_is_not_changed_over_rest() {
+    let (install, server) = setup();
+    let (id, _) = personal(&server, "alice", &["REPO_READ"]);
+    let db = rusqlite::Connection::open(install.path().join("gitgate.db")).unwrap();
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    db.execute_batch(&format!("PRAGMA user_version = {}", version + 1))
+        .unwrap();
+    let tokens = || -> i64 {
+        db.query_row(
+            "SELECT count(*) FROM tokens WHERE revoked_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let before = tokens();
+    let create = server.api(
+        "PUT",
+        "/users/alice",
+        "alice",
+        &json!({"name": "during", "permissions": ["REPO_READ"]}).to_string(),
+    );
+    assert_eq!(create.status, 503, "{}", create.body);
+    let revoke = server.api("DELETE", &format!("/users/alice/{id}"), "alice", "");
+    assert_eq!(revoke.status, 503, "{}", revoke.body);
+    let list = server.api("GET", "/users/alice", "alice", "");
+    assert_eq!(list.status, 503, "{}", list.body);
+    assert_eq!(tokens(), before);
+}
+
 /// A guesser who hangs up before each answer is counted all the same: its password checks
 /// ran, so they count for the address throttle, the failure metric and the log.
 #[test]

@@ -758,7 +758,26 @@ impl Store {
                 message: e.to_string(),
             })?,
         };
-        self.run_on(file, conn, f)
+        // A store migrated by a newer gitgate under this running one: nothing is read or
+        // written through tables it may not read rightly — the REST API's logins, lists and
+        // changes, the writer's audit rows — as no token is decided from them (one cached
+        // statement; not on a cached token's path).
+        self.run_on(file, conn, |c| {
+            self.refuse_newer(c)?;
+            f(c)
+        })
+    }
+
+    /// [`schema::refuse_newer`], as the store being unavailable (`503` for the REST API, as
+    /// for git), not a failure of the call.
+    fn refuse_newer(&self, c: &Connection) -> Result<()> {
+        schema::refuse_newer(c).map(drop).map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(_, Some(message)) => StoreError::Open {
+                path: self.inner.path.clone(),
+                message,
+            },
+            other => other.into(),
+        })
     }
 
     /// Run `f` on an idle pooled connection; `None` when none is idle (opening one reads the
@@ -824,6 +843,8 @@ impl Store {
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> Result<T>) -> Result<T> {
         let out = self.with_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Again under the write lock: a migration may have committed since the check.
+            self.refuse_newer(&tx)?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
