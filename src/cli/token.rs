@@ -398,10 +398,15 @@ fn announce_rotation(
     secret: &Secret,
     overlap_secs: u32,
 ) -> Result<(), String> {
-    let old = if overlap_secs == 0 {
-        "the old secret is refused from now on".to_string()
-    } else {
-        format!("the old secret keeps working for {overlap_secs} more seconds")
+    let overlap_ends = clock::now_ms() + i64::from(overlap_secs) * 1000;
+    let old = match record.expires_at {
+        _ if overlap_secs == 0 => "the old secret is refused from now on".to_string(),
+        // No secret outlives its token.
+        Some(expiry) if expiry < overlap_ends => format!(
+            "the old secret keeps working until the token expires, at {}",
+            clock::datetime(expiry)
+        ),
+        _ => format!("the old secret keeps working for {overlap_secs} more seconds"),
     };
     note!("the new secret below is shown once; store it now:");
     outln!("{}", secret.expose());

@@ -592,7 +592,11 @@ impl Store {
                 },
             )?;
             let now = clock::now_ms();
-            let previous_valid_until = previous_valid_until.filter(|until| *until > now);
+            // No secret outlives its token: an overlap past the expiry ends with it (and is
+            // audited so).
+            let previous_valid_until = previous_valid_until
+                .map(|until| before.expires_at.map_or(until, |expiry| until.min(expiry)))
+                .filter(|until| *until > now);
             tx.execute(
                 "UPDATE tokens SET
                     previous_hash = CASE WHEN ?1 IS NULL THEN NULL ELSE secret_hash END,
@@ -981,6 +985,38 @@ mod tests {
         }
     }
 
+    /// A rotation's overlap ends with its token: the old secret is kept no later than the
+    /// expiry, and the audit says so.
+    #[test]
+    fn a_rotation_overlap_ends_with_its_token() {
+        let (_d, store) = temp_store();
+        let id = &alices_tokens(&store, 1)[0];
+        let now = clock::now_ms();
+        let expiry = now + 60_000;
+        store
+            .with_conn(|c| {
+                c.execute("UPDATE tokens SET expires_at = ?1", params![expiry])?;
+                Ok(())
+            })
+            .unwrap();
+        store
+            .rotate_token(id, [9; 32], Some(now + 600_000), &|_| Ok(()), &actor())
+            .unwrap();
+        let (_, until) = store.auth_record(id).unwrap().unwrap().previous.unwrap();
+        assert_eq!(until, expiry);
+        let rotated = store
+            .audit_events(None, 100)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.action == "token.rotated")
+            .unwrap();
+        assert!(
+            rotated.detail.contains(&clock::datetime(expiry)),
+            "{}",
+            rotated.detail
+        );
+    }
+
     /// The early warning counts tokens that could be used until they expire: not revoked ones,
     /// nor those of a disabled owner (git refuses them already).
     #[test]
@@ -1143,6 +1179,16 @@ mod tests {
         // Not ready either (`/readyz`), so that a load balancer sends requests elsewhere.
         let e = store.ping().unwrap_err().to_string();
         assert!(e.contains("newer than this gitgate knows"), "{e}");
+        // Nor is anything else read or written there: the REST API's logins, lists and changes.
+        for e in [
+            store.user("alice").err(),
+            store.tokens(Some("alice")).err(),
+            store.revoke_token(id, &actor()).err(),
+            store.add_user("carol", "h", Role::User, &actor()).err(),
+        ] {
+            let e = e.expect("refused").to_string();
+            assert!(e.contains("newer than this gitgate knows"), "{e}");
+        }
     }
 
     /// A row edited by hand into what gitgate cannot read fails closed, and the error names
