@@ -272,6 +272,33 @@ fn refuse_a_log_without_its_file(path: &Path) -> std::result::Result<(), String>
     }
 }
 
+/// A `-shm` without its `-wal`: a process has the store open (gitgate serving), and its `-wal`
+/// was deleted under it. SQLite would then fail a command's writes with a bare "disk I/O
+/// error", and a check would find pages missing and call the store damaged — when a stop of
+/// that process, which writes its log back, is all it takes. (A closing connection deletes the
+/// `-wal` a moment before the `-shm`: looked at twice, 100 ms apart.)
+fn refuse_an_index_without_its_log(path: &Path) -> std::result::Result<(), String> {
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| link_target(path));
+    let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
+    let orphaned = || shm.exists() && !wal.exists();
+    if !orphaned() {
+        return Ok(());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    if !orphaned() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is there without {}: a process has the store open (gitgate serving) and the -wal \
+         was deleted under it — gitgate then refuses every token until it is restarted. Stop \
+         gitgate (at its stop it writes its own log back into the store) and run this again; \
+         the store is not damaged, do not restore a backup for this. Nothing was opened or \
+         changed",
+        shm.display(),
+        wal.display()
+    ))
+}
+
 /// Where `path` leads through symbolic links (at most 16), when what they lead to is not there
 /// (so that `canonicalize` fails): the name SQLite would create.
 fn link_target(path: &Path) -> PathBuf {
@@ -338,6 +365,7 @@ impl Store {
         };
         usable_path(path).map_err(open_err)?;
         refuse_a_log_without_its_file(path).map_err(open_err)?;
+        refuse_an_index_without_its_log(path).map_err(open_err)?;
         if !path.exists() {
             return Ok(None);
         }
@@ -487,6 +515,7 @@ impl Store {
         };
         usable_path(path).map_err(open_err)?;
         refuse_a_log_without_its_file(path).map_err(open_err)?;
+        refuse_an_index_without_its_log(path).map_err(open_err)?;
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         // The file the connections open is the one `file` names below, unless it was replaced
         // in between: then it is looked at again before anything is served.
@@ -1737,6 +1766,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(free_bytes(dir.path()).is_some_and(|free| free >= ROOM_TO_OPEN));
         Store::check_can_write(&dir.path().join("t.db")).unwrap();
+    }
+
+    /// A `-wal` deleted under a running server: a command or a check is told so, and to stop
+    /// the server — not a bare "disk I/O error", nor "damaged, restore a backup".
+    #[test]
+    fn an_index_without_its_log_names_the_deletion_not_damage() {
+        let (dir, store) = temp_store();
+        let path = dir.path().join("t.db");
+        store
+            .set_settings(
+                &[("x", "1".into())],
+                "test.set",
+                "x",
+                &test_support::actor(),
+            )
+            .unwrap();
+        let wal = sidecar(&path, "-wal");
+        assert!(wal.exists() && sidecar(&path, "-shm").exists());
+        std::fs::remove_file(&wal).unwrap();
+        for err in [
+            Store::open(&path).err().map(|e| e.to_string()),
+            Store::inspect(&path).err().map(|e| e.to_string()),
+        ] {
+            let err = err.expect("refused");
+            assert!(
+                err.contains("without") && err.contains("do not restore a backup"),
+                "{err}"
+            );
+        }
+        assert!(!wal.exists(), "a -wal was made");
+        drop(store);
     }
 
     /// A store whose header is overwritten in place under the running server is damage, seen
