@@ -168,6 +168,21 @@ fn edit_show_and_the_expiry_that_never_changes() {
     assert!(err.contains("unknown permission 'ADMIN'"), "{err}");
     let err = install.cli_err(&["token", "edit", id], "");
     assert!(err.contains("nothing to change"), "{err}");
+    // Asked for what it has already: said so, not "updated".
+    let run = install.cli(&["token", "edit", id, "--name", "renamed"], "");
+    assert!(
+        run.ok().contains("renamed")
+            && run
+                .stderr
+                .contains("already had what was given; nothing changed"),
+        "{run}"
+    );
+    let run = install.cli(&["token", "edit", id, "--name", "again"], "");
+    assert!(
+        run.ok().contains("again") && run.stderr.contains("updated"),
+        "{run}"
+    );
+    install.cli_ok(&["token", "edit", id, "--name", "renamed"], "");
     let err = install.cli_err(&["token", "edit", id, "--allowed-network", "nope"], "");
     assert!(err.contains("not a network"), "{err}");
 

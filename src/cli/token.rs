@@ -320,12 +320,28 @@ pub fn edit(store: &Store, id: &str, e: Edit) -> Result<(), String> {
     }
     // Read before the write: once the token is changed, showing it must not fail on a read.
     let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
+    // To tell an edit that asked for what the token already had (changed nothing, audited
+    // nothing) from a change.
+    let before = lifecycle::get(store, &Caller::Operator, None, id).ok();
     let t = lifecycle::edit(store, &Caller::Operator, None, id, req, &Actor::cli())
         .map_err(|e| e.to_string())?;
+    let unchanged = before.is_some_and(|b| {
+        b.name == t.name
+            && b.permissions == t.permissions
+            && b.allowed_networks == t.allowed_networks
+    });
     let shown = if e.json {
         print_json(&to_json(&t, &policy))
     } else {
-        note!("token '{}' ({}) updated", t.name, t.id);
+        if unchanged {
+            note!(
+                "token '{}' ({}) already had what was given; nothing changed",
+                t.name,
+                t.id
+            );
+        } else {
+            note!("token '{}' ({}) updated", t.name, t.id);
+        }
         print_details(store, &t, &policy)
     };
     // The change is made: an error from here on must not read as if it were not.
