@@ -778,6 +778,23 @@ impl Store {
 
     /// Run `f` on a pooled connection (a new one when none is idle).
     fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        self.with_conn_then(true, f)
+    }
+
+    /// [`Store::with_conn`] for a read that checks the schema version itself, in its own read
+    /// transaction (`tokens::auth_record_in`, every token decision's): not twice on that path.
+    fn with_conn_checking_itself<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
+        self.with_conn_then(false, f)
+    }
+
+    fn with_conn_then<T>(
+        &self,
+        check_schema: bool,
+        f: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
         let file = self.check_file()?;
         let pooled = self.inner.idle.lock().ok().and_then(|mut idle| idle.pop());
         let conn = match pooled {
@@ -792,7 +809,9 @@ impl Store {
         // changes, the writer's audit rows — as no token is decided from them (one cached
         // statement; not on a cached token's path).
         self.run_on(file, conn, |c| {
-            self.refuse_newer(c)?;
+            if check_schema {
+                self.refuse_newer(c)?;
+            }
             f(c)
         })
     }

@@ -689,7 +689,7 @@ impl Store {
 
     /// Everything authentication needs about token `id`, in one read transaction.
     pub fn auth_record(&self, id: &str) -> Result<Option<AuthRecord>> {
-        self.with_conn(|c| auth_record_in(c, id))
+        self.with_conn_checking_itself(|c| auth_record_in(c, id))
     }
 
     /// Note a successful use (not audited: it is not a change anyone made), written soon in a batch with other tokens' (see `writer.rs`): for
