@@ -1787,10 +1787,8 @@ mod tests {
         Store::check_can_write(&dir.path().join("t.db")).unwrap();
     }
 
-    /// A `-wal` deleted under a running server: a command or a check is told so, and to stop
-    /// the server — not a bare "disk I/O error", nor "damaged, restore a backup".
-    #[test]
-    fn an_index_without_its_log_names_the_deletion_not_damage() {
+    /// A store with one setting (`x` = `1`) committed, still in its `-wal`; and its path.
+    fn store_with_a_commit() -> (tempfile::TempDir, Store, PathBuf) {
         let (dir, store) = temp_store();
         let path = dir.path().join("t.db");
         store
@@ -1801,6 +1799,14 @@ mod tests {
                 &test_support::actor(),
             )
             .unwrap();
+        (dir, store, path)
+    }
+
+    /// A `-wal` deleted under a running server: a command or a check is told so, and to stop
+    /// the server — not a bare "disk I/O error", nor "damaged, restore a backup".
+    #[test]
+    fn an_index_without_its_log_names_the_deletion_not_damage() {
+        let (_dir, store, path) = store_with_a_commit();
         let wal = sidecar(&path, "-wal");
         assert!(wal.exists() && sidecar(&path, "-shm").exists());
         std::fs::remove_file(&wal).unwrap();
@@ -1823,16 +1829,7 @@ mod tests {
     /// stop would have checkpointed its log into the ruined file.
     #[test]
     fn a_header_overwritten_in_place_stops_the_server() {
-        let (dir, store) = temp_store();
-        let path = dir.path().join("t.db");
-        store
-            .set_settings(
-                &[("x", "1".into())],
-                "test.set",
-                "x",
-                &test_support::actor(),
-            )
-            .unwrap();
+        let (_dir, store, path) = store_with_a_commit();
         assert_eq!(store.setting("x").unwrap().as_deref(), Some("1"));
         {
             use std::io::Write;
