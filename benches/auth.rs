@@ -38,6 +38,7 @@ fn build_store(path: &Path) -> (Store, String) {
     let actor = Actor {
         name: "bench".into(),
         source: "local".into(),
+        logged_in_as_admin: None,
     };
     store
         .add_user("alice", "not-a-real-hash", Role::User, &actor)
@@ -50,16 +51,8 @@ fn build_store(path: &Path) -> (Store, String) {
             &actor,
         )
         .unwrap();
-    // Filler rows straight in SQL: a million API calls would measure commits, not lookups.
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(&format!(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {FILLER_TOKENS})
-         INSERT INTO tokens (id, kind, name, owner_id, permissions, secret_hash, created_at, created_by)
-         SELECT printf('f%011d', i), 'personal', 'filler', 1, 'REPO_READ', randomblob(32), 0, 'bench'
-         FROM n;"
-    ))
-    .unwrap();
-    drop(conn);
+    // alice's token first: past 100 of her live tokens, the store refuses her another
+    // (`store::MAX_LIVE_PERSONAL_TOKENS`), and the filler rows are hers.
     let fresh = token::generate().unwrap();
     store
         .insert_token(
@@ -79,6 +72,16 @@ fn build_store(path: &Path) -> (Store, String) {
             &actor,
         )
         .unwrap();
+    // Filler rows straight in SQL: a million API calls would measure commits, not lookups.
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {FILLER_TOKENS})
+         INSERT INTO tokens (id, kind, name, owner_id, permissions, secret_hash, created_at, created_by)
+         SELECT printf('f%011d', i), 'personal', 'filler', 1, 'REPO_READ', randomblob(32), 0, 'bench'
+         FROM n;"
+    ))
+    .unwrap();
+    drop(conn);
     (store, fresh.secret.expose().to_string())
 }
 
