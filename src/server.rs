@@ -243,8 +243,8 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
                 CgiBackend::new(program.clone(), project_root.clone())
                     .with_head_timeout(answer_deadline(config.server.limits.idle_timeout)),
             ),
-            UpstreamConfig::Http(http) => Upstream::Http(Box::new(
-                HttpBackend::new(
+            UpstreamConfig::Http(http) => {
+                let backend = HttpBackend::new(
                     http,
                     upstream_secret.clone(),
                     config.server.trusted_proxies.clone(),
@@ -252,8 +252,15 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
                     &config.server.git_prefix,
                 )
                 .map_err(|e| format!("{}: {e}", config.source.display()))?
-                .with_answer_deadline(answer_deadline(config.server.limits.idle_timeout)),
-            )),
+                .with_answer_deadline(answer_deadline(config.server.limits.idle_timeout));
+                // Said once, by the first worker's backend: every worker builds the same one.
+                if upstreams.is_empty() {
+                    for warning in backend.warnings() {
+                        tracing::warn!("{warning}");
+                    }
+                }
+                Upstream::Http(Box::new(backend))
+            }
         });
     }
     let tls = match &certs {

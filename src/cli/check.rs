@@ -108,6 +108,10 @@ pub fn run(config_path: &Path) -> Result<(), String> {
                 &config.server.git_prefix,
             )
             .map_err(|e| format!("{source}: {e}"))?;
+            for warning in backend.warnings() {
+                warnings += 1;
+                outln!("warning: {warning}");
+            }
             let ready = runtime.block_on(backend.ready());
             // Connecting is not speaking HTTP there: an `http://` URL for an https port
             // connects, and every request then gets the upstream's `400`.

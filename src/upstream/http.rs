@@ -70,6 +70,9 @@ pub struct HttpBackend {
     /// How clients reach gitgate: `http` or `https`.
     proto: &'static str,
     idle_timeout: Duration,
+    /// What the operator should hear at a start and from `gitgate check` (see
+    /// [`HttpBackend::warnings`]).
+    warnings: Vec<String>,
 }
 
 impl HttpBackend {
@@ -91,8 +94,10 @@ impl HttpBackend {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        let mut warnings = Vec::new();
         let tls = if https {
-            let mut config = client_tls_config(cfg)?;
+            let (mut config, ca_warnings) = client_tls_config(cfg)?;
+            warnings = ca_warnings;
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             let name = ServerName::try_from(host_name.clone())
                 .map_err(|e| format!("[upstream] url: {e}"))?;
@@ -143,7 +148,14 @@ impl HttpBackend {
             trusted_proxies,
             proto: if tls_in_front { "https" } else { "http" },
             idle_timeout: cfg.idle_timeout,
+            warnings,
         })
+    }
+
+    /// What the operator should hear of this upstream's set-up that does not stop a start:
+    /// CA certificates of `ca_file` left out for their dates.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Wait at most `deadline` for the upstream (its `idle_timeout`, if shorter, stays): see
@@ -598,40 +610,19 @@ fn origin_spellings(https: bool, authority: &hyper::http::uri::Authority) -> Vec
     out
 }
 
-/// rustls client config: the configured CA file and/or the system roots, TLS 1.2+.
-fn client_tls_config(cfg: &HttpUpstream) -> Result<rustls::ClientConfig, String> {
+/// rustls client config: the configured CA file and/or the system roots, TLS 1.2+; and what
+/// the operator should hear about the CA file (certificates left out).
+///
+/// A CA certificate outside its validity dates is left out, with a warning: rustls (webpki)
+/// never looks at a trust anchor's dates, so an expired CA would go on vouching for the
+/// upstream, where OpenSSL (curl, git, nginx's `proxy_ssl_verify`) refuses it. A file with no
+/// CA left is refused, as an empty one is.
+fn client_tls_config(cfg: &HttpUpstream) -> Result<(rustls::ClientConfig, Vec<String>), String> {
     let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = &cfg.ca_file {
-        let pem = crate::small_file::read(ca)
-            .map_err(|e| format!("[upstream] ca_file = \"{}\": {e}", ca.display()))?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                format!(
-                    "[upstream] ca_file = \"{}\": {}",
-                    ca.display(),
-                    crate::tls::pem_problem(&e)
-                )
-            })?;
-        if certs.is_empty() {
-            return Err(format!(
-                "[upstream] ca_file = \"{}\" holds no PEM certificate",
-                ca.display()
-            ));
-        }
-        for (n, c) in certs.into_iter().enumerate() {
-            // rustls says "invalid peer certificate" of any certificate it cannot read: here it
-            // is the CA file's, not a peer's.
-            roots.add(c).map_err(|e| {
-                format!(
-                    "[upstream] ca_file = \"{}\": certificate {} of the file is not a readable \
-                     X.509 certificate ({e:?})",
-                    ca.display(),
-                    n + 1
-                )
-            })?;
-        }
-    }
+    let warnings = match &cfg.ca_file {
+        Some(ca) => ca_file_roots(ca, crate::clock::now_ms(), &mut roots)?,
+        None => Vec::new(),
+    };
     if cfg.system_roots && cfg.origin.scheme_str() == Some("https") {
         let found = rustls_native_certs::load_native_certs();
         for e in &found.errors {
@@ -651,7 +642,68 @@ fn client_tls_config(cfg: &HttpUpstream) -> Result<rustls::ClientConfig, String>
         .map_err(|e| format!("TLS set-up failed: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(config)
+    Ok((config, warnings))
+}
+
+/// The CA certificates of `ca_file` that are valid at `now`, added to `roots`; a warning for
+/// each one left out for its dates (see [`client_tls_config`]).
+fn ca_file_roots(
+    ca: &std::path::Path,
+    now: i64,
+    roots: &mut rustls::RootCertStore,
+) -> Result<Vec<String>, String> {
+    let pem = crate::small_file::read(ca)
+        .map_err(|e| format!("[upstream] ca_file = \"{}\": {e}", ca.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            format!(
+                "[upstream] ca_file = \"{}\": {}",
+                ca.display(),
+                crate::tls::pem_problem(&e)
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "[upstream] ca_file = \"{}\" holds no PEM certificate",
+            ca.display()
+        ));
+    }
+    let mut left_out = Vec::new();
+    for (n, c) in certs.into_iter().enumerate() {
+        if let Some(why) = crate::tls::validity(&c).and_then(|v| v.problem(now)) {
+            left_out.push(format!("certificate {} of the file: {why}", n + 1));
+            continue;
+        }
+        // rustls says "invalid peer certificate" of any certificate it cannot read: here it
+        // is the CA file's, not a peer's.
+        roots.add(c).map_err(|e| {
+            format!(
+                "[upstream] ca_file = \"{}\": certificate {} of the file is not a readable \
+                 X.509 certificate ({e:?})",
+                ca.display(),
+                n + 1
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "[upstream] ca_file = \"{}\" holds no CA certificate that is valid now ({}): \
+             put the CA that signs the upstream's certificate now in it",
+            ca.display(),
+            left_out.join("; ")
+        ));
+    }
+    Ok(left_out
+        .into_iter()
+        .map(|why| {
+            format!(
+                "[upstream] ca_file = \"{}\": {why}; it is not trusted, and an upstream \
+             certificate only it signed is refused",
+                ca.display()
+            )
+        })
+        .collect())
 }
 
 /// The upstream's response body: fails if nothing moves for the upstream's idle timeout (no
@@ -806,6 +858,67 @@ mod tests {
         let mut r = crate::git::classify("GET", path, query, "/").unwrap();
         r.query = query.map(|q| q.to_string().into());
         r
+    }
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/tls")
+            .join(name)
+    }
+
+    /// Midnight UTC of `date` (YYYY-MM-DD), in epoch milliseconds.
+    fn at(date: &str) -> i64 {
+        crate::clock::parse_date(date).unwrap()
+    }
+
+    #[test]
+    fn a_ca_outside_its_dates_is_left_out_of_the_roots() {
+        // The test CA (valid until 2126), then a certificate valid in January 2020 only.
+        let dir = tempfile::tempdir().unwrap();
+        let both = dir.path().join("cas.pem");
+        let mut pem = std::fs::read(fixture("ca.pem")).unwrap();
+        pem.extend(std::fs::read(fixture("expired.pem")).unwrap());
+        std::fs::write(&both, pem).unwrap();
+
+        let mut roots = rustls::RootCertStore::empty();
+        let warnings = ca_file_roots(&both, at("2026-12-02"), &mut roots).unwrap();
+        assert_eq!(roots.len(), 1);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("cas.pem")
+                && warnings[0].contains(
+                    "certificate 2 of the file: the certificate expired on 2020-01-31T00:00:00Z; \
+                     it is not trusted"
+                ),
+            "{warnings:?}"
+        );
+
+        // In January 2020 the second is in its dates and the first (made in 2026) not yet;
+        // before it, neither is.
+        let mut roots = rustls::RootCertStore::empty();
+        let warnings = ca_file_roots(&both, at("2020-01-15"), &mut roots).unwrap();
+        assert_eq!((roots.len(), warnings.len()), (1, 1), "{warnings:?}");
+        assert!(
+            warnings[0].contains("certificate 1 of the file: the certificate is not valid before"),
+            "{warnings:?}"
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        let e = ca_file_roots(&both, at("2019-06-01"), &mut roots).unwrap_err();
+        assert!(
+            e.contains("holds no CA certificate that is valid now")
+                && e.contains("certificate 1 of the file: the certificate is not valid before")
+                && e.contains("certificate 2 of the file"),
+            "{e}"
+        );
+
+        // A file of expired CAs alone is refused, not read as trusting nothing.
+        let mut roots = rustls::RootCertStore::empty();
+        let e = ca_file_roots(&fixture("expired.pem"), at("2026-12-02"), &mut roots).unwrap_err();
+        assert!(
+            e.contains("expired.pem\" holds no CA certificate that is valid now")
+                && e.contains("expired on 2020-01-31"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
