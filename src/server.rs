@@ -517,6 +517,19 @@ impl Worker {
 /// [`Connection::run`] for HTTP/2).
 const MAX_HEADER_FIELDS: usize = 100;
 
+/// How many header fields `req` counts for [`MAX_HEADER_FIELDS`]. An HTTP/2 client may send
+/// its `Cookie` as one field per cookie (RFC 9113 §8.2.3, for the header compression), which
+/// over HTTP/1.1 is one field: counted as one, so that a browser's cookies for the host are not
+/// a 431 on HTTP/2 alone. (gitgate passes no `Cookie` on.)
+fn header_fields<B>(req: &Request<B>) -> usize {
+    let all = req.headers().len();
+    if all <= MAX_HEADER_FIELDS || req.version() != hyper::Version::HTTP_2 {
+        return all;
+    }
+    let crumbs = req.headers().get_all(hyper::header::COOKIE).iter().count();
+    all - crumbs.saturating_sub(1)
+}
+
 /// How many connections over their address's cap may wait for their `503` at once, beside
 /// `max_connections` (see [`accept`]).
 const OVER_CAP_SLOTS: usize = 64;
@@ -946,7 +959,7 @@ impl Connection {
                 }
                 // HTTP/1.1's parser stops at MAX_HEADER_FIELDS with a 431; HTTP/2's has no
                 // such count (only the block's size), so it is made here, the same for both.
-                if req.headers().len() > MAX_HEADER_FIELDS {
+                if header_fields(&req) > MAX_HEADER_FIELDS {
                     let resp = crate::gate::text(
                         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         &format!("too many header fields: at most {MAX_HEADER_FIELDS}"),

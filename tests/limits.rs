@@ -2023,7 +2023,7 @@ fn h2_request_headers(
 }
 
 /// Over 100 header fields get 431 over HTTP/2 as over HTTP/1.1 (whose parser counts them);
-/// 100 are fine.
+/// 100 are fine, and HTTP/2's cookie crumbs are one field.
 #[test]
 fn too_many_header_fields_get_431_over_http2_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -2049,6 +2049,22 @@ fn too_many_header_fields_get_431_over_http2_too() {
     s.write_all(format!("{req}\r\n").as_bytes()).unwrap();
     let (out, _) = read_until_closed(&mut s);
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+
+    // An HTTP/2 client may send its cookie one field per cookie (RFC 9113 §8.2.3): as over
+    // HTTP/1.1, where it is one field, they count as one.
+    let mut crumbs: Vec<(String, String)> = (0..120)
+        .map(|i| ("cookie".to_string(), format!("c{i}=v")))
+        .collect();
+    let answer = h2_request_headers(g.port, "GET", "/healthz", "eDp5", &crumbs);
+    assert_eq!(
+        answer.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    crumbs.extend((0..98).map(|i| (format!("x-extra-{i}"), "v".to_string())));
+    let answer = h2_request_headers(g.port, "GET", "/healthz", "eDp5", &crumbs);
+    assert_eq!(answer.status, 431);
 }
 
 /// Over HTTP/2 the host is the request's `:authority`: a `Host` header naming another one is
