@@ -498,7 +498,8 @@ fn log_filter_problem(value: &str) -> Option<String> {
             Some((target, _)) if !is_log_target(target.trim()) => {
                 return Some(format!(
                     "'{}' names nothing gitgate logs under (targets are lower-case: gitgate, \
-                     gitgate::request, hyper, h2, rustls, rusqlite, ...)",
+                     gitgate::request, gitgate::audit, gitgate::cgi, a module such as \
+                     gitgate::upstream::http, hyper, h2, rustls, rusqlite, ...)",
                     target.trim()
                 ))
             }
@@ -519,15 +520,97 @@ fn log_filter_problem(value: &str) -> Option<String> {
 }
 
 /// A bare word that names whose lines to show: one of the crates gitgate logs through, or a
-/// module path (`gitgate::cgi`, `hyper::proto`), whose parts are Rust identifiers.
+/// module path (`gitgate::cgi`, `hyper::proto`), whose parts are Rust identifiers. Below
+/// `gitgate`, only what gitgate logs under: a typo there (`gitgate::requests=off`) would
+/// otherwise be taken, and do nothing.
 fn is_log_target(word: &str) -> bool {
     const CRATES: [&str; 6] = ["gitgate", "hyper", "hyper_util", "h2", "rustls", "rusqlite"];
     let identifier = |part: &str| {
         !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
     let first = word.split("::").next().unwrap_or("");
-    CRATES.contains(&first) && word.split("::").all(identifier)
+    CRATES.contains(&first)
+        && word.split("::").all(identifier)
+        && (first != "gitgate"
+            || word == "gitgate"
+            || GITGATE_TARGETS
+                .iter()
+                .any(|t| *t == word || t.strip_prefix(word).is_some_and(|r| r.starts_with("::"))))
 }
+
+/// The targets gitgate's own lines are logged under, for [`is_log_target`]: the ones named for
+/// what they log (`target: "gitgate::request"`), then every module's path (the target of a line
+/// that names none). A test keeps the list in step with the source tree.
+const GITGATE_TARGETS: &[&str] = &[
+    "gitgate::audit",
+    "gitgate::cgi",
+    "gitgate::panic",
+    "gitgate::request",
+    "gitgate::address_cap",
+    "gitgate::api",
+    "gitgate::api::body",
+    "gitgate::api::browser",
+    "gitgate::api::policy",
+    "gitgate::api::scoped_tokens",
+    "gitgate::api::tokens",
+    "gitgate::api::users_tokens",
+    "gitgate::body",
+    "gitgate::cli",
+    "gitgate::cli::audit",
+    "gitgate::cli::check",
+    "gitgate::cli::grant",
+    "gitgate::cli::policy",
+    "gitgate::cli::ratelimit",
+    "gitgate::cli::token",
+    "gitgate::cli::user",
+    "gitgate::clock",
+    "gitgate::config",
+    "gitgate::credentials",
+    "gitgate::gate",
+    "gitgate::git",
+    "gitgate::guard",
+    "gitgate::health",
+    "gitgate::idle",
+    "gitgate::inflight",
+    "gitgate::lifecycle",
+    "gitgate::metrics",
+    "gitgate::network",
+    "gitgate::password",
+    "gitgate::permission",
+    "gitgate::policy",
+    "gitgate::ratelimit",
+    "gitgate::server",
+    "gitgate::signals",
+    "gitgate::small_file",
+    "gitgate::stall",
+    "gitgate::store",
+    "gitgate::store::audit",
+    "gitgate::store::cache",
+    "gitgate::store::grants",
+    "gitgate::store::ratelimits",
+    "gitgate::store::schema",
+    "gitgate::store::settings",
+    "gitgate::store::tokens",
+    "gitgate::store::users",
+    "gitgate::store::watch",
+    "gitgate::store::writer",
+    "gitgate::throttle",
+    "gitgate::tls",
+    "gitgate::token",
+    "gitgate::unwind",
+    "gitgate::upstream",
+    "gitgate::upstream::cgi",
+    "gitgate::upstream::cgi::body",
+    "gitgate::upstream::cgi::env",
+    "gitgate::upstream::cgi::head",
+    "gitgate::upstream::cgi::process",
+    "gitgate::upstream::cgi::stdio",
+    "gitgate::upstream::headers",
+    "gitgate::upstream::http",
+    "gitgate::upstream::pool",
+    "gitgate::upstream::progress",
+    "gitgate::upstream::secret",
+];
 
 #[cfg(test)]
 mod tests {
@@ -593,10 +676,77 @@ mod tests {
         }
         for ok in [
             "gitgate::upstream::http=debug",
+            "gitgate::upstream=debug",
+            "gitgate::store::writer=trace",
+            "gitgate::request=off",
             "h2=warn,rustls=error",
             "hyper_util=info",
         ] {
             assert_eq!(log_filter_problem(ok), None, "{ok}");
+        }
+        // Below gitgate, a typo would be a filter that changes nothing.
+        for bad in [
+            "gitgate::requests=off",
+            "gitgate::Request=off",
+            "gitgate::reques=off",
+            "info,gitgate::upstream::htp=debug",
+            "gitgate::store::writer::x=debug",
+        ] {
+            let problem = log_filter_problem(bad).unwrap();
+            assert!(
+                problem.contains("names nothing gitgate logs under"),
+                "{bad}: {problem}"
+            );
+        }
+        let problem = log_filter_problem("gitgate::requests").unwrap();
+        assert!(problem.contains("is not a log level"), "{problem}");
+    }
+
+    /// Every module of the source tree, and every target a line names, is in the list.
+    #[test]
+    fn the_gitgate_targets_are_the_source_trees() {
+        fn walk(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, found);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    found.push(path);
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        assert!(files.len() > 40, "{files:?}");
+        for file in files {
+            let relative = file.strip_prefix(&src).unwrap().with_extension("");
+            let mut parts: Vec<String> = relative
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if parts.last().is_some_and(|p| p == "mod") {
+                parts.pop();
+            }
+            if !matches!(parts.as_slice(), [one] if one == "main" || one == "lib") {
+                let module = format!("gitgate::{}", parts.join("::"));
+                assert!(
+                    super::GITGATE_TARGETS.contains(&module.as_str())
+                        || parts.last().is_some_and(|p| p == "tests"),
+                    "{module} is missing from GITGATE_TARGETS"
+                );
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            for named in text.split("target: \"").skip(1) {
+                let target = named.split('"').next().unwrap();
+                if target.starts_with("gitgate") {
+                    assert!(
+                        super::GITGATE_TARGETS.contains(&target),
+                        "{target} (named in {}) is missing from GITGATE_TARGETS",
+                        file.display()
+                    );
+                }
+            }
         }
     }
 }
