@@ -220,6 +220,7 @@ impl Guard {
         let actor = Actor {
             name: "gitgate".into(),
             source: addr.to_string(),
+            logged_in_as_admin: None,
         };
         let target = addr.to_string();
         tokio::task::spawn_blocking(move || {

@@ -102,6 +102,7 @@ impl From<StoreError> for Error {
             StoreError::Invalid(m) => Error::Invalid(m),
             StoreError::NotFound(m) => Error::NotFound(m),
             StoreError::Conflict(m) => Error::Conflict(m),
+            StoreError::Refused(m) => Error::Forbidden(m),
             other => Error::Store(other),
         }
     }
@@ -703,6 +704,7 @@ mod tests {
         Actor {
             name: "test".into(),
             source: "local".into(),
+            logged_in_as_admin: None,
         }
     }
 

@@ -593,6 +593,7 @@ fn authenticate(
         let actor = Actor {
             name: name.to_string(),
             source: source.clone(),
+            logged_in_as_admin: None,
         };
         store.record_event_or_log(&actor, "auth.failed", name, &format!("REST API: {reason}"));
     };
@@ -627,14 +628,16 @@ fn authenticate(
             let actor = Actor {
                 name: crate::store::as_written_down(&user).to_ascii_lowercase(),
                 source: source.clone(),
+                logged_in_as_admin: None,
             };
             let caller = lifecycle::login(store, &user, secret.expose(), &actor)?;
             // Logged in, the name is the account's, however it was typed (`ROOT` is root): the
             // changes this call makes are audited under it.
             let actor = match &caller {
-                Caller::User { slug, .. } => Actor {
+                Caller::User { slug, admin } => Actor {
                     name: slug.clone(),
                     source,
+                    logged_in_as_admin: Some(*admin),
                 },
                 Caller::Operator => actor,
             };
@@ -663,6 +666,17 @@ mod tests {
             assert!(!e.message.contains("Query"), "{}", e.message);
             assert!(e.message.contains("gitgate's log"), "{}", e.message);
         }
+        // An account disabled during its own call: refused, in words, not a store failure.
+        let refused = ApiError::from(StoreError::Refused(
+            "the account 'root' was disabled while this call was under way: nothing was changed"
+                .into(),
+        ));
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert!(
+            refused.message.contains("'root' was disabled"),
+            "{}",
+            refused.message
+        );
         let busy = ApiError::from(lifecycle::Error::Store(StoreError::Busy));
         assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(busy.message.contains("try again"), "{}", busy.message);

@@ -4,7 +4,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use super::{Actor, Result, Store};
+use super::{Actor, Result, Store, StoreError};
 use crate::clock;
 
 #[derive(Clone, Debug, Serialize)]
@@ -60,6 +60,9 @@ pub(super) fn record(
     target: &str,
     detail: &str,
 ) -> Result<()> {
+    if let Some(was_admin) = actor.logged_in_as_admin {
+        caller_still_stands(conn, &actor.name, was_admin)?;
+    }
     insert_repeated(conn, actor, action, target, detail, clock::now_ms(), None)?;
     UNCOMMITTED.with(|u| {
         u.borrow_mut().push(Uncommitted {
@@ -70,6 +73,29 @@ pub(super) fn record(
         })
     });
     Ok(())
+}
+
+/// Whether the account `slug`, logged in for the call that makes this change, may still make
+/// it: active, and an administrator if it was one at login. Read in the change's own
+/// transaction, so a disable or demotion committed while the call was under way (after its
+/// password check) refuses the change rather than letting it in a few milliseconds late.
+fn caller_still_stands(conn: &rusqlite::Connection, slug: &str, was_admin: bool) -> Result<()> {
+    let account: Option<(String, bool)> = conn
+        .query_row(
+            "SELECT role, active FROM users WHERE slug = ?1",
+            [slug],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)),
+        )
+        .optional()?;
+    let why = match account {
+        Some((role, true)) if !was_admin || role == "admin" => return Ok(()),
+        Some((_, true)) => "stopped being an administrator",
+        Some((_, false)) => "was disabled",
+        None => "was deleted",
+    };
+    Err(StoreError::Refused(format!(
+        "the account '{slug}' {why} while this call was under way: nothing was changed"
+    )))
 }
 
 /// An event recorded in a transaction still open on this thread.
@@ -319,6 +345,66 @@ mod tests {
         });
         assert!(log.contains("test.committed"), "{log}");
         assert!(!log.contains("test.rolled_back"), "{log}");
+    }
+
+    /// A REST call's change checks its caller in its own transaction: an account disabled,
+    /// demoted or deleted after the call's password check changes nothing.
+    #[test]
+    fn a_change_by_an_account_that_lost_its_standing_during_the_call_is_refused() {
+        use super::super::test_support::personal_token;
+        use crate::store::Role;
+        let (_dir, store) = temp_store();
+        store.add_user("root", "x", Role::Admin, &actor()).unwrap();
+        store.add_user("alice", "x", Role::User, &actor()).unwrap();
+        let by = |slug: &str, admin: bool| Actor {
+            name: slug.into(),
+            source: "127.0.0.1".into(),
+            logged_in_as_admin: Some(admin),
+        };
+        let tokens = |store: &Store| store.tokens(None).unwrap().len();
+        store
+            .insert_token(&personal_token("t1", "one", "alice"), &by("alice", false))
+            .unwrap();
+        store
+            .insert_token(&personal_token("t2", "two", "alice"), &by("root", true))
+            .unwrap();
+        let events = store.audit_events(None, 100).unwrap().len();
+
+        store
+            .write(|tx| {
+                tx.execute("UPDATE users SET role = 'user' WHERE slug = 'root'", [])?;
+                Ok(())
+            })
+            .unwrap();
+        let e = store
+            .insert_token(&personal_token("t3", "three", "alice"), &by("root", true))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Refused(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "the account 'root' stopped being an administrator while this call was under way: \
+             nothing was changed"
+        );
+        // Logged in as what it is now, it still may.
+        store
+            .insert_token(&personal_token("t3", "three", "root"), &by("root", false))
+            .unwrap();
+
+        store.set_user_active("alice", false, &actor()).unwrap();
+        let e = store
+            .insert_token(&personal_token("t4", "four", "root"), &by("alice", false))
+            .unwrap_err();
+        assert!(e.to_string().contains("'alice' was disabled"), "{e}");
+        let e = store
+            .insert_token(&personal_token("t4", "four", "root"), &by("nobody", false))
+            .unwrap_err();
+        assert!(e.to_string().contains("'nobody' was deleted"), "{e}");
+
+        // Nothing of the refused changes is there: not the token, not its event.
+        assert_eq!(tokens(&store), 3);
+        assert!(store.token("t4").unwrap().is_none());
+        // t3, and alice's disabling.
+        assert_eq!(store.audit_events(None, 100).unwrap().len(), events + 2);
     }
 
     /// A failed authentication reaches the table after events recorded later; the listing,

@@ -76,6 +76,11 @@ pub struct CacheVersion(i64);
 pub struct Actor {
     pub name: String,
     pub source: String,
+    /// For a call of a user who logged in (the REST API), `name` is their account, and this
+    /// whether it was an administrator then. Each change the call makes checks, in its own
+    /// transaction, that the account is still active and (if it was) still an administrator:
+    /// an account disabled or demoted while its call was under way changes nothing.
+    pub logged_in_as_admin: Option<bool>,
 }
 
 impl Actor {
@@ -94,6 +99,7 @@ impl Actor {
         Actor {
             name: format!("cli:{user}"),
             source: format!("local:uid={}", rustix::process::getuid().as_raw()),
+            logged_in_as_admin: None,
         }
     }
 }
@@ -111,6 +117,8 @@ pub enum StoreError {
     Conflict(String),
     /// The request is not valid (bad slug, bad target).
     Invalid(String),
+    /// The one asking may not do this (any more): an account disabled during its call.
+    Refused(String),
     /// Any other SQLite failure.
     Sqlite(rusqlite::Error),
 }
@@ -128,9 +136,10 @@ impl fmt::Display for StoreError {
             StoreError::Busy => {
                 f.write_str("the token store is locked by another process; try again in a moment")
             }
-            StoreError::NotFound(m) | StoreError::Conflict(m) | StoreError::Invalid(m) => {
-                f.write_str(m)
-            }
+            StoreError::NotFound(m)
+            | StoreError::Conflict(m)
+            | StoreError::Invalid(m)
+            | StoreError::Refused(m) => f.write_str(m),
             StoreError::Sqlite(e) => write!(f, "token store error: {e}"),
         }
     }
@@ -1516,6 +1525,7 @@ pub(crate) mod test_support {
         Actor {
             name: "test".into(),
             source: "local".into(),
+            logged_in_as_admin: None,
         }
     }
 

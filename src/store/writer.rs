@@ -109,6 +109,7 @@ impl EventRef<'_> {
             actor: Actor {
                 name: self.name.to_string(),
                 source: self.source.to_string(),
+                logged_in_as_admin: None,
             },
             action: self.action,
             target: self.target.to_string(),
@@ -494,6 +495,7 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super
         let actor = Actor {
             name: "gitgate".into(),
             source: "local".into(),
+            logged_in_as_admin: None,
         };
         let detail = format!(
             "{} more events (e.g. {}) were not recorded: {DISTINCT} different events were already waiting",
