@@ -1700,6 +1700,82 @@ fn as_store_owner_only(path: &std::path::Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// A read command run by an account that may read the store but not write it (an auditor's)
+/// reads a private copy: the same answers as the store's owner gets, nothing written to or
+/// beside the store, and the copy gone afterwards; with a server running, its latest commits
+/// (still in the `-wal`) included. A command that writes is still refused.
+#[test]
+fn read_commands_work_for_an_account_that_cannot_write_the_store() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    sb.add_user("alice", "alice-password-1");
+    sb.personal_token("alice", "alice-password-1", "laptop", &["REPO_READ"]);
+    sb.grant("alice", "team", "read");
+    let root = rustix::process::geteuid().is_root();
+    // Where the reader's copy goes: a folder of the test's, open to the reader.
+    let scratch = sb.root().join("scratch");
+    fs::create_dir(&scratch).unwrap();
+    as_store_owner_only(&scratch, 0o777);
+    let as_reader = |args: &[&str]| {
+        let mut cmd = sb.gitgate_command();
+        cmd.args(args).env("TMPDIR", &scratch);
+        if root {
+            cmd.uid(65534).gid(65534);
+        }
+        run(cmd, None)
+    };
+    let reads: [&[&str]; 6] = [
+        &["user", "list", "--json"],
+        &["token", "list", "--json"],
+        &["grant", "list", "--json"],
+        &["policy", "show", "--json"],
+        &["ratelimit", "list", "--json"],
+        &["audit", "--json"],
+    ];
+    let owners: Vec<String> = reads.iter().map(|a| sb.cli(a).ok().to_string()).collect();
+    // Others may read the store and its folder, not write them.
+    as_store_owner_only(sb.root(), 0o755);
+    as_store_owner_only(&sb.db(), 0o444);
+    let before: Vec<_> = files_in(sb.root())
+        .into_iter()
+        .filter(|(p, ..)| !p.starts_with(&scratch))
+        .collect();
+    let db_before = fs::read(sb.db()).unwrap();
+    for (args, owner) in reads.iter().zip(&owners) {
+        let out = as_reader(args);
+        assert_eq!(out.ok(), owner, "{args:?}");
+    }
+    let after: Vec<_> = files_in(sb.root())
+        .into_iter()
+        .filter(|(p, ..)| !p.starts_with(&scratch))
+        .collect();
+    assert_eq!(
+        after, before,
+        "a read changed or added files beside the store"
+    );
+    assert_eq!(fs::read(sb.db()).unwrap(), db_before);
+    assert_eq!(
+        fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "the private copy was left behind"
+    );
+    // A command that writes is refused as before.
+    let err = without_write_access(&sb, &["user", "disable", "alice"]);
+    assert!(err.contains("must be able to write"), "{err}");
+
+    // Beside a running server (root can still write the store): a user added since is only in
+    // its `-wal`, and the reader sees it.
+    if root {
+        let _server = sb.serve();
+        sb.add_user("bob", "bob-password-12");
+        assert!(std::path::Path::new(&format!("{}-wal", sb.db().display())).exists());
+        let out = as_reader(&["user", "list"]);
+        let text = out.ok();
+        assert!(text.contains("alice") && text.contains("bob"), "{text}");
+        assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+    }
+}
+
 #[test]
 fn serve_refuses_a_store_it_cannot_write() {
     let sb = Sandbox::new();

@@ -41,12 +41,29 @@ use std::path::Path;
 use crate::config::Config;
 use crate::store::Store;
 
+/// The store a CLI command works on: the store itself, or for a read command run by an account
+/// that may not write it, a copy (see [`Store::snapshot`]) kept as long as this is.
+pub struct OpenStore {
+    store: Store,
+    /// Dropped after the store (fields drop in order): the copy's folder is removed then.
+    _snapshot: Option<crate::store::Snapshot>,
+}
+
+impl std::ops::Deref for OpenStore {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
 /// The store named by the config file (the backend is not checked: the CLI does not use it).
 /// Only a command that can start a new install (`may_create`) creates it: any other on a
 /// mistyped `[store] path` must say so, not answer "nothing" (or "no user 'alice'") from a new
 /// empty store it leaves behind (as root, owned by root). A command that `writes` checks first
-/// that this process can.
-pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<Store, String> {
+/// that this process can; one that only reads, run by an account that may read the store but
+/// not write it (an auditor's), reads a private copy instead: opening the store itself would
+/// write to it (its `-wal` and `-shm`), which that account cannot.
+pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<OpenStore, String> {
     let text = crate::small_file::read_to_string(config_path).map_err(|e| {
         format!(
             "{}: cannot read the config file: {e} (choose one with --config or GITGATE_CONFIG)",
@@ -63,6 +80,14 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
             config_path.display()
         ));
     }
+    if !writes && Store::check_can_write(path).is_err() {
+        let snapshot = Store::snapshot(path).map_err(|e| config.store_refusal(e))?;
+        let store = Store::open(snapshot.path()).map_err(|e| config.store_refusal(e))?;
+        return Ok(OpenStore {
+            store,
+            _snapshot: Some(snapshot),
+        });
+    }
     let store = Store::open(path).map_err(|e| config.store_refusal(e))?;
     // A command that writes says up front, as `serve` does, when this process cannot write the
     // store (a store created by `sudo gitgate ...`, run as another user), instead of SQLite's
@@ -70,7 +95,10 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
     if writes {
         store.check_writable().map_err(|e| e.to_string())?;
     }
-    Ok(store)
+    Ok(OpenStore {
+        store,
+        _snapshot: None,
+    })
 }
 
 /// Read a password: the first line of stdin with `--password-stdin`, else a no-echo prompt.

@@ -334,22 +334,38 @@ struct ScratchCopy {
 
 impl ScratchCopy {
     fn of(store: &Path, wal: &Path) -> std::io::Result<ScratchCopy> {
+        let copy = ScratchCopy::folder()?;
+        std::fs::copy(store, &copy.db)?;
+        std::fs::copy(wal, copy.dir.join("store.db-wal"))?;
+        Ok(copy)
+    }
+
+    /// An empty folder of its own; `db` names a file not yet there.
+    fn folder() -> std::io::Result<ScratchCopy> {
         use std::os::unix::fs::DirBuilderExt;
         let mut random = [0u8; 8];
         getrandom::getrandom(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
         let dir = std::env::temp_dir().join(format!(
-            "gitgate-check-{}-{:016x}",
+            "gitgate-read-{}-{:016x}",
             std::process::id(),
             u64::from_le_bytes(random)
         ));
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        let copy = ScratchCopy {
+        Ok(ScratchCopy {
             db: dir.join("store.db"),
             dir,
-        };
-        std::fs::copy(store, &copy.db)?;
-        std::fs::copy(wal, copy.dir.join("store.db-wal"))?;
-        Ok(copy)
+        })
+    }
+}
+
+/// A consistent copy of a store, taken without writing to it (see [`Store::snapshot`]), and
+/// removed when dropped.
+pub struct Snapshot(ScratchCopy);
+
+impl Snapshot {
+    /// The copy's file, for [`Store::open`].
+    pub fn path(&self) -> &Path {
+        &self.0.db
     }
 }
 
@@ -357,6 +373,72 @@ impl Drop for ScratchCopy {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A connection that reads a store without writing anything beside it (see
+/// [`Store::inspect`]), and the private copy it reads when the store has a `-wal` but no
+/// `-shm`. Fields drop in order: the connection before the copy it may have open.
+struct ReadOnly {
+    conn: Connection,
+    _scratch: Option<ScratchCopy>,
+}
+
+/// A [`ReadOnly`] connection to the store at `path`; `None` when there is no file there.
+fn read_only_connection(path: &Path) -> Result<Option<ReadOnly>> {
+    let open_err = |message: String| StoreError::Open {
+        path: path.to_path_buf(),
+        message,
+    };
+    usable_path(path).map_err(open_err)?;
+    refuse_a_log_without_its_file(path).map_err(open_err)?;
+    refuse_an_index_without_its_log(path).map_err(open_err)?;
+    if !path.exists() {
+        return Ok(None);
+    }
+    let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // Through a symbolic link, SQLite keeps the `-wal` and `-shm` beside the real file.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
+    let mut scratch = None;
+    let conn = if wal.exists() && !shm.exists() {
+        // A `-wal` without its `-shm`: left by a process that ended without closing the
+        // store (its `-shm` removed since), and no process has it open now. The log may hold
+        // commits the file does not, so it must be read, and SQLite would create the `-shm`
+        // to read it — owned by whoever runs the check, which could keep `serve`, running
+        // as another user, from opening the store. Both files are read from a private copy
+        // instead.
+        let copy = ScratchCopy::of(&real, &wal).map_err(|e| {
+            open_err(format!(
+                "it has a -wal but no -shm, and reading it would create the -shm; \
+                 reading a copy of both instead failed: {e}"
+            ))
+        })?;
+        let db = if shm.exists() {
+            // Opened by a process meanwhile, which made the `-shm`: read the store itself.
+            path.to_path_buf()
+        } else {
+            copy.db.clone()
+        };
+        scratch = Some(copy);
+        Connection::open_with_flags(db, flags)
+    } else if wal.exists() {
+        Connection::open_with_flags(path, flags)
+    } else {
+        // No `-wal`: no connection has the store open (the last one to close removes it), and
+        // everything is in the file itself. Read it as it is: a read-only connection would
+        // otherwise create the `-wal` and `-shm` beside it, owned by whoever runs the check.
+        Connection::open_with_flags(
+            format!("file:{}?immutable=1", uri_path(path)),
+            flags | OpenFlags::SQLITE_OPEN_URI,
+        )
+    }
+    .map_err(explain)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(explain)?;
+    Ok(Some(ReadOnly {
+        conn,
+        _scratch: scratch,
+    }))
 }
 
 impl Store {
@@ -372,55 +454,15 @@ impl Store {
             path: path.to_path_buf(),
             message,
         };
-        usable_path(path).map_err(open_err)?;
-        refuse_a_log_without_its_file(path).map_err(open_err)?;
-        refuse_an_index_without_its_log(path).map_err(open_err)?;
-        if !path.exists() {
-            return Ok(None);
-        }
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        // Through a symbolic link, SQLite keeps the `-wal` and `-shm` beside the real file.
-        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
-        // Declared before the connection, so that it outlives it.
-        let scratch;
-        let conn = if wal.exists() && !shm.exists() {
-            // A `-wal` without its `-shm`: left by a process that ended without closing the
-            // store (its `-shm` removed since), and no process has it open now. The log may hold
-            // commits the file does not, so it must be read, and SQLite would create the `-shm`
-            // to read it — owned by whoever runs the check, which could keep `serve`, running
-            // as another user, from opening the store. Both files are read from a private copy
-            // instead.
-            scratch = ScratchCopy::of(&real, &wal).map_err(|e| {
-                open_err(format!(
-                    "it has a -wal but no -shm, and reading it would create the -shm; \
-                     reading a copy of both instead failed: {e}"
-                ))
-            })?;
-            if shm.exists() {
-                // Opened by a process meanwhile, which made the `-shm`: read the store itself.
-                Connection::open_with_flags(path, flags)
-            } else {
-                Connection::open_with_flags(&scratch.db, flags)
-            }
-        } else if wal.exists() {
-            Connection::open_with_flags(path, flags)
-        } else {
-            // No `-wal`: no connection has the store open (the last one to close removes it), and
-            // everything is in the file itself. Read it as it is: a read-only connection would
-            // otherwise create the `-wal` and `-shm` beside it, owned by whoever runs the check.
-            Connection::open_with_flags(
-                format!("file:{}?immutable=1", uri_path(path)),
-                flags | OpenFlags::SQLITE_OPEN_URI,
-            )
-        }
-        .map_err(explain)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(explain)?;
-        if let Some(tables) = schema::foreign_tables(&conn).map_err(explain)? {
+        let Some(read_only) = read_only_connection(path)? else {
+            return Ok(None);
+        };
+        let conn = &read_only.conn;
+        if let Some(tables) = schema::foreign_tables(conn).map_err(explain)? {
             return Err(open_err(foreign_database(&tables)));
         }
-        let version = schema::refuse_newer(&conn).map_err(explain)?;
+        let version = schema::refuse_newer(conn).map_err(explain)?;
         // Every page read once (SQLite's quick_check: the b-trees and their records, not the
         // indexes against the tables): a damaged page is otherwise found only when a request
         // happens to read it, and serve then refuses every token until the store is restored.
@@ -452,6 +494,44 @@ impl Store {
             users,
             unrevoked_tokens,
         }))
+    }
+
+    /// A consistent copy of the store at `path`, made without writing to it or beside it, in
+    /// a private folder (mode 0700) removed with the [`Snapshot`]: for the CLI's read commands
+    /// run by an account that may read the store but not write it (an auditor), which
+    /// [`Store::open`] cannot serve — it opens the store to write, as `serve` needs. SQLite's
+    /// `VACUUM INTO` copies one read transaction, so a server committing meanwhile is seen
+    /// whole or not at all. A store from a newer gitgate, another program's database or no
+    /// file at all is refused as by [`Store::open`]; an older schema is migrated in the copy.
+    pub fn snapshot(path: &Path) -> Result<Snapshot> {
+        let open_err = |message: String| StoreError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
+        let Some(read_only) = read_only_connection(path)? else {
+            return Err(open_err("there is no file there".into()));
+        };
+        let conn = &read_only.conn;
+        if let Some(tables) = schema::foreign_tables(conn).map_err(explain)? {
+            return Err(open_err(foreign_database(&tables)));
+        }
+        schema::refuse_newer(conn).map_err(explain)?;
+        let copy = ScratchCopy::folder()
+            .map_err(|e| open_err(format!("cannot make a private folder to read it in: {e}")))?;
+        let into = copy.db.to_str().ok_or_else(|| {
+            open_err(format!(
+                "the temporary folder {} is not UTF-8",
+                copy.dir.display()
+            ))
+        })?;
+        conn.execute("VACUUM INTO ?1", [into]).map_err(|e| {
+            open_err(format!(
+                "cannot copy it to read it ({e}); the copy would have gone to {}",
+                copy.dir.display()
+            ))
+        })?;
+        Ok(Snapshot(copy))
     }
 
     /// Fails unless this process could write the store at `path` as `serve` needs, asking the
