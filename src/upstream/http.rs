@@ -671,20 +671,36 @@ fn ca_file_roots(
     }
     let mut left_out = Vec::new();
     for (n, c) in certs.into_iter().enumerate() {
-        if let Some(why) = crate::tls::validity(&c).and_then(|v| v.problem(now)) {
-            left_out.push(format!("certificate {} of the file: {why}", n + 1));
-            continue;
-        }
         // rustls says "invalid peer certificate" of any certificate it cannot read: here it
         // is the CA file's, not a peer's.
-        roots.add(c).map_err(|e| {
+        let unreadable = |e: rustls::Error| {
             format!(
                 "[upstream] ca_file = \"{}\": certificate {} of the file is not a readable \
                  X.509 certificate ({e:?})",
                 ca.display(),
                 n + 1
             )
-        })?;
+        };
+        let why = match crate::tls::validity(&c) {
+            Some(validity) => validity.problem(now),
+            // Dates gitgate cannot read (fractional seconds, a time zone: RFC 5280 allows
+            // neither) could be any: such a CA is left out too, never trusted unchecked.
+            None => {
+                rustls::RootCertStore::empty()
+                    .add(c.clone())
+                    .map_err(unreadable)?;
+                Some(
+                    "its validity dates cannot be read (RFC 5280's forms: UTCTime or \
+                     GeneralizedTime, to the second, in UTC)"
+                        .to_string(),
+                )
+            }
+        };
+        if let Some(why) = why {
+            left_out.push(format!("certificate {} of the file: {why}", n + 1));
+            continue;
+        }
+        roots.add(c).map_err(unreadable)?;
     }
     if roots.is_empty() {
         return Err(format!(
@@ -867,7 +883,7 @@ mod tests {
     }
 
     /// Midnight UTC of `date` (YYYY-MM-DD), in epoch milliseconds.
-    fn at(date: &str) -> i64 {
+    fn at_date(date: &str) -> i64 {
         crate::clock::parse_date(date).unwrap()
     }
 
@@ -881,7 +897,7 @@ mod tests {
         std::fs::write(&both, pem).unwrap();
 
         let mut roots = rustls::RootCertStore::empty();
-        let warnings = ca_file_roots(&both, at("2026-12-02"), &mut roots).unwrap();
+        let warnings = ca_file_roots(&both, at_date("2026-12-02"), &mut roots).unwrap();
         assert_eq!(roots.len(), 1);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(
@@ -896,14 +912,14 @@ mod tests {
         // In January 2020 the second is in its dates and the first (made in 2026) not yet;
         // before it, neither is.
         let mut roots = rustls::RootCertStore::empty();
-        let warnings = ca_file_roots(&both, at("2020-01-15"), &mut roots).unwrap();
+        let warnings = ca_file_roots(&both, at_date("2020-01-15"), &mut roots).unwrap();
         assert_eq!((roots.len(), warnings.len()), (1, 1), "{warnings:?}");
         assert!(
             warnings[0].contains("certificate 1 of the file: the certificate is not valid before"),
             "{warnings:?}"
         );
         let mut roots = rustls::RootCertStore::empty();
-        let e = ca_file_roots(&both, at("2019-06-01"), &mut roots).unwrap_err();
+        let e = ca_file_roots(&both, at_date("2019-06-01"), &mut roots).unwrap_err();
         assert!(
             e.contains("holds no CA certificate that is valid now")
                 && e.contains("certificate 1 of the file: the certificate is not valid before")
@@ -913,11 +929,50 @@ mod tests {
 
         // A file of expired CAs alone is refused, not read as trusting nothing.
         let mut roots = rustls::RootCertStore::empty();
-        let e = ca_file_roots(&fixture("expired.pem"), at("2026-12-02"), &mut roots).unwrap_err();
+        let e =
+            ca_file_roots(&fixture("expired.pem"), at_date("2026-12-02"), &mut roots).unwrap_err();
         assert!(
             e.contains("expired.pem\" holds no CA certificate that is valid now")
                 && e.contains("expired on 2020-01-31"),
             "{e}"
+        );
+    }
+
+    /// A CA whose dates gitgate cannot read is left out as well: never trusted unchecked.
+    #[test]
+    fn a_ca_with_dates_that_cannot_be_read_is_left_out() {
+        use base64::Engine;
+        let der = CertificateDer::from_pem_file(fixture("expired.pem")).unwrap();
+        let mut der = der.as_ref().to_vec();
+        // notAfter, UTCTime 2020-01-31 00:00:00: its last digit made a letter (same length).
+        let at = der.windows(13).position(|w| w == b"200131000000Z").unwrap();
+        der[at + 11] = b'x';
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cas.pem");
+        let mut both = std::fs::read_to_string(fixture("ca.pem")).unwrap();
+        both.push_str(&pem);
+        std::fs::write(&file, both).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        let warnings = ca_file_roots(&file, at_date("2020-01-15"), &mut roots);
+        // The test CA is not valid yet then, and the other cannot be read: nothing is left.
+        let e = warnings.unwrap_err();
+        assert!(
+            e.contains("certificate 2 of the file: its validity dates cannot be read"),
+            "{e}"
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        let warnings = ca_file_roots(&file, at_date("2026-12-02"), &mut roots).unwrap();
+        assert_eq!(roots.len(), 1);
+        assert!(
+            warnings[0].contains("certificate 2 of the file: its validity dates cannot be read"),
+            "{warnings:?}"
         );
     }
 
