@@ -1759,6 +1759,18 @@ fn read_commands_work_for_an_account_that_cannot_write_the_store() {
         0,
         "the private copy was left behind"
     );
+    // Where the copy cannot be made, the error says where it was to go.
+    let mut cmd = sb.gitgate_command();
+    cmd.args(["user", "list"])
+        .env("TMPDIR", sb.root().join("no-such-folder"));
+    if root {
+        cmd.uid(65534).gid(65534);
+    }
+    let err = run(cmd, None);
+    err.fails_with(&format!(
+        "cannot make a private folder in {} (TMPDIR)",
+        sb.root().join("no-such-folder").display()
+    ));
     // A command that writes is refused as before.
     let err = without_write_access(&sb, &["user", "disable", "alice"]);
     assert!(err.contains("must be able to write"), "{err}");
@@ -1773,6 +1785,68 @@ fn read_commands_work_for_an_account_that_cannot_write_the_store() {
         let text = out.ok();
         assert!(text.contains("alice") && text.contains("bob"), "{text}");
         assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+    }
+}
+
+/// A read command stopped by a signal (Ctrl-C, `timeout`, a closed terminal) while it works
+/// on its copy of the store removes the copy first: it holds every token's and password's
+/// hash. Here `audit --json` is held in its write to a pipe nobody reads.
+#[test]
+fn a_read_commands_copy_is_removed_when_a_signal_stops_it() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    sb.add_user("alice", "alice-password-1");
+    // Enough events that their JSON fills a pipe (64 KiB) and the write waits.
+    rusqlite::Connection::open(sb.db())
+        .unwrap()
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+             INSERT INTO audit_events (at, actor, action, target, detail, source)
+             SELECT i, 'test', 'test.filler', 'x', 'an event to fill the pipe', 'local' FROM n;",
+        )
+        .unwrap();
+    let root = rustix::process::geteuid().is_root();
+    let scratch = sb.root().join("scratch");
+    fs::create_dir(&scratch).unwrap();
+    as_store_owner_only(&scratch, 0o777);
+    as_store_owner_only(sb.root(), 0o755);
+    as_store_owner_only(&sb.db(), 0o444);
+    for (signal, code) in [
+        (rustix::process::Signal::TERM, 143),
+        (rustix::process::Signal::INT, 130),
+    ] {
+        let mut cmd = sb.gitgate_command();
+        cmd.args(["audit", "--json"])
+            .env("TMPDIR", &scratch)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if root {
+            cmd.uid(65534).gid(65534);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // The copy is there, and the command is held writing its answer.
+        let start = Instant::now();
+        while fs::read_dir(&scratch).unwrap().count() == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no copy was made"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(Duration::from_millis(300));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the command did not wait"
+        );
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, signal).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{status:?}");
+        assert_eq!(
+            fs::read_dir(&scratch).unwrap().count(),
+            0,
+            "the copy was left behind"
+        );
     }
 }
 

@@ -81,8 +81,19 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
         ));
     }
     if !writes && Store::check_can_write(path).is_err() {
-        let snapshot = Store::snapshot(path).map_err(|e| config.store_refusal(e))?;
-        let store = Store::open(snapshot.path()).map_err(|e| config.store_refusal(e))?;
+        // Blocked before the folder is made: one that comes in between waits for the thread.
+        let signals = block_stop_signals();
+        let folder = crate::store::Snapshot::folder()?;
+        if let Some(signals) = signals {
+            remove_on_a_stop_signal(signals, folder.dir());
+        }
+        let snapshot = Store::snapshot(path, folder).map_err(|e| config.store_refusal(e))?;
+        let store = Store::open(snapshot.path()).map_err(|e| {
+            format!(
+                "cannot read the copy of the token store made in {} (TMPDIR): {e}",
+                snapshot.dir().display()
+            )
+        })?;
         return Ok(OpenStore {
             store,
             _snapshot: Some(snapshot),
@@ -99,6 +110,39 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
         store,
         _snapshot: None,
     })
+}
+
+/// SIGINT, SIGTERM and SIGHUP (Ctrl-C, `timeout`, a closed terminal) blocked in this thread,
+/// and so in every thread started after it, for [`remove_on_a_stop_signal`]; `None` if they
+/// could not be. Called before the CLI starts any other thread.
+fn block_stop_signals() -> Option<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset before use, and
+    // pthread_sigmask is given a valid pointer to it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        (libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) == 0).then_some(set)
+    }
+}
+
+/// Remove `dir` (a store's copy, see [`Store::snapshot`]) before the process ends on one of
+/// the `signals` [`block_stop_signals`] blocked, whose default actions would skip `Drop`: the
+/// copy holds every token's and password's hash, and can be as big as the store. A thread of
+/// its own takes them with `sigwait`, where removing a folder is safe, unlike in a signal
+/// handler; the process then ends with 128 + the signal's number, as the default would.
+fn remove_on_a_stop_signal(signals: libc::sigset_t, dir: &Path) {
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let mut signal = 0;
+        // SAFETY: `signals` is an initialised sigset_t, blocked in every thread.
+        if unsafe { libc::sigwait(&signals, &mut signal) } == 0 {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::process::exit(128 + signal);
+        }
+    });
 }
 
 /// Read a password: the first line of stdin with `--password-stdin`, else a no-echo prompt.

@@ -363,11 +363,30 @@ impl ScratchCopy {
 pub struct Snapshot(ScratchCopy);
 
 impl Snapshot {
+    /// The private folder (mode 0700, under `TMPDIR`) a copy goes into, empty: made before
+    /// the copy, so that a caller can see to its removal on a signal as well.
+    pub fn folder() -> std::result::Result<Snapshot, String> {
+        ScratchCopy::folder().map(Snapshot).map_err(|e| {
+            format!(
+                "cannot make a private folder in {} (TMPDIR) to copy the store into: {e}",
+                std::env::temp_dir().display()
+            )
+        })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.0.dir
+    }
+
     /// The copy's file, for [`Store::open`].
     pub fn path(&self) -> &Path {
         &self.0.db
     }
 }
+
+/// How many times [`Store::snapshot`] copies a store that changed under its copy.
+const SNAPSHOT_TRIES: u32 = 5;
 
 impl Drop for ScratchCopy {
     fn drop(&mut self) {
@@ -381,6 +400,18 @@ impl Drop for ScratchCopy {
 struct ReadOnly {
     conn: Connection,
     _scratch: Option<ScratchCopy>,
+    /// Read as `immutable` (no `-wal`: see [`read_only_connection`]), without SQLite's locks:
+    /// a process that opens and writes the store meanwhile is not seen, and its checkpoint
+    /// rewrites pages under the read.
+    immutable: bool,
+}
+
+/// What tells whether a file was written: its identity, size and modification time (`None`
+/// when it cannot be looked at).
+fn file_state(path: &Path) -> Option<(u64, u64, u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
 }
 
 /// A [`ReadOnly`] connection to the store at `path`; `None` when there is no file there.
@@ -401,6 +432,7 @@ fn read_only_connection(path: &Path) -> Result<Option<ReadOnly>> {
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
     let mut scratch = None;
+    let immutable = !wal.exists();
     let conn = if wal.exists() && !shm.exists() {
         // A `-wal` without its `-shm`: left by a process that ended without closing the
         // store (its `-shm` removed since), and no process has it open now. The log may hold
@@ -438,6 +470,7 @@ fn read_only_connection(path: &Path) -> Result<Option<ReadOnly>> {
     Ok(Some(ReadOnly {
         conn,
         _scratch: scratch,
+        immutable,
     }))
 }
 
@@ -497,41 +530,62 @@ impl Store {
     }
 
     /// A consistent copy of the store at `path`, made without writing to it or beside it, in
-    /// a private folder (mode 0700) removed with the [`Snapshot`]: for the CLI's read commands
+    /// `into` (from [`Snapshot::folder`]), removed with the [`Snapshot`]: for the CLI's read commands
     /// run by an account that may read the store but not write it (an auditor), which
     /// [`Store::open`] cannot serve — it opens the store to write, as `serve` needs. SQLite's
     /// `VACUUM INTO` copies one read transaction, so a server committing meanwhile is seen
-    /// whole or not at all. A store from a newer gitgate, another program's database or no
+    /// whole or not at all (a store without a `-wal`, read without locks, is copied again if it
+    /// changed during the copy). A store from a newer gitgate, another program's database or no
     /// file at all is refused as by [`Store::open`]; an older schema is migrated in the copy.
-    pub fn snapshot(path: &Path) -> Result<Snapshot> {
+    pub fn snapshot(path: &Path, into: Snapshot) -> Result<Snapshot> {
         let open_err = |message: String| StoreError::Open {
             path: path.to_path_buf(),
             message,
         };
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
-        let Some(read_only) = read_only_connection(path)? else {
-            return Err(open_err("there is no file there".into()));
-        };
-        let conn = &read_only.conn;
-        if let Some(tables) = schema::foreign_tables(conn).map_err(explain)? {
-            return Err(open_err(foreign_database(&tables)));
+        let target = into.path().to_str().ok_or_else(|| {
+            open_err(format!(
+                "the temporary folder {} (TMPDIR) is not UTF-8",
+                into.dir().display()
+            ))
+        })?;
+        for _ in 0..SNAPSHOT_TRIES {
+            // A store without a `-wal` is read `immutable`, without locks (the only way to read
+            // it without creating its `-wal` and `-shm`): a writer that opens it meanwhile and
+            // checkpoints into the file could tear the copy. The file as it was before the copy
+            // and after tells: if it changed, the copy is made again.
+            let before = file_state(path);
+            let Some(read_only) = read_only_connection(path)? else {
+                return Err(open_err("there is no file there".into()));
+            };
+            let conn = &read_only.conn;
+            if let Some(tables) = schema::foreign_tables(conn).map_err(explain)? {
+                return Err(open_err(foreign_database(&tables)));
+            }
+            schema::refuse_newer(conn).map_err(explain)?;
+            let _ = std::fs::remove_file(into.path());
+            #[cfg(test)]
+            test_support::run_during_the_copy();
+            #[cfg(test)]
+            test_support::COPIES.with(|c| c.set(c.get() + 1));
+            let copied = conn.execute("VACUUM INTO ?1", [target]);
+            let unchanged = !read_only.immutable || file_state(path) == before;
+            drop(read_only);
+            match copied {
+                Ok(_) if unchanged => return Ok(into),
+                Err(e) if unchanged => {
+                    return Err(open_err(format!(
+                        "cannot copy it to read it ({e}); the copy went to {} (TMPDIR)",
+                        into.dir().display()
+                    )))
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
         }
-        schema::refuse_newer(conn).map_err(explain)?;
-        let copy = ScratchCopy::folder()
-            .map_err(|e| open_err(format!("cannot make a private folder to read it in: {e}")))?;
-        let into = copy.db.to_str().ok_or_else(|| {
-            open_err(format!(
-                "the temporary folder {} is not UTF-8",
-                copy.dir.display()
-            ))
-        })?;
-        conn.execute("VACUUM INTO ?1", [into]).map_err(|e| {
-            open_err(format!(
-                "cannot copy it to read it ({e}); the copy would have gone to {}",
-                copy.dir.display()
-            ))
-        })?;
-        Ok(Snapshot(copy))
+        Err(open_err(format!(
+            "it changed while it was being copied, {SNAPSHOT_TRIES} times (a gitgate command or \
+             server writing it): try again"
+        )))
     }
 
     /// Fails unless this process could write the store at `path` as `serve` needs, asking the
@@ -1595,6 +1649,30 @@ pub(crate) mod test_support {
         String::from_utf8(bytes).unwrap()
     }
 
+    thread_local! {
+        /// Run by [`Store::snapshot`] on this thread while its next copy is under way.
+        static DURING_THE_COPY: std::cell::RefCell<Option<Box<dyn FnOnce() + Send>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    thread_local! {
+        /// How many copies [`Store::snapshot`] made on this thread.
+        pub static COPIES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Have `f` run in the middle of this thread's next [`Store::snapshot`] copy.
+    pub fn during_the_next_copy(f: impl FnOnce() + Send + 'static) {
+        DURING_THE_COPY.with(|d| *d.borrow_mut() = Some(Box::new(f)));
+    }
+
+    /// For [`Store::snapshot`]: the hook [`during_the_next_copy`] set, run once the store is
+    /// open for the copy and read (its schema), before the pages are copied.
+    pub(super) fn run_during_the_copy() {
+        if let Some(f) = DURING_THE_COPY.with(|d| d.borrow_mut().take()) {
+            f();
+        }
+    }
+
     pub fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).unwrap();
@@ -1650,6 +1728,46 @@ mod tests {
     use super::test_support::temp_store;
     use super::*;
     use rusqlite::OptionalExtension;
+
+    /// A store without a `-wal` is copied without locks: one written while it is being copied
+    /// (a CLI command that opens it, commits and checkpoints into the file, which tore copies of
+    /// a 580 MB store) is copied again, so the copy is whole and has the change. Here the write
+    /// comes between the copy's read of the schema and of the pages: the file changed, so the
+    /// copy is made a second time; unchanged, once.
+    #[test]
+    fn a_store_written_during_its_copy_is_copied_again() {
+        use super::test_support::{actor, during_the_next_copy, COPIES};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Store::open(&path).unwrap();
+        for i in 0..50 {
+            store
+                .add_user(&format!("user{i}"), "x", Role::User, &actor())
+                .unwrap();
+        }
+        drop(store);
+        assert!(!sidecar(&path, "-wal").exists(), "the premise: no -wal");
+        let writer = path.clone();
+        during_the_next_copy(move || {
+            let store = Store::open(&writer).unwrap();
+            store.add_user("late", "x", Role::User, &actor()).unwrap();
+            drop(store);
+        });
+        COPIES.with(|c| c.set(0));
+        let copy = Store::snapshot(&path, Snapshot::folder().unwrap()).unwrap();
+        assert_eq!(COPIES.with(|c| c.get()), 2);
+        let read = Store::open(copy.path()).unwrap();
+        let users = read.users().unwrap();
+        assert_eq!(users.len(), 51);
+        assert!(users.iter().any(|u| u.slug == "late"));
+        drop(read);
+        let dir_of_copy = copy.dir().to_path_buf();
+        drop(copy);
+        assert!(!dir_of_copy.exists());
+        COPIES.with(|c| c.set(0));
+        drop(Store::snapshot(&path, Snapshot::folder().unwrap()).unwrap());
+        assert_eq!(COPIES.with(|c| c.get()), 1);
+    }
 
     #[test]
     fn a_folder_is_not_a_store() {
