@@ -414,15 +414,25 @@ fn file_state(path: &Path) -> Option<(u64, u64, u64, std::time::SystemTime)> {
     Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
 }
 
-/// A [`ReadOnly`] connection to the store at `path`; `None` when there is no file there.
-fn read_only_connection(path: &Path) -> Result<Option<ReadOnly>> {
+/// The checks before any open of the store at `path`, by a server, a command or a read: a
+/// path that cannot be a store, a `-wal` without its file, an index without its log.
+fn refuse_what_cannot_be_opened(path: &Path) -> Result<()> {
     let open_err = |message: String| StoreError::Open {
         path: path.to_path_buf(),
         message,
     };
     usable_path(path).map_err(open_err)?;
     refuse_a_log_without_its_file(path).map_err(open_err)?;
-    refuse_an_index_without_its_log(path).map_err(open_err)?;
+    refuse_an_index_without_its_log(path).map_err(open_err)
+}
+
+/// A [`ReadOnly`] connection to the store at `path`; `None` when there is no file there.
+fn read_only_connection(path: &Path) -> Result<Option<ReadOnly>> {
+    let open_err = |message: String| StoreError::Open {
+        path: path.to_path_buf(),
+        message,
+    };
+    refuse_what_cannot_be_opened(path)?;
     if !path.exists() {
         return Ok(None);
     }
@@ -656,9 +666,7 @@ impl Store {
             path: path.to_path_buf(),
             message,
         };
-        usable_path(path).map_err(open_err)?;
-        refuse_a_log_without_its_file(path).map_err(open_err)?;
-        refuse_an_index_without_its_log(path).map_err(open_err)?;
+        refuse_what_cannot_be_opened(path)?;
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         // The file the connections open is the one `file` names below, unless it was replaced
         // in between: then it is looked at again before anything is served.
