@@ -99,7 +99,9 @@
 //!   refused on the next request too, and so is a file whose header no longer says SQLite; the
 //!   file checks that see it run after an inotify watch on
 //!   the store's folders reports a change there (and every 0.1 s), not on every request; a
-//!   watch lost with a folder moved away is set up again once the folder is back.
+//!   watch lost with a folder moved away is set up again once the folder is back. The CLI's
+//!   read commands, run by an account that may read the store but not write it, read a
+//!   private copy of it ([`store::Store::snapshot`]).
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
 //!   streamed, in a process group of its own that is ended whole when the request ends early
 //!   — but for a push, which is told by the end of its input and left to finish (a few per
@@ -111,7 +113,9 @@
 //! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which
 //!   token; the expiry policy; expiry never changes) for both interfaces: [`cli`], the
 //!   operator's command line, and [`api`], the Bitbucket-shaped REST API under `/rest/`, which
-//!   the gate routes before git classification and which accepts passwords, never tokens.
+//!   the gate routes before git classification and which accepts passwords, never tokens;
+//!   each change it makes checks again, in its own transaction, that the caller's account still
+//!   stands (active; an administrator if it logged in as one).
 //! - [`body`] lets the gate and the upstream watch frames stream past (byte counts, idle
 //!   activity) without buffering them, and hands small upstream chunks on in bursts (one
 //!   `writev` for many).
