@@ -8,7 +8,7 @@
 //! credential helper stores whatever got a 2xx).
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -75,8 +75,8 @@ const UNREADABLE_FORWARDED_FOR: &str =
 enum Refusal {
     NotGit(Rejection),
     NoCredentials(CredentialError),
-    /// The secret cannot be a token at all (an account password, a token cut short): why.
-    NotAToken(&'static str),
+    /// The secret cannot be a token at all (an account password, a token cut short): which.
+    NotAToken(token::NotAToken),
     InvalidToken,
     Denied(Deny),
     /// A request body framed in a way gitgate cannot pass on (501).
@@ -337,7 +337,7 @@ impl Gate {
             .filter(|u| !u.is_empty())
             .map(|u| crate::store::as_written_down(u).to_string());
         let id = token::parse(secret.expose())
-            .ok_or_else(|| Refusal::NotAToken(token::why_not_a_token(secret.expose())))?;
+            .ok_or_else(|| Refusal::NotAToken(token::NotAToken::of(secret.expose())))?;
         log.token_id = Some(id.as_str().to_string());
 
         // Hot path: a cache hit costs a hash lookup and a read of the WAL index header (an id
@@ -459,9 +459,9 @@ impl Gate {
                 self.audit_failure(remote, log, "invalid token");
                 self.unauthenticated(log, "invalid token")
             }
-            Refusal::NotAToken(why) => {
-                self.audit_failure(remote, log, "invalid token");
-                self.unauthenticated(log, why)
+            Refusal::NotAToken(what) => {
+                self.audit_failure(remote, log, what.audit_reason());
+                self.unauthenticated(log, what.message())
             }
             Refusal::Denied(Deny::Unauthenticated(m)) => {
                 self.audit_failure(remote, log, &m);
@@ -653,10 +653,9 @@ impl LogLine {
         // A classified request's repository was checked for a token already (in `admit`, on
         // its decoded form, before `repo` was set); its path holds nothing else but the
         // configured prefix and a fixed git suffix, so it needs no second scan.
-        let path = if self.who.repo.is_some() {
-            self.uri.path()
-        } else {
-            loggable_path(self.uri.path())
+        let path = LogPath {
+            path: self.uri.path(),
+            token_checked: self.who.repo.is_some(),
         };
         tracing::info!(
             target: "gitgate::request",
@@ -693,10 +692,11 @@ pub fn log_answered_before_the_gate<B>(
         method = %req.method(),
         path = %loggable_path(req.uri().path()),
         remote = %remote.ip(),
-        repo = "-",
-        access = "-",
-        user = "-",
-        token_id = "-",
+        // Display, not Debug: `user=-` as on every other request line, not `user="-"`.
+        repo = %"-",
+        access = %"-",
+        user = %"-",
+        token_id = %"-",
         status = status.as_u16(),
         outcome = %outcome,
         "request"
@@ -736,12 +736,44 @@ pub fn host_problem(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<
 }
 
 /// The path as logged: one that holds what may be a token secret (pasted into a URL by
-/// mistake) is not written out.
-pub fn loggable_path(path: &str) -> &str {
-    if crate::credentials::holds_a_token(path) {
-        "<a path holding what looks like a token secret>"
-    } else {
-        path
+/// mistake) is not written out, and anything but printable ASCII is escaped (see [`LogPath`]).
+pub fn loggable_path(path: &str) -> LogPath<'_> {
+    LogPath {
+        path,
+        token_checked: false,
+    }
+}
+
+/// A request path as written into a log line. hyper passes on a path's raw bytes above ASCII,
+/// and a client needs no credentials to have one logged: written as they came, an em space
+/// (U+2003) or a line separator (U+2028) would let it add look-alike fields (`user=alice
+/// status=200`) or lines to the log for any parser that splits on Unicode white space, and a
+/// right-to-left override would reorder the line on screen. So every character but printable
+/// ASCII, and the backslash that starts an escape, is written as a Rust escape (`\u{2003}`,
+/// `\\`), as the user names and the backend's stderr are kept to one readable line elsewhere.
+pub struct LogPath<'a> {
+    path: &'a str,
+    /// Whether the path was already found to hold no token (a classified git path).
+    token_checked: bool,
+}
+
+impl fmt::Display for LogPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.token_checked && crate::credentials::holds_a_token(self.path) {
+            return f.write_str("<a path holding what looks like a token secret>");
+        }
+        let plain = |b: u8| b.is_ascii_graphic() && b != b'\\';
+        if self.path.bytes().all(plain) {
+            return f.write_str(self.path);
+        }
+        for c in self.path.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                c if c.is_ascii() && plain(c as u8) => f.write_char(c)?,
+                c => write!(f, "{}", c.escape_unicode())?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -791,12 +823,25 @@ impl Unanswered {
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if let Some(line) = self.0.take() {
+        if let Some(mut line) = self.0.take() {
+            if std::thread::panicking() {
+                // A panic while deciding or forwarding unwinds through here (the request's
+                // locals are dropped as it does), and `unwind::CatchPanic` answers 500: logged
+                // and counted as that, a 5xx an alert sees, not as a client that left.
+                line.status = StatusCode::INTERNAL_SERVER_ERROR.as_u16();
+                line.forwarded = false;
+                line.write(0, INTERNAL_ERROR);
+                return;
+            }
             let outcome = crate::server::unfinished_outcome(&line.connection);
             line.write(0, outcome);
         }
     }
 }
+
+/// The outcome of a request whose handling panicked (its answer, if any was still to come,
+/// is `unwind::CatchPanic`'s 500).
+const INTERNAL_ERROR: &str = "internal-error";
 
 /// Wraps the response body and writes the request's log line when the body ends or is dropped,
 /// so that bytes and duration cover the whole transfer, not just the headers.
@@ -888,9 +933,63 @@ impl Drop for LoggedBody {
 
 #[cfg(test)]
 mod tests {
-    use super::{host_problem, AuditScratch};
+    use super::{host_problem, loggable_path, AuditScratch, LogLine, RequestLog, Unanswered};
+    use crate::idle::Activity;
     use hyper::header::HOST;
     use hyper::{HeaderMap, Uri, Version};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_logged_path_cannot_add_fields_or_lines() {
+        let said = |p: &str| loggable_path(p).to_string();
+        assert_eq!(said("/team/app.git/info/refs"), "/team/app.git/info/refs");
+        // Unicode white space, a line separator and a text-direction override: escaped.
+        assert_eq!(
+            said("/x\u{2003}user=alice\u{2003}status=200\u{2028}INFO"),
+            "/x\\u{2003}user=alice\\u{2003}status=200\\u{2028}INFO"
+        );
+        assert_eq!(said("/x\u{202e}nimda"), "/x\\u{202e}nimda");
+        assert_eq!(said("/caf\u{e9}\tx"), "/caf\\u{e9}\\u{9}x");
+        // The backslash that starts an escape is itself escaped: no path logs as another.
+        assert_eq!(said("/a\\u{2003}"), "/a\\\\u{2003}");
+        // Percent-escapes are ASCII and stay as sent.
+        assert_eq!(said("/a%E2%80%83b"), "/a%E2%80%83b");
+        let token = "ggt_abcdefgh2345_".to_string() + &"A".repeat(43) + "_abcdef";
+        let hidden = said(&format!("/x/{token}"));
+        assert!(!hidden.contains("ggt_"), "{hidden}");
+    }
+
+    #[test]
+    fn a_request_whose_handling_panics_is_logged_as_an_internal_error() {
+        let line = || LogLine {
+            method: hyper::Method::GET,
+            uri: Uri::from_static("/team/app.git/info/refs"),
+            remote: "192.0.2.7:4000".parse().unwrap(),
+            who: RequestLog::default(),
+            status: super::CLIENT_GONE_BEFORE_ANSWER,
+            forwarded: true,
+            inbound: Arc::default(),
+            started: std::time::Instant::now(),
+            connection: Activity::new(),
+        };
+        let log = crate::store::test_support::logged(|| {
+            let panicked = std::panic::catch_unwind(|| {
+                let _pending = Unanswered(Some(line()));
+                if std::hint::black_box(true) {
+                    panic!("a bug while deciding");
+                }
+            });
+            assert!(panicked.is_err());
+        });
+        assert!(log.contains("status=500"), "{log}");
+        assert!(log.contains("outcome=internal-error"), "{log}");
+        // Without a panic, a request dropped unanswered is still a client that left.
+        let log = crate::store::test_support::logged(|| drop(Unanswered(Some(line()))));
+        assert!(
+            log.contains("status=499") && log.contains("outcome=client-gone"),
+            "{log}"
+        );
+    }
 
     fn hosts(values: &[&'static str]) -> HeaderMap {
         let mut h = HeaderMap::new();

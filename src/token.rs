@@ -168,16 +168,48 @@ pub fn parse(secret: &str) -> Option<TokenId> {
         .map(|id| TokenId(id.to_string()))
 }
 
-/// Why `secret`, which [`parse`] refused, is not a token, in words for the client: an account
-/// password (the first thing people try) reads otherwise than a token cut short or pasted with
-/// a space. Never repeats the secret.
-pub fn why_not_a_token(secret: &str) -> &'static str {
-    if secret.trim_start().starts_with(PREFIX) {
-        "invalid token: the password begins like a gitgate access token but is not a whole one \
-         (cut short, or with extra characters or spaces)"
-    } else {
-        "invalid token: the password is not a gitgate access token (those begin with ggt_); \
-         git takes an access token as its password, not an account password"
+/// Why a secret that [`parse`] refused is not a token: an account password (the first thing
+/// people try) reads otherwise than a token cut short or pasted with a space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAToken {
+    /// Not shaped like a token at all: most likely an account password.
+    Password,
+    /// Begins like a token but is not a whole one.
+    Damaged,
+}
+
+impl NotAToken {
+    /// What `secret` is, never repeating it.
+    pub fn of(secret: &str) -> NotAToken {
+        if secret.trim_start().starts_with(PREFIX) {
+            NotAToken::Damaged
+        } else {
+            NotAToken::Password
+        }
+    }
+
+    /// In words for the client.
+    pub fn message(self) -> &'static str {
+        match self {
+            NotAToken::Damaged => {
+                "invalid token: the password begins like a gitgate access token but is not a \
+                 whole one (cut short, or with extra characters or spaces)"
+            }
+            NotAToken::Password => {
+                "invalid token: the password is not a gitgate access token (those begin with \
+                 ggt_); git takes an access token as its password, not an account password"
+            }
+        }
+    }
+
+    /// In a few words for the audit event, so that an operator can tell the two apart.
+    pub fn audit_reason(self) -> &'static str {
+        match self {
+            NotAToken::Damaged => {
+                "invalid token: not a whole token (cut short or with extra characters)"
+            }
+            NotAToken::Password => "invalid token: not an access token (an account password?)",
+        }
     }
 }
 
@@ -279,11 +311,17 @@ mod tests {
         let odd = "é".repeat(SECRET_LEN);
         assert_eq!(parse(&odd[..SECRET_LEN - 1]), None);
         // What the client is told, without the secret: a password, or a token cut short.
-        assert!(why_not_a_token("hunter2").contains("not a gitgate access token"));
-        assert!(why_not_a_token("").contains("not a gitgate access token"));
+        for password in ["hunter2", ""] {
+            let what = NotAToken::of(password);
+            assert!(what.message().contains("not a gitgate access token"));
+            assert!(what.audit_reason().contains("account password"));
+        }
         for cut in [&s[..s.len() - 1], &format!(" {s}"), &format!("{s} ")] {
-            let why = why_not_a_token(cut);
+            let what = NotAToken::of(cut);
+            assert_eq!(what, NotAToken::Damaged);
+            let why = what.message();
             assert!(why.contains("not a whole one"), "{why}");
+            assert!(what.audit_reason().contains("not a whole token"));
             assert!(!why.contains(&s[PREFIX.len()..PREFIX.len() + 8]));
         }
     }

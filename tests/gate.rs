@@ -891,6 +891,54 @@ fn a_password_or_a_broken_token_is_told_apart_from_a_wrong_token() {
     }
     assert!(!server.log_text().contains("alices-account-password"));
     assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
+    // The operator can tell the two apart too: each has its own reason in the audit.
+    let mut server = server;
+    assert!(server.stop_within(Duration::from_secs(10)).success());
+    let audit = sb.cli(&["audit", "--json"]);
+    let audit = audit.ok();
+    for reason in [
+        "invalid token: not an access token (an account password?)",
+        "invalid token: not a whole token (cut short or with extra characters)",
+    ] {
+        assert!(
+            audit.contains(reason),
+            "no {reason:?} in the audit: {audit}"
+        );
+    }
+    assert!(!audit.contains("alices-account-password") && !audit.contains(cut));
+}
+
+/// A client needs no credentials to have its request's path logged: characters that would
+/// read as field separators or line breaks to a log parser, or reorder the line on screen,
+/// are written as escapes.
+#[test]
+fn a_path_cannot_forge_fields_or_lines_in_the_request_log() {
+    let (_sb, mut server, _) = team_setup();
+    let path = "/x\u{2003}user=alice\u{2003}status=200\u{2028}INFO\u{2003}forged\u{202e}z";
+    let resp = raw_http(
+        server.port,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(resp.status, 404);
+    server.stop();
+    let log = server.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("gitgate::request") && l.contains("path=/x"))
+        .unwrap_or_else(|| panic!("no request line: {log}"));
+    assert!(
+        line.contains(
+            "path=/x\\u{2003}user=alice\\u{2003}status=200\\u{2028}INFO\\u{2003}forged\\u{202e}z "
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains(" user=- ") && line.contains("status=404"),
+        "{line}"
+    );
+    for c in ['\u{2003}', '\u{2028}', '\u{202e}'] {
+        assert!(!log.contains(c), "{c:?} written raw: {log}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -868,6 +868,8 @@ fn connections_beyond_an_addresss_cap_are_answered_503_and_closed() {
         log.lines().any(|l| l.contains("gitgate::request")
             && l.contains("path=/healthz")
             && l.contains("status=503")
+            // Its placeholders as on every other request line (`user=-`, not `user="-"`).
+            && l.contains(" repo=- access=- user=- token_id=- ")
             && l.contains("outcome=over-address-cap")),
         "{log}"
     );
