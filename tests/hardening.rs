@@ -314,9 +314,32 @@ fn a_store_restored_over_the_running_server_says_what_to_remove_at_the_stop() {
     assert_eq!(status(&get(&server, IR, &r)), 401);
     std::fs::rename(&backup, &db).unwrap();
     assert_eq!(status(&get(&server, IR, &r)), 503);
-    server.stop();
+    // Until then, a command or a check would read the old file's log as the restored file's
+    // (users it does not have) and write it into it: each is refused, and changes nothing.
     let wal = format!("{}-wal", db.display());
     let shm = format!("{}-shm", db.display());
+    let files = || [&db.display().to_string(), &wal, &shm].map(|f| std::fs::read(f).unwrap());
+    let before = files();
+    for command in [
+        &["user", "list"][..],
+        &["token", "list"],
+        &["check"],
+        &["token", "revoke", &r[4..16]],
+    ] {
+        let mut cmd = common::gitgate_command(&server.config());
+        cmd.args(command);
+        let run = common::run(cmd, None);
+        let said = run.fails_with("belong to another store file than");
+        assert!(
+            said.contains(&format!("process {} ", server.pid())),
+            "{command:?}: {said}"
+        );
+    }
+    assert!(
+        files() == before,
+        "a refused command changed the store's files"
+    );
+    server.stop();
     let advice = format!(
         "If the new file is a restored backup, remove {wal} and {shm} before starting gitgate again"
     );

@@ -16,6 +16,7 @@
 mod audit;
 mod cache;
 mod grants;
+mod locks;
 mod ratelimits;
 mod schema;
 mod settings;
@@ -415,7 +416,8 @@ fn file_state(path: &Path) -> Option<(u64, u64, u64, std::time::SystemTime)> {
 }
 
 /// The checks before any open of the store at `path`, by a server, a command or a read: a
-/// path that cannot be a store, a `-wal` without its file, an index without its log.
+/// path that cannot be a store, a `-wal` without its file, an index without its log, a log
+/// another process has open for another file (see [`locks`]).
 fn refuse_what_cannot_be_opened(path: &Path) -> Result<()> {
     let open_err = |message: String| StoreError::Open {
         path: path.to_path_buf(),
@@ -423,7 +425,10 @@ fn refuse_what_cannot_be_opened(path: &Path) -> Result<()> {
     };
     usable_path(path).map_err(open_err)?;
     refuse_a_log_without_its_file(path).map_err(open_err)?;
-    refuse_an_index_without_its_log(path).map_err(open_err)
+    refuse_an_index_without_its_log(path).map_err(open_err)?;
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| link_target(path));
+    let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
+    locks::refuse_a_log_of_another_file(&real, &wal, &shm).map_err(open_err)
 }
 
 /// A [`ReadOnly`] connection to the store at `path`; `None` when there is no file there.

@@ -1,0 +1,162 @@
+//! Whose SQLite locks are on the store's files, from Linux's `/proc/locks`: how a command tells
+//! that the `-wal` and `-shm` beside the store file belong to another file.
+//!
+//! SQLite finds a database's write-ahead log by its name alone. A backup moved over the store
+//! file while gitgate serves (the README asks for a stop first) leaves the running server's
+//! `-wal` and `-shm` beside it, holding the *old* file's log; any other process that opens the
+//! store then reads that log as the new file's — a command would list users the backup does
+//! not have, and its first write (or the checkpoint when it closes) would apply the old file's
+//! pages to the new one: a damaged store, which the next start serves. The server sees the
+//! change (it holds the old file open) and refuses; a command starting afresh cannot see it in
+//! the files. It can in the locks: every connection in WAL mode holds a read lock on the store
+//! file for as long as it is open (SQLite takes it before it opens the `-shm`, and lets go of
+//! it after), and one on the `-shm`. A process holding the `-shm` but no lock on the file at
+//! the store's path has the log of another file open.
+//!
+//! Without `/proc/locks` (another system, or a hidden `/proc`) nothing is refused here: the
+//! README's restore procedure (stop, remove the `-wal` and `-shm`, copy, start) is what keeps a
+//! restore safe, and this is a net under it.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// A file as `/proc/locks` names it: the device's major and minor numbers, and the inode.
+type FileKey = ((u32, u32), u64);
+
+/// The POSIX locks held (not waited for) in `/proc/locks`'s `text`: the process and the file.
+fn held_locks(text: &str) -> Vec<(u32, FileKey)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip(1); // "12:"
+            let kind = fields.next()?;
+            // A blocked request is listed as "-> POSIX ...": waiting, not holding.
+            if kind != "POSIX" {
+                return None;
+            }
+            let (_mode, _access) = (fields.next()?, fields.next()?);
+            let pid: u32 = fields.next()?.parse().ok()?;
+            let mut file = fields.next()?.split(':');
+            let major = u32::from_str_radix(file.next()?, 16).ok()?;
+            let minor = u32::from_str_radix(file.next()?, 16).ok()?;
+            let inode = file.next()?.parse().ok()?;
+            Some((pid, ((major, minor), inode)))
+        })
+        .collect()
+}
+
+/// The processes other than this one that hold a lock on `shm` but none on `db`.
+fn holders_of_another_files_log(text: &str, db: FileKey, shm: FileKey) -> BTreeSet<u32> {
+    let held = held_locks(text);
+    let on = |file: FileKey| -> BTreeSet<u32> {
+        held.iter()
+            .filter(|(_, key)| *key == file)
+            .map(|(pid, _)| *pid)
+            .collect()
+    };
+    let on_db = on(db);
+    on(shm)
+        .into_iter()
+        .filter(|pid| !on_db.contains(pid) && *pid != std::process::id())
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+fn key(path: &Path) -> Option<FileKey> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let dev = m.dev();
+    // glibc's `major` and `minor` of a `dev_t`.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    Some(((major as u32, minor as u32), m.ino()))
+}
+
+/// Refuses when a process has the `-shm` at `shm` open for another file than the one at `db`
+/// (seen twice, 100 ms apart, so that no process between its two locks is taken for one).
+#[cfg(target_os = "linux")]
+pub(super) fn refuse_a_log_of_another_file(
+    db: &Path,
+    wal: &Path,
+    shm: &Path,
+) -> Result<(), String> {
+    let strangers = || -> BTreeSet<u32> {
+        let (Some(db), Some(shm)) = (key(db), key(shm)) else {
+            return BTreeSet::new();
+        };
+        match std::fs::read_to_string("/proc/locks") {
+            Ok(text) => holders_of_another_files_log(&text, db, shm),
+            Err(_) => BTreeSet::new(),
+        }
+    };
+    if strangers().is_empty() {
+        return Ok(());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let pids = strangers();
+    if pids.is_empty() {
+        return Ok(());
+    }
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    Err(format!(
+        "{wal} and {shm} belong to another store file than {db}: process {pids} (a gitgate \
+         serving?) has them open for the file that was at that path before it was replaced (a \
+         backup moved into place while gitgate ran?), and opening the store now would read that \
+         file's log as this one's, mixing the two and damaging the store. Stop that process \
+         first: its last lines say which -wal and -shm to remove before the store is opened \
+         again. Nothing was opened or changed",
+        wal = wal.display(),
+        shm = shm.display(),
+        db = db.display(),
+        pids = pids.join(", ")
+    ))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn refuse_a_log_of_another_file(
+    _db: &Path,
+    _wal: &Path,
+    _shm: &Path,
+) -> Result<(), String> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCKS: &str = "\
+1: POSIX  ADVISORY  READ 22605 fe:00:10036068 128 128
+2: POSIX  ADVISORY  READ 22605 fe:00:10036254 1073741826 1073742335
+3: POSIX  ADVISORY  READ 31000 fe:00:10036068 128 128
+4: POSIX  ADVISORY  READ 31000 fe:00:99 1073741826 1073742335
+5: OFDLCK ADVISORY  READ -1 fe:00:10036068 128 128
+6: FLOCK  ADVISORY  WRITE 40 103:02:10036068 0 EOF
+6: -> POSIX  ADVISORY  WRITE 41 fe:00:10036068 128 128
+";
+
+    #[test]
+    fn locks_held_are_read_and_waiters_and_other_kinds_left_out() {
+        let held = held_locks(LOCKS);
+        assert_eq!(held.len(), 4, "{held:?}");
+        assert_eq!(held[0], (22605, ((0xfe, 0), 10036068)));
+        assert!(held.iter().all(|(pid, _)| ![40, 41].contains(pid)));
+        assert!(held_locks("garbage\n\n1: POSIX ADVISORY READ x fe:00:1 0 0").is_empty());
+    }
+
+    #[test]
+    fn a_process_with_the_index_open_for_another_file_is_named() {
+        let (shm, db) = (((0xfe, 0), 10036068), ((0xfe, 0), 10036254));
+        // 22605 holds both; 31000 the index and another file (the one replaced).
+        assert_eq!(
+            holders_of_another_files_log(LOCKS, db, shm),
+            BTreeSet::from([31000])
+        );
+        // Once the other file is the one at the path, it is 22605 that holds another's log.
+        assert_eq!(
+            holders_of_another_files_log(LOCKS, ((0xfe, 0), 99), shm),
+            BTreeSet::from([22605])
+        );
+        // Nobody on the index: nothing to refuse.
+        assert!(holders_of_another_files_log(LOCKS, db, ((0xfe, 0), 1)).is_empty());
+    }
+}
