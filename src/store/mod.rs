@@ -1645,6 +1645,18 @@ pub(crate) mod test_support {
                 Ok(())
             }
         }
+        // With one subscriber registered, tracing works out a callsite's interest from the
+        // default of whichever thread hits it first, and keeps it for every thread: a test on
+        // another thread, without a subscriber, that hits a log line first (two tests of the
+        // same code) leaves it "never" for this one — an empty capture, 3 runs in 5. A second
+        // one, kept for good and interested in nothing, makes tracing ask every registered
+        // subscriber ("sometimes"), and each event its own thread's.
+        static ANOTHER: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        ANOTHER.get_or_init(|| {
+            let another = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+            drop(tracing::dispatcher::set_default(&another));
+            another
+        });
         let captured = Captured::default();
         let sink = captured.clone();
         let subscriber = tracing_subscriber::fmt()

@@ -63,6 +63,26 @@ pub(super) struct Finishing {
     pub(super) running: Arc<Running>,
     /// The request, for the log: repository path and user.
     pub(super) label: String,
+    /// The end of what the push has said to its client so far (at most [`REPORT_TAIL`]): the
+    /// client may leave after receive-pack's report reached it, while a hook still runs, and
+    /// the log must still say what the push did.
+    pub(super) said: Vec<u8>,
+}
+
+impl Finishing {
+    /// Keeps the end of `data`, which the push said to its client.
+    fn heard(&mut self, data: &[u8]) {
+        keep_tail(&mut self.said, data);
+    }
+}
+
+/// Appends `data` to `tail`, keeping at most the last [`REPORT_TAIL`] bytes (give or take one
+/// more tail's worth between trims, so that a long output is not moved on every read).
+fn keep_tail(tail: &mut Vec<u8>, data: &[u8]) {
+    tail.extend_from_slice(data);
+    if tail.len() > 2 * REPORT_TAIL {
+        tail.drain(..tail.len() - REPORT_TAIL);
+    }
 }
 
 /// The most pushes of one worker that may finish without their client at once. Past it, a push
@@ -143,13 +163,14 @@ pub(super) async fn finish_alone(
     mut stdout: ChildStdout,
     mut guard: KillGuard,
     exit: Option<oneshot::Receiver<ExitInfo>>,
-    finishing: Finishing,
+    mut finishing: Finishing,
     _slot: FinishingSlot,
 ) {
     let mut stopping = finishing.running.stopping.subscribe();
     let mut scratch = vec![0u8; HEAD_READ];
-    // The end of what it says, which holds receive-pack's report (see `push_outcome`).
-    let mut tail = Vec::new();
+    // The end of what it said, to its client and since, which holds receive-pack's report
+    // (see `push_outcome`).
+    let mut tail = std::mem::take(&mut finishing.said);
     // `None` once it has said all it had to say; else why it is ended.
     let ended = loop {
         let read = tokio::select! {
@@ -158,12 +179,7 @@ pub(super) async fn finish_alone(
         };
         match read {
             Ok(Ok(0)) => break None,
-            Ok(Ok(n)) => {
-                tail.extend_from_slice(&scratch[..n]);
-                if tail.len() > 2 * REPORT_TAIL {
-                    tail.drain(..tail.len() - REPORT_TAIL);
-                }
-            }
+            Ok(Ok(n)) => keep_tail(&mut tail, &scratch[..n]),
             Ok(Err(_)) => break Some("reading the output of a push whose client left failed"),
             Err(_) => break Some("a push whose client left sent nothing for the idle timeout"),
         }
@@ -293,6 +309,9 @@ impl Body for CgiBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         if let Some(prefix) = this.prefix.take() {
+            if let Some(finishing) = &mut this.finishing {
+                finishing.heard(&prefix);
+            }
             return Poll::Ready(Some(Ok(Frame::data(this.within_declared(prefix)))));
         }
 
@@ -310,6 +329,9 @@ impl Body for CgiBody {
                 Ok(n) if n > 0 => {
                     this.silence.heard();
                     let data = this.buf.split().freeze();
+                    if let Some(finishing) = &mut this.finishing {
+                        finishing.heard(&data);
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(this.within_declared(data)))));
                 }
                 Ok(_) => {

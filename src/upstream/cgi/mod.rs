@@ -510,6 +510,7 @@ impl CgiBackend {
                 idle: self.head_timeout,
                 running: self.running.clone(),
                 label: format!("{} (user {})", req.path_info, req.remote_user),
+                said: Vec::new(),
             }),
             silence: Silence::new(self.head_timeout),
             uploading,

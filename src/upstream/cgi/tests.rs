@@ -1043,6 +1043,59 @@ fn running(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A client that leaves once receive-pack's report has reached it, while a hook still runs
+/// (Ctrl-C during a slow post-receive): the log says what the push did, from the report the
+/// client was sent, not "no report".
+#[test]
+fn a_push_whose_client_left_after_the_report_is_logged_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let done = tmp.path().join("hook-ran");
+    let backend = script(
+        tmp.path(),
+        "push.cgi",
+        &format!(
+            "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; \
+             printf 'unpack ok\\nok refs/heads/main\\nok refs/heads/topic\\n'; \
+             sleep 1; touch '{}'",
+            done.display()
+        ),
+    );
+    let log = crate::store::test_support::logged(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let headers = HeaderMap::new();
+            let push = request(
+                &Method::POST,
+                "/team/app.git/git-receive-pack",
+                None,
+                &headers,
+            );
+            let make = || Generated {
+                remaining: 1000,
+                fail_at_end: false,
+            };
+            let mut body = serve(&backend, push, make).await.unwrap().into_body();
+            let mut said = Vec::new();
+            while !said.ends_with(b"ok refs/heads/topic\n") {
+                let frame = body.frame().await.expect("the report").unwrap();
+                said.extend_from_slice(frame.data_ref().unwrap());
+            }
+            drop(body); // the client left, the hook still running
+            assert!(eventually(|| done.exists()).await, "the push was ended");
+            // Its exit, then the line.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        });
+    });
+    assert!(
+        log.contains("a push whose client left has finished")
+            && log.contains("outcome=unpack ok, 2 ref(s) updated"),
+        "{log}"
+    );
+}
+
 /// Whether `done` holds within 5 s (polled every 20 ms).
 async fn eventually(mut done: impl FnMut() -> bool) -> bool {
     for _ in 0..250 {
