@@ -587,6 +587,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::store::audit",
     "gitgate::store::cache",
     "gitgate::store::grants",
+    "gitgate::store::locks",
     "gitgate::store::ratelimits",
     "gitgate::store::schema",
     "gitgate::store::settings",
