@@ -13,6 +13,13 @@
 //! it after), and one on the `-shm`. A process holding the `-shm` but no lock on the file at
 //! the store's path has the log of another file open.
 //!
+//! `/proc/locks` is not a snapshot: each `read` lists the locks from a position on, and a lock
+//! released between two reads moves the rest up, so a line can be missed (a command's lock on
+//! the store file, its `-shm` line still seen: a false stranger, seen under twenty commands at
+//! once). So the file is read in as few reads as the kernel allows, a stranger must also hold
+//! SQLite's lock bytes on *another* file (the replaced one), and it must be seen so in three
+//! readings 100 ms apart.
+//!
 //! Without `/proc/locks` (another system, or a hidden `/proc`) nothing is refused here: the
 //! README's restore procedure (stop, remove the `-wal` and `-shm`, copy, start) is what keeps a
 //! restore safe, and this is a net under it.
@@ -23,8 +30,20 @@ use std::path::Path;
 /// A file as `/proc/locks` names it: the device's major and minor numbers, and the inode.
 type FileKey = ((u32, u32), u64);
 
-/// The POSIX locks held (not waited for) in `/proc/locks`'s `text`: the process and the file.
-fn held_locks(text: &str) -> Vec<(u32, FileKey)> {
+/// Where SQLite's locks on a database file begin (its `PENDING_BYTE`, 0x40000000): a lock there
+/// is a connection's to that file, not someone else's lock on the same file.
+const SQLITE_LOCK_BYTES: u64 = 0x4000_0000;
+
+/// One POSIX lock held (not waited for): the process, the file, and where the lock begins.
+#[derive(Debug, PartialEq, Eq)]
+struct Held {
+    pid: u32,
+    file: FileKey,
+    start: u64,
+}
+
+/// The POSIX locks held in `/proc/locks`'s `text`.
+fn held_locks(text: &str) -> Vec<Held> {
     text.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace().skip(1); // "12:"
@@ -39,25 +58,52 @@ fn held_locks(text: &str) -> Vec<(u32, FileKey)> {
             let major = u32::from_str_radix(file.next()?, 16).ok()?;
             let minor = u32::from_str_radix(file.next()?, 16).ok()?;
             let inode = file.next()?.parse().ok()?;
-            Some((pid, ((major, minor), inode)))
+            let start = fields.next()?.parse().ok()?;
+            Some(Held {
+                pid,
+                file: ((major, minor), inode),
+                start,
+            })
         })
         .collect()
 }
 
-/// The processes other than this one that hold a lock on `shm` but none on `db`.
+/// The processes other than this one that hold a lock on `shm` and SQLite's locks on another
+/// file than `db`, but none on `db`: the ones that have the log at `shm` open for another file.
 fn holders_of_another_files_log(text: &str, db: FileKey, shm: FileKey) -> BTreeSet<u32> {
     let held = held_locks(text);
-    let on = |file: FileKey| -> BTreeSet<u32> {
-        held.iter()
-            .filter(|(_, key)| *key == file)
-            .map(|(pid, _)| *pid)
-            .collect()
+    let pids = |on: &dyn Fn(&Held) -> bool| -> BTreeSet<u32> {
+        held.iter().filter(|h| on(h)).map(|h| h.pid).collect()
     };
-    let on_db = on(db);
-    on(shm)
+    let on_db = pids(&|h| h.file == db);
+    let on_another_database =
+        pids(&|h| h.file != db && h.file != shm && h.start >= SQLITE_LOCK_BYTES);
+    pids(&|h| h.file == shm)
         .into_iter()
-        .filter(|pid| !on_db.contains(pid) && *pid != std::process::id())
+        .filter(|pid| {
+            on_another_database.contains(pid) && !on_db.contains(pid) && *pid != std::process::id()
+        })
         .collect()
+}
+
+/// `/proc/locks`, in as few reads as the kernel gives it (a page or so each): every read
+/// lists what it holds as one consistent look, and what moves between reads is what can be
+/// missed (see the module docs).
+#[cfg(target_os = "linux")]
+fn read_locks() -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open("/proc/locks").ok()?;
+    let mut text = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(text).ok()
 }
 
 #[cfg(target_os = "linux")]
@@ -71,8 +117,8 @@ fn key(path: &Path) -> Option<FileKey> {
     Some(((major as u32, minor as u32), m.ino()))
 }
 
-/// Refuses when a process has the `-shm` at `shm` open for another file than the one at `db`
-/// (seen twice, 100 ms apart, so that no process between its two locks is taken for one).
+/// Refuses when a process has the `-shm` at `shm` open for another file than the one at `db`,
+/// seen so in three readings 100 ms apart (see the module docs).
 #[cfg(target_os = "linux")]
 pub(super) fn refuse_a_log_of_another_file(
     db: &Path,
@@ -80,30 +126,31 @@ pub(super) fn refuse_a_log_of_another_file(
     shm: &Path,
 ) -> Result<(), String> {
     let strangers = || -> BTreeSet<u32> {
-        let (Some(db), Some(shm)) = (key(db), key(shm)) else {
+        let (Some(db), Some(shm), Some(text)) = (key(db), key(shm), read_locks()) else {
             return BTreeSet::new();
         };
-        match std::fs::read_to_string("/proc/locks") {
-            Ok(text) => holders_of_another_files_log(&text, db, shm),
-            Err(_) => BTreeSet::new(),
-        }
+        holders_of_another_files_log(&text, db, shm)
     };
-    if strangers().is_empty() {
-        return Ok(());
+    let mut pids = strangers();
+    for _ in 0..2 {
+        if pids.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let again = strangers();
+        pids.retain(|pid| again.contains(pid));
     }
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let pids = strangers();
     if pids.is_empty() {
         return Ok(());
     }
     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
     Err(format!(
-        "{wal} and {shm} belong to another store file than {db}: process {pids} (a gitgate \
-         serving?) has them open for the file that was at that path before it was replaced (a \
-         backup moved into place while gitgate ran?), and opening the store now would read that \
-         file's log as this one's, mixing the two and damaging the store. Stop that process \
-         first: its last lines say which -wal and -shm to remove before the store is opened \
-         again. Nothing was opened or changed",
+        "{wal} and {shm} belong to another store file than {db}: process {pids} (gitgate \
+         serving, or another program with the store open) has them open for the file that was \
+         at that path before it was replaced (a backup moved into place while gitgate ran?), \
+         and opening the store now would read that file's log as this one's, mixing the two and \
+         damaging the store. Stop that process first: a gitgate's last lines say which -wal \
+         and -shm to remove before the store is opened again. Nothing was opened or changed",
         wal = wal.display(),
         shm = shm.display(),
         db = db.display(),
@@ -138,15 +185,23 @@ mod tests {
     fn locks_held_are_read_and_waiters_and_other_kinds_left_out() {
         let held = held_locks(LOCKS);
         assert_eq!(held.len(), 4, "{held:?}");
-        assert_eq!(held[0], (22605, ((0xfe, 0), 10036068)));
-        assert!(held.iter().all(|(pid, _)| ![40, 41].contains(pid)));
+        assert_eq!(
+            held[0],
+            Held {
+                pid: 22605,
+                file: ((0xfe, 0), 10036068),
+                start: 128
+            }
+        );
+        assert!(held.iter().all(|h| ![40, 41].contains(&h.pid)));
         assert!(held_locks("garbage\n\n1: POSIX ADVISORY READ x fe:00:1 0 0").is_empty());
     }
 
     #[test]
     fn a_process_with_the_index_open_for_another_file_is_named() {
         let (shm, db) = (((0xfe, 0), 10036068), ((0xfe, 0), 10036254));
-        // 22605 holds both; 31000 the index and another file (the one replaced).
+        // 22605 holds both; 31000 the index and SQLite's locks on another file (the one
+        // replaced).
         assert_eq!(
             holders_of_another_files_log(LOCKS, db, shm),
             BTreeSet::from([31000])
@@ -158,5 +213,22 @@ mod tests {
         );
         // Nobody on the index: nothing to refuse.
         assert!(holders_of_another_files_log(LOCKS, db, ((0xfe, 0), 1)).is_empty());
+    }
+
+    #[test]
+    fn a_process_whose_store_lock_was_missed_is_not_taken_for_a_stranger() {
+        // A reading that missed 22605's line on the store file (released and taken again
+        // between two reads): its index line alone does not make it one, as it holds SQLite's
+        // locks on no other file.
+        let missed: String = LOCKS
+            .lines()
+            .filter(|l| !l.starts_with("2:"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let (shm, db) = (((0xfe, 0), 10036068), ((0xfe, 0), 10036254));
+        assert_eq!(
+            holders_of_another_files_log(&missed, db, shm),
+            BTreeSet::from([31000])
+        );
     }
 }
