@@ -192,13 +192,15 @@ pub(super) async fn finish_alone(
     drop(guard);
     let Some(exit) = exit else { return };
     // receive-pack exits 0 also when it refused the pack or a ref: what it did is in its report.
+    // Logged quoted, with control characters escaped (`?`): a refused ref's name and reason are
+    // a client's text, and a `\r` or ` user=...` in them must not forge a log line or field.
     let outcome = push_outcome(&tail);
     match exit.await {
         Ok(info) if info.success() => {
-            tracing::info!(target: "gitgate::cgi", push = %finishing.label, outcome = %outcome, "a push whose client left has finished: {info}")
+            tracing::info!(target: "gitgate::cgi", push = %finishing.label, outcome = ?outcome, "a push whose client left has finished: {info}")
         }
         Ok(info) => {
-            tracing::warn!(target: "gitgate::cgi", push = %finishing.label, outcome = %outcome, "a push whose client left has failed: {info}")
+            tracing::warn!(target: "gitgate::cgi", push = %finishing.label, outcome = ?outcome, "a push whose client left has failed: {info}")
         }
         Err(_) => {}
     }

@@ -1056,6 +1056,7 @@ fn a_push_whose_client_left_after_the_report_is_logged_with_it() {
         &format!(
             "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; \
              printf 'unpack ok\\nok refs/heads/main\\nok refs/heads/topic\\n'; \
+             printf 'ng refs/heads/evil\\033[2K\\r2026 INFO forged user=admin funny refname\\n'; \
              sleep 1; touch '{}'",
             done.display()
         ),
@@ -1079,7 +1080,7 @@ fn a_push_whose_client_left_after_the_report_is_logged_with_it() {
             };
             let mut body = serve(&backend, push, make).await.unwrap().into_body();
             let mut said = Vec::new();
-            while !said.ends_with(b"ok refs/heads/topic\n") {
+            while !said.ends_with(b"funny refname\n") {
                 let frame = body.frame().await.expect("the report").unwrap();
                 said.extend_from_slice(frame.data_ref().unwrap());
             }
@@ -1091,9 +1092,14 @@ fn a_push_whose_client_left_after_the_report_is_logged_with_it() {
     });
     assert!(
         log.contains("a push whose client left has finished")
-            && log.contains("outcome=unpack ok, 2 ref(s) updated"),
+            && log.contains(
+                "outcome=\"unpack ok, 2 ref(s) updated, 1 refused: refs/heads/evil\\u{1b}[2K\\r2026 \
+                 INFO forged user=admin funny refname\""
+            ),
         "{log}"
     );
+    // The client's ref name cannot forge a line: no raw control character reached the log.
+    assert!(!log.contains(['\u{1b}', '\r']), "{log:?}");
 }
 
 /// Whether `done` holds within 5 s (polled every 20 ms).
