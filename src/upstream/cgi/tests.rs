@@ -787,6 +787,19 @@ impl Body for Generated {
     }
 }
 
+/// A POST of `len` bytes to `service` (`git-receive-pack` or `git-upload-pack`) of the test
+/// repository, answered by `backend`: a push or fetch whose client then stays or leaves.
+async fn post(backend: &CgiBackend, service: &str, len: usize) -> Response<CgiBody> {
+    let headers = HeaderMap::new();
+    let path = format!("/team/app.git/{service}");
+    let req = request(&Method::POST, &path, None, &headers);
+    let make = || Generated {
+        remaining: len,
+        fail_at_end: false,
+    };
+    serve(backend, req, make).await.unwrap()
+}
+
 #[tokio::test]
 async fn large_body_streams_through() {
     const SIZE: usize = 50 * 1000 * 1000 + 7;
@@ -857,11 +870,6 @@ async fn pushes_finishing_alone_are_capped_and_ended_when_gitgate_stops() {
             tmp.path().display()
         ),
     );
-    let headers = HeaderMap::new();
-    let make = || Generated {
-        remaining: 10,
-        fail_at_end: false,
-    };
     // The backends that have their pack (`pid.*`), or have started at all (`started.*`,
     // written before the response's head, so there once `serve` has returned).
     let noted = |dir: &Path, prefix: &str| -> Vec<u32> {
@@ -881,25 +889,13 @@ async fn pushes_finishing_alone_are_capped_and_ended_when_gitgate_stops() {
     };
     // As many as may finish alone, each left by its client once it has its pack ...
     for n in 1..=MAX_FINISHING {
-        let push = request(
-            &Method::POST,
-            "/team/app.git/git-receive-pack",
-            None,
-            &headers,
-        );
-        let response = serve(&backend, push, make).await.unwrap();
+        let response = post(&backend, "git-receive-pack", 10).await;
         eventually(|| pids(tmp.path()).len() == n).await;
         assert_eq!(pids(tmp.path()).len(), n);
         drop(response);
     }
     // ... and one more, which is ended; the others go on.
-    let push = request(
-        &Method::POST,
-        "/team/app.git/git-receive-pack",
-        None,
-        &headers,
-    );
-    drop(serve(&backend, push, make).await.unwrap());
+    drop(post(&backend, "git-receive-pack", 10).await);
     assert_eq!(noted(tmp.path(), "started.").len(), MAX_FINISHING + 1);
     eventually(|| alive_started(tmp.path()) == MAX_FINISHING).await;
     assert_eq!(alive_started(tmp.path()), MAX_FINISHING);
@@ -915,13 +911,7 @@ async fn pushes_finishing_alone_are_capped_and_ended_when_gitgate_stops() {
         .await
         .expect("no push left finishing");
     // And from now on a push whose client leaves is ended at once.
-    let push = request(
-        &Method::POST,
-        "/team/app.git/git-receive-pack",
-        None,
-        &headers,
-    );
-    drop(serve(&backend, push, make).await.unwrap());
+    drop(post(&backend, "git-receive-pack", 10).await);
     assert_eq!(backend.wait_until_reaped().await, 0);
 }
 
@@ -963,19 +953,7 @@ async fn a_push_whose_client_left_is_let_finish_and_a_silent_one_is_ended() {
             done.display()
         ),
     );
-    let headers = HeaderMap::new();
-    let push = request(
-        &Method::POST,
-        "/team/app.git/git-receive-pack",
-        None,
-        &headers,
-    );
-    let make = || Generated {
-        remaining: 1000,
-        fail_at_end: false,
-    };
-    let response = serve(&backend, push, make).await.unwrap();
-    drop(response); // the client left
+    drop(post(&backend, "git-receive-pack", 1000).await); // the client left
     assert!(
         eventually(|| done.exists()).await,
         "the push was killed before its hook ran"
@@ -994,13 +972,7 @@ async fn a_push_whose_client_left_is_let_finish_and_a_silent_one_is_ended() {
             fetched.display()
         ),
     );
-    let fetch = request(
-        &Method::POST,
-        "/team/app.git/git-upload-pack",
-        None,
-        &headers,
-    );
-    drop(serve(&backend, fetch, make).await.unwrap());
+    drop(post(&backend, "git-upload-pack", 1000).await);
     // Ended, or (were it left alone) finished: either way it stops running; then its
     // last step tells which.
     let pid = pid_in(&fetch_pid).await;
@@ -1019,13 +991,7 @@ async fn a_push_whose_client_left_is_let_finish_and_a_silent_one_is_ended() {
         ),
     )
     .with_head_timeout(Duration::from_millis(500));
-    let push = request(
-        &Method::POST,
-        "/team/app.git/git-receive-pack",
-        None,
-        &headers,
-    );
-    drop(serve(&backend, push, make).await.unwrap());
+    drop(post(&backend, "git-receive-pack", 1000).await);
     let pid = pid_in(&pid_file).await;
     assert!(
         eventually(|| !running(pid)).await,
@@ -1067,18 +1033,7 @@ fn a_push_whose_client_left_after_the_report_is_logged_with_it() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let headers = HeaderMap::new();
-            let push = request(
-                &Method::POST,
-                "/team/app.git/git-receive-pack",
-                None,
-                &headers,
-            );
-            let make = || Generated {
-                remaining: 1000,
-                fail_at_end: false,
-            };
-            let mut body = serve(&backend, push, make).await.unwrap().into_body();
+            let mut body = post(&backend, "git-receive-pack", 1000).await.into_body();
             let mut said = Vec::new();
             while !said.ends_with(b"funny refname\n") {
                 let frame = body.frame().await.expect("the report").unwrap();
