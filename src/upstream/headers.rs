@@ -6,7 +6,9 @@
 //! - **Hop-by-hop headers** (`Connection` and every header it names, `Keep-Alive`,
 //!   `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`,
 //!   `Transfer-Encoding`, `Upgrade`) describe one connection, not the message; hyper frames each
-//!   side itself. `Expect` is answered by gitgate's own server, so it is not passed on either.
+//!   side itself. `Expect` is gitgate's server's to answer, so it is not passed on either (over
+//!   HTTP/1.1 hyper sends the `100 Continue` when the body is first read; its HTTP/2 server
+//!   sends none, see the README's TLS section).
 //! - **Secrets stay here.** The client's `Authorization` carries its gitgate token: the upstream
 //!   never sees it. `Proxy` is dropped (httpoxy). gitgate's own upstream credentials, if any, are
 //!   added here and, since responses never echo request headers, never reach the client.
