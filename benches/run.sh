@@ -26,6 +26,10 @@ else
 	# ±10 % from run to run on two shared cores, and a median of more samples moves less.
 	RUNS=${RUNS:-9} WRK_SECONDS=${WRK_SECONDS:-10} WRK_ROUNDS=${WRK_ROUNDS:-5}
 fi
+if ((!HOP_ONLY && RUNS < 1)) && [[ -z "${HOLD:-}" ]]; then
+	echo "benches/run.sh: RUNS must be at least 1 (RUNS=0 only with HOLD, to set up without timing clones)" >&2
+	exit 1
+fi
 WRK_CONNS=64
 MANY_TOKENS=${MANY_TOKENS:-300}
 
@@ -394,7 +398,7 @@ done
 med() { tr ' ' '\n' <<<"${TIMES[$1]}" | grep . | median; }
 TICK_MS=$((1000 / $(getconf CLK_TCK)))
 cpu_ms() { tr ' ' '\n' <<<"${TICKS[$1]}" | grep . | median | awk -v k="$TICK_MS" '{printf "%d", $1 * k}'; }
-((HOP_ONLY)) || {
+((HOP_ONLY || RUNS == 0)) || {
 	CLONE_NGINX=$(med nginx) CLONE_HTTP=$(med gitgate_http) CLONE_CGI=$(med gitgate_cgi) CLONE_PROXY=$(med nginx_proxy)
 	CPU_NGINX=$(cpu_ms nginx) CPU_HTTP=$(cpu_ms gitgate_http) CPU_CGI=$(cpu_ms gitgate_cgi) CPU_PROXY=$(cpu_ms nginx_proxy)
 	CLONE_UNIX=$(med gitgate_unix) CPU_UNIX=$(cpu_ms gitgate_unix)
@@ -450,6 +454,7 @@ done
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $(head -1 "$W/many.auth" | tr -d '",' )" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 200 ]]
 if [[ -n "${HOLD:-}" ]]; then # keep the set-up running for manual experiments
 	echo "proxy=$PROXY_PORT gitgate=$GG_HOP nginx401=$R401_PORT path=$HOP_PATH auth='$AUTH' dir=$W many=$W/many.lua" >&2
+	for v in "${!URL[@]}"; do echo "clone $v ${URL[$v]} pids $(serving_pids "$v" 2>/dev/null | tr "\n" " ")" >&2; done
 	sleep "$HOLD"
 	exit 0
 fi
