@@ -150,6 +150,7 @@ pub mod password;
 pub mod permission;
 pub mod policy;
 pub mod ratelimit;
+pub mod repeats;
 pub mod server;
 pub mod signals;
 pub mod small_file;

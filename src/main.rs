@@ -579,6 +579,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::permission",
     "gitgate::policy",
     "gitgate::ratelimit",
+    "gitgate::repeats",
     "gitgate::server",
     "gitgate::signals",
     "gitgate::small_file",

@@ -36,6 +36,7 @@ use tokio::sync::Semaphore;
 use crate::clock;
 use crate::config::Limits;
 use crate::idle::{until_idle, Activity, ActivityIo};
+use crate::repeats::Repeats;
 use crate::store::Store;
 
 /// The process's registry.
@@ -513,6 +514,7 @@ const MAX_SCRAPERS: usize = 16;
 pub async fn serve(listener: TcpListener, store: Store, limits: Limits) {
     tokio::spawn(refresh_expiring(store.clone()));
     let slots = Arc::new(Semaphore::new(MAX_SCRAPERS));
+    let mut accept_failures = Repeats::new(crate::server::ACCEPT_FAILURES_WINDOW);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -520,11 +522,17 @@ pub async fn serve(listener: TcpListener, store: Store, limits: Limits) {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
+                // As the main listener's: once per window, not every 50 ms.
+                if let Some(times) = accept_failures.failed(std::time::Instant::now()) {
+                    tracing::warn!(error = %e, times, "metrics: accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        if let Some(times) = accept_failures.ended() {
+            tracing::warn!(times, "metrics: accepting connections again after failures");
+        }
         let store = store.clone();
         let limits = limits.clone();
         tokio::spawn(async move {

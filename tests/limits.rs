@@ -935,6 +935,140 @@ fn the_running_server_raises_its_open_files_limit() {
     );
 }
 
+/// `gitgate ARGS` under `ulimit -n LIMIT` (soft and hard), run to its end (or stopped after
+/// 60 s: a `serve` that should have refused to start).
+fn under_open_files_limit(limit: u64, config: &Path, args: &[&str]) -> common::Run {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -n {limit} && exec timeout 60 \"$0\" --config \"$1\" {}",
+            args.join(" ")
+        ))
+        .arg(common::gitgate_bin())
+        .arg(config)
+        .env_remove("GITGATE_CONFIG")
+        .env_remove("GITGATE_LOG");
+    common::run(cmd, None)
+}
+
+/// An open-files limit too low to serve a connection (a hard limit of 40 with 2 workers, which
+/// hold 25 at rest) is refused at the start, by `serve` and by `check` alike, with what to do;
+/// before, serve listened and then never accepted a connection.
+#[test]
+fn an_open_files_limit_too_low_to_serve_refuses_the_start_and_check_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, cgi_config(dir.path(), "workers = 2")).unwrap();
+    for command in ["serve", "check"] {
+        let run = under_open_files_limit(40, &config, &[command]);
+        let e = run.fails_with("the open-files limit is 40");
+        assert!(e.contains("needs at least 80"), "{run}");
+        assert!(e.contains("LimitNOFILE"), "{run}");
+    }
+    assert!(!dir.path().join("gitgate.db").exists(), "nothing created");
+    // At the floor, both go on (with the warning that max_connections wants more).
+    let run = under_open_files_limit(80, &config, &["check"]);
+    assert!(run.ok().contains("low for max_connections = 1024"), "{run}");
+}
+
+/// A command that cannot open the store for want of file descriptors says so, not that its
+/// user must be able to write the store's folder (SQLite's "unable to open database file" is
+/// the same for both).
+#[test]
+fn a_store_that_cannot_be_opened_for_want_of_descriptors_is_said_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, cgi_config(dir.path(), "")).unwrap();
+    let mut add = common::gitgate_command(&config);
+    add.args(["user", "add", "alice", "--password-stdin"]);
+    common::run(add, Some("a long enough password\n")).ok();
+    let (mut failed, mut worked) = (0, 0);
+    for limit in 4..=32 {
+        let run = under_open_files_limit(limit, &config, &["user", "list"]);
+        if run.success() {
+            worked += 1;
+            continue;
+        }
+        // Below a few descriptors the dynamic loader itself fails, before gitgate runs.
+        if run.stderr.contains("error while loading shared libraries") {
+            continue;
+        }
+        failed += 1;
+        assert!(
+            run.stderr.contains("too many open files"),
+            "limit {limit}: {run}"
+        );
+        assert!(
+            !run.stderr.contains("must be able to write"),
+            "limit {limit}: {run}"
+        );
+    }
+    assert!(failed > 0 && worked > 0, "failed {failed}, worked {worked}");
+}
+
+/// Out of file descriptors, the accept loop backs off and says so once per 10 s with a count —
+/// not 20 lines a second for as long as a client holds its connections — and says when it
+/// accepts again.
+#[test]
+fn running_out_of_descriptors_is_logged_once_per_window_and_the_recovery_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &cgi_config(dir.path(), "workers = 1"));
+    let pid = g.pid() as libc::pid_t;
+    let open = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count() as u64
+    };
+    let mut before = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on gitgate's pid, reading into a live rlimit value.
+    let got = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut before) };
+    assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let lowered = libc::rlimit {
+        rlim_cur: open() + 2,
+        rlim_max: before.rlim_max,
+    };
+    // SAFETY: as above, with a live rlimit value to set.
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lowered, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let held: Vec<TcpStream> = (0..20).map(|_| connect(g.port)).collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = g.log_text();
+    let said = log.matches("accept failed").count();
+    assert_eq!(said, 1, "one line in 1.5 s of failures:\n{log}");
+    assert!(log.contains("Too many open files"), "{log}");
+    drop(held);
+    // SAFETY: as above, restoring the limit gitgate had.
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &before, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let mut s = connect(g.port);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (out, _) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = g.log_text();
+        if log.contains("accepting connections again after failures") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains("accepting connections again after failures"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let times: u64 = line
+        .split("times=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(times > 5, "20 a second for 1.5 s: {line}");
+}
+
 /// An IPv4 client of a dual-stack listener is named by its IPv4 address (not `::ffff:...`) in
 /// the log and the audit, as when a trusted proxy names it.
 #[test]

@@ -34,6 +34,19 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         warnings += 1;
         outln!("warning: {warning}");
     }
+    // serve's own verdict on the open-files limit it would raise itself to.
+    let max_connections = config.server.limits.max_connections;
+    let open_files = crate::server::open_files_at_start(max_connections, config.server.workers);
+    let verdict = crate::server::open_files_verdict(
+        open_files.limit,
+        open_files.wanted,
+        config.server.workers,
+        max_connections,
+    )?;
+    if let Some(warning) = verdict {
+        warnings += 1;
+        outln!("warning: {warning}");
+    }
     let listen = config.server.listen;
     match try_listen(listen) {
         Ok(()) => outln!("listen {scheme}://{listen}: free"),

@@ -1337,12 +1337,30 @@ fn setting_in(c: &Connection, key: &str) -> Result<Option<String>> {
 /// reader of the settings as the transaction sees them.
 pub type SettingsCheck<'a> = &'a dyn Fn(&dyn Fn(&str) -> Result<Option<String>>) -> Result<()>;
 
-/// SQLite's words for a failed open, and for a store this process may not write, what to do
-/// about it: which user needs to write which file and folder.
 /// What to do about a damaged store.
 const RESTORE: &str =
     "restore it from a backup (see \"Backing up and restoring the store\" in the README)";
 
+/// How many more descriptors an open of the store takes: the file, its `-wal` and `-shm`, and
+/// the folder (SQLite syncs it when it creates the `-wal`).
+const DESCRIPTORS_TO_OPEN: u64 = 4;
+
+/// `(open, limit)` when this process has too few file descriptors left to open the store:
+/// SQLite says "unable to open database file" for that as for a file it may not write.
+fn descriptors_run_out() -> Option<(u64, u64)> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current?;
+    let open = match std::fs::read_dir("/proc/self/fd") {
+        // Less the listing's own descriptor.
+        Ok(listed) => (listed.count() as u64).saturating_sub(1),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => limit,
+        Err(_) => return None,
+    };
+    (open + DESCRIPTORS_TO_OPEN > limit).then_some((open, limit))
+}
+
+/// SQLite's words for a failed open, and what to do about it: for a store this process may not
+/// write, which user needs to write which file and folder; for a process out of file
+/// descriptors, its limit; for a full disk, the space left.
 fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
@@ -1372,6 +1390,12 @@ fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
             let mut said = e.to_string();
             if let Some(uri) = said.find(": file:") {
                 said.truncate(uri);
+            }
+            if let Some((open, limit)) = descriptors_run_out() {
+                return format!(
+                    "{said}: this process has {open} files open and may have {limit} (too many \
+                     open files); raise the open-files limit (ulimit -n, systemd LimitNOFILE)"
+                );
             }
             if let Err(read) = std::fs::File::open(path) {
                 if read.kind() == std::io::ErrorKind::PermissionDenied {
