@@ -935,6 +935,19 @@ fn the_running_server_raises_its_open_files_limit() {
     );
 }
 
+/// `g`'s log once it has `needle`, or as it is after 2 s (for the caller's assertion to show).
+fn log_once_it_has(g: &Server, needle: &str) -> String {
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = g.log_text();
+        if log.contains(needle) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log
+}
+
 /// `gitgate ARGS` under `ulimit -n LIMIT` (soft and hard), run to its end (or stopped after
 /// 60 s: a `serve` that should have refused to start).
 fn under_open_files_limit(limit: u64, config: &Path, args: &[&str]) -> common::Run {
@@ -1048,14 +1061,7 @@ fn running_out_of_descriptors_is_logged_once_per_window_and_the_recovery_too() {
         .unwrap();
     let (out, _) = read_until_closed(&mut s);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let mut log = String::new();
-    for _ in 0..100 {
-        log = g.log_text();
-        if log.contains("accepting connections again after failures") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let log = log_once_it_has(&g, "accepting connections again after failures");
     let line = log
         .lines()
         .find(|l| l.contains("accepting connections again after failures"))
@@ -1088,14 +1094,7 @@ fn an_ipv4_client_of_a_dual_stack_listener_is_named_as_ipv4() {
     .unwrap();
     let (out, _) = read_until_closed(&mut s);
     assert!(out.starts_with("HTTP/1.1 401"), "{out}");
-    let mut log = String::new();
-    for _ in 0..100 {
-        log = g.log_text();
-        if log.contains("status=401") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let log = log_once_it_has(&g, "status=401");
     assert!(log.contains("remote=127.0.0.1 "), "{log}");
     assert!(!log.contains("::ffff:"), "{log}");
 }
