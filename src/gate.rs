@@ -312,6 +312,9 @@ impl Gate {
         if let Some(m) = crate::upstream::headers::unsupported_transfer_coding(req.headers()) {
             return Err(Refusal::Unframeable(m));
         }
+        if let Some(m) = crate::upstream::headers::unusable_content_length(req.headers()) {
+            return Err(Refusal::NotGit(Rejection::BadRequest(m)));
+        }
         if let Some(m) = crate::upstream::headers::unsupported_content_coding(req.headers()) {
             return Err(Refusal::UnsupportedCoding(m));
         }

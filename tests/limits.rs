@@ -676,6 +676,109 @@ fn a_request_body_in_a_transfer_coding_other_than_chunked_is_refused_not_forward
     );
 }
 
+/// An HPACK literal header field without indexing, name and value as literals (each under
+/// 127 bytes, so its length is one byte).
+fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
+    assert!(name.len() < 127 && value.len() < 127);
+    let mut field = vec![0x00, name.len() as u8];
+    field.extend_from_slice(name.as_bytes());
+    field.push(value.len() as u8);
+    field.extend_from_slice(value.as_bytes());
+    field
+}
+
+/// Reads HTTP/2 frames until `stream` ends (or 5 s pass): the first HEADERS block on it and
+/// all its DATA, as text.
+fn h2_answer_on(s: &mut TcpStream, stream: u32) -> (Vec<u8>, String) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (mut headers, mut data) = (None, Vec::new());
+    let mut head = [0u8; 9];
+    while s.read_exact(&mut head).is_ok() {
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).is_err() || id != stream && id != 0 {
+            break;
+        }
+        match kind {
+            1 if id == stream => {
+                headers.get_or_insert(payload);
+            }
+            0 if id == stream => data.extend_from_slice(&payload),
+            3 if id == stream => break,
+            _ => {}
+        }
+        if id == stream && kind <= 1 && flags & 0x1 != 0 {
+            break;
+        }
+    }
+    (
+        headers.unwrap_or_default(),
+        String::from_utf8_lossy(&data).into_owned(),
+    )
+}
+
+#[test]
+fn an_http2_request_whose_content_length_is_no_length_is_refused_not_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, heads) = keep_alive_upstream(10);
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    // A fetch's POST over HTTP/2 with these Content-Length fields and `body` (none: END_STREAM
+    // on the HEADERS); the status (HPACK static index: 0x88 is 200, 0x8c is 400) and the
+    // answer's text.
+    let post = |lengths: &[&str], body: &[u8]| {
+        let mut s = connect(g.port);
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        s.write_all(&h2_frame(4, &[])).unwrap();
+        let path = "/team/app.git/git-upload-pack";
+        let mut block = vec![0x83, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 1, b'x']);
+        block.extend(hpack_literal("authorization", &format!("Basic {auth}")));
+        block.extend(hpack_literal(
+            "content-type",
+            "application/x-git-upload-pack-request",
+        ));
+        for length in lengths {
+            block.extend(hpack_literal("content-length", length));
+        }
+        if body.is_empty() {
+            s.write_all(&h2_frame_on(1, 0x05, 1, &block)).unwrap();
+        } else {
+            s.write_all(&h2_frame_on(1, 0x04, 1, &block)).unwrap();
+            s.write_all(&h2_frame_on(0, 0x01, 1, body)).unwrap();
+        }
+        let (headers, text) = h2_answer_on(&mut s, 1);
+        (headers.first().copied(), text)
+    };
+    // An empty one, which the h2 layer reads as 0 (with a body it resets the stream itself):
+    // gitgate's own 400, and nothing reaches the upstream (nginx would answer a 400 of its own
+    // to the header forwarded, another backend may take it for anything).
+    let (status, text) = post(&[""], b"");
+    assert_eq!(status, Some(0x8c), "{text}");
+    assert!(
+        text.contains("Content-Length \"\" is not one length"),
+        "{text}"
+    );
+    assert!(
+        heads.recv_timeout(Duration::from_millis(300)).is_err(),
+        "forwarded"
+    );
+    // One length, repeated or not, is passed on once.
+    for lengths in [&["4"][..], &["4", "4"]] {
+        let (status, text) = post(lengths, b"0000");
+        assert_eq!(status, Some(0x88), "{lengths:?}: {text}");
+        let (_, head) = heads.recv_timeout(Duration::from_secs(5)).unwrap();
+        let head = head.to_ascii_lowercase();
+        assert_eq!(
+            head.matches("content-length: 4\r\n").count(),
+            1,
+            "{lengths:?}: {head}"
+        );
+    }
+}
+
 const API_USERS: &str = "/rest/access-tokens/1.0/users/alice";
 
 #[test]

@@ -326,25 +326,57 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
 /// it was complete) and HTTP/1.1 ones may. RFC 9110 §8.6 lets a recipient collapse such a list
 /// to its one value; values that disagree, or are no length, are an `Err` (a `502`).
 fn one_content_length(headers: &mut HeaderMap) -> Result<(), String> {
+    match the_one_length(headers) {
+        Ok(Length::Usual | Length::None) => Ok(()),
+        Ok(Length::Repeated(n)) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            Ok(())
+        }
+        Err(()) => Err(format!(
+            "the upstream git server sent Content-Length {}, which is not one length",
+            all_content_lengths(headers)
+        )),
+    }
+}
+
+/// Why a request's `Content-Length` cannot be passed on, if it cannot: it must be one length
+/// (digits only), however often repeated. Over HTTP/1.1 hyper refuses any other itself; over
+/// HTTP/2 the h2 layer resets the stream for most, but reads an empty value as `0` and holds
+/// only the first of repeated ones — forwarded, the backend would get a header it refuses
+/// (nginx answers its own `400`) or a length the body does not have. Such requests get `400`
+/// and are never forwarded.
+pub fn unusable_content_length(inbound: &HeaderMap) -> Option<String> {
+    match the_one_length(inbound) {
+        Ok(_) => None,
+        Err(()) => Some(format!(
+            "Content-Length {} is not one length: send the body's length in bytes once, or \
+             no Content-Length",
+            all_content_lengths(inbound)
+        )),
+    }
+}
+
+/// What the `Content-Length` lines of a message say.
+enum Length {
+    /// None at all.
+    None,
+    /// One line, digits only: the usual message, nothing to do.
+    Usual,
+    /// Repeated (lines, or a list in one), the values agreeing on this one.
+    Repeated(u64),
+}
+
+/// The one length that `headers`' `Content-Length` lines state, or `Err` if they state none
+/// (empty, not digits) or several that disagree.
+fn the_one_length(headers: &HeaderMap) -> Result<Length, ()> {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(first) = values.next() else {
-        return Ok(());
+        return Ok(Length::None);
     };
     let digits = |b: &[u8]| !b.is_empty() && b.iter().all(u8::is_ascii_digit);
     if values.next().is_none() && digits(first.as_bytes()) {
-        return Ok(()); // the usual answer: nothing to do
+        return Ok(Length::Usual);
     }
-    let unusable = || {
-        let all: Vec<String> = headers
-            .get_all(header::CONTENT_LENGTH)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect();
-        format!(
-            "the upstream git server sent Content-Length \"{}\", which is not one length",
-            all.join("\", \"")
-        )
-    };
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.as_bytes().split(|&b| b == b',') {
@@ -353,16 +385,29 @@ fn one_content_length(headers: &mut HeaderMap) -> Result<(), String> {
                 .ok()
                 .filter(|p| digits(p.as_bytes()))
                 .and_then(|p| p.parse::<u64>().ok())
-                .ok_or_else(unusable)?;
+                .ok_or(())?;
             if length.is_some_and(|l| l != n) {
-                return Err(unusable());
+                return Err(());
             }
             length = Some(n);
         }
     }
-    let length = length.ok_or_else(unusable)?;
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    Ok(())
+    length.map(Length::Repeated).ok_or(())
+}
+
+/// Every `Content-Length` value of `headers`, quoted, for a message.
+fn all_content_lengths(headers: &HeaderMap) -> String {
+    let all: Vec<String> = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| {
+            format!(
+                "\"{}\"",
+                String::from_utf8_lossy(v.as_bytes()).escape_debug()
+            )
+        })
+        .collect();
+    all.join(", ")
 }
 
 /// What becomes of an upstream's `Location` on its way to the client.
@@ -1052,6 +1097,27 @@ mod tests {
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["cache-control", "content-encoding", "content-type"]);
+    }
+
+    #[test]
+    fn a_request_content_length_must_be_one_length() {
+        for fine in [
+            &[][..],
+            &[("content-length", "0")],
+            &[("content-length", "4")],
+            &[("content-length", "4"), ("content-length", "4")],
+        ] {
+            assert_eq!(unusable_content_length(&map(fine)), None, "{fine:?}");
+        }
+        for bad in [
+            &[("content-length", "")][..],
+            &[("content-length", "4"), ("content-length", "9")],
+            &[("content-length", "4"), ("content-length", "")],
+            &[("content-length", "+4")],
+        ] {
+            let m = unusable_content_length(&map(bad)).expect("refused");
+            assert!(m.contains("is not one length"), "{bad:?}: {m}");
+        }
     }
 
     #[test]
