@@ -779,6 +779,50 @@ fn an_http2_request_whose_content_length_is_no_length_is_refused_not_forwarded()
     }
 }
 
+#[test]
+fn an_http2_upload_reset_short_of_its_content_length_is_cut_off_upstream_too() {
+    // An upstream that reads each connection to its end: what it got, sent on when the
+    // connection closes (or after 5 s). The readiness check's connections bring nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = listener.local_addr().unwrap().port();
+    let (got, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut all = Vec::new();
+            let closed = s.read_to_end(&mut all).is_ok();
+            if !all.is_empty() {
+                let _ = got.send((closed, String::from_utf8_lossy(&all).into_owned()));
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let mut s = connect(g.port);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(4, &[])).unwrap();
+    let path = "/team/app.git/git-upload-pack";
+    let mut block = vec![0x83, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    block.extend(hpack_literal("authorization", &format!("Basic {auth}")));
+    block.extend(hpack_literal(
+        "content-type",
+        "application/x-git-upload-pack-request",
+    ));
+    block.extend(hpack_literal("content-length", "100"));
+    s.write_all(&h2_frame_on(1, 0x04, 1, &block)).unwrap();
+    s.write_all(&h2_frame_on(0, 0, 1, b"0032want ")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // RST_STREAM(NO_ERROR), which hyper takes for the body's end.
+    s.write_all(&h2_frame_on(3, 0, 1, &[0, 0, 0, 0])).unwrap();
+    let (closed, got) = received.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(closed, "the upstream connection was left open: {got}");
+    assert!(got.contains("content-length: 100\r\n"), "{got}");
+    let body = &got[got.find("\r\n\r\n").unwrap() + 4..];
+    assert_eq!(body, "0032want ", "{got}");
+}
+
 const API_USERS: &str = "/rest/access-tokens/1.0/users/alice";
 
 #[test]

@@ -714,6 +714,41 @@ mod tests {
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
+    #[tokio::test]
+    async fn a_connection_on_which_an_answer_nobody_asked_for_came_is_not_used() {
+        // An upstream that follows each `ok` with an unasked-for `XX` answer 20 ms later, and
+        // keeps the connection open.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    while answer_ok(&mut s, 1).await {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let extra = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nXX";
+                        if s.write_all(extra).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let p = pool(port, Duration::from_secs(30));
+        for driving in [Inline, Inline, OwnTask, OwnTask] {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // `get` checks that the answer is `ok`, not the extra `XX`.
+            assert!(
+                !get(&p, driving).await,
+                "{driving:?} reused a connection holding an answer nobody asked for"
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
     /// A request body that never ends: its connection stays busy after the answer.
     struct Endless;
 
