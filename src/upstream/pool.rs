@@ -536,19 +536,30 @@ mod tests {
     /// Like [`upstream`], closing each connection 20 ms after its `answers`th answer without
     /// saying so, the way an upstream's keep-alive timeout does.
     async fn upstream_closing_after(answers: usize) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        upstream_serving(move |mut s| async move {
+            if answer_ok(&mut s, answers).await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    /// An upstream that runs `serve` on each connection it accepts (on a task of its own), and
+    /// counts them.
+    async fn upstream_serving<F, Fut>(serve: F) -> (u16, Arc<std::sync::atomic::AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
             loop {
-                let (mut s, _) = listener.accept().await.unwrap();
+                let (s, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if answer_ok(&mut s, answers).await {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                });
+                tokio::spawn(serve(s));
             }
         });
         (port, accepted)
@@ -718,25 +729,16 @@ mod tests {
     async fn a_connection_on_which_an_answer_nobody_asked_for_came_is_not_used() {
         // An upstream that follows each `ok` with an unasked-for `XX` answer 20 ms later, and
         // keeps the connection open.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    while answer_ok(&mut s, 1).await {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        let extra = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nXX";
-                        if s.write_all(extra).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+        let (port, accepted) = upstream_serving(|mut s| async move {
+            while answer_ok(&mut s, 1).await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let extra = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nXX";
+                if s.write_all(extra).await.is_err() {
+                    return;
+                }
             }
-        });
+        })
+        .await;
         let p = pool(port, Duration::from_secs(30));
         for driving in [Inline, Inline, OwnTask, OwnTask] {
             tokio::time::sleep(Duration::from_millis(100)).await;
