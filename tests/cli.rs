@@ -1572,6 +1572,50 @@ fn another_programs_database_is_refused_and_left_as_it_was() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "delete");
+    // Another program that numbers its schema in user_version too: refused all the same
+    // (gitgate used to switch it to WAL, add a table and move its number on), and not told to
+    // upgrade gitgate for a number beyond gitgate's.
+    for version in [2, 99] {
+        other
+            .execute_batch(&format!("PRAGMA user_version = {version}"))
+            .unwrap();
+        let before = fs::read(sb.db()).unwrap();
+        sb.cli(&["user", "list"]).fails_with("not a gitgate store");
+        sb.cli(&["check"]).fails_with("not a gitgate store");
+        let mut cmd = sb.gitgate_command();
+        cmd.arg("serve");
+        let out = run(cmd, None);
+        assert!(out.stderr.contains("not a gitgate store"), "{out}");
+        assert_eq!(fs::read(sb.db()).unwrap(), before, "{version}: changed");
+    }
+}
+
+/// A gitgate store whose version number was set below zero by hand: refused with what happened
+/// by `check`, the CLI and `serve` (it used to panic), and left as it was.
+#[test]
+fn a_store_whose_version_was_set_below_zero_is_refused_and_left_as_it_was() {
+    let sb = Sandbox::new();
+    sb.cli_stdin(
+        &["user", "add", "alice", "--password-stdin"],
+        "pw-1234567890\n",
+    )
+    .ok();
+    {
+        let db = rusqlite::Connection::open(sb.db()).unwrap();
+        db.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+            .unwrap();
+        db.execute_batch("PRAGMA user_version = -1").unwrap();
+    }
+    let before = fs::read(sb.db()).unwrap();
+    sb.cli(&["check"]).fails_with("changed by hand");
+    sb.cli(&["user", "list"]).fails_with("changed by hand");
+    let mut cmd = sb.gitgate_command();
+    cmd.arg("serve");
+    let out = run(cmd, None);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("changed by hand"), "{out}");
+    assert!(!out.stderr.contains("panicked"), "{out}");
+    assert_eq!(fs::read(sb.db()).unwrap(), before, "the file was changed");
 }
 
 /// A store a newer gitgate made: refused by `serve` and the CLI, and left exactly as it was —

@@ -98,34 +98,49 @@ pub const CURRENT: i64 = MIGRATIONS.len() as i64;
 
 /// Bring the schema up to date. A store already at this version is only read, so that opening
 /// it (every CLI command does) works while another process holds the write lock.
-/// What is wrong if this file is another program's SQLite database: gitgate's schema version is
-/// 0 (none applied), yet the file holds tables. Checked before anything is written to it — the
-/// switch to WAL included — so that a `[store] path` pointing at the wrong file leaves it as it
-/// was instead of adding gitgate's tables to it. `None` for a gitgate store or an empty file.
+/// The tables every gitgate store has had since its first version.
+const FIRST_TABLES: [&str; 5] = ["users", "grants", "tokens", "settings", "audit_events"];
+
+/// What is wrong if this file is another program's SQLite database: it holds tables, and
+/// either gitgate's schema version is 0 (none applied) or tables every gitgate store has are
+/// missing — another program may number its own schema in `user_version` too. Checked before
+/// anything is written to it — the switch to WAL included — so that a `[store] path` pointing
+/// at the wrong file leaves it as it was instead of adding gitgate's tables to it (and
+/// migrating the other program's version number). `None` for a gitgate store or an empty file.
 pub fn foreign_tables(conn: &Connection) -> rusqlite::Result<Option<String>> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version != 0 {
-        return Ok(None);
-    }
     let mut stmt = conn.prepare(
         "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
-         ORDER BY name LIMIT 3",
+         ORDER BY name",
     )?;
     let names = stmt
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok((!names.is_empty()).then(|| names.join("', '")))
+    let gitgates = FIRST_TABLES.iter().all(|t| names.iter().any(|n| n == t));
+    if names.is_empty() || (version != 0 && gitgates) {
+        return Ok(None);
+    }
+    Ok(Some(names[..names.len().min(3)].join("', '")))
 }
 
-/// The store's schema version, refused if newer than this gitgate knows. Read before anything is
-/// changed: a store a newer gitgate made must be left exactly as it is (its journal mode
-/// included).
+/// The store's schema version, refused if newer than this gitgate knows, or below zero (no
+/// gitgate writes that: the number was changed by hand). Read before anything is changed: a
+/// store a newer gitgate made must be left exactly as it is (its journal mode included).
 pub fn refuse_newer(conn: &Connection) -> rusqlite::Result<i64> {
     let version: i64 = conn
         .prepare_cached("PRAGMA user_version")?
         .query_row([], |r| r.get(0))?;
     if version > CURRENT {
         return Err(newer(version));
+    }
+    if version < 0 {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(format!(
+                "the store has schema version {version}, which no gitgate writes (its \
+                 user_version was changed by hand); restore it from a backup"
+            )),
+        ));
     }
     Ok(version)
 }
@@ -147,11 +162,9 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version >= CURRENT {
-            if version > CURRENT {
-                return Err(newer(version));
-            }
+        // Read again under the write lock: another process may have migrated meanwhile.
+        let version = refuse_newer(&tx)?;
+        if version == CURRENT {
             return Ok(());
         }
         tx.execute_batch(MIGRATIONS[version as usize])?;
@@ -178,6 +191,29 @@ mod tests {
             foreign_tables(&other).unwrap().as_deref(),
             Some("metrics', 'users")
         );
+        // Another program that numbers its schema in user_version too (any number, negative
+        // or beyond gitgate's): still not a gitgate store.
+        for version in [2, CURRENT, 99, -1] {
+            other.pragma_update(None, "user_version", version).unwrap();
+            assert_eq!(
+                foreign_tables(&other).unwrap().as_deref(),
+                Some("metrics', 'users"),
+                "{version}"
+            );
+        }
+        // gitgate's own store at a version this build does not know is gitgate's, refused by
+        // `refuse_newer` as newer or as changed by hand.
+        for version in [99, -1] {
+            conn.pragma_update(None, "user_version", version).unwrap();
+            assert_eq!(foreign_tables(&conn).unwrap(), None, "{version}");
+            let e = refuse_newer(&conn).unwrap_err().to_string();
+            let why = if version > 0 {
+                "newer than"
+            } else {
+                "changed by hand"
+            };
+            assert!(e.contains(why), "{version}: {e}");
+        }
     }
 
     #[test]
