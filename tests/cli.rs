@@ -1590,6 +1590,30 @@ fn another_programs_database_is_refused_and_left_as_it_was() {
     }
 }
 
+/// A new store holds password hashes: it is made for its owner only, whatever the umask, and
+/// SQLite gives its `-wal` and `-shm` the same mode once a server has it open.
+#[test]
+fn a_new_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(sb.root())
+        .env_remove("GITGATE_CONFIG")
+        .args(["-c", "umask 022; exec \"$@\"", "sh"])
+        .arg(gitgate_bin())
+        .arg("--config")
+        .arg(sb.config())
+        .args(["user", "add", "alice", "--password-stdin"]);
+    run(cmd, Some("pw-1234567890\n")).ok();
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&sb.db()), 0o600, "{:o}", mode(&sb.db()));
+    let _server = sb.serve();
+    for sidecar in ["gitgate.db-wal", "gitgate.db-shm"] {
+        let p = sb.root().join(sidecar);
+        assert_eq!(mode(&p), 0o600, "{sidecar}: {:o}", mode(&p));
+    }
+}
+
 /// A gitgate store whose version number was set below zero by hand: refused with what happened
 /// by `check`, the CLI and `serve` (it used to panic), and left as it was.
 #[test]

@@ -680,6 +680,16 @@ impl Store {
             // A mistyped `[store] path` would otherwise answer every token "invalid token",
             // and git's credential helpers erase a token refused so.
             tracing::warn!(path = %path.display(), "creating a new, empty token store");
+            // For its owner only: it holds password hashes (argon2id, but a weak password can
+            // be found offline), and SQLite gives the `-wal` and `-shm` the file's mode. Made
+            // here because SQLite would create it with 0644 under the usual umask. Any failure
+            // (a race with another process creating it, say) is SQLite's to meet and explain.
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
         }
         let mut conn = connect(path, true).map_err(explain)?;
         if let Some(tables) = schema::foreign_tables(&conn).map_err(explain)? {
@@ -1636,7 +1646,12 @@ fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", true)?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // FULL: each commit is on the disk before it is acknowledged. With WAL, NORMAL would sync
+    // only at checkpoints, and a power loss or OS crash could undo a revocation already
+    // answered "revoked" (or lose a token already printed). Commits are few — changes made by
+    // people, and the request path's audit events and last-used times in batches (`writer`) —
+    // so one sync each costs nothing a request waits for.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
 }
 
@@ -2111,6 +2126,17 @@ mod tests {
 
     /// A store moved away without its `-wal` (or deleted): creating a new one there would have
     /// SQLite delete the `-wal`, the one copy of what it held.
+    #[test]
+    fn every_commit_is_synced_before_it_is_acknowledged() {
+        // Every connection of the store, the CLI's and the server's, is opened by `connect`.
+        let dir = tempfile::tempdir().unwrap();
+        let conn = connect(&dir.path().join("s.db"), true).unwrap();
+        let level: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(level, 2, "FULL");
+    }
+
     #[test]
     fn a_missing_file_beside_a_log_is_not_created_anew() {
         let (dir, store) = temp_store();
