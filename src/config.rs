@@ -181,6 +181,9 @@ impl Default for RateLimit {
 pub struct AuthFailures {
     pub max: u32,
     pub window_seconds: u32,
+    /// Most failed-authentication events kept in the audit log, the oldest deleted beyond it
+    /// (0: all kept). About 150 bytes each.
+    pub keep_in_audit: u64,
 }
 
 impl Default for AuthFailures {
@@ -188,6 +191,7 @@ impl Default for AuthFailures {
         AuthFailures {
             max: 10,
             window_seconds: 60,
+            keep_in_audit: 1_000_000,
         }
     }
 }
@@ -298,6 +302,7 @@ struct RawRateLimit {
 struct RawAuthFailures {
     max: Option<u32>,
     window_seconds: Option<u32>,
+    keep_in_audit: Option<u64>,
 }
 
 impl Config {
@@ -665,6 +670,7 @@ fn parse_auth_failures(raw: RawAuthFailures) -> Result<AuthFailures, String> {
     let f = AuthFailures {
         max: raw.max.unwrap_or(d.max),
         window_seconds: raw.window_seconds.unwrap_or(d.window_seconds),
+        keep_in_audit: raw.keep_in_audit.unwrap_or(d.keep_in_audit),
     };
     if f.max == 0 || f.window_seconds == 0 {
         return Err(
@@ -1438,15 +1444,19 @@ env = "UPSTREAM_TOKEN"
         assert_eq!(c.rate_limit, RateLimit::default());
         assert_eq!(c.rate_limit.capacity, 60);
         assert_eq!(c.auth_failures.max, 10);
+        assert_eq!(c.auth_failures.keep_in_audit, 1_000_000);
         let custom = format!(
             "{GOOD}[rate_limit]\nenabled = false\ncapacity = 5\nrefill_per_second = 0.5\n\
-             [auth_failures]\nmax = 3\nwindow_seconds = 10\n"
+             [auth_failures]\nmax = 3\nwindow_seconds = 10\nkeep_in_audit = 0\n"
         );
         let c = parse(&custom).unwrap();
         assert!(!c.rate_limit.enabled);
         assert_eq!(c.rate_limit.capacity, 5);
         assert_eq!(c.rate_limit.refill_per_second, 0.5);
         assert_eq!(c.auth_failures.window_seconds, 10);
+        assert_eq!(c.auth_failures.keep_in_audit, 0);
+        let bad = format!("{GOOD}[auth_failures]\nkeep_in_audit = -1\n");
+        assert!(parse(&bad).unwrap_err().contains("keep_in_audit"));
         let bad = format!("{GOOD}[rate_limit]\ncapacity = 0\n");
         assert!(parse(&bad).unwrap_err().contains("capacity"));
         for refill in ["-1", "0", "1e300", "inf", "nan"] {

@@ -403,6 +403,7 @@ mod tests {
             &config::AuthFailures {
                 max: 2,
                 window_seconds: 60,
+                ..Default::default()
             },
             now,
         )
@@ -556,6 +557,7 @@ mod tests {
             &config::AuthFailures {
                 max: 2,
                 window_seconds: 60,
+                ..Default::default()
             },
             0,
         )

@@ -626,6 +626,68 @@ fn a_graceful_stop_writes_the_pending_audit_events_and_last_uses() {
     );
 }
 
+/// Failed authentications from many names (or addresses) are a row each: past `[auth_failures]
+/// keep_in_audit` (and a tenth more, at least 100) the oldest are deleted, with an
+/// `audit.pruned` event, so that clients without a valid token cannot grow the store without
+/// end; changes made by people stay.
+#[test]
+fn failed_authentication_rows_beyond_the_cap_are_deleted_oldest_first() {
+    let sb = Sandbox::with(Setup {
+        extra: "[auth_failures]\nmax = 100000\nkeep_in_audit = 20\n".into(),
+        ..Setup::default()
+    });
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "read");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let server = sb.serve();
+    let target = "/team/app.git/info/refs?service=git-upload-pack";
+    let wrong = flip_secret(&token.secret);
+    for i in 0..400 {
+        let resp = http_get(
+            server.port,
+            target,
+            Some(&basic(&format!("guess{i}"), &wrong)),
+        );
+        assert_eq!(resp.status, 401);
+    }
+    let actions = |audit: &serde_json::Value, action: &str| -> Vec<String> {
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| e["actor"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let start = Instant::now();
+    let audit = loop {
+        let audit = sb.cli_json(&["audit", "--json"]);
+        let failed = actions(&audit, "auth.failed");
+        if failed.last().is_some_and(|a| a == "guess399")
+            || start.elapsed() > Duration::from_secs(10)
+        {
+            break audit;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let failed = actions(&audit, "auth.failed");
+    assert_eq!(
+        failed.last().map(String::as_str),
+        Some("guess399"),
+        "{audit}"
+    );
+    // At most the cap and its slack, plus what came after the last count.
+    assert!(
+        failed.len() < 400 && !failed.contains(&"guess0".to_owned()),
+        "{} rows, from {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(!actions(&audit, "audit.pruned").is_empty(), "{audit}");
+    assert!(!actions(&audit, "token.created").is_empty(), "{audit}");
+}
+
 /// A refused Bearer token is a 403 (see below), but still a failed authentication: counted
 /// by the throttle like a wrong Basic password.
 #[test]

@@ -252,6 +252,13 @@ impl Store {
         );
     }
 
+    /// Keep at most `cap` rows of failed authentications in the audit log, deleting the oldest
+    /// beyond it as more come (0: keep them all); see `writer`. Set by `serve` from
+    /// `[auth_failures] keep_in_audit`.
+    pub fn keep_failure_events(&self, cap: u64) {
+        self.inner.batch_writer.keep_failure_events(cap);
+    }
+
     /// Write the audit events and last uses still waiting for the writer now (at shutdown).
     pub fn flush_pending_writes(&self) -> bool {
         self.inner.batch_writer.flush(self)

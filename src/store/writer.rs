@@ -34,6 +34,13 @@
 //! tokens wait per thread and window; beyond that a use is not noted — harmless, as that
 //! token's stored time stays old and its next request offers it again.
 //!
+//! Rows of failed authentications — the events a client without valid credentials causes,
+//! one per address and name it tries — are capped ([`Store::keep_failure_events`], `[auth_failures]
+//! keep_in_audit`): past the cap (and a tenth more, so that counting is rare) the oldest of them
+//! are deleted, with an `audit.pruned` row saying how many. Otherwise clients from many
+//! addresses (an IPv6 network has millions of /64s) could grow the store until the disk is
+//! full. Changes made by people are never deleted.
+//!
 //! The writer holds only a weak reference to the store and ends when the store is dropped.
 
 use std::cell::RefCell;
@@ -61,6 +68,11 @@ const LAST_USES: usize = 65_536;
 /// the busy timeout, a full disk); between two tries the writer waits [`RETRY_PAUSE`].
 const ATTEMPTS: u32 = 5;
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// The actions of failed authentications, whose rows are capped (see the module doc).
+pub(super) const FAILURE_ACTIONS: [&str; 3] = ["auth.failed", "auth.throttled", "audit.dropped"];
+/// Most failure rows deleted in one transaction, so that a big prune does not hold the write
+/// lock (and the CLI's changes) for long.
+const PRUNE_CHUNK: u64 = 20_000;
 
 pub(super) struct Event {
     /// Epoch milliseconds when it happened (not when it was written).
@@ -277,6 +289,8 @@ struct Pending {
     failures: std::sync::atomic::AtomicU32,
     /// Writes in a row that found the store locked by another process (never given up).
     busy_waits: std::sync::atomic::AtomicU32,
+    /// Most failure rows kept (see the module doc); 0 keeps them all.
+    failure_cap: std::sync::atomic::AtomicU64,
 }
 
 /// A thread's own batch for one writer.
@@ -409,6 +423,11 @@ impl BatchWriter {
         true
     }
 
+    /// Keep at most `cap` rows of failed authentications (0: all of them).
+    pub(super) fn keep_failure_events(&self, cap: u64) {
+        self.pending.failure_cap.store(cap, Ordering::Relaxed);
+    }
+
     /// Transactions so far that wrote last uses.
     #[cfg(test)]
     pub(super) fn last_use_commits(&self) -> u64 {
@@ -432,6 +451,7 @@ impl BatchWriter {
 
 fn run(store: Weak<Inner>, pending: Arc<Pending>) {
     let mut last_uses_written: Option<Instant> = None;
+    let mut failure_rows = FailureRows::default();
     loop {
         // Sleep until a window opens (checking now and then that the store still exists).
         {
@@ -471,11 +491,23 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
         // held by this thread while the process stops, it would keep the store from being
         // dropped at the stop (its last word, `Drop for Inner`, and SQLite's checkpoint on
         // close, which is what keeps the log of a store whose -wal was deleted).
-        let written = write(&Store { inner }, &batch, &last_uses);
+        let store_now = Store { inner };
+        let written = write(&store_now, &batch, &last_uses);
         match written {
             Ok(()) => {
                 pending.failures.store(0, Ordering::Relaxed);
                 pending.busy_waits.store(0, Ordering::Relaxed);
+                let cap = pending.failure_cap.load(Ordering::Relaxed);
+                if cap > 0 {
+                    let added = batch
+                        .events
+                        .iter()
+                        .filter(|(e, _)| FAILURE_ACTIONS.contains(&e.action))
+                        .count() as u64
+                        + u64::from(batch.dropped > 0);
+                    failure_rows.prune(&store_now, cap, added);
+                }
+                drop(store_now);
             }
             Err(e) => {
                 failed(&pending, &e, batch, last_uses);
@@ -486,6 +518,81 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
             }
         }
     }
+}
+
+/// What the writer knows of the failure rows in the store: counted once, then estimated from
+/// what it adds, and counted again only once the estimate passes the cap by a tenth.
+#[derive(Default)]
+struct FailureRows {
+    estimate: Option<u64>,
+}
+
+impl FailureRows {
+    /// Note `added` new failure rows, and delete the oldest beyond `cap` if there are more.
+    /// A failure here is logged and tried again with a later window (nothing is lost by
+    /// keeping rows a while longer).
+    fn prune(&mut self, store: &Store, cap: u64, added: u64) {
+        let slack = (cap / 10).max(100);
+        if let Some(estimate) = self.estimate {
+            if estimate + added <= cap + slack {
+                self.estimate = Some(estimate + added);
+                return;
+            }
+        }
+        match prune_failure_rows(store, cap) {
+            Ok(left) => self.estimate = Some(left),
+            Err(e) => {
+                self.estimate = None;
+                tracing::warn!(target: "gitgate::store", error = %e, "could not delete old failed-authentication events from the audit log; trying again later");
+            }
+        }
+    }
+}
+
+/// Delete the oldest failure rows beyond `cap`, in transactions of at most [`PRUNE_CHUNK`], and
+/// record how many went as an `audit.pruned` event (logged too). The failure rows left.
+fn prune_failure_rows(store: &Store, cap: u64) -> Result<u64, super::StoreError> {
+    let in_list = FAILURE_ACTIONS.map(|a| format!("'{a}'")).join(", ");
+    let count: u64 = store.with_conn(|c| {
+        Ok(c.query_row(
+            &format!("SELECT count(*) FROM audit_events WHERE action IN ({in_list})"),
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    })?;
+    let mut left = count;
+    while left > cap {
+        let n = (left - cap).min(PRUNE_CHUNK);
+        store.write_bookkeeping(|tx| {
+            tx.execute(
+                &format!(
+                    "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
+                     WHERE action IN ({in_list}) ORDER BY id LIMIT ?1)"
+                ),
+                [n as i64],
+            )?;
+            Ok(())
+        })?;
+        left -= n;
+    }
+    if left < count {
+        let actor = Actor {
+            name: "gitgate".into(),
+            source: "local".into(),
+            logged_in_as_admin: None,
+        };
+        let detail = format!(
+            "deleted the {} oldest failed-authentication events: more than [auth_failures] \
+             keep_in_audit = {cap} were stored",
+            count - left
+        );
+        let now = crate::clock::now_ms();
+        store.write_bookkeeping(|tx| {
+            insert_repeated(tx, &actor, "audit.pruned", "", &detail, now, None)
+        })?;
+        log_event(&actor, "audit.pruned", "", &detail, None);
+    }
+    Ok(left)
 }
 
 /// One transaction for the window: one row per distinct event, plus the summary of any dropped,
@@ -602,8 +709,105 @@ fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses) {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{ATTEMPTS, RETRY_PAUSE};
+    use super::{prune_failure_rows, FailureRows, ATTEMPTS, RETRY_PAUSE};
     use crate::store::test_support::{logged, refuse_audit_inserts, temp_store};
+    use crate::store::{Actor, Store};
+
+    /// The store's audit rows as (action, target), oldest first.
+    fn rows(store: &Store) -> Vec<(String, String)> {
+        store
+            .audit_events(None, 100_000)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.action, e.target))
+            .collect()
+    }
+
+    #[test]
+    fn failure_rows_beyond_the_cap_go_oldest_first_and_changes_stay() {
+        let (_dir, store) = temp_store();
+        let admin = Actor {
+            name: "admin".into(),
+            source: "local".into(),
+            logged_in_as_admin: None,
+        };
+        store
+            .record_event(&admin, "token.created", "first", "")
+            .unwrap();
+        for i in 0..250 {
+            let actor = Actor {
+                name: format!("guess{i}"),
+                ..admin.clone()
+            };
+            store
+                .record_event(&actor, "auth.failed", &format!("t{i}"), "")
+                .unwrap();
+            if i == 100 {
+                store
+                    .record_event(&admin, "token.revoked", "middle", "")
+                    .unwrap();
+            }
+        }
+        let log = crate::store::test_support::logged(|| {
+            assert_eq!(prune_failure_rows(&store, 50).unwrap(), 50);
+        });
+        assert!(log.contains("audit.pruned"), "{log}");
+        let left = rows(&store);
+        let failures: Vec<_> = left.iter().filter(|r| r.0 == "auth.failed").collect();
+        assert_eq!(failures.len(), 50);
+        // The newest 50 stay.
+        assert_eq!(failures[0].1, "t200");
+        assert_eq!(failures[49].1, "t249");
+        // Changes by people are never deleted, and the prune says what it did.
+        for kept in ["token.created", "token.revoked"] {
+            assert!(left.iter().any(|r| r.0 == kept), "{kept}: {left:?}");
+        }
+        let pruned = store
+            .audit_events(None, 100_000)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.action == "audit.pruned")
+            .expect("an audit.pruned event");
+        assert!(
+            pruned.detail.contains("deleted the 200 oldest"),
+            "{}",
+            pruned.detail
+        );
+        // Under the cap, nothing happens.
+        assert_eq!(prune_failure_rows(&store, 50).unwrap(), 50);
+        assert_eq!(rows(&store).len(), left.len());
+    }
+
+    #[test]
+    fn failure_rows_are_counted_again_only_past_a_tenth_over_the_cap() {
+        let (_dir, store) = temp_store();
+        let actor = Actor {
+            name: "x".into(),
+            source: "local".into(),
+            logged_in_as_admin: None,
+        };
+        let add = |n: usize, from: usize| {
+            for i in from..from + n {
+                store
+                    .record_event(&actor, "auth.failed", &format!("t{i}"), "")
+                    .unwrap();
+            }
+        };
+        let failures = || rows(&store).iter().filter(|r| r.0 == "auth.failed").count();
+        let mut known = FailureRows::default();
+        add(1500, 0);
+        // First time: counted, and cut to the cap at once.
+        known.prune(&store, 1000, 1500);
+        assert_eq!(failures(), 1000);
+        // Within the slack (a tenth of the cap): left alone ...
+        add(100, 1500);
+        known.prune(&store, 1000, 100);
+        assert_eq!(failures(), 1100);
+        // ... past it: counted and cut.
+        add(1, 1600);
+        known.prune(&store, 1000, 1);
+        assert_eq!(failures(), 1000);
+    }
 
     #[test]
     fn events_the_store_cannot_take_at_the_last_try_are_still_logged() {
