@@ -213,7 +213,11 @@ impl Store {
         target: &str,
         detail: &str,
     ) -> Result<()> {
-        self.write(|tx| record(tx, actor, action, target, detail))
+        self.write(|tx| record(tx, actor, action, target, detail))?;
+        if super::writer::FAILURE_ACTIONS.contains(&action) {
+            self.inner.batch_writer.failure_written(&self.inner);
+        }
+        Ok(())
     }
 
     /// [`Store::record_event`] for a caller that cannot fail on it (a refusal being answered):

@@ -51,6 +51,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use rusqlite::OptionalExtension;
+
 use super::audit::{insert_repeated, log_event, log_lost_event, Repeats};
 use super::tokens::write_last_use;
 use super::{Actor, Inner, Store};
@@ -291,6 +293,9 @@ struct Pending {
     busy_waits: std::sync::atomic::AtomicU32,
     /// Most failure rows kept (see the module doc); 0 keeps them all.
     failure_cap: std::sync::atomic::AtomicU64,
+    /// Failure rows written outside the batches (in their own transactions: a failed REST
+    /// login, a block) since the writer last looked.
+    direct_failures: std::sync::atomic::AtomicU64,
 }
 
 /// A thread's own batch for one writer.
@@ -428,6 +433,17 @@ impl BatchWriter {
         self.pending.failure_cap.store(cap, Ordering::Relaxed);
     }
 
+    /// A failure row was written in a transaction of its own: counted towards the cap, looked
+    /// at by the writer with its next window (opened here).
+    pub(super) fn failure_written(&self, store: &Arc<Inner>) {
+        if self.pending.failure_cap.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        self.start(store);
+        self.pending.direct_failures.fetch_add(1, Ordering::Relaxed);
+        self.pending.open_window();
+    }
+
     /// Transactions so far that wrote last uses.
     #[cfg(test)]
     pub(super) fn last_use_commits(&self) -> u64 {
@@ -483,31 +499,36 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
             #[cfg(test)]
             pending.last_use_commits.fetch_add(1, Ordering::Relaxed);
         }
+        let cap = pending.failure_cap.load(Ordering::Relaxed);
+        let direct = pending.direct_failures.swap(0, Ordering::Relaxed);
         if batch.is_empty() && last_uses.is_empty() {
+            if cap > 0 && direct > 0 {
+                let Some(inner) = store.upgrade() else { return };
+                failure_rows.prune(&Store { inner }, cap, direct);
+            }
             continue;
         }
         let Some(inner) = store.upgrade() else { return };
-        // Its own statement, so that the strong reference is dropped before the pause below:
-        // held by this thread while the process stops, it would keep the store from being
-        // dropped at the stop (its last word, `Drop for Inner`, and SQLite's checkpoint on
-        // close, which is what keeps the log of a store whose -wal was deleted).
+        // The strong reference is dropped before the pause below: held by this thread while
+        // the process stops, it would keep the store from being dropped at the stop (its last
+        // word, `Drop for Inner`, and SQLite's checkpoint on close, which is what keeps the log
+        // of a store whose -wal was deleted).
         let store_now = Store { inner };
         let written = write(&store_now, &batch, &last_uses);
+        if written.is_ok() && cap > 0 {
+            let batched = batch
+                .events
+                .iter()
+                .filter(|(e, _)| FAILURE_ACTIONS.contains(&e.action))
+                .count() as u64
+                + u64::from(batch.dropped > 0);
+            failure_rows.prune(&store_now, cap, batched + direct);
+        }
+        drop(store_now);
         match written {
             Ok(()) => {
                 pending.failures.store(0, Ordering::Relaxed);
                 pending.busy_waits.store(0, Ordering::Relaxed);
-                let cap = pending.failure_cap.load(Ordering::Relaxed);
-                if cap > 0 {
-                    let added = batch
-                        .events
-                        .iter()
-                        .filter(|(e, _)| FAILURE_ACTIONS.contains(&e.action))
-                        .count() as u64
-                        + u64::from(batch.dropped > 0);
-                    failure_rows.prune(&store_now, cap, added);
-                }
-                drop(store_now);
             }
             Err(e) => {
                 failed(&pending, &e, batch, last_uses);
@@ -520,8 +541,8 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
     }
 }
 
-/// What the writer knows of the failure rows in the store: counted once, then estimated from
-/// what it adds, and counted again only once the estimate passes the cap by a tenth.
+/// What the writer knows of the failure rows in the store: looked at once, then estimated from
+/// what it adds, and looked at again only once the estimate passes the cap by a tenth.
 #[derive(Default)]
 struct FailureRows {
     estimate: Option<u64>,
@@ -529,8 +550,8 @@ struct FailureRows {
 
 impl FailureRows {
     /// Note `added` new failure rows, and delete the oldest beyond `cap` if there are more.
-    /// A failure here is logged and tried again with a later window (nothing is lost by
-    /// keeping rows a while longer).
+    /// A failure here is logged and tried again later (nothing is lost by keeping rows a
+    /// while longer).
     fn prune(&mut self, store: &Store, cap: u64, added: u64) {
         let slack = (cap / 10).max(100);
         if let Some(estimate) = self.estimate {
@@ -540,7 +561,9 @@ impl FailureRows {
             }
         }
         match prune_failure_rows(store, cap) {
-            Ok(left) => self.estimate = Some(left),
+            // At most `cap` are left (fewer, if there were fewer): looked at again after the
+            // slack, whichever it was.
+            Ok(_) => self.estimate = Some(cap),
             Err(e) => {
                 self.estimate = None;
                 tracing::warn!(target: "gitgate::store", error = %e, "could not delete old failed-authentication events from the audit log; trying again later");
@@ -549,42 +572,54 @@ impl FailureRows {
     }
 }
 
-/// Delete the oldest failure rows beyond `cap`, in transactions of at most [`PRUNE_CHUNK`], and
-/// record how many went as an `audit.pruned` event (logged too). The failure rows left.
+/// Delete the failure rows older than the newest `cap` of them, in transactions of at most
+/// [`PRUNE_CHUNK`], and record how many went as an `audit.pruned` event (logged too); that
+/// number. The rows to keep are fixed by id before anything is deleted, so two servers pruning
+/// one store at once never delete more than the oldest beyond the cap between them.
 fn prune_failure_rows(store: &Store, cap: u64) -> Result<u64, super::StoreError> {
     let in_list = FAILURE_ACTIONS.map(|a| format!("'{a}'")).join(", ");
-    let count: u64 = store.with_conn(|c| {
+    // The newest failure row that goes: the (cap + 1)th newest, walking the ids down.
+    let boundary: Option<i64> = store.with_conn(|c| {
         Ok(c.query_row(
-            &format!("SELECT count(*) FROM audit_events WHERE action IN ({in_list})"),
-            [],
+            &format!(
+                "SELECT id FROM audit_events WHERE action IN ({in_list}) \
+                 ORDER BY id DESC LIMIT 1 OFFSET ?1"
+            ),
+            [i64::try_from(cap).unwrap_or(i64::MAX)],
             |r| r.get::<_, i64>(0),
-        )? as u64)
+        )
+        .optional()?)
     })?;
-    let mut left = count;
-    while left > cap {
-        let n = (left - cap).min(PRUNE_CHUNK);
+    let Some(boundary) = boundary else {
+        return Ok(0);
+    };
+    let mut deleted = 0u64;
+    loop {
+        let mut n = 0;
         store.write_bookkeeping(|tx| {
-            tx.execute(
+            n = tx.execute(
                 &format!(
                     "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
-                     WHERE action IN ({in_list}) ORDER BY id LIMIT ?1)"
+                     WHERE id <= ?1 AND action IN ({in_list}) ORDER BY id LIMIT ?2)"
                 ),
-                [n as i64],
+                [boundary, PRUNE_CHUNK as i64],
             )?;
             Ok(())
         })?;
-        left -= n;
+        deleted += n as u64;
+        if (n as u64) < PRUNE_CHUNK {
+            break;
+        }
     }
-    if left < count {
+    if deleted > 0 {
         let actor = Actor {
             name: "gitgate".into(),
             source: "local".into(),
             logged_in_as_admin: None,
         };
         let detail = format!(
-            "deleted the {} oldest failed-authentication events: more than [auth_failures] \
-             keep_in_audit = {cap} were stored",
-            count - left
+            "deleted the {deleted} oldest failed-authentication events: more than \
+             [auth_failures] keep_in_audit = {cap} were stored"
         );
         let now = crate::clock::now_ms();
         store.write_bookkeeping(|tx| {
@@ -592,7 +627,7 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<u64, super::StoreError>
         })?;
         log_event(&actor, "audit.pruned", "", &detail, None);
     }
-    Ok(left)
+    Ok(deleted)
 }
 
 /// One transaction for the window: one row per distinct event, plus the summary of any dropped,
@@ -749,7 +784,7 @@ mod tests {
             }
         }
         let log = crate::store::test_support::logged(|| {
-            assert_eq!(prune_failure_rows(&store, 50).unwrap(), 50);
+            assert_eq!(prune_failure_rows(&store, 50).unwrap(), 200);
         });
         assert!(log.contains("audit.pruned"), "{log}");
         let left = rows(&store);
@@ -773,9 +808,68 @@ mod tests {
             "{}",
             pruned.detail
         );
-        // Under the cap, nothing happens.
-        assert_eq!(prune_failure_rows(&store, 50).unwrap(), 50);
+        // At the cap, nothing happens.
+        assert_eq!(prune_failure_rows(&store, 50).unwrap(), 0);
         assert_eq!(rows(&store).len(), left.len());
+    }
+
+    #[test]
+    fn two_stores_pruning_at_once_keep_the_newest_rows() {
+        // Two servers on one store: each prunes while both write. The newest `cap` rows are
+        // never deleted, however the prunes interleave.
+        let (dir, first) = temp_store();
+        let second = Store::open(&dir.path().join("t.db")).unwrap();
+        let actor = Actor {
+            name: "x".into(),
+            source: "local".into(),
+            logged_in_as_admin: None,
+        };
+        let failures = |store: &Store| {
+            store
+                .with_conn(|c| {
+                    Ok(c.query_row(
+                        "SELECT count(*) FROM audit_events WHERE action = 'auth.failed'",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )?)
+                })
+                .unwrap()
+        };
+        for i in 0..150 {
+            first
+                .record_event(&actor, "auth.failed", &format!("t{i}"), "")
+                .unwrap();
+        }
+        std::thread::scope(|scope| {
+            for (n, store) in [&first, &second].into_iter().enumerate() {
+                let actor = actor.clone();
+                scope.spawn(move || {
+                    for round in 0..40 {
+                        for i in 0..5 {
+                            let t = format!("s{n}-{round}-{i}");
+                            store.record_event(&actor, "auth.failed", &t, "").unwrap();
+                        }
+                        prune_failure_rows(store, 100).unwrap();
+                        let left = failures(store);
+                        assert!(left >= 100, "{left} rows left after a prune");
+                    }
+                });
+            }
+        });
+        prune_failure_rows(&first, 100).unwrap();
+        assert_eq!(failures(&first), 100);
+        // What the audit.pruned events say adds up to what went: 150 + 400 - 100.
+        let said: u64 = first
+            .audit_events(None, 100_000)
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == "audit.pruned")
+            .map(|e| {
+                let n = e.detail.split_whitespace().nth(2).unwrap();
+                n.parse::<u64>().unwrap()
+            })
+            .sum();
+        assert_eq!(said, 450);
     }
 
     #[test]
