@@ -1595,23 +1595,35 @@ fn another_programs_database_is_refused_and_left_as_it_was() {
 #[test]
 fn a_new_store_is_readable_by_its_owner_only() {
     use std::os::unix::fs::PermissionsExt;
-    let sb = Sandbox::new();
-    let mut cmd = Command::new("sh");
-    cmd.current_dir(sb.root())
-        .env_remove("GITGATE_CONFIG")
-        .args(["-c", "umask 022; exec \"$@\"", "sh"])
-        .arg(gitgate_bin())
-        .arg("--config")
-        .arg(sb.config())
-        .args(["user", "add", "alice", "--password-stdin"]);
-    run(cmd, Some("pw-1234567890\n")).ok();
     let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // `user add` under the usual umask, on a plain path and through a symbolic link to a file
+    // not there yet.
+    let user_add = |sb: &Sandbox| {
+        let mut cmd = Command::new("sh");
+        cmd.current_dir(sb.root())
+            .env_remove("GITGATE_CONFIG")
+            .args(["-c", "umask 022; exec \"$@\"", "sh"])
+            .arg(gitgate_bin())
+            .arg("--config")
+            .arg(sb.config())
+            .args(["user", "add", "alice", "--password-stdin"]);
+        run(cmd, Some("pw-1234567890\n")).ok();
+    };
+    let sb = Sandbox::new();
+    user_add(&sb);
     assert_eq!(mode(&sb.db()), 0o600, "{:o}", mode(&sb.db()));
     let _server = sb.serve();
     for sidecar in ["gitgate.db-wal", "gitgate.db-shm"] {
         let p = sb.root().join(sidecar);
         assert_eq!(mode(&p), 0o600, "{sidecar}: {:o}", mode(&p));
     }
+    let linked = Sandbox::new();
+    let real = linked.root().join("real");
+    fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(real.join("store.db"), linked.db()).unwrap();
+    user_add(&linked);
+    let target = real.join("store.db");
+    assert_eq!(mode(&target), 0o600, "through a link: {:o}", mode(&target));
 }
 
 /// A gitgate store whose version number was set below zero by hand: refused with what happened

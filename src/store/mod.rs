@@ -682,12 +682,14 @@ impl Store {
             tracing::warn!(path = %path.display(), "creating a new, empty token store");
             // For its owner only: it holds password hashes (argon2id, but a weak password can
             // be found offline), and SQLite gives the `-wal` and `-shm` the file's mode. Made
-            // here because SQLite would create it with 0644 under the usual umask. Any failure
-            // (a race with another process creating it, say) is SQLite's to meet and explain.
+            // here because SQLite would create it with 0644 under the usual umask — through a
+            // symbolic link too, whose target this makes (so not `create_new`, which refuses
+            // a link). Any failure is SQLite's to meet and explain.
             use std::os::unix::fs::OpenOptionsExt;
             let _ = std::fs::OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(false)
                 .mode(0o600)
                 .open(path);
         }
