@@ -507,8 +507,8 @@ impl Store {
             return Ok(None);
         };
         let conn = &read_only.conn;
-        if let Some(tables) = schema::foreign_tables(conn).map_err(explain)? {
-            return Err(open_err(foreign_database(&tables)));
+        if let Some(why) = schema::foreign_tables(conn).map_err(explain)? {
+            return Err(open_err(why));
         }
         let version = schema::refuse_newer(conn).map_err(explain)?;
         // Every page read once (SQLite's quick_check: the b-trees and their records, not the
@@ -574,8 +574,8 @@ impl Store {
                 return Err(open_err("there is no file there".into()));
             };
             let conn = &read_only.conn;
-            if let Some(tables) = schema::foreign_tables(conn).map_err(explain)? {
-                return Err(open_err(foreign_database(&tables)));
+            if let Some(why) = schema::foreign_tables(conn).map_err(explain)? {
+                return Err(open_err(why));
             }
             schema::refuse_newer(conn).map_err(explain)?;
             let _ = std::fs::remove_file(into.path());
@@ -694,8 +694,8 @@ impl Store {
                 .open(path);
         }
         let mut conn = connect(path, true).map_err(explain)?;
-        if let Some(tables) = schema::foreign_tables(&conn).map_err(explain)? {
-            return Err(open_err(foreign_database(&tables)));
+        if let Some(why) = schema::foreign_tables(&conn).map_err(explain)? {
+            return Err(open_err(why));
         }
         schema::refuse_newer(&conn).map_err(explain)?;
         // WAL is a property of the file: set once, every later connection sees it.
@@ -1614,14 +1614,6 @@ fn usable_path_through(path: &Path, links: u32) -> std::result::Result<(), Strin
         }
     }
     Ok(())
-}
-
-/// The refusal of another program's SQLite database (see `schema::foreign_tables`).
-fn foreign_database(tables: &str) -> String {
-    format!(
-        "this is not a gitgate store but another program's SQLite database (it has tables \
-         '{tables}' and no gitgate schema); it was left as it is: check [store] path"
-    )
 }
 
 /// `path` for a `file:` URI: the characters a URI gives a meaning (`%`, `?`, `#`) escaped.

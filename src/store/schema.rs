@@ -101,26 +101,57 @@ pub const CURRENT: i64 = MIGRATIONS.len() as i64;
 /// The tables every gitgate store has had since its first version.
 const FIRST_TABLES: [&str; 5] = ["users", "grants", "tokens", "settings", "audit_events"];
 
-/// What is wrong if this file is another program's SQLite database: it holds tables, and
-/// either gitgate's schema version is 0 (none applied) or tables every gitgate store has are
-/// missing — another program may number its own schema in `user_version` too. Checked before
-/// anything is written to it — the switch to WAL included — so that a `[store] path` pointing
-/// at the wrong file leaves it as it was instead of adding gitgate's tables to it (and
-/// migrating the other program's version number). `None` for a gitgate store or an empty file.
+/// Why this file is not a gitgate store gitgate may open, if it is not: another program's
+/// SQLite database — it holds tables, and either gitgate's schema version is 0 (none applied)
+/// or none of the tables every gitgate store has is there (another program may number its own
+/// schema in `user_version` too) — or a gitgate store missing one or two of those tables
+/// (damaged, or changed by hand). Checked before anything is written to it — the switch to WAL included —
+/// so that a `[store] path` pointing at the wrong file leaves it as it was instead of adding
+/// gitgate's tables to it (and migrating the other program's version number). `None` for a
+/// gitgate store or an empty file.
 pub fn foreign_tables(conn: &Connection) -> rusqlite::Result<Option<String>> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let mut stmt = conn.prepare(
-        "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
-         ORDER BY name",
+        "SELECT name, type = 'table' FROM sqlite_master \
+         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
     )?;
-    let names = stmt
-        .query_map([], |r| r.get::<_, String>(0))?
+    let objects = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let gitgates = FIRST_TABLES.iter().all(|t| names.iter().any(|n| n == t));
-    if names.is_empty() || (version != 0 && gitgates) {
+    if objects.is_empty() {
         return Ok(None);
     }
-    Ok(Some(names[..names.len().min(3)].join("', '")))
+    let tables: Vec<&str> = objects
+        .iter()
+        .filter(|(_, table)| *table)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let missing: Vec<&str> = FIRST_TABLES
+        .iter()
+        .copied()
+        .filter(|t| !tables.contains(t))
+        .collect();
+    if version != 0 && missing.is_empty() {
+        return Ok(None);
+    }
+    // Most of them there (another program may well have a `users` or a `settings`): a gitgate
+    // store that lost some.
+    if version != 0 && missing.len() * 2 < FIRST_TABLES.len() {
+        return Ok(Some(format!(
+            "this gitgate store (schema version {version}) has lost its table(s) '{}': it is \
+             damaged or was changed by hand; it was left as it is: restore it from a backup",
+            missing.join("', '")
+        )));
+    }
+    let shown = if tables.is_empty() {
+        "no tables, only views or indexes".to_string()
+    } else {
+        format!("tables '{}'", tables[..tables.len().min(3)].join("', '"))
+    };
+    Ok(Some(format!(
+        "this is not a gitgate store but another program's SQLite database (it has {shown} and \
+         no gitgate schema); it was left as it is: check [store] path"
+    )))
 }
 
 /// The store's schema version, refused if newer than this gitgate knows, or below zero (no
@@ -187,20 +218,34 @@ mod tests {
         other
             .execute_batch("CREATE TABLE metrics(x); CREATE TABLE users(y)")
             .unwrap();
-        assert_eq!(
-            foreign_tables(&other).unwrap().as_deref(),
-            Some("metrics', 'users")
+        let refused = |c: &Connection| foreign_tables(c).unwrap().unwrap_or_default();
+        let m = refused(&other);
+        assert!(
+            m.contains("another program's") && m.contains("tables 'metrics', 'users'"),
+            "{m}"
         );
         // Another program that numbers its schema in user_version too (any number, negative
         // or beyond gitgate's): still not a gitgate store.
         for version in [2, CURRENT, 99, -1] {
             other.pragma_update(None, "user_version", version).unwrap();
-            assert_eq!(
-                foreign_tables(&other).unwrap().as_deref(),
-                Some("metrics', 'users"),
-                "{version}"
-            );
+            let m = refused(&other);
+            assert!(m.contains("tables 'metrics', 'users'"), "{version}: {m}");
         }
+        // Only a view: nothing of gitgate's, and said so.
+        let view = Connection::open_in_memory().unwrap();
+        view.execute_batch("CREATE VIEW v AS SELECT 1").unwrap();
+        let m = refused(&view);
+        assert!(m.contains("only views or indexes"), "{m}");
+        // gitgate's own, a table lost: damaged, not another program's (and no index named as
+        // a table).
+        let mut damaged = Connection::open_in_memory().unwrap();
+        migrate(&mut damaged).unwrap();
+        damaged.execute_batch("DROP TABLE settings").unwrap();
+        let m = refused(&damaged);
+        assert!(
+            m.contains("has lost its table(s) 'settings'") && m.contains("backup"),
+            "{m}"
+        );
         // gitgate's own store at a version this build does not know is gitgate's, refused by
         // `refuse_newer` as newer or as changed by hand.
         for version in [99, -1] {
