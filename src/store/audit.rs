@@ -301,7 +301,10 @@ impl Store {
     /// Events at or after `since` (epoch ms) and past `after`, oldest first (by time, then id),
     /// at most `limit`: one page of a listing that may be far longer than memory should hold.
     /// Each page is its own read, so a listing piped into a slow reader holds no snapshot of
-    /// the store. The index on `at` (which holds the id too) gives the order without a sort.
+    /// the store. The index on `at` (which holds the id too) gives the order without a sort,
+    /// and the page starts where the cursor is: `at >= max(since, cursor)` is the index range
+    /// (with `(at, id) > cursor` as a row value SQLite started every page at `since`, and a
+    /// listing of a million events took 50 s instead of 2.8).
     pub fn audit_page(
         &self,
         since: Option<i64>,
@@ -312,7 +315,7 @@ impl Store {
             let mut stmt = c.prepare_cached(
                 "SELECT id, at, actor, action, target, detail, source, count, last_at
                  FROM audit_events
-                 WHERE at >= ?1 AND (at, id) > (?2, ?3) ORDER BY at, id LIMIT ?4",
+                 WHERE at >= max(?1, ?2) AND (at > ?2 OR id > ?3) ORDER BY at, id LIMIT ?4",
             )?;
             let rows = stmt.query_map(
                 params![since.unwrap_or(i64::MIN), after.at, after.id, limit as i64],
