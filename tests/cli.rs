@@ -1865,6 +1865,16 @@ fn read_commands_work_for_an_account_that_cannot_write_the_store() {
         let text = out.ok();
         assert!(text.contains("alice") && text.contains("bob"), "{text}");
         assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+        // A `-wal` and `-shm` the reader may not read (made before the file's mode was
+        // opened up): said as such, not as a need to write.
+        for sidecar in ["-wal", "-shm"] {
+            as_store_owner_only(
+                std::path::Path::new(&format!("{}{sidecar}", sb.db().display())),
+                0o600,
+            );
+        }
+        let err = as_reader(&["user", "list"]);
+        err.fails_with("must be able to read its -wal and -shm too");
     }
 }
 

@@ -1419,6 +1419,22 @@ fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
                     );
                 }
             }
+            // A reader (an auditor's account) that may read the file but not the log and its
+            // index beside it, which a running server keeps: not a matter of writing anything.
+            for sidecar in ["-wal", "-shm"] {
+                let beside = crate::store::sidecar(path, sidecar);
+                if let Err(read) = std::fs::File::open(&beside) {
+                    if read.kind() == std::io::ErrorKind::PermissionDenied {
+                        return format!(
+                            "{said}: this process (uid {uid}) cannot read {file} ({read}); an \
+                             account that only reads the store must be able to read its -wal \
+                             and -shm too (see the README on letting a group read the store)",
+                            uid = rustix::process::geteuid().as_raw(),
+                            file = beside.display()
+                        );
+                    }
+                }
+            }
             let e = said;
             let folder = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 Some(p) => p.display().to_string(),
