@@ -1626,10 +1626,9 @@ fn a_new_store_is_readable_by_its_owner_only() {
     assert_eq!(mode(&target), 0o600, "through a link: {:o}", mode(&target));
 }
 
-/// A gitgate store whose version number was set below zero by hand: refused with what happened
-/// by `check`, the CLI and `serve` (it used to panic), and left as it was.
-#[test]
-fn a_store_whose_version_was_set_below_zero_is_refused_and_left_as_it_was() {
+/// A gitgate store with a user, in rollback mode, its `user_version` then set to `version` by
+/// hand; and the file's bytes.
+fn a_store_set_to_version(version: i64) -> (Sandbox, Vec<u8>) {
     let sb = Sandbox::new();
     sb.cli_stdin(
         &["user", "add", "alice", "--password-stdin"],
@@ -1640,9 +1639,18 @@ fn a_store_whose_version_was_set_below_zero_is_refused_and_left_as_it_was() {
         let db = rusqlite::Connection::open(sb.db()).unwrap();
         db.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
             .unwrap();
-        db.execute_batch("PRAGMA user_version = -1").unwrap();
+        db.execute_batch(&format!("PRAGMA user_version = {version}"))
+            .unwrap();
     }
     let before = fs::read(sb.db()).unwrap();
+    (sb, before)
+}
+
+/// A gitgate store whose version number was set below zero by hand: refused with what happened
+/// by `check`, the CLI and `serve` (it used to panic), and left as it was.
+#[test]
+fn a_store_whose_version_was_set_below_zero_is_refused_and_left_as_it_was() {
+    let (sb, before) = a_store_set_to_version(-1);
     sb.cli(&["check"]).fails_with("changed by hand");
     sb.cli(&["user", "list"]).fails_with("changed by hand");
     let mut cmd = sb.gitgate_command();
@@ -1658,19 +1666,7 @@ fn a_store_whose_version_was_set_below_zero_is_refused_and_left_as_it_was() {
 /// its journal mode included, which used to be switched to WAL before the version was read.
 #[test]
 fn a_store_from_a_newer_gitgate_is_refused_and_left_as_it_was() {
-    let sb = Sandbox::new();
-    sb.cli_stdin(
-        &["user", "add", "alice", "--password-stdin"],
-        "pw-1234567890\n",
-    )
-    .ok();
-    {
-        let db = rusqlite::Connection::open(sb.db()).unwrap();
-        db.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
-            .unwrap();
-        db.execute_batch("PRAGMA user_version = 99").unwrap();
-    }
-    let before = fs::read(sb.db()).unwrap();
+    let (sb, before) = a_store_set_to_version(99);
     let mut cmd = sb.gitgate_command();
     cmd.arg("serve");
     let out = run(cmd, None);

@@ -38,8 +38,14 @@ fn team_sandbox() -> (Sandbox, common::Token) {
 /// alice with a read grant on `team/app` and a REPO_READ token, behind a gitgate that blocks an
 /// address after 3 failed authentications.
 fn throttled_setup() -> (Sandbox, Server, common::Token) {
+    reader_behind("[auth_failures]\nmax = 3\nwindow_seconds = 600\n")
+}
+
+/// alice with a read grant on `team/app` and a REPO_READ token, behind a gitgate with `extra`
+/// in its config.
+fn reader_behind(extra: &str) -> (Sandbox, Server, common::Token) {
     let sb = Sandbox::with(Setup {
-        extra: "[auth_failures]\nmax = 3\nwindow_seconds = 600\n".into(),
+        extra: extra.into(),
         ..Setup::default()
     });
     sb.create_repo("team/app");
@@ -632,15 +638,7 @@ fn a_graceful_stop_writes_the_pending_audit_events_and_last_uses() {
 /// end; changes made by people stay.
 #[test]
 fn failed_authentication_rows_beyond_the_cap_are_deleted_oldest_first() {
-    let sb = Sandbox::with(Setup {
-        extra: "[auth_failures]\nmax = 100000\nkeep_in_audit = 20\n".into(),
-        ..Setup::default()
-    });
-    sb.create_repo("team/app");
-    sb.add_user("alice", PASSWORD);
-    sb.grant("alice", "team", "read");
-    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
-    let server = sb.serve();
+    let (sb, server, token) = reader_behind("[auth_failures]\nmax = 100000\nkeep_in_audit = 20\n");
     let target = "/team/app.git/info/refs?service=git-upload-pack";
     let wrong = flip_secret(&token.secret);
     for i in 0..400 {

@@ -745,7 +745,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::{prune_failure_rows, FailureRows, ATTEMPTS, RETRY_PAUSE};
-    use crate::store::test_support::{logged, refuse_audit_inserts, temp_store};
+    use crate::store::test_support::{actor, logged, refuse_audit_inserts, temp_store};
     use crate::store::{Actor, Store};
 
     /// The store's audit rows as (action, target), oldest first.
@@ -763,8 +763,7 @@ mod tests {
         let (_dir, store) = temp_store();
         let admin = Actor {
             name: "admin".into(),
-            source: "local".into(),
-            logged_in_as_admin: None,
+            ..actor()
         };
         store
             .record_event(&admin, "token.created", "first", "")
@@ -821,8 +820,7 @@ mod tests {
         let second = Store::open(&dir.path().join("t.db")).unwrap();
         let actor = Actor {
             name: "x".into(),
-            source: "local".into(),
-            logged_in_as_admin: None,
+            ..actor()
         };
         let failures = |store: &Store| {
             store
@@ -877,8 +875,7 @@ mod tests {
         let (_dir, store) = temp_store();
         let actor = Actor {
             name: "x".into(),
-            source: "local".into(),
-            logged_in_as_admin: None,
+            ..actor()
         };
         let add = |n: usize, from: usize| {
             for i in from..from + n {
