@@ -98,17 +98,24 @@ pub const CURRENT: i64 = MIGRATIONS.len() as i64;
 
 /// Bring the schema up to date. A store already at this version is only read, so that opening
 /// it (every CLI command does) works while another process holds the write lock.
-/// The tables every gitgate store has had since its first version.
-const FIRST_TABLES: [&str; 5] = ["users", "grants", "tokens", "settings", "audit_events"];
+/// gitgate's tables, each with the schema version that made it.
+const TABLES: [(&str, i64); 6] = [
+    ("users", 1),
+    ("grants", 1),
+    ("tokens", 1),
+    ("settings", 1),
+    ("audit_events", 1),
+    ("rate_limits", 3),
+];
 
 /// Why this file is not a gitgate store gitgate may open, if it is not: another program's
-/// SQLite database — it holds tables, and either gitgate's schema version is 0 (none applied)
-/// or none of the tables every gitgate store has is there (another program may number its own
-/// schema in `user_version` too) — or a gitgate store missing one or two of those tables
-/// (damaged, or changed by hand). Checked before anything is written to it — the switch to WAL included —
-/// so that a `[store] path` pointing at the wrong file leaves it as it was instead of adding
-/// gitgate's tables to it (and migrating the other program's version number). `None` for a
-/// gitgate store or an empty file.
+/// SQLite database — it holds tables, and gitgate's schema version is 0 (none applied), or it
+/// has a table gitgate never makes, or most of gitgate's are not there (another program may
+/// number its own schema in `user_version` too, and have a `users` table) — or a gitgate store
+/// that lost one of the tables its version has (damaged, or changed by hand). Checked before
+/// anything is written to it — the switch to WAL included — so that a `[store] path` pointing
+/// at the wrong file leaves it as it was instead of adding gitgate's tables to it (and
+/// migrating the other program's version number). `None` for a gitgate store or an empty file.
 pub fn foreign_tables(conn: &Connection) -> rusqlite::Result<Option<String>> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let mut stmt = conn.prepare(
@@ -126,17 +133,26 @@ pub fn foreign_tables(conn: &Connection) -> rusqlite::Result<Option<String>> {
         .filter(|(_, table)| *table)
         .map(|(n, _)| n.as_str())
         .collect();
-    let missing: Vec<&str> = FIRST_TABLES
+    let ours = |t: &str| TABLES.iter().any(|(name, _)| *name == t);
+    // The tables a store of this version has (all of them, for one newer than this build).
+    let expected: Vec<&str> = TABLES
+        .iter()
+        .filter(|(_, since)| *since <= version.max(1))
+        .map(|(name, _)| *name)
+        .collect();
+    let missing: Vec<&str> = expected
         .iter()
         .copied()
         .filter(|t| !tables.contains(t))
         .collect();
-    if version != 0 && missing.is_empty() {
+    let only_ours = tables.iter().all(|t| ours(t));
+    // A newer gitgate's store may have tables this build does not know (refused as newer by
+    // `refuse_newer`, not as another program's).
+    if version != 0 && missing.is_empty() && (only_ours || version > CURRENT) {
         return Ok(None);
     }
-    // Most of them there (another program may well have a `users` or a `settings`): a gitgate
-    // store that lost some.
-    if version != 0 && missing.len() * 2 < FIRST_TABLES.len() {
+    // All its tables gitgate's, most of them there: a gitgate store that lost some.
+    if version != 0 && only_ours && missing.len() * 2 < expected.len() {
         return Ok(Some(format!(
             "this gitgate store (schema version {version}) has lost its table(s) '{}': it is \
              damaged or was changed by hand; it was left as it is: restore it from a backup",
@@ -246,6 +262,34 @@ mod tests {
             m.contains("has lost its table(s) 'settings'") && m.contains("backup"),
             "{m}"
         );
+        // A table a later migration made is checked too.
+        let mut no_limits = Connection::open_in_memory().unwrap();
+        migrate(&mut no_limits).unwrap();
+        no_limits.execute_batch("DROP TABLE rate_limits").unwrap();
+        assert!(
+            refused(&no_limits).contains("lost its table(s) 'rate_limits'"),
+            "{}",
+            refused(&no_limits)
+        );
+        // Another program's with a few names like gitgate's, and one gitgate never makes:
+        // not called a damaged gitgate store (restoring a backup over it would be wrong).
+        let lookalike = Connection::open_in_memory().unwrap();
+        lookalike
+            .execute_batch(
+                "CREATE TABLE users(id); CREATE TABLE tokens(id); CREATE TABLE settings(k);
+                 CREATE TABLE grants(x); CREATE TABLE orders(id); PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        let m = refused(&lookalike);
+        assert!(m.contains("another program's"), "{m}");
+        // A newer gitgate's store, with a table this build does not know: gitgate's (refused
+        // as newer by `refuse_newer`).
+        let mut newer = Connection::open_in_memory().unwrap();
+        migrate(&mut newer).unwrap();
+        newer
+            .execute_batch("CREATE TABLE sessions(id); PRAGMA user_version = 99;")
+            .unwrap();
+        assert_eq!(foreign_tables(&newer).unwrap(), None);
         // gitgate's own store at a version this build does not know is gitgate's, refused by
         // `refuse_newer` as newer or as changed by hand.
         for version in [99, -1] {

@@ -71,10 +71,19 @@ const LAST_USES: usize = 65_536;
 const ATTEMPTS: u32 = 5;
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// The actions of failed authentications, whose rows are capped (see the module doc).
-pub(super) const FAILURE_ACTIONS: [&str; 3] = ["auth.failed", "auth.throttled", "audit.dropped"];
+/// `audit.pruned` is one of them: under a long flood there is one every tenth of the cap.
+pub(super) const FAILURE_ACTIONS: [&str; 4] = [
+    "auth.failed",
+    "auth.throttled",
+    "audit.dropped",
+    "audit.pruned",
+];
 /// Most failure rows deleted in one transaction, so that a big prune does not hold the write
 /// lock (and the CLI's changes) for long.
 const PRUNE_CHUNK: u64 = 20_000;
+/// Most transactions of a prune per look: a backlog of millions (a cap set on a store kept
+/// whole for months) goes over many windows, so that a stop never waits long for it.
+const PRUNE_CHUNKS_PER_LOOK: usize = 5;
 
 pub(super) struct Event {
     /// Epoch milliseconds when it happened (not when it was written).
@@ -502,6 +511,8 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
         let cap = pending.failure_cap.load(Ordering::Relaxed);
         let direct = pending.direct_failures.swap(0, Ordering::Relaxed);
         if batch.is_empty() && last_uses.is_empty() {
+            // Pruning waits for nobody's flush (a stop's): `writing` guards windows only.
+            drop(writing);
             if cap > 0 && direct > 0 {
                 let Some(inner) = store.upgrade() else { return };
                 failure_rows.prune(&Store { inner }, cap, direct);
@@ -515,22 +526,24 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
         // of a store whose -wal was deleted).
         let store_now = Store { inner };
         let written = write(&store_now, &batch, &last_uses);
-        if written.is_ok() && cap > 0 {
-            let batched = batch
-                .events
-                .iter()
-                .filter(|(e, _)| FAILURE_ACTIONS.contains(&e.action))
-                .count() as u64
-                + u64::from(batch.dropped > 0);
-            failure_rows.prune(&store_now, cap, batched + direct);
-        }
-        drop(store_now);
         match written {
             Ok(()) => {
                 pending.failures.store(0, Ordering::Relaxed);
                 pending.busy_waits.store(0, Ordering::Relaxed);
+                drop(writing);
+                if cap > 0 {
+                    let batched = batch
+                        .events
+                        .iter()
+                        .filter(|(e, _)| FAILURE_ACTIONS.contains(&e.action))
+                        .count() as u64
+                        + u64::from(batch.dropped > 0);
+                    failure_rows.prune(&store_now, cap, batched + direct);
+                }
+                drop(store_now);
             }
             Err(e) => {
+                drop(store_now);
                 failed(&pending, &e, batch, last_uses);
                 // Try again after a pause, with whatever the next window brings.
                 drop(writing);
@@ -562,8 +575,8 @@ impl FailureRows {
         }
         match prune_failure_rows(store, cap) {
             // At most `cap` are left (fewer, if there were fewer): looked at again after the
-            // slack, whichever it was.
-            Ok(_) => self.estimate = Some(cap),
+            // slack, whichever it was; with more to go, at the next window.
+            Ok(pruned) => self.estimate = pruned.done.then_some(cap),
             Err(e) => {
                 self.estimate = None;
                 tracing::warn!(target: "gitgate::store", error = %e, "could not delete old failed-authentication events from the audit log; trying again later");
@@ -572,29 +585,57 @@ impl FailureRows {
     }
 }
 
+/// What one look at the failure rows did.
+#[derive(Debug, PartialEq)]
+struct Pruned {
+    deleted: u64,
+    /// Whether every row beyond the cap is gone (not left for the next look).
+    done: bool,
+}
+
 /// Delete the failure rows older than the newest `cap` of them, in transactions of at most
-/// [`PRUNE_CHUNK`], and record how many went as an `audit.pruned` event (logged too); that
-/// number. The rows to keep are fixed by id before anything is deleted, so two servers pruning
-/// one store at once never delete more than the oldest beyond the cap between them.
-fn prune_failure_rows(store: &Store, cap: u64) -> Result<u64, super::StoreError> {
+/// [`PRUNE_CHUNK`] and at most [`PRUNE_CHUNKS_PER_LOOK`] of them. Each transaction also writes
+/// how many have gone so far into one `audit.pruned` event, so the audit log says what was
+/// deleted even when a prune stops half-way (a kill, a lock). The rows to keep are fixed by id
+/// before anything is deleted, so two servers pruning one store at once never delete more than
+/// the oldest beyond the cap between them.
+fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreError> {
     let in_list = FAILURE_ACTIONS.map(|a| format!("'{a}'")).join(", ");
-    // The newest failure row that goes: the (cap + 1)th newest, walking the ids down.
-    let boundary: Option<i64> = store.with_conn(|c| {
-        Ok(c.query_row(
-            &format!(
-                "SELECT id FROM audit_events WHERE action IN ({in_list}) \
-                 ORDER BY id DESC LIMIT 1 OFFSET ?1"
-            ),
-            [i64::try_from(cap).unwrap_or(i64::MAX)],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()?)
+    // Walking the ids down: the `cap`th newest failure row and the one after it. Only with
+    // more than `cap` is anything deleted, and then from the `cap`th on, so that with the
+    // `audit.pruned` event written below there are `cap` again.
+    let at_the_cap: Vec<i64> = store.with_conn(|c| {
+        let mut q = c.prepare(&format!(
+            "SELECT id FROM audit_events WHERE action IN ({in_list}) \
+             ORDER BY id DESC LIMIT 2 OFFSET ?1"
+        ))?;
+        let ids = q
+            .query_map([i64::try_from(cap - 1).unwrap_or(i64::MAX)], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?;
+        Ok(ids)
     })?;
-    let Some(boundary) = boundary else {
-        return Ok(0);
+    let [boundary, _] = at_the_cap[..] else {
+        return Ok(Pruned {
+            deleted: 0,
+            done: true,
+        });
+    };
+    let actor = Actor {
+        name: "gitgate".into(),
+        source: "local".into(),
+        logged_in_as_admin: None,
+    };
+    let detail = |deleted: u64| {
+        format!(
+            "deleted the {deleted} oldest failed-authentication events: more than \
+             [auth_failures] keep_in_audit = {cap} were stored"
+        )
     };
     let mut deleted = 0u64;
-    loop {
+    // The event saying so, once written (its id is above the boundary: never deleted here).
+    let mut event: Option<i64> = None;
+    let mut done = false;
+    for _ in 0..PRUNE_CHUNKS_PER_LOOK {
         let mut n = 0;
         store.write_bookkeeping(|tx| {
             n = tx.execute(
@@ -603,31 +644,36 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<u64, super::StoreError>
                      WHERE id <= ?1 AND action IN ({in_list}) ORDER BY id LIMIT ?2)"
                 ),
                 [boundary, PRUNE_CHUNK as i64],
-            )?;
+            )? as u64;
+            if n > 0 {
+                let text = detail(deleted + n);
+                match event {
+                    None => {
+                        let now = crate::clock::now_ms();
+                        insert_repeated(tx, &actor, "audit.pruned", "", &text, now, None)?;
+                        event = Some(tx.last_insert_rowid());
+                    }
+                    Some(id) => {
+                        tx.execute(
+                            "UPDATE audit_events SET detail = ?1 WHERE id = ?2",
+                            rusqlite::params![text, id],
+                        )?;
+                    }
+                }
+            }
             Ok(())
         })?;
-        deleted += n as u64;
-        if (n as u64) < PRUNE_CHUNK {
+        deleted += n;
+        if n < PRUNE_CHUNK {
+            done = true;
             break;
         }
     }
     if deleted > 0 {
-        let actor = Actor {
-            name: "gitgate".into(),
-            source: "local".into(),
-            logged_in_as_admin: None,
-        };
-        let detail = format!(
-            "deleted the {deleted} oldest failed-authentication events: more than \
-             [auth_failures] keep_in_audit = {cap} were stored"
-        );
-        let now = crate::clock::now_ms();
-        store.write_bookkeeping(|tx| {
-            insert_repeated(tx, &actor, "audit.pruned", "", &detail, now, None)
-        })?;
-        log_event(&actor, "audit.pruned", "", &detail, None);
+        let text = detail(deleted);
+        log_event(&actor, "audit.pruned", "", &text, None);
     }
-    Ok(deleted)
+    Ok(Pruned { deleted, done })
 }
 
 /// One transaction for the window: one row per distinct event, plus the summary of any dropped,
@@ -744,7 +790,9 @@ fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses) {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{prune_failure_rows, FailureRows, ATTEMPTS, RETRY_PAUSE};
+    use super::{
+        prune_failure_rows, FailureRows, ATTEMPTS, PRUNE_CHUNK, PRUNE_CHUNKS_PER_LOOK, RETRY_PAUSE,
+    };
     use crate::store::test_support::{actor, logged, refuse_audit_inserts, temp_store};
     use crate::store::{Actor, Store};
 
@@ -783,15 +831,16 @@ mod tests {
             }
         }
         let log = crate::store::test_support::logged(|| {
-            assert_eq!(prune_failure_rows(&store, 50).unwrap(), 200);
+            let pruned = prune_failure_rows(&store, 50).unwrap();
+            assert_eq!((pruned.deleted, pruned.done), (201, true));
         });
         assert!(log.contains("audit.pruned"), "{log}");
         let left = rows(&store);
         let failures: Vec<_> = left.iter().filter(|r| r.0 == "auth.failed").collect();
-        assert_eq!(failures.len(), 50);
-        // The newest 50 stay.
-        assert_eq!(failures[0].1, "t200");
-        assert_eq!(failures[49].1, "t249");
+        // The newest 49 stay, and the event that says so makes 50.
+        assert_eq!(failures.len(), 49);
+        assert_eq!(failures[0].1, "t201");
+        assert_eq!(failures[48].1, "t249");
         // Changes by people are never deleted, and the prune says what it did.
         for kept in ["token.created", "token.revoked"] {
             assert!(left.iter().any(|r| r.0 == kept), "{kept}: {left:?}");
@@ -803,12 +852,12 @@ mod tests {
             .find(|e| e.action == "audit.pruned")
             .expect("an audit.pruned event");
         assert!(
-            pruned.detail.contains("deleted the 200 oldest"),
+            pruned.detail.contains("deleted the 201 oldest"),
             "{}",
             pruned.detail
         );
-        // At the cap, nothing happens.
-        assert_eq!(prune_failure_rows(&store, 50).unwrap(), 0);
+        // At the cap — the audit.pruned event counts too — nothing happens.
+        assert_eq!(prune_failure_rows(&store, 50).unwrap().deleted, 0);
         assert_eq!(rows(&store).len(), left.len());
     }
 
@@ -826,7 +875,8 @@ mod tests {
             store
                 .with_conn(|c| {
                     Ok(c.query_row(
-                        "SELECT count(*) FROM audit_events WHERE action = 'auth.failed'",
+                        "SELECT count(*) FROM audit_events WHERE action IN \
+                         ('auth.failed', 'audit.pruned')",
                         [],
                         |r| r.get::<_, i64>(0),
                     )?)
@@ -856,18 +906,46 @@ mod tests {
         });
         prune_failure_rows(&first, 100).unwrap();
         assert_eq!(failures(&first), 100);
-        // What the audit.pruned events say adds up to what went: 150 + 400 - 100.
-        let said: u64 = first
-            .audit_events(None, 100_000)
-            .unwrap()
-            .iter()
-            .filter(|e| e.action == "audit.pruned")
-            .map(|e| {
-                let n = e.detail.split_whitespace().nth(2).unwrap();
-                n.parse::<u64>().unwrap()
+    }
+
+    #[test]
+    fn a_big_backlog_goes_over_several_looks_each_step_recorded() {
+        let (_dir, store) = temp_store();
+        let many = (PRUNE_CHUNK as usize) * PRUNE_CHUNKS_PER_LOOK + 5_000;
+        store
+            .with_conn(|c| {
+                c.execute(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+                     INSERT INTO audit_events (at, actor, action, target, detail, source)
+                     SELECT i, 'x', 'auth.failed', '', '', 'local' FROM n",
+                    [many as i64],
+                )?;
+                Ok(())
             })
-            .sum();
-        assert_eq!(said, 450);
+            .unwrap();
+        let said = |store: &Store| -> Vec<String> {
+            store
+                .audit_events(None, 10)
+                .unwrap()
+                .into_iter()
+                .chain(store.audit_events(Some(1_000_000_000), 10).unwrap())
+                .filter(|e| e.action == "audit.pruned")
+                .map(|e| e.detail)
+                .collect()
+        };
+        // The first look stops after its transactions, and its one event says what they did.
+        let first = prune_failure_rows(&store, 10).unwrap();
+        let done = PRUNE_CHUNK * PRUNE_CHUNKS_PER_LOOK as u64;
+        assert_eq!((first.deleted, first.done), (done, false));
+        let events = said(&store);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(
+            events[0].contains(&format!("deleted the {done} oldest")),
+            "{events:?}"
+        );
+        // The next look finishes (the first event is one of the newest rows kept).
+        let second = prune_failure_rows(&store, 10).unwrap();
+        assert!(second.done && second.deleted > 0, "{second:?}");
     }
 
     #[test]
@@ -884,7 +962,12 @@ mod tests {
                     .unwrap();
             }
         };
-        let failures = || rows(&store).iter().filter(|r| r.0 == "auth.failed").count();
+        let failures = || {
+            rows(&store)
+                .iter()
+                .filter(|r| r.0 == "auth.failed" || r.0 == "audit.pruned")
+                .count()
+        };
         let mut known = FailureRows::default();
         add(1500, 0);
         // First time: counted, and cut to the cap at once.
