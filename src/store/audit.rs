@@ -459,7 +459,10 @@ mod tests {
                 seen.extend(page.iter().map(|e| (e.at, e.id)));
             }
             assert_eq!(seen.len(), expected, "{since:?}");
-            assert!(seen.windows(2).all(|w| w[0] < w[1]), "{since:?}: out of order");
+            assert!(
+                seen.windows(2).all(|w| w[0] < w[1]),
+                "{since:?}: out of order"
+            );
         }
     }
 

@@ -51,8 +51,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rusqlite::OptionalExtension;
-
 use super::audit::{insert_repeated, log_event, log_lost_event, Repeats};
 use super::tokens::write_last_use;
 use super::{Actor, Inner, Store};
