@@ -511,9 +511,12 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
         if batch.is_empty() && last_uses.is_empty() {
             // Pruning waits for nobody's flush (a stop's): `writing` guards windows only.
             drop(writing);
-            if cap > 0 && direct > 0 {
+            if cap > 0 && (direct > 0 || failure_rows.backlog()) {
                 let Some(inner) = store.upgrade() else { return };
                 failure_rows.prune(&Store { inner }, cap, direct);
+                if failure_rows.backlog() {
+                    pending.open.store(true, Ordering::Release);
+                }
             }
             continue;
         }
@@ -537,6 +540,9 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
                         .count() as u64
                         + u64::from(batch.dropped > 0);
                     failure_rows.prune(&store_now, cap, batched + direct);
+                    if failure_rows.backlog() {
+                        pending.open.store(true, Ordering::Release);
+                    }
                 }
                 drop(store_now);
             }
@@ -557,9 +563,19 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
 #[derive(Default)]
 struct FailureRows {
     estimate: Option<u64>,
+    /// The last look left rows beyond the cap for the next (a backlog bigger than one look
+    /// takes).
+    more: bool,
 }
 
 impl FailureRows {
+    /// Whether rows beyond the cap are left: the writer comes back for them at its next
+    /// window, events or not. (A look that failed is not retried so: it is logged, and tried
+    /// again with the next failure.)
+    fn backlog(&self) -> bool {
+        self.more
+    }
+
     /// Note `added` new failure rows, and delete the oldest beyond `cap` if there are more.
     /// A failure here is logged and tried again later (nothing is lost by keeping rows a
     /// while longer).
@@ -573,10 +589,14 @@ impl FailureRows {
         }
         match prune_failure_rows(store, cap) {
             // At most `cap` are left (fewer, if there were fewer): looked at again after the
-            // slack, whichever it was; with more to go, at the next window.
-            Ok(pruned) => self.estimate = pruned.done.then_some(cap),
+            // slack, whichever it was; with more to go, at the next window (`backlog`).
+            Ok(pruned) => {
+                self.estimate = pruned.done.then_some(cap);
+                self.more = !pruned.done;
+            }
             Err(e) => {
                 self.estimate = None;
+                self.more = false;
                 tracing::warn!(target: "gitgate::store", error = %e, "could not delete old failed-authentication events from the audit log; trying again later");
             }
         }
@@ -944,6 +964,43 @@ mod tests {
         // The next look finishes (the first event is one of the newest rows kept).
         let second = prune_failure_rows(&store, 10).unwrap();
         assert!(second.done && second.deleted > 0, "{second:?}");
+    }
+
+    #[test]
+    fn the_writer_works_a_backlog_down_without_waiting_for_more_failures() {
+        let (_dir, store) = temp_store();
+        let many = (PRUNE_CHUNK as usize) * PRUNE_CHUNKS_PER_LOOK * 2 + 5_000;
+        store
+            .with_conn(|c| {
+                c.execute(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+                     INSERT INTO audit_events (at, actor, action, target, detail, source)
+                     SELECT i, 'x', 'auth.failed', '', '', 'local' FROM n",
+                    [many as i64],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        store.keep_failure_events(10);
+        // One failure, written on its own (as a failed REST login is): the writer looks, and
+        // goes on over its next windows until the backlog is gone.
+        store
+            .record_event(&actor(), "auth.failed", "one more", "")
+            .unwrap();
+        let count = || {
+            store
+                .with_conn(|c| {
+                    Ok(c.query_row("SELECT count(*) FROM audit_events", [], |r| {
+                        r.get::<_, i64>(0)
+                    })?)
+                })
+                .unwrap()
+        };
+        let start = Instant::now();
+        while count() > 10 && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(count(), 10);
     }
 
     #[test]
