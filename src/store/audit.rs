@@ -260,7 +260,9 @@ impl Store {
     /// beyond it as more come (0: keep them all); see `writer`. Set by `serve` from
     /// `[auth_failures] keep_in_audit`.
     pub fn keep_failure_events(&self, cap: u64) {
-        self.inner.batch_writer.keep_failure_events(cap);
+        self.inner
+            .batch_writer
+            .keep_failure_events(&self.inner, cap);
     }
 
     /// Write the audit events and last uses still waiting for the writer now (at shutdown).

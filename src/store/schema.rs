@@ -98,14 +98,15 @@ pub const CURRENT: i64 = MIGRATIONS.len() as i64;
 
 /// Bring the schema up to date. A store already at this version is only read, so that opening
 /// it (every CLI command does) works while another process holds the write lock.
-/// gitgate's tables, each with the schema version that made it.
-const TABLES: [(&str, i64); 6] = [
-    ("users", 1),
-    ("grants", 1),
-    ("tokens", 1),
-    ("settings", 1),
-    ("audit_events", 1),
-    ("rate_limits", 3),
+/// gitgate's tables, each with the schema version that made it and a column only gitgate's
+/// table of that name has (to tell it from another program's `users` or `tokens`).
+const TABLES: [(&str, i64, &str); 6] = [
+    ("users", 1, "password_hash"),
+    ("grants", 1, "level"),
+    ("tokens", 1, "secret_hash"),
+    ("settings", 1, "value"),
+    ("audit_events", 1, "action"),
+    ("rate_limits", 3, "refill_per_second"),
 ];
 
 /// Why this file is not a gitgate store gitgate may open, if it is not: another program's
@@ -133,26 +134,40 @@ pub fn foreign_tables(conn: &Connection) -> rusqlite::Result<Option<String>> {
         .filter(|(_, table)| *table)
         .map(|(n, _)| n.as_str())
         .collect();
-    let ours = |t: &str| TABLES.iter().any(|(name, _)| *name == t);
     // The tables a store of this version has (all of them, for one newer than this build).
     let expected: Vec<&str> = TABLES
         .iter()
-        .filter(|(_, since)| *since <= version.max(1))
-        .map(|(name, _)| *name)
+        .filter(|(_, since, _)| *since <= version.max(1))
+        .map(|(name, ..)| *name)
         .collect();
     let missing: Vec<&str> = expected
         .iter()
         .copied()
         .filter(|t| !tables.contains(t))
         .collect();
-    let only_ours = tables.iter().all(|t| ours(t));
-    // A newer gitgate's store may have tables this build does not know (refused as newer by
-    // `refuse_newer`, not as another program's).
-    if version != 0 && missing.is_empty() && (only_ours || version > CURRENT) {
+    // Every table gitgate expects there: gitgate's (an operator's own extra table — an
+    // archive, a replication tool's — is no reason to refuse it).
+    if version != 0 && missing.is_empty() {
         return Ok(None);
     }
-    // All its tables gitgate's, most of them there: a gitgate store that lost some.
-    if version != 0 && only_ours && missing.len() * 2 < expected.len() {
+    // Most of gitgate's tables there, each with gitgate's columns, and nothing else: a gitgate
+    // store that lost some. Anything less is not told to restore a backup over it.
+    let mut ours = 0;
+    for (name, _, column) in TABLES {
+        if tables.contains(&name) {
+            let has: bool = conn.query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                [name, column],
+                |r| r.get(0),
+            )?;
+            if !has {
+                ours = 0;
+                break;
+            }
+            ours += 1;
+        }
+    }
+    if version != 0 && ours == tables.len() && missing.len() * 2 < expected.len() {
         return Ok(Some(format!(
             "this gitgate store (schema version {version}) has lost its table(s) '{}': it is \
              damaged or was changed by hand; it was left as it is: restore it from a backup",
@@ -282,6 +297,25 @@ mod tests {
             .unwrap();
         let m = refused(&lookalike);
         assert!(m.contains("another program's"), "{m}");
+        // ... nor one with only tables of gitgate's names, at an early version: their columns
+        // are not gitgate's.
+        let early = Connection::open_in_memory().unwrap();
+        early
+            .execute_batch(
+                "CREATE TABLE users(id, email); CREATE TABLE tokens(id, value);
+                 CREATE TABLE settings(k, v); PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        let m = refused(&early);
+        assert!(m.contains("another program's"), "{m}");
+        // gitgate's own with a table of the operator's (an archive, a replication tool's):
+        // still gitgate's.
+        let mut extra = Connection::open_in_memory().unwrap();
+        migrate(&mut extra).unwrap();
+        extra
+            .execute_batch("CREATE TABLE _litestream_seq(id); CREATE TABLE audit_archive(x)")
+            .unwrap();
+        assert_eq!(foreign_tables(&extra).unwrap(), None);
         // A newer gitgate's store, with a table this build does not know: gitgate's (refused
         // as newer by `refuse_newer`).
         let mut newer = Connection::open_in_memory().unwrap();

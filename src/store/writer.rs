@@ -436,8 +436,11 @@ impl BatchWriter {
     }
 
     /// Keep at most `cap` rows of failed authentications (0: all of them).
-    pub(super) fn keep_failure_events(&self, cap: u64) {
+    pub(super) fn keep_failure_events(&self, store: &Arc<Inner>, cap: u64) {
         self.pending.failure_cap.store(cap, Ordering::Relaxed);
+        // A first look soon after the start: a backlog left by the last run (a stop half-way,
+        // a cap just set lower) goes without waiting for the next failure.
+        self.failure_written(store);
     }
 
     /// A failure row was written in a transaction of its own: counted towards the cap, looked
@@ -564,14 +567,20 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
 struct FailureRows {
     estimate: Option<u64>,
     /// The last look left rows beyond the cap for the next (a backlog bigger than one look
-    /// takes).
+    /// takes, or a look that failed).
     more: bool,
+    /// After a look failed (the store locked, say), not before this: a failing store is not
+    /// tried every window.
+    not_before: Option<Instant>,
 }
 
+/// How long after a failed look the next is tried.
+const PRUNE_RETRY: Duration = Duration::from_secs(5);
+
 impl FailureRows {
-    /// Whether rows beyond the cap are left: the writer comes back for them at its next
-    /// window, events or not. (A look that failed is not retried so: it is logged, and tried
-    /// again with the next failure.)
+    /// Whether rows beyond the cap may be left: the writer keeps its windows coming, events
+    /// or not, until a look has found none (one that failed is tried again [`PRUNE_RETRY`]
+    /// later).
     fn backlog(&self) -> bool {
         self.more
     }
@@ -587,17 +596,22 @@ impl FailureRows {
                 return;
             }
         }
+        if self.not_before.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         match prune_failure_rows(store, cap) {
             // At most `cap` are left (fewer, if there were fewer): looked at again after the
             // slack, whichever it was; with more to go, at the next window (`backlog`).
             Ok(pruned) => {
                 self.estimate = pruned.done.then_some(cap);
                 self.more = !pruned.done;
+                self.not_before = None;
             }
             Err(e) => {
                 self.estimate = None;
-                self.more = false;
-                tracing::warn!(target: "gitgate::store", error = %e, "could not delete old failed-authentication events from the audit log; trying again later");
+                self.more = true;
+                self.not_before = Some(Instant::now() + PRUNE_RETRY);
+                tracing::warn!(target: "gitgate::store", error = %e, "could not delete old failed-authentication events from the audit log; trying again in {} s", PRUNE_RETRY.as_secs());
             }
         }
     }
@@ -655,7 +669,7 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
     let mut done = false;
     for _ in 0..PRUNE_CHUNKS_PER_LOOK {
         let mut n = 0;
-        store.write_bookkeeping(|tx| {
+        let step = store.write_bookkeeping(|tx| {
             n = tx.execute(
                 &format!(
                     "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
@@ -680,7 +694,14 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
                 }
             }
             Ok(())
-        })?;
+        });
+        if let Err(e) = step {
+            // The steps before it are committed, and their event says so: the log too.
+            if deleted > 0 {
+                log_event(&actor, "audit.pruned", "", &detail(deleted), None);
+            }
+            return Err(e);
+        }
         deleted += n;
         if n < PRUNE_CHUNK {
             done = true;
@@ -967,7 +988,44 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_works_a_backlog_down_without_waiting_for_more_failures() {
+    fn a_look_that_found_the_store_locked_is_tried_again_later() {
+        let (dir, store) = temp_store();
+        let many = (PRUNE_CHUNK as usize) + 5_000;
+        let fill = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        fill.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+             INSERT INTO audit_events (at, actor, action, target, detail, source)
+             SELECT i, 'x', 'auth.failed', '', '', 'local' FROM n",
+            [many as i64],
+        )
+        .unwrap();
+        // Another process holds the write lock past the busy timeout (5 s) while the first
+        // look runs, then lets go.
+        fill.execute_batch("BEGIN IMMEDIATE").unwrap();
+        store.keep_failure_events(10);
+        std::thread::sleep(Duration::from_secs(6));
+        fill.execute_batch("COMMIT").unwrap();
+        // Nothing else comes: the writer tries again by itself.
+        let start = Instant::now();
+        while count(&store) > 10 && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(count(&store), 10);
+    }
+
+    /// Rows in the audit table.
+    fn count(store: &Store) -> i64 {
+        store
+            .with_conn(|c| {
+                Ok(c.query_row("SELECT count(*) FROM audit_events", [], |r| {
+                    r.get::<_, i64>(0)
+                })?)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn the_writer_works_a_backlog_down_from_the_start_without_waiting_for_failures() {
         let (_dir, store) = temp_store();
         let many = (PRUNE_CHUNK as usize) * PRUNE_CHUNKS_PER_LOOK * 2 + 5_000;
         store
@@ -981,12 +1039,9 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+        // Setting the cap (as `serve` does at its start) is enough: the writer looks, and goes
+        // on over its next windows until the backlog is gone, with no failure coming.
         store.keep_failure_events(10);
-        // One failure, written on its own (as a failed REST login is): the writer looks, and
-        // goes on over its next windows until the backlog is gone.
-        store
-            .record_event(&actor(), "auth.failed", "one more", "")
-            .unwrap();
         let count = || {
             store
                 .with_conn(|c| {
