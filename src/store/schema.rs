@@ -308,22 +308,18 @@ mod tests {
             .unwrap();
         let m = refused(&early);
         assert!(m.contains("another program's"), "{m}");
-        // gitgate's own with a table of the operator's (an archive, a replication tool's):
-        // still gitgate's.
-        let mut extra = Connection::open_in_memory().unwrap();
-        migrate(&mut extra).unwrap();
-        extra
-            .execute_batch("CREATE TABLE _litestream_seq(id); CREATE TABLE audit_archive(x)")
-            .unwrap();
-        assert_eq!(foreign_tables(&extra).unwrap(), None);
-        // A newer gitgate's store, with a table this build does not know: gitgate's (refused
-        // as newer by `refuse_newer`).
-        let mut newer = Connection::open_in_memory().unwrap();
-        migrate(&mut newer).unwrap();
-        newer
-            .execute_batch("CREATE TABLE sessions(id); PRAGMA user_version = 99;")
-            .unwrap();
-        assert_eq!(foreign_tables(&newer).unwrap(), None);
+        // gitgate's own with a table of the operator's (an archive, a replication tool's), and
+        // a newer gitgate's with a table this build does not know (refused as newer by
+        // `refuse_newer`): gitgate's.
+        for more in [
+            "CREATE TABLE _litestream_seq(id); CREATE TABLE audit_archive(x)",
+            "CREATE TABLE sessions(id); PRAGMA user_version = 99;",
+        ] {
+            let mut store = Connection::open_in_memory().unwrap();
+            migrate(&mut store).unwrap();
+            store.execute_batch(more).unwrap();
+            assert_eq!(foreign_tables(&store).unwrap(), None, "{more}");
+        }
         // gitgate's own store at a version this build does not know is gitgate's, refused by
         // `refuse_newer` as newer or as changed by hand.
         for version in [99, -1] {

@@ -953,12 +953,7 @@ mod tests {
         let many = (PRUNE_CHUNK as usize) * PRUNE_CHUNKS_PER_LOOK + 5_000;
         store
             .with_conn(|c| {
-                c.execute(
-                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
-                     INSERT INTO audit_events (at, actor, action, target, detail, source)
-                     SELECT i, 'x', 'auth.failed', '', '', 'local' FROM n",
-                    [many as i64],
-                )?;
+                fill_failures(c, many);
                 Ok(())
             })
             .unwrap();
@@ -992,13 +987,7 @@ mod tests {
         let (dir, store) = temp_store();
         let many = (PRUNE_CHUNK as usize) + 5_000;
         let fill = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
-        fill.execute(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
-             INSERT INTO audit_events (at, actor, action, target, detail, source)
-             SELECT i, 'x', 'auth.failed', '', '', 'local' FROM n",
-            [many as i64],
-        )
-        .unwrap();
+        fill_failures(&fill, many);
         // Another process holds the write lock past the busy timeout (5 s) while the first
         // look runs, then lets go.
         fill.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -1011,6 +1000,17 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert_eq!(count(&store), 10);
+    }
+
+    /// `n` auth.failed rows, at 1, 2, ... ms.
+    fn fill_failures(c: &rusqlite::Connection, n: usize) {
+        c.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+             INSERT INTO audit_events (at, actor, action, target, detail, source)
+             SELECT i, 'x', 'auth.failed', '', '', 'local' FROM n",
+            [n as i64],
+        )
+        .unwrap();
     }
 
     /// Rows in the audit table.
@@ -1030,32 +1030,18 @@ mod tests {
         let many = (PRUNE_CHUNK as usize) * PRUNE_CHUNKS_PER_LOOK * 2 + 5_000;
         store
             .with_conn(|c| {
-                c.execute(
-                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
-                     INSERT INTO audit_events (at, actor, action, target, detail, source)
-                     SELECT i, 'x', 'auth.failed', '', '', 'local' FROM n",
-                    [many as i64],
-                )?;
+                fill_failures(c, many);
                 Ok(())
             })
             .unwrap();
         // Setting the cap (as `serve` does at its start) is enough: the writer looks, and goes
         // on over its next windows until the backlog is gone, with no failure coming.
         store.keep_failure_events(10);
-        let count = || {
-            store
-                .with_conn(|c| {
-                    Ok(c.query_row("SELECT count(*) FROM audit_events", [], |r| {
-                        r.get::<_, i64>(0)
-                    })?)
-                })
-                .unwrap()
-        };
         let start = Instant::now();
-        while count() > 10 && start.elapsed() < Duration::from_secs(20) {
+        while count(&store) > 10 && start.elapsed() < Duration::from_secs(20) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(count(), 10);
+        assert_eq!(count(&store), 10);
     }
 
     #[test]
