@@ -14,7 +14,8 @@
 //!                                   │     names the :authority ─▶ 400
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
 //!                                   │     IPv6 by /64; one atomic read while no address is blocked)
-//!                                   ├─ body codings: Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415
+//!                                   ├─ body framing: Content-Length one length ─▶ 400,
+//!                                   │   Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
 //!                                   │     (until the token says whose it is, a user name not written as
 //!                                   │     user names are is logged as `<not a user name>`: a password?)
