@@ -482,7 +482,7 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
         // Sleep until a window opens (checking now and then that the store still exists).
         {
             let mut wake = pending.wake.lock().unwrap_or_else(|p| p.into_inner());
-            while !pending.open.load(Ordering::Acquire) {
+            while !pending.open.load(Ordering::Acquire) && !failure_rows.due() {
                 if store.strong_count() == 0 {
                     return;
                 }
@@ -517,7 +517,7 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
             if cap > 0 && (direct > 0 || failure_rows.backlog()) {
                 let Some(inner) = store.upgrade() else { return };
                 failure_rows.prune(&Store { inner }, cap, direct);
-                if failure_rows.backlog() {
+                if failure_rows.due() {
                     pending.open.store(true, Ordering::Release);
                 }
             }
@@ -543,7 +543,7 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
                         .count() as u64
                         + u64::from(batch.dropped > 0);
                     failure_rows.prune(&store_now, cap, batched + direct);
-                    if failure_rows.backlog() {
+                    if failure_rows.due() {
                         pending.open.store(true, Ordering::Release);
                     }
                 }
@@ -572,10 +572,15 @@ struct FailureRows {
     /// After a look failed (the store locked, say), not before this: a failing store is not
     /// tried every window.
     not_before: Option<Instant>,
+    /// Looks that failed in a row: each waits twice as long as the last, up to
+    /// [`PRUNE_RETRY_MAX`] (a store gone for good is not a warning every 5 s).
+    failed_looks: u32,
 }
 
-/// How long after a failed look the next is tried.
+/// How long after a failed look the next is tried, the first time.
 const PRUNE_RETRY: Duration = Duration::from_secs(5);
+/// The longest wait between failed looks.
+const PRUNE_RETRY_MAX: Duration = Duration::from_secs(300);
 
 impl FailureRows {
     /// Whether rows beyond the cap may be left: the writer keeps its windows coming, events
@@ -583,6 +588,11 @@ impl FailureRows {
     /// later).
     fn backlog(&self) -> bool {
         self.more
+    }
+
+    /// Whether the next look at a backlog may be now (not waiting after a failed one).
+    fn due(&self) -> bool {
+        self.more && self.not_before.is_none_or(|t| Instant::now() >= t)
     }
 
     /// Note `added` new failure rows, and delete the oldest beyond `cap` if there are more.
@@ -606,12 +616,17 @@ impl FailureRows {
                 self.estimate = pruned.done.then_some(cap);
                 self.more = !pruned.done;
                 self.not_before = None;
+                self.failed_looks = 0;
             }
             Err(e) => {
+                let wait = PRUNE_RETRY
+                    .saturating_mul(1 << self.failed_looks.min(6))
+                    .min(PRUNE_RETRY_MAX);
+                self.failed_looks += 1;
                 self.estimate = None;
                 self.more = true;
-                self.not_before = Some(Instant::now() + PRUNE_RETRY);
-                tracing::warn!(target: "gitgate::store", error = %e, "could not delete old failed-authentication events from the audit log; trying again in {} s", PRUNE_RETRY.as_secs());
+                self.not_before = Some(Instant::now() + wait);
+                tracing::warn!(target: "gitgate::store", error = %e, "could not delete old failed-authentication events from the audit log; trying again in {} s", wait.as_secs());
             }
         }
     }
