@@ -217,11 +217,7 @@ impl Guard {
             "address blocked after repeated authentication failures"
         );
         let store = self.store.clone();
-        let actor = Actor {
-            name: "gitgate".into(),
-            source: addr.to_string(),
-            logged_in_as_admin: None,
-        };
+        let actor = Actor::gitgate(addr.to_string());
         let target = addr.to_string();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = store.record_event(&actor, "auth.throttled", &target, &detail) {

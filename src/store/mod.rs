@@ -85,7 +85,16 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// The operator at the host's command line.
+    /// gitgate itself, acting on what came from `source` (an address it blocked; `local` for
+    /// its own bookkeeping, such as pruning the audit log).
+    pub fn gitgate(source: impl Into<String>) -> Actor {
+        Actor {
+            name: "gitgate".into(),
+            source: source.into(),
+            logged_in_as_admin: None,
+        }
+    }
+
     /// The operator at the command line: the login name the environment gives (`SUDO_USER`,
     /// else `USER`) — a claim anyone can set, so the source says who the process really runs
     /// as (`local:uid=1000`), which the environment cannot change. The name is kept to one

@@ -667,11 +667,7 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
             done: true,
         });
     };
-    let actor = Actor {
-        name: "gitgate".into(),
-        source: "local".into(),
-        logged_in_as_admin: None,
-    };
+    let actor = Actor::gitgate("local");
     let detail = |deleted: u64| {
         format!(
             "deleted the {deleted} oldest failed-authentication events: more than \
@@ -734,11 +730,7 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
 /// and the tokens' last uses. The events are logged once they are stored.
 fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super::StoreError> {
     let summary = (batch.dropped > 0).then(|| {
-        let actor = Actor {
-            name: "gitgate".into(),
-            source: "local".into(),
-            logged_in_as_admin: None,
-        };
+        let actor = Actor::gitgate("local");
         let detail = format!(
             "{} more events (e.g. {}) were not recorded: {DISTINCT} different events were already waiting",
             batch.dropped,
