@@ -516,7 +516,7 @@ impl Store {
             return Ok(None);
         };
         let conn = &read_only.conn;
-        if let Some(why) = schema::foreign_tables(conn).map_err(explain)? {
+        if let Some(why) = schema::why_not_a_gitgate_store(conn).map_err(explain)? {
             return Err(open_err(why));
         }
         let version = schema::refuse_newer(conn).map_err(explain)?;
@@ -583,7 +583,7 @@ impl Store {
                 return Err(open_err("there is no file there".into()));
             };
             let conn = &read_only.conn;
-            if let Some(why) = schema::foreign_tables(conn).map_err(explain)? {
+            if let Some(why) = schema::why_not_a_gitgate_store(conn).map_err(explain)? {
                 return Err(open_err(why));
             }
             schema::refuse_newer(conn).map_err(explain)?;
@@ -703,7 +703,7 @@ impl Store {
                 .open(path);
         }
         let mut conn = connect(path, true).map_err(explain)?;
-        if let Some(why) = schema::foreign_tables(&conn).map_err(explain)? {
+        if let Some(why) = schema::why_not_a_gitgate_store(&conn).map_err(explain)? {
             return Err(open_err(why));
         }
         schema::refuse_newer(&conn).map_err(explain)?;

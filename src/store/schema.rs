@@ -117,7 +117,7 @@ const TABLES: [(&str, i64, &str); 6] = [
 /// anything is written to it — the switch to WAL included — so that a `[store] path` pointing
 /// at the wrong file leaves it as it was instead of adding gitgate's tables to it (and
 /// migrating the other program's version number). `None` for a gitgate store or an empty file.
-pub fn foreign_tables(conn: &Connection) -> rusqlite::Result<Option<String>> {
+pub fn why_not_a_gitgate_store(conn: &Connection) -> rusqlite::Result<Option<String>> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let mut stmt = conn.prepare(
         "SELECT name, type = 'table' FROM sqlite_master \
@@ -242,14 +242,18 @@ mod tests {
     #[test]
     fn another_programs_database_is_told_apart_from_an_empty_or_gitgate_file() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(foreign_tables(&conn).unwrap(), None, "empty");
+        assert_eq!(why_not_a_gitgate_store(&conn).unwrap(), None, "empty");
         migrate(&mut conn).unwrap();
-        assert_eq!(foreign_tables(&conn).unwrap(), None, "gitgate's own");
+        assert_eq!(
+            why_not_a_gitgate_store(&conn).unwrap(),
+            None,
+            "gitgate's own"
+        );
         let other = Connection::open_in_memory().unwrap();
         other
             .execute_batch("CREATE TABLE metrics(x); CREATE TABLE users(y)")
             .unwrap();
-        let refused = |c: &Connection| foreign_tables(c).unwrap().unwrap_or_default();
+        let refused = |c: &Connection| why_not_a_gitgate_store(c).unwrap().unwrap_or_default();
         let m = refused(&other);
         assert!(
             m.contains("another program's") && m.contains("tables 'metrics', 'users'"),
@@ -318,13 +322,13 @@ mod tests {
             let mut store = Connection::open_in_memory().unwrap();
             migrate(&mut store).unwrap();
             store.execute_batch(more).unwrap();
-            assert_eq!(foreign_tables(&store).unwrap(), None, "{more}");
+            assert_eq!(why_not_a_gitgate_store(&store).unwrap(), None, "{more}");
         }
         // gitgate's own store at a version this build does not know is gitgate's, refused by
         // `refuse_newer` as newer or as changed by hand.
         for version in [99, -1] {
             conn.pragma_update(None, "user_version", version).unwrap();
-            assert_eq!(foreign_tables(&conn).unwrap(), None, "{version}");
+            assert_eq!(why_not_a_gitgate_store(&conn).unwrap(), None, "{version}");
             let e = refuse_newer(&conn).unwrap_err().to_string();
             let why = if version > 0 {
                 "newer than"
