@@ -135,6 +135,9 @@ fn said_unreadable(now: &[UnreadableOverride], before: &[UnreadableOverride]) {
     }
 }
 
+/// How often `serve` sweeps the address throttle ([`Guard::sweep`]).
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Shared by every connection.
 pub struct Guard {
     store: Store,
@@ -187,6 +190,35 @@ impl Guard {
                 unreadable: rules.unreadable,
             }),
         })
+    }
+
+    /// Forget the addresses whose failures no longer count, and give back what a flood of
+    /// them took (see [`Throttle::sweep`]). `serve` calls it every [`SWEEP_EVERY`].
+    pub fn sweep(&self, now: i64) {
+        let swept = self.throttle.sweep(now);
+        if swept.shrunk {
+            // The tables a flood grew went back to mimalloc, which keeps freed pages for reuse
+            // until something collects them; without this the process stays at the flood's
+            // peak (measured: 47 MB after 200,000 addresses, 15 MB with it). Once per sweep
+            // that shrank a table, so not on any request's path.
+            // SAFETY: mi_collect takes no pointers and may be called from any thread at any time.
+            unsafe { libmimalloc_sys::mi_collect(true) };
+            tracing::info!(
+                target: "gitgate::throttle",
+                forgotten = swept.forgotten,
+                tracked = self.throttle.len(),
+                "failed-authentication throttle: addresses whose failures no longer count \
+                 forgotten, and their memory given back"
+            );
+        } else if swept.forgotten > 0 {
+            tracing::debug!(
+                target: "gitgate::throttle",
+                forgotten = swept.forgotten,
+                tracked = self.throttle.len(),
+                "failed-authentication throttle: addresses whose failures no longer count \
+                 forgotten"
+            );
+        }
     }
 
     /// Step 1: is this address blocked? No store access.

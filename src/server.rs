@@ -397,6 +397,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         &config.auth_failures,
         crate::clock::monotonic_ms(),
     )?);
+    tokio::spawn(sweep_addresses(Arc::downgrade(&guard)));
     let gates: Vec<Arc<Gate>> = upstreams
         .into_iter()
         .map(|upstream| {
@@ -529,6 +530,20 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         );
     }
     Ok(Ended::Served)
+}
+
+/// Sweeps the address throttle every [`crate::guard::SWEEP_EVERY`] until the guard is gone: a
+/// flood of failures from many addresses leaves its entries (and the memory of their peak)
+/// behind, and once it ends no new failure comes to sweep them.
+async fn sweep_addresses(guard: std::sync::Weak<Guard>) {
+    let mut every = tokio::time::interval(crate::guard::SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(guard) = guard.upgrade() else { return };
+        guard.sweep(crate::clock::monotonic_ms());
+    }
 }
 
 /// The store as `serve` needs it: writable by this process (asked before the open, which would

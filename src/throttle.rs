@@ -24,7 +24,10 @@
 //!
 //! Pure: every method takes `now` (milliseconds, on [`crate::clock::monotonic_ms`] in the gate).
 //! Memory is bounded the same way as the rate limiter's: forgotten entries are swept when a
-//! shard grows.
+//! shard grows. Unlike the rate limiter's principals, addresses are the client's to choose, so a
+//! flood from many of them grows the table with no login at all; once it stops, no new failure
+//! comes to sweep it, so `serve` also calls [`Throttle::sweep`] on a timer, and a sweep that
+//! leaves a map mostly empty gives its memory back (a `HashMap` keeps its peak capacity).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -121,6 +124,15 @@ impl Entry {
     }
 }
 
+/// What a [`Throttle::sweep`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Addresses forgotten.
+    pub forgotten: usize,
+    /// Some shard's table shrank: memory went back to the allocator.
+    pub shrunk: bool,
+}
+
 /// A new block, to be logged and audited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block {
@@ -132,6 +144,27 @@ pub struct Block {
 struct Shard {
     entries: HashMap<IpAddr, Entry>,
     sweep_at: usize,
+}
+
+impl Shard {
+    /// Drop the forgettable entries; if the map is left with room for over four times what it
+    /// holds (and for more than [`MIN_SWEEP_AT`]), shrink it to twice that. Returns how many
+    /// entries went.
+    fn sweep(&mut self, policy: &Policy, now: i64) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, e| !e.is_forgettable(policy, now));
+        let kept = self.entries.len().max(MIN_SWEEP_AT);
+        if self.entries.capacity() > kept * 4 {
+            self.entries.shrink_to(kept * 2);
+        }
+        self.sweep_at = (self.entries.len() * 2).max(MIN_SWEEP_AT);
+        before - self.entries.len()
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
 }
 
 /// Failure counts and blocks of every address.
@@ -209,8 +242,7 @@ impl Throttle {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         if shard.entries.len() >= shard.sweep_at {
-            shard.entries.retain(|_, e| !e.is_forgettable(&policy, now));
-            shard.sweep_at = (shard.entries.len() * 2).max(MIN_SWEEP_AT);
+            shard.sweep(&policy, now);
         }
         let entry = shard.entries.entry(addr).or_default();
         if entry.is_forgettable(&policy, now) && entry.strikes > 0 {
@@ -236,6 +268,20 @@ impl Throttle {
             strike: entry.strikes,
             retry_after_secs: secs_until(entry.blocked_until, now),
         })
+    }
+
+    /// Forget every address that has been quiet for its back-off, in every shard, and give the
+    /// memory of a mostly emptied shard back. For a timer: after a flood from many addresses
+    /// ends, nothing else would.
+    pub fn sweep(&self, now: i64) -> Swept {
+        let mut swept = Swept::default();
+        for shard in &self.shards {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            let room = shard.entries.capacity();
+            swept.forgotten += shard.sweep(&self.policy, now);
+            swept.shrunk |= shard.entries.capacity() < room;
+        }
+        swept
     }
 
     /// Addresses currently tracked (for tests and metrics).
@@ -432,5 +478,43 @@ mod tests {
             t.record_failure(IpAddr::from((n | 0x8000_0000).to_be_bytes()), 10_000_000);
         }
         assert!(t.len() < before + 20_000 / 2, "{} entries", t.len());
+    }
+
+    fn capacity(t: &Throttle) -> usize {
+        t.shards.iter().map(|s| s.read().unwrap().capacity()).sum()
+    }
+
+    #[test]
+    fn a_timed_sweep_after_a_flood_forgets_the_addresses_and_gives_the_memory_back() {
+        let t = Throttle::new(P);
+        // One failure each from 100,000 addresses, then silence.
+        for n in 0..100_000u32 {
+            t.record_failure(IpAddr::from((0x0a00_0000 | n).to_be_bytes()), 0);
+        }
+        let peak = capacity(&t);
+        assert!(peak >= 100_000, "capacity {peak}");
+        // Before their failures have stopped counting nothing is forgotten.
+        assert_eq!(t.sweep(P.window_ms / 2), Swept::default());
+        assert_eq!(t.len(), 100_000);
+        // One address still misbehaving, blocked, is kept through the sweep.
+        let late = P.window_ms * 3;
+        for i in 0..3 {
+            t.record_failure(ip(1), late + i);
+        }
+        let swept = t.sweep(late + 10);
+        assert_eq!(swept.forgotten, 100_000);
+        assert!(swept.shrunk);
+        assert_eq!(t.len(), 1, "only the blocked address is left");
+        assert!(t.check(ip(1), late + 10).is_err(), "its block holds");
+        let after = capacity(&t);
+        assert!(
+            after <= SHARDS * MIN_SWEEP_AT * 4,
+            "capacity {after} after the sweep, {peak} at the peak"
+        );
+        // And the shards take new addresses as before.
+        for n in 0..1000u32 {
+            t.record_failure(IpAddr::from((0x0b00_0000 | n).to_be_bytes()), late + 20);
+        }
+        assert_eq!(t.len(), 1001);
     }
 }
