@@ -176,12 +176,17 @@ pub enum NotAToken {
     Password,
     /// Begins like a token but is not a whole one.
     Damaged,
+    /// A token's length and prefix, but a character is wrong: its check characters do not
+    /// match (the usual result of typing a token from another screen).
+    Mistyped,
 }
 
 impl NotAToken {
     /// What `secret` is, never repeating it.
     pub fn of(secret: &str) -> NotAToken {
-        if secret.trim_start().starts_with(PREFIX) {
+        if secret.len() == SECRET_LEN && secret.starts_with(PREFIX) {
+            NotAToken::Mistyped
+        } else if secret.trim_start().starts_with(PREFIX) {
             NotAToken::Damaged
         } else {
             NotAToken::Password
@@ -195,6 +200,11 @@ impl NotAToken {
                 "invalid token: the password begins like a gitgate access token but is not a \
                  whole one (cut short, or with extra characters or spaces)"
             }
+            NotAToken::Mistyped => {
+                "invalid token: the password has the length of a gitgate access token but a \
+                 character in it is wrong (its last six, a checksum, do not match the rest); \
+                 copy the token again rather than typing it"
+            }
             NotAToken::Password => {
                 "invalid token: the password is not a gitgate access token (those begin with \
                  ggt_); git takes an access token as its password, not an account password"
@@ -207,6 +217,9 @@ impl NotAToken {
         match self {
             NotAToken::Damaged => {
                 "invalid token: not a whole token (cut short or with extra characters)"
+            }
+            NotAToken::Mistyped => {
+                "invalid token: a token's length with a wrong character (checksum mismatch)"
             }
             NotAToken::Password => "invalid token: not an access token (an account password?)",
         }
@@ -323,6 +336,18 @@ mod tests {
             assert!(why.contains("not a whole one"), "{why}");
             assert!(what.audit_reason().contains("not a whole token"));
             assert!(!why.contains(&s[PREFIX.len()..PREFIX.len() + 8]));
+        }
+        // A whole token with one character changed, anywhere after the prefix: mistyped, not
+        // cut short.
+        for at in [PREFIX.len(), ID_END, BODY_START + 5, SECRET_LEN - 1] {
+            let mut typo = s.clone().into_bytes();
+            typo[at] = if typo[at] == b'a' { b'b' } else { b'a' };
+            let typo = String::from_utf8(typo).unwrap();
+            assert_eq!(parse(&typo), None, "{at}");
+            let what = NotAToken::of(&typo);
+            assert_eq!(what, NotAToken::Mistyped, "{at}");
+            assert!(what.message().contains("a character in it is wrong"));
+            assert!(what.audit_reason().contains("wrong character"));
         }
     }
 

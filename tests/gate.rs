@@ -953,11 +953,23 @@ fn username_that_is_not_the_owner_is_refused() {
 }
 
 /// The first thing people try is their account password, the next a token pasted with a space
-/// or cut short: git says which, never repeating what was typed.
+/// or cut short, or typed with a wrong character: git says which, never repeating what was
+/// typed.
 #[test]
 fn a_password_or_a_broken_token_is_told_apart_from_a_wrong_token() {
     let (sb, server, token) = team_setup();
     let cut = &token.secret[..token.secret.len() - 3];
+    // One character typed wrong: the length is a token's, the checksum says it is not one.
+    let last = token.secret.len() - 1;
+    let typo = format!(
+        "{}{}",
+        &token.secret[..last],
+        if token.secret.ends_with('a') {
+            'b'
+        } else {
+            'a'
+        }
+    );
     for (secret, said) in [
         (
             "alices-account-password",
@@ -966,6 +978,10 @@ fn a_password_or_a_broken_token_is_told_apart_from_a_wrong_token() {
         (
             cut,
             "begins like a gitgate access token but is not a whole one",
+        ),
+        (
+            typo.as_str(),
+            "has the length of a gitgate access token but a character in it is wrong",
         ),
     ] {
         let run = sb.git(
@@ -986,6 +1002,7 @@ fn a_password_or_a_broken_token_is_told_apart_from_a_wrong_token() {
     for reason in [
         "invalid token: not an access token (an account password?)",
         "invalid token: not a whole token (cut short or with extra characters)",
+        "invalid token: a token's length with a wrong character (checksum mismatch)",
     ] {
         assert!(
             audit.contains(reason),
@@ -993,6 +1010,7 @@ fn a_password_or_a_broken_token_is_told_apart_from_a_wrong_token() {
         );
     }
     assert!(!audit.contains("alices-account-password") && !audit.contains(cut));
+    assert!(!audit.contains(&typo[4..]));
 }
 
 /// A client needs no credentials to have its request's path logged: characters that would
