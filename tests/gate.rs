@@ -1407,6 +1407,35 @@ fn a_backend_error_without_a_reason_gets_one() {
     assert!(log.contains("safe.directory"), "{log}");
 }
 
+/// A repository that does not take pushes over HTTP (`http.receivepack false`) gets a bare
+/// `403` from git http-backend ("Service not enabled" only on stderr): git says why, so that
+/// the user does not blame a token that was accepted, and the token stays in the helper.
+#[test]
+fn a_push_the_backend_refuses_without_a_reason_gets_one() {
+    let (sb, token) = team_sandbox();
+    sb.git(
+        &sb.bare("team/app"),
+        &["config", "http.receivepack", "false"],
+    )
+    .ok();
+    let server = sb.serve();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    let work = sb.root().join("work");
+    sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
+        .ok();
+    sb.commit_file(&work, "file.txt", b"refused\n", "refused");
+    let before = sb.rev(&sb.bare("team/app"), "main");
+    let push = sb.git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let err = push.fails_with("remote: the git backend refused this request (403 Forbidden)");
+    assert!(err.contains("http.receivepack"), "{err}");
+    assert!(err.contains("your token was accepted"), "{err}");
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), before);
+    let log = server.log_text();
+    assert!(log.contains("Service not enabled"), "{log}");
+    // A fetch from the same repository is served as before.
+    sb.git(&work, &["fetch", "-q", "origin"]).ok();
+}
+
 /// `GITGATE_LOG=gitgate::request=off` drops the request lines and nothing else: a filter of
 /// target pairs alone refines the default level (it used to silence every line, errors too).
 #[test]

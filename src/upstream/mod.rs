@@ -67,11 +67,16 @@ pub enum Fault {
 const ERROR_BODY_MAX: usize = 64 * 1024;
 const ERROR_BODY_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A CGI's `5xx` answer, with a reason when it gave none. `git http-backend` answers a
-/// repository it will not serve (one owned by another user: "detected dubious ownership") with
-/// a bare `500` and says why only on stderr, which goes to gitgate's log; git would print
-/// nothing but the status. Such an answer is small and whole by now, so it is read first.
-async fn with_a_reason(resp: Response<cgi::CgiBody>) -> Response<ResponseBody> {
+/// A CGI's `4xx` or `5xx` answer, with a reason when it gave none. `git http-backend` answers
+/// a repository it will not serve (one owned by another user: "detected dubious ownership")
+/// with a bare `500`, and a push to a repository that does not take pushes over HTTP
+/// (`http.receivepack` off: "Service not enabled") with a bare `403`, and says why only on
+/// stderr, which goes to gitgate's log; git would print nothing but the status, and a user
+/// would blame their token. Such an answer is small and whole by now, so it is read first.
+async fn with_a_reason(
+    resp: Response<cgi::CgiBody>,
+    git_req: &GitRequest,
+) -> Response<ResponseBody> {
     use http_body_util::{BodyExt, Full, Limited};
     let (mut parts, body) = resp.into_parts();
     let read = tokio::time::timeout(
@@ -87,15 +92,33 @@ async fn with_a_reason(resp: Response<cgi::CgiBody>) -> Response<ResponseBody> {
                 .boxed_unsync();
             Response::from_parts(parts, body)
         }
-        _ => crate::gate::text(
-            parts.status,
-            &format!(
-                "the git backend failed ({}) without saying why to the client; the server's log \
-                 has its error output",
-                parts.status
-            ),
-        ),
+        _ => crate::gate::text(parts.status, &unexplained(parts.status, git_req)),
     }
+}
+
+/// What git is told of a CGI's `4xx`/`5xx` answer that came without a word.
+fn unexplained(status: StatusCode, git_req: &GitRequest) -> String {
+    use crate::git::{Operation, Service};
+    if status.is_server_error() {
+        return format!(
+            "the git backend failed ({status}) without saying why to the client; the server's \
+             log has its error output"
+        );
+    }
+    let push = matches!(
+        git_req.operation,
+        Operation::Advertise(Service::ReceivePack) | Operation::Rpc(Service::ReceivePack)
+    );
+    let hint = if status == StatusCode::FORBIDDEN && push {
+        " (git http-backend refuses pushes so to a repository that does not take them over \
+         HTTP, http.receivepack false; your token was accepted)"
+    } else {
+        ""
+    };
+    format!(
+        "the git backend refused this request ({status}) without saying why to the client{hint}; \
+         the server's log has its error output"
+    )
 }
 
 /// Why the CGI backend is not asked for `repo` (see [`cgi::RepoDir`]), in words for the git
@@ -241,8 +264,8 @@ impl Upstream {
                         ..base
                     }
                 })?;
-                if resp.status().is_server_error() {
-                    return Ok(with_a_reason(resp).await);
+                if resp.status().is_client_error() || resp.status().is_server_error() {
+                    return Ok(with_a_reason(resp, git_req).await);
                 }
                 Ok(resp.map(|b| b.boxed_unsync()))
             }
