@@ -663,6 +663,30 @@ fn edit_changes_name_and_permissions_but_never_the_expiry() {
     let after = server.api("GET", &item, "alice", "").json();
     assert_eq!(after["expiryDate"], before["expiryDate"]);
     assert_eq!(after["name"], "ci2");
+    // But what says which token it is and whose, changed, is an attempt to move it (or one
+    // token's fields posted to another's address): refused, and nothing changes.
+    for (field, value, said) in [
+        (
+            "user",
+            json!({"name": "bob"}),
+            "\"user.name\" is \"alice\", not \"bob\"",
+        ),
+        ("user", json!("bob"), "\"user\" must be an object"),
+        ("id", json!("aaaaaaaaaaaa"), "\"id\" is"),
+        (
+            "project",
+            json!({"key": "team"}),
+            "this token has no \"project\"",
+        ),
+    ] {
+        let mut moved = after.clone();
+        moved["name"] = json!("moved");
+        moved[field] = value;
+        let r = server.api("POST", &item, "alice", &moved.to_string());
+        assert_eq!(r.status, 400, "{field}: {}", r.body);
+        assert!(r.error_message().contains(said), "{field}: {}", r.body);
+    }
+    assert_eq!(server.api("GET", &item, "alice", "").json()["name"], "ci2");
 
     for perms in [
         json!(["ADMIN"]),

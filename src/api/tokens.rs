@@ -77,6 +77,61 @@ const EDIT_FIELDS: [&str; 14] = [
     "repository",
 ];
 
+/// The fields of an update that say which token it is and whose: sent back as a GET shows
+/// them they are ignored like the other fields that never change, but a different value is an
+/// attempt to move the token (or a script posting one token's fields to another's address),
+/// and answering `200` to it would say it was done.
+const IDENTITY_FIELDS: [&str; 4] = ["id", "user", "project", "repository"];
+
+/// The keys of each identity field that name something (a user object's `displayName` or
+/// `active` are shown, not names).
+const NAMING_KEYS: [(&str, &[&[&str]]); 4] = [
+    ("id", &[&[]]),
+    ("user", &[&["name"], &["slug"]]),
+    ("project", &[&["key"]]),
+    ("repository", &[&["slug"], &["project", "key"]]),
+];
+
+/// Why an update's identity fields (see [`IDENTITY_FIELDS`]) are not the token's as `shown`
+/// by a GET, if they are not. A field left out, or `null`, changes nothing.
+fn identity_changed(sent: &serde_json::Map<String, Value>, shown: &Value) -> Option<String> {
+    for (field, keys) in NAMING_KEYS {
+        let Some(sent) = sent.get(field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let Some(shown) = shown.get(field) else {
+            return Some(format!(
+                "this token has no \"{field}\"; a token's owner and scope never change once it \
+                 is created: create a new token instead"
+            ));
+        };
+        for path in keys {
+            let at = |v: &Value| path.iter().try_fold(v.clone(), |v, k| v.get(k).cloned());
+            let Some(value) = at(sent) else {
+                if !path.is_empty() && !sent.is_object() {
+                    return Some(format!(
+                        "\"{field}\" must be an object as a GET of the token shows it"
+                    ));
+                }
+                continue;
+            };
+            if Some(&value) != at(shown).as_ref() {
+                let name = std::iter::once(field)
+                    .chain(path.iter().copied())
+                    .collect::<Vec<_>>()
+                    .join(".");
+                return Some(format!(
+                    "\"{name}\" is {}, not {value}: a token's id, owner and scope never change \
+                     once it is created (create a new token instead, or check that this update is \
+                     for the token at this address)",
+                    at(shown).map_or_else(|| "not set".to_string(), |v| v.to_string())
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// `GET` shows, `POST` updates, `DELETE` revokes.
 pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
     match call.method.as_str() {
@@ -96,6 +151,13 @@ pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
         }
         "POST" => {
             let body = call.json_object(&EDIT_FIELDS)?;
+            if IDENTITY_FIELDS.iter().any(|f| body.contains_key(*f)) {
+                let token = lifecycle::get(call.store, &call.caller, Some(subject), id)?;
+                let shown = token_json(call.store, &token, &lifecycle::policy(call.store)?);
+                if let Some(why) = identity_changed(&body, &shown) {
+                    return Err(ApiError::bad_request(why));
+                }
+            }
             let expiry_days = match body.get("expiryDays") {
                 None | Some(Value::Null) => None,
                 // Any value is an attempt to change the expiry; the lifecycle refuses it.
@@ -320,6 +382,51 @@ pub fn saturated(n: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_may_send_a_tokens_identity_back_but_not_change_it() {
+        let shown = json!({
+            "id": "abcdefghijkl",
+            "name": "deploy",
+            "repository": {"slug": "tools/app", "project": {"key": "team"}},
+        });
+        let check = |sent: Value| identity_changed(sent.as_object().unwrap(), &shown);
+        // As shown, in part, or null: nothing changes.
+        for same in [
+            json!({"name": "x"}),
+            shown.clone(),
+            json!({"id": "abcdefghijkl", "repository": {"slug": "tools/app"}}),
+            json!({"repository": {"project": {"key": "team"}}, "user": null}),
+        ] {
+            assert_eq!(check(same.clone()), None, "{same}");
+        }
+        for (moved, said) in [
+            (
+                json!({"id": "bbbbbbbbbbbb"}),
+                "\"id\" is \"abcdefghijkl\", not",
+            ),
+            (
+                json!({"repository": {"slug": "other"}}),
+                "\"repository.slug\" is \"tools/app\", not \"other\"",
+            ),
+            (
+                json!({"repository": {"project": {"key": "other"}}}),
+                "\"repository.project.key\" is \"team\"",
+            ),
+            (json!({"repository": "team/app"}), "must be an object"),
+            (
+                json!({"project": {"key": "team"}}),
+                "this token has no \"project\"",
+            ),
+            (
+                json!({"user": {"name": "bob"}}),
+                "this token has no \"user\"",
+            ),
+        ] {
+            let why = check(moved.clone()).unwrap_or_else(|| panic!("{moved} accepted"));
+            assert!(why.contains(said), "{moved}: {why}");
+        }
+    }
 
     #[test]
     fn a_nested_repository_token_shows_its_whole_path() {
