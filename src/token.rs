@@ -184,7 +184,16 @@ pub enum NotAToken {
 impl NotAToken {
     /// What `secret` is, never repeating it.
     pub fn of(secret: &str) -> NotAToken {
-        if secret.len() == SECRET_LEN && secret.starts_with(PREFIX) {
+        let b = secret.as_bytes();
+        // A token's length and its separators where a token has them: a token with a character
+        // typed wrong, the prefix's own (`ggT_`, `Ggt_`) included. Whitespace around it is a
+        // paste, whatever the length then adds up to.
+        let whole = b.len() == SECRET_LEN
+            && b.get(PREFIX.len() - 1) == Some(&b'_')
+            && b.get(ID_END) == Some(&b'_')
+            && b.get(BODY_END) == Some(&b'_')
+            && secret.trim() == secret;
+        if whole {
             NotAToken::Mistyped
         } else if secret.trim_start().starts_with(PREFIX) {
             NotAToken::Damaged
@@ -337,9 +346,24 @@ mod tests {
             assert!(what.audit_reason().contains("not a whole token"));
             assert!(!why.contains(&s[PREFIX.len()..PREFIX.len() + 8]));
         }
-        // A whole token with one character changed, anywhere after the prefix: mistyped, not
-        // cut short.
-        for at in [PREFIX.len(), ID_END, BODY_START + 5, SECRET_LEN - 1] {
+        // One character short with a space or tab after it (a token's length again): a paste,
+        // not a typo.
+        for pasted in [
+            format!("{} ", &s[..s.len() - 1]),
+            format!("\t{}", &s[..s.len() - 1]),
+        ] {
+            assert_eq!(NotAToken::of(&pasted), NotAToken::Damaged, "{pasted:?}");
+        }
+        // A whole token with one character changed, anywhere, the prefix included: mistyped,
+        // not cut short, and not a password.
+        for at in [
+            0,
+            2,
+            PREFIX.len(),
+            ID_START + 3,
+            BODY_START + 5,
+            SECRET_LEN - 1,
+        ] {
             let mut typo = s.clone().into_bytes();
             typo[at] = if typo[at] == b'a' { b'b' } else { b'a' };
             let typo = String::from_utf8(typo).unwrap();
