@@ -1409,7 +1409,9 @@ fn a_backend_error_without_a_reason_gets_one() {
 
 /// A repository that does not take pushes over HTTP (`http.receivepack false`) gets a bare
 /// `403` from git http-backend ("Service not enabled" only on stderr): git says why, so that
-/// the user does not blame a token that was accepted, and the token stays in the helper.
+/// the user does not blame a token that was accepted. What a bare `403` means is said only
+/// when the CGI is git http-backend itself: behind a wrapper (the sandbox's counting one)
+/// it could be the wrapper's own refusal.
 #[test]
 fn a_push_the_backend_refuses_without_a_reason_gets_one() {
     let (sb, token) = team_sandbox();
@@ -1418,22 +1420,34 @@ fn a_push_the_backend_refuses_without_a_reason_gets_one() {
         &["config", "http.receivepack", "false"],
     )
     .ok();
-    let server = sb.serve();
-    let url = server.url_with("alice", &token.secret, "team/app");
     let work = sb.root().join("work");
-    sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
-        .ok();
-    sb.commit_file(&work, "file.txt", b"refused\n", "refused");
     let before = sb.rev(&sb.bare("team/app"), "main");
-    let push = sb.git(&work, &["push", "-q", "origin", "HEAD:main"]);
-    let err = push.fails_with("remote: the git backend refused this request (403 Forbidden)");
-    assert!(err.contains("http.receivepack"), "{err}");
-    assert!(err.contains("your token was accepted"), "{err}");
-    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), before);
-    let log = server.log_text();
-    assert!(log.contains("Service not enabled"), "{log}");
-    // A fetch from the same repository is served as before.
-    sb.git(&work, &["fetch", "-q", "origin"]).ok();
+    let wrapped = sb.config_text();
+    let direct = wrapped.replace(
+        sb.cgi_script().to_str().unwrap(),
+        common::git_http_backend().to_str().unwrap(),
+    );
+    assert_ne!(wrapped, direct);
+    for (config, hint) in [(wrapped, false), (direct, true)] {
+        fs::write(sb.config(), config).unwrap();
+        let mut server = sb.serve();
+        let url = server.url_with("alice", &token.secret, "team/app");
+        if !work.exists() {
+            sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
+                .ok();
+            sb.commit_file(&work, "file.txt", b"refused\n", "refused");
+        }
+        let push = sb.git(&work, &["push", "-q", &url, "HEAD:main"]);
+        let err = push.fails_with("remote: the git backend refused this request (403 Forbidden)");
+        assert_eq!(err.contains("http.receivepack false"), hint, "{err}");
+        assert_eq!(err.contains("your token was accepted"), hint, "{err}");
+        assert_eq!(sb.rev(&sb.bare("team/app"), "main"), before);
+        let log = server.log_text();
+        assert!(log.contains("Service not enabled"), "{log}");
+        // A fetch from the same repository is served as before.
+        sb.git(&work, &["fetch", "-q", &url]).ok();
+        assert!(server.stop_within(Duration::from_secs(10)).success());
+    }
 }
 
 /// `GITGATE_LOG=gitgate::request=off` drops the request lines and nothing else: a filter of

@@ -76,6 +76,7 @@ const ERROR_BODY_WITHIN: std::time::Duration = std::time::Duration::from_secs(5)
 async fn with_a_reason(
     resp: Response<cgi::CgiBody>,
     git_req: &GitRequest,
+    git_http_backend: bool,
 ) -> Response<ResponseBody> {
     use http_body_util::{BodyExt, Full, Limited};
     let (mut parts, body) = resp.into_parts();
@@ -92,12 +93,16 @@ async fn with_a_reason(
                 .boxed_unsync();
             Response::from_parts(parts, body)
         }
-        _ => crate::gate::text(parts.status, &unexplained(parts.status, git_req)),
+        _ => crate::gate::text(
+            parts.status,
+            &unexplained(parts.status, git_req, git_http_backend),
+        ),
     }
 }
 
-/// What git is told of a CGI's `4xx`/`5xx` answer that came without a word.
-fn unexplained(status: StatusCode, git_req: &GitRequest) -> String {
+/// What git is told of a CGI's `4xx`/`5xx` answer that came without a word; what a bare `403`
+/// to a push means only when the CGI is `git http-backend` itself (`git_http_backend`).
+fn unexplained(status: StatusCode, git_req: &GitRequest, git_http_backend: bool) -> String {
     use crate::git::{Operation, Service};
     if status.is_server_error() {
         return format!(
@@ -109,7 +114,7 @@ fn unexplained(status: StatusCode, git_req: &GitRequest) -> String {
         git_req.operation,
         Operation::Advertise(Service::ReceivePack) | Operation::Rpc(Service::ReceivePack)
     );
-    let hint = if status == StatusCode::FORBIDDEN && push {
+    let hint = if status == StatusCode::FORBIDDEN && push && git_http_backend {
         " (git http-backend refuses pushes so to a repository that does not take them over \
          HTTP, http.receivepack false; your token was accepted)"
     } else {
@@ -265,7 +270,7 @@ impl Upstream {
                     }
                 })?;
                 if resp.status().is_client_error() || resp.status().is_server_error() {
-                    return Ok(with_a_reason(resp, git_req).await);
+                    return Ok(with_a_reason(resp, git_req, backend.is_git_http_backend()).await);
                 }
                 Ok(resp.map(|b| b.boxed_unsync()))
             }
