@@ -687,6 +687,15 @@ fn edit_changes_name_and_permissions_but_never_the_expiry() {
         assert!(r.error_message().contains(said), "{field}: {}", r.body);
     }
     assert_eq!(server.api("GET", &item, "alice", "").json()["name"], "ci2");
+    // The owner's name in capitals is still the owner.
+    let r = server.api(
+        "POST",
+        &item,
+        "alice",
+        &json!({"name": "ci3", "user": {"name": "ALICE"}}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["name"], "ci3");
 
     for perms in [
         json!(["ADMIN"]),

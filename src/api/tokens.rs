@@ -83,19 +83,13 @@ const EDIT_FIELDS: [&str; 14] = [
 /// and answering `200` to it would say it was done.
 const IDENTITY_FIELDS: [&str; 4] = ["id", "user", "project", "repository"];
 
-/// The keys of each identity field that name something (a user object's `displayName` or
-/// `active` are shown, not names).
-const NAMING_KEYS: [(&str, &[&[&str]]); 4] = [
-    ("id", &[&[]]),
-    ("user", &[&["name"], &["slug"]]),
-    ("project", &[&["key"]]),
-    ("repository", &[&["slug"], &["project", "key"]]),
-];
-
 /// Why an update's identity fields (see [`IDENTITY_FIELDS`]) are not the token's as `shown`
-/// by a GET, if they are not. A field left out, or `null`, changes nothing.
+/// by a GET, if they are not. A field left out, or `null`, changes nothing; one sent must be
+/// what the GET shows, in whole or in part: every key it has, the GET has with the same value
+/// (user names in any case, as everywhere). So a key the GET does not show (`user.id` of
+/// someone else, `project.name`) is a change too, not something to ignore.
 fn identity_changed(sent: &serde_json::Map<String, Value>, shown: &Value) -> Option<String> {
-    for (field, keys) in NAMING_KEYS {
+    for field in IDENTITY_FIELDS {
         let Some(sent) = sent.get(field).filter(|v| !v.is_null()) else {
             continue;
         };
@@ -105,31 +99,42 @@ fn identity_changed(sent: &serde_json::Map<String, Value>, shown: &Value) -> Opt
                  is created: create a new token instead"
             ));
         };
-        for path in keys {
-            let at = |v: &Value| path.iter().try_fold(v.clone(), |v, k| v.get(k).cloned());
-            let Some(value) = at(sent) else {
-                if !path.is_empty() && !sent.is_object() {
-                    return Some(format!(
-                        "\"{field}\" must be an object as a GET of the token shows it"
-                    ));
-                }
-                continue;
-            };
-            if Some(&value) != at(shown).as_ref() {
-                let name = std::iter::once(field)
-                    .chain(path.iter().copied())
-                    .collect::<Vec<_>>()
-                    .join(".");
-                return Some(format!(
-                    "\"{name}\" is {}, not {value}: a token's id, owner and scope never change \
-                     once it is created (create a new token instead, or check that this update is \
-                     for the token at this address)",
-                    at(shown).map_or_else(|| "not set".to_string(), |v| v.to_string())
-                ));
-            }
+        if let Some((path, differs)) = first_difference(field, sent, shown) {
+            return Some(format!(
+                "\"{path}\" {differs}: a token's id, owner and scope never change once it is \
+                 created (send them back as a GET shows them or leave them out; create a new \
+                 token instead, or check that this update is for the token at this address)"
+            ));
         }
     }
     None
+}
+
+/// The first place (a dotted path below `at`) where `sent` is not a part of `shown`, and how.
+fn first_difference(at: &str, sent: &Value, shown: &Value) -> Option<(String, String)> {
+    match (sent, shown) {
+        (Value::Object(sent), Value::Object(shown)) => sent.iter().find_map(|(key, value)| {
+            let path = format!("{at}.{key}");
+            match shown.get(key) {
+                Some(shown) => first_difference(&path, value, shown),
+                None => Some((
+                    path,
+                    format!("is not a field of this token, sent as {value}"),
+                )),
+            }
+        }),
+        (Value::String(a), Value::String(b))
+            if at.starts_with("user.") && a.eq_ignore_ascii_case(b) =>
+        {
+            None
+        }
+        _ if sent == shown => None,
+        (_, Value::Object(_)) => Some((
+            at.to_string(),
+            format!("must be an object as a GET of the token shows it, not {sent}"),
+        )),
+        _ => Some((at.to_string(), format!("is {shown}, not {sent}"))),
+    }
 }
 
 /// `GET` shows, `POST` updates, `DELETE` revokes.
@@ -385,45 +390,87 @@ mod tests {
 
     #[test]
     fn an_update_may_send_a_tokens_identity_back_but_not_change_it() {
-        let shown = json!({
+        let repository = json!({
             "id": "abcdefghijkl",
             "name": "deploy",
             "repository": {"slug": "tools/app", "project": {"key": "team"}},
         });
-        let check = |sent: Value| identity_changed(sent.as_object().unwrap(), &shown);
-        // As shown, in part, or null: nothing changes.
-        for same in [
-            json!({"name": "x"}),
-            shown.clone(),
-            json!({"id": "abcdefghijkl", "repository": {"slug": "tools/app"}}),
-            json!({"repository": {"project": {"key": "team"}}, "user": null}),
+        let personal = json!({
+            "id": "abcdefghijkl",
+            "user": {"name": "alice", "slug": "alice", "id": 1, "active": true},
+        });
+        let check = |sent: Value, shown: &Value| identity_changed(sent.as_object().unwrap(), shown);
+        // As shown, in part, or null, user names in any case: nothing changes.
+        for (same, shown) in [
+            (json!({"name": "x"}), &repository),
+            (repository.clone(), &repository),
+            (
+                json!({"id": "abcdefghijkl", "repository": {"slug": "tools/app"}}),
+                &repository,
+            ),
+            (
+                json!({"repository": {"project": {"key": "team"}}, "user": null}),
+                &repository,
+            ),
+            (json!({"project": null, "repository": {}}), &repository),
+            (personal.clone(), &personal),
+            (json!({"user": {"name": "Alice", "id": 1}}), &personal),
         ] {
-            assert_eq!(check(same.clone()), None, "{same}");
+            assert_eq!(check(same.clone(), shown), None, "{same}");
         }
-        for (moved, said) in [
+        for (moved, shown, said) in [
             (
                 json!({"id": "bbbbbbbbbbbb"}),
-                "\"id\" is \"abcdefghijkl\", not",
+                &repository,
+                "\"id\" is \"abcdefghijkl\", not \"bbbbbbbbbbbb\"",
             ),
             (
                 json!({"repository": {"slug": "other"}}),
+                &repository,
                 "\"repository.slug\" is \"tools/app\", not \"other\"",
             ),
             (
                 json!({"repository": {"project": {"key": "other"}}}),
+                &repository,
                 "\"repository.project.key\" is \"team\"",
             ),
-            (json!({"repository": "team/app"}), "must be an object"),
+            (
+                json!({"repository": {"slug": "tools/app", "project": "other"}}),
+                &repository,
+                "\"repository.project\" must be an object",
+            ),
+            (
+                json!({"repository": "team/app"}),
+                &repository,
+                "must be an object",
+            ),
             (
                 json!({"project": {"key": "team"}}),
+                &repository,
                 "this token has no \"project\"",
             ),
             (
+                json!({"repository": {"project": {"name": "Other"}}}),
+                &repository,
+                "\"repository.project.name\" is not a field of this token",
+            ),
+            (
+                json!({"user": {"id": 2}}),
+                &personal,
+                "\"user.id\" is 1, not 2",
+            ),
+            (
                 json!({"user": {"name": "bob"}}),
+                &personal,
+                "\"user.name\" is \"alice\"",
+            ),
+            (
+                json!({"user": {"name": "bob"}}),
+                &repository,
                 "this token has no \"user\"",
             ),
         ] {
-            let why = check(moved.clone()).unwrap_or_else(|| panic!("{moved} accepted"));
+            let why = check(moved.clone(), shown).unwrap_or_else(|| panic!("{moved} accepted"));
             assert!(why.contains(said), "{moved}: {why}");
         }
     }
