@@ -185,17 +185,22 @@ impl NotAToken {
     /// What `secret` is, never repeating it.
     pub fn of(secret: &str) -> NotAToken {
         let b = secret.as_bytes();
-        // A token's length and its separators where a token has them: a token with a character
-        // typed wrong, the prefix's own (`ggT_`, `Ggt_`) included. Whitespace around it is a
-        // paste, whatever the length then adds up to.
-        let whole = b.len() == SECRET_LEN
-            && b.get(PREFIX.len() - 1) == Some(&b'_')
-            && b.get(ID_END) == Some(&b'_')
-            && b.get(BODY_END) == Some(&b'_')
-            && secret.trim() == secret;
-        if whole {
-            NotAToken::Mistyped
-        } else if secret.trim_start().starts_with(PREFIX) {
+        // The places a token's shape fixes — its prefix and the two separators after it — and
+        // how many of them are not what a token has there: a token with one character typed
+        // wrong has the length and at most one of them off (a password of that length would
+        // have most of them off). Whitespace around it is a paste, whatever the length.
+        let skeleton = PREFIX
+            .bytes()
+            .enumerate()
+            .chain([(ID_END, b'_'), (BODY_END, b'_')]);
+        let off = skeleton.filter(|&(at, c)| b.get(at) != Some(&c)).count();
+        if b.len() == SECRET_LEN && off <= 1 && secret.trim() == secret {
+            return NotAToken::Mistyped;
+        }
+        // Cut short at either end (the first character lost in a copy, too), or pasted with
+        // something around it.
+        let pasted = secret.trim_start();
+        if pasted.starts_with(PREFIX) || pasted.starts_with(&PREFIX[1..]) {
             NotAToken::Damaged
         } else {
             NotAToken::Password
@@ -354,14 +359,19 @@ mod tests {
         ] {
             assert_eq!(NotAToken::of(&pasted), NotAToken::Damaged, "{pasted:?}");
         }
-        // A whole token with one character changed, anywhere, the prefix included: mistyped,
-        // not cut short, and not a password.
+        // Its first character lost in a copy: cut short too, not a password.
+        assert_eq!(NotAToken::of(&s[1..]), NotAToken::Damaged);
+        // A whole token with one character changed, anywhere, the prefix and the separators
+        // included: mistyped, not cut short, and not a password.
         for at in [
             0,
             2,
+            3,
             PREFIX.len(),
             ID_START + 3,
+            ID_END,
             BODY_START + 5,
+            BODY_END,
             SECRET_LEN - 1,
         ] {
             let mut typo = s.clone().into_bytes();
