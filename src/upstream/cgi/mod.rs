@@ -297,16 +297,20 @@ fn has_a_head(repo: &Path) -> bool {
 }
 
 impl CgiBackend {
-    /// The request's `PATH_INFO`: its repository spelled as the directory that answers to it
-    /// (see [`RepoDir`]); what else was found when none can be given.
-    /// Whether the program is `git http-backend` itself (by its file name), not a wrapper or
-    /// another CGI: only then does a bare answer mean what git http-backend means by it.
+    /// Whether the program is `git http-backend` itself (by its file name, or by the name of
+    /// what a symbolic link to it leads to), not a wrapper or another CGI: only then does a
+    /// bare answer mean what git http-backend means by it. Asked only of answers without a
+    /// body, so the path is resolved then rather than kept.
     pub fn is_git_http_backend(&self) -> bool {
-        self.program
-            .file_name()
-            .is_some_and(|name| name == "git-http-backend")
+        let named = |path: &Path| {
+            path.file_name()
+                .is_some_and(|name| name == "git-http-backend")
+        };
+        named(&self.program) || std::fs::canonicalize(&self.program).is_ok_and(|real| named(&real))
     }
 
+    /// The request's `PATH_INFO`: its repository spelled as the directory that answers to it
+    /// (see [`RepoDir`]); what else was found when none can be given.
     pub fn path_info(&self, git_req: &crate::git::GitRequest) -> Result<String, NotServed> {
         match self.repo_dir(git_req.repo.as_str()) {
             RepoDir::WithGit => Ok(git_req.backend_path_spelled(true)),

@@ -10,6 +10,24 @@ use hyper::header::HeaderValue;
 use hyper::StatusCode;
 
 #[test]
+fn git_http_backend_is_known_by_its_name_or_by_what_a_link_leads_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("git-http-backend");
+    std::fs::write(&real, "#!/bin/sh\n").unwrap();
+    let link = dir.path().join("ghb");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let wrapper = dir.path().join("backend.sh");
+    std::fs::write(&wrapper, "#!/bin/sh\n").unwrap();
+    let is = |program: &Path| {
+        CgiBackend::new(program.to_path_buf(), dir.path().to_path_buf()).is_git_http_backend()
+    };
+    assert!(is(&real));
+    assert!(is(&link), "a symbolic link to it");
+    assert!(!is(&wrapper), "a wrapper");
+    assert!(!is(&dir.path().join("missing")), "a path that is not there");
+}
+
+#[test]
 fn one_directory_answers_to_a_repository() {
     use Found::{Folder, Indirect, Nothing, Repository};
     let refused = RepoDir::NotServed;
