@@ -18,6 +18,23 @@ const DISABLED_OWNER: &str = "ggt_b2aews3lyqet_Ow3mtA0h2oKxkje5xFBorasgsduhcDA3v
 const PROJECT: &str = "ggt_kq2sk3u46t7o_I2EozkvI-uPPxBwDnM4O6r4aGbo-sOiwmA0ZEdisZtU_fimle6";
 const REPOSITORY: &str = "ggt_fig4shg25ytd_yOPLUJVbyrEYaZEXNg9z3_gVIOY0SwTF1vIsG84IPeE_j7eu3y";
 
+/// The audit events the first build wrote (action|target|detail|actor), in order.
+const FIRST_BUILD_AUDIT: [&str; 13] = [
+    "user.added|alice|role=user|cli:unknown",
+    "user.added|bob|role=user|cli:unknown",
+    "user.added|root|role=admin|cli:unknown",
+    "grant.added|alice|team write|cli:unknown",
+    "grant.added|bob|team read|cli:unknown",
+    "token.created|xmh3qguqzq47|personal token 'laptop' for alice with REPO_WRITE, expires never|cli:unknown",
+    "token.created|yifuus756rwj|personal token 'old' for alice with REPO_READ, expires never|cli:unknown",
+    "token.created|jegb6bvvbbak|personal token 'short' for alice with REPO_READ, expires 2025-01-02|cli:unknown",
+    "token.created|b2aews3lyqet|personal token 'bobs' for bob with REPO_READ, expires never|cli:unknown",
+    "token.created|kq2sk3u46t7o|project token 'ci' for project:team with PROJECT_READ,REPO_READ, expires never|cli:unknown",
+    "token.created|fig4shg25ytd|repository token 'deploy' for repo:team/app with REPO_WRITE, expires never|cli:unknown",
+    "token.revoked|yifuus756rwj|token 'old' of alice|cli:unknown",
+    "user.disabled|bob||cli:unknown",
+];
+
 fn basic(user: &str, password: &str) -> String {
     use base64::Engine;
     let pair = format!("{user}:{password}");
@@ -50,20 +67,22 @@ fn a_store_of_the_first_build_keeps_its_tokens_users_and_audit() {
     sb.git(&work, &["push", "-q", "origin", "HEAD:main"]).ok();
     assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed);
     // The scoped tokens, as CI sends them.
-    for (secret, args) in [
-        (PROJECT, vec!["ls-remote", "-q"]),
-        (REPOSITORY, vec!["push", "-q", "--dry-run"]),
-    ] {
+    let bearer = |secret: &str, args: &[&str]| {
         let header = format!("http.extraHeader=Authorization: Bearer {secret}");
+        let plain = server.url("team/app");
         let mut argv = vec!["-c", header.as_str()];
         argv.extend(args);
-        let plain = server.url("team/app");
         argv.push(&plain);
-        if argv.contains(&"push") {
+        if args.contains(&"push") {
             argv.push("HEAD:main");
         }
-        sb.git(&work, &argv).ok();
-    }
+        sb.git(&work, &argv)
+    };
+    bearer(PROJECT, &["ls-remote", "-q"]).ok();
+    bearer(REPOSITORY, &["push", "-q", "--dry-run"]).ok();
+    // Each kept its permissions: the project token reads and no more.
+    bearer(PROJECT, &["push", "-q", "--dry-run"])
+        .fails_with("token 'ci' has REPO_READ on team/app; push needs REPO_WRITE");
     // What was refused stays refused, for the same reason.
     for (user, secret, said) in [
         ("alice", REVOKED, "token 'old' has been revoked"),
@@ -80,7 +99,23 @@ fn a_store_of_the_first_build_keeps_its_tokens_users_and_audit() {
     sb.git(sb.root(), &["ls-remote", &url]).ok();
     sb.git(&work, &["push", "--dry-run", &url, "HEAD:main"])
         .fails_with("user 'bob' has read access to team/app; push needs write");
-    // The passwords the first build hashed still log in: the admin over the REST API.
+    // The passwords the first build hashed still log in, and only with themselves; the roles
+    // are what they were (root an admin, alice not).
+    let rest = |user: &str, password: &str, of: &str| {
+        http_get(
+            server.port,
+            &format!("/rest/access-tokens/1.0/users/{of}"),
+            Some(&basic(user, password)),
+        )
+        .status
+    };
+    for user in ["alice", "bob", "root"] {
+        assert_eq!(rest(user, PASSWORD, user), 200, "{user} logs in");
+        assert_eq!(rest(user, "not-the-password", user), 401, "{user}");
+    }
+    assert_eq!(rest("alice", PASSWORD, "bob"), 403, "alice is no admin");
+    assert_eq!(rest("bob", PASSWORD, "alice"), 403, "bob is no admin");
+    assert_eq!(rest("root", PASSWORD, "bob"), 200, "root is");
     let resp = http_get(
         server.port,
         "/rest/access-tokens/1.0/users/alice",
@@ -103,30 +138,47 @@ fn a_store_of_the_first_build_keeps_its_tokens_users_and_audit() {
     // Migrated to this build's version: 5 (a new migration raises it here too, and the
     // fixture then shows it runs on a store of every earlier version's data).
     assert_eq!(version(&sb.db()), 5, "migrated to this build's version");
-    // The first build's audit events are all there, beside this run's.
+    // The grants as they were, no more.
+    let grants = sb.cli_json(&["grant", "list", "--json"]);
+    let grants: Vec<(&str, &str, &str)> = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let field = |k: &str| g[k].as_str().unwrap_or_default();
+            (field("user"), field("target"), field("level"))
+        })
+        .collect();
+    assert_eq!(
+        grants,
+        [("alice", "team", "write"), ("bob", "team", "read")],
+        "{grants:?}"
+    );
+    // The first build's audit events, each as it was written, beside this run's.
     let audit: serde_json::Value = serde_json::from_str(sb.cli(&["audit", "--json"]).ok())
         .expect("audit --json is a JSON array");
-    let actions: Vec<&str> = audit
+    let mut first: Vec<(i64, String)> = audit
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["at"].as_i64().is_some_and(|at| at < 1_735_776_000_000)) // 2025-01-02
-        .map(|e| e["action"].as_str().unwrap_or_default())
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (
+                e["id"].as_i64().unwrap(),
+                [
+                    field("action"),
+                    field("target"),
+                    field("detail"),
+                    field("actor"),
+                ]
+                .join("|"),
+            )
+        })
         .collect();
-    assert_eq!(actions.len(), 13, "{actions:?}");
-    for (action, times) in [
-        ("user.added", 3),
-        ("grant.added", 2),
-        ("token.created", 6),
-        ("token.revoked", 1),
-        ("user.disabled", 1),
-    ] {
-        assert_eq!(
-            actions.iter().filter(|a| **a == action).count(),
-            times,
-            "{action}: {actions:?}"
-        );
-    }
+    first.sort();
+    let first: Vec<&str> = first.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(first, FIRST_BUILD_AUDIT, "{first:#?}");
     // And the token's record as the first build wrote it, now used by this one.
     let show = sb.cli_json(&["token", "show", "xmh3qguqzq47", "--json"]);
     assert_eq!(show["name"], "laptop", "{show}");
