@@ -8,7 +8,7 @@ mod common;
 
 use std::fs;
 
-use common::{fixture, http_get, Sandbox, PASSWORD};
+use common::{basic, fixture, http_get, Sandbox, PASSWORD};
 
 /// The secrets the first build printed for the fixture's tokens (they open nothing elsewhere).
 const LAPTOP: &str = "ggt_xmh3qguqzq47_9heshpicvfdcSe1tKKoddKGjtCSK3ziZbUE_7CYGD6U_6imnaq";
@@ -34,15 +34,6 @@ const FIRST_BUILD_AUDIT: [&str; 13] = [
     "token.revoked|yifuus756rwj|token 'old' of alice|cli:unknown",
     "user.disabled|bob||cli:unknown",
 ];
-
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine;
-    let pair = format!("{user}:{password}");
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
-}
 
 #[test]
 fn a_store_of_the_first_build_keeps_its_tokens_users_and_audit() {

@@ -1657,3 +1657,144 @@ fn check_warns_of_an_http_url_for_an_https_port() {
         "{out}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// nginx in front of gitgate: the usual way to end TLS before it.
+
+/// An nginx that proxies two ports to gitgate: `streaming` with the settings the README gives
+/// (HTTP/1.1, no request or answer buffering), `default` with nginx's own (HTTP/1.0, both
+/// buffered). Killed on drop.
+struct Front {
+    child: Child,
+    streaming: u16,
+    default: u16,
+}
+
+impl Front {
+    fn start(dir: &Path, nginx: &Path, gitgate: u16) -> Front {
+        let dir = dir.join("front");
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let (streaming, default) = (free_port(), free_port());
+        let user = if is_root() { "user root root;" } else { "" };
+        let conf = format!(
+            "{user}\ndaemon off;\nmaster_process off;\nworker_processes 1;\n\
+             pid {d}/nginx.pid;\nerror_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n\
+             fastcgi_temp_path {d}/tmp/fastcgi;\n  uwsgi_temp_path {d}/tmp/uwsgi;\n\
+             scgi_temp_path {d}/tmp/scgi;\n  access_log off;\n  client_max_body_size 0;\n\
+             # A push that hangs fails within this, not nginx's default minute.\n\
+             proxy_read_timeout 15s;\n\
+             server {{ listen 127.0.0.1:{streaming};\n    location / {{\n\
+               proxy_pass http://127.0.0.1:{gitgate};\n      proxy_http_version 1.1;\n\
+               proxy_request_buffering off;\n      proxy_buffering off;\n    }}\n  }}\n\
+             server {{ listen 127.0.0.1:{default};\n\
+               location / {{ proxy_pass http://127.0.0.1:{gitgate}; }}\n  }}\n}}\n",
+            d = dir.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut child = Command::new(nginx)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", streaming)).is_err()
+            || TcpStream::connect(("127.0.0.1", default)).is_err()
+        {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nginx exited ({status}): {}",
+                    std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nginx did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Front {
+            child,
+            streaming,
+            default,
+        }
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// git http-backend writes its answer's head before it reads a push, and nginx stops sending a
+/// request body once the answer's head has come: gitgate passing the head on at once leaves a
+/// push through nginx short of all but its first megabytes, hanging until nginx's read
+/// timeout. Pushes of 12 MB through both of nginx's set-ups, chunked and with a length, to
+/// the embedded CGI backend, should arrive whole.
+///
+/// Known to fail (README, "Known limit"): holding the head must keep the quarantine cleanup of
+/// a push cut off meanwhile (tests/hardening.rs), which the first try of it lost.
+#[test]
+#[ignore = "known limit: a push through nginx in front of the embedded CGI backend (README)"]
+fn a_push_through_nginx_in_front_reaches_the_cgi_backend_whole() {
+    let Some(tools) = tools("a_push_through_nginx_in_front_reaches_the_cgi_backend_whole") else {
+        return;
+    };
+    let sb = common::Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", common::PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", common::PASSWORD, "laptop", &["REPO_WRITE"]);
+    let server = sb.serve();
+    let front = Front::start(sb.root(), &tools.nginx, server.port);
+    let url = |port: u16| {
+        format!(
+            "http://alice:{}@127.0.0.1:{port}/team/app.git",
+            token.secret
+        )
+    };
+    let work = sb.root().join("work");
+    sb.git(
+        sb.root(),
+        &["clone", "-q", &url(front.streaming), work.to_str().unwrap()],
+    )
+    .ok();
+    for (round, (port, post_buffer)) in [
+        (front.streaming, "1m"),  // chunked: over git's buffer
+        (front.streaming, "64m"), // one body with a Content-Length
+        (front.default, "1m"),
+        (front.default, "64m"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pushed = sb.commit_file(
+            &work,
+            &format!("noise-{round}.bin"),
+            &common::noise(12 << 20, round as u64 + 1),
+            "twelve megabytes of noise",
+        );
+        let buffer = format!("http.postBuffer={post_buffer}");
+        sb.git(
+            &work,
+            &["-c", &buffer, "push", "-q", &url(port), "HEAD:main"],
+        )
+        .ok();
+        assert_eq!(
+            sb.rev(&sb.bare("team/app"), "main"),
+            pushed,
+            "round {round} through port {port}, postBuffer {post_buffer}"
+        );
+    }
+    drop(front);
+}
