@@ -77,7 +77,8 @@
 //!   back at gitgate, and one that cannot be checked — not ASCII, or several — is a `502`; the
 //!   answer's framing is hyper's to redo, its cookies stay behind).
 //!   `502`/`504` with a reason when the backend fails or stalls; `408` when the client's
-//!   upload stops while the upstream waits for it.
+//!   upload stops while the upstream waits for it; a `4xx`/`5xx` of the embedded CGI without a
+//!   body gets one, since git would print only the status.
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
 //!   `404/400/405` for what is not a git request (never forwarded), `501` for a request body in a
 //!   transfer coding other than `chunked` (never forwarded), `401` with a Basic challenge
@@ -124,7 +125,8 @@
 //!   validates `proxy.toml`; [`small_file`] reads it, and the PEM and secret files it names,
 //!   only when each is a regular file of a sane size (never a device or a FIFO).
 //! - [`guard`] defends the gate against abuse: [`throttle`] blocks an address after repeated
-//!   failed authentications (before the store is read), [`ratelimit`] gives each principal a
+//!   failed authentications (before the store is read; a timer sweeps the addresses it may
+//!   forget, off the request path), [`ratelimit`] gives each principal a
 //!   token bucket, [`inflight`] caps its requests in flight; all answer `429` with
 //!   `Retry-After`, and count time on a monotonic clock ([`clock::monotonic_ms`]); their
 //!   per-principal overrides are read before the first request is served. Behind `trusted_proxies` they see the client's address
