@@ -103,17 +103,14 @@ async fn with_a_reason(
 /// What git is told of a CGI's `4xx`/`5xx` answer that came without a word; what a bare `403`
 /// to a push means only when the CGI is `git http-backend` itself (`git_http_backend`).
 fn unexplained(status: StatusCode, git_req: &GitRequest, git_http_backend: bool) -> String {
-    use crate::git::{Operation, Service};
     if status.is_server_error() {
         return format!(
             "the git backend failed ({status}) without saying why to the client; the server's \
              log has its error output"
         );
     }
-    let push = matches!(
-        git_req.operation,
-        Operation::Advertise(Service::ReceivePack) | Operation::Rpc(Service::ReceivePack)
-    );
+    // Only receive-pack writes: its advertisement and its pack.
+    let push = git_req.access == crate::permission::Access::Write;
     let hint = if status == StatusCode::FORBIDDEN && push && git_http_backend {
         " (git http-backend refuses pushes so to a repository that does not take them over \
          HTTP, http.receivepack false; your token was accepted)"
