@@ -626,16 +626,17 @@ fn a_client_gone_mid_push_ends_the_backend() {
     // (git-receive-pack), which would no longer be gitgate's child if it outlived its parent.
     let groups = children(pid);
     assert!(groups.iter().all(|&g| group_alive(g)));
-    // git http-backend answers with its headers before it reads the pack: the client breaks
-    // off after it has them, during the response's body.
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut head = Vec::new();
+    // git http-backend writes its headers before it reads the pack, but gitgate holds them
+    // until the push is fed (a proxy in front stops sending once it has an answer): nothing
+    // comes while the pack is still coming.
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "no response head: {head:?}");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    assert!(
+        s.read(&mut byte).is_err(),
+        "an answer came before the push's end"
+    );
+    // The client breaks off mid-upload.
     drop(s);
     wait_for("the backend's whole group to be ended", || {
         !groups.iter().any(|&g| group_alive(g))

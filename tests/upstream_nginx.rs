@@ -1740,12 +1740,8 @@ impl Drop for Front {
 /// request body once the answer's head has come: gitgate passing the head on at once leaves a
 /// push through nginx short of all but its first megabytes, hanging until nginx's read
 /// timeout. Pushes of 12 MB through both of nginx's set-ups, chunked and with a length, to
-/// the embedded CGI backend, should arrive whole.
-///
-/// Known to fail (README, "Known limit"): holding the head must keep the quarantine cleanup of
-/// a push cut off meanwhile (tests/hardening.rs), which the first try of it lost.
+/// the embedded CGI backend, arrive whole: gitgate holds the head until the push is fed.
 #[test]
-#[ignore = "known limit: a push through nginx in front of the embedded CGI backend (README)"]
 fn a_push_through_nginx_in_front_reaches_the_cgi_backend_whole() {
     let Some(tools) = tools("a_push_through_nginx_in_front_reaches_the_cgi_backend_whole") else {
         return;

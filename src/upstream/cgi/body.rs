@@ -53,6 +53,9 @@ pub struct CgiBody {
     /// When the request body last moved (a push's pack: receive-pack says nothing until it has
     /// read it).
     pub(super) uploading: Progress,
+    /// What the backend said while its head was held (see [`CgiBody::hold_until_fed`]): the
+    /// first frame to give.
+    pub(super) early: Option<Option<Result<Frame<Bytes>, io::Error>>>,
 }
 
 /// How a push whose client left is let finish: for as long as it writes something within
@@ -95,6 +98,11 @@ impl Drop for CgiBody {
         let (Some(finishing), Some(stdout)) = (self.finishing.take(), self.stdout.take()) else {
             return; // the guard, if still armed, kills the backend
         };
+        let mut finishing = finishing;
+        if let Some(prefix) = self.prefix.take() {
+            // Not said to the client yet (its head was held), but part of the push's report.
+            finishing.heard(&prefix);
+        }
         let label = &finishing.label;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -248,6 +256,32 @@ pub(super) fn push_outcome(output: &[u8]) -> String {
 }
 
 impl CgiBody {
+    /// Returns once the request body has all been fed to the backend (or feeding it is over
+    /// some other way: `all_fed` dropped), or once the backend says more than its head, or its
+    /// body fails; until then the response's head is held back.
+    ///
+    /// `git http-backend` writes its head at once and only then reads the push. Passed on at
+    /// once, that head answers a request still being sent, and a proxy in front of gitgate
+    /// (nginx) then stops sending the rest: pushes of more than a few MB failed behind it. A
+    /// backend that writes more than a head before it has read its input (one answering early)
+    /// is not held, lest both wait on full pipes.
+    ///
+    /// A push whose client leaves while its head is held finishes as if the head had gone out
+    /// (see [`CgiBody`]'s drop): its input ends early, and receive-pack removes its quarantine.
+    pub(super) async fn hold_until_fed(&mut self, mut all_fed: oneshot::Receiver<()>) {
+        if self.prefix.is_some() || self.is_end_stream() {
+            return;
+        }
+        let early = std::future::poll_fn(|cx| {
+            if Pin::new(&mut all_fed).poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Pin::new(&mut *self).poll_frame(cx).map(Some)
+        })
+        .await;
+        self.early = early;
+    }
+
     /// Pending while the backend's silence is shorter than its idle time, counted from its
     /// last output or the request body's last frame, whichever is later; past it, an error.
     /// The body's drop then ends the backend (or lets a push finish alone, which ends it when it
@@ -310,6 +344,9 @@ impl Body for CgiBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
+        if let Some(early) = this.early.take() {
+            return Poll::Ready(early);
+        }
         if let Some(prefix) = this.prefix.take() {
             if let Some(finishing) = &mut this.finishing {
                 finishing.heard(&prefix);
@@ -380,6 +417,9 @@ impl Body for CgiBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.stdout.is_none() && self.exit.is_none()
+        self.early.is_none()
+            && self.prefix.is_none()
+            && self.stdout.is_none()
+            && self.exit.is_none()
     }
 }

@@ -459,6 +459,7 @@ impl CgiBackend {
         // What the backend is told the body's length is (`CONTENT_LENGTH`): the stdin task holds
         // the body to it.
         let promised = content_length(req.headers);
+        let (fed, all_fed) = oneshot::channel();
         tokio::spawn(feed_stdin(
             body,
             stdin,
@@ -466,6 +467,7 @@ impl CgiBackend {
             if push { Break::CloseStdin } else { Break::Kill },
             kill.clone(),
             uploading.clone(),
+            fed,
         ));
 
         // The headers, within the head timeout counted from the body's last frame.
@@ -526,10 +528,12 @@ impl CgiBackend {
             }),
             silence: Silence::new(self.head_timeout),
             uploading,
+            early: None,
         };
         if declared == Some(0) {
             body.declared_length_sent();
         }
+        body.hold_until_fed(all_fed).await;
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;

@@ -8,6 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::ChildStdin;
+use tokio::sync::oneshot;
 
 use super::process::{killed, KillSwitch};
 use crate::upstream::progress::Progress;
@@ -34,18 +35,24 @@ pub(super) enum Break {
 }
 
 /// Copies the request body to the child's stdin frame by frame, then closes stdin; a broken
-/// body is handled as `on_break` says.
+/// body is handled as `on_break` says. `fed` is dropped when this is over, however it ends:
+/// the response's head waits for that (see [`CgiBody::hold_until_fed`](super::CgiBody)).
 pub(super) async fn feed_stdin<B>(
     mut body: B,
-    mut stdin: ChildStdin,
+    stdin: ChildStdin,
     promised: Option<u64>,
     on_break: Break,
     kill: KillSwitch,
     moved: Progress,
+    fed: oneshot::Sender<()>,
 ) where
     B: Body<Data = Bytes> + Unpin,
     B::Error: fmt::Display,
 {
+    // Dropped after stdin (locals go in reverse order, parameters after them all): the
+    // backend has its input's end by then, however this returns.
+    let _fed = fed;
+    let mut stdin = stdin;
     let mut stop = kill.subscribe();
     let mut fed = 0u64;
     // Whatever way this ends, nothing more is waited for from the client.

@@ -655,20 +655,29 @@ async fn the_request_body_reaches_the_backend_while_it_is_still_coming() {
     );
     let sender = std::sync::Arc::new(std::sync::Mutex::new(None));
     let slot = sender.clone();
-    let resp = serve(&backend, req, move || {
+    let serving = serve(&backend, req, move || {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         *slot.lock().unwrap() = Some(tx);
         Trickle(rx)
-    })
-    .await
-    .unwrap();
-    let tx = sender.lock().unwrap().take().unwrap();
-    tx.send(Bytes::from_static(b"hello")).await.unwrap();
-    assert!(
-        eventually(|| std::fs::read(&got).is_ok_and(|b| b == b"hello")).await,
-        "the first bytes did not reach the backend before the body's end"
-    );
-    drop(tx);
+    });
+    // The client sends its first bytes while `serve` waits (the head is held until the body
+    // is fed, or until the backend says more than its head, as this one does once it has them).
+    let client = async {
+        let tx = loop {
+            let tx = sender.lock().unwrap().take();
+            match tx {
+                Some(tx) if tx.send(Bytes::from_static(b"hello")).await.is_ok() => break tx,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        assert!(
+            eventually(|| std::fs::read(&got).is_ok_and(|b| b == b"hello")).await,
+            "the first bytes did not reach the backend before the body's end"
+        );
+        drop(tx);
+    };
+    let (resp, ()) = tokio::join!(serving, client);
+    let resp = resp.unwrap();
     assert_eq!(&body_bytes(resp.into_body()).await[..], b"ok");
 }
 
