@@ -269,7 +269,13 @@ impl Gate {
                     }
                 }
             }
-            Err(refusal) => self.refusal(refusal, remote, &pending.line().who),
+            Err(refusal) => {
+                let resp = self.refusal(refusal, remote, &pending.line().who);
+                // Closing on the unread rest of a push would reset the connection under the
+                // answer (nginx in front then says 502): read it for a little while instead.
+                let _ = crate::linger::after_refusal(req.version(), req.into_body());
+                resp
+            }
         };
 
         let mut line = pending.answered();

@@ -78,7 +78,9 @@
 //!   answer's framing is hyper's to redo, its cookies stay behind).
 //!   `502`/`504` with a reason when the backend fails or stalls; `408` when the client's
 //!   upload stops while the upstream waits for it; a `4xx`/`5xx` of the embedded CGI without a
-//!   body gets one, since git would print only the status.
+//!   body gets one, since git would print only the status; its head is held until the request
+//!   body is fed (git http-backend writes it before reading a push, and nginx in front stops
+//!   sending on an answer).
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
 //!   `404/400/405` for what is not a git request (never forwarded), `501` for a request body in a
 //!   transfer coding other than `chunked` (never forwarded), `401` with a Basic challenge
@@ -87,7 +89,9 @@
 //!   permission, `503` when the store
 //!   cannot be read, is gone, was found damaged, or was replaced by another file or had its
 //!   `-wal`/`-shm` deleted (fail closed; a replaced or damaged one until a restart), `502` when the backend fails. Every refusal carries a
-//!   one-line `text/plain` reason that git prints as `remote: ...`.
+//!   one-line `text/plain` reason that git prints as `remote: ...`; what is left of a refused
+//!   request's body is read for a little while after the answer ([`linger`]), so that the
+//!   answer is not lost to a reset.
 //! - [`git`] says *what* a request is (repository, read or write) and builds the canonical path the
 //!   backend will see; [`policy`] says *whether* it is allowed; neither does I/O.
 //! - [`credentials`] parses `Authorization` (a token where the user name goes is refused before
@@ -147,6 +151,7 @@ pub mod health;
 pub mod idle;
 pub mod inflight;
 pub mod lifecycle;
+pub mod linger;
 pub mod metrics;
 pub mod network;
 pub mod password;

@@ -573,6 +573,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::idle",
     "gitgate::inflight",
     "gitgate::lifecycle",
+    "gitgate::linger",
     "gitgate::metrics",
     "gitgate::network",
     "gitgate::password",

@@ -1794,3 +1794,85 @@ fn a_push_through_nginx_in_front_reaches_the_cgi_backend_whole() {
     }
     drop(front);
 }
+
+/// A refusal of a push whose body is still arriving reaches git through nginx as gitgate's own
+/// answer, not as nginx's `502`: gitgate reads (and drops) what still comes for a while after
+/// it answered, instead of closing on unread bytes, which would make the kernel reset the
+/// connection before nginx has passed the answer on. 12 MB bodies, with a length and chunked,
+/// through both of nginx's set-ups, each with a wrong token and with a read-only one.
+#[test]
+fn a_refusal_of_a_push_still_uploading_reaches_git_through_nginx() {
+    let Some(tools) = tools("a_refusal_of_a_push_still_uploading_reaches_git_through_nginx") else {
+        return;
+    };
+    let sb = common::Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", common::PASSWORD);
+    sb.grant("alice", "team", "read");
+    let token = sb.personal_token("alice", common::PASSWORD, "laptop", &["REPO_READ"]);
+    let server = sb.serve();
+    let front = Front::start(sb.root(), &tools.nginx, server.port);
+    let body = common::noise(12 << 20, 7);
+    for port in [front.streaming, front.default] {
+        for chunked in [false, true] {
+            for (password, status, says) in [
+                ("not-a-token", 401, "invalid token"),
+                (token.secret.as_str(), 403, "write"),
+            ] {
+                let answer = post_through(port, password, &body, chunked);
+                let round = format!("port {port}, chunked {chunked}, expected {status}");
+                assert!(
+                    answer.starts_with(&format!("HTTP/1.1 {status}")),
+                    "{round}: {}",
+                    answer.lines().next().unwrap_or_default()
+                );
+                assert!(answer.contains(says), "{round}: {answer}");
+            }
+        }
+    }
+    drop(front);
+}
+
+/// POSTs `body` as a push to `port` as alice with `password`, the body written by a thread of
+/// its own (nginx may stop reading it); what came back, as text.
+fn post_through(port: u16, password: &str, body: &[u8], chunked: bool) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_owned()
+    } else {
+        format!("Content-Length: {}", body.len())
+    };
+    let head = format!(
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: git\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\n{framing}\r\n\
+         Connection: close\r\n\r\n",
+        common::basic("alice", password)
+    );
+    let mut writer = stream.try_clone().unwrap();
+    let body = body.to_vec();
+    let sending = std::thread::spawn(move || {
+        writer.write_all(head.as_bytes())?;
+        for piece in body.chunks(64 << 10) {
+            if chunked {
+                writer.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+                writer.write_all(piece)?;
+                writer.write_all(b"\r\n")?;
+            } else {
+                writer.write_all(piece)?;
+            }
+        }
+        if chunked {
+            writer.write_all(b"0\r\n\r\n")?;
+        }
+        std::io::Result::Ok(())
+    });
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    drop(stream);
+    let _ = sending.join();
+    String::from_utf8_lossy(&answer).into_owned()
+}
