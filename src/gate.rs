@@ -208,6 +208,7 @@ impl Gate {
         };
         METRICS.auth_decided(started.elapsed());
         let mut slot = None;
+        let mut gone_before_answer = false;
         let response = match admitted {
             Ok((git_req, identity, held)) => {
                 slot = Some(held);
@@ -215,6 +216,9 @@ impl Gate {
                 // goes while the backend is still answering.
                 pending.line().forwarded = true;
                 let (parts, body) = req.into_parts();
+                // Dropped unread (the backend failed, or answered early), its rest is lingered
+                // over, as a refused request's is.
+                let body = crate::linger::Lingering::new(parts.version, body);
                 let seen = inbound.clone();
                 let body = Observed::new(body, move |s: Seen<'_, hyper::Error>| match s {
                     Seen::Frame(frame) => {
@@ -225,6 +229,7 @@ impl Gate {
                     }
                     Seen::Error(e) => {
                         let _ = seen.broke_because.set(with_causes(e));
+                        seen.closed.store(connection_ended(e), Ordering::Relaxed);
                         seen.broke.store(true, Ordering::Relaxed)
                     }
                     Seen::End | Seen::Waiting => {}
@@ -239,9 +244,14 @@ impl Gate {
                     // sending): the backend failing on it is the client's fault, not an upstream
                     // error to alert on.
                     Err(_) if inbound.broke.load(Ordering::Relaxed) => {
-                        pending.line().forwarded = false;
                         let error = inbound.broke_because.get().map_or("", String::as_str);
                         tracing::info!(repo = %git_req.repo, error, "the request body broke off");
+                        // Its connection ended: nobody is left to answer (logged below as a
+                        // client gone before its answer, as when hyper drops this future).
+                        gone_before_answer = inbound.closed.load(Ordering::Relaxed);
+                        if !gone_before_answer {
+                            pending.line().forwarded = false;
+                        }
                         text(
                             StatusCode::BAD_REQUEST,
                             "the request body was malformed or ended early (bad chunked framing, \
@@ -273,13 +283,18 @@ impl Gate {
                 let resp = self.refusal(refusal, remote, &pending.line().who);
                 // Closing on the unread rest of a push would reset the connection under the
                 // answer (nginx in front then says 502): read it for a little while instead.
-                let _ = crate::linger::after_refusal(req.version(), req.into_body());
+                let _ = crate::linger::after_answer(req.version(), req.into_body());
                 resp
             }
         };
 
         let mut line = pending.answered();
         line.status = response.status().as_u16();
+        if gone_before_answer {
+            line.status = CLIENT_GONE_BEFORE_ANSWER;
+            line.write(0, "client-gone");
+            return Ok(response);
+        }
         let (parts, body) = response.into_parts();
         let body = LoggedBody {
             inner: body,
@@ -811,6 +826,23 @@ struct Inbound {
     broke: AtomicBool,
     /// That error, for the log (the backend's failure on it would blame the backend).
     broke_because: std::sync::OnceLock<String>,
+    /// The body broke because its connection ended (the client closed it, or it was reset).
+    closed: AtomicBool,
+}
+
+/// Whether a request body's error is its connection's end (closed before the body's end, or
+/// reset), not a malformed body.
+fn connection_ended(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    e.is_incomplete_message()
+        || std::error::Error::source(e)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    BrokenPipe | ConnectionAborted | ConnectionReset | UnexpectedEof
+                )
+            })
 }
 
 /// A request's log line until it has an answer; written (as 499, `client-gone`, or `shutdown`

@@ -89,9 +89,9 @@
 //!   permission, `503` when the store
 //!   cannot be read, is gone, was found damaged, or was replaced by another file or had its
 //!   `-wal`/`-shm` deleted (fail closed; a replaced or damaged one until a restart), `502` when the backend fails. Every refusal carries a
-//!   one-line `text/plain` reason that git prints as `remote: ...`; what is left of a refused
-//!   request's body is read for a little while after the answer ([`linger`]), so that the
-//!   answer is not lost to a reset.
+//!   one-line `text/plain` reason that git prints as `remote: ...`; what is left of a request's
+//!   body at its answer (refused, or the backend failed) is read for a little while after it
+//!   ([`linger`]), so that the answer is not lost to a reset.
 //! - [`git`] says *what* a request is (repository, read or write) and builds the canonical path the
 //!   backend will see; [`policy`] says *whether* it is allowed; neither does I/O.
 //! - [`credentials`] parses `Authorization` (a token where the user name goes is refused before

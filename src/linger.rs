@@ -1,44 +1,51 @@
-//! What is left of a refused request's body, read and dropped for a little while after the
-//! answer (a lingering close, RFC 9112 section 9.6).
+//! What is left of a request's body when gitgate answers without having read it all — a
+//! refusal, or a backend that failed or answered early — read and dropped for a little while
+//! after the answer (a lingering close, RFC 9112 section 9.6).
 //!
 //! gitgate refuses a push (`401`, `403`, `429`) without reading its body. Left so, hyper
 //! closes the connection with the client's bytes unread, and the kernel answers unread bytes
 //! at a close with a reset, which can reach the peer before it has read the answer: nginx in
-//! front of gitgate then told git `502 Bad Gateway` instead of why its push was refused. Read
-//! for a while, the body lets the answer arrive first; a peer that has it stops sending (nginx
-//! does, and git), and the reading ends with the body, or at [`LINGER`] or [`LINGER_BYTES`],
-//! whichever comes first, so that a client cannot keep a refused connection busy for long.
-//! Over HTTP/2 a stream's unread body is ended with a reset of that stream alone, after the
-//! answer; nothing is needed there.
+//! front of gitgate then told git `502 Bad Gateway` instead of why its push was refused. So
+//! the rest is read, up to [`LINGER_BYTES`], and then left unread but open until [`LINGER`]
+//! has passed since the answer: a peer that sends faster than that (nginx sending a body it
+//! has stored, at loopback speed) finds its buffers full, stops, and reads the answer before
+//! the close. The reading ends early with the body, or when the peer closes (nginx does once
+//! it has the answer, and git). A client cannot keep a refused connection for longer than
+//! [`LINGER`], nor make gitgate read more than [`LINGER_BYTES`] of it. Over HTTP/2 a stream's
+//! unread body is ended with a reset of that stream alone, after the answer; nothing is
+//! needed there.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use hyper::body::Body;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::Version;
 use tokio::task::JoinHandle;
 
-/// The longest a refused request's body is read after its answer.
+/// How long after the answer the rest of a request's body may keep its connection open.
 pub const LINGER: Duration = Duration::from_secs(2);
 
-/// The most of a refused request's body read after its answer.
+/// The most of a request's body read after its answer.
 pub const LINGER_BYTES: u64 = 16 << 20;
 
-/// Why the reading of a refused request's body stopped.
+/// How the lingering over a request's body ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Drained {
     /// The body ended (or broke off: the client closed), having had this many bytes.
     Ended(u64),
-    /// [`LINGER_BYTES`] (or the limit given) was read, and the body went on.
+    /// [`LINGER_BYTES`] (or the limit given) was read, and the rest was left unread, the
+    /// connection open, until [`LINGER`] (or the time given) had passed.
     TooLong,
-    /// [`LINGER`] (or the time given) passed.
+    /// [`LINGER`] (or the time given) passed while reading.
     TimedOut,
 }
 
-/// Reads and drops what is left of a refused HTTP/1 request's `body` on a task of its own,
-/// within [`LINGER`] and [`LINGER_BYTES`]; nothing if the body is over already (the task, if
-/// one was started).
-pub fn after_refusal<B>(version: Version, body: B) -> Option<JoinHandle<Drained>>
+/// Lingers over what is left of an HTTP/1 request's `body` on a task of its own, within
+/// [`LINGER`] and [`LINGER_BYTES`]; nothing if the body is over already (the task, if one was
+/// started).
+pub fn after_answer<B>(version: Version, body: B) -> Option<JoinHandle<Drained>>
 where
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -46,14 +53,17 @@ where
     if version >= Version::HTTP_2 || body.is_end_stream() {
         return None;
     }
-    Some(tokio::spawn(drain(body, LINGER, LINGER_BYTES)))
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    Some(runtime.spawn(drain(body, LINGER, LINGER_BYTES)))
 }
 
-/// Reads and drops `body` until it ends, `at_most` bytes were read, or `within` passed.
+/// Reads and drops `body` until it ends, `at_most` bytes were read, or `within` passed; past
+/// `at_most`, holds it unread until `within` has passed.
 pub async fn drain<B>(mut body: B, within: Duration, at_most: u64) -> Drained
 where
     B: Body + Unpin,
 {
+    let until = tokio::time::Instant::now() + within;
     let reading = async {
         let mut read = 0u64;
         loop {
@@ -70,9 +80,84 @@ where
             }
         }
     };
-    tokio::time::timeout(within, reading)
+    let drained = tokio::time::timeout_at(until, reading)
         .await
-        .unwrap_or(Drained::TimedOut)
+        .unwrap_or(Drained::TimedOut);
+    if drained == Drained::TooLong {
+        // Unread, the body fills the peer's buffers, which stops it sending; it reads the
+        // answer meanwhile. Dropped (closed, reset) only then.
+        tokio::time::sleep_until(until).await;
+    }
+    drop(body);
+    drained
+}
+
+/// A request body that, dropped before its end (the backend failed, or answered without
+/// reading it all), lingers over its rest ([`after_answer`]).
+pub struct Lingering<B: Body + Send + Unpin + 'static>
+where
+    B::Data: Send,
+{
+    body: Option<B>,
+    version: Version,
+    ended: bool,
+}
+
+impl<B: Body + Send + Unpin + 'static> Lingering<B>
+where
+    B::Data: Send,
+{
+    /// `body`, of a request made over `version`.
+    pub fn new(version: Version, body: B) -> Self {
+        Lingering {
+            body: Some(body),
+            version,
+            ended: false,
+        }
+    }
+}
+
+impl<B: Body + Send + Unpin + 'static> Body for Lingering<B>
+where
+    B::Data: Send,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(body).poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            self.ended = true;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl<B: Body + Send + Unpin + 'static> Drop for Lingering<B>
+where
+    B::Data: Send,
+{
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take().filter(|_| !self.ended) {
+            let _ = after_answer(self.version, body);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -134,20 +219,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_longer_than_the_limit_is_left() {
+    async fn a_body_longer_than_the_limit_is_held_unread_until_the_time_is_up() {
         let (tx, body) = channel();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = sent.clone();
         let sending = tokio::spawn(async move {
             while tx
                 .send(Ok(Frame::data(Bytes::from(vec![0u8; 1000]))))
                 .await
                 .is_ok()
-            {}
+            {
+                counted.fetch_add(1000, std::sync::atomic::Ordering::Relaxed);
+            }
         });
-        assert_eq!(
-            drain(body, Duration::from_secs(5), 10_000).await,
-            Drained::TooLong
-        );
+        let started = std::time::Instant::now();
+        let within = Duration::from_millis(300);
+        assert_eq!(drain(body, within, 10_000).await, Drained::TooLong);
+        assert!(started.elapsed() >= within);
         sending.await.unwrap();
+        // Read up to the limit, then no more: the sender blocked on the full channel (4 frames).
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((10_000..=15_000).contains(&sent), "{sent}");
     }
 
     #[tokio::test]
@@ -165,15 +257,47 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_unread_body_of_an_http1_request_is_read_after_its_answer() {
-        assert!(after_refusal(Version::HTTP_11, Empty::<Bytes>::new()).is_none());
+        assert!(after_answer(Version::HTTP_11, Empty::<Bytes>::new()).is_none());
         let (_tx, body) = channel();
-        assert!(after_refusal(Version::HTTP_2, body).is_none());
+        assert!(after_answer(Version::HTTP_2, body).is_none());
         let (tx, body) = channel();
-        let lingering = after_refusal(Version::HTTP_11, body).expect("a body still coming");
+        let lingering = after_answer(Version::HTTP_11, body).expect("a body still coming");
         tx.send(Ok(Frame::data(Bytes::from_static(b"rest"))))
             .await
             .unwrap();
         drop(tx);
         assert_eq!(lingering.await.unwrap(), Drained::Ended(4));
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_is_lingered_over_and_one_at_its_end_is_not() {
+        let frame = || Ok(Frame::data(Bytes::from_static(b"pack")));
+        let (tx, body) = channel();
+        let mut body = Lingering::new(Version::HTTP_11, body);
+        tx.send(frame()).await.unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        drop(body);
+        // The rest is read: more than the channel holds gets through.
+        for _ in 0..20 {
+            tokio::time::timeout(Duration::from_secs(5), tx.send(frame()))
+                .await
+                .expect("the rest is read")
+                .unwrap();
+        }
+
+        let (tx, body) = channel();
+        let mut body = Lingering::new(Version::HTTP_11, body);
+        tx.send(Err(std::io::Error::other("reset"))).await.unwrap();
+        assert!(body.frame().await.unwrap().is_err());
+        assert!(body.is_end_stream());
+        drop(body);
+        assert!(
+            tx.send(frame()).await.is_err(),
+            "a body at its end was kept"
+        );
+
+        let (tx, body) = channel();
+        drop(Lingering::new(Version::HTTP_2, body));
+        assert!(tx.send(frame()).await.is_err(), "an HTTP/2 body was kept");
     }
 }

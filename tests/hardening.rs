@@ -662,7 +662,18 @@ fn a_client_gone_mid_push_ends_the_backend() {
 /// repository: one commit of noise that does not compress), and waits until receive-pack is
 /// taking it into its quarantine; the connection, still open.
 fn half_a_push(server: &Server) -> TcpStream {
-    // A pack of one commit holding 4 MB that does not compress, made in a scratch repository.
+    let (commit, pack) = a_push_pack(server);
+    let s = send_half(server, &commit, &pack, "refs/heads/main");
+    // receive-pack is taking the pack into its quarantine.
+    wait_for("the quarantine to be made", || {
+        !quarantines(server).is_empty()
+    });
+    s
+}
+
+/// A pack of one commit holding 4 MB that does not compress, made in a scratch repository; the
+/// commit's id and the pack.
+fn a_push_pack(server: &Server) -> (String, Vec<u8>) {
     let work = server.path("scratch");
     let git = |args: &[&str], stdin: Option<&[u8]>| -> Vec<u8> {
         let mut child = std::process::Command::new("git")
@@ -700,13 +711,14 @@ fn half_a_push(server: &Server) -> TcpStream {
         Some(b"HEAD\n"),
     );
     assert!(pack.len() > 4 << 20);
+    (commit.trim().to_owned(), pack)
+}
 
+/// Sends the command creating `branch` and half of `pack` to `server` as a push; the
+/// connection, still open.
+fn send_half(server: &Server, commit: &str, pack: &[u8], branch: &str) -> TcpStream {
     // The command, a flush, and the first half of the pack.
-    let command = format!(
-        "{} {} refs/heads/main\0report-status\n",
-        "0".repeat(40),
-        commit.trim()
-    );
+    let command = format!("{} {commit} {branch}\0report-status\n", "0".repeat(40));
     let mut body = format!("{:04x}{command}0000", command.len() + 4).into_bytes();
     body.extend_from_slice(&pack[..pack.len() / 2]);
     let mut s = TcpStream::connect(server.addr).unwrap();
@@ -719,10 +731,18 @@ fn half_a_push(server: &Server) -> TcpStream {
     );
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(&body).unwrap();
-    // receive-pack is taking the pack into its quarantine.
-    wait_for("the quarantine to be made", || {
-        !quarantines(server).is_empty()
-    });
+    s
+}
+
+/// Sends the command creating `branch` and all of `pack` to `server` as a push; the
+/// connection, still open.
+fn send_whole(server: &Server, commit: &str, pack: &[u8], branch: &str) -> TcpStream {
+    let mut s = send_half(server, commit, pack, branch);
+    let rest = &pack[pack.len() / 2..];
+    s.write_all(format!("\r\n{:x}\r\n", rest.len()).as_bytes())
+        .unwrap();
+    s.write_all(rest).unwrap();
+    s.write_all(b"\r\n0\r\n\r\n").unwrap();
     s
 }
 
@@ -734,6 +754,46 @@ fn quarantines(server: &Server) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("tmp_objdir-incoming"))
         .collect()
+}
+
+/// A push cut off while one worker already lets as many pushes finish alone as it may (8,
+/// each in a slow pre-receive hook here) is ended, but as at a stop — input closed first,
+/// output still read — so that receive-pack removes its quarantine too (its output unread, it
+/// died of SIGPIPE and left it).
+#[test]
+fn a_push_cut_off_past_the_finishing_cap_leaves_no_quarantined_objects() {
+    let server = Server::start_with("workers = 1", "");
+    let hook = server.path("repos/team/app.git/hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\nsleep 8\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (commit, pack) = a_push_pack(&server);
+    let whole: Vec<TcpStream> = (0..8)
+        .map(|i| send_whole(&server, &commit, &pack, &format!("refs/heads/whole{i}")))
+        .collect();
+    wait_for("eight pushes in their hook", || {
+        quarantines(&server).len() == 8
+    });
+    drop(whole);
+    wait_for("eight pushes finishing without their clients", || {
+        server
+            .log()
+            .matches("the client left during a push; git receive-pack finishes it")
+            .count()
+            == 8
+    });
+    let cut = send_half(&server, &commit, &pack, "refs/heads/cut");
+    wait_for("a ninth quarantine", || quarantines(&server).len() == 9);
+    drop(cut);
+    // Its quarantine goes while the eight are still in their hooks.
+    wait_for("the cut push's quarantine to go", || {
+        quarantines(&server).len() == 8
+    });
+    let log = server.log();
+    assert!(
+        log.contains("pushes are already finishing without theirs: ending this one"),
+        "{log}"
+    );
+    wait_for("the eight to finish", || quarantines(&server).is_empty());
 }
 
 /// The same push cut off by a stop instead (its grace period over): gitgate ends it by closing

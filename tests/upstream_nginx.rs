@@ -1798,8 +1798,11 @@ fn a_push_through_nginx_in_front_reaches_the_cgi_backend_whole() {
 /// A refusal of a push whose body is still arriving reaches git through nginx as gitgate's own
 /// answer, not as nginx's `502`: gitgate reads (and drops) what still comes for a while after
 /// it answered, instead of closing on unread bytes, which would make the kernel reset the
-/// connection before nginx has passed the answer on. 12 MB bodies, with a length and chunked,
-/// through both of nginx's set-ups, each with a wrong token and with a read-only one.
+/// connection before nginx has passed the answer on; past 16 MiB it stops reading but keeps
+/// the connection open a while, so that nginx, sending a body it has stored at full speed, is
+/// stopped by full buffers and reads the answer. Bodies of 12 and 40 MB, with a length and
+/// chunked, through both of nginx's set-ups, each with a wrong token and with a read-only one;
+/// and a push the backend is not asked for (its folder is a link: a 500 after authorization).
 #[test]
 fn a_refusal_of_a_push_still_uploading_reaches_git_through_nginx() {
     let Some(tools) = tools("a_refusal_of_a_push_still_uploading_reaches_git_through_nginx") else {
@@ -1807,35 +1810,48 @@ fn a_refusal_of_a_push_still_uploading_reaches_git_through_nginx() {
     };
     let sb = common::Sandbox::new();
     sb.create_repo("team/app");
+    sb.create_repo("other/linked");
+    std::os::unix::fs::symlink(
+        sb.bare("other/linked"),
+        sb.bare("team/app").with_file_name("linked.git"),
+    )
+    .unwrap();
     sb.add_user("alice", common::PASSWORD);
-    sb.grant("alice", "team", "read");
-    let token = sb.personal_token("alice", common::PASSWORD, "laptop", &["REPO_READ"]);
+    sb.grant("alice", "team", "write");
+    let reader = sb.personal_token("alice", common::PASSWORD, "reader", &["REPO_READ"]);
+    let writer = sb.personal_token("alice", common::PASSWORD, "writer", &["REPO_WRITE"]);
     let server = sb.serve();
     let front = Front::start(sb.root(), &tools.nginx, server.port);
-    let body = common::noise(12 << 20, 7);
-    for port in [front.streaming, front.default] {
-        for chunked in [false, true] {
-            for (password, status, says) in [
-                ("not-a-token", 401, "invalid token"),
-                (token.secret.as_str(), 403, "write"),
-            ] {
-                let answer = post_through(port, password, &body, chunked);
-                let round = format!("port {port}, chunked {chunked}, expected {status}");
-                assert!(
-                    answer.starts_with(&format!("HTTP/1.1 {status}")),
-                    "{round}: {}",
-                    answer.lines().next().unwrap_or_default()
-                );
-                assert!(answer.contains(says), "{round}: {answer}");
+    for size in [12 << 20, 40 << 20] {
+        let body = common::noise(size, 7);
+        for port in [front.streaming, front.default] {
+            for chunked in [false, true] {
+                for (repo, password, status, says) in [
+                    ("app", "not-a-token", 401, "invalid token"),
+                    ("app", reader.secret.as_str(), 403, "push needs REPO_WRITE"),
+                    ("linked", writer.secret.as_str(), 500, "symbolic link"),
+                ] {
+                    let answer = post_through(port, repo, password, &body, chunked);
+                    let round = format!(
+                        "{size} bytes to {repo} through port {port}, chunked {chunked}, \
+                         expected {status}"
+                    );
+                    assert!(
+                        answer.starts_with(&format!("HTTP/1.1 {status}")),
+                        "{round}: {}",
+                        answer.lines().next().unwrap_or_default()
+                    );
+                    assert!(answer.contains(says), "{round}: {answer}");
+                }
             }
         }
     }
     drop(front);
 }
 
-/// POSTs `body` as a push to `port` as alice with `password`, the body written by a thread of
-/// its own (nginx may stop reading it); what came back, as text.
-fn post_through(port: u16, password: &str, body: &[u8], chunked: bool) -> String {
+/// POSTs `body` as a push to `team/{repo}` at `port` as alice with `password`, the body written
+/// by a thread of its own (nginx may stop reading it); what came back, as text.
+fn post_through(port: u16, repo: &str, password: &str, body: &[u8], chunked: bool) -> String {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
@@ -1847,7 +1863,7 @@ fn post_through(port: u16, password: &str, body: &[u8], chunked: bool) -> String
         format!("Content-Length: {}", body.len())
     };
     let head = format!(
-        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: git\r\nAuthorization: {}\r\n\
+        "POST /team/{repo}.git/git-receive-pack HTTP/1.1\r\nHost: git\r\nAuthorization: {}\r\n\
          Content-Type: application/x-git-receive-pack-request\r\n{framing}\r\n\
          Connection: close\r\n\r\n",
         common::basic("alice", password)

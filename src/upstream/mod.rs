@@ -247,6 +247,20 @@ impl Upstream {
                     remote_addr: client.ip(),
                 };
                 let resp = backend.serve(req, body).await.map_err(|e| {
+                    // The client's doing, said in full (it names no server path).
+                    let client = |status| ForwardError {
+                        status,
+                        message: e.to_string(),
+                        detail: None,
+                        fault: Fault::Client,
+                    };
+                    match e {
+                        cgi::CgiError::RequestBroke => return client(StatusCode::BAD_REQUEST),
+                        cgi::CgiError::UploadStalled(_) => {
+                            return client(StatusCode::REQUEST_TIMEOUT)
+                        }
+                        _ => {}
+                    }
                     let message = format!(
                         "the git backend failed: {}; the server's log has the details",
                         e.summary()

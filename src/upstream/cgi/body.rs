@@ -18,6 +18,8 @@ use tokio::sync::oneshot;
 
 use super::head::HEAD_READ;
 use super::process::{ExitInfo, KillGuard, Running, INPUT_CLOSED_GRACE, TERM_GRACE};
+use super::stdio::Fed;
+use super::CgiError;
 use crate::upstream::progress::{Progress, Silence, UploadStalled};
 
 /// How much of the backend's stdout one response frame carries at most.
@@ -117,6 +119,9 @@ impl Drop for CgiBody {
         }
         let Some(slot) = FinishingSlot::take(&finishing.running) else {
             tracing::warn!(target: "gitgate::cgi", push = %label, "the client left during a push, and {MAX_FINISHING} pushes are already finishing without theirs: ending this one");
+            // Ended as at a stop, and for the same reason its output is still read meanwhile:
+            // its input closed first, receive-pack removes its quarantine, if it can write.
+            runtime.spawn(drain(stdout));
             return;
         };
         let guard = std::mem::replace(&mut self.guard, KillGuard::disarmed());
@@ -256,9 +261,10 @@ pub(super) fn push_outcome(output: &[u8]) -> String {
 }
 
 impl CgiBody {
-    /// Returns once the request body has all been fed to the backend (or feeding it is over
-    /// some other way: `all_fed` dropped), or once the backend says more than its head, or its
-    /// body fails; until then the response's head is held back.
+    /// Returns once the request body has all been fed to the backend, or once the backend says
+    /// more than its head (or its body fails); until then the response's head is held back.
+    /// An error when the request body broke off or stopped coming meanwhile: the head was not
+    /// sent, so the client can be told so, and the log does not claim the backend's `200`.
     ///
     /// `git http-backend` writes its head at once and only then reads the push. Passed on at
     /// once, that head answers a request still being sent, and a proxy in front of gitgate
@@ -268,18 +274,33 @@ impl CgiBody {
     ///
     /// A push whose client leaves while its head is held finishes as if the head had gone out
     /// (see [`CgiBody`]'s drop): its input ends early, and receive-pack removes its quarantine.
-    pub(super) async fn hold_until_fed(&mut self, mut all_fed: oneshot::Receiver<()>) {
+    pub(super) async fn hold_until_fed(
+        &mut self,
+        mut all_fed: oneshot::Receiver<Fed>,
+    ) -> Result<(), CgiError> {
         if self.prefix.is_some() || self.is_end_stream() {
-            return;
+            return Ok(());
         }
         let early = std::future::poll_fn(|cx| {
-            if Pin::new(&mut all_fed).poll(cx).is_ready() {
-                return Poll::Ready(None);
+            if let Poll::Ready(fed) = Pin::new(&mut all_fed).poll(cx) {
+                return Poll::Ready(Err(fed));
             }
-            Pin::new(&mut *self).poll_frame(cx).map(Some)
+            Pin::new(&mut *self).poll_frame(cx).map(Ok)
         })
         .await;
-        self.early = early;
+        match early {
+            // Its input's end reached the backend, or it stopped reading it: its answer is due.
+            Err(Ok(Fed::Whole | Fed::NotRead)) => Ok(()),
+            // The request body broke off, or ended short of its length.
+            Err(Err(_)) => Err(CgiError::RequestBroke),
+            Ok(Some(Err(e))) if UploadStalled::is(&e) => {
+                Err(CgiError::UploadStalled(self.silence.idle()))
+            }
+            Ok(early) => {
+                self.early = Some(early);
+                Ok(())
+            }
+        }
     }
 
     /// Pending while the backend's silence is shorter than its idle time, counted from its

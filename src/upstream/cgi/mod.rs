@@ -124,6 +124,10 @@ pub enum CgiError {
     Exited(String),
     /// The program sent no header block within the head timeout, with the request body still.
     TimedOut(Duration),
+    /// The request body broke off (or ended short of its length) before the answer went out.
+    RequestBroke,
+    /// Nothing of the request body came for this long, before the answer went out.
+    UploadStalled(Duration),
 }
 
 impl fmt::Display for CgiError {
@@ -141,6 +145,16 @@ impl fmt::Display for CgiError {
                 "the CGI backend sent no response for {}s; it was ended",
                 after.as_secs()
             ),
+            CgiError::RequestBroke => write!(
+                f,
+                "the request body was malformed or ended early (bad chunked framing, or the \
+                 client stopped sending)"
+            ),
+            CgiError::UploadStalled(after) => write!(
+                f,
+                "the request body stopped arriving: nothing came for {}s",
+                after.as_secs()
+            ),
         }
     }
 }
@@ -154,6 +168,8 @@ impl CgiError {
             CgiError::BadHeaders(_) => "the CGI backend sent an unusable header block",
             CgiError::Exited(_) => "the CGI backend ended before sending a response",
             CgiError::TimedOut(_) => "the CGI backend sent no response in time",
+            CgiError::RequestBroke => "the request body was malformed or ended early",
+            CgiError::UploadStalled(_) => "the request body stopped arriving",
         }
     }
 }
@@ -173,7 +189,11 @@ impl std::error::Error for CgiError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             CgiError::Spawn(e) => Some(e),
-            CgiError::BadHeaders(_) | CgiError::Exited(_) | CgiError::TimedOut(_) => None,
+            CgiError::BadHeaders(_)
+            | CgiError::Exited(_)
+            | CgiError::TimedOut(_)
+            | CgiError::RequestBroke
+            | CgiError::UploadStalled(_) => None,
         }
     }
 }
@@ -422,9 +442,11 @@ impl CgiBackend {
 
     /// Runs the backend for one authorised request.
     ///
-    /// Returns once the backend has sent its header block; the body then streams from the
-    /// running process. The request body is fed to the backend concurrently, so a backend that
-    /// answers before reading all of its input (an error, say) is fine.
+    /// Returns once the backend has sent its header block and the request body has been fed to
+    /// it (or the backend says more than its head: see `CgiBody::hold_until_fed`); the body
+    /// then streams from the running process. The request body is fed to the backend
+    /// concurrently, so a backend that answers before reading all of its input (an error, say)
+    /// is fine.
     pub async fn serve<B>(
         &self,
         req: CgiRequest<'_>,
@@ -533,7 +555,7 @@ impl CgiBackend {
         if declared == Some(0) {
             body.declared_length_sent();
         }
-        body.hold_until_fed(all_fed).await;
+        body.hold_until_fed(all_fed).await?;
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;

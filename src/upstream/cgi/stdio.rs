@@ -34,9 +34,20 @@ pub(super) enum Break {
     Kill,
 }
 
+/// How the feeding of a request body to the backend ended well; `told` is dropped unsent when
+/// the body broke off (or ended short of its length), and the response's head, held until
+/// one or the other (see `CgiBody::hold_until_fed`), is then not sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fed {
+    /// All of it, and stdin closed.
+    Whole,
+    /// The backend stopped reading it (it answered early, or died): its answer is what counts.
+    NotRead,
+}
+
 /// Copies the request body to the child's stdin frame by frame, then closes stdin; a broken
-/// body is handled as `on_break` says. `fed` is dropped when this is over, however it ends:
-/// the response's head waits for that (see [`CgiBody::hold_until_fed`](super::CgiBody)).
+/// body is handled as `on_break` says. How it ended is `told` (see [`Fed`]), after stdin is
+/// closed.
 pub(super) async fn feed_stdin<B>(
     mut body: B,
     stdin: ChildStdin,
@@ -44,14 +55,12 @@ pub(super) async fn feed_stdin<B>(
     on_break: Break,
     kill: KillSwitch,
     moved: Progress,
-    fed: oneshot::Sender<()>,
+    told: oneshot::Sender<Fed>,
 ) where
     B: Body<Data = Bytes> + Unpin,
     B::Error: fmt::Display,
 {
-    // Dropped after stdin (locals go in reverse order, parameters after them all): the
-    // backend has its input's end by then, however this returns.
-    let _fed = fed;
+    // A local, so that it is closed before `told` is dropped on a return (locals go first).
     let mut stdin = stdin;
     let mut stop = kill.subscribe();
     let mut fed = 0u64;
@@ -84,6 +93,8 @@ pub(super) async fn feed_stdin<B>(
                     // The backend stopped reading (it answered early, or died); its exit status
                     // tells the rest of the story.
                     tracing::debug!(target: "gitgate::cgi", error = %e, "CGI backend stopped reading the request body");
+                    drop(stdin);
+                    let _ = told.send(Fed::NotRead);
                     return;
                 }
             }
@@ -112,6 +123,7 @@ pub(super) async fn feed_stdin<B>(
     }
     // Dropping stdin closes the pipe: end of body for a backend reading to EOF.
     drop(stdin);
+    let _ = told.send(Fed::Whole);
 }
 
 /// Logs each stderr line of the child as a warning, up to [`MAX_STDERR_LINES`], then how many
