@@ -555,7 +555,15 @@ impl CgiBackend {
         if declared == Some(0) {
             body.declared_length_sent();
         }
-        body.hold_until_fed(all_fed).await?;
+        if let Err(e) = body.hold_until_fed(all_fed).await {
+            if matches!(e, CgiError::UploadStalled(_)) {
+                // Answered `408`: what the client may still send must not reach the backend (a
+                // push would be applied after all). Its input is closed, and a push fails and
+                // cleans up as when its client leaves.
+                kill.kill("the request body stopped arriving");
+            }
+            return Err(e);
+        }
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;

@@ -41,7 +41,8 @@ pub(super) enum Break {
 pub(super) enum Fed {
     /// All of it, and stdin closed.
     Whole,
-    /// The backend stopped reading it (it answered early, or died): its answer is what counts.
+    /// The backend stopped reading it (it answered early, exited, or was ended): its answer
+    /// is what counts.
     NotRead,
 }
 
@@ -76,8 +77,16 @@ pub(super) async fn feed_stdin<B>(
     loop {
         moved.waiting(true);
         let frame = tokio::select! {
+            // Once the backend is ended, not a byte more of the body goes to it.
+            biased;
+            _ = killed(&mut stop) => {
+                // The backend exited (or was ended): the body is not at fault, and whatever
+                // it answered is the answer.
+                drop(stdin);
+                let _ = told.send(Fed::NotRead);
+                return;
+            }
             frame = body.frame() => frame,
-            _ = killed(&mut stop) => return,
         };
         moved.waiting(false);
         match frame {

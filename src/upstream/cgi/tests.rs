@@ -808,6 +808,71 @@ async fn a_request_body_that_fails_while_the_head_is_held_is_the_answer() {
     assert_eq!(&body_bytes(resp.into_body()).await[..], b"done");
 }
 
+/// A push answered `408` while its head was held gets nothing more of its body: bytes the
+/// client sends late never reach receive-pack, which would apply the push after all.
+#[tokio::test]
+async fn a_body_that_stopped_arriving_is_not_fed_after_its_408() {
+    let tmp = tempfile::tempdir().unwrap();
+    let got = tmp.path().join("got");
+    let backend = script(
+        tmp.path(),
+        "head-then-read.cgi",
+        &format!(
+            "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat > '{}'",
+            got.display()
+        ),
+    )
+    .with_head_timeout(Duration::from_millis(500));
+    let headers = HeaderMap::new();
+    let req = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut rx = Some(rx);
+    tx.send(Bytes::from_static(b"first")).await.unwrap();
+    let e = serve(&backend, req, || Trickle(rx.take().unwrap()))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CgiError::UploadStalled(_)), "{e}");
+    // The body is let go of: the client's late bytes have nowhere to go.
+    let late = tokio::time::timeout(Duration::from_secs(5), async {
+        while tx.send(Bytes::from_static(b"late")).await.is_ok() {}
+    })
+    .await;
+    assert!(late.is_ok(), "the body was still read after its 408");
+    assert_eq!(backend.wait_until_reaped().await, 0);
+    assert_eq!(std::fs::read(&got).unwrap(), b"first");
+}
+
+/// A backend that writes its head and exits without reading a body still coming (an error
+/// answered early: a broken repository, pushes not taken over HTTP) has its answer given, not
+/// a `400` blaming the client's body.
+#[tokio::test]
+async fn a_backend_that_answers_and_exits_while_the_body_is_coming_is_the_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "refuses.cgi",
+        "printf 'Status: 403 Forbidden\\r\\n\\r\\n'",
+    );
+    let headers = HeaderMap::new();
+    for _ in 0..5 {
+        let req = request(
+            &Method::POST,
+            "/team/app.git/git-receive-pack",
+            None,
+            &headers,
+        );
+        let resp = serve(&backend, req, || Stalled(Arc::new(())))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    }
+}
+
 #[tokio::test]
 async fn failure_after_headers_ends_body_with_error() {
     let tmp = tempfile::tempdir().unwrap();
