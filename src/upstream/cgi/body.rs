@@ -303,6 +303,18 @@ impl CgiBody {
         }
     }
 
+    /// For a backend gitgate has ended (its kill switch pulled): nothing of it is let finish,
+    /// but its output is still read a while, so that a push, its input closed, can say so
+    /// and remove its quarantine (writing to a closed pipe would kill it first).
+    pub(super) fn ended_by_gitgate(&mut self) {
+        self.finishing = None;
+        if let Some(stdout) = self.stdout.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(drain(stdout));
+            }
+        }
+    }
+
     /// Pending while the backend's silence is shorter than its idle time, counted from its
     /// last output or the request body's last frame, whichever is later; past it, an error.
     /// The body's drop then ends the backend (or lets a push finish alone, which ends it when it

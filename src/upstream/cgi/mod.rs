@@ -502,6 +502,13 @@ impl CgiBackend {
                     head = &mut reading => break head,
                     _ = tokio::time::sleep(wait) => {
                         if uploading.idle() >= self.head_timeout {
+                            // A backend that reads the whole body before its head (not git
+                            // http-backend) waits for a client that stopped sending: the
+                            // client's `408`, not the backend's failure.
+                            if uploading.waiting_for_client() {
+                                kill.kill("the request body stopped arriving");
+                                return Err(CgiError::UploadStalled(self.head_timeout));
+                            }
                             kill.kill("sent no header block in time");
                             return Err(CgiError::TimedOut(self.head_timeout));
                         }
@@ -559,8 +566,9 @@ impl CgiBackend {
             if matches!(e, CgiError::UploadStalled(_)) {
                 // Answered `408`: what the client may still send must not reach the backend (a
                 // push would be applied after all). Its input is closed, and a push fails and
-                // cleans up as when its client leaves.
+                // cleans up; not let finish as one whose client left.
                 kill.kill("the request body stopped arriving");
+                body.ended_by_gitgate();
             }
             return Err(e);
         }

@@ -818,7 +818,7 @@ async fn a_body_that_stopped_arriving_is_not_fed_after_its_408() {
         tmp.path(),
         "head-then-read.cgi",
         &format!(
-            "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat > '{}'",
+            "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat > '{}'; sleep 2",
             got.display()
         ),
     )
@@ -837,6 +837,8 @@ async fn a_body_that_stopped_arriving_is_not_fed_after_its_408() {
         .await
         .unwrap_err();
     assert!(matches!(e, CgiError::UploadStalled(_)), "{e}");
+    // Ended by gitgate, not let finish as a push whose client left.
+    assert_eq!(backend.running.finishing.load(Ordering::Acquire), 0);
     // The body is let go of: the client's late bytes have nowhere to go.
     let late = tokio::time::timeout(Duration::from_secs(5), async {
         while tx.send(Bytes::from_static(b"late")).await.is_ok() {}
@@ -845,6 +847,35 @@ async fn a_body_that_stopped_arriving_is_not_fed_after_its_408() {
     assert!(late.is_ok(), "the body was still read after its 408");
     assert_eq!(backend.wait_until_reaped().await, 0);
     assert_eq!(std::fs::read(&got).unwrap(), b"first");
+}
+
+/// A backend that reads the whole body before it writes its head (a CGI other than git
+/// http-backend) waits for a client that stopped sending: the client's `408`, not the
+/// backend's timeout.
+#[tokio::test]
+async fn a_backend_reading_first_waits_for_a_stalled_client_which_is_the_clients_408() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "reads-first.cgi",
+        "cat > /dev/null; printf 'Content-Type: text/plain\\r\\n\\r\\ndone'",
+    )
+    .with_head_timeout(Duration::from_millis(500));
+    let headers = HeaderMap::new();
+    let req = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut rx = Some(rx);
+    tx.send(Bytes::from_static(b"some")).await.unwrap();
+    let e = serve(&backend, req, || Trickle(rx.take().unwrap()))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CgiError::UploadStalled(_)), "{e}");
+    drop(tx);
 }
 
 /// A backend that writes its head and exits without reading a body still coming (an error
