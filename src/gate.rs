@@ -252,11 +252,7 @@ impl Gate {
                         if !gone_before_answer {
                             pending.line().forwarded = false;
                         }
-                        text(
-                            StatusCode::BAD_REQUEST,
-                            "the request body was malformed or ended early (bad chunked framing, \
-                             or the client stopped sending)",
-                        )
+                        text(StatusCode::BAD_REQUEST, crate::upstream::BODY_BROKE)
                     }
                     Err(e) => {
                         pending.line().forwarded = false;

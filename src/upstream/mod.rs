@@ -67,6 +67,11 @@ pub enum Fault {
 const ERROR_BODY_MAX: usize = 64 * 1024;
 const ERROR_BODY_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What git is told of a request body that broke off (bad chunked framing, a client that
+/// stopped sending, a length not reached) before its answer: a `400`, the client's doing.
+pub const BODY_BROKE: &str = "the request body was malformed or ended early (bad chunked \
+                              framing, or the client stopped sending)";
+
 /// A CGI's `4xx` or `5xx` answer, with a reason when it gave none. `git http-backend` answers
 /// a repository it will not serve (one owned by another user: "detected dubious ownership")
 /// with a bare `500`, and a push to a repository that does not take pushes over HTTP

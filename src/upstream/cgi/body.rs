@@ -97,35 +97,33 @@ pub(super) const MAX_FINISHING: usize = 8;
 
 impl Drop for CgiBody {
     fn drop(&mut self) {
-        let (Some(finishing), Some(stdout)) = (self.finishing.take(), self.stdout.take()) else {
+        let (Some(finishing), true) = (&mut self.finishing, self.stdout.is_some()) else {
             return; // the guard, if still armed, kills the backend
         };
-        let mut finishing = finishing;
         if let Some(prefix) = self.prefix.take() {
             // Not said to the client yet (its head was held), but part of the push's report.
             finishing.heard(&prefix);
         }
         let label = &finishing.label;
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // gitgate is stopping (the guard ends it with the rest), or too many are finishing.
+        let slot = if *finishing.running.stopping.borrow() {
+            None
+        } else {
+            let slot = FinishingSlot::take(&finishing.running);
+            if slot.is_none() {
+                tracing::warn!(target: "gitgate::cgi", push = %label, "the client left during a push, and {MAX_FINISHING} pushes are already finishing without theirs: ending this one");
+            }
+            slot
+        };
+        let (Some(slot), Ok(runtime)) = (slot, tokio::runtime::Handle::try_current()) else {
+            self.ended_by_gitgate();
             return;
         };
-        if *finishing.running.stopping.borrow() {
-            // gitgate is stopping: the guard ends it with the rest, closing its input first
-            // (see `process::INPUT_CLOSED_GRACE`). Its output is still read meanwhile, so that
-            // receive-pack, seeing the pack end early, can say so and remove its quarantine:
-            // writing to a closed pipe would kill it first (SIGPIPE), leaving the folder.
-            runtime.spawn(drain(stdout));
-            return;
-        }
-        let Some(slot) = FinishingSlot::take(&finishing.running) else {
-            tracing::warn!(target: "gitgate::cgi", push = %label, "the client left during a push, and {MAX_FINISHING} pushes are already finishing without theirs: ending this one");
-            // Ended as at a stop, and for the same reason its output is still read meanwhile:
-            // its input closed first, receive-pack removes its quarantine, if it can write.
-            runtime.spawn(drain(stdout));
-            return;
-        };
-        let guard = std::mem::replace(&mut self.guard, KillGuard::disarmed());
         tracing::info!(target: "gitgate::cgi", push = %label, "the client left during a push; git receive-pack finishes it (its refs only if the whole pack arrived, and its hooks)");
+        let guard = std::mem::replace(&mut self.guard, KillGuard::disarmed());
+        let (Some(finishing), Some(stdout)) = (self.finishing.take(), self.stdout.take()) else {
+            return;
+        };
         runtime.spawn(finish_alone(
             stdout,
             guard,
@@ -303,9 +301,12 @@ impl CgiBody {
         }
     }
 
-    /// For a backend gitgate has ended (its kill switch pulled): nothing of it is let finish,
-    /// but its output is still read a while, so that a push, its input closed, can say so
-    /// and remove its quarantine (writing to a closed pipe would kill it first).
+    /// For a backend gitgate ends (its kill switch pulled, now or by the guard when this is
+    /// dropped: at a stop, past [`MAX_FINISHING`], a `408`): nothing of it is let finish, but
+    /// its output is still read a while. The guard closes a push's input first (see
+    /// `process::INPUT_CLOSED_GRACE`); receive-pack, seeing the pack end early, says so and
+    /// removes its quarantine — writing to a closed pipe would kill it first (SIGPIPE),
+    /// leaving the folder.
     pub(super) fn ended_by_gitgate(&mut self) {
         self.finishing = None;
         if let Some(stdout) = self.stdout.take() {

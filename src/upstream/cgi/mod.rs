@@ -145,11 +145,7 @@ impl fmt::Display for CgiError {
                 "the CGI backend sent no response for {}s; it was ended",
                 after.as_secs()
             ),
-            CgiError::RequestBroke => write!(
-                f,
-                "the request body was malformed or ended early (bad chunked framing, or the \
-                 client stopped sending)"
-            ),
+            CgiError::RequestBroke => f.write_str(super::BODY_BROKE),
             CgiError::UploadStalled(after) => write!(
                 f,
                 "the request body stopped arriving: nothing came for {}s",

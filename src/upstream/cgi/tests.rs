@@ -808,6 +808,25 @@ async fn a_request_body_that_fails_while_the_head_is_held_is_the_answer() {
     assert_eq!(&body_bytes(resp.into_body()).await[..], b"done");
 }
 
+/// A push to `backend` whose client sends `first` and then nothing: how `serve` ended, and
+/// the client's side of the body, to send more.
+async fn a_push_that_stalls(backend: &CgiBackend) -> (CgiError, tokio::sync::mpsc::Sender<Bytes>) {
+    let headers = HeaderMap::new();
+    let req = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut rx = Some(rx);
+    tx.send(Bytes::from_static(b"first")).await.unwrap();
+    let e = serve(backend, req, || Trickle(rx.take().unwrap()))
+        .await
+        .unwrap_err();
+    (e, tx)
+}
+
 /// A push answered `408` while its head was held gets nothing more of its body: bytes the
 /// client sends late never reach receive-pack, which would apply the push after all.
 #[tokio::test]
@@ -823,19 +842,7 @@ async fn a_body_that_stopped_arriving_is_not_fed_after_its_408() {
         ),
     )
     .with_head_timeout(Duration::from_millis(500));
-    let headers = HeaderMap::new();
-    let req = request(
-        &Method::POST,
-        "/team/app.git/git-receive-pack",
-        None,
-        &headers,
-    );
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut rx = Some(rx);
-    tx.send(Bytes::from_static(b"first")).await.unwrap();
-    let e = serve(&backend, req, || Trickle(rx.take().unwrap()))
-        .await
-        .unwrap_err();
+    let (e, tx) = a_push_that_stalls(&backend).await;
     assert!(matches!(e, CgiError::UploadStalled(_)), "{e}");
     // Ended by gitgate, not let finish as a push whose client left.
     assert_eq!(backend.running.finishing.load(Ordering::Acquire), 0);
@@ -861,19 +868,7 @@ async fn a_backend_reading_first_waits_for_a_stalled_client_which_is_the_clients
         "cat > /dev/null; printf 'Content-Type: text/plain\\r\\n\\r\\ndone'",
     )
     .with_head_timeout(Duration::from_millis(500));
-    let headers = HeaderMap::new();
-    let req = request(
-        &Method::POST,
-        "/team/app.git/git-receive-pack",
-        None,
-        &headers,
-    );
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut rx = Some(rx);
-    tx.send(Bytes::from_static(b"some")).await.unwrap();
-    let e = serve(&backend, req, || Trickle(rx.take().unwrap()))
-        .await
-        .unwrap_err();
+    let (e, tx) = a_push_that_stalls(&backend).await;
     assert!(matches!(e, CgiError::UploadStalled(_)), "{e}");
     drop(tx);
 }
