@@ -30,21 +30,31 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// The most of a request's body read after its answer.
 pub const LINGER_BYTES: u64 = 16 << 20;
 
-/// How the lingering over a request's body ended.
+/// How the lingering over a request's body ended, with the bytes of it read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Drained {
-    /// The body ended (or broke off: the client closed), having had this many bytes.
+    /// The body ended (or broke off: the client closed).
     Ended(u64),
     /// [`LINGER_BYTES`] (or the limit given) was read, and the rest was left unread, the
     /// connection open, until [`LINGER`] (or the time given) had passed.
-    TooLong,
+    TooLong(u64),
     /// [`LINGER`] (or the time given) passed while reading.
-    TimedOut,
+    TimedOut(u64),
+}
+
+impl Drained {
+    /// The bytes of the body read while lingering.
+    pub fn read(&self) -> u64 {
+        match *self {
+            Drained::Ended(n) | Drained::TooLong(n) | Drained::TimedOut(n) => n,
+        }
+    }
 }
 
 /// Lingers over what is left of an HTTP/1 request's `body` on a task of its own, within
 /// [`LINGER`] and [`LINGER_BYTES`]; nothing if the body is over already (the task, if one was
-/// started).
+/// started). What it reads is counted in the request bytes of `/metrics` (the request's log
+/// line, written with its answer, has only what came before).
 pub fn after_answer<B>(version: Version, body: B) -> Option<JoinHandle<Drained>>
 where
     B: Body + Send + Unpin + 'static,
@@ -54,7 +64,11 @@ where
         return None;
     }
     let runtime = tokio::runtime::Handle::try_current().ok()?;
-    Some(runtime.spawn(drain(body, LINGER, LINGER_BYTES)))
+    Some(runtime.spawn(async move {
+        let drained = drain(body, LINGER, LINGER_BYTES).await;
+        crate::metrics::METRICS.request_bytes_lingered(drained.read());
+        drained
+    }))
 }
 
 /// Reads and drops `body` until it ends, `at_most` bytes were read, or `within` passed; past
@@ -64,30 +78,33 @@ where
     B: Body + Unpin,
 {
     let until = tokio::time::Instant::now() + within;
-    let reading = async {
-        let mut read = 0u64;
+    let mut read = 0u64;
+    // Whether it stopped at `at_most`, with the body still coming.
+    let too_long = async {
         loop {
             match body.frame().await {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         read += hyper::body::Buf::remaining(data) as u64;
                         if read >= at_most {
-                            return Drained::TooLong;
+                            return true;
                         }
                     }
                 }
-                Some(Err(_)) | None => return Drained::Ended(read),
+                Some(Err(_)) | None => return false,
             }
         }
     };
-    let drained = tokio::time::timeout_at(until, reading)
-        .await
-        .unwrap_or(Drained::TimedOut);
-    if drained == Drained::TooLong {
-        // Unread, the body fills the peer's buffers, which stops it sending; it reads the
-        // answer meanwhile. Dropped (closed, reset) only then.
-        tokio::time::sleep_until(until).await;
-    }
+    let drained = match tokio::time::timeout_at(until, too_long).await {
+        Ok(false) => Drained::Ended(read),
+        Ok(true) => {
+            // Unread, the body fills the peer's buffers, which stops it sending; it reads the
+            // answer meanwhile. Dropped (closed, reset) only then.
+            tokio::time::sleep_until(until).await;
+            Drained::TooLong(read)
+        }
+        Err(_) => Drained::TimedOut(read),
+    };
     drop(body);
     drained
 }
@@ -234,7 +251,11 @@ mod tests {
         });
         let started = std::time::Instant::now();
         let within = Duration::from_millis(300);
-        assert_eq!(drain(body, within, 10_000).await, Drained::TooLong);
+        let drained = drain(body, within, 10_000).await;
+        assert!(
+            matches!(drained, Drained::TooLong(n) if n >= 10_000),
+            "{drained:?}"
+        );
         assert!(started.elapsed() >= within);
         sending.await.unwrap();
         // Read up to the limit, then no more: the sender blocked on the full channel (4 frames).
@@ -250,7 +271,10 @@ mod tests {
             .unwrap();
         let started = std::time::Instant::now();
         let within = Duration::from_millis(200);
-        assert_eq!(drain(body, within, LINGER_BYTES).await, Drained::TimedOut);
+        assert_eq!(
+            drain(body, within, LINGER_BYTES).await,
+            Drained::TimedOut(4)
+        );
         assert!(started.elapsed() >= within);
         drop(tx);
     }

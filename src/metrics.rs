@@ -298,6 +298,12 @@ impl Metrics {
         shard.request_duration.observe(took);
     }
 
+    /// Request body bytes read after the answer, lingering over a body left unread
+    /// ([`crate::linger`]).
+    pub fn request_bytes_lingered(&self, bytes: u64) {
+        self.shard().bytes_in.fetch_add(bytes, Relaxed);
+    }
+
     /// A REST API call was answered `status`.
     pub fn api_request(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
@@ -426,7 +432,7 @@ impl Metrics {
             (
                 "gitgate_request_bytes_total",
                 "counter",
-                "Request body bytes received from clients.",
+                "Request body bytes received from clients (also the rest of one read after its answer, to close cleanly).",
                 self.total(|s| &s.bytes_in).to_string(),
             ),
             (

@@ -295,3 +295,49 @@ fn the_metrics_listener_closes_slow_and_idle_connections() {
         "closed after {took:?}"
     );
 }
+
+#[test]
+fn the_rest_of_a_refused_push_read_after_its_answer_is_counted_in_the_request_bytes() {
+    let sb = Sandbox::new();
+    with_metrics_listener(&sb);
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    let server = sb.serve();
+    let port = wait_for_metrics_port(&server);
+    // A push with a wrong token: refused at its head, its body then read (and dropped) so
+    // that the connection closes cleanly.
+    const BODY: usize = 300_000;
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:ggt_nottoken");
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\n\
+         Authorization: Basic {auth}\r\nContent-Length: {BODY}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&vec![b'P'; BODY]).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    // The log line, written with the answer, has none of it; the counter has all of it, once
+    // the reading after the answer is over.
+    let log = server.log_text();
+    assert!(log.contains("status=401 bytes_in=0"), "{log}");
+    let started = Instant::now();
+    loop {
+        let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
+        let read = sample(&text, "gitgate_request_bytes_total");
+        if read == BODY as f64 {
+            break;
+        }
+        assert!(read < BODY as f64, "more than was sent: {text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the lingered bytes were not counted: {text}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
