@@ -229,7 +229,10 @@ impl Gate {
                     }
                     Seen::Error(e) => {
                         let _ = seen.broke_because.set(with_causes(e));
-                        seen.closed.store(connection_ended(e), Ordering::Relaxed);
+                        let ended = connection_ended(e);
+                        seen.closed.store(ended.is_some(), Ordering::Relaxed);
+                        seen.reset
+                            .store(ended == Some(Ended::Reset), Ordering::Relaxed);
                         seen.broke.store(true, Ordering::Relaxed)
                     }
                     Seen::End | Seen::Waiting => {}
@@ -246,9 +249,10 @@ impl Gate {
                     Err(_) if inbound.broke.load(Ordering::Relaxed) => {
                         let error = inbound.broke_because.get().map_or("", String::as_str);
                         tracing::info!(repo = %git_req.repo, error, "the request body broke off");
-                        // Its connection ended: nobody is left to answer (logged below as a
-                        // client gone before its answer, as when hyper drops this future).
-                        gone_before_answer = inbound.closed.load(Ordering::Relaxed);
+                        // Its connection was reset: nobody is left to answer (logged below as a
+                        // client gone before its answer, as when hyper drops this future). One
+                        // closed only for sending may still read the 400, logged as it is.
+                        gone_before_answer = inbound.reset.load(Ordering::Relaxed);
                         if !gone_before_answer {
                             pending.line().forwarded = false;
                         }
@@ -659,6 +663,12 @@ impl LogLine {
             _ => Operation::None,
         };
         let bytes_in = self.inbound.bytes.load(Ordering::Relaxed);
+        // An answer sent in full to a client that had closed its connection under its upload
+        // (the 400 of its body broken off): sent, but maybe to nobody.
+        let outcome = match outcome {
+            "complete" if self.inbound.closed.load(Ordering::Relaxed) => "client-gone",
+            outcome => outcome,
+        };
         // A forwarded request whose client left before the backend answered was allowed, but
         // has no backend status to count.
         let answered = self.forwarded && self.status != CLIENT_GONE_BEFORE_ANSWER;
@@ -824,21 +834,31 @@ struct Inbound {
     broke_because: std::sync::OnceLock<String>,
     /// The body broke because its connection ended (the client closed it, or it was reset).
     closed: AtomicBool,
+    /// The body broke because its connection was reset: the client is gone. A client that
+    /// closed it (a FIN) may have closed only its sending side and still read the answer.
+    reset: AtomicBool,
 }
 
-/// Whether a request body's error is its connection's end (closed before the body's end, or
-/// reset), not a malformed body.
-fn connection_ended(e: &hyper::Error) -> bool {
+/// How a request body's connection ended under it.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Closed before the body's end: gone, or closed for sending only (a half-close).
+    Closed,
+    /// Reset, or aborted: gone.
+    Reset,
+}
+
+/// Whether (and how) a request body's error is its connection's end, not a malformed body.
+fn connection_ended(e: &hyper::Error) -> Option<Ended> {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
-    e.is_incomplete_message()
-        || std::error::Error::source(e)
-            .and_then(|source| source.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    BrokenPipe | ConnectionAborted | ConnectionReset | UnexpectedEof
-                )
-            })
+    let io =
+        std::error::Error::source(e).and_then(|source| source.downcast_ref::<std::io::Error>());
+    match io.map(std::io::Error::kind) {
+        Some(BrokenPipe | ConnectionAborted | ConnectionReset) => Some(Ended::Reset),
+        Some(UnexpectedEof) => Some(Ended::Closed),
+        _ if e.is_incomplete_message() => Some(Ended::Closed),
+        _ => None,
+    }
 }
 
 /// A request's log line until it has an answer; written (as 499, `client-gone`, or `shutdown`

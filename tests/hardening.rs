@@ -658,6 +658,41 @@ fn a_client_gone_mid_push_ends_the_backend() {
     assert!(!log.contains("response stream failed"), "{log}");
 }
 
+#[test]
+fn a_client_that_half_closes_mid_body_reads_its_400_and_the_log_says_so() {
+    let server = Server::start("");
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A chunk of 0x40 bytes of which 20 come; then the client closes its sending side only.
+    let head = format!(
+        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-git-upload-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n\
+         40\r\n0014command=ls-refs\n",
+        basic("alice", &server.read_token)
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    wait_for("the backend to start", || !server.backend_hits().is_empty());
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    wait_for("the request's log line", || {
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("git-upload-pack") && l.contains("outcome="))
+    });
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("git-upload-pack") && l.contains("outcome="))
+        .unwrap();
+    // The status it was sent, not a 499 "never sent"; the outcome says the client closed.
+    assert!(line.contains("status=400"), "{line}");
+    assert!(line.contains("outcome=client-gone"), "{line}");
+}
+
 /// Sends the command and half the pack of a 4 MB push to `server` (made in a scratch
 /// repository: one commit of noise that does not compress), and waits until receive-pack is
 /// taking it into its quarantine; the connection, still open.
