@@ -1627,7 +1627,8 @@ fn a_ca_of_the_ca_file_out_of_its_dates_is_left_out() {
 }
 
 /// `check` tells an upstream that only accepts connections from one that speaks HTTP there:
-/// an `http://` URL for nginx's https port connects, and every git request would get a 400.
+/// an `http://` URL for nginx's https port connects, and every git request would get a 400; and
+/// one that refuses gitgate's own credentials.
 #[test]
 fn check_warns_of_an_http_url_for_an_https_port() {
     let Some(w) = World::new("check_warns_of_an_http_url_for_an_https_port") else {
@@ -1642,7 +1643,21 @@ fn check_warns_of_an_http_url_for_an_https_port() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     };
     let good = check();
-    assert!(!good.contains("400 Bad Request"), "{good}");
+    assert!(
+        !good.contains("400 Bad Request") && !good.contains("401") && good.contains("ready"),
+        "{good}"
+    );
+    // gitgate's own credentials refused there: every git request would get 502.
+    std::fs::write(w.path("upstream.secret"), "wrong-secret\n").unwrap();
+    let refused = check();
+    assert!(
+        refused.contains(
+            "answers 401 Unauthorized to a HEAD of its base path with the secret \
+                          of [upstream.credentials]: check that secret"
+        ) && !refused.contains("wrong-secret"),
+        "{refused}"
+    );
+    std::fs::write(w.path("upstream.secret"), format!("{UPSTREAM_SECRET}\n")).unwrap();
     let text = std::fs::read_to_string(&w.config).unwrap();
     let wrong = text.replace(
         &format!("127.0.0.1:{}/git", w.nginx.port),

@@ -139,6 +139,23 @@ pub fn run(config_path: &Path) -> Result<(), String> {
                             backend.address()
                         );
                     }
+                    Ok(status)
+                        if status == hyper::StatusCode::UNAUTHORIZED
+                            || status == hyper::StatusCode::PROXY_AUTHENTICATION_REQUIRED =>
+                    {
+                        warnings += 1;
+                        let with = if http.credentials.is_some() {
+                            "with the secret of [upstream.credentials]: check that secret"
+                        } else {
+                            "and [upstream.credentials] is not set: does it want gitgate's own \
+                             credentials?"
+                        };
+                        outln!(
+                            "warning: upstream {} answers {status} to a HEAD of its base path \
+                             {with} (if its git paths answer so too, every git request gets 502)",
+                            backend.address()
+                        );
+                    }
                     Ok(_) => {}
                     Err(why) => {
                         warnings += 1;

@@ -530,10 +530,11 @@ impl HttpBackend {
         self.naming_upstream(error)
     }
 
-    /// What the upstream answers a plain `HEAD` of its base path with, on a new connection:
-    /// for `check`, which can then tell an upstream that speaks something else on that port
-    /// (an `http://` URL for an https port: nginx answers `400`, and every git request
-    /// would) from one that only accepts connections.
+    /// What the upstream answers a plain `HEAD` of its base path with, on a new connection,
+    /// with gitgate's own credentials if it has any: for `check`, which can then tell an
+    /// upstream that speaks something else on that port (an `http://` URL for an https port:
+    /// nginx answers `400`, and every git request would) or refuses those credentials (`401`)
+    /// from one that only accepts connections.
     pub async fn answer_to_a_plain_request(&self) -> Result<StatusCode, String> {
         let uri = Uri::try_from(format!("{}/", self.base_path.trim_end_matches('/')))
             .map_err(|e| e.to_string())?;
@@ -545,6 +546,11 @@ impl HttpBackend {
         *req.method_mut() = Method::HEAD;
         *req.uri_mut() = uri;
         req.headers_mut().insert(HOST, self.host.clone());
+        if let Some(secret) = &self.upstream_auth {
+            let mut auth = secret.value();
+            auth.set_sensitive(true);
+            req.headers_mut().insert(hyper::header::AUTHORIZATION, auth);
+        }
         let mut conn = self
             .pool
             .connect_new(Driving::OwnTask)
