@@ -158,6 +158,7 @@ impl Gate {
                     &gate.guard,
                     &gate.realm,
                     gate.api_body_deadline,
+                    gate.git_prefix.clone(),
                     req,
                     remote,
                 )

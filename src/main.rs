@@ -354,7 +354,7 @@ fn run(args: Cli) -> Result<(), String> {
                 name,
                 target,
                 level,
-            } => cli::grant::add(&store, &name, &target, &level),
+            } => cli::grant::add(&store, &name, &target, &level, &store.git_prefix),
             GrantCommand::Remove { name, target } => cli::grant::remove(&store, &name, &target),
             GrantCommand::List { name, json } => cli::grant::list(&store, name.as_deref(), json),
         },
@@ -373,6 +373,7 @@ fn run(args: Cli) -> Result<(), String> {
                     user: target.user.as_deref(),
                     project: target.project.as_deref(),
                     repo: target.repo.as_deref(),
+                    git_prefix: &store.git_prefix,
                 },
                 cli::token::Create {
                     name: &name,

@@ -49,7 +49,8 @@ impl Target {
     /// the token prefix. The gate refuses every request for such a path before it is logged
     /// (it may be a secret pasted into a URL), so a grant or token for it could never be used.
     /// Stored targets are read with `parse`, so that older ones still list and can be removed.
-    pub fn parse_new(s: &str) -> Result<Target, String> {
+    /// Also [`Target::served_under`] the server's `git_prefix`.
+    pub fn parse_new(s: &str, git_prefix: &str) -> Result<Target, String> {
         let target = Target::parse(s)?;
         if crate::credentials::holds_a_token(s) {
             return Err(format!(
@@ -58,7 +59,26 @@ impl Target {
                  never be served; rename it"
             ));
         }
+        target.served_under(git_prefix)?;
         Ok(target)
+    }
+
+    /// Refuses a target whose git paths are not git's under `git_prefix`: with `/`, every path
+    /// under `/rest/` is the REST API's ([`crate::api::is_api_path`]), so a project `rest`
+    /// could never be cloned.
+    pub fn served_under(&self, git_prefix: &str) -> Result<(), String> {
+        let project = match self {
+            Target::Project(p) => p.as_str(),
+            Target::Repo(r) => r.project(),
+        };
+        if git_prefix == "/" && crate::api::is_api_path(&format!("/{project}/")) {
+            return Err(format!(
+                "with [server] git_prefix = \"/\", /{project}/ is the REST API's: a grant or \
+                 token for project '{project}' could never be used over git; rename the \
+                 project, or serve git under a prefix (git_prefix = \"/scm\")"
+            ));
+        }
+        Ok(())
     }
 
     /// Whether this target includes `repo`.
@@ -585,10 +605,19 @@ mod tests {
         assert!(Target::parse("").is_err());
         // A path the gate would refuse cannot be granted or given a token...
         for held in ["team/ggt_calc", "GGT_team", "team/x%5Fggt_y"] {
-            let e = Target::parse_new(held).unwrap_err();
+            let e = Target::parse_new(held, "/").unwrap_err();
             assert!(e.contains("ggt_"), "{e}");
         }
-        assert!(Target::parse_new("team/ggcalc").is_ok());
+        assert!(Target::parse_new("team/ggcalc", "/").is_ok());
+        // ... nor can a project under `/rest/` when git is served at the root: the REST API's.
+        for api in ["rest", "rest/app"] {
+            let e = Target::parse_new(api, "/").unwrap_err();
+            assert!(e.contains("REST API") && e.contains("git_prefix"), "{e}");
+            assert!(Target::parse_new(api, "/scm").is_ok());
+        }
+        for git in ["restaurant", "Rest/app", "team/rest"] {
+            assert!(Target::parse_new(git, "/").is_ok(), "{git}");
+        }
         // ... but one already stored still reads.
         assert!(Target::parse("team/ggt_calc").is_ok());
         assert!(Target::parse("../x").is_err());

@@ -245,6 +245,21 @@ fn grant_errors_are_refused() {
         "REPO_READ",
     ])
     .fails_with("could never be served");
+    // With git served at the root (the sandbox's git_prefix), /rest/ is the REST API's: a
+    // project `rest` could never be cloned, so nothing is made for it.
+    sb.cli(&["grant", "add", "alice", "rest", "read"])
+        .fails_with("/rest/ is the REST API's");
+    sb.cli(&[
+        "token",
+        "create",
+        "--repo",
+        "rest/app",
+        "--name",
+        "ci",
+        "--permission",
+        "REPO_READ",
+    ])
+    .fails_with("git_prefix = \"/scm\"");
     // A password for a token that takes none is a mistake to be told, not ignored.
     sb.cli_stdin(
         &[

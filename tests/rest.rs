@@ -864,6 +864,17 @@ fn project_and_repository_tokens_for_admins() {
     );
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.error_message().contains("ggt_"), "{}", r.body);
+    // Nor for a project under /rest/ while git is served at the root: the REST API's.
+    for path in ["/projects/rest", "/projects/rest/repos/app"] {
+        let r = server.api(
+            "PUT",
+            path,
+            "root",
+            &json!({"name": "ci", "permissions": ["REPO_READ"]}).to_string(),
+        );
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(r.error_message().contains("REST API"), "{}", r.body);
+    }
     let r = server.api(
         "PUT",
         "/projects/team",

@@ -207,6 +207,8 @@ pub struct Call<'a> {
     pub method: &'a Method,
     pub query: Option<&'a str>,
     pub body: &'a [u8],
+    /// The server's `[server] git_prefix`: where a new project or repository token is served.
+    pub git_prefix: &'a str,
 }
 
 impl Call<'_> {
@@ -284,6 +286,7 @@ pub async fn handle(
     guard: &Guard,
     realm: &str,
     body_deadline: Duration,
+    git_prefix: String,
     req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<ResponseBody> {
@@ -400,7 +403,14 @@ pub async fn handle(
                                 method.clone()
                             };
                             tokio::task::spawn_blocking(move || {
-                                dispatch(&store, login, &routed, query.as_deref(), &body)
+                                dispatch(
+                                    &store,
+                                    login,
+                                    &routed,
+                                    query.as_deref(),
+                                    &body,
+                                    &git_prefix,
+                                )
                             })
                             .await
                             .unwrap_or_else(|e| Err(task_failed(e)))
@@ -528,6 +538,7 @@ fn dispatch(
     method: &Method,
     query: Option<&str>,
     body: &[u8],
+    git_prefix: &str,
 ) -> ApiResult {
     let segments: Vec<&str> = login.segments.iter().map(String::as_str).collect();
     let call = Call {
@@ -537,6 +548,7 @@ fn dispatch(
         method,
         query,
         body,
+        git_prefix,
     };
     // A trailing or doubled `/`: one answer for every resource, not a guess at what was meant
     // (`projects/team/` would otherwise be the item with id "").

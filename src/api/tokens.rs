@@ -32,6 +32,11 @@ pub fn collection(call: &Call, subject: &Subject) -> ApiResult {
             page(call, values)
         }
         "PUT" => {
+            if let Subject::Scoped(target) = subject {
+                target
+                    .served_under(call.git_prefix)
+                    .map_err(ApiError::bad_request)?;
+            }
             let body =
                 call.json_object(&["name", "permissions", "expiryDays", "allowedNetworks"])?;
             let name = string(&body, "name")?

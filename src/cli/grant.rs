@@ -7,8 +7,15 @@ use crate::permission::Level;
 use crate::policy::Target;
 use crate::store::{Actor, GrantChange, Store};
 
-pub fn add(store: &Store, name: &str, target: &str, level: &str) -> Result<(), String> {
-    let target = Target::parse_new(target)?;
+/// `git_prefix`: the config's, where the grant would be served.
+pub fn add(
+    store: &Store,
+    name: &str,
+    target: &str,
+    level: &str,
+    git_prefix: &str,
+) -> Result<(), String> {
+    let target = Target::parse_new(target, git_prefix)?;
     let level: Level = level.parse()?;
     let change = store
         .add_grant(name, &target, level, &Actor::cli())

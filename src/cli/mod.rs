@@ -45,6 +45,8 @@ use crate::store::Store;
 /// that may not write it, a copy (see [`Store::snapshot`]) kept as long as this is.
 pub struct OpenStore {
     store: Store,
+    /// The config's `[server] git_prefix`: where a new grant or token would be served.
+    pub git_prefix: String,
     /// Dropped after the store (fields drop in order): the copy's folder is removed then.
     _snapshot: Option<crate::store::Snapshot>,
 }
@@ -96,6 +98,7 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
         })?;
         return Ok(OpenStore {
             store,
+            git_prefix: config.server.git_prefix,
             _snapshot: Some(snapshot),
         });
     }
@@ -108,6 +111,7 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
     }
     Ok(OpenStore {
         store,
+        git_prefix: config.server.git_prefix,
         _snapshot: None,
     })
 }

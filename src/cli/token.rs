@@ -19,6 +19,8 @@ pub struct For<'a> {
     pub user: Option<&'a str>,
     pub project: Option<&'a str>,
     pub repo: Option<&'a str>,
+    /// The config's `[server] git_prefix`: where a project or repository token is served.
+    pub git_prefix: &'a str,
 }
 
 /// The rest of what `token create` was given.
@@ -70,7 +72,7 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
                     "--project takes a project key, not '{project}': use --repo for a repository"
                 ));
             }
-            Subject::Scoped(Target::parse_new(project)?)
+            Subject::Scoped(Target::parse_new(project, who.git_prefix)?)
         }
         (None, None, Some(repo)) => {
             if !repo.contains('/') {
@@ -78,7 +80,7 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
                     "--repo takes PROJECT/REPO, not '{repo}': use --project for a whole project"
                 ));
             }
-            Subject::Scoped(Target::parse_new(repo)?)
+            Subject::Scoped(Target::parse_new(repo, who.git_prefix)?)
         }
         _ => return Err("give exactly one of --user, --project or --repo".into()),
     };
