@@ -173,7 +173,7 @@ impl Gate {
             return Ok(match call.await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    tracing::error!(error = %e, "a REST API call failed inside gitgate");
+                    tracing::error!(error = ?e.to_string(), "a REST API call failed inside gitgate");
                     text(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal error: the call failed inside gitgate (logged)",
@@ -264,16 +264,16 @@ impl Gate {
                         match e.fault {
                             Fault::Backend => {
                                 METRICS.upstream_error();
-                                tracing::error!(repo = %git_req.repo, error = %e, "backend failed");
+                                tracing::error!(repo = %git_req.repo, error = ?e.to_string(), "backend failed");
                             }
                             // No backend was asked (the repository's folder is not one it may
                             // serve: two answer to it, a link, one nested in another).
                             Fault::Server => {
-                                tracing::error!(repo = %git_req.repo, error = %e, "cannot forward")
+                                tracing::error!(repo = %git_req.repo, error = ?e.to_string(), "cannot forward")
                             }
                             // The client's doing (its upload stopped arriving).
                             Fault::Client => {
-                                tracing::info!(repo = %git_req.repo, error = %e, "request refused")
+                                tracing::info!(repo = %git_req.repo, error = ?e.to_string(), "request refused")
                             }
                         }
                         text(e.status, &e.message)
@@ -500,7 +500,7 @@ impl Gate {
                     user = %log.user.as_deref().unwrap_or("-"),
                     token_id = %log.token_id.as_deref().unwrap_or("-"),
                     repo = %log.repo.as_deref().unwrap_or("-"),
-                    reason = %m,
+                    reason = ?m,
                     "access refused"
                 );
                 text(StatusCode::FORBIDDEN, &m)
@@ -508,7 +508,7 @@ impl Gate {
             Refusal::Unframeable(m) => text(StatusCode::NOT_IMPLEMENTED, &m),
             Refusal::UnsupportedCoding(m) => text(StatusCode::UNSUPPORTED_MEDIA_TYPE, &m),
             Refusal::StoreDown(e) => {
-                tracing::error!(error = %e, "token store unavailable; refusing the request");
+                tracing::error!(error = ?e.to_string(), "token store unavailable; refusing the request");
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "gitgate cannot check tokens right now (its token store is unavailable); \
@@ -944,16 +944,16 @@ impl Body for LoggedBody {
             // A backend that answered before reading the whole request (git http-backend does,
             // for a push) fails when the request's body breaks off: the client's doing.
             Poll::Ready(Some(Err(e))) if self.request_broke() => {
-                tracing::info!(error = %e, "the request body broke off during the answer");
+                tracing::info!(error = ?e.to_string(), "the request body broke off during the answer");
                 self.finish("client-gone");
             }
             // The backend waited for an upload the client stopped sending: the client idled.
             Poll::Ready(Some(Err(e))) if crate::upstream::UploadStalled::is(e) => {
-                tracing::info!(error = %e, "the client stopped sending its request body");
+                tracing::info!(error = ?e.to_string(), "the client stopped sending its request body");
                 self.finish("idle-timeout");
             }
             Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(error = %e, "response stream failed");
+                tracing::warn!(error = ?e.to_string(), "response stream failed");
                 METRICS.upstream_error();
                 self.finish("stream-error");
             }

@@ -128,7 +128,7 @@ fn said_unreadable(now: &[UnreadableOverride], before: &[UnreadableOverride]) {
     for o in now {
         tracing::error!(
             principal = %o.principal,
-            error = %o.error,
+            error = ?o.error.to_string(),
             "a rate-limit override cannot be used: its principal gets the defaults until it is \
              set again (gitgate ratelimit set) or cleared"
         );
@@ -253,7 +253,7 @@ impl Guard {
         let target = addr.to_string();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = store.record_event(&actor, "auth.throttled", &target, &detail) {
-                tracing::warn!(error = %e, "could not write the audit event");
+                tracing::warn!(error = ?e.to_string(), "could not write the audit event");
                 crate::metrics::METRICS.side_effect_failure();
             }
         });
@@ -373,10 +373,10 @@ impl Guard {
                 );
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not read rate-limit overrides; keeping the last known ones");
+                tracing::warn!(error = ?e.to_string(), "could not read rate-limit overrides; keeping the last known ones");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "rate-limit override task failed");
+                tracing::warn!(error = ?e.to_string(), "rate-limit override task failed");
             }
         }
         cached.rules.clone()

@@ -82,11 +82,11 @@ async fn check(gate: &Gate) -> Result<(), NotReady> {
         Err(e) => Err(format!("the check failed: {e}")),
     };
     if let Err(why) = pinged {
-        tracing::warn!(reason = %why, "not ready: token store unreadable");
+        tracing::warn!(reason = ?why, "not ready: token store unreadable");
         return Err("token store unreadable");
     }
     if let Err(why) = gate.upstream.ready().await {
-        tracing::warn!(reason = %why, "not ready: git backend unreachable");
+        tracing::warn!(reason = ?why, "not ready: git backend unreachable");
         return Err("git backend unreachable");
     }
     Ok(())

@@ -443,7 +443,6 @@ fn run(args: Cli) -> Result<(), String> {
     }
 }
 
-/// Logs go to stderr; the filter comes from GITGATE_LOG, else `default`.
 /// Logging to stderr, filtered by `GITGATE_LOG` (else `default`). A value that is not
 /// understood is refused: read as best it could be, it would turn logging off without a word.
 fn init_logging(default: &str) -> Result<(), String> {

@@ -530,7 +530,7 @@ pub async fn serve(listener: TcpListener, store: Store, limits: Limits) {
             Err(e) => {
                 // As the main listener's: once per window, not every 50 ms.
                 if let Some(times) = accept_failures.failed(std::time::Instant::now()) {
-                    tracing::warn!(error = %e, times, "metrics: accept failed");
+                    tracing::warn!(error = ?e.to_string(), times, "metrics: accept failed");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -600,8 +600,10 @@ async fn refresh_expiring(store: Store) {
         .await;
         match counted {
             Ok(Ok(n)) => METRICS.tokens_expiring_soon.store(n, Relaxed),
-            Ok(Err(e)) => tracing::warn!(error = %e, "metrics: could not count expiring tokens"),
-            Err(e) => tracing::warn!(error = %e, "metrics: expiry count task failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = ?e.to_string(), "metrics: could not count expiring tokens")
+            }
+            Err(e) => tracing::warn!(error = ?e.to_string(), "metrics: expiry count task failed"),
         }
         tokio::time::sleep(EXPIRY_REFRESH).await;
     }

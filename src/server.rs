@@ -136,7 +136,7 @@ fn mark_listed_descriptors_close_on_exec() {
             .filter(|&fd| fd > 2)
             .collect(),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list inherited file descriptors: backends may inherit them");
+            tracing::warn!(error = ?e.to_string(), "cannot list inherited file descriptors: backends may inherit them");
             return;
         }
     };
@@ -277,7 +277,7 @@ fn raise_open_files_limit(max_connections: usize, workers: usize) -> Result<(), 
                 "raised the open-files limit"
             ),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot raise the open-files limit");
+                tracing::warn!(error = ?e.to_string(), "cannot raise the open-files limit");
                 at_start.limit = now.current;
             }
         }
@@ -676,7 +676,7 @@ async fn accept(
                         // and say so once per window, not 20 times a second.
                         if let Some(times) = accept_failures.failed(Instant::now()) {
                             tracing::warn!(
-                                error = %e,
+                                error = ?e.to_string(),
                                 times,
                                 "accept failed: new connections wait in the listen backlog \
                                  (said again at most every {}s while it goes on)",
@@ -695,7 +695,7 @@ async fn accept(
                 let stream = match stream.into_std() {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot hand over a connection");
+                        tracing::warn!(error = ?e.to_string(), "cannot hand over a connection");
                         continue;
                     }
                 };
@@ -798,7 +798,7 @@ async fn work(
             accepted = inbox.rx.recv() => accepted,
             Some(ended) = connections.join_next(), if !connections.is_empty() => {
                 if let Err(e) = ended {
-                    tracing::debug!(error = %e, "a connection task ended abnormally");
+                    tracing::debug!(error = ?e.to_string(), "a connection task ended abnormally");
                 }
                 continue;
             }
@@ -817,7 +817,7 @@ async fn work(
             Ok(s) => s,
             Err(e) => {
                 open.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!(remote = %remote, error = %e, "cannot take over a connection");
+                tracing::warn!(remote = %remote, error = ?e.to_string(), "cannot take over a connection");
                 continue;
             }
         };
@@ -1017,7 +1017,7 @@ impl Connection {
                             self.serve_io(tls, activity, spoken, Some(ending)).await
                         }
                         Ok(Err(e)) => {
-                            tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
+                            tracing::debug!(remote = %remote, error = ?e.to_string(), "TLS handshake failed")
                         }
                         Err(_) => tracing::debug!(remote = %remote, "TLS handshake timed out"),
                     },
@@ -1153,7 +1153,7 @@ impl Connection {
         match closed {
             Closed::Ended(Ok(())) => {}
             Closed::Ended(Err(e)) => {
-                tracing::debug!(remote = %remote, error = %e, "connection ended with an error")
+                tracing::debug!(remote = %remote, error = ?e.to_string(), "connection ended with an error")
             }
             Closed::Idle => tracing::debug!(
                 remote = %remote,

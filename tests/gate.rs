@@ -1100,7 +1100,7 @@ fn owner_with_read_grant_cannot_push_with_write_token() {
     assert!(
         line.contains("user=alice")
             && line.contains("repo=team/app")
-            && line.contains("reason=user 'alice' has read access to team/app"),
+            && line.contains("reason=\"user 'alice' has read access to team/app"),
         "{line}"
     );
 }

@@ -139,7 +139,7 @@ pub(super) fn log_lost_event(
     count: u64,
 ) {
     tracing::warn!(
-        error = %error,
+        error = ?error.to_string(),
         actor = %actor.name,
         source = %actor.source,
         action,

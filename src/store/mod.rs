@@ -775,7 +775,7 @@ impl Store {
                 let _ = self.inner.watch.set(w);
             }
             Err(e) => tracing::info!(
-                error = %e,
+                error = ?e.to_string(),
                 "no inotify watch on the store's folders: its files are checked on every request"
             ),
         }
@@ -1587,7 +1587,7 @@ impl Inner {
 /// See [`Inner::drop`].
 fn keep_log_on_close(conn: &Connection) {
     if let Err(e) = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true) {
-        tracing::error!(error = %e, "could not keep a store connection from checkpointing on close");
+        tracing::error!(error = ?e.to_string(), "could not keep a store connection from checkpointing on close");
     }
 }
 

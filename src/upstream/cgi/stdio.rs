@@ -101,7 +101,7 @@ pub(super) async fn feed_stdin<B>(
                 if let Err(e) = stdin.write_all(&data).await {
                     // The backend stopped reading (it answered early, or died); its exit status
                     // tells the rest of the story.
-                    tracing::debug!(target: "gitgate::cgi", error = %e, "CGI backend stopped reading the request body");
+                    tracing::debug!(target: "gitgate::cgi", error = ?e.to_string(), "CGI backend stopped reading the request body");
                     drop(stdin);
                     let _ = told.send(Fed::NotRead);
                     return;
@@ -109,10 +109,10 @@ pub(super) async fn feed_stdin<B>(
             }
             Some(Err(e)) => {
                 if on_break == Break::CloseStdin {
-                    tracing::warn!(target: "gitgate::cgi", error = %e, "push body failed; closing the backend's input so that the push fails and cleans up");
+                    tracing::warn!(target: "gitgate::cgi", error = ?e.to_string(), "push body failed; closing the backend's input so that the push fails and cleans up");
                     return; // closes stdin
                 }
-                tracing::warn!(target: "gitgate::cgi", error = %e, "request body failed; killing the CGI backend");
+                tracing::warn!(target: "gitgate::cgi", error = ?e.to_string(), "request body failed; killing the CGI backend");
                 kill.kill(&format!("request body failed: {e}"));
                 return;
             }
