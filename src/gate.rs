@@ -225,6 +225,7 @@ impl Gate {
                     Seen::Frame(frame) => {
                         if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
                             seen.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            METRICS.request_bytes(data.len() as u64);
                             exchange.request_body_moved();
                         }
                     }
@@ -677,8 +678,6 @@ impl LogLine {
             operation,
             Outcome::of(self.forwarded, self.status),
             answered.then_some(self.status),
-            bytes_in,
-            bytes_out,
             self.started.elapsed(),
         );
         // A classified request's repository was checked for a token already (in `admit`, on
@@ -939,6 +938,7 @@ impl Body for LoggedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes_out += data.len() as u64;
+                    METRICS.response_bytes(data.len() as u64);
                 }
             }
             // A backend that answered before reading the whole request (git http-backend does,

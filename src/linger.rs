@@ -11,9 +11,9 @@
 //! has stored, at loopback speed) finds its buffers full, stops, and reads the answer before
 //! the close. The reading ends early with the body, or when the peer closes (nginx does once
 //! it has the answer, and git). A client cannot keep a refused connection for longer than
-//! [`LINGER`], nor make gitgate read more than [`LINGER_BYTES`] of it. Over HTTP/2 a stream's
-//! unread body is ended with a reset of that stream alone, after the answer; nothing is
-//! needed there.
+//! [`LINGER`], nor make gitgate read more than [`LINGER_BYTES`] of it (and the rest of the read
+//! that reaches it). Over HTTP/2 a stream's unread body is ended with a reset of that stream
+//! alone, after the answer; nothing is needed there.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -66,7 +66,7 @@ where
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     Some(runtime.spawn(async move {
         let drained = drain(body, LINGER, LINGER_BYTES).await;
-        crate::metrics::METRICS.request_bytes_lingered(drained.read());
+        crate::metrics::METRICS.request_bytes(drained.read());
         drained
     }))
 }

@@ -277,14 +277,13 @@ impl Metrics {
         self.shard().auth_duration.observe(took);
     }
 
-    /// One finished request (its body fully sent, failed or abandoned).
+    /// One finished request (its body fully sent, failed or abandoned). Its bytes are counted
+    /// as they move ([`Metrics::request_bytes`], [`Metrics::response_bytes`]).
     pub fn request_done(
         &self,
         op: Operation,
         outcome: Outcome,
         upstream_status: Option<u16>,
-        bytes_in: u64,
-        bytes_out: u64,
         took: Duration,
     ) {
         let shard = self.shard();
@@ -293,15 +292,18 @@ impl Metrics {
             let class = usize::from(status / 100).clamp(1, 5) - 1;
             shard.upstream_status[op as usize][class].fetch_add(1, Relaxed);
         }
-        shard.bytes_in.fetch_add(bytes_in, Relaxed);
-        shard.bytes_out.fetch_add(bytes_out, Relaxed);
         shard.request_duration.observe(took);
     }
 
-    /// Request body bytes read after the answer, lingering over a body left unread
-    /// ([`crate::linger`]).
-    pub fn request_bytes_lingered(&self, bytes: u64) {
+    /// Bytes of a git request's body, as they arrive: a long push counts while it uploads, and
+    /// the rest of a body read after its answer ([`crate::linger`]) counts too.
+    pub fn request_bytes(&self, bytes: u64) {
         self.shard().bytes_in.fetch_add(bytes, Relaxed);
+    }
+
+    /// Bytes of a git answer's body, as they go out: a long clone counts while it streams.
+    pub fn response_bytes(&self, bytes: u64) {
+        self.shard().bytes_out.fetch_add(bytes, Relaxed);
     }
 
     /// A REST API call was answered `status`.
@@ -414,7 +416,7 @@ impl Metrics {
             (
                 "gitgate_upstream_errors_total",
                 "counter",
-                "Requests the backend failed: unreachable, timed out, or crashed before or while answering.",
+                "Requests the backend failed: unreachable, timed out, or crashed before or while answering (a 5xx it answered itself is in gitgate_upstream_responses_total).",
                 self.upstream_errors.load(Relaxed).to_string(),
             ),
             (
@@ -636,17 +638,15 @@ mod tests {
             Operation::Read,
             Outcome::Allowed,
             Some(200),
-            10,
-            20,
             Duration::from_millis(3),
         );
+        m.request_bytes(10);
+        m.response_bytes(20);
         // Allowed, but its client left before the backend answered: no backend status.
         m.request_done(
             Operation::Read,
             Outcome::Allowed,
             None,
-            0,
-            0,
             Duration::from_millis(3),
         );
         let text = m.render((7, 1));
@@ -686,10 +686,10 @@ mod tests {
                             Operation::Write,
                             Outcome::Unauthorized,
                             None,
-                            1,
-                            2,
                             Duration::from_micros(1500),
                         );
+                        M.request_bytes(1);
+                        M.response_bytes(2);
                         M.auth_failure();
                         M.auth_decided(Duration::from_micros(7));
                     }

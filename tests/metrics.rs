@@ -341,3 +341,70 @@ fn the_rest_of_a_refused_push_read_after_its_answer_is_counted_in_the_request_by
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn bytes_are_counted_while_a_clone_streams_not_only_at_its_end() {
+    let sb = Sandbox::new();
+    with_metrics_listener(&sb);
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let writer = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let server = sb.serve();
+    let port = wait_for_metrics_port(&server);
+    // 24 MB that do not compress: more than the socket buffers between gitgate and a client
+    // that stops reading hold, so the answer cannot end while it does.
+    let url = server.url_with("alice", &writer.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    let head = sb.commit_file(&work, "big.bin", &common::noise(24 << 20, 7), "big");
+    sb.git(&work, &["push", "-q", "origin", "main"]).ok();
+    let scraped = |series: &str| {
+        sample(
+            &String::from_utf8(http_get(port, "/metrics", None).body).unwrap(),
+            series,
+        )
+    };
+    let before = scraped("gitgate_response_bytes_total");
+    let clones_logged = || {
+        server
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("gitgate::request") && l.contains("git-upload-pack"))
+            .count()
+    };
+    let logged_before = clones_logged();
+
+    // The pack of the clone, asked for by hand; only its first bytes are read.
+    let want = format!("0032want {head}\n00000009done\n");
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+         Authorization: {}\r\nContent-Type: application/x-git-upload-pack-request\r\n\
+         Content-Length: {}\r\n\r\n{want}",
+        common::basic("alice", &writer.secret),
+        want.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut first = [0u8; 16 << 10];
+    s.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+
+    // The clone is under way (its request line is not written yet), and its bytes show.
+    let started = Instant::now();
+    loop {
+        let sent = scraped("gitgate_response_bytes_total") - before;
+        if sent >= 1_000_000.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{sent} bytes of a clone under way counted"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(clones_logged(), logged_before, "the clone had ended");
+    assert!(scraped("gitgate_active_connections") >= 1.0);
+    drop(s);
+}
