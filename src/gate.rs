@@ -733,6 +733,26 @@ pub fn log_answered_before_the_gate<B>(
     );
 }
 
+/// The log line of a request hyper's HTTP/1 parser refused (answered `status`, then closed):
+/// nothing of it is known but the address and what was wrong (`why`, hyper's words). Counted
+/// apart, in `gitgate_unparsable_requests_total`.
+pub fn log_unparsable(remote: SocketAddr, status: StatusCode, why: &str) {
+    tracing::info!(
+        target: "gitgate::request",
+        method = %"-",
+        path = %"-",
+        remote = %remote.ip(),
+        repo = %"-",
+        access = %"-",
+        user = %"-",
+        token_id = %"-",
+        status = status.as_u16(),
+        outcome = %"unparsable",
+        error = ?why,
+        "request"
+    );
+}
+
 /// What is wrong with the request's `Host`, if anything: an HTTP/1.1 request must carry exactly
 /// one (RFC 9112, section 3.2). Two could make gitgate and a proxy behind it disagree about
 /// the host. HTTP/2 names the host in `:authority` (`uri`'s authority here) and may leave `Host`

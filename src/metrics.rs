@@ -229,6 +229,8 @@ pub struct Metrics {
     side_effect_failures: AtomicU64,
     /// Connections refused for their address's connection cap.
     address_cap_refusals: AtomicU64,
+    /// Requests HTTP/1's parser refused before the gate saw them (400, 414, 431).
+    unparsable_requests: AtomicU64,
     active_connections: AtomicI64,
     tokens_expiring_soon: AtomicU64,
     /// The served TLS certificate's notAfter, epoch seconds; 0 without TLS (or unread dates).
@@ -249,6 +251,7 @@ impl Metrics {
             upstream_errors: AtomicU64::new(0),
             side_effect_failures: AtomicU64::new(0),
             address_cap_refusals: AtomicU64::new(0),
+            unparsable_requests: AtomicU64::new(0),
             active_connections: AtomicI64::new(0),
             tokens_expiring_soon: AtomicU64::new(0),
             tls_certificate_expiry: AtomicI64::new(0),
@@ -332,6 +335,11 @@ impl Metrics {
         self.address_cap_refusals.fetch_add(1, Relaxed);
     }
 
+    /// A request HTTP/1's parser refused (see [`crate::server`]'s unparsable requests).
+    pub fn unparsable_request(&self) {
+        self.unparsable_requests.fetch_add(1, Relaxed);
+    }
+
     /// The backend could not be reached, or failed before or while answering.
     pub fn upstream_error(&self) {
         self.upstream_errors.fetch_add(1, Relaxed);
@@ -400,12 +408,18 @@ impl Metrics {
                 n.load(Relaxed)
             );
         }
-        let simple: [(&str, &str, &str, String); 11] = [
+        let simple: [(&str, &str, &str, String); 12] = [
             (
                 "gitgate_connections_over_address_cap_total",
                 "counter",
                 "Connections answered 503 and closed because their client address held [server] max_connections_per_address already.",
                 self.address_cap_refusals.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_unparsable_requests_total",
+                "counter",
+                "HTTP/1 requests refused by the parser before gitgate saw them: 400 (a malformed request line or header), 414 (URI too long), 431 (head over max_header_bytes or 100 fields).",
+                self.unparsable_requests.load(Relaxed).to_string(),
             ),
             (
                 "gitgate_side_effect_write_failures_total",

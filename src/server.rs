@@ -1152,9 +1152,17 @@ impl Connection {
         };
         match closed {
             Closed::Ended(Ok(())) => {}
-            Closed::Ended(Err(e)) => {
-                tracing::debug!(remote = %remote, error = ?e.to_string(), "connection ended with an error")
-            }
+            Closed::Ended(Err(e)) => match unparsable(&*e) {
+                // hyper answered it and closed: the only trace of a request that never came to
+                // the gate (a scan, a client sending garbage, a head too large).
+                Some(status) => {
+                    METRICS.unparsable_request();
+                    crate::gate::log_unparsable(remote, status, &e.to_string());
+                }
+                None => {
+                    tracing::debug!(remote = %remote, error = ?e.to_string(), "connection ended with an error")
+                }
+            },
             Closed::Idle => tracing::debug!(
                 remote = %remote,
                 "closing a connection idle for {}s",
@@ -1310,6 +1318,25 @@ fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
         }
     }
     changed
+}
+
+/// The status hyper's HTTP/1 parser answered a request it could not read with, before closing
+/// the connection (`400`, or `414`/`431` for a URI or head too long); `None` for any other
+/// error of a connection.
+fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_parse_too_large() {
+        // hyper tells the two apart only in its text.
+        Some(if e.to_string().starts_with("URI too long") {
+            StatusCode::URI_TOO_LONG
+        } else {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        })
+    } else if e.is_parse() && !e.is_parse_status() && !e.is_parse_version_h2() {
+        Some(StatusCode::BAD_REQUEST)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

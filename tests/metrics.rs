@@ -408,3 +408,65 @@ fn bytes_are_counted_while_a_clone_streams_not_only_at_its_end() {
     assert!(scraped("gitgate_active_connections") >= 1.0);
     drop(s);
 }
+
+#[test]
+fn requests_the_parser_refuses_are_logged_and_counted() {
+    let sb = Sandbox::new();
+    with_metrics_listener(&sb);
+    let server = sb.serve();
+    let port = wait_for_metrics_port(&server);
+    let answer = |request: &[u8]| {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let garbage = answer(b"\x16\x03\x01 hello there\r\n\r\n");
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    let big = format!(
+        "GET /team/app.git/info/refs HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let too_large = answer(big.as_bytes());
+    assert!(too_large.starts_with("HTTP/1.1 431"), "{too_large}");
+
+    let started = Instant::now();
+    let lines = loop {
+        let log = server.log_text();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("outcome=unparsable"))
+            .map(str::to_string)
+            .collect();
+        if lines.len() == 2 {
+            break lines;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{log}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        lines[0].contains("status=400") && lines[0].contains("remote=127.0.0.1"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("status=431") && lines[1].contains("error=\"message head is too large"),
+        "{lines:?}"
+    );
+    let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
+    assert_eq!(
+        sample(&text, "gitgate_unparsable_requests_total"),
+        2.0,
+        "{text}"
+    );
+    // No git request was looked at.
+    assert_eq!(
+        sample(
+            &text,
+            "gitgate_requests_total{operation=\"none\",outcome=\"rejected\"}"
+        ),
+        0.0,
+        "{text}"
+    );
+}
