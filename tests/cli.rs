@@ -962,6 +962,19 @@ fn an_emptied_store_file_is_refused_and_its_log_kept() {
     assert_eq!(ready, 503);
     let log = server.log_text();
     assert!(log.contains("emptied (truncated to 0 bytes)"), "{log}");
+
+    // Moved away without its -wal: every command says so, a reading one too (it said "no token
+    // store ... `user add` creates it", which would then refuse for the same -wal).
+    fs::rename(sb.db(), sb.root().join("gitgate.db.away")).unwrap();
+    for args in [&["user", "list"][..], &["user", "add", "carol"], &["check"]] {
+        let run = sb.cli(args);
+        run.fails_with("the store file is missing, but a -wal beside where it goes");
+    }
+    assert_eq!(
+        fs::metadata(&wal).unwrap().len(),
+        wal_len,
+        "the -wal is kept"
+    );
 }
 
 #[test]

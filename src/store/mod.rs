@@ -261,7 +261,7 @@ pub(crate) fn sidecar(store: &Path, suffix: &str) -> PathBuf {
 /// bytes (its first page is written when it is made), and its `-wal` is never left without it,
 /// so this is damage, or a mistake (`: > gitgate.db`, a store moved without its `-wal`), not a
 /// state gitgate leaves.
-fn refuse_a_log_without_its_file(path: &Path) -> std::result::Result<(), String> {
+pub(crate) fn refuse_a_log_without_its_file(path: &Path) -> std::result::Result<(), String> {
     // Through a symbolic link, the `-wal` is beside the real file (one not there yet included:
     // SQLite creates it where the link leads).
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| link_target(path));
