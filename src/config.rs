@@ -346,7 +346,10 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = crate::small_file::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
-            message: format!("cannot read the config file: {e}"),
+            message: format!(
+                "cannot read the config file: {e} (choose one with --config or \
+                 GITGATE_CONFIG; the default is proxy.toml in the current folder)"
+            ),
         })?;
         let config = Config::parse(path, &text)?;
         config.check_paths()?;

@@ -1125,6 +1125,18 @@ fn config_flag_after_subcommand_and_env_var() {
     lists_alice(cmd);
     std::fs::copy(sb.config(), sb.root().join("proxy.toml")).unwrap();
     lists_alice(gitgate(Some(""), sb.root()));
+    // In a folder without proxy.toml, every command says how to choose one.
+    let empty = tempfile::tempdir().unwrap();
+    for args in [&["serve"][..], &["check"], &["user", "list"]] {
+        let mut cmd = gitgate(None, empty.path());
+        cmd.args(args);
+        let run = run(cmd, None);
+        let err = run.fails_with("proxy.toml: cannot read the config file");
+        assert!(
+            err.contains("choose one with --config or GITGATE_CONFIG"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -68,7 +68,8 @@ impl std::ops::Deref for OpenStore {
 pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<OpenStore, String> {
     let text = crate::small_file::read_to_string(config_path).map_err(|e| {
         format!(
-            "{}: cannot read the config file: {e} (choose one with --config or GITGATE_CONFIG)",
+            "{}: cannot read the config file: {e} (choose one with --config or GITGATE_CONFIG; \
+             the default is proxy.toml in the current folder)",
             config_path.display()
         )
     })?;
