@@ -32,6 +32,7 @@ use crate::git::{self, GitRequest, Rejection};
 use crate::guard::{self, Guard, Verdict};
 use crate::idle::Activity;
 use crate::inflight::Slot;
+use crate::log_value::LogValue;
 use crate::metrics::{Operation, Outcome, METRICS};
 use crate::permission::TokenKind;
 use crate::policy::{self, Deny, Identity};
@@ -498,7 +499,7 @@ impl Gate {
                 // 401 is an audit event, a 403 is not: the principal is known and allowed in).
                 tracing::info!(
                     remote = %remote.ip(),
-                    user = %log.user.as_deref().unwrap_or("-"),
+                    user = %LogValue(log.user.as_deref().unwrap_or("-")),
                     token_id = %log.token_id.as_deref().unwrap_or("-"),
                     repo = %log.repo.as_deref().unwrap_or("-"),
                     reason = ?m,
@@ -694,7 +695,7 @@ impl LogLine {
             remote = %self.remote.ip(),
             repo = %self.who.repo.as_deref().unwrap_or("-"),
             access = %self.who.access.unwrap_or("-"),
-            user = %self.who.user.as_deref().unwrap_or("-"),
+            user = %LogValue(self.who.user.as_deref().unwrap_or("-")),
             token_id = %self.who.token_id.as_deref().unwrap_or("-"),
             status = self.status,
             bytes_in,
@@ -810,9 +811,9 @@ pub struct LogPath<'a> {
 impl fmt::Display for LogPath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.token_checked && crate::credentials::holds_a_token(self.path) {
-            return f.write_str("<a path holding what looks like a token secret>");
+            return f.write_str("\"<a path holding what looks like a token secret>\"");
         }
-        let plain = |b: u8| b.is_ascii_graphic() && b != b'\\';
+        let plain = |b: u8| b.is_ascii_graphic() && b != b'\\' && b != b'"';
         if self.path.bytes().all(plain) {
             return f.write_str(self.path);
         }
@@ -1030,6 +1031,8 @@ mod tests {
         assert_eq!(said("/caf\u{e9}\tx"), "/caf\\u{e9}\\u{9}x");
         // The backslash that starts an escape is itself escaped: no path logs as another.
         assert_eq!(said("/a\\u{2003}"), "/a\\\\u{2003}");
+        // A quote would end a reader's field early: escaped too.
+        assert_eq!(said("/team/a\"b.git"), "/team/a\\u{22}b.git");
         // Percent-escapes are ASCII and stay as sent.
         assert_eq!(said("/a%E2%80%83b"), "/a%E2%80%83b");
         let token = "ggt_abcdefgh2345_".to_string() + &"A".repeat(43) + "_abcdef";

@@ -127,7 +127,7 @@ fn said_unreadable(now: &[UnreadableOverride], before: &[UnreadableOverride]) {
     }
     for o in now {
         tracing::error!(
-            principal = %o.principal,
+            principal = %crate::log_value::LogValue(&o.principal),
             error = ?o.error.to_string(),
             "a rate-limit override cannot be used: its principal gets the defaults until it is \
              set again (gitgate ratelimit set) or cleared"
@@ -270,7 +270,7 @@ impl Guard {
         slot.ok_or_else(|| {
             tracing::info!(
                 target: "gitgate::ratelimit",
-                principal = %principal,
+                principal = %crate::log_value::LogValue(principal),
                 max = self.inflight.max(),
                 "too many requests in flight"
             );
@@ -318,7 +318,7 @@ impl Guard {
             Decision::Limited { retry_after_secs } => {
                 tracing::info!(
                     target: "gitgate::ratelimit",
-                    principal = %principal,
+                    principal = %crate::log_value::LogValue(principal),
                     retry_after_secs,
                     "rate limit exceeded"
                 );

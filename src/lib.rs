@@ -152,6 +152,7 @@ pub mod idle;
 pub mod inflight;
 pub mod lifecycle;
 pub mod linger;
+pub mod log_value;
 pub mod metrics;
 pub mod network;
 pub mod password;

@@ -574,6 +574,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::inflight",
     "gitgate::lifecycle",
     "gitgate::linger",
+    "gitgate::log_value",
     "gitgate::metrics",
     "gitgate::network",
     "gitgate::password",

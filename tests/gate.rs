@@ -1319,6 +1319,25 @@ fn backend_gets_remote_user_and_git_protocol_but_no_proxy_header() {
         hits[1].contains("user=ci-bot "),
         "scoped token: REMOTE_USER is its name: {hits:#?}"
     );
+
+    // A token's name with a space, a quote and a would-be field is one quoted field of the
+    // request line, not fields of its own.
+    let odd = sb.scoped_token("--project", "team", "deploy bot\" status=200", "REPO_READ");
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        odd.secret
+    );
+    assert_eq!(raw_http(server.port, req.as_bytes()).status, 200);
+    let log = fs::read_to_string(sb.server_log()).unwrap();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("gitgate::request"))
+        .unwrap();
+    assert!(
+        line.contains(r#"user="deploy bot\" status=200" token_id="#),
+        "{line}"
+    );
 }
 
 /// A descriptor gitgate's parent left open without close-on-exec (here a shell's `exec 9<file`,

@@ -436,7 +436,7 @@ pub async fn handle(
         path = %crate::gate::loggable_path(&path),
         remote = %remote.ip(),
         api = true,
-        user = %user.as_deref().unwrap_or(""),
+        user = %crate::log_value::LogValue(user.as_deref().unwrap_or("")),
         status = status.as_u16(),
         bytes_in,
         bytes_out = bytes.len(),

@@ -140,7 +140,7 @@ pub(super) fn log_lost_event(
 ) {
     tracing::warn!(
         error = ?error.to_string(),
-        actor = %actor.name,
+        actor = %crate::log_value::LogValue(&actor.name),
         source = %actor.source,
         action,
         target = target,
@@ -161,7 +161,7 @@ pub(super) fn log_event(
     let count = repeats.map_or(1, |r| r.count.max(1));
     tracing::info!(
         target: "gitgate::audit",
-        actor = %actor.name,
+        actor = %crate::log_value::LogValue(&actor.name),
         source = %actor.source,
         action,
         target = target,

@@ -20,6 +20,7 @@ use super::head::HEAD_READ;
 use super::process::{ExitInfo, KillGuard, Running, INPUT_CLOSED_GRACE, TERM_GRACE};
 use super::stdio::Fed;
 use super::CgiError;
+use crate::log_value::LogValue;
 use crate::upstream::progress::{Progress, Silence, UploadStalled};
 
 /// How much of the backend's stdout one response frame carries at most.
@@ -111,7 +112,7 @@ impl Drop for CgiBody {
         } else {
             let slot = FinishingSlot::take(&finishing.running);
             if slot.is_none() {
-                tracing::warn!(target: "gitgate::cgi", push = %label, "the client left during a push, and {MAX_FINISHING} pushes are already finishing without theirs: ending this one");
+                tracing::warn!(target: "gitgate::cgi", push = %LogValue(label), "the client left during a push, and {MAX_FINISHING} pushes are already finishing without theirs: ending this one");
             }
             slot
         };
@@ -119,7 +120,7 @@ impl Drop for CgiBody {
             self.ended_by_gitgate();
             return;
         };
-        tracing::info!(target: "gitgate::cgi", push = %label, "the client left during a push; git receive-pack finishes it (its refs only if the whole pack arrived, and its hooks)");
+        tracing::info!(target: "gitgate::cgi", push = %LogValue(label), "the client left during a push; git receive-pack finishes it (its refs only if the whole pack arrived, and its hooks)");
         let guard = std::mem::replace(&mut self.guard, KillGuard::disarmed());
         let (Some(finishing), Some(stdout)) = (self.finishing.take(), self.stdout.take()) else {
             return;
@@ -208,10 +209,10 @@ pub(super) async fn finish_alone(
     let outcome = push_outcome(&tail);
     match exit.await {
         Ok(info) if info.success() => {
-            tracing::info!(target: "gitgate::cgi", push = %finishing.label, outcome = ?outcome, "a push whose client left has finished: {info}")
+            tracing::info!(target: "gitgate::cgi", push = %LogValue(&finishing.label), outcome = ?outcome, "a push whose client left has finished: {info}")
         }
         Ok(info) => {
-            tracing::warn!(target: "gitgate::cgi", push = %finishing.label, outcome = ?outcome, "a push whose client left has failed: {info}")
+            tracing::warn!(target: "gitgate::cgi", push = %LogValue(&finishing.label), outcome = ?outcome, "a push whose client left has failed: {info}")
         }
         Err(_) => {}
     }

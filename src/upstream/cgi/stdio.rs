@@ -164,7 +164,7 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
                     // as the message a `\r` or a ` user=...` in it could forge a log line.
                     tracing::warn!(
                         target: "gitgate::cgi",
-                        path = %path,
+                        path = %crate::log_value::LogValue(&path),
                         stderr = ?text,
                         "the CGI backend wrote to stderr"
                     );
@@ -174,7 +174,7 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
                 if text.contains("detected dubious ownership") {
                     tracing::error!(
                         target: "gitgate::cgi",
-                        path = %path,
+                        path = %crate::log_value::LogValue(&path),
                         "git refuses to serve a repository owned by another user than the one \
                          gitgate runs as: run gitgate as the repositories' owner, or add them to \
                          safe.directory in that user's (or the system's) git config"
@@ -187,7 +187,7 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
     if unlogged > 0 {
         tracing::warn!(
             target: "gitgate::cgi",
-            path = %path,
+            path = %crate::log_value::LogValue(&path),
             logged,
             unlogged,
             "CGI backend wrote more stderr lines than are logged; the rest were read and dropped"
