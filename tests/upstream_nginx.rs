@@ -214,6 +214,15 @@ impl Nginx {
         }
     }
 
+    /// fcgiwrap (and the workers it forked) gone: nginx then answers git's requests with its
+    /// own `502` page.
+    fn stop_fcgiwrap(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.fcgiwrap.id())])
+            .status();
+        let _ = self.fcgiwrap.wait();
+    }
+
     fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
@@ -1448,6 +1457,48 @@ fn refused_upstream_credentials_are_a_502_not_a_prompt() {
     assert!(
         log.lines().any(|l| l.contains("backend failed")
             && l.contains("[upstream.credentials]")
+            && l.contains("upstream http://127.0.0.1:")),
+        "{log}"
+    );
+}
+
+/// What serves the repositories behind nginx gone: nginx's HTML 502 page is nothing git can
+/// show; gitgate says what it means, and logs and counts it as a backend failure.
+#[test]
+fn a_gateway_failure_page_from_the_upstream_is_told_and_logged_as_a_backend_failure() {
+    let Some(mut w) = World::new("a_gateway_failure_page_from_the_upstream_is_told") else {
+        return;
+    };
+    let g = w.serve(&Options::default());
+    assert_eq!(advertise(&w, &g).0, 200);
+    w.nginx.stop_fcgiwrap();
+    let (status, head, body) = advertise(&w, &g);
+    assert_eq!(status, 502, "{head}\n{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+    assert!(
+        body.contains(
+            "the upstream git server answered 502 Bad Gateway with a page git cannot show"
+        ),
+        "{body}"
+    );
+    assert!(!body.contains("<html"), "{body}");
+    // git prints it.
+    let out = w.git(w.dir.path(), &["ls-remote", &w.url(&g)]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("remote: the upstream git server answered 502 Bad Gateway"),
+        "{said}"
+    );
+    // The operator hears of it as of any backend failure, naming the upstream.
+    let log = g.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("backend failed")
+            && l.contains("answered 502 Bad Gateway")
             && l.contains("upstream http://127.0.0.1:")),
         "{log}"
     );

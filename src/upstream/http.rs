@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, HOST, LOCATION};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use rustls::pki_types::pem::PemObject;
@@ -323,6 +323,20 @@ impl HttpBackend {
                 resp.status()
             )));
         }
+        if a_gateway_failure_page(resp.status(), resp.headers()) {
+            // nginx's 502 when fcgiwrap is down, its 504 when the backend is slow: git prints
+            // no HTML page, only "returned error: 502", and the operator would hear of it only
+            // as a request line. Told and counted as gitgate's own failures to reach a backend
+            // are (the upstream's connection, its page unread, is not used again).
+            return Err(ForwardError {
+                status: resp.status(),
+                ..ForwardError::bad_gateway(format!(
+                    "the upstream git server answered {} with a page git cannot show: what \
+                     serves the repositories behind it may be down or slow; its log says more",
+                    resp.status()
+                ))
+            });
+        }
         let asked = parts.uri.path_and_query();
         let (mut parts, body) = resp.into_parts();
         headers::to_client(&mut parts.headers).map_err(ForwardError::bad_gateway)?;
@@ -594,6 +608,24 @@ impl HttpBackend {
             Err(e) => Err(format!("upstream {upstream} unreachable: {e}")),
         }
     }
+}
+
+/// Whether an upstream's answer is a gateway's failure page: a `502`, `503` or `504` whose body
+/// is not plain text (git shows a `text/plain` body as `remote: ...`, and nothing else).
+fn a_gateway_failure_page(status: StatusCode, headers: &hyper::HeaderMap) -> bool {
+    let gateway = matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    );
+    let plain = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.trim_start()
+                .get(..10)
+                .is_some_and(|m| m.eq_ignore_ascii_case("text/plain"))
+        });
+    gateway && !plain
 }
 
 /// The ways a `Location` can name the upstream's own address: its authority as configured and
@@ -891,6 +923,27 @@ mod tests {
     /// Midnight UTC of `date` (YYYY-MM-DD), in epoch milliseconds.
     fn at_date(date: &str) -> i64 {
         crate::clock::parse_date(date).unwrap()
+    }
+
+    #[test]
+    fn a_gateway_failure_page_is_a_5xx_git_cannot_show() {
+        let with = |status: u16, content_type: Option<&str>| {
+            let mut headers = hyper::HeaderMap::new();
+            if let Some(t) = content_type {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_str(t).unwrap());
+            }
+            a_gateway_failure_page(StatusCode::from_u16(status).unwrap(), &headers)
+        };
+        for status in [502, 503, 504] {
+            assert!(with(status, Some("text/html")), "{status}");
+            assert!(with(status, None), "{status}");
+            assert!(!with(status, Some("text/plain; charset=utf-8")), "{status}");
+            assert!(!with(status, Some("Text/Plain")), "{status}");
+        }
+        // A backend's own failure, and everything else, goes to git as it came.
+        assert!(!with(500, Some("text/html")));
+        assert!(!with(404, Some("text/html")));
+        assert!(!with(200, Some("application/x-git-upload-pack-result")));
     }
 
     #[test]
