@@ -1251,7 +1251,8 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         "listen http://127.0.0.1:0: free",
         "upstream cgi ",
         ": ready",
-        "; 1 user, 0 tokens not revoked",
+        // No token yet: every git request would be refused, which is worth a warning.
+        "; 1 user, no token that is not revoked: it refuses every git request",
         "ok: serve would start with this configuration",
     ] {
         assert!(text.contains(line), "{line:?} in:\n{text}");
@@ -1260,9 +1261,12 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     // Beside a running server (its `-wal` open), the same, read through the log.
     let server = sb.serve();
     sb.add_user("bob", PASSWORD);
-    assert!(check(&sb.config())
-        .ok()
-        .contains("; 2 users, 0 tokens not revoked"));
+    sb.scoped_token("--project", "team", "ci", "REPO_READ");
+    let text = check(&sb.config()).ok().to_string();
+    assert!(
+        text.contains("; 2 users, 1 token not revoked") && !text.contains("warning"),
+        "{text}"
+    );
     // What a process killed while it had the store open leaves, once its `-shm` is removed:
     // the file and a `-wal` holding commits the file lacks (bob). Read without creating the
     // `-shm` (which, made by another user than serve's, could keep serve from the store).
@@ -1286,7 +1290,7 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     assert_eq!(in_the_file_alone, 1, "the premise: bob is only in the -wal");
     let out = check(&variant("crashed.toml", "gitgate.db", "crashed.db"));
     assert!(
-        out.ok().contains("; 2 users, 0 tokens not revoked"),
+        out.ok().contains("; 2 users, 1 token not revoked"),
         "the -wal's commits were read: {out}"
     );
     assert!(
@@ -1299,7 +1303,7 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     std::os::unix::fs::symlink("crashed.db", sb.root().join("linked.db")).unwrap();
     let out = check(&variant("linked.toml", "gitgate.db", "linked.db"));
     assert!(
-        out.ok().contains("; 2 users, 0 tokens not revoked"),
+        out.ok().contains("; 2 users, 1 token not revoked"),
         "the -wal beside the link's file was read: {out}"
     );
     for shm in ["crashed.db-shm", "linked.db-shm"] {
@@ -1334,9 +1338,11 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
 
     // No store yet: serve creates it, and check does not.
     let elsewhere = variant("fresh.toml", "gitgate.db", "fresh.db");
-    assert!(check(&elsewhere)
-        .ok()
-        .contains("not there yet; serve creates it"));
+    assert!(check(&elsewhere).ok().contains(
+        "warning: store {}: not there yet; serve creates it, empty: it refuses every git request"
+            .replace("{}", &sb.root().join("fresh.db").display().to_string())
+            .as_str()
+    ));
     assert!(!sb.root().join("fresh.db").exists());
     // In a folder that is not there, serve could not create it: an error, as at a start.
     let elsewhere = variant("fresh.toml", "gitgate.db", "no-such-folder/fresh.db");

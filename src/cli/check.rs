@@ -184,8 +184,24 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     let inspection = Store::inspect(&config.store.path).map_err(|e| config.store_refusal(e))?;
     // serve's own check before it opens the store: this process's access, nothing opened.
     Store::check_can_write(&config.store.path).map_err(|e| config.store_refusal(e))?;
+    // A store with no token to accept refuses every git request, each a 401 that makes git's
+    // credential helpers forget the token they hold: worth a word before a restart, as a
+    // `[store] path` mistyped in a live config makes one so.
+    let empty = "it refuses every git request until a token is made (if the store is \
+                 elsewhere, fix [store] path)";
     match inspection {
-        None => outln!("store {store}: not there yet; serve creates it"),
+        None => {
+            warnings += 1;
+            outln!("warning: store {store}: not there yet; serve creates it, empty: {empty}");
+        }
+        Some(i) if i.unrevoked_tokens == 0 => {
+            warnings += 1;
+            outln!(
+                "warning: store {store}: schema {}; {}, no token that is not revoked: {empty}",
+                i.schema,
+                counted(i.users, "user")
+            );
+        }
         Some(i) if i.schema < i.current => outln!(
             "store {store}: schema {}, migrated to {} at the next start; {}, {} not revoked",
             i.schema,
