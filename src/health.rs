@@ -70,6 +70,10 @@ async fn ready(gate: &Gate) -> Result<(), NotReady> {
         }
     }
     let outcome = check(gate).await;
+    // The outage's end is news too: said once, by the worker whose check saw it end.
+    if outcome.is_ok() && matches!(*last, Some((_, Err(_)))) {
+        tracing::info!("ready again: the token store and the git backend answer");
+    }
     *last = Some((Instant::now(), outcome));
     outcome
 }

@@ -881,6 +881,13 @@ fn upstream_down_is_502_then_recovers() {
     w.nginx.start_nginx();
     w.git_ok(w.dir.path(), &["ls-remote", &url]);
     readyz_turns(200);
+    // The recovery is in the log too, not only in the probe's answer.
+    assert!(
+        g.log_text()
+            .contains("ready again: the token store and the git backend answer"),
+        "{}",
+        g.log_text()
+    );
 }
 
 /// The start's log says whether the backend answers: a wrong port shows before anybody clones.
