@@ -709,6 +709,30 @@ fn token_revoke() {
         run.stderr.contains("AAAAAAAAAAAA"),
         "message names the id: {run}"
     );
+
+    // A store another process keeps locked (past SQLite's 5 s busy timeout) takes nothing: the
+    // one revoking a leaked token, or disabling its owner, is told so.
+    let conn = rusqlite::Connection::open(sb.db()).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (revoke, disable) = std::thread::scope(|s| {
+        let revoke = s.spawn(|| sb.cli(&["token", "revoke", &keep.id]));
+        let disable = s.spawn(|| sb.cli(&["user", "disable", "alice"]));
+        (revoke.join().unwrap(), disable.join().unwrap())
+    });
+    conn.execute_batch("ROLLBACK").unwrap();
+    for run in [revoke, disable] {
+        let said = run.fails_with("locked by another process");
+        assert!(said.contains("nothing was changed"), "{said}");
+    }
+    let list = sb.cli_json(&["token", "list", "--json"]);
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == keep.id.as_str())
+            .unwrap()["revokedAt"],
+        Value::Null
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use crate::clock;
 use crate::credentials::Secret;
 use crate::lifecycle::{self, Caller, CreateRequest, EditRequest, ExpiryPolicy, Subject};
 use crate::policy::Target;
-use crate::store::{Actor, Store, TokenRecord};
+use crate::store::{Actor, Store, StoreError, TokenRecord};
 
 /// Who `token create` is for, as given on the command line (exactly one is set; clap enforces it).
 pub struct For<'a> {
@@ -273,6 +273,13 @@ pub fn revoke(store: &Store, id: &str) -> Result<(), String> {
             }
             // It was read (and failed), so it is there: revoked already.
             return Err(format!("{e}; it is revoked already"));
+        }
+        // Said at once, for who revokes a leaked token at night: the store took nothing.
+        Err(e @ lifecycle::Error::Store(StoreError::Busy | StoreError::Sqlite(_))) => {
+            return Err(format!(
+                "{e}: token {id} is NOT revoked and still works; free the store (disk space, \
+                 the process holding its lock) and revoke it again"
+            ))
         }
         Err(e) => return Err(e.to_string()),
     };

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::{print_json, read_new_password, when};
 use crate::password;
-use crate::store::{Actor, Role, Store};
+use crate::store::{Actor, Role, Store, StoreError};
 
 pub fn add(store: &Store, name: &str, admin: bool, password_stdin: bool) -> Result<(), String> {
     crate::store::validate_slug(name).map_err(|e| e.to_string())?;
@@ -50,7 +50,14 @@ pub fn list(store: &Store, json: bool) -> Result<(), String> {
 pub fn set_active(store: &Store, name: &str, active: bool) -> Result<(), String> {
     let changed = store
         .set_user_active(name, active, &Actor::cli())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            // The store took nothing: say what that means for the user's tokens.
+            StoreError::Busy | StoreError::Sqlite(_) if !active => format!(
+                "{e}: user '{name}' is NOT disabled, and their tokens still work; free the \
+                 store (disk space, the process holding its lock) and disable them again"
+            ),
+            e => e.to_string(),
+        })?;
     let what = match (changed, active) {
         (true, true) => "enabled",
         (true, false) => "disabled (their tokens stop working at once)",
