@@ -511,6 +511,27 @@ fn a_start_while_another_process_holds_the_write_lock_serves() {
     conn.execute_batch("ROLLBACK").unwrap();
 }
 
+/// A store another process keeps locked even for readers (`locking_mode=EXCLUSIVE`) cannot be
+/// served: the start stops after the busy timeout, naming the process, and changes nothing.
+#[test]
+fn a_start_on_a_store_another_process_holds_exclusively_names_that_process() {
+    let mut server = Server::start("");
+    server.stop();
+    let conn = rusqlite::Connection::open(server.path("gitgate.db")).unwrap();
+    conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT;")
+        .unwrap();
+    let mut serve = common::gitgate_command(&server.config());
+    serve.arg("serve");
+    let out = common::run(serve, None);
+    let said = out.fails_with("keeps it locked for more than 5 s");
+    assert!(
+        said.contains(&format!("process {}", std::process::id()))
+            && said.contains("nothing was changed"),
+        "{said}"
+    );
+    drop(conn);
+}
+
 /// A stop signal while the start waits on that lock ends the start there: nothing is served,
 /// and the log does not go on to say "listening" and "ready".
 #[test]

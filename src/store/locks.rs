@@ -158,6 +158,30 @@ pub(super) fn refuse_a_log_of_another_file(
     ))
 }
 
+/// The processes other than this one that hold SQLite's locks on the file at `db`: who keeps
+/// a store locked (a write under way, or `locking_mode=EXCLUSIVE`). Empty if none, or unknown.
+#[cfg(target_os = "linux")]
+pub(super) fn lockers(db: &Path) -> BTreeSet<u32> {
+    let (Some(db), Some(text)) = (key(db), read_locks()) else {
+        return BTreeSet::new();
+    };
+    lockers_in(&text, db)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn lockers(_db: &Path) -> BTreeSet<u32> {
+    BTreeSet::new()
+}
+
+/// [`lockers`] of `db` in `/proc/locks`'s `text`.
+fn lockers_in(text: &str, db: FileKey) -> BTreeSet<u32> {
+    held_locks(text)
+        .into_iter()
+        .filter(|h| h.file == db && h.start >= SQLITE_LOCK_BYTES && h.pid != std::process::id())
+        .map(|h| h.pid)
+        .collect()
+}
+
 #[cfg(not(target_os = "linux"))]
 pub(super) fn refuse_a_log_of_another_file(
     _db: &Path,
@@ -170,6 +194,19 @@ pub(super) fn refuse_a_log_of_another_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn who_holds_sqlites_locks_on_a_file() {
+        let db = ((0xfe, 0x00), 10036068);
+        // 22605 reads the -shm of another file, 31000 holds a read lock at byte 128 of the
+        // store (not SQLite's lock bytes), 40 a whole-file flock: none holds the store so.
+        assert!(lockers_in(LOCKS, db).is_empty());
+        let held = "1: POSIX  ADVISORY  WRITE 4242 fe:00:10036068 1073741824 1073741824\n\
+                    2: POSIX  ADVISORY  READ 4242 fe:00:10036068 1073741826 1073742335\n\
+                    3: -> POSIX  ADVISORY  WRITE 77 fe:00:10036068 1073741824 1073741824\n";
+        // The holder, once; a process waiting for the lock holds nothing.
+        assert_eq!(lockers_in(held, db).into_iter().collect::<Vec<_>>(), [4242]);
+    }
 
     const LOCKS: &str = "\
 1: POSIX  ADVISORY  READ 22605 fe:00:10036068 128 128

@@ -1384,6 +1384,20 @@ fn descriptors_run_out() -> Option<(u64, u64)> {
 /// descriptors, its limit; for a full disk, the space left.
 fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
     match e.sqlite_error_code() {
+        // Past the busy timeout: another process keeps the store locked even for reading (a
+        // write lock held on, or `PRAGMA locking_mode=EXCLUSIVE`). Said with who, if known.
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            let who: Vec<String> = locks::lockers(path).iter().map(u32::to_string).collect();
+            let who = match who.as_slice() {
+                [] => "another process".to_string(),
+                pids => format!("process {}", pids.join(", ")),
+            };
+            format!(
+                "{e}: {who} keeps it locked for more than 5 s (a change still under way, or a \
+                 connection in locking_mode=EXCLUSIVE, which shuts every other process out), \
+                 so gitgate cannot read it; nothing was changed. End that process's hold on it"
+            )
+        }
         Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
             format!("{e}: the store is damaged; {RESTORE}")
         }
