@@ -223,9 +223,10 @@ impl Guard {
 
     /// Step 1: is this address blocked? No store access.
     pub fn check_address(&self, addr: IpAddr, now: i64) -> Result<(), Verdict> {
-        self.throttle
-            .check(addr, now)
-            .map_err(|retry_after_secs| Verdict::AddressBlocked { retry_after_secs })
+        self.throttle.check(addr, now).map_err(|retry_after_secs| {
+            crate::metrics::METRICS.throttled();
+            Verdict::AddressBlocked { retry_after_secs }
+        })
     }
 
     /// Step 2: count a failed authentication; a new block is logged and audited off the path.

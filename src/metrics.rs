@@ -231,6 +231,8 @@ pub struct Metrics {
     address_cap_refusals: AtomicU64,
     /// Requests HTTP/1's parser refused before the gate saw them (400, 414, 431).
     unparsable_requests: AtomicU64,
+    /// Requests refused because their address was blocked for failed authentications.
+    throttled: AtomicU64,
     active_connections: AtomicI64,
     tokens_expiring_soon: AtomicU64,
     /// The served TLS certificate's notAfter, epoch seconds; 0 without TLS (or unread dates).
@@ -252,6 +254,7 @@ impl Metrics {
             side_effect_failures: AtomicU64::new(0),
             address_cap_refusals: AtomicU64::new(0),
             unparsable_requests: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
             active_connections: AtomicI64::new(0),
             tokens_expiring_soon: AtomicU64::new(0),
             tls_certificate_expiry: AtomicI64::new(0),
@@ -335,6 +338,11 @@ impl Metrics {
         self.address_cap_refusals.fetch_add(1, Relaxed);
     }
 
+    /// A request refused because its address is blocked for failed authentications.
+    pub fn throttled(&self) {
+        self.throttled.fetch_add(1, Relaxed);
+    }
+
     /// A request HTTP/1's parser refused (see [`crate::server`]'s unparsable requests).
     pub fn unparsable_request(&self) {
         self.unparsable_requests.fetch_add(1, Relaxed);
@@ -408,7 +416,13 @@ impl Metrics {
                 n.load(Relaxed)
             );
         }
-        let simple: [(&str, &str, &str, String); 12] = [
+        let simple: [(&str, &str, &str, String); 13] = [
+            (
+                "gitgate_throttled_requests_total",
+                "counter",
+                "Requests (git's and the REST API's) refused 429 because their client address is blocked for failed authentications; in gitgate_requests_total as outcome 429 too, with rate-limit refusals.",
+                self.throttled.load(Relaxed).to_string(),
+            ),
             (
                 "gitgate_connections_over_address_cap_total",
                 "counter",

@@ -470,3 +470,40 @@ fn requests_the_parser_refuses_are_logged_and_counted() {
         "{text}"
     );
 }
+
+#[test]
+fn requests_from_an_address_blocked_for_failed_authentications_are_counted_apart() {
+    let sb = Sandbox::new();
+    with_metrics_listener(&sb);
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    let server = sb.serve();
+    let port = wait_for_metrics_port(&server);
+    let wrong = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("alice:ggt_nottoken")
+    );
+    let mut blocked = 0;
+    for _ in 0..15 {
+        let status = http_get(
+            server.port,
+            "/team/app.git/info/refs?service=git-upload-pack",
+            Some(&wrong),
+        )
+        .status;
+        assert!(status == 401 || status == 429, "{status}");
+        blocked += usize::from(status == 429);
+    }
+    assert!(blocked >= 1, "the address was never blocked");
+    let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
+    assert_eq!(
+        sample(&text, "gitgate_throttled_requests_total"),
+        blocked as f64,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "gitgate_auth_failures_total"),
+        (15 - blocked) as f64,
+        "{text}"
+    );
+}
