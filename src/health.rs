@@ -16,6 +16,7 @@
 //! arrive meanwhile wait for its outcome, and an outcome, success or failure, answers for
 //! `REMEMBER_FOR` (so recovery shows within a second).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::{Method, Response, StatusCode};
@@ -28,6 +29,9 @@ const REMEMBER_FOR: Duration = Duration::from_secs(1);
 
 /// What failed, as a probe is told.
 type NotReady = &'static str;
+
+/// Whether the last readiness check, of whichever worker, failed.
+static NOT_READY: AtomicBool = AtomicBool::new(false);
 
 /// The last readiness check and when it ran (one per gate, that is per worker). Its lock is
 /// held while a check runs, so that concurrent probes share it.
@@ -70,8 +74,9 @@ async fn ready(gate: &Gate) -> Result<(), NotReady> {
         }
     }
     let outcome = check(gate).await;
-    // The outage's end is news too: said once, by the worker whose check saw it end.
-    if outcome.is_ok() && matches!(*last, Some((_, Err(_)))) {
+    // The outage's end is news too: said once, by the first check of any worker that saw it
+    // end (each worker checks for itself, and the probes may come to any of them).
+    if NOT_READY.swap(outcome.is_err(), Ordering::Relaxed) && outcome.is_ok() {
         tracing::info!("ready again: the token store and the git backend answer");
     }
     *last = Some((Instant::now(), outcome));
