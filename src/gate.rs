@@ -718,10 +718,30 @@ pub fn log_answered_before_the_gate<B>(
     status: StatusCode,
     outcome: &str,
 ) {
+    let path = loggable_path(req.uri().path());
+    log_unseen(req.method(), &path, remote, status, outcome, None);
+}
+
+/// The log line of a request hyper's HTTP/1 parser refused (answered `status`, then closed):
+/// nothing of it is known but the address and what was wrong (`why`, hyper's words). Counted
+/// apart, in `gitgate_unparsable_requests_total`.
+pub fn log_unparsable(remote: SocketAddr, status: StatusCode, why: &str) {
+    log_unseen(&"-", &"-", remote, status, "unparsable", Some(why));
+}
+
+/// A request line for an answer the gate did not decide: no repository, access, user or token.
+fn log_unseen(
+    method: &dyn fmt::Display,
+    path: &dyn fmt::Display,
+    remote: SocketAddr,
+    status: StatusCode,
+    outcome: &str,
+    error: Option<&str>,
+) {
     tracing::info!(
         target: "gitgate::request",
-        method = %req.method(),
-        path = %loggable_path(req.uri().path()),
+        method = %method,
+        path = %path,
         remote = %remote.ip(),
         // Display, not Debug: `user=-` as on every other request line, not `user="-"`.
         repo = %"-",
@@ -730,26 +750,8 @@ pub fn log_answered_before_the_gate<B>(
         token_id = %"-",
         status = status.as_u16(),
         outcome = %outcome,
-        "request"
-    );
-}
-
-/// The log line of a request hyper's HTTP/1 parser refused (answered `status`, then closed):
-/// nothing of it is known but the address and what was wrong (`why`, hyper's words). Counted
-/// apart, in `gitgate_unparsable_requests_total`.
-pub fn log_unparsable(remote: SocketAddr, status: StatusCode, why: &str) {
-    tracing::info!(
-        target: "gitgate::request",
-        method = %"-",
-        path = %"-",
-        remote = %remote.ip(),
-        repo = %"-",
-        access = %"-",
-        user = %"-",
-        token_id = %"-",
-        status = status.as_u16(),
-        outcome = %"unparsable",
-        error = ?why,
+        // Written only when there is one.
+        error = error.map(tracing::field::debug),
         "request"
     );
 }

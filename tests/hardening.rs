@@ -529,7 +529,21 @@ fn a_start_on_a_store_another_process_holds_exclusively_names_that_process() {
             && said.contains("nothing was changed"),
         "{said}"
     );
+    // check, which reads the store without taking locks, says so too.
+    let mut check = common::gitgate_command(&server.config());
+    check.arg("check");
+    let checked = common::run(check, None);
+    let said = checked.fails_with("keeps it locked from every other process");
+    assert!(
+        said.contains(&format!("process {}", std::process::id())),
+        "{said}"
+    );
     drop(conn);
+    // Let go, the store is fine for both; a running gitgate's own read locks are no hold.
+    server.start_again();
+    let mut check = common::gitgate_command(&server.config());
+    check.arg("check");
+    common::run(check, None).ok();
 }
 
 /// A stop signal while the start waits on that lock ends the start there: nothing is served,

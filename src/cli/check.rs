@@ -181,6 +181,20 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         }
     }
     let store = config.store.path.display();
+    // Read as check reads it (without locks, when no -wal says anyone has it open), a store
+    // another process holds in locking_mode=EXCLUSIVE looks fine; serve could not open it.
+    let holders: Vec<String> = crate::store::lockers(&config.store.path)
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    if !holders.is_empty() {
+        return Err(config.store_refusal(format!(
+            "process {} keeps it locked from every other process (a connection in \
+             locking_mode=EXCLUSIVE), so serve would stop after 5 s, unable to read it; end \
+             that process's hold on it",
+            holders.join(", ")
+        )));
+    }
     let inspection = Store::inspect(&config.store.path).map_err(|e| config.store_refusal(e))?;
     // serve's own check before it opens the store: this process's access, nothing opened.
     Store::check_can_write(&config.store.path).map_err(|e| config.store_refusal(e))?;

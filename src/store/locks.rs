@@ -34,12 +34,14 @@ type FileKey = ((u32, u32), u64);
 /// is a connection's to that file, not someone else's lock on the same file.
 const SQLITE_LOCK_BYTES: u64 = 0x4000_0000;
 
-/// One POSIX lock held (not waited for): the process, the file, and where the lock begins.
+/// One POSIX lock held (not waited for): the process, the file, where the lock begins, and
+/// whether it is a write lock.
 #[derive(Debug, PartialEq, Eq)]
 struct Held {
     pid: u32,
     file: FileKey,
     start: u64,
+    write: bool,
 }
 
 /// The POSIX locks held in `/proc/locks`'s `text`.
@@ -52,7 +54,7 @@ fn held_locks(text: &str) -> Vec<Held> {
             if kind != "POSIX" {
                 return None;
             }
-            let (_mode, _access) = (fields.next()?, fields.next()?);
+            let (_mode, access) = (fields.next()?, fields.next()?);
             let pid: u32 = fields.next()?.parse().ok()?;
             let mut file = fields.next()?.split(':');
             let major = u32::from_str_radix(file.next()?, 16).ok()?;
@@ -63,6 +65,7 @@ fn held_locks(text: &str) -> Vec<Held> {
                 pid,
                 file: ((major, minor), inode),
                 start,
+                write: access == "WRITE",
             })
         })
         .collect()
@@ -158,10 +161,12 @@ pub(super) fn refuse_a_log_of_another_file(
     ))
 }
 
-/// The processes other than this one that hold SQLite's locks on the file at `db`: who keeps
-/// a store locked (a write under way, or `locking_mode=EXCLUSIVE`). Empty if none, or unknown.
+/// The processes other than this one that hold a write lock on SQLite's lock bytes of the
+/// file at `db`: in WAL mode, which keeps writers' locks on the `-shm`, a connection in
+/// `locking_mode=EXCLUSIVE`, which shuts every other process out, readers too. (A connection
+/// merely open holds a read lock there.) Empty if none, or unknown.
 #[cfg(target_os = "linux")]
-pub(super) fn lockers(db: &Path) -> BTreeSet<u32> {
+pub fn lockers(db: &Path) -> BTreeSet<u32> {
     let (Some(db), Some(text)) = (key(db), read_locks()) else {
         return BTreeSet::new();
     };
@@ -169,7 +174,7 @@ pub(super) fn lockers(db: &Path) -> BTreeSet<u32> {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) fn lockers(_db: &Path) -> BTreeSet<u32> {
+pub fn lockers(_db: &Path) -> BTreeSet<u32> {
     BTreeSet::new()
 }
 
@@ -177,7 +182,9 @@ pub(super) fn lockers(_db: &Path) -> BTreeSet<u32> {
 fn lockers_in(text: &str, db: FileKey) -> BTreeSet<u32> {
     held_locks(text)
         .into_iter()
-        .filter(|h| h.file == db && h.start >= SQLITE_LOCK_BYTES && h.pid != std::process::id())
+        .filter(|h| {
+            h.file == db && h.write && h.start >= SQLITE_LOCK_BYTES && h.pid != std::process::id()
+        })
         .map(|h| h.pid)
         .collect()
 }
@@ -203,8 +210,10 @@ mod tests {
         assert!(lockers_in(LOCKS, db).is_empty());
         let held = "1: POSIX  ADVISORY  WRITE 4242 fe:00:10036068 1073741824 1073741824\n\
                     2: POSIX  ADVISORY  READ 4242 fe:00:10036068 1073741826 1073742335\n\
-                    3: -> POSIX  ADVISORY  WRITE 77 fe:00:10036068 1073741824 1073741824\n";
-        // The holder, once; a process waiting for the lock holds nothing.
+                    3: -> POSIX  ADVISORY  WRITE 77 fe:00:10036068 1073741824 1073741824\n\
+                    4: POSIX  ADVISORY  READ 5151 fe:00:10036068 1073741826 1073741826\n";
+        // The holder, once; a process waiting for the lock holds nothing, and one merely
+        // reading (a running gitgate) keeps nobody out.
         assert_eq!(lockers_in(held, db).into_iter().collect::<Vec<_>>(), [4242]);
     }
 
@@ -227,7 +236,8 @@ mod tests {
             Held {
                 pid: 22605,
                 file: ((0xfe, 0), 10036068),
-                start: 128
+                start: 128,
+                write: false,
             }
         );
         assert!(held.iter().all(|h| ![40, 41].contains(&h.pid)));

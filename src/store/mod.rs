@@ -17,6 +17,7 @@ mod audit;
 mod cache;
 mod grants;
 mod locks;
+pub use locks::lockers;
 mod ratelimits;
 mod schema;
 mod settings;
