@@ -269,6 +269,8 @@ fn main() -> ExitCode {
         std::env::remove_var("GITGATE_CONFIG");
     }
     let args = Cli::parse();
+    let changes_the_store =
+        !matches!(args.command, Command::Serve | Command::Check) && !args.command.only_reads();
     // The server logs every request; the operator's commands only warnings.
     if let Err(message) = init_logging(if matches!(args.command, Command::Serve) {
         "info"
@@ -283,9 +285,33 @@ fn main() -> ExitCode {
         // `gitgate audit | head`: the reader has what it wanted; end as SIGPIPE would, quietly.
         Err(message) if message == cli::STDOUT_CLOSED => ExitCode::from(141),
         Err(message) => {
+            let message = if changes_the_store {
+                said_unchanged(message)
+            } else {
+                message
+            };
             gitgate::cli::note(format_args!("gitgate: {message}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A command's failure, saying that nothing was changed when the store failed it: its change was
+/// one transaction, rolled back (or never begun). Who revokes a leaked token, or removes a grant,
+/// at night must not take a failure for a change made.
+fn said_unchanged(message: String) -> String {
+    const STORE_FAILED: [&str; 3] = [
+        "token store error",
+        "cannot open the token store",
+        "the token store is locked by another process",
+    ];
+    let failed_in_the_store = STORE_FAILED.iter().any(|m| message.contains(m));
+    // Said already, or said more precisely (a revoke: "is NOT revoked and still works").
+    let said = message.contains("nothing was changed") || message.contains(" NOT ");
+    if failed_in_the_store && !said {
+        format!("{message}; nothing was changed")
+    } else {
+        message
     }
 }
 
@@ -618,7 +644,33 @@ const GITGATE_TARGETS: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
-    use super::{log_filter_problem, with_a_level};
+    use super::{log_filter_problem, said_unchanged, with_a_level};
+
+    #[test]
+    fn a_change_the_store_failed_is_said_to_be_unmade() {
+        let said = |m: &str| said_unchanged(m.to_string());
+        assert_eq!(
+            said("token store error: database or disk is full"),
+            "token store error: database or disk is full; nothing was changed"
+        );
+        assert!(
+            said("proxy.toml: [store] path: cannot open the token store /x: readonly")
+                .ends_with("; nothing was changed")
+        );
+        assert!(
+            said("the token store is locked by another process; try again in a moment")
+                .ends_with("; nothing was changed")
+        );
+        // Not the store's failure, or said already.
+        for as_is in [
+            "no token with id 'AAAAAAAAAAAA'",
+            "user 'bob' already exists",
+            "token store error: full: token abc is NOT revoked and still works; free the store",
+            "x; nothing was changed",
+        ] {
+            assert_eq!(said(as_is), as_is);
+        }
+    }
 
     #[test]
     fn target_pairs_alone_refine_the_default_level() {

@@ -110,10 +110,7 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
     // store (a store created by `sudo gitgate ...`, run as another user), instead of SQLite's
     // bare "attempt to write a readonly database" after the work.
     if writes {
-        // Said in so many words: who revokes a leaked token must not take it for revoked.
-        store
-            .check_writable()
-            .map_err(|e| format!("{e}; nothing was changed"))?;
+        store.check_writable().map_err(|e| e.to_string())?;
     }
     Ok(OpenStore {
         store,
