@@ -1506,6 +1506,24 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
 
 /// Where `serve` could not open the store, `check` must not say ok; both name the config file
 /// and `[store] path`.
+/// A store whose every token is expired or of a disabled user refuses every git request, as an
+/// empty one does: check says so, and no more once one can be used.
+#[test]
+fn check_warns_of_a_store_none_of_whose_tokens_can_be_used() {
+    let sb = user_sandbox();
+    sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    sb.cli(&["user", "disable", "alice"]).ok();
+    let run = sb.cli(&["check"]);
+    let text = run.ok();
+    assert!(
+        text.contains("1 token not revoked, but every one expired or of a disabled user"),
+        "{text}"
+    );
+    sb.cli(&["user", "enable", "alice"]).ok();
+    let run = sb.cli(&["check"]);
+    assert!(!run.ok().contains("warning"), "{run}");
+}
+
 #[test]
 fn check_and_serve_agree_on_a_store_path_that_cannot_be_opened() {
     let sb = Sandbox::new();

@@ -216,6 +216,16 @@ pub fn run(config_path: &Path) -> Result<(), String> {
                 counted(i.users, "user")
             );
         }
+        Some(i) if i.usable_tokens == Some(0) => {
+            warnings += 1;
+            outln!(
+                "warning: store {store}: schema {}; {}, {} not revoked, but every one expired \
+                 or of a disabled user: {empty}",
+                i.schema,
+                counted(i.users, "user"),
+                counted(i.unrevoked_tokens, "token")
+            );
+        }
         Some(i) if i.schema < i.current => outln!(
             "store {store}: schema {}, migrated to {} at the next start; {}, {} not revoked",
             i.schema,

@@ -245,6 +245,9 @@ pub struct Inspection {
     pub users: i64,
     /// Tokens not revoked (expired ones included).
     pub unrevoked_tokens: i64,
+    /// Of those, the ones a request could use now: not expired, and not of a disabled user
+    /// (`None` if a store of an older schema could not say).
+    pub usable_tokens: Option<i64>,
 }
 
 /// The name SQLite gives a store's write-ahead log (`suffix` `-wal`) or its index (`-shm`): the
@@ -538,12 +541,22 @@ impl Store {
             conn.query_row(sql, [], |r| r.get::<_, i64>(0))
                 .map_err(explain)
         };
-        let (users, unrevoked_tokens) = if version == 0 {
-            (0, 0)
+        let (users, unrevoked_tokens, usable_tokens) = if version == 0 {
+            (0, 0, Some(0))
         } else {
+            let usable = conn
+                .query_row(
+                    "SELECT count(*) FROM tokens t LEFT JOIN users u ON u.id = t.owner_id \
+                     WHERE t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?1) \
+                     AND (t.owner_id IS NULL OR u.active = 1)",
+                    [crate::clock::now_ms()],
+                    |r| r.get::<_, i64>(0),
+                )
+                .ok();
             (
                 count("SELECT count(*) FROM users")?,
                 count("SELECT count(*) FROM tokens WHERE revoked_at IS NULL")?,
+                usable,
             )
         };
         Ok(Some(Inspection {
@@ -551,6 +564,7 @@ impl Store {
             current: schema::CURRENT,
             users,
             unrevoked_tokens,
+            usable_tokens,
         }))
     }
 
