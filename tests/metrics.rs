@@ -48,6 +48,18 @@ fn wait_for_metrics_port(server: &common::Server) -> u16 {
     }
 }
 
+/// A server with `[metrics] listen`, the repository team/app and the user alice: its sandbox,
+/// the server, and the metrics port.
+fn serving_team_app_to_alice() -> (Sandbox, common::Server, u16) {
+    let sb = Sandbox::new();
+    with_metrics_listener(&sb);
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    let server = sb.serve();
+    let port = wait_for_metrics_port(&server);
+    (sb, server, port)
+}
+
 /// The value of the sample line that starts with `series ` (labels included).
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -298,12 +310,7 @@ fn the_metrics_listener_closes_slow_and_idle_connections() {
 
 #[test]
 fn the_rest_of_a_refused_push_read_after_its_answer_is_counted_in_the_request_bytes() {
-    let sb = Sandbox::new();
-    with_metrics_listener(&sb);
-    sb.create_repo("team/app");
-    sb.add_user("alice", PASSWORD);
-    let server = sb.serve();
-    let port = wait_for_metrics_port(&server);
+    let (_sb, server, port) = serving_team_app_to_alice();
     // A push with a wrong token: refused at its head, its body then read (and dropped) so
     // that the connection closes cleanly.
     const BODY: usize = 300_000;
@@ -473,12 +480,7 @@ fn requests_the_parser_refuses_are_logged_and_counted() {
 
 #[test]
 fn requests_from_an_address_blocked_for_failed_authentications_are_counted_apart() {
-    let sb = Sandbox::new();
-    with_metrics_listener(&sb);
-    sb.create_repo("team/app");
-    sb.add_user("alice", PASSWORD);
-    let server = sb.serve();
-    let port = wait_for_metrics_port(&server);
+    let (_sb, server, port) = serving_team_app_to_alice();
     let wrong = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode("alice:ggt_nottoken")
