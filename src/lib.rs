@@ -47,8 +47,12 @@
 //!  after SIGTERM ends first
 //! ```
 //!
-//! - [`metrics`] counts requests, outcomes, bytes, latencies and connections and serves them as
-//!   `GET /metrics` (Prometheus text) on its own listener, `[metrics] listen`, off by default.
+//! - [`metrics`] counts requests, outcomes, bytes (as they move), latencies and connections
+//!   and serves them as `GET /metrics` (Prometheus text) on its own listener, `[metrics]
+//!   listen`, off by default; requests hyper's HTTP/1 parser refuses, which never reach the
+//!   gate, get a log line (`unparsable`) and a counter of their own from [`server`].
+//! - [`log_value`] writes a name or free text (a token's name as the `user`) as one logfmt
+//!   field: bare when it is a plain word, else quoted.
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2 — over TLS, the one ALPN
 //!   agreed — TLS via [`tls`] with the certificate reloaded on SIGHUP), with a header-read
 //!   deadline (also for a connection
