@@ -351,14 +351,9 @@ fn the_rest_of_a_refused_push_read_after_its_answer_is_counted_in_the_request_by
 
 #[test]
 fn bytes_are_counted_while_a_clone_streams_not_only_at_its_end() {
-    let sb = Sandbox::new();
-    with_metrics_listener(&sb);
-    sb.create_repo("team/app");
-    sb.add_user("alice", PASSWORD);
+    let (sb, server, port) = serving_team_app_to_alice();
     sb.grant("alice", "team", "write");
     let writer = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
-    let server = sb.serve();
-    let port = wait_for_metrics_port(&server);
     // 24 MB that do not compress: more than the socket buffers between gitgate and a client
     // that stops reading hold, so the answer cannot end while it does.
     let url = server.url_with("alice", &writer.secret, "team/app");

@@ -613,19 +613,20 @@ impl HttpBackend {
 /// Whether an upstream's answer is a gateway's failure page: a `502`, `503` or `504` whose body
 /// is not plain text (git shows a `text/plain` body as `remote: ...`, and nothing else).
 fn a_gateway_failure_page(status: StatusCode, headers: &hyper::HeaderMap) -> bool {
+    // Every forwarded answer passes here: the status first, the header only for those three.
     let gateway = matches!(
         status,
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
     );
-    let plain = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| {
-            t.trim_start()
-                .get(..10)
-                .is_some_and(|m| m.eq_ignore_ascii_case("text/plain"))
-        });
-    gateway && !plain
+    gateway
+        && !headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| {
+                t.trim_start()
+                    .get(..10)
+                    .is_some_and(|m| m.eq_ignore_ascii_case("text/plain"))
+            })
 }
 
 /// The ways a `Location` can name the upstream's own address: its authority as configured and
