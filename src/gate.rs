@@ -278,7 +278,11 @@ impl Gate {
                                 tracing::info!(repo = %git_req.repo, error = ?e.to_string(), "request refused")
                             }
                         }
-                        text(e.status, &e.message)
+                        let mut resp = text(e.status, &e.message);
+                        if let Some(when) = e.retry_after {
+                            resp.headers_mut().insert(RETRY_AFTER, when);
+                        }
+                        resp
                     }
                 }
             }

@@ -1210,6 +1210,65 @@ fn running_out_of_descriptors_is_logged_once_per_window_and_the_recovery_too() {
     assert!(times > 5, "20 a second for 1.5 s: {line}");
 }
 
+/// A CGI backend that cannot be started for want of file descriptors (or processes) is the
+/// server overloaded for now, not broken: a `503` that says to try again, with `Retry-After`.
+#[test]
+fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repos/team/app.git");
+    let made = std::process::Command::new("git")
+        .args(["init", "-q", "--bare"])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let config = cgi_config(dir.path(), "workers = 1");
+    let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
+    // The token read into the cache, and a connection accepted, while descriptors are to spare.
+    let (out, _) = info_refs(&g, &auth);
+    assert!(!out.starts_with("HTTP/1.1 401"), "{out}");
+    let mut s = connect(g.port);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = g.pid() as libc::pid_t;
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    let mut before = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on gitgate's pid, reading into a live rlimit value.
+    let got = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut before) };
+    assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let lowered = libc::rlimit {
+        rlim_cur: open,
+        rlim_max: before.rlim_max,
+    };
+    // SAFETY: as above, with a live rlimit value to set.
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lowered, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    s.write_all(
+        format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (out, _) = read_until_closed(&mut s);
+    // SAFETY: as above, restoring the limit gitgate had.
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &before, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(out.contains("retry-after: 5\r\n"), "{out}");
+    assert!(
+        out.contains("the server cannot start another git process now; try again in a moment"),
+        "{out}"
+    );
+    let log = log_once_it_has(&g, "backend failed");
+    assert!(log.contains("Too many open files"), "{log}");
+}
+
 /// An IPv4 client of a dual-stack listener is named by its IPv4 address (not `::ffff:...`) in
 /// the log and the audit, as when a trusted proxy names it.
 #[test]
@@ -1770,6 +1829,32 @@ fn an_upstream_redirect_gitgate_cannot_check_is_a_502() {
             !out.contains(&format!(":{upstream_port}")),
             "{shown}: {out}"
         );
+    }
+}
+
+/// An upstream's `503` page in maintenance is told to git in words, and its `Retry-After` goes
+/// with them, for the retry wrappers that read it; a page without one gets none.
+#[test]
+fn an_upstream_gateway_page_keeps_its_retry_after() {
+    for (retry_after, expected) in [("Retry-After: 120\r\n", Some("120")), ("", None)] {
+        let dir = tempfile::tempdir().unwrap();
+        let page = "<html>down, sorry</html>";
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html\r\n{retry_after}\
+             Content-Length: {}\r\n\r\n{page}",
+            page.len()
+        );
+        let (upstream_port, _heads) =
+            scripted_upstream(usize::MAX, move |_| answer.clone().into_bytes());
+        let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+        let (out, _) = info_refs(&g, &auth);
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        assert!(out.contains("a page git cannot show"), "{out}");
+        let said = out
+            .lines()
+            .find_map(|l| l.strip_prefix("retry-after: "))
+            .map(str::trim);
+        assert_eq!(said, expected, "{out}");
     }
 }
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use rustls::pki_types::pem::PemObject;
@@ -293,6 +293,7 @@ impl HttpBackend {
                                 ),
                                 detail: None,
                                 fault: Fault::Client,
+                                retry_after: None,
                             });
                         }
                         return Err(ForwardError::gateway_timeout(format!(
@@ -327,9 +328,11 @@ impl HttpBackend {
             // nginx's 502 when fcgiwrap is down, its 504 when the backend is slow: git prints
             // no HTML page, only "returned error: 502", and the operator would hear of it only
             // as a request line. Told and counted as gitgate's own failures to reach a backend
-            // are (the upstream's connection, its page unread, is not used again).
+            // are (the upstream's connection, its page unread, is not used again). Its
+            // `Retry-After` (a server in maintenance) goes with the words.
             return Err(ForwardError {
                 status: resp.status(),
+                retry_after: resp.headers().get(RETRY_AFTER).cloned(),
                 ..ForwardError::bad_gateway(format!(
                     "the upstream git server answered {} with a page git cannot show: what \
                      serves the repositories behind it may be down or slow; its log says more",

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Body;
+use hyper::header::HeaderValue;
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 
@@ -49,6 +50,9 @@ pub struct ForwardError {
     pub detail: Option<String>,
     /// Whose failure it is: only the backend's count as upstream errors.
     pub fault: Fault,
+    /// When to try again, for a `503` that knows (an upstream's own `Retry-After`, or the CGI
+    /// runner's count of git processes being full): passed on with the reason.
+    pub retry_after: Option<HeaderValue>,
 }
 
 /// Who a failed forward is down to, for the log's level and the upstream-error metric.
@@ -136,6 +140,7 @@ fn not_served(repo: &crate::git::RepoPath, why: cgi::NotServed) -> ForwardError 
         message,
         detail: None,
         fault: Fault::Server,
+        retry_after: None,
     };
     match why {
         cgi::NotServed::Missing => ForwardError {
@@ -143,6 +148,7 @@ fn not_served(repo: &crate::git::RepoPath, why: cgi::NotServed) -> ForwardError 
             message: format!("repository '{repo}' not found"),
             detail: None,
             fault: Fault::Client,
+            retry_after: None,
         },
         cgi::NotServed::Doubled => server(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -168,6 +174,7 @@ fn not_served(repo: &crate::git::RepoPath, why: cgi::NotServed) -> ForwardError 
             ),
             detail: None,
             fault: Fault::Client,
+            retry_after: None,
         },
         // Counted and logged as the backend failing: storage gone is an outage, not a
         // repository the client named wrongly (`/readyz` says so too).
@@ -178,6 +185,7 @@ fn not_served(repo: &crate::git::RepoPath, why: cgi::NotServed) -> ForwardError 
                 .into(),
             detail: None,
             fault: Fault::Backend,
+            retry_after: None,
         },
         cgi::NotServed::Both => server(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -196,6 +204,7 @@ impl ForwardError {
             message: message.into(),
             detail: None,
             fault: Fault::Backend,
+            retry_after: None,
         }
     }
 
@@ -258,6 +267,7 @@ impl Upstream {
                         message: e.to_string(),
                         detail: None,
                         fault: Fault::Client,
+                        retry_after: None,
                     };
                     match e {
                         cgi::CgiError::RequestBroke => return client(StatusCode::BAD_REQUEST),
@@ -274,6 +284,7 @@ impl Upstream {
                         cgi::CgiError::TimedOut(_) => ForwardError::gateway_timeout(message),
                         _ if e.is_overload() => ForwardError {
                             status: StatusCode::SERVICE_UNAVAILABLE,
+                            retry_after: Some(HeaderValue::from_static("5")),
                             ..ForwardError::bad_gateway(
                                 "the server cannot start another git process now; try again in a moment",
                             )
