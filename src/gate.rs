@@ -127,7 +127,7 @@ impl Gate {
                 METRICS.api_request(resp.status().as_u16());
                 tracing::info!(
                     target: "gitgate::request",
-                    method = %req.method(),
+                    method = %LogMethod(req.method()),
                     path = %loggable_path(req.uri().path()),
                     remote = %remote.ip(),
                     api = true,
@@ -694,7 +694,7 @@ impl LogLine {
         };
         tracing::info!(
             target: "gitgate::request",
-            method = %self.method,
+            method = %LogMethod(&self.method),
             path = %path,
             remote = %self.remote.ip(),
             repo = %self.who.repo.as_deref().unwrap_or("-"),
@@ -723,7 +723,14 @@ pub fn log_answered_before_the_gate<B>(
     outcome: &str,
 ) {
     let path = loggable_path(req.uri().path());
-    log_unseen(req.method(), &path, remote, status, outcome, None);
+    log_unseen(
+        &LogMethod(req.method()),
+        &path,
+        remote,
+        status,
+        outcome,
+        None,
+    );
 }
 
 /// The log line of a request hyper's HTTP/1 parser refused (answered `status`, then closed):
@@ -786,9 +793,47 @@ pub fn host_problem(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<
         return None;
     }
     match (first, more) {
-        (Some(_), false) => None,
+        // An absolute request target (`GET http://host/... HTTP/1.1`) names the host itself,
+        // and a server must take it over `Host` (RFC 9112, section 3.2.2); one that names
+        // another is refused, as over HTTP/2.
+        (Some(host), false) => match uri.authority() {
+            Some(authority)
+                if !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+            {
+                Some("the Host header names another host than the request target")
+            }
+            _ => None,
+        },
         (None, _) => Some("an HTTP/1.1 request needs a Host header"),
         (Some(_), true) => Some("an HTTP/1.1 request may carry only one Host header"),
+    }
+}
+
+/// A request method as written into a log line. A method is any run of token characters, `_`
+/// among them, so a whole gitgate token is a valid one (a script that put its secret in the
+/// wrong place) and is written nowhere. The methods HTTP names are written as they are, unread.
+pub struct LogMethod<'a>(pub &'a hyper::Method);
+
+impl fmt::Display for LogMethod<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use hyper::Method;
+        let known = [
+            Method::GET,
+            Method::POST,
+            Method::HEAD,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::PATCH,
+            Method::CONNECT,
+            Method::TRACE,
+        ];
+        if !known.contains(self.0) && crate::credentials::holds_a_token(self.0.as_str()) {
+            return f.write_str("\"<a method holding what looks like a token secret>\"");
+        }
+        f.write_str(self.0.as_str())
     }
 }
 
@@ -1018,7 +1063,9 @@ impl Drop for LoggedBody {
 
 #[cfg(test)]
 mod tests {
-    use super::{host_problem, loggable_path, AuditScratch, LogLine, RequestLog, Unanswered};
+    use super::{
+        host_problem, loggable_path, AuditScratch, LogLine, LogMethod, RequestLog, Unanswered,
+    };
     use crate::idle::Activity;
     use hyper::header::HOST;
     use hyper::{HeaderMap, Uri, Version};
@@ -1044,6 +1091,18 @@ mod tests {
         let token = "ggt_abcdefgh2345_".to_string() + &"A".repeat(43) + "_abcdef";
         let hidden = said(&format!("/x/{token}"));
         assert!(!hidden.contains("ggt_"), "{hidden}");
+    }
+
+    #[test]
+    fn a_logged_method_is_never_a_token() {
+        let said =
+            |m: &str| LogMethod(&hyper::Method::from_bytes(m.as_bytes()).unwrap()).to_string();
+        assert_eq!(said("GET"), "GET");
+        assert_eq!(said("PROPFIND"), "PROPFIND");
+        let token = "ggt_abcdefgh2345_".to_string() + &"A".repeat(43) + "_abcdef";
+        let hidden = said(&token);
+        assert!(!hidden.contains("ggt_"), "{hidden}");
+        assert!(!said(&format!("X{}", token.to_uppercase())).contains("GGT_"));
     }
 
     #[test]
@@ -1097,6 +1156,14 @@ mod tests {
         let two = hosts(&["a.example", "b.example"]);
         assert!(host_problem(v11, &uri, &two).unwrap().contains("only one"));
         assert_eq!(host_problem(Version::HTTP_10, &uri, &hosts(&[])), None);
+        // An absolute target names the host: Host must agree with it.
+        let absolute: Uri = "http://git.example.com/team/app.git".parse().unwrap();
+        let same = hosts(&["Git.Example.com"]);
+        assert_eq!(host_problem(v11, &absolute, &same), None);
+        let other = hosts(&["evil.example"]);
+        assert!(host_problem(v11, &absolute, &other)
+            .unwrap()
+            .contains("request target"));
     }
 
     #[test]

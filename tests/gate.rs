@@ -2191,6 +2191,20 @@ fn secrets_never_reach_the_log_or_the_database() {
         hits_before,
         "a path holding a secret was forwarded"
     );
+    // A secret sent as the method (any token characters make one, `_` among them): to a git
+    // path, another path, and the API's.
+    for path in [
+        "/team/app.git/info/refs?service=git-upload-pack",
+        "/x",
+        "/rest/access-tokens/1.0/users/alice",
+    ] {
+        let request = format!(
+            "{} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            scoped.secret
+        );
+        let answer = common::raw_http(server.port, request.as_bytes());
+        assert!(answer.status >= 400, "{path}: {}", answer.status);
+    }
     // A graceful stop writes what the store's writer still holds (audit events, last uses).
     let status = server.stop_within(Duration::from_secs(10));
     assert!(status.success(), "{status}");

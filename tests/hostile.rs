@@ -362,8 +362,13 @@ fn cases(w: &str, r: &str) -> Vec<(&'static str, Vec<u8>, u16)> {
         ),
         (
             "absolute-form target, no credentials",
-            req("GET", &format!("http://evil.example{IR}"), ""),
+            req("GET", &format!("http://gitgate.test{IR}"), ""),
             401,
+        ),
+        (
+            "absolute-form target naming another host than Host",
+            req("GET", &format!("http://evil.example{IR}"), &aw),
+            400,
         ),
         // --- traversal, in every encoding (valid token: classification alone must stop them)
         (

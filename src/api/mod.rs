@@ -432,7 +432,7 @@ pub async fn handle(
     crate::metrics::METRICS.api_request(status.as_u16());
     tracing::info!(
         target: "gitgate::request",
-        method = %method,
+        method = %crate::gate::LogMethod(&method),
         path = %crate::gate::loggable_path(&path),
         remote = %remote.ip(),
         api = true,
