@@ -177,13 +177,17 @@ impl Default for RateLimit {
 }
 
 /// `[auth_failures]`: failed-authentication throttling per source address (see `throttle`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthFailures {
     pub max: u32,
     pub window_seconds: u32,
     /// Most failed-authentication events kept in the audit log, the oldest deleted beyond it
     /// (0: all kept). About 150 bytes each.
     pub keep_in_audit: u64,
+    /// Networks whose addresses are never blocked (a CI fleet behind one NAT address, where one
+    /// job's bad token would block every job): their failures are audited and counted in the
+    /// metrics, not in the throttle.
+    pub exempt: Vec<crate::network::Cidr>,
 }
 
 impl Default for AuthFailures {
@@ -192,6 +196,7 @@ impl Default for AuthFailures {
             max: 10,
             window_seconds: 60,
             keep_in_audit: 1_000_000,
+            exempt: Vec::new(),
         }
     }
 }
@@ -303,6 +308,7 @@ struct RawAuthFailures {
     max: Option<u32>,
     window_seconds: Option<u32>,
     keep_in_audit: Option<u64>,
+    exempt: Option<Vec<String>>,
 }
 
 impl Config {
@@ -322,6 +328,18 @@ impl Config {
                     header.replace('_', "-")
                 ));
             }
+        }
+        if self
+            .auth_failures
+            .exempt
+            .iter()
+            .any(|n| n.is_every_address())
+        {
+            warnings.push(
+                "[auth_failures] exempt holds a /0, every address: the failed-authentication \
+                 throttle blocks nobody; list the NAT addresses of the clients to exempt instead"
+                    .into(),
+            );
         }
         warnings
     }
@@ -674,6 +692,8 @@ fn parse_auth_failures(raw: RawAuthFailures) -> Result<AuthFailures, String> {
         max: raw.max.unwrap_or(d.max),
         window_seconds: raw.window_seconds.unwrap_or(d.window_seconds),
         keep_in_audit: raw.keep_in_audit.unwrap_or(d.keep_in_audit),
+        exempt: crate::network::parse_new_list(&raw.exempt.unwrap_or_default())
+            .map_err(|m| format!("[auth_failures] exempt: {m}"))?,
     };
     if f.max == 0 || f.window_seconds == 0 {
         return Err(
@@ -1458,6 +1478,25 @@ env = "UPSTREAM_TOKEN"
         assert_eq!(c.rate_limit.refill_per_second, 0.5);
         assert_eq!(c.auth_failures.window_seconds, 10);
         assert_eq!(c.auth_failures.keep_in_audit, 0);
+        assert!(c.auth_failures.exempt.is_empty());
+        let nat = format!("{GOOD}[auth_failures]\nexempt = [\"192.0.2.10/32\", \"10.0.0.0/8\"]\n");
+        let c = parse(&nat).unwrap();
+        assert_eq!(c.auth_failures.exempt.len(), 2);
+        assert!(c.auth_failures.exempt[0].contains("192.0.2.10".parse().unwrap()));
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let all = format!("{GOOD}[auth_failures]\nexempt = [\"0.0.0.0/0\"]\n");
+        let warned = parse(&all).unwrap().warnings();
+        assert!(
+            warned.iter().any(|w| w.contains("blocks nobody")),
+            "{warned:?}"
+        );
+        for wrong in ["\"10.1.2.3/8\"", "\"nat\""] {
+            let bad = format!("{GOOD}[auth_failures]\nexempt = [{wrong}]\n");
+            assert!(
+                parse(&bad).unwrap_err().contains("[auth_failures] exempt"),
+                "{wrong}"
+            );
+        }
         let bad = format!("{GOOD}[auth_failures]\nkeep_in_audit = -1\n");
         assert!(parse(&bad).unwrap_err().contains("keep_in_audit"));
         let bad = format!("{GOOD}[rate_limit]\ncapacity = 0\n");

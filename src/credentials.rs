@@ -91,6 +91,11 @@ pub enum CredentialError {
     /// secret was tried, so like [`CredentialError::Missing`] it is not a failed
     /// authentication.
     NoPassword,
+    /// `Bearer` with nothing after it: what CI sends when the variable meant to hold the token
+    /// is empty (`http.extraHeader="Authorization: Bearer $TOKEN"`). No secret was tried, so it
+    /// is not a failed authentication either: one broken job must not get every job behind the
+    /// same address blocked.
+    NoBearerToken,
     /// A header was sent but cannot be used; the reason never contains the secret.
     Malformed(&'static str),
 }
@@ -102,6 +107,10 @@ impl fmt::Display for CredentialError {
                 f.write_str("no credentials: send a gitgate token as the password (Basic auth)")
             }
             CredentialError::NoPassword => f.write_str(EMPTY_PASSWORD),
+            CredentialError::NoBearerToken => f.write_str(
+                "unusable Authorization header: Bearer token is missing (is the variable that \
+                 should hold it empty?)",
+            ),
             CredentialError::Malformed(reason) => {
                 write!(f, "unusable Authorization header: {reason}")
             }
@@ -149,6 +158,17 @@ pub fn names_bearer(headers: &HeaderMap) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether the request offers a password the REST API will check: Basic credentials whose
+/// password is not a gitgate token. Only the refusal of such a call can be a guess, counted for
+/// the address throttle; a token (refused by name, never checked: tokens do not manage
+/// tokens), no password, or a header that cannot be read tries nothing.
+pub fn offers_a_password(headers: &HeaderMap) -> bool {
+    matches!(
+        from_headers(headers),
+        Ok(Credentials::Basic { secret, .. }) if crate::token::parse(secret.expose()).is_none()
+    )
 }
 
 /// Parse one `Authorization` header value.
@@ -347,7 +367,7 @@ fn parse_bearer(param: &[u8]) -> Result<Credentials, CredentialError> {
     let body_len = param.len() - param.iter().rev().take_while(|&&b| b == b'=').count();
     let body = param.get(..body_len).unwrap_or_default();
     if body.is_empty() {
-        return Err(Malformed("Bearer token is missing"));
+        return Err(CredentialError::NoBearerToken);
     }
     let token68 = |b: &u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(b);
     if !body.iter().all(token68) {
@@ -381,6 +401,24 @@ mod tests {
             Err(CredentialError::Malformed(r)) => r,
             other => panic!("{value:?}: expected Malformed, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn only_a_password_that_is_no_token_is_offered_to_the_api() {
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            offers_a_password(&h)
+        };
+        assert!(with(&format!("Basic {}", b64("alice:hunter2"))));
+        let new = crate::token::generate().unwrap();
+        let token = new.secret.expose();
+        assert!(!with(&format!("Basic {}", b64(&format!("alice:{token}")))));
+        assert!(!with(&format!("Bearer {token}")));
+        assert!(!with("Bearer"));
+        assert!(!with(&format!("Basic {}", b64("alice:"))));
+        assert!(!with("Basic !!!"));
+        assert!(!offers_a_password(&HeaderMap::new()));
     }
 
     #[test]
@@ -537,8 +575,13 @@ mod tests {
                 other => panic!("{v:?}: {other:?}"),
             }
         }
-        assert!(malformed(b"Bearer").contains("missing"));
-        assert!(malformed(b"Bearer ===").contains("missing"));
+        // An empty CI variable: no secret tried (see `CredentialError::NoBearerToken`).
+        for empty in [&b"Bearer"[..], b"Bearer ===", b"bearer   "] {
+            assert!(
+                matches!(parse(empty), Err(CredentialError::NoBearerToken)),
+                "{empty:?}"
+            );
+        }
         assert!(malformed(b"Bearer a=b").contains("invalid"));
         assert!(malformed(b"Bearer a:b").contains("invalid"));
         assert!(malformed(b"Bearer a\x00b").contains("invalid"));

@@ -147,7 +147,7 @@ impl Gate {
             if let Err(verdict) = self.guard.check_address(remote.ip(), clock::monotonic_ms()) {
                 return refused(too_many(&verdict));
             }
-            let tried = req.headers().contains_key(hyper::header::AUTHORIZATION);
+            let tried = crate::credentials::offers_a_password(req.headers());
             // A task of its own, which finishes however soon the client hangs up: a password
             // check, once started, runs to its end on the blocking pool anyway, and its failure
             // must count for the throttle, the metric and the log — else a guesser who closes
@@ -481,6 +481,10 @@ impl Gate {
                 self.challenge(
                     "authentication required: use your user name and a gitgate access token as the password",
                 )
+            }
+            // No secret either (an empty CI variable): told why, not counted or audited.
+            Refusal::NoCredentials(e @ CredentialError::NoBearerToken) => {
+                self.unauthenticated(log, &e.to_string())
             }
             Refusal::NoCredentials(e) => {
                 self.audit_failure(remote, log, &e.to_string());

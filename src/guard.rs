@@ -144,6 +144,8 @@ pub struct Guard {
     inflight: Arc<InFlight>,
     rate: Option<(RateLimiter, Limits)>,
     throttle: Throttle,
+    /// `[auth_failures] exempt`: addresses whose failures the throttle does not count.
+    exempt: Vec<crate::network::Cidr>,
     overrides: RwLock<Overrides>,
 }
 
@@ -177,6 +179,7 @@ impl Guard {
                 max: auth_failures.max,
                 window_ms: i64::from(auth_failures.window_seconds) * 1000,
             }),
+            exempt: auth_failures.exempt.clone(),
             overrides: RwLock::new(Overrides {
                 fetched_at: now,
                 refreshing: false,
@@ -230,7 +233,12 @@ impl Guard {
     }
 
     /// Step 2: count a failed authentication; a new block is logged and audited off the path.
+    /// An exempt address's failures are not counted, so it is never blocked (and step 1 costs
+    /// it nothing more).
     pub fn failed_auth(&self, addr: IpAddr, now: i64) {
+        if self.exempt.iter().any(|network| network.contains(addr)) {
+            return;
+        }
         let Some(block) = self.throttle.record_failure(addr, now) else {
             return;
         };
@@ -618,5 +626,32 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         panic!("no auth.throttled audit event");
+    }
+
+    #[tokio::test]
+    async fn an_exempt_network_is_never_blocked() {
+        let (_d, store) = temp_store();
+        let g = Guard::new(
+            store,
+            &config::RateLimit::default(),
+            &config::AuthFailures {
+                max: 2,
+                window_seconds: 60,
+                exempt: crate::network::parse_new_list(&["192.0.2.0/24"]).unwrap(),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        let (nat, other): (IpAddr, IpAddr) = (
+            "192.0.2.7".parse().unwrap(),
+            "198.51.100.7".parse().unwrap(),
+        );
+        for at in 0..10 {
+            g.failed_auth(nat, at);
+            g.failed_auth(other, at);
+        }
+        assert_eq!(g.check_address(nat, 20), Ok(()));
+        assert!(g.check_address(other, 20).is_err());
     }
 }

@@ -36,6 +36,11 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// Whether this network is every address of its family (`0.0.0.0/0`, `::/0`).
+    pub fn is_every_address(&self) -> bool {
+        self.prefix == 0
+    }
+
     /// Whether `ip` lies inside this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {

@@ -719,6 +719,15 @@ fn failed_authentication_rows_beyond_the_cap_are_deleted_oldest_first() {
 fn refused_bearer_tokens_are_throttled_too() {
     let (_sb, server, token) = throttled_setup();
     let target = "/team/app.git/info/refs?service=git-upload-pack";
+    // An empty Bearer (an unset CI variable) tries no secret: told why, never counted, so one
+    // broken job cannot get every job behind its address blocked.
+    for _ in 0..5 {
+        let resp = http_get(server.port, target, Some("Bearer"));
+        assert_eq!(resp.status, 403, "{resp:?}");
+        assert!(resp.text().contains("Bearer token is missing"), "{resp:?}");
+    }
+    let valid = format!("Bearer {}", token.secret);
+    assert_eq!(http_get(server.port, target, Some(&valid)).status, 200);
     let wrong = format!("Bearer {}", flip_secret(&token.secret));
     for _ in 0..3 {
         assert_eq!(http_get(server.port, target, Some(&wrong)).status, 403);

@@ -72,6 +72,28 @@ fn repeated_failures_block_the_address_before_the_store_is_read() {
     assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
 }
 
+/// A CI fleet behind one NAT address, exempt: one job's bad token must not block the others.
+/// Its failures are still audited.
+#[test]
+fn an_exempt_address_is_never_blocked() {
+    let server = Server::start(
+        "[auth_failures]\nmax = 3\nwindow_seconds = 60\nexempt = [\"127.0.0.0/8\"]\n",
+    );
+    for _ in 0..10 {
+        assert_eq!(status(&get(&server, IR, "ggt_wrong")), 401);
+    }
+    let resp = get(&server, IR, &server.write_token);
+    assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+    wait_for("the auth.failed audit event", || {
+        gitgate(&server.config(), &["audit", "--json"], None).contains("auth.failed")
+    });
+    assert!(
+        !server.log().contains("address blocked"),
+        "{}",
+        server.log()
+    );
+}
+
 #[test]
 fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
     let server = Server::start(
