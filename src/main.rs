@@ -380,7 +380,14 @@ fn run(args: Cli) -> Result<(), String> {
                 name,
                 target,
                 level,
-            } => cli::grant::add(&store, &name, &target, &level, &store.git_prefix),
+            } => cli::grant::add(
+                &store,
+                &name,
+                &target,
+                &level,
+                &store.git_prefix,
+                store.project_root.as_deref(),
+            ),
             GrantCommand::Remove { name, target } => cli::grant::remove(&store, &name, &target),
             GrantCommand::List { name, json } => cli::grant::list(&store, name.as_deref(), json),
         },
@@ -400,6 +407,7 @@ fn run(args: Cli) -> Result<(), String> {
                     project: target.project.as_deref(),
                     repo: target.repo.as_deref(),
                     git_prefix: &store.git_prefix,
+                    project_root: store.project_root.as_deref(),
                 },
                 cli::token::Create {
                     name: &name,

@@ -205,6 +205,67 @@ fn grant_add_list_remove() {
     assert!(plain.ok().contains("other/app"), "{plain}");
 }
 
+/// A grant or scoped token for what the embedded backend does not serve — a project key in
+/// Bitbucket's upper case while the folder is lower case, a typo — is made (the repository may
+/// come later), with a note naming the folder that differs only in case.
+#[test]
+fn a_grant_or_token_for_a_folder_that_is_not_there_says_so() {
+    let sb = user_sandbox();
+    sb.create_repo("team/app");
+    let run = sb.cli(&["grant", "add", "alice", "TEAM", "read"]);
+    let said = run.stderr.clone();
+    run.ok();
+    assert!(
+        said.contains("no project TEAM under") && said.contains("(there is team:"),
+        "{said}"
+    );
+    let run = sb.cli(&[
+        "token",
+        "create",
+        "--repo",
+        "team/ap",
+        "--name",
+        "ci",
+        "--permission",
+        "REPO_READ",
+    ]);
+    assert!(
+        run.stderr.contains("no repository team/ap under") && !run.stderr.contains("there is"),
+        "{run}"
+    );
+    run.ok();
+    let run = sb.cli(&[
+        "token",
+        "create",
+        "--repo",
+        "Team/App",
+        "--name",
+        "ci2",
+        "--permission",
+        "REPO_READ",
+    ]);
+    assert!(run.stderr.contains("(there is team/app.git:"), "{run}");
+    // What is there is made without a word more.
+    for args in [
+        &["grant", "add", "alice", "team", "read"][..],
+        &["grant", "add", "alice", "team/app.git", "write"],
+        &[
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "ci3",
+            "--permission",
+            "REPO_READ",
+        ],
+    ] {
+        let run = sb.cli(args);
+        assert!(!run.stderr.contains("note: no "), "{args:?}: {run}");
+        run.ok();
+    }
+}
+
 #[test]
 fn grant_errors_are_refused() {
     let sb = user_sandbox();

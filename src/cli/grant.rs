@@ -7,13 +7,15 @@ use crate::permission::Level;
 use crate::policy::Target;
 use crate::store::{Actor, GrantChange, Store};
 
-/// `git_prefix`: the config's, where the grant would be served.
+/// `git_prefix`: the config's, where the grant would be served; `project_root`: the embedded
+/// backend's, to say so when the target is not there (see [`super::not_served_yet`]).
 pub fn add(
     store: &Store,
     name: &str,
     target: &str,
     level: &str,
     git_prefix: &str,
+    project_root: Option<&std::path::Path>,
 ) -> Result<(), String> {
     let target = Target::parse_new(target, git_prefix)?;
     let level: Level = level.parse()?;
@@ -29,6 +31,9 @@ pub fn add(
         GrantChange::Unchanged => {
             note!("user '{name}' already has {level} on {target}; nothing changed")
         }
+    }
+    if let Some(note) = project_root.and_then(|root| super::not_served_yet(&target, root)) {
+        note!("{note}");
     }
     Ok(())
 }

@@ -47,6 +47,9 @@ pub struct OpenStore {
     store: Store,
     /// The config's `[server] git_prefix`: where a new grant or token would be served.
     pub git_prefix: String,
+    /// The embedded backend's `project_root` (`None` for an HTTP upstream, whose repositories
+    /// gitgate cannot see): where a new grant's or token's repositories would be.
+    pub project_root: Option<std::path::PathBuf>,
     /// Dropped after the store (fields drop in order): the copy's folder is removed then.
     _snapshot: Option<crate::store::Snapshot>,
 }
@@ -102,6 +105,7 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
         return Ok(OpenStore {
             store,
             git_prefix: config.server.git_prefix,
+            project_root: served_from(&config.upstream),
             _snapshot: Some(snapshot),
         });
     }
@@ -114,9 +118,79 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
     }
     Ok(OpenStore {
         store,
+        project_root: served_from(&config.upstream),
         git_prefix: config.server.git_prefix,
         _snapshot: None,
     })
+}
+
+fn served_from(upstream: &crate::config::Upstream) -> Option<std::path::PathBuf> {
+    match upstream {
+        crate::config::Upstream::Cgi { project_root, .. } => Some(project_root.clone()),
+        crate::config::Upstream::Http(_) => None,
+    }
+}
+
+/// What to tell the operator of a new grant or scoped token for `target` that the embedded
+/// backend does not serve (yet): no folder for it under `project_root`. Most often a project
+/// key typed in Bitbucket's upper case (`TEAM`) while the folder is `team` — paths are
+/// case-sensitive, and such a grant or token would never match a request — or a typo. It is
+/// made all the same (the repository may be created later); the note names a folder whose name
+/// differs only in case.
+pub fn not_served_yet(target: &crate::policy::Target, project_root: &Path) -> Option<String> {
+    use crate::policy::Target;
+    let (path, what) = match target {
+        Target::Project(p) => (p.as_str(), "project"),
+        Target::Repo(r) => (r.as_str(), "repository"),
+    };
+    let here = |p: &str| match target {
+        Target::Project(_) => project_root.join(p).is_dir(),
+        Target::Repo(_) => {
+            project_root.join(p).is_dir() || project_root.join(format!("{p}.git")).is_dir()
+        }
+    };
+    if here(path) {
+        return None;
+    }
+    // A folder on the same path whose names differ only in case: walked a segment at a time.
+    let mut found = project_root.to_path_buf();
+    let segments: Vec<&str> = path.split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        let matches = |name: &str| {
+            name.eq_ignore_ascii_case(segment)
+                || (last
+                    && matches!(target, Target::Repo(_))
+                    && name.len() == segment.len() + 4
+                    && name.to_ascii_lowercase().ends_with(".git")
+                    && name[..segment.len()].eq_ignore_ascii_case(segment))
+        };
+        let next = std::fs::read_dir(&found).ok().and_then(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|name| matches(name))
+        });
+        match next {
+            Some(name) => found.push(name),
+            None => {
+                found.clear();
+                break;
+            }
+        }
+    }
+    let hint = match found.strip_prefix(project_root) {
+        Ok(similar) if !found.as_os_str().is_empty() => format!(
+            " (there is {}: paths are case-sensitive, and this {what} never matches it)",
+            similar.display()
+        ),
+        _ => String::new(),
+    };
+    Some(format!(
+        "note: no {what} {path} under {} yet{hint}; made all the same, it applies once git \
+         serves {path}",
+        project_root.display()
+    ))
 }
 
 /// SIGINT, SIGTERM and SIGHUP (Ctrl-C, `timeout`, a closed terminal) blocked in this thread,

@@ -21,6 +21,9 @@ pub struct For<'a> {
     pub repo: Option<&'a str>,
     /// The config's `[server] git_prefix`: where a project or repository token is served.
     pub git_prefix: &'a str,
+    /// The embedded backend's `project_root`, to say so when a scoped token's target is not
+    /// there (see [`super::not_served_yet`]).
+    pub project_root: Option<&'a std::path::Path>,
 }
 
 /// The rest of what `token create` was given.
@@ -91,6 +94,12 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
                 .into(),
         );
     }
+    let not_served = match &subject {
+        Subject::Scoped(target) => who
+            .project_root
+            .and_then(|root| super::not_served_yet(target, root)),
+        Subject::Personal(_) => None,
+    };
     // Read before the write, as for a rotation: showing the new secret must not fail on it.
     let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
     let (record, secret) = lifecycle::create(
@@ -115,6 +124,11 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
     } else {
         announce(&record, &secret)
     };
+    if delivered.is_ok() {
+        if let Some(note) = not_served {
+            note!("{note}");
+        }
+    }
     delivered.map_err(|e| {
         let undone = lifecycle::revoke(
             store,
