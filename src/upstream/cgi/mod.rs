@@ -345,21 +345,25 @@ impl CgiBackend {
             RepoDir::NotServed(NotServed::Missing) if !self.project_root.is_dir() => {
                 RepoDir::NotServed(NotServed::RootUnavailable)
             }
-            // A path below a repository's folder where nothing is (a typo): not there, rather
-            // than a nested repository that does not exist.
-            RepoDir::NotServed(NotServed::Nested) if !self.anything_at(repo) => {
+            // A path below a repository's folder where git would find no repository — nothing
+            // (a typo), or a plain folder such as a bare repository's own `objects`: not
+            // there, rather than a nested repository that does not exist.
+            RepoDir::NotServed(NotServed::Nested) if !self.a_repository_could_be_at(repo) => {
                 RepoDir::NotServed(NotServed::Missing)
             }
             found => found,
         }
     }
 
-    /// Whether anything is at either name git tries for `repo` (not following links).
-    fn anything_at(&self, repo: &str) -> bool {
+    /// Whether git could take what is at either name it tries for `repo` as a repository: one,
+    /// or a link, a file (a gitfile) or a working tree whose `.git` leads elsewhere (not
+    /// following links).
+    fn a_repository_could_be_at(&self, repo: &str) -> bool {
         let plain = self.project_root.join(repo);
         let mut with_git = plain.clone().into_os_string();
         with_git.push(".git");
-        std::fs::symlink_metadata(&plain).is_ok() || std::fs::symlink_metadata(&with_git).is_ok()
+        let git_could = |at: &Path| matches!(found_at(at), Found::Repository | Found::Indirect);
+        git_could(&plain) || git_could(Path::new(&with_git))
     }
 
     fn repo_dir_found(&self, repo: &str) -> RepoDir {

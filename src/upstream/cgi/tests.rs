@@ -202,6 +202,21 @@ fn the_directory_on_disk_is_found_without_following_links() {
         backend.repo_dir("team/app.git/typo"),
         refused(NotServed::Missing)
     );
+    // A bare repository's own folders are no repository git could serve: not there either.
+    for inside in ["objects", "refs", "info", "hooks"] {
+        std::fs::create_dir_all(root.path().join("team/app.git").join(inside)).unwrap();
+        assert_eq!(
+            backend.repo_dir(&format!("team/app.git/{inside}")),
+            refused(NotServed::Missing),
+            "{inside}"
+        );
+    }
+    // ... but a file there is what git would read as a gitfile: still refused as nested.
+    std::fs::write(root.path().join("team/app.git/gitfile"), "gitdir: /elsewhere\n").unwrap();
+    assert_eq!(
+        backend.repo_dir("team/app.git/gitfile"),
+        refused(NotServed::Nested)
+    );
     // A HEAD that is a link into refs/ (core.preferSymlinkRefs; its ref packed) is a HEAD.
     bare("team/symhead.git");
     std::fs::remove_file(root.path().join("team/symhead.git/HEAD")).unwrap();
