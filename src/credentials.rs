@@ -145,16 +145,23 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Credentials, CredentialError>
     parse(value.as_bytes())
 }
 
-/// Whether the request's one `Authorization` header uses the Bearer scheme, well-formed or
-/// not (it decides how a refusal is answered, see `Gate::unauthenticated`).
-pub fn names_bearer(headers: &HeaderMap) -> bool {
+/// Whether the request's one `Authorization` header is one git did not send itself, well-formed
+/// or not (it decides how a refusal is answered, see `Gate::unauthenticated`): the Bearer
+/// scheme, which git never sends, or Basic spelled otherwise than `Basic`, as libcurl always
+/// writes it — CI checkouts put `AUTHORIZATION: basic ...` in `http.extraHeader`
+/// (actions/checkout, Azure Pipelines). To a 401 for such a header git would ask for a user
+/// name instead of printing the reason.
+pub fn not_sent_by_git(headers: &HeaderMap) -> bool {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     match (values.next(), values.next()) {
         (Some(value), None) => {
             let v = value.as_bytes().trim_ascii_start();
-            v.len() >= 6
-                && v[..6].eq_ignore_ascii_case(b"bearer")
-                && v.get(6).is_none_or(|&b| b == b' ' || b == b'\t')
+            let scheme = |name: &[u8]| {
+                v.len() >= name.len()
+                    && v[..name.len()].eq_ignore_ascii_case(name)
+                    && v.get(name.len()).is_none_or(|&b| b == b' ' || b == b'\t')
+            };
+            scheme(b"bearer") || (scheme(b"basic") && !v.starts_with(b"Basic"))
         }
         _ => false,
     }
@@ -401,6 +408,30 @@ mod tests {
             Err(CredentialError::Malformed(r)) => r,
             other => panic!("{value:?}: expected Malformed, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_header_git_does_not_send_itself_is_known_by_its_scheme() {
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            not_sent_by_git(&h)
+        };
+        let creds = b64("ci:secret");
+        // libcurl's own, always `Basic`.
+        assert!(!with(&format!("Basic {creds}")));
+        // CI checkouts' http.extraHeader, and any Bearer.
+        for by_hand in [
+            format!("basic {creds}"),
+            format!("BASIC {creds}"),
+            "Bearer x".into(),
+            "bearer x".into(),
+            "Bearer".into(),
+        ] {
+            assert!(with(&by_hand), "{by_hand}");
+        }
+        assert!(!with("Basically x"));
+        assert!(!not_sent_by_git(&HeaderMap::new()));
     }
 
     #[test]

@@ -96,8 +96,9 @@ struct RequestLog {
     access: Option<&'static str>,
     user: Option<String>,
     token_id: Option<String>,
-    /// The credentials came in a Bearer header: see [`Gate::unauthenticated`].
-    bearer: bool,
+    /// The credentials came in a header git does not send itself (Bearer, or a CI's
+    /// lower-case `basic`): see [`Gate::unauthenticated`].
+    by_hand: bool,
 }
 
 impl Gate {
@@ -352,13 +353,10 @@ impl Gate {
             .check_address(remote.ip(), clock::monotonic_ms())
             .map_err(Refusal::Guarded)?;
 
-        // Whether the header was Bearer: from the parse when it worked (the hot path reads the
-        // header once), from the header's scheme when it did not.
-        let creds = credentials::from_headers(req.headers()).map_err(|e| {
-            log.bearer = credentials::names_bearer(req.headers());
-            Refusal::NoCredentials(e)
-        })?;
-        log.bearer = matches!(creds, Credentials::Bearer { .. });
+        // Whether git sent the header itself, for the answer to a refusal (see
+        // `credentials::not_sent_by_git`).
+        log.by_hand = credentials::not_sent_by_git(req.headers());
+        let creds = credentials::from_headers(req.headers()).map_err(Refusal::NoCredentials)?;
         let (basic_user, secret) = match &creds {
             Credentials::Basic { user, secret } => (Some(user.as_str()), secret),
             Credentials::Bearer { secret } => (None, secret),
@@ -534,12 +532,13 @@ impl Gate {
     ///
     /// For Basic, a 401 with the challenge: git asks its credential helper (which forgets a
     /// stored token git sent itself) and prints the reason when it gives up. A Bearer header is
-    /// one git does not send itself (`http.extraHeader`, the README's way for CI): to a 401 git
-    /// would answer by asking for a user name — "could not read Username: terminal prompts
-    /// disabled" in a CI log — and never print why. So a refused Bearer token is a 403 with the
-    /// same reason, which git prints as `remote: ...`.
+    /// one git does not send itself (`http.extraHeader`, the README's way for CI), and so is a
+    /// Basic one spelled `basic` (CI checkouts'): to a 401 git would answer by asking for a user
+    /// name — "could not read Username: terminal prompts disabled" in a CI log — and never
+    /// print why. So such a refusal is a 403 with the same reason, which git prints as
+    /// `remote: ...`.
     fn unauthenticated(&self, log: &RequestLog, message: &str) -> Response<ResponseBody> {
-        if log.bearer {
+        if log.by_hand {
             text(StatusCode::FORBIDDEN, message)
         } else {
             self.challenge(message)

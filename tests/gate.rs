@@ -759,6 +759,16 @@ fn a_refused_bearer_token_shows_its_reason_in_git() {
     );
     run.fails_with("remote: token 'laptop' has been revoked");
     assert!(!run.stderr.contains("could not read Username"), "{run}");
+    // Basic credentials the way CI checkouts put them in http.extraHeader (actions/checkout:
+    // `AUTHORIZATION: basic ...`): git did not send them itself either.
+    let basic = common::base64(format!("alice:{}", token.secret).as_bytes());
+    let header = format!("http.extraHeader=AUTHORIZATION: basic {basic}");
+    let run = sb.git(
+        sb.root(),
+        &["-c", &header, "ls-remote", &server.url("team/app")],
+    );
+    run.fails_with("remote: token 'laptop' has been revoked");
+    assert!(!run.stderr.contains("could not read Username"), "{run}");
     // Still a failed authentication: audited (within the audit's 100 ms window).
     let deadline = Instant::now() + Duration::from_secs(5);
     while !sb.cli(&["audit"]).ok().contains("auth.failed") {

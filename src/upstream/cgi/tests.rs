@@ -212,7 +212,11 @@ fn the_directory_on_disk_is_found_without_following_links() {
         );
     }
     // ... but a file there is what git would read as a gitfile: still refused as nested.
-    std::fs::write(root.path().join("team/app.git/gitfile"), "gitdir: /elsewhere\n").unwrap();
+    std::fs::write(
+        root.path().join("team/app.git/gitfile"),
+        "gitdir: /elsewhere\n",
+    )
+    .unwrap();
     assert_eq!(
         backend.repo_dir("team/app.git/gitfile"),
         refused(NotServed::Nested)
