@@ -391,15 +391,22 @@ impl Gate {
             _ => record.token.name.clone(),
         });
 
-        let identity = policy::authorize(
+        let authorized = policy::authorize(
             &record,
             basic_user,
             &git_req.repo,
             git_req.access,
             remote.ip(),
             now,
-        )
-        .map_err(Refusal::Denied)?;
+        );
+        // The token authenticated its request, whatever comes of it next (a 403 for its
+        // permission or its networks, a 429): that is its last use, as Bitbucket's
+        // `lastAuthenticated` counts it — and a secret used from a network it may not be used
+        // from shows there.
+        if !matches!(authorized, Err(Deny::Unauthenticated(_))) {
+            self.note_use(&record, now, remote);
+        }
+        let identity = authorized.map_err(Refusal::Denied)?;
         log.user = Some(identity.user.clone());
         let principal = guard::principal(&record.token);
         // The place among the principal's requests in flight first: a request refused for the
@@ -413,7 +420,6 @@ impl Gate {
             .check_principal(&principal, git_req.operation, clock::monotonic_ms())
             .await
             .map_err(Refusal::Guarded)?;
-        self.note_use(&record, now, remote);
         Ok((git_req, identity, slot))
     }
 

@@ -570,6 +570,38 @@ fn last_use_is_recorded() {
     }
 }
 
+/// A token that authenticated its request is used, whatever the answer: a 403 for a repository
+/// its owner has no grant on still moves its last use (Bitbucket's `lastAuthenticated`); a
+/// wrong secret for it does not.
+#[test]
+fn a_request_refused_for_its_permission_is_still_the_tokens_last_use() {
+    let (sb, server, token) = team_setup();
+    let last_used = |id: &str| {
+        let shown = sb.cli_json(&["token", "show", id, "--json"]);
+        shown["lastUsedAt"].as_i64()
+    };
+    let wrong = http_get(
+        server.port,
+        "/team/app.git/info/refs?service=git-upload-pack",
+        Some(&basic("alice", &flip_secret(&token.secret))),
+    );
+    assert_eq!(wrong.status, 401);
+    // Uses are written within about a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(last_used(&token.id), None, "a wrong secret is no use");
+    let refused = http_get(
+        server.port,
+        "/other/app.git/info/refs?service=git-upload-pack",
+        Some(&basic("alice", &token.secret)),
+    );
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while last_used(&token.id).is_none() {
+        assert!(Instant::now() < deadline, "the 403's use was never written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// What the store's writer still holds when gitgate is told to stop is written before the
 /// process exits: the last use of an accepted request (held a second, so certainly pending; the
 /// test checks the stop's log line says so) and the audit event of a refused one (held 100 ms,
