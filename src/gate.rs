@@ -382,6 +382,11 @@ impl Gate {
         let presented_hash = token::hash(secret.expose());
         let now = clock::now_ms();
         if !record.secret_matches(&presented_hash, now) {
+            if record.replaced_secret_matches(&presented_hash, now) {
+                return Err(Refusal::Denied(Deny::Unauthenticated(replaced_secret(
+                    &record.token,
+                ))));
+            }
             return Err(Refusal::InvalidToken);
         }
         // From here on the log names whom the token stands for, not the name the client chose:
@@ -774,6 +779,23 @@ fn log_unseen(
         error = error.map(tracing::field::debug),
         "request"
     );
+}
+
+/// What the holder of a token's replaced secret is told: that it was replaced, and when (a
+/// revoked token says so first: a new secret would not help).
+fn replaced_secret(token: &crate::store::TokenRecord) -> String {
+    let name = &token.name;
+    if token.revoked_at.is_some() {
+        return format!("token '{name}' has been revoked");
+    }
+    let when = token
+        .rotated_at
+        .map(|at| format!(" on {}", clock::datetime(at)))
+        .unwrap_or_default();
+    format!(
+        "token '{name}' was given a new secret{when} (rotated): this is the secret it replaced; \
+         use the new one"
+    )
 }
 
 /// What is wrong with the request's `Host`, if anything: an HTTP/1.1 request must carry exactly

@@ -570,6 +570,30 @@ fn last_use_is_recorded() {
     }
 }
 
+/// A CI job still holding a token's replaced secret is told so, with when, instead of a bare
+/// "invalid token"; the new secret works, and a secret that never was the token's is still
+/// just invalid.
+#[test]
+fn a_rotated_tokens_old_secret_is_told_it_was_replaced() {
+    let (sb, server, _) = team_setup();
+    let ci = sb.scoped_token("--project", "team", "ci", "REPO_READ");
+    let new = sb.cli(&["token", "rotate", &ci.id]).ok().trim().to_string();
+    assert!(new.starts_with("ggt_"), "{new}");
+    let ls_remote = |secret: &str| {
+        let header = format!("http.extraHeader=Authorization: Bearer {secret}");
+        sb.git(
+            sb.root(),
+            &["-c", &header, "ls-remote", &server.url("team/app")],
+        )
+    };
+    ls_remote(&ci.secret).fails_with("remote: token 'ci' was given a new secret on 20");
+    assert!(ls_remote(&new).success());
+    ls_remote(&flip_secret(&ci.secret)).fails_with("remote: invalid token");
+    // Revoked, it says so, whichever secret is sent.
+    sb.cli(&["token", "revoke", &ci.id]).ok();
+    ls_remote(&ci.secret).fails_with("remote: token 'ci' has been revoked");
+}
+
 /// A token that authenticated its request is used, whatever the answer: a 403 for a repository
 /// its owner has no grant on still moves its last use (Bitbucket's `lastAuthenticated`); a
 /// wrong secret for it does not.

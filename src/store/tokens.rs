@@ -137,6 +137,16 @@ impl AuthRecord {
         };
         current | previous
     }
+
+    /// Whether `presented` is the secret this token's last rotation replaced, past its overlap
+    /// (compared in constant time): its holder is told the token has a new secret, rather than
+    /// a bare "invalid token" — a CI job still holding the old one, most often.
+    pub fn replaced_secret_matches(&self, presented: &[u8], now: i64) -> bool {
+        match &self.previous {
+            Some((hash, until)) => crate::token::constant_time_eq(presented, hash) && now >= *until,
+            None => false,
+        }
+    }
 }
 
 /// A personal token's owner as of this read.
@@ -597,10 +607,12 @@ impl Store {
             let previous_valid_until = previous_valid_until
                 .map(|until| before.expires_at.map_or(until, |expiry| until.min(expiry)))
                 .filter(|until| *until > now);
+            // The replaced secret's hash is kept either way, valid until the overlap ends or
+            // not at all (until now): a client still sending it is told it was replaced.
             tx.execute(
                 "UPDATE tokens SET
-                    previous_hash = CASE WHEN ?1 IS NULL THEN NULL ELSE secret_hash END,
-                    previous_valid_until = ?1,
+                    previous_hash = secret_hash,
+                    previous_valid_until = COALESCE(?1, ?3),
                     secret_hash = ?2,
                     rotated_at = ?3
                  WHERE id = ?4",
