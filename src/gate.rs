@@ -77,7 +77,8 @@ enum Refusal {
     NotGit(Rejection),
     NoCredentials(CredentialError),
     /// The secret cannot be a token at all (an account password, a token cut short): which.
-    NotAToken(token::NotAToken),
+    /// What the secret is instead, and whether it came as a Bearer token.
+    NotAToken(token::NotAToken, bool),
     InvalidToken,
     Denied(Deny),
     /// A request body framed in a way gitgate cannot pass on (501).
@@ -365,8 +366,10 @@ impl Gate {
         log.user = basic_user
             .filter(|u| !u.is_empty())
             .map(|u| crate::store::as_written_down(u).to_string());
-        let id = token::parse(secret.expose())
-            .ok_or_else(|| Refusal::NotAToken(token::NotAToken::of(secret.expose())))?;
+        let id = token::parse(secret.expose()).ok_or_else(|| {
+            let bearer = matches!(creds, Credentials::Bearer { .. });
+            Refusal::NotAToken(token::NotAToken::of(secret.expose()), bearer)
+        })?;
         log.token_id = Some(id.as_str().to_string());
 
         // Hot path: a cache hit costs a hash lookup and a read of the WAL index header (an id
@@ -503,9 +506,9 @@ impl Gate {
                 self.audit_failure(remote, log, "invalid token");
                 self.unauthenticated(log, "invalid token")
             }
-            Refusal::NotAToken(what) => {
+            Refusal::NotAToken(what, bearer) => {
                 self.audit_failure(remote, log, what.audit_reason());
-                self.unauthenticated(log, what.message())
+                self.unauthenticated(log, what.message_for(bearer))
             }
             Refusal::Denied(Deny::Unauthenticated(m)) => {
                 self.audit_failure(remote, log, &m);

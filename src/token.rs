@@ -207,7 +207,30 @@ impl NotAToken {
         }
     }
 
-    /// In words for the client.
+    /// In words for the client, for a secret given as a `Bearer` token (which has no password)
+    /// when `bearer`.
+    pub fn message_for(self, bearer: bool) -> &'static str {
+        if !bearer {
+            return self.message();
+        }
+        match self {
+            NotAToken::Damaged => {
+                "invalid token: the Bearer token begins like a gitgate access token but is not a \
+                 whole one (cut short, or with extra characters)"
+            }
+            NotAToken::Mistyped => {
+                "invalid token: the Bearer token has the length of a gitgate access token but a \
+                 character in it is wrong (its last six, a checksum, do not match the rest); \
+                 copy the token again rather than typing it"
+            }
+            NotAToken::Password => {
+                "invalid token: the Bearer token is not a gitgate access token (those begin with \
+                 ggt_)"
+            }
+        }
+    }
+
+    /// In words for the client, for a secret given as the Basic password.
     pub fn message(self) -> &'static str {
         match self {
             NotAToken::Damaged => {
@@ -341,6 +364,9 @@ mod tests {
         for password in ["hunter2", ""] {
             let what = NotAToken::of(password);
             assert!(what.message().contains("not a gitgate access token"));
+            assert!(what
+                .message_for(true)
+                .starts_with("invalid token: the Bearer token is not"));
             assert!(what.audit_reason().contains("account password"));
         }
         for cut in [&s[..s.len() - 1], &format!(" {s}"), &format!("{s} ")] {

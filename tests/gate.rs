@@ -784,8 +784,18 @@ fn refused_bearer_tokens_are_throttled_too() {
     }
     let valid = format!("Bearer {}", token.secret);
     assert_eq!(http_get(server.port, target, Some(&valid)).status, 200);
+    // A Bearer token has no password: its refusal says so in its own words.
+    let password = http_get(server.port, target, Some("Bearer Summer2024"));
+    assert_eq!(password.status, 403);
+    assert!(
+        password
+            .text()
+            .contains("the Bearer token is not a gitgate access token"),
+        "{password:?}"
+    );
+    // With the password above, three failures.
     let wrong = format!("Bearer {}", flip_secret(&token.secret));
-    for _ in 0..3 {
+    for _ in 0..2 {
         assert_eq!(http_get(server.port, target, Some(&wrong)).status, 403);
     }
     let resp = http_get(
