@@ -1157,16 +1157,16 @@ fn a_store_that_cannot_be_opened_for_want_of_descriptors_is_said_as_such() {
 /// Out of file descriptors, the accept loop backs off and says so once per 10 s with a count —
 /// not 20 lines a second for as long as a client holds its connections — and says when it
 /// accepts again.
-#[test]
-fn running_out_of_descriptors_is_logged_once_per_window_and_the_recovery_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = start(dir.path(), &cgi_config(dir.path(), "workers = 1"));
-    let pid = g.pid() as libc::pid_t;
-    let open = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count() as u64
-    };
+/// How many files `pid` has open.
+fn open_files(pid: libc::pid_t) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64
+}
+
+/// Lowers the running `pid`'s open-files limit to `soft` (its hard limit kept); the limit it
+/// had, for [`restore_open_files_limit`].
+fn lower_open_files_limit(pid: libc::pid_t, soft: u64) -> libc::rlimit {
     let mut before = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -1175,12 +1175,27 @@ fn running_out_of_descriptors_is_logged_once_per_window_and_the_recovery_too() {
     let got = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut before) };
     assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
     let lowered = libc::rlimit {
-        rlim_cur: open() + 2,
+        rlim_cur: soft,
         rlim_max: before.rlim_max,
     };
     // SAFETY: as above, with a live rlimit value to set.
     let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lowered, std::ptr::null_mut()) };
     assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    before
+}
+
+fn restore_open_files_limit(pid: libc::pid_t, before: &libc::rlimit) {
+    // SAFETY: prlimit on gitgate's pid, with a live rlimit value to set.
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, before, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn running_out_of_descriptors_is_logged_once_per_window_and_the_recovery_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &cgi_config(dir.path(), "workers = 1"));
+    let pid = g.pid() as libc::pid_t;
+    let before = lower_open_files_limit(pid, open_files(pid) + 2);
     let held: Vec<TcpStream> = (0..20).map(|_| connect(g.port)).collect();
     std::thread::sleep(Duration::from_millis(1500));
     let log = g.log_text();
@@ -1188,9 +1203,7 @@ fn running_out_of_descriptors_is_logged_once_per_window_and_the_recovery_too() {
     assert_eq!(said, 1, "one line in 1.5 s of failures:\n{log}");
     assert!(log.contains("Too many open files"), "{log}");
     drop(held);
-    // SAFETY: as above, restoring the limit gitgate had.
-    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &before, std::ptr::null_mut()) };
-    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    restore_open_files_limit(pid, &before);
     let mut s = connect(g.port);
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -1230,23 +1243,7 @@ fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() 
     let mut s = connect(g.port);
     std::thread::sleep(Duration::from_millis(300));
     let pid = g.pid() as libc::pid_t;
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count() as u64;
-    let mut before = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit on gitgate's pid, reading into a live rlimit value.
-    let got = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut before) };
-    assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
-    let lowered = libc::rlimit {
-        rlim_cur: open,
-        rlim_max: before.rlim_max,
-    };
-    // SAFETY: as above, with a live rlimit value to set.
-    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lowered, std::ptr::null_mut()) };
-    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let before = lower_open_files_limit(pid, open_files(pid));
     s.write_all(
         format!(
             "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
@@ -1256,9 +1253,7 @@ fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() 
     )
     .unwrap();
     let (out, _) = read_until_closed(&mut s);
-    // SAFETY: as above, restoring the limit gitgate had.
-    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &before, std::ptr::null_mut()) };
-    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    restore_open_files_limit(pid, &before);
     assert!(out.starts_with("HTTP/1.1 503"), "{out}");
     assert!(out.contains("retry-after: 5\r\n"), "{out}");
     assert!(
