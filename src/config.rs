@@ -329,15 +329,11 @@ impl Config {
                 ));
             }
         }
-        if self
-            .auth_failures
-            .exempt
-            .iter()
-            .any(|n| n.is_every_address())
-        {
+        if crate::network::Cidr::cover_half_of_a_family(&self.auth_failures.exempt) {
             warnings.push(
-                "[auth_failures] exempt holds a /0, every address: the failed-authentication \
-                 throttle blocks nobody; list the NAT addresses of the clients to exempt instead"
+                "[auth_failures] exempt covers half or more of all IPv4 or IPv6 addresses: the \
+                 failed-authentication throttle blocks almost nobody; list the NAT addresses of \
+                 the clients to exempt instead"
                     .into(),
             );
         }
@@ -1484,12 +1480,21 @@ env = "UPSTREAM_TOKEN"
         assert_eq!(c.auth_failures.exempt.len(), 2);
         assert!(c.auth_failures.exempt[0].contains("192.0.2.10".parse().unwrap()));
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
-        let all = format!("{GOOD}[auth_failures]\nexempt = [\"0.0.0.0/0\"]\n");
-        let warned = parse(&all).unwrap().warnings();
-        assert!(
-            warned.iter().any(|w| w.contains("blocks nobody")),
-            "{warned:?}"
-        );
+        for all in [
+            "\"0.0.0.0/0\"",
+            "\"0.0.0.0/1\", \"128.0.0.0/1\"",
+            "\"::/0\"",
+            "\"::/1\", \"10.0.0.0/8\"",
+        ] {
+            let all = format!("{GOOD}[auth_failures]\nexempt = [{all}]\n");
+            let warned = parse(&all).unwrap().warnings();
+            assert!(
+                warned.iter().any(|w| w.contains("blocks almost nobody")),
+                "{all}"
+            );
+        }
+        let nat = format!("{GOOD}[auth_failures]\nexempt = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n");
+        assert!(parse(&nat).unwrap().warnings().is_empty());
         for wrong in ["\"10.1.2.3/8\"", "\"nat\""] {
             let bad = format!("{GOOD}[auth_failures]\nexempt = [{wrong}]\n");
             assert!(

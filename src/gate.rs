@@ -386,9 +386,20 @@ impl Gate {
         let now = clock::now_ms();
         if !record.secret_matches(&presented_hash, now) {
             if record.replaced_secret_matches(&presented_hash, now) {
-                return Err(Refusal::Denied(Deny::Unauthenticated(replaced_secret(
-                    &record.token,
-                ))));
+                // A token that would not authenticate anyway (revoked, expired, its owner
+                // disabled) says that: a new secret would not help.
+                let why = match policy::authorize(
+                    &record,
+                    basic_user,
+                    &git_req.repo,
+                    git_req.access,
+                    remote.ip(),
+                    now,
+                ) {
+                    Err(Deny::Unauthenticated(m)) => m,
+                    _ => replaced_secret(&record.token),
+                };
+                return Err(Refusal::Denied(Deny::Unauthenticated(why)));
             }
             return Err(Refusal::InvalidToken);
         }
@@ -488,6 +499,14 @@ impl Gate {
             }
             // No secret was tried: git's first round trip, without credentials or with the URL's
             // user name alone. A challenge, not a failure (no throttle count, no audit event).
+            // CI's own header (`AUTHORIZATION: basic` in http.extraHeader) with an empty
+            // password, its variable unset: no secret tried either, but git would answer a
+            // challenge by asking for a user name, so it is told why.
+            Refusal::NoCredentials(CredentialError::NoPassword) if log.by_hand => text(
+                StatusCode::FORBIDDEN,
+                "unusable Authorization header: the Basic credentials have no password (is the \
+                 variable that should hold the token empty?)",
+            ),
             Refusal::NoCredentials(CredentialError::Missing | CredentialError::NoPassword) => {
                 METRICS.challenge();
                 self.challenge(
@@ -784,13 +803,9 @@ fn log_unseen(
     );
 }
 
-/// What the holder of a token's replaced secret is told: that it was replaced, and when (a
-/// revoked token says so first: a new secret would not help).
+/// What the holder of a token's replaced secret is told: that it was replaced, and when.
 fn replaced_secret(token: &crate::store::TokenRecord) -> String {
     let name = &token.name;
-    if token.revoked_at.is_some() {
-        return format!("token '{name}' has been revoked");
-    }
     let when = token
         .rotated_at
         .map(|at| format!(" on {}", clock::datetime(at)))
@@ -810,39 +825,47 @@ fn replaced_secret(token: &crate::store::TokenRecord) -> String {
 pub fn host_problem(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<&'static str> {
     let mut hosts = headers.get_all(HOST).iter();
     let (first, more) = (hosts.next(), hosts.next().is_some());
-    if version == Version::HTTP_2 {
-        return match (first, uri.authority()) {
-            _ if more => Some("a request may carry only one Host header"),
-            (Some(host), Some(authority))
-                if !host
-                    .as_bytes()
-                    .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
-            {
-                Some("the Host header names another host than the request's :authority")
-            }
-            _ => None,
-        };
+    if more {
+        return Some(if version == Version::HTTP_11 {
+            "an HTTP/1.1 request may carry only one Host header"
+        } else {
+            "a request may carry only one Host header"
+        });
     }
-    if version != Version::HTTP_11 {
-        return None;
+    // HTTP/2's `:authority`, or an absolute request target (`GET http://host/... HTTP/1.1`),
+    // names the host itself, and a server must take it over `Host` (RFC 9112, section 3.2.2);
+    // one that names another is refused.
+    if let (Some(host), Some(authority)) = (first, uri.authority()) {
+        if !same_host(host.as_bytes(), authority, uri.scheme_str()) {
+            return Some(if version == Version::HTTP_2 {
+                "the Host header names another host than the request's :authority"
+            } else {
+                "the Host header names another host than the request target"
+            });
+        }
     }
-    match (first, more) {
-        // An absolute request target (`GET http://host/... HTTP/1.1`) names the host itself,
-        // and a server must take it over `Host` (RFC 9112, section 3.2.2); one that names
-        // another is refused, as over HTTP/2.
-        (Some(host), false) => match uri.authority() {
-            Some(authority)
-                if !host
-                    .as_bytes()
-                    .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
-            {
-                Some("the Host header names another host than the request target")
-            }
-            _ => None,
-        },
-        (None, _) => Some("an HTTP/1.1 request needs a Host header"),
-        (Some(_), true) => Some("an HTTP/1.1 request may carry only one Host header"),
+    match (version, first) {
+        (Version::HTTP_11, None) => Some("an HTTP/1.1 request needs a Host header"),
+        _ => None,
     }
+}
+
+/// Whether a `Host` value names the same host and port as `authority`, a port left out being
+/// the scheme's default (`git.example` is `git.example:80` for `http`).
+fn same_host(host: &[u8], authority: &hyper::http::uri::Authority, scheme: Option<&str>) -> bool {
+    if host.eq_ignore_ascii_case(authority.as_str().as_bytes()) {
+        return true;
+    }
+    let Ok(host) = hyper::http::uri::Authority::try_from(host) else {
+        return false;
+    };
+    let default = match scheme {
+        Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
+        Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
+        _ => None,
+    };
+    let port = |a: &hyper::http::uri::Authority| a.port_u16().or(default);
+    host.host().eq_ignore_ascii_case(authority.host()) && port(&host) == port(authority)
 }
 
 /// A request method as written into a log line. A method is any run of token characters, `_`
@@ -1198,6 +1221,14 @@ mod tests {
         assert!(host_problem(v11, &absolute, &other)
             .unwrap()
             .contains("request target"));
+        // The default port said or left out is the same host; another port is not.
+        let default_port = hosts(&["git.example.com:80"]);
+        assert_eq!(host_problem(v11, &absolute, &default_port), None);
+        let other_port = hosts(&["git.example.com:8080"]);
+        assert!(host_problem(v11, &absolute, &other_port).is_some());
+        // HTTP/1.0 may leave Host out, but one that disagrees is refused as well.
+        assert_eq!(host_problem(Version::HTTP_10, &absolute, &hosts(&[])), None);
+        assert!(host_problem(Version::HTTP_10, &absolute, &other).is_some());
     }
 
     #[test]

@@ -224,19 +224,27 @@ impl Guard {
         }
     }
 
-    /// Step 1: is this address blocked? No store access.
+    /// Step 1: is this address blocked? No store access. An exempt address never is, also
+    /// when the throttle counts its neighbours with it (an IPv6 address counts by its /64).
     pub fn check_address(&self, addr: IpAddr, now: i64) -> Result<(), Verdict> {
+        if !self.exempt.is_empty() && self.exempt(addr) {
+            return Ok(());
+        }
         self.throttle.check(addr, now).map_err(|retry_after_secs| {
             crate::metrics::METRICS.throttled();
             Verdict::AddressBlocked { retry_after_secs }
         })
     }
 
+    fn exempt(&self, addr: IpAddr) -> bool {
+        self.exempt.iter().any(|network| network.contains(addr))
+    }
+
     /// Step 2: count a failed authentication; a new block is logged and audited off the path.
     /// An exempt address's failures are not counted, so it is never blocked (and step 1 costs
     /// it nothing more).
     pub fn failed_auth(&self, addr: IpAddr, now: i64) {
-        if self.exempt.iter().any(|network| network.contains(addr)) {
+        if self.exempt(addr) {
             return;
         }
         let Some(block) = self.throttle.record_failure(addr, now) else {
@@ -653,5 +661,28 @@ mod tests {
         }
         assert_eq!(g.check_address(nat, 20), Ok(()));
         assert!(g.check_address(other, 20).is_err());
+        // An IPv6 address counts by its /64: a neighbour's failures do not block an exempt one.
+        let (_d, store) = temp_store();
+        let g = Guard::new(
+            store,
+            &config::RateLimit::default(),
+            &config::AuthFailures {
+                max: 2,
+                window_seconds: 60,
+                exempt: crate::network::parse_new_list(&["2001:db8::10/128"]).unwrap(),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        let (nat, neighbour): (IpAddr, IpAddr) = (
+            "2001:db8::10".parse().unwrap(),
+            "2001:db8::11".parse().unwrap(),
+        );
+        for at in 0..10 {
+            g.failed_auth(neighbour, at);
+        }
+        assert!(g.check_address(neighbour, 20).is_err());
+        assert_eq!(g.check_address(nat, 20), Ok(()));
     }
 }

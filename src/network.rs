@@ -36,9 +36,21 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    /// Whether this network is every address of its family (`0.0.0.0/0`, `::/0`).
-    pub fn is_every_address(&self) -> bool {
-        self.prefix == 0
+    /// Whether `networks` together cover half or more of all IPv4 or of all IPv6 addresses
+    /// (`0.0.0.0/0`, or `0.0.0.0/1` and `128.0.0.0/1`): a list meant to name a few clients
+    /// that names nearly everyone (overlaps are counted twice, so it may say so early).
+    pub fn cover_half_of_a_family(networks: &[Cidr]) -> bool {
+        let (mut v4, mut v6) = (0u128, 0u128);
+        for n in networks {
+            match n.addr {
+                IpAddr::V4(_) => v4 = v4.saturating_add(1u128 << (32 - u32::from(n.prefix))),
+                IpAddr::V6(_) => {
+                    let bits = 128 - u32::from(n.prefix);
+                    v6 = v6.saturating_add(1u128.checked_shl(bits).unwrap_or(u128::MAX));
+                }
+            }
+        }
+        v4 >= 1 << 31 || v6 >= 1 << 127
     }
 
     /// Whether `ip` lies inside this network.

@@ -782,6 +782,13 @@ fn refused_bearer_tokens_are_throttled_too() {
         assert_eq!(resp.status, 403, "{resp:?}");
         assert!(resp.text().contains("Bearer token is missing"), "{resp:?}");
     }
+    // So does CI's own Basic header with an empty password (`AUTHORIZATION: basic`).
+    let no_password = format!("basic {}", common::base64(b"x-access-token:"));
+    for _ in 0..5 {
+        let resp = http_get(server.port, target, Some(&no_password));
+        assert_eq!(resp.status, 403, "{resp:?}");
+        assert!(resp.text().contains("have no password"), "{resp:?}");
+    }
     let valid = format!("Bearer {}", token.secret);
     assert_eq!(http_get(server.port, target, Some(&valid)).status, 200);
     // A Bearer token has no password: its refusal says so in its own words.

@@ -1831,11 +1831,25 @@ fn an_upstream_redirect_gitgate_cannot_check_is_a_502() {
 /// with them, for the retry wrappers that read it; a page without one gets none.
 #[test]
 fn an_upstream_gateway_page_keeps_its_retry_after() {
-    for (retry_after, expected) in [("Retry-After: 120\r\n", Some("120")), ("", None)] {
+    for (status, retry_after, expected) in [
+        (
+            "503 Service Unavailable",
+            "Retry-After: 120\r\n",
+            Some("120"),
+        ),
+        ("503 Service Unavailable", "", None),
+        // Only a value that is one, and only on a 503, as RFC 9110 gives it meaning there.
+        (
+            "503 Service Unavailable",
+            "Retry-After: soon; <b>\r\n",
+            None,
+        ),
+        ("502 Bad Gateway", "Retry-After: 120\r\n", None),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let page = "<html>down, sorry</html>";
         let answer = format!(
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html\r\n{retry_after}\
+            "HTTP/1.1 {status}\r\nContent-Type: text/html\r\n{retry_after}\
              Content-Length: {}\r\n\r\n{page}",
             page.len()
         );
@@ -1843,7 +1857,7 @@ fn an_upstream_gateway_page_keeps_its_retry_after() {
             scripted_upstream(usize::MAX, move |_| answer.clone().into_bytes());
         let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
         let (out, _) = info_refs(&g, &auth);
-        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        assert!(out.starts_with(&format!("HTTP/1.1 {status}")), "{out}");
         assert!(out.contains("a page git cannot show"), "{out}");
         let said = out
             .lines()

@@ -608,11 +608,12 @@ impl Store {
                 .map(|until| before.expires_at.map_or(until, |expiry| until.min(expiry)))
                 .filter(|until| *until > now);
             // The replaced secret's hash is kept either way, valid until the overlap ends or
-            // not at all (until now): a client still sending it is told it was replaced.
+            // never (until 0, which no clock stepped back reaches): a client still sending it
+            // is told it was replaced.
             tx.execute(
                 "UPDATE tokens SET
                     previous_hash = secret_hash,
-                    previous_valid_until = COALESCE(?1, ?3),
+                    previous_valid_until = COALESCE(?1, 0),
                     secret_hash = ?2,
                     rotated_at = ?3
                  WHERE id = ?4",
@@ -995,6 +996,34 @@ mod tests {
             Err(StoreError::Conflict(m)) => assert!(m.contains("scoped000009"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A rotation without an overlap keeps the old secret's hash only to tell its holder: it
+    /// never works again, whatever the clock says (stepped back by NTP or a snapshot resume).
+    #[test]
+    fn a_secret_replaced_at_once_never_works_again() {
+        let (_d, store) = temp_store();
+        let id = &alices_tokens(&store, 1)[0];
+        let old = store
+            .with_conn(|c| {
+                Ok(
+                    c.query_row("SELECT secret_hash FROM tokens WHERE id = ?1", [id], |r| {
+                        r.get::<_, Vec<u8>>(0)
+                    })?,
+                )
+            })
+            .unwrap();
+        store
+            .rotate_token(id, [9; 32], None, &|_| Ok(()), &actor())
+            .unwrap();
+        let record = store.auth_record(id).unwrap().unwrap();
+        let now = clock::now_ms();
+        for at in [now, now - 86_400_000, 1] {
+            assert!(!record.secret_matches(&old, at), "{at}");
+            assert!(record.replaced_secret_matches(&old, at), "{at}");
+        }
+        assert!(record.secret_matches(&[9; 32], now));
+        assert!(!record.replaced_secret_matches(&[9; 32], now));
     }
 
     /// A rotation's overlap ends with its token: the old secret is kept no later than the

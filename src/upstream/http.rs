@@ -332,7 +332,11 @@ impl HttpBackend {
             // `Retry-After` (a server in maintenance) goes with the words.
             return Err(ForwardError {
                 status: resp.status(),
-                retry_after: resp.headers().get(RETRY_AFTER).cloned(),
+                retry_after: (resp.status() == StatusCode::SERVICE_UNAVAILABLE)
+                    .then(|| resp.headers().get(RETRY_AFTER))
+                    .flatten()
+                    .filter(|v| a_retry_after(v.as_bytes()))
+                    .cloned(),
                 ..ForwardError::bad_gateway(format!(
                     "the upstream git server answered {} with a page git cannot show: what \
                      serves the repositories behind it may be down or slow; its log says more",
@@ -630,6 +634,18 @@ fn a_gateway_failure_page(status: StatusCode, headers: &hyper::HeaderMap) -> boo
                     .get(..10)
                     .is_some_and(|m| m.eq_ignore_ascii_case("text/plain"))
             })
+}
+
+/// Whether a `Retry-After` value is one (RFC 9110, section 10.2.3): seconds, or an HTTP date
+/// (`Wed, 21 Oct 2026 07:28:00 GMT`), told apart from anything else an upstream may send.
+fn a_retry_after(value: &[u8]) -> bool {
+    let seconds = !value.is_empty() && value.len() <= 10 && value.iter().all(u8::is_ascii_digit);
+    let date = value.len() <= 40
+        && value.ends_with(b" GMT")
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b" ,:".contains(b));
+    seconds || date
 }
 
 /// The ways a `Location` can name the upstream's own address: its authority as configured and
@@ -948,6 +964,16 @@ mod tests {
         assert!(!with(500, Some("text/html")));
         assert!(!with(404, Some("text/html")));
         assert!(!with(200, Some("application/x-git-upload-pack-result")));
+    }
+
+    #[test]
+    fn only_a_retry_after_that_is_one_is_passed_on() {
+        for fine in ["120", "0", "Wed, 21 Oct 2026 07:28:00 GMT"] {
+            assert!(a_retry_after(fine.as_bytes()), "{fine}");
+        }
+        for not in ["", "soon; <script>", "-1", "1.5", "12345678901", "tomorrow"] {
+            assert!(!a_retry_after(not.as_bytes()), "{not}");
+        }
     }
 
     #[test]
