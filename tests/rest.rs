@@ -1016,9 +1016,13 @@ fn rotation_replaces_the_secret_with_an_optional_overlap() {
     assert!(v["rotatedDate"].as_i64().is_some());
     let new = v["token"].as_str().unwrap().to_string();
     assert_ne!(new, old);
-    // Overlap 0 (the default): the old secret is refused at once, the new one works.
+    // Overlap 0 (the default): the old secret is refused at once, saying it was replaced; the
+    // new one works.
     let (ok, stderr) = ls_remote(&install, &server, "alice", &old);
-    assert!(!ok && stderr.contains("invalid token"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("token 'laptop' was given a new secret on"),
+        "{stderr}"
+    );
     assert!(ls_remote(&install, &server, "alice", &new).0);
 
     // With an overlap both work for a while.
