@@ -490,8 +490,12 @@ fn init_logging(default: &str) -> Result<(), String> {
         }
         _ => tracing_subscriber::EnvFilter::new(default),
     };
+    // A log that cannot be written (a full disk, a reader gone) loses its lines, as nginx's
+    // does: tracing's own report of the failure would be a panic in `eprintln!`, and with it
+    // the panic hook's log line, an abort of the whole server.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();

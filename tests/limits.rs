@@ -1264,6 +1264,63 @@ fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() 
     assert!(log.contains("Too many open files"), "{log}");
 }
 
+/// A log that cannot be written (its disk full, here `/dev/full`) loses its lines and nothing
+/// else: the server goes on answering, where tracing's report of the failed write used to
+/// panic inside the panic hook and abort the whole process.
+#[test]
+fn a_log_that_cannot_be_written_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = cgi_config(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut child = common::gitgate_command(&path)
+        .arg("serve")
+        .stdout(std::process::Stdio::null())
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    let ask = |request: &str| -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).ok()?;
+        Some(read_until_closed(&mut s).0)
+    };
+    let healthz = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ask(healthz).is_none_or(|out| !out.starts_with("HTTP/1.1 200")) {
+        assert!(Instant::now() < deadline, "the server never answered");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the server ended at its start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Requests that are logged (refusals, here), each a line that cannot be written.
+    for _ in 0..5 {
+        let out = ask(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Connection: close\r\n\r\n",
+        )
+        .expect("the server is gone");
+        assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    }
+    assert!(ask(healthz).is_some_and(|out| out.starts_with("HTTP/1.1 200")));
+    assert!(child.try_wait().unwrap().is_none(), "the server ended");
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
 /// An IPv4 client of a dual-stack listener is named by its IPv4 address (not `::ffff:...`) in
 /// the log and the audit, as when a trusted proxy names it.
 #[test]
