@@ -2023,6 +2023,33 @@ fn read_commands_work_for_an_account_that_cannot_write_the_store() {
     }
 }
 
+/// A command that writes, run by an account that may not write the store file but may write
+/// its folder (group-writable, say), is refused before SQLite opens anything: it leaves no
+/// `-wal`/`-shm` of its own user behind, which the service's account could not open at its
+/// next start. (Needs root to run as another user; CI is.)
+#[test]
+fn a_write_refused_for_want_of_access_leaves_nothing_beside_the_store() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: the other-user case is left out");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.add_user("alice", "alice-password-1");
+    as_store_owner_only(sb.root(), 0o777);
+    as_store_owner_only(&sb.db(), 0o644);
+    let sidecars = || {
+        ["-wal", "-shm"]
+            .iter()
+            .filter(|s| std::path::Path::new(&format!("{}{s}", sb.db().display())).exists())
+            .count()
+    };
+    assert_eq!(sidecars(), 0);
+    let err = without_write_access(&sb, &["user", "disable", "alice"]);
+    assert!(err.contains("must be able to write"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(sidecars(), 0, "the refused command left a -wal or -shm");
+}
+
 /// A read command stopped by a signal (Ctrl-C, `timeout`, a closed terminal) while it works
 /// on its copy of the store removes the copy first: it holds every token's and password's
 /// hash. Here `audit --json` is held in its write to a pipe nobody reads.

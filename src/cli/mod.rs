@@ -109,6 +109,12 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
             _snapshot: Some(snapshot),
         });
     }
+    // As `serve` does, before anything is opened: a command refused for want of write access
+    // must leave no `-wal`/`-shm` of its user beside the store (a folder others may write,
+    // a group's), which the service's account could then not open at its next start.
+    if writes {
+        Store::check_can_write(path).map_err(|e| config.store_refusal(e))?;
+    }
     let store = Store::open(path).map_err(|e| config.store_refusal(e))?;
     // A command that writes says up front, as `serve` does, when this process cannot write the
     // store (a store created by `sudo gitgate ...`, run as another user), instead of SQLite's
