@@ -277,8 +277,9 @@ fn main() -> ExitCode {
     } else {
         "warn"
     }) {
+        // A refused start like any other bad setting: 1, as `check` promises.
         gitgate::cli::note(format_args!("gitgate: {message}"));
-        return ExitCode::from(2);
+        return ExitCode::FAILURE;
     }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

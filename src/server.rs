@@ -284,14 +284,15 @@ fn raise_open_files_limit(max_connections: usize, workers: usize) -> Result<(), 
     }
     let verdict = open_files_verdict(at_start.limit, at_start.wanted, workers, max_connections)?;
     if let Some(warning) = verdict {
-        tracing::warn!("{warning}");
+        tracing::warn!(reason = ?warning, "open-files limit");
     }
     Ok(())
 }
 
 async fn run_workers(config: Config) -> Result<Ended, String> {
+    // Free text in a field of its own (quoted), so that a logfmt reader takes the line whole.
     for warning in config.warnings() {
-        tracing::warn!("{warning}");
+        tracing::warn!(reason = ?warning, "a setting that is likely wrong");
     }
     // Everything that can still fail on a bad setting comes before the store is opened (and
     // created, or migrated): a start that fails changes nothing on disk.
@@ -339,7 +340,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
                 // Said once, by the first worker's backend: every worker builds the same one.
                 if upstreams.is_empty() {
                     for warning in backend.warnings() {
-                        tracing::warn!("{warning}");
+                        tracing::warn!(reason = ?warning, "a setting that is likely wrong");
                     }
                 }
                 Upstream::Http(Box::new(backend))
@@ -1229,7 +1230,8 @@ async fn reload_on_hangup(
                     "SIGHUP: upstream credentials come from the environment, which changes only with a restart"
                 ),
                 Err(e) => tracing::error!(
-                    "SIGHUP: keeping the current upstream credentials, the new ones are unusable: {e}"
+                    error = ?e.to_string(),
+                    "SIGHUP: keeping the current upstream credentials, the new ones are unusable"
                 ),
             }
         }
@@ -1247,7 +1249,8 @@ async fn reload_on_hangup(
                     certificate_dates_said(c);
                 }
                 Err(e) => tracing::error!(
-                    "SIGHUP: keeping the current TLS certificate, the new one is unusable: {e}"
+                    error = ?e.to_string(),
+                    "SIGHUP: keeping the current TLS certificate, the new one is unusable"
                 ),
             },
         }

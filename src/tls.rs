@@ -144,7 +144,20 @@ fn read_pair(
             cert.display()
         ));
     }
+    let encrypted = key_pem
+        .windows(b"ENCRYPTED PRIVATE KEY".len())
+        .any(|w| w == b"ENCRYPTED PRIVATE KEY")
+        || key_pem
+            .windows(b"Proc-Type: 4,ENCRYPTED".len())
+            .any(|w| w == b"Proc-Type: 4,ENCRYPTED");
     let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        // A key under a passphrase: gitgate, started unattended, has none to give.
+        _ if encrypted => format!(
+            "[server.tls] key = \"{}\" is encrypted with a passphrase, which gitgate cannot \
+             give: decrypt it into a file only gitgate's user may read (openssl pkey -in \
+             ENCRYPTED.pem -out key.pem) and name that",
+            key.display()
+        ),
         rustls::pki_types::pem::Error::NoItemsFound => format!(
             "[server.tls] key = \"{}\" holds no PEM private key (expected -----BEGIN PRIVATE KEY-----, \
              -----BEGIN RSA PRIVATE KEY----- or -----BEGIN EC PRIVATE KEY-----)",
@@ -414,6 +427,13 @@ mod tests {
             e.contains(
                 "server-a.pem\" holds no PEM private key (expected -----BEGIN PRIVATE KEY-----"
             ),
+            "{e}"
+        );
+        // A key under a passphrase is said to be one, with how to take it off.
+        let e = CertStore::load(&fixture("server-a.pem"), &fixture("server-a-encrypted.key"))
+            .unwrap_err();
+        assert!(
+            e.contains("is encrypted with a passphrase") && e.contains("openssl pkey"),
             "{e}"
         );
     }

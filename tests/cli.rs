@@ -2023,6 +2023,20 @@ fn read_commands_work_for_an_account_that_cannot_write_the_store() {
     }
 }
 
+/// A `GITGATE_LOG` that is no filter refuses `serve` and fails `check` with exit code 1, as
+/// every other setting the start refuses does.
+#[test]
+fn a_log_filter_that_is_none_fails_check_with_1() {
+    let sb = Sandbox::new();
+    for command in ["check", "serve"] {
+        let mut cmd = sb.gitgate_command();
+        cmd.env("GITGATE_LOG", "warning").arg(command);
+        let out = run(cmd, None);
+        assert_eq!(out.status.code(), Some(1), "{command}: {out}");
+        assert!(out.stderr.contains("GITGATE_LOG=\"warning\""), "{out}");
+    }
+}
+
 /// A command that writes, run by an account that may not write the store file but may write
 /// its folder (group-writable, say), is refused before SQLite opens anything: it leaves no
 /// `-wal`/`-shm` of its own user behind, which the service's account could not open at its

@@ -792,8 +792,10 @@ fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: Las
     }
     let attempt = pending.failures.fetch_add(1, Ordering::Relaxed) + 1;
     if attempt >= ATTEMPTS {
-        pending.failures.store(0, Ordering::Relaxed);
+        // Counted (and logged) before the count of tries starts over: whoever sees it start
+        // over sees the loss counted too.
         give_up(e, &batch, &last_uses);
+        pending.failures.store(0, Ordering::Release);
         return;
     }
     tracing::warn!(
@@ -1114,7 +1116,7 @@ mod tests {
         let failures = &store.inner.batch_writer.pending.failures;
         let mut most = 0;
         loop {
-            let now = failures.load(std::sync::atomic::Ordering::Relaxed);
+            let now = failures.load(std::sync::atomic::Ordering::Acquire);
             most = most.max(now);
             if most >= ATTEMPTS - 1 && now == 0 {
                 break;
