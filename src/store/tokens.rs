@@ -753,10 +753,21 @@ fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
     // Case-insensitively: some upstreams (Gitea) treat user names so. And as git writes it into
     // a reflog, which drops `<`, `>` and leading or trailing punctuation: `al<>ice` and
     // `alice.` are written `alice` there.
+    // Both names as git writes them: a user `ci.` is written `ci` as well.
     let trimmed = name.trim().to_lowercase();
     let in_reflogs = as_git_writes_it(name).to_lowercase();
-    let passes_for_a_user = super::users::find_user(c, &trimmed)?.is_some()
-        || (in_reflogs != trimmed && super::users::find_user(c, &in_reflogs)?.is_some());
+    let passes_for_a_user = super::users::find_user(c, &trimmed)?.is_some() || {
+        let mut users = c.prepare_cached("SELECT slug FROM users")?;
+        let slugs = users.query_map([], |r| r.get::<_, String>(0))?;
+        let mut found = false;
+        for slug in slugs {
+            if as_git_writes_it(&slug?).eq_ignore_ascii_case(&in_reflogs) {
+                found = true;
+                break;
+            }
+        }
+        found
+    };
     if passes_for_a_user {
         return Err(StoreError::Conflict(format!(
             "a project or repository token cannot be named '{name}': that is a user's name, \
@@ -995,6 +1006,20 @@ mod tests {
         match store.add_user("bob", "h", Role::User, &actor()) {
             Err(StoreError::Conflict(m)) => assert!(m.contains("scoped000009"), "{m}"),
             other => panic!("{other:?}"),
+        }
+        // A user whose own name git writes otherwise: `ci.` is written `ci`, both ways.
+        match store.add_user("bob.", "h", Role::User, &actor()) {
+            Err(StoreError::Conflict(m)) => assert!(m.contains("scoped000009"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        store.add_user("ci.", "h", Role::User, &actor()).unwrap();
+        for (i, name) in ["ci", "'ci.'", "ci,"].iter().enumerate() {
+            let id = format!("scopedci{i:04}");
+            let t = repository_token(&id, name, &repo);
+            match store.insert_token(&t, &actor()) {
+                Err(StoreError::Conflict(m)) => assert!(m.contains("a user's name"), "{m}"),
+                other => panic!("{name:?}: {other:?}"),
+            }
         }
     }
 

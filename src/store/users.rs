@@ -166,6 +166,8 @@ impl Store {
                 "SELECT id, name FROM tokens WHERE owner_id IS NULL AND revoked_at IS NULL \
                  AND (expires_at IS NULL OR expires_at > ?1)",
             )?;
+            // Both as git writes them: a user `bob.` is written `bob` as well.
+            let slug_in_reflogs = super::tokens::as_git_writes_it(slug);
             let mut taken: Option<String> = None;
             let rows = live.query_map([crate::clock::now_ms()], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
@@ -173,7 +175,7 @@ impl Store {
             for row in rows {
                 let (id, name) = row?;
                 if name.trim().eq_ignore_ascii_case(slug)
-                    || super::tokens::as_git_writes_it(&name).eq_ignore_ascii_case(slug)
+                    || super::tokens::as_git_writes_it(&name).eq_ignore_ascii_case(&slug_in_reflogs)
                 {
                     taken = Some(id);
                     break;
