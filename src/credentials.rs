@@ -300,6 +300,43 @@ pub fn holds_a_token(text: &str) -> bool {
     prefix_in(&bytes)
 }
 
+/// `text` with every run that looks like a gitgate token secret (`ggt_` in any case, then at
+/// least 12 more token characters) written as `<a token secret, not repeated>`: for messages
+/// that repeat what an operator typed (an id, a name) where a secret was pasted by mistake,
+/// which would then sit in a terminal's scroll-back or a CI log.
+pub fn without_secrets(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let at_prefix = |i: usize| {
+        bytes
+            .get(i..i + PREFIX_LEN)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"ggt_"))
+    };
+    const PREFIX_LEN: usize = 4;
+    let token_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    let mut out = String::new();
+    let (mut i, mut copied) = (0, 0);
+    while i < bytes.len() {
+        if at_prefix(i) {
+            let end = (i + PREFIX_LEN..bytes.len())
+                .find(|&j| !token_char(bytes[j]))
+                .unwrap_or(bytes.len());
+            if end - i - PREFIX_LEN >= 12 {
+                out.push_str(&text[copied..i]);
+                out.push_str("<a token secret, not repeated>");
+                copied = end;
+                i = end;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
 /// `%XX` decoded where it is well-formed, everything else kept as it is.
 fn lenient_percent_decode(input: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
@@ -407,6 +444,28 @@ mod tests {
         match parse(value) {
             Err(CredentialError::Malformed(r)) => r,
             other => panic!("{value:?}: expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn secrets_in_a_message_are_not_repeated() {
+        let new = crate::token::generate().unwrap();
+        let secret = new.secret.expose();
+        let typed = format!("no token with id '{secret}'; try again");
+        let said = without_secrets(&typed);
+        assert_eq!(
+            said,
+            "no token with id '<a token secret, not repeated>'; try again"
+        );
+        let upper = format!("x {}", secret.to_uppercase());
+        assert!(!without_secrets(&upper).contains(&upper[6..]));
+        // The prefix named in words, and ids, stay.
+        for as_is in [
+            "holds 'ggt_', the prefix",
+            "token p3jotvgujzs7",
+            "ggt_short",
+        ] {
+            assert_eq!(without_secrets(as_is), as_is);
         }
     }
 

@@ -291,6 +291,8 @@ fn main() -> ExitCode {
             } else {
                 message
             };
+            // What the operator typed is often repeated: never a secret pasted by mistake.
+            let message = gitgate::credentials::without_secrets(&message);
             gitgate::cli::note(format_args!("gitgate: {message}"));
             ExitCode::FAILURE
         }

@@ -2023,6 +2023,36 @@ fn read_commands_work_for_an_account_that_cannot_write_the_store() {
     }
 }
 
+/// A secret pasted where an id or a name goes is not repeated in the error that names what was
+/// typed: it would sit in a terminal's scroll-back or a CI log.
+#[test]
+fn a_pasted_secret_is_not_repeated_in_an_error() {
+    let sb = user_sandbox();
+    let token = sb.scoped_token("--project", "team", "ci", "REPO_READ");
+    for args in [
+        &["token", "show", &token.secret][..],
+        &["token", "revoke", &token.secret],
+        &["user", "disable", &token.secret],
+        &["grant", "add", "alice", &token.secret, "read"],
+        &[
+            "ratelimit",
+            "set",
+            &format!("token:{}", token.secret),
+            "--capacity",
+            "5",
+            "--refill",
+            "1",
+        ],
+    ] {
+        let run = sb.cli(args);
+        assert!(!run.success(), "{args:?}: {run}");
+        assert!(
+            !run.stderr.contains(&token.secret[17..]) && !run.stdout.contains(&token.secret[17..]),
+            "{args:?}: {run}"
+        );
+    }
+}
+
 /// A `GITGATE_LOG` that is no filter refuses `serve` and fails `check` with exit code 1, as
 /// every other setting the start refuses does.
 #[test]
