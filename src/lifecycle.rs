@@ -148,8 +148,8 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         format!(
             "authentication failed for user '{shown}': wrong user name or password, a disabled \
              user, or password logins locked after {PASSWORD_FAILURES_BEFORE_LOCK} wrong passwords in a row (for \
-             {} minutes; an administrator can lift it: gitgate user unlock {shown}); the user's \
-             tokens keep working",
+             {} minutes; an administrator can lift it: gitgate user unlock {shown}, and it \
+             leaves the user's tokens working)",
             PASSWORD_LOCK_MS / 60_000
         )
     };
