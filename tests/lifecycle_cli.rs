@@ -379,7 +379,8 @@ fn assert_login_refused(run: &common::Run) {
     assert!(
         err.contains(&format!(
             "locked after {LOCK_AFTER} wrong passwords in a row (for {} minutes; an \
-             administrator can lift it: gitgate user unlock alice)",
+             administrator can lift it: gitgate user unlock alice, and it leaves the user's \
+             tokens working)",
             LOCK_SECS / 60
         )),
         "{run}"
