@@ -636,21 +636,28 @@ mod tests {
         panic!("no auth.throttled audit event");
     }
 
-    #[tokio::test]
-    async fn an_exempt_network_is_never_blocked() {
-        let (_d, store) = temp_store();
-        let g = Guard::new(
+    /// A guard blocking after two failures, except for the `exempt` networks; its store's
+    /// folder is kept with it.
+    fn exempting(exempt: &str) -> (tempfile::TempDir, Guard) {
+        let (dir, store) = temp_store();
+        let guard = Guard::new(
             store,
             &config::RateLimit::default(),
             &config::AuthFailures {
                 max: 2,
                 window_seconds: 60,
-                exempt: crate::network::parse_new_list(&["192.0.2.0/24"]).unwrap(),
+                exempt: crate::network::parse_new_list(&[exempt]).unwrap(),
                 ..Default::default()
             },
             0,
         )
         .unwrap();
+        (dir, guard)
+    }
+
+    #[tokio::test]
+    async fn an_exempt_network_is_never_blocked() {
+        let (_d, g) = exempting("192.0.2.0/24");
         let (nat, other): (IpAddr, IpAddr) = (
             "192.0.2.7".parse().unwrap(),
             "198.51.100.7".parse().unwrap(),
@@ -662,19 +669,7 @@ mod tests {
         assert_eq!(g.check_address(nat, 20), Ok(()));
         assert!(g.check_address(other, 20).is_err());
         // An IPv6 address counts by its /64: a neighbour's failures do not block an exempt one.
-        let (_d, store) = temp_store();
-        let g = Guard::new(
-            store,
-            &config::RateLimit::default(),
-            &config::AuthFailures {
-                max: 2,
-                window_seconds: 60,
-                exempt: crate::network::parse_new_list(&["2001:db8::10/128"]).unwrap(),
-                ..Default::default()
-            },
-            0,
-        )
-        .unwrap();
+        let (_d, g) = exempting("2001:db8::10/128");
         let (nat, neighbour): (IpAddr, IpAddr) = (
             "2001:db8::10".parse().unwrap(),
             "2001:db8::11".parse().unwrap(),

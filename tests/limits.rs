@@ -97,7 +97,11 @@ fn start_with_token(dir: &Path, config: &str, permission: &str) -> (Server, Stri
 
 /// One info/refs GET on a new connection; the whole answer and how long it took.
 fn info_refs(g: &Server, auth: &str) -> (String, Duration) {
-    let mut s = connect(g.port);
+    info_refs_on(&mut connect(g.port), auth)
+}
+
+/// [`info_refs`] on a connection already open.
+fn info_refs_on(s: &mut TcpStream, auth: &str) -> (String, Duration) {
     s.write_all(
         format!(
             "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
@@ -106,7 +110,7 @@ fn info_refs(g: &Server, auth: &str) -> (String, Duration) {
         .as_bytes(),
     )
     .unwrap();
-    read_until_closed(&mut s)
+    read_until_closed(s)
 }
 
 /// A scripted upstream that answers every request on a connection with a 2-byte 200 (keep-alive
@@ -1244,15 +1248,7 @@ fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() 
     std::thread::sleep(Duration::from_millis(300));
     let pid = g.pid() as libc::pid_t;
     let before = lower_open_files_limit(pid, open_files(pid));
-    s.write_all(
-        format!(
-            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
-             Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let (out, _) = read_until_closed(&mut s);
+    let (out, _) = info_refs_on(&mut s, &auth);
     restore_open_files_limit(pid, &before);
     assert!(out.starts_with("HTTP/1.1 503"), "{out}");
     assert!(out.contains("retry-after: 5\r\n"), "{out}");
