@@ -10,10 +10,11 @@
 //!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, then the
 //!                                   │     user's rate-limit bucket (429); never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
-//!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 none, or one that
-//!                                   │     names the :authority ─▶ 400
+//!                                   ├─ Host: exactly one on HTTP/1.1; none, or one that names the
+//!                                   │     :authority or the absolute target's host ─▶ 400
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
-//!                                   │     IPv6 by /64; one atomic read while no address is blocked)
+//!                                   │     IPv6 by /64, `exempt` networks never; one atomic read while no
+//!                                   │     address is blocked)
 //!                                   ├─ body framing: Content-Length one length ─▶ 400,
 //!                                   │   Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
@@ -25,10 +26,12 @@
 //!                                   │     (Store::load_auth_record_now, Store::miss_slots; a store
 //!                                   │     file deleted, replaced or emptied, or migrated by a newer
 //!                                   │     gitgate ─▶ 503); hash compare
-//!                                   │     (the current secret, or the previous one inside a rotation overlap)
+//!                                   │     (the current secret, or the previous one inside a rotation overlap;
+//!                                   │     the one a rotation replaced is told so)
 //!                                   ├─ policy::authorize(record, user, repo, access, addr, now) ─▶ Identity | Deny
 //!                                   │     (401s first — revoked, expired, wrong user, disabled owner — then the
-//!                                   │     token's networks, then the owner's and the token's permission: 403)
+//!                                   │     token's networks, then the owner's and the token's permission: 403;
+//!                                   │     past the 401s the token's last use is noted, whatever follows)
 //!                                   ├─ guard: in-flight cap, then the principal's bucket (an advertisement pays
 //!                                   │     for its POSTs) ─▶ 429
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
@@ -88,8 +91,8 @@
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
 //!   `404/400/405` for what is not a git request (never forwarded), `501` for a request body in a
 //!   transfer coding other than `chunked` (never forwarded), `401` with a Basic challenge
-//!   for missing or bad credentials (`403` without one for a refused Bearer token, which git
-//!   did not send itself and would answer a 401 to by prompting), `403` for too little
+//!   for missing or bad credentials (`403` without one for a refused Bearer token, or CI's
+//!   lower-case `basic`, which git did not send itself and would answer a 401 to by prompting), `403` for too little
 //!   permission, `503` when the store
 //!   cannot be read, is gone, was found damaged, or was replaced by another file or had its
 //!   `-wal`/`-shm` deleted (fail closed; a replaced or damaged one until a restart), `502` when the backend fails. Every refusal carries a
