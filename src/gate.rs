@@ -97,9 +97,6 @@ struct RequestLog {
     access: Option<&'static str>,
     user: Option<String>,
     token_id: Option<String>,
-    /// The credentials came in a header git does not send itself (Bearer, or a CI's
-    /// lower-case `basic`): see [`Gate::unauthenticated`].
-    by_hand: bool,
 }
 
 impl Gate {
@@ -289,7 +286,10 @@ impl Gate {
                 }
             }
             Err(refusal) => {
-                let resp = self.refusal(refusal, remote, &pending.line().who);
+                // Whether git sent the credentials itself decides how a refusal of them is
+                // answered (see `Gate::unauthenticated`): read for refusals only.
+                let by_hand = credentials::not_sent_by_git(req.headers());
+                let resp = self.refusal(refusal, remote, &pending.line().who, by_hand);
                 // Closing on the unread rest of a push would reset the connection under the
                 // answer (nginx in front then says 502): read it for a little while instead.
                 let _ = crate::linger::after_answer(req.version(), req.into_body());
@@ -354,9 +354,6 @@ impl Gate {
             .check_address(remote.ip(), clock::monotonic_ms())
             .map_err(Refusal::Guarded)?;
 
-        // Whether git sent the header itself, for the answer to a refusal (see
-        // `credentials::not_sent_by_git`).
-        log.by_hand = credentials::not_sent_by_git(req.headers());
         let creds = credentials::from_headers(req.headers()).map_err(Refusal::NoCredentials)?;
         let (basic_user, secret) = match &creds {
             Credentials::Basic { user, secret } => (Some(user.as_str()), secret),
@@ -487,6 +484,7 @@ impl Gate {
         refusal: Refusal,
         remote: SocketAddr,
         log: &RequestLog,
+        by_hand: bool,
     ) -> Response<ResponseBody> {
         match refusal {
             Refusal::NotGit(Rejection::NotFound(m)) => text(StatusCode::NOT_FOUND, &m),
@@ -502,7 +500,7 @@ impl Gate {
             // CI's own header (`AUTHORIZATION: basic` in http.extraHeader) with an empty
             // password, its variable unset: no secret tried either, but git would answer a
             // challenge by asking for a user name, so it is told why.
-            Refusal::NoCredentials(CredentialError::NoPassword) if log.by_hand => text(
+            Refusal::NoCredentials(CredentialError::NoPassword) if by_hand => text(
                 StatusCode::FORBIDDEN,
                 "unusable Authorization header: the Basic credentials have no password (is the \
                  variable that should hold the token empty?)",
@@ -515,23 +513,23 @@ impl Gate {
             }
             // No secret either (an empty CI variable): told why, not counted or audited.
             Refusal::NoCredentials(e @ CredentialError::NoBearerToken) => {
-                self.unauthenticated(log, &e.to_string())
+                self.unauthenticated(by_hand, &e.to_string())
             }
             Refusal::NoCredentials(e) => {
                 self.audit_failure(remote, log, &e.to_string());
-                self.unauthenticated(log, &e.to_string())
+                self.unauthenticated(by_hand, &e.to_string())
             }
             Refusal::InvalidToken => {
                 self.audit_failure(remote, log, "invalid token");
-                self.unauthenticated(log, "invalid token")
+                self.unauthenticated(by_hand, "invalid token")
             }
             Refusal::NotAToken(what, bearer) => {
                 self.audit_failure(remote, log, what.audit_reason());
-                self.unauthenticated(log, what.message_for(bearer))
+                self.unauthenticated(by_hand, what.message_for(bearer))
             }
             Refusal::Denied(Deny::Unauthenticated(m)) => {
                 self.audit_failure(remote, log, &m);
-                self.unauthenticated(log, &m)
+                self.unauthenticated(by_hand, &m)
             }
             Refusal::Denied(Deny::Forbidden(m)) => {
                 // The client is told why; so is the operator, who has no other trace of it (a
@@ -570,8 +568,8 @@ impl Gate {
     /// name — "could not read Username: terminal prompts disabled" in a CI log — and never
     /// print why. So such a refusal is a 403 with the same reason, which git prints as
     /// `remote: ...`.
-    fn unauthenticated(&self, log: &RequestLog, message: &str) -> Response<ResponseBody> {
-        if log.by_hand {
+    fn unauthenticated(&self, by_hand: bool, message: &str) -> Response<ResponseBody> {
+        if by_hand {
             text(StatusCode::FORBIDDEN, message)
         } else {
             self.challenge(message)
