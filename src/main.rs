@@ -108,15 +108,16 @@ enum PolicyCommand {
         json: bool,
     },
     /// Change the policy; it applies to tokens created from then on.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
     Set {
         /// yes|no: whether new tokens must have an expiry.
-        #[arg(long)]
+        #[arg(long, group = "change", value_parser = ["yes", "no"])]
         expiry_required: Option<String>,
         /// The most days a new token may live when an expiry is required.
-        #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, group = "change", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
         max_expiry_days: Option<u32>,
         /// Remove the maximum.
-        #[arg(long, conflicts_with = "max_expiry_days")]
+        #[arg(long, group = "change", conflicts_with = "max_expiry_days")]
         no_max_expiry_days: bool,
     },
 }

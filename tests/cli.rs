@@ -1139,6 +1139,11 @@ fn audit_lists_every_event_and_limit_keeps_the_newest() {
     let huge = sb.cli_json(&["audit", "--limit", "18446744073709551615", "--json"]);
     assert_eq!(huge.as_array().unwrap().len(), all.len());
     sb.cli(&["audit", "--limit", "0"]).fails_with("--limit 0");
+    // Seconds (or 0) are not read as a moment of 1970: the message says what to give.
+    sb.cli(&["audit", "--since", "0"])
+        .fails_with("too small for epoch milliseconds (it would be 1970-01-01T00:00:00Z");
+    sb.cli(&["audit", "--since", "yesterday"])
+        .fails_with("is not a date: use YYYY-MM-DD");
     // Nothing at all: still valid JSON.
     assert_eq!(
         sb.cli_json(&["audit", "--since", "2999-01-01", "--json"]),
@@ -2355,4 +2360,80 @@ fn a_store_on_a_full_disk_is_refused_by_check_and_serve_alike() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("no space left"), "{said}");
     assert_eq!(sidecars(), 0, "left behind by a start that failed");
+}
+
+/// A rate-limit command that finds what it asks for in place says so, exits 0 (as `user
+/// disable` twice does) and audits nothing; a rule for a revoked token, which never counts
+/// again, is refused.
+#[test]
+fn ratelimit_commands_that_change_nothing_say_so_and_audit_nothing() {
+    let sb = user_sandbox();
+    sb.cli(&["ratelimit", "exempt", "alice"]).ok();
+    let again = sb.cli(&["ratelimit", "exempt", "alice"]);
+    again.ok();
+    assert!(again.stderr.contains("already; nothing changed"), "{again}");
+    let set = [
+        "ratelimit",
+        "set",
+        "alice",
+        "--capacity",
+        "5",
+        "--refill",
+        "1",
+    ];
+    sb.cli(&set).ok();
+    let again = sb.cli(&set);
+    again.ok();
+    assert!(again.stderr.contains("already; nothing changed"), "{again}");
+    sb.cli(&["ratelimit", "clear", "alice"]).ok();
+    let again = sb.cli(&["ratelimit", "clear", "alice"]);
+    again.ok();
+    assert!(again.stderr.contains("had no override"), "{again}");
+    let audit = sb.cli_json(&["audit", "--json"]);
+    let count = |action: &str| {
+        let events = audit.as_array().unwrap().iter();
+        events.filter(|e| e["action"] == action).count()
+    };
+    assert_eq!(count("ratelimit.set"), 2, "{audit}");
+    assert_eq!(count("ratelimit.cleared"), 1, "{audit}");
+
+    let token = sb.scoped_token("--project", "team", "ci", "REPO_READ");
+    sb.cli(&["token", "revoke", &token.id]).ok();
+    sb.cli(&["ratelimit", "exempt", &format!("token:{}", token.id)])
+        .fails_with("is revoked");
+    assert_eq!(
+        sb.cli_json(&["ratelimit", "list", "--json"]),
+        Value::Array(vec![])
+    );
+}
+
+/// The tables keep their columns in line when a name is longer than the usual width (user
+/// names go to 64 characters; token names and targets further).
+#[test]
+fn tables_stay_in_line_with_long_names() {
+    let sb = user_sandbox();
+    let long = "a".repeat(64);
+    sb.add_user(&long, PASSWORD);
+    let long_project = "p".repeat(50);
+    for user in ["alice", long.as_str()] {
+        sb.cli(&["grant", "add", user, "team", "read"]).ok();
+    }
+    sb.cli(&["grant", "add", "alice", &long_project, "read"])
+        .ok();
+    sb.scoped_token("--project", "team", &"n".repeat(40), "REPO_READ");
+    sb.scoped_token("--project", "team", "ci", "REPO_READ");
+    for (args, column) in [
+        (&["user", "list"][..], "ROLE"),
+        (&["grant", "list"], "LEVEL"),
+        (&["token", "list"], "KIND"),
+    ] {
+        let out = sb.cli(args).ok().to_string();
+        let header = out.lines().next().unwrap();
+        let at = header.find(column).unwrap();
+        for line in out.lines().skip(1) {
+            // The column starts where its heading does: a value before it ran over otherwise.
+            assert_eq!(line.as_bytes()[at - 1], b' ', "{args:?}:\n{out}");
+            assert_ne!(line.as_bytes()[at], b' ', "{args:?}:\n{out}");
+        }
+    }
 }

@@ -73,8 +73,18 @@ fn create_list_revoke_keep_their_contract() {
     assert!(!list.to_string().contains(secret));
     let id = t["id"].as_str().unwrap();
     install.cli_ok(&["token", "revoke", id], "");
-    let again = install.cli_err(&["token", "revoke", id], "");
-    assert!(again.contains("already revoked"), "{again}");
+    // Twice is no failure (as `user disable` twice): the token is revoked, and said to be.
+    let again = install.cli(&["token", "revoke", id], "");
+    assert!(again.success(), "{again}");
+    assert!(again.stderr.contains("was revoked already on"), "{again}");
+    let events = json_of(&install.cli_ok(&["audit", "--json"], ""));
+    let revocations = events.as_array().unwrap().iter();
+    assert_eq!(
+        revocations
+            .filter(|e| e["action"] == "token.revoked")
+            .count(),
+        1
+    );
     let shown = json_of(&install.cli_ok(&["token", "show", id, "--json"], ""));
     assert!(shown["revokedAt"].as_i64().is_some());
 }
@@ -313,8 +323,13 @@ fn policy_show_and_set() {
     assert!(create(Some("30")).success());
 
     let err = install.cli_err(&["policy", "set", "--expiry-required", "maybe"], "");
-    assert!(err.contains("yes or no"), "{err}");
+    assert!(err.contains("[possible values: yes, no]"), "{err}");
+    let err = install.cli_err(&["policy", "set", "--expiry-required", "true"], "");
+    assert!(err.contains("[possible values: yes, no]"), "{err}");
     install.cli_err(&["policy", "set", "--max-expiry-days", "0"], "");
+    // Nothing to change is a mistake, not a change: no exit 0, no audit entry.
+    let err = install.cli_err(&["policy", "set"], "");
+    assert!(err.contains("--expiry-required"), "{err}");
     install.cli_ok(
         &[
             "policy",

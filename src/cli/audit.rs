@@ -11,6 +11,22 @@ use crate::store::{AuditCursor, AuditEvent, Store};
 /// Events read from the store at a time.
 const PAGE: usize = 1000;
 
+/// Why `--since` was not taken. A small number is most often seconds (`date +%s`) or a day
+/// written without dashes, not a moment of 1970.
+fn since_refused(s: &str) -> String {
+    match s.parse::<i64>() {
+        Ok(n) if n >= 0 => format!(
+            "--since {s} is too small for epoch milliseconds (it would be {}, before any event): \
+             give milliseconds (seconds × 1000) or YYYY-MM-DD; leave --since out for every event",
+            clock::datetime(n)
+        ),
+        _ => format!(
+            "--since '{s}' is not a date: use YYYY-MM-DD (1970 to 9999) or epoch milliseconds \
+             (seconds × 1000)"
+        ),
+    }
+}
+
 pub fn show(
     store: &Store,
     since: Option<&str>,
@@ -18,9 +34,7 @@ pub fn show(
     json: bool,
 ) -> Result<(), String> {
     let since = match since {
-        Some(s) => Some(clock::parse_date(s).ok_or_else(|| {
-            format!("--since '{s}' is not a date: use YYYY-MM-DD (1970 to 9999) or epoch milliseconds (seconds × 1000)")
-        })?),
+        Some(s) => Some(clock::parse_date(s).ok_or_else(|| since_refused(s))?),
         None => None,
     };
     let mut after = match limit {

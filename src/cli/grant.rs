@@ -52,12 +52,14 @@ pub fn list(store: &Store, name: Option<&str>, json: bool) -> Result<(), String>
     if json {
         return print_json(&json!(grants));
     }
-    outln!("{:<24} {:<40} LEVEL", "USER", "TARGET");
+    let wu = super::width(24, grants.iter().map(|g| &g.user));
+    let wt = super::width(40, grants.iter().map(|g| &g.target));
+    outln!("{:<wu$} {:<wt$} LEVEL", "USER", "TARGET");
     for g in grants {
         match (g.level, &g.unknown_level) {
-            (Some(level), _) => outln!("{:<24} {:<40} {level}", g.user, g.target),
+            (Some(level), _) => outln!("{:<wu$} {:<wt$} {level}", g.user, g.target),
             (None, said) => outln!(
-                "{:<24} {:<40} none: the stored level {:?} or target cannot be read, so it \
+                "{:<wu$} {:<wt$} none: the stored level {:?} or target cannot be read, so it \
                  grants nothing (remove it, and set it again with grant add)",
                 g.user,
                 g.target,

@@ -318,6 +318,15 @@ pub fn print_json(value: &serde_json::Value) -> Result<(), String> {
 }
 
 /// A date for tables, or "-".
+/// The width of a table column: its usual one, or its longest value's, so that a long name
+/// does not push the rest of its row out of line.
+pub fn width<S: AsRef<str>>(usual: usize, values: impl IntoIterator<Item = S>) -> usize {
+    values
+        .into_iter()
+        .map(|v| v.as_ref().chars().count())
+        .fold(usual, usize::max)
+}
+
 pub fn when(ms: Option<i64>) -> String {
     ms.map(crate::clock::datetime).unwrap_or_else(|| "-".into())
 }

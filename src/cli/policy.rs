@@ -57,9 +57,10 @@ pub fn set(
 ) -> Result<(), String> {
     let mut p = lifecycle::policy(store).map_err(|e| e.to_string())?;
     if let Some(v) = expiry_required {
+        // clap already takes only yes or no (main.rs), before the store opens.
         p.expiry_required = match v {
-            "yes" | "true" => true,
-            "no" | "false" => false,
+            "yes" => true,
+            "no" => false,
             other => return Err(format!("--expiry-required takes yes or no, not '{other}'")),
         };
     }

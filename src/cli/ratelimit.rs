@@ -25,29 +25,45 @@ pub fn set(store: &Store, who: &str, capacity: u32, refill: f64) -> Result<(), S
         capacity,
         refill_per_second: refill,
     };
-    store
+    let changed = store
         .set_rate_limit(&p, rule, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    note!("{p}: capacity {capacity}, refill {refill}/s");
+    note!(
+        "{p}: capacity {capacity}, refill {refill}/s{}",
+        unchanged(changed)
+    );
     Ok(())
 }
 
 pub fn exempt(store: &Store, who: &str) -> Result<(), String> {
     let p = principal(who)?;
-    store
+    let changed = store
         .set_rate_limit(&p, RateRule::Exempt, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    note!("{p}: exempt from rate limiting");
+    note!("{p}: exempt from rate limiting{}", unchanged(changed));
     Ok(())
 }
 
 pub fn clear(store: &Store, who: &str) -> Result<(), String> {
     let p = principal(who)?;
-    store
+    let changed = store
         .clear_rate_limit(&p, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    note!("{p}: the [rate_limit] defaults apply again");
+    if changed {
+        note!("{p}: the [rate_limit] defaults apply again");
+    } else {
+        note!("{p} had no override, the [rate_limit] defaults apply; nothing changed");
+    }
     Ok(())
+}
+
+/// What a command that found its rule in place already adds to its line.
+fn unchanged(changed: bool) -> &'static str {
+    if changed {
+        ""
+    } else {
+        " already; nothing changed"
+    }
 }
 
 pub fn list(store: &Store, as_json: bool) -> Result<(), String> {
@@ -59,10 +75,15 @@ pub fn list(store: &Store, as_json: bool) -> Result<(), String> {
         ));
         return print_json(&json!(rows));
     }
-    outln!("{:<32} {:<28} UPDATED", "PRINCIPAL", "RULE");
+    let principals = all.unreadable.iter().map(|o| &o.principal);
+    let w = super::width(
+        32,
+        principals.chain(all.usable.iter().map(|o| &o.principal)),
+    );
+    outln!("{:<w$} {:<28} UPDATED", "PRINCIPAL", "RULE");
     for o in &all.unreadable {
         outln!(
-            "{:<32} unreadable (the defaults apply; set it again or clear it): {}",
+            "{:<w$} unreadable (the defaults apply; set it again or clear it): {}",
             o.principal,
             o.error
         );
@@ -76,7 +97,7 @@ pub fn list(store: &Store, as_json: bool) -> Result<(), String> {
             } => format!("capacity {capacity}, {refill_per_second}/s"),
         };
         outln!(
-            "{:<32} {:<28} {} by {}",
+            "{:<w$} {:<28} {} by {}",
             o.principal,
             rule,
             when(Some(o.updated_at)),

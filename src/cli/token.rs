@@ -178,8 +178,11 @@ pub fn list(store: &Store, user: Option<&str>, json: bool) -> Result<(), String>
         let values: Vec<_> = tokens.iter().map(|t| to_json(t, &policy)).collect();
         return print_json(&json!(values));
     }
+    let wn = super::width(20, tokens.iter().map(|t| &t.name));
+    let wf = super::width(20, tokens.iter().map(|t| t.principal()));
+    let wp = super::width(24, tokens.iter().map(|t| t.permissions.to_string()));
     outln!(
-        "{:<12} {:<20} {:<10} {:<20} {:<24} {:<20} {:<20} STATUS",
+        "{:<12} {:<wn$} {:<10} {:<wf$} {:<wp$} {:<20} {:<20} STATUS",
         "ID",
         "NAME",
         "KIND",
@@ -199,7 +202,7 @@ pub fn list(store: &Store, user: Option<&str>, json: bool) -> Result<(), String>
     for t in tokens {
         let owner_disabled = t.owner.as_ref().is_some_and(|o| disabled.contains(o));
         outln!(
-            "{:<12} {:<20} {:<10} {:<20} {:<24} {:<20} {:<20} {}",
+            "{:<12} {:<wn$} {:<10} {:<wf$} {:<wp$} {:<20} {:<20} {}",
             t.id,
             t.name,
             t.kind.as_str(),
@@ -294,6 +297,22 @@ pub fn revoke(store: &Store, id: &str) -> Result<(), String> {
                 "{e}: token {id} is NOT revoked and still works; free the store (disk space, \
                  the process holding its lock) and revoke it again"
             ))
+        }
+        // Revoked already: what was asked for holds, as `user disable` of a disabled user.
+        Err(e @ lifecycle::Error::Conflict(_)) => {
+            return match store.token(id) {
+                Ok(Some(t)) if t.revoked_at.is_some() => {
+                    note!(
+                        "token '{}' ({}) of {} was revoked already on {}; nothing changed",
+                        t.name,
+                        t.id,
+                        t.principal(),
+                        super::when(t.revoked_at)
+                    );
+                    Ok(())
+                }
+                _ => Err(e.to_string()),
+            }
         }
         Err(e) => return Err(e.to_string()),
     };

@@ -28,7 +28,8 @@ pub fn list(store: &Store, json: bool) -> Result<(), String> {
     if json {
         return print_json(&json!(users));
     }
-    outln!("{:<24} {:<6} {:<9} CREATED", "NAME", "ROLE", "STATUS");
+    let w = super::width(24, users.iter().map(|u| &u.slug));
+    outln!("{:<w$} {:<6} {:<9} CREATED", "NAME", "ROLE", "STATUS");
     for u in users {
         let locked = u.locked_until.is_some();
         let status = match (u.active, locked) {
@@ -37,7 +38,7 @@ pub fn list(store: &Store, json: bool) -> Result<(), String> {
             (true, false) => "active",
         };
         outln!(
-            "{:<24} {:<6} {:<9} {}",
+            "{:<w$} {:<6} {:<9} {}",
             u.slug,
             u.role,
             status,

@@ -83,22 +83,27 @@ fn require_principal(c: &rusqlite::Connection, principal: &str) -> Result<()> {
         return Ok(());
     }
     if let Some(id) = principal.strip_prefix("token:") {
-        let owner: Option<Option<String>> = c
+        let found: Option<(Option<String>, bool)> = c
             .query_row(
-                "SELECT u.slug FROM tokens t LEFT JOIN users u ON u.id = t.owner_id WHERE t.id = ?1",
+                "SELECT u.slug, t.revoked_at IS NOT NULL
+                 FROM tokens t LEFT JOIN users u ON u.id = t.owner_id WHERE t.id = ?1",
                 [id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        return match owner {
+        return match found {
             None => Err(StoreError::NotFound(format!("no token '{id}'"))),
+            // It never authenticates again: a rule for it would be accepted and never apply.
+            Some((_, true)) => Err(StoreError::Invalid(format!(
+                "token '{id}' is revoked: no request counts against it any more"
+            ))),
             // A personal token is counted in its owner's bucket, never in one of its own: a
             // rule for it would be accepted and never apply.
-            Some(Some(owner)) => Err(StoreError::Invalid(format!(
+            Some((Some(owner), false)) => Err(StoreError::Invalid(format!(
                 "token '{id}' is a personal token of '{owner}', and all of a user's personal \
                  tokens share the user's limit: set it for the user ({owner})"
             ))),
-            Some(None) => Ok(()),
+            Some((None, false)) => Ok(()),
         };
     }
     Err(StoreError::Invalid(format!(
@@ -107,8 +112,9 @@ fn require_principal(c: &rusqlite::Connection, principal: &str) -> Result<()> {
 }
 
 impl Store {
-    /// Set (or replace) the override of `principal`.
-    pub fn set_rate_limit(&self, principal: &str, rule: RateRule, actor: &Actor) -> Result<()> {
+    /// Set (or replace) the override of `principal`. False when that very rule was set
+    /// already: nothing is written or audited.
+    pub fn set_rate_limit(&self, principal: &str, rule: RateRule, actor: &Actor) -> Result<bool> {
         if let RateRule::Limits {
             capacity,
             refill_per_second,
@@ -127,6 +133,14 @@ impl Store {
         }
         self.write(|tx| {
             require_principal(tx, principal)?;
+            let before: Option<(Option<u32>, Option<f64>, bool)> = tx
+                .query_row(
+                    "SELECT capacity, refill_per_second, exempt FROM rate_limits WHERE principal = ?1",
+                    [principal],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                // None too for a row that cannot be read: it is replaced, not compared.
+                .ok();
             let (capacity, refill, exempt, detail) = match rule {
                 RateRule::Exempt => (None, None, true, "exempt".to_string()),
                 RateRule::Limits {
@@ -139,6 +153,9 @@ impl Store {
                     format!("capacity {capacity}, refill {refill_per_second}/s"),
                 ),
             };
+            if before == Some((capacity, refill, exempt)) {
+                return Ok(false);
+            }
             tx.execute(
                 "INSERT INTO rate_limits (principal, capacity, refill_per_second, exempt, updated_at, updated_by)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -146,20 +163,21 @@ impl Store {
                      exempt = ?4, updated_at = ?5, updated_by = ?6",
                 params![principal, capacity, refill, exempt, clock::now_ms(), actor.name],
             )?;
-            record(tx, actor, "ratelimit.set", principal, &detail)
+            record(tx, actor, "ratelimit.set", principal, &detail)?;
+            Ok(true)
         })
     }
 
-    /// Remove the override of `principal`: the defaults apply again.
-    pub fn clear_rate_limit(&self, principal: &str, actor: &Actor) -> Result<()> {
+    /// Remove the override of `principal`: the defaults apply again. False when it had none:
+    /// nothing is written or audited.
+    pub fn clear_rate_limit(&self, principal: &str, actor: &Actor) -> Result<bool> {
         self.write(|tx| {
             let n = tx.execute("DELETE FROM rate_limits WHERE principal = ?1", [principal])?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!(
-                    "'{principal}' has no rate-limit override"
-                )));
+                return Ok(false);
             }
-            record(tx, actor, "ratelimit.cleared", principal, "")
+            record(tx, actor, "ratelimit.cleared", principal, "")?;
+            Ok(true)
         })
     }
 
@@ -216,15 +234,36 @@ mod tests {
             store.rate_limits().unwrap().usable[0].rule,
             RateRule::Exempt
         );
-        store.clear_rate_limit("user:alice", &actor()).unwrap();
+        // The same rule again, or a clear of nothing: no change, no audit entry.
+        assert!(!store
+            .set_rate_limit("user:alice", RateRule::Exempt, &actor())
+            .unwrap());
+        assert!(store.clear_rate_limit("user:alice", &actor()).unwrap());
         assert!(store.rate_limits().unwrap().usable.is_empty());
-        assert!(matches!(
-            store.clear_rate_limit("user:alice", &actor()),
-            Err(StoreError::NotFound(_))
-        ));
+        assert!(!store.clear_rate_limit("user:alice", &actor()).unwrap());
         let events = store.audit_events(None, 100).unwrap();
-        assert!(events.iter().any(|e| e.action == "ratelimit.set"));
-        assert!(events.iter().any(|e| e.action == "ratelimit.cleared"));
+        let count = |action: &str| events.iter().filter(|e| e.action == action).count();
+        assert_eq!(count("ratelimit.set"), 2);
+        assert_eq!(count("ratelimit.cleared"), 1);
+    }
+
+    /// A revoked token never authenticates again: a rule for it would never apply.
+    #[test]
+    fn a_revoked_token_gets_no_rule() {
+        let (_d, store) = temp_store();
+        let target = crate::policy::Target::parse("team/app").unwrap();
+        store
+            .insert_token(
+                &crate::store::test_support::repository_token("abcdefghijkl", "ci", &target),
+                &actor(),
+            )
+            .unwrap();
+        store.revoke_token("abcdefghijkl", &actor()).unwrap();
+        match store.set_rate_limit("token:abcdefghijkl", RateRule::Exempt, &actor()) {
+            Err(StoreError::Invalid(m)) => assert!(m.contains("is revoked"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(store.rate_limits().unwrap().usable.is_empty());
     }
 
     /// A row edited by hand into something unusable costs its own principal its override, not

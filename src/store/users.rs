@@ -77,6 +77,14 @@ pub fn validate_slug(slug: &str) -> Result<()> {
         )))
     } else if ok {
         Ok(())
+    } else if slug.bytes().any(|b| b.is_ascii_uppercase())
+        && validate_slug(&slug.to_ascii_lowercase()).is_ok()
+    {
+        let lower = slug.to_ascii_lowercase();
+        Err(StoreError::Invalid(format!(
+            "'{slug}' is not a valid user name: user names are lower case; add '{lower}' \
+             (a clone as {slug}@ is {lower}'s all the same)"
+        )))
     } else {
         Err(StoreError::Invalid(format!(
             "'{slug}' is not a valid user name: use 1-64 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -373,6 +381,10 @@ mod tests {
             assert_eq!(as_written_down(hidden), NOT_A_USER_NAME, "{hidden}");
         }
         assert!(validate_slug("ci-bot.2").is_ok());
+        let e = validate_slug("Alice").unwrap_err().to_string();
+        assert!(e.contains("user names are lower case; add 'alice'"), "{e}");
+        let e = validate_slug("Al ice").unwrap_err().to_string();
+        assert!(e.contains("use 1-64 lower-case letters"), "{e}");
         for bad in [
             "",
             "Alice",
