@@ -321,6 +321,13 @@ pub fn classify(
         push_decoded_segment(raw, &mut backend_path)?;
     }
     let repo = RepoPath::from_joined(&backend_path[1..]).map_err(Rejection::BadRequest)?;
+    if git_prefix == "/" && crate::api::is_api_segment(repo.project()) {
+        // Only a path spelled other than `/rest/` comes here (the gate hands that to the API).
+        return Err(Rejection::NotFound(
+            "/rest/ is gitgate's REST API: with git_prefix = \"/\" no repository is served there"
+                .into(),
+        ));
+    }
     for part in suffix {
         backend_path.push('/');
         backend_path.push_str(part);
@@ -879,6 +886,24 @@ mod tests {
         let g = classify("GET", "/team/app%2Egit/HEAD", None, "/").unwrap();
         assert_eq!(g.repo.as_str(), "team/app");
         assert_eq!(g.backend_path, "/team/app.git/HEAD");
+    }
+
+    /// With git at `/`, `/rest/` is the REST API's: spelled another way (`%72est`), it is no
+    /// repository `rest/app` either. Under a prefix, a project `rest` is a project as any.
+    #[test]
+    fn the_rest_api_path_spelled_otherwise_is_no_repository() {
+        for path in ["/%72est/app.git/info/refs", "/r%65st/app/info/refs"] {
+            match classify("GET", path, Some("service=git-upload-pack"), "/") {
+                Err(Rejection::NotFound(m)) => assert!(m.contains("REST API"), "{m}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        let g = classify("GET", "/scm/%72est/app.git/info/refs", None, "/scm").unwrap();
+        assert_eq!(g.repo.as_str(), "rest/app");
+        let g = classify("GET", "/REST/app.git/info/refs", None, "/").unwrap();
+        assert_eq!(g.repo.as_str(), "REST/app");
+        assert!(crate::api::is_api_path("/rest") && crate::api::is_api_path("/rest/x"));
+        assert!(!crate::api::is_api_path("/restx/a") && !crate::api::is_api_path("/"));
     }
 
     #[test]

@@ -72,7 +72,15 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 /// Whether the gate should hand this path to the API instead of classifying it as git.
 pub fn is_api_path(path: &str) -> bool {
-    path == "/rest" || path.starts_with("/rest/")
+    path.strip_prefix('/')
+        .is_some_and(|p| is_api_segment(p.split('/').next().unwrap_or(p)))
+}
+
+/// Whether a path's first segment, decoded, is the REST API's (`rest`): with `git_prefix =
+/// "/"`, [`crate::git::classify`] refuses a repository there, so that `/%72est/app.git` is
+/// not the repository `rest/app` that no grant may name.
+pub fn is_api_segment(segment: &str) -> bool {
+    segment == "rest"
 }
 
 /// An error answer: status, message, and Bitbucket's exception name.
