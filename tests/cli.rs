@@ -261,7 +261,28 @@ fn a_grant_or_token_for_a_folder_that_is_not_there_says_so() {
         ],
     ] {
         let run = sb.cli(args);
-        assert!(!run.stderr.contains("note: no "), "{args:?}: {run}");
+        assert!(!run.stderr.contains("note: "), "{args:?}: {run}");
+        run.ok();
+    }
+    // Something the backend refuses to serve is there: the note says what, not "case".
+    let repos = sb.repos();
+    std::os::unix::fs::symlink(repos.join("team/app.git"), repos.join("team/link.git")).unwrap();
+    std::fs::write(repos.join("team/gf.git"), "gitdir: app.git\n").unwrap();
+    std::fs::create_dir(repos.join("team/empty")).unwrap();
+    std::fs::write(repos.join("file"), "").unwrap();
+    for (target, said) in [
+        ("team/link", "through a symbolic link or a gitfile"),
+        ("team/gf", "through a symbolic link or a gitfile"),
+        ("team/app.git/sub", "inside another repository's folder"),
+        (
+            "team/empty",
+            "(there is team/empty, but git would find no repository in it)",
+        ),
+        ("file", "is a symbolic link or a file"),
+    ] {
+        let run = sb.cli(&["grant", "add", "alice", target, "read"]);
+        assert!(run.stderr.contains(said), "{target}: {run}");
+        assert!(!run.stderr.contains("case-sensitive"), "{target}: {run}");
         run.ok();
     }
 }

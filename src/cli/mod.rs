@@ -142,21 +142,62 @@ fn served_from(upstream: &crate::config::Upstream) -> Option<std::path::PathBuf>
 /// key typed in Bitbucket's upper case (`TEAM`) while the folder is `team` — paths are
 /// case-sensitive, and such a grant or token would never match a request — or a typo. It is
 /// made all the same (the repository may be created later); the note names a folder whose name
-/// differs only in case.
+/// differs only in case. A path that is there but that the backend refuses (a symbolic link, a
+/// gitfile, a folder inside another repository's) is named with why.
 pub fn not_served_yet(target: &crate::policy::Target, project_root: &Path) -> Option<String> {
     use crate::policy::Target;
     let (path, what) = match target {
         Target::Project(p) => (p.as_str(), "project"),
         Target::Repo(r) => (r.as_str(), "repository"),
     };
-    let here = |p: &str| match target {
-        Target::Project(_) => project_root.join(p).is_dir(),
-        Target::Repo(_) => {
-            project_root.join(p).is_dir() || project_root.join(format!("{p}.git")).is_dir()
+    let made_anyway = format!("made all the same, it applies once git serves {path}");
+    match target {
+        // A project: its folder, not following a link (the backend refuses links on the way).
+        Target::Project(p) => match std::fs::symlink_metadata(project_root.join(p.as_str())) {
+            Ok(meta) if meta.is_dir() => return None,
+            Ok(_) => {
+                return Some(format!(
+                    "note: {path} under {} is a symbolic link or a file, which the embedded \
+                     backend refuses on the way to a repository; {made_anyway}",
+                    project_root.display()
+                ))
+            }
+            Err(_) => {}
+        },
+        // A repository: as the backend finds it (`cgi::repo_dir_found`), so that the note says
+        // why a path that is there, or would be inside a repository, is not served.
+        Target::Repo(r) => {
+            use crate::upstream::cgi::{repo_dir_found, NotServed, RepoDir};
+            let why = match repo_dir_found(project_root, r.as_str()) {
+                RepoDir::WithGit | RepoDir::Plain => return None,
+                RepoDir::NotServed(NotServed::Missing | NotServed::RootUnavailable) => None,
+                RepoDir::NotServed(NotServed::Both) => Some(format!(
+                    "both {path} and {path}.git are repositories, and it cannot tell which one \
+                     is meant: rename one"
+                )),
+                RepoDir::NotServed(NotServed::Doubled) => Some(format!(
+                    "{path}.git.git lies beside {path}.git, which git could serve in its place: \
+                     remove or rename it"
+                )),
+                RepoDir::NotServed(NotServed::Indirect) => Some(
+                    "it is reached through a symbolic link or a gitfile, which could lead git to \
+                     another repository: make it a real directory"
+                        .to_string(),
+                ),
+                RepoDir::NotServed(NotServed::Nested) => Some(
+                    "it lies inside another repository's folder, and a repository nested in \
+                     another is not served"
+                        .to_string(),
+                ),
+            };
+            if let Some(why) = why {
+                return Some(format!(
+                    "note: the embedded backend does not serve {path} under {}: {why}; \
+                     {made_anyway}",
+                    project_root.display()
+                ));
+            }
         }
-    };
-    if here(path) {
-        return None;
     }
     // A folder on the same path whose names differ only in case: walked a segment at a time.
     let mut found = project_root.to_path_buf();
@@ -186,6 +227,13 @@ pub fn not_served_yet(target: &crate::policy::Target, project_root: &Path) -> Op
         }
     }
     let hint = match found.strip_prefix(project_root) {
+        // The same name: a folder that is no repository (yet), which no case explains.
+        Ok(same) if same == Path::new(path) || same == Path::new(&format!("{path}.git")) => {
+            format!(
+                " (there is {}, but git would find no repository in it)",
+                same.display()
+            )
+        }
         Ok(similar) if !found.as_os_str().is_empty() => format!(
             " (there is {}: paths are case-sensitive, and this {what} never matches it)",
             similar.display()
@@ -193,8 +241,7 @@ pub fn not_served_yet(target: &crate::policy::Target, project_root: &Path) -> Op
         _ => String::new(),
     };
     Some(format!(
-        "note: no {what} {path} under {} yet{hint}; made all the same, it applies once git \
-         serves {path}",
+        "note: no {what} {path} under {} yet{hint}; {made_anyway}",
         project_root.display()
     ))
 }

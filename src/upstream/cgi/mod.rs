@@ -278,6 +278,73 @@ impl RepoDir {
     }
 }
 
+/// Which directory under `project_root` answers to `repo` (see [`CgiBackend::repo_dir`]).
+fn repo_dir_under(project_root: &Path, repo: &str) -> RepoDir {
+    match repo_dir_found(project_root, repo) {
+        // Every repository is missing when the project root is (storage not mounted, a
+        // folder moved): the server's fault, not a repository the client got wrong.
+        RepoDir::NotServed(NotServed::Missing) if !project_root.is_dir() => {
+            RepoDir::NotServed(NotServed::RootUnavailable)
+        }
+        // A path below a repository's folder where git would find no repository — nothing
+        // (a typo), or a plain folder such as a bare repository's own `objects`: not
+        // there, rather than a nested repository that does not exist.
+        RepoDir::NotServed(NotServed::Nested) if !a_repository_could_be_at(project_root, repo) => {
+            RepoDir::NotServed(NotServed::Missing)
+        }
+        found => found,
+    }
+}
+
+/// Whether git could take what is at either name it tries for `repo` as a repository: one,
+/// or a link, a file (a gitfile) or a working tree whose `.git` leads elsewhere (not
+/// following links).
+fn a_repository_could_be_at(project_root: &Path, repo: &str) -> bool {
+    let plain = project_root.join(repo);
+    let mut with_git = plain.clone().into_os_string();
+    with_git.push(".git");
+    let git_could = |at: &Path| matches!(found_at(at), Found::Repository | Found::Indirect);
+    git_could(&plain) || git_could(Path::new(&with_git))
+}
+
+/// What is on disk for `repo`, before [`repo_dir_under`] tells a missing repository from a
+/// missing root or a plain folder below a repository: for the CLI, which notes a grant or
+/// token for a repository the backend would not serve — also one inside another repository's
+/// folder that is not there yet, as it never will be served.
+pub fn repo_dir_found(project_root: &Path, repo: &str) -> RepoDir {
+    let mut plain = project_root.to_path_buf();
+    let (name, folders) = match repo.rsplit_once('/') {
+        Some((folders, name)) => (name, Some(folders)),
+        None => (repo, None),
+    };
+    for folder in folders.into_iter().flat_map(|f| f.split('/')) {
+        plain.push(folder);
+        let why = match found_at(&plain) {
+            Found::Folder => continue,
+            Found::Nothing => NotServed::Missing,
+            Found::Repository => NotServed::Nested,
+            // A link, a file (git goes no further), or a working tree whose `.git` leads
+            // elsewhere.
+            Found::Indirect => match std::fs::symlink_metadata(&plain) {
+                Ok(meta) if meta.is_dir() => NotServed::Nested,
+                Ok(meta) if meta.file_type().is_symlink() => NotServed::Indirect,
+                _ => NotServed::Missing,
+            },
+        };
+        return RepoDir::NotServed(why);
+    }
+    plain.push(name);
+    let mut with_git = plain.clone().into_os_string();
+    with_git.push(".git");
+    let with_git_found = found_at(Path::new(&with_git));
+    // Any kind of file counts: git follows a gitfile or a symlink there as well.
+    let doubled = with_git_found == Found::Repository && {
+        with_git.push(".git");
+        std::fs::symlink_metadata(&with_git).is_ok()
+    };
+    RepoDir::of(with_git_found, found_at(&plain), doubled)
+}
+
 /// What is at `path` (see [`Found`]): a working tree (with `.git`, a directory), or a bare
 /// repository (`HEAD`, `objects/` and `refs/`, which git's own `is_git_directory` asks for).
 fn found_at(path: &Path) -> Found {
@@ -339,65 +406,7 @@ impl CgiBackend {
     /// directory that looks like a repository counts: `team/app/` may also be a folder of
     /// repositories (`team/app/lib.git`, subgroups) beside the repository `team/app.git`.
     pub fn repo_dir(&self, repo: &str) -> RepoDir {
-        match self.repo_dir_found(repo) {
-            // Every repository is missing when the project root is (storage not mounted, a
-            // folder moved): the server's fault, not a repository the client got wrong.
-            RepoDir::NotServed(NotServed::Missing) if !self.project_root.is_dir() => {
-                RepoDir::NotServed(NotServed::RootUnavailable)
-            }
-            // A path below a repository's folder where git would find no repository — nothing
-            // (a typo), or a plain folder such as a bare repository's own `objects`: not
-            // there, rather than a nested repository that does not exist.
-            RepoDir::NotServed(NotServed::Nested) if !self.a_repository_could_be_at(repo) => {
-                RepoDir::NotServed(NotServed::Missing)
-            }
-            found => found,
-        }
-    }
-
-    /// Whether git could take what is at either name it tries for `repo` as a repository: one,
-    /// or a link, a file (a gitfile) or a working tree whose `.git` leads elsewhere (not
-    /// following links).
-    fn a_repository_could_be_at(&self, repo: &str) -> bool {
-        let plain = self.project_root.join(repo);
-        let mut with_git = plain.clone().into_os_string();
-        with_git.push(".git");
-        let git_could = |at: &Path| matches!(found_at(at), Found::Repository | Found::Indirect);
-        git_could(&plain) || git_could(Path::new(&with_git))
-    }
-
-    fn repo_dir_found(&self, repo: &str) -> RepoDir {
-        let mut plain = self.project_root.clone();
-        let (name, folders) = match repo.rsplit_once('/') {
-            Some((folders, name)) => (name, Some(folders)),
-            None => (repo, None),
-        };
-        for folder in folders.into_iter().flat_map(|f| f.split('/')) {
-            plain.push(folder);
-            let why = match found_at(&plain) {
-                Found::Folder => continue,
-                Found::Nothing => NotServed::Missing,
-                Found::Repository => NotServed::Nested,
-                // A link, a file (git goes no further), or a working tree whose `.git` leads
-                // elsewhere.
-                Found::Indirect => match std::fs::symlink_metadata(&plain) {
-                    Ok(meta) if meta.is_dir() => NotServed::Nested,
-                    Ok(meta) if meta.file_type().is_symlink() => NotServed::Indirect,
-                    _ => NotServed::Missing,
-                },
-            };
-            return RepoDir::NotServed(why);
-        }
-        plain.push(name);
-        let mut with_git = plain.clone().into_os_string();
-        with_git.push(".git");
-        let with_git_found = found_at(Path::new(&with_git));
-        // Any kind of file counts: git follows a gitfile or a symlink there as well.
-        let doubled = with_git_found == Found::Repository && {
-            with_git.push(".git");
-            std::fs::symlink_metadata(&with_git).is_ok()
-        };
-        RepoDir::of(with_git_found, found_at(&plain), doubled)
+        repo_dir_under(&self.project_root, repo)
     }
 
     /// `program` is the CGI executable (e.g. `/usr/lib/git-core/git-http-backend`);
