@@ -505,11 +505,7 @@ pub fn list(store: &Store, caller: &Caller, subject: &Subject) -> Result<Vec<Tok
     may_manage(caller, subject)?;
     Ok(match subject {
         Subject::Personal(user) => store.tokens(Some(user))?,
-        Subject::Scoped(target) => store
-            .tokens(None)?
-            .into_iter()
-            .filter(|t| t.owner.is_none() && t.scope.as_ref() == Some(target))
-            .collect(),
+        Subject::Scoped(target) => store.scoped_tokens(target)?,
     })
 }
 
@@ -809,8 +805,9 @@ mod tests {
             let (t, _) = create(&store, &alice, personal("alice", None), &actor()).unwrap();
             first.get_or_insert(t.id);
         }
+        // Invalid (400 over REST), as Bitbucket's "maximum number of tokens".
         match create(&store, &alice, personal("alice", None), &actor()) {
-            Err(Error::Conflict(m)) => {
+            Err(Error::Invalid(m)) => {
                 assert!(m.contains("already has 100 personal tokens"), "{m}")
             }
             other => panic!("{other:?}"),

@@ -136,6 +136,21 @@ fn token_created_over_rest_clones_with_git_and_revocation_is_immediate() {
     assert_eq!(listed["values"][0]["lastAuthenticated"], second);
     assert_eq!(listed["values"][0]["lastAuthenticatedFrom"], "127.0.0.1");
 
+    // A DELETE takes no body: a field is refused, and revokes nothing.
+    let dry = server.api(
+        "DELETE",
+        &format!("/users/alice/{id}"),
+        "alice",
+        r#"{"dryRun":true}"#,
+    );
+    assert_eq!(dry.status, 400, "{}", dry.body);
+    assert!(dry
+        .error_message()
+        .contains("\"dryRun\": this call takes no body"));
+    assert_eq!(
+        server.api("GET", "/users/alice", "alice", "").json()["size"],
+        1
+    );
     // Revoke over REST: 204, and the very next git request is refused.
     let del = server.api("DELETE", &format!("/users/alice/{id}"), "alice", "");
     assert_eq!(del.status, 204, "{}", del.body);
@@ -153,9 +168,10 @@ fn token_created_over_rest_clones_with_git_and_revocation_is_immediate() {
         server.api("GET", "/users/alice", "alice", "").json()["size"],
         0
     );
+    // Again: gone, as the GET says (and as Bitbucket, where revoking deletes, answers).
     let again = server.api("DELETE", &format!("/users/alice/{id}"), "alice", "");
-    assert_eq!(again.status, 409);
-    assert!(again.error_message().contains("already revoked"));
+    assert_eq!(again.status, 404);
+    assert!(again.error_message().contains("has been revoked"));
 }
 
 #[test]
@@ -451,7 +467,13 @@ fn paging_and_error_shapes() {
         (huge["size"].as_u64(), huge["limit"].as_u64()),
         (Some(5), Some(1000))
     );
-    assert_eq!(page("?start=99999999999999999999999").json()["size"], 0);
+    // A start past the end is the end: not echoed as a number no JSON reader keeps.
+    let past = page("?start=99999999999999999999999").json();
+    assert_eq!(
+        (past["size"].as_u64(), past["start"].as_u64()),
+        (Some(0), Some(5))
+    );
+    assert_eq!(past["isLastPage"], true);
 
     let bad = |body: &str, needle: &str| {
         let r = server.api("PUT", "/users/alice", "alice", body);
@@ -1172,6 +1194,18 @@ fn allowed_networks_refuse_other_sources() {
         .api("GET", &format!("/users/alice/{id}"), "alice", "")
         .json();
     assert_eq!(v["allowedNetworks"], json!(["10.0.0.0/8", "2001:db8::/32"]));
+    // The audit says from where the token was made to work, not only what it was widened from.
+    let events: Value = serde_json::from_str(&install.cli_ok(&["audit", "--json"], "")).unwrap();
+    let created = events.as_array().unwrap().iter();
+    let created = created.filter(|e| e["action"] == "token.created" && e["target"] == id.as_str());
+    let detail = created
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(detail.len(), 1, "{events}");
+    assert!(
+        detail[0].ends_with(", networks 10.0.0.0/8,2001:db8::/32"),
+        "{detail:?}"
+    );
     let (ok, stderr) = ls_remote(&install, &server, "alice", &secret);
     assert!(!ok);
     assert!(

@@ -227,6 +227,10 @@ impl Call<'_> {
         let map = self.any_json_object()?;
         match map.keys().find(|k| !known.contains(&k.as_str())) {
             None => Ok(map),
+            Some(unknown) if known.is_empty() => Err(ApiError::bad_request(format!(
+                "unknown field {}: this call takes no body",
+                Value::from(unknown.as_str())
+            ))),
             Some(unknown) => Err(ApiError::bad_request(format!(
                 "unknown field {}: this call takes {}",
                 Value::from(unknown.as_str()),

@@ -84,13 +84,12 @@ fn all_tokens(call: &Call) -> ApiResult {
     // Unfiltered: every token not revoked. Filtered by compliance: only the active ones, as an
     // expired token breaks no policy (see `ExpiryPolicy::breaches`).
     let now = crate::clock::now_ms();
-    let values: Vec<Value> = tokens
+    let listed: Vec<&crate::store::TokenRecord> = tokens
         .iter()
         .filter(|t| match only {
             None => t.revoked_at.is_none(),
             Some(want) => t.is_active(now) && policy.compliant(t) == want,
         })
-        .map(|t| token_json(call.store, t, &policy))
         .collect();
-    page(call, values)
+    page(call, listed, |t| token_json(call.store, t, &policy))
 }

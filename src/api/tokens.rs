@@ -24,12 +24,9 @@ pub fn collection(call: &Call, subject: &Subject) -> ApiResult {
         "GET" => {
             let policy = lifecycle::policy(call.store)?;
             let tokens = lifecycle::list(call.store, &call.caller, subject)?;
-            let values: Vec<Value> = tokens
-                .iter()
-                .filter(|t| t.revoked_at.is_none())
-                .map(|t| token_json(call.store, t, &policy))
-                .collect();
-            page(call, values)
+            let listed: Vec<&TokenRecord> =
+                tokens.iter().filter(|t| t.revoked_at.is_none()).collect();
+            page(call, listed, |t| token_json(call.store, t, &policy))
         }
         "PUT" => {
             if let Subject::Scoped(target) = subject {
@@ -149,16 +146,21 @@ fn first_difference(at: &str, sent: &Value, shown: &Value) -> Option<(String, St
     }
 }
 
+/// A revoked token, to the REST API: gone, as Bitbucket deletes it.
+fn revoked(token: &TokenRecord) -> ApiError {
+    ApiError::not_found(format!(
+        "token '{}' ({}) has been revoked",
+        token.name, token.id
+    ))
+}
+
 /// `GET` shows, `POST` updates, `DELETE` revokes.
 pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
     match call.method.as_str() {
         "GET" => {
             let token = lifecycle::get(call.store, &call.caller, Some(subject), id)?;
             if token.revoked_at.is_some() {
-                return Err(ApiError::not_found(format!(
-                    "token '{}' ({id}) has been revoked",
-                    token.name
-                )));
+                return Err(revoked(&token));
             }
             Ok(Reply::ok(token_json(
                 call.store,
@@ -212,8 +214,20 @@ pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
             Ok(Reply::ok(token_json(call.store, &token, &policy)))
         }
         "DELETE" => {
-            lifecycle::revoke(call.store, &call.caller, Some(subject), id, &call.actor)?;
-            Ok(Reply::no_content())
+            // No body is taken: a field (`{"dryRun": true}`) is refused, not revoked past.
+            call.json_object(&[])?;
+            // Revoked already: not found, as a GET says and as Bitbucket, where revoking
+            // deletes, answers a repeated DELETE — not a conflict a retrying script fails on.
+            let token = lifecycle::get(call.store, &call.caller, Some(subject), id)?;
+            if token.revoked_at.is_some() {
+                return Err(revoked(&token));
+            }
+            match lifecycle::revoke(call.store, &call.caller, Some(subject), id, &call.actor) {
+                Ok(_) => Ok(Reply::no_content()),
+                // Revoked by another caller in between.
+                Err(lifecycle::Error::Conflict(_)) => Err(revoked(&token)),
+                Err(e) => Err(e.into()),
+            }
         }
         _ => Err(method_not_allowed(call.method, "GET, HEAD, POST or DELETE")),
     }
@@ -302,7 +316,9 @@ pub fn token_json(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Valu
 
 /// Bitbucket's paged list: `start` and `limit` from the query; `size`, `isLastPage` and
 /// `nextPageStart` (only when there is a next page) in the answer.
-pub fn page(call: &Call, values: Vec<Value>) -> ApiResult {
+/// One page of `items` as the call's `start` and `limit` ask, each rendered by `render` — only
+/// those on the page, as rendering may read the store (a personal token's user).
+pub fn page<T>(call: &Call, items: Vec<T>, render: impl Fn(&T) -> Value) -> ApiResult {
     let number = |name: &str, default: usize| -> Result<usize, ApiError> {
         match call.query_param(name) {
             None | Some("") => Ok(default),
@@ -323,13 +339,15 @@ pub fn page(call: &Call, values: Vec<Value>) -> ApiResult {
     if limit == 0 {
         return Err(ApiError::bad_request("\"limit\" must be at least 1"));
     }
-    Ok(Reply::ok(paged(values, start, limit)))
+    Ok(Reply::ok(paged(&items, start, limit, render)))
 }
 
-/// One page of `values` in Bitbucket's shape.
-fn paged(values: Vec<Value>, start: usize, limit: usize) -> Value {
-    let total = values.len();
-    let page: Vec<Value> = values.into_iter().skip(start).take(limit).collect();
+/// One page of `items` in Bitbucket's shape. A `start` past the end is answered as the end
+/// (an empty last page), not echoed: a number beyond 2^53 is no number to a JSON reader.
+fn paged<T>(items: &[T], start: usize, limit: usize, render: impl Fn(&T) -> Value) -> Value {
+    let total = items.len();
+    let start = start.min(total);
+    let page: Vec<Value> = items[start..].iter().take(limit).map(render).collect();
     let size = page.len();
     let is_last = start.saturating_add(size) >= total;
     let mut out = json!({
@@ -512,7 +530,8 @@ mod tests {
 
     #[test]
     fn pages() {
-        let values: Vec<Value> = (0..5).map(|i| json!(i)).collect();
+        let values: Vec<u32> = (0..5).collect();
+        let paged = |values: Vec<u32>, start, limit| paged(&values, start, limit, |i| json!(i));
         let p = paged(values.clone(), 0, 2);
         assert_eq!(p["values"], json!([0, 1]));
         assert_eq!(
@@ -530,8 +549,12 @@ mod tests {
         );
         let p = paged(values, 99, 25);
         assert_eq!(
-            (p["size"].clone(), p["isLastPage"].clone()),
-            (json!(0), json!(true))
+            (
+                p["size"].clone(),
+                p["isLastPage"].clone(),
+                p["start"].clone()
+            ),
+            (json!(0), json!(true), json!(5))
         );
         assert_eq!(paged(vec![], 0, 25)["isLastPage"], true);
     }

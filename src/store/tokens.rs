@@ -248,6 +248,32 @@ const SELECT: &str = "SELECT t.id, t.kind, t.name, u.slug, t.scope, t.permission
 
 type TokenRow = (TokenRecord, Vec<u8>, Option<i64>, Option<(Vec<u8>, i64)>);
 
+/// The tokens whose row meets `condition` (with `?1` bound to `param`), newest first.
+fn tokens_where(
+    c: &rusqlite::Connection,
+    condition: &str,
+    param: Option<&str>,
+) -> Result<Vec<TokenRecord>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "{SELECT} WHERE {condition} ORDER BY t.created_at DESC, t.id"
+    ))?;
+    let rows = stmt.query_map([param], token_from_row)?;
+    let mut out = Vec::new();
+    for row in rows {
+        match row {
+            Ok(row) => out.push(row.0),
+            // One row edited by hand into what gitgate cannot read must not hide every other
+            // token from the operator: left out, and said (its id named). It authenticates
+            // nothing either way (see `token_from_row`).
+            Err(e @ rusqlite::Error::ToSqlConversionFailure(_)) => {
+                tracing::warn!(error = ?e.to_string(), "a token row that cannot be read is left out of the list")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
 /// A token row, or why it cannot be read, naming the token: one row edited by hand into what
 /// gitgate cannot read (an unknown permission, a date that is text) fails what reads it — a
 /// listing, an authentication (`503`, fail closed) — and the operator must know which.
@@ -316,9 +342,10 @@ fn read_token_row(r: &rusqlite::Row) -> rusqlite::Result<TokenRow> {
 /// hundreds among them.)
 pub const MAX_LIVE_PERSONAL_TOKENS: u64 = 100;
 
-/// The refusal of a token over [`MAX_LIVE_PERSONAL_TOKENS`].
+/// The refusal of a token over [`MAX_LIVE_PERSONAL_TOKENS`]: a bad request (`400` over REST),
+/// as Bitbucket's create answers "the user already has their maximum number of tokens".
 pub fn too_many_personal_tokens(owner: &str) -> StoreError {
-    StoreError::Conflict(format!(
+    StoreError::Invalid(format!(
         "user '{owner}' already has {MAX_LIVE_PERSONAL_TOKENS} personal tokens that can be used, \
          the most allowed: revoke one first"
     ))
@@ -413,11 +440,12 @@ impl Store {
                 "token.created",
                 &token.id,
                 &format!(
-                    "{} token '{}' for {} with {}, expires {expiry}",
+                    "{} token '{}' for {} with {}, expires {expiry}, networks {}",
                     token.kind.as_str(),
                     token.name,
                     token.principal(),
-                    token.permissions
+                    token.permissions,
+                    networks_to_db(&token.allowed_networks).unwrap_or_else(|| "anywhere".into())
                 ),
             )?;
             Ok(token)
@@ -434,25 +462,22 @@ impl Store {
             if let Some(slug) = owner {
                 require_user(c, slug)?;
             }
-            let mut stmt = c.prepare_cached(&format!(
-                "{SELECT} WHERE ?1 IS NULL OR u.slug = ?1 ORDER BY t.created_at DESC, t.id"
-            ))?;
-            let rows = stmt.query_map([owner], token_from_row)?;
-            let mut out = Vec::new();
-            for row in rows {
-                match row {
-                    Ok(row) => out.push(row.0),
-                    // One row edited by hand into what gitgate cannot read must not hide every
-                    // other token from the operator: left out, and said (its id named). It
-                    // authenticates nothing either way (see `token_from_row`).
-                    Err(e @ rusqlite::Error::ToSqlConversionFailure(_)) => {
-                        tracing::warn!(error = ?e.to_string(), "a token row that cannot be read is left out of the list")
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Ok(out)
+            tokens_where(c, "?1 IS NULL OR u.slug = ?1", owner)
         })
+    }
+
+    /// The project or repository tokens of `scope`, newest first: read by SQL, not by reading
+    /// every token of the store for a REST page of one project's.
+    pub fn scoped_tokens(&self, scope: &Target) -> Result<Vec<TokenRecord>> {
+        let scope_text = scope.to_string();
+        let rows = self.with_conn(|c| {
+            tokens_where(c, "t.owner_id IS NULL AND t.scope = ?1", Some(&scope_text))
+        })?;
+        // As the scope reads back (a row edited by hand may be spelled otherwise).
+        Ok(rows
+            .into_iter()
+            .filter(|t| t.scope.as_ref() == Some(scope))
+            .collect())
     }
 
     /// Revoke the token `id` whose row cannot be read (see `token_from_row`), without reading
@@ -1139,7 +1164,7 @@ mod tests {
         }
         let last = &ids[MAX_LIVE_PERSONAL_TOKENS as usize];
         match add(last) {
-            Err(StoreError::Conflict(m)) => assert!(m.contains("revoke one first"), "{m}"),
+            Err(StoreError::Invalid(m)) => assert!(m.contains("revoke one first"), "{m}"),
             other => panic!("over the cap: {other:?}"),
         }
         assert!(store.token(last).unwrap().is_none());
