@@ -65,6 +65,9 @@ struct Clocks {
     /// gitgate closed the connection for idling: what was unfinished on it did not end by its
     /// client's leaving.
     closed_for_idling: std::sync::atomic::AtomicBool,
+    /// A request came over HTTP/2, whose control frames (PING, SETTINGS) a client acknowledges
+    /// as it would data: its acknowledgements do not show that it reads.
+    http2: std::sync::atomic::AtomicBool,
 }
 
 /// Milliseconds on the coarse monotonic clock. Its few milliseconds of resolution are plenty
@@ -85,7 +88,22 @@ impl Activity {
             answering: AtomicUsize::new(0),
             socket: std::sync::atomic::AtomicI32::new(-1),
             closed_for_idling: std::sync::atomic::AtomicBool::new(false),
+            http2: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// The connection speaks HTTP/2 (see `Clocks::http2`).
+    pub fn speaks_http2(&self) {
+        self.0.http2.store(true, Ordering::Relaxed);
+    }
+
+    /// What the client has acknowledged, when that shows it reads an answer: on HTTP/1, while
+    /// a request is in flight (see [`Acknowledged`]).
+    fn bytes_acked_of_an_answer(&self) -> Option<u64> {
+        if self.0.http2.load(Ordering::Relaxed) || self.nothing_in_flight() {
+            return None;
+        }
+        self.bytes_acked()
     }
 
     /// Whether gitgate closed the connection for idling (see [`until_idle_or_drained`]).
@@ -114,6 +132,32 @@ impl Activity {
         } else {
             0
         }
+    }
+
+    /// The bytes of the connection the client has acknowledged (TCP_INFO's
+    /// `tcpi_bytes_acked`, Linux 4.1 on); `None` when unknown.
+    fn bytes_acked(&self) -> Option<u64> {
+        let fd = self.0.socket.load(Ordering::Relaxed);
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: tcp_info is plain data; all zeroes is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: TCP_INFO writes at most `len` bytes into `info`, which has that size, and
+        // sets `len` to what it wrote; `fd` is the connection's own socket, open while the
+        // connection (and so this call, made while it is driven) lives.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                &mut info as *mut libc::tcp_info as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+        (r == 0 && len as usize >= needed).then_some(info.tcpi_bytes_acked)
     }
 
     fn now_ms(&self) -> u64 {
@@ -331,6 +375,8 @@ async fn until_closed<F: Future>(
     // From DRAINED_WITHIN after the drain began, the connection is closed at the first moment
     // nothing is in flight on it, whatever answers came since.
     let mut drain_began: Option<tokio::time::Instant> = None;
+    // What the client has acknowledged, looked at when the timer wakes (see below).
+    let mut acknowledged = Acknowledged::default();
     loop {
         let drained = draining.as_ref().is_some_and(|d| *d.borrow());
         let request_within = if drained {
@@ -338,9 +384,11 @@ async fn until_closed<F: Future>(
         } else {
             request_within
         };
+        // At least every quarter of the limit, for the looks at what the client acknowledged.
         let mut wait = limit
             .saturating_sub(activity.idle())
-            .min(request_within.saturating_sub(activity.waiting_for_request()));
+            .min(request_within.saturating_sub(activity.waiting_for_request()))
+            .min(limit / 4);
         let drain_over = drained && {
             let began = *drain_began.get_or_insert_with(tokio::time::Instant::now);
             let past = began.elapsed();
@@ -365,25 +413,28 @@ async fn until_closed<F: Future>(
             out = conn.as_mut() => return Closed::Ended(out),
             () = drain_begins => {}
             _ = tokio::time::sleep(wait) => {
+                // A client reading slowly but steadily moves no byte through gitgate's writes
+                // for a while — the kernel wakes a blocked writer only once a third of its send
+                // buffer has drained: at 8 KiB/s, minutes — yet is not idle: it acknowledges
+                // bytes, in bursts seconds apart as its window reopens.
+                acknowledged.look(activity.bytes_acked_of_an_answer(), activity.now_ms());
                 if activity.idle() >= limit {
-                    // A client reading slowly but steadily moves no byte through gitgate's
-                    // writes for a while (the kernel wakes a blocked writer only once a third
-                    // of its send buffer has drained), yet is not idle: its send queue shrinks.
-                    let queued = activity.send_queue();
-                    if queued > 0 {
-                        tokio::select! {
-                            out = conn.as_mut() => return Closed::Ended(out),
-                            _ = tokio::time::sleep(SEND_QUEUE_PROBE) => {}
-                        }
-                        if activity.send_queue() < queued {
-                            activity.byte_moved();
-                            if activity.0.answering.load(Ordering::Acquire) > 0 {
-                                activity.answer_moved();
-                            }
-                            continue;
-                        }
+                    let moved_at = match acknowledged.grew_within(limit, activity.now_ms()) {
+                        Some(at) => at,
+                        // No growth seen (or no look yet): the next second decides.
+                        None => match still_reading(conn.as_mut(), activity).await {
+                            Err(out) => return Closed::Ended(out),
+                            Ok(false) => return Closed::Idle,
+                            Ok(true) => activity.now_ms(),
+                        },
+                    };
+                    // The clocks move to when the client last read: one that stops now is
+                    // idle a timeout after that.
+                    activity.0.last_byte_ms.fetch_max(moved_at, Ordering::Relaxed);
+                    if activity.0.answering.load(Ordering::Acquire) > 0 {
+                        activity.0.last_answer_ms.fetch_max(moved_at, Ordering::AcqRel);
                     }
-                    return Closed::Idle;
+                    continue;
                 }
                 if activity.waiting_for_request() >= request_within {
                     return Closed::NoRequest;
@@ -394,6 +445,59 @@ async fn until_closed<F: Future>(
             }
         }
     }
+}
+
+/// When the client last acknowledged bytes, as the idle timer saw it at its wakes (at least
+/// every quarter of the idle timeout): a client reading slowly but steadily frees its window in
+/// bursts as far apart as its reads take to free a segment or half its buffer — seconds —
+/// while gitgate's blocked writes move no byte for much longer. Such a client is not idle; one
+/// that acknowledged nothing for the timeout (give or take a quarter) is.
+#[derive(Default)]
+struct Acknowledged {
+    /// The count (TCP_INFO's `tcpi_bytes_acked`) at the last look.
+    count: Option<u64>,
+    /// When a look last found it grown (coarse milliseconds).
+    grew_at_ms: Option<u64>,
+}
+
+impl Acknowledged {
+    /// A look at the count `acked` at `now_ms`. Pure: the count and the time are given.
+    fn look(&mut self, acked: Option<u64>, now_ms: u64) {
+        let Some(now) = acked else {
+            return;
+        };
+        if self.count.is_some_and(|before| now > before) {
+            self.grew_at_ms = Some(now_ms);
+        }
+        self.count = Some(now);
+    }
+
+    /// When the count last grew, if that was less than `limit` before `now_ms`.
+    fn grew_within(&self, limit: Duration, now_ms: u64) -> Option<u64> {
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        self.grew_at_ms
+            .filter(|&at| now_ms.saturating_sub(at) < limit_ms)
+    }
+}
+
+/// Whether a connection about to be closed for idling still has a client reading: within
+/// [`SEND_QUEUE_PROBE`], its send queue shrinks or it acknowledges bytes. `Err` with the
+/// connection's outcome when it ends meanwhile.
+async fn still_reading<F: Future>(
+    mut conn: Pin<&mut F>,
+    activity: &Activity,
+) -> Result<bool, F::Output> {
+    let queued = activity.send_queue();
+    if queued == 0 {
+        return Ok(false);
+    }
+    let acked = activity.bytes_acked_of_an_answer();
+    tokio::select! {
+        out = conn.as_mut() => return Err(out),
+        _ = tokio::time::sleep(SEND_QUEUE_PROBE) => {}
+    }
+    let grew = matches!((acked, activity.bytes_acked_of_an_answer()), (Some(a), Some(b)) if b > a);
+    Ok(grew || activity.send_queue() < queued)
 }
 
 /// How often a draining connection past [`DRAINED_WITHIN`] looks for a moment with nothing in
@@ -618,6 +722,63 @@ mod tests {
             activity.send_queue() < queued
         });
         assert!(drained, "{queued} -> {}", activity.send_queue());
+    }
+
+    /// What `bytes_acked` reads grows as the client reads, though gitgate writes nothing more.
+    #[test]
+    fn acknowledged_bytes_grow_as_a_slow_client_reads() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let activity = Activity::new();
+        assert_eq!(activity.bytes_acked(), None, "no socket watched");
+        activity.watch_socket(server.as_raw_fd());
+        server.set_nonblocking(true).unwrap();
+        let chunk = [7u8; 64 * 1024];
+        while server.write(&chunk).is_ok() {}
+        std::thread::sleep(Duration::from_millis(50));
+        let before = activity.bytes_acked().unwrap();
+        assert!(before > 0);
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut read = 0;
+        while read < buf.len() {
+            read += client.read(&mut buf[read..]).unwrap();
+        }
+        let grew = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            activity.bytes_acked().unwrap() > before
+        });
+        assert!(grew, "{before} -> {:?}", activity.bytes_acked());
+    }
+
+    /// A client is reading while a look saw its count grow within the timeout; the time is
+    /// that of the look that saw it, so one that stops is idle a timeout later.
+    #[test]
+    fn acknowledgements_count_as_reading_for_a_timeout() {
+        let limit = Duration::from_secs(10);
+        let mut seen = Acknowledged::default();
+        seen.look(None, 0);
+        seen.look(Some(100), 1_000);
+        assert_eq!(
+            seen.grew_within(limit, 2_000),
+            None,
+            "one look: no growth seen"
+        );
+        seen.look(Some(100), 3_500);
+        assert_eq!(seen.grew_within(limit, 4_000), None, "no growth");
+        seen.look(Some(164_000), 6_000);
+        assert_eq!(seen.grew_within(limit, 10_500), Some(6_000));
+        assert_eq!(seen.grew_within(limit, 15_999), Some(6_000));
+        seen.look(Some(164_000), 16_000);
+        assert_eq!(
+            seen.grew_within(limit, 16_000),
+            None,
+            "a timeout since it grew"
+        );
+        seen.look(None, 17_000);
+        assert_eq!(seen.count, Some(164_000), "an unknown count keeps the last");
     }
 
     #[test]

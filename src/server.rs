@@ -1053,9 +1053,12 @@ impl Connection {
                 asked.notify_one();
             }
             let gate = gate.clone();
+            let on_h2 = req.version() == Version::HTTP_2;
+            if on_h2 {
+                requests.speaks_http2();
+            }
             let open = requests.request_opened();
             let exchange = requests.clone();
-            let on_h2 = req.version() == Version::HTTP_2;
             let head_on_h2 = on_h2 && req.method() == Method::HEAD;
             // One future, held inline by hyper: wrapping it in another would copy its several
             // KB once more per request (measured: +1.5 % of gitgate's CPU in memmove).

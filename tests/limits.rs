@@ -487,6 +487,62 @@ fn an_answer_cut_off_by_the_idle_timeout_is_logged_as_such() {
     drop(s);
 }
 
+/// A client that reads slowly but steadily (32 KiB a second: a loaded CI machine, a slow disk)
+/// is not idle, though gitgate's writes stay blocked for far longer than the idle timeout (the
+/// kernel wakes a blocked writer once a third of its send buffer has drained): its answer is
+/// delivered whole. It was cut off after the timeout, as the client's fault.
+#[test]
+fn a_client_reading_slowly_but_steadily_is_not_cut_off_as_idle() {
+    const LEN: usize = 32 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = scripted_upstream(1, |_| {
+        let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n").into_bytes();
+        answer.resize(answer.len() + LEN, b'y');
+        answer
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    drop(g);
+    let config = std::fs::read_to_string(dir.path().join("proxy.toml"))
+        .unwrap()
+        .replace("[server]\n", "[server]\nidle_timeout_seconds = 10\n");
+    let g = start(dir.path(), &config);
+    let mut s = connect(g.port);
+    s.write_all(
+        format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // Slowly for 15 s, past the 10 s timeout (and the second gitgate looks on for), then all.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    let slow_until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < slow_until {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = s.read_to_end(&mut answer);
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
+    assert_eq!(answer.len() - head_end, LEN, "cut off:\n{log}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
+        if let Some(l) = log.lines().find(|l| l.contains("outcome=")) {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(line.contains("outcome=complete"), "{line}");
+}
+
 /// A gitgate with a 30 s grace period and header deadline, and an HTTP/2 connection to it that
 /// has had one answer (`/healthz` on stream 1).
 fn h2_answered_once(dir: &Path) -> (Server, TcpStream) {
