@@ -221,6 +221,7 @@ impl Gate {
                 // over, as a refused request's is.
                 let body = crate::linger::Lingering::new(parts.version, body);
                 let seen = inbound.clone();
+                let connection = exchange.clone();
                 let body = Observed::new(body, move |s: Seen<'_, hyper::Error>| match s {
                     Seen::Frame(frame) => {
                         if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
@@ -244,7 +245,15 @@ impl Gate {
                     .forward(&parts, body, &git_req, &identity, peer, remote)
                     .await
                 {
-                    Ok(resp) => resp,
+                    Ok(resp) => {
+                        // Its POST is to come on this connection: a stop lets it come.
+                        if matches!(git_req.operation, git::Operation::Advertise(_))
+                            && resp.status().is_success()
+                        {
+                            connection.rpc_expected();
+                        }
+                        resp
+                    }
                     // The client's body broke (bad chunked framing, or the client stopped
                     // sending): the backend failing on it is the client's fault, not an upstream
                     // error to alert on.

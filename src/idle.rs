@@ -68,6 +68,11 @@ struct Clocks {
     /// A request came over HTTP/2, whose control frames (PING, SETTINGS) a client acknowledges
     /// as it would data: its acknowledgements do not show that it reads.
     http2: std::sync::atomic::AtomicBool,
+    /// The last answer was a ref advertisement: its client's POST is to come on this
+    /// connection, after git has done its part (a push packs its objects first, for seconds).
+    rpc_expected: std::sync::atomic::AtomicBool,
+    /// Told when a request comes after an advertisement (see [`Activity::rpc_came`]).
+    rpc_came: tokio::sync::Notify,
 }
 
 /// Milliseconds on the coarse monotonic clock. Its few milliseconds of resolution are plenty
@@ -89,7 +94,33 @@ impl Activity {
             socket: std::sync::atomic::AtomicI32::new(-1),
             closed_for_idling: std::sync::atomic::AtomicBool::new(false),
             http2: std::sync::atomic::AtomicBool::new(false),
+            rpc_expected: std::sync::atomic::AtomicBool::new(false),
+            rpc_came: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// A ref advertisement was answered: the exchange's POST is to come (see
+    /// `Clocks::rpc_expected`), and a stop lets it come.
+    pub fn rpc_expected(&self) {
+        self.0.rpc_expected.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection has nothing in flight but waits for the POST of an exchange
+    /// whose advertisement it answered: a stop does not close it then (see
+    /// `server::Connection`), for as long as a request may take to come.
+    pub fn awaits_rpc(&self) -> bool {
+        self.0.rpc_expected.load(Ordering::Acquire) && self.nothing_in_flight()
+    }
+
+    /// Once no POST is awaited any more: it came (or another request did).
+    pub async fn rpc_came(&self) {
+        loop {
+            let came = self.0.rpc_came.notified();
+            if !self.0.rpc_expected.load(Ordering::Acquire) {
+                return;
+            }
+            came.await;
+        }
     }
 
     /// The connection speaks HTTP/2 (see `Clocks::http2`).
@@ -212,6 +243,11 @@ impl Activity {
     /// value, or it is dropped.
     pub fn request_opened(&self) -> OpenRequest {
         self.0.unanswered.fetch_add(1, Ordering::AcqRel);
+        if self.0.rpc_expected.load(Ordering::Relaxed)
+            && self.0.rpc_expected.swap(false, Ordering::AcqRel)
+        {
+            self.0.rpc_came.notify_waiters();
+        }
         OpenRequest(Some(self.clone()))
     }
 }
@@ -378,7 +414,9 @@ async fn until_closed<F: Future>(
     // What the client has acknowledged, looked at when the timer wakes (see below).
     let mut acknowledged = Acknowledged::default();
     loop {
-        let drained = draining.as_ref().is_some_and(|d| *d.borrow());
+        // A connection awaiting the POST of an exchange it advertised for is given the usual
+        // wait for a request, not the drain's second: the push packing meanwhile finishes.
+        let drained = draining.as_ref().is_some_and(|d| *d.borrow()) && !activity.awaits_rpc();
         let request_within = if drained {
             request_within.min(DRAINED_WITHIN)
         } else {

@@ -1142,8 +1142,33 @@ impl Connection {
             None => {
                 let draining = Some(self.draining.clone());
                 match self.watcher {
+                    // Told to finish gracefully once the stop begins (the watcher held until it
+                    // ends, so that the stop waits for it) — but not while it awaits the POST of
+                    // an exchange whose advertisement it answered (`Activity::awaits_rpc`): git
+                    // packs a push's objects between the two, for seconds, and a connection
+                    // closed then failed the push with "Couldn't connect" though the grace
+                    // period had room for it. The POST is let come (within the wait for a
+                    // request, `idle::until_idle_or_drained`), and the connection ends with it.
                     Some(watcher) => {
-                        let conn = watcher.watch(conn);
+                        let mut stop = self.draining.clone();
+                        let rpc = activity.clone();
+                        let conn = async move {
+                            let _watched = watcher;
+                            let mut conn = std::pin::pin!(conn);
+                            tokio::select! {
+                                ended = conn.as_mut() => return ended,
+                                // A sender gone is a stop too.
+                                _ = stop.wait_for(|now| *now) => {}
+                            }
+                            while rpc.awaits_rpc() {
+                                tokio::select! {
+                                    ended = conn.as_mut() => return ended,
+                                    () = rpc.rpc_came() => {}
+                                }
+                            }
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        };
                         let ending = ending.as_ref();
                         until_idle_or_drained(conn, &activity, idle, first, draining, ending).await
                     }

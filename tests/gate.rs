@@ -2389,3 +2389,45 @@ fn secrets_never_reach_the_log_or_the_database() {
         "no request line with status 401:\n{log}"
     );
 }
+
+/// A push is not cut off by a stop that comes between its ref advertisement and its POST, while
+/// git prepares its pack (here: a pre-push hook taking 3 s; a large push packs for as long):
+/// the connection that answered the advertisement is let carry the POST, within the grace
+/// period. It was closed at once, and git said "Couldn't connect" — then "Everything
+/// up-to-date".
+#[test]
+fn a_stop_between_a_pushs_advertisement_and_its_post_lets_the_push_finish() {
+    let (sb, mut server, token) = team_setup();
+    let work = sb.root().join("work");
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
+        .ok();
+    let pushed = sb.commit_file(&work, "late.txt", b"late\n", "late");
+    let started = sb.root().join("hook-started");
+    let hook = work.join(".git/hooks/pre-push");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\ntouch '{}'\nsleep 3\n", started.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let push = {
+        let mut cmd = sb.git_command(&work, &["push", "origin", "HEAD:main"]);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the pre-push hook never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The advertisement is answered (the hook runs after it): the stop comes now.
+    server.signal("TERM");
+    let out = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", server.log_text());
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed, "{stderr}");
+    let status = server.stop_within(Duration::from_secs(15));
+    assert!(status.success(), "{status}\n{}", server.log_text());
+}
