@@ -318,8 +318,10 @@ fn a_revocation_made_before_the_index_was_deleted_holds_after_a_restart() {
 
 /// A backup moved over the store file without stopping gitgate first (which the README asks
 /// for), its `-wal` and `-shm` left in place: they hold the old file's log, which the next start
-/// would apply to the restored file. The stop says so and what to remove; done, the restored
-/// file is what counts (here: from before a revocation).
+/// would apply to the restored file. The stop says so and what to remove, and leaves a marker
+/// that keeps the next start (and `check`, and the CLI) from applying that log — a plain restart
+/// undid the restore without a word, or made the copy look damaged; removed, the restored file
+/// is what counts (here: from before a revocation).
 #[test]
 fn a_store_restored_over_the_running_server_says_what_to_remove_at_the_stop() {
     let mut server = Server::start("");
@@ -362,12 +364,23 @@ fn a_store_restored_over_the_running_server_says_what_to_remove_at_the_stop() {
         "a refused command changed the store's files"
     );
     server.stop();
+    let marker = format!("{}-replaced", db.display());
     let advice = format!(
-        "If the new file is a restored backup, remove {wal} and {shm} before starting gitgate again"
+        "refuse the store until {marker} is removed. If the new file is a restored backup, \
+         remove {wal}, {shm} and the marker before starting gitgate again"
     );
     assert!(server.log().contains(&advice), "{}", server.log());
-    std::fs::remove_file(&wal).unwrap();
-    std::fs::remove_file(&shm).unwrap();
+    // The next start, as a check tells, refuses until they are.
+    let before = files();
+    let mut check = common::gitgate_command(&server.config());
+    check.arg("check");
+    common::run(check, None).fails_with(&format!(
+        "{marker} says the store file was replaced while gitgate was running"
+    ));
+    assert!(files() == before, "the check changed the store's files");
+    for file in [&wal, &shm, &marker] {
+        std::fs::remove_file(file).unwrap();
+    }
     server.start_again();
     let resp = get(&server, IR, &r);
     assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));

@@ -441,7 +441,46 @@ fn refuse_what_cannot_be_opened(path: &Path) -> Result<()> {
     refuse_an_index_without_its_log(path).map_err(open_err)?;
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| link_target(path));
     let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
+    refuse_the_logs_of_a_replaced_file(&real, &wal, &shm).map_err(open_err)?;
     locks::refuse_a_log_of_another_file(&real, &wal, &shm).map_err(open_err)
+}
+
+/// The marker a server leaves at its stop beside a store file that was replaced under it while
+/// the old file's `-wal` and `-shm` stayed (see `Inner::report`).
+fn replaced_marker(real: &Path) -> PathBuf {
+    sidecar(real, "-replaced")
+}
+
+/// Refuses a store whose `-wal` and `-shm` belong to the file that was replaced under a server
+/// (its marker, [`replaced_marker`], says so): SQLite would apply the old file's log to the new
+/// one — silently undoing a restored backup's state, or making a `VACUUM INTO` copy look
+/// damaged. Which one is meant is the operator's to say. With the logs gone, the marker is
+/// stale and removed.
+fn refuse_the_logs_of_a_replaced_file(
+    real: &Path,
+    wal: &Path,
+    shm: &Path,
+) -> std::result::Result<(), String> {
+    let marker = replaced_marker(real);
+    let said = match std::fs::read_to_string(&marker) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Ok(said) => said.trim().to_string(),
+        Err(e) => format!("unreadable: {e}"),
+    };
+    if std::fs::symlink_metadata(wal).is_err() && std::fs::symlink_metadata(shm).is_err() {
+        let _ = std::fs::remove_file(&marker);
+        return Ok(());
+    }
+    Err(format!(
+        "{} says the store file was replaced while gitgate was running ({said}), and {} and {} \
+         are the replaced file's: opening the store would apply them to this file. Nothing was \
+         opened or changed. If this file is the one to keep (a restored backup), remove those \
+         two and the marker; if it is the same file moved away and back, its log is its own: \
+         remove only the marker",
+        marker.display(),
+        wal.display(),
+        shm.display()
+    ))
 }
 
 /// A [`ReadOnly`] connection to the store at `path`; `None` when there is no file there.
@@ -1601,14 +1640,31 @@ impl Inner {
                  audit events): check recent token and user changes",
                 path = self.path.display()
             ),
-            FileChange::Replaced => tracing::error!(
-                "the store file was replaced while gitgate was running, and {wal} is the old \
-                 file's write-ahead log: the next start would apply it to the new file. If the \
-                 new file is a restored backup, remove {wal} and {path}-shm before starting \
-                 gitgate again (whatever was written to the new file since it was put in place \
-                 went to that log too)",
-                path = resolved.display()
-            ),
+            FileChange::Replaced => {
+                // Left for the next open, which would otherwise apply the old file's log to the
+                // new file without a word (see `refuse_the_logs_of_a_replaced_file`).
+                let marker = replaced_marker(&resolved);
+                let said = format!(
+                    "seen by gitgate (pid {}) at its stop on {}",
+                    std::process::id(),
+                    crate::clock::datetime(crate::clock::now_ms())
+                );
+                let left = match std::fs::write(&marker, format!("{said}\n")) {
+                    Ok(()) => format!(
+                        "gitgate, its check and its CLI refuse the store until {} is removed",
+                        marker.display()
+                    ),
+                    Err(e) => format!("the marker {} could not be written ({e})", marker.display()),
+                };
+                tracing::error!(
+                    "the store file was replaced while gitgate was running, and {wal} is the old \
+                     file's write-ahead log: the next start would apply it to the new file; \
+                     {left}. If the new file is a restored backup, remove {wal}, {path}-shm and \
+                     the marker before starting gitgate again (whatever was written to the new \
+                     file since it was put in place went to that log too)",
+                    path = resolved.display()
+                )
+            }
         }
     }
 }
