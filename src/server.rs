@@ -554,6 +554,9 @@ fn open_store(path: &std::path::Path) -> Result<Store, String> {
     Store::check_can_write(path).map_err(|e| e.to_string())?;
     let store = Store::open(path).map_err(|e| e.to_string())?;
     store.watch_folders();
+    if let Some(warning) = crate::store::readable_by_others(path) {
+        tracing::warn!(reason = ?warning, "the token store is readable by others");
+    }
     match store.check_writable() {
         Ok(()) => {}
         // Another process holding the write lock (a long CLI change) is not a store gitgate

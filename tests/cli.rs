@@ -1611,6 +1611,30 @@ fn check_warns_of_a_store_none_of_whose_tokens_can_be_used() {
     assert!(!run.ok().contains("warning"), "{run}");
 }
 
+/// A store restored without `umask 077` comes back 0644, its password hashes readable by every
+/// user of the machine: check and serve's start say so.
+#[test]
+fn a_store_readable_by_others_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = user_sandbox();
+    sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    assert!(!sb.cli(&["check"]).ok().contains("warning"));
+    std::fs::set_permissions(sb.db(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = sb.cli(&["check"]).ok().to_string();
+    assert!(
+        text.contains("is readable by others than its owner (mode 0644)")
+            && text.contains("chmod 600"),
+        "{text}"
+    );
+    let server = sb.serve();
+    let log = std::fs::read_to_string(sb.server_log()).unwrap();
+    assert!(
+        log.contains("the token store is readable by others"),
+        "{log}"
+    );
+    drop(server);
+}
+
 #[test]
 fn check_and_serve_agree_on_a_store_path_that_cannot_be_opened() {
     let sb = Sandbox::new();

@@ -201,6 +201,10 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     // A store with no token to accept refuses every git request, each a 401 that makes git's
     // credential helpers forget the token they hold: worth a word before a restart, as a
     // `[store] path` mistyped in a live config makes one so.
+    if let Some(warning) = crate::store::readable_by_others(&config.store.path) {
+        warnings += 1;
+        outln!("warning: store {store}: {warning}");
+    }
     let empty = "it refuses every git request until a token is made (if the store is \
                  elsewhere, fix [store] path)";
     match inspection {

@@ -250,6 +250,26 @@ pub struct Inspection {
     pub usable_tokens: Option<i64>,
 }
 
+/// Why the store at `path` (or its `-wal`, which holds its latest changes) is readable by
+/// others than its owner, if it is: it holds password hashes, and a backup restored without
+/// `umask 077` (`sqlite3 .backup`, `cp`) comes back 0644 where gitgate made it 0600.
+pub fn readable_by_others(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let real = std::fs::canonicalize(path).ok()?;
+    [real.clone(), sidecar(&real, "-wal")]
+        .into_iter()
+        .find_map(|file| {
+            let mode = std::fs::metadata(&file).ok()?.permissions().mode() & 0o777;
+            (mode & 0o077 != 0).then(|| {
+                format!(
+                    "{} is readable by others than its owner (mode {mode:04o}): it holds password \
+                     hashes; chmod 600 it (SQLite gives its -wal and -shm the file's mode)",
+                    file.display()
+                )
+            })
+        })
+}
+
 /// The name SQLite gives a store's write-ahead log (`suffix` `-wal`) or its index (`-shm`): the
 /// store's path with the suffix.
 pub(crate) fn sidecar(store: &Path, suffix: &str) -> PathBuf {
