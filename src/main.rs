@@ -311,7 +311,10 @@ fn said_unchanged(message: String) -> String {
     ];
     let failed_in_the_store = STORE_FAILED.iter().any(|m| message.contains(m));
     // Said already, or said more precisely (a revoke: "is NOT revoked and still works").
-    let said = message.contains("nothing was changed") || message.contains(" NOT ");
+    let lower = message.to_ascii_lowercase();
+    let said = lower.contains("nothing was changed")
+        || lower.contains("nothing was opened or changed")
+        || message.contains(" NOT ");
     if failed_in_the_store && !said {
         format!("{message}; nothing was changed")
     } else {
@@ -683,6 +686,7 @@ mod tests {
             "user 'bob' already exists",
             "token store error: full: token abc is NOT revoked and still works; free the store",
             "x; nothing was changed",
+            "cannot open the token store /x: ... Stop that process first. Nothing was opened or changed",
         ] {
             assert_eq!(said(as_is), as_is);
         }
