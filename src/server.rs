@@ -355,7 +355,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     // must not end the process, as its default action would.
     let mut stop = StopSignals::listen();
     let hangup = HangupSignal::listen();
-    let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
+    let listener = listen(config.server.listen).map_err(|e| {
         format!(
             "cannot listen on {} ([server] listen in {}): {e}",
             config.server.listen,
@@ -637,6 +637,26 @@ fn header_fields<B>(req: &Request<B>) -> usize {
 /// `max_connections` (see [`accept`]).
 const OVER_CAP_SLOTS: usize = 64;
 
+/// How many connections the kernel may hold ready for `accept` (the listen backlog; it clamps
+/// it to `net.core.somaxconn`, 4096 by default): those past `max_connections` wait there, and
+/// past the backlog a client's SYN is dropped and retried after a second, then three, then
+/// seven. The standard library's and tokio's 128 made a burst of clients (a CI fleet starting at
+/// once) wait seconds for handshakes; nginx's default is 511.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// The git listener: bound as tokio's `TcpListener::bind` does (`SO_REUSEADDR`), with
+/// [`LISTEN_BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The worker with the fewest open connections (the first of equals).
 fn least_busy(workers: &[Worker]) -> &Worker {
     workers
@@ -656,15 +676,38 @@ async fn accept(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let over_cap_slots = Arc::new(Semaphore::new(OVER_CAP_SLOTS));
     let mut accept_failures = Repeats::new(ACCEPT_FAILURES_WINDOW);
+    // Said as nginx says "worker_connections are not enough": a cap set too low shows in the
+    // log, not only as clients waiting.
+    let mut at_the_cap = Repeats::new(ACCEPT_FAILURES_WINDOW);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => break,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                if let Some(times) = at_the_cap.failed(Instant::now()) {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        times,
+                        "max_connections reached: new connections wait in the listen backlog \
+                         until one closes (said again at most every {}s while it goes on)",
+                        ACCEPT_FAILURES_WINDOW.as_secs()
+                    );
+                }
+                tokio::select! {
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = &mut shutdown => break,
+                }
+            }
         };
+        if slots.available_permits() > 0 {
+            if let Some(times) = at_the_cap.ended() {
+                tracing::info!(times, "below max_connections again");
+            }
+        }
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {

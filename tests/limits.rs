@@ -1014,6 +1014,36 @@ fn connections_beyond_the_cap_wait() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
 
+/// A burst of clients past `max_connections` (a CI fleet starting at once) waits in the listen
+/// backlog with its handshakes done, not with its SYNs dropped and retried a second, then three,
+/// later: the backlog is 1024 (clamped by `net.core.somaxconn`), not the 128 of the standard
+/// library and tokio, past which the 130th connect here timed out. The log says the cap is
+/// reached, as nginx says its worker_connections are not enough.
+#[test]
+fn a_burst_of_connections_past_the_cap_waits_in_the_backlog() {
+    const BURST: usize = 400;
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &cgi_config(dir.path(), "max_connections = 1"));
+    let _first = connect(g.port);
+    std::thread::sleep(Duration::from_millis(300));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], g.port));
+    let mut waiting = Vec::new();
+    for i in 0..BURST.min(somaxconn) {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(s) => waiting.push(s),
+            Err(e) => panic!("connection {i} of the burst: {e}"),
+        }
+    }
+    // And the log says why they wait, once.
+    let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
+    let said = log.matches("max_connections reached").count();
+    assert_eq!(said, 1, "{log}");
+}
+
 /// `[server] max_connections_per_address = 2`: a third connection from the same address is
 /// answered 503 with the reason and closed, while the first two are served; once one of them
 /// ends, the address may connect again. The count is scraped from /metrics.
