@@ -246,9 +246,11 @@ impl Gate {
                     .await
                 {
                     Ok(resp) => {
-                        // Its POST is to come on this connection: a stop lets it come.
-                        if matches!(git_req.operation, git::Operation::Advertise(_))
-                            && resp.status().is_success()
+                        // A push's POST is to come on this HTTP/1 connection, once git has
+                        // packed: a stop lets it come (see `Activity::rpc_expected`).
+                        if resp.status().is_success()
+                            && parts.version < hyper::Version::HTTP_2
+                            && a_push_continues(&git_req, &parts.headers)
                         {
                             connection.rpc_expected();
                         }
@@ -690,6 +692,19 @@ pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
 /// The status logged for a request whose client went away before it had an answer (nginx's
 /// "client closed request"; never sent).
 const CLIENT_GONE_BEFORE_ANSWER: u16 = 499;
+
+/// Whether a push's POST is to come after `git_req`'s answer: its ref advertisement, or the
+/// probe git sends before a pack too large for one buffer (a `0000` of four bytes), after which
+/// the pack follows, chunked.
+fn a_push_continues(git_req: &GitRequest, headers: &hyper::HeaderMap) -> bool {
+    match git_req.operation {
+        git::Operation::Advertise(git::Service::ReceivePack) => true,
+        git::Operation::Rpc(git::Service::ReceivePack) => headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"4"),
+        _ => false,
+    }
+}
 
 struct LogLine {
     method: hyper::Method,

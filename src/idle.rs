@@ -99,17 +99,22 @@ impl Activity {
         }))
     }
 
-    /// A ref advertisement was answered: the exchange's POST is to come (see
-    /// `Clocks::rpc_expected`), and a stop lets it come.
+    /// A push's advertisement (or its probe) was answered over HTTP/1: its POST is to come
+    /// (see `Clocks::rpc_expected`), and a stop lets it come.
     pub fn rpc_expected(&self) {
         self.0.rpc_expected.store(true, Ordering::Release);
     }
 
-    /// Whether the connection has nothing in flight but waits for the POST of an exchange
-    /// whose advertisement it answered: a stop does not close it then (see
-    /// `server::Connection`), for as long as a request may take to come.
+    /// Whether a push's POST is to come on this connection (see [`Activity::rpc_expected`]).
+    pub fn expects_rpc(&self) -> bool {
+        self.0.rpc_expected.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection has nothing in flight but waits for a push's POST: a stop does
+    /// not close it then, for at most the wait for a request from the stop's start (see
+    /// `until_closed`).
     pub fn awaits_rpc(&self) -> bool {
-        self.0.rpc_expected.load(Ordering::Acquire) && self.nothing_in_flight()
+        self.expects_rpc() && self.nothing_in_flight()
     }
 
     /// Once no POST is awaited any more: it came (or another request did).
@@ -411,12 +416,23 @@ async fn until_closed<F: Future>(
     // From DRAINED_WITHIN after the drain began, the connection is closed at the first moment
     // nothing is in flight on it, whatever answers came since.
     let mut drain_began: Option<tokio::time::Instant> = None;
+    // When this connection saw the stop begin, for the wait for a push's POST.
+    let mut stop_began: Option<tokio::time::Instant> = None;
     // What the client has acknowledged, looked at when the timer wakes (see below).
     let mut acknowledged = Acknowledged::default();
+    let wait_for_request = request_within;
     loop {
-        // A connection awaiting the POST of an exchange it advertised for is given the usual
-        // wait for a request, not the drain's second: the push packing meanwhile finishes.
-        let drained = draining.as_ref().is_some_and(|d| *d.borrow()) && !activity.awaits_rpc();
+        let stopping = draining.as_ref().is_some_and(|d| *d.borrow());
+        // A connection awaiting a push's POST (git packing its objects) is given the wait for
+        // a request from the stop's start, not the drain's second — once, however many
+        // advertisements its client asks for meanwhile.
+        let post_wait_left = stopping
+            .then(|| *stop_began.get_or_insert_with(tokio::time::Instant::now))
+            .map(|began| wait_for_request.saturating_sub(began.elapsed()))
+            .filter(|left| !left.is_zero());
+        let exempt = |activity: &Activity| post_wait_left.is_some() && activity.awaits_rpc();
+        let awaiting_post = exempt(activity);
+        let drained = stopping && !awaiting_post;
         let request_within = if drained {
             request_within.min(DRAINED_WITHIN)
         } else {
@@ -427,6 +443,9 @@ async fn until_closed<F: Future>(
             .saturating_sub(activity.idle())
             .min(request_within.saturating_sub(activity.waiting_for_request()))
             .min(limit / 4);
+        if let Some(left) = post_wait_left.filter(|_| awaiting_post) {
+            wait = wait.min(left);
+        }
         let drain_over = drained && {
             let began = *drain_began.get_or_insert_with(tokio::time::Instant::now);
             let past = began.elapsed();
@@ -447,9 +466,17 @@ async fn until_closed<F: Future>(
                 None => std::future::pending::<()>().await,
             }
         };
+        let post_comes = async {
+            if awaiting_post {
+                activity.rpc_came().await
+            } else {
+                std::future::pending::<()>().await
+            }
+        };
         tokio::select! {
             out = conn.as_mut() => return Closed::Ended(out),
             () = drain_begins => {}
+            () = post_comes => {}
             _ = tokio::time::sleep(wait) => {
                 // A client reading slowly but steadily moves no byte through gitgate's writes
                 // for a while — the kernel wakes a blocked writer only once a third of its send
@@ -477,7 +504,8 @@ async fn until_closed<F: Future>(
                 if activity.waiting_for_request() >= request_within {
                     return Closed::NoRequest;
                 }
-                if drain_over && activity.nothing_in_flight() {
+                // (The answer just ended may be a push's probe, after which its POST comes.)
+                if drain_over && activity.nothing_in_flight() && !exempt(activity) {
                     return Closed::NoRequest;
                 }
             }

@@ -682,7 +682,12 @@ async fn accept(
     tokio::pin!(shutdown);
     loop {
         let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => {
+                if let Some(times) = at_the_cap.ended() {
+                    tracing::info!(times, "below max_connections again");
+                }
+                p
+            }
             Err(tokio::sync::TryAcquireError::Closed) => break,
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 if let Some(times) = at_the_cap.failed(Instant::now()) {
@@ -703,11 +708,6 @@ async fn accept(
                 }
             }
         };
-        if slots.available_permits() > 0 {
-            if let Some(times) = at_the_cap.ended() {
-                tracing::info!(times, "below max_connections again");
-            }
-        }
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
@@ -1189,12 +1189,13 @@ impl Connection {
                 let draining = Some(self.draining.clone());
                 match self.watcher {
                     // Told to finish gracefully once the stop begins (the watcher held until it
-                    // ends, so that the stop waits for it) — but not while it awaits the POST of
-                    // an exchange whose advertisement it answered (`Activity::awaits_rpc`): git
-                    // packs a push's objects between the two, for seconds, and a connection
-                    // closed then failed the push with "Couldn't connect" though the grace
-                    // period had room for it. The POST is let come (within the wait for a
-                    // request, `idle::until_idle_or_drained`), and the connection ends with it.
+                    // ends, so that the stop waits for it) — but not an HTTP/1 connection that
+                    // awaits a push's POST (`Activity::expects_rpc`): git packs the push's
+                    // objects between its advertisement and its POST, for seconds, and a
+                    // connection closed then failed the push with "Couldn't connect" though the
+                    // grace period had room for it. The POST is let come (within the wait for a
+                    // request from the stop's start, `idle::until_idle_or_drained`), and the
+                    // connection is closed once none is awaited and nothing is in flight.
                     Some(watcher) => {
                         let mut stop = self.draining.clone();
                         let rpc = activity.clone();
@@ -1206,13 +1207,12 @@ impl Connection {
                                 // A sender gone is a stop too.
                                 _ = stop.wait_for(|now| *now) => {}
                             }
-                            while rpc.awaits_rpc() {
-                                tokio::select! {
-                                    ended = conn.as_mut() => return ended,
-                                    () = rpc.rpc_came() => {}
-                                }
+                            // Not told at all then: hyper would close after the next
+                            // answer, which may be the probe git sends before a large pack.
+                            // The idle timer closes it once no POST is awaited.
+                            if !rpc.expects_rpc() {
+                                conn.as_mut().graceful_shutdown();
                             }
-                            conn.as_mut().graceful_shutdown();
                             conn.await
                         };
                         let ending = ending.as_ref();

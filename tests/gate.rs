@@ -2392,8 +2392,8 @@ fn secrets_never_reach_the_log_or_the_database() {
 
 /// A push is not cut off by a stop that comes between its ref advertisement and its POST, while
 /// git prepares its pack (here: a pre-push hook taking 3 s; a large push packs for as long):
-/// the connection that answered the advertisement is let carry the POST, within the grace
-/// period. It was closed at once, and git said "Couldn't connect" — then "Everything
+/// the connection that answered the advertisement is let carry the probe and the POST, within
+/// the grace period. It was closed at once, and git said "Couldn't connect" — then "Everything
 /// up-to-date".
 #[test]
 fn a_stop_between_a_pushs_advertisement_and_its_post_lets_the_push_finish() {
@@ -2402,7 +2402,12 @@ fn a_stop_between_a_pushs_advertisement_and_its_post_lets_the_push_finish() {
     let url = server.url_with("alice", &token.secret, "team/app");
     sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
         .ok();
-    let pushed = sb.commit_file(&work, "late.txt", b"late\n", "late");
+    // Larger than git's post buffer: git sends its four-byte probe before the pack, and the
+    // pack must still find the connection open after the probe's answer.
+    let random: Vec<u8> = (0..256 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let pushed = sb.commit_file(&work, "late.bin", &random, "late");
     let started = sb.root().join("hook-started");
     let hook = work.join(".git/hooks/pre-push");
     std::fs::write(
@@ -2412,7 +2417,10 @@ fn a_stop_between_a_pushs_advertisement_and_its_post_lets_the_push_finish() {
     .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let push = {
-        let mut cmd = sb.git_command(&work, &["push", "origin", "HEAD:main"]);
+        let mut cmd = sb.git_command(
+            &work,
+            &["-c", "http.postBuffer=65536", "push", "origin", "HEAD:main"],
+        );
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         cmd.spawn().unwrap()
@@ -2430,4 +2438,93 @@ fn a_stop_between_a_pushs_advertisement_and_its_post_lets_the_push_finish() {
     assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed, "{stderr}");
     let status = server.stop_within(Duration::from_secs(15));
     assert!(status.success(), "{status}\n{}", server.log_text());
+    let log = server.log_text();
+    let posts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("method=POST path=/team/app.git/git-receive-pack"))
+        .collect();
+    assert_eq!(posts.len(), 2, "the probe and the pack:\n{log}");
+    assert!(posts[0].contains("bytes_in=4 "), "{log}");
+}
+
+/// What the wait for a push's POST at a stop does not hold: a kept-alive connection after a
+/// fetch's advertisement (ls-remote pollers that reuse connections) is closed within a second,
+/// as before; and a client asking for push advertisements over and over holds the stop no
+/// longer than the wait for a request (`header_read_timeout_seconds`) from the stop's start.
+#[test]
+fn the_wait_for_a_pushs_post_holds_a_stop_only_so_long() {
+    use std::io::{Read, Write};
+    let sb = Sandbox::with(Setup {
+        server_extra: "header_read_timeout_seconds = 3\nshutdown_grace_seconds = 60".into(),
+        ..Setup::default()
+    });
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let auth = basic("alice", &token.secret);
+    let ask = |s: &mut std::net::TcpStream, service: &str| {
+        let head = format!(
+            "GET /team/app.git/info/refs?service={service} HTTP/1.1\r\nHost: x\r\n\
+             Authorization: {auth}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        // The advertisement is chunked: read until its last chunk.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while !got.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    };
+    let stop_took = |service: &'static str, again: bool| {
+        let mut server = sb.serve();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        ask(&mut s, service);
+        let auth = auth.clone();
+        let asking = again.then(|| {
+            std::thread::spawn(move || {
+                // Until the connection is closed under it.
+                for _ in 0..200 {
+                    std::thread::sleep(Duration::from_millis(300));
+                    let head = format!(
+                        "GET /team/app.git/info/refs?service={service} HTTP/1.1\r\nHost: x\r\n\
+                         Authorization: {auth}\r\n\r\n"
+                    );
+                    if s.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 65536];
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+        });
+        let started = Instant::now();
+        let status = server.stop_within(Duration::from_secs(30));
+        assert!(status.success(), "{status}");
+        if let Some(t) = asking {
+            let _ = t.join();
+        }
+        started.elapsed()
+    };
+    let took = stop_took("git-upload-pack", false);
+    assert!(
+        took < Duration::from_millis(2500),
+        "after a fetch's advertisement: {took:?}"
+    );
+    let took = stop_took("git-receive-pack", true);
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(6),
+        "a push's advertisement, then requests every 0.3 s: {took:?}"
+    );
 }

@@ -495,8 +495,7 @@ fn refuse_the_logs_of_a_replaced_file(
         "{} says the store file was replaced while gitgate was running ({said}), and {} and {} \
          are the replaced file's: opening the store would apply them to this file. Nothing was \
          opened or changed. If this file is the one to keep (a restored backup), remove those \
-         two and the marker; if it is the same file moved away and back, its log is its own: \
-         remove only the marker",
+         two and the marker",
         marker.display(),
         wal.display(),
         shm.display()
@@ -1664,17 +1663,28 @@ impl Inner {
                 // Left for the next open, which would otherwise apply the old file's log to the
                 // new file without a word (see `refuse_the_logs_of_a_replaced_file`).
                 let marker = replaced_marker(&resolved);
+                // Through a symbolic link re-pointed at another store, the log beside the new
+                // target is that store's own: no marker, whose refusal would be false.
+                let through_a_link = std::fs::symlink_metadata(&self.path)
+                    .is_ok_and(|m| m.file_type().is_symlink());
                 let said = format!(
                     "seen by gitgate (pid {}) at its stop on {}",
                     std::process::id(),
                     crate::clock::datetime(crate::clock::now_ms())
                 );
-                let left = match std::fs::write(&marker, format!("{said}\n")) {
-                    Ok(()) => format!(
-                        "gitgate, its check and its CLI refuse the store until {} is removed",
-                        marker.display()
-                    ),
-                    Err(e) => format!("the marker {} could not be written ({e})", marker.display()),
+                let left = if through_a_link {
+                    "if the link was re-pointed at another store, that store's log is its own"
+                        .to_string()
+                } else {
+                    match std::fs::write(&marker, format!("{said}\n")) {
+                        Ok(()) => format!(
+                            "gitgate, its check and its CLI refuse the store until {} is removed",
+                            marker.display()
+                        ),
+                        Err(e) => {
+                            format!("the marker {} could not be written ({e})", marker.display())
+                        }
+                    }
                 };
                 tracing::error!(
                     "the store file was replaced while gitgate was running, and {wal} is the old \

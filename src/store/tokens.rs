@@ -470,10 +470,15 @@ impl Store {
     /// every token of the store for a REST page of one project's.
     pub fn scoped_tokens(&self, scope: &Target) -> Result<Vec<TokenRecord>> {
         let scope_text = scope.to_string();
+        // Rows whose scope begins so (`team/app.git` edited by hand is `team/app` read back),
+        // then those whose scope reads back as this one.
         let rows = self.with_conn(|c| {
-            tokens_where(c, "t.owner_id IS NULL AND t.scope = ?1", Some(&scope_text))
+            tokens_where(
+                c,
+                "t.owner_id IS NULL AND substr(t.scope, 1, length(?1)) = ?1",
+                Some(&scope_text),
+            )
         })?;
-        // As the scope reads back (a row edited by hand may be spelled otherwise).
         Ok(rows
             .into_iter()
             .filter(|t| t.scope.as_ref() == Some(scope))
@@ -1215,6 +1220,40 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, StoreError::Invalid(_)));
         assert!(store.token("mnopqrstuvwx").unwrap().is_none());
+    }
+
+    /// A project's or repository's tokens are read by SQL, also a row whose scope was edited by
+    /// hand into another spelling of the same repository; not another repository's.
+    #[test]
+    fn scoped_tokens_are_those_of_their_scope_however_spelled() {
+        let (dir, store) = temp_store();
+        let app = Target::parse("team/app").unwrap();
+        let apple = Target::parse("team/apple").unwrap();
+        for (id, scope) in [
+            ("aaaaaaaaaaaa", &app),
+            ("bbbbbbbbbbbb", &app),
+            ("cccccccccccc", &apple),
+        ] {
+            store
+                .insert_token(&repository_token(id, id, scope), &actor())
+                .unwrap();
+        }
+        let raw = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        raw.execute(
+            "UPDATE tokens SET scope = 'team/app.git' WHERE id = 'bbbbbbbbbbbb'",
+            [],
+        )
+        .unwrap();
+        let mut ids: Vec<String> = store
+            .scoped_tokens(&app)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]);
+        let team = Target::parse("team").unwrap();
+        assert!(store.scoped_tokens(&team).unwrap().is_empty());
     }
 
     #[test]
