@@ -1199,6 +1199,7 @@ impl Connection {
                     Some(watcher) => {
                         let mut stop = self.draining.clone();
                         let rpc = activity.clone();
+                        let post_wait = first;
                         let conn = async move {
                             let _watched = watcher;
                             let mut conn = std::pin::pin!(conn);
@@ -1207,12 +1208,19 @@ impl Connection {
                                 // A sender gone is a stop too.
                                 _ = stop.wait_for(|now| *now) => {}
                             }
-                            // Not told at all then: hyper would close after the next
-                            // answer, which may be the probe git sends before a large pack.
-                            // The idle timer closes it once no POST is awaited.
-                            if !rpc.expects_rpc() {
-                                conn.as_mut().graceful_shutdown();
+                            // Not told until the wait for a request is over: hyper would
+                            // close after the next answer, which may be the probe git sends
+                            // before a large pack. The idle timer closes it sooner once no POST
+                            // is awaited and nothing is in flight; told at the wait's end, it
+                            // closes after the answer then under way (a client pipelining
+                            // requests is never seen with nothing in flight).
+                            if rpc.expects_rpc() {
+                                tokio::select! {
+                                    ended = conn.as_mut() => return ended,
+                                    _ = tokio::time::sleep(post_wait) => {}
+                                }
                             }
+                            conn.as_mut().graceful_shutdown();
                             conn.await
                         };
                         let ending = ending.as_ref();

@@ -2449,8 +2449,9 @@ fn a_stop_between_a_pushs_advertisement_and_its_post_lets_the_push_finish() {
 
 /// What the wait for a push's POST at a stop does not hold: a kept-alive connection after a
 /// fetch's advertisement (ls-remote pollers that reuse connections) is closed within a second,
-/// as before; and a client asking for push advertisements over and over holds the stop no
-/// longer than the wait for a request (`header_read_timeout_seconds`) from the stop's start.
+/// as before; and a client asking for push advertisements over and over — one at a time, or
+/// pipelined so that one is always under way — holds the stop no longer than the wait for a
+/// request (`header_read_timeout_seconds`) from the stop's start.
 #[test]
 fn the_wait_for_a_pushs_post_holds_a_stop_only_so_long() {
     use std::io::{Read, Write};
@@ -2483,21 +2484,27 @@ fn the_wait_for_a_pushs_post_holds_a_stop_only_so_long() {
             String::from_utf8_lossy(&got)
         );
     };
-    let stop_took = |service: &'static str, again: bool| {
+    // `again`: requests after the first (none, one every 0.3 s, or four pipelined at a time).
+    let stop_took = |service: &'static str, again: Option<bool>| {
         let mut server = sb.serve();
         let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         ask(&mut s, service);
         let auth = auth.clone();
-        let asking = again.then(|| {
+        let asking = again.map(|pipelined| {
             std::thread::spawn(move || {
                 // Until the connection is closed under it.
-                for _ in 0..200 {
-                    std::thread::sleep(Duration::from_millis(300));
+                for _ in 0..20_000 {
                     let head = format!(
                         "GET /team/app.git/info/refs?service={service} HTTP/1.1\r\nHost: x\r\n\
                          Authorization: {auth}\r\n\r\n"
                     );
+                    let head = if pipelined {
+                        head.repeat(4)
+                    } else {
+                        std::thread::sleep(Duration::from_millis(300));
+                        head
+                    };
                     if s.write_all(head.as_bytes()).is_err() {
                         return;
                     }
@@ -2517,14 +2524,16 @@ fn the_wait_for_a_pushs_post_holds_a_stop_only_so_long() {
         }
         started.elapsed()
     };
-    let took = stop_took("git-upload-pack", false);
+    let took = stop_took("git-upload-pack", None);
     assert!(
         took < Duration::from_millis(2500),
         "after a fetch's advertisement: {took:?}"
     );
-    let took = stop_took("git-receive-pack", true);
-    assert!(
-        took >= Duration::from_millis(2500) && took < Duration::from_secs(6),
-        "a push's advertisement, then requests every 0.3 s: {took:?}"
-    );
+    for pipelined in [false, true] {
+        let took = stop_took("git-receive-pack", Some(pipelined));
+        assert!(
+            took >= Duration::from_millis(2500) && took < Duration::from_secs(6),
+            "a push's advertisement, then more (pipelined: {pipelined}): {took:?}"
+        );
+    }
 }

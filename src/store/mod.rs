@@ -495,7 +495,8 @@ fn refuse_the_logs_of_a_replaced_file(
         "{} says the store file was replaced while gitgate was running ({said}), and {} and {} \
          are the replaced file's: opening the store would apply them to this file. Nothing was \
          opened or changed. If this file is the one to keep (a restored backup), remove those \
-         two and the marker",
+         two and the marker; if it is the very file, copied or moved to another file system and \
+         back, the log is its own: remove only the marker",
         marker.display(),
         wal.display(),
         shm.display()
