@@ -446,32 +446,48 @@ fn an_http2_answer_whose_stream_gets_no_window_lets_go_of_its_backend() {
     assert_eq!(data_on_1, 0, "{:?}", frames.lock().unwrap());
 }
 
+/// The length of [`a_big_answer_behind`]'s answer.
+const BIG_ANSWER: usize = 32 * 1024 * 1024;
+
+/// A gitgate with `idle_timeout_seconds = idle` in front of an upstream that answers
+/// [`BIG_ANSWER`] bytes, and a connection on which an info/refs GET was sent to it (saying
+/// `Connection: close` when `close`).
+fn a_big_answer_behind(dir: &Path, idle: u32, close: bool) -> (Server, TcpStream) {
+    let (upstream_port, _heads) = scripted_upstream(1, |_| {
+        let mut answer =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG_ANSWER}\r\n\r\n").into_bytes();
+        answer.resize(answer.len() + BIG_ANSWER, b'y');
+        answer
+    });
+    let (g, auth) = start_in_front_of(dir, upstream_port, "");
+    drop(g);
+    // The same gitgate, with the idle timeout asked for.
+    let config = std::fs::read_to_string(dir.join("proxy.toml"))
+        .unwrap()
+        .replace(
+            "[server]\n",
+            &format!("[server]\nidle_timeout_seconds = {idle}\n"),
+        );
+    let g = start(dir, &config);
+    let mut s = connect(g.port);
+    let close = if close { "Connection: close\r\n" } else { "" };
+    s.write_all(
+        format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\n{close}\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    (g, s)
+}
+
 /// A git request's answer that gitgate gave up on when it closed the connection for idling (a
 /// client that stopped reading) is logged as that, `idle-timeout`, not as its client leaving.
 #[test]
 fn an_answer_cut_off_by_the_idle_timeout_is_logged_as_such() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream_port, _heads) = scripted_upstream(1, |_| {
-        let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 33554432\r\n\r\n".to_vec();
-        answer.resize(answer.len() + 32 * 1024 * 1024, b'y');
-        answer
-    });
-    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
-    drop(g);
-    // The same gitgate, with a short idle timeout.
-    let config = std::fs::read_to_string(dir.path().join("proxy.toml"))
-        .unwrap()
-        .replace("[server]\n", "[server]\nidle_timeout_seconds = 1\n");
-    let g = start(dir.path(), &config);
-    let mut s = connect(g.port);
-    s.write_all(
-        format!(
-            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
-             Authorization: Basic {auth}\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    let (_g, s) = a_big_answer_behind(dir.path(), 1, false);
     // Never read: gitgate's writes stop once the socket's buffers are full.
     let log = || std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -493,28 +509,8 @@ fn an_answer_cut_off_by_the_idle_timeout_is_logged_as_such() {
 /// delivered whole. It was cut off after the timeout, as the client's fault.
 #[test]
 fn a_client_reading_slowly_but_steadily_is_not_cut_off_as_idle() {
-    const LEN: usize = 32 * 1024 * 1024;
     let dir = tempfile::tempdir().unwrap();
-    let (upstream_port, _heads) = scripted_upstream(1, |_| {
-        let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n").into_bytes();
-        answer.resize(answer.len() + LEN, b'y');
-        answer
-    });
-    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
-    drop(g);
-    let config = std::fs::read_to_string(dir.path().join("proxy.toml"))
-        .unwrap()
-        .replace("[server]\n", "[server]\nidle_timeout_seconds = 10\n");
-    let g = start(dir.path(), &config);
-    let mut s = connect(g.port);
-    s.write_all(
-        format!(
-            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
-             Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    let (_g, mut s) = a_big_answer_behind(dir.path(), 10, true);
     // Slowly for 15 s, past the 10 s timeout (and the second gitgate looks on for), then all.
     let mut answer = Vec::new();
     let mut buf = [0u8; 8192];
@@ -530,7 +526,7 @@ fn a_client_reading_slowly_but_steadily_is_not_cut_off_as_idle() {
     let _ = s.read_to_end(&mut answer);
     let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
-    assert_eq!(answer.len() - head_end, LEN, "cut off:\n{log}");
+    assert_eq!(answer.len() - head_end, BIG_ANSWER, "cut off:\n{log}");
     let deadline = Instant::now() + Duration::from_secs(5);
     let line = loop {
         let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
