@@ -61,11 +61,15 @@
 //!   deadline (also for a connection
 //!   waiting for a request: a silent one is closed after it), an idle timeout ([`idle`]:
 //!   no byte moving, or no exchange moving — no request body or answer frame — so HTTP/2
-//!   PINGs alone hold nothing; a client still reading, whose socket's send queue drains, is
-//!   not idle; one HTTP/2 stream given no window while others move lets go of its backend
-//!   after the idle timeout: [`stall`]), a cap on connections (and, if set, per client address:
-//!   [`address_cap`], a `503` and the connection closed — over HTTP/2 with a GOAWAY) and header
-//!   size, and graceful shutdown on SIGINT/SIGTERM (what is left at the end of the grace period, or at a second signal, is cut
+//!   PINGs alone hold nothing; a client still reading — over HTTP/1 it acknowledged bytes of
+//!   its answer within the timeout (TCP_INFO, looked at every quarter of it), or its socket's
+//!   send queue drains — is not idle; one HTTP/2 stream given no window while others move lets
+//!   go of its backend after the idle timeout: [`stall`]), a cap on connections (a listen
+//!   backlog of 1024 past it, and a warning; and, if set, per client address: [`address_cap`],
+//!   a `503` and the connection closed — over HTTP/2 with a GOAWAY) and header size, and
+//!   graceful shutdown on SIGINT/SIGTERM (an HTTP/1 connection awaiting a push's POST — git
+//!   packing after the advertisement — is let carry it, within the header deadline from the
+//!   stop; what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
 //!   Everything that can fail on a bad setting is checked before the store is opened. One
 //!   single-threaded
@@ -109,7 +113,9 @@
 //!   in the WAL index header, `PRAGMA data_version` as the fallback) drops — but gitgate's own
 //!   writer's, which holds only audit rows and last uses: a revocation is seen on the next
 //!   request. A store file, `-wal` or `-shm` deleted, moved or replaced under the server is
-//!   refused on the next request too, and so is a file whose header no longer says SQLite; the
+//!   refused on the next request too (a file replaced beside the old one's log leaves a
+//!   `-replaced` marker at the stop, refused at every later open until the operator deals with
+//!   that log), and so is a file whose header no longer says SQLite; the
 //!   file checks that see it run after an inotify watch on
 //!   the store's folders reports a change there (and every 0.1 s), not on every request; a
 //!   watch lost with a folder moved away is set up again once the folder is back. The CLI's

@@ -307,7 +307,7 @@ fn a_repository_could_be_at(project_root: &Path, repo: &str) -> bool {
     git_could(&plain) || git_could(Path::new(&with_git))
 }
 
-/// What is on disk for `repo`, before [`repo_dir_under`] tells a missing repository from a
+/// What is on disk for `repo`, before `repo_dir_under` tells a missing repository from a
 /// missing root or a plain folder below a repository: for the CLI, which notes a grant or
 /// token for a repository the backend would not serve — also one inside another repository's
 /// folder that is not there yet, as it never will be served.
