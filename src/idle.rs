@@ -110,6 +110,12 @@ impl Activity {
         self.0.rpc_expected.load(Ordering::Acquire)
     }
 
+    /// Whether an HTTP/1 request waits for its answer to begin: it may be a push's
+    /// advertisement or probe, after which the push's POST comes (see `server`'s stop).
+    pub fn http1_answer_pending(&self) -> bool {
+        !self.0.http2.load(Ordering::Relaxed) && self.0.unanswered.load(Ordering::Acquire) > 0
+    }
+
     /// Whether the connection has nothing in flight but waits for a push's POST: a stop does
     /// not close it then, for at most the wait for a request from the stop's start (see
     /// `until_closed`).

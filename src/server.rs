@@ -1214,10 +1214,22 @@ impl Connection {
                             // is awaited and nothing is in flight; told at the wait's end, it
                             // closes after the answer then under way (a client pipelining
                             // requests is never seen with nothing in flight).
+                            let wait_over = tokio::time::Instant::now() + post_wait;
+                            // A request whose answer has not begun may be a push's
+                            // advertisement or probe: decided once it has (looked at every
+                            // 10 ms, only during a stop).
+                            while rpc.http1_answer_pending()
+                                && tokio::time::Instant::now() < wait_over
+                            {
+                                tokio::select! {
+                                    ended = conn.as_mut() => return ended,
+                                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                                }
+                            }
                             if rpc.expects_rpc() {
                                 tokio::select! {
                                     ended = conn.as_mut() => return ended,
-                                    _ = tokio::time::sleep(post_wait) => {}
+                                    _ = tokio::time::sleep_until(wait_over) => {}
                                 }
                             }
                             conn.as_mut().graceful_shutdown();
