@@ -343,7 +343,18 @@ fn a_store_restored_over_the_running_server_says_what_to_remove_at_the_stop() {
     let wal = format!("{}-wal", db.display());
     let shm = format!("{}-shm", db.display());
     let files = || [&db.display().to_string(), &wal, &shm].map(|f| std::fs::read(f).unwrap());
-    let before = files();
+    // The server's own writer may still hold the requests' audit events and last uses (written
+    // within about a second, into the old file's log): compared once it has written them.
+    let mut before = files();
+    let settled_by = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = files();
+        if now == before || std::time::Instant::now() > settled_by {
+            break;
+        }
+        before = now;
+    }
     for command in [
         &["user", "list"][..],
         &["token", "list"],
