@@ -221,7 +221,6 @@ impl Gate {
                 // over, as a refused request's is.
                 let body = crate::linger::Lingering::new(parts.version, body);
                 let seen = inbound.clone();
-                let connection = exchange.clone();
                 let body = Observed::new(body, move |s: Seen<'_, hyper::Error>| match s {
                     Seen::Frame(frame) => {
                         if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
@@ -252,7 +251,7 @@ impl Gate {
                             && parts.version < hyper::Version::HTTP_2
                             && a_push_continues(&git_req, &parts.headers)
                         {
-                            connection.rpc_expected();
+                            pending.line().connection.rpc_expected();
                         }
                         resp
                     }
