@@ -165,15 +165,6 @@ fn scripted_upstream(
     (port, rx)
 }
 
-/// A port on 127.0.0.1 that nothing listens on (bound, then let go).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An upstream that accepts connections and holds them, never answering; its port.
 fn silent_upstream() -> u16 {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1357,7 +1348,7 @@ fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() 
 #[test]
 fn a_log_that_cannot_be_written_does_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let config = cgi_config(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, config).unwrap();
@@ -1821,7 +1812,7 @@ fn a_flood_of_readiness_probes_is_not_a_flood_of_upstream_connections() {
 fn readiness_failures_are_shared_remembered_and_name_no_address() {
     let dir = tempfile::tempdir().unwrap();
     // An upstream that is down: a port nothing listens on.
-    let upstream_port = free_port();
+    let upstream_port = common::free_port();
     let (g, _) = start_in_front_of(dir.path(), upstream_port, "");
     let started = Instant::now();
     let port = g.port;

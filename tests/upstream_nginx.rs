@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -57,14 +57,6 @@ fn tools(test: &str) -> Option<Tools> {
         fcgiwrap: fcgiwrap.unwrap(),
         backend: common::git_http_backend().to_path_buf(),
     })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
@@ -136,7 +128,7 @@ impl Nginx {
             sock.exists()
         });
 
-        let (port, tls_port) = (free_port(), free_port());
+        let (port, tls_port) = (common::free_port(), common::free_port());
         let user = if is_root() {
             "user root root;".to_string()
         } else {
@@ -1751,7 +1743,7 @@ impl Front {
     fn start(dir: &Path, nginx: &Path, gitgate: u16) -> Front {
         let dir = dir.join("front");
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        let (streaming, default) = (free_port(), free_port());
+        let (streaming, default) = (common::free_port(), common::free_port());
         let user = if is_root() { "user root root;" } else { "" };
         let conf = format!(
             "{user}\ndaemon off;\nmaster_process off;\nworker_processes 1;\n\

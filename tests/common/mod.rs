@@ -817,6 +817,15 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 /// A `GET` of `target` (path and query, sent verbatim) with optional `Authorization` value.
+/// A port on 127.0.0.1 that nothing listens on (bound, then let go).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn http_get(port: u16, target: &str, authorization: Option<&str>) -> Response {
     let mut req =
         format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: git/2.47.0\r\n");
