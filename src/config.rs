@@ -96,6 +96,8 @@ pub enum Upstream {
     Cgi {
         program: PathBuf,
         project_root: PathBuf,
+        /// `max_processes`: backend processes at once over all workers; 0 for no cap.
+        max_processes: usize,
     },
     /// An existing git server reached over HTTP(S).
     Http(Box<HttpUpstream>),
@@ -270,6 +272,7 @@ struct RawUpstream {
     url: Option<String>,
     socket: Option<String>,
     project_root: Option<String>,
+    max_processes: Option<usize>,
     ca_file: Option<String>,
     system_roots: Option<bool>,
     identity_header: Option<String>,
@@ -525,9 +528,20 @@ impl Config {
                             .into(),
                     ));
                 }
+                let max_processes = match upstream.max_processes {
+                    None => DEFAULT_MAX_PROCESSES,
+                    Some(n) if n <= MAX_PROCESSES => n,
+                    Some(n) => {
+                        return Err(err(format!(
+                            "[upstream] max_processes = {n} is out of range: use 1 to \
+                             {MAX_PROCESSES}, or 0 for no cap (default {DEFAULT_MAX_PROCESSES})"
+                        )))
+                    }
+                };
                 Upstream::Cgi {
                     program: resolve(&cgi),
                     project_root: resolve(&root),
+                    max_processes,
                 }
             }
         };
@@ -602,6 +616,7 @@ impl Config {
             Upstream::Cgi {
                 program,
                 project_root,
+                ..
             } => {
                 let meta = std::fs::metadata(program).map_err(|e| {
                     err(format!(
@@ -744,6 +759,13 @@ fn http_upstream(
     if raw.project_root.is_some() {
         return Err(
             "[upstream] project_root applies to `cgi` only: the server at `url` knows its own repositories"
+                .into(),
+        );
+    }
+    if raw.max_processes.is_some() {
+        return Err(
+            "[upstream] max_processes applies to `cgi` only: the server at `url` runs its own \
+             processes (cap them there, e.g. fcgiwrap's -c)"
                 .into(),
         );
     }
@@ -898,7 +920,6 @@ fn http_upstream(
     })
 }
 
-/// A positive number of seconds, or the default.
 /// The longest timeout or grace period accepted: a year. Longer ones mean "never" and would
 /// overflow the clock arithmetic of every connection.
 const MAX_SECONDS: u64 = 365 * 24 * 3600;
@@ -907,6 +928,15 @@ const MAX_SECONDS: u64 = 365 * 24 * 3600;
 /// descriptors and memory carry, and low enough for every count derived from it.
 const MAX_CONNECTIONS: usize = 1_000_000;
 
+/// `[upstream] max_processes` unset: as many clones and pushes at once as a host of a few cores
+/// and gigabytes carries without swapping (each is a few git processes, `pack-objects` with a
+/// thread per core); what waits past it is served as places come free.
+pub const DEFAULT_MAX_PROCESSES: usize = 64;
+
+/// The most `max_processes` may be: far above what one host's process table carries.
+const MAX_PROCESSES: usize = 100_000;
+
+/// A positive number of seconds, or the default.
 fn seconds(value: Option<u64>, default: Duration, key: &str) -> Result<Duration, String> {
     match value {
         None => Ok(default),
@@ -1092,6 +1122,34 @@ realm = "gitgate"
         assert!(c.server.tls.is_none());
         assert_eq!(c.server.limits.max_connections, 1024);
         assert!(c.server.workers >= 1, "one worker per core by default");
+    }
+
+    #[test]
+    fn max_processes_caps_the_cgi_backend_only() {
+        let cap = |text: &str| match parse(text).map(|c| c.upstream) {
+            Ok(Upstream::Cgi { max_processes, .. }) => Ok(max_processes),
+            Ok(Upstream::Http(_)) => panic!("cgi expected"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(cap(GOOD), Ok(DEFAULT_MAX_PROCESSES));
+        let with = |line: &str| {
+            GOOD.replace(
+                "project_root = \"repos\"",
+                &format!("project_root = \"repos\"\n{line}"),
+            )
+        };
+        assert_eq!(cap(&with("max_processes = 8")), Ok(8));
+        assert_eq!(cap(&with("max_processes = 0")), Ok(0), "0: no cap");
+        let e = cap(&with("max_processes = 100001")).unwrap_err();
+        assert!(e.contains("[upstream] max_processes = 100001 is out of range: use 1 to 100000, or 0 for no cap"), "{e}");
+        let e = cap(&with("max_processes = -1")).unwrap_err();
+        assert!(e.contains("max_processes"), "{e}");
+        let http = HTTP.replace("[upstream]\n", "[upstream]\nmax_processes = 8\n");
+        let e = parse(&http).unwrap_err();
+        assert!(
+            e.contains("[upstream] max_processes applies to `cgi` only"),
+            "{e}"
+        );
     }
 
     /// A missing project root (a `proxy.toml` copied to a new folder without its `repos/`)

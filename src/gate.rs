@@ -282,6 +282,11 @@ impl Gate {
                             Fault::Server => {
                                 tracing::error!(repo = %git_req.repo, error = ?e.to_string(), "cannot forward")
                             }
+                            // Said by the cap, once a minute while it is reached.
+                            Fault::Busy => {
+                                METRICS.backend_busy();
+                                tracing::debug!(repo = %git_req.repo, error = ?e.to_string(), "server busy")
+                            }
                             // The client's doing (its upload stopped arriving).
                             Fault::Client => {
                                 tracing::info!(repo = %git_req.repo, error = ?e.to_string(), "request refused")

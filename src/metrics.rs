@@ -234,6 +234,10 @@ pub struct Metrics {
     /// Requests refused because their address was blocked for failed authentications.
     throttled: AtomicU64,
     active_connections: AtomicI64,
+    /// The embedded backend's processes started and not yet reaped.
+    backend_processes: AtomicI64,
+    /// Requests refused because `[upstream] max_processes` backends ran for their whole wait.
+    backend_busy: AtomicU64,
     tokens_expiring_soon: AtomicU64,
     /// The served TLS certificate's notAfter, epoch seconds; 0 without TLS (or unread dates).
     tls_certificate_expiry: AtomicI64,
@@ -256,6 +260,8 @@ impl Metrics {
             unparsable_requests: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             active_connections: AtomicI64::new(0),
+            backend_processes: AtomicI64::new(0),
+            backend_busy: AtomicU64::new(0),
             tokens_expiring_soon: AtomicU64::new(0),
             tls_certificate_expiry: AtomicI64::new(0),
         }
@@ -349,6 +355,21 @@ impl Metrics {
     }
 
     /// The backend could not be reached, or failed before or while answering.
+    /// The embedded backend started a process ([`Metrics::backend_process_reaped`] once it
+    /// is reaped).
+    pub fn backend_process_started(&self) {
+        self.backend_processes.fetch_add(1, Relaxed);
+    }
+
+    pub fn backend_process_reaped(&self) {
+        self.backend_processes.fetch_sub(1, Relaxed);
+    }
+
+    /// A request answered 503 because `[upstream] max_processes` backends ran for its wait.
+    pub fn backend_busy(&self) {
+        self.backend_busy.fetch_add(1, Relaxed);
+    }
+
     pub fn upstream_error(&self) {
         self.upstream_errors.fetch_add(1, Relaxed);
     }
@@ -416,7 +437,7 @@ impl Metrics {
                 n.load(Relaxed)
             );
         }
-        let simple: [(&str, &str, &str, String); 13] = [
+        let simple: [(&str, &str, &str, String); 15] = [
             (
                 "gitgate_throttled_requests_total",
                 "counter",
@@ -476,6 +497,18 @@ impl Metrics {
                 "gauge",
                 "Client connections open now.",
                 self.active_connections.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_backend_processes",
+                "gauge",
+                "Processes of the embedded CGI backend running now (git http-backend; with a push finishing without its client, or one being ended), counted against [upstream] max_processes.",
+                self.backend_processes.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_backend_busy_total",
+                "counter",
+                "Requests answered 503 because [upstream] max_processes backend processes ran for as long as they could wait (counted in outcome=\"5xx\" too).",
+                self.backend_busy.load(Relaxed).to_string(),
             ),
             (
                 "gitgate_token_cache_hits_total",

@@ -49,6 +49,7 @@ use crate::signals::{HangupSignal, StopSignals};
 use crate::store::Store;
 use crate::tls::CertStore;
 use crate::unwind::CatchPanic;
+use crate::upstream::cgi::ProcessCap;
 use crate::upstream::secret::{Reloaded, UpstreamSecret};
 use crate::upstream::{CgiBackend, HttpBackend, Upstream};
 
@@ -318,15 +319,27 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     // Every worker's backend is built here, so a bad upstream setting fails the start, not a
     // worker.
     let mut upstreams = Vec::with_capacity(config.server.workers);
+    // One cap for the server, not one per worker.
+    let process_cap = match &config.upstream {
+        UpstreamConfig::Cgi { max_processes, .. } if *max_processes > 0 => {
+            Some(Arc::new(ProcessCap::new(*max_processes)))
+        }
+        _ => None,
+    };
     for _ in 0..config.server.workers {
         upstreams.push(match &config.upstream {
             UpstreamConfig::Cgi {
                 program,
                 project_root,
-            } => Upstream::Cgi(
-                CgiBackend::new(program.clone(), project_root.clone())
-                    .with_head_timeout(answer_deadline(config.server.limits.idle_timeout)),
-            ),
+                ..
+            } => {
+                let backend = CgiBackend::new(program.clone(), project_root.clone())
+                    .with_head_timeout(answer_deadline(config.server.limits.idle_timeout));
+                Upstream::Cgi(match &process_cap {
+                    Some(cap) => backend.with_process_cap(cap.clone()),
+                    None => backend,
+                })
+            }
             UpstreamConfig::Http(http) => {
                 let backend = HttpBackend::new(
                     http,

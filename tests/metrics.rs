@@ -504,3 +504,96 @@ fn requests_from_an_address_blocked_for_failed_authentications_are_counted_apart
         "{text}"
     );
 }
+
+/// `[upstream] max_processes`, with the real git client: past the cap requests wait for a place
+/// (four clones at once through a cap of one all succeed); one that waits it out is told the
+/// server is busy (503, Retry-After), which git shows; the gauge and the counter say so, and
+/// the log says the cap was reached and left, once each.
+#[test]
+fn past_max_processes_git_requests_wait_then_are_told_the_server_is_busy() {
+    let sb = Sandbox::new();
+    let config = sb.config_text().replace(
+        "project_root = \"repos\"\n",
+        "project_root = \"repos\"\nmax_processes = 1\n",
+    ) + "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(sb.config(), config).unwrap();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let server = sb.serve();
+    let port = wait_for_metrics_port(&server);
+    let url = server.url_with("alice", &token.secret, "team/app");
+
+    // A burst: each clone's two requests take the one place in turn.
+    let clones: Vec<_> = (0..4)
+        .map(|i| {
+            let cmd = sb.git_command(sb.root(), &["clone", "-q", &url, &format!("c{i}")]);
+            thread::spawn(move || common::run(cmd, None))
+        })
+        .collect();
+    for clone in clones {
+        clone.join().unwrap().ok();
+    }
+
+    // Whether the burst's requests met at the cap is up to timing; each run at it is said
+    // once, and its end once.
+    let runs_before = server.log_text().matches("max_processes reached").count();
+
+    // A push whose client sends its headers and none of its pack holds the place.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{}", token.secret));
+    let mut held = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        held,
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Basic {basic}\r\nContent-Type: application/x-git-receive-pack-request\r\n\
+         Content-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    let started = Instant::now();
+    let running = loop {
+        let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
+        if sample(&text, "gitgate_backend_processes") == 1.0 {
+            break text;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{text}");
+        thread::sleep(Duration::from_millis(25));
+    };
+    assert_eq!(sample(&running, "gitgate_backend_busy_total"), 0.0);
+
+    // Two wait at once: git, and a request that shows the answer's headers.
+    let waited = Instant::now();
+    let raw = {
+        let request = format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {basic}\r\nConnection: close\r\n\r\n"
+        );
+        let port = server.port;
+        thread::spawn(move || common::raw_http(port, request.as_bytes()))
+    };
+    let busy = sb.git(sb.root(), &["ls-remote", &url]);
+    let stderr = busy.fails_with(
+        "remote: the server is busy: all 1 of its git processes were in use for 10s; try again in a moment",
+    );
+    assert!(waited.elapsed() >= Duration::from_secs(9), "{stderr}");
+    let answer = raw.join().unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.header("retry-after"), Some("5"));
+    let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
+    assert_eq!(sample(&text, "gitgate_backend_busy_total"), 2.0);
+    assert_eq!(sample(&text, "gitgate_backend_processes"), 1.0);
+
+    // The held push's client goes away: its process ends and the place comes back.
+    drop(held);
+    sb.git(sb.root(), &["ls-remote", &url]).ok();
+    let log = server.log_text();
+    let runs = log.matches("max_processes reached").count();
+    assert_eq!(runs, runs_before + 1, "one for the two refused: {log}");
+    assert!(log.contains("max_processes=1"), "{log}");
+    assert_eq!(
+        log.matches("below max_processes again").count(),
+        runs,
+        "{log}"
+    );
+    assert!(!log.contains(&token.secret), "{log}");
+}

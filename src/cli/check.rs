@@ -99,10 +99,19 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         Upstream::Cgi {
             program,
             project_root,
+            max_processes,
         } => {
             let backend = CgiBackend::new(program.clone(), project_root.clone());
+            let at_once = match max_processes {
+                0 => "no cap on processes at once".to_owned(),
+                n => format!("at most {n} processes at once"),
+            };
             (
-                format!("cgi {} for {}", program.display(), project_root.display()),
+                format!(
+                    "cgi {} for {} ({at_once})",
+                    program.display(),
+                    project_root.display()
+                ),
                 runtime.block_on(backend.ready()),
             )
         }

@@ -65,6 +65,9 @@ pub enum Fault {
     /// This server's own setup (two directories answer to one repository, or one is reached
     /// through a link, or lies inside another repository): no backend asked.
     Server,
+    /// This server is at its cap of backend processes (`[upstream] max_processes`): no backend
+    /// asked. Said in the log where the cap is reached, once a minute, not per request.
+    Busy,
 }
 
 /// The most of a CGI's error answer read to see whether it says anything, and for how long.
@@ -271,6 +274,20 @@ impl Upstream {
                     };
                     match e {
                         cgi::CgiError::RequestBroke => return client(StatusCode::BAD_REQUEST),
+                        cgi::CgiError::Busy(busy) => {
+                            return ForwardError {
+                                status: StatusCode::SERVICE_UNAVAILABLE,
+                                message: format!(
+                                    "the server is busy: all {} of its git processes were in use \
+                                     for {}s; try again in a moment",
+                                    busy.max,
+                                    busy.waited.as_secs()
+                                ),
+                                detail: Some(e.to_string()),
+                                fault: Fault::Busy,
+                                retry_after: Some(HeaderValue::from_static("5")),
+                            }
+                        }
                         cgi::CgiError::UploadStalled(_) => {
                             return client(StatusCode::REQUEST_TIMEOUT)
                         }

@@ -66,12 +66,14 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 
 mod body;
+mod cap;
 mod env;
 mod head;
 mod process;
 mod stdio;
 
 pub use body::CgiBody;
+pub use cap::{Busy, ProcessCap};
 pub use head::{parse_head, Head, MAX_HEADER_BLOCK};
 pub use process::may_execute;
 
@@ -95,6 +97,8 @@ pub struct CgiBackend {
     head_timeout: Duration,
     /// This backend's (that is, this worker's) processes not yet reaped.
     running: Arc<Running>,
+    /// `[upstream] max_processes`, shared by every worker's backend; `None`: no cap.
+    cap: Option<Arc<ProcessCap>>,
 }
 
 /// What the backend is told about one request. Everything here has already been checked by the
@@ -128,6 +132,9 @@ pub enum CgiError {
     RequestBroke,
     /// Nothing of the request body came for this long, before the answer went out.
     UploadStalled(Duration),
+    /// `[upstream] max_processes` backends ran for as long as the request could wait: the
+    /// backend was not started.
+    Busy(Busy),
 }
 
 impl fmt::Display for CgiError {
@@ -151,6 +158,13 @@ impl fmt::Display for CgiError {
                 "the request body stopped arriving: nothing came for {}s",
                 after.as_secs()
             ),
+            CgiError::Busy(busy) => write!(
+                f,
+                "all {} backend processes allowed at once (max_processes) were running for the \
+                 {}s the request could wait",
+                busy.max,
+                busy.waited.as_secs()
+            ),
         }
     }
 }
@@ -166,6 +180,7 @@ impl CgiError {
             CgiError::TimedOut(_) => "the CGI backend sent no response in time",
             CgiError::RequestBroke => "the request body was malformed or ended early",
             CgiError::UploadStalled(_) => "the request body stopped arriving",
+            CgiError::Busy(_) => "the server is busy",
         }
     }
 }
@@ -189,7 +204,8 @@ impl std::error::Error for CgiError {
             | CgiError::Exited(_)
             | CgiError::TimedOut(_)
             | CgiError::RequestBroke
-            | CgiError::UploadStalled(_) => None,
+            | CgiError::UploadStalled(_)
+            | CgiError::Busy(_) => None,
         }
     }
 }
@@ -417,7 +433,16 @@ impl CgiBackend {
             project_root,
             head_timeout: Duration::from_secs(300),
             running: Arc::new(Running::default()),
+            cap: None,
         }
+    }
+
+    /// Starts no process while `cap`'s places are all taken: the request waits for one, then
+    /// is refused as [`CgiError::Busy`] (see [`ProcessCap`]). One cap is given to every
+    /// worker's backend, so that it bounds the server.
+    pub fn with_process_cap(mut self, cap: Arc<ProcessCap>) -> Self {
+        self.cap = Some(cap);
+        self
     }
 
     /// A backend that sends no headers for `timeout` while the request body does not move
@@ -466,6 +491,11 @@ impl CgiBackend {
         B::Error: fmt::Display + Send,
     {
         let push = is_push(&req);
+        // Taken before the process starts, given back once it is reaped (`Counted`).
+        let place = match &self.cap {
+            Some(cap) => Some(cap.place().await.map_err(CgiError::Busy)?),
+            None => None,
+        };
         let mut child = self.command(&req).spawn().map_err(CgiError::Spawn)?;
         let stdin = child.stdin.take().expect("stdin is piped");
         let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -477,7 +507,7 @@ impl CgiBackend {
         let guard = KillGuard::new(kill.clone(), "request abandoned before the response");
         let stderr_task = tokio::spawn(log_stderr(stderr, req.path_info.to_owned()));
         let (exit_tx, mut exit_rx) = oneshot::channel();
-        let counted = Counted::new(self.running.clone());
+        let counted = Counted::new(self.running.clone(), place);
         tokio::spawn(supervise(
             child,
             kill.clone(),

@@ -15,6 +15,9 @@ use tokio::process::Child;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
+use super::cap::Place;
+use crate::metrics::METRICS;
+
 /// After the backend exited, how long we wait for its stderr to drain (a grandchild that kept
 /// the pipe open must not hold the response hostage).
 pub(super) const STDERR_GRACE: Duration = Duration::from_secs(1);
@@ -161,17 +164,20 @@ impl Default for Running {
 
 /// One process counted in its backend's [`Running`] until its supervisor has reaped it (or is
 /// dropped).
-pub(super) struct Counted(Arc<Running>);
+/// Holds its place under `[upstream] max_processes` as long.
+pub(super) struct Counted(Arc<Running>, #[allow(dead_code)] Option<Place>);
 
 impl Counted {
-    pub(super) fn new(running: Arc<Running>) -> Counted {
+    pub(super) fn new(running: Arc<Running>, place: Option<Place>) -> Counted {
         running.count.fetch_add(1, Ordering::AcqRel);
-        Counted(running)
+        METRICS.backend_process_started();
+        Counted(running, place)
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
+        METRICS.backend_process_reaped();
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.all_reaped.notify_waiters();
         }

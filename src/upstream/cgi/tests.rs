@@ -1523,3 +1523,46 @@ fn a_push_report_is_read_for_the_log() {
     );
     assert!(super::body::push_outcome(b"").starts_with("no report"));
 }
+
+/// `[upstream] max_processes`: past the cap no process starts; the request waits for a place
+/// and, none coming free, is refused as busy; a place comes back once its process is reaped.
+#[tokio::test]
+async fn no_process_starts_past_the_cap_and_a_reaped_one_frees_its_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let started = tmp.path().join("started");
+    let cap = Arc::new(ProcessCap::with_wait(1, Duration::from_millis(300)));
+    let backend = script(
+        tmp.path(),
+        "held.cgi",
+        &format!(
+            "echo $$ >> {}; printf 'Content-Type: text/plain\\r\\n\\r\\nheld\\n'; exec sleep 60",
+            started.display()
+        ),
+    )
+    .with_process_cap(cap.clone());
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let held = serve(&backend, req, empty).await.unwrap().into_body();
+    assert_eq!(cap.in_use(), 1);
+
+    let refused = serve(&backend, req, empty).await.unwrap_err();
+    assert!(
+        matches!(refused, CgiError::Busy(busy) if busy.max == 1),
+        "{refused}"
+    );
+    assert_eq!(refused.summary(), "the server is busy");
+    let lines = std::fs::read_to_string(&started).unwrap();
+    assert_eq!(lines.lines().count(), 1, "only the first started: {lines}");
+
+    // The held one ends (its client went away): killed, reaped, its place given back.
+    drop(held);
+    assert!(
+        eventually(|| cap.in_use() == 0).await,
+        "the place came back"
+    );
+    let mut again = serve(&backend, req, empty).await.unwrap().into_body();
+    let first = again.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"held\n");
+    let lines = std::fs::read_to_string(&started).unwrap();
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+}
