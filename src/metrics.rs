@@ -231,6 +231,8 @@ pub struct Metrics {
     address_cap_refusals: AtomicU64,
     /// Requests HTTP/1's parser refused before the gate saw them (400, 414, 431).
     unparsable_requests: AtomicU64,
+    /// Connections gitgate closed on its own, by [`Cut`].
+    connections_cut: [AtomicU64; 3],
     /// Requests refused because their address was blocked for failed authentications.
     throttled: AtomicU64,
     active_connections: AtomicI64,
@@ -258,6 +260,7 @@ impl Metrics {
             side_effect_failures: AtomicU64::new(0),
             address_cap_refusals: AtomicU64::new(0),
             unparsable_requests: AtomicU64::new(0),
+            connections_cut: [const { AtomicU64::new(0) }; 3],
             throttled: AtomicU64::new(0),
             active_connections: AtomicI64::new(0),
             backend_processes: AtomicI64::new(0),
@@ -350,6 +353,11 @@ impl Metrics {
     }
 
     /// A request HTTP/1's parser refused (see [`crate::server`]'s unparsable requests).
+    /// A connection closed by gitgate's own timeouts (not by a stop, not by the client).
+    pub fn connection_cut(&self, why: Cut) {
+        self.connections_cut[why as usize].fetch_add(1, Relaxed);
+    }
+
     pub fn unparsable_request(&self) {
         self.unparsable_requests.fetch_add(1, Relaxed);
     }
@@ -429,6 +437,21 @@ impl Metrics {
             "# HELP gitgate_api_requests_total REST API calls (under /rest/) by status class.\n\
              # TYPE gitgate_api_requests_total counter\n",
         );
+        out.push_str(
+            "# HELP gitgate_connections_cut_total Connections gitgate closed by its own timeouts: \
+             no request within header_read_timeout (a head that came too slowly, or none), idle \
+             past idle_timeout, or a TLS handshake that failed or did not finish in time. Logged \
+             at debug level only: a scan or a slow-header flood shows here.\n\
+             # TYPE gitgate_connections_cut_total counter\n",
+        );
+        for why in [Cut::NoRequest, Cut::Idle, Cut::TlsHandshake] {
+            let _ = writeln!(
+                out,
+                "gitgate_connections_cut_total{{reason=\"{}\"}} {}",
+                why.label(),
+                self.connections_cut[why as usize].load(Relaxed)
+            );
+        }
         for (i, n) in self.api_requests.iter().enumerate() {
             let _ = writeln!(
                 out,
@@ -560,6 +583,27 @@ impl Metrics {
             "Whole requests, from the headers to the last byte of the answer.",
         );
         out
+    }
+}
+
+/// Why gitgate closed a connection on its own ([`Metrics::connection_cut`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// No (complete) request head within `header_read_timeout`.
+    NoRequest = 0,
+    /// Nothing moved for `idle_timeout`.
+    Idle = 1,
+    /// The TLS handshake failed or did not finish within `header_read_timeout`.
+    TlsHandshake = 2,
+}
+
+impl Cut {
+    fn label(self) -> &'static str {
+        match self {
+            Cut::NoRequest => "no-request",
+            Cut::Idle => "idle",
+            Cut::TlsHandshake => "tls-handshake",
+        }
     }
 }
 

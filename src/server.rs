@@ -43,7 +43,7 @@ use crate::health;
 use crate::idle::{
     until_idle, until_idle_or_drained, Activity, ActivityIo, Closed, EndableIo, Ending, OpenBody,
 };
-use crate::metrics::{self, METRICS};
+use crate::metrics::{self, Cut, METRICS};
 use crate::repeats::Repeats;
 use crate::signals::{HangupSignal, StopSignals};
 use crate::store::Store;
@@ -1077,9 +1077,13 @@ impl Connection {
                             self.serve_io(tls, activity, spoken, Some(ending)).await
                         }
                         Ok(Err(e)) => {
+                            METRICS.connection_cut(Cut::TlsHandshake);
                             tracing::debug!(remote = %remote, error = ?e.to_string(), "TLS handshake failed")
                         }
-                        Err(_) => tracing::debug!(remote = %remote, "TLS handshake timed out"),
+                        Err(_) => {
+                            METRICS.connection_cut(Cut::TlsHandshake);
+                            tracing::debug!(remote = %remote, "TLS handshake timed out")
+                        }
                     },
                     true = async { draining.wait_for(|now| *now).await.is_ok() } => tracing::debug!(
                         remote = %remote,
@@ -1271,21 +1275,27 @@ impl Connection {
                     tracing::debug!(remote = %remote, error = ?e.to_string(), "connection ended with an error")
                 }
             },
-            Closed::Idle => tracing::debug!(
-                remote = %remote,
-                "closing a connection idle for {}s",
-                idle.as_secs()
-            ),
+            Closed::Idle => {
+                METRICS.connection_cut(Cut::Idle);
+                tracing::debug!(
+                    remote = %remote,
+                    "closing a connection idle for {}s",
+                    idle.as_secs()
+                )
+            }
             // During a stop the wait was shorter (`DRAINED_WITHIN`): say which applied.
             Closed::NoRequest if *self.draining.borrow() => tracing::debug!(
                 remote = %remote,
                 "shutting down: closing a connection with no request in flight"
             ),
-            Closed::NoRequest => tracing::debug!(
-                remote = %remote,
-                "closing a connection that sent no request for {}s",
-                first.as_secs()
-            ),
+            Closed::NoRequest => {
+                METRICS.connection_cut(Cut::NoRequest);
+                tracing::debug!(
+                    remote = %remote,
+                    "closing a connection that sent no request for {}s",
+                    first.as_secs()
+                )
+            }
         }
     }
 }

@@ -215,6 +215,104 @@ fn idle_connections_are_closed() {
     );
 }
 
+/// The port of `g`'s metrics listener, from its log.
+fn metrics_port_of(g: &Server) -> u16 {
+    const MARK: &str = "metrics on http://127.0.0.1:";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = g.log_text();
+        if let Some(at) = log.find(MARK) {
+            let digits: String = log[at + MARK.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            return digits.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no metrics line: {log}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `gitgate_connections_cut_total{reason=...}` as `g` reports it now.
+fn cuts(g: &Server, reason: &str) -> u64 {
+    let text =
+        String::from_utf8(common::http_get(metrics_port_of(g), "/metrics", None).body).unwrap();
+    let series = format!("gitgate_connections_cut_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .unwrap_or_else(|| panic!("no {series}in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Connections closed by gitgate's own timeouts are logged at debug level only: /metrics
+/// counts them by reason, so that a slow-header flood or a scan shows.
+#[test]
+fn connections_cut_by_timeouts_are_counted_by_reason() {
+    // No request within header_read_timeout: a head that stops half-way, and a kept-alive
+    // connection that asks nothing more.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cgi_config(dir.path(), "header_read_timeout_seconds = 1");
+    config.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let g = start(dir.path(), &config);
+    assert_eq!(cuts(&g, "no-request"), 0);
+    let mut slow = connect(g.port);
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut kept = connect(g.port);
+    kept.write_all(HEALTHZ).unwrap();
+    let (out, _) = read_until_closed(&mut kept);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    read_until_closed(&mut slow);
+    // One that asked and closed itself is no cut.
+    let mut polite = connect(g.port);
+    polite
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    read_until_closed(&mut polite);
+    assert_eq!(
+        (
+            cuts(&g, "no-request"),
+            cuts(&g, "idle"),
+            cuts(&g, "tls-handshake")
+        ),
+        (2, 0, 0)
+    );
+
+    // Nothing moving for idle_timeout, below header_read_timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cgi_config(dir.path(), "idle_timeout_seconds = 1");
+    config.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let i = start(dir.path(), &config);
+    let mut idle = connect(i.port);
+    idle.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    read_until_closed(&mut idle);
+    assert_eq!((cuts(&i, "idle"), cuts(&i, "no-request")), (1, 0));
+
+    // Over TLS: plain HTTP to the TLS port, and a client that never starts its handshake.
+    let tls_dir = tempfile::tempdir().unwrap();
+    for (from, to) in [("server-a.pem", "cert.pem"), ("server-a.key", "key.pem")] {
+        std::fs::copy(
+            common::fixture(&format!("tls/{from}")),
+            tls_dir.path().join(to),
+        )
+        .unwrap();
+    }
+    let mut config = cgi_config(tls_dir.path(), "header_read_timeout_seconds = 1");
+    config.push_str(
+        "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let t = start(tls_dir.path(), &config);
+    let mut plain = connect(t.port);
+    plain.write_all(HEALTHZ).unwrap();
+    read_until_closed(&mut plain);
+    let mut silent = connect(t.port);
+    read_until_closed(&mut silent);
+    assert_eq!(cuts(&t, "tls-handshake"), 2);
+    assert_eq!(cuts(&t, "no-request"), 0);
+}
+
 /// An HTTP/2 frame on stream 0 with no flags.
 fn h2_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     h2_frame_on(kind, 0, 0, payload)
