@@ -1180,7 +1180,6 @@ fn connections_beyond_an_addresss_cap_are_answered_503_and_closed() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    const MARK: &str = "metrics on http://127.0.0.1:";
     let log = g.log_text();
     // Each refusal has its line in the request log.
     assert!(
@@ -1192,16 +1191,7 @@ fn connections_beyond_an_addresss_cap_are_answered_503_and_closed() {
             && l.contains("outcome=over-address-cap")),
         "{log}"
     );
-    let at = log
-        .find(MARK)
-        .unwrap_or_else(|| panic!("no metrics line: {log}"))
-        + MARK.len();
-    let port: u16 = log[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap();
+    let port = metrics_port_of(&g);
     let metrics = String::from_utf8(common::http_get(port, "/metrics", None).body).unwrap();
     let refused = metrics
         .lines()
