@@ -21,6 +21,8 @@ pub struct Repeats {
     unsaid: u64,
     /// Failures since the run began.
     total: u64,
+    /// The last failure, while a run goes on.
+    last_failed: Option<Instant>,
 }
 
 impl Repeats {
@@ -30,6 +32,7 @@ impl Repeats {
             last_said: None,
             unsaid: 0,
             total: 0,
+            last_failed: None,
         }
     }
 
@@ -38,6 +41,7 @@ impl Repeats {
     pub fn failed(&mut self, now: Instant) -> Option<u64> {
         self.unsaid += 1;
         self.total += 1;
+        self.last_failed = Some(now);
         let due = match self.last_said {
             None => true,
             Some(said) => now.saturating_duration_since(said) >= self.window,
@@ -58,6 +62,17 @@ impl Repeats {
         let total = self.total;
         *self = Repeats::new(self.window);
         Some(total)
+    }
+
+    /// As [`Repeats::ended`], for a limit that is reached now and then rather than a failure
+    /// that stops: the run ends only once a whole window has passed since its last failure
+    /// (`None` before that). A load that hovers at the limit would otherwise end and start a
+    /// run, and say it, with every request.
+    pub fn ended_quietly(&mut self, now: Instant) -> Option<u64> {
+        match self.last_failed {
+            Some(last) if now.saturating_duration_since(last) >= self.window => self.ended(),
+            _ => None,
+        }
     }
 }
 
@@ -82,6 +97,23 @@ mod tests {
         // A new run is said at once again.
         assert_eq!(r.ended(), None);
         assert_eq!(r.failed(ms(10_100)), Some(1));
+    }
+
+    #[test]
+    fn a_limit_reached_now_and_then_is_one_run_until_a_quiet_window() {
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        let mut r = Repeats::new(Duration::from_secs(60));
+        assert_eq!(r.failed(s(0)), Some(1));
+        // Below the limit between failures: the run goes on, nothing more said.
+        for i in 1..30 {
+            assert_eq!(r.ended_quietly(s(2 * i - 1)), None);
+            assert_eq!(r.failed(s(2 * i)), None);
+        }
+        assert_eq!(r.ended_quietly(s(59 + 58)), None);
+        assert_eq!(r.ended_quietly(s(58 + 60)), Some(30));
+        assert_eq!(r.ended_quietly(s(58 + 61)), None);
+        assert_eq!(r.failed(s(200)), Some(1));
     }
 
     #[test]

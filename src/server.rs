@@ -322,7 +322,10 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     // One cap for the server, not one per worker.
     let process_cap = match &config.upstream {
         UpstreamConfig::Cgi { max_processes, .. } if *max_processes > 0 => {
-            Some(Arc::new(ProcessCap::new(*max_processes)))
+            Some(Arc::new(ProcessCap::new(
+                *max_processes,
+                answer_deadline(config.server.limits.idle_timeout),
+            )))
         }
         _ => None,
     };
@@ -696,8 +699,13 @@ async fn accept(
     loop {
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => {
-                if let Some(times) = at_the_cap.ended() {
-                    tracing::info!(times, "below max_connections again");
+                // A load that hovers at the cap is one run, said once per window.
+                if let Some(times) = at_the_cap.ended_quietly(Instant::now()) {
+                    tracing::info!(
+                        times,
+                        "below max_connections again: no connection has waited for {}s",
+                        ACCEPT_FAILURES_WINDOW.as_secs()
+                    );
                 }
                 p
             }

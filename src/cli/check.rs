@@ -104,6 +104,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             let backend = CgiBackend::new(program.clone(), project_root.clone());
             let at_once = match max_processes {
                 0 => "no cap on processes at once".to_owned(),
+                1 => "at most 1 process at once".to_owned(),
                 n => format!("at most {n} processes at once"),
             };
             (

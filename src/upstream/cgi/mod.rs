@@ -73,7 +73,7 @@ mod process;
 mod stdio;
 
 pub use body::CgiBody;
-pub use cap::{Busy, ProcessCap};
+pub use cap::{Asking, Busy, ProcessCap};
 pub use head::{parse_head, Head, MAX_HEADER_BLOCK};
 pub use process::may_execute;
 
@@ -493,7 +493,14 @@ impl CgiBackend {
         let push = is_push(&req);
         // Taken before the process starts, given back once it is reaped (`Counted`).
         let place = match &self.cap {
-            Some(cap) => Some(cap.place().await.map_err(CgiError::Busy)?),
+            // The POSTs that reach the backend are git's RPCs, each the rest of an exchange.
+            Some(cap) => {
+                let asking = match *req.method {
+                    Method::POST => Asking::Rpc,
+                    _ => Asking::Start,
+                };
+                Some(cap.place(asking).await.map_err(CgiError::Busy)?)
+            }
             None => None,
         };
         let mut child = self.command(&req).spawn().map_err(CgiError::Spawn)?;

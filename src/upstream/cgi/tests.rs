@@ -1530,7 +1530,11 @@ fn a_push_report_is_read_for_the_log() {
 async fn no_process_starts_past_the_cap_and_a_reaped_one_frees_its_place() {
     let tmp = tempfile::tempdir().unwrap();
     let started = tmp.path().join("started");
-    let cap = Arc::new(ProcessCap::with_wait(1, Duration::from_millis(300)));
+    let cap = Arc::new(ProcessCap::with_waits(
+        1,
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+    ));
     let backend = script(
         tmp.path(),
         "held.cgi",
