@@ -11,16 +11,24 @@
 //!
 //! Past the cap a request waits for a place — a burst is served a little later, not refused.
 //! How long depends on where it is in its exchange, because git shows the reason of a refusal
-//! only for the request that starts one (the advertisement, a dumb-HTTP GET): that request waits
-//! at most [`START_WAIT`] and is then answered `503` with `Retry-After`, which git prints as
-//! `remote: the server is busy ...`. The `git-upload-pack` / `git-receive-pack` POST that goes on
-//! with an exchange already let in would be refused as `RPC failed; HTTP 503` with the clone half
-//! done, so it goes first — no request starting an exchange takes a place while such a POST
-//! waits — and waits as long as the client connection allows (a little under its idle timeout).
+//! only for the advertisement (`GET info/refs`) that starts a clone, fetch or push: a request
+//! that starts one waits at most [`START_WAIT`] and is then answered `503` with `Retry-After`,
+//! which git prints as `remote: the server is busy ...`. The requests that go on with an
+//! exchange already let in — the `git-upload-pack` / `git-receive-pack` POSTs, a dumb-HTTP
+//! clone's object GETs — would be refused as `RPC failed; HTTP 503` with the clone half done, so
+//! they go first (no start takes a place while one of them waits and could take it) and wait
+//! longer. What goes on with an exchange is told by its principal: one whose advertisement got a
+//! place within [`EXCHANGE_WINDOW`] (each request going on keeps the window open); a POST sent
+//! without one is a start like any other, so that it cannot jump the queue.
+//!
+//! No principal holds more than half the places (at least one): one token — a stalled upload
+//! holds its place until the idle timeout — cannot fill the server for everyone else.
+//!
 //! A place is taken before the process starts and given back once it has been reaped, so a push
 //! finishing without its client still counts, and so does a process being ended. That the cap is
 //! reached is said in the log once a minute while it goes on, as `max_connections` is.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -32,6 +40,14 @@ use crate::repeats::Repeats;
 /// How long a request that starts an exchange waits for a place before it is answered `503`.
 pub const START_WAIT: Duration = Duration::from_secs(10);
 
+/// How long after its principal's advertisement got a place (or its last request going on with
+/// the exchange did) a request is taken to go on with that exchange.
+const EXCHANGE_WINDOW: Duration = Duration::from_secs(300);
+
+/// Principals kept without a place or a wait (their exchange window open) before the expired
+/// ones are forgotten.
+const PRINCIPALS_KEPT: usize = 1024;
+
 /// How often the log says, at most, that the cap is still reached.
 const SAID_EVERY: Duration = Duration::from_secs(60);
 
@@ -39,11 +55,13 @@ const SAID_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct ProcessCap {
     max: usize,
+    /// The most places one principal holds.
+    per_principal: usize,
     state: Mutex<State>,
-    /// Woken when a place comes free, or a POST stops waiting.
+    /// Woken when a place comes free, or a request going on with an exchange stops waiting.
     freed: Notify,
     start_wait: Duration,
-    rpc_wait: Duration,
+    going_on_wait: Duration,
     /// Whether a run of waits has been said and not yet its end (read without the lock).
     in_a_run: AtomicBool,
     at_the_cap: Mutex<Repeats>,
@@ -52,74 +70,117 @@ pub struct ProcessCap {
 #[derive(Debug, Default)]
 struct State {
     in_use: usize,
-    /// POSTs of exchanges under way waiting for a place: they go first.
-    rpcs_waiting: usize,
+    principals: HashMap<Box<str>, Principal>,
 }
 
-/// Which request asks for a place (see the module doc).
+#[derive(Debug, Default)]
+struct Principal {
+    held: usize,
+    /// Its requests going on with an exchange that wait for a place: they go first.
+    waiting: usize,
+    /// Until when its requests go on with an exchange (see [`EXCHANGE_WINDOW`]).
+    exchange_until: Option<Instant>,
+}
+
+impl Principal {
+    fn in_exchange(&self, now: Instant) -> bool {
+        self.exchange_until.is_some_and(|until| now <= until)
+    }
+}
+
+/// What kind of request asks for a place (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Asking {
-    /// One that starts an exchange, or stands alone: waits [`START_WAIT`] at most.
-    Start,
-    /// The POST of an exchange under way: goes first, waits longer.
-    Rpc,
+    /// `GET info/refs`, smart or dumb: starts an exchange.
+    Advertisement,
+    /// Anything else: goes on with its principal's exchange if one is open, else starts.
+    Other,
 }
 
 /// A place under the cap, held until the process is reaped.
 #[derive(Debug)]
-pub struct Place(Arc<ProcessCap>);
+pub struct Place {
+    cap: Arc<ProcessCap>,
+    principal: Box<str>,
+}
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.0.state().in_use -= 1;
-        self.0.freed.notify_waiters();
+        {
+            let mut state = self.cap.state();
+            state.in_use -= 1;
+            let now = Instant::now();
+            if let Some(p) = state.principals.get_mut(&self.principal) {
+                p.held -= 1;
+                if p.held == 0 && p.waiting == 0 && !p.in_exchange(now) {
+                    state.principals.remove(&self.principal);
+                }
+            }
+        }
+        self.cap.freed.notify_waiters();
     }
 }
 
-/// No place came free within the wait: `max` processes ran the whole time.
+/// No place came free within the wait: `max` processes ran the whole time (or the principal
+/// held its share of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy {
     pub max: usize,
     pub waited: Duration,
 }
 
-/// A POST counted among those waiting, until it has a place or gives up (or its request is
-/// dropped).
-struct RpcWaiting<'a>(&'a ProcessCap);
+/// A request going on with an exchange counted among those waiting, until it has a place or
+/// gives up (or its request is dropped).
+struct GoingOnWaits<'a> {
+    cap: &'a ProcessCap,
+    principal: &'a str,
+}
 
-impl Drop for RpcWaiting<'_> {
+impl Drop for GoingOnWaits<'_> {
     fn drop(&mut self) {
-        self.0.state().rpcs_waiting -= 1;
-        // The requests it held back may take a place now.
-        self.0.freed.notify_waiters();
+        if let Some(p) = self.cap.state().principals.get_mut(self.principal) {
+            p.waiting -= 1;
+        }
+        // The starts it held back may take a place now.
+        self.cap.freed.notify_waiters();
     }
 }
 
 impl ProcessCap {
-    /// At most `max` processes at once (`max` ≥ 1). `answer_within` is how long the client
-    /// connection waits for an answer before it is closed as idle: neither wait may reach it,
-    /// or the client would get no answer at all.
+    /// At most `max` processes at once (`max` ≥ 1). `answer_within` is how long a backend may
+    /// take to answer before the client connection would be closed as idle: a request waits at
+    /// most half of it for a place, so that the backend it then starts has the other half (and
+    /// the client an answer, a `503` or a `504`, in time).
     pub fn new(max: usize, answer_within: Duration) -> ProcessCap {
-        ProcessCap::with_waits(max, START_WAIT.min(answer_within), answer_within)
+        let half = answer_within / 2;
+        ProcessCap::with_waits(max, START_WAIT.min(half), half)
     }
 
     /// With the two waits given (tests).
-    pub fn with_waits(max: usize, start_wait: Duration, rpc_wait: Duration) -> ProcessCap {
+    pub fn with_waits(max: usize, start_wait: Duration, going_on_wait: Duration) -> ProcessCap {
         ProcessCap {
             max,
+            per_principal: max.div_ceil(2).max(1),
             state: Mutex::new(State::default()),
             freed: Notify::new(),
             start_wait,
-            rpc_wait,
+            going_on_wait,
             in_a_run: AtomicBool::new(false),
             at_the_cap: Mutex::new(Repeats::new(SAID_EVERY)),
         }
     }
 
-    /// A place for one process: at once when one is free (and, for a request that starts an
-    /// exchange, no POST waits), else when one comes free within the wait.
-    pub async fn place(self: &Arc<Self>, asking: Asking) -> Result<Place, Busy> {
-        if let Some(place) = self.take(asking) {
+    /// A place for one process of `principal`: at once when one is free to it, else when one
+    /// comes free within the wait.
+    pub async fn place(self: &Arc<Self>, asking: Asking, principal: &str) -> Result<Place, Busy> {
+        // Whether it goes on with an exchange is decided as it arrives.
+        let going_on = asking == Asking::Other
+            && self
+                .state()
+                .principals
+                .get(principal)
+                .is_some_and(|p| p.in_exchange(Instant::now()));
+        if let Some(place) = self.take(asking, going_on, principal) {
             if self.in_a_run.load(Ordering::Relaxed) {
                 if let Some(times) = self.said(|r| r.ended_quietly(Instant::now())) {
                     self.in_a_run.store(false, Ordering::Relaxed);
@@ -133,9 +194,10 @@ impl ProcessCap {
             }
             return Ok(place);
         }
-        let wait = match asking {
-            Asking::Start => self.start_wait,
-            Asking::Rpc => self.rpc_wait,
+        let wait = if going_on {
+            self.going_on_wait
+        } else {
+            self.start_wait
         };
         if let Some(times) = self.said(|r| r.failed(Instant::now())) {
             self.in_a_run.store(true, Ordering::Relaxed);
@@ -143,24 +205,27 @@ impl ProcessCap {
                 max_processes = self.max,
                 times,
                 "max_processes reached: a request that starts a clone, fetch or push waits up to \
-                 {}s for a backend process to end, then is answered 503; the POST of one under \
-                 way goes first and waits up to {}s (said again at most every {}s while it \
-                 goes on)",
+                 {}s for a backend process to end, then is answered 503; one going on with an \
+                 exchange already under way goes first and waits up to {}s (said again at most \
+                 every {}s while it goes on)",
                 self.start_wait.as_secs(),
-                self.rpc_wait.as_secs(),
+                self.going_on_wait.as_secs(),
                 SAID_EVERY.as_secs()
             );
         }
-        let _waiting = (asking == Asking::Rpc).then(|| {
-            self.state().rpcs_waiting += 1;
-            RpcWaiting(self)
+        let _waits = going_on.then(|| {
+            self.principal_mut(&mut self.state(), principal).waiting += 1;
+            GoingOnWaits {
+                cap: self,
+                principal,
+            }
         });
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(place) = self.take(asking) {
+            if let Some(place) = self.take(asking, going_on, principal) {
                 return Ok(place);
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
@@ -172,15 +237,52 @@ impl ProcessCap {
         }
     }
 
-    /// A place if one is free for `asking` now.
-    fn take(self: &Arc<Self>, asking: Asking) -> Option<Place> {
+    /// A place if one is free for this request now.
+    fn take(self: &Arc<Self>, asking: Asking, going_on: bool, principal: &str) -> Option<Place> {
         let mut state = self.state();
-        let held_back = asking == Asking::Start && state.rpcs_waiting > 0;
-        if state.in_use >= self.max || held_back {
+        if state.in_use >= self.max {
+            return None;
+        }
+        if state.principals.get(principal).map_or(0, |p| p.held) >= self.per_principal {
+            return None;
+        }
+        // A start waits while a request going on with an exchange waits and could take the
+        // place (one whose principal holds its share cannot).
+        let held_back = !going_on
+            && state
+                .principals
+                .values()
+                .any(|p| p.waiting > 0 && p.held < self.per_principal);
+        if held_back {
             return None;
         }
         state.in_use += 1;
-        Some(Place(self.clone()))
+        let p = self.principal_mut(&mut state, principal);
+        p.held += 1;
+        if asking == Asking::Advertisement || going_on {
+            p.exchange_until = Some(Instant::now() + EXCHANGE_WINDOW);
+        }
+        Some(Place {
+            cap: self.clone(),
+            principal: principal.into(),
+        })
+    }
+
+    /// `principal`'s entry, made if it is not there (the expired ones forgotten first when
+    /// many are kept).
+    fn principal_mut<'s>(&self, state: &'s mut State, principal: &str) -> &'s mut Principal {
+        if !state.principals.contains_key(principal) {
+            if state.principals.len() >= PRINCIPALS_KEPT {
+                let now = Instant::now();
+                state
+                    .principals
+                    .retain(|_, p| p.held > 0 || p.waiting > 0 || p.in_exchange(now));
+            }
+            state
+                .principals
+                .insert(principal.into(), Principal::default());
+        }
+        state.principals.get_mut(principal).expect("inserted above")
     }
 
     /// Backend processes running now (or being ended) under the cap.
@@ -189,7 +291,8 @@ impl ProcessCap {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // Every change under the lock is one counter step: a panic cannot leave it half done.
+        // Every change under the lock is a step of a counter or an entry: a panic cannot leave
+        // one half done.
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -208,23 +311,45 @@ impl ProcessCap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Asking::{Advertisement, Other};
 
-    fn cap(max: usize, start_ms: u64, rpc_ms: u64) -> Arc<ProcessCap> {
+    fn cap(max: usize, start_ms: u64, going_on_ms: u64) -> Arc<ProcessCap> {
         Arc::new(ProcessCap::with_waits(
             max,
             Duration::from_millis(start_ms),
-            Duration::from_millis(rpc_ms),
+            Duration::from_millis(going_on_ms),
         ))
+    }
+
+    /// Spawns a request that takes a place, reports it with `label`, holds it 10 ms.
+    fn ask(
+        cap: &Arc<ProcessCap>,
+        asking: Asking,
+        principal: &'static str,
+        label: &'static str,
+        order: &tokio::sync::mpsc::UnboundedSender<&'static str>,
+    ) -> tokio::task::JoinHandle<Result<(), Busy>> {
+        let (cap, order) = (cap.clone(), order.clone());
+        tokio::spawn(async move {
+            let place = cap.place(asking, principal).await?;
+            order.send(label).unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(place);
+            Ok(())
+        })
     }
 
     #[tokio::test]
     async fn a_place_comes_free_for_the_next_request() {
         let cap = cap(1, 5000, 5000);
-        let first = cap.place(Asking::Start).await.expect("a free place");
+        let first = cap
+            .place(Advertisement, "alice")
+            .await
+            .expect("a free place");
         assert_eq!(cap.in_use(), 1);
         let waiting = tokio::spawn({
             let cap = cap.clone();
-            async move { cap.place(Asking::Start).await.map(drop) }
+            async move { cap.place(Advertisement, "bob").await.map(drop) }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "the second request waits");
@@ -236,76 +361,126 @@ mod tests {
     #[tokio::test]
     async fn a_request_that_waited_out_its_wait_is_busy() {
         let cap = cap(2, 30, 60);
-        let _a = cap.place(Asking::Start).await.unwrap();
-        let _b = cap.place(Asking::Start).await.unwrap();
+        let _a = cap.place(Advertisement, "alice").await.unwrap();
+        let _b = cap.place(Advertisement, "bob").await.unwrap();
+        let busy = |ms| Busy {
+            max: 2,
+            waited: Duration::from_millis(ms),
+        };
         assert_eq!(
-            cap.place(Asking::Start).await.unwrap_err(),
-            Busy {
-                max: 2,
-                waited: Duration::from_millis(30)
-            }
+            cap.place(Advertisement, "carol").await.unwrap_err(),
+            busy(30)
         );
-        assert_eq!(
-            cap.place(Asking::Rpc).await.unwrap_err(),
-            Busy {
-                max: 2,
-                waited: Duration::from_millis(60)
-            }
-        );
+        // alice's exchange is open: her POST goes on with it, and waits longer.
+        assert_eq!(cap.place(Other, "alice").await.unwrap_err(), busy(60));
+        // carol's is not: hers is a start.
+        assert_eq!(cap.place(Other, "carol").await.unwrap_err(), busy(30));
         assert_eq!(cap.in_use(), 2);
         assert_eq!(
-            cap.state().rpcs_waiting,
+            cap.state().principals["alice"].waiting,
             0,
-            "the POST that gave up is not counted"
+            "gave up: not counted"
         );
     }
 
-    /// A burst of new exchanges must not starve the POSTs of those already let in: a place that
-    /// comes free goes to a waiting POST, whoever waited longer.
+    /// A burst of new exchanges must not starve the requests of those already let in: a place
+    /// that comes free goes to a waiting POST, whoever waited longer.
     #[tokio::test]
-    async fn a_waiting_post_goes_before_requests_that_start_an_exchange() {
-        let cap = cap(1, 5000, 5000);
-        let held = cap.place(Asking::Start).await.unwrap();
+    async fn a_post_going_on_with_an_exchange_goes_first() {
+        let cap = cap(2, 5000, 5000);
+        // carol's advertisement is answered: her exchange is open.
+        drop(cap.place(Advertisement, "carol").await.unwrap());
+        let alice = cap.place(Advertisement, "alice").await.unwrap();
+        let erin = cap.place(Advertisement, "erin").await.unwrap();
         let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
-        let mut tasks = Vec::new();
-        for (i, asking) in [Asking::Start, Asking::Start, Asking::Rpc]
-            .into_iter()
-            .enumerate()
-        {
-            let (cap, tx) = (cap.clone(), tx.clone());
-            tasks.push(tokio::spawn(async move {
-                let place = cap.place(asking).await.unwrap();
-                tx.send((i, asking)).unwrap();
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                drop(place);
-            }));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        drop(held);
+        let mut tasks = vec![ask(&cap, Advertisement, "bob", "bob's start", &tx)];
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tasks.push(ask(
+            &cap,
+            Other,
+            "dave",
+            "dave's post without an exchange",
+            &tx,
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tasks.push(ask(&cap, Other, "carol", "carol's post", &tx));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(alice);
+        assert_eq!(order.recv().await, Some("carol's post"));
+        drop(erin);
         for task in tasks {
-            task.await.unwrap();
+            task.await.unwrap().unwrap();
         }
-        assert_eq!(order.recv().await, Some((2, Asking::Rpc)));
         assert_eq!(cap.in_use(), 0);
+    }
+
+    /// One principal holds at most half the places, and its requests waiting at that share
+    /// hold back no one else's.
+    #[tokio::test]
+    async fn one_principal_holds_at_most_half_the_places() {
+        let cap = cap(4, 50, 5000);
+        let _a1 = cap.place(Advertisement, "alice").await.unwrap();
+        let _a2 = cap.place(Other, "alice").await.unwrap();
+        assert_eq!(cap.place(Advertisement, "alice").await.unwrap_err().max, 4);
+        let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let alice_post = ask(&cap, Other, "alice", "alice's post", &tx);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(cap.state().principals["alice"].waiting, 1);
+        let bob = ask(&cap, Advertisement, "bob", "bob's start", &tx);
+        assert_eq!(order.recv().await, Some("bob's start"));
+        bob.await.unwrap().unwrap();
+        drop(_a2);
+        assert_eq!(order.recv().await, Some("alice's post"));
+        alice_post.await.unwrap().unwrap();
     }
 
     /// A request dropped while it waits (its client left) leaves nothing behind: no place
-    /// taken, and a POST no longer holds the others back.
+    /// taken, and no start held back by it.
     #[tokio::test]
     async fn a_request_dropped_while_waiting_leaves_nothing_behind() {
         let cap = cap(1, 5000, 5000);
-        let held = cap.place(Asking::Start).await.unwrap();
+        let held = cap.place(Advertisement, "alice").await.unwrap();
         let post = tokio::spawn({
             let cap = cap.clone();
-            async move { cap.place(Asking::Rpc).await.map(drop) }
+            async move { cap.place(Other, "alice").await.map(drop) }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(cap.state().rpcs_waiting, 1);
+        assert_eq!(cap.state().principals["alice"].waiting, 1);
         post.abort();
         let _ = post.await;
-        assert_eq!(cap.state().rpcs_waiting, 0);
+        assert_eq!(cap.state().principals["alice"].waiting, 0);
         drop(held);
-        assert!(cap.place(Asking::Start).await.is_ok());
+        assert!(cap.place(Advertisement, "bob").await.is_ok());
         assert_eq!(cap.in_use(), 0);
+    }
+
+    /// Principals whose exchanges are over are forgotten; those holding places are not.
+    #[tokio::test]
+    async fn principals_are_forgotten_once_done() {
+        let cap = cap(2, 10, 10);
+        let place = cap.place(Other, "ci").await.unwrap();
+        drop(place);
+        assert!(
+            !cap.state().principals.contains_key("ci"),
+            "no exchange: gone at once"
+        );
+        let _held = cap.place(Advertisement, "alice").await.unwrap();
+        {
+            let mut state = cap.state();
+            for i in 0..PRINCIPALS_KEPT {
+                state.principals.insert(
+                    format!("old{i}").into(),
+                    Principal {
+                        exchange_until: Some(Instant::now() - Duration::from_secs(1)),
+                        ..Principal::default()
+                    },
+                );
+            }
+        }
+        drop(cap.place(Advertisement, "bob").await.unwrap());
+        let state = cap.state();
+        assert!(state.principals.contains_key("alice"));
+        assert!(state.principals.contains_key("bob"), "its exchange is open");
+        assert_eq!(state.principals.len(), 2);
     }
 }

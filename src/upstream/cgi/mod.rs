@@ -491,15 +491,22 @@ impl CgiBackend {
         B::Error: fmt::Display + Send,
     {
         let push = is_push(&req);
+        // The head timeout counts from here, a wait for a place included: the client
+        // connection's idle clock has run since the request came, and must not close it
+        // before the backend's `504`.
+        let uploading = Progress::new();
         // Taken before the process starts, given back once it is reaped (`Counted`).
         let place = match &self.cap {
-            // The POSTs that reach the backend are git's RPCs, each the rest of an exchange.
             Some(cap) => {
                 let asking = match *req.method {
-                    Method::POST => Asking::Rpc,
-                    _ => Asking::Start,
+                    Method::GET if req.path_info.ends_with("/info/refs") => Asking::Advertisement,
+                    _ => Asking::Other,
                 };
-                Some(cap.place(asking).await.map_err(CgiError::Busy)?)
+                Some(
+                    cap.place(asking, req.remote_user)
+                        .await
+                        .map_err(CgiError::Busy)?,
+                )
             }
             None => None,
         };
@@ -523,7 +530,6 @@ impl CgiBackend {
             counted,
             push,
         ));
-        let uploading = Progress::new();
         // What the backend is told the body's length is (`CONTENT_LENGTH`): the stdin task holds
         // the body to it.
         let promised = content_length(req.headers);

@@ -1570,3 +1570,34 @@ async fn no_process_starts_past_the_cap_and_a_reaped_one_frees_its_place() {
     let lines = std::fs::read_to_string(&started).unwrap();
     assert_eq!(lines.lines().count(), 2, "{lines}");
 }
+
+/// The head timeout counts from the request's arrival, its wait for a place included: the
+/// client connection's idle clock has run since then, and would otherwise close it before the
+/// backend's `504` (a review saw an empty reply, `outcome=idle-timeout`).
+#[tokio::test]
+async fn the_wait_for_a_place_counts_against_the_head_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cap = Arc::new(ProcessCap::with_waits(
+        1,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    ));
+    let backend = script(
+        tmp.path(),
+        "slow-head.cgi",
+        "sleep 0.7; printf 'Content-Type: text/plain\\r\\n\\r\\nlate\\n'",
+    )
+    .with_head_timeout(Duration::from_secs(1))
+    .with_process_cap(cap.clone());
+    let held = cap.place(Asking::Other, "someone").await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(held);
+    });
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    // Without the wait it would answer in time (0.7 s of its 1 s).
+    let e = serve(&backend, req, empty).await.unwrap_err();
+    assert!(matches!(e, CgiError::TimedOut(_)), "{e}");
+    release.await.unwrap();
+}
