@@ -240,6 +240,8 @@ pub struct Metrics {
     backend_processes: AtomicI64,
     /// Requests refused because `[upstream] max_processes` backends ran for their whole wait.
     backend_busy: AtomicU64,
+    /// Requests waiting for a place under `[upstream] max_processes` now.
+    backend_waiting: AtomicI64,
     tokens_expiring_soon: AtomicU64,
     /// The served TLS certificate's notAfter, epoch seconds; 0 without TLS (or unread dates).
     tls_certificate_expiry: AtomicI64,
@@ -265,6 +267,7 @@ impl Metrics {
             active_connections: AtomicI64::new(0),
             backend_processes: AtomicI64::new(0),
             backend_busy: AtomicU64::new(0),
+            backend_waiting: AtomicI64::new(0),
             tokens_expiring_soon: AtomicU64::new(0),
             tls_certificate_expiry: AtomicI64::new(0),
         }
@@ -373,6 +376,16 @@ impl Metrics {
         self.backend_processes.fetch_sub(1, Relaxed);
     }
 
+    /// A request starts waiting for a place under `[upstream] max_processes`
+    /// ([`Metrics::backend_wait_ended`] when it has one, gives up or is dropped).
+    pub fn backend_wait_started(&self) {
+        self.backend_waiting.fetch_add(1, Relaxed);
+    }
+
+    pub fn backend_wait_ended(&self) {
+        self.backend_waiting.fetch_sub(1, Relaxed);
+    }
+
     /// A request answered 503 because `[upstream] max_processes` backends ran for its wait.
     pub fn backend_busy(&self) {
         self.backend_busy.fetch_add(1, Relaxed);
@@ -460,7 +473,7 @@ impl Metrics {
                 n.load(Relaxed)
             );
         }
-        let simple: [(&str, &str, &str, String); 15] = [
+        let simple: [(&str, &str, &str, String); 16] = [
             (
                 "gitgate_throttled_requests_total",
                 "counter",
@@ -526,6 +539,12 @@ impl Metrics {
                 "gauge",
                 "Processes of the embedded CGI backend running now (git http-backend; with a push finishing without its client, or one being ended), counted against [upstream] max_processes.",
                 self.backend_processes.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_backend_waiting",
+                "gauge",
+                "Requests waiting now for a place under [upstream] max_processes.",
+                self.backend_waiting.load(Relaxed).to_string(),
             ),
             (
                 "gitgate_backend_busy_total",

@@ -567,6 +567,15 @@ fn past_max_processes_git_requests_wait_then_are_told_the_server_is_busy() {
         let port = server.port;
         thread::spawn(move || common::raw_http(port, request.as_bytes()))
     };
+    let asked = Instant::now();
+    loop {
+        let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
+        if sample(&text, "gitgate_backend_waiting") == 1.0 {
+            break;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(5), "{text}");
+        thread::sleep(Duration::from_millis(25));
+    }
     let busy = sb.git(sb.root(), &["ls-remote", &url]);
     let stderr = busy.fails_with(
         "remote: the server is busy: all 1 of its git processes were in use for 10s; try again in a moment",
@@ -578,6 +587,7 @@ fn past_max_processes_git_requests_wait_then_are_told_the_server_is_busy() {
     let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
     assert_eq!(sample(&text, "gitgate_backend_busy_total"), 2.0);
     assert_eq!(sample(&text, "gitgate_backend_processes"), 1.0);
+    assert_eq!(sample(&text, "gitgate_backend_waiting"), 0.0);
 
     // The held push's client goes away: its process ends and the place comes back.
     drop(held);

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::metrics::METRICS;
 use crate::repeats::Repeats;
 
 /// How long a request that starts an exchange waits for a place before it is answered `503`.
@@ -129,6 +130,22 @@ pub struct Busy {
     pub waited: Duration,
 }
 
+/// A request counted in `gitgate_backend_waiting` while it waits.
+struct Waiting;
+
+impl Waiting {
+    fn new() -> Waiting {
+        METRICS.backend_wait_started();
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        METRICS.backend_wait_ended();
+    }
+}
+
 /// A request going on with an exchange counted among those waiting, until it has a place or
 /// gives up (or its request is dropped).
 struct GoingOnWaits<'a> {
@@ -213,6 +230,7 @@ impl ProcessCap {
                 SAID_EVERY.as_secs()
             );
         }
+        let _counted = Waiting::new();
         let _waits = going_on.then(|| {
             self.principal_mut(&mut self.state(), principal).waiting += 1;
             GoingOnWaits {
