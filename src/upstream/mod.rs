@@ -261,6 +261,7 @@ impl Upstream {
                     query: git_req.query.as_deref(),
                     headers: &parts.headers,
                     remote_user: &identity.user,
+                    token_id: &identity.token_id,
                     remote_addr: client.ip(),
                 };
                 let resp = backend.serve(req, body).await.map_err(|e| {
@@ -277,12 +278,20 @@ impl Upstream {
                         cgi::CgiError::Busy(busy) => {
                             return ForwardError {
                                 status: StatusCode::SERVICE_UNAVAILABLE,
-                                message: format!(
-                                    "the server is busy: all {} of its git processes were in use \
-                                     for {}s; try again in a moment",
-                                    busy.max,
-                                    busy.waited.as_secs()
-                                ),
+                                message: match busy.why {
+                                    cgi::Full::AllInUse => format!(
+                                        "the server is busy: all {} of its git processes were in \
+                                         use for {}s; try again in a moment",
+                                        busy.max,
+                                        busy.waited.as_secs()
+                                    ),
+                                    cgi::Full::Share { held } => format!(
+                                        "the server is busy: this token has {held} of its {} git \
+                                         processes, its share while others wait for theirs; try \
+                                         again in a moment",
+                                        busy.max
+                                    ),
+                                },
                                 detail: Some(e.to_string()),
                                 fault: Fault::Busy,
                                 retry_after: Some(HeaderValue::from_static("5")),

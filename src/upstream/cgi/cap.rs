@@ -17,12 +17,14 @@
 //! exchange already let in — the `git-upload-pack` / `git-receive-pack` POSTs, a dumb-HTTP
 //! clone's object GETs — would be refused as `RPC failed; HTTP 503` with the clone half done, so
 //! they go first (no start takes a place while one of them waits and could take it) and wait
-//! longer. What goes on with an exchange is told by its principal: one whose advertisement got a
+//! longer. What goes on with an exchange is told by its token: one whose advertisement got a
 //! place within [`EXCHANGE_WINDOW`] (each request going on keeps the window open); a POST sent
 //! without one is a start like any other, so that it cannot jump the queue.
 //!
-//! No principal holds more than half the places (at least one): one token — a stalled upload
-//! holds its place until the idle timeout — cannot fill the server for everyone else.
+//! The places are shared out by token only while someone waits: alone, one token (a CI fleet's)
+//! may use them all; while another token waits, none takes a place beyond its fair share — the
+//! cap divided among the tokens holding or waiting for places — so that one or two busy tokens
+//! cannot keep everyone else out.
 //!
 //! A place is taken before the process starts and given back once it has been reaped, so a push
 //! finishing without its client still counts, and so does a process being ended. That the cap is
@@ -56,8 +58,6 @@ const SAID_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct ProcessCap {
     max: usize,
-    /// The most places one principal holds.
-    per_principal: usize,
     state: Mutex<State>,
     /// Woken when a place comes free, or a request going on with an exchange stops waiting.
     freed: Notify,
@@ -71,14 +71,18 @@ pub struct ProcessCap {
 #[derive(Debug, Default)]
 struct State {
     in_use: usize,
+    /// By token id: a token's requests share its exchanges and its share (two tokens of one
+    /// name in two projects do not).
     principals: HashMap<Box<str>, Principal>,
 }
 
 #[derive(Debug, Default)]
 struct Principal {
     held: usize,
-    /// Its requests going on with an exchange that wait for a place: they go first.
+    /// Its requests waiting for a place.
     waiting: usize,
+    /// Of those, the ones going on with an exchange: they go first.
+    going_on_waiting: usize,
     /// Until when its requests go on with an exchange (see [`EXCHANGE_WINDOW`]).
     exchange_until: Option<Instant>,
 }
@@ -122,12 +126,22 @@ impl Drop for Place {
     }
 }
 
-/// No place came free within the wait: `max` processes ran the whole time (or the principal
-/// held its share of them).
+/// No place came free within the wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy {
     pub max: usize,
     pub waited: Duration,
+    /// Why, when the wait ended.
+    pub why: Full,
+}
+
+/// Why a request has no place now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// Every place is taken, or kept for requests going on with an exchange.
+    AllInUse,
+    /// Its token holds `held` places, its fair share while others wait.
+    Share { held: usize },
 }
 
 /// A request counted in `gitgate_backend_waiting` while it waits.
@@ -146,19 +160,30 @@ impl Drop for Waiting {
     }
 }
 
-/// A request going on with an exchange counted among those waiting, until it has a place or
-/// gives up (or its request is dropped).
-struct GoingOnWaits<'a> {
+/// A request counted among its principal's waiting ones, until it has a place or gives up (or
+/// its request is dropped).
+struct Waits<'a> {
     cap: &'a ProcessCap,
     principal: &'a str,
+    going_on: bool,
 }
 
-impl Drop for GoingOnWaits<'_> {
+impl Drop for Waits<'_> {
     fn drop(&mut self) {
-        if let Some(p) = self.cap.state().principals.get_mut(self.principal) {
-            p.waiting -= 1;
+        {
+            let mut state = self.cap.state();
+            let now = Instant::now();
+            if let Some(p) = state.principals.get_mut(self.principal) {
+                p.waiting -= 1;
+                if self.going_on {
+                    p.going_on_waiting -= 1;
+                }
+                if p.held == 0 && p.waiting == 0 && !p.in_exchange(now) {
+                    state.principals.remove(self.principal);
+                }
+            }
         }
-        // The starts it held back may take a place now.
+        // The requests it held back may take a place now.
         self.cap.freed.notify_waiters();
     }
 }
@@ -177,7 +202,6 @@ impl ProcessCap {
     pub fn with_waits(max: usize, start_wait: Duration, going_on_wait: Duration) -> ProcessCap {
         ProcessCap {
             max,
-            per_principal: max.div_ceil(2).max(1),
             state: Mutex::new(State::default()),
             freed: Notify::new(),
             start_wait,
@@ -187,7 +211,7 @@ impl ProcessCap {
         }
     }
 
-    /// A place for one process of `principal`: at once when one is free to it, else when one
+    /// A place for one process of `principal` (a token id): at once when one is free to it, else when one
     /// comes free within the wait.
     pub async fn place(self: &Arc<Self>, asking: Asking, principal: &str) -> Result<Place, Busy> {
         // Whether it goes on with an exchange is decided as it arrives.
@@ -197,26 +221,34 @@ impl ProcessCap {
                 .principals
                 .get(principal)
                 .is_some_and(|p| p.in_exchange(Instant::now()));
-        if let Some(place) = self.take(asking, going_on, principal) {
-            if self.in_a_run.load(Ordering::Relaxed) {
-                if let Some(times) = self.said(|r| r.ended_quietly(Instant::now())) {
-                    self.in_a_run.store(false, Ordering::Relaxed);
-                    tracing::info!(
-                        max_processes = self.max,
-                        times,
-                        "below max_processes again: no request has waited for a place for {}s",
-                        SAID_EVERY.as_secs()
-                    );
+        let why = match self.take(asking, going_on, principal) {
+            Err(why) => why,
+            Ok(place) => {
+                if self.in_a_run.load(Ordering::Relaxed) {
+                    if let Some(times) = self.said(|r| r.ended_quietly(Instant::now())) {
+                        self.in_a_run.store(false, Ordering::Relaxed);
+                        tracing::info!(
+                            max_processes = self.max,
+                            times,
+                            "below max_processes again: no request has waited for a place for {}s",
+                            SAID_EVERY.as_secs()
+                        );
+                    }
                 }
+                return Ok(place);
             }
-            return Ok(place);
-        }
+        };
         let wait = if going_on {
             self.going_on_wait
         } else {
             self.start_wait
         };
-        if let Some(times) = self.said(|r| r.failed(Instant::now())) {
+        // The cap itself reached; a token held to its share while others wait is not.
+        let reached = why == Full::AllInUse;
+        if let Some(times) = reached
+            .then(|| self.said(|r| r.failed(Instant::now())))
+            .flatten()
+        {
             self.in_a_run.store(true, Ordering::Relaxed);
             tracing::warn!(
                 max_processes = self.max,
@@ -231,48 +263,81 @@ impl ProcessCap {
             );
         }
         let _counted = Waiting::new();
-        let _waits = going_on.then(|| {
-            self.principal_mut(&mut self.state(), principal).waiting += 1;
-            GoingOnWaits {
+        let _waits = {
+            let mut state = self.state();
+            let p = self.principal_mut(&mut state, principal);
+            p.waiting += 1;
+            if going_on {
+                p.going_on_waiting += 1;
+            }
+            Waits {
                 cap: self,
                 principal,
+                going_on,
             }
-        });
+        };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(place) = self.take(asking, going_on, principal) {
-                return Ok(place);
-            }
+            let why = match self.take(asking, going_on, principal) {
+                Ok(place) => return Ok(place),
+                Err(why) => why,
+            };
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(Busy {
                     max: self.max,
                     waited: wait,
+                    why,
                 });
             }
         }
     }
 
-    /// A place if one is free for this request now.
-    fn take(self: &Arc<Self>, asking: Asking, going_on: bool, principal: &str) -> Option<Place> {
+    /// A place if one is free for this request now, else why not.
+    fn take(
+        self: &Arc<Self>,
+        asking: Asking,
+        going_on: bool,
+        principal: &str,
+    ) -> Result<Place, Full> {
         let mut state = self.state();
         if state.in_use >= self.max {
-            return None;
+            return Err(Full::AllInUse);
         }
-        if state.principals.get(principal).map_or(0, |p| p.held) >= self.per_principal {
-            return None;
+        // The fair share: the cap divided among the tokens that hold or wait for places, this
+        // one counted. It binds only while another token waits.
+        let mut active = 0;
+        let mut this_one = None;
+        let mut others_wait = false;
+        for (key, p) in &state.principals {
+            if p.held > 0 || p.waiting > 0 {
+                active += 1;
+            }
+            if &**key == principal {
+                this_one = Some(p);
+            } else if p.waiting > 0 {
+                others_wait = true;
+            }
+        }
+        let held = this_one.map_or(0, |p| p.held);
+        if this_one.is_none_or(|p| p.held == 0 && p.waiting == 0) {
+            active += 1;
+        }
+        let share = (self.max / active).max(1);
+        if others_wait && held >= share {
+            return Err(Full::Share { held });
         }
         // A start waits while a request going on with an exchange waits and could take the
-        // place (one whose principal holds its share cannot).
+        // place (one whose token holds its share cannot).
         let held_back = !going_on
             && state
                 .principals
                 .values()
-                .any(|p| p.waiting > 0 && p.held < self.per_principal);
+                .any(|p| p.going_on_waiting > 0 && p.held < share);
         if held_back {
-            return None;
+            return Err(Full::AllInUse);
         }
         state.in_use += 1;
         let p = self.principal_mut(&mut state, principal);
@@ -280,7 +345,7 @@ impl ProcessCap {
         if asking == Asking::Advertisement || going_on {
             p.exchange_until = Some(Instant::now() + EXCHANGE_WINDOW);
         }
-        Some(Place {
+        Ok(Place {
             cap: self.clone(),
             principal: principal.into(),
         })
@@ -384,6 +449,7 @@ mod tests {
         let busy = |ms| Busy {
             max: 2,
             waited: Duration::from_millis(ms),
+            why: Full::AllInUse,
         };
         assert_eq!(
             cap.place(Advertisement, "carol").await.unwrap_err(),
@@ -432,24 +498,64 @@ mod tests {
         assert_eq!(cap.in_use(), 0);
     }
 
-    /// One principal holds at most half the places, and its requests waiting at that share
-    /// hold back no one else's.
+    /// Alone, one token (a CI fleet's) may use every place; while another waits, none takes
+    /// a place beyond its share, and a place that comes free goes to the one below its share.
     #[tokio::test]
-    async fn one_principal_holds_at_most_half_the_places() {
-        let cap = cap(4, 50, 5000);
-        let _a1 = cap.place(Advertisement, "alice").await.unwrap();
-        let _a2 = cap.place(Other, "alice").await.unwrap();
-        assert_eq!(cap.place(Advertisement, "alice").await.unwrap_err().max, 4);
+    async fn places_are_shared_out_by_token_only_while_someone_waits() {
+        let cap = cap(4, 300, 300);
+        let mut ci = Vec::new();
+        for _ in 0..4 {
+            ci.push(cap.place(Advertisement, "ci").await.unwrap());
+        }
         let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
-        let alice_post = ask(&cap, Other, "alice", "alice's post", &tx);
+        let bob = ask(&cap, Advertisement, "bob", "bob", &tx);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(cap.state().principals["alice"].waiting, 1);
-        let bob = ask(&cap, Advertisement, "bob", "bob's start", &tx);
-        assert_eq!(order.recv().await, Some("bob's start"));
+        let more_ci = ask(&cap, Advertisement, "ci", "ci again", &tx);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // ci holds 4 of 4 while bob waits: the place ci gives back is bob's.
+        drop(ci.pop());
+        assert_eq!(order.recv().await, Some("bob"));
         bob.await.unwrap().unwrap();
-        drop(_a2);
-        assert_eq!(order.recv().await, Some("alice's post"));
-        alice_post.await.unwrap().unwrap();
+        // bob is done and nobody else waits: ci may have the place again.
+        assert_eq!(order.recv().await, Some("ci again"));
+        more_ci.await.unwrap().unwrap();
+        // ci holds 3 of 4 and carol waits (her place kept from her, say, by a request going
+        // on with an exchange): the share is 4 / 2 = 2, and ci's next request is refused for it.
+        cap.principal_mut(&mut cap.state(), "carol").waiting = 1;
+        assert_eq!(
+            cap.place(Advertisement, "ci").await.unwrap_err().why,
+            Full::Share { held: 3 }
+        );
+        cap.state().principals.remove("carol");
+        assert!(cap.place(Advertisement, "ci").await.is_ok(), "alone again");
+    }
+
+    /// Two busy tokens cannot keep a third out: the share counts every token that holds or
+    /// waits for a place.
+    #[tokio::test]
+    async fn two_busy_tokens_do_not_keep_a_third_out() {
+        let cap = cap(4, 2000, 2000);
+        let _a: Vec<_> = vec![
+            cap.place(Advertisement, "alice").await.unwrap(),
+            cap.place(Advertisement, "alice").await.unwrap(),
+        ];
+        let mut b = vec![
+            cap.place(Advertisement, "bob").await.unwrap(),
+            cap.place(Advertisement, "bob").await.unwrap(),
+        ];
+        let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let carol = ask(&cap, Advertisement, "carol", "carol", &tx);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let alice = ask(&cap, Other, "alice", "alice going on", &tx);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // alice's request goes on with her exchange, but she holds her share (4 / 3 = 1):
+        // carol's start is not held back by it.
+        drop(b.pop());
+        assert_eq!(order.recv().await, Some("carol"));
+        carol.await.unwrap().unwrap();
+        drop(b);
+        assert_eq!(order.recv().await, Some("alice going on"));
+        alice.await.unwrap().unwrap();
     }
 
     /// A request dropped while it waits (its client left) leaves nothing behind: no place

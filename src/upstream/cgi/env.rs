@@ -236,6 +236,7 @@ mod tests {
             query: None,
             headers: &headers,
             remote_user: "alice",
+            token_id: "abcdefghijkl",
             remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         };
         let env = cgi_env(&req, Path::new("/srv/git"));
@@ -266,6 +267,7 @@ mod tests {
             query: None,
             headers: &headers,
             remote_user: "alice",
+            token_id: "abcdefghijkl",
             remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         };
         let length = |path_info| {

@@ -73,7 +73,7 @@ mod process;
 mod stdio;
 
 pub use body::CgiBody;
-pub use cap::{Asking, Busy, ProcessCap};
+pub use cap::{Asking, Busy, Full, ProcessCap};
 pub use head::{parse_head, Head, MAX_HEADER_BLOCK};
 pub use process::may_execute;
 
@@ -112,6 +112,8 @@ pub struct CgiRequest<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub remote_user: &'a str,
+    /// The token the request came with: whose share of `[upstream] max_processes` it uses.
+    pub token_id: &'a str,
     pub remote_addr: IpAddr,
 }
 
@@ -158,13 +160,23 @@ impl fmt::Display for CgiError {
                 "the request body stopped arriving: nothing came for {}s",
                 after.as_secs()
             ),
-            CgiError::Busy(busy) => write!(
-                f,
-                "all {} backend processes allowed at once (max_processes) were running for the \
-                 {}s the request could wait",
-                busy.max,
-                busy.waited.as_secs()
-            ),
+            CgiError::Busy(busy) => match busy.why {
+                Full::AllInUse => write!(
+                    f,
+                    "all {} backend processes allowed at once (max_processes) were running for \
+                     the {}s the request could wait",
+                    busy.max,
+                    busy.waited.as_secs()
+                ),
+                Full::Share { held } => write!(
+                    f,
+                    "its token held {held} of the {} backend processes allowed at once \
+                     (max_processes), its share while other tokens waited, for the {}s the \
+                     request could wait",
+                    busy.max,
+                    busy.waited.as_secs()
+                ),
+            },
         }
     }
 }
@@ -503,7 +515,7 @@ impl CgiBackend {
                     _ => Asking::Other,
                 };
                 Some(
-                    cap.place(asking, req.remote_user)
+                    cap.place(asking, req.token_id)
                         .await
                         .map_err(CgiError::Busy)?,
                 )

@@ -317,6 +317,7 @@ fn request<'a>(
         query,
         headers,
         remote_user: "alice",
+        token_id: "abcdefghijkl",
         remote_addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
     }
 }
