@@ -307,7 +307,9 @@ impl ProcessCap {
             return Err(Full::AllInUse);
         }
         // The fair share: the cap divided among the tokens that hold or wait for places, this
-        // one counted. It binds only while another token waits.
+        // one counted. It binds only while another token waits: rounded down while one below it
+        // waits, which the place is then kept for; else rounded up, so that no place stays idle
+        // when the tokens do not divide the cap.
         let mut active = 0;
         let mut this_one = None;
         let mut others_wait = false;
@@ -325,9 +327,20 @@ impl ProcessCap {
         if this_one.is_none_or(|p| p.held == 0 && p.waiting == 0) {
             active += 1;
         }
-        let share = (self.max / active).max(1);
-        if others_wait && held >= share {
-            return Err(Full::Share { held });
+        let floor = (self.max / active).max(1);
+        if others_wait {
+            let one_below_waits = state
+                .principals
+                .iter()
+                .any(|(key, p)| &**key != principal && p.waiting > 0 && p.held < floor);
+            let share = if one_below_waits {
+                floor
+            } else {
+                self.max.div_ceil(active)
+            };
+            if held >= share {
+                return Err(Full::Share { held });
+            }
         }
         // A start waits while a request going on with an exchange waits and could take the
         // place (one whose token holds its share cannot).
@@ -335,7 +348,7 @@ impl ProcessCap {
             && state
                 .principals
                 .values()
-                .any(|p| p.going_on_waiting > 0 && p.held < share);
+                .any(|p| p.going_on_waiting > 0 && p.held < floor);
         if held_back {
             return Err(Full::AllInUse);
         }
@@ -395,6 +408,14 @@ impl ProcessCap {
 mod tests {
     use super::*;
     use Asking::{Advertisement, Other};
+
+    impl ProcessCap {
+        /// A place taken at once (the test sets up who holds what).
+        fn try_place(self: Arc<Self>, token: &str) -> Place {
+            self.take(Advertisement, false, token)
+                .expect("a free place")
+        }
+    }
 
     fn cap(max: usize, start_ms: u64, going_on_ms: u64) -> Arc<ProcessCap> {
         Arc::new(ProcessCap::with_waits(
@@ -556,6 +577,29 @@ mod tests {
         drop(b);
         assert_eq!(order.recv().await, Some("alice going on"));
         alice.await.unwrap().unwrap();
+    }
+
+    /// Three busy tokens and four places: the share rounds down only while a token below it
+    /// waits, so the fourth place does not stay idle.
+    #[tokio::test]
+    async fn no_place_stays_idle_when_the_tokens_do_not_divide_the_cap() {
+        let cap = cap(4, 300, 300);
+        let _held: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|t| cap.clone().try_place(t))
+            .collect();
+        for t in ["a", "b", "c"] {
+            cap.principal_mut(&mut cap.state(), t).waiting = 1;
+        }
+        let fourth = cap.place(Advertisement, "a").await.unwrap();
+        assert_eq!(cap.in_use(), 4);
+        drop(fourth);
+        // d holds none and waits: the place is kept for it.
+        cap.principal_mut(&mut cap.state(), "d").waiting = 1;
+        assert_eq!(
+            cap.place(Advertisement, "a").await.unwrap_err().why,
+            Full::Share { held: 1 }
+        );
     }
 
     /// A request dropped while it waits (its client left) leaves nothing behind: no place
