@@ -505,6 +505,44 @@ fn requests_from_an_address_blocked_for_failed_authentications_are_counted_apart
     );
 }
 
+/// The sandbox's config with `[upstream] max_processes = 1` and `extra` after it; alice may
+/// `level` team/app with a personal token; the server, alice's URL of team/app, and the token's
+/// secret.
+fn one_process_at_a_time(
+    sb: &Sandbox,
+    extra: &str,
+    level: &str,
+) -> (common::Server, String, String) {
+    let config = sb.config_text().replace(
+        "project_root = \"repos\"\n",
+        "project_root = \"repos\"\nmax_processes = 1\n",
+    ) + extra;
+    std::fs::write(sb.config(), config).unwrap();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", level);
+    let permission = if level == "write" {
+        "REPO_WRITE"
+    } else {
+        "REPO_READ"
+    };
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &[permission]);
+    let server = sb.serve();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    (server, url, token.secret)
+}
+
+/// `n` clones of `url` at once with the real git client, each to a folder of its own.
+fn clones_at_once(sb: &Sandbox, url: &str, n: usize) -> Vec<common::Run> {
+    let clones: Vec<_> = (0..n)
+        .map(|i| {
+            let cmd = sb.git_command(sb.root(), &["clone", "-q", url, &format!("c{i}")]);
+            thread::spawn(move || common::run(cmd, None))
+        })
+        .collect();
+    clones.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
 /// `[upstream] max_processes`, with the real git client: past the cap requests wait for a place
 /// (four clones at once through a cap of one all succeed); one that waits it out is told the
 /// server is busy (503, Retry-After), which git shows; the gauge and the counter say so, and
@@ -512,32 +550,17 @@ fn requests_from_an_address_blocked_for_failed_authentications_are_counted_apart
 #[test]
 fn past_max_processes_git_requests_wait_then_are_told_the_server_is_busy() {
     let sb = Sandbox::new();
-    let config = sb.config_text().replace(
-        "project_root = \"repos\"\n",
-        "project_root = \"repos\"\nmax_processes = 1\n",
-    ) + "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
-    std::fs::write(sb.config(), config).unwrap();
-    sb.create_repo("team/app");
-    sb.add_user("alice", PASSWORD);
-    sb.grant("alice", "team", "write");
-    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
-    let server = sb.serve();
+    let (server, url, secret) =
+        one_process_at_a_time(&sb, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n", "write");
     let port = wait_for_metrics_port(&server);
-    let url = server.url_with("alice", &token.secret, "team/app");
 
     // A burst: each clone's two requests take the one place in turn.
-    let clones: Vec<_> = (0..4)
-        .map(|i| {
-            let cmd = sb.git_command(sb.root(), &["clone", "-q", &url, &format!("c{i}")]);
-            thread::spawn(move || common::run(cmd, None))
-        })
-        .collect();
-    for clone in clones {
-        clone.join().unwrap().ok();
+    for clone in clones_at_once(&sb, &url, 4) {
+        clone.ok();
     }
 
     // A push whose client sends its headers and none of its pack holds the place.
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{}", token.secret));
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{secret}"));
     let mut held = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     write!(
         held,
@@ -597,7 +620,7 @@ fn past_max_processes_git_requests_wait_then_are_told_the_server_is_busy() {
     assert_eq!(log.matches("max_processes reached").count(), 1, "{log}");
     assert!(log.contains("max_processes=1"), "{log}");
     assert!(!log.contains("below max_processes again"), "{log}");
-    assert!(!log.contains(&token.secret), "{log}");
+    assert!(!log.contains(&secret), "{log}");
 }
 
 /// A burst of clones past `[upstream] max_processes`: the POST of a clone already let in goes
@@ -617,24 +640,8 @@ fn past_max_processes_a_clone_under_way_is_never_refused_half_way() {
         ),
     )
     .unwrap();
-    let config = sb.config_text().replace(
-        "project_root = \"repos\"\n",
-        "project_root = \"repos\"\nmax_processes = 1\n",
-    );
-    std::fs::write(sb.config(), config).unwrap();
-    sb.create_repo("team/app");
-    sb.add_user("alice", PASSWORD);
-    sb.grant("alice", "team", "read");
-    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
-    let server = sb.serve();
-    let url = server.url_with("alice", &token.secret, "team/app");
-    let clones: Vec<_> = (0..20)
-        .map(|i| {
-            let cmd = sb.git_command(sb.root(), &["clone", "-q", &url, &format!("c{i}")]);
-            thread::spawn(move || common::run(cmd, None))
-        })
-        .collect();
-    let runs: Vec<_> = clones.into_iter().map(|c| c.join().unwrap()).collect();
+    let (server, url, _) = one_process_at_a_time(&sb, "", "read");
+    let runs = clones_at_once(&sb, &url, 20);
     let log = server.log_text();
     let refused_posts = log
         .lines()
