@@ -211,8 +211,8 @@ impl ProcessCap {
         }
     }
 
-    /// A place for one process of `principal` (a token id): at once when one is free to it, else when one
-    /// comes free within the wait.
+    /// A place for one process of `principal` (a token id): at once when one is free to it,
+    /// else when one comes free within the wait.
     pub async fn place(self: &Arc<Self>, asking: Asking, principal: &str) -> Result<Place, Busy> {
         // Whether it goes on with an exchange is decided as it arrives.
         let going_on = asking == Asking::Other
