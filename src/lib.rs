@@ -128,7 +128,10 @@
 //!   not move either; it is given the one
 //!   directory on disk that answers to the repository (`team/app.git` or `team/app`; both is a
 //!   `500`), reached without a symbolic link or gitfile and not inside another repository (a
-//!   missing one is a `404` without starting git).
+//!   missing one is a `404` without starting git); at most `[upstream] max_processes` of them
+//!   run at once over the server ([`upstream::cgi::ProcessCap`]: a start waits up to 10 s and
+//!   is then a `503`, the rest of an exchange under way goes first, places shared out by token
+//!   while some wait).
 //! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which
 //!   token; the expiry policy; expiry never changes) for both interfaces: [`cli`], the
 //!   operator's command line, and [`api`], the Bitbucket-shaped REST API under `/rest/`, which
