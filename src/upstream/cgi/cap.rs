@@ -144,24 +144,8 @@ pub enum Full {
     Share { held: usize },
 }
 
-/// A request counted in `gitgate_backend_waiting` while it waits.
-struct Waiting;
-
-impl Waiting {
-    fn new() -> Waiting {
-        METRICS.backend_wait_started();
-        Waiting
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        METRICS.backend_wait_ended();
-    }
-}
-
-/// A request counted among its principal's waiting ones, until it has a place or gives up (or
-/// its request is dropped).
+/// A request counted among its principal's waiting ones, and in `gitgate_backend_waiting`,
+/// until it has a place or gives up (or its request is dropped).
 struct Waits<'a> {
     cap: &'a ProcessCap,
     principal: &'a str,
@@ -170,6 +154,7 @@ struct Waits<'a> {
 
 impl Drop for Waits<'_> {
     fn drop(&mut self) {
+        METRICS.backend_wait_ended();
         {
             let mut state = self.cap.state();
             let now = Instant::now();
@@ -262,8 +247,8 @@ impl ProcessCap {
                 SAID_EVERY.as_secs()
             );
         }
-        let _counted = Waiting::new();
         let _waits = {
+            METRICS.backend_wait_started();
             let mut state = self.state();
             let p = self.principal_mut(&mut state, principal);
             p.waiting += 1;
