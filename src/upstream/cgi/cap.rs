@@ -91,6 +91,24 @@ impl Principal {
     fn in_exchange(&self, now: Instant) -> bool {
         self.exchange_until.is_some_and(|until| now <= until)
     }
+
+    /// Nothing held, nothing waiting, no exchange open: nothing to remember it for.
+    fn done(&self, now: Instant) -> bool {
+        self.held == 0 && self.waiting == 0 && !self.in_exchange(now)
+    }
+}
+
+impl State {
+    /// One of `principal`'s places or waits has ended (`change` says which): forgotten once
+    /// it is done.
+    fn ended(&mut self, principal: &str, change: impl FnOnce(&mut Principal)) {
+        if let Some(p) = self.principals.get_mut(principal) {
+            change(p);
+            if p.done(Instant::now()) {
+                self.principals.remove(principal);
+            }
+        }
+    }
 }
 
 /// What kind of request asks for a place (see the module doc).
@@ -114,13 +132,7 @@ impl Drop for Place {
         {
             let mut state = self.cap.state();
             state.in_use -= 1;
-            let now = Instant::now();
-            if let Some(p) = state.principals.get_mut(&self.principal) {
-                p.held -= 1;
-                if p.held == 0 && p.waiting == 0 && !p.in_exchange(now) {
-                    state.principals.remove(&self.principal);
-                }
-            }
+            state.ended(&self.principal, |p| p.held -= 1);
         }
         self.cap.freed.notify_waiters();
     }
@@ -155,19 +167,12 @@ struct Waits<'a> {
 impl Drop for Waits<'_> {
     fn drop(&mut self) {
         METRICS.backend_wait_ended();
-        {
-            let mut state = self.cap.state();
-            let now = Instant::now();
-            if let Some(p) = state.principals.get_mut(self.principal) {
-                p.waiting -= 1;
-                if self.going_on {
-                    p.going_on_waiting -= 1;
-                }
-                if p.held == 0 && p.waiting == 0 && !p.in_exchange(now) {
-                    state.principals.remove(self.principal);
-                }
+        self.cap.state().ended(self.principal, |p| {
+            p.waiting -= 1;
+            if self.going_on {
+                p.going_on_waiting -= 1;
             }
-        }
+        });
         // The requests it held back may take a place now.
         self.cap.freed.notify_waiters();
     }
@@ -355,9 +360,7 @@ impl ProcessCap {
         if !state.principals.contains_key(principal) {
             if state.principals.len() >= PRINCIPALS_KEPT {
                 let now = Instant::now();
-                state
-                    .principals
-                    .retain(|_, p| p.held > 0 || p.waiting > 0 || p.in_exchange(now));
+                state.principals.retain(|_, p| !p.done(now));
             }
             state
                 .principals
