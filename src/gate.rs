@@ -895,9 +895,17 @@ fn same_host(host: &[u8], authority: &hyper::http::uri::Authority, scheme: Optio
 }
 
 /// A request method as written into a log line. A method is any run of token characters, `_`
-/// among them, so a whole gitgate token is a valid one (a script that put its secret in the
-/// wrong place) and is written nowhere. The methods HTTP names are written as they are, unread.
+/// and digits among them, so a whole gitgate token is a valid one — with its `ggt_` prefix or
+/// without it (a script that put its secret in the wrong place, or cut the prefix off) — and
+/// so is a password. The methods HTTP names are written as they are; another is written only
+/// if it looks like one (WebDAV's `PROPFIND`, which an old git's dumb-HTTP push sends: capital
+/// letters and `-`, at most [`MAX_LOGGED_METHOD`] of them), else by its length alone — no
+/// secret is made of capitals alone, nor fits in so few.
 pub struct LogMethod<'a>(pub &'a hyper::Method);
+
+/// The longest unknown method written into a log line (`VERSION-CONTROL`, WebDAV's longest,
+/// has 15 characters).
+pub const MAX_LOGGED_METHOD: usize = 20;
 
 impl fmt::Display for LogMethod<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -913,10 +921,13 @@ impl fmt::Display for LogMethod<'_> {
             Method::CONNECT,
             Method::TRACE,
         ];
-        if !known.contains(self.0) && crate::credentials::holds_a_token(self.0.as_str()) {
-            return f.write_str("\"<a method holding what looks like a token secret>\"");
+        let method = self.0.as_str();
+        let looks_like_one = method.len() <= MAX_LOGGED_METHOD
+            && method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
+        if known.contains(self.0) || looks_like_one {
+            return f.write_str(method);
         }
-        f.write_str(self.0.as_str())
+        write!(f, "\"<a method of {} characters, not written>\"", method.len())
     }
 }
 
@@ -1182,10 +1193,17 @@ mod tests {
             |m: &str| LogMethod(&hyper::Method::from_bytes(m.as_bytes()).unwrap()).to_string();
         assert_eq!(said("GET"), "GET");
         assert_eq!(said("PROPFIND"), "PROPFIND");
+        assert_eq!(said("VERSION-CONTROL"), "VERSION-CONTROL");
         let token = "ggt_abcdefgh2345_".to_string() + &"A".repeat(43) + "_abcdef";
         let hidden = said(&token);
-        assert!(!hidden.contains("ggt_"), "{hidden}");
+        assert_eq!(hidden, "\"<a method of 67 characters, not written>\"");
         assert!(!said(&format!("X{}", token.to_uppercase())).contains("GGT_"));
+        // Without its prefix, or a password: not written either.
+        for secret in [&token[4..], "hunter2", "Sommer2026", "ABCDEFGHIJKLMNOPQRSTU"] {
+            let hidden = said(secret);
+            assert!(!hidden.contains(secret), "{hidden}");
+            assert!(hidden.contains("not written"), "{hidden}");
+        }
     }
 
     #[test]
