@@ -927,7 +927,11 @@ impl fmt::Display for LogMethod<'_> {
         if known.contains(self.0) || looks_like_one {
             return f.write_str(method);
         }
-        write!(f, "\"<a method of {} characters, not written>\"", method.len())
+        write!(
+            f,
+            "\"<a method of {} characters, not written>\"",
+            method.len()
+        )
     }
 }
 
@@ -1199,7 +1203,12 @@ mod tests {
         assert_eq!(hidden, "\"<a method of 67 characters, not written>\"");
         assert!(!said(&format!("X{}", token.to_uppercase())).contains("GGT_"));
         // Without its prefix, or a password: not written either.
-        for secret in [&token[4..], "hunter2", "Sommer2026", "ABCDEFGHIJKLMNOPQRSTU"] {
+        for secret in [
+            &token[4..],
+            "hunter2",
+            "Sommer2026",
+            "ABCDEFGHIJKLMNOPQRSTU",
+        ] {
             let hidden = said(secret);
             assert!(!hidden.contains(secret), "{hidden}");
             assert!(hidden.contains("not written"), "{hidden}");

@@ -549,7 +549,7 @@ impl Metrics {
             (
                 "gitgate_backend_busy_total",
                 "counter",
-                "Requests answered 503 because [upstream] max_processes backend processes ran (or, while other tokens waited, the request's token held its share of them) for as long as they could wait (counted in outcome=\"5xx\" too).",
+                "Requests answered 503 because [upstream] max_processes backend processes ran (or, while other tokens waited, the request's token held its share of them) for as long as they could wait, or until a stop (counted in outcome=\"5xx\" too).",
                 self.backend_busy.load(Relaxed).to_string(),
             ),
             (

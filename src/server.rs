@@ -917,6 +917,7 @@ async fn work(
     }
     let _ = draining_now.send(true);
     let grace = limits.shutdown_grace;
+    gate.upstream.stopping(grace);
     tokio::select! {
         _ = async {
             graceful.shutdown().await;

@@ -623,6 +623,63 @@ fn past_max_processes_git_requests_wait_then_are_told_the_server_is_busy() {
     assert!(!log.contains(&secret), "{log}");
 }
 
+/// A stop while requests wait for a place under `[upstream] max_processes`: they are answered
+/// before the grace period ends — git prints why — not cut off with their connections at its
+/// end.
+#[test]
+fn a_stop_answers_the_requests_waiting_for_a_backend_process() {
+    let sb = Sandbox::with(Setup {
+        server_extra: "shutdown_grace_seconds = 3".into(),
+        ..Setup::default()
+    });
+    let (mut server, url, secret) =
+        one_process_at_a_time(&sb, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n", "write");
+    let port = wait_for_metrics_port(&server);
+
+    // A push whose client sends its headers and none of its pack holds the one place.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{secret}"));
+    let mut held = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        held,
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Basic {basic}\r\nContent-Type: application/x-git-receive-pack-request\r\n\
+         Content-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    let waiting = |n: f64| {
+        let asked = Instant::now();
+        loop {
+            let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
+            if sample(&text, "gitgate_backend_processes") == 1.0
+                && sample(&text, "gitgate_backend_waiting") == n
+            {
+                break;
+            }
+            assert!(asked.elapsed() < Duration::from_secs(10), "{text}");
+            thread::sleep(Duration::from_millis(25));
+        }
+    };
+    waiting(0.0);
+    // git's advertisement waits for the place (up to 10 s) ...
+    let cmd = sb.git_command(sb.root(), &["ls-remote", &url]);
+    let ls_remote = thread::spawn(move || common::run(cmd, None));
+    waiting(1.0);
+    // ... and the stop's 3 s come first: it is answered in them, with the reason.
+    let stopped = Instant::now();
+    server.signal("TERM");
+    let run = ls_remote.join().unwrap();
+    let stderr = run.fails_with(
+        "remote: the server is stopping, and no git process came free before it does; try again in a moment",
+    );
+    assert!(stopped.elapsed() < Duration::from_secs(3), "{stderr}");
+    assert!(stopped.elapsed() >= Duration::from_millis(1500), "{stderr}");
+    server.stop_within(Duration::from_secs(10));
+    drop(held);
+    let log = server.log_text();
+    assert!(log.contains("status=503"), "{log}");
+    assert!(!log.contains(&secret), "{log}");
+}
+
 /// A burst of clones past `[upstream] max_processes`: the POST of a clone already let in goes
 /// before the advertisements of new ones and waits as long as it must, since git shows no
 /// reason for a refused POST (`RPC failed; HTTP 503`, the clone half done); what is refused is

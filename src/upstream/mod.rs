@@ -291,6 +291,9 @@ impl Upstream {
                                          again in a moment",
                                         busy.max
                                     ),
+                                    cgi::Full::Stopping => "the server is stopping, and no git \
+                                         process came free before it does; try again in a moment"
+                                        .to_string(),
                                 },
                                 detail: Some(e.to_string()),
                                 fault: Fault::Busy,
@@ -344,6 +347,14 @@ impl Upstream {
     pub async fn pushes_finished(&self) {
         if let Upstream::Cgi(backend) = self {
             backend.pushes_finished().await;
+        }
+    }
+
+    /// At shutdown, as the drain begins: requests waiting for a backend process are answered
+    /// before `grace` ends. Nothing waits so over HTTP.
+    pub fn stopping(&self, grace: std::time::Duration) {
+        if let Upstream::Cgi(backend) = self {
+            backend.stopping(grace);
         }
     }
 

@@ -29,6 +29,10 @@
 //! A place is taken before the process starts and given back once it has been reaped, so a push
 //! finishing without its client still counts, and so does a process being ended. That the cap is
 //! reached is said in the log once a minute while it goes on, as `max_connections` is.
+//!
+//! At a stop, no wait goes past the end of the grace period: a request still waiting a second
+//! before it is answered `503` (the server is stopping), rather than cut off with its
+//! connection when the grace period ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +58,10 @@ const PRINCIPALS_KEPT: usize = 1024;
 /// How often the log says, at most, that the cap is still reached.
 const SAID_EVERY: Duration = Duration::from_secs(60);
 
+/// At a stop, how long before the grace period's end the requests still waiting are answered
+/// (at most half the grace period): time for the answer to go out before the cut.
+const ANSWER_BEFORE_CUT: Duration = Duration::from_secs(1);
+
 /// The places shared by every worker's backend; see the module doc.
 #[derive(Debug)]
 pub struct ProcessCap {
@@ -66,6 +74,8 @@ pub struct ProcessCap {
     /// Whether a run of waits has been said and not yet its end (read without the lock).
     in_a_run: AtomicBool,
     at_the_cap: Mutex<Repeats>,
+    /// Set at a stop: when the requests still waiting are answered.
+    waits_end_by: Mutex<Option<tokio::time::Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +164,8 @@ pub enum Full {
     AllInUse,
     /// Its token holds `held` places, its fair share while others wait.
     Share { held: usize },
+    /// The server is stopping, and its grace period ends before a place came free.
+    Stopping,
 }
 
 /// A request counted among its principal's waiting ones, and in `gitgate_backend_waiting`,
@@ -198,7 +210,23 @@ impl ProcessCap {
             going_on_wait,
             in_a_run: AtomicBool::new(false),
             at_the_cap: Mutex::new(Repeats::new(SAID_EVERY)),
+            waits_end_by: Mutex::new(None),
         }
+    }
+
+    /// The server stops, its connections cut off after `grace`: the requests waiting for a
+    /// place then are answered (as [`Full::Stopping`]) a little before that. Called by every
+    /// worker as it begins to drain; the earliest end counts.
+    pub fn stopping(&self, grace: Duration) {
+        let by = tokio::time::Instant::now() + grace - ANSWER_BEFORE_CUT.min(grace / 2);
+        {
+            let mut end = self
+                .waits_end_by
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *end = Some(end.map_or(by, |end| end.min(by)));
+        }
+        self.freed.notify_waiters();
     }
 
     /// A place for one process of `principal` (a token id): at once when one is free to it,
@@ -266,7 +294,8 @@ impl ProcessCap {
                 going_on,
             }
         };
-        let deadline = tokio::time::Instant::now() + wait;
+        let started = tokio::time::Instant::now();
+        let deadline = started + wait;
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -275,10 +304,18 @@ impl ProcessCap {
                 Ok(place) => return Ok(place),
                 Err(why) => why,
             };
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            let end_by = *self
+                .waits_end_by
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (until, why) = match end_by {
+                Some(end) if end < deadline => (end, Full::Stopping),
+                _ => (deadline, why),
+            };
+            if tokio::time::timeout_at(until, freed).await.is_err() {
                 return Err(Busy {
                     max: self.max,
-                    waited: wait,
+                    waited: wait.min(until.duration_since(started)),
                     why,
                 });
             }
@@ -474,6 +511,49 @@ mod tests {
             0,
             "gave up: not counted"
         );
+    }
+
+    /// At a stop, a request waiting for a place is answered before the grace period ends (a
+    /// second before, or half the grace period when it is shorter), not cut off with its
+    /// connection; one whose own wait ends first is answered then.
+    #[tokio::test]
+    async fn a_stop_answers_the_waiting_requests_before_its_grace_period_ends() {
+        let cap = cap(1, 200, 150_000);
+        let _alice = cap.place(Advertisement, "alice").await.unwrap();
+        let waits = |asking, token: &'static str| {
+            let cap = cap.clone();
+            tokio::spawn(async move {
+                let asked = std::time::Instant::now();
+                let busy = cap.place(asking, token).await.unwrap_err();
+                (busy.why, asked.elapsed())
+            })
+        };
+        // alice's POST goes on with her exchange (a long wait); bob's start waits 200 ms.
+        let post = waits(Other, "alice");
+        let start = waits(Advertisement, "bob");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cap.stopping(Duration::from_millis(800));
+        let (why, waited) = tokio::time::timeout(Duration::from_secs(5), post)
+            .await
+            .expect("answered within the grace period")
+            .unwrap();
+        assert_eq!(why, Full::Stopping);
+        // 100 ms, then half of the 800 ms grace period.
+        assert!(
+            (Duration::from_millis(480)..Duration::from_millis(900)).contains(&waited),
+            "{waited:?}"
+        );
+        assert_eq!(start.await.unwrap().0, Full::AllInUse);
+        // Asked during the stop, past its answering time: answered at once.
+        let late = waits(Other, "alice").await.unwrap();
+        assert_eq!(late.0, Full::Stopping);
+        assert!(late.1 < Duration::from_millis(100), "{:?}", late.1);
+        // A second worker's stop, later, does not move the end.
+        cap.stopping(Duration::from_secs(30));
+        let later = waits(Other, "alice").await.unwrap();
+        assert_eq!(later.0, Full::Stopping);
+        assert!(later.1 < Duration::from_millis(100), "{:?}", later.1);
+        assert_eq!(cap.state().principals["alice"].waiting, 0);
     }
 
     /// A burst of new exchanges must not starve the requests of those already let in: a place

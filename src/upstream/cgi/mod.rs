@@ -176,6 +176,13 @@ impl fmt::Display for CgiError {
                     busy.max,
                     busy.waited.as_secs()
                 ),
+                Full::Stopping => write!(
+                    f,
+                    "the server stopped while the request waited for one of the {} backend \
+                     processes allowed at once (max_processes), {}s, before one came free",
+                    busy.max,
+                    busy.waited.as_secs()
+                ),
             },
         }
     }
@@ -674,6 +681,14 @@ impl CgiBackend {
                 return;
             }
             done.await;
+        }
+    }
+
+    /// At shutdown, as the drain begins: requests waiting for a place under the process cap
+    /// are answered before `grace` ends (see [`ProcessCap::stopping`]).
+    pub fn stopping(&self, grace: Duration) {
+        if let Some(cap) = &self.cap {
+            cap.stopping(grace);
         }
     }
 
