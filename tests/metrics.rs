@@ -532,6 +532,21 @@ fn one_process_at_a_time(
     (server, url, token.secret)
 }
 
+/// A push of alice's whose client sends its headers and none of its pack: its backend holds a
+/// place until the connection is dropped. With the `Basic` credentials it sent.
+fn push_holding_a_place(server: &common::Server, secret: &str) -> (TcpStream, String) {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{secret}"));
+    let mut held = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        held,
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Basic {basic}\r\nContent-Type: application/x-git-receive-pack-request\r\n\
+         Content-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    (held, basic)
+}
+
 /// `n` clones of `url` at once with the real git client, each to a folder of its own.
 fn clones_at_once(sb: &Sandbox, url: &str, n: usize) -> Vec<common::Run> {
     let clones: Vec<_> = (0..n)
@@ -560,15 +575,7 @@ fn past_max_processes_git_requests_wait_then_are_told_the_server_is_busy() {
     }
 
     // A push whose client sends its headers and none of its pack holds the place.
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{secret}"));
-    let mut held = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    write!(
-        held,
-        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-         Authorization: Basic {basic}\r\nContent-Type: application/x-git-receive-pack-request\r\n\
-         Content-Length: 100000\r\n\r\n"
-    )
-    .unwrap();
+    let (held, basic) = push_holding_a_place(&server, &secret);
     let started = Instant::now();
     let running = loop {
         let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
@@ -637,15 +644,7 @@ fn a_stop_answers_the_requests_waiting_for_a_backend_process() {
     let port = wait_for_metrics_port(&server);
 
     // A push whose client sends its headers and none of its pack holds the one place.
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{secret}"));
-    let mut held = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    write!(
-        held,
-        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-         Authorization: Basic {basic}\r\nContent-Type: application/x-git-receive-pack-request\r\n\
-         Content-Length: 100000\r\n\r\n"
-    )
-    .unwrap();
+    let (held, _) = push_holding_a_place(&server, &secret);
     let waiting = |n: f64| {
         let asked = Instant::now();
         loop {
