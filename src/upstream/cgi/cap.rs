@@ -31,8 +31,8 @@
 //! reached is said in the log once a minute while it goes on, as `max_connections` is.
 //!
 //! At a stop, no wait goes past the end of the grace period: a request still waiting a second
-//! before it is answered `503` (the server is stopping), rather than cut off with its
-//! connection when the grace period ends.
+//! before that end is answered `503` (the server is stopping) rather than cut off with its
+//! connection — to which git would say `Authentication failed`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
