@@ -582,7 +582,8 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP gitgate_tls_certificate_expiry_timestamp_seconds When the TLS \
-                 certificate gitgate serves expires (its notAfter), in Unix seconds.\n\
+                 certificate chain gitgate serves expires (the earliest notAfter of the server's \
+                 certificate and its intermediates), in Unix seconds.\n\
                  # TYPE gitgate_tls_certificate_expiry_timestamp_seconds gauge\n\
                  gitgate_tls_certificate_expiry_timestamp_seconds {expiry}"
             );

@@ -302,6 +302,9 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
             let certs = CertStore::load(&tls.cert, &tls.key)
                 .map_err(|e| format!("{}: {e}", config.source.display()))?;
             certificate_dates_said(&certs);
+            if let Some(warning) = crate::tls::key_readable_by_all(certs.key_path()) {
+                tracing::warn!(key = %certs.key_path().display(), "{warning}");
+            }
             Some(certs)
         }
         None => None,
@@ -431,6 +434,9 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
             })
         })
         .collect();
+    if let Some(certs) = &certs {
+        tokio::spawn(watch_certificate_expiry(certs.clone()));
+    }
     tokio::spawn(reload_on_hangup(
         hangup,
         certs,
@@ -1309,28 +1315,85 @@ impl Connection {
     }
 }
 
-/// How long before its expiry the served certificate is warned about, at start and on reload.
+/// How long before its expiry the served chain is warned about.
 const CERTIFICATE_RENEWAL_WARNING_MS: i64 = 14 * 24 * 3600 * 1000;
 
-/// The served certificate's expiry: into the metrics, and a warning when it is near (one that
-/// has passed is refused by [`CertStore`]); unread dates are said too.
+/// How often a running server looks at the served chain's expiry: a certificate fine at the
+/// start may be near its end, or past it, months later.
+const CERTIFICATE_LOOKED_AT_EVERY: Duration = Duration::from_secs(3600);
+
+/// How often, at most, a running server warns that the served chain's expiry is near (once
+/// it has passed: every time it looks).
+const CERTIFICATE_WARNED_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// What the log says of the served chain's expiry at `now` (epoch milliseconds): that it has
+/// passed (`true`: an error), that it is near (a warning), or nothing.
+pub fn expiry_note(chain: &crate::tls::ChainValidity, now: i64) -> Option<(bool, String)> {
+    let (which, at) = (
+        chain.first_to_expire(),
+        crate::clock::datetime(chain.validity.not_after),
+    );
+    let left = chain.validity.not_after - now;
+    if left <= 0 {
+        Some((
+            true,
+            format!("{which} expired on {at}: every client refuses it; renew it, then send SIGHUP"),
+        ))
+    } else if left < CERTIFICATE_RENEWAL_WARNING_MS {
+        Some((
+            false,
+            format!(
+                "{which} expires on {at} (in {} hours): renew it, then send SIGHUP",
+                left / 3_600_000
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+/// The served chain's expiry and problems, at start and on reload: into the metrics, and into
+/// the log when its expiry is near or one of its intermediates is out of its dates (a served
+/// certificate out of them is refused by [`CertStore`]); unread dates are said too.
 fn certificate_dates_said(certs: &CertStore) {
-    let Some(validity) = certs.validity() else {
+    for warning in certs.warnings() {
+        tracing::error!(reason = ?warning, "the TLS certificate chain has a problem");
+    }
+    let Some(chain) = certs.validity() else {
         tracing::warn!(
             cert = %certs.cert_path().display(),
             "cannot read the TLS certificate's validity dates; its expiry is not watched"
         );
         return;
     };
-    METRICS.tls_certificate_expires(validity.not_after);
-    let left = validity.not_after - crate::clock::now_ms();
-    if left < CERTIFICATE_RENEWAL_WARNING_MS {
-        tracing::warn!(
-            cert = %certs.cert_path().display(),
-            "the TLS certificate expires on {} (in {} hours): renew it, then send SIGHUP",
-            crate::clock::datetime(validity.not_after),
-            left / 3_600_000
-        );
+    METRICS.tls_certificate_expires(chain.validity.not_after);
+    if let Some((_, note)) = expiry_note(&chain, crate::clock::now_ms()) {
+        tracing::warn!(cert = %certs.cert_path().display(), "{note}");
+    }
+}
+
+/// While the server runs: the served chain's expiry looked at every hour — warned of once a day
+/// within 14 days of it, and said as an error every hour once it has passed (a start and a
+/// reload refuse such a certificate, but one served for months can expire while served).
+async fn watch_certificate_expiry(certs: Arc<CertStore>) {
+    let mut warned: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep(CERTIFICATE_LOOKED_AT_EVERY).await;
+        let Some(chain) = certs.validity() else {
+            continue;
+        };
+        match expiry_note(&chain, crate::clock::now_ms()) {
+            Some((true, note)) => {
+                tracing::error!(cert = %certs.cert_path().display(), "{note}");
+            }
+            Some((false, note))
+                if warned.is_none_or(|at| at.elapsed() >= CERTIFICATE_WARNED_EVERY) =>
+            {
+                warned = Some(tokio::time::Instant::now());
+                tracing::warn!(cert = %certs.cert_path().display(), "{note}");
+            }
+            _ => {}
+        }
     }
 }
 
@@ -1374,10 +1437,20 @@ async fn reload_on_hangup(
                     );
                     certificate_dates_said(c);
                 }
-                Err(e) => tracing::error!(
-                    error = ?e.to_string(),
-                    "SIGHUP: keeping the current TLS certificate, the new one is unusable"
-                ),
+                Err(e) => match c
+                    .validity()
+                    .and_then(|chain| expiry_note(&chain, crate::clock::now_ms()))
+                {
+                    Some((true, note)) => tracing::error!(
+                        error = ?e.to_string(),
+                        "SIGHUP: the new TLS certificate is unusable, and the one served is no \
+                         better: {note}"
+                    ),
+                    _ => tracing::error!(
+                        error = ?e.to_string(),
+                        "SIGHUP: keeping the current TLS certificate, the new one is unusable"
+                    ),
+                },
             },
         }
     }
@@ -1471,6 +1544,38 @@ fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log says nothing of a chain far from its expiry, warns within 14 days of it naming
+    /// the certificate that expires first, and says it is an error once it has passed (a
+    /// certificate served for months can expire while served).
+    #[test]
+    fn a_served_chains_expiry_is_said_as_it_nears_and_passes() {
+        let day = 24 * 3600 * 1000;
+        let chain = |first_to_expire| crate::tls::ChainValidity {
+            validity: crate::tls::Validity {
+                not_before: 0,
+                not_after: 100 * day,
+            },
+            first_to_expire,
+        };
+        assert_eq!(expiry_note(&chain(0), 80 * day), None);
+        let (passed, note) = expiry_note(&chain(0), 90 * day).unwrap();
+        assert!(!passed);
+        assert_eq!(
+            note,
+            "the TLS certificate expires on 1970-04-11T00:00:00Z (in 240 hours): renew it, then \
+             send SIGHUP"
+        );
+        let (passed, note) = expiry_note(&chain(1), 100 * day).unwrap();
+        assert!(passed);
+        assert!(
+            note.starts_with(
+                "the TLS certificate file's certificate 2 (an intermediate) expired on \
+                 1970-04-11T00:00:00Z: every client refuses it"
+            ),
+            "{note}"
+        );
+    }
 
     #[test]
     fn the_sections_a_config_edit_changed_are_named() {

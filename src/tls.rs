@@ -27,8 +27,12 @@ pub struct CertStore {
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
-    /// The current certificate's dates; `None` if they could not be read (then not checked).
-    validity: RwLock<Option<Validity>>,
+    /// The current chain's dates; `None` if the served certificate's could not be read (then
+    /// not checked).
+    validity: RwLock<Option<ChainValidity>>,
+    /// What is wrong with the current chain that does not keep it from being served (an
+    /// intermediate out of its dates), for the log and `check`.
+    warnings: RwLock<Vec<String>>,
 }
 
 impl fmt::Debug for CertStore {
@@ -46,34 +50,43 @@ impl CertStore {
     /// refuse it, while gitgate looked ready.
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let (certified, validity) = read_pair(cert, key, &provider)?;
+        let pair = read_pair(cert, key, &provider)?;
         Ok(Arc::new(CertStore {
             cert_path: cert.to_path_buf(),
             key_path: key.to_path_buf(),
             provider,
-            current: RwLock::new(Arc::new(certified)),
-            validity: RwLock::new(validity),
+            current: RwLock::new(Arc::new(pair.certified)),
+            validity: RwLock::new(pair.validity),
+            warnings: RwLock::new(pair.warnings),
         }))
     }
 
     /// Read the files again and, if they make a usable pair, serve them from the next
     /// handshake on. On error (an expired certificate included) the old pair stays.
     pub fn reload(&self) -> Result<(), String> {
-        let (certified, validity) = read_pair(&self.cert_path, &self.key_path, &self.provider)?;
-        match self.current.write() {
-            Ok(mut current) => *current = Arc::new(certified),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(certified),
-        }
-        match self.validity.write() {
-            Ok(mut current) => *current = validity,
-            Err(poisoned) => *poisoned.into_inner() = validity,
-        }
+        let pair = read_pair(&self.cert_path, &self.key_path, &self.provider)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair.certified);
+        *self.validity.write().unwrap_or_else(|p| p.into_inner()) = pair.validity;
+        *self.warnings.write().unwrap_or_else(|p| p.into_inner()) = pair.warnings;
         Ok(())
     }
 
-    /// The served certificate's dates, when they could be read.
-    pub fn validity(&self) -> Option<Validity> {
+    /// The served chain's dates, when the served certificate's could be read.
+    pub fn validity(&self) -> Option<ChainValidity> {
         *self.validity.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What is wrong with the served chain without keeping it from being served.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Where the key is read from, for messages.
+    pub fn key_path(&self) -> &Path {
+        &self.key_path
     }
 
     /// The rustls server configuration that asks this store for its certificate.
@@ -103,6 +116,22 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// Why a private key file should be looked at: readable by every user of the machine (a
+/// group, such as Debian's `ssl-cert`, is a choice; everyone is a mistake). `None` when it is
+/// not, or its mode cannot be read.
+pub fn key_readable_by_all(key: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key).ok()?.permissions().mode() & 0o777;
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "the TLS private key {} is readable by every user of this machine (mode \
+             {mode:04o}): whoever reads it can pose as this server; chmod 600 it (or 640 for a \
+             group gitgate's user is in)",
+            key.display()
+        )
+    })
+}
+
 /// A PEM file's problem in words: rustls names the marker it missed as a list of byte values
 /// (`[67, 69, 82, ...]` for `CERTIFICATE`).
 pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
@@ -123,13 +152,18 @@ pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
+/// A certificate chain and key read and checked.
+struct Pair {
+    certified: CertifiedKey,
+    validity: Option<ChainValidity>,
+    warnings: Vec<String>,
+}
+
 /// Read and check a certificate chain (PEM) and its private key (PEM: PKCS#8, PKCS#1 or SEC1),
-/// and the dates of the certificate served (the chain's first): refused outside them.
-fn read_pair(
-    cert: &Path,
-    key: &Path,
-    provider: &CryptoProvider,
-) -> Result<(CertifiedKey, Option<Validity>), String> {
+/// and the dates of the certificates: refused outside those of the one served (the chain's
+/// first); an intermediate outside its own is a warning, since a client that trusts a CA
+/// above it (a cross-signed root) never looks at it.
+fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Pair, String> {
     let named = |setting: &str, path: &Path, e: &dyn std::fmt::Display| {
         format!("[server.tls] {setting} = \"{}\": {e}", path.display())
     };
@@ -165,21 +199,90 @@ fn read_pair(
         ),
         e => format!("[server.tls] key = \"{}\": {}", key.display(), pem_problem(&e)),
     })?;
-    let validity = validity(&chain[0]);
-    if let Some(problem) = validity.and_then(|v| v.problem(crate::clock::now_ms())) {
+    let now = crate::clock::now_ms();
+    let served = validity(&chain[0]);
+    if let Some(problem) = served.and_then(|v| v.problem(now)) {
         return Err(format!(
             "[server.tls] cert = \"{}\": {problem}; clients refuse it (renew it)",
             cert.display()
         ));
     }
-    let certified = CertifiedKey::from_der(chain, private, provider).map_err(|e| {
-        format!(
-            "[server.tls] key = \"{}\" does not go with cert = \"{}\": {e}",
-            key.display(),
-            cert.display()
-        )
-    })?;
-    Ok((certified, validity))
+    let mut chain_validity = served.map(|validity| ChainValidity {
+        validity,
+        first_to_expire: 0,
+    });
+    let mut warnings = Vec::new();
+    for (i, der) in chain.iter().enumerate().skip(1) {
+        let Some(dates) = validity(der) else { continue };
+        if let Some(problem) = dates.problem(now) {
+            warnings.push(format!(
+                "[server.tls] cert = \"{}\": its certificate {} of {} (an intermediate, after \
+                 the server's own): {problem}; a client that needs it to reach a CA it trusts \
+                 refuses the server's certificate (put the CA's current intermediate in the \
+                 file)",
+                cert.display(),
+                i + 1,
+                chain.len(),
+                problem = problem.replacen("the certificate ", "", 1)
+            ));
+            continue;
+        }
+        if let Some(c) = &mut chain_validity {
+            c.validity.not_before = c.validity.not_before.max(dates.not_before);
+            if dates.not_after < c.validity.not_after {
+                c.validity.not_after = dates.not_after;
+                c.first_to_expire = i;
+            }
+        }
+    }
+    let certified = match CertifiedKey::from_der(chain.clone(), private.clone_key(), provider) {
+        Ok(certified) => certified,
+        Err(e) => return Err(pair_problem(cert, key, &chain, &private, provider, &e)),
+    };
+    Ok(Pair {
+        certified,
+        validity: chain_validity,
+        warnings,
+    })
+}
+
+/// Why a chain and key that each read well cannot be served, in the operator's terms: rustls
+/// says `KeyMismatch` for a chain in the wrong order (the key goes with a certificate further
+/// down the file), and names a version 1 certificate only by its error's type name.
+fn pair_problem(
+    cert: &Path,
+    key: &Path,
+    chain: &[CertificateDer<'static>],
+    private: &PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+    e: &rustls::Error,
+) -> String {
+    let (cert, key) = (cert.display(), key.display());
+    let said = e.to_string();
+    if said.contains("UnsupportedCertVersion") {
+        return format!(
+            "[server.tls] cert = \"{cert}\": an X.509 version 1 certificate (made without \
+             extensions, e.g. by `openssl x509 -req` without `-extfile`), which TLS clients and \
+             rustls do not take from a server: make it again as version 3, with a \
+             subjectAltName naming the server"
+        );
+    }
+    if matches!(e, rustls::Error::InconsistentKeys(_)) {
+        let goes_with = chain.iter().enumerate().skip(1).find(|(_, der)| {
+            CertifiedKey::from_der(vec![(*der).clone()], private.clone_key(), provider).is_ok()
+        });
+        if let Some((i, _)) = goes_with {
+            return format!(
+                "[server.tls] cert = \"{cert}\": its certificates are in the wrong order: key = \
+                 \"{key}\" goes with its certificate {} of {}, and the server's own certificate \
+                 must come first, then the intermediates (the order of a fullchain.pem)",
+                i + 1,
+                chain.len()
+            );
+        }
+        return format!("[server.tls] key = \"{key}\" does not go with cert = \"{cert}\": {e}");
+    }
+    format!("[server.tls] cert = \"{cert}\" cannot be served with key = \"{key}\": {e}")
 }
 
 /// When a certificate may be used (RFC 5280 §4.1.2.5), in epoch milliseconds.
@@ -205,6 +308,28 @@ impl Validity {
             ))
         } else {
             None
+        }
+    }
+}
+
+/// The dates of a certificate chain: when all of its certificates are valid (those whose dates
+/// could be read; an intermediate out of them is a warning, not counted), and which expires
+/// first (0: the server's own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainValidity {
+    pub validity: Validity,
+    pub first_to_expire: usize,
+}
+
+impl ChainValidity {
+    /// The certificate that expires first, in words.
+    pub fn first_to_expire(&self) -> String {
+        match self.first_to_expire {
+            0 => "the TLS certificate".into(),
+            i => format!(
+                "the TLS certificate file's certificate {} (an intermediate)",
+                i + 1
+            ),
         }
     }
 }
@@ -411,7 +536,106 @@ mod tests {
         let e = store.reload().unwrap_err();
         assert!(e.contains("expired on 2020-01-31"), "{e}");
         assert_eq!(serving(&store), der("server-a.pem"));
-        assert_eq!(store.validity(), validity(&der("server-a.pem")));
+        assert_eq!(
+            store.validity().map(|c| c.validity),
+            validity(&der("server-a.pem"))
+        );
+    }
+
+    /// A chain file put together from the fixtures, in `dir`.
+    fn chain_of(dir: &Path, parts: &[&str]) -> PathBuf {
+        let path = dir.join("chain.pem");
+        let pem: Vec<u8> = parts
+            .iter()
+            .flat_map(|name| std::fs::read(fixture(name)).unwrap())
+            .collect();
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    /// The chain's dates are all its certificates': one that expires before the server's own
+    /// is the one the metric and the warnings name, and an intermediate out of its dates is
+    /// served with a warning (a client trusting a CA above it never looks at it).
+    #[test]
+    fn an_intermediate_counts_for_the_chains_dates() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = fixture("server-a.key");
+        let store =
+            CertStore::load(&chain_of(dir.path(), &["server-a.pem", "ca.pem"]), &key).unwrap();
+        let chain = store.validity().unwrap();
+        // The test CA was made a second before the server's certificate.
+        assert_eq!(chain.first_to_expire, 1);
+        // Valid from the later start to the earlier end.
+        assert_eq!(
+            (chain.validity.not_before, chain.validity.not_after),
+            (
+                validity(&der("server-a.pem")).unwrap().not_before,
+                validity(&der("ca.pem")).unwrap().not_after
+            )
+        );
+        assert_eq!(
+            chain.first_to_expire(),
+            "the TLS certificate file's certificate 2 (an intermediate)"
+        );
+        assert!(store.warnings().is_empty());
+
+        let cert = chain_of(dir.path(), &["server-a.pem", "expired.pem"]);
+        let store = CertStore::load(&cert, &key).unwrap();
+        let warnings = store.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("its certificate 2 of 2 (an intermediate")
+                && warnings[0].contains("expired on 2020-01-31T00:00:00Z"),
+            "{warnings:?}"
+        );
+        // Not counted in the dates: those are the served certificate's.
+        let chain = store.validity().unwrap();
+        assert_eq!(
+            (chain.validity, chain.first_to_expire),
+            (validity(&der("server-a.pem")).unwrap(), 0)
+        );
+    }
+
+    /// A chain in the wrong order, the server's certificate after its CA's, is said to be
+    /// that, not a key that does not go with it; and a version 1 certificate is named so.
+    #[test]
+    fn a_chain_out_of_order_and_a_version_1_certificate_are_named_for_what_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = chain_of(dir.path(), &["ca.pem", "server-a.pem"]);
+        let e = CertStore::load(&cert, &fixture("server-a.key")).unwrap_err();
+        assert!(
+            e.contains("in the wrong order")
+                && e.contains("goes with its certificate 2 of 2")
+                && !e.contains("KeyMismatch"),
+            "{e}"
+        );
+        // A key that goes with none of them is still that.
+        let e = CertStore::load(&cert, &fixture("server-b.key")).unwrap_err();
+        assert!(e.contains("does not go with"), "{e}");
+        let e = CertStore::load(&fixture("version1.pem"), &fixture("version1.key")).unwrap_err();
+        assert!(
+            e.contains("an X.509 version 1 certificate") && !e.contains("UnsupportedCertVersion"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_readable_by_every_user_is_said() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        std::fs::copy(fixture("server-a.key"), &key).unwrap();
+        for (mode, said) in [(0o644, true), (0o604, true), (0o640, false), (0o600, false)] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let warning = key_readable_by_all(&key);
+            assert_eq!(warning.is_some(), said, "{mode:o}: {warning:?}");
+            if let Some(w) = warning {
+                assert!(
+                    w.contains(&format!("mode {mode:04o}")) && w.contains("chmod 600"),
+                    "{w}"
+                );
+            }
+        }
     }
 
     #[test]

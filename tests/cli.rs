@@ -1552,6 +1552,37 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         out.ok().contains(": ok, valid until 2126-11-04T00:14:00Z"),
         "{out}"
     );
+    // An intermediate out of its dates: served (a client trusting a CA above it never looks
+    // at it), with a warning; the chain's dates are the served certificate's.
+    let chain = sb.root().join("chain.pem");
+    fs::write(
+        &chain,
+        [
+            fs::read(common::fixture("tls/server-a.pem")).unwrap(),
+            fs::read(common::fixture("tls/expired.pem")).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let out = check(&variant(
+        "chain.toml",
+        "[store]",
+        &format!(
+            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[store]",
+            chain.display(),
+            common::fixture("tls/server-a.key").display()
+        ),
+    ));
+    let said = out.ok();
+    assert!(
+        said.contains(": ok, valid until 2126-11-04T00:14:00Z"),
+        "{out}"
+    );
+    assert!(
+        said.contains("warning: tls: [server.tls] cert = ")
+            && said.contains("its certificate 2 of 2 (an intermediate, after the server's own): expired on 2020-01-31T00:00:00Z"),
+        "{out}"
+    );
     // A device or a FIFO where a file goes: a clear refusal, not a hang that fills memory.
     let zero_key = variant(
         "zero-key.toml",

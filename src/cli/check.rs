@@ -82,7 +82,10 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         let certs = CertStore::load(&tls.cert, &tls.key).map_err(|e| format!("{source}: {e}"))?;
         certs.server_config()?;
         let until = match certs.validity() {
-            Some(v) => format!(", valid until {}", crate::clock::datetime(v.not_after)),
+            Some(v) => format!(
+                ", valid until {}",
+                crate::clock::datetime(v.validity.not_after)
+            ),
             None => ", its validity dates unreadable".into(),
         };
         outln!(
@@ -90,6 +93,19 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             tls.cert.display(),
             tls.key.display()
         );
+        let near = certs
+            .validity()
+            .and_then(|v| crate::server::expiry_note(&v, crate::clock::now_ms()));
+        let key_open = crate::tls::key_readable_by_all(&tls.key);
+        for warning in certs
+            .warnings()
+            .into_iter()
+            .chain(near.map(|(_, n)| n))
+            .chain(key_open)
+        {
+            warnings += 1;
+            outln!("warning: tls: {warning}");
+        }
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
