@@ -1123,7 +1123,17 @@ impl Body for LoggedBody {
                 self.finish("idle-timeout");
             }
             Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(error = ?e.to_string(), "response stream failed");
+                // Named as the request's own line names it, which follows: on a busy server the
+                // two are told apart by these fields, not by their order.
+                let line = self.done.as_ref();
+                tracing::warn!(
+                    repo = %line.and_then(|l| l.who.repo.as_deref()).unwrap_or("-"),
+                    remote = %line.map_or("-".to_string(), |l| l.remote.ip().to_string()),
+                    token_id = %line.and_then(|l| l.who.token_id.as_deref()).unwrap_or("-"),
+                    bytes_out = self.bytes_out,
+                    error = ?e.to_string(),
+                    "response stream failed"
+                );
                 METRICS.upstream_error();
                 self.finish("stream-error");
             }

@@ -1854,9 +1854,27 @@ fn an_upstream_that_stalls_mid_stream_is_cut_off_after_the_idle_timeout() {
             held.push(s);
         }
     });
-    let (out, took) = info_refs_via(dir.path(), upstream_port, "idle_timeout_seconds = 1\n");
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "idle_timeout_seconds = 1\n");
+    let (out, took) = info_refs(&g, &auth);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains(&"y".repeat(1024)), "{out}");
+    // The warning names the request and the upstream, as the request's own line and a
+    // failed head's do: on a busy server it is found by these, not by its place.
+    let log = log_once_it_has(&g, "outcome=stream-error");
+    let warning = log
+        .lines()
+        .find(|l| l.contains("response stream failed"))
+        .unwrap_or_else(|| panic!("{log}"));
+    for field in [
+        "repo=team/app",
+        "remote=127.0.0.1",
+        "bytes_out=1024",
+        &format!(
+            "the upstream response stalled for 1s (upstream http://127.0.0.1:{upstream_port})"
+        ),
+    ] {
+        assert!(warning.contains(field), "{field}: {warning}");
+    }
     assert!(
         !out.ends_with("0\r\n\r\n"),
         "a stalled answer ended cleanly: {out}"

@@ -54,7 +54,9 @@ pub struct HttpBackend {
     pool: Arc<Pool>,
     /// The upstream for log lines, readiness and `gitgate check`: `http://git.internal:8080/git`
     /// (its URL), and `via unix:/run/git.sock` after it when a socket is where gitgate connects.
-    address: String,
+    /// Made once per worker at the start and kept for the process's life, so that each answer's
+    /// body can name it in its errors without a copy or a shared count.
+    address: &'static str,
     /// `scheme://authority` of the upstream, with and without its default port, for
     /// recognising its redirects.
     origin_texts: Vec<String>,
@@ -119,22 +121,25 @@ impl HttpBackend {
                 cfg.connect_timeout,
                 cfg.pool_idle_timeout,
             )),
-            address: {
-                let origin = cfg.origin.to_string();
-                let base = if cfg.base_path == "/" {
-                    ""
-                } else {
-                    &cfg.base_path
-                };
-                match &cfg.socket {
-                    None => format!("{}{base}", origin.trim_end_matches('/')),
-                    Some(socket) => format!(
-                        "{}{base} via unix:{}",
-                        origin.trim_end_matches('/'),
-                        socket.display()
-                    ),
+            address: Box::leak(
+                {
+                    let origin = cfg.origin.to_string();
+                    let base = if cfg.base_path == "/" {
+                        ""
+                    } else {
+                        &cfg.base_path
+                    };
+                    match &cfg.socket {
+                        None => format!("{}{base}", origin.trim_end_matches('/')),
+                        Some(socket) => format!(
+                            "{}{base} via unix:{}",
+                            origin.trim_end_matches('/'),
+                            socket.display()
+                        ),
+                    }
                 }
-            },
+                .into_boxed_str(),
+            ),
             origin_texts: origin_spellings(https, authority),
             client_prefix: git_prefix.trim_end_matches('/').to_string(),
             host,
@@ -412,6 +417,7 @@ impl HttpBackend {
             connection: Some((self.pool.clone(), connection)),
             upload,
             trailers_seen: false,
+            address: self.address,
         };
         if body.inner.is_end_stream() {
             // No body at all (204, 304, HEAD): the connection is free now.
@@ -588,7 +594,7 @@ impl HttpBackend {
 
     /// The upstream as the log names it (see the field).
     pub fn address(&self) -> &str {
-        &self.address
+        self.address
     }
 
     /// Readiness: can a connection to the upstream be opened within the connect timeout — TCP,
@@ -596,7 +602,7 @@ impl HttpBackend {
     /// certificate the upstream's clients would refuse makes gitgate not ready, rather than
     /// ready to answer every request 502. The connection is closed at once, never pooled.
     pub async fn ready(&self) -> Result<(), String> {
-        let upstream = &self.address;
+        let upstream = self.address;
         match self.pool.connect_new(Driving::Inline).await {
             Ok(checkout) => {
                 drop(checkout);
@@ -793,6 +799,8 @@ struct UpstreamBody {
     upload: Option<Upload>,
     /// The answer ended with trailers (hyper's `Incoming` does not count them as the end).
     trailers_seen: bool,
+    /// The upstream, named in the body's errors as in the head's.
+    address: &'static str,
 }
 
 /// How long an upload may go on after its answer has ended (see [`UpstreamBody::release`]).
@@ -864,7 +872,8 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Err(e))) => {
                 self.connection = None;
                 Poll::Ready(Some(Err(io::Error::other(format!(
-                    "the upstream response broke off: {e}"
+                    "the upstream response broke off: {e} (upstream {})",
+                    self.address
                 )))))
             }
             Poll::Ready(None) => {
@@ -884,8 +893,9 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
-                        "the upstream response stalled for {}s",
-                        this.silence.idle().as_secs()
+                        "the upstream response stalled for {}s (upstream {})",
+                        this.silence.idle().as_secs(),
+                        this.address
                     ),
                 ))))
             }
