@@ -951,6 +951,49 @@ async fn work(
     }
 }
 
+/// What a plain HTTP request to the HTTPS port is told (git shows it as `remote: ...`).
+const PLAIN_HTTP_ON_THE_HTTPS_PORT: &str = "this port speaks HTTPS only: use an https:// URL \
+     (the request came in plain HTTP)\n";
+
+/// Answers a plain HTTP request on the HTTPS port with `400` and the reason, and closes: its
+/// head is read first (within `deadline`, at most 64 KiB), so that closing with it unread does
+/// not reset the connection under the answer.
+async fn answer_plain_http(mut stream: TcpStream, deadline: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read_head = async {
+        let mut head = Vec::with_capacity(1024);
+        let mut buf = [0u8; 4096];
+        while head.len() < 64 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    };
+    if !matches!(tokio::time::timeout(deadline, read_head).await, Ok(true)) {
+        return;
+    }
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{PLAIN_HTTP_ON_THE_HTTPS_PORT}",
+        PLAIN_HTTP_ON_THE_HTTPS_PORT.len()
+    );
+    let sent = tokio::time::timeout(deadline, async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        // What the client still sends (a body) is read and dropped until it closes, briefly.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut buf = [0u8; 4096];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+}
+
 /// The answer to every request on a connection over its address's cap: `503` with the reason,
 /// and the connection closed after it (on HTTP/1 said with `Connection: close`; on HTTP/2, which
 /// has no such header, with the GOAWAY of [`Connection::serve_io`]).
@@ -1071,6 +1114,24 @@ impl Connection {
         let remote = self.remote;
         // Started now: the wait for a first request counts the TLS handshake in.
         let activity = Activity::new();
+        if self.settings.tls.is_some() {
+            let deadline = self.settings.limits.header_read_timeout;
+            let mut draining = self.draining.clone();
+            let mut first = [0u8; 1];
+            let peeked = tokio::select! {
+                peeked = tokio::time::timeout(deadline, stream.peek(&mut first)) => peeked,
+                true = async { draining.wait_for(|now| *now).await.is_ok() } => return,
+            };
+            // A request in plain HTTP (`http://` for an `https://` port): answered in plain
+            // HTTP with what to do, as nginx does, instead of a TLS alert the client shows as
+            // `Received HTTP/0.9 when not allowed`.
+            if matches!(peeked, Ok(Ok(1))) && first[0].is_ascii_uppercase() {
+                METRICS.connection_cut(Cut::TlsHandshake);
+                tracing::debug!(remote = %remote, "a plain HTTP request on the HTTPS port: answered 400");
+                answer_plain_http(stream, deadline).await;
+                return;
+            }
+        }
         // Bytes are counted on the TCP stream, under TLS: rustls takes an answer's plaintext
         // into its buffer while the socket is full, and counted above it, a client that stopped
         // reading would look active a while longer than the idle timeout.

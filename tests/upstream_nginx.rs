@@ -985,6 +985,15 @@ fn clone_over_tls_with_the_test_ca() {
         stderr.contains("certificate") || stderr.contains("ssl"),
         "refused for another reason: {stderr}"
     );
+    // An http:// URL for the https port: told what to do, in words git shows.
+    let plain = w.url(&g).replacen("https://", "http://", 1);
+    let out = w.git(w.dir.path(), &["ls-remote", &plain]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("remote: this port speaks HTTPS only: use an https:// URL"),
+        "{stderr}"
+    );
     // The upstream was told the client came in over https.
     let log = w.nginx.access_log();
     assert!(log.lines().all(|l| l.contains("fproto=\"https\"")), "{log}");
