@@ -303,7 +303,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
                 .map_err(|e| format!("{}: {e}", config.source.display()))?;
             certificate_dates_said(&certs);
             if let Some(warning) = crate::tls::key_readable_by_all(certs.key_path()) {
-                tracing::warn!(key = %certs.key_path().display(), "{warning}");
+                tracing::warn!("{warning}");
             }
             Some(certs)
         }
@@ -951,6 +951,41 @@ async fn work(
     }
 }
 
+/// Clients that refused the served certificate: said once a minute while they go on.
+static CERTIFICATE_REFUSED: std::sync::LazyLock<std::sync::Mutex<crate::repeats::Repeats>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::Mutex::new(crate::repeats::Repeats::new(Duration::from_secs(60)))
+    });
+
+/// A connection's error, in the log: a client that refused the served certificate as a warning
+/// (once a minute: the operator's to mend, and every such client fails), the rest at debug level
+/// (`what` with the error, in TLS's own words where it is a TLS one).
+fn tls_trouble_said(
+    remote: std::net::SocketAddr,
+    e: &(dyn std::error::Error + 'static),
+    what: &str,
+) {
+    match crate::tls::connection_trouble(e) {
+        Some((true, words)) => {
+            let times = CERTIFICATE_REFUSED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .failed(std::time::Instant::now());
+            if let Some(times) = times {
+                tracing::warn!(
+                    remote = %remote,
+                    times,
+                    "a client refused the TLS certificate ({words}): clients must trust its CA, \
+                     and [server.tls] cert must hold the intermediates after it (a \
+                     fullchain.pem) and name the host they ask for (said at most once a minute)"
+                );
+            }
+        }
+        Some((false, words)) => tracing::debug!(remote = %remote, error = ?words, "{what}"),
+        None => tracing::debug!(remote = %remote, error = ?e.to_string(), "{what}"),
+    }
+}
+
 /// What a plain HTTP request to the HTTPS port is told (git shows it as `remote: ...`).
 const PLAIN_HTTP_ON_THE_HTTPS_PORT: &str = "this port speaks HTTPS only: use an https:// URL \
      (the request came in plain HTTP)\n";
@@ -1154,7 +1189,7 @@ impl Connection {
                         }
                         Ok(Err(e)) => {
                             METRICS.connection_cut(Cut::TlsHandshake);
-                            tracing::debug!(remote = %remote, error = ?e.to_string(), "TLS handshake failed")
+                            tls_trouble_said(remote, &e, "TLS handshake failed");
                         }
                         Err(_) => {
                             METRICS.connection_cut(Cut::TlsHandshake);
@@ -1347,9 +1382,7 @@ impl Connection {
                     METRICS.unparsable_request();
                     crate::gate::log_unparsable(remote, status, &e.to_string());
                 }
-                None => {
-                    tracing::debug!(remote = %remote, error = ?e.to_string(), "connection ended with an error")
-                }
+                None => tls_trouble_said(remote, &*e, "connection ended with an error"),
             },
             Closed::Idle => {
                 METRICS.connection_cut(Cut::Idle);

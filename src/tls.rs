@@ -132,6 +132,60 @@ pub fn key_readable_by_all(key: &Path) -> Option<String> {
     })
 }
 
+/// What a failed TLS connection says, in the operator's words: `(true, its alert)` when the
+/// client refused the served certificate — its CA not trusted, an intermediate missing from the
+/// cert file, a name it does not cover — which the operator must hear of; `(false, ...)` for
+/// the rest (a client speaking no TLS this server speaks, one that hung up). `None` when no
+/// TLS error is in `e`'s chain. rustls and hyper say these as `connection error` or
+/// `peer is incompatible: SignatureAlgorithmsExtensionRequired`.
+pub fn connection_trouble(e: &(dyn std::error::Error + 'static)) -> Option<(bool, String)> {
+    use rustls::AlertDescription as A;
+    let tls = tls_error(e)?;
+    Some(match tls {
+        rustls::Error::AlertReceived(
+            alert @ (A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA),
+        ) => (true, format!("its TLS alert: {alert:?}")),
+        rustls::Error::AlertReceived(alert) => (
+            false,
+            format!("the client ended the TLS connection (its alert: {alert:?})"),
+        ),
+        rustls::Error::PeerIncompatible(why) => (
+            false,
+            format!("the client speaks no TLS this server does (TLS 1.2 and 1.3 only): {why:?}"),
+        ),
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => (
+            false,
+            "the client does not speak TLS (another protocol on the HTTPS port)".into(),
+        ),
+        other => (false, format!("TLS: {other}")),
+    })
+}
+
+/// The rustls error in `e`'s chain, looking inside I/O errors too (whose `source` skips the
+/// error they wrap).
+fn tls_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if wrapped.is_some() {
+            return wrapped;
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// A PEM file's problem in words: rustls names the marker it missed as a list of byte values
 /// (`[67, 69, 82, ...]` for `CERTIFICATE`).
 pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
@@ -617,6 +671,46 @@ mod tests {
             e.contains("an X.509 version 1 certificate") && !e.contains("UnsupportedCertVersion"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_refused_certificate_is_told_from_other_tls_trouble() {
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let said = |e: &(dyn std::error::Error + 'static)| connection_trouble(e);
+        let refused = io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA,
+        ));
+        assert_eq!(
+            said(&refused),
+            Some((true, "its TLS alert: UnknownCA".into()))
+        );
+        // Under another error, as hyper's `connection error` holds it.
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("connection error")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(said(&Outer(refused)).map(|t| t.0), Some(true));
+        let gone = io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CloseNotify,
+        ));
+        assert_eq!(said(&gone).map(|t| t.0), Some(false));
+        let old = io(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::SignatureAlgorithmsExtensionRequired,
+        ));
+        let (refused, words) = said(&old).unwrap();
+        assert!(
+            !refused && words.contains("TLS 1.2 and 1.3 only"),
+            "{words}"
+        );
+        assert_eq!(said(&std::io::Error::other("plain")), None);
     }
 
     #[test]

@@ -985,6 +985,23 @@ fn clone_over_tls_with_the_test_ca() {
         stderr.contains("certificate") || stderr.contains("ssl"),
         "refused for another reason: {stderr}"
     );
+    // A client that refuses it with an alert (OpenSSL, Go, rustls do; git on GnuTLS, as
+    // Debian's, closes without one): the operator hears of it, with what to look at.
+    refuse_the_certificate(g.port);
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = g.log_text();
+        if log.contains("a client refused the TLS certificate") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        log.contains("WARN")
+            && log.contains("a client refused the TLS certificate (its TLS alert: UnknownCA): clients must trust its CA")
+            && log.contains("fullchain.pem"),
+        "{log}"
+    );
     // An http:// URL for the https port: told what to do, in words git shows.
     let plain = w.url(&g).replacen("https://", "http://", 1);
     let out = w.git(w.dir.path(), &["ls-remote", &plain]);
@@ -1176,6 +1193,30 @@ fn https_upstream_is_verified_against_the_configured_ca() {
             .any(|l| l.contains("not ready") && l.contains("TLS handshake failed")),
         "{log}"
     );
+}
+
+/// A TLS handshake with `port` by a client that trusts no CA: it refuses the certificate
+/// with an alert (`unknown_ca`), as clients built on OpenSSL do.
+fn refuse_the_certificate(port: u16) {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut sock) {
+            assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+            return;
+        }
+    }
+    panic!("the client took a certificate of a CA it does not trust");
 }
 
 /// The certificate a new TLS connection to `port` is served, and a TLS stream that stays open.
