@@ -76,6 +76,14 @@ impl CertStore {
         *self.validity.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the cert file holds the server's certificate alone, issued by a CA (not by
+    /// itself): clients must then have that CA itself, not only a root above it. For `check`'s
+    /// note, since a missing intermediate cannot be told from an internal CA from here.
+    pub fn lone_certificate_issued_by_a_ca(&self) -> bool {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        current.cert.len() == 1 && issued_by_itself(&current.cert[0]) == Some(false)
+    }
+
     /// What is wrong with the served chain without keeping it from being served.
     pub fn warnings(&self) -> Vec<String> {
         self.warnings
@@ -411,6 +419,24 @@ pub fn validity(der: &[u8]) -> Option<Validity> {
     })
 }
 
+/// Whether a DER certificate names itself as its issuer (a CA's root, or a self-signed
+/// certificate): its issuer and subject `Name`s are the same bytes. `None` for anything that is
+/// not a certificate as RFC 5280 lays it out.
+pub fn issued_by_itself(der: &[u8]) -> Option<bool> {
+    let (cert, _) = der_take(der, 0x30)?;
+    let (tbs, _) = der_take(cert, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der_take(rest, 0xa0)?.1; // [0] version
+    }
+    rest = der_take(rest, 0x02)?.1; // serialNumber
+    rest = der_take(rest, 0x30)?.1; // signature AlgorithmIdentifier
+    let (issuer, after_issuer) = der_take(rest, 0x30)?;
+    let after_dates = der_take(after_issuer, 0x30)?.1; // validity
+    let (subject, _) = der_take(after_dates, 0x30)?;
+    Some(issuer == subject)
+}
+
 /// One DER element with tag `tag` at the start of `input`: (its contents, what follows).
 fn der_take(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     let (&first, rest) = input.split_first()?;
@@ -711,6 +737,23 @@ mod tests {
             "{words}"
         );
         assert_eq!(said(&std::io::Error::other("plain")), None);
+    }
+
+    #[test]
+    fn a_lone_certificate_issued_by_a_ca_is_told_from_a_chain_and_a_self_signed_one() {
+        assert_eq!(issued_by_itself(&der("server-a.pem")), Some(false));
+        assert_eq!(issued_by_itself(&der("ca.pem")), Some(true));
+        assert_eq!(issued_by_itself(&der("expired.pem")), Some(true));
+        assert_eq!(issued_by_itself(&der("version1.pem")), Some(true));
+        assert_eq!(issued_by_itself(b"\x30\x03\x30\x01\x00"), None);
+        let lone = CertStore::load(&fixture("server-a.pem"), &fixture("server-a.key")).unwrap();
+        assert!(lone.lone_certificate_issued_by_a_ca());
+        let dir = tempfile::tempdir().unwrap();
+        let chain = chain_of(dir.path(), &["server-a.pem", "ca.pem"]);
+        let whole = CertStore::load(&chain, &fixture("server-a.key")).unwrap();
+        assert!(!whole.lone_certificate_issued_by_a_ca());
+        let own = CertStore::load(&fixture("expired.pem"), &fixture("expired.key"));
+        assert!(own.is_err(), "expired: refused before anything else");
     }
 
     #[test]

@@ -106,6 +106,15 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             warnings += 1;
             outln!("warning: tls: {warning}");
         }
+        if certs.lone_certificate_issued_by_a_ca() {
+            outln!(
+                "note: tls: {} holds the server's certificate alone, without the intermediate \
+                 certificates of its CA: right for an internal CA the clients trust \
+                 themselves; from a public CA, name the full chain (fullchain.pem), or clients \
+                 refuse it (git: `server certificate verification failed`)",
+                tls.cert.display()
+            );
+        }
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
