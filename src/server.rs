@@ -991,9 +991,9 @@ const PLAIN_HTTP_ON_THE_HTTPS_PORT: &str = "this port speaks HTTPS only: use an 
      (the request came in plain HTTP)\n";
 
 /// Answers a plain HTTP request on the HTTPS port with `400` and the reason, and closes: its
-/// head is read first (within `deadline`, at most 64 KiB), so that closing with it unread does
-/// not reset the connection under the answer.
-async fn answer_plain_http(mut stream: TcpStream, deadline: Duration) {
+/// head is read first (by `deadline`, at most 64 KiB), so that closing with it unread does not
+/// reset the connection under the answer.
+async fn answer_plain_http(mut stream: TcpStream, deadline: tokio::time::Instant) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let read_head = async {
         let mut head = Vec::with_capacity(1024);
@@ -1006,7 +1006,7 @@ async fn answer_plain_http(mut stream: TcpStream, deadline: Duration) {
         }
         true
     };
-    if !matches!(tokio::time::timeout(deadline, read_head).await, Ok(true)) {
+    if !matches!(tokio::time::timeout_at(deadline, read_head).await, Ok(true)) {
         return;
     }
     let answer = format!(
@@ -1014,7 +1014,7 @@ async fn answer_plain_http(mut stream: TcpStream, deadline: Duration) {
          Content-Length: {}\r\nConnection: close\r\n\r\n{PLAIN_HTTP_ON_THE_HTTPS_PORT}",
         PLAIN_HTTP_ON_THE_HTTPS_PORT.len()
     );
-    let sent = tokio::time::timeout(deadline, async {
+    let sent = tokio::time::timeout(Duration::from_secs(5), async {
         stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await
     })
@@ -1149,21 +1149,27 @@ impl Connection {
         let remote = self.remote;
         // Started now: the wait for a first request counts the TLS handshake in.
         let activity = Activity::new();
+        // The TLS handshake, and the look at its first byte, end by then.
+        let handshake_by = tokio::time::Instant::now() + self.settings.limits.header_read_timeout;
         if self.settings.tls.is_some() {
-            let deadline = self.settings.limits.header_read_timeout;
             let mut draining = self.draining.clone();
             let mut first = [0u8; 1];
             let peeked = tokio::select! {
-                peeked = tokio::time::timeout(deadline, stream.peek(&mut first)) => peeked,
+                peeked = tokio::time::timeout_at(handshake_by, stream.peek(&mut first)) => peeked,
                 true = async { draining.wait_for(|now| *now).await.is_ok() } => return,
             };
+            if peeked.is_err() {
+                METRICS.connection_cut(Cut::TlsHandshake);
+                tracing::debug!(remote = %remote, "TLS handshake timed out");
+                return;
+            }
             // A request in plain HTTP (`http://` for an `https://` port): answered in plain
             // HTTP with what to do, as nginx does, instead of a TLS alert the client shows as
             // `Received HTTP/0.9 when not allowed`.
             if matches!(peeked, Ok(Ok(1))) && first[0].is_ascii_uppercase() {
                 METRICS.connection_cut(Cut::TlsHandshake);
                 tracing::debug!(remote = %remote, "a plain HTTP request on the HTTPS port: answered 400");
-                answer_plain_http(stream, deadline).await;
+                answer_plain_http(stream, handshake_by).await;
                 return;
             }
         }
@@ -1175,9 +1181,8 @@ impl Connection {
         match self.settings.tls.clone() {
             None => self.serve_io(stream, activity, Spoken::Either, None).await,
             Some(acceptor) => {
-                let deadline = self.settings.limits.header_read_timeout;
                 let mut draining = self.draining.clone();
-                let handshake = tokio::time::timeout(deadline, acceptor.accept(stream));
+                let handshake = tokio::time::timeout_at(handshake_by, acceptor.accept(stream));
                 tokio::select! {
                     done = handshake => match done {
                         Ok(Ok(tls)) => {

@@ -306,9 +306,16 @@ fn connections_cut_by_timeouts_are_counted_by_reason() {
     let t = start(tls_dir.path(), &config);
     let mut plain = connect(t.port);
     plain.write_all(HEALTHZ).unwrap();
-    read_until_closed(&mut plain);
+    let (answer, _) = read_until_closed(&mut plain);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n")
+            && answer.ends_with("this port speaks HTTPS only: use an https:// URL (the request came in plain HTTP)\n"),
+        "{answer}"
+    );
+    // A connection that never sends a byte is closed by the handshake's deadline, once.
     let mut silent = connect(t.port);
-    read_until_closed(&mut silent);
+    let (_, took) = read_until_closed(&mut silent);
+    assert!(took < Duration::from_millis(1900), "{took:?}");
     assert_eq!(cuts(&t, "tls-handshake"), 2);
     assert_eq!(cuts(&t, "no-request"), 0);
 }
