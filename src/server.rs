@@ -923,7 +923,7 @@ async fn work(
     }
     let _ = draining_now.send(true);
     let grace = limits.shutdown_grace;
-    gate.upstream.stopping(grace);
+    let _ = gate.upstream.stopping(grace);
     tokio::select! {
         _ = async {
             graceful.shutdown().await;
@@ -937,6 +937,13 @@ async fn work(
             CUT_OFF.store(true, Ordering::Relaxed);
         }
         Ok(_) = cut_off.wait_for(|now| *now) => CUT_OFF.store(true, Ordering::Relaxed),
+    }
+    // Requests still waiting for a backend process are answered now — a second stop signal,
+    // or a grace period too short to answer them before its end — and given a moment for
+    // their answers to go out: cut off without one, git says `Authentication failed`.
+    let waiting = gate.upstream.stopping(Duration::ZERO);
+    if waiting > 0 || gate.upstream.answered_at_stop() > 0 {
+        tokio::time::sleep(ANSWERS_GO_OUT_WITHIN).await;
     }
     // Ends what is left — pushes finishing without their client, and those whose client is
     // cut off now — and waits until each connection's requests and bodies have been dropped
@@ -1028,6 +1035,10 @@ async fn answer_plain_http(mut stream: TcpStream, deadline: tokio::time::Instant
         .await;
     }
 }
+
+/// How long a stop lets the answers of the requests it refused (those waiting for a backend
+/// process) go out before it cuts their connections.
+const ANSWERS_GO_OUT_WITHIN: Duration = Duration::from_millis(200);
 
 /// The answer to every request on a connection over its address's cap: `503` with the reason,
 /// and the connection closed after it (on HTTP/1 said with `Connection: close`; on HTTP/2, which

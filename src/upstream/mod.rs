@@ -351,10 +351,19 @@ impl Upstream {
     }
 
     /// At shutdown, as the drain begins: requests waiting for a backend process are answered
-    /// before `grace` ends. Nothing waits so over HTTP.
-    pub fn stopping(&self, grace: std::time::Duration) {
-        if let Upstream::Cgi(backend) = self {
-            backend.stopping(grace);
+    /// before `grace` ends; how many wait now. Nothing waits so over HTTP.
+    pub fn stopping(&self, grace: std::time::Duration) -> usize {
+        match self {
+            Upstream::Cgi(backend) => backend.stopping(grace),
+            Upstream::Http(_) => 0,
+        }
+    }
+
+    /// How many requests waiting for a backend process the stop has answered.
+    pub fn answered_at_stop(&self) -> usize {
+        match self {
+            Upstream::Cgi(backend) => backend.answered_at_stop(),
+            Upstream::Http(_) => 0,
         }
     }
 

@@ -76,6 +76,8 @@ pub struct ProcessCap {
     at_the_cap: Mutex<Repeats>,
     /// Set at a stop: when the requests still waiting are answered.
     waits_end_by: Mutex<Option<tokio::time::Instant>>,
+    /// How many were answered so (see [`ProcessCap::answered_at_stop`]).
+    answered_at_stop: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -211,13 +213,20 @@ impl ProcessCap {
             in_a_run: AtomicBool::new(false),
             at_the_cap: Mutex::new(Repeats::new(SAID_EVERY)),
             waits_end_by: Mutex::new(None),
+            answered_at_stop: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// How many requests were answered as [`Full::Stopping`]: their answers must be let out
+    /// before their connections are cut.
+    pub fn answered_at_stop(&self) -> usize {
+        self.answered_at_stop.load(Ordering::Relaxed)
     }
 
     /// The server stops, its connections cut off after `grace`: the requests waiting for a
     /// place then are answered (as [`Full::Stopping`]) a little before that. Called by every
-    /// worker as it begins to drain; the earliest end counts.
-    pub fn stopping(&self, grace: Duration) {
+    /// worker as it begins to drain; the earliest end counts. Returns how many wait now.
+    pub fn stopping(&self, grace: Duration) -> usize {
         let by = tokio::time::Instant::now() + grace - ANSWER_BEFORE_CUT.min(grace / 2);
         {
             let mut end = self
@@ -227,6 +236,7 @@ impl ProcessCap {
             *end = Some(end.map_or(by, |end| end.min(by)));
         }
         self.freed.notify_waiters();
+        self.state().principals.values().map(|p| p.waiting).sum()
     }
 
     /// A place for one process of `principal` (a token id): at once when one is free to it,
@@ -313,6 +323,9 @@ impl ProcessCap {
                 _ => (deadline, why),
             };
             if tokio::time::timeout_at(until, freed).await.is_err() {
+                if why == Full::Stopping {
+                    self.answered_at_stop.fetch_add(1, Ordering::Relaxed);
+                }
                 return Err(Busy {
                     max: self.max,
                     waited: wait.min(until.duration_since(started)),

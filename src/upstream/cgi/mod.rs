@@ -685,11 +685,14 @@ impl CgiBackend {
     }
 
     /// At shutdown, as the drain begins: requests waiting for a place under the process cap
-    /// are answered before `grace` ends (see [`ProcessCap::stopping`]).
-    pub fn stopping(&self, grace: Duration) {
-        if let Some(cap) = &self.cap {
-            cap.stopping(grace);
-        }
+    /// are answered before `grace` ends (see [`ProcessCap::stopping`]); how many wait now.
+    pub fn stopping(&self, grace: Duration) -> usize {
+        self.cap.as_ref().map_or(0, |cap| cap.stopping(grace))
+    }
+
+    /// How many requests the stop answered so (see [`ProcessCap::answered_at_stop`]).
+    pub fn answered_at_stop(&self) -> usize {
+        self.cap.as_ref().map_or(0, |cap| cap.answered_at_stop())
     }
 
     /// At shutdown, once the grace period is over: pushes finishing without their client are
