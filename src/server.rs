@@ -1180,7 +1180,12 @@ impl Connection {
             if matches!(peeked, Ok(Ok(1))) && first[0].is_ascii_uppercase() {
                 METRICS.connection_cut(Cut::TlsHandshake);
                 tracing::debug!(remote = %remote, "a plain HTTP request on the HTTPS port: answered 400");
-                answer_plain_http(stream, handshake_by).await;
+                // A stop does not wait for it: a client that sends `GET` and no more would
+                // hold the stop until the handshake's deadline.
+                tokio::select! {
+                    () = answer_plain_http(stream, handshake_by) => {}
+                    true = async { draining.wait_for(|now| *now).await.is_ok() } => {}
+                }
                 return;
             }
         }
@@ -1445,9 +1450,14 @@ pub fn expiry_note(chain: &crate::tls::ChainValidity, now: i64) -> Option<(bool,
     );
     let left = chain.validity.not_after - now;
     if left <= 0 {
+        let refused_by = if chain.first_to_expire == 0 {
+            "every client refuses it"
+        } else {
+            "a client that needs it refuses the server's certificate"
+        };
         Some((
             true,
-            format!("{which} expired on {at}: every client refuses it; renew it, then send SIGHUP"),
+            format!("{which} expired on {at}: {refused_by}; renew it, then send SIGHUP"),
         ))
     } else if left < CERTIFICATE_RENEWAL_WARNING_MS {
         Some((
@@ -1477,7 +1487,8 @@ fn certificate_dates_said(certs: &CertStore) {
         return;
     };
     METRICS.tls_certificate_expires(chain.validity.not_after);
-    if let Some((_, note)) = expiry_note(&chain, crate::clock::now_ms()) {
+    // One already past is an intermediate's, said above.
+    if let Some((false, note)) = expiry_note(&chain, crate::clock::now_ms()) {
         tracing::warn!(cert = %certs.cert_path().display(), "{note}");
     }
 }
@@ -1486,7 +1497,11 @@ fn certificate_dates_said(certs: &CertStore) {
 /// within 14 days of it, and said as an error every hour once it has passed (a start and a
 /// reload refuse such a certificate, but one served for months can expire while served).
 async fn watch_certificate_expiry(certs: Arc<CertStore>) {
-    let mut warned: Option<tokio::time::Instant> = None;
+    // Said at the start already.
+    let mut warned = certs
+        .validity()
+        .and_then(|chain| expiry_note(&chain, crate::clock::now_ms()))
+        .map(|_| tokio::time::Instant::now());
     loop {
         tokio::time::sleep(CERTIFICATE_LOOKED_AT_EVERY).await;
         let Some(chain) = certs.validity() else {
@@ -1661,12 +1676,14 @@ mod tests {
     #[test]
     fn a_served_chains_expiry_is_said_as_it_nears_and_passes() {
         let day = 24 * 3600 * 1000;
+        let validity = crate::tls::Validity {
+            not_before: 0,
+            not_after: 100 * day,
+        };
         let chain = |first_to_expire| crate::tls::ChainValidity {
-            validity: crate::tls::Validity {
-                not_before: 0,
-                not_after: 100 * day,
-            },
+            validity,
             first_to_expire,
+            served: validity,
         };
         assert_eq!(expiry_note(&chain(0), 80 * day), None);
         let (passed, note) = expiry_note(&chain(0), 90 * day).unwrap();
@@ -1681,7 +1698,7 @@ mod tests {
         assert!(
             note.starts_with(
                 "the TLS certificate file's certificate 2 (an intermediate) expired on \
-                 1970-04-11T00:00:00Z: every client refuses it"
+                 1970-04-11T00:00:00Z: a client that needs it refuses the server's certificate"
             ),
             "{note}"
         );

@@ -272,6 +272,7 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Pair,
     let mut chain_validity = served.map(|validity| ChainValidity {
         validity,
         first_to_expire: 0,
+        served: validity,
     });
     let mut warnings = Vec::new();
     for (i, der) in chain.iter().enumerate().skip(1) {
@@ -287,7 +288,6 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Pair,
                 chain.len(),
                 problem = problem.replacen("the certificate ", "", 1)
             ));
-            continue;
         }
         if let Some(c) = &mut chain_validity {
             c.validity.not_before = c.validity.not_before.max(dates.not_before);
@@ -375,12 +375,14 @@ impl Validity {
 }
 
 /// The dates of a certificate chain: when all of its certificates are valid (those whose dates
-/// could be read; an intermediate out of them is a warning, not counted), and which expires
-/// first (0: the server's own).
+/// could be read, an intermediate out of them included: the chain's expiry is then past, for
+/// an alert on the metric), which expires first (0: the server's own), and the served
+/// certificate's own dates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChainValidity {
     pub validity: Validity,
     pub first_to_expire: usize,
+    pub served: Validity,
 }
 
 impl ChainValidity {
@@ -668,12 +670,14 @@ mod tests {
                 && warnings[0].contains("expired on 2020-01-31T00:00:00Z"),
             "{warnings:?}"
         );
-        // Not counted in the dates: those are the served certificate's.
+        // Counted in the chain's dates, which an alert on the metric then sees as past.
         let chain = store.validity().unwrap();
+        assert_eq!(chain.first_to_expire, 1);
         assert_eq!(
-            (chain.validity, chain.first_to_expire),
-            (validity(&der("server-a.pem")).unwrap(), 0)
+            chain.validity.not_after,
+            validity(&der("expired.pem")).unwrap().not_after
         );
+        assert_eq!(chain.served, validity(&der("server-a.pem")).unwrap());
     }
 
     /// A chain in the wrong order, the server's certificate after its CA's, is said to be

@@ -320,6 +320,29 @@ fn connections_cut_by_timeouts_are_counted_by_reason() {
     assert_eq!(cuts(&t, "no-request"), 0);
 }
 
+/// A plain HTTP client on the HTTPS port that sends `GET` and no more does not hold a stop
+/// until the handshake's deadline (30 s by default).
+#[test]
+fn a_stalled_plain_http_request_on_the_https_port_does_not_hold_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [("server-a.pem", "cert.pem"), ("server-a.key", "key.pem")] {
+        std::fs::copy(common::fixture(&format!("tls/{from}")), dir.path().join(to)).unwrap();
+    }
+    let mut config = cgi_config(dir.path(), "");
+    config.push_str("[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
+    let mut g = start(dir.path(), &config);
+    let mut stalled = connect(g.port);
+    stalled.write_all(b"GET").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = Instant::now();
+    assert!(g.stop_within(Duration::from_secs(10)).success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+}
+
 /// An HTTP/2 frame on stream 0 with no flags.
 fn h2_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     h2_frame_on(kind, 0, 0, payload)
