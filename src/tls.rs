@@ -399,20 +399,10 @@ impl ChainValidity {
 }
 
 /// The validity of a DER certificate, read from its `tbsCertificate`: rustls checks the dates
-/// of the certificates a peer sends, not of the one gitgate serves. Only the few fields before
-/// the dates are walked (version, serial number, signature algorithm, issuer); `None` for
-/// anything that is not a certificate as RFC 5280 lays it out.
+/// of the certificates a peer sends, not of the one gitgate serves. `None` for anything that
+/// is not a certificate as RFC 5280 lays it out.
 pub fn validity(der: &[u8]) -> Option<Validity> {
-    let (cert, _) = der_take(der, 0x30)?;
-    let (tbs, _) = der_take(cert, 0x30)?;
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = der_take(rest, 0xa0)?.1; // [0] version
-    }
-    rest = der_take(rest, 0x02)?.1; // serialNumber
-    rest = der_take(rest, 0x30)?.1; // signature AlgorithmIdentifier
-    rest = der_take(rest, 0x30)?.1; // issuer Name
-    let (dates, _) = der_take(rest, 0x30)?;
+    let (_, dates, _) = issuer_dates_subject(der)?;
     let (not_before, rest) = der_time(dates)?;
     let (not_after, rest) = der_time(rest)?;
     rest.is_empty().then_some(Validity {
@@ -425,6 +415,13 @@ pub fn validity(der: &[u8]) -> Option<Validity> {
 /// certificate): its issuer and subject `Name`s are the same bytes. `None` for anything that is
 /// not a certificate as RFC 5280 lays it out.
 pub fn issued_by_itself(der: &[u8]) -> Option<bool> {
+    let (issuer, _, subject) = issuer_dates_subject(der)?;
+    Some(issuer == subject)
+}
+
+/// A DER certificate's issuer `Name`, validity and subject `Name` (each element's contents).
+/// Only the few fields before them are walked (version, serial number, signature algorithm).
+fn issuer_dates_subject(der: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     let (cert, _) = der_take(der, 0x30)?;
     let (tbs, _) = der_take(cert, 0x30)?;
     let mut rest = tbs;
@@ -433,10 +430,10 @@ pub fn issued_by_itself(der: &[u8]) -> Option<bool> {
     }
     rest = der_take(rest, 0x02)?.1; // serialNumber
     rest = der_take(rest, 0x30)?.1; // signature AlgorithmIdentifier
-    let (issuer, after_issuer) = der_take(rest, 0x30)?;
-    let after_dates = der_take(after_issuer, 0x30)?.1; // validity
-    let (subject, _) = der_take(after_dates, 0x30)?;
-    Some(issuer == subject)
+    let (issuer, rest) = der_take(rest, 0x30)?;
+    let (dates, rest) = der_take(rest, 0x30)?;
+    let (subject, _) = der_take(rest, 0x30)?;
+    Some((issuer, dates, subject))
 }
 
 /// One DER element with tag `tag` at the start of `input`: (its contents, what follows).
