@@ -1430,9 +1430,6 @@ impl Connection {
     }
 }
 
-/// How long before its expiry the served chain is warned about.
-const CERTIFICATE_RENEWAL_WARNING_MS: i64 = 14 * 24 * 3600 * 1000;
-
 /// How often a running server looks at the served chain's expiry: a certificate fine at the
 /// start may be near its end, or past it, months later.
 const CERTIFICATE_LOOKED_AT_EVERY: Duration = Duration::from_secs(3600);
@@ -1440,37 +1437,6 @@ const CERTIFICATE_LOOKED_AT_EVERY: Duration = Duration::from_secs(3600);
 /// How often, at most, a running server warns that the served chain's expiry is near (once
 /// it has passed: every time it looks).
 const CERTIFICATE_WARNED_EVERY: Duration = Duration::from_secs(24 * 3600);
-
-/// What the log says of the served chain's expiry at `now` (epoch milliseconds): that it has
-/// passed (`true`: an error), that it is near (a warning), or nothing.
-pub fn expiry_note(chain: &crate::tls::ChainValidity, now: i64) -> Option<(bool, String)> {
-    let (which, at) = (
-        chain.first_to_expire(),
-        crate::clock::datetime(chain.validity.not_after),
-    );
-    let left = chain.validity.not_after - now;
-    if left <= 0 {
-        let refused_by = if chain.first_to_expire == 0 {
-            "every client refuses it"
-        } else {
-            "a client that needs it refuses the server's certificate"
-        };
-        Some((
-            true,
-            format!("{which} expired on {at}: {refused_by}; renew it, then send SIGHUP"),
-        ))
-    } else if left < CERTIFICATE_RENEWAL_WARNING_MS {
-        Some((
-            false,
-            format!(
-                "{which} expires on {at} (in {} hours): renew it, then send SIGHUP",
-                left / 3_600_000
-            ),
-        ))
-    } else {
-        None
-    }
-}
 
 /// The served chain's expiry and problems, at start and on reload: into the metrics, and into
 /// the log when its expiry is near or one of its intermediates is out of its dates (a served
@@ -1488,7 +1454,7 @@ fn certificate_dates_said(certs: &CertStore) {
     };
     METRICS.tls_certificate_expires(chain.validity.not_after);
     // One already past is an intermediate's, said above.
-    if let Some((false, note)) = expiry_note(&chain, crate::clock::now_ms()) {
+    if let Some((false, note)) = chain.expiry_note(crate::clock::now_ms()) {
         tracing::warn!(cert = %certs.cert_path().display(), "{note}");
     }
 }
@@ -1500,14 +1466,14 @@ async fn watch_certificate_expiry(certs: Arc<CertStore>) {
     // Said at the start already.
     let mut warned = certs
         .validity()
-        .and_then(|chain| expiry_note(&chain, crate::clock::now_ms()))
+        .and_then(|chain| chain.expiry_note(crate::clock::now_ms()))
         .map(|_| tokio::time::Instant::now());
     loop {
         tokio::time::sleep(CERTIFICATE_LOOKED_AT_EVERY).await;
         let Some(chain) = certs.validity() else {
             continue;
         };
-        match expiry_note(&chain, crate::clock::now_ms()) {
+        match chain.expiry_note(crate::clock::now_ms()) {
             Some((true, note)) => {
                 tracing::error!(cert = %certs.cert_path().display(), "{note}");
             }
@@ -1564,7 +1530,7 @@ async fn reload_on_hangup(
                 }
                 Err(e) => match c
                     .validity()
-                    .and_then(|chain| expiry_note(&chain, crate::clock::now_ms()))
+                    .and_then(|chain| chain.expiry_note(crate::clock::now_ms()))
                 {
                     Some((true, note)) => tracing::error!(
                         error = ?e.to_string(),
@@ -1669,40 +1635,6 @@ fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The log says nothing of a chain far from its expiry, warns within 14 days of it naming
-    /// the certificate that expires first, and says it is an error once it has passed (a
-    /// certificate served for months can expire while served).
-    #[test]
-    fn a_served_chains_expiry_is_said_as_it_nears_and_passes() {
-        let day = 24 * 3600 * 1000;
-        let validity = crate::tls::Validity {
-            not_before: 0,
-            not_after: 100 * day,
-        };
-        let chain = |first_to_expire| crate::tls::ChainValidity {
-            validity,
-            first_to_expire,
-            served: validity,
-        };
-        assert_eq!(expiry_note(&chain(0), 80 * day), None);
-        let (passed, note) = expiry_note(&chain(0), 90 * day).unwrap();
-        assert!(!passed);
-        assert_eq!(
-            note,
-            "the TLS certificate expires on 1970-04-11T00:00:00Z (in 240 hours): renew it, then \
-             send SIGHUP"
-        );
-        let (passed, note) = expiry_note(&chain(1), 100 * day).unwrap();
-        assert!(passed);
-        assert!(
-            note.starts_with(
-                "the TLS certificate file's certificate 2 (an intermediate) expired on \
-                 1970-04-11T00:00:00Z: a client that needs it refuses the server's certificate"
-            ),
-            "{note}"
-        );
-    }
 
     #[test]
     fn the_sections_a_config_edit_changed_are_named() {

@@ -9,6 +9,12 @@
 //! takes the server down.
 //!
 //! TLS 1.2 and 1.3 only (rustls supports nothing older), ALPN `h2` then `http/1.1`.
+//!
+//! The operator hears of what clients would otherwise find out alone: a chain's dates are all
+//! its certificates' (an intermediate expired while the server's own is not fails every client
+//! that needs it — see [`ChainValidity`]), a chain out of order or a version 1 certificate is
+//! named as such rather than as rustls's `KeyMismatch`, and a client's refusal of the
+//! certificate is told from other failed handshakes ([`connection_trouble`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -385,7 +391,41 @@ pub struct ChainValidity {
     pub served: Validity,
 }
 
+/// How long before its expiry the served chain is warned about.
+const RENEWAL_WARNING_MS: i64 = 14 * 24 * 3600 * 1000;
+
 impl ChainValidity {
+    /// What the log (and `check`) says of the chain's expiry at `now` (epoch milliseconds):
+    /// that it has passed (`true`: an error), that it is near (a warning), or nothing.
+    pub fn expiry_note(&self, now: i64) -> Option<(bool, String)> {
+        let (which, at) = (
+            self.first_to_expire(),
+            crate::clock::datetime(self.validity.not_after),
+        );
+        let left = self.validity.not_after - now;
+        if left <= 0 {
+            let refused_by = if self.first_to_expire == 0 {
+                "every client refuses it"
+            } else {
+                "a client that needs it refuses the server's certificate"
+            };
+            Some((
+                true,
+                format!("{which} expired on {at}: {refused_by}; renew it, then send SIGHUP"),
+            ))
+        } else if left < RENEWAL_WARNING_MS {
+            Some((
+                false,
+                format!(
+                    "{which} expires on {at} (in {} hours): renew it, then send SIGHUP",
+                    left / 3_600_000
+                ),
+            ))
+        } else {
+            None
+        }
+    }
+
     /// The certificate that expires first, in words.
     pub fn first_to_expire(&self) -> String {
         match self.first_to_expire {
@@ -755,6 +795,40 @@ mod tests {
         assert!(!whole.lone_certificate_issued_by_a_ca());
         let own = CertStore::load(&fixture("expired.pem"), &fixture("expired.key"));
         assert!(own.is_err(), "expired: refused before anything else");
+    }
+
+    /// The log says nothing of a chain far from its expiry, warns within 14 days of it naming
+    /// the certificate that expires first, and says it is an error once it has passed (a
+    /// certificate served for months can expire while served).
+    #[test]
+    fn a_served_chains_expiry_is_said_as_it_nears_and_passes() {
+        let day = 24 * 3600 * 1000;
+        let validity = Validity {
+            not_before: 0,
+            not_after: 100 * day,
+        };
+        let chain = |first_to_expire| ChainValidity {
+            validity,
+            first_to_expire,
+            served: validity,
+        };
+        assert_eq!(chain(0).expiry_note(80 * day), None);
+        let (passed, note) = chain(0).expiry_note(90 * day).unwrap();
+        assert!(!passed);
+        assert_eq!(
+            note,
+            "the TLS certificate expires on 1970-04-11T00:00:00Z (in 240 hours): renew it, then \
+             send SIGHUP"
+        );
+        let (passed, note) = chain(1).expiry_note(100 * day).unwrap();
+        assert!(passed);
+        assert!(
+            note.starts_with(
+                "the TLS certificate file's certificate 2 (an intermediate) expired on \
+                 1970-04-11T00:00:00Z: a client that needs it refuses the server's certificate"
+            ),
+            "{note}"
+        );
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         );
         let near = certs
             .validity()
-            .and_then(|v| crate::server::expiry_note(&v, crate::clock::now_ms()))
+            .and_then(|v| v.expiry_note(crate::clock::now_ms()))
             // One out of its dates is among the warnings already.
             .filter(|(passed, _)| !passed);
         let key_open = crate::tls::key_readable_by_all(&tls.key);
