@@ -57,7 +57,9 @@
 //! - [`log_value`] writes a name or free text (a token's name as the `user`) as one logfmt
 //!   field: bare when it is a plain word, else quoted.
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2 — over TLS, the one ALPN
-//!   agreed — TLS via [`tls`] with the certificate reloaded on SIGHUP), with a header-read
+//!   agreed — TLS via [`tls`] with the certificate reloaded on SIGHUP and its chain's expiry
+//!   looked at hourly; a plain HTTP request on the HTTPS port is answered `400` in plain
+//!   HTTP with what to do), with a header-read
 //!   deadline (also for a connection
 //!   waiting for a request: a silent one is closed after it), an idle timeout ([`idle`]:
 //!   no byte moving, or no exchange moving — no request body or answer frame — so HTTP/2
@@ -69,7 +71,8 @@
 //!   a `503` and the connection closed — over HTTP/2 with a GOAWAY) and header size, and
 //!   graceful shutdown on SIGINT/SIGTERM (an HTTP/1 connection awaiting a push's POST — git
 //!   packing after the advertisement — is let carry it, within the header deadline from the
-//!   stop; what is left at the end of the grace period, or at a second signal, is cut
+//!   stop; requests still waiting for a backend process are answered `503` before the cut;
+//!   what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
 //!   Everything that can fail on a bad setting is checked before the store is opened. One
 //!   single-threaded
