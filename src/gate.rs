@@ -287,6 +287,10 @@ impl Gate {
                                 METRICS.backend_busy();
                                 tracing::debug!(repo = %git_req.repo, error = ?e.to_string(), "server busy")
                             }
+                            // Answered instead of cut off at the stop's end.
+                            Fault::Stopping => {
+                                tracing::warn!(repo = %git_req.repo, error = ?e.to_string(), "answered 503 at the stop: the backend had not begun its answer")
+                            }
                             // The client's doing (its upload stopped arriving).
                             Fault::Client => {
                                 tracing::info!(repo = %git_req.repo, error = ?e.to_string(), "request refused")

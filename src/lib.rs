@@ -71,7 +71,8 @@
 //!   a `503` and the connection closed — over HTTP/2 with a GOAWAY) and header size, and
 //!   graceful shutdown on SIGINT/SIGTERM (an HTTP/1 connection awaiting a push's POST — git
 //!   packing after the advertisement — is let carry it, within the header deadline from the
-//!   stop; requests still waiting for a backend process are answered `503` before the cut;
+//!   stop; requests still waiting for a backend process, or for their backend's answer to
+//!   begin ([`upstream::stop`]), are answered `503` before the cut;
 //!   what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
 //!   Everything that can fail on a bad setting is checked before the store is opened. One

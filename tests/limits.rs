@@ -2891,3 +2891,135 @@ fn an_https_upstream_that_never_finishes_its_handshake_is_said_as_such() {
         "{log}"
     );
 }
+
+/// An upstream that reads each request's head, sends it to the receiver, and never answers.
+fn holding_upstream() -> (u16, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (heads, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let heads = heads.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s);
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") {
+                    match reader.read_line(&mut head) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = heads.send(head);
+                // Held open, unanswered, until gitgate lets go.
+                let _ = reader.read_to_end(&mut Vec::new());
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// A stop while the upstream has not begun to answer: a little before the grace period ends,
+/// git is told why in words, instead of the connection being cut under it (which git reports
+/// as `fatal: Authentication failed`).
+#[test]
+fn a_stop_answers_a_request_whose_upstream_has_not_answered_before_the_cut() {
+    let sb = common::Sandbox::new();
+    let (upstream_port, heads) = holding_upstream();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {WORKERS}\nshutdown_grace_seconds = 3\n\
+         [store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n"
+    );
+    std::fs::write(sb.root().join("proxy.toml"), &config).unwrap();
+    let secret = common::scoped_token(
+        &sb.root().join("proxy.toml"),
+        "--project",
+        "team",
+        "ci",
+        "PROJECT_READ",
+    )
+    .secret;
+    let mut g = start(sb.root(), &config);
+    let url = g.url_with("ci", &secret, "team/app");
+    let ls_remote = sb.git_command(sb.root(), &["ls-remote", &url]);
+    let ls_remote = std::thread::spawn(move || common::run(ls_remote, None));
+    // The advertisement has reached the upstream, which holds it.
+    loop {
+        let Ok(head) = heads.recv_timeout(Duration::from_secs(10)) else {
+            panic!(
+                "nothing reached the upstream: {}",
+                ls_remote.join().unwrap()
+            );
+        };
+        if head.contains("/info/refs") {
+            break;
+        }
+    }
+    g.signal("TERM");
+    let run = ls_remote.join().unwrap();
+    run.fails_with(
+        "remote: the server is stopping, and the git server had not answered before it did; \
+         try again in a moment",
+    );
+    g.stop_within(Duration::from_secs(10));
+    let log = g.log_text();
+    assert!(
+        log.contains("answered 503 at the stop: the backend had not begun its answer"),
+        "{log}"
+    );
+    assert!(log.contains("status=503"), "{log}");
+    assert!(!log.contains(&secret), "{log}");
+}
+
+/// The same behind the embedded CGI runner, whose program has not sent its headers, at a
+/// second stop signal: answered at once (the grace period is 30 s), the program ended.
+#[test]
+fn a_second_stop_signal_answers_a_request_whose_cgi_program_has_sent_nothing() {
+    let sb = common::Sandbox::with(common::Setup {
+        server_extra: "shutdown_grace_seconds = 30".into(),
+        ..common::Setup::default()
+    });
+    sb.create_repo("team/app");
+    let began = sb.root().join("began");
+    std::fs::write(
+        sb.cgi_script(),
+        format!("#!/bin/sh\necho $$ > {}\nexec sleep 60\n", began.display()),
+    )
+    .unwrap();
+    let secret = sb
+        .scoped_token("--project", "team", "ci", "PROJECT_READ")
+        .secret;
+    let mut g = sb.serve();
+    let url = g.url_with("ci", &secret, "team/app");
+    let ls_remote = sb.git_command(sb.root(), &["ls-remote", &url]);
+    let ls_remote = std::thread::spawn(move || common::run(ls_remote, None));
+    let asked = Instant::now();
+    let pid = loop {
+        if let Ok(pid) = std::fs::read_to_string(&began) {
+            if let Ok(pid) = pid.trim().parse::<u32>() {
+                break pid;
+            }
+        }
+        if asked.elapsed() > Duration::from_secs(10) {
+            panic!("no backend began: {}", ls_remote.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stopped = Instant::now();
+    g.signal("TERM");
+    // Past the second in which a signal is the same stop.
+    std::thread::sleep(Duration::from_millis(1500));
+    g.signal("TERM");
+    let run = ls_remote.join().unwrap();
+    run.fails_with(
+        "remote: the server is stopping, and the git server had not answered before it did; \
+         try again in a moment",
+    );
+    // Not held until the 30 s grace period's end.
+    assert!(stopped.elapsed() < Duration::from_secs(20), "{run}");
+    g.stop_within(Duration::from_secs(10));
+    assert!(!common::group_alive(pid), "the backend was left running");
+    let log = g.log_text();
+    assert!(log.contains("status=503"), "{log}");
+    assert!(!log.contains(&secret), "{log}");
+}

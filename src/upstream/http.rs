@@ -41,6 +41,7 @@ use super::headers::{self, Outbound, Redirect};
 use super::pool::{ConnectError, Connection, Driving, Origin, OutBody, Pool};
 use super::progress::{Progress, Silence, UploadStalled};
 use super::secret::UpstreamSecret;
+use super::stop::{StopClock, Stopped};
 use super::{Fault, ForwardError};
 use crate::body::{Batched, Observed, Seen};
 use crate::config::HttpUpstream;
@@ -72,6 +73,8 @@ pub struct HttpBackend {
     /// How clients reach gitgate: `http` or `https`.
     proto: &'static str,
     idle_timeout: Duration,
+    /// When a stop answers the requests still waiting for the upstream's answer.
+    stop: StopClock,
     /// What the operator should hear at a start and from `gitgate check` (see
     /// [`HttpBackend::warnings`]).
     warnings: Vec<String>,
@@ -153,6 +156,7 @@ impl HttpBackend {
             trusted_proxies,
             proto: if tls_in_front { "https" } else { "http" },
             idle_timeout: cfg.idle_timeout,
+            stop: StopClock::default(),
             warnings,
         })
     }
@@ -161,6 +165,17 @@ impl HttpBackend {
     /// CA certificates of `ca_file` left out for their dates.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// At shutdown: the requests still waiting for the upstream's answer are answered before
+    /// `grace` ends (see [`StopClock`]); how many wait now.
+    pub fn stopping(&self, grace: Duration) -> usize {
+        self.stop.stopping(grace)
+    }
+
+    /// How many requests waiting for the upstream's answer the stop has answered.
+    pub fn answered_at_stop(&self) -> usize {
+        self.stop.answered()
     }
 
     /// Wait at most `deadline` for the upstream (its `idle_timeout`, if shorter, stays): see
@@ -281,10 +296,19 @@ impl HttpBackend {
         // Wait for the answer while anything moves: the request body streaming out counts.
         let sent = self.send(req, rebuild);
         tokio::pin!(sent);
+        // At a stop, an answer that has not begun before the cut is answered by gitgate.
+        let stop = self.stop.due();
+        tokio::pin!(stop);
         let (resp, mut connection) = loop {
             let wait = self.idle_timeout.saturating_sub(activity.idle());
             tokio::select! {
                 r = &mut sent => break r?,
+                Stopped = &mut stop => {
+                    return Err(super::stopped_before_the_answer(
+                        git_req,
+                        uploaded.load(Ordering::Relaxed),
+                    ));
+                }
                 _ = tokio::time::sleep(wait) => {
                     if activity.idle() >= self.idle_timeout {
                         if !uploaded.load(Ordering::Relaxed)

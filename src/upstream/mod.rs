@@ -12,6 +12,7 @@ pub mod http;
 pub mod pool;
 mod progress;
 pub mod secret;
+pub mod stop;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 
 use crate::gate::ResponseBody;
-use crate::git::GitRequest;
+use crate::git::{GitRequest, Operation, Service};
 use crate::policy::Identity;
 
 pub use cgi::CgiBackend;
@@ -68,6 +69,9 @@ pub enum Fault {
     /// This server is at its cap of backend processes (`[upstream] max_processes`): no backend
     /// asked. Said in the log where the cap is reached, once a minute, not per request.
     Busy,
+    /// This server is stopping, and the backend's answer had not begun when its grace period
+    /// was nearly over.
+    Stopping,
 }
 
 /// The most of a CGI's error answer read to see whether it says anything, and for how long.
@@ -200,6 +204,27 @@ fn not_served(repo: &crate::git::RepoPath, why: cgi::NotServed) -> ForwardError 
     }
 }
 
+/// The answer to a request whose backend had not begun to answer when the stop's grace period
+/// was nearly over (see [`stop`]): `503`, try again — or, for a push whose pack was all sent,
+/// a word that it may still be applied, since the backend may go on with it.
+pub fn stopped_before_the_answer(git_req: &GitRequest, all_sent: bool) -> ForwardError {
+    let push = git_req.operation == Operation::Rpc(Service::ReceivePack);
+    ForwardError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: if push && all_sent {
+            "the server is stopping, and the git server had not answered this push before it \
+             did; the push may still be applied: fetch to see before pushing again"
+        } else {
+            "the server is stopping, and the git server had not answered before it did; try \
+             again in a moment"
+        }
+        .to_owned(),
+        detail: None,
+        fault: Fault::Stopping,
+        retry_after: Some(HeaderValue::from_static("5")),
+    }
+}
+
 impl ForwardError {
     pub fn bad_gateway(message: impl Into<String>) -> ForwardError {
         ForwardError {
@@ -303,6 +328,14 @@ impl Upstream {
                         cgi::CgiError::UploadStalled(_) => {
                             return client(StatusCode::REQUEST_TIMEOUT)
                         }
+                        // Ended before its headers: git http-backend writes them before it
+                        // starts the service, so nothing of a push was applied.
+                        cgi::CgiError::Stopped => {
+                            return ForwardError {
+                                detail: Some(e.to_string()),
+                                ..stopped_before_the_answer(git_req, false)
+                            }
+                        }
                         _ => {}
                     }
                     let message = format!(
@@ -350,20 +383,20 @@ impl Upstream {
         }
     }
 
-    /// At shutdown, as the drain begins: requests waiting for a backend process are answered
-    /// before `grace` ends; how many wait now. Nothing waits so over HTTP.
+    /// At shutdown, as the drain begins: requests waiting for a backend process, or for their
+    /// backend's answer to begin, are answered before `grace` ends; how many wait now.
     pub fn stopping(&self, grace: std::time::Duration) -> usize {
         match self {
             Upstream::Cgi(backend) => backend.stopping(grace),
-            Upstream::Http(_) => 0,
+            Upstream::Http(backend) => backend.stopping(grace),
         }
     }
 
-    /// How many requests waiting for a backend process the stop has answered.
+    /// How many requests waiting for a backend process or its answer the stop has answered.
     pub fn answered_at_stop(&self) -> usize {
         match self {
             Upstream::Cgi(backend) => backend.answered_at_stop(),
-            Upstream::Http(_) => 0,
+            Upstream::Http(backend) => backend.answered_at_stop(),
         }
     }
 

@@ -58,10 +58,6 @@ const PRINCIPALS_KEPT: usize = 1024;
 /// How often the log says, at most, that the cap is still reached.
 const SAID_EVERY: Duration = Duration::from_secs(60);
 
-/// At a stop, how long before the grace period's end the requests still waiting are answered
-/// (at most half the grace period): time for the answer to go out before the cut.
-const ANSWER_BEFORE_CUT: Duration = Duration::from_secs(1);
-
 /// The places shared by every worker's backend; see the module doc.
 #[derive(Debug)]
 pub struct ProcessCap {
@@ -227,7 +223,7 @@ impl ProcessCap {
     /// place then are answered (as [`Full::Stopping`]) a little before that. Called by every
     /// worker as it begins to drain; the earliest end counts. Returns how many wait now.
     pub fn stopping(&self, grace: Duration) -> usize {
-        let by = tokio::time::Instant::now() + grace - ANSWER_BEFORE_CUT.min(grace / 2);
+        let by = crate::upstream::stop::answers_due(tokio::time::Instant::now(), grace);
         {
             let mut end = self
                 .waits_end_by

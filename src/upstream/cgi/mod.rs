@@ -58,6 +58,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::progress::{Progress, Silence};
+use super::stop::{StopClock, Stopped};
 use bytes::{Bytes, BytesMut};
 use hyper::body::Body;
 use hyper::header::{self, HeaderMap};
@@ -99,6 +100,8 @@ pub struct CgiBackend {
     running: Arc<Running>,
     /// `[upstream] max_processes`, shared by every worker's backend; `None`: no cap.
     cap: Option<Arc<ProcessCap>>,
+    /// When a stop answers the requests whose backend has not sent its headers.
+    stop: Arc<StopClock>,
 }
 
 /// What the backend is told about one request. Everything here has already been checked by the
@@ -137,6 +140,8 @@ pub enum CgiError {
     /// `[upstream] max_processes` backends ran for as long as the request could wait: the
     /// backend was not started.
     Busy(Busy),
+    /// The server stopped before the program sent its header block; it was ended.
+    Stopped,
 }
 
 impl fmt::Display for CgiError {
@@ -184,6 +189,9 @@ impl fmt::Display for CgiError {
                     busy.waited.as_secs()
                 ),
             },
+            CgiError::Stopped => f.write_str(
+                "the server stopped before the CGI backend sent its headers; it was ended",
+            ),
         }
     }
 }
@@ -200,6 +208,7 @@ impl CgiError {
             CgiError::RequestBroke => "the request body was malformed or ended early",
             CgiError::UploadStalled(_) => "the request body stopped arriving",
             CgiError::Busy(_) => "the server is busy",
+            CgiError::Stopped => "the server stopped before the CGI backend answered",
         }
     }
 }
@@ -224,7 +233,8 @@ impl std::error::Error for CgiError {
             | CgiError::TimedOut(_)
             | CgiError::RequestBroke
             | CgiError::UploadStalled(_)
-            | CgiError::Busy(_) => None,
+            | CgiError::Busy(_)
+            | CgiError::Stopped => None,
         }
     }
 }
@@ -453,6 +463,7 @@ impl CgiBackend {
             head_timeout: Duration::from_secs(300),
             running: Arc::new(Running::default()),
             cap: None,
+            stop: Arc::default(),
         }
     }
 
@@ -567,10 +578,17 @@ impl CgiBackend {
         let head = {
             let reading = read_head(&mut stdout);
             tokio::pin!(reading);
+            // At a stop, headers that have not come before the cut are answered for by gitgate.
+            let stop = self.stop.due();
+            tokio::pin!(stop);
             loop {
                 let wait = self.head_timeout.saturating_sub(uploading.idle());
                 tokio::select! {
                     head = &mut reading => break head,
+                    Stopped = &mut stop => {
+                        kill.kill("the server stopped before its headers came");
+                        return Err(CgiError::Stopped);
+                    }
                     _ = tokio::time::sleep(wait) => {
                         if uploading.idle() >= self.head_timeout {
                             // A backend that reads the whole body before its head (not git
@@ -684,15 +702,17 @@ impl CgiBackend {
         }
     }
 
-    /// At shutdown, as the drain begins: requests waiting for a place under the process cap
-    /// are answered before `grace` ends (see [`ProcessCap::stopping`]); how many wait now.
+    /// At shutdown, as the drain begins: requests waiting for a place under the process cap,
+    /// or for their backend's headers, are answered before `grace` ends (see
+    /// [`ProcessCap::stopping`] and [`StopClock`]); how many wait now.
     pub fn stopping(&self, grace: Duration) -> usize {
-        self.cap.as_ref().map_or(0, |cap| cap.stopping(grace))
+        self.cap.as_ref().map_or(0, |cap| cap.stopping(grace)) + self.stop.stopping(grace)
     }
 
-    /// How many requests the stop answered so (see [`ProcessCap::answered_at_stop`]).
+    /// How many requests the stop answered so (see [`ProcessCap::answered_at_stop`]), and
+    /// of those whose backend had not sent its headers (see [`StopClock`]).
     pub fn answered_at_stop(&self) -> usize {
-        self.cap.as_ref().map_or(0, |cap| cap.answered_at_stop())
+        self.cap.as_ref().map_or(0, |cap| cap.answered_at_stop()) + self.stop.answered()
     }
 
     /// At shutdown, once the grace period is over: pushes finishing without their client are
