@@ -416,3 +416,32 @@ impl Upstream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::classify;
+
+    #[test]
+    fn a_stop_tells_a_push_whose_pack_was_all_sent_that_it_may_still_be_applied() {
+        let push = classify("POST", "/team/app.git/git-receive-pack", None, "/").unwrap();
+        let fetch = classify("POST", "/team/app.git/git-upload-pack", None, "/").unwrap();
+        let advert = classify(
+            "GET",
+            "/team/app.git/info/refs",
+            Some("service=git-receive-pack"),
+            "/",
+        )
+        .unwrap();
+        let sent = stopped_before_the_answer(&push, true);
+        assert_eq!(sent.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(sent.message.contains("the push may still be applied"), "{sent}");
+        assert_eq!(sent.retry_after, Some(HeaderValue::from_static("5")));
+        for (req, all_sent) in [(&push, false), (&fetch, true), (&advert, true)] {
+            let answer = stopped_before_the_answer(req, all_sent);
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(answer.message.ends_with("try again in a moment"), "{answer}");
+            assert!(matches!(answer.fault, Fault::Stopping));
+        }
+    }
+}
