@@ -660,6 +660,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::upstream::pool",
     "gitgate::upstream::progress",
     "gitgate::upstream::secret",
+    "gitgate::upstream::stop",
 ];
 
 #[cfg(test)]

@@ -1859,21 +1859,24 @@ fn start_info_refs(port: u16, repo: &str, token: &common::Token) -> std::net::Tc
     s
 }
 
-/// A request still running when the grace period ends is cut off by gitgate itself (on worker 0
-/// too, whose tasks live on the main thread), and logged as such before the process exits.
+/// A request whose answer has begun but is still running when the grace period ends is cut off
+/// by gitgate itself (on worker 0 too, whose tasks live on the main thread), and logged as such
+/// before the process exits. (One whose answer has not begun is answered `503` before the cut:
+/// `tests/limits.rs`.)
 #[test]
 fn a_request_past_the_grace_period_is_cut_off_and_logged() {
     let (sb, mut server, token) =
-        slow_backend_setup("workers = 1\nshutdown_grace_seconds = 1", "team/slow");
-    // The backend takes 5 s for slow.git; the stop comes once it runs, with a 1 s grace.
-    let s = start_info_refs(server.port, "team/slow", &token);
-    backend_started(&sb, "team/slow");
+        slow_backend_setup("workers = 1\nshutdown_grace_seconds = 1", "team/stalling");
+    // The backend sends its headers, then nothing for 5 s; the stop comes once it runs, with a
+    // 1 s grace.
+    let s = start_info_refs(server.port, "team/stalling", &token);
+    backend_started(&sb, "team/stalling");
     let status = server.stop_within(Duration::from_secs(4));
     assert!(status.success(), "{status}");
     let log = fs::read_to_string(sb.server_log()).unwrap();
     let line = log
         .lines()
-        .find(|l| l.contains("repo=team/slow"))
+        .find(|l| l.contains("repo=team/stalling"))
         .unwrap_or_else(|| panic!("no request line: {log}"));
     assert!(line.contains("outcome=shutdown"), "{line}");
     // Cut off by the worker, before the store's last writes and the final line.
@@ -1881,9 +1884,9 @@ fn a_request_past_the_grace_period_is_cut_off_and_logged() {
         log.find(needle)
             .unwrap_or_else(|| panic!("{needle}: {log}"))
     };
-    assert!(at("grace period over") < at("repo=team/slow"), "{log}");
+    assert!(at("grace period over") < at("repo=team/stalling"), "{log}");
     assert!(
-        at("repo=team/slow") < at("stopped: every connection closed"),
+        at("repo=team/stalling") < at("stopped: every connection closed"),
         "{log}"
     );
     drop(s);
@@ -1893,9 +1896,10 @@ fn a_request_past_the_grace_period_is_cut_off_and_logged() {
 /// not wait for it (30 s by default, up to a year allowed).
 #[test]
 fn a_second_stop_signal_cuts_the_grace_period_short() {
-    let (sb, mut server, token) = slow_backend_setup("shutdown_grace_seconds = 60", "team/slow");
-    let s = start_info_refs(server.port, "team/slow", &token);
-    backend_started(&sb, "team/slow");
+    let (sb, mut server, token) =
+        slow_backend_setup("shutdown_grace_seconds = 60", "team/stalling");
+    let s = start_info_refs(server.port, "team/stalling", &token);
+    backend_started(&sb, "team/stalling");
     server.signal("TERM");
     // A second signal within a second is the same stop (SIGINT from the terminal, SIGTERM
     // from a supervisor): gitgate still waits.
@@ -1907,15 +1911,16 @@ fn a_second_stop_signal_cuts_the_grace_period_short() {
     );
     let log = fs::read_to_string(sb.server_log()).unwrap();
     assert!(!log.contains("second stop signal"), "{log}");
-    // The backend takes 5 s for slow.git; without the second signal gitgate would wait for it
-    // and log it complete. Cut off, the backend is reaped after its 2 s TERM grace.
+    // The backend sends its headers, then nothing for 5 s; without the second signal gitgate
+    // would wait for it and log it complete. Cut off, the backend is reaped after its 2 s TERM
+    // grace.
     let status = server.stop_within(Duration::from_secs(4));
     assert!(status.success(), "{status}");
     let log = fs::read_to_string(sb.server_log()).unwrap();
     assert!(log.contains("second stop signal"), "{log}");
     let line = log
         .lines()
-        .find(|l| l.contains("repo=team/slow"))
+        .find(|l| l.contains("repo=team/stalling"))
         .unwrap_or_else(|| panic!("no request line: {log}"));
     assert!(line.contains("outcome=shutdown"), "{line}");
     assert!(log.contains("stopped: every connection closed"), "{log}");

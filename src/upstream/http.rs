@@ -302,6 +302,7 @@ impl HttpBackend {
         let (resp, mut connection) = loop {
             let wait = self.idle_timeout.saturating_sub(activity.idle());
             tokio::select! {
+                biased;
                 r = &mut sent => break r?,
                 Stopped = &mut stop => {
                     return Err(super::stopped_before_the_answer(

@@ -329,7 +329,8 @@ impl Upstream {
                             return client(StatusCode::REQUEST_TIMEOUT)
                         }
                         // Ended before its headers: git http-backend writes them before it
-                        // starts the service, so nothing of a push was applied.
+                        // starts the service, so nothing of a push was applied through it (a
+                        // CGI program that answers only once done could have begun).
                         cgi::CgiError::Stopped => {
                             return ForwardError {
                                 detail: Some(e.to_string()),
@@ -435,12 +436,18 @@ mod tests {
         .unwrap();
         let sent = stopped_before_the_answer(&push, true);
         assert_eq!(sent.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(sent.message.contains("the push may still be applied"), "{sent}");
+        assert!(
+            sent.message.contains("the push may still be applied"),
+            "{sent}"
+        );
         assert_eq!(sent.retry_after, Some(HeaderValue::from_static("5")));
         for (req, all_sent) in [(&push, false), (&fetch, true), (&advert, true)] {
             let answer = stopped_before_the_answer(req, all_sent);
             assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-            assert!(answer.message.ends_with("try again in a moment"), "{answer}");
+            assert!(
+                answer.message.ends_with("try again in a moment"),
+                "{answer}"
+            );
             assert!(matches!(answer.fault, Fault::Stopping));
         }
     }

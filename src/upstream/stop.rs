@@ -30,12 +30,25 @@ pub fn answers_due(now: Instant, grace: Duration) -> Instant {
     now + grace - ANSWER_BEFORE_CUT.min(grace / 2)
 }
 
+/// When a request whose wait began at `began` is answered, for a stop whose answers are `due`
+/// and whose cut comes at `cut`. A request let in after the answers were due (the push a
+/// stopping server still takes on a connection that asked for its advertisement) is not answered
+/// `503` before its backend had a chance: it gets half the time left before the cut.
+fn answer_at(began: Instant, due: Instant, cut: Instant) -> Instant {
+    if began <= due {
+        due
+    } else {
+        began + cut.saturating_duration_since(began) / 2
+    }
+}
+
 /// When a stopping server answers the requests still waiting for their backend; see the module
 /// doc.
 #[derive(Debug, Default)]
 pub struct StopClock {
-    /// `None` until a stop begins.
-    due: Mutex<Option<Instant>>,
+    /// `None` until a stop begins; then when the waiting requests are answered, and when the
+    /// connections are cut.
+    due: Mutex<Option<Due>>,
     /// Told when `due` is set or moves earlier.
     moved: Notify,
     /// Requests waiting on the clock now.
@@ -49,10 +62,17 @@ impl StopClock {
     /// answered a little before that ([`answers_due`]); a second call with an earlier end
     /// (a second stop signal: `Duration::ZERO`) moves it. Returns how many wait now.
     pub fn stopping(&self, grace: Duration) -> usize {
-        let by = answers_due(Instant::now(), grace);
+        let now = Instant::now();
+        let said = Due {
+            answers: answers_due(now, grace),
+            cut: now + grace,
+        };
         {
             let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
-            *due = Some(due.map_or(by, |due| due.min(by)));
+            *due = Some(due.map_or(said, |due| Due {
+                answers: due.answers.min(said.answers),
+                cut: due.cut.min(said.cut),
+            }));
         }
         self.moved.notify_waiters();
         self.waiting.load(Ordering::Relaxed)
@@ -66,8 +86,10 @@ impl StopClock {
 
     /// Resolves when the server stops and the answer of a request still waiting is due; a
     /// request waits on it beside its backend (`select!`), never before a stop. Counted as
-    /// waiting from its first poll, as answered when it resolves.
+    /// waiting from its first poll, as answered when it resolves; a request whose first poll
+    /// comes after the answers were due waits as [`answer_at`] says.
     pub async fn due(&self) -> Stopped {
+        let began = Instant::now();
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let _counted = Counted(&self.waiting);
         loop {
@@ -75,8 +97,9 @@ impl StopClock {
             moved.as_mut().enable();
             let due = *self.due.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(due) = due {
+                let at = answer_at(began, due.answers, due.cut);
                 tokio::select! {
-                    () = tokio::time::sleep_until(due) => {
+                    () = tokio::time::sleep_until(at) => {
                         self.answered.fetch_add(1, Ordering::Relaxed);
                         return Stopped;
                     }
@@ -87,6 +110,13 @@ impl StopClock {
             }
         }
     }
+}
+
+/// A stop's two times (see [`StopClock::stopping`]).
+#[derive(Debug, Clone, Copy)]
+struct Due {
+    answers: Instant,
+    cut: Instant,
 }
 
 /// The server stopped before the backend's answer began (see [`StopClock::due`]).
@@ -118,6 +148,23 @@ mod tests {
             now + Duration::from_millis(400)
         );
         assert_eq!(answers_due(now, Duration::ZERO), now);
+    }
+
+    #[test]
+    fn a_request_let_in_after_the_answers_were_due_gets_half_the_time_left() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let (due, cut) = (now + ms(2000), now + ms(3000));
+        assert_eq!(answer_at(now, due, cut), due, "waiting when the stop came");
+        assert_eq!(answer_at(due, due, cut), due);
+        assert_eq!(answer_at(now + ms(2200), due, cut), now + ms(2600));
+        assert_eq!(
+            answer_at(now + ms(3500), due, cut),
+            now + ms(3500),
+            "past the cut"
+        );
+        // A second stop signal: answers and cut at once.
+        assert_eq!(answer_at(now + ms(10), now, now), now + ms(10));
     }
 
     #[tokio::test]
@@ -182,7 +229,7 @@ mod tests {
                 .due
                 .lock()
                 .unwrap()
-                .map(|due| due > Instant::now() + Duration::from_secs(31)),
+                .map(|due| due.answers > Instant::now() + Duration::from_secs(31)),
             Some(false)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -194,7 +241,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_wait_begun_after_the_answers_were_due_ends_at_once() {
+    async fn a_wait_begun_after_the_answers_were_due_is_not_answered_at_once() {
+        let clock = std::sync::Arc::new(StopClock::default());
+        clock.stopping(Duration::from_millis(800));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let began = Instant::now();
+        let (out, at) = waiting(&clock).await.unwrap();
+        assert_eq!(out, Stopped);
+        // Half of the 300 ms left before the cut.
+        assert!(at >= began + Duration::from_millis(100), "{:?}", at - began);
+        assert!(at < began + Duration::from_millis(400), "{:?}", at - began);
+    }
+
+    #[tokio::test]
+    async fn a_wait_begun_after_the_cut_ends_at_once() {
         let clock = StopClock::default();
         clock.stopping(Duration::ZERO);
         let out = tokio::time::timeout(Duration::from_secs(5), clock.due()).await;

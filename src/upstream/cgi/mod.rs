@@ -584,6 +584,7 @@ impl CgiBackend {
             loop {
                 let wait = self.head_timeout.saturating_sub(uploading.idle());
                 tokio::select! {
+                    biased;
                     head = &mut reading => break head,
                     Stopped = &mut stop => {
                         kill.kill("the server stopped before its headers came");
