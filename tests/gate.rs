@@ -2452,6 +2452,64 @@ fn a_stop_between_a_pushs_advertisement_and_its_post_lets_the_push_finish() {
     assert!(posts[0].contains("bytes_in=4 "), "{log}");
 }
 
+/// A push whose POST comes after the stop's answers were due (a second before the grace period
+/// ends) is still forwarded, and its backend given half the time left before the cut: it was
+/// answered `503` at once, without asking the backend, and the push failed.
+#[test]
+fn a_push_whose_post_comes_late_in_the_grace_period_is_still_served() {
+    let sb = Sandbox::with(Setup {
+        server_extra: "shutdown_grace_seconds = 3".into(),
+        ..Setup::default()
+    });
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let mut server = sb.serve();
+    let work = sb.root().join("work");
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
+        .ok();
+    let pushed = sb.commit_file(&work, "late.txt", b"late\n", "late");
+    let started = sb.root().join("hook-started");
+    let hook = work.join(".git/hooks/pre-push");
+    // The POST comes 2.3 s into the 3 s grace period: past the answers' time (2 s), before the
+    // cut.
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\ntouch '{}'\nsleep 2.3\n", started.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let push = {
+        let mut cmd = sb.git_command(&work, &["push", "origin", "HEAD:main"]);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the pre-push hook never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.signal("TERM");
+    let out = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", server.log_text());
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed, "{stderr}");
+    let status = server.stop_within(Duration::from_secs(10));
+    assert!(status.success(), "{status}\n{}", server.log_text());
+    let log = server.log_text();
+    assert!(!log.contains("answered 503 at the stop"), "{log}");
+    assert!(
+        log.lines().any(
+            |l| l.contains("method=POST path=/team/app.git/git-receive-pack")
+                && l.contains("status=200")
+        ),
+        "{log}"
+    );
+}
+
 /// What the wait for a push's POST at a stop does not hold: a kept-alive connection after a
 /// fetch's advertisement (ls-remote pollers that reuse connections) is closed within a second,
 /// as before; and a client asking for push advertisements over and over — one at a time, or
