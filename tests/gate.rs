@@ -2395,6 +2395,59 @@ fn secrets_never_reach_the_log_or_the_database() {
     );
 }
 
+/// Clones `team/app` as alice with `token`, commits `content` as `file`, and pushes it (git
+/// run with `push_args` before `push`) with a pre-push hook that sleeps `hook_seconds`: git
+/// packs and POSTs after it. The stop (SIGTERM) comes as the hook starts, once the ref
+/// advertisement was answered. Returns once the push succeeded and the repository has the
+/// commit.
+fn push_across_a_stop(
+    sb: &Sandbox,
+    server: &mut Server,
+    token: &common::Token,
+    (file, content): (&str, &[u8]),
+    hook_seconds: &str,
+    push_args: &[&str],
+) {
+    let work = sb.root().join("work");
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
+        .ok();
+    let pushed = sb.commit_file(&work, file, content, "late");
+    let started = sb.root().join("hook-started");
+    let hook = work.join(".git/hooks/pre-push");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nsleep {hook_seconds}\n",
+            started.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let push = {
+        let args: Vec<&str> = push_args
+            .iter()
+            .copied()
+            .chain(["push", "origin", "HEAD:main"])
+            .collect();
+        let mut cmd = sb.git_command(&work, &args);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the pre-push hook never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The advertisement is answered (the hook runs after it): the stop comes now.
+    server.signal("TERM");
+    let out = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", server.log_text());
+    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed, "{stderr}");
+}
+
 /// A push is not cut off by a stop that comes between its ref advertisement and its POST, while
 /// git prepares its pack (here: a pre-push hook taking 3 s; a large push packs for as long):
 /// the connection that answered the advertisement is let carry the probe and the POST, within
@@ -2403,44 +2456,19 @@ fn secrets_never_reach_the_log_or_the_database() {
 #[test]
 fn a_stop_between_a_pushs_advertisement_and_its_post_lets_the_push_finish() {
     let (sb, mut server, token) = team_setup();
-    let work = sb.root().join("work");
-    let url = server.url_with("alice", &token.secret, "team/app");
-    sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
-        .ok();
     // Larger than git's post buffer: git sends its four-byte probe before the pack, and the
     // pack must still find the connection open after the probe's answer.
     let random: Vec<u8> = (0..256 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let pushed = sb.commit_file(&work, "late.bin", &random, "late");
-    let started = sb.root().join("hook-started");
-    let hook = work.join(".git/hooks/pre-push");
-    std::fs::write(
-        &hook,
-        format!("#!/bin/sh\ntouch '{}'\nsleep 3\n", started.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let push = {
-        let mut cmd = sb.git_command(
-            &work,
-            &["-c", "http.postBuffer=65536", "push", "origin", "HEAD:main"],
-        );
-        cmd.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        cmd.spawn().unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !started.exists() {
-        assert!(Instant::now() < deadline, "the pre-push hook never ran");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // The advertisement is answered (the hook runs after it): the stop comes now.
-    server.signal("TERM");
-    let out = push.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}\n{}", server.log_text());
-    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed, "{stderr}");
+    push_across_a_stop(
+        &sb,
+        &mut server,
+        &token,
+        ("late.bin", &random),
+        "3",
+        &["-c", "http.postBuffer=65536"],
+    );
     let status = server.stop_within(Duration::from_secs(15));
     assert!(status.success(), "{status}\n{}", server.log_text());
     let log = server.log_text();
@@ -2466,37 +2494,16 @@ fn a_push_whose_post_comes_late_in_the_grace_period_is_still_served() {
     sb.grant("alice", "team", "write");
     let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
     let mut server = sb.serve();
-    let work = sb.root().join("work");
-    let url = server.url_with("alice", &token.secret, "team/app");
-    sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
-        .ok();
-    let pushed = sb.commit_file(&work, "late.txt", b"late\n", "late");
-    let started = sb.root().join("hook-started");
-    let hook = work.join(".git/hooks/pre-push");
     // The POST comes 2.3 s into the 3 s grace period: past the answers' time (2 s), before the
     // cut.
-    std::fs::write(
-        &hook,
-        format!("#!/bin/sh\ntouch '{}'\nsleep 2.3\n", started.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let push = {
-        let mut cmd = sb.git_command(&work, &["push", "origin", "HEAD:main"]);
-        cmd.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        cmd.spawn().unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !started.exists() {
-        assert!(Instant::now() < deadline, "the pre-push hook never ran");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    server.signal("TERM");
-    let out = push.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}\n{}", server.log_text());
-    assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed, "{stderr}");
+    push_across_a_stop(
+        &sb,
+        &mut server,
+        &token,
+        ("late.txt", b"late\n"),
+        "2.3",
+        &[],
+    );
     let status = server.stop_within(Duration::from_secs(10));
     assert!(status.success(), "{status}\n{}", server.log_text());
     let log = server.log_text();
