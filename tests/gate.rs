@@ -2614,3 +2614,66 @@ fn the_wait_for_a_pushs_post_holds_a_stop_only_so_long() {
         );
     }
 }
+
+/// A command that finds the store damaged — a page the running server's requests and cache do
+/// not reach — leaves a marker: the server gives up on the store as if it had found the damage
+/// itself (so no token goes on being admitted that no process can revoke any more, and its stop
+/// does not apply its log to the ruined file), and the next start refuses the store until it is
+/// restored and the marker removed.
+#[test]
+fn a_store_a_command_finds_damaged_is_given_up_by_the_running_server_too() {
+    use std::io::{Seek, Write};
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["ls-remote", &url]).ok();
+    // The audit log's first page, written into the file itself, then overwritten.
+    let page: u64 = {
+        let conn = rusqlite::Connection::open(sb.db()).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        conn.query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'audit_events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let mut file = fs::OpenOptions::new().write(true).open(sb.db()).unwrap();
+    file.seek(std::io::SeekFrom::Start((page - 1) * 4096))
+        .unwrap();
+    file.write_all(&[0xa5; 4096]).unwrap();
+    drop(file);
+    // The server does not read that page: it still admits the token.
+    sb.git(sb.root(), &["ls-remote", &url]).ok();
+    sb.cli(&["audit"]).fails_with("damaged");
+    let marker = sb.root().join(format!(
+        "{}-damaged",
+        sb.db().file_name().unwrap().to_string_lossy()
+    ));
+    assert!(marker.exists(), "no marker beside the store");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let run = sb.git(sb.root(), &["ls-remote", &url]);
+        if !run.success() {
+            assert!(run.stderr.contains("remote: "), "{run}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still admits the token:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = server.stop_within(Duration::from_secs(15));
+    assert!(status.success(), "{status}");
+    let log = server.log_text();
+    assert!(
+        log.contains("another process found the store file damaged"),
+        "{log}"
+    );
+    assert!(log.contains("left as they are, unapplied"), "{log}");
+    // Every later open refuses the store, naming the marker.
+    sb.cli(&["user", "list"])
+        .fails_with("-damaged says the store was found damaged");
+}

@@ -462,6 +462,7 @@ fn refuse_what_cannot_be_opened(path: &Path) -> Result<()> {
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| link_target(path));
     let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
     refuse_the_logs_of_a_replaced_file(&real, &wal, &shm).map_err(open_err)?;
+    refuse_a_store_found_damaged(&real).map_err(open_err)?;
     locks::refuse_a_log_of_another_file(&real, &wal, &shm).map_err(open_err)
 }
 
@@ -469,6 +470,36 @@ fn refuse_what_cannot_be_opened(path: &Path) -> Result<()> {
 /// the old file's `-wal` and `-shm` stayed (see `Inner::report`).
 fn replaced_marker(real: &Path) -> PathBuf {
     sidecar(real, "-replaced")
+}
+
+/// The marker a process leaves beside a store file it found damaged (see
+/// [`Store::found_damaged`]): the other processes on the store — a running server, whose cache
+/// would go on admitting tokens no process can revoke any more, and whose stop would apply its
+/// log to the ruined file — give up on it as the finder did, and every later open refuses it
+/// until the store is restored and the marker removed.
+fn damaged_marker(real: &Path) -> PathBuf {
+    sidecar(real, "-damaged")
+}
+
+/// What the damage marker beside the store at `real` says, when there is one.
+fn damage_said(real: &Path) -> Option<String> {
+    match std::fs::read_to_string(damaged_marker(real)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Ok(said) => Some(said.trim().to_string()),
+        Err(e) => Some(format!("unreadable: {e}")),
+    }
+}
+
+/// Refuses a store that a process found damaged (its marker, [`damaged_marker`], says so).
+fn refuse_a_store_found_damaged(real: &Path) -> std::result::Result<(), String> {
+    match damage_said(real) {
+        None => Ok(()),
+        Some(said) => Err(format!(
+            "{} says the store was found damaged ({said}). Nothing was opened or changed. \
+             {RESTORE}, then remove the marker",
+            damaged_marker(real).display()
+        )),
+    }
 }
 
 /// Refuses a store whose `-wal` and `-shm` belong to the file that was replaced under a server
@@ -942,12 +973,11 @@ impl Store {
             // Emptied under the running server (see `refuse_a_log_without_its_file`): what it reads
             // now comes from the `-wal` alone, and a checkpoint would write those pages into a
             // file without the rest. Damage, for what the requests are answered.
-            self.inner.damaged.store(true, Ordering::SeqCst);
+            let what =
+                "the store file was emptied (truncated to 0 bytes) while gitgate was running";
+            self.found_damaged(what);
             let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
-            return Err(self.give_up(
-                known,
-                "the store file was emptied (truncated to 0 bytes) while gitgate was running",
-            ));
+            return Err(self.give_up(known, what));
         }
         // Overwritten in place (`dd ... conv=notrunc`, a backup copied over it): SQLite serves
         // from its page cache and would not notice until it reads the page again — `readyz`
@@ -955,12 +985,20 @@ impl Store {
         // checkpoint the log into the ruined file. Its first 16 bytes say whether it is still
         // a SQLite database at all (one `pread`, at most every `FULL_CHECK_EVERY`).
         if !self.header_says_sqlite() {
+            let what = "the store file's header was overwritten while gitgate was running (it is \
+                        no longer a SQLite database)";
+            self.found_damaged(what);
+            let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
+            return Err(self.give_up(known, what));
+        }
+        // Found damaged by another process (a command that read a damaged page this server's
+        // requests and cache do not reach): one `stat`, at most every `FULL_CHECK_EVERY`.
+        if let Some(said) = damage_said(&self.real_path()) {
             self.inner.damaged.store(true, Ordering::SeqCst);
             let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
             return Err(self.give_up(
                 known,
-                "the store file's header was overwritten while gitgate was running (it is no \
-                 longer a SQLite database)",
+                &format!("another process found the store file damaged ({said})"),
             ));
         }
         // Hot path (every lookup, from every worker): the same file as last time. The read side
@@ -987,6 +1025,32 @@ impl Store {
             ));
         }
         Ok(id)
+    }
+
+    /// The store file's path with symbolic links resolved: where SQLite keeps its sidecars.
+    fn real_path(&self) -> PathBuf {
+        std::fs::canonicalize(&self.inner.path).unwrap_or_else(|_| self.inner.path.clone())
+    }
+
+    /// This process found the store damaged (`what`): it gives up on it, and leaves the marker
+    /// ([`damaged_marker`]) that tells the other processes on the store, once.
+    fn found_damaged(&self, what: &str) {
+        if self.inner.damaged.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let marker = damaged_marker(&self.real_path());
+        let said = format!(
+            "{what}; found by process {} at {}",
+            std::process::id(),
+            crate::clock::datetime(crate::clock::now_ms())
+        );
+        if let Err(e) = std::fs::write(&marker, format!("{said}\n")) {
+            tracing::error!(
+                marker = %marker.display(),
+                "the store was found damaged, and the marker that tells the other processes on \
+                 it could not be written ({e}): stop every gitgate on this store"
+            );
+        }
     }
 
     /// Refuse every operation from now on, once logged; `known` (the file's write lock) keeps
@@ -1109,8 +1173,8 @@ impl Store {
             // tokens that no process can revoke any more.
             let what = format!("the store file is damaged ({e})");
             drop(conn);
+            self.found_damaged(&what);
             let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
-            self.inner.damaged.store(true, Ordering::SeqCst);
             self.give_up(known, &what);
             return Err(StoreError::Open {
                 path: self.inner.path.clone(),
