@@ -483,11 +483,14 @@ fn damaged_marker(real: &Path) -> PathBuf {
 
 /// What the damage marker beside the store at `real` says, when there is one.
 fn damage_said(real: &Path) -> Option<String> {
-    match std::fs::read_to_string(damaged_marker(real)) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Ok(said) => Some(said.trim().to_string()),
-        Err(e) => Some(format!("unreadable: {e}")),
-    }
+    let marker = damaged_marker(real);
+    // Looked for by `stat`, which takes no descriptor: a process out of them must not take
+    // the store for damaged.
+    std::fs::symlink_metadata(&marker).ok()?;
+    Some(match std::fs::read_to_string(&marker) {
+        Ok(said) => said.trim().to_string(),
+        Err(e) => format!("its text unreadable: {e}"),
+    })
 }
 
 /// Refuses a store that a process found damaged (its marker, [`damaged_marker`], says so).
