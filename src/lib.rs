@@ -119,7 +119,9 @@
 //!   request. A store file, `-wal` or `-shm` deleted, moved or replaced under the server is
 //!   refused on the next request too (a file replaced beside the old one's log leaves a
 //!   `-replaced` marker at the stop, refused at every later open until the operator deals with
-//!   that log), and so is a file whose header no longer says SQLite; the
+//!   that log), and so is a file whose header no longer says SQLite, or that any process found
+//!   damaged (its `-damaged` marker, refused at every later open until the store is restored);
+//!   the
 //!   file checks that see it run after an inotify watch on
 //!   the store's folders reports a change there (and every 0.1 s), not on every request; a
 //!   watch lost with a folder moved away is set up again once the folder is back. The CLI's
