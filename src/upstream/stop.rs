@@ -87,7 +87,7 @@ impl StopClock {
     /// Resolves when the server stops and the answer of a request still waiting is due; a
     /// request waits on it beside its backend (`select!`), never before a stop. Counted as
     /// waiting from its first poll, as answered when it resolves; a request whose first poll
-    /// comes after the answers were due waits as [`answer_at`] says.
+    /// comes after the answers were due waits as `answer_at` says.
     pub async fn due(&self) -> Stopped {
         let began = Instant::now();
         self.waiting.fetch_add(1, Ordering::Relaxed);
