@@ -544,7 +544,8 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     .unwrap_or(false);
     if written {
         tracing::info!(
-            "stopped: every connection closed, pending audit events and last uses written"
+            "stopped: every connection closed, the audit events and last uses still pending at \
+             the stop written (any lost before it are logged above)"
         );
     } else {
         tracing::warn!(
