@@ -288,7 +288,7 @@ pub(crate) fn sidecar(store: &Path, suffix: &str) -> PathBuf {
 pub(crate) fn refuse_a_log_without_its_file(path: &Path) -> std::result::Result<(), String> {
     // Through a symbolic link, the `-wal` is beside the real file (one not there yet included:
     // SQLite creates it where the link leads).
-    let real = std::fs::canonicalize(path).unwrap_or_else(|_| link_target(path));
+    let real = real_path(path);
     let missing = match std::fs::symlink_metadata(&real) {
         Ok(file) if file.is_file() && file.len() == 0 => false,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -321,7 +321,7 @@ pub(crate) fn refuse_a_log_without_its_file(path: &Path) -> std::result::Result<
 /// that process, which writes its log back, is all it takes. (A closing connection deletes the
 /// `-wal` a moment before the `-shm`: looked at twice, 100 ms apart.)
 fn refuse_an_index_without_its_log(path: &Path) -> std::result::Result<(), String> {
-    let real = std::fs::canonicalize(path).unwrap_or_else(|_| link_target(path));
+    let real = real_path(path);
     let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
     let orphaned = || shm.exists() && !wal.exists();
     if !orphaned() {
@@ -340,6 +340,12 @@ fn refuse_an_index_without_its_log(path: &Path) -> std::result::Result<(), Strin
         shm.display(),
         wal.display()
     ))
+}
+
+/// Where the store at `path` really is, and SQLite keeps its sidecars: symbolic links resolved,
+/// through a link whose target is gone too.
+fn real_path(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| link_target(path))
 }
 
 /// Where `path` leads through symbolic links (at most 16), when what they lead to is not there
@@ -459,7 +465,7 @@ fn refuse_what_cannot_be_opened(path: &Path) -> Result<()> {
     usable_path(path).map_err(open_err)?;
     refuse_a_log_without_its_file(path).map_err(open_err)?;
     refuse_an_index_without_its_log(path).map_err(open_err)?;
-    let real = std::fs::canonicalize(path).unwrap_or_else(|_| link_target(path));
+    let real = real_path(path);
     let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
     refuse_the_logs_of_a_replaced_file(&real, &wal, &shm).map_err(open_err)?;
     refuse_a_store_found_damaged(&real).map_err(open_err)?;
@@ -996,7 +1002,7 @@ impl Store {
         }
         // Found damaged by another process (a command that read a damaged page this server's
         // requests and cache do not reach): one `stat`, at most every `FULL_CHECK_EVERY`.
-        if let Some(said) = damage_said(&self.real_path()) {
+        if let Some(said) = damage_said(&real_path(&self.inner.path)) {
             self.inner.damaged.store(true, Ordering::SeqCst);
             let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
             return Err(self.give_up(
@@ -1030,18 +1036,13 @@ impl Store {
         Ok(id)
     }
 
-    /// The store file's path with symbolic links resolved: where SQLite keeps its sidecars.
-    fn real_path(&self) -> PathBuf {
-        std::fs::canonicalize(&self.inner.path).unwrap_or_else(|_| self.inner.path.clone())
-    }
-
     /// This process found the store damaged (`what`): it gives up on it, and leaves the marker
     /// ([`damaged_marker`]) that tells the other processes on the store, once.
     fn found_damaged(&self, what: &str) {
         if self.inner.damaged.swap(true, Ordering::SeqCst) {
             return;
         }
-        let marker = damaged_marker(&self.real_path());
+        let marker = damaged_marker(&real_path(&self.inner.path));
         let said = format!(
             "{what}; found by process {} at {}",
             std::process::id(),
