@@ -89,7 +89,9 @@ impl StopClock {
     /// waiting from its first poll, as answered when it resolves; a request whose first poll
     /// comes after the answers were due waits as `answer_at` says.
     pub async fn due(&self) -> Stopped {
-        let began = Instant::now();
+        // When the wait began, read only once a stop is under way: a wait that began before
+        // the stop's first word began before its answers were due.
+        let mut began = None;
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let _counted = Counted(&self.waiting);
         loop {
@@ -97,6 +99,7 @@ impl StopClock {
             moved.as_mut().enable();
             let due = *self.due.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(due) = due {
+                let began = *began.get_or_insert_with(Instant::now);
                 let at = answer_at(began, due.answers, due.cut);
                 tokio::select! {
                     () = tokio::time::sleep_until(at) => {
