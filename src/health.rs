@@ -15,8 +15,13 @@
 //! become a flood of connections there: each worker runs one check at a time, the probes that
 //! arrive meanwhile wait for its outcome, and an outcome, success or failure, answers for
 //! `REMEMBER_FOR` (so recovery shows within a second).
+//!
+//! An outage is logged as news, not once per check: a failure is warned about with its details
+//! when it starts or its cause changes, then a reminder of how long it has lasted once a minute
+//! at most, and its end once — a monitor that probes every second during a night-long outage of
+//! the backend must not bury the log under identical warnings.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex as SyncMutex;
 use std::time::{Duration, Instant};
 
 use hyper::{Method, Response, StatusCode};
@@ -30,8 +35,70 @@ const REMEMBER_FOR: Duration = Duration::from_secs(1);
 /// What failed, as a probe is told.
 type NotReady = &'static str;
 
-/// Whether the last readiness check, of whichever worker, failed.
-static NOT_READY: AtomicBool = AtomicBool::new(false);
+/// How often at most a failure that goes on unchanged is said again.
+const REMIND_EVERY: Duration = Duration::from_secs(60);
+
+/// The outage under way, as the log has told it, shared by the workers (each checks for itself,
+/// and the probes may come to any of them). `None` while ready.
+static OUTAGE: SyncMutex<Option<Outage>> = SyncMutex::new(None);
+
+/// A failing readiness: since when, why, and what the log has said of it.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    /// What failed and the details, as last warned about.
+    cause: (NotReady, String),
+    said_at: Instant,
+    /// Failed checks since it was last said.
+    unsaid: u64,
+}
+
+/// What a failed check adds to the log.
+#[derive(Debug, PartialEq)]
+enum News {
+    /// A new outage, or a new cause for it: warn with the details.
+    Failing,
+    /// The same cause for `REMIND_EVERY` or longer: remind, with how long and how many checks.
+    Still { lasted: Duration, checks: u64 },
+    /// The same cause, said a moment ago.
+    Nothing,
+}
+
+/// Takes a failed check into `outage` at `now` and says what is news.
+fn failed(outage: &mut Option<Outage>, cause: (NotReady, String), now: Instant) -> News {
+    match outage {
+        Some(o) if o.cause == cause => {
+            o.unsaid += 1;
+            if now.saturating_duration_since(o.said_at) < REMIND_EVERY {
+                return News::Nothing;
+            }
+            let checks = std::mem::take(&mut o.unsaid);
+            o.said_at = now;
+            News::Still {
+                lasted: now.saturating_duration_since(o.since),
+                checks,
+            }
+        }
+        Some(o) => {
+            *o = Outage {
+                since: o.since,
+                cause,
+                said_at: now,
+                unsaid: 0,
+            };
+            News::Failing
+        }
+        None => {
+            *outage = Some(Outage {
+                since: now,
+                cause,
+                said_at: now,
+                unsaid: 0,
+            });
+            News::Failing
+        }
+    }
+}
 
 /// The last readiness check and when it ran (one per gate, that is per worker). Its lock is
 /// held while a check runs, so that concurrent probes share it.
@@ -73,30 +140,116 @@ async fn ready(gate: &Gate) -> Result<(), NotReady> {
             return outcome;
         }
     }
-    let outcome = check(gate).await;
-    // The outage's end is news too: said once, by the first check of any worker that saw it
-    // end (each worker checks for itself, and the probes may come to any of them).
-    if NOT_READY.swap(outcome.is_err(), Ordering::Relaxed) && outcome.is_ok() {
-        tracing::info!("ready again: the token store and the git backend answer");
-    }
-    *last = Some((Instant::now(), outcome));
+    let checked = check(gate).await;
+    let now = Instant::now();
+    let outcome = checked.as_ref().map_err(|(what, _)| *what).copied();
+    say(checked, now);
+    *last = Some((now, outcome));
     outcome
 }
 
-/// Runs the checks; a failure is logged with its details and answered with what failed.
-async fn check(gate: &Gate) -> Result<(), NotReady> {
+/// Logs what a check's outcome adds to the story of the outage, if anything.
+fn say(checked: Result<(), (NotReady, String)>, now: Instant) {
+    let mut outage = OUTAGE.lock().unwrap_or_else(|e| e.into_inner());
+    match checked {
+        // The outage's end is news too: said once, by the first check of any worker that saw it.
+        Ok(()) => {
+            if let Some(o) = outage.take() {
+                tracing::info!(
+                    down_for_s = now.saturating_duration_since(o.since).as_secs(),
+                    "ready again: the token store and the git backend answer"
+                );
+            }
+        }
+        Err(cause) => {
+            let (what, why) = cause.clone();
+            match failed(&mut outage, cause, now) {
+                News::Failing => tracing::warn!(reason = ?why, "not ready: {what}"),
+                News::Still { lasted, checks } => tracing::warn!(
+                    reason = ?why,
+                    for_s = lasted.as_secs(),
+                    checks,
+                    "still not ready: {what} (the same cause; said again once a minute \
+                     while it lasts)"
+                ),
+                News::Nothing => {}
+            }
+        }
+    }
+}
+
+/// Runs the checks: what failed, with its details for the log.
+async fn check(gate: &Gate) -> Result<(), (NotReady, String)> {
     let store = gate.store.clone();
     let pinged = match tokio::task::spawn_blocking(move || store.ping()).await {
         Ok(pinged) => pinged.map_err(|e| e.to_string()),
         Err(e) => Err(format!("the check failed: {e}")),
     };
     if let Err(why) = pinged {
-        tracing::warn!(reason = ?why, "not ready: token store unreadable");
-        return Err("token store unreadable");
+        return Err(("token store unreadable", why));
     }
     if let Err(why) = gate.upstream.ready().await {
-        tracing::warn!(reason = ?why, "not ready: git backend unreachable");
-        return Err("git backend unreachable");
+        return Err(("git backend unreachable", why));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cause(what: NotReady, why: &str) -> (NotReady, String) {
+        (what, why.to_string())
+    }
+
+    #[test]
+    fn an_outage_is_said_when_it_starts_then_once_a_minute() {
+        let t0 = Instant::now();
+        let mut outage = None;
+        let refused = || cause("git backend unreachable", "connection refused");
+        assert_eq!(failed(&mut outage, refused(), t0), News::Failing);
+        for s in 1..60 {
+            let at = t0 + Duration::from_secs(s);
+            assert_eq!(failed(&mut outage, refused(), at), News::Nothing, "{s}");
+        }
+        assert_eq!(
+            failed(&mut outage, refused(), t0 + Duration::from_secs(60)),
+            News::Still {
+                lasted: Duration::from_secs(60),
+                checks: 60
+            }
+        );
+        let at = t0 + Duration::from_secs(61);
+        assert_eq!(failed(&mut outage, refused(), at), News::Nothing);
+        assert_eq!(
+            failed(&mut outage, refused(), t0 + Duration::from_secs(125)),
+            News::Still {
+                lasted: Duration::from_secs(125),
+                checks: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_new_cause_is_said_at_once_and_the_outage_keeps_its_start() {
+        let t0 = Instant::now();
+        let mut outage = None;
+        let refused = cause("git backend unreachable", "connection refused");
+        let timeout = cause("git backend unreachable", "no answer within 5s");
+        let store = cause("token store unreadable", "disk I/O error");
+        assert_eq!(failed(&mut outage, refused, t0), News::Failing);
+        let at = t0 + Duration::from_secs(2);
+        assert_eq!(failed(&mut outage, timeout.clone(), at), News::Failing);
+        let at = t0 + Duration::from_secs(3);
+        assert_eq!(failed(&mut outage, timeout, at), News::Nothing);
+        let at = t0 + Duration::from_secs(4);
+        assert_eq!(failed(&mut outage, store.clone(), at), News::Failing);
+        assert_eq!(
+            failed(&mut outage, store, t0 + Duration::from_secs(64)),
+            News::Still {
+                lasted: Duration::from_secs(64),
+                checks: 1
+            }
+        );
+    }
 }
