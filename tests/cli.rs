@@ -1446,6 +1446,18 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
             && out.stderr.contains("Backing up and restoring the store"),
         "{out}"
     );
+    // It leaves the marker that every gitgate on the store heeds (nothing had it open or
+    // changed it meanwhile), and the next check is refused by it.
+    assert!(out.stderr.contains("damaged.db-damaged now tells"), "{out}");
+    assert!(sb.root().join("damaged.db-damaged").exists());
+    let out = check(&variant("damaged.toml", "gitgate.db", "damaged.db"));
+    assert!(
+        !out.success()
+            && out
+                .stderr
+                .contains("damaged.db-damaged says the store was found damaged"),
+        "{out}"
+    );
 
     // No store yet: serve creates it, and check does not.
     let elsewhere = variant("fresh.toml", "gitgate.db", "fresh.db");

@@ -2622,6 +2622,17 @@ fn the_wait_for_a_pushs_post_holds_a_stop_only_so_long() {
 /// restored and the marker removed.
 #[test]
 fn a_store_a_command_finds_damaged_is_given_up_by_the_running_server_too() {
+    a_running_server_gives_up_a_store_found_damaged_by(&["audit"]);
+}
+
+/// `check` reads the store without writing it, and finds the damage by its quick_check, which
+/// reads every page: it leaves the marker too.
+#[test]
+fn a_store_check_finds_damaged_is_given_up_by_the_running_server_too() {
+    a_running_server_gives_up_a_store_found_damaged_by(&["check"]);
+}
+
+fn a_running_server_gives_up_a_store_found_damaged_by(command: &[&str]) {
     use std::io::{Seek, Write};
     let (sb, mut server, token) = team_setup();
     let url = server.url_with("alice", &token.secret, "team/app");
@@ -2645,7 +2656,7 @@ fn a_store_a_command_finds_damaged_is_given_up_by_the_running_server_too() {
     drop(file);
     // The server does not read that page: it still admits the token.
     sb.git(sb.root(), &["ls-remote", &url]).ok();
-    sb.cli(&["audit"]).fails_with("damaged");
+    sb.cli(command).fails_with("damaged");
     let marker = sb.root().join(format!(
         "{}-damaged",
         sb.db().file_name().unwrap().to_string_lossy()

@@ -2,7 +2,9 @@
 //! `nginx -t` does, for a change about to be deployed, restarted or sent `SIGHUP`. It runs the
 //! start's own checks in the start's order (the config, the TLS certificate and key, the
 //! upstream's settings and its secret), then asks the backend whether it is ready and reads the
-//! store — read-only: no store is created or migrated.
+//! store — read-only: no store is created or migrated. The one file it may leave is the marker
+//! of a store its quick_check found damaged, which tells a running server to refuse it as the
+//! check does (see `Store::inspect`).
 //!
 //! It fails (exit 1, the start's message) exactly where `serve` would refuse to start; an
 //! upstream that does not answer now is a warning, as at a start, where gitgate serves and

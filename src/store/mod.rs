@@ -439,7 +439,8 @@ impl Drop for ScratchCopy {
 /// `-shm`. Fields drop in order: the connection before the copy it may have open.
 struct ReadOnly {
     conn: Connection,
-    _scratch: Option<ScratchCopy>,
+    /// The private copy read instead of the store, if one was made.
+    scratch: Option<ScratchCopy>,
     /// Read as `immutable` (no `-wal`: see [`read_only_connection`]), without SQLite's locks:
     /// a process that opens and writes the store meanwhile is not seen, and its checkpoint
     /// rewrites pages under the read.
@@ -485,6 +486,19 @@ fn replaced_marker(real: &Path) -> PathBuf {
 /// until the store is restored and the marker removed.
 fn damaged_marker(real: &Path) -> PathBuf {
     sidecar(real, "-damaged")
+}
+
+/// Leaves the damage marker beside the store at `real`, saying what was found, by which process
+/// and when; its path.
+fn leave_damage_marker(real: &Path, what: &str) -> std::io::Result<PathBuf> {
+    let marker = damaged_marker(real);
+    let said = format!(
+        "{what}; found by process {} at {}",
+        std::process::id(),
+        crate::clock::datetime(crate::clock::now_ms())
+    );
+    std::fs::write(&marker, format!("{said}\n"))?;
+    Ok(marker)
 }
 
 /// What the damage marker beside the store at `real` says, when there is one.
@@ -596,7 +610,7 @@ fn read_only_connection(path: &Path) -> Result<Option<ReadOnly>> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(explain)?;
     Ok(Some(ReadOnly {
         conn,
-        _scratch: scratch,
+        scratch,
         immutable,
     }))
 }
@@ -608,13 +622,15 @@ impl Store {
     /// SQLite cannot read that log without creating the `-shm`.) `None` when there is no file
     /// at `path`. A folder, another program's database or a store from a newer gitgate is an
     /// error, as at a start; so is a damaged one, which a start would only find when a request
-    /// reads the damaged page.
+    /// reads the damaged page — and which gets its marker (`gitgate.db-damaged`), as when any
+    /// process finds the damage, so that a running server gives it up too.
     pub fn inspect(path: &Path) -> Result<Option<Inspection>> {
         let open_err = |message: String| StoreError::Open {
             path: path.to_path_buf(),
             message,
         };
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
+        let before = file_state(path);
         let Some(read_only) = read_only_connection(path)? else {
             return Ok(None);
         };
@@ -626,15 +642,43 @@ impl Store {
         // Every page read once (SQLite's quick_check: the b-trees and their records, not the
         // indexes against the tables): a damaged page is otherwise found only when a request
         // happens to read it, and serve then refuses every token until the store is restored.
-        let found: Vec<String> = conn
+        let found: rusqlite::Result<Vec<String>> = conn
             .prepare("PRAGMA quick_check(3)")
-            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
-            .map_err(explain)?;
-        if found != ["ok"] {
-            return Err(open_err(format!(
-                "SQLite's quick_check found it damaged ({}); {RESTORE}",
-                found.join("; ")
-            )));
+            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect());
+        // What it found: its lines, or an error as it read (a page it cannot make sense of).
+        let found = match found {
+            Ok(lines) if lines == ["ok"] => None,
+            Ok(lines) => Some(lines.join("; ")),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+                Some(e.to_string())
+            }
+            Err(e) => return Err(explain(e)),
+        };
+        if let Some(found) = found {
+            let what = format!("SQLite's quick_check found it damaged ({found})");
+            let real = real_path(path);
+            // The running servers are told as by any process that finds the store damaged —
+            // when what was read is the store as it is: through its log with a server's
+            // `-shm`, or a file that no process opened or changed while it was read (read
+            // without locks, a file a server converted meanwhile could look damaged).
+            let consistent = (!read_only.immutable && read_only.scratch.is_none())
+                || (file_state(path) == before && !sidecar(&real, "-shm").exists());
+            let told = if !consistent {
+                String::new()
+            } else {
+                match leave_damage_marker(&real, &what) {
+                    Ok(marker) => format!(
+                        "; {} now tells every gitgate on the store to refuse it (a running \
+                         server answers 503 to every git request)",
+                        marker.display()
+                    ),
+                    Err(e) => format!(
+                        "; the marker that tells a running gitgate so could not be written \
+                         ({e}): stop every gitgate on this store"
+                    ),
+                }
+            };
+            return Err(open_err(format!("{what}{told}; {RESTORE}")));
         }
         let count = |sql: &str| {
             conn.query_row(sql, [], |r| r.get::<_, i64>(0))
@@ -1042,15 +1086,9 @@ impl Store {
         if self.inner.damaged.swap(true, Ordering::SeqCst) {
             return;
         }
-        let marker = damaged_marker(&real_path(&self.inner.path));
-        let said = format!(
-            "{what}; found by process {} at {}",
-            std::process::id(),
-            crate::clock::datetime(crate::clock::now_ms())
-        );
-        if let Err(e) = std::fs::write(&marker, format!("{said}\n")) {
+        if let Err(e) = leave_damage_marker(&real_path(&self.inner.path), what) {
             tracing::error!(
-                marker = %marker.display(),
+                marker = %damaged_marker(&real_path(&self.inner.path)).display(),
                 "the store was found damaged, and the marker that tells the other processes on \
                  it could not be written ({e}): stop every gitgate on this store"
             );
