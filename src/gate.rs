@@ -680,8 +680,10 @@ fn too_many(verdict: &Verdict) -> Response<ResponseBody> {
 
 /// A one-line `text/plain` answer; git shows it as `remote: ...`.
 pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    // A message may quote what the client sent; never a token secret in it.
+    let message = crate::credentials::without_secrets(message);
     let mut line = String::with_capacity(message.len() + 1);
-    line.push_str(message);
+    line.push_str(&message);
     line.push('\n');
     let body = Full::new(Bytes::from(line))
         .map_err(|never| match never {})

@@ -269,7 +269,10 @@ fn main() -> ExitCode {
         // Nothing else runs yet: no other thread reads the environment.
         std::env::remove_var("GITGATE_CONFIG");
     }
-    let args = Cli::parse();
+    let args = match Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => return refuse_the_command_line(e),
+    };
     let changes_the_store =
         !matches!(args.command, Command::Serve | Command::Check) && !args.command.only_reads();
     // The server logs every request; the operator's commands only warnings.
@@ -298,6 +301,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line the parser refused (or `--help`, `--version`), printed as the parser would —
+/// but without a token secret it repeats: `user add bob ggt_...`, a secret pasted after the
+/// name, is an "unexpected argument" the parser quotes whole.
+fn refuse_the_command_line(e: clap::Error) -> ExitCode {
+    use std::io::IsTerminal;
+    let rendered = e.render();
+    let to_stderr = e.use_stderr();
+    let text = if to_stderr && std::io::stderr().is_terminal()
+        || !to_stderr && std::io::stdout().is_terminal()
+    {
+        rendered.ansi().to_string()
+    } else {
+        rendered.to_string()
+    };
+    let text = gitgate::credentials::without_secrets(&text);
+    if to_stderr {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+    ExitCode::from(e.exit_code().clamp(0, 255) as u8)
 }
 
 /// A command's failure, saying that nothing was changed when the store failed it: its change was

@@ -2149,6 +2149,18 @@ fn a_pasted_secret_is_not_repeated_in_an_error() {
             "--refill",
             "1",
         ],
+        // Where the command line's parser refuses it, quoting what it could not place.
+        &["user", "add", "bob", &token.secret],
+        &["token", "list", "--user=alice", &token.secret],
+        &[
+            "token",
+            "rotate",
+            "AAAAAAAAAAAA",
+            "--overlap-seconds",
+            &token.secret,
+        ],
+        &["audit", "--limit", &token.secret],
+        &[&token.secret],
     ] {
         let run = sb.cli(args);
         assert!(!run.success(), "{args:?}: {run}");

@@ -1181,6 +1181,76 @@ fn a_web_page_of_another_site_cannot_change_tokens() {
     assert_eq!(got, 204, "{text}");
 }
 
+/// A secret pasted where a field, a value or a header goes is not repeated in the error that
+/// quotes it: the answer goes back into a CI log or a proxy's capture.
+#[test]
+fn a_secret_pasted_into_a_call_is_not_repeated_in_its_error() {
+    let (_install, server) = setup();
+    let (id, secret) = personal(&server, "alice", &["REPO_READ"]);
+    let send = |method: &str, path: &str, extra: &str, body: &str| {
+        let head = format!(
+            "{method} {API}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+             Authorization: {auth}\r\nContent-Length: {len}\r\n{extra}\r\n{body}",
+            port = server.port,
+            auth = common::basic("alice", PW),
+            len = body.len(),
+        );
+        common::try_raw_http(server.port, head.as_bytes()).unwrap()
+    };
+    let json = "Content-Type: application/json\r\n";
+    let mine = format!("/users/alice/{id}");
+    for (method, path, extra, body) in [
+        (
+            "PUT",
+            "/users/alice".to_string(),
+            json.to_string(),
+            json!({secret.as_str(): 1, "name": "n", "permissions": ["REPO_READ"]}).to_string(),
+        ),
+        (
+            "PUT",
+            "/users/alice".to_string(),
+            json.to_string(),
+            json!({"name": "n", "permissions": [secret]}).to_string(),
+        ),
+        (
+            "POST",
+            mine.clone(),
+            json.to_string(),
+            json!({"id": secret}).to_string(),
+        ),
+        (
+            "GET",
+            format!("/users/alice?limit={secret}"),
+            String::new(),
+            String::new(),
+        ),
+        (
+            "POST",
+            mine.clone(),
+            format!("Content-Type: {secret}\r\n"),
+            "{}".to_string(),
+        ),
+        (
+            "DELETE",
+            mine.clone(),
+            format!("Origin: http://{secret}.evil.example\r\n"),
+            String::new(),
+        ),
+    ] {
+        let resp = send(method, &path, &extra, &body);
+        let text = String::from_utf8_lossy(&resp.body);
+        assert!(
+            (400..500).contains(&resp.status),
+            "{method} {extra}: {text}"
+        );
+        assert!(
+            text.contains("<a token secret, not repeated>") && !text.contains(&secret[8..]),
+            "{method} {path} {extra:?}: {text}"
+        );
+    }
+    assert!(!server.log_text().contains(&secret[8..]));
+}
+
 #[test]
 fn allowed_networks_refuse_other_sources() {
     let (install, server) = setup();
