@@ -263,23 +263,56 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     })
 }
 
-/// Characters that show as nothing or reorder the text around them (Unicode format
-/// characters: zero-width spaces and joiners, bidirectional marks, overrides and isolates, the
-/// soft hyphen, the byte-order mark). In a name they make `alice\u{200B}` look like `alice` in
-/// the backend's `REMOTE_USER`, hooks and reflogs, or garble the `remote:` lines git prints.
+/// Characters that show as nothing, break the line or reorder the text around them: Unicode
+/// format characters (zero-width spaces and joiners, bidirectional marks, overrides and
+/// isolates, the soft hyphen, the byte-order mark, the combining grapheme joiner, tags), the
+/// fillers that show as a blank (Hangul's), the line and paragraph separators, and
+/// noncharacters. In a name they make `alice\u{200B}` look like `alice` in the backend's
+/// `REMOTE_USER`, hooks and reflogs, or garble the `remote:` lines git prints and the CLI's
+/// listings.
 pub fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
+            | '\u{034F}'
             | '\u{061C}'
-            | '\u{180E}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
+            | '\u{2028}'..='\u{202E}'
             | '\u{2060}'..='\u{2064}'
             | '\u{2066}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FDD0}'..='\u{FDEF}'
             | '\u{FEFF}'
+            | '\u{FFA0}'
             | '\u{FFF9}'..='\u{FFFB}'
-    )
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E007F}'
+    ) || (c as u32 & 0xFFFE) == 0xFFFE
+}
+
+/// Whether `text` stacks more combining marks on one character than any script writes
+/// (Vietnamese uses two, IPA three or four): dozens of them make a name an unreadable smear
+/// over the lines above and below it in a terminal.
+pub fn stacks_combining_marks(text: &str) -> bool {
+    const MOST: usize = 4;
+    let combining = |c: char| {
+        matches!(
+            c,
+            '\u{0300}'..='\u{036F}'
+                | '\u{1AB0}'..='\u{1AFF}'
+                | '\u{1DC0}'..='\u{1DFF}'
+                | '\u{20D0}'..='\u{20FF}'
+                | '\u{FE20}'..='\u{FE2F}'
+        )
+    };
+    let mut run = 0;
+    text.chars().any(|c| {
+        run = if combining(c) { run + 1 } else { 0 };
+        run > MOST
+    })
 }
 
 /// Whether `text` (a path, say) holds the token prefix `ggt_`, in any case, also with its

@@ -216,10 +216,11 @@ pub fn validate_name(name: &str) -> Result<()> {
         || name
             .chars()
             .any(|c| c.is_control() || crate::credentials::is_invisible_format(c))
+        || crate::credentials::stacks_combining_marks(name)
     {
         return Err(StoreError::Invalid(
-            "a token name must be 1-100 characters without control, invisible or \
-             text-direction characters"
+            "a token name must be 1-100 characters without control, invisible, line-breaking \
+             or text-direction characters (nor more than 4 accents on one letter)"
                 .into(),
         ));
     }
@@ -892,6 +893,15 @@ mod tests {
             "ci\u{2066}x",
             "\u{FEFF}deploy",
             "a\u{00AD}b",
+            // Shown as a blank; a tag; a line break; a noncharacter; a smear of accents.
+            "a\u{3164}b",
+            "\u{115F}",
+            "ci\u{E0041}",
+            "one\u{2028}two",
+            "one\u{2029}two",
+            "x\u{FFFF}",
+            "x\u{1FFFE}",
+            &format!("z{}", "\u{0301}".repeat(99)),
         ] {
             let e = validate_name(bad).unwrap_err().to_string();
             assert!(e.contains("invisible"), "{bad:?}: {e}");
@@ -920,6 +930,9 @@ mod tests {
             "Zoë's key",
             "デプロイ",
             "ci (team/app)",
+            // Accents as scripts write them, precomposed or combining (Vietnamese: two).
+            "Nguyễn's laptop",
+            "Nguye\u{0302}\u{0303}n's laptop",
         ] {
             validate_name(good).unwrap();
         }
