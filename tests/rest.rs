@@ -1251,6 +1251,73 @@ fn a_secret_pasted_into_a_call_is_not_repeated_in_its_error() {
     assert!(!server.log_text().contains(&secret[8..]));
 }
 
+/// A body or a query that cannot be read as it was meant is refused, and changes nothing: a
+/// coded body (JSON all the same, or gzip), a filter given twice. An escaped query name is
+/// read as its name, not ignored as an unknown one.
+#[test]
+fn a_body_or_query_that_cannot_be_read_as_meant_is_refused() {
+    let (_install, server) = setup();
+    let (id, _) = personal(&server, "alice", &["REPO_READ"]);
+    let send = |head: &str, body: &str| {
+        let head = format!(
+            "{head}\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nAuthorization: {auth}\r\n\
+             Content-Type: application/json\r\n",
+            port = server.port,
+            auth = common::basic("alice", PW),
+        );
+        let resp = common::try_raw_http(server.port, format!("{head}{body}").as_bytes()).unwrap();
+        (
+            resp.status,
+            String::from_utf8_lossy(&resp.body).into_owned(),
+        )
+    };
+    let create = json!({"name": "coded", "permissions": ["REPO_READ"]}).to_string();
+    let put = format!("PUT {API}/users/alice HTTP/1.1");
+    let (status, text) = send(
+        &put,
+        &format!(
+            "Content-Encoding: br\r\nContent-Length: {}\r\n\r\n{create}",
+            create.len()
+        ),
+    );
+    assert_eq!(status, 415, "{text}");
+    assert!(
+        text.contains("without a Content-Encoding (it came as br)"),
+        "{text}"
+    );
+    let (status, text) = send(
+        &put,
+        &format!(
+            "Transfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n{create}\r\n0\r\n\r\n",
+            create.len()
+        ),
+    );
+    assert_eq!(status, 501, "{text}");
+    let listed = server.api("GET", "/users/alice", "alice", "").json();
+    assert_eq!(listed["size"], 1, "{listed}");
+
+    let names = |query: &str| -> Vec<String> {
+        let r = server.api("GET", &format!("/admin/tokens?{query}"), "root", "");
+        assert_eq!(r.status, 200, "{query}: {}", r.body);
+        r.json()["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("compliant=true"), [id]);
+    assert!(names("comp%6Ciant=false").is_empty());
+    let r = server.api(
+        "GET",
+        "/admin/tokens?compliant=true&compliant=false",
+        "root",
+        "",
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error_message().contains("given twice"), "{}", r.body);
+}
+
 #[test]
 fn allowed_networks_refuse_other_sources() {
     let (install, server) = setup();

@@ -33,7 +33,8 @@ pub fn refusal(
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return None;
     }
-    if let Some(site) = headers.get("sec-fetch-site") {
+    // Every line of each header: a second, cross-site one must not hide behind a first.
+    for site in headers.get_all("sec-fetch-site") {
         let site = site.to_str().unwrap_or("?");
         if !site.eq_ignore_ascii_case("none") && !site.eq_ignore_ascii_case("same-origin") {
             return Some((
@@ -45,7 +46,7 @@ pub fn refusal(
             ));
         }
     }
-    if let Some(origin) = headers.get(ORIGIN) {
+    for origin in headers.get_all(ORIGIN) {
         let origin = origin.to_str().unwrap_or("?");
         if !same_origin(origin, uri, headers) {
             return Some((
@@ -58,15 +59,25 @@ pub fn refusal(
         }
     }
     if body_follows && !is_json(headers) {
-        let given = headers
-            .get(CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let given: Vec<String> = headers
+            .get_all(CONTENT_TYPE)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
         return Some((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
                 "the request body must be JSON, sent with Content-Type: application/json (it \
                  came {})",
-                given.map_or_else(|| "without a Content-Type".into(), |t| format!("as {t}"))
+                match given.as_slice() {
+                    [] => "without a Content-Type".to_string(),
+                    [one] => format!("as {one}"),
+                    more => format!(
+                        "with {} Content-Type lines: {}",
+                        more.len(),
+                        more.join(", ")
+                    ),
+                }
             ),
         ));
     }
@@ -85,9 +96,13 @@ fn same_origin(origin: &str, uri: &Uri, headers: &HeaderMap) -> bool {
     asked.is_some_and(|asked| authority.eq_ignore_ascii_case(asked))
 }
 
-/// `application/json`, or a `+json` type, with any parameters (`; charset=utf-8`).
+/// `application/json`, or a `+json` type, with any parameters (`; charset=utf-8`), said once.
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let mut types = headers.get_all(CONTENT_TYPE).iter();
+    let (Some(value), None) = (types.next(), types.next()) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
         return false;
     };
     let media = value
@@ -131,6 +146,17 @@ mod tests {
             &[host, ("origin", "http://git.example.com")], // another port: another origin
             &[host, ("sec-fetch-site", "cross-site")],
             &[host, ("sec-fetch-site", "same-site")],
+            // A second line behind a first that would pass.
+            &[
+                host,
+                ("origin", "http://git.example.com:8080"),
+                ("origin", "https://evil.example"),
+            ],
+            &[
+                host,
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-site", "cross-site"),
+            ],
         ] {
             for method in [Method::POST, Method::PUT, Method::DELETE] {
                 assert_eq!(
@@ -173,6 +199,12 @@ mod tests {
             &[
                 ("content-length", "12"),
                 ("content-type", "application/jsonx"),
+            ],
+            // Two types: which one is meant is not for gitgate to guess.
+            &[
+                ("content-length", "12"),
+                ("content-type", "application/json"),
+                ("content-type", "text/plain"),
             ],
         ] {
             assert_eq!(

@@ -265,15 +265,62 @@ impl Call<'_> {
         }
     }
 
-    /// A query parameter (first occurrence; values are not percent-decoded: the API only takes
-    /// numbers and booleans there).
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query?
-            .split('&')
-            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
+    /// A query parameter, its name and value percent-decoded as a URL library writes them
+    /// (`comp%6Ciant=false` is `compliant=false`: a filter read as an unknown name would list
+    /// everything without a word). Given twice, or not text once decoded, it is a 400: which
+    /// of two filters meant is not for gitgate to guess.
+    pub fn query_param(&self, name: &str) -> Result<Option<String>, ApiError> {
+        query_param(self.query, name)
     }
+}
+
+/// [`Call::query_param`], of the query `query`.
+fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiError> {
+    let decode = |raw: &str| {
+        crate::git::percent_decode(raw.as_bytes())
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "the query holds a malformed %-escape or one that is not UTF-8: '{raw}'"
+                ))
+            })
+    };
+    let mut found = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if decode(key)? != name {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "\"{name}\" is given twice in the query; give it once"
+            )));
+        }
+        found = Some(decode(value)?);
+    }
+    Ok(found)
+}
+
+/// Why a request's body could not be read as it was meant, if it could not: a transfer coding
+/// besides `chunked` (`gzip, chunked`: hyper removes the chunking only, `501` as on the git
+/// path) or a content coding besides `identity` (a gzipped body would be refused as "not valid
+/// JSON", or one that is JSON all the same taken as sent, while it says it is something else).
+fn unreadable_body(headers: &hyper::HeaderMap) -> Option<ApiError> {
+    use crate::upstream::headers::{codings, unsupported_transfer_coding};
+    if let Some(message) = unsupported_transfer_coding(headers) {
+        return Some(ApiError::new(StatusCode::NOT_IMPLEMENTED, message));
+    }
+    let coded = codings(headers, hyper::header::CONTENT_ENCODING);
+    if coded.iter().all(|c| c.eq_ignore_ascii_case("identity")) {
+        return None;
+    }
+    Some(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!(
+            "the request body must be plain JSON, without a Content-Encoding (it came as {})",
+            coded.join(", ")
+        ),
+    ))
 }
 
 /// The answer for a method a resource does not support.
@@ -322,6 +369,9 @@ pub async fn handle(
             return Err(ApiError::not_found(format!(
                 "no REST resource at {path}; the token API is under {BASE} (or {LATEST})"
             )));
+        }
+        if let Some(refusal) = unreadable_body(&parts.headers) {
+            return Err(refusal);
         }
         // Before the password is checked: a change a web page could have made (see `browser`).
         // A body known to have bytes is judged now, before it is read; one of unknown length
@@ -707,6 +757,28 @@ mod tests {
         let busy = ApiError::from(lifecycle::Error::Store(StoreError::Busy));
         assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(busy.message.contains("try again"), "{}", busy.message);
+    }
+
+    #[test]
+    fn query_parameters_are_decoded_and_given_once() {
+        let get = |q: &str, name: &str| query_param(Some(q), name).map_err(|e| e.message);
+        assert_eq!(
+            get("comp%6Ciant=false", "compliant"),
+            Ok(Some("false".into()))
+        );
+        assert_eq!(get("start=1&limit=%32%35", "limit"), Ok(Some("25".into())));
+        assert_eq!(get("start=1&&x", "limit"), Ok(None));
+        assert_eq!(get("limit", "limit"), Ok(Some(String::new())));
+        assert_eq!(query_param(None, "limit").map_err(|e| e.message), Ok(None));
+        for (q, name, said) in [
+            ("compliant=false&compliant=true", "compliant", "given twice"),
+            ("limit=1&lim%69t=2", "limit", "given twice"),
+            ("limit=%2", "limit", "malformed"),
+            ("limit=%ff", "limit", "not UTF-8"),
+        ] {
+            let e = get(q, name).unwrap_err();
+            assert!(e.contains(said), "{q}: {e}");
+        }
     }
 
     #[test]

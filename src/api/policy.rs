@@ -69,7 +69,7 @@ fn all_tokens(call: &Call) -> ApiResult {
     if call.method.as_str() != "GET" {
         return Err(method_not_allowed(call.method, "GET or HEAD"));
     }
-    let only = match call.query_param("compliant") {
+    let only = match call.query_param("compliant")?.as_deref() {
         None | Some("") => None,
         Some("true") => Some(true),
         Some("false") => Some(false),

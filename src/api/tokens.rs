@@ -320,7 +320,7 @@ pub fn token_json(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Valu
 /// those on the page, as rendering may read the store (a personal token's user).
 pub fn page<T>(call: &Call, items: Vec<T>, render: impl Fn(&T) -> Value) -> ApiResult {
     let number = |name: &str, default: usize| -> Result<usize, ApiError> {
-        match call.query_param(name) {
+        match call.query_param(name)?.as_deref() {
             None | Some("") => Ok(default),
             // All digits but beyond usize: a number too large to page to, capped like any large
             // one (a `start` past the end gives an empty last page).

@@ -54,7 +54,7 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// The codings a header lists, over all its lines (`gzip, chunked`), in order; a value that is
 /// not text is one coding, `?`, that nothing accepts.
-fn codings(headers: &HeaderMap, name: HeaderName) -> Vec<&str> {
+pub(crate) fn codings(headers: &HeaderMap, name: HeaderName) -> Vec<&str> {
     headers
         .get_all(name)
         .iter()
