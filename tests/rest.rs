@@ -1377,6 +1377,15 @@ fn allowed_networks_refuse_other_sources() {
     );
     assert_eq!(r.status, 400);
     assert!(r.error_message().contains("not a network"));
+    // `null` is a field left out: the limit stays (never widened by a client's empty field).
+    let r = server.api(
+        "POST",
+        &format!("/users/alice/{id}"),
+        "alice",
+        &json!({"allowedNetworks": null, "name": "ci"}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["allowedNetworks"], json!(["127.0.0.0/8"]));
     // An empty list means anywhere again.
     let r = server.api(
         "POST",
