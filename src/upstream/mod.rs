@@ -125,6 +125,14 @@ fn unexplained(status: StatusCode, git_req: &GitRequest, git_http_backend: bool)
              log has its error output"
         );
     }
+    // A dumb-HTTP file that is not there: git asks for some that may well be missing
+    // (`objects/info/alternates`), and goes on without a word.
+    if status == StatusCode::NOT_FOUND && git_req.operation == Operation::Dumb {
+        return format!(
+            "no such file in repository '{}' ({})",
+            git_req.repo, git_req.backend_path
+        );
+    }
     // Only receive-pack writes: its advertisement and its pack.
     let push = git_req.access == crate::permission::Access::Write;
     let hint = if status == StatusCode::FORBIDDEN && push && git_http_backend {
@@ -422,6 +430,26 @@ impl Upstream {
 mod tests {
     use super::*;
     use crate::git::classify;
+
+    #[test]
+    fn a_wordless_refusal_is_told_for_what_it_is() {
+        let alternates = classify("GET", "/team/app.git/objects/info/alternates", None, "/");
+        let said = unexplained(StatusCode::NOT_FOUND, &alternates.unwrap(), true);
+        assert_eq!(
+            said,
+            "no such file in repository 'team/app' (/team/app.git/objects/info/alternates)"
+        );
+        let push = classify("POST", "/team/app.git/git-receive-pack", None, "/").unwrap();
+        let said = unexplained(StatusCode::FORBIDDEN, &push, true);
+        assert!(said.contains("http.receivepack false"), "{said}");
+        let said = unexplained(StatusCode::NOT_FOUND, &push, true);
+        assert!(
+            said.starts_with("the git backend refused this request (404"),
+            "{said}"
+        );
+        let said = unexplained(StatusCode::BAD_GATEWAY, &push, true);
+        assert!(said.starts_with("the git backend failed (502"), "{said}");
+    }
 
     #[test]
     fn a_stop_tells_a_push_whose_pack_was_all_sent_that_it_may_still_be_applied() {
