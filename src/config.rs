@@ -29,6 +29,9 @@ pub struct Config {
     pub auth_failures: AuthFailures,
     /// `[metrics] listen`: where `GET /metrics` is served; `None` (the default) serves nothing.
     pub metrics_listen: Option<SocketAddr>,
+    /// A `[metrics]` section without `listen`: no metrics are served, which its writer
+    /// likely did not mean (a warning).
+    pub metrics_without_listen: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -332,6 +335,13 @@ impl Config {
                 ));
             }
         }
+        if self.metrics_without_listen {
+            warnings.push(
+                "[metrics] has no listen: no metrics are served (give listen = \"IP:PORT\", \
+                 e.g. \"127.0.0.1:9100\", or remove the section)"
+                    .into(),
+            );
+        }
         if crate::network::Cidr::cover_half_of_a_family(&self.auth_failures.exempt) {
             warnings.push(
                 "[auth_failures] exempt covers half or more of all IPv4 or IPv6 addresses: the \
@@ -570,6 +580,7 @@ impl Config {
         let rate_limit = parse_rate_limit(raw.rate_limit.unwrap_or_default()).map_err(err)?;
         let auth_failures =
             parse_auth_failures(raw.auth_failures.unwrap_or_default()).map_err(err)?;
+        let metrics_without_listen = raw.metrics.as_ref().is_some_and(|m| m.listen.is_none());
         let metrics_listen = match raw.metrics.and_then(|m| m.listen) {
             None => None,
             Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
@@ -603,6 +614,7 @@ impl Config {
             rate_limit,
             auth_failures,
             metrics_listen,
+            metrics_without_listen,
         })
     }
 
@@ -1371,6 +1383,26 @@ env = "UPSTREAM_TOKEN"
         ));
         for fine in ["127.0.0.1:9100", "127.0.0.2:8080"] {
             assert!(metrics(fine).unwrap().is_some(), "{fine}");
+        }
+        // A section without its address serves nothing: allowed, with a warning.
+        let bare = parse(&format!("{GOOD}[metrics]\n")).unwrap();
+        assert!(bare.metrics_listen.is_none());
+        assert!(
+            bare.warnings()
+                .iter()
+                .any(|w| w.contains("[metrics] has no listen")),
+            "{:?}",
+            bare.warnings()
+        );
+        for (text, warned) in [
+            (GOOD.to_string(), false),
+            (
+                format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:9100\"\n"),
+                false,
+            ),
+        ] {
+            let c = parse(&text).unwrap();
+            assert_eq!(c.warnings().iter().any(|w| w.contains("[metrics]")), warned);
         }
     }
 

@@ -338,12 +338,15 @@ pub fn set_policy(
     }
     if new.max_expiry_days == Some(0) {
         return Err(Error::Invalid(
-            "maxExpiryDays must be at least 1 (or null for no maximum)".into(),
+            "maxExpiryDays (--max-expiry-days) must be at least 1 (or null, \
+             --no-max-expiry-days, for no maximum)"
+                .into(),
         ));
     }
     if new.max_expiry_days.is_some_and(|d| d > MAX_DAYS) {
         return Err(Error::Invalid(format!(
-            "maxExpiryDays may be at most {MAX_DAYS} (100 years), or null for no maximum"
+            "maxExpiryDays (--max-expiry-days) may be at most {MAX_DAYS} (100 years), or null \
+             (--no-max-expiry-days) for no maximum"
         )));
     }
     // Nothing to change, nothing to audit.

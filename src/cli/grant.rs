@@ -40,10 +40,29 @@ pub fn add(
 
 pub fn remove(store: &Store, name: &str, target: &str) -> Result<(), String> {
     let target = Target::parse(target)?;
-    store
+    let removed = store
         .remove_grant(name, &target, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    note!("removed the grant of '{name}' on {target} (their tokens lose it at once)");
+    if removed {
+        note!("removed the grant of '{name}' on {target} (their tokens lose it at once)");
+        return Ok(());
+    }
+    // In place already, as a script repeating itself expects; the grants there are, for a
+    // target mistyped.
+    let theirs: Vec<String> = store
+        .grants(Some(name))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|g| match g.level {
+            Some(level) => format!("{} {level}", g.target),
+            None => format!("{} (unreadable)", g.target),
+        })
+        .collect();
+    let theirs = match theirs.as_slice() {
+        [] => "none".to_string(),
+        all => all.join(", "),
+    };
+    note!("'{name}' has no grant on {target} (their grants: {theirs}); nothing changed");
     Ok(())
 }
 

@@ -20,8 +20,8 @@ pub struct AuditEvent {
     pub source: String,
     /// How many times this happened: more than 1 when repeats were folded into one row.
     pub count: i64,
-    /// Epoch milliseconds of the last repeat (when `count` > 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Epoch milliseconds of the last repeat (when `count` > 1; `null` in JSON otherwise, so
+    /// that every event has the same fields).
     pub last_at: Option<i64>,
 }
 

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::audit::record;
 use super::users::require_user;
-use super::{Actor, Result, Store, StoreError};
+use super::{Actor, Result, Store};
 use crate::clock;
 use crate::permission::Level;
 use crate::policy::Target;
@@ -95,7 +95,9 @@ impl Store {
         })
     }
 
-    pub fn remove_grant(&self, slug: &str, target: &Target, actor: &Actor) -> Result<()> {
+    /// Remove the grant of `slug` on `target`. False when there was none: nothing is written
+    /// or audited (a user that is not there is an error).
+    pub fn remove_grant(&self, slug: &str, target: &Target, actor: &Actor) -> Result<bool> {
         self.write(|tx| {
             let user = require_user(tx, slug)?;
             let target = target.to_string();
@@ -107,9 +109,7 @@ impl Store {
                 )
                 .optional()?;
             let Some(level) = level else {
-                return Err(StoreError::NotFound(format!(
-                    "user '{slug}' has no grant on {target}"
-                )));
+                return Ok(false);
             };
             tx.execute(
                 "DELETE FROM grants WHERE user_id = ?1 AND target = ?2",
@@ -121,7 +121,8 @@ impl Store {
                 "grant.removed",
                 slug,
                 &format!("{target} {level}"),
-            )
+            )?;
+            Ok(true)
         })
     }
 

@@ -111,6 +111,29 @@ fn require_principal(c: &rusqlite::Connection, principal: &str) -> Result<()> {
     )))
 }
 
+/// The principal names a user or a token there is, revoked or not (see [`require_principal`]
+/// for one a rule may be set for).
+fn require_known(c: &rusqlite::Connection, principal: &str) -> Result<()> {
+    if let Some(slug) = principal.strip_prefix("user:") {
+        require_user(c, slug)?;
+        return Ok(());
+    }
+    if let Some(id) = principal.strip_prefix("token:") {
+        let there: bool = c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM tokens WHERE id = ?1)",
+            [id],
+            |r| r.get(0),
+        )?;
+        return match there {
+            true => Ok(()),
+            false => Err(StoreError::NotFound(format!("no token '{id}'"))),
+        };
+    }
+    Err(StoreError::Invalid(format!(
+        "'{principal}' is not a rate-limit principal: use user:NAME or token:ID"
+    )))
+}
+
 impl Store {
     /// Set (or replace) the override of `principal`. False when that very rule was set
     /// already: nothing is written or audited.
@@ -174,6 +197,9 @@ impl Store {
         self.write(|tx| {
             let n = tx.execute("DELETE FROM rate_limits WHERE principal = ?1", [principal])?;
             if n == 0 {
+                // No rule: in place already — unless nothing has that name (a typo, which
+                // must not pass for a rule cleared).
+                require_known(tx, principal)?;
                 return Ok(false);
             }
             record(tx, actor, "ratelimit.cleared", principal, "")?;
@@ -241,6 +267,13 @@ mod tests {
         assert!(store.clear_rate_limit("user:alice", &actor()).unwrap());
         assert!(store.rate_limits().unwrap().usable.is_empty());
         assert!(!store.clear_rate_limit("user:alice", &actor()).unwrap());
+        // A name nothing has is a typo, not a rule cleared already.
+        for typo in ["user:alcie", "token:zzzzzzzzzzzz"] {
+            match store.clear_rate_limit(typo, &actor()) {
+                Err(StoreError::NotFound(_)) => {}
+                other => panic!("{typo}: {other:?}"),
+            }
+        }
         let events = store.audit_events(None, 100).unwrap();
         let count = |action: &str| events.iter().filter(|e| e.action == action).count();
         assert_eq!(count("ratelimit.set"), 2);
@@ -258,12 +291,28 @@ mod tests {
                 &actor(),
             )
             .unwrap();
+        // Its rule, set while it was live, goes with the revocation (audited).
+        store
+            .set_rate_limit("token:abcdefghijkl", RateRule::Exempt, &actor())
+            .unwrap();
         store.revoke_token("abcdefghijkl", &actor()).unwrap();
+        assert!(store.rate_limits().unwrap().usable.is_empty());
+        let events = store.audit_events(None, 100).unwrap();
+        assert!(
+            events.iter().any(|e| e.action == "ratelimit.cleared"
+                && e.target == "token:abcdefghijkl"
+                && e.detail == "the token was revoked"),
+            "{events:?}"
+        );
         match store.set_rate_limit("token:abcdefghijkl", RateRule::Exempt, &actor()) {
             Err(StoreError::Invalid(m)) => assert!(m.contains("is revoked"), "{m}"),
             other => panic!("{other:?}"),
         }
         assert!(store.rate_limits().unwrap().usable.is_empty());
+        // Clearing it again: nothing to clear, and the token is there: no error.
+        assert!(!store
+            .clear_rate_limit("token:abcdefghijkl", &actor())
+            .unwrap());
     }
 
     /// A row edited by hand into something unusable costs its own principal its override, not

@@ -506,6 +506,7 @@ impl Store {
                 id,
                 "a token whose row cannot be read",
             )?;
+            clear_the_rule_of_a_revoked_token(tx, actor, id)?;
             Ok(true)
         })
     }
@@ -530,6 +531,7 @@ impl Store {
                 id,
                 &format!("token '{}' of {}", token.name, token.principal()),
             )?;
+            clear_the_rule_of_a_revoked_token(tx, actor, id)?;
             require_token(tx, id)
         })
     }
@@ -853,6 +855,28 @@ pub(super) fn auth_record_in(c: &mut Connection, id: &str) -> Result<Option<Auth
         unusable_name,
         queued_use: QueuedUse::default(),
     }))
+}
+
+/// A revoked token never authenticates again, so a rate-limit rule of its own (a scoped
+/// token's, `token:ID`) would never apply: it goes with the revocation, audited, so that
+/// `ratelimit list` shows only rules that count.
+fn clear_the_rule_of_a_revoked_token(
+    tx: &rusqlite::Transaction<'_>,
+    actor: &Actor,
+    id: &str,
+) -> Result<()> {
+    let principal = format!("token:{id}");
+    let n = tx.execute("DELETE FROM rate_limits WHERE principal = ?1", [&principal])?;
+    if n > 0 {
+        record(
+            tx,
+            actor,
+            "ratelimit.cleared",
+            &principal,
+            "the token was revoked",
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
