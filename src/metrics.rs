@@ -415,6 +415,13 @@ impl Metrics {
     /// The exposition text; `cache` is the token cache's (hits, misses).
     pub fn render(&self, cache: (u64, u64)) -> String {
         let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP gitgate_build_info The running gitgate's version, as a label; always 1.\n\
+             # TYPE gitgate_build_info gauge\n\
+             gitgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         out.push_str(
             "# HELP gitgate_requests_total Git requests by operation and outcome.\n\
              # TYPE gitgate_requests_total counter\n",
@@ -450,6 +457,14 @@ impl Metrics {
             "# HELP gitgate_api_requests_total REST API calls (under /rest/) by status class.\n\
              # TYPE gitgate_api_requests_total counter\n",
         );
+        for (i, n) in self.api_requests.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "gitgate_api_requests_total{{status=\"{}xx\"}} {}",
+                i + 1,
+                n.load(Relaxed)
+            );
+        }
         out.push_str(
             "# HELP gitgate_connections_cut_total Connections gitgate closed by its own timeouts: \
              no request within header_read_timeout (a head that came too slowly, or none), idle \
@@ -463,14 +478,6 @@ impl Metrics {
                 "gitgate_connections_cut_total{{reason=\"{}\"}} {}",
                 why.label(),
                 self.connections_cut[why as usize].load(Relaxed)
-            );
-        }
-        for (i, n) in self.api_requests.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "gitgate_api_requests_total{{status=\"{}xx\"}} {}",
-                i + 1,
-                n.load(Relaxed)
             );
         }
         let simple: [(&str, &str, &str, String); 16] = [
@@ -796,6 +803,50 @@ mod tests {
             .contains("\ngitgate_tls_certificate_expiry_timestamp_seconds 4951613640\n"));
         assert!(text.contains("gitgate_response_bytes_total 20\n"));
         assert!(text.contains("gitgate_token_cache_hits_total 7\n"));
+        assert!(text.starts_with(&format!(
+            "# HELP gitgate_build_info The running gitgate's version, as a label; always 1.\n\
+             # TYPE gitgate_build_info gauge\n\
+             gitgate_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+
+    /// The text format wants each family whole: its HELP and TYPE, then all its samples, with
+    /// no other family's lines in between (a split family was read by Prometheus's own parser
+    /// as a typed family without samples and an untyped one).
+    #[test]
+    fn every_family_is_one_group_after_its_help_and_type() {
+        let m = Metrics::new();
+        m.tls_certificate_expires(4_951_613_640_000);
+        let text = m.render((1, 2));
+        let mut seen = std::collections::HashSet::new();
+        let mut family: Option<(String, String)> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap().to_string();
+                assert!(seen.insert(name.clone()), "{name} twice:\n{text}");
+                family = Some((name, String::new()));
+                continue;
+            }
+            let (name, kind) = family.as_mut().expect("a sample before any HELP");
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut words = rest.split(' ');
+                assert_eq!(words.next(), Some(name.as_str()), "{line}");
+                *kind = words.next().unwrap().to_string();
+                continue;
+            }
+            assert!(!kind.is_empty(), "a sample before its TYPE: {line}");
+            let sample = line.split(['{', ' ']).next().unwrap();
+            let own = if kind == "histogram" {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| sample.strip_suffix(s) == Some(name.as_str()))
+            } else {
+                sample == name
+            };
+            assert!(own, "{line} in the family {name}:\n{text}");
+        }
+        assert!(seen.len() > 20, "{seen:?}");
     }
 
     /// Each thread writes its own shard; a scrape adds them all up, from more threads than

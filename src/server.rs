@@ -402,10 +402,10 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         opened = opening => opened
             .map_err(|e| format!("opening the token store failed: {e}"))?
             .map_err(|e| config.store_refusal(e))?,
-        () = stop.next() => {
+        signal = stop.next() => {
             tracing::info!(
-                "stopped: a stop signal came while the token store was being opened; nothing \
-                 was served"
+                "stopped: {signal} came while the token store was being opened; nothing was \
+                 served"
             );
             return Ok(Ended::BeforeTheStore);
         }
@@ -418,6 +418,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         crate::clock::monotonic_ms(),
     )?);
     tokio::spawn(sweep_addresses(Arc::downgrade(&guard)));
+    tokio::spawn(log_command_line_changes(store.clone()));
     let gates: Vec<Arc<Gate>> = upstreams
         .into_iter()
         .map(|upstream| {
@@ -484,6 +485,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         threads.push(thread);
     }
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         config = %config.source.display(),
         store = %config.store.path.display(),
         workers = workers.len(),
@@ -554,6 +556,45 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         );
     }
     Ok(Ended::Served)
+}
+
+/// How often the server looks for audit events of command-line changes to log.
+const COMMAND_EVENTS_EVERY: Duration = Duration::from_secs(1);
+
+/// Logs the audit events of the changes made with the command line while the server runs
+/// (`gitgate token revoke`, `grant add`, ...), within a second, as the server logs its own —
+/// a log shipped to a SIEM must show a token revoked at the terminal too — with
+/// `via=command-line`. The server's own events, and those of other servers on the store, are
+/// logged by whoever made them.
+async fn log_command_line_changes(store: Store) {
+    let s = store.clone();
+    let Ok(Ok(mut after)) = tokio::task::spawn_blocking(move || s.newest_audit_id()).await else {
+        // The store failing already: its requests say so; nothing to follow.
+        return;
+    };
+    loop {
+        tokio::time::sleep(COMMAND_EVENTS_EVERY).await;
+        let s = store.clone();
+        let Ok(Ok(events)) =
+            tokio::task::spawn_blocking(move || s.command_events_after(after, 1000)).await
+        else {
+            continue;
+        };
+        for e in events {
+            after = e.id;
+            tracing::info!(
+                target: "gitgate::audit",
+                actor = %crate::log_value::LogValue(&e.actor),
+                source = %e.source,
+                action = e.action.as_str(),
+                target = e.target.as_str(),
+                detail = e.detail.as_str(),
+                count = e.count,
+                via = "command-line",
+                "audit"
+            );
+        }
+    }
 }
 
 /// Sweeps the address throttle every [`crate::guard::SWEEP_EVERY`] until the guard is gone: a
@@ -694,7 +735,7 @@ async fn accept(
     workers: &[Worker],
     limits: &Limits,
     address_cap: Option<Arc<AddressCap>>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = &'static str>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let over_cap_slots = Arc::new(Semaphore::new(OVER_CAP_SLOTS));
@@ -703,7 +744,7 @@ async fn accept(
     // log, not only as clients waiting.
     let mut at_the_cap = Repeats::new(ACCEPT_FAILURES_WINDOW);
     tokio::pin!(shutdown);
-    loop {
+    let signal = 'accepting: loop {
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => {
                 // A load that hovers at the cap is one run, said once per window.
@@ -716,7 +757,9 @@ async fn accept(
                 }
                 p
             }
-            Err(tokio::sync::TryAcquireError::Closed) => break,
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                break 'accepting "the connection slots' end"
+            }
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 if let Some(times) = at_the_cap.failed(Instant::now()) {
                     tracing::warn!(
@@ -730,9 +773,10 @@ async fn accept(
                 tokio::select! {
                     p = slots.clone().acquire_owned() => match p {
                         Ok(p) => p,
-                        Err(_) => break,
+                        // Never closed: the semaphore lives as long as this loop.
+                        Err(_) => break 'accepting "the connection slots' end",
                     },
-                    _ = &mut shutdown => break,
+                    signal = &mut shutdown => break 'accepting signal,
                 }
             }
         };
@@ -820,12 +864,12 @@ async fn accept(
                     tracing::error!("a worker thread has stopped; refusing the connection");
                 }
             }
-            _ = &mut shutdown => break,
+            signal = &mut shutdown => break 'accepting signal,
         }
-    }
+    };
     drop(listener);
     tracing::info!(
-        "shutting down: no new connections; waiting up to {}s for requests in flight",
+        "shutting down on {signal}: no new connections; waiting up to {}s for requests in flight",
         limits.shutdown_grace.as_secs()
     );
 }

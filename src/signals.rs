@@ -42,8 +42,9 @@ impl StopSignals {
         StopSignals {}
     }
 
-    /// Completes on the next SIGINT or SIGTERM (never, for one we could not listen for).
-    pub async fn next(&mut self) {
+    /// Completes on the next SIGINT or SIGTERM (never, for one we could not listen for), with
+    /// its name for the log: which one came tells a terminal's Ctrl-C from a supervisor's stop.
+    pub async fn next(&mut self) -> &'static str {
         #[cfg(unix)]
         {
             async fn recv(s: &mut Option<Signal>) {
@@ -56,13 +57,14 @@ impl StopSignals {
                 }
             }
             tokio::select! {
-                _ = recv(&mut self.interrupt) => {}
-                _ = recv(&mut self.terminate) => {}
+                _ = recv(&mut self.interrupt) => "SIGINT",
+                _ = recv(&mut self.terminate) => "SIGTERM",
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
         }
     }
 }

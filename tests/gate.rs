@@ -955,6 +955,29 @@ fn token_revoked_from_cli_while_serving_is_refused_next_request() {
     let run = sb.git(&work, &["fetch", "origin"]);
     run.fails_with("revoked");
     run.fails_with("Authentication failed");
+    // The server's log has the revocation too, made at the terminal (once, within a second):
+    // a log shipped to a SIEM shows it as it shows the REST API's.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let revoked = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("gitgate::audit")
+                    && l.contains("action=\"token.revoked\"")
+                    && l.contains(&format!("target=\"{}\"", token.id))
+                    && l.contains("via=\"command-line\"")
+                    && l.contains("actor=cli:")
+            })
+            .count()
+    };
+    while revoked(&server.log_text()) == 0 {
+        assert!(Instant::now() < deadline, "{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = server.log_text();
+    assert_eq!(revoked(&log), 1, "{log}");
+    // Events from before the start are not logged again: the users and grants of the set-up.
+    assert!(!log.contains("action=\"user.added\""), "{log}");
 }
 
 #[test]
@@ -1911,6 +1934,11 @@ fn a_second_stop_signal_cuts_the_grace_period_short() {
     );
     let log = fs::read_to_string(sb.server_log()).unwrap();
     assert!(!log.contains("second stop signal"), "{log}");
+    // The log names the signal that began the stop.
+    assert!(
+        log.contains("shutting down on SIGTERM: no new connections"),
+        "{log}"
+    );
     // The backend sends its headers, then nothing for 5 s; without the second signal gitgate
     // would wait for it and log it complete. Cut off, the backend is reaped after its 2 s TERM
     // grace.

@@ -629,7 +629,7 @@ fn a_stop_while_the_start_waits_on_a_locked_store_ends_it_there() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{status}: {text}");
     assert!(
-        text.contains("stopped: a stop signal came while the token store was being opened"),
+        text.contains("stopped: SIGTERM came while the token store was being opened"),
         "{text}"
     );
     assert!(

@@ -270,6 +270,44 @@ impl Store {
         self.inner.batch_writer.flush(self)
     }
 
+    /// The newest audit event's id (0 when there is none): where [`Store::command_events_after`]
+    /// starts, so that a server logs only what the command line does while it runs.
+    pub fn newest_audit_id(&self) -> Result<i64> {
+        self.with_conn(|c| {
+            Ok(
+                c.query_row("SELECT coalesce(max(id), 0) FROM audit_events", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+    }
+
+    /// The events of command-line changes (actor `cli:...`) written after the event `after`,
+    /// by id, at most `limit`. Ids grow with each commit (SQLite gives a new row the largest id
+    /// plus one, and writers commit one at a time; the clean-up removes the oldest rows only).
+    pub fn command_events_after(&self, after: i64, limit: usize) -> Result<Vec<AuditEvent>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, at, actor, action, target, detail, source, count, last_at
+                 FROM audit_events WHERE id > ?1 AND actor LIKE 'cli:%' ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                Ok(AuditEvent {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: r.get(5)?,
+                    source: r.get(6)?,
+                    count: r.get(7)?,
+                    last_at: r.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
     /// Events at or after `since` (epoch ms), oldest first, at most `limit`.
     pub fn audit_events(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEvent>> {
         self.audit_page(since, AuditCursor::START, limit)
