@@ -849,6 +849,10 @@ fn upstream_down_is_502_then_recovers() {
         failure_lines[0].contains("backend failed") && failure_lines[0].contains(&upstream),
         "{log}"
     );
+    // It names whose request it was, for a log read at the warning level alone.
+    for field in ["remote=127.0.0.1", "user=alice", "token_id="] {
+        assert!(failure_lines[0].contains(field), "{field}: {log}");
+    }
     let out = w.git(w.dir.path(), &["ls-remote", &url]);
     assert!(!out.status.success());
     assert!(

@@ -109,10 +109,11 @@ pub(super) async fn feed_stdin<B>(
             }
             Some(Err(e)) => {
                 if on_break == Break::CloseStdin {
-                    tracing::warn!(target: "gitgate::cgi", error = ?e.to_string(), "push body failed; closing the backend's input so that the push fails and cleans up");
+                    // The client's body broke: its doing, told with the request by the gate.
+                    tracing::info!(target: "gitgate::cgi", error = ?e.to_string(), "push body failed; closing the backend's input so that the push fails and cleans up");
                     return; // closes stdin
                 }
-                tracing::warn!(target: "gitgate::cgi", error = ?e.to_string(), "request body failed; killing the CGI backend");
+                tracing::info!(target: "gitgate::cgi", error = ?e.to_string(), "request body failed; killing the CGI backend");
                 kill.kill(&format!("request body failed: {e}"));
                 return;
             }
