@@ -501,7 +501,8 @@ pub async fn handle(
         path = %crate::gate::loggable_path(&path),
         remote = %remote.ip(),
         api = true,
-        user = %crate::log_value::LogValue(user.as_deref().unwrap_or("")),
+        // `-` before the password is checked, as a git request line writes it.
+        user = %crate::log_value::LogValue(user.as_deref().unwrap_or("-")),
         status = status.as_u16(),
         bytes_in,
         bytes_out = bytes.len(),
