@@ -1603,6 +1603,22 @@ fn config_said_on_hangup(running: &Config) {
              settings are kept; `gitgate check` says more): {e}"
         ),
         Ok(now) => {
+            // New certificate or key files: a restart loads them as the start does, and
+            // refuses to start if they do not (a key that is not the certificate's).
+            if let Some(tls) =
+                now.server.tls.as_ref().filter(|_| {
+                    format!("{:?}", now.server.tls) != format!("{:?}", running.server.tls)
+                })
+            {
+                if let Err(e) = CertStore::load(&tls.cert, &tls.key) {
+                    tracing::warn!(
+                        "SIGHUP: the config file names other TLS files, which do not load, so a \
+                         restart would fail (the running settings are kept; `gitgate check` \
+                         says more): {e}"
+                    );
+                    return;
+                }
+            }
             let changed = changed_sections(running, &now);
             if !changed.is_empty() {
                 tracing::warn!(

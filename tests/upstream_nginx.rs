@@ -1397,6 +1397,22 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
         g.log_text()
             .contains("the config file no longer loads, so a restart would fail")
     });
+    // Other TLS files named, whose key is not the certificate's: a restart would fail too.
+    std::fs::copy(fixture("tls/server-b.pem"), w.path("cert2.pem")).unwrap();
+    std::fs::copy(fixture("tls/server-a.key"), w.path("key2.pem")).unwrap();
+    assert!(
+        config.contains("cert.pem") && config.contains("key.pem"),
+        "{config}"
+    );
+    let other = config
+        .replace("cert.pem", "cert2.pem")
+        .replace("key.pem", "key2.pem");
+    std::fs::write(&w.config, other).unwrap();
+    g.signal("HUP");
+    wait_for("the mismatched key said", Duration::from_secs(10), || {
+        g.log_text()
+            .contains("names other TLS files, which do not load, so a restart would fail")
+    });
 }
 
 #[test]

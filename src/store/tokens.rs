@@ -783,6 +783,15 @@ fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
              punctuation — and cannot pass for a user's name; '{name}' is not"
         )));
     }
+    // A comma makes a header value a list: an upstream that reads the identity header's last
+    // item (as of a header sent twice, merged) would take `ci, alice` for alice.
+    if name.contains(',') {
+        return Err(StoreError::Invalid(format!(
+            "a project or repository token's name is the identity the git backend sees, sent in \
+             a header where a comma makes it a list whose last item could pass for a user \
+             ('{name}'): leave the comma out"
+        )));
+    }
     // Case-insensitively: some upstreams (Gitea) treat user names so. And as git writes it into
     // a reflog, which drops `<`, `>` and leading or trailing punctuation: `al<>ice` and
     // `alice.` are written `alice` there.
@@ -1068,7 +1077,7 @@ mod tests {
                 other => panic!("{name:?}: {other:?}"),
             }
         }
-        let t = repository_token("scoped000009", "bob,", &repo);
+        let t = repository_token("scoped000009", "bob;", &repo);
         store.insert_token(&t, &actor()).unwrap();
         match store.add_user("bob", "h", Role::User, &actor()) {
             Err(StoreError::Conflict(m)) => assert!(m.contains("scoped000009"), "{m}"),
@@ -1080,7 +1089,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         store.add_user("ci.", "h", Role::User, &actor()).unwrap();
-        for (i, name) in ["ci", "'ci.'", "ci,"].iter().enumerate() {
+        for (i, name) in ["ci", "'ci.'", "ci;"].iter().enumerate() {
             let id = format!("scopedci{i:04}");
             let t = repository_token(&id, name, &repo);
             match store.insert_token(&t, &actor()) {
@@ -1457,6 +1466,13 @@ mod tests {
         for name in ["\u{212A}ate", "\u{FF41}lice", "AL\u{130}CE", "caf\u{E9}"] {
             match store.insert_token(&project("mnopqrstuvwx", name), &actor()) {
                 Err(StoreError::Invalid(m)) => assert!(m.contains("printable ASCII"), "{m}"),
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
+        // A comma: the identity header would be a list, whose last item could be a user.
+        for name in ["x, alice", "ci,deploy"] {
+            match store.insert_token(&project("mnopqrstuvwx", name), &actor()) {
+                Err(StoreError::Invalid(m)) => assert!(m.contains("leave the comma out"), "{m}"),
                 other => panic!("{name:?}: {other:?}"),
             }
         }
