@@ -319,6 +319,12 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         },
         UpstreamConfig::Cgi { .. } => None,
     };
+    if let Some(warning) = upstream_secret
+        .as_ref()
+        .and_then(|s| s.file_readable_by_all())
+    {
+        tracing::warn!("{warning}");
+    }
     // Every worker's backend is built here, so a bad upstream setting fails the start, not a
     // worker.
     let mut upstreams = Vec::with_capacity(config.server.workers);

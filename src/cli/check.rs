@@ -152,6 +152,10 @@ pub fn run(config_path: &Path) -> Result<(), String> {
                 )),
                 None => None,
             };
+            if let Some(warning) = secret.as_ref().and_then(|s| s.file_readable_by_all()) {
+                warnings += 1;
+                outln!("warning: {warning}");
+            }
             let backend = HttpBackend::new(
                 http,
                 secret,

@@ -53,6 +53,25 @@ impl UpstreamSecret {
         Ok(Reloaded::FromFile)
     }
 
+    /// Why the secret's file should be looked at: readable by every user of the machine, as
+    /// the TLS key is warned of. `None` for a secret from the environment, or a file that is
+    /// not (or whose mode cannot be read).
+    pub fn file_readable_by_all(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let SecretSource::File(path) = &self.credentials.source else {
+            return None;
+        };
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o004 != 0).then(|| {
+            format!(
+                "[upstream.credentials] file {} is readable by every user of this machine (mode \
+                 {mode:04o}): whoever reads it can reach the git server as gitgate, past every \
+                 token; chmod 600 it (or 640 for a group gitgate's user is in)",
+                path.display()
+            )
+        })
+    }
+
     /// Where the secret is read from, for the log.
     pub fn describe(&self) -> String {
         match &self.credentials.source {
@@ -154,6 +173,34 @@ mod tests {
             source: SecretSource::File(f),
         })
         .is_err());
+    }
+
+    #[test]
+    fn a_secret_file_readable_by_every_user_is_said() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "s3cr3tvalue\n").unwrap();
+        let s = UpstreamSecret::load(&UpstreamCredentials {
+            scheme: CredentialScheme::Bearer,
+            source: SecretSource::File(f.clone()),
+        })
+        .unwrap();
+        for (mode, said) in [(0o600, false), (0o640, false), (0o644, true), (0o604, true)] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            let warning = s.file_readable_by_all();
+            assert_eq!(warning.is_some(), said, "{mode:o}: {warning:?}");
+            if let Some(w) = warning {
+                assert!(w.contains("chmod 600") && !w.contains("s3cr3tvalue"), "{w}");
+            }
+        }
+        std::env::set_var("GITGATE_TEST_UPSTREAM_MODE", "x");
+        let from_env = UpstreamSecret::load(&UpstreamCredentials {
+            scheme: CredentialScheme::Bearer,
+            source: SecretSource::Env("GITGATE_TEST_UPSTREAM_MODE".into()),
+        })
+        .unwrap();
+        assert_eq!(from_env.file_readable_by_all(), None);
     }
 
     #[test]
