@@ -59,6 +59,8 @@ pub struct CgiBody {
     /// What the backend said while its head was held (see [`CgiBody::hold_until_fed`]): the
     /// first frame to give.
     pub(super) early: Option<Option<Result<Frame<Bytes>, io::Error>>>,
+    /// Whether any of the answer's body has been given (see [`ExitInfo::reported_a_failure`]).
+    pub(super) answered: bool,
 }
 
 /// How a push whose client left is let finish: for as long as it writes something within
@@ -386,6 +388,7 @@ impl Body for CgiBody {
             if let Some(finishing) = &mut this.finishing {
                 finishing.heard(&prefix);
             }
+            this.answered |= !prefix.is_empty();
             return Poll::Ready(Some(Ok(Frame::data(this.within_declared(prefix)))));
         }
 
@@ -406,6 +409,7 @@ impl Body for CgiBody {
                     if let Some(finishing) = &mut this.finishing {
                         finishing.heard(&data);
                     }
+                    this.answered = true;
                     return Poll::Ready(Some(Ok(Frame::data(this.within_declared(data)))));
                 }
                 Ok(_) => {
@@ -441,7 +445,16 @@ impl Body for CgiBody {
         let info = ready!(Pin::new(exit).poll(cx));
         this.exit = None;
         match info {
-            Ok(info) if info.success() => Poll::Ready(None),
+            Ok(info) if info.success() && (this.answered || !info.reported_a_failure()) => {
+                Poll::Ready(None)
+            }
+            // git http-backend dying after its headers (a chunked request over
+            // GIT_HTTP_MAX_REQUEST_BUFFER) says `fatal: ...` and exits 0, "having reported the
+            // failure": with no answer after the headers, that is no answer at all.
+            Ok(info) if info.success() => Poll::Ready(Some(Err(io::Error::other(format!(
+                "the CGI backend failed after sending its response headers, without an answer \
+                 (it exited 0 after a fatal error): {info}"
+            ))))),
             Ok(info) => Poll::Ready(Some(Err(io::Error::other(format!(
                 "the CGI backend failed after sending its response headers: {info}"
             ))))),

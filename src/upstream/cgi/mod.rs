@@ -648,6 +648,7 @@ impl CgiBackend {
             silence: Silence::new(self.head_timeout),
             uploading,
             early: None,
+            answered: false,
         };
         if declared == Some(0) {
             body.declared_length_sent();

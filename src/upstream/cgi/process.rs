@@ -118,6 +118,14 @@ impl ExitInfo {
     pub(super) fn success(&self) -> bool {
         matches!(&self.status, Ok(s) if s.success())
     }
+
+    /// Whether its last word on stderr was a fatal error (`fatal: ...`, git's `die`), which
+    /// git http-backend follows with exit 0 (see `CgiBody`'s end).
+    pub(super) fn reported_a_failure(&self) -> bool {
+        self.last_stderr
+            .as_deref()
+            .is_some_and(|l| l.starts_with("fatal:"))
+    }
 }
 
 impl fmt::Display for ExitInfo {

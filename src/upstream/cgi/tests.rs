@@ -919,6 +919,47 @@ async fn a_backend_that_answers_and_exits_while_the_body_is_coming_is_the_answer
     }
 }
 
+/// git http-backend's `die` after its headers: `fatal: ...` on stderr, then exit 0 ("having
+/// reported the failure"). With no answer after the headers, the body ends with an error; with
+/// an answer (a hook's `fatal:` after a push's report), it is the answer.
+#[tokio::test]
+async fn a_fatal_error_and_exit_0_after_headers_without_an_answer_is_a_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, answer, fails) in [("silent.cgi", "", true), ("said.cgi", "report", false)] {
+        let backend = script(
+            tmp.path(),
+            name,
+            &format!(
+                "printf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n{answer}'; \
+                 echo 'fatal: request was larger than our maximum size' >&2; exit 0"
+            ),
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/x", None, &headers);
+        let mut body = serve(&backend, req, empty).await.unwrap().into_body();
+        let mut got = Vec::new();
+        let ended = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        assert_eq!(got, answer.as_bytes(), "{name}");
+        match ended {
+            Err(e) => {
+                assert!(fails, "{name}: {e}");
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("without an answer") && msg.contains("larger than our maximum"),
+                    "{msg}"
+                );
+            }
+            Ok(()) => assert!(!fails, "{name} ended cleanly"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn failure_after_headers_ends_body_with_error() {
     let tmp = tempfile::tempdir().unwrap();
