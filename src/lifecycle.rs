@@ -414,6 +414,45 @@ pub struct CreateRequest {
     pub allowed_networks: Vec<String>,
 }
 
+/// What a new token asks for, checked as [`create`] checks it, whoever asks — so that the
+/// command line can refuse a mistyped permission, expiry or network before it asks the owner
+/// for a password. Its permissions and networks, parsed.
+pub fn check_new(
+    store: &Store,
+    req: &CreateRequest,
+) -> Result<(TokenPermissions, Vec<network::Cidr>)> {
+    let (kind, owner) = match &req.subject {
+        Subject::Personal(user) => (TokenKind::Personal, Some(user.as_str())),
+        Subject::Scoped(Target::Project(_)) => (TokenKind::Project, None),
+        Subject::Scoped(Target::Repo(_)) => (TokenKind::Repository, None),
+    };
+    crate::store::validate_name(&req.name)?;
+    let permissions =
+        TokenPermissions::from_names(kind, &req.permissions).map_err(Error::Invalid)?;
+    // Checked here for a clear answer before the policy's, and again inside the write (see
+    // `MAX_LIVE_TOKENS`).
+    if let Some(user) = owner {
+        if store.live_personal_tokens(user)? >= MAX_LIVE_TOKENS {
+            return Err(crate::store::too_many_personal_tokens(user).into());
+        }
+    }
+    match req.expiry_days {
+        Some(0) => return Err(Error::Invalid("the expiry must be at least 1 day".into())),
+        Some(days) if days > MAX_DAYS => {
+            return Err(Error::Invalid(format!(
+                "the expiry may be at most {MAX_DAYS} days (100 years); leave it out for a token \
+                 that does not expire"
+            )))
+        }
+        _ => {}
+    }
+    policy_from(&|key| store.setting(key))?
+        .check_new(req.expiry_days)
+        .map_err(StoreError::Invalid)?;
+    let allowed_networks = token_networks(&req.allowed_networks)?;
+    Ok((permissions, allowed_networks))
+}
+
 /// Create a token; returns its record and the secret, which is shown once and never stored.
 pub fn create(
     store: &Store,
@@ -452,36 +491,16 @@ pub fn create(
             }
         }
     };
-    let permissions =
-        TokenPermissions::from_names(kind, &req.permissions).map_err(Error::Invalid)?;
-    // Checked here for a clear answer before the policy's, and again inside the write (see
-    // `MAX_LIVE_TOKENS`).
-    if let Some(user) = owner {
-        if store.live_personal_tokens(user)? >= MAX_LIVE_TOKENS {
-            return Err(crate::store::too_many_personal_tokens(user).into());
-        }
-    }
-    match req.expiry_days {
-        Some(0) => return Err(Error::Invalid("the expiry must be at least 1 day".into())),
-        Some(days) if days > MAX_DAYS => {
-            return Err(Error::Invalid(format!(
-                "the expiry may be at most {MAX_DAYS} days (100 years); leave it out for a token \
-                 that does not expire"
-            )))
-        }
-        _ => {}
-    }
-    // Checked here for a clear answer, and again inside the write: a policy set meanwhile
-    // (by an administrator, in another process) must not let this token through.
+    let (permissions, allowed_networks) = check_new(store, &req)?;
+    // Checked in `check_new` for a clear answer, and again inside the write: a policy set
+    // meanwhile (by an administrator, in another process) must not let this token through.
     let allowed = |setting: &dyn Fn(&str) -> crate::store::Result<Option<String>>| {
         policy_from(setting)?
             .check_new(req.expiry_days)
             .map_err(StoreError::Invalid)
     };
-    allowed(&|key| store.setting(key))?;
     let now = clock::now_ms();
     let expires_at = req.expiry_days.map(|days| now + i64::from(days) * DAY_MS);
-    let allowed_networks = token_networks(&req.allowed_networks)?;
     let fresh =
         token::generate().map_err(|e| Error::Invalid(format!("no randomness from the OS: {e}")))?;
     let record = store.insert_token_if(

@@ -138,6 +138,9 @@ fn user_errors_are_refused() {
         !run.success() && !run.stderr.trim().is_empty(),
         "duplicate user: {run}"
     );
+    // Said before a password is asked for (without a terminal: not "no terminal").
+    sb.cli(&["user", "add", "alice"])
+        .fails_with("user 'alice' already exists");
     for args in [["user", "disable", "nobody"], ["user", "enable", "nobody"]] {
         let run = sb.cli(&args);
         assert!(!run.success(), "{run}");
@@ -674,6 +677,33 @@ fn bad_permissions_are_refused_and_nothing_created() {
             "personal permission {perm:?} should be refused: {run}"
         );
     }
+    // Said before the owner's password is asked for: without a terminal (nor
+    // --password-stdin), the mistyped permission, expiry or name, not "no terminal".
+    for (args, said) in [
+        (
+            ["--permission", "REPO_OWNER"],
+            "unknown permission 'REPO_OWNER'",
+        ),
+        (["--expiry-days", "0"], "the expiry must be at least 1 day"),
+    ] {
+        let mut all = vec!["token", "create", "--user", "alice", "--name", "x"];
+        if args[0] != "--permission" {
+            all.extend(["--permission", "REPO_READ"]);
+        }
+        all.extend(args);
+        sb.cli(&all).fails_with(said);
+    }
+    sb.cli(&[
+        "token",
+        "create",
+        "--user",
+        "alice",
+        "--name",
+        "a\u{200B}b",
+        "--permission",
+        "REPO_READ",
+    ])
+    .fails_with("a token name must be");
     let list = sb.cli_json(&["token", "list", "--json"]);
     assert_eq!(list, Value::Array(vec![]), "nothing created");
 }

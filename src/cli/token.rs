@@ -66,6 +66,19 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
             if store.user(user).map_err(|e| e.to_string())?.is_none() {
                 return Err(crate::store::no_such_user(user));
             }
+            // What the token asks for, before its owner is asked for a password: a mistyped
+            // permission is not told only after the password was typed.
+            lifecycle::check_new(
+                store,
+                &CreateRequest {
+                    subject: Subject::Personal(user.to_string()),
+                    name: name.to_string(),
+                    permissions: permissions.to_vec(),
+                    expiry_days,
+                    allowed_networks: allowed_networks.to_vec(),
+                },
+            )
+            .map_err(|e| e.to_string())?;
             caller = login_as_owner(store, user, password_stdin, "created")?;
             Subject::Personal(user.to_string())
         }

@@ -8,6 +8,10 @@ use crate::store::{Actor, Role, Store, StoreError};
 
 pub fn add(store: &Store, name: &str, admin: bool, password_stdin: bool) -> Result<(), String> {
     crate::store::validate_slug(name).map_err(|e| e.to_string())?;
+    // Before the password is asked for, twice; the write checks again.
+    if store.user(name).map_err(|e| e.to_string())?.is_some() {
+        return Err(format!("user '{name}' already exists"));
+    }
     let pw = read_new_password(password_stdin, &format!("Password for {name}: "))?;
     let hash = password::hash(&pw)?;
     let role = if admin { Role::Admin } else { Role::User };
