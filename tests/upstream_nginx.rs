@@ -324,6 +324,13 @@ impl World {
             format!("{UPSTREAM_SECRET}\n"),
         )
         .unwrap();
+        // As a secret is kept (else the start warns that every user can read it); rewrites
+        // keep the mode.
+        std::fs::set_permissions(
+            dir.path().join("upstream.secret"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let mut w = World {
             dir,
             nginx,
