@@ -424,7 +424,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         crate::clock::monotonic_ms(),
     )?);
     tokio::spawn(sweep_addresses(Arc::downgrade(&guard)));
-    tokio::spawn(log_command_line_changes(store.clone()));
+    follow_command_line_changes(&store);
     let gates: Vec<Arc<Gate>> = upstreams
         .into_iter()
         .map(|upstream| {
@@ -545,6 +545,8 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     // close would otherwise tell after the "stopped" line that ends the log.
     let written = tokio::task::spawn_blocking(move || {
         let written = store.flush_pending_writes();
+        // The command line's last changes, made within the follower's last second.
+        log_command_line_changes(&store);
         store.report_changed_files();
         written
     })
@@ -567,39 +569,58 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
 /// How often the server looks for audit events of command-line changes to log.
 const COMMAND_EVENTS_EVERY: Duration = Duration::from_secs(1);
 
+/// The id of the last audit event [`log_command_line_changes`] has looked past; `None` until it
+/// began (at the start, from the newest event then: history is not logged again). One lock
+/// for the follower and the stop's last look, so that no event is logged twice.
+static COMMAND_EVENTS_SEEN: std::sync::Mutex<Option<i64>> = std::sync::Mutex::new(None);
+
 /// Logs the audit events of the changes made with the command line while the server runs
-/// (`gitgate token revoke`, `grant add`, ...), within a second, as the server logs its own —
-/// a log shipped to a SIEM must show a token revoked at the terminal too — with
+/// (`gitgate token revoke`, `grant add`, ...), within a second and at the stop, as the server
+/// logs its own — a log shipped to a SIEM must show a token revoked at the terminal too — with
 /// `via=command-line`. The server's own events, and those of other servers on the store, are
-/// logged by whoever made them.
-async fn log_command_line_changes(store: Store) {
-    let s = store.clone();
-    let Ok(Ok(mut after)) = tokio::task::spawn_blocking(move || s.newest_audit_id()).await else {
+/// logged by whoever made them. Begins from the newest event at the start (read before the
+/// server listens).
+fn follow_command_line_changes(store: &Store) {
+    let Ok(newest) = store.newest_audit_id() else {
         // The store failing already: its requests say so; nothing to follow.
         return;
     };
-    loop {
-        tokio::time::sleep(COMMAND_EVENTS_EVERY).await;
-        let s = store.clone();
-        let Ok(Ok(events)) =
-            tokio::task::spawn_blocking(move || s.command_events_after(after, 1000)).await
-        else {
-            continue;
-        };
-        for e in events {
-            after = e.id;
-            tracing::info!(
-                target: "gitgate::audit",
-                actor = %crate::log_value::LogValue(&e.actor),
-                source = %e.source,
-                action = e.action.as_str(),
-                target = e.target.as_str(),
-                detail = e.detail.as_str(),
-                count = e.count,
-                via = "command-line",
-                "audit"
-            );
+    *COMMAND_EVENTS_SEEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(newest);
+    let store = store.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(COMMAND_EVENTS_EVERY).await;
+            let s = store.clone();
+            let _ = tokio::task::spawn_blocking(move || log_command_line_changes(&s)).await;
         }
+    });
+}
+
+/// Logs the command line's audit events written since the last look (see
+/// [`follow_command_line_changes`]); nothing before the follower began, or on a store error.
+fn log_command_line_changes(store: &Store) {
+    let mut seen = COMMAND_EVENTS_SEEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let Some(after) = *seen else { return };
+    let Ok(events) = store.command_events_after(after, 1000) else {
+        return;
+    };
+    for e in events {
+        *seen = Some(e.id);
+        tracing::info!(
+            target: "gitgate::audit",
+            actor = %crate::log_value::LogValue(&e.actor),
+            source = %e.source,
+            action = e.action.as_str(),
+            target = e.target.as_str(),
+            detail = e.detail.as_str(),
+            count = e.count,
+            via = "command-line",
+            "audit"
+        );
     }
 }
 

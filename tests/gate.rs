@@ -978,6 +978,18 @@ fn token_revoked_from_cli_while_serving_is_refused_next_request() {
     assert_eq!(revoked(&log), 1, "{log}");
     // Events from before the start are not logged again: the users and grants of the set-up.
     assert!(!log.contains("action=\"user.added\""), "{log}");
+    // A change made just before a stop is logged by the stop, not lost with the follower's
+    // last second.
+    let mut server = server;
+    sb.cli(&["user", "disable", "alice"]).ok();
+    assert!(server.stop_within(Duration::from_secs(10)).success());
+    let log = server.log_text();
+    let disabled = log
+        .lines()
+        .position(|l| l.contains("action=\"user.disabled\"") && l.contains("via=\"command-line\""))
+        .unwrap_or_else(|| panic!("{log}"));
+    let stopped = log.lines().position(|l| l.contains("stopped:")).unwrap();
+    assert!(disabled < stopped, "{log}");
 }
 
 #[test]
