@@ -265,7 +265,8 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
 
 /// Characters that show as nothing, break the line or reorder the text around them: Unicode
 /// format characters (zero-width spaces and joiners, bidirectional marks, overrides and
-/// isolates, the soft hyphen, the byte-order mark, the combining grapheme joiner, tags), the
+/// isolates, the soft hyphen, the byte-order mark, the combining grapheme joiner, the Mongolian
+/// vowel separator, tags' control characters; tags themselves by [`tags_outside_a_flag`]), the
 /// fillers that show as a blank (Hangul's), the line and paragraph separators, and
 /// noncharacters. In a name they make `alice\u{200B}` look like `alice` in the backend's
 /// `REMOTE_USER`, hooks and reflogs, or garble the `remote:` lines git prints and the CLI's
@@ -278,7 +279,7 @@ pub fn is_invisible_format(c: char) -> bool {
             | '\u{061C}'
             | '\u{115F}'..='\u{1160}'
             | '\u{17B4}'..='\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
+            | '\u{180E}'
             | '\u{200B}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
             | '\u{2060}'..='\u{2064}'
@@ -289,8 +290,21 @@ pub fn is_invisible_format(c: char) -> bool {
             | '\u{FFA0}'
             | '\u{FFF9}'..='\u{FFFB}'
             | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0000}'..='\u{E001F}'
     ) || (c as u32 & 0xFFFE) == 0xFFFE
+}
+
+/// Whether `text` has a tag character (U+E0020–E007F, invisible) anywhere but in the flag of
+/// a subdivision (Scotland's: the black flag U+1F3F4, then tags): elsewhere tags only hide
+/// text.
+pub fn tags_outside_a_flag(text: &str) -> bool {
+    let tag = |c: char| ('\u{E0020}'..='\u{E007F}').contains(&c);
+    let mut previous = None;
+    text.chars().any(|c| {
+        let stray = tag(c) && !matches!(previous, Some(p) if p == '\u{1F3F4}' || tag(p));
+        previous = Some(c);
+        stray
+    })
 }
 
 /// Whether `text` stacks more combining marks on one character than any script writes

@@ -426,7 +426,6 @@ pub fn check_new(
         Subject::Scoped(Target::Project(_)) => (TokenKind::Project, None),
         Subject::Scoped(Target::Repo(_)) => (TokenKind::Repository, None),
     };
-    crate::store::validate_name(&req.name)?;
     let permissions =
         TokenPermissions::from_names(kind, &req.permissions).map_err(Error::Invalid)?;
     // Checked here for a clear answer before the policy's, and again inside the write (see
@@ -450,6 +449,9 @@ pub fn check_new(
         .check_new(req.expiry_days)
         .map_err(StoreError::Invalid)?;
     let allowed_networks = token_networks(&req.allowed_networks)?;
+    // Last, as the write itself checked it before `check_new` was: each request's first
+    // refusal is the one it always was.
+    crate::store::validate_name(&req.name)?;
     Ok((permissions, allowed_networks))
 }
 

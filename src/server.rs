@@ -581,13 +581,12 @@ static COMMAND_EVENTS_SEEN: std::sync::Mutex<Option<i64>> = std::sync::Mutex::ne
 /// logged by whoever made them. Begins from the newest event at the start (read before the
 /// server listens).
 fn follow_command_line_changes(store: &Store) {
-    let Ok(newest) = store.newest_audit_id() else {
-        // The store failing already: its requests say so; nothing to follow.
-        return;
-    };
-    *COMMAND_EVENTS_SEEN
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some(newest);
+    // On a store failing already (its requests say so), the follower's first look begins.
+    if let Ok(newest) = store.newest_audit_id() {
+        *COMMAND_EVENTS_SEEN
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(newest);
+    }
     let store = store.clone();
     tokio::spawn(async move {
         loop {
@@ -599,17 +598,30 @@ fn follow_command_line_changes(store: &Store) {
 }
 
 /// Logs the command line's audit events written since the last look (see
-/// [`follow_command_line_changes`]); nothing before the follower began, or on a store error.
+/// [`follow_command_line_changes`]); nothing on a store error. A follower that could not
+/// begin (the store failing at the start) begins now, from the newest event.
 fn log_command_line_changes(store: &Store) {
+    const AT_MOST: usize = 1000;
     let mut seen = COMMAND_EVENTS_SEEN
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let Some(after) = *seen else { return };
-    let Ok(events) = store.command_events_after(after, 1000) else {
+    let Ok(newest) = store.newest_audit_id() else {
         return;
     };
+    let Some(after) = *seen else {
+        *seen = Some(newest);
+        return;
+    };
+    let Ok(events) = store.command_events_after(after, newest, AT_MOST) else {
+        return;
+    };
+    // Past every row read, whoever wrote it (a flood of failed logins is read once); where a
+    // full batch stops, the next look goes on from it.
+    *seen = Some(match events.last() {
+        Some(last) if events.len() == AT_MOST => last.id,
+        _ => newest.max(after),
+    });
     for e in events {
-        *seen = Some(e.id);
         tracing::info!(
             target: "gitgate::audit",
             actor = %crate::log_value::LogValue(&e.actor),

@@ -288,7 +288,8 @@ fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiErr
     let mut found = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if decode(key)? != name {
+        // A name that does not decode is none of the API's: ignored, as unknown ones are.
+        if decode(key).ok().as_deref() != Some(name) {
             continue;
         }
         if found.is_some() {
@@ -770,6 +771,7 @@ mod tests {
         assert_eq!(get("start=1&limit=%32%35", "limit"), Ok(Some("25".into())));
         assert_eq!(get("start=1&&x", "limit"), Ok(None));
         assert_eq!(get("limit", "limit"), Ok(Some(String::new())));
+        assert_eq!(get("%zz=1&limit=5", "limit"), Ok(Some("5".into())));
         assert_eq!(query_param(None, "limit").map_err(|e| e.message), Ok(None));
         for (q, name, said) in [
             ("compliant=false&compliant=true", "compliant", "given twice"),

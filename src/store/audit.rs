@@ -282,16 +282,24 @@ impl Store {
         })
     }
 
-    /// The events of command-line changes (actor `cli:...`) written after the event `after`,
-    /// by id, at most `limit`. Ids grow with each commit (SQLite gives a new row the largest id
-    /// plus one, and writers commit one at a time; the clean-up removes the oldest rows only).
-    pub fn command_events_after(&self, after: i64, limit: usize) -> Result<Vec<AuditEvent>> {
+    /// The events of command-line changes (actor `cli:...`) written after the event `after`
+    /// and up to `upto` (from [`Store::newest_audit_id`], read first: the next look starts
+    /// there, so that the rows between, a flood of failed logins, are read once), by id, at
+    /// most `limit`. Ids grow with each commit (SQLite gives a new row the largest id plus one,
+    /// and writers commit one at a time; the clean-up removes the oldest rows only).
+    pub fn command_events_after(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, at, actor, action, target, detail, source, count, last_at
-                 FROM audit_events WHERE id > ?1 AND actor LIKE 'cli:%' ORDER BY id LIMIT ?2",
+                 FROM audit_events WHERE id > ?1 AND id <= ?2 AND actor LIKE 'cli:%'
+                 ORDER BY id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![after, limit as i64], |r| {
+            let rows = stmt.query_map(params![after, upto, limit as i64], |r| {
                 Ok(AuditEvent {
                     id: r.get(0)?,
                     at: r.get(1)?,
@@ -394,6 +402,41 @@ mod tests {
     use super::super::test_support::{actor, logged, temp_store};
     use super::*;
     use crate::store::StoreError;
+
+    /// The command line's events are found past a place and up to another, the others' rows
+    /// between them skipped.
+    #[test]
+    fn command_events_are_read_between_two_places() {
+        let (_d, store) = temp_store();
+        let start = store.newest_audit_id().unwrap();
+        store
+            .add_user("alice", "x", crate::store::Role::User, &Actor::cli())
+            .unwrap();
+        store
+            .add_user("bob", "x", crate::store::Role::User, &actor())
+            .unwrap();
+        store
+            .add_user("carol", "x", crate::store::Role::User, &Actor::cli())
+            .unwrap();
+        let newest = store.newest_audit_id().unwrap();
+        assert_eq!(newest, start + 3);
+        let targets = |after, upto| -> Vec<String> {
+            store
+                .command_events_after(after, upto, 10)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.target)
+                .collect()
+        };
+        assert_eq!(targets(start, newest), ["alice", "carol"]);
+        assert_eq!(targets(start, newest - 1), ["alice"]);
+        assert_eq!(targets(start + 1, newest), ["carol"]);
+        assert!(targets(newest, newest).is_empty());
+        assert_eq!(
+            store.command_events_after(start, newest, 1).unwrap().len(),
+            1
+        );
+    }
 
     #[test]
     fn the_event_of_a_change_rolled_back_is_not_logged() {

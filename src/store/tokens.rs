@@ -217,6 +217,7 @@ pub fn validate_name(name: &str) -> Result<()> {
             .chars()
             .any(|c| c.is_control() || crate::credentials::is_invisible_format(c))
         || crate::credentials::stacks_combining_marks(name)
+        || crate::credentials::tags_outside_a_flag(name)
     {
         return Err(StoreError::Invalid(
             "a token name must be 1-100 characters without control, invisible, line-breaking \
@@ -410,6 +411,7 @@ impl Store {
                 }
             }
             if new.owner.is_none() {
+                refuse_a_listing_name(new.name)?;
                 refuse_user_name(tx, new.name)?;
             }
             tx.execute(
@@ -555,6 +557,7 @@ impl Store {
             let mut changes = Vec::new();
             if let Some(name) = edit.name.as_deref().filter(|n| *n != before.name) {
                 if before.owner.is_none() {
+                    refuse_a_listing_name(name)?;
                     refuse_user_name(tx, name)?;
                 }
                 tx.execute(
@@ -771,6 +774,22 @@ pub fn as_git_writes_it(name: &str) -> String {
         .collect()
 }
 
+/// Refuse `name` for a new (or renamed) project or repository token when it has a comma: an
+/// HTTP upstream gets the name in its identity header, where a comma makes a list, and one
+/// that reads the last item (as of a header sent twice, merged) would take `ci, alice` for
+/// alice. Not checked at login: a token named so before the rule keeps working (with the
+/// built-in runner the name is `REMOTE_USER`, no list); only a new such name is refused.
+fn refuse_a_listing_name(name: &str) -> Result<()> {
+    if name.contains(',') {
+        return Err(StoreError::Invalid(format!(
+            "a project or repository token's name is the identity the git backend sees, sent in \
+             a header where a comma makes it a list whose last item could pass for a user \
+             ('{name}'): leave the comma out"
+        )));
+    }
+    Ok(())
+}
+
 fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
     // The backend knows the token by its name (its identity header, REMOTE_USER, reflogs), so
     // the name must not pass for a user's. Beyond ASCII, look-alikes (the Kelvin sign K,
@@ -781,15 +800,6 @@ fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
             "a project or repository token's name is the identity the git backend sees (in \
              reflogs and hooks), so it is kept to printable ASCII — letters, digits, spaces and \
              punctuation — and cannot pass for a user's name; '{name}' is not"
-        )));
-    }
-    // A comma makes a header value a list: an upstream that reads the identity header's last
-    // item (as of a header sent twice, merged) would take `ci, alice` for alice.
-    if name.contains(',') {
-        return Err(StoreError::Invalid(format!(
-            "a project or repository token's name is the identity the git backend sees, sent in \
-             a header where a comma makes it a list whose last item could pass for a user \
-             ('{name}'): leave the comma out"
         )));
     }
     // Case-insensitively: some upstreams (Gitea) treat user names so. And as git writes it into
@@ -930,6 +940,7 @@ mod tests {
             "a\u{3164}b",
             "\u{115F}",
             "ci\u{E0041}",
+            "ci \u{1F3F4}x\u{E0067}",
             "one\u{2028}two",
             "one\u{2029}two",
             "x\u{FFFF}",
@@ -966,6 +977,10 @@ mod tests {
             // Accents as scripts write them, precomposed or combining (Vietnamese: two).
             "Nguyễn's laptop",
             "Nguye\u{0302}\u{0303}n's laptop",
+            // A flag of a subdivision (Scotland's: tags after the black flag); Mongolian with
+            // a free variation selector.
+            "CI \u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+            "\u{182D}\u{180B}\u{1820}",
         ] {
             validate_name(good).unwrap();
         }
@@ -1435,6 +1450,15 @@ mod tests {
             .unwrap();
         let why = store.auth_record(id).unwrap().unwrap().unusable_name;
         assert!(why.is_some_and(|w| w.contains("that is a user's name")));
+        // A comma, refused for a new name only: a token named so before the rule still works.
+        rusqlite::Connection::open(d.path().join("t.db"))
+            .unwrap()
+            .execute(
+                "UPDATE tokens SET name = 'build, deploy' WHERE id = ?1",
+                [id],
+            )
+            .unwrap();
+        assert_eq!(store.auth_record(id).unwrap().unwrap().unusable_name, None);
     }
 
     #[test]
