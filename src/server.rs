@@ -1585,10 +1585,15 @@ async fn reload_on_hangup(
         if let Some(secret) = &upstream_secret {
             let from = secret.describe();
             match secret.reload() {
-                Ok(Reloaded::FromFile) => tracing::info!(
-                    from = %from,
-                    "SIGHUP: upstream credentials read again; new requests use them"
-                ),
+                Ok(Reloaded::FromFile) => {
+                    tracing::info!(
+                        from = %from,
+                        "SIGHUP: upstream credentials read again; new requests use them"
+                    );
+                    if let Some(warning) = secret.file_readable_by_all() {
+                        tracing::warn!("{warning}");
+                    }
+                }
                 Ok(Reloaded::Unchanged) => tracing::info!(
                     from = %from,
                     "SIGHUP: upstream credentials come from the environment, which changes only with a restart"
@@ -1611,6 +1616,10 @@ async fn reload_on_hangup(
                         "SIGHUP: TLS certificate reloaded; new connections use it"
                     );
                     certificate_dates_said(c);
+                    // A renewal may write the new key with another mode: said as at a start.
+                    if let Some(warning) = crate::tls::key_readable_by_all(c.key_path()) {
+                        tracing::warn!("{warning}");
+                    }
                 }
                 Err(e) => match c
                     .validity()

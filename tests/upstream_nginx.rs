@@ -1350,12 +1350,26 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     assert_eq!(cert, pem_der("tls/server-a.pem"));
     assert!(healthz_on(&mut old).contains("200"));
 
-    // Swap the files to certificate B and signal.
+    // Swap the files to certificate B and signal; the new key readable by every user is
+    // warned of, as at a start.
     std::fs::copy(fixture("tls/server-b.pem"), w.path("cert.pem")).unwrap();
     std::fs::copy(fixture("tls/server-b.key"), w.path("key.pem")).unwrap();
+    std::fs::set_permissions(
+        w.path("key.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let key_open = |log: &str| {
+        log.matches("is readable by every user of this machine")
+            .count()
+    };
+    let before = key_open(&g.log_text());
     g.signal("HUP");
     wait_for("the reload", Duration::from_secs(10), || {
         g.log_text().contains("TLS certificate reloaded")
+    });
+    wait_for("the key's mode said", Duration::from_secs(5), || {
+        key_open(&g.log_text()) == before + 1
     });
     let (cert, _) = tls_connect(g.port);
     assert_eq!(cert, pem_der("tls/server-b.pem"), "a new connection sees B");
@@ -1603,6 +1617,15 @@ fn sighup_reads_the_upstream_secret_again_and_keeps_it_when_the_new_one_is_unusa
     let (status, _, body) = advertise();
     assert_eq!(status, 200, "{body}");
     w.git_ok(w.dir.path(), &["ls-remote", &w.url(&g)]);
+    assert!(!g.log_text().contains("readable by every user"));
+    // A rotation that left the file readable by every user: read, and warned of.
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    g.signal("HUP");
+    wait_for("the mode said", Duration::from_secs(10), || {
+        g.log_text()
+            .contains("upstream.secret is readable by every user of this machine (mode 0644)")
+    });
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     // An unusable new secret keeps the one that works, and the log says why.
     std::fs::write(&secret, "\n").unwrap();
     g.signal("HUP");
