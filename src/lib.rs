@@ -81,7 +81,10 @@
 //!   one thread; limits, store and cache are shared.
 //! - [`health`] answers `/healthz` and `/readyz` (an outcome remembered for a second, so probes
 //!   cannot flood the upstream); the server routes them before the gate, and runs the readiness
-//!   check once as it starts, so that an unreachable backend shows in the start's log.
+//!   check once as it starts, so that an unreachable backend shows in the start's log; an
+//!   outage is logged as news (its start, a change of cause, a reminder a minute, its end).
+//!   The server also follows the audit events of command-line changes made while it runs
+//!   and logs them (`via="command-line"`), once a second and at its stop.
 //! - [`upstream::http`] forwards to an existing git server over keep-alive connections from a
 //!   small pool per worker ([`upstream::pool`]), bodies streamed both ways; a `POST`'s answer
 //!   (a pack) is read by the request's own task, which drives its connection, a `GET`'s by the
