@@ -42,6 +42,25 @@ fn personal(server: &Server, user: &str, perms: &[&str]) -> (String, String) {
     )
 }
 
+/// An API call as alice (her password), written by hand: `extra` header lines (each ending in
+/// CRLF) and the body as given.
+fn as_alice(
+    server: &Server,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: &str,
+) -> common::Response {
+    let head = format!(
+        "{method} {API}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Authorization: {auth}\r\nContent-Length: {len}\r\n{extra}\r\n{body}",
+        port = server.port,
+        auth = common::basic("alice", PW),
+        len = body.len(),
+    );
+    common::try_raw_http(server.port, head.as_bytes()).unwrap()
+}
+
 /// `git ls-remote` with a secret as the Basic password; returns (success, stderr).
 fn ls_remote(install: &Install, server: &Server, user: &str, secret: &str) -> (bool, String) {
     let out = install.git(
@@ -1080,14 +1099,7 @@ fn a_web_page_of_another_site_cannot_change_tokens() {
     let (install, server) = setup();
     let (id, secret) = personal(&server, "alice", &["REPO_READ"]);
     let send = |method: &str, path: &str, extra: &str, body: &str| {
-        let head = format!(
-            "{method} {API}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-             Authorization: {auth}\r\nContent-Length: {len}\r\n{extra}\r\n{body}",
-            port = server.port,
-            auth = common::basic("alice", PW),
-            len = body.len(),
-        );
-        let resp = common::try_raw_http(server.port, head.as_bytes()).unwrap();
+        let resp = as_alice(&server, method, path, extra, body);
         (
             resp.status,
             String::from_utf8_lossy(&resp.body).into_owned(),
@@ -1188,14 +1200,7 @@ fn a_secret_pasted_into_a_call_is_not_repeated_in_its_error() {
     let (_install, server) = setup();
     let (id, secret) = personal(&server, "alice", &["REPO_READ"]);
     let send = |method: &str, path: &str, extra: &str, body: &str| {
-        let head = format!(
-            "{method} {API}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-             Authorization: {auth}\r\nContent-Length: {len}\r\n{extra}\r\n{body}",
-            port = server.port,
-            auth = common::basic("alice", PW),
-            len = body.len(),
-        );
-        common::try_raw_http(server.port, head.as_bytes()).unwrap()
+        as_alice(&server, method, path, extra, body)
     };
     let json = "Content-Type: application/json\r\n";
     let mine = format!("/users/alice/{id}");

@@ -150,6 +150,22 @@ pub(super) fn log_lost_event(
     );
 }
 
+/// An event of a row selected as `id, at, actor, action, target, detail, source, count,
+/// last_at`.
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEvent> {
+    Ok(AuditEvent {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        detail: r.get(5)?,
+        source: r.get(6)?,
+        count: r.get(7)?,
+        last_at: r.get(8)?,
+    })
+}
+
 /// The log line of an audit event.
 pub(super) fn log_event(
     actor: &Actor,
@@ -299,19 +315,7 @@ impl Store {
                  FROM audit_events WHERE id > ?1 AND id <= ?2 AND actor LIKE 'cli:%'
                  ORDER BY id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![after, upto, limit as i64], |r| {
-                Ok(AuditEvent {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    detail: r.get(5)?,
-                    source: r.get(6)?,
-                    count: r.get(7)?,
-                    last_at: r.get(8)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![after, upto, limit as i64], event_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
@@ -378,19 +382,7 @@ impl Store {
             )?;
             let rows = stmt.query_map(
                 params![since.unwrap_or(i64::MIN), after.at, after.id, limit as i64],
-                |r| {
-                    Ok(AuditEvent {
-                        id: r.get(0)?,
-                        at: r.get(1)?,
-                        actor: r.get(2)?,
-                        action: r.get(3)?,
-                        target: r.get(4)?,
-                        detail: r.get(5)?,
-                        source: r.get(6)?,
-                        count: r.get(7)?,
-                        last_at: r.get(8)?,
-                    })
-                },
+                event_from_row,
             )?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
