@@ -1657,6 +1657,26 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         !said.contains("holds the server's certificate alone"),
         "{out}"
     );
+    // An intermediate that is valid but ends before the served certificate: its date is the
+    // one a renewal must beat, so the line names it (the test CA ends a second sooner).
+    fs::write(
+        &chain,
+        [
+            fs::read(common::fixture("tls/server-a.pem")).unwrap(),
+            fs::read(common::fixture("tls/ca.pem")).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let out = check(&sb.root().join("chain.toml"));
+    let said = out.ok();
+    assert!(
+        said.contains(
+            ": ok, valid until 2126-11-04T00:14:00Z; the TLS certificate file's certificate 2 \
+             (an intermediate) only until 2126-11-04T00:13:59Z"
+        ),
+        "{said}"
+    );
     // A device or a FIFO where a file goes: a clear refusal, not a hang that fills memory.
     let zero_key = variant(
         "zero-key.toml",

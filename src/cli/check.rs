@@ -84,10 +84,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         let certs = CertStore::load(&tls.cert, &tls.key).map_err(|e| format!("{source}: {e}"))?;
         certs.server_config()?;
         let until = match certs.validity() {
-            Some(v) => format!(
-                ", valid until {}",
-                crate::clock::datetime(v.served.not_after)
-            ),
+            Some(v) => chain_dates(&v, crate::clock::now_ms()),
             None => ", its validity dates unreadable".into(),
         };
         outln!(
@@ -308,5 +305,64 @@ fn counted(n: i64, what: &str) -> String {
         format!("1 {what}")
     } else {
         format!("{n} {what}s")
+    }
+}
+
+/// The `, valid until ...` of the certificate line: the served certificate's end, and an
+/// intermediate's when it ends sooner (still valid at `now`: one already out of its dates is a
+/// warning of its own) — the day clients that need the intermediate start refusing, which is
+/// what a renewal reminder must be set for.
+fn chain_dates(chain: &crate::tls::ChainValidity, now: i64) -> String {
+    let mut said = format!(
+        ", valid until {}",
+        crate::clock::datetime(chain.served.not_after)
+    );
+    if chain.first_to_expire != 0 && chain.validity.not_after > now {
+        said.push_str(&format!(
+            "; {} only until {}",
+            chain.first_to_expire(),
+            crate::clock::datetime(chain.validity.not_after)
+        ));
+    }
+    said
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_dates;
+    use crate::tls::{ChainValidity, Validity};
+
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    fn chain(served_end: i64, chain_end: i64, first_to_expire: usize) -> ChainValidity {
+        ChainValidity {
+            validity: Validity {
+                not_before: 0,
+                not_after: chain_end,
+            },
+            first_to_expire,
+            served: Validity {
+                not_before: 0,
+                not_after: served_end,
+            },
+        }
+    }
+
+    #[test]
+    fn an_intermediate_ending_before_the_served_certificate_is_named_with_its_date() {
+        assert_eq!(
+            chain_dates(&chain(100 * DAY, 100 * DAY, 0), 0),
+            ", valid until 1970-04-11T00:00:00Z"
+        );
+        assert_eq!(
+            chain_dates(&chain(100 * DAY, 40 * DAY, 1), 0),
+            ", valid until 1970-04-11T00:00:00Z; the TLS certificate file's certificate 2 (an \
+             intermediate) only until 1970-02-10T00:00:00Z"
+        );
+        // Already past: the warning about that intermediate says so, not this line.
+        assert_eq!(
+            chain_dates(&chain(100 * DAY, 40 * DAY, 1), 41 * DAY),
+            ", valid until 1970-04-11T00:00:00Z"
+        );
     }
 }
