@@ -441,6 +441,45 @@ fn gzip_encoded_request_bodies_reach_the_backend() {
     }
 }
 
+/// A fetch of an object the repository does not have (a submodule commit nobody pushed) is
+/// refused by upload-pack with an `ERR` packet, and git http-backend exits 1 after its
+/// headers. git prints that reason alone — not followed by `RPC failed; curl 18`, as when the
+/// answer was cut off as a backend failure — and the log says git refused it, not that the
+/// backend's stream failed (an alert on upstream errors would fire on users' mistakes).
+#[test]
+fn a_fetch_git_refuses_ends_with_gits_reason_not_a_broken_answer() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "here"]).ok();
+    let here = sb.root().join("here");
+    let missing = "1111111111111111111111111111111111111111";
+    // Twice, each logged once. (Over protocol v0 git itself
+    // refuses to ask for an object not advertised.)
+    for _ in 0..2 {
+        let fetch = sb.git(
+            &here,
+            &["-c", "protocol.version=2", "fetch", "origin", missing],
+        );
+        assert!(!fetch.success(), "{fetch}");
+        assert!(
+            fetch.stderr.contains("not our ref") && !fetch.stderr.contains("RPC failed"),
+            "{fetch}"
+        );
+    }
+    // A clone still works after it.
+    sb.git(sb.root(), &["clone", "-q", &url, "again"]).ok();
+    server.stop();
+    let log = server.log_text();
+    assert_eq!(
+        log.matches("git refused the request and told its client why")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("response stream failed"), "{log}");
+    assert!(!log.contains("outcome=stream-error"), "{log}");
+}
+
 /// Every `Content-Encoding` spelling the gate lets through as gzip (a trailing comma, an empty
 /// line beside it) reaches git http-backend as gzip: a protocol v2 `ls-refs` compressed with
 /// `gzip` answers with the refs, not an empty 200 and a backend "protocol error".

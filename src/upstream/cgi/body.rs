@@ -61,6 +61,11 @@ pub struct CgiBody {
     pub(super) early: Option<Option<Result<Frame<Bytes>, io::Error>>>,
     /// Whether any of the answer's body has been given (see [`ExitInfo::reported_a_failure`]).
     pub(super) answered: bool,
+    /// The last bytes given (at most [`ERROR_TAIL`]): where git's `ERR` packet is, when it
+    /// refused the request (see [`git_error_at_end`]).
+    pub(super) tail: Vec<u8>,
+    /// The request, for the log: repository path and user.
+    pub(super) label: String,
 }
 
 /// How a push whose client left is let finish: for as long as it writes something within
@@ -218,6 +223,46 @@ pub(super) async fn finish_alone(
         }
         Err(_) => {}
     }
+}
+
+/// How much of the answer's end is kept for an `ERR` packet: git's are a line (`upload-pack:
+/// not our ref <oid>`).
+const ERROR_TAIL: usize = 512;
+
+/// Keeps the last [`ERROR_TAIL`] bytes of what has been given, give or take one more tail
+/// between trims: a few hundred bytes copied per 64 KiB frame.
+fn keep_error_tail(tail: &mut Vec<u8>, data: &[u8]) {
+    if data.len() >= ERROR_TAIL {
+        tail.clear();
+        tail.extend_from_slice(&data[data.len() - ERROR_TAIL..]);
+    } else {
+        tail.extend_from_slice(data);
+        if tail.len() > 2 * ERROR_TAIL {
+            tail.drain(..tail.len() - ERROR_TAIL);
+        }
+    }
+}
+
+/// The message of the `ERR` pkt-line (`00xxERR <message>`) that ends `output`, if one does:
+/// git's way of refusing a request with a reason its client prints (`fatal: remote error:
+/// upload-pack: not our ref ...`) before upload-pack dies, and with it git http-backend (exit
+/// 1). Such an answer is whole — the client was told why — so its end is not a failure of the
+/// backend's (see `CgiBody`'s end).
+pub(super) fn git_error_at_end(output: &[u8]) -> Option<String> {
+    const HEAD: usize = 4 + b"ERR ".len();
+    (0..output.len().saturating_sub(HEAD - 1)).find_map(|i| {
+        let length = std::str::from_utf8(&output[i..i + 4]).ok()?;
+        let length = usize::from_str_radix(length, 16).ok()?;
+        if !output[i..i + 4].iter().all(u8::is_ascii_hexdigit)
+            || i + length != output.len()
+            || &output[i + 4..i + HEAD] != b"ERR "
+        {
+            return None;
+        }
+        let message = &output[i + HEAD..];
+        let message = message.strip_suffix(b"\n").unwrap_or(message);
+        Some(String::from_utf8_lossy(message).into_owned())
+    })
 }
 
 /// How much of a push's last output is kept for its report.
@@ -389,6 +434,7 @@ impl Body for CgiBody {
                 finishing.heard(&prefix);
             }
             this.answered |= !prefix.is_empty();
+            keep_error_tail(&mut this.tail, &prefix);
             return Poll::Ready(Some(Ok(Frame::data(this.within_declared(prefix)))));
         }
 
@@ -410,6 +456,7 @@ impl Body for CgiBody {
                         finishing.heard(&data);
                     }
                     this.answered = true;
+                    keep_error_tail(&mut this.tail, &data);
                     return Poll::Ready(Some(Ok(Frame::data(this.within_declared(data)))));
                 }
                 Ok(_) => {
@@ -446,6 +493,15 @@ impl Body for CgiBody {
         this.exit = None;
         match info {
             Ok(info) if info.success() && (this.answered || !info.reported_a_failure()) => {
+                Poll::Ready(None)
+            }
+            // git refused the request and told its client why (a fetch of an object it does
+            // not have): a whole answer, ended cleanly, so that git prints that reason alone —
+            // not followed by `RPC failed; curl 18` — and no backend failure is counted for a
+            // client's mistake.
+            Ok(info) if git_error_at_end(&this.tail).is_some() => {
+                let error = git_error_at_end(&this.tail).unwrap_or_default();
+                tracing::info!(target: "gitgate::cgi", request = %LogValue(&this.label), error = ?crate::credentials::without_secrets(&error), "git refused the request and told its client why: {info}");
                 Poll::Ready(None)
             }
             // git http-backend dying after its headers (a chunked request over

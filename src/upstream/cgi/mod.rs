@@ -649,6 +649,8 @@ impl CgiBackend {
             uploading,
             early: None,
             answered: false,
+            tail: Vec::new(),
+            label: format!("{} (user {})", req.path_info, req.remote_user),
         };
         if declared == Some(0) {
             body.declared_length_sent();

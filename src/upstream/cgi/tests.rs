@@ -987,6 +987,70 @@ async fn failure_after_headers_ends_body_with_error() {
     );
 }
 
+/// upload-pack refusing a fetch (`not our ref`): an `ERR` packet, then git http-backend exits
+/// 1. The client was told why, so the answer ends cleanly — git then prints that reason alone —
+/// where the same exit after anything else (a pack cut off) is still a failure.
+#[tokio::test]
+async fn an_exit_after_gits_err_packet_ends_the_answer_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = "0049ERR upload-pack: not our ref 1111111111111111111111111111111111111111";
+    for (name, answer, clean) in [
+        ("refused.cgi", err.to_string(), true),
+        // Split over two writes, after some output: found in what came last.
+        (
+            "late.cgi",
+            format!("0008NAK\n'; sleep 0.2; printf '{err}"),
+            true,
+        ),
+        ("cut.cgi", format!("{err}PACK"), false),
+        ("packet.cgi", "0008NAK\n".to_string(), false),
+    ] {
+        let backend = script(
+            tmp.path(),
+            name,
+            &format!(
+                "printf 'Status: 200 OK\\r\\nContent-Type: application/x-git-upload-pack-result\\r\\n\\r\\n{answer}'; \
+                 echo 'fatal: git upload-pack: not our ref 1111' >&2; exit 1"
+            ),
+        );
+        let headers = HeaderMap::new();
+        let req = request(&Method::GET, "/x", None, &headers);
+        let mut body = serve(&backend, req, empty).await.unwrap().into_body();
+        let ended = loop {
+            match body.frame().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        assert_eq!(ended.is_ok(), clean, "{name}: {ended:?}");
+    }
+}
+
+#[test]
+fn an_err_packet_is_found_only_where_it_ends_the_output() {
+    use super::body::git_error_at_end;
+    let refusal = b"0049ERR upload-pack: not our ref 1111111111111111111111111111111111111111";
+    assert_eq!(
+        git_error_at_end(refusal).as_deref(),
+        Some("upload-pack: not our ref 1111111111111111111111111111111111111111")
+    );
+    let mut after_output = b"0008NAK\n".to_vec();
+    after_output.extend_from_slice(b"0016ERR access denied\n");
+    assert_eq!(
+        git_error_at_end(&after_output).as_deref(),
+        Some("access denied")
+    );
+    // Followed by more, of another length, or no packet at all: no refusal.
+    assert_eq!(git_error_at_end(b"0016ERR access denied\n0000"), None);
+    assert_eq!(git_error_at_end(b"0015ERR access denied\n"), None);
+    assert_eq!(git_error_at_end(b"PACK\x00\x00\x00\x02"), None);
+    assert_eq!(git_error_at_end(b"zzzzERR x"), None);
+    assert_eq!(git_error_at_end(b"+008ERR "), None);
+    assert_eq!(git_error_at_end(b""), None);
+    assert_eq!(git_error_at_end(b"0008ERR "), Some(String::new()));
+}
+
 /// A request body of `remaining` bytes in 1 MiB frames, produced on the fly, optionally
 /// failing instead of ending.
 struct Generated {
