@@ -380,6 +380,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     // must not end the process, as its default action would.
     let mut stop = StopSignals::listen();
     let hangup = HangupSignal::listen();
+    crate::signals::ignore_user_signals();
     let listener = listen(config.server.listen).map_err(|e| {
         format!(
             "cannot listen on {} ([server] listen in {}): {e}",

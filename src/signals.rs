@@ -1,5 +1,5 @@
 //! The process signals `serve` answers: SIGINT and SIGTERM stop it, SIGHUP reloads the TLS
-//! certificate and the upstream credentials.
+//! certificate and the upstream credentials, and SIGUSR1 and SIGUSR2 are logged and ignored.
 //!
 //! Each handler is installed when its value is made, before the store is opened, and stays
 //! installed: a SIGHUP from a certificate-renewal hook while gitgate is starting must not end
@@ -101,5 +101,30 @@ impl HangupSignal {
         }
         #[cfg(not(unix))]
         false
+    }
+}
+
+/// SIGUSR1 and SIGUSR2, which gitgate gives no meaning: their default action ends the process
+/// at once — no drain, no stop line, pending audit events unwritten — and nginx's habit (SIGUSR1
+/// reopens its logs, sent by logrotate) makes them likely. So each is heard and logged as what
+/// it is not, for as long as the process runs.
+pub fn ignore_user_signals() {
+    #[cfg(unix)]
+    for (kind, name) in [
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::user_defined2(), "SIGUSR2"),
+    ] {
+        let Some(mut signal) = listen(kind, name) else {
+            continue;
+        };
+        tokio::spawn(async move {
+            while signal.recv().await.is_some() {
+                tracing::warn!(
+                    "{name} ignored: gitgate gives it no meaning (its log goes to stderr, with \
+                     nothing to reopen); SIGHUP reloads the TLS certificate and upstream \
+                     credentials, SIGTERM stops"
+                );
+            }
+        });
     }
 }

@@ -1966,6 +1966,29 @@ fn a_request_past_the_grace_period_is_cut_off_and_logged() {
     drop(s);
 }
 
+/// SIGUSR1 (which logrotate sends nginx to reopen its logs) and SIGUSR2 mean nothing to
+/// gitgate: logged and ignored, where their default action would end it at once, without a
+/// drain or its pending audit events.
+#[test]
+fn user_signals_are_logged_and_ignored() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    server.signal("USR1");
+    server.signal("USR2");
+    sb.git(sb.root(), &["ls-remote", &url]).ok();
+    assert!(server.alive(), "{}", server.log_text());
+    let status = server.stop_within(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    let log = server.log_text();
+    for name in ["SIGUSR1", "SIGUSR2"] {
+        assert!(
+            log.contains(&format!("{name} ignored: gitgate gives it no meaning")),
+            "{log}"
+        );
+    }
+    assert!(log.contains("shutting down on SIGTERM"), "{log}");
+}
+
 /// A second stop signal ends the grace period at once: an operator who presses Ctrl-C twice does
 /// not wait for it (30 s by default, up to a year allowed).
 #[test]
