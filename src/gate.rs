@@ -853,7 +853,8 @@ fn replaced_secret(token: &crate::store::TokenRecord) -> String {
 /// the host. HTTP/2 names the host in `:authority` (`uri`'s authority here) and may leave `Host`
 /// out, but one that names another host makes the request malformed (RFC 9113, section 8.3.1):
 /// gitgate passes `Host` on as the forwarded host, and the backend would see another host than
-/// the one the client connected to. HTTP/1.0 may leave it out.
+/// the one the client connected to; one with neither names no host at all. HTTP/1.0 may leave
+/// it out.
 pub fn host_problem(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<&'static str> {
     let mut hosts = headers.get_all(HOST).iter();
     let (first, more) = (hosts.next(), hosts.next().is_some());
@@ -878,6 +879,11 @@ pub fn host_problem(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<
     }
     match (version, first) {
         (Version::HTTP_11, None) => Some("an HTTP/1.1 request needs a Host header"),
+        // For `http` and `https` one of the two is a must (RFC 9113, section 8.3.1), as Host
+        // is for HTTP/1.1.
+        (Version::HTTP_2, None) if uri.authority().is_none() => {
+            Some("an HTTP/2 request needs an :authority or a Host header")
+        }
         _ => None,
     }
 }
@@ -1318,6 +1324,10 @@ mod tests {
         // No :authority (a client may send Host alone): nothing to disagree with.
         let path_only: Uri = "/team/app.git".parse().unwrap();
         assert_eq!(host_problem(v2, &path_only, &other), None);
+        // Neither: no host named at all, as an HTTP/1.1 request without Host.
+        assert!(host_problem(v2, &path_only, &hosts(&[]))
+            .unwrap()
+            .contains("needs an :authority or a Host header"));
     }
 
     #[test]

@@ -2602,6 +2602,19 @@ fn h2_request_headers(
     auth: &str,
     extra: &[(String, String)],
 ) -> H2Answer {
+    let uri = format!("http://127.0.0.1:{port}{target}");
+    h2_request_to(port, method, &uri, auth, extra)
+}
+
+/// [`h2_request_headers`] for a request URI as given: one without scheme and host is sent
+/// without `:authority`.
+fn h2_request_to(
+    port: u16,
+    method: &str,
+    uri: &str,
+    auth: &str,
+    extra: &[(String, String)],
+) -> H2Answer {
     use http_body_util::BodyExt;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -2620,7 +2633,7 @@ fn h2_request_headers(
         tokio::spawn(connection);
         let mut request = hyper::Request::builder()
             .method(method)
-            .uri(format!("http://127.0.0.1:{port}{target}"))
+            .uri(uri)
             .header("authorization", format!("Basic {auth}"))
             .header("te", "trailers");
         for (name, value) in extra {
@@ -2700,7 +2713,7 @@ fn too_many_header_fields_get_431_over_http2_too() {
 
 /// Over HTTP/2 the host is the request's `:authority`: a `Host` header naming another one is
 /// refused, never forwarded (gitgate would pass it on as the forwarded host), and one that
-/// agrees is fine.
+/// agrees is fine; so is `Host` alone, but not neither.
 #[test]
 fn an_http2_host_header_that_disagrees_with_the_authority_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -2725,6 +2738,22 @@ fn an_http2_host_header_that_disagrees_with_the_authority_is_refused() {
     let answer = h2_request_headers(g.port, "GET", target, &auth, &host(&same));
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, b"ok");
+    assert!(heads.recv().unwrap().1.starts_with("GET "));
+    // Neither `:authority` nor `Host`: no host named at all (RFC 9113 §8.3.1), as an HTTP/1.1
+    // request without `Host`; with `Host` alone, the host is that.
+    let answer = h2_request_to(g.port, "GET", target, &auth, &[]);
+    assert_eq!(answer.status, 400);
+    let body = String::from_utf8_lossy(&answer.body);
+    assert!(
+        body.contains("needs an :authority or a Host header"),
+        "{body}"
+    );
+    assert!(
+        heads.try_recv().is_err(),
+        "the refused request was forwarded"
+    );
+    let answer = h2_request_to(g.port, "GET", target, &auth, &host(&same));
+    assert_eq!(answer.status, 200);
     assert!(heads.recv().unwrap().1.starts_with("GET "));
 }
 
