@@ -518,10 +518,12 @@ fn init_logging(default: &str) -> Result<(), String> {
             if let Some(problem) = log_filter_problem(&value) {
                 return Err(format!("GITGATE_LOG={value:?}: {problem}"));
             }
-            tracing_subscriber::EnvFilter::try_new(with_a_level(&value, default))
-                .map_err(|e| format!("GITGATE_LOG={value:?} is not a log filter: {e}"))?
+            tracing_subscriber::EnvFilter::try_new(without_h2_warnings(&with_a_level(
+                &value, default,
+            )))
+            .map_err(|e| format!("GITGATE_LOG={value:?} is not a log filter: {e}"))?
         }
-        _ => tracing_subscriber::EnvFilter::new(default),
+        _ => tracing_subscriber::EnvFilter::new(without_h2_warnings(default)),
     };
     // A log that cannot be written (a full disk, a reader gone) loses its lines, as nginx's
     // does: tracing's own report of the failure would be a panic in `eprintln!`, and with it
@@ -548,6 +550,22 @@ fn with_a_level(value: &str, default: &str) -> String {
         value.to_string()
     } else {
         format!("{default},{value}")
+    }
+}
+
+/// `filter` with h2's warnings off (`,h2=error`), unless it names h2 or asks for debug lines.
+/// Each of them is an HTTP/2 connection h2 closed for a client's excess, which any client can
+/// have written at will, many a second, without the client's address: gitgate says those
+/// itself, with the address, once a minute (see `server::excessive_load`).
+fn without_h2_warnings(filter: &str) -> String {
+    let wants_h2 = filter.split(',').map(str::trim).any(|d| {
+        let level = d.rsplit('=').next().unwrap_or(d).to_ascii_lowercase();
+        d.starts_with("h2") || matches!(level.as_str(), "debug" | "trace" | "4" | "5")
+    });
+    if wants_h2 {
+        filter.to_string()
+    } else {
+        format!("{filter},h2=error")
     }
 }
 
@@ -691,7 +709,7 @@ const GITGATE_TARGETS: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
-    use super::{log_filter_problem, said_unchanged, with_a_level};
+    use super::{log_filter_problem, said_unchanged, with_a_level, without_h2_warnings};
 
     #[test]
     fn a_change_the_store_failed_is_said_to_be_unmade() {
@@ -717,6 +735,19 @@ mod tests {
             "cannot open the token store /x: ... Stop that process first. Nothing was opened or changed",
         ] {
             assert_eq!(said(as_is), as_is);
+        }
+    }
+
+    #[test]
+    fn h2s_warnings_are_off_unless_asked_for() {
+        assert_eq!(without_h2_warnings("info"), "info,h2=error");
+        assert_eq!(without_h2_warnings("warn"), "warn,h2=error");
+        assert_eq!(
+            without_h2_warnings("info,gitgate::request=off"),
+            "info,gitgate::request=off,h2=error"
+        );
+        for as_is in ["h2=warn", "info,h2=info", "debug", "info,hyper=trace", "4"] {
+            assert_eq!(without_h2_warnings(as_is), as_is);
         }
     }
 

@@ -1043,6 +1043,50 @@ async fn work(
     }
 }
 
+/// HTTP/2 connections closed for excessive load: said once a minute while they go on.
+static EXCESSIVE_LOAD: std::sync::LazyLock<std::sync::Mutex<crate::repeats::Repeats>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::Mutex::new(crate::repeats::Repeats::new(Duration::from_secs(60)))
+    });
+
+/// h2's words for the HTTP/2 connection it closed with `ENHANCE_YOUR_CALM` (`connection error
+/// detected: detected excessive load generating behavior (b"too_many_resets")`): a client that
+/// resets streams before they are answered (the rapid-reset attack), or sends endless header
+/// continuations. h2 itself logs each such close at `warn`, without the client's address —
+/// lines any client can have written at will, which serve's default filter drops (`h2=error`)
+/// for this one: named, with the address, once a minute.
+fn excessive_load(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(e);
+    while let Some(e) = source {
+        let said = e.to_string();
+        if said.starts_with("connection error detected: detected excessive load") {
+            return Some(said);
+        }
+        source = e.source();
+    }
+    None
+}
+
+fn excessive_load_said(remote: std::net::SocketAddr, words: &str) {
+    let times = EXCESSIVE_LOAD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .failed(std::time::Instant::now());
+    match times {
+        Some(times) => tracing::warn!(
+            remote = %remote,
+            times,
+            error = ?words,
+            "closed an HTTP/2 connection for excessive load: its client reset streams before \
+             they were answered (the rapid-reset attack) or sent frames without end (said at \
+             most once a minute, with how many connections since)"
+        ),
+        None => {
+            tracing::debug!(remote = %remote, error = ?words, "closed an HTTP/2 connection for excessive load")
+        }
+    }
+}
+
 /// Clients that refused the served certificate: said once a minute while they go on.
 static CERTIFICATE_REFUSED: std::sync::LazyLock<std::sync::Mutex<crate::repeats::Repeats>> =
     std::sync::LazyLock::new(|| {
@@ -1488,7 +1532,10 @@ impl Connection {
                     METRICS.unparsable_request();
                     crate::gate::log_unparsable(remote, status, &e.to_string());
                 }
-                None => tls_trouble_said(remote, &*e, "connection ended with an error"),
+                None => match excessive_load(&*e) {
+                    Some(words) => excessive_load_said(remote, &words),
+                    None => tls_trouble_said(remote, &*e, "connection ended with an error"),
+                },
             },
             Closed::Idle => {
                 METRICS.connection_cut(Cut::Idle);
