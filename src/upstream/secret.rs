@@ -81,6 +81,10 @@ impl UpstreamSecret {
     }
 }
 
+/// The longest `Authorization` value sent upstream: with its name, within the 8 KiB a
+/// header line may take in nginx's default buffers (`large_client_header_buffers`).
+const MAX_HEADER_VALUE: usize = 8 * 1024 - 64;
+
 /// Read gitgate's upstream secret and make the `Authorization` value of it.
 fn read(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
     let secret = match &c.source {
@@ -109,6 +113,19 @@ fn read(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
     if secret.is_empty() {
         return Err("[upstream.credentials] the secret is empty".into());
     }
+    if secret.trim().is_empty() {
+        return Err("[upstream.credentials] the secret is blank (spaces only)".into());
+    }
+    // A header value's spaces at either end are not part of it (RFC 9110 §5.5): the server
+    // would read another token than the file holds. (A Basic secret is encoded, spaces and
+    // all.)
+    if matches!(c.scheme, CredentialScheme::Bearer) && secret.trim() != secret {
+        return Err(
+            "[upstream.credentials] the secret begins or ends with a space or tab, which a \
+             header value cannot carry: the server would read another token (remove them)"
+                .into(),
+        );
+    }
     let value = match c.scheme {
         CredentialScheme::Basic => {
             if !secret.contains(':') {
@@ -124,6 +141,14 @@ fn read(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
         }
         CredentialScheme::Bearer => format!("Bearer {secret}"),
     };
+    if value.len() > MAX_HEADER_VALUE {
+        return Err(format!(
+            "[upstream.credentials] the secret makes an Authorization header of {} bytes: git \
+             servers refuse a header line that long (nginx's limit is 8 KiB), so every request \
+             would fail; is the file the secret?",
+            value.len()
+        ));
+    }
     let mut v = HeaderValue::from_str(&value).map_err(|_| {
         "[upstream.credentials] the secret contains characters a header cannot carry".to_string()
     })?;
@@ -167,6 +192,54 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("not set") && !e.contains("hunter2"), "{e}");
+        // Blank, spaces at the ends of a bearer token, or too long for a header line: refused,
+        // naming why (not the secret).
+        for (scheme, text, why) in [
+            (CredentialScheme::Bearer, " \t \n".to_string(), "blank"),
+            (CredentialScheme::Basic, "   ".to_string(), "blank"),
+            (
+                CredentialScheme::Bearer,
+                "tok3n \n".to_string(),
+                "a space or tab",
+            ),
+            (
+                CredentialScheme::Bearer,
+                " tok3n".to_string(),
+                "a space or tab",
+            ),
+            (CredentialScheme::Bearer, "a".repeat(8 * 1024), "8199 bytes"),
+            (
+                CredentialScheme::Basic,
+                format!("u:{}", "a".repeat(6 * 1024)),
+                "bytes",
+            ),
+        ] {
+            std::fs::write(&f, &text).unwrap();
+            let e = read(&UpstreamCredentials {
+                scheme,
+                source: SecretSource::File(f.clone()),
+            })
+            .unwrap_err();
+            assert!(
+                e.contains(why) && !e.contains("tok3n"),
+                "{} bytes: {e}",
+                text.len()
+            );
+        }
+        // A Basic password ending in a space is encoded with it.
+        std::fs::write(&f, "u:pw \n").unwrap();
+        let v = read(&UpstreamCredentials {
+            scheme: CredentialScheme::Basic,
+            source: SecretSource::File(f.clone()),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("u:pw ")
+            )
+        );
         std::fs::write(&f, "nocolon").unwrap();
         assert!(read(&UpstreamCredentials {
             scheme: CredentialScheme::Basic,
