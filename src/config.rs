@@ -101,6 +101,9 @@ pub enum Upstream {
         project_root: PathBuf,
         /// `max_processes`: backend processes at once over all workers; 0 for no cap.
         max_processes: usize,
+        /// `max_request_buffer_mib`: git http-backend's `GIT_HTTP_MAX_REQUEST_BUFFER`, the
+        /// most of a chunked request body it takes (in MiB); `None`: git's own (10 MiB).
+        max_request_buffer_mib: Option<u32>,
     },
     /// An existing git server reached over HTTP(S).
     Http(Box<HttpUpstream>),
@@ -276,6 +279,7 @@ struct RawUpstream {
     socket: Option<String>,
     project_root: Option<String>,
     max_processes: Option<usize>,
+    max_request_buffer_mib: Option<u32>,
     ca_file: Option<String>,
     system_roots: Option<bool>,
     identity_header: Option<String>,
@@ -548,10 +552,20 @@ impl Config {
                         )))
                     }
                 };
+                let max_request_buffer_mib = match upstream.max_request_buffer_mib {
+                    Some(n) if !(1..=MAX_REQUEST_BUFFER_MIB).contains(&n) => {
+                        return Err(err(format!(
+                            "[upstream] max_request_buffer_mib = {n} is out of range: use 1 to \
+                             {MAX_REQUEST_BUFFER_MIB} (git's own is 10)"
+                        )))
+                    }
+                    n => n,
+                };
                 Upstream::Cgi {
                     program: resolve(&cgi),
                     project_root: resolve(&root),
                     max_processes,
+                    max_request_buffer_mib,
                 }
             }
         };
@@ -781,6 +795,14 @@ fn http_upstream(
                 .into(),
         );
     }
+    if raw.max_request_buffer_mib.is_some() {
+        return Err(
+            "[upstream] max_request_buffer_mib applies to `cgi` only: the server at `url` runs \
+             git http-backend itself (set GIT_HTTP_MAX_REQUEST_BUFFER in its environment, e.g. \
+             nginx's fastcgi_param)"
+                .into(),
+        );
+    }
     let uri: Uri = url
         .parse()
         .map_err(|e| format!("[upstream] url = \"{shown}\" is not a URL: {e}"))?;
@@ -944,6 +966,10 @@ const MAX_CONNECTIONS: usize = 1_000_000;
 /// and gigabytes carries without swapping (each is a few git processes, `pack-objects` with a
 /// thread per core); what waits past it is served as places come free.
 pub const DEFAULT_MAX_PROCESSES: usize = 64;
+
+/// The most `max_request_buffer_mib` may be: git http-backend holds a chunked request body in
+/// memory up to it, one per process.
+const MAX_REQUEST_BUFFER_MIB: u32 = 4096;
 
 /// The most `max_processes` may be: far above what one host's process table carries.
 const MAX_PROCESSES: usize = 100_000;
@@ -1134,6 +1160,42 @@ realm = "gitgate"
         assert!(c.server.tls.is_none());
         assert_eq!(c.server.limits.max_connections, 1024);
         assert!(c.server.workers >= 1, "one worker per core by default");
+    }
+
+    #[test]
+    fn the_request_buffer_is_the_cgi_backends_within_its_range() {
+        let buffer = |text: &str| match parse(text).map(|c| c.upstream) {
+            Ok(Upstream::Cgi {
+                max_request_buffer_mib,
+                ..
+            }) => Ok(max_request_buffer_mib),
+            Ok(Upstream::Http(_)) => panic!("cgi expected"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(buffer(GOOD), Ok(None), "unset: git's own");
+        let with = |line: &str| {
+            GOOD.replace(
+                "project_root = \"repos\"",
+                &format!("project_root = \"repos\"\n{line}"),
+            )
+        };
+        assert_eq!(buffer(&with("max_request_buffer_mib = 64")), Ok(Some(64)));
+        for bad in ["0", "4097"] {
+            let e = buffer(&with(&format!("max_request_buffer_mib = {bad}"))).unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "[upstream] max_request_buffer_mib = {bad} is out of range: use 1 to 4096"
+                )),
+                "{e}"
+            );
+        }
+        assert!(buffer(&with("max_request_buffer_mib = -1")).is_err());
+        let http = HTTP.replace("[upstream]\n", "[upstream]\nmax_request_buffer_mib = 64\n");
+        let e = parse(&http).unwrap_err();
+        assert!(
+            e.contains("[upstream] max_request_buffer_mib applies to `cgi` only"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -343,10 +343,12 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
             UpstreamConfig::Cgi {
                 program,
                 project_root,
+                max_request_buffer_mib,
                 ..
             } => {
                 let backend = CgiBackend::new(program.clone(), project_root.clone())
-                    .with_head_timeout(answer_deadline(config.server.limits.idle_timeout));
+                    .with_head_timeout(answer_deadline(config.server.limits.idle_timeout))
+                    .with_max_request_buffer(*max_request_buffer_mib);
                 Upstream::Cgi(match &process_cap {
                     Some(cap) => backend.with_process_cap(cap.clone()),
                     None => backend,

@@ -480,6 +480,77 @@ fn a_fetch_git_refuses_ends_with_gits_reason_not_a_broken_answer() {
     assert!(!log.contains("outcome=stream-error"), "{log}");
 }
 
+/// A fetch whose negotiation is larger than git http-backend's 10 MiB buffer for a chunked
+/// body (a mirror with hundreds of thousands of refs: git chunks requests over
+/// `http.postBuffer`) fails with `request was larger than our maximum size`; gitgate clears the
+/// backend's environment, so `[upstream] max_request_buffer_mib` is how to raise it.
+#[test]
+fn the_backends_request_buffer_can_be_raised_for_large_negotiations() {
+    let (sb, token) = team_sandbox();
+    let tip = sb.rev(&sb.bare("team/app"), "main");
+    // 11 MiB of `want`s of the one commit, then `done`: upload-pack answers with its pack.
+    let want = format!("0032want {tip}\n");
+    let mut body = want.repeat(11 * 1024 * 1024 / want.len());
+    body.push_str("00000009done\n");
+    let fetch = |port: u16| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let head = format!(
+            "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+             Content-Type: application/x-git-upload-pack-request\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            basic("alice", &token.secret)
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        for chunk in body.as_bytes().chunks(1 << 20) {
+            s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .unwrap();
+            s.write_all(chunk).unwrap();
+            s.write_all(b"\r\n").unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        answer
+    };
+    let holds_a_pack = |answer: &[u8]| answer.windows(4).any(|w| w == b"PACK");
+
+    let mut server = sb.serve();
+    let answer = fetch(server.port);
+    assert!(
+        !holds_a_pack(&answer),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    server.stop();
+    assert!(
+        server
+            .log_text()
+            .contains("request was larger than our maximum size"),
+        "{}",
+        server.log_text()
+    );
+
+    let config = sb.config_text().replace(
+        "project_root = \"repos\"\n",
+        "project_root = \"repos\"\nmax_request_buffer_mib = 16\n",
+    );
+    fs::write(sb.config(), config).unwrap();
+    let mut server = sb.serve();
+    let answer = fetch(server.port);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200") && holds_a_pack(&answer),
+        "{}",
+        String::from_utf8_lossy(&answer[..answer.len().min(2000)])
+    );
+    server.stop();
+    // The log file is the first server's too.
+    let log = server.log_text();
+    let second = &log[log.rfind("listening on").unwrap()..];
+    assert!(!second.contains("larger than our maximum size"), "{log}");
+}
+
 /// Every `Content-Encoding` spelling the gate lets through as gzip (a trailing comma, an empty
 /// line beside it) reaches git http-backend as gzip: a protocol v2 `ls-refs` compressed with
 /// `gzip` answers with the refs, not an empty 200 and a backend "protocol error".

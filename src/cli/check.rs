@@ -126,6 +126,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             program,
             project_root,
             max_processes,
+            ..
         } => {
             let backend = CgiBackend::new(program.clone(), project_root.clone());
             let at_once = match max_processes {

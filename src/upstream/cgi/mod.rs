@@ -102,6 +102,9 @@ pub struct CgiBackend {
     cap: Option<Arc<ProcessCap>>,
     /// When a stop answers the requests whose backend has not sent its headers.
     stop: Arc<StopClock>,
+    /// `GIT_HTTP_MAX_REQUEST_BUFFER` for git http-backend (`[upstream]
+    /// max_request_buffer_mib`); `None`: git's own default.
+    max_request_buffer_mib: Option<u32>,
 }
 
 /// What the backend is told about one request. Everything here has already been checked by the
@@ -464,7 +467,17 @@ impl CgiBackend {
             running: Arc::new(Running::default()),
             cap: None,
             stop: Arc::default(),
+            max_request_buffer_mib: None,
         }
+    }
+
+    /// The most of a chunked request body git http-backend takes, in MiB (its
+    /// `GIT_HTTP_MAX_REQUEST_BUFFER`, 10 MiB by default): a fetch whose negotiation is larger
+    /// (a mirror with hundreds of thousands of refs, whose client chunks its `want`s) fails
+    /// with `request was larger than our maximum size` below it.
+    pub fn with_max_request_buffer(mut self, mib: Option<u32>) -> Self {
+        self.max_request_buffer_mib = mib;
+        self
     }
 
     /// Starts no process while `cap`'s places are all taken: the request waits for one, then
@@ -676,6 +689,10 @@ impl CgiBackend {
         let mut cmd = Command::new(&self.program);
         cmd.env_clear()
             .envs(cgi_env(req, &self.project_root))
+            .envs(
+                self.max_request_buffer_mib
+                    .map(|mib| ("GIT_HTTP_MAX_REQUEST_BUFFER", format!("{mib}m"))),
+            )
             .env("PATH", sanitize_path(std::env::var_os("PATH").as_deref()))
             .env("HOME", home_dir(std::env::var_os("HOME").as_deref()))
             // gitgate's working directory is none of the backend's business.
