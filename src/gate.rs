@@ -507,7 +507,10 @@ impl Gate {
     ) -> Response<ResponseBody> {
         match refusal {
             Refusal::NotGit(Rejection::NotFound(m)) => text(StatusCode::NOT_FOUND, &m),
-            Refusal::NotGit(Rejection::BadRequest(m)) => text(StatusCode::BAD_REQUEST, &m),
+            Refusal::NotGit(Rejection::BadRequest(m)) => {
+                malformed_said(remote, 400, &m);
+                text(StatusCode::BAD_REQUEST, &m)
+            }
             Refusal::NotGit(Rejection::MethodNotAllowed { message, allow }) => {
                 let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, &message);
                 resp.headers_mut()
@@ -563,8 +566,14 @@ impl Gate {
                 );
                 text(StatusCode::FORBIDDEN, &m)
             }
-            Refusal::Unframeable(m) => text(StatusCode::NOT_IMPLEMENTED, &m),
-            Refusal::UnsupportedCoding(m) => text(StatusCode::UNSUPPORTED_MEDIA_TYPE, &m),
+            Refusal::Unframeable(m) => {
+                malformed_said(remote, 501, &m);
+                text(StatusCode::NOT_IMPLEMENTED, &m)
+            }
+            Refusal::UnsupportedCoding(m) => {
+                malformed_said(remote, 415, &m);
+                text(StatusCode::UNSUPPORTED_MEDIA_TYPE, &m)
+            }
             Refusal::StoreDown(e) => {
                 tracing::error!(error = ?e.to_string(), "token store unavailable; refusing the request");
                 text(
@@ -697,6 +706,20 @@ pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
+}
+
+/// Why a request was refused for its form (`400`, `415`, `501`): the request line has only its
+/// status, and the reason the client was told (`unknown service: ...`, `invalid
+/// percent-encoding ...`) is otherwise nowhere the operator can read it. Written as the answer
+/// is, with what looks like a secret left out (the reason may quote the request), and quoted
+/// with control characters escaped.
+fn malformed_said(remote: SocketAddr, status: u16, reason: &str) {
+    tracing::info!(
+        remote = %remote.ip(),
+        status,
+        reason = ?credentials::without_secrets(reason.trim_end()),
+        "refused a request for its form"
+    );
 }
 
 /// The status logged for a request whose client went away before it had an answer (nginx's

@@ -1283,6 +1283,46 @@ fn a_path_cannot_forge_fields_or_lines_in_the_request_log() {
     }
 }
 
+/// A request refused for its form (`400`, `415`, `501`) has its reason in the log, as the client
+/// was told it: the request line alone says `status=400`, which leaves the operator guessing.
+#[test]
+fn a_request_refused_for_its_form_has_its_reason_logged() {
+    let (_sb, mut server, _) = team_setup();
+    for (request, status) in [
+        (
+            "GET /team/app.git/info/refs?service=git-bogus HTTP/1.1\r\nHost: x\r\n",
+            400,
+        ),
+        (
+            "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/x-git-upload-pack-request\r\n\
+             Content-Encoding: br\r\nContent-Length: 0\r\n",
+            415,
+        ),
+    ] {
+        let resp = raw_http(
+            server.port,
+            format!("{request}Connection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(resp.status, status, "{}", resp.text());
+    }
+    server.stop();
+    let log = server.log_text();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused a request for its form"))
+        .collect();
+    assert_eq!(said.len(), 2, "{log}");
+    assert!(
+        said[0].contains("status=400") && said[0].contains("reason=\"unknown service: expected"),
+        "{log}"
+    );
+    assert!(
+        said[1].contains("status=415") && said[1].contains("remote=127.0.0.1"),
+        "{log}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Too little permission: 403 naming what was missing
 
