@@ -469,7 +469,13 @@ fn paging_and_error_shapes() {
         (Some(5), Some(25))
     );
     assert_eq!(page("?start=10").json()["size"], 0);
-    for q in ["?limit=0", "?limit=abc", "?start=-1"] {
+    for q in [
+        "?limit=0",
+        "?limit=abc",
+        "?start=-1",
+        "?limit=+5",
+        "?start=%2B1",
+    ] {
         let r = page(q);
         assert_eq!(r.status, 400, "{q}");
         r.error_message();

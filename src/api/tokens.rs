@@ -327,9 +327,16 @@ pub fn page<T>(call: &Call, items: Vec<T>, render: impl Fn(&T) -> Value) -> ApiR
             Some(v) if v.bytes().all(|b| b.is_ascii_digit()) && v.parse::<usize>().is_err() => {
                 Ok(usize::MAX)
             }
-            Some(v) => v.parse().map_err(|_| {
-                ApiError::bad_request(format!("\"{name}\" must be a whole number, not '{v}'"))
-            }),
+            // Digits only: Rust's parser would also take `+5`, which no other value's check
+            // here allows.
+            Some(v) => v
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| v.parse().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("\"{name}\" must be a whole number, not '{v}'"))
+                }),
         }
     };
     let start = number("start", 0)?;
