@@ -610,6 +610,17 @@ impl Config {
             )));
         }
 
+        if let Upstream::Http(http) = &upstream {
+            if let Some(own) = http_upstream_address(http).filter(|a| listeners_overlap(listen, *a))
+            {
+                return Err(err(format!(
+                    "[upstream] url names gitgate's own listener ({own}, [server] listen = \
+                     \"{listen}\"): every request would come back to gitgate; point it at the \
+                     git server"
+                )));
+            }
+        }
+
         Ok(Config {
             source: path.to_path_buf(),
             server: Server {
@@ -988,6 +999,30 @@ fn seconds(value: Option<u64>, default: Duration, key: &str) -> Result<Duration,
 
 /// Whether two listening addresses would take the same port: the same port, and the same
 /// address or a wildcard (`0.0.0.0`, `::`) on either side. Port 0 (any free port) never does.
+/// The address an HTTP upstream's URL connects to, when its host is an IP address or
+/// `localhost` (a name is not looked up here) and no socket replaces it.
+fn http_upstream_address(http: &HttpUpstream) -> Option<SocketAddr> {
+    if http.socket.is_some() {
+        return None;
+    }
+    let host = http.origin.host()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        host.parse().ok()?
+    };
+    let port = http
+        .origin
+        .port_u16()
+        .unwrap_or(if http.origin.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    Some(SocketAddr::new(ip, port))
+}
+
 fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     // `::` also takes IPv4 (Linux's default, dual-stack sockets); `0.0.0.0` only IPv4. An
     // IPv4-mapped address (`[::ffff:127.0.0.1]`) is the IPv4 one for the socket it binds.
@@ -1160,6 +1195,47 @@ realm = "gitgate"
         assert!(c.server.tls.is_none());
         assert_eq!(c.server.limits.max_connections, 1024);
         assert!(c.server.workers >= 1, "one worker per core by default");
+    }
+
+    #[test]
+    fn an_upstream_url_that_is_gitgates_own_listener_is_refused() {
+        let with = |listen: &str, url: &str, extra: &str| {
+            parse(
+                &HTTP
+                    .replace("[server]\n", &format!("[server]\nlisten = \"{listen}\"\n"))
+                    .replace(
+                        "url = \"https://git.internal:8443/git/\"",
+                        &format!("url = \"{url}\"\n{extra}"),
+                    )
+                    .replace("ca_file = \"ca.pem\"\n", ""),
+            )
+        };
+        for (listen, url) in [
+            ("127.0.0.1:8080", "http://127.0.0.1:8080/git"),
+            ("0.0.0.0:8080", "http://localhost:8080/"),
+            ("[::]:8080", "http://127.0.0.1:8080/"),
+            ("[::1]:443", "https://[::1]/git"),
+        ] {
+            let e = with(listen, url, "").unwrap_err();
+            assert!(
+                e.contains("[upstream] url names gitgate's own listener")
+                    && e.contains("every request would come back to gitgate"),
+                "{listen} {url}: {e}"
+            );
+        }
+        for (listen, url, extra) in [
+            ("127.0.0.1:8080", "http://127.0.0.1:8081/git", ""),
+            ("127.0.0.1:8080", "http://10.0.0.5:8080/git", ""),
+            ("127.0.0.1:8080", "http://git.internal:8080/git", ""),
+            // The socket is where it connects: the URL only names host and path.
+            (
+                "127.0.0.1:8080",
+                "http://127.0.0.1:8080/git",
+                "socket = \"/run/git.sock\"",
+            ),
+        ] {
+            assert!(with(listen, url, extra).is_ok(), "{listen} {url} {extra}");
+        }
     }
 
     #[test]
