@@ -148,7 +148,18 @@ pub fn why_not_a_gitgate_store(conn: &Connection) -> rusqlite::Result<Option<Str
     // Every table gitgate expects there: gitgate's (an operator's own extra table — an
     // archive, a replication tool's — is no reason to refuse it).
     if version != 0 && missing.is_empty() {
-        return Ok(None);
+        // (One below zero is refused by `refuse_newer`, as changed by hand.)
+        if version < 0 {
+            return Ok(None);
+        }
+        return Ok(ahead_of_its_version(conn, version)?.map(|made| {
+            format!(
+                "this gitgate store says schema version {version}, but its tables are those of \
+                 version {made} (its user_version was changed by hand, or a backup restored \
+                 over part of it): a migration would fail half-way; it was left as it is: \
+                 restore it from a backup"
+            )
+        }));
     }
     // Most of gitgate's tables there, each with gitgate's columns, and nothing else: a gitgate
     // store that lost some. Anything less is not told to restore a backup over it.
@@ -183,6 +194,35 @@ pub fn why_not_a_gitgate_store(conn: &Connection) -> rusqlite::Result<Option<Str
         "this is not a gitgate store but another program's SQLite database (it has {shown} and \
          no gitgate schema); it was left as it is: check [store] path"
     )))
+}
+
+/// A column each migration adds, by the version it makes: a store whose `user_version` is
+/// below one whose column it has was not made by gitgate's migrations, and the next would fail
+/// on it (`duplicate column name`) — a start that `check` could not foresee.
+const MADE_BY: [(i64, &str, &str); 4] = [
+    (2, "tokens", "previous_hash"),
+    (3, "rate_limits", "refill_per_second"),
+    (4, "users", "failed_logins"),
+    (5, "audit_events", "count"),
+];
+
+/// The newest schema version whose column the store has, when that is newer than `version`.
+fn ahead_of_its_version(conn: &Connection, version: i64) -> rusqlite::Result<Option<i64>> {
+    let mut newest = None;
+    for (made, table, column) in MADE_BY {
+        if made <= version {
+            continue;
+        }
+        let has: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get(0),
+        )?;
+        if has {
+            newest = Some(made);
+        }
+    }
+    Ok(newest)
 }
 
 /// The store's schema version, refused if newer than this gitgate knows, or below zero (no
@@ -374,6 +414,34 @@ mod tests {
         conn.pragma_update(None, "user_version", CURRENT + 1)
             .unwrap();
         assert!(migrate(&mut conn).is_err());
+    }
+
+    /// A current store whose `user_version` was set back by hand: its next migration would
+    /// fail half-way (`duplicate column name`), so it is refused as it is, by `check` as by
+    /// `serve`; one at its own version is a store.
+    #[test]
+    fn a_store_whose_tables_are_ahead_of_its_version_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        assert_eq!(why_not_a_gitgate_store(&conn).unwrap(), None);
+        for version in 1..CURRENT {
+            conn.pragma_update(None, "user_version", version).unwrap();
+            let why = why_not_a_gitgate_store(&conn).unwrap().unwrap();
+            assert!(
+                why.contains(&format!(
+                    "says schema version {version}, but its tables are those of version {CURRENT}"
+                )),
+                "{why}"
+            );
+        }
+        // Each migration's own store, at its version: fine.
+        let conn = Connection::open_in_memory().unwrap();
+        for version in 0..CURRENT {
+            conn.execute_batch(MIGRATIONS[version as usize]).unwrap();
+            conn.pragma_update(None, "user_version", version + 1)
+                .unwrap();
+            assert_eq!(why_not_a_gitgate_store(&conn).unwrap(), None, "{version}");
+        }
     }
 
     #[test]
