@@ -611,7 +611,9 @@ impl Config {
         }
 
         if let Upstream::Http(http) = &upstream {
-            if let Some(own) = http_upstream_address(http).filter(|a| listeners_overlap(listen, *a))
+            if let Some(own) = http_upstream_addresses(http)
+                .into_iter()
+                .find(|a| is_own_listener(listen, *a))
             {
                 return Err(err(format!(
                     "[upstream] url names gitgate's own listener ({own}, [server] listen = \
@@ -997,20 +999,20 @@ fn seconds(value: Option<u64>, default: Duration, key: &str) -> Result<Duration,
     }
 }
 
-/// Whether two listening addresses would take the same port: the same port, and the same
-/// address or a wildcard (`0.0.0.0`, `::`) on either side. Port 0 (any free port) never does.
-/// The address an HTTP upstream's URL connects to, when its host is an IP address or
-/// `localhost` (a name is not looked up here) and no socket replaces it.
-fn http_upstream_address(http: &HttpUpstream) -> Option<SocketAddr> {
-    if http.socket.is_some() {
-        return None;
-    }
-    let host = http.origin.host()?;
+/// The addresses an HTTP upstream's URL may connect to, when its host is an IP address or
+/// `localhost` (both loopbacks; a name is not looked up here) and no socket replaces it.
+fn http_upstream_addresses(http: &HttpUpstream) -> Vec<SocketAddr> {
+    let Some(host) = http.origin.host().filter(|_| http.socket.is_none()) else {
+        return Vec::new();
+    };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ip = if host.eq_ignore_ascii_case("localhost") {
-        std::net::IpAddr::from([127, 0, 0, 1])
+    let ips = if host.eq_ignore_ascii_case("localhost") {
+        vec![
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ]
     } else {
-        host.parse().ok()?
+        host.parse().into_iter().collect()
     };
     let port = http
         .origin
@@ -1020,9 +1022,27 @@ fn http_upstream_address(http: &HttpUpstream) -> Option<SocketAddr> {
         } else {
             80
         });
-    Some(SocketAddr::new(ip, port))
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
 }
 
+/// Whether connecting to `upstream` reaches gitgate's own listener at `listen`: the same port,
+/// and the listen address itself, or — for a listener on every address (`0.0.0.0`, `::`) — a
+/// loopback or unspecified one. Any other address may be another host (a wildcard listener on
+/// 443 in front of a git server on another machine's 443 is the usual deployment); this
+/// machine's own other addresses are not looked up.
+fn is_own_listener(listen: SocketAddr, upstream: SocketAddr) -> bool {
+    let (own, to) = (listen.ip().to_canonical(), upstream.ip().to_canonical());
+    let local = to.is_loopback() || to.is_unspecified();
+    let wildcard_takes = own.is_unspecified() && (own.is_ipv6() || to.is_ipv4());
+    listen.port() != 0
+        && listen.port() == upstream.port()
+        && (own == to || (local && (wildcard_takes || to.is_unspecified())))
+}
+
+/// Whether two listening addresses would take the same port: the same port, and the same
+/// address or a wildcard (`0.0.0.0`, `::`) on either side. Port 0 (any free port) never does.
 fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     // `::` also takes IPv4 (Linux's default, dual-stack sockets); `0.0.0.0` only IPv4. An
     // IPv4-mapped address (`[::ffff:127.0.0.1]`) is the IPv4 one for the socket it binds.
@@ -1215,6 +1235,9 @@ realm = "gitgate"
             ("0.0.0.0:8080", "http://localhost:8080/"),
             ("[::]:8080", "http://127.0.0.1:8080/"),
             ("[::1]:443", "https://[::1]/git"),
+            ("[::1]:8080", "http://localhost:8080/"),
+            ("10.0.0.5:8080", "http://10.0.0.5:8080/"),
+            ("0.0.0.0:8080", "http://0.0.0.0:8080/"),
         ] {
             let e = with(listen, url, "").unwrap_err();
             assert!(
@@ -1224,6 +1247,13 @@ realm = "gitgate"
             );
         }
         for (listen, url, extra) in [
+            // A listener on every address, in front of a git server on another host's same
+            // port: the README's deployment.
+            ("0.0.0.0:443", "https://10.0.0.5/git", ""),
+            ("[::]:8080", "http://10.0.0.5:8080/git", ""),
+            ("[::]:8080", "http://[fd00::5]:8080/git", ""),
+            // Another loopback address than the one listened on: another listener.
+            ("127.0.0.1:8080", "http://127.0.0.2:8080/git", ""),
             ("127.0.0.1:8080", "http://127.0.0.1:8081/git", ""),
             ("127.0.0.1:8080", "http://10.0.0.5:8080/git", ""),
             ("127.0.0.1:8080", "http://git.internal:8080/git", ""),
