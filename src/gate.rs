@@ -508,7 +508,10 @@ impl Gate {
         match refusal {
             Refusal::NotGit(Rejection::NotFound(m)) => text(StatusCode::NOT_FOUND, &m),
             Refusal::NotGit(Rejection::BadRequest(m)) => {
-                malformed_said(remote, 400, &m);
+                // That one has its warning already, naming the proxy.
+                if m != UNREADABLE_FORWARDED_FOR {
+                    malformed_said(remote, 400, &m);
+                }
                 text(StatusCode::BAD_REQUEST, &m)
             }
             Refusal::NotGit(Rejection::MethodNotAllowed { message, allow }) => {
@@ -712,15 +715,26 @@ pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
 /// status, and the reason the client was told (`unknown service: ...`, `invalid
 /// percent-encoding ...`) is otherwise nowhere the operator can read it. Written as the answer
 /// is, with what looks like a secret left out (the reason may quote the request), and quoted
-/// with control characters escaped.
+/// with control characters escaped, and cut at [`MALFORMED_SAID`] bytes: a reason can quote a
+/// header value of any length, which any client can send.
 fn malformed_said(remote: SocketAddr, status: u16, reason: &str) {
+    let reason = credentials::without_secrets(reason.trim_end());
+    let mut end = reason.len().min(MALFORMED_SAID);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = if end < reason.len() { "..." } else { "" };
     tracing::info!(
         remote = %remote.ip(),
         status,
-        reason = ?credentials::without_secrets(reason.trim_end()),
+        // A `String`'s Debug: quoted, its control characters escaped.
+        reason = ?format!("{}{cut}", &reason[..end]),
         "refused a request for its form"
     );
 }
+
+/// The most of a form refusal's reason the log repeats.
+const MALFORMED_SAID: usize = 300;
 
 /// The status logged for a request whose client went away before it had an answer (nginx's
 /// "client closed request"; never sent).

@@ -553,14 +553,20 @@ fn with_a_level(value: &str, default: &str) -> String {
     }
 }
 
-/// `filter` with h2's warnings off (`,h2=error`), unless it names h2 or asks for debug lines.
+/// `filter` with h2's warnings off (`,h2=error`), unless it names h2 or asks for debug lines
+/// from everything (a bare `debug` or `trace`; `gitgate::cgi=debug` is not h2's).
 /// Each of them is an HTTP/2 connection h2 closed for a client's excess, which any client can
 /// have written at will, many a second, without the client's address: gitgate says those
 /// itself, with the address, once a minute (see `server::excessive_load`).
 fn without_h2_warnings(filter: &str) -> String {
     let wants_h2 = filter.split(',').map(str::trim).any(|d| {
-        let level = d.rsplit('=').next().unwrap_or(d).to_ascii_lowercase();
-        d.starts_with("h2") || matches!(level.as_str(), "debug" | "trace" | "4" | "5")
+        let target = d.split(['=', '[']).next().unwrap_or(d);
+        target == "h2"
+            || target.starts_with("h2::")
+            || matches!(
+                d.to_ascii_lowercase().as_str(),
+                "debug" | "trace" | "4" | "5"
+            )
     });
     if wants_h2 {
         filter.to_string()
@@ -746,8 +752,19 @@ mod tests {
             without_h2_warnings("info,gitgate::request=off"),
             "info,gitgate::request=off,h2=error"
         );
-        for as_is in ["h2=warn", "info,h2=info", "debug", "info,hyper=trace", "4"] {
+        for as_is in [
+            "h2=warn",
+            "info,h2=info",
+            "debug",
+            "TRACE",
+            "4",
+            "info,h2::proto=debug",
+        ] {
             assert_eq!(without_h2_warnings(as_is), as_is);
+        }
+        // Debug lines of something else are not h2's.
+        for quiet in ["info,gitgate::cgi=debug", "info,hyper=trace", "h2x=warn"] {
+            assert_eq!(without_h2_warnings(quiet), format!("{quiet},h2=error"));
         }
     }
 

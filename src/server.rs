@@ -1080,8 +1080,9 @@ fn excessive_load_said(remote: std::net::SocketAddr, words: &str) {
             times,
             error = ?words,
             "closed an HTTP/2 connection for excessive load: its client reset streams before \
-             they were answered (the rapid-reset attack) or sent frames without end (said at \
-             most once a minute, with how many connections since)"
+             they were answered (the rapid-reset attack), or sent frames or headers without \
+             end — `error` says which (said at most once a minute, naming the first client, \
+             with how many connections since; the others at debug level)"
         ),
         None => {
             tracing::debug!(remote = %remote, error = ?words, "closed an HTTP/2 connection for excessive load")

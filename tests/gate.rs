@@ -1299,7 +1299,15 @@ fn a_request_refused_for_its_form_has_its_reason_logged() {
              Content-Encoding: br\r\nContent-Length: 0\r\n",
             415,
         ),
+        // A reason that quotes a long header value is cut in the log.
+        (
+            "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/x-git-upload-pack-request\r\n\
+             Content-Encoding: LONG\r\nContent-Length: 0\r\n",
+            415,
+        ),
     ] {
+        let request = request.replace("LONG", &"x".repeat(20_000));
         let resp = raw_http(
             server.port,
             format!("{request}Connection: close\r\n\r\n").as_bytes(),
@@ -1312,7 +1320,12 @@ fn a_request_refused_for_its_form_has_its_reason_logged() {
         .lines()
         .filter(|l| l.contains("refused a request for its form"))
         .collect();
-    assert_eq!(said.len(), 2, "{log}");
+    assert_eq!(said.len(), 3, "{log}");
+    assert!(
+        said[2].contains("xxx...\"") && said[2].len() < 600,
+        "{}",
+        said[2]
+    );
     assert!(
         said[0].contains("status=400") && said[0].contains("reason=\"unknown service: expected"),
         "{log}"
