@@ -260,7 +260,7 @@ impl Gate {
                     // error to alert on.
                     Err(_) if inbound.broke.load(Ordering::Relaxed) => {
                         let error = inbound.broke_because.get().map_or("", String::as_str);
-                        tracing::info!(repo = %git_req.repo, remote = %remote, user = %LogValue(&identity.user), token_id = %identity.token_id, error, "the request body broke off");
+                        tracing::info!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error, "the request body broke off");
                         // Its connection was reset: nobody is left to answer (logged below as a
                         // client gone before its answer, as when hyper drops this future). One
                         // closed only for sending may still read the 400, logged as it is.
@@ -275,25 +275,25 @@ impl Gate {
                         match e.fault {
                             Fault::Backend => {
                                 METRICS.upstream_error();
-                                tracing::error!(repo = %git_req.repo, remote = %remote, user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "backend failed");
+                                tracing::error!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "backend failed");
                             }
                             // No backend was asked (the repository's folder is not one it may
                             // serve: two answer to it, a link, one nested in another).
                             Fault::Server => {
-                                tracing::error!(repo = %git_req.repo, remote = %remote, user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "cannot forward")
+                                tracing::error!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "cannot forward")
                             }
                             // Said by the cap, once a minute while it is reached.
                             Fault::Busy => {
                                 METRICS.backend_busy();
-                                tracing::debug!(repo = %git_req.repo, remote = %remote, user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "server busy")
+                                tracing::debug!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "server busy")
                             }
                             // Answered instead of cut off at the stop's end.
                             Fault::Stopping => {
-                                tracing::warn!(repo = %git_req.repo, remote = %remote, user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "answered 503 at the stop: the backend had not begun its answer")
+                                tracing::warn!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "answered 503 at the stop: the backend had not begun its answer")
                             }
                             // The client's doing (its upload stopped arriving).
                             Fault::Client => {
-                                tracing::info!(repo = %git_req.repo, remote = %remote, user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "request refused")
+                                tracing::info!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "request refused")
                             }
                         }
                         let mut resp = text(e.status, &e.message);
