@@ -114,7 +114,7 @@ enum PolicyCommand {
         #[arg(long, group = "change", value_parser = ["yes", "no"])]
         expiry_required: Option<String>,
         /// The most days a new token may live when an expiry is required.
-        #[arg(long, group = "change", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, group = "change", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=gitgate::lifecycle::MAX_DAYS as i64))]
         max_expiry_days: Option<u32>,
         /// Remove the maximum.
         #[arg(long, group = "change", conflicts_with = "max_expiry_days")]

@@ -326,7 +326,11 @@ fn policy_show_and_set() {
     assert!(err.contains("[possible values: yes, no]"), "{err}");
     let err = install.cli_err(&["policy", "set", "--expiry-required", "true"], "");
     assert!(err.contains("[possible values: yes, no]"), "{err}");
-    install.cli_err(&["policy", "set", "--max-expiry-days", "0"], "");
+    // The range said is the one the policy takes (was 1..=4294967295).
+    for days in ["0", "36501"] {
+        let err = install.cli_err(&["policy", "set", "--max-expiry-days", days], "");
+        assert!(err.contains("is not in 1..=36500"), "{err}");
+    }
     // Nothing to change is a mistake, not a change: no exit 0, no audit entry.
     let err = install.cli_err(&["policy", "set"], "");
     assert!(err.contains("--expiry-required"), "{err}");
