@@ -1718,6 +1718,18 @@ fn config_said_on_hangup(running: &Config) {
                     return;
                 }
             }
+            // A new store path: a restart opens it, and refuses to start if it cannot be
+            // written (a folder not made yet, or another user's).
+            if now.store.path != running.store.path {
+                if let Err(e) = crate::store::Store::check_can_write(&now.store.path) {
+                    tracing::warn!(
+                        "SIGHUP: the config file names another store, which serve could not \
+                         open, so a restart would fail (the running settings are kept; \
+                         `gitgate check` says more): {e}"
+                    );
+                    return;
+                }
+            }
             let changed = changed_sections(running, &now);
             if !changed.is_empty() {
                 tracing::warn!(

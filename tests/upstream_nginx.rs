@@ -1434,6 +1434,16 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
         g.log_text()
             .contains("names other TLS files, which do not load, so a restart would fail")
     });
+    // Another store, in a folder not made yet: a restart would fail to open it.
+    assert!(config.contains("path = \"gitgate.db\""), "{config}");
+    let other = config.replace("path = \"gitgate.db\"", "path = \"not-made/gitgate.db\"");
+    std::fs::write(&w.config, other).unwrap();
+    g.signal("HUP");
+    wait_for("the unusable store said", Duration::from_secs(10), || {
+        g.log_text()
+            .contains("names another store, which serve could not open, so a restart would fail")
+    });
+    assert!(g.log_text().contains("not-made"), "{}", g.log_text());
 }
 
 #[test]
