@@ -1625,15 +1625,14 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     // An intermediate out of its dates: served (a client trusting a CA above it never looks
     // at it), with a warning; the chain's dates are the served certificate's.
     let chain = sb.root().join("chain.pem");
-    fs::write(
-        &chain,
-        [
-            fs::read(common::fixture("tls/server-a.pem")).unwrap(),
-            fs::read(common::fixture("tls/expired.pem")).unwrap(),
-        ]
-        .concat(),
-    )
-    .unwrap();
+    let write_chain = |files: &[&str]| {
+        let pems: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| fs::read(common::fixture(f)).unwrap())
+            .collect();
+        fs::write(&chain, pems.concat()).unwrap();
+    };
+    write_chain(&["tls/server-a.pem", "tls/expired.pem"]);
     let out = check(&variant(
         "chain.toml",
         "[store]",
@@ -1659,15 +1658,7 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     );
     // An intermediate that is valid but ends before the served certificate: its date is the
     // one a renewal must beat, so the line names it (the test CA ends a second sooner).
-    fs::write(
-        &chain,
-        [
-            fs::read(common::fixture("tls/server-a.pem")).unwrap(),
-            fs::read(common::fixture("tls/ca.pem")).unwrap(),
-        ]
-        .concat(),
-    )
-    .unwrap();
+    write_chain(&["tls/server-a.pem", "tls/ca.pem"]);
     let out = check(&sb.root().join("chain.toml"));
     let said = out.ok();
     assert!(

@@ -919,6 +919,22 @@ async fn a_backend_that_answers_and_exits_while_the_body_is_coming_is_the_answer
     }
 }
 
+/// What a `GET /x` to `backend` answered after its headers, read to the end, and how that
+/// end came: cleanly, or with the body's error.
+async fn body_and_end(backend: &CgiBackend) -> (Vec<u8>, Result<(), std::io::Error>) {
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let mut body = serve(backend, req, empty).await.unwrap().into_body();
+    let mut got = Vec::new();
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
+            Some(Err(e)) => return (got, Err(e)),
+            None => return (got, Ok(())),
+        }
+    }
+}
+
 /// git http-backend's `die` after its headers: `fatal: ...` on stderr, then exit 0 ("having
 /// reported the failure"). With no answer after the headers, the body ends with an error; with
 /// an answer (a hook's `fatal:` after a push's report), it is the answer.
@@ -934,17 +950,7 @@ async fn a_fatal_error_and_exit_0_after_headers_without_an_answer_is_a_failure()
                  echo 'fatal: request was larger than our maximum size' >&2; exit 0"
             ),
         );
-        let headers = HeaderMap::new();
-        let req = request(&Method::GET, "/x", None, &headers);
-        let mut body = serve(&backend, req, empty).await.unwrap().into_body();
-        let mut got = Vec::new();
-        let ended = loop {
-            match body.frame().await {
-                Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
-                Some(Err(e)) => break Err(e),
-                None => break Ok(()),
-            }
-        };
+        let (got, ended) = body_and_end(&backend).await;
         assert_eq!(got, answer.as_bytes(), "{name}");
         match ended {
             Err(e) => {
@@ -968,17 +974,8 @@ async fn failure_after_headers_ends_body_with_error() {
         "partial.cgi",
         "printf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\npartial'; echo 'died' >&2; exit 3",
     );
-    let headers = HeaderMap::new();
-    let req = request(&Method::GET, "/x", None, &headers);
-    let mut body = serve(&backend, req, empty).await.unwrap().into_body();
-    let mut got = Vec::new();
-    let err = loop {
-        match body.frame().await {
-            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
-            Some(Err(e)) => break e,
-            None => panic!("body ended cleanly after exit 3"),
-        }
-    };
+    let (got, ended) = body_and_end(&backend).await;
+    let err = ended.expect_err("body ended cleanly after exit 3");
     assert_eq!(got, b"partial");
     let msg = err.to_string();
     assert!(
@@ -1013,16 +1010,7 @@ async fn an_exit_after_gits_err_packet_ends_the_answer_cleanly() {
                  echo 'fatal: git upload-pack: not our ref 1111' >&2; exit 1"
             ),
         );
-        let headers = HeaderMap::new();
-        let req = request(&Method::GET, "/x", None, &headers);
-        let mut body = serve(&backend, req, empty).await.unwrap().into_body();
-        let ended = loop {
-            match body.frame().await {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break Err(e),
-                None => break Ok(()),
-            }
-        };
+        let (_, ended) = body_and_end(&backend).await;
         assert_eq!(ended.is_ok(), clean, "{name}: {ended:?}");
     }
 }
