@@ -1723,8 +1723,8 @@ fn config_said_on_hangup(running: &Config) {
             if now.store.path != running.store.path {
                 if let Err(e) = crate::store::Store::check_can_write(&now.store.path) {
                     tracing::warn!(
-                        "SIGHUP: the config file names another store, which serve could not \
-                         open, so a restart would fail (the running settings are kept; \
+                        "SIGHUP: the config file names another store, which this process could \
+                         not write, so a restart would fail (the running settings are kept; \
                          `gitgate check` says more): {e}"
                     );
                     return;

@@ -2474,6 +2474,21 @@ fn the_cli_actor_names_the_real_uid_beside_the_claimed_user() {
     assert_eq!(event["actor"], "cli:mallory", "{event}");
     let uid = rustix::process::getuid().as_raw();
     assert_eq!(event["source"], format!("local:uid={uid}"), "{event}");
+    // An empty `SUDO_USER` (a supervisor's) names nobody: `USER` is asked next.
+    let mut cmd = sb.gitgate_command();
+    cmd.env("USER", "mallory")
+        .env("SUDO_USER", "")
+        .args(["user", "enable", "alice"]);
+    run(cmd, None).ok();
+    let audit = sb.cli_json(&["audit", "--json"]);
+    let event = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "user.enabled")
+        .cloned()
+        .unwrap_or_else(|| panic!("no user.enabled in {audit}"));
+    assert_eq!(event["actor"], "cli:mallory", "{event}");
 }
 
 /// A file system mounted for one test, unmounted however the test ends.

@@ -1440,8 +1440,9 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     std::fs::write(&w.config, other).unwrap();
     g.signal("HUP");
     wait_for("the unusable store said", Duration::from_secs(10), || {
-        g.log_text()
-            .contains("names another store, which serve could not open, so a restart would fail")
+        g.log_text().contains(
+            "names another store, which this process could not write, so a restart would fail",
+        )
     });
     assert!(g.log_text().contains("not-made"), "{}", g.log_text());
 }

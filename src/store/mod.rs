@@ -101,9 +101,11 @@ impl Actor {
     /// as (`local:uid=1000`), which the environment cannot change. The name is kept to one
     /// field of a log or audit line: anything but visible ASCII becomes `?`.
     pub fn cli() -> Actor {
-        let user: String = std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "unknown".into())
+        // An empty variable (a supervisor's `USER=`) names nobody: the next one is asked.
+        let named = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+        let user: String = named("SUDO_USER")
+            .or_else(|| named("USER"))
+            .unwrap_or_else(|| "unknown".into())
             .chars()
             .map(|c| if c.is_ascii_graphic() { c } else { '?' })
             .collect();

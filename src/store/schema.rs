@@ -117,8 +117,26 @@ const TABLES: [(&str, i64, &str); 6] = [
 /// anything is written to it — the switch to WAL included — so that a `[store] path` pointing
 /// at the wrong file leaves it as it was instead of adding gitgate's tables to it (and
 /// migrating the other program's version number). `None` for a gitgate store or an empty file.
+///
+/// Its reads are separate statements: another process's migration committed between them
+/// (a CLI command and `serve` started together after an upgrade) would show a version older
+/// than the tables read after it. A refusal is given only when the version is the same
+/// before and after it was made; else the look is taken again.
 pub fn why_not_a_gitgate_store(conn: &Connection) -> rusqlite::Result<Option<String>> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = || conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
+    let mut tries = 0;
+    loop {
+        let before = version()?;
+        let why = why_not_a_gitgate_store_at(conn, before)?;
+        tries += 1;
+        if why.is_none() || version()? == before || tries == 5 {
+            return Ok(why);
+        }
+    }
+}
+
+/// [`why_not_a_gitgate_store`] for a store whose `user_version` was read as `version`.
+fn why_not_a_gitgate_store_at(conn: &Connection, version: i64) -> rusqlite::Result<Option<String>> {
     let mut stmt = conn.prepare(
         "SELECT name, type = 'table' FROM sqlite_master \
          WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
