@@ -10,8 +10,10 @@
 //!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, then the
 //!                                   │     user's rate-limit bucket (429); never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
-//!                                   ├─ Host: exactly one on HTTP/1.1; none, or one that names the
-//!                                   │     :authority or the absolute target's host ─▶ 400
+//!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 it or :authority, and
+//!                                   │     none that names another host than the :authority or the
+//!                                   │     absolute target's ─▶ 400 (refusals for the request's form:
+//!                                   │     400/415/501, their reason logged)
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
 //!                                   │     IPv6 by /64, `exempt` networks never; one atomic read while no
 //!                                   │     address is blocked)
@@ -37,7 +39,9 @@
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...),
 //!                                         │     on a TCP port or a Unix socket
-//!                                         └─ cgi:  git http-backend run by gitgate itself
+//!                                         └─ cgi:  git http-backend run by gitgate itself (an
+//!                                               exit after its headers cuts the answer off,
+//!                                               unless git's own ERR packet ended it)
 //!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
 //!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
@@ -69,7 +73,8 @@
 //!   go of its backend after the idle timeout: [`stall`]), a cap on connections (a listen
 //!   backlog of 1024 past it, and a warning; and, if set, per client address: [`address_cap`],
 //!   a `503` and the connection closed — over HTTP/2 with a GOAWAY) and header size, and
-//!   graceful shutdown on SIGINT/SIGTERM (an HTTP/1 connection awaiting a push's POST — git
+//!   a rapid reset or other HTTP/2 excess closed by h2 and logged by gitgate with the address
+//!   once a minute, graceful shutdown on SIGINT/SIGTERM (SIGUSR1/2 logged and ignored) (an HTTP/1 connection awaiting a push's POST — git
 //!   packing after the advertisement — is let carry it, within the header deadline from the
 //!   stop; requests still waiting for a backend process, or for their backend's answer to
 //!   begin ([`upstream::stop`]), are answered `503` before the cut;

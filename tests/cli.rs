@@ -2458,36 +2458,32 @@ fn permission_combination_rules() {
 fn the_cli_actor_names_the_real_uid_beside_the_claimed_user() {
     let sb = Sandbox::new();
     sb.add_user("alice", PASSWORD);
-    let mut cmd = sb.gitgate_command();
-    cmd.env("USER", "mallory")
-        .env_remove("SUDO_USER")
-        .args(["user", "disable", "alice"]);
-    run(cmd, None).ok();
-    let audit = sb.cli_json(&["audit", "--json"]);
-    let event = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["action"] == "user.disabled")
-        .cloned()
-        .unwrap_or_else(|| panic!("no user.disabled in {audit}"));
+    // `user <change> alice` with `USER=mallory` and `SUDO_USER` as given (`None`: unset), and
+    // the audit event it made.
+    let event_of = |change: &str, sudo_user: Option<&str>| {
+        let mut cmd = sb.gitgate_command();
+        cmd.env("USER", "mallory").args(["user", change, "alice"]);
+        match sudo_user {
+            Some(v) => cmd.env("SUDO_USER", v),
+            None => cmd.env_remove("SUDO_USER"),
+        };
+        run(cmd, None).ok();
+        let audit = sb.cli_json(&["audit", "--json"]);
+        let action = format!("user.{change}d");
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == action.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("no {action} in {audit}"))
+    };
+    let event = event_of("disable", None);
     assert_eq!(event["actor"], "cli:mallory", "{event}");
     let uid = rustix::process::getuid().as_raw();
     assert_eq!(event["source"], format!("local:uid={uid}"), "{event}");
     // An empty `SUDO_USER` (a supervisor's) names nobody: `USER` is asked next.
-    let mut cmd = sb.gitgate_command();
-    cmd.env("USER", "mallory")
-        .env("SUDO_USER", "")
-        .args(["user", "enable", "alice"]);
-    run(cmd, None).ok();
-    let audit = sb.cli_json(&["audit", "--json"]);
-    let event = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["action"] == "user.enabled")
-        .cloned()
-        .unwrap_or_else(|| panic!("no user.enabled in {audit}"));
+    let event = event_of("enable", Some(""));
     assert_eq!(event["actor"], "cli:mallory", "{event}");
 }
 
