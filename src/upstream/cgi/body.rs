@@ -495,15 +495,7 @@ impl Body for CgiBody {
             Ok(info) if info.success() && (this.answered || !info.reported_a_failure()) => {
                 Poll::Ready(None)
             }
-            // git refused the request and told its client why (a fetch of an object it does
-            // not have): a whole answer, ended cleanly, so that git prints that reason alone —
-            // not followed by `RPC failed; curl 18` — and no backend failure is counted for a
-            // client's mistake.
-            Ok(info) if git_error_at_end(&this.tail).is_some() => {
-                let error = git_error_at_end(&this.tail).unwrap_or_default();
-                tracing::info!(target: "gitgate::cgi", request = %LogValue(&this.label), error = ?crate::credentials::without_secrets(&error), "git refused the request and told its client why: {info}");
-                Poll::Ready(None)
-            }
+
             // git http-backend dying after its headers (a chunked request over
             // GIT_HTTP_MAX_REQUEST_BUFFER) says `fatal: ...` and exits 0, "having reported the
             // failure": with no answer after the headers, that is no answer at all.
@@ -511,9 +503,19 @@ impl Body for CgiBody {
                 "the CGI backend failed after sending its response headers, without an answer \
                  (it exited 0 after a fatal error): {info}"
             ))))),
-            Ok(info) => Poll::Ready(Some(Err(io::Error::other(format!(
-                "the CGI backend failed after sending its response headers: {info}"
-            ))))),
+            Ok(info) => match git_error_at_end(&this.tail) {
+                // git refused the request and told its client why (a fetch of an object it
+                // does not have): a whole answer, ended cleanly, so that git prints that reason
+                // alone — not followed by `RPC failed; curl 18` — and no backend failure is
+                // counted for a client's mistake.
+                Some(error) => {
+                    tracing::info!(target: "gitgate::cgi", request = %LogValue(&this.label), error = ?crate::credentials::without_secrets(&error), "git refused the request and told its client why: {info}");
+                    Poll::Ready(None)
+                }
+                None => Poll::Ready(Some(Err(io::Error::other(format!(
+                    "the CGI backend failed after sending its response headers: {info}"
+                ))))),
+            },
             Err(_) => Poll::Ready(Some(Err(io::Error::other(
                 "the CGI backend's supervisor went away",
             )))),

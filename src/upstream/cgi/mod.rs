@@ -645,6 +645,7 @@ impl CgiBackend {
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let label = format!("{} (user {})", req.path_info, req.remote_user);
         let mut body = CgiBody {
             prefix: rest,
             stdout: Some(stdout),
@@ -655,7 +656,7 @@ impl CgiBackend {
             finishing: push.then(|| Finishing {
                 idle: self.head_timeout,
                 running: self.running.clone(),
-                label: format!("{} (user {})", req.path_info, req.remote_user),
+                label: label.clone(),
                 said: Vec::new(),
             }),
             silence: Silence::new(self.head_timeout),
@@ -663,7 +664,7 @@ impl CgiBackend {
             early: None,
             answered: false,
             tail: Vec::new(),
-            label: format!("{} (user {})", req.path_info, req.remote_user),
+            label,
         };
         if declared == Some(0) {
             body.declared_length_sent();
