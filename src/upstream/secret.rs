@@ -160,16 +160,20 @@ fn read(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
 mod tests {
     use super::*;
 
+    /// Credentials of `scheme` read from the file at `path`.
+    fn from_file(scheme: CredentialScheme, path: &std::path::Path) -> UpstreamCredentials {
+        UpstreamCredentials {
+            scheme,
+            source: SecretSource::File(path.to_path_buf()),
+        }
+    }
+
     #[test]
     fn credentials_are_built_and_sensitive() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("secret");
         std::fs::write(&f, "gitgate:pw\n").unwrap();
-        let v = read(&UpstreamCredentials {
-            scheme: CredentialScheme::Basic,
-            source: SecretSource::File(f.clone()),
-        })
-        .unwrap();
+        let v = read(&from_file(CredentialScheme::Basic, &f)).unwrap();
         assert_eq!(v, "Basic Z2l0Z2F0ZTpwdw==");
         assert!(v.is_sensitive());
         std::env::set_var("GITGATE_TEST_UPSTREAM_BEARER", "tok3n\n");
@@ -228,11 +232,7 @@ mod tests {
         }
         // A Basic password ending in a space is encoded with it.
         std::fs::write(&f, "u:pw \n").unwrap();
-        let v = read(&UpstreamCredentials {
-            scheme: CredentialScheme::Basic,
-            source: SecretSource::File(f.clone()),
-        })
-        .unwrap();
+        let v = read(&from_file(CredentialScheme::Basic, &f)).unwrap();
         assert_eq!(
             v,
             format!(
@@ -241,11 +241,7 @@ mod tests {
             )
         );
         std::fs::write(&f, "nocolon").unwrap();
-        assert!(read(&UpstreamCredentials {
-            scheme: CredentialScheme::Basic,
-            source: SecretSource::File(f),
-        })
-        .is_err());
+        assert!(read(&from_file(CredentialScheme::Basic, &f)).is_err());
     }
 
     #[test]
@@ -254,11 +250,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("secret");
         std::fs::write(&f, "s3cr3tvalue\n").unwrap();
-        let s = UpstreamSecret::load(&UpstreamCredentials {
-            scheme: CredentialScheme::Bearer,
-            source: SecretSource::File(f.clone()),
-        })
-        .unwrap();
+        let s = UpstreamSecret::load(&from_file(CredentialScheme::Bearer, &f)).unwrap();
         for (mode, said) in [(0o600, false), (0o640, false), (0o644, true), (0o604, true)] {
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
             let warning = s.file_readable_by_all();
@@ -281,11 +273,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("secret");
         std::fs::write(&f, "one\n").unwrap();
-        let s = UpstreamSecret::load(&UpstreamCredentials {
-            scheme: CredentialScheme::Bearer,
-            source: SecretSource::File(f.clone()),
-        })
-        .unwrap();
+        let s = UpstreamSecret::load(&from_file(CredentialScheme::Bearer, &f)).unwrap();
         assert_eq!(s.value(), "Bearer one");
         std::fs::write(&f, "two\n").unwrap();
         assert_eq!(s.reload(), Ok(Reloaded::FromFile));

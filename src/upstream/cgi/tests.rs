@@ -935,6 +935,26 @@ async fn body_and_end(backend: &CgiBackend) -> (Vec<u8>, Result<(), std::io::Err
     }
 }
 
+/// A backend that writes a `200` head of `content_type`, then `answer` (shell text inside
+/// `printf '...'`), then `stderr` on its stderr, and exits with `code`.
+fn exits_after_headers(
+    dir: &Path,
+    name: &str,
+    content_type: &str,
+    answer: &str,
+    stderr: &str,
+    code: u8,
+) -> CgiBackend {
+    script(
+        dir,
+        name,
+        &format!(
+            "printf 'Status: 200 OK\\r\\nContent-Type: {content_type}\\r\\n\\r\\n{answer}'; \
+             echo '{stderr}' >&2; exit {code}"
+        ),
+    )
+}
+
 /// git http-backend's `die` after its headers: `fatal: ...` on stderr, then exit 0 ("having
 /// reported the failure"). With no answer after the headers, the body ends with an error; with
 /// an answer (a hook's `fatal:` after a push's report), it is the answer.
@@ -942,13 +962,13 @@ async fn body_and_end(backend: &CgiBackend) -> (Vec<u8>, Result<(), std::io::Err
 async fn a_fatal_error_and_exit_0_after_headers_without_an_answer_is_a_failure() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, answer, fails) in [("silent.cgi", "", true), ("said.cgi", "report", false)] {
-        let backend = script(
+        let backend = exits_after_headers(
             tmp.path(),
             name,
-            &format!(
-                "printf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n{answer}'; \
-                 echo 'fatal: request was larger than our maximum size' >&2; exit 0"
-            ),
+            "text/plain",
+            answer,
+            "fatal: request was larger than our maximum size",
+            0,
         );
         let (got, ended) = body_and_end(&backend).await;
         assert_eq!(got, answer.as_bytes(), "{name}");
@@ -969,10 +989,13 @@ async fn a_fatal_error_and_exit_0_after_headers_without_an_answer_is_a_failure()
 #[tokio::test]
 async fn failure_after_headers_ends_body_with_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let backend = script(
+    let backend = exits_after_headers(
         tmp.path(),
         "partial.cgi",
-        "printf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\npartial'; echo 'died' >&2; exit 3",
+        "text/plain",
+        "partial",
+        "died",
+        3,
     );
     let (got, ended) = body_and_end(&backend).await;
     let err = ended.expect_err("body ended cleanly after exit 3");
@@ -1002,13 +1025,13 @@ async fn an_exit_after_gits_err_packet_ends_the_answer_cleanly() {
         ("cut.cgi", format!("{err}PACK"), false),
         ("packet.cgi", "0008NAK\n".to_string(), false),
     ] {
-        let backend = script(
+        let backend = exits_after_headers(
             tmp.path(),
             name,
-            &format!(
-                "printf 'Status: 200 OK\\r\\nContent-Type: application/x-git-upload-pack-result\\r\\n\\r\\n{answer}'; \
-                 echo 'fatal: git upload-pack: not our ref 1111' >&2; exit 1"
-            ),
+            "application/x-git-upload-pack-result",
+            &answer,
+            "fatal: git upload-pack: not our ref 1111",
+            1,
         );
         let (_, ended) = body_and_end(&backend).await;
         assert_eq!(ended.is_ok(), clean, "{name}: {ended:?}");
