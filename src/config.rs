@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::network::Cidr;
 
 /// The validated configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// The file this came from, for messages.
     pub source: PathBuf,
@@ -34,7 +34,7 @@ pub struct Config {
     pub metrics_without_listen: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Server {
     pub listen: SocketAddr,
     /// Normalised: starts with '/', no trailing '/' unless it is exactly "/".
@@ -49,7 +49,7 @@ pub struct Server {
 }
 
 /// `[server.tls]`: PEM files, re-read on SIGHUP.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -57,7 +57,7 @@ pub struct Tls {
 
 /// Timeouts and caps on the client side. None of them is a total request time: a big clone
 /// legitimately streams for many minutes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
     /// A client must send its request headers (and finish the TLS handshake) within this.
     pub header_read_timeout: Duration,
@@ -88,12 +88,12 @@ impl Default for Limits {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Store {
     pub path: PathBuf,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Upstream {
     /// Run `git http-backend` (or another CGI program) per request.
     Cgi {
@@ -110,7 +110,7 @@ pub enum Upstream {
 }
 
 /// `[upstream] url = ...`: forward to an existing git server.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HttpUpstream {
     /// Scheme and authority only (`https://git.internal:8443`); the path is in `base_path`.
     pub origin: Uri,
@@ -136,7 +136,7 @@ pub struct HttpUpstream {
 }
 
 /// `[upstream.credentials]`: a static secret gitgate sends upstream, never to the client.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamCredentials {
     pub scheme: CredentialScheme,
     pub source: SecretSource,
@@ -150,13 +150,13 @@ pub enum CredentialScheme {
     Bearer,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum SecretSource {
     File(PathBuf),
     Env(String),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Auth {
     pub realm: String,
 }

@@ -1744,45 +1744,32 @@ fn config_said_on_hangup(running: &Config) {
     }
 }
 
-/// The sections of the config file whose settings differ between `a` and `b`.
+/// The sections of the config file whose settings differ between `a` and `b`, compared by
+/// value: paths by their components, so `repos`, `./repos` and `repos/` are one folder.
 fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
-    let differ =
-        |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") != format!("{y:?}");
-    let mut changed = Vec::new();
     let server = |c: &Config| {
         let s = &c.server;
-        format!(
-            "{:?}",
-            (
-                &s.listen,
-                &s.git_prefix,
-                &s.trusted_proxies,
-                &s.limits,
-                s.workers
-            )
+        (
+            s.listen,
+            s.git_prefix.clone(),
+            s.trusted_proxies.clone(),
+            s.limits.clone(),
+            s.workers,
         )
     };
-    if server(a) != server(b) {
-        changed.push("[server]");
-    }
-    for (name, x, y) in [
-        (
-            "[server.tls]",
-            &a.server.tls as &dyn std::fmt::Debug,
-            &b.server.tls as &dyn std::fmt::Debug,
-        ),
-        ("[store]", &a.store, &b.store),
-        ("[upstream]", &a.upstream, &b.upstream),
-        ("[auth]", &a.auth, &b.auth),
-        ("[rate_limit]", &a.rate_limit, &b.rate_limit),
-        ("[auth_failures]", &a.auth_failures, &b.auth_failures),
-        ("[metrics]", &a.metrics_listen, &b.metrics_listen),
-    ] {
-        if differ(x, y) {
-            changed.push(name);
-        }
-    }
-    changed
+    [
+        ("[server]", server(a) != server(b)),
+        ("[server.tls]", a.server.tls != b.server.tls),
+        ("[store]", a.store != b.store),
+        ("[upstream]", a.upstream != b.upstream),
+        ("[auth]", a.auth != b.auth),
+        ("[rate_limit]", a.rate_limit != b.rate_limit),
+        ("[auth_failures]", a.auth_failures != b.auth_failures),
+        ("[metrics]", a.metrics_listen != b.metrics_listen),
+    ]
+    .into_iter()
+    .filter_map(|(name, differs)| differs.then_some(name))
+    .collect()
 }
 
 /// The status hyper's HTTP/1 parser answered a request it could not read with, before closing
@@ -1826,6 +1813,23 @@ mod tests {
         assert_eq!(changed_sections(&a, &b), ["[server.tls]", "[rate_limit]"]);
         let b = Config::parse(path, &base.replace("8080", "8081")).unwrap();
         assert_eq!(changed_sections(&a, &b), ["[server]"]);
+        // One folder written two ways is no change.
+        let b = Config::parse(path, &base.replace("\"g.db\"", "\"./g.db\"")).unwrap();
+        assert!(changed_sections(&a, &b).is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("repos")).unwrap();
+        let cgi = |root: &str| {
+            let text = format!(
+                "[store]\npath = \"g.db\"\n[upstream]\n\
+                 cgi = \"/usr/lib/git-core/git-http-backend\"\nproject_root = \"{root}\"\n"
+            );
+            Config::parse(&dir.path().join("proxy.toml"), &text).unwrap()
+        };
+        let a = cgi("repos");
+        for b in [cgi("./repos"), cgi("repos/")] {
+            assert!(changed_sections(&a, &b).is_empty());
+        }
+        assert_eq!(changed_sections(&a, &cgi(".")), ["[upstream]"]);
     }
 
     #[test]
