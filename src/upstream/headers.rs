@@ -423,6 +423,97 @@ pub enum Redirect {
     OffBase,
 }
 
+/// The upstream's own address, as a `Location` may name it: compared by value, not by text, so
+/// that another spelling of it (`[0::1]` for `[::1]`, `::ffff:127.0.0.1` for `127.0.0.1`,
+/// `localhost` for a loopback address, a trailing dot, the default port written out or left
+/// out, the other scheme) is still recognised and never sends git around the gate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamOrigin {
+    host: OriginHost,
+    port: u16,
+    /// The port its scheme implies (`80` or `443`), for a `Location` that writes none.
+    default_port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum OriginHost {
+    /// An IP literal, IPv4-mapped IPv6 addresses as IPv4.
+    Ip(IpAddr),
+    /// A name, in lower case, without a trailing dot.
+    Name(String),
+}
+
+impl OriginHost {
+    /// `host` as a URL writes it (IPv6 in brackets), or `None` for an empty one.
+    fn parse(host: &str) -> Option<OriginHost> {
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Some(OriginHost::Ip(ip.to_canonical()));
+        }
+        let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        (!name.is_empty()).then_some(OriginHost::Name(name))
+    }
+
+    /// Whether the two name one server; `localhost` names every loopback address.
+    fn same(&self, other: &OriginHost) -> bool {
+        let loopback = |h: &OriginHost| match h {
+            OriginHost::Ip(ip) => ip.is_loopback(),
+            OriginHost::Name(name) => name == "localhost",
+        };
+        self == other || (loopback(self) && loopback(other))
+    }
+}
+
+impl UpstreamOrigin {
+    /// The origin of `[upstream] url`: its host and port (or its scheme's default).
+    pub fn new(https: bool, authority: &hyper::http::uri::Authority) -> UpstreamOrigin {
+        let default_port = if https { 443 } else { 80 };
+        UpstreamOrigin {
+            host: OriginHost::parse(authority.host())
+                .unwrap_or_else(|| OriginHost::Name(String::new())),
+            port: authority.port_u16().unwrap_or(default_port),
+            default_port,
+        }
+    }
+
+    /// What follows the origin in `location` when it is an absolute (`http://`, `https://`)
+    /// or scheme-relative (`//`) URL naming this origin, user information left out.
+    fn rest_of<'a>(&self, location: &'a str) -> Option<&'a str> {
+        let (scheme_port, after) = if let Some(after) = location.strip_prefix("//") {
+            (None, after)
+        } else {
+            let colon = location.find("://")?;
+            let port = match location[..colon].to_ascii_lowercase().as_str() {
+                "http" => 80,
+                "https" => 443,
+                _ => return None,
+            };
+            (Some(port), &location[colon + 3..])
+        };
+        let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+        let (authority, rest) = after.split_at(end);
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        // The port is what follows the last ':' outside an IPv6 literal's brackets.
+        let (host, port) = match host_port.rfind(':') {
+            Some(i) if !host_port[i..].contains(']') => {
+                (&host_port[..i], Some(&host_port[i + 1..]))
+            }
+            _ => (host_port, None),
+        };
+        let port_matches = match port.filter(|p| !p.is_empty()) {
+            Some(p) => p.parse::<u16>().ok() == Some(self.port),
+            // No port: the one its scheme implies; the upstream may build its URLs with the
+            // other scheme (told `X-Forwarded-Proto: https`), so this origin's own default too.
+            None => scheme_port == Some(self.port) || self.port == self.default_port,
+        };
+        (port_matches && OriginHost::parse(host).is_some_and(|h| h.same(&self.host)))
+            .then_some(rest)
+    }
+}
+
 /// Where an upstream's redirect should send the client.
 ///
 /// An upstream that redirects names its own address and path (`http://127.0.0.1:3000/git/...`,
@@ -435,23 +526,15 @@ pub enum Redirect {
 /// absolute path outside the base — is passed on as it is, the way nginx's
 /// `proxy_redirect default` treats it.
 ///
-/// `upstream_origins` are the ways to name the upstream's address (`scheme://authority` or
-/// `//authority`, no trailing `/`; with and without its default port); `upstream_base` and `client_prefix` are `""` for the root or
-/// a path like `/git` (no trailing `/`).
+/// `upstream_base` and `client_prefix` are `""` for the root or a path like `/git` (no trailing
+/// `/`).
 pub fn location_to_client(
     location: &str,
-    upstream_origins: &[&str],
+    upstream: &UpstreamOrigin,
     upstream_base: &str,
     client_prefix: &str,
 ) -> Redirect {
-    let named = without_userinfo(location);
-    let on_origin = upstream_origins.iter().find_map(|origin| {
-        let head = named.get(..origin.len())?;
-        let rest = &named[origin.len()..];
-        (head.eq_ignore_ascii_case(origin)
-            && (rest.is_empty() || rest.starts_with(['/', '?', '#'])))
-        .then_some(rest)
-    });
+    let on_origin = upstream.rest_of(location);
     let path = match on_origin {
         Some("") => "/",
         Some(rest) if rest.starts_with(['?', '#']) => return Redirect::OffBase,
@@ -484,34 +567,6 @@ pub fn location_to_client(
         Redirect::Unchanged
     } else {
         Redirect::To(out)
-    }
-}
-
-/// `location` without the user information of an absolute or scheme-relative URL
-/// (`http://git@host/` names the same server as `http://host/`).
-fn without_userinfo(location: &str) -> std::borrow::Cow<'_, str> {
-    let after_scheme = match location.find("//") {
-        Some(i)
-            if location[..i]
-                .strip_suffix(':')
-                .is_some_and(|scheme| scheme.bytes().all(|b| b.is_ascii_alphanumeric()))
-                || i == 0 =>
-        {
-            i + 2
-        }
-        _ => return location.into(),
-    };
-    let authority_end = location[after_scheme..]
-        .find(['/', '?', '#'])
-        .map_or(location.len(), |e| after_scheme + e);
-    match location[after_scheme..authority_end].rfind('@') {
-        Some(at) => format!(
-            "{}{}",
-            &location[..after_scheme],
-            &location[after_scheme + at + 1..]
-        )
-        .into(),
-        None => location.into(),
     }
 }
 
@@ -1170,7 +1225,11 @@ mod tests {
 
     #[test]
     fn redirects_to_the_upstream_become_redirects_to_gitgate() {
-        let up = ["http://127.0.0.1:3000"];
+        let origin = |url: &str| {
+            let uri: hyper::Uri = url.parse().unwrap();
+            UpstreamOrigin::new(uri.scheme_str() == Some("https"), uri.authority().unwrap())
+        };
+        let up = origin("http://127.0.0.1:3000");
         let to = |s: &str| Redirect::To(s.into());
         let cases = [
             // (location, upstream base, client prefix, expected)
@@ -1236,8 +1295,6 @@ mod tests {
             ),
             ("/git/a@b", "/git", "", to("/a@b")),
         ];
-        assert_eq!(without_userinfo("//u@h:1/x@y"), "//h:1/x@y");
-        assert_eq!(without_userinfo("mailto:a@b"), "mailto:a@b");
         for (location, base, prefix, expected) in cases {
             assert_eq!(
                 location_to_client(location, &up, base, prefix),
@@ -1246,29 +1303,104 @@ mod tests {
             );
         }
         // The same address with the other scheme, or scheme-relative, is the upstream too.
-        let spelled = [
-            "http://127.0.0.1:3000",
-            "https://127.0.0.1:3000",
-            "//127.0.0.1:3000",
-        ];
         assert_eq!(
-            location_to_client("https://127.0.0.1:3000/login", &spelled, "/git", ""),
+            location_to_client("https://127.0.0.1:3000/login", &up, "/git", ""),
             Redirect::OffBase
         );
         assert_eq!(
-            location_to_client("//127.0.0.1:3000/git/x", &spelled, "/git", ""),
+            location_to_client("//127.0.0.1:3000/git/x", &up, "/git", ""),
             to("/x")
         );
         // With the default port spelled out, or left out, it is the same origin.
-        let both = ["http://git.internal", "http://git.internal:80"];
+        let named = origin("http://git.internal");
+        for location in [
+            "http://git.internal:80/git/x",
+            "http://GIT.internal/git/x",
+            "http://git.internal./git/x",
+            "https://git.internal/git/x",
+            "//git.internal:/git/x",
+        ] {
+            assert_eq!(
+                location_to_client(location, &named, "/git", ""),
+                to("/x"),
+                "{location}"
+            );
+        }
         assert_eq!(
-            location_to_client("http://git.internal:80/git/x", &both, "/git", ""),
-            to("/x")
-        );
-        assert_eq!(
-            location_to_client("http://GIT.internal/login", &both, "/git", ""),
+            location_to_client("http://GIT.internal/login", &named, "/git", ""),
             Redirect::OffBase
         );
+        // Another port of the same host is another server.
+        for location in [
+            "http://git.internal:8080/git/x",
+            "https://git.internal:3000/git/x",
+        ] {
+            assert_eq!(
+                location_to_client(location, &named, "/git", ""),
+                Redirect::Unchanged,
+                "{location}"
+            );
+        }
+        assert_eq!(
+            location_to_client("http://127.0.0.1/git/x", &up, "/git", ""),
+            Redirect::Unchanged
+        );
+        // An address is compared by value: every spelling of the upstream's is the upstream.
+        for (url, locations) in [
+            (
+                "http://[::1]:3000",
+                &[
+                    "http://[0:0:0:0:0:0:0:1]:3000/git/x",
+                    "http://[0::1]:3000/git/x",
+                    "http://localhost:3000/git/x",
+                    "http://[::1]:3000/git/x",
+                    "http://127.0.0.1:3000/git/x",
+                ][..],
+            ),
+            (
+                "http://[0:0:0:0:0:0:0:1]:3000",
+                &["http://[::1]:3000/git/x"][..],
+            ),
+            (
+                "http://127.0.0.1:3000",
+                &[
+                    "http://[::ffff:127.0.0.1]:3000/git/x",
+                    "http://LocalHost.:3000/git/x",
+                ][..],
+            ),
+            (
+                "http://10.0.0.5:3000",
+                &[
+                    "http://[::ffff:10.0.0.5]:3000/git/x",
+                    "http://[::ffff:a00:5]:3000/git/x",
+                ][..],
+            ),
+            (
+                "http://localhost:3000",
+                &["http://[::1]:3000/git/x", "http://127.0.0.2:3000/git/x"][..],
+            ),
+        ] {
+            for location in locations {
+                assert_eq!(
+                    location_to_client(location, &origin(url), "/git", ""),
+                    to("/x"),
+                    "{location} from {url}"
+                );
+            }
+        }
+        // Other addresses are other servers.
+        for location in [
+            "http://10.0.0.6:3000/git/x",
+            "http://[::2]:3000/git/x",
+            "http://[::ffff:10.0.0.6]:3000/git/x",
+            "http://localhost.evil:3000/git/x",
+        ] {
+            assert_eq!(
+                location_to_client(location, &origin("http://10.0.0.5:3000"), "/git", ""),
+                Redirect::Unchanged,
+                "{location}"
+            );
+        }
     }
 
     #[test]

@@ -58,9 +58,8 @@ pub struct HttpBackend {
     /// Made once per worker at the start and kept for the process's life, so that each answer's
     /// body can name it in its errors without a copy or a shared count.
     address: &'static str,
-    /// `scheme://authority` of the upstream, with and without its default port, for
-    /// recognising its redirects.
-    origin_texts: Vec<String>,
+    /// The upstream's host and port, for recognising its redirects.
+    origin: headers::UpstreamOrigin,
     /// gitgate's git prefix as clients see it: `""` for `/`, else like `/scm`.
     client_prefix: String,
     /// `Host` for every upstream request: the upstream's own authority.
@@ -143,7 +142,7 @@ impl HttpBackend {
                 }
                 .into_boxed_str(),
             ),
-            origin_texts: origin_spellings(https, authority),
+            origin: headers::UpstreamOrigin::new(https, authority),
             client_prefix: git_prefix.trim_end_matches('/').to_string(),
             host,
             base_path: if cfg.base_path == "/" {
@@ -389,10 +388,9 @@ impl HttpBackend {
             _ => return Err(unreadable_redirect(&locations)),
         };
         if let Some(location) = location.as_deref() {
-            let origins: Vec<&str> = self.origin_texts.iter().map(String::as_str).collect();
             match headers::location_to_client(
                 location,
-                &origins,
+                &self.origin,
                 &self.base_path,
                 &self.client_prefix,
             ) {
@@ -677,26 +675,6 @@ fn a_retry_after(value: &[u8]) -> bool {
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || b" ,:".contains(b));
     seconds || date
-}
-
-/// The ways a `Location` can name the upstream's own address: its authority as configured and
-/// with the default port added or left out, after `http://`, `https://` (an upstream told
-/// `X-Forwarded-Proto: https` may build its URLs with that) or `//` (scheme-relative).
-fn origin_spellings(https: bool, authority: &hyper::http::uri::Authority) -> Vec<String> {
-    let default = if https { 443 } else { 80 };
-    let mut authorities = vec![authority.as_str().to_string()];
-    match authority.port_u16() {
-        None => authorities.push(format!("{}:{default}", authority.as_str())),
-        Some(p) if p == default => authorities.push(authority.host().to_string()),
-        Some(_) => {}
-    }
-    let mut out = Vec::with_capacity(authorities.len() * 3);
-    for a in &authorities {
-        for scheme in ["http://", "https://", "//"] {
-            out.push(format!("{scheme}{a}"));
-        }
-    }
-    out
 }
 
 /// rustls client config: the configured CA file and/or the system roots, TLS 1.2+; and what
