@@ -2018,6 +2018,24 @@ fn reading_commands_do_not_create_a_store() {
         sb.cli(args).fails_with("no token store at");
         assert!(!sb.db().exists(), "{args:?} created the store");
     }
+    // An empty file (a failed copy, a `touch` by a deploy tool) holds no store either: it is
+    // refused as one, and left empty; `check` says what serve would make of it.
+    fs::write(sb.db(), b"").unwrap();
+    for args in [&["user", "list"][..], &["token", "list"], &["audit"]] {
+        sb.cli(args)
+            .fails_with("the token store is an empty file (0 bytes) at");
+        assert_eq!(fs::metadata(sb.db()).unwrap().len(), 0, "{args:?}");
+    }
+    let checked = sb.cli(&["check"]);
+    assert!(
+        checked.ok().contains("an empty file (0 bytes")
+            && checked
+                .ok()
+                .contains("serve makes a new, empty store in it"),
+        "{checked}"
+    );
+    assert_eq!(fs::metadata(sb.db()).unwrap().len(), 0, "check wrote to it");
+    fs::remove_file(sb.db()).unwrap();
     sb.cli_stdin(
         &["user", "add", "alice", "--password-stdin"],
         "pw-1234567890\n",

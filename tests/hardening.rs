@@ -935,6 +935,67 @@ fn a_push_cut_off_by_a_stop_leaves_no_quarantined_objects() {
     drop(s);
 }
 
+/// A push whose pack had arrived whole, cut off by a stop while its pre-receive hook ran: in
+/// the second receive-pack is given to end, its hook ends and its ref is updated. Its client
+/// was told it failed and its request is logged `shutdown`, so the log says it was applied.
+#[test]
+fn a_push_applied_as_a_stop_ended_it_is_said_to_be_applied() {
+    let mut server = Server::start_with("shutdown_grace_seconds = 1", "");
+    let (running, go) = (server.path("hook-running"), server.path("hook-go"));
+    let hook = server.path("repos/team/app.git/hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\ntouch '{}'\ni=0\nwhile [ ! -e '{}' ] && [ $i -lt 400 ]; do \
+             sleep 0.05; i=$((i+1)); done\n",
+            running.display(),
+            go.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (commit, pack) = a_push_pack(&server);
+    let client = send_whole(&server, &commit, &pack, "refs/heads/applied");
+    wait_for("the push in its hook", || running.exists());
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // The grace period over, the request is cut off ...
+    wait_for("the push to be cut off", || {
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("git-receive-pack") && l.contains("outcome=shutdown"))
+    });
+    // ... and its hook lets it go on within the second it has.
+    std::fs::write(&go, b"").unwrap();
+    wait_for("the server to exit", || !server.alive());
+    let log = server.log();
+    let said = log
+        .lines()
+        .find(|l| l.contains("a push gitgate ended was applied all the same"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        said.contains("unpack ok, 1 ref(s) updated")
+            && said.contains("/team/app.git/git-receive-pack (user alice)"),
+        "{said}"
+    );
+    // Said before the last line.
+    assert!(log.find(said) < log.find("stopped:"), "{log}");
+    let refs = std::process::Command::new("git")
+        .args(["for-each-ref", "--format=%(refname)"])
+        .current_dir(server.path("repos/team/app.git"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&refs.stdout),
+        "refs/heads/applied\n"
+    );
+    drop(client);
+}
+
 /// A push cut off in the middle of its pack: receive-pack is told by the end of its input, fails
 /// the pack (a pack is applied only whole) and removes its quarantined objects. Killed, as any
 /// other backend is, it would leave them on disk — tens of MB for each interrupted push.

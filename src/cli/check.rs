@@ -253,6 +253,13 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             warnings += 1;
             outln!("warning: store {store}: not there yet; serve creates it, empty: {empty}");
         }
+        Some(_) if crate::store::is_an_empty_file(&config.store.path) => {
+            warnings += 1;
+            outln!(
+                "warning: store {store}: an empty file (0 bytes: a failed copy or restore?); \
+                 serve makes a new, empty store in it: {empty}"
+            );
+        }
         Some(i) if i.unrevoked_tokens == 0 => {
             warnings += 1;
             outln!(

@@ -78,14 +78,26 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
     })?;
     let config = Config::parse(config_path, &text).map_err(|e| e.to_string())?;
     let path = &config.store.path;
-    if !may_create && !path.exists() {
+    let empty = crate::store::is_an_empty_file(path);
+    if !may_create && (empty || !path.exists()) {
         // A -wal left there: the store was moved away without it; creating one would lose it.
         crate::store::refuse_a_log_without_its_file(path).map_err(|e| config.store_refusal(e))?;
         return Err(format!(
-            "no token store at {} ([store] path in {}): check the path; `gitgate serve`, \
-             `gitgate user add`, `token create` or `policy set` creates it",
+            "{} {} ([store] path in {}): check the path{}; `gitgate serve`, `gitgate user \
+             add`, `token create` or `policy set` creates it",
+            if empty {
+                "the token store is an empty file (0 bytes) at"
+            } else {
+                "no token store at"
+            },
             path.display(),
-            config_path.display()
+            config_path.display(),
+            if empty {
+                ", or restore the store from a backup (a failed copy or restore leaves an \
+                 empty file)"
+            } else {
+                ""
+            }
         ));
     }
     if !writes && Store::check_can_write(path).is_err() {

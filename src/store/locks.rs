@@ -178,6 +178,19 @@ pub fn lockers(_db: &Path) -> BTreeSet<u32> {
     BTreeSet::new()
 }
 
+/// Whether some process holds a lock on the file at `path` (a `-shm`: every connection open
+/// on its store holds one); `None` when that cannot be known (no `/proc/locks`, no file).
+#[cfg(target_os = "linux")]
+pub(super) fn anyone_holds(path: &Path) -> Option<bool> {
+    let (file, text) = (key(path)?, read_locks()?);
+    Some(held_locks(&text).iter().any(|h| h.file == file))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn anyone_holds(_path: &Path) -> Option<bool> {
+    None
+}
+
 /// [`lockers`] of `db` in `/proc/locks`'s `text`.
 fn lockers_in(text: &str, db: FileKey) -> BTreeSet<u32> {
     held_locks(text)

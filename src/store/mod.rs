@@ -329,9 +329,22 @@ fn refuse_an_index_without_its_log(path: &Path) -> std::result::Result<(), Strin
     if !orphaned() {
         return Ok(());
     }
+    let unheld = || locks::anyone_holds(&shm) == Some(false);
+    let unheld_before = unheld();
     std::thread::sleep(Duration::from_millis(100));
     if !orphaned() {
         return Ok(());
+    }
+    if unheld_before && unheld() {
+        // No process has it open (each connection holds a lock on it while it is): left over.
+        return Err(format!(
+            "{} is there without {}, and no process has it open: it is left over (from a crash, \
+             or a restore that removed only the -wal). Remove {} and run this again; the store \
+             is not damaged. Nothing was opened or changed",
+            shm.display(),
+            wal.display(),
+            shm.display()
+        ));
     }
     Err(format!(
         "{} is there without {}: a process has the store open (gitgate serving) and the -wal \
@@ -342,6 +355,14 @@ fn refuse_an_index_without_its_log(path: &Path) -> std::result::Result<(), Strin
         shm.display(),
         wal.display()
     ))
+}
+
+/// Whether the store file at `path` is there but empty (0 bytes): a failed copy, a `touch`, a
+/// truncated restore. It holds no store, so it is taken as a missing one: a command that
+/// only reads refuses it, and `serve` says it makes a new, empty store in it. (A `-wal` with
+/// changes beside it is refused by [`refuse_a_log_without_its_file`].)
+pub(crate) fn is_an_empty_file(path: &Path) -> bool {
+    std::fs::metadata(real_path(path)).is_ok_and(|m| m.is_file() && m.len() == 0)
 }
 
 /// Where the store at `path` really is, and SQLite keeps its sidecars: symbolic links resolved,
@@ -845,6 +866,12 @@ impl Store {
         // The file the connections open is the one `file` names below, unless it was replaced
         // in between: then it is looked at again before anything is served.
         let file_before = file_id(path).ok();
+        if file_before.is_some() && is_an_empty_file(path) {
+            tracing::warn!(
+                path = %path.display(),
+                "creating a new, empty token store in the empty file (0 bytes) there"
+            );
+        }
         if file_before.is_none() {
             // A mistyped `[store] path` would otherwise answer every token "invalid token",
             // and git's credential helpers erase a token refused so.
@@ -2336,7 +2363,26 @@ mod tests {
             );
         }
         assert!(!wal.exists(), "a -wal was made");
+        let shm = sidecar(&path, "-shm");
+        let kept = std::fs::read(&shm).unwrap();
         drop(store);
+        // No process has it open: a leftover (a crash, a restore that removed only the -wal),
+        // said so, with what to remove; not "stop gitgate".
+        std::fs::write(&shm, kept).unwrap();
+        for err in [
+            Store::open(&path).err().map(|e| e.to_string()),
+            Store::inspect(&path).err().map(|e| e.to_string()),
+        ] {
+            let err = err.expect("refused");
+            assert!(
+                err.contains("no process has it open")
+                    && err.contains(&format!("Remove {}", shm.display()))
+                    && !err.contains("Stop gitgate"),
+                "{err}"
+            );
+        }
+        std::fs::remove_file(&shm).unwrap();
+        assert!(Store::open(&path).is_ok());
     }
 
     /// A store whose header is overwritten in place under the running server is damage, seen
@@ -2419,5 +2465,17 @@ mod tests {
         assert!(Store::inspect(&dir.path().join("none.db"))
             .unwrap()
             .is_none());
+        // An empty file (a failed copy, a `touch`) is said too: it held no store either.
+        let touched = dir.path().join("touched.db");
+        std::fs::write(&touched, b"").unwrap();
+        assert!(is_an_empty_file(&touched));
+        let log = test_support::logged(|| {
+            Store::open(&touched).unwrap();
+        });
+        assert!(
+            log.contains("creating a new, empty token store in the empty file (0 bytes)"),
+            "{log}"
+        );
+        assert!(!is_an_empty_file(&touched) && !is_an_empty_file(&dir.path().join("none.db")));
     }
 }

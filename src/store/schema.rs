@@ -145,7 +145,15 @@ fn why_not_a_gitgate_store_at(conn: &Connection, version: i64) -> rusqlite::Resu
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     if objects.is_empty() {
-        return Ok(None);
+        // An empty file, or a new store not yet given its tables (version 0); a version with
+        // no tables is no gitgate store (every migration makes tables as it numbers them).
+        return Ok((version != 0).then(|| {
+            format!(
+                "this SQLite database says schema version {version} but has no tables: it is \
+                 not a gitgate store, or one emptied by hand; it was left as it is: check \
+                 [store] path, or restore the store from a backup"
+            )
+        }));
     }
     let tables: Vec<&str> = objects
         .iter()
@@ -182,6 +190,7 @@ fn why_not_a_gitgate_store_at(conn: &Connection, version: i64) -> rusqlite::Resu
     // Most of gitgate's tables there, each with gitgate's columns, and nothing else: a gitgate
     // store that lost some. Anything less is not told to restore a backup over it.
     let mut ours = 0;
+    let mut all_ours = true;
     for (name, _, column) in TABLES {
         if tables.contains(&name) {
             let has: bool = conn.query_row(
@@ -189,13 +198,20 @@ fn why_not_a_gitgate_store_at(conn: &Connection, version: i64) -> rusqlite::Resu
                 [name, column],
                 |r| r.get(0),
             )?;
-            if !has {
-                ours = 0;
-                break;
+            if has {
+                ours += 1;
+            } else {
+                all_ours = false;
             }
-            ours += 1;
         }
     }
+    // A newer gitgate's store may have dropped, renamed or added tables: with most of this
+    // build's still gitgate's, it is said to be newer (`refuse_newer`), so that a downgrade is
+    // told to upgrade again, not to restore a backup over what the newer gitgate wrote.
+    if version > CURRENT && all_ours && ours * 2 > TABLES.len() {
+        return Ok(None);
+    }
+    let ours = if all_ours { ours } else { 0 };
     if version != 0 && ours == tables.len() && missing.len() * 2 < expected.len() {
         return Ok(Some(format!(
             "this gitgate store (schema version {version}) has lost its table(s) '{}': it is \
@@ -381,6 +397,46 @@ mod tests {
             migrate(&mut store).unwrap();
             store.execute_batch(more).unwrap();
             assert_eq!(why_not_a_gitgate_store(&store).unwrap(), None, "{more}");
+        }
+        // A newer gitgate's store that dropped or renamed one of this build's tables is
+        // still a newer store, not a damaged one: a downgrade is told to upgrade again.
+        for change in [
+            "DROP TABLE rate_limits",
+            "ALTER TABLE settings RENAME TO options",
+            "ALTER TABLE grants RENAME TO grants_v2; CREATE TABLE sessions(id)",
+        ] {
+            let mut store = Connection::open_in_memory().unwrap();
+            migrate(&mut store).unwrap();
+            store.execute_batch(change).unwrap();
+            // At this build's version the same change is refused.
+            assert!(!refused(&store).is_empty(), "{change}");
+            store
+                .pragma_update(None, "user_version", CURRENT + 1)
+                .unwrap();
+            assert_eq!(why_not_a_gitgate_store(&store).unwrap(), None, "{change}");
+            let e = refuse_newer(&store).unwrap_err().to_string();
+            assert!(e.contains("newer than this gitgate knows"), "{e}");
+        }
+        // ... but one that lost most of them is not told so.
+        let mut most_gone = Connection::open_in_memory().unwrap();
+        migrate(&mut most_gone).unwrap();
+        most_gone
+            .execute_batch(
+                "DROP TABLE rate_limits; DROP TABLE settings; DROP TABLE grants;
+                 PRAGMA user_version = 99;",
+            )
+            .unwrap();
+        assert!(refused(&most_gone).contains("another program's"));
+        // A schema version without a single table: nobody's store (the version set by hand,
+        // or every table dropped); it is not taken as new and given tables.
+        let bare = Connection::open_in_memory().unwrap();
+        for version in [1, CURRENT, 99, -1] {
+            bare.pragma_update(None, "user_version", version).unwrap();
+            let m = refused(&bare);
+            assert!(
+                m.contains(&format!("schema version {version} but has no tables")),
+                "{m}"
+            );
         }
         // gitgate's own store at a version this build does not know is gitgate's, refused by
         // `refuse_newer` as newer or as changed by hand.

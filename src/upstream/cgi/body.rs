@@ -142,14 +142,48 @@ impl Drop for CgiBody {
     }
 }
 
-/// Reads and throws away a push's output until it ends, for a while at most (the time its
-/// supervisor gives it to end).
-async fn drain(mut stdout: ChildStdout) {
+/// Reads and throws away a backend's output until it ends, for a while at most (the time its
+/// supervisor gives it to end). For a push (`finishing`), what it said is kept: its input
+/// closed with the whole pack already read, receive-pack may still update its refs in the
+/// second it is given to end (`INPUT_CLOSED_GRACE`), and that is worth a warning — its client
+/// was cut off and told the push failed, and its request is logged as ended.
+async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>) {
     let mut scratch = vec![0u8; HEAD_READ];
+    let mut finishing = finishing;
     let _ = tokio::time::timeout(INPUT_CLOSED_GRACE + TERM_GRACE, async {
-        while matches!(stdout.read(&mut scratch).await, Ok(n) if n > 0) {}
+        while let Ok(n @ 1..) = stdout.read(&mut scratch).await {
+            if let Some((push, _)) = &mut finishing {
+                push.heard(&scratch[..n]);
+            }
+        }
     })
     .await;
+    let Some((push, _telling)) = finishing else {
+        return;
+    };
+    let outcome = push_outcome(&push.said);
+    if outcome.starts_with("unpack ok") && !outcome.contains(" 0 ref(s) updated") {
+        tracing::warn!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = ?outcome, "a push gitgate ended was applied all the same: its pack had arrived whole, and git receive-pack updated its refs as it was being ended; its client was cut off and told it failed (a fetch shows what the repository has)");
+    }
+}
+
+/// A push whose end is still to be told (see [`drain`]), counted in its backend's
+/// [`Running`] so that a stop waits for the word before the process exits.
+pub(super) struct Telling(Arc<Running>);
+
+impl Telling {
+    fn new(running: &Arc<Running>) -> Telling {
+        running.telling.fetch_add(1, Ordering::AcqRel);
+        Telling(running.clone())
+    }
+}
+
+impl Drop for Telling {
+    fn drop(&mut self) {
+        if self.0.telling.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_reaped.notify_waiters();
+        }
+    }
 }
 
 /// One of a worker's [`MAX_FINISHING`] places, given back when dropped.
@@ -356,10 +390,14 @@ impl CgiBody {
     /// removes its quarantine — writing to a closed pipe would kill it first (SIGPIPE),
     /// leaving the folder.
     pub(super) fn ended_by_gitgate(&mut self) {
-        self.finishing = None;
+        let finishing = self.finishing.take();
         if let Some(stdout) = self.stdout.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(drain(stdout));
+                let push = finishing.map(|f| {
+                    let telling = Telling::new(&f.running);
+                    (f, telling)
+                });
+                runtime.spawn(drain(stdout, push));
             }
         }
     }

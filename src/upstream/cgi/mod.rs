@@ -749,7 +749,8 @@ impl CgiBackend {
     /// (2 s), a push a second with its input closed before that (`INPUT_CLOSED_GRACE`) — or
     /// until a little longer than that has passed. A worker calls this before its runtime ends:
     /// the runtime's end would drop the supervisors, and with them the SIGKILL for the group
-    /// (tokio would kill only the group's leader). Returns how many are still running.
+    /// (tokio would kill only the group's leader). A push's outcome to be told is waited for
+    /// too (see `body::drain`). Returns how many are still running.
     pub async fn wait_until_reaped(&self) -> usize {
         let running = &self.running;
         let deadline =
@@ -759,7 +760,8 @@ impl CgiBackend {
             tokio::pin!(reaped);
             reaped.as_mut().enable();
             let count = running.count.load(Ordering::Acquire);
-            if count == 0 {
+            // A push ended at the stop may have been applied as it ended: said before the exit.
+            if count == 0 && running.telling.load(Ordering::Acquire) == 0 {
                 return 0;
             }
             if tokio::time::timeout_at(deadline, reaped).await.is_err() {

@@ -148,7 +148,9 @@ impl fmt::Display for ExitInfo {
 #[derive(Debug)]
 pub(super) struct Running {
     pub(super) count: AtomicUsize,
-    /// Woken when `count` drops to zero.
+    /// Pushes gitgate ended whose outcome is still to be logged ([`Telling`](super::body::Telling)).
+    pub(super) telling: AtomicUsize,
+    /// Woken when `count` or `telling` drops to zero.
     pub(super) all_reaped: Notify,
     /// Pushes finishing without their client ([`Finishing`](super::body::Finishing)).
     pub(super) finishing: AtomicUsize,
@@ -162,6 +164,7 @@ impl Default for Running {
     fn default() -> Self {
         Running {
             count: AtomicUsize::new(0),
+            telling: AtomicUsize::new(0),
             all_reaped: Notify::new(),
             finishing: AtomicUsize::new(0),
             none_finishing: Notify::new(),
