@@ -346,6 +346,19 @@ impl Config {
                     .into(),
             );
         }
+        // A "proxy" range that takes in the clients themselves lets any of them name its own
+        // address: the failed-authentication throttle, tokens' allowed networks and the
+        // audit's addresses then believe what a client writes (`0.0.0.0/0` is common where the
+        // proxies' addresses are not known; worth a word, not a refusal).
+        if crate::network::Cidr::cover_half_of_a_family(&self.server.trusted_proxies) {
+            warnings.push(
+                "[server] trusted_proxies covers half or more of all IPv4 or IPv6 addresses: \
+                 any client inside it can name its own address in X-Forwarded-For, and so \
+                 pass the failed-authentication throttle, tokens' allowed networks and the \
+                 audit's addresses; list only the addresses of your proxies"
+                    .into(),
+            );
+        }
         if crate::network::Cidr::cover_half_of_a_family(&self.auth_failures.exempt) {
             warnings.push(
                 "[auth_failures] exempt covers half or more of all IPv4 or IPv6 addresses: the \
@@ -1753,6 +1766,30 @@ env = "UPSTREAM_TOKEN"
         }
         let nat = format!("{GOOD}[auth_failures]\nexempt = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n");
         assert!(parse(&nat).unwrap().warnings().is_empty());
+        // Trusted "proxies" that take in everyone: any client names its own address.
+        for (all, warned) in [
+            ("\"0.0.0.0/0\"", true),
+            ("\"::/0\"", true),
+            ("\"::/1\", \"8000::/1\"", true),
+            ("\"::ffff:0:0/96\"", true),
+            ("\"::ffff:0:0/97\", \"128.0.0.0/1\"", true),
+            (
+                "\"10.0.0.0/8\", \"::ffff:10.0.0.0/104\", \"fd00::/8\"",
+                false,
+            ),
+        ] {
+            let text = GOOD.replace(
+                "[server]\n",
+                &format!("[server]\ntrusted_proxies = [{all}]\n"),
+            );
+            let said = parse(&text).unwrap().warnings();
+            assert_eq!(
+                said.iter()
+                    .any(|w| w.contains("[server] trusted_proxies covers half")),
+                warned,
+                "{all}: {said:?}"
+            );
+        }
         for wrong in ["\"10.1.2.3/8\"", "\"nat\""] {
             let bad = format!("{GOOD}[auth_failures]\nexempt = [{wrong}]\n");
             assert!(

@@ -44,6 +44,10 @@ impl Cidr {
         for n in networks {
             match n.addr {
                 IpAddr::V4(_) => v4 = v4.saturating_add(1u128 << (32 - u32::from(n.prefix))),
+                // IPv4-mapped (`::ffff:0:0/96` and within): IPv4 addresses.
+                IpAddr::V6(a) if n.prefix >= 96 && a.to_ipv4_mapped().is_some() => {
+                    v4 = v4.saturating_add(1u128 << (128 - u32::from(n.prefix)));
+                }
                 IpAddr::V6(_) => {
                     let bits = 128 - u32::from(n.prefix);
                     v6 = v6.saturating_add(1u128.checked_shl(bits).unwrap_or(u128::MAX));

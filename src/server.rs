@@ -394,7 +394,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+        Some(addr) => Some(listen(addr).map_err(|e| {
             format!(
                 "cannot listen for metrics on {addr} ([metrics] listen in {}): {e}",
                 config.source.display()
@@ -750,13 +750,18 @@ const OVER_CAP_SLOTS: usize = 64;
 /// once) wait seconds for handshakes; nginx's default is 511.
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// The git listener: bound as tokio's `TcpListener::bind` does (`SO_REUSEADDR`), with
-/// [`LISTEN_BACKLOG`].
+/// The git and metrics listeners: bound as tokio's `TcpListener::bind` does (`SO_REUSEADDR`),
+/// with [`LISTEN_BACKLOG`]. An IPv6 one takes IPv4 clients too (`IPV6_V6ONLY` off), as
+/// `[::]:443` does by default on Linux — set here, so that a host with
+/// `net.ipv6.bindv6only = 1` does not quietly serve IPv6 only (and the config's check that two
+/// listeners do not overlap holds there too).
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
-        tokio::net::TcpSocket::new_v6()?
+        let socket = tokio::net::TcpSocket::new_v6()?;
+        rustix::net::sockopt::set_ipv6_v6only(&socket, false)?;
+        socket
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;

@@ -2639,3 +2639,53 @@ fn tables_stay_in_line_with_long_names() {
         }
     }
 }
+
+/// `listen = "[::]:PORT"` takes IPv4 clients too, whatever the host's `net.ipv6.bindv6only`
+/// says: with it set to 1 (as some hardened hosts have it), a plain IPv6 socket serves IPv6
+/// only, and gitgate started quietly unreachable over IPv4. Run in a network namespace of its
+/// own (needs root and `unshare`, which CI has), where the setting is this test's alone.
+#[test]
+fn a_wildcard_ipv6_listener_takes_ipv4_clients_whatever_the_host_says() {
+    let unshare = Command::new("unshare").args(["-n", "true"]).status();
+    if !rustix::process::geteuid().is_root() || !unshare.is_ok_and(|s| s.success()) {
+        eprintln!("no network namespace here (needs root and unshare -n): left out");
+        return;
+    }
+    let sb = Sandbox::new();
+    let text = sb
+        .config_text()
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"[::]:18080\"")
+        + "[metrics]\nlisten = \"[::]:19100\"\n";
+    fs::write(sb.config(), text).unwrap();
+    let script = r#"
+ip link set lo up && sysctl -qw net.ipv6.bindv6only=1 || exit 3
+"$GITGATE" --config "$CONFIG" serve 2>"$LOG" &
+pid=$!
+i=0
+until grep -q "metrics on" "$LOG" || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+for url in http://127.0.0.1:18080/healthz 'http://[::1]:18080/healthz' \
+           http://127.0.0.1:19100/metrics 'http://[::1]:19100/metrics'; do
+    printf '%s %s\n' "$url" "$(curl -s -o /dev/null -w '%{http_code}' -m 5 "$url")"
+done
+kill -INT $pid
+wait $pid
+"#;
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", script])
+        .env("GITGATE", gitgate_bin())
+        .env("CONFIG", sb.config())
+        .env("LOG", sb.server_log())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let log = fs::read_to_string(sb.server_log()).unwrap_or_default();
+    assert!(out.status.success(), "{said}\n{log}");
+    for url in [
+        "http://127.0.0.1:18080/healthz",
+        "http://[::1]:18080/healthz",
+        "http://127.0.0.1:19100/metrics",
+        "http://[::1]:19100/metrics",
+    ] {
+        assert!(said.contains(&format!("{url} 200")), "{said}\n{log}");
+    }
+}
