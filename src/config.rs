@@ -426,7 +426,7 @@ impl Config {
         let listen_text = server.listen.as_deref().unwrap_or("127.0.0.1:8080");
         let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
             err(format!(
-                "[server] listen = \"{listen_text}\" is not an address: use IP:PORT, e.g. \"127.0.0.1:8080\""
+                "[server] listen = \"{listen_text}\" is not an address: use IP:PORT, e.g. \"127.0.0.1:8080\" or, for IPv6, \"[::1]:8080\""
             ))
         })?;
         let git_prefix = normalise_prefix(server.git_prefix.as_deref().unwrap_or("/"))
@@ -612,7 +612,7 @@ impl Config {
             None => None,
             Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
                 err(format!(
-                    "[metrics] listen = \"{text}\" is not an address: use IP:PORT, e.g. \"127.0.0.1:9100\""
+                    "[metrics] listen = \"{text}\" is not an address: use IP:PORT, e.g. \"127.0.0.1:9100\" or, for IPv6, \"[::1]:9100\""
                 ))
             })?),
         };

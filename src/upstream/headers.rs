@@ -654,6 +654,11 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
         .parse::<IpAddr>()
         .ok()
         .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        // `[2001:db8::1]` without a port, as with one.
+        .or_else(|| {
+            let inner = entry.strip_prefix('[')?.strip_suffix(']')?;
+            inner.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+        })
         .map(|ip| ip.to_canonical())
 }
 
@@ -793,6 +798,14 @@ mod tests {
         // with or without a port; and a mapped trusted hop is trusted.
         assert_eq!(xff(&["::ffff:198.51.100.7"]), Ok(client));
         assert_eq!(xff(&["[::ffff:198.51.100.7]:4711"]), Ok(client));
+        // An IPv6 entry in brackets, with a port or without.
+        let v6: IpAddr = "2001:db8::3".parse().unwrap();
+        for entry in ["2001:db8::3", "[2001:db8::3]", "[2001:db8::3]:4711"] {
+            assert_eq!(xff(&[entry]), Ok(v6), "{entry}");
+        }
+        for bad in ["[2001:db8::3", "[198.51.100.7]", "[]", "[[2001:db8::3]]"] {
+            assert!(xff(&[bad]).is_err(), "{bad}");
+        }
         assert_eq!(xff(&["198.51.100.7, ::ffff:10.0.0.9"]), Ok(client));
         assert_eq!(
             xff(&["[2001:db8::7]:4711"]),
