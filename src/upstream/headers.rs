@@ -274,12 +274,20 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
 
 /// Response headers that describe the upstream's own site, not the repository: its cookies
 /// (gitgate never passes the client's `Cookie` on, so they only show the upstream's sessions),
-/// its alternative services, and a `Content-Location` that names its internal address.
-const UPSTREAM_ONLY: [&str; 3] = ["set-cookie", "alt-svc", "content-location"];
+/// its alternative services, a `Content-Location` that names its internal address, and the
+/// name and version of its software (`Server`, `X-Powered-By`: nginx's `proxy_pass` drops
+/// `Server` too), which tell a client what to attack behind the gate.
+const UPSTREAM_ONLY: [&str; 5] = [
+    "set-cookie",
+    "alt-svc",
+    "content-location",
+    "server",
+    "x-powered-by",
+];
 
 /// Make an upstream response's headers the client's: hop-by-hop headers, whatever
 /// `Connection` names, any `Authorization` and the upstream's own-site headers (`Set-Cookie`, `Alt-Svc`,
-/// `Content-Location`) are removed, in
+/// `Content-Location`, `Server`, `X-Powered-By`) are removed, in
 /// place — a response usually carries few of them, so usually nothing else moves and nothing
 /// is allocated.
 ///
@@ -1194,6 +1202,8 @@ mod tests {
             ("set-cookie", "sess=upstream-secret"),
             ("alt-svc", "h3=\":443\""),
             ("content-location", "http://127.0.0.1:3000/git/internal"),
+            ("server", "nginx/1.22.1"),
+            ("x-powered-by", "PHP/7.4"),
             ("content-length", "100"),
             ("transfer-encoding", "chunked"),
             ("content-type", "text/plain"),
