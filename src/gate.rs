@@ -902,6 +902,11 @@ pub fn host_problem(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<
             "a request may carry only one Host header"
         });
     }
+    // Not a host at all (RFC 9112, section 3.2: a 400, as for two): it would be passed on as
+    // the forwarded host and written into the log.
+    if first.is_some_and(|h| !crate::upstream::headers::is_host_and_port(h.as_bytes())) {
+        return Some("the Host header is not a host name or address with an optional port");
+    }
     // HTTP/2's `:authority`, or an absolute request target (`GET http://host/... HTTP/1.1`),
     // names the host itself, and a server must take it over `Host` (RFC 9112, section 3.2.2);
     // one that names another is refused.
@@ -1341,6 +1346,42 @@ mod tests {
         // HTTP/1.0 may leave Host out, but one that disagrees is refused as well.
         assert_eq!(host_problem(Version::HTTP_10, &absolute, &hosts(&[])), None);
         assert!(host_problem(Version::HTTP_10, &absolute, &other).is_some());
+        // A value that is no host and port is refused, as two are.
+        for bad in [
+            "]]::[[",
+            "[::1",
+            "[::1]:99999",
+            ":::",
+            "[]",
+            "a b",
+            "host:80:80",
+            "h@x",
+            "host:65536",
+            "[::1]x",
+            "host/x",
+        ] {
+            let problem = host_problem(v11, &uri, &hosts(&[bad]));
+            assert!(
+                problem.is_some_and(|p| p.contains("not a host name or address")),
+                "{bad}: {problem:?}"
+            );
+        }
+        for good in [
+            "git.example.com",
+            "git.example.com:8443",
+            "127.0.0.1",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "git_host.local",
+            "xn--bcher-kva.example",
+            "host:",
+            "[::1]:",
+            "",
+        ] {
+            assert_eq!(host_problem(v11, &uri, &hosts(&[good])), None, "{good}");
+        }
     }
 
     #[test]

@@ -2866,6 +2866,21 @@ fn a_running_server_gives_up_a_store_found_damaged_by(command: &[&str]) {
     // The audit log's first page, written into the file itself, then overwritten.
     let page: u64 = {
         let conn = rusqlite::Connection::open(sb.db()).unwrap();
+        // The token's last use is written in the next batch (within about a second): waited
+        // for, so that no later write of the server's finds the page overwritten below.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while conn
+            .query_row(
+                "SELECT count(*) FROM tokens WHERE last_used_at IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 0
+        {
+            assert!(std::time::Instant::now() < deadline, "no last use written");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
         conn.query_row(

@@ -688,12 +688,45 @@ pub fn valid_git_protocol(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"=:._-".contains(c))
 }
 
-/// A host name or address with an optional port.
+/// A host name or address with an optional port, to be passed on as `X-Forwarded-Host`.
 fn valid_host(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 255
-        && h.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b".-:[]_".contains(&c))
+    !h.is_empty() && h.len() <= 255 && is_host_and_port(h.as_bytes())
+}
+
+/// Whether `h` is a `Host` value as RFC 9110 (section 7.2) writes one: a host — a name or an
+/// IPv4 address (letters, digits, `-._~`, and the rest of RFC 3986's unreserved and
+/// sub-delimiting characters), or an IPv6 address in brackets — and an optional `:port` of
+/// digits up to 65535. `[::1`, `]]::[[`, `:::`, `[]` and `[::1]:99999` are not.
+pub fn is_host_and_port(h: &[u8]) -> bool {
+    let (host, port) = match h.strip_prefix(b"[") {
+        Some(rest) => {
+            let Some(end) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let v6 = std::str::from_utf8(&rest[..end])
+                .ok()
+                .and_then(|t| t.parse::<std::net::Ipv6Addr>().ok());
+            if v6.is_none() {
+                return false;
+            }
+            match &rest[end + 1..] {
+                [] => return true,
+                [b':', port @ ..] => (&b""[..], Some(port)),
+                _ => return false,
+            }
+        }
+        None => match h.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&h[..colon], Some(&h[colon + 1..])),
+            None => (h, None),
+        },
+    };
+    let name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b);
+    let port_ok = port.is_none_or(|p| {
+        p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && (p.is_empty() || std::str::from_utf8(p).is_ok_and(|t| t.parse::<u16>().is_ok()))
+    });
+    host.iter().all(name) && port_ok
 }
 
 /// The user as a header value: visible ASCII and spaces as they are, anything else (and `%`)
