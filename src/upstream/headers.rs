@@ -429,12 +429,18 @@ pub enum Redirect {
     /// A URL on the upstream's own origin outside its base path (a login page, say): passing it
     /// on would send git to an internal address, around the gate, so the answer is a 502.
     OffBase,
+    /// A URL whose host gitgate cannot tell from the upstream's own (`%`-encoded, a number
+    /// that is no IPv4 address): it might be the upstream, so it is not passed on (a 502).
+    Unsure,
 }
 
 /// The upstream's own address, as a `Location` may name it: compared by value, not by text, so
-/// that another spelling of it (`[0::1]` for `[::1]`, `::ffff:127.0.0.1` for `127.0.0.1`,
-/// `localhost` for a loopback address, a trailing dot, the default port written out or left
-/// out, the other scheme) is still recognised and never sends git around the gate.
+/// that another spelling of it is still recognised and never sends git around the gate. curl
+/// (git's HTTP library) reads more spellings than Rust's parsers: `[0::1]` for `[::1]`,
+/// `::ffff:127.0.0.1`, `127.1`, `2130706433` and `0x7f.0.0.1` for `127.0.0.1`, `localhost`
+/// (and `*.localhost`, `0.0.0.0`, `[::]`) for this host's loopback, a trailing dot, the default
+/// port written out or left out, the other scheme, one or three slashes after `http:`. A host
+/// it cannot read is [`Redirect::Unsure`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamOrigin {
     host: OriginHost,
@@ -451,28 +457,107 @@ enum OriginHost {
     Name(String),
 }
 
+/// A `Location`'s host, as read for comparing with the upstream's.
+enum HostRead {
+    Host(OriginHost),
+    /// Not a host gitgate can read with confidence.
+    Unsure,
+}
+
 impl OriginHost {
-    /// `host` as a URL writes it (IPv6 in brackets), or `None` for an empty one.
-    fn parse(host: &str) -> Option<OriginHost> {
-        let bare = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Some(OriginHost::Ip(ip.to_canonical()));
+    /// `host` as a URL writes it (IPv6 in brackets, IPv4 in any form curl takes).
+    fn read(host: &str) -> HostRead {
+        let unsure = HostRead::Unsure;
+        if host.is_empty() || host.contains('%') {
+            return unsure;
+        }
+        if let Some(bare) = host.strip_prefix('[') {
+            return match bare.strip_suffix(']').map(str::parse::<std::net::Ipv6Addr>) {
+                Some(Ok(ip)) => HostRead::Host(OriginHost::Ip(IpAddr::V6(ip).to_canonical())),
+                _ => unsure,
+            };
         }
         let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-        (!name.is_empty()).then_some(OriginHost::Name(name))
+        let label = |b: u8| b.is_ascii_alphanumeric() || b"-_~".contains(&b);
+        if name.is_empty()
+            || !name
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(label))
+        {
+            return unsure;
+        }
+        // A host whose last label is a number is an IPv4 address, or nothing (URL Standard).
+        let last = name.rsplit('.').next().unwrap_or_default();
+        let numeric = last.bytes().all(|b| b.is_ascii_digit())
+            || (last.starts_with("0x") && last[2..].bytes().all(|b| b.is_ascii_hexdigit()));
+        if numeric {
+            return match ipv4_in_any_form(&name) {
+                Some(ip) => HostRead::Host(OriginHost::Ip(IpAddr::V4(ip))),
+                None => unsure,
+            };
+        }
+        HostRead::Host(OriginHost::Name(name))
     }
 
-    /// Whether the two name one server; `localhost` names every loopback address.
-    fn same(&self, other: &OriginHost) -> bool {
-        let loopback = |h: &OriginHost| match h {
-            OriginHost::Ip(ip) => ip.is_loopback(),
-            OriginHost::Name(name) => name == "localhost",
-        };
-        self == other || (loopback(self) && loopback(other))
+    /// `host` from `[upstream] url`, which names it plainly.
+    fn parse(host: &str) -> OriginHost {
+        match OriginHost::read(host) {
+            HostRead::Host(h) => h,
+            HostRead::Unsure => OriginHost::Name(host.to_ascii_lowercase()),
+        }
     }
+
+    /// Whether the two name one server; every name for this host (loopback, `localhost`, the
+    /// unspecified address, which reaches it on Linux) is one.
+    fn same(&self, other: &OriginHost) -> bool {
+        let this_host = |h: &OriginHost| match h {
+            OriginHost::Ip(ip) => ip.is_loopback() || ip.is_unspecified(),
+            OriginHost::Name(name) => name == "localhost" || name.ends_with(".localhost"),
+        };
+        self == other || (this_host(self) && this_host(other))
+    }
+}
+
+/// An IPv4 address in any of the forms curl and the URL Standard read: one to four parts,
+/// each decimal, octal (a leading `0`) or hexadecimal (`0x`), the last filling the bytes left
+/// (`127.1`, `2130706433`, `0x7f.0.0.1`, `0177.0.0.1`).
+fn ipv4_in_any_form(host: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let number = |p: &str| -> Option<u64> {
+        if let Some(hex) = p.strip_prefix("0x") {
+            return if hex.is_empty() {
+                Some(0)
+            } else {
+                u64::from_str_radix(hex, 16).ok()
+            };
+        }
+        match p.strip_prefix('0') {
+            Some(octal) if !octal.is_empty() => u64::from_str_radix(octal, 8).ok(),
+            _ => p.parse().ok(),
+        }
+    };
+    let numbers: Vec<u64> = parts.iter().map(|p| number(p)).collect::<Option<_>>()?;
+    let (last, first) = numbers.split_last()?;
+    if first.iter().any(|&n| n > 255) || *last >= 1u64 << (8 * (5 - numbers.len())) {
+        return None;
+    }
+    let mut value = *last;
+    for (i, n) in first.iter().enumerate() {
+        value += n << (8 * (3 - i));
+    }
+    u32::try_from(value).ok().map(std::net::Ipv4Addr::from)
+}
+
+/// Where a `Location` points, as far as the upstream's origin is concerned.
+enum Named<'a> {
+    /// The upstream's origin; what follows it.
+    Upstream(&'a str),
+    /// Another server, or no server (a path or relative reference).
+    Other,
+    Unsure,
 }
 
 impl UpstreamOrigin {
@@ -480,28 +565,38 @@ impl UpstreamOrigin {
     pub fn new(https: bool, authority: &hyper::http::uri::Authority) -> UpstreamOrigin {
         let default_port = if https { 443 } else { 80 };
         UpstreamOrigin {
-            host: OriginHost::parse(authority.host())
-                .unwrap_or_else(|| OriginHost::Name(String::new())),
+            host: OriginHost::parse(authority.host()),
             port: authority.port_u16().unwrap_or(default_port),
             default_port,
         }
     }
 
-    /// What follows the origin in `location` when it is an absolute (`http://`, `https://`)
-    /// or scheme-relative (`//`) URL naming this origin, user information left out.
-    fn rest_of<'a>(&self, location: &'a str) -> Option<&'a str> {
-        let (scheme_port, after) = if let Some(after) = location.strip_prefix("//") {
-            (None, after)
-        } else {
-            let colon = location.find("://")?;
-            let port = match location[..colon].to_ascii_lowercase().as_str() {
-                "http" => 80,
-                "https" => 443,
-                _ => return None,
-            };
-            (Some(port), &location[colon + 3..])
+    /// Whether `location` is an absolute (`http:`, `https:`, with any number of slashes, as
+    /// curl reads it) or scheme-relative (`//`) URL naming this origin, user information left
+    /// out; and what follows the origin if so.
+    fn names<'a>(&self, location: &'a str) -> Named<'a> {
+        let slashes = ['/', '\\'];
+        let scheme_end = location.find(':').filter(|&c| {
+            c > 0
+                && location[..c]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        });
+        let (scheme_port, after) = match scheme_end {
+            Some(colon) => match location[..colon].to_ascii_lowercase().as_str() {
+                "http" => (Some(80), &location[colon + 1..]),
+                "https" => (Some(443), &location[colon + 1..]),
+                // `mailto:`, `ftp:`: no server git would go to for its repository.
+                _ if location[colon + 1..].starts_with(slashes) => return Named::Other,
+                // `host:3000/x` is a relative reference whose first part has a colon; curl
+                // reads `host:3000` as a host. Not the upstream's unless it names it.
+                _ => (None, location),
+            },
+            None if location.starts_with("//") || location.starts_with("\\\\") => (None, location),
+            None => return Named::Other,
         };
-        let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+        let after = after.trim_start_matches(slashes);
+        let end = after.find(['/', '?', '#', '\\']).unwrap_or(after.len());
         let (authority, rest) = after.split_at(end);
         let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
         // The port is what follows the last ':' outside an IPv6 literal's brackets.
@@ -511,14 +606,28 @@ impl UpstreamOrigin {
             }
             _ => (host_port, None),
         };
+        let host = match OriginHost::read(host) {
+            HostRead::Host(h) => h,
+            // A relative reference (`app.git/info/refs`) has no host to be unsure of.
+            HostRead::Unsure if scheme_port.is_none() && !location.starts_with(['/', '\\']) => {
+                return Named::Other
+            }
+            HostRead::Unsure => return Named::Unsure,
+        };
         let port_matches = match port.filter(|p| !p.is_empty()) {
-            Some(p) => p.parse::<u16>().ok() == Some(self.port),
+            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u16>().ok() == Some(self.port)
+            }
+            Some(_) => return Named::Unsure,
             // No port: the one its scheme implies; the upstream may build its URLs with the
             // other scheme (told `X-Forwarded-Proto: https`), so this origin's own default too.
             None => scheme_port == Some(self.port) || self.port == self.default_port,
         };
-        (port_matches && OriginHost::parse(host).is_some_and(|h| h.same(&self.host)))
-            .then_some(rest)
+        if port_matches && host.same(&self.host) {
+            Named::Upstream(rest)
+        } else {
+            Named::Other
+        }
     }
 }
 
@@ -542,7 +651,11 @@ pub fn location_to_client(
     upstream_base: &str,
     client_prefix: &str,
 ) -> Redirect {
-    let on_origin = upstream.rest_of(location);
+    let on_origin = match upstream.names(location) {
+        Named::Upstream(rest) => Some(rest),
+        Named::Other => None,
+        Named::Unsure => return Redirect::Unsure,
+    };
     let path = match on_origin {
         Some("") => "/",
         Some(rest) if rest.starts_with(['?', '#']) => return Redirect::OffBase,
@@ -1443,6 +1556,58 @@ mod tests {
                     "{location} from {url}"
                 );
             }
+        }
+        // curl's other spellings of an address, and of a URL's slashes, are the upstream too.
+        for location in [
+            "http:/127.0.0.1:3000/git/x",
+            "http:///127.0.0.1:3000/git/x",
+            "///127.0.0.1:3000/git/x",
+            "http:127.0.0.1:3000/git/x",
+            "http:\\\\127.0.0.1:3000/git/x",
+            "http://2130706433:3000/git/x",
+            "http://127.1:3000/git/x",
+            "http://0x7f.0.0.1:3000/git/x",
+            "http://0177.0.0.1:3000/git/x",
+            "http://127.0.0.1.:3000/git/x",
+            "http://0.0.0.0:3000/git/x",
+            "http://[::]:3000/git/x",
+            "http://git.localhost:3000/git/x",
+            "http://127.0.0.1:03000/git/x",
+        ] {
+            assert_eq!(
+                location_to_client(location, &up, "/git", ""),
+                to("/x"),
+                "{location}"
+            );
+        }
+        let internal = origin("http://10.0.0.5:3000");
+        for location in [
+            "http://167772165:3000/git/x",
+            "http://10.5:3000/git/x",
+            "http://012.0.0.5:3000/git/x",
+        ] {
+            assert_eq!(
+                location_to_client(location, &internal, "/git", ""),
+                to("/x"),
+                "{location}"
+            );
+        }
+        // A host it cannot read might be the upstream: not passed on.
+        for location in [
+            "http://%31%32%37.0.0.1:3000/git/x",
+            "http://127.0.0.256:3000/git/x",
+            "http://1.2.3.4.5:3000/git/x",
+            "http://0x7g.0.0.1:3000/git/x",
+            "http://[::1:3000/git/x",
+            "http://:3000/git/x",
+            "http://host:3000x/git/x",
+            "//[fe80::1%25eth0]:3000/git/x",
+        ] {
+            assert_eq!(
+                location_to_client(location, &up, "/git", ""),
+                Redirect::Unsure,
+                "{location}"
+            );
         }
         // Other addresses are other servers.
         for location in [

@@ -420,6 +420,15 @@ impl HttpBackend {
                         )
                     });
                 }
+                Redirect::Unsure => {
+                    return Err(ForwardError {
+                        detail: Some(format!("Location: {location}")),
+                        ..ForwardError::bad_gateway(
+                            "the upstream git server redirected to an address gitgate cannot \
+                             tell from its own",
+                        )
+                    });
+                }
             }
         }
         let upload = if uploaded.load(Ordering::Relaxed) {
