@@ -975,7 +975,7 @@ fn a_push_applied_as_a_stop_ended_it_is_said_to_be_applied() {
     let log = server.log();
     let said = log
         .lines()
-        .find(|l| l.contains("a push gitgate ended was applied all the same"))
+        .find(|l| l.contains("a push gitgate ended had its refs updated all the same"))
         .unwrap_or_else(|| panic!("{log}"));
     assert!(
         said.contains("unpack ok, 1 ref(s) updated")

@@ -143,10 +143,12 @@ impl Drop for CgiBody {
 }
 
 /// Reads and throws away a backend's output until it ends, for a while at most (the time its
-/// supervisor gives it to end). For a push (`finishing`), what it said is kept: its input
-/// closed with the whole pack already read, receive-pack may still update its refs in the
-/// second it is given to end (`INPUT_CLOSED_GRACE`), and that is worth a warning — its client
-/// was cut off and told the push failed, and its request is logged as ended.
+/// supervisor gives it to end). For a push (`finishing`), what it said is kept: its refs may
+/// have been updated before it was ended (receive-pack reports them before its `post-receive`
+/// hook runs) or in the second it is given to end with its input closed
+/// (`INPUT_CLOSED_GRACE`, a `pre-receive` hook ending then), and that is worth a warning — its
+/// client did not get that report (git said the push failed), and its request is logged as
+/// ended.
 async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>) {
     let mut scratch = vec![0u8; HEAD_READ];
     let mut finishing = finishing;
@@ -163,7 +165,7 @@ async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>)
     };
     let outcome = push_outcome(&push.said);
     if outcome.starts_with("unpack ok") && !outcome.contains(" 0 ref(s) updated") {
-        tracing::warn!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = ?outcome, "a push gitgate ended was applied all the same: its pack had arrived whole, and git receive-pack updated its refs as it was being ended; its client was cut off and told it failed (a fetch shows what the repository has)");
+        tracing::warn!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = ?outcome, "a push gitgate ended had its refs updated all the same (receive-pack reported them before, or as, it was ended); its client did not get that report, and git told its user the push failed (a fetch shows what the repository has)");
     }
 }
 
