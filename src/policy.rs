@@ -154,7 +154,7 @@ pub fn authorize(
         if now >= expires {
             return Err(Deny::Unauthenticated(format!(
                 "token '{name}' expired on {}",
-                clock::date(expires)
+                clock::datetime(expires)
             )));
         }
     }
@@ -530,7 +530,7 @@ mod tests {
         r.token.expires_at = Some(NOW);
         assert!(matches!(
             check(&r, None, "team/app", Access::Read),
-            Err(Deny::Unauthenticated(m)) if m == "token 'laptop' expired on 2026-10-01"
+            Err(Deny::Unauthenticated(m)) if m == "token 'laptop' expired on 2026-10-01T00:00:00Z"
         ));
         r.token.expires_at = Some(NOW + 1);
         assert!(check(&r, None, "team/app", Access::Read).is_ok());

@@ -176,7 +176,7 @@ fn announce(record: &TokenRecord, secret: &Secret) -> Result<(), String> {
         record.permissions,
         record
             .expires_at
-            .map(clock::date)
+            .map(clock::datetime)
             .unwrap_or_else(|| "never".into())
     );
     note!("the secret below is shown once; store it now:");

@@ -117,7 +117,16 @@ impl AuthRecord {
     /// requests share the cached record.
     pub fn claim_use(&self, now: i64, interval: i64) -> bool {
         let queued = self.queued_use.0.load(Ordering::Relaxed);
-        let last = queued.max(self.token.last_used_at.unwrap_or(i64::MIN));
+        // A last use later than now (the clock was ahead, or went back since) is no use at
+        // all: else it would keep every use from being recorded until the clock got there.
+        let past = |at: i64| {
+            if at.saturating_sub(now) > FUTURE_USE_MS {
+                i64::MIN
+            } else {
+                at
+            }
+        };
+        let last = past(queued).max(past(self.token.last_used_at.unwrap_or(i64::MIN)));
         now.saturating_sub(last) >= interval
             && self
                 .queued_use
@@ -750,12 +759,26 @@ impl Store {
 }
 
 /// Set a token's last use, unless a later one is already recorded.
+/// How far past the present a stored last use may lie before it is taken as a clock's error
+/// (one that was ahead, or went back since) and overwritten by a use of now: a minute, well
+/// past any delay between a use and its write.
+const FUTURE_USE_MS: i64 = 60_000;
+
+/// Records a use at `at` (from `addr`), unless the stored one is later: batches of two
+/// processes may be written out of order. A stored use more than [`FUTURE_USE_MS`] past the
+/// present is overwritten all the same — else, after the clock went back, no use (from a new
+/// address included) would be recorded until the clock caught up with it.
 pub(super) fn write_last_use(c: &Connection, id: &str, at: i64, addr: &str) -> Result<()> {
     c.prepare_cached(
         "UPDATE tokens SET last_used_at = ?1, last_used_addr = ?2
-         WHERE id = ?3 AND (last_used_at IS NULL OR last_used_at < ?1)",
+         WHERE id = ?3 AND (last_used_at IS NULL OR last_used_at < ?1 OR last_used_at > ?4)",
     )?
-    .execute(params![at, addr, id])?;
+    .execute(params![
+        at,
+        addr,
+        id,
+        crate::clock::now_ms().saturating_add(FUTURE_USE_MS)
+    ])?;
     Ok(())
 }
 
@@ -926,6 +949,19 @@ mod tests {
         record.token.last_used_at = Some(30_000);
         assert!(!record.claim_use(31_000, 5_000), "stored a moment ago");
         assert!(record.claim_use(35_000, 5_000));
+        // A stored use far past now: the clock went back. Recorded again, not in a month.
+        let mut record = store.auth_record("abcdefghijkl").unwrap().unwrap();
+        record.token.last_used_at = Some(40_000 + 30 * 86_400_000);
+        assert!(
+            record.claim_use(40_000, 5_000),
+            "a use stored in the future"
+        );
+        assert!(!record.claim_use(40_001, 5_000), "queued a moment ago");
+        record.token.last_used_at = Some(50_000 + FUTURE_USE_MS);
+        assert!(
+            !record.claim_use(50_000, 5_000),
+            "within a minute: in order"
+        );
     }
 
     #[test]
@@ -1041,6 +1077,17 @@ mod tests {
         let t = store.token("abcdefghijkl").unwrap().unwrap();
         assert_eq!(t.last_used_at, Some(1000));
         assert_eq!(t.last_used_addr.as_deref(), Some("127.0.0.1"));
+        // One stored in the future (written under a clock that was ahead) gives way to now's.
+        let now = crate::clock::now_ms();
+        let ahead = now + 30 * 86_400_000;
+        for (at, addr) in [(ahead, "192.0.2.9"), (now, "192.0.2.10")] {
+            store
+                .with_conn(|c| write_last_use(c, "abcdefghijkl", at, addr))
+                .unwrap();
+        }
+        let t = store.token("abcdefghijkl").unwrap().unwrap();
+        assert_eq!(t.last_used_at, Some(now));
+        assert_eq!(t.last_used_addr.as_deref(), Some("192.0.2.10"));
 
         store.revoke_token("abcdefghijkl", &actor()).unwrap();
         assert!(store
