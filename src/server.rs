@@ -853,8 +853,15 @@ async fn accept(
                         continue;
                     }
                 };
-                if let Some(times) = accept_failures.ended() {
-                    tracing::warn!(times, "accepting connections again after failures");
+                // Said once no accept has failed for a window: out of descriptors, accepts
+                // fail and succeed in turn as connections close, and each turn would say a
+                // pair of lines (the window of the failure line starting anew each time).
+                if let Some(times) = accept_failures.ended_quietly(Instant::now()) {
+                    tracing::warn!(
+                        times,
+                        "accepting connections again after failures (none for {}s)",
+                        ACCEPT_FAILURES_WINDOW.as_secs()
+                    );
                 }
                 let _ = stream.set_nodelay(true);
                 // Leave this thread's event loop; the worker registers it with its own.

@@ -1360,7 +1360,7 @@ fn a_store_that_cannot_be_opened_for_want_of_descriptors_is_said_as_such() {
 
 /// Out of file descriptors, the accept loop backs off and says so once per 10 s with a count —
 /// not 20 lines a second for as long as a client holds its connections — and says when it
-/// accepts again.
+/// accepts again, once none has failed for those 10 s.
 /// How many files `pid` has open.
 fn open_files(pid: libc::pid_t) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -1408,6 +1408,19 @@ fn running_out_of_descriptors_is_logged_once_per_window_and_the_recovery_too() {
     assert!(log.contains("Too many open files"), "{log}");
     drop(held);
     restore_open_files_limit(pid, &before);
+    let mut s = connect(g.port);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (out, _) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // Accepts that work right after failures say nothing yet (out of descriptors they
+    // alternate with failures); the first a whole window (10 s) after the last failure does.
+    assert!(
+        !g.log_text().contains("accepting connections again"),
+        "{}",
+        g.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(10));
     let mut s = connect(g.port);
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
