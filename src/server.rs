@@ -405,11 +405,19 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
 
     // The open may wait up to SQLite's busy timeout on a lock held by another process: a stop
     // signal in the meantime ends the start at once, with nothing served.
+    // A thread of its own rather than tokio's blocking pool, whose first thread failing to
+    // start (a process limit reached) is a panic, not an error to say.
     let path = config.store.path.clone();
-    let opening = tokio::task::spawn_blocking(move || open_store(&path));
+    let (opened_tx, opening) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("gitgate-store-open".into())
+        .spawn(move || {
+            let _ = opened_tx.send(open_store(&path));
+        })
+        .map_err(|e| format!("cannot start a thread to open the token store: {e}"))?;
     let store = tokio::select! {
         opened = opening => opened
-            .map_err(|e| format!("opening the token store failed: {e}"))?
+            .map_err(|_| "opening the token store failed: its thread ended".to_string())?
             .map_err(|e| config.store_refusal(e))?,
         signal = stop.next() => {
             tracing::info!(
@@ -482,13 +490,22 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         let (worker, inbox) = Worker::new();
         let settings = settings.clone();
         let cut_off = cut_off.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        let runtime = Unstarted(Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))?,
+        ));
         let thread = std::thread::Builder::new()
             .name(format!("gitgate-worker-{}", i + 1))
-            .spawn(move || runtime.block_on(work(gate, settings, inbox, cut_off)))
+            .spawn(move || {
+                let mut runtime = runtime;
+                let runtime = runtime
+                    .0
+                    .take()
+                    .expect("a worker's runtime is started once");
+                runtime.block_on(work(gate, settings, inbox, cut_off))
+            })
             .map_err(|e| format!("cannot start a worker thread: {e}"))?;
         workers.push(worker);
         threads.push(thread);
@@ -766,6 +783,20 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// A worker's runtime on its way to the thread that runs it. If that thread cannot be started
+/// (a process limit reached), the runtime is dropped here, in the async context of the start,
+/// where tokio's blocking drop would panic ("Cannot drop a runtime in a context where blocking
+/// is not allowed") instead of the start saying why it failed: it is let go without waiting.
+struct Unstarted(Option<tokio::runtime::Runtime>);
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// The worker with the fewest open connections (the first of equals).

@@ -2689,3 +2689,53 @@ wait $pid
         assert!(said.contains(&format!("{url} 200")), "{said}\n{log}");
     }
 }
+
+/// A process limit (`RLIMIT_NPROC`) too tight for gitgate's threads stops the start with the
+/// reason: before, the thread that opens the store panicked in tokio ("OS can't spawn worker
+/// thread"), and a worker thread that could not start panicked as its runtime was dropped
+/// ("Cannot drop a runtime in a context where blocking is not allowed"). Root is not held to
+/// the limit, so the server runs as an unused uid (needs root, as CI is).
+#[test]
+fn a_process_limit_too_tight_for_the_threads_stops_the_start_with_the_reason() {
+    use std::os::unix::process::CommandExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: left out");
+        return;
+    }
+    let sb = Sandbox::with(common::Setup {
+        server_extra: "workers = 2".into(),
+        ..Default::default()
+    });
+    const UID: u32 = 54_321;
+    let own =
+        |path: &std::path::Path| std::os::unix::fs::chown(path, Some(UID), Some(UID)).unwrap();
+    own(sb.root());
+    own(&sb.config());
+    for (nproc, said) in [
+        (1, "cannot start a thread to open the token store"),
+        (2, "cannot start a worker thread"),
+    ] {
+        let mut cmd = sb.gitgate_command();
+        cmd.arg("serve").uid(UID).gid(UID);
+        // SAFETY: setrlimit is async-signal-safe; the limit is this child's alone.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: nproc,
+                    rlim_max: nproc,
+                };
+                if libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = run(cmd, None);
+        assert!(!out.success(), "{out}");
+        assert!(
+            out.stderr.contains(said) && out.stderr.contains("Resource temporarily unavailable"),
+            "{nproc}: {out}"
+        );
+        assert!(!out.stderr.contains("panic"), "{nproc}: {out}");
+    }
+}
