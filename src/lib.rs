@@ -11,8 +11,8 @@
 //!                                   │     user's rate-limit bucket (429); never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
 //!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 it or :authority, and
-//!                                   │     none that names another host than the :authority or the
-//!                                   │     absolute target's ─▶ 400 (refusals for the request's form:
+//!                                   │     none that is no host and optional port, or names another host
+//!                                   │     than the :authority or the absolute target's ─▶ 400 (refusals for the request's form:
 //!                                   │     400/415/501, their reason logged)
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
 //!                                   │     IPv6 by /64, `exempt` networks never; one atomic read while no
@@ -80,7 +80,9 @@
 //!   begin ([`upstream::stop`]), are answered `503` before the cut;
 //!   what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
-//!   Everything that can fail on a bad setting is checked before the store is opened. One
+//!   Everything that can fail on a bad setting is checked before the store is opened; a
+//!   thread that cannot be started (a process limit) stops the start with the reason. An IPv6
+//!   listener takes IPv4 clients too (`IPV6_V6ONLY` off, whatever the host's default). One
 //!   single-threaded
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
 //!   one thread; limits, store and cache are shared.
@@ -97,8 +99,10 @@
 //!   [`upstream::headers`] decides which headers cross (an allowlist of what git says about the
 //!   content and itself: the client's token never does, nor any header an upstream might take
 //!   for an identity; the identity header is always gitgate's; upstream redirects are pointed
-//!   back at gitgate, and one that cannot be checked — not ASCII, or several — is a `502`; the
-//!   answer's framing is hyper's to redo, its cookies stay behind).
+//!   back at gitgate — the upstream's address recognised by value, in every spelling curl
+//!   reads — and one that cannot be checked — not ASCII, several, or a host that cannot be
+//!   read — is a `502`; the answer's framing is hyper's to redo, its cookies and its `Server`
+//!   stay behind).
 //!   `502`/`504` with a reason when the backend fails or stalls; `408` when the client's
 //!   upload stops while the upstream waits for it; a `4xx`/`5xx` of the embedded CGI without a
 //!   body gets one, since git would print only the status; its head is held until the request
@@ -132,13 +136,16 @@
 //!   the
 //!   file checks that see it run after an inotify watch on
 //!   the store's folders reports a change there (and every 0.1 s), not on every request; a
-//!   watch lost with a folder moved away is set up again once the folder is back. The CLI's
+//!   watch lost with a folder moved away is set up again once the folder is back. An empty
+//!   store file (0 bytes) is taken as a missing one; a newer gitgate's store is said to be
+//!   newer, not damaged, whatever tables it changed. The CLI's
 //!   read commands, run by an account that may read the store but not write it, read a
 //!   private copy of it ([`store::Store::snapshot`]).
 //! - [`upstream`] moves bytes: [`upstream::cgi`] runs `git http-backend` with both bodies
 //!   streamed, in a process group of its own that is ended whole when the request ends early
 //!   — but for a push, which is told by the end of its input and left to finish (a few per
-//!   worker, until gitgate stops) — or, `504`, when it sends no headers while the upload does
+//!   worker, until gitgate stops; one gitgate ends whose refs were updated all the same is
+//!   said with a warning before the stop's last line) — or, `504`, when it sends no headers while the upload does
 //!   not move either; it is given the one
 //!   directory on disk that answers to the repository (`team/app.git` or `team/app`; both is a
 //!   `500`), reached without a symbolic link or gitfile and not inside another repository (a
