@@ -595,7 +595,7 @@ pub fn edit(
         req.expiry_days.is_some() || req.expiry_date.is_some_and(|d| d != token.expires_at);
     if changes_expiry {
         let now = match token.expires_at {
-            Some(at) => format!("expires on {}", clock::date(at)),
+            Some(at) => format!("expires on {}", clock::datetime(at)),
             None => "has no expiry".into(),
         };
         return Err(Error::Invalid(format!(
@@ -674,7 +674,7 @@ pub fn rotate(
             "token '{}' expired on {}: its expiry never changes, so a new secret would not \
              work; create a new token instead",
             token.name,
-            clock::date(expired)
+            clock::datetime(expired)
         )));
     }
     // A new secret is a new credential, so it follows the policy new tokens follow: a token

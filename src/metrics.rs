@@ -670,7 +670,8 @@ pub async fn serve(listener: TcpListener, store: Store, limits: Limits) {
                 continue;
             }
         };
-        if let Some(times) = accept_failures.ended() {
+        // As the main listener's: once none has failed for a window.
+        if let Some(times) = accept_failures.ended_quietly(std::time::Instant::now()) {
             tracing::warn!(times, "metrics: accepting connections again after failures");
         }
         let store = store.clone();

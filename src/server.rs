@@ -427,6 +427,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
             return Ok(Ended::BeforeTheStore);
         }
     };
+    store.start_writer()?;
     store.keep_failure_events(config.auth_failures.keep_in_audit);
     let guard = Arc::new(Guard::new(
         store.clone(),

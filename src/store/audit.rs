@@ -281,6 +281,12 @@ impl Store {
             .keep_failure_events(&self.inner, cap);
     }
 
+    /// Start the thread that writes audit events and last uses now, rather than at the first
+    /// one: `serve` refuses to start without it.
+    pub fn start_writer(&self) -> std::result::Result<(), String> {
+        self.inner.batch_writer.start(&self.inner)
+    }
+
     /// Write the audit events and last uses still waiting for the writer now (at shutdown).
     pub fn flush_pending_writes(&self) -> bool {
         self.inner.batch_writer.flush(self)

@@ -758,7 +758,6 @@ impl Store {
     }
 }
 
-/// Set a token's last use, unless a later one is already recorded.
 /// How far past the present a stored last use may lie before it is taken as a clock's error
 /// (one that was ahead, or went back since) and overwritten by a use of now: a minute, well
 /// past any delay between a use and its write.

@@ -379,7 +379,8 @@ impl Pending {
 
 pub(super) struct BatchWriter {
     pending: Arc<Pending>,
-    started: OnceLock<()>,
+    /// Whether its thread started; why not, if it could not.
+    started: OnceLock<Result<(), String>>,
 }
 
 impl BatchWriter {
@@ -403,7 +404,7 @@ impl BatchWriter {
     /// Add to the calling thread's batch and open a window; starts the writer thread on first
     /// use.
     fn gather(&self, store: &Arc<Inner>, add: impl FnOnce(&mut Gathered)) {
-        self.start(store);
+        let _ = self.start(store);
         let own = self.pending.own_batch();
         add(&mut own.lock().unwrap_or_else(|p| p.into_inner()));
         self.pending.open_window();
@@ -449,7 +450,7 @@ impl BatchWriter {
         if self.pending.failure_cap.load(Ordering::Relaxed) == 0 {
             return;
         }
-        self.start(store);
+        let _ = self.start(store);
         self.pending.direct_failures.fetch_add(1, Ordering::Relaxed);
         self.pending.open_window();
     }
@@ -460,18 +461,23 @@ impl BatchWriter {
         self.pending.last_use_commits.load(Ordering::Relaxed)
     }
 
-    /// Start the writer thread on first use.
-    fn start(&self, store: &Arc<Inner>) {
-        self.started.get_or_init(|| {
-            let weak = Arc::downgrade(store);
-            let pending = self.pending.clone();
-            let spawned = std::thread::Builder::new()
-                .name("gitgate-writer".into())
-                .spawn(move || run(weak, pending));
-            if let Err(e) = spawned {
-                tracing::error!(error = ?e.to_string(), "cannot start the store's writer thread");
-            }
-        });
+    /// Start the writer thread on first use; `Err` says why it could not be (a process limit
+    /// reached), which `serve` makes a refusal to start: it would serve without writing audit
+    /// events or last uses until its stop.
+    pub(super) fn start(&self, store: &Arc<Inner>) -> Result<(), String> {
+        self.started
+            .get_or_init(|| {
+                let weak = Arc::downgrade(store);
+                let pending = self.pending.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("gitgate-writer".into())
+                    .spawn(move || run(weak, pending));
+                spawned.map(drop).map_err(|e| {
+                    tracing::error!(error = ?e.to_string(), "cannot start the store's writer thread");
+                    format!("cannot start the store's writer thread: {e}")
+                })
+            })
+            .clone()
     }
 }
 

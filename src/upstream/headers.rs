@@ -486,15 +486,15 @@ impl OriginHost {
         {
             return unsure;
         }
-        // A host whose last label is a number is an IPv4 address, or nothing (URL Standard).
         let last = name.rsplit('.').next().unwrap_or_default();
         let numeric = last.bytes().all(|b| b.is_ascii_digit())
             || (last.starts_with("0x") && last[2..].bytes().all(|b| b.is_ascii_hexdigit()));
+        // A host whose last label is a number is an IPv4 address if curl reads one in it (else
+        // it looks the name up, as `git.example.123`, or fails on it, as `127.0.0.256`).
         if numeric {
-            return match ipv4_in_any_form(&name) {
-                Some(ip) => HostRead::Host(OriginHost::Ip(IpAddr::V4(ip))),
-                None => unsure,
-            };
+            if let Some(ip) = ipv4_in_any_form(&name) {
+                return HostRead::Host(OriginHost::Ip(IpAddr::V4(ip)));
+            }
         }
         HostRead::Host(OriginHost::Name(name))
     }
@@ -586,19 +586,23 @@ impl UpstreamOrigin {
             Some(colon) => match location[..colon].to_ascii_lowercase().as_str() {
                 "http" => (Some(80), &location[colon + 1..]),
                 "https" => (Some(443), &location[colon + 1..]),
-                // `mailto:`, `ftp:`: no server git would go to for its repository.
-                _ if location[colon + 1..].starts_with(slashes) => return Named::Other,
-                // `host:3000/x` is a relative reference whose first part has a colon; curl
-                // reads `host:3000` as a host. Not the upstream's unless it names it.
-                _ => (None, location),
+                // `mailto:`, `ftp://`: no server git would go to for its repository (curl
+                // refuses to follow them).
+                _ => return Named::Other,
             },
             None if location.starts_with("//") || location.starts_with("\\\\") => (None, location),
             None => return Named::Other,
         };
         let after = after.trim_start_matches(slashes);
-        let end = after.find(['/', '?', '#', '\\']).unwrap_or(after.len());
+        // The authority ends where curl ends it: a `\` inside it is not an end (curl takes
+        // `http://x\@127.0.0.1/` for user `x\` at 127.0.0.1), and one left in the host is
+        // not read.
+        let end = after.find(['/', '?', '#']).unwrap_or(after.len());
         let (authority, rest) = after.split_at(end);
         let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        if host_port.contains('\\') {
+            return Named::Unsure;
+        }
         // The port is what follows the last ':' outside an IPv6 literal's brackets.
         let (host, port) = match host_port.rfind(':') {
             Some(i) if !host_port[i..].contains(']') => {
@@ -608,10 +612,6 @@ impl UpstreamOrigin {
         };
         let host = match OriginHost::read(host) {
             HostRead::Host(h) => h,
-            // A relative reference (`app.git/info/refs`) has no host to be unsure of.
-            HostRead::Unsure if scheme_port.is_none() && !location.starts_with(['/', '\\']) => {
-                return Named::Other
-            }
             HostRead::Unsure => return Named::Unsure,
         };
         let port_matches = match port.filter(|p| !p.is_empty()) {
@@ -801,9 +801,15 @@ pub fn valid_git_protocol(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"=:._-".contains(c))
 }
 
-/// A host name or address with an optional port, to be passed on as `X-Forwarded-Host`.
+/// A host name or address with an optional port, to be passed on as `X-Forwarded-Host`: of
+/// letters, digits and `.-:[]_` only — frameworks read the header as a list (`,`) or with
+/// parameters (`;`), so the rest of what RFC 9110 lets a `Host` hold is not passed on.
 fn valid_host(h: &str) -> bool {
-    !h.is_empty() && h.len() <= 255 && is_host_and_port(h.as_bytes())
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".-:[]_".contains(&c))
+        && is_host_and_port(h.as_bytes())
 }
 
 /// Whether `h` is a `Host` value as RFC 9110 (section 7.2) writes one: a host — a name or an
@@ -1573,6 +1579,8 @@ mod tests {
             "http://[::]:3000/git/x",
             "http://git.localhost:3000/git/x",
             "http://127.0.0.1:03000/git/x",
+            // A `\` ends no authority for curl: user `x\` at the upstream.
+            "http://x\\@127.0.0.1:3000/git/x",
         ] {
             assert_eq!(
                 location_to_client(location, &up, "/git", ""),
@@ -1595,13 +1603,11 @@ mod tests {
         // A host it cannot read might be the upstream: not passed on.
         for location in [
             "http://%31%32%37.0.0.1:3000/git/x",
-            "http://127.0.0.256:3000/git/x",
-            "http://1.2.3.4.5:3000/git/x",
-            "http://0x7g.0.0.1:3000/git/x",
             "http://[::1:3000/git/x",
             "http://:3000/git/x",
             "http://host:3000x/git/x",
             "//[fe80::1%25eth0]:3000/git/x",
+            "http://127.0.0.1\\x:3000/git/x",
         ] {
             assert_eq!(
                 location_to_client(location, &up, "/git", ""),
@@ -1609,6 +1615,31 @@ mod tests {
                 "{location}"
             );
         }
+        // Names curl looks up (no IPv4 address in them), and what git never follows, are
+        // other servers' or nobody's.
+        for location in [
+            "http://git.example.123:3000/git/x",
+            "http://127.0.0.256:3000/git/x",
+            "http://1.2.3.4.5:3000/git/x",
+            "http://0x7g.0.0.1:3000/git/x",
+            "mailto:postmaster",
+            "about:blank",
+            "data:text/plain,hi",
+            "tel:+1-555",
+            "ftp://127.0.0.1:3000/git/x",
+            "http://127.0.0.1\\@evil.example:3000/git/x",
+        ] {
+            assert_eq!(
+                location_to_client(location, &up, "/git", ""),
+                Redirect::Unchanged,
+                "{location}"
+            );
+        }
+        let numeric = origin("http://git.example.123:3000");
+        assert_eq!(
+            location_to_client("http://GIT.example.123:3000/git/x", &numeric, "/git", ""),
+            to("/x")
+        );
         // Other addresses are other servers.
         for location in [
             "http://10.0.0.6:3000/git/x",
