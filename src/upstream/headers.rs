@@ -429,8 +429,8 @@ pub enum Redirect {
     /// A URL on the upstream's own origin outside its base path (a login page, say): passing it
     /// on would send git to an internal address, around the gate, so the answer is a 502.
     OffBase,
-    /// A URL whose host gitgate cannot tell from the upstream's own (`%`-encoded, a number
-    /// that is no IPv4 address): it might be the upstream, so it is not passed on (a 502).
+    /// A URL whose host gitgate cannot tell from the upstream's own (`%`-encoded, a `\` in
+    /// it, a port that is not one): it might be the upstream, so it is not passed on (a 502).
     Unsure,
 }
 
