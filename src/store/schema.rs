@@ -193,12 +193,7 @@ fn why_not_a_gitgate_store_at(conn: &Connection, version: i64) -> rusqlite::Resu
     let mut all_ours = true;
     for (name, _, column) in TABLES {
         if tables.contains(&name) {
-            let has: bool = conn.query_row(
-                "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
-                [name, column],
-                |r| r.get(0),
-            )?;
-            if has {
+            if has_column(conn, name, column)? {
                 ours += 1;
             } else {
                 all_ours = false;
@@ -240,6 +235,15 @@ const MADE_BY: [(i64, &str, &str); 4] = [
     (5, "audit_events", "count"),
 ];
 
+/// Whether the store's `table` has `column` (none when the table is not there).
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )
+}
+
 /// The newest schema version whose column the store has, when that is newer than `version`.
 fn ahead_of_its_version(conn: &Connection, version: i64) -> rusqlite::Result<Option<i64>> {
     let mut newest = None;
@@ -247,12 +251,7 @@ fn ahead_of_its_version(conn: &Connection, version: i64) -> rusqlite::Result<Opt
         if made <= version {
             continue;
         }
-        let has: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
-            [table, column],
-            |r| r.get(0),
-        )?;
-        if has {
+        if has_column(conn, table, column)? {
             newest = Some(made);
         }
     }
