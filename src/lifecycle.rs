@@ -323,12 +323,45 @@ fn policy_from(
     })
 }
 
+/// A change to the expiry policy: what `policy set` and the REST API's `PUT` were given, each
+/// part left out (`None`) keeping its value. Applied to the policy as it is under the store's
+/// write lock, so that two changes at once (one setting the maximum, the other requiring
+/// expiry) cannot undo each other, as a read before the lock and a write of the whole policy
+/// after it could.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    pub expiry_required: Option<bool>,
+    /// `Some(None)`: no maximum.
+    pub max_expiry_days: Option<Option<u32>>,
+}
+
+impl PolicyChange {
+    /// Pure: `current` with this change's parts.
+    pub fn applied_to(&self, current: ExpiryPolicy) -> ExpiryPolicy {
+        ExpiryPolicy {
+            expiry_required: self.expiry_required.unwrap_or(current.expiry_required),
+            max_expiry_days: self.max_expiry_days.unwrap_or(current.max_expiry_days),
+        }
+    }
+}
+
+/// The whole policy, every part given.
+impl From<ExpiryPolicy> for PolicyChange {
+    fn from(p: ExpiryPolicy) -> Self {
+        PolicyChange {
+            expiry_required: Some(p.expiry_required),
+            max_expiry_days: Some(p.max_expiry_days),
+        }
+    }
+}
+
 /// Change the policy (administrators only). It applies to the next token created; existing
-/// tokens keep their expiry and are reported by [`ExpiryPolicy::compliant`].
+/// tokens keep their expiry and are reported by [`ExpiryPolicy::compliant`]. Returns the policy
+/// now in force.
 pub fn set_policy(
     store: &Store,
     caller: &Caller,
-    new: ExpiryPolicy,
+    change: PolicyChange,
     actor: &Actor,
 ) -> Result<ExpiryPolicy> {
     if !caller.is_admin() {
@@ -336,25 +369,31 @@ pub fn set_policy(
             "only administrators can change the token policy".into(),
         ));
     }
-    if new.max_expiry_days == Some(0) {
+    if change.max_expiry_days == Some(Some(0)) {
         return Err(Error::Invalid(
             "maxExpiryDays (--max-expiry-days) must be at least 1 (or null, \
              --no-max-expiry-days, for no maximum)"
                 .into(),
         ));
     }
-    if new.max_expiry_days.is_some_and(|d| d > MAX_DAYS) {
+    if change
+        .max_expiry_days
+        .flatten()
+        .is_some_and(|d| d > MAX_DAYS)
+    {
         return Err(Error::Invalid(format!(
             "maxExpiryDays (--max-expiry-days) may be at most {MAX_DAYS} (100 years), or null \
              (--no-max-expiry-days) for no maximum"
         )));
     }
-    // Nothing to change, nothing to audit.
-    if policy(store)? == new {
-        return Ok(new);
-    }
-    store.set_settings(
-        &[
+    Ok(store.change_settings("policy.changed", actor, |setting| {
+        let current = policy_from(setting)?;
+        let new = change.applied_to(current);
+        // Nothing to change, nothing to audit.
+        if new == current {
+            return Ok((new, None));
+        }
+        let pairs = vec![
             (EXPIRY_REQUIRED, new.expiry_required.to_string()),
             (
                 MAX_EXPIRY_DAYS,
@@ -362,12 +401,9 @@ pub fn set_policy(
                     .map(|d| d.to_string())
                     .unwrap_or_default(),
             ),
-        ],
-        "policy.changed",
-        &new.describe(),
-        actor,
-    )?;
-    Ok(new)
+        ];
+        Ok((new, Some((pairs, new.describe()))))
+    })?)
 }
 
 /// Whom a token is for: a user's personal token, or a project or repository token. Also the
@@ -897,7 +933,12 @@ mod tests {
     fn expiry_policy() {
         let (_d, store) = setup();
         assert!(matches!(
-            set_policy(&store, &user("alice"), ExpiryPolicy::default(), &actor()),
+            set_policy(
+                &store,
+                &user("alice"),
+                ExpiryPolicy::default().into(),
+                &actor()
+            ),
             Err(Error::Forbidden(_))
         ));
         let (old, _) = create(&store, &user("alice"), personal("alice", None), &actor()).unwrap();
@@ -905,7 +946,7 @@ mod tests {
             expiry_required: true,
             max_expiry_days: Some(90),
         };
-        set_policy(&store, &user("root"), p, &actor()).unwrap();
+        set_policy(&store, &user("root"), p.into(), &actor()).unwrap();
         assert_eq!(policy(&store).unwrap(), p);
         // The audit event says what the policy is now; setting it again changes nothing.
         let changes = |store: &Store| {
@@ -918,13 +959,13 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(changes(&store), ["expiry required, at most 90 days"]);
-        set_policy(&store, &user("root"), p, &actor()).unwrap();
+        set_policy(&store, &user("root"), p.into(), &actor()).unwrap();
         assert_eq!(changes(&store).len(), 1);
         let optional = ExpiryPolicy {
             expiry_required: false,
             max_expiry_days: Some(10),
         };
-        set_policy(&store, &user("root"), optional, &actor()).unwrap();
+        set_policy(&store, &user("root"), optional.into(), &actor()).unwrap();
         assert!(
             changes(&store).iter().any(
                 |d| d.contains("expiry optional") && d.contains("a maximum of 10 days is kept")
@@ -932,7 +973,7 @@ mod tests {
             "{:?}",
             changes(&store)
         );
-        set_policy(&store, &user("root"), p, &actor()).unwrap();
+        set_policy(&store, &user("root"), p.into(), &actor()).unwrap();
         let e = create(&store, &user("alice"), personal("alice", None), &actor()).unwrap_err();
         assert!(e.to_string().contains("at most 90 days"), "{e}");
         let e = create(
@@ -982,7 +1023,13 @@ mod tests {
             "{e}"
         );
         assert!(rotate(&store, &user("alice"), None, &new.id, 0, &actor()).is_ok());
-        set_policy(&store, &Caller::Operator, ExpiryPolicy::default(), &actor()).unwrap();
+        set_policy(
+            &store,
+            &Caller::Operator,
+            ExpiryPolicy::default().into(),
+            &actor(),
+        )
+        .unwrap();
         assert!(create(&store, &user("alice"), personal("alice", None), &actor()).is_ok());
         assert!(matches!(
             set_policy(
@@ -991,11 +1038,82 @@ mod tests {
                 ExpiryPolicy {
                     expiry_required: true,
                     max_expiry_days: Some(0)
-                },
+                }
+                .into(),
                 &actor()
             ),
             Err(Error::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn policy_changes_at_once_keep_each_others_parts() {
+        // Two administrators (two processes: two store handles) change different parts of the
+        // policy at the same time; neither may write back the other's part as it read it
+        // before taking the write lock. The last change of `expiry_required` is `true`, so
+        // that is what must be in force at the end, whatever the maximum.
+        let (dir, store) = setup();
+        let path = dir.path().join("t.db");
+        for round in 0..5 {
+            set_policy(
+                &store,
+                &Caller::Operator,
+                ExpiryPolicy::default().into(),
+                &actor(),
+            )
+            .unwrap();
+            let maximum = {
+                let store = Store::open(&path).unwrap();
+                std::thread::spawn(move || {
+                    for days in 1..=60 {
+                        let change = PolicyChange {
+                            max_expiry_days: Some(Some(days)),
+                            ..Default::default()
+                        };
+                        set_policy(&store, &Caller::Operator, change, &actor()).unwrap();
+                    }
+                })
+            };
+            let other = Store::open(&path).unwrap();
+            for i in 0..=20 {
+                let change = PolicyChange {
+                    expiry_required: Some(i % 2 == 0),
+                    ..Default::default()
+                };
+                set_policy(&other, &Caller::Operator, change, &actor()).unwrap();
+            }
+            maximum.join().unwrap();
+            assert_eq!(
+                policy(&store).unwrap(),
+                ExpiryPolicy {
+                    expiry_required: true,
+                    max_expiry_days: Some(60)
+                },
+                "round {round}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_policy_change_keeps_what_it_does_not_name() {
+        let current = ExpiryPolicy {
+            expiry_required: true,
+            max_expiry_days: Some(30),
+        };
+        let only_the_maximum = PolicyChange {
+            max_expiry_days: Some(None),
+            ..Default::default()
+        };
+        assert_eq!(
+            only_the_maximum.applied_to(current),
+            ExpiryPolicy {
+                expiry_required: true,
+                max_expiry_days: None
+            }
+        );
+        assert_eq!(PolicyChange::default().applied_to(current), current);
+        let whole = ExpiryPolicy::default();
+        assert_eq!(PolicyChange::from(whole).applied_to(current), whole);
     }
 
     #[test]
@@ -1024,7 +1142,7 @@ mod tests {
             max_expiry_days: Some(MAX_DAYS + 1),
         };
         assert!(matches!(
-            set_policy(&store, &Caller::Operator, too_long, &actor()),
+            set_policy(&store, &Caller::Operator, too_long.into(), &actor()),
             Err(Error::Invalid(_))
         ));
     }

@@ -888,3 +888,50 @@ fn grant_add_says_whether_it_added_replaced_or_changed_nothing() {
     assert!(audit.contains("grant.changed"), "{audit}");
     assert!(audit.contains("team write -> read"), "{audit}");
 }
+
+/// Narrowing or removing a repository's grant does not close the repository to a user whose
+/// project grant (or administrator role) covers it: the CLI says what they still hold there,
+/// rather than that the change took effect.
+#[test]
+fn narrowing_a_repository_grant_says_what_the_project_grant_still_gives() {
+    let install = setup();
+    install.cli_ok(&["grant", "add", "alice", "team/app", "write"], "");
+    let narrowed = install.cli(&["grant", "add", "alice", "team/app", "read"], "");
+    assert!(
+        narrowed.ok().is_empty()
+            && narrowed.stderr.contains(
+                "'alice' still has write on team/app through their grant on team (the highest \
+                 grant covering a repository counts)"
+            ),
+        "{narrowed}"
+    );
+    let removed = install.cli(&["grant", "remove", "alice", "team/app"], "");
+    assert!(
+        removed.ok().is_empty()
+            && removed.stderr.contains(
+                "removed the grant of 'alice' on team/app; but 'alice' still has write on \
+                 team/app through their grant on team"
+            ),
+        "{removed}"
+    );
+    // Where nothing else covers it, the change is what it says.
+    let elsewhere = install.cli(&["grant", "add", "alice", "other/app", "read"], "");
+    assert!(
+        elsewhere.ok().is_empty() && !elsewhere.stderr.contains("still has"),
+        "{elsewhere}"
+    );
+    let gone = install.cli(&["grant", "remove", "alice", "other/app"], "");
+    assert!(
+        gone.stderr.contains("their tokens lose it at once"),
+        "{gone}"
+    );
+    // An administrator holds ADMIN everywhere, whatever is granted.
+    let admin = install.cli(&["grant", "add", "root", "team/app", "read"], "");
+    assert!(
+        admin.ok().is_empty()
+            && admin
+                .stderr
+                .contains("'root' is an administrator, and holds admin on every repository"),
+        "{admin}"
+    );
+}

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::tokens::{page, token_json};
 use super::{method_not_allowed, ApiError, ApiResult, Call, Reply};
-use crate::lifecycle::{self, ExpiryPolicy};
+use crate::lifecycle::{self, ExpiryPolicy, PolicyChange};
 
 /// Route the path segments after `admin/`.
 pub fn route(call: &Call, segments: &[&str]) -> ApiResult {
@@ -31,10 +31,9 @@ fn policy(call: &Call) -> ApiResult {
         "GET" => Ok(Reply::ok(policy_json(&lifecycle::policy(call.store)?))),
         "PUT" => {
             let body = call.json_object(&["expiryRequired", "maxExpiryDays"])?;
-            let current = lifecycle::policy(call.store)?;
             let expiry_required = match body.get("expiryRequired") {
-                None => current.expiry_required,
-                Some(Value::Bool(b)) => *b,
+                None => None,
+                Some(Value::Bool(b)) => Some(*b),
                 Some(_) => {
                     return Err(ApiError::bad_request(
                         "\"expiryRequired\" must be true or false",
@@ -42,9 +41,9 @@ fn policy(call: &Call) -> ApiResult {
                 }
             };
             let max_expiry_days = match body.get("maxExpiryDays") {
-                None => current.max_expiry_days,
-                Some(Value::Null) => None,
-                Some(v) => Some(
+                None => None,
+                Some(Value::Null) => Some(None),
+                Some(v) => Some(Some(
                     super::tokens::whole(v)
                         .map(super::tokens::saturated)
                         .ok_or_else(|| {
@@ -52,9 +51,10 @@ fn policy(call: &Call) -> ApiResult {
                                 "\"maxExpiryDays\" must be a whole number of days or null",
                             )
                         })?,
-                ),
+                )),
             };
-            let new = ExpiryPolicy {
+            // Parts left out keep their value as it is when the change is written.
+            let new = PolicyChange {
                 expiry_required,
                 max_expiry_days,
             };

@@ -32,6 +32,9 @@ pub fn add(
             note!("user '{name}' already has {level} on {target}; nothing changed")
         }
     }
+    if let Some(more) = held_beyond(store, name, &target, Some(level))? {
+        note!("note: {more}");
+    }
     if let Some(note) = project_root.and_then(|root| super::not_served_yet(&target, root)) {
         note!("{note}");
     }
@@ -44,7 +47,12 @@ pub fn remove(store: &Store, name: &str, target: &str) -> Result<(), String> {
         .remove_grant(name, &target, &Actor::cli())
         .map_err(|e| e.to_string())?;
     if removed {
-        note!("removed the grant of '{name}' on {target} (their tokens lose it at once)");
+        match held_beyond(store, name, &target, None)? {
+            Some(more) => note!("removed the grant of '{name}' on {target}; but {more}"),
+            None => {
+                note!("removed the grant of '{name}' on {target} (their tokens lose it at once)")
+            }
+        }
         return Ok(());
     }
     // In place already, as a script repeating itself expects; the grants there are, for a
@@ -64,6 +72,46 @@ pub fn remove(store: &Store, name: &str, target: &str) -> Result<(), String> {
     };
     note!("'{name}' has no grant on {target} (their grants: {theirs}); nothing changed");
     Ok(())
+}
+
+/// What `name` holds on `target` beyond `granted` (the level of the grant on it, `None` when
+/// there is none): the administrator role (ADMIN on every repository), or a grant on the
+/// repository's project — the highest grant covering a repository counts. An operator who
+/// narrows or removes a repository's grant to close it to someone must not read that it is
+/// closed when it is not.
+fn held_beyond(
+    store: &Store,
+    name: &str,
+    target: &Target,
+    granted: Option<Level>,
+) -> Result<Option<String>, String> {
+    let user = store.user(name).map_err(|e| e.to_string())?;
+    if user.is_some_and(|u| u.role == crate::store::Role::Admin) {
+        return Ok(Some(format!(
+            "'{name}' is an administrator, and holds {} on every repository whatever their \
+             grants say",
+            Level::Admin
+        )));
+    }
+    let Target::Repo(repo) = target else {
+        return Ok(None);
+    };
+    let through = store
+        .grants(Some(name))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter_map(|g| {
+            let covering = Target::parse(&g.target).ok()?;
+            (covering != *target && covering.covers(repo)).then_some((g.level?, g.target))
+        })
+        .max_by_key(|(level, _)| *level);
+    Ok(match through {
+        Some((level, project)) if Some(level) > granted => Some(format!(
+            "'{name}' still has {level} on {target} through their grant on {project} (the \
+             highest grant covering a repository counts)"
+        )),
+        _ => None,
+    })
 }
 
 pub fn list(store: &Store, name: Option<&str>, json: bool) -> Result<(), String> {

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::print_json;
 use crate::clock::now_ms;
-use crate::lifecycle::{self, Caller, ExpiryPolicy};
+use crate::lifecycle::{self, Caller, ExpiryPolicy, PolicyChange};
 use crate::store::{Actor, Store};
 
 fn policy_json(p: &ExpiryPolicy) -> serde_json::Value {
@@ -55,22 +55,24 @@ pub fn set(
     max_expiry_days: Option<u32>,
     no_max: bool,
 ) -> Result<(), String> {
-    let mut p = lifecycle::policy(store).map_err(|e| e.to_string())?;
-    if let Some(v) = expiry_required {
-        // clap already takes only yes or no (main.rs), before the store opens.
-        p.expiry_required = match v {
-            "yes" => true,
-            "no" => false,
-            other => return Err(format!("--expiry-required takes yes or no, not '{other}'")),
-        };
-    }
-    if let Some(days) = max_expiry_days {
-        p.max_expiry_days = Some(days);
-    }
-    if no_max {
-        p.max_expiry_days = None;
-    }
-    let p = lifecycle::set_policy(store, &Caller::Operator, p, &Actor::cli())
+    // clap already takes only yes or no (main.rs), before the store opens.
+    let expiry_required = match expiry_required {
+        None => None,
+        Some("yes") => Some(true),
+        Some("no") => Some(false),
+        Some(other) => return Err(format!("--expiry-required takes yes or no, not '{other}'")),
+    };
+    let max_expiry_days = match (max_expiry_days, no_max) {
+        (_, true) => Some(None),
+        (Some(days), false) => Some(Some(days)),
+        (None, false) => None,
+    };
+    // Options left out keep their value as it is when the change is written.
+    let change = PolicyChange {
+        expiry_required,
+        max_expiry_days,
+    };
+    let p = lifecycle::set_policy(store, &Caller::Operator, change, &Actor::cli())
         .map_err(|e| e.to_string())?;
     note!(
         "token policy: {} (applies to tokens created from now on)",
