@@ -67,6 +67,14 @@ pub struct Gate {
     pub api_body_deadline: std::time::Duration,
 }
 
+/// The store failing a request's lookup: said once per cause, then once per 10 s.
+static STORE_DOWN: std::sync::LazyLock<std::sync::Mutex<crate::repeats::RepeatedCause>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::Mutex::new(crate::repeats::RepeatedCause::new(
+            std::time::Duration::from_secs(10),
+        ))
+    });
+
 /// The answer to a trusted proxy's `X-Forwarded-For` that names no client address.
 const UNREADABLE_FORWARDED_FOR: &str =
     "the X-Forwarded-For header from the load balancer names no client address gitgate can read";
@@ -578,7 +586,22 @@ impl Gate {
                 text(StatusCode::UNSUPPORTED_MEDIA_TYPE, &m)
             }
             Refusal::StoreDown(e) => {
-                tracing::error!(error = ?e.to_string(), "token store unavailable; refusing the request");
+                // Every request refused says so in its own line; this one, which a flood of
+                // requests would repeat thousands of times a second, is said once per cause
+                // and then once per 10 s while the cause lasts.
+                let error = e.to_string();
+                let said = STORE_DOWN
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .failed(&error, Instant::now());
+                if let Some(refused) = said {
+                    tracing::error!(
+                        error = ?error,
+                        refused,
+                        "token store unavailable; refusing requests (said again every 10 s \
+                         while it lasts, with how many were refused since)"
+                    );
+                }
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "gitgate cannot check tokens right now (its token store is unavailable); \

@@ -34,6 +34,14 @@ pub enum Target {
 impl Target {
     /// `team` → project, `team/app` (or `team/app.git`) → repository.
     pub fn parse(s: &str) -> Result<Target, String> {
+        // `team/` or `/team`: a project written as a path.
+        let bare = s.trim_matches('/');
+        if bare != s && !bare.is_empty() && !bare.contains('/') && valid_segment(bare) {
+            return Err(format!(
+                "'{s}' is not a project key or PROJECT/REPO path: write the project as \
+                 '{bare}', without '/' (a repository as '{bare}/REPO')"
+            ));
+        }
         if s.contains('/') {
             RepoPath::parse(s).map(Target::Repo)
         } else if valid_segment(s) {
@@ -86,6 +94,15 @@ impl Target {
         match self {
             Target::Project(p) => repo.project() == p,
             Target::Repo(r) => r == repo,
+        }
+    }
+
+    /// [`Target::covers`] with ASCII letters' case ignored: only to say that a path refused
+    /// was mistyped, never to grant.
+    pub fn covers_ignoring_case(&self, repo: &RepoPath) -> bool {
+        match self {
+            Target::Project(p) => repo.project().eq_ignore_ascii_case(p),
+            Target::Repo(r) => r.as_str().eq_ignore_ascii_case(repo.as_str()),
         }
     }
 
@@ -226,11 +243,21 @@ pub fn authorize(
             // would not help, and the message must not suggest it would.
             let owner_level = match owner_level {
                 None => {
+                    // A grant of theirs under another case: the path was mistyped, which the
+                    // refusal should say rather than suggest a grant is missing.
+                    let case = owner
+                        .grants
+                        .iter()
+                        .find(|(target, _)| target.covers_ignoring_case(repo))
+                        .map(|(target, _)| {
+                            format!(" (paths are case-sensitive: their grant is on {target})")
+                        })
+                        .unwrap_or_default();
                     return Err(Deny::Forbidden(format!(
-                        "user '{}' has no access to {repo}; {} needs {needed}",
+                        "user '{}' has no access to {repo}; {} needs {needed}{case}",
                         owner.slug,
                         access.verb()
-                    )))
+                    )));
                 }
                 Some(level) if level < needed => {
                     return Err(Deny::Forbidden(format!(
@@ -506,6 +533,20 @@ mod tests {
         );
         assert!(check(&r, None, "team/app", Access::Write).is_ok());
         assert!(check(&r, None, "team/lib", Access::Write).is_err());
+        // A path that only a grant under another case would cover is refused all the same, and
+        // the refusal says that paths are case-sensitive.
+        assert_eq!(
+            check(&r, None, "Team/Lib", Access::Read).unwrap_err(),
+            Deny::Forbidden(
+                "user 'alice' has no access to Team/Lib; fetch needs read (paths are \
+                 case-sensitive: their grant is on team)"
+                    .into()
+            )
+        );
+        assert!(matches!(
+            check(&r, None, "other/app", Access::Read).unwrap_err(),
+            Deny::Forbidden(m) if !m.contains("case-sensitive")
+        ));
     }
 
     #[test]
@@ -622,5 +663,13 @@ mod tests {
         assert!(Target::parse("team/ggt_calc").is_ok());
         assert!(Target::parse("../x").is_err());
         assert!(Target::parse("team/").is_err());
+        // A project written as a path is told how to write it.
+        for path in ["team/", "/team", "/team/"] {
+            let e = Target::parse(path).unwrap_err();
+            assert!(e.contains("write the project as 'team'"), "{e}");
+        }
+        assert!(!Target::parse("/")
+            .unwrap_err()
+            .contains("write the project"));
     }
 }

@@ -76,9 +76,49 @@ impl Repeats {
     }
 }
 
+/// [`Repeats`] for a failure said with its cause: a cause other than the last one said is said
+/// at once, as news (a store that was missing and is now a different file), the same cause at
+/// most once per window.
+#[derive(Debug)]
+pub struct RepeatedCause {
+    repeats: Repeats,
+    cause: String,
+}
+
+impl RepeatedCause {
+    pub fn new(window: Duration) -> RepeatedCause {
+        RepeatedCause {
+            repeats: Repeats::new(window),
+            cause: String::new(),
+        }
+    }
+
+    /// As [`Repeats::failed`], with this failure's `cause`.
+    pub fn failed(&mut self, cause: &str, now: Instant) -> Option<u64> {
+        if cause != self.cause {
+            cause.clone_into(&mut self.cause);
+            self.repeats.last_said = None;
+        }
+        self.repeats.failed(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_cause_is_said_at_once_and_the_same_one_once_per_window() {
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        let mut r = RepeatedCause::new(Duration::from_secs(10));
+        assert_eq!(r.failed("missing", s(0)), Some(1));
+        assert_eq!(r.failed("missing", s(1)), None);
+        assert_eq!(r.failed("missing", s(2)), None);
+        assert_eq!(r.failed("replaced", s(3)), Some(3));
+        assert_eq!(r.failed("replaced", s(4)), None);
+        assert_eq!(r.failed("replaced", s(13)), Some(2));
+    }
 
     #[test]
     fn the_first_failure_is_said_then_one_line_per_window_with_the_count() {

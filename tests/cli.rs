@@ -274,12 +274,19 @@ fn a_grant_or_token_for_a_folder_that_is_not_there_says_so() {
     std::fs::create_dir(repos.join("team/empty")).unwrap();
     std::fs::write(repos.join("file"), "").unwrap();
     for (target, said) in [
-        ("team/link", "through a symbolic link or a gitfile"),
-        ("team/gf", "through a symbolic link or a gitfile"),
+        (
+            "team/link",
+            "through a symbolic link or a file where a directory should be",
+        ),
+        (
+            "team/gf",
+            "through a symbolic link or a file where a directory should be",
+        ),
         ("team/app.git/sub", "inside another repository's folder"),
         (
             "team/empty",
-            "(there is team/empty, but git would find no repository in it)",
+            "(there is team/empty, but git would find no repository in it, and a grant on a \
+             repository does not cover the repositories in a folder below it)",
         ),
         ("file", "is a symbolic link or a file"),
     ] {
@@ -1725,6 +1732,57 @@ fn check_warns_of_a_store_none_of_whose_tokens_can_be_used() {
     sb.cli(&["user", "enable", "alice"]).ok();
     let run = sb.cli(&["check"]);
     assert!(!run.ok().contains("warning"), "{run}");
+}
+
+/// A repository owned by another user than gitgate's gets a `500` for every request (git's
+/// "detected dubious ownership") while `/readyz` says ready: check says so beforehand, and not
+/// once git's `safe.directory` names it.
+#[test]
+fn check_warns_of_repositories_git_would_refuse_for_their_owner() {
+    let sb = user_sandbox();
+    sb.create_repo("team/app");
+    sb.create_repo("team/lib");
+    let home = sb.home();
+    std::fs::create_dir_all(&home).unwrap();
+    let check = || {
+        let mut cmd = sb.gitgate_command();
+        cmd.arg("check").env("HOME", &home);
+        run(cmd, None)
+    };
+    let before = check();
+    assert!(!before.ok().contains("dubious"), "{before}");
+    let owned = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(sb.bare("team/app"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !owned {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI runs as root: chown must work"
+        );
+        eprintln!("NOTICE: skipping: giving the repository to another user needs root");
+        return;
+    }
+    let refused = check();
+    let text = refused.ok();
+    assert!(
+        text.contains(&format!(
+            "warning: {} belongs to uid 65534",
+            sb.bare("team/app").display()
+        )) && text.contains("detected dubious ownership")
+            && text.contains("safe.directory"),
+        "{text}"
+    );
+    assert!(!text.contains("team/lib"), "{text}");
+    std::fs::write(
+        home.join(".gitconfig"),
+        format!("[safe]\n\tdirectory = {}\n", sb.bare("team/app").display()),
+    )
+    .unwrap();
+    let named = check();
+    assert!(!named.ok().contains("dubious"), "{named}");
 }
 
 /// A store restored without `umask 077` comes back 0644, its password hashes readable by every

@@ -239,7 +239,7 @@ fn a_link_a_gitfile_or_a_repository_inside_another_is_not_served() {
         ),
         (
             "team/link",
-            "team/link is reached on this server through a symbolic link or a gitfile",
+            "team/link is reached on this server through a symbolic link or a file where a directory should be",
         ),
         (
             "team/site/inner",

@@ -226,9 +226,21 @@ fn a_store_moved_away_fails_closed_and_serves_again_when_moved_back() {
     let db = server.path("gitgate.db");
     let away = server.path("away.db");
     std::fs::rename(&db, &away).unwrap();
-    let resp = get(&server, IR, &w);
-    assert_eq!(status(&resp), 503, "{}", String::from_utf8_lossy(&resp));
-    assert!(String::from_utf8_lossy(&resp).contains("cannot check tokens"));
+    for _ in 0..5 {
+        let resp = get(&server, IR, &w);
+        assert_eq!(status(&resp), 503, "{}", String::from_utf8_lossy(&resp));
+        assert!(String::from_utf8_lossy(&resp).contains("cannot check tokens"));
+    }
+    // Each refusal has its request line; the cause is said once, not with every request (a
+    // flood would write thousands a second).
+    let log = server.log();
+    assert_eq!(
+        log.matches("token store unavailable; refusing requests")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("status=503").count(), 5, "{log}");
     // The same file back: served again.
     std::fs::rename(&away, &db).unwrap();
     let resp = get(&server, IR, &w);

@@ -129,6 +129,10 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             ..
         } => {
             let backend = CgiBackend::new(program.clone(), project_root.clone());
+            if let Some(warning) = owned_by_another_user(project_root) {
+                warnings += 1;
+                outln!("warning: {warning}");
+            }
             let at_once = match max_processes {
                 0 => "no cap on processes at once".to_owned(),
                 1 => "at most 1 process at once".to_owned(),
@@ -303,6 +307,74 @@ pub fn run(config_path: &Path) -> Result<(), String> {
 }
 
 /// Bind `addr` as `serve` would (`SO_REUSEADDR`, as tokio's listener sets it) and let it go.
+/// Repositories under `project_root` that git http-backend would refuse to serve as this user:
+/// git serves a repository only to its owner ("detected dubious ownership"), unless its
+/// `safe.directory` (asked of git here, in the environment the backend inherits: the same
+/// `HOME`) names it, so every request for one gets a `500` — while `/readyz` says ready, as
+/// the root itself can be read. Looks three folders deep (`team/app.git`,
+/// `team/sub/app.git`), at folders with a `HEAD` or a `.git`, not following links.
+fn owned_by_another_user(project_root: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let mut refused = Vec::new();
+    let mut folders = vec![(project_root.to_path_buf(), 0)];
+    while let Some((folder, depth)) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten().take(100_000) {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            let a_repository = path.join("HEAD").is_file() || path.join(".git").is_dir();
+            match entry.metadata() {
+                Ok(meta) if a_repository && meta.uid() != me => refused.push((path, meta.uid())),
+                _ if !a_repository && depth < 2 => folders.push((path, depth + 1)),
+                _ => {}
+            }
+        }
+    }
+    if refused.is_empty() {
+        return None;
+    }
+    let safe = std::process::Command::new("git")
+        .args(["config", "--get-all", "safe.directory"])
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    refused.retain(|(path, _)| !safe_directory_names(&safe, path));
+    let (first, owner) = refused.first()?;
+    let more = match refused.len() {
+        1 => String::new(),
+        n => format!(" and {} more", n - 1),
+    };
+    Some(format!(
+        "{}{more} belongs to uid {owner}, not to uid {me} that this runs as: git http-backend \
+         serves a repository only to its owner (\"detected dubious ownership\"), so every \
+         request for it gets a 500; run gitgate as the repositories' owner, or name them in \
+         git's safe.directory for gitgate's user (git config --global --add safe.directory \
+         PATH, or '*' for every repository)",
+        first.display()
+    ))
+}
+
+/// Pure: whether git's `safe.directory` values (one a line) name `repo`: `*`, its path, or
+/// a leading path ending in `/*` (git 2.46 and later).
+fn safe_directory_names(values: &str, repo: &Path) -> bool {
+    let repo = repo.canonicalize().unwrap_or_else(|_| repo.to_path_buf());
+    values.lines().map(str::trim).any(|value| {
+        value == "*"
+            || Path::new(value) == repo
+            || value
+                .strip_suffix("/*")
+                .is_some_and(|lead| repo.starts_with(lead))
+    })
+}
+
 fn try_listen(addr: std::net::SocketAddr) -> std::io::Result<()> {
     std::net::TcpListener::bind(addr).map(drop)
 }
@@ -337,7 +409,28 @@ fn chain_dates(chain: &crate::tls::ChainValidity, now: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::chain_dates;
+    use super::{chain_dates, safe_directory_names};
+
+    #[test]
+    fn safe_directory_names_a_repository_as_git_does() {
+        let repo = std::path::Path::new("/nonexistent/repos/team/app.git");
+        for named in [
+            "*",
+            "/nonexistent/repos/team/app.git",
+            "/nonexistent/repos/*",
+            "/other\n  *  ",
+        ] {
+            assert!(safe_directory_names(named, repo), "{named:?}");
+        }
+        for not in [
+            "",
+            "/nonexistent/repos",
+            "/nonexistent/rep*",
+            "/nonexistent/repos/team/lib.git",
+        ] {
+            assert!(!safe_directory_names(not, repo), "{not:?}");
+        }
+    }
     use crate::tls::{ChainValidity, Validity};
 
     const DAY: i64 = 24 * 3600 * 1000;

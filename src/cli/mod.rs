@@ -192,8 +192,9 @@ pub fn not_served_yet(target: &crate::policy::Target, project_root: &Path) -> Op
                      remove or rename it"
                 )),
                 RepoDir::NotServed(NotServed::Indirect) => Some(
-                    "it is reached through a symbolic link or a gitfile, which could lead git to \
-                     another repository: make it a real directory"
+                    "it is reached through a symbolic link or a file where a directory should be \
+                     (git reads a file there as a gitfile), which could lead git to another \
+                     repository: make it a real directory"
                         .to_string(),
                 ),
                 RepoDir::NotServed(NotServed::Nested) => Some(
@@ -241,8 +242,17 @@ pub fn not_served_yet(target: &crate::policy::Target, project_root: &Path) -> Op
     let hint = match found.strip_prefix(project_root) {
         // The same name: a folder that is no repository (yet), which no case explains.
         Ok(same) if same == Path::new(path) || same == Path::new(&format!("{path}.git")) => {
+            // A folder of repositories (a subgroup) is the likely one: its grant is a
+            // repository's, and covers none of those below it.
+            let below = match target {
+                Target::Repo(_) => {
+                    ", and a grant on a repository does not cover the repositories in a folder \
+                     below it"
+                }
+                Target::Project(_) => "",
+            };
             format!(
-                " (there is {}, but git would find no repository in it)",
+                " (there is {}, but git would find no repository in it{below})",
                 same.display()
             )
         }

@@ -175,9 +175,10 @@ fn not_served(repo: &crate::git::RepoPath, why: cgi::NotServed) -> ForwardError 
         cgi::NotServed::Indirect => server(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(
-                "{repo} is reached on this server through a symbolic link or a gitfile, which \
-                 could lead git to another repository than the one authorised; ask its \
-                 administrator to make it a real directory under the project root"
+                "{repo} is reached on this server through a symbolic link or a file where a \
+                 directory should be (git reads a file there as a gitfile), which could lead git \
+                 to another repository than the one authorised; ask its administrator to make \
+                 it a real directory under the project root"
             ),
         ),
         // A request's path, not the server's state: refused like too little permission.

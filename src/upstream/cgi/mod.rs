@@ -398,6 +398,7 @@ pub fn repo_dir_found(project_root: &Path, repo: &str) -> RepoDir {
 fn found_at(path: &Path) -> Found {
     match std::fs::symlink_metadata(path) {
         Err(_) => Found::Nothing,
+        Ok(meta) if !spelled_as_listed(path, &meta) => Found::Nothing,
         Ok(meta) if !meta.is_dir() => Found::Indirect,
         Ok(_) => match std::fs::symlink_metadata(path.join(".git")) {
             Ok(dot_git) if dot_git.is_dir() => Found::Repository,
@@ -412,6 +413,47 @@ fn found_at(path: &Path) -> Found {
             Err(_) => Found::Folder,
         },
     }
+}
+
+/// Whether `path`'s last name is the one its folder lists, not another spelling of it. On a
+/// file system that folds case (ext4 or tmpfs folders with `casefold`, CIFS, vfat) `Team`
+/// finds the folder `team`; grants and scoped tokens compare names exactly, so a grant on a
+/// project `TEAM` would open `team`'s repositories there. The cost on every other file
+/// system is one `lstat` of the name with its letters' case swapped, which finds nothing (or
+/// another file); only where it finds the same file is the folder read for the exact name.
+fn spelled_as_listed(path: &Path, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let Some(name) = path.file_name() else {
+        return true;
+    };
+    let Some(swapped) = case_swapped(name.as_encoded_bytes()) else {
+        return true;
+    };
+    let swapped = path.with_file_name(std::ffi::OsStr::from_bytes(&swapped));
+    let same_file =
+        |other: &std::fs::Metadata| other.dev() == meta.dev() && other.ino() == meta.ino();
+    match std::fs::symlink_metadata(swapped) {
+        Ok(other) if same_file(&other) => path
+            .parent()
+            .and_then(|folder| std::fs::read_dir(folder).ok())
+            .is_some_and(|mut names| names.any(|e| e.is_ok_and(|e| e.file_name() == name))),
+        _ => true,
+    }
+}
+
+/// Pure: `name` with the case of its ASCII letters swapped, or `None` when it has none (no
+/// other spelling to try). Names gitgate serves are ASCII (see `git::valid_segment`).
+fn case_swapped(name: &[u8]) -> Option<Vec<u8>> {
+    name.iter().any(u8::is_ascii_alphabetic).then(|| {
+        name.iter()
+            .map(|b| match b {
+                b'a'..=b'z' => b.to_ascii_uppercase(),
+                b'A'..=b'Z' => b.to_ascii_lowercase(),
+                _ => *b,
+            })
+            .collect()
+    })
 }
 
 /// Whether `repo` has a `HEAD` as git takes one: a file, or (`core.preferSymlinkRefs`) a

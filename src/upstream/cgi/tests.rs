@@ -1718,3 +1718,33 @@ async fn the_wait_for_a_place_counts_against_the_head_timeout() {
     assert!(matches!(e, CgiError::TimedOut(_)), "{e}");
     release.await.unwrap();
 }
+
+#[test]
+fn another_spelling_of_a_name_is_tried_only_for_letters() {
+    assert_eq!(case_swapped(b"Team.git"), Some(b"tEAM.GIT".to_vec()));
+    assert_eq!(case_swapped(b"0-1_2.+~"), None);
+}
+
+#[test]
+fn names_differing_in_case_are_different_repositories_here() {
+    // On a file system that keeps case apart (this one), each spelling finds only itself, and
+    // the extra look-up for the swapped spelling changes nothing.
+    let root = tempfile::tempdir().unwrap();
+    let backend = CgiBackend::new("/bin/false".into(), root.path().to_owned());
+    for name in ["team/app.git", "Team/APP.git"] {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(dir.join("objects")).unwrap();
+        std::fs::create_dir_all(dir.join("refs")).unwrap();
+        std::fs::write(dir.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    }
+    assert_eq!(backend.repo_dir("team/app"), RepoDir::WithGit);
+    assert_eq!(backend.repo_dir("Team/APP"), RepoDir::WithGit);
+    assert_eq!(
+        backend.repo_dir("TEAM/app"),
+        RepoDir::NotServed(NotServed::Missing)
+    );
+    assert_eq!(
+        backend.repo_dir("team/App"),
+        RepoDir::NotServed(NotServed::Missing)
+    );
+}
