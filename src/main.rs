@@ -89,6 +89,12 @@ enum UserCommand {
     Disable { name: String },
     /// Enable a disabled user.
     Enable { name: String },
+    /// Make a user an administrator (ADMIN on every repository) or a plain user again.
+    Role {
+        name: String,
+        #[arg(value_parser = ["admin", "user"])]
+        role: String,
+    },
     /// Lift the lock that repeated wrong passwords put on a user's password logins.
     Unlock { name: String },
     /// Change a user's password.
@@ -402,6 +408,7 @@ fn run(args: Cli) -> Result<(), String> {
             UserCommand::List { json } => cli::user::list(&store, json),
             UserCommand::Disable { name } => cli::user::set_active(&store, &name, false),
             UserCommand::Enable { name } => cli::user::set_active(&store, &name, true),
+            UserCommand::Role { name, role } => cli::user::set_role(&store, &name, &role),
             UserCommand::Unlock { name } => cli::user::unlock(&store, &name),
             UserCommand::Passwd {
                 name,

@@ -1682,6 +1682,63 @@ fn descriptors_gitgate_inherited_reach_no_backend_or_hook() {
     );
 }
 
+/// `user role`: an administrator made a plain user loses ADMIN everywhere at the next request
+/// of their tokens (their grants count from then on), and is made one again as simply; each
+/// change is audited.
+#[test]
+fn a_demoted_administrator_has_only_their_grants_at_the_next_request() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.create_repo("other/app");
+    sb.add_admin("dave", PASSWORD);
+    sb.grant("dave", "team", "read");
+    let token = sb.personal_token("dave", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let server = sb.serve();
+    let url = |repo: &str| server.url_with("dave", &token.secret, repo);
+    let work = sb.root().join("work");
+    sb.git(
+        sb.root(),
+        &["clone", "-q", &url("other/app"), work.to_str().unwrap()],
+    )
+    .ok();
+    sb.commit_file(&work, "a.txt", b"one", "one");
+    sb.git(
+        &work,
+        &["push", "-q", &url("other/app"), "HEAD:refs/heads/main"],
+    )
+    .ok();
+
+    sb.cli(&["user", "role", "dave", "user"]).ok();
+    let said = sb.cli(&["user", "role", "dave", "user"]);
+    assert!(said.stderr.contains("nothing changed"), "{said}");
+    sb.commit_file(&work, "a.txt", b"two", "two");
+    sb.git(
+        &work,
+        &["push", "-q", &url("other/app"), "HEAD:refs/heads/main"],
+    )
+    .fails_with("remote: user 'dave' has no access to other/app; push needs write");
+    sb.git(
+        &work,
+        &["push", "-q", &url("team/app"), "HEAD:refs/heads/main"],
+    )
+    .fails_with("remote: user 'dave' has read access to team/app; push needs write");
+    sb.git(sb.root(), &["ls-remote", &url("team/app")]).ok();
+
+    sb.cli(&["user", "role", "dave", "admin"]).ok();
+    sb.git(
+        &work,
+        &["push", "-q", &url("other/app"), "HEAD:refs/heads/main"],
+    )
+    .ok();
+    let audit = sb.cli(&["audit"]);
+    let audit = audit.ok();
+    assert!(audit.contains("user.role_changed"), "{audit}");
+    assert!(audit.contains("admin -> user"), "{audit}");
+    assert!(audit.contains("user -> admin"), "{audit}");
+    sb.cli(&["user", "role", "nobody", "admin"])
+        .fails_with("nobody");
+}
+
 /// A repository git refuses to serve (owned by another user than gitgate's: "detected dubious
 /// ownership") gets a bare `500` from git http-backend, which says why only on stderr: git
 /// prints a reason all the same, and the log says what to do.

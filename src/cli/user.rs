@@ -73,6 +73,35 @@ pub fn set_active(store: &Store, name: &str, active: bool) -> Result<(), String>
     Ok(())
 }
 
+/// `user role NAME admin|user`: an administrator holds ADMIN on every repository; a user what
+/// their grants give.
+pub fn set_role(store: &Store, name: &str, role: &str) -> Result<(), String> {
+    // clap already takes only admin or user (main.rs).
+    let role = match role {
+        "admin" => Role::Admin,
+        "user" => Role::User,
+        other => return Err(format!("a role is admin or user, not '{other}'")),
+    };
+    let changed = store
+        .set_user_role(name, role, &Actor::cli())
+        .map_err(|e| e.to_string())?;
+    match (changed, role) {
+        (true, Role::Admin) => note!(
+            "user '{name}' is now an administrator (ADMIN on every repository; their tokens \
+             have it at once, within each token's permissions)"
+        ),
+        (true, Role::User) => note!(
+            "user '{name}' is now a user: their access is what their grants give (their tokens \
+             have no more at once); project and repository tokens they made stay"
+        ),
+        (false, Role::Admin) => note!("user '{name}' is an administrator already; nothing changed"),
+        (false, Role::User) => {
+            note!("user '{name}' is not an administrator already; nothing changed")
+        }
+    }
+    Ok(())
+}
+
 pub fn unlock(store: &Store, name: &str) -> Result<(), String> {
     let lifted = store
         .unlock_user(name, &Actor::cli())

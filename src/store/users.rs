@@ -252,6 +252,31 @@ impl Store {
         })
     }
 
+    /// Make `slug` an administrator or a plain user; `false` when it was that already (nothing
+    /// changed, nothing audited). Their tokens have the new standing at the next request: a
+    /// personal token's access is its owner's. Project and repository tokens an administrator
+    /// made stay as they are (as when one is disabled): they belong to their project.
+    pub fn set_user_role(&self, slug: &str, role: Role, actor: &Actor) -> Result<bool> {
+        self.write(|tx| {
+            let user = require_user(tx, slug)?;
+            if user.role == role {
+                return Ok(false);
+            }
+            tx.execute(
+                "UPDATE users SET role = ?1 WHERE id = ?2",
+                params![role.as_str(), user.id],
+            )?;
+            record(
+                tx,
+                actor,
+                "user.role_changed",
+                slug,
+                &format!("{} -> {role}", user.role),
+            )?;
+            Ok(true)
+        })
+    }
+
     /// Set a new password. It also forgets the wrong passwords counted so far and lifts a lock
     /// they caused: those were tries at the old password, and a reset is what an administrator
     /// does for a user who locked themselves out. Returns whether a lock (ending after `now`)
