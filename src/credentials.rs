@@ -167,6 +167,23 @@ pub fn not_sent_by_git(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Which credentials a request tried, as a number: a hash of its `Authorization` values under
+/// a key drawn at start, so that it tells nothing of the secret and is never logged. The
+/// throttle counts the same credentials failing again within its window once: a client that
+/// sends them again after every `401` (libgit2 does, up to ten times within milliseconds) tries
+/// no new secret.
+pub fn fingerprint(headers: &HeaderMap) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static KEY: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    let mut hasher = KEY.build_hasher();
+    for value in headers.get_all(AUTHORIZATION) {
+        hasher.write(value.as_bytes());
+        hasher.write_u8(0xff);
+    }
+    hasher.finish()
+}
+
 /// Whether the request offers a password the REST API will check: Basic credentials whose
 /// password is not a gitgate token. Only the refusal of such a call can be a guess, counted for
 /// the address throttle; a token (refused by name, never checked: tokens do not manage

@@ -21,7 +21,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{
-    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HOST, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 
@@ -74,6 +75,10 @@ static STORE_DOWN: std::sync::LazyLock<std::sync::Mutex<crate::repeats::Repeated
             std::time::Duration::from_secs(10),
         ))
     });
+
+/// Why a POST with an empty body is the client's fault.
+const EMPTY_POST: &str =
+    "the request body was empty: git sends at least a flush-pkt (0000) with every POST";
 
 /// The answer to a trusted proxy's `X-Forwarded-For` that names no client address.
 const UNREADABLE_FORWARDED_FOR: &str =
@@ -155,6 +160,7 @@ impl Gate {
                 return refused(too_many(&verdict));
             }
             let tried = crate::credentials::offers_a_password(req.headers());
+            let credentials = crate::credentials::fingerprint(req.headers());
             // A task of its own, which finishes however soon the client hangs up: a password
             // check, once started, runs to its end on the blocking pool anyway, and its failure
             // must count for the throttle, the metric and the log — else a guesser who closes
@@ -174,7 +180,8 @@ impl Gate {
                 if tried && resp.status() == StatusCode::UNAUTHORIZED {
                     // A wrong password is credentials tried and refused, as a bad token is.
                     METRICS.auth_failure();
-                    gate.guard.failed_auth(remote.ip(), clock::monotonic_ms());
+                    gate.guard
+                        .failed_auth(remote.ip(), credentials, clock::monotonic_ms());
                 }
                 resp
             });
@@ -229,6 +236,7 @@ impl Gate {
                 // over, as a refused request's is.
                 let body = crate::linger::Lingering::new(parts.version, body);
                 let seen = inbound.clone();
+                let a_post = parts.method == Method::POST;
                 let body = Observed::new(body, move |s: Seen<'_, hyper::Error>| match s {
                     Seen::Frame(frame) => {
                         if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
@@ -243,6 +251,14 @@ impl Gate {
                         seen.closed.store(ended.is_some(), Ordering::Relaxed);
                         seen.reset
                             .store(ended == Some(Ended::Reset), Ordering::Relaxed);
+                        seen.broke.store(true, Ordering::Relaxed)
+                    }
+                    // git sends at least a flush-pkt with every POST: an empty body is the
+                    // client's fault (a library retrying with a body it had used up), which
+                    // the backend's failure on it must not be blamed for, as a body broken
+                    // off is not.
+                    Seen::End if a_post && seen.bytes.load(Ordering::Relaxed) == 0 => {
+                        let _ = seen.broke_because.set(EMPTY_POST.into());
                         seen.broke.store(true, Ordering::Relaxed)
                     }
                     Seen::End | Seen::Waiting => {}
@@ -316,7 +332,19 @@ impl Gate {
                 // Whether git sent the credentials itself decides how a refusal of them is
                 // answered (see `Gate::unauthenticated`): read for refusals only.
                 let by_hand = credentials::not_sent_by_git(req.headers());
-                let resp = self.refusal(refusal, remote, &pending.line().who, by_hand);
+                let tried = credentials::fingerprint(req.headers());
+                let mut resp = self.refusal(refusal, remote, &pending.line().who, by_hand, tried);
+                // A client waiting for `100 Continue` before it sends its body (libgit2, curl)
+                // gets none: hyper closes the connection after this answer, since it cannot
+                // know whether a body follows. Said in the answer, so that the client sends
+                // its next request on a new connection rather than into the closing one.
+                if req.version() == Version::HTTP_11
+                    && req.headers().contains_key(hyper::header::EXPECT)
+                    && !req.body().is_end_stream()
+                {
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 // Closing on the unread rest of a push would reset the connection under the
                 // answer (nginx in front then says 502): read it for a little while instead.
                 let _ = crate::linger::after_answer(req.version(), req.into_body());
@@ -374,6 +402,14 @@ impl Gate {
         }
         if let Some(m) = crate::upstream::headers::unsupported_content_coding(req.headers()) {
             return Err(Refusal::UnsupportedCoding(m));
+        }
+        if req.method() == Method::POST
+            && req
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.to_str().is_ok_and(|v| v.trim().parse() == Ok(0u64)))
+        {
+            return Err(Refusal::NotGit(Rejection::BadRequest(EMPTY_POST.into())));
         }
         log.repo = Some(git_req.repo.to_string());
         log.access = Some(git_req.access.as_str());
@@ -512,6 +548,7 @@ impl Gate {
         remote: SocketAddr,
         log: &RequestLog,
         by_hand: bool,
+        tried: u64,
     ) -> Response<ResponseBody> {
         match refusal {
             Refusal::NotGit(Rejection::NotFound(m)) => text(StatusCode::NOT_FOUND, &m),
@@ -549,19 +586,19 @@ impl Gate {
                 self.unauthenticated(by_hand, &e.to_string())
             }
             Refusal::NoCredentials(e) => {
-                self.audit_failure(remote, log, &e.to_string());
+                self.audit_failure(remote, log, tried, &e.to_string());
                 self.unauthenticated(by_hand, &e.to_string())
             }
             Refusal::InvalidToken => {
-                self.audit_failure(remote, log, "invalid token");
+                self.audit_failure(remote, log, tried, "invalid token");
                 self.unauthenticated(by_hand, "invalid token")
             }
             Refusal::NotAToken(what, bearer) => {
-                self.audit_failure(remote, log, what.audit_reason());
+                self.audit_failure(remote, log, tried, what.audit_reason());
                 self.unauthenticated(by_hand, what.message_for(bearer))
             }
             Refusal::Denied(Deny::Unauthenticated(m)) => {
-                self.audit_failure(remote, log, &m);
+                self.audit_failure(remote, log, tried, &m);
                 self.unauthenticated(by_hand, &m)
             }
             Refusal::Denied(Deny::Forbidden(m)) => {
@@ -641,9 +678,10 @@ impl Gate {
     }
 
     /// A failed authentication is an audit event (never with the secret), written off the path.
-    fn audit_failure(&self, remote: SocketAddr, log: &RequestLog, reason: &str) {
+    fn audit_failure(&self, remote: SocketAddr, log: &RequestLog, tried: u64, reason: &str) {
         METRICS.auth_failure();
-        self.guard.failed_auth(remote.ip(), clock::monotonic_ms());
+        self.guard
+            .failed_auth(remote.ip(), tried, clock::monotonic_ms());
         // A flood of refusals is mostly one event repeated: its address and detail are written
         // into this thread's reused buffers (the address only when it changed), and the store's
         // writer copies them only for an event not already waiting (a repeat is counted,
@@ -1191,7 +1229,12 @@ impl Body for LoggedBody {
             // A backend that answered before reading the whole request (git http-backend does,
             // for a push) fails when the request's body breaks off: the client's doing.
             Poll::Ready(Some(Err(e))) if self.request_broke() => {
-                tracing::info!(error = ?e.to_string(), "the request body broke off during the answer");
+                let because = self
+                    .done
+                    .as_ref()
+                    .and_then(|l| l.inbound.broke_because.get().cloned())
+                    .unwrap_or_default();
+                tracing::info!(error = ?e.to_string(), request = ?because, "the request body broke off during the answer");
                 self.finish("client-gone");
             }
             // The backend waited for an upload the client stopped sending: the client idled.

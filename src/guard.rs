@@ -243,11 +243,11 @@ impl Guard {
     /// Step 2: count a failed authentication; a new block is logged and audited off the path.
     /// An exempt address's failures are not counted, so it is never blocked (and step 1 costs
     /// it nothing more).
-    pub fn failed_auth(&self, addr: IpAddr, now: i64) {
+    pub fn failed_auth(&self, addr: IpAddr, tried: u64, now: i64) {
         if self.exempt(addr) {
             return;
         }
-        let Some(block) = self.throttle.record_failure(addr, now) else {
+        let Some(block) = self.throttle.record_failure(addr, tried, now) else {
             return;
         };
         let policy = self.throttle.policy();
@@ -617,8 +617,8 @@ mod tests {
         let g = guard(store.clone(), 60);
         let addr: IpAddr = "192.0.2.7".parse().unwrap();
         assert_eq!(g.check_address(addr, 0), Ok(()));
-        g.failed_auth(addr, 0);
-        g.failed_auth(addr, 1);
+        g.failed_auth(addr, 1, 0);
+        g.failed_auth(addr, 2, 1);
         assert_eq!(
             g.check_address(addr, 2),
             Err(Verdict::AddressBlocked {
@@ -663,8 +663,8 @@ mod tests {
             "198.51.100.7".parse().unwrap(),
         );
         for at in 0..10 {
-            g.failed_auth(nat, at);
-            g.failed_auth(other, at);
+            g.failed_auth(nat, at as u64, at);
+            g.failed_auth(other, at as u64, at);
         }
         assert_eq!(g.check_address(nat, 20), Ok(()));
         assert!(g.check_address(other, 20).is_err());
@@ -675,7 +675,7 @@ mod tests {
             "2001:db8::11".parse().unwrap(),
         );
         for at in 0..10 {
-            g.failed_auth(neighbour, at);
+            g.failed_auth(neighbour, at as u64, at);
         }
         assert!(g.check_address(neighbour, 20).is_err());
         assert_eq!(g.check_address(nat, 20), Ok(()));

@@ -15,7 +15,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "gitgate",
     version,
-    about = "Token authentication in front of a Git smart-HTTP server"
+    about = "Token authentication in front of a Git smart-HTTP server",
+    after_help = "Environment: GITGATE_CONFIG (the configuration file, as --config); GITGATE_LOG \
+                  (the log filter: a level such as warn, or TARGET=LEVEL pairs such as \
+                  gitgate::request=off; default info). The log goes to stderr."
 )]
 struct Cli {
     /// The configuration file.
@@ -100,6 +103,7 @@ enum UserCommand {
     /// Change a user's password.
     Passwd {
         name: String,
+        /// Read the new password from the first line of stdin.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -249,6 +253,7 @@ enum TokenCommand {
     },
     /// List tokens (never their secrets).
     List {
+        /// Only this user's personal tokens.
         #[arg(long)]
         user: Option<String>,
         /// Print JSON instead of text.

@@ -80,7 +80,14 @@ struct Entry {
     /// Blocks so far in this run of misbehaviour.
     strikes: u32,
     blocked_until: i64,
+    /// The credentials of the last failures counted ([`crate::credentials::fingerprint`]) and
+    /// when each was: the same ones failing again within a window are not counted again.
+    recent: [(u64, i64); RECENT],
 }
+
+/// Credentials remembered per address: a client cycling through more than this many bad ones
+/// has each counted as new, as it should.
+const RECENT: usize = 4;
 
 impl Default for Entry {
     fn default() -> Entry {
@@ -90,6 +97,7 @@ impl Default for Entry {
             last_failure: 0,
             strikes: 0,
             blocked_until: 0,
+            recent: [(0, i64::MIN); RECENT],
         }
     }
 }
@@ -121,6 +129,29 @@ impl Entry {
         let slot = &mut self.failures[step.rem_euclid(COUNTED as i64) as usize];
         *slot = slot.saturating_add(1);
         self.failures.iter().map(|&n| u32::from(n)).sum()
+    }
+
+    /// Whether `tried` failed within the last window already; else it is remembered (in place
+    /// of the oldest) and `false`.
+    fn tried_again(&mut self, tried: u64, window_ms: i64, now: i64) -> bool {
+        let within = |at: i64| now.saturating_sub(at) < window_ms;
+        if let Some(seen) = self
+            .recent
+            .iter_mut()
+            .find(|(f, at)| *f == tried && within(*at))
+        {
+            // Still the same client repeating itself: it stays one failure until it has been
+            // quiet for a window.
+            seen.1 = now;
+            return true;
+        }
+        let oldest = self
+            .recent
+            .iter_mut()
+            .min_by_key(|(_, at)| *at)
+            .expect("RECENT > 0");
+        *oldest = (tried, now);
+        false
     }
 }
 
@@ -233,8 +264,10 @@ impl Throttle {
         }
     }
 
-    /// Count one failed authentication; `Some` if this failure starts a block.
-    pub fn record_failure(&self, addr: IpAddr, now: i64) -> Option<Block> {
+    /// Count one failed authentication with the credentials `tried` (see
+    /// [`crate::credentials::fingerprint`]); `Some` if this failure starts a block. The same
+    /// credentials failing again within a window count once.
+    pub fn record_failure(&self, addr: IpAddr, tried: u64, now: i64) -> Option<Block> {
         let addr = Throttle::key(addr);
         let policy = self.policy;
         let mut shard = self
@@ -254,6 +287,9 @@ impl Throttle {
             return None;
         }
         entry.last_failure = now;
+        if entry.tried_again(tried, policy.window_ms, now) {
+            return None;
+        }
         if entry.count(policy.step(now)) < policy.max {
             return None;
         }
@@ -310,13 +346,47 @@ mod tests {
         IpAddr::from([192, 0, 2, n])
     }
 
+    /// A failure with credentials not tried before.
+    fn fail(t: &Throttle, addr: IpAddr, now: i64) -> Option<Block> {
+        static TRIED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        t.record_failure(addr, TRIED.fetch_add(1, Ordering::Relaxed), now)
+    }
+
+    #[test]
+    fn the_same_credentials_failing_again_count_once_while_they_repeat() {
+        let t = Throttle::new(P);
+        // libgit2 sends the same bad token again after each 401: ten times, one failure.
+        for i in 0..10 {
+            assert_eq!(t.record_failure(ip(1), 7, i), None, "repeat {i}");
+        }
+        assert_eq!(t.check(ip(1), 10), Ok(()));
+        // Still repeating a window later, with no pause of a window: still one.
+        for at in (1_000..120_000).step_by(1_000) {
+            assert_eq!(t.record_failure(ip(1), 7, at), None, "at {at}");
+        }
+        // New credentials are new guesses (the first, counted at 0, is out of the window now).
+        assert_eq!(t.record_failure(ip(1), 8, 120_001), None);
+        assert_eq!(t.record_failure(ip(1), 9, 120_002), None);
+        assert!(t.record_failure(ip(1), 10, 120_003).is_some());
+        // More distinct ones than are remembered each count as new.
+        let t = Throttle::new(Policy {
+            max: 10,
+            window_ms: 60_000,
+        });
+        let blocked = (0..10u64)
+            .flat_map(|round| (100..100 + RECENT as u64 + 1).map(move |f| (round, f)))
+            .enumerate()
+            .any(|(i, (_, f))| t.record_failure(ip(2), f, i as i64).is_some());
+        assert!(blocked);
+    }
+
     #[test]
     fn blocks_after_max_failures_in_the_window() {
         let t = Throttle::new(P);
-        assert_eq!(t.record_failure(ip(1), 0), None);
-        assert_eq!(t.record_failure(ip(1), 1_000), None);
+        assert_eq!(fail(&t, ip(1), 0), None);
+        assert_eq!(fail(&t, ip(1), 1_000), None);
         assert_eq!(t.check(ip(1), 1_000), Ok(()));
-        let block = t.record_failure(ip(1), 2_000).unwrap();
+        let block = fail(&t, ip(1), 2_000).unwrap();
         assert_eq!(
             block,
             Block {
@@ -359,8 +429,8 @@ mod tests {
         // Two failures per window, never three inside one (nor within the 1/32 of a window
         // more that a failure may count for).
         for i in 0..10 {
-            assert_eq!(t.record_failure(ip(1), i * 62_000), None);
-            assert_eq!(t.record_failure(ip(1), i * 62_000 + 1), None);
+            assert_eq!(fail(&t, ip(1), i * 62_000), None);
+            assert_eq!(fail(&t, ip(1), i * 62_000 + 1), None);
         }
         assert_eq!(t.check(ip(1), 620_000), Ok(()));
     }
@@ -373,29 +443,29 @@ mod tests {
         });
         // One at 0 and one at 19.9 s; then two just after 20 s, where a fixed window started at
         // the first failure would begin counting again: three within 0.3 s must block.
-        assert_eq!(t.record_failure(ip(1), 0), None);
-        assert_eq!(t.record_failure(ip(1), 19_900), None);
+        assert_eq!(fail(&t, ip(1), 0), None);
+        assert_eq!(fail(&t, ip(1), 19_900), None);
         let blocked = [20_100, 20_200]
             .iter()
-            .any(|&at| t.record_failure(ip(1), at).is_some());
+            .any(|&at| fail(&t, ip(1), at).is_some());
         assert!(blocked, "three failures within 0.3 s were let through");
         // Failures a whole window apart still do not add up.
         let t = Throttle::new(P);
-        assert_eq!(t.record_failure(ip(2), 0), None);
-        assert_eq!(t.record_failure(ip(2), 1), None);
-        assert_eq!(t.record_failure(ip(2), 62_000), None);
+        assert_eq!(fail(&t, ip(2), 0), None);
+        assert_eq!(fail(&t, ip(2), 1), None);
+        assert_eq!(fail(&t, ip(2), 62_000), None);
     }
 
     #[test]
     fn guessing_on_below_the_limit_after_a_block_keeps_the_back_off_growing() {
         let t = Throttle::new(P);
         for i in 0..3 {
-            t.record_failure(ip(1), i);
+            fail(&t, ip(1), i);
         }
         // Blocked until 60_002. Then two failures a window apart, never enough for a block, and
         // never a whole back-off of quiet: the next block doubles.
-        assert_eq!(t.record_failure(ip(1), 70_000), None);
-        assert_eq!(t.record_failure(ip(1), 125_000), None);
+        assert_eq!(fail(&t, ip(1), 70_000), None);
+        assert_eq!(fail(&t, ip(1), 125_000), None);
         let block = loop_until_block(&t, ip(1), 150_000);
         assert_eq!(block.strike, 2);
         assert_eq!(block.retry_after_secs, 120);
@@ -403,7 +473,7 @@ mod tests {
 
     fn loop_until_block(t: &Throttle, addr: IpAddr, mut now: i64) -> Block {
         loop {
-            if let Some(b) = t.record_failure(addr, now) {
+            if let Some(b) = fail(t, addr, now) {
                 return b;
             }
             now += 1;
@@ -421,7 +491,7 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..3 {
             let block = loop {
-                if let Some(b) = t.record_failure(ip(9), now) {
+                if let Some(b) = fail(&t, ip(9), now) {
                     break b;
                 }
                 now += 1;
@@ -438,32 +508,29 @@ mod tests {
     fn quiet_address_starts_over() {
         let t = Throttle::new(P);
         for i in 0..3 {
-            t.record_failure(ip(1), i);
+            fail(&t, ip(1), i);
         }
         assert!(t.check(ip(1), 10).is_err());
         // Block ends at 60_002; a whole back-off of quiet later it is forgotten.
         let later = 60_002 + 60_000 + 1;
         for i in 0..2 {
-            assert_eq!(t.record_failure(ip(1), later + i), None);
+            assert_eq!(fail(&t, ip(1), later + i), None);
         }
-        assert_eq!(
-            t.record_failure(ip(1), later + 2).map(|b| b.strike),
-            Some(1)
-        );
+        assert_eq!(fail(&t, ip(1), later + 2).map(|b| b.strike), Some(1));
     }
 
     #[test]
     fn one_ipv6_64_and_both_forms_of_an_ipv4_address_count_as_one() {
         let t = Throttle::new(P);
         let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
-        t.record_failure(v6("2001:db8:1:2::1"), 0);
-        t.record_failure(v6("2001:db8:1:2:ffff::9"), 1);
-        assert!(t.record_failure(v6("2001:db8:1:2:abcd::7"), 2).is_some());
+        fail(&t, v6("2001:db8:1:2::1"), 0);
+        fail(&t, v6("2001:db8:1:2:ffff::9"), 1);
+        assert!(fail(&t, v6("2001:db8:1:2:abcd::7"), 2).is_some());
         assert!(t.check(v6("2001:db8:1:2::1234"), 3).is_err());
         assert_eq!(t.check(v6("2001:db8:1:3::1"), 3), Ok(()), "another /64");
-        t.record_failure(ip(5), 0);
-        t.record_failure(v6("::ffff:192.0.2.5"), 1);
-        assert!(t.record_failure(ip(5), 2).is_some());
+        fail(&t, ip(5), 0);
+        fail(&t, v6("::ffff:192.0.2.5"), 1);
+        assert!(fail(&t, ip(5), 2).is_some());
         assert!(t.check(v6("::ffff:192.0.2.5"), 3).is_err());
     }
 
@@ -471,11 +538,15 @@ mod tests {
     fn memory_is_bounded_by_sweeps() {
         let t = Throttle::new(P);
         for n in 0..20_000u32 {
-            t.record_failure(IpAddr::from(n.to_be_bytes()), 0);
+            fail(&t, IpAddr::from(n.to_be_bytes()), 0);
         }
         let before = t.len();
         for n in 0..20_000u32 {
-            t.record_failure(IpAddr::from((n | 0x8000_0000).to_be_bytes()), 10_000_000);
+            fail(
+                &t,
+                IpAddr::from((n | 0x8000_0000).to_be_bytes()),
+                10_000_000,
+            );
         }
         assert!(t.len() < before + 20_000 / 2, "{} entries", t.len());
     }
@@ -489,7 +560,7 @@ mod tests {
         let t = Throttle::new(P);
         // One failure each from 100,000 addresses, then silence.
         for n in 0..100_000u32 {
-            t.record_failure(IpAddr::from((0x0a00_0000 | n).to_be_bytes()), 0);
+            fail(&t, IpAddr::from((0x0a00_0000 | n).to_be_bytes()), 0);
         }
         let peak = capacity(&t);
         assert!(peak >= 100_000, "capacity {peak}");
@@ -499,7 +570,7 @@ mod tests {
         // One address still misbehaving, blocked, is kept through the sweep.
         let late = P.window_ms * 3;
         for i in 0..3 {
-            t.record_failure(ip(1), late + i);
+            fail(&t, ip(1), late + i);
         }
         let swept = t.sweep(late + 10);
         assert_eq!(swept.forgotten, 100_000);
@@ -513,7 +584,7 @@ mod tests {
         );
         // And the shards take new addresses as before.
         for n in 0..1000u32 {
-            t.record_failure(IpAddr::from((0x0b00_0000 | n).to_be_bytes()), late + 20);
+            fail(&t, IpAddr::from((0x0b00_0000 | n).to_be_bytes()), late + 20);
         }
         assert_eq!(t.len(), 1001);
     }

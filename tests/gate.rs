@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     basic, flip_secret, group_alive, http_get, looks_like_secret, noise, now_ms, raw_http,
-    secret_id, Backend, Sandbox, Server, Setup, PASSWORD,
+    secret_id, try_raw_http, Backend, Sandbox, Server, Setup, PASSWORD,
 };
 
 /// alice with a write grant on project `team`, repos team/app and other/app, and a running
@@ -1680,6 +1680,83 @@ fn descriptors_gitgate_inherited_reach_no_backend_or_hook() {
         !seen.contains("inherited-marker"),
         "a descriptor gitgate inherited reached the hook:\n{seen}"
     );
+}
+
+/// git sends at least a flush-pkt with every POST. An empty one (a library retrying after a
+/// 401 with a body it had used up) is the client's fault: with a length of 0 it is refused
+/// before any backend runs, and chunked, the backend's failure on it is not logged or counted
+/// as the backend's.
+#[test]
+fn an_empty_post_is_the_clients_fault_not_the_backends() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let server = sb.serve();
+    for service in ["git-upload-pack", "git-receive-pack"] {
+        let req = format!(
+            "POST /team/app.git/{service} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+             Content-Type: application/x-{service}-request\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n",
+            basic("alice", &token.secret)
+        );
+        let resp = raw_http(server.port, req.as_bytes());
+        assert_eq!(resp.status, 400, "{}", resp.text());
+        assert!(
+            resp.text().contains("the request body was empty"),
+            "{}",
+            resp.text()
+        );
+    }
+    assert!(sb.hits().is_empty(), "{:?}", sb.hits());
+    for service in ["git-upload-pack", "git-receive-pack"] {
+        let req = format!(
+            "POST /team/app.git/{service} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+             Content-Type: application/x-{service}-request\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n0\r\n\r\n",
+            basic("alice", &token.secret)
+        );
+        let _ = try_raw_http(server.port, req.as_bytes());
+    }
+    assert_eq!(sb.hits().len(), 2, "{:?}", sb.hits());
+    let log = server.log_text();
+    assert!(!log.contains("response stream failed"), "{log}");
+    assert!(!log.contains("gitgate::gate: backend failed"), "{log}");
+    assert_eq!(
+        log.matches("request=\"the request body was empty").count(),
+        2,
+        "{log}"
+    );
+}
+
+/// A POST that waits for `100 Continue` before its body (libgit2 and curl send
+/// `Expect: 100-continue`), refused before that: the answer says the connection closes, so the
+/// client does not send its next request into it (libgit2 then failed with "unexpected EOF"
+/// instead of the refusal).
+#[test]
+fn a_refused_post_waiting_for_100_continue_is_told_the_connection_closes() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "read");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let server = sb.serve();
+    for (auth, status) in [
+        (basic("alice", &flip_secret(&token.secret)), 401),
+        (basic("alice", &token.secret), 403),
+    ] {
+        // No `Connection: close` from the client: the server's answer must say it.
+        let req = format!(
+            "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
+             Content-Type: application/x-git-receive-pack-request\r\nContent-Length: 1000\r\n\
+             Expect: 100-continue\r\n\r\n"
+        );
+        let resp = raw_http(server.port, req.as_bytes());
+        assert_eq!(resp.status, status, "{}", resp.text());
+        assert_eq!(resp.header("connection"), Some("close"), "{}", resp.text());
+    }
+    assert!(sb.hits().is_empty(), "{:?}", sb.hits());
 }
 
 /// `user role`: an administrator made a plain user loses ADMIN everywhere at the next request
