@@ -403,14 +403,6 @@ impl Gate {
         if let Some(m) = crate::upstream::headers::unsupported_content_coding(req.headers()) {
             return Err(Refusal::UnsupportedCoding(m));
         }
-        if req.method() == Method::POST
-            && req
-                .headers()
-                .get(hyper::header::CONTENT_LENGTH)
-                .is_some_and(|v| v.to_str().is_ok_and(|v| v.trim().parse() == Ok(0u64)))
-        {
-            return Err(Refusal::NotGit(Rejection::BadRequest(EMPTY_POST.into())));
-        }
         log.repo = Some(git_req.repo.to_string());
         log.access = Some(git_req.access.as_str());
         self.guard
@@ -487,6 +479,16 @@ impl Gate {
         }
         let identity = authorized.map_err(Refusal::Denied)?;
         log.user = Some(identity.user.clone());
+        // Refused once its credentials are (a 401 or 403 says more), before it takes a place or
+        // a token of its principal's.
+        if req.method() == Method::POST
+            && req
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.to_str().is_ok_and(|v| v.trim().parse() == Ok(0u64)))
+        {
+            return Err(Refusal::NotGit(Rejection::BadRequest(EMPTY_POST.into())));
+        }
         let principal = guard::principal(&record.token);
         // The place among the principal's requests in flight first: a request refused for the
         // cap must not also take a token from its bucket (nor earn POST credits), or a client

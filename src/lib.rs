@@ -166,7 +166,8 @@
 //!   validates `proxy.toml`; [`small_file`] reads it, and the PEM and secret files it names,
 //!   only when each is a regular file of a sane size (never a device or a FIFO).
 //! - [`guard`] defends the gate against abuse: [`throttle`] blocks an address after repeated
-//!   failed authentications (before the store is read; a timer sweeps the addresses it may
+//!   failed authentications (before the store is read; the same credentials failing again, as
+//!   libgit2 resends them, count once; a timer sweeps the addresses it may
 //!   forget, off the request path), [`ratelimit`] gives each principal a
 //!   token bucket, [`inflight`] caps its requests in flight; all answer `429` with
 //!   `Retry-After`, and count time on a monotonic clock ([`clock::monotonic_ms`]); their

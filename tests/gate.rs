@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    basic, flip_secret, group_alive, http_get, looks_like_secret, noise, now_ms, raw_http,
-    secret_id, try_raw_http, Backend, Sandbox, Server, Setup, PASSWORD,
+    basic, flip_secret, flip_secret_at, group_alive, http_get, looks_like_secret, noise, now_ms,
+    raw_http, secret_id, try_raw_http, Backend, Sandbox, Server, Setup, PASSWORD,
 };
 
 /// alice with a write grant on project `team`, repos team/app and other/app, and a running
@@ -94,12 +94,13 @@ fn the_user_name_in_the_url_is_not_a_failed_authentication() {
     );
     let audit = sb.cli(&["audit", "--json"]);
     assert!(!audit.ok().contains("auth.failed"), "{audit}");
-    // A wrong secret is still a failure, and the throttle still works.
-    for _ in 0..3 {
+    // A wrong secret is still a failure, and the throttle still works (three different ones:
+    // the same one again counts once).
+    for n in 0..3 {
         let resp = http_get(
             server.port,
             "/team/app.git/info/refs?service=git-upload-pack",
-            Some(&basic("alice", &flip_secret(&token.secret))),
+            Some(&basic("alice", &flip_secret_at(&token.secret, n))),
         );
         assert_eq!(resp.status, 401);
     }
@@ -910,9 +911,10 @@ fn refused_bearer_tokens_are_throttled_too() {
             .contains("the Bearer token is not a gitgate access token"),
         "{password:?}"
     );
-    // With the password above, three failures.
-    let wrong = format!("Bearer {}", flip_secret(&token.secret));
-    for _ in 0..2 {
+    // With the password above, three failures (two different wrong secrets: the same one
+    // again counts once).
+    for n in 0..2 {
+        let wrong = format!("Bearer {}", flip_secret_at(&token.secret, n));
         assert_eq!(http_get(server.port, target, Some(&wrong)).status, 403);
     }
     let resp = http_get(

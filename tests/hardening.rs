@@ -40,8 +40,9 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 #[test]
 fn repeated_failures_block_the_address_before_the_store_is_read() {
     let server = Server::start("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");
-    for _ in 0..3 {
-        assert_eq!(status(&get(&server, IR, "ggt_wrong")), 401);
+    // Three different wrong credentials: the same one again would count once.
+    for i in 0..3 {
+        assert_eq!(status(&get(&server, IR, &format!("ggt_wrong{i}"))), 401);
     }
     // Blocked now: even a valid token gets 429, with the back-off in Retry-After.
     let resp = get(&server, IR, &server.write_token);
@@ -1323,8 +1324,8 @@ fn behind_a_trusted_proxy_the_client_address_is_what_counts() {
     assert_eq!(status(&get(&server, IR, &server.read_token)), 403);
 
     // The throttle blocks the guessing client, not everyone behind the same proxy.
-    for _ in 0..2 {
-        let r = get_via_proxy(&server, IR, "wrong", "192.0.2.1");
+    for i in 0..2 {
+        let r = get_via_proxy(&server, IR, &format!("wrong{i}"), "192.0.2.1");
         assert_eq!(status(&r), 401);
     }
     assert_eq!(
@@ -1348,8 +1349,8 @@ fn behind_a_trusted_proxy_the_client_address_is_what_counts() {
 
     // A client that sends `X-Forwarded-For: x` (the balancer appends its address) is still
     // itself: its guesses block it, not the balancer and everyone behind it.
-    for _ in 0..2 {
-        let r = get_via_proxy(&server, IR, "wrong", "x, 192.0.2.3");
+    for i in 0..2 {
+        let r = get_via_proxy(&server, IR, &format!("wrong{i}"), "x, 192.0.2.3");
         assert_eq!(status(&r), 401);
     }
     let guesser = get_via_proxy(&server, IR, &server.write_token, "192.0.2.3");

@@ -476,12 +476,13 @@ fn requests_the_parser_refuses_are_logged_and_counted() {
 #[test]
 fn requests_from_an_address_blocked_for_failed_authentications_are_counted_apart() {
     let (_sb, server, port) = serving_team_app_to_alice();
-    let wrong = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("alice:ggt_nottoken")
-    );
     let mut blocked = 0;
-    for _ in 0..15 {
+    for i in 0..15 {
+        // Each a different wrong one: the same one again would count once.
+        let wrong = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("alice:ggt_nottoken{i}"))
+        );
         let status = http_get(
             server.port,
             "/team/app.git/info/refs?service=git-upload-pack",

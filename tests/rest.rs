@@ -1653,8 +1653,9 @@ fn password_guessing_on_the_api_counts_for_the_address_throttle() {
         }
     }
     assert_eq!(server.api("GET", "/users/alice", "alice", "").status, 200);
-    for _ in 0..3 {
-        let r = server.request("GET", &path, Auth::Basic("alice", "wrong"), "");
+    // Three different wrong passwords: the same one again would count once.
+    for i in 0..3 {
+        let r = server.request("GET", &path, Auth::Basic("alice", &format!("wrong{i}")), "");
         assert_eq!(r.status, 401, "{}", r.body);
     }
     let r = server.api("GET", "/users/alice", "alice", "");
@@ -1713,10 +1714,13 @@ fn password_guesses_whose_client_hangs_up_still_count_for_the_throttle() {
     let install = Install::new_with("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");
     install.add_user("alice", false);
     let server = install.serve();
-    let guess = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:wrong");
     // As many as the throttle allows (a fourth could be refused 429 before its check, by the
-    // third's failure).
-    for _ in 0..3 {
+    // third's failure), each a different password (the same one again would count once).
+    for i in 0..3 {
+        let guess = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("alice:wrong{i}"),
+        );
         let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
         s.write_all(
             format!(

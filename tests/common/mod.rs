@@ -883,8 +883,14 @@ pub fn secret_id(s: &str) -> &str {
 
 /// `secret` with one character of its random part changed: same format, wrong secret.
 pub fn flip_secret(secret: &str) -> String {
+    flip_secret_at(secret, 0)
+}
+
+/// [`flip_secret`] at the `n`-th character from the one it changes: another wrong secret for
+/// each `n` (the throttle counts the same wrong one, sent again, once).
+pub fn flip_secret_at(secret: &str, n: usize) -> String {
     let mut bytes = secret.as_bytes().to_vec();
-    let i = 30;
+    let i = 30 + n;
     bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
     String::from_utf8(bytes).unwrap()
 }
