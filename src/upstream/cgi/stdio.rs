@@ -3,9 +3,9 @@
 
 use std::fmt;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame};
+use hyper::body::Body;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::ChildStdin;
 use tokio::sync::oneshot;
@@ -74,30 +74,21 @@ pub(super) async fn feed_stdin<B>(
     }
     let moved = Over(moved);
     let moved = &moved.0;
-    // What came after the small frames gathered into the last write: the body's end, an
-    // error, or a frame, to be handled before the body is polled again.
-    let mut held = None;
     loop {
-        let frame = match held.take() {
-            Some(frame) => frame,
-            None => {
-                moved.waiting(true);
-                let frame = tokio::select! {
-                    // Once the backend is ended, not a byte more of the body goes to it.
-                    biased;
-                    _ = killed(&mut stop) => {
-                        // The backend exited (or was ended): the body is not at fault, and
-                        // whatever it answered is the answer.
-                        drop(stdin);
-                        let _ = told.send(Fed::NotRead);
-                        return;
-                    }
-                    frame = body.frame() => frame,
-                };
-                moved.waiting(false);
-                frame
+        moved.waiting(true);
+        let frame = tokio::select! {
+            // Once the backend is ended, not a byte more of the body goes to it.
+            biased;
+            _ = killed(&mut stop) => {
+                // The backend exited (or was ended): the body is not at fault, and whatever
+                // it answered is the answer.
+                drop(stdin);
+                let _ = told.send(Fed::NotRead);
+                return;
             }
+            frame = body.frame() => frame,
         };
+        moved.waiting(false);
         match frame {
             None => break,
             Some(Ok(frame)) => {
@@ -105,13 +96,6 @@ pub(super) async fn feed_stdin<B>(
                 // Trailers have no CGI meaning; only data goes to the backend.
                 let Ok(data) = frame.into_data() else {
                     continue;
-                };
-                let data = if data.len() < SMALL_FRAME {
-                    let (data, next) = gathered(data, &mut body).await;
-                    held = next;
-                    data
-                } else {
-                    data
                 };
                 fed += data.len() as u64;
                 if let Err(e) = stdin.write_all(&data).await {
@@ -150,50 +134,6 @@ pub(super) async fn feed_stdin<B>(
     // Dropping stdin closes the pipe: end of body for a backend reading to EOF.
     drop(stdin);
     let _ = told.send(Fed::Whole);
-}
-
-/// A data frame smaller than this is written together with the frames ready right after it.
-const SMALL_FRAME: usize = 4 * 1024;
-/// At most this much is gathered into one write.
-const GATHERED: usize = 64 * 1024;
-
-/// `first`, with the data of the frames of `body` that are ready now (none is waited for), up
-/// to [`GATHERED`] bytes; and what came instead of a data frame, if anything did (the end, an
-/// error, trailers), to be handled next. A body sent in 1-byte chunks was one pipe write per
-/// chunk, and the backend one read per chunk: a hundred times the CPU per byte.
-async fn gathered<B>(
-    first: Bytes,
-    body: &mut B,
-) -> (Bytes, Option<Option<Result<Frame<Bytes>, B::Error>>>)
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    let mut together: Option<BytesMut> = None;
-    let mut held = None;
-    while together.as_ref().map_or(first.len(), BytesMut::len) < GATHERED {
-        let ready = tokio::select! {
-            biased;
-            frame = body.frame() => Some(frame),
-            () = std::future::ready(()) => None,
-        };
-        match ready {
-            // Nothing more now: what there is goes at once.
-            None => break,
-            Some(Some(Ok(frame))) if frame.is_data() => {
-                let Ok(more) = frame.into_data() else {
-                    unreachable!("a data frame")
-                };
-                together
-                    .get_or_insert_with(|| BytesMut::from(&first[..]))
-                    .extend_from_slice(&more);
-            }
-            Some(other) => {
-                held = Some(other);
-                break;
-            }
-        }
-    }
-    (together.map_or(first, BytesMut::freeze), held)
 }
 
 /// Logs each stderr line of the child as a warning, up to [`MAX_STDERR_LINES`], then how many
@@ -260,72 +200,6 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    /// A body whose frames are ready one after another, with a pause (`None`) where given.
-    struct Frames(VecDeque<Option<Result<Frame<Bytes>, std::io::Error>>>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = std::io::Error;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-            match self.0.pop_front() {
-                None => Poll::Ready(None),
-                Some(Some(frame)) => Poll::Ready(Some(frame)),
-                Some(None) => {
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-            }
-        }
-    }
-
-    fn byte(b: u8) -> Option<Result<Frame<Bytes>, std::io::Error>> {
-        Some(Ok(Frame::data(Bytes::from(vec![b]))))
-    }
-
-    #[tokio::test]
-    async fn small_frames_ready_together_are_written_together() {
-        // 100,000 one-byte chunks: two writes of 64 KiB and the rest, in order.
-        let mut body = Frames((0..100_000u32).map(|i| byte(i as u8)).collect());
-        let mut written = Vec::new();
-        let mut writes = 0;
-        while let Some(Ok(frame)) = body.frame().await {
-            let (data, held) = gathered(frame.into_data().unwrap(), &mut body).await;
-            written.extend_from_slice(&data);
-            writes += 1;
-            assert!(data.len() <= GATHERED + 1, "{}", data.len());
-            if let Some(held) = held {
-                assert!(held.is_none(), "only the end can come after");
-                break;
-            }
-        }
-        assert_eq!(writes, 2);
-        assert!(written.iter().enumerate().all(|(i, &b)| b == i as u8));
-        assert_eq!(written.len(), 100_000);
-    }
-
-    #[tokio::test]
-    async fn nothing_is_waited_for_and_an_error_comes_after_the_data() {
-        let mut body = Frames(VecDeque::from([byte(1), None, byte(2)]));
-        let (data, held) = gathered(Bytes::from_static(b"0"), &mut body).await;
-        assert_eq!(&data[..], b"0\x01");
-        assert!(held.is_none(), "the pause ends the gathering");
-        let mut body = Frames(VecDeque::from([
-            byte(1),
-            Some(Err(std::io::Error::other("broke"))),
-            byte(2),
-        ]));
-        let (data, held) = gathered(Bytes::from_static(b"0"), &mut body).await;
-        assert_eq!(&data[..], b"0\x01");
-        assert!(matches!(held, Some(Some(Err(_)))));
-    }
 
     #[test]
     fn a_backend_flooding_stderr_gets_a_bounded_number_of_log_lines() {
