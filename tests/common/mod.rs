@@ -895,6 +895,29 @@ pub fn flip_secret_at(secret: &str, n: usize) -> String {
     String::from_utf8(bytes).unwrap()
 }
 
+/// Gives `path` (and all below it) to uid and gid 65534, as git would find a repository of
+/// another user than gitgate's; `false` (with a notice: the caller skips) where that needs a
+/// root this run does not have — never under CI, which runs as root.
+pub fn give_to_nobody(path: &Path) -> bool {
+    let owned = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !owned {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI runs as root: chown must work"
+        );
+        eprintln!(
+            "NOTICE: skipping: giving {} to another user needs root",
+            path.display()
+        );
+    }
+    owned
+}
+
 /// `count` bytes that do not compress (xorshift64*).
 pub fn noise(count: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
