@@ -1690,12 +1690,7 @@ fn descriptors_gitgate_inherited_reach_no_backend_or_hook() {
 /// as the backend's.
 #[test]
 fn an_empty_post_is_the_clients_fault_not_the_backends() {
-    let sb = Sandbox::new();
-    sb.create_repo("team/app");
-    sb.add_user("alice", PASSWORD);
-    sb.grant("alice", "team", "write");
-    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
-    let server = sb.serve();
+    let (sb, server, token) = team_setup();
     for service in ["git-upload-pack", "git-receive-pack"] {
         let req = format!(
             "POST /team/app.git/{service} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
@@ -1738,12 +1733,7 @@ fn an_empty_post_is_the_clients_fault_not_the_backends() {
 /// instead of the refusal).
 #[test]
 fn a_refused_post_waiting_for_100_continue_is_told_the_connection_closes() {
-    let sb = Sandbox::new();
-    sb.create_repo("team/app");
-    sb.add_user("alice", PASSWORD);
-    sb.grant("alice", "team", "read");
-    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
-    let server = sb.serve();
+    let (sb, server, token) = reader_behind("");
     for (auth, status) in [
         (basic("alice", &flip_secret(&token.secret)), 401),
         (basic("alice", &token.secret), 403),
