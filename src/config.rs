@@ -168,7 +168,9 @@ pub struct RateLimit {
     pub capacity: u32,
     pub refill_per_second: f64,
     /// Requests one principal may have in flight to the backend at once; 0 = no cap. Applies
-    /// even with `enabled = false` (which turns off the token bucket only).
+    /// even with `enabled = false` (which turns off the token bucket only). A POST of an
+    /// exchange may go up to twice it (see `inflight`), so the default is a quarter of
+    /// [`DEFAULT_MAX_PROCESSES`]: one principal holds at most half the backend processes.
     pub max_concurrent: u32,
 }
 
@@ -179,7 +181,7 @@ impl Default for RateLimit {
             enabled: true,
             capacity: 60,
             refill_per_second: 5.0,
-            max_concurrent: 32,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
         }
     }
 }
@@ -322,6 +324,38 @@ struct RawAuthFailures {
 }
 
 impl Config {
+    /// With the embedded runner, whether one principal's requests in flight — POSTs of an
+    /// exchange may take up to twice `max_concurrent` places — can fill every backend process:
+    /// a token's slow uploads (a byte every few seconds moves, so the idle timeout never ends
+    /// them) would then keep everyone else's clones waiting. Said, not refused: a server with
+    /// one CI token may want exactly that.
+    fn one_principal_holds_every_process(&self) -> Option<String> {
+        let Upstream::Cgi { max_processes, .. } = self.upstream else {
+            return None;
+        };
+        let per_principal = self.rate_limit.max_concurrent as usize;
+        if max_processes == 0
+            || (per_principal > 0 && per_principal.saturating_mul(2) < max_processes)
+        {
+            return None;
+        }
+        let cap = if per_principal == 0 {
+            "max_concurrent = 0 (no cap)".to_string()
+        } else {
+            format!(
+                "max_concurrent = {per_principal} (POSTs of an exchange up to {})",
+                per_principal.saturating_mul(2)
+            )
+        };
+        Some(format!(
+            "[rate_limit] {cap} lets one token or user hold all {max_processes} backend \
+             processes ([upstream] max_processes), and a client uploading a byte now and then \
+             keeps them: set max_concurrent to a quarter of max_processes or less (e.g. {}) \
+             unless one principal should have them all",
+            (max_processes / 4).max(1)
+        ))
+    }
+
     /// What is allowed but likely wrong, for `check` and the start to say (each a sentence).
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
@@ -338,6 +372,9 @@ impl Config {
                     header.replace('_', "-")
                 ));
             }
+        }
+        if let Some(held) = self.one_principal_holds_every_process() {
+            warnings.push(held);
         }
         if self.metrics_without_listen {
             warnings.push(
@@ -993,6 +1030,11 @@ const MAX_CONNECTIONS: usize = 1_000_000;
 /// thread per core); what waits past it is served as places come free.
 pub const DEFAULT_MAX_PROCESSES: usize = 64;
 
+/// `[rate_limit] max_concurrent` unset: enough for a CI job's parallel clones with one token,
+/// and with the POSTs' twice it (see `inflight`) half of [`DEFAULT_MAX_PROCESSES`], so one
+/// principal's slow uploads never hold every backend process.
+pub const DEFAULT_MAX_CONCURRENT: u32 = 16;
+
 /// The most `max_request_buffer_mib` may be: git http-backend holds a chunked request body in
 /// memory up to it, one per process.
 const MAX_REQUEST_BUFFER_MIB: u32 = 4096;
@@ -1365,6 +1407,44 @@ realm = "gitgate"
         assert!(err.contains("create it"), "{err}");
         std::fs::create_dir(dir.path().join("repos")).unwrap();
         Config::parse(&config, text).unwrap().check_paths().unwrap();
+    }
+
+    #[test]
+    fn a_principal_that_could_hold_every_backend_process_is_warned_of() {
+        let held = |c: &Config| c.warnings().into_iter().find(|w| w.contains("hold all"));
+        // The defaults: a POST of an exchange may take twice max_concurrent, half the processes.
+        let defaults = parse(GOOD).unwrap();
+        assert_eq!(defaults.rate_limit.max_concurrent, DEFAULT_MAX_CONCURRENT);
+        assert!(DEFAULT_MAX_CONCURRENT as usize * 2 < DEFAULT_MAX_PROCESSES);
+        assert_eq!(held(&defaults), None);
+        let with = |rate: &str, upstream: &str| {
+            let root = "project_root = \"repos\"\n";
+            let good = GOOD.replace(root, &format!("{root}{upstream}\n"));
+            parse(&format!("{good}[rate_limit]\n{rate}\n")).unwrap()
+        };
+        let said = held(&with("max_concurrent = 32", "")).unwrap();
+        assert!(
+            said.contains("max_concurrent = 32 (POSTs of an exchange up to 64)")
+                && said.contains("all 64 backend processes")
+                && said.contains("(e.g. 16)"),
+            "{said}"
+        );
+        let uncapped = held(&with("max_concurrent = 0", "")).unwrap();
+        assert!(
+            uncapped.contains("max_concurrent = 0 (no cap)"),
+            "{uncapped}"
+        );
+        assert!(held(&with("max_concurrent = 5", "max_processes = 10")).is_some());
+        assert_eq!(
+            held(&with("max_concurrent = 4", "max_processes = 10")),
+            None
+        );
+        // No cap on processes, or a server of its own behind `url`: nothing to fill.
+        assert_eq!(held(&with("max_concurrent = 0", "max_processes = 0")), None);
+        assert_eq!(
+            held(&parse(&format!("{HTTP}[rate_limit]\nmax_concurrent = 0\n")).unwrap()),
+            None
+        );
     }
 
     const HTTP: &str = r#"
