@@ -200,12 +200,15 @@ impl Gate {
         let method = req.method().clone();
         // A clone of the URI shares its bytes: the log line costs no copy of the path.
         let uri = req.uri().clone();
+        // Likewise the client's User-Agent: which git (or library, or CI runner) asked.
+        let agent = req.headers().get(hyper::header::USER_AGENT).cloned();
         let inbound = Arc::new(Inbound::default());
         // Logged as 499 if the client goes away before it has an answer (hyper then drops this
         // future), so that no request leaves the log and the metrics unseen.
         let mut pending = Unanswered(Some(LogLine {
             method,
             uri,
+            agent,
             remote,
             who: RequestLog::default(),
             status: CLIENT_GONE_BEFORE_ANSWER,
@@ -819,6 +822,7 @@ fn a_push_continues(git_req: &GitRequest, headers: &hyper::HeaderMap) -> bool {
 struct LogLine {
     method: hyper::Method,
     uri: Uri,
+    agent: Option<hyper::header::HeaderValue>,
     remote: SocketAddr,
     who: RequestLog,
     status: u16,
@@ -874,8 +878,30 @@ impl LogLine {
             bytes_out,
             duration_ms = %format_args!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
             outcome = %outcome,
+            agent = %LogAgent(self.agent.as_ref()),
             "request"
         );
+    }
+}
+
+/// A request's `User-Agent` in its log line: quoted where it has spaces (`git/2.39.5` plain,
+/// `"JGit/6.1 (Linux)"` quoted), `-` without one, and cut to [`AGENT_LOGGED`] characters — a
+/// client chooses it, and a 60 KiB one must not make every line of its requests that long.
+struct LogAgent<'a>(Option<&'a hyper::header::HeaderValue>);
+
+/// The most of a `User-Agent` a request line holds.
+const AGENT_LOGGED: usize = 120;
+
+impl fmt::Display for LogAgent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(agent) = self.0 else {
+            return f.write_str("-");
+        };
+        let text = String::from_utf8_lossy(agent.as_bytes());
+        match text.char_indices().nth(AGENT_LOGGED) {
+            Some((cut, _)) => write!(f, "{}", LogValue(&format!("{}...", &text[..cut]))),
+            None => write!(f, "{}", LogValue(&text)),
+        }
     }
 }
 
@@ -1294,12 +1320,34 @@ impl Drop for LoggedBody {
 #[cfg(test)]
 mod tests {
     use super::{
-        host_problem, loggable_path, AuditScratch, LogLine, LogMethod, RequestLog, Unanswered,
+        host_problem, loggable_path, AuditScratch, LogAgent, LogLine, LogMethod, RequestLog,
+        Unanswered, AGENT_LOGGED,
     };
     use crate::idle::Activity;
     use hyper::header::HOST;
     use hyper::{HeaderMap, Uri, Version};
     use std::sync::Arc;
+
+    #[test]
+    fn a_logged_user_agent_is_one_field_of_a_bounded_length() {
+        let said = |a: &[u8]| {
+            let value = hyper::header::HeaderValue::from_bytes(a).unwrap();
+            LogAgent(Some(&value)).to_string()
+        };
+        assert_eq!(LogAgent(None).to_string(), "-");
+        assert_eq!(said(b"git/2.39.5"), "git/2.39.5");
+        // Spaces, quotes and `=` would start fields of their own: quoted and escaped.
+        assert_eq!(said(b"JGit/6.1 (Linux)"), "\"JGit/6.1 (Linux)\"");
+        assert_eq!(
+            said(b"x\" status=200 user=root"),
+            "\"x\\\" status=200 user=root\""
+        );
+        // Bytes past ASCII (allowed in a header value) neither break the line nor panic.
+        assert_eq!(said(b"git/\xff"), "\"git/\u{fffd}\"");
+        let long = said(&[b'a'; 60_000]);
+        assert_eq!(long.len(), AGENT_LOGGED + 3, "{long}");
+        assert!(long.ends_with("..."));
+    }
 
     #[test]
     fn a_logged_path_cannot_add_fields_or_lines() {
@@ -1352,6 +1400,7 @@ mod tests {
         let line = || LogLine {
             method: hyper::Method::GET,
             uri: Uri::from_static("/team/app.git/info/refs"),
+            agent: None,
             remote: "192.0.2.7:4000".parse().unwrap(),
             who: RequestLog::default(),
             status: super::CLIENT_GONE_BEFORE_ANSWER,

@@ -2729,6 +2729,21 @@ fn secrets_never_reach_the_log_or_the_database() {
         "no request line for token {} with status 200:\n{log}",
         personal.id
     );
+    // Each names the client that sent it: `agent=git/2.x.y` at its end for git's requests,
+    // `agent=-` for the raw ones above, which send none.
+    let agents = |with: &str| {
+        log.lines()
+            .filter(|l| l.contains("gitgate::request") && l.contains(with))
+            .count()
+    };
+    assert!(agents(&personal.id) > 0);
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("gitgate::request") && l.contains(&personal.id))
+            .all(|l| l.contains(" agent=git/")),
+        "a request line of git's without its User-Agent:\n{log}"
+    );
+    assert!(agents(" agent=-") > 0, "{log}");
     assert!(
         log.lines()
             .any(|l| l.contains("team/app") && l.contains("401")),
