@@ -61,6 +61,20 @@ enum Command {
         /// Only events at or after this date (YYYY-MM-DD) or epoch milliseconds.
         #[arg(long)]
         since: Option<String>,
+        /// Only events before this date (YYYY-MM-DD: before that day begins, UTC) or epoch
+        /// milliseconds.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only events of this action (token.revoked) or family of actions (token: every
+        /// token.* event).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only events by this actor, exactly as printed (cli:root, alice).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only events about this target, exactly as printed (a user's name, a token's id).
+        #[arg(long)]
+        target: Option<String>,
         /// Only the newest N events (still printed oldest first). Without it, all of them.
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
@@ -516,8 +530,23 @@ fn run(args: Cli) -> Result<(), String> {
             RatelimitCommand::Clear { user } => cli::ratelimit::clear(&store, &user),
             RatelimitCommand::List { json } => cli::ratelimit::list(&store, json),
         },
-        Command::Audit { since, limit, json } => {
-            cli::audit::show(&store, since.as_deref(), limit, json)
+        Command::Audit {
+            since,
+            until,
+            action,
+            actor,
+            target,
+            limit,
+            json,
+        } => {
+            let wanted = cli::audit::Wanted {
+                since: since.as_deref(),
+                until: until.as_deref(),
+                action: action.as_deref(),
+                actor: actor.as_deref(),
+                target: target.as_deref(),
+            };
+            cli::audit::show(&store, &wanted, limit, json)
         }
     }
 }

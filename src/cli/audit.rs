@@ -1,4 +1,5 @@
-//! `gitgate audit`: print audit events, oldest first — all of them, or the newest `--limit`.
+//! `gitgate audit`: print audit events, oldest first — all of them, or the newest `--limit`,
+//! of those in a span of time, of an action, by an actor or about a target.
 //!
 //! The table only grows (repeated failures are folded into one row, but nothing is deleted), so
 //! the listing is read and printed a page at a time: memory stays flat however long it is, and
@@ -6,43 +7,112 @@
 
 use super::out_raw;
 use crate::clock;
-use crate::store::{AuditCursor, AuditEvent, Store};
+use crate::store::{AuditCursor, AuditEvent, AuditFilter, Store};
 
 /// Events read from the store at a time.
 const PAGE: usize = 1000;
 
-/// Why `--since` was not taken. A small number is most often seconds (`date +%s`) or a day
-/// written without dashes, not a moment of 1970.
-fn since_refused(s: &str) -> String {
+/// The families of audit actions: `--action` names one of them, or one action of one.
+const FAMILIES: [&str; 7] = [
+    "audit",
+    "auth",
+    "grant",
+    "policy",
+    "ratelimit",
+    "token",
+    "user",
+];
+
+/// What `gitgate audit` was asked for, as typed.
+#[derive(Default)]
+pub struct Wanted<'a> {
+    pub since: Option<&'a str>,
+    pub until: Option<&'a str>,
+    pub action: Option<&'a str>,
+    pub actor: Option<&'a str>,
+    pub target: Option<&'a str>,
+}
+
+/// Why a date (`--since`, `--until`) was not taken. A small number is most often seconds
+/// (`date +%s`) or a day written without dashes, not a moment of 1970.
+fn date_refused(flag: &str, s: &str) -> String {
     match s.parse::<i64>() {
         Ok(n) if n >= 0 => format!(
-            "--since {s} is too small for epoch milliseconds (it would be {}, before any event): \
-             give milliseconds (seconds × 1000) or YYYY-MM-DD; leave --since out for every event",
+            "{flag} {s} is too small for epoch milliseconds (it would be {}, before any event): \
+             give milliseconds (seconds × 1000) or YYYY-MM-DD; leave {flag} out for every event",
             clock::datetime(n)
         ),
         _ => format!(
-            "--since '{s}' is not a date: use YYYY-MM-DD (1970 to 9999) or epoch milliseconds \
+            "{flag} '{s}' is not a date: use YYYY-MM-DD (1970 to 9999) or epoch milliseconds \
              (seconds × 1000)"
         ),
     }
 }
 
+/// The filter `wanted` asks for, or why it cannot be: a date that is not one, a span that ends
+/// before it begins, an action of no family (a typo would otherwise list nothing, silently).
+pub fn filter(wanted: &Wanted<'_>) -> Result<AuditFilter, String> {
+    let date = |flag: &str, s: Option<&str>| match s {
+        Some(s) => clock::parse_date(s)
+            .map(Some)
+            .ok_or_else(|| date_refused(flag, s)),
+        None => Ok(None),
+    };
+    let since = date("--since", wanted.since)?;
+    let until = date("--until", wanted.until)?;
+    if let (Some(since), Some(until)) = (since, until) {
+        if until <= since {
+            return Err(format!(
+                "--until {} is not after --since {}: no event could be both at or after the \
+                 one and before the other",
+                clock::datetime(until),
+                clock::datetime(since)
+            ));
+        }
+    }
+    if let Some(action) = wanted.action {
+        let family = action.split('.').next().unwrap_or_default();
+        let named = action.split('.').count() <= 2
+            && action.split('.').all(|part| {
+                !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            });
+        if !named || !FAMILIES.contains(&family) {
+            return Err(format!(
+                "--action '{action}' is not an action: give a family ({}) or one action of it, \
+                 e.g. token.revoked",
+                FAMILIES.join(", ")
+            ));
+        }
+    }
+    let empty = |flag: &str, s: Option<&str>| match s {
+        Some(s) if s.trim().is_empty() => Err(format!(
+            "{flag} is empty: give the exact {} as `gitgate audit` prints it",
+            &flag[2..]
+        )),
+        s => Ok(s.map(str::to_string)),
+    };
+    Ok(AuditFilter {
+        since,
+        until,
+        action: wanted.action.map(str::to_string),
+        actor: empty("--actor", wanted.actor)?,
+        target: empty("--target", wanted.target)?,
+    })
+}
+
 pub fn show(
     store: &Store,
-    since: Option<&str>,
+    wanted: &Wanted<'_>,
     limit: Option<usize>,
     json: bool,
 ) -> Result<(), String> {
-    let since = match since {
-        Some(s) => Some(clock::parse_date(s).ok_or_else(|| since_refused(s))?),
-        None => None,
-    };
+    let filter = filter(wanted)?;
     let mut after = match limit {
         Some(0) => {
             return Err("--limit 0 shows nothing: give the number of newest events to show".into())
         }
         Some(n) => store
-            .audit_before_newest(since, n)
+            .audit_before_newest(&filter, n)
             .map_err(|e| e.to_string())?,
         None => AuditCursor::START,
     };
@@ -54,7 +124,7 @@ pub fn show(
     }
     while left > 0 {
         let page = store
-            .audit_page(since, after, PAGE.min(left))
+            .audit_page(&filter, after, PAGE.min(left))
             .map_err(|e| e.to_string())?;
         let Some(last) = page.last() else { break };
         after = AuditCursor::after(last);
@@ -96,4 +166,59 @@ fn line(e: &AuditEvent) -> Result<(), String> {
         e.detail
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{filter, Wanted};
+
+    #[test]
+    fn a_filter_is_refused_with_its_reason_where_it_could_list_nothing() {
+        let refused = |w: Wanted<'_>| filter(&w).unwrap_err();
+        assert!(refused(Wanted {
+            until: Some("1701993600"),
+            ..Wanted::default()
+        })
+        .contains("--until 1701993600 is too small for epoch milliseconds"));
+        assert!(refused(Wanted {
+            since: Some("2026-12-05"),
+            until: Some("2026-12-05"),
+            ..Wanted::default()
+        })
+        .contains("is not after --since"));
+        for typo in [
+            "tokens",
+            "token.",
+            ".revoked",
+            "token.revoked.x",
+            "user.%",
+            "Token",
+        ] {
+            let said = refused(Wanted {
+                action: Some(typo),
+                ..Wanted::default()
+            });
+            assert!(said.contains("is not an action"), "{typo}: {said}");
+        }
+        assert!(refused(Wanted {
+            actor: Some(" "),
+            ..Wanted::default()
+        })
+        .contains("--actor is empty"));
+        let taken = filter(&Wanted {
+            since: Some("2026-12-01"),
+            until: Some("2026-12-02"),
+            action: Some("user.role_changed"),
+            actor: Some("cli:root"),
+            target: Some("alice"),
+        })
+        .unwrap();
+        assert_eq!(
+            taken.until.unwrap() - taken.since.unwrap(),
+            24 * 3600 * 1000
+        );
+        assert_eq!(taken.action.as_deref(), Some("user.role_changed"));
+        assert_eq!(taken.actor.as_deref(), Some("cli:root"));
+        assert_eq!(taken.target.as_deref(), Some("alice"));
+    }
 }

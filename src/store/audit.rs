@@ -25,6 +25,40 @@ pub struct AuditEvent {
     pub last_at: Option<i64>,
 }
 
+/// Which events a listing shows: all of them by default, or those in a span of time, of an
+/// action (or a family of actions), by an actor, about a target.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// At or after this moment (epoch ms).
+    pub since: Option<i64>,
+    /// Before this moment (epoch ms).
+    pub until: Option<i64>,
+    /// One action (`token.revoked`), or a family of them (`token`: every `token.*`).
+    pub action: Option<String>,
+    /// Exactly this actor (`cli:root`, `alice`).
+    pub actor: Option<String>,
+    /// Exactly this target (a user's name, a token's id).
+    pub target: Option<String>,
+}
+
+impl AuditFilter {
+    /// Events at or after `since` (epoch ms), or all.
+    pub fn since(since: Option<i64>) -> AuditFilter {
+        AuditFilter {
+            since,
+            ..AuditFilter::default()
+        }
+    }
+}
+
+/// The conditions of an [`AuditFilter`] on parameters ?1 (since), ?5 (until), ?6 (action),
+/// ?7 (actor) and ?8 (target); a parameter left NULL lets every event through. A family is
+/// matched by its prefix and a dot, not `LIKE` (whose `_` would match any character in
+/// `user.role_changed`). The span is on `at`, the index the listing walks.
+const FILTERED: &str = "at >= ?1 AND at < ?5
+    AND (?6 IS NULL OR action = ?6 OR substr(action, 1, length(?6) + 1) = ?6 || '.')
+    AND (?7 IS NULL OR actor = ?7) AND (?8 IS NULL OR target = ?8)";
+
 /// A place in the audit listing, which goes by time (`at`), then by id among events of the
 /// same millisecond. Not by id alone: failed authentications reach the table in the writer's
 /// batches, up to a second after events recorded in between, with the time they happened.
@@ -328,21 +362,29 @@ impl Store {
 
     /// Events at or after `since` (epoch ms), oldest first, at most `limit`.
     pub fn audit_events(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEvent>> {
-        self.audit_page(since, AuditCursor::START, limit)
+        self.audit_page(&AuditFilter::since(since), AuditCursor::START, limit)
     }
 
-    /// The place just before the newest `n` events at or after `since`, for
+    /// The place just before the newest `n` events that `filter` lets through, for
     /// [`Store::audit_page`] to start from; [`AuditCursor::START`] when there are no more than
     /// `n`.
-    pub fn audit_before_newest(&self, since: Option<i64>, n: usize) -> Result<AuditCursor> {
+    pub fn audit_before_newest(&self, filter: &AuditFilter, n: usize) -> Result<AuditCursor> {
         self.with_conn(|c| {
             let place = c
                 .query_row(
-                    "SELECT at, id FROM audit_events WHERE at >= ?1
-                     ORDER BY at DESC, id DESC LIMIT 1 OFFSET ?2",
+                    &format!(
+                        "SELECT at, id FROM audit_events WHERE {FILTERED}
+                         ORDER BY at DESC, id DESC LIMIT 1 OFFSET ?2"
+                    ),
                     params![
-                        since.unwrap_or(i64::MIN),
-                        i64::try_from(n).unwrap_or(i64::MAX)
+                        filter.since.unwrap_or(i64::MIN),
+                        i64::try_from(n).unwrap_or(i64::MAX),
+                        None::<i64>,
+                        None::<i64>,
+                        filter.until.unwrap_or(i64::MAX),
+                        filter.action,
+                        filter.actor,
+                        filter.target,
                     ],
                     |r| {
                         Ok(AuditCursor {
@@ -356,7 +398,7 @@ impl Store {
         })
     }
 
-    /// Events at or after `since` (epoch ms) and past `after`, oldest first (by time, then id),
+    /// Events that `filter` lets through past `after`, oldest first (by time, then id),
     /// at most `limit`: one page of a listing that may be far longer than memory should hold.
     /// Each page is its own read, so a listing piped into a slow reader holds no snapshot of
     /// the store. The index on `at` (which holds the id too) gives the order, and each page
@@ -366,28 +408,37 @@ impl Store {
     /// of one millisecond took 2.9 s, 600,000 took 21 s).
     pub fn audit_page(
         &self,
-        since: Option<i64>,
+        filter: &AuditFilter,
         after: AuditCursor,
         limit: usize,
     ) -> Result<Vec<AuditEvent>> {
         self.with_conn(|c| {
             // The rest of the cursor's millisecond, then what comes after it: each part one
             // index range that starts where the page does.
-            let mut stmt = c.prepare_cached(
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT * FROM (
                    SELECT * FROM (
                      SELECT id, at, actor, action, target, detail, source, count, last_at
-                     FROM audit_events WHERE at = ?2 AND at >= ?1 AND id > ?3
+                     FROM audit_events WHERE at = ?2 AND id > ?3 AND {FILTERED}
                      ORDER BY id LIMIT ?4)
                    UNION ALL
                    SELECT * FROM (
                      SELECT id, at, actor, action, target, detail, source, count, last_at
-                     FROM audit_events WHERE at > ?2 AND at >= ?1
+                     FROM audit_events WHERE at > ?2 AND {FILTERED}
                      ORDER BY at, id LIMIT ?4))
-                 ORDER BY at, id LIMIT ?4",
-            )?;
+                 ORDER BY at, id LIMIT ?4"
+            ))?;
             let rows = stmt.query_map(
-                params![since.unwrap_or(i64::MIN), after.at, after.id, limit as i64],
+                params![
+                    filter.since.unwrap_or(i64::MIN),
+                    after.at,
+                    after.id,
+                    limit as i64,
+                    filter.until.unwrap_or(i64::MAX),
+                    filter.action,
+                    filter.actor,
+                    filter.target,
+                ],
                 event_from_row,
             )?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -534,7 +585,9 @@ mod tests {
             let mut seen: Vec<(i64, i64)> = Vec::new();
             let mut cursor = AuditCursor::START;
             loop {
-                let page = store.audit_page(since, cursor, 64).unwrap();
+                let page = store
+                    .audit_page(&AuditFilter::since(since), cursor, 64)
+                    .unwrap();
                 let Some(last) = page.last() else { break };
                 cursor = AuditCursor::after(last);
                 seen.extend(page.iter().map(|e| (e.at, e.id)));
@@ -549,6 +602,90 @@ mod tests {
 
     /// A failed authentication reaches the table after events recorded later; the listing,
     /// its pages and its newest-N start all go by when each happened.
+    #[test]
+    fn a_filter_lists_the_events_of_a_span_an_action_an_actor_and_a_target() {
+        let (_dir, store) = temp_store();
+        let other = Actor {
+            name: "bob".into(),
+            ..actor()
+        };
+        for (who, action, target) in [
+            (&actor(), "user.added", "alice"),
+            (&actor(), "user.role_changed", "alice"),
+            (&other, "token.created", "abc"),
+            (&actor(), "token.revoked", "abc"),
+            (&other, "user.disabled", "alice"),
+            // `_` and `%` are not wildcards: `user_x` is no family of `user.*` events.
+            (&actor(), "user_x.added", "alice"),
+        ] {
+            store.record_event(who, action, target, "").unwrap();
+        }
+        let listed = |filter: AuditFilter| {
+            let start = store.audit_before_newest(&filter, 100).unwrap();
+            let all = store.audit_page(&filter, start, 100).unwrap();
+            // The newest one alone, through the other query.
+            let start = store.audit_before_newest(&filter, 1).unwrap();
+            let newest = store.audit_page(&filter, start, 100).unwrap();
+            assert_eq!(
+                newest.iter().map(|e| e.id).collect::<Vec<_>>(),
+                all.last().map(|e| e.id).into_iter().collect::<Vec<_>>()
+            );
+            all.into_iter()
+                .map(|e| format!("{} {} {}", e.actor, e.action, e.target))
+                .collect::<Vec<_>>()
+        };
+        let family = |a: &str| AuditFilter {
+            action: Some(a.into()),
+            ..AuditFilter::default()
+        };
+        assert_eq!(
+            listed(family("user")),
+            [
+                "test user.added alice",
+                "test user.role_changed alice",
+                "bob user.disabled alice"
+            ]
+        );
+        assert_eq!(
+            listed(family("user.role_changed")),
+            ["test user.role_changed alice"]
+        );
+        assert_eq!(listed(family("user.role")), Vec::<String>::new());
+        assert_eq!(listed(family("token.")), Vec::<String>::new());
+        assert_eq!(
+            listed(AuditFilter {
+                actor: Some("bob".into()),
+                ..AuditFilter::default()
+            }),
+            ["bob token.created abc", "bob user.disabled alice"]
+        );
+        assert_eq!(
+            listed(AuditFilter {
+                action: Some("token".into()),
+                actor: Some("test".into()),
+                target: Some("abc".into()),
+                ..AuditFilter::default()
+            }),
+            ["test token.revoked abc"]
+        );
+        // A span: at or after its start, before its end.
+        let all = store.audit_events(None, 100).unwrap();
+        let third = all[2].at;
+        let span = |since, until| {
+            listed(AuditFilter {
+                since,
+                until,
+                ..AuditFilter::default()
+            })
+            .len()
+        };
+        let at_or_after = all.iter().filter(|e| e.at >= third).count();
+        assert_eq!(span(Some(third), None), at_or_after);
+        assert_eq!(span(None, Some(third)), all.len() - at_or_after);
+        assert_eq!(span(Some(third), Some(third)), 0);
+        assert_eq!(span(None, None), all.len());
+    }
+
     #[test]
     fn events_are_listed_by_when_they_happened_not_when_they_were_stored() {
         let (_dir, store) = temp_store();
@@ -566,23 +703,31 @@ mod tests {
             "stored after, listed before: {all:?}"
         );
         // One page at a time, from the start.
-        let first = store.audit_page(None, AuditCursor::START, 1).unwrap();
+        let first = store
+            .audit_page(&AuditFilter::default(), AuditCursor::START, 1)
+            .unwrap();
         assert_eq!(first[0].action, "auth.failed");
         let second = store
-            .audit_page(None, AuditCursor::after(&first[0]), 1)
+            .audit_page(&AuditFilter::default(), AuditCursor::after(&first[0]), 1)
             .unwrap();
         assert_eq!(second[0].action, "user.disabled");
         assert!(store
-            .audit_page(None, AuditCursor::after(&second[0]), 1)
+            .audit_page(&AuditFilter::default(), AuditCursor::after(&second[0]), 1)
             .unwrap()
             .is_empty());
         // The newest one is the one that happened last.
-        let start = store.audit_before_newest(None, 1).unwrap();
-        let newest = store.audit_page(None, start, 10).unwrap();
+        let start = store
+            .audit_before_newest(&AuditFilter::default(), 1)
+            .unwrap();
+        let newest = store
+            .audit_page(&AuditFilter::default(), start, 10)
+            .unwrap();
         assert_eq!(newest.len(), 1);
         assert_eq!(newest[0].action, "user.disabled");
         assert_eq!(
-            store.audit_before_newest(None, 2).unwrap(),
+            store
+                .audit_before_newest(&AuditFilter::default(), 2)
+                .unwrap(),
             AuditCursor::START
         );
     }
