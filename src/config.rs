@@ -844,7 +844,7 @@ fn http_upstream(
 ) -> Result<HttpUpstream, String> {
     // What messages show of the URL: a secret pasted into it (`https://user:token@...`,
     // `?access_token=...`) must not reach the journal with the refusal.
-    let shown = redacted_url(url);
+    let shown = crate::log_value::redacted_url(url);
     if raw.project_root.is_some() {
         return Err(
             "[upstream] project_root applies to `cgi` only: the server at `url` knows its own repositories"
@@ -1182,27 +1182,6 @@ fn without_quoted_strings(msg: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// The URL as messages show it: whatever is between the scheme and an `@` (user and password),
-/// and the query and fragment, replaced by `***`.
-fn redacted_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
-    };
-    let (before_query, query) = match rest.find(['?', '#']) {
-        Some(at) => (&rest[..at], Some(&rest[at..at + 1])),
-        None => (rest, None),
-    };
-    let authority_end = before_query.find('/').unwrap_or(before_query.len());
-    let (authority, path) = before_query.split_at(authority_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => format!("***{}", &authority[at..]),
-        None => authority.to_string(),
-    };
-    let query = query.map(|mark| format!("{mark}***")).unwrap_or_default();
-    format!("{scheme}{authority}{path}{query}")
 }
 
 /// Whether `name` can be an environment variable's name (as shells take them).
@@ -1543,10 +1522,13 @@ env = "UPSTREAM_TOKEN"
         }
         // What is shown of a URL: where it goes, not who it says it is.
         assert_eq!(
-            redacted_url("https://u:p@git.internal:8443/git?t=x"),
+            crate::log_value::redacted_url("https://u:p@git.internal:8443/git?t=x"),
             "https://***@git.internal:8443/git?***"
         );
-        assert_eq!(redacted_url("http://a/b/c"), "http://a/b/c");
+        assert_eq!(
+            crate::log_value::redacted_url("http://a/b/c"),
+            "http://a/b/c"
+        );
     }
 
     #[test]

@@ -25,6 +25,32 @@ impl fmt::Display for LogValue<'_> {
     }
 }
 
+/// The URL as messages show it: whatever is between the scheme and an `@` (user and password),
+/// and the query and fragment, replaced by `***`; one that holds what looks like a token secret
+/// elsewhere (its path) is not written at all. For URLs that may carry credentials: `[upstream]
+/// url` in messages, an upstream's `Location` in the log.
+pub fn redacted_url(url: &str) -> String {
+    if crate::credentials::holds_a_token(url) {
+        return "<a URL holding what looks like a token secret>".into();
+    }
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let (before_query, query) = match rest.find(['?', '#']) {
+        Some(at) => (&rest[..at], Some(&rest[at..at + 1])),
+        None => (rest, None),
+    };
+    let authority_end = before_query.find('/').unwrap_or(before_query.len());
+    let (authority, path) = before_query.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***{}", &authority[at..]),
+        None => authority.to_string(),
+    };
+    let query = query.map(|mark| format!("{mark}***")).unwrap_or_default();
+    format!("{scheme}{authority}{path}{query}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::LogValue;

@@ -2058,25 +2058,38 @@ fn an_upstream_closing_idle_connections_never_costs_a_request() {
 
 #[test]
 fn an_upstream_redirect_to_its_own_address_outside_its_repositories_is_a_502() {
-    let dir = tempfile::tempdir().unwrap();
-    let (upstream_port, _heads) = scripted_upstream(usize::MAX, move |port| {
-        format!(
-            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/login?next=x\r\n\
-             Content-Length: 0\r\n\r\n"
-        )
-        .into_bytes()
-    });
-    let url = format!("http://127.0.0.1:{upstream_port}/git");
-    let (g, auth) = start_in_front_of_url(dir.path(), &url, "");
-    let (out, _) = info_refs(&g, &auth);
-    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
-    assert!(out.contains("redirected outside its repositories"), "{out}");
-    assert!(!out.contains(&format!(":{upstream_port}")), "{out}");
-    let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
-    assert!(
-        log.contains("/login?next=x"),
-        "the log names the Location: {log}"
-    );
+    // The log names the Location, but not the credentials or the query a login page's may
+    // carry, nor anything of one that holds what looks like a token secret.
+    let secret = "ggt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for (location, logged) in [
+        ("/login?next=x", "http://***@127.0.0.1:{port}/login?***"),
+        (
+            "/login?t={secret}",
+            "<a URL holding what looks like a token secret>",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let location = location.replace("{secret}", secret);
+        let (upstream_port, _heads) = scripted_upstream(usize::MAX, move |port| {
+            format!(
+                "HTTP/1.1 302 Found\r\nLocation: http://svc:hunter2@127.0.0.1:{port}{location}\r\n\
+                 Content-Length: 0\r\n\r\n"
+            )
+            .into_bytes()
+        });
+        let url = format!("http://127.0.0.1:{upstream_port}/git");
+        let (g, auth) = start_in_front_of_url(dir.path(), &url, "");
+        let (out, _) = info_refs(&g, &auth);
+        assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+        assert!(out.contains("redirected outside its repositories"), "{out}");
+        assert!(!out.contains(&format!(":{upstream_port}")), "{out}");
+        let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap();
+        let logged = logged.replace("{port}", &upstream_port.to_string());
+        assert!(log.contains(&logged), "the log names the Location: {log}");
+        for hidden in ["hunter2", "next=x", &secret[4..]] {
+            assert!(!log.contains(hidden), "{hidden} in the log: {log}");
+        }
+    }
 }
 
 /// A redirect gitgate cannot check is never passed on: one with bytes that are not ASCII, a

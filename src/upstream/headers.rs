@@ -285,9 +285,20 @@ const UPSTREAM_ONLY: [&str; 5] = [
     "x-powered-by",
 ];
 
+/// Whether a response header is an instruction to a web server in front of gitgate, not part of
+/// the answer: nginx acts on `X-Accel-Redirect` (serve this internal location or file instead),
+/// `X-Accel-Buffering`, `-Limit-Rate`, `-Expires` and `-Charset` from whatever it proxies — and
+/// gitgate is what it proxies where nginx terminates TLS in front — and Apache and lighttpd on
+/// `X-Sendfile`. Passed on, an upstream (or whatever answers on its behalf) could have the
+/// front server send any file it can read.
+fn is_for_a_front_server(name: &str) -> bool {
+    name.starts_with("x-accel-") || name == "x-sendfile" || name == "x-lighttpd-send-file"
+}
+
 /// Make an upstream response's headers the client's: hop-by-hop headers, whatever
-/// `Connection` names, any `Authorization` and the upstream's own-site headers (`Set-Cookie`, `Alt-Svc`,
-/// `Content-Location`, `Server`, `X-Powered-By`) are removed, in
+/// `Connection` names, any `Authorization`, the upstream's own-site headers (`Set-Cookie`, `Alt-Svc`,
+/// `Content-Location`, `Server`, `X-Powered-By`) and instructions to a front server
+/// (`X-Accel-*`, `X-Sendfile`) are removed, in
 /// place — a response usually carries few of them, so usually nothing else moves and nothing
 /// is allocated.
 ///
@@ -317,6 +328,7 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
             let n = name.as_str();
             HOP_BY_HOP.contains(&n)
                 || UPSTREAM_ONLY.contains(&n)
+                || is_for_a_front_server(n)
                 || n == "authorization"
                 || named_by_connection(headers, n)
         })
@@ -1356,6 +1368,11 @@ mod tests {
             ("content-location", "http://127.0.0.1:3000/git/internal"),
             ("server", "nginx/1.22.1"),
             ("x-powered-by", "PHP/7.4"),
+            // What a front nginx, Apache or lighttpd would act on: never the client's.
+            ("x-accel-redirect", "/internal/etc/passwd"),
+            ("X-Accel-Buffering", "no"),
+            ("x-sendfile", "/etc/shadow"),
+            ("x-lighttpd-send-file", "/etc/shadow"),
             ("content-length", "100"),
             ("transfer-encoding", "chunked"),
             ("content-type", "text/plain"),

@@ -399,7 +399,7 @@ impl HttpBackend {
                 // would loop until it gives up, so say what is wrong instead.
                 Redirect::To(moved) if asked.is_some_and(|a| a.as_str() == moved) => {
                     return Err(ForwardError {
-                        detail: Some(format!("Location: {location}")),
+                        detail: Some(logged_location(location)),
                         ..ForwardError::bad_gateway(
                             "the upstream git server redirects to the address gitgate asked; \
                              check the scheme and port of [upstream] url",
@@ -414,7 +414,7 @@ impl HttpBackend {
                 }
                 Redirect::OffBase => {
                     return Err(ForwardError {
-                        detail: Some(format!("Location: {location}")),
+                        detail: Some(logged_location(location)),
                         ..ForwardError::bad_gateway(
                             "the upstream git server redirected outside its repositories",
                         )
@@ -422,7 +422,7 @@ impl HttpBackend {
                 }
                 Redirect::Unsure => {
                     return Err(ForwardError {
-                        detail: Some(format!("Location: {location}")),
+                        detail: Some(logged_location(location)),
                         ..ForwardError::bad_gateway(
                             "the upstream git server redirected to an address gitgate cannot \
                              tell from its own",
@@ -923,11 +923,24 @@ impl Body for UpstreamBody {
     }
 }
 
+/// An upstream's `Location` as the log shows it: a user and password, a query (a login page's
+/// `?token=`) or what looks like a token secret are not written (see
+/// [`crate::log_value::redacted_url`]), and the rest is one quoted field.
+fn logged_location(location: &str) -> String {
+    format!("Location: {:?}", crate::log_value::redacted_url(location))
+}
+
 /// A 502 for an upstream redirect gitgate cannot check: never passed on, since it might name the
 /// upstream's internal address. The values go to the log only.
 fn unreadable_redirect(locations: &[&HeaderValue]) -> ForwardError {
     ForwardError {
-        detail: Some(format!("Location: {locations:?}")),
+        detail: Some(
+            locations
+                .iter()
+                .map(|v| logged_location(&String::from_utf8_lossy(v.as_bytes())))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         ..ForwardError::bad_gateway(
             "the upstream git server sent a redirect gitgate cannot check (more than one \
              Location, or one that is not plain ASCII), so it is not passed on",
