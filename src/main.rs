@@ -287,6 +287,14 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
+    // A file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) reached by the log would kill the
+    // server with SIGXFSZ, mid-line, with nothing said; ignored, the write fails (EFBIG) and
+    // loses its line, as one on a full disk does, and the server goes on. Its git processes
+    // inherit this, and report the failed write (`File too large`) instead of dying of it.
+    // SAFETY: nothing else runs yet, and SIG_IGN has no handler to run.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     // Set but empty (`GITGATE_CONFIG= gitgate ...`, a unit file's `Environment=GITGATE_CONFIG=`)
     // is unset, as for most tools: clap would otherwise refuse every command with "a value is
     // required for '--config'", even one given `--config` on its command line.

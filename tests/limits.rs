@@ -3138,3 +3138,53 @@ fn a_rapid_reset_is_logged_once_a_minute_with_its_address_not_per_connection() {
     );
     assert!(!log.contains("recv_reset"), "{log}");
 }
+
+/// A file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) that the log reaches costs the log
+/// its lines, not the server its life: without SIGXFSZ ignored, the kernel killed gitgate at
+/// the limit, mid-line.
+#[test]
+fn a_log_past_the_file_size_limit_loses_lines_but_the_server_goes_on() {
+    use std::os::unix::process::CommandExt;
+    let sb = common::Sandbox::new();
+    // The store made first, as its schema and its shared-memory index (32 KiB) take more.
+    sb.add_user("alice", "pw");
+    let mut cmd = sb.gitgate_command();
+    cmd.arg("serve");
+    const LIMIT: u64 = 64 * 1024;
+    // SAFETY: setrlimit is async-signal-safe, and nothing else runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = Server::start(cmd, sb.server_log(), "");
+    let port = server.port;
+    let ask = || {
+        common::try_raw_http(
+            port,
+            b"GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+              Connection: close\r\n\r\n",
+        )
+    };
+    // Each answer is a request line of some 250 bytes: past the limit well before the end.
+    for i in 0..400 {
+        let resp = ask().unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.status, 401, "request {i}");
+    }
+    let logged = std::fs::metadata(sb.server_log()).unwrap().len();
+    assert!(logged <= LIMIT, "{logged}");
+    assert!(
+        logged > LIMIT - 512,
+        "the log never reached the limit: {logged}"
+    );
+    assert!(server.alive(), "gitgate died at the file-size limit");
+    assert_eq!(ask().unwrap().status, 401);
+    server.stop();
+}
