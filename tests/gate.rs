@@ -1831,6 +1831,49 @@ fn a_backend_error_without_a_reason_gets_one() {
     assert!(log.contains("safe.directory"), "{log}");
 }
 
+/// A folder on a repository's way that gitgate's user may not look into (a permission the
+/// administrator got wrong) is the server's fault, said so to git and logged as an error —
+/// not `404 repository not found`, which sends users hunting for a typo. gitgate runs as
+/// uid 65534 here, the sandbox given to it: as root it could read anything.
+#[test]
+fn a_repository_folder_gitgate_may_not_read_is_a_server_error_not_a_404() {
+    let (sb, token) = team_sandbox();
+    // Its own copy of the binary, which that user can run wherever the build lies.
+    let bin = sb.root().join("gitgate");
+    fs::copy(common::gitgate_bin(), &bin).unwrap();
+    if !common::give_to_nobody(sb.root()) {
+        return;
+    }
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("--config")
+        .arg(sb.config())
+        .arg("serve")
+        .env_remove("GITGATE_LOG")
+        .current_dir(sb.root());
+    let mut server = Server::start(cmd, sb.server_log(), "");
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["ls-remote", &url]).ok();
+    let team = sb.repos().join("team");
+    fs::set_permissions(&team, fs::Permissions::from_mode(0o000)).unwrap();
+    let said = sb.git(sb.root(), &["ls-remote", &url]);
+    let said = said.fails_with("remote: this server may not read the folder of team/app");
+    assert!(!said.contains("not found"), "{said}");
+    fs::set_permissions(&team, fs::Permissions::from_mode(0o755)).unwrap();
+    sb.git(sb.root(), &["ls-remote", &url]).ok();
+    server.stop();
+    let log = fs::read_to_string(sb.server_log()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("may not read the folder"))
+        .unwrap_or_else(|| panic!("no line: {log}"));
+    assert!(
+        line.contains("ERROR") && line.contains("cannot forward"),
+        "{line}"
+    );
+}
+
 /// A repository that does not take pushes over HTTP (`http.receivepack false`) gets a bare
 /// `403` from git http-backend ("Service not enabled" only on stderr): git says why, so that
 /// the user does not blame a token that was accepted. What a bare `403` means is said only

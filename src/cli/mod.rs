@@ -202,6 +202,11 @@ pub fn not_served_yet(target: &crate::policy::Target, project_root: &Path) -> Op
                      another is not served"
                         .to_string(),
                 ),
+                RepoDir::NotServed(NotServed::Unreadable) => Some(
+                    "a folder on its way may not be read by this user (check the permissions; \
+                     the server needs them too)"
+                        .to_string(),
+                ),
             };
             if let Some(why) = why {
                 return Some(format!(

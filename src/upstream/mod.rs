@@ -203,6 +203,13 @@ fn not_served(repo: &crate::git::RepoPath, why: cgi::NotServed) -> ForwardError 
             fault: Fault::Backend,
             retry_after: None,
         },
+        cgi::NotServed::Unreadable => server(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "this server may not read the folder of {repo} (a permission on its disk is \
+                 wrong: it is not a missing repository); tell its administrator"
+            ),
+        ),
         cgi::NotServed::Both => server(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(

@@ -290,6 +290,10 @@ pub enum NotServed {
     Nested,
     /// The project root itself is not there (or not a folder): no repository can be served.
     RootUnavailable,
+    /// A folder on the way (the project root, a project's folder, the repository's own) that
+    /// gitgate's user may not look into: a permission the server's administrator got wrong,
+    /// never "not found" (the repository may well be there).
+    Unreadable,
 }
 
 /// What is at one of the names git tries for a repository, not following links.
@@ -303,6 +307,9 @@ pub enum Found {
     /// A symbolic link, a file (which git reads as a gitfile), or a working tree whose `.git`
     /// is one of those.
     Indirect,
+    /// Nothing can be told: looking was refused (`EACCES`, a folder on the way without `x`
+    /// for gitgate's user).
+    Unreadable,
 }
 
 impl RepoDir {
@@ -316,6 +323,10 @@ impl RepoDir {
     /// reads `HEAD`'s contents, gitgate's does not), as with [`NotServed::Doubled`].
     pub fn of(with_git: Found, plain: Found, doubled: bool) -> RepoDir {
         match (with_git, plain) {
+            // Either could be the repository, or something git would follow elsewhere.
+            (Found::Unreadable, _) | (_, Found::Unreadable) => {
+                RepoDir::NotServed(NotServed::Unreadable)
+            }
             (Found::Repository, Found::Repository) => RepoDir::NotServed(NotServed::Both),
             (Found::Repository, _) if doubled => RepoDir::NotServed(NotServed::Doubled),
             (Found::Repository, _) => RepoDir::WithGit,
@@ -370,6 +381,7 @@ pub fn repo_dir_found(project_root: &Path, repo: &str) -> RepoDir {
         let why = match found_at(&plain) {
             Found::Folder => continue,
             Found::Nothing => NotServed::Missing,
+            Found::Unreadable => NotServed::Unreadable,
             Found::Repository => NotServed::Nested,
             // A link, a file (git goes no further), or a working tree whose `.git` leads
             // elsewhere.
@@ -396,13 +408,16 @@ pub fn repo_dir_found(project_root: &Path, repo: &str) -> RepoDir {
 /// What is at `path` (see [`Found`]): a working tree (with `.git`, a directory), or a bare
 /// repository (`HEAD`, `objects/` and `refs/`, which git's own `is_git_directory` asks for).
 fn found_at(path: &Path) -> Found {
+    let refused = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
     match std::fs::symlink_metadata(path) {
+        Err(e) if refused(&e) => Found::Unreadable,
         Err(_) => Found::Nothing,
         Ok(meta) if !spelled_as_listed(path, &meta) => Found::Nothing,
         Ok(meta) if !meta.is_dir() => Found::Indirect,
         Ok(_) => match std::fs::symlink_metadata(path.join(".git")) {
             Ok(dot_git) if dot_git.is_dir() => Found::Repository,
             Ok(_) => Found::Indirect,
+            Err(e) if refused(&e) => Found::Unreadable,
             Err(_)
                 if has_a_head(path)
                     && path.join("objects").is_dir()

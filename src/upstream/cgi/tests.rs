@@ -82,6 +82,19 @@ fn one_directory_answers_to_a_repository() {
         refused(NotServed::Indirect)
     );
     assert_eq!(RepoDir::of(Repository, Indirect, false), RepoDir::WithGit);
+    // Where looking was refused, nothing can be told: neither missing nor served.
+    for (with_git, plain) in [
+        (Found::Unreadable, Nothing),
+        (Found::Unreadable, Repository),
+        (Repository, Found::Unreadable),
+        (Nothing, Found::Unreadable),
+    ] {
+        assert_eq!(
+            RepoDir::of(with_git, plain, false),
+            refused(NotServed::Unreadable),
+            "{with_git:?} {plain:?}"
+        );
+    }
 }
 
 #[test]
