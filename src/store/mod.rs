@@ -1308,18 +1308,25 @@ impl Store {
         let out = self.with_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Under the write lock: no other connection can commit until ours has.
-            let before = cache.header_now();
-            let version = data_version(&tx)?;
-            f(&tx)?;
-            tx.commit()?;
+            let before = cache.begin_own_commit();
+            let committed = data_version(&tx).and_then(|version| {
+                f(&tx)?;
+                tx.commit()?;
+                Ok(version)
+            });
+            let version = match committed {
+                Ok(version) => version,
+                Err(e) => {
+                    cache.end_own_commit(before, None, false);
+                    return Err(e);
+                }
+            };
             after_commit();
             let after = cache.header_now();
             // Read after `after`: unchanged only if no other connection has committed since
             // the transaction began, so `after` is our commit's header alone.
             let alone = data_version(conn).is_ok_and(|v| v == version);
-            if let (Some(before), Some(after), true) = (before, after, alone) {
-                cache.own_commit(before, after);
-            }
+            cache.end_own_commit(before, after, alone);
             Ok(())
         });
         audit::after_transaction(out.is_ok());
