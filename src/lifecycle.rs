@@ -569,14 +569,19 @@ pub fn list(store: &Store, caller: &Caller, subject: &Subject) -> Result<Vec<Tok
     })
 }
 
-/// Every token of every kind, newest first (administrators only).
-pub fn list_all(store: &Store, caller: &Caller) -> Result<Vec<TokenRecord>> {
+/// Every token not revoked, of every kind, newest first, to `each` until it says `false`
+/// (administrators only; `each` must not use the store).
+pub fn each_unrevoked(
+    store: &Store,
+    caller: &Caller,
+    each: impl FnMut(TokenRecord) -> bool,
+) -> Result<()> {
     if !caller.is_admin() {
         return Err(Error::Forbidden(
             "only administrators can list every token".into(),
         ));
     }
-    Ok(store.tokens(None)?)
+    Ok(store.each_unrevoked_token(each)?)
 }
 
 /// One token. With `within` (a REST path's collection), a token of another subject is "not

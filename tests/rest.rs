@@ -500,6 +500,49 @@ fn paging_and_error_shapes() {
     );
     assert_eq!(past["isLastPage"], true);
 
+    // An administrator's list of every token pages the same way (read to the page's end, not
+    // whole): the pages together are the whole list, in its order, the revoked one left out.
+    let revoked = ids[0].clone();
+    let r = server.api("DELETE", &format!("/users/alice/{revoked}"), "alice", "");
+    assert_eq!(r.status, 204, "{}", r.body);
+    let every = |q: &str| {
+        let r = server.api("GET", &format!("/admin/tokens{q}"), "root", "");
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        r.json()
+    };
+    let ids_of = |p: &Value| -> Vec<String> {
+        p["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let whole = ids_of(&every("?limit=1000"));
+    assert!(!whole.contains(&revoked), "{whole:?}");
+    assert_eq!(whole.len(), 4, "{whole:?}");
+    let (mut paged, mut start) = (Vec::new(), 0);
+    loop {
+        let p = every(&format!("?start={start}&limit=3"));
+        assert_eq!(p["start"], start);
+        paged.extend(ids_of(&p));
+        if p["isLastPage"] == true {
+            assert!(p.get("nextPageStart").is_none());
+            break;
+        }
+        start = p["nextPageStart"].as_u64().unwrap();
+    }
+    assert_eq!(paged, whole);
+    let past = every("?start=50");
+    assert_eq!(
+        (past["size"].as_u64(), past["start"].as_u64()),
+        (Some(0), Some(4))
+    );
+    assert_eq!(past["isLastPage"], true);
+    assert_eq!(every("?start=4&limit=1")["isLastPage"], true);
+    assert_eq!(every("?start=3&limit=1")["isLastPage"], true);
+    assert_eq!(every("?start=2&limit=1")["nextPageStart"], 3);
+
     let bad = |body: &str, needle: &str| {
         let r = server.api("PUT", "/users/alice", "alice", body);
         assert_eq!(r.status, 400, "{body}: {}", r.body);

@@ -319,6 +319,12 @@ pub fn token_json(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Valu
 /// One page of `items` as the call's `start` and `limit` ask, each rendered by `render` — only
 /// those on the page, as rendering may read the store (a personal token's user).
 pub fn page<T>(call: &Call, items: Vec<T>, render: impl Fn(&T) -> Value) -> ApiResult {
+    let (start, limit) = window(call)?;
+    Ok(Reply::ok(paged(&items, start, limit, render)))
+}
+
+/// The page a call asks for: `start` (0) and `limit` (25, at most 1000), or why not.
+pub fn window(call: &Call) -> Result<(usize, usize), ApiError> {
     let number = |name: &str, default: usize| -> Result<usize, ApiError> {
         match call.query_param(name)?.as_deref() {
             None | Some("") => Ok(default),
@@ -346,7 +352,7 @@ pub fn page<T>(call: &Call, items: Vec<T>, render: impl Fn(&T) -> Value) -> ApiR
     if limit == 0 {
         return Err(ApiError::bad_request("\"limit\" must be at least 1"));
     }
-    Ok(Reply::ok(paged(&items, start, limit, render)))
+    Ok((start, limit))
 }
 
 /// One page of `items` in Bitbucket's shape. A `start` past the end is answered as the end
@@ -355,8 +361,14 @@ fn paged<T>(items: &[T], start: usize, limit: usize, render: impl Fn(&T) -> Valu
     let total = items.len();
     let start = start.min(total);
     let page: Vec<Value> = items[start..].iter().take(limit).map(render).collect();
+    let is_last = start.saturating_add(page.len()) >= total;
+    page_json(start, limit, page, is_last)
+}
+
+/// A page in Bitbucket's shape: `values` from `start` (already capped at the end), `limit` as
+/// used, and whether more follow.
+pub fn page_json(start: usize, limit: usize, page: Vec<Value>, is_last: bool) -> Value {
     let size = page.len();
-    let is_last = start.saturating_add(size) >= total;
     let mut out = json!({
         "size": size,
         "limit": limit,

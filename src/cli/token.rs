@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{print_json, read_password, when};
+use super::{out_raw, print_json, read_password, when};
 use crate::clock;
 use crate::credentials::Secret;
 use crate::lifecycle::{self, Caller, CreateRequest, EditRequest, ExpiryPolicy, Subject};
@@ -188,8 +188,16 @@ pub fn list(store: &Store, user: Option<&str>, json: bool) -> Result<(), String>
     let tokens = store.tokens(user).map_err(|e| e.to_string())?;
     let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
     if json {
-        let values: Vec<_> = tokens.iter().map(|t| to_json(t, &policy)).collect();
-        return print_json(&json!(values));
+        // Written a token at a time, as `audit --json` is: the whole list as one JSON value
+        // took some 6 KB a token (1.2 GB for 200,000); the same text comes out.
+        out_raw("[")?;
+        for (i, t) in tokens.iter().enumerate() {
+            let text =
+                serde_json::to_string_pretty(&to_json(t, &policy)).map_err(|e| e.to_string())?;
+            let sep = if i == 0 { "\n" } else { ",\n" };
+            out_raw(&format!("{sep}  {}", text.replace('\n', "\n  ")))?;
+        }
+        return out_raw(if tokens.is_empty() { "]\n" } else { "\n]\n" });
     }
     let wn = super::width(20, tokens.iter().map(|t| &t.name));
     let wf = super::width(20, tokens.iter().map(|t| t.principal()));

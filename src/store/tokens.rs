@@ -265,14 +265,33 @@ fn tokens_where(
     condition: &str,
     param: Option<&str>,
 ) -> Result<Vec<TokenRecord>> {
+    let mut out = Vec::new();
+    each_token_where(c, condition, param, |t| {
+        out.push(t);
+        true
+    })?;
+    Ok(out)
+}
+
+/// Each token whose row meets `condition`, newest first, to `each` until it says `false`: a
+/// listing that keeps one page of many thousands holds that page, not all of them.
+fn each_token_where(
+    c: &rusqlite::Connection,
+    condition: &str,
+    param: Option<&str>,
+    mut each: impl FnMut(TokenRecord) -> bool,
+) -> Result<()> {
     let mut stmt = c.prepare_cached(&format!(
         "{SELECT} WHERE {condition} ORDER BY t.created_at DESC, t.id"
     ))?;
     let rows = stmt.query_map([param], token_from_row)?;
-    let mut out = Vec::new();
     for row in rows {
         match row {
-            Ok(row) => out.push(row.0),
+            Ok(row) => {
+                if !each(row.0) {
+                    break;
+                }
+            }
             // One row edited by hand into what gitgate cannot read must not hide every other
             // token from the operator: left out, and said (its id named). It authenticates
             // nothing either way (see `token_from_row`).
@@ -282,7 +301,7 @@ fn tokens_where(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A token row, or why it cannot be read, naming the token: one row edited by hand into what
@@ -476,6 +495,13 @@ impl Store {
             }
             tokens_where(c, "?1 IS NULL OR u.slug = ?1", owner)
         })
+    }
+
+    /// Every token not revoked, newest first, to `each` until it says `false` (see
+    /// [`each_token_where`]). `each` must not use the store: the scan holds a connection.
+    pub fn each_unrevoked_token(&self, each: impl FnMut(TokenRecord) -> bool) -> Result<()> {
+        // (`?1 IS NULL`: the statement is always given its one parameter.)
+        self.with_conn(|c| each_token_where(c, "t.revoked_at IS NULL AND ?1 IS NULL", None, each))
     }
 
     /// The project or repository tokens of `scope`, newest first: read by SQL, not by reading
