@@ -76,6 +76,30 @@ static STORE_DOWN: std::sync::LazyLock<std::sync::Mutex<crate::repeats::Repeated
         ))
     });
 
+/// Whether a store failure was said and its end not yet: read by every lookup that worked,
+/// so that the end is said without a lock on the hot path.
+static STORE_FAILING: AtomicBool = AtomicBool::new(false);
+
+/// A lookup worked: if the store had been failing, say that it is over, with how many
+/// requests were refused meanwhile — else an operator who saw the error never learns it ended,
+/// and the next outage's first count took in this one's unsaid tail.
+fn store_answered() {
+    if !STORE_FAILING.load(Ordering::Relaxed) {
+        return;
+    }
+    STORE_FAILING.store(false, Ordering::Relaxed);
+    let ended = STORE_DOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .ended();
+    if let Some(refused) = ended {
+        tracing::warn!(
+            refused,
+            "token store available again: requests are checked again"
+        );
+    }
+}
+
 /// Why a POST with an empty body is the client's fault.
 const EMPTY_POST: &str =
     "the request body was empty: git sends at least a flush-pkt (0000) with every POST";
@@ -435,6 +459,7 @@ impl Gate {
             Ok(CacheLookup::Miss(at)) => self.load_record(id.as_str(), at).await?,
             Err(e) => return Err(Refusal::StoreDown(e)),
         };
+        store_answered();
         // Hashed only for an id the store holds: ids are not secret (they are logged), so an
         // unknown one refused sooner tells nothing the log does not.
         let presented_hash = token::hash(secret.expose());
@@ -636,6 +661,7 @@ impl Gate {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .failed(&error, Instant::now());
+                STORE_FAILING.store(true, Ordering::Relaxed);
                 if let Some(refused) = said {
                     tracing::error!(
                         error = ?error,

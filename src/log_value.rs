@@ -25,6 +25,17 @@ impl fmt::Display for LogValue<'_> {
     }
 }
 
+/// A file's path as one log field: bare if it is one plain word (`/srv/gitgate/gitgate.db`),
+/// else quoted (`"/srv/git gate/gitgate.db"`), so that a space in a folder's name does not
+/// split it into two fields.
+pub struct LogFile<'a>(pub &'a std::path::Path);
+
+impl fmt::Display for LogFile<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        LogValue(&self.0.to_string_lossy()).fmt(f)
+    }
+}
+
 /// The URL as messages show it: whatever is between the scheme and an `@` (user and password),
 /// and the query and fragment, replaced by `***`; one that holds what looks like a token secret
 /// elsewhere (its path) is not written at all. For URLs that may carry credentials: `[upstream]
@@ -53,7 +64,20 @@ pub fn redacted_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::LogValue;
+    use super::{LogFile, LogValue};
+
+    #[test]
+    fn a_path_with_a_space_is_one_quoted_field() {
+        use std::path::Path;
+        assert_eq!(
+            LogFile(Path::new("/srv/gitgate/gitgate.db")).to_string(),
+            "/srv/gitgate/gitgate.db"
+        );
+        assert_eq!(
+            LogFile(Path::new("/srv/git gate/gitgate.db")).to_string(),
+            "\"/srv/git gate/gitgate.db\""
+        );
+    }
 
     #[test]
     fn plain_words_stay_bare_and_the_rest_is_quoted() {

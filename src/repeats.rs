@@ -101,6 +101,13 @@ impl RepeatedCause {
         }
         self.repeats.failed(now)
     }
+
+    /// It worked again: as [`Repeats::ended`] (the run's total, once), and the next failure is
+    /// news whatever its cause.
+    pub fn ended(&mut self) -> Option<u64> {
+        self.cause.clear();
+        self.repeats.ended()
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +125,10 @@ mod tests {
         assert_eq!(r.failed("replaced", s(3)), Some(3));
         assert_eq!(r.failed("replaced", s(4)), None);
         assert_eq!(r.failed("replaced", s(13)), Some(2));
+        // Over: its total once, and the same cause again is news, counted from one.
+        assert_eq!(r.ended(), Some(6));
+        assert_eq!(r.ended(), None);
+        assert_eq!(r.failed("replaced", s(14)), Some(1));
     }
 
     #[test]

@@ -513,8 +513,8 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        config = %config.source.display(),
-        store = %config.store.path.display(),
+        config = %crate::log_value::LogFile(&std::path::absolute(&config.source).unwrap_or_else(|_| config.source.clone())),
+        store = %crate::log_value::LogFile(&config.store.path),
         workers = workers.len(),
         "listening on {}://{local}",
         if settings.tls.is_some() { "https" } else { "http" }
@@ -686,7 +686,7 @@ fn open_store(path: &std::path::Path) -> Result<Store, String> {
         // Another process holding the write lock (a long CLI change) is not a store gitgate
         // cannot write: tokens are read beside it, and the writer's commits wait their turn.
         Err(crate::store::StoreError::Busy) => tracing::warn!(
-            store = %path.display(),
+            store = %crate::log_value::LogFile(path),
             "the token store is locked by another process: serving; its writes (audit events, \
              last uses) wait until the lock is released"
         ),
@@ -1777,8 +1777,8 @@ fn config_said_on_hangup(running: &Config) {
             let changed = changed_sections(running, &now);
             if !changed.is_empty() {
                 tracing::warn!(
-                    config = %running.source.display(),
-                    changed = %changed.join(", "),
+                    config = %crate::log_value::LogFile(&running.source),
+                    changed = %crate::log_value::LogValue(&changed.join(",")),
                     "SIGHUP: the config file changed since the start; a SIGHUP reads again only \
                      the files that [server.tls] and [upstream.credentials] name, so these \
                      changes take effect at a restart"

@@ -242,10 +242,29 @@ fn a_store_moved_away_fails_closed_and_serves_again_when_moved_back() {
         "{log}"
     );
     assert_eq!(log.matches("status=503").count(), 5, "{log}");
-    // The same file back: served again.
+    // The same file back: served again, and the end of the outage is said, with its count.
     std::fs::rename(&away, &db).unwrap();
     let resp = get(&server, IR, &w);
     assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+    let log = server.log();
+    let over = log
+        .lines()
+        .find(|l| l.contains("token store available again"))
+        .unwrap_or_else(|| panic!("no end of the outage: {log}"));
+    assert!(over.contains("refused=5"), "{over}");
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    assert_eq!(server.log().matches("available again").count(), 1);
+    // A second outage counts from one.
+    std::fs::rename(&db, &away).unwrap();
+    assert_eq!(status(&get(&server, IR, &w)), 503);
+    let log = server.log();
+    let second = log
+        .lines()
+        .filter(|l| l.contains("token store unavailable; refusing requests"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("the second outage is not said: {log}"));
+    assert!(second.contains("refused=1"), "{second}");
+    std::fs::rename(&away, &db).unwrap();
 }
 
 #[test]

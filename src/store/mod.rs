@@ -868,14 +868,14 @@ impl Store {
         let file_before = file_id(path).ok();
         if file_before.is_some() && is_an_empty_file(path) {
             tracing::warn!(
-                path = %path.display(),
+                path = %crate::log_value::LogFile(path),
                 "creating a new, empty token store in the empty file (0 bytes) there"
             );
         }
         if file_before.is_none() {
             // A mistyped `[store] path` would otherwise answer every token "invalid token",
             // and git's credential helpers erase a token refused so.
-            tracing::warn!(path = %path.display(), "creating a new, empty token store");
+            tracing::warn!(path = %crate::log_value::LogFile(path), "creating a new, empty token store");
             // For its owner only: it holds password hashes (argon2id, but a weak password can
             // be found offline), and SQLite gives the `-wal` and `-shm` the file's mode. Made
             // here because SQLite would create it with 0644 under the usual umask — through a
@@ -1133,7 +1133,7 @@ impl Store {
     ) -> StoreError {
         if !self.inner.replaced.swap(true, Ordering::SeqCst) {
             tracing::error!(
-                path = %self.inner.path.display(),
+                path = %crate::log_value::LogFile(&self.inner.path),
                 "{what}: every token is refused until gitgate is restarted (to restore a store, \
                  stop gitgate first: see the README)"
             );
@@ -1718,7 +1718,7 @@ impl Drop for Inner {
             // only copy of the latest commits. Left as it is, for whoever restores the store.
             self.keep_logs_on_close();
             tracing::error!(
-                path = %self.path.display(),
+                path = %crate::log_value::LogFile(&self.path),
                 "the store was found damaged while gitgate was running: its -wal and -shm are \
                  left as they are, unapplied (they may hold the latest changes); restore the \
                  store before starting gitgate again (see the README)"
