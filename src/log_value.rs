@@ -36,35 +36,61 @@ impl fmt::Display for LogFile<'_> {
     }
 }
 
-/// The URL as messages show it: whatever is between the scheme and an `@` (user and password),
-/// and the query and fragment, replaced by `***`; one that holds what looks like a token secret
-/// elsewhere (its path) is not written at all. For URLs that may carry credentials: `[upstream]
-/// url` in messages, an upstream's `Location` in the log.
+/// The URL as messages show it: whatever comes before an `@` in a part of it (a user and
+/// password, wherever they are — after `scheme://`, after `//` or `http:/`, which a server's
+/// `Location` may send), and the query and fragment, replaced by `***`; one that holds what
+/// looks like a token secret is not written at all. For URLs that may carry credentials:
+/// `[upstream] url` in messages, an upstream's `Location` in the log.
 pub fn redacted_url(url: &str) -> String {
     if crate::credentials::holds_a_token(url) {
         return "<a URL holding what looks like a token secret>".into();
     }
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
+    let (before_query, query) = match url.find(['?', '#']) {
+        Some(at) => (&url[..at], Some(&url[at..at + 1])),
+        None => (url, None),
     };
-    let (before_query, query) = match rest.find(['?', '#']) {
-        Some(at) => (&rest[..at], Some(&rest[at..at + 1])),
-        None => (rest, None),
-    };
-    let authority_end = before_query.find('/').unwrap_or(before_query.len());
-    let (authority, path) = before_query.split_at(authority_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => format!("***{}", &authority[at..]),
-        None => authority.to_string(),
-    };
-    let query = query.map(|mark| format!("{mark}***")).unwrap_or_default();
-    format!("{scheme}{authority}{path}{query}")
+    let mut out = String::with_capacity(url.len());
+    for part in before_query.split_inclusive(['/', '\\']) {
+        match part.rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&part[at..]);
+            }
+            None => out.push_str(part),
+        }
+    }
+    if let Some(mark) = query {
+        out.push_str(mark);
+        out.push_str("***");
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{LogFile, LogValue};
+    use super::{redacted_url, LogFile, LogValue};
+
+    #[test]
+    fn a_url_loses_its_credentials_wherever_they_are_and_its_query() {
+        for (url, shown) in [
+            ("http://a/b/c", "http://a/b/c"),
+            (
+                "https://u:p@git.internal:8443/git?t=x",
+                "https://***@git.internal:8443/git?***",
+            ),
+            ("//u:p@host:abc/x", "//***@host:abc/x"),
+            ("http:/u:p@host/x#f", "http:/***@host/x#***"),
+            ("http:\\\\u:p@host/x", "http:\\\\***@host/x"),
+            ("u:p@host", "***@host"),
+            ("http://u@x:p@host/a@b/c", "http://***@host/***@b/c"),
+            (
+                "/login?next=ggt_xyz",
+                "<a URL holding what looks like a token secret>",
+            ),
+        ] {
+            assert_eq!(redacted_url(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn a_path_with_a_space_is_one_quoted_field() {

@@ -497,6 +497,38 @@ impl AuthCache {
     }
 }
 
+/// The writer's commit of bookkeeping, from [`AuthCache::begin_own_commit`] to
+/// [`AuthCache::end_own_commit`], which its drop calls whatever happened in between.
+pub(super) struct OwnCommit<'a> {
+    cache: &'a AuthCache,
+    before: Option<Header>,
+    /// The header after the commit, once it is known to have been the only one.
+    after_alone: Option<Header>,
+}
+
+impl<'a> OwnCommit<'a> {
+    pub(super) fn begin(cache: &'a AuthCache) -> OwnCommit<'a> {
+        OwnCommit {
+            cache,
+            before: cache.begin_own_commit(),
+            after_alone: None,
+        }
+    }
+
+    /// The commit moved the header to `after`, and no other connection committed around it.
+    pub(super) fn alone(&mut self, after: Option<Header>) {
+        self.after_alone = after;
+    }
+}
+
+impl Drop for OwnCommit<'_> {
+    fn drop(&mut self) {
+        let alone = self.after_alone.is_some();
+        self.cache
+            .end_own_commit(self.before, self.after_alone, alone);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::store::test_support::{actor, personal_token};

@@ -1308,25 +1308,19 @@ impl Store {
         let out = self.with_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Under the write lock: no other connection can commit until ours has.
-            let before = cache.begin_own_commit();
-            let committed = data_version(&tx).and_then(|version| {
-                f(&tx)?;
-                tx.commit()?;
-                Ok(version)
-            });
-            let version = match committed {
-                Ok(version) => version,
-                Err(e) => {
-                    cache.end_own_commit(before, None, false);
-                    return Err(e);
-                }
-            };
+            // Ended however this goes on: an error, or a panic, must not leave lookups unsure
+            // (reading the store, never the cache) for good.
+            let mut own = cache::OwnCommit::begin(cache);
+            let version = data_version(&tx)?;
+            f(&tx)?;
+            tx.commit()?;
             after_commit();
             let after = cache.header_now();
             // Read after `after`: unchanged only if no other connection has committed since
             // the transaction began, so `after` is our commit's header alone.
-            let alone = data_version(conn).is_ok_and(|v| v == version);
-            cache.end_own_commit(before, after, alone);
+            if data_version(conn).is_ok_and(|v| v == version) {
+                own.alone(after);
+            }
             Ok(())
         });
         audit::after_transaction(out.is_ok());

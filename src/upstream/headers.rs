@@ -289,10 +289,10 @@ const UPSTREAM_ONLY: [&str; 5] = [
 /// the answer: nginx acts on `X-Accel-Redirect` (serve this internal location or file instead),
 /// `X-Accel-Buffering`, `-Limit-Rate`, `-Expires` and `-Charset` from whatever it proxies — and
 /// gitgate is what it proxies where nginx terminates TLS in front — and Apache and lighttpd on
-/// `X-Sendfile`. Passed on, an upstream (or whatever answers on its behalf) could have the
+/// `X-Sendfile` (lighttpd also `X-Sendfile2` and `X-LIGHTTPD-send-file`). Passed on, an upstream (or whatever answers on its behalf) could have the
 /// front server send any file it can read.
 fn is_for_a_front_server(name: &str) -> bool {
-    name.starts_with("x-accel-") || name == "x-sendfile" || name == "x-lighttpd-send-file"
+    name.starts_with("x-accel-") || name.starts_with("x-sendfile") || name == "x-lighttpd-send-file"
 }
 
 /// Make an upstream response's headers the client's: hop-by-hop headers, whatever
@@ -1373,6 +1373,7 @@ mod tests {
             ("X-Accel-Buffering", "no"),
             ("x-sendfile", "/etc/shadow"),
             ("x-lighttpd-send-file", "/etc/shadow"),
+            ("x-sendfile2", "/etc/shadow 0-"),
             ("content-length", "100"),
             ("transfer-encoding", "chunked"),
             ("content-type", "text/plain"),

@@ -323,15 +323,17 @@ impl RepoDir {
     /// reads `HEAD`'s contents, gitgate's does not), as with [`NotServed::Doubled`].
     pub fn of(with_git: Found, plain: Found, doubled: bool) -> RepoDir {
         match (with_git, plain) {
-            // Either could be the repository, or something git would follow elsewhere.
-            (Found::Unreadable, _) | (_, Found::Unreadable) => {
-                RepoDir::NotServed(NotServed::Unreadable)
-            }
             (Found::Repository, Found::Repository) => RepoDir::NotServed(NotServed::Both),
             (Found::Repository, _) if doubled => RepoDir::NotServed(NotServed::Doubled),
             (Found::Repository, _) => RepoDir::WithGit,
             (Found::Indirect, _) | (_, Found::Indirect) => RepoDir::NotServed(NotServed::Indirect),
+            // Past `<repo>`, git would go on only to `<repo>.git`, which it could not read
+            // either: served as git serves it.
             (_, Found::Repository) => RepoDir::Plain,
+            // No repository seen, and one may be where gitgate may not look: not "not found".
+            (Found::Unreadable, _) | (_, Found::Unreadable) => {
+                RepoDir::NotServed(NotServed::Unreadable)
+            }
             _ => RepoDir::NotServed(NotServed::Missing),
         }
     }

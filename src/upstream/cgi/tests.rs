@@ -82,12 +82,13 @@ fn one_directory_answers_to_a_repository() {
         refused(NotServed::Indirect)
     );
     assert_eq!(RepoDir::of(Repository, Indirect, false), RepoDir::WithGit);
-    // Where looking was refused, nothing can be told: neither missing nor served.
+    // Where looking was refused and no repository was seen, nothing can be told: neither
+    // missing nor served. A repository at the other name is served as git would serve it.
     for (with_git, plain) in [
         (Found::Unreadable, Nothing),
-        (Found::Unreadable, Repository),
-        (Repository, Found::Unreadable),
+        (Found::Unreadable, Folder),
         (Nothing, Found::Unreadable),
+        (Folder, Found::Unreadable),
     ] {
         assert_eq!(
             RepoDir::of(with_git, plain, false),
@@ -95,6 +96,18 @@ fn one_directory_answers_to_a_repository() {
             "{with_git:?} {plain:?}"
         );
     }
+    assert_eq!(
+        RepoDir::of(Repository, Found::Unreadable, false),
+        RepoDir::WithGit
+    );
+    assert_eq!(
+        RepoDir::of(Found::Unreadable, Repository, false),
+        RepoDir::Plain
+    );
+    assert_eq!(
+        RepoDir::of(Found::Unreadable, Indirect, false),
+        refused(NotServed::Indirect)
+    );
 }
 
 #[test]
