@@ -722,7 +722,10 @@ fn past_max_processes_a_clone_under_way_is_never_refused_half_way() {
         ),
     )
     .unwrap();
-    let (server, url, _) = one_process_at_a_time(&sb, "", "read");
+    // One user's twenty clones: past the per-principal cap (16 by default), which is not what
+    // is tested here.
+    let (server, url, _) =
+        one_process_at_a_time(&sb, "\n[rate_limit]\nmax_concurrent = 32\n", "read");
     let runs = clones_at_once(&sb, &url, 20);
     let log = server.log_text();
     let refused_posts = log
