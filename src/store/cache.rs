@@ -989,21 +989,24 @@ mod tests {
         assert!(fresh.token.revoked_at.is_some());
     }
 
+    /// A commit of the writer's (a last use), with `between` run after it and before the writer
+    /// looks whether it was alone.
+    fn bookkeeping(server: &Store, between: &dyn Fn()) {
+        server
+            .write_bookkeeping_then(
+                |tx| {
+                    tx.execute("UPDATE tokens SET last_used_at = 1", [])?;
+                    Ok(())
+                },
+                between,
+            )
+            .unwrap();
+    }
+
     /// Another connection's commit just before, or just after, the writer's is never taken for
     /// the writer's own.
     #[test]
     fn a_commit_by_another_connection_around_the_writers_is_still_seen() {
-        let bookkeeping = |server: &Store, between: &dyn Fn()| {
-            server
-                .write_bookkeeping_then(
-                    |tx| {
-                        tx.execute("UPDATE tokens SET last_used_at = 1", [])?;
-                        Ok(())
-                    },
-                    between,
-                )
-                .unwrap();
-        };
         let revoked = |server: &Store| {
             assert!(!is_hit(server), "the revocation must be seen");
             let fresh = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
@@ -1039,17 +1042,6 @@ mod tests {
     /// another connection committed there too, which is then seen.
     #[test]
     fn a_lookup_during_the_writers_commit_neither_empties_the_cache_nor_misses_a_revocation() {
-        let bookkeeping = |server: &Store, between: &dyn Fn()| {
-            server
-                .write_bookkeeping_then(
-                    |tx| {
-                        tx.execute("UPDATE tokens SET last_used_at = 1", [])?;
-                        Ok(())
-                    },
-                    between,
-                )
-                .unwrap();
-        };
         let looked = std::cell::Cell::new(false);
         let (_dir, server, cli) = cached_in_a_fresh_store();
         let epoch = server.inner.cache.version().unwrap();
