@@ -23,7 +23,8 @@
 //!                                   │     (until the token says whose it is, a user name not written as
 //!                                   │     user names are is logged as `<not a user name>`: a password?)
 //!                                   ├─ token::parse(secret) → id; store: cache (WAL index header; ids the store
-//!                                   │     lacks remembered too) → on a miss SQLite: inline on an idle pooled
+//!                                   │     lacks remembered too; the writer's own commits keep it, and a
+//!                                   │     lookup during one reads the store) → on a miss SQLite: inline on an idle pooled
 //!                                   │     connection, else on the blocking pool a few at a time
 //!                                   │     (Store::load_auth_record_now, Store::miss_slots; a store
 //!                                   │     file deleted, replaced or emptied, or migrated by a newer
@@ -46,7 +47,7 @@
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
 //!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
 //!  atomics, a copy per thread, added up and rendered only when scraped); one log line per
-//!  request, when its answer's body ends
+//!  request (its User-Agent last), when its answer's body ends
 //!  — or, as 499 `client-gone`, when the client hangs up before it has an answer,
 //!  `idle-timeout`, when the client idles (gitgate closes the connection for idling, over TLS
 //!  with `close_notify`; lets go of an HTTP/2 stream given no window; or the backend waited
