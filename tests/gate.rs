@@ -1874,6 +1874,56 @@ fn a_repository_folder_gitgate_may_not_read_is_a_server_error_not_a_404() {
     );
 }
 
+/// A push the repository refuses inside its `200` (receive-pack's report) is said in the log:
+/// its pack refused (here `receive.maxInputSize`; a full disk says so the same way) as a
+/// warning, refs a hook declined at `info`; a push that went through adds neither.
+#[test]
+fn a_push_the_repository_refuses_inside_its_200_is_said_in_the_log() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    let work = sb.root().join("work");
+    sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
+        .ok();
+    sb.commit_file(&work, "a", b"fine", "fine");
+    sb.git(&work, &["push", "-q", "origin", "HEAD:main"]).ok();
+    let bare = sb.bare("team/app");
+    sb.git(&bare, &["config", "receive.maxInputSize", "100"])
+        .ok();
+    sb.commit_file(&work, "b", &common::noise(20_000, 7), "too big");
+    sb.git(&work, &["push", "-q", "origin", "HEAD:main"])
+        .fails_with("pack exceeds maximum allowed size");
+    sb.git(&bare, &["config", "--unset", "receive.maxInputSize"])
+        .ok();
+    let hook = bare.join("hooks/pre-receive");
+    fs::write(&hook, "#!/bin/sh\necho no pushes today >&2\nexit 1\n").unwrap();
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+    sb.git(&work, &["push", "-q", "origin", "HEAD:main"])
+        .fails_with("pre-receive hook declined");
+    server.stop();
+    let log = fs::read_to_string(sb.server_log()).unwrap();
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    let pack = log
+        .lines()
+        .find(|l| l.contains("the repository refused a push's pack"))
+        .unwrap_or_else(|| panic!("no line for the refused pack: {log}"));
+    assert!(
+        pack.contains("WARN") && pack.contains("refused: unpack"),
+        "{pack}"
+    );
+    assert!(pack.contains("team/app"), "{pack}");
+    let refs = log
+        .lines()
+        .find(|l| l.contains("refused some of a push's refs"))
+        .unwrap_or_else(|| panic!("no line for the declined ref: {log}"));
+    assert!(
+        refs.contains("INFO") && refs.contains("refs/heads/main"),
+        "{refs}"
+    );
+    // The push that went through, and the 4-byte probes: nothing.
+    assert_eq!(lines("the repository refused a push's pack"), 1, "{log}");
+    assert_eq!(lines("refused some of a push's refs"), 1, "{log}");
+}
+
 /// A repository that does not take pushes over HTTP (`http.receivepack false`) gets a bare
 /// `403` from git http-backend ("Service not enabled" only on stderr): git says why, so that
 /// the user does not blame a token that was accepted. What a bare `403` means is said only

@@ -169,6 +169,25 @@ async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>)
     }
 }
 
+/// A push answered whole whose repository refused some of it: receive-pack reports that inside
+/// its `200` (smart HTTP has no other way), so the request line says `status=200
+/// outcome=complete` and only git's user would know. A pack refused (`unpack <error>`: a full
+/// disk, a quarantine it could not write, `receive.maxInputSize`) is the server's to look at:
+/// a warning. Refs refused one by one (`ng`: a hook declined, a ref that moved meanwhile) are
+/// the repository's rules at work: a line at `info`. A push with no report (the 4-byte probe
+/// git sends before a large pack) says nothing.
+fn log_a_refused_push(push: &Finishing) {
+    if !push.said.windows(7).any(|w| w == b"unpack ") {
+        return;
+    }
+    let outcome = push_outcome(&push.said);
+    if outcome.starts_with("refused:") {
+        tracing::warn!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = ?outcome, "the repository refused a push's pack (git told its user why; a full disk or the repository's limits, say)");
+    } else if outcome.contains(" refused: ") {
+        tracing::info!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = ?outcome, "the repository refused some of a push's refs");
+    }
+}
+
 /// A push whose end is still to be told (see [`drain`]), counted in its backend's
 /// [`Running`] so that a stop waits for the word before the process exits.
 pub(super) struct Telling(Arc<Running>);
@@ -533,6 +552,9 @@ impl Body for CgiBody {
         this.exit = None;
         match info {
             Ok(info) if info.success() && (this.answered || !info.reported_a_failure()) => {
+                if let Some(push) = &this.finishing {
+                    log_a_refused_push(push);
+                }
                 Poll::Ready(None)
             }
 
