@@ -576,12 +576,18 @@ pub fn each_unrevoked(
     caller: &Caller,
     each: impl FnMut(TokenRecord) -> bool,
 ) -> Result<()> {
+    may_list_all(caller)?;
+    Ok(store.each_unrevoked_token(each)?)
+}
+
+/// Whether `caller` may list every token: administrators only.
+pub fn may_list_all(caller: &Caller) -> Result<()> {
     if !caller.is_admin() {
         return Err(Error::Forbidden(
             "only administrators can list every token".into(),
         ));
     }
-    Ok(store.each_unrevoked_token(each)?)
+    Ok(())
 }
 
 /// One token. With `within` (a REST path's collection), a token of another subject is "not

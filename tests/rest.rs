@@ -268,6 +268,12 @@ fn who_may_do_what() {
     assert_eq!(r.status, 403);
     assert_eq!(server.api("GET", "/admin/policy", "alice", "").status, 200);
     assert_eq!(server.api("GET", "/admin/tokens", "alice", "").status, 403);
+    assert_eq!(
+        server
+            .api("GET", "/admin/tokens?limit=abc", "alice", "")
+            .status,
+        403
+    );
 }
 
 #[test]

@@ -79,6 +79,8 @@ fn all_tokens(call: &Call) -> ApiResult {
             )))
         }
     };
+    // Who asks before what they ask: a non-administrator's bad `limit` is still a `403`.
+    lifecycle::may_list_all(&call.caller)?;
     let (start, limit) = window(call)?;
     let policy = lifecycle::policy(call.store)?;
     // Unfiltered: every token not revoked. Filtered by compliance: only the active ones, as an
