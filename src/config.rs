@@ -347,12 +347,20 @@ impl Config {
                 per_principal.saturating_mul(2)
             )
         };
+        // With two processes or one, even a cap of 1 lets a POST take them all (it may take
+        // twice its principal's cap): only more processes help.
+        let advice = if max_processes <= 2 {
+            "raise max_processes to 3 or more".to_string()
+        } else {
+            format!(
+                "set max_concurrent to a quarter of max_processes or less (e.g. {})",
+                (max_processes / 4).max(1)
+            )
+        };
         Some(format!(
             "[rate_limit] {cap} lets one token or user hold all {max_processes} backend \
              processes ([upstream] max_processes), and a client uploading a byte now and then \
-             keeps them: set max_concurrent to a quarter of max_processes or less (e.g. {}) \
-             unless one principal should have them all",
-            (max_processes / 4).max(1)
+             keeps them: {advice} unless one principal should have them all"
         ))
     }
 
@@ -1414,6 +1422,13 @@ realm = "gitgate"
             "{uncapped}"
         );
         assert!(held(&with("max_concurrent = 5", "max_processes = 10")).is_some());
+        // Where no cap would do, the advice is more processes, not the cap it has already.
+        let few = held(&with("max_concurrent = 1", "max_processes = 2")).unwrap();
+        assert!(
+            few.contains("raise max_processes to 3 or more") && !few.contains("e.g. 1"),
+            "{few}"
+        );
+        assert_eq!(held(&with("max_concurrent = 1", "max_processes = 3")), None);
         assert_eq!(
             held(&with("max_concurrent = 4", "max_processes = 10")),
             None

@@ -33,7 +33,7 @@ use crate::git::{self, GitRequest, Rejection};
 use crate::guard::{self, Guard, Verdict};
 use crate::idle::Activity;
 use crate::inflight::Slot;
-use crate::log_value::LogValue;
+use crate::log_value::{LogText, LogValue};
 use crate::metrics::{Operation, Outcome, METRICS};
 use crate::permission::TokenKind;
 use crate::policy::{self, Deny, Identity};
@@ -212,7 +212,7 @@ impl Gate {
             return Ok(match call.await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    tracing::error!(error = ?e.to_string(), "a REST API call failed inside gitgate");
+                    tracing::error!(error = %LogText(&e.to_string()), "a REST API call failed inside gitgate");
                     text(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal error: the call failed inside gitgate (logged)",
@@ -326,25 +326,25 @@ impl Gate {
                         match e.fault {
                             Fault::Backend => {
                                 METRICS.upstream_error();
-                                tracing::error!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "backend failed");
+                                tracing::error!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "backend failed");
                             }
                             // No backend was asked (the repository's folder is not one it may
                             // serve: two answer to it, a link, one nested in another).
                             Fault::Server => {
-                                tracing::error!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "cannot forward")
+                                tracing::error!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "cannot forward")
                             }
                             // Said by the cap, once a minute while it is reached.
                             Fault::Busy => {
                                 METRICS.backend_busy();
-                                tracing::debug!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "server busy")
+                                tracing::debug!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "server busy")
                             }
                             // Answered instead of cut off at the stop's end.
                             Fault::Stopping => {
-                                tracing::warn!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "answered 503 at the stop: the backend had not begun its answer")
+                                tracing::warn!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "answered 503 at the stop: the backend had not begun its answer")
                             }
                             // The client's doing (its upload stopped arriving).
                             Fault::Client => {
-                                tracing::info!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = ?e.to_string(), "request refused")
+                                tracing::info!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "request refused")
                             }
                         }
                         let mut resp = text(e.status, &e.message);
@@ -639,7 +639,7 @@ impl Gate {
                     user = %LogValue(log.user.as_deref().unwrap_or("-")),
                     token_id = %log.token_id.as_deref().unwrap_or("-"),
                     repo = %log.repo.as_deref().unwrap_or("-"),
-                    reason = ?m,
+                    reason = %LogText(&m),
                     "access refused"
                 );
                 text(StatusCode::FORBIDDEN, &m)
@@ -664,7 +664,7 @@ impl Gate {
                 STORE_FAILING.store(true, Ordering::Relaxed);
                 if let Some(refused) = said {
                     tracing::error!(
-                        error = ?error,
+                        error = %LogText(&error),
                         refused,
                         "token store unavailable; refusing requests (said again every 10 s \
                          while it lasts, with how many were refused since)"
@@ -820,7 +820,7 @@ fn malformed_said(remote: SocketAddr, status: u16, reason: &str) {
         remote = %remote.ip(),
         status,
         // A `String`'s Debug: quoted, its control characters escaped.
-        reason = ?format!("{}{cut}", &reason[..end]),
+        reason = %LogText(&format!("{}{cut}", &reason[..end])),
         "refused a request for its form"
     );
 }
@@ -912,7 +912,9 @@ impl LogLine {
 
 /// A request's `User-Agent` in its log line: quoted where it has spaces (`git/2.39.5` plain,
 /// `"JGit/6.1 (Linux)"` quoted), `-` without one, and cut to [`AGENT_LOGGED`] characters — a
-/// client chooses it, and a 60 KiB one must not make every line of its requests that long.
+/// client chooses it, and a 60 KiB one must not make every line of its requests that long. One
+/// that holds what looks like a token secret (a script's variable in the wrong header) is not
+/// written, as such a path is not: a secret is shorter than the cut.
 struct LogAgent<'a>(Option<&'a hyper::header::HeaderValue>);
 
 /// The most of a `User-Agent` a request line holds.
@@ -924,6 +926,9 @@ impl fmt::Display for LogAgent<'_> {
             return f.write_str("-");
         };
         let text = String::from_utf8_lossy(agent.as_bytes());
+        if crate::credentials::names_a_secret(&text) {
+            return f.write_str("\"<a User-Agent holding what looks like a token secret>\"");
+        }
         match text.char_indices().nth(AGENT_LOGGED) {
             Some((cut, _)) => write!(f, "{}", LogValue(&format!("{}...", &text[..cut]))),
             None => write!(f, "{}", LogValue(&text)),
@@ -1131,7 +1136,8 @@ impl fmt::Display for LogPath<'_> {
         if !self.token_checked && crate::credentials::holds_a_token(self.path) {
             return f.write_str("\"<a path holding what looks like a token secret>\"");
         }
-        let plain = |b: u8| b.is_ascii_graphic() && b != b'\\' && b != b'"';
+        // `=` too: a logfmt reader refuses it in a bare value (go-logfmt), or splits there.
+        let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'\\' | b'"' | b'=');
         if self.path.bytes().all(plain) {
             return f.write_str(self.path);
         }
@@ -1288,12 +1294,12 @@ impl Body for LoggedBody {
                     .as_ref()
                     .and_then(|l| l.inbound.broke_because.get().cloned())
                     .unwrap_or_default();
-                tracing::info!(error = ?e.to_string(), request = ?because, "the request body broke off during the answer");
+                tracing::info!(error = %LogText(&e.to_string()), request = ?because, "the request body broke off during the answer");
                 self.finish("client-gone");
             }
             // The backend waited for an upload the client stopped sending: the client idled.
             Poll::Ready(Some(Err(e))) if crate::upstream::UploadStalled::is(e) => {
-                tracing::info!(error = ?e.to_string(), "the client stopped sending its request body");
+                tracing::info!(error = %LogText(&e.to_string()), "the client stopped sending its request body");
                 self.finish("idle-timeout");
             }
             Poll::Ready(Some(Err(e))) => {
@@ -1305,7 +1311,7 @@ impl Body for LoggedBody {
                     remote = %line.map_or("-".to_string(), |l| l.remote.ip().to_string()),
                     token_id = %line.and_then(|l| l.who.token_id.as_deref()).unwrap_or("-"),
                     bytes_out = self.bytes_out,
-                    error = ?e.to_string(),
+                    error = %LogText(&e.to_string()),
                     "response stream failed"
                 );
                 METRICS.upstream_error();
@@ -1373,6 +1379,19 @@ mod tests {
         let long = said(&[b'a'; 60_000]);
         assert_eq!(long.len(), AGENT_LOGGED + 3, "{long}");
         assert!(long.ends_with("..."));
+        // A token secret sent as (or in) the User-Agent is not written, whole or cut.
+        let secret = format!("ggt_abcdefgh2345_{}_abcdef", "A".repeat(43));
+        for agent in [
+            secret.clone(),
+            format!("xx{secret}yy"),
+            format!("ci {secret}"),
+        ] {
+            let written = said(agent.as_bytes());
+            assert_eq!(
+                written, "\"<a User-Agent holding what looks like a token secret>\"",
+                "{agent}"
+            );
+        }
     }
 
     #[test]
@@ -1382,7 +1401,12 @@ mod tests {
         // Unicode white space, a line separator and a text-direction override: escaped.
         assert_eq!(
             said("/x\u{2003}user=alice\u{2003}status=200\u{2028}INFO"),
-            "/x\\u{2003}user=alice\\u{2003}status=200\\u{2028}INFO"
+            "/x\\u{2003}user\\u{3d}alice\\u{2003}status\\u{3d}200\\u{2028}INFO"
+        );
+        // `=`, which a logfmt reader refuses in a bare value or splits at, is escaped as well.
+        assert_eq!(
+            said("/team/app.git/a%0auser=admin/info/refs"),
+            "/team/app.git/a%0auser\\u{3d}admin/info/refs"
         );
         assert_eq!(said("/x\u{202e}nimda"), "/x\\u{202e}nimda");
         assert_eq!(said("/caf\u{e9}\tx"), "/caf\\u{e9}\\u{9}x");

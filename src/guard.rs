@@ -22,6 +22,7 @@
 //! overrides stay in force (the token lookup itself fails closed, so a store that is down is
 //! answered with 503 anyway).
 
+use crate::log_value::LogText;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -128,7 +129,7 @@ fn said_unreadable(now: &[UnreadableOverride], before: &[UnreadableOverride]) {
     for o in now {
         tracing::error!(
             principal = %crate::log_value::LogValue(&o.principal),
-            error = ?o.error.to_string(),
+            error = %LogText(&o.error.to_string()),
             "a rate-limit override cannot be used: its principal gets the defaults until it is \
              set again (gitgate ratelimit set) or cleared"
         );
@@ -270,7 +271,7 @@ impl Guard {
         let target = addr.to_string();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = store.record_event(&actor, "auth.throttled", &target, &detail) {
-                tracing::warn!(error = ?e.to_string(), "could not write the audit event");
+                tracing::warn!(error = %LogText(&e.to_string()), "could not write the audit event");
                 crate::metrics::METRICS.side_effect_failure();
             }
         });
@@ -390,10 +391,10 @@ impl Guard {
                 );
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = ?e.to_string(), "could not read rate-limit overrides; keeping the last known ones");
+                tracing::warn!(error = %LogText(&e.to_string()), "could not read rate-limit overrides; keeping the last known ones");
             }
             Err(e) => {
-                tracing::warn!(error = ?e.to_string(), "rate-limit override task failed");
+                tracing::warn!(error = %LogText(&e.to_string()), "rate-limit override task failed");
             }
         }
         cached.rules.clone()

@@ -164,9 +164,11 @@ fn say(checked: Result<(), (NotReady, String)>, now: Instant) {
         Err(cause) => {
             let (what, why) = cause.clone();
             match failed(&mut outage, cause, now) {
-                News::Failing => tracing::warn!(reason = ?why, "not ready: {what}"),
+                News::Failing => {
+                    tracing::warn!(reason = %crate::log_value::LogText(&why), "not ready: {what}")
+                }
                 News::Still { lasted, checks } => tracing::warn!(
-                    reason = ?why,
+                    reason = %crate::log_value::LogText(&why),
                     for_s = lasted.as_secs(),
                     checks,
                     "still not ready: {what} (the same cause; said again once a minute \

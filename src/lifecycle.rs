@@ -160,7 +160,7 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
             let _ = password::verify(password, dummy_hash());
             tracing::info!(
                 user,
-                source = %actor.source,
+                source = %crate::log_value::LogValue(&actor.source),
                 until = %clock::datetime(until),
                 "password login refused: locked"
             );
@@ -184,7 +184,7 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         if let Some(until) = locked {
             tracing::warn!(
                 user,
-                source = %actor.source,
+                source = %crate::log_value::LogValue(&actor.source),
                 until = %clock::datetime(until),
                 "password logins locked after repeated failures"
             );
@@ -196,7 +196,7 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         return fail("unknown user", wrong());
     };
     if !account.active {
-        tracing::info!(user, source = %actor.source, "password login refused: user disabled");
+        tracing::info!(user, source = %crate::log_value::LogValue(&actor.source), "password login refused: user disabled");
         return fail("user disabled", wrong());
     }
     Ok(Caller::User {

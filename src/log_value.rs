@@ -5,8 +5,11 @@
 //! so that lines read and grep as they always did; but some come from people: a project or
 //! repository token's name is the `user` of its requests (`deploy bot`), and a name can hold
 //! `"` or ` outcome=` — unquoted, it would split into fields it does not have, or forge one.
-//! So a value that is not a plain word is written quoted, with `"`, `\` and control characters
-//! escaped (Rust's `Debug`, as the `reason` and `error` fields are).
+//! So a value that is not a plain word is written quoted, with `"` and `\` escaped, and every
+//! character that is not printable — control characters, and the invisible ones a reader's
+//! screen or a parser could take for a line's end or a space (U+2028, U+2003, U+202E) — as
+//! JSON writes them (`\n`, `\u2028`): a logfmt reader (go-logfmt, which Loki's `| logfmt` is)
+//! unquotes a value as JSON does, and refuses the whole line at Rust's `\u{2028}`.
 
 use std::fmt;
 
@@ -20,8 +23,59 @@ impl fmt::Display for LogValue<'_> {
         if !self.0.is_empty() && self.0.bytes().all(plain) {
             f.write_str(self.0)
         } else {
-            write!(f, "{:?}", self.0)
+            quoted(self.0, f)
         }
+    }
+}
+
+/// `text` in `"`, escaped as JSON escapes a string — `\"`, `\\`, `\n`, `\r`, `\t`, and
+/// `\uXXXX` (a pair of them past U+FFFF) for every other character that is not shown as
+/// itself: controls, separators but the space, and the marks that change how a line is drawn
+/// (U+200B–U+200F, U+202A–U+202E, U+2060–U+2069, U+FEFF, and what Rust's `Debug` escapes).
+/// Letters of any script stay as they are.
+fn quoted(text: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    use fmt::Write;
+    f.write_char('"')?;
+    for c in text.chars() {
+        match c {
+            '"' => f.write_str("\\\"")?,
+            '\\' => f.write_str("\\\\")?,
+            '\n' => f.write_str("\\n")?,
+            '\r' => f.write_str("\\r")?,
+            '\t' => f.write_str("\\t")?,
+            c if shown_as_itself(c) => f.write_char(c)?,
+            c => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    write!(f, "\\u{unit:04x}")?;
+                }
+            }
+        }
+    }
+    f.write_char('"')
+}
+
+/// Whether `c` may stand in a quoted log value as itself: a printable character that neither
+/// ends a line, looks like a space other than the space, nor reorders or hides what follows.
+fn shown_as_itself(c: char) -> bool {
+    if c.is_ascii() {
+        return c == ' ' || c.is_ascii_graphic();
+    }
+    // Rust's own list of what it would not print as itself (its `Debug` escapes those).
+    let printable = c.escape_debug().len() == 1;
+    printable
+        && !c.is_whitespace()
+        && !matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// Free text as one log field, always quoted and escaped as [`LogValue`] quotes: the `reason`,
+/// `error`, `stderr` and `outcome` of a line, which are sentences (or a backend's words, ref
+/// names and hook output among them), and read the same whether or not one has a space.
+pub struct LogText<'a>(pub &'a str);
+
+impl fmt::Display for LogText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        quoted(self.0, f)
     }
 }
 
@@ -121,5 +175,38 @@ mod tests {
         assert_eq!(said("line\nuser=root"), "\"line\\nuser=root\"");
         assert_eq!(said("caf\u{e9}"), "\"caf\u{e9}\"");
         assert_eq!(said(""), "\"\"");
+    }
+
+    /// What a logfmt reader that unquotes as JSON does (go-logfmt, Loki's `| logfmt`) reads
+    /// back the very text: every escape is one JSON knows.
+    #[test]
+    fn a_quoted_value_reads_back_as_json_reads_a_string() {
+        let said = |s: &str| LogValue(s).to_string();
+        for text in [
+            "line\nuser=root",
+            "a\u{2028}user=admin\u{2029}b\u{85}c",
+            "\u{202e}evil\u{202c} \u{2003}x",
+            "nul\0 bell\u{7} esc\u{1b}[31m del\u{7f}",
+            "tab\there \"quoted\" back\\slash",
+            "emoji \u{1f600} and \u{e0001}tag",
+            "zero\u{200b}width\u{feff}",
+        ] {
+            let written = said(text);
+            assert!(
+                written.starts_with('"') && written.ends_with('"'),
+                "{written}"
+            );
+            assert!(!written.contains("\\u{"), "{written}");
+            assert!(
+                written
+                    .chars()
+                    .all(|c| c == ' ' || !c.is_whitespace() && !c.is_control()),
+                "{written:?}"
+            );
+            let read: String = serde_json::from_str(&written).unwrap();
+            assert_eq!(read, text, "{written}");
+        }
+        assert_eq!(said("a\u{2028}b"), "\"a\\u2028b\"");
+        assert_eq!(said("\u{1f600}\u{e0001}"), "\"\u{1f600}\\udb40\\udc01\"");
     }
 }

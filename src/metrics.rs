@@ -664,7 +664,7 @@ pub async fn serve(listener: TcpListener, store: Store, limits: Limits) {
             Err(e) => {
                 // As the main listener's: once per window, not every 50 ms.
                 if let Some(times) = accept_failures.failed(std::time::Instant::now()) {
-                    tracing::warn!(error = ?e.to_string(), times, "metrics: accept failed");
+                    tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), times, "metrics: accept failed");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -736,9 +736,11 @@ async fn refresh_expiring(store: Store) {
         match counted {
             Ok(Ok(n)) => METRICS.tokens_expiring_soon.store(n, Relaxed),
             Ok(Err(e)) => {
-                tracing::warn!(error = ?e.to_string(), "metrics: could not count expiring tokens")
+                tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), "metrics: could not count expiring tokens")
             }
-            Err(e) => tracing::warn!(error = ?e.to_string(), "metrics: expiry count task failed"),
+            Err(e) => {
+                tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), "metrics: expiry count task failed")
+            }
         }
         tokio::time::sleep(EXPIRY_REFRESH).await;
     }

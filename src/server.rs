@@ -14,6 +14,7 @@
 //! ([`crate::unwind`]); one while streaming is caught by tokio and ends that connection only.
 //! Either way it is logged and the process lives on.
 
+use crate::log_value::LogText;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -137,7 +138,7 @@ fn mark_listed_descriptors_close_on_exec() {
             .filter(|&fd| fd > 2)
             .collect(),
         Err(e) => {
-            tracing::warn!(error = ?e.to_string(), "cannot list inherited file descriptors: backends may inherit them");
+            tracing::warn!(error = %LogText(&e.to_string()), "cannot list inherited file descriptors: backends may inherit them");
             return;
         }
     };
@@ -278,14 +279,14 @@ fn raise_open_files_limit(max_connections: usize, workers: usize) -> Result<(), 
                 "raised the open-files limit"
             ),
             Err(e) => {
-                tracing::warn!(error = ?e.to_string(), "cannot raise the open-files limit");
+                tracing::warn!(error = %LogText(&e.to_string()), "cannot raise the open-files limit");
                 at_start.limit = now.current;
             }
         }
     }
     let verdict = open_files_verdict(at_start.limit, at_start.wanted, workers, max_connections)?;
     if let Some(warning) = verdict {
-        tracing::warn!(reason = ?warning, "open-files limit");
+        tracing::warn!(reason = %LogText(&warning), "open-files limit");
     }
     Ok(())
 }
@@ -293,7 +294,7 @@ fn raise_open_files_limit(max_connections: usize, workers: usize) -> Result<(), 
 async fn run_workers(config: Config) -> Result<Ended, String> {
     // Free text in a field of its own (quoted), so that a logfmt reader takes the line whole.
     for warning in config.warnings() {
-        tracing::warn!(reason = ?warning, "a setting that is likely wrong");
+        tracing::warn!(reason = %LogText(&warning), "a setting that is likely wrong");
     }
     // Everything that can still fail on a bad setting comes before the store is opened (and
     // created, or migrated): a start that fails changes nothing on disk.
@@ -367,7 +368,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
                 // Said once, by the first worker's backend: every worker builds the same one.
                 if upstreams.is_empty() {
                     for warning in backend.warnings() {
-                        tracing::warn!(reason = ?warning, "a setting that is likely wrong");
+                        tracing::warn!(reason = %LogText(warning), "a setting that is likely wrong");
                     }
                 }
                 Upstream::Http(Box::new(backend))
@@ -646,7 +647,7 @@ fn log_command_line_changes(store: &Store) {
         tracing::info!(
             target: "gitgate::audit",
             actor = %crate::log_value::LogValue(&e.actor),
-            source = %e.source,
+            source = %crate::log_value::LogValue(&e.source),
             action = e.action.as_str(),
             target = e.target.as_str(),
             detail = e.detail.as_str(),
@@ -679,7 +680,7 @@ fn open_store(path: &std::path::Path) -> Result<Store, String> {
     let store = Store::open(path).map_err(|e| e.to_string())?;
     store.watch_folders();
     if let Some(warning) = crate::store::readable_by_others(path) {
-        tracing::warn!(reason = ?warning, "the token store is readable by others");
+        tracing::warn!(reason = %LogText(&warning), "the token store is readable by others");
     }
     match store.check_writable() {
         Ok(()) => {}
@@ -874,7 +875,7 @@ async fn accept(
                         // and say so once per window, not 20 times a second.
                         if let Some(times) = accept_failures.failed(Instant::now()) {
                             tracing::warn!(
-                                error = ?e.to_string(),
+                                error = %LogText(&e.to_string()),
                                 times,
                                 "accept failed: new connections wait in the listen backlog \
                                  (said again at most every {}s while it goes on)",
@@ -900,7 +901,7 @@ async fn accept(
                 let stream = match stream.into_std() {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(error = ?e.to_string(), "cannot hand over a connection");
+                        tracing::warn!(error = %LogText(&e.to_string()), "cannot hand over a connection");
                         continue;
                     }
                 };
@@ -1003,7 +1004,7 @@ async fn work(
             accepted = inbox.rx.recv() => accepted,
             Some(ended) = connections.join_next(), if !connections.is_empty() => {
                 if let Err(e) = ended {
-                    tracing::debug!(error = ?e.to_string(), "a connection task ended abnormally");
+                    tracing::debug!(error = %LogText(&e.to_string()), "a connection task ended abnormally");
                 }
                 continue;
             }
@@ -1022,7 +1023,7 @@ async fn work(
             Ok(s) => s,
             Err(e) => {
                 open.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!(remote = %remote, error = ?e.to_string(), "cannot take over a connection");
+                tracing::warn!(remote = %remote, error = %LogText(&e.to_string()), "cannot take over a connection");
                 continue;
             }
         };
@@ -1122,14 +1123,14 @@ fn excessive_load_said(remote: std::net::SocketAddr, words: &str) {
         Some(times) => tracing::warn!(
             remote = %remote,
             times,
-            error = ?words,
+            error = %LogText(words),
             "closed an HTTP/2 connection for excessive load: its client reset streams before \
              they were answered (the rapid-reset attack), or sent frames or headers without \
              end — `error` says which (said at most once a minute, naming the first client, \
              with how many connections since; the others at debug level)"
         ),
         None => {
-            tracing::debug!(remote = %remote, error = ?words, "closed an HTTP/2 connection for excessive load")
+            tracing::debug!(remote = %remote, error = %LogText(words), "closed an HTTP/2 connection for excessive load")
         }
     }
 }
@@ -1164,8 +1165,12 @@ fn tls_trouble_said(
                 );
             }
         }
-        Some((false, words)) => tracing::debug!(remote = %remote, error = ?words, "{what}"),
-        None => tracing::debug!(remote = %remote, error = ?e.to_string(), "{what}"),
+        Some((false, words)) => {
+            tracing::debug!(remote = %remote, error = %LogText(&words), "{what}")
+        }
+        None => {
+            tracing::debug!(remote = %remote, error = %LogText(&e.to_string()), "{what}")
+        }
     }
 }
 
@@ -1622,7 +1627,7 @@ const CERTIFICATE_WARNED_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// certificate out of them is refused by [`CertStore`]); unread dates are said too.
 fn certificate_dates_said(certs: &CertStore) {
     for warning in certs.warnings() {
-        tracing::error!(reason = ?warning, "the TLS certificate chain has a problem");
+        tracing::error!(reason = %LogText(&warning), "the TLS certificate chain has a problem");
     }
     let Some(chain) = certs.validity() else {
         tracing::warn!(
@@ -1694,7 +1699,7 @@ async fn reload_on_hangup(
                     "SIGHUP: upstream credentials come from the environment, which changes only with a restart"
                 ),
                 Err(e) => tracing::error!(
-                    error = ?e.to_string(),
+                    error = %LogText(&e.to_string()),
                     "SIGHUP: keeping the current upstream credentials, the new ones are unusable"
                 ),
             }
@@ -1721,12 +1726,12 @@ async fn reload_on_hangup(
                     .and_then(|chain| chain.expiry_note(crate::clock::now_ms()))
                 {
                     Some((true, note)) => tracing::error!(
-                        error = ?e.to_string(),
+                        error = %LogText(&e.to_string()),
                         "SIGHUP: the new TLS certificate is unusable, and the one served is no \
                          better: {note}"
                     ),
                     _ => tracing::error!(
-                        error = ?e.to_string(),
+                        error = %LogText(&e.to_string()),
                         "SIGHUP: keeping the current TLS certificate, the new one is unusable"
                     ),
                 },

@@ -15,7 +15,7 @@ fn listen(kind: SignalKind, what: &str) -> Option<Signal> {
     match signal(kind) {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(error = ?e.to_string(), "cannot listen for {what}");
+            tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), "cannot listen for {what}");
             None
         }
     }

@@ -2073,6 +2073,20 @@ fn reading_commands_do_not_create_a_store() {
             .fails_with("the token store is an empty file (0 bytes) at");
         assert_eq!(fs::metadata(sb.db()).unwrap().len(), 0, "{args:?}");
     }
+    // Emptied under a server, which left its marker: the marker is what is said (its advice,
+    // to restore, is the one that works; every command that creates a store refuses it).
+    let marker = sb.root().join("gitgate.db-damaged");
+    fs::write(
+        &marker,
+        "not a database; found by process 1 at 2026-12-05T00:00:00Z\n",
+    )
+    .unwrap();
+    for args in [&["user", "list"][..], &["token", "list"], &["audit"]] {
+        let said = sb.cli(args);
+        said.fails_with("gitgate.db-damaged says the store was found damaged");
+        assert!(!said.stderr.contains("an empty file"), "{said}");
+    }
+    fs::remove_file(&marker).unwrap();
     let checked = sb.cli(&["check"]);
     assert!(
         checked.ok().contains("an empty file (0 bytes")
@@ -2525,9 +2539,9 @@ fn the_cli_actor_names_the_real_uid_beside_the_claimed_user() {
     sb.add_user("alice", PASSWORD);
     // `user <change> alice` with `USER=mallory` and `SUDO_USER` as given (`None`: unset), and
     // the audit event it made.
-    let event_of = |change: &str, sudo_user: Option<&str>| {
+    let event_as = |change: &str, user: &str, sudo_user: Option<&str>| {
         let mut cmd = sb.gitgate_command();
-        cmd.env("USER", "mallory").args(["user", change, "alice"]);
+        cmd.env("USER", user).args(["user", change, "alice"]);
         match sudo_user {
             Some(v) => cmd.env("SUDO_USER", v),
             None => cmd.env_remove("SUDO_USER"),
@@ -2539,10 +2553,12 @@ fn the_cli_actor_names_the_real_uid_beside_the_claimed_user() {
             .as_array()
             .unwrap()
             .iter()
+            .rev()
             .find(|e| e["action"] == action.as_str())
             .cloned()
             .unwrap_or_else(|| panic!("no {action} in {audit}"))
     };
+    let event_of = |change: &str, sudo_user: Option<&str>| event_as(change, "mallory", sudo_user);
     let event = event_of("disable", None);
     assert_eq!(event["actor"], "cli:mallory", "{event}");
     let uid = rustix::process::getuid().as_raw();
@@ -2550,6 +2566,50 @@ fn the_cli_actor_names_the_real_uid_beside_the_claimed_user() {
     // An empty `SUDO_USER` (a supervisor's) names nobody: `USER` is asked next.
     let event = event_of("enable", Some(""));
     assert_eq!(event["actor"], "cli:mallory", "{event}");
+    // A token secret exported as `USER` by a script is not written into the audit trail, which
+    // is kept for years, nor the log; a name of 5,000 characters is cut.
+    let secret = format!("ggt_abcdefgh2345_{}_abcdef", "Ab1".repeat(14) + "A");
+    let event = event_as("disable", &secret, None);
+    assert_eq!(
+        event["actor"], "cli:<not-recorded:looks-like-a-token-secret>",
+        "{event}"
+    );
+    let event = event_as("enable", &"m".repeat(5000), None);
+    assert_eq!(
+        event["actor"],
+        format!("cli:{}...", "m".repeat(64)).as_str(),
+        "{event}"
+    );
+    // The text listing writes each value as one logfmt field: a detail that holds ` actor=`
+    // (a token's name is anyone's words) cannot pass for the event's actor.
+    run(
+        {
+            let mut cmd = sb.gitgate_command();
+            cmd.env("USER", "ops").args([
+                "token",
+                "create",
+                "--project",
+                "team",
+                "--name",
+                "x actor=root target=bob",
+                "--permission",
+                "REPO_READ",
+            ]);
+            cmd
+        },
+        None,
+    )
+    .ok();
+    let listing = sb.cli(&["audit", "--action", "token.created"]);
+    let text = listing.ok();
+    let line = text.lines().last().unwrap_or_default().to_string();
+    assert!(
+        line.contains(" actor=cli:ops source=\"local:uid=")
+            && line.contains(" detail=\"")
+            && line.contains("'x actor=root target=bob'"),
+        "{line}"
+    );
+    assert!(!text.contains(&secret[17..60]), "{text}");
 }
 
 /// A file system mounted for one test, unmounted however the test ends.

@@ -1272,7 +1272,7 @@ fn a_path_cannot_forge_fields_or_lines_in_the_request_log() {
         .unwrap_or_else(|| panic!("no request line: {log}"));
     assert!(
         line.contains(
-            "path=/x\\u{2003}user=alice\\u{2003}status=200\\u{2028}INFO\\u{2003}forged\\u{202e}z "
+            "path=/x\\u{2003}user\\u{3d}alice\\u{2003}status\\u{3d}200\\u{2028}INFO\\u{2003}forged\\u{202e}z "
         ),
         "{line}"
     );
@@ -2627,6 +2627,19 @@ fn secrets_never_reach_the_log_or_the_database() {
         &["-c", &header, "ls-remote", &server.url("team/app")],
     )
     .ok();
+    // (Before the failures below, which block the address.) A secret in the User-Agent (a script's variable in `http.userAgent`), with the token
+    // itself as the password: served, and the agent not written (checked below with the rest).
+    let agent = format!("http.userAgent=ci/1.0 {}", personal.secret);
+    sb.git(
+        sb.root(),
+        &[
+            "-c",
+            &agent,
+            "ls-remote",
+            &server.url_with("alice", &personal.secret, "team/app"),
+        ],
+    )
+    .ok();
     let wrong = flip_secret(&personal.secret);
     sb.git(
         sb.root(),
@@ -2739,6 +2752,12 @@ fn secrets_never_reach_the_log_or_the_database() {
     // A graceful stop writes what the store's writer still holds (audit events, last uses).
     let status = server.stop_within(Duration::from_secs(10));
     assert!(status.success(), "{status}");
+    assert!(
+        fs::read_to_string(sb.server_log())
+            .unwrap()
+            .contains(r#"agent="<a User-Agent holding what looks like a token secret>""#),
+        "the request with a secret in its User-Agent has no line"
+    );
     // The refusals were written down (the audit rows are among what is searched below).
     let audit = sb.cli(&["audit", "--json"]);
     for needle in ["auth.failed", "invalid token", "revoked"] {
@@ -2833,6 +2852,7 @@ fn secrets_never_reach_the_log_or_the_database() {
     assert!(
         log.lines()
             .filter(|l| l.contains("gitgate::request") && l.contains(&personal.id))
+            .filter(|l| !l.contains("<a User-Agent holding what looks like a token secret>"))
             .all(|l| l.contains(" agent=git/")),
         "a request line of git's without its User-Agent:\n{log}"
     );

@@ -169,7 +169,7 @@ impl From<lifecycle::Error> for ApiError {
             // The details (the store's path among them) are for the operator, not the caller,
             // who may not even have authenticated yet.
             E::Store(err) => {
-                tracing::error!(error = ?err.to_string(), "token store failed during a REST call");
+                tracing::error!(error = %crate::log_value::LogText(&err.to_string()), "token store failed during a REST call");
                 ApiError::new(
                     status,
                     "the token store is not available; the reason is in gitgate's log",

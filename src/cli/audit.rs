@@ -7,6 +7,7 @@
 
 use super::out_raw;
 use crate::clock;
+use crate::log_value::LogValue;
 use crate::store::{AuditCursor, AuditEvent, AuditFilter, Store};
 
 /// Events read from the store at a time.
@@ -156,14 +157,17 @@ fn line(e: &AuditEvent) -> Result<(), String> {
         }
         _ => String::new(),
     };
+    // Each value one logfmt field, as in the server's log: an actor, a target or a detail is
+    // partly somebody's words (a token's name, `SUDO_USER`), and written bare it could forge a
+    // field of its own (`actor=root`) for a reader of `key=value`.
     outln!(
-        "{} {:<22} actor={} source={} target={} {}{repeats}",
+        "{} {:<22} actor={} source={} target={} detail={}{repeats}",
         clock::datetime(e.at),
         e.action,
-        e.actor,
-        e.source,
-        e.target,
-        e.detail
+        LogValue(&e.actor),
+        LogValue(&e.source),
+        LogValue(&e.target),
+        LogValue(&e.detail)
     );
     Ok(())
 }

@@ -82,6 +82,8 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
     if !may_create && (empty || !path.exists()) {
         // A -wal left there: the store was moved away without it; creating one would lose it.
         crate::store::refuse_a_log_without_its_file(path).map_err(|e| config.store_refusal(e))?;
+        // Emptied under a server, which marked it damaged: the marker's words and advice.
+        crate::store::refuse_a_store_marked_damaged(path).map_err(|e| config.store_refusal(e))?;
         return Err(format!(
             "{} {} ([store] path in {}): check the path{}; `gitgate serve`, `gitgate user \
              add`, `token create` or `policy set` creates it",

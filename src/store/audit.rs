@@ -173,9 +173,9 @@ pub(super) fn log_lost_event(
     count: u64,
 ) {
     tracing::warn!(
-        error = ?error.to_string(),
+        error = %crate::log_value::LogText(&error.to_string()),
         actor = %crate::log_value::LogValue(&actor.name),
-        source = %actor.source,
+        source = %crate::log_value::LogValue(&actor.source),
         action,
         target = target,
         detail,
@@ -212,7 +212,7 @@ pub(super) fn log_event(
     tracing::info!(
         target: "gitgate::audit",
         actor = %crate::log_value::LogValue(&actor.name),
-        source = %actor.source,
+        source = %crate::log_value::LogValue(&actor.source),
         action,
         target = target,
         detail,

@@ -73,6 +73,9 @@ pub enum CacheLookup {
 #[derive(Clone, Copy, Debug)]
 pub struct CacheVersion(i64);
 
+/// The most of the login name the environment gives that [`Actor::cli`] keeps (Linux allows 32).
+pub const CLI_NAME_KEPT: usize = 64;
+
 /// Who did something, and from where: recorded with every audit event.
 #[derive(Clone, Debug)]
 pub struct Actor {
@@ -99,16 +102,33 @@ impl Actor {
     /// The operator at the command line: the login name the environment gives (`SUDO_USER`,
     /// else `USER`) — a claim anyone can set, so the source says who the process really runs
     /// as (`local:uid=1000`), which the environment cannot change. The name is kept to one
-    /// field of a log or audit line: anything but visible ASCII becomes `?`.
+    /// field of a log or audit line: anything but visible ASCII becomes `?` (bytes that are not
+    /// UTF-8 too, rather than the name being lost), and it is cut at [`CLI_NAME_KEPT`]
+    /// characters. One that holds what looks like a token secret (a script that exported its
+    /// token as `USER`) is not written down: the audit trail is kept for years.
     pub fn cli() -> Actor {
         // An empty variable (a supervisor's `USER=`) names nobody: the next one is asked.
-        let named = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
-        let user: String = named("SUDO_USER")
+        let named = |var: &str| {
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(|v| v.to_string_lossy().into_owned())
+        };
+        let claimed = named("SUDO_USER")
             .or_else(|| named("USER"))
-            .unwrap_or_else(|| "unknown".into())
-            .chars()
-            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-            .collect();
+            .unwrap_or_else(|| "unknown".into());
+        let mut user: String = if crate::credentials::holds_a_secret(&claimed) {
+            "<not-recorded:looks-like-a-token-secret>".into()
+        } else {
+            claimed
+                .chars()
+                .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+                .collect()
+        };
+        if user.len() > CLI_NAME_KEPT {
+            // ASCII alone by now: any byte is a character's end.
+            user.truncate(CLI_NAME_KEPT);
+            user.push_str("...");
+        }
         Actor {
             name: format!("cli:{user}"),
             source: format!("local:uid={}", rustix::process::getuid().as_raw()),
@@ -537,6 +557,12 @@ fn damage_said(real: &Path) -> Option<String> {
 }
 
 /// Refuses a store that a process found damaged (its marker, [`damaged_marker`], says so).
+/// [`refuse_a_store_found_damaged`] for a command that finds no store to open (an empty file):
+/// the marker says more than "empty" does, and its advice is the one that works.
+pub(crate) fn refuse_a_store_marked_damaged(path: &Path) -> std::result::Result<(), String> {
+    refuse_a_store_found_damaged(&real_path(path))
+}
+
 fn refuse_a_store_found_damaged(real: &Path) -> std::result::Result<(), String> {
     match damage_said(real) {
         None => Ok(()),
@@ -946,6 +972,14 @@ impl Store {
     /// running server that the next start must know about (see `Inner::drop`, which then
     /// handles it without telling again).
     pub fn report_changed_files(&self) {
+        if self.inner.damaged.load(Ordering::SeqCst) {
+            // Its logs are kept at the close (see `Inner::drop`); said now, before the stop's
+            // last line, as the other changes are.
+            if !self.inner.changes_reported.swap(true, Ordering::Relaxed) {
+                self.inner.say_found_damaged();
+            }
+            return;
+        }
         if let Some(change) = self.inner.changed_files() {
             if !self.inner.changes_reported.swap(true, Ordering::Relaxed) {
                 self.inner.report(change);
@@ -962,7 +996,7 @@ impl Store {
                 let _ = self.inner.watch.set(w);
             }
             Err(e) => tracing::info!(
-                error = ?e.to_string(),
+                error = %crate::log_value::LogText(&e.to_string()),
                 "no inotify watch on the store's folders: its files are checked on every request"
             ),
         }
@@ -1711,12 +1745,9 @@ impl Drop for Inner {
             // write the log's pages into the ruined file and delete the log, which may hold the
             // only copy of the latest commits. Left as it is, for whoever restores the store.
             self.keep_logs_on_close();
-            tracing::error!(
-                path = %crate::log_value::LogFile(&self.path),
-                "the store was found damaged while gitgate was running: its -wal and -shm are \
-                 left as they are, unapplied (they may hold the latest changes); restore the \
-                 store before starting gitgate again (see the README)"
-            );
+            if !self.changes_reported.swap(true, Ordering::Relaxed) {
+                self.say_found_damaged();
+            }
             return;
         }
         let change = self.changed_files();
@@ -1784,6 +1815,16 @@ impl Inner {
         }
     }
 
+    /// What the next start needs to know of a store found damaged: its logs are not applied.
+    fn say_found_damaged(&self) {
+        tracing::error!(
+            path = %crate::log_value::LogFile(&self.path),
+            "the store was found damaged while gitgate was running: its -wal and -shm are \
+             left as they are, unapplied (they may hold the latest changes); restore the \
+             store before starting gitgate again (see the README)"
+        );
+    }
+
     fn report(&self, change: FileChange) {
         let resolved = self.resolved();
         let wal = format!("{}-wal", resolved.display());
@@ -1839,7 +1880,7 @@ impl Inner {
 /// See [`Inner::drop`].
 fn keep_log_on_close(conn: &Connection) {
     if let Err(e) = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true) {
-        tracing::error!(error = ?e.to_string(), "could not keep a store connection from checkpointing on close");
+        tracing::error!(error = %crate::log_value::LogText(&e.to_string()), "could not keep a store connection from checkpointing on close");
     }
 }
 
@@ -2409,8 +2450,12 @@ mod tests {
         let wal = sidecar(&path, "-wal");
         let wal_len = std::fs::metadata(&wal).unwrap().len();
         assert!(wal_len > 0);
-        let log = test_support::logged(|| drop(store));
+        // A server says so before its last line, "stopped" (`report_changed_files`), and the
+        // close does not say it again.
+        let log = test_support::logged(|| store.report_changed_files());
         assert!(log.contains("left as they are, unapplied"), "{log}");
+        let log = test_support::logged(|| drop(store));
+        assert!(!log.contains("left as they are"), "said twice: {log}");
         assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).ok(), Some(wal_len));
     }
 

@@ -296,7 +296,7 @@ fn each_token_where(
             // token from the operator: left out, and said (its id named). It authenticates
             // nothing either way (see `token_from_row`).
             Err(e @ rusqlite::Error::ToSqlConversionFailure(_)) => {
-                tracing::warn!(error = ?e.to_string(), "a token row that cannot be read is left out of the list")
+                tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), "a token row that cannot be read is left out of the list")
             }
             Err(e) => return Err(e.into()),
         }

@@ -216,7 +216,7 @@ impl FolderWatch {
         if let Err(e) = &again {
             if !self.ended.swap(true, SeqCst) {
                 tracing::info!(
-                    error = ?e.to_string(),
+                    error = %crate::log_value::LogText(&e.to_string()),
                     "a folder on the store's path was moved or removed and cannot be watched \
                      again: the store's files are checked on every request until it is back"
                 );
@@ -299,7 +299,7 @@ impl Inotify {
                 Err(Errno::AGAIN) => return uncovered,
                 Err(Errno::INTR) => {}
                 Err(e) => {
-                    tracing::warn!(error = ?e.to_string(), "could not read the store folders' inotify events");
+                    tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), "could not read the store folders' inotify events");
                     return true;
                 }
             }

@@ -43,6 +43,7 @@
 //!
 //! The writer holds only a weak reference to the store and ends when the store is dropped.
 
+use crate::log_value::LogText;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -473,7 +474,7 @@ impl BatchWriter {
                     .name("gitgate-writer".into())
                     .spawn(move || run(weak, pending));
                 spawned.map(drop).map_err(|e| {
-                    tracing::error!(error = ?e.to_string(), "cannot start the store's writer thread");
+                    tracing::error!(error = %LogText(&e.to_string()), "cannot start the store's writer thread");
                     format!("cannot start the store's writer thread: {e}")
                 })
             })
@@ -632,7 +633,7 @@ impl FailureRows {
                 self.estimate = None;
                 self.more = true;
                 self.not_before = Some(Instant::now() + wait);
-                tracing::warn!(target: "gitgate::store", error = ?e.to_string(), "could not delete old failed-authentication events from the audit log; trying again in {} s", wait.as_secs());
+                tracing::warn!(target: "gitgate::store", error = %LogText(&e.to_string()), "could not delete old failed-authentication events from the audit log; trying again in {} s", wait.as_secs());
             }
         }
     }
@@ -785,7 +786,7 @@ fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: Las
         let waits = pending.busy_waits.fetch_add(1, Ordering::Relaxed);
         if waits.is_multiple_of(60) {
             tracing::warn!(
-                error = ?e.to_string(),
+                error = %LogText(&e.to_string()),
                 events = batch.total,
                 tokens = last_uses.tokens.len(),
                 "the token store is locked by another process: audit events and last uses wait for the lock"
@@ -805,7 +806,7 @@ fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: Las
         return;
     }
     tracing::warn!(
-        error = ?e.to_string(),
+        error = %LogText(&e.to_string()),
         events = batch.total,
         tokens = last_uses.tokens.len(),
         "could not write audit events and last uses (try {attempt} of {ATTEMPTS}); trying again"
@@ -819,7 +820,7 @@ fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: Las
 /// keeps them even where the store could not.
 fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses) {
     if !batch.is_empty() {
-        tracing::warn!(error = ?e.to_string(), events = batch.total, "could not write audit events; they are lost from the store and only logged");
+        tracing::warn!(error = %LogText(&e.to_string()), events = batch.total, "could not write audit events; they are lost from the store and only logged");
         for (event, repeats) in &batch.events {
             let (actor, action) = (&event.actor, event.action);
             log_lost_event(
@@ -833,7 +834,7 @@ fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses) {
         }
     }
     if !last_uses.is_empty() {
-        tracing::warn!(error = ?e.to_string(), tokens = last_uses.tokens.len(), "could not record last use");
+        tracing::warn!(error = %LogText(&e.to_string()), tokens = last_uses.tokens.len(), "could not record last use");
     }
     for _ in 0..batch.total + last_uses.tokens.len() as u64 {
         crate::metrics::METRICS.side_effect_failure();

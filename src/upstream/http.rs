@@ -509,7 +509,7 @@ impl HttpBackend {
                     };
                     match again {
                         Some(r) => {
-                            tracing::debug!(error = ?error.to_string(), "a reused upstream connection failed; sending again on a new one");
+                            tracing::debug!(error = %crate::log_value::LogText(&error.to_string()), "a reused upstream connection failed; sending again on a new one");
                             req = r;
                             fresh_only = true;
                         }
@@ -702,7 +702,7 @@ fn client_tls_config(cfg: &HttpUpstream) -> Result<(rustls::ClientConfig, Vec<St
     if cfg.system_roots && cfg.origin.scheme_str() == Some("https") {
         let found = rustls_native_certs::load_native_certs();
         for e in &found.errors {
-            tracing::warn!(error = ?e.to_string(), "could not read some system root certificates");
+            tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), "could not read some system root certificates");
         }
         let (added, _ignored) = roots.add_parsable_certificates(found.certs);
         if added == 0 && cfg.ca_file.is_none() {

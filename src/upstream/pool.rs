@@ -137,7 +137,7 @@ fn tls_hint(e: &io::Error) -> Option<&'static str> {
 /// How a connection's state machine ended, for the debug log.
 fn log_end(ended: hyper::Result<()>) {
     if let Err(e) = ended {
-        tracing::debug!(error = ?e.to_string(), "upstream connection ended with an error");
+        tracing::debug!(error = %crate::log_value::LogText(&e.to_string()), "upstream connection ended with an error");
     }
 }
 

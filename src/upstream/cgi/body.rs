@@ -20,7 +20,7 @@ use super::head::HEAD_READ;
 use super::process::{ExitInfo, KillGuard, Running, INPUT_CLOSED_GRACE, TERM_GRACE};
 use super::stdio::Fed;
 use super::CgiError;
-use crate::log_value::LogValue;
+use crate::log_value::{LogText, LogValue};
 use crate::upstream::progress::{Progress, Silence, UploadStalled};
 
 /// How much of the backend's stdout one response frame carries at most.
@@ -165,7 +165,7 @@ async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>)
     };
     let outcome = push_outcome(&push.said);
     if outcome.starts_with("unpack ok") && !outcome.contains(" 0 ref(s) updated") {
-        tracing::warn!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = ?outcome, "a push gitgate ended had its refs updated all the same (receive-pack reported them before, or as, it was ended); its client did not get that report, and git told its user the push failed (a fetch shows what the repository has)");
+        tracing::warn!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = %LogText(&outcome), "a push gitgate ended had its refs updated all the same (receive-pack reported them before, or as, it was ended); its client did not get that report, and git told its user the push failed (a fetch shows what the repository has)");
     }
 }
 
@@ -182,9 +182,9 @@ fn log_a_refused_push(push: &Finishing) {
     }
     let outcome = push_outcome(&push.said);
     if outcome.starts_with("refused:") {
-        tracing::warn!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = ?outcome, "the repository refused a push's pack (git told its user why; a full disk or the repository's limits, say)");
+        tracing::warn!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused a push's pack (git told its user why; a full disk or the repository's limits, say)");
     } else if outcome.contains(" refused: ") {
-        tracing::info!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = ?outcome, "the repository refused some of a push's refs");
+        tracing::info!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused some of a push's refs");
     }
 }
 
@@ -271,10 +271,10 @@ pub(super) async fn finish_alone(
     let outcome = push_outcome(&tail);
     match exit.await {
         Ok(info) if info.success() => {
-            tracing::info!(target: "gitgate::cgi", push = %LogValue(&finishing.label), outcome = ?outcome, "a push whose client left has finished: {info}")
+            tracing::info!(target: "gitgate::cgi", push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push whose client left has finished: {info}")
         }
         Ok(info) => {
-            tracing::warn!(target: "gitgate::cgi", push = %LogValue(&finishing.label), outcome = ?outcome, "a push whose client left has failed: {info}")
+            tracing::warn!(target: "gitgate::cgi", push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push whose client left has failed: {info}")
         }
         Err(_) => {}
     }
@@ -571,7 +571,7 @@ impl Body for CgiBody {
                 // alone — not followed by `RPC failed; curl 18` — and no backend failure is
                 // counted for a client's mistake.
                 Some(error) => {
-                    tracing::info!(target: "gitgate::cgi", request = %LogValue(&this.label), error = ?crate::credentials::without_secrets(&error), "git refused the request and told its client why: {info}");
+                    tracing::info!(target: "gitgate::cgi", request = %LogValue(&this.label), error = %LogText(&crate::credentials::without_secrets(&error)), "git refused the request and told its client why: {info}");
                     Poll::Ready(None)
                 }
                 None => Poll::Ready(Some(Err(io::Error::other(format!(

@@ -122,7 +122,7 @@ pub fn parse_head(block: &[u8]) -> Result<Head, CgiError> {
         let (Ok(name), Ok(value)) = parsed else {
             tracing::warn!(
                 target: "gitgate::cgi",
-                header = ?String::from_utf8_lossy(line),
+                header = %crate::log_value::LogText(&String::from_utf8_lossy(line)),
                 "skipping invalid header from the CGI backend"
             );
             continue;

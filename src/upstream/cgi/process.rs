@@ -233,7 +233,7 @@ pub(super) async fn supervise(
                     Err(_) => watch = None, // wait as below
                 },
                 reason = killed(&mut kill) => {
-                    tracing::debug!(target: "gitgate::cgi", %reason, "killing CGI backend");
+                    tracing::debug!(target: "gitgate::cgi", reason = %crate::log_value::LogText(&reason.to_string()), "killing CGI backend");
                     killed_for = Some(reason);
                     if push {
                         // Its input is closed with the same switch (the stdin task stops):
@@ -253,7 +253,7 @@ pub(super) async fn supervise(
         tokio::select! {
             status = child.wait() => break status,
             reason = killed(&mut kill) => {
-                tracing::debug!(target: "gitgate::cgi", %reason, "killing CGI backend");
+                tracing::debug!(target: "gitgate::cgi", reason = %crate::log_value::LogText(&reason.to_string()), "killing CGI backend");
                 killed_for = Some(reason);
                 if push {
                     if let Ok(status) = tokio::time::timeout(INPUT_CLOSED_GRACE, child.wait()).await {

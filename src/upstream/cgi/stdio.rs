@@ -1,6 +1,7 @@
 //! The backend's stdin and stderr: the request body copied to stdin frame by frame (and what a
 //! broken body does to the backend), and stderr logged line by line, bounded.
 
+use crate::log_value::LogText;
 use std::fmt;
 
 use bytes::Bytes;
@@ -101,7 +102,7 @@ pub(super) async fn feed_stdin<B>(
                 if let Err(e) = stdin.write_all(&data).await {
                     // The backend stopped reading (it answered early, or died); its exit status
                     // tells the rest of the story.
-                    tracing::debug!(target: "gitgate::cgi", error = ?e.to_string(), "CGI backend stopped reading the request body");
+                    tracing::debug!(target: "gitgate::cgi", error = %LogText(&e.to_string()), "CGI backend stopped reading the request body");
                     drop(stdin);
                     let _ = told.send(Fed::NotRead);
                     return;
@@ -110,10 +111,10 @@ pub(super) async fn feed_stdin<B>(
             Some(Err(e)) => {
                 if on_break == Break::CloseStdin {
                     // The client's body broke: its doing, told with the request by the gate.
-                    tracing::info!(target: "gitgate::cgi", error = ?e.to_string(), "push body failed; closing the backend's input so that the push fails and cleans up");
+                    tracing::info!(target: "gitgate::cgi", error = %LogText(&e.to_string()), "push body failed; closing the backend's input so that the push fails and cleans up");
                     return; // closes stdin
                 }
-                tracing::info!(target: "gitgate::cgi", error = ?e.to_string(), "request body failed; killing the CGI backend");
+                tracing::info!(target: "gitgate::cgi", error = %LogText(&e.to_string()), "request body failed; killing the CGI backend");
                 kill.kill(&format!("request body failed: {e}"));
                 return;
             }
@@ -166,7 +167,7 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
                     tracing::warn!(
                         target: "gitgate::cgi",
                         path = %crate::log_value::LogValue(&path),
-                        stderr = ?text,
+                        stderr = %LogText(text),
                         "the CGI backend wrote to stderr"
                     );
                 } else {

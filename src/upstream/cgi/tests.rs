@@ -1380,7 +1380,7 @@ fn a_push_whose_client_left_after_the_report_is_logged_with_it() {
     assert!(
         log.contains("a push whose client left has finished")
             && log.contains(
-                "outcome=\"unpack ok, 2 ref(s) updated, 1 refused: refs/heads/evil\\u{1b}[2K\\r2026 \
+                "outcome=\"unpack ok, 2 ref(s) updated, 1 refused: refs/heads/evil\\u001b[2K\\r2026 \
                  INFO forged user=admin funny refname\""
             ),
         "{log}"
