@@ -85,11 +85,22 @@ pub fn filter(wanted: &Wanted<'_>) -> Result<AuditFilter, String> {
             ));
         }
     }
+    // As the listing prints it: bare, or quoted (`"<not a user name>"`, `""` for an empty
+    // target), which is read as the JSON string it is.
     let empty = |flag: &str, s: Option<&str>| match s {
         Some(s) if s.trim().is_empty() => Err(format!(
-            "{flag} is empty: give the exact {} as `gitgate audit` prints it",
+            "{flag} is empty: give the exact {} as `gitgate audit` prints it (\"\" for an \
+             empty one)",
             &flag[2..]
         )),
+        Some(s) if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') => {
+            serde_json::from_str::<String>(s).map(Some).map_err(|_| {
+                format!(
+                    "{flag} {s} is quoted but not as `gitgate audit` quotes a value: give it \
+                     as printed, or without the quotes"
+                )
+            })
+        }
         s => Ok(s.map(str::to_string)),
     };
     Ok(AuditFilter {
@@ -175,6 +186,41 @@ fn line(e: &AuditEvent) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::{filter, Wanted};
+
+    /// `--actor` and `--target` as the listing prints them, quoted or not.
+    #[test]
+    fn an_actor_or_target_is_taken_as_printed() {
+        let taken = |actor: &str, target: &str| {
+            let f = filter(&Wanted {
+                actor: Some(actor),
+                target: Some(target),
+                ..Wanted::default()
+            })
+            .unwrap();
+            (f.actor.unwrap(), f.target.unwrap())
+        };
+        assert_eq!(
+            taken("\"<not a user name>\"", "\"\""),
+            ("<not a user name>".to_string(), String::new())
+        );
+        assert_eq!(
+            taken("cli:ops", "team/app"),
+            ("cli:ops".to_string(), "team/app".to_string())
+        );
+        assert_eq!(
+            taken("\"a\\u2028b\"", "x"),
+            ("a\u{2028}b".to_string(), "x".to_string())
+        );
+        let refused = filter(&Wanted {
+            target: Some("\"a\\q\""),
+            ..Wanted::default()
+        })
+        .unwrap_err();
+        assert!(
+            refused.contains("not as `gitgate audit` quotes"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn a_filter_is_refused_with_its_reason_where_it_could_list_nothing() {
