@@ -349,8 +349,12 @@ impl Config {
         };
         // With two processes or one, even a cap of 1 lets a POST take them all (it may take
         // twice its principal's cap): only more processes help.
-        let advice = if max_processes <= 2 {
+        let advice = if max_processes <= 2 && per_principal == 1 {
             "raise max_processes to 3 or more".to_string()
+        } else if max_processes <= 2 {
+            "raise max_processes to 4 or more and set max_concurrent to a quarter of it or less \
+             (1 for 4)"
+                .to_string()
         } else {
             format!(
                 "set max_concurrent to a quarter of max_processes or less (e.g. {})",
@@ -1429,6 +1433,14 @@ realm = "gitgate"
             "{few}"
         );
         assert_eq!(held(&with("max_concurrent = 1", "max_processes = 3")), None);
+        // The default cap with two processes: both keys, so that following the advice ends
+        // the warning.
+        let both = held(&with("", "max_processes = 2")).unwrap();
+        assert!(
+            both.contains("raise max_processes to 4 or more and set max_concurrent"),
+            "{both}"
+        );
+        assert_eq!(held(&with("max_concurrent = 1", "max_processes = 4")), None);
         assert_eq!(
             held(&with("max_concurrent = 4", "max_processes = 10")),
             None

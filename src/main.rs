@@ -216,7 +216,7 @@ enum TokenCommand {
         #[arg(long = "permission", required = true)]
         permissions: Vec<String>,
         /// Expire this many days from now.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_negative_numbers = true, value_parser = days_of_expiry)]
         expiry_days: Option<u32>,
         /// Only accept the token from this network (CIDR, repeatable; default anywhere).
         #[arg(long = "allowed-network")]
@@ -284,6 +284,17 @@ enum TokenCommand {
     },
     /// Revoke a token; refused from the next request on.
     Revoke { id: String },
+}
+
+/// `--expiry-days` as a number of days, refused below one day as the store refuses 0 (clap's
+/// own words for `-1`, "not in 0..=4294967295", named a range nothing in it may take). Past
+/// the most the store takes, it says its own limit.
+fn days_of_expiry(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(days) if days < 1 => Err("the expiry must be at least 1 day".into()),
+        Ok(days) => Ok(u32::try_from(days).unwrap_or(u32::MAX)),
+        Err(_) => Err(format!("'{s}' is not a whole number of days")),
+    }
 }
 
 fn main() -> ExitCode {

@@ -692,6 +692,8 @@ fn bad_permissions_are_refused_and_nothing_created() {
             "unknown permission 'REPO_OWNER'",
         ),
         (["--expiry-days", "0"], "the expiry must be at least 1 day"),
+        (["--expiry-days", "-1"], "the expiry must be at least 1 day"),
+        (["--expiry-days", "99999999999"], "at most 36500 days"),
     ] {
         let mut all = vec!["token", "create", "--user", "alice", "--name", "x"];
         if args[0] != "--permission" {

@@ -302,13 +302,21 @@ impl ProcessCap {
         };
         let started = tokio::time::Instant::now();
         let deadline = started + wait;
+        // Held back by its share at some look, it is told so at the end, even if the one that
+        // waited gave up first (their waits end alike) and its last look found only every
+        // place taken.
+        let mut share_seen = None;
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             let why = match self.take(asking, going_on, principal) {
                 Ok(place) => return Ok(place),
-                Err(why) => why,
+                Err(share @ Full::Share { .. }) => {
+                    share_seen = Some(share);
+                    share
+                }
+                Err(why) => share_seen.unwrap_or(why),
             };
             let end_by = *self
                 .waits_end_by
@@ -339,9 +347,6 @@ impl ProcessCap {
         principal: &str,
     ) -> Result<Place, Full> {
         let mut state = self.state();
-        if state.in_use >= self.max {
-            return Err(Full::AllInUse);
-        }
         // The fair share: the cap divided among the tokens that hold or wait for places, this
         // one counted. It binds only while another token waits: rounded down while one below it
         // waits, which the place is then kept for; else rounded up, so that no place stays idle
@@ -377,6 +382,12 @@ impl ProcessCap {
             if held >= share {
                 return Err(Full::Share { held });
             }
+        }
+        // Looked at after the share, every place taken or not: a token over its share while
+        // another waits is told so, not that all places are in use — which the one waiting is
+        // told, and which is no reason to the token holding them.
+        if state.in_use >= self.max {
+            return Err(Full::AllInUse);
         }
         // A start waits while a request going on with an exchange waits and could take the
         // place (one whose token holds its share cannot).
@@ -626,6 +637,28 @@ mod tests {
         );
         cap.state().principals.remove("carol");
         assert!(cap.place(Advertisement, "ci").await.is_ok(), "alone again");
+    }
+
+    /// A token holding every place while another waits is told it holds its share (the reason
+    /// it waits in vain), also when every place stays taken; the one waiting is told all are
+    /// in use.
+    #[tokio::test]
+    async fn a_token_over_its_share_is_told_so_while_every_place_is_taken() {
+        let cap = cap(2, 300, 300);
+        let _alice = [
+            cap.place(Advertisement, "alice").await.unwrap(),
+            cap.place(Advertisement, "alice").await.unwrap(),
+        ];
+        let bob = tokio::spawn({
+            let cap = cap.clone();
+            async move { cap.place(Advertisement, "bob").await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            cap.place(Advertisement, "alice").await.unwrap_err().why,
+            Full::Share { held: 2 }
+        );
+        assert_eq!(bob.await.unwrap().unwrap_err().why, Full::AllInUse);
     }
 
     /// Two busy tokens cannot keep a third out: the share counts every token that holds or

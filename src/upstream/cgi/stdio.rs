@@ -137,6 +137,30 @@ pub(super) async fn feed_stdin<B>(
     let _ = told.send(Fed::Whole);
 }
 
+/// Whether a stderr line is git's progress and nothing else: each of its `\r`-separated
+/// parts a phase and its count (`Counting objects: 33% (1/3)`, `Enumerating objects: 5,
+/// done.`) or the pack's total (`Total 5 (delta 0), reused 0 (delta 0), pack-reused 0`).
+/// git's errors begin in lower case (`fatal:`, `error:`, `warning:`).
+fn is_progress(line: &str) -> bool {
+    let mut parts = line.split('\r').map(str::trim).filter(|p| !p.is_empty());
+    let phase = |p: &str| {
+        p.starts_with(|c: char| c.is_ascii_uppercase())
+            && p.split_once(": ").is_some_and(|(name, count)| {
+                name.bytes().all(|b| b.is_ascii_alphabetic() || b == b' ')
+                    && count.starts_with(|c: char| c.is_ascii_digit())
+            })
+    };
+    let total = |p: &str| {
+        p.strip_prefix("Total ")
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    let mut any = false;
+    parts.all(|p| {
+        any = true;
+        phase(p) || total(p)
+    }) && any
+}
+
 /// Logs each stderr line of the child as a warning, up to [`MAX_STDERR_LINES`], then how many
 /// more there were; returns the last non-empty one.
 pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) -> Option<String> {
@@ -159,7 +183,16 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
                 if text.is_empty() {
                     continue;
                 }
-                if logged < MAX_STDERR_LINES {
+                if is_progress(text) {
+                    // upload-pack's progress, written to stderr for a client that asked for no
+                    // side-band (an old or hand-made one): not a problem of the server's.
+                    tracing::debug!(
+                        target: "gitgate::cgi",
+                        path = %crate::log_value::LogValue(&path),
+                        stderr = %LogText(text),
+                        "the CGI backend wrote its progress to stderr"
+                    );
+                } else if logged < MAX_STDERR_LINES {
                     logged += 1;
                     // Quoted, with control characters escaped: the line can hold what a
                     // client sent (receive-pack names a refused ref, hooks echo commits), and
@@ -200,6 +233,29 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn git_progress_is_told_from_what_the_backend_complains_of() {
+        use super::is_progress;
+        for line in [
+            "Counting objects: 33% (1/3)\rCounting objects: 66% (2/3)\rCounting objects: 100% (3/3), done.",
+            "Enumerating objects: 5, done.",
+            "Compressing objects: 100% (3/3), done.",
+            "Total 5 (delta 0), reused 0 (delta 0), pack-reused 0",
+        ] {
+            assert!(is_progress(line), "{line}");
+        }
+        for line in [
+            "fatal: unknown repository extension found:",
+            "error: object file ./objects/ab/cd is empty",
+            "Request not supported: '/srv/git/team/app.git/git-upload-archive'",
+            "Counting objects: 33% (1/3)\rfatal: the remote end hung up",
+            "",
+            "\r",
+        ] {
+            assert!(!is_progress(line), "{line}");
+        }
+    }
+
     use super::*;
 
     #[test]
