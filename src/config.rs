@@ -585,9 +585,14 @@ impl Config {
                 Upstream::Http(Box::new(http_upstream(&url, upstream, &resolve).map_err(err)?))
             }
             (Some(cgi), None) => {
-                if let Some(key) = http_only_key(&upstream) {
+                if let Some(keys) = http_only_keys(&upstream) {
+                    let (them, apply) = if keys.contains(',') {
+                        ("them", "apply")
+                    } else {
+                        ("it", "applies")
+                    };
                     return Err(err(format!(
-                        "[upstream] {key} applies to `url` upstreams only; remove it or switch to `url`"
+                        "[upstream] {keys} {apply} to `url` upstreams only; remove {them} or switch to `url`"
                     )));
                 }
                 if cgi.is_empty() {
@@ -825,9 +830,9 @@ fn parse_auth_failures(raw: RawAuthFailures) -> Result<AuthFailures, String> {
     Ok(f)
 }
 
-/// The first key of `raw` that only an HTTP upstream uses.
-fn http_only_key(raw: &RawUpstream) -> Option<&'static str> {
-    [
+/// The keys of `raw` that only an HTTP upstream uses, comma-joined; `None` if there are none.
+fn http_only_keys(raw: &RawUpstream) -> Option<String> {
+    let keys: Vec<&str> = [
         ("socket", raw.socket.is_some()),
         ("ca_file", raw.ca_file.is_some()),
         ("system_roots", raw.system_roots.is_some()),
@@ -844,8 +849,10 @@ fn http_only_key(raw: &RawUpstream) -> Option<&'static str> {
         ("credentials", raw.credentials.is_some()),
     ]
     .into_iter()
-    .find(|(_, set)| *set)
+    .filter(|(_, set)| *set)
     .map(|(k, _)| k)
+    .collect();
+    (!keys.is_empty()).then(|| keys.join(", "))
 }
 
 /// Validate `[upstream] url = ...` and the keys that go with it.
@@ -1703,7 +1710,20 @@ env = "UPSTREAM_TOKEN"
         ))
         .unwrap_err();
         assert!(
-            e.contains("[upstream] socket applies to `url` upstreams only"),
+            e.contains("[upstream] socket applies to `url` upstreams only; remove it"),
+            "{e}"
+        );
+        // Every such key is named at once, not one per run of the check.
+        let e = parse(&GOOD.replace(
+            "project_root = \"repos\"",
+            "project_root = \"repos\"\nconnect_timeout_seconds = 3\npool_idle_timeout_seconds = 9",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "[upstream] connect_timeout_seconds, pool_idle_timeout_seconds apply to `url` \
+                 upstreams only; remove them"
+            ),
             "{e}"
         );
     }

@@ -1550,6 +1550,31 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         &http,
         &format!("warning: upstream http://127.0.0.1:{port}/git is not ready"),
     );
+    // One that accepts and never speaks: said after a bounded wait, not the five minutes of
+    // the idle timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let accepted: Vec<_> = silent.incoming().take(3).collect();
+        std::thread::sleep(Duration::from_secs(15));
+        drop(accepted);
+    });
+    let mute = variant(
+        "mute.toml",
+        &cgi_line,
+        &format!("url = \"http://127.0.0.1:{silent_port}/git\"\n"),
+    );
+    let began = Instant::now();
+    warns_once(
+        &mute,
+        "gave no HTTP answer to a plain HEAD of its base path: no answer within 10 s",
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        began.elapsed()
+    );
+    drop(held);
 
     // A listen address in use (by the running server, usually) is a warning; one this machine
     // does not have fails as serve's start would.

@@ -51,6 +51,9 @@ use crate::network::Cidr;
 use crate::policy::Identity;
 
 /// Forwards requests to one upstream git server.
+/// How long `check` waits for the upstream's answer to a plain `HEAD` of its base path.
+pub const PLAIN_ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
 pub struct HttpBackend {
     pool: Arc<Pool>,
     /// The upstream for log lines, readiness and `gitgate check`: `http://git.internal:8080/git`
@@ -589,7 +592,8 @@ impl HttpBackend {
         self.naming_upstream(error)
     }
 
-    /// What the upstream answers a plain `HEAD` of its base path with, on a new connection,
+    /// What the upstream answers a plain `HEAD` of its base path with (within
+    /// [`PLAIN_ANSWER_WITHIN`]), on a new connection,
     /// with gitgate's own credentials if it has any: for `check`, which can then tell an
     /// upstream that speaks something else on that port (an `http://` URL for an https port:
     /// nginx answers `400`, and every git request would) or refuses those credentials (`401`)
@@ -616,9 +620,18 @@ impl HttpBackend {
             .await
             .map_err(|e| e.to_string())?;
         let sending = conn.connection.sender.try_send_request(req);
-        let answered = tokio::time::timeout(self.idle_timeout, conn.connection.exchange(sending))
+        // Not the idle timeout (five minutes by default): a deploy's check must not hang that
+        // long, silent, on an upstream that accepts and never speaks.
+        let within = self.idle_timeout.min(PLAIN_ANSWER_WITHIN);
+        let answered = tokio::time::timeout(within, conn.connection.exchange(sending))
             .await
-            .map_err(|_| "no answer in time".to_string())?;
+            .map_err(|_| {
+                format!(
+                    "no answer within {} s (a service that waits for its client to speak \
+                     first, or a hung server?)",
+                    within.as_secs()
+                )
+            })?;
         answered
             .map(|resp| resp.status())
             .map_err(|e| e.into_error().to_string())

@@ -112,12 +112,36 @@ impl std::fmt::Display for ConnectError {
                 f.write_str("the connection was accepted, but the TLS handshake timed out")
             }
             ConnectError::Io(e) => write!(f, "{e}"),
-            ConnectError::Tls(e) => match tls_hint(e) {
-                Some(hint) => write!(f, "TLS handshake failed: {e} ({hint})"),
-                None => write!(f, "TLS handshake failed: {e}"),
+            ConnectError::Tls(e) => match (certificate_dates(e), tls_hint(e)) {
+                (Some(said), _) => write!(f, "TLS handshake failed: {said}"),
+                (None, Some(hint)) => write!(f, "TLS handshake failed: {e} ({hint})"),
+                (None, None) => write!(f, "TLS handshake failed: {e}"),
             },
             ConnectError::Http(e) => write!(f, "{e}"),
         }
+    }
+}
+
+/// A certificate refused for its dates, said with the date that matters, as gitgate says its
+/// own certificate's: rustls's words hold the moment of the check in Unix seconds, so that the
+/// same cause read differently at every check (the readiness log's "still not ready" never
+/// came, each check a new "not ready") and named no date a person can read.
+fn certificate_dates(e: &io::Error) -> Option<String> {
+    use rustls::CertificateError::{ExpiredContext, NotValidYetContext};
+    let date = |t: &rustls::pki_types::UnixTime| {
+        crate::clock::datetime(i64::try_from(t.as_secs()).unwrap_or(i64::MAX / 1000) * 1000)
+    };
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(ExpiredContext { not_after, .. }) => Some(format!(
+            "the upstream's certificate expired on {} (renew it there)",
+            date(not_after)
+        )),
+        rustls::Error::InvalidCertificate(NotValidYetContext { not_before, .. }) => Some(format!(
+            "the upstream's certificate is not valid before {} (is this machine's clock or the \
+             upstream's wrong?)",
+            date(not_before)
+        )),
+        _ => None,
     }
 }
 
@@ -127,6 +151,8 @@ fn tls_hint(e: &io::Error) -> Option<&'static str> {
     if said.contains("InvalidContentType") {
         // The first bytes back were not a TLS record: an HTTP answer to a ClientHello.
         Some("the upstream does not answer in TLS on that port: if it speaks plain HTTP there, write http:// in [upstream] url")
+    } else if said.contains("UnknownIssuer") {
+        Some("the upstream's certificate was not signed by a CA gitgate trusts: put the CA that signed it in [upstream] ca_file, or set system_roots = true for a public one")
     } else if said.contains("CaUsedAsEndEntity") {
         Some("the upstream's own certificate is marked as a CA, as openssl makes a self-signed one by default: put the CA that signed the server's certificate in ca_file, and give the server a certificate that is not a CA")
     } else {
@@ -502,6 +528,49 @@ mod tests {
     use tokio::net::TcpListener;
     use tokio::sync::mpsc::UnboundedReceiver;
     use Driving::{Inline, OwnTask};
+
+    /// A certificate refused for its dates is said with the date, the same at every check (the
+    /// readiness log compares causes by their words), and an unknown issuer with what to do.
+    #[test]
+    fn a_certificate_refused_for_its_dates_names_the_date_not_the_moment_of_the_check() {
+        use rustls::pki_types::UnixTime;
+        use rustls::CertificateError::{ExpiredContext, NotValidYetContext};
+        let at = |secs: u64| UnixTime::since_unix_epoch(Duration::from_secs(secs));
+        let refused = |e: rustls::CertificateError| {
+            ConnectError::Tls(io::Error::new(
+                io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(e),
+            ))
+            .to_string()
+        };
+        let expired = |now| {
+            refused(ExpiredContext {
+                time: at(now),
+                not_after: at(1_738_281_600),
+            })
+        };
+        let said = expired(1_796_431_237);
+        assert_eq!(
+            said,
+            "TLS handshake failed: the upstream's certificate expired on 2025-01-31T00:00:00Z \
+             (renew it there)"
+        );
+        assert_eq!(expired(1_796_431_242), said, "the same at the next check");
+        let early = refused(NotValidYetContext {
+            time: at(1_796_431_237),
+            not_before: at(1_830_297_600),
+        });
+        assert!(
+            early.contains("not valid before 2028-01-01T00:00:00Z")
+                && !early.contains("1796431237"),
+            "{early}"
+        );
+        let unknown = refused(rustls::CertificateError::UnknownIssuer);
+        assert!(
+            unknown.contains("UnknownIssuer") && unknown.contains("[upstream] ca_file"),
+            "{unknown}"
+        );
+    }
 
     /// A handshake refused for what rustls names only in its own terms says what to do.
     #[test]
