@@ -47,11 +47,13 @@
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
 //!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
 //!  atomics, a copy per thread, added up and rendered only when scraped); one log line per
-//!  request (its User-Agent last), when its answer's body ends
+//!  request (its User-Agent last, unless it holds what looks like a token secret), when its
+//!  answer's body ends
 //!  — or, as 499 `client-gone`, when the client hangs up before it has an answer,
 //!  `idle-timeout`, when the client idles (gitgate closes the connection for idling, over TLS
 //!  with `close_notify`; lets go of an HTTP/2 stream given no window; or the backend waited
-//!  that long for an upload the client stopped sending), or `shutdown`, when the grace period
+//!  that long for an upload the client stopped sending once the answer had begun; before, it
+//!  is a 408 sent whole), or `shutdown`, when the grace period
 //!  after SIGTERM ends first
 //! ```
 //!
@@ -60,7 +62,8 @@
 //!   listen`, off by default; requests hyper's HTTP/1 parser refuses, which never reach the
 //!   gate, get a log line (`unparsable`) and a counter of their own from [`server`].
 //! - [`log_value`] writes a name or free text (a token's name as the `user`) as one logfmt
-//!   field: bare when it is a plain word, else quoted.
+//!   field: bare when it is a plain word, else quoted with JSON's escapes (`LogText`, for a
+//!   `reason`, `error` or `stderr`, always quoted), which go-logfmt and Loki read back.
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2 — over TLS, the one ALPN
 //!   agreed — TLS via [`tls`] with the certificate reloaded on SIGHUP and its chain's expiry
 //!   looked at hourly; a plain HTTP request on the HTTPS port is answered `400` in plain
