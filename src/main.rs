@@ -286,14 +286,15 @@ enum TokenCommand {
     Revoke { id: String },
 }
 
-/// `--expiry-days` as a number of days, whatever its sign or size: the store's rules say what
-/// is refused and why (below 1 day, past 36,500), with one wording for every value — clap's own
-/// for `-1` was "not in 0..=4294967295", a range nothing in it may take.
+/// `--expiry-days` as a number of days, refused below one day as the store refuses 0 (clap's
+/// own words for `-1`, "not in 0..=4294967295", named a range nothing in it may take). Past
+/// the most the store takes, it says its own limit.
 fn days_of_expiry(s: &str) -> Result<u32, String> {
-    s.trim()
-        .parse::<i64>()
-        .map(|days| u32::try_from(days.max(0)).unwrap_or(u32::MAX))
-        .map_err(|_| format!("'{s}' is not a whole number of days"))
+    match s.trim().parse::<i64>() {
+        Ok(days) if days < 1 => Err("the expiry must be at least 1 day".into()),
+        Ok(days) => Ok(u32::try_from(days).unwrap_or(u32::MAX)),
+        Err(_) => Err(format!("'{s}' is not a whole number of days")),
+    }
 }
 
 fn main() -> ExitCode {
