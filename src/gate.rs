@@ -123,6 +123,8 @@ enum Refusal {
     /// A request body in a content coding git's backends do not read (415).
     UnsupportedCoding(String),
     StoreDown(StoreError),
+    /// A path and query longer than [`LONGEST_TARGET`] (414).
+    TooLong(String),
     /// Too many failures from the address, or too many requests from the principal (429).
     Guarded(Verdict),
 }
@@ -174,6 +176,9 @@ impl Gate {
             };
             if client.is_err() {
                 return refused(text(StatusCode::BAD_REQUEST, UNREADABLE_FORWARDED_FOR));
+            }
+            if let Some(m) = overlong_target(req.uri()) {
+                return refused(text(StatusCode::URI_TOO_LONG, &m));
             }
             if let Some(m) = host_problem(req.version(), req.uri(), req.headers()) {
                 return refused(text(StatusCode::BAD_REQUEST, m));
@@ -403,6 +408,9 @@ impl Gate {
         remote: SocketAddr,
         log: &mut RequestLog,
     ) -> Result<(GitRequest, Identity, Slot), Refusal> {
+        if let Some(m) = overlong_target(req.uri()) {
+            return Err(Refusal::TooLong(m));
+        }
         let git_req = git::classify(
             req.method().as_str(),
             req.uri().path(),
@@ -638,11 +646,15 @@ impl Gate {
                     remote = %remote.ip(),
                     user = %LogValue(log.user.as_deref().unwrap_or("-")),
                     token_id = %log.token_id.as_deref().unwrap_or("-"),
-                    repo = %log.repo.as_deref().unwrap_or("-"),
+                    repo = %loggable_repo(log.repo.as_deref().unwrap_or("-")),
                     reason = %LogText(&m),
                     "access refused"
                 );
                 text(StatusCode::FORBIDDEN, &m)
+            }
+            Refusal::TooLong(m) => {
+                malformed_said(remote, 414, &m);
+                text(StatusCode::URI_TOO_LONG, &m)
             }
             Refusal::Unframeable(m) => {
                 malformed_said(remote, 501, &m);
@@ -752,7 +764,11 @@ impl AuditScratch {
         self.detail.clear();
         self.detail.push_str(reason);
         self.detail.push_str(" (repo ");
-        self.detail.push_str(repo.unwrap_or("-"));
+        let (kept, cut) = kept_of_path(repo.unwrap_or("-"));
+        self.detail.push_str(kept);
+        if cut {
+            self.detail.push_str("...");
+        }
         self.detail.push(')');
         (&self.source, &self.detail)
     }
@@ -895,7 +911,7 @@ impl LogLine {
             method = %LogMethod(&self.method),
             path = %path,
             remote = %self.remote.ip(),
-            repo = %self.who.repo.as_deref().unwrap_or("-"),
+            repo = %loggable_repo(self.who.repo.as_deref().unwrap_or("-")),
             access = %self.who.access.unwrap_or("-"),
             user = %LogValue(self.who.user.as_deref().unwrap_or("-")),
             token_id = %self.who.token_id.as_deref().unwrap_or("-"),
@@ -1118,6 +1134,15 @@ pub fn loggable_path(path: &str) -> LogPath<'_> {
     }
 }
 
+/// A repository as logged: cut as a path is. It was checked for a token before it was set
+/// (in `admit`), and holds no character a path would escape.
+pub fn loggable_repo(repo: &str) -> LogPath<'_> {
+    LogPath {
+        path: repo,
+        token_checked: true,
+    }
+}
+
 /// A request path as written into a log line. hyper passes on a path's raw bytes above ASCII,
 /// and a client needs no credentials to have one logged: written as they came, an em space
 /// (U+2003) or a line separator (U+2028) would let it add look-alike fields (`user=alice
@@ -1136,20 +1161,62 @@ impl fmt::Display for LogPath<'_> {
         if !self.token_checked && crate::credentials::holds_a_token(self.path) {
             return f.write_str("\"<a path holding what looks like a token secret>\"");
         }
+        let (kept, cut) = kept_of_path(self.path);
         // `=` too: a logfmt reader refuses it in a bare value (go-logfmt), or splits there.
         let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'\\' | b'"' | b'=');
-        if self.path.bytes().all(plain) {
-            return f.write_str(self.path);
+        if !cut && kept.bytes().all(plain) {
+            return f.write_str(kept);
         }
-        for c in self.path.chars() {
+        // A cut path is quoted, to say so in words: nothing in it is a `"` by now.
+        if cut {
+            f.write_char('"')?;
+        }
+        for c in kept.chars() {
             match c {
                 '\\' => f.write_str("\\\\")?,
                 c if c.is_ascii() && plain(c as u8) => f.write_char(c)?,
                 c => write!(f, "{}", c.escape_unicode())?,
             }
         }
+        if cut {
+            write!(f, "... ({} bytes in all, cut)\"", self.path.len())?;
+        }
         Ok(())
     }
+}
+
+/// How much of a path (or repository) a client sent goes into a log line or an audit event:
+/// the first [`PATH_KEPT`] bytes, cut at a character's end. A git path is far shorter; a
+/// longer one, anyone's to send without credentials, would otherwise make each of its log
+/// lines up to [`LONGEST_TARGET`] bytes long, and more once escaped.
+pub const PATH_KEPT: usize = 1024;
+
+/// The part of `path` that is logged, and whether that is less than all of it.
+pub fn kept_of_path(path: &str) -> (&str, bool) {
+    if path.len() <= PATH_KEPT {
+        return (path, false);
+    }
+    let mut end = PATH_KEPT;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&path[..end], true)
+}
+
+/// The longest request target (path and query) gitgate reads: 8 KiB, the request line nginx
+/// takes by default (`large_client_header_buffers 4 8k`). No git request comes near it; a
+/// longer one is answered `414` before it is classified, authenticated or forwarded.
+pub const LONGEST_TARGET: usize = 8192;
+
+/// Why a request target is too long to be read, if it is.
+fn overlong_target(uri: &hyper::Uri) -> Option<String> {
+    let length = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    (length > LONGEST_TARGET).then(|| {
+        format!(
+            "the request's path and query are {length} bytes long; gitgate reads at most \
+             {LONGEST_TARGET}"
+        )
+    })
 }
 
 /// `e` and the errors under it, as one line ("error reading a body from connection: invalid
@@ -1352,8 +1419,8 @@ impl Drop for LoggedBody {
 #[cfg(test)]
 mod tests {
     use super::{
-        host_problem, loggable_path, AuditScratch, LogAgent, LogLine, LogMethod, RequestLog,
-        Unanswered, AGENT_LOGGED,
+        host_problem, loggable_path, loggable_repo, overlong_target, AuditScratch, LogAgent,
+        LogLine, LogMethod, RequestLog, Unanswered, AGENT_LOGGED, LONGEST_TARGET, PATH_KEPT,
     };
     use crate::idle::Activity;
     use hyper::header::HOST;
@@ -1603,6 +1670,54 @@ mod tests {
         assert_eq!(
             fill("2001:db8::1", "invalid token", Some("a/b")),
             spelled("2001:db8::1", "invalid token (repo a/b)")
+        );
+        // A repository anyone may name without credentials is kept as a log keeps it.
+        let long = format!("team/{}", "a".repeat(5000));
+        let (_, detail) = fill("2001:db8::1", "invalid token", Some(&long));
+        assert_eq!(
+            detail,
+            format!("invalid token (repo {}...)", &long[..PATH_KEPT])
+        );
+    }
+
+    #[test]
+    fn a_long_path_is_logged_cut_and_says_so() {
+        let said = |p: &str| loggable_path(p).to_string();
+        let kept = format!("/team/{}", "a".repeat(PATH_KEPT - 6));
+        assert_eq!(said(&kept), kept);
+        let long = format!("{kept}b.git/info/refs");
+        assert_eq!(
+            said(&long),
+            format!("\"{kept}... ({} bytes in all, cut)\"", long.len())
+        );
+        // Cut at a character's end, and escaped as ever.
+        let wide = format!("/{}", "\u{2003}".repeat(700));
+        let shown = said(&wide);
+        assert!(shown.starts_with("\"/\\u{2003}"), "{shown}");
+        assert_eq!(shown.matches("\\u{2003}").count(), (PATH_KEPT - 1) / 3);
+        assert!(shown.ends_with(&format!("... ({} bytes in all, cut)\"", wide.len())));
+        // The repository field is cut the same way.
+        let repo = format!("team/{}", "r".repeat(3000));
+        assert_eq!(
+            loggable_repo(&repo).to_string(),
+            format!("\"{}... (3005 bytes in all, cut)\"", &repo[..PATH_KEPT])
+        );
+        // A token anywhere in a long path, past the part kept too, is still not written.
+        let token = "ggt_abcdefgh2345_".to_string() + &"A".repeat(43) + "_abcdef";
+        let hidden = said(&format!("{long}/{token}"));
+        assert!(!hidden.contains("ggt_"), "{hidden}");
+    }
+
+    #[test]
+    fn a_target_over_8_kib_is_too_long() {
+        let uri = |target: &str| target.parse::<hyper::Uri>().unwrap();
+        let at_most = format!("/team/{}", "a".repeat(LONGEST_TARGET - 6));
+        assert_eq!(overlong_target(&uri(&at_most)), None);
+        // The query counts: the whole target is what a proxy's request line holds.
+        let with_query = format!("{at_most}?x");
+        assert_eq!(
+            overlong_target(&uri(&with_query)).as_deref(),
+            Some("the request's path and query are 8194 bytes long; gitgate reads at most 8192")
         );
     }
 }
