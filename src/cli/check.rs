@@ -174,42 +174,9 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             // Connecting is not speaking HTTP there: an `http://` URL for an https port
             // connects, and every request then gets the upstream's `400`.
             if ready.is_ok() {
-                match runtime.block_on(backend.answer_to_a_plain_request()) {
-                    Ok(status) if status == hyper::StatusCode::BAD_REQUEST => {
-                        warnings += 1;
-                        outln!(
-                            "warning: upstream {} answers 400 Bad Request to a plain HEAD of its \
-                             base path: if it speaks https on that port, write https:// in \
-                             [upstream] url",
-                            backend.address()
-                        );
-                    }
-                    Ok(status)
-                        if status == hyper::StatusCode::UNAUTHORIZED
-                            || status == hyper::StatusCode::PROXY_AUTHENTICATION_REQUIRED =>
-                    {
-                        warnings += 1;
-                        let with = if http.credentials.is_some() {
-                            "with the secret of [upstream.credentials]: check that secret"
-                        } else {
-                            "and [upstream.credentials] is not set: does it want gitgate's own \
-                             credentials?"
-                        };
-                        outln!(
-                            "warning: upstream {} answers {status} to a HEAD of its base path \
-                             {with} (if its git paths answer so too, every git request gets 502)",
-                            backend.address()
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(why) => {
-                        warnings += 1;
-                        outln!(
-                            "warning: upstream {} accepts connections but gave no HTTP answer \
-                             to a plain HEAD of its base path: {why}",
-                            backend.address()
-                        );
-                    }
+                if let Some(warning) = runtime.block_on(backend.plain_answer_warning()) {
+                    warnings += 1;
+                    outln!("warning: {warning}");
                 }
             }
             (backend.address().to_owned(), ready)

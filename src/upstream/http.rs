@@ -50,10 +50,18 @@ use crate::git::GitRequest;
 use crate::network::Cidr;
 use crate::policy::Identity;
 
-/// Forwards requests to one upstream git server.
-/// How long `check` waits for the upstream's answer to a plain `HEAD` of its base path.
+/// How long `check` (and the start's log) waits for the upstream's answer to a plain `HEAD` of
+/// its base path.
 pub const PLAIN_ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
+/// The `User-Agent` of that `HEAD`, as the upstream's access log shows it.
+pub const PLAIN_REQUEST_AGENT: &str = concat!(
+    "gitgate/",
+    env!("CARGO_PKG_VERSION"),
+    " (checking the upstream)"
+);
+
+/// Forwards requests to one upstream git server.
 pub struct HttpBackend {
     pool: Arc<Pool>,
     /// The upstream for log lines, readiness and `gitgate check`: `http://git.internal:8080/git`
@@ -592,6 +600,40 @@ impl HttpBackend {
         self.naming_upstream(error)
     }
 
+    /// What a plain `HEAD` of the base path says is wrong with the upstream, if anything: an
+    /// `http://` URL for an https port (nginx answers `400`, as it would every git request),
+    /// credentials it refuses or wants (`401`/`407`), or no HTTP answer at all. For `check`,
+    /// and for the start's log, once the upstream accepts connections.
+    pub async fn plain_answer_warning(&self) -> Option<String> {
+        let address = self.address();
+        match self.answer_to_a_plain_request().await {
+            Ok(StatusCode::BAD_REQUEST) => Some(format!(
+                "upstream {address} answers 400 Bad Request to a plain HEAD of its base path: \
+                 if it speaks https on that port, write https:// in [upstream] url"
+            )),
+            Ok(status)
+                if status == StatusCode::UNAUTHORIZED
+                    || status == StatusCode::PROXY_AUTHENTICATION_REQUIRED =>
+            {
+                let with = if self.upstream_auth.is_some() {
+                    "with the secret of [upstream.credentials]: check that secret"
+                } else {
+                    "and [upstream.credentials] is not set: does it want gitgate's own \
+                     credentials?"
+                };
+                Some(format!(
+                    "upstream {address} answers {status} to a HEAD of its base path {with} (if \
+                     its git paths answer so too, every git request gets 502)"
+                ))
+            }
+            Ok(_) => None,
+            Err(why) => Some(format!(
+                "upstream {address} accepts connections but gave no HTTP answer to a plain HEAD \
+                 of its base path: {why}"
+            )),
+        }
+    }
+
     /// What the upstream answers a plain `HEAD` of its base path with (within
     /// [`PLAIN_ANSWER_WITHIN`]), on a new connection,
     /// with gitgate's own credentials if it has any: for `check`, which can then tell an
@@ -609,6 +651,11 @@ impl HttpBackend {
         *req.method_mut() = Method::HEAD;
         *req.uri_mut() = uri;
         req.headers_mut().insert(HOST, self.host.clone());
+        // So that the upstream's access log says whose request this was.
+        req.headers_mut().insert(
+            hyper::header::USER_AGENT,
+            HeaderValue::from_static(PLAIN_REQUEST_AGENT),
+        );
         if let Some(secret) = &self.upstream_auth {
             let mut auth = secret.value();
             auth.set_sensitive(true);

@@ -392,6 +392,15 @@ impl Upstream {
         }
     }
 
+    /// What a plain request to an HTTP upstream says is wrong with it (see
+    /// [`HttpBackend::plain_answer_warning`]); `None` for the embedded backend.
+    pub async fn plain_answer_warning(&self) -> Option<String> {
+        match self {
+            Upstream::Cgi(_) => None,
+            Upstream::Http(backend) => backend.plain_answer_warning().await,
+        }
+    }
+
     /// At shutdown, within the grace period: wait until no push is finishing without its
     /// client (see [`CgiBackend::pushes_finished`]).
     pub async fn pushes_finished(&self) {
