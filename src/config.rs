@@ -241,12 +241,14 @@ struct RawConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
+    #[serde(default, deserialize_with = "one_address")]
     listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
+    #[serde(default, deserialize_with = "one_address")]
     listen: Option<String>,
     git_prefix: Option<String>,
     trusted_proxies: Option<Vec<String>>,
@@ -473,11 +475,7 @@ impl Config {
 
         let server = raw.server.unwrap_or_default();
         let listen_text = server.listen.as_deref().unwrap_or("127.0.0.1:8080");
-        let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
-            err(format!(
-                "[server] listen = \"{listen_text}\" is not an address: use IP:PORT, e.g. \"127.0.0.1:8080\" or, for IPv6, \"[::1]:8080\""
-            ))
-        })?;
+        let listen = listen_address("[server] listen", listen_text, 8080).map_err(err)?;
         let git_prefix = normalise_prefix(server.git_prefix.as_deref().unwrap_or("/"))
             .map_err(|m| err(format!("[server] git_prefix: {m}")))?;
         if crate::api::is_api_path(&git_prefix) {
@@ -664,11 +662,7 @@ impl Config {
         let metrics_without_listen = raw.metrics.as_ref().is_some_and(|m| m.listen.is_none());
         let metrics_listen = match raw.metrics.and_then(|m| m.listen) {
             None => None,
-            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
-                err(format!(
-                    "[metrics] listen = \"{text}\" is not an address: use IP:PORT, e.g. \"127.0.0.1:9100\" or, for IPv6, \"[::1]:9100\""
-                ))
-            })?),
+            Some(text) => Some(listen_address("[metrics] listen", &text, 9100).map_err(err)?),
         };
         if let Some(metrics) = metrics_listen.filter(|m| listeners_overlap(*m, listen)) {
             return Err(err(format!(
@@ -914,6 +908,15 @@ fn http_upstream(
         Some(end) => &text[end..], // [IPv6]:port
         None => text,
     };
+    // `[fe80::1%25eth0]`: `http::Uri` takes the zone, and the connector then looks the whole
+    // up as a host name, which never resolves.
+    if text.starts_with('[') && text.contains('%') {
+        return Err(format!(
+            "[upstream] url = \"{shown}\" has an IPv6 address with a zone (link-local), which \
+             gitgate cannot connect to: give the upstream a global or unique-local address, a \
+             host name, or a Unix socket (`socket`)"
+        ));
+    }
     let port_given = after_host.contains(':');
     if port_given && authority.port_u16().is_none_or(|p| p == 0) {
         return Err(format!(
@@ -938,7 +941,21 @@ fn http_upstream(
                     .into(),
             )
         }
-        Some(path) => Some(resolve(path)),
+        Some(path) => {
+            let path = resolve(path);
+            // The kernel's `sun_path` holds 108 bytes with the closing NUL: a longer path could
+            // never be connected to, and every request would get its 502.
+            let length = path.as_os_str().len();
+            if length >= SOCKET_PATH_BYTES {
+                return Err(format!(
+                    "[upstream] socket = \"{}\" is {length} bytes long; a Unix socket's path \
+                     must be under {SOCKET_PATH_BYTES} bytes: move the socket, or name it by a \
+                     shorter path (a relative path is taken from the config's folder)",
+                    path.display()
+                ));
+            }
+            Some(path)
+        }
     };
     if raw.ca_file.as_deref() == Some("") {
         return Err(
@@ -1071,6 +1088,61 @@ fn seconds(value: Option<u64>, default: Duration, key: &str) -> Result<Duration,
         )),
         Some(n) => Ok(Duration::from_secs(n)),
     }
+}
+
+/// The length of a Unix socket's path (`sun_path`), its closing NUL included.
+const SOCKET_PATH_BYTES: usize = 108;
+
+/// A `listen` key's value: one address, as a string. An array (several listeners) is refused
+/// in words that say why, and how to take both address families.
+fn one_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::de::Error;
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(text) => Ok(Some(text)),
+        toml::Value::Array(_) => Err(D::Error::custom(
+            "takes one address, not a list: gitgate listens on one (\"[::]:PORT\" takes IPv4 \
+             and IPv6 both)",
+        )),
+        other => Err(D::Error::custom(format!(
+            "invalid type: {}, expected an address as a string, e.g. \"127.0.0.1:8080\"",
+            other.type_str()
+        ))),
+    }
+}
+
+/// `text`, the value of `key`, as the address a listener binds, or why it is not one — with
+/// what to write instead for the usual slips: two addresses in one string, an interface's
+/// name as an IPv6 zone, a link-local address without its zone (bind would say "Invalid
+/// argument").
+fn listen_address(key: &str, text: &str, port: u16) -> Result<SocketAddr, String> {
+    match text.parse::<SocketAddr>() {
+        Ok(SocketAddr::V6(a)) if is_link_local(a.ip()) && a.scope_id() == 0 => Err(format!(
+            "{key} = \"{text}\" is a link-local address without its interface: add the \
+             interface's number as its zone (e.g. \"[{}%2]:{}\"; `ip link` numbers them), or \
+             listen on \"[::]:{}\"",
+            a.ip(),
+            a.port(),
+            a.port()
+        )),
+        Ok(address) => Ok(address),
+        Err(_) if text.contains([',', ' ']) => Err(format!(
+            "{key} = \"{text}\" names more than one address: gitgate listens on one \
+             (\"[::]:{port}\" takes IPv4 and IPv6 both)"
+        )),
+        Err(_) if text.starts_with('[') && text.contains('%') => Err(format!(
+            "{key} = \"{text}\" has an IPv6 zone that is not a number: write the interface's \
+             number, not its name (e.g. \"[fe80::1%2]:{port}\"; `ip link` numbers them)"
+        )),
+        Err(_) => Err(format!(
+            "{key} = \"{text}\" is not an address: use IP:PORT, e.g. \"127.0.0.1:{port}\" or, \
+             for IPv6, \"[::1]:{port}\""
+        )),
+    }
+}
+
+/// Whether `ip` is in `fe80::/10`, where an address means something only on one interface.
+fn is_link_local(ip: &std::net::Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// The addresses an HTTP upstream's URL may connect to, when its host is an IP address or
@@ -1254,6 +1326,95 @@ realm = "gitgate"
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(Path::new("/etc/gitgate/proxy.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_listen_slip_is_told_what_to_write() {
+        let server = |value: &str| {
+            parse(&GOOD.replace("listen = \"127.0.0.1:8080\"", &format!("listen = {value}")))
+        };
+        let e = server(r#"["127.0.0.1:8080", "[::1]:8080"]"#).unwrap_err();
+        assert!(
+            e.contains("line 3")
+                && e.contains("takes one address, not a list")
+                && e.contains("[::]:PORT"),
+            "{e}"
+        );
+        let e = server("8080").unwrap_err();
+        assert!(
+            e.contains("invalid type: integer, expected an address as a string"),
+            "{e}"
+        );
+        let e = server(r#""127.0.0.1:8080,[::1]:8080""#).unwrap_err();
+        assert!(
+            e.contains("names more than one address") && e.contains("\"[::]:8080\""),
+            "{e}"
+        );
+        let e = server(r#""[fe80::1%eth0]:8080""#).unwrap_err();
+        assert!(
+            e.contains("IPv6 zone that is not a number") && e.contains("[fe80::1%2]:8080"),
+            "{e}"
+        );
+        let e = server(r#""[fe80::1]:8080""#).unwrap_err();
+        assert!(
+            e.contains("link-local address without its interface")
+                && e.contains("\"[fe80::1%2]:8080\""),
+            "{e}"
+        );
+        assert_eq!(
+            server(r#""[fe80::1%2]:8080""#)
+                .unwrap()
+                .server
+                .listen
+                .to_string(),
+            "[fe80::1%2]:8080"
+        );
+        let e = server(r#""::1:8080""#).unwrap_err();
+        assert!(e.contains("is not an address: use IP:PORT"), "{e}");
+        // [metrics] listen is read the same way.
+        let e = parse(&format!("{GOOD}[metrics]\nlisten = [\"127.0.0.1:9100\"]\n")).unwrap_err();
+        assert!(e.contains("takes one address, not a list"), "{e}");
+        let e = parse(&format!("{GOOD}[metrics]\nlisten = \"[fe80::9]:9100\"\n")).unwrap_err();
+        assert!(
+            e.contains("[metrics] listen") && e.contains("[fe80::9%2]:9100"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_upstream_no_connection_could_reach_is_refused_at_load() {
+        let http = |upstream: &str| {
+            parse(&GOOD.replace(
+                "cgi = \"/usr/lib/git-core/git-http-backend\"\nproject_root = \"repos\"",
+                upstream,
+            ))
+        };
+        let e = http("url = \"http://[fe80::1%25lo]:3000/git\"").unwrap_err();
+        assert!(e.contains("IPv6 address with a zone"), "{e}");
+        let long = format!(
+            "socket = \"/run/{}.sock\"\nurl = \"http://git.internal/\"",
+            "s".repeat(98)
+        );
+        let e = http(&long).unwrap_err();
+        assert!(
+            e.contains("is 108 bytes long") && e.contains("under 108 bytes"),
+            "{e}"
+        );
+        let fits = format!(
+            "socket = \"/run/{}.sock\"\nurl = \"http://git.internal/\"",
+            "s".repeat(97)
+        );
+        assert!(http(&fits).is_ok());
+        // A relative path counts as the absolute one it is taken for.
+        let relative = format!(
+            "socket = \"{}.sock\"\nurl = \"http://git.internal/\"",
+            "s".repeat(90)
+        );
+        let e = http(&relative).unwrap_err();
+        assert!(
+            e.contains("/etc/gitgate/sss") && e.contains("is 108 bytes long"),
+            "{e}"
+        );
     }
 
     #[test]

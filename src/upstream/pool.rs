@@ -421,7 +421,10 @@ impl Pool {
         let mut accepted = false;
         let connected = tokio::time::timeout(self.connect_timeout, async {
             if let Some(path) = &o.socket {
-                let stream = UnixStream::connect(path).await.map_err(ConnectError::Io)?;
+                let stream = match UnixStream::connect(path).await {
+                    Ok(stream) => stream,
+                    Err(e) => return Err(ConnectError::Io(not_a_socket(path, e).await)),
+                };
                 accepted = true;
                 return over(stream, &o.tls).await;
             }
@@ -438,6 +441,35 @@ impl Pool {
             in_handshake: accepted && o.tls.is_some(),
         }))
     }
+}
+
+/// A connection to `path` refused because it is no socket says what it is instead: the
+/// kernel's "Connection refused" reads as a server that is down. (A socket no server listens
+/// on any more is refused too, and keeps those words.)
+async fn not_a_socket(path: &std::path::Path, e: io::Error) -> io::Error {
+    use std::os::unix::fs::FileTypeExt;
+    if e.kind() != io::ErrorKind::ConnectionRefused {
+        return e;
+    }
+    let Ok(found) = tokio::fs::metadata(path).await else {
+        return e;
+    };
+    let kind = found.file_type();
+    let what = if kind.is_socket() {
+        return e;
+    } else if kind.is_dir() {
+        "a folder"
+    } else if kind.is_file() {
+        "a regular file"
+    } else if kind.is_fifo() {
+        "a named pipe"
+    } else {
+        "a device"
+    };
+    io::Error::new(
+        e.kind(),
+        format!("{} is {what}, not a Unix socket", path.display()),
+    )
 }
 
 /// HTTP/1 over a connected stream, after a TLS handshake if the upstream is https.
@@ -732,6 +764,33 @@ mod tests {
             Err(ConnectError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("connected to a socket that does not exist"),
+        }
+        // A path that is there but no socket says what it is, not "Connection refused".
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        for (path, what) in [
+            (file, "a regular file"),
+            (dir.path().to_path_buf(), "a folder"),
+        ] {
+            match over_socket(path.clone()).checkout(Inline).await {
+                Err(ConnectError::Io(e)) => assert_eq!(
+                    e.to_string(),
+                    format!("{} is {what}, not a Unix socket", path.display())
+                ),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("connected to {}", path.display()),
+            }
+        }
+        // A socket no server listens on any more keeps the kernel's words.
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        match over_socket(stale).checkout(Inline).await {
+            Err(ConnectError::Io(e)) => {
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+                assert!(!e.to_string().contains("not a Unix socket"), "{e}");
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("connected to a closed socket"),
         }
     }
 
