@@ -37,6 +37,7 @@ use crate::log_value::{LogText, LogValue};
 use crate::metrics::{Operation, Outcome, METRICS};
 use crate::permission::TokenKind;
 use crate::policy::{self, Deny, Identity};
+use crate::request_id::{RequestId, RequestSource};
 use crate::store::{AuthRecord, CacheLookup, CacheVersion, Store, StoreError};
 use crate::token;
 use crate::upstream::headers::client_address;
@@ -150,9 +151,11 @@ impl Gate {
         // uses the client's address; only the upstream hop itself needs the peer.
         // A trusted proxy's X-Forwarded-For that names no client is refused below, with the
         // request logged as from the proxy.
+        let id = RequestId::next();
         let client = client_address(peer.ip(), req.headers(), &self.trusted_proxies);
         if client.is_err() {
             tracing::warn!(
+                request_id = %id,
                 peer = %peer,
                 "refused: the trusted proxy's X-Forwarded-For names no client address"
             );
@@ -165,6 +168,7 @@ impl Gate {
                 METRICS.api_request(resp.status().as_u16());
                 tracing::info!(
                     target: "gitgate::request",
+                    request_id = %id,
                     method = %LogMethod(req.method()),
                     path = %loggable_path(req.uri().path()),
                     remote = %remote.ip(),
@@ -203,7 +207,11 @@ impl Gate {
                     gate.api_body_deadline,
                     gate.git_prefix.clone(),
                     req,
-                    remote,
+                    RequestSource {
+                        peer,
+                        client: remote,
+                        id,
+                    },
                 )
                 .await;
                 if tried && resp.status() == StatusCode::UNAUTHORIZED {
@@ -217,7 +225,7 @@ impl Gate {
             return Ok(match call.await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    tracing::error!(error = %LogText(&e.to_string()), "a REST API call failed inside gitgate");
+                    tracing::error!(request_id = %id, error = %LogText(&e.to_string()), "a REST API call failed inside gitgate");
                     text(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal error: the call failed inside gitgate (logged)",
@@ -235,6 +243,7 @@ impl Gate {
         // Logged as 499 if the client goes away before it has an answer (hyper then drops this
         // future), so that no request leaves the log and the metrics unseen.
         let mut pending = Unanswered(Some(LogLine {
+            id,
             method,
             uri,
             agent,
@@ -297,7 +306,17 @@ impl Gate {
                 });
                 match self
                     .upstream
-                    .forward(&parts, body, &git_req, &identity, peer, remote)
+                    .forward(
+                        &parts,
+                        body,
+                        &git_req,
+                        &identity,
+                        RequestSource {
+                            peer,
+                            client: remote,
+                            id,
+                        },
+                    )
                     .await
                 {
                     Ok(resp) => {
@@ -316,7 +335,7 @@ impl Gate {
                     // error to alert on.
                     Err(_) if inbound.broke.load(Ordering::Relaxed) => {
                         let error = inbound.broke_because.get().map_or("", String::as_str);
-                        tracing::info!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error, "the request body broke off");
+                        tracing::info!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error, "the request body broke off");
                         // Its connection was reset: nobody is left to answer (logged below as a
                         // client gone before its answer, as when hyper drops this future). One
                         // closed only for sending may still read the 400, logged as it is.
@@ -331,25 +350,25 @@ impl Gate {
                         match e.fault {
                             Fault::Backend => {
                                 METRICS.upstream_error();
-                                tracing::error!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "backend failed");
+                                tracing::error!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "backend failed");
                             }
                             // No backend was asked (the repository's folder is not one it may
                             // serve: two answer to it, a link, one nested in another).
                             Fault::Server => {
-                                tracing::error!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "cannot forward")
+                                tracing::error!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "cannot forward")
                             }
                             // Said by the cap, once a minute while it is reached.
                             Fault::Busy => {
                                 METRICS.backend_busy();
-                                tracing::debug!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "server busy")
+                                tracing::debug!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "server busy")
                             }
                             // Answered instead of cut off at the stop's end.
                             Fault::Stopping => {
-                                tracing::warn!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "answered 503 at the stop: the backend had not begun its answer")
+                                tracing::warn!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "answered 503 at the stop: the backend had not begun its answer")
                             }
                             // The client's doing (its upload stopped arriving).
                             Fault::Client => {
-                                tracing::info!(repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "request refused")
+                                tracing::info!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "request refused")
                             }
                         }
                         let mut resp = text(e.status, &e.message);
@@ -365,7 +384,8 @@ impl Gate {
                 // answered (see `Gate::unauthenticated`): read for refusals only.
                 let by_hand = credentials::not_sent_by_git(req.headers());
                 let tried = credentials::fingerprint(req.headers());
-                let mut resp = self.refusal(refusal, remote, &pending.line().who, by_hand, tried);
+                let mut resp =
+                    self.refusal(refusal, id, remote, &pending.line().who, by_hand, tried);
                 // A client waiting for `100 Continue` before it sends its body (libgit2, curl)
                 // gets none: hyper closes the connection after this answer, since it cannot
                 // know whether a body follows. Said in the answer, so that the client sends
@@ -583,6 +603,7 @@ impl Gate {
     fn refusal(
         &self,
         refusal: Refusal,
+        id: RequestId,
         remote: SocketAddr,
         log: &RequestLog,
         by_hand: bool,
@@ -593,7 +614,7 @@ impl Gate {
             Refusal::NotGit(Rejection::BadRequest(m)) => {
                 // That one has its warning already, naming the proxy.
                 if m != UNREADABLE_FORWARDED_FOR {
-                    malformed_said(remote, 400, &m);
+                    malformed_said(id, remote, 400, &m);
                 }
                 text(StatusCode::BAD_REQUEST, &m)
             }
@@ -643,6 +664,7 @@ impl Gate {
                 // The client is told why; so is the operator, who has no other trace of it (a
                 // 401 is an audit event, a 403 is not: the principal is known and allowed in).
                 tracing::info!(
+                    request_id = %id,
                     remote = %remote.ip(),
                     user = %LogValue(log.user.as_deref().unwrap_or("-")),
                     token_id = %log.token_id.as_deref().unwrap_or("-"),
@@ -653,15 +675,15 @@ impl Gate {
                 text(StatusCode::FORBIDDEN, &m)
             }
             Refusal::TooLong(m) => {
-                malformed_said(remote, 414, &m);
+                malformed_said(id, remote, 414, &m);
                 text(StatusCode::URI_TOO_LONG, &m)
             }
             Refusal::Unframeable(m) => {
-                malformed_said(remote, 501, &m);
+                malformed_said(id, remote, 501, &m);
                 text(StatusCode::NOT_IMPLEMENTED, &m)
             }
             Refusal::UnsupportedCoding(m) => {
-                malformed_said(remote, 415, &m);
+                malformed_said(id, remote, 415, &m);
                 text(StatusCode::UNSUPPORTED_MEDIA_TYPE, &m)
             }
             Refusal::StoreDown(e) => {
@@ -825,7 +847,7 @@ pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
 /// is, with what looks like a secret left out (the reason may quote the request), and quoted
 /// with control characters escaped, and cut at [`MALFORMED_SAID`] bytes: a reason can quote a
 /// header value of any length, which any client can send.
-fn malformed_said(remote: SocketAddr, status: u16, reason: &str) {
+fn malformed_said(id: RequestId, remote: SocketAddr, status: u16, reason: &str) {
     let reason = credentials::without_secrets(reason.trim_end());
     let mut end = reason.len().min(MALFORMED_SAID);
     while !reason.is_char_boundary(end) {
@@ -833,6 +855,7 @@ fn malformed_said(remote: SocketAddr, status: u16, reason: &str) {
     }
     let cut = if end < reason.len() { "..." } else { "" };
     tracing::info!(
+        request_id = %id,
         remote = %remote.ip(),
         status,
         // A `String`'s Debug: quoted, its control characters escaped.
@@ -862,6 +885,8 @@ fn a_push_continues(git_req: &GitRequest, headers: &hyper::HeaderMap) -> bool {
 }
 
 struct LogLine {
+    /// Also in every other line the request writes.
+    id: RequestId,
     method: hyper::Method,
     uri: Uri,
     agent: Option<hyper::header::HeaderValue>,
@@ -908,6 +933,7 @@ impl LogLine {
         };
         tracing::info!(
             target: "gitgate::request",
+            request_id = %self.id,
             method = %LogMethod(&self.method),
             path = %path,
             remote = %self.remote.ip(),
@@ -992,6 +1018,7 @@ fn log_unseen(
 ) {
     tracing::info!(
         target: "gitgate::request",
+        request_id = %RequestId::next(),
         method = %method,
         path = %path,
         remote = %remote.ip(),
@@ -1330,6 +1357,14 @@ impl LoggedBody {
             .is_some_and(|l| l.inbound.broke.load(Ordering::Relaxed))
     }
 
+    /// The request's id, for the lines written before its own (`-` once that is written).
+    fn id(&self) -> &dyn fmt::Display {
+        match &self.done {
+            Some(line) => &line.id,
+            None => &"-",
+        }
+    }
+
     fn finish(&mut self, outcome: &str) {
         if let Some(line) = self.done.take() {
             line.write(self.bytes_out, outcome);
@@ -1361,12 +1396,12 @@ impl Body for LoggedBody {
                     .as_ref()
                     .and_then(|l| l.inbound.broke_because.get().cloned())
                     .unwrap_or_default();
-                tracing::info!(error = %LogText(&e.to_string()), request = ?because, "the request body broke off during the answer");
+                tracing::info!(request_id = %self.id(), error = %LogText(&e.to_string()), request = ?because, "the request body broke off during the answer");
                 self.finish("client-gone");
             }
             // The backend waited for an upload the client stopped sending: the client idled.
             Poll::Ready(Some(Err(e))) if crate::upstream::UploadStalled::is(e) => {
-                tracing::info!(error = %LogText(&e.to_string()), "the client stopped sending its request body");
+                tracing::info!(request_id = %self.id(), error = %LogText(&e.to_string()), "the client stopped sending its request body");
                 self.finish("idle-timeout");
             }
             Poll::Ready(Some(Err(e))) => {
@@ -1374,6 +1409,7 @@ impl Body for LoggedBody {
                 // two are told apart by these fields, not by their order.
                 let line = self.done.as_ref();
                 tracing::warn!(
+                    request_id = %self.id(),
                     repo = %line.and_then(|l| l.who.repo.as_deref()).unwrap_or("-"),
                     remote = %line.map_or("-".to_string(), |l| l.remote.ip().to_string()),
                     token_id = %line.and_then(|l| l.who.token_id.as_deref()).unwrap_or("-"),
@@ -1515,6 +1551,7 @@ mod tests {
     #[test]
     fn a_request_whose_handling_panics_is_logged_as_an_internal_error() {
         let line = || LogLine {
+            id: crate::request_id::RequestId::next(),
             method: hyper::Method::GET,
             uri: Uri::from_static("/team/app.git/info/refs"),
             agent: None,

@@ -127,19 +127,9 @@ pub async fn probe(gate: &Gate, method: &Method, path: &str) -> Option<Response<
 /// missing CGI program) shows in the start's log — the check's own warning, with the details —
 /// rather than first as a user's 502. Not fatal: the backend may start after gitgate. Its
 /// outcome answers the first second's probes like any check's.
-///
-/// An HTTP upstream that takes connections is then asked a plain `HEAD`, as `gitgate check`
-/// asks it: one that answers every request `400` (an `http://` URL for an https port) or
-/// wants credentials is ready by every other measure, and would fail each git request.
 pub async fn check_at_start(gate: &Gate) {
     if ready(gate).await.is_ok() {
         tracing::info!("ready: the token store and the git backend answer");
-        if let Some(warning) = gate.upstream.plain_answer_warning().await {
-            tracing::warn!(
-                reason = %crate::log_value::LogText(&warning),
-                "the git backend answers, but not as a git server would"
-            );
-        }
     }
 }
 

@@ -47,8 +47,8 @@
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
 //!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
 //!  atomics, a copy per thread, added up and rendered only when scraped); one log line per
-//!  request (its User-Agent last, unless it holds what looks like a token secret), when its
-//!  answer's body ends
+//!  request (its `request_id` first, as in every line the request writes; its User-Agent
+//!  last, unless it holds what looks like a token secret), when its answer's body ends
 //!  — or, as 499 `client-gone`, when the client hangs up before it has an answer,
 //!  `idle-timeout`, when the client idles (gitgate closes the connection for idling, over TLS
 //!  with `close_notify`; lets go of an HTTP/2 stream given no window; or the backend waited
@@ -202,6 +202,7 @@ pub mod permission;
 pub mod policy;
 pub mod ratelimit;
 pub mod repeats;
+pub mod request_id;
 pub mod server;
 pub mod signals;
 pub mod small_file;

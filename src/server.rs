@@ -74,6 +74,7 @@ pub struct Settings {
 /// limits and failed-auth throttling), the connection cap, metrics.
 pub fn run(config: Config) -> Result<(), String> {
     crate::unwind::install_hook();
+    crate::request_id::seed();
     keep_inherited_descriptors_from_children();
     raise_open_files_limit(config.server.limits.max_connections, config.server.workers)?;
     let main = tokio::runtime::Builder::new_current_thread()

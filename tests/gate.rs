@@ -1961,6 +1961,35 @@ fn a_push_the_backend_refuses_without_a_reason_gets_one() {
         assert_eq!(sb.rev(&sb.bare("team/app"), "main"), before);
         let log = server.log_text();
         assert!(log.contains("Service not enabled"), "{log}");
+        // What git wrote on stderr names the request it was written for, by its id.
+        let id_in = |line: &str| {
+            let at = line.find("request_id=")? + "request_id=".len();
+            Some(line[at..].split(' ').next()?.to_string())
+        };
+        let said = log
+            .lines()
+            .find(|l| l.contains("Service not enabled"))
+            .unwrap();
+        let id = id_in(said).unwrap_or_else(|| panic!("no request_id: {said}"));
+        assert_eq!(id.len(), 16, "{said}");
+        let requests: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("gitgate::request:"))
+            .collect();
+        let its_own: Vec<&&str> = requests
+            .iter()
+            .filter(|l| id_in(l).as_deref() == Some(id.as_str()))
+            .collect();
+        assert!(
+            its_own.len() == 1 && its_own[0].contains("status=403"),
+            "{its_own:?}\n{log}"
+        );
+        // Every request line has an id of its own.
+        let mut ids: Vec<String> = requests.iter().filter_map(|l| id_in(l)).collect();
+        assert_eq!(ids.len(), requests.len(), "{log}");
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), requests.len(), "{log}");
         // A fetch from the same repository is served as before.
         sb.git(&work, &["fetch", "-q", &url]).ok();
         assert!(server.stop_within(Duration::from_secs(10)).success());

@@ -351,8 +351,9 @@ pub async fn handle(
     body_deadline: Duration,
     git_prefix: String,
     req: Request<Incoming>,
-    remote: SocketAddr,
+    source: crate::request_id::RequestSource,
 ) -> Response<ResponseBody> {
+    let (remote, id) = (source.client, source.id);
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let method = parts.method.clone();
@@ -498,6 +499,7 @@ pub async fn handle(
     crate::metrics::METRICS.api_request(status.as_u16());
     tracing::info!(
         target: "gitgate::request",
+        request_id = %id,
         method = %crate::gate::LogMethod(&method),
         path = %crate::gate::loggable_path(&path),
         remote = %remote.ip(),

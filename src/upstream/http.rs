@@ -384,6 +384,25 @@ impl HttpBackend {
                 ))
             });
         }
+        if resp.status() == StatusCode::BAD_REQUEST
+            && self.address.starts_with("http://")
+            && !plain_text(resp.headers())
+        {
+            // nginx's answer to plain HTTP on its TLS port ("The plain HTTP request was sent
+            // to HTTPS port"), and Go's and Apache's alike: a page, to every request, that git
+            // would show only as "returned error: 400". A git server's own 400 is text.
+            return Err(ForwardError {
+                detail: Some(
+                    "if it speaks https on that port, write https:// in [upstream] url \
+                     (`gitgate check` asks it)"
+                        .into(),
+                ),
+                ..ForwardError::bad_gateway(
+                    "the upstream git server answered 400 Bad Request with a page git cannot \
+                     show: gitgate may be set up to reach it the wrong way; its log says more",
+                )
+            });
+        }
         let asked = parts.uri.path_and_query();
         let (mut parts, body) = resp.into_parts();
         headers::to_client(&mut parts.headers).map_err(ForwardError::bad_gateway)?;
@@ -723,15 +742,19 @@ fn a_gateway_failure_page(status: StatusCode, headers: &hyper::HeaderMap) -> boo
         status,
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
     );
-    gateway
-        && !headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| {
-                t.trim_start()
-                    .get(..10)
-                    .is_some_and(|m| m.eq_ignore_ascii_case("text/plain"))
-            })
+    gateway && !plain_text(headers)
+}
+
+/// Whether an answer is `text/plain`, which git shows as `remote: ...`.
+fn plain_text(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.trim_start()
+                .get(..10)
+                .is_some_and(|m| m.eq_ignore_ascii_case("text/plain"))
+        })
 }
 
 /// Whether a `Retry-After` value is one (RFC 9110, section 10.2.3): seconds, or an HTTP date

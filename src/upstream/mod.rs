@@ -15,7 +15,6 @@ pub mod secret;
 pub mod stop;
 
 use std::fmt;
-use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -27,6 +26,7 @@ use hyper::{Response, StatusCode};
 use crate::gate::ResponseBody;
 use crate::git::{GitRequest, Operation, Service};
 use crate::policy::Identity;
+use crate::request_id::RequestSource;
 
 pub use cgi::CgiBackend;
 pub use http::HttpBackend;
@@ -274,22 +274,27 @@ impl fmt::Display for ForwardError {
 impl std::error::Error for ForwardError {}
 
 impl Upstream {
-    /// Send the authorised request on and stream the answer back. `peer` is the connection's
-    /// address (the HTTP upstream builds `X-Forwarded-For` from it), `client` the address the
-    /// request comes from once trusted proxies are seen through (the CGI's `REMOTE_ADDR`).
+    /// Send the authorised request on and stream the answer back. The source's `peer` is the
+    /// connection's address (the HTTP upstream builds `X-Forwarded-For` from it), its `client`
+    /// the address the request comes from once trusted proxies are seen through (the CGI's
+    /// `REMOTE_ADDR`), its `id` the one the CGI backend's log lines carry.
     pub async fn forward<B>(
         &self,
         parts: &Parts,
         body: B,
         git_req: &GitRequest,
         identity: &Identity,
-        peer: SocketAddr,
-        client: SocketAddr,
+        source: RequestSource,
     ) -> Result<Response<ResponseBody>, ForwardError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
     {
+        let RequestSource {
+            peer,
+            client,
+            id: request_id,
+        } = source;
         match self {
             Upstream::Cgi(backend) => {
                 let path_info = match backend.path_info(git_req) {
@@ -304,6 +309,7 @@ impl Upstream {
                     remote_user: &identity.user,
                     token_id: &identity.token_id,
                     remote_addr: client.ip(),
+                    request_id,
                 };
                 let resp = backend.serve(req, body).await.map_err(|e| {
                     // The client's doing, said in full (it names no server path).
@@ -389,15 +395,6 @@ impl Upstream {
         match self {
             Upstream::Cgi(backend) => backend.ready().await,
             Upstream::Http(backend) => backend.ready().await,
-        }
-    }
-
-    /// What a plain request to an HTTP upstream says is wrong with it (see
-    /// [`HttpBackend::plain_answer_warning`]); `None` for the embedded backend.
-    pub async fn plain_answer_warning(&self) -> Option<String> {
-        match self {
-            Upstream::Cgi(_) => None,
-            Upstream::Http(backend) => backend.plain_answer_warning().await,
         }
     }
 

@@ -21,6 +21,7 @@ use super::process::{ExitInfo, KillGuard, Running, INPUT_CLOSED_GRACE, TERM_GRAC
 use super::stdio::Fed;
 use super::CgiError;
 use crate::log_value::{LogText, LogValue};
+use crate::request_id::RequestId;
 use crate::upstream::progress::{Progress, Silence, UploadStalled};
 
 /// How much of the backend's stdout one response frame carries at most.
@@ -66,6 +67,8 @@ pub struct CgiBody {
     pub(super) tail: Vec<u8>,
     /// The request, for the log: repository path and user.
     pub(super) label: String,
+    /// The request's id in every line of the log it writes.
+    pub(super) request_id: RequestId,
 }
 
 /// How a push whose client left is let finish: for as long as it writes something within
@@ -76,6 +79,7 @@ pub(super) struct Finishing {
     pub(super) running: Arc<Running>,
     /// The request, for the log: repository path and user.
     pub(super) label: String,
+    pub(super) request_id: RequestId,
     /// The end of what the push has said to its client so far (at most [`REPORT_TAIL`]): the
     /// client may leave after receive-pack's report reached it, while a hook still runs, and
     /// the log must still say what the push did.
@@ -119,7 +123,7 @@ impl Drop for CgiBody {
         } else {
             let slot = FinishingSlot::take(&finishing.running);
             if slot.is_none() {
-                tracing::warn!(target: "gitgate::cgi", push = %LogValue(label), "the client left during a push, and {MAX_FINISHING} pushes are already finishing without theirs: ending this one");
+                tracing::warn!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(label), "the client left during a push, and {MAX_FINISHING} pushes are already finishing without theirs: ending this one");
             }
             slot
         };
@@ -127,7 +131,7 @@ impl Drop for CgiBody {
             self.ended_by_gitgate();
             return;
         };
-        tracing::info!(target: "gitgate::cgi", push = %LogValue(label), "the client left during a push; git receive-pack finishes it (its refs only if the whole pack arrived, and its hooks)");
+        tracing::info!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(label), "the client left during a push; git receive-pack finishes it (its refs only if the whole pack arrived, and its hooks)");
         let guard = std::mem::replace(&mut self.guard, KillGuard::disarmed());
         let (Some(finishing), Some(stdout)) = (self.finishing.take(), self.stdout.take()) else {
             return;
@@ -165,7 +169,7 @@ async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>)
     };
     let outcome = push_outcome(&push.said);
     if outcome.starts_with("unpack ok") && !outcome.contains(" 0 ref(s) updated") {
-        tracing::warn!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = %LogText(&outcome), "a push gitgate ended had its refs updated all the same (receive-pack reported them before, or as, it was ended); its client did not get that report, and git told its user the push failed (a fetch shows what the repository has)");
+        tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "a push gitgate ended had its refs updated all the same (receive-pack reported them before, or as, it was ended); its client did not get that report, and git told its user the push failed (a fetch shows what the repository has)");
     }
 }
 
@@ -182,9 +186,9 @@ fn log_a_refused_push(push: &Finishing) {
     }
     let outcome = push_outcome(&push.said);
     if outcome.starts_with("refused:") {
-        tracing::warn!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused a push's pack (git told its user why; a full disk or the repository's limits, say)");
+        tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused a push's pack (git told its user why; a full disk or the repository's limits, say)");
     } else if outcome.contains(" refused: ") {
-        tracing::info!(target: "gitgate::cgi", push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused some of a push's refs");
+        tracing::info!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused some of a push's refs");
     }
 }
 
@@ -271,10 +275,10 @@ pub(super) async fn finish_alone(
     let outcome = push_outcome(&tail);
     match exit.await {
         Ok(info) if info.success() => {
-            tracing::info!(target: "gitgate::cgi", push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push whose client left has finished: {info}")
+            tracing::info!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push whose client left has finished: {info}")
         }
         Ok(info) => {
-            tracing::warn!(target: "gitgate::cgi", push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push whose client left has failed: {info}")
+            tracing::warn!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push whose client left has failed: {info}")
         }
         Err(_) => {}
     }
@@ -571,7 +575,7 @@ impl Body for CgiBody {
                 // alone — not followed by `RPC failed; curl 18` — and no backend failure is
                 // counted for a client's mistake.
                 Some(error) => {
-                    tracing::info!(target: "gitgate::cgi", request = %LogValue(&this.label), error = %LogText(&crate::credentials::without_secrets(&error)), "git refused the request and told its client why: {info}");
+                    tracing::info!(target: "gitgate::cgi", request_id = %this.request_id, request = %LogValue(&this.label), error = %LogText(&crate::credentials::without_secrets(&error)), "git refused the request and told its client why: {info}");
                     Poll::Ready(None)
                 }
                 None => Poll::Ready(Some(Err(io::Error::other(format!(

@@ -238,6 +238,7 @@ mod tests {
             remote_user: "alice",
             token_id: "abcdefghijkl",
             remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            request_id: crate::request_id::RequestId::next(),
         };
         let env = cgi_env(&req, Path::new("/srv/git"));
         let get = |k: &str| {
@@ -269,6 +270,7 @@ mod tests {
             remote_user: "alice",
             token_id: "abcdefghijkl",
             remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            request_id: crate::request_id::RequestId::next(),
         };
         let length = |path_info| {
             cgi_env(&req(path_info), Path::new("/srv/git"))

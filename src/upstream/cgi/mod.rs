@@ -59,6 +59,7 @@ use std::time::Duration;
 
 use super::progress::{Progress, Silence};
 use super::stop::{StopClock, Stopped};
+use crate::request_id::RequestId;
 use bytes::{Bytes, BytesMut};
 use hyper::body::Body;
 use hyper::header::{self, HeaderMap};
@@ -82,7 +83,7 @@ use body::Finishing;
 use env::{cgi_env, content_length, home_dir, is_push, sanitize_path};
 use head::read_head;
 use process::{supervise, Counted, KillGuard, KillSwitch, Running, INPUT_CLOSED_GRACE, TERM_GRACE};
-use stdio::{feed_stdin, log_stderr, Break};
+use stdio::{feed_stdin, log_stderr, Break, Feeding};
 
 /// After the backend closed stdout without a header block, how long it may take to exit before
 /// we kill it. It has nothing more to say to us either way.
@@ -121,6 +122,8 @@ pub struct CgiRequest<'a> {
     /// The token the request came with: whose share of `[upstream] max_processes` it uses.
     pub token_id: &'a str,
     pub remote_addr: IpAddr,
+    /// The request's id, in the lines the backend's stdio and a finishing push write.
+    pub request_id: RequestId,
 }
 
 /// Why the backend could not produce a response. Once headers have been sent, failures show up
@@ -621,7 +624,8 @@ impl CgiBackend {
         // guard kills it if this future is dropped before the response is handed over.
         let kill = KillSwitch::new();
         let guard = KillGuard::new(kill.clone(), "request abandoned before the response");
-        let stderr_task = tokio::spawn(log_stderr(stderr, req.path_info.to_owned()));
+        let stderr_task =
+            tokio::spawn(log_stderr(stderr, req.path_info.to_owned(), req.request_id));
         let (exit_tx, mut exit_rx) = oneshot::channel();
         let counted = Counted::new(self.running.clone(), place);
         tokio::spawn(supervise(
@@ -639,8 +643,11 @@ impl CgiBackend {
         tokio::spawn(feed_stdin(
             body,
             stdin,
-            promised,
-            if push { Break::CloseStdin } else { Break::Kill },
+            Feeding {
+                promised,
+                on_break: if push { Break::CloseStdin } else { Break::Kill },
+                request_id: req.request_id,
+            },
             kill.clone(),
             uploading.clone(),
             fed,
@@ -716,6 +723,7 @@ impl CgiBackend {
                 idle: self.head_timeout,
                 running: self.running.clone(),
                 label: label.clone(),
+                request_id: req.request_id,
                 said: Vec::new(),
             }),
             silence: Silence::new(self.head_timeout),
@@ -724,6 +732,7 @@ impl CgiBackend {
             answered: false,
             tail: Vec::new(),
             label,
+            request_id: req.request_id,
         };
         if declared == Some(0) {
             body.declared_length_sent();

@@ -2,6 +2,7 @@
 //! broken body does to the backend), and stderr logged line by line, bounded.
 
 use crate::log_value::LogText;
+use crate::request_id::RequestId;
 use std::fmt;
 
 use bytes::Bytes;
@@ -47,14 +48,21 @@ pub(super) enum Fed {
     NotRead,
 }
 
+/// What a request body's feeding holds to, and whose request it is (for the log).
+pub(super) struct Feeding {
+    /// The length the backend was told (`CONTENT_LENGTH`), if any.
+    pub promised: Option<u64>,
+    pub on_break: Break,
+    pub request_id: RequestId,
+}
+
 /// Copies the request body to the child's stdin frame by frame, then closes stdin; a broken
 /// body is handled as `on_break` says. How it ended is `told` (see [`Fed`]), after stdin is
 /// closed.
 pub(super) async fn feed_stdin<B>(
     mut body: B,
     stdin: ChildStdin,
-    promised: Option<u64>,
-    on_break: Break,
+    feeding: Feeding,
     kill: KillSwitch,
     moved: Progress,
     told: oneshot::Sender<Fed>,
@@ -62,6 +70,11 @@ pub(super) async fn feed_stdin<B>(
     B: Body<Data = Bytes> + Unpin,
     B::Error: fmt::Display,
 {
+    let Feeding {
+        promised,
+        on_break,
+        request_id: id,
+    } = feeding;
     // A local, so that it is closed before `told` is dropped on a return (locals go first).
     let mut stdin = stdin;
     let mut stop = kill.subscribe();
@@ -102,7 +115,7 @@ pub(super) async fn feed_stdin<B>(
                 if let Err(e) = stdin.write_all(&data).await {
                     // The backend stopped reading (it answered early, or died); its exit status
                     // tells the rest of the story.
-                    tracing::debug!(target: "gitgate::cgi", error = %LogText(&e.to_string()), "CGI backend stopped reading the request body");
+                    tracing::debug!(target: "gitgate::cgi", request_id = %id, error = %LogText(&e.to_string()), "CGI backend stopped reading the request body");
                     drop(stdin);
                     let _ = told.send(Fed::NotRead);
                     return;
@@ -111,10 +124,10 @@ pub(super) async fn feed_stdin<B>(
             Some(Err(e)) => {
                 if on_break == Break::CloseStdin {
                     // The client's body broke: its doing, told with the request by the gate.
-                    tracing::info!(target: "gitgate::cgi", error = %LogText(&e.to_string()), "push body failed; closing the backend's input so that the push fails and cleans up");
+                    tracing::info!(target: "gitgate::cgi", request_id = %id, error = %LogText(&e.to_string()), "push body failed; closing the backend's input so that the push fails and cleans up");
                     return; // closes stdin
                 }
-                tracing::info!(target: "gitgate::cgi", error = %LogText(&e.to_string()), "request body failed; killing the CGI backend");
+                tracing::info!(target: "gitgate::cgi", request_id = %id, error = %LogText(&e.to_string()), "request body failed; killing the CGI backend");
                 kill.kill(&format!("request body failed: {e}"));
                 return;
             }
@@ -122,11 +135,11 @@ pub(super) async fn feed_stdin<B>(
     }
     if let Some(promised) = promised.filter(|&promised| fed < promised) {
         if on_break == Break::CloseStdin {
-            tracing::info!(target: "gitgate::cgi", fed, promised, "push body ended short of its Content-Length; closing the backend's input so that the push fails and cleans up");
+            tracing::info!(target: "gitgate::cgi", request_id = %id, fed, promised, "push body ended short of its Content-Length; closing the backend's input so that the push fails and cleans up");
             return;
         }
         // A broken body, like an error: the kill is asked for before stdin closes (on return).
-        tracing::info!(target: "gitgate::cgi", fed, promised, "request body ended short of its Content-Length; killing the CGI backend");
+        tracing::info!(target: "gitgate::cgi", request_id = %id, fed, promised, "request body ended short of its Content-Length; killing the CGI backend");
         kill.kill(&format!(
             "request body ended after {fed} of its {promised} bytes"
         ));
@@ -163,7 +176,11 @@ fn is_progress(line: &str) -> bool {
 
 /// Logs each stderr line of the child as a warning, up to [`MAX_STDERR_LINES`], then how many
 /// more there were; returns the last non-empty one.
-pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) -> Option<String> {
+pub(super) async fn log_stderr<R: AsyncRead + Unpin>(
+    stderr: R,
+    path: String,
+    id: RequestId,
+) -> Option<String> {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
     let mut last = None;
@@ -188,6 +205,7 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
                     // side-band (an old or hand-made one): not a problem of the server's.
                     tracing::debug!(
                         target: "gitgate::cgi",
+                        request_id = %id,
                         path = %crate::log_value::LogValue(&path),
                         stderr = %LogText(text),
                         "the CGI backend wrote its progress to stderr"
@@ -199,6 +217,7 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
                     // as the message a `\r` or a ` user=...` in it could forge a log line.
                     tracing::warn!(
                         target: "gitgate::cgi",
+                        request_id = %id,
                         path = %crate::log_value::LogValue(&path),
                         stderr = %LogText(text),
                         "the CGI backend wrote to stderr"
@@ -209,6 +228,7 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
                 if text.contains("detected dubious ownership") {
                     tracing::error!(
                         target: "gitgate::cgi",
+                        request_id = %id,
                         path = %crate::log_value::LogValue(&path),
                         "git refuses to serve a repository owned by another user than the one \
                          gitgate runs as: run gitgate as the repositories' owner, or add them to \
@@ -222,6 +242,7 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
     if unlogged > 0 {
         tracing::warn!(
             target: "gitgate::cgi",
+            request_id = %id,
             path = %crate::log_value::LogValue(&path),
             logged,
             unlogged,
@@ -233,6 +254,8 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(stderr: R, path: String) ->
 
 #[cfg(test)]
 mod tests {
+    use crate::request_id::RequestId;
+
     #[test]
     fn git_progress_is_told_from_what_the_backend_complains_of() {
         use super::is_progress;
@@ -266,7 +289,11 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            last = rt.block_on(log_stderr(flood.as_bytes(), "/repo.git/x".into()));
+            last = rt.block_on(log_stderr(
+                flood.as_bytes(),
+                "/repo.git/x".into(),
+                RequestId::next(),
+            ));
         });
         // Every line is read (the last one is still reported), not every line is logged.
         assert_eq!(last.as_deref(), Some("line 5000"));
@@ -287,7 +314,11 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            last = rt.block_on(log_stderr(&b"fatal: one\n\ntwo"[..], "/r".into()));
+            last = rt.block_on(log_stderr(
+                &b"fatal: one\n\ntwo"[..],
+                "/r".into(),
+                RequestId::next(),
+            ));
         });
         assert_eq!(last.as_deref(), Some("two"));
         assert!(log.contains("fatal: one") && log.contains("two"), "{log}");
@@ -306,6 +337,7 @@ mod tests {
             rt.block_on(log_stderr(
                 &forged[..],
                 "/team/app.git/git-receive-pack".into(),
+                RequestId::next(),
             ));
         });
         assert!(!log.contains('\r') && !log.contains('\x1b'), "{log:?}");

@@ -1,0 +1,77 @@
+//! A request's id, in each line the request writes to the log.
+//!
+//! On a busy server many requests share a user, a repository and an address at once, and a
+//! request's lines are apart in time: its failure (`backend failed`), what its git program said
+//! on stderr, a push that finishes after its client left, and the request line itself, written
+//! when the answer's body ends. `request_id=` ties them together, as nginx's `$request_id`
+//! does: sixteen hex digits, a half drawn at random when the process starts (two servers on one
+//! store, or one restarted, do not hand out the same ids) and a count. One relaxed atomic add
+//! per request.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Where a request came from, and which one it is: what the handlers past the gate (the REST
+/// API, the backends) need of it besides the request itself.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestSource {
+    /// The connection's other end (a trusted proxy's, if one is in front).
+    pub peer: std::net::SocketAddr,
+    /// The client: the peer, or the address a trusted proxy forwarded for.
+    pub client: std::net::SocketAddr,
+    pub id: RequestId,
+}
+
+/// One request's id; `Display` writes its sixteen hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(u64);
+
+/// The next id to hand out: the random half in the upper 32 bits once [`seed`] has run.
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+impl RequestId {
+    /// A new id, never one this process gave before (in 2^64 requests).
+    pub fn next() -> RequestId {
+        RequestId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Draws this process's random half, once, before the first request. Without it (the unit
+/// tests) ids count from zero; with no randomness to be had, from the time.
+pub fn seed() {
+    let mut bytes = [0u8; 4];
+    let drawn = getrandom::getrandom(&mut bytes)
+        .map(|()| u32::from_le_bytes(bytes))
+        .unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+        });
+    NEXT.store(u64::from(drawn) << 32, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_sixteen_hex_digits_and_each_new() {
+        let a = RequestId::next();
+        let b = RequestId::next();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let shown = id.to_string();
+            assert_eq!(shown.len(), 16, "{shown}");
+            assert!(shown
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        }
+        assert_eq!(RequestId(0xab).to_string(), "00000000000000ab");
+    }
+}
