@@ -227,6 +227,7 @@ pub struct Metrics {
     api_requests: [AtomicU64; 5],
     upstream_errors: AtomicU64,
     side_effect_failures: AtomicU64,
+    audit_events_dropped: AtomicU64,
     /// Connections refused for their address's connection cap.
     address_cap_refusals: AtomicU64,
     /// Requests HTTP/1's parser refused before the gate saw them (400, 414, 431).
@@ -260,6 +261,7 @@ impl Metrics {
             api_requests: [const { AtomicU64::new(0) }; 5],
             upstream_errors: AtomicU64::new(0),
             side_effect_failures: AtomicU64::new(0),
+            audit_events_dropped: AtomicU64::new(0),
             address_cap_refusals: AtomicU64::new(0),
             unparsable_requests: AtomicU64::new(0),
             connections_cut: [const { AtomicU64::new(0) }; 3],
@@ -406,6 +408,17 @@ impl Metrics {
         self.side_effect_failures.fetch_add(1, Relaxed);
     }
 
+    /// Audit events not recorded: more different ones waited in a window than are kept.
+    pub fn audit_events_dropped(&self, count: u64) {
+        self.audit_events_dropped.fetch_add(count, Relaxed);
+    }
+
+    /// Audit events not recorded so far (for tests).
+    #[cfg(test)]
+    pub fn audit_events_dropped_so_far(&self) -> u64 {
+        self.audit_events_dropped.load(Relaxed)
+    }
+
     /// Counts a connection as active until the guard is dropped.
     pub fn connection(&'static self) -> ConnectionGuard {
         self.active_connections.fetch_add(1, Relaxed);
@@ -480,7 +493,7 @@ impl Metrics {
                 self.connections_cut[why as usize].load(Relaxed)
             );
         }
-        let simple: [(&str, &str, &str, String); 16] = [
+        let simple: [(&str, &str, &str, String); 17] = [
             (
                 "gitgate_throttled_requests_total",
                 "counter",
@@ -504,6 +517,12 @@ impl Metrics {
                 "counter",
                 "Audit events and last-used times that could not be written; requests were served.",
                 self.side_effect_failures.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_audit_events_dropped_total",
+                "counter",
+                "Audit events not recorded because more different ones came in a 100 ms window than are kept (4096 per worker thread): a flood of varied failed authentications; each window's count is an audit.dropped event. Requests were served.",
+                self.audit_events_dropped.load(Relaxed).to_string(),
             ),
             (
                 "gitgate_upstream_errors_total",

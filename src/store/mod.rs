@@ -921,9 +921,7 @@ impl Store {
         }
         schema::refuse_newer(&conn).map_err(explain)?;
         // WAL is a property of the file: set once, every later connection sees it.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(explain)?;
+        let mode = switch_to_wal(&conn).map_err(explain)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(open_err(format!(
                 "could not switch to WAL mode (got '{mode}')"
@@ -1948,6 +1946,31 @@ fn uri_path(path: &Path) -> String {
     out
 }
 
+/// `PRAGMA journal_mode = WAL`, tried again while the busy timeout lasts. The switch needs the
+/// file alone, and SQLite answers `SQLITE_BUSY` at once — its busy handler is not asked, as it
+/// could deadlock — when another connection holds it: two servers started together on a store
+/// not yet in WAL mode (a restored backup, or none at all) would otherwise fail one of them.
+fn switch_to_wal(conn: &Connection) -> rusqlite::Result<String> {
+    let until = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut tries = 0u64;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < until =>
+            {
+                // Waits of 5 to 35 ms, unlike the other opener's, so that one gets there.
+                tries += 1;
+                let spread = u64::from(std::process::id()).wrapping_add(tries * 7) % 31;
+                std::thread::sleep(Duration::from_millis(5 + spread));
+            }
+            switched => return switched,
+        }
+    }
+}
+
 fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -2104,6 +2127,40 @@ mod tests {
     use super::test_support::temp_store;
     use super::*;
     use rusqlite::OptionalExtension;
+
+    /// Two servers started together on a store not yet in WAL mode (a backup restored, made by
+    /// `VACUUM INTO`; or no store at all) both open it: the switch to WAL, which SQLite
+    /// refuses at once rather than wait for when another connection holds the file, is tried
+    /// again while the busy timeout lasts. It used to fail one of them in about a third of
+    /// the starts, saying the other "keeps it locked for more than 5 s" after 0.1 s.
+    #[test]
+    fn stores_opened_at_once_on_a_file_not_in_wal_mode_all_open() {
+        for round in 0..12 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("restored.db");
+            if round % 3 != 2 {
+                drop(Store::open(&path).unwrap());
+                let c = rusqlite::Connection::open(&path).unwrap();
+                let mode: String = c
+                    .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(mode, "delete");
+            }
+            let at_once = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let opening: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, at_once) = (path.clone(), at_once.clone());
+                    std::thread::spawn(move || {
+                        at_once.wait();
+                        Store::open(&path).map(drop).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for opened in opening {
+                opened.join().unwrap().unwrap();
+            }
+        }
+    }
 
     /// A store without a `-wal` is copied without locks: one written while it is being copied
     /// (a CLI command that opens it, commits and checkpoints into the file, which tore copies of

@@ -485,6 +485,7 @@ impl BatchWriter {
 fn run(store: Weak<Inner>, pending: Arc<Pending>) {
     let mut last_uses_written: Option<Instant> = None;
     let mut failure_rows = FailureRows::default();
+    let mut drops = DropsSaid::default();
     loop {
         // Sleep until a window opens (checking now and then that the store still exists).
         {
@@ -542,6 +543,8 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
                 pending.failures.store(0, Ordering::Relaxed);
                 pending.busy_waits.store(0, Ordering::Relaxed);
                 drop(writing);
+                // Counted once written (a window that failed is tried again with its count).
+                drops.dropped(batch.dropped, Instant::now());
                 if cap > 0 {
                     let batched = batch
                         .events
@@ -565,6 +568,45 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
                 pending.open.store(true, Ordering::Release);
             }
         }
+    }
+}
+
+/// Audit events not recorded for want of room in a window: each window's count is its
+/// `audit.dropped` event; all of them are counted in `gitgate_audit_events_dropped_total` and
+/// said as a warning — at once, then at most once a minute with how many since, as the flood
+/// that causes them (varied failed authentications from many addresses) may last for hours.
+#[derive(Default)]
+struct DropsSaid {
+    said: Option<Instant>,
+    unsaid: u64,
+}
+
+/// How often, at most, dropped audit events are warned of.
+const DROPS_SAID_EVERY: Duration = Duration::from_secs(60);
+
+impl DropsSaid {
+    fn dropped(&mut self, count: u64, now: Instant) {
+        if count == 0 {
+            return;
+        }
+        crate::metrics::METRICS.audit_events_dropped(count);
+        self.unsaid += count;
+        if self
+            .said
+            .is_some_and(|at| now.duration_since(at) < DROPS_SAID_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            dropped = self.unsaid,
+            "audit events were not recorded: more different ones came in a window than are kept \
+             ({DISTINCT} per worker thread per 100 ms) — a flood of varied failed \
+             authentications, or a store too slow to keep up; each window's count is in its \
+             audit.dropped event, all in gitgate_audit_events_dropped_total (said again at \
+             most once a minute, with how many since)"
+        );
+        self.said = Some(now);
+        self.unsaid = 0;
     }
 }
 
@@ -1220,6 +1262,32 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn dropped_events_are_counted_and_warned_of_at_most_once_a_minute() {
+        use crate::metrics::METRICS;
+        let before = METRICS.audit_events_dropped_so_far();
+        let mut drops = super::DropsSaid::default();
+        let t0 = Instant::now();
+        let log = logged(|| {
+            drops.dropped(0, t0);
+            drops.dropped(100, t0);
+            drops.dropped(50, t0 + Duration::from_secs(1));
+            drops.dropped(7, t0 + Duration::from_secs(61));
+        });
+        // Other tests may drop some meanwhile: at least these.
+        assert!(METRICS.audit_events_dropped_so_far() - before >= 157);
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("audit events were not recorded"))
+            .collect();
+        assert_eq!(warned.len(), 2, "{log}");
+        assert!(
+            warned[0].contains(" WARN ") && warned[0].contains("dropped=100"),
+            "{log}"
+        );
+        assert!(warned[1].contains("dropped=57"), "{log}");
     }
 
     #[test]
