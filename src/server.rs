@@ -1065,7 +1065,8 @@ async fn work(
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(
                 connections = connections.len(),
-                "grace period over; closing the remaining connections"
+                "grace period over; closing the remaining connections of a worker (each worker \
+                 says its own: add them up)"
             );
             CUT_OFF.store(true, Ordering::Relaxed);
         }

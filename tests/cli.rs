@@ -864,6 +864,25 @@ fn token_revoke() {
             .unwrap()["revokedAt"],
         Value::Null
     );
+
+    // A store whose tables were changed by hand: said as that, without the statement's SQL,
+    // and not with advice about disk space or locks.
+    let conn = rusqlite::Connection::open(sb.db()).unwrap();
+    conn.execute_batch("ALTER TABLE tokens RENAME COLUMN revoked_at TO revoked_at_x")
+        .unwrap();
+    let run = sb.cli(&["token", "revoke", &keep.id]);
+    let said = run.fails_with("no such column");
+    assert!(
+        said.contains("the store's tables are not as gitgate made them")
+            && said.contains("restore it from a backup")
+            && said.contains("is NOT revoked and still works")
+            && !said.contains("SELECT")
+            && !said.contains("disk space"),
+        "{said}"
+    );
+    let run = sb.cli(&["token", "list"]);
+    let said = run.fails_with("no such column");
+    assert!(!said.contains("SELECT"), "{said}");
 }
 
 #[test]

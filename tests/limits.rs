@@ -3030,6 +3030,64 @@ fn a_stop_answers_a_request_whose_upstream_has_not_answered_before_the_cut() {
     assert!(!log.contains(&secret), "{log}");
 }
 
+/// A push whose pack is still going up to the embedded CGI runner when a stop's answers are
+/// due: its answer, held until the body is fed, has not gone out, so it is answered `503` with
+/// the reason — not cut off, which git reports with advice to raise `http.postBuffer` — and
+/// nothing of it is applied (the program's input is closed).
+#[test]
+fn a_stop_answers_a_push_still_uploading_to_the_cgi_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repos/team/app.git");
+    let made = std::process::Command::new("git")
+        .args(["init", "-q", "--bare"])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let config = cgi_config(dir.path(), "shutdown_grace_seconds = 2").replace(
+        "\"/bin/true\"",
+        &format!("\"{}\"", common::git_http_backend().display()),
+    );
+    let (mut g, auth) = start_with_token(dir.path(), &config, "PROJECT_WRITE");
+    let mut s = connect(g.port);
+    // A push's POST of a megabyte, of which only the start of its first line has come.
+    write!(
+        s,
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\nContent-Length: 1000000\r\n\r\n\
+         0094"
+    )
+    .unwrap();
+    // git http-backend has started, sent its headers (held by gitgate) and waits for the rest.
+    log_once_it_has(&g, "listening");
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = Instant::now();
+    g.signal("TERM");
+    let (answer, _) = read_until_closed(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 5\r\n"), "{answer}");
+    assert!(
+        answer.contains(
+            "the server is stopping, and the git server had not answered before it did; try \
+             again in a moment"
+        ),
+        "{answer}"
+    );
+    // A second before the cut, not at it.
+    assert!(stopped.elapsed() < Duration::from_millis(1900), "{answer}");
+    g.stop_within(Duration::from_secs(10));
+    let log = g.log_text();
+    assert!(log.contains("answered 503 at the stop"), "{log}");
+    assert!(log.contains("status=503"), "{log}");
+    let left: Vec<_> = std::fs::read_dir(repo.join("objects"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("incoming") || name.starts_with("tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// The same behind the embedded CGI runner, whose program has not sent its headers, at a
 /// second stop signal: answered at once (the grace period is 30 s), the program ended.
 #[test]

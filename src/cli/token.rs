@@ -313,6 +313,12 @@ pub fn revoke(store: &Store, id: &str) -> Result<(), String> {
             return Err(format!("{e}; it is revoked already"));
         }
         // Said at once, for who revokes a leaked token at night: the store took nothing.
+        Err(lifecycle::Error::Store(e)) if e.is_schema_mismatch() => {
+            return Err(format!(
+                "{e}: token {id} is NOT revoked and still works; revoke it again once the store \
+                 is restored"
+            ))
+        }
         Err(e @ lifecycle::Error::Store(StoreError::Busy | StoreError::Sqlite(_))) => {
             return Err(format!(
                 "{e}: token {id} is NOT revoked and still works; free the store (disk space, \

@@ -173,14 +173,42 @@ impl fmt::Display for StoreError {
             | StoreError::Conflict(m)
             | StoreError::Invalid(m)
             | StoreError::Refused(m) => f.write_str(m),
-            StoreError::Sqlite(e) => write!(f, "token store error: {e}"),
+            StoreError::Sqlite(e) => match schema_mismatch(e) {
+                // Not the statement itself (lines of SQL), nor advice about locks.
+                Some(what) => write!(
+                    f,
+                    "token store error: {what}: the store's tables are not as gitgate made them \
+                     (changed by hand, or damaged); restore it from a backup"
+                ),
+                None => write!(f, "token store error: {e}"),
+            },
         }
     }
+}
+
+/// What SQLite said of a statement that names a table or column the store does not have
+/// (`no such column: t.revoked_at`): the tables were changed by hand (a migration the
+/// schema version does not say), or damaged. `None` for any other failure.
+fn schema_mismatch(e: &rusqlite::Error) -> Option<&str> {
+    let said = match e {
+        rusqlite::Error::SqlInputError { msg, .. } => msg.as_str(),
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.as_str(),
+        _ => return None,
+    };
+    ["no such column", "no such table", "has no column named"]
+        .iter()
+        .any(|m| said.contains(m))
+        .then_some(said)
 }
 
 impl std::error::Error for StoreError {}
 
 impl StoreError {
+    /// The store's tables are not as gitgate made them (see [`schema_mismatch`]).
+    pub fn is_schema_mismatch(&self) -> bool {
+        matches!(self, StoreError::Sqlite(e) if schema_mismatch(e).is_some())
+    }
+
     /// SQLite found the file damaged: not a database, or pages that do not read as one.
     fn is_corruption(&self) -> bool {
         matches!(self, StoreError::Sqlite(e) if matches!(

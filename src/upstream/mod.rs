@@ -352,7 +352,8 @@ impl Upstream {
                         }
                         // Ended before its headers: git http-backend writes them before it
                         // starts the service, so nothing of a push was applied through it (a
-                        // CGI program that answers only once done could have begun).
+                        // CGI program that answers only once done could have begun). Or ended
+                        // while its body was still being fed: its input closed, a push fails.
                         cgi::CgiError::Stopped => {
                             return ForwardError {
                                 detail: Some(e.to_string()),

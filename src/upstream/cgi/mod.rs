@@ -737,7 +737,25 @@ impl CgiBackend {
         if declared == Some(0) {
             body.declared_length_sent();
         }
-        if let Err(e) = body.hold_until_fed(all_fed).await {
+        // At a stop, a body still being fed (a push's pack going up) when answers are due: its
+        // answer has not gone out (its head is held until then), so it is answered for, as a
+        // head that had not come is, rather than cut off — git would advise a bigger
+        // `http.postBuffer`. Its input is closed: receive-pack fails and removes its quarantine.
+        let held = {
+            let stop = self.stop.due();
+            tokio::pin!(stop);
+            tokio::select! {
+                biased;
+                held = body.hold_until_fed(all_fed) => Some(held),
+                Stopped = &mut stop => None,
+            }
+        };
+        let Some(held) = held else {
+            kill.kill("the server stopped before the request body was fed to it");
+            body.ended_by_gitgate();
+            return Err(CgiError::Stopped);
+        };
+        if let Err(e) = held {
             if matches!(e, CgiError::UploadStalled(_)) {
                 // Answered `408`: what the client may still send must not reach the backend (a
                 // push would be applied after all). Its input is closed, and a push fails and
