@@ -278,6 +278,12 @@ impl Gate {
                 let body = crate::linger::Lingering::new(parts.version, body);
                 let seen = inbound.clone();
                 let a_post = parts.method == Method::POST;
+                // A body that ends short of its length is broken off too: an HTTP/2 client that
+                // resets its stream with NO_ERROR mid-upload ends it so, without an error.
+                let promised = parts
+                    .headers
+                    .get(hyper::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
                 let body = Observed::new(body, move |s: Seen<'_, hyper::Error>| match s {
                     Seen::Frame(frame) => {
                         if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
@@ -300,6 +306,17 @@ impl Gate {
                     // off is not.
                     Seen::End if a_post && seen.bytes.load(Ordering::Relaxed) == 0 => {
                         let _ = seen.broke_because.set(EMPTY_POST.into());
+                        seen.broke.store(true, Ordering::Relaxed)
+                    }
+                    Seen::End
+                        if promised.is_some_and(|p| seen.bytes.load(Ordering::Relaxed) < p) =>
+                    {
+                        let _ = seen.broke_because.set(format!(
+                            "the request body ended after {} of the {} bytes its \
+                             Content-Length promised",
+                            seen.bytes.load(Ordering::Relaxed),
+                            promised.unwrap_or_default()
+                        ));
                         seen.broke.store(true, Ordering::Relaxed)
                     }
                     Seen::End | Seen::Waiting => {}
@@ -537,11 +554,14 @@ impl Gate {
         log.user = Some(identity.user.clone());
         // Refused once its credentials are (a 401 or 403 says more), before it takes a place or
         // a token of its principal's.
+        // Known empty: a `Content-Length: 0`, or an HTTP/2 HEADERS frame that ended its stream
+        // (hyper's body then says it is at its end; a chunked body is not known till read).
         if req.method() == Method::POST
-            && req
-                .headers()
-                .get(hyper::header::CONTENT_LENGTH)
-                .is_some_and(|v| v.to_str().is_ok_and(|v| v.trim().parse() == Ok(0u64)))
+            && (req.body().is_end_stream()
+                || req
+                    .headers()
+                    .get(hyper::header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.to_str().is_ok_and(|v| v.trim().parse() == Ok(0u64))))
         {
             return Err(Refusal::NotGit(Rejection::BadRequest(EMPTY_POST.into())));
         }
@@ -1069,6 +1089,19 @@ pub fn host_problem(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<
     // the forwarded host and written into the log.
     if first.is_some_and(|h| !crate::upstream::headers::is_host_and_port(h.as_bytes())) {
         return Some("the Host header is not a host name or address with an optional port");
+    }
+    // The same of an HTTP/2 `:authority` (or an absolute target's host), which stands for Host
+    // when none is sent: `alice@git.example` (RFC 9113, section 8.3.1, forbids the user part),
+    // `git.example:99999`.
+    if uri
+        .authority()
+        .is_some_and(|a| !crate::upstream::headers::is_host_and_port(a.as_str().as_bytes()))
+    {
+        return Some(if version == Version::HTTP_2 {
+            "the request's :authority is not a host name or address with an optional port"
+        } else {
+            "the request target's host is not a host name or address with an optional port"
+        });
     }
     // HTTP/2's `:authority`, or an absolute request target (`GET http://host/... HTTP/1.1`),
     // names the host itself, and a server must take it over `Host` (RFC 9112, section 3.2.2);
@@ -1677,6 +1710,30 @@ mod tests {
         assert!(host_problem(v2, &path_only, &hosts(&[]))
             .unwrap()
             .contains("needs an :authority or a Host header"));
+        // An :authority that is no host and optional port is refused as such a Host is: with
+        // a user part (RFC 9113 forbids it; `curl -H 'Host: alice@...'` sends one), or a port
+        // past 65535.
+        for bad in [
+            "https://alice@git.example.com/team/app.git",
+            "https://ggt_x@git.example.com/team/app.git",
+            "https://git.example.com:99999/team/app.git",
+        ] {
+            let uri: Uri = bad.parse().unwrap();
+            assert_eq!(
+                host_problem(v2, &uri, &hosts(&[])),
+                Some(
+                    "the request's :authority is not a host name or address with an optional port"
+                ),
+                "{bad}"
+            );
+        }
+        // The same of an HTTP/1.1 request's absolute target.
+        let absolute: Uri = "http://alice@git.example.com/team/app.git".parse().unwrap();
+        assert!(
+            host_problem(Version::HTTP_11, &absolute, &hosts(&["git.example.com"]))
+                .unwrap()
+                .contains("request target's host")
+        );
     }
 
     #[test]

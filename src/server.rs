@@ -1099,9 +1099,9 @@ static EXCESSIVE_LOAD: std::sync::LazyLock<std::sync::Mutex<crate::repeats::Repe
     });
 
 /// h2's words for the HTTP/2 connection it closed with `ENHANCE_YOUR_CALM` (`connection error
-/// detected: detected excessive load generating behavior (b"too_many_resets")`): a client that
-/// resets streams before they are answered (the rapid-reset attack), or sends endless header
-/// continuations. h2 itself logs each such close at `warn`, without the client's address —
+/// detected: detected excessive load generating behavior`; h2 0.4.20 does not say which): a
+/// client that resets streams before they are answered (the rapid-reset attack), or sends
+/// endless header continuations, or a header block that unpacks too large (an HPACK bomb). h2 itself logs each such close at `warn`, without the client's address —
 /// lines any client can have written at will, which serve's default filter drops (`h2=error`)
 /// for this one: named, with the address, once a minute.
 fn excessive_load(e: &(dyn std::error::Error + 'static)) -> Option<String> {
@@ -1128,8 +1128,9 @@ fn excessive_load_said(remote: std::net::SocketAddr, words: &str) {
             error = %LogText(words),
             "closed an HTTP/2 connection for excessive load: its client reset streams before \
              they were answered (the rapid-reset attack), or sent frames or headers without \
-             end — `error` says which (said at most once a minute, naming the first client, \
-             with how many connections since; the others at debug level)"
+             end, or headers that unpack too large — the HTTP/2 library does not say which \
+             (said at most once a minute, naming the first client, with how many connections \
+             since; the others at debug level)"
         ),
         None => {
             tracing::debug!(remote = %remote, error = %LogText(words), "closed an HTTP/2 connection for excessive load")

@@ -949,6 +949,12 @@ fn an_http2_request_whose_content_length_is_no_length_is_refused_not_forwarded()
         "{text}"
     );
     assert_not_forwarded(&heads);
+    // No length and no body (END_STREAM on the HEADERS): known empty, so gitgate's own 400
+    // before anything is forwarded, as for `Content-Length: 0` (it was a 200, then a reset).
+    let (status, text) = post(&[], b"");
+    assert_eq!(status, Some(0x8c), "{text}");
+    assert!(text.contains("the request body was empty"), "{text}");
+    assert_not_forwarded(&heads);
     // One length, repeated or not, is passed on once.
     for lengths in [&["4"][..], &["4", "4"]] {
         let (status, text) = post(lengths, b"0000");
@@ -993,6 +999,17 @@ fn an_http2_upload_reset_short_of_its_content_length_is_cut_off_upstream_too() {
     assert!(got.contains("content-length: 100\r\n"), "{got}");
     let body = &got[got.find("\r\n\r\n").unwrap() + 4..];
     assert_eq!(body, "0032want ", "{got}");
+    // The client's doing, as a body broken off any other way: not a backend failure.
+    let log = log_once_it_has(&g, "gitgate::request");
+    assert!(
+        log.contains("the request body broke off")
+            && log.contains(
+                "the request body ended after 9 of the 100 bytes its Content-Length promised"
+            ),
+        "{log}"
+    );
+    // (Counted as one in gitgate_upstream_errors_total where it is said.)
+    assert!(!log.contains("backend failed"), "{log}");
 }
 
 const API_USERS: &str = "/rest/access-tokens/1.0/users/alice";
