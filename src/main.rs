@@ -737,6 +737,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::policy",
     "gitgate::ratelimit",
     "gitgate::repeats",
+    "gitgate::request_id",
     "gitgate::server",
     "gitgate::signals",
     "gitgate::small_file",

@@ -963,7 +963,12 @@ fn a_push_cut_off_by_a_stop_leaves_no_quarantined_objects() {
         .lines()
         .find(|l| l.contains("git-receive-pack") && l.contains("outcome="))
         .unwrap_or_else(|| panic!("{log}"));
-    assert!(line.contains("outcome=shutdown"), "{line}");
+    // Its answer was held while its pack was going up: a second before the cut it is answered
+    // `503` (the server is stopping) rather than cut off, its input closed all the same.
+    assert!(
+        line.contains("status=503") && line.contains("outcome=complete"),
+        "{line}"
+    );
     drop(s);
 }
 

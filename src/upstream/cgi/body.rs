@@ -394,8 +394,24 @@ impl CgiBody {
         })
         .await;
         match early {
-            // Its input's end reached the backend, or it stopped reading it: its answer is due.
-            Err(Ok(Fed::Whole | Fed::NotRead)) => Ok(()),
+            // Its input's end reached the backend: its answer is due.
+            Err(Ok(Fed::Whole)) => Ok(()),
+            // It stopped reading its input: it answered early, or it died (a receive-pack
+            // killed mid-push). Which, its first frame says — held for the answer, or its
+            // failure answered `502`, which git shows, rather than a `200` cut off under a
+            // client still uploading (git would advise a bigger `http.postBuffer`).
+            Err(Ok(Fed::NotRead)) => {
+                match std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await {
+                    Some(Err(e)) if UploadStalled::is(&e) => {
+                        Err(CgiError::UploadStalled(self.silence.idle()))
+                    }
+                    Some(Err(e)) => Err(CgiError::Failed(e.to_string())),
+                    first => {
+                        self.early = Some(first);
+                        Ok(())
+                    }
+                }
+            }
             // The request body broke off, or ended short of its length.
             Err(Err(_)) => Err(CgiError::RequestBroke),
             Ok(Some(Err(e))) if UploadStalled::is(&e) => {

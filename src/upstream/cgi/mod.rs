@@ -148,6 +148,9 @@ pub enum CgiError {
     Busy(Busy),
     /// The server stopped before the program sent its header block; it was ended.
     Stopped,
+    /// The program failed after its header block but before any of its answer went out (it
+    /// stopped reading its input and exited with an error): the why, as its body says it.
+    Failed(String),
 }
 
 impl fmt::Display for CgiError {
@@ -160,6 +163,7 @@ impl fmt::Display for CgiError {
             CgiError::Exited(why) => {
                 write!(f, "the CGI backend ended before sending a response: {why}")
             }
+            CgiError::Failed(why) => write!(f, "{why}, before any of its answer went out"),
             CgiError::TimedOut(after) => write!(
                 f,
                 "the CGI backend sent no response for {}s; it was ended",
@@ -215,6 +219,7 @@ impl CgiError {
             CgiError::UploadStalled(_) => "the request body stopped arriving",
             CgiError::Busy(_) => "the server is busy",
             CgiError::Stopped => "the server stopped before the CGI backend answered",
+            CgiError::Failed(_) => "the CGI backend ended with an error before its answer",
         }
     }
 }
@@ -240,7 +245,8 @@ impl std::error::Error for CgiError {
             | CgiError::RequestBroke
             | CgiError::UploadStalled(_)
             | CgiError::Busy(_)
-            | CgiError::Stopped => None,
+            | CgiError::Stopped
+            | CgiError::Failed(_) => None,
         }
     }
 }

@@ -946,6 +946,39 @@ async fn a_backend_that_answers_and_exits_while_the_body_is_coming_is_the_answer
     }
 }
 
+/// One that writes its head and dies while the body is still coming (a receive-pack killed
+/// mid-push) has failed before any of its answer went out: an error to answer (`502`), not a
+/// `200` cut off under a client still uploading.
+#[tokio::test]
+async fn a_backend_that_dies_after_its_head_while_the_body_is_coming_has_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "dies.cgi",
+        "printf 'Status: 200 OK\\r\\nContent-Type: application/x-git-receive-pack-result\\r\\n\\r\\n'; \
+         echo 'error: receive-pack died of signal 9' >&2; exit 1",
+    );
+    let headers = HeaderMap::new();
+    let req = request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        &headers,
+    );
+    match serve(&backend, req, || Stalled(Arc::new(()))).await {
+        Err(e @ CgiError::Failed(_)) => {
+            let said = e.to_string();
+            assert!(
+                said.contains("exit status: 1")
+                    && said.contains("before any of its answer went out"),
+                "{said}"
+            );
+        }
+        Err(e) => panic!("{e}"),
+        Ok(resp) => panic!("answered {}", resp.status()),
+    }
+}
+
 /// What a `GET /x` to `backend` answered after its headers, read to the end, and how that
 /// end came: cleanly, or with the body's error.
 async fn body_and_end(backend: &CgiBackend) -> (Vec<u8>, Result<(), std::io::Error>) {
