@@ -429,8 +429,22 @@ fn a_store_restored_over_the_running_server_says_what_to_remove_at_the_stop() {
     assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
 }
 
-/// The store's `-wal` and `-shm` deleted under the running server: the CLI makes new ones, and
-/// its revocation must not go unseen by a server still reading the old, deleted index.
+/// A revocation written by another process with its own new `-wal` (the CLI refuses the store
+/// in this state — see `a_command_refuses_a_store_whose_logs_were_deleted_under_a_server` —
+/// but any SQLite client can): the token's row, revoked now.
+fn revoke_behind_the_servers_back(db: &std::path::Path, id: &str) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE tokens SET revoked_at = 1700000000000 WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+}
+
+/// The store's `-wal` and `-shm` deleted under the running server: another process makes new
+/// ones, and its revocation must not go unseen by a server still reading the old, deleted index.
 #[test]
 fn a_store_index_deleted_while_serving_fails_closed() {
     let mut server = Server::start("");
@@ -440,7 +454,7 @@ fn a_store_index_deleted_while_serving_fails_closed() {
     for suffix in ["-wal", "-shm"] {
         std::fs::remove_file(format!("{}{suffix}", db.display())).unwrap();
     }
-    gitgate(&server.config(), &["token", "revoke", &w[4..16]], None);
+    revoke_behind_the_servers_back(&db, &w[4..16]);
     let resp = get(&server, IR, &w);
     assert_eq!(status(&resp), 503, "{}", String::from_utf8_lossy(&resp));
     assert!(server.log().contains(
@@ -449,6 +463,50 @@ fn a_store_index_deleted_while_serving_fails_closed() {
     // After a restart the revocation is what counts.
     server.restart();
     assert_eq!(status(&get(&server, IR, &w)), 401);
+}
+
+/// A revocation made before the `-wal` and `-shm` were deleted under the server is in its log
+/// alone: a command that read the store now would show the token active, and one that wrote
+/// would start a new log, so that the server's could never be written back — the revocation
+/// lost at the restart. Every command, and `check`, refuses the store instead, naming the
+/// process; the stop writes the log back, and the revocation holds.
+#[test]
+fn a_command_refuses_a_store_whose_logs_were_deleted_under_a_server() {
+    let mut server = Server::start("");
+    let w = server.write_token.clone();
+    let id = &w[4..16];
+    gitgate(&server.config(), &["token", "revoke", id], None);
+    assert_eq!(status(&get(&server, IR, &w)), 401);
+    let db = server.path("gitgate.db");
+    for suffix in ["-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", db.display())).unwrap();
+    }
+    let refused = |args: &[&str]| {
+        let mut cmd = common::gitgate_command(&server.config());
+        cmd.args(args);
+        let run = common::run(cmd, Some("pw\n"));
+        let said = run.fails_with("are gone, but process").to_string();
+        assert!(
+            said.contains(&server.pid().to_string())
+                && said.contains("stop that process")
+                && said.contains("Nothing was opened or changed"),
+            "{said}"
+        );
+    };
+    refused(&["user", "add", "bob", "--password-stdin"]);
+    refused(&["token", "list"]);
+    refused(&["check"]);
+    // Nothing was made beside the store.
+    for suffix in ["-wal", "-shm"] {
+        assert!(!std::path::Path::new(&format!("{}{suffix}", db.display())).exists());
+    }
+    server.restart();
+    let resp = get(&server, IR, &w);
+    assert_eq!(status(&resp), 401, "{}", String::from_utf8_lossy(&resp));
+    assert!(
+        !gitgate(&server.config(), &["token", "show", id, "--json"], None)
+            .contains("\"revokedAt\": null")
+    );
 }
 
 /// The same, once the server has written to its log file (the token's last use): the server's
@@ -482,7 +540,7 @@ fn restart_after_the_index_was_deleted(asked_before_the_stop: bool, checkpointed
     for suffix in ["-wal", "-shm"] {
         std::fs::remove_file(format!("{}{suffix}", db.display())).unwrap();
     }
-    gitgate(&server.config(), &["token", "revoke", id], None);
+    revoke_behind_the_servers_back(&db, id);
     if checkpointed {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))

@@ -191,6 +191,25 @@ pub(super) fn anyone_holds(_path: &Path) -> Option<bool> {
     None
 }
 
+/// The processes other than this one that hold a lock on the file at `path` (the store file:
+/// every connection open on it in WAL mode holds one); empty if none, or unknown.
+#[cfg(target_os = "linux")]
+pub(super) fn others_holding(path: &Path) -> BTreeSet<u32> {
+    let (Some(file), Some(text)) = (key(path), read_locks()) else {
+        return BTreeSet::new();
+    };
+    held_locks(&text)
+        .into_iter()
+        .filter(|h| h.file == file && h.pid != std::process::id())
+        .map(|h| h.pid)
+        .collect()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn others_holding(_path: &Path) -> BTreeSet<u32> {
+    BTreeSet::new()
+}
+
 /// [`lockers`] of `db` in `/proc/locks`'s `text`.
 fn lockers_in(text: &str, db: FileKey) -> BTreeSet<u32> {
     held_locks(text)

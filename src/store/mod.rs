@@ -405,6 +405,51 @@ fn refuse_an_index_without_its_log(path: &Path) -> std::result::Result<(), Strin
     ))
 }
 
+/// The store file held open by another process (gitgate serving) with neither its `-wal` nor
+/// its `-shm` beside it: both were deleted, or moved away, under it. That process's changes
+/// since its log was last written into the store are in that log alone, which no other
+/// process can see now: a command would read the store as it was before them (a token revoked
+/// since, active again), and its first write would start a new log, so that the holder's
+/// could never be written back at its stop — those changes lost for good. Looked at three
+/// times, 100 ms apart: a server opening a store not yet in WAL mode holds its lock a moment
+/// before it makes its log.
+fn refuse_a_store_whose_logs_are_gone(path: &Path) -> std::result::Result<(), String> {
+    let real = real_path(path);
+    let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
+    let gone = || real.is_file() && !wal.exists() && !shm.exists();
+    if !gone() {
+        return Ok(());
+    }
+    let mut pids = locks::others_holding(&real);
+    for _ in 0..2 {
+        if pids.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if !gone() {
+            return Ok(());
+        }
+        let again = locks::others_holding(&real);
+        pids.retain(|pid| again.contains(pid));
+    }
+    if pids.is_empty() {
+        return Ok(());
+    }
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    Err(format!(
+        "{} and {} are gone, but process {} (gitgate serving, most likely) has the store open: \
+         they were deleted or moved away under it, and its changes since its log was last \
+         written into the store are in that log alone. Read now, the store would show none of \
+         them (a token revoked since, active again); written now, they would be lost for good. \
+         Put the -wal and -shm back if they were moved, or stop that process (at its stop it \
+         writes its own log back into the store) and run this again. Nothing was opened or \
+         changed",
+        wal.display(),
+        shm.display(),
+        pids.join(", ")
+    ))
+}
+
 /// Whether the store file at `path` is there but empty (0 bytes): a failed copy, a `touch`, a
 /// truncated restore. It holds no store, so it is taken as a missing one: a command that
 /// only reads refuses it, and `serve` says it makes a new, empty store in it. (A `-wal` with
@@ -537,6 +582,7 @@ fn refuse_what_cannot_be_opened(path: &Path) -> Result<()> {
     usable_path(path).map_err(open_err)?;
     refuse_a_log_without_its_file(path).map_err(open_err)?;
     refuse_an_index_without_its_log(path).map_err(open_err)?;
+    refuse_a_store_whose_logs_are_gone(path).map_err(open_err)?;
     let real = real_path(path);
     let (wal, shm) = (sidecar(&real, "-wal"), sidecar(&real, "-shm"));
     refuse_the_logs_of_a_replaced_file(&real, &wal, &shm).map_err(open_err)?;
