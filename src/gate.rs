@@ -352,7 +352,7 @@ impl Gate {
                     // error to alert on.
                     Err(_) if inbound.broke.load(Ordering::Relaxed) => {
                         let error = inbound.broke_because.get().map_or("", String::as_str);
-                        tracing::info!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error, "the request body broke off");
+                        tracing::info!(request_id = %id, repo = %loggable_repo(git_req.repo.as_str()), remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error, "the request body broke off");
                         // Its connection was reset: nobody is left to answer (logged below as a
                         // client gone before its answer, as when hyper drops this future). One
                         // closed only for sending may still read the 400, logged as it is.
@@ -367,25 +367,25 @@ impl Gate {
                         match e.fault {
                             Fault::Backend => {
                                 METRICS.upstream_error();
-                                tracing::error!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "backend failed");
+                                tracing::error!(request_id = %id, repo = %loggable_repo(git_req.repo.as_str()), remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "backend failed");
                             }
                             // No backend was asked (the repository's folder is not one it may
                             // serve: two answer to it, a link, one nested in another).
                             Fault::Server => {
-                                tracing::error!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "cannot forward")
+                                tracing::error!(request_id = %id, repo = %loggable_repo(git_req.repo.as_str()), remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "cannot forward")
                             }
                             // Said by the cap, once a minute while it is reached.
                             Fault::Busy => {
                                 METRICS.backend_busy();
-                                tracing::debug!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "server busy")
+                                tracing::debug!(request_id = %id, repo = %loggable_repo(git_req.repo.as_str()), remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "server busy")
                             }
                             // Answered instead of cut off at the stop's end.
                             Fault::Stopping => {
-                                tracing::warn!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "answered 503 at the stop: the backend had not begun its answer")
+                                tracing::warn!(request_id = %id, repo = %loggable_repo(git_req.repo.as_str()), remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "answered 503 at the stop: the backend had not begun its answer")
                             }
                             // The client's doing (its upload stopped arriving).
                             Fault::Client => {
-                                tracing::info!(request_id = %id, repo = %git_req.repo, remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "request refused")
+                                tracing::info!(request_id = %id, repo = %loggable_repo(git_req.repo.as_str()), remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "request refused")
                             }
                         }
                         let mut resp = text(e.status, &e.message);
@@ -1222,14 +1222,16 @@ impl fmt::Display for LogPath<'_> {
             return f.write_str("\"<a path holding what looks like a token secret>\"");
         }
         let (kept, cut) = kept_of_path(self.path);
+        if cut {
+            // Quoted, to say so in words, and escaped as every quoted value is (JSON's
+            // escapes, which a logfmt reader undoes).
+            let said = format!("{kept}... ({} bytes in all, cut)", self.path.len());
+            return LogText(&said).fmt(f);
+        }
         // `=` too: a logfmt reader refuses it in a bare value (go-logfmt), or splits there.
         let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'\\' | b'"' | b'=');
-        if !cut && kept.bytes().all(plain) {
+        if kept.bytes().all(plain) {
             return f.write_str(kept);
-        }
-        // A cut path is quoted, to say so in words: nothing in it is a `"` by now.
-        if cut {
-            f.write_char('"')?;
         }
         for c in kept.chars() {
             match c {
@@ -1237,9 +1239,6 @@ impl fmt::Display for LogPath<'_> {
                 c if c.is_ascii() && plain(c as u8) => f.write_char(c)?,
                 c => write!(f, "{}", c.escape_unicode())?,
             }
-        }
-        if cut {
-            write!(f, "... ({} bytes in all, cut)\"", self.path.len())?;
         }
         Ok(())
     }
@@ -1253,14 +1252,7 @@ pub const PATH_KEPT: usize = 1024;
 
 /// The part of `path` that is logged, and whether that is less than all of it.
 pub fn kept_of_path(path: &str) -> (&str, bool) {
-    if path.len() <= PATH_KEPT {
-        return (path, false);
-    }
-    let mut end = PATH_KEPT;
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    (&path[..end], true)
+    crate::log_value::kept(path, PATH_KEPT)
 }
 
 /// The longest request target (path and query) gitgate reads: 8 KiB, the request line nginx
@@ -1443,7 +1435,7 @@ impl Body for LoggedBody {
                 let line = self.done.as_ref();
                 tracing::warn!(
                     request_id = %self.id(),
-                    repo = %line.and_then(|l| l.who.repo.as_deref()).unwrap_or("-"),
+                    repo = %loggable_repo(line.and_then(|l| l.who.repo.as_deref()).unwrap_or("-")),
                     remote = %line.map_or("-".to_string(), |l| l.remote.ip().to_string()),
                     token_id = %line.and_then(|l| l.who.token_id.as_deref()).unwrap_or("-"),
                     bytes_out = self.bytes_out,
@@ -1784,12 +1776,19 @@ mod tests {
             said(&long),
             format!("\"{kept}... ({} bytes in all, cut)\"", long.len())
         );
-        // Cut at a character's end, and escaped as ever.
+        // Cut at a character's end, and escaped as every quoted value is: as JSON escapes a
+        // string, which a logfmt reader undoes (a Rust `\u{2003}` inside quotes it refuses).
         let wide = format!("/{}", "\u{2003}".repeat(700));
         let shown = said(&wide);
-        assert!(shown.starts_with("\"/\\u{2003}"), "{shown}");
-        assert_eq!(shown.matches("\\u{2003}").count(), (PATH_KEPT - 1) / 3);
+        assert!(shown.starts_with("\"/\\u2003"), "{shown}");
+        assert_eq!(shown.matches("\\u2003").count(), (PATH_KEPT - 1) / 3);
         assert!(shown.ends_with(&format!("... ({} bytes in all, cut)\"", wide.len())));
+        let odd = format!("/team/a=b\"c\\d{}", "z".repeat(1100));
+        assert!(
+            said(&odd).starts_with("\"/team/a=b\\\"c\\\\dzzz"),
+            "{}",
+            said(&odd)
+        );
         // The repository field is cut the same way.
         let repo = format!("team/{}", "r".repeat(3000));
         assert_eq!(

@@ -71,12 +71,36 @@ fn shown_as_itself(c: char) -> bool {
 /// Free text as one log field, always quoted and escaped as [`LogValue`] quotes: the `reason`,
 /// `error`, `stderr` and `outcome` of a line, which are sentences (or a backend's words, ref
 /// names and hook output among them), and read the same whether or not one has a space.
+/// Cut at [`TEXT_KEPT`] bytes, saying so inside the quotes: a reason can name a repository
+/// anyone chose (up to the 8 KiB a request's path may have), a backend's line is up to 4 KiB.
 pub struct LogText<'a>(pub &'a str);
+
+/// How much of a free-text field a log line keeps.
+pub const TEXT_KEPT: usize = 2048;
 
 impl fmt::Display for LogText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        quoted(self.0, f)
+        match kept(self.0, TEXT_KEPT) {
+            (all, false) => quoted(all, f),
+            (part, true) => quoted(
+                &format!("{part}... ({} bytes in all, cut)", self.0.len()),
+                f,
+            ),
+        }
     }
+}
+
+/// The first `most` bytes of `text`, cut at a character's end, and whether that is less than
+/// all of it.
+pub fn kept(text: &str, most: usize) -> (&str, bool) {
+    if text.len() <= most {
+        return (text, false);
+    }
+    let mut end = most;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], true)
 }
 
 /// A file's path as one log field: bare if it is one plain word (`/srv/gitgate/gitgate.db`),
@@ -122,7 +146,29 @@ pub fn redacted_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{redacted_url, LogFile, LogValue};
+    use super::{redacted_url, LogFile, LogText, LogValue, TEXT_KEPT};
+
+    #[test]
+    fn free_text_is_cut_at_2_kib_saying_so_inside_its_quotes() {
+        assert_eq!(LogText("short").to_string(), "\"short\"");
+        let reason = format!("user 'bob' has read access to team/{}", "c".repeat(5000));
+        let shown = LogText(&reason).to_string();
+        assert_eq!(
+            shown,
+            format!(
+                "\"{}... ({} bytes in all, cut)\"",
+                &reason[..TEXT_KEPT],
+                reason.len()
+            )
+        );
+        // At a character's end.
+        let wide = "é".repeat(TEXT_KEPT);
+        let shown = LogText(&wide).to_string();
+        assert!(
+            shown.starts_with(&format!("\"{}...", "é".repeat(TEXT_KEPT / 2))),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn a_url_loses_its_credentials_wherever_they_are_and_its_query() {

@@ -222,6 +222,20 @@ fn cases(w: &str, r: &str) -> Vec<(&'static str, Vec<u8>, u16)> {
             ),
             414,
         ),
+        // Under it, a repository of 2 KiB that is not there, with a token: its lines (the
+        // request line, `request refused` with the backend's reason naming it) are cut.
+        (
+            "2 KiB repository path",
+            req(
+                "GET",
+                &format!(
+                    "/team/{}.git/info/refs?service=git-upload-pack",
+                    "b".repeat(2000)
+                ),
+                &aw,
+            ),
+            404,
+        ),
         (
             "9 KiB query",
             req("GET", &format!("{IR}&x={}", "q".repeat(9000)), &aw),
@@ -764,10 +778,11 @@ fn hostile_requests_get_their_status_and_never_reach_the_backend() {
         "hostile requests reached the backend: {hits:?}"
     );
     assert!(server.alive(), "the server died:\n{}", server.log());
-    // A long path anyone may send is logged cut: no line near its length.
+    // A long path anyone may send is logged cut: no line near its length (a path and a
+    // repository of 1 KiB at most, a free-text reason of 2 KiB).
     let log = server.log();
     let longest = log.lines().map(str::len).max().unwrap_or(0);
-    assert!(longest < 3000, "a log line of {longest} bytes:\n{log}");
+    assert!(longest < 4000, "a log line of {longest} bytes:\n{log}");
     assert!(
         log.contains("bytes in all, cut)\""),
         "no path was logged cut:\n{log}"
