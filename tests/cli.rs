@@ -883,6 +883,12 @@ fn token_revoke() {
     let run = sb.cli(&["token", "list"]);
     let said = run.fails_with("no such column");
     assert!(!said.contains("SELECT"), "{said}");
+    let run = sb.cli(&["check"]);
+    let said = run.fails_with("no such column");
+    assert!(
+        !said.contains("SELECT") && said.contains("restore it from a backup"),
+        "{said}"
+    );
 }
 
 #[test]

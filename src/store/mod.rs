@@ -175,15 +175,19 @@ impl fmt::Display for StoreError {
             | StoreError::Refused(m) => f.write_str(m),
             StoreError::Sqlite(e) => match schema_mismatch(e) {
                 // Not the statement itself (lines of SQL), nor advice about locks.
-                Some(what) => write!(
-                    f,
-                    "token store error: {what}: the store's tables are not as gitgate made them \
-                     (changed by hand, or damaged); restore it from a backup"
-                ),
+                Some(what) => write!(f, "token store error: {}", said_of_a_schema_mismatch(what)),
                 None => write!(f, "token store error: {e}"),
             },
         }
     }
+}
+
+/// A statement's failure on tables that are not gitgate's (see [`schema_mismatch`]), in words.
+fn said_of_a_schema_mismatch(what: &str) -> String {
+    format!(
+        "{what}: the store's tables are not as gitgate made them (changed by hand, or damaged); \
+         restore it from a backup"
+    )
 }
 
 /// What SQLite said of a statement that names a table or column the store does not have
@@ -1590,7 +1594,7 @@ impl Store {
                 [],
                 |_| Ok(()),
             )?;
-            Ok(())
+            tokens::lookups_can_run(c)
         })
     }
 }
@@ -1786,6 +1790,10 @@ fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
                  and mode",
                 uid = rustix::process::geteuid().as_raw()
             )
+        }
+        // A statement naming what the tables lack: said without its SQL.
+        _ if schema_mismatch(e).is_some() => {
+            said_of_a_schema_mismatch(schema_mismatch(e).unwrap_or_default())
         }
         _ => e.to_string(),
     }
@@ -2201,6 +2209,40 @@ mod tests {
     use super::test_support::temp_store;
     use super::*;
     use rusqlite::OptionalExtension;
+
+    /// A store whose tables were changed by hand under a running server fails every token
+    /// lookup: it is not ready (its `SELECT 1`s alone passed), and says why without its SQL; a
+    /// table renamed is a gitgate store that lost one, not another program's.
+    #[test]
+    fn a_store_changed_by_hand_is_not_ready_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Store::open(&path).unwrap();
+        store.ping().unwrap();
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("ALTER TABLE tokens RENAME COLUMN revoked_at TO revoked_at_x")
+            .unwrap();
+        let e = store.ping().unwrap_err();
+        assert!(e.is_schema_mismatch(), "{e}");
+        let said = e.to_string();
+        assert!(
+            said.contains("no such column") && said.contains("restore it from a backup"),
+            "{said}"
+        );
+        assert!(!said.contains("SELECT"), "{said}");
+        c.execute_batch("ALTER TABLE tokens RENAME COLUMN revoked_at_x TO revoked_at")
+            .unwrap();
+        store.ping().unwrap();
+        drop(store);
+        c.execute_batch("ALTER TABLE grants RENAME TO grants_old")
+            .unwrap();
+        drop(c);
+        let said = Store::open(&path).map(drop).unwrap_err().to_string();
+        assert!(
+            said.contains("has lost its table(s) 'grants' (it has table(s) 'grants_old' instead)"),
+            "{said}"
+        );
+    }
 
     /// Two servers started together on a store not yet in WAL mode (a backup restored, made by
     /// `VACUUM INTO`; or no store at all) both open it: the switch to WAL, which SQLite

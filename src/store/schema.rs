@@ -207,10 +207,22 @@ fn why_not_a_gitgate_store_at(conn: &Connection, version: i64) -> rusqlite::Resu
         return Ok(None);
     }
     let ours = if all_ours { ours } else { 0 };
-    if version != 0 && ours == tables.len() && missing.len() * 2 < expected.len() {
+    // Most of gitgate's tables there as gitgate made them: a gitgate store that lost some, or
+    // had one renamed (`grants` to `grants_old`: an extra table, not another program's store).
+    if version != 0 && ours * 2 > expected.len() && missing.len() * 2 < expected.len() {
+        let others: Vec<&str> = tables
+            .iter()
+            .copied()
+            .filter(|t| !TABLES.iter().any(|(name, ..)| name == t))
+            .collect();
+        let others = match others.as_slice() {
+            [] => String::new(),
+            others => format!(" (it has table(s) '{}' instead)", others.join("', '")),
+        };
         return Ok(Some(format!(
-            "this gitgate store (schema version {version}) has lost its table(s) '{}': it is \
-             damaged or was changed by hand; it was left as it is: restore it from a backup",
+            "this gitgate store (schema version {version}) has lost its table(s) '{}'{others}: \
+             it is damaged or was changed by hand; it was left as it is: restore it from a \
+             backup",
             missing.join("', '")
         )));
     }

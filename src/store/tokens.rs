@@ -879,6 +879,23 @@ fn refuse_user_name(c: &rusqlite::Connection, name: &str) -> Result<()> {
 }
 
 /// The auth record of token `id`, read on `c` in one read transaction.
+/// Makes the statements a token lookup runs, as a readiness check: a store whose tables were
+/// changed by hand (a column renamed) fails every lookup, and is not ready — its `SELECT 1`s
+/// alone would pass.
+pub(super) fn lookups_can_run(c: &Connection) -> Result<()> {
+    // Made afresh, not taken from the cache: a cached statement is made again for a changed
+    // schema only when it runs.
+    c.prepare(&format!("{SELECT} WHERE t.id = ?1"))?;
+    super::users::require_user(c, "")
+        .map(drop)
+        .or_else(|e| match e {
+            StoreError::NotFound(_) => Ok(()),
+            e => Err(e),
+        })?;
+    super::grants::grants_of(c, 0)?;
+    Ok(())
+}
+
 pub(super) fn auth_record_in(c: &mut Connection, id: &str) -> Result<Option<AuthRecord>> {
     let tx = c.transaction()?;
     // A newer gitgate may have migrated the store under this running one (its CLI run before
