@@ -1850,7 +1850,41 @@ fn check_warns_of_an_http_url_for_an_https_port() {
     );
     let log = log_with(&g, "backend failed");
     assert!(
-        log.contains("if it speaks https on that port, write https:// in [upstream] url"),
+        log.contains(
+            "the page says plain HTTP came to its https port: write https:// in [upstream] url"
+        ),
+        "{log}"
+    );
+}
+
+/// nginx's other 400 pages (here: a header too large for its buffers, which gitgate passes on)
+/// are a 502 git shows too, without advice about https that does not apply.
+#[test]
+fn an_upstream_400_page_is_a_502_without_https_advice() {
+    let Some(w) = World::new("an_upstream_400_page_is_a_502_without_https_advice") else {
+        return;
+    };
+    let g = w.serve(&Options::default());
+    let agent = format!("git/2.47 {}", "u".repeat(9000));
+    let (status, _, body) = http(
+        g.port,
+        "GET",
+        "/scm/team/app.git/info/refs?service=git-upload-pack",
+        &[
+            ("Authorization", &basic("alice", &w.token)),
+            ("User-Agent", &agent),
+        ],
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains(
+            "the upstream git server answered 400 Bad Request with a page git cannot show"
+        ),
+        "{body}"
+    );
+    let log = log_with(&g, "backend failed");
+    assert!(
+        log.contains("its page is not text") && !log.contains("https://"),
         "{log}"
     );
 }

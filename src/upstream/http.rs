@@ -384,22 +384,30 @@ impl HttpBackend {
                 ))
             });
         }
-        if resp.status() == StatusCode::BAD_REQUEST
-            && self.address.starts_with("http://")
-            && !plain_text(resp.headers())
-        {
-            // nginx's answer to plain HTTP on its TLS port ("The plain HTTP request was sent
-            // to HTTPS port"), and Go's and Apache's alike: a page, to every request, that git
-            // would show only as "returned error: 400". A git server's own 400 is text.
+        if resp.status() == StatusCode::BAD_REQUEST && !plain_text(resp.headers()) {
+            // A page git would show only as "returned error: 400": the upstream refused the
+            // request as malformed (a header too large for it, say) — or it is nginx's answer to
+            // plain HTTP on its TLS port ("The plain HTTP request was sent to HTTPS port"), and
+            // Go's and Apache's alike, to every request. Its start tells which. (A git server's
+            // own 400 is text, passed on.)
+            let page = page_start(resp.into_body()).await;
+            let plain_http_on_tls = self.address.starts_with("http://")
+                && PLAIN_HTTP_ON_TLS.iter().any(|said| {
+                    page.windows(said.len())
+                        .any(|w| w.eq_ignore_ascii_case(said))
+                });
+            let detail = if plain_http_on_tls {
+                "the page says plain HTTP came to its https port: write https:// in [upstream] \
+                 url (`gitgate check` asks it)"
+            } else {
+                "its page is not text; the upstream's own log says what it refused (a header too \
+                 large for it, say)"
+            };
             return Err(ForwardError {
-                detail: Some(
-                    "if it speaks https on that port, write https:// in [upstream] url \
-                     (`gitgate check` asks it)"
-                        .into(),
-                ),
+                detail: Some(detail.into()),
                 ..ForwardError::bad_gateway(
                     "the upstream git server answered 400 Bad Request with a page git cannot \
-                     show: gitgate may be set up to reach it the wrong way; its log says more",
+                     show; the server's log says more",
                 )
             });
         }
@@ -743,6 +751,35 @@ fn a_gateway_failure_page(status: StatusCode, headers: &hyper::HeaderMap) -> boo
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
     );
     gateway && !plain_text(headers)
+}
+
+/// What servers answer plain HTTP on their TLS port with, in their `400` page: nginx, Go's
+/// `net/http`, Apache.
+const PLAIN_HTTP_ON_TLS: [&[u8]; 3] = [
+    b"plain HTTP request was sent to HTTPS port",
+    b"HTTP request to an HTTPS server",
+    b"plain HTTP to an SSL-enabled server port",
+];
+
+/// The first 8 KiB (at most) of an error page, read for at most 2 s: enough to tell what it
+/// says, and no wait on an upstream that sends no more.
+async fn page_start(mut body: Incoming) -> Vec<u8> {
+    const MOST: usize = 8 * 1024;
+    let mut page = Vec::new();
+    let read = async {
+        while page.len() < MOST {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        page.extend_from_slice(&data[..data.len().min(MOST - page.len())]);
+                    }
+                }
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+    page
 }
 
 /// Whether an answer is `text/plain`, which git shows as `remote: ...`.
