@@ -436,7 +436,7 @@ impl Metrics {
             env!("CARGO_PKG_VERSION")
         );
         out.push_str(
-            "# HELP gitgate_requests_total Git requests by operation and outcome.\n\
+            "# HELP gitgate_requests_total Requests to the git port by operation and outcome (what is not a git request, such as GET /, as operation none, outcome rejected); not the REST API's or the probes'.\n\
              # TYPE gitgate_requests_total counter\n",
         );
         for (o, op) in OPERATIONS.iter().enumerate() {
@@ -497,7 +497,7 @@ impl Metrics {
             (
                 "gitgate_throttled_requests_total",
                 "counter",
-                "Requests (git's and the REST API's) refused 429 because their client address is blocked for failed authentications; in gitgate_requests_total as outcome 429 too, with rate-limit refusals.",
+                "Requests (git's and the REST API's) refused 429 because their client address is blocked for failed authentications; git's are in gitgate_requests_total as outcome 429 too (with rate-limit refusals), the REST API's in gitgate_api_requests_total.",
                 self.throttled.load(Relaxed).to_string(),
             ),
             (
@@ -509,7 +509,7 @@ impl Metrics {
             (
                 "gitgate_unparsable_requests_total",
                 "counter",
-                "HTTP/1 requests refused by the parser before gitgate saw them: 400 (a malformed request line or header), 414 (URI too long), 431 (head over max_header_bytes or 100 fields).",
+                "Requests refused before gitgate saw them: by HTTP/1's parser, 400 (a malformed request line or header), 414 (URI too long), 431 (head over max_header_bytes or 100 fields); on HTTP/2, 431 for over 100 header fields. Not in gitgate_requests_total.",
                 self.unparsable_requests.load(Relaxed).to_string(),
             ),
             (
@@ -527,7 +527,7 @@ impl Metrics {
             (
                 "gitgate_upstream_errors_total",
                 "counter",
-                "Requests the backend failed: unreachable, timed out, or crashed before or while answering (a 5xx it answered itself is in gitgate_upstream_responses_total).",
+                "Requests the backend failed: unreachable, timed out, or crashed before or while answering, or answered with a gateway's error page (nginx's 502 when fcgiwrap is down); a 5xx a git server answered in text is in gitgate_upstream_responses_total.",
                 self.upstream_errors.load(Relaxed).to_string(),
             ),
             (
@@ -545,13 +545,13 @@ impl Metrics {
             (
                 "gitgate_request_bytes_total",
                 "counter",
-                "Request body bytes received from clients (also the rest of one read after its answer, to close cleanly).",
+                "Request body bytes of git requests received from clients (also the rest of one read after its answer, to close cleanly); not the REST API's.",
                 self.total(|s| &s.bytes_in).to_string(),
             ),
             (
                 "gitgate_response_bytes_total",
                 "counter",
-                "Response body bytes sent to clients.",
+                "Response body bytes of git requests sent to clients; not the REST API's or the probes'.",
                 self.total(|s| &s.bytes_out).to_string(),
             ),
             (

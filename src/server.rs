@@ -1465,6 +1465,8 @@ impl Connection {
                         resp.status(),
                         "too-many-header-fields",
                     );
+                    // Counted with HTTP/1's parser's 431s (which count this for HTTP/1.1).
+                    METRICS.unparsable_request();
                     return Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)));
                 }
                 let resp = match health::probe(&gate, req.method(), req.uri().path()).await {

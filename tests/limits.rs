@@ -2714,7 +2714,18 @@ fn h2_request_to(
 #[test]
 fn too_many_header_fields_get_431_over_http2_too() {
     let dir = tempfile::tempdir().unwrap();
-    let g = start(dir.path(), &cgi_config(dir.path(), ""));
+    let mut config = cgi_config(dir.path(), "");
+    config.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let g = start(dir.path(), &config);
+    let unparsable = || {
+        let text = String::from_utf8(common::http_get(metrics_port_of(&g), "/metrics", None).body)
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("gitgate_unparsable_requests_total "))
+            .unwrap_or_else(|| panic!("{text}"))
+            .parse::<u64>()
+            .unwrap()
+    };
     // authorization and te, and the rest.
     let answer = h2_request_with(g.port, "GET", "/healthz", "eDp5", 98);
     assert_eq!(answer.status, 200);
@@ -2728,6 +2739,8 @@ fn too_many_header_fields_get_431_over_http2_too() {
             && l.contains("outcome=too-many-header-fields")),
         "{log}"
     );
+    // Counted as HTTP/1's parser's 431s are.
+    assert_eq!(unparsable(), 1);
     let mut s = connect(g.port);
     let mut req = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
     for i in 0..100 {
