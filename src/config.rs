@@ -910,11 +910,18 @@ fn http_upstream(
     };
     // `[fe80::1%25eth0]`: `http::Uri` takes the zone, and the connector then looks the whole
     // up as a host name, which never resolves.
-    if text.starts_with('[') && text.contains('%') {
+    // `[fe80::1]` without a zone cannot be connected to either ("Invalid argument").
+    let link_local = text
+        .strip_prefix('[')
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|ip| ip.parse::<std::net::Ipv6Addr>().ok())
+        .is_some_and(|ip| is_link_local(&ip));
+    if text.starts_with('[') && (text.contains('%') || link_local) {
         return Err(format!(
-            "[upstream] url = \"{shown}\" has an IPv6 address with a zone (link-local), which \
-             gitgate cannot connect to: give the upstream a global or unique-local address, a \
-             host name, or a Unix socket (`socket`)"
+            "[upstream] url = \"{shown}\" has a link-local IPv6 address (fe80::/10), which \
+             gitgate cannot connect to without its interface, and cannot be given one: give \
+             the upstream a global or unique-local address, a host name, or a Unix socket \
+             (`socket`)"
         ));
     }
     let port_given = after_host.contains(':');
@@ -1115,6 +1122,12 @@ fn one_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
 /// name as an IPv6 zone, a link-local address without its zone (bind would say "Invalid
 /// argument").
 fn listen_address(key: &str, text: &str, port: u16) -> Result<SocketAddr, String> {
+    if text.trim() != text {
+        return Err(format!(
+            "{key} = \"{text}\" has spaces at its ends: write the address alone, e.g. \
+             \"127.0.0.1:{port}\""
+        ));
+    }
     match text.parse::<SocketAddr>() {
         Ok(SocketAddr::V6(a)) if is_link_local(a.ip()) && a.scope_id() == 0 => Err(format!(
             "{key} = \"{text}\" is a link-local address without its interface: add the \
@@ -1128,6 +1141,11 @@ fn listen_address(key: &str, text: &str, port: u16) -> Result<SocketAddr, String
         Err(_) if text.contains([',', ' ']) => Err(format!(
             "{key} = \"{text}\" names more than one address: gitgate listens on one \
              (\"[::]:{port}\" takes IPv4 and IPv6 both)"
+        )),
+        // `[...]` without `:PORT` after it.
+        Err(_) if text.starts_with('[') && text.ends_with(']') => Err(format!(
+            "{key} = \"{text}\" has no port: write it after the brackets, e.g. \
+             \"{text}:{port}\""
         )),
         Err(_) if text.starts_with('[') && text.contains('%') => Err(format!(
             "{key} = \"{text}\" has an IPv6 zone that is not a number: write the interface's \
@@ -1371,6 +1389,15 @@ realm = "gitgate"
         );
         let e = server(r#""::1:8080""#).unwrap_err();
         assert!(e.contains("is not an address: use IP:PORT"), "{e}");
+        for spaced in [r#"" 127.0.0.1:8080""#, r#""127.0.0.1:8080 ""#] {
+            let e = server(spaced).unwrap_err();
+            assert!(e.contains("has spaces at its ends"), "{e}");
+        }
+        let e = server(r#""[fe80::fc:ff:fe00:1%4]""#).unwrap_err();
+        assert!(
+            e.contains("has no port") && e.contains("\"[fe80::fc:ff:fe00:1%4]:8080\""),
+            "{e}"
+        );
         // [metrics] listen is read the same way.
         let e = parse(&format!("{GOOD}[metrics]\nlisten = [\"127.0.0.1:9100\"]\n")).unwrap_err();
         assert!(e.contains("takes one address, not a list"), "{e}");
@@ -1389,8 +1416,13 @@ realm = "gitgate"
                 upstream,
             ))
         };
-        let e = http("url = \"http://[fe80::1%25lo]:3000/git\"").unwrap_err();
-        assert!(e.contains("IPv6 address with a zone"), "{e}");
+        for url in [
+            "http://[fe80::1%25lo]:3000/git",
+            "http://[fe80::1]:3000/git",
+        ] {
+            let e = http(&format!("url = \"{url}\"")).unwrap_err();
+            assert!(e.contains("has a link-local IPv6 address"), "{e}");
+        }
         let long = format!(
             "socket = \"/run/{}.sock\"\nurl = \"http://git.internal/\"",
             "s".repeat(98)

@@ -182,6 +182,7 @@ impl Gate {
                 return refused(text(StatusCode::BAD_REQUEST, UNREADABLE_FORWARDED_FOR));
             }
             if let Some(m) = overlong_target(req.uri()) {
+                malformed_said(id, remote, 414, &m);
                 return refused(text(StatusCode::URI_TOO_LONG, &m));
             }
             if let Some(m) = host_problem(req.version(), req.uri(), req.headers()) {

@@ -787,6 +787,12 @@ fn hostile_requests_get_their_status_and_never_reach_the_backend() {
         log.contains("bytes in all, cut)\""),
         "no path was logged cut:\n{log}"
     );
+    // Each 414 says why in a line of its own, the REST API's too.
+    let said_414 = log
+        .lines()
+        .filter(|l| l.contains("refused a request for its form") && l.contains("status=414"))
+        .count();
+    assert_eq!(said_414, 3, "{log}");
 
     // The counter counts: one valid request gets through, and only it.
     let ok = server.raw(&req("GET", IR, &auth("alice", &server.write_token)));
