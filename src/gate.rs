@@ -731,7 +731,10 @@ impl Gate {
                      if this lasts, tell its administrator",
                 )
             }
-            Refusal::Guarded(verdict) => too_many(&verdict),
+            Refusal::Guarded(verdict) => {
+                verdict.say(id);
+                too_many(&verdict)
+            }
         }
     }
 

@@ -56,6 +56,25 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// A rate limit's refusal, in the log as the request `id` it refused (the address
+    /// throttle's block and the in-flight cap have lines of their own, about the address or
+    /// the principal as a whole, said once).
+    pub fn say(&self, id: crate::request_id::RequestId) {
+        if let Verdict::RateLimited {
+            principal,
+            retry_after_secs,
+        } = self
+        {
+            tracing::info!(
+                target: "gitgate::ratelimit",
+                request_id = %id,
+                principal = %crate::log_value::LogValue(principal),
+                retry_after_secs,
+                "rate limit exceeded"
+            );
+        }
+    }
+
     pub fn retry_after_secs(&self) -> u64 {
         match self {
             Verdict::AddressBlocked { retry_after_secs }
@@ -333,18 +352,11 @@ impl Guard {
         };
         match limiter.check(principal, cost, limits, now) {
             Decision::Allow { .. } => Ok(()),
-            Decision::Limited { retry_after_secs } => {
-                tracing::info!(
-                    target: "gitgate::ratelimit",
-                    principal = %crate::log_value::LogValue(principal),
-                    retry_after_secs,
-                    "rate limit exceeded"
-                );
-                Err(Verdict::RateLimited {
-                    principal: principal.to_string(),
-                    retry_after_secs,
-                })
-            }
+            // Said by the caller, with the request's id (see [`Verdict::say`]).
+            Decision::Limited { retry_after_secs } => Err(Verdict::RateLimited {
+                principal: principal.to_string(),
+                retry_after_secs,
+            }),
         }
     }
 

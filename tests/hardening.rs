@@ -109,6 +109,23 @@ fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
     let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "Retry-After {retry}");
     assert!(String::from_utf8_lossy(&resp).contains("rate limit exceeded for user:alice"));
+    // Its log line names the request it refused, by the id of its request line (a 429).
+    let log = server.log();
+    let said = log
+        .lines()
+        .find(|l| l.contains("rate limit exceeded") && l.contains("principal=user:alice"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let id = said
+        .split("request_id=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no request_id: {said}"));
+    assert!(
+        log.lines().any(|l| l.contains("gitgate::request")
+            && l.contains(&format!("request_id={id} "))
+            && l.contains("status=429")),
+        "{log}"
+    );
     // All of alice's personal tokens share her bucket.
     assert_eq!(status(&get(&server, IR, &server.read_token)), 429);
 

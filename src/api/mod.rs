@@ -93,6 +93,9 @@ pub struct ApiError {
     pub allow: Option<String>,
     /// For a 429: the seconds to send as `Retry-After` (a 503 always says 1).
     pub retry_after_secs: Option<u64>,
+    /// A store failure's details, for the operator's log (with the call's request id), not for
+    /// the caller.
+    pub store_failure: Option<String>,
 }
 
 impl ApiError {
@@ -118,6 +121,7 @@ impl ApiError {
             exception,
             allow: None,
             retry_after_secs: None,
+            store_failure: None,
         }
     }
 
@@ -168,13 +172,13 @@ impl From<lifecycle::Error> for ApiError {
             E::Store(StoreError::Busy) => ApiError::new(status, e.to_string()),
             // The details (the store's path among them) are for the operator, not the caller,
             // who may not even have authenticated yet.
-            E::Store(err) => {
-                tracing::error!(error = %crate::log_value::LogText(&err.to_string()), "token store failed during a REST call");
-                ApiError::new(
+            E::Store(err) => ApiError {
+                store_failure: Some(err.to_string()),
+                ..ApiError::new(
                     status,
                     "the token store is not available; the reason is in gitgate's log",
                 )
-            }
+            },
             _ => ApiError::new(status, e.to_string()),
         }
     }
@@ -461,7 +465,10 @@ pub async fn handle(
                         .check_api_call(login.user(), clock::monotonic_ms())
                         .await
                     {
-                        Err(verdict) => Err(ApiError::rate_limited(&verdict)),
+                        Err(verdict) => {
+                            verdict.say(id);
+                            Err(ApiError::rate_limited(&verdict))
+                        }
                         Ok(()) => {
                             // HEAD is GET without the body (hyper sends the head only).
                             let routed = if method == Method::HEAD {
@@ -490,7 +497,16 @@ pub async fn handle(
 
     let (status, body, allow, retry_after_secs) = match outcome {
         Ok(reply) => (reply.status, reply.body, None, None),
-        Err(e) => (e.status, Some(e.body()), e.allow, e.retry_after_secs),
+        Err(e) => {
+            if let Some(failure) = &e.store_failure {
+                tracing::error!(
+                    request_id = %id,
+                    error = %crate::log_value::LogText(failure),
+                    "token store failed during a REST call"
+                );
+            }
+            (e.status, Some(e.body()), e.allow, e.retry_after_secs)
+        }
     };
     let bytes = match &body {
         Some(v) => Bytes::from(v.to_string()),
