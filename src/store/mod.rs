@@ -646,8 +646,12 @@ fn refuse_a_store_found_damaged(real: &Path) -> std::result::Result<(), String> 
         None => Ok(()),
         Some(said) => Err(format!(
             "{} says the store was found damaged ({said}). Nothing was opened or changed. \
-             {RESTORE}, then remove the marker",
-            damaged_marker(real).display()
+             {RESTORE}, with gitgate stopped: remove {} and {} if they are there (they belong \
+             to the damaged file; left beside a restored one they damage it again), copy the \
+             backup in, then remove the marker",
+            damaged_marker(real).display(),
+            sidecar(real, "-wal").display(),
+            sidecar(real, "-shm").display()
         )),
     }
 }
