@@ -482,6 +482,16 @@ fn a_store_index_deleted_while_serving_fails_closed() {
     assert_eq!(status(&get(&server, IR, &w)), 401);
 }
 
+/// That the token `w` (id `id`) is refused and listed as revoked.
+fn assert_revoked_after_the_restart(server: &Server, w: &str, id: &str) {
+    let resp = get(server, IR, w);
+    assert_eq!(status(&resp), 401, "{}", String::from_utf8_lossy(&resp));
+    assert!(
+        !gitgate(&server.config(), &["token", "show", id, "--json"], None)
+            .contains("\"revokedAt\": null")
+    );
+}
+
 /// A revocation made before the `-wal` and `-shm` were deleted under the server is in its log
 /// alone: a command that read the store now would show the token active, and one that wrote
 /// would start a new log, so that the server's could never be written back — the revocation
@@ -518,12 +528,7 @@ fn a_command_refuses_a_store_whose_logs_were_deleted_under_a_server() {
         assert!(!std::path::Path::new(&format!("{}{suffix}", db.display())).exists());
     }
     server.restart();
-    let resp = get(&server, IR, &w);
-    assert_eq!(status(&resp), 401, "{}", String::from_utf8_lossy(&resp));
-    assert!(
-        !gitgate(&server.config(), &["token", "show", id, "--json"], None)
-            .contains("\"revokedAt\": null")
-    );
+    assert_revoked_after_the_restart(&server, &w, id);
 }
 
 /// The same, once the server has written to its log file (the token's last use): the server's
@@ -573,12 +578,7 @@ fn restart_after_the_index_was_deleted(asked_before_the_stop: bool, checkpointed
         assert_eq!(status(&get(&server, IR, &w)), 503);
     }
     server.restart();
-    let resp = get(&server, IR, &w);
-    assert_eq!(status(&resp), 401, "{}", String::from_utf8_lossy(&resp));
-    assert!(
-        !gitgate(&server.config(), &["token", "show", id, "--json"], None)
-            .contains("\"revokedAt\": null")
-    );
+    assert_revoked_after_the_restart(&server, &w, id);
     assert!(
         server
             .log()

@@ -1457,18 +1457,24 @@ fn running_out_of_descriptors_is_logged_once_per_window_and_the_recovery_too() {
     assert!(times > 5, "20 a second for 1.5 s: {line}");
 }
 
-/// A CGI backend that cannot be started for want of file descriptors (or processes) is the
-/// server overloaded for now, not broken: a `503` that says to try again, with `Retry-After`.
-#[test]
-fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repos/team/app.git");
+/// A bare repository `team/app` under `dir/repos`, for the embedded runner of [`cgi_config`].
+fn bare_team_app(dir: &Path) -> std::path::PathBuf {
+    let repo = dir.join("repos/team/app.git");
     let made = std::process::Command::new("git")
         .args(["init", "-q", "--bare"])
         .arg(&repo)
         .status()
         .unwrap();
     assert!(made.success());
+    repo
+}
+
+/// A CGI backend that cannot be started for want of file descriptors (or processes) is the
+/// server overloaded for now, not broken: a `503` that says to try again, with `Retry-After`.
+#[test]
+fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    bare_team_app(dir.path());
     let config = cgi_config(dir.path(), "workers = 1");
     let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
     // The token read into the cache, and a connection accepted, while descriptors are to spare.
@@ -3067,13 +3073,7 @@ fn a_stop_answers_a_request_whose_upstream_has_not_answered_before_the_cut() {
 #[test]
 fn a_stop_answers_a_push_still_uploading_to_the_cgi_runner() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repos/team/app.git");
-    let made = std::process::Command::new("git")
-        .args(["init", "-q", "--bare"])
-        .arg(&repo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let repo = bare_team_app(dir.path());
     let config = cgi_config(dir.path(), "shutdown_grace_seconds = 2").replace(
         "\"/bin/true\"",
         &format!("\"{}\"", common::git_http_backend().display()),
