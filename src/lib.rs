@@ -7,11 +7,13 @@
 //!                        address's cap ─▶ 503; both logged; /healthz, /readyz)
 //!                        ──▶ gate ──┬─ client address: the peer, or behind trusted_proxies the right-most
 //!                                   │     untrusted X-Forwarded-For entry (unreadable: 400)
+//!                                   ├─ a request_id for each of its log lines; a path and query over
+//!                                   │     8 KiB ─▶ 414 (git's and the REST API's)
 //!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, then the
 //!                                   │     user's rate-limit bucket (429); never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
 //!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 it or :authority, and
-//!                                   │     none that is no host and optional port, or names another host
+//!                                   │     none, Host or :authority, that is no host and optional port, or names another host
 //!                                   │     than the :authority or the absolute target's ─▶ 400 (refusals for the request's form:
 //!                                   │     400/415/501, their reason logged)
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
@@ -35,14 +37,18 @@
 //!                                   │     (401s first — revoked, expired, wrong user, disabled owner — then the
 //!                                   │     token's networks, then the owner's and the token's permission: 403;
 //!                                   │     past the 401s the token's last use is noted, whatever follows)
+//!                                   ├─ a POST known empty (Content-Length: 0, or HTTP/2 HEADERS that end
+//!                                   │     the stream) ─▶ 400
 //!                                   ├─ guard: in-flight cap, then the principal's bucket (an advertisement pays
 //!                                   │     for its POSTs) ─▶ 429
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...),
 //!                                         │     on a TCP port or a Unix socket
-//!                                         └─ cgi:  git http-backend run by gitgate itself (an
-//!                                               exit after its headers cuts the answer off,
-//!                                               unless git's own ERR packet ended it)
+//!                                         └─ cgi:  git http-backend run by gitgate itself (its
+//!                                               head held until the body is fed: a program that
+//!                                               dies before it is a 502, a stop before it a 503; an exit
+//!                                               after the answer began cuts it off, unless git's
+//!                                               own ERR packet ended it)
 //!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
 //!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed

@@ -208,7 +208,8 @@ fn schema_mismatch(e: &rusqlite::Error) -> Option<&str> {
 impl std::error::Error for StoreError {}
 
 impl StoreError {
-    /// The store's tables are not as gitgate made them (see [`schema_mismatch`]).
+    /// The store's tables are not as gitgate made them: a statement named a table or column
+    /// the store does not have.
     pub fn is_schema_mismatch(&self) -> bool {
         matches!(self, StoreError::Sqlite(e) if schema_mismatch(e).is_some())
     }

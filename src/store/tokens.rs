@@ -498,7 +498,7 @@ impl Store {
     }
 
     /// Every token not revoked, newest first, to `each` until it says `false` (see
-    /// [`each_token_where`]). `each` must not use the store: the scan holds a connection.
+    /// `each_token_where`). `each` must not use the store: the scan holds a connection.
     pub fn each_unrevoked_token(&self, each: impl FnMut(TokenRecord) -> bool) -> Result<()> {
         // (`?1 IS NULL`: the statement is always given its one parameter.)
         self.with_conn(|c| each_token_where(c, "t.revoked_at IS NULL AND ?1 IS NULL", None, each))
