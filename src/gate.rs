@@ -281,10 +281,7 @@ impl Gate {
                 let a_post = parts.method == Method::POST;
                 // A body that ends short of its length is broken off too: an HTTP/2 client that
                 // resets its stream with NO_ERROR mid-upload ends it so, without an error.
-                let promised = parts
-                    .headers
-                    .get(hyper::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+                let promised = crate::upstream::headers::content_length(&parts.headers);
                 let body = Observed::new(body, move |s: Seen<'_, hyper::Error>| match s {
                     Seen::Frame(frame) => {
                         if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
@@ -559,10 +556,7 @@ impl Gate {
         // (hyper's body then says it is at its end; a chunked body is not known till read).
         if req.method() == Method::POST
             && (req.body().is_end_stream()
-                || req
-                    .headers()
-                    .get(hyper::header::CONTENT_LENGTH)
-                    .is_some_and(|v| v.to_str().is_ok_and(|v| v.trim().parse() == Ok(0u64))))
+                || crate::upstream::headers::content_length(req.headers()) == Some(0))
         {
             return Err(Refusal::NotGit(Rejection::BadRequest(EMPTY_POST.into())));
         }

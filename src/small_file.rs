@@ -46,10 +46,13 @@ pub fn read(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-fn kind(meta: &std::fs::Metadata) -> &'static str {
+/// What kind of file `meta` is, in words for a message (`a folder`, `a FIFO`).
+pub fn kind(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
-    if t.is_dir() {
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
         "a folder"
     } else if t.is_char_device() || t.is_block_device() {
         "a device"

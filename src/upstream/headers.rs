@@ -359,6 +359,20 @@ fn one_content_length(headers: &mut HeaderMap) -> Result<(), String> {
     }
 }
 
+/// A request body's length when it has a trustworthy one: one `Content-Length` of digits, and
+/// no `Transfer-Encoding` (a chunked body has none).
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let v = values.next()?.to_str().ok()?.trim();
+    if values.next().is_some() || v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
 /// Why a request's `Content-Length` cannot be passed on, if it cannot: it must be one length
 /// (digits only), however often repeated. Over HTTP/1.1 hyper refuses any other itself; over
 /// HTTP/2 the h2 layer resets the stream for most, but reads an empty value as `0` and holds

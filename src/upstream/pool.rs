@@ -454,18 +454,10 @@ async fn not_a_socket(path: &std::path::Path, e: io::Error) -> io::Error {
     let Ok(found) = tokio::fs::metadata(path).await else {
         return e;
     };
-    let kind = found.file_type();
-    let what = if kind.is_socket() {
+    if found.file_type().is_socket() {
         return e;
-    } else if kind.is_dir() {
-        "a folder"
-    } else if kind.is_file() {
-        "a regular file"
-    } else if kind.is_fifo() {
-        "a named pipe"
-    } else {
-        "a device"
-    };
+    }
+    let what = crate::small_file::kind(&found);
     io::Error::new(
         e.kind(),
         format!("{} is {what}, not a Unix socket", path.display()),

@@ -72,16 +72,7 @@ pub(super) fn header_str<K: header::AsHeaderName>(headers: &HeaderMap, name: K) 
 
 /// The request's length when it has a trustworthy one. A chunked body has none: the backend
 /// then reads stdin to EOF, which is where the stdin task's end of body lands.
-pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        return None;
-    }
-    let v = header_str(headers, &header::CONTENT_LENGTH)?;
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    v.parse().ok()
-}
+pub(super) use crate::upstream::headers::content_length;
 
 /// `Git-Protocol` as git itself accepts it: `key[=value]` items joined by `:`, from a small
 /// alphabet. Anything else is dropped (git then speaks protocol v0), because the value goes into
