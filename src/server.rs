@@ -530,6 +530,10 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
             _ = stopping.wait_for(|stopping| *stopping) => {}
         }
     });
+    if let UpstreamConfig::Cgi { project_root, .. } = &config.upstream {
+        let project_root = project_root.clone();
+        tokio::task::spawn_blocking(move || say_stale_quarantines(&project_root));
+    }
     let address_cap = settings
         .limits
         .max_connections_per_address
@@ -673,6 +677,18 @@ async fn sweep_addresses(guard: std::sync::Weak<Guard>) {
     }
 }
 
+/// Pushes cut off before being applied whose objects are still on disk (a SIGKILL of the last
+/// server, say), said once at the start, off the event loops: the walk reads every
+/// repository's `objects/`.
+fn say_stale_quarantines(project_root: &std::path::Path) {
+    use crate::upstream::cgi::repositories;
+    let found = repositories::under(project_root);
+    let stale = repositories::stale_quarantines(&found, std::time::SystemTime::now());
+    if let Some(warning) = repositories::quarantine_warning(&stale, project_root) {
+        tracing::warn!(reason = %LogText(&warning), "objects of cut-off pushes left on disk");
+    }
+}
+
 /// The store as `serve` needs it: writable by this process (asked before the open, which would
 /// otherwise leave a `-wal` and `-shm` of this user's beside a store it cannot write), opened,
 /// watched, and tried with a write.
@@ -682,6 +698,9 @@ fn open_store(path: &std::path::Path) -> Result<Store, String> {
     store.watch_folders();
     if let Some(warning) = crate::store::readable_by_others(path) {
         tracing::warn!(reason = %LogText(&warning), "the token store is readable by others");
+    }
+    if let Some(warning) = crate::store::low_on_space(path) {
+        tracing::warn!(reason = %LogText(&warning), "the token store's disk is nearly full");
     }
     match store.check_writable() {
         Ok(()) => {}

@@ -1826,6 +1826,54 @@ fn check_warns_of_repositories_git_would_refuse_for_their_owner() {
     assert!(!named.ok().contains("dubious"), "{named}");
 }
 
+/// A push cut off before receive-pack could clean up (gitgate SIGKILLed, a crash, fcgiwrap)
+/// leaves its quarantined objects on disk for two weeks: check and the start name them once
+/// they are an hour old, and not while a push could still be writing them.
+#[test]
+fn objects_of_cut_off_pushes_left_on_disk_are_warned_of() {
+    let sb = user_sandbox();
+    sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    sb.create_repo("team/app");
+    let quarantine = sb
+        .bare("team/app")
+        .join("objects/tmp_objdir-incoming-Xy12Ab");
+    std::fs::create_dir_all(quarantine.join("pack")).unwrap();
+    let pack = quarantine.join("pack/tmp_pack_Qz9");
+    std::fs::write(&pack, vec![7u8; 2 * 1024 * 1024]).unwrap();
+    let fresh = sb.cli(&["check"]).ok().to_string();
+    assert!(!fresh.contains("cut off"), "{fresh}");
+    let status = std::process::Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .args([&quarantine, &quarantine.join("pack"), &pack])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = sb.cli(&["check"]).ok().to_string();
+    assert!(
+        text.contains(&format!(
+            "warning: 1 push cut off before being applied left 2.0 MiB of objects in quarantine \
+             folders untouched for an hour (it is {})",
+            quarantine.display()
+        )) && text.contains("-mmin +60 -prune -exec rm -r {} +"),
+        "{text}"
+    );
+    let server = sb.serve();
+    // Said off the event loops once the server listens.
+    let said = std::time::Instant::now();
+    while !server.log_text().contains("objects of cut-off pushes")
+        && said.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(server);
+    let log = std::fs::read_to_string(sb.server_log()).unwrap();
+    assert!(
+        log.contains("objects of cut-off pushes left on disk")
+            && log.contains("tmp_objdir-incoming-Xy12Ab"),
+        "{log}"
+    );
+}
+
 /// A store restored without `umask 077` comes back 0644, its password hashes readable by every
 /// user of the machine: check and serve's start say so.
 #[test]

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::config::{Config, Upstream};
 use crate::store::Store;
 use crate::tls::CertStore;
+use crate::upstream::cgi::repositories::{self, Repository};
 use crate::upstream::secret::UpstreamSecret;
 use crate::upstream::{CgiBackend, HttpBackend};
 
@@ -129,7 +130,13 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             ..
         } => {
             let backend = CgiBackend::new(program.clone(), project_root.clone());
-            if let Some(warning) = owned_by_another_user(project_root) {
+            let found = repositories::under(project_root);
+            if let Some(warning) = owned_by_another_user(&found) {
+                warnings += 1;
+                outln!("warning: {warning}");
+            }
+            let stale = repositories::stale_quarantines(&found, std::time::SystemTime::now());
+            if let Some(warning) = repositories::quarantine_warning(&stale, project_root) {
                 warnings += 1;
                 outln!("warning: {warning}");
             }
@@ -217,6 +224,10 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         warnings += 1;
         outln!("warning: store {store}: {warning}");
     }
+    if let Some(warning) = crate::store::low_on_space(&config.store.path) {
+        warnings += 1;
+        outln!("warning: store {store}: {warning}");
+    }
     let empty = "it refuses every git request until a token is made (if the store is \
                  elsewhere, fix [store] path)";
     match inspection {
@@ -280,26 +291,14 @@ pub fn run(config_path: &Path) -> Result<(), String> {
 /// `HOME`) names it, so every request for one gets a `500` — while `/readyz` says ready, as
 /// the root itself can be read. Looks three folders deep (`team/app.git`,
 /// `team/sub/app.git`), at folders with a `HEAD` or a `.git`, not following links.
-fn owned_by_another_user(project_root: &Path) -> Option<String> {
+fn owned_by_another_user(repositories: &[Repository]) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let me = rustix::process::geteuid().as_raw();
     let mut refused = Vec::new();
-    let mut folders = vec![(project_root.to_path_buf(), 0)];
-    while let Some((folder, depth)) = folders.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        for entry in entries.flatten().take(100_000) {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let path = entry.path();
-            let a_repository = path.join("HEAD").is_file() || path.join(".git").is_dir();
-            match entry.metadata() {
-                Ok(meta) if a_repository && meta.uid() != me => refused.push((path, meta.uid())),
-                _ if !a_repository && depth < 2 => folders.push((path, depth + 1)),
-                _ => {}
-            }
+    for repository in repositories {
+        match std::fs::symlink_metadata(&repository.path) {
+            Ok(meta) if meta.uid() != me => refused.push((repository.path.clone(), meta.uid())),
+            _ => {}
         }
     }
     if refused.is_empty() {

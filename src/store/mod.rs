@@ -1639,6 +1639,35 @@ fn no_room_for_the_index(free: u64, folder: &Path, file: &Path) -> Option<String
     })
 }
 
+/// Free space below which a store's writes are about to fail: a revocation or a new token
+/// needs a few pages of `-wal`, and the writer's window of audit events and last uses more.
+const ROOM_TO_WRITE: u64 = 1024 * 1024;
+
+/// A warning for a store whose file system is (nearly) full, for `check` and the start: a
+/// store whose `-shm` is already there (a server running on it) opens on a full disk, and
+/// reads work, so nothing else would say so before the first revocation fails.
+pub fn low_on_space(path: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let folder = match real.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    little_room_to_write(free_bytes(&folder)?, &folder)
+}
+
+/// Why writes to a store in `folder` with `free` bytes left on its file system are about to
+/// fail; `None` when there is room.
+fn little_room_to_write(free: u64, folder: &Path) -> Option<String> {
+    (free < ROOM_TO_WRITE).then(|| {
+        format!(
+            "the file system holding {} has {free} bytes free: revocations, new tokens and \
+             grants may fail (\"database or disk is full\"), and audit events and last uses \
+             be lost; free some space",
+            folder.display()
+        )
+    })
+}
+
 /// Bytes this process may still write on the file system holding `folder` (root may use the
 /// blocks kept for it); `None` when that cannot be told.
 fn free_bytes(folder: &Path) -> Option<u64> {
@@ -2543,6 +2572,14 @@ mod tests {
         );
         assert!(no_room_for_the_index(ROOM_TO_OPEN - 1, folder, file).is_some());
         assert!(no_room_for_the_index(ROOM_TO_OPEN, folder, file).is_none());
+        let said = little_room_to_write(4096, folder).expect("warned");
+        assert!(
+            said.contains("/srv/git has 4096 bytes free: revocations")
+                && said.contains("database or disk is full"),
+            "{said}"
+        );
+        assert!(little_room_to_write(ROOM_TO_WRITE - 1, folder).is_some());
+        assert!(little_room_to_write(ROOM_TO_WRITE, folder).is_none());
         // This machine's own temporary folder has room.
         let dir = tempfile::tempdir().unwrap();
         assert!(free_bytes(dir.path()).is_some_and(|free| free >= ROOM_TO_OPEN));

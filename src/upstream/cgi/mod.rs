@@ -72,6 +72,7 @@ mod cap;
 mod env;
 mod head;
 mod process;
+pub mod repositories;
 mod stdio;
 
 pub use body::CgiBody;
