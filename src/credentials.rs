@@ -347,13 +347,15 @@ pub fn stacks_combining_marks(text: &str) -> bool {
 }
 
 /// Whether `text` (a path, say) holds the token prefix `ggt_`, in any case, also with its
-/// characters percent-encoded (`ggt%5F`): whatever follows may be a secret pasted in by mistake.
+/// characters percent-encoded (`ggt%5F`): whatever follows may be a secret pasted in by mistake;
+/// or a whole secret without its prefix ([`crate::token::bare_secret_in`]).
 pub fn holds_a_token(text: &str) -> bool {
     let mut bytes = std::borrow::Cow::Borrowed(text.as_bytes());
+    let found = |b: &[u8]| prefix_in(b) || crate::token::bare_secret_in(b);
     // Decoded leniently (a stray `%` elsewhere must not hide it), and again for each level of
     // encoding, up to three.
     for _ in 0..3 {
-        if prefix_in(&bytes) {
+        if found(&bytes) {
             return true;
         }
         if !bytes.contains(&b'%') {
@@ -361,7 +363,7 @@ pub fn holds_a_token(text: &str) -> bool {
         }
         bytes = std::borrow::Cow::Owned(lenient_percent_decode(&bytes));
     }
-    prefix_in(&bytes)
+    found(&bytes)
 }
 
 /// `text` with every run that looks like a gitgate token secret (`ggt_` in any case, then at

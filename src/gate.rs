@@ -219,7 +219,7 @@ impl Gate {
                     // A wrong password is credentials tried and refused, as a bad token is.
                     METRICS.auth_failure();
                     gate.guard
-                        .failed_auth(remote.ip(), credentials, clock::monotonic_ms());
+                        .failed_auth(remote.ip(), credentials, clock::monotonic_ms(), id);
                 }
                 resp
             });
@@ -660,19 +660,19 @@ impl Gate {
                 self.unauthenticated(by_hand, &e.to_string())
             }
             Refusal::NoCredentials(e) => {
-                self.audit_failure(remote, log, tried, &e.to_string());
+                self.audit_failure(id, remote, log, tried, &e.to_string());
                 self.unauthenticated(by_hand, &e.to_string())
             }
             Refusal::InvalidToken => {
-                self.audit_failure(remote, log, tried, "invalid token");
+                self.audit_failure(id, remote, log, tried, "invalid token");
                 self.unauthenticated(by_hand, "invalid token")
             }
             Refusal::NotAToken(what, bearer) => {
-                self.audit_failure(remote, log, tried, what.audit_reason());
+                self.audit_failure(id, remote, log, tried, what.audit_reason());
                 self.unauthenticated(by_hand, what.message_for(bearer))
             }
             Refusal::Denied(Deny::Unauthenticated(m)) => {
-                self.audit_failure(remote, log, tried, &m);
+                self.audit_failure(id, remote, log, tried, &m);
                 self.unauthenticated(by_hand, &m)
             }
             Refusal::Denied(Deny::Forbidden(m)) => {
@@ -761,10 +761,17 @@ impl Gate {
     }
 
     /// A failed authentication is an audit event (never with the secret), written off the path.
-    fn audit_failure(&self, remote: SocketAddr, log: &RequestLog, tried: u64, reason: &str) {
+    fn audit_failure(
+        &self,
+        id: RequestId,
+        remote: SocketAddr,
+        log: &RequestLog,
+        tried: u64,
+        reason: &str,
+    ) {
         METRICS.auth_failure();
         self.guard
-            .failed_auth(remote.ip(), tried, clock::monotonic_ms());
+            .failed_auth(remote.ip(), tried, clock::monotonic_ms(), id);
         // A flood of refusals is mostly one event repeated: its address and detail are written
         // into this thread's reused buffers (the address only when it changed), and the store's
         // writer copies them only for an event not already waiting (a repeat is counted,

@@ -31,6 +31,7 @@ use crate::config;
 use crate::git::Operation;
 use crate::inflight::{InFlight, Slot};
 use crate::ratelimit::{Cost, Decision, Limits, RateLimiter};
+use crate::request_id::RequestId;
 use crate::store::{Actor, RateRule, Store, TokenRecord, UnreadableOverride};
 use crate::throttle::{self, Throttle};
 
@@ -260,10 +261,11 @@ impl Guard {
         self.exempt.iter().any(|network| network.contains(addr))
     }
 
-    /// Step 2: count a failed authentication; a new block is logged and audited off the path.
+    /// Step 2: count a failed authentication; a new block is logged and audited off the path,
+    /// the log line naming the request (`id`) whose failure made it.
     /// An exempt address's failures are not counted, so it is never blocked (and step 1 costs
     /// it nothing more).
-    pub fn failed_auth(&self, addr: IpAddr, tried: u64, now: i64) {
+    pub fn failed_auth(&self, addr: IpAddr, tried: u64, now: i64, id: RequestId) {
         if self.exempt(addr) {
             return;
         }
@@ -280,6 +282,7 @@ impl Guard {
         );
         tracing::warn!(
             target: "gitgate::throttle",
+            request_id = %id,
             remote = %addr,
             retry_after_secs = block.retry_after_secs,
             strike = block.strike,
@@ -630,8 +633,8 @@ mod tests {
         let g = guard(store.clone(), 60);
         let addr: IpAddr = "192.0.2.7".parse().unwrap();
         assert_eq!(g.check_address(addr, 0), Ok(()));
-        g.failed_auth(addr, 1, 0);
-        g.failed_auth(addr, 2, 1);
+        g.failed_auth(addr, 1, 0, RequestId::next());
+        g.failed_auth(addr, 2, 1, RequestId::next());
         assert_eq!(
             g.check_address(addr, 2),
             Err(Verdict::AddressBlocked {
@@ -676,8 +679,8 @@ mod tests {
             "198.51.100.7".parse().unwrap(),
         );
         for at in 0..10 {
-            g.failed_auth(nat, at as u64, at);
-            g.failed_auth(other, at as u64, at);
+            g.failed_auth(nat, at as u64, at, RequestId::next());
+            g.failed_auth(other, at as u64, at, RequestId::next());
         }
         assert_eq!(g.check_address(nat, 20), Ok(()));
         assert!(g.check_address(other, 20).is_err());
@@ -688,7 +691,7 @@ mod tests {
             "2001:db8::11".parse().unwrap(),
         );
         for at in 0..10 {
-            g.failed_auth(neighbour, at as u64, at);
+            g.failed_auth(neighbour, at as u64, at, RequestId::next());
         }
         assert!(g.check_address(neighbour, 20).is_err());
         assert_eq!(g.check_address(nat, 20), Ok(()));

@@ -139,10 +139,11 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         if shown == crate::store::NOT_A_USER_NAME {
             // Nothing to unlock by that name, which is not repeated: it may be a password.
             return format!(
-                "authentication failed for the user name given (not repeated: it is not written \
-                 as user names are — lower-case letters, digits, '.', '_' or '-' — and may be a \
-                 password): wrong user name or password, a disabled user, or password logins \
-                 locked after {PASSWORD_FAILURES_BEFORE_LOCK} wrong passwords in a row"
+                "authentication failed for the user name given (not repeated, as it has capitals \
+                 or characters user names do not have, and may be a password typed in its place; \
+                 names are matched in any case, so this alone is not the cause): wrong user name \
+                 or password, a disabled user, or password logins locked after \
+                 {PASSWORD_FAILURES_BEFORE_LOCK} wrong passwords in a row"
             );
         }
         format!(
@@ -363,7 +364,7 @@ pub fn set_policy(
     caller: &Caller,
     change: PolicyChange,
     actor: &Actor,
-) -> Result<ExpiryPolicy> {
+) -> Result<(ExpiryPolicy, bool)> {
     if !caller.is_admin() {
         return Err(Error::Forbidden(
             "only administrators can change the token policy".into(),
@@ -391,7 +392,7 @@ pub fn set_policy(
         let new = change.applied_to(current);
         // Nothing to change, nothing to audit.
         if new == current {
-            return Ok((new, None));
+            return Ok(((new, false), None));
         }
         let pairs = vec![
             (EXPIRY_REQUIRED, new.expiry_required.to_string()),
@@ -402,7 +403,7 @@ pub fn set_policy(
                     .unwrap_or_default(),
             ),
         ];
-        Ok((new, Some((pairs, new.describe()))))
+        Ok(((new, true), Some((pairs, new.describe()))))
     })?)
 }
 

@@ -88,6 +88,7 @@ enum Command {
 enum UserCommand {
     /// Add a user (prompts for the password unless --password-stdin).
     Add {
+        /// The new user's name: 1-64 of a-z 0-9 . _ -, first a letter or digit.
         name: String,
         /// Make the user an administrator (ADMIN on every repository).
         #[arg(long)]
@@ -103,19 +104,31 @@ enum UserCommand {
         json: bool,
     },
     /// Disable a user: their tokens stop working at once.
-    Disable { name: String },
+    Disable {
+        /// The user's name (as `user list` prints it).
+        name: String,
+    },
     /// Enable a disabled user.
-    Enable { name: String },
+    Enable {
+        /// The user's name (as `user list` prints it).
+        name: String,
+    },
     /// Make a user an administrator (ADMIN on every repository) or a plain user again.
     Role {
+        /// The user's name (as `user list` prints it).
         name: String,
+        /// The role: admin or user.
         #[arg(value_parser = ["admin", "user"])]
         role: String,
     },
     /// Lift the lock that repeated wrong passwords put on a user's password logins.
-    Unlock { name: String },
+    Unlock {
+        /// The user's name (as `user list` prints it).
+        name: String,
+    },
     /// Change a user's password.
     Passwd {
+        /// The user's name (as `user list` prints it).
         name: String,
         /// Read the new password from the first line of stdin.
         #[arg(long)]
@@ -150,14 +163,23 @@ enum PolicyCommand {
 enum GrantCommand {
     /// Give NAME LEVEL (read|write|admin) on TARGET (PROJECT or PROJECT/REPO).
     Add {
+        /// The user's name (as `user list` prints it).
         name: String,
+        /// PROJECT, or PROJECT/REPO for one repository.
         target: String,
+        /// read, write or admin.
         level: String,
     },
     /// Take NAME's grant on TARGET away.
-    Remove { name: String, target: String },
+    Remove {
+        /// The user's name (as `user list` prints it).
+        name: String,
+        /// PROJECT or PROJECT/REPO, as `grant list` prints it.
+        target: String,
+    },
     /// List grants, of one user or of everyone.
     List {
+        /// Only this user's grants.
         name: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -169,6 +191,7 @@ enum GrantCommand {
 enum RatelimitCommand {
     /// Give USER (a user, or token:ID for a project/repository token) its own bucket.
     Set {
+        /// A user's name, or token:ID for a project or repository token.
         user: String,
         /// Requests allowed in a burst.
         #[arg(long, allow_negative_numbers = true)]
@@ -178,9 +201,15 @@ enum RatelimitCommand {
         refill: f64,
     },
     /// Never rate-limit USER.
-    Exempt { user: String },
+    Exempt {
+        /// A user's name, or token:ID for a project or repository token.
+        user: String,
+    },
     /// Remove USER's override: the [rate_limit] defaults apply again.
-    Clear { user: String },
+    Clear {
+        /// A user's name, or token:ID for a project or repository token.
+        user: String,
+    },
     /// List overrides.
     List {
         /// Print JSON instead of text.
@@ -283,7 +312,10 @@ enum TokenCommand {
         json: bool,
     },
     /// Revoke a token; refused from the next request on.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (see `token list`).
+        id: String,
+    },
 }
 
 /// `--expiry-days` as a number of days, refused below one day as the store refuses 0 (clap's
@@ -320,11 +352,7 @@ fn main() -> ExitCode {
     let changes_the_store =
         !matches!(args.command, Command::Serve | Command::Check) && !args.command.only_reads();
     // The server logs every request; the operator's commands only warnings.
-    if let Err(message) = init_logging(if matches!(args.command, Command::Serve) {
-        "info"
-    } else {
-        "warn"
-    }) {
+    if let Err(message) = init_logging(matches!(args.command, Command::Serve)) {
         // A refused start like any other bad setting: 1, as `check` promises.
         gitgate::cli::note(format_args!("gitgate: {message}"));
         return ExitCode::FAILURE;
@@ -384,6 +412,7 @@ fn said_unchanged(message: String) -> String {
     let lower = message.to_ascii_lowercase();
     let said = lower.contains("nothing was changed")
         || lower.contains("nothing was opened or changed")
+        || lower.contains("nothing was created or changed")
         || message.contains(" NOT ");
     if failed_in_the_store && !said {
         format!("{message}; nothing was changed")
@@ -435,23 +464,31 @@ fn run(args: Cli) -> Result<(), String> {
         !args.command.only_reads(),
         args.command.may_create_the_store(),
     )?;
-    match args.command {
+    // A store made for this command goes with it when it fails: a typo leaves no new store.
+    run_command(&store, args.command).map_err(|e| match store.undo_if_new() {
+        Some(note) => format!("{e}\n{note}"),
+        None => e,
+    })
+}
+
+fn run_command(store: &cli::OpenStore, command: Command) -> Result<(), String> {
+    match command {
         Command::Serve | Command::Check => unreachable!("handled above"),
         Command::User(cmd) => match cmd {
             UserCommand::Add {
                 name,
                 admin,
                 password_stdin,
-            } => cli::user::add(&store, &name, admin, password_stdin),
-            UserCommand::List { json } => cli::user::list(&store, json),
-            UserCommand::Disable { name } => cli::user::set_active(&store, &name, false),
-            UserCommand::Enable { name } => cli::user::set_active(&store, &name, true),
-            UserCommand::Role { name, role } => cli::user::set_role(&store, &name, &role),
-            UserCommand::Unlock { name } => cli::user::unlock(&store, &name),
+            } => cli::user::add(store, &name, admin, password_stdin),
+            UserCommand::List { json } => cli::user::list(store, json),
+            UserCommand::Disable { name } => cli::user::set_active(store, &name, false),
+            UserCommand::Enable { name } => cli::user::set_active(store, &name, true),
+            UserCommand::Role { name, role } => cli::user::set_role(store, &name, &role),
+            UserCommand::Unlock { name } => cli::user::unlock(store, &name),
             UserCommand::Passwd {
                 name,
                 password_stdin,
-            } => cli::user::passwd(&store, &name, password_stdin),
+            } => cli::user::passwd(store, &name, password_stdin),
         },
         Command::Grant(cmd) => match cmd {
             GrantCommand::Add {
@@ -459,15 +496,15 @@ fn run(args: Cli) -> Result<(), String> {
                 target,
                 level,
             } => cli::grant::add(
-                &store,
+                store,
                 &name,
                 &target,
                 &level,
                 &store.git_prefix,
                 store.project_root.as_deref(),
             ),
-            GrantCommand::Remove { name, target } => cli::grant::remove(&store, &name, &target),
-            GrantCommand::List { name, json } => cli::grant::list(&store, name.as_deref(), json),
+            GrantCommand::Remove { name, target } => cli::grant::remove(store, &name, &target),
+            GrantCommand::List { name, json } => cli::grant::list(store, name.as_deref(), json),
         },
         Command::Token(cmd) => match cmd {
             TokenCommand::Create {
@@ -479,7 +516,7 @@ fn run(args: Cli) -> Result<(), String> {
                 password_stdin,
                 json,
             } => cli::token::create(
-                &store,
+                store,
                 cli::token::For {
                     user: target.user.as_deref(),
                     project: target.project.as_deref(),
@@ -496,9 +533,9 @@ fn run(args: Cli) -> Result<(), String> {
                     json,
                 },
             ),
-            TokenCommand::List { user, json } => cli::token::list(&store, user.as_deref(), json),
-            TokenCommand::Show { id, json } => cli::token::show(&store, &id, json),
-            TokenCommand::Revoke { id } => cli::token::revoke(&store, &id),
+            TokenCommand::List { user, json } => cli::token::list(store, user.as_deref(), json),
+            TokenCommand::Show { id, json } => cli::token::show(store, &id, json),
+            TokenCommand::Revoke { id } => cli::token::revoke(store, &id),
             TokenCommand::Edit {
                 id,
                 name,
@@ -508,7 +545,7 @@ fn run(args: Cli) -> Result<(), String> {
                 expiry_days,
                 json,
             } => cli::token::edit(
-                &store,
+                store,
                 &id,
                 cli::token::Edit {
                     name: name.as_deref(),
@@ -524,16 +561,16 @@ fn run(args: Cli) -> Result<(), String> {
                 overlap_seconds,
                 password_stdin,
                 json,
-            } => cli::token::rotate(&store, &id, overlap_seconds, password_stdin, json),
+            } => cli::token::rotate(store, &id, overlap_seconds, password_stdin, json),
         },
         Command::Policy(cmd) => match cmd {
-            PolicyCommand::Show { json } => cli::policy::show(&store, json),
+            PolicyCommand::Show { json } => cli::policy::show(store, json),
             PolicyCommand::Set {
                 expiry_required,
                 max_expiry_days,
                 no_max_expiry_days,
             } => cli::policy::set(
-                &store,
+                store,
                 expiry_required.as_deref(),
                 max_expiry_days,
                 no_max_expiry_days,
@@ -544,10 +581,10 @@ fn run(args: Cli) -> Result<(), String> {
                 user,
                 capacity,
                 refill,
-            } => cli::ratelimit::set(&store, &user, capacity, refill),
-            RatelimitCommand::Exempt { user } => cli::ratelimit::exempt(&store, &user),
-            RatelimitCommand::Clear { user } => cli::ratelimit::clear(&store, &user),
-            RatelimitCommand::List { json } => cli::ratelimit::list(&store, json),
+            } => cli::ratelimit::set(store, &user, capacity, refill),
+            RatelimitCommand::Exempt { user } => cli::ratelimit::exempt(store, &user),
+            RatelimitCommand::Clear { user } => cli::ratelimit::clear(store, &user),
+            RatelimitCommand::List { json } => cli::ratelimit::list(store, json),
         },
         Command::Audit {
             since,
@@ -565,14 +602,15 @@ fn run(args: Cli) -> Result<(), String> {
                 actor: actor.as_deref(),
                 target: target.as_deref(),
             };
-            cli::audit::show(&store, &wanted, limit, json)
+            cli::audit::show(store, &wanted, limit, json)
         }
     }
 }
 
 /// Logging to stderr, filtered by `GITGATE_LOG` (else `default`). A value that is not
 /// understood is refused: read as best it could be, it would turn logging off without a word.
-fn init_logging(default: &str) -> Result<(), String> {
+fn init_logging(serving: bool) -> Result<(), String> {
+    let default = if serving { "info" } else { "warn" };
     let filter = match std::env::var("GITGATE_LOG") {
         Ok(value) if !value.trim().is_empty() => {
             if let Some(problem) = log_filter_problem(&value) {
@@ -588,12 +626,18 @@ fn init_logging(default: &str) -> Result<(), String> {
     // A log that cannot be written (a full disk, a reader gone) loses its lines, as nginx's
     // does: tracing's own report of the failure would be a panic in `eprintln!`, and with it
     // the panic hook's log line, an abort of the whole server.
-    tracing_subscriber::fmt()
+    let lines = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .log_internal_errors(false)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    if serving {
+        lines.init();
+    } else {
+        // Among a command's own `gitgate:` and `note:` lines, a warning without the time and
+        // module a server's log needs: `WARN creating a new, empty token store path=...`.
+        lines.without_time().with_target(false).init();
+    }
     Ok(())
 }
 
@@ -765,6 +809,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::upstream::cgi::env",
     "gitgate::upstream::cgi::head",
     "gitgate::upstream::cgi::process",
+    "gitgate::upstream::cgi::repositories",
     "gitgate::upstream::cgi::stdio",
     "gitgate::upstream::headers",
     "gitgate::upstream::http",

@@ -269,9 +269,9 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Pair,
     })?;
     let now = crate::clock::now_ms();
     let served = validity(&chain[0]);
-    if let Some(problem) = served.and_then(|v| v.problem(now)) {
+    if let Some(refused) = served.and_then(|v| v.refusal(now)) {
         return Err(format!(
-            "[server.tls] cert = \"{}\": {problem}; clients refuse it (renew it)",
+            "[server.tls] cert = \"{}\": {refused}",
             cert.display()
         ));
     }
@@ -361,6 +361,19 @@ pub struct Validity {
 }
 
 impl Validity {
+    /// Why a served certificate is refused at `now`, with what to do: renew one that expired;
+    /// one not valid yet is most often this machine's clock (a VM resumed from a snapshot, a
+    /// dead RTC), not the certificate.
+    pub fn refusal(&self, now: i64) -> Option<String> {
+        let problem = self.problem(now)?;
+        let advice = if now < self.not_before {
+            "is this machine's clock wrong, or the certificate issued for later?"
+        } else {
+            "renew it"
+        };
+        Some(format!("{problem}; clients refuse it ({advice})"))
+    }
+
     /// Why a certificate cannot be served at `now`: clients refuse one that has expired or is
     /// not valid yet, whatever else is right with it.
     pub fn problem(&self, now: i64) -> Option<String> {
@@ -391,6 +404,19 @@ pub struct ChainValidity {
     pub served: Validity,
 }
 
+/// Pure: `left` milliseconds (more than 0) as the warning says it: hours rounded up, so that
+/// "in 0 hours" is never said of a certificate still valid; minutes in the last hour.
+fn time_left(left: i64) -> String {
+    const HOUR: i64 = 3_600_000;
+    const MINUTE: i64 = 60_000;
+    if left < HOUR {
+        let minutes = (left + MINUTE - 1) / MINUTE;
+        return format!("in {minutes} minute{}", if minutes == 1 { "" } else { "s" });
+    }
+    let hours = (left + HOUR - 1) / HOUR;
+    format!("in {hours} hours")
+}
+
 /// How long before its expiry the served chain is warned about.
 const RENEWAL_WARNING_MS: i64 = 14 * 24 * 3600 * 1000;
 
@@ -417,8 +443,8 @@ impl ChainValidity {
             Some((
                 false,
                 format!(
-                    "{which} expires on {at} (in {} hours): renew it, then send SIGHUP",
-                    left / 3_600_000
+                    "{which} expires on {at} ({}): renew it, then send SIGHUP",
+                    time_left(left)
                 ),
             ))
         } else {
@@ -820,6 +846,14 @@ mod tests {
             "the TLS certificate expires on 1970-04-11T00:00:00Z (in 240 hours): renew it, then \
              send SIGHUP"
         );
+        // Its last hour in minutes, never "in 0 hours"; an hour and a bit is 2 hours.
+        let hour = 3_600_000;
+        let (_, note) = chain(0).expiry_note(100 * day - hour / 2).unwrap();
+        assert!(note.contains("(in 30 minutes)"), "{note}");
+        let (_, note) = chain(0).expiry_note(100 * day - 1).unwrap();
+        assert!(note.contains("(in 1 minute)"), "{note}");
+        let (_, note) = chain(0).expiry_note(100 * day - hour - 1).unwrap();
+        assert!(note.contains("(in 2 hours)"), "{note}");
         let (passed, note) = chain(1).expiry_note(100 * day).unwrap();
         assert!(passed);
         assert!(
@@ -828,6 +862,26 @@ mod tests {
                  1970-04-11T00:00:00Z: a client that needs it refuses the server's certificate"
             ),
             "{note}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_not_valid_yet_asks_about_the_clock_and_an_expired_one_to_renew() {
+        let v = Validity {
+            not_before: 1_000,
+            not_after: 2_000,
+        };
+        assert_eq!(v.refusal(1_500), None);
+        let early = v.refusal(999).unwrap();
+        assert!(
+            early.contains("not valid before") && early.contains("is this machine's clock wrong"),
+            "{early}"
+        );
+        assert!(!early.contains("renew"), "{early}");
+        let late = v.refusal(2_000).unwrap();
+        assert!(
+            late.contains("expired on") && late.ends_with("(renew it)"),
+            "{late}"
         );
     }
 

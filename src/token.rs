@@ -168,6 +168,42 @@ pub fn parse(secret: &str) -> Option<TokenId> {
         .map(|id| TokenId(id.to_string()))
 }
 
+/// Whether `bytes` hold a whole secret that lost its prefix (`ggt_` cut off in a copy): the id,
+/// the body and a checksum that matches them, which nothing but a secret has. Without its
+/// prefix the rest is still the whole secret (anyone can put the prefix back), so it is one to
+/// keep out of logs as the prefixed form is. Cheap for what is not: only a run of 63 or more
+/// token characters is looked into.
+pub fn bare_secret_in(bytes: &[u8]) -> bool {
+    const BARE_LEN: usize = SECRET_LEN - PREFIX.len();
+    let mut run_start = 0;
+    for end in 0..=bytes.len() {
+        if end < bytes.len() && is_base64url(bytes[end]) {
+            continue;
+        }
+        let run = &bytes[run_start..end];
+        run_start = end + 1;
+        if run.len() < BARE_LEN {
+            continue;
+        }
+        for at in 0..=run.len() - BARE_LEN {
+            let candidate = &run[at..at + BARE_LEN];
+            let shaped = candidate[..ID_LEN].iter().copied().all(is_base32)
+                && candidate[ID_LEN] == b'_'
+                && candidate[ID_LEN + 1 + BODY_LEN] == b'_';
+            if !shaped {
+                continue;
+            }
+            let mut prefixed = Vec::with_capacity(SECRET_LEN);
+            prefixed.extend_from_slice(PREFIX.as_bytes());
+            prefixed.extend_from_slice(candidate);
+            if checksum(&prefixed[..BODY_END]) == prefixed[CHECKSUM_START..] {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// Why a secret that [`parse`] refused is not a token: an account password (the first thing
 /// people try) reads otherwise than a token cut short or pasted with a space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +338,29 @@ mod tests {
             assert_eq!(parse(s), Some(new.id.clone()), "{s}");
             assert_eq!(new.id.as_str().parse::<TokenId>().unwrap(), new.id);
         }
+    }
+
+    #[test]
+    fn a_secret_without_its_prefix_is_found_and_look_alikes_are_not() {
+        for _ in 0..50 {
+            let new = generate().unwrap();
+            let bare = &new.secret.expose()[PREFIX.len()..];
+            assert!(bare_secret_in(bare.as_bytes()), "{bare}");
+            let in_a_path = format!("/team/{bare}.git/info/refs");
+            assert!(bare_secret_in(in_a_path.as_bytes()), "{in_a_path}");
+            let joined = format!("/x-{bare}-y/");
+            assert!(bare_secret_in(joined.as_bytes()), "{joined}");
+            // One character changed: the checksum no longer matches.
+            let mut typo = bare.as_bytes().to_vec();
+            typo[20] = if typo[20] == b'A' { b'B' } else { b'A' };
+            assert!(!bare_secret_in(&typo));
+            // Cut short.
+            assert!(!bare_secret_in(&bare.as_bytes()[..bare.len() - 1]));
+        }
+        assert!(!bare_secret_in(b"/team/app.git/info/refs"));
+        assert!(!bare_secret_in(&[b'a'; 200]));
+        let shaped = format!("abcdefgh2345_{}_abcdef", "A".repeat(BODY_LEN));
+        assert!(!bare_secret_in(shaped.as_bytes()));
     }
 
     #[test]

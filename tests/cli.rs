@@ -734,8 +734,62 @@ fn repository_token_carries_no_project_permission() {
         !run.success(),
         "DESIGN.md: repository tokens carry no project permission: {run}"
     );
+    // Nothing created: not even the store the refused command made for itself.
+    assert!(!sb.db().exists(), "{run}");
+    assert!(
+        run.stderr
+            .contains("the new token store made for this command")
+            && run.stderr.contains("was taken back: nothing was created"),
+        "{run}"
+    );
+    sb.add_user("alice", PASSWORD);
     let list = sb.cli_json(&["token", "list", "--json"]);
     assert_eq!(list, Value::Array(vec![]), "nothing created");
+}
+
+/// A first `user add` stopped while it waits for the password (Ctrl-C at the prompt, a
+/// SIGTERM) takes back the store it made for itself: nothing is left that later commands would
+/// read as an install with no users.
+#[test]
+fn a_first_command_stopped_at_its_password_leaves_no_store() {
+    use std::os::unix::process::ExitStatusExt;
+    let sb = Sandbox::new();
+    let mut cmd = sb.gitgate_command();
+    cmd.args(["user", "add", "alice", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Held open until the command has ended: waiting on a child closes its stdin first, and
+    // the end of the password would race the signal.
+    let stdin = child.stdin.take();
+    let made = std::time::Instant::now();
+    while !sb.db().exists() && made.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(sb.db().exists(), "the command made no store to take back");
+    // Made, and (stdin held open) waiting for the password.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let exit = out.status;
+    assert_eq!(
+        exit.code(),
+        Some(128 + 15),
+        "{exit:?} {:?}: {}",
+        exit.signal(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", sb.db().display());
+        assert!(!std::path::Path::new(&file).exists(), "{file} is left");
+    }
+    sb.cli(&["user", "list"]).fails_with("no token store at");
 }
 
 #[test]
@@ -2617,11 +2671,9 @@ fn permission_combination_rules() {
     ] {
         let run = create(perms);
         assert!(!run.success(), "{perms:?} should be refused: {run}");
+        // Nor the store the refused command made for itself.
+        assert!(!sb.db().exists(), "{perms:?}: {run}");
     }
-    assert_eq!(
-        sb.cli_json(&["token", "list", "--json"]),
-        Value::Array(vec![])
-    );
 
     // a project permission alone implies the same repository permission
     let run = create(&["PROJECT_WRITE"]);

@@ -2759,6 +2759,15 @@ fn secrets_never_reach_the_log_or_the_database() {
         ],
     )
     .fails_with("the repository path holds what looks like a gitgate token");
+    // ... or pasted without its prefix (lost in a copy): the rest is the whole secret still.
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with("alice", "pw", &format!("team/{}", &personal.secret[4..])),
+        ],
+    )
+    .fails_with("the repository path holds what looks like a gitgate token");
     assert_eq!(
         sb.hits(),
         hits_before,
@@ -2813,6 +2822,7 @@ fn secrets_never_reach_the_log_or_the_database() {
         |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
     for (what, secret) in [
         ("personal token", personal.secret.as_str()),
+        ("personal token without its prefix", &personal.secret[4..]),
         ("personal token's random part", &personal.secret[17..60]),
         ("scoped token", scoped.secret.as_str()),
         ("scoped token's random part", &scoped.secret[17..60]),

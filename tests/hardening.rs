@@ -64,6 +64,23 @@ fn repeated_failures_block_the_address_before_the_store_is_read() {
     wait_for("the auth.throttled audit event", || {
         gitgate(&server.config(), &["audit", "--json"], None).contains("auth.throttled")
     });
+    // The block's line names the request whose failure made it: the third 401's.
+    let log = server.log();
+    let blocked = log
+        .lines()
+        .find(|l| l.contains("address blocked after repeated authentication failures"))
+        .unwrap();
+    let id = blocked
+        .split("request_id=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no request_id: {blocked}"));
+    assert!(
+        log.lines().any(|l| l.contains(&format!("request_id={id} "))
+            && l.contains("status=401")
+            && !l.contains("address blocked")),
+        "no 401 request line with {id}:\n{log}"
+    );
     // ... decided before the store is read: with the store gone, still 429, not 503.
     let db = server.path("gitgate.db");
     let away = server.path("gitgate.db.away");

@@ -960,6 +960,15 @@ fn project_and_repository_tokens_for_admins() {
     );
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.error_message().contains("ggt_"), "{}", r.body);
+    // A nested repository's slug, its '/' encoded: refused, saying where such tokens are managed.
+    let r = server.api("GET", "/projects/team/repos/tools%2Fapp", "root", "");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.error_message().contains("encodes a '/'")
+            && r.error_message().contains("managed from the command line"),
+        "{}",
+        r.body
+    );
     // Nor for a project under /rest/ while git is served at the root: the REST API's.
     for path in ["/projects/rest", "/projects/rest/repos/app"] {
         let r = server.api(
@@ -1353,6 +1362,11 @@ fn a_body_or_query_that_cannot_be_read_as_meant_is_refused() {
         ),
     );
     assert_eq!(status, 501, "{text}");
+    // Not the git path's advice to compress with Content-Encoding: the API refuses that too.
+    assert!(
+        text.contains("send the JSON plain, uncompressed") && !text.contains("Content-Encoding"),
+        "{text}"
+    );
     let listed = server.api("GET", "/users/alice", "alice", "").json();
     assert_eq!(listed["size"], 1, "{listed}");
 

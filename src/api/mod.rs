@@ -313,6 +313,11 @@ fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiErr
 fn unreadable_body(headers: &hyper::HeaderMap) -> Option<ApiError> {
     use crate::upstream::headers::{codings, unsupported_transfer_coding};
     if let Some(message) = unsupported_transfer_coding(headers) {
+        // The git path's advice (compress with Content-Encoding) is refused here too.
+        let message = match message.split_once(" (send compressed") {
+            Some((said, _)) => format!("{said}; send the JSON plain, uncompressed"),
+            None => message,
+        };
         return Some(ApiError::new(StatusCode::NOT_IMPLEMENTED, message));
     }
     let coded = codings(headers, hyper::header::CONTENT_ENCODING);
@@ -668,12 +673,20 @@ fn task_failed(e: tokio::task::JoinError) -> ApiError {
 fn path_segments(rest: &str) -> Result<Vec<String>, ApiError> {
     rest.split('/')
         .map(|raw| {
-            crate::git::percent_decode(raw.as_bytes())
+            let decoded = crate::git::percent_decode(raw.as_bytes())
                 .and_then(|bytes| String::from_utf8(bytes).ok())
-                .filter(|s| !s.contains('/'))
                 .ok_or_else(|| {
                     ApiError::bad_request(format!("invalid percent-encoding in the path: {raw}"))
-                })
+                })?;
+            if decoded.contains('/') {
+                // A nested repository's slug (`tools%2Fapp`): the REST paths take one segment.
+                return Err(ApiError::bad_request(format!(
+                    "'{raw}' encodes a '/': the REST paths take a one-segment repository slug, \
+                     so tokens of a nested repository (team/tools/app) are managed from the \
+                     command line (gitgate token list, token revoke ID)"
+                )));
+            }
+            Ok(decoded)
         })
         .collect()
 }

@@ -58,7 +58,7 @@ fn policy(call: &Call) -> ApiResult {
                 expiry_required,
                 max_expiry_days,
             };
-            let set = lifecycle::set_policy(call.store, &call.caller, new, &call.actor)?;
+            let (set, _) = lifecycle::set_policy(call.store, &call.caller, new, &call.actor)?;
             Ok(Reply::ok(policy_json(&set)))
         }
         _ => Err(method_not_allowed(call.method, "GET, HEAD or PUT")),

@@ -8,7 +8,7 @@
 use super::out_raw;
 use crate::clock;
 use crate::log_value::LogValue;
-use crate::store::{AuditCursor, AuditEvent, AuditFilter, Store};
+use crate::store::{AuditCursor, AuditEvent, AuditFilter, Store, ACTIONS};
 
 /// Events read from the store at a time.
 const PAGE: usize = 1000;
@@ -82,6 +82,18 @@ pub fn filter(wanted: &Wanted<'_>) -> Result<AuditFilter, String> {
                 "--action '{action}' is not an action: give a family ({}) or one action of it, \
                  e.g. token.revoked",
                 FAMILIES.join(", ")
+            ));
+        }
+        if action.contains('.') && !ACTIONS.contains(&action) {
+            let of_family: Vec<&str> = ACTIONS
+                .iter()
+                .copied()
+                .filter(|a| a.split('.').next() == Some(family))
+                .collect();
+            return Err(format!(
+                "--action '{action}' is not an action gitgate records: the {family} actions are \
+                 {}, or give the family ({family}) for every one",
+                of_family.join(", ")
             ));
         }
     }
@@ -236,6 +248,20 @@ mod tests {
             ..Wanted::default()
         })
         .contains("is not after --since"));
+        let said = refused(Wanted {
+            action: Some("token.revoke"),
+            ..Wanted::default()
+        });
+        assert!(
+            said.contains("--action 'token.revoke' is not an action gitgate records")
+                && said.contains("token.created, token.edited, token.revoked, token.rotated"),
+            "{said}"
+        );
+        assert!(filter(&Wanted {
+            action: Some("token.revoked"),
+            ..Wanted::default()
+        })
+        .is_ok());
         for typo in [
             "tokens",
             "token.",

@@ -39,7 +39,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{BeforeANewStore, Store};
 
 /// The store a CLI command works on: the store itself, or for a read command run by an account
 /// that may not write it, a copy (see [`Store::snapshot`]) kept as long as this is.
@@ -52,6 +52,30 @@ pub struct OpenStore {
     pub project_root: Option<std::path::PathBuf>,
     /// Dropped after the store (fields drop in order): the copy's folder is removed then.
     _snapshot: Option<crate::store::Snapshot>,
+    /// The store's path and what was there, when this command made the store.
+    made: Option<(std::path::PathBuf, BeforeANewStore)>,
+}
+
+impl OpenStore {
+    /// After a command that failed: a store it made is undone (see
+    /// [`crate::store::undo_a_new_store`]); what to tell the operator, who was warned of its
+    /// making, after the failure itself.
+    pub fn undo_if_new(self) -> Option<String> {
+        let OpenStore { store, made, .. } = self;
+        drop(store);
+        let (path, before) = made?;
+        crate::store::undo_a_new_store(&path, before).then(|| {
+            format!(
+                "note: the new token store made for this command at {} was taken back{}: \
+                 nothing was created",
+                path.display(),
+                match before {
+                    BeforeANewStore::Nothing => "",
+                    BeforeANewStore::AnEmptyFile => " (the file is empty again)",
+                }
+            )
+        })
+    }
 }
 
 impl std::ops::Deref for OpenStore {
@@ -84,9 +108,15 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
         crate::store::refuse_a_log_without_its_file(path).map_err(|e| config.store_refusal(e))?;
         // Emptied under a server, which marked it damaged: the marker's words and advice.
         crate::store::refuse_a_store_marked_damaged(path).map_err(|e| config.store_refusal(e))?;
+        // Those create the file, not the folders above it.
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+            .map(|p| format!(" in a folder ({}) that must be made first", p.display()))
+            .unwrap_or_default();
         return Err(format!(
             "{} {} ([store] path in {}): check the path{}; `gitgate serve`, `gitgate user \
-             add`, `token create` or `policy set` creates it",
+             add`, `token create` or `policy set` creates it{folder}",
             if empty {
                 "the token store is an empty file (0 bytes) at"
             } else {
@@ -102,6 +132,11 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
             }
         ));
     }
+    let made = match (may_create && writes, empty, path.exists()) {
+        (true, true, _) => Some((path.clone(), BeforeANewStore::AnEmptyFile)),
+        (true, false, false) => Some((path.clone(), BeforeANewStore::Nothing)),
+        _ => None,
+    };
     if !writes && Store::check_can_write(path).is_err() {
         // Blocked before the folder is made: one that comes in between waits for the thread.
         let signals = block_stop_signals();
@@ -121,6 +156,7 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
             git_prefix: config.server.git_prefix,
             project_root: served_from(&config.upstream),
             _snapshot: Some(snapshot),
+            made: None,
         });
     }
     // As `serve` does, before anything is opened: a command refused for want of write access
@@ -128,6 +164,12 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
     // a group's), which the service's account could then not open at its next start.
     if writes {
         Store::check_can_write(path).map_err(|e| config.store_refusal(e))?;
+    }
+    if let Some((path, before)) = &made {
+        // Ctrl-C at a password prompt, or any stop, takes the new store back too.
+        if let Some(signals) = block_stop_signals() {
+            undo_on_a_stop_signal(signals, path.clone(), *before);
+        }
     }
     let store = Store::open(path).map_err(|e| config.store_refusal(e))?;
     // A command that writes says up front, as `serve` does, when this process cannot write the
@@ -141,6 +183,7 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
         project_root: served_from(&config.upstream),
         git_prefix: config.server.git_prefix,
         _snapshot: None,
+        made,
     })
 }
 
@@ -306,6 +349,38 @@ fn remove_on_a_stop_signal(signals: libc::sigset_t, dir: &Path) {
             std::process::exit(128 + signal);
         }
     });
+}
+
+/// Take back the new store at `path` before the process ends on one of the `signals`
+/// [`block_stop_signals`] blocked (see [`remove_on_a_stop_signal`]): a command stopped before it
+/// is done changes nothing. A terminal a password prompt had set not to echo is set back too.
+fn undo_on_a_stop_signal(
+    signals: libc::sigset_t,
+    path: std::path::PathBuf,
+    before: BeforeANewStore,
+) {
+    let terminal = terminal_settings();
+    std::thread::spawn(move || {
+        let mut signal = 0;
+        // SAFETY: `signals` is an initialised sigset_t, blocked in every thread.
+        if unsafe { libc::sigwait(&signals, &mut signal) } == 0 {
+            crate::store::undo_a_new_store(&path, before);
+            if let Some(settings) = terminal {
+                // SAFETY: `settings` came from tcgetattr on the same descriptor.
+                unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &settings) };
+            }
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
+/// The settings of the terminal on stdin, if it is one.
+fn terminal_settings() -> Option<libc::termios> {
+    // SAFETY: termios is plain data, filled by tcgetattr, which is given a valid pointer.
+    unsafe {
+        let mut settings: libc::termios = std::mem::zeroed();
+        (libc::tcgetattr(libc::STDIN_FILENO, &mut settings) == 0).then_some(settings)
+    }
 }
 
 /// Read a password: the first line of stdin with `--password-stdin`, else a no-echo prompt.

@@ -72,11 +72,15 @@ pub fn set(
         expiry_required,
         max_expiry_days,
     };
-    let p = lifecycle::set_policy(store, &Caller::Operator, change, &Actor::cli())
+    let (p, changed) = lifecycle::set_policy(store, &Caller::Operator, change, &Actor::cli())
         .map_err(|e| e.to_string())?;
-    note!(
-        "token policy: {} (applies to tokens created from now on)",
-        p.describe()
-    );
+    if changed {
+        note!(
+            "token policy: {}; it applies to tokens created from now on",
+            p.describe()
+        );
+    } else {
+        note!("token policy: {} already; nothing changed", p.describe());
+    }
     Ok(())
 }

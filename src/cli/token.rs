@@ -244,7 +244,21 @@ fn to_json(t: &TokenRecord, policy: &ExpiryPolicy) -> serde_json::Value {
     value
 }
 
+/// A whole secret pasted where the id goes (`token revoke ggt_...`, the leaked string at hand)
+/// is answered with its id, which it holds in the clear, instead of "no token with id": the
+/// operator revoking a leak at night needs the next command, not a puzzle.
+fn not_a_secret(id: &str) -> Result<(), String> {
+    match crate::token::parse(id) {
+        Some(real) => Err(format!(
+            "that is a token's secret, not its id: its id is '{real}', the 12 characters after \
+             ggt_ (the command with '{real}' in its place does it); nothing was changed"
+        )),
+        None => Ok(()),
+    }
+}
+
 pub fn show(store: &Store, id: &str, json: bool) -> Result<(), String> {
+    not_a_secret(id)?;
     let t = lifecycle::get(store, &Caller::Operator, None, id).map_err(|e| e.to_string())?;
     let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
     if json {
@@ -288,6 +302,14 @@ fn print_details(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Resul
         .owner
         .as_ref()
         .is_some_and(|owner| store.user(owner).ok().flatten().is_some_and(|u| !u.active));
+    if let Some(at) = t.revoked_at {
+        // Who did it is the audit's: the event names the actor and where from.
+        outln!(
+            "revoked:     {} (by whom: gitgate audit --action token.revoked --target {})",
+            when(Some(at)),
+            t.id
+        );
+    }
     outln!(
         "status:      {}",
         status(t, policy, clock::now_ms(), owner_disabled)
@@ -296,6 +318,7 @@ fn print_details(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Resul
 }
 
 pub fn revoke(store: &Store, id: &str) -> Result<(), String> {
+    not_a_secret(id)?;
     let t = match lifecycle::revoke(store, &Caller::Operator, None, id, &Actor::cli()) {
         Ok(t) => t,
         // A row edited by hand into what gitgate cannot read: revoked without reading it.
@@ -363,6 +386,7 @@ pub struct Edit<'a> {
 }
 
 pub fn edit(store: &Store, id: &str, e: Edit) -> Result<(), String> {
+    not_a_secret(id)?;
     let allowed_networks = if e.any_network {
         Some(Vec::new())
     } else if e.allowed_networks.is_empty() {
@@ -434,6 +458,7 @@ pub fn rotate(
     password_stdin: bool,
     json: bool,
 ) -> Result<(), String> {
+    not_a_secret(id)?;
     secret_would_be_lost()?;
     let t = lifecycle::get(store, &Caller::Operator, None, id).map_err(|e| e.to_string())?;
     let caller = match &t.owner {

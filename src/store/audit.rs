@@ -221,6 +221,34 @@ pub(super) fn log_event(
     );
 }
 
+/// Every action gitgate records, by family: what `gitgate audit --action` may name (a typo
+/// would otherwise list nothing, silently). A new action is added here, or
+/// `every_action_written_is_one_audit_can_ask_for` fails.
+pub const ACTIONS: &[&str] = &[
+    "audit.dropped",
+    "audit.pruned",
+    "auth.failed",
+    "auth.throttled",
+    "grant.added",
+    "grant.changed",
+    "grant.removed",
+    "policy.changed",
+    "ratelimit.cleared",
+    "ratelimit.set",
+    "token.created",
+    "token.edited",
+    "token.revoked",
+    "token.rotated",
+    "token.rotation_undone",
+    "user.added",
+    "user.disabled",
+    "user.enabled",
+    "user.locked",
+    "user.password_changed",
+    "user.role_changed",
+    "user.unlocked",
+];
+
 /// Append one event that happened at `at` (and, with `repeats`, again until `repeats.last`),
 /// without logging it: callers log once the event is written (the batch writer after its
 /// commit).
@@ -730,5 +758,67 @@ mod tests {
                 .unwrap(),
             AuditCursor::START
         );
+    }
+
+    /// Every action the source writes (a `"family.action"` literal outside the tests, settings
+    /// keys and JSON paths set aside) is one of [`ACTIONS`], so `audit --action` takes it.
+    #[test]
+    fn every_action_written_is_one_audit_can_ask_for() {
+        const NOT_ACTIONS: [&str; 3] = [
+            "policy.expiry_required",
+            "policy.max_expiry_days",
+            "user.active",
+        ];
+        fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, files);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let families = [
+            "audit",
+            "auth",
+            "grant",
+            "policy",
+            "ratelimit",
+            "token",
+            "user",
+        ];
+        let mut written = std::collections::BTreeSet::new();
+        for file in files {
+            if file.ends_with("tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for quoted in code.split('"').skip(1).step_by(2) {
+                let Some((family, rest)) = quoted.split_once('.') else {
+                    continue;
+                };
+                if families.contains(&family)
+                    && !rest.is_empty()
+                    && rest.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    && !NOT_ACTIONS.contains(&quoted)
+                {
+                    written.insert(quoted.to_string());
+                }
+            }
+        }
+        assert!(written.contains("token.revoked"), "{written:?}");
+        for action in &written {
+            assert!(
+                ACTIONS.contains(&action.as_str()),
+                "{action} is written but not in ACTIONS"
+            );
+        }
     }
 }

@@ -35,7 +35,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-pub use audit::{AuditCursor, AuditEvent, AuditFilter};
+pub use audit::{AuditCursor, AuditEvent, AuditFilter, ACTIONS};
 pub use grants::{Grant, GrantChange};
 pub use ratelimits::{RateOverride, RateOverrides, RateRule, UnreadableOverride};
 pub use tokens::{
@@ -323,6 +323,41 @@ pub fn readable_by_others(path: &Path) -> Option<String> {
                 )
             })
         })
+}
+
+/// What was at a store's path before a command made a new store there, so that a command that
+/// then fails (or is stopped) can leave it as it was: "every bad input changes nothing", and a
+/// new empty store left by a typo would answer the next `token list` "nothing" where it said
+/// "no token store at ... check the path".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BeforeANewStore {
+    /// No file: the new store's files are removed.
+    Nothing,
+    /// An empty file (`: > gitgate.db`): it is emptied again.
+    AnEmptyFile,
+}
+
+/// Undo the store just made at `path` over what was there `before`, once this process has
+/// closed it; unless another process has opened it meanwhile (a server started beside the
+/// command), whose store it now is too. Whether it was undone.
+pub fn undo_a_new_store(path: &Path, before: BeforeANewStore) -> bool {
+    let real = real_path(path);
+    if !locks::others_holding(&real).is_empty() {
+        return false;
+    }
+    let file = match before {
+        BeforeANewStore::Nothing => std::fs::remove_file(&real),
+        BeforeANewStore::AnEmptyFile => std::fs::OpenOptions::new()
+            .write(true)
+            .open(&real)
+            .and_then(|f| f.set_len(0)),
+    };
+    let wal = std::fs::remove_file(sidecar(&real, "-wal"));
+    let shm = std::fs::remove_file(sidecar(&real, "-shm"));
+    let gone = |r: std::io::Result<()>| {
+        r.is_ok() || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    };
+    gone(file) && gone(wal) && gone(shm)
 }
 
 /// The name SQLite gives a store's write-ahead log (`suffix` `-wal`) or its index (`-shm`): the
@@ -980,6 +1015,22 @@ impl Store {
                 path = %crate::log_value::LogFile(path),
                 "creating a new, empty token store in the empty file (0 bytes) there"
             );
+            // `: > gitgate.db` makes it 0644 under the usual umask: a new store is its owner's
+            // only, as one made from nothing is (below), and its `-wal` and `-shm` take its mode.
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0
+                    && std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        path = %crate::log_value::LogFile(path),
+                        "the empty file was readable by others (mode {mode:04o}): made 0600, as \
+                         a new store is, since it will hold password hashes"
+                    );
+                }
+            }
         }
         if file_before.is_none() {
             // A mistyped `[store] path` would otherwise answer every token "invalid token",

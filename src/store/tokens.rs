@@ -220,8 +220,13 @@ fn networks_to_db(networks: &[Cidr]) -> Option<String> {
 /// knows a project or repository token by its name, and HTTP and git trim the spaces around
 /// it, so `bob ` would arrive as `bob`).
 pub fn validate_name(name: &str) -> Result<()> {
+    let length = name.chars().count();
+    if length > 100 {
+        return Err(StoreError::Invalid(format!(
+            "a token name must be 1-100 characters: this one has {length}"
+        )));
+    }
     if name.trim().is_empty()
-        || name.chars().count() > 100
         || name
             .chars()
             .any(|c| c.is_control() || crate::credentials::is_invisible_format(c))
@@ -461,8 +466,10 @@ impl Store {
                 ],
             )?;
             let token = require_token(tx, new.id)?;
+            // The moment, as every other date gitgate prints: a day alone is a day of UTC,
+            // which is not the day the token ends everywhere.
             let expiry = match token.expires_at {
-                Some(ms) => clock::date(ms),
+                Some(ms) => format!("on {}", clock::datetime(ms)),
                 None => "never".into(),
             };
             record(
@@ -1028,6 +1035,10 @@ mod tests {
             let e = validate_name(bad).unwrap_err().to_string();
             assert!(e.contains("invisible"), "{bad:?}: {e}");
         }
+        // Too long: said with its length.
+        let e = validate_name(&"x".repeat(101)).unwrap_err().to_string();
+        assert!(e.contains("1-100 characters: this one has 101"), "{e}");
+        validate_name(&"x".repeat(100)).unwrap();
         // A secret pasted as the name: never stored, never echoed.
         let secret = "ggt_2ssrpb4buu6m_4sxQ0aaBbCcDdEeFfGgHhIiJjKkLlMmNnOoPpQqRr_onlebw";
         // Long hyphenated labels in mixed case are names, not secrets.
