@@ -8,21 +8,10 @@
 use super::out_raw;
 use crate::clock;
 use crate::log_value::LogValue;
-use crate::store::{AuditCursor, AuditEvent, AuditFilter, Store, ACTIONS};
+use crate::store::{AuditCursor, AuditEvent, AuditFilter, Store, ACTIONS, FAMILIES};
 
 /// Events read from the store at a time.
 const PAGE: usize = 1000;
-
-/// The families of audit actions: `--action` names one of them, or one action of one.
-const FAMILIES: [&str; 7] = [
-    "audit",
-    "auth",
-    "grant",
-    "policy",
-    "ratelimit",
-    "token",
-    "user",
-];
 
 /// What `gitgate audit` was asked for, as typed.
 #[derive(Default)]

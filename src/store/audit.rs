@@ -221,6 +221,18 @@ pub(super) fn log_event(
     );
 }
 
+/// The families of audit actions: `gitgate audit --action` names one of them, or one action
+/// of one.
+pub const FAMILIES: [&str; 7] = [
+    "audit",
+    "auth",
+    "grant",
+    "policy",
+    "ratelimit",
+    "token",
+    "user",
+];
+
 /// Every action gitgate records, by family: what `gitgate audit --action` may name (a typo
 /// would otherwise list nothing, silently). A new action is added here, or
 /// `every_action_written_is_one_audit_can_ask_for` fails.
@@ -784,15 +796,6 @@ mod tests {
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
             &mut files,
         );
-        let families = [
-            "audit",
-            "auth",
-            "grant",
-            "policy",
-            "ratelimit",
-            "token",
-            "user",
-        ];
         let mut written = std::collections::BTreeSet::new();
         for file in files {
             if file.ends_with("tests.rs") {
@@ -804,7 +807,7 @@ mod tests {
                 let Some((family, rest)) = quoted.split_once('.') else {
                     continue;
                 };
-                if families.contains(&family)
+                if FAMILIES.contains(&family)
                     && !rest.is_empty()
                     && rest.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
                     && !NOT_ACTIONS.contains(&quoted)

@@ -35,7 +35,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-pub use audit::{AuditCursor, AuditEvent, AuditFilter, ACTIONS};
+pub use audit::{AuditCursor, AuditEvent, AuditFilter, ACTIONS, FAMILIES};
 pub use grants::{Grant, GrantChange};
 pub use ratelimits::{RateOverride, RateOverrides, RateRule, UnreadableOverride};
 pub use tokens::{
