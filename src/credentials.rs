@@ -397,10 +397,43 @@ pub fn without_secrets(text: &str) -> std::borrow::Cow<'_, str> {
         i += 1;
     }
     if copied == 0 {
+        // A whole secret that lost its prefix is one still (see `token::bare_secret_in`).
+        if crate::token::bare_secret_in(text.as_bytes()) {
+            return std::borrow::Cow::Owned(without_bare_secrets(text));
+        }
         return std::borrow::Cow::Borrowed(text);
     }
     out.push_str(&text[copied..]);
+    if crate::token::bare_secret_in(out.as_bytes()) {
+        out = without_bare_secrets(&out);
+    }
     std::borrow::Cow::Owned(out)
+}
+
+/// `text` with every run of token characters that holds a whole secret without its prefix
+/// written as `<a token secret, not repeated>`.
+fn without_bare_secrets(text: &str) -> String {
+    let token_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if crate::token::bare_secret_in(run.as_bytes()) {
+            out.push_str("<a token secret, not repeated>");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if token_char(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// `%XX` decoded where it is well-formed, everything else kept as it is.
@@ -525,6 +558,17 @@ mod tests {
         );
         let upper = format!("x {}", secret.to_uppercase());
         assert!(!without_secrets(&upper).contains(&upper[6..]));
+        // Without its prefix, lost in a copy: a whole secret all the same.
+        let bare = format!("no token with id '{}'", &secret[4..]);
+        assert_eq!(
+            without_secrets(&bare),
+            "no token with id '<a token secret, not repeated>'"
+        );
+        let both = format!("{secret} and {}.", &secret[4..]);
+        assert_eq!(
+            without_secrets(&both),
+            "<a token secret, not repeated> and <a token secret, not repeated>."
+        );
         // The prefix named in words, and ids, stay.
         for as_is in [
             "holds 'ggt_', the prefix",

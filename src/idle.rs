@@ -73,6 +73,8 @@ struct Clocks {
     rpc_expected: std::sync::atomic::AtomicBool,
     /// Told when a request comes after an advertisement (see [`Activity::rpc_came`]).
     rpc_came: tokio::sync::Notify,
+    /// Requests opened on the connection so far: at a stop, whether its client went on asking.
+    opened: AtomicU64,
 }
 
 /// Milliseconds on the coarse monotonic clock. Its few milliseconds of resolution are plenty
@@ -96,6 +98,7 @@ impl Activity {
             http2: std::sync::atomic::AtomicBool::new(false),
             rpc_expected: std::sync::atomic::AtomicBool::new(false),
             rpc_came: tokio::sync::Notify::new(),
+            opened: AtomicU64::new(0),
         }))
     }
 
@@ -164,16 +167,9 @@ impl Activity {
         if fd < 0 {
             return 0;
         }
-        let mut queued: libc::c_int = 0;
-        // SAFETY: TIOCOUTQ (SIOCOUTQ for a TCP socket) writes one int through the pointer,
-        // which points at `queued`; `fd` is the connection's own socket, open while the
-        // connection (and so this call, made while it is driven) lives.
-        let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) };
-        if r == 0 {
-            u64::try_from(queued).unwrap_or(0)
-        } else {
-            0
-        }
+        // `fd` is the connection's own socket, open while the connection (and so this call,
+        // made while it is driven) lives.
+        send_queue_of(fd)
     }
 
     /// The bytes of the connection the client has acknowledged (TCP_INFO's
@@ -254,6 +250,7 @@ impl Activity {
     /// value, or it is dropped.
     pub fn request_opened(&self) -> OpenRequest {
         self.0.unanswered.fetch_add(1, Ordering::AcqRel);
+        self.0.opened.fetch_add(1, Ordering::Relaxed);
         if self.0.rpc_expected.load(Ordering::Relaxed)
             && self.0.rpc_expected.swap(false, Ordering::AcqRel)
         {
@@ -424,6 +421,8 @@ async fn until_closed<F: Future>(
     let mut drain_began: Option<tokio::time::Instant> = None;
     // When this connection saw the stop begin, for the wait for a push's POST.
     let mut stop_began: Option<tokio::time::Instant> = None;
+    // How many requests its client had opened when the drain began.
+    let mut opened_at_drain: Option<u64> = None;
     // What the client has acknowledged, looked at when the timer wakes (see below).
     let mut acknowledged = Acknowledged::default();
     let wait_for_request = request_within;
@@ -439,6 +438,18 @@ async fn until_closed<F: Future>(
         let exempt = |activity: &Activity| post_wait_left.is_some() && activity.awaits_rpc();
         let awaiting_post = exempt(activity);
         let drained = stopping && !awaiting_post;
+        // An HTTP/2 answer whose body hyper has taken whole may still be in h2's buffers,
+        // waiting for its client's window, and in the socket: closed now, its last megabytes
+        // would be lost to a client reading slowly (seen: clones cut at a SIGTERM, logged
+        // `complete`). hyper's graceful shutdown closes such a connection itself once its
+        // streams are sent; it is let, while bytes move and its client asks for nothing new
+        // (one that does is closed at the first moment with nothing in flight, below).
+        let h2_finishing = drained && activity.0.http2.load(Ordering::Relaxed) && {
+            let at =
+                *opened_at_drain.get_or_insert_with(|| activity.0.opened.load(Ordering::Relaxed));
+            activity.0.opened.load(Ordering::Relaxed) == at
+                && (activity.idle() < DRAINED_WITHIN || activity.send_queue() > 0)
+        };
         let request_within = if drained {
             request_within.min(DRAINED_WITHIN)
         } else {
@@ -507,6 +518,9 @@ async fn until_closed<F: Future>(
                     }
                     continue;
                 }
+                if h2_finishing {
+                    continue;
+                }
                 if activity.waiting_for_request() >= request_within {
                     return Closed::NoRequest;
                 }
@@ -570,6 +584,20 @@ async fn still_reading<F: Future>(
     }
     let grew = matches!((acked, activity.bytes_acked_of_an_answer()), (Some(a), Some(b)) if b > a);
     Ok(grew || activity.send_queue() < queued)
+}
+
+/// Bytes written to the TCP socket `fd` (open) that its peer has not acknowledged yet; 0 when
+/// unknown.
+pub fn send_queue_of(fd: std::os::fd::RawFd) -> u64 {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ for a TCP socket) writes one int through the pointer, which
+    // points at `queued`; the caller keeps `fd` open.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) };
+    if r == 0 {
+        u64::try_from(queued).unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 /// How often a draining connection past [`DRAINED_WITHIN`] looks for a moment with nothing in

@@ -190,6 +190,7 @@ pub mod api;
 pub mod body;
 pub mod cli;
 pub mod clock;
+pub mod closing;
 pub mod config;
 pub mod credentials;
 pub mod gate;

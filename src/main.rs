@@ -763,6 +763,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::cli::token",
     "gitgate::cli::user",
     "gitgate::clock",
+    "gitgate::closing",
     "gitgate::config",
     "gitgate::credentials",
     "gitgate::gate",

@@ -37,6 +37,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::address_cap::{refusal, AddressCap, Admission};
+use crate::closing::ClosingStream;
 use crate::config::{Config, Limits, Upstream as UpstreamConfig};
 use crate::gate::{Gate, ResponseBody};
 use crate::guard::Guard;
@@ -458,11 +459,15 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     if let Some(certs) = &certs {
         tokio::spawn(watch_certificate_expiry(certs.clone()));
     }
+    // Set once the stop begins: the readiness report and SIGHUP's reloads then have nothing
+    // left to say or do.
+    let (stopping_now, mut stopping) = watch::channel(false);
     tokio::spawn(reload_on_hangup(
         hangup,
         certs,
         upstream_secret,
         config.clone(),
+        stopping.clone(),
     ));
     if let Some(metrics) = metrics_listener {
         let local = metrics
@@ -523,7 +528,6 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     );
     // The start's readiness report, unless a stop comes first: "ready" after "shutting down"
     // would tell a log reader the opposite of what is happening.
-    let (stopping_now, mut stopping) = watch::channel(false);
     tokio::spawn(async move {
         tokio::select! {
             () = health::check_at_start(&probe) => {}
@@ -1054,6 +1058,7 @@ async fn work(
             // A connection over its address's cap has nothing for the stop to wait for (see
             // `serve_io`): with a watcher it would hold the stop until its own deadline.
             watcher: matches!(address, Admission::Admitted(_)).then(|| graceful.watcher()),
+            closing: matches!(address, Admission::Admitted(_)).then(|| graceful.watcher()),
             draining: draining.clone(),
             remote,
             over_address_cap: match &address {
@@ -1350,6 +1355,9 @@ struct Connection {
     settings: Settings,
     /// What the stop's drain waits for; `None` over the address's cap.
     watcher: Option<Watcher>,
+    /// What the stop waits for while the socket's last bytes go out after the connection has
+    /// ended (see [`ClosingStream`]); `None` over the address's cap.
+    closing: Option<Watcher>,
     /// `true` once the worker drains (see [`work`]).
     draining: watch::Receiver<bool>,
     remote: std::net::SocketAddr,
@@ -1359,7 +1367,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream) {
+    async fn run(mut self, stream: TcpStream) {
         let remote = self.remote;
         // Started now: the wait for a first request counts the TLS handshake in.
         let activity = Activity::new();
@@ -1396,6 +1404,8 @@ impl Connection {
         // into its buffer while the socket is full, and counted above it, a client that stopped
         // reading would look active a while longer than the idle timeout.
         activity.watch_socket(std::os::fd::AsRawFd::as_raw_fd(&stream));
+        // Closed only once its last bytes have gone out (an answer finished at a stop).
+        let stream = ClosingStream::new(stream, self.closing.take());
         let stream = ActivityIo::new(stream, activity.clone());
         match self.settings.tls.clone() {
             None => self.serve_io(stream, activity, Spoken::Either, None).await,
@@ -1703,8 +1713,14 @@ async fn reload_on_hangup(
     certs: Option<Arc<CertStore>>,
     upstream_secret: Option<Arc<UpstreamSecret>>,
     running: Config,
+    stopping: watch::Receiver<bool>,
 ) {
     while hangup.next().await {
+        // New connections are no longer taken: "new connections use it" would be untrue.
+        if *stopping.borrow() {
+            tracing::info!("SIGHUP ignored: gitgate is stopping");
+            continue;
+        }
         config_said_on_hangup(&running);
         if let Some(secret) = &upstream_secret {
             let from = secret.describe();
@@ -1820,6 +1836,19 @@ fn config_said_on_hangup(running: &Config) {
 /// The sections of the config file whose settings differ between `a` and `b`, compared by
 /// value: paths by their components, so `repos`, `./repos` and `repos/` are one folder.
 fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
+    // Its credentials are a section of their own, said apart: a new file is read at a SIGHUP,
+    // a new scheme or source only at a restart.
+    let credentials = |c: &Config| match &c.upstream {
+        UpstreamConfig::Http(http) => http.credentials.clone(),
+        UpstreamConfig::Cgi { .. } => None,
+    };
+    let upstream = |c: &Config| {
+        let mut upstream = c.upstream.clone();
+        if let UpstreamConfig::Http(http) = &mut upstream {
+            http.credentials = None;
+        }
+        upstream
+    };
     let server = |c: &Config| {
         let s = &c.server;
         (
@@ -1834,7 +1863,8 @@ fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
         ("[server]", server(a) != server(b)),
         ("[server.tls]", a.server.tls != b.server.tls),
         ("[store]", a.store != b.store),
-        ("[upstream]", a.upstream != b.upstream),
+        ("[upstream]", upstream(a) != upstream(b)),
+        ("[upstream.credentials]", credentials(a) != credentials(b)),
         ("[auth]", a.auth != b.auth),
         ("[rate_limit]", a.rate_limit != b.rate_limit),
         ("[auth_failures]", a.auth_failures != b.auth_failures),
@@ -1886,6 +1916,20 @@ mod tests {
         assert_eq!(changed_sections(&a, &b), ["[server.tls]", "[rate_limit]"]);
         let b = Config::parse(path, &base.replace("8080", "8081")).unwrap();
         assert_eq!(changed_sections(&a, &b), ["[server]"]);
+        // The upstream's credentials are named apart from the rest of [upstream].
+        let with = |scheme: &str| {
+            let text =
+                format!("{base}[upstream.credentials]\nscheme = \"{scheme}\"\nfile = \"/etc/s\"\n");
+            Config::parse(path, &text).unwrap()
+        };
+        assert_eq!(
+            changed_sections(&with("bearer"), &with("basic")),
+            ["[upstream.credentials]"]
+        );
+        assert_eq!(
+            changed_sections(&a, &with("basic")),
+            ["[upstream.credentials]"]
+        );
         // One folder written two ways is no change.
         let b = Config::parse(path, &base.replace("\"g.db\"", "\"./g.db\"")).unwrap();
         assert!(changed_sections(&a, &b).is_empty());

@@ -792,6 +792,37 @@ fn a_first_command_stopped_at_its_password_leaves_no_store() {
     sb.cli(&["user", "list"]).fails_with("no token store at");
 }
 
+/// ... but a store another command wrote to while the first waited for its password is a store
+/// in use: kept, with what was written.
+#[test]
+fn a_new_store_another_command_wrote_to_is_kept_when_the_first_is_stopped() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.gitgate_command();
+    cmd.args(["user", "add", "alice", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdin = child.stdin.take();
+    let made = std::time::Instant::now();
+    while !sb.db().exists() && made.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    sb.add_user("bob", "bob-password-123");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("taken back"), "{said}");
+    let users = sb.cli(&["user", "list"]).ok().to_string();
+    assert!(users.contains("bob") && !users.contains("alice"), "{users}");
+}
+
 #[test]
 fn token_list_json_has_no_secrets_and_filters_by_user() {
     let sb = user_sandbox();
@@ -1904,13 +1935,35 @@ fn objects_of_cut_off_pushes_left_on_disk_are_warned_of() {
     assert!(status.success());
     let text = sb.cli(&["check"]).ok().to_string();
     assert!(
-        text.contains(&format!(
+        text.contains(
             "warning: 1 push cut off before being applied left 2.0 MiB of objects in quarantine \
-             folders untouched for an hour (it is {})",
-            quarantine.display()
-        )) && text.contains("-mmin +60 -prune -exec rm -r {} +"),
+             folders under "
+        ) && text.contains(&format!("rm -r -- '{}'", quarantine.display())),
         "{text}"
     );
+    // The command given removes it, and only it.
+    let rm = text
+        .lines()
+        .find_map(|l| l.split_once("is running: ").map(|(_, c)| c.to_string()))
+        .unwrap();
+    let removed = std::process::Command::new("sh")
+        .args(["-c", &rm])
+        .current_dir("/")
+        .status()
+        .unwrap();
+    assert!(removed.success(), "{rm}");
+    assert!(!quarantine.exists() && sb.bare("team/app").join("objects").exists());
+    let text = sb.cli(&["check"]).ok().to_string();
+    assert!(!text.contains("cut off"), "{text}");
+    // Made again for the start's warning.
+    std::fs::create_dir_all(quarantine.join("pack")).unwrap();
+    std::fs::write(&pack, vec![7u8; 2 * 1024 * 1024]).unwrap();
+    let status = std::process::Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .args([&quarantine, &quarantine.join("pack"), &pack])
+        .status()
+        .unwrap();
+    assert!(status.success());
     let server = sb.serve();
     // Said off the event loops once the server listens.
     let said = std::time::Instant::now();

@@ -2715,6 +2715,175 @@ fn h2_request_to(
     })
 }
 
+/// A stream read at about `per_second` bytes a second: 16 KiB at a time, then a pause.
+struct SlowReads<IO> {
+    inner: IO,
+    per_second: u64,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> SlowReads<IO> {
+    fn new(inner: IO, per_second: u64) -> Self {
+        SlowReads {
+            inner,
+            per_second,
+            pause: None,
+        }
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlowReads<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(pause) = self.pause.as_mut() {
+            std::task::ready!(std::future::Future::poll(pause.as_mut(), cx));
+            self.pause = None;
+        }
+        let mut limited = buf.take(16 << 10);
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut limited);
+        let n = limited.filled().len();
+        // SAFETY: `limited` filled (and so initialised) these `n` bytes of `buf`'s unfilled part.
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        if n > 0 {
+            let pause = Duration::from_micros(n as u64 * 1_000_000 / self.per_second);
+            self.pause = Some(Box::pin(tokio::time::sleep(pause)));
+        }
+        polled
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SlowReads<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/2 answer still on its way to a client that reads slowly when a stop begins reaches
+/// it whole. gitgate had taken the whole body from the upstream (the request logged
+/// `complete`) while megabytes waited in h2's buffers and the socket for the client's window:
+/// the stop closed the connection a second later — with the client's window updates unread,
+/// a reset that threw away what the socket still held — and the client lost the end of it.
+#[test]
+fn an_http2_answer_under_way_at_a_stop_reaches_a_slow_client_whole() {
+    use http_body_util::BodyExt;
+    const SIZE: usize = 12 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = scripted_upstream(1, |_| {
+        let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n").into_bytes();
+        answer.extend((0..SIZE).map(|i| (i % 251) as u8));
+        answer
+    });
+    for (from, to) in [("server-a.pem", "cert.pem"), ("server-a.key", "key.pem")] {
+        std::fs::copy(common::fixture(&format!("tls/{from}")), dir.path().join(to)).unwrap();
+    }
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {WORKERS}\n[server.tls]\ncert = \"cert.pem\"\n\
+         key = \"key.pem\"\n[store]\npath = \"gitgate.db\"\n[upstream]\n\
+         url = \"http://127.0.0.1:{upstream_port}\"\n"
+    );
+    let (mut g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
+    let port = g.port;
+    let reader = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut roots = rustls::RootCertStore::empty();
+            let ca = std::fs::read(common::fixture("tls/ca.pem")).unwrap();
+            use rustls::pki_types::pem::PemObject;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            // Read slowly from the socket itself, as curl --limit-rate does (and a client on a
+            // slow network): the answer waits in gitgate's socket and h2's buffers.
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(64 << 10).unwrap();
+            let tcp = socket
+                .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                .await
+                .unwrap();
+            let tcp = SlowReads::new(tcp, 2 << 20);
+            let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .unwrap();
+            // A window as wide as curl's (git's HTTP/2): the server may send it all ahead.
+            let (mut sender, connection) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .initial_stream_window_size(32 << 20)
+                    .initial_connection_window_size(64 << 20)
+                    .handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let request = hyper::Request::builder()
+                .uri(format!(
+                    "https://localhost:{port}/team/app.git/info/refs?service=git-upload-pack"
+                ))
+                .header("authorization", format!("Basic {auth}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let answer = sender.send_request(request).await.unwrap();
+            assert_eq!(answer.status(), 200);
+            let mut body = answer.into_body();
+            let mut received = Vec::with_capacity(SIZE);
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => {
+                        if let Ok(data) = frame.into_data() {
+                            received.extend_from_slice(&data);
+                        }
+                    }
+                    Err(e) => return (received, Some(e.to_string())),
+                }
+            }
+            (received, None)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    g.signal("TERM");
+    let (received, broke) = reader.join().unwrap();
+    assert_eq!(broke, None, "after {} of {SIZE} bytes", received.len());
+    assert_eq!(received.len(), SIZE);
+    assert!(received
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == (i % 251) as u8));
+    let status = g.stop_within(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+}
+
 /// Over 100 header fields get 431 over HTTP/2 as over HTTP/1.1 (whose parser counts them);
 /// 100 are fine, and HTTP/2's cookie crumbs are one field.
 #[test]

@@ -964,7 +964,8 @@ fn project_and_repository_tokens_for_admins() {
     let r = server.api("GET", "/projects/team/repos/tools%2Fapp", "root", "");
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(
-        r.error_message().contains("encodes a '/'")
+        r.error_message()
+            .contains("encodes a '/', which no user name, project key")
             && r.error_message().contains("managed from the command line"),
         "{}",
         r.body

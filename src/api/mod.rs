@@ -681,9 +681,10 @@ fn path_segments(rest: &str) -> Result<Vec<String>, ApiError> {
             if decoded.contains('/') {
                 // A nested repository's slug (`tools%2Fapp`): the REST paths take one segment.
                 return Err(ApiError::bad_request(format!(
-                    "'{raw}' encodes a '/': the REST paths take a one-segment repository slug, \
-                     so tokens of a nested repository (team/tools/app) are managed from the \
-                     command line (gitgate token list, token revoke ID)"
+                    "'{raw}' encodes a '/', which no user name, project key or repository slug \
+                     in these paths holds (the tokens of a nested repository, such as \
+                     team/tools/app, are managed from the command line: gitgate token list, \
+                     token revoke ID)"
                 )));
             }
             Ok(decoded)

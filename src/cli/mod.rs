@@ -64,17 +64,7 @@ impl OpenStore {
         let OpenStore { store, made, .. } = self;
         drop(store);
         let (path, before) = made?;
-        crate::store::undo_a_new_store(&path, before).then(|| {
-            format!(
-                "note: the new token store made for this command at {} was taken back{}: \
-                 nothing was created",
-                path.display(),
-                match before {
-                    BeforeANewStore::Nothing => "",
-                    BeforeANewStore::AnEmptyFile => " (the file is empty again)",
-                }
-            )
-        })
+        crate::store::undo_a_new_store(&path, before).then(|| taken_back(&path, before))
     }
 }
 
@@ -133,7 +123,11 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
         ));
     }
     let made = match (may_create && writes, empty, path.exists()) {
-        (true, true, _) => Some((path.clone(), BeforeANewStore::AnEmptyFile)),
+        (true, true, _) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o7777);
+            Some((path.clone(), BeforeANewStore::AnEmptyFile { mode }))
+        }
         (true, false, false) => Some((path.clone(), BeforeANewStore::Nothing)),
         _ => None,
     };
@@ -171,7 +165,13 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
             undo_on_a_stop_signal(signals, path.clone(), *before);
         }
     }
-    let store = Store::open(path).map_err(|e| config.store_refusal(e))?;
+    let store = Store::open(path).map_err(|e| {
+        // Failing as it is made (a full disk), it leaves nothing half-made behind.
+        if let Some((path, before)) = &made {
+            crate::store::undo_a_new_store(path, *before);
+        }
+        config.store_refusal(e)
+    })?;
     // A command that writes says up front, as `serve` does, when this process cannot write the
     // store (a store created by `sudo gitgate ...`, run as another user), instead of SQLite's
     // bare "attempt to write a readonly database" after the work.
@@ -351,6 +351,19 @@ fn remove_on_a_stop_signal(signals: libc::sigset_t, dir: &Path) {
     });
 }
 
+/// What the operator is told of a store taken back.
+fn taken_back(path: &Path, before: BeforeANewStore) -> String {
+    format!(
+        "note: the new token store made for this command at {} was taken back{}: nothing was \
+         created",
+        path.display(),
+        match before {
+            BeforeANewStore::Nothing => "",
+            BeforeANewStore::AnEmptyFile { .. } => " (the file is empty again)",
+        }
+    )
+}
+
 /// Take back the new store at `path` before the process ends on one of the `signals`
 /// [`block_stop_signals`] blocked (see [`remove_on_a_stop_signal`]): a command stopped before it
 /// is done changes nothing. A terminal a password prompt had set not to echo is set back too.
@@ -364,7 +377,9 @@ fn undo_on_a_stop_signal(
         let mut signal = 0;
         // SAFETY: `signals` is an initialised sigset_t, blocked in every thread.
         if unsafe { libc::sigwait(&signals, &mut signal) } == 0 {
-            crate::store::undo_a_new_store(&path, before);
+            if crate::store::undo_a_new_store(&path, before) {
+                note(format_args!("\n{}", taken_back(&path, before)));
+            }
             if let Some(settings) = terminal {
                 // SAFETY: `settings` came from tcgetattr on the same descriptor.
                 unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &settings) };

@@ -248,10 +248,14 @@ fn to_json(t: &TokenRecord, policy: &ExpiryPolicy) -> serde_json::Value {
 /// is answered with its id, which it holds in the clear, instead of "no token with id": the
 /// operator revoking a leak at night needs the next command, not a puzzle.
 fn not_a_secret(id: &str) -> Result<(), String> {
-    match crate::token::parse(id) {
+    // As pasted: with spaces or a line end around it, or its `ggt_` lost in the copy.
+    let pasted = id.trim();
+    let found = crate::token::parse(pasted)
+        .or_else(|| crate::token::parse(&format!("{}{pasted}", crate::token::PREFIX)));
+    match found {
         Some(real) => Err(format!(
             "that is a token's secret, not its id: its id is '{real}', the 12 characters after \
-             ggt_ (the command with '{real}' in its place does it); nothing was changed"
+             ggt_ (the command with '{real}' in its place does it)"
         )),
         None => Ok(()),
     }

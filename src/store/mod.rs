@@ -333,24 +333,32 @@ pub fn readable_by_others(path: &Path) -> Option<String> {
 pub enum BeforeANewStore {
     /// No file: the new store's files are removed.
     Nothing,
-    /// An empty file (`: > gitgate.db`): it is emptied again.
-    AnEmptyFile,
+    /// An empty file (`: > gitgate.db`), with its mode: it is emptied again, its mode put back.
+    AnEmptyFile { mode: u32 },
 }
 
-/// Undo the store just made at `path` over what was there `before`, once this process has
-/// closed it; unless another process has opened it meanwhile (a server started beside the
-/// command), whose store it now is too. Whether it was undone.
+/// Undo the store just made at `path` over what was there `before`, once this process is done
+/// with it — unless it holds anything at all (another command's user, written while this one
+/// waited for its password; this command's own change, made before a stop signal came), or
+/// another process has it open (a server started beside the command): it is then a store in
+/// use. Whether it was undone.
 pub fn undo_a_new_store(path: &Path, before: BeforeANewStore) -> bool {
     let real = real_path(path);
-    if !locks::others_holding(&real).is_empty() {
+    if !locks::others_holding(&real).is_empty() || !holds_nothing(&real) {
         return false;
     }
     let file = match before {
         BeforeANewStore::Nothing => std::fs::remove_file(&real),
-        BeforeANewStore::AnEmptyFile => std::fs::OpenOptions::new()
-            .write(true)
-            .open(&real)
-            .and_then(|f| f.set_len(0)),
+        BeforeANewStore::AnEmptyFile { mode } => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&real)
+                .and_then(|f| f.set_len(0))
+                .and_then(|()| {
+                    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode))
+                })
+        }
     };
     let wal = std::fs::remove_file(sidecar(&real, "-wal"));
     let shm = std::fs::remove_file(sidecar(&real, "-shm"));
@@ -358,6 +366,35 @@ pub fn undo_a_new_store(path: &Path, before: BeforeANewStore) -> bool {
         r.is_ok() || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
     };
     gone(file) && gone(wal) && gone(shm)
+}
+
+/// Whether the store at `real` has no row in any table (a store just made has none); `false`
+/// when that cannot be told.
+fn holds_nothing(real: &Path) -> bool {
+    let look = || -> rusqlite::Result<bool> {
+        let c = Connection::open_with_flags(real, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let tables: Vec<String> = c
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for table in tables {
+            let any: bool = c.query_row(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM \"{}\")",
+                    table.replace('"', "\"\"")
+                ),
+                [],
+                |r| r.get(0),
+            )?;
+            if any {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    look().unwrap_or(false)
 }
 
 /// The name SQLite gives a store's write-ahead log (`suffix` `-wal`) or its index (`-shm`): the

@@ -133,24 +133,45 @@ fn last_write_and_size(quarantine: &Path) -> (Option<SystemTime>, u64) {
     (newest, bytes)
 }
 
+/// How many quarantine folders the warning's `rm` names; `check` names the rest once those
+/// are gone.
+const NAMED: usize = 10;
+
 /// Pure: what `check` and the start say of stale quarantines under `project_root`; `None` for
-/// none.
+/// none. The command it gives removes exactly the folders found (quoted for a shell), not a
+/// pattern that could take a push still writing, or a folder deeper than the scan looks.
 pub fn quarantine_warning(stale: &[(PathBuf, u64)], project_root: &Path) -> Option<String> {
-    let (first, _) = stale.first()?;
+    if stale.is_empty() {
+        return None;
+    }
     let bytes: u64 = stale.iter().map(|(_, b)| b).sum();
-    let (count, which) = match stale.len() {
-        1 => ("1 push".to_string(), "it is"),
-        n => (format!("{n} pushes"), "the first is"),
+    let count = match stale.len() {
+        1 => "1 push".to_string(),
+        n => format!("{n} pushes"),
     };
-    let root = project_root.display();
+    let named: Vec<String> = stale
+        .iter()
+        .take(NAMED)
+        .map(|(path, _)| shell_quoted(&path.display().to_string()))
+        .collect();
+    let more = match stale.len().saturating_sub(NAMED) {
+        0 => String::new(),
+        n => format!(" ({n} more: `gitgate check` names them once these are gone)"),
+    };
     Some(format!(
-        "{count} cut off before being applied left {} of objects in quarantine folders untouched \
-         for an hour ({which} {}): git applies none of it, and `git gc` removes them only two \
-         weeks on; to free the space now, while no push is running: find {root} -maxdepth 6 \
-         -type d -path '*/objects/{QUARANTINE_PREFIX}*' -mmin +60 -prune -exec rm -r {{}} +",
+        "{count} cut off before being applied left {} of objects in quarantine folders under \
+         {} untouched for an hour: git applies none of it, and `git gc` removes them only two \
+         weeks on; to free the space now, while no push to those repositories is running: \
+         rm -r -- {}{more}",
         size(bytes),
-        first.display(),
+        project_root.display(),
+        named.join(" "),
     ))
+}
+
+/// Pure: `text` as one word for a POSIX shell, in single quotes.
+fn shell_quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// Pure: bytes as a person reads them.
@@ -178,28 +199,42 @@ mod tests {
     }
 
     #[test]
-    fn the_warning_names_the_first_folder_the_count_and_the_size() {
-        let root = Path::new("/srv/git");
+    fn the_warning_names_the_folders_to_remove_quoted_the_count_and_the_size() {
+        let root = Path::new("/srv/my git");
         assert_eq!(quarantine_warning(&[], root), None);
-        let one = PathBuf::from("/srv/git/team/app.git/objects/tmp_objdir-incoming-AbC123");
+        let one = PathBuf::from("/srv/my git/team/app.git/objects/tmp_objdir-incoming-AbC123");
         let said = quarantine_warning(&[(one.clone(), 3 * 1024 * 1024)], root).unwrap();
         assert!(
             said.starts_with("1 push cut off before being applied left 3.0 MiB of objects")
-                && said
-                    .contains("(it is /srv/git/team/app.git/objects/tmp_objdir-incoming-AbC123)")
-                && said.contains(
-                    "find /srv/git -maxdepth 6 -type d -path \
-                     '*/objects/tmp_objdir-incoming-*' -mmin +60 -prune -exec rm -r {} +"
+                && said.contains("under /srv/my git untouched for an hour")
+                && said.ends_with(
+                    "rm -r -- '/srv/my git/team/app.git/objects/tmp_objdir-incoming-AbC123'"
                 ),
             "{said}"
         );
-        let two = PathBuf::from("/srv/git/x.git/objects/tmp_objdir-incoming-Zz");
-        let said = quarantine_warning(&[(one, 10), (two, 20)], root).unwrap();
+        let quote = PathBuf::from("/srv/my git/o'k.git/objects/tmp_objdir-incoming-Zz");
+        let said = quarantine_warning(&[(one.clone(), 10), (quote, 20)], root).unwrap();
         assert!(
             said.starts_with("2 pushes cut off before being applied left 30 bytes")
-                && said.contains("(the first is /srv/git/team/app.git/"),
+                && said.ends_with(
+                    "incoming-AbC123' '/srv/my git/o'\\''k.git/objects/tmp_objdir-incoming-Zz'"
+                ),
             "{said}"
         );
+        let many: Vec<_> = (0..12)
+            .map(|i| {
+                (
+                    PathBuf::from(format!("/r/{i}.git/objects/tmp_objdir-incoming-x")),
+                    1,
+                )
+            })
+            .collect();
+        let said = quarantine_warning(&many, Path::new("/r")).unwrap();
+        assert!(
+            said.contains("'/r/9.git/objects/tmp_objdir-incoming-x' (2 more: `gitgate check`"),
+            "{said}"
+        );
+        assert!(!said.contains("/r/10.git"), "{said}");
     }
 
     #[test]
