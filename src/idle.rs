@@ -423,6 +423,8 @@ async fn until_closed<F: Future>(
     let mut stop_began: Option<tokio::time::Instant> = None;
     // How many requests its client had opened when the drain began.
     let mut opened_at_drain: Option<u64> = None;
+    // The socket's send queue as last looked at during the drain, and when it last moved.
+    let mut queue = (0u64, tokio::time::Instant::now());
     // What the client has acknowledged, looked at when the timer wakes (see below).
     let mut acknowledged = Acknowledged::default();
     let wait_for_request = request_within;
@@ -443,12 +445,21 @@ async fn until_closed<F: Future>(
         // would be lost to a client reading slowly (seen: clones cut at a SIGTERM, logged
         // `complete`). hyper's graceful shutdown closes such a connection itself once its
         // streams are sent; it is let, while bytes move and its client asks for nothing new
-        // (one that does is closed at the first moment with nothing in flight, below).
+        // (one that does is closed at the first moment with nothing in flight, below; one that
+        // stopped reading, once nothing has moved for NO_PROGRESS).
         let h2_finishing = drained && activity.0.http2.load(Ordering::Relaxed) && {
             let at =
                 *opened_at_drain.get_or_insert_with(|| activity.0.opened.load(Ordering::Relaxed));
-            activity.0.opened.load(Ordering::Relaxed) == at
-                && (activity.idle() < DRAINED_WITHIN || activity.send_queue() > 0)
+            let queued = activity.send_queue();
+            if queued != queue.0 {
+                queue = (queued, tokio::time::Instant::now());
+            }
+            // Moving: its client sent a byte within the second (a window update: it reads),
+            // or the queue moved within closing's NO_PROGRESS. One that stopped reading is
+            // closed as any other, and its socket's queue given up after NO_PROGRESS more.
+            let moving = activity.idle() < DRAINED_WITHIN
+                || (queued > 0 && queue.1.elapsed() < crate::closing::NO_PROGRESS);
+            activity.0.opened.load(Ordering::Relaxed) == at && moving
         };
         let request_within = if drained {
             request_within.min(DRAINED_WITHIN)

@@ -2715,11 +2715,13 @@ fn h2_request_to(
     })
 }
 
-/// A stream read at about `per_second` bytes a second: 16 KiB at a time, then a pause.
+/// A stream read at about `per_second` bytes a second: 16 KiB at a time, then a pause; and not
+/// at all once `stalled` is set (a client that stopped reading).
 struct SlowReads<IO> {
     inner: IO,
     per_second: u64,
     pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<IO> SlowReads<IO> {
@@ -2728,6 +2730,7 @@ impl<IO> SlowReads<IO> {
             inner,
             per_second,
             pause: None,
+            stalled: Default::default(),
         }
     }
 }
@@ -2738,6 +2741,10 @@ impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlowReads<IO> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stalled.load(std::sync::atomic::Ordering::Relaxed) {
+            // Never read again, never woken: the socket's buffers fill, as a stopped client's.
+            return std::task::Poll::Pending;
+        }
         if let Some(pause) = self.pause.as_mut() {
             std::task::ready!(std::future::Future::poll(pause.as_mut(), cx));
             self.pause = None;
@@ -2780,32 +2787,34 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SlowReads<IO> 
     }
 }
 
-/// An HTTP/2 answer still on its way to a client that reads slowly when a stop begins reaches
-/// it whole. gitgate had taken the whole body from the upstream (the request logged
-/// `complete`) while megabytes waited in h2's buffers and the socket for the client's window:
-/// the stop closed the connection a second later — with the client's window updates unread,
-/// a reset that threw away what the socket still held — and the client lost the end of it.
-#[test]
-fn an_http2_answer_under_way_at_a_stop_reaches_a_slow_client_whole() {
-    use http_body_util::BodyExt;
-    const SIZE: usize = 12 << 20;
-    let dir = tempfile::tempdir().unwrap();
-    let (upstream_port, _heads) = scripted_upstream(1, |_| {
-        let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n").into_bytes();
-        answer.extend((0..SIZE).map(|i| (i % 251) as u8));
+/// gitgate over TLS in front of an upstream whose every answer is `size` bytes of a pattern
+/// (`i % 251`), and the Basic credentials of a project token for `team`.
+fn a_big_answer_over_tls(dir: &Path, size: usize) -> (Server, String) {
+    let (upstream_port, _heads) = scripted_upstream(1, move |_| {
+        let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+        answer.extend((0..size).map(|i| (i % 251) as u8));
         answer
     });
     for (from, to) in [("server-a.pem", "cert.pem"), ("server-a.key", "key.pem")] {
-        std::fs::copy(common::fixture(&format!("tls/{from}")), dir.path().join(to)).unwrap();
+        std::fs::copy(common::fixture(&format!("tls/{from}")), dir.join(to)).unwrap();
     }
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {WORKERS}\n[server.tls]\ncert = \"cert.pem\"\n\
          key = \"key.pem\"\n[store]\npath = \"gitgate.db\"\n[upstream]\n\
          url = \"http://127.0.0.1:{upstream_port}\"\n"
     );
-    let (mut g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
-    let port = g.port;
-    let reader = std::thread::spawn(move || {
+    start_with_token(dir, &config, "PROJECT_READ")
+}
+
+/// An info/refs GET over HTTP/2 and TLS to `port`, its answer read from the socket at about
+/// 2 MB/s, and not at all once `stalled` is set: what came, and how the stream broke if it did.
+fn a_slow_http2_get(
+    port: u16,
+    auth: String,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<u8>, Option<String>)> {
+    use http_body_util::BodyExt;
+    std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -2833,7 +2842,8 @@ fn an_http2_answer_under_way_at_a_stop_reaches_a_slow_client_whole() {
                 .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
                 .await
                 .unwrap();
-            let tcp = SlowReads::new(tcp, 2 << 20);
+            let mut tcp = SlowReads::new(tcp, 2 << 20);
+            tcp.stalled = stalled;
             let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
                 .connect("localhost".try_into().unwrap(), tcp)
                 .await
@@ -2857,7 +2867,7 @@ fn an_http2_answer_under_way_at_a_stop_reaches_a_slow_client_whole() {
             let answer = sender.send_request(request).await.unwrap();
             assert_eq!(answer.status(), 200);
             let mut body = answer.into_body();
-            let mut received = Vec::with_capacity(SIZE);
+            let mut received = Vec::new();
             while let Some(frame) = body.frame().await {
                 match frame {
                     Ok(frame) => {
@@ -2870,7 +2880,20 @@ fn an_http2_answer_under_way_at_a_stop_reaches_a_slow_client_whole() {
             }
             (received, None)
         })
-    });
+    })
+}
+
+/// An HTTP/2 answer still on its way to a client that reads slowly when a stop begins reaches
+/// it whole. gitgate had taken the whole body from the upstream (the request logged
+/// `complete`) while megabytes waited in h2's buffers and the socket for the client's window:
+/// the stop closed the connection a second later — with the client's window updates unread,
+/// a reset that threw away what the socket still held — and the client lost the end of it.
+#[test]
+fn an_http2_answer_under_way_at_a_stop_reaches_a_slow_client_whole() {
+    const SIZE: usize = 12 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut g, auth) = a_big_answer_over_tls(dir.path(), SIZE);
+    let reader = a_slow_http2_get(g.port, auth, Default::default());
     std::thread::sleep(Duration::from_millis(1000));
     g.signal("TERM");
     let (received, broke) = reader.join().unwrap();
@@ -2882,6 +2905,36 @@ fn an_http2_answer_under_way_at_a_stop_reaches_a_slow_client_whole() {
         .all(|(i, b)| *b == (i % 251) as u8));
     let status = g.stop_within(Duration::from_secs(20));
     assert!(status.success(), "{status}");
+}
+
+/// ... but one whose client stopped reading once gitgate had sent its answer whole does not
+/// hold the stop for the grace period: it is given up once nothing has moved for a few seconds
+/// (`closing::NO_PROGRESS`). (One stopped mid-answer is an answer in flight, which the stop
+/// waits for.)
+#[test]
+fn an_http2_client_that_stopped_reading_does_not_hold_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small enough for gitgate to send it whole at once, into h2's and the socket's buffers.
+    let (mut g, auth) = a_big_answer_over_tls(dir.path(), 2 << 20);
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _reader = a_slow_http2_get(g.port, auth, stalled.clone());
+    let sent = Instant::now();
+    while !g.log_text().contains("outcome=complete") && sent.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(g.log_text().contains("outcome=complete"), "{}", g.log_text());
+    stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stopping = Instant::now();
+    // The default grace period is 30 s: this gives up 5 s after nothing moved, and the socket
+    // 5 s after that.
+    let status = g.stop_within(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(16),
+        "{:?}",
+        stopping.elapsed()
+    );
 }
 
 /// Over 100 header fields get 431 over HTTP/2 as over HTTP/1.1 (whose parser counts them);
