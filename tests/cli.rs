@@ -747,6 +747,43 @@ fn repository_token_carries_no_project_permission() {
     assert_eq!(list, Value::Array(vec![]), "nothing created");
 }
 
+/// A first `user add` (no store yet) that has made its store and waits for the password on a
+/// stdin held open (returned: waiting on a child closes its stdin first, and the end of the
+/// password would race a signal).
+fn a_first_user_add_waiting_for_its_password(
+    sb: &Sandbox,
+) -> (std::process::Child, Option<std::process::ChildStdin>) {
+    let mut cmd = sb.gitgate_command();
+    cmd.args(["user", "add", "alice", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdin = child.stdin.take();
+    let made = std::time::Instant::now();
+    while !sb.db().exists() && made.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(sb.db().exists(), "the command made no store to take back");
+    // Made, and waiting for the password.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    (child, stdin)
+}
+
+/// SIGTERM to `child`, and what it wrote on stderr once it has ended.
+fn stopped(child: std::process::Child) -> (std::process::ExitStatus, String) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A first `user add` stopped while it waits for the password (Ctrl-C at the prompt, a
 /// SIGTERM) takes back the store it made for itself: nothing is left that later commands would
 /// read as an install with no users.
@@ -754,37 +791,16 @@ fn repository_token_carries_no_project_permission() {
 fn a_first_command_stopped_at_its_password_leaves_no_store() {
     use std::os::unix::process::ExitStatusExt;
     let sb = Sandbox::new();
-    let mut cmd = sb.gitgate_command();
-    cmd.args(["user", "add", "alice", "--password-stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    // Held open until the command has ended: waiting on a child closes its stdin first, and
-    // the end of the password would race the signal.
-    let stdin = child.stdin.take();
-    let made = std::time::Instant::now();
-    while !sb.db().exists() && made.elapsed() < std::time::Duration::from_secs(10) {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(sb.db().exists(), "the command made no store to take back");
-    // Made, and (stdin held open) waiting for the password.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let (child, stdin) = a_first_user_add_waiting_for_its_password(&sb);
+    let (exit, said) = stopped(child);
     drop(stdin);
-    let exit = out.status;
     assert_eq!(
         exit.code(),
         Some(128 + 15),
-        "{exit:?} {:?}: {}",
-        exit.signal(),
-        String::from_utf8_lossy(&out.stderr)
+        "{exit:?} {:?}: {said}",
+        exit.signal()
     );
+    assert!(said.contains("was taken back"), "{said}");
     for suffix in ["", "-wal", "-shm"] {
         let file = format!("{}{suffix}", sb.db().display());
         assert!(!std::path::Path::new(&file).exists(), "{file} is left");
@@ -797,27 +813,10 @@ fn a_first_command_stopped_at_its_password_leaves_no_store() {
 #[test]
 fn a_new_store_another_command_wrote_to_is_kept_when_the_first_is_stopped() {
     let sb = Sandbox::new();
-    let mut cmd = sb.gitgate_command();
-    cmd.args(["user", "add", "alice", "--password-stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let stdin = child.stdin.take();
-    let made = std::time::Instant::now();
-    while !sb.db().exists() && made.elapsed() < std::time::Duration::from_secs(10) {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (child, stdin) = a_first_user_add_waiting_for_its_password(&sb);
     sb.add_user("bob", "bob-password-123");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let (_, said) = stopped(child);
     drop(stdin);
-    let said = String::from_utf8_lossy(&out.stderr);
     assert!(!said.contains("taken back"), "{said}");
     let users = sb.cli(&["user", "list"]).ok().to_string();
     assert!(users.contains("bob") && !users.contains("alice"), "{users}");

@@ -2919,11 +2919,14 @@ fn an_http2_client_that_stopped_reading_does_not_hold_the_stop() {
     let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _reader = a_slow_http2_get(g.port, auth, stalled.clone());
     let sent = Instant::now();
-    while !g.log_text().contains("outcome=complete") && sent.elapsed() < Duration::from_secs(10)
-    {
+    while !g.log_text().contains("outcome=complete") && sent.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(g.log_text().contains("outcome=complete"), "{}", g.log_text());
+    assert!(
+        g.log_text().contains("outcome=complete"),
+        "{}",
+        g.log_text()
+    );
     stalled.store(true, std::sync::atomic::Ordering::Relaxed);
     let stopping = Instant::now();
     // The default grace period is 30 s: this gives up 5 s after nothing moved, and the socket
