@@ -12,6 +12,8 @@
 //!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, then the
 //!                                   │     user's rate-limit bucket (429); never forwarded
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
+//!                                   ├─ a repository path holding a token secret (`ggt_`, or a whole one
+//!                                   │     without it: its checksum tells) ─▶ 400, never logged
 //!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 it or :authority, and
 //!                                   │     none, Host or :authority, that is no host and optional port, or names another host
 //!                                   │     than the :authority or the absolute target's ─▶ 400 (refusals for the request's form:
@@ -88,6 +90,10 @@
 //!   packing after the advertisement — is let carry it, within the header deadline from the
 //!   stop; requests still waiting for a backend process, or for their backend's answer to
 //!   begin ([`upstream::stop`]), are answered `503` before the cut;
+//!   an answer sent whole reaches its client first — an HTTP/2 connection whose client asks for
+//!   nothing new closes itself once h2 has sent its streams, and a socket closed with bytes
+//!   still queued lingers until they are out ([`closing`]), either given up after 5 s without
+//!   progress;
 //!   what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
 //!   Everything that can fail on a bad setting is checked before the store is opened; a

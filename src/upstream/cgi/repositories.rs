@@ -35,7 +35,7 @@ pub struct Repository {
     pub git_dir: PathBuf,
 }
 
-/// The repositories [`DEPTH`] folders deep under `project_root` (folders with a `HEAD` file, or
+/// The repositories three folders deep (`DEPTH`) under `project_root` (folders with a `HEAD` file, or
 /// a `.git` folder), not following links, not looking inside one.
 pub fn under(project_root: &Path) -> Vec<Repository> {
     let mut found = Vec::new();
