@@ -1921,17 +1921,24 @@ fn objects_of_cut_off_pushes_left_on_disk_are_warned_of() {
     let quarantine = sb
         .bare("team/app")
         .join("objects/tmp_objdir-incoming-Xy12Ab");
-    std::fs::create_dir_all(quarantine.join("pack")).unwrap();
     let pack = quarantine.join("pack/tmp_pack_Qz9");
-    std::fs::write(&pack, vec![7u8; 2 * 1024 * 1024]).unwrap();
+    // What a cut-off push leaves: a quarantine with a part of a pack.
+    let left = || {
+        std::fs::create_dir_all(quarantine.join("pack")).unwrap();
+        std::fs::write(&pack, vec![7u8; 2 * 1024 * 1024]).unwrap();
+    };
+    let an_hour_old = || {
+        let status = std::process::Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .args([&quarantine, &quarantine.join("pack"), &pack])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    left();
     let fresh = sb.cli(&["check"]).ok().to_string();
     assert!(!fresh.contains("cut off"), "{fresh}");
-    let status = std::process::Command::new("touch")
-        .args(["-d", "2 hours ago"])
-        .args([&quarantine, &quarantine.join("pack"), &pack])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    an_hour_old();
     let text = sb.cli(&["check"]).ok().to_string();
     assert!(
         text.contains(
@@ -1955,14 +1962,8 @@ fn objects_of_cut_off_pushes_left_on_disk_are_warned_of() {
     let text = sb.cli(&["check"]).ok().to_string();
     assert!(!text.contains("cut off"), "{text}");
     // Made again for the start's warning.
-    std::fs::create_dir_all(quarantine.join("pack")).unwrap();
-    std::fs::write(&pack, vec![7u8; 2 * 1024 * 1024]).unwrap();
-    let status = std::process::Command::new("touch")
-        .args(["-d", "2 hours ago"])
-        .args([&quarantine, &quarantine.join("pack"), &pack])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    left();
+    an_hour_old();
     let server = sb.serve();
     // Said off the event loops once the server listens.
     let said = std::time::Instant::now();
