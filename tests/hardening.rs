@@ -37,6 +37,14 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The `request_id` a log line carries.
+fn request_id_in(line: &str) -> &str {
+    line.split("request_id=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no request_id: {line}"))
+}
+
 #[test]
 fn repeated_failures_block_the_address_before_the_store_is_read() {
     let server = Server::start("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");
@@ -70,11 +78,7 @@ fn repeated_failures_block_the_address_before_the_store_is_read() {
         .lines()
         .find(|l| l.contains("address blocked after repeated authentication failures"))
         .unwrap();
-    let id = blocked
-        .split("request_id=")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("no request_id: {blocked}"));
+    let id = request_id_in(blocked);
     assert!(
         log.lines().any(|l| l.contains(&format!("request_id={id} "))
             && l.contains("status=401")
@@ -132,11 +136,7 @@ fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
         .lines()
         .find(|l| l.contains("rate limit exceeded") && l.contains("principal=user:alice"))
         .unwrap_or_else(|| panic!("{log}"));
-    let id = said
-        .split("request_id=")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("no request_id: {said}"));
+    let id = request_id_in(said);
     assert!(
         log.lines().any(|l| l.contains("gitgate::request")
             && l.contains(&format!("request_id={id} "))

@@ -331,6 +331,16 @@ fn script(dir: &Path, name: &str, body: &str) -> CgiBackend {
     CgiBackend::new(path, dir.to_owned())
 }
 
+/// A push's POST (`git-receive-pack` for team/app) with `headers`.
+fn push_request(headers: &HeaderMap) -> CgiRequest<'_> {
+    request(
+        &Method::POST,
+        "/team/app.git/git-receive-pack",
+        None,
+        headers,
+    )
+}
+
 fn request<'a>(
     method: &'a Method,
     path: &'a str,
@@ -475,12 +485,7 @@ async fn a_backend_reading_an_upload_that_moves_is_not_timed_out() {
         let dir = tempfile::tempdir().unwrap();
         let backend = script(dir.path(), name, reads).with_head_timeout(Duration::from_millis(500));
         let headers = HeaderMap::new();
-        let req = request(
-            &Method::POST,
-            "/team/app.git/git-receive-pack",
-            None,
-            &headers,
-        );
+        let req = push_request(&headers);
         let resp = serve(&backend, req, trickle).await.unwrap();
         assert_eq!(&body_bytes(resp.into_body()).await[..], b"read", "{name}");
     }
@@ -596,12 +601,7 @@ async fn client_headers_do_not_reach_the_environment() {
     );
     headers.insert("git-protocol", HeaderValue::from_static("version=2;evil"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    let req = request(
-        &Method::POST,
-        "/team/app.git/git-receive-pack",
-        None,
-        &headers,
-    );
+    let req = push_request(&headers);
     let resp = serve(&backend, req, empty).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let env = String::from_utf8(body_bytes(resp.into_body()).await.to_vec()).unwrap();
@@ -694,12 +694,7 @@ async fn the_request_body_reaches_the_backend_while_it_is_still_coming() {
         ),
     );
     let headers = HeaderMap::new();
-    let req = request(
-        &Method::POST,
-        "/team/app.git/git-receive-pack",
-        None,
-        &headers,
-    );
+    let req = push_request(&headers);
     let sender = std::sync::Arc::new(std::sync::Mutex::new(None));
     let slot = sender.clone();
     let serving = serve(&backend, req, move || {
@@ -859,12 +854,7 @@ async fn a_request_body_that_fails_while_the_head_is_held_is_the_answer() {
 /// the client's side of the body, to send more.
 async fn a_push_that_stalls(backend: &CgiBackend) -> (CgiError, tokio::sync::mpsc::Sender<Bytes>) {
     let headers = HeaderMap::new();
-    let req = request(
-        &Method::POST,
-        "/team/app.git/git-receive-pack",
-        None,
-        &headers,
-    );
+    let req = push_request(&headers);
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let mut rx = Some(rx);
     tx.send(Bytes::from_static(b"first")).await.unwrap();
@@ -933,12 +923,7 @@ async fn a_backend_that_answers_and_exits_while_the_body_is_coming_is_the_answer
     );
     let headers = HeaderMap::new();
     for _ in 0..5 {
-        let req = request(
-            &Method::POST,
-            "/team/app.git/git-receive-pack",
-            None,
-            &headers,
-        );
+        let req = push_request(&headers);
         let resp = serve(&backend, req, || Stalled(Arc::new(())))
             .await
             .unwrap();
@@ -959,12 +944,7 @@ async fn a_backend_that_dies_after_its_head_while_the_body_is_coming_has_failed(
          echo 'error: receive-pack died of signal 9' >&2; exit 1",
     );
     let headers = HeaderMap::new();
-    let req = request(
-        &Method::POST,
-        "/team/app.git/git-receive-pack",
-        None,
-        &headers,
-    );
+    let req = push_request(&headers);
     match serve(&backend, req, || Stalled(Arc::new(()))).await {
         Err(e @ CgiError::Failed(_)) => {
             let said = e.to_string();
