@@ -36,6 +36,21 @@ impl RequestId {
     }
 }
 
+impl RequestId {
+    /// The id as the upstream gets it, in `X-Request-Id` (an HTTP upstream) or
+    /// `HTTP_X_REQUEST_ID` (the CGI backend and the hooks it runs): the same sixteen hex
+    /// digits as the log's `request_id`, so one request can be followed from gitgate's log into
+    /// the git server's.
+    pub fn header_value(self) -> hyper::header::HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 16];
+        for (i, d) in digits.iter_mut().enumerate() {
+            *d = HEX[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        hyper::header::HeaderValue::from_bytes(&digits).expect("hex digits are a header value")
+    }
+}
+
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
@@ -68,6 +83,7 @@ mod tests {
         for id in [a, b] {
             let shown = id.to_string();
             assert_eq!(shown.len(), 16, "{shown}");
+            assert_eq!(id.header_value().to_str().unwrap(), shown);
             assert!(shown
                 .bytes()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));

@@ -258,6 +258,7 @@ mod header_hygiene {
     use std::net::{IpAddr, Ipv4Addr};
 
     use gitgate::network::Cidr;
+    use gitgate::request_id::RequestId;
     use gitgate::upstream::headers::{to_client, to_upstream, valid_git_protocol, Outbound};
     use hyper::header::{HeaderMap, HeaderName, HeaderValue};
     use proptest::prelude::*;
@@ -362,12 +363,13 @@ mod header_hygiene {
                 identity_header: &identity,
                 user: &user,
                 upstream_auth: with_auth.then_some(&own_auth),
+                request_id: RequestId::next(),
             };
             let sent = to_upstream(&inbound, &out);
             let named = connection_named(&inbound);
             let set_by_gitgate = |n: &str| {
                 n.starts_with("x-forwarded-") || n == identity.as_str() || n == "authorization"
-                    || n == "git-protocol"
+                    || n == "git-protocol" || n == "x-request-id"
             };
 
             // Never: connection-level headers, the client's credentials, spoofable origin headers.
@@ -389,6 +391,9 @@ mod header_hygiene {
             } else {
                 prop_assert!(!sent.contains_key("authorization"));
             }
+            // The request id is gitgate's, once.
+            let id = out.request_id.header_value();
+            prop_assert_eq!(values(&sent, "x-request-id"), vec![&id]);
             // The identity is the authenticated user, once.
             let expected = HeaderValue::from_str(&user).unwrap();
             prop_assert_eq!(values(&sent, identity.as_str()), vec![&expected]);

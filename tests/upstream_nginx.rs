@@ -696,6 +696,9 @@ fn identity_comes_from_the_token_never_from_the_client() {
             // would take it as the user.
             "-c",
             "http.extraHeader=X-WEBAUTH-USER: mallory",
+            // A request id is gitgate's to give.
+            "-c",
+            "http.extraHeader=X-Request-Id: 00000000deadbeef",
             "push",
             "-q",
             "origin",
@@ -718,7 +721,22 @@ fn identity_comes_from_the_token_never_from_the_client() {
         assert!(line.contains("webauth=\"-\""), "{line}");
         // What git says about itself still arrives.
         assert!(line.contains("ua=\"git/"), "{line}");
+        // gitgate's id for the request, the one its own log line has.
+        let rid = line
+            .split("rid=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default();
+        assert!(
+            rid.len() == 16 && rid.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{line}"
+        );
+        log_with(&g, &format!("request_id={rid} "));
     }
+    assert!(
+        !log.contains("deadbeef"),
+        "the client's request id reached the upstream"
+    );
     // The client's Authorization (its gitgate token) never reached nginx.
     assert!(!log.contains(&w.token), "the token reached the upstream");
     assert!(

@@ -21,6 +21,10 @@
 //!   default): CGI- and WSGI-style upstreams turn `X_Forwarded_User` and `X-Forwarded-User`
 //!   into the same `HTTP_X_FORWARDED_USER`, so a client could otherwise name the user; no
 //!   header git sends has one.
+//! - **Which request** is gitgate's to say too: a client's `X-Request-Id` is dropped and
+//!   gitgate's own id for the request (its log's `request_id`) sent instead, so the git
+//!   server's log can name the line of gitgate's that goes with each of its own, and a client
+//!   cannot make one request look like another.
 //! - **Redirects point at gitgate.** A `Location` naming the upstream's own origin or base path
 //!   is rewritten to the same place under gitgate's git prefix ([`location_to_client`]), so a
 //!   redirect never sends git around the gate to an internal address.
@@ -38,6 +42,7 @@ use std::net::IpAddr;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::network::Cidr;
+use crate::request_id::RequestId;
 
 /// Headers that belong to one connection and never cross the proxy.
 const HOP_BY_HOP: [&str; 9] = [
@@ -136,13 +141,14 @@ const PASSED_ON: [&str; 10] = [
 ];
 
 /// Request headers gitgate removes and, where needed, sets itself.
-const MANAGED: [&str; 6] = [
+const MANAGED: [&str; 7] = [
     "authorization",
     "proxy",
     "forwarded",
     "x-real-ip",
     "host",
     "expect",
+    "x-request-id",
 ];
 
 /// Longest `Git-Protocol` value passed on; git sends a few dozen bytes.
@@ -163,6 +169,8 @@ pub struct Outbound<'a> {
     pub user: &'a str,
     /// gitgate's own `Authorization` for the upstream, if configured.
     pub upstream_auth: Option<&'a HeaderValue>,
+    /// The request's id in gitgate's log, sent as `X-Request-Id`.
+    pub request_id: RequestId,
 }
 
 /// Whether `name` is a header gitgate manages itself, so not usable as the identity header.
@@ -264,6 +272,10 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     }
 
     headers.insert(out.identity_header.clone(), identity_value(out.user));
+    headers.insert(
+        HeaderName::from_static("x-request-id"),
+        out.request_id.header_value(),
+    );
     if let Some(auth) = out.upstream_auth {
         let mut auth = auth.clone();
         auth.set_sensitive(true);
@@ -1057,6 +1069,7 @@ mod tests {
             identity_header: ident,
             user: "alice",
             upstream_auth: None,
+            request_id: RequestId::next(),
         }
     }
 
@@ -1696,5 +1709,16 @@ mod tests {
         // Passed on from the client, so it cannot name the user.
         assert!(is_reserved(&HeaderName::from_static("user-agent")));
         assert!(is_reserved(&HeaderName::from_static("range")));
+        // gitgate's own request id.
+        assert!(is_reserved(&HeaderName::from_static("x-request-id")));
+    }
+
+    #[test]
+    fn the_request_id_is_gitgates_never_the_clients() {
+        let inbound = map(&[("x-request-id", "0000000000000001"), ("x-request-id", "b")]);
+        let i = ident();
+        let o = out(&i, &[]);
+        let h = to_upstream(&inbound, &o);
+        assert_eq!(all(&h, "x-request-id"), [o.request_id.to_string()]);
     }
 }

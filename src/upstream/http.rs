@@ -21,7 +21,6 @@
 
 use std::error::Error as StdError;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,6 +48,7 @@ use crate::gate::ResponseBody;
 use crate::git::GitRequest;
 use crate::network::Cidr;
 use crate::policy::Identity;
+use crate::request_id::RequestSource;
 
 /// How long `check` (and the start's log) waits for the upstream's answer to a plain `HEAD` of
 /// its base path.
@@ -219,7 +219,7 @@ impl HttpBackend {
         body: B,
         git_req: &GitRequest,
         identity: &Identity,
-        remote: SocketAddr,
+        source: RequestSource,
     ) -> Result<Response<ResponseBody>, ForwardError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -227,7 +227,7 @@ impl HttpBackend {
     {
         // Every failure of the upstream's names it in the log (the client's message leaves it
         // out), whatever part of the exchange it came from.
-        self.exchange(parts, body, git_req, identity, remote)
+        self.exchange(parts, body, git_req, identity, source)
             .await
             .map_err(|e| self.naming_upstream(e))
     }
@@ -238,7 +238,7 @@ impl HttpBackend {
         body: B,
         git_req: &GitRequest,
         identity: &Identity,
-        remote: SocketAddr,
+        source: RequestSource,
     ) -> Result<Response<ResponseBody>, ForwardError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -282,13 +282,14 @@ impl HttpBackend {
             let mut headers = headers::to_upstream(
                 &parts.headers,
                 &Outbound {
-                    peer: remote.ip(),
+                    peer: source.peer.ip(),
                     trusted_proxies: &self.trusted_proxies,
                     proto: self.proto,
                     authority: parts.uri.authority().map(|a| a.as_str()),
                     identity_header: &self.identity_header,
                     user: &identity.user,
                     upstream_auth: upstream_auth.as_ref(),
+                    request_id: source.id,
                 },
             );
             headers.insert(HOST, self.host.clone());

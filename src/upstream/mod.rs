@@ -291,9 +291,9 @@ impl Upstream {
         B::Error: std::fmt::Display + Send,
     {
         let RequestSource {
-            peer,
             client,
             id: request_id,
+            ..
         } = source;
         match self {
             Upstream::Cgi(backend) => {
@@ -387,7 +387,11 @@ impl Upstream {
                 }
                 Ok(resp.map(|b| b.boxed_unsync()))
             }
-            Upstream::Http(backend) => backend.forward(parts, body, git_req, identity, peer).await,
+            Upstream::Http(backend) => {
+                backend
+                    .forward(parts, body, git_req, identity, source)
+                    .await
+            }
         }
     }
 

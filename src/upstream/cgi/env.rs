@@ -32,6 +32,9 @@ pub(super) fn cgi_env(req: &CgiRequest<'_>, project_root: &Path) -> Vec<(&'stati
         // Its presence is also what lets git http-backend accept receive-pack.
         ("REMOTE_USER", req.remote_user.into()),
         ("REMOTE_ADDR", req.remote_addr.to_string().into()),
+        // gitgate's id for the request, as an HTTP upstream gets it in `X-Request-Id`: a hook
+        // that logs it names the line of gitgate's log that goes with its own.
+        ("HTTP_X_REQUEST_ID", req.request_id.to_string().into()),
     ];
     if let Some(v) = header_str(req.headers, &header::CONTENT_TYPE) {
         env.push(("CONTENT_TYPE", v.into()));
@@ -242,7 +245,12 @@ mod tests {
         assert_eq!(get("REMOTE_ADDR").unwrap(), "127.0.0.1");
         assert_eq!(get("GIT_PROJECT_ROOT").unwrap(), "/srv/git");
         assert!(get("CONTENT_LENGTH").is_none());
-        assert!(env.iter().all(|(k, _)| !k.starts_with("HTTP_")));
+        // No client header becomes an `HTTP_` variable; the one there is gitgate's request id.
+        let http: Vec<_> = env.iter().filter(|(k, _)| k.starts_with("HTTP_")).collect();
+        assert_eq!(
+            http,
+            [&("HTTP_X_REQUEST_ID", req.request_id.to_string().into())]
+        );
         let secret = env
             .iter()
             .any(|(_, v)| v.as_bytes().windows(6).any(|w| w == b"secret"));
