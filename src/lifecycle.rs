@@ -436,7 +436,9 @@ fn may_manage(caller: &Caller, subject: &Subject) -> Result<()> {
         ))),
         Subject::Scoped(_) if caller.is_admin() => Ok(()),
         Subject::Scoped(_) => Err(Error::Forbidden(
-            "only administrators can manage project and repository tokens".into(),
+            "only administrators (the admin role) can manage project and repository tokens: \
+             a grant of admin on a project or repository is not enough"
+                .into(),
         )),
     }
 }
@@ -521,7 +523,9 @@ pub fn create(
         Subject::Scoped(target) => {
             if !caller.is_admin() {
                 return Err(Error::Forbidden(
-                    "only administrators can create project and repository tokens".into(),
+                    "only administrators (the admin role) can create project and repository \
+                     tokens: a grant of admin on a project or repository is not enough"
+                        .into(),
                 ));
             }
             match target {
@@ -692,6 +696,33 @@ pub fn revoke(
 }
 
 /// Give a token a new secret. The old one keeps working for `overlap_secs` (0: stops at once).
+/// Whether `token` can be given a new secret with `overlap_secs` of overlap, as [`rotate`]
+/// checks it (the store checks the revocation again inside the write) — so that the command
+/// line can refuse a revoked or expired token before it asks the owner for a password.
+pub fn check_rotation(token: &TokenRecord, overlap_secs: u32) -> Result<()> {
+    if token.revoked_at.is_some() {
+        return Err(Error::Conflict(format!(
+            "token '{}' ({}) is revoked and cannot be rotated",
+            token.name, token.id
+        )));
+    }
+    if overlap_secs > MAX_OVERLAP_SECS {
+        return Err(Error::Invalid(format!(
+            "the overlap may be at most {MAX_OVERLAP_SECS} seconds (7 days)"
+        )));
+    }
+    // The expiry never changes, so a new secret for an expired token would be dead on arrival.
+    if let Some(expired) = token.expires_at.filter(|&at| at <= clock::now_ms()) {
+        return Err(Error::Conflict(format!(
+            "token '{}' expired on {}: its expiry never changes, so a new secret would not \
+             work; create a new token instead",
+            token.name,
+            clock::datetime(expired)
+        )));
+    }
+    Ok(())
+}
+
 /// A personal token is rotated only by its owner, because rotation hands out a working secret.
 /// Also returns the secret it replaced, for [`undo_rotation`] when the new one cannot be shown.
 pub fn rotate(
@@ -711,20 +742,7 @@ pub fn rotate(
             )));
         }
     }
-    if overlap_secs > MAX_OVERLAP_SECS {
-        return Err(Error::Invalid(format!(
-            "the overlap may be at most {MAX_OVERLAP_SECS} seconds (7 days)"
-        )));
-    }
-    // The expiry never changes, so a new secret for an expired token would be dead on arrival.
-    if let Some(expired) = token.expires_at.filter(|&at| at <= clock::now_ms()) {
-        return Err(Error::Conflict(format!(
-            "token '{}' expired on {}: its expiry never changes, so a new secret would not \
-             work; create a new token instead",
-            token.name,
-            clock::datetime(expired)
-        )));
-    }
+    check_rotation(&token, overlap_secs)?;
     // A new secret is a new credential, so it follows the policy new tokens follow: a token
     // that breaks it keeps working until revoked or expired, but is not issued a fresh secret.
     // Checked here, and again inside the write (a policy set meanwhile applies).

@@ -270,6 +270,35 @@ fn rotate_prints_a_new_secret_for_the_same_token() {
     assert!(!audit.contains(secret));
 }
 
+/// A token that cannot be created or rotated for its owner says why before the owner is asked
+/// for a password (no password is given here: one asked for would be the failure): a disabled
+/// owner, a revoked token. Nothing is created, rotated or audited as a failed login.
+#[test]
+fn why_a_token_cannot_be_had_is_said_before_the_owners_password() {
+    let install = setup();
+    let t = create_personal(&install, &[]);
+    let id = t["id"].as_str().unwrap();
+    let before = token_ids(&install);
+    install.cli_ok(&["user", "disable", "alice"], "");
+    let run = install.cli(&create_args(), "");
+    run.fails_with(
+        "user 'alice' is disabled: no personal token of theirs can be created, and their tokens \
+         are refused, until they are enabled again: gitgate user enable alice",
+    );
+    let run = install.cli(&["token", "rotate", id, "--password-stdin"], "");
+    run.fails_with("user 'alice' is disabled: no personal token of theirs can be rotated");
+    install.cli_ok(&["user", "enable", "alice"], "");
+    install.cli_ok(&["token", "revoke", id], "");
+    let run = install.cli(&["token", "rotate", id, "--password-stdin"], "");
+    run.fails_with(&format!(
+        "token 'laptop' ({id}) is revoked and cannot be rotated"
+    ));
+    assert_eq!(token_ids(&install), before);
+    let shown = json_of(&install.cli_ok(&["token", "show", id, "--json"], ""));
+    assert_eq!(shown["rotatedAt"], Value::Null);
+    assert_eq!(audit_events(&install, "auth.failed"), Vec::<Value>::new());
+}
+
 #[test]
 fn policy_show_and_set() {
     let install = setup();
@@ -591,8 +620,16 @@ fn wrong_passwords_in_a_row_lock_password_logins_until_unlocked() {
         "{locked:?}"
     );
 
-    // The right password is refused now, and creates nothing.
-    assert_login_refused(&create_with_password(&install, PW));
+    // The right password is refused now, and creates nothing; the operator is told the lock
+    // is the cause.
+    let run = create_with_password(&install, PW);
+    assert_login_refused(&run);
+    assert!(
+        run.stderr
+            .contains("Here it is the lock: password logins of 'alice' are locked until ")
+            && run.stderr.contains("Z (gitgate user unlock alice)"),
+        "{run}"
+    );
     assert_eq!(token_ids(&install), tokens);
     // More wrong passwords neither lengthen the lock nor lock again.
     wrong_passwords(&install, LOCK_AFTER);

@@ -195,7 +195,7 @@ fn token_created_over_rest_clones_with_git_and_revocation_is_immediate() {
 
 #[test]
 fn who_may_do_what() {
-    let (_install, server) = setup();
+    let (install, server) = setup();
     let (id, _) = personal(&server, "alice", &["REPO_READ"]);
     let item = format!("/users/alice/{id}");
     let body = json!({"name": "x", "permissions": ["REPO_READ"]}).to_string();
@@ -251,12 +251,22 @@ fn who_may_do_what() {
     // An admin asking for a user that does not exist.
     assert_eq!(server.api("GET", "/users/nobody", "root", "").status, 404);
 
-    // Project and repository tokens are for admins only.
+    // Project and repository tokens are for admins only: an admin grant there is not enough
+    // (a documented difference from Bitbucket's HTTP access tokens).
+    install.cli_ok(&["grant", "add", "alice", "team", "admin"], "");
+    install.cli_ok(&["grant", "add", "alice", "team/app", "admin"], "");
     for path in ["/projects/team", "/projects/team/repos/app"] {
         let r = server.api("PUT", path, "alice", &body);
         assert_eq!(r.status, 403, "{path}");
-        assert!(r.error_message().contains("only administrators"));
-        assert_eq!(server.api("GET", path, "alice", "").status, 403);
+        assert!(r.error_message().contains(
+            "only administrators (the admin role) can create project and repository tokens: a \
+             grant of admin on a project or repository is not enough"
+        ));
+        let r = server.api("GET", path, "alice", "");
+        assert_eq!(r.status, 403, "{path}");
+        assert!(r.error_message().contains(
+            "only administrators (the admin role) can manage project and repository tokens"
+        ));
     }
     // Only admins set the policy; anyone may read it.
     let r = server.api(

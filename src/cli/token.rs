@@ -63,9 +63,7 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
     let mut caller = Caller::Operator;
     let subject = match (who.user, who.project, who.repo) {
         (Some(user), None, None) => {
-            if store.user(user).map_err(|e| e.to_string())?.is_none() {
-                return Err(crate::store::no_such_user(user));
-            }
+            owner_may_log_in(store, user, "created")?;
             // What the token asks for, before its owner is asked for a password: a mistyped
             // permission is not told only after the password was typed.
             lifecycle::check_new(
@@ -465,8 +463,14 @@ pub fn rotate(
     not_a_secret(id)?;
     secret_would_be_lost()?;
     let t = lifecycle::get(store, &Caller::Operator, None, id).map_err(|e| e.to_string())?;
+    // Before the owner is asked for a password: a token that cannot be rotated is not told only
+    // after the password was typed.
+    lifecycle::check_rotation(&t, overlap_secs).map_err(|e| e.to_string())?;
     let caller = match &t.owner {
-        Some(owner) => login_as_owner(store, owner, password_stdin, "rotated")?,
+        Some(owner) => {
+            owner_may_log_in(store, owner, "rotated")?;
+            login_as_owner(store, owner, password_stdin, "rotated")?
+        }
         None if password_stdin => {
             return Err(format!(
                 "--password-stdin is for personal tokens (their owner's password): token {id} \
@@ -535,6 +539,23 @@ fn announce_rotation(
     Ok(())
 }
 
+/// Whether `user` could log in to have a token `what` (created, rotated), said before their
+/// password is asked for. A login answers every failure alike (a disabled user as a wrong
+/// password, so that a guesser learns nothing); the operator at the host can read the store
+/// anyway, and is told the cause instead of guessing at it.
+fn owner_may_log_in(store: &Store, user: &str, what: &str) -> Result<(), String> {
+    let Some(account) = store.user(user).map_err(|e| e.to_string())? else {
+        return Err(crate::store::no_such_user(user));
+    };
+    if !account.active {
+        return Err(format!(
+            "user '{user}' is disabled: no personal token of theirs can be {what}, and their \
+             tokens are refused, until they are enabled again: gitgate user enable {user}"
+        ));
+    }
+    Ok(())
+}
+
 /// Personal tokens are created and rotated only by their owner: prove it with the password.
 fn login_as_owner(
     store: &Store,
@@ -543,16 +564,43 @@ fn login_as_owner(
     what: &str,
 ) -> Result<Caller, String> {
     let password = read_password(password_stdin, &format!("Password for {user}: "))?;
-    lifecycle::login(store, user, &password, &Actor::cli()).map_err(|e| owner_login_error(e, what))
+    lifecycle::login(store, user, &password, &Actor::cli()).map_err(|e| {
+        // The lock is counted and kept by the login itself (this password may have begun it);
+        // whether it holds now is read after.
+        let locked_until = store
+            .user(user)
+            .ok()
+            .flatten()
+            .and_then(|u| u.locked_until)
+            .filter(|&until| clock::now_ms() < until);
+        owner_login_error(e, what, user, locked_until)
+    })
 }
 
 /// Why [`login_as_owner`] failed: who may do `what` is said only to a failed authentication, not
-/// to a store that cannot be read or written (a full disk is not the password's fault).
-fn owner_login_error(e: lifecycle::Error, what: &str) -> String {
+/// to a store that cannot be read or written (a full disk is not the password's fault); and to
+/// the operator, whether `user`'s password logins are locked now (`locked_until`), which a
+/// login answers as any other failure.
+fn owner_login_error(
+    e: lifecycle::Error,
+    what: &str,
+    user: &str,
+    locked_until: Option<i64>,
+) -> String {
     match e {
-        lifecycle::Error::Unauthenticated(_) => format!(
-            "{e}: a personal token can only be {what} by its owner, with the owner's password"
-        ),
+        lifecycle::Error::Unauthenticated(_) => {
+            let mut said = format!(
+                "{e}: a personal token can only be {what} by its owner, with the owner's password"
+            );
+            if let Some(until) = locked_until {
+                said.push_str(&format!(
+                    ". Here it is the lock: password logins of '{user}' are locked until {} \
+                     (gitgate user unlock {user})",
+                    clock::datetime(until)
+                ));
+            }
+            said
+        }
         other => other.to_string(),
     }
 }
@@ -582,12 +630,32 @@ mod tests {
         let refused = owner_login_error(
             lifecycle::Error::Unauthenticated("authentication failed".into()),
             "created",
+            "alice",
+            None,
         );
         assert!(refused.ends_with("can only be created by its owner, with the owner's password"));
         let busy = owner_login_error(
             lifecycle::Error::Store(crate::store::StoreError::Busy),
             "created",
+            "alice",
+            Some(i64::MAX),
         );
-        assert!(!busy.contains("password"), "{busy}");
+        assert!(
+            !busy.contains("password") && !busy.contains("unlock"),
+            "{busy}"
+        );
+        let locked = owner_login_error(
+            lifecycle::Error::Unauthenticated("authentication failed".into()),
+            "rotated",
+            "alice",
+            Some(0),
+        );
+        assert!(
+            locked.ends_with(
+                "Here it is the lock: password logins of 'alice' are locked until \
+                 1970-01-01T00:00:00Z (gitgate user unlock alice)"
+            ),
+            "{locked}"
+        );
     }
 }
