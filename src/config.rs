@@ -457,6 +457,7 @@ impl Config {
             file: path.to_path_buf(),
             message,
         };
+        tables_where_tables_go(text).map_err(err)?;
         let raw: RawConfig = toml::from_str(text).map_err(|e| err(toml_message(&e, text)))?;
         // Absolute, so that the backend (which runs in another directory) sees the same paths.
         let base = path
@@ -778,18 +779,21 @@ fn parse_rate_limit(raw: RawRateLimit) -> Result<RateLimit, String> {
         refill_per_second: raw.refill_per_second.unwrap_or(d.refill_per_second),
         max_concurrent: raw.max_concurrent.unwrap_or(d.max_concurrent),
     };
+    // With limiting off already, the way out is another: the values are checked all the same
+    // (a SIGHUP that turns limiting on must not meet them first).
+    let off = if limit.enabled {
+        "to turn limiting off, set enabled = false"
+    } else {
+        "checked with enabled = false too: give a value in range, or leave the key out"
+    };
     if limit.capacity == 0 {
-        return Err(
-            "[rate_limit] capacity must be at least 1 (to turn limiting off, set enabled = false)"
-                .into(),
-        );
+        return Err(format!("[rate_limit] capacity must be at least 1 ({off})"));
     }
     if !crate::ratelimit::Limits::refill_in_range(limit.refill_per_second) {
-        return Err(
+        return Err(format!(
             "[rate_limit] refill_per_second must be from 0.0000116 (one request a day) to \
-             1000000, e.g. 5 or 0.5 (to turn limiting off, set enabled = false)"
-                .into(),
-        );
+             1000000, e.g. 5 or 0.5 ({off})"
+        ));
     }
     Ok(limit)
 }
@@ -1176,7 +1180,13 @@ fn http_upstream_addresses(http: &HttpUpstream) -> Vec<SocketAddr> {
             std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
         ]
     } else {
-        host.parse().into_iter().collect()
+        // The resolver reads the short IPv4 forms too (`127.1`, `2130706433`, `0`), as
+        // `inet_aton` does: the same address as far as a loop goes.
+        host.parse()
+            .ok()
+            .or_else(|| crate::upstream::headers::ipv4_in_any_form(host).map(Into::into))
+            .into_iter()
+            .collect()
     };
     let port = http
         .origin
@@ -1217,6 +1227,130 @@ fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0 && a.port() == b.port() && (ia == ib || covers(ia, ib) || covers(ib, ia))
 }
 
+/// The config's sections as whatever TOML value they are, with where each begins: for
+/// [`tables_where_tables_go`]. Other keys are left to the typed parse.
+#[derive(Deserialize)]
+struct Sections {
+    server: Option<toml::Spanned<toml::Value>>,
+    store: Option<toml::Spanned<toml::Value>>,
+    upstream: Option<toml::Spanned<toml::Value>>,
+    auth: Option<toml::Spanned<toml::Value>>,
+    rate_limit: Option<toml::Spanned<toml::Value>>,
+    auth_failures: Option<toml::Spanned<toml::Value>>,
+    metrics: Option<toml::Spanned<toml::Value>>,
+}
+
+/// Refuses a section written as anything but a table. serde fills a struct from an array by
+/// position, so `store = ["other.db"]` would be read as `[store] path = "other.db"` — no key
+/// named, none checked against the known ones — and `[[auth_failures]]` (a list of tables) was
+/// told as "invalid type: map, expected u32". Text that is no TOML at all is left to the typed
+/// parse, which says where.
+fn tables_where_tables_go(text: &str) -> Result<(), String> {
+    let Ok(sections) = toml::from_str::<Sections>(text) else {
+        return Ok(());
+    };
+    let line_of = |at: usize| {
+        text.as_bytes()[..at.min(text.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    };
+    let what = |v: &toml::Value| match v {
+        toml::Value::Array(items)
+            if items.iter().all(toml::Value::is_table) && !items.is_empty() =>
+        {
+            "a list of tables (a [[...]] header makes one: write the header with single brackets)"
+                .to_string()
+        }
+        other => format!("{} {}", article(other.type_str()), other.type_str()),
+    };
+    let nested: [(&str, &[&str]); 7] = [
+        ("server", &["tls"]),
+        ("store", &[]),
+        ("upstream", &["credentials"]),
+        ("auth", &[]),
+        ("rate_limit", &[]),
+        ("auth_failures", &[]),
+        ("metrics", &[]),
+    ];
+    let Sections {
+        server,
+        store,
+        upstream,
+        auth,
+        rate_limit,
+        auth_failures,
+        metrics,
+    } = sections;
+    let found = [
+        server,
+        store,
+        upstream,
+        auth,
+        rate_limit,
+        auth_failures,
+        metrics,
+    ];
+    for ((name, inner), section) in nested.iter().zip(found) {
+        let Some(section) = section else { continue };
+        let line = line_of(section.span().start);
+        let Some(table) = section.get_ref().as_table() else {
+            return Err(format!(
+                "line {line}, {name}: [{name}] must be a table (a [{name}] header followed by \
+                 key = value lines), not {}",
+                what(section.get_ref())
+            ));
+        };
+        for key in *inner {
+            if let Some(v) = table.get(*key).filter(|v| !v.is_table()) {
+                return Err(format!(
+                    "line {line}, {name}: [{name}] {key} must be a table (a [{name}.{key}] \
+                     header followed by key = value lines), not {}",
+                    what(v)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// "a" or "an", for a TOML type's name.
+fn article(type_name: &str) -> &'static str {
+    if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// serde's names for what it expected, which are Rust's (`struct RawServer`, `u64`), in the
+/// words of the config file.
+fn in_the_configs_words(msg: &str) -> String {
+    let mut out = msg.to_string();
+    // `expected struct RawTls` and the like: the raw structs are the config's tables.
+    while let Some(at) = out.find("struct Raw") {
+        let end = out[at + "struct Raw".len()..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(out.len(), |i| at + "struct Raw".len() + i);
+        out.replace_range(at..end, "a table");
+    }
+    for (rust, said) in [
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected f64", "expected a number"),
+        (
+            "number too large to fit in target type",
+            "number too large for this key",
+        ),
+    ] {
+        out = out.replace(rust, said);
+    }
+    out
+}
+
 /// Turn toml's multi-line error into one line that names the place: the line number and its
 /// key (`line 3, workers: invalid type: ...`).
 fn toml_message(e: &toml::de::Error, text: &str) -> String {
@@ -1230,7 +1364,7 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
         .join("; ");
     // serde repeats a string of the wrong type (`invalid type: string "bearer ...", expected
     // struct ...`): a secret where a table goes would reach the journal.
-    let msg = without_quoted_strings(&msg);
+    let msg = in_the_configs_words(&without_quoted_strings(&msg));
     let Some(span) = e.span() else {
         return msg;
     };
@@ -1484,6 +1618,11 @@ realm = "gitgate"
             ("[::1]:8080", "http://localhost:8080/"),
             ("10.0.0.5:8080", "http://10.0.0.5:8080/"),
             ("0.0.0.0:8080", "http://0.0.0.0:8080/"),
+            // The short forms the resolver reads as the same addresses.
+            ("127.0.0.1:8080", "http://127.1:8080/git"),
+            ("127.0.0.1:8080", "http://2130706433:8080/git"),
+            ("127.0.0.1:8080", "http://0x7f.0.0.1:8080/git"),
+            ("0.0.0.0:8080", "http://0:8080/git"),
         ] {
             let e = with(listen, url, "").unwrap_err();
             assert!(
@@ -1993,6 +2132,113 @@ env = "UPSTREAM_TOKEN"
         .contains("[upstream] idle_timeout_seconds"));
         let cgi_with_http_key = GOOD.replace("[auth]", "ca_file = \"x\"\n[auth]");
         assert!(parse(&cgi_with_http_key).unwrap_err().contains("ca_file"));
+    }
+
+    #[test]
+    fn a_section_is_a_table_never_a_list_read_by_position() {
+        // Each of these was read field by field in order (`store = ["elsewhere.db"]` as its
+        // path), with no key named or checked.
+        // Only [server] and [upstream]: each case adds one section.
+        let base = GOOD
+            .replace("[store]\npath = \"gitgate.db\"\n", "")
+            .replace("[auth]\nrealm = \"gitgate\"\n", "");
+        let cases = [
+            (
+                "store = [\"elsewhere.db\"]\n",
+                "line 1, store: [store] must be a table (a [store] header followed by key = \
+                 value lines), not an array",
+            ),
+            ("auth = [\"Realm\"]\n", "line 1, auth: [auth] must be a table"),
+            (
+                "rate_limit = [false, 1, 1.0, 0]\n",
+                "line 1, rate_limit: [rate_limit] must be a table",
+            ),
+            ("metrics = 9100\n", "[metrics] must be a table (a [metrics] header followed by key = value lines), not an integer"),
+        ];
+        for (text, said) in cases {
+            let e = parse(&format!("{text}{base}")).unwrap_err();
+            assert!(e.contains(said), "{text}: {e}");
+            assert!(!e.contains("Realm") && !e.contains("elsewhere"), "{e}");
+        }
+        let e = parse(&format!("{base}[[auth_failures]]\nmax = 3\n")).unwrap_err();
+        assert!(
+            e.contains(
+                "auth_failures: [auth_failures] must be a table (a [auth_failures] header \
+                 followed by key = value lines), not a list of tables"
+            ),
+            "{e}"
+        );
+        // Inside a section too.
+        let e = parse(&GOOD.replace(
+            "git_prefix = \"/scm/\"",
+            "git_prefix = \"/scm/\"\ntls = [\"cert.pem\", \"key.pem\"]",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("line 2, server: [server] tls must be a table (a [server.tls] header followed by key = value lines), not an array"),
+            "{e}"
+        );
+        let e = parse(
+            &format!("{GOOD}[upstream.credentials]\n")
+                .replace("[upstream.credentials]\n", "")
+                .replace(
+                    "project_root = \"repos\"",
+                    "project_root = \"repos\"\ncredentials = \"Bearer s3cret\"",
+                ),
+        )
+        .unwrap_err();
+        assert!(e.contains("[upstream] credentials must be a table"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn a_rate_limit_out_of_range_is_told_the_way_out_that_applies() {
+        let on = parse(&format!("{GOOD}[rate_limit]\ncapacity = 0\n")).unwrap_err();
+        assert!(
+            on.contains("capacity must be at least 1 (to turn limiting off, set enabled = false)"),
+            "{on}"
+        );
+        let off = parse(&format!(
+            "{GOOD}[rate_limit]\nenabled = false\nrefill_per_second = 0\n"
+        ))
+        .unwrap_err();
+        assert!(
+            off.contains(
+                "(checked with enabled = false too: give a value in range, or leave the key out)"
+            ),
+            "{off}"
+        );
+    }
+
+    #[test]
+    fn type_errors_are_told_in_the_configs_words() {
+        for (from, to, said) in [
+            (
+                "workers",
+                "workers = -1",
+                "line 4, workers: invalid value: integer `-1`, expected a whole number, 0 or more",
+            ),
+            (
+                "workers",
+                "workers = \"two\"",
+                "expected a whole number, 0 or more",
+            ),
+            (
+                "workers",
+                "workers = 18446744073709551615",
+                "number too large for this key",
+            ),
+        ] {
+            let text = GOOD.replace("git_prefix = \"/scm/\"", to);
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains(said), "{from}: {e}");
+            assert!(
+                !e.contains("u64") && !e.contains("usize") && !e.contains("target type"),
+                "{e}"
+            );
+        }
+        let e = in_the_configs_words("invalid type: string, expected struct RawServer");
+        assert_eq!(e, "invalid type: string, expected a table");
     }
 
     #[test]

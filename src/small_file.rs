@@ -17,7 +17,13 @@ pub const MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// the caller names with the setting it came from.
 pub fn read_to_string(path: &Path) -> Result<String, String> {
     let bytes = read(path)?;
-    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())
+    String::from_utf8(bytes).map_err(|e| {
+        // Where, so that the one accented letter saved in Latin-1 can be found.
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+        format!("it is not UTF-8 text (the first byte that is not: line {line}, byte {column})")
+    })
 }
 
 /// The file at `path` as bytes (see the module doc).
@@ -95,6 +101,12 @@ mod tests {
         assert!(read(&fifo).unwrap_err().contains("a FIFO"));
         assert!(read(&dir.path().join("missing")).is_err());
         std::fs::write(&ok, [0xff, 0xfe]).unwrap();
-        assert!(read_to_string(&ok).unwrap_err().contains("not UTF-8"));
+        assert!(read_to_string(&ok)
+            .unwrap_err()
+            .contains("not UTF-8 text (the first byte that is not: line 1, byte 1)"));
+        std::fs::write(&ok, b"[server]\nlisten = \"x\" # caf\xe9\n").unwrap();
+        assert!(read_to_string(&ok)
+            .unwrap_err()
+            .contains("not UTF-8 text (the first byte that is not: line 2, byte 19)"));
     }
 }

@@ -1821,6 +1821,17 @@ fn descriptors_run_out() -> Option<(u64, u64)> {
     (open + DESCRIPTORS_TO_OPEN > limit).then_some((open, limit))
 }
 
+/// Whether the file at `path` begins with SQLite's header (`SQLite format 3\0`). An empty
+/// or unreadable file answers yes: the damage, if any, is told as such.
+fn begins_as_sqlite(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
+        Ok(0) | Err(_) => true,
+        Ok(n) => b"SQLite format 3\0".starts_with(&head[..n]) && n == 16,
+    }
+}
+
 /// SQLite's words for a failed open, and what to do about it: for a store this process may not
 /// write, which user needs to write which file and folder; for a process out of file
 /// descriptors, its limit; for a full disk, the space left.
@@ -1840,6 +1851,12 @@ fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
                  so gitgate cannot read it; nothing was changed. End that process's hold on it"
             )
         }
+        // A file that does not even begin as SQLite's do was most likely never the store (a
+        // path that names the config, a key, a log): said before the advice to restore.
+        Some(rusqlite::ErrorCode::NotADatabase) if !begins_as_sqlite(path) => format!(
+            "{e}: the file does not begin as an SQLite database does, so it is no gitgate \
+             store — check that [store] path names the store; if it was the store, {RESTORE}"
+        ),
         Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
             format!("{e}: the store is damaged; {RESTORE}")
         }
@@ -2107,6 +2124,12 @@ fn usable_path_through(path: &Path, links: u32) -> std::result::Result<(), Strin
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
+            if std::fs::metadata(parent).is_ok() {
+                return Err(format!(
+                    "{} is a file, not a folder: [store] path names a file in a folder",
+                    parent.display()
+                ));
+            }
             return Err(format!("the folder {} does not exist", parent.display()));
         }
     }
@@ -2595,6 +2618,10 @@ mod tests {
             (with_slash("file.db"), "ends with /"),
             (at("dangling.db"), "nowhere does not exist"),
             (at("loop-a"), "too many levels of symbolic links"),
+            (
+                at("file.db").join("x.db"),
+                "file.db is a file, not a folder: [store] path names a file in a folder",
+            ),
         ] {
             let e = usable_path(&path).unwrap_err();
             assert!(e.contains(said), "{}: {e}", path.display());
@@ -2602,6 +2629,16 @@ mod tests {
             assert!(Store::inspect(&path).is_err(), "{}", path.display());
             assert!(Store::open(&path).is_err(), "{}", path.display());
         }
+        // A file that is no SQLite database at all (the config, named by mistake) is told as
+        // probably not the store, and left as it was.
+        let config = "[server]\nlisten = \"127.0.0.1:8080\"\n".repeat(20);
+        std::fs::write(at("proxy.toml"), &config).unwrap();
+        let e = Store::open(&at("proxy.toml")).err().unwrap().to_string();
+        assert!(
+            e.contains("the file does not begin as an SQLite database does, so it is no gitgate store — check that [store] path names the store"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(at("proxy.toml")).unwrap(), config);
         // A link to a store not made yet, in a folder that is there: made through the link.
         usable_path(&at("ahead.db")).unwrap();
         Store::open(&at("ahead.db")).unwrap();

@@ -559,7 +559,7 @@ impl OriginHost {
 /// An IPv4 address in any of the forms curl and the URL Standard read: one to four parts,
 /// each decimal, octal (a leading `0`) or hexadecimal (`0x`), the last filling the bytes left
 /// (`127.1`, `2130706433`, `0x7f.0.0.1`, `0177.0.0.1`).
-fn ipv4_in_any_form(host: &str) -> Option<std::net::Ipv4Addr> {
+pub(crate) fn ipv4_in_any_form(host: &str) -> Option<std::net::Ipv4Addr> {
     let parts: Vec<&str> = host.split('.').collect();
     if parts.is_empty() || parts.len() > 4 {
         return None;

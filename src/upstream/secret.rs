@@ -116,6 +116,15 @@ fn read(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
     if secret.trim().is_empty() {
         return Err("[upstream.credentials] the secret is blank (spaces only)".into());
     }
+    // One line (the README's word): a second would be encoded into a Basic secret as part of
+    // the password, and is no header value for a Bearer one.
+    if secret.contains(['\n', '\r']) {
+        return Err(format!(
+            "[upstream.credentials] the secret is {} lines: it must be one line (the \
+             secret alone, \"user:password\" for basic)",
+            secret.lines().count().max(2)
+        ));
+    }
     // A header value's spaces at either end are not part of it (RFC 9110 §5.5): the server
     // would read another token than the file holds. (A Basic secret is encoded, spaces and
     // all.)
@@ -212,6 +221,16 @@ mod tests {
                 "a space or tab",
             ),
             (CredentialScheme::Bearer, "a".repeat(8 * 1024), "8199 bytes"),
+            (
+                CredentialScheme::Basic,
+                "bob:pw\nsecond line\n".to_string(),
+                "is 2 lines: it must be one line",
+            ),
+            (
+                CredentialScheme::Bearer,
+                "tok3n\r\nmore\r\n".to_string(),
+                "is 2 lines: it must be one line",
+            ),
             (
                 CredentialScheme::Basic,
                 format!("u:{}", "a".repeat(6 * 1024)),
