@@ -356,7 +356,7 @@ pub fn classify(
         }
         Endpoint::DumbFile => {
             if !is_read {
-                return Err(method_not_allowed(method, "dumb-HTTP files", READS));
+                return Err(method_not_allowed(method, "a dumb-HTTP file", READS));
             }
             (Access::Read, Operation::Dumb, None)
         }

@@ -652,6 +652,77 @@ fn dumb_http_reads_need_credentials_too() {
     assert_eq!(sb.hits().len(), 1, "{:#?}", sb.hits());
 }
 
+/// A method a git path does not take (old git's WebDAV push, `OPTIONS`), and Git LFS: refused
+/// before any credential is looked at, with what it takes, and never forwarded.
+#[test]
+fn methods_git_paths_do_not_take_and_lfs_are_refused_unforwarded() {
+    let (sb, server, _) = team_setup();
+    for (request, status, said) in [
+        (
+            "PROPFIND /team/app.git/info/refs HTTP/1.1",
+            405,
+            "info/refs accepts GET or HEAD, not PROPFIND",
+        ),
+        (
+            "GET /team/app.git/git-upload-pack HTTP/1.1",
+            405,
+            "git-upload-pack accepts POST, not GET",
+        ),
+        (
+            "DELETE /team/app.git/objects/info/packs HTTP/1.1",
+            405,
+            "a dumb-HTTP file accepts GET or HEAD, not DELETE",
+        ),
+        (
+            "POST /team/app.git/info/lfs/objects/batch HTTP/1.1",
+            404,
+            "Git LFS is not supported yet",
+        ),
+    ] {
+        let resp = raw_http(
+            server.port,
+            format!(
+                "{request}\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(resp.status, status, "{request}: {resp:?}");
+        assert_eq!(resp.text().trim(), said, "{request}");
+        if status == 405 {
+            assert!(resp.header("allow").is_some(), "{resp:?}");
+        }
+    }
+    assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
+}
+
+/// git http-backend marks a pack `public, max-age=31536000`: passed on, a shared cache in front
+/// of gitgate could hand it to a later request without credentials. It reaches the client as
+/// `private`.
+#[test]
+fn a_dumb_http_pack_is_kept_from_shared_caches() {
+    let (sb, server, token) = team_setup();
+    let bare = sb.bare("team/app");
+    sb.git(&bare, &["repack", "-a", "-d", "-q"]).ok();
+    let pack = std::fs::read_dir(bare.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.ends_with(".pack"))
+        .expect("a pack");
+    let auth = basic("alice", &token.secret);
+    let resp = http_get(
+        server.port,
+        &format!("/team/app.git/objects/pack/{pack}"),
+        Some(&auth),
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(
+        resp.header("cache-control"),
+        Some("private, max-age=31536000"),
+        "{:?}",
+        resp.headers
+    );
+}
+
 #[test]
 fn last_use_is_recorded() {
     let (sb, server, token) = team_setup();

@@ -349,7 +349,72 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
     for name in gone {
         headers.remove(name);
     }
+    private_to_shared_caches(headers);
     Ok(())
+}
+
+/// Keep an answer to an authenticated request out of shared caches. git http-backend marks
+/// the files of dumb HTTP — loose objects, packs, their indexes — `Cache-Control: public,
+/// max-age=31536000` (they never change), and `public` (like `s-maxage`, `must-revalidate` and
+/// `proxy-revalidate`) is what lets a shared cache in front of gitgate answer later requests
+/// with it, credentials or none (RFC 9111 §3.5): a repository's objects to anyone. Such an
+/// answer becomes `private` (the client's own cache may keep it), the other directives kept
+/// but `public` and `s-maxage`. An answer that is `private` or `no-store` already, or says
+/// nothing of shared caches, is left as it is.
+pub fn private_to_shared_caches(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        return;
+    }
+    let directives: Vec<String> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|d| d.trim().to_string())
+                .filter(|d| !d.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let name = |d: &str| {
+        d.split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    if directives
+        .iter()
+        .any(|d| matches!(name(d).as_str(), "private" | "no-store"))
+    {
+        return;
+    }
+    let shared = |d: &String| {
+        matches!(
+            name(d).as_str(),
+            "public" | "s-maxage" | "must-revalidate" | "proxy-revalidate"
+        )
+    };
+    if !directives.iter().any(shared) {
+        return;
+    }
+    let kept: Vec<&str> = std::iter::once("private")
+        .chain(
+            directives
+                .iter()
+                .filter(|d| !matches!(name(d).as_str(), "public" | "s-maxage"))
+                .map(String::as_str),
+        )
+        .collect();
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(v) => {
+            headers.insert(header::CACHE_CONTROL, v);
+        }
+        // Not text: nothing of it can be kept safely.
+        Err(_) => {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+    }
 }
 
 /// The answer's `Content-Length`, as one value. hyper's client takes a repeated one whose
@@ -1711,6 +1776,46 @@ mod tests {
         assert!(is_reserved(&HeaderName::from_static("range")));
         // gitgate's own request id.
         assert!(is_reserved(&HeaderName::from_static("x-request-id")));
+    }
+
+    #[test]
+    fn an_answer_shared_caches_could_keep_is_made_private() {
+        let cached = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
+            }
+            private_to_shared_caches(&mut h);
+            all(&h, "cache-control")
+        };
+        // What git http-backend says of a pack or a loose object.
+        assert_eq!(
+            cached(&["public, max-age=31536000"]),
+            ["private, max-age=31536000"]
+        );
+        assert_eq!(
+            cached(&["max-age=60", "S-MAXAGE=600, Public"]),
+            ["private, max-age=60"]
+        );
+        assert_eq!(
+            cached(&["max-age=60, must-revalidate"]),
+            ["private, max-age=60, must-revalidate"]
+        );
+        // Nothing for shared caches, or already kept from them: as it was.
+        for kept in [
+            "no-cache, max-age=0, must-revalidate".to_string(),
+            "no-cache".to_string(),
+            "private, max-age=5".to_string(),
+            "no-store, public".to_string(),
+        ] {
+            let expected = if kept.starts_with("no-cache, max-age=0, must") {
+                vec!["private, no-cache, max-age=0, must-revalidate".to_string()]
+            } else {
+                vec![kept.clone()]
+            };
+            assert_eq!(cached(&[&kept]), expected, "{kept}");
+        }
+        assert_eq!(cached(&[]), Vec::<String>::new());
     }
 
     #[test]

@@ -713,7 +713,8 @@ impl CgiBackend {
             Err(e) => return Err(e), // the guard kills the child; the supervisor reaps it
         };
 
-        let head = parse_head(&head)?;
+        let mut head = parse_head(&head)?;
+        crate::upstream::headers::private_to_shared_caches(&mut head.headers);
         let declared = head
             .headers
             .get(header::CONTENT_LENGTH)

@@ -174,6 +174,14 @@ fn is_progress(line: &str) -> bool {
     }) && any
 }
 
+/// Whether a stderr line is git http-backend's note of a dumb-HTTP file that is not there
+/// (`Cannot open 'objects/info/http-alternates': No such file or directory`), said with its
+/// `404`: a dumb clone asks for the alternates files, and for loose objects that are packed,
+/// every time, and git takes the `404` as the answer. Normal traffic, not a warning.
+fn is_a_missing_file(line: &str) -> bool {
+    line.starts_with("Cannot open '") && line.ends_with("': No such file or directory")
+}
+
 /// Logs each stderr line of the child as a warning, up to [`MAX_STDERR_LINES`], then how many
 /// more there were; returns the last non-empty one.
 pub(super) async fn log_stderr<R: AsyncRead + Unpin>(
@@ -209,6 +217,14 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(
                         path = %crate::log_value::LogValue(&path),
                         stderr = %LogText(text),
                         "the CGI backend wrote its progress to stderr"
+                    );
+                } else if is_a_missing_file(text) {
+                    tracing::debug!(
+                        target: "gitgate::cgi",
+                        request_id = %id,
+                        path = %crate::log_value::LogValue(&path),
+                        stderr = %LogText(text),
+                        "the CGI backend answered 404 for a dumb-HTTP file that is not there"
                     );
                 } else if logged < MAX_STDERR_LINES {
                     logged += 1;
@@ -276,6 +292,24 @@ mod tests {
             "\r",
         ] {
             assert!(!is_progress(line), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_dumb_http_file_that_is_not_there_is_no_complaint() {
+        use super::is_a_missing_file;
+        assert!(is_a_missing_file(
+            "Cannot open 'objects/info/http-alternates': No such file or directory"
+        ));
+        assert!(is_a_missing_file(
+            "Cannot open 'objects/cc/b66871a3f9e3b8d1bd3f8b1a0a4f4e5b6c7d8e9': No such file or directory"
+        ));
+        for line in [
+            "Cannot open 'objects/pack/x.pack': Permission denied",
+            "fatal: Cannot open 'x': No such file or directory",
+            "error: Cannot open 'x': No such file or directory; and more",
+        ] {
+            assert!(!is_a_missing_file(line), "{line}");
         }
     }
 
