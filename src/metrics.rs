@@ -666,11 +666,20 @@ impl Drop for ConnectionGuard {
 /// scraper or two keep one each.
 const MAX_SCRAPERS: usize = 16;
 
-/// Serve `GET /metrics` on `listener` for as long as the process runs, and keep the
+/// Serve `GET /metrics` on `listener` until the stop begins, and keep the
 /// expiring-tokens figure fresh. The listener has the main one's header deadline and idle
 /// timeout (`limits`), and its own small connection cap, so that whoever can reach it cannot
 /// hold connections (and file descriptors) open.
-pub async fn serve(listener: TcpListener, store: Store, limits: Limits) {
+///
+/// Returns, closing the listener, when `stopping` turns true: as the git listener does at the
+/// stop, so that a new process started meanwhile (a supervisor's restart, a handover) can bind
+/// both addresses while this one drains.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    limits: Limits,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     tokio::spawn(refresh_expiring(store.clone()));
     let slots = Arc::new(Semaphore::new(MAX_SCRAPERS));
     let mut accept_failures = Repeats::new(crate::server::ACCEPT_FAILURES_WINDOW);
@@ -678,7 +687,11 @@ pub async fn serve(listener: TcpListener, store: Store, limits: Limits) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        };
+        let (stream, _) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // As the main listener's: once per window, not every 50 ms.

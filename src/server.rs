@@ -478,6 +478,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
             metrics,
             store.clone(),
             config.server.limits.clone(),
+            stopping.clone(),
         ));
     }
     let settings = Settings {

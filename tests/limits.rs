@@ -1492,8 +1492,23 @@ fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() 
         out.contains("the server cannot start another git process now; try again in a moment"),
         "{out}"
     );
-    let log = log_once_it_has(&g, "backend failed");
-    assert!(log.contains("Too many open files"), "{log}");
+    // Said as this server's limit, not as a backend that failed (which an alert watches).
+    let log = log_once_it_has(&g, "cannot start a git process");
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot start a git process"))
+        .unwrap();
+    assert!(
+        line.contains(" WARN ") && line.contains("Too many open files") && line.contains("times=1"),
+        "{line}"
+    );
+    // The one `backend failed` is the first request's (`/bin/true` answers nothing).
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("backend failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{log}");
+    assert!(!failed[0].contains("Too many open files"), "{log}");
 }
 
 /// A log that cannot be written (its disk full, here `/dev/full`) loses its lines and nothing

@@ -705,6 +705,42 @@ fn stop_with_a_request_waiting(grace: u64, second_signal: Option<Duration>) -> D
     answered
 }
 
+/// At the stop both listeners close while the requests under way drain, so that a new process
+/// (a supervisor's restart, a handover) can bind both addresses: the metrics one used to stay
+/// bound until the process exited, and the new start failed on it.
+#[test]
+fn a_stop_lets_go_of_the_metrics_address_with_the_git_one() {
+    let sb = Sandbox::with(Setup {
+        server_extra: "shutdown_grace_seconds = 10".into(),
+        ..Setup::default()
+    });
+    let (mut server, _url, secret) =
+        one_process_at_a_time(&sb, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n", "write");
+    let port = wait_for_metrics_port(&server);
+    // A push that never sends its pack keeps the stop draining for its grace.
+    let (held, _) = push_holding_a_place(&server, &secret);
+    thread::sleep(Duration::from_millis(300));
+    server.signal("TERM");
+    let asked = Instant::now();
+    let (git, metrics) = loop {
+        let git = std::net::TcpListener::bind(("127.0.0.1", server.port));
+        let metrics = std::net::TcpListener::bind(("127.0.0.1", port));
+        if let (Ok(git), Ok(metrics)) = (git, metrics) {
+            break (git, metrics);
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "the listeners were not let go of:\n{}",
+            server.log_text()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    // Still draining: the addresses came free before the process ended.
+    assert!(server.alive(), "{}", server.log_text());
+    drop((git, metrics, held));
+    server.stop_within(Duration::from_secs(15));
+}
+
 /// A burst of clones past `[upstream] max_processes`: the POST of a clone already let in goes
 /// before the advertisements of new ones and waits as long as it must, since git shows no
 /// reason for a refused POST (`RPC failed; HTTP 503`, the clone half done); what is refused is

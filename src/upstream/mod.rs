@@ -74,6 +74,27 @@ pub enum Fault {
     Stopping,
 }
 
+/// Says that a git process could not be started for want of processes or file descriptors
+/// (`EAGAIN`, `EMFILE`, `ENFILE`): at once, then at most once a minute with how many since — a
+/// burst of clones past the limit would otherwise write one error line per request.
+fn out_of_processes_or_descriptors(e: &cgi::CgiError) {
+    static SAID: std::sync::Mutex<Option<crate::repeats::Repeats>> = std::sync::Mutex::new(None);
+    let mut said = SAID
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let repeats = said
+        .get_or_insert_with(|| crate::repeats::Repeats::new(std::time::Duration::from_secs(60)));
+    if let Some(times) = repeats.failed(std::time::Instant::now()) {
+        tracing::warn!(
+            times,
+            error = %crate::log_value::LogText(&e.to_string()),
+            "cannot start a git process: this process is out of processes or file descriptors \
+             (its open-files limit, LimitNOFILE under systemd, or the system's); git requests are \
+             answered 503 until some come free"
+        );
+    }
+}
+
 /// The most of a CGI's error answer read to see whether it says anything, and for how long.
 const ERROR_BODY_MAX: usize = 64 * 1024;
 const ERROR_BODY_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -368,13 +389,20 @@ impl Upstream {
                     );
                     let base = match e {
                         cgi::CgiError::TimedOut(_) => ForwardError::gateway_timeout(message),
-                        _ if e.is_overload() => ForwardError {
-                            status: StatusCode::SERVICE_UNAVAILABLE,
-                            retry_after: Some(HeaderValue::from_static("5")),
-                            ..ForwardError::bad_gateway(
-                                "the server cannot start another git process now; try again in a moment",
-                            )
-                        },
+                        // This server's limits, not a backend that failed: counted and logged
+                        // as the cap of processes is (busy; the log once a minute), so that
+                        // an alert on backend failures does not fire for it.
+                        _ if e.is_overload() => {
+                            out_of_processes_or_descriptors(&e);
+                            ForwardError {
+                                status: StatusCode::SERVICE_UNAVAILABLE,
+                                retry_after: Some(HeaderValue::from_static("5")),
+                                fault: Fault::Busy,
+                                ..ForwardError::bad_gateway(
+                                    "the server cannot start another git process now; try again in a moment",
+                                )
+                            }
+                        }
                         _ => ForwardError::bad_gateway(message),
                     };
                     ForwardError {

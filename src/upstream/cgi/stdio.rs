@@ -160,7 +160,8 @@ fn is_progress(line: &str) -> bool {
         p.starts_with(|c: char| c.is_ascii_uppercase())
             && p.split_once(": ").is_some_and(|(name, count)| {
                 name.bytes().all(|b| b.is_ascii_alphabetic() || b == b' ')
-                    && count.starts_with(|c: char| c.is_ascii_digit())
+                    // git pads the percentage: `Counting objects:   0% (1/205)`.
+                    && count.trim_start().starts_with(|c: char| c.is_ascii_digit())
             })
     };
     let total = |p: &str| {
@@ -280,6 +281,7 @@ mod tests {
             "Enumerating objects: 5, done.",
             "Compressing objects: 100% (3/3), done.",
             "Total 5 (delta 0), reused 0 (delta 0), pack-reused 0",
+            "Counting objects:   0% (1/205)\rCounting objects:  50% (103/205)\rCompressing objects:  45% (1",
         ] {
             assert!(is_progress(line), "{line}");
         }
