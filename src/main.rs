@@ -352,7 +352,8 @@ fn main() -> ExitCode {
     let changes_the_store =
         !matches!(args.command, Command::Serve | Command::Check) && !args.command.only_reads();
     // The server logs every request; the operator's commands only warnings.
-    if let Err(message) = init_logging(matches!(args.command, Command::Serve)) {
+    let serving = matches!(args.command, Command::Serve);
+    if let Err(message) = init_logging(serving) {
         // A refused start like any other bad setting: 1, as `check` promises.
         gitgate::cli::note(format_args!("gitgate: {message}"));
         return ExitCode::FAILURE;
@@ -369,7 +370,24 @@ fn main() -> ExitCode {
             };
             // What the operator typed is often repeated: never a secret pasted by mistake.
             let message = gitgate::credentials::without_secrets(&message);
-            gitgate::cli::note(format_args!("gitgate: {message}"));
+            // A server's failure is a line of its log, stamped and levelled as the others are,
+            // so that a filter on the log's format (journald, logfmt) keeps the one line that
+            // says why it stopped; unless the filter silences that, then as any command's.
+            if serving && tracing::enabled!(target: "gitgate::server", tracing::Level::ERROR) {
+                let one_line: String = message
+                    .chars()
+                    .map(|c| {
+                        if c.is_control() {
+                            c.escape_default().to_string()
+                        } else {
+                            c.to_string()
+                        }
+                    })
+                    .collect();
+                tracing::error!(target: "gitgate::server", "{one_line}");
+            } else {
+                gitgate::cli::note(format_args!("gitgate: {message}"));
+            }
             ExitCode::FAILURE
         }
     }

@@ -2039,6 +2039,18 @@ fn serve_refuses_unknown_key() {
         .replace("[server]\n", "[server]\nlisten_port = 8080\n");
     let err = serve_refuses(&sb, &bad);
     assert!(err.contains("listen_port"), "{err}");
+    // Said as a line of the server's log, stamped and levelled, so that a filter on the log's
+    // format keeps it: `2026-12-05T07:00:00.000000Z ERROR gitgate::server: ...bad.toml...`.
+    let line = err.lines().find(|l| l.contains("listen_port")).unwrap();
+    let (stamp, rest) = line.split_once(' ').unwrap();
+    assert!(
+        stamp.len() > 20 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "{line}"
+    );
+    assert!(
+        rest.trim_start().starts_with("ERROR gitgate::server: ") && rest.contains("bad.toml"),
+        "{line}"
+    );
     let bad = format!("{}\n[extras]\ncolour = \"blue\"\n", sb.config_text());
     let err = serve_refuses(&sb, &bad);
     assert!(err.contains("extras"), "{err}");
