@@ -1227,26 +1227,16 @@ fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0 && a.port() == b.port() && (ia == ib || covers(ia, ib) || covers(ib, ia))
 }
 
-/// The config's sections as whatever TOML value they are, with where each begins: for
-/// [`tables_where_tables_go`]. Other keys are left to the typed parse.
-#[derive(Deserialize)]
-struct Sections {
-    server: Option<toml::Spanned<toml::Value>>,
-    store: Option<toml::Spanned<toml::Value>>,
-    upstream: Option<toml::Spanned<toml::Value>>,
-    auth: Option<toml::Spanned<toml::Value>>,
-    rate_limit: Option<toml::Spanned<toml::Value>>,
-    auth_failures: Option<toml::Spanned<toml::Value>>,
-    metrics: Option<toml::Spanned<toml::Value>>,
-}
-
 /// Refuses a section written as anything but a table. serde fills a struct from an array by
 /// position, so `store = ["other.db"]` would be read as `[store] path = "other.db"` — no key
 /// named, none checked against the known ones — and `[[auth_failures]]` (a list of tables) was
 /// told as "invalid type: map, expected u32". Text that is no TOML at all is left to the typed
 /// parse, which says where.
 fn tables_where_tables_go(text: &str) -> Result<(), String> {
-    let Ok(sections) = toml::from_str::<Sections>(text) else {
+    // Every top-level key as whatever TOML value it is, with where it begins.
+    let Ok(sections) =
+        toml::from_str::<std::collections::HashMap<String, toml::Spanned<toml::Value>>>(text)
+    else {
         return Ok(());
     };
     let line_of = |at: usize| {
@@ -1274,26 +1264,10 @@ fn tables_where_tables_go(text: &str) -> Result<(), String> {
         ("auth_failures", &[]),
         ("metrics", &[]),
     ];
-    let Sections {
-        server,
-        store,
-        upstream,
-        auth,
-        rate_limit,
-        auth_failures,
-        metrics,
-    } = sections;
-    let found = [
-        server,
-        store,
-        upstream,
-        auth,
-        rate_limit,
-        auth_failures,
-        metrics,
-    ];
-    for ((name, inner), section) in nested.iter().zip(found) {
-        let Some(section) = section else { continue };
+    for (name, inner) in nested {
+        let Some(section) = sections.get(name) else {
+            continue;
+        };
         let line = line_of(section.span().start);
         let Some(table) = section.get_ref().as_table() else {
             return Err(format!(
@@ -1302,7 +1276,7 @@ fn tables_where_tables_go(text: &str) -> Result<(), String> {
                 what(section.get_ref())
             ));
         };
-        for key in *inner {
+        for key in inner {
             if let Some(v) = table.get(*key).filter(|v| !v.is_table()) {
                 return Err(format!(
                     "line {line}, {name}: [{name}] {key} must be a table (a [{name}.{key}] \
