@@ -1617,7 +1617,20 @@ impl Connection {
                 // the gate (a scan, a client sending garbage, a head too large).
                 Some(status) => {
                     METRICS.unparsable_request();
-                    crate::gate::log_unparsable(remote, status, &e.to_string());
+                    let said = e.to_string();
+                    // hyper's words are the same for a head over its size and one over its
+                    // count of fields (a short head of 101 fields): both causes named, so that
+                    // raising max_header_bytes is not taken for the cure of the second.
+                    let said = if status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+                        format!(
+                            "{said}: over [server] max_header_bytes ({} bytes), or over \
+                             {MAX_HEADER_FIELDS} header fields",
+                            self.settings.limits.max_header_bytes
+                        )
+                    } else {
+                        said
+                    };
+                    crate::gate::log_unparsable(remote, status, &said);
                 }
                 None => match excessive_load(&*e) {
                     Some(words) => excessive_load_said(remote, &words),
