@@ -1429,6 +1429,11 @@ impl Body for LoggedBody {
                 tracing::info!(request_id = %self.id(), error = %LogText(&e.to_string()), request = ?because, "the request body broke off during the answer");
                 self.finish("client-gone");
             }
+            // git died on a request it could not read (a hand-made one): the client's doing.
+            Poll::Ready(Some(Err(e))) if crate::upstream::MalformedRequest::is(e) => {
+                tracing::info!(request_id = %self.id(), error = %LogText(&e.to_string()), "git could not read the request");
+                self.finish("malformed-request");
+            }
             // The backend waited for an upload the client stopped sending: the client idled.
             Poll::Ready(Some(Err(e))) if crate::upstream::UploadStalled::is(e) => {
                 tracing::info!(request_id = %self.id(), error = %LogText(&e.to_string()), "the client stopped sending its request body");

@@ -695,6 +695,41 @@ fn methods_git_paths_do_not_take_and_lfs_are_refused_unforwarded() {
     assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
 }
 
+/// A protocol v2 request git cannot read (a hand-made client's): upload-pack dies on it after
+/// its answer began. Logged as the client's doing, `malformed-request`, not as a backend that
+/// failed (`response stream failed`, counted in gitgate_upstream_errors_total).
+#[test]
+fn a_request_git_cannot_read_is_the_clients_failure_not_the_backends() {
+    let (_sb, server, token) = team_setup();
+    let body = b"0014command=ls-refs\n0001000csymrefs0000";
+    let request = format!(
+        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\n\
+         Git-Protocol: version=2\r\nContent-Type: application/x-git-upload-pack-request\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        basic("alice", &token.secret),
+        body.len()
+    );
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    let _ = try_raw_http(server.port, &bytes);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = server.log_text();
+        if log.contains("outcome=malformed-request") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let line = log
+        .lines()
+        .find(|l| l.contains("git could not read the request"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("unexpected line"), "{line}");
+    assert!(log.contains("outcome=malformed-request"), "{log}");
+    assert!(!log.contains("response stream failed"), "{log}");
+    assert!(!log.contains(&token.secret), "{log}");
+}
+
 /// git http-backend marks a pack `public, max-age=31536000`: passed on, a shared cache in front
 /// of gitgate could hand it to a later request without credentials. It reaches the client as
 /// `private`.

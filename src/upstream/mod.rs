@@ -30,7 +30,7 @@ use crate::request_id::RequestSource;
 
 pub use cgi::CgiBackend;
 pub use http::HttpBackend;
-pub use progress::UploadStalled;
+pub use progress::{MalformedRequest, UploadStalled};
 
 /// The configured backend.
 pub enum Upstream {

@@ -94,6 +94,36 @@ impl UploadStalled {
     }
 }
 
+/// The backend died on a request body it could not read (git's `fatal: unexpected line`,
+/// `protocol error: ...`) after its answer had begun: the client's doing (logged as
+/// `malformed-request`, not counted as an upstream error). Carries how the backend ended.
+#[derive(Debug)]
+pub struct MalformedRequest(pub String);
+
+impl std::fmt::Display for MalformedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "git could not read the request and ended its answer: {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for MalformedRequest {}
+
+impl MalformedRequest {
+    pub fn into_io(self) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, self)
+    }
+
+    /// Whether `e` is a [`MalformedRequest`].
+    pub fn is(e: &std::io::Error) -> bool {
+        e.get_ref()
+            .is_some_and(|inner| inner.is::<MalformedRequest>())
+    }
+}
+
 /// How long an answer's body has been silent, for a body that fails after `idle` of it: its
 /// own frames and those of a request body still going up both count as moving.
 ///

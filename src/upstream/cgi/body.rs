@@ -594,6 +594,9 @@ impl Body for CgiBody {
                     tracing::info!(target: "gitgate::cgi", request_id = %this.request_id, request = %LogValue(&this.label), error = %LogText(&crate::credentials::without_secrets(&error)), "git refused the request and told its client why: {info}");
                     Poll::Ready(None)
                 }
+                None if info.refused_a_malformed_request() => Poll::Ready(Some(Err(
+                    crate::upstream::MalformedRequest(info.to_string()).into_io(),
+                ))),
                 None => Poll::Ready(Some(Err(io::Error::other(format!(
                     "the CGI backend failed after sending its response headers: {info}"
                 ))))),

@@ -126,6 +126,32 @@ impl ExitInfo {
             .as_deref()
             .is_some_and(|l| l.starts_with("fatal:"))
     }
+
+    /// Whether git died on what the client sent (see [`is_malformed_request`]).
+    pub(super) fn refused_a_malformed_request(&self) -> bool {
+        self.last_stderr
+            .as_deref()
+            .is_some_and(is_malformed_request)
+    }
+}
+
+/// Whether a stderr line is git dying on a request it could not read: pkt-lines that are not
+/// pkt-lines, a protocol v2 command or argument it does not know, a line where a flush belongs.
+/// Real git never sends such a request; a hand-made client (or one through something that
+/// mangled the body) did, and the failure is its own — not a backend failure to alert on.
+pub(super) fn is_malformed_request(line: &str) -> bool {
+    const CLIENTS: [&str; 8] = [
+        "unexpected line:",
+        "protocol error:",
+        "expected flush after",
+        "invalid command",
+        "unknown capability",
+        "git upload-pack: protocol error",
+        "git upload-pack: expected",
+        "expected packfile",
+    ];
+    line.strip_prefix("fatal: ")
+        .is_some_and(|rest| CLIENTS.iter().any(|c| rest.starts_with(c)))
 }
 
 impl fmt::Display for ExitInfo {
@@ -384,6 +410,32 @@ pub(super) async fn end_group(child: &mut Child) -> io::Result<ExitStatus> {
             let _ = kill_process_group(group, Signal::KILL);
             let _ = child.start_kill();
             child.wait().await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_malformed_request;
+
+    #[test]
+    fn git_dying_on_what_the_client_sent_is_told_from_a_failing_server() {
+        for line in [
+            "fatal: unexpected line: 'symrefs0'",
+            "fatal: protocol error: bad line length character: abcd",
+            "fatal: expected flush after ls-refs arguments",
+            "fatal: invalid command 'frobnicate'",
+            "fatal: git upload-pack: protocol error, expected to get object ID, not 'x'",
+        ] {
+            assert!(is_malformed_request(line), "{line}");
+        }
+        for line in [
+            "fatal: unable to read 4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+            "fatal: the remote end hung up unexpectedly",
+            "error: unexpected line: 'x'",
+            "fatal: not a git repository: '/srv/git/team/app.git'",
+        ] {
+            assert!(!is_malformed_request(line), "{line}");
         }
     }
 }
