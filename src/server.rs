@@ -1754,7 +1754,8 @@ async fn reload_on_hangup(
                 ),
                 Err(e) => tracing::error!(
                     error = %LogText(&e.to_string()),
-                    "SIGHUP: keeping the current upstream credentials, the new ones are unusable"
+                    "SIGHUP: keeping the current upstream credentials, the new ones are \
+                     unusable, so a restart would fail (`gitgate check` says more)"
                 ),
             }
         }
@@ -1784,9 +1785,11 @@ async fn reload_on_hangup(
                         "SIGHUP: the new TLS certificate is unusable, and the one served is no \
                          better: {note}"
                     ),
+                    // The start loads the same files, and refuses them as this does.
                     _ => tracing::error!(
                         error = %LogText(&e.to_string()),
-                        "SIGHUP: keeping the current TLS certificate, the new one is unusable"
+                        "SIGHUP: keeping the current TLS certificate, the new one is unusable, \
+                         so a restart would fail (`gitgate check` says more)"
                     ),
                 },
             },

@@ -1400,7 +1400,9 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     std::fs::write(w.path("cert.pem"), "garbage").unwrap();
     g.signal("HUP");
     wait_for("the failed reload", Duration::from_secs(10), || {
-        g.log_text().contains("keeping the current TLS certificate")
+        g.log_text().contains(
+            "keeping the current TLS certificate, the new one is unusable, so a restart would fail",
+        )
     });
     let (cert, _) = tls_connect(g.port);
     assert_eq!(cert, pem_der("tls/server-b.pem"));
@@ -1660,7 +1662,7 @@ fn sighup_reads_the_upstream_secret_again_and_keeps_it_when_the_new_one_is_unusa
     g.signal("HUP");
     wait_for("the refused reload", Duration::from_secs(10), || {
         g.log_text()
-            .contains("SIGHUP: keeping the current upstream credentials, the new ones are unusable")
+            .contains("SIGHUP: keeping the current upstream credentials, the new ones are unusable, so a restart would fail (`gitgate check` says more)")
     });
     let (status, _, body) = advertise();
     assert_eq!(status, 200, "{body}");
