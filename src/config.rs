@@ -1233,11 +1233,23 @@ fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
 /// told as "invalid type: map, expected u32". Text that is no TOML at all is left to the typed
 /// parse, which says where.
 fn tables_where_tables_go(text: &str) -> Result<(), String> {
-    // Every top-level key as whatever TOML value it is, with where it begins.
-    let Ok(sections) =
-        toml::from_str::<std::collections::HashMap<String, toml::Spanned<toml::Value>>>(text)
-    else {
-        return Ok(());
+    // Every top-level key as whatever TOML value it is, with where it begins; a file with dotted
+    // keys (`store.path = ...`) is read without the places, which are then looked for in its
+    // text.
+    let spanned =
+        toml::from_str::<std::collections::HashMap<String, toml::Spanned<toml::Value>>>(text);
+    let sections: Vec<(String, toml::Value, Option<usize>)> = match spanned {
+        Ok(map) => map
+            .into_iter()
+            .map(|(k, v)| {
+                let at = v.span().start;
+                (k, v.into_inner(), Some(at))
+            })
+            .collect(),
+        Err(_) => match toml::from_str::<toml::Table>(text) {
+            Ok(table) => table.into_iter().map(|(k, v)| (k, v, None)).collect(),
+            Err(_) => return Ok(()),
+        },
     };
     let line_of = |at: usize| {
         text.as_bytes()[..at.min(text.len())]
@@ -1246,6 +1258,19 @@ fn tables_where_tables_go(text: &str) -> Result<(), String> {
             .count()
             + 1
     };
+    // The first line from `from` (1-based) that begins with `key` and then `=`, `.` or `]`.
+    let line_of_key = |key: &str, from: usize| {
+        text.lines()
+            .enumerate()
+            .skip(from.saturating_sub(1))
+            .find(|(_, l)| {
+                let l = l.trim_start().trim_start_matches('[');
+                l.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with(['=', '.', ']']))
+            })
+            .map(|(i, _)| i + 1)
+    };
+    let at_line = |line: Option<usize>| line.map_or(String::new(), |n| format!("line {n}, "));
     let what = |v: &toml::Value| match v {
         toml::Value::Array(items)
             if items.iter().all(toml::Value::is_table) && !items.is_empty() =>
@@ -1265,22 +1290,28 @@ fn tables_where_tables_go(text: &str) -> Result<(), String> {
         ("metrics", &[]),
     ];
     for (name, inner) in nested {
-        let Some(section) = sections.get(name) else {
+        let Some((_, section, at)) = sections.iter().find(|(k, _, _)| k == name) else {
             continue;
         };
-        let line = line_of(section.span().start);
-        let Some(table) = section.get_ref().as_table() else {
+        let line = at.map(line_of).or_else(|| line_of_key(name, 1));
+        let Some(table) = section.as_table() else {
             return Err(format!(
-                "line {line}, {name}: [{name}] must be a table (a [{name}] header followed by \
-                 key = value lines), not {}",
-                what(section.get_ref())
+                "{}{name}: [{name}] must be a table (a [{name}] header followed by key = value \
+                 lines), not {}",
+                at_line(line),
+                what(section)
             ));
         };
         for key in inner {
             if let Some(v) = table.get(*key).filter(|v| !v.is_table()) {
+                let dotted = format!("{name}.{key}");
+                let line = line
+                    .and_then(|from| line_of_key(key, from))
+                    .or_else(|| line_of_key(&dotted, 1));
                 return Err(format!(
-                    "line {line}, {name}: [{name}] {key} must be a table (a [{name}.{key}] \
-                     header followed by key = value lines), not {}",
+                    "{}{name}: [{name}] {key} must be a table (a [{dotted}] header followed by \
+                     key = value lines), not {}",
+                    at_line(line),
                     what(v)
                 ));
             }
@@ -1311,8 +1342,11 @@ fn in_the_configs_words(msg: &str) -> String {
     }
     for (rust, said) in [
         ("expected u64", "expected a whole number, 0 or more"),
-        ("expected u32", "expected a whole number, 0 or more"),
-        ("expected u16", "expected a whole number, 0 or more"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u16", "expected a whole number from 0 to 65535"),
         ("expected usize", "expected a whole number, 0 or more"),
         ("expected f64", "expected a number"),
         (
@@ -1596,6 +1630,7 @@ realm = "gitgate"
             ("127.0.0.1:8080", "http://127.1:8080/git"),
             ("127.0.0.1:8080", "http://2130706433:8080/git"),
             ("127.0.0.1:8080", "http://0x7f.0.0.1:8080/git"),
+            ("127.0.0.1:8080", "http://0X7f.1:8080/git"),
             ("0.0.0.0:8080", "http://0:8080/git"),
         ] {
             let e = with(listen, url, "").unwrap_err();
@@ -2149,7 +2184,24 @@ env = "UPSTREAM_TOKEN"
         ))
         .unwrap_err();
         assert!(
-            e.contains("line 2, server: [server] tls must be a table (a [server.tls] header followed by key = value lines), not an array"),
+            e.contains("line 5, server: [server] tls must be a table (a [server.tls] header followed by key = value lines), not an array"),
+            "{e}"
+        );
+        // Dotted keys elsewhere in the file do not let a section through either.
+        let e = parse(&format!(
+            "store = [\"elsewhere.db\"]\nauth.realm = \"x\"\n{}",
+            base.replace("[server]\n", "")
+                .replace("listen = \"127.0.0.1:8080\"\ngit_prefix = \"/scm/\"\n", "")
+        ))
+        .unwrap_err();
+        assert!(e.contains("line 1, store: [store] must be a table"), "{e}");
+        let e = parse(
+            &format!("server.tls = [\"a.pem\", \"b.pem\"]\n{base}")
+                .replace("[server]\n", "[server.x]\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("line 1, server: [server] tls must be a table"),
             "{e}"
         );
         let e = parse(
@@ -2211,6 +2263,15 @@ env = "UPSTREAM_TOKEN"
                 "{e}"
             );
         }
+        let e = parse(&GOOD.replace(
+            "project_root = \"repos\"",
+            "project_root = \"repos\"\nmax_request_buffer_mib = 5000000000",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("expected a whole number from 0 to 4294967295"),
+            "{e}"
+        );
         let e = in_the_configs_words("invalid type: string, expected struct RawServer");
         assert_eq!(e, "invalid type: string, expected a table");
     }

@@ -575,7 +575,7 @@ impl Metrics {
             (
                 "gitgate_backend_busy_total",
                 "counter",
-                "Requests answered 503 because [upstream] max_processes backend processes ran (or, while other tokens waited, the request's token held its share of them) for as long as they could wait, or until a stop (counted in outcome=\"5xx\" too).",
+                "Requests answered 503 because [upstream] max_processes backend processes ran (or, while other tokens waited, the request's token held its share of them) for as long as they could wait, or until a stop, or because no backend process could be started for want of processes or file descriptors (counted in outcome=\"5xx\" too).",
                 self.backend_busy.load(Relaxed).to_string(),
             ),
             (
@@ -684,7 +684,13 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(MAX_SCRAPERS));
     let mut accept_failures = Repeats::new(crate::server::ACCEPT_FAILURES_WINDOW);
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        // The stop is watched while every place is taken too: scrapers holding all of them
+        // (anyone who can reach the port can) must not keep the address bound.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit,
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        };
+        let Ok(permit) = permit else {
             return;
         };
         let accepted = tokio::select! {

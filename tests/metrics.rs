@@ -727,6 +727,11 @@ fn a_stop_lets_go_of_the_metrics_address_with_the_git_one() {
     let port = wait_for_metrics_port(&server);
     // A push that never sends its pack keeps the stop draining for its grace.
     let (held, _) = push_holding_a_place(&server, &secret);
+    // Scrapers that send nothing hold every place the metrics listener has (16), and one more
+    // waits to be accepted: the stop must not wait for a place to come free.
+    let scrapers: Vec<TcpStream> = (0..17)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
     thread::sleep(Duration::from_millis(300));
     server.signal("TERM");
     let asked = Instant::now();
@@ -745,7 +750,7 @@ fn a_stop_lets_go_of_the_metrics_address_with_the_git_one() {
     };
     // Still draining: the addresses came free before the process ended.
     assert!(server.alive(), "{}", server.log_text());
-    drop((git, metrics, held));
+    drop((git, metrics, held, scrapers));
     server.stop_within(Duration::from_secs(15));
 }
 

@@ -358,63 +358,83 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
 /// max-age=31536000` (they never change), and `public` (like `s-maxage`, `must-revalidate` and
 /// `proxy-revalidate`) is what lets a shared cache in front of gitgate answer later requests
 /// with it, credentials or none (RFC 9111 §3.5): a repository's objects to anyone. Such an
-/// answer becomes `private` (the client's own cache may keep it), the other directives kept
-/// but `public` and `s-maxage`. An answer that is `private` or `no-store` already, or says
-/// nothing of shared caches, is left as it is.
+/// answer becomes `private` (the client's own cache may keep it), the other directives kept,
+/// byte for byte, but `public` and `s-maxage`. An answer that is `no-store` or (unqualified)
+/// `private` already, or says nothing of shared caches, is left as it is. `CDN-Cache-Control`
+/// and `Surrogate-Control`, which speak to shared caches alone (RFC 9213), are dropped.
 pub fn private_to_shared_caches(headers: &mut HeaderMap) {
+    headers.remove(HeaderName::from_static("cdn-cache-control"));
+    headers.remove(HeaderName::from_static("surrogate-control"));
     if !headers.contains_key(header::CACHE_CONTROL) {
         return;
     }
-    let directives: Vec<String> = headers
+    let values: Vec<HeaderValue> = headers
         .get_all(header::CACHE_CONTROL)
         .iter()
-        .flat_map(|v| {
-            String::from_utf8_lossy(v.as_bytes())
-                .split(',')
-                .map(|d| d.trim().to_string())
-                .filter(|d| !d.is_empty())
-                .collect::<Vec<_>>()
-        })
+        .cloned()
         .collect();
-    let name = |d: &str| {
-        d.split('=')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
+    let directives: Vec<&[u8]> = values
+        .iter()
+        .flat_map(|v| cache_directives(v.as_bytes()))
+        .collect();
+    // A directive's name, lower-cased, and whether it has an argument (`private="set-cookie"`
+    // keeps only that field from shared caches: the rest may be stored).
+    let name = |d: &[u8]| {
+        let end = d.iter().position(|&b| b == b'=').unwrap_or(d.len());
+        (d[..end].trim_ascii().to_ascii_lowercase(), end < d.len())
     };
+    let is = |d: &[u8], wanted: &[u8]| name(d).0 == wanted;
     if directives
         .iter()
-        .any(|d| matches!(name(d).as_str(), "private" | "no-store"))
+        .any(|d| is(d, b"no-store") || name(d) == (b"private".to_vec(), false))
     {
         return;
     }
-    let shared = |d: &String| {
+    let shared = |d: &&[u8]| {
+        let (n, _) = name(d);
         matches!(
-            name(d).as_str(),
-            "public" | "s-maxage" | "must-revalidate" | "proxy-revalidate"
+            n.as_slice(),
+            b"public" | b"s-maxage" | b"must-revalidate" | b"proxy-revalidate"
         )
     };
     if !directives.iter().any(shared) {
         return;
     }
-    let kept: Vec<&str> = std::iter::once("private")
-        .chain(
-            directives
-                .iter()
-                .filter(|d| !matches!(name(d).as_str(), "public" | "s-maxage"))
-                .map(String::as_str),
-        )
-        .collect();
-    match HeaderValue::from_str(&kept.join(", ")) {
-        Ok(v) => {
-            headers.insert(header::CACHE_CONTROL, v);
-        }
-        // Not text: nothing of it can be kept safely.
-        Err(_) => {
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    let mut value = b"private".to_vec();
+    for d in directives
+        .iter()
+        .filter(|d| !is(d, b"public") && !is(d, b"s-maxage"))
+    {
+        value.extend_from_slice(b", ");
+        value.extend_from_slice(d);
+    }
+    let value =
+        HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static("private"));
+    headers.insert(header::CACHE_CONTROL, value);
+}
+
+/// The directives of one `Cache-Control` line, trimmed, split at the commas that are not inside
+/// a quoted string (`no-cache="set-cookie, x"` is one directive).
+fn cache_directives(line: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in line.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                out.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
         }
     }
+    out.push(&line[start..]);
+    out.into_iter()
+        .map(<[u8]>::trim_ascii)
+        .filter(|d| !d.is_empty())
+        .collect()
 }
 
 /// The answer's `Content-Length`, as one value. hyper's client takes a repeated one whose
@@ -630,7 +650,7 @@ pub(crate) fn ipv4_in_any_form(host: &str) -> Option<std::net::Ipv4Addr> {
         return None;
     }
     let number = |p: &str| -> Option<u64> {
-        if let Some(hex) = p.strip_prefix("0x") {
+        if let Some(hex) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
             return if hex.is_empty() {
                 Some(0)
             } else {
@@ -1816,6 +1836,36 @@ mod tests {
             assert_eq!(cached(&[&kept]), expected, "{kept}");
         }
         assert_eq!(cached(&[]), Vec::<String>::new());
+        // A comma or a `private` inside a quoted string is not a directive of its own; a
+        // `private` that names fields leaves the rest to shared caches.
+        assert_eq!(
+            cached(&["no-cache=\"a, private, b\", public, max-age=600"]),
+            ["private, no-cache=\"a, private, b\", max-age=600"]
+        );
+        assert_eq!(
+            cached(&["s-maxage=600, private=\"set-cookie\""]),
+            ["private, private=\"set-cookie\""]
+        );
+        // Bytes that are not UTF-8 are kept as they came.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_bytes(b"public, ext=\"caf\xe9\"").unwrap(),
+        );
+        private_to_shared_caches(&mut h);
+        assert_eq!(
+            h[header::CACHE_CONTROL].as_bytes(),
+            b"private, ext=\"caf\xe9\""
+        );
+        // What speaks to shared caches alone is dropped.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cdn-cache-control",
+            HeaderValue::from_static("public, max-age=600"),
+        );
+        h.insert("surrogate-control", HeaderValue::from_static("max-age=600"));
+        private_to_shared_caches(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
