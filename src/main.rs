@@ -338,6 +338,17 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    // No core dumps, of gitgate or the git processes it starts: one would write the process's
+    // memory — the token secrets of requests in flight, a password typed at a prompt — to a
+    // file (systemd-coredump keeps them too, and honours this limit). Soft and hard, so that
+    // nothing this process starts raises it again.
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Core,
+        rustix::process::Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    );
     // Set but empty (`GITGATE_CONFIG= gitgate ...`, a unit file's `Environment=GITGATE_CONFIG=`)
     // is unset, as for most tools: clap would otherwise refuse every command with "a value is
     // required for '--config'", even one given `--config` on its command line.

@@ -1736,6 +1736,21 @@ async fn reload_on_hangup(
             continue;
         }
         config_said_on_hangup(&running);
+        // Whether a restart would read the files this reload read: not when the config file
+        // now names others (or cannot be read, which it says itself).
+        let on_disk = Config::load(&running.source).ok();
+        let same = |part: &dyn Fn(&Config) -> String| {
+            on_disk
+                .as_ref()
+                .is_none_or(|now| part(now) == part(&running))
+        };
+        let restart = |same: bool, what: &str| {
+            if same {
+                ", so a restart would fail (`gitgate check` says more)".to_string()
+            } else {
+                format!("; the config file now names other {what}, which a restart would read")
+            }
+        };
         if let Some(secret) = &upstream_secret {
             let from = secret.describe();
             match secret.reload() {
@@ -1752,11 +1767,18 @@ async fn reload_on_hangup(
                     from = %from,
                     "SIGHUP: upstream credentials come from the environment, which changes only with a restart"
                 ),
-                Err(e) => tracing::error!(
-                    error = %LogText(&e.to_string()),
-                    "SIGHUP: keeping the current upstream credentials, the new ones are \
-                     unusable, so a restart would fail (`gitgate check` says more)"
-                ),
+                Err(e) => {
+                    let credentials = |c: &Config| match &c.upstream {
+                        crate::config::Upstream::Http(h) => format!("{:?}", h.credentials),
+                        crate::config::Upstream::Cgi { .. } => String::new(),
+                    };
+                    tracing::error!(
+                        error = %LogText(&e.to_string()),
+                        "SIGHUP: keeping the current upstream credentials, the new ones are \
+                         unusable{}",
+                        restart(same(&credentials), "credentials")
+                    )
+                }
             }
         }
         match &certs {
@@ -1788,8 +1810,8 @@ async fn reload_on_hangup(
                     // The start loads the same files, and refuses them as this does.
                     _ => tracing::error!(
                         error = %LogText(&e.to_string()),
-                        "SIGHUP: keeping the current TLS certificate, the new one is unusable, \
-                         so a restart would fail (`gitgate check` says more)"
+                        "SIGHUP: keeping the current TLS certificate, the new one is unusable{}",
+                        restart(same(&|c: &Config| format!("{:?}", c.server.tls)), "TLS files")
                     ),
                 },
             },

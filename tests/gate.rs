@@ -652,6 +652,20 @@ fn dumb_http_reads_need_credentials_too() {
     assert_eq!(sb.hits().len(), 1, "{:#?}", sb.hits());
 }
 
+/// gitgate and the git processes it starts dump no core: one would hold the token secrets of
+/// the requests in flight.
+#[test]
+fn no_core_dump_holds_a_secret() {
+    let (_sb, server, _) = team_setup();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+}
+
 /// A method a git path does not take (old git's WebDAV push, `OPTIONS`), and Git LFS: refused
 /// before any credential is looked at, with what it takes, and never forwarded.
 #[test]
@@ -701,21 +715,28 @@ fn methods_git_paths_do_not_take_and_lfs_are_refused_unforwarded() {
 #[test]
 fn a_request_git_cannot_read_is_the_clients_failure_not_the_backends() {
     let (_sb, server, token) = team_setup();
-    let body = b"0014command=ls-refs\n0001000csymrefs0000";
-    let request = format!(
+    // The second also quotes, in what git dies on, a line that looks like a backend's failure:
+    // the first `fatal:` is the cause.
+    let forged = b"0014command=ls-refs\n00010044x\nfatal: unable to read 4b825dc642cb6eb9a060e54bf8d69288fbee49040000";
+    for body in [
+        &b"0014command=ls-refs\n0001000csymrefs0000"[..],
+        &forged[..],
+    ] {
+        let request = format!(
         "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\n\
          Git-Protocol: version=2\r\nContent-Type: application/x-git-upload-pack-request\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         basic("alice", &token.secret),
         body.len()
     );
-    let mut bytes = request.into_bytes();
-    bytes.extend_from_slice(body);
-    let _ = try_raw_http(server.port, &bytes);
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        let _ = try_raw_http(server.port, &bytes);
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     let log = loop {
         let log = server.log_text();
-        if log.contains("outcome=malformed-request") || Instant::now() > deadline {
+        if log.matches("outcome=malformed-request").count() == 2 || Instant::now() > deadline {
             break log;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -725,7 +746,7 @@ fn a_request_git_cannot_read_is_the_clients_failure_not_the_backends() {
         .find(|l| l.contains("git could not read the request"))
         .unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains("unexpected line"), "{line}");
-    assert!(log.contains("outcome=malformed-request"), "{log}");
+    assert_eq!(log.matches("outcome=malformed-request").count(), 2, "{log}");
     assert!(!log.contains("response stream failed"), "{log}");
     assert!(!log.contains(&token.secret), "{log}");
 }

@@ -843,6 +843,44 @@ fn at_a_terminal(install: &Install, args: &[&str], typed: &str) -> (bool, String
     (out.status.success(), shown)
 }
 
+/// A stop signal while a prompt waits with echo off (on a store that is there already) sets the
+/// terminal back to echoing, and the command ends as the signal ends it (128 + 15): a shell
+/// such as dash does not set it back, and its user would type blind.
+#[test]
+fn a_command_stopped_at_its_password_prompt_sets_the_terminal_back() {
+    let install = setup();
+    let script = "\"$0\" --config \"$1\" user passwd alice </dev/tty & p=$!; sleep 1; \
+         stty -a </dev/tty | grep -o -- ' -\\?echo ' | head -1 | sed 's/^/during:/'; \
+         kill -TERM $p; wait $p; echo \"status=$?\"; \
+         stty -a </dev/tty | grep -o -- ' -\\?echo ' | head -1 | sed 's/^/after:/'";
+    let mut out = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "sh -c '{}' {} {}",
+            script.replace('\'', "'\\''"),
+            common::gitgate_bin(),
+            install.path().join("gitgate.toml").display()
+        ))
+        .arg("/dev/null")
+        .env_remove("GITGATE_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    // The terminal's input held open (its end would answer the prompt) until all is done.
+    let typing = out.stdin.take();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    drop(typing);
+    let out = out.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("during: -echo"),
+        "the prompt turns echo off: {shown}"
+    );
+    assert!(shown.contains("status=143"), "{shown}");
+    assert!(shown.contains("after: echo"), "echo is back: {shown}");
+}
+
 /// At a prompt a new password is asked twice: two that differ change nothing (no user added,
 /// the old password kept); two that match are set. (Typed passwords are not echoed: a typo
 /// would otherwise become a password nobody knows.)

@@ -1666,6 +1666,25 @@ fn sighup_reads_the_upstream_secret_again_and_keeps_it_when_the_new_one_is_unusa
     });
     let (status, _, body) = advertise();
     assert_eq!(status, 200, "{body}");
+    // The config file now names another secret file, a usable one: a restart would read that,
+    // and would not fail; the log does not say it would.
+    std::fs::write(w.path("upstream2.secret"), format!("{UPSTREAM_SECRET}\n")).unwrap();
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(
+        &w.config,
+        text.replace("\"upstream.secret\"", "\"upstream2.secret\""),
+    )
+    .unwrap();
+    g.signal("HUP");
+    wait_for(
+        "the reload told of the other file",
+        Duration::from_secs(10),
+        || {
+            g.log_text().contains(
+            "the new ones are unusable; the config file now names other credentials, which a restart would read",
+        )
+        },
+    );
     // Neither secret ever reaches the log.
     let log = g.log_text();
     assert!(log.contains("the secret is empty"), "{log}");

@@ -398,6 +398,43 @@ fn terminal_settings() -> Option<libc::termios> {
     }
 }
 
+/// The terminal's settings from before the first no-echo prompt, for a stop signal to put
+/// back (see [`stop_signals_set_the_terminal_back`]).
+static TERMINAL_BEFORE_THE_PROMPT: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
+
+/// Puts back the terminal a prompt set not to echo, then ends the process as the signal would
+/// have (so with 128 + its number). Only async-signal-safe calls: `tcsetattr`, `signal`,
+/// `raise`; the settings were stored before the handler was installed.
+extern "C" fn set_the_terminal_back_and_stop(signal: libc::c_int) {
+    if let Some(settings) = TERMINAL_BEFORE_THE_PROMPT.get() {
+        // SAFETY: `settings` came from tcgetattr on the same descriptor.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, settings) };
+    }
+    // SAFETY: back to the default action, which raising the signal then takes.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}
+
+/// Before a no-echo prompt: a Ctrl-C, SIGTERM or SIGHUP while it waits sets the terminal back
+/// to echoing (a shell such as dash does not, and the user would type blind after it). A
+/// first command's new store blocks these signals and handles them on a thread of its own
+/// ([`undo_on_a_stop_signal`]), which sets the terminal back too.
+fn stop_signals_set_the_terminal_back() {
+    let Some(settings) = terminal_settings() else {
+        return;
+    };
+    if TERMINAL_BEFORE_THE_PROMPT.set(settings).is_err() {
+        return; // installed for an earlier prompt, with the settings from before it
+    }
+    let handler = set_the_terminal_back_and_stop as extern "C" fn(libc::c_int);
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only makes async-signal-safe calls.
+        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+    }
+}
+
 /// Read a password: the first line of stdin with `--password-stdin`, else a no-echo prompt.
 pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
     let password = if from_stdin {
@@ -413,6 +450,7 @@ pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
                 "no terminal to ask for the password: pass it with --password-stdin".into(),
             );
         }
+        stop_signals_set_the_terminal_back();
         rpassword::prompt_password(prompt).map_err(|e| format!("cannot read the password: {e}"))?
     };
     if password.is_empty() {

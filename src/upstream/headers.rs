@@ -363,8 +363,14 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
 /// `private` already, or says nothing of shared caches, is left as it is. `CDN-Cache-Control`
 /// and `Surrogate-Control`, which speak to shared caches alone (RFC 9213), are dropped.
 pub fn private_to_shared_caches(headers: &mut HeaderMap) {
-    headers.remove(HeaderName::from_static("cdn-cache-control"));
-    headers.remove(HeaderName::from_static("surrogate-control"));
+    let for_caches: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_for_shared_caches(n.as_str()))
+        .cloned()
+        .collect();
+    for name in for_caches {
+        headers.remove(name);
+    }
     if !headers.contains_key(header::CACHE_CONTROL) {
         return;
     }
@@ -373,10 +379,17 @@ pub fn private_to_shared_caches(headers: &mut HeaderMap) {
         .iter()
         .cloned()
         .collect();
-    let directives: Vec<&[u8]> = values
+    // A value that does not read as directives (a quote left open, a `;` for a `,`) may still
+    // say `public` to a cache that looks for the word: it is made `private`, whole.
+    let Some(directives) = values
         .iter()
-        .flat_map(|v| cache_directives(v.as_bytes()))
-        .collect();
+        .map(|v| cache_directives(v.as_bytes()))
+        .collect::<Option<Vec<Vec<&[u8]>>>>()
+        .map(|lines| lines.concat())
+    else {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        return;
+    };
     // A directive's name, lower-cased, and whether it has an argument (`private="set-cookie"`
     // keeps only that field from shared caches: the rest may be stored).
     let name = |d: &[u8]| {
@@ -413,9 +426,21 @@ pub fn private_to_shared_caches(headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, value);
 }
 
+/// Whether a header speaks to shared caches alone: RFC 9213's `CDN-Cache-Control` and its
+/// family of targeted fields (`Cloudflare-CDN-Cache-Control`, ...), `Surrogate-Control`, and
+/// Akamai's `Edge-Control` and `Akamai-Cache-Control`.
+fn is_for_shared_caches(name: &str) -> bool {
+    name.ends_with("cdn-cache-control")
+        || matches!(
+            name,
+            "surrogate-control" | "edge-control" | "akamai-cache-control"
+        )
+}
+
 /// The directives of one `Cache-Control` line, trimmed, split at the commas that are not inside
-/// a quoted string (`no-cache="set-cookie, x"` is one directive).
-fn cache_directives(line: &[u8]) -> Vec<&[u8]> {
+/// a quoted string (`no-cache="set-cookie, x"` is one directive); `None` for a line that is not
+/// a list of directives: a quote left open, or a name that is no token (`max-age=600; public`).
+fn cache_directives(line: &[u8]) -> Option<Vec<&[u8]>> {
     let mut out = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (i, &b) in line.iter().enumerate() {
@@ -430,11 +455,23 @@ fn cache_directives(line: &[u8]) -> Vec<&[u8]> {
             _ => {}
         }
     }
+    if quoted {
+        return None;
+    }
     out.push(&line[start..]);
-    out.into_iter()
+    let directives: Vec<&[u8]> = out
+        .into_iter()
         .map(<[u8]>::trim_ascii)
         .filter(|d| !d.is_empty())
-        .collect()
+        .collect();
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    directives
+        .iter()
+        .all(|d| {
+            let name = d.split(|&b| b == b'=').next().unwrap_or(d).trim_ascii();
+            !name.is_empty() && name.iter().all(token)
+        })
+        .then_some(directives)
 }
 
 /// The answer's `Content-Length`, as one value. hyper's client takes a repeated one whose
@@ -1859,13 +1896,26 @@ mod tests {
         );
         // What speaks to shared caches alone is dropped.
         let mut h = HeaderMap::new();
-        h.insert(
+        for name in [
             "cdn-cache-control",
-            HeaderValue::from_static("public, max-age=600"),
-        );
-        h.insert("surrogate-control", HeaderValue::from_static("max-age=600"));
+            "cloudflare-cdn-cache-control",
+            "surrogate-control",
+            "edge-control",
+            "akamai-cache-control",
+        ] {
+            h.insert(name, HeaderValue::from_static("public, max-age=600"));
+        }
         private_to_shared_caches(&mut h);
         assert!(h.is_empty(), "{h:?}");
+        // What does not read as directives is made private, whole: a quote left open, a `;`.
+        for odd in [
+            &["max-age=600, foo=\"x, public"][..],
+            &["foo=a\", public, max-age=600"],
+            &["no-cache=\"a, public", "b\", max-age=5"],
+            &["max-age=600; public"],
+        ] {
+            assert_eq!(cached(odd), ["private"], "{odd:?}");
+        }
     }
 
     #[test]

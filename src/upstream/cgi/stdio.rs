@@ -184,7 +184,8 @@ fn is_a_missing_file(line: &str) -> bool {
 }
 
 /// Logs each stderr line of the child as a warning, up to [`MAX_STDERR_LINES`], then how many
-/// more there were; returns the last non-empty one.
+/// more there were; returns the line that says why it ended: its first `fatal:` line, or else
+/// its last non-empty one.
 pub(super) async fn log_stderr<R: AsyncRead + Unpin>(
     stderr: R,
     path: String,
@@ -252,7 +253,15 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(
                          safe.directory in that user's (or the system's) git config"
                     );
                 }
-                last = Some(text.to_owned());
+                // git dies at its first `fatal:`; a line after it can be the rest of what it
+                // quoted from the client (a newline inside a ref name or an argument), which
+                // must not stand for the cause.
+                if !last
+                    .as_deref()
+                    .is_some_and(|l: &str| l.starts_with("fatal:"))
+                {
+                    last = Some(text.to_owned());
+                }
             }
         }
     }
@@ -356,9 +365,24 @@ mod tests {
                 RequestId::next(),
             ));
         });
-        assert_eq!(last.as_deref(), Some("two"));
+        // git dies at its first `fatal:`: what follows it (the rest of a quoted line a client
+        // chose) does not stand for the cause.
+        assert_eq!(last.as_deref(), Some("fatal: one"));
         assert!(log.contains("fatal: one") && log.contains("two"), "{log}");
         assert!(!log.contains("unlogged"), "{log}");
+    }
+
+    #[test]
+    fn the_cause_is_the_last_line_when_no_fatal_came() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let last = rt.block_on(log_stderr(
+            &b"warning: one\nerror: two\n"[..],
+            "/r".into(),
+            RequestId::next(),
+        ));
+        assert_eq!(last.as_deref(), Some("error: two"));
     }
 
     #[test]
