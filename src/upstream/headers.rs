@@ -439,7 +439,8 @@ fn is_for_shared_caches(name: &str) -> bool {
 
 /// The directives of one `Cache-Control` line, trimmed, split at the commas that are not inside
 /// a quoted string (`no-cache="set-cookie, x"` is one directive); `None` for a line that is not
-/// a list of directives: a quote left open, or a name that is no token (`max-age=600; public`).
+/// a list of directives: a quote left open, a name or value that is neither a token nor a quoted
+/// string (`max-age=600; public`).
 fn cache_directives(line: &[u8]) -> Option<Vec<&[u8]>> {
     let mut out = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
@@ -465,13 +466,19 @@ fn cache_directives(line: &[u8]) -> Option<Vec<&[u8]>> {
         .filter(|d| !d.is_empty())
         .collect();
     let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
-    directives
-        .iter()
-        .all(|d| {
-            let name = d.split(|&b| b == b'=').next().unwrap_or(d).trim_ascii();
-            !name.is_empty() && name.iter().all(token)
-        })
-        .then_some(directives)
+    // `name` or `name=value`, the value a token or a quoted string (RFC 9111 §5.2).
+    let directive = |d: &&[u8]| {
+        let (name, value) = match d.iter().position(|&b| b == b'=') {
+            Some(at) => (d[..at].trim_ascii(), Some(d[at + 1..].trim_ascii())),
+            None => (&d[..], None),
+        };
+        let value_ok = value.is_none_or(|v| {
+            (v.len() >= 2 && v.starts_with(b"\"") && v.ends_with(b"\""))
+                || (!v.is_empty() && v.iter().all(token))
+        });
+        !name.is_empty() && name.iter().all(token) && value_ok
+    };
+    directives.iter().all(directive).then_some(directives)
 }
 
 /// The answer's `Content-Length`, as one value. hyper's client takes a repeated one whose
