@@ -44,13 +44,18 @@
 //!                                   ├─ guard: in-flight cap, then the principal's bucket (an advertisement pays
 //!                                   │     for its POSTs) ─▶ 429
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
+//!                                         │     (the request id sent as X-Request-Id, or as
+//!                                         │     HTTP_X_REQUEST_ID to the CGI; an answer a shared
+//!                                         │     cache could keep made `private`)
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...),
 //!                                         │     on a TCP port or a Unix socket
 //!                                         └─ cgi:  git http-backend run by gitgate itself (its
 //!                                               head held until the body is fed: a program that
 //!                                               dies before it is a 502, a stop before it a 503; an exit
 //!                                               after the answer began cuts it off, unless git's
-//!                                               own ERR packet ended it)
+//!                                               own ERR packet ended it; one that died on a
+//!                                               request it could not read is the client's,
+//!                                               `malformed-request`)
 //!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
 //!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
