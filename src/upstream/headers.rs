@@ -341,6 +341,7 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
             HOP_BY_HOP.contains(&n)
                 || UPSTREAM_ONLY.contains(&n)
                 || is_for_a_front_server(n)
+                || is_for_shared_caches(n)
                 || n == "authorization"
                 || named_by_connection(headers, n)
         })
@@ -349,7 +350,7 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
     for name in gone {
         headers.remove(name);
     }
-    private_to_shared_caches(headers);
+    cache_control_private(headers);
     Ok(())
 }
 
@@ -371,6 +372,12 @@ pub fn private_to_shared_caches(headers: &mut HeaderMap) {
     for name in for_caches {
         headers.remove(name);
     }
+    cache_control_private(headers);
+}
+
+/// The `Cache-Control` part of [`private_to_shared_caches`], for [`to_client`], whose one pass
+/// over the answer's headers drops those for shared caches alone with the rest.
+fn cache_control_private(headers: &mut HeaderMap) {
     if !headers.contains_key(header::CACHE_CONTROL) {
         return;
     }
@@ -1914,6 +1921,19 @@ mod tests {
         }
         private_to_shared_caches(&mut h);
         assert!(h.is_empty(), "{h:?}");
+        // And from an HTTP upstream's answer, in the one pass over its headers.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cloudflare-cdn-cache-control",
+            HeaderValue::from_static("max-age=600"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=60"),
+        );
+        to_client(&mut h).unwrap();
+        assert_eq!(all(&h, "cache-control"), ["private, max-age=60"]);
+        assert!(!h.contains_key("cloudflare-cdn-cache-control"), "{h:?}");
         // What does not read as directives is made private, whole: a quote left open, a `;`.
         for odd in [
             &["max-age=600, foo=\"x, public"][..],
