@@ -1735,10 +1735,11 @@ async fn reload_on_hangup(
             tracing::info!("SIGHUP ignored: gitgate is stopping");
             continue;
         }
-        config_said_on_hangup(&running);
-        // Whether a restart would read the files this reload read: not when the config file
-        // now names others (or cannot be read, which it says itself).
-        let on_disk = Config::load(&running.source).ok();
+        // Read once: what it says of the edits, and whether a restart would read the files this
+        // reload read (not when the config file now names others).
+        let on_disk = Config::load(&running.source);
+        config_said_on_hangup(&running, &on_disk);
+        let on_disk = on_disk.ok();
         let same = |part: &dyn Fn(&Config) -> String| {
             on_disk
                 .as_ref()
@@ -1823,8 +1824,8 @@ async fn reload_on_hangup(
 /// config file: its other settings are built into the running server. An operator who edited
 /// it and sent SIGHUP (as for nginx) is told so, and told when it no longer loads, since the
 /// next restart would then fail.
-fn config_said_on_hangup(running: &Config) {
-    match Config::load(&running.source) {
+fn config_said_on_hangup(running: &Config, on_disk: &Result<Config, crate::config::ConfigError>) {
+    match on_disk {
         Err(e) => tracing::warn!(
             "SIGHUP: the config file no longer loads, so a restart would fail (the running \
              settings are kept; `gitgate check` says more): {e}"
@@ -1858,7 +1859,7 @@ fn config_said_on_hangup(running: &Config) {
                     return;
                 }
             }
-            let changed = changed_sections(running, &now);
+            let changed = changed_sections(running, now);
             if !changed.is_empty() {
                 tracing::warn!(
                     config = %crate::log_value::LogFile(&running.source),
