@@ -208,11 +208,20 @@ impl Nginx {
 
     /// fcgiwrap (and the workers it forked) gone: nginx then answers git's requests with its
     /// own `502` page.
+    ///
+    /// The parent's exit is not the end of its workers: one may still hold the socket and take
+    /// nginx's next connection (a CI run saw a 200 after the kill). So this waits until no
+    /// process of the group is left, and takes the socket's name away, which nginx's next
+    /// connect cannot get past whatever is still running.
     fn stop_fcgiwrap(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.fcgiwrap.id())])
-            .status();
+        let group = format!("-{}", self.fcgiwrap.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.fcgiwrap.wait();
+        let _ = std::fs::remove_file(self.dir.join("fcgi.sock"));
+        let group = self.fcgiwrap.id();
+        wait_for("fcgiwrap's workers to go", Duration::from_secs(10), || {
+            live_processes_of_group(group) == 0
+        });
     }
 
     fn access_log(&self) -> String {
@@ -228,6 +237,24 @@ impl Drop for Nginx {
             .status();
         let _ = self.fcgiwrap.wait();
     }
+}
+
+/// Processes of a process group that still run: zombies left to a PID 1 that does not reap
+/// them (as in some containers) hold no socket and are not counted.
+fn live_processes_of_group(group: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // After the command's name in parentheses: state, parent, process group.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+            pgrp == Some(group) && state != "Z" && state != "X"
+        })
+        .count()
 }
 
 fn is_root() -> bool {
