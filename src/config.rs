@@ -1305,9 +1305,11 @@ fn tables_where_tables_go(text: &str) -> Result<(), String> {
         for key in inner {
             if let Some(v) = table.get(*key).filter(|v| !v.is_table()) {
                 let dotted = format!("{name}.{key}");
+                // Else written inline (`server = { tls = [..] }`): on the section's own line.
                 let line = line
                     .and_then(|from| line_of_key(key, from))
-                    .or_else(|| line_of_key(&dotted, 1));
+                    .or_else(|| line_of_key(&dotted, 1))
+                    .or(line);
                 return Err(format!(
                     "{}{name}: [{name}] {key} must be a table (a [{dotted}] header followed by \
                      key = value lines), not {}",
@@ -2215,6 +2217,16 @@ env = "UPSTREAM_TOKEN"
         .unwrap_err();
         assert!(e.contains("[upstream] credentials must be a table"), "{e}");
         assert!(!e.contains("s3cret"), "{e}");
+        // An inline table's key is on the section's line.
+        let e = parse(&base.replace(
+            "[server]\nlisten = \"127.0.0.1:8080\"\ngit_prefix = \"/scm/\"\n",
+            "server = { listen = \"127.0.0.1:8080\", tls = [\"a.pem\", \"b.pem\"] }\n",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("line 2, server: [server] tls must be a table"),
+            "{e}"
+        );
     }
 
     #[test]
