@@ -881,6 +881,63 @@ fn a_command_stopped_at_its_password_prompt_sets_the_terminal_back() {
     assert!(shown.contains("after: echo"), "echo is back: {shown}");
 }
 
+/// Ctrl-C at a password prompt ends the command as SIGINT would (130), with the terminal back to
+/// echoing: on a store that is there, and on a first command's new store, which is taken back.
+/// The prompt reads Ctrl-C as a character and raises SIGINT in its own thread, where the new
+/// store's command blocks it: that command used to end with "interrupted" and exit 1.
+#[test]
+fn ctrl_c_at_a_password_prompt_exits_130_and_a_new_store_is_taken_back() {
+    let install = setup();
+    let store = install.path().join("gitgate.db");
+    assert!(store.exists());
+    let at_ctrl_c = |config: &std::path::Path, args: &str| {
+        let script = format!(
+            "\"$0\" --config \"$1\" {args} </dev/tty; echo \"status=$?\"; \
+             stty -a </dev/tty | grep -o -- ' -\\?echo ' | head -1 | sed 's/^/after:/'"
+        );
+        let mut run = std::process::Command::new("script")
+            .arg("-qec")
+            .arg(format!(
+                "sh -c '{}' {} {}",
+                script.replace('\'', "'\\''"),
+                common::gitgate_bin(),
+                config.display()
+            ))
+            .arg("/dev/null")
+            .env_remove("GITGATE_CONFIG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs");
+        let mut typing = run.stdin.take().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        {
+            use std::io::Write;
+            typing.write_all(b"\x03").unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        drop(typing);
+        String::from_utf8_lossy(&run.wait_with_output().unwrap().stdout).into_owned()
+    };
+    let config = install.path().join("gitgate.toml");
+    let shown = at_ctrl_c(&config, "user passwd alice");
+    assert!(shown.contains("status=130"), "{shown}");
+    assert!(shown.contains("after: echo"), "echo is back: {shown}");
+
+    // A config naming a store not made yet: the first command makes it.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let fresh = install.path().join("fresh.toml");
+    assert!(text.contains("gitgate.db"), "{text}");
+    std::fs::write(&fresh, text.replace("gitgate.db", "fresh.db")).unwrap();
+    let new_store = install.path().join("fresh.db");
+    let shown = at_ctrl_c(&fresh, "user add bob --admin");
+    assert!(shown.contains("status=130"), "{shown}");
+    assert!(shown.contains("was taken back"), "{shown}");
+    assert!(!shown.contains("interrupted"), "{shown}");
+    assert!(shown.contains("after: echo"), "echo is back: {shown}");
+    assert!(!new_store.exists(), "the new store was left: {shown}");
+}
+
 /// At a prompt a new password is asked twice: two that differ change nothing (no user added,
 /// the old password kept); two that match are set. (Typed passwords are not echoed: a typo
 /// would otherwise become a password nobody knows.)
@@ -936,9 +993,26 @@ fn a_token_of_a_disabled_owner_is_shown_as_refused() {
         listed.contains("refused: its owner is disabled"),
         "{listed}"
     );
+    // A script is told the same, in one word: the dates alone say the token works.
+    let status_of = |args: &[&str]| {
+        let v = json_of(&install.cli_ok(args, ""));
+        let t = if v.is_array() { v[0].clone() } else { v };
+        t["status"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(
+        status_of(&["token", "show", id, "--json"]),
+        "owner-disabled"
+    );
+    assert_eq!(
+        status_of(&["token", "list", "--user", "alice", "--json"]),
+        "owner-disabled"
+    );
     install.cli_ok(&["user", "enable", "alice"], "");
     let shown = install.cli_ok(&["token", "show", id], "");
     assert!(shown.contains("status:      active"), "{shown}");
+    assert_eq!(status_of(&["token", "show", id, "--json"]), "active");
+    install.cli_ok(&["token", "revoke", id], "");
+    assert_eq!(status_of(&["token", "show", id, "--json"]), "revoked");
 }
 
 /// `grant add` says what it did: a new grant, a level replaced (named), or nothing at all.

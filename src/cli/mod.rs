@@ -435,6 +435,27 @@ fn stop_signals_set_the_terminal_back() {
     }
 }
 
+/// A line typed at a no-echo prompt. The prompt reads Ctrl-C as a character and raises SIGINT
+/// in this thread alone; where the stop signals are blocked for a first command's new store,
+/// that signal stays pending here, and the command would end with its error ("interrupted",
+/// exit 1) instead of taking the store back as a stop does and exiting 130. So the interrupt
+/// is sent to the process as well, which the thread that waits for stop signals takes
+/// ([`undo_on_a_stop_signal`]); this thread waits for it to end the process.
+fn prompt_without_echo(prompt: &str) -> Result<String, String> {
+    match rpassword::prompt_password(prompt) {
+        Ok(line) => Ok(line),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            // SAFETY: kill on this process's own id, with a valid signal number.
+            unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+            // Where no thread waits for it, the signal's handler or default ended the process
+            // already; this is only the fallback of a signal that could not be sent.
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            Err(format!("cannot read the password: {e}"))
+        }
+        Err(e) => Err(format!("cannot read the password: {e}")),
+    }
+}
+
 /// Read a password: the first line of stdin with `--password-stdin`, else a no-echo prompt.
 pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
     let password = if from_stdin {
@@ -451,7 +472,7 @@ pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
             );
         }
         stop_signals_set_the_terminal_back();
-        rpassword::prompt_password(prompt).map_err(|e| format!("cannot read the password: {e}"))?
+        prompt_without_echo(prompt)?
     };
     if password.is_empty() {
         return Err("the password is empty".into());
@@ -464,8 +485,7 @@ pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
 pub fn read_new_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
     let password = read_password(from_stdin, prompt)?;
     if !from_stdin {
-        let again = rpassword::prompt_password("Retype it: ")
-            .map_err(|e| format!("cannot read the password: {e}"))?;
+        let again = prompt_without_echo("Retype it: ")?;
         if again != password {
             return Err("the two passwords typed differ; nothing changed".into());
         }

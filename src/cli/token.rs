@@ -129,7 +129,7 @@ pub fn create(store: &Store, who: For, c: Create) -> Result<(), String> {
     // A secret that never reached the operator must not stay valid: revoke it and say so.
     let delivered = if json {
         // The shape of `token show --json`, and the secret.
-        let mut value = to_json(&record, &policy);
+        let mut value = to_json(&record, &policy, owner_is_disabled(store, &record));
         value["token"] = json!(secret.expose());
         print_json(&value)
     } else {
@@ -185,13 +185,21 @@ fn announce(record: &TokenRecord, secret: &Secret) -> Result<(), String> {
 pub fn list(store: &Store, user: Option<&str>, json: bool) -> Result<(), String> {
     let tokens = store.tokens(user).map_err(|e| e.to_string())?;
     let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
+    let disabled: std::collections::HashSet<String> = store
+        .users()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|u| !u.active)
+        .map(|u| u.slug)
+        .collect();
+    let owner_disabled = |t: &TokenRecord| t.owner.as_ref().is_some_and(|o| disabled.contains(o));
     if json {
         // Written a token at a time, as `audit --json` is: the whole list as one JSON value
         // took some 6 KB a token (1.2 GB for 200,000); the same text comes out.
         out_raw("[")?;
         for (i, t) in tokens.iter().enumerate() {
-            let text =
-                serde_json::to_string_pretty(&to_json(t, &policy)).map_err(|e| e.to_string())?;
+            let text = serde_json::to_string_pretty(&to_json(t, &policy, owner_disabled(t)))
+                .map_err(|e| e.to_string())?;
             let sep = if i == 0 { "\n" } else { ",\n" };
             out_raw(&format!("{sep}  {}", text.replace('\n', "\n  ")))?;
         }
@@ -211,15 +219,7 @@ pub fn list(store: &Store, user: Option<&str>, json: bool) -> Result<(), String>
         "LAST USED"
     );
     let now = clock::now_ms();
-    let disabled: std::collections::HashSet<String> = store
-        .users()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|u| !u.active)
-        .map(|u| u.slug)
-        .collect();
     for t in tokens {
-        let owner_disabled = t.owner.as_ref().is_some_and(|o| disabled.contains(o));
         outln!(
             "{:<12} {:<wn$} {:<10} {:<wf$} {:<wp$} {:<20} {:<20} {}",
             t.id,
@@ -229,17 +229,29 @@ pub fn list(store: &Store, user: Option<&str>, json: bool) -> Result<(), String>
             t.permissions.to_string(),
             when(t.expires_at),
             when(t.last_used_at),
-            status(&t, &policy, now, owner_disabled)
+            status(&t, &policy, now, owner_disabled(&t))
         );
     }
     Ok(())
 }
 
-/// The `--json` shape of a token: the store's fields plus whether it meets the expiry policy.
-fn to_json(t: &TokenRecord, policy: &ExpiryPolicy) -> serde_json::Value {
+/// The `--json` shape of a token: the store's fields, whether it meets the expiry policy, and
+/// its `status` as git would find it — `active`, `revoked`, `expired` or `owner-disabled` — so
+/// that a script need not work out from the dates and the owner whether a token still opens
+/// anything (the text's STATUS column, in one word each).
+fn to_json(t: &TokenRecord, policy: &ExpiryPolicy, owner_disabled: bool) -> serde_json::Value {
     let mut value = t.to_json();
     value["compliant"] = json!(policy.compliant(t));
+    value["status"] = json!(state(t, clock::now_ms(), owner_disabled));
     value
+}
+
+/// Whether the token's owner (if it has one: a project's or repository's token has none) is
+/// disabled, which refuses the token whatever it says itself.
+fn owner_is_disabled(store: &Store, t: &TokenRecord) -> bool {
+    t.owner
+        .as_ref()
+        .is_some_and(|owner| store.user(owner).ok().flatten().is_some_and(|u| !u.active))
 }
 
 /// A whole secret pasted where the id goes (`token revoke ggt_...`, the leaked string at hand)
@@ -264,7 +276,7 @@ pub fn show(store: &Store, id: &str, json: bool) -> Result<(), String> {
     let t = lifecycle::get(store, &Caller::Operator, None, id).map_err(|e| e.to_string())?;
     let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
     if json {
-        return print_json(&to_json(&t, &policy));
+        return print_json(&to_json(&t, &policy, owner_is_disabled(store, &t)));
     }
     print_details(store, &t, &policy)
 }
@@ -300,10 +312,7 @@ fn print_details(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Resul
     );
     // Not a failure of its own: `token edit` shows the token after its change is made (see
     // `edit`), and the token itself was just read from the same store.
-    let owner_disabled = t
-        .owner
-        .as_ref()
-        .is_some_and(|owner| store.user(owner).ok().flatten().is_some_and(|u| !u.active));
+    let owner_disabled = owner_is_disabled(store, t);
     if let Some(at) = t.revoked_at {
         // Who did it is the audit's: the event names the actor and where from.
         outln!(
@@ -426,7 +435,7 @@ pub fn edit(store: &Store, id: &str, e: Edit) -> Result<(), String> {
             && b.allowed_networks == t.allowed_networks
     });
     let shown = if e.json {
-        print_json(&to_json(&t, &policy))
+        print_json(&to_json(&t, &policy, owner_is_disabled(store, &t)))
     } else {
         if unchanged {
             note!(
@@ -486,7 +495,7 @@ pub fn rotate(
         lifecycle::rotate(store, &caller, None, id, overlap_secs, &Actor::cli())
             .map_err(|e| e.to_string())?;
     let delivered = if json {
-        let mut value = to_json(&record, &policy);
+        let mut value = to_json(&record, &policy, owner_is_disabled(store, &record));
         value["token"] = json!(secret.expose());
         print_json(&value)
     } else {
@@ -608,14 +617,21 @@ fn owner_login_error(
 /// A token's status as git would find it: one whose owner is disabled is refused, whatever the
 /// token itself says.
 fn status(t: &TokenRecord, policy: &ExpiryPolicy, now: i64, owner_disabled: bool) -> &'static str {
+    match state(t, now, owner_disabled) {
+        "owner-disabled" => "refused: its owner is disabled",
+        "active" if !policy.compliant(t) => "active, non-compliant",
+        word => word,
+    }
+}
+
+/// [`status`] in one word, for `--json`: `revoked`, `expired`, `owner-disabled` or `active`.
+fn state(t: &TokenRecord, now: i64, owner_disabled: bool) -> &'static str {
     if t.revoked_at.is_some() {
         "revoked"
     } else if t.expires_at.is_some_and(|e| now >= e) {
         "expired"
     } else if owner_disabled {
-        "refused: its owner is disabled"
-    } else if !policy.compliant(t) {
-        "active, non-compliant"
+        "owner-disabled"
     } else {
         "active"
     }
