@@ -662,6 +662,7 @@ fn log_command_line_changes(store: &Store) {
             target = e.target.as_str(),
             detail = e.detail.as_str(),
             count = e.count,
+            at = e.at,
             via = "command-line",
             "audit"
         );

@@ -97,9 +97,11 @@ pub(super) fn record(
     if let Some(was_admin) = actor.logged_in_as_admin {
         caller_still_stands(conn, &actor.name, was_admin)?;
     }
-    insert_repeated(conn, actor, action, target, detail, clock::now_ms(), None)?;
+    let at = clock::now_ms();
+    insert_repeated(conn, actor, action, target, detail, at, None)?;
     UNCOMMITTED.with(|u| {
         u.borrow_mut().push(Uncommitted {
+            at,
             actor: actor.clone(),
             action: action.to_owned(),
             target: target.to_owned(),
@@ -134,6 +136,8 @@ fn caller_still_stands(conn: &rusqlite::Connection, slug: &str, was_admin: bool)
 
 /// An event recorded in a transaction still open on this thread.
 struct Uncommitted {
+    /// When it was recorded: the store's `at`, before the commit that logs it.
+    at: i64,
     actor: Actor,
     action: String,
     target: String,
@@ -151,7 +155,7 @@ pub(super) fn after_transaction(committed: bool) {
     let events = UNCOMMITTED.with(|u| std::mem::take(&mut *u.borrow_mut()));
     if committed {
         for e in events {
-            log_event(&e.actor, &e.action, &e.target, &e.detail, None);
+            log_event(e.at, &e.actor, &e.action, &e.target, &e.detail, None);
         }
     }
 }
@@ -200,8 +204,12 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEvent> {
     })
 }
 
-/// The log line of an audit event.
+/// The log line of an audit event. Its `at` is the event's own time, as the store and `gitgate
+/// audit --json` have it (epoch milliseconds): the line itself is written later — after the
+/// commit, or with the batch of failures — so a timeline built from the log alone would put a
+/// revocation after the refusal of the token it revoked.
 pub(super) fn log_event(
+    at: i64,
     actor: &Actor,
     action: &str,
     target: &str,
@@ -217,6 +225,7 @@ pub(super) fn log_event(
         target = target,
         detail,
         count,
+        at,
         "audit"
     );
 }

@@ -758,7 +758,14 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
         if let Err(e) = step {
             // The steps before it are committed, and their event says so: the log too.
             if deleted > 0 {
-                log_event(&actor, "audit.pruned", "", &detail(deleted), None);
+                log_event(
+                    crate::clock::now_ms(),
+                    &actor,
+                    "audit.pruned",
+                    "",
+                    &detail(deleted),
+                    None,
+                );
             }
             return Err(e);
         }
@@ -770,7 +777,14 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
     }
     if deleted > 0 {
         let text = detail(deleted);
-        log_event(&actor, "audit.pruned", "", &text, None);
+        log_event(
+            crate::clock::now_ms(),
+            &actor,
+            "audit.pruned",
+            "",
+            &text,
+            None,
+        );
     }
     Ok(Pruned { deleted, done })
 }
@@ -810,10 +824,17 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super
         Ok(())
     })?;
     for (e, repeats) in &batch.events {
-        log_event(&e.actor, e.action, &e.target, &e.detail, Some(repeats));
+        log_event(
+            e.at,
+            &e.actor,
+            e.action,
+            &e.target,
+            &e.detail,
+            Some(repeats),
+        );
     }
     if let Some((actor, detail)) = &summary {
-        log_event(actor, "audit.dropped", "", detail, None);
+        log_event(now, actor, "audit.dropped", "", detail, None);
     }
     Ok(())
 }
