@@ -37,6 +37,7 @@ use crate::log_value::{LogText, LogValue};
 use crate::metrics::{Operation, Outcome, METRICS};
 use crate::permission::TokenKind;
 use crate::policy::{self, Deny, Identity};
+use crate::push_commands::PushCommands;
 use crate::request_id::{RequestId, RequestSource};
 use crate::store::{AuthRecord, CacheLookup, CacheVersion, Store, StoreError};
 use crate::token;
@@ -282,12 +283,25 @@ impl Gate {
                 // A body that ends short of its length is broken off too: an HTTP/2 client that
                 // resets its stream with NO_ERROR mid-upload ends it so, without an error.
                 let promised = crate::upstream::headers::content_length(&parts.headers);
+                // A push's commands are read as they pass, for its log line.
+                let mut reading_push = a_push_with_commands(&git_req, &parts.headers);
+                if reading_push {
+                    *inbound.push.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(PushCommands::default());
+                }
                 let body = Observed::new(body, move |s: Seen<'_, hyper::Error>| match s {
                     Seen::Frame(frame) => {
                         if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
                             seen.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                             METRICS.request_bytes(data.len() as u64);
                             exchange.request_body_moved();
+                            if reading_push {
+                                let mut push = seen.push.lock().unwrap_or_else(|p| p.into_inner());
+                                if let Some(push) = push.as_mut() {
+                                    push.feed(data);
+                                    reading_push = !push.is_done();
+                                }
+                            }
                         }
                     }
                     Seen::Error(e) => {
@@ -899,6 +913,16 @@ const CLIENT_GONE_BEFORE_ANSWER: u16 = 499;
 /// Whether a push's POST is to come after `git_req`'s answer: its ref advertisement, or the
 /// probe git sends before a pack too large for one buffer (a `0000` of four bytes), after which
 /// the pack follows, chunked.
+/// Whether the request is a push's POST whose commands can be read as it passes (see
+/// [`PushCommands`]): not its 4-byte probe (`0000`), nor a body encoded (gzip) on the way.
+fn a_push_with_commands(git_req: &GitRequest, headers: &hyper::HeaderMap) -> bool {
+    git_req.operation == git::Operation::Rpc(git::Service::ReceivePack)
+        && !headers.contains_key(hyper::header::CONTENT_ENCODING)
+        && headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() != b"4")
+}
+
 fn a_push_continues(git_req: &GitRequest, headers: &hyper::HeaderMap) -> bool {
     match git_req.operation {
         git::Operation::Advertise(git::Service::ReceivePack) => true,
@@ -956,6 +980,25 @@ impl LogLine {
             path: self.uri.path(),
             token_checked: self.who.repo.is_some(),
         };
+        // A push's commands, on a line of their own just before the request's: which refs it
+        // asked to change is what an investigation asks first.
+        let push = self
+            .inbound
+            .push
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(push) = push {
+            tracing::info!(
+                target: "gitgate::request",
+                request_id = %self.id,
+                repo = %loggable_repo(self.who.repo.as_deref().unwrap_or("-")),
+                user = %LogValue(self.who.user.as_deref().unwrap_or("-")),
+                token_id = %self.who.token_id.as_deref().unwrap_or("-"),
+                refs = %LogText(&credentials::without_secrets(&push.to_string())),
+                "push commands"
+            );
+        }
         tracing::info!(
             target: "gitgate::request",
             request_id = %self.id,
@@ -1306,6 +1349,8 @@ struct Inbound {
     /// The body broke because its connection was reset: the client is gone. A client that
     /// closed it (a FIN) may have closed only its sending side and still read the answer.
     reset: AtomicBool,
+    /// A push's commands, read as its body passes (`None` for every other request).
+    push: std::sync::Mutex<Option<PushCommands>>,
 }
 
 /// How a request body's connection ended under it.

@@ -218,6 +218,7 @@ pub mod network;
 pub mod password;
 pub mod permission;
 pub mod policy;
+pub mod push_commands;
 pub mod ratelimit;
 pub mod repeats;
 pub mod request_id;

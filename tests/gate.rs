@@ -481,6 +481,119 @@ fn a_fetch_git_refuses_ends_with_gits_reason_not_a_broken_answer() {
     assert!(!log.contains("outcome=stream-error"), "{log}");
 }
 
+/// Each push says which refs it asked to change, on a line just before its request line: a
+/// branch moved, a tag created, a branch deleted. git's reflogs cannot tell this afterwards
+/// (no reflog for a tag, and a deleted branch's goes with it).
+#[test]
+fn a_push_logs_the_refs_it_asked_to_change() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    let old = sb.rev(&work, "HEAD");
+    sb.git(&work, &["push", "-q", "origin", "HEAD:refs/heads/release"])
+        .ok();
+    let new = sb.commit_file(&work, "f.txt", b"one", "one");
+    sb.git(&work, &["tag", "v9"]).ok();
+    sb.git(
+        &work,
+        &[
+            "push",
+            "-q",
+            "origin",
+            "HEAD:main",
+            "refs/tags/v9",
+            ":refs/heads/release",
+        ],
+    )
+    .ok();
+    server.stop();
+    let log = server.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("push commands"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    let short = |id: &str| id[..7].to_owned();
+    assert!(
+        lines[0].contains(&format!(
+            "refs=\"refs/heads/release created at {}\"",
+            short(&old)
+        )),
+        "{log}"
+    );
+    // In the order git sent them, which is its own.
+    for asked in [
+        format!("refs/heads/main {}..{}", short(&old), short(&new)),
+        format!("refs/tags/v9 created at {}", short(&new)),
+        format!("refs/heads/release deleted (was {})", short(&old)),
+    ] {
+        assert!(lines[1].contains(&asked), "{asked}: {log}");
+    }
+    assert_eq!(lines[1].matches(", ").count(), 2, "{log}");
+    for line in &lines {
+        assert!(
+            line.contains(&format!("token_id={}", token.id)) && line.contains("repo=team/app"),
+            "{line}"
+        );
+    }
+    // Each is followed by its own request line, the receive-pack POST's.
+    for line in &lines {
+        let id = line
+            .split("request_id=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        assert!(
+            log.lines().any(|l| l.contains(&format!("request_id={id} "))
+                && l.contains("git-receive-pack")
+                && l.contains("status=200")),
+            "{log}"
+        );
+    }
+}
+
+/// A damaged repository (a pack cut short) makes upload-pack refuse a clone with `ERR ... not
+/// our ref`, the words of a client's mistake; the `error:` lines git wrote before it show the
+/// trouble is the server's. So it is logged and counted as a backend failure, naming `git
+/// fsck`, not as git telling its client why.
+#[test]
+fn a_refusal_after_gits_own_error_is_a_backend_failure() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    let bare = sb.bare("team/app");
+    sb.git(&bare, &["repack", "-adq"]).ok();
+    let pack = std::fs::read_dir(bare.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "pack"))
+        .expect("a pack after repack");
+    let len = std::fs::metadata(&pack).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let clone = sb.git(sb.root(), &["clone", "-q", &url, "damaged"]);
+    assert!(!clone.success(), "{clone}");
+    server.stop();
+    let log = server.log_text();
+    assert!(
+        log.contains("response stream failed")
+            && log.contains("is the repository damaged?")
+            && log.contains("does not match index"),
+        "{log}"
+    );
+    assert!(log.contains("outcome=stream-error"), "{log}");
+    assert!(
+        !log.contains("git refused the request and told its client why"),
+        "{log}"
+    );
+}
+
 /// A fetch whose negotiation is larger than git http-backend's 10 MiB buffer for a chunked
 /// body (a mirror with hundreds of thousands of refs: git chunks requests over
 /// `http.postBuffer`) fails with `request was larger than our maximum size`; gitgate clears the
@@ -1215,6 +1328,31 @@ fn token_revoked_from_cli_while_serving_is_refused_next_request() {
     std::thread::sleep(Duration::from_millis(1500));
     let log = server.log_text();
     assert_eq!(revoked(&log), 1, "{log}");
+    // Logged a second later, it has the event's own time, the store's: a timeline made from the
+    // log puts the revocation before the refusal it caused.
+    let at_of = |action: &str| -> i64 {
+        let line = log
+            .lines()
+            .find(|l| l.contains("gitgate::audit") && l.contains(action))
+            .unwrap_or_else(|| panic!("no {action} line: {log}"));
+        let at = line
+            .split(" at=")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{line}"));
+        at.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let stored = sb
+        .cli(&["audit", "--action", "token.revoked", "--json"])
+        .ok()
+        .to_owned();
+    assert!(
+        stored.contains(&format!("\"at\": {}", at_of("action=\"token.revoked\""))),
+        "{stored}\n{log}"
+    );
+    assert!(
+        at_of("action=\"token.revoked\"") < at_of("action=\"auth.failed\""),
+        "{log}"
+    );
     // Events from before the start are not logged again: the users and grants of the set-up.
     assert!(!log.contains("action=\"user.added\""), "{log}");
     // A change made just before a stop is logged by the stop, not lost with the follower's

@@ -586,6 +586,18 @@ impl Body for CgiBody {
                  (it exited 0 after a fatal error): {info}"
             ))))),
             Ok(info) => match git_error_at_end(&this.tail) {
+                // git's refusal came after trouble of its own (`error: packfile ... does not
+                // match index`): a damaged repository, whose objects upload-pack then cannot
+                // find and calls "not our ref". The client's mistake it seems is the server's
+                // failure, to be logged and counted as one.
+                Some(error) if info.first_error.is_some() => {
+                    Poll::Ready(Some(Err(io::Error::other(format!(
+                        "git refused the request ({:?}) after an error of its own ({:?}): is the \
+                         repository damaged? `git fsck` in it will say; {info}",
+                        crate::credentials::without_secrets(&error),
+                        info.first_error.as_deref().unwrap_or_default(),
+                    )))))
+                }
                 // git refused the request and told its client why (a fetch of an object it
                 // does not have): a whole answer, ended cleanly, so that git prints that reason
                 // alone — not followed by `RPC failed; curl 18` — and no backend failure is

@@ -111,6 +111,8 @@ impl Drop for KillGuard {
 pub(super) struct ExitInfo {
     pub(super) status: io::Result<ExitStatus>,
     pub(super) last_stderr: Option<String>,
+    /// git's first `error:` line before its `fatal:` (see `StderrWords`).
+    pub(super) first_error: Option<String>,
     pub(super) killed: Option<String>,
 }
 
@@ -234,7 +236,7 @@ pub fn may_execute(program: &Path) -> io::Result<()> {
 pub(super) async fn supervise(
     mut child: Child,
     switch: KillSwitch,
-    mut stderr: JoinHandle<Option<String>>,
+    mut stderr: JoinHandle<super::stdio::StderrWords>,
     report: oneshot::Sender<ExitInfo>,
     counted: Counted,
     push: bool,
@@ -303,8 +305,8 @@ pub(super) async fn supervise(
     } else {
         SUCCESS_STDERR_GRACE
     };
-    let last_stderr = match tokio::time::timeout(grace, &mut stderr).await {
-        Ok(last) => last.ok().flatten(),
+    let words = match tokio::time::timeout(grace, &mut stderr).await {
+        Ok(words) => words.unwrap_or_default(),
         Err(_) if !failed => {
             // Left to log the rest for the full grace, off the answer's path; then ended like a
             // failure's, so that a job holding the pipe for good holds no task and no descriptor
@@ -317,16 +319,17 @@ pub(super) async fn supervise(
                     stderr.abort();
                 }
             });
-            None
+            Default::default()
         }
         Err(_) => {
             stderr.abort();
-            None
+            Default::default()
         }
     };
     let _ = report.send(ExitInfo {
         status,
-        last_stderr,
+        last_stderr: words.last,
+        first_error: words.first_error,
         killed: killed_for,
     });
 }

@@ -190,10 +190,11 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(
     stderr: R,
     path: String,
     id: RequestId,
-) -> Option<String> {
+) -> StderrWords {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
     let mut last = None;
+    let mut first_error = None;
     let mut logged = 0u32;
     let mut unlogged = 0u64;
     loop {
@@ -256,10 +257,13 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(
                 // git dies at its first `fatal:`; a line after it can be the rest of what it
                 // quoted from the client (a newline inside a ref name or an argument), which
                 // must not stand for the cause.
-                if !last
+                let after_fatal = last
                     .as_deref()
-                    .is_some_and(|l: &str| l.starts_with("fatal:"))
-                {
+                    .is_some_and(|l: &str| l.starts_with("fatal:"));
+                if !after_fatal {
+                    if first_error.is_none() && text.starts_with("error:") {
+                        first_error = Some(text.to_owned());
+                    }
                     last = Some(text.to_owned());
                 }
             }
@@ -275,7 +279,17 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(
             "CGI backend wrote more stderr lines than are logged; the rest were read and dropped"
         );
     }
-    last
+    StderrWords { last, first_error }
+}
+
+/// What a backend's stderr said, for how its end is judged (see `ExitInfo`).
+#[derive(Debug, Default)]
+pub(super) struct StderrWords {
+    /// The line that explains a failure: the first `fatal:` (git dies at it), else the last.
+    pub(super) last: Option<String>,
+    /// The first `error:` line before any `fatal:`: git's own trouble (a packfile that does
+    /// not match its index), which a refusal after it (`not our ref`) does not explain.
+    pub(super) first_error: Option<String>,
 }
 
 #[cfg(test)]
@@ -334,11 +348,13 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            last = rt.block_on(log_stderr(
-                flood.as_bytes(),
-                "/repo.git/x".into(),
-                RequestId::next(),
-            ));
+            last = rt
+                .block_on(log_stderr(
+                    flood.as_bytes(),
+                    "/repo.git/x".into(),
+                    RequestId::next(),
+                ))
+                .last;
         });
         // Every line is read (the last one is still reported), not every line is logged.
         assert_eq!(last.as_deref(), Some("line 5000"));
@@ -359,11 +375,13 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            last = rt.block_on(log_stderr(
-                &b"fatal: one\n\ntwo"[..],
-                "/r".into(),
-                RequestId::next(),
-            ));
+            last = rt
+                .block_on(log_stderr(
+                    &b"error: zero\nfatal: one\n\nerror: two"[..],
+                    "/r".into(),
+                    RequestId::next(),
+                ))
+                .last;
         });
         // git dies at its first `fatal:`: what follows it (the rest of a quoted line a client
         // chose) does not stand for the cause.
@@ -377,12 +395,20 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let last = rt.block_on(log_stderr(
-            &b"warning: one\nerror: two\n"[..],
+        let words = rt.block_on(log_stderr(
+            &b"warning: one\nerror: two\nerror: three\n"[..],
             "/r".into(),
             RequestId::next(),
         ));
-        assert_eq!(last.as_deref(), Some("error: two"));
+        assert_eq!(words.last.as_deref(), Some("error: three"));
+        assert_eq!(words.first_error.as_deref(), Some("error: two"));
+        // An `error:` after git's `fatal:` is not git's own: it can be what a client quoted.
+        let words = rt.block_on(log_stderr(
+            &b"fatal: git upload-pack: not our ref 1111\nerror: quoted\n"[..],
+            "/r".into(),
+            RequestId::next(),
+        ));
+        assert_eq!(words.first_error, None);
     }
 
     #[test]

@@ -1,0 +1,302 @@
+//! What a push asked to change, read from the start of its request body, for the request's log
+//! line (`refs="refs/heads/main 1a2b3c4..5d6e7f8, refs/heads/old deleted (was 89abcde)"`).
+//!
+//! Why: after a leak, "which refs did this token change" must have an answer. git's own
+//! reflogs do not give it — a tag is not in them, and deleting a branch deletes its reflog —
+//! and the request line alone says only that a `git-receive-pack` POST was answered 200.
+//!
+//! A push's body begins with its commands, one pkt-line each (`<old> <new> <ref>`, the first
+//! followed by `\0` and the capabilities), before a flush-pkt and the pack. Only those lines
+//! are read, as the body passes on its way to the backend: nothing is held back or changed,
+//! at most [`READ_AT_MOST`] bytes are looked at, and at most [`LISTED`] commands are kept
+//! (the rest are counted). The list is what the client asked for; whether each ref was
+//! changed is the backend's answer (the CGI backend logs a push it refused in part).
+
+use std::fmt;
+
+/// The most commands named in the log line; the rest are counted.
+pub const LISTED: usize = 20;
+
+/// How much of the body is looked at for commands: a mirror push of 100,000 refs sends some
+/// 10 MB of them, which need not all be read.
+pub const READ_AT_MOST: u64 = 1024 * 1024;
+
+/// The most of a ref name kept (a client chooses it).
+const NAME_KEPT: usize = 200;
+
+/// One command: a ref, from `old` to `new` (all zeros: not there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Command {
+    name: String,
+    old: String,
+    new: String,
+}
+
+/// The commands of one push, read as its body passes (see the module's doc).
+#[derive(Debug, Default)]
+pub struct PushCommands {
+    listed: Vec<Command>,
+    /// Every command seen, listed or not.
+    count: u64,
+    /// Bytes of a pkt-line not yet whole.
+    partial: Vec<u8>,
+    /// Bytes looked at so far.
+    read: u64,
+    end: Option<End>,
+}
+
+/// Why no more of the body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The flush-pkt after the commands: the list is whole.
+    Flush,
+    /// [`READ_AT_MOST`] bytes were read before it.
+    TooLong,
+    /// What came was no pkt-line (a gzip-encoded body, a hand-made one).
+    NotPktLines,
+}
+
+impl PushCommands {
+    /// Whether nothing more is to be read: the rest of the body passes untouched.
+    pub fn is_done(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// Look at the next bytes of the body.
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.end.is_some() {
+            return;
+        }
+        let room = READ_AT_MOST.saturating_sub(self.read);
+        let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        self.read += take as u64;
+        let mut joined = std::mem::take(&mut self.partial);
+        let mut bytes: &[u8] = if joined.is_empty() {
+            &data[..take]
+        } else {
+            joined.extend_from_slice(&data[..take]);
+            &joined
+        };
+        while self.end.is_none() {
+            let Some(head) = bytes.get(..4) else { break };
+            let Some(length) = std::str::from_utf8(head)
+                .ok()
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|h| usize::from_str_radix(h, 16).ok())
+            else {
+                self.end = Some(End::NotPktLines);
+                break;
+            };
+            match length {
+                0 => self.end = Some(End::Flush),
+                1..=3 => self.end = Some(End::NotPktLines),
+                _ if bytes.len() < length => break,
+                _ => {
+                    self.line(&bytes[4..length]);
+                    bytes = &bytes[length..];
+                }
+            }
+        }
+        if self.end.is_none() {
+            if take < data.len() || self.read >= READ_AT_MOST {
+                self.end = Some(End::TooLong);
+            } else {
+                self.partial = bytes.to_vec();
+            }
+        }
+    }
+
+    /// One pkt-line's payload: a command, or a line around them (`shallow <oid>`, a signed
+    /// push's certificate), which is passed over.
+    fn line(&mut self, payload: &[u8]) {
+        let line = payload.split(|&b| b == 0).next().unwrap_or_default();
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let mut words = line.splitn(3, |&b| b == b' ');
+        let (Some(old), Some(new), Some(name)) = (words.next(), words.next(), words.next()) else {
+            return;
+        };
+        let is_id =
+            |w: &[u8]| (w.len() == 40 || w.len() == 64) && w.iter().all(u8::is_ascii_hexdigit);
+        if !is_id(old) || !is_id(new) || name.is_empty() {
+            return;
+        }
+        self.count += 1;
+        if self.listed.len() < LISTED {
+            let name = String::from_utf8_lossy(name);
+            let name = match name.char_indices().nth(NAME_KEPT) {
+                Some((cut, _)) => format!("{}...", &name[..cut]),
+                None => name.into_owned(),
+            };
+            self.listed.push(Command {
+                name,
+                old: String::from_utf8_lossy(old).into_owned(),
+                new: String::from_utf8_lossy(new).into_owned(),
+            });
+        }
+    }
+}
+
+/// An object id shortened as git shortens it in its own output.
+fn short(id: &str) -> &str {
+    &id[..7.min(id.len())]
+}
+
+fn is_zero(id: &str) -> bool {
+    id.bytes().all(|b| b == b'0')
+}
+
+impl fmt::Display for PushCommands {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, c) in self.listed.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match (is_zero(&c.old), is_zero(&c.new)) {
+                (true, _) => write!(f, "{} created at {}", c.name, short(&c.new))?,
+                (_, true) => write!(f, "{} deleted (was {})", c.name, short(&c.old))?,
+                _ => write!(f, "{} {}..{}", c.name, short(&c.old), short(&c.new))?,
+            }
+        }
+        let more = self.count - self.listed.len() as u64;
+        let sep = if self.listed.is_empty() { "" } else { ", " };
+        match self.end {
+            Some(End::Flush) if self.count == 0 => f.write_str("none"),
+            Some(End::Flush) if more > 0 => write!(f, "{sep}and {more} more"),
+            Some(End::Flush) => Ok(()),
+            Some(End::TooLong) => write!(
+                f,
+                "{sep}and more (the list was not read past its first {} KiB)",
+                READ_AT_MOST / 1024
+            ),
+            Some(End::NotPktLines) if self.count == 0 => {
+                f.write_str("unread (the body does not begin with pkt-lines)")
+            }
+            Some(End::NotPktLines) => write!(f, "{sep}then no more pkt-lines"),
+            None => write!(
+                f,
+                "{sep}and maybe more (the body ended before its list did)"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(payload: &str) -> String {
+        format!("{:04x}{payload}", payload.len() + 4)
+    }
+
+    const ZERO: &str = "0000000000000000000000000000000000000000";
+    const A: &str = "1a2b3c4d5e6f70811a2b3c4d5e6f70811a2b3c4d";
+    const B: &str = "5d6e7f80910a1b2c5d6e7f80910a1b2c5d6e7f80";
+
+    fn read(body: &[u8], step: usize) -> PushCommands {
+        let mut p = PushCommands::default();
+        for chunk in body.chunks(step) {
+            p.feed(chunk);
+        }
+        p
+    }
+
+    #[test]
+    fn a_push_names_each_ref_it_updates_creates_or_deletes() {
+        let body = format!(
+            "{}{}{}0000PACK\x00\x00\x00\x02",
+            pkt(&format!(
+                "{A} {B} refs/heads/main\0 report-status side-band-64k agent=git/2.47\n"
+            )),
+            pkt(&format!("{ZERO} {A} refs/tags/v9\n")),
+            pkt(&format!("{B} {ZERO} refs/heads/release\n")),
+        );
+        // Whole, and split at every byte: a pkt-line may come in two frames.
+        for step in [body.len(), 1, 3, 7] {
+            let p = read(body.as_bytes(), step);
+            assert!(p.is_done());
+            assert_eq!(
+                p.to_string(),
+                "refs/heads/main 1a2b3c4..5d6e7f8, refs/tags/v9 created at 1a2b3c4, \
+                 refs/heads/release deleted (was 5d6e7f8)",
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn lines_around_the_commands_are_passed_over() {
+        let body = format!(
+            "{}{}0000",
+            pkt(&format!("shallow {A}\n")),
+            pkt(&format!("{A} {B} refs/heads/main\0report-status\n")),
+        );
+        assert_eq!(
+            read(body.as_bytes(), 5).to_string(),
+            "refs/heads/main 1a2b3c4..5d6e7f8"
+        );
+        // A push of nothing (git sends none, a hand-made client may).
+        assert_eq!(read(b"0000", 1).to_string(), "none");
+    }
+
+    #[test]
+    fn past_the_listed_ones_commands_are_counted() {
+        let mut body: String = (0..LISTED + 5)
+            .map(|i| pkt(&format!("{A} {B} refs/heads/b{i}\n")))
+            .collect();
+        body.push_str("0000");
+        let text = read(body.as_bytes(), 64).to_string();
+        assert!(
+            text.starts_with("refs/heads/b0 1a2b3c4..5d6e7f8, refs/heads/b1 "),
+            "{text}"
+        );
+        assert!(text.ends_with(", and 5 more"), "{text}");
+        assert_eq!(text.matches("refs/heads/").count(), LISTED);
+    }
+
+    #[test]
+    fn at_most_so_much_is_read() {
+        let line = pkt(&format!("{A} {B} refs/heads/{}\n", "x".repeat(900)));
+        let mut p = PushCommands::default();
+        let mut fed = 0u64;
+        while !p.is_done() {
+            p.feed(line.as_bytes());
+            fed += line.len() as u64;
+            assert!(fed <= READ_AT_MOST + line.len() as u64, "never done");
+        }
+        let text = p.to_string();
+        assert!(
+            text.ends_with("and more (the list was not read past its first 1024 KiB)"),
+            "{text}"
+        );
+        // A long name is cut.
+        assert!(text.contains(&format!(
+            "{}...",
+            "x".repeat(NAME_KEPT - "refs/heads/".len())
+        )));
+    }
+
+    #[test]
+    fn a_body_that_is_no_pkt_lines_is_said_unread() {
+        let p = read(b"\x1f\x8b\x08\x00gzip", 3);
+        assert!(p.is_done());
+        assert_eq!(
+            p.to_string(),
+            "unread (the body does not begin with pkt-lines)"
+        );
+        // One that ends before its flush says so.
+        let body = pkt(&format!("{A} {B} refs/heads/main\n"));
+        let p = read(&body.as_bytes()[..body.len()], 4);
+        assert!(!p.is_done());
+        assert_eq!(
+            p.to_string(),
+            "refs/heads/main 1a2b3c4..5d6e7f8, and maybe more (the body ended before its list did)"
+        );
+        // sha256 ids are read too.
+        let (a, b) = (A.repeat(2)[..64].to_string(), B.repeat(2)[..64].to_string());
+        let body = format!("{}0000", pkt(&format!("{a} {b} refs/heads/main\n")));
+        assert_eq!(
+            read(body.as_bytes(), 9).to_string(),
+            "refs/heads/main 1a2b3c4..5d6e7f8"
+        );
+    }
+}
