@@ -310,14 +310,47 @@ pub fn policy(store: &Store) -> Result<ExpiryPolicy> {
     Ok(policy_from(&|key| store.setting(key))?)
 }
 
-/// The policy as the settings read by `setting` say.
+/// The policy as a store's settings say (see `Store::inspect`): for `check`, which reads the
+/// store without opening it.
+pub fn policy_of_settings(
+    settings: &std::collections::HashMap<String, String>,
+) -> crate::store::Result<ExpiryPolicy> {
+    policy_from(&|key| Ok(settings.get(key).cloned()))
+}
+
+/// The policy as the settings read by `setting` say. A value gitgate does not write (changed by
+/// hand: `yes`, ` 30`, `-5`) is refused, not read as the most permissive policy: a token
+/// created on such a guess could outlive what the policy was meant to allow.
 fn policy_from(
     setting: &dyn Fn(&str) -> crate::store::Result<Option<String>>,
 ) -> crate::store::Result<ExpiryPolicy> {
-    let required = setting(EXPIRY_REQUIRED)?.is_some_and(|v| v == "true");
-    let max = setting(MAX_EXPIRY_DAYS)?
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|d| *d > 0);
+    let unreadable = |key: &str, value: &str, written: &str| {
+        StoreError::Unreadable(format!(
+            "the token expiry policy in the store cannot be read: {key} is {}, where gitgate \
+             writes {written} (changed by hand?); nothing is decided on it — set the whole \
+             policy again: gitgate policy set --expiry-required yes|no --max-expiry-days N \
+             (or --no-max-expiry-days)",
+            crate::log_value::LogValue(value)
+        ))
+    };
+    let required = match setting(EXPIRY_REQUIRED)?.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(unreadable(EXPIRY_REQUIRED, other, "true or false")),
+    };
+    let max = match setting(MAX_EXPIRY_DAYS)?.as_deref() {
+        None | Some("") => None,
+        Some(days) => match days.parse::<u32>() {
+            Ok(d) if d > 0 && days.bytes().all(|b| b.is_ascii_digit()) => Some(d),
+            _ => {
+                return Err(unreadable(
+                    MAX_EXPIRY_DAYS,
+                    days,
+                    "a whole number of days from 1, or nothing",
+                ))
+            }
+        },
+    };
     Ok(ExpiryPolicy {
         expiry_required: required,
         max_expiry_days: max,
@@ -388,10 +421,24 @@ pub fn set_policy(
         )));
     }
     Ok(store.change_settings("policy.changed", actor, |setting| {
-        let current = policy_from(setting)?;
-        let new = change.applied_to(current);
+        // A policy that cannot be read is set again whole: both parts given, no guess needed.
+        let current = match (policy_from(setting), change) {
+            (Ok(current), _) => Some(current),
+            (
+                Err(StoreError::Unreadable(_)),
+                PolicyChange {
+                    expiry_required: Some(_),
+                    max_expiry_days: Some(_),
+                },
+            ) => None,
+            (Err(e), _) => return Err(e),
+        };
+        let new = change.applied_to(current.unwrap_or(ExpiryPolicy {
+            expiry_required: false,
+            max_expiry_days: None,
+        }));
         // Nothing to change, nothing to audit.
-        if new == current {
+        if Some(new) == current {
             return Ok(((new, false), None));
         }
         let pairs = vec![
@@ -1144,6 +1191,61 @@ mod tests {
         assert_eq!(PolicyChange::default().applied_to(current), current);
         let whole = ExpiryPolicy::default();
         assert_eq!(PolicyChange::from(whole).applied_to(current), whole);
+    }
+
+    /// A policy changed by hand into what gitgate does not write is refused, not read as "no
+    /// policy" (which let a token be created that the policy meant to forbid); `policy set`
+    /// with both parts sets it again.
+    #[test]
+    fn a_policy_that_cannot_be_read_allows_nothing_until_it_is_set_again() {
+        let (dir, store) = setup();
+        let strict = PolicyChange {
+            expiry_required: Some(true),
+            max_expiry_days: Some(Some(30)),
+        };
+        set_policy(&store, &Caller::Operator, strict, &actor()).unwrap();
+        let db = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        for (key, value) in [
+            (EXPIRY_REQUIRED, "yes"),
+            (EXPIRY_REQUIRED, "TRUE"),
+            (MAX_EXPIRY_DAYS, "abc"),
+            (MAX_EXPIRY_DAYS, "-5"),
+            (MAX_EXPIRY_DAYS, "0"),
+            (MAX_EXPIRY_DAYS, " 30"),
+            (MAX_EXPIRY_DAYS, "+30"),
+            (MAX_EXPIRY_DAYS, "99999999999999999999"),
+        ] {
+            set_policy(&store, &Caller::Operator, strict, &actor()).unwrap();
+            db.execute(
+                "UPDATE settings SET value = ?2 WHERE key = ?1",
+                [key, value],
+            )
+            .unwrap();
+            let e = policy(&store).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{key} is")) && e.contains("gitgate policy set"),
+                "{value}: {e}"
+            );
+            // No token on a guess, with no expiry or a long one.
+            for days in [None, Some(400)] {
+                let refused = create(&store, &user("alice"), personal("alice", days), &actor());
+                assert!(
+                    matches!(&refused, Err(Error::Store(StoreError::Unreadable(_)))),
+                    "{value}: {:?}",
+                    refused.map(|(t, _)| t.expires_at)
+                );
+            }
+            // Half a change needs the other half, which cannot be read.
+            let half = PolicyChange {
+                expiry_required: Some(true),
+                ..Default::default()
+            };
+            assert!(set_policy(&store, &Caller::Operator, half, &actor()).is_err());
+            // The whole policy given: set, and read again.
+            let (set, changed) = set_policy(&store, &Caller::Operator, strict, &actor()).unwrap();
+            assert!(changed, "{value}");
+            assert_eq!(policy(&store).unwrap(), set);
+        }
     }
 
     #[test]

@@ -2260,6 +2260,102 @@ fn a_store_from_a_newer_gitgate_is_refused_and_left_as_it_was() {
     assert_eq!(fs::read(sb.db()).unwrap(), before, "the file was changed");
 }
 
+/// A column dropped by hand (`ALTER TABLE ... DROP COLUMN`): `check`, the CLI and `serve` each
+/// refuse the store at its opening, naming the column. Before, `check` passed a store without
+/// `users.locked_until` and `serve` started on it to answer every git request 503, and a store
+/// without `tokens.revoked_at` failed `check` but not `serve`.
+#[test]
+fn a_store_that_lost_a_column_is_refused_by_check_the_cli_and_serve_alike() {
+    for (table, column) in [("users", "locked_until"), ("tokens", "revoked_at")] {
+        let sb = Sandbox::new();
+        sb.add_user("alice", "alice-password-1");
+        rusqlite::Connection::open(sb.db())
+            .unwrap()
+            .execute_batch(&format!("ALTER TABLE {table} DROP COLUMN {column}"))
+            .unwrap();
+        let named = format!("'{table}'.'{column}'");
+        sb.cli(&["check"]).fails_with(&named);
+        sb.cli(&["user", "list"]).fails_with(&named);
+        let mut cmd = sb.gitgate_command();
+        cmd.arg("serve");
+        let out = run(cmd, None);
+        assert!(!out.success(), "{out}");
+        assert!(out.stderr.contains(&named), "{out}");
+        assert!(out.stderr.contains("restore"), "{out}");
+    }
+}
+
+/// A store copied with `sqlite3 .dump` (no user_version): told how to give it its version, and
+/// left as it was.
+#[test]
+fn a_dumped_store_is_told_how_to_get_its_version_back() {
+    let (sb, before) = a_store_set_to_version(0);
+    let out = sb.cli(&["check"]);
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stdout.contains("sqlite3 .dump") || out.stderr.contains("sqlite3 .dump"),
+        "{out}"
+    );
+    sb.cli(&["user", "list"])
+        .fails_with("PRAGMA user_version = ");
+    assert_eq!(fs::read(sb.db()).unwrap(), before, "the file was changed");
+}
+
+/// An expiry policy changed by hand into a value gitgate does not write: `check` warns of it,
+/// and no token is created on a guess of it (it was read as no policy at all).
+#[test]
+fn an_unreadable_expiry_policy_is_warned_of_and_creates_nothing() {
+    let sb = Sandbox::new();
+    sb.add_admin("root", "root-password-1");
+    sb.cli(&[
+        "policy",
+        "set",
+        "--expiry-required",
+        "yes",
+        "--max-expiry-days",
+        "30",
+    ])
+    .ok();
+    rusqlite::Connection::open(sb.db())
+        .unwrap()
+        .execute(
+            "UPDATE settings SET value = 'yes' WHERE key = 'policy.expiry_required'",
+            [],
+        )
+        .unwrap();
+    let checked = sb.cli(&["check"]);
+    assert!(
+        checked.stdout.contains("warning: store")
+            && checked.stdout.contains("policy.expiry_required is yes"),
+        "{checked}"
+    );
+    sb.cli(&["policy", "show"])
+        .fails_with("the token expiry policy in the store cannot be read");
+    sb.cli(&[
+        "token",
+        "create",
+        "--project",
+        "team",
+        "--name",
+        "p1",
+        "--permission",
+        "PROJECT_READ",
+    ])
+    .fails_with("cannot be read");
+    assert!(!sb.cli(&["token", "list"]).stdout.contains("p1"));
+    // Set again whole, it works.
+    sb.cli(&[
+        "policy",
+        "set",
+        "--expiry-required",
+        "yes",
+        "--max-expiry-days",
+        "30",
+    ])
+    .ok();
+    assert!(sb.cli(&["policy", "show"]).ok().contains("30"));
+}
+
 /// Only a command that can start a new install creates the store: any other on a mistyped
 /// `[store] path` says so instead of answering "nothing" (or "no user") from a new empty file.
 #[test]

@@ -49,6 +49,14 @@ fn a_store_of_the_first_build_keeps_its_tokens_users_and_audit() {
     assert_eq!(version(&sb.db()), 1, "the fixture is a version 1 store");
 
     let server = sb.serve();
+    // The start says what it did to the file.
+    assert!(
+        server
+            .log_text()
+            .contains("migrated the token store from schema 1 to 5"),
+        "{}",
+        server.log_text()
+    );
     // Read and write, personal: clone and push with the real git.
     let work = sb.root().join("work");
     let url = server.url_with("alice", LAPTOP, "team/app");

@@ -228,6 +228,14 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         warnings += 1;
         outln!("warning: store {store}: {warning}");
     }
+    // serve needs no policy, but every token created would be refused for it.
+    if let Some(Err(e)) = inspection
+        .as_ref()
+        .map(|i| crate::lifecycle::policy_of_settings(&i.settings))
+    {
+        warnings += 1;
+        outln!("warning: store {store}: {e}");
+    }
     let empty = "it refuses every git request until a token is made (if the store is \
                  elsewhere, fix [store] path)";
     match inspection {

@@ -154,6 +154,8 @@ pub enum StoreError {
     Refused(String),
     /// Any other SQLite failure.
     Sqlite(rusqlite::Error),
+    /// A stored value gitgate cannot read (changed by hand): nothing is decided on a guess.
+    Unreadable(String),
 }
 
 impl fmt::Display for StoreError {
@@ -172,7 +174,8 @@ impl fmt::Display for StoreError {
             StoreError::NotFound(m)
             | StoreError::Conflict(m)
             | StoreError::Invalid(m)
-            | StoreError::Refused(m) => f.write_str(m),
+            | StoreError::Refused(m)
+            | StoreError::Unreadable(m) => f.write_str(m),
             StoreError::Sqlite(e) => match schema_mismatch(e) {
                 // Not the statement itself (lines of SQL), nor advice about locks.
                 Some(what) => write!(f, "token store error: {}", said_of_a_schema_mismatch(what)),
@@ -180,6 +183,14 @@ impl fmt::Display for StoreError {
             },
         }
     }
+}
+
+/// What is said of a store that lost columns (see [`schema::lost_columns`]).
+fn lost_columns_said(lost: &str) -> String {
+    format!(
+        "the store's tables lack column(s) {lost} that gitgate made (dropped by hand or by a \
+         tool, or damaged): every request that reads them would fail; {RESTORE}"
+    )
 }
 
 /// A statement's failure on tables that are not gitgate's (see [`schema_mismatch`]), in words.
@@ -303,6 +314,8 @@ pub struct Inspection {
     /// Of those, the ones a request could use now: not expired, and not of a disabled user
     /// (`None` if a store of an older schema could not say).
     pub usable_tokens: Option<i64>,
+    /// The store's settings (the expiry policy), by key.
+    pub settings: std::collections::HashMap<String, String>,
 }
 
 /// Why the store at `path` (or its `-wal`, which holds its latest changes) is readable by
@@ -843,6 +856,9 @@ impl Store {
             return Err(open_err(why));
         }
         let version = schema::refuse_newer(conn).map_err(explain)?;
+        if let Some(lost) = schema::lost_columns(conn, version).map_err(explain)? {
+            return Err(open_err(lost_columns_said(&lost)));
+        }
         // Every page read once (SQLite's quick_check: the b-trees and their records, not the
         // indexes against the tables): a damaged page is otherwise found only when a request
         // happens to read it, and serve then refuses every token until the store is restored.
@@ -906,12 +922,23 @@ impl Store {
                 usable,
             )
         };
+        let settings = if version == 0 {
+            Default::default()
+        } else {
+            conn.prepare("SELECT key, value FROM settings")
+                .and_then(|mut q| {
+                    q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<_>>()
+                })
+                .map_err(explain)?
+        };
         Ok(Some(Inspection {
             schema: version,
             current: schema::CURRENT,
             users,
             unrevoked_tokens,
             usable_tokens,
+            settings,
         }))
     }
 
@@ -1090,7 +1117,7 @@ impl Store {
         if let Some(why) = schema::why_not_a_gitgate_store(&conn).map_err(explain)? {
             return Err(open_err(why));
         }
-        schema::refuse_newer(&conn).map_err(explain)?;
+        let found = schema::refuse_newer(&conn).map_err(explain)?;
         // WAL is a property of the file: set once, every later connection sees it.
         let mode = switch_to_wal(&conn).map_err(explain)?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -1099,6 +1126,16 @@ impl Store {
             )));
         }
         schema::migrate(&mut conn).map_err(explain)?;
+        if found != 0 && found < schema::CURRENT {
+            tracing::info!(
+                path = %crate::log_value::LogFile(path),
+                "migrated the token store from schema {found} to {}",
+                schema::CURRENT
+            );
+        }
+        if let Some(lost) = schema::lost_columns(&conn, schema::CURRENT).map_err(explain)? {
+            return Err(open_err(lost_columns_said(&lost)));
+        }
         let watcher = connect(path, false).map_err(explain)?;
         // The file SQLite opened, symbolic links resolved: its `-wal` and `-shm` are beside it.
         let opened = watcher

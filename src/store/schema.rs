@@ -206,6 +206,18 @@ fn why_not_a_gitgate_store_at(conn: &Connection, version: i64) -> rusqlite::Resu
     if version > CURRENT && all_ours && ours * 2 > TABLES.len() {
         return Ok(None);
     }
+    // Every one of gitgate's tables, as gitgate made them, at version 0: a store copied with
+    // `sqlite3 .dump` (the usual repair of a damaged file), which does not carry user_version.
+    if version == 0 && all_ours && ours == TABLES.len() {
+        let made = ahead_of_its_version(conn, 0)?.unwrap_or(1);
+        return Ok(Some(format!(
+            "this SQLite database has gitgate's tables but no schema version (user_version 0), \
+             as a store copied with `sqlite3 .dump` is left (the dump does not carry it); it \
+             was left as it is: if it is such a copy, give it its version — its tables are \
+             those of version {made}: sqlite3 FILE 'PRAGMA user_version = {made}' — or restore \
+             the store from a backup (`VACUUM INTO` and `.backup` copies keep the version)"
+        )));
+    }
     let ours = if all_ours { ours } else { 0 };
     // Most of gitgate's tables there as gitgate made them: a gitgate store that lost some, or
     // had one renamed (`grants` to `grants_old`: an extra table, not another program's store).
@@ -235,6 +247,39 @@ fn why_not_a_gitgate_store_at(conn: &Connection, version: i64) -> rusqlite::Resu
         "this is not a gitgate store but another program's SQLite database (it has {shown} and \
          no gitgate schema); it was left as it is: check [store] path"
     )))
+}
+
+/// The columns the store of `version` lacks that gitgate's migrations make, as
+/// `'table'.'column'` (at most a few named): a column dropped by hand or by a tool. SQLite
+/// then fails only the statements that name it — `serve` would start and answer every git
+/// request 503, and `check` could not foresee it — so the store is refused at its opening,
+/// by both. The reference is the migrations themselves, run in memory up to `version`.
+pub fn lost_columns(conn: &Connection, version: i64) -> rusqlite::Result<Option<String>> {
+    let Ok(upto) = usize::try_from(version) else {
+        return Ok(None);
+    };
+    let reference = Connection::open_in_memory()?;
+    for migration in MIGRATIONS.iter().take(upto) {
+        reference.execute_batch(migration)?;
+    }
+    let columns: Vec<(String, String)> = reference
+        .prepare(
+            "SELECT m.name, c.name FROM sqlite_master m, pragma_table_info(m.name) c \
+             WHERE m.type = 'table' ORDER BY m.name, c.cid",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut lost = Vec::new();
+    for (table, column) in &columns {
+        if !has_column(conn, table, column)? {
+            lost.push(format!("'{table}'.'{column}'"));
+        }
+    }
+    Ok(match lost.len() {
+        0 => None,
+        n if n > 5 => Some(format!("{} and {} more", lost[..5].join(", "), n - 5)),
+        _ => Some(lost.join(", ")),
+    })
 }
 
 /// A column each migration adds, by the version it makes: a store whose `user_version` is
@@ -548,5 +593,46 @@ mod tests {
             )
             .unwrap();
         assert_eq!((name.as_str(), networks, previous), ("ci", None, None));
+    }
+
+    /// A column dropped by hand is named at the opening, at every version; a whole store has
+    /// none lost, at every version, migrated step by step.
+    #[test]
+    fn a_column_dropped_by_hand_is_named() {
+        let conn = Connection::open_in_memory().unwrap();
+        for version in 0..CURRENT {
+            assert_eq!(lost_columns(&conn, version).unwrap(), None, "{version}");
+            conn.execute_batch(MIGRATIONS[version as usize]).unwrap();
+        }
+        assert_eq!(lost_columns(&conn, CURRENT).unwrap(), None);
+        conn.execute_batch("ALTER TABLE users DROP COLUMN locked_until")
+            .unwrap();
+        assert_eq!(
+            lost_columns(&conn, CURRENT).unwrap().as_deref(),
+            Some("'users'.'locked_until'")
+        );
+        conn.execute_batch("ALTER TABLE tokens DROP COLUMN allowed_networks")
+            .unwrap();
+        let lost = lost_columns(&conn, CURRENT).unwrap().unwrap();
+        assert!(
+            lost.contains("'tokens'.'allowed_networks'") && lost.contains("'users'.'locked_until'"),
+            "{lost}"
+        );
+    }
+
+    /// A store copied with `sqlite3 .dump` has gitgate's tables at version 0: told how to give
+    /// it its version back, not called another program's database.
+    #[test]
+    fn a_dumped_store_is_told_its_version() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.pragma_update(None, "user_version", 0).unwrap();
+        let said = why_not_a_gitgate_store(&conn).unwrap().unwrap();
+        assert!(
+            said.contains("sqlite3 .dump")
+                && said.contains(&format!("PRAGMA user_version = {CURRENT}")),
+            "{said}"
+        );
+        assert!(!said.contains("another program"), "{said}");
     }
 }
