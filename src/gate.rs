@@ -981,7 +981,8 @@ impl LogLine {
             token_checked: self.who.repo.is_some(),
         };
         // A push's commands, on a line of their own just before the request's: which refs it
-        // asked to change is what an investigation asks first.
+        // asked to change is what an investigation asks first. Its own target, so that a log
+        // filter dropping the request lines (`gitgate::request=off`) keeps it.
         let push = self
             .inbound
             .push
@@ -990,7 +991,7 @@ impl LogLine {
             .take();
         if let Some(push) = push {
             tracing::info!(
-                target: "gitgate::request",
+                target: "gitgate::push_commands",
                 request_id = %self.id,
                 repo = %loggable_repo(self.who.repo.as_deref().unwrap_or("-")),
                 user = %LogValue(self.who.user.as_deref().unwrap_or("-")),

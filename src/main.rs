@@ -362,6 +362,11 @@ fn main() -> ExitCode {
     };
     let changes_the_store =
         !matches!(args.command, Command::Serve | Command::Check) && !args.command.only_reads();
+    // Who revokes a leaked token is told in so many words when the store failed it.
+    let revoking = match &args.command {
+        Command::Token(TokenCommand::Revoke { id }) => Some(id.trim().to_owned()),
+        _ => None,
+    };
     // The server logs every request; the operator's commands only warnings.
     let serving = matches!(args.command, Command::Serve);
     if let Err(message) = init_logging(serving) {
@@ -375,7 +380,13 @@ fn main() -> ExitCode {
         Err(message) if message == cli::STDOUT_CLOSED => ExitCode::from(141),
         Err(message) => {
             let message = if changes_the_store {
-                said_unchanged(message)
+                let message = said_unchanged(message);
+                match &revoking {
+                    Some(id) if message.ends_with("; nothing was changed") => {
+                        format!("{message}: token {id} is NOT revoked and still works")
+                    }
+                    _ => message,
+                }
             } else {
                 message
             };
@@ -809,6 +820,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::password",
     "gitgate::permission",
     "gitgate::policy",
+    "gitgate::push_commands",
     "gitgate::ratelimit",
     "gitgate::repeats",
     "gitgate::request_id",
