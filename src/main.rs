@@ -75,6 +75,10 @@ enum Command {
         /// Only events about this target, exactly as printed (a user's name, a token's id).
         #[arg(long)]
         target: Option<String>,
+        /// One user's whole trail: events about the user or any of their tokens, and the
+        /// user's own (their changes, their failed logins).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
         /// Only the newest N events (still printed oldest first). Without it, all of them.
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
@@ -632,6 +636,7 @@ fn run_command(store: &cli::OpenStore, command: Command) -> Result<(), String> {
             action,
             actor,
             target,
+            user,
             limit,
             json,
         } => {
@@ -641,6 +646,7 @@ fn run_command(store: &cli::OpenStore, command: Command) -> Result<(), String> {
                 action: action.as_deref(),
                 actor: actor.as_deref(),
                 target: target.as_deref(),
+                user: user.as_deref(),
             };
             cli::audit::show(store, &wanted, limit, json)
         }

@@ -1250,6 +1250,77 @@ fn an_emptied_store_file_is_refused_and_its_log_kept() {
     );
 }
 
+/// `audit --user NAME` is one user's whole trail in one command: events about the user (and
+/// `user:NAME` rate-limit changes), about any of their tokens (revoked ones too), and the
+/// user's own failed logins; nobody else's.
+#[test]
+fn audit_user_gives_one_users_whole_trail() {
+    let sb = user_sandbox();
+    sb.add_user("bob", PASSWORD);
+    sb.grant("alice", "team", "write");
+    sb.grant("bob", "team", "read");
+    let laptop = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let other = sb.personal_token("bob", PASSWORD, "other", &["REPO_READ"]);
+    sb.cli(&[
+        "ratelimit",
+        "set",
+        "alice",
+        "--capacity",
+        "5",
+        "--refill",
+        "1",
+    ])
+    .ok();
+    sb.cli(&["token", "revoke", &laptop.id]).ok();
+    sb.cli(&["user", "disable", "bob"]).ok();
+    // A failed login of alice's: a token created with a wrong password.
+    sb.cli_stdin(
+        &[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--name",
+            "x",
+            "--permission",
+            "REPO_READ",
+            "--password-stdin",
+        ],
+        "wrong-password\n",
+    );
+    // In any case, as user names are matched.
+    let trail = sb.cli_json(&["audit", "--user", "Alice", "--json"]);
+    let trail = trail.as_array().unwrap();
+    let seen: Vec<(String, String)> = trail
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for wanted in [
+        ("user.added", "alice".to_string()),
+        ("grant.added", "alice".to_string()),
+        ("token.created", laptop.id.clone()),
+        ("token.revoked", laptop.id.clone()),
+        ("ratelimit.set", "user:alice".to_string()),
+        ("auth.failed", "alice".to_string()),
+    ] {
+        assert!(
+            seen.iter().any(|(a, t)| a == wanted.0 && *t == wanted.1),
+            "{wanted:?} missing: {seen:?}"
+        );
+    }
+    assert!(
+        !seen.iter().any(|(_, t)| t == "bob" || *t == other.id),
+        "bob's events are not alice's: {seen:?}"
+    );
+    sb.cli(&["audit", "--user", " "])
+        .fails_with("--user is empty");
+}
+
 #[test]
 fn audit_lists_every_event_and_limit_keeps_the_newest() {
     let sb = user_sandbox();

@@ -21,6 +21,7 @@ pub struct Wanted<'a> {
     pub action: Option<&'a str>,
     pub actor: Option<&'a str>,
     pub target: Option<&'a str>,
+    pub user: Option<&'a str>,
 }
 
 /// Why a date (`--since`, `--until`) was not taken. A small number is most often seconds
@@ -110,6 +111,8 @@ pub fn filter(wanted: &Wanted<'_>) -> Result<AuditFilter, String> {
         action: wanted.action.map(str::to_string),
         actor: empty("--actor", wanted.actor)?,
         target: empty("--target", wanted.target)?,
+        // User names are lower-case: `Alice` is alice.
+        user: empty("--user", wanted.user)?.map(|u| u.to_ascii_lowercase()),
     })
 }
 
@@ -276,8 +279,10 @@ mod tests {
             action: Some("user.role_changed"),
             actor: Some("cli:root"),
             target: Some("alice"),
+            user: Some("Alice"),
         })
         .unwrap();
+        assert_eq!(taken.user.as_deref(), Some("alice"));
         assert_eq!(
             taken.until.unwrap() - taken.since.unwrap(),
             24 * 3600 * 1000

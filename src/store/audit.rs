@@ -39,6 +39,9 @@ pub struct AuditFilter {
     pub actor: Option<String>,
     /// Exactly this target (a user's name, a token's id).
     pub target: Option<String>,
+    /// One user's trail: events about the user (their name, `user:NAME` of a rate-limit
+    /// change) or one of their tokens (revoked ones too), and events by them.
+    pub user: Option<String>,
 }
 
 impl AuditFilter {
@@ -57,7 +60,10 @@ impl AuditFilter {
 /// `user.role_changed`). The span is on `at`, the index the listing walks.
 const FILTERED: &str = "at >= ?1 AND at < ?5
     AND (?6 IS NULL OR action = ?6 OR substr(action, 1, length(?6) + 1) = ?6 || '.')
-    AND (?7 IS NULL OR actor = ?7) AND (?8 IS NULL OR target = ?8)";
+    AND (?7 IS NULL OR actor = ?7) AND (?8 IS NULL OR target = ?8)
+    AND (?9 IS NULL OR target = ?9 OR target = 'user:' || ?9 OR actor = ?9
+         OR target IN (SELECT t.id FROM tokens t JOIN users u ON u.id = t.owner_id
+                       WHERE u.slug = ?9))";
 
 /// A place in the audit listing, which goes by time (`at`), then by id among events of the
 /// same millisecond. Not by id alone: failed authentications reach the table in the writer's
@@ -434,6 +440,7 @@ impl Store {
                         filter.action,
                         filter.actor,
                         filter.target,
+                        filter.user,
                     ],
                     |r| {
                         Ok(AuditCursor {
@@ -487,6 +494,7 @@ impl Store {
                     filter.action,
                     filter.actor,
                     filter.target,
+                    filter.user,
                 ],
                 event_from_row,
             )?;
