@@ -134,7 +134,19 @@ fn user_from_row(r: &rusqlite::Row) -> rusqlite::Result<User> {
         id: r.get(0)?,
         slug: r.get(1)?,
         role: role.parse().unwrap_or(Role::User),
-        active: r.get(3)?,
+        // Only what gitgate writes, 1 or 0: another number (changed by hand) is no user a
+        // request may be decided on, not "true" as any non-zero integer would read.
+        active: match r.get::<_, i64>(3)? {
+            1 => true,
+            0 => false,
+            other => {
+                return Err(rusqlite::Error::FromSqlConversionFailure(
+                    3,
+                    rusqlite::types::Type::Integer,
+                    format!("users.active is {other}, where gitgate writes 1 or 0").into(),
+                ))
+            }
+        },
         created_at: r.get(4)?,
         locked_until: r.get(5)?,
     })
@@ -430,6 +442,24 @@ mod tests {
                 "{secretish}: {e}"
             );
         }
+    }
+
+    /// `active` changed by hand to a number gitgate does not write is not read as active (any
+    /// non-zero integer was: a user set to 2 or -1 could clone).
+    #[test]
+    fn an_active_flag_that_is_neither_1_nor_0_is_refused() {
+        let (d, store) = temp_store();
+        store
+            .add_user("alice", "hash", Role::User, &actor())
+            .unwrap();
+        let db = rusqlite::Connection::open(d.path().join("t.db")).unwrap();
+        for value in [2, -1] {
+            db.execute("UPDATE users SET active = ?1", [value]).unwrap();
+            let e = store.user("alice").unwrap_err().to_string();
+            assert!(e.contains(&format!("users.active is {value}")), "{e}");
+        }
+        db.execute("UPDATE users SET active = 0", []).unwrap();
+        assert!(!store.user("alice").unwrap().unwrap().active);
     }
 
     #[test]
