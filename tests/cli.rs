@@ -1321,6 +1321,35 @@ fn audit_user_gives_one_users_whole_trail() {
         .fails_with("--user is empty");
 }
 
+/// Events whose time was changed by hand into what no listing can place (text, the largest
+/// integer) are not left out without a word.
+#[test]
+fn audit_says_how_many_events_it_cannot_place() {
+    let sb = user_sandbox();
+    let clean = sb.cli(&["audit"]);
+    assert!(!clean.stderr.contains("cannot read"), "{clean}");
+    rusqlite::Connection::open(sb.db())
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO audit_events (at, actor, action, target, detail, source, count) VALUES
+               ('yesterday', 'mallory', 'token.revoked', 'x', '', 's', 1),
+               (9223372036854775807, 'mallory', 'token.revoked', 'y', '', 's', 1)",
+        )
+        .unwrap();
+    for args in [
+        &["audit"][..],
+        &["audit", "--action", "token.revoked", "--json"],
+    ] {
+        let run = sb.cli(args);
+        assert!(run.success(), "{run}");
+        assert!(
+            run.stderr
+                .contains("note: 2 audit event(s) have a time gitgate cannot read"),
+            "{run}"
+        );
+    }
+}
+
 #[test]
 fn audit_lists_every_event_and_limit_keeps_the_newest() {
     let sb = user_sandbox();

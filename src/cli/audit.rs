@@ -162,6 +162,16 @@ pub fn show(
     if json {
         out_raw(if first { "]\n" } else { "\n]\n" })?;
     }
+    let unplaceable = store
+        .unplaceable_audit_events()
+        .map_err(|e| e.to_string())?;
+    if unplaceable > 0 {
+        super::note(format_args!(
+            "note: {unplaceable} audit event(s) have a time gitgate cannot read (not epoch \
+             milliseconds: changed by hand?) and are not listed; sqlite3 shows them: SELECT * \
+             FROM audit_events WHERE typeof(at) != 'integer' OR at = 9223372036854775807"
+        ));
+    }
     Ok(())
 }
 

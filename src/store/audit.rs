@@ -381,6 +381,22 @@ impl Store {
         self.inner.batch_writer.flush(self)
     }
 
+    /// How many audit events have a time no listing can place: not an integer (text, NULL,
+    /// changed by hand), or the largest one, which no `--until` is before. `gitgate audit`
+    /// says so rather than leave them out without a word.
+    pub fn unplaceable_audit_events(&self) -> Result<i64> {
+        self.with_conn(|c| {
+            Ok(c.query_row(
+                // Both ends of the `at` index: NULLs sort first, and text and blobs after
+                // every number, so no row is read in between.
+                "SELECT (SELECT count(*) FROM audit_events WHERE at IS NULL) \
+                 + (SELECT count(*) FROM audit_events WHERE at >= 9223372036854775807)",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
     /// The newest audit event's id (0 when there is none): where [`Store::command_events_after`]
     /// starts, so that a server logs only what the command line does while it runs.
     pub fn newest_audit_id(&self) -> Result<i64> {
