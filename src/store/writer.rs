@@ -717,18 +717,26 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
         });
     };
     let actor = Actor::gitgate("local");
-    let detail = |deleted: u64| {
+    // With the running total of every prune on this store, since the first: the events of
+    // earlier prunes are failure rows too, and go in turn, so the newest one left must say how
+    // much was lost before it.
+    let detail = |deleted: u64, in_all: Option<(u64, i64)>| {
+        let in_all = in_all.map_or(String::new(), |(total, since)| {
+            format!(" ({total} in all since {})", crate::clock::datetime(since))
+        });
         format!(
             "deleted the {deleted} oldest failed-authentication events: more than \
-             [auth_failures] keep_in_audit = {cap} were stored"
+             [auth_failures] keep_in_audit = {cap} were stored{in_all}"
         )
     };
+    let mut in_all: Option<(u64, i64)> = None;
     let mut deleted = 0u64;
     // The event saying so, once written (its id is above the boundary: never deleted here).
     let mut event: Option<i64> = None;
     let mut done = false;
     for _ in 0..PRUNE_CHUNKS_PER_LOOK {
         let mut n = 0;
+        let mut in_all_now = in_all;
         let step = store.write_bookkeeping(|tx| {
             n = tx.execute(
                 &format!(
@@ -738,7 +746,8 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
                 [boundary, PRUNE_CHUNK as i64],
             )? as u64;
             if n > 0 {
-                let text = detail(deleted + n);
+                in_all_now = Some(add_to_the_pruned_total(tx, n)?);
+                let text = detail(deleted + n, in_all_now);
                 match event {
                     None => {
                         let now = crate::clock::now_ms();
@@ -763,20 +772,21 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
                     &actor,
                     "audit.pruned",
                     "",
-                    &detail(deleted),
+                    &detail(deleted, in_all),
                     None,
                 );
             }
             return Err(e);
         }
         deleted += n;
+        in_all = in_all_now;
         if n < PRUNE_CHUNK {
             done = true;
             break;
         }
     }
     if deleted > 0 {
-        let text = detail(deleted);
+        let text = detail(deleted, in_all);
         log_event(
             crate::clock::now_ms(),
             &actor,
@@ -788,6 +798,40 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
     }
     Ok(Pruned { deleted, done })
 }
+
+/// Adds `n` to the running total of failure rows pruned from this store, in the pruning's own
+/// transaction; returns the total and since when it runs (the first prune's time).
+fn add_to_the_pruned_total(tx: &rusqlite::Connection, n: u64) -> rusqlite::Result<(u64, i64)> {
+    use rusqlite::OptionalExtension;
+    let read = |key: &str| -> rusqlite::Result<Option<i64>> {
+        Ok(tx
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .and_then(|v| v.parse().ok()))
+    };
+    let total = u64::try_from(read(PRUNED_TOTAL)?.unwrap_or(0)).unwrap_or(0) + n;
+    let since = match read(PRUNED_SINCE)? {
+        Some(since) => since,
+        None => crate::clock::now_ms(),
+    };
+    for (key, value) in [
+        (PRUNED_TOTAL, total.to_string()),
+        (PRUNED_SINCE, since.to_string()),
+    ] {
+        tx.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, &value],
+        )?;
+    }
+    Ok((total, since))
+}
+
+/// The settings that keep [`add_to_the_pruned_total`]'s total.
+const PRUNED_TOTAL: &str = "audit.pruned_total";
+const PRUNED_SINCE: &str = "audit.pruned_since";
 
 /// One transaction for the window: one row per distinct event, plus the summary of any dropped,
 /// and the tokens' last uses. The events are logged once they are stored.
@@ -974,9 +1018,35 @@ mod tests {
             "{}",
             pruned.detail
         );
+        assert!(
+            pruned.detail.contains("(201 in all since "),
+            "{}",
+            pruned.detail
+        );
         // At the cap — the audit.pruned event counts too — nothing happens.
         assert_eq!(prune_failure_rows(&store, 50).unwrap().deleted, 0);
         assert_eq!(rows(&store).len(), left.len());
+        // The next prune's event carries the running total: the first one's event may itself
+        // be among the rows deleted.
+        for i in 0..30 {
+            store
+                .record_event(&admin, "auth.failed", &format!("u{i}"), "")
+                .unwrap();
+        }
+        let pruned = prune_failure_rows(&store, 50).unwrap();
+        assert_eq!(pruned.deleted, 31);
+        let newest = store
+            .audit_events(None, 100_000)
+            .unwrap()
+            .into_iter()
+            .rfind(|e| e.action == "audit.pruned")
+            .expect("an audit.pruned event");
+        assert!(
+            newest.detail.contains("deleted the 31 oldest")
+                && newest.detail.contains("(232 in all since "),
+            "{}",
+            newest.detail
+        );
     }
 
     #[test]
