@@ -1013,6 +1013,16 @@ fn a_token_of_a_disabled_owner_is_shown_as_refused() {
     assert_eq!(status_of(&["token", "show", id, "--json"]), "active");
     install.cli_ok(&["token", "revoke", id], "");
     assert_eq!(status_of(&["token", "show", id, "--json"]), "revoked");
+    // Who revoked it, from where, read from the audit.
+    let shown = install.cli_ok(&["token", "show", id], "");
+    let revoked = shown
+        .lines()
+        .find(|l| l.starts_with("revoked:"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        revoked.contains(" by cli:") && revoked.contains(" from \"local:uid="),
+        "{shown}"
+    );
 }
 
 /// `grant add` says what it did: a new grant, a level replaced (named), or nothing at all.

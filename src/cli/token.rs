@@ -315,11 +315,19 @@ fn print_details(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Resul
     let owner_disabled = owner_is_disabled(store, t);
     if let Some(at) = t.revoked_at {
         // Who did it is the audit's: the event names the actor and where from.
-        outln!(
-            "revoked:     {} (by whom: gitgate audit --action token.revoked --target {})",
-            when(Some(at)),
-            t.id
-        );
+        match store.who_revoked(&t.id) {
+            Ok(Some((actor, source))) => outln!(
+                "revoked:     {} by {} from {}",
+                when(Some(at)),
+                crate::log_value::LogValue(&actor),
+                crate::log_value::LogValue(&source)
+            ),
+            _ => outln!(
+                "revoked:     {} (by whom: gitgate audit --action token.revoked --target {})",
+                when(Some(at)),
+                t.id
+            ),
+        }
     }
     outln!(
         "status:      {}",

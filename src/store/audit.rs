@@ -397,6 +397,21 @@ impl Store {
         })
     }
 
+    /// Who revoked token `id`, and from where: the actor and source of its newest
+    /// `token.revoked` event, if the audit still has it.
+    pub fn who_revoked(&self, id: &str) -> Result<Option<(String, String)>> {
+        use rusqlite::OptionalExtension;
+        self.with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT actor, source FROM audit_events \
+                 WHERE action = 'token.revoked' AND target = ?1 ORDER BY at DESC, id DESC LIMIT 1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+        })
+    }
+
     /// The newest audit event's id (0 when there is none): where [`Store::command_events_after`]
     /// starts, so that a server logs only what the command line does while it runs.
     pub fn newest_audit_id(&self) -> Result<i64> {
