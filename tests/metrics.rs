@@ -704,12 +704,14 @@ fn stop_with_a_request_waiting(grace: u64, second_signal: Option<Duration>) -> D
     let answered = stopped.elapsed();
     let waited = "remote: the server is stopping, and no git process came free before it does; \
                   try again in a moment";
-    // A second signal cuts the held push off, which frees its place: the waiting request can
-    // take it in the moment before the stop answers the waiters, and is then answered as one
-    // whose backend had not answered yet. Either way it gets the stop's 503 and why.
+    // A stop that cuts at once (a second signal, or a grace period of 0) cuts the held push
+    // off, which frees its place: the waiting request can take it in the moment before the
+    // stop answers the waiters, and is then answered as one whose backend had not answered
+    // yet. Either way it gets the stop's 503 and why.
     let started = "remote: the server is stopping, and the git server had not answered before it \
                    did; try again in a moment";
-    if second_signal.is_some() && run.stderr.contains(started) {
+    let cuts_at_once = second_signal.is_some() || grace == 0;
+    if cuts_at_once && run.stderr.contains(started) {
         run.fails_with(started);
     } else {
         run.fails_with(waited);
