@@ -68,7 +68,8 @@ fn shown_as_itself(c: char) -> bool {
         && !matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
-/// Free text as one log field, always quoted and escaped as [`LogValue`] quotes: the `reason`,
+/// Free text as one log field, without anything that looks like a token secret, always quoted
+/// and escaped as [`LogValue`] quotes: the `reason`,
 /// `error`, `stderr` and `outcome` of a line, which are sentences (or a backend's words, ref
 /// names and hook output among them), and read the same whether or not one has a space.
 /// Cut at [`TEXT_KEPT`] bytes, saying so inside the quotes: a reason can name a repository
@@ -80,12 +81,12 @@ pub const TEXT_KEPT: usize = 2048;
 
 impl fmt::Display for LogText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match kept(self.0, TEXT_KEPT) {
+        // What looks like a token secret is never written: these fields repeat what clients
+        // and hooks chose (a ref name a hook declined, a push's report of it, git's stderr).
+        let text = crate::credentials::without_secrets(self.0);
+        match kept(&text, TEXT_KEPT) {
             (all, false) => quoted(all, f),
-            (part, true) => quoted(
-                &format!("{part}... ({} bytes in all, cut)", self.0.len()),
-                f,
-            ),
+            (part, true) => quoted(&format!("{part}... ({} bytes in all, cut)", text.len()), f),
         }
     }
 }
@@ -147,6 +148,20 @@ pub fn redacted_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{redacted_url, LogFile, LogText, LogValue, TEXT_KEPT};
+
+    /// A push's report of a ref a hook declined, named after a real secret: not repeated.
+    #[test]
+    fn free_text_never_holds_a_token_secret() {
+        let secret = "ggt_q5h3yfrelr6e_pJRtL61n3hZlr1gdDDl05CDUE8_hG-YdpnGexr-zQr4_iueida";
+        let outcome =
+            format!("unpack ok, 1 refused: refs/heads/deny/{secret} pre-receive hook declined");
+        let shown = LogText(&outcome).to_string();
+        assert!(!shown.contains("q5h3yfrelr6e_pJRt"), "{shown}");
+        assert!(
+            shown.contains("refs/heads/deny/<a token secret, not repeated> pre-receive"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn free_text_is_cut_at_2_kib_saying_so_inside_its_quotes() {

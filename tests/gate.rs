@@ -555,6 +555,43 @@ fn a_push_logs_the_refs_it_asked_to_change() {
     }
 }
 
+/// A ref named after a token secret, declined by a hook that names it: neither the push's
+/// report of the refused ref nor the push commands line repeats the secret (and the hook's
+/// "declining refs/..." is not read as a second refused ref).
+#[test]
+fn a_declined_ref_named_after_a_secret_is_not_logged_whole() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    let hook = sb.bare("team/app").join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nwhile read old new ref; do echo \"declining $ref\" >&2; done\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sb.commit_file(&work, "f.txt", b"x", "x");
+    let push = sb.git(
+        &work,
+        &[
+            "push",
+            "origin",
+            &format!("HEAD:refs/heads/deny/{}", token.secret),
+        ],
+    );
+    assert!(!push.success(), "{push}");
+    server.stop();
+    let log = server.log_text();
+    // (The hook's own words go to git's user, on side-band 2.)
+    assert!(
+        log.contains("1 refused: refs/heads/deny/<a token secret, not repeated> pre-receive"),
+        "{log}"
+    );
+    assert!(!log.contains(&token.secret), "{log}");
+    assert!(!log.contains(&token.secret[4..20]), "{log}");
+}
+
 /// A damaged repository (a pack cut short) makes upload-pack refuse a clone with `ERR ... not
 /// our ref`, the words of a client's mistake; the `error:` lines git wrote before it show the
 /// trouble is the server's. So it is logged and counted as a backend failure, naming `git

@@ -332,11 +332,18 @@ const REPORT_TAIL: usize = 64 * 1024;
 /// it) says was done, in words for the log. The lines are found by their text, which a
 /// pkt-line or side-band header never splits within a short line.
 pub(super) fn push_outcome(output: &[u8]) -> String {
+    // A report line begins a pkt-line: its 4 hex digits of length come just before it. Text
+    // elsewhere that holds the same words — a hook's "declining refs/heads/x" on side-band 2
+    // holds "ng refs/" — is not a report.
     let lines = |prefix: &'static [u8]| {
         output
             .windows(prefix.len())
             .enumerate()
-            .filter(move |(_, w)| *w == prefix)
+            .filter(move |(i, w)| {
+                *w == prefix
+                    && i.checked_sub(4)
+                        .is_some_and(|at| output[at..*i].iter().all(u8::is_ascii_hexdigit))
+            })
             .map(move |(i, _)| {
                 let rest = &output[i + prefix.len()..];
                 let end = rest

@@ -1371,8 +1371,8 @@ fn a_push_whose_client_left_after_the_report_is_logged_with_it() {
         "push.cgi",
         &format!(
             "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; \
-             printf 'unpack ok\\nok refs/heads/main\\nok refs/heads/topic\\n'; \
-             printf 'ng refs/heads/evil\\033[2K\\r2026 INFO forged user=admin funny refname\\n'; \
+             printf '000eunpack ok\\n0017ok refs/heads/main\\n0018ok refs/heads/topic\\n'; \
+             printf '0045ng refs/heads/evil\\033[2K\\r2026 INFO forged user=admin funny refname\\n'; \
              sleep 1; touch '{}'",
             done.display()
         ),
@@ -1683,6 +1683,20 @@ fn a_push_report_is_read_for_the_log() {
         "refused: unpack index-pack abnormal exit; no ref was updated"
     );
     assert!(super::body::push_outcome(b"").starts_with("no report"));
+    // A hook's words on side-band 2 are no report lines, whatever they hold ("declining
+    // refs/..." holds "ng refs/", "looking refs/" too).
+    let mut hooked = pkt(b"\x02declining refs/heads/deny/x\n");
+    hooked.extend(pkt(b"\x02looking refs/heads/y\n"));
+    let mut band = vec![1u8];
+    band.extend(report(&[
+        "unpack ok\n",
+        "ng refs/heads/deny/x pre-receive hook declined\n",
+    ]));
+    hooked.extend(pkt(&band));
+    assert_eq!(
+        super::body::push_outcome(&hooked),
+        "unpack ok, 0 ref(s) updated, 1 refused: refs/heads/deny/x pre-receive hook declined"
+    );
 }
 
 /// `[upstream] max_processes`: past the cap no process starts; the request waits for a place
