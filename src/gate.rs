@@ -286,8 +286,13 @@ impl Gate {
                 // A push's commands are read as they pass, for its log line.
                 let mut reading_push = a_push_with_commands(&git_req, &parts.headers);
                 if reading_push {
-                    *inbound.push.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(PushCommands::default());
+                    let commands = if parts.headers.contains_key(hyper::header::CONTENT_ENCODING) {
+                        reading_push = false;
+                        PushCommands::encoded()
+                    } else {
+                        PushCommands::default()
+                    };
+                    *inbound.push.lock().unwrap_or_else(|p| p.into_inner()) = Some(commands);
                 }
                 let body = Observed::new(body, move |s: Seen<'_, hyper::Error>| match s {
                     Seen::Frame(frame) => {
@@ -913,11 +918,11 @@ const CLIENT_GONE_BEFORE_ANSWER: u16 = 499;
 /// Whether a push's POST is to come after `git_req`'s answer: its ref advertisement, or the
 /// probe git sends before a pack too large for one buffer (a `0000` of four bytes), after which
 /// the pack follows, chunked.
-/// Whether the request is a push's POST whose commands can be read as it passes (see
-/// [`PushCommands`]): not its 4-byte probe (`0000`), nor a body encoded (gzip) on the way.
+/// Whether the request is a push's POST, whose commands are read as it passes (see
+/// [`PushCommands`]): not the 4-byte probe (`0000`) git sends before a large push, which
+/// changes nothing.
 fn a_push_with_commands(git_req: &GitRequest, headers: &hyper::HeaderMap) -> bool {
     git_req.operation == git::Operation::Rpc(git::Service::ReceivePack)
-        && !headers.contains_key(hyper::header::CONTENT_ENCODING)
         && headers
             .get(hyper::header::CONTENT_LENGTH)
             .is_none_or(|v| v.as_bytes() != b"4")

@@ -42,6 +42,8 @@ pub struct PushCommands {
     partial: Vec<u8>,
     /// Bytes looked at so far.
     read: u64,
+    /// Pkt-lines read, commands or not.
+    lines: u64,
     end: Option<End>,
 }
 
@@ -52,11 +54,23 @@ enum End {
     Flush,
     /// [`READ_AT_MOST`] bytes were read before it.
     TooLong,
-    /// What came was no pkt-line (a gzip-encoded body, a hand-made one).
+    /// What came was no pkt-line (a hand-made body).
     NotPktLines,
+    /// The body is encoded (`Content-Encoding: gzip`), which git never sends for a push: a
+    /// hand-made client's, passed on to the backend, which decodes it, but not read here.
+    Encoded,
 }
 
 impl PushCommands {
+    /// The commands of a push whose body is encoded: not read, and said so, so that the push
+    /// still has its line.
+    pub fn encoded() -> PushCommands {
+        PushCommands {
+            end: Some(End::Encoded),
+            ..PushCommands::default()
+        }
+    }
+
     /// Whether nothing more is to be read: the rest of the body passes untouched.
     pub fn is_done(&self) -> bool {
         self.end.is_some()
@@ -92,6 +106,7 @@ impl PushCommands {
                 1..=3 => self.end = Some(End::NotPktLines),
                 _ if bytes.len() < length => break,
                 _ => {
+                    self.lines += 1;
                     self.line(&bytes[4..length]);
                     bytes = &bytes[length..];
                 }
@@ -122,7 +137,17 @@ impl PushCommands {
         }
         self.count += 1;
         if self.listed.len() < LISTED {
+            let valid = name
+                .iter()
+                .all(|&b| b > b' ' && b != 0x7f && !b"~^:?*[\\".contains(&b));
             let name = String::from_utf8_lossy(name);
+            // A name git would refuse (a space, a control character: a hand-made push) is
+            // quoted and said to be one, so that it cannot read as more entries of the list.
+            let name = if valid {
+                name
+            } else {
+                std::borrow::Cow::Owned(format!("<not a ref name: {name:?}>"))
+            };
             let name = match name.char_indices().nth(NAME_KEPT) {
                 Some((cut, _)) => format!("{}...", &name[..cut]),
                 None => name.into_owned(),
@@ -168,9 +193,15 @@ impl fmt::Display for PushCommands {
                 "{sep}and more (the list was not read past its first {} KiB)",
                 READ_AT_MOST / 1024
             ),
-            Some(End::NotPktLines) if self.count == 0 => {
+            Some(End::NotPktLines) if self.count == 0 && self.lines == 0 => {
                 f.write_str("unread (the body does not begin with pkt-lines)")
             }
+            Some(End::NotPktLines) if self.count == 0 => {
+                f.write_str("none (its pkt-lines hold no command, then end in what is not one)")
+            }
+            Some(End::Encoded) => f.write_str(
+                "unread (the body is encoded, as git never sends a push; the backend decodes it)",
+            ),
             Some(End::NotPktLines) => write!(f, "{sep}then no more pkt-lines"),
             None => write!(
                 f,
@@ -275,6 +306,22 @@ mod tests {
         )));
     }
 
+    /// A hand-made push's name with `, ` and words in it cannot pass for more commands.
+    #[test]
+    fn a_name_git_would_refuse_cannot_forge_entries() {
+        let forged = format!(
+            "refs/heads/a created at 1111111, refs/heads/main {}..{}",
+            &A[..7],
+            &B[..7]
+        );
+        let body = format!("{}0000", pkt(&format!("{ZERO} {A} {forged}\n")));
+        let text = read(body.as_bytes(), 16).to_string();
+        assert_eq!(
+            text,
+            format!("<not a ref name: {forged:?}> created at 1a2b3c4")
+        );
+    }
+
     #[test]
     fn a_body_that_is_no_pkt_lines_is_said_unread() {
         let p = read(b"\x1f\x8b\x08\x00gzip", 3);
@@ -283,6 +330,15 @@ mod tests {
             p.to_string(),
             "unread (the body does not begin with pkt-lines)"
         );
+        // Pkt-lines, none a command, then what is not one.
+        let p = read(format!("{}\x00\x00\x00\x00", pkt("x")).as_bytes(), 2);
+        assert_eq!(
+            p.to_string(),
+            "none (its pkt-lines hold no command, then end in what is not one)"
+        );
+        assert!(PushCommands::encoded()
+            .to_string()
+            .starts_with("unread (the body is encoded"));
         // One that ends before its flush says so.
         let body = pkt(&format!("{A} {B} refs/heads/main\n"));
         let p = read(&body.as_bytes()[..body.len()], 4);

@@ -555,6 +555,63 @@ fn a_push_logs_the_refs_it_asked_to_change() {
     }
 }
 
+/// A push whose body is gzip-encoded (git never sends one so; a hand-made client may, and the
+/// backend decodes it) still has its push commands line, saying its list was not read.
+#[test]
+fn an_encoded_push_still_has_its_push_commands_line() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    sb.git(&work, &["push", "-q", "origin", "HEAD:refs/heads/opt"])
+        .ok();
+    let tip = sb.rev(&work, "HEAD");
+    let zero = "0".repeat(40);
+    let command = format!("{tip} {zero} refs/heads/opt\0report-status delete-refs\n");
+    let plain = format!("{:04x}{command}0000", command.len() + 4);
+    let mut gzip = Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip runs");
+    {
+        use std::io::Write;
+        gzip.stdin
+            .take()
+            .unwrap()
+            .write_all(plain.as_bytes())
+            .unwrap();
+    }
+    let body = gzip.wait_with_output().unwrap().stdout;
+    let answer = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let head = format!(
+            "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+             Content-Type: application/x-git-receive-pack-request\r\nContent-Encoding: gzip\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            basic("alice", &token.secret),
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(answer.contains("ok refs/heads/opt"), "{answer}");
+    server.stop();
+    let log = server.log_text();
+    assert!(
+        log.lines().any(
+            |l| l.contains("push commands") && l.contains("refs=\"unread (the body is encoded")
+        ),
+        "{log}"
+    );
+}
+
 /// A ref named after a token secret, declined by a hook that names it: neither the push's
 /// report of the refused ref nor the push commands line repeats the secret (and the hook's
 /// "declining refs/..." is not read as a second refused ref).
