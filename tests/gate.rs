@@ -958,6 +958,38 @@ fn a_request_git_cannot_read_is_the_clients_failure_not_the_backends() {
     assert!(!log.contains(&token.secret), "{log}");
 }
 
+/// A push body of garbage bigger than the pipe to git holds (64 KiB): git dies on it before
+/// any answer goes out. A `400`, logged as the client's doing, not a `502` and an ERROR of a
+/// backend that failed, counted in gitgate_upstream_errors_total (any holder of a write token
+/// could raise those at will).
+#[test]
+fn a_large_garbage_push_is_the_clients_failure_not_the_backends() {
+    let (_sb, server, token) = team_setup();
+    // Bytes no pkt-line begins with, past the pipe's 64 KiB.
+    let body: Vec<u8> = (0..200_000u32).map(|i| b"@#%&"[(i % 4) as usize]).collect();
+    let request = format!(
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        basic("alice", &token.secret),
+        body.len()
+    );
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(&body);
+    let answer = try_raw_http(server.port, &bytes).unwrap();
+    let said = String::from_utf8_lossy(&answer.body);
+    assert_eq!(answer.status, 400, "{said}");
+    assert!(said.contains("protocol error"), "{said}");
+    let log = server.log_text();
+    assert!(!log.contains("backend failed"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("git-receive-pack") && l.contains("status=400")),
+        "{log}"
+    );
+}
+
 /// git http-backend marks a pack `public, max-age=31536000`: passed on, a shared cache in front
 /// of gitgate could hand it to a later request without credentials. It reaches the client as
 /// `private`.

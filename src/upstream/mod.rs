@@ -342,7 +342,9 @@ impl Upstream {
                         retry_after: None,
                     };
                     match e {
-                        cgi::CgiError::RequestBroke => return client(StatusCode::BAD_REQUEST),
+                        cgi::CgiError::RequestBroke | cgi::CgiError::Malformed(_) => {
+                            return client(StatusCode::BAD_REQUEST)
+                        }
                         cgi::CgiError::Busy(busy) => {
                             return ForwardError {
                                 status: StatusCode::SERVICE_UNAVAILABLE,

@@ -412,6 +412,11 @@ impl CgiBody {
                     Some(Err(e)) if UploadStalled::is(&e) => {
                         Err(CgiError::UploadStalled(self.silence.idle()))
                     }
+                    // git died on a body it could not read, past the little of it that fits
+                    // the pipe before the answer (garbage of more than 64 KiB).
+                    Some(Err(e)) if crate::upstream::MalformedRequest::is(&e) => {
+                        Err(CgiError::Malformed(e.to_string()))
+                    }
                     Some(Err(e)) => Err(CgiError::Failed(e.to_string())),
                     first => {
                         self.early = Some(first);

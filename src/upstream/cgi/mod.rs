@@ -152,6 +152,9 @@ pub enum CgiError {
     /// The program failed after its header block but before any of its answer went out (it
     /// stopped reading its input and exited with an error): the why, as its body says it.
     Failed(String),
+    /// As [`CgiError::Failed`], but git died on a request body it could not read (a hand-made
+    /// client's garbage): the client's doing, not the backend's.
+    Malformed(String),
 }
 
 impl fmt::Display for CgiError {
@@ -165,6 +168,7 @@ impl fmt::Display for CgiError {
                 write!(f, "the CGI backend ended before sending a response: {why}")
             }
             CgiError::Failed(why) => write!(f, "{why}, before any of its answer went out"),
+            CgiError::Malformed(why) => write!(f, "{why}"),
             CgiError::TimedOut(after) => write!(
                 f,
                 "the CGI backend sent no response for {}s; it was ended",
@@ -221,6 +225,7 @@ impl CgiError {
             CgiError::Busy(_) => "the server is busy",
             CgiError::Stopped => "the server stopped before the CGI backend answered",
             CgiError::Failed(_) => "the CGI backend ended with an error before its answer",
+            CgiError::Malformed(_) => "git could not read the request",
         }
     }
 }
@@ -247,7 +252,8 @@ impl std::error::Error for CgiError {
             | CgiError::UploadStalled(_)
             | CgiError::Busy(_)
             | CgiError::Stopped
-            | CgiError::Failed(_) => None,
+            | CgiError::Failed(_)
+            | CgiError::Malformed(_) => None,
         }
     }
 }
