@@ -1498,6 +1498,7 @@ impl Body for LoggedBody {
                     request_id = %self.id(),
                     repo = %loggable_repo(line.and_then(|l| l.who.repo.as_deref()).unwrap_or("-")),
                     remote = %line.map_or("-".to_string(), |l| l.remote.ip().to_string()),
+                    user = %LogValue(line.and_then(|l| l.who.user.as_deref()).unwrap_or("-")),
                     token_id = %line.and_then(|l| l.who.token_id.as_deref()).unwrap_or("-"),
                     bytes_out = self.bytes_out,
                     error = %LogText(&e.to_string()),

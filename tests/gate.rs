@@ -683,6 +683,11 @@ fn a_refusal_after_gits_own_error_is_a_backend_failure() {
     );
     assert!(log.contains("outcome=stream-error"), "{log}");
     assert!(
+        log.lines()
+            .any(|l| l.contains("response stream failed") && l.contains(" user=alice ")),
+        "the failure names whose request it was, as `backend failed` does: {log}"
+    );
+    assert!(
         !log.contains("git refused the request and told its client why"),
         "{log}"
     );
@@ -956,6 +961,27 @@ fn a_request_git_cannot_read_is_the_clients_failure_not_the_backends() {
     assert_eq!(log.matches("outcome=malformed-request").count(), 2, "{log}");
     assert!(!log.contains("response stream failed"), "{log}");
     assert!(!log.contains(&token.secret), "{log}");
+}
+
+/// Shallow clones asking for what the repository cannot give (a `--shallow-since` after every
+/// commit, a `--shallow-exclude` of no ref): git dies on them, a client's mistake, logged as
+/// `malformed-request`, not counted as a backend failure.
+#[test]
+fn a_shallow_clone_the_repository_cannot_give_is_the_clients_failure() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    for (i, how) in ["--shallow-since=2099-01-01", "--shallow-exclude=nonexist"]
+        .iter()
+        .enumerate()
+    {
+        let clone = sb.git(sb.root(), &["clone", "-q", how, &url, &format!("c{i}")]);
+        assert!(!clone.success(), "{clone}");
+    }
+    server.stop();
+    let log = server.log_text();
+    assert_eq!(log.matches("outcome=malformed-request").count(), 2, "{log}");
+    assert!(!log.contains("response stream failed"), "{log}");
+    assert!(!log.contains("outcome=stream-error"), "{log}");
 }
 
 /// A push body of garbage bigger than the pipe to git holds (64 KiB): git dies on it before

@@ -140,9 +140,10 @@ impl ExitInfo {
 /// Whether a stderr line is git dying on a request it could not read: pkt-lines that are not
 /// pkt-lines, a protocol v2 command or argument it does not know, a line where a flush belongs.
 /// Real git never sends such a request; a hand-made client (or one through something that
-/// mangled the body) did, and the failure is its own — not a backend failure to alert on.
+/// mangled the body) did, and the failure is its own — not a backend failure to alert on. So
+/// is a shallow fetch that asks what the repository cannot give, which real git does send.
 pub(super) fn is_malformed_request(line: &str) -> bool {
-    const CLIENTS: [&str; 8] = [
+    const CLIENTS: [&str; 11] = [
         "unexpected line:",
         "protocol error:",
         "expected flush after",
@@ -151,6 +152,12 @@ pub(super) fn is_malformed_request(line: &str) -> bool {
         "git upload-pack: protocol error",
         "git upload-pack: expected",
         "expected packfile",
+        // A shallow fetch asking for what the repository cannot give, as real git can: a
+        // `--shallow-since` after every commit, a `--shallow-exclude` of no single ref, both
+        // `--depth` and `--shallow-since`. git dies without an `ERR` packet for these.
+        "no commits selected for shallow requests",
+        "git upload-pack: ambiguous deepen-not",
+        "git upload-pack: deepen and deepen-since (or deepen-not) cannot be used together",
     ];
     line.strip_prefix("fatal: ")
         .is_some_and(|rest| CLIENTS.iter().any(|c| rest.starts_with(c)))
@@ -429,6 +436,9 @@ mod tests {
             "fatal: expected flush after ls-refs arguments",
             "fatal: invalid command 'frobnicate'",
             "fatal: git upload-pack: protocol error, expected to get object ID, not 'x'",
+            "fatal: no commits selected for shallow requests",
+            "fatal: git upload-pack: ambiguous deepen-not: deepen-not nonexist",
+            "fatal: git upload-pack: deepen and deepen-since (or deepen-not) cannot be used together",
         ] {
             assert!(is_malformed_request(line), "{line}");
         }
