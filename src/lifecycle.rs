@@ -329,7 +329,8 @@ fn policy_from(
             "the token expiry policy in the store cannot be read: {key} is {}, where gitgate \
              writes {written} (changed by hand?); nothing is decided on it — set the whole \
              policy again: gitgate policy set --expiry-required yes|no --max-expiry-days N \
-             (or --no-max-expiry-days)",
+             (or --no-max-expiry-days), or a PUT of admin/policy with both expiryRequired and \
+             maxExpiryDays",
             crate::log_value::LogValue(value)
         ))
     };

@@ -829,6 +829,42 @@ fn edit_changes_name_and_permissions_but_never_the_expiry() {
     assert!(r.error_message().contains("revoked"));
 }
 
+/// A policy changed by hand into what gitgate does not write: a `409` that says what was
+/// found and how to set it again — not a `500` "store not available" — and a `PUT` of the
+/// whole policy sets it again.
+#[test]
+fn an_unreadable_policy_is_a_409_that_says_how_to_set_it_again() {
+    let (install, server) = setup();
+    rusqlite::Connection::open(install.path().join("gitgate.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO settings (key, value) VALUES ('policy.expiry_required', 'yes') \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [],
+        )
+        .unwrap();
+    let r = server.api("GET", "/admin/policy", "alice", "");
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.error_message().contains("policy.expiry_required is yes")
+            && r.error_message().contains("PUT of admin/policy"),
+        "{}",
+        r.body
+    );
+    let half = json!({"maxExpiryDays": 10}).to_string();
+    assert_eq!(
+        server.api("PUT", "/admin/policy", "root", &half).status,
+        409
+    );
+    let whole = json!({"expiryRequired": true, "maxExpiryDays": 30}).to_string();
+    let r = server.api("PUT", "/admin/policy", "root", &whole);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        server.api("GET", "/admin/policy", "alice", "").json(),
+        json!({"expiryRequired": true, "maxExpiryDays": 30})
+    );
+}
+
 #[test]
 fn policy_applies_to_the_next_creation_and_reports_non_compliant_tokens() {
     let (install, server) = setup();

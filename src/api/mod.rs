@@ -166,10 +166,15 @@ impl From<lifecycle::Error> for ApiError {
             E::Store(StoreError::Busy) | E::Store(StoreError::Open { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            // A stored value changed by hand (the expiry policy): the store answers, and the
+            // caller is told what to set again.
+            E::Store(StoreError::Unreadable(_)) => StatusCode::CONFLICT,
             E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         match &e {
-            E::Store(StoreError::Busy) => ApiError::new(status, e.to_string()),
+            E::Store(StoreError::Busy) | E::Store(StoreError::Unreadable(_)) => {
+                ApiError::new(status, e.to_string())
+            }
             // The details (the store's path among them) are for the operator, not the caller,
             // who may not even have authenticated yet.
             E::Store(err) => ApiError {
