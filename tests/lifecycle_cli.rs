@@ -936,6 +936,34 @@ fn ctrl_c_at_a_password_prompt_exits_130_and_a_new_store_is_taken_back() {
     assert!(!shown.contains("interrupted"), "{shown}");
     assert!(shown.contains("after: echo"), "echo is back: {shown}");
     assert!(!new_store.exists(), "the new store was left: {shown}");
+
+    // SIGQUIT (`kill -QUIT`) at the prompt takes the new store back too, and ends as it would.
+    let script = "\"$0\" --config \"$1\" user add bob --admin </dev/tty & p=$!; sleep 1; \
+         kill -QUIT $p; wait $p; echo \"status=$?\"";
+    let out = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "sh -c '{}' {} {}",
+            script.replace('\'', "'\\''"),
+            common::gitgate_bin(),
+            fresh.display()
+        ))
+        .arg("/dev/null")
+        .env_remove("GITGATE_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let shown = String::from_utf8_lossy(&out.wait_with_output().unwrap().stdout).into_owned();
+    assert!(shown.contains("status=131"), "{shown}");
+    assert!(shown.contains("was taken back"), "{shown}");
+    for extra in ["", "-wal", "-shm"] {
+        let left = format!("{}{extra}", new_store.display());
+        assert!(
+            !std::path::Path::new(&left).exists(),
+            "{left} left: {shown}"
+        );
+    }
 }
 
 /// At a prompt a new password is asked twice: two that differ change nothing (no user added,

@@ -318,16 +318,17 @@ pub fn not_served_yet(target: &crate::policy::Target, project_root: &Path) -> Op
     ))
 }
 
-/// SIGINT, SIGTERM and SIGHUP (Ctrl-C, `timeout`, a closed terminal) blocked in this thread,
-/// and so in every thread started after it, for [`remove_on_a_stop_signal`]; `None` if they
-/// could not be. Called before the CLI starts any other thread.
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT (Ctrl-C, `timeout`, a closed terminal, `Ctrl-\`)
+/// blocked in this thread, and so in every thread started after it, for
+/// [`remove_on_a_stop_signal`]; `None` if they could not be. Called before the CLI starts any
+/// other thread.
 fn block_stop_signals() -> Option<libc::sigset_t> {
     // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset before use, and
     // pthread_sigmask is given a valid pointer to it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
             libc::sigaddset(&mut set, signal);
         }
         (libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) == 0).then_some(set)
@@ -429,7 +430,7 @@ fn stop_signals_set_the_terminal_back() {
         return; // installed for an earlier prompt, with the settings from before it
     }
     let handler = set_the_terminal_back_and_stop as extern "C" fn(libc::c_int);
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         // SAFETY: the handler only makes async-signal-safe calls.
         unsafe { libc::signal(signal, handler as libc::sighandler_t) };
     }
