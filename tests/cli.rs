@@ -2407,15 +2407,19 @@ fn a_dumped_store_is_told_how_to_get_its_version_back() {
 fn an_unreadable_expiry_policy_is_warned_of_and_creates_nothing() {
     let sb = Sandbox::new();
     sb.add_admin("root", "root-password-1");
-    sb.cli(&[
-        "policy",
-        "set",
-        "--expiry-required",
-        "yes",
-        "--max-expiry-days",
-        "30",
-    ])
-    .ok();
+    let set_whole = || {
+        sb.cli(&[
+            "policy",
+            "set",
+            "--expiry-required",
+            "yes",
+            "--max-expiry-days",
+            "30",
+        ])
+        .ok()
+        .to_owned()
+    };
+    set_whole();
     rusqlite::Connection::open(sb.db())
         .unwrap()
         .execute(
@@ -2444,15 +2448,7 @@ fn an_unreadable_expiry_policy_is_warned_of_and_creates_nothing() {
     .fails_with("cannot be read");
     assert!(!sb.cli(&["token", "list"]).stdout.contains("p1"));
     // Set again whole, it works.
-    sb.cli(&[
-        "policy",
-        "set",
-        "--expiry-required",
-        "yes",
-        "--max-expiry-days",
-        "30",
-    ])
-    .ok();
+    set_whole();
     assert!(sb.cli(&["policy", "show"]).ok().contains("30"));
 }
 

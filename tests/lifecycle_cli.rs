@@ -6,6 +6,8 @@ mod lifecycle_support;
 
 use lifecycle_support::{Api, Install, PW};
 use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
 
 fn setup() -> Install {
     let install = Install::new();
@@ -832,15 +834,45 @@ fn at_a_terminal(install: &Install, args: &[&str], typed: &str) -> (bool, String
         // One line at a time, each after its prompt is up (typed ahead, a line could be read
         // before the prompt turns echo off).
         for l in typed.split_inclusive('\n') {
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(500));
             stdin.write_all(l.as_bytes()).unwrap();
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(500));
     }
     let out = child.wait_with_output().unwrap();
     let shown =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), shown)
+}
+
+/// `sh -c SCRIPT gitgate CONFIG` on a terminal (`script` gives it one): `typed` is typed a
+/// second in, and the terminal's input is held open `hold` longer (its end would answer a
+/// prompt); everything the terminal showed.
+fn shell_on_a_terminal(script: &str, config: &Path, typed: &[u8], hold: Duration) -> String {
+    let mut run = std::process::Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "sh -c '{}' {} {}",
+            script.replace('\'', "'\\''"),
+            common::gitgate_bin(),
+            config.display()
+        ))
+        .arg("/dev/null")
+        .env_remove("GITGATE_CONFIG")
+        .env_remove("GITGATE_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let mut typing = run.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    if !typed.is_empty() {
+        use std::io::Write;
+        typing.write_all(typed).unwrap();
+    }
+    std::thread::sleep(hold);
+    drop(typing);
+    String::from_utf8_lossy(&run.wait_with_output().unwrap().stdout).into_owned()
 }
 
 /// A stop signal while a prompt waits with echo off (on a store that is there already) sets the
@@ -853,26 +885,12 @@ fn a_command_stopped_at_its_password_prompt_sets_the_terminal_back() {
          stty -a </dev/tty | grep -o -- ' -\\?echo ' | head -1 | sed 's/^/during:/'; \
          kill -TERM $p; wait $p; echo \"status=$?\"; \
          stty -a </dev/tty | grep -o -- ' -\\?echo ' | head -1 | sed 's/^/after:/'";
-    let mut out = std::process::Command::new("script")
-        .args(["-qec"])
-        .arg(format!(
-            "sh -c '{}' {} {}",
-            script.replace('\'', "'\\''"),
-            common::gitgate_bin(),
-            install.path().join("gitgate.toml").display()
-        ))
-        .arg("/dev/null")
-        .env_remove("GITGATE_CONFIG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux) runs");
-    // The terminal's input held open (its end would answer the prompt) until all is done.
-    let typing = out.stdin.take();
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    drop(typing);
-    let out = out.wait_with_output().unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let shown = shell_on_a_terminal(
+        script,
+        &install.path().join("gitgate.toml"),
+        b"",
+        Duration::from_secs(2),
+    );
     assert!(
         shown.contains("during: -echo"),
         "the prompt turns echo off: {shown}"
@@ -890,34 +908,12 @@ fn ctrl_c_at_a_password_prompt_exits_130_and_a_new_store_is_taken_back() {
     let install = setup();
     let store = install.path().join("gitgate.db");
     assert!(store.exists());
-    let at_ctrl_c = |config: &std::path::Path, args: &str| {
+    let at_ctrl_c = |config: &Path, args: &str| {
         let script = format!(
             "\"$0\" --config \"$1\" {args} </dev/tty; echo \"status=$?\"; \
              stty -a </dev/tty | grep -o -- ' -\\?echo ' | head -1 | sed 's/^/after:/'"
         );
-        let mut run = std::process::Command::new("script")
-            .arg("-qec")
-            .arg(format!(
-                "sh -c '{}' {} {}",
-                script.replace('\'', "'\\''"),
-                common::gitgate_bin(),
-                config.display()
-            ))
-            .arg("/dev/null")
-            .env_remove("GITGATE_CONFIG")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("script (util-linux) runs");
-        let mut typing = run.stdin.take().unwrap();
-        std::thread::sleep(std::time::Duration::from_secs(1));
-        {
-            use std::io::Write;
-            typing.write_all(b"\x03").unwrap();
-        }
-        std::thread::sleep(std::time::Duration::from_secs(1));
-        drop(typing);
-        String::from_utf8_lossy(&run.wait_with_output().unwrap().stdout).into_owned()
+        shell_on_a_terminal(&script, config, b"\x03", Duration::from_secs(1))
     };
     let config = install.path().join("gitgate.toml");
     let shown = at_ctrl_c(&config, "user passwd alice");
@@ -940,29 +936,12 @@ fn ctrl_c_at_a_password_prompt_exits_130_and_a_new_store_is_taken_back() {
     // SIGQUIT (`kill -QUIT`) at the prompt takes the new store back too, and ends as it would.
     let script = "\"$0\" --config \"$1\" user add bob --admin </dev/tty & p=$!; sleep 1; \
          kill -QUIT $p; wait $p; echo \"status=$?\"";
-    let out = std::process::Command::new("script")
-        .args(["-qec"])
-        .arg(format!(
-            "sh -c '{}' {} {}",
-            script.replace('\'', "'\\''"),
-            common::gitgate_bin(),
-            fresh.display()
-        ))
-        .arg("/dev/null")
-        .env_remove("GITGATE_CONFIG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux) runs");
-    let shown = String::from_utf8_lossy(&out.wait_with_output().unwrap().stdout).into_owned();
+    let shown = shell_on_a_terminal(script, &fresh, b"", Duration::from_secs(2));
     assert!(shown.contains("status=131"), "{shown}");
     assert!(shown.contains("was taken back"), "{shown}");
     for extra in ["", "-wal", "-shm"] {
         let left = format!("{}{extra}", new_store.display());
-        assert!(
-            !std::path::Path::new(&left).exists(),
-            "{left} left: {shown}"
-        );
+        assert!(!Path::new(&left).exists(), "{left} left: {shown}");
     }
 }
 
