@@ -366,10 +366,11 @@ pub fn holds_a_token(text: &str) -> bool {
     found(&bytes)
 }
 
-/// `text` with every run that looks like a gitgate token secret (`ggt_` in any case, then at
-/// least 12 more token characters) written as `<a token secret, not repeated>`: for messages
-/// that repeat what an operator typed (an id, a name) where a secret was pasted by mistake,
-/// which would then sit in a terminal's scroll-back or a CI log.
+/// `text` with every run that looks like a gitgate token secret (`ggt_` in any case, then a
+/// token id's 12 base32 characters, in any case, and whatever token characters follow) written
+/// as `<a token secret, not repeated>`: for messages that repeat what an operator typed (an id,
+/// a name) where a secret was pasted by mistake, which would then sit in a terminal's
+/// scroll-back or a CI log. A branch named `ggt_dashboard-v2` is no secret and is kept.
 pub fn without_secrets(text: &str) -> std::borrow::Cow<'_, str> {
     let bytes = text.as_bytes();
     let at_prefix = |i: usize| {
@@ -386,7 +387,13 @@ pub fn without_secrets(text: &str) -> std::borrow::Cow<'_, str> {
             let end = (i + PREFIX_LEN..bytes.len())
                 .find(|&j| !token_char(bytes[j]))
                 .unwrap_or(bytes.len());
-            if end - i - PREFIX_LEN >= 12 {
+            let id_shaped = bytes
+                .get(i + PREFIX_LEN..i + PREFIX_LEN + crate::token::ID_LEN)
+                .is_some_and(|id| {
+                    id.iter()
+                        .all(|b| matches!(b.to_ascii_lowercase(), b'a'..=b'z' | b'2'..=b'7'))
+                });
+            if id_shaped {
                 out.push_str(&text[copied..i]);
                 out.push_str("<a token secret, not repeated>");
                 copied = end;
@@ -406,6 +413,51 @@ pub fn without_secrets(text: &str) -> std::borrow::Cow<'_, str> {
     out.push_str(&text[copied..]);
     if crate::token::bare_secret_in(out.as_bytes()) {
         out = without_bare_secrets(&out);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// [`without_secrets`], and every run of 40 or more of the secret's characters with both upper-
+/// and lower-case letters in it (see [`holds_a_secret`]) written as `<what looks like a token
+/// secret, not repeated>`: for the log's free text (git's stderr, a hook's words, a ref name),
+/// where the secret's 43 random characters alone — its id is in every request line, and its
+/// checksum follows from the two — must not be written either. A commit id (lower-case hex) or
+/// a name of words is kept.
+pub fn without_secrets_for_the_log(text: &str) -> std::borrow::Cow<'_, str> {
+    let text = without_secrets(text);
+    let token_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let secret_like = |run: &str| {
+        run.len() >= 40
+            && run.bytes().any(|b| b.is_ascii_uppercase())
+            && run.bytes().any(|b| b.is_ascii_lowercase())
+    };
+    if !text.split(|c: char| !token_char(c)).any(secret_like) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut run_start = None;
+    for (i, c) in text
+        .char_indices()
+        .chain(std::iter::once((text.len(), ' ')))
+    {
+        match (token_char(c) && i < text.len(), run_start) {
+            (true, None) => run_start = Some(i),
+            (true, Some(_)) => {}
+            (false, start) => {
+                if let Some(start) = start {
+                    let run = &text[start..i];
+                    out.push_str(if secret_like(run) {
+                        "<what looks like a token secret, not repeated>"
+                    } else {
+                        run
+                    });
+                    run_start = None;
+                }
+                if i < text.len() {
+                    out.push(c);
+                }
+            }
+        }
     }
     std::borrow::Cow::Owned(out)
 }
@@ -569,13 +621,45 @@ mod tests {
             without_secrets(&both),
             "<a token secret, not repeated> and <a token secret, not repeated>."
         );
-        // The prefix named in words, and ids, stay.
+        // The prefix named in words, and ids, stay; and so do names that only begin with it.
         for as_is in [
             "holds 'ggt_', the prefix",
             "token p3jotvgujzs7",
             "ggt_short",
+            "refs/heads/ggt_dashboard-v2",
+            "refs/heads/feature/GGT_ticket-1234567",
         ] {
             assert_eq!(without_secrets(as_is), as_is);
+        }
+        // A secret's id with what follows cut off is still its beginning.
+        assert_eq!(
+            without_secrets(&secret[..20]),
+            "<a token secret, not repeated>"
+        );
+    }
+
+    /// In the log, the secret's random part alone is not written either: with the token id
+    /// every request line has, it gives the whole secret back.
+    #[test]
+    fn the_random_part_of_a_secret_is_not_logged() {
+        let new = crate::token::generate().unwrap();
+        let secret = new.secret.expose();
+        let random = &secret[4 + crate::token::ID_LEN + 1..secret.len() - 7];
+        for text in [
+            format!("random: {random}"),
+            format!("refs/heads/t/{random}"),
+            format!("x\u{1b}[0m{}", &secret[8..]),
+        ] {
+            let said = without_secrets_for_the_log(&text);
+            assert!(!said.contains(&random[..20]), "{said}");
+            assert!(said.contains("not repeated>"), "{said}");
+        }
+        for as_is in [
+            "fatal: git upload-pack: not our ref 4b825dc642cb6eb9a060e54bf8d69288fbee49044b825dc642cb6eb9",
+            "GitHubActions deploy production cluster",
+            "error: refusing to update checked out branch: refs/heads/main",
+        ] {
+            assert_eq!(without_secrets_for_the_log(as_is), as_is);
         }
     }
 

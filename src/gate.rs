@@ -475,7 +475,9 @@ impl Gate {
         if let Some(m) = host_problem(req.version(), req.uri(), req.headers()) {
             return Err(Refusal::NotGit(Rejection::BadRequest(m.into())));
         }
-        if credentials::holds_a_token(git_req.repo.as_str()) {
+        if credentials::holds_a_token(git_req.repo.as_str())
+            || credentials::names_a_secret(git_req.repo.as_str())
+        {
             // Before the repository is logged or audited: it may be a secret pasted by mistake.
             return Err(Refusal::NotGit(Rejection::BadRequest(
                 "the repository path holds what looks like a gitgate token; a token goes in the \
@@ -1272,7 +1274,10 @@ pub struct LogPath<'a> {
 
 impl fmt::Display for LogPath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.token_checked && crate::credentials::holds_a_token(self.path) {
+        if !self.token_checked
+            && (crate::credentials::holds_a_token(self.path)
+                || crate::credentials::names_a_secret(self.path))
+        {
             return f.write_str("\"<a path holding what looks like a token secret>\"");
         }
         let (kept, cut) = kept_of_path(self.path);

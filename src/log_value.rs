@@ -83,7 +83,7 @@ impl fmt::Display for LogText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // What looks like a token secret is never written: these fields repeat what clients
         // and hooks chose (a ref name a hook declined, a push's report of it, git's stderr).
-        let text = crate::credentials::without_secrets(self.0);
+        let text = crate::credentials::without_secrets_for_the_log(self.0);
         match kept(&text, TEXT_KEPT) {
             (all, false) => quoted(all, f),
             (part, true) => quoted(&format!("{part}... ({} bytes in all, cut)", text.len()), f),

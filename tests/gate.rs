@@ -638,6 +638,13 @@ fn a_declined_ref_named_after_a_secret_is_not_logged_whole() {
         ],
     );
     assert!(!push.success(), "{push}");
+    // Its random part alone, which with the id in every request line is the secret.
+    let random = &token.secret[4 + 12 + 1..token.secret.len() - 7];
+    let push = sb.git(
+        &work,
+        &["push", "origin", &format!("HEAD:refs/heads/t/{random}")],
+    );
+    assert!(!push.success(), "{push}");
     server.stop();
     let log = server.log_text();
     // (The hook's own words go to git's user, on side-band 2.)
@@ -647,6 +654,11 @@ fn a_declined_ref_named_after_a_secret_is_not_logged_whole() {
     );
     assert!(!log.contains(&token.secret), "{log}");
     assert!(!log.contains(&token.secret[4..20]), "{log}");
+    assert!(!log.contains(&random[..20]), "{log}");
+    assert!(
+        log.contains("refs/heads/t/<what looks like a token secret, not repeated>"),
+        "{log}"
+    );
 }
 
 /// A damaged repository (a pack cut short) makes upload-pack refuse a clone with `ERR ... not
@@ -3182,6 +3194,16 @@ fn secrets_never_reach_the_log_or_the_database() {
         &[
             "ls-remote",
             &server.url_with("alice", "pw", &format!("team/{}", &personal.secret[4..])),
+        ],
+    )
+    .fails_with("the repository path holds what looks like a gitgate token");
+    // ... or only its random part, which with the id every request line has is the secret.
+    let random = &personal.secret[4 + 12 + 1..personal.secret.len() - 7];
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with("alice", "pw", &format!("team/{random}")),
         ],
     )
     .fails_with("the repository path holds what looks like a gitgate token");
