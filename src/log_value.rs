@@ -63,9 +63,7 @@ fn shown_as_itself(c: char) -> bool {
     }
     // Rust's own list of what it would not print as itself (its `Debug` escapes those).
     let printable = c.escape_debug().len() == 1;
-    printable
-        && !c.is_whitespace()
-        && !matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    printable && !c.is_whitespace() && !crate::credentials::is_invisible_format(c)
 }
 
 /// Free text as one log field, without anything that looks like a token secret, always quoted
@@ -268,6 +266,16 @@ mod tests {
             assert_eq!(read, text, "{written}");
         }
         assert_eq!(said("a\u{2028}b"), "\"a\\u2028b\"");
+        // Fillers that show as a blank (a hand-made ref name's "main\u{3164}created\u{3164}at"
+        // read as more entries of a push's list).
+        for filler in ['\u{3164}', '\u{2800}', '\u{ffa0}', '\u{115f}', '\u{1160}'] {
+            let shown = said(&format!("a{filler}b"));
+            assert_eq!(
+                shown,
+                format!("\"a\\u{:04x}b\"", filler as u32),
+                "{filler:?}"
+            );
+        }
         assert_eq!(said("\u{1f600}\u{e0001}"), "\"\u{1f600}\\udb40\\udc01\"");
     }
 }

@@ -137,16 +137,16 @@ impl PushCommands {
         }
         self.count += 1;
         if self.listed.len() < LISTED {
-            let valid = name
-                .iter()
-                .all(|&b| b > b' ' && b != 0x7f && !b"~^:?*[\\".contains(&b));
-            let name = String::from_utf8_lossy(name);
-            // A name git would refuse (a space, a control character: a hand-made push) is
-            // quoted and said to be one, so that it cannot read as more entries of the list.
-            let name = if valid {
-                name
-            } else {
-                std::borrow::Cow::Owned(format!("<not a ref name: {name:?}>"))
+            // A name git would refuse (a space, a control character, `..`: a hand-made push)
+            // is quoted and said to be one, so that it cannot read as more entries of the list;
+            // one that is no UTF-8 is said so, its bytes shown as they can be.
+            let name = match std::str::from_utf8(name) {
+                Ok(text) if is_a_ref_name(text) => std::borrow::Cow::Borrowed(text),
+                Ok(text) => std::borrow::Cow::Owned(format!("<not a ref name: {text:?}>")),
+                Err(_) => std::borrow::Cow::Owned(format!(
+                    "<a ref name that is not UTF-8: {:?}>",
+                    String::from_utf8_lossy(name)
+                )),
             };
             let name = match name.char_indices().nth(NAME_KEPT) {
                 Some((cut, _)) => format!("{}...", &name[..cut]),
@@ -159,6 +159,21 @@ impl PushCommands {
             });
         }
     }
+}
+
+/// Whether git takes `name` for a ref's name (`git check-ref-format`'s rules, roughly): no
+/// space, control character or `~^:?*[\`, no `..` or `@{`, no empty or dot-led component, and
+/// no `.lock`, `/` or `.` at the end.
+fn is_a_ref_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b > b' ' && b != 0x7f && !b"~^:?*[\\".contains(&b))
+        && !name.contains("..")
+        && !name.contains("@{")
+        && !name.ends_with(".lock")
+        && !name.ends_with(['/', '.'])
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && !part.starts_with('.'))
 }
 
 /// An object id shortened as git shortens it in its own output.
@@ -304,6 +319,42 @@ mod tests {
             "{}...",
             "x".repeat(NAME_KEPT - "refs/heads/".len())
         )));
+    }
+
+    #[test]
+    fn names_git_refuses_are_told_from_ref_names() {
+        for name in [
+            "refs/heads/main",
+            "refs/tags/v1.2",
+            "refs/heads/ggt_x",
+            "refs/heads/é",
+        ] {
+            assert!(is_a_ref_name(name), "{name}");
+        }
+        for name in [
+            "refs/heads/a b",
+            "refs/heads/v1..v2",
+            "refs/heads/x@{1}",
+            "refs/heads/x.lock",
+            "refs/heads/x/",
+            "refs/heads//x",
+            "refs/heads/.x",
+            "refs/heads/x.",
+            "refs/heads/a\\b",
+        ] {
+            assert!(!is_a_ref_name(name), "{name}");
+        }
+        let body = format!("{}0000", pkt(&format!("{ZERO} {A} refs/heads/bad\u{fffd}")));
+        let mut raw = body.into_bytes();
+        // Bytes that are no UTF-8 in place of the replacement character.
+        let at = raw
+            .windows(3)
+            .position(|w| w == "\u{fffd}".as_bytes())
+            .unwrap();
+        raw.splice(at..at + 3, [0xff, 0xfe, b'x']);
+        assert!(read(&raw, 5)
+            .to_string()
+            .starts_with("<a ref name that is not UTF-8: "));
     }
 
     /// A hand-made push's name with `, ` and words in it cannot pass for more commands.
