@@ -613,8 +613,9 @@ fn an_encoded_push_still_has_its_push_commands_line() {
 }
 
 /// A ref named after a token secret, declined by a hook that names it: neither the push's
-/// report of the refused ref nor the push commands line repeats the secret (and the hook's
-/// "declining refs/..." is not read as a second refused ref).
+/// report of the refused ref nor the push commands line repeats the secret. What the hook
+/// prints ("declining refs/...", even a line shaped as the report's `ok refs/heads/main`) is
+/// not read as the report.
 #[test]
 fn a_declined_ref_named_after_a_secret_is_not_logged_whole() {
     let (sb, mut server, token) = team_setup();
@@ -624,7 +625,8 @@ fn a_declined_ref_named_after_a_secret_is_not_logged_whole() {
     let hook = sb.bare("team/app").join("hooks/pre-receive");
     std::fs::write(
         &hook,
-        "#!/bin/sh\nwhile read old new ref; do echo \"declining $ref\" >&2; done\nexit 1\n",
+        "#!/bin/sh\nwhile read old new ref; do echo \"declining $ref\" >&2; done\n\
+         printf '0019ok refs/heads/main\\n'\nexit 1\n",
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -649,7 +651,10 @@ fn a_declined_ref_named_after_a_secret_is_not_logged_whole() {
     let log = server.log_text();
     // (The hook's own words go to git's user, on side-band 2.)
     assert!(
-        log.contains("1 refused: refs/heads/deny/<a token secret, not repeated> pre-receive"),
+        log.contains(
+            "0 ref(s) updated, 1 refused: refs/heads/deny/<a token secret, not repeated> \
+             pre-receive"
+        ),
         "{log}"
     );
     assert!(!log.contains(&token.secret), "{log}");

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use super::head::HEAD_READ;
 use super::process::{ExitInfo, KillGuard, Running, INPUT_CLOSED_GRACE, TERM_GRACE};
+use super::report::Report;
 use super::stdio::Fed;
 use super::CgiError;
 use crate::log_value::{LogText, LogValue};
@@ -80,25 +81,16 @@ pub(super) struct Finishing {
     /// The request, for the log: repository path and user.
     pub(super) label: String,
     pub(super) request_id: RequestId,
-    /// The end of what the push has said to its client so far (at most [`REPORT_TAIL`]): the
-    /// client may leave after receive-pack's report reached it, while a hook still runs, and
-    /// the log must still say what the push did.
-    pub(super) said: Vec<u8>,
+    /// receive-pack's report, read from what the push has said to its client so far: the
+    /// client may leave after the report reached it, while a hook still runs, and the log must
+    /// still say what the push did.
+    pub(super) said: Report,
 }
 
 impl Finishing {
-    /// Keeps the end of `data`, which the push said to its client.
+    /// Reads `data`, which the push said to its client, for its report.
     fn heard(&mut self, data: &[u8]) {
-        keep_tail(&mut self.said, data);
-    }
-}
-
-/// Appends `data` to `tail`, keeping at most the last [`REPORT_TAIL`] bytes (give or take one
-/// more tail's worth between trims, so that a long output is not moved on every read).
-fn keep_tail(tail: &mut Vec<u8>, data: &[u8]) {
-    tail.extend_from_slice(data);
-    if tail.len() > 2 * REPORT_TAIL {
-        tail.drain(..tail.len() - REPORT_TAIL);
+        self.said.feed(data);
     }
 }
 
@@ -167,7 +159,7 @@ async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>)
     let Some((push, _telling)) = finishing else {
         return;
     };
-    let outcome = push_outcome(&push.said);
+    let outcome = push.said.outcome();
     if outcome.starts_with("unpack ok") && !outcome.contains(" 0 ref(s) updated") {
         tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "a push gitgate ended had its refs updated all the same (receive-pack reported them before, or as, it was ended); its client did not get that report, and git told its user the push failed (a fetch shows what the repository has)");
     }
@@ -181,10 +173,10 @@ async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>)
 /// the repository's rules at work: a line at `info`. A push with no report (the 4-byte probe
 /// git sends before a large pack) says nothing.
 fn log_a_refused_push(push: &Finishing) {
-    if !push.said.windows(7).any(|w| w == b"unpack ") {
+    if !push.said.has_begun() {
         return;
     }
-    let outcome = push_outcome(&push.said);
+    let outcome = push.said.outcome();
     if outcome.starts_with("refused:") {
         tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused a push's pack (git told its user why; a full disk or the repository's limits, say)");
     } else if outcome.contains(" refused: ") {
@@ -246,9 +238,8 @@ pub(super) async fn finish_alone(
 ) {
     let mut stopping = finishing.running.stopping.subscribe();
     let mut scratch = vec![0u8; HEAD_READ];
-    // The end of what it said, to its client and since, which holds receive-pack's report
-    // (see `push_outcome`).
-    let mut tail = std::mem::take(&mut finishing.said);
+    // What it said, to its client and since, which holds receive-pack's report.
+    let mut report = std::mem::take(&mut finishing.said);
     // `None` once it has said all it had to say; else why it is ended.
     let ended = loop {
         let read = tokio::select! {
@@ -257,7 +248,7 @@ pub(super) async fn finish_alone(
         };
         match read {
             Ok(Ok(0)) => break None,
-            Ok(Ok(n)) => keep_tail(&mut tail, &scratch[..n]),
+            Ok(Ok(n)) => report.feed(&scratch[..n]),
             Ok(Err(_)) => break Some("reading the output of a push whose client left failed"),
             Err(_) => break Some("a push whose client left sent nothing for the idle timeout"),
         }
@@ -272,7 +263,7 @@ pub(super) async fn finish_alone(
     // receive-pack exits 0 also when it refused the pack or a ref: what it did is in its report.
     // Logged quoted, with control characters escaped (`?`): a refused ref's name and reason are
     // a client's text, and a `\r` or ` user=...` in them must not forge a log line or field.
-    let outcome = push_outcome(&tail);
+    let outcome = report.outcome();
     match exit.await {
         Ok(info) if info.success() => {
             tracing::info!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push whose client left has finished: {info}")
@@ -324,52 +315,13 @@ pub(super) fn git_error_at_end(output: &[u8]) -> Option<String> {
     })
 }
 
-/// How much of a push's last output is kept for its report.
-const REPORT_TAIL: usize = 64 * 1024;
-
-/// What receive-pack's report (its last output: `unpack ok` or `unpack <error>`, then `ok <ref>`
-/// or `ng <ref> <reason>` per ref, in pkt-lines, inside side-band 1 when the client asked for
-/// it) says was done, in words for the log. The lines are found by their text, which a
-/// pkt-line or side-band header never splits within a short line.
+/// What receive-pack's whole answer (`output`) reports was done, in words for the log (see
+/// [`Report`]).
+#[cfg(test)]
 pub(super) fn push_outcome(output: &[u8]) -> String {
-    // A report line begins a pkt-line: its 4 hex digits of length come just before it. Text
-    // elsewhere that holds the same words — a hook's "declining refs/heads/x" on side-band 2
-    // holds "ng refs/" — is not a report.
-    let lines = |prefix: &'static [u8]| {
-        output
-            .windows(prefix.len())
-            .enumerate()
-            .filter(move |(i, w)| {
-                *w == prefix
-                    && i.checked_sub(4)
-                        .is_some_and(|at| output[at..*i].iter().all(u8::is_ascii_hexdigit))
-            })
-            .map(move |(i, _)| {
-                let rest = &output[i + prefix.len()..];
-                let end = rest
-                    .iter()
-                    .position(|&b| b == b'\n' || b == 0)
-                    .unwrap_or(rest.len().min(200));
-                String::from_utf8_lossy(&rest[..end]).into_owned()
-            })
-    };
-    let Some(unpack) = lines(b"unpack ").next_back() else {
-        return "no report from receive-pack (the pack did not arrive whole?)".into();
-    };
-    if unpack != "ok" {
-        return format!("refused: unpack {unpack}; no ref was updated");
-    }
-    let updated = lines(b"ok refs/").count();
-    let refused: Vec<String> = lines(b"ng refs/").map(|r| format!("refs/{r}")).collect();
-    if refused.is_empty() {
-        format!("unpack ok, {updated} ref(s) updated")
-    } else {
-        format!(
-            "unpack ok, {updated} ref(s) updated, {} refused: {}",
-            refused.len(),
-            refused.join("; ")
-        )
-    }
+    let mut report = Report::default();
+    report.feed(output);
+    report.outcome()
 }
 
 impl CgiBody {

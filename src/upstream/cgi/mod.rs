@@ -72,6 +72,7 @@ mod cap;
 mod env;
 mod head;
 mod process;
+mod report;
 pub mod repositories;
 mod stdio;
 
@@ -738,7 +739,7 @@ impl CgiBackend {
                 running: self.running.clone(),
                 label: label.clone(),
                 request_id: req.request_id,
-                said: Vec::new(),
+                said: Default::default(),
             }),
             silence: Silence::new(self.head_timeout),
             uploading,
