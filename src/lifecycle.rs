@@ -110,6 +110,24 @@ impl From<StoreError> for Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How a login's user name is written down (audited, logged, answered): as
+/// `store::as_written_down` says, except that a name typed with capitals is the user it names
+/// when there is one (`Alice` logs in as alice, and her failed logins count towards her lock
+/// and are hers in `gitgate audit --user alice`): only a name that names nobody may be a
+/// password typed in its place.
+pub fn name_written_down(store: &Store, user: &str) -> String {
+    let lower = user.to_ascii_lowercase();
+    match crate::store::as_written_down(user) {
+        crate::store::NOT_A_USER_NAME
+            if crate::store::as_written_down(&lower) == lower
+                && store.user(&lower).ok().flatten().is_some() =>
+        {
+            lower
+        }
+        written => written.to_ascii_lowercase(),
+    }
+}
+
 /// Check a user's password and return them as a [`Caller`]. Every failure is audited (with the
 /// reason, never the password) and answered with the same message whether or not the user
 /// exists. A gitgate token in place of the password is refused by name: tokens cannot manage
@@ -118,7 +136,7 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     // Written down (audited, logged, answered) only if it could be a user name: a password
     // typed in its place must not be kept. Looked up in lower case, as git's side compares it
     // (user names are lower-case: `Alice` is alice).
-    let shown = crate::store::as_written_down(user).to_ascii_lowercase();
+    let shown = name_written_down(store, user);
     let user = &user.to_ascii_lowercase();
     let fail = |reason: &str, message: String| {
         store.record_event_or_log(actor, "auth.failed", &shown, reason);

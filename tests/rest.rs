@@ -433,6 +433,26 @@ fn user_names_in_any_case_are_the_user_and_a_password_typed_as_one_is_not_kept()
         "{audit}"
     );
     assert!(!server.log_text().contains(TYPED_AS_USER));
+    // A name typed with capitals that names a user is that user's: a failed login of `Alice`
+    // is alice's, in the audit as in her lock.
+    let r = server.request(
+        "GET",
+        &format!("{API}/users/alice"),
+        Auth::Basic("Alice", "wrong password"),
+        "",
+    );
+    assert_eq!(r.status, 401);
+    let trail = install.cli_ok(
+        &["audit", "--user", "alice", "--action", "auth", "--json"],
+        "",
+    );
+    let trail: Vec<Value> = serde_json::from_str(&trail).unwrap();
+    assert!(
+        trail.iter().any(|e| e["actor"] == "alice"
+            && e["target"] == "alice"
+            && e["detail"] == "wrong password"),
+        "{trail:?}"
+    );
 }
 
 #[test]

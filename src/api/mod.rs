@@ -742,7 +742,7 @@ fn authenticate(
         Ok(Credentials::Basic { user, secret }) => {
             // Never a password typed as the user name (see `store::as_written_down`).
             let actor = Actor {
-                name: crate::store::as_written_down(&user).to_ascii_lowercase(),
+                name: lifecycle::name_written_down(store, &user),
                 source: source.clone(),
                 logged_in_as_admin: None,
             };
