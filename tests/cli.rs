@@ -1348,6 +1348,35 @@ fn audit_says_how_many_events_it_cannot_place() {
             "{run}"
         );
     }
+    // A time made a real number, and a repeat's time made text, by hand: the event is listed
+    // by its value, the listing does not fail.
+    rusqlite::Connection::open(sb.db())
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO audit_events (at, actor, action, target, detail, source, count, last_at)
+             VALUES (1764900000000.5, 'mallory', 'token.revoked', 'z', '', 's', 2, 'soon')",
+        )
+        .unwrap();
+    let listed = sb.cli_json(&["audit", "--action", "token.revoked", "--json"]);
+    let z = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["target"] == "z")
+        .unwrap_or_else(|| panic!("{listed}"))
+        .clone();
+    assert_eq!(z["at"], 1764900000001i64, "{z}");
+    assert_eq!(z["lastAt"], serde_json::Value::Null, "{z}");
+    // The newest N too, whose start may be such an event.
+    let newest = sb.cli_json(&[
+        "audit",
+        "--limit",
+        "1",
+        "--action",
+        "token.revoked",
+        "--json",
+    ]);
+    assert_eq!(newest.as_array().map(Vec::len), Some(1), "{newest}");
 }
 
 #[test]

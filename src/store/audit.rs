@@ -196,17 +196,36 @@ pub(super) fn log_lost_event(
 
 /// An event of a row selected as `id, at, actor, action, target, detail, source, count,
 /// last_at`.
+/// Column `i` of an audit row as a whole number: a time edited by hand into a real number
+/// (`julianday('now')`) is placed by its value, as the listing's filters place it, rather than
+/// failing the whole listing. Rounded up: the next page starts after the last event's time, and
+/// a time rounded down would find the same event after it again, without end. `None` for text,
+/// a blob or NULL.
+fn number_in(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<i64>> {
+    use rusqlite::types::Value;
+    Ok(match r.get::<_, Value>(i)? {
+        Value::Integer(n) => Some(n),
+        Value::Real(x) => Some(x.ceil() as i64),
+        _ => None,
+    })
+}
+
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEvent> {
+    // A repeat's time or count that cannot be read is left out of that one event.
+    let number = |i: usize| number_in(r, i);
     Ok(AuditEvent {
         id: r.get(0)?,
-        at: r.get(1)?,
+        at: match number(1)? {
+            Some(at) => at,
+            None => r.get(1)?,
+        },
         actor: r.get(2)?,
         action: r.get(3)?,
         target: r.get(4)?,
         detail: r.get(5)?,
         source: r.get(6)?,
-        count: r.get(7)?,
-        last_at: r.get(8)?,
+        count: number(7)?.unwrap_or(1),
+        last_at: number(8)?,
     })
 }
 
@@ -475,7 +494,10 @@ impl Store {
                     ],
                     |r| {
                         Ok(AuditCursor {
-                            at: r.get(0)?,
+                            at: match number_in(r, 0)? {
+                                Some(at) => at,
+                                None => r.get(0)?,
+                            },
                             id: r.get(1)?,
                         })
                     },
