@@ -1318,7 +1318,10 @@ fn audit_user_gives_one_users_whole_trail() {
         "bob's events are not alice's: {seen:?}"
     );
     sb.cli(&["audit", "--user", " "])
-        .fails_with("--user is empty");
+        .fails_with("--user is empty: give a user's name");
+    // A name that is no user's is a typo, said so, not an empty listing.
+    sb.cli(&["audit", "--user", "alcie"])
+        .fails_with("no user 'alcie'");
 }
 
 /// Events whose time was changed by hand into what no listing can place (text, the largest

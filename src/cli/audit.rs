@@ -90,6 +90,9 @@ pub fn filter(wanted: &Wanted<'_>) -> Result<AuditFilter, String> {
     // As the listing prints it: bare, or quoted (`"<not a user name>"`, `""` for an empty
     // target), which is read as the JSON string it is.
     let empty = |flag: &str, s: Option<&str>| match s {
+        Some(s) if s.trim().is_empty() && flag == "--user" => {
+            Err("--user is empty: give a user's name".to_string())
+        }
         Some(s) if s.trim().is_empty() => Err(format!(
             "{flag} is empty: give the exact {} as `gitgate audit` prints it (\"\" for an \
              empty one)",
@@ -123,6 +126,16 @@ pub fn show(
     json: bool,
 ) -> Result<(), String> {
     let filter = filter(wanted)?;
+    // Users are never deleted: a name that is none is a typo, not a user without events.
+    if let Some(user) = &filter.user {
+        if store.user(user).map_err(|e| e.to_string())?.is_none() {
+            return Err(format!(
+                "{}: --user takes a user's name (--actor and --target match any name as \
+                 `gitgate audit` prints it)",
+                crate::store::no_such_user(wanted.user.unwrap_or(user))
+            ));
+        }
+    }
     let mut after = match limit {
         Some(0) => {
             return Err("--limit 0 shows nothing: give the number of newest events to show".into())
