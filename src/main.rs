@@ -857,6 +857,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::upstream::cgi::env",
     "gitgate::upstream::cgi::head",
     "gitgate::upstream::cgi::process",
+    "gitgate::upstream::cgi::report",
     "gitgate::upstream::cgi::repositories",
     "gitgate::upstream::cgi::stdio",
     "gitgate::upstream::headers",
