@@ -543,16 +543,28 @@ fn looks_like_a_secret(text: &str, run_needs_digits: bool) -> bool {
         .as_bytes()
         .windows(4)
         .any(|w| w[..3].eq_ignore_ascii_case(b"ggt") && w[3] == b'-');
-    if holds_a_token(text) || mistyped {
-        return true;
-    }
+    holds_a_token(text) || mistyped || secret_like_run(text, run_needs_digits)
+}
+
+/// Whether `text` has a run of 40 or more of the secret's characters with upper- and
+/// lower-case letters (and, if `needs_digits`, digits) in it: the shape of a secret's 43
+/// random characters.
+fn secret_like_run(text: &str, needs_digits: bool) -> bool {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         .any(|run| {
             run.len() >= 40
                 && run.bytes().any(|b| b.is_ascii_uppercase())
                 && run.bytes().any(|b| b.is_ascii_lowercase())
-                && (!run_needs_digits || run.bytes().any(|b| b.is_ascii_digit()))
+                && (!needs_digits || run.bytes().any(|b| b.is_ascii_digit()))
         })
+}
+
+/// Whether a request's path holds what is most likely a secret's random part alone (see
+/// [`secret_like_run`], with digits, as [`names_a_secret`] asks of a token's name): with the
+/// token id that every request line has, it gives the whole secret back. The check of the
+/// whole secret is [`holds_a_token`]'s.
+pub fn has_a_secrets_random_part(path: &str) -> bool {
+    secret_like_run(path, true)
 }
 
 /// RFC 6750 `b64token` (the same as RFC 7235 `token68`):

@@ -292,7 +292,7 @@ impl Gate {
                     } else {
                         PushCommands::default()
                     };
-                    *inbound.push.lock().unwrap_or_else(|p| p.into_inner()) = Some(commands);
+                    let _ = inbound.push.set(Box::new(std::sync::Mutex::new(commands)));
                 }
                 let body = Observed::new(body, move |s: Seen<'_, hyper::Error>| match s {
                     Seen::Frame(frame) => {
@@ -300,12 +300,10 @@ impl Gate {
                             seen.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                             METRICS.request_bytes(data.len() as u64);
                             exchange.request_body_moved();
-                            if reading_push {
-                                let mut push = seen.push.lock().unwrap_or_else(|p| p.into_inner());
-                                if let Some(push) = push.as_mut() {
-                                    push.feed(data);
-                                    reading_push = !push.is_done();
-                                }
+                            if let Some(push) = seen.push.get().filter(|_| reading_push) {
+                                let mut push = push.lock().unwrap_or_else(|p| p.into_inner());
+                                push.feed(data);
+                                reading_push = !push.is_done();
                             }
                         }
                     }
@@ -476,7 +474,7 @@ impl Gate {
             return Err(Refusal::NotGit(Rejection::BadRequest(m.into())));
         }
         if credentials::holds_a_token(git_req.repo.as_str())
-            || credentials::names_a_secret(git_req.repo.as_str())
+            || credentials::has_a_secrets_random_part(git_req.repo.as_str())
         {
             // Before the repository is logged or audited: it may be a secret pasted by mistake.
             return Err(Refusal::NotGit(Rejection::BadRequest(
@@ -990,13 +988,9 @@ impl LogLine {
         // A push's commands, on a line of their own just before the request's: which refs it
         // asked to change is what an investigation asks first. Its own target, so that a log
         // filter dropping the request lines (`gitgate::request=off`) keeps it.
-        let push = self
-            .inbound
-            .push
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(push) = push {
+        // Every other request only looks whether the push's place was filled: no lock.
+        if let Some(push) = self.inbound.push.get() {
+            let push = push.lock().unwrap_or_else(|p| p.into_inner());
             tracing::info!(
                 target: "gitgate::push_commands",
                 request_id = %self.id,
@@ -1276,7 +1270,7 @@ impl fmt::Display for LogPath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.token_checked
             && (crate::credentials::holds_a_token(self.path)
-                || crate::credentials::names_a_secret(self.path))
+                || crate::credentials::has_a_secrets_random_part(self.path))
         {
             return f.write_str("\"<a path holding what looks like a token secret>\"");
         }
@@ -1360,8 +1354,9 @@ struct Inbound {
     /// The body broke because its connection was reset: the client is gone. A client that
     /// closed it (a FIN) may have closed only its sending side and still read the answer.
     reset: AtomicBool,
-    /// A push's commands, read as its body passes (`None` for every other request).
-    push: std::sync::Mutex<Option<PushCommands>>,
+    /// A push's commands, read as its body passes (unset for every other request: one word of
+    /// this allocation, not the reader's).
+    push: std::sync::OnceLock<Box<std::sync::Mutex<PushCommands>>>,
 }
 
 /// How a request body's connection ended under it.
