@@ -46,22 +46,27 @@
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
 //!                                         │     (the request id sent as X-Request-Id, or as
 //!                                         │     HTTP_X_REQUEST_ID to the CGI; an answer a shared
-//!                                         │     cache could keep made `private`)
+//!                                         │     cache could keep made `private`; a push's
+//!                                         │     commands read from its body as it passes)
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...),
 //!                                         │     on a TCP port or a Unix socket
 //!                                         └─ cgi:  git http-backend run by gitgate itself (its
 //!                                               head held until the body is fed: a program that
 //!                                               dies before it is a 502, a stop before it a 503; an exit
 //!                                               after the answer began cuts it off, unless git's
-//!                                               own ERR packet ended it; one that died on a
-//!                                               request it could not read is the client's,
-//!                                               `malformed-request`)
+//!                                               own ERR packet ended it — and no `error:` of
+//!                                               its own came before it; one that died on a
+//!                                               request it could not read, or a shallow fetch
+//!                                               the repository cannot give, is the client's,
+//!                                               `malformed-request`, a 400 if no answer had
+//!                                               begun; a push's report read from channel 1)
 //!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
 //!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
 //!  atomics, a copy per thread, added up and rendered only when scraped); one log line per
 //!  request (its `request_id` first, as in every line the request writes; its User-Agent
-//!  last, unless it holds what looks like a token secret), when its answer's body ends
+//!  last, unless it holds what looks like a token secret; a push's `push commands` line just
+//!  before it; free text never holding what looks like a secret), when its answer's body ends
 //!  — or, as 499 `client-gone`, when the client hangs up before it has an answer,
 //!  `idle-timeout`, when the client idles (gitgate closes the connection for idling, over TLS
 //!  with `close_notify`; lets go of an HTTP/2 stream given no window; or the backend waited
