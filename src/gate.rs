@@ -997,7 +997,7 @@ impl LogLine {
                 repo = %loggable_repo(self.who.repo.as_deref().unwrap_or("-")),
                 user = %LogValue(self.who.user.as_deref().unwrap_or("-")),
                 token_id = %self.who.token_id.as_deref().unwrap_or("-"),
-                refs = %LogText(&credentials::without_secrets(&push.to_string())),
+                refs = %LogText(&push.to_string()),
                 "push commands"
             );
         }
