@@ -427,12 +427,8 @@ pub fn without_secrets(text: &str) -> std::borrow::Cow<'_, str> {
 pub fn without_secrets_for_the_log(text: &str) -> std::borrow::Cow<'_, str> {
     let text = without_secrets(text);
     let token_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    let secret_like = |run: &str| {
-        run.len() >= 40
-            && run.bytes().any(|b| b.is_ascii_uppercase())
-            && run.bytes().any(|b| b.is_ascii_lowercase())
-    };
-    if !text.split(|c: char| !token_char(c)).any(secret_like) {
+    let secret_like = |run: &str| is_secret_like(run, false);
+    if !secret_like_run(&text, false) {
         return text;
     }
     let mut out = String::with_capacity(text.len());
@@ -551,12 +547,15 @@ fn looks_like_a_secret(text: &str, run_needs_digits: bool) -> bool {
 /// random characters.
 fn secret_like_run(text: &str, needs_digits: bool) -> bool {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        .any(|run| {
-            run.len() >= 40
-                && run.bytes().any(|b| b.is_ascii_uppercase())
-                && run.bytes().any(|b| b.is_ascii_lowercase())
-                && (!needs_digits || run.bytes().any(|b| b.is_ascii_digit()))
-        })
+        .any(|run| is_secret_like(run, needs_digits))
+}
+
+/// Whether one run of the secret's characters has the shape of its random part.
+fn is_secret_like(run: &str, needs_digits: bool) -> bool {
+    run.len() >= 40
+        && run.bytes().any(|b| b.is_ascii_uppercase())
+        && run.bytes().any(|b| b.is_ascii_lowercase())
+        && (!needs_digits || run.bytes().any(|b| b.is_ascii_digit()))
 }
 
 /// Whether a request's path holds what is most likely a secret's random part alone (see

@@ -922,18 +922,20 @@ const CLIENT_GONE_BEFORE_ANSWER: u16 = 499;
 /// [`PushCommands`]): not the 4-byte probe (`0000`) git sends before a large push, which
 /// changes nothing.
 fn a_push_with_commands(git_req: &GitRequest, headers: &hyper::HeaderMap) -> bool {
-    git_req.operation == git::Operation::Rpc(git::Service::ReceivePack)
-        && headers
-            .get(hyper::header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() != b"4")
+    git_req.operation == git::Operation::Rpc(git::Service::ReceivePack) && !is_a_push_probe(headers)
+}
+
+/// Whether a push's POST is the 4-byte probe (`0000`) git sends before a large push's body.
+fn is_a_push_probe(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"4")
 }
 
 fn a_push_continues(git_req: &GitRequest, headers: &hyper::HeaderMap) -> bool {
     match git_req.operation {
         git::Operation::Advertise(git::Service::ReceivePack) => true,
-        git::Operation::Rpc(git::Service::ReceivePack) => headers
-            .get(hyper::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() == b"4"),
+        git::Operation::Rpc(git::Service::ReceivePack) => is_a_push_probe(headers),
         _ => false,
     }
 }

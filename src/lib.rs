@@ -222,6 +222,7 @@ pub mod metrics;
 pub mod network;
 pub mod password;
 pub mod permission;
+pub mod pkt_line;
 pub mod policy;
 pub mod push_commands;
 pub mod ratelimit;

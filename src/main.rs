@@ -825,6 +825,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::network",
     "gitgate::password",
     "gitgate::permission",
+    "gitgate::pkt_line",
     "gitgate::policy",
     "gitgate::push_commands",
     "gitgate::ratelimit",

@@ -14,6 +14,8 @@
 
 use std::fmt;
 
+use crate::pkt_line::{Pkt, PktLines};
+
 /// The most commands named in the log line; the rest are counted.
 pub const LISTED: usize = 20;
 
@@ -35,16 +37,21 @@ struct Command {
 /// The commands of one push, read as its body passes (see the module's doc).
 #[derive(Debug, Default)]
 pub struct PushCommands {
+    commands: Commands,
+    pkt_lines: PktLines,
+    /// Bytes looked at so far.
+    read: u64,
+    end: Option<End>,
+}
+
+/// The commands read so far.
+#[derive(Debug, Default)]
+struct Commands {
     listed: Vec<Command>,
     /// Every command seen, listed or not.
     count: u64,
-    /// Bytes of a pkt-line not yet whole.
-    partial: Vec<u8>,
-    /// Bytes looked at so far.
-    read: u64,
     /// Pkt-lines read, commands or not.
     lines: u64,
-    end: Option<End>,
 }
 
 /// Why no more of the body is read.
@@ -84,46 +91,36 @@ impl PushCommands {
         let room = READ_AT_MOST.saturating_sub(self.read);
         let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         self.read += take as u64;
-        let mut joined = std::mem::take(&mut self.partial);
-        let mut bytes: &[u8] = if joined.is_empty() {
-            &data[..take]
-        } else {
-            joined.extend_from_slice(&data[..take]);
-            &joined
+        let commands = &mut self.commands;
+        let mut stop = None;
+        let read = self.pkt_lines.feed(&data[..take], |pkt| match pkt {
+            Pkt::Line(payload) => {
+                commands.line(payload);
+                true
+            }
+            Pkt::Flush => {
+                stop = Some(End::Flush);
+                false
+            }
+            Pkt::Delimiter => {
+                stop = Some(End::NotPktLines);
+                false
+            }
+        });
+        self.end = match (read, stop) {
+            (Err(_), _) => Some(End::NotPktLines),
+            (Ok(()), Some(end)) => Some(end),
+            (Ok(()), None) if take < data.len() || self.read >= READ_AT_MOST => Some(End::TooLong),
+            (Ok(()), None) => None,
         };
-        while self.end.is_none() {
-            let Some(head) = bytes.get(..4) else { break };
-            let Some(length) = std::str::from_utf8(head)
-                .ok()
-                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-                .and_then(|h| usize::from_str_radix(h, 16).ok())
-            else {
-                self.end = Some(End::NotPktLines);
-                break;
-            };
-            match length {
-                0 => self.end = Some(End::Flush),
-                1..=3 => self.end = Some(End::NotPktLines),
-                _ if bytes.len() < length => break,
-                _ => {
-                    self.lines += 1;
-                    self.line(&bytes[4..length]);
-                    bytes = &bytes[length..];
-                }
-            }
-        }
-        if self.end.is_none() {
-            if take < data.len() || self.read >= READ_AT_MOST {
-                self.end = Some(End::TooLong);
-            } else {
-                self.partial = bytes.to_vec();
-            }
-        }
     }
+}
 
+impl Commands {
     /// One pkt-line's payload: a command, or a line around them (`shallow <oid>`, a signed
     /// push's certificate), which is passed over.
     fn line(&mut self, payload: &[u8]) {
+        self.lines += 1;
         let line = payload.split(|&b| b == 0).next().unwrap_or_default();
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let mut words = line.splitn(3, |&b| b == b' ');
@@ -187,7 +184,13 @@ fn is_zero(id: &str) -> bool {
 
 impl fmt::Display for PushCommands {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, c) in self.listed.iter().enumerate() {
+        let Commands {
+            listed,
+            count,
+            lines,
+        } = &self.commands;
+        let (count, lines) = (*count, *lines);
+        for (i, c) in listed.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
@@ -197,10 +200,10 @@ impl fmt::Display for PushCommands {
                 _ => write!(f, "{} {}..{}", c.name, short(&c.old), short(&c.new))?,
             }
         }
-        let more = self.count - self.listed.len() as u64;
-        let sep = if self.listed.is_empty() { "" } else { ", " };
+        let more = count - listed.len() as u64;
+        let sep = if listed.is_empty() { "" } else { ", " };
         match self.end {
-            Some(End::Flush) if self.count == 0 => f.write_str("none"),
+            Some(End::Flush) if count == 0 => f.write_str("none"),
             Some(End::Flush) if more > 0 => write!(f, "{sep}and {more} more"),
             Some(End::Flush) => Ok(()),
             Some(End::TooLong) => write!(
@@ -208,10 +211,10 @@ impl fmt::Display for PushCommands {
                 "{sep}and more (the list was not read past its first {} KiB)",
                 READ_AT_MOST / 1024
             ),
-            Some(End::NotPktLines) if self.count == 0 && self.lines == 0 => {
+            Some(End::NotPktLines) if count == 0 && lines == 0 => {
                 f.write_str("unread (the body does not begin with pkt-lines)")
             }
-            Some(End::NotPktLines) if self.count == 0 => {
+            Some(End::NotPktLines) if count == 0 => {
                 f.write_str("none (its pkt-lines hold no command, then end in what is not one)")
             }
             Some(End::Encoded) => f.write_str(

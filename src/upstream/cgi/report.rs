@@ -6,53 +6,13 @@
 //! asks for) the report is inside channel 1, and channel 2 carries what hooks print — text a
 //! client can put there (a hook that echoes a commit's subject), which a search for `ok refs/`
 //! took for the report, so that a refused push could read as applied. The answer is followed
-//! pkt-line by pkt-line from its first byte; only channel 1 (or, without side-band, the lines
+//! pkt-line by pkt-line from its first byte ([`PktLines`]); only channel 1 (or, without side-band, the lines
 //! themselves) is read as the report. Memory is one pkt-line at most and a bounded list.
+
+use crate::pkt_line::{Pkt, PktLines};
 
 /// The most refused refs named in the outcome; the rest are counted.
 const REFUSED_NAMED: usize = 100;
-
-/// Follows pkt-lines through the pieces they come in.
-#[derive(Debug, Default)]
-struct PktLines {
-    partial: Vec<u8>,
-}
-
-impl PktLines {
-    /// The whole pkt-lines `data` completes, each given to `line` (`None` for a flush or
-    /// delimiter); `Err` once what comes is no pkt-line.
-    fn feed(&mut self, data: &[u8], mut line: impl FnMut(Option<&[u8]>)) -> Result<(), ()> {
-        self.partial.extend_from_slice(data);
-        let mut at = 0;
-        let result = loop {
-            let Some(head) = self.partial.get(at..at + 4) else {
-                break Ok(());
-            };
-            let Some(length) = std::str::from_utf8(head)
-                .ok()
-                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-                .and_then(|h| usize::from_str_radix(h, 16).ok())
-            else {
-                break Err(());
-            };
-            if length < 4 {
-                line(None);
-                at += 4;
-                continue;
-            }
-            let Some(payload) = self.partial.get(at + 4..at + length) else {
-                break Ok(());
-            };
-            line(Some(payload));
-            at += length;
-        };
-        self.partial.drain(..at.min(self.partial.len()));
-        if result.is_err() {
-            self.partial = Vec::new();
-        }
-        result
-    }
-}
 
 /// receive-pack's report, as far as its answer has come (see the module's doc).
 #[derive(Debug, Default)]
@@ -79,19 +39,22 @@ impl Report {
         let mut channel_one = Vec::new();
         let mut lines = Vec::new();
         let sideband = &mut self.sideband;
-        let outer = self.outer.feed(data, |payload| {
-            let Some(payload) = payload else { return };
-            let banded = *sideband.get_or_insert(matches!(payload.first(), Some(1..=3)));
-            match (banded, payload.split_first()) {
-                (true, Some((1, rest))) => channel_one.extend_from_slice(rest),
-                (true, _) => {}
-                (false, _) => lines.push(payload.to_vec()),
+        let outer = self.outer.feed(data, |pkt| {
+            if let Pkt::Line(payload) = pkt {
+                let banded = *sideband.get_or_insert(matches!(payload.first(), Some(1..=3)));
+                match (banded, payload.split_first()) {
+                    (true, Some((1, rest))) => channel_one.extend_from_slice(rest),
+                    (true, _) => {}
+                    (false, _) => lines.push(payload.to_vec()),
+                }
             }
+            true
         });
-        let inner = self.inner.feed(&channel_one, |payload| {
-            if let Some(payload) = payload {
+        let inner = self.inner.feed(&channel_one, |pkt| {
+            if let Pkt::Line(payload) = pkt {
                 lines.push(payload.to_vec());
             }
+            true
         });
         self.broken = outer.is_err() || inner.is_err();
         for line in lines {
