@@ -710,6 +710,43 @@ fn a_refusal_after_gits_own_error_is_a_backend_failure() {
     );
 }
 
+/// A repository whose pack lost its index makes upload-pack refuse a clone with `ERR ... not
+/// our ref` and no `error:` line before it: the words of a client's mistake, for the object
+/// the repository's own ref names. The runner asks the repository, finds the ref and the
+/// object it cannot read, and logs and counts a backend failure naming the ref and `git
+/// fsck`. (A fetch of an object no ref names stays the client's, see
+/// `a_fetch_git_refuses_ends_with_gits_reason_not_a_broken_answer`.)
+#[test]
+fn a_repository_that_lost_the_object_its_ref_names_is_a_backend_failure() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    let bare = sb.bare("team/app");
+    sb.git(&bare, &["repack", "-adq"]).ok();
+    for entry in std::fs::read_dir(bare.join("objects/pack")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "idx") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let clone = sb.git(sb.root(), &["clone", "-q", &url, "damaged"]);
+    assert!(!clone.success(), "{clone}");
+    assert!(clone.stderr.contains("not our ref"), "{clone}");
+    server.stop();
+    let log = server.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("response stream failed")
+            && l.contains("is the repository damaged?")
+            && l.contains(r#"its own ref \"refs/heads/main\""#)
+            && l.contains(" user=alice ")),
+        "{log}"
+    );
+    assert!(log.contains("outcome=stream-error"), "{log}");
+    assert!(
+        !log.contains("git refused the request and told its client why"),
+        "{log}"
+    );
+}
+
 /// A fetch whose negotiation is larger than git http-backend's 10 MiB buffer for a chunked
 /// body (a mirror with hundreds of thousands of refs: git chunks requests over
 /// `http.postBuffer`) fails with `request was larger than our maximum size`; gitgate clears the

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use super::head::HEAD_READ;
 use super::process::{ExitInfo, KillGuard, Running, INPUT_CLOSED_GRACE, TERM_GRACE};
 use super::report::Report;
 use super::stdio::Fed;
-use super::CgiError;
+use super::{damage, CgiError};
 use crate::log_value::{LogText, LogValue};
 use crate::request_id::RequestId;
 use crate::upstream::progress::{Progress, Silence, UploadStalled};
@@ -70,6 +71,20 @@ pub struct CgiBody {
     pub(super) label: String,
     /// The request's id in every line of the log it writes.
     pub(super) request_id: RequestId,
+    /// An upload-pack POST's repository directory: where to ask whether git's `not our ref`
+    /// is the repository's damage (see [`damage`](super::damage)).
+    pub(super) repository: Option<PathBuf>,
+    /// That question being asked, with what to answer once it is.
+    pub(super) checking: Option<Checking>,
+}
+
+/// git's refusal of a fetch (`not our ref <oid>`), held while the repository is asked whether a
+/// ref of its own names the object it could not find.
+pub(super) struct Checking {
+    info: ExitInfo,
+    error: String,
+    /// The ref that names the unreadable object, if one does.
+    verdict: tokio::task::JoinHandle<Option<String>>,
 }
 
 /// How a push whose client left is let finish: for as long as it writes something within
@@ -442,6 +457,30 @@ impl CgiBody {
         data
     }
 
+    /// The end of an answer git ended with its refusal (`error`, an `ERR` packet's message).
+    /// Told its client why (a fetch of an object it does not have), it is a whole answer, ended
+    /// cleanly, so that git prints that reason alone — not followed by `RPC failed; curl 18` —
+    /// and no backend failure is counted for a client's mistake. Unless the object refused is
+    /// one the repository's own ref (`damaged`) names: then the repository is damaged, and the
+    /// failure is the backend's.
+    fn refused_by_git(
+        &self,
+        info: ExitInfo,
+        error: &str,
+        damaged: Option<String>,
+    ) -> Option<Result<Frame<Bytes>, io::Error>> {
+        let error = crate::credentials::without_secrets(error);
+        if let Some(named) = damaged {
+            return Some(Err(io::Error::other(format!(
+                "git refused the request ({error:?}) for the object its own ref {named:?} points \
+                 at, which the repository cannot read: is the repository damaged? `git fsck` in \
+                 it will say; {info}"
+            ))));
+        }
+        tracing::info!(target: "gitgate::cgi", request_id = %self.request_id, request = %LogValue(&self.label), error = %LogText(&error), "git refused the request and told its client why: {info}");
+        None
+    }
+
     pub(super) fn declared_length_sent(&mut self) {
         self.prefix = None;
         self.stdout = None;
@@ -529,6 +568,13 @@ impl Body for CgiBody {
             }
         }
 
+        if let Some(checking) = &mut this.checking {
+            let damaged = ready!(Pin::new(&mut checking.verdict).poll(cx))
+                .ok()
+                .flatten();
+            let Checking { info, error, .. } = this.checking.take().expect("polled above");
+            return Poll::Ready(this.refused_by_git(info, &error, damaged));
+        }
         let Some(exit) = &mut this.exit else {
             return Poll::Ready(None);
         };
@@ -562,14 +608,24 @@ impl Body for CgiBody {
                         info.first_error.as_deref().unwrap_or_default(),
                     )))))
                 }
-                // git refused the request and told its client why (a fetch of an object it
-                // does not have): a whole answer, ended cleanly, so that git prints that reason
-                // alone — not followed by `RPC failed; curl 18` — and no backend failure is
-                // counted for a client's mistake.
-                Some(error) => {
-                    tracing::info!(target: "gitgate::cgi", request_id = %this.request_id, request = %LogValue(&this.label), error = %LogText(&crate::credentials::without_secrets(&error)), "git refused the request and told its client why: {info}");
-                    Poll::Ready(None)
-                }
+                // `not our ref` with nothing before it: the client's mistake, or a repository
+                // that lost the object its own ref names. The repository is asked which.
+                Some(error) => match (damage::refused_object(&error), &this.repository) {
+                    (Some(oid), Some(repository)) => {
+                        let verdict = tokio::spawn(damage::ref_without_its_object(
+                            repository.clone(),
+                            oid.to_owned(),
+                        ));
+                        this.checking = Some(Checking {
+                            info,
+                            error,
+                            verdict,
+                        });
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    _ => Poll::Ready(this.refused_by_git(info, &error, None)),
+                },
                 None if info.refused_a_malformed_request() => Poll::Ready(Some(Err(
                     crate::upstream::MalformedRequest(info.to_string()).into_io(),
                 ))),
@@ -584,7 +640,8 @@ impl Body for CgiBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.early.is_none()
+        self.checking.is_none()
+            && self.early.is_none()
             && self.prefix.is_none()
             && self.stdout.is_none()
             && self.exit.is_none()

@@ -69,6 +69,7 @@ use tokio::sync::oneshot;
 
 mod body;
 mod cap;
+mod damage;
 mod env;
 mod head;
 mod process;
@@ -748,6 +749,10 @@ impl CgiBackend {
             tail: Vec::new(),
             label,
             request_id: req.request_id,
+            repository: (*req.method == Method::POST)
+                .then(|| damage::upload_pack_repository(&self.project_root, req.path_info))
+                .flatten(),
+            checking: None,
         };
         if declared == Some(0) {
             body.declared_length_sent();
