@@ -75,7 +75,8 @@ pub struct CgiBody {
     /// is the repository's damage (see [`damage`](super::damage)).
     pub(super) repository: Option<PathBuf>,
     /// That question being asked, with what to answer once it is.
-    pub(super) checking: Option<Checking>,
+    /// Boxed: nearly every answer goes without it.
+    pub(super) checking: Option<Box<Checking>>,
 }
 
 /// git's refusal of a fetch (`not our ref <oid>`), held while the repository is asked whether a
@@ -572,7 +573,7 @@ impl Body for CgiBody {
             let damaged = ready!(Pin::new(&mut checking.verdict).poll(cx))
                 .ok()
                 .flatten();
-            let Checking { info, error, .. } = this.checking.take().expect("polled above");
+            let Checking { info, error, .. } = *this.checking.take().expect("polled above");
             return Poll::Ready(this.refused_by_git(info, &error, damaged));
         }
         let Some(exit) = &mut this.exit else {
@@ -616,11 +617,11 @@ impl Body for CgiBody {
                             repository.clone(),
                             oid.to_owned(),
                         ));
-                        this.checking = Some(Checking {
+                        this.checking = Some(Box::new(Checking {
                             info,
                             error,
                             verdict,
-                        });
+                        }));
                         cx.waker().wake_by_ref();
                         Poll::Pending
                     }
