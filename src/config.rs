@@ -1056,11 +1056,12 @@ fn http_upstream(
             300,
             "[upstream] idle_timeout_seconds",
         )?,
-        pool_idle_timeout: secs(
-            raw.pool_idle_timeout_seconds,
-            50,
-            "[upstream] pool_idle_timeout_seconds",
-        )?,
+        // 0: no connection is reused, each request has its own (an upstream not trusted to
+        // frame its answers, see docs/SECURITY.md).
+        pool_idle_timeout: match raw.pool_idle_timeout_seconds {
+            Some(0) => Duration::ZERO,
+            other => secs(other, 50, "[upstream] pool_idle_timeout_seconds")?,
+        },
     })
 }
 
@@ -1817,6 +1818,30 @@ ca_file = "ca.pem"
 scheme = "bearer"
 env = "UPSTREAM_TOKEN"
 "#;
+
+    /// `pool_idle_timeout_seconds = 0` keeps no connection for reuse (an upstream not trusted
+    /// to frame its answers); the other timeouts still take only positive numbers.
+    #[test]
+    fn a_pool_idle_timeout_of_zero_is_no_reuse() {
+        let pool = |v: &str| {
+            let c = parse(&HTTP.replace(
+                "ca_file = \"ca.pem\"",
+                &format!("ca_file = \"ca.pem\"\npool_idle_timeout_seconds = {v}"),
+            ))?;
+            let Upstream::Http(h) = &c.upstream else {
+                panic!("http expected")
+            };
+            Ok::<_, String>(h.pool_idle_timeout)
+        };
+        assert_eq!(pool("0").unwrap(), Duration::ZERO);
+        assert_eq!(pool("7").unwrap(), Duration::from_secs(7));
+        let e = parse(&HTTP.replace(
+            "ca_file = \"ca.pem\"",
+            "ca_file = \"ca.pem\"\nidle_timeout_seconds = 0",
+        ))
+        .unwrap_err();
+        assert!(e.contains("use a positive number of seconds"), "{e}");
+    }
 
     #[test]
     fn http_upstream_parses() {

@@ -855,6 +855,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::upstream::cgi",
     "gitgate::upstream::cgi::body",
     "gitgate::upstream::cgi::cap",
+    "gitgate::upstream::cgi::damage",
     "gitgate::upstream::cgi::env",
     "gitgate::upstream::cgi::head",
     "gitgate::upstream::cgi::process",

@@ -42,7 +42,7 @@
 //!
 //! Idle connections are never used once older than `pool_idle_timeout` (set below the
 //! upstream's own keep-alive timeout), so gitgate does not send on a connection the upstream is
-//! closing. If a reused connection still turns out dead before any answer, the backend sends
+//! closing; with it 0, none is kept at all, each request opening its own. If a reused connection still turns out dead before any answer, the backend sends
 //! the request once more on a new connection (see `HttpBackend::send`).
 
 use std::future::Future;
@@ -351,6 +351,11 @@ impl Pool {
         }
         if !connection.sender.is_ready() {
             connection.detach();
+        }
+        if self.idle_timeout.is_zero() {
+            // No reuse (`pool_idle_timeout_seconds = 0`): dropped, the connection closes (on its
+            // own task once its exchange has finished, if it has one).
+            return;
         }
         let driving = connection.driving();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -869,6 +874,79 @@ mod tests {
             );
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn an_answer_nobody_asked_for_right_behind_the_last_is_never_the_next_ones() {
+        // An upstream that sends an unasked-for `XX` answer with each `ok`: in the same write
+        // (both come in one read), or 2 ms later in a write of its own; it keeps the
+        // connection open. hyper's state machine reads it while idle and closes the
+        // connection. (An upstream whose second write Nagle's algorithm holds back until the
+        // next request acknowledges the first cannot be told so: docs/SECURITY.md.)
+        for together in [true, false] {
+            let (port, accepted) = upstream_serving(move |mut s| async move {
+                s.set_nodelay(true).unwrap();
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    let extra = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nXX";
+                    let sent = if together {
+                        s.write_all(&[&ok[..], &extra[..]].concat()).await
+                    } else {
+                        match s.write_all(ok).await {
+                            Ok(()) => {
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                                s.write_all(extra).await
+                            }
+                            e => e,
+                        }
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            let p = pool(port, Duration::from_secs(30));
+            for driving in [Inline, Inline, Inline, OwnTask, OwnTask, OwnTask] {
+                // `get` checks that the answer is `ok`, not the extra `XX`.
+                get(&p, driving).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 6, "together: {together}");
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_pool_idle_timeout_of_zero_no_connection_is_reused() {
+        // The upstream of the test above, with nothing between an answer and the unasked-for
+        // one but Nagle's algorithm (its second write waits for the first's acknowledgement,
+        // which goes out with the next request): only a connection per request is safe.
+        let (port, accepted) = upstream_serving(|mut s| async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                let extra = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nXX";
+                if s.write_all(ok).await.is_err() || s.write_all(extra).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let p = pool(port, Duration::ZERO);
+        for driving in [Inline, Inline, OwnTask, OwnTask, Inline] {
+            assert!(!get(&p, driving).await, "{driving:?} reused a connection");
+        }
+        assert_eq!(p.idle_count(), (0, 0));
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
     }
 
     /// A request body that never ends: its connection stays busy after the answer.
