@@ -2272,19 +2272,30 @@ fn an_upstream_redirecting_to_the_address_gitgate_asked_is_a_502_not_a_loop() {
     );
 }
 
+/// A redirect leads through gitgate or not at all: the upstream's own address becomes the same
+/// place on gitgate; a URL naming gitgate as the client did (`Host: x`) is passed on; one to
+/// another site, or a path that climbs out of the repositories, is a 502 with the `Location`
+/// logged — git follows redirects with its token (in the URL, or in `http.extraHeader`).
 #[test]
 fn upstream_redirects_point_at_gitgate_not_at_the_upstream() {
     for (location, expected) in [
         // The upstream's own address: rewritten to the same place on gitgate.
         (
             "http://127.0.0.1:{port}/team/app.git/info/refs?service=git-upload-pack&x=1",
-            "/team/app.git/info/refs?service=git-upload-pack&x=1",
+            Ok("/team/app.git/info/refs?service=git-upload-pack&x=1"),
         ),
-        // Another site: passed on as it is.
+        // gitgate itself, as the client named it.
+        (
+            "http://x/team/app.git/info/refs?service=git-upload-pack",
+            Ok("http://x/team/app.git/info/refs?service=git-upload-pack"),
+        ),
+        // Another site, gitgate's host on another port, a path climbing out.
         (
             "https://git.example.com/team/app.git/",
-            "https://git.example.com/team/app.git/",
+            Err("git.example.com"),
         ),
+        ("http://x:8081/team/app.git/", Err("x:8081")),
+        ("/team/%2e%2e/%2e%2e/admin", Err("/admin")),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (upstream_port, _heads) = scripted_upstream(usize::MAX, move |port| {
@@ -2294,14 +2305,30 @@ fn upstream_redirects_point_at_gitgate_not_at_the_upstream() {
             )
             .into_bytes()
         });
-        let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+        let (mut g, auth) = start_in_front_of(dir.path(), upstream_port, "");
         let (out, _) = info_refs(&g, &auth);
-        assert!(out.starts_with("HTTP/1.1 301"), "{out}");
-        let sent = out
-            .lines()
-            .find_map(|l| l.strip_prefix("location: "))
-            .unwrap_or_else(|| panic!("no Location in {out}"));
-        assert_eq!(sent, expected, "{out}");
+        match expected {
+            Ok(expected) => {
+                assert!(out.starts_with("HTTP/1.1 301"), "{out}");
+                let sent = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("location: "))
+                    .unwrap_or_else(|| panic!("no Location in {out}"));
+                assert_eq!(sent, expected, "{out}");
+            }
+            Err(logged) => {
+                assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+                assert!(out.contains("redirected away from gitgate"), "{out}");
+                assert!(!out.to_ascii_lowercase().contains("location:"), "{out}");
+                g.stop();
+                let log = g.log_text();
+                assert!(
+                    log.lines()
+                        .any(|l| l.contains("backend failed") && l.contains(logged)),
+                    "{log}"
+                );
+            }
+        }
         assert!(!out.contains(&format!(":{upstream_port}")), "{out}");
     }
 }

@@ -595,9 +595,13 @@ fn all_content_lengths(headers: &HeaderMap) -> String {
 /// What becomes of an upstream's `Location` on its way to the client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Redirect {
-    /// Passed on as it is: another site, a relative reference, a path that is not the
-    /// upstream's.
+    /// Passed on as it is: a relative reference, a path that is not the upstream's but is
+    /// gitgate's (under its git prefix), a URL of gitgate's own as the client named it.
     Unchanged,
+    /// Away from gitgate: another site, or a path of gitgate's host outside its git prefix (a
+    /// `..` climbing out of it, say). git would follow it with its token — in the URL or in
+    /// `http.extraHeader` — so it is not passed on (a 502).
+    Away,
     /// Rewritten to this absolute path under gitgate's git prefix.
     To(String),
     /// A URL on the upstream's own origin outside its base path (a login page, say): passing it
@@ -813,9 +817,14 @@ impl UpstreamOrigin {
 /// the upstream's base path becomes the same place under gitgate's git prefix, as an
 /// absolute-path reference (no scheme or host: the client resolves it against the URL it used,
 /// so nothing here trusts a `Host` header). A URL on the upstream's own origin outside the base
-/// path is [`Redirect::OffBase`]. Anything else — another site, a relative reference, an
-/// absolute path outside the base — is passed on as it is, the way nginx's
-/// `proxy_redirect default` treats it.
+/// path is [`Redirect::OffBase`].
+///
+/// git follows a redirect with its credentials — a token in the URL, or in `http.extraHeader`
+/// as CI sets it — so nothing that leads away from gitgate is passed on ([`Redirect::Away`]):
+/// another site, a path with a `.` or `..` segment (plain or `%2e`-encoded) that could climb
+/// out of the git prefix, or a path outside it. What stays on gitgate is passed on as it is: a
+/// relative reference without dot segments, an absolute path under the git prefix, and a URL
+/// naming gitgate itself as the client did (`gitgate`, from its request's host) under it.
 ///
 /// `upstream_base` and `client_prefix` are `""` for the root or a path like `/git` (no trailing
 /// `/`).
@@ -824,6 +833,7 @@ pub fn location_to_client(
     upstream: &UpstreamOrigin,
     upstream_base: &str,
     client_prefix: &str,
+    gitgate: Option<&UpstreamOrigin>,
 ) -> Redirect {
     let on_origin = match upstream.names(location) {
         Named::Upstream(rest) => Some(rest),
@@ -834,23 +844,51 @@ pub fn location_to_client(
         Some("") => "/",
         Some(rest) if rest.starts_with(['?', '#']) => return Redirect::OffBase,
         Some(rest) => rest,
-        None => location,
+        None => {
+            if let Some(Named::Upstream(rest)) = gitgate.map(|g| g.names(location)) {
+                // Back to gitgate, as the client named it: fine under its git prefix.
+                let rest = if rest.is_empty() { "/" } else { rest };
+                return if stays_under(rest, client_prefix) {
+                    Redirect::Unchanged
+                } else {
+                    Redirect::Away
+                };
+            }
+            if is_a_url(location) || location.contains('\\') {
+                return Redirect::Away;
+            }
+            if !location.starts_with('/') {
+                // Relative to the request's own path, which is under the git prefix.
+                return if has_dot_segments(location) {
+                    Redirect::Away
+                } else {
+                    Redirect::Unchanged
+                };
+            }
+            location
+        }
     };
     let outside = || {
         if on_origin.is_some() {
             Redirect::OffBase
         } else {
-            Redirect::Unchanged
+            Redirect::Away
         }
     };
-    if !path.starts_with('/') || path.starts_with("//") {
+    if !path.starts_with('/') || path.starts_with("//") || has_dot_segments(path) {
         return outside();
     }
     let Some(tail) = path
         .strip_prefix(upstream_base)
         .filter(|t| t.is_empty() || t.starts_with(['/', '?', '#']))
     else {
-        return outside(); // `/gitx/...` is not under `/git`
+        // `/gitx/...` is not under `/git`. A path of gitgate's own (an upstream that knows
+        // gitgate's URLs) still leads through the gate.
+        return if on_origin.is_none() && stays_under(path, client_prefix) {
+            Redirect::Unchanged
+        } else {
+            outside()
+        };
     };
     let mut out = String::with_capacity(client_prefix.len() + tail.len() + 1);
     out.push_str(client_prefix);
@@ -863,6 +901,38 @@ pub fn location_to_client(
     } else {
         Redirect::To(out)
     }
+}
+
+/// Whether an absolute path is under `prefix` (`""` or `/scm`) and has no dot segment.
+fn stays_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|t| t.starts_with('/') || (t.is_empty() && !prefix.is_empty()))
+        && !path.starts_with("//")
+        && !has_dot_segments(path)
+        && !path.contains('\\')
+}
+
+/// Whether `location` is a URL (a scheme, or `//` for the scheme of the page): it leads to a
+/// server of its own, not to a path of gitgate's.
+fn is_a_url(location: &str) -> bool {
+    let scheme = location.find(':').is_some_and(|c| {
+        c > 0
+            && location.as_bytes()[0].is_ascii_alphabetic()
+            && location[..c]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    });
+    scheme || location.starts_with("//")
+}
+
+/// Whether the path of a reference (what comes before `?` or `#`) has a `.` or `..` segment,
+/// plain or `%2e`-encoded: a client resolving it may leave the path it seems to be under.
+fn has_dot_segments(reference: &str) -> bool {
+    let end = reference.find(['?', '#']).unwrap_or(reference.len());
+    reference[..end].split('/').any(|segment| {
+        let s = segment.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    })
 }
 
 /// Whether a `Connection` header lists `name` (a lower-case header name), so that the header
@@ -1608,19 +1678,15 @@ mod tests {
             ("/team/app.git", "", "", Redirect::Unchanged),
             ("/gitx/team/app.git", "/git", "", Redirect::Unchanged),
             ("/other/place", "/git", "", Redirect::Unchanged),
+            // Another site: git would take its token there.
             (
                 "https://github.com/team/app.git",
                 "/git",
                 "",
-                Redirect::Unchanged,
+                Redirect::Away,
             ),
-            (
-                "http://127.0.0.1:30000/git/x",
-                "/git",
-                "",
-                Redirect::Unchanged,
-            ),
-            ("//evil.example/git/x", "/git", "", Redirect::Unchanged),
+            ("http://127.0.0.1:30000/git/x", "/git", "", Redirect::Away),
+            ("//evil.example/git/x", "/git", "", Redirect::Away),
             ("app.git/info/refs", "", "/scm", Redirect::Unchanged),
             // The upstream's own origin outside its base path: never passed on.
             (
@@ -1647,24 +1713,24 @@ mod tests {
                 "http://127.0.0.1:3000@evil.example/git/x",
                 "/git",
                 "",
-                Redirect::Unchanged,
+                Redirect::Away,
             ),
             ("/git/a@b", "/git", "", to("/a@b")),
         ];
         for (location, base, prefix, expected) in cases {
             assert_eq!(
-                location_to_client(location, &up, base, prefix),
+                location_to_client(location, &up, base, prefix, None),
                 expected,
                 "{location} with base {base:?}, prefix {prefix:?}"
             );
         }
         // The same address with the other scheme, or scheme-relative, is the upstream too.
         assert_eq!(
-            location_to_client("https://127.0.0.1:3000/login", &up, "/git", ""),
+            location_to_client("https://127.0.0.1:3000/login", &up, "/git", "", None),
             Redirect::OffBase
         );
         assert_eq!(
-            location_to_client("//127.0.0.1:3000/git/x", &up, "/git", ""),
+            location_to_client("//127.0.0.1:3000/git/x", &up, "/git", "", None),
             to("/x")
         );
         // With the default port spelled out, or left out, it is the same origin.
@@ -1677,13 +1743,13 @@ mod tests {
             "//git.internal:/git/x",
         ] {
             assert_eq!(
-                location_to_client(location, &named, "/git", ""),
+                location_to_client(location, &named, "/git", "", None),
                 to("/x"),
                 "{location}"
             );
         }
         assert_eq!(
-            location_to_client("http://GIT.internal/login", &named, "/git", ""),
+            location_to_client("http://GIT.internal/login", &named, "/git", "", None),
             Redirect::OffBase
         );
         // Another port of the same host is another server.
@@ -1692,14 +1758,14 @@ mod tests {
             "https://git.internal:3000/git/x",
         ] {
             assert_eq!(
-                location_to_client(location, &named, "/git", ""),
-                Redirect::Unchanged,
+                location_to_client(location, &named, "/git", "", None),
+                Redirect::Away,
                 "{location}"
             );
         }
         assert_eq!(
-            location_to_client("http://127.0.0.1/git/x", &up, "/git", ""),
-            Redirect::Unchanged
+            location_to_client("http://127.0.0.1/git/x", &up, "/git", "", None),
+            Redirect::Away
         );
         // An address is compared by value: every spelling of the upstream's is the upstream.
         for (url, locations) in [
@@ -1738,7 +1804,7 @@ mod tests {
         ] {
             for location in locations {
                 assert_eq!(
-                    location_to_client(location, &origin(url), "/git", ""),
+                    location_to_client(location, &origin(url), "/git", "", None),
                     to("/x"),
                     "{location} from {url}"
                 );
@@ -1764,7 +1830,7 @@ mod tests {
             "http://x\\@127.0.0.1:3000/git/x",
         ] {
             assert_eq!(
-                location_to_client(location, &up, "/git", ""),
+                location_to_client(location, &up, "/git", "", None),
                 to("/x"),
                 "{location}"
             );
@@ -1776,7 +1842,7 @@ mod tests {
             "http://012.0.0.5:3000/git/x",
         ] {
             assert_eq!(
-                location_to_client(location, &internal, "/git", ""),
+                location_to_client(location, &internal, "/git", "", None),
                 to("/x"),
                 "{location}"
             );
@@ -1791,7 +1857,7 @@ mod tests {
             "http://127.0.0.1\\x:3000/git/x",
         ] {
             assert_eq!(
-                location_to_client(location, &up, "/git", ""),
+                location_to_client(location, &up, "/git", "", None),
                 Redirect::Unsure,
                 "{location}"
             );
@@ -1811,14 +1877,20 @@ mod tests {
             "http://127.0.0.1\\@evil.example:3000/git/x",
         ] {
             assert_eq!(
-                location_to_client(location, &up, "/git", ""),
-                Redirect::Unchanged,
+                location_to_client(location, &up, "/git", "", None),
+                Redirect::Away,
                 "{location}"
             );
         }
         let numeric = origin("http://git.example.123:3000");
         assert_eq!(
-            location_to_client("http://GIT.example.123:3000/git/x", &numeric, "/git", ""),
+            location_to_client(
+                "http://GIT.example.123:3000/git/x",
+                &numeric,
+                "/git",
+                "",
+                None
+            ),
             to("/x")
         );
         // Other addresses are other servers.
@@ -1829,8 +1901,58 @@ mod tests {
             "http://localhost.evil:3000/git/x",
         ] {
             assert_eq!(
-                location_to_client(location, &origin("http://10.0.0.5:3000"), "/git", ""),
+                location_to_client(location, &origin("http://10.0.0.5:3000"), "/git", "", None),
+                Redirect::Away,
+                "{location}"
+            );
+        }
+        // A `.` or `..` segment, plain or encoded, could climb out of the git prefix: under
+        // the base path or not, on the upstream's origin or as a path, it is not passed on.
+        for (location, expected) in [
+            ("/git/../../admin/steal", Redirect::Away),
+            ("/git/team/%2e%2e/%2E%2E/admin", Redirect::Away),
+            ("/git/team/./app.git", Redirect::Away),
+            (
+                "http://127.0.0.1:3000/git/../../etc/passwd",
+                Redirect::OffBase,
+            ),
+            ("../../admin", Redirect::Away),
+            ("./info/refs", Redirect::Away),
+            (
+                "/git/team/app.git/info/refs?x=/../..",
+                to("/scm/team/app.git/info/refs?x=/../.."),
+            ),
+            ("/\\evil.example/x", Redirect::Away),
+            // Paths of gitgate's own: under its prefix they lead through the gate.
+            ("/scm/team/app.git", Redirect::Unchanged),
+            ("/scmx/team/app.git", Redirect::Away),
+            ("/login", Redirect::Away),
+        ] {
+            assert_eq!(
+                location_to_client(location, &up, "/git", "/scm", None),
+                expected,
+                "{location}"
+            );
+        }
+        // A URL naming gitgate as the client did stays on gitgate, under its git prefix.
+        let gitgate = origin("https://git.example.com");
+        for (location, expected) in [
+            (
+                "https://git.example.com/scm/team/app.git/info/refs",
                 Redirect::Unchanged,
+            ),
+            (
+                "https://GIT.example.com:443/scm/team/app.git",
+                Redirect::Unchanged,
+            ),
+            ("https://git.example.com/scm/../admin", Redirect::Away),
+            ("https://git.example.com/admin", Redirect::Away),
+            ("https://git.example.com.evil.example/scm/x", Redirect::Away),
+            ("https://git.example.com:8443/scm/x", Redirect::Away),
+        ] {
+            assert_eq!(
+                location_to_client(location, &up, "/git", "/scm", Some(&gitgate)),
+                expected,
                 "{location}"
             );
         }

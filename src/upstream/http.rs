@@ -413,6 +413,7 @@ impl HttpBackend {
             });
         }
         let asked = parts.uri.path_and_query();
+        let inbound = parts;
         let (mut parts, body) = resp.into_parts();
         headers::to_client(&mut parts.headers).map_err(ForwardError::bad_gateway)?;
         // Every Location is checked, as bytes: one that cannot be read as text, or a second
@@ -427,13 +428,27 @@ impl HttpBackend {
             _ => return Err(unreadable_redirect(&locations)),
         };
         if let Some(location) = location.as_deref() {
+            // gitgate's own origin as the client named it: a URL back to it stays on gitgate.
+            let gitgate = client_authority(inbound)
+                .map(|a| headers::UpstreamOrigin::new(self.proto == "https", &a));
             match headers::location_to_client(
                 location,
                 &self.origin,
                 &self.base_path,
                 &self.client_prefix,
+                gitgate.as_ref(),
             ) {
                 Redirect::Unchanged => {}
+                Redirect::Away => {
+                    return Err(ForwardError {
+                        detail: Some(logged_location(location)),
+                        ..ForwardError::bad_gateway(
+                            "the upstream git server redirected away from gitgate (to another \
+                             site, or outside its repositories); git would take its token \
+                             there, so the redirect is not passed on",
+                        )
+                    });
+                }
                 // Back to where git just was (an upstream redirecting http to https, say): git
                 // would loop until it gives up, so say what is wrong instead.
                 Redirect::To(moved) if asked.is_some_and(|a| a.as_str() == moved) => {
@@ -1047,6 +1062,16 @@ impl Body for UpstreamBody {
 /// An upstream's `Location` as the log shows it: a user and password, a query (a login page's
 /// `?token=`) or what looks like a token secret are not written (see
 /// [`crate::log_value::redacted_url`]), and the rest is one quoted field.
+/// The host and port the client asked for (`:authority` over HTTP/2, `Host` over HTTP/1.1),
+/// as an authority.
+fn client_authority(inbound: &Parts) -> Option<hyper::http::uri::Authority> {
+    if let Some(a) = inbound.uri.authority() {
+        return Some(a.clone());
+    }
+    let host = inbound.headers.get(HOST)?.to_str().ok()?;
+    host.parse().ok()
+}
+
 fn logged_location(location: &str) -> String {
     format!("Location: {:?}", crate::log_value::redacted_url(location))
 }
