@@ -2333,6 +2333,56 @@ fn upstream_redirects_point_at_gitgate_not_at_the_upstream() {
     }
 }
 
+/// An HTTP/1.0 upstream reads no chunked request body: it answers as if the body were empty
+/// (a push then reads "Everything up-to-date" and no ref moves). A body of known length reaches
+/// it; one of unknown length — git sends a push, and a large fetch's negotiation, chunked — is
+/// a 502 saying that gitgate needs an HTTP/1.1 upstream.
+#[test]
+fn a_chunked_body_to_an_http_1_0_upstream_is_a_502_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = scripted_upstream(1, |_| {
+        b"HTTP/1.0 200 OK\r\nContent-Type: application/x-git-upload-pack-result\r\n\r\n0008NAK\n"
+            .to_vec()
+    });
+    let (mut g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let post = |chunked: bool| {
+        let framing = if chunked {
+            "Transfer-Encoding: chunked\r\n\r\n4\r\n0000\r\n0\r\n\r\n"
+        } else {
+            "Content-Length: 4\r\n\r\n0000"
+        };
+        let mut s = connect(g.port);
+        s.write_all(
+            format!(
+                "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+                 Authorization: Basic {auth}\r\n\
+                 Content-Type: application/x-git-upload-pack-request\r\n\
+                 Connection: close\r\n{framing}"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        read_until_closed(&mut s).0
+    };
+    let sized = post(false);
+    assert!(sized.starts_with("HTTP/1.1 200"), "{sized}");
+    assert!(sized.contains("0008NAK"), "{sized}");
+    let chunked = post(true);
+    assert!(chunked.starts_with("HTTP/1.1 502"), "{chunked}");
+    assert!(
+        chunked.contains("speaks HTTP/1.0") && chunked.contains("needs an HTTP/1.1 upstream"),
+        "{chunked}"
+    );
+    g.stop();
+    assert!(
+        g.log_text()
+            .lines()
+            .any(|l| l.contains("backend failed") && l.contains("speaks HTTP/1.0")),
+        "{}",
+        g.log_text()
+    );
+}
+
 #[test]
 fn an_upload_goes_on_while_the_client_does_not_read_an_answer_that_started_early() {
     // git http-backend sends its headers before it reads a push; a client still sending does

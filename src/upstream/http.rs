@@ -252,6 +252,9 @@ impl HttpBackend {
         // A body of known length is all sent with its last byte: hyper's client stops polling
         // it there, so an end flag that comes in a frame of its own (HTTP/2) is never seen.
         let mut unsent = body.size_hint().exact();
+        // A body of unknown length goes up chunked (a push, a large fetch's negotiation), which
+        // only an HTTP/1.1 server reads.
+        let chunked = !bodiless && unsent.is_none();
         let uploaded = Arc::new(AtomicBool::new(bodiless || unsent == Some(0)));
         let done = uploaded.clone();
         // Whether the upload waits for the client (its body was polled and had nothing) rather
@@ -346,6 +349,15 @@ impl HttpBackend {
             }
         };
 
+        if chunked && resp.version() == Version::HTTP_10 {
+            // An HTTP/1.0 server reads no chunked body: it took the request as bodiless and
+            // answered that (a push read as empty, "Everything up-to-date" with no ref moved).
+            return Err(ForwardError::bad_gateway(
+                "the upstream git server speaks HTTP/1.0, which cannot read a request body of \
+                 unknown length (git sends a push, and a large fetch's negotiation, chunked): \
+                 gitgate needs an HTTP/1.1 upstream",
+            ));
+        }
         if resp.status().is_informational() {
             // hyper's client passes 1xx answers on as final only when they are: a `101` it was
             // not asked for (gitgate never asks for an upgrade), which would leave the client's
