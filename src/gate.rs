@@ -131,6 +131,19 @@ enum Refusal {
     Guarded(Verdict),
 }
 
+impl Refusal {
+    /// Whether the request was refused for its credentials (none, or none that hold).
+    fn is_about_credentials(&self) -> bool {
+        matches!(
+            self,
+            Refusal::NoCredentials(_)
+                | Refusal::InvalidToken
+                | Refusal::NotAToken(..)
+                | Refusal::Denied(Deny::Unauthenticated(_))
+        )
+    }
+}
+
 /// Facts about one request for its log line.
 #[derive(Default)]
 struct RequestLog {
@@ -410,6 +423,27 @@ impl Gate {
                         resp
                     }
                 }
+            }
+            // A request of gitgate's own, sent upstream, has come back: `[upstream] url` leads
+            // to this gitgate. It carries no credentials gitgate would take (the client's never
+            // go upstream), so it would be refused as a failed login — audited, counted against
+            // gitgate's own address — and the client told to check the upstream's credentials.
+            Err(refusal)
+                if refusal.is_about_credentials()
+                    && crate::request_id::came_from_this_process(req.headers()) =>
+            {
+                let sent_as = LogValue(
+                    req.headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default(),
+                );
+                tracing::error!(request_id = %id, sent_as = %sent_as, "gitgate's own request came back to it: [upstream] url leads to this gitgate (a loop); point it at the git server");
+                text(
+                    StatusCode::LOOP_DETECTED,
+                    "gitgate's upstream leads back to gitgate itself (a loop in its \
+                     configuration); the administrator's log says more",
+                )
             }
             Err(refusal) => {
                 // Whether git sent the credentials itself decides how a refusal of them is

@@ -57,6 +57,23 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// Whether `headers` carry an `X-Request-Id` this process gave (its random half): a request
+/// gitgate sent upstream has come back to it — `[upstream] url` leads to gitgate itself, by a
+/// name or an address its start-up check could not tell from another server's.
+pub fn came_from_this_process(headers: &hyper::HeaderMap) -> bool {
+    let Some(v) = headers.get("x-request-id") else {
+        return false;
+    };
+    let v = v.as_bytes();
+    v.len() == 16
+        && v.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        && std::str::from_utf8(v)
+            .ok()
+            .and_then(|t| u64::from_str_radix(t, 16).ok())
+            .is_some_and(|id| id >> 32 == NEXT.load(Ordering::Relaxed) >> 32)
+}
+
 /// Draws this process's random half, once, before the first request. Without it (the unit
 /// tests) ids count from zero; with no randomness to be had, from the time.
 pub fn seed() {
@@ -89,5 +106,29 @@ mod tests {
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         }
         assert_eq!(RequestId(0xab).to_string(), "00000000000000ab");
+    }
+
+    #[test]
+    fn an_id_of_this_process_is_told_from_others() {
+        let headers = |v: &str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert("x-request-id", v.parse().unwrap());
+            h
+        };
+        let ours = RequestId::next().to_string();
+        assert!(came_from_this_process(&headers(&ours)));
+        let half = NEXT.load(Ordering::Relaxed) >> 32;
+        let other = format!("{:08x}00000001", (half as u32).wrapping_add(1));
+        assert!(!came_from_this_process(&headers(&other)));
+        assert!(!came_from_this_process(&headers(&format!(
+            "{}g",
+            &ours[..15]
+        ))));
+        assert!(!came_from_this_process(&headers(&format!(
+            "{}A",
+            &ours[..15]
+        ))));
+        assert!(!came_from_this_process(&headers(&ours[..15])));
+        assert!(!came_from_this_process(&hyper::HeaderMap::new()));
     }
 }

@@ -2333,6 +2333,53 @@ fn upstream_redirects_point_at_gitgate_not_at_the_upstream() {
     }
 }
 
+/// `[upstream] url` that leads back to gitgate (here through a TCP relay, as through a name or
+/// another proxy its start-up check cannot see through): the request gitgate sends upstream
+/// comes back with gitgate's own `X-Request-Id` and no credentials. It is answered `508` and
+/// logged as the loop it is — not audited as a failed login of gitgate's own address, and not
+/// told to the client as upstream credentials to check.
+#[test]
+fn an_upstream_that_leads_back_to_gitgate_is_told_as_a_loop() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_port = relay.local_addr().unwrap().port();
+    let gitgate_port = std::sync::Arc::new(AtomicU16::new(0));
+    let to = gitgate_port.clone();
+    std::thread::spawn(move || {
+        for inbound in relay.incoming().flatten() {
+            let port = to.load(Ordering::SeqCst);
+            let Ok(outbound) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                (outbound, inbound),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    let (mut g, auth) = start_in_front_of(dir.path(), relay_port, "");
+    gitgate_port.store(g.port, Ordering::SeqCst);
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 508"), "{out}");
+    assert!(out.contains("leads back to gitgate itself"), "{out}");
+    assert!(!out.contains("upstream.credentials"), "{out}");
+    g.stop();
+    let log = g.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("came back to it")
+            && l.contains("sent_as=")),
+        "{log}"
+    );
+    assert!(!log.contains("auth.failed"), "{log}");
+}
+
 /// An HTTP/1.0 upstream reads no chunked request body: it answers as if the body were empty
 /// (a push then reads "Everything up-to-date" and no ref moves). A body of known length reaches
 /// it; one of unknown length — git sends a push, and a large fetch's negotiation, chunked — is
