@@ -173,7 +173,9 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         )
     };
     let now = clock::now_ms();
-    if let Some(until) = store.user(user)?.and_then(|u| u.locked_until) {
+    let stored_lock = store.user(user)?.and_then(|u| u.locked_until);
+    let unrecorded_lock = unrecorded::locked_until(store, user, now);
+    if let Some(until) = stored_lock.into_iter().chain(unrecorded_lock).max() {
         if now < until {
             // The same argon2 time as any other answer.
             let _ = password::verify(password, dummy_hash());
@@ -193,13 +195,22 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         return fail("unknown user", wrong());
     };
     if !password::verify(password, &hash) {
-        let locked = store.record_password_failure(
+        let locked = match store.record_password_failure(
             user,
             now,
             PASSWORD_FAILURES_BEFORE_LOCK,
             PASSWORD_LOCK_MS,
             actor,
-        )?;
+        ) {
+            Ok(locked) => locked,
+            // Not counted in the store (a full disk, a store made read-only): counted here, and
+            // answered as any wrong password. A 500 for a wrong password only told a guesser
+            // which guess was right, with no lock and no address throttle (it counts 401s).
+            Err(e) => {
+                tracing::error!(user, source = %crate::log_value::LogValue(&actor.source), error = %crate::log_value::LogText(&e.to_string()), "could not record a wrong password in the token store; counted in memory towards the lock until the store takes it");
+                unrecorded::failed(store, user, now)
+            }
+        };
         if let Some(until) = locked {
             tracing::warn!(
                 user,
@@ -210,7 +221,12 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         }
         return fail("wrong password", wrong());
     }
-    store.clear_password_failures(user)?;
+    // Forgetting earlier failures is no reason to refuse the right password: with the store
+    // unwritable, a right guess would otherwise get an answer of its own (a 500).
+    if let Err(e) = store.clear_password_failures(user) {
+        tracing::warn!(user, error = %crate::log_value::LogText(&e.to_string()), "could not clear a user's earlier wrong passwords in the token store");
+    }
+    unrecorded::forget(store, user);
     let Some(account) = store.user(user)? else {
         return fail("unknown user", wrong());
     };
@@ -222,6 +238,78 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         slug: account.slug,
         admin: account.role == crate::store::Role::Admin,
     })
+}
+
+/// Wrong passwords the store could not record (see [`login`]), counted in this process towards
+/// the same lock: per store and user name, until the user logs in or the lock is over. Bounded:
+/// with [`unrecorded::MAX_USERS`] names counted, a name not among them is taken as locked —
+/// closed rather than open while the store takes no writes.
+mod unrecorded {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::{Mutex, OnceLock};
+
+    use super::{PASSWORD_FAILURES_BEFORE_LOCK, PASSWORD_LOCK_MS};
+    use crate::store::Store;
+
+    pub(super) const MAX_USERS: usize = 4096;
+
+    /// Per store and user: wrong passwords not recorded, and the lock they led to.
+    type Counts = HashMap<(PathBuf, String), (u32, Option<i64>)>;
+
+    fn counts() -> std::sync::MutexGuard<'static, Counts> {
+        static COUNTS: OnceLock<Mutex<Counts>> = OnceLock::new();
+        COUNTS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key(store: &Store, user: &str) -> (PathBuf, String) {
+        (store.path().to_path_buf(), user.to_owned())
+    }
+
+    /// A wrong password the store could not record; the lock's end if it makes one.
+    pub(super) fn failed(store: &Store, user: &str, now: i64) -> Option<i64> {
+        let mut counts = counts();
+        let key = key(store, user);
+        if !counts.contains_key(&key) && counts.len() >= MAX_USERS {
+            counts.retain(|_, (_, until)| until.is_some_and(|u| now < u));
+            if counts.len() >= MAX_USERS {
+                return Some(now + PASSWORD_LOCK_MS);
+            }
+        }
+        let (failures, until) = counts.entry(key).or_insert((0, None));
+        *failures += 1;
+        if *failures >= PASSWORD_FAILURES_BEFORE_LOCK {
+            *failures = 0;
+            *until = Some(now + PASSWORD_LOCK_MS);
+            return *until;
+        }
+        None
+    }
+
+    /// Until when the user's password logins are locked by failures counted here.
+    pub(super) fn locked_until(store: &Store, user: &str, now: i64) -> Option<i64> {
+        let counts = counts();
+        if counts.is_empty() {
+            return None;
+        }
+        match counts.get(&key(store, user)) {
+            Some((_, until)) => until.filter(|&u| now < u),
+            // Full of names: one more could not be counted (see `failed`).
+            None if counts.len() >= MAX_USERS => Some(now + PASSWORD_LOCK_MS),
+            None => None,
+        }
+    }
+
+    /// The right password: what was counted here is forgotten.
+    pub(super) fn forget(store: &Store, user: &str) {
+        let mut counts = counts();
+        if !counts.is_empty() {
+            counts.remove(&key(store, user));
+        }
+    }
 }
 
 /// The most networks a token may be limited to: each is checked on every request, stored with
@@ -890,6 +978,41 @@ mod tests {
             log.contains("auth.failed") && log.contains("alice"),
             "the failed login is not in the log: {log}"
         );
+    }
+
+    /// A store that takes no writes (a full disk) still counts wrong passwords towards the
+    /// lock, and answers them as any wrong password: a 500 for a wrong guess only (and 200 for
+    /// the right one) told a guesser which was right, with nothing limiting the guesses.
+    #[test]
+    fn wrong_passwords_the_store_cannot_record_still_lock() {
+        let (_dir, store) = setup();
+        rusqlite::Connection::open(store.path())
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse_users BEFORE UPDATE ON users \
+                 BEGIN SELECT RAISE(ABORT, 'database or disk is full (test)'); END;",
+            )
+            .unwrap();
+        for _ in 1..PASSWORD_FAILURES_BEFORE_LOCK {
+            let e = login(&store, "bob", "wrong", &actor()).unwrap_err();
+            assert!(matches!(e, Error::Unauthenticated(_)), "{e}");
+        }
+        // Not locked yet: the right password works.
+        assert_eq!(login(&store, "bob", "pw", &actor()).unwrap(), user("bob"));
+        for _ in 0..PASSWORD_FAILURES_BEFORE_LOCK {
+            let e = login(&store, "bob", "wrong", &actor()).unwrap_err();
+            assert!(matches!(e, Error::Unauthenticated(_)), "{e}");
+        }
+        // Locked: the right password gets the answer of a wrong one.
+        let e = login(&store, "bob", "pw", &actor()).unwrap_err();
+        assert!(matches!(e, Error::Unauthenticated(_)), "{e}");
+        // Another user, and the same name in another store, are not.
+        assert_eq!(
+            login(&store, "alice", "pw", &actor()).unwrap(),
+            user("alice")
+        );
+        let (_other_dir, other) = setup();
+        assert_eq!(login(&other, "bob", "pw", &actor()).unwrap(), user("bob"));
     }
 
     fn user(slug: &str) -> Caller {
