@@ -2395,6 +2395,33 @@ fn a_push_the_repository_refuses_inside_its_200_is_said_in_the_log() {
     assert_eq!(lines("refused some of a push's refs"), 1, "{log}");
 }
 
+/// A ref the repository fails to write (a lock file left behind by a crash; a full disk at the
+/// lock file fails the same way) is git's own failure, not a policy: a warning naming it, not
+/// the `info` line of refs a hook declined.
+#[test]
+fn a_ref_the_repository_fails_to_write_is_a_warning_not_a_refusal() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    let work = sb.root().join("work");
+    sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
+        .ok();
+    let bare = sb.bare("team/app");
+    fs::write(bare.join("refs/heads/nb.lock"), b"").unwrap();
+    sb.git(&work, &["push", "-q", "origin", "HEAD:refs/heads/nb"])
+        .fails_with("failed to update ref");
+    server.stop();
+    let log = fs::read_to_string(sb.server_log()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("failed to update some of a push's refs"))
+        .unwrap_or_else(|| panic!("no line for the ref git failed to write: {log}"));
+    assert!(
+        line.contains("WARN") && line.contains("refs/heads/nb failed to update ref"),
+        "{line}"
+    );
+    assert!(!log.contains("refused some of a push's refs"), "{log}");
+}
+
 /// A repository that does not take pushes over HTTP (`http.receivepack false`) gets a bare
 /// `403` from git http-backend ("Service not enabled" only on stderr): git says why, so that
 /// the user does not blame a token that was accepted. What a bare `403` means is said only

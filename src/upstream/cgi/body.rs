@@ -195,6 +195,10 @@ fn log_a_refused_push(push: &Finishing) {
     let outcome = push.said.outcome();
     if outcome.starts_with("refused:") {
         tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused a push's pack (git told its user why; a full disk or the repository's limits, say)");
+    } else if push.said.failed() > 0 {
+        // Not a policy: git could not write what was allowed (a full disk at a ref's lock
+        // file, a lock left behind). Its own words are in the stderr line before this one.
+        tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository failed to update some of a push's refs (git's own failure, not a refusal: a full disk, a lock file left behind, permissions; git's stderr says which)");
     } else if outcome.contains(" refused: ") {
         tracing::info!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused some of a push's refs");
     }

@@ -28,7 +28,21 @@ pub(super) struct Report {
     updated: u64,
     refused: Vec<String>,
     refused_count: u64,
+    /// Refused refs whose reason is git's own failure, not a refusal (see [`FAILURES`]).
+    failed_count: u64,
 }
+
+/// receive-pack's reasons (`ng <ref> <reason>`) that are the repository failing to do what
+/// was allowed — a full disk at the ref's lock file, a lock left behind, objects it could not
+/// move out of quarantine — rather than refusing it (a hook, a non-fast-forward, a setting).
+const FAILURES: [&str; 6] = [
+    "failed to update ref",
+    "failed to lock",
+    "failed to delete",
+    "failed to update refs",
+    "transaction failed to start",
+    "unable to migrate objects to permanent storage",
+];
 
 impl Report {
     /// Reads the next piece of the answer.
@@ -71,10 +85,20 @@ impl Report {
             self.updated += 1;
         } else if let Some(refused) = text.strip_prefix("ng ") {
             self.refused_count += 1;
+            let reason = refused.split_once(' ').map_or("", |(_, reason)| reason);
+            if FAILURES.contains(&reason) {
+                self.failed_count += 1;
+            }
             if self.refused.len() < REFUSED_NAMED {
                 self.refused.push(refused.to_owned());
             }
         }
+    }
+
+    /// How many refs the repository failed to update for reasons of its own (see
+    /// [`FAILURES`]), not refused.
+    pub(super) fn failed(&self) -> u64 {
+        self.failed_count
     }
 
     /// Whether the report has begun (its `unpack` line came).
@@ -130,6 +154,28 @@ mod tests {
             report.feed(piece);
         }
         report.outcome()
+    }
+
+    /// A ref git could not update (a full disk at its lock file) is told from one a hook
+    /// refused: the first is the repository's failure, the second a policy.
+    #[test]
+    fn a_ref_git_failed_to_update_is_told_from_a_refused_one() {
+        let mut answer = pkt(b"unpack ok\n");
+        answer.extend(pkt(b"ng refs/heads/nb failed to update ref\n"));
+        answer.extend(pkt(b"ng refs/tags/t1 failed to update ref\n"));
+        answer.extend(pkt(b"ng refs/heads/x pre-receive hook declined\n"));
+        answer.extend(pkt(b"ng refs/heads/y non-fast-forward\n"));
+        answer.extend_from_slice(b"0000");
+        let mut report = Report::default();
+        report.feed(&answer);
+        assert_eq!(report.failed(), 2);
+        let mut only_policy = pkt(b"unpack ok\n");
+        only_policy.extend(pkt(b"ng refs/heads/x pre-receive hook declined\n"));
+        only_policy.extend(pkt(b"ng refs/heads/failed to update ref\n"));
+        only_policy.extend_from_slice(b"0000");
+        let mut policy = Report::default();
+        policy.feed(&only_policy);
+        assert_eq!(policy.failed(), 0, "a ref named like the reason is not one");
     }
 
     /// A hook's words on channel 2 that look like report lines — pkt-lines and all, as a hook
