@@ -36,6 +36,11 @@ impl Repeats {
         }
     }
 
+    /// The window given to [`Repeats::new`].
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     /// One more failure at `now`: `Some(n)` when a line should be said now, `n` the failures
     /// it stands for (this one and those not said since the last line); `None` to stay quiet.
     pub fn failed(&mut self, now: Instant) -> Option<u64> {
@@ -51,6 +56,36 @@ impl Repeats {
         }
         self.last_said = Some(now);
         Some(std::mem::take(&mut self.unsaid))
+    }
+
+    /// The failures not said yet, once a window has passed since the last line: `Some(n)` for
+    /// the line the next failure would have said. A burst's count is otherwise said only with
+    /// the next failure, which may not come for hours — so a caller that holds unsaid failures
+    /// looks again when [`Repeats::unsaid_due_at`] says, from a timer.
+    pub fn unsaid_due(&mut self, now: Instant) -> Option<u64> {
+        if self.unsaid == 0 {
+            return None;
+        }
+        if self
+            .last_said
+            .is_some_and(|said| now.saturating_duration_since(said) < self.window)
+        {
+            return None;
+        }
+        self.last_said = Some(now);
+        Some(std::mem::take(&mut self.unsaid))
+    }
+
+    /// When failures not said yet are due to be (see [`Repeats::unsaid_due`]); `None` when
+    /// there are none.
+    pub fn unsaid_due_at(&self) -> Option<Instant> {
+        (self.unsaid > 0).then(|| self.last_said.map(|said| said + self.window))?
+    }
+
+    /// When [`Repeats::ended_quietly`] would end the run, if no failure comes before: a window
+    /// after the last one. `None` with no run going on.
+    pub fn quiet_end_at(&self) -> Option<Instant> {
+        self.last_failed.map(|last| last + self.window)
     }
 
     /// It worked again: `Some(total)` of the run of failures that ended when there was one,
@@ -179,5 +214,29 @@ mod tests {
         let mut r = Repeats::new(Duration::from_secs(10));
         assert_eq!(r.failed(t0), Some(1));
         assert_eq!(r.failed(t0 - Duration::from_secs(30)), None);
+    }
+
+    /// A burst's count is said a window after the line that began it, without a next failure.
+    #[test]
+    fn a_bursts_count_is_due_a_window_after_its_first_line() {
+        let t0 = Instant::now();
+        let mut r = Repeats::new(Duration::from_secs(60));
+        assert_eq!(r.unsaid_due_at(), None);
+        assert_eq!(r.failed(t0), Some(1));
+        assert_eq!(r.unsaid_due_at(), None, "nothing unsaid");
+        for i in 1..70 {
+            assert_eq!(r.failed(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(r.unsaid_due_at(), Some(t0 + Duration::from_secs(60)));
+        assert_eq!(r.unsaid_due(t0 + Duration::from_secs(59)), None);
+        assert_eq!(r.unsaid_due(t0 + Duration::from_secs(60)), Some(69));
+        assert_eq!(r.unsaid_due(t0 + Duration::from_secs(200)), None);
+        assert_eq!(r.unsaid_due_at(), None);
+        // The run goes on: the next failure within the window is not said at once.
+        assert_eq!(r.failed(t0 + Duration::from_secs(61)), None);
+        assert_eq!(r.unsaid_due_at(), Some(t0 + Duration::from_secs(120)));
+        assert_eq!(r.quiet_end_at(), Some(t0 + Duration::from_secs(121)));
+        assert_eq!(r.ended(), Some(71));
+        assert_eq!(r.quiet_end_at(), None);
     }
 }

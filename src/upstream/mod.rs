@@ -78,20 +78,49 @@ pub enum Fault {
 /// (`EAGAIN`, `EMFILE`, `ENFILE`): at once, then at most once a minute with how many since — a
 /// burst of clones past the limit would otherwise write one error line per request.
 fn out_of_processes_or_descriptors(e: &cgi::CgiError) {
+    use std::sync::atomic::{AtomicBool, Ordering};
     static SAID: std::sync::Mutex<Option<crate::repeats::Repeats>> = std::sync::Mutex::new(None);
-    let mut said = SAID
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let repeats = said
-        .get_or_insert_with(|| crate::repeats::Repeats::new(std::time::Duration::from_secs(60)));
-    if let Some(times) = repeats.failed(std::time::Instant::now()) {
+    /// Whether a task will say the failures not said yet (see `Repeats::unsaid_due`).
+    static LOOKING_AGAIN: AtomicBool = AtomicBool::new(false);
+    let said = || {
+        SAID.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let say = |times: u64, error: &str| {
         tracing::warn!(
             times,
-            error = %crate::log_value::LogText(&e.to_string()),
+            error = %crate::log_value::LogText(error),
             "cannot start a git process: this process is out of processes or file descriptors \
              (its open-files limit, LimitNOFILE under systemd, or the system's); git requests are \
              answered 503 until some come free"
         );
+    };
+    let error = e.to_string();
+    let due = {
+        let mut said = said();
+        let repeats = said.get_or_insert_with(|| {
+            crate::repeats::Repeats::new(std::time::Duration::from_secs(60))
+        });
+        if let Some(times) = repeats.failed(std::time::Instant::now()) {
+            say(times, &error);
+        }
+        repeats.unsaid_due_at()
+    };
+    // A burst's count is said a minute after its first line, not with a next failure that may
+    // not come for hours.
+    if let (Some(at), Ok(runtime)) = (due, tokio::runtime::Handle::try_current()) {
+        if !LOOKING_AGAIN.swap(true, Ordering::AcqRel) {
+            runtime.spawn(async move {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                LOOKING_AGAIN.store(false, Ordering::Release);
+                let times = said()
+                    .as_mut()
+                    .and_then(|r| r.unsaid_due(std::time::Instant::now()));
+                if let Some(times) = times {
+                    say(times, &error);
+                }
+            });
+        }
     }
 }
 

@@ -70,6 +70,9 @@ pub struct ProcessCap {
     /// Whether a run of waits has been said and not yet its end (read without the lock).
     in_a_run: AtomicBool,
     at_the_cap: Mutex<Repeats>,
+    /// Whether a task will say what `at_the_cap` holds unsaid (see
+    /// [`ProcessCap::look_again_later`]).
+    looking_again: AtomicBool,
     /// Set at a stop: when the requests still waiting are answered.
     waits_end_by: Mutex<Option<tokio::time::Instant>>,
     /// How many were answered so (see [`ProcessCap::answered_at_stop`]).
@@ -208,6 +211,7 @@ impl ProcessCap {
             going_on_wait,
             in_a_run: AtomicBool::new(false),
             at_the_cap: Mutex::new(Repeats::new(SAID_EVERY)),
+            looking_again: AtomicBool::new(false),
             waits_end_by: Mutex::new(None),
             answered_at_stop: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -250,13 +254,7 @@ impl ProcessCap {
             Ok(place) => {
                 if self.in_a_run.load(Ordering::Relaxed) {
                     if let Some(times) = self.said(|r| r.ended_quietly(Instant::now())) {
-                        self.in_a_run.store(false, Ordering::Relaxed);
-                        tracing::info!(
-                            max_processes = self.max,
-                            times,
-                            "below max_processes again: no request has waited for a place for {}s",
-                            SAID_EVERY.as_secs()
-                        );
+                        self.say_below_again(times);
                     }
                 }
                 return Ok(place);
@@ -269,22 +267,12 @@ impl ProcessCap {
         };
         // The cap itself reached; a token held to its share while others wait is not.
         let reached = why == Full::AllInUse;
-        if let Some(times) = reached
-            .then(|| self.said(|r| r.failed(Instant::now())))
-            .flatten()
-        {
-            self.in_a_run.store(true, Ordering::Relaxed);
-            tracing::warn!(
-                max_processes = self.max,
-                times,
-                "max_processes reached: a request that starts a clone, fetch or push waits up to \
-                 {}s for a backend process to end, then is answered 503; one going on with an \
-                 exchange already under way goes first and waits up to {}s (said again at most \
-                 every {}s while it goes on)",
-                self.start_wait.as_secs(),
-                self.going_on_wait.as_secs(),
-                SAID_EVERY.as_secs()
-            );
+        if reached {
+            if let Some(times) = self.said(|r| r.failed(Instant::now())) {
+                self.in_a_run.store(true, Ordering::Relaxed);
+                self.say_reached(times);
+            }
+            self.look_again_later();
         }
         let _waits = {
             METRICS.backend_wait_started();
@@ -439,6 +427,73 @@ impl ProcessCap {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn say_reached(&self, times: u64) {
+        tracing::warn!(
+            max_processes = self.max,
+            times,
+            "max_processes reached: a request that starts a clone, fetch or push waits up to \
+             {}s for a backend process to end, then is answered 503; one going on with an \
+             exchange already under way goes first and waits up to {}s (said again at most \
+             every {}s while it goes on)",
+            self.start_wait.as_secs(),
+            self.going_on_wait.as_secs(),
+            self.said_every().as_secs()
+        );
+    }
+
+    fn say_below_again(&self, times: u64) {
+        self.in_a_run.store(false, Ordering::Relaxed);
+        tracing::info!(
+            max_processes = self.max,
+            times,
+            "below max_processes again: no request has waited for a place for {}s",
+            self.said_every().as_secs()
+        );
+    }
+
+    /// From a task of its own, says a burst's count a window after the line that began it, and
+    /// the run's end a window after its last wait: with the next request, as before, they
+    /// could wait for hours (one task at a time, while a run goes on).
+    fn look_again_later(self: &Arc<Self>) {
+        if self.looking_again.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.looking_again.store(false, Ordering::Release);
+            return;
+        };
+        let cap = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                let next = {
+                    let Some(cap) = cap.upgrade() else { return };
+                    let next = cap.said(|r| r.unsaid_due_at().or(r.quiet_end_at()));
+                    match next {
+                        Some(at) => at,
+                        None => {
+                            cap.looking_again.store(false, Ordering::Release);
+                            return;
+                        }
+                    }
+                };
+                tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+                let Some(cap) = cap.upgrade() else { return };
+                let now = Instant::now();
+                if let Some(times) = cap.said(|r| r.unsaid_due(now)) {
+                    cap.say_reached(times);
+                }
+                if let Some(times) = cap.said(|r| r.ended_quietly(now)) {
+                    cap.say_below_again(times);
+                }
+            }
+        });
+    }
+
+    /// The window of the lines about the cap (a minute; shorter in tests).
+    fn said_every(&self) -> Duration {
+        self.said(|r| Some(r.window())).unwrap_or(SAID_EVERY)
+    }
+
     fn said<T>(&self, f: impl FnOnce(&mut Repeats) -> Option<T>) -> Option<T> {
         // A poisoned lock only loses a log line's count.
         let mut repeats = self
@@ -486,6 +541,45 @@ mod tests {
             drop(place);
             Ok(())
         })
+    }
+
+    /// A burst at the cap is said at once, its count a window later and its end a window after
+    /// its last wait, with no request after it to say them (before, they waited for one).
+    #[test]
+    fn a_bursts_count_and_end_are_said_without_a_next_request() {
+        let log = crate::store::test_support::logged(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let cap = cap(1, 10, 10);
+                *cap.at_the_cap.lock().unwrap() = Repeats::new(Duration::from_millis(200));
+                let held = cap.place(Advertisement, "alice").await.unwrap();
+                for who in ["bob", "carol", "dave"] {
+                    assert!(cap.place(Advertisement, who).await.is_err());
+                }
+                drop(held);
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            });
+        });
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("max_processes"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{log}");
+        assert!(
+            lines[0].contains("max_processes reached") && lines[0].contains("times=1"),
+            "{log}"
+        );
+        assert!(
+            lines[1].contains("max_processes reached") && lines[1].contains("times=2"),
+            "{log}"
+        );
+        assert!(
+            lines[2].contains("below max_processes again") && lines[2].contains("times=3"),
+            "{log}"
+        );
     }
 
     #[tokio::test]
