@@ -1511,6 +1511,50 @@ fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() 
     assert!(!failed[0].contains("Too many open files"), "{log}");
 }
 
+/// A `POST` going on with an exchange (a clone's, a push's) whose backend cannot be started for
+/// want of descriptors tries again for a few seconds before its `503`, as it waits at
+/// `max_processes`: git shows no reason for a refused `POST`, and descriptors come free within
+/// milliseconds as other requests end. Here they come free after a second (past the half
+/// second an advertisement waits), and the backend starts.
+#[test]
+fn a_post_whose_backend_cannot_start_for_want_of_descriptors_tries_again() {
+    let dir = tempfile::tempdir().unwrap();
+    bare_team_app(dir.path());
+    let config = cgi_config(dir.path(), "workers = 1");
+    let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
+    let (out, _) = info_refs(&g, &auth);
+    assert!(!out.starts_with("HTTP/1.1 401"), "{out}");
+    let mut s = connect(g.port);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = g.pid() as libc::pid_t;
+    let before = lower_open_files_limit(pid, open_files(pid));
+    let restore = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        restore_open_files_limit(pid, &before);
+    });
+    s.write_all(
+        format!(
+            "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\n\
+             Content-Type: application/x-git-upload-pack-request\r\n\
+             Content-Length: 4\r\nConnection: close\r\n\r\n0000"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (out, _) = read_until_closed(&mut s);
+    restore.join().unwrap();
+    assert!(!out.starts_with("HTTP/1.1 503"), "{out}");
+    // `/bin/true` answers nothing: the backend was started, and failed as the first did.
+    let log = log_once_it_has(&g, "git-upload-pack");
+    assert!(!log.contains("cannot start a git process"), "{log}");
+    assert_eq!(
+        log.matches("gitgate::gate: backend failed").count(),
+        2,
+        "{log}"
+    );
+}
+
 /// A log that cannot be written (its disk full, here `/dev/full`) loses its lines and nothing
 /// else: the server goes on answering, where tracing's report of the failed write used to
 /// panic inside the panic hook and abort the whole process.

@@ -67,6 +67,12 @@ use hyper::{Method, Response};
 use tokio::process::Command;
 use tokio::sync::oneshot;
 
+/// How long a request that starts an exchange (an advertisement) tries again to start its
+/// backend when out of processes or descriptors, and one going on with an exchange (see
+/// `CgiBackend::spawn_with_patience`).
+const SPAWN_PATIENCE: Duration = Duration::from_millis(500);
+const SPAWN_PATIENCE_GOING_ON: Duration = Duration::from_secs(5);
+
 mod body;
 mod cap;
 mod damage;
@@ -630,7 +636,7 @@ impl CgiBackend {
             }
             None => None,
         };
-        let mut child = self.command(&req).spawn().map_err(CgiError::Spawn)?;
+        let mut child = self.spawn_with_patience(&req).await?;
         let stdin = child.stdin.take().expect("stdin is piped");
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -792,6 +798,34 @@ impl CgiBackend {
     }
 
     /// The child's command line and its complete environment.
+    /// The backend started, tried again for a little while when this process is out of
+    /// processes or file descriptors (`EAGAIN`, `EMFILE`, `ENFILE`): they come free within
+    /// milliseconds as other requests end. A request going on with an exchange already under
+    /// way (a clone's or push's `POST`) waits longest, as at `max_processes`: git shows no
+    /// reason for a refused `POST` (`RPC failed; HTTP 503`), while it prints the `503`'s reason
+    /// for an advertisement.
+    async fn spawn_with_patience(
+        &self,
+        req: &CgiRequest<'_>,
+    ) -> Result<tokio::process::Child, CgiError> {
+        let patience = if *req.method == Method::POST {
+            SPAWN_PATIENCE_GOING_ON
+        } else {
+            SPAWN_PATIENCE
+        };
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.command(req).spawn().map_err(CgiError::Spawn) {
+                Err(e) if e.is_overload() && started.elapsed() + pause <= patience => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+                spawned => return spawned,
+            }
+        }
+    }
+
     fn command(&self, req: &CgiRequest<'_>) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.env_clear()
