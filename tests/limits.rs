@@ -1555,6 +1555,58 @@ fn a_post_whose_backend_cannot_start_for_want_of_descriptors_tries_again() {
     );
 }
 
+/// git http-backend that cannot start upload-pack (`cannot fork()`: the process limit of
+/// gitgate's user) is the same shortage as a backend that cannot be started: before its head a
+/// `503` to retry, counted as busy; after it, a cut answer whose log says it is a capacity
+/// problem, not a broken repository.
+#[test]
+fn git_that_cannot_fork_is_a_shortage_of_processes() {
+    for (script, expected) in [
+        (
+            "echo 'error: cannot fork() for upload-pack: Resource temporarily unavailable' >&2\n\
+             exit 1\n",
+            "HTTP/1.1 503",
+        ),
+        (
+            "printf 'Content-Type: application/x-git-upload-pack-advertisement\\r\\n\\r\\n'\n\
+             printf '001e# service=git-upload-pack\\n0000'\n\
+             echo 'error: cannot fork() for upload-pack: Resource temporarily unavailable' >&2\n\
+             echo 'fatal: unable to run upload-pack' >&2\n\
+             exit 128\n",
+            "HTTP/1.1 200",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        bare_team_app(dir.path());
+        let cgi = dir.path().join("backend.sh");
+        std::fs::write(&cgi, format!("#!/bin/sh\ncat >/dev/null\n{script}")).unwrap();
+        std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let config = cgi_config(dir.path(), "").replace("/bin/true", cgi.to_str().unwrap());
+        let (mut g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
+        let (out, _) = info_refs(&g, &auth);
+        assert!(out.starts_with(expected), "{out}");
+        g.stop();
+        let log = g.log_text();
+        if expected.ends_with("503") {
+            assert!(out.contains("retry-after: 5\r\n"), "{out}");
+            assert!(
+                out.contains("the server cannot start another git process now"),
+                "{out}"
+            );
+            assert!(log.contains("cannot start a git process"), "{log}");
+            assert!(!log.contains("gitgate::gate: backend failed"), "{log}");
+        } else {
+            assert!(log.contains("outcome=stream-error"), "{log}");
+            assert!(
+                log.contains("this server is out of processes")
+                    && log.contains("not a broken repository"),
+                "{log}"
+            );
+        }
+    }
+}
+
 /// A log that cannot be written (its disk full, here `/dev/full`) loses its lines and nothing
 /// else: the server goes on answering, where tracing's report of the failed write used to
 /// panic inside the panic hook and abort the whole process.

@@ -634,6 +634,18 @@ impl Body for CgiBody {
                 None if info.refused_a_malformed_request() => Poll::Ready(Some(Err(
                     crate::upstream::MalformedRequest(info.to_string()).into_io(),
                 ))),
+                None if [&info.first_error, &info.last_stderr]
+                    .into_iter()
+                    .flatten()
+                    .any(|said| super::git_could_not_fork(said)) =>
+                {
+                    Poll::Ready(Some(Err(io::Error::other(format!(
+                        "git could not start a process of its own after its response headers: \
+                         this server is out of processes (the process limit of gitgate's user: \
+                         ulimit -u, systemd's TasksMax), a capacity problem, not a broken \
+                         repository; {info}"
+                    )))))
+                }
                 None => Poll::Ready(Some(Err(io::Error::other(format!(
                     "the CGI backend failed after sending its response headers: {info}"
                 ))))),

@@ -245,8 +245,21 @@ impl CgiError {
         const EAGAIN: i32 = 11;
         const ENFILE: i32 = 23;
         const EMFILE: i32 = 24;
-        matches!(self, CgiError::Spawn(e) if matches!(e.raw_os_error(), Some(EAGAIN | ENFILE | EMFILE)))
+        match self {
+            CgiError::Spawn(e) => matches!(e.raw_os_error(), Some(EAGAIN | ENFILE | EMFILE)),
+            // git http-backend started, but could not start upload-pack or receive-pack: the
+            // same shortage, one process further down.
+            CgiError::Exited(why) => git_could_not_fork(why),
+            _ => false,
+        }
     }
+}
+
+/// Whether git's words say it could not start a process of its own (`error: cannot fork() for
+/// upload-pack: Resource temporarily unavailable`): the process limit of gitgate's user
+/// (`ulimit -u`, systemd's `TasksMax`), a capacity problem rather than a broken backend.
+pub(super) fn git_could_not_fork(said: &str) -> bool {
+    said.contains("cannot fork()")
 }
 
 impl std::error::Error for CgiError {
@@ -719,7 +732,11 @@ impl CgiBackend {
                     }
                 };
                 let why = match info {
-                    Ok(info) => info.to_string(),
+                    // git's first `error:` (`cannot fork() ...`) is the cause, whatever came last.
+                    Ok(info) => match &info.first_error {
+                        Some(first) if git_could_not_fork(first) => format!("{info}; {first:?}"),
+                        _ => info.to_string(),
+                    },
                     Err(_) => "the process supervisor went away".to_owned(),
                 };
                 return Err(CgiError::Exited(why));

@@ -447,6 +447,14 @@ fn running_out_of_processes_or_files_is_an_overload_not_a_failure() {
     }
     assert!(!CgiError::Spawn(io::Error::from_raw_os_error(2)).is_overload());
     assert!(!CgiError::TimedOut(Duration::from_secs(1)).is_overload());
+    // git http-backend started, and could not start upload-pack: the same shortage.
+    assert!(CgiError::Exited(
+        "exit status: 1; last stderr line: \"error: cannot fork() for upload-pack: Resource \
+         temporarily unavailable\""
+            .into()
+    )
+    .is_overload());
+    assert!(!CgiError::Exited("exit status: 1; nothing on stderr".into()).is_overload());
 }
 
 #[tokio::test]
