@@ -236,6 +236,8 @@ pub struct Metrics {
     connections_cut: [AtomicU64; 3],
     /// Requests refused because their address was blocked for failed authentications.
     throttled: AtomicU64,
+    /// Failed accepts (out of file descriptors, most often): git's listener, this one.
+    accept_failures: [AtomicU64; 2],
     active_connections: AtomicI64,
     /// The embedded backend's processes started and not yet reaped.
     backend_processes: AtomicI64,
@@ -266,6 +268,7 @@ impl Metrics {
             unparsable_requests: AtomicU64::new(0),
             connections_cut: [const { AtomicU64::new(0) }; 3],
             throttled: AtomicU64::new(0),
+            accept_failures: [const { AtomicU64::new(0) }; 2],
             active_connections: AtomicI64::new(0),
             backend_processes: AtomicI64::new(0),
             backend_busy: AtomicU64::new(0),
@@ -389,6 +392,12 @@ impl Metrics {
     }
 
     /// A request answered 503 because `[upstream] max_processes` backends ran for its wait.
+    /// An accept failed on git's listener (`metrics: false`) or the metrics one: out of file
+    /// descriptors, most often, when the log says it once per window.
+    pub fn accept_failed(&self, metrics: bool) {
+        self.accept_failures[usize::from(metrics)].fetch_add(1, Relaxed);
+    }
+
     pub fn backend_busy(&self) {
         self.backend_busy.fetch_add(1, Relaxed);
     }
@@ -603,6 +612,17 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP gitgate_accept_failures_total Connections the listener could not accept \
+             (out of file descriptors, most often: they wait in the listen backlog, and the \
+             log says it once per window).\n\
+             # TYPE gitgate_accept_failures_total counter\n\
+             gitgate_accept_failures_total{{listener=\"git\"}} {}\n\
+             gitgate_accept_failures_total{{listener=\"metrics\"}} {}",
+            self.accept_failures[0].load(Relaxed),
+            self.accept_failures[1].load(Relaxed),
+        );
         let expiry = self.tls_certificate_expiry.load(Relaxed);
         if expiry != 0 {
             let _ = writeln!(
@@ -700,6 +720,7 @@ pub async fn serve(
         let (stream, _) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
+                METRICS.accept_failed(true);
                 // As the main listener's: once per window, not every 50 ms.
                 if let Some(times) = accept_failures.failed(std::time::Instant::now()) {
                     tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), times, "metrics: accept failed");
@@ -844,6 +865,15 @@ mod tests {
             .contains("\ngitgate_tls_certificate_expiry_timestamp_seconds 4951613640\n"));
         assert!(text.contains("gitgate_response_bytes_total 20\n"));
         assert!(text.contains("gitgate_token_cache_hits_total 7\n"));
+        // Failed accepts, by listener: the metrics one's own are counted too (shown once
+        // descriptors are back).
+        assert!(text.contains("gitgate_accept_failures_total{listener=\"git\"} 0\n"));
+        m.accept_failed(false);
+        m.accept_failed(true);
+        m.accept_failed(true);
+        let text = m.render((0, 0));
+        assert!(text.contains("gitgate_accept_failures_total{listener=\"git\"} 1\n"));
+        assert!(text.contains("gitgate_accept_failures_total{listener=\"metrics\"} 2\n"));
         assert!(text.starts_with(&format!(
             "# HELP gitgate_build_info The running gitgate's version, as a label; always 1.\n\
              # TYPE gitgate_build_info gauge\n\

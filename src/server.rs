@@ -899,6 +899,7 @@ async fn accept(
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning,
                         // and say so once per window, not 20 times a second.
+                        crate::metrics::METRICS.accept_failed(false);
                         if let Some(times) = accept_failures.failed(Instant::now()) {
                             tracing::warn!(
                                 error = %LogText(&e.to_string()),
