@@ -1763,6 +1763,69 @@ fn repeated_wrong_passwords_lock_the_password_but_never_the_tokens() {
     assert!(audit.contains("\"user.unlocked\""), "{audit}");
 }
 
+/// A store that takes no writes (a full disk; here triggers that refuse them): a wrong password
+/// gets the answer of any wrong password, counted towards the lock in memory (before, it was a
+/// 500 while the right password got a 200: which guess was right, with nothing counted), and a
+/// revocation that cannot be written says the token still works.
+#[test]
+fn a_store_that_takes_no_writes_fails_closed() {
+    let install = Install::new_with("[auth_failures]\nmax = 1000\nwindow_seconds = 60\n");
+    install.add_user("alice", false);
+    install.add_user("bob", false);
+    install.cli_ok(&["grant", "add", "alice", "team", "write"], "");
+    let server = install.serve();
+    let (id, secret) = personal(&server, "alice", &["REPO_READ"]);
+    let normal = server
+        .request(
+            "GET",
+            &format!("{API}/users/bob"),
+            Auth::Basic("bob", "wrong"),
+            "",
+        )
+        .error_message();
+    rusqlite::Connection::open(install.path().join("gitgate.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER full_users BEFORE UPDATE ON users \
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END; \
+             CREATE TRIGGER full_tokens BEFORE UPDATE ON tokens \
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        )
+        .unwrap();
+    let del = server.api("DELETE", &format!("/users/alice/{id}"), "alice", "");
+    assert_eq!(del.status, 500, "{}", del.body);
+    assert!(
+        del.error_message()
+            .contains("is NOT revoked and still works"),
+        "{}",
+        del.body
+    );
+    let (ok, err) = ls_remote(&install, &server, "alice", &secret);
+    assert!(ok, "the token still works, as said: {err}");
+    for _ in 0..9 {
+        let r = server.request(
+            "GET",
+            &format!("{API}/users/alice"),
+            Auth::Basic("alice", "wrong"),
+            "",
+        );
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(r.error_message(), normal.replace("bob", "alice"));
+    }
+    // The tenth wrong password locks, counted in memory: the right one is refused now too.
+    let r = server.request(
+        "GET",
+        &format!("{API}/users/alice"),
+        Auth::Basic("alice", "wrong"),
+        "",
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = server.api("GET", "/users/alice", "alice", "");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.error_message(), normal.replace("bob", "alice"));
+    assert_eq!(server.api("GET", "/users/bob", "bob", "").status, 200);
+}
+
 #[test]
 fn password_guessing_on_the_api_counts_for_the_address_throttle() {
     let install = Install::new_with("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");

@@ -226,6 +226,17 @@ pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
                 Ok(_) => Ok(Reply::no_content()),
                 // Revoked by another caller in between.
                 Err(lifecycle::Error::Conflict(_)) => Err(revoked(&token)),
+                // The store refused the write (a full disk, a store made read-only): the caller
+                // revoking a leaked token must not take the 5xx for "probably done".
+                Err(e @ lifecycle::Error::Store(_)) => {
+                    let mut e = ApiError::from(e);
+                    e.message = format!(
+                        "token '{}' ({}) is NOT revoked and still works: {} — revoke it again \
+                         once the store takes writes",
+                        token.name, token.id, e.message
+                    );
+                    Err(e)
+                }
                 Err(e) => Err(e.into()),
             }
         }
