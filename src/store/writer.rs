@@ -696,13 +696,68 @@ struct Pruned {
 /// before anything is deleted, so two servers pruning one store at once never delete more than
 /// the oldest beyond the cap between them.
 fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreError> {
-    let in_list = FAILURE_ACTIONS.map(|a| format!("'{a}'")).join(", ");
+    let others = prune_rows_of(store, cap, Failures::Others)?;
+    let naming = prune_rows_of(store, cap, Failures::NamingAToken)?;
+    Ok(Pruned {
+        deleted: others.deleted + naming.deleted,
+        done: others.done && naming.done,
+    })
+}
+
+/// The two kinds of failure rows, each capped on its own: a flood of junk (unknown tokens,
+/// made-up names, from many addresses) must not push out the failures that name a token that
+/// exists — a revoked token tried again, a leaked one guessed at — which an incident needs.
+/// Anyone who knows a token's id can make those too, so they are capped as well.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Failures {
+    Others,
+    NamingAToken,
+}
+
+impl Failures {
+    /// The target of this kind's own `audit.pruned` events, which count towards its cap.
+    fn pruned_target(self) -> &'static str {
+        match self {
+            Failures::Others => "",
+            // No token id has a `-` in it.
+            Failures::NamingAToken => "failures-naming-tokens",
+        }
+    }
+
+    /// The SQL condition on an audit row of this kind.
+    fn condition(self) -> String {
+        const NAMING_A_TOKEN: &str = "((action = 'auth.failed' AND target IN (SELECT id FROM \
+             tokens)) OR (action = 'audit.pruned' AND target = 'failures-naming-tokens'))";
+        match self {
+            Failures::Others => {
+                let in_list = FAILURE_ACTIONS.map(|a| format!("'{a}'")).join(", ");
+                format!("action IN ({in_list}) AND NOT {NAMING_A_TOKEN}")
+            }
+            Failures::NamingAToken => NAMING_A_TOKEN.to_owned(),
+        }
+    }
+
+    /// How this kind is said in its `audit.pruned` event.
+    fn words(self) -> &'static str {
+        match self {
+            Failures::Others => "failed-authentication events",
+            Failures::NamingAToken => {
+                "failed-authentication events naming a token that exists (kept apart from the \
+                 others, under a cap of their own)"
+            }
+        }
+    }
+}
+
+/// [`prune_failure_rows`] for one kind of failure row.
+fn prune_rows_of(store: &Store, cap: u64, kind: Failures) -> Result<Pruned, super::StoreError> {
+    let condition = kind.condition();
     // Walking the ids down: the `cap`th newest failure row and the one after it. Only with
     // more than `cap` is anything deleted, and then from the `cap`th on, so that with the
     // `audit.pruned` event written below there are `cap` again.
     let at_the_cap: Vec<i64> = store.with_conn(|c| {
         let mut q = c.prepare(&format!(
-            "SELECT id FROM audit_events WHERE action IN ({in_list}) \
+            "SELECT id FROM audit_events WHERE {condition} \
              ORDER BY id DESC LIMIT 2 OFFSET ?1"
         ))?;
         let ids = q
@@ -725,8 +780,9 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
             format!(" ({total} in all since {})", crate::clock::datetime(since))
         });
         format!(
-            "deleted the {deleted} oldest failed-authentication events: more than \
-             [auth_failures] keep_in_audit = {cap} were stored{in_all}"
+            "deleted the {deleted} oldest {}: more than [auth_failures] keep_in_audit = {cap} \
+             were stored{in_all}",
+            kind.words()
         )
     };
     let mut in_all: Option<(u64, i64)> = None;
@@ -741,7 +797,7 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
             n = tx.execute(
                 &format!(
                     "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
-                     WHERE id <= ?1 AND action IN ({in_list}) ORDER BY id LIMIT ?2)"
+                     WHERE id <= ?1 AND {condition} ORDER BY id LIMIT ?2)"
                 ),
                 [boundary, PRUNE_CHUNK as i64],
             )? as u64;
@@ -751,7 +807,15 @@ fn prune_failure_rows(store: &Store, cap: u64) -> Result<Pruned, super::StoreErr
                 match event {
                     None => {
                         let now = crate::clock::now_ms();
-                        insert_repeated(tx, &actor, "audit.pruned", "", &text, now, None)?;
+                        insert_repeated(
+                            tx,
+                            &actor,
+                            "audit.pruned",
+                            kind.pruned_target(),
+                            &text,
+                            now,
+                            None,
+                        )?;
                         event = Some(tx.last_insert_rowid());
                     }
                     Some(id) => {
@@ -966,6 +1030,55 @@ mod tests {
             .into_iter()
             .map(|e| (e.action, e.target))
             .collect()
+    }
+
+    /// Failures that name a token that exists (a revoked one tried again) are capped apart from
+    /// the rest: a flood of junk does not push them out, and they are capped too (anyone who
+    /// knows a token's id can make them).
+    #[test]
+    fn failures_naming_a_token_that_exists_are_capped_apart_from_the_junk() {
+        use crate::store::test_support::personal_token;
+        let (_dir, store) = temp_store();
+        store
+            .add_user("alice", "x", crate::store::Role::User, &actor())
+            .unwrap();
+        store
+            .insert_token(&personal_token("leakedtoken1", "ci", "alice"), &actor())
+            .unwrap();
+        for i in 0..70 {
+            store
+                .record_event(&actor(), "auth.failed", "leakedtoken1", &format!("try {i}"))
+                .unwrap();
+        }
+        for i in 0..500 {
+            store
+                .record_event(&actor(), "auth.failed", &format!("junk{i}"), "")
+                .unwrap();
+        }
+        let pruned = prune_failure_rows(&store, 50).unwrap();
+        // Each kind down to 49, its audit.pruned event the 50th.
+        assert_eq!((pruned.deleted, pruned.done), (451 + 21, true));
+        let left = rows(&store);
+        let naming = left
+            .iter()
+            .filter(|r| r.0 == "auth.failed" && r.1 == "leakedtoken1")
+            .count();
+        assert_eq!(naming, 49, "{left:?}");
+        let junk = left.iter().filter(|r| r.1.starts_with("junk")).count();
+        assert_eq!(junk, 49, "{left:?}");
+        let said: Vec<String> = store
+            .audit_events(None, 100_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "audit.pruned")
+            .map(|e| e.detail)
+            .collect();
+        assert!(
+            said.iter()
+                .any(|d| d.contains("naming a token that exists")),
+            "{said:?}"
+        );
+        assert_eq!(prune_failure_rows(&store, 50).unwrap().deleted, 0);
     }
 
     #[test]
