@@ -59,12 +59,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Parse `YYYY-MM-DD` (years 1970 to 9999) or a whole number of epoch milliseconds, for
-/// `--since`. A number too small to be milliseconds of this century (`date +%s`'s seconds, or
-/// `20261202`) is refused rather than read as a moment of 1970.
+/// Parse `YYYY-MM-DD` (years 1970 to 9999), a UTC time as gitgate prints them
+/// (`2026-12-05T11:57:51Z`, with a fraction of a second or `+00:00` too), or a whole number of
+/// epoch milliseconds, for `--since`. A number too small to be milliseconds of this century
+/// (`date +%s`'s seconds, or `20261202`) is refused rather than read as a moment of 1970.
 pub fn parse_date(s: &str) -> Option<i64> {
     if let Ok(ms) = s.parse::<i64>() {
         return (ms >= MIN_EPOCH_MS).then_some(ms);
+    }
+    if let Some((day, time)) = s.split_once(['T', 't']) {
+        return Some(parse_date(day)?.checked_add(time_of_day_ms(time)?)?)
+            .filter(|_| day.len() == 10);
     }
     let mut parts = s.splitn(3, '-');
     let y: i64 = parts.next()?.parse().ok()?;
@@ -74,6 +79,34 @@ pub fn parse_date(s: &str) -> Option<i64> {
         return None;
     }
     date_ms(y, m, d)
+}
+
+/// `HH:MM:SS[.fraction]` followed by `Z` or `+00:00` (UTC only: an offset of another zone would
+/// be a different moment than it reads), in milliseconds since midnight.
+fn time_of_day_ms(time: &str) -> Option<i64> {
+    let time = time
+        .strip_suffix(['Z', 'z'])
+        .or_else(|| time.strip_suffix("+00:00"))?;
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut parts = hms.split(':');
+    let mut field = |max: i64| -> Option<i64> {
+        let p = parts.next()?;
+        let v: i64 =
+            (p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit())).then(|| p.parse().ok())??;
+        (v <= max).then_some(v)
+    };
+    let (h, m, sec) = (field(23)?, field(59)?, field(59)?);
+    if parts.next().is_some()
+        || fraction.len() > 9
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+        || (time.contains('.') && fraction.is_empty())
+    {
+        return None;
+    }
+    let ms = fraction
+        .get(..fraction.len().min(3))
+        .map_or(0, |f| format!("{f:0<3}").parse::<i64>().unwrap_or(0));
+    Some(((h * 60 + m) * 60 + sec) * 1000 + ms)
 }
 
 /// Midnight (UTC) of the day `y-m-d`, years 0 to 9999, in epoch milliseconds; `None` for a
@@ -106,6 +139,38 @@ pub const MIN_EPOCH_MS: i64 = 100_000_000_000;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The times gitgate prints are taken back (`gitgate audit --since` what `audit` printed).
+    #[test]
+    fn a_time_as_gitgate_prints_it_is_a_date_too() {
+        let day = parse_date("2026-12-05").unwrap();
+        let at = day + ((11 * 60 + 57) * 60 + 51) * 1000;
+        assert_eq!(datetime(at), "2026-12-05T11:57:51Z");
+        for (s, ms) in [
+            ("2026-12-05T11:57:51Z", at),
+            ("2026-12-05t11:57:51z", at),
+            ("2026-12-05T11:57:51+00:00", at),
+            ("2026-12-05T11:57:51.5Z", at + 500),
+            ("2026-12-05T11:57:51.123456789Z", at + 123),
+            ("2026-12-05T00:00:00Z", day),
+        ] {
+            assert_eq!(parse_date(s), Some(ms), "{s}");
+        }
+        for s in [
+            "2026-12-05T11:57:51",
+            "2026-12-05T11:57:51+01:00",
+            "2026-12-05T24:00:00Z",
+            "2026-12-05T11:60:00Z",
+            "2026-12-05T1:57:51Z",
+            "2026-12-05T11:57:51.Z",
+            "2026-12-05T11:57Z",
+            "2026-12-5T11:57:51Z",
+            "2026-12-05T11:57:51:00Z",
+            "T11:57:51Z",
+        ] {
+            assert_eq!(parse_date(s), None, "{s}");
+        }
+    }
 
     #[test]
     fn dates_out_of_range_and_numbers_that_are_no_milliseconds_are_refused() {

@@ -58,11 +58,12 @@ enum Command {
     Ratelimit(RatelimitCommand),
     /// Show audit events.
     Audit {
-        /// Only events at or after this date (YYYY-MM-DD) or epoch milliseconds.
+        /// Only events at or after this date (YYYY-MM-DD), UTC time as gitgate prints them
+        /// (2026-12-05T11:57:51Z) or epoch milliseconds.
         #[arg(long)]
         since: Option<String>,
-        /// Only events before this date (YYYY-MM-DD: before that day begins, UTC) or epoch
-        /// milliseconds.
+        /// Only events before this date (YYYY-MM-DD: before that day begins, UTC), UTC time
+        /// (2026-12-05T11:57:51Z) or epoch milliseconds.
         #[arg(long)]
         until: Option<String>,
         /// Only events of this action (token.revoked) or family of actions (token: every

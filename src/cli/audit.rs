@@ -34,8 +34,8 @@ fn date_refused(flag: &str, s: &str) -> String {
             clock::datetime(n)
         ),
         _ => format!(
-            "{flag} '{s}' is not a date: use YYYY-MM-DD (1970 to 9999) or epoch milliseconds \
-             (seconds × 1000)"
+            "{flag} '{s}' is not a date: use YYYY-MM-DD (1970 to 9999), a UTC time as gitgate \
+             prints them (2026-12-05T11:57:51Z) or epoch milliseconds (seconds × 1000)"
         ),
     }
 }
