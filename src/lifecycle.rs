@@ -173,6 +173,9 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         )
     };
     let now = clock::now_ms();
+    // Failures counted in memory while the store took no writes go into it once it does, where
+    // `user unlock` and `user passwd` see them.
+    unrecorded::offer(store, user, now);
     let stored_lock = store.user(user)?.and_then(|u| u.locked_until);
     let unrecorded_lock = unrecorded::locked_until(store, user, now);
     if let Some(until) = stored_lock.into_iter().chain(unrecorded_lock).max() {
@@ -208,7 +211,7 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
             // which guess was right, with no lock and no address throttle (it counts 401s).
             Err(e) => {
                 tracing::error!(user, source = %crate::log_value::LogValue(&actor.source), error = %crate::log_value::LogText(&e.to_string()), "could not record a wrong password in the token store; counted in memory towards the lock until the store takes it");
-                unrecorded::failed(store, user, now)
+                unrecorded::failed(store, user, now, actor)
             }
         };
         if let Some(until) = locked {
@@ -241,21 +244,41 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
 }
 
 /// Wrong passwords the store could not record (see [`login`]), counted in this process towards
-/// the same lock: per store and user name, until the user logs in or the lock is over. Bounded:
-/// with [`unrecorded::MAX_USERS`] names counted, a name not among them is taken as locked —
-/// closed rather than open while the store takes no writes.
+/// the same lock: per store and user name, and written into the store as soon as it takes
+/// writes again (tried every few seconds from a thread of its own, and at the user's next
+/// login), where `user unlock` and `user passwd` lift the lock as any other. Bounded: with
+/// [`unrecorded::MAX_USERS`] names counted, a name not among them is taken as locked — closed
+/// rather than open while the store takes no writes.
 mod unrecorded {
     use std::collections::HashMap;
     use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Mutex, OnceLock};
+    use std::time::Duration;
 
     use super::{PASSWORD_FAILURES_BEFORE_LOCK, PASSWORD_LOCK_MS};
-    use crate::store::Store;
+    use crate::clock;
+    use crate::store::{Actor, Store};
 
     pub(super) const MAX_USERS: usize = 4096;
 
-    /// Per store and user: wrong passwords not recorded, and the lock they led to.
-    type Counts = HashMap<(PathBuf, String), (u32, Option<i64>)>;
+    /// How often what was counted here is offered to the store again.
+    const RETRY: Duration = Duration::from_secs(5);
+
+    /// What was counted for one user of one store.
+    struct Counted {
+        /// Wrong passwords not yet in the store (towards the lock).
+        failures: u32,
+        /// The lock they made, not yet in the store.
+        until: Option<i64>,
+        /// When the first of them came: an unlock or new password after it wins.
+        since: i64,
+        /// Who failed last, for the `user.locked` event.
+        actor: Actor,
+        store: Store,
+    }
+
+    type Counts = HashMap<(PathBuf, String), Counted>;
 
     fn counts() -> std::sync::MutexGuard<'static, Counts> {
         static COUNTS: OnceLock<Mutex<Counts>> = OnceLock::new();
@@ -270,23 +293,33 @@ mod unrecorded {
     }
 
     /// A wrong password the store could not record; the lock's end if it makes one.
-    pub(super) fn failed(store: &Store, user: &str, now: i64) -> Option<i64> {
-        let mut counts = counts();
-        let key = key(store, user);
-        if !counts.contains_key(&key) && counts.len() >= MAX_USERS {
-            counts.retain(|_, (_, until)| until.is_some_and(|u| now < u));
-            if counts.len() >= MAX_USERS {
-                return Some(now + PASSWORD_LOCK_MS);
+    pub(super) fn failed(store: &Store, user: &str, now: i64, actor: &Actor) -> Option<i64> {
+        let locked = {
+            let mut counts = counts();
+            let key = key(store, user);
+            if !counts.contains_key(&key) && counts.len() >= MAX_USERS {
+                counts.retain(|_, c| c.until.is_some_and(|u| now < u));
+                if counts.len() >= MAX_USERS {
+                    return Some(now + PASSWORD_LOCK_MS);
+                }
             }
-        }
-        let (failures, until) = counts.entry(key).or_insert((0, None));
-        *failures += 1;
-        if *failures >= PASSWORD_FAILURES_BEFORE_LOCK {
-            *failures = 0;
-            *until = Some(now + PASSWORD_LOCK_MS);
-            return *until;
-        }
-        None
+            let counted = counts.entry(key).or_insert_with(|| Counted {
+                failures: 0,
+                until: None,
+                since: now,
+                actor: actor.clone(),
+                store: store.clone(),
+            });
+            counted.failures += 1;
+            counted.actor = actor.clone();
+            if counted.failures >= PASSWORD_FAILURES_BEFORE_LOCK {
+                counted.failures = 0;
+                counted.until = Some(now + PASSWORD_LOCK_MS);
+            }
+            counted.until.filter(|_| counted.failures == 0)
+        };
+        keep_offering();
+        locked
     }
 
     /// Until when the user's password logins are locked by failures counted here.
@@ -296,10 +329,51 @@ mod unrecorded {
             return None;
         }
         match counts.get(&key(store, user)) {
-            Some((_, until)) => until.filter(|&u| now < u),
+            Some(c) => c.until.filter(|&u| now < u),
             // Full of names: one more could not be counted (see `failed`).
             None if counts.len() >= MAX_USERS => Some(now + PASSWORD_LOCK_MS),
             None => None,
+        }
+    }
+
+    /// Offers what was counted for `user` of `store` to the store; what it takes is no longer
+    /// counted here (failures counted meanwhile stay).
+    pub(super) fn offer(store: &Store, user: &str, now: i64) {
+        let key = key(store, user);
+        let offered = {
+            let counts = counts();
+            match counts.get(&key) {
+                Some(c) => (c.failures, c.until, c.since, c.actor.clone()),
+                None => return,
+            }
+        };
+        let (failures, until, since, actor) = offered;
+        let until = until.filter(|&u| now < u);
+        let written = failures == 0 && until.is_none()
+            || store
+                .record_password_failures_from_memory(
+                    user,
+                    failures,
+                    until,
+                    since,
+                    now,
+                    PASSWORD_FAILURES_BEFORE_LOCK,
+                    PASSWORD_LOCK_MS,
+                    &actor,
+                )
+                .is_ok();
+        if !written {
+            return;
+        }
+        let mut counts = counts();
+        if let Some(c) = counts.get_mut(&key) {
+            c.failures -= failures.min(c.failures);
+            if c.until == offered.1 {
+                c.until = None;
+            }
+            if c.failures == 0 && c.until.is_none() {
+                counts.remove(&key);
+            }
         }
     }
 
@@ -308,6 +382,35 @@ mod unrecorded {
         let mut counts = counts();
         if !counts.is_empty() {
             counts.remove(&key(store, user));
+        }
+    }
+
+    /// Offers everything counted here to its store every [`RETRY`], from a thread of its own,
+    /// until nothing is left (one thread at a time).
+    fn keep_offering() {
+        static RUNNING: AtomicBool = AtomicBool::new(false);
+        if RUNNING.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let started = std::thread::Builder::new()
+            .name("gitgate-unrecorded-logins".into())
+            .spawn(|| loop {
+                std::thread::sleep(RETRY);
+                let waiting: Vec<(Store, String)> = counts()
+                    .iter()
+                    .map(|((_, user), c)| (c.store.clone(), user.clone()))
+                    .collect();
+                for (store, user) in &waiting {
+                    offer(store, user, clock::now_ms());
+                }
+                let counts = counts();
+                if counts.is_empty() {
+                    RUNNING.store(false, Ordering::Release);
+                    return;
+                }
+            });
+        if started.is_err() {
+            RUNNING.store(false, Ordering::Release);
         }
     }
 }
@@ -1013,6 +1116,46 @@ mod tests {
         );
         let (_other_dir, other) = setup();
         assert_eq!(login(&other, "bob", "pw", &actor()).unwrap(), user("bob"));
+        // Once the store takes writes again, the lock counted in memory goes into it (from the
+        // thread that offers it every few seconds; here at once), where an administrator's
+        // unlock lifts it before any login.
+        let (_third_dir, third) = setup();
+        let refuse = "CREATE TRIGGER refuse_users BEFORE UPDATE ON users \
+                      BEGIN SELECT RAISE(ABORT, 'database or disk is full (test)'); END;";
+        rusqlite::Connection::open(third.path())
+            .unwrap()
+            .execute_batch(refuse)
+            .unwrap();
+        for _ in 0..PASSWORD_FAILURES_BEFORE_LOCK {
+            assert!(login(&third, "bob", "wrong", &actor()).is_err());
+        }
+        assert!(login(&third, "bob", "pw", &actor()).is_err(), "locked");
+        unrecorded::offer(&third, "bob", clock::now_ms());
+        assert_eq!(third.user("bob").unwrap().unwrap().locked_until, None);
+        rusqlite::Connection::open(third.path())
+            .unwrap()
+            .execute_batch("DROP TRIGGER refuse_users")
+            .unwrap();
+        unrecorded::offer(&third, "bob", clock::now_ms());
+        assert!(third.user("bob").unwrap().unwrap().locked_until.is_some());
+        assert!(third.unlock_user("bob", &actor()).unwrap());
+        assert_eq!(login(&third, "bob", "pw", &actor()).unwrap(), user("bob"));
+        // The store takes writes again: the lock goes into it with the next login (audited),
+        // where an administrator's unlock lifts it.
+        rusqlite::Connection::open(store.path())
+            .unwrap()
+            .execute_batch("DROP TRIGGER refuse_users")
+            .unwrap();
+        assert!(login(&store, "bob", "pw", &actor()).is_err());
+        let bob = store.user("bob").unwrap().unwrap();
+        assert!(bob.locked_until.is_some(), "the lock is in the store");
+        assert!(store
+            .audit_events(None, 1000)
+            .unwrap()
+            .iter()
+            .any(|e| e.action == "user.locked" && e.detail.contains("counted in memory")));
+        store.unlock_user("bob", &actor()).unwrap();
+        assert_eq!(login(&store, "bob", "pw", &actor()).unwrap(), user("bob"));
     }
 
     fn user(slug: &str) -> Caller {

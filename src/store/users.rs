@@ -355,6 +355,77 @@ impl Store {
         })
     }
 
+    /// Wrong passwords for `slug` that were counted in a server's memory while the store took no
+    /// writes (see `lifecycle::login`), written now that it does: `failures` more towards the
+    /// lock, or the lock they made (until `locked_until`), with its `user.locked` event — so
+    /// that `user unlock` and `user passwd` lift it, as they lift any other. Nothing is written
+    /// when the user was unlocked, or given a new password, since the first of them (`since`):
+    /// an administrator's unlock is not undone by what was counted before it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_password_failures_from_memory(
+        &self,
+        slug: &str,
+        failures: u32,
+        locked_until: Option<i64>,
+        since: i64,
+        now: i64,
+        max: u32,
+        lock_ms: i64,
+        actor: &Actor,
+    ) -> Result<()> {
+        self.write(|tx| {
+            let Some(user) = find_user(tx, slug)? else {
+                return Ok(());
+            };
+            let lifted: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM audit_events WHERE target = ?1 \
+                 AND action IN ('user.unlocked', 'user.password_changed') AND at >= ?2)",
+                params![slug, since],
+                |r| r.get(0),
+            )?;
+            if lifted {
+                return Ok(());
+            }
+            let (until, said) = match locked_until.filter(|&until| now < until) {
+                Some(until) => (
+                    Some(until),
+                    format!(
+                        "wrong passwords counted in memory while the store took no writes; \
+                         password logins refused until {}",
+                        clock::datetime(until)
+                    ),
+                ),
+                None => {
+                    let total: i64 = tx.query_row(
+                        "UPDATE users SET failed_logins = failed_logins + ?1 WHERE id = ?2 \
+                         RETURNING failed_logins",
+                        params![failures, user.id],
+                        |r| r.get(0),
+                    )?;
+                    if total < i64::from(max) {
+                        return Ok(());
+                    }
+                    let until = now + lock_ms;
+                    (
+                        Some(until),
+                        format!(
+                            "{total} wrong passwords (some counted in memory while the store \
+                             took no writes); password logins refused until {}",
+                            clock::datetime(until)
+                        ),
+                    )
+                }
+            };
+            tx.execute(
+                "UPDATE users SET locked_until = MAX(COALESCE(locked_until, 0), ?1), \
+                 failed_logins = 0 WHERE id = ?2",
+                params![until, user.id],
+            )?;
+            record(tx, actor, "user.locked", slug, &said)?;
+            Ok(())
+        })
+    }
+
     /// A correct password: forget earlier failures (no audit event; nothing changed for anyone).
     pub fn clear_password_failures(&self, slug: &str) -> Result<()> {
         self.with_conn(|c| {

@@ -353,9 +353,11 @@ impl HttpBackend {
             // An HTTP/1.0 server reads no chunked body: it took the request as bodiless and
             // answered that (a push read as empty, "Everything up-to-date" with no ref moved).
             return Err(ForwardError::bad_gateway(
-                "the upstream git server speaks HTTP/1.0, which cannot read a request body of \
-                 unknown length (git sends a push, and a large fetch's negotiation, chunked): \
-                 gitgate needs an HTTP/1.1 upstream",
+                "the upstream git server speaks HTTP/1.0, and this request's body went to it \
+                 chunked (git sends a push, and a large fetch's negotiation, so), which HTTP/1.0 \
+                 does not define: whether it read the body is unknown — a push may or may not \
+                 have been applied, so look at the repository before pushing again; gitgate \
+                 needs an HTTP/1.1 upstream",
             ));
         }
         if resp.status().is_informational() {
