@@ -625,6 +625,9 @@ pub struct UpstreamOrigin {
     port: u16,
     /// The port its scheme implies (`80` or `443`), for a `Location` that writes none.
     default_port: u16,
+    /// Named only as it is: the same scheme, port and host, no other spelling of this host's
+    /// loopback (see [`UpstreamOrigin::exactly`]).
+    exact: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -746,6 +749,18 @@ impl UpstreamOrigin {
             host: OriginHost::parse(authority.host()),
             port: authority.port_u16().unwrap_or(default_port),
             default_port,
+            exact: false,
+        }
+    }
+
+    /// gitgate's own origin as the client named it (its `Host`), matched only as it is: another
+    /// loopback address or spelling on the same port may be another process (anyone on the
+    /// host can listen on `[::1]:PORT` or `127.0.0.2:PORT`), and `http://` to an https
+    /// gitgate's name is port 80, in clear text — not gitgate either.
+    pub fn exactly(https: bool, authority: &hyper::http::uri::Authority) -> UpstreamOrigin {
+        UpstreamOrigin {
+            exact: true,
+            ..UpstreamOrigin::new(https, authority)
         }
     }
 
@@ -797,11 +812,18 @@ impl UpstreamOrigin {
                 p.parse::<u16>().ok() == Some(self.port)
             }
             Some(_) => return Named::Unsure,
+            // Exactly: the port its scheme (or, scheme-relative, this origin's) implies.
+            None if self.exact => scheme_port.unwrap_or(self.default_port) == self.port,
             // No port: the one its scheme implies; the upstream may build its URLs with the
             // other scheme (told `X-Forwarded-Proto: https`), so this origin's own default too.
             None => scheme_port == Some(self.port) || self.port == self.default_port,
         };
-        if port_matches && host.same(&self.host) {
+        let same = if self.exact {
+            scheme_port.is_none_or(|p| p == self.default_port) && host == self.host
+        } else {
+            host.same(&self.host)
+        };
+        if port_matches && same {
             Named::Upstream(rest)
         } else {
             Named::Other
@@ -925,14 +947,19 @@ fn is_a_url(location: &str) -> bool {
     scheme || location.starts_with("//")
 }
 
-/// Whether the path of a reference (what comes before `?` or `#`) has a `.` or `..` segment,
-/// plain or `%2e`-encoded: a client resolving it may leave the path it seems to be under.
+/// Whether the path of a reference (what comes before `?` or `#`) may lead out of the path it
+/// seems to be under: a `.` or `..` segment, plain or `%2e`-encoded, or an encoded `/` or `\`
+/// (`%2F..%2F`: a front proxy that decodes it before routing sends `/scm/a/%2F..%2F..%2Fx` to
+/// `/x`).
 fn has_dot_segments(reference: &str) -> bool {
     let end = reference.find(['?', '#']).unwrap_or(reference.len());
-    reference[..end].split('/').any(|segment| {
-        let s = segment.to_ascii_lowercase().replace("%2e", ".");
-        s == "." || s == ".."
-    })
+    let path = reference[..end].to_ascii_lowercase();
+    path.contains("%2f")
+        || path.contains("%5c")
+        || path.split('/').any(|segment| {
+            let s = segment.replace("%2e", ".");
+            s == "." || s == ".."
+        })
 }
 
 /// Whether a `Connection` header lists `name` (a lower-case header name), so that the header
@@ -1655,6 +1682,10 @@ mod tests {
             let uri: hyper::Uri = url.parse().unwrap();
             UpstreamOrigin::new(uri.scheme_str() == Some("https"), uri.authority().unwrap())
         };
+        let exactly = |url: &str| {
+            let uri: hyper::Uri = url.parse().unwrap();
+            UpstreamOrigin::exactly(uri.scheme_str() == Some("https"), uri.authority().unwrap())
+        };
         let up = origin("http://127.0.0.1:3000");
         let to = |s: &str| Redirect::To(s.into());
         let cases = [
@@ -1906,6 +1937,42 @@ mod tests {
                 "{location}"
             );
         }
+        // gitgate on a loopback address is that address only: another one, or another spelling
+        // of this host, on the same port may be another process's.
+        let on_loopback = exactly("http://127.0.0.1:42200");
+        for (location, expected) in [
+            ("http://127.0.0.1:42200/scm/x", Redirect::Unchanged),
+            ("http://[::1]:42200/scm/x", Redirect::Away),
+            ("http://127.0.0.2:42200/scm/x", Redirect::Away),
+            ("http://localhost:42200/scm/x", Redirect::Away),
+            ("http://0.0.0.0:42200/scm/x", Redirect::Away),
+            ("http://[::ffff:127.0.0.1]:42200/scm/x", Redirect::Unchanged),
+            ("https://127.0.0.1:42200/scm/x", Redirect::Away),
+        ] {
+            assert_eq!(
+                location_to_client(location, &up, "/git", "/scm", Some(&on_loopback)),
+                expected,
+                "{location}"
+            );
+        }
+        // Encoded separators next to `..`, on the upstream's origin or as paths.
+        for (location, expected) in [
+            ("/scm/team/%2F..%2F..%2Fother/info/refs", Redirect::Away),
+            ("/scm/team/..%2F..%2Fx", Redirect::Away),
+            ("/scm/%2e%2e%2Fother", Redirect::Away),
+            ("/git/team/..%5C..%5Cx", Redirect::Away),
+            ("http://127.0.0.1:3000/git/..%2Fother", Redirect::OffBase),
+            (
+                "/git/team/app.git/info/refs?path=%2F..%2F",
+                to("/scm/team/app.git/info/refs?path=%2F..%2F"),
+            ),
+        ] {
+            assert_eq!(
+                location_to_client(location, &up, "/git", "/scm", None),
+                expected,
+                "{location}"
+            );
+        }
         // A `.` or `..` segment, plain or encoded, could climb out of the git prefix: under
         // the base path or not, on the upstream's origin or as a path, it is not passed on.
         for (location, expected) in [
@@ -1935,7 +2002,7 @@ mod tests {
             );
         }
         // A URL naming gitgate as the client did stays on gitgate, under its git prefix.
-        let gitgate = origin("https://git.example.com");
+        let gitgate = exactly("https://git.example.com");
         for (location, expected) in [
             (
                 "https://git.example.com/scm/team/app.git/info/refs",
@@ -1949,6 +2016,15 @@ mod tests {
             ("https://git.example.com/admin", Redirect::Away),
             ("https://git.example.com.evil.example/scm/x", Redirect::Away),
             ("https://git.example.com:8443/scm/x", Redirect::Away),
+            // http:// to an https gitgate's name is port 80, in clear text.
+            ("http://git.example.com/scm/x", Redirect::Away),
+            ("http://git.example.com:443/scm/x", Redirect::Away),
+            ("//git.example.com/scm/x", Redirect::Unchanged),
+            // An encoded `/` next to `..`: a front proxy that decodes it routes out of /scm.
+            (
+                "https://git.example.com/scm/team/%2F..%2F..%2Fother",
+                Redirect::Away,
+            ),
         ] {
             assert_eq!(
                 location_to_client(location, &up, "/git", "/scm", Some(&gitgate)),

@@ -444,7 +444,7 @@ impl HttpBackend {
         if let Some(location) = location.as_deref() {
             // gitgate's own origin as the client named it: a URL back to it stays on gitgate.
             let gitgate = client_authority(inbound)
-                .map(|a| headers::UpstreamOrigin::new(self.proto == "https", &a));
+                .map(|a| headers::UpstreamOrigin::exactly(self.proto == "https", &a));
             match headers::location_to_client(
                 location,
                 &self.origin,
