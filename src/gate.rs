@@ -129,19 +129,8 @@ enum Refusal {
     TooLong(String),
     /// Too many failures from the address, or too many requests from the principal (429).
     Guarded(Verdict),
-}
-
-impl Refusal {
-    /// Whether the request was refused for its credentials (none, or none that hold).
-    fn is_about_credentials(&self) -> bool {
-        matches!(
-            self,
-            Refusal::NoCredentials(_)
-                | Refusal::InvalidToken
-                | Refusal::NotAToken(..)
-                | Refusal::Denied(Deny::Unauthenticated(_))
-        )
-    }
+    /// A request this process sent upstream came back (508): see `request_id::own_mark`.
+    Loop,
 }
 
 /// Facts about one request for its log line.
@@ -424,27 +413,6 @@ impl Gate {
                     }
                 }
             }
-            // A request of gitgate's own, sent upstream, has come back: `[upstream] url` leads
-            // to this gitgate. It carries no credentials gitgate would take (the client's never
-            // go upstream), so it would be refused as a failed login — audited, counted against
-            // gitgate's own address — and the client told to check the upstream's credentials.
-            Err(refusal)
-                if refusal.is_about_credentials()
-                    && crate::request_id::came_from_this_process(req.headers()) =>
-            {
-                let sent_as = LogValue(
-                    req.headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default(),
-                );
-                tracing::error!(request_id = %id, sent_as = %sent_as, "gitgate's own request came back to it: [upstream] url leads to this gitgate (a loop); point it at the git server");
-                text(
-                    StatusCode::LOOP_DETECTED,
-                    "gitgate's upstream leads back to gitgate itself (a loop in its \
-                     configuration); the administrator's log says more",
-                )
-            }
             Err(refusal) => {
                 // Whether git sent the credentials itself decides how a refusal of them is
                 // answered (see `Gate::unauthenticated`): read for refusals only.
@@ -494,6 +462,12 @@ impl Gate {
         remote: SocketAddr,
         log: &mut RequestLog,
     ) -> Result<(GitRequest, Identity, Slot), Refusal> {
+        // First: a looped request would otherwise be refused for its credentials (none, or
+        // gitgate's own upstream ones), audited and throttled as gitgate's own address's
+        // failure, or let in as often as its upstream credentials allow.
+        if crate::request_id::came_from_this_process(req.headers()) {
+            return Err(Refusal::Loop);
+        }
         if let Some(m) = overlong_target(req.uri()) {
             return Err(Refusal::TooLong(m));
         }
@@ -678,6 +652,14 @@ impl Gate {
         tried: u64,
     ) -> Response<ResponseBody> {
         match refusal {
+            Refusal::Loop => {
+                tracing::error!(request_id = %id, remote = %remote.ip(), "gitgate's own request came back to it: [upstream] url leads to this gitgate (a loop, by a name, another of its addresses or a proxy between); point it at the git server");
+                text(
+                    StatusCode::LOOP_DETECTED,
+                    "gitgate's upstream leads back to gitgate itself (a loop in its \
+                     configuration); the administrator's log says more",
+                )
+            }
             Refusal::NotGit(Rejection::NotFound(m)) => text(StatusCode::NOT_FOUND, &m),
             Refusal::NotGit(Rejection::BadRequest(m)) => {
                 // That one has its warning already, naming the proxy.

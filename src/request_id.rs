@@ -57,21 +57,37 @@ impl fmt::Display for RequestId {
     }
 }
 
-/// Whether `headers` carry an `X-Request-Id` this process gave (its random half): a request
-/// gitgate sent upstream has come back to it — `[upstream] url` leads to gitgate itself, by a
-/// name or an address its start-up check could not tell from another server's.
+/// The header that marks a request this process sent upstream (see [`own_mark`]).
+pub const MARK_HEADER: &str = "x-gitgate-hop";
+
+/// This process's mark on the requests it sends upstream: 128 random bits, drawn once. A
+/// request that comes back to gitgate with it has looped — `[upstream] url` leads to gitgate
+/// itself, by a name, another of its addresses or a proxy between, which the start-up check
+/// cannot see. Secret, unlike the request id (which an upstream may echo back to clients), so
+/// that no client can make its request look like one that looped.
+pub fn own_mark() -> &'static hyper::header::HeaderValue {
+    static MARK: std::sync::OnceLock<hyper::header::HeaderValue> = std::sync::OnceLock::new();
+    MARK.get_or_init(|| {
+        let mut bytes = [0u8; 16];
+        if getrandom::getrandom(&mut bytes).is_err() {
+            // No randomness: a mark nobody can match, rather than one anybody could guess.
+            return hyper::header::HeaderValue::from_static("-");
+        }
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        hyper::header::HeaderValue::from_str(&hex).expect("hex digits are a header value")
+    })
+}
+
+/// Whether `headers` carry this process's mark (see [`own_mark`]), compared in constant time.
 pub fn came_from_this_process(headers: &hyper::HeaderMap) -> bool {
-    let Some(v) = headers.get("x-request-id") else {
+    let Some(v) = headers.get(MARK_HEADER) else {
         return false;
     };
+    let mark = own_mark().as_bytes();
     let v = v.as_bytes();
-    v.len() == 16
-        && v.iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-        && std::str::from_utf8(v)
-            .ok()
-            .and_then(|t| u64::from_str_radix(t, 16).ok())
-            .is_some_and(|id| id >> 32 == NEXT.load(Ordering::Relaxed) >> 32)
+    mark != b"-"
+        && v.len() == mark.len()
+        && v.iter().zip(mark).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
 /// Draws this process's random half, once, before the first request. Without it (the unit
@@ -109,26 +125,25 @@ mod tests {
     }
 
     #[test]
-    fn an_id_of_this_process_is_told_from_others() {
+    fn a_request_with_this_process_mark_is_told_from_others() {
         let headers = |v: &str| {
             let mut h = hyper::HeaderMap::new();
-            h.insert("x-request-id", v.parse().unwrap());
+            h.insert(MARK_HEADER, v.parse().unwrap());
             h
         };
-        let ours = RequestId::next().to_string();
-        assert!(came_from_this_process(&headers(&ours)));
-        let half = NEXT.load(Ordering::Relaxed) >> 32;
-        let other = format!("{:08x}00000001", (half as u32).wrapping_add(1));
-        assert!(!came_from_this_process(&headers(&other)));
-        assert!(!came_from_this_process(&headers(&format!(
-            "{}g",
-            &ours[..15]
-        ))));
-        assert!(!came_from_this_process(&headers(&format!(
-            "{}A",
-            &ours[..15]
-        ))));
-        assert!(!came_from_this_process(&headers(&ours[..15])));
-        assert!(!came_from_this_process(&hyper::HeaderMap::new()));
+        let mark = own_mark().to_str().unwrap().to_owned();
+        assert_eq!(mark.len(), 32);
+        assert!(came_from_this_process(&headers(&mark)));
+        let mut other = mark.clone().into_bytes();
+        other[31] = if other[31] == b'0' { b'1' } else { b'0' };
+        assert!(!came_from_this_process(&headers(
+            std::str::from_utf8(&other).unwrap()
+        )));
+        assert!(!came_from_this_process(&headers(&mark[..31])));
+        assert!(!came_from_this_process(&headers("-")));
+        // The request id, which an upstream may echo to clients, is no mark.
+        let mut by_id = hyper::HeaderMap::new();
+        by_id.insert("x-request-id", RequestId::next().header_value());
+        assert!(!came_from_this_process(&by_id));
     }
 }

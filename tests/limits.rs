@@ -2431,49 +2431,107 @@ fn upstream_redirects_point_at_gitgate_not_at_the_upstream() {
 
 /// `[upstream] url` that leads back to gitgate (here through a TCP relay, as through a name or
 /// another proxy its start-up check cannot see through): the request gitgate sends upstream
-/// comes back with gitgate's own `X-Request-Id` and no credentials. It is answered `508` and
-/// logged as the loop it is — not audited as a failed login of gitgate's own address, and not
-/// told to the client as upstream credentials to check.
+/// comes back with gitgate's own secret mark. It is answered `508` and logged as the loop it
+/// is — not refused as a failed login of gitgate's own address (no credentials), nor let in
+/// hop after hop until a limit (gitgate's upstream credentials a token of its own). A client
+/// cannot forge the mark: a request id of gitgate's, which an upstream may echo, is none.
 #[test]
 fn an_upstream_that_leads_back_to_gitgate_is_told_as_a_loop() {
     use std::sync::atomic::{AtomicU16, Ordering};
-    let dir = tempfile::tempdir().unwrap();
-    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
-    let relay_port = relay.local_addr().unwrap().port();
-    let gitgate_port = std::sync::Arc::new(AtomicU16::new(0));
-    let to = gitgate_port.clone();
-    std::thread::spawn(move || {
-        for inbound in relay.incoming().flatten() {
-            let port = to.load(Ordering::SeqCst);
-            let Ok(outbound) = TcpStream::connect(("127.0.0.1", port)) else {
-                continue;
-            };
-            for (mut from, mut into) in [
-                (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
-                (outbound, inbound),
-            ] {
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from, &mut into);
-                    let _ = into.shutdown(std::net::Shutdown::Write);
-                });
+    for with_credentials in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay_port = relay.local_addr().unwrap().port();
+        let gitgate_port = std::sync::Arc::new(AtomicU16::new(0));
+        let to = gitgate_port.clone();
+        std::thread::spawn(move || {
+            for inbound in relay.incoming().flatten() {
+                let port = to.load(Ordering::SeqCst);
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound, inbound),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Write);
+                    });
+                }
             }
-        }
-    });
-    let (mut g, auth) = start_in_front_of(dir.path(), relay_port, "");
-    gitgate_port.store(g.port, Ordering::SeqCst);
-    let (out, _) = info_refs(&g, &auth);
-    assert!(out.starts_with("HTTP/1.1 508"), "{out}");
-    assert!(out.contains("leads back to gitgate itself"), "{out}");
-    assert!(!out.contains("upstream.credentials"), "{out}");
-    g.stop();
-    let log = g.log_text();
-    assert!(
-        log.lines().any(|l| l.contains("ERROR")
-            && l.contains("came back to it")
-            && l.contains("sent_as=")),
-        "{log}"
-    );
-    assert!(!log.contains("auth.failed"), "{log}");
+        });
+        let secret_file = dir.path().join("upstream.secret");
+        let credentials = if with_credentials {
+            format!(
+                "[upstream.credentials]\nscheme = \"bearer\"\nfile = \"{}\"\n",
+                secret_file.display()
+            )
+        } else {
+            String::new()
+        };
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {WORKERS}\n[store]\n\
+             path = \"gitgate.db\"\n[upstream]\nurl = \"http://127.0.0.1:{relay_port}\"\n\
+             {credentials}"
+        );
+        std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
+        let token = common::scoped_token(
+            &dir.path().join("proxy.toml"),
+            "--project",
+            "team",
+            "ci",
+            "PROJECT_READ",
+        )
+        .secret;
+        // gitgate's own credentials upstream: a token it takes itself.
+        std::fs::write(&secret_file, &token).unwrap();
+        std::fs::set_permissions(
+            &secret_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let mut g = start(dir.path(), &config);
+        gitgate_port.store(g.port, Ordering::SeqCst);
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{token}"));
+        let (out, _) = info_refs(&g, &auth);
+        assert!(out.starts_with("HTTP/1.1 508"), "{out}");
+        assert!(out.contains("leads back to gitgate itself"), "{out}");
+        assert!(!out.contains("upstream.credentials"), "{out}");
+        // A forged request id of gitgate's own, with a wrong token: a failed login as any.
+        let id = g
+            .log_text()
+            .lines()
+            .find_map(|l| l.split("request_id=").nth(1))
+            .map(|rest| rest[..16].to_owned())
+            .unwrap();
+        let mut s = connect(g.port);
+        s.write_all(
+            format!(
+                "GET /team/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+                 X-Request-Id: {id}\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+                base64::engine::general_purpose::STANDARD.encode("ci:ggt_aaaaaaaaaaaa_wrong")
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let (forged, _) = read_until_closed(&mut s);
+        assert!(forged.starts_with("HTTP/1.1 401"), "{forged}");
+        g.stop();
+        let log = g.log_text();
+        let loops = log
+            .lines()
+            .filter(|l| l.contains("came back to it"))
+            .count();
+        assert_eq!(loops, 1, "one hop, then the loop is seen: {log}");
+        assert!(
+            log.lines()
+                .filter(|l| l.contains("auth.failed"))
+                .all(|l| l.contains("aaaaaaaaaaaa")),
+            "only the forged one is a failed login: {log}"
+        );
+        assert!(!log.contains("too many requests in flight"), "{log}");
+    }
 }
 
 /// An HTTP/1.0 upstream reads no chunked request body: it answers as if the body were empty

@@ -369,7 +369,7 @@ mod header_hygiene {
             let named = connection_named(&inbound);
             let set_by_gitgate = |n: &str| {
                 n.starts_with("x-forwarded-") || n == identity.as_str() || n == "authorization"
-                    || n == "git-protocol" || n == "x-request-id"
+                    || n == "git-protocol" || n == "x-request-id" || n == "x-gitgate-hop"
             };
 
             // Never: connection-level headers, the client's credentials, spoofable origin headers.
@@ -394,6 +394,9 @@ mod header_hygiene {
             // The request id is gitgate's, once.
             let id = out.request_id.header_value();
             prop_assert_eq!(values(&sent, "x-request-id"), vec![&id]);
+            // So is the mark of a request sent upstream, once, whatever the client sent.
+            let mark = gitgate::request_id::own_mark();
+            prop_assert_eq!(values(&sent, "x-gitgate-hop"), vec![mark]);
             // The identity is the authenticated user, once.
             let expected = HeaderValue::from_str(&user).unwrap();
             prop_assert_eq!(values(&sent, identity.as_str()), vec![&expected]);

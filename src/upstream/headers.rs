@@ -141,7 +141,7 @@ const PASSED_ON: [&str; 10] = [
 ];
 
 /// Request headers gitgate removes and, where needed, sets itself.
-const MANAGED: [&str; 7] = [
+const MANAGED: [&str; 8] = [
     "authorization",
     "proxy",
     "forwarded",
@@ -149,6 +149,7 @@ const MANAGED: [&str; 7] = [
     "host",
     "expect",
     "x-request-id",
+    crate::request_id::MARK_HEADER,
 ];
 
 /// Longest `Git-Protocol` value passed on; git sends a few dozen bytes.
@@ -276,6 +277,11 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
         HeaderName::from_static("x-request-id"),
         out.request_id.header_value(),
     );
+    // This process's mark: a request that comes back with it has looped (see `request_id`).
+    headers.insert(
+        HeaderName::from_static(crate::request_id::MARK_HEADER),
+        crate::request_id::own_mark().clone(),
+    );
     if let Some(auth) = out.upstream_auth {
         let mut auth = auth.clone();
         auth.set_sensitive(true);
@@ -289,12 +295,14 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
 /// its alternative services, a `Content-Location` that names its internal address, and the
 /// name and version of its software (`Server`, `X-Powered-By`: nginx's `proxy_pass` drops
 /// `Server` too), which tell a client what to attack behind the gate.
-const UPSTREAM_ONLY: [&str; 5] = [
+const UPSTREAM_ONLY: [&str; 6] = [
     "set-cookie",
     "alt-svc",
     "content-location",
     "server",
     "x-powered-by",
+    // gitgate's own mark, should an upstream echo the request's headers: it stays secret.
+    crate::request_id::MARK_HEADER,
 ];
 
 /// Whether a response header is an instruction to a web server in front of gitgate, not part of
