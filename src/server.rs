@@ -208,6 +208,18 @@ pub(crate) struct OpenFiles {
     pub wanted: u64,
 }
 
+/// What to do about a port below 1024 refused for want of privilege (a service user, as the
+/// README's systemd unit runs gitgate, on 443): `""` for any other failure.
+pub fn privileged_port_hint(addr: std::net::SocketAddr, e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+        "; ports below 1024 need a privilege: give it to the service \
+         (AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd unit, or setcap \
+         cap_net_bind_service=+ep on the binary), or listen on a port of 1024 or more"
+    } else {
+        ""
+    }
+}
+
 /// [`OpenFiles`] for this process now.
 pub(crate) fn open_files_at_start(max_connections: usize, workers: usize) -> OpenFiles {
     use rustix::process::{getrlimit, Resource};
@@ -388,9 +400,10 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     crate::signals::ignore_user_signals();
     let listener = listen(config.server.listen).map_err(|e| {
         format!(
-            "cannot listen on {} ([server] listen in {}): {e}",
+            "cannot listen on {} ([server] listen in {}): {e}{}",
             config.server.listen,
-            config.source.display()
+            config.source.display(),
+            privileged_port_hint(config.server.listen, &e)
         )
     })?;
     let local = listener
@@ -399,8 +412,9 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(listen(addr).map_err(|e| {
             format!(
-                "cannot listen for metrics on {addr} ([metrics] listen in {}): {e}",
-                config.source.display()
+                "cannot listen for metrics on {addr} ([metrics] listen in {}): {e}{}",
+                config.source.display(),
+                privileged_port_hint(addr, &e)
             )
         })?),
         None => None,
@@ -2069,6 +2083,16 @@ mod tests {
         assert!(w.contains("low for max_connections = 1024"), "{w}");
         assert_eq!(open_files_verdict(Some(8448), 8448, 2, 1024), Ok(None));
         assert_eq!(open_files_verdict(None, 0, 256, 1024), Ok(None));
+    }
+
+    #[test]
+    fn a_privileged_port_refused_says_what_to_give() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let at = |port: u16| std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        assert!(privileged_port_hint(at(443), &denied).contains("CAP_NET_BIND_SERVICE"));
+        assert_eq!(privileged_port_hint(at(8443), &denied), "");
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert_eq!(privileged_port_hint(at(443), &in_use), "");
     }
 
     #[test]

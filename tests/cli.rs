@@ -3287,3 +3287,30 @@ fn a_process_limit_too_tight_for_the_threads_stops_the_start_with_the_reason() {
     );
     assert!(!out.stderr.contains("panic"), "{out}");
 }
+
+/// `ratelimit set NAME` for a name that is no user but project or repository tokens' (`ci`)
+/// says how to name them: `token:ID`, one each.
+#[test]
+fn a_rate_limit_for_the_name_of_scoped_tokens_names_their_ids() {
+    let sb = Sandbox::new();
+    let ci = sb.scoped_token("--project", "team", "ci", "REPO_READ");
+    let said = sb
+        .cli(&["ratelimit", "set", "ci", "--capacity", "5", "--refill", "1"])
+        .fails_with("no user 'ci'")
+        .to_owned();
+    assert!(
+        said.contains("names project or repository tokens")
+            && said.contains(&format!("token:{}", ci.id)),
+        "{said}"
+    );
+    sb.cli(&[
+        "ratelimit",
+        "set",
+        "nobody",
+        "--capacity",
+        "5",
+        "--refill",
+        "1",
+    ])
+    .fails_with("no user 'nobody'");
+}

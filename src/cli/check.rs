@@ -63,7 +63,8 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         // serve's own message for the same failure.
         Err(e) => {
             return Err(format!(
-                "cannot listen on {listen} ([server] listen in {source}): {e}"
+                "cannot listen on {listen} ([server] listen in {source}): {e}{}",
+                crate::server::privileged_port_hint(listen, &e)
             ))
         }
     }
@@ -76,7 +77,8 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             }
             Err(e) => {
                 return Err(format!(
-                    "cannot listen for metrics on {metrics} ([metrics] listen in {source}): {e}"
+                    "cannot listen for metrics on {metrics} ([metrics] listen in {source}): {e}{}",
+                    crate::server::privileged_port_hint(metrics, &e)
                 ))
             }
         }
@@ -269,7 +271,9 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             );
         }
         Some(i) if i.schema < i.current => outln!(
-            "store {store}: schema {}, migrated to {} at the next start; {}, {} not revoked",
+            "store {store}: schema {}, migrated to {} at the next start or by any command of this \
+             gitgate (a reading one too; a server of the old version then refuses it); {}, {} \
+             not revoked",
             i.schema,
             i.current,
             counted(i.users, "user"),

@@ -27,7 +27,7 @@ pub fn set(store: &Store, who: &str, capacity: u32, refill: f64) -> Result<(), S
     };
     let changed = store
         .set_rate_limit(&p, rule, &Actor::cli())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| not_a_user(store, who, e))?;
     note!(
         "{p}: capacity {capacity}, refill {refill}/s{}",
         unchanged(changed)
@@ -39,7 +39,7 @@ pub fn exempt(store: &Store, who: &str) -> Result<(), String> {
     let p = principal(who)?;
     let changed = store
         .set_rate_limit(&p, RateRule::Exempt, &Actor::cli())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| not_a_user(store, who, e))?;
     note!("{p}: exempt from rate limiting{}", unchanged(changed));
     Ok(())
 }
@@ -48,13 +48,40 @@ pub fn clear(store: &Store, who: &str) -> Result<(), String> {
     let p = principal(who)?;
     let changed = store
         .clear_rate_limit(&p, &Actor::cli())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| not_a_user(store, who, e))?;
     if changed {
         note!("{p}: the [rate_limit] defaults apply again");
     } else {
         note!("{p} had no override, the [rate_limit] defaults apply; nothing changed");
     }
     Ok(())
+}
+
+/// A store's refusal, with what to write instead when `who` names no user but project or
+/// repository tokens (`ci`): their rule is set by `token:ID`, one token at a time.
+fn not_a_user(store: &Store, who: &str, e: crate::store::StoreError) -> String {
+    let said = e.to_string();
+    if !matches!(e, crate::store::StoreError::NotFound(_)) || who.starts_with("token:") {
+        return said;
+    }
+    let named: Vec<String> = store
+        .tokens(None)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| {
+            t.name == who
+                && t.revoked_at.is_none()
+                && t.kind != crate::permission::TokenKind::Personal
+        })
+        .map(|t| format!("token:{}", t.id))
+        .collect();
+    if named.is_empty() {
+        return said;
+    }
+    format!(
+        "{said}; '{who}' names project or repository tokens, each limited on its own: {}",
+        named.join(", ")
+    )
 }
 
 /// What a command that found its rule in place already adds to its line.

@@ -2167,7 +2167,13 @@ fn usable_path_through(path: &Path, links: u32) -> std::result::Result<(), Strin
                     parent.display()
                 ));
             }
-            return Err(format!("the folder {} does not exist", parent.display()));
+            return Err(format!(
+                "the folder {} does not exist: make it first, owned by the user that runs \
+                 gitgate (install -d -o git -g git -m 700 {}; a systemd StateDirectory= is made \
+                 only when the service starts)",
+                parent.display(),
+                parent.display()
+            ));
         }
     }
     if path.is_dir() {
