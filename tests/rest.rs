@@ -2079,3 +2079,44 @@ fn numbers_too_large_are_refused_with_the_limit() {
     let r = server.api("PATCH", "/users/alice", "alice", "");
     assert_eq!(r.header("allow"), Some("GET, HEAD, PUT"));
 }
+
+/// Offboarding an administrator: `user disable` says which project and repository tokens they
+/// made still work (they belong to their scope), and `policy set` says how many tokens made
+/// before do not meet a tightened policy (they cannot be rotated).
+#[test]
+fn disabling_an_admin_and_tightening_the_policy_say_what_stays() {
+    let (install, server) = setup();
+    let (id, _) = create(
+        &server,
+        "root",
+        "/projects/team",
+        json!({"name": "deploy", "permissions": ["REPO_READ"]}),
+    );
+    let run = install.cli(&["user", "disable", "root"], "");
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(run.success(), "{run}");
+    assert!(
+        said.contains("their personal tokens stop working")
+            && said.contains(&id)
+            && said.contains("still work"),
+        "{said}"
+    );
+    let run = install.cli(
+        &[
+            "policy",
+            "set",
+            "--expiry-required",
+            "yes",
+            "--max-expiry-days",
+            "30",
+        ],
+        "",
+    );
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(run.success(), "{run}");
+    assert!(
+        said.contains("1 token(s) made before do not meet it")
+            && said.contains("cannot be rotated"),
+        "{said}"
+    );
+}

@@ -79,6 +79,18 @@ pub fn set(
             "token policy: {}; it applies to tokens created from now on",
             p.describe()
         );
+        // Tokens already made keep working, but one that does not meet the policy cannot be
+        // given a new secret: a rotation planned for a CI token would fail (review).
+        let tokens = store.tokens(None).unwrap_or_default();
+        let bad = p.breaches(&tokens, now_ms());
+        if !bad.is_empty() {
+            note!(
+                "{} token(s) made before do not meet it: they keep working until they expire, \
+                 but cannot be rotated (create new ones instead); `gitgate policy show` lists \
+                 them",
+                bad.len()
+            );
+        }
     } else {
         note!("token policy: {} already; nothing changed", p.describe());
     }

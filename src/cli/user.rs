@@ -65,11 +65,38 @@ pub fn set_active(store: &Store, name: &str, active: bool) -> Result<(), String>
         })?;
     let what = match (changed, active) {
         (true, true) => "enabled",
-        (true, false) => "disabled (their tokens stop working at once)",
+        (true, false) => "disabled (their personal tokens stop working at once)",
         (false, true) => "was enabled already; nothing changed",
         (false, false) => "was disabled already; nothing changed",
     };
     note!("user '{name}' {what}");
+    if !active {
+        // Project and repository tokens belong to their scope, not to who made them: they stay
+        // (as in Bitbucket). An offboarding operator must hear so, not assume them gone.
+        let made: Vec<String> = store
+            .tokens(None)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| {
+                t.created_by == name
+                    && t.revoked_at.is_none()
+                    && t.kind != crate::permission::TokenKind::Personal
+            })
+            .map(|t| {
+                let scope = t.scope.map(|s| s.to_string()).unwrap_or_default();
+                format!("{} ('{}', {scope})", t.id, t.name)
+            })
+            .collect();
+        if !made.is_empty() {
+            note!(
+                "the {} project or repository token(s) '{name}' made still work (they belong to \
+                 their project or repository): {}; revoke any that should stop with `gitgate \
+                 token revoke ID`",
+                made.len(),
+                made.join(", ")
+            );
+        }
+    }
     Ok(())
 }
 
