@@ -262,7 +262,7 @@ impl Gate {
         let log = &mut pending.line().who;
 
         let admitted = match client {
-            Ok(_) => self.admit(&req, remote, log).await,
+            Ok(_) => self.admit(&req, id, remote, log).await,
             Err(_) => Err(Refusal::NotGit(Rejection::BadRequest(
                 UNREADABLE_FORWARDED_FOR.into(),
             ))),
@@ -459,6 +459,7 @@ impl Gate {
     async fn admit(
         &self,
         req: &Request<Incoming>,
+        request_id: RequestId,
         remote: SocketAddr,
         log: &mut RequestLog,
     ) -> Result<(GitRequest, Identity, Slot), Refusal> {
@@ -552,6 +553,9 @@ impl Gate {
                 return Err(Refusal::Denied(Deny::Unauthenticated(why)));
             }
             return Err(Refusal::InvalidToken);
+        }
+        if let Some(until) = record.previous_used(&presented_hash, now) {
+            tracing::info!(request_id = %request_id, token_id = %record.token.id, remote = %remote.ip(), until = %clock::datetime(until), "the token's previous secret was used, inside its rotation's overlap: a client still holds it, and is refused once the overlap ends (said at most once a minute per token)");
         }
         // From here on the log names whom the token stands for, not the name the client chose:
         // a refused request must not be logged under somebody else's name.

@@ -362,6 +362,7 @@ mod tests {
             }),
             unusable_name: None,
             queued_use: Default::default(),
+            previous_said: Default::default(),
         }
     }
 

@@ -1203,6 +1203,22 @@ fn rotation_replaces_the_secret_with_an_optional_overlap() {
     let newer = r.json()["token"].as_str().unwrap().to_string();
     assert!(ls_remote(&install, &server, "alice", &new).0);
     assert!(ls_remote(&install, &server, "alice", &newer).0);
+    // ...and whoever moves the clients sees until when, and that one still uses the old one
+    // (said once a minute per token, not per request).
+    assert!(ls_remote(&install, &server, "alice", &new).0);
+    let shown = install.cli_ok(&["token", "show", &id], "");
+    assert!(shown.contains("old secret:  works until "), "{shown}");
+    let log = server.log_text();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("previous secret was used"))
+        .collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(
+        said[0].contains(&id) && said[0].contains("until="),
+        "{}",
+        said[0]
+    );
 
     let r = rotate(&json!({"overlapSeconds": 9_999_999}).to_string());
     assert_eq!(r.status, 400);

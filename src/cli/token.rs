@@ -302,6 +302,23 @@ fn print_details(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Resul
         }
     );
     outln!("rotated:     {}", when(t.rotated_at));
+    // Inside a rotation's overlap the old secret still works: until when, for whoever plans
+    // the move of its clients (the log says when one still uses it).
+    let now = crate::clock::now_ms();
+    if let Some(until) = store
+        .auth_record(&t.id)
+        .ok()
+        .flatten()
+        .and_then(|r| r.previous)
+        .map(|(_, until)| until)
+        .filter(|&until| now < until && t.revoked_at.is_none())
+    {
+        outln!(
+            "old secret:  works until {} (the rotation's overlap; the log says when a client \
+             still uses it)",
+            crate::clock::datetime(until)
+        );
+    }
     outln!(
         "last used:   {}{}",
         when(t.last_used_at),

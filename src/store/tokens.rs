@@ -97,6 +97,9 @@ pub struct AuthRecord {
     /// When this process last queued the token's use for the store (ms since the epoch; 0:
     /// never), see [`AuthRecord::claim_use`].
     pub queued_use: QueuedUse,
+    /// When this process last said that the previous secret was used (see
+    /// [`AuthRecord::previous_used`]).
+    pub previous_said: QueuedUse,
 }
 
 /// A time kept beside a cached record and changed in place: the cache outlives the writer's
@@ -145,6 +148,28 @@ impl AuthRecord {
             None => false,
         };
         current | previous
+    }
+
+    /// When the overlap of the secret `presented` ends, if it is the previous one (inside its
+    /// rotation's overlap, not the current one), and this process has not said so in the last
+    /// minute: a client still holds the old secret, which the operator planning the rotation
+    /// must hear before the overlap ends. Nothing to do for a token never rotated.
+    pub fn previous_used(&self, presented: &[u8], now: i64) -> Option<i64> {
+        let (hash, until) = self.previous.as_ref()?;
+        if now >= *until
+            || !crate::token::constant_time_eq(presented, hash)
+            || crate::token::constant_time_eq(presented, &self.secret_hash)
+        {
+            return None;
+        }
+        let said = self.previous_said.0.load(Ordering::Relaxed);
+        (now.saturating_sub(said) >= 60_000
+            && self
+                .previous_said
+                .0
+                .compare_exchange(said, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok())
+        .then_some(*until)
     }
 
     /// Whether `presented` is the secret this token's last rotation replaced, past its overlap
@@ -945,6 +970,7 @@ pub(super) fn auth_record_in(c: &mut Connection, id: &str) -> Result<Option<Auth
         owner,
         unusable_name,
         queued_use: QueuedUse::default(),
+        previous_said: QueuedUse::default(),
     }))
 }
 
