@@ -224,6 +224,7 @@ pub mod password;
 pub mod permission;
 pub mod pkt_line;
 pub mod policy;
+pub mod port_holder;
 pub mod push_commands;
 pub mod ratelimit;
 pub mod repeats;

@@ -828,6 +828,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::permission",
     "gitgate::pkt_line",
     "gitgate::policy",
+    "gitgate::port_holder",
     "gitgate::push_commands",
     "gitgate::ratelimit",
     "gitgate::repeats",

@@ -1817,8 +1817,9 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     );
     drop(held);
 
-    // A listen address in use (by the running server, usually) is a warning; one this machine
-    // does not have fails as serve's start would.
+    // A listen address in use by another program (here this test) fails as serve's start
+    // would, naming it; one a gitgate holds (the running server, usually) is a warning; one
+    // this machine does not have fails as serve's start would.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
     let busy = variant(
@@ -1826,11 +1827,32 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:{taken_port}\""),
     );
-    warns_once(
-        &busy,
-        &format!("warning: listen http://127.0.0.1:{taken_port}: in use now"),
+    let out = check(&busy);
+    assert!(
+        !out.success()
+            && out.stderr.contains(&format!(
+                "cannot listen on 127.0.0.1:{taken_port} ([server] listen in"
+            ))
+            && out
+                .stderr
+                .contains(&format!("(pid {}), not a gitgate", std::process::id())),
+        "{out}"
     );
     drop(taken);
+    let running = sb.serve();
+    let busy = variant(
+        "busy-gitgate.toml",
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{}\"", running.port),
+    );
+    warns_once(
+        &busy,
+        &format!(
+            "warning: listen http://127.0.0.1:{}: in use now by gitgate (pid",
+            running.port
+        ),
+    );
+    drop(running);
     // 192.0.2.0/24 is reserved for documentation: no machine has it.
     let absent = variant(
         "absent.toml",

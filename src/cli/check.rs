@@ -23,6 +23,31 @@ use crate::upstream::cgi::repositories::{self, Repository};
 use crate::upstream::secret::UpstreamSecret;
 use crate::upstream::{CgiBackend, HttpBackend};
 
+/// A listen address in use by a program that is not a gitgate: `serve` cannot start, so
+/// `check` fails, naming it (node_exporter on port 9100, say). One the running gitgate holds, or
+/// whose holder cannot be seen (another user's process), is a warning only.
+fn in_use_by_another_program(
+    addr: std::net::SocketAddr,
+    key: &str,
+    source: &str,
+) -> Result<(), String> {
+    match crate::port_holder::holder(addr.port()) {
+        Some(h) if !h.is_gitgate() => Err(format!(
+            "cannot listen on {addr} ({key} in {source}): in use by {} (pid {}), not a \
+             gitgate: serve cannot start; choose another port or stop that program",
+            h.name, h.pid
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// ` by gitgate (pid N)` when the holder of `addr`'s port can be seen.
+fn holder_named(addr: std::net::SocketAddr) -> String {
+    crate::port_holder::holder(addr.port())
+        .map(|h| format!(" by {} (pid {})", h.name, h.pid))
+        .unwrap_or_default()
+}
+
 pub fn run(config_path: &Path) -> Result<(), String> {
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
     let source = config.source.display().to_string();
@@ -54,10 +79,12 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     match try_listen(listen) {
         Ok(()) => outln!("listen {scheme}://{listen}: free"),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            in_use_by_another_program(listen, "[server] listen", &source)?;
             warnings += 1;
             outln!(
-                "warning: listen {scheme}://{listen}: in use now (by the running gitgate, if \
-                 this configuration is live; serve cannot start while it is)"
+                "warning: listen {scheme}://{listen}: in use now{} (by the running gitgate, if \
+                 this configuration is live; serve cannot start while it is)",
+                holder_named(listen)
             );
         }
         // serve's own message for the same failure.
@@ -72,8 +99,13 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         match try_listen(metrics) {
             Ok(()) => outln!("metrics on http://{metrics}: free"),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                in_use_by_another_program(metrics, "[metrics] listen", &source)?;
                 warnings += 1;
-                outln!("warning: metrics on http://{metrics}: in use now");
+                outln!(
+                    "warning: metrics on http://{metrics}: in use now{} (by the running \
+                     gitgate, if this configuration is live; serve cannot start while it is)",
+                    holder_named(metrics)
+                );
             }
             Err(e) => {
                 return Err(format!(

@@ -1,0 +1,117 @@
+//! Which process listens on a TCP port, for `gitgate check`: a listen address in use is the
+//! running gitgate's when the configuration is live, and `check` says so with a warning — but
+//! in use by another program (node_exporter on the README's metrics port, a forgotten test
+//! server) it means `serve` cannot start, and `check` must fail, naming it.
+//!
+//! Linux only, read from `/proc`: the listening sockets in `/proc/net/tcp` and `tcp6` (their
+//! inode), then the process whose `/proc/PID/fd` holds that socket. A process of another user
+//! is not seen without privileges: then nothing is said ([`holder`] gives `None`).
+
+use std::path::Path;
+
+/// A process that listens on a port.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    /// Its command name (`/proc/PID/comm`).
+    pub name: String,
+}
+
+impl Holder {
+    /// Whether it is a gitgate (the running server, most likely).
+    pub fn is_gitgate(&self) -> bool {
+        self.name == "gitgate"
+    }
+}
+
+/// The process listening on TCP `port` (any address), if one can be seen.
+pub fn holder(port: u16) -> Option<Holder> {
+    let inodes: Vec<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| listening_inodes(&text, port))
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .ok()
+                .and_then(|target| target.to_str().map(|t| wanted.iter().any(|w| w == t)))
+                .unwrap_or(false)
+        });
+        if holds {
+            return Some(Holder {
+                pid,
+                name: command_name(&entry.path()),
+            });
+        }
+    }
+    None
+}
+
+fn command_name(proc_pid: &Path) -> String {
+    std::fs::read_to_string(proc_pid.join("comm"))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The inodes of the sockets listening on `port` in a `/proc/net/tcp` or `tcp6` table: lines
+/// of `sl local_address rem_address st ... inode`, the address `HEX:PORTHEX`, state `0A`
+/// for LISTEN.
+fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1)?;
+            let state = fields.get(3)?;
+            let inode = fields.get(9)?.parse::<u64>().ok()?;
+            let (_, port_hex) = local.rsplit_once(':')?;
+            (*state == "0A" && u16::from_str_radix(port_hex, 16).ok()? == port && inode != 0)
+                .then_some(inode)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_sockets_are_read_from_the_table() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n\
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 23456 1 0000000000000000 20 4 30 10 -1\n\
+   2: 00000000:2382 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 34567 1 0000000000000000 100 0 0 10 0\n";
+        assert_eq!(listening_inodes(table, 8080), vec![12345]);
+        assert_eq!(listening_inodes(table, 9090), vec![34567]);
+        assert_eq!(listening_inodes(table, 1), Vec::<u64>::new());
+        assert_eq!(listening_inodes("", 8080), Vec::<u64>::new());
+    }
+
+    /// A real listener of this process is found, with this process's name.
+    #[test]
+    fn this_process_is_found_listening() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let found = holder(port).expect("this process listens there");
+        assert_eq!(found.pid, std::process::id());
+        assert!(!found.is_gitgate(), "{found:?}");
+        drop(listener);
+        assert_eq!(holder(port), None);
+    }
+}
