@@ -286,7 +286,9 @@ impl Guard {
             remote = %addr,
             retry_after_secs = block.retry_after_secs,
             strike = block.strike,
-            "address blocked after repeated authentication failures"
+            "address blocked after repeated authentication failures (it lifts by itself after \
+             retry_after_secs, and at a restart; an address that must never be blocked, a CI \
+             runner's or an office NAT's, goes in [auth_failures] exempt, read at start)"
         );
         let store = self.store.clone();
         let actor = Actor::gitgate(addr.to_string());
