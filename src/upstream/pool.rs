@@ -876,6 +876,47 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
     }
 
+    /// How an upstream sends the answer nobody asked for after each `ok`.
+    #[derive(Clone, Copy)]
+    enum Unasked {
+        /// Both in one write (they come in one read).
+        InTheSameWrite,
+        /// A write of its own, at once (Nagle's algorithm may hold it back, without NODELAY).
+        InTheNextWrite,
+        /// A write of its own after a pause, with NODELAY.
+        After(Duration),
+    }
+
+    /// An upstream that answers each request `ok`, then sends an unasked-for `XX` answer as
+    /// `how` says, and keeps the connection open.
+    async fn answers_and_unasked_ones(mut s: TcpStream, how: Unasked) {
+        if matches!(how, Unasked::After(_)) {
+            s.set_nodelay(true).unwrap();
+        }
+        let mut buf = vec![0u8; 4096];
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let extra = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nXX";
+        while let Ok(1..) = s.read(&mut buf).await {
+            let sent = match how {
+                Unasked::InTheSameWrite => s.write_all(&[&ok[..], &extra[..]].concat()).await,
+                Unasked::InTheNextWrite => match s.write_all(ok).await {
+                    Ok(()) => s.write_all(extra).await,
+                    e => e,
+                },
+                Unasked::After(pause) => match s.write_all(ok).await {
+                    Ok(()) => {
+                        tokio::time::sleep(pause).await;
+                        s.write_all(extra).await
+                    }
+                    e => e,
+                },
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    }
+
     #[tokio::test]
     async fn an_answer_nobody_asked_for_right_behind_the_last_is_never_the_next_ones() {
         // An upstream that sends an unasked-for `XX` answer with each `ok`: in the same write
@@ -884,33 +925,13 @@ mod tests {
         // connection. (An upstream whose second write Nagle's algorithm holds back until the
         // next request acknowledges the first cannot be told so: docs/SECURITY.md.)
         for together in [true, false] {
-            let (port, accepted) = upstream_serving(move |mut s| async move {
-                s.set_nodelay(true).unwrap();
-                let mut buf = vec![0u8; 4096];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    let extra = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nXX";
-                    let sent = if together {
-                        s.write_all(&[&ok[..], &extra[..]].concat()).await
-                    } else {
-                        match s.write_all(ok).await {
-                            Ok(()) => {
-                                tokio::time::sleep(Duration::from_millis(2)).await;
-                                s.write_all(extra).await
-                            }
-                            e => e,
-                        }
-                    };
-                    if sent.is_err() {
-                        return;
-                    }
-                }
-            })
-            .await;
+            let extra = if together {
+                Unasked::InTheSameWrite
+            } else {
+                Unasked::After(Duration::from_millis(2))
+            };
+            let (port, accepted) =
+                upstream_serving(move |s| answers_and_unasked_ones(s, extra)).await;
             let p = pool(port, Duration::from_secs(30));
             for driving in [Inline, Inline, Inline, OwnTask, OwnTask, OwnTask] {
                 // `get` checks that the answer is `ok`, not the extra `XX`.
@@ -926,21 +947,8 @@ mod tests {
         // The upstream of the test above, with nothing between an answer and the unasked-for
         // one but Nagle's algorithm (its second write waits for the first's acknowledgement,
         // which goes out with the next request): only a connection per request is safe.
-        let (port, accepted) = upstream_serving(|mut s| async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                let extra = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nXX";
-                if s.write_all(ok).await.is_err() || s.write_all(extra).await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
+        let (port, accepted) =
+            upstream_serving(|s| answers_and_unasked_ones(s, Unasked::InTheNextWrite)).await;
         let p = pool(port, Duration::ZERO);
         for driving in [Inline, Inline, OwnTask, OwnTask, Inline] {
             assert!(!get(&p, driving).await, "{driving:?} reused a connection");
