@@ -18,6 +18,7 @@
 //!                                   │     none, Host or :authority, that is no host and optional port, or names another host
 //!                                   │     than the :authority or the absolute target's ─▶ 400 (refusals for the request's form:
 //!                                   │     400/415/501, their reason logged)
+//!                                   ├─ its own loop mark (X-Gitgate-Hop)?  ─▶ 508 (a request it sent upstream came back)
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
 //!                                   │     IPv6 by /64, `exempt` networks never; one atomic read while no
 //!                                   │     address is blocked)
@@ -45,7 +46,8 @@
 //!                                   │     for its POSTs) ─▶ 429
 //!                                   └─ upstream.forward(request, identity) ─▶ streamed response
 //!                                         │     (the request id sent as X-Request-Id, or as
-//!                                         │     HTTP_X_REQUEST_ID to the CGI; an answer a shared
+//!                                         │     HTTP_X_REQUEST_ID to the CGI; the loop mark sent
+//!                                         │     upstream; an answer a shared
 //!                                         │     cache could keep made `private`; a push's
 //!                                         │     commands read from its body as it passes)
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...),
@@ -55,7 +57,8 @@
 //!                                               dies before it is a 502, a stop before it a 503; an exit
 //!                                               after the answer began cuts it off, unless git's
 //!                                               own ERR packet ended it — and no `error:` of
-//!                                               its own came before it; one that died on a
+//!                                               its own came before it, nor is the object it
+//!                                               refused one its own ref names; one that died on a
 //!                                               request it could not read, or a shallow fetch
 //!                                               the repository cannot give, is the client's,
 //!                                               `malformed-request`, a 400 if no answer had
@@ -127,8 +130,10 @@
 //!   for an identity; the identity header is always gitgate's; upstream redirects are pointed
 //!   back at gitgate — the upstream's address recognised by value, in every spelling curl
 //!   reads — and one that cannot be checked — not ASCII, several, or a host that cannot be
-//!   read — is a `502`; the answer's framing is hyper's to redo, its cookies and its `Server`
-//!   stay behind).
+//!   read — is a `502`, as is one that leads away from gitgate (another site, a path out of
+//!   the git prefix, a URL to gitgate not exactly as the client named it), since git follows
+//!   redirects with its token; the answer's framing is hyper's to redo, its cookies and its
+//!   `Server` stay behind; an HTTP/1.0 answer to a chunked body is a `502`).
 //!   `502`/`504` with a reason when the backend fails or stalls; `408` when the client's
 //!   upload stops while the upstream waits for it; a `4xx`/`5xx` of the embedded CGI without a
 //!   body gets one, since git would print only the status; its head is held until the request
