@@ -559,7 +559,7 @@ fn is_secret_like(run: &str, needs_digits: bool) -> bool {
 }
 
 /// Whether a request's path holds what is most likely a secret's random part alone (see
-/// [`secret_like_run`], with digits, as [`names_a_secret`] asks of a token's name): with the
+/// `secret_like_run`, with digits, as [`names_a_secret`] asks of a token's name): with the
 /// token id that every request line has, it gives the whole secret back. The check of the
 /// whole secret is [`holds_a_token`]'s.
 pub fn has_a_secrets_random_part(path: &str) -> bool {
