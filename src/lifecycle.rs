@@ -1140,6 +1140,25 @@ mod tests {
         assert!(third.user("bob").unwrap().unwrap().locked_until.is_some());
         assert!(third.unlock_user("bob", &actor()).unwrap());
         assert_eq!(login(&third, "bob", "pw", &actor()).unwrap(), user("bob"));
+        // Unlocked before the count reached the store (nothing locked there yet): the unlock's
+        // event lifts the lock the server holds in memory too.
+        let (_fourth_dir, fourth) = setup();
+        rusqlite::Connection::open(fourth.path())
+            .unwrap()
+            .execute_batch(refuse)
+            .unwrap();
+        for _ in 0..PASSWORD_FAILURES_BEFORE_LOCK {
+            assert!(login(&fourth, "bob", "wrong", &actor()).is_err());
+        }
+        rusqlite::Connection::open(fourth.path())
+            .unwrap()
+            .execute_batch("DROP TRIGGER refuse_users")
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(!fourth.unlock_user("bob", &actor()).unwrap());
+        unrecorded::offer(&fourth, "bob", clock::now_ms());
+        assert_eq!(fourth.user("bob").unwrap().unwrap().locked_until, None);
+        assert_eq!(login(&fourth, "bob", "pw", &actor()).unwrap(), user("bob"));
         // The store takes writes again: the lock goes into it with the next login (audited),
         // where an administrator's unlock lifts it.
         rusqlite::Connection::open(store.path())

@@ -15,6 +15,9 @@ pub struct Holder {
     pub pid: u32,
     /// Its command name (`/proc/PID/comm`).
     pub name: String,
+    /// For a gitgate, the configuration it runs with, when it can be read (its `--config`, or
+    /// `GITGATE_CONFIG`, or `proxy.toml`, in its working folder).
+    pub config: Option<std::path::PathBuf>,
 }
 
 impl Holder {
@@ -53,13 +56,45 @@ pub fn holder(port: u16) -> Option<Holder> {
                 .unwrap_or(false)
         });
         if holds {
-            return Some(Holder {
-                pid,
-                name: command_name(&entry.path()),
-            });
+            let name = command_name(&entry.path());
+            let config = (name == "gitgate")
+                .then(|| config_of(&entry.path()))
+                .flatten();
+            return Some(Holder { pid, name, config });
         }
     }
     None
+}
+
+/// The configuration file a gitgate process runs with, as `serve` chose it: `--config PATH`
+/// (or `--config=PATH`), else `GITGATE_CONFIG`, else `proxy.toml` — relative ones in its
+/// working folder. `None` where its command line, environment or folder cannot be read.
+fn config_of(proc_pid: &Path) -> Option<std::path::PathBuf> {
+    let cmdline = std::fs::read(proc_pid.join("cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let from_args = args.iter().enumerate().find_map(|(i, a)| {
+        if *a == b"--config" {
+            args.get(i + 1).copied()
+        } else {
+            a.strip_prefix(b"--config=")
+        }
+    });
+    let named = match from_args {
+        Some(p) => p.to_vec(),
+        None => {
+            let environ = std::fs::read(proc_pid.join("environ")).ok()?;
+            environ
+                .split(|&b| b == 0)
+                .find_map(|v| v.strip_prefix(b"GITGATE_CONFIG="))
+                .filter(|v| !v.is_empty())
+                .map_or_else(|| b"proxy.toml".to_vec(), <[u8]>::to_vec)
+        }
+    };
+    use std::os::unix::ffi::OsStrExt;
+    let named = Path::new(std::ffi::OsStr::from_bytes(&named));
+    let cwd = std::fs::read_link(proc_pid.join("cwd")).ok()?;
+    let path = cwd.join(named);
+    Some(std::fs::canonicalize(&path).unwrap_or(path))
 }
 
 fn command_name(proc_pid: &Path) -> String {
@@ -111,6 +146,7 @@ mod tests {
         let found = holder(port).expect("this process listens there");
         assert_eq!(found.pid, std::process::id());
         assert!(!found.is_gitgate(), "{found:?}");
+        assert_eq!(found.config, None, "only a gitgate's is read");
         drop(listener);
         assert_eq!(holder(port), None);
     }

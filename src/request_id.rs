@@ -78,17 +78,47 @@ pub fn own_mark() -> &'static hyper::header::HeaderValue {
     })
 }
 
-/// Whether `headers` carry this process's mark (see [`own_mark`]), compared in constant time.
+/// Whether `headers` carry this process's mark (see [`own_mark`]) among the marks of the
+/// gitgates a request passed (`X-Gitgate-Hop: <A's>, <B's>`: a loop through two gitgates comes
+/// back to the first with both), each compared in constant time.
 pub fn came_from_this_process(headers: &hyper::HeaderMap) -> bool {
     let Some(v) = headers.get(MARK_HEADER) else {
         return false;
     };
     let mark = own_mark().as_bytes();
-    let v = v.as_bytes();
     mark != b"-"
-        && v.len() == mark.len()
-        && v.iter().zip(mark).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+        && v.as_bytes().split(|&b| b == b',').any(|one| {
+            let one = one.trim_ascii();
+            one.len() == mark.len() && one.iter().zip(mark).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+        })
 }
+
+/// The marks to send upstream: those of the gitgates the request passed before this one (a
+/// gitgate in front of this one: at most [`MARKS_KEPT`] of them, hex and commas only), then
+/// this process's own.
+pub fn marks_to_send(inbound: &hyper::HeaderMap) -> hyper::header::HeaderValue {
+    let own = own_mark();
+    let Some(before) = inbound.get(MARK_HEADER).map(|v| v.as_bytes()) else {
+        return own.clone();
+    };
+    let kept: Vec<&[u8]> = before
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|m| m.len() == 32 && m.iter().all(u8::is_ascii_hexdigit))
+        .collect();
+    let kept = &kept[kept.len().saturating_sub(MARKS_KEPT - 1)..];
+    if kept.is_empty() {
+        return own.clone();
+    }
+    let mut value = kept.join(&b", "[..]);
+    value.extend_from_slice(b", ");
+    value.extend_from_slice(own.as_bytes());
+    hyper::header::HeaderValue::from_bytes(&value).unwrap_or_else(|_| own.clone())
+}
+
+/// The most gitgates' marks a request carries upstream (the newest): a chain longer than that
+/// is no deployment's, and a client may not grow the header without end.
+pub const MARKS_KEPT: usize = 8;
 
 /// Draws this process's random half, once, before the first request. Without it (the unit
 /// tests) ids count from zero; with no randomness to be had, from the time.
@@ -141,6 +171,22 @@ mod tests {
         )));
         assert!(!came_from_this_process(&headers(&mark[..31])));
         assert!(!came_from_this_process(&headers("-")));
+        // Among the marks of a chain of gitgates, as a loop through two brings it back.
+        let other = "0".repeat(32);
+        assert!(came_from_this_process(&headers(&format!(
+            "{other}, {mark}"
+        ))));
+        assert!(came_from_this_process(&headers(&format!("{mark},{other}"))));
+        assert!(!came_from_this_process(&headers(&format!(
+            "{other}, {other}"
+        ))));
+        // Sent on: the marks before this one (well-formed ones, the newest few), then its own.
+        let chain = marks_to_send(&headers(&format!("{other}, junk, {other}")));
+        assert_eq!(chain.to_str().unwrap(), format!("{other}, {other}, {mark}"));
+        let long = vec![other.as_str(); 20].join(", ");
+        let chain = marks_to_send(&headers(&long));
+        assert_eq!(chain.to_str().unwrap().split(", ").count(), MARKS_KEPT);
+        assert_eq!(marks_to_send(&hyper::HeaderMap::new()), *own_mark());
         // The request id, which an upstream may echo to clients, is no mark.
         let mut by_id = hyper::HeaderMap::new();
         by_id.insert("x-request-id", RequestId::next().header_value());

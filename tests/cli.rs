@@ -1839,20 +1839,57 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         "{out}"
     );
     drop(taken);
-    let running = sb.serve();
-    let busy = variant(
-        "busy-gitgate.toml",
+    // Held by a gitgate serving this very configuration (its live server): a warning naming
+    // it; by a gitgate serving another one: serve cannot start, an error naming that one.
+    let port = common::free_port();
+    let live = variant(
+        "live.toml",
         "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{}\"", running.port),
+        &format!("listen = \"127.0.0.1:{port}\""),
     );
-    warns_once(
-        &busy,
-        &format!(
-            "warning: listen http://127.0.0.1:{}: in use now by gitgate (pid",
-            running.port
-        ),
+    let mut running = common::gitgate_command(&live)
+        .current_dir(sb.root())
+        .arg("serve")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the live server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let checked = check(&live);
+    let text = format!("{}{}", checked.stdout, checked.stderr);
+    assert!(
+        checked.success()
+            && text.contains(&format!(
+                "warning: listen http://127.0.0.1:{port}: in use now by gitgate (pid {})",
+                running.id()
+            )),
+        "{checked}"
     );
-    drop(running);
+    let other = variant(
+        "other.toml",
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let out = check(&other);
+    assert!(
+        !out.success()
+            && out.stderr.contains(&format!(
+                "in use by another gitgate (pid {}, serving {}",
+                running.id(),
+                fs::canonicalize(&live).unwrap().display()
+            )),
+        "{out}"
+    );
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGTERM) };
+    running.wait().unwrap();
     // 192.0.2.0/24 is reserved for documentation: no machine has it.
     let absent = variant(
         "absent.toml",

@@ -1208,6 +1208,12 @@ fn rotation_replaces_the_secret_with_an_optional_overlap() {
     assert!(ls_remote(&install, &server, "alice", &new).0);
     let shown = install.cli_ok(&["token", "show", &id], "");
     assert!(shown.contains("old secret:  works until "), "{shown}");
+    let shown: Value =
+        serde_json::from_str(&install.cli_ok(&["token", "show", &id, "--json"], "")).unwrap();
+    assert!(
+        shown["previousSecretValidUntil"].as_i64().is_some(),
+        "{shown}"
+    );
     let log = server.log_text();
     let said: Vec<&str> = log
         .lines()

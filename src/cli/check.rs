@@ -23,6 +23,8 @@ use crate::upstream::cgi::repositories::{self, Repository};
 use crate::upstream::secret::UpstreamSecret;
 use crate::upstream::{CgiBackend, HttpBackend};
 
+use crate::port_holder::Holder;
+
 /// A listen address in use by a program that is not a gitgate: `serve` cannot start, so
 /// `check` fails, naming it (node_exporter on port 9100, say). One the running gitgate holds, or
 /// whose holder cannot be seen (another user's process), is a warning only.
@@ -31,11 +33,22 @@ fn in_use_by_another_program(
     key: &str,
     source: &str,
 ) -> Result<(), String> {
+    let ours = std::fs::canonicalize(source).ok();
     match crate::port_holder::holder(addr.port()) {
         Some(h) if !h.is_gitgate() => Err(format!(
             "cannot listen on {addr} ({key} in {source}): in use by {} (pid {}), not a \
              gitgate: serve cannot start; choose another port or stop that program",
             h.name, h.pid
+        )),
+        // A gitgate that runs another configuration: not this one's live server.
+        Some(Holder {
+            pid,
+            config: Some(theirs),
+            ..
+        }) if ours.as_ref().is_some_and(|ours| *ours != theirs) => Err(format!(
+            "cannot listen on {addr} ({key} in {source}): in use by another gitgate (pid {pid}, \
+             serving {}): serve cannot start with this configuration; choose another port",
+            theirs.display()
         )),
         _ => Ok(()),
     }

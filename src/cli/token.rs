@@ -276,9 +276,25 @@ pub fn show(store: &Store, id: &str, json: bool) -> Result<(), String> {
     let t = lifecycle::get(store, &Caller::Operator, None, id).map_err(|e| e.to_string())?;
     let policy = lifecycle::policy(store).map_err(|e| e.to_string())?;
     if json {
-        return print_json(&to_json(&t, &policy, owner_is_disabled(store, &t)));
+        let mut value = to_json(&t, &policy, owner_is_disabled(store, &t));
+        if let Some(until) = old_secret_works_until(store, &t) {
+            value["previousSecretValidUntil"] = json!(until);
+        }
+        return print_json(&value);
     }
     print_details(store, &t, &policy)
+}
+
+/// Until when (epoch ms) the secret a rotation replaced still works, inside its overlap.
+fn old_secret_works_until(store: &Store, t: &TokenRecord) -> Option<i64> {
+    let now = crate::clock::now_ms();
+    store
+        .auth_record(&t.id)
+        .ok()
+        .flatten()
+        .and_then(|r| r.previous)
+        .map(|(_, until)| until)
+        .filter(|&until| now < until && t.revoked_at.is_none())
 }
 
 fn print_details(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Result<(), String> {
@@ -304,15 +320,7 @@ fn print_details(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Resul
     outln!("rotated:     {}", when(t.rotated_at));
     // Inside a rotation's overlap the old secret still works: until when, for whoever plans
     // the move of its clients (the log says when one still uses it).
-    let now = crate::clock::now_ms();
-    if let Some(until) = store
-        .auth_record(&t.id)
-        .ok()
-        .flatten()
-        .and_then(|r| r.previous)
-        .map(|(_, until)| until)
-        .filter(|&until| now < until && t.revoked_at.is_none())
-    {
+    if let Some(until) = old_secret_works_until(store, t) {
         outln!(
             "old secret:  works until {} (the rotation's overlap; the log says when a client \
              still uses it)",

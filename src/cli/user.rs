@@ -136,7 +136,10 @@ pub fn unlock(store: &Store, name: &str) -> Result<(), String> {
     if lifted {
         note!("password logins of '{name}' are unlocked");
     } else {
-        note!("password logins of '{name}' were not locked; nothing changed");
+        note!(
+            "password logins of '{name}' were not locked in the store; a lock a running server \
+             counted in memory (while its store took no writes) is lifted too, within 5 s"
+        );
     }
     Ok(())
 }

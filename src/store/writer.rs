@@ -835,7 +835,7 @@ fn prune_rows_of(store: &Store, cap: u64, kind: Failures) -> Result<Pruned, supe
                     crate::clock::now_ms(),
                     &actor,
                     "audit.pruned",
-                    "",
+                    kind.pruned_target(),
                     &detail(deleted, in_all),
                     None,
                 );
@@ -855,7 +855,7 @@ fn prune_rows_of(store: &Store, cap: u64, kind: Failures) -> Result<Pruned, supe
             crate::clock::now_ms(),
             &actor,
             "audit.pruned",
-            "",
+            kind.pruned_target(),
             &text,
             None,
         );

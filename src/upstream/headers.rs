@@ -277,10 +277,11 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
         HeaderName::from_static("x-request-id"),
         out.request_id.header_value(),
     );
-    // This process's mark: a request that comes back with it has looped (see `request_id`).
+    // This process's mark, after those of gitgates in front of it: a request that comes back
+    // with it has looped (see `request_id`).
     headers.insert(
         HeaderName::from_static(crate::request_id::MARK_HEADER),
-        crate::request_id::own_mark().clone(),
+        crate::request_id::marks_to_send(inbound),
     );
     if let Some(auth) = out.upstream_auth {
         let mut auth = auth.clone();

@@ -443,7 +443,15 @@ impl HttpBackend {
         };
         if let Some(location) = location.as_deref() {
             // gitgate's own origin as the client named it: a URL back to it stays on gitgate.
+            // Not behind a front proxy: the scheme and port the client used are the proxy's
+            // (a `Host` without a port reads as port 80, where the client may have used 443),
+            // so only paths are taken as gitgate's there.
+            let behind_a_proxy = self
+                .trusted_proxies
+                .iter()
+                .any(|c| c.contains(source.peer.ip()));
             let gitgate = client_authority(inbound)
+                .filter(|_| !behind_a_proxy)
                 .map(|a| headers::UpstreamOrigin::exactly(self.proto == "https", &a));
             match headers::location_to_client(
                 location,
