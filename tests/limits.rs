@@ -2534,6 +2534,71 @@ fn an_upstream_that_leads_back_to_gitgate_is_told_as_a_loop() {
     }
 }
 
+/// Two gitgates that are each other's upstream, each with a token of the other's as its
+/// upstream credentials (A → B → A): each forwards the marks of the gitgates before it with its
+/// own, so the request that comes back to A carries A's and is answered `508` — not forwarded
+/// hop after hop until a limit.
+#[test]
+fn a_loop_through_two_gitgates_is_told_as_a_loop() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let ports = [common::free_port(), common::free_port()];
+    let config = |me: usize| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nworkers = {WORKERS}\n[store]\n\
+             path = \"gitgate.db\"\n[upstream]\nurl = \"http://127.0.0.1:{}\"\n\
+             [upstream.credentials]\nscheme = \"bearer\"\nfile = \"{}\"\n",
+            ports[me],
+            ports[1 - me],
+            dirs[me].path().join("upstream.secret").display()
+        )
+    };
+    let mut tokens = Vec::new();
+    for me in 0..2 {
+        std::fs::write(dirs[me].path().join("proxy.toml"), config(me)).unwrap();
+        tokens.push(
+            common::scoped_token(
+                &dirs[me].path().join("proxy.toml"),
+                "--project",
+                "team",
+                "ci",
+                "PROJECT_READ",
+            )
+            .secret,
+        );
+    }
+    // Each one's upstream credentials: a token of the other's.
+    for me in 0..2 {
+        let secret = dirs[me].path().join("upstream.secret");
+        std::fs::write(&secret, &tokens[1 - me]).unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    let mut a = start(dirs[0].path(), &config(0));
+    let mut b = start(dirs[1].path(), &config(1));
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{}", tokens[0]));
+    let (out, _) = info_refs(&a, &auth);
+    assert!(out.starts_with("HTTP/1.1 508"), "{out}");
+    a.stop();
+    b.stop();
+    let (a_log, b_log) = (a.log_text(), b.log_text());
+    assert_eq!(
+        a_log.matches("came back to it").count(),
+        1,
+        "A sees its own request come back once: {a_log}"
+    );
+    assert!(!b_log.contains("came back to it"), "{b_log}");
+    let requests = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("gitgate::request"))
+            .count()
+    };
+    assert_eq!(
+        (requests(&a_log), requests(&b_log)),
+        (2, 1),
+        "{a_log}\n{b_log}"
+    );
+}
+
 /// An HTTP/1.0 upstream reads no chunked request body: it answers as if the body were empty
 /// (a push then reads "Everything up-to-date" and no ref moves). A body of known length reaches
 /// it; one of unknown length — git sends a push, and a large fetch's negotiation, chunked — is
