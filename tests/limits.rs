@@ -2553,11 +2553,11 @@ fn a_loop_through_two_gitgates_is_told_as_a_loop() {
         )
     };
     let mut tokens = Vec::new();
-    for me in 0..2 {
-        std::fs::write(dirs[me].path().join("proxy.toml"), config(me)).unwrap();
+    for (me, dir) in dirs.iter().enumerate() {
+        std::fs::write(dir.path().join("proxy.toml"), config(me)).unwrap();
         tokens.push(
             common::scoped_token(
-                &dirs[me].path().join("proxy.toml"),
+                &dir.path().join("proxy.toml"),
                 "--project",
                 "team",
                 "ci",
@@ -2567,8 +2567,8 @@ fn a_loop_through_two_gitgates_is_told_as_a_loop() {
         );
     }
     // Each one's upstream credentials: a token of the other's.
-    for me in 0..2 {
-        let secret = dirs[me].path().join("upstream.secret");
+    for (me, dir) in dirs.iter().enumerate() {
+        let secret = dir.path().join("upstream.secret");
         std::fs::write(&secret, &tokens[1 - me]).unwrap();
         std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
