@@ -93,8 +93,22 @@ fn config_of(proc_pid: &Path) -> Option<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     let named = Path::new(std::ffi::OsStr::from_bytes(&named));
     let cwd = std::fs::read_link(proc_pid.join("cwd")).ok()?;
-    let path = cwd.join(named);
-    Some(std::fs::canonicalize(&path).unwrap_or(path))
+    Some(config_identity(&cwd.join(named)))
+}
+
+/// What tells one configuration from another: its folder, resolved, and the file's name as
+/// given — not the file a symbolic link leads to, since relative paths in a configuration are
+/// taken from the folder of the path given (the link's), so one file reached through links in
+/// two folders is two configurations (two stores).
+pub fn config_identity(path: &Path) -> std::path::PathBuf {
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match (std::fs::canonicalize(folder), path.file_name()) {
+        (Ok(folder), Some(name)) => folder.join(name),
+        _ => path.to_path_buf(),
+    }
 }
 
 fn command_name(proc_pid: &Path) -> String {
@@ -148,6 +162,19 @@ mod tests {
         assert!(!found.is_gitgate(), "{found:?}");
         assert_eq!(found.config, None, "only a gitgate's is read");
         drop(listener);
+        // A link's folder, not its target's, tells configurations apart.
+        let dir = std::env::temp_dir().join(format!("gitgate-port-holder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("a")).unwrap();
+        std::fs::create_dir_all(dir.join("b")).unwrap();
+        std::fs::write(dir.join("a/proxy.toml"), "").unwrap();
+        std::os::unix::fs::symlink(dir.join("a/proxy.toml"), dir.join("b/proxy.toml")).unwrap();
+        std::os::unix::fs::symlink(dir.join("a"), dir.join("c")).unwrap();
+        let id = |p: &str| config_identity(&dir.join(p));
+        assert_ne!(id("a/proxy.toml"), id("b/proxy.toml"));
+        assert_eq!(id("a/proxy.toml"), id("c/proxy.toml"));
+        assert_eq!(id("a/proxy.toml"), id("b/../a/proxy.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(holder(port), None);
     }
 }

@@ -2649,6 +2649,52 @@ fn a_chunked_body_to_an_http_1_0_upstream_is_a_502_not_lost() {
     );
 }
 
+/// Behind a front proxy (the client a `trusted_proxies` peer) the scheme and port the client
+/// used are the proxy's: a URL naming gitgate as the request's `Host` does is not taken for
+/// gitgate's own (a port-less `Host` reads as port 80 where the client may have used 443), and
+/// the 502 says why; a path under the git prefix still passes.
+#[test]
+fn behind_a_front_proxy_only_paths_are_passed_on_as_redirects() {
+    for (location, expected) in [
+        (
+            "http://x/team/app.git/info/refs?service=git-upload-pack",
+            None,
+        ),
+        (
+            "/team/app.git/info/refs?service=git-upload-pack",
+            Some("/team/app.git/info/refs?service=git-upload-pack"),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (upstream_port, _heads) = scripted_upstream(usize::MAX, move |_| {
+            format!(
+                "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+            )
+            .into_bytes()
+        });
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {WORKERS}\n\
+             trusted_proxies = [\"127.0.0.1/32\"]\n[store]\npath = \"gitgate.db\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n"
+        );
+        let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
+        let (out, _) = info_refs(&g, &auth);
+        match expected {
+            Some(path) => {
+                assert!(out.starts_with("HTTP/1.1 301"), "{out}");
+                assert!(out.contains(&format!("location: {path}\r\n")), "{out}");
+            }
+            None => {
+                assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+                assert!(
+                    out.contains("behind a front proxy") && out.contains("redirect with paths"),
+                    "{out}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn an_upload_goes_on_while_the_client_does_not_read_an_answer_that_started_early() {
     // git http-backend sends its headers before it reads a push; a client still sending does

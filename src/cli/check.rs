@@ -33,7 +33,7 @@ fn in_use_by_another_program(
     key: &str,
     source: &str,
 ) -> Result<(), String> {
-    let ours = std::fs::canonicalize(source).ok();
+    let ours = Some(crate::port_holder::config_identity(Path::new(source)));
     match crate::port_holder::holder(addr.port()) {
         Some(h) if !h.is_gitgate() => Err(format!(
             "cannot listen on {addr} ({key} in {source}): in use by {} (pid {}), not a \

@@ -461,6 +461,19 @@ impl HttpBackend {
                 gitgate.as_ref(),
             ) {
                 Redirect::Unchanged => {}
+                // Behind a front proxy an absolute URL may be gitgate's own: it cannot tell,
+                // and says so, rather than calling it another site.
+                Redirect::Away if behind_a_proxy && absolute_url(location) => {
+                    return Err(ForwardError {
+                        detail: Some(logged_location(location)),
+                        ..ForwardError::bad_gateway(
+                            "the upstream git server redirected to an absolute URL; behind a \
+                             front proxy (trusted_proxies) gitgate cannot tell one of its own \
+                             from another site's, so only paths are passed on: have the \
+                             upstream redirect with paths",
+                        )
+                    });
+                }
                 Redirect::Away => {
                     return Err(ForwardError {
                         detail: Some(logged_location(location)),
@@ -1084,6 +1097,14 @@ impl Body for UpstreamBody {
 /// An upstream's `Location` as the log shows it: a user and password, a query (a login page's
 /// `?token=`) or what looks like a token secret are not written (see
 /// [`crate::log_value::redacted_url`]), and the rest is one quoted field.
+/// Whether a `Location` names a server (a scheme, or `//`), not a path.
+fn absolute_url(location: &str) -> bool {
+    location.starts_with("//")
+        || location.split_once("://").is_some_and(|(scheme, _)| {
+            !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
 /// The host and port the client asked for (`:authority` over HTTP/2, `Host` over HTTP/1.1),
 /// as an authority.
 fn client_authority(inbound: &Parts) -> Option<hyper::http::uri::Authority> {
