@@ -552,6 +552,23 @@ pub fn width<S: AsRef<str>>(usual: usize, values: impl IntoIterator<Item = S>) -
         .fold(usual, usize::max)
 }
 
+/// The project and repository tokens not revoked that `which` picks (by name, by who made
+/// them): what a command about a user name says of the tokens the name may mean instead. A
+/// store that cannot be read gives none (the command's own answer stands alone).
+pub fn live_scoped_tokens(
+    store: &crate::store::Store,
+    which: impl Fn(&crate::store::TokenRecord) -> bool,
+) -> Vec<crate::store::TokenRecord> {
+    store
+        .tokens(None)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| {
+            t.revoked_at.is_none() && t.kind != crate::permission::TokenKind::Personal && which(t)
+        })
+        .collect()
+}
+
 pub fn when(ms: Option<i64>) -> String {
     ms.map(crate::clock::datetime).unwrap_or_else(|| "-".into())
 }

@@ -64,15 +64,8 @@ fn not_a_user(store: &Store, who: &str, e: crate::store::StoreError) -> String {
     if !matches!(e, crate::store::StoreError::NotFound(_)) || who.starts_with("token:") {
         return said;
     }
-    let named: Vec<String> = store
-        .tokens(None)
-        .unwrap_or_default()
+    let named: Vec<String> = super::live_scoped_tokens(store, |t| t.name == who)
         .into_iter()
-        .filter(|t| {
-            t.name == who
-                && t.revoked_at.is_none()
-                && t.kind != crate::permission::TokenKind::Personal
-        })
         .map(|t| format!("token:{}", t.id))
         .collect();
     if named.is_empty() {

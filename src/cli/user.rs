@@ -73,15 +73,8 @@ pub fn set_active(store: &Store, name: &str, active: bool) -> Result<(), String>
     if !active {
         // Project and repository tokens belong to their scope, not to who made them: they stay
         // (as in Bitbucket). An offboarding operator must hear so, not assume them gone.
-        let made: Vec<String> = store
-            .tokens(None)
-            .unwrap_or_default()
+        let made: Vec<String> = super::live_scoped_tokens(store, |t| t.created_by == name)
             .into_iter()
-            .filter(|t| {
-                t.created_by == name
-                    && t.revoked_at.is_none()
-                    && t.kind != crate::permission::TokenKind::Personal
-            })
             .map(|t| {
                 let scope = t.scope.map(|s| s.to_string()).unwrap_or_default();
                 format!("{} ('{}', {scope})", t.id, t.name)
