@@ -60,6 +60,9 @@ impl fmt::Display for RequestId {
 /// The header that marks a request this process sent upstream (see [`own_mark`]).
 pub const MARK_HEADER: &str = "x-gitgate-hop";
 
+/// [`MARK_HEADER`] as a header name, made once: every request looks for it.
+static MARK_NAME: hyper::header::HeaderName = hyper::header::HeaderName::from_static(MARK_HEADER);
+
 /// This process's mark on the requests it sends upstream: 128 random bits, drawn once. A
 /// request that comes back to gitgate with it has looped — `[upstream] url` leads to gitgate
 /// itself, by a name, another of its addresses or a proxy between, which the start-up check
@@ -82,7 +85,7 @@ pub fn own_mark() -> &'static hyper::header::HeaderValue {
 /// gitgates a request passed (`X-Gitgate-Hop: <A's>, <B's>`: a loop through two gitgates comes
 /// back to the first with both), each compared in constant time.
 pub fn came_from_this_process(headers: &hyper::HeaderMap) -> bool {
-    let Some(v) = headers.get(MARK_HEADER) else {
+    let Some(v) = headers.get(&MARK_NAME) else {
         return false;
     };
     let mark = own_mark().as_bytes();
@@ -98,7 +101,7 @@ pub fn came_from_this_process(headers: &hyper::HeaderMap) -> bool {
 /// this process's own.
 pub fn marks_to_send(inbound: &hyper::HeaderMap) -> hyper::header::HeaderValue {
     let own = own_mark();
-    let Some(before) = inbound.get(MARK_HEADER).map(|v| v.as_bytes()) else {
+    let Some(before) = inbound.get(&MARK_NAME).map(|v| v.as_bytes()) else {
         return own.clone();
     };
     let kept: Vec<&[u8]> = before

@@ -945,7 +945,7 @@ fn stays_under(path: &str, prefix: &str) -> bool {
 
 /// Whether `location` is a URL (a scheme, or `//` for the scheme of the page): it leads to a
 /// server of its own, not to a path of gitgate's.
-fn is_a_url(location: &str) -> bool {
+pub(crate) fn is_a_url(location: &str) -> bool {
     let scheme = location.find(':').is_some_and(|c| {
         c > 0
             && location.as_bytes()[0].is_ascii_alphabetic()

@@ -350,8 +350,8 @@ impl HttpBackend {
         };
 
         if chunked && resp.version() == Version::HTTP_10 {
-            // An HTTP/1.0 server reads no chunked body: it took the request as bodiless and
-            // answered that (a push read as empty, "Everything up-to-date" with no ref moved).
+            // HTTP/1.0 defines no chunked body: most such servers took the request as bodiless
+            // (a push read as empty, "Everything up-to-date" with no ref moved), some read it.
             return Err(ForwardError::bad_gateway(
                 "the upstream git server speaks HTTP/1.0, and this request's body went to it \
                  chunked (git sends a push, and a large fetch's negotiation, so), which HTTP/1.0 \
@@ -463,7 +463,7 @@ impl HttpBackend {
                 Redirect::Unchanged => {}
                 // Behind a front proxy an absolute URL may be gitgate's own: it cannot tell,
                 // and says so, rather than calling it another site.
-                Redirect::Away if behind_a_proxy && absolute_url(location) => {
+                Redirect::Away if behind_a_proxy && headers::is_a_url(location) => {
                     return Err(ForwardError {
                         detail: Some(logged_location(location)),
                         ..ForwardError::bad_gateway(
@@ -1097,14 +1097,6 @@ impl Body for UpstreamBody {
 /// An upstream's `Location` as the log shows it: a user and password, a query (a login page's
 /// `?token=`) or what looks like a token secret are not written (see
 /// [`crate::log_value::redacted_url`]), and the rest is one quoted field.
-/// Whether a `Location` names a server (a scheme, or `//`), not a path.
-fn absolute_url(location: &str) -> bool {
-    location.starts_with("//")
-        || location.split_once("://").is_some_and(|(scheme, _)| {
-            !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric())
-        })
-}
-
 /// The host and port the client asked for (`:authority` over HTTP/2, `Host` over HTTP/1.1),
 /// as an authority.
 fn client_authority(inbound: &Parts) -> Option<hyper::http::uri::Authority> {
