@@ -1469,21 +1469,29 @@ fn bare_team_app(dir: &Path) -> std::path::PathBuf {
     repo
 }
 
+/// A gitgate with the embedded runner (`/bin/true`) in `dir`, a project token's Basic
+/// credentials read into its cache and a connection to it accepted while descriptors are to
+/// spare; then its open-files limit lowered to what it has open. The previous limit is returned
+/// for [`restore_open_files_limit`].
+fn at_its_descriptor_limit(dir: &Path) -> (Server, String, TcpStream, libc::pid_t, libc::rlimit) {
+    bare_team_app(dir);
+    let config = cgi_config(dir, "workers = 1");
+    let (g, auth) = start_with_token(dir, &config, "PROJECT_READ");
+    let (out, _) = info_refs(&g, &auth);
+    assert!(!out.starts_with("HTTP/1.1 401"), "{out}");
+    let s = connect(g.port);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = g.pid() as libc::pid_t;
+    let before = lower_open_files_limit(pid, open_files(pid));
+    (g, auth, s, pid, before)
+}
+
 /// A CGI backend that cannot be started for want of file descriptors (or processes) is the
 /// server overloaded for now, not broken: a `503` that says to try again, with `Retry-After`.
 #[test]
 fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() {
     let dir = tempfile::tempdir().unwrap();
-    bare_team_app(dir.path());
-    let config = cgi_config(dir.path(), "workers = 1");
-    let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
-    // The token read into the cache, and a connection accepted, while descriptors are to spare.
-    let (out, _) = info_refs(&g, &auth);
-    assert!(!out.starts_with("HTTP/1.1 401"), "{out}");
-    let mut s = connect(g.port);
-    std::thread::sleep(Duration::from_millis(300));
-    let pid = g.pid() as libc::pid_t;
-    let before = lower_open_files_limit(pid, open_files(pid));
+    let (g, auth, mut s, pid, before) = at_its_descriptor_limit(dir.path());
     let (out, _) = info_refs_on(&mut s, &auth);
     restore_open_files_limit(pid, &before);
     assert!(out.starts_with("HTTP/1.1 503"), "{out}");
@@ -1519,15 +1527,7 @@ fn a_backend_that_cannot_be_started_for_want_of_descriptors_is_a_503_to_retry() 
 #[test]
 fn a_post_whose_backend_cannot_start_for_want_of_descriptors_tries_again() {
     let dir = tempfile::tempdir().unwrap();
-    bare_team_app(dir.path());
-    let config = cgi_config(dir.path(), "workers = 1");
-    let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
-    let (out, _) = info_refs(&g, &auth);
-    assert!(!out.starts_with("HTTP/1.1 401"), "{out}");
-    let mut s = connect(g.port);
-    std::thread::sleep(Duration::from_millis(300));
-    let pid = g.pid() as libc::pid_t;
-    let before = lower_open_files_limit(pid, open_files(pid));
+    let (g, auth, mut s, pid, before) = at_its_descriptor_limit(dir.path());
     let restore = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1000));
         restore_open_files_limit(pid, &before);
