@@ -222,6 +222,7 @@ pub mod idle;
 pub mod inflight;
 pub mod lifecycle;
 pub mod linger;
+pub mod log_json;
 pub mod log_value;
 pub mod metrics;
 pub mod network;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use gitgate::cli;
+use gitgate::log_json::{JsonLines, LogFormat};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -654,8 +655,9 @@ fn run_command(store: &cli::OpenStore, command: Command) -> Result<(), String> {
     }
 }
 
-/// Logging to stderr, filtered by `GITGATE_LOG` (else `default`). A value that is not
-/// understood is refused: read as best it could be, it would turn logging off without a word.
+/// Logging to stderr, filtered by `GITGATE_LOG` (else `default`), as text or, with
+/// `GITGATE_LOG_FORMAT=json`, as JSON objects. A value that is not understood is refused: read
+/// as best it could be, it would turn logging off without a word.
 fn init_logging(serving: bool) -> Result<(), String> {
     let default = if serving { "info" } else { "warn" };
     let filter = match std::env::var("GITGATE_LOG") {
@@ -673,12 +675,16 @@ fn init_logging(serving: bool) -> Result<(), String> {
     // A log that cannot be written (a full disk, a reader gone) loses its lines, as nginx's
     // does: tracing's own report of the failure would be a panic in `eprintln!`, and with it
     // the panic hook's log line, an abort of the whole server.
+    let format = LogFormat::from_setting(std::env::var("GITGATE_LOG_FORMAT").ok().as_deref())?;
     let lines = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if serving {
+    if format == LogFormat::Json {
+        // Every key, a command's warnings too: a pipeline reads them all the same way.
+        lines.event_format(JsonLines).init();
+    } else if serving {
         lines.init();
     } else {
         // Among a command's own `gitgate:` and `note:` lines, a warning without the time and
@@ -821,6 +827,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::inflight",
     "gitgate::lifecycle",
     "gitgate::linger",
+    "gitgate::log_json",
     "gitgate::log_value",
     "gitgate::metrics",
     "gitgate::network",

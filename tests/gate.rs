@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     basic, flip_secret, flip_secret_at, group_alive, http_get, looks_like_secret, noise, now_ms,
-    raw_http, secret_id, try_raw_http, Backend, Sandbox, Server, Setup, PASSWORD,
+    raw_http, run, secret_id, try_raw_http, Backend, Sandbox, Server, Setup, PASSWORD,
 };
 
 /// alice with a write grant on project `team`, repos team/app and other/app, and a running
@@ -2517,6 +2517,109 @@ fn a_log_filter_of_target_pairs_alone_keeps_the_other_lines() {
     let log = server.log_text();
     assert!(log.contains("listening"), "{log}");
     assert!(!log.contains("gitgate::request"), "{log}");
+}
+
+/// `GITGATE_LOG_FORMAT=json`: every line the server writes is one JSON object, with the
+/// layout README's "Logs" names, numbers as numbers and quoted values as the strings they hold;
+/// and it holds no secret, as the text lines hold none.
+#[test]
+fn json_log_lines_are_one_object_each_with_typed_fields() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let reader = sb.personal_token("alice", PASSWORD, "laptop reader", &["REPO_READ"]);
+    let server = sb.serve_with_env(&[("GITGATE_LOG_FORMAT", "json")]);
+    let url = server.url_with("alice", &reader.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    sb.commit_file(&work, "j.txt", b"j\n", "refused");
+    sb.git(&work, &["push", "-q", "origin", "main"])
+        .fails_with("push needs REPO_WRITE");
+    let wrong = format!("{}x", &reader.secret);
+    sb.git(
+        sb.root(),
+        &["ls-remote", &server.url_with("alice", &wrong, "team/app")],
+    )
+    .fails_with("Authentication failed");
+    // The audit line of the failure is written with its batch, within a second.
+    let waited = Instant::now();
+    while !server.log_text().contains("auth.failed") && waited.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(server);
+
+    let log = String::from_utf8(std::fs::read(sb.server_log()).unwrap()).unwrap();
+    assert!(!log.contains(&reader.secret[17..]), "{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for line in &lines {
+        let keys: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["fields", "level", "target", "timestamp"], "{line}");
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+        assert!(line["fields"]["message"].is_string(), "{line}");
+    }
+    let with = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    };
+    assert!(
+        with("request")
+            .iter()
+            .any(|l| l["target"] == "gitgate::request"
+                && l["level"] == "INFO"
+                && l["fields"]["status"] == 200
+                && l["fields"]["user"] == "alice"
+                && l["fields"]["token_id"] == reader.id.as_str()
+                && l["fields"]["request_id"]
+                    .as_str()
+                    .is_some_and(|id| id.len() == 16)
+                && l["fields"]["bytes_out"].as_u64().is_some_and(|b| b > 0)
+                && l["fields"]["duration_ms"].is_f64()),
+        "{log}"
+    );
+    let refused = with("access refused");
+    let reason = refused
+        .first()
+        .and_then(|l| l["fields"]["reason"].as_str())
+        .unwrap_or_else(|| panic!("no access refused line: {log}"));
+    assert!(
+        reason.starts_with("token 'laptop reader' has REPO_READ"),
+        "{reason}"
+    );
+    assert!(
+        lines.iter().any(|l| l["target"] == "gitgate::audit"
+            && l["fields"]["action"] == "auth.failed"
+            && l["fields"]["actor"] == "alice"),
+        "{log}"
+    );
+}
+
+/// A `GITGATE_LOG_FORMAT` that is neither `text` nor `json` refuses the start, with exit 1,
+/// rather than writing lines a pipeline would drop.
+#[test]
+fn a_log_format_that_is_none_refuses_the_start() {
+    let sb = Sandbox::new();
+    for command in ["check", "serve"] {
+        let mut cmd = sb.gitgate_command();
+        cmd.env("GITGATE_LOG_FORMAT", "logfmt").arg(command);
+        let out = run(cmd, None);
+        assert_eq!(out.status.code(), Some(1), "{command}: {out}");
+        assert!(
+            out.stderr
+                .contains("GITGATE_LOG_FORMAT=\"logfmt\" is not a log format"),
+            "{out}"
+        );
+    }
 }
 
 #[test]

@@ -558,8 +558,9 @@ pub fn listening_at(log: &str) -> Option<(&'static str, u16)> {
         Some(rest) => ("https", rest),
         None => ("http", log[at..].strip_prefix("://")?),
     };
-    // `127.0.0.1:PORT` or `[::]:PORT`: the port is after the last colon.
-    let authority = rest.split_whitespace().next()?;
+    // `127.0.0.1:PORT` or `[::]:PORT`: the port is after the last colon; the message ends
+    // at a space in a text line, at its closing quote in a JSON one.
+    let authority = rest.split([' ', '"']).next()?;
     let port = authority
         .rsplit(':')
         .next()?
