@@ -9,6 +9,8 @@
 //! it started, that it goes on, and when it stopped. Pure (the caller passes the time), so the
 //! counting is tested without waiting.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Counts one kind of failure; see the module doc.
@@ -145,6 +147,101 @@ impl RepeatedCause {
     }
 }
 
+/// [`Repeats`] shared by the requests that fail, and a task that says what falls due when no
+/// further failure comes to say it: a burst's count a window after the line that began it,
+/// and, for a limit reached now and then, the run's end a window after its last failure. Said
+/// only with the next failure, either could wait for hours.
+#[derive(Debug)]
+pub struct SaidInTime {
+    repeats: Mutex<Repeats>,
+    /// Whether a task is looking (one at a time, while something is due).
+    looking_again: AtomicBool,
+}
+
+/// What [`SaidInTime`]'s task found due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Failures not said yet, a window after the last line ([`Repeats::unsaid_due`]).
+    Unsaid(u64),
+    /// The run's total, a window after its last failure ([`Repeats::ended_quietly`]).
+    Ended(u64),
+}
+
+impl SaidInTime {
+    pub fn new(window: Duration) -> SaidInTime {
+        SaidInTime {
+            repeats: Mutex::new(Repeats::new(window)),
+            looking_again: AtomicBool::new(false),
+        }
+    }
+
+    /// `f` on the counts, under their lock.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Repeats) -> T) -> T {
+        f(&mut self.repeats())
+    }
+
+    fn repeats(&self) -> MutexGuard<'_, Repeats> {
+        // A poisoned lock only loses a log line's count.
+        self.repeats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Called after a failure: unless a task is already looking, starts one on the running
+    /// tokio runtime (none: nothing is said later) that sleeps until something is due, hands it
+    /// to `say`, and goes on while more is due. `ends_quietly`: whether the run also ends, and
+    /// is said to, once a window passes without a failure.
+    pub fn look_again_later<F>(self: &Arc<Self>, ends_quietly: bool, say: F)
+    where
+        F: Fn(Due) + Send + 'static,
+    {
+        if self.looking_again.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.looking_again.store(false, Ordering::Release);
+            return;
+        };
+        let said = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                let next = {
+                    let Some(said) = said.upgrade() else { return };
+                    let repeats = said.repeats();
+                    let next = repeats
+                        .unsaid_due_at()
+                        .or(ends_quietly.then(|| repeats.quiet_end_at()).flatten());
+                    let Some(next) = next else {
+                        // Under the lock: a failure counted after this starts a task of its own.
+                        said.looking_again.store(false, Ordering::Release);
+                        return;
+                    };
+                    next
+                };
+                tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+                let Some(said) = said.upgrade() else { return };
+                let now = Instant::now();
+                let (unsaid, ended) = {
+                    let mut repeats = said.repeats();
+                    let unsaid = repeats.unsaid_due(now);
+                    let ended = if ends_quietly {
+                        repeats.ended_quietly(now)
+                    } else {
+                        None
+                    };
+                    (unsaid, ended)
+                };
+                if let Some(times) = unsaid {
+                    say(Due::Unsaid(times));
+                }
+                if let Some(times) = ended {
+                    say(Due::Ended(times));
+                }
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +311,48 @@ mod tests {
         let mut r = Repeats::new(Duration::from_secs(10));
         assert_eq!(r.failed(t0), Some(1));
         assert_eq!(r.failed(t0 - Duration::from_secs(30)), None);
+    }
+
+    /// What `SaidInTime`'s task says, and when: a burst's count a window after the caller's
+    /// first line, then (`ends_quietly`) the run's end a window after its last failure; and
+    /// without `ends_quietly`, the count alone.
+    #[test]
+    fn the_task_says_the_count_and_the_end_when_they_fall_due() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        for ends_quietly in [true, false] {
+            let window = Duration::from_millis(150);
+            let said = Arc::new(SaidInTime::new(window));
+            let heard = Arc::new(Mutex::new(Vec::new()));
+            let started = Instant::now();
+            runtime.block_on(async {
+                for _ in 0..3 {
+                    if said.with(|r| r.failed(Instant::now())).is_some() {
+                        heard
+                            .lock()
+                            .unwrap()
+                            .push((Due::Unsaid(1), started.elapsed()));
+                    }
+                    let heard = heard.clone();
+                    said.look_again_later(ends_quietly, move |due| {
+                        heard.lock().unwrap().push((due, started.elapsed()));
+                    });
+                }
+                tokio::time::sleep(window * 3).await;
+            });
+            let heard = heard.lock().unwrap().clone();
+            let dues: Vec<Due> = heard.iter().map(|(d, _)| *d).collect();
+            if ends_quietly {
+                assert_eq!(dues, [Due::Unsaid(1), Due::Unsaid(2), Due::Ended(3)]);
+            } else {
+                assert_eq!(dues, [Due::Unsaid(1), Due::Unsaid(2)]);
+            }
+            assert!(heard[1].1 >= window, "{heard:?}");
+            // One task at a time, and none left once nothing is due.
+            assert!(!said.looking_again.load(Ordering::Acquire));
+        }
     }
 
     /// A burst's count is said a window after the line that began it, without a next failure.

@@ -78,14 +78,10 @@ pub enum Fault {
 /// (`EAGAIN`, `EMFILE`, `ENFILE`): at once, then at most once a minute with how many since — a
 /// burst of clones past the limit would otherwise write one error line per request.
 fn out_of_processes_or_descriptors(e: &cgi::CgiError) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static SAID: std::sync::Mutex<Option<crate::repeats::Repeats>> = std::sync::Mutex::new(None);
-    /// Whether a task will say the failures not said yet (see `Repeats::unsaid_due`).
-    static LOOKING_AGAIN: AtomicBool = AtomicBool::new(false);
-    let said = || {
-        SAID.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
+    use crate::repeats::{Due, SaidInTime};
+    static SAID: std::sync::OnceLock<std::sync::Arc<SaidInTime>> = std::sync::OnceLock::new();
+    let said = SAID
+        .get_or_init(|| std::sync::Arc::new(SaidInTime::new(std::time::Duration::from_secs(60))));
     let say = |times: u64, error: &str| {
         tracing::warn!(
             times,
@@ -96,32 +92,14 @@ fn out_of_processes_or_descriptors(e: &cgi::CgiError) {
         );
     };
     let error = e.to_string();
-    let due = {
-        let mut said = said();
-        let repeats = said.get_or_insert_with(|| {
-            crate::repeats::Repeats::new(std::time::Duration::from_secs(60))
-        });
-        if let Some(times) = repeats.failed(std::time::Instant::now()) {
+    if let Some(times) = said.with(|r| r.failed(std::time::Instant::now())) {
+        say(times, &error);
+    }
+    said.look_again_later(false, move |due| {
+        if let Due::Unsaid(times) = due {
             say(times, &error);
         }
-        repeats.unsaid_due_at()
-    };
-    // A burst's count is said a minute after its first line, not with a next failure that may
-    // not come for hours.
-    if let (Some(at), Ok(runtime)) = (due, tokio::runtime::Handle::try_current()) {
-        if !LOOKING_AGAIN.swap(true, Ordering::AcqRel) {
-            runtime.spawn(async move {
-                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
-                LOOKING_AGAIN.store(false, Ordering::Release);
-                let times = said()
-                    .as_mut()
-                    .and_then(|r| r.unsaid_due(std::time::Instant::now()));
-                if let Some(times) = times {
-                    say(times, &error);
-                }
-            });
-        }
-    }
+    });
 }
 
 /// The most of a CGI's error answer read to see whether it says anything, and for how long.

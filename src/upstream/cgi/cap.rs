@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::metrics::METRICS;
-use crate::repeats::Repeats;
+use crate::repeats::{Due, Repeats, SaidInTime};
 
 /// How long a request that starts an exchange waits for a place before it is answered `503`.
 pub const START_WAIT: Duration = Duration::from_secs(10);
@@ -69,10 +69,8 @@ pub struct ProcessCap {
     going_on_wait: Duration,
     /// Whether a run of waits has been said and not yet its end (read without the lock).
     in_a_run: AtomicBool,
-    at_the_cap: Mutex<Repeats>,
-    /// Whether a task will say what `at_the_cap` holds unsaid (see
-    /// [`ProcessCap::look_again_later`]).
-    looking_again: AtomicBool,
+    /// The waits at the cap, said at once, then once a window; a task says what falls due.
+    at_the_cap: Arc<SaidInTime>,
     /// Set at a stop: when the requests still waiting are answered.
     waits_end_by: Mutex<Option<tokio::time::Instant>>,
     /// How many were answered so (see [`ProcessCap::answered_at_stop`]).
@@ -210,8 +208,7 @@ impl ProcessCap {
             start_wait,
             going_on_wait,
             in_a_run: AtomicBool::new(false),
-            at_the_cap: Mutex::new(Repeats::new(SAID_EVERY)),
-            looking_again: AtomicBool::new(false),
+            at_the_cap: Arc::new(SaidInTime::new(SAID_EVERY)),
             waits_end_by: Mutex::new(None),
             answered_at_stop: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -453,38 +450,14 @@ impl ProcessCap {
 
     /// From a task of its own, says a burst's count a window after the line that began it, and
     /// the run's end a window after its last wait: with the next request, as before, they
-    /// could wait for hours (one task at a time, while a run goes on).
+    /// could wait for hours.
     fn look_again_later(self: &Arc<Self>) {
-        if self.looking_again.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.looking_again.store(false, Ordering::Release);
-            return;
-        };
         let cap = Arc::downgrade(self);
-        runtime.spawn(async move {
-            loop {
-                let next = {
-                    let Some(cap) = cap.upgrade() else { return };
-                    let next = cap.said(|r| r.unsaid_due_at().or(r.quiet_end_at()));
-                    match next {
-                        Some(at) => at,
-                        None => {
-                            cap.looking_again.store(false, Ordering::Release);
-                            return;
-                        }
-                    }
-                };
-                tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
-                let Some(cap) = cap.upgrade() else { return };
-                let now = Instant::now();
-                if let Some(times) = cap.said(|r| r.unsaid_due(now)) {
-                    cap.say_reached(times);
-                }
-                if let Some(times) = cap.said(|r| r.ended_quietly(now)) {
-                    cap.say_below_again(times);
-                }
+        self.at_the_cap.look_again_later(true, move |due| {
+            let Some(cap) = cap.upgrade() else { return };
+            match due {
+                Due::Unsaid(times) => cap.say_reached(times),
+                Due::Ended(times) => cap.say_below_again(times),
             }
         });
     }
@@ -495,12 +468,7 @@ impl ProcessCap {
     }
 
     fn said<T>(&self, f: impl FnOnce(&mut Repeats) -> Option<T>) -> Option<T> {
-        // A poisoned lock only loses a log line's count.
-        let mut repeats = self
-            .at_the_cap
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut repeats)
+        self.at_the_cap.with(f)
     }
 }
 
@@ -554,7 +522,8 @@ mod tests {
                 .unwrap();
             runtime.block_on(async {
                 let cap = cap(1, 10, 10);
-                *cap.at_the_cap.lock().unwrap() = Repeats::new(Duration::from_millis(200));
+                cap.at_the_cap
+                    .with(|r| *r = Repeats::new(Duration::from_millis(200)));
                 let held = cap.place(Advertisement, "alice").await.unwrap();
                 for who in ["bob", "carol", "dave"] {
                     assert!(cap.place(Advertisement, who).await.is_err());
