@@ -209,6 +209,7 @@
 pub mod address_cap;
 pub mod api;
 pub mod body;
+pub mod build_id;
 pub mod cli;
 pub mod clock;
 pub mod closing;

@@ -362,7 +362,14 @@ fn main() -> ExitCode {
         // Nothing else runs yet: no other thread reads the environment.
         std::env::remove_var("GITGATE_CONFIG");
     }
-    let args = match Cli::try_parse() {
+    // `--version` names the build too: every build is `0.1.0`, and after an upgrade the
+    // binary on disk is told from the one a server runs by it (see `gitgate::build_id`).
+    let version: &'static str = Box::leak(gitgate::build_id::version_and_build().into_boxed_str());
+    let parsed = <Cli as clap::CommandFactory>::command()
+        .version(version)
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let args = match parsed {
         Ok(args) => args,
         Err(e) => return refuse_the_command_line(e),
     };
@@ -807,6 +814,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::api::tokens",
     "gitgate::api::users_tokens",
     "gitgate::body",
+    "gitgate::build_id",
     "gitgate::cli",
     "gitgate::cli::audit",
     "gitgate::cli::check",

@@ -439,10 +439,11 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
-            "# HELP gitgate_build_info The running gitgate's version, as a label; always 1.\n\
+            "# HELP gitgate_build_info The running gitgate's version and build ID (the executable's GNU build ID, as `gitgate --version` prints it), as labels; always 1.\n\
              # TYPE gitgate_build_info gauge\n\
-             gitgate_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+             gitgate_build_info{{version=\"{}\",build_id=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::build_id::own().unwrap_or("-")
         );
         out.push_str(
             "# HELP gitgate_requests_total Requests to the git port by operation and outcome (what is not a git request, such as GET /, as operation none, outcome rejected); not the REST API's or the probes'.\n\
@@ -875,10 +876,11 @@ mod tests {
         assert!(text.contains("gitgate_accept_failures_total{listener=\"git\"} 1\n"));
         assert!(text.contains("gitgate_accept_failures_total{listener=\"metrics\"} 2\n"));
         assert!(text.starts_with(&format!(
-            "# HELP gitgate_build_info The running gitgate's version, as a label; always 1.\n\
+            "# HELP gitgate_build_info The running gitgate's version and build ID (the executable's GNU build ID, as `gitgate --version` prints it), as labels; always 1.\n\
              # TYPE gitgate_build_info gauge\n\
-             gitgate_build_info{{version=\"{}\"}} 1\n",
-            env!("CARGO_PKG_VERSION")
+             gitgate_build_info{{version=\"{}\",build_id=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            crate::build_id::own().unwrap_or("-")
         )));
     }
 

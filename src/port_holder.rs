@@ -18,13 +18,21 @@ pub struct Holder {
     /// For a gitgate, the configuration it runs with, when it can be read (its `--config`, or
     /// `GITGATE_CONFIG`, or `proxy.toml`, in its working folder).
     pub config: Option<std::path::PathBuf>,
+    /// The build ID of the executable it runs (see [`crate::build_id`]), when it can be read.
+    pub build_id: Option<String>,
 }
 
 impl Holder {
-    /// Whether it is a gitgate (the running server, most likely).
+    /// Whether it is a gitgate (the running server, most likely): a program whose name starts
+    /// `gitgate` (`gitgate-0.1.0` or `gitgate.new` beside the installed one, as upgrades keep
+    /// them), or one running this very build under any name.
     pub fn is_gitgate(&self) -> bool {
-        self.name == "gitgate"
+        is_gitgate(&self.name, self.build_id.as_deref(), crate::build_id::own())
     }
+}
+
+fn is_gitgate(name: &str, build: Option<&str>, own_build: Option<&str>) -> bool {
+    name.starts_with("gitgate") || build.is_some_and(|b| Some(b) == own_build)
 }
 
 /// The process listening on TCP `port` (any address), if one can be seen.
@@ -57,10 +65,17 @@ pub fn holder(port: u16) -> Option<Holder> {
         });
         if holds {
             let name = command_name(&entry.path());
-            let config = (name == "gitgate")
-                .then(|| config_of(&entry.path()))
-                .flatten();
-            return Some(Holder { pid, name, config });
+            let build_id = crate::build_id::of_file(&entry.path().join("exe"));
+            let mut holder = Holder {
+                pid,
+                name,
+                config: None,
+                build_id,
+            };
+            if holder.is_gitgate() {
+                holder.config = config_of(&entry.path());
+            }
+            return Some(holder);
         }
     }
     None
@@ -141,6 +156,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_gitgate_is_told_by_its_name_or_by_this_build() {
+        assert!(is_gitgate("gitgate", None, None));
+        assert!(is_gitgate("gitgate-0.1.0", None, Some("aa")));
+        assert!(is_gitgate("gitgate.new", Some("bb"), Some("aa")));
+        assert!(is_gitgate("gg", Some("aa"), Some("aa")));
+        assert!(!is_gitgate("gg", Some("bb"), Some("aa")));
+        assert!(!is_gitgate("node_exporter", None, None));
+        assert!(!is_gitgate("nginx", None, Some("aa")));
+    }
+
+    #[test]
     fn listening_sockets_are_read_from_the_table() {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n\
@@ -152,15 +178,18 @@ mod tests {
         assert_eq!(listening_inodes("", 8080), Vec::<u64>::new());
     }
 
-    /// A real listener of this process is found, with this process's name.
+    /// A real listener of this process is found, with this process's name and build — this
+    /// very build, so taken for a gitgate, and its configuration read.
     #[test]
     fn this_process_is_found_listening() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let found = holder(port).expect("this process listens there");
         assert_eq!(found.pid, std::process::id());
-        assert!(!found.is_gitgate(), "{found:?}");
-        assert_eq!(found.config, None, "only a gitgate's is read");
+        assert_eq!(found.build_id.as_deref(), crate::build_id::own());
+        assert!(found.build_id.is_some(), "{found:?}");
+        assert!(found.is_gitgate(), "{found:?}");
+        assert!(found.config.is_some(), "{found:?}");
         drop(listener);
         // A link's folder, not its target's, tells configurations apart.
         let dir = std::env::temp_dir().join(format!("gitgate-port-holder-{}", std::process::id()));

@@ -535,6 +535,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        build_id = crate::build_id::own().unwrap_or("-"),
         config = %crate::log_value::LogFile(&std::path::absolute(&config.source).unwrap_or_else(|_| config.source.clone())),
         store = %crate::log_value::LogFile(&config.store.path),
         workers = workers.len(),

@@ -2045,6 +2045,112 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
 /// and `[store] path`.
 /// A store whose every token is expired or of a disabled user refuses every git request, as an
 /// empty one does: check says so, and no more once one can be used.
+/// The build ID `gitgate --version` prints.
+fn build_id_of(binary: &std::path::Path) -> String {
+    let out = run(
+        {
+            let mut cmd = Command::new(binary);
+            cmd.arg("--version");
+            cmd
+        },
+        None,
+    );
+    let text = out.ok();
+    text.split("(build ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no build in --version: {text}"))
+        .to_owned()
+}
+
+/// An upgrade as operators make one: the server runs a binary of another name (versioned
+/// copies side by side), or a build an upgrade has since replaced. `check` of the same
+/// configuration with the new binary takes either for the live gitgate — a warning, not "not a
+/// gitgate" — and names the running build when it is not its own, so the operator knows a
+/// restart is due. A copy of this very build under any name is a gitgate too.
+#[test]
+fn check_knows_a_gitgate_of_another_name_or_build_and_names_its_build() {
+    let sb = Sandbox::new();
+    let ours = build_id_of(std::path::Path::new(gitgate_bin()));
+    assert_eq!(ours.len(), 40, "{ours}");
+    let binary = fs::read(gitgate_bin()).unwrap();
+    // Another build: the same program with the ID in its note changed, as a rebuild changes it.
+    let theirs: String = ours.chars().rev().collect();
+    let raw = |hex: &str| -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let (from, to) = (raw(&ours), raw(&theirs));
+    let at = binary
+        .windows(from.len())
+        .position(|w| w == from.as_slice())
+        .expect("the build ID is in the binary");
+    let mut rebuilt = binary.clone();
+    rebuilt[at..at + to.len()].copy_from_slice(&to);
+    let copies = [
+        ("gitgate-0.9.9", rebuilt, Some(theirs.as_str())),
+        ("gg", binary, None),
+    ];
+    for (name, bytes, other_build) in copies {
+        let copy = sb.root().join(name);
+        fs::write(&copy, bytes).unwrap();
+        fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        if let Some(other) = other_build {
+            assert_eq!(build_id_of(&copy), other);
+        }
+        let port = common::free_port();
+        let config = sb.root().join("live.toml");
+        fs::write(
+            &config,
+            sb.config_text().replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            ),
+        )
+        .unwrap();
+        let mut running = Command::new(&copy)
+            .env_remove("GITGATE_CONFIG")
+            .env_remove("GITGATE_LOG")
+            .current_dir(sb.root())
+            .args(["--config", "live.toml", "serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "{name} did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+        let mut cmd = Command::new(gitgate_bin());
+        cmd.env_remove("GITGATE_CONFIG")
+            .current_dir(sb.root())
+            .args(["--config", "live.toml", "check"]);
+        let checked = run(cmd, None);
+        let text = format!("{}{}", checked.stdout, checked.stderr);
+        let named = match other_build {
+            Some(other) => format!(
+                "in use now by {name} (pid {}, build {other}; this program is build {ours}: a \
+                 restart runs it)",
+                running.id()
+            ),
+            None => format!(
+                "in use now by {name} (pid {}) (by the running",
+                running.id()
+            ),
+        };
+        // SAFETY: a signal to the child this test started.
+        unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGTERM) };
+        running.wait().unwrap();
+        assert!(
+            checked.success() && text.contains(&named),
+            "{name}: {checked}"
+        );
+    }
+}
+
 #[test]
 fn check_warns_of_a_store_none_of_whose_tokens_can_be_used() {
     let sb = user_sandbox();

@@ -54,11 +54,22 @@ fn in_use_by_another_program(
     }
 }
 
-/// ` by gitgate (pid N)` when the holder of `addr`'s port can be seen.
+/// ` by gitgate (pid N)` when the holder of `addr`'s port can be seen, with its build when it
+/// is not this program's: a server still running the binary an upgrade replaced.
 fn holder_named(addr: std::net::SocketAddr) -> String {
     crate::port_holder::holder(addr.port())
-        .map(|h| format!(" by {} (pid {})", h.name, h.pid))
+        .map(|h| holder_text(&h, crate::build_id::own()))
         .unwrap_or_default()
+}
+
+fn holder_text(h: &Holder, own_build: Option<&str>) -> String {
+    match (h.build_id.as_deref(), own_build) {
+        (Some(theirs), Some(ours)) if theirs != ours => format!(
+            " by {} (pid {}, build {theirs}; this program is build {ours}: a restart runs it)",
+            h.name, h.pid
+        ),
+        _ => format!(" by {} (pid {})", h.name, h.pid),
+    }
 }
 
 pub fn run(config_path: &Path) -> Result<(), String> {
@@ -432,7 +443,23 @@ fn chain_dates(chain: &crate::tls::ChainValidity, now: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{chain_dates, safe_directory_names};
+    use super::{chain_dates, holder_text, safe_directory_names, Holder};
+
+    #[test]
+    fn a_holder_of_another_build_is_named_with_both_builds() {
+        let h = Holder {
+            pid: 7,
+            name: "gitgate".into(),
+            config: None,
+            build_id: Some("aaaa".into()),
+        };
+        assert_eq!(holder_text(&h, Some("aaaa")), " by gitgate (pid 7)");
+        assert_eq!(holder_text(&h, None), " by gitgate (pid 7)");
+        assert_eq!(
+            holder_text(&h, Some("bbbb")),
+            " by gitgate (pid 7, build aaaa; this program is build bbbb: a restart runs it)"
+        );
+    }
 
     #[test]
     fn safe_directory_names_a_repository_as_git_does() {
