@@ -194,3 +194,26 @@ fn a_store_of_the_first_build_keeps_its_tokens_users_and_audit() {
     );
     assert!(show["lastUsedAt"].as_i64().is_some(), "{show}");
 }
+
+/// A command of a newer gitgate migrates the store as `serve` does, a reading one such as
+/// `token list` too, and says so on stderr — a server still running the older build refuses
+/// every token from then on — once: the next command finds nothing to migrate.
+#[test]
+fn a_command_that_migrates_the_store_says_so_once() {
+    let sb = Sandbox::new();
+    fs::copy(fixture("store-v1/gitgate.db"), sb.db()).unwrap();
+    let first = sb.cli(&["token", "list"]);
+    let listed = first.ok().to_owned();
+    assert!(listed.contains("laptop"), "{first}");
+    assert!(
+        first.stderr.contains(&format!(
+            "note: migrated the token store {} from schema 1 to 5: a gitgate older than this \
+             one that still serves it now refuses every token (503)",
+            sb.db().display()
+        )),
+        "{first}"
+    );
+    let again = sb.cli(&["token", "list"]);
+    assert_eq!(again.ok(), listed);
+    assert!(!again.stderr.contains("migrated"), "{again}");
+}

@@ -178,6 +178,16 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
     if writes {
         store.check_writable().map_err(|e| e.to_string())?;
     }
+    if let Some(from) = store.migrated_from() {
+        // `serve` logs it; a command's is otherwise unseen, and takes down an older server.
+        note(format_args!(
+            "note: migrated the token store {} from schema {from} to {}: a gitgate older than \
+             this one that still serves it now refuses every token (503) until it is \
+             restarted with this version",
+            path.display(),
+            Store::schema_version()
+        ));
+    }
     Ok(OpenStore {
         store,
         project_root: served_from(&config.upstream),

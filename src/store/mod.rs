@@ -281,6 +281,8 @@ struct Inner {
     /// the last one, checkpoint and delete the `-wal` and `-shm` under the server. Last of the
     /// fields, so that it is closed after the connections.
     header: Option<std::fs::File>,
+    /// The schema this open migrated the store from, if it did (see [`Store::migrated_from`]).
+    migrated_from: Option<i64>,
 }
 
 /// The blocks this thread has read from storage so far (`getrusage(RUSAGE_THREAD)`'s
@@ -1126,7 +1128,8 @@ impl Store {
             )));
         }
         schema::migrate(&mut conn).map_err(explain)?;
-        if found != 0 && found < schema::CURRENT {
+        let migrated_from = (found != 0 && found < schema::CURRENT).then_some(found);
+        if migrated_from.is_some() {
             tracing::info!(
                 path = %crate::log_value::LogFile(path),
                 "migrated the token store from schema {found} to {}",
@@ -1166,8 +1169,20 @@ impl Store {
                 miss_slots: tokio::sync::Semaphore::new(MISS_READERS),
                 inline_paused_until: AtomicI64::new(0),
                 header: std::fs::File::open(&opened).ok(),
+                migrated_from,
             }),
         })
+    }
+
+    /// The schema version this open migrated the store from, when it did: a command says so,
+    /// as a server still running an older gitgate refuses every token from then on.
+    pub fn migrated_from(&self) -> Option<i64> {
+        self.inner.migrated_from
+    }
+
+    /// The schema version this gitgate writes.
+    pub fn schema_version() -> i64 {
+        schema::CURRENT
     }
 
     pub fn path(&self) -> &Path {
