@@ -501,6 +501,9 @@ impl Gate {
         if let Some(m) = crate::upstream::headers::unsupported_content_coding(req.headers()) {
             return Err(Refusal::UnsupportedCoding(m));
         }
+        if let Some(m) = body_on_a_get(req.method(), req.headers()) {
+            return Err(Refusal::NotGit(Rejection::BadRequest(m.into())));
+        }
         log.repo = Some(git_req.repo.to_string());
         log.access = Some(git_req.access.as_str());
         self.guard
@@ -1128,6 +1131,22 @@ fn log_unseen(
     );
 }
 
+/// What is wrong with a `GET` or `HEAD` that says it has a body (a `Content-Length` above 0,
+/// or any `Transfer-Encoding`): git never sends one, and one passed on is bytes an upstream
+/// that takes these methods for bodiless reads as the next request on gitgate's connection —
+/// an authenticated one (a chunked body on these methods went nowhere; one of a stated length
+/// went upstream). Refused, as a form of request git does not make.
+fn body_on_a_get(method: &Method, headers: &HeaderMap) -> Option<&'static str> {
+    if method != Method::GET && method != Method::HEAD {
+        return None;
+    }
+    let has_length = crate::upstream::headers::content_length(headers).is_some_and(|n| n > 0);
+    let has_coding = headers.contains_key(hyper::header::TRANSFER_ENCODING);
+    (has_length || has_coding).then_some(
+        "a GET or HEAD request carries no body (git sends none), and this one says it has one",
+    )
+}
+
 /// What the holder of a token's replaced secret is told: that it was replaced, and when.
 fn replaced_secret(token: &crate::store::TokenRecord) -> String {
     let name = &token.name;
@@ -1159,8 +1178,11 @@ pub fn host_problem(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<
         });
     }
     // Not a host at all (RFC 9112, section 3.2: a 400, as for two): it would be passed on as
-    // the forwarded host and written into the log.
-    if first.is_some_and(|h| !crate::upstream::headers::is_host_and_port(h.as_bytes())) {
+    // the forwarded host and written into the log. Empty (a request to an `http` URI always
+    // names a host), or holding what RFC 3986 lets a name hold but no DNS name or address
+    // does (`127.0.0.1,evil.example`: read as two hosts by what reads it as a list) is refused
+    // too: passed on, it would reach the backend without `X-Forwarded-Host`.
+    if first.is_some_and(|h| !h.to_str().is_ok_and(crate::upstream::headers::valid_host)) {
         return Some("the Host header is not a host name or address with an optional port");
     }
     // The same of an HTTP/2 `:authority` (or an absolute target's host), which stands for Host
@@ -1168,7 +1190,7 @@ pub fn host_problem(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<
     // `git.example:99999`.
     if uri
         .authority()
-        .is_some_and(|a| !crate::upstream::headers::is_host_and_port(a.as_str().as_bytes()))
+        .is_some_and(|a| !crate::upstream::headers::valid_host(a.as_str()))
     {
         return Some(if version == Version::HTTP_2 {
             "the request's :authority is not a host name or address with an optional port"
@@ -1565,8 +1587,9 @@ impl Drop for LoggedBody {
 #[cfg(test)]
 mod tests {
     use super::{
-        host_problem, loggable_path, loggable_repo, overlong_target, AuditScratch, LogAgent,
-        LogLine, LogMethod, RequestLog, Unanswered, AGENT_LOGGED, LONGEST_TARGET, PATH_KEPT,
+        body_on_a_get, host_problem, loggable_path, loggable_repo, overlong_target, AuditScratch,
+        LogAgent, LogLine, LogMethod, RequestLog, Unanswered, AGENT_LOGGED, LONGEST_TARGET,
+        PATH_KEPT,
     };
     use crate::idle::Activity;
     use hyper::header::HOST;
@@ -1701,6 +1724,27 @@ mod tests {
     }
 
     #[test]
+    fn a_get_or_head_that_says_it_has_a_body_is_refused() {
+        use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+        use hyper::Method;
+        let with = |name, value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(name, value.parse().unwrap());
+            h
+        };
+        for method in [Method::GET, Method::HEAD] {
+            assert!(body_on_a_get(&method, &with(CONTENT_LENGTH, "5")).is_some());
+            assert!(body_on_a_get(&method, &with(TRANSFER_ENCODING, "chunked")).is_some());
+            assert_eq!(body_on_a_get(&method, &with(CONTENT_LENGTH, "0")), None);
+            assert_eq!(body_on_a_get(&method, &HeaderMap::new()), None);
+        }
+        assert_eq!(
+            body_on_a_get(&Method::POST, &with(CONTENT_LENGTH, "5")),
+            None
+        );
+    }
+
+    #[test]
     fn an_http11_request_carries_one_host() {
         let uri: Uri = "/team/app.git/info/refs".parse().unwrap();
         let v11 = Version::HTTP_11;
@@ -1740,6 +1784,13 @@ mod tests {
             "host:65536",
             "[::1]x",
             "host/x",
+            "",
+            "127.0.0.1,evil.example",
+            "a,,b",
+            ",",
+            "host;x=1",
+            "h%41st",
+            "host!",
         ] {
             let problem = host_problem(v11, &uri, &hosts(&[bad]));
             assert!(
@@ -1759,7 +1810,6 @@ mod tests {
             "xn--bcher-kva.example",
             "host:",
             "[::1]:",
-            "",
         ] {
             assert_eq!(host_problem(v11, &uri, &hosts(&[good])), None, "{good}");
         }

@@ -192,6 +192,44 @@ fn cases(w: &str, r: &str) -> Vec<(&'static str, Vec<u8>, u16)> {
             format!("GET {IR} HTTP/1.1\r\n{aw}Connection: close\r\n\r\n").into_bytes(),
             400,
         ),
+        // Hosts a list reader takes for two, or none: refused, not passed on without
+        // X-Forwarded-Host.
+        (
+            "two hosts joined by a comma, with a valid token",
+            format!("GET {IR} HTTP/1.1\r\nHost: 127.0.0.1,evil.example\r\n{aw}Connection: close\r\n\r\n")
+                .into_bytes(),
+            400,
+        ),
+        (
+            "an empty Host, with a valid token",
+            format!("GET {IR} HTTP/1.1\r\nHost:\r\n{aw}Connection: close\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            "absolute-form target of two hosts, with a valid token",
+            req("GET", &format!("http://gitgate.test,evil{IR}"), &aw),
+            400,
+        ),
+        // A body git never sends, holding a whole request for an upstream that reads GETs as
+        // bodiless: refused, with a valid token.
+        (
+            "GET with a body of a stated length",
+            [
+                req("GET", IR, &format!("{aw}Content-Length: 64\r\n")),
+                format!("{:<64}", "GET /team/app.git/info/refs HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
+            ]
+            .concat(),
+            400,
+        ),
+        (
+            "HEAD with a chunked body",
+            [
+                req("HEAD", IR, &format!("{aw}Transfer-Encoding: chunked\r\n")),
+                b"5\r\nhello\r\n0\r\n\r\n".to_vec(),
+            ]
+            .concat(),
+            400,
+        ),
         (
             "CRLF injected in the request target",
             req("GET", "/team/app.git/info/refs\r\nX-Evil: 1", ""),

@@ -1081,10 +1081,12 @@ pub fn valid_git_protocol(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"=:._-".contains(c))
 }
 
-/// A host name or address with an optional port, to be passed on as `X-Forwarded-Host`: of
-/// letters, digits and `.-:[]_` only — frameworks read the header as a list (`,`) or with
-/// parameters (`;`), so the rest of what RFC 9110 lets a `Host` hold is not passed on.
-fn valid_host(h: &str) -> bool {
+/// A host name or address with an optional port, as gitgate takes a `Host` (and passes it on
+/// as `X-Forwarded-Host`): of letters, digits and `.-:[]_` only — frameworks read the header as
+/// a list (`,`) or with parameters (`;`), and no DNS name or address holds the rest of what
+/// RFC 9110 lets a `Host` hold, so a request whose `Host` holds them is refused (the gate's
+/// `host_problem`) rather than passed on without one.
+pub fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 255
         && h.bytes()
