@@ -1125,6 +1125,41 @@ fn a_push_applied_as_a_stop_ended_it_is_said_to_be_applied() {
     drop(client);
 }
 
+/// A push whose chunked body is malformed, from a client that stays for its answer: a `400`,
+/// and receive-pack's failure (its input ended early) is logged as what it is — not as a
+/// client that left, nor as a warning. So is the same body to upload-pack.
+#[test]
+fn a_malformed_push_body_is_a_400_and_no_warning_of_a_client_that_left() {
+    let server = Server::start("");
+    for rpc in ["git-receive-pack", "git-upload-pack"] {
+        let request = format!(
+            "POST /team/app.git/{rpc} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+             Content-Type: application/x-{rpc}-request\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n0x4\r\n0000\r\n0\r\n\r\n",
+            basic("alice", &server.write_token)
+        );
+        let resp = server.raw(request.as_bytes());
+        assert_eq!(
+            status(&resp),
+            400,
+            "{rpc}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        assert!(
+            String::from_utf8_lossy(&resp).contains("the request body was malformed"),
+            "{}",
+            String::from_utf8_lossy(&resp)
+        );
+    }
+    wait_for("the push's end in the log", || {
+        server.log().contains("a push whose upload broke off")
+    });
+    let log = server.log();
+    assert!(!log.contains("the client left during a push"), "{log}");
+    assert!(!log.contains("whose client left"), "{log}");
+    assert!(!log.lines().any(|l| l.contains(" WARN ")), "{log}");
+}
+
 /// A push cut off in the middle of its pack: receive-pack is told by the end of its input, fails
 /// the pack (a pack is applied only whole) and removes its quarantined objects. Killed, as any
 /// other backend is, it would leave them on disk — tens of MB for each interrupted push.
@@ -1154,24 +1189,24 @@ fn a_push_cut_off_mid_pack_leaves_no_quarantined_objects() {
         "{}",
         server.log()
     );
-    // How the push ended is logged, with what it was.
+    // How the push ended is logged, with what it was: a failure it should have, its upload
+    // having broken off, so no warning.
+    let said = "a push whose upload broke off (its client left, or sent a malformed body) has";
     wait_for("the push's end in the log", || {
-        server.log().lines().any(|l| {
-            l.contains("a push whose client left has")
-                && l.contains("/team/app.git/git-receive-pack (user alice)")
-        })
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains(said) && l.contains("/team/app.git/git-receive-pack (user alice)"))
     });
     // ... and what it did, which its exit status does not say (receive-pack exits 0 when it
     // refuses a pack): not an update.
     let log = server.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("a push whose client left has"))
-        .unwrap();
+    let line = log.lines().find(|l| l.contains(said)).unwrap();
     assert!(
         line.contains("outcome=") && !line.contains("ref(s) updated"),
         "{line}"
     );
+    assert!(!line.contains(" WARN "), "{line}");
 }
 
 /// A connection that sends no request — nothing at all, an HTTP/2 preface and half a header

@@ -101,9 +101,23 @@ pub(super) struct Finishing {
     /// client may leave after the report reached it, while a hook still runs, and the log must
     /// still say what the push did.
     pub(super) said: Report,
+    /// The request body broke off before its end (its client left mid-upload, or sent bad
+    /// chunked framing and is answered `400`): the push fails, its input having ended early,
+    /// as it should — its failure is no warning, and a client that sent a malformed body may
+    /// well still be there.
+    pub(super) body_broke: bool,
 }
 
 impl Finishing {
+    /// How the log names the push's lot: a client that left, or a body that broke off.
+    fn why_alone(&self) -> &'static str {
+        if self.body_broke {
+            "whose upload broke off (its client left, or sent a malformed body)"
+        } else {
+            "whose client left"
+        }
+    }
+
     /// Reads `data`, which the push said to its client, for its report.
     fn heard(&mut self, data: &[u8]) {
         self.said.feed(data);
@@ -139,7 +153,11 @@ impl Drop for CgiBody {
             self.ended_by_gitgate();
             return;
         };
-        tracing::info!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(label), "the client left during a push; git receive-pack finishes it (its refs only if the whole pack arrived, and its hooks)");
+        if finishing.body_broke {
+            tracing::info!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(label), "a push's upload broke off (its client left, or sent a malformed body, answered 400); git receive-pack is let end by itself, which fails the push and removes what it received");
+        } else {
+            tracing::info!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(label), "the client left during a push; git receive-pack finishes it (its refs only if the whole pack arrived, and its hooks)");
+        }
         let guard = std::mem::replace(&mut self.guard, KillGuard::disarmed());
         let (Some(finishing), Some(stdout)) = (self.finishing.take(), self.stdout.take()) else {
             return;
@@ -286,10 +304,14 @@ pub(super) async fn finish_alone(
     let outcome = report.outcome();
     match exit.await {
         Ok(info) if info.success() => {
-            tracing::info!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push whose client left has finished: {info}")
+            tracing::info!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push {} has finished: {info}", finishing.why_alone())
+        }
+        // Its input ended early: failing is what it should do, the client's doing.
+        Ok(info) if finishing.body_broke => {
+            tracing::info!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push {} has failed, as it should: {info}", finishing.why_alone())
         }
         Ok(info) => {
-            tracing::warn!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push whose client left has failed: {info}")
+            tracing::warn!(target: "gitgate::cgi", request_id = %finishing.request_id, push = %LogValue(&finishing.label), outcome = %LogText(&outcome), "a push {} has failed: {info}", finishing.why_alone())
         }
         Err(_) => {}
     }
@@ -397,7 +419,12 @@ impl CgiBody {
                 }
             }
             // The request body broke off, or ended short of its length.
-            Err(Err(_)) => Err(CgiError::RequestBroke),
+            Err(Err(_)) => {
+                if let Some(finishing) = &mut self.finishing {
+                    finishing.body_broke = true;
+                }
+                Err(CgiError::RequestBroke)
+            }
             Ok(Some(Err(e))) if UploadStalled::is(&e) => {
                 Err(CgiError::UploadStalled(self.silence.idle()))
             }

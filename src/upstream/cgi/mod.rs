@@ -764,6 +764,7 @@ impl CgiBackend {
                 label: label.clone(),
                 request_id: req.request_id,
                 said: Default::default(),
+                body_broke: false,
             }),
             silence: Silence::new(self.head_timeout),
             uploading,

@@ -399,11 +399,19 @@ pub(super) async fn end_group(child: &mut Child) -> io::Result<ExitStatus> {
     };
     match tokio::time::timeout_at(deadline, died).await {
         Ok(Ok(_)) => {
-            // The leader is gone but unreaped. The rest of the group (git's helpers, cleaning
-            // up after SIGTERM) gets what is left of the grace period, then SIGKILL. Whether
-            // any is left cannot be told cheaply — the dead leader is still a member — so the
-            // grace is waited out.
-            tokio::time::sleep_until(deadline).await;
+            // The leader is gone but unreaped (its id, the group's, cannot be taken by another
+            // process meanwhile). The rest of the group (git's helpers, cleaning up after
+            // SIGTERM) gets what is left of the grace period, then SIGKILL — looked for in
+            // `/proc` every 20 ms, so that a group that is all gone is reaped at once: waiting
+            // the grace out held every answer that ends a backend (a `400` for a broken body)
+            // for two seconds. Where `/proc` cannot say, the grace is waited out.
+            while tokio::time::Instant::now() < deadline {
+                let others = tokio::task::spawn_blocking(move || others_in_group(group)).await;
+                if matches!(others, Ok(Some(false))) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let _ = kill_process_group(group, Signal::KILL);
             child.wait().await
         }
@@ -424,9 +432,64 @@ pub(super) async fn end_group(child: &mut Child) -> io::Result<ExitStatus> {
     }
 }
 
+/// Whether a process other than its leader is in process group `group`, from each process's
+/// `/proc/PID/stat` (its fifth field); `None` where `/proc` cannot be read.
+fn others_in_group(group: Pid) -> Option<bool> {
+    let leader = group.as_raw_nonzero().get();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == leader {
+            continue;
+        }
+        // Gone in between, or not ours to read: not in the group as far as can be told.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if group_in_stat(&stat) == Some(leader) {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// The process group in a `/proc/PID/stat` line: `PID (COMM) STATE PPID PGRP ...`, the command
+/// name in parentheses that may hold spaces and parentheses itself (so read after the last).
+fn group_in_stat(stat: &str) -> Option<i32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_malformed_request;
+
+    #[test]
+    fn a_process_group_is_read_from_a_stat_line() {
+        use super::group_in_stat;
+        assert_eq!(group_in_stat("123 (git) S 1 120 120 0 -1"), Some(120));
+        assert_eq!(group_in_stat("123 (a b) c)) R 1 77 77 0"), Some(77));
+        assert_eq!(group_in_stat("123 (git"), None);
+        assert_eq!(group_in_stat(""), None);
+    }
+
+    /// This process's group has this process in it, and a group nobody has, nobody.
+    #[test]
+    fn the_members_of_a_group_are_found_in_proc() {
+        use super::others_in_group;
+        let own_group = rustix::process::getpgrp();
+        let own = rustix::process::getpid();
+        if own_group != own {
+            assert_eq!(others_in_group(own_group), Some(true));
+        }
+        let nobodys = rustix::process::Pid::from_raw(i32::MAX - 7).unwrap();
+        assert_eq!(others_in_group(nobodys), Some(false));
+    }
 
     #[test]
     fn git_dying_on_what_the_client_sent_is_told_from_a_failing_server() {

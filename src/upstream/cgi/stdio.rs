@@ -183,6 +183,16 @@ fn is_a_missing_file(line: &str) -> bool {
     line.starts_with("Cannot open '") && line.ends_with("': No such file or directory")
 }
 
+/// Whether a stderr line is git's word that its input ended before it should have (`fatal:
+/// the remote end hung up unexpectedly`, `fatal: early EOF`): its input is the client's
+/// request body, which broke off, or which gitgate ended for a client that left.
+fn is_input_cut_short(line: &str) -> bool {
+    matches!(
+        line,
+        "fatal: the remote end hung up unexpectedly" | "fatal: early EOF"
+    )
+}
+
 /// Logs each stderr line of the child as a warning, up to [`MAX_STDERR_LINES`], then how many
 /// more there were; returns the line that says why it ended: its first `fatal:` line, or else
 /// its last non-empty one.
@@ -228,6 +238,17 @@ pub(super) async fn log_stderr<R: AsyncRead + Unpin>(
                         path = %crate::log_value::LogValue(&path),
                         stderr = %LogText(text),
                         "the CGI backend answered 404 for a dumb-HTTP file that is not there"
+                    );
+                } else if is_input_cut_short(text) {
+                    // Its input ended before its end: the request body broke off, or its
+                    // client left (gitgate closed the input so that a push cleans up). The
+                    // request's own lines say which; not a problem of the server's.
+                    tracing::info!(
+                        target: "gitgate::cgi",
+                        request_id = %id,
+                        path = %crate::log_value::LogValue(&path),
+                        stderr = %LogText(text),
+                        "the CGI backend's input ended early (the request body broke off, or its client left)"
                     );
                 } else if logged < MAX_STDERR_LINES {
                     logged += 1;
@@ -335,6 +356,22 @@ mod tests {
             "error: Cannot open 'x': No such file or directory; and more",
         ] {
             assert!(!is_a_missing_file(line), "{line}");
+        }
+    }
+
+    #[test]
+    fn an_input_cut_short_is_told_from_other_failures() {
+        use super::is_input_cut_short;
+        assert!(is_input_cut_short(
+            "fatal: the remote end hung up unexpectedly"
+        ));
+        assert!(is_input_cut_short("fatal: early EOF"));
+        for line in [
+            "fatal: index-pack failed",
+            "error: remote unpack failed: unable to create temporary object directory",
+            "fatal: the remote end hung up unexpectedly; and more",
+        ] {
+            assert!(!is_input_cut_short(line), "{line}");
         }
     }
 
