@@ -209,7 +209,14 @@ pub fn parse(value: &[u8]) -> Result<Credentials, CredentialError> {
     if value.is_empty() {
         return Err(Malformed("header is empty"));
     }
-    let (scheme, rest) = match value.iter().position(|&b| b == b' ') {
+    let (scheme, rest) = match value.iter().position(|&b| b == b' ' || b == b'\t') {
+        // `Basic<TAB>...`: HTTP separates the two with spaces only (RFC 9110, section 11.4);
+        // said so, rather than as a scheme nobody knows.
+        Some(at) if value[at] == b'\t' => {
+            return Err(Malformed(
+                "a tab separates the scheme from the credentials; HTTP wants a space",
+            ))
+        }
         Some(at) => value.split_at(at),
         None => (value, &[][..]),
     };
@@ -883,6 +890,17 @@ mod tests {
         assert!(malformed(b"Bearer a\x00b").contains("invalid"));
         assert!(malformed("Bearer é".as_bytes()).contains("invalid"));
         assert!(malformed(b"Bearer a b").contains("whitespace"));
+    }
+
+    #[test]
+    fn a_tab_after_the_scheme_is_named_as_such() {
+        for v in [&b"Basic\tYTpi"[..], b"Bearer\tabc"] {
+            assert_eq!(
+                malformed(v),
+                "a tab separates the scheme from the credentials; HTTP wants a space",
+                "{v:?}"
+            );
+        }
     }
 
     #[test]
