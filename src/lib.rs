@@ -224,6 +224,7 @@ pub mod inflight;
 pub mod lifecycle;
 pub mod linger;
 pub mod log_json;
+pub mod log_queue;
 pub mod log_value;
 pub mod metrics;
 pub mod network;

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use gitgate::cli;
 use gitgate::log_json::{JsonLines, LogFormat};
+use gitgate::log_queue;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -382,11 +384,15 @@ fn main() -> ExitCode {
     };
     // The server logs every request; the operator's commands only warnings.
     let serving = matches!(args.command, Command::Serve);
-    if let Err(message) = init_logging(serving) {
-        // A refused start like any other bad setting: 1, as `check` promises.
-        gitgate::cli::note(format_args!("gitgate: {message}"));
-        return ExitCode::FAILURE;
-    }
+    // Held to the end: the server's queued log lines are written before the process exits.
+    let _log_flush = match init_logging(serving) {
+        Ok(flush) => flush,
+        Err(message) => {
+            // A refused start like any other bad setting: 1, as `check` promises.
+            gitgate::cli::note(format_args!("gitgate: {message}"));
+            return ExitCode::FAILURE;
+        }
+    };
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         // `gitgate audit | head`: the reader has what it wanted; end as SIGPIPE would, quietly.
@@ -664,8 +670,11 @@ fn run_command(store: &cli::OpenStore, command: Command) -> Result<(), String> {
 
 /// Logging to stderr, filtered by `GITGATE_LOG` (else `default`), as text or, with
 /// `GITGATE_LOG_FORMAT=json`, as JSON objects. A value that is not understood is refused: read
-/// as best it could be, it would turn logging off without a word.
-fn init_logging(serving: bool) -> Result<(), String> {
+/// as best it could be, it would turn logging off without a word. The server's lines go
+/// through a queue and a writer thread of their own (see `gitgate::log_queue`), so that a log
+/// reader that stops reading cannot stop it: the guard returned writes what is queued at the
+/// end.
+fn init_logging(serving: bool) -> Result<Option<log_queue::Flush>, String> {
     let default = if serving { "info" } else { "warn" };
     let filter = match std::env::var("GITGATE_LOG") {
         Ok(value) if !value.trim().is_empty() => {
@@ -683,10 +692,20 @@ fn init_logging(serving: bool) -> Result<(), String> {
     // does: tracing's own report of the failure would be a panic in `eprintln!`, and with it
     // the panic hook's log line, an abort of the whole server.
     let format = LogFormat::from_setting(std::env::var("GITGATE_LOG_FORMAT").ok().as_deref())?;
+    let (writer, flush) = if serving {
+        let queue = log_queue::LogQueue::new(log_queue::QUEUE_BYTES);
+        log_queue::start_writer(&queue).map_err(|e| format!("cannot start the log writer: {e}"))?;
+        (
+            BoxMakeWriter::new(log_queue::Queued(queue.clone())),
+            Some(log_queue::Flush(queue)),
+        )
+    } else {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    };
     let lines = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .log_internal_errors(false)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     if format == LogFormat::Json {
         // Every key, a command's warnings too: a pipeline reads them all the same way.
@@ -698,7 +717,7 @@ fn init_logging(serving: bool) -> Result<(), String> {
         // module a server's log needs: `WARN creating a new, empty token store path=...`.
         lines.without_time().with_target(false).init();
     }
-    Ok(())
+    Ok(flush)
 }
 
 /// `value` as a filter: as it is when it sets a level for everything (`warn`,
@@ -836,6 +855,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::lifecycle",
     "gitgate::linger",
     "gitgate::log_json",
+    "gitgate::log_queue",
     "gitgate::log_value",
     "gitgate::metrics",
     "gitgate::network",

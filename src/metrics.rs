@@ -624,6 +624,15 @@ impl Metrics {
             self.accept_failures[0].load(Relaxed),
             self.accept_failures[1].load(Relaxed),
         );
+        let _ = writeln!(
+            out,
+            "# HELP gitgate_log_lines_dropped_total Log lines dropped because the log's reader \
+             did not keep up (a full queue of lines waiting to be written to stderr; the log says \
+             how many when it writes again).\n\
+             # TYPE gitgate_log_lines_dropped_total counter\n\
+             gitgate_log_lines_dropped_total {}",
+            crate::log_queue::DROPPED.load(Relaxed),
+        );
         let expiry = self.tls_certificate_expiry.load(Relaxed);
         if expiry != 0 {
             let _ = writeln!(

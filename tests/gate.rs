@@ -2604,6 +2604,78 @@ fn json_log_lines_are_one_object_each_with_typed_fields() {
     );
 }
 
+/// A log reader that stops reading (a terminal held with Ctrl-S, a stuck `| tee`, a blocking
+/// log driver) does not stop the server: with its stderr a pipe nobody reads, gitgate answers
+/// thousands of requests (its lines wait in memory; a pipe holds some 150), and once the pipe
+/// is read again every line arrives, the stop's last one included.
+#[test]
+fn a_log_reader_that_stops_reading_does_not_stop_the_server() {
+    use std::io::{BufRead, BufReader, Read};
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    /// Killed if the test fails half-way: a server stuck on its log would outlive it.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        sb.gitgate_command()
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut log = BufReader::new(child.0.stderr.take().unwrap());
+    // Read up to the `listening on` line, then no more.
+    let mut head = String::new();
+    let port = loop {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "no listening line: {head}"
+        );
+        head.push_str(&line);
+        if let Some((_, port)) = common::listening_at(&line) {
+            break port;
+        }
+    };
+    const REQUESTS: usize = 3000;
+    for i in 0..REQUESTS {
+        let resp = common::try_raw_http(
+            port,
+            format!("GET /team/app.git/info/refs?service=git-upload-pack&n={i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("request {i} of {REQUESTS} with the log unread: {e}"));
+        assert_eq!(resp.status, 401, "request {i}");
+    }
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    let mut rest = String::new();
+    log.read_to_string(&mut rest).unwrap();
+    assert!(child.0.wait().unwrap().success());
+    let request_lines = rest
+        .lines()
+        .filter(|l| l.contains("gitgate::request") && l.contains("status=401"))
+        .count();
+    assert_eq!(
+        request_lines,
+        REQUESTS,
+        "{}",
+        &rest[rest.len().saturating_sub(2000)..]
+    );
+    assert!(
+        !rest.contains("log lines dropped"),
+        "nothing was dropped: it all fit"
+    );
+    let last = rest.lines().last().unwrap_or_default();
+    assert!(last.contains("stopped:"), "{last}");
+}
+
 /// A `GITGATE_LOG_FORMAT` that is neither `text` nor `json` refuses the start, with exit 1,
 /// rather than writing lines a pipeline would drop.
 #[test]

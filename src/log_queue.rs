@@ -1,0 +1,310 @@
+//! The server's log lines, written to stderr by a thread of their own, so that a log reader
+//! that stops reading never stops the server.
+//!
+//! Written where they are made, every line was a blocking `write` to stderr: when its reader
+//! stops — a terminal held with Ctrl-S, a `| tee` on a stuck disk, a container runtime's log
+//! driver in its default blocking mode, a journal that stalls — the pipe fills (64 KiB, some
+//! 150 request lines) and the next request's log line blocks its worker thread, then every
+//! other: the server stopped answering anything, `/healthz` included, after 155 requests in a
+//! test. nginx drops nothing but writes its access log to a file; gitgate writes to stderr.
+//!
+//! So each line goes into a queue in memory ([`QUEUE_BYTES`] at most) that a writer thread
+//! empties into stderr, many lines to a write. A queue that is full — its reader has not kept
+//! up for a while — drops the newest lines and counts them (`gitgate_log_lines_dropped_total`);
+//! once lines go out again, the first says how many were lost. At the stop, what is queued is
+//! written before the process exits, for [`FLUSH_PATIENCE`] at most: a reader that never reads
+//! again must not keep the server from stopping either.
+//!
+//! Used by `serve` only: a command's few warnings are written as they come.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The most bytes of lines held for a reader that does not keep up: some 10,000 request lines.
+pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long the stop waits for the queued lines to be written.
+pub const FLUSH_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Lines dropped for a full queue since the start: `gitgate_log_lines_dropped_total`.
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// The queue between the threads that log and the one that writes.
+pub struct LogQueue {
+    state: Mutex<State>,
+    /// Woken when there are lines to write, or the queue closes.
+    lines_came: Condvar,
+    /// Woken when the writer has written everything (or gave up at the close).
+    emptied: Condvar,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct State {
+    lines: VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// Dropped since the writer last said so.
+    unsaid_drops: u64,
+    /// The writer is waiting for lines: only then is it woken (a wake is a system call).
+    writer_idle: bool,
+    /// Lines are being written (taken from the queue, not yet out).
+    writing: bool,
+    closed: bool,
+}
+
+impl LogQueue {
+    pub fn new(capacity: usize) -> Arc<LogQueue> {
+        Arc::new(LogQueue {
+            state: Mutex::new(State::default()),
+            lines_came: Condvar::new(),
+            emptied: Condvar::new(),
+            capacity,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock is held leaves a queue of whole lines: go on with it.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues one line (or drops it, counted, when the queue is full).
+    pub fn push(&self, line: &[u8]) {
+        let mut state = self.state();
+        if state.bytes + line.len() > self.capacity || state.closed {
+            state.unsaid_drops += 1;
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        state.bytes += line.len();
+        state.lines.push_back(line.to_vec());
+        if state.writer_idle {
+            state.writer_idle = false;
+            self.lines_came.notify_one();
+        }
+    }
+
+    /// Takes what is queued, waiting for it: `None` once the queue is closed and empty. With
+    /// the lines, how many were dropped since the last take.
+    fn take(&self) -> Option<(VecDeque<Vec<u8>>, u64)> {
+        let mut state = self.state();
+        state.writing = false;
+        loop {
+            if !state.lines.is_empty() || state.unsaid_drops > 0 {
+                let lines = std::mem::take(&mut state.lines);
+                state.bytes = 0;
+                state.writing = true;
+                return Some((lines, std::mem::take(&mut state.unsaid_drops)));
+            }
+            self.emptied.notify_all();
+            if state.closed {
+                return None;
+            }
+            state.writer_idle = true;
+            state = self
+                .lines_came
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Closes the queue (lines logged after are dropped) and waits, `patience` at most, for
+    /// what it holds to be written; whether it was.
+    pub fn close(&self, patience: Duration) -> bool {
+        let mut state = self.state();
+        state.closed = true;
+        self.lines_came.notify_one();
+        let (state, timeout) = self
+            .emptied
+            .wait_timeout_while(state, patience, |s| !s.lines.is_empty() || s.writing)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(state);
+        !timeout.timed_out()
+    }
+
+    /// The writer: until the queue closes, writes what is queued to `out`, many lines to a
+    /// write; a failed write loses its lines, as a log on a full disk does. Lines dropped are
+    /// told to `say_dropped`, which logs them as a line of the log's own format (into this
+    /// queue, written with the next batch).
+    pub fn write_to(&self, mut out: impl Write, say_dropped: impl Fn(u64)) {
+        let mut batch = Vec::with_capacity(64 * 1024);
+        while let Some((lines, dropped)) = self.take() {
+            batch.clear();
+            if dropped > 0 {
+                say_dropped(dropped);
+            }
+            for line in lines {
+                batch.extend_from_slice(&line);
+            }
+            let _ = out.write_all(&batch);
+            let _ = out.flush();
+        }
+    }
+}
+
+/// Starts the writer thread of `queue`, writing to stderr.
+pub fn start_writer(queue: &Arc<LogQueue>) -> std::io::Result<()> {
+    let queue = Arc::clone(queue);
+    std::thread::Builder::new()
+        .name("gitgate-log".into())
+        .spawn(move || {
+            queue.write_to(std::io::stderr(), |dropped| {
+                tracing::warn!(
+                    target: "gitgate::log_queue",
+                    dropped,
+                    "log lines dropped: the log's reader did not keep up (more than {} MiB of \
+                     lines waited to be written); see gitgate_log_lines_dropped_total",
+                    QUEUE_BYTES / (1024 * 1024)
+                );
+            });
+        })
+        .map(drop)
+}
+
+/// Held by `main` while it serves: at its drop (the end of `main`, or a panic unwinding it),
+/// the queued lines are written, [`FLUSH_PATIENCE`] at most.
+pub struct Flush(pub Arc<LogQueue>);
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        self.0.close(FLUSH_PATIENCE);
+    }
+}
+
+/// A [`tracing_subscriber::fmt::MakeWriter`] that queues each line.
+#[derive(Clone)]
+pub struct Queued(pub Arc<LogQueue>);
+
+/// One event's bytes on their way into the queue (the formatter writes an event with one
+/// `write_all`).
+pub struct QueuedLine<'a>(&'a LogQueue);
+
+impl Write for QueuedLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.push(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Queued {
+    type Writer = QueuedLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        QueuedLine(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes nothing until let go: a log reader that stopped reading.
+    struct Stuck {
+        go: Arc<(Mutex<bool>, Condvar)>,
+        out: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (lock, cvar) = &*self.go;
+            let mut go = lock.lock().unwrap();
+            while !*go {
+                go = cvar.wait(go).unwrap();
+            }
+            self.out.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_reader_costs_lines_not_the_loggers_and_the_loss_is_said() {
+        let queue = LogQueue::new(100);
+        let go = Arc::new((Mutex::new(false), Condvar::new()));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let queue = Arc::clone(&queue);
+            let stuck = Stuck {
+                go: Arc::clone(&go),
+                out: Arc::clone(&out),
+            };
+            let noted = Arc::clone(&queue);
+            std::thread::spawn(move || {
+                queue.write_to(stuck, |n| {
+                    noted.push(format!("{n} log line(s) dropped\n").as_bytes());
+                });
+            })
+        };
+        // The first line reaches the writer, which then blocks on its reader; the rest queue
+        // up to the capacity and then are dropped — none of these calls blocks.
+        queue.push(b"line 0\n");
+        std::thread::sleep(Duration::from_millis(50));
+        let dropped_before = DROPPED.load(Ordering::Relaxed);
+        for i in 1..=40 {
+            queue.push(format!("line {i}\n").as_bytes());
+        }
+        let dropped = DROPPED.load(Ordering::Relaxed) - dropped_before;
+        assert!(dropped >= 20, "{dropped}");
+        // The reader reads again: what was queued goes out, then the loss is said with the
+        // lines that come after it.
+        *go.0.lock().unwrap() = true;
+        go.1.notify_all();
+        std::thread::sleep(Duration::from_millis(50));
+        queue.push(b"after\n");
+        assert!(queue.close(Duration::from_secs(5)));
+        writer.join().unwrap();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert!(text.starts_with("line 0\nline 1\nline 2\n"), "{text}");
+        let note = text.find("log line(s) dropped").expect(&text);
+        assert!(note > text.find("line 0").unwrap(), "{text}");
+        assert!(text.contains("after\n"), "{text}");
+        assert!(!text.contains("line 40\n"), "{text}");
+    }
+
+    #[test]
+    fn the_close_writes_what_is_queued_and_gives_up_on_a_reader_that_never_reads() {
+        let queue = LogQueue::new(QUEUE_BYTES);
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let queue = Arc::clone(&queue);
+            let stuck = Stuck {
+                go: Arc::new((Mutex::new(true), Condvar::new())),
+                out: Arc::clone(&out),
+            };
+            std::thread::spawn(move || queue.write_to(stuck, |_| {}))
+        };
+        for i in 0..1000 {
+            queue.push(format!("line {i}\n").as_bytes());
+        }
+        assert!(queue.close(Duration::from_secs(5)));
+        writer.join().unwrap();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1000);
+        assert!(text.ends_with("line 999\n"));
+
+        let never = LogQueue::new(QUEUE_BYTES);
+        {
+            let never = Arc::clone(&never);
+            let stuck = Stuck {
+                go: Arc::new((Mutex::new(false), Condvar::new())),
+                out: Arc::new(Mutex::new(Vec::new())),
+            };
+            // Left blocked for good: the test process ends under it.
+            std::thread::spawn(move || never.write_to(stuck, |_| {}));
+        }
+        never.push(b"never written\n");
+        std::thread::sleep(Duration::from_millis(20));
+        never.push(b"queued\n");
+        assert!(!never.close(Duration::from_millis(200)));
+    }
+}
