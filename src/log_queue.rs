@@ -8,12 +8,18 @@
 //! other: the server stopped answering anything, `/healthz` included, after 155 requests in a
 //! test. nginx drops nothing but writes its access log to a file; gitgate writes to stderr.
 //!
-//! So each line goes into a queue in memory ([`QUEUE_BYTES`] at most) that a writer thread
-//! empties into stderr, many lines to a write. A queue that is full — its reader has not kept
-//! up for a while — drops the newest lines and counts them (`gitgate_log_lines_dropped_total`);
-//! once lines go out again, the first says how many were lost. At the stop, what is queued is
-//! written before the process exits, for [`FLUSH_PATIENCE`] at most: a reader that never reads
-//! again must not keep the server from stopping either.
+//! So a line is written where it is made only when that cannot block: stderr is reopened
+//! non-blocking for gitgate alone (a pipe or a terminal: `/proc/self/fd/2` opened again, a
+//! description of its own, so the shell's is untouched), or written with `MSG_DONTWAIT` (a
+//! socket: the journal's). While the reader keeps up — nearly always — every line is out when
+//! its call returns, in order, as before. A write that would block puts the rest of the line
+//! into a queue in memory ([`QUEUE_BYTES`] at most) that a writer thread empties, blocking,
+//! many lines to a write; lines that come meanwhile queue behind it, so the order holds. A
+//! queue that is full — its reader has not kept up for a while — drops the newest lines and
+//! counts them (`gitgate_log_lines_dropped_total`); once lines go out again, a line says how
+//! many were lost. At the stop, what is queued is written before the process exits, for
+//! [`FLUSH_PATIENCE`] at most: a reader that never reads again must not keep the server from
+//! stopping either. A regular file is written as before (a file has no reader to wait for).
 //!
 //! Used by `serve` only: a command's few warnings are written as they come.
 
@@ -32,9 +38,100 @@ pub const FLUSH_PATIENCE: Duration = Duration::from_secs(5);
 /// Lines dropped for a full queue since the start: `gitgate_log_lines_dropped_total`.
 pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
+/// How a line is written where it is made, without blocking (see the module doc).
+#[derive(Debug)]
+pub enum Direct {
+    /// Every line goes through the queue.
+    Never,
+    /// A description of stderr's own, non-blocking (a pipe, a terminal).
+    Nonblocking(std::os::fd::OwnedFd),
+    /// A socket, written with `MSG_DONTWAIT`.
+    Socket(std::os::fd::RawFd),
+    /// A regular file: written as it comes (it blocks on nothing a reader does).
+    File(std::os::fd::RawFd),
+}
+
+impl Direct {
+    /// How stderr (fd 2) can be written without blocking.
+    pub fn for_stderr() -> Direct {
+        Direct::for_fd(2)
+    }
+
+    fn for_fd(fd: std::os::fd::RawFd) -> Direct {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: fstat fills the stat it is given and says whether it did.
+        if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+            return Direct::Never;
+        }
+        // SAFETY: filled by fstat (zeroed before in any case).
+        let mode = unsafe { stat.assume_init() }.st_mode & libc::S_IFMT;
+        match mode {
+            libc::S_IFREG => Direct::File(fd),
+            libc::S_IFSOCK => Direct::Socket(fd),
+            libc::S_IFIFO | libc::S_IFCHR => {
+                let path =
+                    std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+                // SAFETY: a path and flags; the descriptor returned is ours alone.
+                let own = unsafe {
+                    libc::open(
+                        path.as_ptr(),
+                        libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
+                    )
+                };
+                if own < 0 {
+                    Direct::Never
+                } else {
+                    // SAFETY: just opened, owned by nothing else.
+                    Direct::Nonblocking(unsafe { OwnedFd::from_raw_fd(own) })
+                }
+            }
+            _ => Direct::Never,
+        }
+    }
+
+    /// Writes what it can of `bytes` without blocking: how much went out (all of it, or less
+    /// when the reader is behind). Errors other than a full buffer lose the line, as a failed
+    /// write always did: counted as written.
+    fn write(&self, bytes: &[u8]) -> usize {
+        use std::os::fd::AsRawFd;
+        let mut done = 0;
+        while done < bytes.len() {
+            let rest = &bytes[done..];
+            // SAFETY: writes from a live slice of its own length.
+            let n = unsafe {
+                match self {
+                    Direct::Never => return 0,
+                    Direct::Nonblocking(fd) => {
+                        libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len())
+                    }
+                    Direct::Socket(fd) => libc::send(
+                        *fd,
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    ),
+                    Direct::File(fd) => libc::write(*fd, rest.as_ptr().cast(), rest.len()),
+                }
+            };
+            match usize::try_from(n) {
+                Ok(0) => return bytes.len(),
+                Ok(n) => done += n,
+                Err(_) => match std::io::Error::last_os_error().kind() {
+                    std::io::ErrorKind::Interrupted => {}
+                    std::io::ErrorKind::WouldBlock => return done,
+                    _ => return bytes.len(),
+                },
+            }
+        }
+        done
+    }
+}
+
 /// The queue between the threads that log and the one that writes.
 pub struct LogQueue {
     state: Mutex<State>,
+    direct: Direct,
     /// Woken when there are lines to write, or the queue closes.
     lines_came: Condvar,
     /// Woken when the writer has written everything (or gave up at the close).
@@ -56,9 +153,10 @@ struct State {
 }
 
 impl LogQueue {
-    pub fn new(capacity: usize) -> Arc<LogQueue> {
+    pub fn new(capacity: usize, direct: Direct) -> Arc<LogQueue> {
         Arc::new(LogQueue {
             state: Mutex::new(State::default()),
+            direct,
             lines_came: Condvar::new(),
             emptied: Condvar::new(),
             capacity,
@@ -72,9 +170,29 @@ impl LogQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues one line (or drops it, counted, when the queue is full).
+    /// Writes one line where it can without blocking, else queues what is left of it (or
+    /// drops it, counted, when the queue is full).
     pub fn push(&self, line: &[u8]) {
         let mut state = self.state();
+        let mut line = line;
+        // Nothing waits before it: out now, under the lock, so that lines keep their order.
+        if state.lines.is_empty() && !state.writing && !state.closed && state.unsaid_drops == 0 {
+            let written = self.direct.write(line);
+            if written == line.len() {
+                return;
+            }
+            // The rest of a line begun must follow it, whatever the queue holds.
+            line = &line[written..];
+            if written > 0 {
+                state.bytes += line.len();
+                state.lines.push_back(line.to_vec());
+                if state.writer_idle {
+                    state.writer_idle = false;
+                    self.lines_came.notify_one();
+                }
+                return;
+            }
+        }
         if state.bytes + line.len() > self.capacity || state.closed {
             state.unsaid_drops += 1;
             DROPPED.fetch_add(1, Ordering::Relaxed);
@@ -229,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_stuck_reader_costs_lines_not_the_loggers_and_the_loss_is_said() {
-        let queue = LogQueue::new(100);
+        let queue = LogQueue::new(100, Direct::Never);
         let go = Arc::new((Mutex::new(false), Condvar::new()));
         let out = Arc::new(Mutex::new(Vec::new()));
         let writer = {
@@ -271,9 +389,55 @@ mod tests {
         assert!(!text.contains("line 40\n"), "{text}");
     }
 
+    /// A pipe nobody reads for a while: lines go straight into it while it has room (out when
+    /// `push` returns), then queue, then all arrive in order once it is read.
+    #[test]
+    fn lines_go_straight_out_until_the_pipe_is_full_then_queue_in_order() {
+        use std::io::Read;
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills the two descriptors it is given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: just made, owned here alone.
+        let (read_end, write_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let direct = Direct::for_fd(write_end.as_raw_fd());
+        assert!(matches!(direct, Direct::Nonblocking(_)), "{direct:?}");
+        let queue = LogQueue::new(QUEUE_BYTES, direct);
+        let mut reader = std::fs::File::from(read_end);
+        let writer_end = std::fs::File::from(write_end);
+        let writer = {
+            let queue = Arc::clone(&queue);
+            std::thread::spawn(move || queue.write_to(writer_end, |_| {}))
+        };
+        // The first line is in the pipe when push returns: no thread in between.
+        queue.push(b"first\n");
+        let mut got = [0u8; 6];
+        reader.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"first\n");
+        // 20,000 lines of 100 bytes (some 2 MB) into a pipe of 64 KiB nobody reads: no push
+        // blocks.
+        let line = |i: usize| format!("{i:>99}\n");
+        for i in 0..20_000 {
+            queue.push(line(i).as_bytes());
+        }
+        let reading = std::thread::spawn(move || {
+            let mut all = String::new();
+            reader.read_to_string(&mut all).unwrap();
+            all
+        });
+        assert!(queue.close(Duration::from_secs(10)));
+        writer.join().unwrap();
+        drop(queue);
+        let all = reading.join().unwrap();
+        let expected: String = (0..20_000).map(line).collect();
+        assert_eq!(all.len(), expected.len());
+        assert!(all == expected, "lines out of order");
+    }
+
     #[test]
     fn the_close_writes_what_is_queued_and_gives_up_on_a_reader_that_never_reads() {
-        let queue = LogQueue::new(QUEUE_BYTES);
+        let queue = LogQueue::new(QUEUE_BYTES, Direct::Never);
         let out = Arc::new(Mutex::new(Vec::new()));
         let writer = {
             let queue = Arc::clone(&queue);
@@ -292,7 +456,7 @@ mod tests {
         assert_eq!(text.lines().count(), 1000);
         assert!(text.ends_with("line 999\n"));
 
-        let never = LogQueue::new(QUEUE_BYTES);
+        let never = LogQueue::new(QUEUE_BYTES, Direct::Never);
         {
             let never = Arc::clone(&never);
             let stuck = Stuck {

@@ -692,9 +692,22 @@ fn init_logging(serving: bool) -> Result<Option<log_queue::Flush>, String> {
     // does: tracing's own report of the failure would be a panic in `eprintln!`, and with it
     // the panic hook's log line, an abort of the whole server.
     let format = LogFormat::from_setting(std::env::var("GITGATE_LOG_FORMAT").ok().as_deref())?;
-    let (writer, flush) = if serving {
-        let queue = log_queue::LogQueue::new(log_queue::QUEUE_BYTES);
-        log_queue::start_writer(&queue).map_err(|e| format!("cannot start the log writer: {e}"))?;
+    let queue = log_queue::LogQueue::new(
+        log_queue::QUEUE_BYTES,
+        if serving {
+            log_queue::Direct::for_stderr()
+        } else {
+            log_queue::Direct::Never
+        },
+    );
+    // Without its thread (a process limit reached at the start), lines are written as they
+    // come, and the start goes on to say what else that limit stops.
+    let unqueued = if serving {
+        log_queue::start_writer(&queue).err()
+    } else {
+        None
+    };
+    let (writer, flush) = if serving && unqueued.is_none() {
         (
             BoxMakeWriter::new(log_queue::Queued(queue.clone())),
             Some(log_queue::Flush(queue)),
@@ -716,6 +729,13 @@ fn init_logging(serving: bool) -> Result<Option<log_queue::Flush>, String> {
         // Among a command's own `gitgate:` and `note:` lines, a warning without the time and
         // module a server's log needs: `WARN creating a new, empty token store path=...`.
         lines.without_time().with_target(false).init();
+    }
+    if let Some(e) = unqueued {
+        tracing::warn!(
+            error = %e,
+            "cannot start the log writer's thread: log lines are written as they come, and a \
+             log reader that stops reading would stop the server"
+        );
     }
     Ok(flush)
 }
