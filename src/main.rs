@@ -721,7 +721,8 @@ fn init_logging(serving: bool) -> Result<Option<log_queue::Flush>, String> {
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     if format == LogFormat::Json {
-        // Every key, a command's warnings too: a pipeline reads them all the same way.
+        // Every key, a command's log lines too (its own `gitgate:` and `note:` messages are
+        // its output, text in either format).
         lines.event_format(JsonLines).init();
     } else if serving {
         lines.init();

@@ -20,6 +20,8 @@ pub struct Holder {
     pub config: Option<std::path::PathBuf>,
     /// The build ID of the executable it runs (see [`crate::build_id`]), when it can be read.
     pub build_id: Option<String>,
+    /// Its executable, under whatever name, holds gitgate's code (see [`holds_gitgates_code`]).
+    pub runs_gitgate: bool,
 }
 
 impl Holder {
@@ -27,7 +29,44 @@ impl Holder {
     /// `gitgate` (`gitgate-0.1.0` or `gitgate.new` beside the installed one, as upgrades keep
     /// them), or one running this very build under any name.
     pub fn is_gitgate(&self) -> bool {
-        is_gitgate(&self.name, self.build_id.as_deref(), crate::build_id::own())
+        self.runs_gitgate
+            || is_gitgate(&self.name, self.build_id.as_deref(), crate::build_id::own())
+    }
+}
+
+/// A name every gitgate build holds and no other program has reason to: the metric of its
+/// build, which every build since the first serves.
+const GITGATES_MARK: &[u8] = b"gitgate_build_info";
+
+/// Whether the executable at `path` (a process's `/proc/PID/exe`, which opens a binary
+/// replaced or deleted since it started) holds [`GITGATES_MARK`]: a gitgate under another name
+/// and of another build, such as the one an upgrade replaced. Read in 1 MiB pieces (a
+/// gitgate is some 60 MB: tens of milliseconds from the page cache; `check` does it only for a
+/// port in use by a program not otherwise known).
+fn holds_gitgates_code(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut buf = vec![0u8; 1024 * 1024 + GITGATES_MARK.len()];
+    let mut kept = 0;
+    loop {
+        let Ok(n) = file.read(&mut buf[kept..]) else {
+            return false;
+        };
+        if n == 0 {
+            return false;
+        }
+        let filled = kept + n;
+        if buf[..filled]
+            .windows(GITGATES_MARK.len())
+            .any(|w| w == GITGATES_MARK)
+        {
+            return true;
+        }
+        // The end of this piece, which the mark may straddle, begins the next.
+        kept = (GITGATES_MARK.len() - 1).min(filled);
+        buf.copy_within(filled - kept..filled, 0);
     }
 }
 
@@ -65,13 +104,18 @@ pub fn holder(port: u16) -> Option<Holder> {
         });
         if holds {
             let name = command_name(&entry.path());
-            let build_id = crate::build_id::of_file(&entry.path().join("exe"));
+            let exe = entry.path().join("exe");
+            let build_id = crate::build_id::of_file(&exe);
             let mut holder = Holder {
                 pid,
                 name,
                 config: None,
                 build_id,
+                runs_gitgate: false,
             };
+            // Of another name and build (`/tmp/gg-old`, a binary named `gy` replaced since):
+            // what it runs is read for a name only gitgate's code holds.
+            holder.runs_gitgate = !holder.is_gitgate() && holds_gitgates_code(&exe);
             if holder.is_gitgate() {
                 holder.config = config_of(&entry.path());
             }
@@ -154,6 +198,26 @@ fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gitgates_code_is_found_in_its_executable_and_not_in_others() {
+        // This test program is built from gitgate's code; sh is not.
+        assert!(holds_gitgates_code(&std::env::current_exe().unwrap()));
+        assert!(!holds_gitgates_code(Path::new("/bin/sh")));
+        assert!(!holds_gitgates_code(Path::new("/nonexistent/gitgate")));
+        // A mark across the boundary of two pieces is found.
+        let dir = std::env::temp_dir().join(format!("gitgate-mark-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("straddled");
+        let mut bytes = vec![b'x'; 1024 * 1024 - 5];
+        bytes.extend_from_slice(GITGATES_MARK);
+        bytes.extend_from_slice(&[b'y'; 100]);
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(holds_gitgates_code(&file));
+        std::fs::write(&file, &bytes[..1024 * 1024]).unwrap();
+        assert!(!holds_gitgates_code(&file));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_gitgate_is_told_by_its_name_or_by_this_build() {

@@ -2067,7 +2067,7 @@ fn build_id_of(binary: &std::path::Path) -> String {
 /// copies side by side), or a build an upgrade has since replaced. `check` of the same
 /// configuration with the new binary takes either for the live gitgate — a warning, not "not a
 /// gitgate" — and names the running build when it is not its own, so the operator knows a
-/// restart is due. A copy of this very build under any name is a gitgate too.
+/// restart is due. A copy of this or another build under any name is a gitgate too.
 #[test]
 fn check_knows_a_gitgate_of_another_name_or_build_and_names_its_build() {
     let sb = Sandbox::new();
@@ -2090,7 +2090,9 @@ fn check_knows_a_gitgate_of_another_name_or_build_and_names_its_build() {
     let mut rebuilt = binary.clone();
     rebuilt[at..at + to.len()].copy_from_slice(&to);
     let copies = [
-        ("gitgate-0.9.9", rebuilt, Some(theirs.as_str())),
+        ("gitgate-0.9.9", rebuilt.clone(), Some(theirs.as_str())),
+        // Another build under another name: known by the code it runs.
+        ("gy", rebuilt, Some(theirs.as_str())),
         ("gg", binary, None),
     ];
     for (name, bytes, other_build) in copies {

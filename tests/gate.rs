@@ -612,6 +612,46 @@ fn an_encoded_push_still_has_its_push_commands_line() {
     );
 }
 
+/// A body said to be gzip that does not inflate (git never sends one; anyone with a token can)
+/// is the client's mistake: a push is answered `400`, not a `502` logged as the backend's
+/// failure and counted as an upstream error (a smaller one, read whole before git dies, has its
+/// `200` out already and ends `malformed-request`, as other bodies git cannot read).
+#[test]
+fn a_gzip_body_that_does_not_inflate_is_the_clients_mistake() {
+    let (sb, mut server, token) = team_setup();
+    let _ = &sb;
+    let mut body = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03".to_vec();
+    // More than a pipe holds: git dies before it has read it all, before any of its answer.
+    body.extend((0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    let answer = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let head = format!(
+            "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+             Content-Type: application/x-git-receive-pack-request\r\nContent-Encoding: gzip\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            basic("alice", &token.secret),
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    server.stop();
+    let log = server.log_text();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}\n{log}");
+    assert!(!log.contains("backend failed"), "{log}");
+    assert!(!log.lines().any(|l| l.contains(" ERROR ")), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("gitgate::request") && l.contains("status=400")),
+        "{log}"
+    );
+}
+
 /// A ref named after a token secret, declined by a hook that names it: neither the push's
 /// report of the refused ref nor the push commands line repeats the secret. What the hook
 /// prints ("declining refs/...", even a line shaped as the report's `ok refs/heads/main`) is
@@ -2542,6 +2582,13 @@ fn json_log_lines_are_one_object_each_with_typed_fields() {
         &["ls-remote", &server.url_with("alice", &wrong, "team/app")],
     )
     .fails_with("Authentication failed");
+    // A REST call's request line too.
+    let rest = http_get(
+        server.port,
+        "/rest/access-tokens/1.0/users/alice",
+        Some(&basic("alice", PASSWORD)),
+    );
+    assert_eq!(rest.status, 200);
     // The audit line of the failure is written with its batch, within a second.
     let waited = Instant::now();
     while !server.log_text().contains("auth.failed") && waited.elapsed() < Duration::from_secs(10) {
@@ -2585,6 +2632,12 @@ fn json_log_lines_are_one_object_each_with_typed_fields() {
                     .is_some_and(|id| id.len() == 16)
                 && l["fields"]["bytes_out"].as_u64().is_some_and(|b| b > 0)
                 && l["fields"]["duration_ms"].is_f64()),
+        "{log}"
+    );
+    assert!(
+        with("request").iter().any(|l| l["fields"]["api"] == true
+            && l["fields"]["status"] == 200
+            && l["fields"]["duration_ms"].is_f64()),
         "{log}"
     );
     let refused = with("access refused");

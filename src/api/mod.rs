@@ -535,7 +535,8 @@ pub async fn handle(
         status = status.as_u16(),
         bytes_in,
         bytes_out = bytes.len(),
-        duration_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+        // A number, as a git request line's (see `gate::RequestLog`).
+        duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
         "request"
     );
     let mut resp = Response::new(

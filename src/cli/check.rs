@@ -452,6 +452,7 @@ mod tests {
             name: "gitgate".into(),
             config: None,
             build_id: Some("aaaa".into()),
+            runs_gitgate: false,
         };
         assert_eq!(holder_text(&h, Some("aaaa")), " by gitgate (pid 7)");
         assert_eq!(holder_text(&h, None), " by gitgate (pid 7)");

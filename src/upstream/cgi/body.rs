@@ -620,6 +620,11 @@ impl Body for CgiBody {
                 Poll::Ready(None)
             }
 
+            // The same of a body git could not read (a `Content-Encoding: gzip` that does not
+            // inflate: `fatal: zlib error inflating request`): the client's, as below.
+            Ok(info) if info.success() && info.refused_a_malformed_request() => Poll::Ready(Some(
+                Err(crate::upstream::MalformedRequest(info.to_string()).into_io()),
+            )),
             // git http-backend dying after its headers (a chunked request over
             // GIT_HTTP_MAX_REQUEST_BUFFER) says `fatal: ...` and exits 0, "having reported the
             // failure": with no answer after the headers, that is no answer at all.

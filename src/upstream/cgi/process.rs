@@ -143,8 +143,10 @@ impl ExitInfo {
 /// mangled the body) did, and the failure is its own — not a backend failure to alert on. So
 /// is a shallow fetch that asks what the repository cannot give, which real git does send.
 pub(super) fn is_malformed_request(line: &str) -> bool {
-    const CLIENTS: [&str; 11] = [
+    const CLIENTS: [&str; 12] = [
         "unexpected line:",
+        // git http-backend's own, of a `Content-Encoding: gzip` body that does not inflate.
+        "zlib error inflating request",
         "protocol error:",
         "expected flush after",
         "invalid command",
@@ -502,6 +504,7 @@ mod tests {
             "fatal: no commits selected for shallow requests",
             "fatal: git upload-pack: ambiguous deepen-not: deepen-not nonexist",
             "fatal: git upload-pack: deepen and deepen-since (or deepen-not) cannot be used together",
+            "fatal: zlib error inflating request, result -3",
         ] {
             assert!(is_malformed_request(line), "{line}");
         }
