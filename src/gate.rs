@@ -501,8 +501,11 @@ impl Gate {
         if let Some(m) = crate::upstream::headers::unsupported_content_coding(req.headers()) {
             return Err(Refusal::UnsupportedCoding(m));
         }
-        if let Some(m) = body_on_a_get(req.method(), req.headers()) {
-            return Err(Refusal::NotGit(Rejection::BadRequest(m.into())));
+        // A body known empty (nearly every GET: no length, no coding) needs no header looked at.
+        if !req.body().is_end_stream() {
+            if let Some(m) = body_on_a_get(req.method(), req.headers()) {
+                return Err(Refusal::NotGit(Rejection::BadRequest(m.into())));
+            }
         }
         log.repo = Some(git_req.repo.to_string());
         log.access = Some(git_req.access.as_str());
