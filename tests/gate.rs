@@ -555,6 +555,25 @@ fn a_push_logs_the_refs_it_asked_to_change() {
     }
 }
 
+/// A push's POST to team/app as alice, its `body` said to be gzip-encoded; the whole answer.
+fn gzip_push(server: &Server, secret: &str, body: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\nContent-Encoding: gzip\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        basic("alice", secret),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A push whose body is gzip-encoded (git never sends one so; a hand-made client may, and the
 /// backend decodes it) still has its push commands line, saying its list was not read.
 #[test]
@@ -584,23 +603,7 @@ fn an_encoded_push_still_has_its_push_commands_line() {
             .unwrap();
     }
     let body = gzip.wait_with_output().unwrap().stdout;
-    let answer = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let head = format!(
-            "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
-             Content-Type: application/x-git-receive-pack-request\r\nContent-Encoding: gzip\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            basic("alice", &token.secret),
-            body.len()
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(&body).unwrap();
-        let mut answer = Vec::new();
-        let _ = s.read_to_end(&mut answer);
-        String::from_utf8_lossy(&answer).into_owned()
-    };
+    let answer = gzip_push(&server, &token.secret, &body);
     assert!(answer.contains("ok refs/heads/opt"), "{answer}");
     server.stop();
     let log = server.log_text();
@@ -618,28 +621,11 @@ fn an_encoded_push_still_has_its_push_commands_line() {
 /// `200` out already and ends `malformed-request`, as other bodies git cannot read).
 #[test]
 fn a_gzip_body_that_does_not_inflate_is_the_clients_mistake() {
-    let (sb, mut server, token) = team_setup();
-    let _ = &sb;
+    let (_sb, mut server, token) = team_setup();
     let mut body = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03".to_vec();
     // More than a pipe holds: git dies before it has read it all, before any of its answer.
     body.extend((0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
-    let answer = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let head = format!(
-            "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
-             Content-Type: application/x-git-receive-pack-request\r\nContent-Encoding: gzip\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            basic("alice", &token.secret),
-            body.len()
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(&body).unwrap();
-        let mut answer = Vec::new();
-        let _ = s.read_to_end(&mut answer);
-        String::from_utf8_lossy(&answer).into_owned()
-    };
+    let answer = gzip_push(&server, &token.secret, &body);
     server.stop();
     let log = server.log_text();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}\n{log}");
