@@ -15,7 +15,7 @@
 //!                                   ├─ a repository path holding a token secret (`ggt_`, or a whole one
 //!                                   │     without it: its checksum tells) ─▶ 400, never logged
 //!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 it or :authority, and
-//!                                   │     none, Host or :authority, that is no host and optional port, or names another host
+//!                                   │     none, Host or :authority, that is empty or no host name (letters, digits, .-_) and optional port, or names another host
 //!                                   │     than the :authority or the absolute target's ─▶ 400 (refusals for the request's form:
 //!                                   │     400/415/501, their reason logged)
 //!                                   ├─ its own loop mark (X-Gitgate-Hop)?  ─▶ 508 (a request it sent upstream came back)
@@ -23,7 +23,8 @@
 //!                                   │     IPv6 by /64, `exempt` networks never; one atomic read while no
 //!                                   │     address is blocked)
 //!                                   ├─ body framing: Content-Length one length ─▶ 400,
-//!                                   │   Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415
+//!                                   │   Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415,
+//!                                   │   a GET or HEAD saying it has a body ─▶ 400
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
 //!                                   │     (until the token says whose it is, a user name not written as
 //!                                   │     user names are is logged as `<not a user name>`: a password?)
@@ -84,7 +85,10 @@
 //!   gate, get a log line (`unparsable`) and a counter of their own from [`server`].
 //! - [`log_value`] writes a name or free text (a token's name as the `user`) as one logfmt
 //!   field: bare when it is a plain word, else quoted with JSON's escapes (`LogText`, for a
-//!   `reason`, `error` or `stderr`, always quoted), which go-logfmt and Loki read back.
+//!   `reason`, `error` or `stderr`, always quoted), which go-logfmt and Loki read back;
+//!   [`log_json`] writes the lines as JSON objects instead (`GITGATE_LOG_FORMAT=json`), and
+//!   [`log_queue`] writes the server's without ever blocking a request on a log reader that
+//!   stopped reading (a queue behind a write that would block).
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2 — over TLS, the one ALPN
 //!   agreed — TLS via [`tls`] with the certificate reloaded on SIGHUP and its chain's expiry
 //!   looked at hourly; a plain HTTP request on the HTTPS port is answered `400` in plain

@@ -20,7 +20,7 @@ pub struct Holder {
     pub config: Option<std::path::PathBuf>,
     /// The build ID of the executable it runs (see [`crate::build_id`]), when it can be read.
     pub build_id: Option<String>,
-    /// Its executable, under whatever name, holds gitgate's code (see [`holds_gitgates_code`]).
+    /// Its executable, under whatever name, holds gitgate's code (`holds_gitgates_code`).
     pub runs_gitgate: bool,
 }
 
