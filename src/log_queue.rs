@@ -16,8 +16,8 @@
 //! into a queue in memory ([`QUEUE_BYTES`] at most) that a writer thread empties, blocking,
 //! many lines to a write; lines that come meanwhile queue behind it, so the order holds. A
 //! queue that is full — its reader has not kept up for a while — drops the newest lines and
-//! counts them (`gitgate_log_lines_dropped_total`); once lines go out again, a line says how
-//! many were lost. At the stop, what is queued is written before the process exits, for
+//! counts them (`gitgate_log_lines_dropped_total`); a line says how many were lost where they
+//! were, when the queue is written. At the stop, what is queued is written before the process exits, for
 //! [`FLUSH_PATIENCE`] at most: a reader that never reads again must not keep the server from
 //! stopping either. A regular file is written as before (a file has no reader to wait for).
 //!
@@ -31,6 +31,16 @@ use std::time::Duration;
 
 /// The most bytes of lines held for a reader that does not keep up: some 10,000 request lines.
 pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// How much more an important line may find queued before it is dropped (see
+/// [`LogQueue::push`]).
+pub const RESERVE_BYTES: usize = 1024 * 1024;
+
+thread_local! {
+    /// The writer's batch while it says lines were dropped (see [`LogQueue::write_to`]): what
+    /// it logs then is added to it, where the lines were lost.
+    static SAYING_DROPS: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
 
 /// How long the stop waits for the queued lines to be written.
 pub const FLUSH_PATIENCE: Duration = Duration::from_secs(5);
@@ -139,17 +149,39 @@ pub struct LogQueue {
     capacity: usize,
 }
 
+/// What the queue holds: a line, or how many were dropped at that point (said there).
+enum Entry {
+    Line(Vec<u8>),
+    Dropped(u64),
+}
+
 #[derive(Default)]
 struct State {
-    lines: VecDeque<Vec<u8>>,
+    entries: VecDeque<Entry>,
+    /// The bytes of the lines queued.
     bytes: usize,
-    /// Dropped since the writer last said so.
-    unsaid_drops: u64,
     /// The writer is waiting for lines: only then is it woken (a wake is a system call).
     writer_idle: bool,
-    /// Lines are being written (taken from the queue, not yet out).
+    /// Entries are being written (taken from the queue, not yet out).
     writing: bool,
     closed: bool,
+}
+
+impl State {
+    fn queue(&mut self, line: &[u8]) {
+        self.bytes += line.len();
+        self.entries.push_back(Entry::Line(line.to_vec()));
+    }
+
+    /// One line dropped here: counted in the marker at the queue's end, or a new one.
+    fn drop_one(&mut self) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        if let Some(Entry::Dropped(n)) = self.entries.back_mut() {
+            *n += 1;
+        } else {
+            self.entries.push_back(Entry::Dropped(1));
+        }
+    }
 }
 
 impl LogQueue {
@@ -171,12 +203,22 @@ impl LogQueue {
     }
 
     /// Writes one line where it can without blocking, else queues what is left of it (or
-    /// drops it, counted, when the queue is full).
-    pub fn push(&self, line: &[u8]) {
+    /// drops it, counted where it would have been, when the queue is full). An `important`
+    /// line — a warning, an error, the server's own start and stop — may take
+    /// [`RESERVE_BYTES`] more: a flood of request lines a reader did not keep up with must not
+    /// cost the line that says the server stopped.
+    pub fn push(&self, line: &[u8], important: bool) {
+        // The writer's own line of lines dropped goes where the drop is, not into the queue.
+        if SAYING_DROPS
+            .with_borrow_mut(|said| said.as_mut().map(|said| said.extend_from_slice(line)))
+            .is_some()
+        {
+            return;
+        }
         let mut state = self.state();
         let mut line = line;
         // Nothing waits before it: out now, under the lock, so that lines keep their order.
-        if state.lines.is_empty() && !state.writing && !state.closed && state.unsaid_drops == 0 {
+        if state.entries.is_empty() && !state.writing {
             let written = self.direct.write(line);
             if written == line.len() {
                 return;
@@ -184,39 +226,40 @@ impl LogQueue {
             // The rest of a line begun must follow it, whatever the queue holds.
             line = &line[written..];
             if written > 0 {
-                state.bytes += line.len();
-                state.lines.push_back(line.to_vec());
-                if state.writer_idle {
-                    state.writer_idle = false;
-                    self.lines_came.notify_one();
-                }
+                state.queue(line);
+                self.wake_the_writer(&mut state);
                 return;
             }
         }
-        if state.bytes + line.len() > self.capacity || state.closed {
-            state.unsaid_drops += 1;
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            return;
+        let room = if important {
+            self.capacity + RESERVE_BYTES
+        } else {
+            self.capacity
+        };
+        if state.bytes + line.len() > room {
+            state.drop_one();
+        } else {
+            state.queue(line);
         }
-        state.bytes += line.len();
-        state.lines.push_back(line.to_vec());
+        self.wake_the_writer(&mut state);
+    }
+
+    fn wake_the_writer(&self, state: &mut State) {
         if state.writer_idle {
             state.writer_idle = false;
             self.lines_came.notify_one();
         }
     }
 
-    /// Takes what is queued, waiting for it: `None` once the queue is closed and empty. With
-    /// the lines, how many were dropped since the last take.
-    fn take(&self) -> Option<(VecDeque<Vec<u8>>, u64)> {
+    /// Takes what is queued, waiting for it: `None` once the queue is closed and empty.
+    fn take(&self) -> Option<VecDeque<Entry>> {
         let mut state = self.state();
         state.writing = false;
         loop {
-            if !state.lines.is_empty() || state.unsaid_drops > 0 {
-                let lines = std::mem::take(&mut state.lines);
+            if !state.entries.is_empty() {
                 state.bytes = 0;
                 state.writing = true;
-                return Some((lines, std::mem::take(&mut state.unsaid_drops)));
+                return Some(std::mem::take(&mut state.entries));
             }
             self.emptied.notify_all();
             if state.closed {
@@ -230,33 +273,37 @@ impl LogQueue {
         }
     }
 
-    /// Closes the queue (lines logged after are dropped) and waits, `patience` at most, for
-    /// what it holds to be written; whether it was.
+    /// Closes the queue (the writer ends once it is empty) and waits, `patience` at most, for
+    /// what it holds to be written, its drops said; whether it was.
     pub fn close(&self, patience: Duration) -> bool {
         let mut state = self.state();
         state.closed = true;
-        self.lines_came.notify_one();
+        self.wake_the_writer(&mut state);
         let (state, timeout) = self
             .emptied
-            .wait_timeout_while(state, patience, |s| !s.lines.is_empty() || s.writing)
+            .wait_timeout_while(state, patience, |s| !s.entries.is_empty() || s.writing)
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         drop(state);
         !timeout.timed_out()
     }
 
     /// The writer: until the queue closes, writes what is queued to `out`, many lines to a
-    /// write; a failed write loses its lines, as a log on a full disk does. Lines dropped are
-    /// told to `say_dropped`, which logs them as a line of the log's own format (into this
-    /// queue, written with the next batch).
+    /// write; a failed write loses its lines, as a log on a full disk does. Where lines were
+    /// dropped, `say_dropped` is told how many, and what it logs (a line of the log's own
+    /// format, through this queue's [`LogQueue::push`]) is written there.
     pub fn write_to(&self, mut out: impl Write, say_dropped: impl Fn(u64)) {
         let mut batch = Vec::with_capacity(64 * 1024);
-        while let Some((lines, dropped)) = self.take() {
+        while let Some(entries) = self.take() {
             batch.clear();
-            if dropped > 0 {
-                say_dropped(dropped);
-            }
-            for line in lines {
-                batch.extend_from_slice(&line);
+            for entry in entries {
+                match entry {
+                    Entry::Line(line) => batch.extend_from_slice(&line),
+                    Entry::Dropped(n) => {
+                        SAYING_DROPS.set(Some(std::mem::take(&mut batch)));
+                        say_dropped(n);
+                        batch = SAYING_DROPS.take().unwrap_or_default();
+                    }
+                }
             }
             let _ = out.write_all(&batch);
             let _ = out.flush();
@@ -299,11 +346,11 @@ pub struct Queued(pub Arc<LogQueue>);
 
 /// One event's bytes on their way into the queue (the formatter writes an event with one
 /// `write_all`).
-pub struct QueuedLine<'a>(&'a LogQueue);
+pub struct QueuedLine<'a>(&'a LogQueue, bool);
 
 impl Write for QueuedLine<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.push(buf);
+        self.0.push(buf, self.1);
         Ok(buf.len())
     }
 
@@ -316,7 +363,15 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Queued {
     type Writer = QueuedLine<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        QueuedLine(&self.0)
+        QueuedLine(&self.0, false)
+    }
+
+    /// A warning or an error, or a line of the server's start and stop (`gitgate::server`:
+    /// `listening on`, `shutting down`, `stopped: ...`), is important (see [`LogQueue::push`]).
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        let important = matches!(*meta.level(), tracing::Level::ERROR | tracing::Level::WARN)
+            || meta.target() == "gitgate::server";
+        QueuedLine(&self.0, important)
     }
 }
 
@@ -359,17 +414,17 @@ mod tests {
             let noted = Arc::clone(&queue);
             std::thread::spawn(move || {
                 queue.write_to(stuck, |n| {
-                    noted.push(format!("{n} log line(s) dropped\n").as_bytes());
+                    noted.push(format!("{n} log line(s) dropped\n").as_bytes(), false);
                 });
             })
         };
         // The first line reaches the writer, which then blocks on its reader; the rest queue
         // up to the capacity and then are dropped — none of these calls blocks.
-        queue.push(b"line 0\n");
+        queue.push(b"line 0\n", false);
         std::thread::sleep(Duration::from_millis(50));
         let dropped_before = DROPPED.load(Ordering::Relaxed);
         for i in 1..=40 {
-            queue.push(format!("line {i}\n").as_bytes());
+            queue.push(format!("line {i}\n").as_bytes(), false);
         }
         let dropped = DROPPED.load(Ordering::Relaxed) - dropped_before;
         assert!(dropped >= 20, "{dropped}");
@@ -378,15 +433,69 @@ mod tests {
         *go.0.lock().unwrap() = true;
         go.1.notify_all();
         std::thread::sleep(Duration::from_millis(50));
-        queue.push(b"after\n");
+        queue.push(b"after\n", false);
         assert!(queue.close(Duration::from_secs(5)));
         writer.join().unwrap();
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         assert!(text.starts_with("line 0\nline 1\nline 2\n"), "{text}");
+        // Said where the lines were lost: after those queued before, before what came after.
         let note = text.find("log line(s) dropped").expect(&text);
-        assert!(note > text.find("line 0").unwrap(), "{text}");
-        assert!(text.contains("after\n"), "{text}");
+        assert!(note > text.find("line 1\n").unwrap(), "{text}");
+        assert!(note < text.find("after\n").unwrap(), "{text}");
+        assert!(text.ends_with("after\n"), "{text}");
         assert!(!text.contains("line 40\n"), "{text}");
+    }
+
+    /// The stop with the queue full and its reader stuck: the stop's own line, an important
+    /// one, still finds room; once the reader reads again, everything queued, the line of
+    /// lines dropped and the stop's line go out, and the close returns then — not at the end
+    /// of its patience.
+    #[test]
+    fn a_stop_with_the_queue_full_still_says_it_stopped_and_what_was_dropped() {
+        let queue = LogQueue::new(100, Direct::Never);
+        let go = Arc::new((Mutex::new(false), Condvar::new()));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let queue = Arc::clone(&queue);
+            let stuck = Stuck {
+                go: Arc::clone(&go),
+                out: Arc::clone(&out),
+            };
+            let noted = Arc::clone(&queue);
+            std::thread::spawn(move || {
+                queue.write_to(stuck, |n| {
+                    noted.push(format!("{n} log line(s) dropped\n").as_bytes(), false);
+                });
+            })
+        };
+        queue.push(b"line 0\n", false);
+        std::thread::sleep(Duration::from_millis(50));
+        for i in 1..=40 {
+            queue.push(format!("line {i}\n").as_bytes(), false);
+        }
+        queue.push(b"stopped: every connection closed\n", true);
+        // The reader reads again a little after the stop began.
+        let release = {
+            let go = Arc::clone(&go);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                *go.0.lock().unwrap() = true;
+                go.1.notify_all();
+            })
+        };
+        assert!(
+            queue.close(Duration::from_secs(30)),
+            "the close waited out its patience"
+        );
+        release.join().unwrap();
+        writer.join().unwrap();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        // The stop's line last, as a stop's always is; the loss said before it, where it was.
+        assert!(
+            text.ends_with("stopped: every connection closed\n"),
+            "{text}"
+        );
+        assert!(text.contains("log line(s) dropped"), "{text}");
     }
 
     /// A pipe nobody reads for a while: lines go straight into it while it has room (out when
@@ -411,7 +520,7 @@ mod tests {
             std::thread::spawn(move || queue.write_to(writer_end, |_| {}))
         };
         // The first line is in the pipe when push returns: no thread in between.
-        queue.push(b"first\n");
+        queue.push(b"first\n", false);
         let mut got = [0u8; 6];
         reader.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"first\n");
@@ -419,7 +528,7 @@ mod tests {
         // blocks.
         let line = |i: usize| format!("{i:>99}\n");
         for i in 0..20_000 {
-            queue.push(line(i).as_bytes());
+            queue.push(line(i).as_bytes(), false);
         }
         let reading = std::thread::spawn(move || {
             let mut all = String::new();
@@ -448,7 +557,7 @@ mod tests {
             std::thread::spawn(move || queue.write_to(stuck, |_| {}))
         };
         for i in 0..1000 {
-            queue.push(format!("line {i}\n").as_bytes());
+            queue.push(format!("line {i}\n").as_bytes(), false);
         }
         assert!(queue.close(Duration::from_secs(5)));
         writer.join().unwrap();
@@ -466,9 +575,9 @@ mod tests {
             // Left blocked for good: the test process ends under it.
             std::thread::spawn(move || never.write_to(stuck, |_| {}));
         }
-        never.push(b"never written\n");
+        never.push(b"never written\n", false);
         std::thread::sleep(Duration::from_millis(20));
-        never.push(b"queued\n");
+        never.push(b"queued\n", false);
         assert!(!never.close(Duration::from_millis(200)));
     }
 }
