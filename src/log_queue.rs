@@ -400,24 +400,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_stuck_reader_costs_lines_not_the_loggers_and_the_loss_is_said() {
-        let queue = LogQueue::new(100, Direct::Never);
-        let go = Arc::new((Mutex::new(false), Condvar::new()));
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let writer = {
-            let queue = Arc::clone(&queue);
+    /// A queue of `capacity` whose writer writes to a [`Stuck`] reader (reading from the
+    /// start or not), and says lines dropped as `N log line(s) dropped`.
+    struct Rig {
+        queue: Arc<LogQueue>,
+        go: Arc<(Mutex<bool>, Condvar)>,
+        out: Arc<Mutex<Vec<u8>>>,
+        writer: std::thread::JoinHandle<()>,
+    }
+
+    impl Rig {
+        fn new(capacity: usize, reading: bool) -> Rig {
+            let queue = LogQueue::new(capacity, Direct::Never);
+            let go = Arc::new((Mutex::new(reading), Condvar::new()));
+            let out = Arc::new(Mutex::new(Vec::new()));
             let stuck = Stuck {
                 go: Arc::clone(&go),
                 out: Arc::clone(&out),
             };
-            let noted = Arc::clone(&queue);
-            std::thread::spawn(move || {
-                queue.write_to(stuck, |n| {
-                    noted.push(format!("{n} log line(s) dropped\n").as_bytes(), false);
-                });
-            })
-        };
+            let writer = {
+                let queue = Arc::clone(&queue);
+                let noted = Arc::clone(&queue);
+                std::thread::spawn(move || {
+                    queue.write_to(stuck, |n| {
+                        noted.push(format!("{n} log line(s) dropped\n").as_bytes(), false);
+                    });
+                })
+            };
+            Rig {
+                queue,
+                go,
+                out,
+                writer,
+            }
+        }
+
+        /// The reader reads again.
+        fn let_go(go: &(Mutex<bool>, Condvar)) {
+            *go.0.lock().unwrap() = true;
+            go.1.notify_all();
+        }
+
+        /// What the reader got, once the writer has ended.
+        fn text(self) -> String {
+            self.writer.join().unwrap();
+            String::from_utf8(self.out.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_stuck_reader_costs_lines_not_the_loggers_and_the_loss_is_said() {
+        let rig = Rig::new(100, false);
+        let queue = Arc::clone(&rig.queue);
         // The first line reaches the writer, which then blocks on its reader; the rest queue
         // up to the capacity and then are dropped — none of these calls blocks.
         queue.push(b"line 0\n", false);
@@ -430,13 +464,11 @@ mod tests {
         assert!(dropped >= 20, "{dropped}");
         // The reader reads again: what was queued goes out, then the loss is said with the
         // lines that come after it.
-        *go.0.lock().unwrap() = true;
-        go.1.notify_all();
+        Rig::let_go(&rig.go);
         std::thread::sleep(Duration::from_millis(50));
         queue.push(b"after\n", false);
         assert!(queue.close(Duration::from_secs(5)));
-        writer.join().unwrap();
-        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let text = rig.text();
         assert!(text.starts_with("line 0\nline 1\nline 2\n"), "{text}");
         // Said where the lines were lost: after those queued before, before what came after.
         let note = text.find("log line(s) dropped").expect(&text);
@@ -452,22 +484,8 @@ mod tests {
     /// of its patience.
     #[test]
     fn a_stop_with_the_queue_full_still_says_it_stopped_and_what_was_dropped() {
-        let queue = LogQueue::new(100, Direct::Never);
-        let go = Arc::new((Mutex::new(false), Condvar::new()));
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let writer = {
-            let queue = Arc::clone(&queue);
-            let stuck = Stuck {
-                go: Arc::clone(&go),
-                out: Arc::clone(&out),
-            };
-            let noted = Arc::clone(&queue);
-            std::thread::spawn(move || {
-                queue.write_to(stuck, |n| {
-                    noted.push(format!("{n} log line(s) dropped\n").as_bytes(), false);
-                });
-            })
-        };
+        let rig = Rig::new(100, false);
+        let queue = Arc::clone(&rig.queue);
         queue.push(b"line 0\n", false);
         std::thread::sleep(Duration::from_millis(50));
         for i in 1..=40 {
@@ -476,11 +494,10 @@ mod tests {
         queue.push(b"stopped: every connection closed\n", true);
         // The reader reads again a little after the stop began.
         let release = {
-            let go = Arc::clone(&go);
+            let go = Arc::clone(&rig.go);
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(200));
-                *go.0.lock().unwrap() = true;
-                go.1.notify_all();
+                Rig::let_go(&go);
             })
         };
         assert!(
@@ -488,8 +505,7 @@ mod tests {
             "the close waited out its patience"
         );
         release.join().unwrap();
-        writer.join().unwrap();
-        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let text = rig.text();
         // The stop's line last, as a stop's always is; the loss said before it, where it was.
         assert!(
             text.ends_with("stopped: every connection closed\n"),
@@ -546,38 +562,20 @@ mod tests {
 
     #[test]
     fn the_close_writes_what_is_queued_and_gives_up_on_a_reader_that_never_reads() {
-        let queue = LogQueue::new(QUEUE_BYTES, Direct::Never);
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let writer = {
-            let queue = Arc::clone(&queue);
-            let stuck = Stuck {
-                go: Arc::new((Mutex::new(true), Condvar::new())),
-                out: Arc::clone(&out),
-            };
-            std::thread::spawn(move || queue.write_to(stuck, |_| {}))
-        };
+        let rig = Rig::new(QUEUE_BYTES, true);
         for i in 0..1000 {
-            queue.push(format!("line {i}\n").as_bytes(), false);
+            rig.queue.push(format!("line {i}\n").as_bytes(), false);
         }
-        assert!(queue.close(Duration::from_secs(5)));
-        writer.join().unwrap();
-        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert!(rig.queue.close(Duration::from_secs(5)));
+        let text = rig.text();
         assert_eq!(text.lines().count(), 1000);
         assert!(text.ends_with("line 999\n"));
 
-        let never = LogQueue::new(QUEUE_BYTES, Direct::Never);
-        {
-            let never = Arc::clone(&never);
-            let stuck = Stuck {
-                go: Arc::new((Mutex::new(false), Condvar::new())),
-                out: Arc::new(Mutex::new(Vec::new())),
-            };
-            // Left blocked for good: the test process ends under it.
-            std::thread::spawn(move || never.write_to(stuck, |_| {}));
-        }
-        never.push(b"never written\n", false);
+        // Its writer left blocked for good: the test process ends under it.
+        let never = Rig::new(QUEUE_BYTES, false);
+        never.queue.push(b"never written\n", false);
         std::thread::sleep(Duration::from_millis(20));
-        never.push(b"queued\n", false);
-        assert!(!never.close(Duration::from_millis(200)));
+        never.queue.push(b"queued\n", false);
+        assert!(!never.queue.close(Duration::from_millis(200)));
     }
 }
