@@ -670,10 +670,9 @@ fn run_command(store: &cli::OpenStore, command: Command) -> Result<(), String> {
 
 /// Logging to stderr, filtered by `GITGATE_LOG` (else `default`), as text or, with
 /// `GITGATE_LOG_FORMAT=json`, as JSON objects. A value that is not understood is refused: read
-/// as best it could be, it would turn logging off without a word. The server's lines go
-/// through a queue and a writer thread of their own (see `gitgate::log_queue`), so that a log
-/// reader that stops reading cannot stop it: the guard returned writes what is queued at the
-/// end.
+/// as best it could be, it would turn logging off without a word. The server's lines never
+/// block it on a log reader that stopped reading (see `gitgate::log_queue`): the guard
+/// returned writes what is queued at the end.
 fn init_logging(serving: bool) -> Result<Option<log_queue::Flush>, String> {
     let default = if serving { "info" } else { "warn" };
     let filter = match std::env::var("GITGATE_LOG") {
@@ -692,28 +691,21 @@ fn init_logging(serving: bool) -> Result<Option<log_queue::Flush>, String> {
     // does: tracing's own report of the failure would be a panic in `eprintln!`, and with it
     // the panic hook's log line, an abort of the whole server.
     let format = LogFormat::from_setting(std::env::var("GITGATE_LOG_FORMAT").ok().as_deref())?;
-    let queue = log_queue::LogQueue::new(
-        log_queue::QUEUE_BYTES,
-        if serving {
-            log_queue::Direct::for_stderr()
-        } else {
-            log_queue::Direct::Never
-        },
-    );
-    // Without its thread (a process limit reached at the start), lines are written as they
-    // come, and the start goes on to say what else that limit stops.
-    let unqueued = if serving {
-        log_queue::start_writer(&queue).err()
-    } else {
-        None
+    // The server's lines: written where they are made when that cannot block, else queued for
+    // a writer thread of its own. Without that thread (a process limit reached at the start),
+    // they are written as they come, and the start goes on to say what else that limit stops.
+    let (queue, unqueued) = match serving.then(|| {
+        let queue =
+            log_queue::LogQueue::new(log_queue::QUEUE_BYTES, log_queue::Direct::for_stderr());
+        log_queue::start_writer(&queue).map(|()| queue)
+    }) {
+        Some(Ok(queue)) => (Some(queue), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
     };
-    let (writer, flush) = if serving && unqueued.is_none() {
-        (
-            BoxMakeWriter::new(log_queue::Queued(queue.clone())),
-            Some(log_queue::Flush(queue)),
-        )
-    } else {
-        (BoxMakeWriter::new(std::io::stderr), None)
+    let writer = match &queue {
+        Some(queue) => BoxMakeWriter::new(log_queue::Queued(queue.clone())),
+        None => BoxMakeWriter::new(std::io::stderr),
     };
     let lines = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -738,7 +730,7 @@ fn init_logging(serving: bool) -> Result<Option<log_queue::Flush>, String> {
              log reader that stops reading would stop the server"
         );
     }
-    Ok(flush)
+    Ok(queue.map(log_queue::Flush))
 }
 
 /// `value` as a filter: as it is when it sets a level for everything (`warn`,
