@@ -21,7 +21,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Token authentication in front of a Git smart-HTTP server",
     after_help = "Environment: GITGATE_CONFIG (the configuration file, as --config); GITGATE_LOG \
                   (the log filter: a level such as warn, or TARGET=LEVEL pairs such as \
-                  gitgate::request=off; default info). The log goes to stderr."
+                  gitgate::request=off; default info); GITGATE_LOG_FORMAT (text, the default, \
+                  or json: one JSON object per line). The log goes to stderr."
 )]
 struct Cli {
     /// The configuration file.
