@@ -222,7 +222,6 @@ fn is_json_string(text: &str) -> bool {
 mod tests {
     use super::*;
     use crate::log_value::{LogText, LogValue};
-    use std::sync::{Arc, Mutex};
 
     #[test]
     fn the_setting_is_text_json_or_refused() {
@@ -264,26 +263,7 @@ mod tests {
 
     /// What a subscriber with [`JsonLines`] writes for the events `emit` logs.
     fn lines_of(emit: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Buffer(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buffer {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buffer = Buffer::default();
-        let written = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .event_format(JsonLines)
-            .with_writer(move || buffer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, emit);
-        let bytes = written.0.lock().unwrap().clone();
-        String::from_utf8(bytes).unwrap()
+        crate::store::test_support::logged_as_json(emit)
     }
 
     #[test]

@@ -2293,6 +2293,15 @@ pub(crate) mod test_support {
 
     /// What `f` logs (all levels gitgate's default shows), as text.
     pub fn logged(f: impl FnOnce()) -> String {
+        captured(false, f)
+    }
+
+    /// What `f` logs, as `GITGATE_LOG_FORMAT=json` writes it (see `crate::log_json`).
+    pub fn logged_as_json(f: impl FnOnce()) -> String {
+        captured(true, f)
+    }
+
+    fn captured(json: bool, f: impl FnOnce()) -> String {
         #[derive(Clone, Default)]
         struct Captured(Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Captured {
@@ -2318,10 +2327,14 @@ pub(crate) mod test_support {
         });
         let captured = Captured::default();
         let sink = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
+        let lines = tracing_subscriber::fmt()
             .with_ansi(false)
-            .with_writer(move || sink.clone())
-            .finish();
+            .with_writer(move || sink.clone());
+        let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = if json {
+            Box::new(lines.event_format(crate::log_json::JsonLines).finish())
+        } else {
+            Box::new(lines.finish())
+        };
         tracing::subscriber::with_default(subscriber, || {
             // Tests run in parallel, each with its own subscriber: a callsite first hit while
             // another thread's subscriber came or went can keep an interest worked out without
