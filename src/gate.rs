@@ -1305,9 +1305,11 @@ pub fn loggable_repo(repo: &str) -> LogPath<'_> {
 /// and a client needs no credentials to have one logged: written as they came, an em space
 /// (U+2003) or a line separator (U+2028) would let it add look-alike fields (`user=alice
 /// status=200`) or lines to the log for any parser that splits on Unicode white space, and a
-/// right-to-left override would reorder the line on screen. So every character but printable
-/// ASCII, and the backslash that starts an escape, is written as a Rust escape (`\u{2003}`,
-/// `\\`), as the user names and the backend's stderr are kept to one readable line elsewhere.
+/// right-to-left override would reorder the line on screen. So a path that is not a plain word
+/// of printable ASCII (without `"`, `\` or `=`) is written as [`LogValue`] writes free text:
+/// quoted, with JSON's escapes for every character not shown as itself (`"/x\u2003user=a"`);
+/// a letter of any script stays itself (`"/café.git"`). A logfmt reader, and the JSON lines,
+/// give back the path as it was sent.
 pub struct LogPath<'a> {
     path: &'a str,
     /// Whether the path was already found to hold no token (a classified git path).
@@ -1329,19 +1331,9 @@ impl fmt::Display for LogPath<'_> {
             let said = format!("{kept}... ({} bytes in all, cut)", self.path.len());
             return LogText(&said).fmt(f);
         }
-        // `=` too: a logfmt reader refuses it in a bare value (go-logfmt), or splits there.
-        let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'\\' | b'"' | b'=');
-        if kept.bytes().all(plain) {
-            return f.write_str(kept);
-        }
-        for c in kept.chars() {
-            match c {
-                '\\' => f.write_str("\\\\")?,
-                c if c.is_ascii() && plain(c as u8) => f.write_char(c)?,
-                c => write!(f, "{}", c.escape_unicode())?,
-            }
-        }
-        Ok(())
+        // Bare when it is a plain word, else quoted with JSON's escapes, as every value that
+        // is not: a logfmt reader and `GITGATE_LOG_FORMAT=json` both give back the path sent.
+        LogValue(kept).fmt(f)
     }
 }
 
@@ -1637,27 +1629,58 @@ mod tests {
     fn a_logged_path_cannot_add_fields_or_lines() {
         let said = |p: &str| loggable_path(p).to_string();
         assert_eq!(said("/team/app.git/info/refs"), "/team/app.git/info/refs");
-        // Unicode white space, a line separator and a text-direction override: escaped.
+        // Unicode white space, a line separator and a text-direction override: quoted, and
+        // escaped as JSON escapes them, which a logfmt reader undoes.
         assert_eq!(
             said("/x\u{2003}user=alice\u{2003}status=200\u{2028}INFO"),
-            "/x\\u{2003}user\\u{3d}alice\\u{2003}status\\u{3d}200\\u{2028}INFO"
+            r#""/x\u2003user=alice\u2003status=200\u2028INFO""#
         );
-        // `=`, which a logfmt reader refuses in a bare value or splits at, is escaped as well.
+        // `=`, which a logfmt reader refuses in a bare value or splits at: quoted.
         assert_eq!(
             said("/team/app.git/a%0auser=admin/info/refs"),
-            "/team/app.git/a%0auser\\u{3d}admin/info/refs"
+            r#""/team/app.git/a%0auser=admin/info/refs""#
         );
-        assert_eq!(said("/x\u{202e}nimda"), "/x\\u{202e}nimda");
-        assert_eq!(said("/caf\u{e9}\tx"), "/caf\\u{e9}\\u{9}x");
+        assert_eq!(said("/x\u{202e}nimda"), r#""/x\u202enimda""#);
+        // A letter stays itself; a tab is escaped.
+        assert_eq!(said("/caf\u{e9}\tx"), "\"/caf\u{e9}\\tx\"");
         // The backslash that starts an escape is itself escaped: no path logs as another.
-        assert_eq!(said("/a\\u{2003}"), "/a\\\\u{2003}");
+        assert_eq!(said("/a\\u2003"), r#""/a\\u2003""#);
         // A quote would end a reader's field early: escaped too.
-        assert_eq!(said("/team/a\"b.git"), "/team/a\\u{22}b.git");
+        assert_eq!(said("/team/a\"b.git"), r#""/team/a\"b.git""#);
+        // What a logfmt reader, or JSON, makes of a quoted path is the path as it was sent.
+        for path in [
+            "/x\u{2003}y\u{2028}z\u{202e}",
+            "/caf\u{e9}\t\"=\\",
+            "/\u{1F600}",
+        ] {
+            let back: String = serde_json::from_str(&said(path)).unwrap();
+            assert_eq!(back, path);
+        }
         // Percent-escapes are ASCII and stay as sent.
         assert_eq!(said("/a%E2%80%83b"), "/a%E2%80%83b");
         let token = "ggt_abcdefgh2345_".to_string() + &"A".repeat(43) + "_abcdef";
         let hidden = said(&format!("/x/{token}"));
         assert!(!hidden.contains("ggt_"), "{hidden}");
+    }
+
+    /// In `GITGATE_LOG_FORMAT=json` a path and a repository are the strings sent, not a text
+    /// line's escapes of them.
+    #[test]
+    fn a_json_line_holds_the_path_and_repository_as_sent() {
+        let path = "/caf\u{e9}/x\u{2003}y=\"z\"\\.git/info/refs";
+        let out = crate::store::test_support::logged_as_json(|| {
+            tracing::info!(
+                target: "gitgate::request",
+                path = %loggable_path(path),
+                repo = %loggable_repo("caf\u{e9}/x\u{2003}y"),
+                plain = %loggable_path("/team/app.git/info/refs"),
+                "request"
+            );
+        });
+        let line: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!(line["fields"]["path"], path, "{out}");
+        assert_eq!(line["fields"]["repo"], "caf\u{e9}/x\u{2003}y", "{out}");
+        assert_eq!(line["fields"]["plain"], "/team/app.git/info/refs", "{out}");
     }
 
     #[test]
