@@ -1665,7 +1665,12 @@ fn a_log_that_cannot_be_written_does_not_stop_the_server() {
 #[test]
 fn an_ipv4_client_of_a_dual_stack_listener_is_named_as_ipv4() {
     if std::net::TcpListener::bind("[::]:0").is_err() {
-        eprintln!("no IPv6 here: the dual-stack case is left out");
+        // Skipped only by hand: under CI a host without IPv6 fails, as one without nginx does.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no IPv6 here ([::]:0 cannot be bound): the dual-stack case needs it"
+        );
+        eprintln!("skipped: no IPv6 here, the dual-stack case is left out");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -2233,7 +2238,9 @@ fn an_upstream_redirect_to_its_own_address_outside_its_repositories_is_a_502() {
 fn an_upstream_redirect_gitgate_cannot_check_is_a_502() {
     for head in [
         &b"Location: http://127.0.0.1:{port}/git/\xc3\xbc/../team/app.git/info/refs\r\n"[..],
-        b"Location: https://example.invalid/x\r\nLocation: http://127.0.0.1:{port}/login\r\n",
+        // The first one alone would be passed on as it is (a path relative to the request's),
+        // and with it the second, internal one.
+        b"Location: app.git/info/refs\r\nLocation: http://127.0.0.1:{port}/login\r\n",
         b"Location: http://127.0.0.1:{port}#frag\r\n",
     ] {
         let dir = tempfile::tempdir().unwrap();
