@@ -1718,6 +1718,19 @@ fn every_action_is_audited_and_no_secret_is_written_anywhere() {
         for password in [PW, WRONG_PW] {
             assert!(!text.contains(password), "a password is in the {what}");
         }
+        // Nor the `Authorization` values these requests sent, which hold them in base64.
+        for pair in [
+            format!("alice:{PW}"),
+            format!("root:{PW}"),
+            format!("alice:{WRONG_PW}"),
+            format!("{second}:x-oauth-basic"),
+        ] {
+            let sent = common::base64(pair.as_bytes());
+            assert!(
+                !text.contains(sent.trim_end_matches('=')),
+                "an Authorization value is in the {what}"
+            );
+        }
     }
 }
 
@@ -2002,9 +2015,23 @@ fn api_calls_count_against_the_callers_rate_limit_like_their_git_requests() {
         !ok && stderr.contains("rate limit exceeded for user:alice"),
         "{stderr}"
     );
-    // bob's bucket is his own, and a wrong password costs alice nothing (it is the address
-    // throttle's business, not her bucket's).
+    // bob's bucket is his own, and wrong passwords in his name cost him nothing (they are the
+    // address throttle's business, not his bucket's): after two, his two calls left still go.
     assert_eq!(server.api("GET", "/users/bob", "bob", "").status, 200);
+    for wrong in ["wrong1", "wrong2"] {
+        let r = server.request(
+            "GET",
+            &format!("{API}/users/bob"),
+            Auth::Basic("bob", wrong),
+            "",
+        );
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    for _ in 0..2 {
+        let r = server.api("GET", "/users/bob", "bob", "");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // A wrong password in alice's name, her bucket empty, is told as wrong, not as her 429.
     let r = server.request(
         "GET",
         &format!("{API}/users/alice"),

@@ -146,7 +146,7 @@ mod tests {
             &[host, ("origin", "http://git.example.com")], // another port: another origin
             &[host, ("sec-fetch-site", "cross-site")],
             &[host, ("sec-fetch-site", "same-site")],
-            // A second line behind a first that would pass.
+            // A second line behind a first that would pass, and before it: every line counts.
             &[
                 host,
                 ("origin", "http://git.example.com:8080"),
@@ -154,8 +154,18 @@ mod tests {
             ],
             &[
                 host,
+                ("origin", "https://evil.example"),
+                ("origin", "http://git.example.com:8080"),
+            ],
+            &[
+                host,
                 ("sec-fetch-site", "same-origin"),
                 ("sec-fetch-site", "cross-site"),
+            ],
+            &[
+                host,
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-site", "same-origin"),
             ],
         ] {
             for method in [Method::POST, Method::PUT, Method::DELETE] {
@@ -200,11 +210,16 @@ mod tests {
                 ("content-length", "12"),
                 ("content-type", "application/jsonx"),
             ],
-            // Two types: which one is meant is not for gitgate to guess.
+            // Two types, in either order: which one is meant is not for gitgate to guess.
             &[
                 ("content-length", "12"),
                 ("content-type", "application/json"),
                 ("content-type", "text/plain"),
+            ],
+            &[
+                ("content-length", "12"),
+                ("content-type", "text/plain"),
+                ("content-type", "application/json"),
             ],
         ] {
             assert_eq!(
