@@ -889,6 +889,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::store",
     "gitgate::store::audit",
     "gitgate::store::cache",
+    "gitgate::store::files",
     "gitgate::store::grants",
     "gitgate::store::locks",
     "gitgate::store::ratelimits",
