@@ -239,6 +239,7 @@ pub mod policy;
 pub mod port_holder;
 pub mod push_commands;
 pub mod ratelimit;
+pub mod reload;
 pub mod repeats;
 pub mod request_id;
 pub mod server;

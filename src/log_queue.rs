@@ -367,10 +367,11 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Queued {
     }
 
     /// A warning or an error, or a line of the server's start and stop (`gitgate::server`:
-    /// `listening on`, `shutting down`, `stopped: ...`), is important (see [`LogQueue::push`]).
+    /// `listening on`, `shutting down`, `stopped: ...`) or of what it read again on SIGHUP
+    /// (`gitgate::reload`), is important (see [`LogQueue::push`]).
     fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
         let important = matches!(*meta.level(), tracing::Level::ERROR | tracing::Level::WARN)
-            || meta.target() == "gitgate::server";
+            || matches!(meta.target(), "gitgate::server" | "gitgate::reload");
         QueuedLine(&self.0, important)
     }
 }

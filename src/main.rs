@@ -880,6 +880,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::port_holder",
     "gitgate::push_commands",
     "gitgate::ratelimit",
+    "gitgate::reload",
     "gitgate::repeats",
     "gitgate::request_id",
     "gitgate::server",

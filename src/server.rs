@@ -10,7 +10,7 @@
 //!
 //! Signals: SIGINT/SIGTERM stop accepting and give requests in flight `shutdown_grace` to
 //! finish (then `run` returns and the process exits 0); SIGHUP reloads the TLS certificate
-//! (see [`crate::tls`]) and the upstream credentials ([`crate::upstream::secret`]). A panic while handling a request becomes a 500 for that request
+//! and the upstream credentials ([`crate::reload`]). A panic while handling a request becomes a 500 for that request
 //! ([`crate::unwind`]); one while streaming is caught by tokio and ends that connection only.
 //! Either way it is logged and the process lives on.
 
@@ -46,13 +46,14 @@ use crate::idle::{
     until_idle, until_idle_or_drained, Activity, ActivityIo, Closed, EndableIo, Ending, OpenBody,
 };
 use crate::metrics::{self, Cut, METRICS};
+use crate::reload::{certificate_dates_said, reload_on_hangup, watch_certificate_expiry};
 use crate::repeats::Repeats;
 use crate::signals::{HangupSignal, StopSignals};
 use crate::store::Store;
 use crate::tls::CertStore;
 use crate::unwind::CatchPanic;
 use crate::upstream::cgi::ProcessCap;
-use crate::upstream::secret::{Reloaded, UpstreamSecret};
+use crate::upstream::secret::UpstreamSecret;
 use crate::upstream::{CgiBackend, HttpBackend, Upstream};
 
 /// How the server runs: TLS or not, and its limits.
@@ -1679,259 +1680,6 @@ impl Connection {
     }
 }
 
-/// How often a running server looks at the served chain's expiry: a certificate fine at the
-/// start may be near its end, or past it, months later.
-const CERTIFICATE_LOOKED_AT_EVERY: Duration = Duration::from_secs(3600);
-
-/// How often, at most, a running server warns that the served chain's expiry is near (once
-/// it has passed: every time it looks).
-const CERTIFICATE_WARNED_EVERY: Duration = Duration::from_secs(24 * 3600);
-
-/// The served chain's expiry and problems, at start and on reload: into the metrics, and into
-/// the log when its expiry is near or one of its intermediates is out of its dates (a served
-/// certificate out of them is refused by [`CertStore`]); unread dates are said too.
-fn certificate_dates_said(certs: &CertStore) {
-    for warning in certs.warnings() {
-        tracing::error!(reason = %LogText(&warning), "the TLS certificate chain has a problem");
-    }
-    let Some(chain) = certs.validity() else {
-        tracing::warn!(
-            cert = %certs.cert_path().display(),
-            "cannot read the TLS certificate's validity dates; its expiry is not watched"
-        );
-        return;
-    };
-    METRICS.tls_certificate_expires(chain.validity.not_after);
-    // One already past is an intermediate's, said above.
-    if let Some((false, note)) = chain.expiry_note(crate::clock::now_ms()) {
-        tracing::warn!(cert = %certs.cert_path().display(), "{note}");
-    }
-}
-
-/// While the server runs: the served chain's expiry looked at every hour — warned of once a day
-/// within 14 days of it, and said as an error every hour once it has passed (a start and a
-/// reload refuse such a certificate, but one served for months can expire while served).
-async fn watch_certificate_expiry(certs: Arc<CertStore>) {
-    // Said at the start already.
-    let mut warned = certs
-        .validity()
-        .and_then(|chain| chain.expiry_note(crate::clock::now_ms()))
-        .map(|_| tokio::time::Instant::now());
-    loop {
-        tokio::time::sleep(CERTIFICATE_LOOKED_AT_EVERY).await;
-        let Some(chain) = certs.validity() else {
-            continue;
-        };
-        match chain.expiry_note(crate::clock::now_ms()) {
-            Some((true, note)) => {
-                tracing::error!(cert = %certs.cert_path().display(), "{note}");
-            }
-            Some((false, note))
-                if warned.is_none_or(|at| at.elapsed() >= CERTIFICATE_WARNED_EVERY) =>
-            {
-                warned = Some(tokio::time::Instant::now());
-                tracing::warn!(cert = %certs.cert_path().display(), "{note}");
-            }
-            _ => {}
-        }
-    }
-}
-
-/// On SIGHUP, reload the TLS certificate and the upstream credentials (those configured); a bad
-/// new one keeps the old.
-async fn reload_on_hangup(
-    mut hangup: HangupSignal,
-    certs: Option<Arc<CertStore>>,
-    upstream_secret: Option<Arc<UpstreamSecret>>,
-    running: Config,
-    stopping: watch::Receiver<bool>,
-) {
-    while hangup.next().await {
-        // New connections are no longer taken: "new connections use it" would be untrue.
-        if *stopping.borrow() {
-            tracing::info!("SIGHUP ignored: gitgate is stopping");
-            continue;
-        }
-        // Read once: what it says of the edits, and whether a restart would read the files this
-        // reload read (not when the config file now names others).
-        let on_disk = Config::load(&running.source);
-        config_said_on_hangup(&running, &on_disk);
-        let on_disk = on_disk.ok();
-        let same = |part: &dyn Fn(&Config) -> String| {
-            on_disk
-                .as_ref()
-                .is_none_or(|now| part(now) == part(&running))
-        };
-        let restart = |same: bool, what: &str| {
-            if same {
-                ", so a restart would fail (`gitgate check` says more)".to_string()
-            } else {
-                format!("; the config file now names other {what}, which a restart would read")
-            }
-        };
-        if let Some(secret) = &upstream_secret {
-            let from = secret.describe();
-            match secret.reload() {
-                Ok(Reloaded::FromFile) => {
-                    tracing::info!(
-                        from = %from,
-                        "SIGHUP: upstream credentials read again; new requests use them"
-                    );
-                    if let Some(warning) = secret.file_readable_by_all() {
-                        tracing::warn!("{warning}");
-                    }
-                }
-                Ok(Reloaded::Unchanged) => tracing::info!(
-                    from = %from,
-                    "SIGHUP: upstream credentials come from the environment, which changes only with a restart"
-                ),
-                Err(e) => {
-                    let credentials = |c: &Config| match &c.upstream {
-                        crate::config::Upstream::Http(h) => format!("{:?}", h.credentials),
-                        crate::config::Upstream::Cgi { .. } => String::new(),
-                    };
-                    tracing::error!(
-                        error = %LogText(&e.to_string()),
-                        "SIGHUP: keeping the current upstream credentials, the new ones are \
-                         unusable{}",
-                        restart(same(&credentials), "credentials")
-                    )
-                }
-            }
-        }
-        match &certs {
-            None if upstream_secret.is_none() => tracing::info!(
-                "SIGHUP: no [server.tls] and no [upstream.credentials] configured, nothing to reload"
-            ),
-            None => {}
-            Some(c) => match c.reload() {
-                Ok(()) => {
-                    tracing::info!(
-                        cert = %c.cert_path().display(),
-                        "SIGHUP: TLS certificate reloaded; new connections use it"
-                    );
-                    certificate_dates_said(c);
-                    // A renewal may write the new key with another mode: said as at a start.
-                    if let Some(warning) = crate::tls::key_readable_by_all(c.key_path()) {
-                        tracing::warn!("{warning}");
-                    }
-                }
-                Err(e) => match c
-                    .validity()
-                    .and_then(|chain| chain.expiry_note(crate::clock::now_ms()))
-                {
-                    Some((true, note)) => tracing::error!(
-                        error = %LogText(&e.to_string()),
-                        "SIGHUP: the new TLS certificate is unusable, and the one served is no \
-                         better: {note}"
-                    ),
-                    // The start loads the same files, and refuses them as this does.
-                    _ => tracing::error!(
-                        error = %LogText(&e.to_string()),
-                        "SIGHUP: keeping the current TLS certificate, the new one is unusable{}",
-                        restart(same(&|c: &Config| format!("{:?}", c.server.tls)), "TLS files")
-                    ),
-                },
-            },
-        }
-    }
-}
-
-/// A SIGHUP re-reads the files `[server.tls]` and `[upstream.credentials]` name, not the
-/// config file: its other settings are built into the running server. An operator who edited
-/// it and sent SIGHUP (as for nginx) is told so, and told when it no longer loads, since the
-/// next restart would then fail.
-fn config_said_on_hangup(running: &Config, on_disk: &Result<Config, crate::config::ConfigError>) {
-    match on_disk {
-        Err(e) => tracing::warn!(
-            "SIGHUP: the config file no longer loads, so a restart would fail (the running \
-             settings are kept; `gitgate check` says more): {e}"
-        ),
-        Ok(now) => {
-            // New certificate or key files: a restart loads them as the start does, and
-            // refuses to start if they do not (a key that is not the certificate's).
-            if let Some(tls) =
-                now.server.tls.as_ref().filter(|_| {
-                    format!("{:?}", now.server.tls) != format!("{:?}", running.server.tls)
-                })
-            {
-                if let Err(e) = CertStore::load(&tls.cert, &tls.key) {
-                    tracing::warn!(
-                        "SIGHUP: the config file names other TLS files, which do not load, so a \
-                         restart would fail (the running settings are kept; `gitgate check` \
-                         says more): {e}"
-                    );
-                    return;
-                }
-            }
-            // A new store path: a restart opens it, and refuses to start if it cannot be
-            // written (a folder not made yet, or another user's).
-            if now.store.path != running.store.path {
-                if let Err(e) = crate::store::Store::check_can_write(&now.store.path) {
-                    tracing::warn!(
-                        "SIGHUP: the config file names another store, which this process could \
-                         not write, so a restart would fail (the running settings are kept; \
-                         `gitgate check` says more): {e}"
-                    );
-                    return;
-                }
-            }
-            let changed = changed_sections(running, now);
-            if !changed.is_empty() {
-                tracing::warn!(
-                    config = %crate::log_value::LogFile(&running.source),
-                    changed = %crate::log_value::LogValue(&changed.join(",")),
-                    "SIGHUP: the config file changed since the start; a SIGHUP reads again only \
-                     the files that [server.tls] and [upstream.credentials] name, so these \
-                     changes take effect at a restart"
-                );
-            }
-        }
-    }
-}
-
-/// The sections of the config file whose settings differ between `a` and `b`, compared by
-/// value: paths by their components, so `repos`, `./repos` and `repos/` are one folder.
-fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
-    // Its credentials are a section of their own, said apart: a new file is read at a SIGHUP,
-    // a new scheme or source only at a restart.
-    let credentials = |c: &Config| match &c.upstream {
-        UpstreamConfig::Http(http) => http.credentials.clone(),
-        UpstreamConfig::Cgi { .. } => None,
-    };
-    let upstream = |c: &Config| {
-        let mut upstream = c.upstream.clone();
-        if let UpstreamConfig::Http(http) = &mut upstream {
-            http.credentials = None;
-        }
-        upstream
-    };
-    let server = |c: &Config| {
-        let s = &c.server;
-        (
-            s.listen,
-            s.git_prefix.clone(),
-            s.trusted_proxies.clone(),
-            s.limits.clone(),
-            s.workers,
-        )
-    };
-    [
-        ("[server]", server(a) != server(b)),
-        ("[server.tls]", a.server.tls != b.server.tls),
-        ("[store]", a.store != b.store),
-        ("[upstream]", upstream(a) != upstream(b)),
-        ("[upstream.credentials]", credentials(a) != credentials(b)),
-        ("[auth]", a.auth != b.auth),
-        ("[rate_limit]", a.rate_limit != b.rate_limit),
-        ("[auth_failures]", a.auth_failures != b.auth_failures),
-        ("[metrics]", a.metrics_listen != b.metrics_listen),
-    ]
-    .into_iter()
-    .filter_map(|(name, differs)| differs.then_some(name))
-    .collect()
-}
-
 /// The status hyper's HTTP/1 parser answered a request it could not read with, before closing
 /// the connection (`400`, or `414`/`431` for a URI or head too long); `None` for any other
 /// error of a connection.
@@ -1954,57 +1702,6 @@ fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_sections_a_config_edit_changed_are_named() {
-        let path = std::path::Path::new("/etc/gitgate/proxy.toml");
-        let base = "[server]\nlisten = \"127.0.0.1:8080\"\n[store]\npath = \"g.db\"\n\
-                    [upstream]\nurl = \"http://127.0.0.1:9000\"\n";
-        let a = Config::parse(path, base).unwrap();
-        assert!(changed_sections(&a, &a.clone()).is_empty());
-        // A comment or a reordering changes nothing.
-        let b = Config::parse(path, &format!("# renewed\n{base}")).unwrap();
-        assert!(changed_sections(&a, &b).is_empty());
-        let b = Config::parse(
-            path,
-            &format!("{base}[rate_limit]\ncapacity = 7\n[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n"),
-        )
-        .unwrap();
-        assert_eq!(changed_sections(&a, &b), ["[server.tls]", "[rate_limit]"]);
-        let b = Config::parse(path, &base.replace("8080", "8081")).unwrap();
-        assert_eq!(changed_sections(&a, &b), ["[server]"]);
-        // The upstream's credentials are named apart from the rest of [upstream].
-        let with = |scheme: &str| {
-            let text =
-                format!("{base}[upstream.credentials]\nscheme = \"{scheme}\"\nfile = \"/etc/s\"\n");
-            Config::parse(path, &text).unwrap()
-        };
-        assert_eq!(
-            changed_sections(&with("bearer"), &with("basic")),
-            ["[upstream.credentials]"]
-        );
-        assert_eq!(
-            changed_sections(&a, &with("basic")),
-            ["[upstream.credentials]"]
-        );
-        // One folder written two ways is no change.
-        let b = Config::parse(path, &base.replace("\"g.db\"", "\"./g.db\"")).unwrap();
-        assert!(changed_sections(&a, &b).is_empty());
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("repos")).unwrap();
-        let cgi = |root: &str| {
-            let text = format!(
-                "[store]\npath = \"g.db\"\n[upstream]\n\
-                 cgi = \"/usr/lib/git-core/git-http-backend\"\nproject_root = \"{root}\"\n"
-            );
-            Config::parse(&dir.path().join("proxy.toml"), &text).unwrap()
-        };
-        let a = cgi("repos");
-        for b in [cgi("./repos"), cgi("repos/")] {
-            assert!(changed_sections(&a, &b).is_empty());
-        }
-        assert_eq!(changed_sections(&a, &cgi(".")), ["[upstream]"]);
-    }
 
     #[test]
     fn a_tls_connection_speaks_only_what_its_handshake_agreed() {
