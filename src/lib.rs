@@ -91,7 +91,7 @@
 //!   stopped reading (a queue behind a write that would block).
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2 — over TLS, the one ALPN
 //!   agreed — TLS via [`tls`] with the certificate reloaded on SIGHUP and its chain's expiry
-//!   looked at hourly; a plain HTTP request on the HTTPS port is answered `400` in plain
+//!   looked at hourly by [`reload`]; a plain HTTP request on the HTTPS port is answered `400` in plain
 //!   HTTP with what to do), with a header-read
 //!   deadline (also for a connection
 //!   waiting for a request: a silent one is closed after it), an idle timeout ([`idle`]:
@@ -113,7 +113,8 @@
 //!   progress;
 //!   what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
-//!   Everything that can fail on a bad setting is checked before the store is opened; a
+//!   Everything that can fail on a bad setting is checked before the store is opened (the
+//!   open-files limit: [`open_files`]); a
 //!   thread that cannot be started (a process limit) stops the start with the reason. An IPv6
 //!   listener takes IPv4 clients too (`IPV6_V6ONLY` off, whatever the host's default). One
 //!   single-threaded
@@ -232,6 +233,7 @@ pub mod log_queue;
 pub mod log_value;
 pub mod metrics;
 pub mod network;
+pub mod open_files;
 pub mod password;
 pub mod permission;
 pub mod pkt_line;

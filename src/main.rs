@@ -873,6 +873,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::log_value",
     "gitgate::metrics",
     "gitgate::network",
+    "gitgate::open_files",
     "gitgate::password",
     "gitgate::permission",
     "gitgate::pkt_line",

@@ -88,8 +88,8 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     }
     // serve's own verdict on the open-files limit it would raise itself to.
     let max_connections = config.server.limits.max_connections;
-    let open_files = crate::server::open_files_at_start(max_connections, config.server.workers);
-    let verdict = crate::server::open_files_verdict(
+    let open_files = crate::open_files::at_start(max_connections, config.server.workers);
+    let verdict = crate::open_files::verdict(
         open_files.limit,
         open_files.wanted,
         config.server.workers,
