@@ -192,7 +192,8 @@ pub struct AuthFailures {
     pub max: u32,
     pub window_seconds: u32,
     /// Most failed-authentication events kept in the audit log, the oldest deleted beyond it
-    /// (0: all kept). About 150 bytes each.
+    /// (0: all kept): as many of those naming a token that exists, and as many of the others
+    /// (so up to twice this in all). About 150 bytes each.
     pub keep_in_audit: u64,
     /// Networks whose addresses are never blocked (a CI fleet behind one NAT address, where one
     /// job's bad token would block every job): their failures are audited and counted in the

@@ -2,10 +2,11 @@
 //! (classify → credentials → store → policy → upstream) and turns every refusal into an answer
 //! in one place, `Gate::refusal`.
 //!
-//! Order matters for safety: the request is classified before anything else, so a path that does
-//! not name exactly one repository is never forwarded, whatever the credentials; and nothing is
-//! forwarded — so no 2xx can be sent — before the token has been verified and authorised (git's
-//! credential helper stores whatever got a 2xx).
+//! Order matters for safety: the request is classified before its credentials are looked at
+//! (only a request of gitgate's own that came back, and a target too long to log, are refused
+//! sooner), so a path that does not name exactly one repository is never forwarded, whatever
+//! the credentials; and nothing is forwarded — so no 2xx can be sent — before the token has
+//! been verified and authorised (git's credential helper stores whatever got a 2xx).
 
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
@@ -115,8 +116,8 @@ const UNREADABLE_FORWARDED_FOR: &str =
 enum Refusal {
     NotGit(Rejection),
     NoCredentials(CredentialError),
-    /// The secret cannot be a token at all (an account password, a token cut short): which.
-    /// What the secret is instead, and whether it came as a Bearer token.
+    /// The secret cannot be a token (an account password, a token cut short): what it is
+    /// instead, and whether it came as a Bearer token.
     NotAToken(token::NotAToken, bool),
     InvalidToken,
     Denied(Deny),
@@ -941,9 +942,6 @@ const MALFORMED_SAID: usize = 300;
 /// "client closed request"; never sent).
 const CLIENT_GONE_BEFORE_ANSWER: u16 = 499;
 
-/// Whether a push's POST is to come after `git_req`'s answer: its ref advertisement, or the
-/// probe git sends before a pack too large for one buffer (a `0000` of four bytes), after which
-/// the pack follows, chunked.
 /// Whether the request is a push's POST, whose commands are read as it passes (see
 /// [`PushCommands`]): not the 4-byte probe (`0000`) git sends before a large push, which
 /// changes nothing.
@@ -958,6 +956,9 @@ fn is_a_push_probe(headers: &hyper::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes() == b"4")
 }
 
+/// Whether a push's POST is to come after `git_req`'s answer: its ref advertisement, or the
+/// probe git sends before a pack too large for one buffer (a `0000` of four bytes), after which
+/// the pack follows, chunked.
 fn a_push_continues(git_req: &GitRequest, headers: &hyper::HeaderMap) -> bool {
     match git_req.operation {
         git::Operation::Advertise(git::Service::ReceivePack) => true,

@@ -4,10 +4,13 @@
 //! them the time, reads the per-principal overrides, and writes the audit events and log lines.
 //!
 //! Where the gate asks:
-//! 1. [`Guard::check_address`] right after classification, before credentials are parsed or the
-//!    store is read: a blocked address costs nothing but a hash-map lookup.
+//! 1. [`Guard::check_address`] once the request is classified and its form checked, before
+//!    credentials are parsed or the store is read: a blocked address costs nothing but an
+//!    atomic read (a hash-map lookup while some address is blocked).
 //! 2. [`Guard::failed_auth`] from the gate's one place for authentication failures.
-//! 3. [`Guard::check_principal`] after authorisation, for requests that start an exchange;
+//! 3. [`Guard::acquire_slot`] after authorisation: a place among the principal's requests in
+//!    flight; then [`Guard::check_principal`]: the principal's bucket (an advertisement takes a
+//!    token and buys its POSTs' credits; a POST uses a credit, else a token);
 //!    [`Guard::check_api_call`] for a REST API call, once its password has been checked.
 //!
 //! Overrides (`gitgate ratelimit ...`) are read when the guard is built, then from the store
@@ -58,8 +61,8 @@ pub enum Verdict {
 
 impl Verdict {
     /// A rate limit's refusal, in the log as the request `id` it refused (the address
-    /// throttle's block and the in-flight cap have lines of their own, about the address or
-    /// the principal as a whole, said once).
+    /// throttle's block has a line of its own about the address, said once per block; the
+    /// in-flight cap's is written at each refusal, by [`Guard::acquire_slot`]).
     pub fn say(&self, id: crate::request_id::RequestId) {
         if let Verdict::RateLimited {
             principal,
@@ -301,9 +304,9 @@ impl Guard {
         });
     }
 
-    /// Step 3: take a token from the principal's bucket if this request starts an exchange.
-    /// Step 4: a place among the principal's requests in flight, held until the response ends
+    /// Step 3: a place among the principal's requests in flight, held until the response ends
     /// — for a POST, one that carries on an exchange, up to twice the cap (see [`InFlight`]).
+    /// Refused with a log line per refusal (without the request's id: the gate's says it).
     pub fn acquire_slot(&self, principal: &str, operation: Operation) -> Result<Slot, Verdict> {
         let slot = match operation {
             Operation::Rpc(_) => self.inflight.try_continue(principal),
@@ -323,6 +326,9 @@ impl Guard {
         })
     }
 
+    /// Step 4: charge the principal's bucket (see [`Cost::of`](crate::ratelimit::Cost::of)): an
+    /// advertisement takes a token and buys credits for the POSTs that follow it; a POST uses
+    /// a credit, else a token. Exempt principals pass without a charge.
     pub async fn check_principal(
         &self,
         principal: &str,
@@ -365,7 +371,8 @@ impl Guard {
         }
     }
 
-    /// The overrides, refreshed from the store when older than [`OVERRIDES_TTL_MS`].
+    /// The overrides, read again from the store once older than [`REFRESH_AFTER_MS`]; while
+    /// another request reads them, the last map is used until it is [`OVERRIDES_TTL_MS`] old.
     async fn overrides(&self, now: i64) -> Arc<HashMap<String, RateRule>> {
         // Fresh enough to use without a read; or, while another request reads, to use still.
         let fresh = |o: &Overrides| {

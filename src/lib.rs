@@ -7,24 +7,25 @@
 //!                        address's cap ─▶ 503; both logged; /healthz, /readyz)
 //!                        ──▶ gate ──┬─ client address: the peer, or behind trusted_proxies the right-most
 //!                                   │     untrusted X-Forwarded-For entry (unreadable: 400)
-//!                                   ├─ a request_id for each of its log lines; a path and query over
-//!                                   │     8 KiB ─▶ 414 (git's and the REST API's)
-//!                                   ├─ /rest/... ─▶ api::handle: management, user's password only, then the
-//!                                   │     user's rate-limit bucket (429); never forwarded
+//!                                   ├─ a request_id for each of its log lines
+//!                                   ├─ /rest/... ─▶ api::handle (a path and query over 8 KiB ─▶ 414, Host as
+//!                                   │     below ─▶ 400, the address guard ─▶ 429, then management: the
+//!                                   │     user's password only, then the user's rate-limit bucket, 429); never forwarded
+//!                                   ├─ its own loop mark (X-Gitgate-Hop)?  ─▶ 508 (a request it sent upstream came back)
+//!                                   ├─ a path and query over 8 KiB ─▶ 414
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
-//!                                   ├─ a repository path holding a token secret (`ggt_`, or a whole one
-//!                                   │     without it: its checksum tells) ─▶ 400, never logged
 //!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 it or :authority, and
 //!                                   │     none, Host or :authority, that is empty or no host name (letters, digits, .-_) and optional port, or names another host
 //!                                   │     than the :authority or the absolute target's ─▶ 400 (refusals for the request's form:
 //!                                   │     400/415/501, their reason logged)
-//!                                   ├─ its own loop mark (X-Gitgate-Hop)?  ─▶ 508 (a request it sent upstream came back)
+//!                                   ├─ a repository path holding a token secret (`ggt_`, or a whole one
+//!                                   │     without it: its checksum tells) ─▶ 400, never logged
+//!                                   ├─ body framing: Transfer- only chunked ─▶ 501, Content-Length one
+//!                                   │   length ─▶ 400, Content- only gzip ─▶ 415,
+//!                                   │   a GET or HEAD saying it has a body ─▶ 400
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
 //!                                   │     IPv6 by /64, `exempt` networks never; one atomic read while no
 //!                                   │     address is blocked)
-//!                                   ├─ body framing: Content-Length one length ─▶ 400,
-//!                                   │   Transfer- only chunked ─▶ 501, Content- only gzip ─▶ 415,
-//!                                   │   a GET or HEAD saying it has a body ─▶ 400
 //!                                   ├─ credentials::from_headers(headers)  ─▶ Basic{user, secret} | Bearer{secret}
 //!                                   │     (until the token says whose it is, a user name not written as
 //!                                   │     user names are is logged as `<not a user name>`: a password?)

@@ -601,7 +601,7 @@ impl From<ExpiryPolicy> for PolicyChange {
 
 /// Change the policy (administrators only). It applies to the next token created; existing
 /// tokens keep their expiry and are reported by [`ExpiryPolicy::compliant`]. Returns the policy
-/// now in force.
+/// now in force, and whether it changed (and was audited).
 pub fn set_policy(
     store: &Store,
     caller: &Caller,
@@ -952,7 +952,6 @@ pub fn revoke(
     Ok(store.revoke_token(id, actor)?)
 }
 
-/// Give a token a new secret. The old one keeps working for `overlap_secs` (0: stops at once).
 /// Whether `token` can be given a new secret with `overlap_secs` of overlap, as [`rotate`]
 /// checks it (the store checks the revocation again inside the write) — so that the command
 /// line can refuse a revoked or expired token before it asks the owner for a password.
@@ -980,6 +979,7 @@ pub fn check_rotation(token: &TokenRecord, overlap_secs: u32) -> Result<()> {
     Ok(())
 }
 
+/// Give a token a new secret. The old one keeps working for `overlap_secs` (0: stops at once).
 /// A personal token is rotated only by its owner, because rotation hands out a working secret.
 /// Also returns the secret it replaced, for [`undo_rotation`] when the new one cannot be shown.
 pub fn rotate(

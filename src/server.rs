@@ -621,7 +621,6 @@ struct Worker {
     open: Arc<AtomicUsize>,
 }
 
-/// A worker's side: new connections, and the count it keeps up to date.
 /// One of a worker's open connections, for the acceptor's choice of the least busy worker.
 struct OpenConnection(Arc<AtomicUsize>);
 
@@ -631,6 +630,7 @@ impl Drop for OpenConnection {
     }
 }
 
+/// A worker's side: new connections, and the count it keeps up to date.
 struct Inbox {
     rx: mpsc::UnboundedReceiver<Accepted>,
     open: Arc<AtomicUsize>,
@@ -651,7 +651,7 @@ impl Worker {
 }
 
 /// The most header fields a request may have (hyper's HTTP/1.1 limit; see the service in
-/// [`Connection::run`] for HTTP/2).
+/// [`Connection::serve_io`] for HTTP/2).
 const MAX_HEADER_FIELDS: usize = 100;
 
 /// How many header fields `req` counts for [`MAX_HEADER_FIELDS`]. An HTTP/2 client may send

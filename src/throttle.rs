@@ -201,7 +201,8 @@ impl Shard {
 /// Failure counts and blocks of every address.
 pub struct Throttle {
     policy: Policy,
-    /// Every request reads its shard ([`Throttle::check`]); only failures write.
+    /// A request reads its shard ([`Throttle::check`]) only while some address is blocked
+    /// (see `blocks_end`); only failures write.
     shards: Vec<RwLock<Shard>>,
     /// When the block that ends last ends (monotonic ms; 0 before the first block): until a
     /// block starts, and once every block is over, a check is one atomic read — no lock, no

@@ -380,8 +380,9 @@ impl Store {
         );
     }
 
-    /// Keep at most `cap` rows of failed authentications in the audit log, deleting the oldest
-    /// beyond it as more come (0: keep them all); see `writer`. Set by `serve` from
+    /// Keep at most `cap` rows of failed authentications naming a token that exists, and `cap`
+    /// of the others, in the audit log, deleting the oldest beyond it as more come (0: keep
+    /// them all); see `writer`. Set by `serve` from
     /// `[auth_failures] keep_in_audit`.
     pub fn keep_failure_events(&self, cap: u64) {
         self.inner

@@ -39,7 +39,8 @@
 //! cache on the next lookup.
 //!
 //! Unknown ids are remembered too, apart and fewer ([`MAX_UNKNOWN`]; the set starts over when
-//! full), and dropped with everything else at any commit — creating a token is one. So a
+//! full), and dropped with everything else at any commit but the writer's own — creating a
+//! token is one. So a
 //! well-formed token that no longer exists (deleted with its store, say) and that a CI job keeps
 //! sending costs a hash lookup per request, as a wrong secret for a known id does, not a read of
 //! SQLite on the blocking pool (about a third of the rate, measured with wrk). Random ids still
@@ -293,16 +294,6 @@ impl AuthCache {
         state.version = i64::MIN;
     }
 
-    /// Whether the `-shm` or `-wal` file this process has open is no longer the one other
-    /// processes open: unlinked (deleted, or replaced by a rename), moved away, or no longer
-    /// beside the file `store_path` leads to now (a symbolic link on it re-pointed to another
-    /// folder holding the same store file by a hard link: other processes then use that
-    /// folder's `-wal` and `-shm`). SQLite keeps a connection's `-shm` and `-wal` open, so this
-    /// process would go on reading the old index and log while every other process uses others:
-    /// commits made there (a revocation) would never be seen here. While any connection is open
-    /// SQLite itself never removes either. An `fstat` of each open file, the store path resolved
-    /// and a `stat` of each name beside it; `false` for a file not open yet (see
-    /// [`AuthCache::open_files`]).
     /// When this process's `-shm` or `-wal` last changed (the earlier of their inode change
     /// times): once [`AuthCache::index_unlinked`] says they are gone, the time of the unlink or
     /// rename — the store refuses every operation from then on, so nothing here writes them
@@ -329,6 +320,16 @@ impl AuthCache {
         }
     }
 
+    /// Whether the `-shm` or `-wal` file this process has open is no longer the one other
+    /// processes open: unlinked (deleted, or replaced by a rename), moved away, or no longer
+    /// beside the file `store_path` leads to now (a symbolic link on it re-pointed to another
+    /// folder holding the same store file by a hard link: other processes then use that
+    /// folder's `-wal` and `-shm`). SQLite keeps a connection's `-shm` and `-wal` open, so this
+    /// process would go on reading the old index and log while every other process uses others:
+    /// commits made there (a revocation) would never be seen here. While any connection is open
+    /// SQLite itself never removes either. An `fstat` of each open file, the store path resolved
+    /// and a `stat` of each name beside it; `false` for a file not open yet (see
+    /// [`AuthCache::open_files`]).
     pub(super) fn index_unlinked(&self, store_path: &Path) -> bool {
         #[cfg(unix)]
         {

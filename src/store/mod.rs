@@ -289,8 +289,8 @@ struct Inner {
     /// store is. Never opened and closed again while connections are open: closing any
     /// descriptor of a file drops every POSIX lock this process holds on it — SQLite's
     /// included — and another process's connection, finding no lock, would take itself for
-    /// the last one, checkpoint and delete the `-wal` and `-shm` under the server. Last of the
-    /// fields, so that it is closed after the connections.
+    /// the last one, checkpoint and delete the `-wal` and `-shm` under the server. Declared
+    /// after the connections, so that it is closed after them.
     header: Option<std::fs::File>,
     /// The schema this open migrated the store from, if it did (see [`Store::migrated_from`]).
     migrated_from: Option<i64>,
@@ -1358,7 +1358,8 @@ impl Store {
     }
 
     /// Places for reading cache misses: take one before [`Store::load_auth_record`] on a
-    /// blocking thread. Every commit empties the cache, so the requests in flight at that moment
+    /// blocking thread. Every commit but the writer's own empties the cache, so the requests in
+    /// flight at that moment
     /// all miss together; without a bound each took a thread of its own and, past the pooled
     /// connections, opened a connection of its own — with 300 tokens in use, a p99 several
     /// times that of one token (docs/PERFORMANCE.md). With it a burst is read by a few threads

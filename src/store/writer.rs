@@ -10,7 +10,8 @@
 //! eleven times that with one token (docs/PERFORMANCE.md). Both are instead gathered in
 //! memory and written by one writer thread in a single `BEGIN IMMEDIATE` transaction: audit
 //! events within [`WINDOW`], last-used times at most once per [`LAST_USE_WINDOW`] — so the
-//! store takes a bounded number of commits a second however many tokens are in use.
+//! store takes a bounded number of commits a second however many tokens are in use. (Since
+//! then the writer's own commits, which hold only these rows, keep the cache: see `cache.rs`.)
 //!
 //! Within a window, repeats of the same event (same actor, address, action, target and detail —
 //! one bad token tried over and over from one place) become one row with a count and the time
@@ -37,7 +38,9 @@
 //! Rows of failed authentications — the events a client without valid credentials causes,
 //! one per address and name it tries — are capped ([`Store::keep_failure_events`], `[auth_failures]
 //! keep_in_audit`): past the cap (and a tenth more, so that counting is rare) the oldest of them
-//! are deleted, with an `audit.pruned` row saying how many. Otherwise clients from many
+//! are deleted, with an `audit.pruned` row saying how many; those naming a token that exists (a
+//! leaked or revoked one tried again) are capped apart from the rest, each kind at the cap, so a
+//! flood of junk cannot prune them. Otherwise clients from many
 //! addresses (an IPv6 network has millions of /64s) could grow the store until the disk is
 //! full. Changes made by people are never deleted.
 //!
@@ -437,7 +440,8 @@ impl BatchWriter {
         true
     }
 
-    /// Keep at most `cap` rows of failed authentications (0: all of them).
+    /// Keep at most `cap` rows of failed authentications of each kind — naming a token that
+    /// exists, or not (0: all of them).
     pub(super) fn keep_failure_events(&self, store: &Arc<Inner>, cap: u64) {
         self.pending.failure_cap.store(cap, Ordering::Relaxed);
         // A first look soon after the start: a backlog left by the last run (a stop half-way,
@@ -634,7 +638,7 @@ const PRUNE_RETRY_MAX: Duration = Duration::from_secs(300);
 impl FailureRows {
     /// Whether rows beyond the cap may be left: the writer keeps its windows coming, events
     /// or not, until a look has found none (one that failed is tried again [`PRUNE_RETRY`]
-    /// later).
+    /// later, the wait doubling after each failed look up to [`PRUNE_RETRY_MAX`]).
     fn backlog(&self) -> bool {
         self.more
     }

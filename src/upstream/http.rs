@@ -1094,9 +1094,6 @@ impl Body for UpstreamBody {
     }
 }
 
-/// An upstream's `Location` as the log shows it: a user and password, a query (a login page's
-/// `?token=`) or what looks like a token secret are not written (see
-/// [`crate::log_value::redacted_url`]), and the rest is one quoted field.
 /// The host and port the client asked for (`:authority` over HTTP/2, `Host` over HTTP/1.1),
 /// as an authority.
 fn client_authority(inbound: &Parts) -> Option<hyper::http::uri::Authority> {
@@ -1107,6 +1104,9 @@ fn client_authority(inbound: &Parts) -> Option<hyper::http::uri::Authority> {
     host.parse().ok()
 }
 
+/// An upstream's `Location` as the log shows it: a user and password, a query (a login page's
+/// `?token=`) or what looks like a token secret are not written (see
+/// [`crate::log_value::redacted_url`]), and the rest is one quoted field.
 fn logged_location(location: &str) -> String {
     format!("Location: {:?}", crate::log_value::redacted_url(location))
 }

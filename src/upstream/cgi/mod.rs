@@ -585,8 +585,8 @@ impl CgiBackend {
     }
 
     /// A backend that sends no headers for `timeout` while the request body does not move
-    /// either is stuck: it is ended and the client gets a 504 (default 300 s; the server uses
-    /// `[server] idle_timeout`). Without it a request whose backend hangs before answering
+    /// either is stuck: it is ended and the client gets a 504 (default 300 s; the server uses a
+    /// little under `[server] idle_timeout`, `server::answer_deadline`). Without it a request whose backend hangs before answering
     /// would hold its connection, its in-flight place and the process for as long as the
     /// client kept the connection alive — with HTTP/2 PINGs, for good.
     pub fn with_head_timeout(mut self, timeout: Duration) -> Self {
@@ -815,7 +815,6 @@ impl CgiBackend {
         Ok(response)
     }
 
-    /// The child's command line and its complete environment.
     /// The backend started, tried again for a little while when this process is out of
     /// processes or file descriptors (`EAGAIN`, `EMFILE`, `ENFILE`): they come free within
     /// milliseconds as other requests end. A request going on with an exchange already under
@@ -844,6 +843,7 @@ impl CgiBackend {
         }
     }
 
+    /// The child's command line and its complete environment.
     fn command(&self, req: &CgiRequest<'_>) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.env_clear()
