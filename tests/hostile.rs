@@ -1,7 +1,8 @@
 //! A table of malformed and hostile requests, sent as exact bytes over raw TCP to the real
-//! `gitgate serve`, each with the status it must get — and a counter on the backend (a CGI
-//! wrapper that appends a line per request before `exec`ing `git http-backend`) proving that
-//! none of them reached it, while one valid request afterwards did.
+//! `gitgate serve`, each with the status it must get (and for some, the reason its answer
+//! gives) — and a counter on the backend (a CGI wrapper that appends a line per request before
+//! `exec`ing `git http-backend`) proving that none of them reached it, while one valid request
+//! afterwards did.
 //!
 //! Many cases carry a *valid* write token on purpose: then only classification stands between
 //! the trick and the backend. Throttling and rate limits are turned off here (they have their own
@@ -771,6 +772,39 @@ fn cases(w: &str, r: &str) -> Vec<(&'static str, Vec<u8>, u16)> {
     ]
 }
 
+/// What the answer's body must say for some rows of [`cases`], by row name: where another
+/// check further on would refuse the same request with the same status, only the reason tells
+/// that the check the row is named for did it.
+fn reasons() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (
+            "bad base64",
+            "unusable Authorization header: Basic credentials are not valid base64",
+        ),
+        (
+            "base64 without colon",
+            "unusable Authorization header: Basic credentials have no ':' between user and \
+             password",
+        ),
+        // A token that parses would be looked up and refused as "invalid token".
+        (
+            "tampered checksum",
+            "invalid token: the password has the length of a gitgate access token but a \
+             character in it is wrong (its last six, a checksum, do not match the rest)",
+        ),
+        // Passed on, the name would be refused as not the personal token's owner.
+        (
+            "control character in user",
+            "unusable Authorization header: Basic user name contains control characters",
+        ),
+        // 9000 `A`s decode to NULs without a ':', refused for that if not for their size.
+        (
+            "Authorization over 8 KiB",
+            "unusable Authorization header: header is larger than 8 KiB",
+        ),
+    ]
+}
+
 #[test]
 fn hostile_requests_get_their_status_and_never_reach_the_backend() {
     let mut server = Server::start(
@@ -778,6 +812,13 @@ fn hostile_requests_get_their_status_and_never_reach_the_backend() {
     );
     let table = cases(&server.write_token, &server.read_token);
     assert!(table.len() >= 60, "only {} cases", table.len());
+    let reasons = reasons();
+    for (name, _) in &reasons {
+        assert!(
+            table.iter().any(|(row, _, _)| row == name),
+            "a reason for {name:?}, which is no row"
+        );
+    }
 
     let mut wrong = Vec::new();
     for (name, bytes, expected) in &table {
@@ -787,6 +828,15 @@ fn hostile_requests_get_their_status_and_never_reach_the_backend() {
             let head = String::from_utf8_lossy(&resp);
             let head = head.lines().take(1).collect::<Vec<_>>().join(" ");
             wrong.push(format!("{name}: expected {expected}, got {got} ({head})"));
+        }
+        if let Some((_, reason)) = reasons.iter().find(|(row, _)| row == name) {
+            let text = String::from_utf8_lossy(&resp);
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+            if !body.contains(reason) {
+                wrong.push(format!(
+                    "{name}: expected {reason:?} in the body, got {body:?}"
+                ));
+            }
         }
         // RFC 9110 §15.5.6: a 405 names the methods the resource takes.
         if got == 405 {
@@ -806,7 +856,7 @@ fn hostile_requests_get_their_status_and_never_reach_the_backend() {
     let hits = server.backend_hits();
     assert!(
         wrong.is_empty(),
-        "{} of {} cases got the wrong status:\n{}",
+        "{} of {} cases got the wrong status or reason:\n{}",
         wrong.len(),
         table.len(),
         wrong.join("\n")

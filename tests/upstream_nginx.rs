@@ -1874,9 +1874,15 @@ fn check_warns_of_an_http_url_for_an_https_port() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     };
     let good = check();
+    // The healthy upstream is ready, in its own line (the not-ready warning says "ready" too),
+    // and no warning about it follows from its answer.
+    let ready = format!("upstream http://127.0.0.1:{}/git: ready", w.nginx.port);
     assert!(
         // (" 401 ": the port nginx was given may hold those digits.)
-        !good.contains("400 Bad Request") && !good.contains(" 401 ") && good.contains("ready"),
+        !good.contains("400 Bad Request")
+            && !good.contains(" 401 ")
+            && good.lines().any(|l| l == ready)
+            && !good.lines().any(|l| l.starts_with("warning: upstream")),
         "{good}"
     );
     // gitgate's own credentials refused there: every git request would get 502.
