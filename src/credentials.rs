@@ -953,4 +953,12 @@ mod tests {
         let err = parse(b"Bearer hunter2 x").unwrap_err().to_string();
         assert!(!err.contains("hunter2"));
     }
+
+    #[test]
+    fn every_control_character_in_a_basic_user_name_is_refused() {
+        for user in ["al\u{1b}[31mice", "al\0ice", "al\u{7f}ice", "al\u{9b}ice"] {
+            let v = format!("Basic {}", b64(&format!("{user}:pw")));
+            assert!(malformed(v.as_bytes()).contains("control"), "{user:?}");
+        }
+    }
 }

@@ -1806,4 +1806,37 @@ mod tests {
         ));
         assert!(list(&store, &user("root"), &team).unwrap().is_empty());
     }
+
+    #[test]
+    fn expiry_required_without_a_maximum_still_requires_an_expiry() {
+        let p = ExpiryPolicy {
+            expiry_required: true,
+            max_expiry_days: None,
+        };
+        let e = p.check_new(None).unwrap_err();
+        assert!(e.contains("requires an expiry"), "{e}");
+        assert!(p.check_new(Some(3650)).is_ok());
+    }
+
+    #[test]
+    fn a_token_is_compliant_up_to_the_maximum_exactly() {
+        let (_d, store) = setup();
+        let (t, _) = create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(30)),
+            &actor(),
+        )
+        .unwrap();
+        let p = ExpiryPolicy {
+            expiry_required: true,
+            max_expiry_days: Some(30),
+        };
+        let mut at_max = t.clone();
+        at_max.expires_at = Some(t.created_at + 30 * DAY_MS);
+        assert!(p.compliant(&at_max));
+        let mut over = t.clone();
+        over.expires_at = Some(t.created_at + 30 * DAY_MS + 1);
+        assert!(!p.compliant(&over));
+    }
 }

@@ -673,4 +673,25 @@ mod tests {
             .unwrap_err()
             .contains("write the project"));
     }
+
+    #[test]
+    fn a_project_grant_or_token_covers_its_project_only_not_one_named_after_it() {
+        let r = personal("REPO_WRITE", Role::User, &[("team", Level::Write)]);
+        for other in ["teamx/app", "team-secrets/app", "team.old/app"] {
+            assert!(
+                matches!(
+                    check(&r, None, other, Access::Read),
+                    Err(Deny::Forbidden(_))
+                ),
+                "{other}"
+            );
+        }
+        let t = scoped(TokenKind::Project, "team", "REPO_WRITE");
+        assert!(matches!(
+            check(&t, None, "teamx/app", Access::Read),
+            Err(Deny::Forbidden(_))
+        ));
+        let r = personal("REPO_WRITE", Role::User, &[("team/app", Level::Write)]);
+        assert!(check(&r, None, "team/app2", Access::Read).is_err());
+    }
 }

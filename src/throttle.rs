@@ -589,4 +589,24 @@ mod tests {
         }
         assert_eq!(t.len(), 1001);
     }
+
+    #[test]
+    fn the_failures_that_made_a_block_do_not_count_once_it_ends() {
+        let t = Throttle::new(P);
+        for i in 0..3 {
+            fail(&t, ip(1), i);
+        }
+        // Blocked until 60_002; one mistake right as it ends is one failure, not a new block.
+        assert_eq!(fail(&t, ip(1), 60_002), None);
+        assert_eq!(t.check(ip(1), 60_003), Ok(()));
+    }
+
+    #[test]
+    fn the_same_credentials_after_a_quiet_window_count_again() {
+        let t = Throttle::new(P);
+        assert_eq!(t.record_failure(ip(1), 7, 0), None);
+        assert_eq!(t.record_failure(ip(1), 7, 70_000), None);
+        assert_eq!(t.record_failure(ip(1), 8, 70_001), None);
+        assert!(t.record_failure(ip(1), 9, 70_002).is_some());
+    }
 }

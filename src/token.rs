@@ -535,4 +535,27 @@ mod tests {
         assert!(constant_time_eq(&h, &hash("secret")));
         assert!(!constant_time_eq(&h, &hash("Secret")));
     }
+
+    #[test]
+    fn a_matching_checksum_does_not_excuse_a_wrong_prefix_or_body_alphabet() {
+        let signed = |before_sum: String| {
+            let sum = checksum(before_sum.as_bytes());
+            let mut s = before_sum;
+            s.push('_');
+            s.extend(sum.iter().copied().map(char::from));
+            assert_eq!(s.len(), SECRET_LEN);
+            s
+        };
+        for prefix in ["ggx_", "GGT_", "xxx_"] {
+            let s = signed(format!("{prefix}abcdefgh2345_{}", "A".repeat(BODY_LEN)));
+            assert_eq!(parse(&s), None, "{s}");
+        }
+        for odd in ['.', '!', '=', '+', '/'] {
+            let s = signed(format!(
+                "{PREFIX}abcdefgh2345_{}{odd}",
+                "A".repeat(BODY_LEN - 1)
+            ));
+            assert_eq!(parse(&s), None, "{s}");
+        }
+    }
 }
