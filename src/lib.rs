@@ -245,6 +245,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod repeats;
 pub mod request_id;
+pub mod request_log;
 pub mod server;
 pub mod signals;
 pub mod small_file;

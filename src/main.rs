@@ -884,6 +884,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::reload",
     "gitgate::repeats",
     "gitgate::request_id",
+    "gitgate::request_log",
     "gitgate::server",
     "gitgate::signals",
     "gitgate::small_file",

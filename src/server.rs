@@ -1359,7 +1359,7 @@ impl Connection {
             CatchPanic::new(async move {
                 if let Some(max) = over_address_cap {
                     let resp = over_cap_answer(max, req.version());
-                    crate::gate::log_answered_before_the_gate(
+                    crate::request_log::log_answered_before_the_gate(
                         &req,
                         remote,
                         resp.status(),
@@ -1374,7 +1374,7 @@ impl Connection {
                         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         &format!("too many header fields: at most {MAX_HEADER_FIELDS}"),
                     );
-                    crate::gate::log_answered_before_the_gate(
+                    crate::request_log::log_answered_before_the_gate(
                         &req,
                         remote,
                         resp.status(),
@@ -1515,7 +1515,7 @@ impl Connection {
                     } else {
                         said
                     };
-                    crate::gate::log_unparsable(remote, status, &said);
+                    crate::request_log::log_unparsable(remote, status, &said);
                 }
                 None => match excessive_load(&*e) {
                     Some(words) => excessive_load_said(remote, &words),

@@ -526,8 +526,8 @@ pub async fn handle(
     tracing::info!(
         target: "gitgate::request",
         request_id = %id,
-        method = %crate::gate::LogMethod(&method),
-        path = %crate::gate::loggable_path(&path),
+        method = %crate::request_log::LogMethod(&method),
+        path = %crate::request_log::loggable_path(&path),
         remote = %remote.ip(),
         api = true,
         // `-` before the password is checked, as a git request line writes it.
