@@ -1954,7 +1954,8 @@ fn an_upstream_that_resets_mid_stream_is_never_a_complete_answer() {
             // Dropped here: the upstream died mid-answer.
         }
     });
-    let (out, _) = info_refs_via(dir.path(), upstream_port, "");
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let (out, _) = info_refs(&g, &auth);
     // The status went out before the failure, but the body must not look complete: no
     // terminating chunk, so git reports an error instead of using a truncated answer.
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -1966,6 +1967,19 @@ fn an_upstream_that_resets_mid_stream_is_never_a_complete_answer() {
         !out.ends_with("0\r\n\r\n"),
         "a truncated answer ended cleanly: {out}"
     );
+    // Over HTTP/2 (h2c on the plain port): the stream is reset, never ended as if whole — curl
+    // says so (exit 92, a stream not closed cleanly), where an END_STREAM would be exit 0.
+    let h2 = std::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-H"])
+        .arg(format!("Authorization: Basic {auth}"))
+        .arg(format!(
+            "http://127.0.0.1:{}/team/app.git/info/refs?service=git-upload-pack",
+            g.port
+        ))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&h2.stderr);
+    assert_eq!(h2.status.code(), Some(92), "{said}");
 }
 
 #[test]
