@@ -238,6 +238,41 @@ proptest! {
         let _ = credentials::parse(&bearer);
     }
 
+    /// A push's commands are read from a body any client sends, in whatever pieces the network
+    /// cuts it into: never a panic, and what is read does not depend on where the cuts fall.
+    #[test]
+    fn push_commands_are_read_alike_however_the_body_is_cut(
+        body in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..600),
+            // Mostly pkt-lines: commands, a flush, then anything.
+            (prop::collection::vec("[0-9a-f]{40} [0-9a-f]{40} refs/heads/[a-z/]{1,20}", 0..6),
+             prop::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(lines, tail)| {
+                    let mut b = Vec::new();
+                    for l in lines {
+                        b.extend_from_slice(format!("{:04x}{l}\n", l.len() + 5).as_bytes());
+                    }
+                    b.extend_from_slice(b"0000");
+                    b.extend_from_slice(&tail);
+                    b
+                }),
+        ],
+        cuts in prop::collection::vec(0usize..700, 0..8),
+    ) {
+        let mut whole = gitgate::push_commands::PushCommands::default();
+        whole.feed(&body);
+        let mut cut = gitgate::push_commands::PushCommands::default();
+        let mut at: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+        at.sort_unstable();
+        let mut from = 0;
+        for to in at.into_iter().chain([body.len()]) {
+            cut.feed(&body[from..to]);
+            from = to;
+        }
+        prop_assert_eq!(whole.to_string(), cut.to_string());
+        prop_assert_eq!(whole.is_done(), cut.is_done());
+    }
+
     #[test]
     fn token_parse_never_panics(s in "\\PC{0,80}", id in "[a-z2-7]{12}", body in "[A-Za-z0-9_-]{43}", sum in "[a-z2-7]{6}") {
         let _ = token::parse(&s);

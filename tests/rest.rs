@@ -1789,7 +1789,13 @@ fn repeated_wrong_passwords_lock_the_password_but_never_the_tokens() {
         .iter()
         .find(|u| u["name"] == "alice")
         .unwrap();
-    assert!(alice["lockedUntil"].as_i64().is_some(), "{alice}");
+    // For a quarter of an hour from the lock (README, SECURITY.md): no shorter, no longer.
+    let until = alice["lockedUntil"].as_i64().unwrap();
+    let left = until - common::now_ms();
+    assert!(
+        (14 * 60_000..=15 * 60_000).contains(&left),
+        "locked for {left} ms more"
+    );
 
     install.cli_ok(&["user", "unlock", "alice"], "");
     assert_eq!(server.api("GET", "/users/alice", "alice", "").status, 200);
