@@ -653,6 +653,44 @@ mod tests {
             "the account 'root' stopped being an administrator while this call was under way: \
              nothing was changed"
         );
+        // Nor any other change it would have made as an administrator: a revocation, an edit,
+        // a rotation of alice's token, a policy change.
+        let refused = |e: StoreError| {
+            assert!(matches!(e, StoreError::Refused(_)), "{e:?}");
+            assert!(
+                e.to_string().contains("stopped being an administrator"),
+                "{e}"
+            );
+        };
+        refused(store.revoke_token("t1", &by("root", true)).unwrap_err());
+        let rename = crate::store::TokenEdit {
+            name: Some("renamed".into()),
+            permissions: None,
+            allowed_networks: None,
+        };
+        refused(
+            store
+                .edit_token("t1", &rename, &by("root", true))
+                .unwrap_err(),
+        );
+        refused(
+            store
+                .rotate_token("t1", [7; 32], None, &|_| Ok(()), &by("root", true))
+                .unwrap_err(),
+        );
+        refused(
+            store
+                .set_settings(
+                    &[("policy.expiry_required", "yes".into())],
+                    "policy.changed",
+                    "expiry required",
+                    &by("root", true),
+                )
+                .unwrap_err(),
+        );
+        let t1 = store.token("t1").unwrap().unwrap();
+        assert!(t1.revoked_at.is_none() && t1.name == "one");
+        assert_eq!(store.setting("policy.expiry_required").unwrap(), None);
         // Logged in as what it is now, it still may.
         store
             .insert_token(&personal_token("t3", "three", "root"), &by("root", false))

@@ -477,6 +477,19 @@ mod tests {
     use super::*;
     use Asking::{Advertisement, Other};
 
+    /// The waits the server's cap is built with: a place is waited for at most half the time a
+    /// backend may take to answer (so that the backend then has the other half), and a request
+    /// starting an exchange no longer than [`START_WAIT`] even when that half is longer.
+    #[test]
+    fn the_waits_are_within_half_the_time_to_answer() {
+        let cap = ProcessCap::new(4, Duration::from_secs(300));
+        assert_eq!(cap.start_wait, START_WAIT);
+        assert_eq!(cap.going_on_wait, Duration::from_secs(150));
+        let cap = ProcessCap::new(4, Duration::from_secs(8));
+        assert_eq!(cap.start_wait, Duration::from_secs(4));
+        assert_eq!(cap.going_on_wait, Duration::from_secs(4));
+    }
+
     impl ProcessCap {
         /// A place taken at once (the test sets up who holds what).
         fn try_place(self: Arc<Self>, token: &str) -> Place {
