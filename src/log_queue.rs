@@ -149,10 +149,12 @@ pub struct LogQueue {
     capacity: usize,
 }
 
-/// What the queue holds: a line, or how many were dropped at that point (said there).
+/// What the queue holds: a line, or how many were dropped at that point (said there), from when
+/// (epoch ms: the warning is written later, after lines queued before the first drop, whose
+/// times are earlier than its own).
 enum Entry {
     Line(Vec<u8>),
-    Dropped(u64),
+    Dropped { count: u64, since_ms: i64 },
 }
 
 #[derive(Default)]
@@ -176,10 +178,13 @@ impl State {
     /// One line dropped here: counted in the marker at the queue's end, or a new one.
     fn drop_one(&mut self) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
-        if let Some(Entry::Dropped(n)) = self.entries.back_mut() {
-            *n += 1;
+        if let Some(Entry::Dropped { count, .. }) = self.entries.back_mut() {
+            *count += 1;
         } else {
-            self.entries.push_back(Entry::Dropped(1));
+            self.entries.push_back(Entry::Dropped {
+                count: 1,
+                since_ms: crate::clock::now_ms(),
+            });
         }
     }
 }
@@ -289,18 +294,18 @@ impl LogQueue {
 
     /// The writer: until the queue closes, writes what is queued to `out`, many lines to a
     /// write; a failed write loses its lines, as a log on a full disk does. Where lines were
-    /// dropped, `say_dropped` is told how many, and what it logs (a line of the log's own
+    /// dropped, `say_dropped` is told how many and since when (epoch ms), and what it logs (a line of the log's own
     /// format, through this queue's [`LogQueue::push`]) is written there.
-    pub fn write_to(&self, mut out: impl Write, say_dropped: impl Fn(u64)) {
+    pub fn write_to(&self, mut out: impl Write, say_dropped: impl Fn(u64, i64)) {
         let mut batch = Vec::with_capacity(64 * 1024);
         while let Some(entries) = self.take() {
             batch.clear();
             for entry in entries {
                 match entry {
                     Entry::Line(line) => batch.extend_from_slice(&line),
-                    Entry::Dropped(n) => {
+                    Entry::Dropped { count, since_ms } => {
                         SAYING_DROPS.set(Some(std::mem::take(&mut batch)));
-                        say_dropped(n);
+                        say_dropped(count, since_ms);
                         batch = SAYING_DROPS.take().unwrap_or_default();
                     }
                 }
@@ -317,17 +322,23 @@ pub fn start_writer(queue: &Arc<LogQueue>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("gitgate-log".into())
         .spawn(move || {
-            queue.write_to(std::io::stderr(), |dropped| {
-                tracing::warn!(
-                    target: "gitgate::log_queue",
-                    dropped,
-                    "log lines dropped: the log's reader did not keep up (more than {} MiB of \
-                     lines waited to be written); see gitgate_log_lines_dropped_total",
-                    QUEUE_BYTES / (1024 * 1024)
-                );
-            });
+            queue.write_to(std::io::stderr(), say_dropped);
         })
         .map(drop)
+}
+
+/// The warning written where `dropped` lines were lost, the first of them at `since_ms`.
+fn say_dropped(dropped: u64, since_ms: i64) {
+    tracing::warn!(
+        target: "gitgate::log_queue",
+        dropped,
+        // This line's own time is when it could be written, after lines queued before the
+        // first drop: when the dropping began.
+        since = %crate::clock::datetime(since_ms),
+        "log lines dropped: the log's reader did not keep up (more than {} MiB of lines waited \
+         to be written); see gitgate_log_lines_dropped_total",
+        QUEUE_BYTES / (1024 * 1024)
+    );
 }
 
 /// Held by `main` while it serves: at its drop (the end of `main`, or a panic unwinding it),
@@ -410,6 +421,17 @@ mod tests {
         writer: std::thread::JoinHandle<()>,
     }
 
+    /// The warning where lines were lost says how many, and since when: its own time is when
+    /// it could be written, later than the lines queued before the first drop.
+    #[test]
+    fn the_drop_warning_says_how_many_and_since_when() {
+        let said =
+            crate::store::test_support::logged(|| super::say_dropped(14_052, 1_764_944_431_000));
+        assert!(said.contains("dropped=14052"), "{said}");
+        assert!(said.contains("since=2025-12-05T14:20:31Z"), "{said}");
+        assert!(said.contains("gitgate_log_lines_dropped_total"), "{said}");
+    }
+
     impl Rig {
         fn new(capacity: usize, reading: bool) -> Rig {
             let queue = LogQueue::new(capacity, Direct::Never);
@@ -423,7 +445,7 @@ mod tests {
                 let queue = Arc::clone(&queue);
                 let noted = Arc::clone(&queue);
                 std::thread::spawn(move || {
-                    queue.write_to(stuck, |n| {
+                    queue.write_to(stuck, |n, _| {
                         noted.push(format!("{n} log line(s) dropped\n").as_bytes(), false);
                     });
                 })
@@ -534,7 +556,7 @@ mod tests {
         let writer_end = std::fs::File::from(write_end);
         let writer = {
             let queue = Arc::clone(&queue);
-            std::thread::spawn(move || queue.write_to(writer_end, |_| {}))
+            std::thread::spawn(move || queue.write_to(writer_end, |_, _| {}))
         };
         // The first line is in the pipe when push returns: no thread in between.
         queue.push(b"first\n", false);
