@@ -1397,6 +1397,126 @@ fn refused_bearer_tokens_are_throttled_too() {
     assert_eq!(resp.status, 429, "{resp:?}");
 }
 
+/// `before_sum` (a token's first 60 characters) with the checksum the token format gives it:
+/// the first 30 bits of SHA-256 over them, as 6 lowercase base32 characters, after a `_`. An
+/// oracle of its own, not `gitgate::token`'s code.
+fn signed(before_sum: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(before_sum.as_bytes());
+    let bits = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) >> 2;
+    let sum: String = (0..6)
+        .map(|i| {
+            b"abcdefghijklmnopqrstuvwxyz234567"[((bits >> (5 * (5 - i))) & 31) as usize] as char
+        })
+        .collect();
+    format!("{before_sum}_{sum}")
+}
+
+/// SECURITY.md promise 4: a token is checked for its prefix, length, alphabets and checksum
+/// before the store is asked, so garbage never costs a lookup and a flood of it cannot reach
+/// the store. Shown with the store moved away while serving: a lookup would then be answered
+/// `503` (the store is unavailable), as a well-formed token is here, so every malformed one
+/// answered with its own refusal was refused without one. Some of them carry the real token's
+/// id (a bad alphabet under a checksum that matches it, a wrong prefix), which a lookup would
+/// find. It fails if any of those checks moves after the store lookup (or the lookup before
+/// them).
+#[test]
+fn malformed_tokens_are_refused_before_the_store_is_asked() {
+    let (sb, server, token) = reader_behind("[auth_failures]\nmax = 1000\nwindow_seconds = 60\n");
+    let target = "/team/app.git/info/refs?service=git-upload-pack";
+    let secret = token.secret.as_str();
+    let before_sum = &secret[..60];
+    // Same id and body, a checksum that matches them, one body character outside base64url.
+    let bad_alphabet = signed(&format!("{}+", &before_sum[..59]));
+    // Same id, upper case: a checksum over it, but not base32.
+    let upper_id = signed(&format!(
+        "ggt_{}{}",
+        secret_id(secret).to_uppercase(),
+        &before_sum[16..]
+    ));
+    let mistyped =
+        "invalid token: the password has the length of a gitgate access token but a character";
+    let damaged = "invalid token: the password begins like a gitgate access token but is not";
+    let not_a_token = "invalid token: the password is not a gitgate access token";
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("a wrong checksum", flip_secret(secret), 401, mistyped),
+        (
+            "the last character changed",
+            format!(
+                "{}{}",
+                &secret[..66],
+                if secret.ends_with('a') { 'b' } else { 'a' }
+            ),
+            401,
+            mistyped,
+        ),
+        (
+            "a wrong prefix",
+            secret.replacen("ggt_", "ggx_", 1),
+            401,
+            mistyped,
+        ),
+        (
+            "an upper-case prefix",
+            secret.replacen("ggt_", "GGT_", 1),
+            401,
+            not_a_token,
+        ),
+        ("a bad body alphabet, signed", bad_alphabet, 401, mistyped),
+        ("an upper-case id, signed", upper_id, 401, mistyped),
+        ("one character short", secret[..66].to_owned(), 401, damaged),
+        ("one character more", format!("{secret}a"), 401, damaged),
+        ("the prefix alone", "ggt_".to_owned(), 401, damaged),
+        ("a password", "Summer2024".to_owned(), 401, not_a_token),
+    ];
+    let ask = |secret: &str| http_get(server.port, target, Some(&basic("alice", secret)));
+    // With the store in place, each is refused for its form (and the token itself works).
+    for (what, bad, status, reason) in &cases {
+        let resp = ask(bad);
+        assert_eq!(resp.status, *status, "{what}: {}", resp.text());
+        assert!(resp.text().contains(reason), "{what}: {}", resp.text());
+    }
+    assert_eq!(ask(secret).status, 200);
+
+    let db = sb.db();
+    let away = sb.root().join("gitgate.db.away");
+    fs::rename(&db, &away).unwrap();
+    let answers: Vec<(&str, common::Response)> = cases
+        .iter()
+        .map(|(what, bad, _, _)| (*what, ask(bad)))
+        .collect();
+    let bearer = http_get(
+        server.port,
+        target,
+        Some(&format!("Bearer {}", flip_secret(secret))),
+    );
+    // The premise: a token of the right form is looked up, and the lookup fails — both one
+    // the store has and one whose id it never had.
+    let known = ask(secret);
+    let unknown = ask(&signed(&format!("ggt_zzzzzzzzzzzz_{}", "A".repeat(43))));
+    fs::rename(&away, &db).unwrap();
+    assert_eq!(known.status, 503, "{}", known.text());
+    assert_eq!(unknown.status, 503, "{}", unknown.text());
+    for ((what, resp), (_, _, status, reason)) in answers.iter().zip(&cases) {
+        assert_eq!(
+            resp.status,
+            *status,
+            "{what}: the store was asked: {}",
+            resp.text()
+        );
+        assert!(resp.text().contains(reason), "{what}: {}", resp.text());
+    }
+    assert_eq!(bearer.status, 403, "{}", bearer.text());
+    assert!(
+        bearer
+            .text()
+            .contains("the Bearer token has the length of a gitgate access token"),
+        "{}",
+        bearer.text()
+    );
+    assert_eq!(sb.hits().len(), 1, "{:?}", sb.hits());
+}
+
 /// CI gives the token as `http.extraHeader="Authorization: Bearer ..."` (README). When it stops
 /// working, the CI log must say why: git prints the reason of the 403 it gets (a 401 would make
 /// it ask for a user name instead).
@@ -2127,56 +2247,123 @@ fn backend_gets_remote_user_and_git_protocol_but_no_proxy_header() {
     );
 }
 
-/// A descriptor gitgate's parent left open without close-on-exec (here a shell's `exec 9<file`,
-/// as a supervisor's pipe would be) reaches neither the backend nor the hooks it runs.
+/// SECURITY.md promise 10: descriptors gitgate's parent left open without close-on-exec (a
+/// shell's `exec 9<file`, a supervisor's pipe, a socket of a service manager or CI runner) are
+/// all marked close-on-exec as `serve` starts, so neither the backend nor a hook it runs gets
+/// one. Here gitgate starts with a file at 3 and 9, a pipe's write end at 4, a socket at 7 and
+/// another pipe's read end at 250 (past any small range a marking could stop at); the backend
+/// and a pre-receive hook list what they hold. It fails if the marking is dropped, or misses
+/// any number, or any kind of descriptor.
 #[test]
 fn descriptors_gitgate_inherited_reach_no_backend_or_hook() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
     let (sb, token) = team_sandbox();
     let marker = sb.root().join("inherited-marker");
     fs::write(&marker, "").unwrap();
-    let seen = sb.root().join("hook-descriptors.txt");
+    let file = fs::File::open(&marker).unwrap();
+    let (_pipe_reader, pipe_writer) = std::io::pipe().unwrap();
+    let (other_pipe_reader, _other_pipe_writer) = std::io::pipe().unwrap();
+    let (socket, _other_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    // (the number gitgate is to hold it at, the descriptor here)
+    let inherited: Vec<(i32, i32)> = vec![
+        (3, file.as_raw_fd()),
+        (4, pipe_writer.as_raw_fd()),
+        (7, socket.as_raw_fd()),
+        (9, file.as_raw_fd()),
+        (250, other_pipe_reader.as_raw_fd()),
+    ];
+
+    // What the backend holds as it starts, and what a hook under it holds.
+    let backend_seen = sb.root().join("backend-descriptors.txt");
+    let script = fs::read_to_string(sb.cgi_script()).unwrap().replacen(
+        "\nexec ",
+        &format!(
+            "\nfor fd in /proc/$$/fd/*; do readlink \"$fd\"; done >> '{}'\nexec ",
+            backend_seen.display()
+        ),
+        1,
+    );
+    fs::write(sb.cgi_script(), script).unwrap();
+    let hook_seen = sb.root().join("hook-descriptors.txt");
     let hook = sb.bare("team/app").join("hooks/pre-receive");
     fs::write(
         &hook,
         format!(
             "#!/bin/sh\nfor fd in /proc/$$/fd/*; do readlink \"$fd\"; done > '{}'\ncat >/dev/null\n",
-            seen.display()
+            hook_seen.display()
         ),
     )
     .unwrap();
     fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = Command::new("sh");
-    cmd.current_dir(sb.root())
-        .env_remove("GITGATE_CONFIG")
-        .env_remove("GITGATE_LOG")
-        .arg("-c")
-        .arg("exec 9<\"$0\" && exec \"$@\"")
-        .arg(&marker)
-        .arg(common::gitgate_bin())
-        .arg("--config")
-        .arg(sb.config())
-        .arg("serve");
+
+    let mut cmd = sb.gitgate_command();
+    cmd.arg("serve");
+    let wanted = inherited.clone();
+    // SAFETY: between fork and exec only fcntl, dup2 and close, which are async-signal-safe;
+    // nothing is allocated (the list was made before the fork). Each descriptor is first copied
+    // above 250 (close-on-exec, gone at the exec), so that placing one cannot overwrite another
+    // not yet placed; dup2 leaves the copy at its number without close-on-exec, as a parent
+    // that does not mark its descriptors leaves them.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut copies = [0; 8];
+            for (i, &(_, from)) in wanted.iter().enumerate() {
+                copies[i] = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 300);
+                if copies[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, &(at, _)) in wanted.iter().enumerate() {
+                if libc::dup2(copies[i], at) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
     let server = Server::start(cmd, sb.server_log(), "");
-    let inherited = fs::read_link(format!("/proc/{}/fd/9", server.pid())).unwrap();
-    assert_eq!(
-        inherited, marker,
-        "the test's own premise: gitgate holds fd 9"
+    // The test's own premise: gitgate holds each of them where it was put.
+    let held: Vec<String> = inherited
+        .iter()
+        .map(|&(at, _)| {
+            let target = fs::read_link(format!("/proc/{}/fd/{at}", server.pid()))
+                .unwrap_or_else(|e| panic!("gitgate does not hold descriptor {at}: {e}"));
+            target.to_string_lossy().into_owned()
+        })
+        .collect();
+    assert_eq!(held[0], marker.to_string_lossy(), "{held:?}");
+    assert!(
+        held[1].starts_with("pipe:[") && held[4].starts_with("pipe:[") && held[1] != held[4],
+        "{held:?}"
     );
+    assert!(held[2].starts_with("socket:["), "{held:?}");
 
     let url = server.url_with("alice", &token.secret, "team/app");
     sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
     let work = sb.root().join("work");
     sb.commit_file(&work, "f.txt", b"pushed\n", "a push that runs the hook");
     sb.git(&work, &["push", "-q", "origin", "main"]).ok();
-    let seen = fs::read_to_string(&seen).expect("the pre-receive hook ran");
+    let hook_seen = fs::read_to_string(&hook_seen).expect("the pre-receive hook ran");
     assert!(
-        seen.lines().any(|l| l.contains("hooks/pre-receive")),
-        "the hook listed its own descriptors: {seen}"
+        hook_seen.lines().any(|l| l.contains("hooks/pre-receive")),
+        "the hook listed its own descriptors: {hook_seen}"
     );
+    let backend_seen = fs::read_to_string(&backend_seen).expect("the backend ran");
     assert!(
-        !seen.contains("inherited-marker"),
-        "a descriptor gitgate inherited reached the hook:\n{seen}"
+        backend_seen.lines().any(|l| l.starts_with("pipe:[")),
+        "the backend listed its own descriptors: {backend_seen}"
     );
+    for (who, seen) in [("hook", &hook_seen), ("backend", &backend_seen)] {
+        for (&(at, _), target) in inherited.iter().zip(&held) {
+            assert!(
+                !seen.lines().any(|l| l == target),
+                "descriptor {at} gitgate inherited ({target}) reached the {who}:\n{seen}"
+            );
+        }
+    }
+    drop((file, pipe_writer, other_pipe_reader, socket));
 }
 
 /// git sends at least a flush-pkt with every POST. An empty one (a library retrying after a

@@ -1550,3 +1550,70 @@ fn behind_a_trusted_proxy_the_client_address_is_what_counts() {
         "{log}"
     );
 }
+
+/// SECURITY.md promise 6: Basic spelled `basic` (as CI checkouts write it into
+/// `http.extraHeader`) is answered `403` when its token is refused, so that git prints the
+/// reason, but its failures count for the address throttle like those under `Basic`: else a
+/// guesser would only have to write the scheme in lower case to guess without limit. The
+/// wrong tokens are of each kind a refusal comes from (a mistyped token, one the store has
+/// revoked, a password); after three of them the address is blocked (`429`), a valid token
+/// under either spelling included. An empty password (an unset CI variable) tries nothing and
+/// does not count. It fails if the failures under `basic` are not counted, or are answered
+/// otherwise.
+#[test]
+fn wrong_tokens_under_lower_case_basic_are_throttled_too() {
+    let server = Server::start("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");
+    let lower = |scheme: &str, secret: &str| {
+        let auth = format!(
+            "{scheme} {}",
+            common::base64(format!("alice:{secret}").as_bytes())
+        );
+        server.raw(
+            format!(
+                "GET {IR} HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    let text = |resp: &[u8]| String::from_utf8_lossy(resp).into_owned();
+    for _ in 0..5 {
+        let resp = lower("basic", "");
+        assert_eq!(status(&resp), 403, "{}", text(&resp));
+        assert!(text(&resp).contains("have no password"), "{}", text(&resp));
+    }
+    let resp = lower("basic", &server.write_token);
+    assert_eq!(status(&resp), 200, "{}", text(&resp));
+    let read_id = &server.read_token[4..16];
+    gitgate(&server.config(), &["token", "revoke", read_id], None);
+    for (scheme, wrong, reason) in [
+        (
+            "basic",
+            common::flip_secret(&server.write_token),
+            "a character in it is wrong",
+        ),
+        ("basic", server.read_token.clone(), "revoked"),
+        (
+            "BASIC",
+            "Summer2024".to_owned(),
+            "not a gitgate access token",
+        ),
+    ] {
+        let resp = lower(scheme, &wrong);
+        assert_eq!(status(&resp), 403, "{}", text(&resp));
+        assert!(text(&resp).contains(reason), "{reason}: {}", text(&resp));
+    }
+    for scheme in ["basic", "Basic"] {
+        let resp = lower(scheme, &server.write_token);
+        assert_eq!(status(&resp), 429, "{scheme}: {}", text(&resp));
+        assert!(header(&resp, "retry-after").is_some(), "{}", text(&resp));
+    }
+    wait_for("the auth.throttled audit event", || {
+        gitgate(&server.config(), &["audit", "--json"], None).contains("auth.throttled")
+    });
+    assert_eq!(
+        server.backend_hits().len(),
+        1,
+        "{:?}",
+        server.backend_hits()
+    );
+}

@@ -893,3 +893,64 @@ fn hostile_requests_get_their_status_and_never_reach_the_backend() {
     );
     assert!(!server.log().contains("panic"), "{}", server.log());
 }
+
+/// SECURITY.md promise 5: an HTTP/1.1 request without `Host` is refused `400` (RFC 9112 §3.2)
+/// — but the probes are answered before that check, as a load balancer's health check may
+/// send none, and they hold nothing a host could be confused over. Sent over raw TCP, since a
+/// client library would add the header. It fails if the probes come after the `Host` check
+/// (they would be `400` too), or if a git request without `Host` gets past it.
+#[test]
+fn the_probes_are_answered_without_a_host_and_git_requests_are_not() {
+    let server = Server::start("");
+    let without_host = |method: &str, target: &str, headers: &str| {
+        server.raw(
+            format!("{method} {target} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    let text = |resp: &[u8]| String::from_utf8_lossy(resp).into_owned();
+    for (method, probe) in [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("HEAD", "/healthz"),
+    ] {
+        let resp = without_host(method, probe, "");
+        assert_eq!(status(&resp), 200, "{method} {probe}: {}", text(&resp));
+        // The same with a Host, for comparison: the answer does not depend on it.
+        let with_host = server.raw(&req(method, probe, ""));
+        assert_eq!(
+            status(&with_host),
+            200,
+            "{method} {probe}: {}",
+            text(&with_host)
+        );
+    }
+    let w = auth("alice", &server.write_token);
+    for (method, target, headers) in [
+        ("GET", IR, w.as_str()),
+        ("GET", IR, ""),
+        ("GET", "/team/app.git/HEAD", w.as_str()),
+        ("GET", "/rest/access-tokens/1.0/users/alice", ""),
+    ] {
+        let resp = without_host(method, target, headers);
+        assert_eq!(status(&resp), 400, "{method} {target}: {}", text(&resp));
+        assert!(
+            text(&resp).to_ascii_lowercase().contains("host"),
+            "{method} {target}: {}",
+            text(&resp)
+        );
+    }
+    // Nothing without a Host reached the backend; the same request with one does.
+    assert!(
+        server.backend_hits().is_empty(),
+        "{:?}",
+        server.backend_hits()
+    );
+    let ok = server.raw(&req("GET", IR, &w));
+    assert_eq!(status(&ok), 200, "{}", text(&ok));
+    assert_eq!(
+        server.backend_hits().len(),
+        1,
+        "{:?}",
+        server.backend_hits()
+    );
+}

@@ -1346,6 +1346,90 @@ fn a_web_page_of_another_site_cannot_change_tokens() {
     assert_eq!(got, 204, "{text}");
 }
 
+/// SECURITY.md promise 17: a change from a web page of another site (its `Origin`, or
+/// `Sec-Fetch-Site: cross-site`/`same-site`) is refused `403` *before* the password is
+/// checked. So a wrong password on it is still a `403`, not a `401` that tells a page (or
+/// whoever made the browser send it) that the password was wrong, and it counts neither for
+/// the user's password lock (ten) nor for the address throttle (three here): more of them
+/// than both leave the right password working from a script. It fails if the password is
+/// checked first, whether or not the answer stays `403`.
+#[test]
+fn a_web_page_of_another_site_is_refused_before_its_password_counts() {
+    let install = Install::new_with("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");
+    install.add_user("alice", false);
+    install.add_user("root", true);
+    install.cli_ok(&["grant", "add", "alice", "team", "write"], "");
+    let server = install.serve();
+    let (id, secret) = personal(&server, "alice", &["REPO_READ"]);
+    let send = |method: &str, path: &str, password: &str, extra: &str, body: &str| {
+        let head = format!(
+            "{method} {API}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+             Authorization: {auth}\r\nContent-Type: application/json\r\n\
+             Content-Length: {len}\r\n{extra}\r\n{body}",
+            port = server.port,
+            auth = common::basic("alice", password),
+            len = body.len(),
+        );
+        let resp = common::try_raw_http(server.port, head.as_bytes()).unwrap();
+        (
+            resp.status,
+            String::from_utf8_lossy(&resp.body).into_owned(),
+        )
+    };
+    let rotate = format!("/users/alice/{id}/rotate");
+    let edit = format!("/users/alice/{id}");
+    let create = r#"{"name":"forged","permissions":["REPO_WRITE"]}"#;
+    let rename = r#"{"name":"forged"}"#;
+    let pages = [
+        "Origin: https://evil.example\r\n",
+        "Origin: null\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: same-site\r\n",
+    ];
+    // Twelve different wrong passwords (the same one again would count once for the
+    // throttle), more than the lock's ten and the throttle's three.
+    for i in 0..12 {
+        let (method, path, body) = match i % 3 {
+            0 => ("POST", rotate.as_str(), ""),
+            1 => ("PUT", "/users/alice", create),
+            _ => ("DELETE", edit.as_str(), ""),
+        };
+        let extra = pages[i % pages.len()];
+        let (got, text) = send(method, path, &format!("wrong{i}"), extra, body);
+        assert_eq!(got, 403, "{method} {path} {extra:?}: {text}");
+        assert!(
+            text.contains("web page of another site"),
+            "{method} {path} {extra:?}: {text}"
+        );
+    }
+    // The right password from another site's page is refused the same way.
+    let (got, text) = send("POST", &edit, PW, pages[0], rename);
+    assert_eq!(got, 403, "{text}");
+    // Neither the lock nor the throttle counted any of it: the right password works from a
+    // script and from the API's own origin, and alice is not locked.
+    let (got, text) = send("POST", &edit, PW, "", r#"{"name":"renamed"}"#);
+    assert_eq!(got, 200, "{text}");
+    let own = format!("Origin: http://127.0.0.1:{}\r\n", server.port);
+    let (got, text) = send("POST", &edit, PW, &own, r#"{"name":"renamed again"}"#);
+    assert_eq!(got, 200, "{text}");
+    let users: Value =
+        serde_json::from_str(&install.cli_ok(&["user", "list", "--json"], "")).unwrap();
+    let alice = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "alice")
+        .unwrap();
+    assert!(alice["lockedUntil"].is_null(), "{alice}");
+    // Nothing the pages asked for was done: no token made, the token neither rotated nor
+    // revoked.
+    let tokens = server.api("GET", "/users/alice", "alice", "").json();
+    assert_eq!(tokens["size"], 1, "{tokens}");
+    assert_eq!(tokens["values"][0]["name"], "renamed again", "{tokens}");
+    let (ok, err) = ls_remote(&install, &server, "alice", &secret);
+    assert!(ok, "{err}");
+}
+
 /// A secret pasted where a field, a value or a header goes is not repeated in the error that
 /// quotes it: the answer goes back into a CI log or a proxy's capture.
 #[test]
