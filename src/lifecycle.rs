@@ -1839,4 +1839,143 @@ mod tests {
         over.expires_at = Some(t.created_at + 30 * DAY_MS + 1);
         assert!(!p.compliant(&over));
     }
+
+    /// The longest overlap, a week, is allowed; only a longer one is refused.
+    #[test]
+    fn a_rotation_may_keep_the_old_secret_for_a_week_exactly() {
+        let (_d, store) = setup();
+        let alice = user("alice");
+        let (t, old) = create(&store, &alice, personal("alice", None), &actor()).unwrap();
+        assert!(matches!(
+            rotate(&store, &alice, None, &t.id, MAX_OVERLAP_SECS + 1, &actor()),
+            Err(Error::Invalid(_))
+        ));
+        let (_, new, _) = rotate(&store, &alice, None, &t.id, MAX_OVERLAP_SECS, &actor()).unwrap();
+        let rec = store.auth_record(&t.id).unwrap().unwrap();
+        let now = clock::now_ms();
+        let almost_a_week = now + i64::from(MAX_OVERLAP_SECS) * 1000 - 60_000;
+        assert!(rec.secret_matches(&token::hash(new.expose()), now));
+        assert!(rec.secret_matches(&token::hash(old.expose()), almost_a_week));
+    }
+
+    /// A policy maximum of a hundred years exactly is a policy, not a typo; one day more is.
+    #[test]
+    fn a_policy_maximum_of_a_hundred_years_exactly_is_allowed() {
+        let (_d, store) = setup();
+        let longest = ExpiryPolicy {
+            expiry_required: true,
+            max_expiry_days: Some(MAX_DAYS),
+        };
+        set_policy(&store, &Caller::Operator, longest.into(), &actor()).unwrap();
+        assert_eq!(policy(&store).unwrap(), longest);
+        let too_long = ExpiryPolicy {
+            max_expiry_days: Some(MAX_DAYS + 1),
+            ..longest
+        };
+        assert!(matches!(
+            set_policy(&store, &Caller::Operator, too_long.into(), &actor()),
+            Err(Error::Invalid(_))
+        ));
+        assert_eq!(policy(&store).unwrap(), longest);
+    }
+
+    /// Only an administrator is told that a name is nobody's: a user who asks for a token of
+    /// another name gets the same refusal whether or not that name is a user's, so that it
+    /// does not tell them which user names exist.
+    #[test]
+    fn a_user_is_not_told_whether_another_name_exists() {
+        let (_d, store) = setup();
+        let refusal =
+            |name: &str| match create(&store, &user("bob"), personal(name, None), &actor()) {
+                Err(Error::Forbidden(m)) => m.replace(name, "NAME"),
+                other => panic!("{name}: {other:?}"),
+            };
+        assert_eq!(refusal("ghost"), refusal("alice"));
+    }
+
+    /// Going through every token (`admin/tokens`) is for administrators only, also when the
+    /// lifecycle is called without the REST API's own check first; a refused caller is shown
+    /// no token.
+    #[test]
+    fn only_administrators_may_go_through_every_token() {
+        let (_d, store) = setup();
+        create(&store, &user("alice"), personal("alice", None), &actor()).unwrap();
+        let mut seen = 0;
+        let refused = each_unrevoked(&store, &user("alice"), |_| {
+            seen += 1;
+            true
+        });
+        assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
+        assert_eq!(seen, 0);
+        each_unrevoked(&store, &user("root"), |_| {
+            seen += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, 1);
+    }
+
+    /// Changing a revoked token is a conflict (409), whatever the edit asks for: its state is
+    /// the answer, not a fault in permissions or networks it will never use.
+    #[test]
+    fn an_edit_of_a_revoked_token_is_a_conflict_whatever_it_asks() {
+        let (_d, store) = setup();
+        let alice = user("alice");
+        let (t, _) = create(&store, &alice, personal("alice", None), &actor()).unwrap();
+        revoke(&store, &alice, None, &t.id, &actor()).unwrap();
+        let too_many: Vec<String> = (0..=MAX_NETWORKS)
+            .map(|i| format!("10.0.{i}.0/24"))
+            .collect();
+        for req in [
+            EditRequest {
+                permissions: Some(vec!["ADMIN".into()]),
+                ..Default::default()
+            },
+            EditRequest {
+                allowed_networks: Some(too_many),
+                ..Default::default()
+            },
+        ] {
+            let e = edit(&store, &alice, None, &t.id, req, &actor()).unwrap_err();
+            assert!(
+                matches!(&e, Error::Conflict(m) if m.contains("is revoked")),
+                "{e}"
+            );
+        }
+    }
+
+    /// When expiry is required without a maximum, any token with an expiry meets the policy
+    /// and only one without breaks it.
+    #[test]
+    fn without_a_maximum_any_expiry_is_compliant() {
+        let (_d, store) = setup();
+        let alice = user("alice");
+        let (forever, _) = create(&store, &alice, personal("alice", None), &actor()).unwrap();
+        let (long, _) =
+            create(&store, &alice, personal("alice", Some(MAX_DAYS)), &actor()).unwrap();
+        let p = ExpiryPolicy {
+            expiry_required: true,
+            max_expiry_days: None,
+        };
+        assert!(p.compliant(&long));
+        assert!(!p.compliant(&forever));
+    }
+
+    /// A token asked for under a user that is not there is "no user", as the REST path's
+    /// collection names nobody; not "no token", which would send the caller looking for one.
+    #[test]
+    fn a_token_under_a_user_that_is_not_there_is_no_user() {
+        let (_d, store) = setup();
+        let (t, _) = create(&store, &user("alice"), personal("alice", None), &actor()).unwrap();
+        let ghost = Subject::Personal("ghost".into());
+        for id in [t.id.as_str(), "abcdefghijkl"] {
+            assert!(
+                matches!(
+                    get(&store, &user("root"), Some(&ghost), id),
+                    Err(Error::NotFound(m)) if m == "no user 'ghost'"
+                ),
+                "{id}"
+            );
+        }
+    }
 }

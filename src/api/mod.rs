@@ -901,4 +901,38 @@ mod tests {
             StatusCode::NOT_FOUND
         );
     }
+
+    /// A caller's changes are made as what they logged in as: an administrator demoted while
+    /// their call is under way (after the password check) changes nothing, rather than
+    /// letting an administrator's change in a moment late.
+    #[test]
+    fn an_administrator_demoted_during_a_call_changes_nothing() {
+        use crate::store::test_support::{actor, temp_store};
+        use crate::store::Role;
+        let (_d, store) = temp_store();
+        let hash = crate::password::hash("pw").unwrap();
+        store
+            .add_user("root", &hash, Role::Admin, &actor())
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        // root:pw
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic cm9vdDpwdw=="),
+        );
+        let remote: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let (caller, as_root) = authenticate(&store, &headers, remote).unwrap();
+        assert_eq!(as_root.logged_in_as_admin, Some(true));
+        store.set_user_role("root", Role::User, &actor()).unwrap();
+        let strict = lifecycle::ExpiryPolicy {
+            expiry_required: true,
+            max_expiry_days: Some(30),
+        };
+        let e = lifecycle::set_policy(&store, &caller, strict.into(), &as_root).unwrap_err();
+        assert_eq!(ApiError::from(e).status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            lifecycle::policy(&store).unwrap(),
+            lifecycle::ExpiryPolicy::default()
+        );
+    }
 }

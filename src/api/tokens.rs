@@ -606,4 +606,56 @@ mod tests {
         assert_eq!(days(&body, "days").unwrap(), Some(3));
         assert!(days(&body, "neg").is_err());
     }
+
+    /// A personal token shows whether its owner is active: once the owner is disabled the
+    /// token opens nothing, and `user.active` says so.
+    #[test]
+    fn a_disabled_owners_token_shows_the_owner_inactive() {
+        use crate::store::test_support::{actor, personal_token, temp_store};
+        let (_d, store) = temp_store();
+        store
+            .add_user("alice", "h", crate::store::Role::User, &actor())
+            .unwrap();
+        let t = store
+            .insert_token(&personal_token("abcdefghijkl", "laptop", "alice"), &actor())
+            .unwrap();
+        let active = |store: &Store| {
+            token_json(store, &t, &ExpiryPolicy::default())["user"]["active"].clone()
+        };
+        assert_eq!(active(&store), json!(true));
+        store.set_user_active("alice", false, &actor()).unwrap();
+        assert_eq!(active(&store), json!(false));
+    }
+
+    /// A whole number sent as a float (`30.0`, as Python's `90 / 3` writes it) is that number,
+    /// zero included (`"overlapSeconds": 0.0` is no overlap); a fraction or a negative is none.
+    #[test]
+    fn whole_numbers_may_come_as_floats_from_zero_up() {
+        assert_eq!(whole(&json!(0.0)), Some(0));
+        assert_eq!(whole(&json!(30.0)), Some(30));
+        assert_eq!(whole(&json!(0)), Some(0));
+        assert_eq!(whole(&json!(1.5)), None);
+        assert_eq!(whole(&json!(-1.0)), None);
+        assert_eq!(whole(&json!("3")), None);
+    }
+
+    /// Only user names match in any case: a repository slug or project key sent back in other
+    /// capitals names another repository or project, and is refused as a move.
+    #[test]
+    fn only_user_names_match_in_any_case() {
+        let shown = json!({
+            "id": "abcdefghijkl",
+            "repository": {"slug": "tools/app", "project": {"key": "team"}},
+        });
+        for moved in [
+            json!({"repository": {"slug": "Tools/App"}}),
+            json!({"repository": {"project": {"key": "TEAM"}}}),
+            json!({"id": "ABCDEFGHIJKL"}),
+        ] {
+            assert!(
+                identity_changed(moved.as_object().unwrap(), &shown).is_some(),
+                "{moved} accepted"
+            );
+        }
+    }
 }

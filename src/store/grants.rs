@@ -250,4 +250,17 @@ mod tests {
         assert_eq!(listed.level, None);
         assert!(grants_of(&conn, id).unwrap().is_empty());
     }
+
+    /// The grants of a user that is not there are an error, not an empty list that would read
+    /// as "this user has no access".
+    #[test]
+    fn the_grants_of_an_unknown_user_are_not_an_empty_list() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        assert!(store.grants(Some("alice")).unwrap().is_empty());
+        assert!(matches!(
+            store.grants(Some("ghost")),
+            Err(crate::store::StoreError::NotFound(m)) if m == "no user 'ghost'"
+        ));
+    }
 }

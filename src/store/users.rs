@@ -608,4 +608,117 @@ mod tests {
             ]
         );
     }
+
+    /// A user name may be 64 characters long, not 65.
+    #[test]
+    fn a_user_name_may_have_64_characters() {
+        assert!(validate_slug(&"a".repeat(64)).is_ok());
+        assert!(validate_slug(&"a".repeat(65)).is_err());
+        assert_eq!(as_written_down(&"a".repeat(64)), "a".repeat(64));
+    }
+
+    /// A role changed by hand into one gitgate does not write is read as a plain user's, never
+    /// as an administrator's: it fails closed.
+    #[test]
+    fn an_unknown_role_is_read_as_a_plain_user() {
+        let (d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        rusqlite::Connection::open(d.path().join("t.db"))
+            .unwrap()
+            .execute_batch("PRAGMA ignore_check_constraints = ON; UPDATE users SET role = 'owner';")
+            .unwrap();
+        assert_eq!(store.user("alice").unwrap().unwrap().role, Role::User);
+        assert_eq!(store.users().unwrap()[0].role, Role::User);
+    }
+
+    /// A new password says it lifted a lock only when there was one in force: a lock that had
+    /// already ended is not reported (nor audited) as lifted.
+    #[test]
+    fn a_new_password_lifts_only_a_lock_still_in_force() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        let lock = |now| {
+            store
+                .record_password_failure("alice", now, 1, 60_000, &actor())
+                .unwrap()
+        };
+        assert_eq!(lock(1000), Some(61_000));
+        assert!(!store.set_password("alice", "h2", 61_000, &actor()).unwrap());
+        assert_eq!(lock(1000), Some(61_000));
+        assert!(store.set_password("alice", "h3", 60_999, &actor()).unwrap());
+        assert_eq!(store.user("alice").unwrap().unwrap().locked_until, None);
+        let details: Vec<String> = store
+            .audit_events(None, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "user.password_changed")
+            .map(|e| e.detail)
+            .collect();
+        assert_eq!(details, ["", "lock lifted"]);
+    }
+
+    /// Wrong passwords counted in memory while the store took no writes lock the user when,
+    /// with those in the store, they reach the limit exactly, as wrong passwords counted in
+    /// the store do.
+    #[test]
+    fn failures_counted_in_memory_lock_at_the_limit_exactly() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        assert_eq!(
+            store
+                .record_password_failure("alice", 1000, 3, 60_000, &actor())
+                .unwrap(),
+            None
+        );
+        store
+            .record_password_failures_from_memory("alice", 1, None, 1000, 2000, 3, 60_000, &actor())
+            .unwrap();
+        assert_eq!(store.user("alice").unwrap().unwrap().locked_until, None);
+        store
+            .record_password_failures_from_memory("alice", 1, None, 1000, 2000, 3, 60_000, &actor())
+            .unwrap();
+        assert_eq!(
+            store.user("alice").unwrap().unwrap().locked_until,
+            Some(62_000)
+        );
+    }
+
+    /// The lock counts wrong passwords in a row: the right password forgets those before it,
+    /// and a lock starts the count again, so that one wrong password after either does not
+    /// lock.
+    #[test]
+    fn wrong_passwords_count_in_a_row() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        let fail = |now| {
+            store
+                .record_password_failure("alice", now, 2, 60_000, &actor())
+                .unwrap()
+        };
+        assert_eq!(fail(1000), None);
+        store.clear_password_failures("alice").unwrap();
+        assert_eq!(fail(1000), None);
+        assert_eq!(fail(1000), Some(61_000));
+        // The lock has ended: the count starts again.
+        assert_eq!(fail(70_000), None);
+        assert_eq!(fail(70_000), Some(130_000));
+    }
+
+    /// Giving a user the role they have changes nothing and is not audited.
+    #[test]
+    fn the_same_role_again_is_no_change() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        assert!(!store.set_user_role("alice", Role::User, &actor()).unwrap());
+        assert!(store.set_user_role("alice", Role::Admin, &actor()).unwrap());
+        assert!(!store.set_user_role("alice", Role::Admin, &actor()).unwrap());
+        let changes: Vec<String> = store
+            .audit_events(None, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "user.role_changed")
+            .map(|e| e.detail)
+            .collect();
+        assert_eq!(changes, ["user -> admin"]);
+    }
 }
