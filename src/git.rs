@@ -969,4 +969,62 @@ mod tests {
         assert!(r.to_string().len() < 100);
         assert!(!r.to_string().contains('\n'));
     }
+
+    /// Only the files git names are dumb-HTTP files: a pack's name of 40 or 64 hex digits, a
+    /// loose object under a two-digit directory, and the three files of `objects/info`. A near
+    /// miss (`..` among them) is no endpoint, so it is never forwarded.
+    #[test]
+    fn near_misses_of_dumb_http_files_are_no_endpoint() {
+        let hex = |n: usize| "a".repeat(n);
+        for path in [
+            format!("/team/app.git/objects/pack/pack-{}.pack", hex(41)),
+            format!("/team/app.git/objects/pack/pack-{}.idx", hex(63)),
+            format!("/team/app.git/objects/pack/pack-{}.pack", hex(65)),
+            format!("/team/app.git/objects/{}/{}", hex(3), hex(38)),
+            format!("/team/app.git/objects/{}/{}", hex(3), hex(62)),
+            "/team/app.git/objects/info/..".to_string(),
+            "/team/app.git/objects/info/commit-graph".to_string(),
+        ] {
+            assert_eq!(
+                outcome(&classify("GET", &path, None, "/")),
+                NotFound,
+                "{path}"
+            );
+        }
+    }
+
+    /// The parameter is `service`, as git http-backend reads it: another spelling is another
+    /// parameter, ignored (and not forwarded), so the request is the dumb ref list.
+    #[test]
+    fn the_service_parameter_is_named_exactly() {
+        for query in ["SERVICE=git-receive-pack", "Service=git-receive-pack"] {
+            let g = classify("GET", "/team/app.git/info/refs", Some(query), "/").unwrap();
+            assert_eq!(g.operation, Operation::Dumb, "{query}");
+            assert_eq!(g.access, Access::Read, "{query}");
+            assert_eq!(g.query, None, "{query}");
+        }
+    }
+
+    /// A backslash is a bad request however it is written, plain or `%5c`, wherever it is in
+    /// the path: before an endpoint gitgate does not serve, or a repository it cannot name.
+    #[test]
+    fn a_backslash_is_a_bad_request_however_it_is_spelled() {
+        for path in [
+            "/team/a%5cb/foo",
+            "/team/a\\b/foo",
+            "/a%5Cb/info/refs",
+            "/team/a%5capp/info/lfs/objects/batch",
+        ] {
+            assert_eq!(outcome(&classify("GET", path, None, "/")), Bad, "{path}");
+        }
+    }
+
+    /// `info/lfs` is Git LFS only after a repository (two segments): after one, the path is
+    /// no endpoint at all, and not said to be LFS.
+    #[test]
+    fn lfs_is_only_lfs_after_a_repository() {
+        let r = classify("POST", "/team/info/lfs/objects/batch", None, "/").unwrap_err();
+        assert!(matches!(r, Rejection::NotFound(_)), "{r:?}");
+        assert_ne!(r.to_string(), "Git LFS is not supported yet");
+    }
 }

@@ -278,4 +278,22 @@ mod tests {
         }
         assert_eq!(said("\u{1f600}\u{e0001}"), "\"\u{1f600}\\udb40\\udc01\"");
     }
+
+    /// Text that fits is kept whole; a cut falls at the end of the last character that fits,
+    /// never inside one, nor past the limit.
+    #[test]
+    fn a_cut_falls_before_the_character_it_would_split() {
+        assert_eq!(super::kept("ab", 2), ("ab", false));
+        assert_eq!(super::kept("abc", 2), ("ab", true));
+        assert_eq!(super::kept("a\u{e9}", 2), ("a", true));
+        assert_eq!(super::kept("a\u{20ac}", 3), ("a", true));
+        // Odd: the limit falls inside the last `é`.
+        let text = format!("a{}", "\u{e9}".repeat(TEXT_KEPT));
+        let shown = LogText(&text).to_string();
+        let part = format!("a{}", "\u{e9}".repeat((TEXT_KEPT - 1) / 2));
+        assert_eq!(
+            shown,
+            format!("\"{part}... ({} bytes in all, cut)\"", text.len())
+        );
+    }
 }

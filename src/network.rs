@@ -303,4 +303,28 @@ mod tests {
         assert!(allowed(&[], ip("192.168.0.1")));
         assert!(parse_list(&["10.0.0.0/8", "nope"]).is_err());
     }
+
+    /// Half of all IPv4 addresses is half: `0.0.0.0/1` alone is reported, a quarter is not.
+    #[test]
+    fn exactly_half_of_a_family_is_half() {
+        assert!(Cidr::cover_half_of_a_family(&[cidr("0.0.0.0/1")]));
+        assert!(Cidr::cover_half_of_a_family(&[cidr("::/1")]));
+        assert!(!Cidr::cover_half_of_a_family(&[cidr("0.0.0.0/2")]));
+        assert!(!Cidr::cover_half_of_a_family(&[cidr("::/2")]));
+        assert!(Cidr::cover_half_of_a_family(&[
+            cidr("0.0.0.0/2"),
+            cidr("64.0.0.0/2")
+        ]));
+    }
+
+    /// The whole IPv4-mapped range, `::ffff:0:0/96`, is every IPv4 address, as an IPv4
+    /// network: matched against IPv4 clients, not an IPv6 network no client is in.
+    #[test]
+    fn the_whole_mapped_range_is_the_ipv4_space() {
+        let net = cidr("::ffff:0:0/96");
+        assert_eq!(net.to_string(), "0.0.0.0/0");
+        assert!(net.contains(ip("203.0.113.9")));
+        assert!(net.contains(ip("::ffff:203.0.113.9")));
+        assert!(Cidr::cover_half_of_a_family(&[net]));
+    }
 }

@@ -195,4 +195,21 @@ mod tests {
         by_id.insert("x-request-id", RequestId::next().header_value());
         assert!(!came_from_this_process(&by_id));
     }
+
+    /// Only what has the form of a mark (32 hex digits) is passed on from a gitgate in front:
+    /// shorter or longer runs of hex digits are no marks, and dropped.
+    #[test]
+    fn only_marks_of_the_right_length_are_sent_on() {
+        let mut h = hyper::HeaderMap::new();
+        let near = ["abc", &"1".repeat(31), &"2".repeat(33), &"3".repeat(64)].join(", ");
+        h.insert(MARK_HEADER, near.parse().unwrap());
+        assert_eq!(marks_to_send(&h), *own_mark());
+        let one = "4".repeat(32);
+        h.insert(MARK_HEADER, format!("{near}, {one}").parse().unwrap());
+        let sent = marks_to_send(&h);
+        assert_eq!(
+            sent.to_str().unwrap(),
+            format!("{one}, {}", own_mark().to_str().unwrap())
+        );
+    }
 }

@@ -2162,4 +2162,107 @@ mod tests {
         let h = to_upstream(&inbound, &o);
         assert_eq!(all(&h, "x-request-id"), [o.request_id.to_string()]);
     }
+
+    /// A trusted proxy may name the original host and scheme, but only as a `Host` and a scheme
+    /// gitgate would take itself: a list (`,`) is no host, and a scheme that is neither `http`
+    /// nor `https` leaves what gitgate saw.
+    #[test]
+    fn a_trusted_proxys_forwarded_host_and_proto_are_checked_before_they_are_passed_on() {
+        let trusted: Vec<Cidr> = vec!["192.0.2.0/24".parse().unwrap()];
+        let i = ident();
+        let inbound = map(&[
+            ("host", "gitgate.internal"),
+            ("x-forwarded-host", "evil.example, git.example.com"),
+            ("x-forwarded-proto", "gopher"),
+        ]);
+        let h = to_upstream(&inbound, &out(&i, &trusted));
+        assert_eq!(all(&h, "x-forwarded-host"), ["gitgate.internal"]);
+        assert_eq!(all(&h, "x-forwarded-proto"), ["https"]);
+    }
+
+    /// The limits on what is passed on are limits, not one less: a `Git-Protocol` of 256 bytes,
+    /// a `Host` of 255 and a port of five digits up to 65535 are taken; one more is not.
+    #[test]
+    fn values_at_their_length_limits_are_still_taken() {
+        let i = ident();
+        let protocol = |len: usize| {
+            let v = format!("version=2:{}", "a".repeat(len - "version=2:".len()));
+            let h = to_upstream(&map(&[("git-protocol", &v)]), &out(&i, &[]));
+            h.contains_key("git-protocol")
+        };
+        assert!(protocol(MAX_GIT_PROTOCOL));
+        assert!(!protocol(MAX_GIT_PROTOCOL + 1));
+        assert!(valid_host(&"a".repeat(255)));
+        assert!(!valid_host(&"a".repeat(256)));
+        assert!(valid_host("git.example.com:65535"));
+        assert!(!valid_host("git.example.com:65536"));
+        assert!(!valid_host("git.example.com:065535"));
+        assert!(is_host_and_port(b"[::1]:65535"));
+    }
+
+    /// An upstream's `Authorization` (its credentials echoed, say) never reaches the client.
+    #[test]
+    fn responses_never_carry_an_authorization() {
+        let mut h = map(&[
+            ("authorization", "Basic Z2l0Z2F0ZTpzZWNyZXQ="),
+            ("content-type", "text/plain"),
+        ]);
+        to_client(&mut h).unwrap();
+        assert!(!h.contains_key("authorization"));
+        assert_eq!(all(&h, "content-type"), ["text/plain"]);
+    }
+
+    /// A `\` in a redirect may be read as a `/` (`/\evil.example` as `//evil.example`), or
+    /// hide a `..` from a check that splits at `/` only: whatever is not the upstream's own URL
+    /// and holds one is not passed on, as a path, a relative reference or a URL of gitgate's.
+    #[test]
+    fn a_backslash_in_a_redirect_that_is_not_the_upstreams_is_never_passed_on() {
+        let origin = |url: &str, exact: bool| {
+            let uri: hyper::Uri = url.parse().unwrap();
+            let https = uri.scheme_str() == Some("https");
+            if exact {
+                UpstreamOrigin::exactly(https, uri.authority().unwrap())
+            } else {
+                UpstreamOrigin::new(https, uri.authority().unwrap())
+            }
+        };
+        let up = origin("http://127.0.0.1:3000", false);
+        for location in ["/\\evil.example/x", "\\\\evil.example/x", "team\\..\\..\\x"] {
+            assert_eq!(
+                location_to_client(location, &up, "", "", None),
+                Redirect::Away,
+                "{location}"
+            );
+        }
+        let gitgate = origin("https://git.example.com", true);
+        assert_eq!(
+            location_to_client(
+                "https://git.example.com/scm/team\\..\\..\\admin",
+                &up,
+                "/git",
+                "/scm",
+                Some(&gitgate)
+            ),
+            Redirect::Away
+        );
+    }
+
+    /// A part of an IPv4 address past 255 (other than the last, which fills the bytes left) is
+    /// no address, as for curl: `127.0.256.1` is not read as `127.1.0.1`, a loopback address
+    /// that would be taken for the upstream's.
+    #[test]
+    fn an_ipv4_part_past_255_makes_no_address() {
+        assert_eq!(
+            ipv4_in_any_form("127.0.255.1"),
+            Some([127, 0, 255, 1].into())
+        );
+        assert_eq!(ipv4_in_any_form("127.0.256.1"), None);
+        assert_eq!(ipv4_in_any_form("256.0.0.1"), None);
+        let uri: hyper::Uri = "http://127.0.0.1:3000".parse().unwrap();
+        let up = UpstreamOrigin::new(false, uri.authority().unwrap());
+        assert_eq!(
+            location_to_client("http://127.0.256.1:3000/git/x", &up, "/git", "", None),
+            Redirect::Away
+        );
+    }
 }
