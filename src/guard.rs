@@ -708,4 +708,134 @@ mod tests {
         assert!(g.check_address(neighbour, 20).is_err());
         assert_eq!(g.check_address(nat, 20), Ok(()));
     }
+
+    /// An exempt address's failures are not counted at all: with the throttle counting an
+    /// IPv6 address by its /64, an exempt one failing again and again blocks none of its
+    /// neighbours, and no block of it is audited.
+    #[tokio::test]
+    async fn an_exempt_addresss_failures_block_no_neighbour() {
+        let (_d, g) = exempting("2001:db8::10/128");
+        let (nat, neighbour): (IpAddr, IpAddr) = (
+            "2001:db8::10".parse().unwrap(),
+            "2001:db8::11".parse().unwrap(),
+        );
+        for at in 0..10 {
+            g.failed_auth(nat, at as u64, at, RequestId::next());
+        }
+        assert_eq!(g.check_address(neighbour, 20), Ok(()));
+        assert_eq!(g.check_address(nat, 20), Ok(()));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let events = g.store.audit_events(None, 10).unwrap();
+        assert!(
+            !events.iter().any(|e| e.action == "auth.throttled"),
+            "{events:?}"
+        );
+    }
+
+    /// An override set from the CLI applies within [`OVERRIDES_TTL_MS`] of the last read, at
+    /// that age itself included: not one request judged by the old map.
+    #[tokio::test]
+    async fn an_exemption_applies_once_the_cached_overrides_are_the_ttl_old() {
+        let (_d, store) = temp_store();
+        let g = guard(store.clone(), 1);
+        let alice = principal(&token(Some("alice")));
+        let advertise = Operation::Advertise(Service::UploadPack);
+        store.add_user("alice", "x", Role::User, &actor()).unwrap();
+        store
+            .set_rate_limit("user:alice", RateRule::Exempt, &actor())
+            .unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                g.check_principal(&alice, advertise, OVERRIDES_TTL_MS).await,
+                Ok(())
+            );
+        }
+    }
+
+    /// A principal's own limits replace the defaults: a bucket of 3 lets three advertisements
+    /// in at once where the defaults (a bucket of 1) let one.
+    #[tokio::test]
+    async fn a_principals_own_limits_replace_the_defaults() {
+        let (_d, store) = temp_store();
+        store.add_user("ci", "x", Role::User, &actor()).unwrap();
+        store
+            .set_rate_limit(
+                "user:ci",
+                RateRule::Limits {
+                    capacity: 3,
+                    refill_per_second: 1.0,
+                },
+                &actor(),
+            )
+            .unwrap();
+        let g = guard(store, 1);
+        let ci = principal(&token(Some("ci")));
+        let advertise = Operation::Advertise(Service::UploadPack);
+        for _ in 0..3 {
+            assert_eq!(g.check_principal(&ci, advertise, 0).await, Ok(()));
+        }
+        assert!(matches!(
+            g.check_principal(&ci, advertise, 0).await,
+            Err(Verdict::RateLimited { .. })
+        ));
+    }
+
+    /// `[rate_limit] enabled = false` turns the buckets off: no request is ever answered 429
+    /// for its principal's rate, however many come at once.
+    #[tokio::test]
+    async fn with_rate_limiting_off_no_principal_is_limited() {
+        let (_d, store) = temp_store();
+        let g = Guard::new(
+            store,
+            &config::RateLimit {
+                enabled: false,
+                capacity: 1,
+                refill_per_second: 1.0,
+                max_concurrent: 0,
+            },
+            &config::AuthFailures::default(),
+            0,
+        )
+        .unwrap();
+        let alice = principal(&token(Some("alice")));
+        for _ in 0..10 {
+            let advertise = Operation::Advertise(Service::UploadPack);
+            assert_eq!(g.check_principal(&alice, advertise, 0).await, Ok(()));
+            assert_eq!(g.check_api_call("alice", 0).await, Ok(()));
+        }
+    }
+
+    /// The in-flight cap counts the requests that start an exchange against `max`; a POST that
+    /// carries one on may go up to twice that, so an exchange under way is not cut in two.
+    #[test]
+    fn a_post_carries_its_exchange_on_past_the_cap_that_stops_a_new_one() {
+        let (_d, store) = temp_store();
+        let g = Guard::new(
+            store,
+            &config::RateLimit {
+                max_concurrent: 1,
+                ..Default::default()
+            },
+            &config::AuthFailures::default(),
+            0,
+        )
+        .unwrap();
+        let advertise = Operation::Advertise(Service::UploadPack);
+        let rpc = Operation::Rpc(Service::UploadPack);
+        let _first = g.acquire_slot("user:alice", advertise).unwrap();
+        assert_eq!(
+            g.acquire_slot("user:alice", advertise).err(),
+            Some(Verdict::TooManyInFlight {
+                principal: "user:alice".into(),
+                max: 1
+            })
+        );
+        let refused = g.acquire_slot("user:alice", Operation::Dumb).err().unwrap();
+        // Told to come back shortly, not at once.
+        assert!(refused.retry_after_secs() > 0, "{refused:?}");
+        let _post = g.acquire_slot("user:alice", rpc).unwrap();
+        assert!(g.acquire_slot("user:alice", rpc).is_err());
+        // Another principal has places of its own.
+        assert!(g.acquire_slot("user:bob", advertise).is_ok());
+    }
 }

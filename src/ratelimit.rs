@@ -530,4 +530,18 @@ mod tests {
         assert_eq!(Cost::of(Operation::Rpc(Service::UploadPack)), Cost::Rpc);
         assert_eq!(Cost::of(Operation::Rpc(Service::ReceivePack)), Cost::Rpc);
     }
+
+    /// Credits that lapsed are gone: an advertisement after [`RPC_CREDIT_MS`] buys its own
+    /// [`RPC_CREDITS`], not those plus what an old one left unused.
+    #[test]
+    fn an_advertisement_after_the_credits_lapsed_does_not_add_to_them() {
+        let mut b = Bucket::full(&L, 0);
+        b.charge(Cost::Advertisement, &L, 0);
+        assert_eq!(b.rpc_credits, RPC_CREDITS);
+        b.charge(Cost::Advertisement, &L, RPC_CREDIT_MS + 1);
+        assert_eq!(b.rpc_credits, RPC_CREDITS);
+        // While they last, they add up.
+        b.charge(Cost::Advertisement, &L, RPC_CREDIT_MS + 2);
+        assert_eq!(b.rpc_credits, 2 * RPC_CREDITS);
+    }
 }

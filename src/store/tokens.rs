@@ -1831,4 +1831,222 @@ mod tests {
             start.elapsed()
         );
     }
+
+    /// A token ends at its expiry: active until the millisecond before, not at it.
+    #[test]
+    fn a_token_is_no_longer_active_at_its_expiry() {
+        let (_d, store) = temp_store();
+        let id = &alices_tokens(&store, 1)[0];
+        let mut t = store.token(id).unwrap().unwrap();
+        t.expires_at = Some(1_000);
+        assert!(t.is_active(999));
+        assert!(!t.is_active(1_000));
+        t.expires_at = None;
+        assert!(t.is_active(i64::MAX));
+        t.revoked_at = Some(0);
+        assert!(!t.is_active(0));
+    }
+
+    /// The store's record of token `id` rotated to the secret hash `[9; 32]`, the old one
+    /// (returned) kept until `until`.
+    fn rotated_with_overlap(store: &Store, id: &str, until: i64) -> (AuthRecord, Vec<u8>) {
+        let old = store.auth_record(id).unwrap().unwrap().secret_hash;
+        store
+            .rotate_token(id, [9; 32], Some(until), &|_| Ok(()), &actor())
+            .unwrap();
+        let record = store.auth_record(id).unwrap().unwrap();
+        assert_eq!(record.previous.as_ref().unwrap().1, until);
+        (record, old)
+    }
+
+    /// A rotation's overlap ends at its `until`: the old secret works until the millisecond
+    /// before, and from then on is only recognised as replaced — never both, never neither.
+    #[test]
+    fn the_old_secret_stops_working_at_the_end_of_its_overlap() {
+        let (_d, store) = temp_store();
+        let id = &alices_tokens(&store, 1)[0];
+        let until = clock::now_ms() + 600_000;
+        let (record, old) = rotated_with_overlap(&store, id, until);
+        assert!(record.secret_matches(&old, until - 1));
+        assert!(!record.replaced_secret_matches(&old, until - 1));
+        assert!(!record.secret_matches(&old, until));
+        assert!(record.replaced_secret_matches(&old, until));
+        // The new secret works throughout.
+        assert!(record.secret_matches(&[9; 32], until - 1));
+        assert!(record.secret_matches(&[9; 32], until));
+    }
+
+    /// A use of the previous secret inside its overlap is said once a minute, not at every
+    /// request; the current secret's use and the old one's past the overlap are not said.
+    #[test]
+    fn a_use_of_the_previous_secret_is_said_once_a_minute() {
+        let (_d, store) = temp_store();
+        let id = &alices_tokens(&store, 1)[0];
+        let now = clock::now_ms();
+        let until = now + 600_000;
+        let (record, old) = rotated_with_overlap(&store, id, until);
+        assert_eq!(record.previous_used(&[9; 32], now), None);
+        assert_eq!(record.previous_used(&old, now), Some(until));
+        assert_eq!(record.previous_used(&old, now + 59_999), None);
+        assert_eq!(record.previous_used(&old, now + 60_000), Some(until));
+        assert_eq!(record.previous_used(&old, until), None);
+    }
+
+    /// A revoked token stays as it was revoked: neither edited nor given a new secret.
+    #[test]
+    fn a_revoked_token_is_neither_edited_nor_rotated() {
+        let (_d, store) = temp_store();
+        let id = &alices_tokens(&store, 1)[0];
+        store.revoke_token(id, &actor()).unwrap();
+        let before = store.auth_record(id).unwrap().unwrap();
+        let edit = TokenEdit {
+            name: Some("renamed".into()),
+            ..TokenEdit::default()
+        };
+        assert!(matches!(
+            store.edit_token(id, &edit, &actor()),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.rotate_token(id, [9; 32], None, &|_| Ok(()), &actor()),
+            Err(StoreError::Conflict(_))
+        ));
+        let after = store.auth_record(id).unwrap().unwrap();
+        assert_eq!(after.token.name, before.token.name);
+        assert_eq!(after.secret_hash, before.secret_hash);
+        assert!(after.previous.is_none());
+    }
+
+    /// The rotation's undo puts no secret back into a token revoked meanwhile: it fails, and
+    /// the token keeps the secret it was revoked with.
+    #[test]
+    fn a_rotation_is_not_undone_on_a_token_revoked_meanwhile() {
+        let (_d, store) = temp_store();
+        let id = &alices_tokens(&store, 1)[0];
+        let (_, replaced) = store
+            .rotate_token(id, [9; 32], None, &|_| Ok(()), &actor())
+            .unwrap();
+        store.revoke_token(id, &actor()).unwrap();
+        assert!(matches!(
+            store.undo_rotation(id, [9; 32], &replaced, &actor()),
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            store.auth_record(id).unwrap().unwrap().secret_hash,
+            vec![9; 32]
+        );
+    }
+
+    /// An overlap that would end before the rotation is none: the old secret is refused at
+    /// once, and the audit says so rather than name a moment already past.
+    #[test]
+    fn an_overlap_already_over_is_audited_as_none() {
+        let (_d, store) = temp_store();
+        let id = &alices_tokens(&store, 1)[0];
+        let past = clock::now_ms() - 60_000;
+        store
+            .rotate_token(id, [9; 32], Some(past), &|_| Ok(()), &actor())
+            .unwrap();
+        let (_, until) = store.auth_record(id).unwrap().unwrap().previous.unwrap();
+        assert_eq!(until, 0);
+        let rotated = store
+            .audit_events(None, 100)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.action == "token.rotated")
+            .unwrap();
+        assert!(
+            rotated.detail.contains("old secret refused at once"),
+            "{}",
+            rotated.detail
+        );
+    }
+
+    /// A token whose expiry is the very moment asked about has expired: it is not counted as
+    /// expiring soon.
+    #[test]
+    fn a_token_expiring_now_is_not_counted_as_expiring_soon() {
+        let (_d, store) = temp_store();
+        alices_tokens(&store, 2);
+        let now = clock::now_ms();
+        store
+            .with_conn(|c| {
+                c.execute(
+                    "UPDATE tokens SET expires_at = ?1 WHERE id = 'tok000000000'",
+                    params![now],
+                )?;
+                c.execute(
+                    "UPDATE tokens SET expires_at = ?1 WHERE id = 'tok000000001'",
+                    params![now + 1],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.count_expiring(now, 86_400_000).unwrap(), 1);
+    }
+
+    /// Expired personal tokens do not count against [`MAX_LIVE_PERSONAL_TOKENS`]: a user whose
+    /// tokens have all expired may make a new one.
+    #[test]
+    fn expired_personal_tokens_free_their_places() {
+        let (_d, store) = temp_store();
+        let ids = alices_tokens(&store, MAX_LIVE_PERSONAL_TOKENS as usize);
+        let past = clock::now_ms() - 1;
+        store
+            .with_conn(|c| {
+                c.execute("UPDATE tokens SET expires_at = ?1", params![past])?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.live_personal_tokens("alice").unwrap(), 0);
+        store
+            .insert_token(&personal_token("fresh0000000", "fresh", "alice"), &actor())
+            .unwrap();
+        assert_eq!(ids.len() as u64, MAX_LIVE_PERSONAL_TOKENS);
+    }
+
+    /// A revocation the store cannot read (a text where the time goes, from an edit by hand)
+    /// is no revocation yet: the operator's revoke writes a real one, and the token reads back
+    /// as revoked.
+    #[test]
+    fn a_revocation_that_cannot_be_read_is_written_again() {
+        let (d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        store
+            .insert_token(&personal_token("abcdefghijkl", "laptop", "alice"), &actor())
+            .unwrap();
+        rusqlite::Connection::open(d.path().join("t.db"))
+            .unwrap()
+            .execute_batch("UPDATE tokens SET revoked_at = 'yesterday'")
+            .unwrap();
+        assert!(store.token("abcdefghijkl").is_err());
+        assert!(store
+            .revoke_unreadable_token("abcdefghijkl", &actor())
+            .unwrap());
+        let t = store.token("abcdefghijkl").unwrap().unwrap();
+        assert!(t.revoked_at.is_some());
+        assert!(!t.is_active(clock::now_ms()));
+    }
+
+    /// `--json` and the REST API show every lifecycle time of a token, by its camelCase name.
+    #[test]
+    fn a_tokens_json_shows_its_lifecycle_times() {
+        let (_d, store) = temp_store();
+        let id = &alices_tokens(&store, 1)[0];
+        let mut t = store.token(id).unwrap().unwrap();
+        t.expires_at = Some(5);
+        t.last_used_at = Some(3);
+        t.last_used_addr = Some("192.0.2.1".into());
+        t.revoked_at = Some(4);
+        t.rotated_at = Some(2);
+        let json = t.to_json();
+        assert_eq!(json["createdAt"], 1);
+        assert_eq!(json["expiresAt"], 5);
+        assert_eq!(json["lastUsedAt"], 3);
+        assert_eq!(json["lastUsedAddress"], "192.0.2.1");
+        assert_eq!(json["revokedAt"], 4);
+        assert_eq!(json["rotatedAt"], 2);
+        assert_eq!(json["user"], "alice");
+        assert!(json.get("secretHash").is_none() && json.get("token").is_none());
+    }
 }
