@@ -152,8 +152,9 @@ const MANAGED: [&str; 8] = [
     crate::request_id::MARK_HEADER,
 ];
 
-/// Longest `Git-Protocol` value passed on; git sends a few dozen bytes.
-const MAX_GIT_PROTOCOL: usize = 256;
+/// Longest `Git-Protocol` value passed on, to an HTTP upstream and to the CGI runner's
+/// backend alike; git sends a few dozen bytes.
+pub(crate) const MAX_GIT_PROTOCOL: usize = 256;
 
 /// What gitgate knows about the request beyond its headers.
 #[derive(Clone, Copy, Debug)]
@@ -1074,11 +1075,21 @@ fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
 /// `version=2`, `version=2:object-format=sha256`: what git sends, nothing that could smuggle
 /// something else into the backend's environment.
 pub fn valid_git_protocol(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
+    is_git_protocol(v.as_bytes())
+}
+
+/// `Git-Protocol` as git itself writes it: `key[=value]` items joined by `:`, from a small
+/// alphabet, at most [`MAX_GIT_PROTOCOL`] bytes. The one rule for both upstreams: what an HTTP
+/// upstream is sent, the CGI runner's backend gets as `GIT_PROTOCOL`, and the reverse.
+pub(crate) fn is_git_protocol(b: &[u8]) -> bool {
     !b.is_empty()
         && b.len() <= MAX_GIT_PROTOCOL
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"=:._-".contains(c))
+        && b.split(|&c| c == b':').all(|item| {
+            !item.is_empty()
+                && item
+                    .iter()
+                    .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'=' | b'.' | b'_' | b'-'))
+        })
 }
 
 /// A host name or address with an optional port, as gitgate takes a `Host` (and passes it on
@@ -1580,7 +1591,15 @@ mod tests {
             all(&to_upstream(&ok, &out(&i, &[])), "git-protocol"),
             ["version=2:object-format=sha256"]
         );
-        for bad in ["version=2 $(id)", "version=2;x", ""] {
+        // An empty item, which git never writes, is refused here as the CGI runner refuses it.
+        for bad in [
+            "version=2 $(id)",
+            "version=2;x",
+            "",
+            "version=2:",
+            "version=2::x",
+            ":",
+        ] {
             let h = map(&[("git-protocol", bad)]);
             assert!(
                 !to_upstream(&h, &out(&i, &[])).contains_key("git-protocol"),

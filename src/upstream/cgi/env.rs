@@ -77,18 +77,11 @@ pub(super) fn header_str<K: header::AsHeaderName>(headers: &HeaderMap, name: K) 
 /// then reads stdin to EOF, which is where the stdin task's end of body lands.
 pub(super) use crate::upstream::headers::content_length;
 
-/// `Git-Protocol` as git itself accepts it: `key[=value]` items joined by `:`, from a small
-/// alphabet. Anything else is dropped (git then speaks protocol v0), because the value goes into
-/// the environment of a process that parses it.
+/// `Git-Protocol` as git itself writes it ([`crate::upstream::headers::is_git_protocol`], the
+/// same rule and length as for an HTTP upstream). Anything else is dropped (git then speaks
+/// protocol v0), because the value goes into the environment of a process that parses it.
 pub(super) fn valid_git_protocol(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 1024
-        && v.split(':').all(|item| {
-            !item.is_empty()
-                && item
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'.' | b'_' | b'-'))
-        })
+    crate::upstream::headers::is_git_protocol(v.as_bytes())
 }
 
 /// gitgate's `PATH` with empty and relative entries removed (they would resolve against the
@@ -281,5 +274,94 @@ mod tests {
         assert_eq!(length("/team/app.git/git-receive-pack"), None);
         assert!(is_push(&req("/team/app.git/git-receive-pack")));
         assert!(!is_push(&req("/team/app.git/git-upload-pack")));
+    }
+
+    /// The environment of a fetch with `headers`, by name.
+    fn env_with(headers: &HeaderMap) -> Vec<(&'static str, OsString)> {
+        let req = CgiRequest {
+            method: &Method::POST,
+            path_info: "/team/app.git/git-upload-pack",
+            query: None,
+            headers,
+            remote_user: "alice",
+            token_id: "abcdefghijkl",
+            remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            request_id: crate::request_id::RequestId::next(),
+        };
+        cgi_env(&req, Path::new("/srv/git"))
+    }
+
+    fn var(env: &[(&'static str, OsString)], name: &str) -> Option<OsString> {
+        env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+    }
+
+    /// A header sent twice is no one value: neither copy reaches the backend, which would
+    /// otherwise be told whichever came first. Nor does one that is not visible ASCII.
+    #[test]
+    fn a_repeated_or_non_ascii_header_is_not_passed_on() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-git-upload-pack-request"),
+        );
+        headers.append(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.append("git-protocol", HeaderValue::from_static("version=2"));
+        headers.append("git-protocol", HeaderValue::from_static("version=1"));
+        let env = env_with(&headers);
+        assert_eq!(var(&env, "CONTENT_TYPE"), None);
+        assert_eq!(var(&env, "GIT_PROTOCOL"), None);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_bytes(b"application/x-git-\xe9").unwrap(),
+        );
+        assert_eq!(var(&env_with(&headers), "CONTENT_TYPE"), None);
+    }
+
+    /// Values are passed on without the blanks around them: git http-backend compares the
+    /// content type exactly, and a `Git-Protocol` with a blank would be dropped as malformed.
+    #[test]
+    fn header_values_are_passed_on_trimmed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(" application/x-git-upload-pack-request "),
+        );
+        headers.insert("git-protocol", HeaderValue::from_static(" version=2 "));
+        let env = env_with(&headers);
+        assert_eq!(
+            var(&env, "CONTENT_TYPE").unwrap(),
+            "application/x-git-upload-pack-request"
+        );
+        assert_eq!(var(&env, "GIT_PROTOCOL").unwrap(), "version=2");
+    }
+
+    /// `Git-Protocol` is passed on up to 256 bytes, as to an HTTP upstream, and dropped beyond.
+    #[test]
+    fn git_protocol_is_passed_on_up_to_its_length_limit() {
+        let max = crate::upstream::headers::MAX_GIT_PROTOCOL;
+        assert_eq!(max, 256);
+        let at_limit = format!("version=2:{}", "a".repeat(max - 10));
+        assert_eq!(at_limit.len(), max);
+        assert!(valid_git_protocol(&at_limit));
+        assert!(!valid_git_protocol(&format!("{at_limit}a")));
+    }
+
+    /// Only a POST to `git-receive-pack` is a push: a GET of that path is not.
+    #[test]
+    fn only_a_post_is_a_push() {
+        let headers = HeaderMap::new();
+        let req = |method| CgiRequest {
+            method,
+            path_info: "/team/app.git/git-receive-pack",
+            query: None,
+            headers: &headers,
+            remote_user: "alice",
+            token_id: "abcdefghijkl",
+            remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            request_id: crate::request_id::RequestId::next(),
+        };
+        assert!(is_push(&req(&Method::POST)));
+        assert!(!is_push(&req(&Method::GET)));
     }
 }
