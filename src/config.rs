@@ -2452,4 +2452,65 @@ env = "UPSTREAM_TOKEN"
         assert!(normalise_prefix("/a//b").is_err());
         assert!(normalise_prefix("/a%2fb").is_err());
     }
+
+    /// Each range's ends are in it and one past them is not: a bound off by one would refuse
+    /// the value its own message offers, or take the one it says is out of range.
+    #[test]
+    fn the_ends_of_each_range_are_in_it_and_one_past_them_is_not() {
+        let server =
+            |line: &str| parse(&GOOD.replace("git_prefix", &format!("{line}\ngit_prefix")));
+        for (key, fits, past) in [
+            ("max_header_bytes", "8192", "8191"),
+            ("max_header_bytes", "1048576", "1048577"),
+            ("max_connections_per_address", "1000000", "1000001"),
+            ("shutdown_grace_seconds", "31536000", "31536001"),
+            ("header_read_timeout_seconds", "31536000", "31536001"),
+            ("workers", "256", "257"),
+        ] {
+            assert!(server(&format!("{key} = {fits}")).is_ok(), "{key} = {fits}");
+            let e = server(&format!("{key} = {past}")).unwrap_err();
+            assert!(e.contains(&format!("[server] {key} = {past}")), "{e}");
+        }
+        let upstream =
+            |line: &str| parse(&GOOD.replace("project_root", &format!("{line}\nproject_root")));
+        assert!(upstream("max_processes = 100000").is_ok());
+        assert!(upstream("max_processes = 100001").is_err());
+        assert!(upstream("max_request_buffer_mib = 4096").is_ok());
+        assert!(upstream("max_request_buffer_mib = 4097").is_err());
+    }
+
+    /// The realm is written into every `WWW-Authenticate` challenge: a control character in it
+    /// (a tab, an escape, DEL) is refused at load, as a quote or a backslash is.
+    #[test]
+    fn a_realm_with_a_control_character_is_refused() {
+        for realm in ["a\\tb", "a\\u001bb", "a\\u007fb", "a\\u0085b"] {
+            let e = parse(&GOOD.replace("realm = \"gitgate\"", &format!("realm = \"{realm}\"")))
+                .unwrap_err();
+            assert!(e.contains("[auth] realm must be"), "{realm}: {e}");
+        }
+        assert!(parse(&GOOD.replace("realm = \"gitgate\"", "realm = \"Git at Example\"")).is_ok());
+    }
+
+    /// An `https://` upstream's certificate must be checked against something: with
+    /// `system_roots = false` and no `ca_file` nothing would be trusted, which is refused at
+    /// load. Neither key means anything to an `http://` upstream, so either there is refused.
+    #[test]
+    fn an_upstream_trust_setting_that_cannot_apply_is_refused() {
+        let e = parse(&HTTP.replace("ca_file = \"ca.pem\"", "system_roots = false")).unwrap_err();
+        assert!(
+            e.contains("system_roots = false without ca_file leaves nothing to trust"),
+            "{e}"
+        );
+        assert!(parse(&HTTP.replace("ca_file = \"ca.pem\"", "system_roots = true")).is_ok());
+        let plain = HTTP.replace("https://", "http://");
+        for key in [
+            "system_roots = true",
+            "system_roots = false",
+            "ca_file = \"ca.pem\"",
+        ] {
+            let e = parse(&plain.replace("ca_file = \"ca.pem\"", key)).unwrap_err();
+            assert!(e.contains("apply to https:// upstreams only"), "{key}: {e}");
+        }
+        assert!(parse(&plain.replace("ca_file = \"ca.pem\"\n", "")).is_ok());
+    }
 }

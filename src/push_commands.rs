@@ -409,4 +409,90 @@ mod tests {
             "refs/heads/main 1a2b3c4..5d6e7f8"
         );
     }
+
+    /// A command's ids are hex of a sha1's or a sha256's length and its ref has a name: a line
+    /// of three words that is not that (a hand-made one) is no command.
+    #[test]
+    fn only_hex_ids_and_a_name_make_a_command() {
+        let not_hex = "g".repeat(40);
+        for line in [
+            format!("{not_hex} {B} refs/heads/main\n"),
+            format!("{A} {not_hex} refs/heads/main\n"),
+            format!("{A} {B} \n"),
+            format!("{A} {B} "),
+        ] {
+            let body = format!("{}0000", pkt(&line));
+            assert_eq!(read(body.as_bytes(), 7).to_string(), "none", "{line:?}");
+        }
+    }
+
+    /// A delimiter-pkt (`0001`) has no place among a push's commands: the list ends there, and
+    /// nothing after it is read as a command.
+    #[test]
+    fn a_delimiter_ends_the_list() {
+        let body = format!(
+            "{}0001{}0000",
+            pkt(&format!("{A} {B} refs/heads/main\n")),
+            pkt(&format!("{ZERO} {A} refs/heads/smuggled\n")),
+        );
+        let p = read(body.as_bytes(), 5);
+        assert!(p.is_done());
+        assert_eq!(
+            p.to_string(),
+            "refs/heads/main 1a2b3c4..5d6e7f8, then no more pkt-lines"
+        );
+    }
+
+    /// DEL (0x7f) is a control character to git: a name with it is no ref name.
+    #[test]
+    fn a_name_with_a_delete_character_is_no_ref_name() {
+        assert!(!is_a_ref_name("refs/heads/a\u{7f}b"));
+        assert!(is_a_ref_name("refs/heads/a-b"));
+    }
+
+    /// A name of [`NAME_KEPT`] characters is kept whole; a longer one is cut to exactly that
+    /// many characters (not bytes), then `...`.
+    #[test]
+    fn a_name_is_cut_at_exactly_so_many_characters() {
+        let name = |len: usize| format!("refs/heads/{}", "é".repeat(len - "refs/heads/".len()));
+        for (len, shown) in [
+            (NAME_KEPT, name(NAME_KEPT)),
+            (NAME_KEPT + 1, format!("{}...", name(NAME_KEPT))),
+        ] {
+            let body = format!("{}0000", pkt(&format!("{ZERO} {A} {}\n", name(len))));
+            assert_eq!(
+                read(body.as_bytes(), 64).to_string(),
+                format!("{shown} created at 1a2b3c4")
+            );
+        }
+    }
+
+    /// Exactly [`READ_AT_MOST`] bytes are read: a list that fills them is done there, and a
+    /// flush-pkt that ends past them is not read.
+    #[test]
+    fn the_read_ends_at_exactly_so_many_bytes() {
+        // Commands of at most 1 KiB each, `total` bytes in all.
+        let commands = |total: usize| {
+            let mut body = String::new();
+            for i in 0.. {
+                if body.len() == total {
+                    break;
+                }
+                let size = (total - body.len()).min(1024);
+                let start = format!("{A} {B} refs/heads/b{i}/");
+                let fill = size - 4 - start.len() - 1;
+                body.push_str(&pkt(&format!("{start}{}\n", "x".repeat(fill))));
+            }
+            body
+        };
+        let said = "and more (the list was not read past its first 1024 KiB)";
+        let full = commands(READ_AT_MOST as usize);
+        let p = read(full.as_bytes(), full.len());
+        assert!(p.is_done());
+        assert!(p.to_string().ends_with(said));
+        let flush_past = format!("{}0000", commands(READ_AT_MOST as usize - 3));
+        let p = read(flush_past.as_bytes(), flush_past.len());
+        assert!(p.is_done());
+        assert!(p.to_string().ends_with(said));
+    }
 }

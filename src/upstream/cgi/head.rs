@@ -264,4 +264,27 @@ mod tests {
             Err(CgiError::BadHeaders(_))
         ));
     }
+
+    /// Output that reaches the cap with no end of headers in it is a broken backend, even if
+    /// it stops right there: not taken for one that closed before it answered.
+    #[tokio::test]
+    async fn a_head_as_long_as_the_cap_without_its_end_is_refused() {
+        let out = vec![b'X'; MAX_HEADER_BLOCK];
+        let mut at_cap: &[u8] = &out;
+        assert!(matches!(
+            read_head(&mut at_cap).await,
+            Err(CgiError::BadHeaders(_))
+        ));
+        let mut under_cap: &[u8] = &out[..MAX_HEADER_BLOCK - 1];
+        assert!(matches!(read_head(&mut under_cap).await, Ok(None)));
+    }
+
+    /// Blanks around a value are not part of it (RFC 3875 §6.3): a `Status` followed by a tab
+    /// is still read, and a header's value keeps none at either end.
+    #[test]
+    fn blanks_around_a_value_are_not_part_of_it() {
+        let head = parse_head(b"Status: 404\t\r\nContent-Type:  text/plain \t\r\n\r\n").unwrap();
+        assert_eq!(head.status, StatusCode::NOT_FOUND);
+        assert_eq!(head.headers["content-type"], "text/plain");
+    }
 }

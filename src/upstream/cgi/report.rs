@@ -237,4 +237,52 @@ mod tests {
         );
         assert!(said.ends_with("; and 3 more"), "{said}");
     }
+
+    /// Once what came is no pkt-line, nothing after it is read — not even what seems to be a
+    /// report beginning again in a later read, on the answer itself or inside channel 1.
+    #[test]
+    fn after_what_is_no_pkt_line_nothing_more_is_read() {
+        let mut report = Report::default();
+        report.feed(b"HTTP garbage");
+        report.feed(&pkt(b"unpack ok\n"));
+        report.feed(&pkt(b"ok refs/heads/main\n"));
+        assert!(!report.has_begun());
+        assert!(
+            report.outcome().starts_with("no report"),
+            "{}",
+            report.outcome()
+        );
+        let mut report = Report::default();
+        report.feed(&banded(1, b"zzzz"));
+        report.feed(&banded(1, &pkt(b"unpack ok\n")));
+        report.feed(&banded(1, &pkt(b"ok refs/heads/main\n")));
+        assert!(!report.has_begun());
+        assert!(
+            report.outcome().starts_with("no report"),
+            "{}",
+            report.outcome()
+        );
+    }
+
+    /// Whether the answer is in side-band channels is decided by its first line: once it is,
+    /// a later line without a channel's byte is not read as the report.
+    #[test]
+    fn a_banded_answer_stays_banded() {
+        let mut answer = banded(2, b"remote: checking\n");
+        answer.extend(pkt(b"unpack ok\n"));
+        answer.extend(pkt(b"ok refs/heads/main\n"));
+        let mut report = pkt(b"unpack ok\n");
+        report.extend(pkt(b"ng refs/heads/main pre-receive hook declined\n"));
+        report.extend_from_slice(b"0000");
+        answer.extend(banded(1, &report));
+        answer.extend_from_slice(b"0000");
+        for step in [answer.len(), 1, 5] {
+            assert_eq!(
+                outcome_of(&answer, step),
+                "unpack ok, 0 ref(s) updated, 1 refused: refs/heads/main pre-receive hook \
+                 declined",
+                "step {step}"
+            );
+        }
+    }
 }
