@@ -169,7 +169,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{actor, temp_store};
+    use super::super::test_support::{actor, edit_by_hand, temp_store};
     use super::*;
     use crate::store::Role;
 
@@ -227,12 +227,10 @@ mod tests {
             store.grants(Some("alice")).unwrap()[0].level,
             Some(Level::Write)
         );
-        rusqlite::Connection::open(d.path().join("t.db"))
-            .unwrap()
-            .execute_batch(
-                "PRAGMA ignore_check_constraints = ON; UPDATE grants SET level = 'owner';",
-            )
-            .unwrap();
+        edit_by_hand(
+            &d,
+            "PRAGMA ignore_check_constraints = ON; UPDATE grants SET level = 'owner';",
+        );
         let listed = &store.grants(Some("alice")).unwrap()[0];
         assert_eq!(listed.level, None);
         assert_eq!(listed.unknown_level.as_deref(), Some("owner"));

@@ -1894,6 +1894,15 @@ pub(crate) mod test_support {
         (dir, store)
     }
 
+    /// Runs `sql` on [`temp_store`]'s file through a connection of its own, as an operator
+    /// editing the store by hand would (a row gitgate would never write, a newer schema).
+    pub fn edit_by_hand(dir: &tempfile::TempDir, sql: &str) {
+        rusqlite::Connection::open(dir.path().join("t.db"))
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    }
+
     pub fn actor() -> Actor {
         Actor {
             name: "test".into(),

@@ -998,7 +998,9 @@ fn clear_the_rule_of_a_revoked_token(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{actor, personal_token, repository_token, temp_store};
+    use super::super::test_support::{
+        actor, edit_by_hand, personal_token, repository_token, temp_store,
+    };
     use super::*;
     use crate::store::CacheLookup;
 
@@ -1480,13 +1482,13 @@ mod tests {
         ));
         assert!(store.ping().is_ok());
         // A newer gitgate's CLI migrates the store while this one serves.
-        rusqlite::Connection::open(d.path().join("t.db"))
-            .unwrap()
-            .execute_batch(&format!(
+        edit_by_hand(
+            &d,
+            &format!(
                 "PRAGMA user_version = {}",
                 super::super::schema::CURRENT + 1
-            ))
-            .unwrap();
+            ),
+        );
         let CacheLookup::Miss(at) = store.cached_auth_record(id).unwrap() else {
             panic!("another process's commit empties the cache");
         };
@@ -1517,10 +1519,7 @@ mod tests {
         store
             .insert_token(&personal_token("abcdefghijkl", "laptop", "alice"), &actor())
             .unwrap();
-        rusqlite::Connection::open(d.path().join("t.db"))
-            .unwrap()
-            .execute_batch("UPDATE tokens SET permissions = 'BOGUS'")
-            .unwrap();
+        edit_by_hand(&d, "UPDATE tokens SET permissions = 'BOGUS'");
         store
             .insert_token(&personal_token("bcdefghijklm", "desk", "alice"), &actor())
             .unwrap();
@@ -2015,10 +2014,7 @@ mod tests {
         store
             .insert_token(&personal_token("abcdefghijkl", "laptop", "alice"), &actor())
             .unwrap();
-        rusqlite::Connection::open(d.path().join("t.db"))
-            .unwrap()
-            .execute_batch("UPDATE tokens SET revoked_at = 'yesterday'")
-            .unwrap();
+        edit_by_hand(&d, "UPDATE tokens SET revoked_at = 'yesterday'");
         assert!(store.token("abcdefghijkl").is_err());
         assert!(store
             .revoke_unreadable_token("abcdefghijkl", &actor())

@@ -469,7 +469,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{actor, temp_store};
+    use super::super::test_support::{actor, edit_by_hand, temp_store};
     use super::*;
 
     #[test]
@@ -623,10 +623,10 @@ mod tests {
     fn an_unknown_role_is_read_as_a_plain_user() {
         let (d, store) = temp_store();
         store.add_user("alice", "h", Role::User, &actor()).unwrap();
-        rusqlite::Connection::open(d.path().join("t.db"))
-            .unwrap()
-            .execute_batch("PRAGMA ignore_check_constraints = ON; UPDATE users SET role = 'owner';")
-            .unwrap();
+        edit_by_hand(
+            &d,
+            "PRAGMA ignore_check_constraints = ON; UPDATE users SET role = 'owner';",
+        );
         assert_eq!(store.user("alice").unwrap().unwrap().role, Role::User);
         assert_eq!(store.users().unwrap()[0].role, Role::User);
     }
