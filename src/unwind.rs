@@ -92,6 +92,154 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
+    /// A body that sends one frame and panics when polled for the next: a bug met while an
+    /// answer streams, after `CatchPanic` has let its head go.
+    struct PanicsAfterOneFrame(bool);
+
+    impl hyper::body::Body for PanicsAfterOneFrame {
+        type Data = bytes::Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                panic!("a body panicked while streaming");
+            }
+            Poll::Ready(Some(Ok(hyper::body::Frame::data(
+                bytes::Bytes::from_static(b"first part\n"),
+            ))))
+        }
+    }
+
+    /// Serves on loopback the way `server::work` does — hyper's `auto` builder, each connection
+    /// a task of a `JoinSet` — `/panics` with [`PanicsAfterOneFrame`] and anything else with
+    /// `fine`. The set's tasks come back on the channel as they end.
+    async fn serve_panicking_bodies() -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<Result<(), tokio::task::JoinError>>,
+    ) {
+        use http_body_util::BodyExt;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let (ended, ends) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let builder = std::sync::Arc::new(hyper_util::server::conn::auto::Builder::new(
+                TokioExecutor::new(),
+            ));
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let (stream, _) = accepted.unwrap();
+                        let builder = builder.clone();
+                        connections.spawn(async move {
+                            let service = hyper::service::service_fn(
+                                |req: hyper::Request<hyper::body::Incoming>| {
+                                    CatchPanic::new(async move {
+                                        let body: ResponseBody = if req.uri().path() == "/panics" {
+                                            PanicsAfterOneFrame(false).boxed_unsync()
+                                        } else {
+                                            http_body_util::Full::new(bytes::Bytes::from_static(
+                                                b"fine",
+                                            ))
+                                            .map_err(|never| match never {})
+                                            .boxed_unsync()
+                                        };
+                                        Ok::<_, Infallible>(hyper::Response::new(body))
+                                    })
+                                },
+                            );
+                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        });
+                    }
+                    Some(end) = connections.join_next() => {
+                        let _ = ended.send(end);
+                    }
+                }
+            }
+        });
+        (at, ends)
+    }
+
+    /// Promise 11 of docs/SECURITY.md: a panic while an answer streams over HTTP/1.1 ends that
+    /// connection — closed, not left hanging, and without the end of a chunked body, so that
+    /// git cannot take a cut answer for a whole one — while the process serves the next one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_while_an_answer_streams_ends_only_its_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (at, mut ends) = serve_panicking_bodies().await;
+        let ask = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Until the server closes the connection (or, for a whole answer, its end).
+            loop {
+                let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+                    .await
+                    .expect("the connection was left hanging")
+                    .unwrap_or(0);
+                got.extend_from_slice(&buf[..n]);
+                if n == 0 || got.ends_with(b"\r\n0\r\n\r\n") || got.ends_with(b"fine") {
+                    return String::from_utf8_lossy(&got).into_owned();
+                }
+            }
+        };
+        let cut = ask("/panics").await;
+        // hyper holds the head and the first frame until it has polled for more, so the client
+        // may get nothing at all; what it must not get is the end of a whole chunked body.
+        assert!(
+            !cut.contains("\r\n0\r\n\r\n"),
+            "a cut answer looked whole: {cut}"
+        );
+        let end = ends.recv().await.unwrap();
+        assert!(
+            end.is_err_and(|e| e.is_panic()),
+            "the connection's task did not panic"
+        );
+        let next = ask("/fine").await;
+        assert!(
+            next.starts_with("HTTP/1.1 200") && next.ends_with("fine"),
+            "{next}"
+        );
+    }
+
+    /// The same over HTTP/2, whose streams hyper runs as tasks of their own: the panic ends
+    /// that stream (the client sees it reset), and the connection goes on serving the next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_while_an_http2_answer_streams_ends_only_its_stream() {
+        use http_body_util::BodyExt;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let (at, _ends) = serve_panicking_bodies().await;
+        let stream = tokio::net::TcpStream::connect(at).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let ask = |path: &str| {
+            hyper::Request::get(format!("http://x{path}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        let cut = sender.send_request(ask("/panics")).await.unwrap();
+        assert_eq!(cut.status(), StatusCode::OK);
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), cut.collect())
+            .await
+            .expect("the stream was left hanging");
+        assert!(read.is_err(), "a cut answer looked whole");
+        let next = sender.send_request(ask("/fine")).await.unwrap();
+        assert_eq!(next.status(), StatusCode::OK);
+        let body = next.collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"fine");
+    }
+
     #[tokio::test]
     async fn a_normal_handler_passes_through() {
         let fut = async { Ok::<_, Infallible>(text(StatusCode::OK, "fine")) };
