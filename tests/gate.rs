@@ -958,6 +958,94 @@ fn no_core_dump_holds_a_secret() {
     assert_eq!(&fields[4..6], ["0", "0"], "{core}");
 }
 
+/// Nor do the git processes it starts: the backend the built-in runner starts, and the hooks git
+/// runs under it for a push (whose input and memory hold the pushed refs and objects, next to
+/// the request's credentials in the environment of any that asks). gitgate is started here under
+/// a core-file limit it could dump under (none at all, as root), so that only its own start can
+/// bring the limit to 0; the backend wrapper and a pre-receive hook write the limit they run
+/// under for a real clone and push. It fails if gitgate sets no limit at its start, sets only the
+/// soft one (a child could raise it again), or if the runner raises it for what it starts.
+#[test]
+fn the_git_processes_gitgate_starts_dump_no_core_either() {
+    use std::os::unix::process::CommandExt;
+
+    let (sb, token) = team_sandbox();
+    let backend_seen = sb.root().join("backend-core-limit.txt");
+    let hook_seen = sb.root().join("hook-core-limit.txt");
+    let record = |file: &std::path::Path| {
+        format!(
+            "grep '^Max core file size' /proc/$$/limits >> '{}'\n",
+            file.display()
+        )
+    };
+    let script = fs::read_to_string(sb.cgi_script()).unwrap().replacen(
+        "\nexec ",
+        &format!("\n{}exec ", record(&backend_seen)),
+        1,
+    );
+    fs::write(sb.cgi_script(), script).unwrap();
+    let hook = sb.bare("team/app").join("hooks/pre-receive");
+    fs::write(
+        &hook,
+        format!("#!/bin/sh\n{}cat >/dev/null\n", record(&hook_seen)),
+    )
+    .unwrap();
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut cmd = sb.gitgate_command();
+    cmd.arg("serve");
+    // SAFETY: between fork and exec only getrlimit and setrlimit, which are async-signal-safe
+    // system calls; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            let unlimited = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_CORE, &unlimited) == 0 {
+                return Ok(());
+            }
+            // Not root: as far as the hard limit lets anyone go.
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_CORE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_CORE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = Server::start(cmd, sb.server_log(), "");
+
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    sb.commit_file(&work, "f.txt", b"pushed\n", "a push that runs the hook");
+    sb.git(&work, &["push", "-q", "origin", "main"]).ok();
+    assert_eq!(
+        sb.bare_log("team/app").lines().next(),
+        Some("a push that runs the hook")
+    );
+
+    let backend_seen = fs::read_to_string(&backend_seen).expect("the backend ran");
+    let hook_seen = fs::read_to_string(&hook_seen).expect("the pre-receive hook ran");
+    // A backend for each request of the clone and the push; the hook once.
+    assert!(backend_seen.lines().count() >= 4, "{backend_seen}");
+    assert_eq!(hook_seen.lines().count(), 1, "{hook_seen}");
+    for (who, seen) in [("backend", &backend_seen), ("hook", &hook_seen)] {
+        for line in seen.lines() {
+            // `Max core file size  SOFT  HARD  bytes`
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(&fields[4..6], ["0", "0"], "the {who} ran under {line:?}");
+        }
+    }
+}
+
 /// A method a git path does not take (old git's WebDAV push, `OPTIONS`), and Git LFS: refused
 /// before any credential is looked at, with what it takes, and never forwarded.
 #[test]

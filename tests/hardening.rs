@@ -309,6 +309,82 @@ fn a_store_moved_away_fails_closed_and_serves_again_when_moved_back() {
     std::fs::rename(&away, &db).unwrap();
 }
 
+/// SECURITY.md promise 8: a store that cannot be read gives `503`, and is served again once it
+/// can. Here another process holds, in the store's `-shm`, the locks that every SQLite reader
+/// must take one of to begin a read (the read marks of the WAL index), so that neither a pooled
+/// connection nor a new one can read the store (it need not be moved or damaged; a process
+/// holding them keeps every reader out, where a writer's lock keeps out only other writers). A
+/// token not in the cache is then refused once SQLite gives up ("locking protocol", after about
+/// 10 s of tries): `503` with the reason, the backend never reached. Let go, the same token is
+/// served. It fails if a store that cannot be read is taken for a store without the token, or
+/// its error for a pass.
+#[test]
+fn a_store_that_cannot_be_read_fails_closed_and_serves_again_once_it_can() {
+    use std::os::fd::AsRawFd;
+
+    let server = Server::start("");
+    // Never used yet: not in the cache, so only the store can tell whether it is valid.
+    let token = server.read_token.clone();
+    let request = format!(
+        "GET {IR} HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        basic("alice", &token)
+    );
+    let shm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(server.path("gitgate.db-shm"))
+        .unwrap();
+    // SQLite's WAL-index locks are bytes 120 to 127 of the `-shm`: WRITE, CHECKPOINT, RECOVER,
+    // then the five read marks, of which a reader takes one shared. Taken here exclusive (once
+    // a read the server may have under way has ended: F_SETLKW waits for it).
+    // SAFETY: a plain struct of integers, then a system call on a descriptor this test owns.
+    let held = unsafe {
+        let mut lock: libc::flock = std::mem::zeroed();
+        lock.l_type = libc::F_WRLCK as _;
+        lock.l_whence = libc::SEEK_SET as _;
+        lock.l_start = 123;
+        lock.l_len = 5;
+        libc::fcntl(shm.as_raw_fd(), libc::F_SETLKW, &lock)
+    };
+    assert_eq!(held, 0, "{}", std::io::Error::last_os_error());
+
+    // (Read with a longer deadline than `get`'s: SQLite tries for about 10 s.)
+    let resp = common::raw_http(server.addr.port(), request.as_bytes());
+    assert_eq!(resp.status, 503, "{resp:?}\n{}", server.log());
+    assert!(
+        resp.text().contains("cannot check tokens right now"),
+        "{}",
+        resp.text()
+    );
+    assert!(
+        server.backend_hits().is_empty(),
+        "{:?}",
+        server.backend_hits()
+    );
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("token store unavailable; refusing requests")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("status=503") && l.contains(&format!("token_id={}", &token[4..16]))),
+        "{log}"
+    );
+
+    // Closing the file lets go of its locks: the same token is read, and served.
+    drop(shm);
+    let resp = common::raw_http(server.addr.port(), request.as_bytes());
+    assert_eq!(resp.status, 200, "{resp:?}\n{}", server.log());
+    assert_eq!(
+        server.backend_hits().len(),
+        1,
+        "{:?}",
+        server.backend_hits()
+    );
+}
+
 #[test]
 fn a_store_replaced_while_serving_is_refused_until_a_restart() {
     let mut server = Server::start("");

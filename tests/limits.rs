@@ -1121,6 +1121,81 @@ fn password_checks_run_a_few_at_a_time_and_the_rest_are_told_to_retry() {
     );
 }
 
+/// SECURITY.md promise 13: a login past the password checks at once is told to retry (`503`)
+/// *without hashing*. A login that is checked is audited (`auth.failed`, for an unknown name as
+/// for a wrong password, after the same argon2 time), and counted towards its user's lock; one
+/// told to retry is neither. A burst of wrong logins, one user name each; after a graceful stop
+/// (which writes every pending event), the names audited as failed are exactly those answered
+/// `401`, none of those answered `503`. It fails if a login told to retry is checked anyway.
+#[test]
+fn a_login_told_to_retry_was_not_checked_and_counts_for_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // No address throttle at work: every answer is the login's own.
+    let config = format!(
+        "{}\n[auth_failures]\nmax = 100000\nwindow_seconds = 600\n",
+        cgi_config(dir.path(), "")
+    );
+    let mut g = start(dir.path(), &config);
+    let port = g.port;
+    let n = 40;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let statuses: Vec<String> = (0..n)
+        .map(|i| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let auth = base64::engine::general_purpose::STANDARD
+                    .encode(format!("nobody{i}:wrong-password"));
+                let mut s = connect(port);
+                start.wait();
+                s.write_all(
+                    format!(
+                        "GET {API_USERS} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
+                         Connection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+                let answer = read_until_closed(&mut s).0;
+                answer.get(9..12).unwrap_or("").to_string()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let answered = |status: &str| -> std::collections::BTreeSet<String> {
+        (0..n)
+            .filter(|&i| statuses[i] == status)
+            .map(|i| format!("nobody{i}"))
+            .collect()
+    };
+    let (checked, told_to_retry) = (answered("401"), answered("503"));
+    // The test's premise: some were checked, some told to retry, and nothing else.
+    assert!(
+        !checked.is_empty() && !told_to_retry.is_empty(),
+        "{statuses:?}"
+    );
+    assert_eq!(checked.len() + told_to_retry.len(), n, "{statuses:?}");
+
+    let status = g.stop_within(Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", g.log_text());
+    let mut audit = common::gitgate_command(&dir.path().join("proxy.toml"));
+    audit.args(["audit", "--json"]);
+    let audit = common::run(audit, None);
+    let events: serde_json::Value = serde_json::from_str(audit.ok()).unwrap();
+    let failed: std::collections::BTreeSet<String> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "auth.failed")
+        .map(|e| e["actor"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        failed, checked,
+        "told to retry: {told_to_retry:?}\n{events}"
+    );
+}
+
 #[test]
 fn connections_beyond_the_cap_wait() {
     let dir = tempfile::tempdir().unwrap();

@@ -1821,6 +1821,9 @@ fn every_action_is_audited_and_no_secret_is_written_anywhere() {
 /// A wrong password no other text could contain by chance.
 const WRONG_PW: &str = "wrong-pw-Zq8Rv2Lk";
 
+/// SECURITY.md promise 13: ten wrong passwords in a row lock the user's password logins for 15
+/// minutes, with a `user.locked` audit event and a warning in the log that names the user and
+/// never the password; the user's tokens keep working, and `gitgate user unlock` lifts it.
 #[test]
 fn repeated_wrong_passwords_lock_the_password_but_never_the_tokens() {
     // A high per-address limit, so that only the per-user lock is at work here.
@@ -1835,7 +1838,7 @@ fn repeated_wrong_passwords_lock_the_password_but_never_the_tokens() {
         let r = server.request(
             "GET",
             &format!("{API}/users/{user}"),
-            Auth::Basic(user, "wrong"),
+            Auth::Basic(user, WRONG_PW),
             "",
         );
         assert_eq!(r.status, 401, "{}", r.body);
@@ -1844,6 +1847,20 @@ fn repeated_wrong_passwords_lock_the_password_but_never_the_tokens() {
     for _ in 0..10 {
         wrong_password("alice");
     }
+    // The lock is a warning in the log, naming the user and never a password tried (nor the
+    // right one, which is never sent here until the lock; below, after it).
+    let log = server.log_text();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("password logins locked after repeated failures"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains(" WARN ") && warned[0].contains("user=\"alice\""),
+        "{}",
+        warned[0]
+    );
+    assert!(!log.contains(WRONG_PW), "{log}");
     // The right password is refused now, with a message that says what to do...
     let r = server.api("GET", "/users/alice", "alice", "");
     assert_eq!(r.status, 401, "{}", r.body);
@@ -1886,6 +1903,16 @@ fn repeated_wrong_passwords_lock_the_password_but_never_the_tokens() {
     let audit = install.cli_ok(&["audit", "--json"], "");
     assert!(audit.contains("\"user.locked\""), "{audit}");
     assert!(audit.contains("\"user.unlocked\""), "{audit}");
+    // Only alice's lock was warned of (ghost has nothing to lock), and no password, wrong or
+    // right, reached the log.
+    let log = server.log_text();
+    assert_eq!(
+        log.matches("password logins locked after repeated failures")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains(WRONG_PW) && !log.contains(PW), "{log}");
 }
 
 /// A store that takes no writes (a full disk; here triggers that refuse them): a wrong password
