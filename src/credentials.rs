@@ -961,4 +961,84 @@ mod tests {
             assert!(malformed(v.as_bytes()).contains("control"), "{user:?}");
         }
     }
+
+    /// A tab inside the credentials is named as the whitespace it is, whichever scheme carries
+    /// them, rather than as a character Bearer does not take or as bad base64.
+    #[test]
+    fn a_tab_inside_the_credentials_is_named_as_whitespace() {
+        let basic = format!("Basic {}\t{}", b64("a:b"), b64("c:d"));
+        for v in [basic.as_bytes(), &b"Bearer abc\tdef"[..]] {
+            assert_eq!(
+                malformed(v),
+                "unexpected whitespace in credentials",
+                "{v:?}"
+            );
+        }
+    }
+
+    /// A scheme that only begins with `basic` or `bearer` is neither: whoever sent it, it is no
+    /// header that git's refusal must be worded for.
+    #[test]
+    fn a_scheme_that_only_begins_like_basic_or_bearer_is_not_taken_for_one() {
+        for value in ["basically x", "BASICAUTH x", "Bearerx y", "bearer_token y"] {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            assert!(!not_sent_by_git(&h), "{value}");
+        }
+    }
+
+    /// A run of the secret's characters with both cases in it is a secret from 40 characters
+    /// on (the random part is 43), and not below.
+    #[test]
+    fn a_mixed_case_run_is_taken_for_a_secret_from_forty_characters_on() {
+        let forty = "Ab".repeat(20);
+        assert!(holds_a_secret(&forty), "{forty}");
+        assert!(!holds_a_secret(&forty[..39]), "{}", &forty[..39]);
+    }
+
+    /// The token prefix is found where a name or path begins with it, too, not only after
+    /// something else.
+    #[test]
+    fn the_token_prefix_at_the_very_start_is_found() {
+        for text in ["ggt_abc", "GGT_x"] {
+            assert!(holds_a_token(text), "{text}");
+            assert!(holds_a_secret(text), "{text}");
+        }
+    }
+
+    /// A prefix percent-encoded three times over is still found: up to three levels are
+    /// decoded.
+    #[test]
+    fn a_prefix_encoded_three_times_is_found() {
+        assert!(holds_a_token("/x/ggt%25255Fabc"));
+    }
+
+    /// Four combining marks on one character are what scripts write; a fifth is a smear.
+    #[test]
+    fn more_than_four_combining_marks_on_one_character_are_a_stack() {
+        assert!(!stacks_combining_marks("a\u{0301}\u{0302}\u{0303}\u{0304}"));
+        assert!(stacks_combining_marks(
+            "a\u{0301}\u{0302}\u{0303}\u{0304}\u{0305}"
+        ));
+    }
+
+    /// A subdivision's flag (Scotland's: the black flag, then a run of tags) is not hidden text;
+    /// a tag anywhere else is.
+    #[test]
+    fn tags_in_a_subdivision_flag_are_not_stray_but_elsewhere_they_are() {
+        let scotland = "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}";
+        assert!(!tags_outside_a_flag(scotland));
+        assert!(!tags_outside_a_flag(&format!("team {scotland} ops")));
+        assert!(tags_outside_a_flag("ops\u{E0067}"));
+        assert!(tags_outside_a_flag(&format!("{scotland}x\u{E0067}")));
+    }
+
+    /// Unicode's noncharacters (U+xxFFFE and U+xxFFFF in every plane) count as invisible.
+    #[test]
+    fn noncharacters_are_invisible() {
+        for c in ['\u{FFFE}', '\u{FFFF}', '\u{1FFFE}', '\u{10FFFF}'] {
+            assert!(is_invisible_format(c), "{c:?}");
+        }
+        assert!(!is_invisible_format('\u{FFFD}'));
+    }
 }

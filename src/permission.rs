@@ -300,4 +300,14 @@ mod tests {
         // The same name twice is harmless.
         assert!(perms(TokenKind::Personal, &["REPO_READ", "REPO_READ"]).is_ok());
     }
+
+    /// A repository permission equal to the project permission is at least it, so allowed.
+    #[test]
+    fn a_repository_permission_equal_to_the_project_permission_is_allowed() {
+        for level in ["READ", "WRITE", "ADMIN"] {
+            let names = [format!("PROJECT_{level}"), format!("REPO_{level}")];
+            let p = TokenPermissions::from_names(TokenKind::Project, &names[..]).unwrap();
+            assert_eq!(p.names(), names, "{level}");
+        }
+    }
 }

@@ -110,4 +110,61 @@ mod tests {
         });
         assert_eq!((stopped, seen), (Ok(()), 2));
     }
+
+    /// `0001`, `0002` and `0003` are all delimiters, each four bytes long.
+    #[test]
+    fn the_three_delimiter_lengths_are_delimiters() {
+        let mut lines = PktLines::default();
+        let mut seen = Vec::new();
+        let read = lines.feed(b"0001000200030000", |pkt| {
+            seen.push(format!("{pkt:?}"));
+            true
+        });
+        assert_eq!(read, Ok(()));
+        assert_eq!(seen, ["Delimiter", "Delimiter", "Delimiter", "Flush"]);
+    }
+
+    /// What follows the line the reader was told to stop at is dropped for good: the next
+    /// piece is read on its own.
+    #[test]
+    fn what_follows_a_stop_is_not_read_later() {
+        let mut lines = PktLines::default();
+        let stopped = lines.feed(b"0005x0000PACK", |pkt| pkt != Pkt::Flush);
+        assert_eq!(stopped, Ok(()));
+        let mut seen = Vec::new();
+        let next = lines.feed(b"0005y", |pkt| {
+            seen.push(format!("{pkt:?}"));
+            true
+        });
+        assert_eq!((next, seen), (Ok(()), vec!["Line([121])".to_string()]));
+    }
+
+    /// After what was no pkt-line, nothing of it is kept: the next piece is read on its own.
+    #[test]
+    fn what_was_no_pkt_line_is_dropped() {
+        let mut lines = PktLines::default();
+        assert_eq!(lines.feed(b"zzzz", |_| true), Err(NotPktLines));
+        let mut seen = 0;
+        assert_eq!(
+            lines.feed(b"0005y", |_| {
+                seen += 1;
+                true
+            }),
+            Ok(())
+        );
+        assert_eq!(seen, 1);
+    }
+
+    /// A length is four hex digits and nothing else: a sign in front (which Rust's number
+    /// parser would take) is no pkt-line.
+    #[test]
+    fn a_length_with_a_sign_is_no_pkt_line() {
+        let mut lines = PktLines::default();
+        let mut seen = 0;
+        let read = lines.feed(b"+00aabcdef", |_| {
+            seen += 1;
+            true
+        });
+        assert_eq!((read, seen), (Err(NotPktLines), 0));
+    }
 }

@@ -609,4 +609,140 @@ mod tests {
         assert_eq!(t.record_failure(ip(1), 8, 70_001), None);
         assert!(t.record_failure(ip(1), 9, 70_002).is_some());
     }
+
+    /// A window longer than the hour cap is still the first back-off, and no later one is
+    /// shorter: the cap never cuts a block below the window.
+    #[test]
+    fn a_window_longer_than_the_cap_is_the_back_off() {
+        let long = Policy {
+            max: 3,
+            window_ms: 2 * MAX_BACKOFF_MS,
+        };
+        for strike in [1, 2, 5] {
+            assert_eq!(
+                long.backoff_ms(strike),
+                2 * MAX_BACKOFF_MS,
+                "strike {strike}"
+            );
+        }
+    }
+
+    /// However many blocks an address has run into, the back-off is the cap: never an
+    /// overflow, never a back-off that is negative or shorter.
+    #[test]
+    fn the_back_off_stays_at_the_cap_for_any_strike() {
+        for strike in [31, 32, 63, 64, 65, 1000, u32::MAX] {
+            assert_eq!(P.backoff_ms(strike), MAX_BACKOFF_MS, "strike {strike}");
+        }
+    }
+
+    /// An address is forgotten once it has been quiet for exactly its back-off, not a
+    /// millisecond later: its next block is a first one again.
+    #[test]
+    fn quiet_for_exactly_the_back_off_starts_over() {
+        let t = Throttle::new(P);
+        for i in 0..3 {
+            fail(&t, ip(1), i);
+        }
+        // Blocked until 60_002; quiet from then for one back-off of 60 s.
+        let later = 60_002 + 60_000;
+        for i in 0..2 {
+            assert_eq!(fail(&t, ip(1), later + i), None);
+        }
+        assert_eq!(fail(&t, ip(1), later + 2).map(|b| b.strike), Some(1));
+    }
+
+    /// A sweep does not forget an address whose failures still count: with or without one in
+    /// between, the same failures block.
+    #[test]
+    fn a_sweep_keeps_an_address_whose_failures_still_count() {
+        for sweep in [false, true] {
+            let t = Throttle::new(P);
+            assert_eq!(fail(&t, ip(1), 30_000), None);
+            assert_eq!(fail(&t, ip(1), 30_001), None);
+            // A whole back-off after the last failure, but the first still counts (steps 16
+            // and 48: 32 steps apart, fewer than the 33 counted).
+            if sweep {
+                assert_eq!(t.sweep(90_002).forgotten, 0);
+            }
+            assert!(fail(&t, ip(1), 90_002).is_some(), "sweep: {sweep}");
+        }
+    }
+
+    /// A failure from more than the counted steps ago does not count, also when newer failures
+    /// came in between (its slot in the ring is reused, and must be emptied first).
+    #[test]
+    fn a_failure_older_than_the_counted_steps_does_not_count() {
+        let t = Throttle::new(P);
+        // Steps 0, 16 and 33 (of 1,875 ms): the first is out of the 33 steps counted.
+        assert_eq!(fail(&t, ip(1), 0), None);
+        assert_eq!(fail(&t, ip(1), 30_000), None);
+        assert_eq!(fail(&t, ip(1), 62_000), None);
+        assert_eq!(t.check(ip(1), 62_000), Ok(()));
+    }
+
+    /// A failure recorded while the address is blocked (its request passed the check just
+    /// before the block began) neither counts nor lengthens the block.
+    #[test]
+    fn failures_while_blocked_do_not_count() {
+        let t = Throttle::new(P);
+        for i in 0..3 {
+            fail(&t, ip(1), i);
+        }
+        // Blocked until 60_002.
+        for i in 0..6 {
+            assert_eq!(fail(&t, ip(1), 10 + i), None);
+        }
+        assert_eq!(t.check(ip(1), 60_001), Err(1));
+        assert_eq!(t.check(ip(1), 60_002), Ok(()));
+        // And the failures made during the block are not waiting to block again.
+        assert_eq!(fail(&t, ip(1), 60_002), None);
+        assert_eq!(t.check(ip(1), 60_003), Ok(()));
+    }
+
+    /// A block ends at its millisecond, also while another address's block, running longer,
+    /// keeps the check from taking its shortcut.
+    #[test]
+    fn a_block_ends_at_its_end_while_a_longer_one_holds() {
+        let t = Throttle::new(P);
+        for i in 0..3 {
+            fail(&t, ip(1), i);
+        }
+        for i in 0..3 {
+            fail(&t, ip(2), 1_000 + i);
+        }
+        // ip(1) until 60_002, ip(2) until 61_002.
+        assert_eq!(t.check(ip(1), 60_001), Err(1));
+        assert_eq!(t.check(ip(1), 60_002), Ok(()));
+        assert!(t.check(ip(2), 60_002).is_err());
+    }
+
+    /// `Retry-After` is rounded up: a client that waits what it is told finds its block over,
+    /// never one that asks again too early and is refused again.
+    #[test]
+    fn retry_after_never_ends_before_the_block() {
+        let t = Throttle::new(P);
+        for i in 0..3 {
+            fail(&t, ip(1), i);
+        }
+        // Blocked until 60_002.
+        for now in [2, 1_000, 1_500, 30_001, 59_003, 60_001] {
+            let Err(secs) = t.check(ip(1), now) else {
+                panic!("not blocked at {now}");
+            };
+            let back = now + secs as i64 * 1000;
+            assert!(back >= 60_002, "at {now}: told {secs} s");
+            assert_eq!(t.check(ip(1), back), Ok(()), "at {now}");
+        }
+    }
+
+    /// The same credentials a whole window after they were last tried are a new guess: the
+    /// window is half-open.
+    #[test]
+    fn the_same_credentials_exactly_a_window_later_count_again() {
+        let t = Throttle::new(P);
+        assert_eq!(t.record_failure(ip(1), 7, 0), None);
+        assert_eq!(t.record_failure(ip(1), 7, 60_000), None);
+        assert!(t.record_failure(ip(1), 8, 60_001).is_some());
+    }
 }
