@@ -187,9 +187,10 @@ pub fn bare_secret_in(bytes: &[u8]) -> bool {
         }
         for at in 0..=run.len() - BARE_LEN {
             let candidate = &run[at..at + BARE_LEN];
-            let shaped = candidate[..ID_LEN].iter().copied().all(is_base32)
-                && candidate[ID_LEN] == b'_'
-                && candidate[ID_LEN + 1 + BODY_LEN] == b'_';
+            // The second separator is not asked for: the checksum does not cover it, so with it
+            // changed the rest is the whole secret still, one character from working.
+            let shaped =
+                candidate[..ID_LEN].iter().copied().all(is_base32) && candidate[ID_LEN] == b'_';
             if !shaped {
                 continue;
             }
@@ -557,5 +558,46 @@ mod tests {
             ));
             assert_eq!(parse(&s), None, "{s}");
         }
+    }
+
+    /// A bare secret whose second separator was changed is found all the same: `parse` refuses
+    /// it, but the checksum does not cover that separator, so the rest is the whole secret,
+    /// one character from working, and kept out of logs as the secret is. The first separator
+    /// is covered: changed, the checksum no longer matches.
+    #[test]
+    fn a_bare_secret_with_its_second_separator_changed_is_found_still() {
+        let mut changed = generate().unwrap().secret.expose().as_bytes().to_vec();
+        changed[BODY_END] = b'-';
+        assert_eq!(parse(std::str::from_utf8(&changed).unwrap()), None);
+        assert!(bare_secret_in(&changed[PREFIX.len()..]));
+        let mut first = generate().unwrap().secret.expose().as_bytes().to_vec();
+        first[PREFIX.len() + ID_LEN] = b'-';
+        assert!(!bare_secret_in(&first[PREFIX.len()..]));
+    }
+
+    /// A password that happens to have a token's length, with two of the places a token's
+    /// shape fixes wrong, reads as a password, not as a token with one character mistyped.
+    #[test]
+    fn two_wrong_fixed_places_at_a_tokens_length_are_no_typo() {
+        let password = format!(
+            "ggxx{}_{}_{}",
+            "a".repeat(ID_LEN),
+            "a".repeat(BODY_LEN),
+            "a".repeat(CHECKSUM_LEN)
+        );
+        assert_eq!(password.len(), SECRET_LEN);
+        assert_eq!(NotAToken::of(&password), NotAToken::Password);
+    }
+
+    /// A new id draws on the whole base32 alphabet (5 random bits a character), not on a part
+    /// of it.
+    #[test]
+    fn new_ids_use_the_whole_alphabet() {
+        let mut seen = std::collections::BTreeSet::new();
+        // 1,200 characters: the chance that one of 32 never shows up is below 10^-15.
+        for _ in 0..100 {
+            seen.extend(new_id().unwrap().as_str().bytes());
+        }
+        assert_eq!(seen.len(), BASE32.len(), "{seen:?}");
     }
 }
