@@ -59,4 +59,16 @@ mod tests {
         assert!(e.contains("choose another password"), "{e}");
         assert!(!e.contains(token.secret.expose()));
     }
+
+    /// Every hash gets a salt of 16 random bytes (22 characters of unpadded base64 in the PHC
+    /// string), the size the argon2 specification recommends: a shorter one makes precomputed
+    /// tables over common passwords cheaper.
+    #[test]
+    fn a_hash_carries_a_sixteen_byte_salt() {
+        let h = hash("correct horse").unwrap();
+        let parsed = PasswordHash::new(&h).unwrap();
+        let mut buf = [0u8; 64];
+        let salt = parsed.salt.expect("a salt").decode_b64(&mut buf).unwrap();
+        assert_eq!(salt.len(), 16);
+    }
 }

@@ -1070,6 +1070,20 @@ mod tests {
         assert!(fresh.token.revoked_at.is_some());
     }
 
+    /// After a writer's commit that another connection's commit came with, the cache starts
+    /// over and then fills again: lookups are not left unsure (reading the store every time)
+    /// until the writer's next commit.
+    #[test]
+    fn after_a_writers_commit_that_was_not_alone_the_cache_fills_again() {
+        let (_dir, server, cli) = cached_in_a_fresh_store();
+        bookkeeping(&server, &|| {
+            cli.revoke_token("abcdefghijkl", &actor()).unwrap();
+        });
+        let fresh = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+        assert!(fresh.token.revoked_at.is_some());
+        assert!(is_hit(&server), "the cache never filled again");
+    }
+
     /// A miss read before a commit and put after a newer one was kept: dropped, and what is
     /// newer stays.
     #[test]
@@ -1085,6 +1099,103 @@ mod tests {
         assert_eq!(state.unknown.len(), 1);
         assert!(state.at(4));
         assert!(state.unknown.is_empty());
+    }
+
+    /// A lookup during the writer's commit, in a cache that has kept nothing yet: what it read
+    /// is not kept at the unsure version, so a revocation committed by another connection in
+    /// the same gap is seen by the next lookup there, not answered from the first one's read.
+    #[test]
+    fn a_read_during_the_writers_commit_is_not_kept_even_by_an_empty_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let (server, cli) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+        alice_with_a_token(&cli);
+        // The header is seen, and nothing is kept.
+        assert!(matches!(
+            server.cached_auth_record("abcdefghijkl").unwrap(),
+            CacheLookup::Miss(_)
+        ));
+        bookkeeping(&server, &|| {
+            let read = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+            assert!(read.token.revoked_at.is_none());
+            cli.revoke_token("abcdefghijkl", &actor()).unwrap();
+            let read = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+            assert!(
+                read.token.revoked_at.is_some(),
+                "a revocation in the gap was answered from the read before it"
+            );
+        });
+        let fresh = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+        assert!(fresh.token.revoked_at.is_some());
+    }
+
+    /// A commit drops every entry, not only those read again: a revoked token is seen as
+    /// revoked even when another token's lookup refilled the cache first.
+    #[test]
+    fn a_revocation_is_seen_after_another_tokens_lookup_refilled_the_cache() {
+        let (_dir, server, cli) = cached_in_a_fresh_store();
+        cli.insert_token(&personal_token("mnopqrstuvwx", "ci", "alice"), &actor())
+            .unwrap();
+        server.auth_record_cached("mnopqrstuvwx").unwrap().unwrap();
+        cached_and_hit(&server);
+        cli.revoke_token("abcdefghijkl", &actor()).unwrap();
+        // The other token first: read at the new version.
+        server.auth_record_cached("mnopqrstuvwx").unwrap().unwrap();
+        let after = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+        assert!(
+            after.token.revoked_at.is_some(),
+            "the revoked token was answered from before its revocation"
+        );
+    }
+
+    /// At most [`super::MAX_UNKNOWN`] unknown ids are remembered: the set starts over once it
+    /// holds that many, so a flood of made-up ids cannot grow memory past the cap.
+    #[test]
+    fn the_unknown_ids_start_over_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = super::AuthCache::new(
+            rusqlite::Connection::open_in_memory().unwrap(),
+            &dir.path().join("t.db"),
+        );
+        for i in 0..super::MAX_UNKNOWN {
+            cache.put_unknown(&format!("id{i}"), 0);
+        }
+        assert_eq!(
+            cache.state.read().unwrap().unknown.len(),
+            super::MAX_UNKNOWN
+        );
+        cache.put_unknown("one-more", 0);
+        let state = cache.state.read().unwrap();
+        assert_eq!(state.unknown.len(), 1, "the set did not start over");
+        assert!(state.unknown.contains("one-more"));
+    }
+
+    /// At most [`super::MAX_ENTRIES`] records are kept: the cache starts over once it holds
+    /// that many.
+    #[test]
+    fn the_entries_start_over_at_the_cap() {
+        let (dir, server, _cli) = cached_in_a_fresh_store();
+        let record = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+        let cache = super::AuthCache::new(
+            rusqlite::Connection::open_in_memory().unwrap(),
+            &dir.path().join("other.db"),
+        );
+        let with_id = |id: String| {
+            let mut r = (*record).clone();
+            r.token.id = id;
+            std::sync::Arc::new(r)
+        };
+        for i in 0..super::MAX_ENTRIES {
+            cache.put(with_id(format!("id{i}")), 0);
+        }
+        assert_eq!(
+            cache.state.read().unwrap().entries.len(),
+            super::MAX_ENTRIES
+        );
+        cache.put(with_id("one-more".into()), 0);
+        let state = cache.state.read().unwrap();
+        assert_eq!(state.entries.len(), 1, "the cache did not start over");
+        assert!(state.entries.contains_key("one-more"));
     }
 
     /// A store configured through a symbolic link: SQLite keeps its write-ahead log and index

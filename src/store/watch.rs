@@ -519,6 +519,39 @@ mod tests {
         assert!(settles(&watch));
     }
 
+    /// A call made while a recording check runs never skips, however often it is tried: one
+    /// try alone can miss a skip, when other tests' files in `/tmp` happen to leave events
+    /// queued.
+    #[test]
+    fn a_call_during_a_recording_check_never_skips() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = watching(dir.path());
+        for _ in 0..50 {
+            assert!(settles(&watch));
+            let skipped = watch.full_check(|| Ok::<_, ()>(watch.quiet())).unwrap();
+            assert!(!skipped, "skipped while a check was under way");
+        }
+    }
+
+    /// A check that failed while a recording check ran (a failure no event announced: a mount,
+    /// a folder made unreadable) keeps that one from recording a pass: the next call checks
+    /// again.
+    #[test]
+    fn a_failure_during_a_recording_check_keeps_the_next_call_checking() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = watching(dir.path());
+        for _ in 0..50 {
+            assert!(settles(&watch));
+            watch
+                .full_check(|| {
+                    assert!(watch.full_check(|| Err::<(), _>(())).is_err());
+                    Ok::<_, ()>(())
+                })
+                .unwrap();
+            assert!(!watch.quiet(), "a pass recorded over a failure");
+        }
+    }
+
     #[test]
     fn a_folder_that_cannot_be_watched_gives_no_watch() {
         let dir = tempfile::tempdir().unwrap();

@@ -1712,4 +1712,173 @@ mod tests {
             assert_eq!(n, 1, "{target} {detail} {source}");
         }
     }
+
+    /// The first event of a window wakes the writer: each is stored about a window later, not
+    /// at the writer's next look of its own (once a second).
+    #[test]
+    fn the_first_event_of_a_window_wakes_the_writer() {
+        let (_dir, store) = temp_store();
+        let stored = |target: &str| {
+            store
+                .audit_events(None, 100)
+                .unwrap()
+                .iter()
+                .any(|e| e.target == target)
+        };
+        let wait_for = |target: &str| {
+            let start = Instant::now();
+            while !stored(target) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{target} never stored"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        // The writer thread started, and waiting.
+        store.record_event_later(("test", "local"), "auth.failed", "warm-up", "bad");
+        wait_for("warm-up");
+        let start = Instant::now();
+        for i in 0..10 {
+            let target = format!("t{i}");
+            store.record_event_later(("test", "local"), "auth.failed", &target, "bad");
+            wait_for(&target);
+        }
+        // About 10 windows of 100 ms; without the wake-up, about 10 s (a bound far from both,
+        // for a machine busy with the other tests).
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "{:?} for 10 events one after the other",
+            start.elapsed()
+        );
+    }
+
+    /// An event for the tests below: a failed authentication naming `target`, at `at`.
+    fn failure(at: i64, target: &str) -> super::EventRef<'_> {
+        super::EventRef {
+            at,
+            name: "test",
+            source: "local",
+            action: "auth.failed",
+            target,
+            detail: "bad",
+        }
+    }
+
+    /// A repeat folded in from another thread's window keeps the event's latest time, whichever
+    /// window is folded first: the row's `last_at` says when the flood last struck.
+    #[test]
+    fn a_folded_repeat_keeps_the_latest_time_whatever_the_order() {
+        let mut later = super::Batch::default();
+        later.add(&failure(50, "tok"));
+        let mut earlier = super::Batch::default();
+        earlier.add(&failure(40, "tok"));
+        later.absorb(earlier);
+        let repeats = &later.events[0].1;
+        assert_eq!((repeats.count, repeats.last), (2, 50));
+    }
+
+    /// Events dropped in one thread's window are still counted once the windows are folded
+    /// together, so that the `audit.dropped` row says how many were lost.
+    #[test]
+    fn events_dropped_in_a_threads_window_are_still_counted_when_folded() {
+        let pending = std::sync::Arc::new(super::Pending::default());
+        let p = pending.clone();
+        std::thread::spawn(move || {
+            let own = p.own_batch();
+            let mut own = own.lock().unwrap();
+            for i in 0..super::DISTINCT + 3 {
+                own.events.add(&failure(i as i64, &format!("t{i}")));
+            }
+        })
+        .join()
+        .unwrap();
+        let (batch, _, _) = pending.take(true);
+        assert_eq!(batch.events.len(), super::DISTINCT);
+        assert_eq!(batch.dropped, 3, "the drops were lost in the fold");
+    }
+
+    /// With no last use waiting, a window taken before last uses are due does not say that
+    /// some are left: the writer would otherwise come back every window for nothing.
+    #[test]
+    fn no_last_use_waiting_is_not_reported_as_left() {
+        let pending = std::sync::Arc::new(super::Pending::default());
+        pending
+            .own_batch()
+            .lock()
+            .unwrap()
+            .events
+            .add(&failure(1, "tok"));
+        let (batch, _, left) = pending.take(false);
+        assert_eq!(batch.total, 1);
+        assert!(!left, "nothing was waiting");
+    }
+
+    /// A window that keeps failing (not for a lock) is held for exactly [`ATTEMPTS`] tries: held
+    /// back after each of the first four, given up (logged as lost) at the fifth, and the count
+    /// of failures in a row starts over.
+    #[test]
+    fn a_failing_window_is_given_up_at_exactly_the_last_attempt() {
+        let pending = super::Pending::default();
+        let error = crate::store::StoreError::Invalid("disk full".into());
+        let mut batch = super::Batch::default();
+        batch.add(&failure(1, "eve"));
+        for attempt in 1..ATTEMPTS {
+            super::failed(&pending, &error, batch, super::LastUses::default());
+            assert_eq!(
+                pending.failures.load(std::sync::atomic::Ordering::Relaxed),
+                attempt
+            );
+            batch = std::mem::take(&mut pending.held_back.lock().unwrap().events);
+            assert_eq!(batch.total, 1, "not held for try {}", attempt + 1);
+        }
+        let log = logged(|| super::failed(&pending, &error, batch, super::LastUses::default()));
+        assert!(
+            log.contains("only logged"),
+            "not given up at the last try: {log}"
+        );
+        assert!(pending.held_back.lock().unwrap().events.is_empty());
+        assert_eq!(
+            pending.failures.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
+
+    /// Last uses given up are counted as lost side effects too, not only audit events.
+    #[test]
+    fn last_uses_given_up_are_counted_as_failed_side_effects() {
+        let counted = crate::metrics::METRICS.side_effect_failures();
+        let mut uses = super::LastUses::default();
+        for i in 0..1000 {
+            uses.note(&format!("t{i}"), used(1, "192.0.2.1"));
+        }
+        let error = crate::store::StoreError::Invalid("disk full".into());
+        super::give_up(&error, &super::Batch::default(), &uses);
+        // The count is the whole process's: other tests only add to it.
+        assert!(crate::metrics::METRICS.side_effect_failures() >= counted + 1000);
+    }
+
+    /// A single event dropped from a window is still said in an `audit.dropped` row.
+    #[test]
+    fn one_dropped_event_is_still_recorded_as_dropped() {
+        let (_dir, store) = temp_store();
+        let mut batch = super::Batch::default();
+        for i in 0..super::DISTINCT + 1 {
+            batch.add(&failure(i as i64, &format!("t{i}")));
+        }
+        assert_eq!(batch.dropped, 1);
+        super::write(&store, &batch, &super::LastUses::default()).unwrap();
+        let dropped: Vec<_> = store
+            .audit_events(None, 100_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "audit.dropped")
+            .collect();
+        assert_eq!(dropped.len(), 1, "the lost event is not said");
+        assert!(
+            dropped[0].detail.starts_with("1 more events"),
+            "{}",
+            dropped[0].detail
+        );
+    }
 }
