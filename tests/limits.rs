@@ -245,6 +245,16 @@ fn cuts(g: &Server, reason: &str) -> u64 {
         .unwrap()
 }
 
+/// Waits until `g` has counted at least `n` cuts for `reason` (5 s at most): a cut is counted
+/// once its connection's task has closed it, so a client can see the close a moment before the
+/// count moves. The callers then check the exact counts.
+fn wait_for_cuts(g: &Server, reason: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cuts(g, reason) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Connections closed by gitgate's own timeouts are logged at debug level only: /metrics
 /// counts them by reason, so that a slow-header flood or a scan shows.
 #[test]
@@ -270,6 +280,7 @@ fn connections_cut_by_timeouts_are_counted_by_reason() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     read_until_closed(&mut polite);
+    wait_for_cuts(&g, "no-request", 2);
     assert_eq!(
         (
             cuts(&g, "no-request"),
@@ -287,6 +298,7 @@ fn connections_cut_by_timeouts_are_counted_by_reason() {
     let mut idle = connect(i.port);
     idle.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
     read_until_closed(&mut idle);
+    wait_for_cuts(&i, "idle", 1);
     assert_eq!((cuts(&i, "idle"), cuts(&i, "no-request")), (1, 0));
 
     // Over TLS: plain HTTP to the TLS port, and a client that never starts its handshake.
@@ -316,6 +328,7 @@ fn connections_cut_by_timeouts_are_counted_by_reason() {
     let mut silent = connect(t.port);
     let (_, took) = read_until_closed(&mut silent);
     assert!(took < Duration::from_millis(1900), "{took:?}");
+    wait_for_cuts(&t, "tls-handshake", 2);
     assert_eq!(cuts(&t, "tls-handshake"), 2);
     assert_eq!(cuts(&t, "no-request"), 0);
 }
