@@ -1082,14 +1082,11 @@ fn an_api_request_body_that_trickles_is_cut_off_at_the_header_deadline() {
     assert!(took < Duration::from_secs(4), "answered after {took:?}");
 }
 
-#[test]
-fn password_checks_run_a_few_at_a_time_and_the_rest_are_told_to_retry() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = start(dir.path(), &cgi_config(dir.path(), ""));
-    let port = g.port;
-    let n = 40;
+/// `n` REST API logins with wrong passwords, sent at once from `n` connections, user names
+/// `nobody0` to `nobody{n-1}`: each one's whole answer, in that order.
+fn wrong_logins_at_once(port: u16, n: usize) -> Vec<String> {
     let start = std::sync::Arc::new(std::sync::Barrier::new(n));
-    let answers: Vec<String> = (0..n)
+    (0..n)
         .map(|i| {
             let start = start.clone();
             std::thread::spawn(move || {
@@ -1111,7 +1108,15 @@ fn password_checks_run_a_few_at_a_time_and_the_rest_are_told_to_retry() {
         .collect::<Vec<_>>()
         .into_iter()
         .map(|t| t.join().unwrap())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn password_checks_run_a_few_at_a_time_and_the_rest_are_told_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &cgi_config(dir.path(), ""));
+    let port = g.port;
+    let answers = wrong_logins_at_once(port, 40);
     let status = |a: &String| a.get(9..12).unwrap_or("").to_string();
     let busy: Vec<&String> = answers.iter().filter(|a| status(a) == "503").collect();
     assert!(
@@ -1151,30 +1156,9 @@ fn a_login_told_to_retry_was_not_checked_and_counts_for_nothing() {
     let mut g = start(dir.path(), &config);
     let port = g.port;
     let n = 40;
-    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
-    let statuses: Vec<String> = (0..n)
-        .map(|i| {
-            let start = start.clone();
-            std::thread::spawn(move || {
-                let auth = base64::engine::general_purpose::STANDARD
-                    .encode(format!("nobody{i}:wrong-password"));
-                let mut s = connect(port);
-                start.wait();
-                s.write_all(
-                    format!(
-                        "GET {API_USERS} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
-                         Connection: close\r\n\r\n"
-                    )
-                    .as_bytes(),
-                )
-                .unwrap();
-                let answer = read_until_closed(&mut s).0;
-                answer.get(9..12).unwrap_or("").to_string()
-            })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|t| t.join().unwrap())
+    let statuses: Vec<String> = wrong_logins_at_once(port, n)
+        .iter()
+        .map(|answer| answer.get(9..12).unwrap_or("").to_string())
         .collect();
     let answered = |status: &str| -> std::collections::BTreeSet<String> {
         (0..n)

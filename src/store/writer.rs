@@ -1561,16 +1561,6 @@ mod tests {
     #[test]
     fn windows_of_several_threads_fold_into_one_in_time_order() {
         let pending = std::sync::Arc::new(super::Pending::default());
-        fn event(at: i64, target: &str) -> super::EventRef<'_> {
-            super::EventRef {
-                at,
-                name: "test",
-                source: "local",
-                action: "auth.failed",
-                target,
-                detail: "bad",
-            }
-        }
         // Plain threads, joined: a join returns once the thread has ended, its thread-locals
         // dropped (a scoped thread's may still be running their destructors).
         let threads: Vec<_> = (0..2i64)
@@ -1579,12 +1569,12 @@ mod tests {
                 std::thread::spawn(move || {
                     let own = pending.own_batch();
                     for i in 0..100 {
-                        own.lock().unwrap().events.add(&event(10 + i, "same"));
+                        own.lock().unwrap().events.add(&failure(10 + i, "same"));
                     }
                     own.lock()
                         .unwrap()
                         .events
-                        .add(&event(5 - t, &format!("only-{t}")));
+                        .add(&failure(5 - t, &format!("only-{t}")));
                 })
             })
             .collect();
