@@ -3,7 +3,9 @@
 //! Parsers return errors rather than panic, but a bug is still possible. Two nets catch it:
 //! - [`CatchPanic`] wraps each request's service future: a panic while deciding or forwarding a
 //!   request becomes a `500` for that request alone (the connection and the process live on).
-//!   A panic later, while hyper streams a body, is caught by tokio at the connection task.
+//!   A panic later, while hyper streams a body, is caught by tokio at the task that polls it:
+//!   the connection's over HTTP/1.1, which ends without the chunked body's end (git sees a cut
+//!   answer, never a whole one), and the stream's own over HTTP/2, which ends that stream alone.
 //! - [`install_hook`] routes every panic message, wherever it happens, through `tracing`, so it
 //!   lands in the same log as the requests, with its location.
 
