@@ -411,4 +411,87 @@ mod tests {
         assert!(body.frame().await.unwrap().unwrap().is_trailers());
         assert_eq!(ends.get(), 1);
     }
+
+    /// A full batch goes out as soon as it is full: `BATCH_FRAMES` frames ready are released
+    /// at once, without waiting for a frame more.
+    #[test]
+    fn exactly_a_full_batch_is_released_without_waiting() {
+        let mut script: VecDeque<_> = (0..BATCH_FRAMES).map(|_| Some(1)).collect();
+        script.push_back(None);
+        let (seen, woke) = drive(Scripted(script));
+        let mut expected = vec![Some(1); BATCH_FRAMES];
+        expected.push(None);
+        assert_eq!(seen, expected);
+        assert_eq!(woke, 0, "a full batch waited");
+    }
+
+    /// A body that yields its frames and errors in turn, then the end.
+    struct Failing(VecDeque<Result<Frame<Bytes>, std::io::Error>>);
+
+    impl Body for Failing {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(self.0.pop_front())
+        }
+    }
+
+    /// A body that fails after frames hands the frames on, then gives hyper one round to
+    /// write them, then the error; and it never says it is at its end before the error (hyper
+    /// would end the answer cleanly, as if complete, and never see the failure).
+    #[test]
+    fn an_error_comes_after_the_frames_before_it_had_a_round_and_is_never_an_end() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut body = Batched::new(Failing(VecDeque::from([
+            Ok(Frame::data(Bytes::from_static(b"pack"))),
+            Err(std::io::Error::other("upstream reset")),
+        ])));
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(f))) => assert_eq!(f.into_data().unwrap(), "pack"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!body.is_end_stream(), "at its end with an error to come");
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert_eq!(
+            count.0.load(Ordering::Relaxed),
+            1,
+            "the round is a self-wake"
+        );
+        assert!(!body.is_end_stream(), "at its end with an error to come");
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(Some(Err(_)))
+        ));
+    }
+
+    /// A poll that finds nothing is shown as a wait (the upload then waits for its client),
+    /// and the frame that comes after as a frame.
+    #[test]
+    fn a_poll_that_finds_nothing_is_seen_as_waiting() {
+        let mut seen = Vec::new();
+        let mut body = Observed::new(
+            Scripted([None, Some(3)].into_iter().collect()),
+            |s: Seen<'_, std::io::Error>| {
+                seen.push(match s {
+                    Seen::Frame(_) => "frame",
+                    Seen::Error(_) => "error",
+                    Seen::End => "end",
+                    Seen::Waiting => "waiting",
+                })
+            },
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        drop(body);
+        assert_eq!(seen, ["waiting", "frame", "end"]);
+    }
 }

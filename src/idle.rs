@@ -922,4 +922,215 @@ mod tests {
         drop(body);
         assert_eq!(waiting(), 0);
     }
+
+    /// How long ago, in milliseconds, a clock of `activity` was last moved.
+    fn since(activity: &Activity, clock: &AtomicU64) -> u64 {
+        activity
+            .now_ms()
+            .saturating_sub(clock.load(Ordering::Acquire))
+    }
+
+    /// While an answer is on its way out, the connection does not wait for a request, however
+    /// long the answer takes; once it has ended, it does, from its end.
+    #[test]
+    fn an_answer_on_its_way_out_holds_the_wait_for_a_request_until_it_ends() {
+        let activity = Activity::new();
+        let body = OpenBody::new(
+            crate::gate::text(hyper::StatusCode::OK, "x").into_body(),
+            activity.request_opened(),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(activity.waiting_for_request(), Duration::ZERO);
+        drop(body);
+        assert!(
+            activity.nothing_in_flight(),
+            "an ended answer is still in flight"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let waited = activity.waiting_for_request();
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    }
+
+    /// A request that stops waiting (answered or dropped) moves the answer clock: the wait for
+    /// the next request counts from then, not from the connection's start.
+    #[test]
+    fn the_wait_for_a_request_counts_from_when_the_last_one_stopped_waiting() {
+        let activity = Activity::new();
+        let request = activity.request_opened();
+        std::thread::sleep(Duration::from_millis(300));
+        drop(request);
+        let waited = activity.waiting_for_request();
+        assert!(waited < Duration::from_millis(100), "{waited:?}");
+    }
+
+    /// Each frame an answer yields moves the answer clock: an answer still streaming is an
+    /// exchange moving.
+    #[test]
+    fn each_frame_of_an_answer_moves_the_answer_clock() {
+        let activity = Activity::new();
+        let mut body = OpenBody::new(
+            crate::gate::text(hyper::StatusCode::OK, "x").into_body(),
+            activity.request_opened(),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let polled =
+            Pin::new(&mut body).poll_frame(&mut Context::from_waker(std::task::Waker::noop()));
+        assert!(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        let ago = since(&activity, &activity.0.last_answer_ms);
+        assert!(ago < 100, "the answer clock was last moved {ago} ms ago");
+        drop(body);
+    }
+
+    /// Only a read that brings bytes moves the byte clock; one that finds the end of the stream
+    /// does not.
+    #[tokio::test]
+    async fn a_read_that_brings_nothing_is_no_byte_moved() {
+        use tokio::io::AsyncReadExt;
+        let activity = Activity::new();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut buf = [0u8; 16];
+        let mut empty = ActivityIo::new(tokio::io::empty(), activity.clone());
+        assert_eq!(empty.read(&mut buf).await.unwrap(), 0);
+        let since_end = since(&activity, &activity.0.last_byte_ms);
+        assert!(
+            since_end >= 200,
+            "the byte clock moved at the end: {since_end} ms ago"
+        );
+        let mut one = ActivityIo::new(&b"x"[..], activity.clone());
+        assert_eq!(one.read(&mut buf).await.unwrap(), 1);
+        let since_byte = since(&activity, &activity.0.last_byte_ms);
+        assert!(since_byte < 100, "{since_byte} ms");
+    }
+
+    /// Once ended, an [`EndableIo`] reads the end of the stream, even with bytes there to
+    /// read.
+    #[tokio::test]
+    async fn an_ended_stream_reads_its_end_whatever_is_there() {
+        use tokio::io::AsyncReadExt;
+        let ending = Ending::default();
+        let mut io = EndableIo::new(&b"GET / HTTP/1.1\r\n"[..], ending.clone());
+        ending.end();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+    }
+
+    /// A read left waiting on the socket is woken when the stream is ended, and then reads its
+    /// end: the connection closes itself without waiting for the client.
+    #[tokio::test]
+    async fn a_read_waiting_when_the_stream_is_ended_is_woken_and_sees_the_end() {
+        struct Woken(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Woken {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let (_client, server) = tokio::io::duplex(64);
+        let ending = Ending::default();
+        let mut io = EndableIo::new(server, ending.clone());
+        let woken = Arc::new(Woken(std::sync::atomic::AtomicBool::new(false)));
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut storage = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut storage);
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_pending());
+        ending.end();
+        assert!(
+            woken.0.load(Ordering::SeqCst),
+            "the waiting read was not woken"
+        );
+        assert!(matches!(
+            Pin::new(&mut io).poll_read(&mut cx, &mut buf),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(buf.filled().is_empty());
+    }
+
+    /// A connected pair of TCP sockets: (gitgate's side, the client's).
+    fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (server, client)
+    }
+
+    /// What an HTTP/2 client acknowledges does not show that it reads (it acknowledges PINGs
+    /// and SETTINGS as well): only an HTTP/1 connection's count is looked at, and only while a
+    /// request is in flight.
+    #[test]
+    fn acknowledgements_count_only_for_an_http1_answer_in_flight() {
+        use std::os::fd::AsRawFd;
+        let (server, _client) = socket_pair();
+        let activity = Activity::new();
+        activity.watch_socket(server.as_raw_fd());
+        assert_eq!(
+            activity.bytes_acked_of_an_answer(),
+            None,
+            "nothing in flight"
+        );
+        let request = activity.request_opened();
+        assert!(
+            activity.bytes_acked_of_an_answer().is_some(),
+            "HTTP/1 in flight"
+        );
+        activity.speaks_http2();
+        assert_eq!(activity.bytes_acked_of_an_answer(), None, "HTTP/2");
+        drop(request);
+    }
+
+    /// A connection about to be closed for idling whose send queue shrinks within the probe
+    /// still has a client reading, even when no acknowledgement count is looked at (HTTP/2, or
+    /// nothing in flight); one with nothing queued has none.
+    #[tokio::test]
+    async fn a_send_queue_that_shrinks_shows_a_client_still_reading() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let (mut server, mut client) = socket_pair();
+        let activity = Activity::new();
+        activity.watch_socket(server.as_raw_fd());
+        let never = std::pin::pin!(std::future::pending::<()>());
+        assert!(matches!(still_reading(never, &activity).await, Ok(false)));
+        server.set_nonblocking(true).unwrap();
+        let chunk = [7u8; 64 * 1024];
+        while server.write(&chunk).is_ok() {}
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(activity.send_queue() > 0);
+        let reader = std::thread::spawn(move || {
+            // Well within the probe's second.
+            std::thread::sleep(Duration::from_millis(200));
+            let mut buf = vec![0u8; 1024 * 1024];
+            let mut read = 0;
+            while read < buf.len() {
+                read += client.read(&mut buf[read..]).unwrap();
+            }
+            client
+        });
+        let never = std::pin::pin!(std::future::pending::<()>());
+        assert!(matches!(still_reading(never, &activity).await, Ok(true)));
+        drop(reader.join().unwrap());
+    }
+
+    /// Once the server drains, a connection that has already waited a second or more for a
+    /// request is closed at once, not a second after the drain began.
+    #[tokio::test]
+    async fn a_drain_closes_a_connection_long_without_a_request_at_once() {
+        let activity = Activity::new();
+        tokio::time::sleep(DRAINED_WITHIN * 3 / 2).await;
+        let (_stop, draining) = tokio::sync::watch::channel(true);
+        let began = std::time::Instant::now();
+        let closed = until_idle_or_drained(
+            std::future::pending::<()>(),
+            &activity,
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+            Some(draining),
+            None,
+        )
+        .await;
+        assert_eq!(closed, Closed::NoRequest);
+        assert!(
+            began.elapsed() < DRAINED_WITHIN / 3,
+            "closed after {:?}",
+            began.elapsed()
+        );
+    }
 }

@@ -324,4 +324,21 @@ mod tests {
         drop(Lingering::new(Version::HTTP_2, body));
         assert!(tx.send(frame()).await.is_err(), "an HTTP/2 body was kept");
     }
+
+    /// A body that reaches the limit exactly has been read as far as it may be: it is held
+    /// unread from then on, not read on while a frame more comes.
+    #[tokio::test]
+    async fn a_body_that_reaches_the_limit_exactly_is_read_no_further() {
+        let (tx, body) = channel();
+        for _ in 0..2 {
+            tx.send(Ok(Frame::data(Bytes::from_static(b"pack"))))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            drain(body, Duration::from_millis(200), 8).await,
+            Drained::TooLong(8)
+        );
+        drop(tx);
+    }
 }

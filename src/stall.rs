@@ -262,4 +262,40 @@ mod tests {
         drop(w);
         assert!(dropped.load(Ordering::SeqCst));
     }
+
+    /// An answer whose backend was let go never says it is at its end: hyper would end the
+    /// stream cleanly, and the client take a cut-off answer for a whole one.
+    #[tokio::test]
+    async fn a_body_let_go_is_not_at_its_end() {
+        let (body, dropped, _) = flagged();
+        let mut w = watched(body, Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(dropped.load(Ordering::SeqCst), "a stalled answer was kept");
+        assert!(!w.is_end_stream(), "a body let go said it was at its end");
+        assert!(w.frame().await.unwrap().is_err());
+    }
+
+    /// An answer dropped (taken to its end, or its client gone) takes its watch with it: no
+    /// task is left sleeping out the idle timeout for each answer.
+    #[tokio::test]
+    async fn a_body_dropped_takes_its_watch_with_it() {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let (body, _, _) = flagged();
+        let w = watched(body, Duration::from_secs(300));
+        // The watch runs and sleeps.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(metrics.num_alive_tasks(), before + 1);
+        drop(w);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            before,
+            "the watch outlived its answer"
+        );
+    }
 }

@@ -1151,6 +1151,242 @@ mod tests {
         );
     }
 
+    /// A connection idle for exactly `idle_timeout` is as old as one idle for longer: dropped,
+    /// never handed out; one a moment younger is kept.
+    #[tokio::test]
+    async fn a_connection_idle_for_exactly_the_timeout_is_dropped() {
+        let (port, _) = upstream().await;
+        let timeout = Duration::from_millis(50);
+        let p = pool(port, timeout);
+        let since = Instant::now();
+        let mut idle = vec![Idle {
+            connection: p.connect().await.unwrap(),
+            since,
+        }];
+        p.drop_expired(&mut idle, since + timeout - Duration::from_millis(1));
+        assert_eq!(
+            idle.len(),
+            1,
+            "a connection younger than the timeout was dropped"
+        );
+        p.drop_expired(&mut idle, since + timeout);
+        assert!(
+            idle.is_empty(),
+            "a connection idle for the timeout was kept"
+        );
+    }
+
+    /// The stack is ordered by return time: every connection expired below a fresh one is
+    /// dropped, the fresh one kept.
+    #[tokio::test]
+    async fn all_expired_connections_below_a_fresh_one_are_dropped() {
+        let (port, _) = upstream().await;
+        let timeout = Duration::from_millis(50);
+        let p = pool(port, timeout);
+        let old = Instant::now();
+        let fresh = old + timeout;
+        let mut idle = Vec::new();
+        for since in [old, old, fresh] {
+            idle.push(Idle {
+                connection: p.connect().await.unwrap(),
+                since,
+            });
+        }
+        p.drop_expired(&mut idle, fresh + Duration::from_millis(1));
+        let left: Vec<Instant> = idle.iter().map(|i| i.since).collect();
+        assert_eq!(left, [fresh]);
+    }
+
+    /// A closed connection met at checkout is dropped there, not left in the stack taking a
+    /// place until the sweeper comes.
+    #[tokio::test]
+    async fn a_closed_connection_met_at_checkout_leaves_the_pool() {
+        let (port, _) = upstream_closing_after(1).await;
+        let p = pool(port, Duration::from_secs(30));
+        assert!(!get(&p, Inline).await);
+        assert_eq!(p.idle_count(), (1, 0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let c = p.checkout(Inline).await.unwrap();
+        assert!(!c.reused, "a closed connection was handed out");
+        assert_eq!(
+            p.idle_count(),
+            (0, 0),
+            "the closed connection stayed pooled"
+        );
+    }
+
+    /// A connection the upstream closed after its answer, before it came back, is seen closed
+    /// when it comes back and not pooled (its socket would wait in `CLOSE_WAIT`).
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_before_it_came_back_is_not_pooled() {
+        let (port, _) = upstream_closing_after(1).await;
+        let p = pool(port, Duration::from_secs(30));
+        let mut c = p.checkout(Inline).await.unwrap();
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "up")
+            .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync())
+            .unwrap();
+        let sending = c.connection.sender.send_request(req);
+        let resp = c.connection.exchange(sending).await.unwrap();
+        c.connection
+            .exchange(resp.into_body().collect())
+            .await
+            .unwrap();
+        // The upstream closes 20 ms after its answer; nobody drives the connection meanwhile.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p.put(c.connection);
+        assert_eq!(p.idle_count(), (0, 0), "a closed connection was pooled");
+    }
+
+    /// A connection whose exchange closed it (the upstream answered `Connection: close`) is not
+    /// pooled when it comes back.
+    #[tokio::test]
+    async fn a_connection_the_answer_closed_is_not_pooled() {
+        let (port, accepted) = upstream_serving(|mut s| async move {
+            let mut buf = vec![0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+            let _ = s.write_all(answer).await;
+            let _ = s.shutdown().await;
+        })
+        .await;
+        let p = pool(port, Duration::from_secs(30));
+        for driving in [Inline, OwnTask] {
+            assert!(!get(&p, driving).await);
+            assert_eq!(
+                p.idle_count(),
+                (0, 0),
+                "{driving:?}: a closed connection was pooled"
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// With a pool idle timeout of zero a connection given back is closed at once, not held
+    /// idle (and open) until the sweeper comes.
+    #[tokio::test]
+    async fn with_a_pool_idle_timeout_of_zero_no_connection_is_kept() {
+        let (port, accepted) = upstream().await;
+        let p = pool(port, Duration::ZERO);
+        for driving in [Inline, OwnTask] {
+            assert!(!get(&p, driving).await, "{driving:?} reused a connection");
+            assert_eq!(p.idle_count(), (0, 0), "{driving:?}: a connection was kept");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A worker keeps at most `MAX_IDLE` idle connections of a kind; more are closed as they
+    /// come back.
+    #[tokio::test]
+    async fn no_more_than_max_idle_connections_are_kept() {
+        // Some 520 descriptors (both ends of 257 connections), beside the other tests': the
+        // soft limit raised as `serve` raises it (a usual 1024 would be tight).
+        let _ = crate::open_files::raise_limit(1024, 2);
+        let (port, _) = upstream().await;
+        let p = pool(port, Duration::from_secs(30));
+        let mut out = Vec::new();
+        for _ in 0..=MAX_IDLE {
+            out.push(p.checkout(OwnTask).await.unwrap().connection);
+        }
+        for c in out {
+            p.put(c);
+        }
+        assert_eq!(p.idle_count(), (0, MAX_IDLE));
+    }
+
+    /// The sweeper goes on while any idle connection is left, of either kind: an inline one
+    /// alone, too young at the first look, is closed at a later one.
+    #[tokio::test]
+    async fn the_sweeper_keeps_looking_while_an_idle_connection_of_one_kind_is_left() {
+        let (port, mut closed) = answers_then_tells_close(false).await;
+        // Between the first look (1 s) and the second (2 s).
+        let p = pool(port, SWEEP_EVERY * 3 / 2);
+        assert!(!get(&p, Inline).await);
+        assert_eq!(p.idle_count(), (1, 0));
+        tokio::time::timeout(SWEEP_EVERY * 6, closed.recv())
+            .await
+            .expect("an idle connection was held past its timeout")
+            .unwrap();
+        assert_eq!(p.idle_count(), (0, 0));
+    }
+
+    /// A request body the test sends chunk by chunk; it ends when the sender is dropped.
+    struct Sending(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl hyper::body::Body for Sending {
+        type Data = Bytes;
+        type Error = io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+        }
+    }
+
+    /// An upload given a limit to finish in goes on until it ends within it: only what is
+    /// left at the limit is cut.
+    #[tokio::test]
+    async fn a_connection_closed_within_a_limit_lets_its_upload_finish_within_it() {
+        // Answers after the head, then says whether the chunked body came to its end.
+        let (whole_tx, mut whole) = tokio::sync::mpsc::unbounded_channel();
+        let port = after_one_head(move |mut s| {
+            let tx = whole_tx.clone();
+            tokio::spawn(async move {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.ends_with(b"0\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(seen.ends_with(b"0\r\n\r\n"));
+            });
+        })
+        .await;
+        let p = pool(port, Duration::from_secs(30));
+        let mut c = p.checkout(Inline).await.unwrap();
+        let (chunks, body) = tokio::sync::mpsc::channel(4);
+        let req = Request::builder()
+            .method("POST")
+            .uri("/push")
+            .header("host", "up")
+            .body(Sending(body).boxed_unsync())
+            .unwrap();
+        let sending = c.connection.sender.send_request(req);
+        let resp = c.connection.exchange(sending).await.unwrap();
+        c.connection.detach();
+        let answer = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&answer[..], b"ok");
+        c.connection.close_within(Duration::from_secs(10));
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if chunks.send(Bytes::from_static(b"pack")).await.is_err() {
+                break;
+            }
+        }
+        drop(chunks);
+        let came_whole = tokio::time::timeout(Duration::from_secs(5), whole.recv())
+            .await
+            .expect("the upstream never saw the upload end")
+            .unwrap();
+        assert!(came_whole, "the upload was cut before its limit");
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_an_io_error() {
         let port = {

@@ -193,4 +193,64 @@ mod tests {
         // A generous bound: a loaded 2-core machine may stall the thread for a while.
         assert!(p.idle() < Duration::from_millis(300));
     }
+
+    /// The upload's state is told as set: waiting for the client, then not.
+    #[test]
+    fn whether_the_upload_waits_for_the_client_is_told_as_set() {
+        let p = Progress::new();
+        assert!(!p.waiting_for_client());
+        p.clone().waiting(true);
+        assert!(p.waiting_for_client());
+        p.waiting(false);
+        assert!(!p.waiting_for_client());
+    }
+
+    /// One look at `s`: whether it is silent now (no upload).
+    async fn look(s: &mut Silence) -> Poll<()> {
+        std::future::poll_fn(|cx| Poll::Ready(s.poll_over(None, cx))).await
+    }
+
+    /// An answer heard from after its timer was set is given the whole idle time again from
+    /// then: the timer that fires at the old deadline is moved, not obeyed.
+    #[tokio::test]
+    async fn an_answer_heard_from_is_not_silent_until_the_idle_time_has_passed_since() {
+        let idle = Duration::from_millis(300);
+        let mut s = Silence::new(idle);
+        assert!(look(&mut s).await.is_pending(), "silent at once");
+        // Well past the first deadline; nobody looked meanwhile.
+        tokio::time::sleep(idle * 3).await;
+        s.heard();
+        let heard = tokio::time::Instant::now();
+        assert!(
+            look(&mut s).await.is_pending(),
+            "silent right after the answer moved"
+        );
+        tokio::time::timeout(idle * 10, std::future::poll_fn(|cx| s.poll_over(None, cx)))
+            .await
+            .expect("never silent");
+        assert!(
+            heard.elapsed() >= idle / 3,
+            "silent after {:?}",
+            heard.elapsed()
+        );
+    }
+
+    /// An upload still moving keeps the answer from being silent, however long the answer
+    /// itself has said nothing; without it the same answer is silent.
+    #[tokio::test]
+    async fn an_upload_moving_keeps_an_answer_from_being_silent() {
+        let idle = Duration::from_millis(300);
+        let mut s = Silence::new(idle);
+        tokio::time::sleep(idle * 3).await;
+        let upload = Progress::new();
+        upload.touch();
+        let over = std::future::poll_fn(|cx| Poll::Ready(s.poll_over(Some(&upload), cx))).await;
+        assert!(over.is_pending(), "silent while the upload moved");
+        let mut quiet = Silence::new(idle);
+        tokio::time::sleep(idle * 3).await;
+        assert!(
+            look(&mut quiet).await.is_ready(),
+            "not silent for the idle time"
+        );
+    }
 }
