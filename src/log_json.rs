@@ -315,4 +315,48 @@ mod tests {
         assert!(out.contains(r#""level":"WARN""#), "{out}");
         assert_eq!(out.lines().count(), 1, "{out}");
     }
+
+    /// U+2029, a paragraph separator, ends a line for some readers as U+2028 does: escaped
+    /// when written, and a value holding it raw is not taken for a JSON string as it is.
+    #[test]
+    fn a_paragraph_separator_is_escaped_as_a_line_separator_is() {
+        let mut out = String::new();
+        push_json_string(&mut out, "a\u{2029}b");
+        assert_eq!(out, r#""a\u2029b""#);
+        assert!(!is_json_string("\"raw\u{2029}separator\""));
+        assert!(is_json_string(r#""escaped\u2029separator""#));
+    }
+
+    /// A `\u` escape has four hex digits: three is not JSON.
+    #[test]
+    fn a_short_unicode_escape_is_not_a_json_string() {
+        assert!(!is_json_string(r#""\u123""#));
+        assert!(!is_json_string(r#""\u123x""#));
+        assert!(is_json_string(r#""\u1234""#));
+    }
+
+    /// Every line is JSON a reader takes: a number JSON has no word for (NaN, infinity) is
+    /// written as a string, and an error's text and a target are escaped.
+    #[test]
+    fn what_json_cannot_hold_as_it_is_is_written_as_a_string() {
+        let error = std::io::Error::other("bad \"quote\"\nand a line");
+        let out = lines_of(|| {
+            tracing::info!(
+                target: "odd\"target",
+                not_a_number = f64::NAN,
+                too_big = f64::INFINITY,
+                error = &error as &(dyn std::error::Error + 'static),
+                "x"
+            );
+        });
+        assert_eq!(out.lines().count(), 1, "{out}");
+        let line: serde_json::Value = serde_json::from_str(out.trim_end()).expect(&out);
+        assert_eq!(line["target"], "odd\"target", "{out}");
+        assert_eq!(line["fields"]["not_a_number"], "NaN", "{out}");
+        assert_eq!(line["fields"]["too_big"], "inf", "{out}");
+        assert_eq!(
+            line["fields"]["error"], "bad \"quote\"\nand a line",
+            "{out}"
+        );
+    }
 }

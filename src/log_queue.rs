@@ -601,4 +601,170 @@ mod tests {
         never.queue.push(b"queued\n", false);
         assert!(!never.queue.close(Duration::from_millis(200)));
     }
+
+    /// A queue of `capacity` without a writer, and without writing where the lines are made.
+    fn unwritten(capacity: usize) -> Arc<LogQueue> {
+        LogQueue::new(capacity, Direct::Never)
+    }
+
+    /// What `queue` holds: `Ok(line)` for a line, `Err(count)` for lines dropped there.
+    fn held(queue: &LogQueue) -> Vec<Result<String, u64>> {
+        queue
+            .state()
+            .entries
+            .iter()
+            .map(|e| match e {
+                Entry::Line(line) => Ok(String::from_utf8_lossy(line).into_owned()),
+                Entry::Dropped { count, .. } => Err(*count),
+            })
+            .collect()
+    }
+
+    /// The capacity is the most bytes held: a line that fills it exactly is queued, the next
+    /// byte is dropped.
+    #[test]
+    fn a_line_that_fills_the_queue_exactly_is_queued() {
+        let queue = unwritten(10);
+        queue.push(b"123456789\n", false);
+        assert_eq!(held(&queue), [Ok("123456789\n".to_string())]);
+        queue.push(b"\n", false);
+        assert_eq!(held(&queue), [Ok("123456789\n".to_string()), Err(1)]);
+    }
+
+    /// Lines dropped one after another are said in one line, with their count.
+    #[test]
+    fn lines_dropped_in_a_row_are_counted_in_one_place() {
+        let queue = unwritten(4);
+        queue.push(b"kept\n"[..4].as_ref(), false);
+        for _ in 0..3 {
+            queue.push(b"dropped\n", false);
+        }
+        assert_eq!(held(&queue), [Ok("kept".to_string()), Err(3)]);
+    }
+
+    /// What the writer took no longer counts against the capacity: a queue written out takes
+    /// as many lines again.
+    #[test]
+    fn lines_taken_by_the_writer_free_their_room() {
+        let queue = unwritten(100);
+        let line = [b'x'; 60];
+        queue.push(&line, false);
+        assert_eq!(queue.take().map(|taken| taken.len()), Some(1));
+        queue.push(&line, false);
+        assert_eq!(held(&queue), [Ok("x".repeat(60))]);
+    }
+
+    /// A warning, an error, and the server's own start and stop may use the reserve; a
+    /// request line may not.
+    #[test]
+    fn warnings_and_the_servers_own_lines_find_room_in_a_full_queue() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let queue = unwritten(0);
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(Queued(Arc::clone(&queue)))
+                .with_ansi(false),
+        );
+        // Registers the second subscriber that keeps callsites asked per event (see there).
+        crate::store::test_support::logged(|| {});
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::callsite::rebuild_interest_cache();
+            tracing::info!(target: "gitgate::request", "a request line");
+            tracing::warn!("a warning");
+            tracing::error!("an error");
+            tracing::info!(target: "gitgate::server", "shutting down");
+        });
+        let held = held(&queue);
+        assert_eq!(held.len(), 4, "{held:?}");
+        assert_eq!(held[0], Err(1));
+        for (line, said) in held[1..]
+            .iter()
+            .zip(["a warning", "an error", "shutting down"])
+        {
+            assert!(line.as_ref().is_ok_and(|l| l.contains(said)), "{held:?}");
+        }
+    }
+
+    /// A pipe with room for part of a line: the part goes out, and the rest is queued
+    /// whatever the capacity, so that no line is cut in the middle.
+    #[test]
+    fn the_rest_of_a_line_begun_is_queued_whatever_the_capacity() {
+        use std::io::Read;
+        let (mut reader, direct) = pipe();
+        let queue = LogQueue::new(1000, direct);
+        let line = vec![b'z'; 200 * 1024];
+        queue.push(&line, false);
+        let queued: usize = queue
+            .state()
+            .entries
+            .iter()
+            .map(|e| match e {
+                Entry::Line(l) => l.len(),
+                Entry::Dropped { .. } => panic!("the rest of a line begun was dropped"),
+            })
+            .sum();
+        let mut sent = Vec::new();
+        // SAFETY: the read end is ours; non-blocking so that reading stops at the pipe's end.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::fcntl(reader.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+        }
+        let _ = reader.read_to_end(&mut sent);
+        assert!(
+            !sent.is_empty() && sent.len() < line.len(),
+            "{}",
+            sent.len()
+        );
+        assert_eq!(sent.len() + queued, line.len());
+    }
+
+    /// While the writer holds lines it has taken, a new line waits behind them even when the
+    /// pipe has room: written at once, it would go out before them.
+    #[test]
+    fn a_line_waits_behind_those_the_writer_is_writing() {
+        use std::io::Read;
+        let (mut reader, direct) = pipe();
+        let queue = LogQueue::new(QUEUE_BYTES, direct);
+        // More than the pipe holds: its rest is queued, and the writer takes it.
+        queue.push(&vec![b'z'; 200 * 1024], false);
+        let taken = queue.take().expect("the rest of the line");
+        assert_eq!(taken.len(), 1);
+        // The pipe is read empty: room again, while the writer has not written what it took.
+        let mut drained = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        // SAFETY: the read end is ours; non-blocking so that reading stops at the pipe's end.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::fcntl(reader.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+        }
+        while let Ok(n) = reader.read(&mut drained) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        assert!(total > 0);
+        queue.push(b"next\n", false);
+        assert_eq!(held(&queue), [Ok("next\n".to_string())]);
+        assert!(
+            reader.read(&mut drained).is_err(),
+            "written before the rest"
+        );
+    }
+
+    /// A pipe's read end, and how its write end is written without blocking.
+    fn pipe() -> (std::fs::File, Direct) {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills the two descriptors it is given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: just made, owned here alone.
+        let (read_end, write_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let direct = Direct::for_fd(write_end.as_raw_fd());
+        assert!(matches!(direct, Direct::Nonblocking(_)), "{direct:?}");
+        // The direct writer has a description of its own: this one can close.
+        drop(write_end);
+        (std::fs::File::from(read_end), direct)
+    }
 }

@@ -931,6 +931,194 @@ mod tests {
         assert!(seen.len() > 20, "{seen:?}");
     }
 
+    /// `le` is "less than or equal": an observation exactly on a bucket's bound is counted in
+    /// that bucket, not the next one up.
+    #[test]
+    fn an_observation_on_a_bucket_bound_is_counted_in_that_bucket() {
+        let m = Metrics::new();
+        m.auth_decided(Duration::from_micros(5));
+        m.auth_decided(Duration::from_micros(10));
+        m.request_done(
+            Operation::Read,
+            Outcome::Allowed,
+            Some(200),
+            Duration::from_millis(1),
+        );
+        let text = m.render((0, 0));
+        for line in [
+            "gitgate_auth_duration_seconds_bucket{le=\"0.000005\"} 1\n",
+            "gitgate_auth_duration_seconds_bucket{le=\"0.00001\"} 2\n",
+            "gitgate_request_duration_seconds_bucket{le=\"0.001\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+    }
+
+    /// A backend's answer is counted under its request's operation and its own status class,
+    /// 5xx included; a REST API call under its status class, 1xx included.
+    #[test]
+    fn answers_are_counted_by_operation_and_status_class() {
+        let m = Metrics::new();
+        let took = Duration::from_millis(3);
+        m.request_done(Operation::Write, Outcome::Allowed, Some(502), took);
+        m.request_done(Operation::Write, Outcome::Allowed, Some(200), took);
+        m.request_done(Operation::Read, Outcome::Allowed, Some(404), took);
+        for status in [101, 204, 404, 503, 503] {
+            m.api_request(status);
+        }
+        let text = m.render((0, 0));
+        for (series, n) in [
+            (
+                "upstream_responses_total{operation=\"write\",status=\"5xx\"}",
+                1,
+            ),
+            (
+                "upstream_responses_total{operation=\"write\",status=\"2xx\"}",
+                1,
+            ),
+            (
+                "upstream_responses_total{operation=\"write\",status=\"4xx\"}",
+                0,
+            ),
+            (
+                "upstream_responses_total{operation=\"read\",status=\"4xx\"}",
+                1,
+            ),
+            (
+                "upstream_responses_total{operation=\"read\",status=\"2xx\"}",
+                0,
+            ),
+            (
+                "upstream_responses_total{operation=\"read\",status=\"5xx\"}",
+                0,
+            ),
+            ("api_requests_total{status=\"1xx\"}", 1),
+            ("api_requests_total{status=\"2xx\"}", 1),
+            ("api_requests_total{status=\"4xx\"}", 1),
+            ("api_requests_total{status=\"5xx\"}", 2),
+        ] {
+            let line = format!("\ngitgate_{series} {n}\n");
+            assert!(text.contains(&line), "{line:?} in:\n{text}");
+        }
+    }
+
+    /// The gauges go down as well as up: a connection ended, a backend process reaped, a wait
+    /// for a place over are no longer counted.
+    #[test]
+    fn gauges_go_back_down_when_what_they_count_ends() {
+        static M: Metrics = Metrics::new();
+        let shows = |series: &str, n: i64| {
+            let text = M.render((0, 0));
+            let line = format!("\n{series} {n}\n");
+            assert!(text.contains(&line), "{line:?} in:\n{text}");
+        };
+        let guard = M.connection();
+        M.backend_process_started();
+        M.backend_wait_started();
+        shows("gitgate_active_connections", 1);
+        shows("gitgate_backend_processes", 1);
+        shows("gitgate_backend_waiting", 1);
+        drop(guard);
+        M.backend_process_reaped();
+        M.backend_wait_ended();
+        shows("gitgate_active_connections", 0);
+        shows("gitgate_backend_processes", 0);
+        shows("gitgate_backend_waiting", 0);
+    }
+
+    /// git's first, credential-less round trip is a challenge, not a failed authentication:
+    /// each is counted in its own figure.
+    #[test]
+    fn a_challenge_is_counted_apart_from_a_failed_authentication() {
+        let m = Metrics::new();
+        m.challenge();
+        m.challenge();
+        m.auth_failure();
+        let text = m.render((0, 0));
+        assert!(
+            text.contains("\ngitgate_auth_challenges_total 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("\ngitgate_auth_failures_total 1\n"), "{text}");
+    }
+
+    /// The early warning counts the live tokens that expire within 7 days, not those that
+    /// expire later, and shows that count as it is.
+    #[test]
+    fn tokens_expiring_within_seven_days_are_counted() {
+        let (dir, store) = crate::store::test_support::temp_store();
+        let now = clock::now_ms();
+        let day = 86_400_000;
+        let mut sql = String::new();
+        for (id, expires) in [("soon", now + 6 * day + day / 2), ("later", now + 8 * day)] {
+            sql.push_str(&format!(
+                "INSERT INTO tokens (id, kind, name, scope, permissions, secret_hash, \
+                 created_at, created_by, expires_at) VALUES ('{id}', 'repository', '{id}', \
+                 'team/app', 'REPO_READ', x'00', {now}, 'test', {expires});"
+            ));
+        }
+        crate::store::test_support::edit_by_hand(&dir, &sql);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let counted = runtime.block_on(async {
+            let refresh = tokio::spawn(refresh_expiring(store));
+            // Counted within milliseconds; waited for far longer, for a busy machine.
+            for _ in 0..200 {
+                let n = METRICS.tokens_expiring_soon.load(Relaxed);
+                if n != 0 {
+                    refresh.abort();
+                    return n;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            refresh.abort();
+            0
+        });
+        assert_eq!(counted, 1);
+        assert!(METRICS
+            .render((0, 0))
+            .contains("\ngitgate_tokens_expiring_soon 1\n"));
+    }
+
+    /// Each counter of one event counts that event alone, by as much as it happened: a
+    /// connection cut under its reason, a refusal under its cause.
+    #[test]
+    fn each_counter_counts_its_own_event() {
+        let m = Metrics::new();
+        m.connection_cut(Cut::Idle);
+        m.connection_cut(Cut::TlsHandshake);
+        m.connection_cut(Cut::TlsHandshake);
+        m.throttled();
+        m.address_cap_refusal();
+        m.address_cap_refusal();
+        for _ in 0..3 {
+            m.unparsable_request();
+        }
+        m.audit_events_dropped(40);
+        m.upstream_error();
+        m.backend_busy();
+        m.backend_busy();
+        m.side_effect_failure();
+        let text = m.render((0, 0));
+        for (series, n) in [
+            ("connections_cut_total{reason=\"no-request\"}", 0),
+            ("connections_cut_total{reason=\"idle\"}", 1),
+            ("connections_cut_total{reason=\"tls-handshake\"}", 2),
+            ("throttled_requests_total", 1),
+            ("connections_over_address_cap_total", 2),
+            ("unparsable_requests_total", 3),
+            ("audit_events_dropped_total", 40),
+            ("upstream_errors_total", 1),
+            ("backend_busy_total", 2),
+            ("side_effect_write_failures_total", 1),
+        ] {
+            let line = format!("\ngitgate_{series} {n}\n");
+            assert!(text.contains(&line), "{line:?} in:\n{text}");
+        }
+    }
+
     /// Each thread writes its own shard; a scrape adds them all up, from more threads than
     /// there are shards too.
     #[test]

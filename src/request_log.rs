@@ -495,7 +495,7 @@ impl Drop for LoggedBody {
 mod tests {
     use super::{
         loggable_path, loggable_repo, LogAgent, LogLine, LogMethod, Unanswered, AGENT_LOGGED,
-        CLIENT_GONE_BEFORE_ANSWER, PATH_KEPT,
+        CLIENT_GONE_BEFORE_ANSWER, MALFORMED_SAID, MAX_LOGGED_METHOD, PATH_KEPT,
     };
     use crate::gate::RequestLog;
     use crate::idle::Activity;
@@ -685,5 +685,174 @@ mod tests {
         let token = "ggt_abcdefgh2345_".to_string() + &"A".repeat(43) + "_abcdef";
         let hidden = said(&format!("{long}/{token}"));
         assert!(!hidden.contains("ggt_"), "{hidden}");
+    }
+
+    /// A method of capitals and `-` is written as it is up to [`MAX_LOGGED_METHOD`]
+    /// characters, its longest: one of that length still is.
+    #[test]
+    fn a_method_of_capitals_is_written_up_to_its_longest() {
+        let said =
+            |m: &str| LogMethod(&hyper::Method::from_bytes(m.as_bytes()).unwrap()).to_string();
+        let longest = "ABCDEFGHIJ-LMNOPQRST";
+        assert_eq!(longest.len(), MAX_LOGGED_METHOD);
+        assert_eq!(said(longest), longest);
+        assert!(said(&format!("{longest}U")).contains("not written"));
+    }
+
+    /// A `User-Agent` cut to its longest is still one quoted, escaped field: its spaces and
+    /// quotes cannot start fields of their own.
+    #[test]
+    fn a_cut_user_agent_is_still_quoted_and_escaped() {
+        let agent = format!("JGit/6.1 \"x\" user=root {}", "a".repeat(200));
+        let value = hyper::header::HeaderValue::from_str(&agent).unwrap();
+        let said = LogAgent(Some(&value)).to_string();
+        assert!(
+            said.starts_with("\"JGit/6.1 \\\"x\\\" user=root aaa"),
+            "{said}"
+        );
+        assert!(said.ends_with("...\""), "{said}");
+        let back: String = serde_json::from_str(&said).unwrap();
+        assert_eq!(back.chars().count(), AGENT_LOGGED + 3, "{back}");
+    }
+
+    /// A path that holds what looks like the random part of a secret alone (its `ggt_`
+    /// prefix and id cut off) is not written either: with the token id, it is the secret.
+    #[test]
+    fn a_path_holding_a_secrets_random_part_is_not_logged() {
+        let random = "Q7wErTy9UiOp2AsDfGh4JkLzXc8VbNm1QwErTy6UiOp";
+        let said = loggable_path(&format!("/team/{random}/info/refs")).to_string();
+        assert!(!said.contains(random), "{said}");
+        assert!(said.contains("looks like a token secret"), "{said}");
+    }
+
+    /// A request line written for a request the gate did not classify (no repository)
+    /// checks its path for a secret: one pasted into a URL is not written.
+    #[test]
+    fn an_unclassified_requests_line_does_not_write_a_token_in_its_path() {
+        let token = "ggt_abcdefgh2345_".to_string() + &"A".repeat(43) + "_abcdef";
+        let line = LogLine {
+            id: crate::request_id::RequestId::next(),
+            method: hyper::Method::GET,
+            uri: format!("/x/{token}/info/refs").parse::<Uri>().unwrap(),
+            agent: None,
+            remote: "192.0.2.7:4000".parse().unwrap(),
+            who: RequestLog::default(),
+            status: 404,
+            forwarded: false,
+            inbound: Arc::default(),
+            started: std::time::Instant::now(),
+            connection: Activity::new(),
+        };
+        let log = crate::store::test_support::logged(|| line.write(0, "complete"));
+        assert!(log.contains("status=404"), "{log}");
+        assert!(!log.contains("ggt_"), "{log}");
+        assert!(!log.contains(&"A".repeat(43)), "{log}");
+    }
+
+    /// An answer sent in full to a client that had closed its connection under its upload is
+    /// logged as a client that left, not as complete.
+    #[test]
+    fn an_answer_to_a_client_that_closed_under_its_upload_is_logged_as_client_gone() {
+        let inbound: Arc<crate::gate::Inbound> = Arc::default();
+        inbound
+            .closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let line = LogLine {
+            id: crate::request_id::RequestId::next(),
+            method: hyper::Method::POST,
+            uri: Uri::from_static("/team/app.git/git-receive-pack"),
+            agent: None,
+            remote: "192.0.2.7:4000".parse().unwrap(),
+            who: RequestLog::default(),
+            status: 400,
+            forwarded: false,
+            inbound,
+            started: std::time::Instant::now(),
+            connection: Activity::new(),
+        };
+        let log = crate::store::test_support::logged(|| line.write(0, "complete"));
+        assert!(log.contains("outcome=client-gone"), "{log}");
+    }
+
+    /// The reason of a refusal for its form is written without what looks like a secret, and
+    /// said to be cut only when it is.
+    #[test]
+    fn a_refusals_reason_is_logged_without_secrets_and_cut_only_when_long() {
+        let id = crate::request_id::RequestId::next();
+        let remote = "192.0.2.7:4000".parse().unwrap();
+        let token = "ggt_abcdefgh2345_".to_string() + &"A".repeat(43) + "_abcdef";
+        let log = crate::store::test_support::logged(|| {
+            super::malformed_said(id, remote, 400, &format!("unknown service: {token}"));
+        });
+        assert!(log.contains("unknown service"), "{log}");
+        assert!(!log.contains(&"A".repeat(43)), "{log}");
+        let log = crate::store::test_support::logged(|| {
+            super::malformed_said(id, remote, 501, "unsupported transfer-encoding: gzip");
+        });
+        assert!(
+            log.contains("reason=\"unsupported transfer-encoding: gzip\""),
+            "{log}"
+        );
+        let whole = "x".repeat(MALFORMED_SAID);
+        let log = crate::store::test_support::logged(|| {
+            super::malformed_said(id, remote, 400, &whole);
+        });
+        assert!(log.contains(&format!("reason=\"{whole}\"")), "{log}");
+        let log = crate::store::test_support::logged(|| {
+            super::malformed_said(id, remote, 400, &format!("{whole}y"));
+        });
+        assert!(log.contains(&format!("reason=\"{whole}...\"")), "{log}");
+    }
+
+    /// A reason is cut after what looks like a secret is left out of it: the secret's place
+    /// does not cost the words that follow it.
+    #[test]
+    fn a_refusals_reason_is_cut_after_its_secrets_are_left_out() {
+        let token = "ggt_abcdefgh2345_".to_string() + &"A".repeat(43) + "_abcdef";
+        let reason = format!("{} {token} the end", "x".repeat(MALFORMED_SAID - 60));
+        let log = crate::store::test_support::logged(|| {
+            super::malformed_said(
+                crate::request_id::RequestId::next(),
+                "192.0.2.7:4000".parse().unwrap(),
+                400,
+                &reason,
+            );
+        });
+        assert!(log.contains(" the end\""), "{log}");
+        assert!(!log.contains(&"A".repeat(43)), "{log}");
+    }
+
+    /// A request whose handling panicked is counted as a 5xx, the backend's answer or not: not
+    /// as allowed.
+    #[test]
+    fn a_request_whose_handling_panics_is_counted_as_a_server_error() {
+        let errors = || {
+            let text = crate::metrics::METRICS.render((0, 0));
+            let series = "gitgate_requests_total{operation=\"none\",outcome=\"5xx\"} ";
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.parse::<u64>().ok())
+                .unwrap()
+        };
+        let before = errors();
+        let panicked = std::panic::catch_unwind(|| {
+            let _pending = Unanswered(Some(LogLine {
+                id: crate::request_id::RequestId::next(),
+                method: hyper::Method::GET,
+                uri: Uri::from_static("/"),
+                agent: None,
+                remote: "192.0.2.7:4000".parse().unwrap(),
+                who: RequestLog::default(),
+                status: 200,
+                forwarded: true,
+                inbound: Arc::default(),
+                started: std::time::Instant::now(),
+                connection: Activity::new(),
+            }));
+            if std::hint::black_box(true) {
+                panic!("a bug while forwarding");
+            }
+        });
+        assert!(panicked.is_err());
+        assert!(errors() > before);
     }
 }
