@@ -405,7 +405,8 @@ pub struct ChainValidity {
 }
 
 /// Pure: `left` milliseconds (more than 0) as the warning says it: hours rounded up, so that
-/// "in 0 hours" is never said of a certificate still valid; minutes in the last hour.
+/// "in 0 hours" is never said of a certificate still valid; minutes in the last hour, "1 hour"
+/// when exactly one is left.
 fn time_left(left: i64) -> String {
     const HOUR: i64 = 3_600_000;
     const MINUTE: i64 = 60_000;
@@ -414,7 +415,7 @@ fn time_left(left: i64) -> String {
         return format!("in {minutes} minute{}", if minutes == 1 { "" } else { "s" });
     }
     let hours = (left + HOUR - 1) / HOUR;
-    format!("in {hours} hours")
+    format!("in {hours} hour{}", if hours == 1 { "" } else { "s" })
 }
 
 /// How long before its expiry the served chain is warned about.
@@ -854,6 +855,9 @@ mod tests {
         assert!(note.contains("(in 1 minute)"), "{note}");
         let (_, note) = chain(0).expiry_note(100 * day - hour - 1).unwrap();
         assert!(note.contains("(in 2 hours)"), "{note}");
+        // An hour exactly is one hour, not "1 hours".
+        let (_, note) = chain(0).expiry_note(100 * day - hour).unwrap();
+        assert!(note.contains("(in 1 hour)"), "{note}");
         let (passed, note) = chain(1).expiry_note(100 * day).unwrap();
         assert!(passed);
         assert!(
@@ -922,6 +926,115 @@ mod tests {
         // A key under a passphrase is said to be one, with how to take it off.
         let e = CertStore::load(&fixture("server-a.pem"), &fixture("server-a-encrypted.key"))
             .unwrap_err();
+        assert!(
+            e.contains("is encrypted with a passphrase") && e.contains("openssl pkey"),
+            "{e}"
+        );
+    }
+
+    /// Clients that speak HTTP/2 are offered it first, and HTTP/1.1 is there for the rest:
+    /// the server picks the first protocol of its own list that the client offers.
+    #[test]
+    fn alpn_offers_h2_before_http_1_1() {
+        let store = CertStore::load(&fixture("server-a.pem"), &fixture("server-a.key")).unwrap();
+        let config = store.server_config().unwrap();
+        assert_eq!(
+            config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+
+    /// A reload that takes the new files takes their dates and warnings too: the metric and
+    /// `check` speak of the chain served now, not of the one before.
+    #[test]
+    fn a_reload_replaces_the_chains_dates_and_warnings_with_the_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        std::fs::copy(fixture("server-a.key"), &key).unwrap();
+        let cert = chain_of(dir.path(), &["server-a.pem"]);
+        let store = CertStore::load(&cert, &key).unwrap();
+        assert!(store.warnings().is_empty());
+        assert_eq!(store.validity().unwrap().first_to_expire, 0);
+
+        // Now with an intermediate out of its dates: served, with a warning, and the
+        // chain's end is the intermediate's.
+        chain_of(dir.path(), &["server-a.pem", "expired.pem"]);
+        store.reload().unwrap();
+        assert_eq!(store.warnings().len(), 1, "{:?}", store.warnings());
+        let chain = store.validity().unwrap();
+        assert_eq!(chain.first_to_expire, 1);
+        assert_eq!(
+            chain.validity.not_after,
+            validity(&der("expired.pem")).unwrap().not_after
+        );
+
+        // And back: the warning goes, and the dates are the server's own again.
+        chain_of(dir.path(), &["server-a.pem"]);
+        store.reload().unwrap();
+        assert!(store.warnings().is_empty(), "{:?}", store.warnings());
+        assert_eq!(
+            store.validity().map(|c| c.validity),
+            validity(&der("server-a.pem"))
+        );
+    }
+
+    /// An intermediate that expires at the same moment as the server's own certificate does
+    /// not take its place in what is said: the server's own is the one every client refuses.
+    #[test]
+    fn an_intermediate_expiring_with_the_servers_own_certificate_is_not_named_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = chain_of(dir.path(), &["server-a.pem", "server-a.pem"]);
+        let store = CertStore::load(&cert, &fixture("server-a.key")).unwrap();
+        let chain = store.validity().unwrap();
+        assert_eq!(chain.first_to_expire, 0);
+        assert_eq!(chain.first_to_expire(), "the TLS certificate");
+    }
+
+    /// The renewal warning begins exactly 14 days before the chain's end: not a millisecond
+    /// sooner.
+    #[test]
+    fn the_renewal_warning_begins_fourteen_days_before_the_end() {
+        let day = 24 * 3600 * 1000;
+        let validity = Validity {
+            not_before: 0,
+            not_after: 100 * day,
+        };
+        let chain = ChainValidity {
+            validity,
+            first_to_expire: 0,
+            served: validity,
+        };
+        assert_eq!(chain.expiry_note(86 * day), None);
+        let (passed, note) = chain.expiry_note(86 * day + 1).unwrap();
+        assert!(!passed);
+        assert!(note.contains("expires on 1970-04-11T00:00:00Z"), "{note}");
+    }
+
+    /// A time of day past 23:59:59 is no time RFC 5280 allows: such dates are not read.
+    #[test]
+    fn an_hour_of_24_is_not_read_as_the_next_day() {
+        assert_eq!(der_time(b"\x17\x0d200101240000Z"), None);
+        assert_eq!(der_time(b"\x18\x0f20200101240000Z"), None);
+        assert!(der_time(b"\x17\x0d200101235959Z").is_some());
+    }
+
+    /// A key in the older OpenSSL form under a passphrase (`Proc-Type: 4,ENCRYPTED` in its
+    /// PEM head) is said to be encrypted too, not damaged.
+    #[test]
+    fn a_key_encrypted_in_the_traditional_form_is_said_to_be_encrypted() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        std::fs::write(
+            &key,
+            "-----BEGIN RSA PRIVATE KEY-----\n\
+             Proc-Type: 4,ENCRYPTED\n\
+             DEK-Info: AES-128-CBC,0123456789ABCDEF0123456789ABCDEF\n\
+             \n\
+             MIIEpAIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n\
+             -----END RSA PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = CertStore::load(&fixture("server-a.pem"), &key).unwrap_err();
         assert!(
             e.contains("is encrypted with a passphrase") && e.contains("openssl pkey"),
             "{e}"

@@ -1296,4 +1296,313 @@ mod tests {
             "/team/app.git/info/refs?service=git-upload-pack"
         );
     }
+
+    /// An upstream on a loopback port that answers one request with `answer`; the task gives
+    /// the head of the request it read.
+    async fn answering(answer: &'static [u8]) -> (u16, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut byte).await.unwrap() == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            s.write_all(answer).await.unwrap();
+            s.flush().await.unwrap();
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (port, task)
+    }
+
+    /// A clone's advertisement forwarded by `b`, as a client named `gitgate.example` asks it.
+    async fn advertisement(b: &HttpBackend) -> Result<Response<ResponseBody>, ForwardError> {
+        let (parts, ()) = Request::builder()
+            .uri("/team/app.git/info/refs?service=git-upload-pack")
+            .header(HOST, "gitgate.example")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let peer: std::net::SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        b.forward(
+            &parts,
+            http_body_util::Empty::<Bytes>::new(),
+            &git_req("/team/app.git/info/refs", Some("service=git-upload-pack")),
+            &Identity {
+                user: "alice".into(),
+                token_id: "t1".into(),
+            },
+            RequestSource {
+                peer,
+                client: peer,
+                id: crate::request_id::RequestId::next(),
+            },
+        )
+        .await
+    }
+
+    /// A challenge from the upstream, `401` or `407`, is about gitgate's own credentials:
+    /// a 502 that says so (and names the upstream in the log), never passed on to make git
+    /// prompt for a password.
+    #[tokio::test]
+    async fn an_upstreams_challenge_is_a_502_naming_the_credentials_never_a_prompt() {
+        for answer in [
+            &b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\n\
+               Content-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+              Proxy-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let (port, upstream) = answering(answer).await;
+            let b = backend(&format!("http://127.0.0.1:{port}/git"));
+            let e = advertisement(&b).await.unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_GATEWAY, "{e}");
+            assert!(e.message.contains("check [upstream.credentials]"), "{e}");
+            assert_eq!(
+                e.detail.as_deref(),
+                Some(format!("upstream http://127.0.0.1:{port}/git").as_str())
+            );
+            upstream.await.unwrap();
+        }
+    }
+
+    /// The upstream is asked for its own authority and the canonical path under its base:
+    /// the `Host` the client named (gitgate's) goes on only as `X-Forwarded-Host`.
+    #[tokio::test]
+    async fn the_upstream_is_asked_with_its_own_host_and_base_path() {
+        let (port, upstream) = answering(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+              Content-Length: 4\r\n\r\n0000",
+        )
+        .await;
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        let resp = advertisement(&b).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"0000");
+        let head = upstream.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with(
+                "get /git/team/app.git/info/refs?service=git-upload-pack http/1.1\r\n"
+            ),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("\r\nhost: 127.0.0.1:{port}\r\n")),
+            "{head}"
+        );
+        assert!(!head.contains("\r\nhost: gitgate.example"), "{head}");
+    }
+
+    /// A `Retry-After` of seconds is one up to ten digits, which no server's wait exceeds.
+    #[test]
+    fn a_retry_after_of_ten_digits_is_one_and_of_eleven_is_not() {
+        assert!(a_retry_after(b"1234567890"));
+        assert!(!a_retry_after(b"12345678901"));
+    }
+
+    /// A pooled connection that the upstream closes as the next request arrives (it went
+    /// away between the two) costs that request nothing: a bodiless request goes once more,
+    /// on a new connection.
+    #[tokio::test]
+    async fn a_bodiless_request_on_a_pooled_connection_the_upstream_dropped_goes_again() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n0000";
+        async fn head(r: &mut BufReader<tokio::net::TcpStream>) -> bool {
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return false;
+                }
+                if line == "\r\n" {
+                    return true;
+                }
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = tokio::spawn(async move {
+            // The first connection answers once, then closes on the second request unanswered.
+            let (s, _) = listener.accept().await.unwrap();
+            let mut r = BufReader::new(s);
+            assert!(head(&mut r).await);
+            r.get_mut().write_all(OK).await.unwrap();
+            assert!(head(&mut r).await);
+            drop(r);
+            // The second answers.
+            let (s, _) = listener.accept().await.unwrap();
+            let mut r = BufReader::new(s);
+            assert!(head(&mut r).await);
+            r.get_mut().write_all(OK).await.unwrap();
+            r.get_mut().flush().await.unwrap();
+        });
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        for n in 1..=2 {
+            let resp = advertisement(&b)
+                .await
+                .unwrap_or_else(|e| panic!("request {n}: {e}"));
+            assert_eq!(resp.status(), StatusCode::OK, "request {n}");
+            // Read to the end: the connection goes back to the pool.
+            resp.into_body().collect().await.unwrap();
+        }
+        upstream.await.unwrap();
+    }
+
+    /// An upstream's `400` page that says plain HTTP came to its TLS port is a 502 that says
+    /// to write `https://`; a git server's own `400`, in text, goes to git as it came.
+    #[tokio::test]
+    async fn a_400_page_about_plain_http_on_a_tls_port_says_to_write_https() {
+        let (port, upstream) = answering(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 73\r\n\r\n\
+              <html><body>The plain HTTP request was sent to HTTPS port</body></html>\r\n",
+        )
+        .await;
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        let e = advertisement(&b).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY, "{e}");
+        assert!(
+            e.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("write https:// in [upstream] url")),
+            "{e}"
+        );
+        upstream.await.unwrap();
+
+        let (port, upstream) = answering(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\n\
+              no such x",
+        )
+        .await;
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        let resp = advertisement(&b).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        upstream.await.unwrap();
+    }
+
+    /// `check`'s plain `HEAD` waits no longer than the upstream's idle timeout when that is
+    /// shorter than its own ten seconds.
+    #[tokio::test]
+    async fn the_plain_heads_wait_is_the_idle_timeout_when_that_is_shorter() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:{port}/git\"\nidle_timeout_seconds = 1\n"
+        );
+        let c = Config::parse(Path::new("/etc/gitgate/proxy.toml"), &text).unwrap();
+        let crate::config::Upstream::Http(h) = &c.upstream else {
+            panic!()
+        };
+        let b = HttpBackend::new(h, None, vec![], false, "/").unwrap();
+        let e = b.answer_to_a_plain_request().await.unwrap_err();
+        assert!(e.starts_with("no answer within 1 s"), "{e}");
+        drop(silent);
+    }
+
+    /// An https upstream is offered HTTP/1.1 alone in the handshake: gitgate speaks nothing
+    /// else to it, so an upstream that prefers h2 must not be let choose it.
+    #[tokio::test]
+    async fn an_https_upstream_is_offered_http_1_1_alone() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let store = crate::tls::CertStore::load(&fixture("server-a.pem"), &fixture("server-a.key"))
+            .unwrap();
+        // This server prefers h2, as gitgate's own listener does.
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(store.server_config().unwrap()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = acceptor.accept(s).await.unwrap();
+            let agreed = s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n0000")
+                .await;
+            let _ = s.flush().await;
+            agreed
+        });
+        let text = format!(
+            "[upstream]\nurl = \"https://127.0.0.1:{port}/git\"\nca_file = \"{}\"\n",
+            fixture("ca.pem").display()
+        );
+        let c = Config::parse(Path::new("/etc/gitgate/proxy.toml"), &text).unwrap();
+        let crate::config::Upstream::Http(h) = &c.upstream else {
+            panic!()
+        };
+        let b = HttpBackend::new(h, None, vec![], false, "/").unwrap();
+        let answer = advertisement(&b).await;
+        assert_eq!(upstream.await.unwrap(), Some(b"http/1.1".to_vec()));
+        assert_eq!(answer.unwrap().status(), StatusCode::OK);
+    }
+
+    /// A push whose upstream stopped reading it (the client still had more to send) has timed
+    /// out on the upstream's side: a 504 counted against the upstream, not the client's 408.
+    #[tokio::test]
+    async fn an_upload_the_upstream_stopped_reading_is_its_timeout_not_the_clients() {
+        /// A request body with always more to send, at once.
+        struct Endless;
+        impl Body for Endless {
+            type Data = Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS)))))
+            }
+        }
+        // Takes the connection, never reads from it, never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _upstream = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        });
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:{port}/git\"\nidle_timeout_seconds = 1\n"
+        );
+        let c = Config::parse(Path::new("/etc/gitgate/proxy.toml"), &text).unwrap();
+        let crate::config::Upstream::Http(h) = &c.upstream else {
+            panic!()
+        };
+        let b = HttpBackend::new(h, None, vec![], false, "/").unwrap();
+        let (parts, ()) = Request::builder()
+            .method(Method::POST)
+            .uri("/team/app.git/git-receive-pack")
+            .header(HOST, "gitgate.example")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let peer: std::net::SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let push =
+            crate::git::classify("POST", "/team/app.git/git-receive-pack", None, "/").unwrap();
+        let e = b
+            .forward(
+                &parts,
+                Endless,
+                &push,
+                &Identity {
+                    user: "alice".into(),
+                    token_id: "t1".into(),
+                },
+                RequestSource {
+                    peer,
+                    client: peer,
+                    id: crate::request_id::RequestId::next(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT, "{e}");
+        assert_eq!(e.fault, Fault::Backend, "{e}");
+    }
 }

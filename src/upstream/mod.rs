@@ -535,4 +535,17 @@ mod tests {
             assert!(matches!(answer.fault, Fault::Stopping));
         }
     }
+
+    /// The word that `http.receivepack` refuses a push is said only of git http-backend:
+    /// another CGI program's bare `403` may mean anything.
+    #[test]
+    fn a_bare_403_to_a_push_from_another_cgi_program_is_not_blamed_on_http_receivepack() {
+        let push = classify("POST", "/team/app.git/git-receive-pack", None, "/").unwrap();
+        let said = unexplained(StatusCode::FORBIDDEN, &push, false);
+        assert!(!said.contains("http.receivepack"), "{said}");
+        assert!(
+            said.starts_with("the git backend refused this request (403"),
+            "{said}"
+        );
+    }
 }

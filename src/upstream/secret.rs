@@ -320,4 +320,34 @@ mod tests {
         assert_eq!(s.reload(), Ok(Reloaded::Unchanged));
         assert_eq!(s.value(), "Bearer env1");
     }
+
+    /// A secret file saved with Windows line ends is the secret without them, not a two-line
+    /// secret.
+    #[test]
+    fn a_secret_file_ending_in_crlf_is_read_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "tok3n\r\n").unwrap();
+        let v = read(&from_file(CredentialScheme::Bearer, &f)).unwrap();
+        assert_eq!(v, "Bearer tok3n");
+        std::fs::write(&f, "gitgate:pw\r\n").unwrap();
+        let v = read(&from_file(CredentialScheme::Basic, &f)).unwrap();
+        assert_eq!(v, "Basic Z2l0Z2F0ZTpwdw==");
+    }
+
+    /// The longest `Authorization` value taken is 8 KiB less 64 bytes, to the byte: one
+    /// byte more is refused.
+    #[test]
+    fn an_authorization_value_of_the_limit_is_taken_and_one_byte_more_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        let most = MAX_HEADER_VALUE - "Bearer ".len();
+        assert_eq!(MAX_HEADER_VALUE, 8128);
+        std::fs::write(&f, "a".repeat(most)).unwrap();
+        let v = read(&from_file(CredentialScheme::Bearer, &f)).unwrap();
+        assert_eq!(v.len(), 8128);
+        std::fs::write(&f, "a".repeat(most + 1)).unwrap();
+        let e = read(&from_file(CredentialScheme::Bearer, &f)).unwrap_err();
+        assert!(e.contains("of 8129 bytes"), "{e}");
+    }
 }

@@ -264,4 +264,22 @@ mod tests {
         assert_eq!(out, Ok(Stopped));
         assert_eq!(clock.answered(), 1);
     }
+
+    /// Of two stops said, the earlier cut counts as the earlier answers do: a worker that
+    /// began its drain later does not give a request let in late more time than the
+    /// connections have.
+    #[tokio::test]
+    async fn a_later_cut_said_by_a_second_worker_moves_nothing() {
+        let clock = StopClock::default();
+        let first = Instant::now();
+        clock.stopping(Duration::from_secs(2));
+        clock.stopping(Duration::from_secs(60));
+        let due = clock.due.lock().unwrap().unwrap();
+        assert!(
+            due.cut <= first + Duration::from_secs(3),
+            "{:?}",
+            due.cut - first
+        );
+        assert!(due.answers <= first + Duration::from_secs(2));
+    }
 }
