@@ -933,4 +933,165 @@ mod tests {
             );
         }
     }
+
+    /// One user's trail (`audit --user`): the events about the user by name and as `user:NAME`
+    /// (a rate-limit change), about any of their tokens, and the ones they made; nobody
+    /// else's.
+    #[test]
+    fn a_users_trail_holds_the_events_about_them_their_tokens_and_by_them() {
+        use super::super::test_support::personal_token;
+        use crate::store::Role;
+        let (_dir, store) = temp_store();
+        store.add_user("alice", "x", Role::User, &actor()).unwrap();
+        store.add_user("bob", "x", Role::User, &actor()).unwrap();
+        store
+            .insert_token(&personal_token("t1", "laptop", "alice"), &actor())
+            .unwrap();
+        store
+            .insert_token(&personal_token("t2", "other", "bob"), &actor())
+            .unwrap();
+        let alice = Actor {
+            name: "alice".into(),
+            ..actor()
+        };
+        store
+            .record_event(&actor(), "ratelimit.set", "user:alice", "")
+            .unwrap();
+        store
+            .record_event(&alice, "policy.changed", "expiry", "")
+            .unwrap();
+        store
+            .record_event(&actor(), "ratelimit.set", "user:bob", "")
+            .unwrap();
+        let trail: Vec<String> = store
+            .audit_page(
+                &AuditFilter {
+                    user: Some("alice".into()),
+                    ..AuditFilter::default()
+                },
+                AuditCursor::START,
+                100,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|e| format!("{} {} {}", e.actor, e.action, e.target))
+            .collect();
+        assert_eq!(
+            trail,
+            [
+                "test user.added alice",
+                "test token.created t1",
+                "test ratelimit.set user:alice",
+                "alice policy.changed expiry"
+            ]
+        );
+    }
+
+    /// Every field of an event is read back as written: its source and detail, and for
+    /// repeats folded into one row their count and last time; an event seen once has a count
+    /// of 1 and no last time, whether or not it came as a repeat of one.
+    #[test]
+    fn an_events_fields_are_read_back_as_written() {
+        let (_dir, store) = temp_store();
+        let from = Actor {
+            name: "mallory".into(),
+            source: "10.0.0.1".into(),
+            logged_in_as_admin: None,
+        };
+        store
+            .write(|tx| {
+                let seven = Repeats {
+                    count: 7,
+                    last: 2500,
+                };
+                let once = Repeats {
+                    count: 1,
+                    last: 3000,
+                };
+                insert_repeated(tx, &from, "auth.failed", "t", "bad", 1000, Some(&seven))?;
+                insert_repeated(tx, &from, "auth.failed", "u", "", 3000, Some(&once))?;
+                insert_repeated(tx, &from, "auth.failed", "v", "", 4000, None)
+            })
+            .unwrap();
+        let all = store
+            .audit_page(
+                &AuditFilter {
+                    action: Some("auth".into()),
+                    ..AuditFilter::default()
+                },
+                AuditCursor::START,
+                10,
+            )
+            .unwrap();
+        let seen: Vec<_> = all
+            .iter()
+            .map(|e| {
+                (
+                    e.at,
+                    e.actor.as_str(),
+                    e.source.as_str(),
+                    e.target.as_str(),
+                    e.detail.as_str(),
+                    e.count,
+                    e.last_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1000, "mallory", "10.0.0.1", "t", "bad", 7, Some(2500)),
+                (3000, "mallory", "10.0.0.1", "u", "", 1, None),
+                (4000, "mallory", "10.0.0.1", "v", "", 1, None),
+            ]
+        );
+    }
+
+    /// Who revoked a token is the actor of its newest revocation event (one revoked, its
+    /// revocation undone by a restore, revoked again, names the last).
+    #[test]
+    fn who_revoked_a_token_is_the_actor_of_its_newest_revocation() {
+        let (_dir, store) = temp_store();
+        assert_eq!(store.who_revoked("t1").unwrap(), None);
+        for (name, source) in [("bob", "10.0.0.2"), ("carol", "10.0.0.3")] {
+            let by = Actor {
+                name: name.into(),
+                source: source.into(),
+                logged_in_as_admin: None,
+            };
+            store.record_event(&by, "token.revoked", "t1", "").unwrap();
+        }
+        assert_eq!(
+            store.who_revoked("t1").unwrap(),
+            Some(("carol".to_string(), "10.0.0.3".to_string()))
+        );
+    }
+
+    /// An event whose time was edited by hand into a real number is placed by its value
+    /// rounded up, and a listing by pages goes past it once (rounded down, each next page found
+    /// it again, without end).
+    #[test]
+    fn an_event_whose_time_is_a_real_number_is_listed_once() {
+        let (_dir, store) = temp_store();
+        store
+            .with_conn(|c| {
+                c.execute_batch(
+                    "INSERT INTO audit_events (at, actor, action, target)
+                     VALUES (1500.5, 'x', 'user.added', 'a'), (2000, 'x', 'user.added', 'b')",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut cursor = AuditCursor::START;
+        for _ in 0..5 {
+            let page = store
+                .audit_page(&AuditFilter::default(), cursor, 1)
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            cursor = AuditCursor::after(last);
+            seen.push((last.at, last.target.clone()));
+        }
+        assert_eq!(seen, [(1501, "a".to_string()), (2000, "b".to_string())]);
+    }
 }

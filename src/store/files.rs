@@ -514,7 +514,9 @@ mod tests {
     use std::path::Path;
 
     use super::{
-        free_bytes, little_room_to_write, no_room_for_the_index, ROOM_TO_OPEN, ROOM_TO_WRITE,
+        free_bytes, little_room_to_write, no_room_for_the_index, readable_by_others,
+        refuse_a_log_without_its_file, undo_a_new_store, usable_path, BeforeANewStore,
+        ROOM_TO_OPEN, ROOM_TO_WRITE,
     };
 
     #[test]
@@ -542,5 +544,93 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(free_bytes(dir.path()).is_some_and(|free| free >= ROOM_TO_OPEN));
         crate::store::Store::check_can_write(&dir.path().join("t.db")).unwrap();
+    }
+
+    /// A store or its `-wal` that its group or others may read is said so, the file named;
+    /// one only its owner may read is not.
+    #[test]
+    fn a_store_readable_by_its_group_is_said_so() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let wal = super::sidecar(&db, "-wal");
+        let mode = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        std::fs::write(&db, b"x").unwrap();
+        std::fs::write(&wal, b"x").unwrap();
+        mode(&db, 0o600);
+        mode(&wal, 0o600);
+        assert_eq!(readable_by_others(&db), None);
+        mode(&db, 0o640);
+        let said = readable_by_others(&db).expect("said");
+        assert!(
+            said.contains("t.db is readable") && said.contains("0640"),
+            "{said}"
+        );
+        mode(&db, 0o600);
+        mode(&wal, 0o660);
+        let said = readable_by_others(&db).expect("said");
+        assert!(said.contains("t.db-wal is readable"), "{said}");
+    }
+
+    /// Only a `-wal` that holds changes keeps an empty or missing store file from being
+    /// opened; an empty one beside a missing file, or any beside a store with pages, does not.
+    #[test]
+    fn only_a_log_with_changes_beside_an_empty_or_missing_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let wal = super::sidecar(&db, "-wal");
+        std::fs::write(&wal, b"").unwrap();
+        assert_eq!(refuse_a_log_without_its_file(&db), Ok(()), "an empty -wal");
+        std::fs::write(&wal, b"changes").unwrap();
+        let e = refuse_a_log_without_its_file(&db).unwrap_err();
+        assert!(e.contains("the store file is missing"), "{e}");
+        std::fs::write(&db, b"").unwrap();
+        let e = refuse_a_log_without_its_file(&db).unwrap_err();
+        assert!(e.contains("the store file is empty (0 bytes)"), "{e}");
+        std::fs::write(&db, b"pages").unwrap();
+        assert_eq!(refuse_a_log_without_its_file(&db), Ok(()), "a store in use");
+    }
+
+    /// A store a command made is undone only while it holds nothing: one holding a row
+    /// (another command's user, written while this one waited) is kept.
+    #[test]
+    fn a_new_store_is_undone_only_while_it_holds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let make = |rows: &str| {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.execute_batch(&format!("CREATE TABLE users(x); {rows}"))
+                .unwrap();
+        };
+        make("INSERT INTO users VALUES (1);");
+        assert!(!undo_a_new_store(&db, BeforeANewStore::Nothing));
+        assert!(db.exists(), "a store holding a row is kept");
+        std::fs::remove_file(&db).unwrap();
+        make("");
+        assert!(undo_a_new_store(&db, BeforeANewStore::Nothing));
+        assert!(!db.exists(), "an empty new store is removed");
+    }
+
+    /// Symbolic links to a store not made yet are followed sixteen deep, no further.
+    #[test]
+    fn a_path_through_more_than_sixteen_links_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = |n: usize| {
+            let name = |i: usize| dir.path().join(format!("c{n}-{i}"));
+            for i in 0..n {
+                let to = if i + 1 == n {
+                    dir.path().join(format!("store{n}.db"))
+                } else {
+                    name(i + 1)
+                };
+                std::os::unix::fs::symlink(to, name(i)).unwrap();
+            }
+            usable_path(&name(0))
+        };
+        assert_eq!(chain(16), Ok(()));
+        let e = chain(17).unwrap_err();
+        assert!(e.contains("too many levels of symbolic links"), "{e}");
     }
 }

@@ -310,4 +310,60 @@ mod tests {
             BTreeSet::from([31000])
         );
     }
+
+    /// This process's own locks never make it a stranger or a locker of its own store: a
+    /// command's connection is not another process.
+    #[test]
+    fn this_process_is_never_named() {
+        let me = std::process::id();
+        let (shm, db) = (((0xfe, 0), 10036068), ((0xfe, 0), 10036254));
+        // The index, and SQLite's locks on another file (a second store it has open).
+        let text = format!(
+            "1: POSIX  ADVISORY  READ {me} fe:00:10036068 128 128\n\
+             2: POSIX  ADVISORY  READ {me} fe:00:99 1073741826 1073742335\n"
+        );
+        assert!(holders_of_another_files_log(&text, db, shm).is_empty());
+        // A write lock on the store's lock bytes.
+        let text = format!("1: POSIX  ADVISORY  WRITE {me} fe:00:10036254 1073741824 1073741824\n");
+        assert!(lockers_in(&text, db).is_empty());
+    }
+
+    /// SQLite's lock bytes begin at its `PENDING_BYTE` itself: a lock on that very byte of
+    /// another file is SQLite's too.
+    #[test]
+    fn a_lock_on_the_pending_byte_of_another_file_is_sqlites() {
+        let (shm, db) = (((0xfe, 0), 10036068), ((0xfe, 0), 10036254));
+        let text = "1: POSIX  ADVISORY  READ 31000 fe:00:10036068 128 128\n\
+                    2: POSIX  ADVISORY  WRITE 31000 fe:00:99 1073741824 1073741824\n\
+                    3: POSIX  ADVISORY  READ 31001 fe:00:10036068 128 128\n\
+                    4: POSIX  ADVISORY  WRITE 31001 fe:00:99 1073741823 1073741823\n";
+        assert_eq!(
+            holders_of_another_files_log(text, db, shm),
+            BTreeSet::from([31000])
+        );
+    }
+
+    /// A store this process has open is held by nobody else: its own connection's locks are
+    /// left out (or every command would find its own store in use).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_store_only_this_process_has_open_is_held_by_no_other() {
+        // Without /proc/locks (Linux's), the module reads nothing and this test checks nothing.
+        assert!(read_locks().is_some(), "/proc/locks cannot be read");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+            .unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+            .unwrap();
+        let shm = dir.path().join("s.db-shm");
+        assert_eq!(
+            anyone_holds(&shm),
+            Some(true),
+            "its connection holds the -shm"
+        );
+        assert!(others_holding(&path).is_empty());
+        assert!(lockers(&path).is_empty());
+    }
 }

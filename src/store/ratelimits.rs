@@ -434,4 +434,24 @@ mod tests {
             .unwrap();
         assert_eq!(store.rate_limits().unwrap().usable[0].rule, fastest);
     }
+
+    /// The overrides are listed by principal, whatever order they were set in.
+    #[test]
+    fn overrides_are_listed_by_principal() {
+        let (_d, store) = temp_store();
+        for user in ["carol", "alice", "bob"] {
+            store.add_user(user, "x", Role::User, &actor()).unwrap();
+            store
+                .set_rate_limit(&format!("user:{user}"), RateRule::Exempt, &actor())
+                .unwrap();
+        }
+        let listed: Vec<String> = store
+            .rate_limits()
+            .unwrap()
+            .usable
+            .into_iter()
+            .map(|o| o.principal)
+            .collect();
+        assert_eq!(listed, ["user:alice", "user:bob", "user:carol"]);
+    }
 }

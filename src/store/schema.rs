@@ -635,4 +635,69 @@ mod tests {
         );
         assert!(!said.contains("another program"), "{said}");
     }
+
+    /// A store that a newer gitgate migrated while this one waited for the write lock to
+    /// migrate it is refused as newer, read again under the lock — not given a migration of
+    /// this build's over the newer one's.
+    #[test]
+    fn a_store_made_newer_while_waiting_to_migrate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let old = Connection::open(&path).unwrap();
+        old.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+            .unwrap();
+        for migration in &MIGRATIONS[..MIGRATIONS.len() - 1] {
+            old.execute_batch(migration).unwrap();
+        }
+        old.pragma_update(None, "user_version", CURRENT - 1)
+            .unwrap();
+        // The newer gitgate holds the write lock as this one starts.
+        let newer = Connection::open(&path).unwrap();
+        newer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let migrating = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let mut conn = Connection::open(&path).unwrap();
+                migrate(&mut conn).map_err(|e| e.to_string())
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        newer
+            .execute_batch(&format!("PRAGMA user_version = {}; COMMIT", CURRENT + 1))
+            .unwrap();
+        let e = migrating
+            .join()
+            .expect("no panic")
+            .expect_err("refused as newer");
+        assert!(e.contains("newer than this gitgate knows"), "{e}");
+        let version: i64 = old
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, CURRENT + 1);
+    }
+
+    /// Up to five lost columns are all named; past five, the first five and how many more.
+    #[test]
+    fn lost_columns_are_named_up_to_five() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE users DROP COLUMN locked_until;
+             ALTER TABLE users DROP COLUMN failed_logins;
+             ALTER TABLE tokens DROP COLUMN allowed_networks;
+             ALTER TABLE tokens DROP COLUMN rotated_at;
+             ALTER TABLE tokens DROP COLUMN previous_valid_until;",
+        )
+        .unwrap();
+        let lost = lost_columns(&conn, CURRENT).unwrap().unwrap();
+        assert_eq!(lost.matches("'.'").count(), 5, "{lost}");
+        assert!(!lost.contains("more"), "{lost}");
+        conn.execute_batch("ALTER TABLE tokens DROP COLUMN previous_hash")
+            .unwrap();
+        let lost = lost_columns(&conn, CURRENT).unwrap().unwrap();
+        assert!(
+            lost.matches("'.'").count() == 5 && lost.ends_with(" and 1 more"),
+            "{lost}"
+        );
+    }
 }

@@ -837,4 +837,170 @@ mod tests {
         assert!(state.principals.contains_key("bob"), "its exchange is open");
         assert_eq!(state.principals.len(), 2);
     }
+
+    /// A request going on with an exchange that stops waiting (its client left, or its wait
+    /// ended) lets a start it held back take the free place at once, not at the end of the
+    /// start's own wait.
+    #[tokio::test]
+    async fn a_start_held_back_by_a_request_that_stops_waiting_takes_the_place_at_once() {
+        let cap = cap(1, 30_000, 30_000);
+        // alice's POST waits, going on with her exchange: the one free place is kept for it.
+        let post = {
+            METRICS.backend_wait_started();
+            let mut state = cap.state();
+            let p = cap.principal_mut(&mut state, "alice");
+            p.waiting += 1;
+            p.going_on_waiting += 1;
+            Waits {
+                cap: &cap,
+                principal: "alice",
+                going_on: true,
+            }
+        };
+        let bob = tokio::spawn({
+            let cap = cap.clone();
+            async move { cap.place(Advertisement, "bob").await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !bob.is_finished(),
+            "bob's start is held back for alice's POST"
+        );
+        drop(post);
+        let taken = tokio::time::timeout(Duration::from_secs(3), bob)
+            .await
+            .expect("the place taken at once, not after bob's 30 s wait");
+        assert_eq!(taken.unwrap(), Ok(()));
+    }
+
+    /// An advertisement starts a new exchange even while its token's last one is open: it
+    /// waits as a start (the shorter wait), not as a request going on with an exchange.
+    #[tokio::test]
+    async fn an_advertisement_during_an_open_exchange_is_a_start() {
+        let cap = cap(1, 30, 60);
+        let _alice = cap.place(Advertisement, "alice").await.unwrap();
+        assert_eq!(
+            cap.place(Advertisement, "alice").await.unwrap_err(),
+            Busy {
+                max: 1,
+                waited: Duration::from_millis(30),
+                why: Full::AllInUse,
+            }
+        );
+        assert_eq!(cap.state().principals["alice"].going_on_waiting, 0);
+    }
+
+    /// Each request going on with an exchange keeps its window open: a long clone's later
+    /// POSTs are not taken for starts once the window from its advertisement has passed.
+    #[tokio::test]
+    async fn a_request_going_on_with_an_exchange_keeps_its_window_open() {
+        let cap = cap(2, 10, 10);
+        drop(cap.place(Advertisement, "alice").await.unwrap());
+        // Her window nearly over.
+        cap.state()
+            .principals
+            .get_mut("alice")
+            .unwrap()
+            .exchange_until = Some(Instant::now() + Duration::from_secs(1));
+        drop(cap.place(Other, "alice").await.unwrap());
+        let until = cap.state().principals["alice"].exchange_until.unwrap();
+        assert!(
+            until > Instant::now() + EXCHANGE_WINDOW - Duration::from_secs(60),
+            "{until:?}"
+        );
+    }
+
+    /// A token whose place is given back while another of its requests waits is not forgotten
+    /// under that request: it is still counted as waiting, takes the place, and its token is
+    /// forgotten once it is done.
+    #[tokio::test]
+    async fn a_token_is_not_forgotten_while_one_of_its_requests_waits() {
+        let cap = cap(1, 5000, 5000);
+        let first = cap.place(Other, "ci").await.unwrap();
+        let second = tokio::spawn({
+            let cap = cap.clone();
+            async move { cap.place(Other, "ci").await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(first);
+        assert_eq!(
+            cap.state().principals.get("ci").map(|p| p.waiting),
+            Some(1),
+            "its second request still waits"
+        );
+        assert_eq!(second.await.unwrap(), Ok(()));
+        assert!(!cap.state().principals.contains_key("ci"));
+        assert_eq!(cap.in_use(), 0);
+    }
+
+    /// The principals kept are at most [`PRINCIPALS_KEPT`]: at that many, the expired ones are
+    /// forgotten before another is added.
+    #[tokio::test]
+    async fn expired_principals_are_forgotten_once_as_many_as_are_kept() {
+        let cap = cap(2, 10, 10);
+        {
+            let mut state = cap.state();
+            for i in 0..PRINCIPALS_KEPT {
+                state.principals.insert(
+                    format!("old{i}").into(),
+                    Principal {
+                        exchange_until: Some(Instant::now() - Duration::from_secs(1)),
+                        ..Principal::default()
+                    },
+                );
+            }
+        }
+        drop(cap.place(Advertisement, "bob").await.unwrap());
+        let state = cap.state();
+        assert_eq!(
+            state.principals.len(),
+            1,
+            "only bob, whose exchange is open"
+        );
+    }
+
+    /// A request answered at a stop is counted among the answers to let out before the
+    /// connections are cut, and told how long it really waited, not its whole wait.
+    #[tokio::test]
+    async fn a_request_answered_at_a_stop_is_counted_with_the_time_it_waited() {
+        let cap = cap(1, 30_000, 30_000);
+        let _alice = cap.place(Advertisement, "alice").await.unwrap();
+        let bob = tokio::spawn({
+            let cap = cap.clone();
+            async move { cap.place(Advertisement, "bob").await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(cap.answered_at_stop(), 0);
+        cap.stopping(Duration::from_millis(200));
+        let busy = tokio::time::timeout(Duration::from_secs(10), bob)
+            .await
+            .expect("answered before the grace period ends")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(busy.why, Full::Stopping);
+        assert!(busy.waited < Duration::from_secs(5), "{:?}", busy.waited);
+        assert_eq!(cap.answered_at_stop(), 1);
+    }
+
+    /// A token held to its share while another waits is no sign that the cap is reached: the
+    /// log says nothing of it.
+    #[test]
+    fn a_token_held_to_its_share_does_not_say_the_cap_is_reached() {
+        let log = crate::store::test_support::logged(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let cap = cap(4, 30, 30);
+                let _held: Vec<_> = (0..3).map(|_| cap.clone().try_place("ci")).collect();
+                cap.principal_mut(&mut cap.state(), "carol").waiting = 1;
+                assert_eq!(
+                    cap.place(Advertisement, "ci").await.unwrap_err().why,
+                    Full::Share { held: 3 }
+                );
+            });
+        });
+        assert!(!log.contains("max_processes"), "{log}");
+    }
 }

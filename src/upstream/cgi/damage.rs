@@ -221,4 +221,12 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A line with an object id and no ref name names no ref.
+    #[test]
+    fn a_line_without_a_ref_name_names_none() {
+        let a = "bdc6c7fcfdaeec308ff55a0378ad961a27165ef3";
+        assert_eq!(ref_naming(format!("{a} \n").as_bytes(), a), None);
+        assert_eq!(ref_naming(a.as_bytes(), a), None);
+    }
 }
