@@ -59,6 +59,13 @@ pub(crate) const MALFORMED_SAID: usize = 300;
 /// "client closed request"; never sent).
 pub(crate) const CLIENT_GONE_BEFORE_ANSWER: u16 = 499;
 
+/// Pure: the backend's status a request's line counts, if any. Only a forwarded request has
+/// one, and not one whose client left before the backend answered: it was allowed, but its
+/// 499 is gitgate's word, not the backend's.
+fn backend_status(forwarded: bool, status: u16) -> Option<u16> {
+    (forwarded && status != CLIENT_GONE_BEFORE_ANSWER).then_some(status)
+}
+
 pub(crate) struct LogLine {
     /// Also in every other line the request writes.
     pub(crate) id: RequestId,
@@ -90,13 +97,10 @@ impl LogLine {
             "complete" if self.inbound.closed.load(Ordering::Relaxed) => "client-gone",
             outcome => outcome,
         };
-        // A forwarded request whose client left before the backend answered was allowed, but
-        // has no backend status to count.
-        let answered = self.forwarded && self.status != CLIENT_GONE_BEFORE_ANSWER;
         METRICS.request_done(
             operation,
             Outcome::of(self.forwarded, self.status),
-            answered.then_some(self.status),
+            backend_status(self.forwarded, self.status),
             self.started.elapsed(),
         );
         // A classified request's repository was checked for a token already (in `admit`, on
@@ -494,8 +498,8 @@ impl Drop for LoggedBody {
 #[cfg(test)]
 mod tests {
     use super::{
-        loggable_path, loggable_repo, LogAgent, LogLine, LogMethod, Unanswered, AGENT_LOGGED,
-        CLIENT_GONE_BEFORE_ANSWER, MALFORMED_SAID, MAX_LOGGED_METHOD, PATH_KEPT,
+        backend_status, loggable_path, loggable_repo, LogAgent, LogLine, LogMethod, Unanswered,
+        AGENT_LOGGED, CLIENT_GONE_BEFORE_ANSWER, MALFORMED_SAID, MAX_LOGGED_METHOD, PATH_KEPT,
     };
     use crate::gate::RequestLog;
     use crate::idle::Activity;
@@ -854,5 +858,17 @@ mod tests {
         });
         assert!(panicked.is_err());
         assert!(errors() > before);
+    }
+
+    /// Only a forwarded request counts a backend status, and a 499 (its client left before
+    /// the backend answered) is none: it is not counted as the backend's 4xx.
+    #[test]
+    fn a_forwarded_request_whose_client_left_first_has_no_backend_status() {
+        assert_eq!(backend_status(true, 200), Some(200));
+        assert_eq!(backend_status(true, 502), Some(502));
+        assert_eq!(backend_status(true, 404), Some(404));
+        assert_eq!(backend_status(true, CLIENT_GONE_BEFORE_ANSWER), None);
+        assert_eq!(backend_status(false, 401), None);
+        assert_eq!(backend_status(false, 200), None);
     }
 }
