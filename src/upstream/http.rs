@@ -123,7 +123,7 @@ impl HttpBackend {
         let origin = Origin {
             socket: cfg.socket.clone(),
             host: host_name,
-            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            port: port_of(authority, https),
             tls,
         };
         let host = HeaderValue::from_str(authority.as_str())
@@ -1094,6 +1094,12 @@ impl Body for UpstreamBody {
     }
 }
 
+/// Pure: the port the upstream's URL names, or its scheme's own (443 for `https`, 80 for
+/// `http`).
+fn port_of(authority: &hyper::http::uri::Authority, https: bool) -> u16 {
+    authority.port_u16().unwrap_or(if https { 443 } else { 80 })
+}
+
 /// The host and port the client asked for (`:authority` over HTTP/2, `Host` over HTTP/1.1),
 /// as an authority.
 fn client_authority(inbound: &Parts) -> Option<hyper::http::uri::Authority> {
@@ -1604,5 +1610,16 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT, "{e}");
         assert_eq!(e.fault, Fault::Backend, "{e}");
+    }
+
+    /// An upstream URL without a port is reached on its scheme's: 443 for `https`, 80 for
+    /// `http`; one with a port, on that.
+    #[test]
+    fn an_upstream_url_without_a_port_is_reached_on_its_schemes() {
+        let a = |s: &str| s.parse::<hyper::http::uri::Authority>().unwrap();
+        assert_eq!(port_of(&a("git.example.com"), true), 443);
+        assert_eq!(port_of(&a("git.example.com"), false), 80);
+        assert_eq!(port_of(&a("git.example.com:8443"), true), 8443);
+        assert_eq!(port_of(&a("[::1]:3000"), false), 3000);
     }
 }
