@@ -542,18 +542,8 @@ mod tests {
     #[test]
     fn lines_go_straight_out_until_the_pipe_is_full_then_queue_in_order() {
         use std::io::Read;
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let mut fds = [0; 2];
-        // SAFETY: pipe fills the two descriptors it is given.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: just made, owned here alone.
-        let (read_end, write_end) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let direct = Direct::for_fd(write_end.as_raw_fd());
-        assert!(matches!(direct, Direct::Nonblocking(_)), "{direct:?}");
+        let (mut reader, writer_end, direct) = pipe();
         let queue = LogQueue::new(QUEUE_BYTES, direct);
-        let mut reader = std::fs::File::from(read_end);
-        let writer_end = std::fs::File::from(write_end);
         let writer = {
             let queue = Arc::clone(&queue);
             std::thread::spawn(move || queue.write_to(writer_end, |_, _| {}))
@@ -690,7 +680,7 @@ mod tests {
     #[test]
     fn the_rest_of_a_line_begun_is_queued_whatever_the_capacity() {
         use std::io::Read;
-        let (mut reader, direct) = pipe();
+        let (mut reader, _, direct) = pipe();
         let queue = LogQueue::new(1000, direct);
         let line = vec![b'z'; 200 * 1024];
         queue.push(&line, false);
@@ -723,7 +713,7 @@ mod tests {
     #[test]
     fn a_line_waits_behind_those_the_writer_is_writing() {
         use std::io::Read;
-        let (mut reader, direct) = pipe();
+        let (mut reader, _, direct) = pipe();
         let queue = LogQueue::new(QUEUE_BYTES, direct);
         // More than the pipe holds: its rest is queued, and the writer takes it.
         queue.push(&vec![b'z'; 200 * 1024], false);
@@ -752,8 +742,9 @@ mod tests {
         );
     }
 
-    /// A pipe's read end, and how its write end is written without blocking.
-    fn pipe() -> (std::fs::File, Direct) {
+    /// A pipe's two ends, and how its write end is written without blocking (on a
+    /// description of its own: the write end given back can close).
+    fn pipe() -> (std::fs::File, std::fs::File, Direct) {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         let mut fds = [0; 2];
         // SAFETY: pipe fills the two descriptors it is given.
@@ -763,8 +754,10 @@ mod tests {
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let direct = Direct::for_fd(write_end.as_raw_fd());
         assert!(matches!(direct, Direct::Nonblocking(_)), "{direct:?}");
-        // The direct writer has a description of its own: this one can close.
-        drop(write_end);
-        (std::fs::File::from(read_end), direct)
+        (
+            std::fs::File::from(read_end),
+            std::fs::File::from(write_end),
+            direct,
+        )
     }
 }

@@ -1339,17 +1339,27 @@ mod tests {
             &parts,
             http_body_util::Empty::<Bytes>::new(),
             &git_req("/team/app.git/info/refs", Some("service=git-upload-pack")),
-            &Identity {
-                user: "alice".into(),
-                token_id: "t1".into(),
-            },
-            RequestSource {
-                peer,
-                client: peer,
-                id: crate::request_id::RequestId::next(),
-            },
+            &alice(),
+            from(peer),
         )
         .await
+    }
+
+    /// The one who asks in these tests.
+    fn alice() -> Identity {
+        Identity {
+            user: "alice".into(),
+            token_id: "t1".into(),
+        }
+    }
+
+    /// A request from `peer`, seen directly (no proxy in front).
+    fn from(peer: std::net::SocketAddr) -> RequestSource {
+        RequestSource {
+            peer,
+            client: peer,
+            id: crate::request_id::RequestId::next(),
+        }
     }
 
     /// A challenge from the upstream, `401` or `407`, is about gitgate's own credentials:
@@ -1592,20 +1602,7 @@ mod tests {
         let push =
             crate::git::classify("POST", "/team/app.git/git-receive-pack", None, "/").unwrap();
         let e = b
-            .forward(
-                &parts,
-                Endless,
-                &push,
-                &Identity {
-                    user: "alice".into(),
-                    token_id: "t1".into(),
-                },
-                RequestSource {
-                    peer,
-                    client: peer,
-                    id: crate::request_id::RequestId::next(),
-                },
-            )
+            .forward(&parts, Endless, &push, &alice(), from(peer))
             .await
             .unwrap_err();
         assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT, "{e}");
