@@ -326,4 +326,42 @@ mod tests {
         }
         assert_eq!(changed_sections(&a, &cgi(".")), ["[upstream]"]);
     }
+
+    /// Each section's edits are named: the store's path, the failed-authentication throttle,
+    /// the server's limits — a SIGHUP applies none of them, and the operator is told.
+    #[test]
+    fn an_edit_of_the_store_the_throttle_or_the_limits_is_named() {
+        let path = std::path::Path::new("/etc/gitgate/proxy.toml");
+        let base = "[server]\nlisten = \"127.0.0.1:8080\"\n[store]\npath = \"g.db\"\n\
+                    [upstream]\nurl = \"http://127.0.0.1:9000\"\n";
+        let a = Config::parse(path, base).unwrap();
+        let b = Config::parse(path, &base.replace("\"g.db\"", "\"other.db\"")).unwrap();
+        assert_eq!(changed_sections(&a, &b), ["[store]"]);
+        let b = Config::parse(path, &format!("{base}[auth_failures]\nmax = 3\n")).unwrap();
+        assert_eq!(changed_sections(&a, &b), ["[auth_failures]"]);
+        let b = Config::parse(
+            path,
+            &base.replace("8080\"\n", "8080\"\nidle_timeout_seconds = 77\n"),
+        )
+        .unwrap();
+        assert_eq!(changed_sections(&a, &b), ["[server]"]);
+    }
+
+    /// A config file that now names a store this process cannot write is said to make a
+    /// restart fail, not merely to have changed.
+    #[test]
+    fn a_new_store_that_cannot_be_written_is_said_to_fail_a_restart() {
+        let path = std::path::Path::new("/etc/gitgate/proxy.toml");
+        let base = "[server]\nlisten = \"127.0.0.1:8080\"\n[store]\npath = \"g.db\"\n\
+                    [upstream]\nurl = \"http://127.0.0.1:9000\"\n";
+        let running = Config::parse(path, base).unwrap();
+        let on_disk = Config::parse(
+            path,
+            &base.replace("\"g.db\"", "\"/nonexistent-gitgate-folder/g.db\""),
+        );
+        let log = crate::store::test_support::logged(|| {
+            config_said_on_hangup(&running, &on_disk);
+        });
+        assert!(log.contains("names another store"), "{log}");
+    }
 }

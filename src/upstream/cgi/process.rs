@@ -517,4 +517,48 @@ mod tests {
             assert!(!is_malformed_request(line), "{line}");
         }
     }
+
+    /// A process alone in the group it leads has no others in it: its own entry in `/proc`
+    /// does not count, or every ended backend would wait out the whole grace before being
+    /// reaped.
+    #[test]
+    fn a_leader_alone_in_its_group_has_no_others_in_it() {
+        use super::others_in_group;
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let alone = others_in_group(group);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(alone, Some(false));
+    }
+
+    /// The first reason given for ending a backend is the one kept: a later pull (the
+    /// supervisor's own "the backend exited") does not overwrite why it was ended.
+    #[test]
+    fn the_first_reason_to_kill_a_backend_is_the_one_kept() {
+        let switch = super::KillSwitch::new();
+        let seen = switch.subscribe();
+        switch.kill("request body failed");
+        switch.kill("the backend exited");
+        assert_eq!(seen.borrow().as_deref(), Some("request body failed"));
+    }
+
+    /// git's words for a client's mistake count only where its `fatal:` line begins with them:
+    /// the same words further on (in a path, in text a hook quoted) are a failure like any
+    /// other, to be alerted on.
+    #[test]
+    fn a_clients_mistake_is_told_by_how_the_fatal_line_begins() {
+        for line in [
+            "fatal: not a git repository: '/srv/git/protocol error: x.git'",
+            "fatal: hook declined: invalid command",
+            "fatal: cannot read: unexpected line: x",
+        ] {
+            assert!(!is_malformed_request(line), "{line}");
+        }
+    }
 }

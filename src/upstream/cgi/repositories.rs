@@ -280,4 +280,55 @@ mod tests {
             ]
         );
     }
+
+    /// A link under the project root is not followed, though it leads to a repository (or a
+    /// folder of them): what lies outside the root is not scanned, nor named in the warning's
+    /// `rm`.
+    #[test]
+    fn a_link_under_the_root_to_repositories_elsewhere_is_not_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        for repo in ["app.git", "team/other.git"] {
+            let path = outside.path().join(repo);
+            std::fs::create_dir_all(path.join("objects")).unwrap();
+            std::fs::write(path.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        }
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("app.git"), root.path().join("app.git"))
+            .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("team"), root.path().join("team")).unwrap();
+        let found: Vec<_> = under(root.path()).into_iter().map(|r| r.path).collect();
+        assert!(found.is_empty(), "{found:?}");
+    }
+
+    /// A quarantine's own folder may be old while its pack is still being written: the newest
+    /// write inside it is what counts, so a push in flight is not named for removal.
+    #[test]
+    fn a_quarantine_whose_pack_is_still_written_is_not_stale_however_old_its_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let bare = root.path().join("app.git");
+        let quarantine = bare.join("objects/tmp_objdir-incoming-q");
+        std::fs::create_dir_all(quarantine.join("pack")).unwrap();
+        std::fs::write(bare.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        let pack = quarantine.join("pack/tmp_pack_x");
+        std::fs::write(&pack, vec![0u8; 10]).unwrap();
+        let now = SystemTime::now();
+        let long_ago = now - 2 * QUARANTINE_STALE_AFTER;
+        let set_back = |path: &Path| {
+            std::fs::File::open(path)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap()
+        };
+        set_back(&quarantine);
+        let repositories = under(root.path());
+        assert!(stale_quarantines(&repositories, now).is_empty());
+        // Everything in it untouched as long: stale.
+        set_back(&pack);
+        set_back(&quarantine.join("pack"));
+        set_back(&quarantine);
+        assert_eq!(
+            stale_quarantines(&repositories, now),
+            vec![(quarantine, 10)]
+        );
+    }
 }

@@ -1814,3 +1814,136 @@ fn names_differing_in_case_are_different_repositories_here() {
         RepoDir::NotServed(NotServed::Missing)
     );
 }
+
+/// One byte short of its declared length is short: the client would take the answer for a
+/// whole one were the body to end cleanly.
+#[tokio::test]
+async fn output_one_byte_short_of_its_declared_length_ends_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "short1.cgi",
+        "printf 'Content-Type: text/plain\\r\\nContent-Length: 4\\r\\n\\r\\nabc'; exit 0",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let body = serve(&backend, req, empty).await.unwrap().into_body();
+    let (got, e) = body_until_error(body).await;
+    assert_eq!(got, b"abc");
+    assert!(e.to_string().contains("1 bytes short"), "{e}");
+}
+
+/// git's `ERR` packet after an `error:` of its own (a packfile that does not match its index)
+/// is no client's mistake: the repository is damaged, and the answer ends with an error.
+#[tokio::test]
+async fn an_err_packet_after_gits_own_error_is_a_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = exits_after_headers(
+        tmp.path(),
+        "damaged.cgi",
+        "application/x-git-upload-pack-result",
+        "0049ERR upload-pack: not our ref 1111111111111111111111111111111111111111",
+        "error: packfile ./objects/pack/pack-1.pack does not match index\n\
+         fatal: git upload-pack: not our ref 1111111111111111111111111111111111111111",
+        1,
+    );
+    let (_, ended) = body_and_end(&backend).await;
+    let e = ended.expect_err("a damaged repository's refusal ended cleanly");
+    assert!(e.to_string().contains("after an error of its own"), "{e}");
+}
+
+/// A backend that closed its stdout has not ended its answer while its exit is unknown: a body
+/// that said it had ended then would let a failure go out as a whole answer.
+#[tokio::test]
+async fn an_answer_is_not_over_until_the_backends_exit_is_known() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "closes.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\nsome'; exec >&-; sleep 2; exit 3",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let mut body = serve(&backend, req, empty).await.unwrap().into_body();
+    // What it said, until the body waits for its exit.
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), body.frame()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("the body ended before the backend's exit: {other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert!(!body.is_end_stream());
+    let (_, e) = body_until_error(body).await;
+    assert!(e.to_string().contains("exit status: 3"), "{e}");
+}
+
+/// A request body that breaks off after the backend answered early (more than its head, before
+/// reading its input, so the head was not held) still ends the backend: its input merely
+/// closed, it would take the broken body for a whole one.
+#[tokio::test]
+async fn a_broken_body_ends_a_backend_that_answered_before_reading_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let applied = tmp.path().join("applied");
+    let backend = script(
+        tmp.path(),
+        "early.cgi",
+        &format!(
+            "printf 'Content-Type: text/plain\\r\\n\\r\\nearly'; cat >/dev/null; sleep 0.3; \
+             echo applied > '{}'",
+            applied.display()
+        ),
+    );
+    // A body that fails, and one that ends cleanly short of its `Content-Length`.
+    let mut promised = HeaderMap::new();
+    promised.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(4u32 << 20));
+    for (headers, fail_at_end) in [(HeaderMap::new(), true), (promised, false)] {
+        let req = request(&Method::POST, "/x", None, &headers);
+        let make = || Generated {
+            remaining: 3 << 20,
+            fail_at_end,
+        };
+        if let Ok(resp) = serve(&backend, req, make).await {
+            let (_, ended) = body_and_end_of(resp.into_body()).await;
+            assert!(ended.is_err(), "the answer to a broken body ended cleanly");
+        }
+        assert_eq!(backend.wait_until_reaped().await, 0);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(
+            !applied.exists(),
+            "the backend went on to apply a broken body ({fail_at_end})"
+        );
+    }
+}
+
+async fn body_and_end_of(mut body: CgiBody) -> (Vec<u8>, Result<(), std::io::Error>) {
+    let mut got = Vec::new();
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
+            Some(Err(e)) => return (got, Err(e)),
+            None => return (got, Ok(())),
+        }
+    }
+}
+
+/// The wait for a worker's backends to be reaped (a stop's) ends as the last one is reaped, not
+/// at its deadline (`INPUT_CLOSED_GRACE + TERM_GRACE` and a second: 4 s).
+#[tokio::test]
+async fn the_wait_for_the_backends_ends_when_the_last_is_reaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "brief.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\n'; sleep 0.3; exit 0",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let resp = serve(&backend, req, empty).await.unwrap();
+    let reading = tokio::spawn(body_and_end_of(resp.into_body()));
+    let started = std::time::Instant::now();
+    assert_eq!(backend.wait_until_reaped().await, 0);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(1300), "{waited:?}");
+    assert!(reading.await.unwrap().1.is_ok());
+}
