@@ -135,10 +135,8 @@ pub async fn check_at_start(gate: &Gate) {
 
 async fn ready(gate: &Gate) -> Result<(), NotReady> {
     let mut last = gate.readiness.0.lock().await;
-    if let Some((at, outcome)) = *last {
-        if at.elapsed() < REMEMBER_FOR {
-            return outcome;
-        }
+    if let Some(outcome) = remembered(*last, Instant::now()) {
+        return outcome;
     }
     let checked = check(gate).await;
     let now = Instant::now();
@@ -146,6 +144,16 @@ async fn ready(gate: &Gate) -> Result<(), NotReady> {
     say(checked, now);
     *last = Some((now, outcome));
     outcome
+}
+
+/// Pure: the last check's outcome if it is recent enough to answer a probe at `now` (a
+/// flood of probes costs one check of the store and the backend a second, not one each).
+fn remembered(
+    last: Option<(Instant, Result<(), NotReady>)>,
+    now: Instant,
+) -> Option<Result<(), NotReady>> {
+    let (at, outcome) = last?;
+    (now.saturating_duration_since(at) < REMEMBER_FOR).then_some(outcome)
 }
 
 /// Logs what a check's outcome adds to the story of the outage, if anything.
@@ -253,5 +261,23 @@ mod tests {
                 checks: 1
             }
         );
+    }
+
+    /// A check's outcome answers the probes that follow it within [`REMEMBER_FOR`], failed
+    /// or not; then the next probe checks again.
+    #[test]
+    fn a_checks_outcome_answers_the_probes_of_the_next_moment() {
+        let t0 = Instant::now();
+        let failed: Result<(), NotReady> = Err("git backend unreachable");
+        assert_eq!(remembered(None, t0), None);
+        assert_eq!(remembered(Some((t0, Ok(()))), t0), Some(Ok(())));
+        assert_eq!(
+            remembered(Some((t0, failed)), t0 + REMEMBER_FOR / 2),
+            Some(failed)
+        );
+        let just_before = t0 + REMEMBER_FOR - Duration::from_millis(1);
+        assert_eq!(remembered(Some((t0, Ok(()))), just_before), Some(Ok(())));
+        assert_eq!(remembered(Some((t0, Ok(()))), t0 + REMEMBER_FOR), None);
+        assert_eq!(remembered(Some((t0, failed)), t0 + 2 * REMEMBER_FOR), None);
     }
 }
