@@ -1142,8 +1142,12 @@ mod tests {
     use std::path::Path;
 
     fn backend(url: &str) -> HttpBackend {
-        let text = format!("[upstream]\nurl = \"{url}\"\n");
-        let c = Config::parse(Path::new("/etc/gitgate/proxy.toml"), &text).unwrap();
+        backend_of(&format!("[upstream]\nurl = \"{url}\"\n"))
+    }
+
+    /// The backend of a configuration's `[upstream]` section, given as its text.
+    fn backend_of(text: &str) -> HttpBackend {
+        let c = Config::parse(Path::new("/etc/gitgate/proxy.toml"), text).unwrap();
         let crate::config::Upstream::Http(h) = &c.upstream else {
             panic!()
         };
@@ -1508,11 +1512,7 @@ mod tests {
         let text = format!(
             "[upstream]\nurl = \"http://127.0.0.1:{port}/git\"\nidle_timeout_seconds = 1\n"
         );
-        let c = Config::parse(Path::new("/etc/gitgate/proxy.toml"), &text).unwrap();
-        let crate::config::Upstream::Http(h) = &c.upstream else {
-            panic!()
-        };
-        let b = HttpBackend::new(h, None, vec![], false, "/").unwrap();
+        let b = backend_of(&text);
         let e = b.answer_to_a_plain_request().await.unwrap_err();
         assert!(e.starts_with("no answer within 1 s"), "{e}");
         drop(silent);
@@ -1548,11 +1548,7 @@ mod tests {
             "[upstream]\nurl = \"https://127.0.0.1:{port}/git\"\nca_file = \"{}\"\n",
             fixture("ca.pem").display()
         );
-        let c = Config::parse(Path::new("/etc/gitgate/proxy.toml"), &text).unwrap();
-        let crate::config::Upstream::Http(h) = &c.upstream else {
-            panic!()
-        };
-        let b = HttpBackend::new(h, None, vec![], false, "/").unwrap();
+        let b = backend_of(&text);
         let answer = advertisement(&b).await;
         assert_eq!(upstream.await.unwrap(), Some(b"http/1.1".to_vec()));
         assert_eq!(answer.unwrap().status(), StatusCode::OK);
@@ -1586,11 +1582,7 @@ mod tests {
         let text = format!(
             "[upstream]\nurl = \"http://127.0.0.1:{port}/git\"\nidle_timeout_seconds = 1\n"
         );
-        let c = Config::parse(Path::new("/etc/gitgate/proxy.toml"), &text).unwrap();
-        let crate::config::Upstream::Http(h) = &c.upstream else {
-            panic!()
-        };
-        let b = HttpBackend::new(h, None, vec![], false, "/").unwrap();
+        let b = backend_of(&text);
         let (parts, ()) = Request::builder()
             .method(Method::POST)
             .uri("/team/app.git/git-receive-pack")
