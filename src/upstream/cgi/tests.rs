@@ -985,15 +985,7 @@ async fn a_backend_that_dies_after_its_head_while_the_body_is_coming_has_failed(
 async fn body_and_end(backend: &CgiBackend) -> (Vec<u8>, Result<(), std::io::Error>) {
     let headers = HeaderMap::new();
     let req = request(&Method::GET, "/x", None, &headers);
-    let mut body = serve(backend, req, empty).await.unwrap().into_body();
-    let mut got = Vec::new();
-    loop {
-        match body.frame().await {
-            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
-            Some(Err(e)) => return (got, Err(e)),
-            None => return (got, Ok(())),
-        }
-    }
+    body_and_end_of(serve(backend, req, empty).await.unwrap().into_body()).await
 }
 
 /// A backend that writes a `200` head of `content_type`, then `answer` (shell text inside
@@ -1907,6 +1899,7 @@ async fn a_broken_body_ends_a_backend_that_answered_before_reading_it() {
     }
 }
 
+/// A body's bytes up to its end, and how it ended.
 async fn body_and_end_of(mut body: CgiBody) -> (Vec<u8>, Result<(), std::io::Error>) {
     let mut got = Vec::new();
     loop {
