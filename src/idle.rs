@@ -532,7 +532,15 @@ async fn until_closed<F: Future>(
                 if h2_finishing {
                     continue;
                 }
-                if activity.waiting_for_request() >= request_within {
+                // The answer that ended since the loop last looked may have been a push's
+                // probe: its POST is awaited now, and is given the wait for a request from the
+                // stop's start, not the drain's second.
+                let within = if exempt(activity) {
+                    wait_for_request
+                } else {
+                    request_within
+                };
+                if activity.waiting_for_request() >= within {
                     return Closed::NoRequest;
                 }
                 // (The answer just ended may be a push's probe, after which its POST comes.)
@@ -1132,5 +1140,44 @@ mod tests {
             "closed after {:?}",
             began.elapsed()
         );
+    }
+
+    /// A push's probe answered during a drain marks its POST as awaited only after the answer
+    /// has ended; a connection the loop last saw with nothing awaited (a second for a request)
+    /// and that awaits the POST by the time its timer wakes is given the wait for a request
+    /// from the stop's start. It was closed a second after the probe's answer whenever the
+    /// event loop was late to mark the POST, and a push whose pack came later was cut off.
+    #[tokio::test]
+    async fn a_post_awaited_after_the_loop_last_looked_is_given_the_wait_for_a_request() {
+        let activity = Activity::new();
+        let (_stop, draining) = tokio::sync::watch::channel(true);
+        // The probe's answer has ended; its POST is not marked as awaited yet.
+        drop(activity.request_opened());
+        let closing = until_idle_or_drained(
+            std::future::pending::<()>(),
+            &activity,
+            Duration::from_secs(60),
+            Duration::from_secs(12),
+            Some(draining),
+            None,
+        );
+        let marked_late = async {
+            // The loop has looked once (nothing awaited: a second for a request)...
+            tokio::task::yield_now().await;
+            // ...and this thread is held past that second before the POST is marked, as a
+            // busy event loop may be.
+            std::thread::sleep(DRAINED_WITHIN + Duration::from_millis(300));
+            activity.rpc_expected();
+            std::future::pending::<()>().await
+        };
+        let outcome = tokio::time::timeout(DRAINED_WITHIN * 3, async {
+            tokio::select! {
+                biased;
+                closed = closing => closed,
+                () = marked_late => unreachable!(),
+            }
+        })
+        .await;
+        assert!(outcome.is_err(), "closed: {outcome:?}");
     }
 }
