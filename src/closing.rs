@@ -138,3 +138,80 @@ impl AsyncWrite for ClosingStream {
         self.stream().poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::server::graceful::GracefulShutdown;
+
+    /// A loopback connection whose server side (first) holds bytes in its send queue that the
+    /// client (second) has not read: written to until the socket takes no more.
+    fn a_full_send_queue() -> (TcpStream, std::net::TcpStream) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let chunk = [0u8; 64 * 1024];
+        loop {
+            match server.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(send_queue_of(server.as_raw_fd()) > 0);
+        (TcpStream::from_std(server).unwrap(), client)
+    }
+
+    /// A client that stopped reading does not keep a closed connection's socket for good: it
+    /// is let go once its send queue has not shrunk for [`NO_PROGRESS`] (not before).
+    /// The test takes that long.
+    #[tokio::test]
+    async fn a_queue_that_stopped_moving_is_given_up_after_no_progress() {
+        let (server, _client) = a_full_send_queue();
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(NO_PROGRESS * 4, linger(server, None))
+            .await
+            .expect("still lingering long after the queue stopped moving");
+        assert!(started.elapsed() >= NO_PROGRESS, "{:?}", started.elapsed());
+    }
+
+    /// A client that has closed its side ends the wait at once: with nothing of its left
+    /// unread, the socket's close is no reset, and the kernel still sends what is queued.
+    #[tokio::test]
+    async fn a_client_that_closes_its_side_ends_the_wait_at_once() {
+        let (server, client) = a_full_send_queue();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(NO_PROGRESS * 4, linger(server, None))
+            .await
+            .expect("still lingering");
+        // Far from both the moment it takes and the NO_PROGRESS it would wait otherwise.
+        assert!(
+            started.elapsed() < NO_PROGRESS / 4,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A stop waits for a closed connection's last bytes: dropped with bytes queued, the
+    /// stream hands its watcher to the lingering, which holds it until the client has gone.
+    #[tokio::test]
+    async fn a_stop_waits_while_a_closed_connections_last_bytes_go_out() {
+        let graceful = GracefulShutdown::new();
+        let (server, client) = a_full_send_queue();
+        drop(ClosingStream::new(server, Some(graceful.watcher())));
+        let mut stop = std::pin::pin!(graceful.shutdown());
+        assert!(
+            tokio::time::timeout(NO_PROGRESS / 4, stop.as_mut())
+                .await
+                .is_err(),
+            "the stop did not wait for the last bytes"
+        );
+        drop(client);
+        tokio::time::timeout(NO_PROGRESS / 4, stop)
+            .await
+            .expect("the stop still waited once the client had gone");
+    }
+}

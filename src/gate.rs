@@ -1275,6 +1275,25 @@ mod tests {
         );
     }
 
+    /// A port left out is the scheme's default, for `https` as for `http`: `git.example.com`
+    /// and `git.example.com:443` are one host under `https`, and port 80 is not its default.
+    #[test]
+    fn an_https_authority_without_a_port_is_port_443() {
+        let v2 = Version::HTTP_2;
+        let uri: Uri = "https://git.example.com/team/app.git".parse().unwrap();
+        assert_eq!(
+            host_problem(v2, &uri, &hosts(&["git.example.com:443"])),
+            None
+        );
+        assert!(host_problem(v2, &uri, &hosts(&["git.example.com:80"])).is_some());
+        let explicit: Uri = "https://git.example.com:443/team/app.git".parse().unwrap();
+        assert_eq!(
+            host_problem(v2, &explicit, &hosts(&["git.example.com"])),
+            None
+        );
+        assert!(host_problem(v2, &explicit, &hosts(&["git.example.com:8443"])).is_some());
+    }
+
     #[test]
     fn an_audit_failures_source_and_detail_are_each_refusals_own() {
         let mut scratch = AuditScratch {

@@ -927,7 +927,9 @@ const GITGATE_TARGETS: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
-    use super::{log_filter_problem, said_unchanged, with_a_level, without_h2_warnings};
+    use super::{
+        days_of_expiry, log_filter_problem, said_unchanged, with_a_level, without_h2_warnings,
+    };
 
     #[test]
     fn a_change_the_store_failed_is_said_to_be_unmade() {
@@ -1111,6 +1113,34 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// `--expiry-days` is refused below one day, in its own words, and past what the count
+    /// holds it is the most (for the store to say its limit), never a count wrapped around to
+    /// a short expiry: 2^32 + 1 days is not one day.
+    #[test]
+    fn expiry_days_below_one_are_refused_and_too_many_are_never_few() {
+        for below in ["0", "-1"] {
+            assert_eq!(
+                days_of_expiry(below),
+                Err("the expiry must be at least 1 day".to_string()),
+                "{below}"
+            );
+        }
+        assert_eq!(days_of_expiry(" 30 "), Ok(30));
+        assert_eq!(days_of_expiry("4294967297"), Ok(u32::MAX));
+        assert!(days_of_expiry("thirty")
+            .unwrap_err()
+            .contains("not a whole number of days"));
+    }
+
+    /// A span filter (`TARGET[SPAN]=LEVEL`) is tracing's own syntax, left to it; an empty
+    /// directive (a trailing comma) is no word at all. Neither is refused.
+    #[test]
+    fn span_filters_and_empty_directives_are_not_refused() {
+        for ok in ["gitgate[request]=debug", "info,", "info,,gitgate=debug"] {
+            assert_eq!(log_filter_problem(ok), None, "{ok}");
         }
     }
 }

@@ -1628,4 +1628,104 @@ mod tests {
         assert!(unwound.is_err());
         assert_eq!(open.load(Ordering::Relaxed), 0);
     }
+
+    /// A backend is given up on a second before the connection would idle out, so that the
+    /// client gets its `504` rather than an empty reply; an idle timeout of a second still
+    /// leaves the backend half of it, not nothing.
+    #[test]
+    fn a_backend_is_given_up_on_a_second_before_its_connection_idles_out() {
+        assert_eq!(
+            answer_deadline(Duration::from_secs(30)),
+            Duration::from_secs(29)
+        );
+        assert_eq!(
+            answer_deadline(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+    }
+
+    /// Port 1024 is the first one binds without a privilege: the hint stops at 1023.
+    #[test]
+    fn the_privileged_port_hint_stops_below_port_1024() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let at = |port: u16| std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        assert!(privileged_port_hint(at(1023), &denied).contains("CAP_NET_BIND_SERVICE"));
+        assert_eq!(privileged_port_hint(at(1024), &denied), "");
+    }
+
+    /// The `503` over an address's cap tells the client when to come back, over either HTTP,
+    /// and over HTTP/1 that the connection closes (HTTP/2 has no such header: its close is the
+    /// GOAWAY).
+    #[test]
+    fn the_answer_over_an_addresss_cap_says_when_to_retry_and_that_it_closes() {
+        for version in [Version::HTTP_10, Version::HTTP_11] {
+            let resp = over_cap_answer(2, version);
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(resp.headers()[hyper::header::RETRY_AFTER], "5");
+            assert_eq!(resp.headers()[hyper::header::CONNECTION], "close");
+        }
+        let resp = over_cap_answer(2, Version::HTTP_2);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[hyper::header::RETRY_AFTER], "5");
+        assert!(!resp.headers().contains_key(hyper::header::CONNECTION));
+    }
+
+    /// A HEAD answer over HTTP/2 loses its body but keeps the length it would have had (taken
+    /// from the body when no header says it); an empty body, which is what an HTTP upstream
+    /// answers a HEAD with, is given no `content-length: 0`, which would be false.
+    #[tokio::test]
+    async fn a_head_answer_over_http2_keeps_its_length_but_not_its_body() {
+        let sized = |text: &'static str| {
+            Response::new(
+                http_body_util::Full::new(Bytes::from_static(text.as_bytes()))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+        };
+        let resp = without_body(sized("three"));
+        assert_eq!(resp.headers()[CONTENT_LENGTH], "5");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty(), "{body:?}");
+        let resp = without_body(sized(""));
+        assert!(!resp.headers().contains_key(CONTENT_LENGTH), "{resp:?}");
+        // A length the answer states is kept as it is.
+        let mut stated = sized("");
+        stated
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("1234"));
+        assert_eq!(without_body(stated).headers()[CONTENT_LENGTH], "1234");
+    }
+
+    /// A head hyper's HTTP/1 parser refused is logged with the status hyper answered it with:
+    /// `414` for a URI over hyper's length (told from a head over the buffer, `431`, only by
+    /// hyper's words; reached once `max_header_bytes` is raised past 64 KiB), `400` for one
+    /// that is not HTTP.
+    #[tokio::test]
+    async fn a_refused_head_is_logged_with_the_status_hyper_answered() {
+        async fn refused(head: Vec<u8>, max_buf_size: usize) -> Option<StatusCode> {
+            use tokio::io::AsyncWriteExt;
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .max_buf_size(max_buf_size)
+                .serve_connection(
+                    TokioIo::new(server),
+                    service_fn(|_| async {
+                        Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
+                    }),
+                );
+            client.write_all(&head).await.unwrap();
+            let e = conn.await.expect_err("the head was read");
+            unparsable(&e)
+        }
+        let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+        assert_eq!(
+            refused(long_uri.into_bytes(), 400_000).await,
+            Some(StatusCode::URI_TOO_LONG)
+        );
+        assert_eq!(
+            refused(b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 65_536).await,
+            Some(StatusCode::BAD_REQUEST)
+        );
+    }
 }

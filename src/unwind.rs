@@ -248,4 +248,20 @@ mod tests {
         let resp = CatchPanic::new(fut).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
     }
+
+    /// Promise 11 of docs/SECURITY.md: a panic is logged, with its message — a formatted one
+    /// too, whose payload is a `String` — and the place in the source where it happened.
+    #[test]
+    fn a_panic_is_logged_with_its_message_and_where_it_happened() {
+        let logged = crate::store::test_support::logged(|| {
+            let previous = std::panic::take_hook();
+            install_hook();
+            let caught = catch_unwind(|| panic!("a formatted {}", std::hint::black_box(42)));
+            // The harness's own hook back, for the other tests' failures.
+            std::panic::set_hook(previous);
+            assert!(caught.is_err());
+        });
+        assert!(logged.contains("panic: a formatted 42"), "{logged}");
+        assert!(logged.contains("location=src/unwind.rs:"), "{logged}");
+    }
 }

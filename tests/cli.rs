@@ -1624,6 +1624,40 @@ fn files_in(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::S
     out
 }
 
+/// `check`'s verdict counts every warning it printed, the config's own included, and its
+/// store line calls a store of this version's schema current (no migration to announce).
+#[test]
+fn check_counts_a_config_warning_and_calls_a_current_store_current() {
+    let sb = user_sandbox();
+    sb.scoped_token("--project", "team", "ci", "REPO_READ");
+    let check = |config: &std::path::Path| {
+        let mut cmd = Command::new(gitgate_bin());
+        cmd.env_remove("GITGATE_CONFIG")
+            .current_dir(sb.root())
+            .arg("--config")
+            .arg(config)
+            .arg("check");
+        run(cmd, None)
+    };
+    let out = check(&sb.config());
+    let text = out.ok();
+    assert!(
+        text.contains(" (current); 1 user, 1 token not revoked")
+            && !text.contains("migrated")
+            && !text.contains("warning"),
+        "{text}"
+    );
+    let warned = sb.root().join("warned.toml");
+    fs::write(&warned, format!("{}\n[metrics]\n", sb.config_text())).unwrap();
+    let out = check(&warned);
+    let text = out.ok();
+    assert!(
+        text.contains("warning: [metrics] has no listen")
+            && text.contains("ok: serve would start with this configuration (1 warning)"),
+        "{text}"
+    );
+}
+
 /// `gitgate check` (as `nginx -t`): what `serve` would make of the config, changing nothing.
 #[test]
 fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
@@ -2658,6 +2692,18 @@ fn an_unreadable_expiry_policy_is_warned_of_and_creates_nothing() {
     set_whole();
     assert!(sb.cli(&["policy", "show"]).ok().contains("30"));
     assert!(!sb.cli(&["token", "list"]).ok().contains("p1"));
+}
+
+/// `policy set` is one of the commands that can start a new install (the expiry policy set
+/// before the first user): on a path with no store yet, it makes one and sets the policy.
+#[test]
+fn policy_set_can_start_a_new_install() {
+    let sb = Sandbox::new();
+    assert!(!sb.db().exists());
+    sb.cli(&["policy", "set", "--max-expiry-days", "30"]).ok();
+    assert!(sb.db().exists());
+    let shown = sb.cli(&["policy", "show"]).ok().to_owned();
+    assert!(shown.contains("30"), "{shown}");
 }
 
 /// Only a command that can start a new install creates the store: any other on a mistyped

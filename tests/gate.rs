@@ -376,6 +376,17 @@ fn push_larger_than_post_buffer_is_streamed() {
         "expected a chunked push:\n{}",
         push.stderr
     );
+    // The probe changes no ref: the push's commands are logged once, by the POST that carried
+    // them, not also as `refs=none` by the probe.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = server.log_text();
+        if log.contains("refs=\"refs/heads/main ") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(log.matches("push commands").count(), 1, "{log}");
     assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed);
     let bare = sb.bare("team/app");
     let stored = sb.git(
@@ -1241,6 +1252,33 @@ fn last_use_is_recorded() {
     }
 }
 
+/// A token's last use is written at most every 5 s (`LAST_USE_INTERVAL_MS`), not on every
+/// request: of two requests a moment apart, the first's time is the one kept.
+#[test]
+fn a_tokens_last_use_is_written_at_most_every_five_seconds() {
+    let (sb, server, token) = team_setup();
+    let last_used = || sb.cli_json(&["token", "show", &token.id, "--json"])["lastUsedAt"].as_i64();
+    let target = "/team/app.git/info/refs?service=git-upload-pack";
+    let auth = basic("alice", &token.secret);
+    assert_eq!(http_get(server.port, target, Some(&auth)).status, 200);
+    let first_answered = now_ms();
+    // Well inside the interval (the two are about 300 ms apart), but clearly later.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(http_get(server.port, target, Some(&auth)).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while last_used().is_none() {
+        assert!(Instant::now() < deadline, "lastUsedAt never set");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Uses are written within about a second: a second one would be there by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    let used = last_used().unwrap();
+    assert!(
+        used <= first_answered,
+        "the second request's use was written too: {used} > {first_answered}"
+    );
+}
+
 /// A CI job still holding a token's replaced secret is told so, with when, instead of a bare
 /// "invalid token"; the new secret works, and a secret that never was the token's is still
 /// just invalid.
@@ -1267,7 +1305,8 @@ fn a_rotated_tokens_old_secret_is_told_it_was_replaced() {
 
 /// A token that authenticated its request is used, whatever the answer: a 403 for a repository
 /// its owner has no grant on still moves its last use (Bitbucket's `lastAuthenticated`); a
-/// wrong secret for it does not.
+/// wrong secret for it does not, nor does its secret sent under another user's name (a request
+/// the token did not authenticate either).
 #[test]
 fn a_request_refused_for_its_permission_is_still_the_tokens_last_use() {
     let (sb, server, token) = team_setup();
@@ -1281,9 +1320,20 @@ fn a_request_refused_for_its_permission_is_still_the_tokens_last_use() {
         Some(&basic("alice", &flip_secret(&token.secret))),
     );
     assert_eq!(wrong.status, 401);
+    // Nor is its own secret under a user name that is not its owner's: refused unauthenticated.
+    let not_the_owner = http_get(
+        server.port,
+        "/team/app.git/info/refs?service=git-upload-pack",
+        Some(&basic("bob", &token.secret)),
+    );
+    assert_eq!(not_the_owner.status, 401, "{not_the_owner:?}");
     // Uses are written within about a second.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(last_used(&token.id), None, "a wrong secret is no use");
+    assert_eq!(
+        last_used(&token.id),
+        None,
+        "a wrong secret, or the secret under another user's name, is no use"
+    );
     let refused = http_get(
         server.port,
         "/other/app.git/info/refs?service=git-upload-pack",
@@ -1295,6 +1345,95 @@ fn a_request_refused_for_its_permission_is_still_the_tokens_last_use() {
         assert!(Instant::now() < deadline, "the 403's use was never written");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Once the secret matched, a request is logged and audited under whom the token stands for,
+/// never under the name the client typed: alice's token sent as `bob` is refused (`401`), and
+/// the request line and the `auth.failed` event name alice, not bob — else bob would be blamed
+/// for a failure of alice's token. A `403` of a Bearer token (no name typed at all) names its
+/// owner too.
+#[test]
+fn a_refusal_after_the_secret_matched_names_the_tokens_owner_not_the_name_typed() {
+    let (sb, server, token) = team_setup();
+    let ir = |repo: &str| format!("/{repo}.git/info/refs?service=git-upload-pack");
+    let as_bob = http_get(
+        server.port,
+        &ir("team/app"),
+        Some(&basic("bob", &token.secret)),
+    );
+    assert_eq!(as_bob.status, 401, "{as_bob:?}");
+    assert!(
+        as_bob.text().contains("does not belong to user 'bob'"),
+        "{as_bob:?}"
+    );
+    let bearer = format!("Bearer {}", token.secret);
+    let refused = http_get(server.port, &ir("other/app"), Some(&bearer));
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (log, audit) = loop {
+        let log = server.log_text();
+        let audit = sb.cli_json(&["audit", "--json"]);
+        let logged = log.lines().filter(|l| l.contains("status=40")).count() >= 2;
+        let audited = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "auth.failed");
+        if (logged && audited) || Instant::now() > deadline {
+            break (log, audit);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let line = |status: &str| {
+        log.lines()
+            .find(|l| l.contains(status) && l.contains("outcome="))
+            .unwrap_or_else(|| panic!("no {status} line: {log}"))
+    };
+    assert!(line("status=401").contains("user=alice"), "{log}");
+    assert!(line("status=403").contains("user=alice"), "{log}");
+    let refused_line = log
+        .lines()
+        .find(|l| l.contains("access refused"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(refused_line.contains("user=alice"), "{refused_line}");
+    let actors: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "auth.failed")
+        .map(|e| e["actor"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(actors, ["alice"], "{audit}");
+}
+
+/// A failed authentication no user name came with (a Bearer token whose secret is wrong) is
+/// audited as `anonymous`: the audit's actor for nobody named.
+#[test]
+fn a_failed_bearer_token_is_audited_as_anonymous() {
+    let (sb, server, token) = team_setup();
+    let wrong = format!("Bearer {}", flip_secret(&token.secret));
+    let resp = http_get(
+        server.port,
+        "/team/app.git/info/refs?service=git-upload-pack",
+        Some(&wrong),
+    );
+    assert_eq!(resp.status, 403, "{resp:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let actors = loop {
+        let audit = sb.cli_json(&["audit", "--json"]);
+        let actors: Vec<String> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "auth.failed")
+            .map(|e| e["actor"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if !actors.is_empty() || Instant::now() > deadline {
+            break actors;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(actors, ["anonymous"]);
 }
 
 /// What the store's writer still holds when gitgate is told to stop is written before the
@@ -4018,6 +4157,84 @@ fn a_push_whose_post_comes_late_in_the_grace_period_is_still_served() {
         ),
         "{log}"
     );
+}
+
+/// A push's POST that comes seconds after its probe's answer, a stop having begun before the
+/// probe, still finds the connection open and is answered: the probe marks the POST as awaited,
+/// and the connection is held for the wait for a request from the stop's start (here 12 s), not
+/// closed a second after the probe's answer as a connection with nothing awaited is. It was
+/// whenever the event loop looked at the connection while the probe was in flight and woke a
+/// second later (about half the runs of a busy machine).
+#[test]
+fn a_stop_after_a_pushs_probe_still_lets_its_post_come() {
+    use std::io::{Read, Write};
+    let sb = Sandbox::with(Setup {
+        server_extra: "header_read_timeout_seconds = 12\nshutdown_grace_seconds = 60".into(),
+        ..Setup::default()
+    });
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "write");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
+    let auth = basic("alice", &token.secret);
+    let mut server = sb.serve();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // One whole answer: its head, then its body by its length or to its last chunk; an empty
+    // read (the connection closed) is an answer of no bytes.
+    let answer = |s: &mut std::net::TcpStream| -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|n| n.trim().parse::<usize>().unwrap());
+                let whole = match length {
+                    Some(n) => got.len() >= end + 4 + n,
+                    None => got.ends_with(b"0\r\n\r\n"),
+                };
+                if whole {
+                    return String::from_utf8_lossy(&got).into_owned();
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return String::from_utf8_lossy(&got).into_owned(),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let head = format!(
+        "GET /team/app.git/info/refs?service=git-receive-pack HTTP/1.1\r\nHost: x\r\n\
+         Authorization: {auth}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let advertised = answer(&mut s);
+    assert!(advertised.starts_with("HTTP/1.1 200"), "{advertised}");
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    // git's probe (a flush packet, four bytes), then, 3 s later, the same again in the pack's
+    // place: three times the second a connection with nothing awaited is held.
+    let post = format!(
+        "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\nContent-Length: 4\r\n\r\n0000"
+    );
+    s.write_all(post.as_bytes()).unwrap();
+    let probed = answer(&mut s);
+    assert!(probed.starts_with("HTTP/1.1 200"), "{probed}");
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = s.write_all(post.as_bytes());
+    let posted = answer(&mut s);
+    assert!(
+        sent.is_ok() && posted.starts_with("HTTP/1.1 200"),
+        "the POST after the probe: {sent:?} {posted:?}\n{}",
+        server.log_text()
+    );
+    drop(s);
+    let status = server.stop_within(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
 }
 
 /// What the wait for a push's POST at a stop does not hold: a kept-alive connection after a

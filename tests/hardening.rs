@@ -906,6 +906,48 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
+/// An `Authorization` header that cannot be read (not base64, no colon in it) is a failed
+/// authentication like a wrong token: counted by the address throttle and audited. Else a
+/// guesser could send unreadable headers without limit, and the operator would see no trace
+/// of them. Three different ones block the address (`429`), a valid token included.
+#[test]
+fn unreadable_authorization_headers_count_as_failed_authentications() {
+    let server = Server::start("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");
+    let with = |authorization: &str| {
+        server.raw(
+            format!(
+                "GET {IR} HTTP/1.1\r\nHost: t\r\nAuthorization: {authorization}\r\n\
+                 Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    let text = |resp: &[u8]| String::from_utf8_lossy(resp).into_owned();
+    for unreadable in [
+        "Basic !!!notbase64".to_owned(),
+        format!("Basic {}", common::base64(b"alicenocolon")),
+        "Basic %%%".to_owned(),
+    ] {
+        let resp = with(&unreadable);
+        assert_eq!(status(&resp), 401, "{unreadable}: {}", text(&resp));
+        assert!(
+            text(&resp).contains("unusable Authorization header"),
+            "{unreadable}: {}",
+            text(&resp)
+        );
+    }
+    let resp = get(&server, IR, &server.write_token);
+    assert_eq!(status(&resp), 429, "{}", text(&resp));
+    wait_for("the auth.failed audit event", || {
+        gitgate(&server.config(), &["audit", "--json"], None).contains("auth.failed")
+    });
+    assert!(
+        server.backend_hits().is_empty(),
+        "{:?}",
+        server.backend_hits()
+    );
+}
+
 #[test]
 fn a_client_gone_mid_push_ends_the_backend() {
     let mut server = Server::start("");
@@ -955,6 +997,54 @@ fn a_client_gone_mid_push_ends_the_backend() {
         .unwrap();
     assert!(line.contains("outcome=client-gone"), "{line}");
     assert!(!log.contains("response stream failed"), "{log}");
+}
+
+/// A client that resets its connection mid-upload is gone: nobody is left to read the `400` of
+/// its body broken off, so its request is logged as a client gone before its answer (`499`),
+/// not as a `400` sent (as one that only closed its sending side is, below).
+#[test]
+fn a_client_that_resets_mid_body_is_logged_as_gone_before_its_answer() {
+    use std::os::fd::AsRawFd;
+    let server = Server::start("");
+    let s = TcpStream::connect(server.addr).unwrap();
+    let head = format!(
+        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-git-upload-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n\
+         40\r\n0014command=ls-refs\n",
+        basic("alice", &server.read_token)
+    );
+    (&s).write_all(head.as_bytes()).unwrap();
+    wait_for("the backend to start", || !server.backend_hits().is_empty());
+    // Closed with a linger of 0: a reset, not a FIN.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0);
+    drop(s);
+    wait_for("the request's log line", || {
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("git-upload-pack") && l.contains("outcome="))
+    });
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("git-upload-pack") && l.contains("outcome="))
+        .unwrap();
+    assert!(line.contains("status=499"), "{line}");
+    assert!(line.contains("outcome=client-gone"), "{line}");
 }
 
 #[test]
@@ -1617,6 +1707,19 @@ fn behind_a_trusted_proxy_the_client_address_is_what_counts() {
         String::from_utf8_lossy(&unreadable).contains("X-Forwarded-For"),
         "{}",
         String::from_utf8_lossy(&unreadable)
+    );
+    // The same of a management API request, refused before the API sees it.
+    let api = get_via_proxy(
+        &server,
+        "/rest/access-tokens/1.0/users/alice",
+        &server.read_token,
+        "203.0.113.5, unknown",
+    );
+    assert_eq!(status(&api), 400, "{}", String::from_utf8_lossy(&api));
+    assert!(
+        String::from_utf8_lossy(&api).contains("X-Forwarded-For"),
+        "{}",
+        String::from_utf8_lossy(&api)
     );
     // Logged like every request: one line with its status, from the proxy's address.
     let log = server.log();

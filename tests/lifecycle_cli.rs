@@ -272,6 +272,47 @@ fn rotate_prints_a_new_secret_for_the_same_token() {
     assert!(!audit.contains(secret));
 }
 
+/// Inside a rotation's overlap, `token show` says until when the old secret still works, in
+/// its text and as `previousSecretValidUntil` in its JSON (for whoever plans the move of the
+/// clients); a rotation without overlap leaves no old secret to name.
+#[test]
+fn show_names_when_the_old_secret_of_a_rotation_stops_working() {
+    let install = setup();
+    let scoped = json_of(&install.cli_ok(
+        &[
+            "token",
+            "create",
+            "--repo",
+            "team/app",
+            "--name",
+            "ci",
+            "--permission",
+            "REPO_READ",
+            "--json",
+        ],
+        "",
+    ));
+    let id = scoped["id"].as_str().unwrap();
+    let shown = json_of(&install.cli_ok(&["token", "show", id, "--json"], ""));
+    assert!(shown.get("previousSecretValidUntil").is_none(), "{shown}");
+    install.cli_ok(&["token", "rotate", id, "--overlap-seconds", "3600"], "");
+    let shown = json_of(&install.cli_ok(&["token", "show", id, "--json"], ""));
+    let rotated = shown["rotatedAt"].as_i64().unwrap();
+    let until = shown["previousSecretValidUntil"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no previousSecretValidUntil: {shown}"));
+    assert!(
+        (rotated + 3_000_000..=rotated + 3_700_000).contains(&until),
+        "{shown}"
+    );
+    let text = install.cli_ok(&["token", "show", id], "");
+    assert!(text.contains("old secret:  works until "), "{text}");
+    // Rotated again without overlap: the secret replaced stops at once.
+    install.cli_ok(&["token", "rotate", id, "--overlap-seconds", "0"], "");
+    let shown = json_of(&install.cli_ok(&["token", "show", id, "--json"], ""));
+    assert!(shown.get("previousSecretValidUntil").is_none(), "{shown}");
+}
+
 /// A token that cannot be created or rotated for its owner says why before the owner is asked
 /// for a password (no password is given here: one asked for would be the failure): a disabled
 /// owner, a revoked token. Nothing is created, rotated or audited as a failed login.
@@ -479,6 +520,76 @@ fn audit_events(install: &Install, action: &str) -> Vec<Value> {
         .filter(|e| e["action"] == action)
         .cloned()
         .collect()
+}
+
+/// An empty line given as the owner's password is refused as empty before any login is tried:
+/// it is no wrong password, so it is neither audited as a failed login nor counted toward
+/// the lock.
+#[test]
+fn an_empty_owners_password_is_refused_without_a_login() {
+    let install = setup();
+    let create = [
+        "token",
+        "create",
+        "--user",
+        "alice",
+        "--name",
+        "laptop",
+        "--permission",
+        "REPO_READ",
+        "--password-stdin",
+    ];
+    for stdin in ["\n", "\r\n", ""] {
+        let err = install.cli_err(&create, stdin);
+        assert!(err.contains("the password is empty"), "{err}");
+    }
+    assert_eq!(audit_events(&install, "auth.failed"), Vec::<Value>::new());
+    assert_eq!(audit_events(&install, "token.created"), Vec::<Value>::new());
+}
+
+/// `policy set --no-max-expiry-days` takes the maximum away and keeps the rest: a token may
+/// then live any number of days, while an expiry is still required.
+#[test]
+fn no_max_expiry_days_takes_the_maximum_away() {
+    let install = setup();
+    install.cli_ok(
+        &[
+            "policy",
+            "set",
+            "--expiry-required",
+            "yes",
+            "--max-expiry-days",
+            "30",
+        ],
+        "",
+    );
+    let shown = json_of(&install.cli_ok(&["policy", "show", "--json"], ""));
+    assert_eq!(shown["maxExpiryDays"], 30, "{shown}");
+    install.cli_ok(&["policy", "set", "--no-max-expiry-days"], "");
+    let shown = json_of(&install.cli_ok(&["policy", "show", "--json"], ""));
+    assert_eq!(
+        (&shown["expiryRequired"], &shown["maxExpiryDays"]),
+        (&json!(true), &Value::Null),
+        "{shown}"
+    );
+    let t = create_personal(&install, &["--expiry-days", "365"]);
+    assert!(t["expiresAt"].as_i64().is_some(), "{t}");
+}
+
+/// A repository grant at the very level its project's grant gives is not said to be exceeded
+/// by it: "still has ... through their grant on team" is said only of a higher level.
+#[test]
+fn a_repository_grant_equal_to_its_projects_is_not_said_to_be_exceeded() {
+    let install = setup();
+    let same = install.cli(&["grant", "add", "alice", "team/app", "write"], "");
+    assert!(
+        same.ok().is_empty()
+            && same
+                .stderr
+                .contains("user 'alice' now has write on team/app")
+            && !same.stderr.contains("still has"),
+        "{same}"
+    );
 }
 
 /// `n` wrong passwords for alice, each refused with the same answer.

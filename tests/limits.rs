@@ -968,6 +968,14 @@ fn an_http2_request_whose_content_length_is_no_length_is_refused_not_forwarded()
     assert_eq!(status, Some(0x8c), "{text}");
     assert!(text.contains("the request body was empty"), "{text}");
     assert_not_forwarded(&heads);
+    // `Content-Length: 0` on HEADERS that leave the stream open (the h2 layer does not know the
+    // body empty yet): said empty, so refused the same, before anything is forwarded.
+    let (mut s, block) = h2_fetch_post(g.port, &auth, &["0"]);
+    s.write_all(&h2_frame_on(1, 0x04, 1, &block)).unwrap();
+    let (headers, text) = h2_answer_on(&mut s, 1);
+    assert_eq!(headers.first().copied(), Some(0x8c), "{text}");
+    assert!(text.contains("the request body was empty"), "{text}");
+    assert_not_forwarded(&heads);
     // One length, repeated or not, is passed on once.
     for lengths in [&["4"][..], &["4", "4"]] {
         let (status, text) = post(lengths, b"0000");
@@ -980,6 +988,78 @@ fn an_http2_request_whose_content_length_is_no_length_is_refused_not_forwarded()
             "{lengths:?}: {head}"
         );
     }
+}
+
+/// A request body that came whole is not blamed when the upstream then fails: a POST whose
+/// `Content-Length` bytes all arrived, to an upstream that reads them and closes without an
+/// answer, is the upstream's failure (`502`), not a body broken off (`400`).
+#[test]
+fn a_whole_body_is_not_blamed_for_an_upstream_that_fails_after_reading_it() {
+    // An upstream that reads a request's head and its 4-byte body, then closes unanswered.
+    // The readiness check's connections bring nothing, and are closed as well.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"0000") {
+                    break;
+                }
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let mut s = connect(g.port);
+    s.write_all(
+        format!(
+            "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\nContent-Type: application/x-git-upload-pack-request\r\n\
+             Content-Length: 4\r\nConnection: close\r\n\r\n0000"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (answer, _) = read_until_closed(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+}
+
+/// The wait for a push's POST at a stop is HTTP/1's alone: over HTTP/2 the stop's GOAWAY
+/// leaves the client free to open a connection for its POST, so a connection whose last answer
+/// was a push's advertisement does not hold the stop for the wait for a request
+/// (`header_read_timeout_seconds`, 9 s here): it ends within 3 s.
+#[test]
+fn a_pushs_advertisement_over_http2_does_not_hold_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = keep_alive_upstream(10);
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {WORKERS}\nheader_read_timeout_seconds = 9\n\
+         shutdown_grace_seconds = 60\n[store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{upstream_port}\"\n"
+    );
+    let (mut g, auth) = start_with_token(dir.path(), &config, "PROJECT_WRITE");
+    let mut s = connect(g.port);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(4, &[])).unwrap();
+    // GET (HPACK static index 2), http, the push's advertisement, an :authority.
+    let path = "/team/app.git/info/refs?service=git-receive-pack";
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    block.extend(hpack_literal("authorization", &format!("Basic {auth}")));
+    s.write_all(&h2_frame_on(1, 0x05, 1, &block)).unwrap();
+    let (headers, text) = h2_answer_on(&mut s, 1);
+    assert_eq!(headers.first().copied(), Some(0x88), "{text}");
+    let started = Instant::now();
+    let status = g.stop_within(Duration::from_secs(30));
+    let took = started.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(3), "the stop took {took:?}");
+    drop(s);
 }
 
 #[test]

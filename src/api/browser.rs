@@ -256,4 +256,64 @@ mod tests {
             None
         );
     }
+
+    /// A `Sec-Fetch-Site` that cannot be read as text (bytes past ASCII) says no known site,
+    /// so it is no `none` or `same-origin` either: refused, not let through as a script's.
+    #[test]
+    fn an_unreadable_sec_fetch_site_is_another_sites() {
+        let uri: Uri = "/rest/access-tokens/1.0/users/alice".parse().unwrap();
+        for value in [&b"none\xff"[..], b"\xe9", b"same-origin\x80"] {
+            let mut h = headers(&[("host", "git.example.com:8080")]);
+            h.append("sec-fetch-site", HeaderValue::from_bytes(value).unwrap());
+            let said = refusal(&Method::POST, &uri, &h, false);
+            assert_eq!(
+                said.as_ref().map(|(status, _)| *status),
+                Some(StatusCode::FORBIDDEN),
+                "{value:?}"
+            );
+            assert!(said.unwrap().1.contains("(Sec-Fetch-Site: ?)"));
+        }
+    }
+
+    /// The address an `Origin` is held to is the one the request was sent to: the target's
+    /// authority (HTTP/2's `:authority`, an absolute target) before a `Host` line.
+    #[test]
+    fn an_origin_is_held_to_the_targets_authority_before_the_host_line() {
+        let uri: Uri = "http://git.example.com:8080/rest/access-tokens/1.0/users/alice"
+            .parse()
+            .unwrap();
+        let h = headers(&[
+            ("host", "other.example"),
+            ("origin", "http://git.example.com:8080"),
+        ]);
+        assert_eq!(refusal(&Method::POST, &uri, &h, false), None);
+        let h = headers(&[
+            ("host", "git.example.com:8080"),
+            ("origin", "http://other.example"),
+        ]);
+        assert_eq!(
+            refusal(&Method::POST, &uri, &h, false).map(|(status, _)| status),
+            Some(StatusCode::FORBIDDEN)
+        );
+    }
+
+    /// A `+json` type counts as JSON only as an `application/` type written as one word: a
+    /// `text/` one, or one with a space inside, is not what a script sending JSON says.
+    #[test]
+    fn a_json_suffix_counts_only_on_an_application_type_of_one_word() {
+        for not in [
+            "text/vnd.api+json",
+            "text/x+json",
+            "application/vnd api+json",
+        ] {
+            let mut h = headers(&[("content-length", "12")]);
+            h.append(CONTENT_TYPE, HeaderValue::from_str(not).unwrap());
+            assert_eq!(
+                refusal(&Method::POST, &"/rest".parse().unwrap(), &h, true)
+                    .map(|(status, _)| status),
+                Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                "{not}"
+            );
+        }
+    }
 }

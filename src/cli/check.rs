@@ -443,7 +443,7 @@ fn chain_dates(chain: &crate::tls::ChainValidity, now: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{chain_dates, holder_text, safe_directory_names, Holder};
+    use super::{chain_dates, counted, holder_text, safe_directory_names, Holder};
 
     #[test]
     fn a_holder_of_another_build_is_named_with_both_builds() {
@@ -516,5 +516,25 @@ mod tests {
             chain_dates(&chain(100 * DAY, 40 * DAY, 1), 41 * DAY),
             ", valid until 1970-04-11T00:00:00Z"
         );
+    }
+
+    /// At the very millisecond an intermediate's `not_after` is reached it counts as expired,
+    /// as the expiry warning (`ChainValidity::expiry_note`) counts it: said there, not here too.
+    #[test]
+    fn an_intermediate_at_its_last_moment_is_left_to_the_expiry_warning() {
+        assert_eq!(
+            chain_dates(&chain(100 * DAY, 40 * DAY, 1), 40 * DAY),
+            ", valid until 1970-04-11T00:00:00Z"
+        );
+        assert!(chain_dates(&chain(100 * DAY, 40 * DAY, 1), 40 * DAY - 1).contains("only until"));
+    }
+
+    /// The counts of the store line and the verdict: "1 user", and a plural for every other
+    /// number, none included ("0 users", "0 tokens").
+    #[test]
+    fn counts_are_singular_for_one_only() {
+        assert_eq!(counted(1, "user"), "1 user");
+        assert_eq!(counted(0, "user"), "0 users");
+        assert_eq!(counted(2, "warning"), "2 warnings");
     }
 }

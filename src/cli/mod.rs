@@ -582,3 +582,49 @@ pub fn live_scoped_tokens(
 pub fn when(ms: Option<i64>) -> String {
     ms.map(crate::clock::datetime).unwrap_or_else(|| "-".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{live_scoped_tokens, width};
+    use crate::lifecycle::{self, Caller, CreateRequest, Subject};
+
+    /// What a command about a user name says of the tokens the name may mean instead names
+    /// only project and repository tokens that still work: a revoked one is no answer.
+    #[test]
+    fn the_scoped_tokens_a_name_may_mean_are_the_unrevoked_ones() {
+        let (_dir, store) = crate::store::test_support::temp_store();
+        let actor = crate::store::test_support::actor();
+        let make = || {
+            lifecycle::create(
+                &store,
+                &Caller::Operator,
+                CreateRequest {
+                    subject: Subject::Scoped(crate::policy::Target::parse("team").unwrap()),
+                    name: "ci".into(),
+                    permissions: vec!["REPO_READ".into()],
+                    expiry_days: None,
+                    allowed_networks: Vec::new(),
+                },
+                &actor,
+            )
+            .unwrap()
+            .0
+        };
+        let (revoked, live) = (make(), make());
+        lifecycle::revoke(&store, &Caller::Operator, None, &revoked.id, &actor).unwrap();
+        let found: Vec<String> = live_scoped_tokens(&store, |t| t.name == "ci")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(found, vec![live.id]);
+    }
+
+    /// A column is as wide as its longest value in characters, not bytes: a name of accented
+    /// letters does not widen its column (and push the rest of the table right) by its bytes.
+    #[test]
+    fn a_column_is_as_wide_as_its_longest_value_in_characters() {
+        assert_eq!(width(3, ["ab"]), 3);
+        assert_eq!(width(3, ["équipe"]), 6);
+        assert_eq!(width(3, ["ab", "éééé", "x"]), 4);
+    }
+}

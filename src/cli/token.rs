@@ -707,4 +707,141 @@ mod tests {
             "{locked}"
         );
     }
+
+    fn token(expires_at: Option<i64>) -> TokenRecord {
+        let kind = crate::permission::TokenKind::Personal;
+        TokenRecord {
+            id: "abcdefghijkl".into(),
+            kind,
+            name: "ci".into(),
+            owner: Some("alice".into()),
+            scope: None,
+            permissions: crate::permission::TokenPermissions::from_names(kind, &["REPO_READ"])
+                .unwrap(),
+            created_at: 0,
+            created_by: "test".into(),
+            expires_at,
+            last_used_at: None,
+            last_used_addr: None,
+            revoked_at: None,
+            rotated_at: None,
+            allowed_networks: Vec::new(),
+        }
+    }
+
+    /// A token is expired from the millisecond of its expiry on, as git finds it
+    /// (`TokenRecord::is_active`): `status` never calls active a token git refuses.
+    #[test]
+    fn a_token_is_expired_from_the_moment_of_its_expiry() {
+        let t = token(Some(1_000));
+        assert_eq!(state(&t, 999, false), "active");
+        assert_eq!(state(&t, 1_000, false), "expired");
+        assert!(!t.is_active(1_000));
+        assert_eq!(state(&t, 1_001, false), "expired");
+    }
+
+    /// The STATUS column says which active tokens break the expiry policy, and only those: a
+    /// token without expiry under a policy that requires one is `active, non-compliant`.
+    #[test]
+    fn an_active_token_that_breaks_the_policy_is_said_to() {
+        let required = ExpiryPolicy {
+            expiry_required: true,
+            max_expiry_days: None,
+        };
+        let free = ExpiryPolicy {
+            expiry_required: false,
+            max_expiry_days: None,
+        };
+        assert_eq!(
+            status(&token(None), &required, 0, false),
+            "active, non-compliant"
+        );
+        assert_eq!(status(&token(Some(1_000)), &required, 0, false), "active");
+        assert_eq!(status(&token(None), &free, 0, false), "active");
+        assert_eq!(
+            status(&token(None), &required, 0, true),
+            "refused: its owner is disabled"
+        );
+    }
+
+    /// A revoked token's old secret works no more than its new one: `token show` names no
+    /// rotation overlap for it, even inside the overlap the rotation gave.
+    #[test]
+    fn a_revoked_token_has_no_old_secret_that_still_works() {
+        let (_dir, store) = crate::store::test_support::temp_store();
+        let actor = crate::store::test_support::actor();
+        let (t, _) = lifecycle::create(
+            &store,
+            &Caller::Operator,
+            CreateRequest {
+                subject: Subject::Scoped(Target::parse("team").unwrap()),
+                name: "ci".into(),
+                permissions: vec!["REPO_READ".into()],
+                expiry_days: None,
+                allowed_networks: Vec::new(),
+            },
+            &actor,
+        )
+        .unwrap();
+        lifecycle::rotate(&store, &Caller::Operator, None, &t.id, 3600, &actor).unwrap();
+        let rotated = store.token(&t.id).unwrap().unwrap();
+        let until = old_secret_works_until(&store, &rotated).expect("inside the overlap");
+        assert!(until > clock::now_ms() + 1_800_000, "{until}");
+        let revoked = lifecycle::revoke(&store, &Caller::Operator, None, &t.id, &actor).unwrap();
+        assert!(revoked.revoked_at.is_some());
+        assert_eq!(old_secret_works_until(&store, &revoked), None);
+    }
+
+    /// A whole secret pasted where the id goes (as pasted: with a line end, or its `ggt_` lost)
+    /// is answered with its id, not looked up as one; an id is taken as it is.
+    #[test]
+    fn a_pasted_secret_is_answered_with_its_id() {
+        let new = crate::token::generate().unwrap();
+        let secret = new.secret.expose().to_string();
+        for pasted in [
+            secret.clone(),
+            format!(" {secret}\n"),
+            secret[crate::token::PREFIX.len()..].to_string(),
+        ] {
+            let said = not_a_secret(&pasted).unwrap_err();
+            assert!(
+                said.contains(&format!("its id is '{}'", new.id.as_str())),
+                "{said}"
+            );
+        }
+        assert_eq!(not_a_secret(new.id.as_str()), Ok(()));
+    }
+
+    /// `--password-stdin` belongs to personal tokens: given with a project or repository token,
+    /// the command is refused and makes no token (the operator meant another one).
+    #[test]
+    fn a_scoped_token_is_refused_with_password_stdin_and_nothing_is_made() {
+        let (_dir, store) = crate::store::test_support::temp_store();
+        for (project, repo) in [(Some("team"), None), (None, Some("team/app"))] {
+            let said = create(
+                &store,
+                For {
+                    user: None,
+                    project,
+                    repo,
+                    git_prefix: "/",
+                    project_root: None,
+                },
+                Create {
+                    name: "ci",
+                    permissions: &["REPO_READ".to_string()],
+                    expiry_days: None,
+                    allowed_networks: &[],
+                    password_stdin: true,
+                    json: false,
+                },
+            )
+            .unwrap_err();
+            assert!(
+                said.starts_with("--password-stdin is for personal tokens"),
+                "{said}"
+            );
+        }
+        assert!(store.tokens(None).unwrap().is_empty());
+    }
 }
