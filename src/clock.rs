@@ -237,4 +237,18 @@ mod tests {
         assert_eq!(parse_date("2026-13-01"), None);
         assert_eq!(parse_date("yesterday"), None);
     }
+
+    /// The edges of what is taken are taken: the first number read as milliseconds, the last
+    /// second of a day, and a fraction to the nanosecond (nine digits) — but no finer.
+    #[test]
+    fn the_edges_of_what_is_taken_are_taken() {
+        assert_eq!(parse_date("100000000000"), Some(MIN_EPOCH_MS));
+        assert_eq!(parse_date("99999999999"), None);
+        let day = parse_date("2026-12-05").unwrap();
+        assert_eq!(
+            parse_date("2026-12-05T23:59:59Z"),
+            Some(day + DAY_MS - 1000)
+        );
+        assert_eq!(parse_date("2026-12-05T11:57:51.1234567890Z"), None);
+    }
 }

@@ -177,4 +177,31 @@ mod tests {
         assert_eq!(verdict(Some(8448), 8448, 2, 1024), Ok(None));
         assert_eq!(verdict(None, 0, 256, 1024), Ok(None));
     }
+
+    /// The limit `serve` runs with is the one it raised the soft limit to, not the soft limit
+    /// it found: the verdict on it (and `check`'s) must not warn of a limit already raised.
+    #[test]
+    fn the_limit_after_a_raise_is_the_raised_one() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let before = getrlimit(Resource::Nofile);
+        let (Some(soft), Some(hard)) = (before.current, before.maximum) else {
+            // Unlimited: nothing to raise (and `at_start` says so).
+            assert_eq!(at_start(usize::MAX, 2).limit, None);
+            return;
+        };
+        // One below the hard limit, for the moment of the look, so that there is room to raise.
+        let lowered = soft.min(hard) - 1;
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(lowered),
+                maximum: before.maximum,
+            },
+        )
+        .unwrap();
+        let at = at_start(usize::MAX, 2);
+        setrlimit(Resource::Nofile, before).unwrap();
+        assert_eq!(at.raise_to, Some(hard));
+        assert_eq!(at.limit, Some(hard));
+    }
 }

@@ -270,4 +270,73 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(holder(port), None);
     }
+
+    /// A line of the table with no inode (a socket that is going, or one of another network
+    /// namespace) names no process's socket: it is not taken for one.
+    #[test]
+    fn a_listening_line_without_an_inode_is_not_a_socket() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 0 1 0000000000000000 100 0 0 10 0\n";
+        assert_eq!(listening_inodes(table, 8080), Vec::<u64>::new());
+    }
+
+    /// A configuration named without a folder is the one in the working folder, as `serve`
+    /// reads it, not a path that differs from the same file named in full.
+    #[test]
+    fn a_configuration_named_alone_is_the_one_in_the_working_folder() {
+        let cwd = std::fs::canonicalize(std::env::current_dir().unwrap()).unwrap();
+        assert_eq!(
+            config_identity(Path::new("proxy.toml")),
+            cwd.join("proxy.toml")
+        );
+    }
+
+    /// A gitgate's configuration is read from its command line as `serve` reads it: `--config
+    /// PATH` or `--config=PATH`, else `GITGATE_CONFIG` — an empty one naming nothing — else
+    /// `proxy.toml`, relative ones in its working folder.
+    #[test]
+    fn a_processs_configuration_is_read_as_serve_chose_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = std::fs::canonicalize(dir.path()).unwrap();
+        let config_of_child = |args: &[&str], env: Option<&str>| {
+            let mut cmd = std::process::Command::new("sh");
+            // `; :` keeps sh from becoming `sleep`, so that its command line stays as given.
+            cmd.args(["-c", "sleep 30; :", "sh"])
+                .args(args)
+                .current_dir(&folder)
+                .env_remove("GITGATE_CONFIG");
+            if let Some(v) = env {
+                cmd.env("GITGATE_CONFIG", v);
+            }
+            let mut child = cmd.spawn().unwrap();
+            let proc_pid = std::path::PathBuf::from(format!("/proc/{}", child.id()));
+            // Spawned is not yet exec'd: until then /proc shows this process's command line.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !std::fs::read(proc_pid.join("cmdline")).is_ok_and(|c| c.starts_with(b"sh\0")) {
+                assert!(std::time::Instant::now() < deadline, "sh never started");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let found = config_of(&proc_pid);
+            child.kill().unwrap();
+            child.wait().unwrap();
+            found
+        };
+        assert_eq!(
+            config_of_child(&["--config", "a.toml"], Some("b.toml")),
+            Some(folder.join("a.toml"))
+        );
+        assert_eq!(
+            config_of_child(&["--config=a.toml"], Some("b.toml")),
+            Some(folder.join("a.toml"))
+        );
+        assert_eq!(
+            config_of_child(&[], Some("b.toml")),
+            Some(folder.join("b.toml"))
+        );
+        assert_eq!(
+            config_of_child(&[], Some("")),
+            Some(folder.join("proxy.toml"))
+        );
+        assert_eq!(config_of_child(&[], None), Some(folder.join("proxy.toml")));
+    }
 }

@@ -109,4 +109,17 @@ mod tests {
             .unwrap_err()
             .contains("not UTF-8 text (the first byte that is not: line 2, byte 19)"));
     }
+
+    /// A file of exactly [`MAX_BYTES`] is read whole: the limit is the most taken, not the
+    /// first size refused.
+    #[test]
+    fn a_file_of_exactly_the_most_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = dir.path().join("full");
+        std::fs::File::create(&full)
+            .unwrap()
+            .set_len(MAX_BYTES)
+            .unwrap();
+        assert_eq!(read(&full).unwrap().len() as u64, MAX_BYTES);
+    }
 }

@@ -2435,4 +2435,165 @@ mod tests {
         );
         assert!(!is_an_empty_file(&touched) && !is_an_empty_file(&dir.path().join("none.db")));
     }
+
+    /// What a miss read is cached under the version seen before the read, not the one at the
+    /// moment it is kept: a commit between the two (a revocation from the CLI) must leave the
+    /// record read before it uncached, or it would be served stale until the next commit.
+    #[test]
+    fn a_record_read_before_a_commit_is_not_cached_past_it() {
+        use super::test_support::{actor, personal_token};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let server = Store::open(&path).unwrap();
+        let cli = Store::open(&path).unwrap();
+        cli.add_user("alice", "h", Role::User, &actor()).unwrap();
+        cli.insert_token(&personal_token("abcdefghijkl", "laptop", "alice"), &actor())
+            .unwrap();
+        let CacheLookup::Miss(at) = server.cached_auth_record("abcdefghijkl").unwrap() else {
+            panic!("a token not read yet is a miss");
+        };
+        let read = server.auth_record("abcdefghijkl").unwrap();
+        cli.revoke_token("abcdefghijkl", &actor()).unwrap();
+        let kept = server.cache_loaded("abcdefghijkl", at, read).unwrap();
+        assert!(
+            kept.token.revoked_at.is_none(),
+            "read before the revocation"
+        );
+        assert!(
+            matches!(
+                server.cached_auth_record("abcdefghijkl").unwrap(),
+                CacheLookup::Miss(_)
+            ),
+            "the record read before the revocation is served from the cache"
+        );
+        let fresh = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+        assert!(fresh.token.revoked_at.is_some());
+    }
+
+    /// A miss read inline, on the event loop, counts as a miss as one read on the blocking pool
+    /// does: the metrics' hit ratio is of every lookup.
+    #[test]
+    fn a_miss_read_inline_is_counted() {
+        let (_dir, store) = temp_store();
+        let CacheLookup::Miss(at) = store.cached_auth_record("abcdefghijkl").unwrap() else {
+            panic!("nothing read yet: a miss");
+        };
+        let misses = store.cache_stats().1;
+        let read = store
+            .load_auth_record_now("abcdefghijkl", at)
+            .expect("read inline, on the idle pooled connection");
+        assert!(read.unwrap().is_none());
+        assert_eq!(store.cache_stats().1, misses + 1);
+    }
+
+    /// A write naming a column the table lacks (`table t has no column named b`) is a schema
+    /// mismatch, as a read naming a column or table it lacks is; a mistake in SQL is not.
+    #[test]
+    fn a_write_to_a_column_the_table_lacks_is_a_schema_mismatch() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t (a)").unwrap();
+        for sql in [
+            "INSERT INTO t (b) VALUES (1)",
+            "SELECT b FROM t",
+            "SELECT a FROM u",
+        ] {
+            let e = StoreError::from(c.execute_batch(sql).unwrap_err());
+            assert!(e.is_schema_mismatch(), "{sql}: {e}");
+        }
+        let e = StoreError::from(c.execute_batch("SELECT a FROM t WHERE").unwrap_err());
+        assert!(!e.is_schema_mismatch(), "{e}");
+    }
+
+    /// The copy a read command reads refuses a store from a newer gitgate, as an open does:
+    /// its tables may not mean what this gitgate would read them as.
+    #[test]
+    fn a_store_from_a_newer_gitgate_is_not_copied_to_be_read() {
+        let (dir, store) = temp_store();
+        let path = store.path().to_path_buf();
+        drop(store);
+        super::test_support::edit_by_hand(
+            &dir,
+            &format!("PRAGMA user_version = {}", schema::CURRENT + 1),
+        );
+        let e = Store::snapshot(&path, Snapshot::folder().unwrap())
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("newer than this gitgate"), "{e}");
+    }
+
+    /// Only a store brought up from an older schema is said to be migrated: not a new one, nor
+    /// one already at this gitgate's schema (every command would say so at every run).
+    #[test]
+    fn only_an_older_store_is_said_to_be_migrated() {
+        let (dir, store) = temp_store();
+        assert_eq!(store.migrated_from(), None, "a new store");
+        drop(store);
+        let again = Store::open(&dir.path().join("t.db")).unwrap();
+        assert_eq!(again.migrated_from(), None, "a store at this schema");
+    }
+
+    /// Fewer misses are read at once than connections are pooled, so that a burst of them is
+    /// read on pooled connections and never opens connections of its own.
+    #[test]
+    fn fewer_misses_are_read_at_once_than_connections_are_pooled() {
+        let (_dir, store) = temp_store();
+        let places = store.miss_slots().available_permits();
+        assert!((1..POOL_SIZE).contains(&places), "{places}");
+    }
+
+    /// `inspect` (`gitgate check`) reads every page and heeds what SQLite's quick_check says
+    /// of it: a store whose freelist is not what its header says (every table still reads)
+    /// is refused, and the marker that tells the running servers left.
+    #[test]
+    fn damage_no_read_meets_is_found_by_the_inspection() {
+        let (dir, store) = temp_store();
+        let path = dir.path().join("t.db");
+        store
+            .add_user("alice", "h", Role::User, &test_support::actor())
+            .unwrap();
+        drop(store);
+        Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        // The header's count of free pages (bytes 36 to 39), made wrong.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let free = u32::from_be_bytes(bytes[36..40].try_into().unwrap());
+        assert_eq!(free, 0, "a new store has no free pages");
+        bytes[36..40].copy_from_slice(&7u32.to_be_bytes());
+        std::fs::write(&path, bytes).unwrap();
+
+        let err = Store::inspect(&path).expect_err("refused").to_string();
+        assert!(err.contains("quick_check found it damaged"), "{err}");
+        assert!(err.contains("Freelist: size is 0 but should be 7"), "{err}");
+        assert!(damaged_marker(&real_path(&path)).exists(), "{err}");
+    }
+
+    /// An empty file readable by its group or by others (`: > gitgate.db` under the usual
+    /// umask) is made its owner's only when a store is made in it, as a new store is: it will
+    /// hold password hashes.
+    #[test]
+    fn an_empty_file_a_store_is_made_in_becomes_its_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o640, 0o604] {
+            let path = dir.path().join(format!("{mode:o}.db"));
+            std::fs::write(&path, "").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            drop(Store::open(&path).unwrap());
+            let now = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(now, 0o600, "made from {mode:o}: {now:o}");
+        }
+    }
+
+    /// The write check refuses a store path that names a folder (`newdir/`), as the open does,
+    /// before it asks whether the folder can be written.
+    #[test]
+    fn a_path_ending_with_a_slash_cannot_be_written_as_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Store::check_can_write(&dir.path().join("newdir/"))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("ends with /"), "{e}");
+    }
 }
