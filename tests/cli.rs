@@ -1630,15 +1630,7 @@ fn files_in(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::S
 fn check_counts_a_config_warning_and_calls_a_current_store_current() {
     let sb = user_sandbox();
     sb.scoped_token("--project", "team", "ci", "REPO_READ");
-    let check = |config: &std::path::Path| {
-        let mut cmd = Command::new(gitgate_bin());
-        cmd.env_remove("GITGATE_CONFIG")
-            .current_dir(sb.root())
-            .arg("--config")
-            .arg(config)
-            .arg("check");
-        run(cmd, None)
-    };
+    let check = |config: &std::path::Path| check_of(&sb, config);
     let out = check(&sb.config());
     let text = out.ok();
     assert!(
@@ -1658,19 +1650,22 @@ fn check_counts_a_config_warning_and_calls_a_current_store_current() {
     );
 }
 
+/// `gitgate --config CONFIG check`, in `sb`'s folder.
+fn check_of(sb: &Sandbox, config: &std::path::Path) -> common::Run {
+    let mut cmd = Command::new(gitgate_bin());
+    cmd.env_remove("GITGATE_CONFIG")
+        .current_dir(sb.root())
+        .arg("--config")
+        .arg(config)
+        .arg("check");
+    run(cmd, None)
+}
+
 /// `gitgate check` (as `nginx -t`): what `serve` would make of the config, changing nothing.
 #[test]
 fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     let sb = user_sandbox();
-    let check = |config: &std::path::Path| {
-        let mut cmd = Command::new(gitgate_bin());
-        cmd.env_remove("GITGATE_CONFIG")
-            .current_dir(sb.root())
-            .arg("--config")
-            .arg(config)
-            .arg("check");
-        run(cmd, None)
-    };
+    let check = |config: &std::path::Path| check_of(&sb, config);
     // `config` passes the check with this one warning and no other.
     let warns_once = |config: &std::path::Path, warning: &str| {
         let out = check(config);

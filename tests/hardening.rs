@@ -999,6 +999,36 @@ fn a_client_gone_mid_push_ends_the_backend() {
     assert!(!log.contains("response stream failed"), "{log}");
 }
 
+/// An upload-pack POST of alice's whose chunked body stops short: a chunk of 0x40 bytes of
+/// which 20 come, the backend started on it.
+fn half_a_chunked_body(server: &Server) -> TcpStream {
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-git-upload-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n\
+         40\r\n0014command=ls-refs\n",
+        basic("alice", &server.read_token)
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    wait_for("the backend to start", || !server.backend_hits().is_empty());
+    s
+}
+
+/// The log line of the upload-pack request, once it is written.
+fn the_upload_pack_log_line(server: &Server) -> String {
+    let of_the_request = |l: &str| l.contains("git-upload-pack") && l.contains("outcome=");
+    wait_for("the request's log line", || {
+        server.log().lines().any(of_the_request)
+    });
+    server
+        .log()
+        .lines()
+        .find(|l| of_the_request(l))
+        .unwrap()
+        .to_owned()
+}
+
 /// A client that resets its connection mid-upload is gone: nobody is left to read the `400` of
 /// its body broken off, so its request is logged as a client gone before its answer (`499`),
 /// not as a `400` sent (as one that only closed its sending side is, below).
@@ -1006,15 +1036,7 @@ fn a_client_gone_mid_push_ends_the_backend() {
 fn a_client_that_resets_mid_body_is_logged_as_gone_before_its_answer() {
     use std::os::fd::AsRawFd;
     let server = Server::start("");
-    let s = TcpStream::connect(server.addr).unwrap();
-    let head = format!(
-        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
-         Content-Type: application/x-git-upload-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n\
-         40\r\n0014command=ls-refs\n",
-        basic("alice", &server.read_token)
-    );
-    (&s).write_all(head.as_bytes()).unwrap();
-    wait_for("the backend to start", || !server.backend_hits().is_empty());
+    let s = half_a_chunked_body(&server);
     // Closed with a linger of 0: a reset, not a FIN.
     let linger = libc::linger {
         l_onoff: 1,
@@ -1032,17 +1054,7 @@ fn a_client_that_resets_mid_body_is_logged_as_gone_before_its_answer() {
     };
     assert_eq!(set, 0);
     drop(s);
-    wait_for("the request's log line", || {
-        server
-            .log()
-            .lines()
-            .any(|l| l.contains("git-upload-pack") && l.contains("outcome="))
-    });
-    let log = server.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("git-upload-pack") && l.contains("outcome="))
-        .unwrap();
+    let line = the_upload_pack_log_line(&server);
     assert!(line.contains("status=499"), "{line}");
     assert!(line.contains("outcome=client-gone"), "{line}");
 }
@@ -1050,33 +1062,14 @@ fn a_client_that_resets_mid_body_is_logged_as_gone_before_its_answer() {
 #[test]
 fn a_client_that_half_closes_mid_body_reads_its_400_and_the_log_says_so() {
     let server = Server::start("");
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // A chunk of 0x40 bytes of which 20 come; then the client closes its sending side only.
-    let head = format!(
-        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
-         Content-Type: application/x-git-upload-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n\
-         40\r\n0014command=ls-refs\n",
-        basic("alice", &server.read_token)
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    wait_for("the backend to start", || !server.backend_hits().is_empty());
+    let mut s = half_a_chunked_body(&server);
+    // Then the client closes its sending side only.
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    wait_for("the request's log line", || {
-        server
-            .log()
-            .lines()
-            .any(|l| l.contains("git-upload-pack") && l.contains("outcome="))
-    });
-    let log = server.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("git-upload-pack") && l.contains("outcome="))
-        .unwrap();
+    let line = the_upload_pack_log_line(&server);
     // The status it was sent, not a 499 "never sent"; the outcome says the client closed.
     assert!(line.contains("status=400"), "{line}");
     assert!(line.contains("outcome=client-gone"), "{line}");

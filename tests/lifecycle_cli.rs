@@ -39,6 +39,24 @@ fn create_personal(install: &Install, extra: &[&str]) -> Value {
     json_of(&install.cli_ok(&args, &format!("{PW}\n")))
 }
 
+/// A repository token `ci` on team/app reading only, made by the operator: its `--json`.
+fn scoped_ci(install: &Install) -> Value {
+    json_of(&install.cli_ok(
+        &[
+            "token",
+            "create",
+            "--repo",
+            "team/app",
+            "--name",
+            "ci",
+            "--permission",
+            "REPO_READ",
+            "--json",
+        ],
+        "",
+    ))
+}
+
 #[test]
 fn create_list_revoke_keep_their_contract() {
     let install = setup();
@@ -229,20 +247,7 @@ fn rotate_prints_a_new_secret_for_the_same_token() {
     assert_eq!(shown["name"], "laptop");
 
     // Scoped: the operator rotates without a password.
-    let scoped = json_of(&install.cli_ok(
-        &[
-            "token",
-            "create",
-            "--repo",
-            "team/app",
-            "--name",
-            "ci",
-            "--permission",
-            "REPO_READ",
-            "--json",
-        ],
-        "",
-    ));
+    let scoped = scoped_ci(&install);
     let sid = scoped["id"].as_str().unwrap();
     let rotated = json_of(&install.cli_ok(
         &["token", "rotate", sid, "--overlap-seconds", "60", "--json"],
@@ -278,20 +283,7 @@ fn rotate_prints_a_new_secret_for_the_same_token() {
 #[test]
 fn show_names_when_the_old_secret_of_a_rotation_stops_working() {
     let install = setup();
-    let scoped = json_of(&install.cli_ok(
-        &[
-            "token",
-            "create",
-            "--repo",
-            "team/app",
-            "--name",
-            "ci",
-            "--permission",
-            "REPO_READ",
-            "--json",
-        ],
-        "",
-    ));
+    let scoped = scoped_ci(&install);
     let id = scoped["id"].as_str().unwrap();
     let shown = json_of(&install.cli_ok(&["token", "show", id, "--json"], ""));
     assert!(shown.get("previousSecretValidUntil").is_none(), "{shown}");
