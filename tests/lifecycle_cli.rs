@@ -57,6 +57,21 @@ fn scoped_ci(install: &Install) -> Value {
     ))
 }
 
+/// `policy set`: every new token expires, within 30 days.
+fn require_expiry_within_30_days(install: &Install) {
+    install.cli_ok(
+        &[
+            "policy",
+            "set",
+            "--expiry-required",
+            "yes",
+            "--max-expiry-days",
+            "30",
+        ],
+        "",
+    );
+}
+
 #[test]
 fn create_list_revoke_keep_their_contract() {
     let install = setup();
@@ -342,17 +357,7 @@ fn policy_show_and_set() {
     assert_eq!(shown["expiryRequired"], false);
     assert_eq!(shown["nonCompliantTokens"], json!([]));
 
-    install.cli_ok(
-        &[
-            "policy",
-            "set",
-            "--expiry-required",
-            "yes",
-            "--max-expiry-days",
-            "30",
-        ],
-        "",
-    );
+    require_expiry_within_30_days(&install);
     let shown = json_of(&install.cli_ok(&["policy", "show", "--json"], ""));
     assert_eq!(shown["expiryRequired"], true);
     assert_eq!(shown["maxExpiryDays"], 30);
@@ -544,17 +549,7 @@ fn an_empty_owners_password_is_refused_without_a_login() {
 #[test]
 fn no_max_expiry_days_takes_the_maximum_away() {
     let install = setup();
-    install.cli_ok(
-        &[
-            "policy",
-            "set",
-            "--expiry-required",
-            "yes",
-            "--max-expiry-days",
-            "30",
-        ],
-        "",
-    );
+    require_expiry_within_30_days(&install);
     let shown = json_of(&install.cli_ok(&["policy", "show", "--json"], ""));
     assert_eq!(shown["maxExpiryDays"], 30, "{shown}");
     install.cli_ok(&["policy", "set", "--no-max-expiry-days"], "");
