@@ -525,17 +525,7 @@ fn audit_events(install: &Install, action: &str) -> Vec<Value> {
 #[test]
 fn an_empty_owners_password_is_refused_without_a_login() {
     let install = setup();
-    let create = [
-        "token",
-        "create",
-        "--user",
-        "alice",
-        "--name",
-        "laptop",
-        "--permission",
-        "REPO_READ",
-        "--password-stdin",
-    ];
+    let create = create_args();
     for stdin in ["\n", "\r\n", ""] {
         let err = install.cli_err(&create, stdin);
         assert!(err.contains("the password is empty"), "{err}");
