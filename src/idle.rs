@@ -1142,11 +1142,12 @@ mod tests {
         );
     }
 
-    /// A push's probe answered during a drain marks its POST as awaited only after the answer
-    /// has ended; a connection the loop last saw with nothing awaited (a second for a request)
-    /// and that awaits the POST by the time its timer wakes is given the wait for a request
-    /// from the stop's start. It was closed a second after the probe's answer whenever the
-    /// event loop was late to mark the POST, and a push whose pack came later was cut off.
+    /// A connection the loop last looked at with nothing awaited (a push's probe in flight
+    /// during a drain: a second for a request) that awaits the push's POST by the time its
+    /// timer wakes (the probe answered) is given the wait for a request from the stop's start.
+    /// It was closed whenever the wake came a second or more after the probe's answer ended —
+    /// about half the time on a busy machine — and a push whose pack came later was cut off.
+    /// Here the event loop is held past the second before the POST is marked as awaited.
     #[tokio::test]
     async fn a_post_awaited_after_the_loop_last_looked_is_given_the_wait_for_a_request() {
         let activity = Activity::new();
