@@ -170,13 +170,33 @@ mod tests {
         assert_eq!(gnu_build_id(&lying), None);
     }
 
-    #[test]
-    fn only_a_64_bit_little_endian_elf_header_is_read() {
+    /// The ELF header of a 64-bit little-endian executable with `count` program headers of 56
+    /// bytes each, right after it.
+    fn elf_header(count: u16) -> [u8; 64] {
         let mut header = [0u8; 64];
         header[..6].copy_from_slice(b"\x7fELF\x02\x01");
         header[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
         header[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-        header[0x38..0x3a].copy_from_slice(&9u16.to_le_bytes());
+        header[0x38..0x3a].copy_from_slice(&count.to_le_bytes());
+        header
+    }
+
+    /// A `PT_NOTE` program header: where its notes are in the file and where they are loaded,
+    /// and their size in the file and in memory.
+    fn note_segment(offset: u64, vaddr: u64, file_size: u64, memory_size: u64) -> Vec<u8> {
+        let mut out = vec![0u8; 56];
+        out[..4].copy_from_slice(&4u32.to_le_bytes());
+        out[0x08..0x10].copy_from_slice(&offset.to_le_bytes());
+        out[0x10..0x18].copy_from_slice(&vaddr.to_le_bytes());
+        out[0x18..0x20].copy_from_slice(&vaddr.to_le_bytes());
+        out[0x20..0x28].copy_from_slice(&file_size.to_le_bytes());
+        out[0x28..0x30].copy_from_slice(&memory_size.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn only_a_64_bit_little_endian_elf_header_is_read() {
+        let header = elf_header(9);
         assert_eq!(
             program_header_table(&header),
             Some(HeaderTable {
@@ -191,6 +211,34 @@ mod tests {
         let mut script = header;
         script[..4].copy_from_slice(b"#!/b");
         assert_eq!(program_header_table(&script), None);
+    }
+
+    /// A GNU build-ID note with nothing in it is no build ID: the one after it is read, and a
+    /// build is never said to have an empty ID.
+    #[test]
+    fn an_empty_build_id_note_is_passed_over() {
+        let mut notes = note(b"GNU\0", 3, &[]);
+        assert_eq!(gnu_build_id(&notes), None);
+        notes.extend(note(b"GNU\0", 3, &[0x5a; 8]));
+        assert_eq!(gnu_build_id(&notes), Some(&[0x5a; 8][..]));
+    }
+
+    /// The notes are read where the segment says they are in the file, for as many bytes as it
+    /// has there (not where it is loaded, nor its size in memory, which a linker may make
+    /// differ), and a `PT_NOTE` too large to be read is passed over for the next one.
+    #[test]
+    fn the_notes_are_read_at_their_place_in_the_file_past_one_too_large() {
+        let notes = note(b"GNU\0", 3, &[0xab; 20]);
+        let len = u64::try_from(notes.len()).unwrap();
+        let at = 64 + 2 * 56;
+        let mut elf = elf_header(2).to_vec();
+        elf.extend(note_segment(at + 1, 0, 1 << 20, 1 << 20));
+        elf.extend(note_segment(at, 0x40_0000 + at, len, len + 4096));
+        elf.extend(notes);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitgate");
+        std::fs::write(&path, elf).unwrap();
+        assert_eq!(of_file(&path), Some("ab".repeat(20)));
     }
 
     /// This test program's own ID, read as `readelf -n` reads it, where readelf is installed.

@@ -2771,6 +2771,13 @@ fn a_repository_folder_gitgate_may_not_read_is_a_server_error_not_a_404() {
     assert!(!said.contains("not found"), "{said}");
     fs::set_permissions(&team, fs::Permissions::from_mode(0o755)).unwrap();
     sb.git(sb.root(), &["ls-remote", &url]).ok();
+    // The project root itself, where even `team` cannot be looked at: the same.
+    fs::set_permissions(sb.repos(), fs::Permissions::from_mode(0o000)).unwrap();
+    let said = sb.git(sb.root(), &["ls-remote", &url]);
+    let said = said.fails_with("remote: this server may not read the folder of team/app");
+    assert!(!said.contains("not found"), "{said}");
+    fs::set_permissions(sb.repos(), fs::Permissions::from_mode(0o755)).unwrap();
+    sb.git(sb.root(), &["ls-remote", &url]).ok();
     server.stop();
     let log = fs::read_to_string(sb.server_log()).unwrap();
     let line = log
@@ -3453,11 +3460,19 @@ fn a_request_past_the_grace_period_is_cut_off_and_logged() {
 
 /// SIGUSR1 (which logrotate sends nginx to reopen its logs) and SIGUSR2 mean nothing to
 /// gitgate: logged and ignored, where their default action would end it at once, without a
-/// drain or its pending audit events.
+/// drain or its pending audit events — each time one comes (logrotate's runs), not the first
+/// time only.
 #[test]
 fn user_signals_are_logged_and_ignored() {
     let (sb, mut server, token) = team_setup();
     let url = server.url_with("alice", &token.secret, "team/app");
+    let usr1_lines = |server: &Server| server.log_text().matches("SIGUSR1 ignored").count();
+    server.signal("USR1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while usr1_lines(&server) == 0 {
+        assert!(Instant::now() < deadline, "{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     server.signal("USR1");
     server.signal("USR2");
     sb.git(sb.root(), &["ls-remote", &url]).ok();
@@ -3471,6 +3486,7 @@ fn user_signals_are_logged_and_ignored() {
             "{log}"
         );
     }
+    assert_eq!(log.matches("SIGUSR1 ignored").count(), 2, "{log}");
     assert!(log.contains("shutting down on SIGTERM"), "{log}");
 }
 

@@ -440,6 +440,31 @@ async fn a_body_of_declared_length_ends_with_its_last_byte() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// An answer whose head declares `Content-Length: 0` is complete as its head comes: its body is
+/// at its end before it is read, and the backend is left to exit by itself, not ended when the
+/// body is dropped unread (as hyper does with the answer to a `HEAD`).
+#[tokio::test]
+async fn an_answer_declared_empty_is_complete_with_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let backend = script(
+        dir.path(),
+        "empty.cgi",
+        &format!(
+            "printf 'Content-Type: text/plain\\r\\nContent-Length: 0\\r\\n\\r\\n'; sleep 0.3; \
+             touch '{}'",
+            done.display()
+        ),
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/team/app.git/HEAD", None, &headers);
+    let body = serve(&backend, req, empty).await.unwrap().into_body();
+    assert!(body.is_end_stream());
+    drop(body);
+    assert_eq!(backend.wait_until_reaped().await, 0);
+    assert!(done.exists(), "the backend was ended");
+}
+
 #[test]
 fn running_out_of_processes_or_files_is_an_overload_not_a_failure() {
     for errno in [11, 23, 24] {
@@ -635,6 +660,23 @@ async fn client_headers_do_not_reach_the_environment() {
     }
 }
 
+/// The backend runs in `/`, not in gitgate's working directory, and is given `[upstream]
+/// max_request_buffer_mib` as git reads it: in MiB (`16m`), not as a number of bytes.
+#[tokio::test]
+async fn the_backend_runs_in_the_root_folder_with_its_request_buffer_in_mib() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "where.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\n'; pwd; echo \"$GIT_HTTP_MAX_REQUEST_BUFFER\"",
+    )
+    .with_max_request_buffer(Some(16));
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let resp = serve(&backend, req, empty).await.unwrap();
+    assert_eq!(&body_bytes(resp.into_body()).await[..], b"/\n16m\n");
+}
+
 #[tokio::test]
 async fn exit_before_headers_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
@@ -652,6 +694,25 @@ async fn exit_before_headers_is_an_error() {
         }
         other => panic!("expected Exited, got {other:?}"),
     }
+}
+
+/// git http-backend that could not start upload-pack says so in its first `error:` and goes on
+/// to a `fatal:` line: its end before its head is still a shortage of processes (a `503` to
+/// retry), not a broken backend, whatever it wrote last.
+#[tokio::test]
+async fn a_backend_that_could_not_fork_is_an_overload_whatever_it_said_last() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "nofork.cgi",
+        "echo 'error: cannot fork() for upload-pack: Resource temporarily unavailable' >&2; \
+         echo 'fatal: unable to run upload-pack' >&2; exit 128",
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let e = serve(&backend, req, empty).await.unwrap_err();
+    assert!(matches!(e, CgiError::Exited(_)), "{e}");
+    assert!(e.is_overload(), "{e}");
 }
 
 #[tokio::test]
@@ -912,6 +973,28 @@ async fn a_body_that_stopped_arriving_is_not_fed_after_its_408() {
     assert!(late.is_ok(), "the body was still read after its 408");
     assert_eq!(backend.wait_until_reaped().await, 0);
     assert_eq!(std::fs::read(&got).unwrap(), b"first");
+}
+
+/// A push gitgate ended is waited for until what it said has been read and told (whether its
+/// refs were updated all the same), not only until its process is reaped: here something it
+/// started in a session of its own holds its output open, and the wait lasts until the drain
+/// gives up on it (3 s), long after the push itself exited on its closed input.
+#[tokio::test]
+async fn the_wait_for_the_backends_waits_until_an_ended_push_is_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "holds-stdout.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\n'; setsid sleep 4 2>/dev/null & \
+         cat > /dev/null; exit 1",
+    )
+    .with_head_timeout(Duration::from_millis(500));
+    let (e, _tx) = a_push_that_stalls(&backend).await;
+    assert!(matches!(e, CgiError::UploadStalled(_)), "{e}");
+    let started = std::time::Instant::now();
+    assert_eq!(backend.wait_until_reaped().await, 0);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
 }
 
 /// A backend that reads the whole body before it writes its head (a CGI other than git
@@ -1625,6 +1708,19 @@ async fn an_ended_backend_takes_what_it_started_with_it() {
     panic!("still running after the request ended: {left:?}");
 }
 
+/// Readiness asks for a program that is a file: a folder in its place (`program` set to
+/// git's exec-path rather than the backend in it) is not ready, though it can be "executed"
+/// (entered), and the project root is there.
+#[tokio::test]
+async fn a_folder_in_the_programs_place_is_not_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = CgiBackend::new(tmp.path().to_owned(), tmp.path().to_owned());
+    let e = backend.ready().await.unwrap_err();
+    assert!(e.contains("is not a file"), "{e}");
+    let program = script(tmp.path(), "ok.cgi", "exit 0");
+    assert_eq!(program.ready().await, Ok(()));
+}
+
 #[tokio::test]
 async fn missing_program_is_spawn_error() {
     let backend = CgiBackend::new("/nonexistent/git-http-backend".into(), "/tmp".into());
@@ -1786,6 +1882,52 @@ async fn the_wait_for_a_place_counts_against_the_head_timeout() {
     release.await.unwrap();
 }
 
+/// A `GET .../info/refs` starts an exchange under the process cap: the same token's `POST`
+/// after it goes on with that exchange, and waits for a place as long as one going on may
+/// (git shows no reason for a refused `POST`), not the short wait of a request that starts one.
+#[tokio::test]
+async fn an_advertisement_opens_an_exchange_whose_post_waits_the_longer_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cap = Arc::new(ProcessCap::with_waits(
+        1,
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+    ));
+    let backend = script(
+        tmp.path(),
+        "quick.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\nok\\n'",
+    )
+    .with_process_cap(cap.clone());
+    let headers = HeaderMap::new();
+    let advertisement = request(
+        &Method::GET,
+        "/team/app.git/info/refs",
+        Some("service=git-upload-pack"),
+        &headers,
+    );
+    let resp = serve(&backend, advertisement, empty).await.unwrap();
+    assert_eq!(&body_bytes(resp.into_body()).await[..], b"ok\n");
+    assert!(
+        eventually(|| cap.in_use() == 0).await,
+        "the place came back"
+    );
+    let held = cap.place(Asking::Other, "another-token").await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(held);
+    });
+    let post = request(
+        &Method::POST,
+        "/team/app.git/git-upload-pack",
+        None,
+        &headers,
+    );
+    let resp = serve(&backend, post, empty).await.unwrap();
+    assert_eq!(&body_bytes(resp.into_body()).await[..], b"ok\n");
+    release.await.unwrap();
+}
+
 #[test]
 fn another_spelling_of_a_name_is_tried_only_for_letters() {
     assert_eq!(case_swapped(b"Team.git"), Some(b"tEAM.GIT".to_vec()));
@@ -1814,6 +1956,23 @@ fn names_differing_in_case_are_different_repositories_here() {
         backend.repo_dir("team/App"),
         RepoDir::NotServed(NotServed::Missing)
     );
+}
+
+/// A folder is taken for a bare repository only with all of what git's own test asks for:
+/// `HEAD`, `objects/` and `refs/`, and a `HEAD` that is a symbolic link only when it leads into
+/// `refs/`. One with less is a folder, which git would not serve.
+#[test]
+fn a_bare_repository_has_a_head_objects_and_refs() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("app.git");
+    std::fs::create_dir_all(dir.join("objects")).unwrap();
+    std::fs::write(dir.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    assert_eq!(found_at(&dir), Found::Folder);
+    std::fs::create_dir(dir.join("refs")).unwrap();
+    assert_eq!(found_at(&dir), Found::Repository);
+    std::fs::remove_file(dir.join("HEAD")).unwrap();
+    std::os::unix::fs::symlink("../other.git/HEAD", dir.join("HEAD")).unwrap();
+    assert_eq!(found_at(&dir), Found::Folder);
 }
 
 /// git's `ERR` packet after an `error:` of its own (a packfile that does not match its index)
