@@ -133,7 +133,11 @@ impl Visit for JsonFields<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
         if value.is_finite() {
-            let _ = write!(self.out, "{value}");
+            // `{:?}` keeps a whole number a float ("36.0", where `{}` writes "36"), so that a
+            // field typed as a float in one line is not an integer in the next for a reader
+            // that maps a field's type from its first value; it writes an exponent only where
+            // JSON takes one ("1e21").
+            let _ = write!(self.out, "{value:?}");
         } else {
             // JSON has no NaN or infinity.
             push_json_string(self.out, &value.to_string());
@@ -333,6 +337,20 @@ mod tests {
         assert!(!is_json_string(r#""\u123""#));
         assert!(!is_json_string(r#""\u123x""#));
         assert!(is_json_string(r#""\u1234""#));
+    }
+
+    /// A float field is written as a float whatever its value, a whole one too (a request's
+    /// `duration_ms` of exactly 36 ms): its type does not change from one line to the next.
+    #[test]
+    fn a_whole_float_is_still_a_float() {
+        let out = lines_of(|| {
+            tracing::info!(whole = 36.0f64, tiny = 1e-7f64, huge = 1e21f64, "x");
+        });
+        let line: serde_json::Value = serde_json::from_str(out.trim_end()).expect(&out);
+        assert!(line["fields"]["whole"].is_f64(), "{out}");
+        assert!(out.contains("\"whole\":36.0"), "{out}");
+        assert_eq!(line["fields"]["tiny"].as_f64(), Some(1e-7), "{out}");
+        assert_eq!(line["fields"]["huge"].as_f64(), Some(1e21), "{out}");
     }
 
     /// Every line is JSON a reader takes: a number JSON has no word for (NaN, infinity) is
