@@ -1396,14 +1396,11 @@ fn a_refusal_after_the_secret_matched_names_the_tokens_owner_not_the_name_typed(
         .find(|l| l.contains("access refused"))
         .unwrap_or_else(|| panic!("{log}"));
     assert!(refused_line.contains("user=alice"), "{refused_line}");
-    let actors: Vec<&str> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "auth.failed")
-        .map(|e| e["actor"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(actors, ["alice"], "{audit}");
+    assert_eq!(
+        common::actors_of(&audit, "auth.failed"),
+        ["alice"],
+        "{audit}"
+    );
 }
 
 /// A failed authentication no user name came with (a Bearer token whose secret is wrong) is
@@ -1420,14 +1417,7 @@ fn a_failed_bearer_token_is_audited_as_anonymous() {
     assert_eq!(resp.status, 403, "{resp:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let actors = loop {
-        let audit = sb.cli_json(&["audit", "--json"]);
-        let actors: Vec<String> = audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["action"] == "auth.failed")
-            .map(|e| e["actor"].as_str().unwrap_or_default().to_owned())
-            .collect();
+        let actors = common::actors_of(&sb.cli_json(&["audit", "--json"]), "auth.failed");
         if !actors.is_empty() || Instant::now() > deadline {
             break actors;
         }
@@ -1515,19 +1505,10 @@ fn failed_authentication_rows_beyond_the_cap_are_deleted_oldest_first() {
         );
         assert_eq!(resp.status, 401);
     }
-    let actions = |audit: &serde_json::Value, action: &str| -> Vec<String> {
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["action"] == action)
-            .map(|e| e["actor"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    };
     let start = Instant::now();
     let audit = loop {
         let audit = sb.cli_json(&["audit", "--json"]);
-        let failed = actions(&audit, "auth.failed");
+        let failed = common::actors_of(&audit, "auth.failed");
         if failed.last().is_some_and(|a| a == "guess399")
             || start.elapsed() > Duration::from_secs(10)
         {
@@ -1535,7 +1516,7 @@ fn failed_authentication_rows_beyond_the_cap_are_deleted_oldest_first() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let failed = actions(&audit, "auth.failed");
+    let failed = common::actors_of(&audit, "auth.failed");
     assert_eq!(
         failed.last().map(String::as_str),
         Some("guess399"),
@@ -1548,8 +1529,14 @@ fn failed_authentication_rows_beyond_the_cap_are_deleted_oldest_first() {
         failed.len(),
         failed.first()
     );
-    assert!(!actions(&audit, "audit.pruned").is_empty(), "{audit}");
-    assert!(!actions(&audit, "token.created").is_empty(), "{audit}");
+    assert!(
+        !common::actors_of(&audit, "audit.pruned").is_empty(),
+        "{audit}"
+    );
+    assert!(
+        !common::actors_of(&audit, "token.created").is_empty(),
+        "{audit}"
+    );
     // Failed REST API logins are written on their own, not batched: counted all the same (the
     // oldest of them goes too).
     for i in 0..150 {
@@ -1563,13 +1550,13 @@ fn failed_authentication_rows_beyond_the_cap_are_deleted_oldest_first() {
     let start = Instant::now();
     let audit = loop {
         let audit = sb.cli_json(&["audit", "--json"]);
-        let failed = actions(&audit, "auth.failed");
+        let failed = common::actors_of(&audit, "auth.failed");
         if !failed.contains(&"rest0".to_owned()) || start.elapsed() > Duration::from_secs(10) {
             break audit;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let failed = actions(&audit, "auth.failed");
+    let failed = common::actors_of(&audit, "auth.failed");
     assert!(
         failed.len() < 150 && !failed.contains(&"rest0".to_owned()),
         "{} rows, from {:?}",

@@ -1260,12 +1260,8 @@ fn a_login_told_to_retry_was_not_checked_and_counts_for_nothing() {
     audit.args(["audit", "--json"]);
     let audit = common::run(audit, None);
     let events: serde_json::Value = serde_json::from_str(audit.ok()).unwrap();
-    let failed: std::collections::BTreeSet<String> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "auth.failed")
-        .map(|e| e["actor"].as_str().unwrap_or_default().to_owned())
+    let failed: std::collections::BTreeSet<String> = common::actors_of(&events, "auth.failed")
+        .into_iter()
         .collect();
     assert_eq!(
         failed, checked,

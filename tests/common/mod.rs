@@ -763,6 +763,17 @@ pub fn try_raw_http(port: u16, request: &[u8]) -> Result<Response, String> {
     Ok(parse_response(&buf))
 }
 
+/// The actors of the events of `action` in `audit --json`'s output, oldest first.
+pub fn actors_of(audit: &Value, action: &str) -> Vec<String> {
+    audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action)
+        .map(|e| e["actor"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// The first response in `buf`: status 0 and the bytes as body when there is no whole head.
 pub fn parse_response(buf: &[u8]) -> Response {
     let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
