@@ -917,6 +917,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::upstream::cgi::report",
     "gitgate::upstream::cgi::repositories",
     "gitgate::upstream::cgi::stdio",
+    "gitgate::upstream::framing",
     "gitgate::upstream::headers",
     "gitgate::upstream::http",
     "gitgate::upstream::pool",

@@ -2901,14 +2901,22 @@ fn an_upload_goes_on_while_the_client_does_not_read_an_answer_that_started_early
         }
         let mut writer = s;
         let answer = std::thread::spawn(move || {
+            // In git's framing, as gitgate follows it: pkt-lines of the largest size, and a flush.
+            let mut pkts = Vec::with_capacity(MIB32 + (1 << 16));
+            while pkts.len() <= MIB32 {
+                pkts.extend_from_slice(b"fff0");
+                pkts.resize(pkts.len() + 0xfff0 - 4, b'a');
+            }
+            pkts.extend_from_slice(b"0000");
             let _ = writer.write_all(
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-receive-pack-result\r\n\
-                     Transfer-Encoding: chunked\r\n\r\n{MIB32:x}\r\n"
+                     Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                    pkts.len()
                 )
                 .as_bytes(),
             );
-            let _ = writer.write_all(&vec![b'a'; MIB32]);
+            let _ = writer.write_all(&pkts);
             let _ = writer.write_all(b"\r\n");
             writer
         });

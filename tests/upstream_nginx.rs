@@ -96,12 +96,17 @@ impl Nginx {
         let dir = dir.join("nginx");
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let sock = dir.join("fcgi.sock");
-        // The backend, behind a wrapper the slow-clone test can switch on with a flag file.
+        // The backend, behind a wrapper tests switch with flag files: `slow` holds each POST
+        // for 2 s; `cut` lets a POST's answer through to its 100,000th byte only, the backend
+        // dying there of a broken pipe (as one killed mid-answer) while fcgiwrap and nginx end
+        // the answer cleanly.
         let wrapper = dir.join("backend.sh");
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\nif [ \"$REQUEST_METHOD\" = POST ] && [ -f '{d}/slow' ]; then touch '{d}/started'; sleep 2; fi\nexec '{b}'\n",
+                "#!/bin/sh\nif [ \"$REQUEST_METHOD\" = POST ] && [ -f '{d}/slow' ]; then touch '{d}/started'; sleep 2; fi\n\
+                 if [ \"$REQUEST_METHOD\" = POST ] && [ -f '{d}/cut' ]; then '{b}' | head -c 100000; exit 0; fi\n\
+                 exec '{b}'\n",
                 d = dir.display(),
                 b = tools.backend.display()
             ),
@@ -863,6 +868,75 @@ fn large_chunked_push_and_clone_stream_with_flat_memory() {
         "gitgate's peak memory grew by {} KiB moving 2 × 32 MiB",
         peak - baseline
     );
+}
+
+/// nginx + fcgiwrap end their chunked answer cleanly when the git process behind them dies
+/// mid-answer: gitgate tells it from git's own framing (`upstream::framing`), fails the answer
+/// instead of ending it (git sees a transfer that broke off), and logs and counts it as the
+/// upstream's failure, not as a complete clone.
+#[test]
+fn an_answer_whose_git_process_died_mid_pack_is_logged_as_broken_off() {
+    let Some(w) = World::new("an_answer_whose_git_process_died_mid_pack_is_logged_as_broken_off")
+    else {
+        return;
+    };
+    let g = w.serve(&Options::default());
+    let url = w.url(&g);
+    let a = w.path("a");
+    w.git_ok(w.dir.path(), &["clone", "-q", &url, a.to_str().unwrap()]);
+    // 1 MiB that does not compress: the pack is well past the cut at 100,000 bytes.
+    let mut data = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    commit_file(&w, &a, "big.bin", &data);
+    w.git_ok(&a, &["push", "-q", "origin", "main"]);
+    // Uncut, a clone is whole and logged so (what the check must not refuse).
+    let whole = w.path("whole");
+    w.git_ok(
+        w.dir.path(),
+        &["clone", "-q", &url, whole.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(whole.join("big.bin")).unwrap(), data);
+    assert!(!g.log_text().contains("cut short"), "{}", g.log_text());
+
+    std::fs::write(w.nginx.dir.join("cut"), "").unwrap();
+    for version in ["0", "2"] {
+        let to = w.path(&format!("cut-v{version}"));
+        let protocol = format!("protocol.version={version}");
+        let out = w.git(
+            w.dir.path(),
+            &["-c", &protocol, "clone", "-q", &url, to.to_str().unwrap()],
+        );
+        assert!(
+            !out.status.success(),
+            "protocol v{version}: the clone failed"
+        );
+    }
+    let log = g.log_text();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("response stream failed"))
+        .collect();
+    assert_eq!(failed.len(), 2, "one failure per clone:\n{log}");
+    for line in failed {
+        assert!(
+            line.contains("the upstream's answer was cut short: it ended inside a pkt-line")
+                && line.contains("repo=team/app")
+                && line.contains("user=alice"),
+            "{line}"
+        );
+    }
+    // The POSTs' own lines say it too.
+    let broken_posts = log
+        .lines()
+        .filter(|l| l.contains("method=POST") && l.contains("outcome=stream-error"))
+        .count();
+    assert_eq!(broken_posts, 2, "{log}");
 }
 
 #[test]

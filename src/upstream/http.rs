@@ -36,6 +36,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
+use super::framing::AnswerFraming;
 use super::headers::{self, Outbound, Redirect};
 use super::pool::{ConnectError, Connection, Driving, Origin, OutBody, Pool};
 use super::progress::{Progress, Silence, UploadStalled};
@@ -538,6 +539,12 @@ impl HttpBackend {
             connection: Some((self.pool.clone(), connection)),
             upload,
             trailers_seen: false,
+            // git's framing, followed through the answer: the upstream's HTTP framing can say
+            // "whole" for an answer its git process broke off (see `super::framing`).
+            framing: (inbound.method != Method::HEAD)
+                .then(|| AnswerFraming::for_answer(parts.status, &parts.headers))
+                .flatten(),
+            cut: None,
             address: self.address,
         };
         if body.inner.is_end_stream() {
@@ -982,6 +989,11 @@ struct UpstreamBody {
     upload: Option<Upload>,
     /// The answer ended with trailers (hyper's `Incoming` does not count them as the end).
     trailers_seen: bool,
+    /// git's framing of the answer, followed to tell an answer cut short from a whole one.
+    framing: Option<AnswerFraming>,
+    /// The answer's last frame has gone out and git's framing says it was cut short: the next
+    /// poll fails with this reason instead of ending the body.
+    cut: Option<&'static str>,
     /// The upstream, named in the body's errors as in the head's.
     address: &'static str,
 }
@@ -1000,6 +1012,20 @@ struct Upload {
 }
 
 impl UpstreamBody {
+    /// The answer is over: why it was cut short, if git's framing says it was (taken once).
+    fn cut_short(&mut self) -> Option<&'static str> {
+        self.framing.take().and_then(|f| f.cut_short())
+    }
+
+    /// The error of an answer the upstream ended although git's framing says it is cut short.
+    fn cut_short_error(&self, why: &str) -> io::Error {
+        io::Error::other(format!(
+            "the upstream's answer was cut short: {why} (upstream {}); the git process behind \
+             it most likely stopped mid-answer",
+            self.address
+        ))
+    }
+
     /// The answer has been read to its end: the connection goes back to the pool, unless the
     /// client's upload is unfinished. An answer that ends before its request (an upstream
     /// refusing a push early) is final; the rest of the upload goes on for at most
@@ -1028,6 +1054,9 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if let Some(why) = self.cut.take() {
+            return Poll::Ready(Some(Err(self.cut_short_error(why))));
+        }
         let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
         if polled.is_pending() {
             if let Some((_, connection)) = &mut self.connection {
@@ -1045,10 +1074,15 @@ impl Body for UpstreamBody {
                     // upstream's own addresses), as `Trailer` in the head is dropped too.
                     self.trailers_seen = true;
                     self.release();
-                    return Poll::Ready(None);
+                    return Poll::Ready(self.cut_short().map(|why| Err(self.cut_short_error(why))));
                 }
-                if self.is_end_stream() {
+                if let (Some(framing), Some(data)) = (&mut self.framing, frame.data_ref()) {
+                    framing.feed(data);
+                }
+                if self.inner.is_end_stream() {
                     self.release();
+                    // This frame goes out, and the body fails after it (see `is_end_stream`).
+                    self.cut = self.cut_short();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -1061,7 +1095,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(None) => {
                 self.release();
-                Poll::Ready(None)
+                Poll::Ready(self.cut_short().map(|why| Err(self.cut_short_error(why))))
             }
             Poll::Pending => {
                 let this = &mut *self;
@@ -1086,7 +1120,8 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.trailers_seen || self.inner.is_end_stream()
+        // An answer git's framing says was cut short is not over until it has failed.
+        self.cut.is_none() && (self.trailers_seen || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -1416,6 +1451,85 @@ mod tests {
             "{head}"
         );
         assert!(!head.contains("\r\nhost: gitgate.example"), "{head}");
+    }
+
+    /// An advertisement the upstream ends cleanly without git's closing flush-pkt (its git
+    /// process died) passes on what came and then fails, whichever HTTP framing ended it; a
+    /// whole one, or an answer that is not git's, ends cleanly.
+    #[tokio::test]
+    async fn an_answer_gits_framing_says_was_cut_short_fails_after_what_came() {
+        const ADVERTISEMENT: &str = "application/x-git-upload-pack-advertisement";
+        let cut: &[u8] = b"001e# service=git-upload-pack\n0000\
+                           003c1111111111111111111111111111111111111111 HEAD\0side-band\n";
+        let whole = [cut, b"0000"].concat();
+        let length = |body: &[u8], content_type: &str| {
+            let mut a = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            a.extend_from_slice(body);
+            a
+        };
+        let chunked = |body: &[u8], trailers: &str| {
+            let mut a = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {ADVERTISEMENT}\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                body.len()
+            )
+            .into_bytes();
+            a.extend_from_slice(body);
+            a.extend_from_slice(format!("\r\n0\r\n{trailers}\r\n").as_bytes());
+            a
+        };
+        let cases: [(&str, Vec<u8>, &[u8], bool); 6] = [
+            ("Content-Length", length(cut, ADVERTISEMENT), cut, true),
+            ("chunked", chunked(cut, ""), cut, true),
+            (
+                "chunked with trailers",
+                chunked(cut, "X-Checked: 1\r\n"),
+                cut,
+                true,
+            ),
+            (
+                "whole, Content-Length",
+                length(&whole, ADVERTISEMENT),
+                &whole,
+                false,
+            ),
+            ("whole, chunked", chunked(&whole, ""), &whole, false),
+            ("not git's", length(cut, "text/plain"), cut, false),
+        ];
+        for (case, answer, body, fails) in cases {
+            let (port, _upstream) = answering(answer.leak()).await;
+            let b = backend(&format!("http://127.0.0.1:{port}/git"));
+            let mut got = Vec::new();
+            let mut failed = None;
+            let mut resp = advertisement(&b).await.unwrap().into_body();
+            while let Some(frame) = resp.frame().await {
+                match frame {
+                    Ok(f) => {
+                        got.extend_from_slice(f.data_ref().unwrap());
+                        // Not over (the server would end the answer cleanly) until it failed.
+                        assert!(!fails || !resp.is_end_stream(), "{case}: ended");
+                    }
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            assert_eq!(got, body, "{case}: what came is passed on");
+            match failed {
+                Some(e) if fails => assert!(
+                    e.contains("cut short: it ended without git's closing flush-pkt")
+                        && e.contains(&format!("(upstream http://127.0.0.1:{port}/git)")),
+                    "{case}: {e}"
+                ),
+                None if !fails => {}
+                other => panic!("{case}: {other:?}"),
+            }
+        }
     }
 
     /// A `Retry-After` of seconds is one up to ten digits, which no server's wait exceeds.

@@ -4,9 +4,11 @@
 //!
 //! - [`cgi`]: `git http-backend` run by gitgate itself (the embedded default);
 //! - [`http`]: an existing git server reached over HTTP(S), with [`headers`] deciding what
-//!   crosses in each direction.
+//!   crosses in each direction, and `framing` telling from git's own pkt-lines whether its
+//!   answer came whole (an HTTP server can end cleanly an answer its git process broke off).
 
 pub mod cgi;
+mod framing;
 pub mod headers;
 pub mod http;
 pub mod pool;

@@ -1,0 +1,448 @@
+//! Whether an HTTP upstream's git answer came whole, told from git's own framing.
+//!
+//! An HTTP upstream can end its answer cleanly although the git process behind it died
+//! mid-answer: nginx + fcgiwrap end their chunked answer with its last chunk when `git
+//! http-backend` is killed, and other servers behind a CGI or a pipe can do the same. The HTTP
+//! framing then says "whole", and a proxy that trusts it logs a broken clone as complete —
+//! while git tells its user `early EOF`. git's answers are pkt-lines (four hex digits of length,
+//! then the payload), and each kind ends in a known way, so gitgate follows that framing as the
+//! answer streams through and calls an answer cut short when:
+//!
+//! - it ends inside a pkt-line (its length, or its payload); or
+//! - it ends without git's closing flush-pkt (`0000`) although it must have one: an
+//!   advertisement (`info/refs`) always does, and so does every answer that carried side-band
+//!   packets (a pack, or a push's report) — upload-pack and receive-pack end their side-band
+//!   stream with a flush.
+//!
+//! An answer whose last pkt-line is git's own error (`ERR ...`, or side-band channel 3) is whole:
+//! the backend said why it stopped, and git shows that. A negotiation round of a protocol-v0
+//! fetch ends with `NAK` or `ACK` and no flush, and is whole too. What is not pkt-lines at all
+//! (a pack sent without side-band to an old client, which follows `NAK` raw) gets no verdict:
+//! the follower stops at the first byte that cannot start a pkt-line, and says nothing.
+//!
+//! Following costs a few instructions per pkt-line (of up to 65,520 bytes) and nothing per
+//! byte: payloads are skipped, not read.
+
+use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::StatusCode;
+
+/// The longest pkt-line git reads or writes (`LARGE_PACKET_MAX`), its length digits included.
+const LARGE_PACKET_MAX: u16 = 65520;
+
+/// Which of git's answers it is: what its end must look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// `info/refs?service=...`: ends with a flush-pkt.
+    Advertisement,
+    /// The answer to an RPC POST (`git-upload-pack`, `git-receive-pack`).
+    Result,
+}
+
+/// Where the follower is in the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    /// Reading a pkt-line's length: `got` of its four hex digits so far, worth `value`.
+    Length { got: u8, value: u16 },
+    /// Inside a payload, `left` bytes of it still to come; `head` holds its first bytes (up to
+    /// four, `seen` of them), which say what kind of line it is.
+    Payload { left: u16, head: [u8; 4], seen: u8 },
+    /// What came is not pkt-lines: no verdict.
+    Unframed,
+}
+
+/// The last whole pkt-line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Last {
+    Nothing,
+    /// `0000` (flush) or `0002` (protocol v2's response end).
+    Closing,
+    /// `0001`: protocol v2's delimiter.
+    Delimiter,
+    /// A line that is git's own error: `ERR ...`, or side-band channel 3.
+    Error,
+    /// Any other line.
+    Line,
+}
+
+/// Follows the pkt-lines of one upstream answer as its frames pass (see the module docs).
+#[derive(Clone, Debug)]
+pub struct AnswerFraming {
+    kind: Kind,
+    at: At,
+    last: Last,
+    /// A side-band packet (channel 1, 2 or 3) came: the answer must end with a flush.
+    side_band: bool,
+}
+
+impl AnswerFraming {
+    /// A follower for an answer with this status and these header fields, or `None` when it
+    /// is no git answer whose framing gitgate can read: not a `200`, not one of git's four
+    /// smart-HTTP content types, or with a content coding (a compressed answer's bytes are no
+    /// pkt-lines).
+    pub fn for_answer(status: StatusCode, headers: &HeaderMap) -> Option<AnswerFraming> {
+        if status != StatusCode::OK {
+            return None;
+        }
+        if headers
+            .get_all(CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            return None;
+        }
+        let content_type = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+        // Parameters (`; charset=...`) and letter case are the server's choice.
+        let media = content_type.split(';').next()?.trim();
+        let kind = [
+            (
+                "application/x-git-upload-pack-advertisement",
+                Kind::Advertisement,
+            ),
+            (
+                "application/x-git-receive-pack-advertisement",
+                Kind::Advertisement,
+            ),
+            ("application/x-git-upload-pack-result", Kind::Result),
+            ("application/x-git-receive-pack-result", Kind::Result),
+        ]
+        .into_iter()
+        .find(|(name, _)| media.eq_ignore_ascii_case(name))?
+        .1;
+        Some(AnswerFraming {
+            kind,
+            at: At::Length { got: 0, value: 0 },
+            last: Last::Nothing,
+            side_band: false,
+        })
+    }
+
+    /// Follow the next piece of the answer.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while let Some(&byte) = data.first() {
+            match &mut self.at {
+                At::Unframed => return,
+                At::Length { got, value } => {
+                    let Some(digit) = hex_digit(byte) else {
+                        self.at = At::Unframed;
+                        return;
+                    };
+                    *value = *value << 4 | u16::from(digit);
+                    *got += 1;
+                    data = &data[1..];
+                    let (got, value) = (*got, *value);
+                    if got == 4 {
+                        self.at = self.line_of_length(value);
+                    }
+                }
+                At::Payload { left, head, seen } => {
+                    let mut i = 0;
+                    while usize::from(*seen) < head.len()
+                        && i < data.len()
+                        && i < usize::from(*left)
+                    {
+                        head[usize::from(*seen)] = data[i];
+                        *seen += 1;
+                        i += 1;
+                    }
+                    let n = data.len().min(usize::from(*left));
+                    data = &data[n..];
+                    *left -= n as u16;
+                    if *left == 0 {
+                        let (head, seen) = (*head, usize::from(*seen));
+                        self.line_ended(&head[..seen]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A payload that began with `head` has ended.
+    fn line_ended(&mut self, head: &[u8]) {
+        self.side_band |= matches!(head.first(), Some(1..=3));
+        self.last = if head.first() == Some(&3) || head.starts_with(b"ERR ") {
+            Last::Error
+        } else {
+            Last::Line
+        };
+        self.at = At::Length { got: 0, value: 0 };
+    }
+
+    /// What a pkt-line whose four length digits say `value` starts.
+    fn line_of_length(&mut self, value: u16) -> At {
+        let next = At::Length { got: 0, value: 0 };
+        match value {
+            0 | 2 => self.last = Last::Closing,
+            1 => self.last = Last::Delimiter,
+            4 => self.last = Last::Line,
+            // 3 is no length git writes; past the maximum, neither.
+            3 => return At::Unframed,
+            5..=LARGE_PACKET_MAX => {
+                return At::Payload {
+                    left: value - 4,
+                    head: [0; 4],
+                    seen: 0,
+                }
+            }
+            _ => return At::Unframed,
+        }
+        next
+    }
+
+    /// Why the answer, ended here, was cut short; `None` when it is whole or cannot be told.
+    pub fn cut_short(&self) -> Option<&'static str> {
+        match self.at {
+            At::Unframed => None,
+            At::Length { got: 1.., .. } => Some("it ended inside a pkt-line's length"),
+            At::Payload { .. } => Some("it ended inside a pkt-line"),
+            At::Length { got: 0, .. } => match self.last {
+                Last::Closing | Last::Error => None,
+                _ if self.side_band || self.kind == Kind::Advertisement => {
+                    Some("it ended without git's closing flush-pkt")
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Pure: the value of one hex digit, as git reads a pkt-line's length (either case).
+fn hex_digit(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn headers(content_type: &str, encoding: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap());
+        if let Some(e) = encoding {
+            h.insert(CONTENT_ENCODING, HeaderValue::from_str(e).unwrap());
+        }
+        h
+    }
+
+    fn result() -> AnswerFraming {
+        let h = headers("application/x-git-upload-pack-result", None);
+        AnswerFraming::for_answer(StatusCode::OK, &h).unwrap()
+    }
+
+    fn advertisement() -> AnswerFraming {
+        let h = headers("application/x-git-upload-pack-advertisement", None);
+        AnswerFraming::for_answer(StatusCode::OK, &h).unwrap()
+    }
+
+    /// One pkt-line of `payload`.
+    fn pkt(payload: &[u8]) -> Vec<u8> {
+        let mut line = format!("{:04x}", payload.len() + 4).into_bytes();
+        line.extend_from_slice(payload);
+        line
+    }
+
+    /// A protocol-v0 clone's answer: `NAK`, side-band pack data and progress, a flush.
+    fn whole_pack_answer() -> Vec<u8> {
+        let mut a = pkt(b"NAK\n");
+        let mut data = vec![1u8];
+        data.extend(std::iter::repeat_n(0xA5, 65515));
+        a.extend(pkt(&data));
+        a.extend(pkt(b"\x02Total 3 (delta 0), reused 0 (delta 0)\n"));
+        a.extend(pkt(b"\x01PACK-tail"));
+        a.extend(b"0000");
+        a
+    }
+
+    /// `answer` fed in pieces of `size` bytes; the verdict at its end.
+    fn fed_in(mut f: AnswerFraming, answer: &[u8], size: usize) -> Option<&'static str> {
+        for piece in answer.chunks(size) {
+            f.feed(piece);
+        }
+        f.cut_short()
+    }
+
+    #[test]
+    fn a_whole_pack_answer_is_whole_in_pieces_of_any_size() {
+        let answer = whole_pack_answer();
+        for size in [1, 2, 3, 4, 5, 7, 4096, 65520, answer.len()] {
+            assert_eq!(fed_in(result(), &answer, size), None, "pieces of {size}");
+        }
+    }
+
+    #[test]
+    fn a_pack_answer_cut_anywhere_is_cut_short() {
+        let answer = whole_pack_answer();
+        // Every cut but the whole answer, in pieces of 1 and of 4 KiB.
+        let mut cuts: Vec<usize> = (0..40).collect();
+        cuts.extend((answer.len() - 80)..answer.len());
+        cuts.extend([1000, 65519, 65520, 65521, 65528]);
+        for cut in cuts {
+            for size in [1, 4096] {
+                let verdict = fed_in(result(), &answer[..cut], size);
+                // Before the first side-band packet, a cut at a line's end (nothing, or `NAK`
+                // alone) looks like a negotiation round, which is whole.
+                if cut == 0 || cut == 8 {
+                    assert_eq!(verdict, None, "cut at {cut}");
+                    continue;
+                }
+                assert!(verdict.is_some(), "cut at {cut}, pieces of {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_kind_of_cut_is_named() {
+        let answer = whole_pack_answer();
+        let nak_and_two = 8 + 2;
+        assert_eq!(
+            fed_in(result(), &answer[..nak_and_two], 3),
+            Some("it ended inside a pkt-line's length")
+        );
+        assert_eq!(
+            fed_in(result(), &answer[..100], 3),
+            Some("it ended inside a pkt-line")
+        );
+        assert_eq!(
+            fed_in(result(), &answer[..answer.len() - 4], 3),
+            Some("it ended without git's closing flush-pkt")
+        );
+    }
+
+    #[test]
+    fn a_negotiation_round_without_a_flush_is_whole() {
+        // A protocol-v0 stateless round: ACKs, then NAK, and git exits.
+        let mut round = pkt(b"ACK 1111111111111111111111111111111111111111 common\n");
+        round.extend(pkt(b"NAK\n"));
+        assert_eq!(fed_in(result(), &round, 5), None);
+        assert_eq!(
+            fed_in(result(), b"", 1),
+            None,
+            "an empty answer (a push without report)"
+        );
+    }
+
+    #[test]
+    fn an_advertisement_must_end_with_its_flush() {
+        let mut adv = pkt(b"# service=git-upload-pack\n");
+        adv.extend(b"0000");
+        adv.extend(pkt(
+            b"1111111111111111111111111111111111111111 HEAD\0side-band-64k\n",
+        ));
+        assert_eq!(
+            fed_in(advertisement(), &adv, 7),
+            Some("it ended without git's closing flush-pkt")
+        );
+        adv.extend(b"0000");
+        assert_eq!(fed_in(advertisement(), &adv, 7), None);
+        assert_eq!(
+            fed_in(advertisement(), b"", 1),
+            Some("it ended without git's closing flush-pkt"),
+            "an empty advertisement"
+        );
+    }
+
+    #[test]
+    fn protocol_v2_delimiters_and_response_ends_are_followed() {
+        // ls-refs ends with a flush; fetch has a delimiter between sections.
+        let mut fetch = pkt(b"acknowledgments\n");
+        fetch.extend(pkt(b"ready\n"));
+        fetch.extend(b"0001");
+        fetch.extend(pkt(b"packfile\n"));
+        fetch.extend(pkt(b"\x01PACK..."));
+        assert_eq!(
+            fed_in(result(), &fetch, 2),
+            Some("it ended without git's closing flush-pkt")
+        );
+        let mut delimited = fetch.clone();
+        delimited.extend(b"0001");
+        assert!(
+            fed_in(result(), &delimited, 2).is_some(),
+            "a delimiter ends nothing"
+        );
+        let mut ended = fetch.clone();
+        ended.extend(b"0002");
+        assert_eq!(fed_in(result(), &ended, 2), None, "a response end closes");
+        fetch.extend(b"0000");
+        assert_eq!(fed_in(result(), &fetch, 2), None);
+    }
+
+    #[test]
+    fn gits_own_error_as_the_last_line_is_whole() {
+        let mut answer = pkt(b"NAK\n");
+        answer.extend(pkt(b"\x01PACK..."));
+        answer.extend(pkt(
+            b"\x03fatal: git upload-pack: aborting due to possible corruption",
+        ));
+        assert_eq!(fed_in(result(), &answer, 6), None);
+        let err = pkt(b"ERR upload-pack: not our ref 1111111111111111111111111111111111111111");
+        assert_eq!(fed_in(advertisement(), &err, 6), None);
+        // A line merely starting with E is no error.
+        let mut adv = pkt(b"# service=git-upload-pack\n");
+        adv.extend(pkt(b"ERRx\n"));
+        assert!(fed_in(advertisement(), &adv, 6).is_some());
+    }
+
+    #[test]
+    fn what_is_not_pkt_lines_gets_no_verdict() {
+        // A pack without side-band follows NAK raw; it is cut short or not, nobody can say.
+        let mut raw = pkt(b"NAK\n");
+        raw.extend(b"PACK\0\0\0\x02\0\0\0\x03");
+        assert_eq!(fed_in(result(), &raw, 3), None);
+        // Lengths git never writes: 3, and past the maximum.
+        assert_eq!(fed_in(advertisement(), b"0003", 1), None);
+        assert_eq!(fed_in(advertisement(), b"fff1xxxx", 1), None);
+        // The maximum itself is a line.
+        let mut max = format!("{LARGE_PACKET_MAX:04x}").into_bytes();
+        max.extend(vec![b'x'; usize::from(LARGE_PACKET_MAX) - 4]);
+        assert_eq!(
+            fed_in(advertisement(), &max, 4096),
+            Some("it ended without git's closing flush-pkt")
+        );
+        // Upper-case hex is read as git reads it.
+        assert_eq!(
+            fed_in(result(), b"000A\x01abcde", 1),
+            Some("it ended without git's closing flush-pkt")
+        );
+        assert_eq!(
+            fed_in(result(), b"000A\x01abcd", 1),
+            Some("it ended inside a pkt-line")
+        );
+    }
+
+    #[test]
+    fn only_gits_uncompressed_200_answers_are_followed() {
+        let ok = StatusCode::OK;
+        for t in [
+            "application/x-git-upload-pack-result",
+            "application/x-git-receive-pack-result",
+            "application/x-git-receive-pack-advertisement",
+            "Application/X-Git-Upload-Pack-Advertisement; charset=utf-8",
+        ] {
+            assert!(
+                AnswerFraming::for_answer(ok, &headers(t, None)).is_some(),
+                "{t}"
+            );
+            let identity = headers(t, Some("identity"));
+            assert!(AnswerFraming::for_answer(ok, &identity).is_some(), "{t}");
+            assert!(AnswerFraming::for_answer(ok, &headers(t, Some("gzip"))).is_none());
+            let not_found = StatusCode::NOT_FOUND;
+            assert!(AnswerFraming::for_answer(not_found, &headers(t, None)).is_none());
+        }
+        for t in [
+            "text/plain",
+            "application/x-git-upload-pack-request",
+            "application/octet-stream",
+        ] {
+            assert!(
+                AnswerFraming::for_answer(ok, &headers(t, None)).is_none(),
+                "{t}"
+            );
+        }
+        assert!(AnswerFraming::for_answer(ok, &HeaderMap::new()).is_none());
+    }
+}
