@@ -337,6 +337,12 @@ mod tests {
             fed_in(advertisement(), &adv, 7),
             Some("it ended without git's closing flush-pkt")
         );
+        // An empty line (`0004`) is a line, not a flush.
+        let empty_last = [&adv[..], b"0004"].concat();
+        assert_eq!(
+            fed_in(advertisement(), &empty_last, 7),
+            Some("it ended without git's closing flush-pkt")
+        );
         adv.extend(b"0000");
         assert_eq!(fed_in(advertisement(), &adv, 7), None);
         assert_eq!(
