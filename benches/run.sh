@@ -80,7 +80,11 @@ now() { date +%s.%N; }
 # --- build --------------------------------------------------------------------------------------
 log "building gitgate (release)"
 [[ -n "${NO_BUILD:-}" ]] || (cd "$HERE" && HOME=$REAL_HOME cargo build --release --quiet)
-GITGATE=$HERE/target/release/gitgate
+# A copy, so that every gitgate of the run is this build: benchmark 4's `cargo bench` rebuilds
+# target/release/gitgate from the working tree when that has changed since (5's gitgate, started
+# after it, measured such a rebuild on 2026-12-06).
+cp "$HERE/target/release/gitgate" "$W/gitgate"
+GITGATE=$W/gitgate
 # The floor of benchmark 3 (benches/hyper_401.rs): a bare hyper server answering gitgate's 401.
 FLOOR=$(cd "$HERE" && HOME=$REAL_HOME cargo bench --no-run --quiet --bench hyper_401 --message-format=json 2>/dev/null |
 	python3 -c 'import json,sys
@@ -302,6 +306,12 @@ LUA
 
 start_gitgate http "url = \"http://127.0.0.1:$GIT_PORT/git\""
 GG_HTTP=$GG_PORT GG_HTTP_PID=$GG_PID
+# COMPARE without --hop: the other build in front of the same nginx as well, one more variant
+# of every clone round (rows 1a' and 1d').
+if [[ -n "${COMPARE:-}" ]] && ! ((HOP_ONLY)); then
+	start_gitgate httpb "url = \"http://127.0.0.1:$GIT_PORT/git\"" "$COMPARE"
+	GG_HTTPB=$GG_PORT GG_HTTPB_PID=$GG_PID
+fi
 start_gitgate unix "url = \"http://git.bench/git\"
 socket = \"$W/nginx.sock\""
 GG_UNIX=$GG_PORT GG_UNIX_PID=$GG_PID
@@ -314,8 +324,9 @@ FLOOR_PORT=$(free_port)
 "$FLOOR" --serve "$FLOOR_PORT" "$(nproc)" &
 FLOOR_PID=$!
 PIDS+=($!)
-# COMPARE=/path/to/other/gitgate (with --hop): an A/B of two builds, interleaved in every round.
-if [[ -n "${COMPARE:-}" ]]; then
+# COMPARE=/path/to/other/gitgate with --hop: an A/B of two builds, interleaved in every round
+# (rows 2a'-2f'; in a full run the other build is compared on the clone instead, above).
+if [[ -n "${COMPARE:-}" ]] && ((HOP_ONLY)); then
 	start_gitgate hopb "url = \"http://127.0.0.1:$GIT_PORT/static\"" "$COMPARE"
 	GG_HOPB=$GG_PORT GG_HOPB_PID=$GG_PID
 fi
@@ -329,6 +340,7 @@ declare -A URL=(
 	[gitgate_unix]="http://ci:$TOKEN@127.0.0.1:$GG_UNIX/team/app.git"
 	[nginx_proxy]="http://127.0.0.1:$PROXY2_PORT/git/team/app.git"
 )
+[[ -n "${GG_HTTPB:-}" ]] && URL[gitgate_compare]="http://ci:$TOKEN@127.0.0.1:$GG_HTTPB/team/app.git"
 declare -A TIMES=() TICKS=()
 # The CPU time (user + system, clock ticks) a clone costs the processes that serve it around git
 # http-backend — each process's own, not its children's (git's work is the same in every
@@ -338,6 +350,7 @@ serving_pids() {
 	case $1 in
 	nginx) echo "$NGINX_PID" "$FCGI_PID" $(pgrep -P "$FCGI_PID") ;;
 	gitgate_http) echo "$GG_HTTP_PID" ;;
+	gitgate_compare) echo "$GG_HTTPB_PID" ;;
 	gitgate_cgi) echo "$GG_CGI_PID" ;;
 	gitgate_unix) echo "$GG_UNIX_PID" ;;
 	nginx_proxy) pgrep -P "$NGINX2_PID" ;;
@@ -376,6 +389,7 @@ cpu_ticks() {
 # of the machine during the run, weigh on every variant alike.
 ORDER=(nginx gitgate_http gitgate_cgi nginx_proxy gitgate_unix)
 ((PINNED)) && ORDER+=(nginx_pinned gitgate_pinned)
+[[ -n "${URL[gitgate_compare]:-}" ]] && ORDER=(nginx gitgate_http gitgate_compare "${ORDER[@]:2}")
 for ((run = 1; run <= RUNS; run++)); do
 	order=("${ORDER[@]}")
 	((run % 2)) || for ((i = 0; i < ${#ORDER[@]}; i++)); do order[i]=${ORDER[${#ORDER[@]} - 1 - i]}; done
@@ -393,7 +407,7 @@ for ((run = 1; run <= RUNS; run++)); do
 		TIMES[$v]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') "
 		TICKS[$v]+="$((c1 - c0)) "
 	done
-	log "clone run $run/$RUNS: nginx ${TIMES[nginx]} | gitgate→nginx ${TIMES[gitgate_http]} | gitgate cgi ${TIMES[gitgate_cgi]} | nginx proxy→nginx ${TIMES[nginx_proxy]} | gitgate→nginx over a socket ${TIMES[gitgate_unix]}${TIMES[gitgate_pinned]:+ | pinned: nginx ${TIMES[nginx_pinned]}| gitgate ${TIMES[gitgate_pinned]}}"
+	log "clone run $run/$RUNS: nginx ${TIMES[nginx]} | gitgate→nginx ${TIMES[gitgate_http]} | gitgate cgi ${TIMES[gitgate_cgi]} | nginx proxy→nginx ${TIMES[nginx_proxy]} | gitgate→nginx over a socket ${TIMES[gitgate_unix]}${TIMES[gitgate_pinned]:+ | pinned: nginx ${TIMES[nginx_pinned]}| gitgate ${TIMES[gitgate_pinned]}}${TIMES[gitgate_compare]:+ | compare ${TIMES[gitgate_compare]}}"
 done
 med() { tr ' ' '\n' <<<"${TIMES[$1]}" | grep . | median; }
 TICK_MS=$((1000 / $(getconf CLK_TCK)))
@@ -629,6 +643,8 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 {
 	echo "## gitgate benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), $( ((QUICK)) && echo quick || echo full) mode)"
 	echo
+	echo "gitgate: $("$GITGATE" --version)."
+	echo
 	echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM; nginx $(nginx -v 2>&1 | sed 's/.*\///'), git $(git --version | awk '{print $3}')."
 	echo
 	echo "| # | what | baseline | gitgate | ratio | target | met |"
@@ -648,6 +664,11 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	if ((PINNED)); then
 		r=$(ratio "$CLONE_HTTP_PINNED" "$CLONE_NGINX_PINNED")
 		echo "| 1g | same as 1a with gitgate on a core of its own (git, nginx and fcgiwrap on CPU 0, gitgate on CPU 1; the direct clone on CPU 0 alone), for reference: what the hop costs when it takes no CPU from the clone (s) | nginx+fcgiwrap $CLONE_NGINX_PINNED | gitgate→nginx $CLONE_HTTP_PINNED | $r× | — | |"
+	fi
+	if [[ -n "${TIMES[gitgate_compare]:-}" ]]; then
+		a=$(med gitgate_compare) b=$(cpu_ms gitgate_compare)
+		echo "| 1a' | same as 1a through $COMPARE (s) | nginx+fcgiwrap $CLONE_NGINX | $a | $(ratio "$a" "$CLONE_NGINX")× | — | |"
+		echo "| 1d' | CPU per clone in front of nginx, this build against $COMPARE, median (ms) | $COMPARE $b | this build $CPU_HTTP | $(ratio "$CPU_HTTP" "$b")× | — | |"
 	fi
 	a=$(mrps proxy) b=$(mrps gitgate) r=$(ratio "$b" "$a")
 	echo "| 2a | hop, static 200, wrk $WRK_CONNS conns (req/s) | nginx proxy_pass $a | $b | $r× | ≥ 1.0× | $(at_least "$b" "$a" 1.0) |"
@@ -675,5 +696,5 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 5a | peak RSS, one clone of $BIG_MB MB ($(awk -v b="$BIG_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB received) (MiB) | repo size $BIG_MB | $(mb "$RSS_BIG") | $(ratio "$(mb "$RSS_BIG")" "$BIG_MB")× of repo | < 64 MB | $(awk -v k="$RSS_BIG" 'BEGIN{print (k * 1024 < 64e6) ? "yes" : "no"}') |"
 	echo "| 5b | peak RSS, $CONCURRENT concurrent clones of $REPO_MB MB ($CONC_OK/$CONCURRENT complete, ${CONC_SECONDS}s) (MiB) | total served $((REPO_MB * CONCURRENT)) | $(mb "$RSS_CONC") | $(ratio "$(mb "$RSS_CONC")" "$((REPO_MB * CONCURRENT))")× of bytes served | < 64 MB | $(awk -v k="$RSS_CONC" -v ok="$CONC_OK" -v n="$CONCURRENT" 'BEGIN{print (k * 1024 < 64e6 && ok == n) ? "yes" : "no"}') |"
 	echo
-	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }], gitgate→nginx socket [${TIMES[gitgate_unix]% }], pinned (1g) nginx+fcgiwrap [${TIMES[nginx_pinned]:-}] gitgate→nginx [${TIMES[gitgate_pinned]:-}]; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }], gitgate→nginx socket [${TICKS[gitgate_unix]% }]; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]; 2g/2h CPU µs proxy [${SCHED_CPU[proxy]% }] gitgate [${SCHED_CPU[gitgate]% }] proxy2 [${SCHED_CPU[proxy2]% }], waiting µs proxy [${SCHED_WAIT[proxy]% }] gitgate [${SCHED_WAIT[gitgate]% }] proxy2 [${SCHED_WAIT[proxy2]% }]."
+	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }], gitgate→nginx socket [${TIMES[gitgate_unix]% }], pinned (1g) nginx+fcgiwrap [${TIMES[nginx_pinned]:-}] gitgate→nginx [${TIMES[gitgate_pinned]:-}]${TIMES[gitgate_compare]:+, compare [${TIMES[gitgate_compare]% }]}; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }], gitgate→nginx socket [${TICKS[gitgate_unix]% }]${TICKS[gitgate_compare]:+, compare [${TICKS[gitgate_compare]% }]}; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]; 2g/2h CPU µs proxy [${SCHED_CPU[proxy]% }] gitgate [${SCHED_CPU[gitgate]% }] proxy2 [${SCHED_CPU[proxy2]% }], waiting µs proxy [${SCHED_WAIT[proxy]% }] gitgate [${SCHED_WAIT[gitgate]% }] proxy2 [${SCHED_WAIT[proxy2]% }]."
 }

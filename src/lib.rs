@@ -53,7 +53,9 @@
 //!                                         │     cache could keep made `private`; a push's
 //!                                         │     commands read from its body as it passes)
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...),
-//!                                         │     on a TCP port or a Unix socket
+//!                                         │     on a TCP port or a Unix socket; git's pkt-lines
+//!                                         │     followed through its answer, which fails if it
+//!                                         │     ends cut short, however cleanly the HTTP ends
 //!                                         └─ cgi:  git http-backend run by gitgate itself (its
 //!                                               head held until the body is fed: a program that
 //!                                               dies before it is a 502, a stop before it a 503; an exit

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# An interleaved A/B of two gitgate builds on the big clone (benchmark 1a's set-up, gitgate in
+# front of nginx + fcgiwrap + git http-backend): both builds run side by side, and each pair is
+# one `git clone --bare` of the REPO_MB repository through each, the one that goes first
+# alternating from pair to pair. Per clone: its time, and gitgate's CPU time over it from every
+# thread's /proc/PID/task/TID/schedstat (nanoseconds: /proc/PID/stat's 10 ms ticks are a tenth
+# of a clone's cost, too coarse for a change of a few per cent).
+#
+#   benches/ab_clone.sh NEW_BINARY OLD_BINARY [PAIRS=12]
+#
+# Uses `run.sh` with HOLD for nginx, fcgiwrap, the repository and the token (NO_BUILD=1: build
+# both binaries first). Prints one line per pair, then the medians of the per-pair ratios.
+set -euo pipefail
+NEW=$1 OLD=$2 PAIRS=${3:-12}
+HERE=$(cd "$(dirname "$0")" && pwd)
+LOG=$(mktemp /tmp/gitgate-ab-clone.XXXXXX)
+NO_BUILD=1 RUNS=0 BIG_MB=1 CONCURRENT=1 HOLD=$((PAIRS * 2 * 20 + 120)) "$HERE/run.sh" >/dev/null 2>"$LOG" &
+HOLDER=$!
+# As in ab.sh: ending the holder's HOLD `sleep` lets run.sh stop everything it started.
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	pkill -x -P $HOLDER sleep || true; wait $HOLDER 2>/dev/null || true; rm -f "$LOG"' EXIT
+until grep -q "^proxy=" "$LOG"; do
+	kill -0 $HOLDER 2>/dev/null || { cat "$LOG" >&2; exit 1; }
+	sleep 1
+done
+W=$(grep -o "dir=[^ ]*" "$LOG" | cut -d= -f2)
+TOKEN_URL=$(grep -o "^clone gitgate_http [^ ]*" "$LOG" | awk '{print $3}')
+
+start() { # name binary -> "port pid"
+	local dir=$W/ab-clone-$1 i=0
+	mkdir -p "$dir"
+	cp "$W/gg-http/gitgate.toml" "$dir/gitgate.toml"
+	GITGATE_LOG=warn,gitgate=info,gitgate::request=warn "$2" --config "$dir/gitgate.toml" serve >/dev/null 2>"$dir/log" &
+	local pid=$!
+	until grep -q 'listening on' "$dir/log"; do
+		i=$((i + 1))
+		((i < 200)) || { cat "$dir/log" >&2; exit 1; }
+		sleep 0.05
+	done
+	echo "$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$dir/log" | sed 's/.*://') $pid"
+}
+read -r NEW_PORT NEW_PID < <(start new "$NEW")
+read -r OLD_PORT OLD_PID < <(start old "$OLD")
+PIDS+=("$NEW_PID" "$OLD_PID")
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{c += $1} END {printf "%.0f", c}'; }
+clone() { # port pid -> "seconds cpu_ms"
+	local url c0 c1 t0 t1
+	url=$(sed "s/127.0.0.1:[0-9]*/127.0.0.1:$1/" <<<"$TOKEN_URL")
+	c0=$(cpu_ns "$2")
+	t0=$(date +%s.%N)
+	git clone -q --bare "$url" "$W/ab-clone"
+	t1=$(date +%s.%N)
+	c1=$(cpu_ns "$2")
+	rm -rf "$W/ab-clone"
+	awk -v a="$t0" -v b="$t1" -v c="$c0" -v d="$c1" 'BEGIN {printf "%.3f %.1f", b - a, (d - c) / 1e6}'
+}
+git clone -q --bare "$(sed "s/127.0.0.1:[0-9]*/127.0.0.1:$NEW_PORT/" <<<"$TOKEN_URL")" "$W/ab-clone" && rm -rf "$W/ab-clone" # page cache
+for ((i = 1; i <= PAIRS; i++)); do
+	if ((i % 2)); then
+		n=$(clone "$NEW_PORT" "$NEW_PID")
+		o=$(clone "$OLD_PORT" "$OLD_PID")
+	else
+		o=$(clone "$OLD_PORT" "$OLD_PID")
+		n=$(clone "$NEW_PORT" "$NEW_PID")
+	fi
+	echo "pair $i new $n old $o"
+done | tee "$W/ab-clone.txt"
+# "pair I new SECONDS CPU_MS old SECONDS CPU_MS"
+awk '{t[NR] = $4 / $7; c[NR] = $5 / $8; tf += ($4 < $7); cl += ($5 < $8)}
+	function median(a, n,   i, j, x) {
+		for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j > 0 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+		return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+	}
+	END {printf "new/old, median of the pairs: time %.3f (new faster in %d of %d), CPU %.3f (new lower in %d of %d)\n", median(t, NR), tf, NR, median(c, NR), cl, NR}' "$W/ab-clone.txt"
