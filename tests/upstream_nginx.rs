@@ -800,14 +800,7 @@ fn large_chunked_push_and_clone_stream_with_flat_memory() {
     let baseline = peak_rss_kib(g.pid());
     // 32 MiB that does not compress: the pack is about as large.
     const SIZE: usize = 32 << 20;
-    let mut data = vec![0u8; SIZE];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    let data = common::noise(SIZE, 0x9E37_79B9_7F4A_7C15);
     commit_file(&w, &a, "big.bin", &data);
     drop(data);
     let started = Instant::now();
@@ -885,14 +878,7 @@ fn an_answer_whose_git_process_died_mid_pack_is_logged_as_broken_off() {
     let a = w.path("a");
     w.git_ok(w.dir.path(), &["clone", "-q", &url, a.to_str().unwrap()]);
     // 1 MiB that does not compress: the pack is well past the cut at 100,000 bytes.
-    let mut data = vec![0u8; 1 << 20];
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    let data = common::noise(1 << 20, 0x2545_F491_4F6C_DD1D);
     commit_file(&w, &a, "big.bin", &data);
     w.git_ok(&a, &["push", "-q", "origin", "main"]);
     // Uncut, a clone is whole and logged so (what the check must not refuse).
@@ -1841,14 +1827,7 @@ fn bench_clone_direct_and_through_gitgate() {
         return;
     };
     let seed = w.path("seed");
-    let mut data = vec![0u8; 64 << 20];
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    let data = common::noise(64 << 20, 0x2545_F491_4F6C_DD1D);
     commit_file(&w, &seed, "big.bin", &data);
     w.git_ok(&seed, &["push", "-q", w.bare().to_str().unwrap(), "main"]);
     let g = w.serve(&Options::default());
