@@ -1017,6 +1017,13 @@ impl UpstreamBody {
         self.framing.take().and_then(|f| f.cut_short())
     }
 
+    /// What follows the answer's last frame: nothing, or the error of an answer git's framing
+    /// says was cut short.
+    fn ended(&mut self) -> Option<Result<Frame<Bytes>, io::Error>> {
+        let why = self.cut_short()?;
+        Some(Err(self.cut_short_error(why)))
+    }
+
     /// The error of an answer the upstream ended although git's framing says it is cut short.
     fn cut_short_error(&self, why: &str) -> io::Error {
         io::Error::other(format!(
@@ -1074,7 +1081,7 @@ impl Body for UpstreamBody {
                     // upstream's own addresses), as `Trailer` in the head is dropped too.
                     self.trailers_seen = true;
                     self.release();
-                    return Poll::Ready(self.cut_short().map(|why| Err(self.cut_short_error(why))));
+                    return Poll::Ready(self.ended());
                 }
                 if let (Some(framing), Some(data)) = (&mut self.framing, frame.data_ref()) {
                     framing.feed(data);
@@ -1095,7 +1102,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(None) => {
                 self.release();
-                Poll::Ready(self.cut_short().map(|why| Err(self.cut_short_error(why))))
+                Poll::Ready(self.ended())
             }
             Poll::Pending => {
                 let this = &mut *self;
