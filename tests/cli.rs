@@ -2637,16 +2637,9 @@ fn an_unreadable_expiry_policy_is_warned_of_and_creates_nothing() {
     let sb = Sandbox::new();
     sb.add_admin("root", "root-password-1");
     let set_whole = || {
-        sb.cli(&[
-            "policy",
-            "set",
-            "--expiry-required",
-            "yes",
-            "--max-expiry-days",
-            "30",
-        ])
-        .ok()
-        .to_owned()
+        sb.cli(&common::REQUIRE_EXPIRY_WITHIN_30_DAYS)
+            .ok()
+            .to_owned()
     };
     set_whole();
     rusqlite::Connection::open(sb.db())

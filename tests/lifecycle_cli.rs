@@ -59,17 +59,7 @@ fn scoped_ci(install: &Install) -> Value {
 
 /// `policy set`: every new token expires, within 30 days.
 fn require_expiry_within_30_days(install: &Install) {
-    install.cli_ok(
-        &[
-            "policy",
-            "set",
-            "--expiry-required",
-            "yes",
-            "--max-expiry-days",
-            "30",
-        ],
-        "",
-    );
+    install.cli_ok(&common::REQUIRE_EXPIRY_WITHIN_30_DAYS, "");
 }
 
 #[test]

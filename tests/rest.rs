@@ -2267,17 +2267,7 @@ fn disabling_an_admin_and_tightening_the_policy_say_what_stays() {
             && said.contains("still work"),
         "{said}"
     );
-    let run = install.cli(
-        &[
-            "policy",
-            "set",
-            "--expiry-required",
-            "yes",
-            "--max-expiry-days",
-            "30",
-        ],
-        "",
-    );
+    let run = install.cli(&common::REQUIRE_EXPIRY_WITHIN_30_DAYS, "");
     let said = format!("{}{}", run.stdout, run.stderr);
     assert!(run.success(), "{run}");
     assert!(

@@ -937,6 +937,17 @@ pub fn skipping(what: &str) {
     eprintln!("NOTICE: skipped: {what}");
 }
 
+/// The CLI's arguments for the expiry policy the tests set most: every new token expires, within
+/// 30 days.
+pub const REQUIRE_EXPIRY_WITHIN_30_DAYS: [&str; 6] = [
+    "policy",
+    "set",
+    "--expiry-required",
+    "yes",
+    "--max-expiry-days",
+    "30",
+];
+
 /// `count` bytes that do not compress (xorshift64*).
 pub fn noise(count: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
