@@ -133,40 +133,65 @@ impl Nginx {
             sock.exists()
         });
 
-        let (port, tls_port) = (common::free_port(), common::free_port());
         let user = if is_root() {
             "user root root;".to_string()
         } else {
             String::new()
         };
-        let conf = std::fs::read_to_string(fixture("nginx/nginx.conf.in"))
+        let template = std::fs::read_to_string(fixture("nginx/nginx.conf.in"))
             .unwrap()
             .replace("@USER@", &user)
             .replace("@DIR@", &dir.display().to_string())
-            .replace("@PORT@", &port.to_string())
-            .replace("@TLS_PORT@", &tls_port.to_string())
             .replace("@CERT@", &fixture("tls/server-a.pem").display().to_string())
             .replace("@KEY@", &fixture("tls/server-a.key").display().to_string())
             .replace("@SOCKET@", &sock.display().to_string())
             .replace("@BACKEND@", &wrapper.display().to_string())
             .replace("@REPOS@", &repos.display().to_string())
             .replace("@SECRET@", UPSTREAM_SECRET);
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
         let mut n = Nginx {
+            conf: dir.join("nginx.conf"),
             dir,
-            port,
-            tls_port,
-            conf: conf_path,
+            port: 0,
+            tls_port: 0,
             child: None,
             fcgiwrap,
             nginx_bin: tools.nginx.clone(),
         };
-        n.start_nginx();
+        // A port from `free_port` is let go before nginx binds it, and another test's nginx
+        // can take it first (a CI run's first request through gitgate then met a 502 from
+        // elsewhere). nginx, failing to bind it, still opens its Unix sockets and retries for
+        // a while, so the wait for both to answer passes on the other's port: this asks
+        // whose the listening sockets are, and takes new ports if they are not nginx's.
+        for attempt in 1.. {
+            (n.port, n.tls_port) = (common::free_port(), common::free_port());
+            if n.port == n.tls_port {
+                continue;
+            }
+            let conf = template
+                .replace("@PORT@", &n.port.to_string())
+                .replace("@TLS_PORT@", &n.tls_port.to_string());
+            std::fs::write(&n.conf, conf).unwrap();
+            if n.launch() {
+                break;
+            }
+            assert!(attempt < 5, "nginx's ports were taken five times over");
+        }
         n
     }
 
+    /// nginx again on the ports it had (after `stop_nginx`): gitgate's config names them.
     fn start_nginx(&mut self) {
+        assert!(
+            self.launch(),
+            "nginx restarted, but another process listens on 127.0.0.1:{} or :{}",
+            self.port,
+            self.tls_port
+        );
+    }
+
+    /// Starts nginx and waits until it answers on its TCP port and its Unix socket. false
+    /// (with nginx stopped again) when what listens on one of its TCP ports is not nginx.
+    fn launch(&mut self) -> bool {
         let mut child = Command::new(&self.nginx_bin)
             .arg("-p")
             .arg(&self.dir)
@@ -197,7 +222,13 @@ impl Nginx {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        let pid = child.id();
         self.child = Some(child);
+        if listens_on(pid, self.port) && listens_on(pid, self.tls_port) {
+            return true;
+        }
+        self.stop_nginx();
+        false
     }
 
     fn stop_nginx(&mut self) {
@@ -260,6 +291,32 @@ fn live_processes_of_group(group: u32) -> usize {
             pgrp == Some(group) && state != "Z" && state != "X"
         })
         .count()
+}
+
+/// Whether process `pid` holds the socket that listens on 127.0.0.1:`port` (true when
+/// `/proc/net/tcp` cannot be read: nothing can be told then).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    // The address as the kernel prints it (127.0.0.1 in the byte order of this machine, the
+    // port in hex); `0A` is LISTEN; the tenth field the socket's inode.
+    let local = format!("{:08X}:{port:04X}", u32::from_ne_bytes([127, 0, 0, 1]));
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+    })
 }
 
 fn is_root() -> bool {
@@ -1679,7 +1736,8 @@ fn a_gateway_failure_page_from_the_upstream_is_told_and_logged_as_a_backend_fail
         return;
     };
     let g = w.serve(&Options::default());
-    assert_eq!(advertise(&w, &g).0, 200);
+    let (status, head, body) = advertise(&w, &g);
+    assert_eq!(status, 200, "{head}\n{body}\n{}", g.log_text());
     w.nginx.stop_fcgiwrap();
     let (status, head, body) = advertise(&w, &g);
     assert_eq!(status, 502, "{head}\n{body}");
