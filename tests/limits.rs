@@ -1028,6 +1028,41 @@ fn a_whole_body_is_not_blamed_for_an_upstream_that_fails_after_reading_it() {
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
 }
 
+/// An upstream's empty `200` advertisement (`Content-Length: 0`: no git server sends one; a
+/// broken one might) is not passed on as a whole answer: git's framing says an advertisement
+/// ends with a flush-pkt. Nothing has gone to the client, so it gets a 502 with the reason, and
+/// the log says `backend failed`.
+#[test]
+fn an_empty_advertisement_from_the_upstream_is_a_502_with_the_reason() {
+    let (upstream_port, _heads) = scripted_upstream(100, |_| {
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+          Content-Length: 0\r\n\r\n"
+            .to_vec()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, metrics);
+    let (answer, _) = info_refs(&g, &auth);
+    let reason = "the upstream git server's answer was empty, which git cannot read";
+    assert!(
+        answer.starts_with("HTTP/1.1 502") && answer.contains(reason),
+        "{answer}"
+    );
+    let log = log_once_it_has(&g, "outcome=");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("backend failed") && l.contains(reason)),
+        "{log}"
+    );
+    let scrape = common::http_get(metrics_port_of(&g), "/metrics", None).text();
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l == "gitgate_upstream_errors_total 1"),
+        "{scrape}"
+    );
+}
+
 /// The wait for a push's POST at a stop is HTTP/1's alone: over HTTP/2 the stop's GOAWAY
 /// leaves the client free to open a connection for its POST, so a connection whose last answer
 /// was a push's advertisement does not hold the stop for the wait for a request

@@ -550,6 +550,16 @@ impl HttpBackend {
         if body.inner.is_end_stream() {
             // No body at all (204, 304, HEAD): the connection is free now.
             body.release();
+            // An empty git answer that git's framing says cannot be whole: an advertisement
+            // of `Content-Length: 0`. hyper, told the length is 0, ends the client's answer
+            // without polling its body, so the body could not fail; nothing has gone to the
+            // client yet, so it gets gitgate's word instead.
+            if let Some(why) = body.cut_short() {
+                return Err(ForwardError::bad_gateway(format!(
+                    "the upstream git server's answer was empty, which git cannot read: {why}; \
+                     the git process behind it most likely failed before it wrote anything"
+                )));
+            }
         }
         // gitgate answers in its own HTTP version: an upstream's `HTTP/1.0` would otherwise go
         // on to the client, costing it keep-alive.
@@ -1489,8 +1499,10 @@ mod tests {
             a.extend_from_slice(format!("\r\n0\r\n{trailers}\r\n").as_bytes());
             a
         };
-        let cases: [(&str, Vec<u8>, &[u8], bool); 6] = [
+        let cases: [(&str, Vec<u8>, &[u8], bool); 7] = [
             ("Content-Length", length(cut, ADVERTISEMENT), cut, true),
+            // Nothing at all: no advertisement is empty.
+            ("empty, chunked", chunked(b"", ""), b"", true),
             ("chunked", chunked(cut, ""), cut, true),
             (
                 "chunked with trailers",
@@ -1536,6 +1548,38 @@ mod tests {
                 None if !fails => {}
                 other => panic!("{case}: {other:?}"),
             }
+        }
+    }
+
+    /// An empty advertisement of `Content-Length: 0` is a 502 with the reason: the client's
+    /// answer, of length 0 too, would end without its body being polled, so it could not fail
+    /// as a cut one does. An empty answer of another kind, or not git's, is passed on.
+    #[tokio::test]
+    async fn an_empty_advertisement_is_a_502_with_the_reason() {
+        let empty = |content_type: &str| -> &'static [u8] {
+            format!("HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: 0\r\n\r\n")
+                .into_bytes()
+                .leak()
+        };
+        let (port, _upstream) =
+            answering(empty("application/x-git-upload-pack-advertisement")).await;
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        let e = advertisement(&b).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            e.to_string().starts_with(
+                "the upstream git server's answer was empty, which git cannot read: it ended \
+                 without git's closing flush-pkt"
+            ),
+            "{e}"
+        );
+        for content_type in ["application/x-git-upload-pack-result", "text/plain"] {
+            let (port, _upstream) = answering(empty(content_type)).await;
+            let b = backend(&format!("http://127.0.0.1:{port}/git"));
+            let resp = advertisement(&b).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{content_type}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(body.is_empty(), "{content_type}");
         }
     }
 
