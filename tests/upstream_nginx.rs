@@ -920,6 +920,69 @@ fn large_chunked_push_and_clone_stream_with_flat_memory() {
     );
 }
 
+/// A fetch of an object the repository does not have is refused by upload-pack with an `ERR`
+/// packet, which nginx passes on as a whole answer. gitgate passes it on whole too, so git
+/// prints that reason alone, and logs git's reason as the embedded runner does — once per
+/// fetch, and not as a failure of the backend's.
+#[test]
+fn a_fetch_git_refuses_through_nginx_is_logged_with_gits_reason() {
+    let Some(w) = World::new("a_fetch_git_refuses_through_nginx_is_logged_with_gits_reason") else {
+        return;
+    };
+    let g = w.serve(&Options::default());
+    let here = w.path("here");
+    w.git_ok(
+        w.dir.path(),
+        &["clone", "-q", &w.url(&g), here.to_str().unwrap()],
+    );
+    let missing = "1111111111111111111111111111111111111111";
+    for _ in 0..2 {
+        // Over protocol v0 git itself refuses to ask for an object not advertised.
+        let out = w.git(
+            &here,
+            &["-c", "protocol.version=2", "fetch", "origin", missing],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("not our ref") && !stderr.contains("RPC failed"),
+            "{stderr}"
+        );
+    }
+    let log = log_once_it_has_n(&g, "git refused the request and told its client why", 2);
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("git refused the request and told its client why"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{log}");
+    for line in refusals {
+        assert!(
+            line.contains(&format!("not our ref {missing}"))
+                && line.contains("request_id=")
+                && line.contains(&format!(
+                    "upstream=\"http://127.0.0.1:{}/git\"",
+                    w.nginx.port
+                )),
+            "{line}"
+        );
+    }
+    assert!(!log.contains("response stream failed"), "{log}");
+    assert!(!log.contains("outcome=stream-error"), "{log}");
+    assert!(!log.contains("backend failed"), "{log}");
+}
+
+/// `g`'s log once `needle` is in it `n` times, or as it is after 10 s.
+fn log_once_it_has_n(g: &Server, needle: &str, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = g.log_text();
+        if log.matches(needle).count() >= n || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// nginx + fcgiwrap end their chunked answer cleanly when the git process behind them dies
 /// mid-answer: gitgate tells it from git's own framing (`upstream::framing`), fails the answer
 /// instead of ending it (git sees a transfer that broke off), and logs and counts it as the

@@ -29,6 +29,9 @@ use hyper::StatusCode;
 /// The longest pkt-line git reads or writes (`LARGE_PACKET_MAX`), its length digits included.
 const LARGE_PACKET_MAX: u16 = 65520;
 
+/// How much of an error line's text is kept for the log: git's own messages are one line.
+const REFUSAL_MAX: usize = 512;
+
 /// Which of git's answers it is: what its end must look like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -44,8 +47,14 @@ enum At {
     /// Reading a pkt-line's length: `got` of its four hex digits so far, worth `value`.
     Length { got: u8, value: u16 },
     /// Inside a payload, `left` bytes of it still to come; `head` holds its first bytes (up to
-    /// four, `seen` of them), which say what kind of line it is.
-    Payload { left: u16, head: [u8; 4], seen: u8 },
+    /// four, `seen` of them), which say what kind of line it is; `error`: they said git's own
+    /// error, whose text is kept as it passes.
+    Payload {
+        left: u16,
+        head: [u8; 4],
+        seen: u8,
+        error: bool,
+    },
     /// What came is not pkt-lines: no verdict.
     Unframed,
 }
@@ -72,6 +81,8 @@ pub struct AnswerFraming {
     last: Last,
     /// A side-band packet (channel 1, 2 or 3) came: the answer must end with a flush.
     side_band: bool,
+    /// The text of the last line when it is git's own error (up to [`REFUSAL_MAX`] bytes).
+    refusal: Vec<u8>,
 }
 
 impl AnswerFraming {
@@ -113,6 +124,7 @@ impl AnswerFraming {
             at: At::Length { got: 0, value: 0 },
             last: Last::Nothing,
             side_band: false,
+            refusal: Vec::new(),
         })
     }
 
@@ -134,7 +146,12 @@ impl AnswerFraming {
                         self.at = self.line_of_length(value);
                     }
                 }
-                At::Payload { left, head, seen } => {
+                At::Payload {
+                    left,
+                    head,
+                    seen,
+                    error,
+                } => {
                     let mut i = 0;
                     while usize::from(*seen) < head.len()
                         && i < data.len()
@@ -145,6 +162,19 @@ impl AnswerFraming {
                         i += 1;
                     }
                     let n = data.len().min(usize::from(*left));
+                    if i > 0 && usize::from(*seen) == head.len() && is_error(head) {
+                        // The head is whole just now, and says git's own error: its text
+                        // starts after `ERR ` or the channel byte.
+                        *error = true;
+                        self.refusal.clear();
+                        if head[0] == 3 {
+                            self.refusal.extend_from_slice(&head[1..]);
+                        }
+                    }
+                    if *error && self.refusal.len() < REFUSAL_MAX {
+                        let room = REFUSAL_MAX - self.refusal.len();
+                        self.refusal.extend_from_slice(&data[i..n.min(i + room)]);
+                    }
                     data = &data[n..];
                     *left -= n as u16;
                     if *left == 0 {
@@ -159,9 +189,15 @@ impl AnswerFraming {
     /// A payload that began with `head` has ended.
     fn line_ended(&mut self, head: &[u8]) {
         self.side_band |= matches!(head.first(), Some(1..=3));
-        self.last = if head.first() == Some(&3) || head.starts_with(b"ERR ") {
+        self.last = if is_error(head) {
+            if head.len() < 4 {
+                // A payload shorter than its head: its text is all there.
+                self.refusal.clear();
+                self.refusal.extend_from_slice(&head[1..]);
+            }
             Last::Error
         } else {
+            self.refusal.clear();
             Last::Line
         };
         self.at = At::Length { got: 0, value: 0 };
@@ -181,11 +217,23 @@ impl AnswerFraming {
                     left: value - 4,
                     head: [0; 4],
                     seen: 0,
+                    error: false,
                 }
             }
             _ => return At::Unframed,
         }
         next
+    }
+
+    /// What git said when the answer, ended here, ends with git's own error (the text of its
+    /// `ERR` line or channel-3 message, cut at [`REFUSAL_MAX`] bytes): the backend refused the
+    /// request and told its client why.
+    pub fn refusal(&self) -> Option<String> {
+        (self.at == (At::Length { got: 0, value: 0 }) && self.last == Last::Error).then(|| {
+            String::from_utf8_lossy(&self.refusal)
+                .trim_end()
+                .to_string()
+        })
     }
 
     /// Why the answer, ended here, was cut short; `None` when it is whole or cannot be told.
@@ -203,6 +251,12 @@ impl AnswerFraming {
             },
         }
     }
+}
+
+/// Pure: whether a payload beginning with `head` is git's own error: `ERR ...`, or side-band
+/// channel 3.
+fn is_error(head: &[u8]) -> bool {
+    head.first() == Some(&3) || head.starts_with(b"ERR ")
 }
 
 /// Pure: the value of one hex digit, as git reads a pkt-line's length (either case).
@@ -387,10 +441,58 @@ mod tests {
         assert_eq!(fed_in(result(), &answer, 6), None);
         let err = pkt(b"ERR upload-pack: not our ref 1111111111111111111111111111111111111111");
         assert_eq!(fed_in(advertisement(), &err, 6), None);
+        // What git said is kept, in pieces of any size.
+        for size in [1, 3, 4, 5, 6, 4096] {
+            let mut f = result();
+            for piece in answer.chunks(size) {
+                f.feed(piece);
+            }
+            assert_eq!(
+                f.refusal().as_deref(),
+                Some("fatal: git upload-pack: aborting due to possible corruption"),
+                "pieces of {size}"
+            );
+            let mut f = advertisement();
+            for piece in err.chunks(size) {
+                f.feed(piece);
+            }
+            assert_eq!(
+                f.refusal().as_deref(),
+                Some("upload-pack: not our ref 1111111111111111111111111111111111111111"),
+                "pieces of {size}"
+            );
+        }
         // A line merely starting with E is no error.
         let mut adv = pkt(b"# service=git-upload-pack\n");
         adv.extend(pkt(b"ERRx\n"));
         assert!(fed_in(advertisement(), &adv, 6).is_some());
+    }
+
+    #[test]
+    fn only_a_last_error_line_is_a_refusal_and_its_text_is_bounded() {
+        let f = |answer: &[u8]| {
+            let mut f = result();
+            f.feed(answer);
+            f.refusal()
+        };
+        // A short channel-3 message, all of it in the line's head.
+        assert_eq!(f(&pkt(b"\x03no\n")).as_deref(), Some("no"));
+        assert_eq!(f(&pkt(b"\x03")).as_deref(), Some(""));
+        // An error followed by other lines, or by the closing flush, is not the last line.
+        let err = pkt(b"ERR upload-pack: not our ref");
+        assert_eq!(f(&[&err[..], &pkt(b"\x01PACK")].concat()), None);
+        assert_eq!(f(&[&err[..], b"0000"].concat()), None);
+        // Cut inside the error line: no refusal (and a cut).
+        assert_eq!(f(&err[..err.len() - 2]), None);
+        // No error at all.
+        assert_eq!(f(&pkt(b"NAK\n")), None);
+        // A long one is kept to its first REFUSAL_MAX bytes.
+        let long = [&b"ERR "[..], &vec![b'x'; 3000]].concat();
+        let kept = f(&pkt(&long)).unwrap();
+        assert_eq!(kept.len(), REFUSAL_MAX);
+        // The last of two errors is the one said.
+        let two = [&pkt(b"\x03first")[..], &pkt(b"\x03second")].concat();
+        assert_eq!(f(&two).as_deref(), Some("second"));
     }
 
     #[test]

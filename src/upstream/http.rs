@@ -546,6 +546,7 @@ impl HttpBackend {
                 .flatten(),
             cut: None,
             address: self.address,
+            request_id: source.id,
         };
         if body.inner.is_end_stream() {
             // No body at all (204, 304, HEAD): the connection is free now.
@@ -1006,6 +1007,8 @@ struct UpstreamBody {
     cut: Option<&'static str>,
     /// The upstream, named in the body's errors as in the head's.
     address: &'static str,
+    /// The request's id, for the log line of an answer git ended with its refusal.
+    request_id: crate::request_id::RequestId,
 }
 
 /// How long an upload may go on after its answer has ended (see [`UpstreamBody::release`]).
@@ -1023,8 +1026,17 @@ struct Upload {
 
 impl UpstreamBody {
     /// The answer is over: why it was cut short, if git's framing says it was (taken once).
+    /// An answer that ended with git's own error is whole, and its reason is logged, as the
+    /// embedded CGI runner logs it: the request's line says only that it was complete, and a
+    /// refusal (a fetch of an object the repository does not have) is the client's affair, not
+    /// the backend's failure.
     fn cut_short(&mut self) -> Option<&'static str> {
-        self.framing.take().and_then(|f| f.cut_short())
+        let framing = self.framing.take()?;
+        if let Some(refusal) = framing.refusal() {
+            let refusal = crate::credentials::without_secrets(&refusal);
+            tracing::info!(request_id = %self.request_id, upstream = self.address, error = %crate::log_value::LogText(&refusal), "git refused the request and told its client why");
+        }
+        framing.cut_short()
     }
 
     /// What follows the answer's last frame: nothing, or the error of an answer git's framing
