@@ -157,11 +157,12 @@ impl Nginx {
             fcgiwrap,
             nginx_bin: tools.nginx.clone(),
         };
-        // A port from `free_port` is let go before nginx binds it, and another test's nginx
-        // can take it first (a CI run's first request through gitgate then met a 502 from
-        // elsewhere). nginx, failing to bind it, still opens its Unix sockets and retries for
-        // a while, so the wait for both to answer passes on the other's port: this asks
-        // whose the listening sockets are, and takes new ports if they are not nginx's.
+        // A port from `free_port` is let go before nginx binds it, and another listener can
+        // take it first: another test's gitgate on port 0, or its nginx (a CI run's first
+        // request through gitgate met a 502 where nothing else explains one). nginx, failing
+        // to bind it, still opens its Unix sockets and retries for a while, so the wait for
+        // both to answer passes on the other's port: this asks whose the listening sockets
+        // are, and takes new ports if they are not nginx's.
         for attempt in 1.. {
             (n.port, n.tls_port) = (common::free_port(), common::free_port());
             if n.port == n.tls_port {

@@ -312,12 +312,17 @@ mod tests {
         a
     }
 
-    /// `answer` fed in pieces of `size` bytes; the verdict at its end.
-    fn fed_in(mut f: AnswerFraming, answer: &[u8], size: usize) -> Option<&'static str> {
+    /// `f` after following `answer` fed in pieces of `size` bytes.
+    fn followed(mut f: AnswerFraming, answer: &[u8], size: usize) -> AnswerFraming {
         for piece in answer.chunks(size) {
             f.feed(piece);
         }
-        f.cut_short()
+        f
+    }
+
+    /// `answer` fed in pieces of `size` bytes; the verdict at its end.
+    fn fed_in(f: AnswerFraming, answer: &[u8], size: usize) -> Option<&'static str> {
+        followed(f, answer, size).cut_short()
     }
 
     #[test]
@@ -443,21 +448,13 @@ mod tests {
         assert_eq!(fed_in(advertisement(), &err, 6), None);
         // What git said is kept, in pieces of any size.
         for size in [1, 3, 4, 5, 6, 4096] {
-            let mut f = result();
-            for piece in answer.chunks(size) {
-                f.feed(piece);
-            }
             assert_eq!(
-                f.refusal().as_deref(),
+                followed(result(), &answer, size).refusal().as_deref(),
                 Some("fatal: git upload-pack: aborting due to possible corruption"),
                 "pieces of {size}"
             );
-            let mut f = advertisement();
-            for piece in err.chunks(size) {
-                f.feed(piece);
-            }
             assert_eq!(
-                f.refusal().as_deref(),
+                followed(advertisement(), &err, size).refusal().as_deref(),
                 Some("upload-pack: not our ref 1111111111111111111111111111111111111111"),
                 "pieces of {size}"
             );
@@ -470,11 +467,7 @@ mod tests {
 
     #[test]
     fn only_a_last_error_line_is_a_refusal_and_its_text_is_bounded() {
-        let f = |answer: &[u8]| {
-            let mut f = result();
-            f.feed(answer);
-            f.refusal()
-        };
+        let f = |answer: &[u8]| followed(result(), answer, answer.len().max(1)).refusal();
         // A short channel-3 message, all of it in the line's head.
         assert_eq!(f(&pkt(b"\x03no\n")).as_deref(), Some("no"));
         assert_eq!(f(&pkt(b"\x03")).as_deref(), Some(""));
