@@ -669,22 +669,7 @@ impl HttpBackend {
 
     /// 504 for timeouts, 502 for everything else, with the cause in words.
     fn request_error(&self, e: &hyper::Error) -> ForwardError {
-        let mut cause = e.to_string();
-        let mut timed_out = e.is_timeout();
-        let mut source: Option<&(dyn StdError + 'static)> = e.source();
-        while let Some(s) = source {
-            if let Some(io) = s.downcast_ref::<io::Error>() {
-                timed_out |= io.kind() == io::ErrorKind::TimedOut;
-            }
-            let text = s.to_string();
-            if !cause.contains(&text) {
-                if !cause.is_empty() {
-                    cause.push_str(": ");
-                }
-                cause.push_str(&text);
-            }
-            source = s.source();
-        }
+        let (cause, timed_out) = cause_of(e.to_string(), e.is_timeout(), e.source());
         // The client gets the cause; the upstream's address stays in gitgate's log.
         let error = if timed_out {
             ForwardError::gateway_timeout(format!(
@@ -861,6 +846,31 @@ fn plain_text(headers: &hyper::HeaderMap) -> bool {
                 .get(..10)
                 .is_some_and(|m| m.eq_ignore_ascii_case("text/plain"))
         })
+}
+
+/// Pure: the words of an error and of its chain of sources, each said once, after `top`; and
+/// whether it timed out: `timed_out` already, or an I/O error in the chain of kind `TimedOut`
+/// (the system's `ETIMEDOUT`: a connection whose peer stopped acknowledging).
+fn cause_of(
+    top: String,
+    timed_out: bool,
+    mut source: Option<&(dyn StdError + 'static)>,
+) -> (String, bool) {
+    let (mut cause, mut timed_out) = (top, timed_out);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            timed_out |= io.kind() == io::ErrorKind::TimedOut;
+        }
+        let text = s.to_string();
+        if !cause.contains(&text) {
+            if !cause.is_empty() {
+                cause.push_str(": ");
+            }
+            cause.push_str(&text);
+        }
+        source = s.source();
+    }
+    (cause, timed_out)
 }
 
 /// Whether a `Retry-After` value is one (RFC 9110, section 10.2.3): seconds, or an HTTP date
@@ -1593,6 +1603,41 @@ mod tests {
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert!(body.is_empty(), "{content_type}");
         }
+    }
+
+    /// An upstream connection the system gave up on (`ETIMEDOUT`: the peer stopped
+    /// acknowledging) is a timeout, a 504, wherever it sits in the error's chain; a reset is
+    /// not. Each cause is said once.
+    #[test]
+    fn an_etimedout_in_the_chain_is_a_timeout_and_each_cause_is_said_once() {
+        #[derive(Debug)]
+        struct Wrapped(io::Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error reading a body from connection")
+            }
+        }
+        impl StdError for Wrapped {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let timed_out = Wrapped(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        let (cause, t) = cause_of("hyper".into(), false, Some(&timed_out));
+        assert!(t, "{cause}");
+        assert!(
+            cause.starts_with("hyper: error reading a body from connection: ")
+                && cause.contains("timed out"),
+            "{cause}"
+        );
+        let reset = Wrapped(io::Error::from_raw_os_error(libc::ECONNRESET));
+        let (cause, t) = cause_of("hyper".into(), false, Some(&reset));
+        assert!(!t, "{cause}");
+        // Already a timeout by hyper's word stays one; a cause the top already says is not
+        // said again.
+        assert!(cause_of("x".into(), true, None).1);
+        let io = io::Error::other("hyper");
+        assert_eq!(cause_of("hyper".into(), false, Some(&io)).0, "hyper");
     }
 
     /// A `Retry-After` of seconds is one up to ten digits, which no server's wait exceeds.
