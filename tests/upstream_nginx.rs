@@ -639,13 +639,52 @@ fn clone_fetch_push_v0_and_v2() {
         );
         commit_file(&w, &a, &format!("v{v}.txt"), b"pushed\n");
         w.git_ok(&a, &["-c", &proto, "push", "-q", "origin", "main"]);
+        // b has 40 commits of its own, newer than all it shares with the server, so that its
+        // fetch negotiates over several rounds (git sends its haves newest first, 16 at a
+        // time), each answered without a pack: in protocol v0 a round's answer ends with its
+        // NAK and no flush, and is whole.
+        let tomorrow = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 86_400;
+        for i in 0..40 {
+            let out = git_command(&b, &w.home())
+                .env("GIT_COMMITTER_DATE", format!("{} +0000", tomorrow + i))
+                .args(["commit", "-q", "--allow-empty", "-m", &format!("local {i}")])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        let posts_before = w
+            .nginx
+            .access_log()
+            .matches("POST /git/team/app.git/git-upload-pack")
+            .count();
         w.git_ok(&b, &["-c", &proto, "fetch", "-q", "origin"]);
+        let posts = w
+            .nginx
+            .access_log()
+            .matches("POST /git/team/app.git/git-upload-pack")
+            .count()
+            - posts_before;
+        assert!(posts >= 2, "protocol v{v}: the fetch took {posts} rounds");
         let head_a = w.git_ok(&a, &["rev-parse", "HEAD"]);
         let head_b = w.git_ok(&b, &["rev-parse", "origin/main"]);
         assert_eq!(head_a, head_b, "protocol v{v}: fetch sees the push");
         let remote = w.git_ok(&a, &["-c", &proto, "ls-remote", &url, "refs/heads/main"]);
         assert!(remote.starts_with(head_a.trim()), "{remote}");
     }
+    // Every answer was whole to gitgate as to git.
+    let gitgate_log = g.log_text();
+    assert!(
+        !gitgate_log.contains("response stream failed"),
+        "{gitgate_log}"
+    );
+    assert!(
+        !gitgate_log.contains("outcome=stream-error"),
+        "{gitgate_log}"
+    );
     // v2 really was spoken: git's Git-Protocol header made it to the backend.
     let log = w.nginx.access_log();
     assert!(log.contains("proto2=\"version=2\""), "{log}");

@@ -9,16 +9,18 @@
 //! answer streams through and calls an answer cut short when:
 //!
 //! - it ends inside a pkt-line (its length, or its payload); or
-//! - it ends without git's closing flush-pkt (`0000`) although it must have one: an
-//!   advertisement (`info/refs`) always does, and so does every answer that carried side-band
-//!   packets (a pack, or a push's report) — upload-pack and receive-pack end their side-band
-//!   stream with a flush.
+//! - it ends after a whole pkt-line but without git's closing flush-pkt (`0000`, or protocol
+//!   v2's `0002`). An advertisement (`info/refs`) always ends with one; so does every answer
+//!   that carried side-band packets (a pack, or a push's report), a push's report without
+//!   side-band, and every protocol-v2 answer (`ls-refs`' list of refs, `fetch`'s sections).
 //!
-//! An answer whose last pkt-line is git's own error (`ERR ...`, or side-band channel 3) is whole:
-//! the backend said why it stopped, and git shows that. A negotiation round of a protocol-v0
-//! fetch ends with `NAK` or `ACK` and no flush, and is whole too. What is not pkt-lines at all
-//! (a pack sent without side-band to an old client, which follows `NAK` raw) gets no verdict:
-//! the follower stops at the first byte that cannot start a pkt-line, and says nothing.
+//! Two answers end without a flush and are whole: one whose last pkt-line is git's own error
+//! (`ERR ...`, or side-band channel 3: the backend said why it stopped, and git shows that), and
+//! a negotiation round of a protocol-v0 fetch, whose last line is its `ACK` or `NAK`. An empty
+//! answer to a POST is whole too (a push whose client asked for no report). What is not
+//! pkt-lines at all (a pack sent without side-band to an old client, which follows `NAK` raw)
+//! gets no verdict: the follower stops at the first byte that cannot start a pkt-line, and says
+//! nothing.
 //!
 //! Following costs a few instructions per pkt-line (of up to 65,520 bytes) and nothing per
 //! byte: payloads are skipped, not read.
@@ -69,6 +71,8 @@ enum Last {
     Delimiter,
     /// A line that is git's own error: `ERR ...`, or side-band channel 3.
     Error,
+    /// `ACK ...` or `NAK`: how a protocol-v0 negotiation round ends.
+    Negotiation,
     /// Any other line.
     Line,
 }
@@ -198,7 +202,11 @@ impl AnswerFraming {
             Last::Error
         } else {
             self.refusal.clear();
-            Last::Line
+            if head.starts_with(b"ACK ") || head.starts_with(b"NAK") {
+                Last::Negotiation
+            } else {
+                Last::Line
+            }
         };
         self.at = At::Length { got: 0, value: 0 };
     }
@@ -244,10 +252,13 @@ impl AnswerFraming {
             At::Payload { .. } => Some("it ended inside a pkt-line"),
             At::Length { got: 0, .. } => match self.last {
                 Last::Closing | Last::Error => None,
-                _ if self.side_band || self.kind == Kind::Advertisement => {
-                    Some("it ended without git's closing flush-pkt")
+                // A protocol-v0 negotiation round; an empty answer to a POST.
+                Last::Negotiation | Last::Nothing
+                    if self.kind == Kind::Result && !self.side_band =>
+                {
+                    None
                 }
-                _ => None,
+                _ => Some("it ended without git's closing flush-pkt"),
             },
         }
     }
@@ -344,7 +355,7 @@ mod tests {
             for size in [1, 4096] {
                 let verdict = fed_in(result(), &answer[..cut], size);
                 // Before the first side-band packet, a cut at a line's end (nothing, or `NAK`
-                // alone) looks like a negotiation round, which is whole.
+                // alone) looks like a negotiation round, or an empty answer, which are whole.
                 if cut == 0 || cut == 8 {
                     assert_eq!(verdict, None, "cut at {cut}");
                     continue;
@@ -372,12 +383,75 @@ mod tests {
         );
     }
 
+    /// A push's report without side-band, and protocol v2's answers (which carry no side-band
+    /// before their pack), end with a flush: cut at a line's end, they are cut short.
+    #[test]
+    fn a_report_or_a_v2_answer_cut_between_its_lines_is_cut_short() {
+        let mut report = pkt(b"unpack ok\n");
+        report.extend(pkt(b"ok refs/heads/main\n"));
+        report.extend(pkt(b"ok refs/tags/v1\n"));
+        let mut ls_refs =
+            pkt(b"1111111111111111111111111111111111111111 HEAD symref-target:refs/heads/main\n");
+        ls_refs.extend(pkt(
+            b"1111111111111111111111111111111111111111 refs/heads/main\n",
+        ));
+        let mut acks = pkt(b"acknowledgments\n");
+        acks.extend(pkt(b"ACK 1111111111111111111111111111111111111111\n"));
+        acks.extend(pkt(b"ready\n"));
+        acks.extend(b"0001");
+        for (what, answer) in [
+            ("report", &report),
+            ("ls-refs", &ls_refs),
+            ("v2 fetch", &acks),
+        ] {
+            let ends: Vec<usize> = line_ends(answer);
+            for pair in ends.windows(2) {
+                let (start, end) = (pair[0], pair[1]);
+                // A v2 `fetch` cut right after an `ACK` line looks like a v0 round, which is
+                // whole: what cannot be told.
+                let line = &answer[start + 4..end];
+                let expected = (!line.starts_with(b"ACK "))
+                    .then_some("it ended without git's closing flush-pkt");
+                assert_eq!(
+                    fed_in(result(), &answer[..end], 3),
+                    expected,
+                    "{what} cut at {end}"
+                );
+            }
+            let whole = [&answer[..], b"0000"].concat();
+            assert_eq!(fed_in(result(), &whole, 3), None, "{what} whole");
+        }
+    }
+
+    /// Where each pkt-line of `answer` ends.
+    fn line_ends(answer: &[u8]) -> Vec<usize> {
+        let mut ends = vec![0];
+        let mut at = 0;
+        while at + 4 <= answer.len() {
+            let len = usize::from_str_radix(std::str::from_utf8(&answer[at..at + 4]).unwrap(), 16)
+                .unwrap();
+            at += if len < 4 { 4 } else { len };
+            ends.push(at);
+        }
+        ends
+    }
+
     #[test]
     fn a_negotiation_round_without_a_flush_is_whole() {
         // A protocol-v0 stateless round: ACKs, then NAK, and git exits.
         let mut round = pkt(b"ACK 1111111111111111111111111111111111111111 common\n");
         round.extend(pkt(b"NAK\n"));
         assert_eq!(fed_in(result(), &round, 5), None);
+        // A shallow fetch's round: its shallow lines and their flush first.
+        let mut shallow = pkt(b"shallow 1111111111111111111111111111111111111111\n");
+        shallow.extend(b"0000");
+        shallow.extend(pkt(b"ACK 1111111111111111111111111111111111111111 ready\n"));
+        assert_eq!(fed_in(result(), &shallow, 5), None);
+        // Cut before its ACK or NAK, it is not a round that ended.
+        let mut cut = pkt(b"shallow 1111111111111111111111111111111111111111\n");
+        assert!(fed_in(result(), &cut, 5).is_some());
+        cut.extend(b"0000");
+        assert_eq!(fed_in(result(), &cut, 5), None, "a flush closes");
         assert_eq!(
             fed_in(result(), b"", 1),
             None,
