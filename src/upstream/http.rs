@@ -555,7 +555,7 @@ impl HttpBackend {
             // of `Content-Length: 0`. hyper, told the length is 0, ends the client's answer
             // without polling its body, so the body could not fail; nothing has gone to the
             // client yet, so it gets gitgate's word instead.
-            if let Some(why) = body.cut_short() {
+            if let Some(why) = body.answer_over() {
                 return Err(ForwardError::bad_gateway(format!(
                     "the upstream git server's answer was empty, which git cannot read: {why}; \
                      the git process behind it most likely failed before it wrote anything"
@@ -1035,12 +1035,12 @@ struct Upload {
 }
 
 impl UpstreamBody {
-    /// The answer is over: why it was cut short, if git's framing says it was (taken once).
-    /// An answer that ended with git's own error is whole, and its reason is logged, as the
-    /// embedded CGI runner logs it: the request's line says only that it was complete, and a
-    /// refusal (a fetch of an object the repository does not have) is the client's affair, not
-    /// the backend's failure.
-    fn cut_short(&mut self) -> Option<&'static str> {
+    /// The answer is over (said once; later calls say nothing): why it was cut short, if git's
+    /// framing says it was. An answer that ended with git's own error is whole, and its reason
+    /// is logged here, as the embedded CGI runner logs it: the request's line says only that it
+    /// was complete, and a refusal (a fetch of an object the repository does not have) is the
+    /// client's affair, not the backend's failure.
+    fn answer_over(&mut self) -> Option<&'static str> {
         let framing = self.framing.take()?;
         if let Some(refusal) = framing.refusal() {
             let refusal = crate::credentials::without_secrets(&refusal);
@@ -1052,7 +1052,7 @@ impl UpstreamBody {
     /// What follows the answer's last frame: nothing, or the error of an answer git's framing
     /// says was cut short.
     fn ended(&mut self) -> Option<Result<Frame<Bytes>, io::Error>> {
-        let why = self.cut_short()?;
+        let why = self.answer_over()?;
         Some(Err(self.cut_short_error(why)))
     }
 
@@ -1121,7 +1121,7 @@ impl Body for UpstreamBody {
                 if self.inner.is_end_stream() {
                     self.release();
                     // This frame goes out, and the body fails after it (see `is_end_stream`).
-                    self.cut = self.cut_short();
+                    self.cut = self.answer_over();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
