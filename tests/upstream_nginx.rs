@@ -990,10 +990,7 @@ fn a_fetch_git_refuses_through_nginx_is_logged_with_gits_reason() {
         );
     }
     let log = log_once_it_has_n(&g, "git refused the request and told its client why", 2);
-    let refusals: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("git refused the request and told its client why"))
-        .collect();
+    let refusals = lines_with(&log, "git refused the request and told its client why");
     assert_eq!(refusals.len(), 2, "{log}");
     for line in refusals {
         assert!(
@@ -1009,6 +1006,11 @@ fn a_fetch_git_refuses_through_nginx_is_logged_with_gits_reason() {
     assert!(!log.contains("response stream failed"), "{log}");
     assert!(!log.contains("outcome=stream-error"), "{log}");
     assert!(!log.contains("backend failed"), "{log}");
+}
+
+/// The lines of `log` that hold `needle`.
+fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(needle)).collect()
 }
 
 /// `g`'s log once `needle` is in it `n` times, or as it is after 10 s.
@@ -1064,10 +1066,7 @@ fn an_answer_whose_git_process_died_mid_pack_is_logged_as_broken_off() {
         );
     }
     let log = g.log_text();
-    let failed: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("response stream failed"))
-        .collect();
+    let failed = lines_with(&log, "response stream failed");
     assert_eq!(failed.len(), 2, "one failure per clone:\n{log}");
     for line in failed {
         assert!(
