@@ -642,7 +642,8 @@ fn clone_fetch_push_v0_and_v2() {
         // b has 40 commits of its own, newer than all it shares with the server, so that its
         // fetch negotiates over several rounds (git sends its haves newest first, 16 at a
         // time), each answered without a pack: in protocol v0 a round's answer ends with its
-        // NAK and no flush, and is whole.
+        // NAK and no flush, and is whole; in protocol v2 its `acknowledgments` section ends
+        // with a flush.
         let tomorrow = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
