@@ -19,7 +19,9 @@
 //! a negotiation round of a protocol-v0 fetch, whose last line is its `ACK` or `NAK` (protocol
 //! v2's `fetch` opens with its `acknowledgments` section header, and its `ACK`s and `NAK` are
 //! then lines of a section, which ends with a flush or a delimiter). An empty
-//! answer to a POST is whole too (a push whose client asked for no report). What is not
+//! answer to a push's POST is whole too (its client asked for no report); an empty answer to a
+//! fetch's POST is not (git's remote helper posts no request without a line, and git answers
+//! every line a client sends: `NAK` at least). What is not
 //! pkt-lines at all (a pack sent without side-band to an old client, which follows `NAK` raw)
 //! gets no verdict: the follower stops at the first byte that cannot start a pkt-line, and says
 //! nothing.
@@ -41,8 +43,13 @@ const REFUSAL_MAX: usize = 512;
 enum Kind {
     /// `info/refs?service=...`: ends with a flush-pkt.
     Advertisement,
-    /// The answer to an RPC POST (`git-upload-pack`, `git-receive-pack`).
-    Result,
+    /// The answer to a fetch's POST (`git-upload-pack`): never empty (git answers every
+    /// request a client sends with at least a line), a protocol-v0 negotiation round ending
+    /// with its `ACK` or `NAK`.
+    FetchResult,
+    /// The answer to a push's POST (`git-receive-pack`): empty when the client asked for no
+    /// report.
+    PushResult,
 }
 
 /// Where the follower is in the answer.
@@ -122,8 +129,8 @@ impl AnswerFraming {
                 "application/x-git-receive-pack-advertisement",
                 Kind::Advertisement,
             ),
-            ("application/x-git-upload-pack-result", Kind::Result),
-            ("application/x-git-receive-pack-result", Kind::Result),
+            ("application/x-git-upload-pack-result", Kind::FetchResult),
+            ("application/x-git-receive-pack-result", Kind::PushResult),
         ]
         .into_iter()
         .find(|(name, _)| media.eq_ignore_ascii_case(name))?
@@ -260,12 +267,14 @@ impl AnswerFraming {
             At::Payload { .. } => Some("it ended inside a pkt-line"),
             At::Length { got: 0, .. } => match self.last {
                 Last::Closing | Last::Error => None,
-                // A protocol-v0 negotiation round; an empty answer to a POST.
-                Last::Negotiation | Last::Nothing
-                    if self.kind == Kind::Result && !self.side_band && !self.sections =>
+                // A protocol-v0 negotiation round.
+                Last::Negotiation
+                    if self.kind == Kind::FetchResult && !self.side_band && !self.sections =>
                 {
                     None
                 }
+                // A push's answer when its client asked for no report.
+                Last::Nothing if self.kind == Kind::PushResult => None,
                 _ => Some("it ended without git's closing flush-pkt"),
             },
         }
@@ -304,6 +313,11 @@ mod tests {
 
     fn result() -> AnswerFraming {
         let h = headers("application/x-git-upload-pack-result", None);
+        AnswerFraming::for_answer(StatusCode::OK, &h).unwrap()
+    }
+
+    fn push_result() -> AnswerFraming {
+        let h = headers("application/x-git-receive-pack-result", None);
         AnswerFraming::for_answer(StatusCode::OK, &h).unwrap()
     }
 
@@ -362,9 +376,9 @@ mod tests {
         for cut in cuts {
             for size in [1, 4096] {
                 let verdict = fed_in(result(), &answer[..cut], size);
-                // Before the first side-band packet, a cut at a line's end (nothing, or `NAK`
-                // alone) looks like a negotiation round, or an empty answer, which are whole.
-                if cut == 0 || cut == 8 {
+                // Before the first side-band packet, a cut right after `NAK` looks like a
+                // negotiation round, which is whole.
+                if cut == 8 {
                     assert_eq!(verdict, None, "cut at {cut}");
                     continue;
                 }
@@ -411,22 +425,23 @@ mod tests {
         // ends with a flush, and the client sends the next round.
         let mut not_ready = pkt(b"acknowledgments\n");
         not_ready.extend(pkt(b"NAK\n"));
-        for (what, answer) in [
-            ("report", &report),
-            ("ls-refs", &ls_refs),
-            ("v2 fetch", &acks),
-            ("v2 fetch, not ready", &not_ready),
+        let fetch = result as fn() -> AnswerFraming;
+        for (what, answer, follower) in [
+            ("report", &report, push_result as fn() -> AnswerFraming),
+            ("ls-refs", &ls_refs, fetch),
+            ("v2 fetch", &acks, fetch),
+            ("v2 fetch, not ready", &not_ready, fetch),
         ] {
             let ends: Vec<usize> = line_ends(answer);
             for &end in &ends[1..] {
                 assert_eq!(
-                    fed_in(result(), &answer[..end], 3),
+                    fed_in(follower(), &answer[..end], 3),
                     Some("it ended without git's closing flush-pkt"),
                     "{what} cut at {end}"
                 );
             }
             let whole = [&answer[..], b"0000"].concat();
-            assert_eq!(fed_in(result(), &whole, 3), None, "{what} whole");
+            assert_eq!(fed_in(follower(), &whole, 3), None, "{what} whole");
         }
     }
 
@@ -460,9 +475,19 @@ mod tests {
         cut.extend(b"0000");
         assert_eq!(fed_in(result(), &cut, 5), None, "a flush closes");
         assert_eq!(
-            fed_in(result(), b"", 1),
+            fed_in(push_result(), b"", 1),
             None,
-            "an empty answer (a push without report)"
+            "an empty answer to a push (its client asked for no report)"
+        );
+        assert_eq!(
+            fed_in(result(), b"", 1),
+            Some("it ended without git's closing flush-pkt"),
+            "an empty answer to a fetch"
+        );
+        // A push's report is no negotiation: cut after a line, it is cut short.
+        assert_eq!(
+            fed_in(push_result(), &pkt(b"unpack ok\n"), 1),
+            Some("it ended without git's closing flush-pkt")
         );
     }
 
