@@ -8,6 +8,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -352,6 +353,92 @@ fn clone_fetch_ls_remote_push_protocol_v0() {
 #[test]
 fn clone_fetch_ls_remote_push_protocol_v2() {
     round_trip("2");
+}
+
+/// How many upload-pack POSTs reached the backend.
+fn upload_posts(sb: &Sandbox) -> usize {
+    sb.hits()
+        .iter()
+        .filter(|h| h.starts_with("POST /team/app.git/git-upload-pack"))
+        .count()
+}
+
+/// git's other operations through the embedded runner (`[upstream] cgi`, git http-backend run
+/// by gitgate), each under protocol v0 and v2, work and are whole to gitgate: a backend that
+/// exits non-zero after its headers fails the answer unless git ended it with its own
+/// refusal, so a false failure of any of these (a shallow clone and a deepen over several
+/// negotiation rounds, an unshallow; a partial clone and its lazy fetches; a fetch by commit id,
+/// of a tag and of all tags; pushes that delete, are atomic, carry push options, or are
+/// refused as no fast-forward by git, by the backend and atomically; ls-remote with a pattern,
+/// --tags and --symref: `common::git_matrix`, which tests/upstream_nginx.rs drives through
+/// nginx) would break an operation that works.
+#[test]
+fn a_matrix_of_git_operations_through_the_embedded_backend_is_whole() {
+    let (sb, server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    let git = |cwd: &Path, args: &[&str], env: &[(&str, &str)]| sb.git_env(cwd, args, env);
+    common::git_matrix::drive(&common::git_matrix::Site {
+        top: sb.root(),
+        url: &url,
+        bare: &sb.bare("team/app"),
+        git: &git,
+        upload_posts: &|| upload_posts(&sb),
+    });
+    // v2 really was spoken (the backend saw GIT_PROTOCOL=version=2), and v0 too.
+    let hits = sb.hits();
+    assert!(
+        hits.iter().any(|h| h.contains("proto=version=2")),
+        "{hits:#?}"
+    );
+    assert!(
+        hits.iter()
+            .any(|h| h.contains("git-upload-pack") && !h.contains("proto=version=2")),
+        "{hits:#?}"
+    );
+    // Every answer was whole to gitgate as to git: each request that reached the backend has
+    // its line in gitgate's log (written as its answer ends, so waited for), every request line
+    // says `outcome=complete`, and none failed as a broken transfer or a backend failure.
+    let requests = |log: &str, method: &str| {
+        log.lines()
+            .filter(|l| l.contains(" gitgate::request: ") && l.contains(" user=alice "))
+            .filter(|l| l.contains(&format!(" method={method} ")))
+            .count()
+    };
+    let forwarded = |method: &str| {
+        hits.iter()
+            .filter(|h| h.starts_with(&format!("{method} ")))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = server.log_text();
+        let all = ["GET", "POST"]
+            .iter()
+            .all(|m| requests(&log, m) >= forwarded(m));
+        if all || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for method in ["GET", "POST"] {
+        assert_eq!(
+            requests(&log, method),
+            forwarded(method),
+            "{method}: {hits:#?}\n{log}"
+        );
+    }
+    for line in log.lines().filter(|l| l.contains(" gitgate::request: ")) {
+        assert!(line.contains(" outcome=complete "), "{line}");
+    }
+    for failed in [
+        "response stream failed",
+        "outcome=stream-error",
+        // `backend failed` before its headers (a 502), `the CGI backend failed ...` after them.
+        "backend failed",
+        "is the repository damaged?",
+    ] {
+        assert!(!log.contains(failed), "{failed:?}: {log}");
+    }
 }
 
 #[test]

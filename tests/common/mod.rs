@@ -12,6 +12,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod git_matrix;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
