@@ -531,6 +531,13 @@ impl World {
     }
 
     /// Run git in `cwd` (created if missing); returns the output, success or not.
+    /// git with extra environment, as `common::git_matrix` runs it.
+    fn git_with(&self, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> common::Run {
+        let mut c = git_command(cwd, &self.home());
+        c.args(args).envs(env.iter().copied());
+        common::run(c, None)
+    }
+
     fn git(&self, cwd: &Path, args: &[&str]) -> Output {
         std::fs::create_dir_all(cwd).unwrap();
         git_command(cwd, &self.home()).args(args).output().unwrap()
@@ -644,7 +651,7 @@ fn clone_fetch_push_v0_and_v2() {
         // time), each answered without a pack: in protocol v0 a round's answer ends with its
         // NAK and no flush, and is whole; in protocol v2 its `acknowledgments` section ends
         // with a flush.
-        commit_newer(&w, &b, 40);
+        common::git_matrix::commit_newer(&|c, a, e| w.git_with(c, a, e), &b, 40);
         let posts_before = upload_posts(&w);
         w.git_ok(&b, &["-c", &proto, "fetch", "-q", "origin"]);
         let posts = upload_posts(&w) - posts_before;
@@ -682,24 +689,6 @@ fn clone_fetch_push_v0_and_v2() {
     }
 }
 
-/// `n` empty commits in `repo`, dated from tomorrow on: newer than any the server has, so that
-/// a fetch sends them as haves first (newest first, 16 at a time).
-fn commit_newer(w: &World, repo: &Path, n: u64) {
-    let tomorrow = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 86_400;
-    for i in 0..n {
-        let out = git_command(repo, &w.home())
-            .env("GIT_COMMITTER_DATE", format!("{} +0000", tomorrow + i))
-            .args(["commit", "-q", "--allow-empty", "-m", &format!("local {i}")])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    }
-}
-
 /// How many upload-pack POSTs nginx has served.
 fn upload_posts(w: &World) -> usize {
     w.nginx
@@ -720,11 +709,7 @@ fn a_matrix_of_git_operations_through_nginx_is_whole_to_gitgate() {
     };
     let g = w.serve(&Options::default());
     let url = w.url(&g);
-    let git = |cwd: &Path, args: &[&str], env: &[(&str, &str)]| {
-        let mut c = git_command(cwd, &w.home());
-        c.args(args).envs(env.iter().copied());
-        common::run(c, None)
-    };
+    let git = |cwd: &Path, args: &[&str], env: &[(&str, &str)]| w.git_with(cwd, args, env);
     common::git_matrix::drive(&common::git_matrix::Site {
         top: w.dir.path(),
         url: &url,

@@ -30,6 +30,27 @@ pub struct Site<'a> {
     pub upload_posts: &'a dyn Fn() -> usize,
 }
 
+/// `n` empty commits in the work tree `dir`, dated from tomorrow on: newer than any the server
+/// has, so that a fetch sends them as haves first (newest first, 16 at a time), over several
+/// negotiation rounds.
+pub fn commit_newer(git: &Git, dir: &Path, n: u64) {
+    let tomorrow = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 86_400;
+    for i in 0..n {
+        let date = format!("{} +0000", tomorrow + i);
+        let message = format!("local {i}");
+        git(
+            dir,
+            &["commit", "-q", "--allow-empty", "-m", &message],
+            &[("GIT_COMMITTER_DATE", &date)],
+        )
+        .ok();
+    }
+}
+
 /// Drives the matrix at `site`, asserting what each operation does.
 pub fn drive(site: &Site) {
     let (top, url, bare) = (site.top, site.url, site.bare);
@@ -40,25 +61,7 @@ pub fn drive(site: &Site) {
         git_ok(dir, &["add", file]);
         git_ok(dir, &["commit", "-q", "-m", file]);
     };
-    // `n` empty commits, dated from tomorrow on: newer than any the server has, so that a
-    // fetch sends them as haves first (newest first, 16 at a time).
-    let commit_newer = |dir: &Path, n: u64| {
-        let tomorrow = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 86_400;
-        for i in 0..n {
-            let date = format!("{} +0000", tomorrow + i);
-            let message = format!("local {i}");
-            (site.git)(
-                dir,
-                &["commit", "-q", "--allow-empty", "-m", &message],
-                &[("GIT_COMMITTER_DATE", &date)],
-            )
-            .ok();
-        }
-    };
+    let commit_newer = |dir: &Path, n: u64| commit_newer(site.git, dir, n);
     for (key, value) in [
         ("uploadpack.allowFilter", "true"),
         ("uploadpack.allowReachableSHA1InWant", "true"),
