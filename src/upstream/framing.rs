@@ -19,9 +19,9 @@
 //! a negotiation round of a protocol-v0 fetch, whose last line is its `ACK` or `NAK` (protocol
 //! v2's `fetch` opens with its `acknowledgments` section header, and its `ACK`s and `NAK` are
 //! then lines of a section, which ends with a flush or a delimiter). An empty
-//! answer to a push's POST is whole too (its client asked for no report); an empty answer to a
-//! fetch's POST is not (git's remote helper posts no request without a line, and git answers
-//! every line a client sends: `NAK` at least). What is not
+//! answer to a POST is whole too: git's answer to the probe its client sends before a request
+//! larger than its POST buffer (a bare flush-pkt, `0000`, to upload-pack or receive-pack, which
+//! git answers with nothing at all), and to a push whose client asked for no report. What is not
 //! pkt-lines at all (a pack sent without side-band to an old client, which follows `NAK` raw)
 //! gets no verdict: the follower stops at the first byte that cannot start a pkt-line, and says
 //! nothing.
@@ -43,12 +43,10 @@ const REFUSAL_MAX: usize = 512;
 enum Kind {
     /// `info/refs?service=...`: ends with a flush-pkt.
     Advertisement,
-    /// The answer to a fetch's POST (`git-upload-pack`): never empty (git answers every
-    /// request a client sends with at least a line), a protocol-v0 negotiation round ending
-    /// with its `ACK` or `NAK`.
+    /// The answer to a fetch's POST (`git-upload-pack`): a protocol-v0 negotiation round
+    /// ends with its `ACK` or `NAK`.
     FetchResult,
-    /// The answer to a push's POST (`git-receive-pack`): empty when the client asked for no
-    /// report.
+    /// The answer to a push's POST (`git-receive-pack`).
     PushResult,
 }
 
@@ -273,8 +271,9 @@ impl AnswerFraming {
                 {
                     None
                 }
-                // A push's answer when its client asked for no report.
-                Last::Nothing if self.kind == Kind::PushResult => None,
+                // git's answer to a probe (see the module docs), or to a push that asked for
+                // no report.
+                Last::Nothing if self.kind != Kind::Advertisement => None,
                 _ => Some("it ended without git's closing flush-pkt"),
             },
         }
@@ -376,9 +375,10 @@ mod tests {
         for cut in cuts {
             for size in [1, 4096] {
                 let verdict = fed_in(result(), &answer[..cut], size);
-                // Before the first side-band packet, a cut right after `NAK` looks like a
-                // negotiation round, which is whole.
-                if cut == 8 {
+                // Before the first side-band packet, a cut at a line's end (nothing, or `NAK`
+                // alone) looks like an answer to a probe, or a negotiation round, which are
+                // whole.
+                if cut == 0 || cut == 8 {
                     assert_eq!(verdict, None, "cut at {cut}");
                     continue;
                 }
@@ -479,11 +479,9 @@ mod tests {
             None,
             "an empty answer to a push (its client asked for no report)"
         );
-        assert_eq!(
-            fed_in(result(), b"", 1),
-            Some("it ended without git's closing flush-pkt"),
-            "an empty answer to a fetch"
-        );
+        // git's answer to the probe (`0000`) its client sends before a request larger than
+        // its POST buffer: nothing at all, from upload-pack as from receive-pack.
+        assert_eq!(fed_in(result(), b"", 1), None, "an empty answer to a fetch");
         // A push's report is no negotiation: cut after a line, it is cut short.
         assert_eq!(
             fed_in(push_result(), &pkt(b"unpack ok\n"), 1),

@@ -1575,8 +1575,8 @@ mod tests {
 
     /// An empty advertisement of `Content-Length: 0` is a 502 with the reason: the client's
     /// answer, of length 0 too, would end without its body being polled, so it could not fail
-    /// as a cut one does. So is an empty answer to a fetch's POST. An empty answer to a push's
-    /// POST, or one not git's, is passed on.
+    /// as a cut one does. An empty answer to a POST (git's answer to a probe), or one not git's,
+    /// is passed on.
     #[tokio::test]
     async fn an_empty_advertisement_is_a_502_with_the_reason() {
         let empty = |content_type: &str| -> &'static [u8] {
@@ -1584,26 +1584,25 @@ mod tests {
                 .into_bytes()
                 .leak()
         };
-        // An advertisement, and a fetch's answer (git answers every request a client sends
-        // with a line at least), are never empty.
+        let (port, _upstream) =
+            answering(empty("application/x-git-upload-pack-advertisement")).await;
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        let e = advertisement(&b).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            e.to_string().starts_with(
+                "the upstream git server's answer was empty, which git cannot read: it ended \
+                 without git's closing flush-pkt"
+            ),
+            "{e}"
+        );
+        // git's answer to the probe (`0000`) its client sends before a request larger than its
+        // POST buffer is empty, from upload-pack as from receive-pack.
         for content_type in [
-            "application/x-git-upload-pack-advertisement",
             "application/x-git-upload-pack-result",
+            "application/x-git-receive-pack-result",
+            "text/plain",
         ] {
-            let (port, _upstream) = answering(empty(content_type)).await;
-            let b = backend(&format!("http://127.0.0.1:{port}/git"));
-            let e = advertisement(&b).await.unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_GATEWAY, "{content_type}");
-            assert!(
-                e.to_string().starts_with(
-                    "the upstream git server's answer was empty, which git cannot read: it \
-                     ended without git's closing flush-pkt"
-                ),
-                "{content_type}: {e}"
-            );
-        }
-        // A push's answer is empty when its client asked for no report.
-        for content_type in ["application/x-git-receive-pack-result", "text/plain"] {
             let (port, _upstream) = answering(empty(content_type)).await;
             let b = backend(&format!("http://127.0.0.1:{port}/git"));
             let resp = advertisement(&b).await.unwrap();

@@ -303,4 +303,47 @@ pub fn drive(site: &Site) {
         let symref = ok(&work, &["ls-remote", "--symref", url, "HEAD"]);
         assert!(symref.contains("ref: refs/heads/main\tHEAD\n"), "{symref}");
     }
+
+    // A request larger than git's POST buffer (here 66,000 bytes, about git's least: the wants of
+    // 1,400 branches on as many commits) goes after a probe: a POST of a bare flush-pkt,
+    // `0000`, to which git answers nothing at all — the probe must come back a whole `200`,
+    // or git gives up before its request.
+    let mut stream = String::new();
+    for i in 1..=1400 {
+        stream.push_str(&format!(
+            "commit refs/heads/many/b{i}\nmark :{i}\ncommitter M <m@example.com> {} +0000\n\
+             data 0\n",
+            1_700_000_000 + i
+        ));
+        if i > 1 {
+            stream.push_str(&format!("from :{}\n", i - 1));
+        }
+    }
+    let mut import = std::process::Command::new("git");
+    import
+        .args(["fast-import", "--quiet"])
+        .current_dir(bare)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", top);
+    super::run(import, Some(&stream)).ok();
+    for v in ["0", "2"] {
+        let many = top.join(format!("many{v}"));
+        let proto = format!("protocol.version={v}");
+        git_ok(
+            top,
+            &[
+                "-c",
+                &proto,
+                "-c",
+                "http.postBuffer=66000",
+                "clone",
+                "-q",
+                "--bare",
+                url,
+                &at(&many),
+            ],
+        );
+        let branches = git_ok(&many, &["for-each-ref", "refs/heads/many/"]);
+        assert_eq!(branches.lines().count(), 1400, "protocol v{v}");
+    }
 }
