@@ -245,6 +245,24 @@ pub fn drive(site: &Site) {
                 && stderr.contains("push-option: reason=matrix"),
             "protocol v{v}: {stderr}"
         );
+        // A push that first asks what the server has (`push.negotiate`: in protocol v2 a
+        // fetch that waits for `done`, answered with its acknowledgments and a flush, no pack).
+        commit_file(
+            &work,
+            "negotiated.txt",
+            format!("negotiated {v}\n").as_bytes(),
+        );
+        let posts = (site.upload_posts)();
+        let out = run(
+            &work,
+            &["-c", "push.negotiate=true", "push", "origin", "main"],
+        );
+        let stderr = &out.stderr;
+        assert!(out.status.success(), "protocol v{v}: {stderr}");
+        if v == "2" {
+            assert!(!stderr.contains("negotiation failed"), "{stderr}");
+            assert!((site.upload_posts)() > posts, "no negotiation: {stderr}");
+        }
 
         // Pushes that are no fast-forward: refused by git itself, then (forced) by the backend,
         // then (forced, atomic, with a branch that alone would go) both refs by the backend.
