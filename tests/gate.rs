@@ -364,14 +364,12 @@ fn upload_posts(sb: &Sandbox) -> usize {
 }
 
 /// git's other operations through the embedded runner (`[upstream] cgi`, git http-backend run
-/// by gitgate), each under protocol v0 and v2, work and are whole to gitgate: a backend that
+/// by gitgate), under protocol v0, v1 and v2, work and are whole to gitgate: a backend that
 /// exits non-zero after its headers fails the answer unless git ended it with its own
-/// refusal, so a false failure of any of these (a shallow clone and a deepen over several
-/// negotiation rounds, an unshallow; a partial clone and its lazy fetches; a fetch by commit id,
-/// of a tag and of all tags; pushes that delete, are atomic, carry push options, or are
-/// refused as no fast-forward by git, by the backend and atomically; ls-remote with a pattern,
-/// --tags and --symref: `common::git_matrix`, which tests/upstream_nginx.rs drives through
-/// nginx) would break an operation that works.
+/// refusal, so a false failure of any of them (`common::git_matrix`, which
+/// tests/upstream_nginx.rs drives through nginx: shallow, partial and by-id fetches, pushes of
+/// every kind and refusal, ls-remote, a request after git's probe) would break an operation
+/// that works.
 #[test]
 fn a_matrix_of_git_operations_through_the_embedded_backend_is_whole() {
     let (sb, server, token) = team_setup();

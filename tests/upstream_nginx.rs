@@ -697,7 +697,7 @@ fn upload_posts(w: &World) -> usize {
         .count()
 }
 
-/// git's other operations through nginx (`common::git_matrix`), each under protocol v0 and v2,
+/// git's other operations through nginx (`common::git_matrix`), under protocol v0, v1 and v2,
 /// are whole to gitgate as to git: every answer's framing (shallow-info before a negotiation
 /// round, a deepen's rounds answered with the shallow list and ACKs, the lazy fetches of a
 /// partial clone, a fetch by object id, pushes that only delete, are atomic, carry push options

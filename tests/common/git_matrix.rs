@@ -1,9 +1,11 @@
 //! One matrix of git's operations, driven through gitgate by the suites of each backend
 //! (`tests/gate.rs`: the embedded runner; `tests/upstream_nginx.rs`: nginx + fcgiwrap), under
-//! protocol v0 and v2: a shallow clone, a deepen over several negotiation rounds and an
+//! protocol v0, v1 and v2: a shallow clone, a deepen over several negotiation rounds and an
 //! unshallow; a partial clone and its lazy fetches; a fetch by commit id, of a tag and of all
-//! tags; pushes that delete, are atomic, carry push options, or are refused as no fast-forward
-//! by git, by the backend and atomically; ls-remote with a pattern, `--tags` and `--symref`.
+//! tags; pushes that delete, are atomic, carry push options, negotiate first
+//! (`push.negotiate`), or are refused as no fast-forward by git, by the backend and
+//! atomically; ls-remote with a pattern, `--tags` and `--symref`; and (v0 and v2) a clone whose
+//! request outgrows git's POST buffer, which goes after a probe git answers with nothing.
 //! Each must work as it does against git directly: a whole answer gitgate took for a broken one
 //! (the CGI runner's exit check, the HTTP upstream's framing follower) breaks it. What each
 //! suite's log must then show is its own.
@@ -94,7 +96,7 @@ pub fn drive(site: &Site) {
     git_ok(&work, &["tag", "light", "HEAD~1"]);
     git_ok(&work, &["push", "-q", "origin", "main", "v1", "light"]);
 
-    for v in ["0", "2"] {
+    for v in ["0", "1", "2"] {
         let proto = format!("protocol.version={v}");
         let with = |args: &[&str]| -> Vec<String> {
             ["-c", &proto]
