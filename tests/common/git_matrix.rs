@@ -4,8 +4,9 @@
 //! unshallow; a partial clone and its lazy fetches; a fetch by commit id, of a tag and of all
 //! tags; pushes that delete, are atomic, carry push options, negotiate first
 //! (`push.negotiate`), or are refused as no fast-forward by git, by the backend and
-//! atomically; ls-remote with a pattern, `--tags` and `--symref`; and (v0 and v2) a clone whose
-//! request outgrows git's POST buffer, which goes after a probe git answers with nothing.
+//! atomically; ls-remote with a pattern, `--tags` and `--symref`; and (v0 and v2) a clone that
+//! asks for the bundle list first (v2's `bundle-uri` command), and one whose request outgrows
+//! git's POST buffer, which goes after a probe git answers with nothing.
 //! Each must work as it does against git directly: a whole answer gitgate took for a broken one
 //! (the CGI runner's exit check, the HTTP upstream's framing follower) breaks it. What each
 //! suite's log must then show is its own.
@@ -68,6 +69,8 @@ pub fn drive(site: &Site) {
         ("uploadpack.allowFilter", "true"),
         ("uploadpack.allowReachableSHA1InWant", "true"),
         ("receive.advertisePushOptions", "true"),
+        // Protocol v2's `bundle-uri` command, which a client asks before its clone.
+        ("uploadpack.advertiseBundleURIs", "true"),
         // A forced push that is no fast-forward is refused by the backend, not by the client.
         ("receive.denyNonFastForwards", "true"),
     ] {
@@ -347,6 +350,14 @@ pub fn drive(site: &Site) {
         .env("HOME", top);
     super::run(import, Some(&stream)).ok();
     for v in ["0", "2"] {
+        // With the bundle list asked first (protocol v2's `bundle-uri`: an empty list here).
+        let bundles = top.join(format!("bundles{v}"));
+        let (proto, asks) = (format!("protocol.version={v}"), "transfer.bundleURI=true");
+        git_ok(
+            top,
+            &["-c", &proto, "-c", asks, "clone", "-q", url, &at(&bundles)],
+        );
+        assert_eq!(git_ok(&bundles, &["rev-parse", "HEAD"]).trim(), rev("main"));
         let many = top.join(format!("many{v}"));
         let proto = format!("protocol.version={v}");
         git_ok(
