@@ -729,6 +729,49 @@ fn a_matrix_of_git_operations_through_nginx_is_whole_to_gitgate() {
     assert!(!log.contains("outcome=stream-error"), "{log}");
 }
 
+/// The same matrix over HTTP/2 (TLS, ALPN h2, the test CA): each git request a stream of its
+/// own, pushes' packs and the probe's bare flush as h2 request bodies, every answer whole.
+#[test]
+fn a_matrix_of_git_operations_over_http2_through_nginx_is_whole_to_gitgate() {
+    let Some(w) =
+        World::new("a_matrix_of_git_operations_over_http2_through_nginx_is_whole_to_gitgate")
+    else {
+        return;
+    };
+    let g = w.serve(&Options {
+        tls: true,
+        ..Options::default()
+    });
+    let url = w.url(&g);
+    assert!(url.starts_with("https://"), "{url}");
+    let ca = format!("http.sslCAInfo={}", fixture("tls/ca.pem").display());
+    let git = |cwd: &Path, args: &[&str], env: &[(&str, &str)]| {
+        let over_h2 = ["-c", &ca, "-c", "http.version=HTTP/2"];
+        let args: Vec<&str> = over_h2.iter().chain(args).copied().collect();
+        w.git_with(cwd, &args, env)
+    };
+    common::git_matrix::drive(&common::git_matrix::Site {
+        top: w.dir.path(),
+        url: &url,
+        bare: &w.bare(),
+        git: &git,
+        upload_posts: &|| upload_posts(&w),
+    });
+    // git spoke HTTP/2 to gitgate.
+    let traced = git(
+        w.dir.path(),
+        &["ls-remote", &url, "HEAD"],
+        &[("GIT_TRACE_CURL", "1"), ("GIT_TRACE_CURL_NO_DATA", "1")],
+    );
+    assert!(traced.stderr.contains("HTTP/2 200"), "{}", traced.stderr);
+    // Every answer was whole: each POST nginx served has its line in gitgate's log, none failed.
+    let posts = w.nginx.access_log().matches("\"POST /git/").count();
+    let log = log_once_it_has_n(&g, "method=POST", posts);
+    assert_eq!(log.matches("method=POST").count(), posts, "{log}");
+    assert!(!log.contains("response stream failed"), "{log}");
+    assert!(!log.contains("outcome=stream-error"), "{log}");
+}
+
 /// `[upstream] socket`: the same nginx on a Unix socket, the URL naming a host that does not
 /// resolve (`.invalid`), so that only the socket can have carried the requests.
 #[test]
