@@ -704,50 +704,39 @@ fn upload_posts(w: &World) -> usize {
 /// or are refused) ends as the follower expects, and none is failed as cut short.
 #[test]
 fn a_matrix_of_git_operations_through_nginx_is_whole_to_gitgate() {
-    let Some(w) = World::new("a_matrix_of_git_operations_through_nginx_is_whole_to_gitgate") else {
-        return;
-    };
-    let g = w.serve(&Options::default());
-    let url = w.url(&g);
-    let git = |cwd: &Path, args: &[&str], env: &[(&str, &str)]| w.git_with(cwd, args, env);
-    common::git_matrix::drive(&common::git_matrix::Site {
-        top: w.dir.path(),
-        url: &url,
-        bare: &w.bare(),
-        git: &git,
-        upload_posts: &|| upload_posts(&w),
-    });
-    // v2 really was spoken.
-    let access = w.nginx.access_log();
-    assert!(access.contains("proto2=\"version=2\""), "{access}");
-    // Every answer was whole to gitgate as to git: each POST nginx served has its line in
-    // gitgate's log, none failed.
-    let posts = access.matches("\"POST /git/").count();
-    let log = log_once_it_has_n(&g, "method=POST", posts);
-    assert_eq!(log.matches("method=POST").count(), posts, "{log}");
-    assert!(!log.contains("response stream failed"), "{log}");
-    assert!(!log.contains("outcome=stream-error"), "{log}");
+    matrix_through_nginx(
+        "a_matrix_of_git_operations_through_nginx_is_whole_to_gitgate",
+        false,
+    );
 }
 
 /// The same matrix over HTTP/2 (TLS, ALPN h2, the test CA): each git request a stream of its
 /// own, pushes' packs and the probe's bare flush as h2 request bodies, every answer whole.
 #[test]
 fn a_matrix_of_git_operations_over_http2_through_nginx_is_whole_to_gitgate() {
-    let Some(w) =
-        World::new("a_matrix_of_git_operations_over_http2_through_nginx_is_whole_to_gitgate")
-    else {
+    matrix_through_nginx(
+        "a_matrix_of_git_operations_over_http2_through_nginx_is_whole_to_gitgate",
+        true,
+    );
+}
+
+/// Drives `common::git_matrix` through gitgate → nginx (over TLS and HTTP/2 when `h2`), then
+/// checks that v2 reached nginx and that each POST nginx served has its line in gitgate's log,
+/// none failed.
+fn matrix_through_nginx(name: &str, h2: bool) {
+    let Some(w) = World::new(name) else {
         return;
     };
     let g = w.serve(&Options {
-        tls: true,
+        tls: h2,
         ..Options::default()
     });
     let url = w.url(&g);
-    assert!(url.starts_with("https://"), "{url}");
     let ca = format!("http.sslCAInfo={}", fixture("tls/ca.pem").display());
+    let over_h2 = ["-c", ca.as_str(), "-c", "http.version=HTTP/2"];
     let git = |cwd: &Path, args: &[&str], env: &[(&str, &str)]| {
-        let over_h2 = ["-c", &ca, "-c", "http.version=HTTP/2"];
-        let args: Vec<&str> = over_h2.iter().chain(args).copied().collect();
+        let before: &[&str] = if h2 { &over_h2 } else { &[] };
+        let args: Vec<&str> = before.iter().chain(args).copied().collect();
         w.git_with(cwd, &args, env)
     };
     common::git_matrix::drive(&common::git_matrix::Site {
@@ -757,15 +746,18 @@ fn a_matrix_of_git_operations_over_http2_through_nginx_is_whole_to_gitgate() {
         git: &git,
         upload_posts: &|| upload_posts(&w),
     });
-    // git spoke HTTP/2 to gitgate.
-    let traced = git(
-        w.dir.path(),
-        &["ls-remote", &url, "HEAD"],
-        &[("GIT_TRACE_CURL", "1"), ("GIT_TRACE_CURL_NO_DATA", "1")],
-    );
-    assert!(traced.stderr.contains("HTTP/2 200"), "{}", traced.stderr);
-    // Every answer was whole: each POST nginx served has its line in gitgate's log, none failed.
-    let posts = w.nginx.access_log().matches("\"POST /git/").count();
+    if h2 {
+        assert!(url.starts_with("https://"), "{url}");
+        let traced = git(
+            w.dir.path(),
+            &["ls-remote", &url, "HEAD"],
+            &[("GIT_TRACE_CURL", "1"), ("GIT_TRACE_CURL_NO_DATA", "1")],
+        );
+        assert!(traced.stderr.contains("HTTP/2 200"), "{}", traced.stderr);
+    }
+    let access = w.nginx.access_log();
+    assert!(access.contains("proto2=\"version=2\""), "{access}");
+    let posts = access.matches("\"POST /git/").count();
     let log = log_once_it_has_n(&g, "method=POST", posts);
     assert_eq!(log.matches("method=POST").count(), posts, "{log}");
     assert!(!log.contains("response stream failed"), "{log}");
