@@ -46,8 +46,14 @@ impl Repeats {
     /// One more failure at `now`: `Some(n)` when a line should be said now, `n` the failures
     /// it stands for (this one and those not said since the last line); `None` to stay quiet.
     pub fn failed(&mut self, now: Instant) -> Option<u64> {
-        self.unsaid += 1;
-        self.total += 1;
+        self.failed_times(1, now)
+    }
+
+    /// `times` more failures at `now` (a count made elsewhere, such as a window's dropped
+    /// events), said as [`Repeats::failed`] says one: `Some(n)` when a line should be said now.
+    pub fn failed_times(&mut self, times: u64, now: Instant) -> Option<u64> {
+        self.unsaid += times;
+        self.total += times;
         self.last_failed = Some(now);
         let due = match self.last_said {
             None => true,
@@ -280,6 +286,20 @@ mod tests {
         // A new run is said at once again.
         assert_eq!(r.ended(), None);
         assert_eq!(r.failed(ms(10_100)), Some(1));
+    }
+
+    #[test]
+    fn counts_made_elsewhere_are_said_as_single_failures_are() {
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        let mut r = Repeats::new(Duration::from_secs(60));
+        // The first count at once, whole; the next ones within the window quiet, then their
+        // sum with the first count past it.
+        assert_eq!(r.failed_times(100, s(0)), Some(100));
+        assert_eq!(r.failed_times(50, s(1)), None);
+        assert_eq!(r.failed(s(2)), None);
+        assert_eq!(r.failed_times(7, s(61)), Some(58));
+        assert_eq!(r.ended(), Some(158));
     }
 
     #[test]

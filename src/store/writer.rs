@@ -577,12 +577,15 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
 
 /// Audit events not recorded for want of room in a window: each window's count is its
 /// `audit.dropped` event; all of them are counted in `gitgate_audit_events_dropped_total` and
-/// said as a warning — at once, then at most once a minute with how many since, as the flood
-/// that causes them (varied failed authentications from many addresses) may last for hours.
-#[derive(Default)]
-struct DropsSaid {
-    said: Option<Instant>,
-    unsaid: u64,
+/// said as a warning — at once, then at most once a minute with how many since ([`crate::repeats::Repeats`]),
+/// as the flood that causes them (varied failed authentications from many addresses) may last
+/// for hours.
+struct DropsSaid(crate::repeats::Repeats);
+
+impl Default for DropsSaid {
+    fn default() -> DropsSaid {
+        DropsSaid(crate::repeats::Repeats::new(DROPS_SAID_EVERY))
+    }
 }
 
 /// How often, at most, dropped audit events are warned of.
@@ -594,23 +597,16 @@ impl DropsSaid {
             return;
         }
         crate::metrics::METRICS.audit_events_dropped(count);
-        self.unsaid += count;
-        if self
-            .said
-            .is_some_and(|at| now.duration_since(at) < DROPS_SAID_EVERY)
-        {
-            return;
+        if let Some(dropped) = self.0.failed_times(count, now) {
+            tracing::warn!(
+                dropped,
+                "audit events were not recorded: more different ones came in a window than \
+                 are kept ({DISTINCT} per worker thread per 100 ms) — a flood of varied failed \
+                 authentications, or a store too slow to keep up; each window's count is in its \
+                 audit.dropped event, all in gitgate_audit_events_dropped_total (said again at \
+                 most once a minute, with how many since)"
+            );
         }
-        tracing::warn!(
-            dropped = self.unsaid,
-            "audit events were not recorded: more different ones came in a window than are kept \
-             ({DISTINCT} per worker thread per 100 ms) — a flood of varied failed \
-             authentications, or a store too slow to keep up; each window's count is in its \
-             audit.dropped event, all in gitgate_audit_events_dropped_total (said again at \
-             most once a minute, with how many since)"
-        );
-        self.said = Some(now);
-        self.unsaid = 0;
     }
 }
 
