@@ -325,6 +325,11 @@ mod tests {
         AnswerFraming::for_answer(StatusCode::OK, &h).unwrap()
     }
 
+    fn push_advertisement() -> AnswerFraming {
+        let h = headers("application/x-git-receive-pack-advertisement", None);
+        AnswerFraming::for_answer(StatusCode::OK, &h).unwrap()
+    }
+
     /// One pkt-line of `payload`.
     fn pkt(payload: &[u8]) -> Vec<u8> {
         let mut line = format!("{:04x}", payload.len() + 4).into_bytes();
@@ -581,6 +586,10 @@ mod tests {
         assert_eq!(f(&[&err[..], b"0000"].concat()), None);
         // Cut inside the error line: no refusal (and a cut).
         assert_eq!(f(&err[..err.len() - 2]), None);
+        // A whole error line, then a cut inside the next line or its length: the answer did not
+        // end with git's error, so git said nothing of it.
+        assert_eq!(f(&[&err[..], &pkt(b"\x01PACK")[..6]].concat()), None);
+        assert_eq!(f(&[&err[..], b"00"].concat()), None);
         // No error at all.
         assert_eq!(f(&pkt(b"NAK\n")), None);
         // A long one is kept to its first REFUSAL_MAX bytes.
@@ -590,6 +599,137 @@ mod tests {
         // The last of two errors is the one said.
         let two = [&pkt(b"\x03first")[..], &pkt(b"\x03second")].concat();
         assert_eq!(f(&two).as_deref(), Some("second"));
+    }
+
+    /// A push's advertisement (`git-receive-pack`) ends with its flush as a fetch's does: empty,
+    /// or cut after a line, it is cut short.
+    #[test]
+    fn a_pushs_advertisement_must_end_with_its_flush_too() {
+        let mut adv = pkt(b"# service=git-receive-pack\n");
+        adv.extend(b"0000");
+        adv.extend(pkt(
+            b"1111111111111111111111111111111111111111 refs/heads/main\0report-status\n",
+        ));
+        assert_eq!(
+            fed_in(push_advertisement(), b"", 1),
+            Some("it ended without git's closing flush-pkt"),
+            "an empty advertisement"
+        );
+        assert_eq!(
+            fed_in(push_advertisement(), &adv, 5),
+            Some("it ended without git's closing flush-pkt")
+        );
+        adv.extend(b"0000");
+        assert_eq!(fed_in(push_advertisement(), &adv, 5), None);
+    }
+
+    /// Only a fetch has negotiation rounds: receive-pack writes no `ACK` or `NAK`, so a push's
+    /// answer that stops after such a line stopped short of its flush.
+    #[test]
+    fn a_pushs_answer_is_never_a_negotiation_round() {
+        for line in [
+            &b"NAK\n"[..],
+            b"ACK 1111111111111111111111111111111111111111 common\n",
+        ] {
+            assert_eq!(
+                fed_in(push_result(), &pkt(line), 3),
+                Some("it ended without git's closing flush-pkt"),
+                "{line:?}"
+            );
+            assert_eq!(fed_in(result(), &pkt(line), 3), None, "{line:?}");
+        }
+    }
+
+    /// Once a side-band packet has come (of any channel: data, progress or an error), the
+    /// answer is past its negotiation: a line that looks like an `ACK` or `NAK` after it ends
+    /// no round, and without the flush the answer is cut short.
+    #[test]
+    fn after_a_side_band_packet_an_ack_or_nak_ends_nothing() {
+        for channel in [1u8, 2, 3] {
+            let mut answer = pkt(b"NAK\n");
+            answer.extend(pkt(&[&[channel][..], b"Enumerating objects: 3\n"].concat()));
+            answer.extend(pkt(b"NAK\n"));
+            assert_eq!(
+                fed_in(result(), &answer, 7),
+                Some("it ended without git's closing flush-pkt"),
+                "channel {channel}"
+            );
+        }
+    }
+
+    /// Protocol v2's `acknowledgments` header is its answer's first line; a line starting so
+    /// anywhere later opens no sections, and a v0 round that ends with `ACK` or `NAK` after it
+    /// is whole.
+    #[test]
+    fn only_an_answer_that_opens_with_acknowledgments_has_sections() {
+        let mut round = pkt(b"ACK 1111111111111111111111111111111111111111 common\n");
+        round.extend(pkt(b"acknowledgments\n"));
+        round.extend(pkt(b"NAK\n"));
+        assert_eq!(fed_in(result(), &round, 5), None);
+    }
+
+    /// An empty line (`0004`) after a flush is a line, and the answer then ends without its
+    /// flush, whatever came before.
+    #[test]
+    fn an_empty_line_after_a_flush_leaves_the_answer_unclosed() {
+        for follower in [result as fn() -> AnswerFraming, push_result, advertisement] {
+            let f = follower();
+            assert_eq!(
+                fed_in(f.clone(), b"00000004", 1),
+                Some("it ended without git's closing flush-pkt"),
+                "{:?}",
+                f.kind
+            );
+            assert_eq!(fed_in(f.clone(), b"00040000", 1), None, "{:?}", f.kind);
+        }
+    }
+
+    /// A line shorter than the four bytes that say its kind (a channel-3 message of a word,
+    /// `NAK` without its newline) is read from its own bytes alone, whatever follows it in the
+    /// same piece.
+    #[test]
+    fn a_line_shorter_than_its_head_is_read_from_its_own_bytes() {
+        let f = |answer: &[u8], size: usize| followed(result(), answer, size);
+        for size in [1, 2, 5, 4096] {
+            for (message, said) in [(&b"\x03"[..], ""), (b"\x03n", "n"), (b"\x03no", "no")] {
+                let alone = f(&pkt(message), size);
+                assert_eq!(alone.refusal().as_deref(), Some(said), "pieces of {size}");
+                assert_eq!(alone.cut_short(), None, "pieces of {size}");
+                // Another error line after it is the one said; a flush after it closes.
+                let two = [&pkt(message)[..], &pkt(b"\x03why")].concat();
+                assert_eq!(f(&two, size).refusal().as_deref(), Some("why"));
+                let closed = [&pkt(message)[..], b"0000"].concat();
+                assert_eq!(f(&closed, size).refusal(), None, "pieces of {size}");
+                assert_eq!(f(&closed, size).cut_short(), None, "pieces of {size}");
+            }
+            let nak = [&pkt(b"NAK")[..], &pkt(b"\x01PACK")].concat();
+            assert_eq!(
+                f(&nak, size).cut_short(),
+                Some("it ended without git's closing flush-pkt"),
+                "pieces of {size}"
+            );
+        }
+    }
+
+    /// A length's four digits are read as git reads them: every hex digit, in either case.
+    #[test]
+    fn every_hex_digit_of_a_length_is_read_in_either_case() {
+        for length in 5..=0x1ffusize {
+            let payload = vec![b'x'; length - 4];
+            for digits in [format!("{length:04x}"), format!("{length:04X}")] {
+                let line = [digits.as_bytes(), &payload].concat();
+                assert_eq!(
+                    fed_in(advertisement(), &[&line[..], b"0000"].concat(), 4096),
+                    None,
+                    "{digits}"
+                );
+                assert_eq!(
+                    fed_in(advertisement(), &line[..line.len() - 1], 4096),
+                    Some("it ended inside a pkt-line"),
+                    "{digits}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -627,13 +767,18 @@ mod tests {
             "application/x-git-receive-pack-result",
             "application/x-git-receive-pack-advertisement",
             "Application/X-Git-Upload-Pack-Advertisement; charset=utf-8",
+            // Spaces around the parameters' `;` are the server's choice too (RFC 9110's OWS).
+            "application/x-git-upload-pack-result ; charset=utf-8",
         ] {
             assert!(
                 AnswerFraming::for_answer(ok, &headers(t, None)).is_some(),
                 "{t}"
             );
-            let identity = headers(t, Some("identity"));
-            assert!(AnswerFraming::for_answer(ok, &identity).is_some(), "{t}");
+            // A content coding's name is read in any case (RFC 9110, section 8.4.1).
+            for identity in ["identity", "Identity", "IDENTITY"] {
+                let identity = headers(t, Some(identity));
+                assert!(AnswerFraming::for_answer(ok, &identity).is_some(), "{t}");
+            }
             assert!(AnswerFraming::for_answer(ok, &headers(t, Some("gzip"))).is_none());
             let not_found = StatusCode::NOT_FOUND;
             assert!(AnswerFraming::for_answer(not_found, &headers(t, None)).is_none());

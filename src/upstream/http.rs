@@ -1612,6 +1612,152 @@ mod tests {
         }
     }
 
+    /// hyper's server stops polling a body that says it is at its end, and ends the client's
+    /// answer there, cleanly. So the body of an answer git's framing says was cut short does not
+    /// say so after its last frame (the one that ends a `Content-Length` answer): it fails
+    /// first. A whole answer's body is at its end after its last frame.
+    #[tokio::test]
+    async fn a_cut_answers_body_is_not_at_its_end_until_it_has_failed() {
+        let cut: &[u8] = b"001e# service=git-upload-pack\n0000\
+                           003c1111111111111111111111111111111111111111 HEAD\0side-band\n";
+        let whole = [cut, b"0000"].concat();
+        for (body, fails) in [(cut.to_vec(), true), (whole, false)] {
+            let mut answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+                 Content-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            answer.extend_from_slice(&body);
+            let (port, _upstream) = answering(answer.leak()).await;
+            let b = backend(&format!("http://127.0.0.1:{port}/git"));
+            let r = git_req("/team/app.git/info/refs", Some("service=git-upload-pack"));
+            let req = Request::builder()
+                .uri(b.target(&r).unwrap())
+                .header(HOST, b.host.clone())
+                .body(
+                    http_body_util::Empty::new()
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .unwrap();
+            let (resp, connection) = b.send(req, None).await.unwrap();
+            let (parts, inner) = resp.into_parts();
+            // The body as `forward` makes it, without the batching around it.
+            let mut upstream_body = Box::pin(UpstreamBody {
+                inner,
+                silence: Silence::new(b.idle_timeout),
+                connection: Some((b.pool.clone(), connection)),
+                upload: None,
+                trailers_seen: false,
+                framing: AnswerFraming::for_answer(parts.status, &parts.headers),
+                cut: None,
+                address: b.address,
+                request_id: crate::request_id::RequestId::next(),
+            });
+            // Read as hyper's server reads it: until the body says it is at its end.
+            let (mut got, mut failed) = (Vec::new(), None);
+            while !upstream_body.is_end_stream() {
+                match upstream_body.frame().await {
+                    Some(Ok(f)) => got.extend_from_slice(f.data_ref().unwrap()),
+                    Some(Err(e)) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                    None => panic!("fails {fails}: the body ended without saying so first"),
+                }
+            }
+            assert_eq!(got, body, "fails {fails}");
+            match failed {
+                Some(e) if fails => assert!(
+                    e.contains("cut short: it ended without git's closing flush-pkt"),
+                    "{e}"
+                ),
+                None if !fails => {}
+                other => panic!("fails {fails}: {other:?}"),
+            }
+        }
+    }
+
+    /// An answer git ended with its own error (`ERR`) is whole, and git's reason is logged
+    /// once, as the embedded runner logs it: with the request's id and the upstream, and
+    /// without what looks like a token secret. The body's end is looked at more than once
+    /// (its last frame, then its end): the reason is said at the first.
+    #[test]
+    fn gits_refusal_ending_an_answer_is_logged_once_without_secrets() {
+        let secret = format!("ggt_abcdefgh2345_{}_abcdef", "A".repeat(43));
+        let err = format!("ERR access denied: {secret} is not allowed here\n");
+        let body = format!("{:04x}{err}", err.len() + 4);
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        answer.push_str(&body);
+        let answer: &'static [u8] = answer.into_bytes().leak();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut port = 0;
+        let log = crate::store::test_support::logged(|| {
+            runtime.block_on(async {
+                let (p, _upstream) = answering(answer).await;
+                port = p;
+                let b = backend(&format!("http://127.0.0.1:{port}/git"));
+                let resp = advertisement(&b).await.unwrap();
+                let got = resp.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(&got[..], body.as_bytes(), "passed on whole");
+            })
+        });
+        let said = "git refused the request and told its client why";
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(said)).collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        assert!(
+            lines[0].contains("error=\"access denied: <a token secret, not repeated> is not")
+                && lines[0].contains(&format!("upstream=\"http://127.0.0.1:{port}/git\""))
+                && lines[0].contains("request_id="),
+            "{log}"
+        );
+        assert!(!log.contains(&secret[16..]), "{log}");
+    }
+
+    /// A `HEAD` of an advertisement has no body to follow: the upstream's `200` (with the
+    /// `Content-Length` a `GET` would have) goes to the client, not a 502 for an empty answer.
+    #[tokio::test]
+    async fn a_head_of_an_advertisement_is_passed_on_without_its_body() {
+        let (port, _upstream) = answering(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+              Content-Length: 300\r\n\r\n",
+        )
+        .await;
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        let (parts, ()) = Request::builder()
+            .method(Method::HEAD)
+            .uri("/team/app.git/info/refs?service=git-upload-pack")
+            .header(HOST, "gitgate.example")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let query = Some("service=git-upload-pack");
+        let mut head = crate::git::classify("HEAD", "/team/app.git/info/refs", query, "/").unwrap();
+        head.query = query.map(|q| q.to_string().into());
+        let peer: std::net::SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let resp = b
+            .forward(
+                &parts,
+                http_body_util::Empty::<Bytes>::new(),
+                &head,
+                &alice(),
+                from(peer),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty());
+    }
+
     /// An upstream connection the system gave up on (`ETIMEDOUT`: the peer stopped
     /// acknowledging) is a timeout, a 504, wherever it sits in the error's chain; a reset is
     /// not. Each cause is said once.
@@ -1645,6 +1791,11 @@ mod tests {
         assert!(cause_of("x".into(), true, None).1);
         let io = io::Error::other("hyper");
         assert_eq!(cause_of("hyper".into(), false, Some(&io)).0, "hyper");
+        // A timeout stays one whatever else the chain holds (a reset further down).
+        let (cause, t) = cause_of("hyper".into(), true, Some(&reset));
+        assert!(t, "{cause}");
+        // Nothing said before the first cause: no separator before it either.
+        assert_eq!(cause_of(String::new(), false, Some(&io)).0, "hyper");
     }
 
     /// A `Retry-After` of seconds is one up to ten digits, which no server's wait exceeds.
