@@ -2,7 +2,7 @@
 # gitgate against nginx, on loopback, every figure a ratio against a baseline measured in the
 # same run (these 2-core machines are too noisy for absolute times to mean much).
 #
-#   benches/run.sh            full sizes: 200 MB repo, 1 GB repo, 50 concurrent clones, 5 runs
+#   benches/run.sh            full sizes: 200 MB repo, 1 GB repo, 50 concurrent clones, 9 runs
 #   benches/run.sh --quick    small sizes for a sanity run (about two minutes)
 #   benches/run.sh --hop      only benchmarks 2 and 3 (wrk), for iterating on the request path
 #
@@ -325,7 +325,7 @@ FLOOR_PORT=$(free_port)
 FLOOR_PID=$!
 PIDS+=($!)
 # COMPARE=/path/to/other/gitgate with --hop: an A/B of two builds, interleaved in every round
-# (rows 2a'-2f'; in a full run the other build is compared on the clone instead, above).
+# (rows 2a', 2e', 2f', 3' and 3c'; in a full run the other build is compared on the clone instead, above).
 if [[ -n "${COMPARE:-}" ]] && ((HOP_ONLY)); then
 	start_gitgate hopb "url = \"http://127.0.0.1:$GIT_PORT/static\"" "$COMPARE"
 	GG_HOPB=$GG_PORT GG_HOPB_PID=$GG_PID

@@ -5,9 +5,9 @@
 //! ```text
 //!  git client ──▶ server (over 100 header fields ─▶ 431, on HTTP/2 too; a connection over its
 //!                        address's cap ─▶ 503; both logged; /healthz, /readyz)
-//!                        ──▶ gate ──┬─ client address: the peer, or behind trusted_proxies the right-most
+//!                        ──▶ gate ──┬─ a request_id for each of its log lines
+//!                                   ├─ client address: the peer, or behind trusted_proxies the right-most
 //!                                   │     untrusted X-Forwarded-For entry (unreadable: 400)
-//!                                   ├─ a request_id for each of its log lines
 //!                                   ├─ /rest/... ─▶ api::handle (a path and query over 8 KiB ─▶ 414, Host as
 //!                                   │     below ─▶ 400, the address guard ─▶ 429, then management: the
 //!                                   │     user's password only, then the user's rate-limit bucket, 429); never forwarded
@@ -18,8 +18,9 @@
 //!                                   │     none, Host or :authority, that is empty or no host name (letters, digits, .-_) and optional port, or names another host
 //!                                   │     than the :authority or the absolute target's ─▶ 400 (refusals for the request's form:
 //!                                   │     400/415/501, their reason logged)
-//!                                   ├─ a repository path holding a token secret (`ggt_`, or a whole one
-//!                                   │     without it: its checksum tells) ─▶ 400, never logged
+//!                                   ├─ a repository path holding a token secret (`ggt_`, a whole one
+//!                                   │     without it: its checksum tells, or its random part alone)
+//!                                   │     ─▶ 400, its path logged as a placeholder
 //!                                   ├─ body framing: Transfer- only chunked ─▶ 501, Content-Length one
 //!                                   │   length ─▶ 400, Content- only gzip ─▶ 415,
 //!                                   │   a GET or HEAD saying it has a body ─▶ 400
@@ -51,11 +52,13 @@
 //!                                         │     HTTP_X_REQUEST_ID to the CGI; the loop mark sent
 //!                                         │     upstream; an answer a shared
 //!                                         │     cache could keep made `private`; a push's
-//!                                         │     commands read from its body as it passes)
+//!                                         │     commands read from its body as it passes:
+//!                                         │     push_commands)
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...),
 //!                                         │     on a TCP port or a Unix socket; git's pkt-lines
-//!                                         │     followed through its answer, which fails if it
-//!                                         │     ends cut short, however cleanly the HTTP ends
+//!                                         │     followed through its answer (upstream::framing),
+//!                                         │     which fails if it ends cut short, however cleanly
+//!                                         │     the HTTP ends
 //!                                         └─ cgi:  git http-backend run by gitgate itself (its
 //!                                               head held until the body is fed: a program that
 //!                                               dies before it is a 502, a stop before it a 503; an exit
@@ -69,9 +72,10 @@
 //!                                               begun; a push's report read from channel 1)
 //!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
-//!  a failed window tried again (up to 5 times), written out at shutdown too; metrics (relaxed
+//!  a failed window tried again (up to 5 times; a store another process holds locked is
+//!  waited for, however long), written out at shutdown too; metrics (relaxed
 //!  atomics, a copy per thread, added up and rendered only when scraped); one log line per
-//!  request (its `request_id` first, as in every line the request writes; its User-Agent
+//!  request (request_log; its `request_id` first, as in every line the request writes; its User-Agent
 //!  last, unless it holds what looks like a token secret; a push's `push commands` line just
 //!  before it; free text never holding what looks like a secret), when its answer's body ends
 //!  — or, as 499 `client-gone`, when the client hangs up before it has an answer,
