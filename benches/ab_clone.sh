@@ -13,35 +13,13 @@
 set -euo pipefail
 NEW=$1 OLD=$2 PAIRS=${3:-12}
 HERE=$(cd "$(dirname "$0")" && pwd)
-LOG=$(mktemp /tmp/gitgate-ab-clone.XXXXXX)
-NO_BUILD=1 RUNS=0 BIG_MB=1 CONCURRENT=1 HOLD=$((PAIRS * 2 * 20 + 120)) "$HERE/run.sh" >/dev/null 2>"$LOG" &
-HOLDER=$!
-# As in ab.sh: ending the holder's HOLD `sleep` lets run.sh stop everything it started.
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	pkill -x -P $HOLDER sleep || true; wait $HOLDER 2>/dev/null || true; rm -f "$LOG"' EXIT
-until grep -q "^proxy=" "$LOG"; do
-	kill -0 $HOLDER 2>/dev/null || { cat "$LOG" >&2; exit 1; }
-	sleep 1
-done
-W=$(grep -o "dir=[^ ]*" "$LOG" | cut -d= -f2)
-TOKEN_URL=$(grep -o "^clone gitgate_http [^ ]*" "$LOG" | awk '{print $3}')
+# shellcheck source=benches/ab_common.sh
+. "$HERE/ab_common.sh"
+RUNS=0 BIG_MB=1 CONCURRENT=1 hold $((PAIRS * 2 * 20 + 120))
+TOKEN_URL=$(grep -o "^clone gitgate_http [^ ]*" "$HOLD_LOG" | awk '{print $3}')
 
-start() { # name binary -> "port pid"
-	local dir=$W/ab-clone-$1 i=0
-	mkdir -p "$dir"
-	cp "$W/gg-http/gitgate.toml" "$dir/gitgate.toml"
-	GITGATE_LOG=warn,gitgate=info,gitgate::request=warn "$2" --config "$dir/gitgate.toml" serve >/dev/null 2>"$dir/log" &
-	local pid=$!
-	until grep -q 'listening on' "$dir/log"; do
-		i=$((i + 1))
-		((i < 200)) || { cat "$dir/log" >&2; exit 1; }
-		sleep 0.05
-	done
-	echo "$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$dir/log" | sed 's/.*://') $pid"
-}
-read -r NEW_PORT NEW_PID < <(start new "$NEW")
-read -r OLD_PORT OLD_PID < <(start old "$OLD")
+read -r NEW_PORT NEW_PID < <(start_gitgate "$W/ab-clone-new" "$W/gg-http/gitgate.toml" "$NEW")
+read -r OLD_PORT OLD_PID < <(start_gitgate "$W/ab-clone-old" "$W/gg-http/gitgate.toml" "$OLD")
 PIDS+=("$NEW_PID" "$OLD_PID")
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{c += $1} END {printf "%.0f", c}'; }
 clone() { # port pid -> "seconds cpu_ms"
