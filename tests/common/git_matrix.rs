@@ -353,13 +353,29 @@ pub fn drive(site: &Site) {
         // With the bundle list asked first (protocol v2's `bundle-uri`: an empty list here).
         let bundles = top.join(format!("bundles{v}"));
         let (proto, asks) = (format!("protocol.version={v}"), "transfer.bundleURI=true");
-        git_ok(
+        let cloned = (site.git)(
             top,
             &["-c", &proto, "-c", asks, "clone", "-q", url, &at(&bundles)],
+            &[("GIT_TRACE_PACKET", "1")],
         );
+        cloned.ok();
+        if v == "2" {
+            // The list was asked for (only protocol v2 has the command).
+            assert!(
+                cloned.stderr.contains("clone> command=bundle-uri"),
+                "no bundle-uri command: {}",
+                cloned
+                    .stderr
+                    .lines()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
         assert_eq!(git_ok(&bundles, &["rev-parse", "HEAD"]).trim(), rev("main"));
         let many = top.join(format!("many{v}"));
         let proto = format!("protocol.version={v}");
+        let posts = (site.upload_posts)();
         git_ok(
             top,
             &[
@@ -376,5 +392,10 @@ pub fn drive(site: &Site) {
         );
         let branches = git_ok(&many, &["for-each-ref", "refs/heads/many/"]);
         assert_eq!(branches.lines().count(), 1400, "protocol v{v}");
+        // The request did go after a probe: one POST more than a clone's own (its wants and
+        // `done`, after v2's `ls-refs`).
+        let posts = (site.upload_posts)() - posts;
+        let own = if v == "2" { 2 } else { 1 };
+        assert_eq!(posts, own + 1, "protocol v{v}: {posts} upload-pack POSTs");
     }
 }
