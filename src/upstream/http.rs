@@ -533,21 +533,12 @@ impl HttpBackend {
                 waiting_for_client,
             })
         };
-        let mut body = UpstreamBody {
-            inner: body,
-            silence: Silence::new(self.idle_timeout),
-            connection: Some((self.pool.clone(), connection)),
-            upload,
-            trailers_seen: false,
-            // git's framing, followed through the answer: the upstream's HTTP framing can say
-            // "whole" for an answer its git process broke off (see `super::framing`).
-            framing: (inbound.method != Method::HEAD)
-                .then(|| AnswerFraming::for_answer(parts.status, &parts.headers))
-                .flatten(),
-            cut: None,
-            address: self.address,
-            request_id: source.id,
-        };
+        // git's framing, followed through the answer: the upstream's HTTP framing can say
+        // "whole" for an answer its git process broke off (see `super::framing`).
+        let framing = (inbound.method != Method::HEAD)
+            .then(|| AnswerFraming::for_answer(parts.status, &parts.headers))
+            .flatten();
+        let mut body = UpstreamBody::new(self, body, connection, upload, framing, source.id);
         if body.inner.is_end_stream() {
             // No body at all (204, 304, HEAD): the connection is free now.
             body.release();
@@ -1035,6 +1026,28 @@ struct Upload {
 }
 
 impl UpstreamBody {
+    /// The body of an answer of `backend`'s, come on `connection`.
+    fn new(
+        backend: &HttpBackend,
+        inner: Incoming,
+        connection: Connection,
+        upload: Option<Upload>,
+        framing: Option<AnswerFraming>,
+        request_id: crate::request_id::RequestId,
+    ) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            silence: Silence::new(backend.idle_timeout),
+            connection: Some((backend.pool.clone(), connection)),
+            upload,
+            trailers_seen: false,
+            framing,
+            cut: None,
+            address: backend.address,
+            request_id,
+        }
+    }
+
     /// The answer is over (said once; later calls say nothing): why it was cut short, if git's
     /// framing says it was. An answer that ended with git's own error is whole, and its reason
     /// is logged here, as the embedded CGI runner logs it: the request's line says only that it
@@ -1644,17 +1657,14 @@ mod tests {
             let (resp, connection) = b.send(req, None).await.unwrap();
             let (parts, inner) = resp.into_parts();
             // The body as `forward` makes it, without the batching around it.
-            let mut upstream_body = Box::pin(UpstreamBody {
+            let mut upstream_body = Box::pin(UpstreamBody::new(
+                &b,
                 inner,
-                silence: Silence::new(b.idle_timeout),
-                connection: Some((b.pool.clone(), connection)),
-                upload: None,
-                trailers_seen: false,
-                framing: AnswerFraming::for_answer(parts.status, &parts.headers),
-                cut: None,
-                address: b.address,
-                request_id: crate::request_id::RequestId::next(),
-            });
+                connection,
+                None,
+                AnswerFraming::for_answer(parts.status, &parts.headers),
+                crate::request_id::RequestId::next(),
+            ));
             // Read as hyper's server reads it: until the body says it is at its end.
             let (mut got, mut failed) = (Vec::new(), None);
             while !upstream_body.is_end_stream() {
