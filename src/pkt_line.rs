@@ -69,6 +69,15 @@ impl PktLines {
     }
 }
 
+/// One pkt-line of `payload` (its four hex digits of length, then the payload): how the
+/// tests of every module that reads git's framing write the answers they feed it.
+#[cfg(test)]
+pub fn encode(payload: &[u8]) -> Vec<u8> {
+    let mut line = format!("{:04x}", payload.len() + 4).into_bytes();
+    line.extend_from_slice(payload);
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

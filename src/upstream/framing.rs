@@ -330,12 +330,7 @@ mod tests {
         AnswerFraming::for_answer(StatusCode::OK, &h).unwrap()
     }
 
-    /// One pkt-line of `payload`.
-    fn pkt(payload: &[u8]) -> Vec<u8> {
-        let mut line = format!("{:04x}", payload.len() + 4).into_bytes();
-        line.extend_from_slice(payload);
-        line
-    }
+    use crate::pkt_line::encode as pkt;
 
     /// A protocol-v0 clone's answer: `NAK`, side-band pack data and progress, a flush.
     fn whole_pack_answer() -> Vec<u8> {

@@ -136,11 +136,7 @@ impl Report {
 mod tests {
     use super::*;
 
-    fn pkt(payload: &[u8]) -> Vec<u8> {
-        let mut out = format!("{:04x}", payload.len() + 4).into_bytes();
-        out.extend_from_slice(payload);
-        out
-    }
+    use crate::pkt_line::encode as pkt;
 
     fn banded(band: u8, payload: &[u8]) -> Vec<u8> {
         let mut inner = vec![band];

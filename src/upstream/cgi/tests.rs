@@ -1740,11 +1740,7 @@ fn body_is_send_and_static() {
 /// receive-pack's report, plain and inside side-band 1 (with progress on band 2 around it).
 #[test]
 fn a_push_report_is_read_for_the_log() {
-    fn pkt(payload: &[u8]) -> Vec<u8> {
-        let mut out = format!("{:04x}", payload.len() + 4).into_bytes();
-        out.extend_from_slice(payload);
-        out
-    }
+    use crate::pkt_line::encode as pkt;
     let report = |lines: &[&str]| {
         let mut r = Vec::new();
         for l in lines {
