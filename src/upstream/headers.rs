@@ -854,7 +854,8 @@ impl UpstreamOrigin {
 /// git follows a redirect with its credentials — a token in the URL, or in `http.extraHeader`
 /// as CI sets it — so nothing that leads away from gitgate is passed on ([`Redirect::Away`]):
 /// another site, a path with a `.` or `..` segment (plain or `%2e`-encoded) that could climb
-/// out of the git prefix, or a path outside it. What stays on gitgate is passed on as it is: a
+/// out of the git prefix, a path outside it, or one with an empty segment right after the
+/// upstream's base path (rewritten under the root prefix it would begin `//`: another site). What stays on gitgate is passed on as it is: a
 /// relative reference without dot segments, an absolute path under the git prefix, and a URL
 /// naming gitgate itself as the client did (`gitgate`, from its request's host) under it.
 ///
@@ -922,6 +923,12 @@ pub fn location_to_client(
             outside()
         };
     };
+    // An empty segment (or a `\`) right after the base path names no repository, and under the
+    // root git prefix the rewrite would begin `//`: a URL of another site (`/git//evil.example/x`
+    // would send git to evil.example).
+    if tail.starts_with("//") || tail.starts_with("/\\") {
+        return outside();
+    }
     let mut out = String::with_capacity(client_prefix.len() + tail.len() + 1);
     out.push_str(client_prefix);
     if !tail.starts_with('/') {
@@ -1777,6 +1784,25 @@ mod tests {
                 Redirect::Away,
             ),
             ("/git/a@b", "/git", "", to("/a@b")),
+            // An empty segment right after the base path: under the root git prefix its
+            // rewrite would begin `//`, a URL of another site (curl follows `//evil.example/x`
+            // to evil.example), and `/\` is one to a browser.
+            ("/git//evil.example/x", "/git", "", Redirect::Away),
+            ("/git///evil.example/x", "/git", "", Redirect::Away),
+            ("/git/\\evil.example/x", "/git", "", Redirect::Away),
+            (
+                "http://127.0.0.1:3000/git//evil.example/x",
+                "/git",
+                "",
+                Redirect::OffBase,
+            ),
+            (
+                "http://127.0.0.1:3000/git/\\\\evil.example/x",
+                "/git",
+                "",
+                Redirect::OffBase,
+            ),
+            ("/git//x", "/git", "/scm", Redirect::Away),
         ];
         for (location, base, prefix, expected) in cases {
             assert_eq!(
