@@ -485,13 +485,22 @@ impl Gate {
         if let Some(m) = host_problem(req.version(), req.uri(), req.headers()) {
             return Err(Refusal::NotGit(Rejection::BadRequest(m.into())));
         }
-        if credentials::holds_a_token(git_req.repo.as_str())
-            || credentials::has_a_secrets_random_part(git_req.repo.as_str())
-        {
-            // Before the repository is logged or audited: it may be a secret pasted by mistake.
+        // Before the repository is logged or audited: it may be a secret pasted by mistake.
+        if credentials::holds_a_token(git_req.repo.as_str()) {
             return Err(Refusal::NotGit(Rejection::BadRequest(
                 "the repository path holds what looks like a gitgate token; a token goes in the \
                  password, never in the URL's path"
+                    .into(),
+            )));
+        }
+        // Or a long name that only has the shape of a secret's random part: said so, since
+        // such a repository is refused whatever the credentials (and cannot be granted).
+        if credentials::has_a_secrets_random_part(git_req.repo.as_str()) {
+            return Err(Refusal::NotGit(Rejection::BadRequest(
+                "the repository path holds what looks like a gitgate token (a run of 40 or more \
+                 letters, digits, '-' and '_' with upper- and lower-case letters and digits in \
+                 it, as a token's secret has); a token goes in the password, never in the \
+                 URL's path, and gitgate serves no repository named so: rename it"
                     .into(),
             )));
         }

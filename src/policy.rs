@@ -73,12 +73,24 @@ impl Target {
 
     /// Refuses a target whose git paths are not git's under `git_prefix`: with `/`, every path
     /// under `/rest/` is the REST API's ([`crate::api::is_api_path`]), so a project `rest`
-    /// could never be cloned.
+    /// could never be cloned. Nor is one whose path has the shape of a token secret's random
+    /// part (a long mixed-case run with digits, `Platform-Services-Api-Gateway-V2-Deployment`):
+    /// the gate refuses every request for such a path before it is logged, as it may be a
+    /// secret pasted into a URL, so a grant or token for it could never be used.
     pub fn served_under(&self, git_prefix: &str) -> Result<(), String> {
-        let project = match self {
-            Target::Project(p) => p.as_str(),
-            Target::Repo(r) => r.project(),
+        let (project, path) = match self {
+            Target::Project(p) => (p.as_str(), p.as_str()),
+            Target::Repo(r) => (r.project(), r.as_str()),
         };
+        if crate::credentials::has_a_secrets_random_part(path) {
+            return Err(format!(
+                "'{path}' has a run of 40 or more letters, digits, '-' and '_' with upper- and \
+                 lower-case letters and digits in it, the shape of a token secret: gitgate \
+                 refuses requests for such a path (a token pasted into a URL must never be \
+                 logged), so it could never be served; rename it (a shorter name, or one in \
+                 lower case)"
+            ));
+        }
         if git_prefix == "/" && crate::api::is_api_path(&format!("/{project}/")) {
             return Err(format!(
                 "with [server] git_prefix = \"/\", /{project}/ is the REST API's: a grant or \
@@ -651,6 +663,29 @@ mod tests {
             assert!(e.contains("ggt_"), "{e}");
         }
         assert!(Target::parse_new("team/ggcalc", "/").is_ok());
+        // ... nor one whose name has the shape of a secret's random part, which the gate
+        // refuses as such (`credentials::has_a_secrets_random_part`): a grant given for it
+        // left its users with "the repository path holds what looks like a gitgate token".
+        let long = "Platform-Services-Backend-Api-Gateway-V2";
+        for held in [
+            format!("team/{long}"),
+            format!("team/{long}.git"),
+            long.to_string(),
+        ] {
+            let e = Target::parse_new(&held, "/").unwrap_err();
+            assert!(e.contains("the shape of a token secret"), "{e}");
+            assert!(Target::parse_new(&held, "/scm").is_err(), "{held}");
+            // The REST API's token creation asks the same of the target in its path.
+            let e = Target::parse(&held).unwrap().served_under("/").unwrap_err();
+            assert!(e.contains("rename it"), "{e}");
+        }
+        for fine in [
+            "team/platform-services-backend-api-gateway-v2",
+            "team/Platform-Services-Backend-Api-Gateway",
+            "team/Platform-Services.Backend-Api-Gateway-V2",
+        ] {
+            assert!(Target::parse_new(fine, "/").is_ok(), "{fine}");
+        }
         // ... nor can a project under `/rest/` when git is served at the root: the REST API's.
         for api in ["rest", "rest/app"] {
             let e = Target::parse_new(api, "/").unwrap_err();

@@ -4015,6 +4015,20 @@ fn secrets_never_reach_the_log_or_the_database() {
         ],
     )
     .fails_with("the repository path holds what looks like a gitgate token");
+    // A repository's own name of that shape is refused the same way, and told it is its name
+    // (`grant add` and `token create` refuse it too: `policy::tests::targets`).
+    sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with(
+                "alice",
+                "pw",
+                "team/Platform-Services-Backend-Api-Gateway-V2",
+            ),
+        ],
+    )
+    .fails_with("gitgate serves no repository named so: rename it");
     assert_eq!(
         sb.hits(),
         hits_before,
