@@ -855,9 +855,10 @@ impl UpstreamOrigin {
 /// as CI sets it — so nothing that leads away from gitgate is passed on ([`Redirect::Away`]):
 /// another site, a path with a `.` or `..` segment (plain or `%2e`-encoded) that could climb
 /// out of the git prefix, a path outside it, or one with an empty segment right after the
-/// upstream's base path (rewritten under the root prefix it would begin `//`: another site). What stays on gitgate is passed on as it is: a
-/// relative reference without dot segments, an absolute path under the git prefix, and a URL
-/// naming gitgate itself as the client did (`gitgate`, from its request's host) under it.
+/// upstream's base path (rewritten under the root prefix it would begin `//`: another site).
+/// What stays on gitgate is passed on as it is: a relative reference without dot segments, an
+/// absolute path under the git prefix, and a URL naming gitgate itself as the client did
+/// (`gitgate`, from its request's host) under it.
 ///
 /// `upstream_base` and `client_prefix` are `""` for the root or a path like `/git` (no trailing
 /// `/`).
