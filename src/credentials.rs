@@ -432,10 +432,27 @@ pub fn without_secrets(text: &str) -> std::borrow::Cow<'_, str> {
 /// checksum follows from the two — must not be written either. A commit id (lower-case hex) or
 /// a name of words is kept.
 pub fn without_secrets_for_the_log(text: &str) -> std::borrow::Cow<'_, str> {
+    without_secret_like_runs(text, false)
+}
+
+/// [`without_secrets`], and every run with the shape of a secret's random part that
+/// [`has_a_secrets_random_part`] finds in a request's path (40 or more of the secret's
+/// characters with upper- and lower-case letters and digits) written as `<what looks like a
+/// token secret, not repeated>`: for an answer that repeats what its caller typed (a REST
+/// path's token id or user name, a command's argument). The random part alone gives the secret
+/// back with its id, which is public. A long name of words without digits is kept, as
+/// [`names_a_secret`] keeps it.
+pub fn without_secrets_in_an_answer(text: &str) -> std::borrow::Cow<'_, str> {
+    without_secret_like_runs(text, true)
+}
+
+/// [`without_secrets`], and every run of the secret's characters that [`is_secret_like`] (with
+/// digits in it if `needs_digits`) written as `<what looks like a token secret, not repeated>`.
+fn without_secret_like_runs(text: &str, needs_digits: bool) -> std::borrow::Cow<'_, str> {
     let text = without_secrets(text);
     let token_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    let secret_like = |run: &str| is_secret_like(run, false);
-    if !secret_like_run(&text, false) {
+    let secret_like = |run: &str| is_secret_like(run, needs_digits);
+    if !secret_like_run(&text, needs_digits) {
         return text;
     }
     let mut out = String::with_capacity(text.len());
@@ -679,6 +696,30 @@ mod tests {
             "error: refusing to update checked out branch: refs/heads/main",
         ] {
             assert_eq!(without_secrets_for_the_log(as_is), as_is);
+        }
+    }
+
+    /// An answer that repeats what its caller typed (a REST path's token id, a command's
+    /// argument) repeats no secret's random part with digits in it either; a long label of
+    /// words is kept, as a token's name may be one.
+    #[test]
+    fn an_answer_repeats_no_random_part_of_a_secret() {
+        let random = "acbvhvnX3aUC9GTBH4tjaa2yShiiMbUB0uoYEkYtmJk";
+        for text in [
+            format!("no token with id '{random}'"),
+            format!("you may only manage your own tokens, not those of '{random}'"),
+            format!("no token with id 'ggt_abcdefgh2345_{random}_abcdef'"),
+        ] {
+            let said = without_secrets_in_an_answer(&text);
+            assert!(!said.contains(&random[..20]), "{said}");
+            assert!(said.contains("not repeated>"), "{said}");
+        }
+        for as_is in [
+            "no token with id 'p3jotvgujzs7'",
+            "no token named 'GitHubActions-deploy-production-cluster'",
+            "no commit 4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+        ] {
+            assert_eq!(without_secrets_in_an_answer(as_is), as_is);
         }
     }
 

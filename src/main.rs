@@ -411,7 +411,7 @@ fn main() -> ExitCode {
                 message
             };
             // What the operator typed is often repeated: never a secret pasted by mistake.
-            let message = gitgate::credentials::without_secrets(&message);
+            let message = gitgate::credentials::without_secrets_in_an_answer(&message);
             // A server's failure is a line of its log, stamped and levelled as the others are,
             // so that a filter on the log's format (journald, logfmt) keeps the one line that
             // says why it stopped; unless the filter silences that, then as any command's.

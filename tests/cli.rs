@@ -2961,6 +2961,20 @@ fn a_pasted_secret_is_not_repeated_in_an_error() {
             "{args:?}: {run}"
         );
     }
+    // Nor a secret's random part alone, which gives the secret back with its public id.
+    let random = "acbvhvnX3aUC9GTBH4tjaa2yShiiMbUB0uoYEkYtmJk";
+    for args in [
+        &["token", "show", random][..],
+        &["token", "revoke", random],
+        &["user", "disable", random],
+    ] {
+        let run = sb.cli(args);
+        assert!(!run.success(), "{args:?}: {run}");
+        assert!(
+            !run.stderr.contains(&random[..20]) && !run.stdout.contains(&random[..20]),
+            "{args:?}: {run}"
+        );
+    }
 }
 
 /// A `GITGATE_LOG` that is no filter refuses `serve` and fails `check` with exit code 1, as

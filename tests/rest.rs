@@ -1490,7 +1490,23 @@ fn a_secret_pasted_into_a_call_is_not_repeated_in_its_error() {
             "{method} {path} {extra:?}: {text}"
         );
     }
+    // A secret's random part alone where a token id goes is not repeated either: with the
+    // token's id, which is public, it gives the secret back. (Where a user name goes, the
+    // answer names the user in lower case, as names are compared: not the secret's letters.)
+    let random = "acbvhvnX3aUC9GTBH4tjaa2yShiiMbUB0uoYEkYtmJk";
+    let resp = send("GET", &format!("/users/alice/{random}"), "", "");
+    let text = String::from_utf8_lossy(&resp.body);
+    assert_eq!(resp.status, 404, "{text}");
+    assert!(
+        text.contains("not repeated>") && !text.contains(&random[..20]),
+        "{text}"
+    );
+    let resp = send("GET", &format!("/users/{random}"), "", "");
+    let text = String::from_utf8_lossy(&resp.body);
+    assert_eq!(resp.status, 403, "{text}");
+    assert!(!text.contains(&random[..20]), "{text}");
     assert!(!server.log_text().contains(&secret[8..]));
+    assert!(!server.log_text().contains(&random[..20]));
 }
 
 /// A body or a query that cannot be read as it was meant is refused, and changes nothing: a

@@ -141,13 +141,14 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
 
-    /// The answer's JSON. The message never repeats a token secret: it quotes what the caller
-    /// sent (a field, a permission, a header), where a secret pasted by mistake would otherwise
-    /// come back into a CI log or a proxy's capture.
+    /// The answer's JSON. The message never repeats a token secret, nor its random part alone:
+    /// it quotes what the caller sent (a field, a permission, a header, a token id in the path),
+    /// where a secret pasted by mistake would otherwise come back into a CI log or a proxy's
+    /// capture.
     fn body(&self) -> Value {
         json!({"errors": [{
             "context": null,
-            "message": crate::credentials::without_secrets(&self.message),
+            "message": crate::credentials::without_secrets_in_an_answer(&self.message),
             "exceptionName": self.exception,
         }]})
     }
