@@ -519,6 +519,23 @@ impl Store {
             return Ok(None);
         };
         let conn = &read_only.conn;
+        let real = real_path(path);
+        // The running servers are told as by any process that finds the store damaged — when
+        // what was read is the store as it is: through its log with a server's `-shm`, or a
+        // file that no process opened or changed while it was read (read without locks, a file
+        // a server converted meanwhile could look damaged).
+        let consistent = || {
+            (!read_only.immutable && read_only.scratch.is_none())
+                || (file_state(path) == before && !sidecar(&real, "-shm").exists())
+        };
+        // Damage met where the schema is read (a file cut short) is told as quick_check's is.
+        let explain = |e: rusqlite::Error| {
+            if is_damage(&e) && consistent() {
+                let told = tell_of_damage(&real, &format!("SQLite found it damaged ({e})"));
+                return open_err(format!("{e}: the store is damaged{told}; {RESTORE}"));
+            }
+            explain(e)
+        };
         if let Some(why) = schema::why_not_a_gitgate_store(conn).map_err(explain)? {
             return Err(open_err(why));
         }
@@ -543,27 +560,10 @@ impl Store {
         };
         if let Some(found) = found {
             let what = format!("SQLite's quick_check found it damaged ({found})");
-            let real = real_path(path);
-            // The running servers are told as by any process that finds the store damaged —
-            // when what was read is the store as it is: through its log with a server's
-            // `-shm`, or a file that no process opened or changed while it was read (read
-            // without locks, a file a server converted meanwhile could look damaged).
-            let consistent = (!read_only.immutable && read_only.scratch.is_none())
-                || (file_state(path) == before && !sidecar(&real, "-shm").exists());
-            let told = if !consistent {
-                String::new()
+            let told = if consistent() {
+                tell_of_damage(&real, &what)
             } else {
-                match leave_damage_marker(&real, &what) {
-                    Ok(marker) => format!(
-                        "; {} now tells every gitgate on the store to refuse it (a running \
-                         server answers 503 to every git request)",
-                        marker.display()
-                    ),
-                    Err(e) => format!(
-                        "; the marker that tells a running gitgate so could not be written \
-                         ({e}): stop every gitgate on this store"
-                    ),
-                }
+                String::new()
             };
             return Err(open_err(format!("{what}{told}; {RESTORE}")));
         }
@@ -737,7 +737,16 @@ impl Store {
             message,
         };
         refuse_what_cannot_be_opened(path)?;
-        let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
+        // Damage met as the store is opened (its schema read, its migration) is told to the
+        // other processes on it as any found later is: a running server may not have met it.
+        let explain = |e: rusqlite::Error| {
+            if is_damage(&e) {
+                let told =
+                    tell_of_damage(&real_path(path), &format!("SQLite found it damaged ({e})"));
+                return open_err(format!("{e}: the store is damaged{told}; {RESTORE}"));
+            }
+            open_err(explain_open_error(path, &e))
+        };
         // The file the connections open is the one `file` names below, unless it was replaced
         // in between: then it is looked at again before anything is served.
         let file_before = file_id(path).ok();
@@ -1451,6 +1460,29 @@ fn descriptors_run_out() -> Option<(u64, u64)> {
         Err(_) => return None,
     };
     (open + DESCRIPTORS_TO_OPEN > limit).then_some((open, limit))
+}
+
+/// Whether SQLite found the store's file damaged where it read it ("database disk image is
+/// malformed"): a file cut short or overwritten, not one that was never SQLite's.
+fn is_damage(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt)
+}
+
+/// Leaves the damage marker beside the store file `real`, saying `what` was found, so that the
+/// other processes on the store give it up too (a running server, whose cache would go on
+/// admitting tokens); what to add to the refusal about it.
+fn tell_of_damage(real: &Path, what: &str) -> String {
+    match leave_damage_marker(real, what) {
+        Ok(marker) => format!(
+            "; {} now tells every gitgate on the store to refuse it (a running server answers \
+             503 to every git request)",
+            marker.display()
+        ),
+        Err(e) => format!(
+            "; the marker that tells a running gitgate so could not be written ({e}): stop \
+             every gitgate on this store"
+        ),
+    }
 }
 
 /// Whether the file at `path` begins with SQLite's header (`SQLite format 3\0`). An empty
@@ -2567,6 +2599,47 @@ mod tests {
         assert!(err.contains("quick_check found it damaged"), "{err}");
         assert!(err.contains("Freelist: size is 0 but should be 7"), "{err}");
         assert!(damaged_marker(&real_path(&path)).exists(), "{err}");
+    }
+
+    /// A store damaged where its schema is read — cut short, as by a failed copy or a full disk
+    /// at a restore — is refused by `inspect` (`gitgate check`) and by an open (a command, a
+    /// start) with the marker left, as one whose damage quick_check finds is: a running
+    /// server, which found nothing yet and admits the tokens in its cache, gives it up too.
+    #[test]
+    fn a_store_damaged_where_its_schema_is_read_gets_the_marker() {
+        type Open = fn(&Path) -> Result<()>;
+        let opens: [(&str, Open); 2] = [
+            ("inspect", |p| Store::inspect(p).map(|_| ())),
+            ("open", |p| Store::open(p).map(|_| ())),
+        ];
+        for (how, open) in opens {
+            let (dir, store) = temp_store();
+            let path = dir.path().join("t.db");
+            store
+                .add_user("alice", "h", Role::User, &test_support::actor())
+                .unwrap();
+            drop(store);
+            Connection::open(&path)
+                .unwrap()
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+            let len = std::fs::metadata(&path).unwrap().len();
+            assert!(len > 8192, "{len}");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(8192)
+                .unwrap();
+
+            let err = open(&path).expect_err("refused").to_string();
+            assert!(err.contains("the store is damaged"), "{how}: {err}");
+            assert!(
+                damaged_marker(&real_path(&path)).exists(),
+                "{how} left no marker: {err}"
+            );
+            assert!(err.contains("now tells every gitgate"), "{how}: {err}");
+        }
     }
 
     /// An empty file readable by its group or by others (`: > gitgate.db` under the usual
