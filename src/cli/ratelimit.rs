@@ -15,7 +15,16 @@ fn principal(who: &str) -> Result<String, String> {
         return Ok(who.to_string());
     }
     let who = who.strip_prefix("user:").unwrap_or(who);
-    crate::store::validate_slug(who).map_err(|e| e.to_string())?;
+    crate::store::validate_slug(who).map_err(|e| {
+        // `Alice`: a user's name in capitals names no user, as every other command that takes
+        // one says (user names are lower-case) — not a name to add, which alice may well be.
+        let lower = who.to_ascii_lowercase();
+        if lower != who && crate::store::validate_slug(&lower).is_ok() {
+            crate::store::no_such_user(who)
+        } else {
+            e.to_string()
+        }
+    })?;
     Ok(crate::guard::user_principal(who))
 }
 
@@ -141,5 +150,25 @@ mod tests {
         );
         assert!(principal("user:Alice").is_err());
         assert!(principal("user:").is_err());
+    }
+
+    /// A name in capitals is told as the other commands tell it (user names are lower-case),
+    /// not as a name to add: `ratelimit set Alice` is most often for alice, who is there.
+    #[test]
+    fn a_name_in_capitals_is_no_user_not_one_to_add() {
+        for (given, said) in [
+            (
+                "Alice",
+                "no user 'Alice' (user names are lower-case: 'alice')",
+            ),
+            (
+                "user:ALICE",
+                "no user 'ALICE' (user names are lower-case: 'alice')",
+            ),
+        ] {
+            assert_eq!(principal(given).unwrap_err(), said);
+        }
+        let other = principal("a b").unwrap_err();
+        assert!(other.contains("is not a valid user name"), "{other}");
     }
 }
