@@ -378,9 +378,16 @@ fn main() -> ExitCode {
     };
     let changes_the_store =
         !matches!(args.command, Command::Serve | Command::Check) && !args.command.only_reads();
-    // Who revokes a leaked token is told in so many words when the store failed it.
-    let revoking = match &args.command {
-        Command::Token(TokenCommand::Revoke { id }) => Some(id.trim().to_owned()),
+    // Who revokes a leaked token, or disables its owner, is told in so many words when the store
+    // failed it: what they meant to stop still works.
+    let still_works = match &args.command {
+        Command::Token(TokenCommand::Revoke { id }) => Some(format!(
+            "token {} is NOT revoked and still works",
+            id.trim()
+        )),
+        Command::User(UserCommand::Disable { name }) => Some(format!(
+            "user '{name}' is NOT disabled, and their tokens still work"
+        )),
         _ => None,
     };
     // The server logs every request; the operator's commands only warnings.
@@ -401,9 +408,9 @@ fn main() -> ExitCode {
         Err(message) => {
             let message = if changes_the_store {
                 let message = said_unchanged(message);
-                match &revoking {
-                    Some(id) if message.ends_with("; nothing was changed") => {
-                        format!("{message}: token {id} is NOT revoked and still works")
+                match &still_works {
+                    Some(what) if message.ends_with("; nothing was changed") => {
+                        format!("{message}: {what}")
                     }
                     _ => message,
                 }

@@ -935,9 +935,19 @@ fn token_revoke() {
         (revoke.join().unwrap(), disable.join().unwrap())
     });
     conn.execute_batch("ROLLBACK").unwrap();
-    for run in [revoke, disable] {
+    for (run, still_works) in [
+        (
+            revoke,
+            format!("token {} is NOT revoked and still works", keep.id),
+        ),
+        (
+            disable,
+            "user 'alice' is NOT disabled, and their tokens still work".to_string(),
+        ),
+    ] {
         let said = run.fails_with("locked by another process");
         assert!(said.contains("nothing was changed"), "{said}");
+        assert!(said.contains(&still_works), "{said}");
     }
     let list = sb.cli_json(&["token", "list", "--json"]);
     assert_eq!(
