@@ -1759,6 +1759,25 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     for shm in ["crashed.db-shm", "linked.db-shm"] {
         assert!(!sb.root().join(shm).exists(), "check created {shm}");
     }
+    // That copy is made in TMPDIR: a folder there that cannot be used is named, so that its
+    // failure (no such folder, no space left) is not taken for the store's own.
+    let mut cmd = Command::new(gitgate_bin());
+    cmd.env_remove("GITGATE_CONFIG")
+        .env("TMPDIR", sb.root().join("no-such-tmp"))
+        .current_dir(sb.root())
+        .arg("--config")
+        .arg(variant("crashed.toml", "gitgate.db", "crashed.db"))
+        .arg("check");
+    let out = run(cmd, None);
+    let said = out.fails_with("it has a -wal but no -shm");
+    assert!(
+        said.contains(&format!(
+            "in {} (TMPDIR)",
+            sb.root().join("no-such-tmp").display()
+        )),
+        "{said}"
+    );
+    assert!(!sb.root().join("crashed.db-shm").exists(), "{said}");
 
     // A damaged store fails the check, with what to do about it: here the audit log's first
     // page overwritten, which nothing else that check or a token lookup reads would notice.

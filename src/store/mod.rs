@@ -465,10 +465,12 @@ fn read_only_connection(path: &Path) -> Result<Option<ReadOnly>> {
         // to read it — owned by whoever runs the check, which could keep `serve`, running
         // as another user, from opening the store. Both files are read from a private copy
         // instead.
+        // Where the copy goes is named: a full or missing temporary folder is not the store's.
         let copy = ScratchCopy::of(&real, &wal).map_err(|e| {
             open_err(format!(
                 "it has a -wal but no -shm, and reading it would create the -shm; \
-                 reading a copy of both instead failed: {e}"
+                 reading a copy of both in {} (TMPDIR) instead failed: {e}",
+                std::env::temp_dir().display()
             ))
         })?;
         let db = if shm.exists() {
