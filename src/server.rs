@@ -173,6 +173,31 @@ pub fn privileged_port_hint(addr: std::net::SocketAddr, e: &std::io::Error) -> &
     }
 }
 
+/// Who holds the port of `addr` when `e` says it is in use, as `check` names it: the failed
+/// start's last line is all the journal keeps, and "Address already in use" alone does not say
+/// which program to stop (node_exporter on 9100, a gitgate still draining, a forgotten one).
+/// Nothing when the holder cannot be seen (another user's process).
+pub fn holder_hint(addr: std::net::SocketAddr, e: &std::io::Error) -> String {
+    if e.kind() != std::io::ErrorKind::AddrInUse {
+        return String::new();
+    }
+    match crate::port_holder::holder(addr.port()) {
+        Some(h) if h.is_gitgate() => format!(
+            ": in use by another gitgate ({}, pid {}{}): stop it first, or choose another port",
+            h.name,
+            h.pid,
+            h.config
+                .map(|c| format!(", serving {}", c.display()))
+                .unwrap_or_default()
+        ),
+        Some(h) => format!(
+            ": in use by {} (pid {}), not a gitgate: choose another port or stop that program",
+            h.name, h.pid
+        ),
+        None => String::new(),
+    }
+}
+
 async fn run_workers(config: Config) -> Result<Ended, String> {
     // Free text in a field of its own (quoted), so that a logfmt reader takes the line whole.
     for warning in config.warnings() {
@@ -268,10 +293,11 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     crate::signals::ignore_user_signals();
     let listener = listen(config.server.listen).map_err(|e| {
         format!(
-            "cannot listen on {} ([server] listen in {}): {e}{}",
+            "cannot listen on {} ([server] listen in {}): {e}{}{}",
             config.server.listen,
             config.source.display(),
-            privileged_port_hint(config.server.listen, &e)
+            privileged_port_hint(config.server.listen, &e),
+            holder_hint(config.server.listen, &e)
         )
     })?;
     let local = listener
@@ -280,9 +306,10 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(listen(addr).map_err(|e| {
             format!(
-                "cannot listen for metrics on {addr} ([metrics] listen in {}): {e}{}",
+                "cannot listen for metrics on {addr} ([metrics] listen in {}): {e}{}{}",
                 config.source.display(),
-                privileged_port_hint(addr, &e)
+                privileged_port_hint(addr, &e),
+                holder_hint(addr, &e)
             )
         })?),
         None => None,

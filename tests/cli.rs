@@ -1897,6 +1897,23 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
                 .contains(&format!("(pid {}), not a gitgate", std::process::id())),
         "{out}"
     );
+    // The start itself names the holder too: its last line is all a failed start leaves in
+    // the journal, and "Address already in use" alone does not say who.
+    let mut cmd = common::gitgate_command(&busy);
+    cmd.current_dir(sb.root()).arg("serve");
+    let out = run(cmd, None);
+    assert!(
+        !out.success()
+            && out.stderr.contains(&format!(
+                "cannot listen on 127.0.0.1:{taken_port} ([server] listen in"
+            ))
+            && out.stderr.contains(&format!(
+                ": in use by {} (pid {}), not a gitgate",
+                std::fs::read_to_string("/proc/self/comm").unwrap().trim(),
+                std::process::id()
+            )),
+        "{out}"
+    );
     drop(taken);
     // Held by a gitgate serving this very configuration (its live server): a warning naming
     // it; by a gitgate serving another one: serve cannot start, an error naming that one.
