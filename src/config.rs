@@ -425,17 +425,26 @@ impl Config {
     /// A refusal of the token store, said with where its path comes from (this file's
     /// `[store] path`); a path with a `~` in it is told that nothing expands it.
     pub fn store_refusal(&self, e: impl std::fmt::Display) -> String {
+        format!(
+            "{}: [store] path: {e}{}",
+            self.source.display(),
+            self.store_path_hint()
+        )
+    }
+
+    /// For a `[store] path` with a `~` in it, that nothing expands it (a store not found there
+    /// is most often one meant in a home folder); else nothing.
+    pub fn store_path_hint(&self) -> &'static str {
         let tilde = self
             .store
             .path
             .components()
             .any(|c| c.as_os_str().to_string_lossy().starts_with('~'));
-        let hint = if tilde {
+        if tilde {
             " (a ~ in [store] path is taken as it is, not as a home folder: write the full path)"
         } else {
             ""
-        };
-        format!("{}: [store] path: {e}{hint}", self.source.display())
+        }
     }
     /// Read and validate the file at `path`, checking the filesystem (backend program, project
     /// root) as a server start needs.

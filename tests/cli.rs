@@ -2404,6 +2404,18 @@ fn check_and_serve_agree_on_a_store_path_that_cannot_be_opened() {
         let err = out.fails_with("[store] path:");
         assert!(err.contains(said), "{err}");
     }
+    // The commands that find no store there say the same of a `~`, which nothing expands.
+    for command in [&["user", "list"][..], &["user", "disable", "alice"]] {
+        let mut cmd = Command::new(gitgate_bin());
+        cmd.env_remove("GITGATE_CONFIG")
+            .current_dir(sb.root())
+            .arg("--config")
+            .arg(sb.root().join("bad.toml"))
+            .args(command);
+        let out = run(cmd, None);
+        let err = out.fails_with("no token store at");
+        assert!(err.contains("not as a home folder"), "{command:?}: {err}");
+    }
 }
 
 #[test]

@@ -106,7 +106,7 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
             .unwrap_or_default();
         return Err(format!(
             "{} {} ([store] path in {}): check the path{}; `gitgate serve`, `gitgate user \
-             add`, `token create` or `policy set` creates it{folder}",
+             add`, `token create` or `policy set` creates it{folder}{}",
             if empty {
                 "the token store is an empty file (0 bytes) at"
             } else {
@@ -119,7 +119,8 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
                  empty file)"
             } else {
                 ""
-            }
+            },
+            config.store_path_hint()
         ));
     }
     let made = match (may_create && writes, empty, path.exists()) {
