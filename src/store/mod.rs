@@ -554,7 +554,17 @@ impl Store {
         // What it found: its lines, or an error as it read (a page it cannot make sense of).
         let found = match found {
             Ok(lines) if lines == ["ok"] => None,
-            Ok(lines) => Some(lines.join("; ")),
+            // SQLite's report breaks its lines within a row too (`*** in database main ***`
+            // above what it found): said on one line, as every refusal is.
+            Ok(lines) => Some(
+                lines
+                    .iter()
+                    .flat_map(|l| l.lines())
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
                 Some(e.to_string())
             }
@@ -2601,6 +2611,8 @@ mod tests {
         assert!(err.contains("quick_check found it damaged"), "{err}");
         assert!(err.contains("Freelist: size is 0 but should be 7"), "{err}");
         assert!(damaged_marker(&real_path(&path)).exists(), "{err}");
+        // One line, as every refusal is: SQLite's report has line breaks of its own.
+        assert!(!err.contains('\n'), "{err}");
     }
 
     /// A store damaged where its schema is read — cut short, as by a failed copy or a full disk
