@@ -734,10 +734,18 @@ pub fn check_new(
     match req.expiry_days {
         Some(0) => return Err(Error::Invalid("the expiry must be at least 1 day".into())),
         Some(days) if days > MAX_DAYS => {
+            // "Leave it out" only where the policy lets a token live without an expiry.
+            let may_leave_out = policy_from(&|key| store.setting(key))?
+                .check_new(None)
+                .is_ok();
             return Err(Error::Invalid(format!(
-                "the expiry may be at most {MAX_DAYS} days (100 years); leave it out for a token \
-                 that does not expire"
-            )))
+                "the expiry may be at most {MAX_DAYS} days (100 years){}",
+                if may_leave_out {
+                    "; leave it out for a token that does not expire"
+                } else {
+                    ""
+                }
+            )));
         }
         _ => {}
     }
@@ -1354,7 +1362,33 @@ mod tests {
             "{:?}",
             changes(&store)
         );
+        // Past 100 years is refused before the policy is asked, and told to leave the expiry
+        // out only where a token may go without one (here it may: expiry is optional).
+        let e = create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(MAX_DAYS + 1)),
+            &actor(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("at most 36500 days") && e.contains("leave it out"),
+            "{e}"
+        );
         set_policy(&store, &user("root"), p.into(), &actor()).unwrap();
+        let e = create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(MAX_DAYS + 1)),
+            &actor(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("at most 36500 days") && !e.contains("leave it out"),
+            "{e}"
+        );
         let e = create(&store, &user("alice"), personal("alice", None), &actor()).unwrap_err();
         assert!(e.to_string().contains("at most 90 days"), "{e}");
         let e = create(

@@ -161,15 +161,23 @@ fn mark_listed_descriptors_close_on_exec() {
 /// count ([`Repeats`]); also the metrics listener's.
 pub(crate) const ACCEPT_FAILURES_WINDOW: Duration = Duration::from_secs(10);
 
-/// What to do about a port below 1024 refused for want of privilege (a service user, as the
-/// README's systemd unit runs gitgate, on 443): `""` for any other failure.
-pub fn privileged_port_hint(addr: std::net::SocketAddr, e: &std::io::Error) -> &'static str {
-    if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
-        "; ports below 1024 need a privilege: give it to the service \
-         (AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd unit, or setcap \
-         cap_net_bind_service=+ep on the binary), or listen on a port of 1024 or more"
-    } else {
-        ""
+/// What to do about a listen address refused: a port below 1024 for want of privilege (a
+/// service user, as the README's systemd unit runs gitgate, on 443), or an address this
+/// machine does not have ("Cannot assign requested address" alone does not say which part is
+/// wrong: a moved IP, a typo, an interface not up yet at boot); `""` for any other failure.
+pub fn listen_hint(addr: std::net::SocketAddr, e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "; ports below 1024 need a privilege: give it to the service \
+             (AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd unit, or setcap \
+             cap_net_bind_service=+ep on the binary), or listen on a port of 1024 or more"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "; this machine has no such address (see `ip address`): listen on one it has, or on \
+             0.0.0.0 or [::] for all of them (a systemd unit that starts before the network is \
+             up wants After=network-online.target)"
+        }
+        _ => "",
     }
 }
 
@@ -296,7 +304,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
             "cannot listen on {} ([server] listen in {}): {e}{}{}",
             config.server.listen,
             config.source.display(),
-            privileged_port_hint(config.server.listen, &e),
+            listen_hint(config.server.listen, &e),
             holder_hint(config.server.listen, &e)
         )
     })?;
@@ -308,7 +316,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
             format!(
                 "cannot listen for metrics on {addr} ([metrics] listen in {}): {e}{}{}",
                 config.source.display(),
-                privileged_port_hint(addr, &e),
+                listen_hint(addr, &e),
                 holder_hint(addr, &e)
             )
         })?),
@@ -1638,10 +1646,20 @@ mod tests {
     fn a_privileged_port_refused_says_what_to_give() {
         let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
         let at = |port: u16| std::net::SocketAddr::from(([0, 0, 0, 0], port));
-        assert!(privileged_port_hint(at(443), &denied).contains("CAP_NET_BIND_SERVICE"));
-        assert_eq!(privileged_port_hint(at(8443), &denied), "");
+        assert!(listen_hint(at(443), &denied).contains("CAP_NET_BIND_SERVICE"));
+        assert_eq!(listen_hint(at(8443), &denied), "");
         let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
-        assert_eq!(privileged_port_hint(at(443), &in_use), "");
+        assert_eq!(listen_hint(at(443), &in_use), "");
+    }
+
+    /// An address the machine does not have is said to be one, whatever its port.
+    #[test]
+    fn an_address_the_machine_lacks_is_said_to_be_one() {
+        let lacking = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+        let at = |port: u16| std::net::SocketAddr::from(([192, 0, 2, 1], port));
+        for port in [443, 8080] {
+            assert!(listen_hint(at(port), &lacking).contains("this machine has no such address"));
+        }
     }
 
     #[test]
@@ -1676,8 +1694,8 @@ mod tests {
     fn the_privileged_port_hint_stops_below_port_1024() {
         let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
         let at = |port: u16| std::net::SocketAddr::from(([0, 0, 0, 0], port));
-        assert!(privileged_port_hint(at(1023), &denied).contains("CAP_NET_BIND_SERVICE"));
-        assert_eq!(privileged_port_hint(at(1024), &denied), "");
+        assert!(listen_hint(at(1023), &denied).contains("CAP_NET_BIND_SERVICE"));
+        assert_eq!(listen_hint(at(1024), &denied), "");
     }
 
     /// The `503` over an address's cap tells the client when to come back, over either HTTP,

@@ -115,7 +115,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         Err(e) => {
             return Err(format!(
                 "cannot listen on {listen} ([server] listen in {source}): {e}{}",
-                crate::server::privileged_port_hint(listen, &e)
+                crate::server::listen_hint(listen, &e)
             ))
         }
     }
@@ -134,7 +134,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             Err(e) => {
                 return Err(format!(
                     "cannot listen for metrics on {metrics} ([metrics] listen in {source}): {e}{}",
-                    crate::server::privileged_port_hint(metrics, &e)
+                    crate::server::listen_hint(metrics, &e)
                 ))
             }
         }

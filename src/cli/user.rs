@@ -116,7 +116,7 @@ pub fn set_role(store: &Store, name: &str, role: &str) -> Result<(), String> {
         ),
         (false, Role::Admin) => note!("user '{name}' is an administrator already; nothing changed"),
         (false, Role::User) => {
-            note!("user '{name}' is not an administrator already; nothing changed")
+            note!("user '{name}' is a user already (not an administrator); nothing changed")
         }
     }
     Ok(())

@@ -318,7 +318,7 @@ pub(super) fn refuse_a_store_found_damaged(real: &Path) -> std::result::Result<(
     match damage_said(real) {
         None => Ok(()),
         Some(said) => Err(format!(
-            "{} says the store was found damaged ({said}). Nothing was opened or changed. \
+            "{} says the store was found damaged ({said}); nothing was opened or changed: \
              {RESTORE}, with gitgate stopped: remove {} and {} if they are there (they belong \
              to the damaged file; left beside a restored one they damage it again), copy the \
              backup in, then remove the marker",
