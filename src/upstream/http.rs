@@ -70,6 +70,8 @@ pub struct HttpBackend {
     /// Made once per worker at the start and kept for the process's life, so that each answer's
     /// body can name it in its errors without a copy or a shared count.
     address: &'static str,
+    /// `[upstream] socket`, as its path is written in errors: said to the log, never to clients.
+    socket: Option<String>,
     /// The upstream's host and port, for recognising its redirects.
     origin: headers::UpstreamOrigin,
     /// gitgate's git prefix as clients see it: `""` for `/`, else like `/scm`.
@@ -154,6 +156,7 @@ impl HttpBackend {
                 }
                 .into_boxed_str(),
             ),
+            socket: cfg.socket.as_ref().map(|p| p.display().to_string()),
             origin: headers::UpstreamOrigin::new(https, authority),
             client_prefix: git_prefix.trim_end_matches('/').to_string(),
             host,
@@ -634,9 +637,18 @@ impl HttpBackend {
                      gitgate's log says why)",
                 )
             },
-            _ => self.naming_upstream(ForwardError::bad_gateway(format!(
-                "cannot reach the upstream git server ({cause})"
-            ))),
+            // A socket's path is this server's (`/run/git/nginx.sock is a regular file, not a
+            // Unix socket`): the client hears what is wrong, the log also where, as the
+            // upstream's address names the socket.
+            _ => {
+                let said = match &self.socket {
+                    Some(path) => cause.replace(path.as_str(), "the upstream's socket"),
+                    None => cause,
+                };
+                self.naming_upstream(ForwardError::bad_gateway(format!(
+                    "cannot reach the upstream git server ({said})"
+                )))
+            }
         }
     }
 
@@ -1277,6 +1289,34 @@ mod tests {
         assert!(!with(500, Some("text/html")));
         assert!(!with(404, Some("text/html")));
         assert!(!with(200, Some("application/x-git-upload-pack-result")));
+    }
+
+    /// git is told that the socket gitgate connects to is no socket, not where it lies on the
+    /// server: the log has that, with the upstream's address.
+    #[tokio::test]
+    async fn a_socket_that_is_no_socket_is_told_to_git_without_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nginx.sock");
+        std::fs::write(&file, "").unwrap();
+        let b = backend_of(&format!(
+            "[upstream]\nurl = \"http://git.internal/git\"\nsocket = \"{}\"\n",
+            file.display()
+        ));
+        let Err(e) = b.pool.connect_new(Driving::Inline).await else {
+            panic!("connected to a regular file");
+        };
+        let error = b.connect_error(e);
+        assert_eq!(error.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            error.message,
+            "cannot reach the upstream git server (the upstream's socket is a regular file, not \
+             a Unix socket)"
+        );
+        let logged = error.to_string();
+        assert!(
+            logged.contains(&format!("via unix:{}", file.display())),
+            "{logged}"
+        );
     }
 
     #[test]
