@@ -542,9 +542,16 @@ mod header_hygiene {
         #[test]
         fn what_goes_to_the_client_loses_only_connection_headers_and_credentials(upstream in header_map()) {
             // The upstream's own site (cookies, alternative services, its internal location,
-            // its software).
-            const UPSTREAM_ONLY: [&str; 5] =
-                ["set-cookie", "alt-svc", "content-location", "server", "x-powered-by"];
+            // links and refreshes that may name it, its software).
+            const UPSTREAM_ONLY: [&str; 7] = [
+                "set-cookie",
+                "alt-svc",
+                "content-location",
+                "link",
+                "refresh",
+                "server",
+                "x-powered-by",
+            ];
             let named = connection_named(&upstream);
             let codings: Vec<String> = upstream
                 .get_all("transfer-encoding")

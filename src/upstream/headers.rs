@@ -294,13 +294,17 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
 
 /// Response headers that describe the upstream's own site, not the repository: its cookies
 /// (gitgate never passes the client's `Cookie` on, so they only show the upstream's sessions),
-/// its alternative services, a `Content-Location` that names its internal address, and the
+/// its alternative services, a `Content-Location` that names its internal address (and so may
+/// `Link` — its pages and resources — and `Refresh`, a redirect after a delay that browsers
+/// follow and git never reads: neither is checked as `Location` is), and the
 /// name and version of its software (`Server`, `X-Powered-By`: nginx's `proxy_pass` drops
 /// `Server` too), which tell a client what to attack behind the gate.
-const UPSTREAM_ONLY: [&str; 6] = [
+const UPSTREAM_ONLY: [&str; 8] = [
     "set-cookie",
     "alt-svc",
     "content-location",
+    "link",
+    "refresh",
     "server",
     "x-powered-by",
     // gitgate's own mark, should an upstream echo the request's headers: it stays secret.
@@ -319,7 +323,7 @@ fn is_for_a_front_server(name: &str) -> bool {
 
 /// Make an upstream response's headers the client's: hop-by-hop headers, whatever
 /// `Connection` names, any `Authorization`, the upstream's own-site headers (`Set-Cookie`, `Alt-Svc`,
-/// `Content-Location`, `Server`, `X-Powered-By`) and instructions to a front server
+/// `Content-Location`, `Link`, `Refresh`, `Server`, `X-Powered-By`) and instructions to a front server
 /// (`X-Accel-*`, `X-Sendfile`) are removed, in
 /// place — a response usually carries few of them, so usually nothing else moves and nothing
 /// is allocated.
@@ -1656,6 +1660,24 @@ mod tests {
             let m = unusable_content_length(&map(bad)).expect("refused");
             assert!(m.contains("is not one length"), "{bad:?}: {m}");
         }
+    }
+
+    /// An upstream's `Link` and `Refresh` can name its internal address (`Refresh: 0;
+    /// url=http://git.internal:3000/login` sends a browser there), past the checks `Location` gets;
+    /// git reads neither.
+    #[test]
+    fn responses_lose_the_links_and_refreshes_that_could_name_the_upstream() {
+        let mut h = map(&[
+            (
+                "link",
+                "<http://git.internal:3000/git/team/app.git>; rel=\"canonical\"",
+            ),
+            ("refresh", "0; url=http://git.internal:3000/user/login"),
+            ("content-type", "text/plain"),
+        ]);
+        to_client(&mut h).unwrap();
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
     }
 
     #[test]
