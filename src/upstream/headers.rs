@@ -296,9 +296,9 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
 /// (gitgate never passes the client's `Cookie` on, so they only show the upstream's sessions),
 /// its alternative services, a `Content-Location` that names its internal address (and so may
 /// `Link` — its pages and resources — and `Refresh`, a redirect after a delay that browsers
-/// follow and git never reads: neither is checked as `Location` is), and the
-/// name and version of its software (`Server`, `X-Powered-By`: nginx's `proxy_pass` drops
-/// `Server` too), which tell a client what to attack behind the gate.
+/// follow and git never reads: neither is checked as `Location` is), and the name and version
+/// of its software (`Server`, `X-Powered-By`: nginx's `proxy_pass` drops `Server` too), which
+/// tell a client what to attack behind the gate.
 const UPSTREAM_ONLY: [&str; 8] = [
     "set-cookie",
     "alt-svc",
@@ -322,11 +322,11 @@ fn is_for_a_front_server(name: &str) -> bool {
 }
 
 /// Make an upstream response's headers the client's: hop-by-hop headers, whatever
-/// `Connection` names, any `Authorization`, the upstream's own-site headers (`Set-Cookie`, `Alt-Svc`,
-/// `Content-Location`, `Link`, `Refresh`, `Server`, `X-Powered-By`) and instructions to a front server
-/// (`X-Accel-*`, `X-Sendfile`) are removed, in
-/// place — a response usually carries few of them, so usually nothing else moves and nothing
-/// is allocated.
+/// `Connection` names, any `Authorization`, the upstream's own-site headers (`Set-Cookie`,
+/// `Alt-Svc`, `Content-Location`, `Link`, `Refresh`, `Server`, `X-Powered-By`) and
+/// instructions to a front server (`X-Accel-*`, `X-Sendfile`) are removed, in place — a
+/// response usually carries few of them, so usually nothing else moves and nothing is
+/// allocated.
 ///
 /// The body's framing is hyper's to redo: an answer the upstream sent chunked loses its
 /// `Content-Length` too (RFC 9112, section 6.3: with `Transfer-Encoding` present it means
