@@ -285,6 +285,13 @@ impl Metrics {
             .store(not_after.div_euclid(1000), Relaxed);
     }
 
+    /// The TLS certificate now served has dates that cannot be read: the expiry is no longer
+    /// shown, rather than the date of a certificate that is no longer served (an alert would
+    /// go on trusting it; one on the series' absence sees the change).
+    pub fn tls_certificate_expiry_unknown(&self) {
+        self.tls_certificate_expiry.store(0, Relaxed);
+    }
+
     /// The calling thread's copy of the per-request figures.
     fn shard(&self) -> &Shard {
         &self.shards[thread_shard()]
@@ -873,6 +880,12 @@ mod tests {
         assert!(m
             .render((0, 0))
             .contains("\ngitgate_tls_certificate_expiry_timestamp_seconds 4951613640\n"));
+        // A certificate served since, whose dates cannot be read, takes it away again.
+        m.tls_certificate_expiry_unknown();
+        assert!(!m
+            .render((0, 0))
+            .contains("gitgate_tls_certificate_expiry_timestamp_seconds"));
+        m.tls_certificate_expires(4_951_613_640_000);
         assert!(text.contains("gitgate_response_bytes_total 20\n"));
         assert!(text.contains("gitgate_token_cache_hits_total 7\n"));
         // Failed accepts, by listener: the metrics one's own are counted too (shown once

@@ -39,6 +39,7 @@ pub(crate) fn certificate_dates_said(certs: &CertStore) {
             cert = %certs.cert_path().display(),
             "cannot read the TLS certificate's validity dates; its expiry is not watched"
         );
+        METRICS.tls_certificate_expiry_unknown();
         return;
     };
     METRICS.tls_certificate_expires(chain.validity.not_after);
