@@ -2585,11 +2585,9 @@ mod tests {
         assert!((1..POOL_SIZE).contains(&places), "{places}");
     }
 
-    /// `inspect` (`gitgate check`) reads every page and heeds what SQLite's quick_check says
-    /// of it: a store whose freelist is not what its header says (every table still reads)
-    /// is refused, and the marker that tells the running servers left.
-    #[test]
-    fn damage_no_read_meets_is_found_by_the_inspection() {
+    /// A store with a user, closed, its log checkpointed into the file: damage done to the
+    /// file is then all there is to read.
+    fn a_closed_store_all_in_its_file() -> (tempfile::TempDir, PathBuf) {
         let (dir, store) = temp_store();
         let path = dir.path().join("t.db");
         store
@@ -2600,6 +2598,15 @@ mod tests {
             .unwrap()
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
+        (dir, path)
+    }
+
+    /// `inspect` (`gitgate check`) reads every page and heeds what SQLite's quick_check says
+    /// of it: a store whose freelist is not what its header says (every table still reads)
+    /// is refused, and the marker that tells the running servers left.
+    #[test]
+    fn damage_no_read_meets_is_found_by_the_inspection() {
+        let (_dir, path) = a_closed_store_all_in_its_file();
         // The header's count of free pages (bytes 36 to 39), made wrong.
         let mut bytes = std::fs::read(&path).unwrap();
         let free = u32::from_be_bytes(bytes[36..40].try_into().unwrap());
@@ -2627,16 +2634,7 @@ mod tests {
             ("open", |p| Store::open(p).map(|_| ())),
         ];
         for (how, open) in opens {
-            let (dir, store) = temp_store();
-            let path = dir.path().join("t.db");
-            store
-                .add_user("alice", "h", Role::User, &test_support::actor())
-                .unwrap();
-            drop(store);
-            Connection::open(&path)
-                .unwrap()
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .unwrap();
+            let (_dir, path) = a_closed_store_all_in_its_file();
             let len = std::fs::metadata(&path).unwrap().len();
             assert!(len > 8192, "{len}");
             std::fs::OpenOptions::new()
