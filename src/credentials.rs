@@ -582,6 +582,11 @@ fn is_secret_like(run: &str, needs_digits: bool) -> bool {
         && (!needs_digits || run.bytes().any(|b| b.is_ascii_digit()))
 }
 
+/// The shape [`has_a_secrets_random_part`] finds, in words, for the refusals of a path or a
+/// name that has it (the gate's, and a grant's or token's target).
+pub const RANDOM_PART_SHAPE: &str = "a run of 40 or more letters, digits, '-' and '_' with \
+     upper- and lower-case letters and digits in it";
+
 /// Whether a request's path holds what is most likely a secret's random part alone (see
 /// `secret_like_run`, with digits, as [`names_a_secret`] asks of a token's name): with the
 /// token id that every request line has, it gives the whole secret back. The check of the

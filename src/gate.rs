@@ -496,13 +496,12 @@ impl Gate {
         // Or a long name that only has the shape of a secret's random part: said so, since
         // such a repository is refused whatever the credentials (and cannot be granted).
         if credentials::has_a_secrets_random_part(git_req.repo.as_str()) {
-            return Err(Refusal::NotGit(Rejection::BadRequest(
-                "the repository path holds what looks like a gitgate token (a run of 40 or more \
-                 letters, digits, '-' and '_' with upper- and lower-case letters and digits in \
-                 it, as a token's secret has); a token goes in the password, never in the \
-                 URL's path, and gitgate serves no repository named so: rename it"
-                    .into(),
-            )));
+            return Err(Refusal::NotGit(Rejection::BadRequest(format!(
+                "the repository path holds what looks like a gitgate token ({}, as a \
+                 token's secret has); a token goes in the password, never in the URL's \
+                 path, and gitgate serves no repository named so: rename it",
+                credentials::RANDOM_PART_SHAPE
+            ))));
         }
         if let Some(m) = crate::upstream::headers::unsupported_transfer_coding(req.headers()) {
             return Err(Refusal::Unframeable(m));

@@ -84,11 +84,10 @@ impl Target {
         };
         if crate::credentials::has_a_secrets_random_part(path) {
             return Err(format!(
-                "'{path}' has a run of 40 or more letters, digits, '-' and '_' with upper- and \
-                 lower-case letters and digits in it, the shape of a token secret: gitgate \
-                 refuses requests for such a path (a token pasted into a URL must never be \
-                 logged), so it could never be served; rename it (a shorter name, or one in \
-                 lower case)"
+                "'{path}' has {}, the shape of a token secret: gitgate refuses requests for \
+                 such a path (a token pasted into a URL must never be logged), so it could \
+                 never be served; rename it (a shorter name, or one in lower case)",
+                crate::credentials::RANDOM_PART_SHAPE
             ));
         }
         if git_prefix == "/" && crate::api::is_api_path(&format!("/{project}/")) {
