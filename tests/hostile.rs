@@ -954,3 +954,92 @@ fn the_probes_are_answered_without_a_host_and_git_requests_are_not() {
         server.backend_hits()
     );
 }
+
+/// Send `bytes` on a fresh connection and read until the server closes it (or 10 s pass):
+/// every answer it gave, pipelined ones included.
+fn all_answers(server: &Server, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The statuses of the answers in `text`, in order.
+fn statuses(text: &str) -> Vec<&str> {
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| text.get(at + 9..at + 12))
+        .collect()
+}
+
+/// SECURITY.md promise 5 (smuggling past the gate): the body of a refused request is body,
+/// however much it looks like a request. A read token's push carries, as its body, a whole
+/// request for the repository's advertisement with the write token — stated by its length,
+/// chunked, or sent after an `Expect: 100-continue` that was refused — and a plain request
+/// follows on the same connection. The refusal is answered, then the request that follows
+/// (where the connection is kept: not after the `Expect`, which gitgate answers with
+/// `Connection: close`), and the one inside the body never reaches the backend. Were the
+/// refused body's bytes read as the next request, the backend would see `info/refs` and a
+/// third answer would come.
+#[test]
+fn a_request_inside_a_refused_requests_body_is_never_read_as_one() {
+    let server = Server::start("[rate_limit]\nenabled = false\n");
+    let hidden = format!(
+        "GET {IR} HTTP/1.1\r\nHost: gitgate.test\r\n{}\r\n",
+        auth("alice", &server.write_token)
+    );
+    let read = auth("alice", &server.read_token);
+    let push = |framing: &str, body: &str| {
+        format!(
+            "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: gitgate.test\r\n{read}\
+             Content-Type: application/x-git-receive-pack-request\r\n{framing}\r\n{body}"
+        )
+    };
+    let then = format!(
+        "GET /team/app.git/HEAD HTTP/1.1\r\nHost: gitgate.test\r\n{read}Connection: close\r\n\r\n"
+    );
+    let cases = [
+        (
+            "stated length",
+            push(&format!("Content-Length: {}\r\n", hidden.len()), &hidden),
+            vec!["403", "200"],
+        ),
+        (
+            "chunked",
+            push(
+                "Transfer-Encoding: chunked\r\n",
+                &format!("{:x}\r\n{hidden}\r\n0\r\n\r\n", hidden.len()),
+            ),
+            vec!["403", "200"],
+        ),
+        (
+            "Expect: 100-continue refused, body sent all the same",
+            push(
+                &format!(
+                    "Expect: 100-continue\r\nContent-Length: {}\r\n",
+                    hidden.len()
+                ),
+                &hidden,
+            ),
+            vec!["403"],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, request, expected) in cases {
+        let answers = all_answers(&server, format!("{request}{then}").as_bytes());
+        if statuses(&answers) != expected {
+            wrong.push(format!("{name}: expected {expected:?}, got:\n{answers}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let hits = server.backend_hits();
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    assert!(
+        hits.iter()
+            .all(|h| h.starts_with("GET /team/app.git/HEAD?")),
+        "the request inside a refused body reached the backend: {hits:?}"
+    );
+}

@@ -990,6 +990,51 @@ fn an_http2_request_whose_content_length_is_no_length_is_refused_not_forwarded()
     }
 }
 
+/// A `GET` or `HEAD` over HTTP/2 whose HEADERS leave the stream open and whose DATA then
+/// carry a body without a `Content-Length` (nothing in its headers says it has one, so the
+/// gate's `400` for such bodies does not see it) sends none upstream: an upstream that takes
+/// these methods for bodiless — as this test's does, reading request heads only — would read
+/// the body as the next request on gitgate's pooled connection, made by whoever holds a
+/// token for any repository, here one for another project's repository in another user's
+/// name. Only the request gitgate authorised reaches the upstream.
+#[test]
+fn an_http2_get_or_head_with_an_unstated_body_sends_none_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, heads) = keep_alive_upstream(10);
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let hidden = "GET /other/secret.git/info/refs?service=git-upload-pack HTTP/1.1\r\n\
+                  Host: x\r\nX-Forwarded-User: root\r\n\r\n";
+    // HPACK: :method as a literal with its static name (index 2), :scheme http, :path and
+    // :authority as literals.
+    for method in ["GET", "HEAD"] {
+        let mut s = connect(g.port);
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        s.write_all(&h2_frame(4, &[])).unwrap();
+        let path = "/team/app.git/info/refs?service=git-upload-pack";
+        let mut block = vec![0x02, method.len() as u8];
+        block.extend_from_slice(method.as_bytes());
+        block.extend_from_slice(&[0x86, 0x04, path.len() as u8]);
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 1, b'x']);
+        block.extend(hpack_literal("authorization", &format!("Basic {auth}")));
+        s.write_all(&h2_frame_on(1, 0x04, 1, &block)).unwrap();
+        s.write_all(&h2_frame_on(0, 0x01, 1, hidden.as_bytes()))
+            .unwrap();
+        let (headers, text) = h2_answer_on(&mut s, 1);
+        assert_eq!(headers.first().copied(), Some(0x88), "{method}: {text}");
+        let (_, head) = heads.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(
+            head.starts_with(&format!("{method} /team/app.git/info/refs?")),
+            "{method}: {head}"
+        );
+        assert!(
+            !head.to_ascii_lowercase().contains("transfer-encoding"),
+            "{method}: {head}"
+        );
+        assert_not_forwarded(&heads);
+    }
+}
+
 /// A request body that came whole is not blamed when the upstream then fails: a POST whose
 /// `Content-Length` bytes all arrived, to an upstream that reads them and closes without an
 /// answer, is the upstream's failure (`502`), not a body broken off (`400`).
