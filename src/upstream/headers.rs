@@ -987,7 +987,7 @@ fn has_dot_segments(reference: &str) -> bool {
 /// Whether a `Connection` header lists `name` (a lower-case header name), so that the header
 /// belongs to the connection, not the message. Allocation-free: it runs for every header of
 /// every request and response.
-fn named_by_connection(headers: &HeaderMap, name: &str) -> bool {
+pub(crate) fn named_by_connection(headers: &HeaderMap, name: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()

@@ -46,7 +46,11 @@ pub(super) fn cgi_env(req: &CgiRequest<'_>, project_root: &Path) -> Vec<(&'stati
     if let Some(len) = content_length(req.headers).filter(|_| !is_push(req)) {
         env.push(("CONTENT_LENGTH", len.to_string().into()));
     }
-    if let Some(v) = header_str(req.headers, "git-protocol").filter(|v| valid_git_protocol(v)) {
+    // Named by `Connection`, it is the client's hop's only, as for an HTTP upstream.
+    if let Some(v) = header_str(req.headers, "git-protocol").filter(|v| {
+        valid_git_protocol(v)
+            && !crate::upstream::headers::named_by_connection(req.headers, "git-protocol")
+    }) {
         env.push(("GIT_PROTOCOL", v.into()));
     }
     // Read as the gate's check read it (`gzip,` is gzip there): two readings could tell the
@@ -334,6 +338,29 @@ mod tests {
             "application/x-git-upload-pack-request"
         );
         assert_eq!(var(&env, "GIT_PROTOCOL").unwrap(), "version=2");
+    }
+
+    /// A `Git-Protocol` that `Connection` names is for the hop it came on: the backend is not
+    /// told it, as an HTTP upstream is not sent it (`headers::to_upstream`).
+    #[test]
+    fn git_protocol_named_by_connection_is_not_passed_on() {
+        for connection in ["Git-Protocol", "keep-alive, git-protocol"] {
+            let mut headers = HeaderMap::new();
+            headers.insert("git-protocol", HeaderValue::from_static("version=2"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            assert_eq!(
+                var(&env_with(&headers), "GIT_PROTOCOL"),
+                None,
+                "{connection}"
+            );
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("git-protocol", HeaderValue::from_static("version=2"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert_eq!(
+            var(&env_with(&headers), "GIT_PROTOCOL").unwrap(),
+            "version=2"
+        );
     }
 
     /// `Git-Protocol` is passed on up to 256 bytes, as to an HTTP upstream, and dropped beyond.
