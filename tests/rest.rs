@@ -335,6 +335,25 @@ fn tokens_and_bad_passwords_cannot_manage_tokens() {
         r.body
     );
 
+    // So is an empty user name (`curl -u :PASSWORD`, a script's unset variable): said as such,
+    // not as a name with "capitals or characters user names do not have".
+    let r = server.request("GET", &path, Auth::Basic("", "some password"), "");
+    assert_eq!(r.status, 401);
+    assert!(
+        r.error_message().contains("the user name is empty")
+            && !r.error_message().contains("capitals"),
+        "{}",
+        r.body
+    );
+    // A token given so is still refused as a token.
+    let r = server.request("GET", &path, Auth::Basic("", &secret), "");
+    assert_eq!(r.status, 401);
+    assert!(
+        r.error_message().contains("access tokens cannot be used"),
+        "{}",
+        r.body
+    );
+
     let r = server.request("GET", &path, Auth::None, "");
     assert_eq!(r.status, 401);
     assert!(r.error_message().contains("authentication required"));

@@ -741,6 +741,19 @@ fn authenticate(
                 "access tokens cannot be used to manage tokens or users: authenticate with your password",
             ))
         }
+        // No user name (`curl -u :PASSWORD`, a script's unset variable): said as such, as an
+        // empty password is, rather than as a name with "capitals or characters user names do
+        // not have", and no password is hashed for nobody. A token given so is still told that
+        // tokens cannot manage tokens (below).
+        Ok(Credentials::Basic { user, secret })
+            if user.is_empty() && crate::token::parse(secret.expose()).is_none() =>
+        {
+            audit("anonymous", "empty user name");
+            Err(unauthorized(
+                "the user name is empty: the REST API takes your gitgate user name and password \
+                 (not a token)",
+            ))
+        }
         Ok(Credentials::Basic { user, secret }) => {
             // Never a password typed as the user name (see `store::as_written_down`).
             let actor = Actor {
