@@ -2310,4 +2310,9 @@ fn disabling_an_admin_and_tightening_the_policy_say_what_stays() {
             && said.contains("cannot be rotated"),
         "{said}"
     );
+    // The token has no expiry: it works until it is revoked, and is not said to expire.
+    assert!(
+        said.contains("until they are revoked") && !said.contains("until they expire"),
+        "{said}"
+    );
 }

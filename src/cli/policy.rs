@@ -85,9 +85,10 @@ pub fn set(
         let bad = p.breaches(&tokens, now_ms());
         if !bad.is_empty() {
             note!(
-                "{} token(s) made before do not meet it: they keep working until they expire, \
-                 but cannot be rotated (create new ones instead); `gitgate policy show` lists \
-                 them",
+                "{} token(s) made before do not meet it: they keep working until they are \
+                 revoked (`gitgate token revoke ID`) or expire (one without an expiry never \
+                 does), but cannot be rotated (create new ones instead); `gitgate policy show` \
+                 lists them",
                 bad.len()
             );
         }
