@@ -647,6 +647,23 @@ fn paging_and_error_shapes() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD, PUT"));
     r.error_message();
+    // `projects/{key}/repos` with the repository left out is no token called `repos` (a PUT
+    // was told to use a token's methods, a GET that no token 'repos' exists).
+    for method in ["PUT", "GET", "POST", "DELETE"] {
+        let body = if method == "PUT" {
+            r#"{"name":"ci","permissions":["REPO_READ"]}"#
+        } else {
+            ""
+        };
+        let r = server.api(method, "/projects/team/repos", "root", body);
+        assert_eq!(r.status, 404, "{method}: {}", r.body);
+        assert!(
+            r.error_message().contains("projects/{key}/repos/{slug}")
+                && !r.error_message().contains("token with id"),
+            "{method}: {}",
+            r.body
+        );
+    }
     // A trailing or doubled slash is one 404 everywhere, never an item with an empty id (which
     // answered a collection's PUT with 405 and the methods of an item).
     for (method, path) in [

@@ -2,7 +2,8 @@
 //! `rest/access-tokens/1.0/projects/{key}/repos/{slug}[/{id}[/rotate]]`: project and repository
 //! tokens, for administrators only (see [`crate::lifecycle`]).
 //!
-//! `repos` cannot be mistaken for a token id: ids are exactly 12 characters.
+//! `repos` cannot be mistaken for a token id: ids are exactly 12 characters; so
+//! `projects/{key}/repos` alone is a path without its repository, and said to be one.
 
 use super::{tokens, ApiError, ApiResult, Call};
 use crate::lifecycle::Subject;
@@ -15,6 +16,12 @@ pub fn route(call: &Call, segments: &[&str]) -> ApiResult {
         [key, "repos", slug] => tokens::collection(call, &repo(key, slug)?),
         [key, "repos", slug, id] => tokens::item(call, &repo(key, slug)?, id),
         [key, "repos", slug, id, "rotate"] => tokens::rotate(call, &repo(key, slug)?, id),
+        // The repository left out: not a token whose id is `repos` (a `PUT` would otherwise
+        // be told to use the methods of a token, and a `GET` that no such token exists).
+        [_, "repos"] => Err(ApiError::not_found(
+            "no such resource: a repository's tokens are under projects/{key}/repos/{slug}, \
+             which names the repository",
+        )),
         [key, id] => tokens::item(call, &project(key)?, id),
         [key, id, "rotate"] => tokens::rotate(call, &project(key)?, id),
         _ => Err(ApiError::not_found(
