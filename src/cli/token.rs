@@ -262,13 +262,37 @@ fn not_a_secret(id: &str) -> Result<(), String> {
     let pasted = id.trim();
     let found = crate::token::parse(pasted)
         .or_else(|| crate::token::parse(&format!("{}{pasted}", crate::token::PREFIX)));
-    match found {
-        Some(real) => Err(format!(
+    if let Some(real) = found {
+        return Err(format!(
             "that is a token's secret, not its id: its id is '{real}', the 12 characters after \
              ggt_ (the command with '{real}' in its place does it)"
+        ));
+    }
+    // The secret's start, `ggt_` and the id (the part a list shows beside it, or a secret
+    // copied in part): said to be the id with `ggt_` before it, as the REST API says, not looked
+    // up as an id and answered "no token with id" and the text hidden as a secret.
+    match id_after_the_prefix(pasted) {
+        Some(real) => Err(format!(
+            "a token id has no ggt_ in front: it is the 12 characters after it, '{real}' (the \
+             command with '{real}' in its place does it)"
         )),
         None => Ok(()),
     }
+}
+
+/// The token id in `text` that starts as a secret does: `ggt_` (in any case) and an id, alone
+/// or followed by `_` and whatever of the secret's rest was copied.
+fn id_after_the_prefix(text: &str) -> Option<crate::token::TokenId> {
+    let prefix = crate::token::PREFIX;
+    let rest = text
+        .get(..prefix.len())
+        .filter(|p| p.eq_ignore_ascii_case(prefix))
+        .and_then(|_| text.get(prefix.len()..))?;
+    let (id, after) = rest.split_at_checked(crate::token::ID_LEN)?;
+    if !(after.is_empty() || after.starts_with('_')) {
+        return None;
+    }
+    id.parse().ok()
 }
 
 pub fn show(store: &Store, id: &str, json: bool) -> Result<(), String> {
@@ -810,6 +834,30 @@ mod tests {
             );
         }
         assert_eq!(not_a_secret(new.id.as_str()), Ok(()));
+    }
+
+    /// The secret's start, `ggt_` and the id (alone, or with part of the rest), is answered with
+    /// the id, as the REST API answers it; anything else with `ggt_` in front is no id at all.
+    #[test]
+    fn an_id_with_ggt_in_front_is_answered_with_the_id() {
+        let new = crate::token::generate().unwrap();
+        let secret = new.secret.expose().to_string();
+        let id = new.id.as_str();
+        for pasted in [
+            format!("ggt_{id}"),
+            format!("GGT_{id}\n"),
+            format!("ggt_{id}_"),
+            secret[..secret.len() - 10].to_string(),
+        ] {
+            let said = not_a_secret(&pasted).unwrap_err();
+            assert!(
+                said.contains("no ggt_ in front") && said.contains(&format!("'{id}'")),
+                "{pasted}: {said}"
+            );
+        }
+        for not_an_id in ["ggt_", "ggt_abc", "ggt_ABCDEFGHIJKL", &format!("ggt_{id}x")] {
+            assert_eq!(not_a_secret(not_an_id), Ok(()), "{not_an_id}");
+        }
     }
 
     /// `--password-stdin` belongs to personal tokens: given with a project or repository token,
