@@ -1430,6 +1430,14 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
     // serde repeats a string of the wrong type (`invalid type: string "bearer ...", expected
     // struct ...`): a secret where a table goes would reach the journal.
     let msg = in_the_configs_words(&without_quoted_strings(&msg));
+    // A file the TOML parser cannot read at all (YAML, JSON, a value without its quotes) is
+    // told so: the parser's own words (`expected newline, `#``) do not say what is wrong.
+    let syntax = text.parse::<toml::Table>().is_err();
+    let msg = if syntax {
+        format!("not valid TOML: {msg}")
+    } else {
+        msg
+    };
     let Some(span) = e.span() else {
         return msg;
     };
@@ -1456,9 +1464,19 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
     if key.is_empty() {
         return format!("line {line_no}: {msg}");
     }
+    // `listen = 127.0.0.1:8080`: the most common slip, said without repeating the value.
+    let unquoted = line
+        .split_once('=')
+        .map(|(_, value)| value.trim_start())
+        .is_some_and(|v| !v.starts_with(['"', '\'', '[', '{']));
+    let hint = if syntax && unquoted && !line.starts_with('[') {
+        " (a text value, such as an address, a path or a name, goes in quotes: key = \"...\")"
+    } else {
+        ""
+    };
     let shown: String = key.chars().take(80).collect();
     let more = if shown.len() < key.len() { "..." } else { "" };
-    format!("line {line_no}, {shown}{more}: {msg}")
+    format!("line {line_no}, {shown}{more}: {msg}{hint}")
 }
 
 /// `msg` with the text of every `string "..."` serde quotes left out.
@@ -2461,6 +2479,32 @@ env = "UPSTREAM_TOKEN"
             "{e}"
         );
         assert!(!e.contains("i64") && !e.contains("0 or more"), "{e}");
+    }
+
+    /// A file that is not TOML (YAML, JSON) or a value without its quotes is told so: the
+    /// parser's own words alone (`line 2, listen: expected newline, `#``) did not say what was
+    /// wrong, nor what to write.
+    #[test]
+    fn a_file_that_is_not_toml_is_told_so() {
+        let e = parse(&GOOD.replace("\"127.0.0.1:8080\"", "127.0.0.1:8080")).unwrap_err();
+        assert!(
+            e.contains("line 3, listen: not valid TOML: ") && e.contains("goes in quotes"),
+            "{e}"
+        );
+        assert!(!e.contains("127.0.0.1:8080"), "{e}");
+        for other in [
+            "server:\n  listen: \"x\"\n",
+            "{\"server\": {\"listen\": \"x\"}}\n",
+        ] {
+            let e = parse(other).unwrap_err();
+            assert!(e.contains("line 1: not valid TOML: "), "{e}");
+        }
+        // A file that is TOML, with a value of the wrong type, is not said to be other than TOML.
+        let e = parse(&GOOD.replace("\"127.0.0.1:8080\"", "8080")).unwrap_err();
+        assert!(
+            !e.contains("not valid TOML") && !e.contains("quotes"),
+            "{e}"
+        );
     }
 
     #[test]
