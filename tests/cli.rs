@@ -3613,3 +3613,50 @@ fn a_rate_limit_for_the_name_of_scoped_tokens_names_their_ids() {
     ])
     .fails_with("no user 'nobody'");
 }
+
+/// An HTTP upstream that answers a gateway's failure (`502`, `503`, `504`) — nginx with
+/// fcgiwrap down or its socket not reachable — is a warning of `check`: it accepts connections,
+/// so it is "ready", and every git request would get that failure.
+#[test]
+fn check_warns_of_an_upstream_whose_gateway_fails() {
+    let sb = user_sandbox();
+    sb.scoped_token("--project", "team", "ci", "REPO_READ");
+    let gateway = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = gateway.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in gateway.incoming().take(8) {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut head);
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\
+                  Connection: close\r\n\r\n",
+            );
+        }
+    });
+    let text = sb.config_text();
+    let upstream_at = text.find("[upstream]").unwrap();
+    let after = text[upstream_at..]
+        .find("\n[")
+        .map_or(text.len(), |i| upstream_at + i + 1);
+    let config = sb.root().join("gateway.toml");
+    fs::write(
+        &config,
+        format!(
+            "{}[upstream]\nurl = \"http://127.0.0.1:{port}/git\"\n{}",
+            &text[..upstream_at],
+            &text[after..]
+        ),
+    )
+    .unwrap();
+    let out = check_of(&sb, &config);
+    let text = out.ok();
+    assert!(
+        text.contains(&format!(
+            "warning: upstream http://127.0.0.1:{port}/git answers 502 Bad Gateway to a HEAD of \
+             its base path"
+        )) && text.contains("(1 warning)"),
+        "{text}"
+    );
+}

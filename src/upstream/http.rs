@@ -710,6 +710,21 @@ impl HttpBackend {
                      its git paths answer so too, every git request gets 502)"
                 ))
             }
+            // A gateway's failure: what serves the repositories behind it is down or cannot be
+            // reached (nginx with fcgiwrap stopped, or its socket another user's). The upstream
+            // accepts connections, so it is ready, and every git request would get this.
+            Ok(status)
+                if status == StatusCode::BAD_GATEWAY
+                    || status == StatusCode::SERVICE_UNAVAILABLE
+                    || status == StatusCode::GATEWAY_TIMEOUT =>
+            {
+                Some(format!(
+                    "upstream {address} answers {status} to a HEAD of its base path: what serves \
+                     the repositories behind it (fcgiwrap, git http-backend, the git server) \
+                     may be down or out of its reach; if its git paths answer so too, every git \
+                     request fails so: its error log says why"
+                ))
+            }
             Ok(_) => None,
             Err(why) => Some(format!(
                 "upstream {address} accepts connections but gave no HTTP answer to a plain HEAD \
