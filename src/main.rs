@@ -293,7 +293,8 @@ enum TokenCommand {
     Rotate {
         /// The token's id (see `token list`).
         id: String,
-        /// Keep the old secret working this many seconds (default 0: refused at once).
+        /// Keep the old secret working this many seconds (0: refused at once; at most 604800,
+        /// 7 days).
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         overlap_seconds: u32,
         /// Read the owner's password from the first line of stdin (personal tokens).
@@ -1141,6 +1142,27 @@ mod tests {
         assert!(days_of_expiry("thirty")
             .unwrap_err()
             .contains("not a whole number of days"));
+    }
+
+    /// An option whose default clap shows (`[default: 0]`) does not say it again in its own
+    /// words: `token rotate --help` read "(default 0: refused at once) [default: 0]".
+    #[test]
+    fn no_help_says_a_default_twice() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    arg.get_default_values().is_empty() || !help.contains("default"),
+                    "{path} --{}: {help}",
+                    arg.get_id()
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        use clap::CommandFactory;
+        walk(&super::Cli::command(), "gitgate");
     }
 
     /// A span filter (`TARGET[SPAN]=LEVEL`) is tracing's own syntax, left to it; an empty
