@@ -348,7 +348,19 @@ fn pair_problem(
                 chain.len()
             );
         }
-        return format!("[server.tls] key = \"{key}\" does not go with cert = \"{cert}\": {e}");
+        // rustls's own words ("keys may not be consistent: KeyMismatch") say neither which
+        // key nor what to do.
+        let why = match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "it is not the private key of the certificate's public key"
+            }
+            _ => "it cannot be told to be the private key of the certificate's public key",
+        };
+        return format!(
+            "[server.tls] key = \"{key}\" does not go with cert = \"{cert}\": {why}; name the \
+             key made with this certificate (after a renewal, the new pair together, as \
+             certbot's fullchain.pem and privkey.pem)"
+        );
     }
     format!("[server.tls] cert = \"{cert}\" cannot be served with key = \"{key}\": {e}")
 }
@@ -604,7 +616,12 @@ mod tests {
         // Mismatched pair: refused, old one kept.
         std::fs::copy(fixture("server-b.pem"), &cert).unwrap();
         let e = store.reload().unwrap_err();
-        assert!(e.contains("does not go with"), "{e}");
+        assert!(
+            e.contains("does not go with")
+                && e.contains("it is not the private key of the certificate's public key")
+                && !e.contains("KeyMismatch"),
+            "{e}"
+        );
         assert_eq!(serving(&store), der("server-a.pem"));
 
         std::fs::copy(fixture("server-b.key"), &key).unwrap();
