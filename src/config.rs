@@ -1025,7 +1025,16 @@ fn http_upstream(
     }
     let ca_file = raw.ca_file.as_deref().map(resolve);
     if scheme == "http" && (ca_file.is_some() || raw.system_roots.is_some()) {
-        return Err("[upstream] ca_file and system_roots apply to https:// upstreams only".into());
+        // Named as set, with both ways out: the key may be a leftover, or the URL mistyped.
+        let (keys, them, apply) = match (ca_file.is_some(), raw.system_roots.is_some()) {
+            (true, true) => ("ca_file and system_roots", "them", "apply"),
+            (true, false) => ("ca_file", "it", "applies"),
+            _ => ("system_roots", "it", "applies"),
+        };
+        return Err(format!(
+            "[upstream] {keys} {apply} to https:// upstreams only, and url is http://: remove \
+             {them}, or write https:// in url if the git server speaks TLS"
+        ));
     }
     // With a private CA named, trust only it unless told otherwise: an internal git server's
     // certificate should not also be accepted from any public CA.
@@ -2702,7 +2711,13 @@ env = "UPSTREAM_TOKEN"
             "ca_file = \"ca.pem\"",
         ] {
             let e = parse(&plain.replace("ca_file = \"ca.pem\"", key)).unwrap_err();
-            assert!(e.contains("apply to https:// upstreams only"), "{key}: {e}");
+            let named = key.split(' ').next().unwrap();
+            assert!(
+                e.contains(&format!(
+                    "[upstream] {named} applies to https:// upstreams only"
+                )) && e.contains("remove it, or write https:// in url"),
+                "{key}: {e}"
+            );
         }
         assert!(parse(&plain.replace("ca_file = \"ca.pem\"\n", "")).is_ok());
     }
