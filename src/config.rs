@@ -1046,8 +1046,12 @@ fn http_upstream(
         );
     }
     let header = raw.identity_header.as_deref().unwrap_or("X-Forwarded-User");
-    let identity_header = HeaderName::from_bytes(header.as_bytes())
-        .map_err(|_| format!("[upstream] identity_header = \"{header}\" is not a header name"))?;
+    let identity_header = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+        format!(
+            "[upstream] identity_header = \"{header}\" is not a header name: use letters, \
+                 digits and '-' (no space or ':'), e.g. \"X-Forwarded-User\""
+        )
+    })?;
     if crate::upstream::headers::is_reserved(&identity_header) {
         return Err(format!(
             "[upstream] identity_header = \"{header}\" is a header gitgate manages itself; choose another, e.g. \"X-Forwarded-User\""
@@ -2210,6 +2214,13 @@ env = "UPSTREAM_TOKEN"
             "identity_header = \"Authorization\""
         )
         .contains("identity_header"));
+        // Not a header name (a space, a colon): said with what one is made of.
+        let e = bad("ca_file = \"ca.pem\"", "identity_header = \"X User\"");
+        assert!(
+            e.contains("identity_header = \"X User\" is not a header name: use letters, digits")
+                && e.contains("\"X-Forwarded-User\""),
+            "{e}"
+        );
         let underscore = parse(&HTTP.replace(
             "ca_file = \"ca.pem\"",
             "identity_header = \"X_Forwarded_User\"",
