@@ -452,12 +452,26 @@ impl Config {
     /// Read and validate the file at `path`, checking the filesystem (backend program, project
     /// root) as a server start needs.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = crate::small_file::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            message: format!(
-                "cannot read the config file: {e} (choose one with --config or \
-                 GITGATE_CONFIG; the default is proxy.toml in the current folder)"
-            ),
+        let text = crate::small_file::read_to_string(path).map_err(|e| {
+            // A file that is there but not this user's to read (made by root for a service run
+            // as `git`) wants its owner or mode changed, not another file chosen.
+            let denied = std::fs::File::open(path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+            let advice = if denied {
+                format!(
+                    "this process (uid {}) may not read it: check its owner and mode, and those \
+                     of the folders above it, or run gitgate as the user it is for",
+                    rustix::process::geteuid().as_raw()
+                )
+            } else {
+                "choose one with --config or GITGATE_CONFIG; the default is proxy.toml in the \
+                 current folder"
+                    .to_string()
+            };
+            ConfigError {
+                file: path.to_path_buf(),
+                message: format!("cannot read the config file: {e} ({advice})"),
+            }
         })?;
         let config = Config::parse(path, &text)?;
         config.check_paths()?;

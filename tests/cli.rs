@@ -3660,3 +3660,41 @@ fn check_warns_of_an_upstream_whose_gateway_fails() {
         "{text}"
     );
 }
+
+/// A config file the user running gitgate may not read (a `proxy.toml` made by root, mode
+/// 0600, for a service run as `git`) is told so, with whose it must be readable: not to choose
+/// another file with --config, which was the only advice.
+#[test]
+fn a_config_file_this_user_cannot_read_is_told_whose_it_must_be() {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    let sb = Sandbox::new();
+    let root = rustix::process::geteuid().is_root();
+    // Root reads any file: it runs the commands as nobody, for whom a 0600 file of root's is
+    // unreadable; anyone else makes the file unreadable to itself.
+    let mode = if root { 0o600 } else { 0o000 };
+    fs::set_permissions(sb.config(), fs::Permissions::from_mode(mode)).unwrap();
+    for command in ["check", "serve"] {
+        let mut cmd = sb.gitgate_command();
+        cmd.arg(command);
+        if root {
+            cmd.uid(65534).gid(65534);
+        }
+        let out = run(cmd, None);
+        assert!(!out.success(), "{command}: {out}");
+        let uid = if root {
+            65534
+        } else {
+            rustix::process::geteuid().as_raw()
+        };
+        assert!(
+            out.stderr
+                .contains("cannot read the config file: Permission denied")
+                && out.stderr.contains(&format!(
+                    "this process (uid {uid}) may not read it: check its owner and mode"
+                ))
+                && !out.stderr.contains("choose one with --config"),
+            "{command}: {out}"
+        );
+    }
+    fs::set_permissions(sb.config(), fs::Permissions::from_mode(0o644)).unwrap();
+}
