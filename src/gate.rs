@@ -690,10 +690,7 @@ impl Gate {
                 text(StatusCode::BAD_REQUEST, &m)
             }
             Refusal::NotGit(Rejection::MethodNotAllowed { message, allow }) => {
-                let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, &message);
-                resp.headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static(allow));
-                resp
+                method_not_allowed(&message, allow)
             }
             // No secret was tried: git's first round trip, without credentials or with the URL's
             // user name alone. A challenge, not a failure (no throttle count, no audit event).
@@ -898,6 +895,15 @@ fn too_many(verdict: &Verdict) -> Response<ResponseBody> {
     let mut resp = text(StatusCode::TOO_MANY_REQUESTS, &verdict.message());
     resp.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(verdict.retry_after_secs()));
+    resp
+}
+
+/// A `405` saying `message`, with the methods the resource takes in `Allow` (RFC 9110, section
+/// 15.5.6): a git path's, or a probe's.
+pub fn method_not_allowed(message: &str, allow: &'static str) -> Response<ResponseBody> {
+    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, message);
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     resp
 }
 

@@ -379,11 +379,21 @@ fn not_a_git_endpoint() -> Rejection {
     Rejection::NotFound("not a Git HTTP endpoint".into())
 }
 
-/// The methods of the read endpoints and of the RPCs, as in an `Allow` header.
-const READS: &str = "GET, HEAD";
+/// The methods of the read endpoints (and of the probes) and of the RPCs, as in an `Allow`
+/// header.
+pub(crate) const READS: &str = "GET, HEAD";
 const POSTS: &str = "POST";
 
 fn method_not_allowed(method: &str, what: &str, allow: &'static str) -> Rejection {
+    Rejection::MethodNotAllowed {
+        message: wrong_method(method, what, allow),
+        allow,
+    }
+}
+
+/// Why `what` refuses `method`, naming the methods of `allow` (an `Allow` header's list):
+/// `info/refs accepts GET or HEAD, not PROPFIND`.
+pub(crate) fn wrong_method(method: &str, what: &str, allow: &str) -> String {
     // The method is echoed back; keep it printable and short.
     let shown: String = method
         .chars()
@@ -391,10 +401,7 @@ fn method_not_allowed(method: &str, what: &str, allow: &'static str) -> Rejectio
         .take(16)
         .collect();
     let allowed = allow.replace(", ", " or ");
-    Rejection::MethodNotAllowed {
-        message: format!("{what} accepts {allowed}, not {shown}"),
-        allow,
-    }
+    format!("{what} accepts {allowed}, not {shown}")
 }
 
 /// The part of `raw_path` after the prefix and its `/`, or `None` if not under the prefix.

@@ -1,4 +1,5 @@
-//! `GET /healthz` and `GET /readyz`, for load balancers and orchestrators.
+//! `GET /healthz` and `GET /readyz`, for load balancers and orchestrators (`HEAD` too; any
+//! other method is answered `405`).
 //!
 //! The server answers them before the gate sees the request: they need no token and are never
 //! forwarded, because a probe must not depend on (or leak anything about) repositories. Neither
@@ -27,7 +28,8 @@ use std::time::{Duration, Instant};
 use hyper::{Method, Response, StatusCode};
 use tokio::sync::Mutex;
 
-use crate::gate::{text, Gate, ResponseBody};
+use crate::gate::{method_not_allowed, text, Gate, ResponseBody};
+use crate::git;
 
 /// How long a readiness check answers for the probes that follow it.
 const REMEMBER_FOR: Duration = Duration::from_secs(1);
@@ -105,10 +107,19 @@ fn failed(outage: &mut Option<Outage>, cause: (NotReady, String), now: Instant) 
 #[derive(Default)]
 pub struct Readiness(Mutex<Option<(Instant, Result<(), NotReady>)>>);
 
-/// The answer to a probe, or `None` if the request is not one.
+/// The answer to a probe, or `None` if the request is not one. A probe's path asked with another
+/// method than `GET` or `HEAD` is answered `405` with `Allow: GET, HEAD`, as any resource that
+/// takes only those would be: it is not a git request (the gate would answer `404`, "not a Git
+/// HTTP endpoint", for a path that is there), and is never forwarded.
 pub async fn probe(gate: &Gate, method: &Method, path: &str) -> Option<Response<ResponseBody>> {
-    if method != Method::GET && method != Method::HEAD {
+    if !matches!(path, "/healthz" | "/readyz") {
         return None;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return Some(method_not_allowed(
+            &git::wrong_method(method.as_str(), path, git::READS),
+            git::READS,
+        ));
     }
     match path {
         "/healthz" => Some(text(StatusCode::OK, "ok")),

@@ -1420,6 +1420,17 @@ impl Connection {
                     return Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)));
                 }
                 let resp = match health::probe(&gate, req.method(), req.uri().path()).await {
+                    // A probe's path with a method it does not take: logged as the gate would
+                    // log its refusal (a probe's answer itself is not, there are so many).
+                    Some(resp) if resp.status() == StatusCode::METHOD_NOT_ALLOWED => {
+                        crate::request_log::log_answered_before_the_gate(
+                            &req,
+                            remote,
+                            resp.status(),
+                            "method-not-allowed",
+                        );
+                        resp
+                    }
                     Some(resp) => resp,
                     None => {
                         let Ok(resp) = gate.handle(req, remote, exchange).await;

@@ -1043,3 +1043,67 @@ fn a_request_inside_a_refused_requests_body_is_never_read_as_one() {
         "the request inside a refused body reached the backend: {hits:?}"
     );
 }
+
+/// The probes take `GET` and `HEAD` only: another method on their paths is a `405` naming the
+/// two in `Allow` (RFC 9110 §15.5.6), as a load balancer or a scanner expects of a resource
+/// that is there — not the `404` of a git path that is not. Never forwarded, and each refusal
+/// has its request line. It fails if a probe's path with another method falls through to the
+/// gate (`404`), or if `GET`/`HEAD` stop being answered `200`.
+#[test]
+fn a_probe_asked_with_another_method_is_405_allowing_get_and_head() {
+    let server = Server::start("");
+    let text = |resp: &[u8]| String::from_utf8_lossy(resp).into_owned();
+    for probe in ["/healthz", "/readyz"] {
+        for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
+            let body = if method == "OPTIONS" {
+                ""
+            } else {
+                "Content-Length: 2\r\n"
+            };
+            let mut bytes = req(method, probe, body);
+            if !body.is_empty() {
+                bytes.extend_from_slice(b"{}");
+            }
+            let resp = server.raw(&bytes);
+            let said = text(&resp);
+            assert_eq!(status(&resp), 405, "{method} {probe}: {said}");
+            let (head, body) = said.split_once("\r\n\r\n").unwrap_or((&said, ""));
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("\r\nallow: get, head\r\n"),
+                "{method} {probe}: {said}"
+            );
+            assert_eq!(
+                body,
+                format!("{probe} accepts GET or HEAD, not {method}\n"),
+                "{method} {probe}"
+            );
+        }
+        for method in ["GET", "HEAD"] {
+            let resp = server.raw(&req(method, probe, ""));
+            assert_eq!(status(&resp), 200, "{method} {probe}: {}", text(&resp));
+        }
+    }
+    assert!(
+        server.backend_hits().is_empty(),
+        "{:?}",
+        server.backend_hits()
+    );
+    // The log is written by a thread of its own: its lines may come a moment later.
+    let refused = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("status=405") && l.contains("outcome=method-not-allowed"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while refused(&server.log()) < 8 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = server.log();
+    assert_eq!(refused(&log), 8, "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("method=DELETE") && l.contains("path=/readyz")),
+        "{log}"
+    );
+}
