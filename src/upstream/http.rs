@@ -38,7 +38,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::framing::AnswerFraming;
 use super::headers::{self, Outbound, Redirect};
-use super::pool::{ConnectError, Connection, Driving, Origin, OutBody, Pool};
+use super::pool::{self, ConnectError, Connection, Driving, Origin, OutBody, Pool};
 use super::progress::{Progress, Silence, UploadStalled};
 use super::secret::UpstreamSecret;
 use super::stop::{StopClock, Stopped};
@@ -672,6 +672,10 @@ impl HttpBackend {
 
     /// 504 for timeouts, 502 for everything else, with the cause in words.
     fn request_error(&self, e: &hyper::Error) -> ForwardError {
+        // hyper's words, "message head is too large", say neither whose message nor what limit.
+        if e.is_parse_too_large() {
+            return self.naming_upstream(ForwardError::bad_gateway(head_too_large()));
+        }
         let (cause, timed_out) = cause_of(e.to_string(), e.is_timeout(), e.source());
         // The client gets the cause; the upstream's address stays in gitgate's log.
         let error = if timed_out {
@@ -778,9 +782,14 @@ impl HttpBackend {
                     within.as_secs()
                 )
             })?;
-        answered
-            .map(|resp| resp.status())
-            .map_err(|e| e.into_error().to_string())
+        answered.map(|resp| resp.status()).map_err(|e| {
+            let e = e.into_error();
+            if e.is_parse_too_large() {
+                head_too_large()
+            } else {
+                e.to_string()
+            }
+        })
     }
 
     /// The upstream as the log names it (see the field).
@@ -864,6 +873,18 @@ fn plain_text(headers: &hyper::HeaderMap) -> bool {
                 .get(..10)
                 .is_some_and(|m| m.eq_ignore_ascii_case("text/plain"))
         })
+}
+
+/// Why an answer whose head hyper would not read failed (see [`pool::ANSWER_HEADER_LINES`]):
+/// git servers send a dozen header lines, so it is the upstream's doing (a proxy or a module
+/// there that adds headers), and the operator must know which limit it passed.
+fn head_too_large() -> String {
+    format!(
+        "the upstream git server's answer has too many header lines (more than {}) or too \
+         large a head (over {} KiB) for gitgate to read",
+        pool::ANSWER_HEADER_LINES,
+        pool::ANSWER_HEAD_MAX / 1024
+    )
 }
 
 /// Pure: the words of an error and of its chain of sources, each said once, after `top`; and
@@ -1451,7 +1472,9 @@ mod tests {
 
     /// An upstream on a loopback port that answers one request with `answer`; the task gives
     /// the head of the request it read.
-    async fn answering(answer: &'static [u8]) -> (u16, tokio::task::JoinHandle<String>) {
+    async fn answering(
+        answer: impl AsRef<[u8]> + Send + 'static,
+    ) -> (u16, tokio::task::JoinHandle<String>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -1465,7 +1488,7 @@ mod tests {
                 }
                 head.push(byte[0]);
             }
-            s.write_all(answer).await.unwrap();
+            s.write_all(answer.as_ref()).await.unwrap();
             s.flush().await.unwrap();
             String::from_utf8_lossy(&head).into_owned()
         });
@@ -1530,6 +1553,58 @@ mod tests {
             );
             upstream.await.unwrap();
         }
+    }
+
+    /// An answer whose head hyper will not read — more header lines than
+    /// [`pool::ANSWER_HEADER_LINES`], or a head well over [`pool::ANSWER_HEAD_MAX`] — is a 502 that
+    /// says so, with the limits, to git and in the log's line (which names the upstream), not
+    /// hyper's "message head is too large"; one with exactly that many lines is passed on, so
+    /// the limit said is the one hyper applies.
+    #[tokio::test]
+    async fn an_answer_with_too_many_header_lines_is_a_502_that_says_so() {
+        let with_lines = |lines: usize| {
+            let mut answer = b"HTTP/1.1 200 OK\r\n\
+                Content-Type: application/x-git-upload-pack-advertisement\r\n\
+                Content-Length: 4\r\n"
+                .to_vec();
+            for i in 2..lines {
+                answer.extend(format!("X-Added-{i}: by a proxy\r\n").as_bytes());
+            }
+            answer.extend(b"\r\n0000");
+            answer
+        };
+        let (port, upstream) = answering(with_lines(pool::ANSWER_HEADER_LINES)).await;
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        let resp = advertisement(&b).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        upstream.await.unwrap();
+
+        let mut one_line_too_long = b"HTTP/1.1 200 OK\r\nX-Long: ".to_vec();
+        // Past what hyper's reads can take in one go once the bound is reached.
+        one_line_too_long.extend(vec![b'x'; 3 * pool::ANSWER_HEAD_MAX]);
+        one_line_too_long.extend(b"\r\nContent-Length: 0\r\n\r\n");
+        for answer in [with_lines(pool::ANSWER_HEADER_LINES + 1), one_line_too_long] {
+            // Its write may fail: gitgate closes once the head is too large for it.
+            let (port, _upstream) = answering(answer).await;
+            let b = backend(&format!("http://127.0.0.1:{port}/git"));
+            let e = advertisement(&b).await.unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_GATEWAY, "{e}");
+            assert_eq!(
+                e.message,
+                "the upstream git server's answer has too many header lines (more than 100) or \
+                 too large a head (over 64 KiB) for gitgate to read"
+            );
+            let logged = e.to_string();
+            assert!(
+                logged.contains(&format!("upstream http://127.0.0.1:{port}/git")),
+                "{logged}"
+            );
+            assert!(!logged.contains("message head"), "{logged}");
+        }
+        // `gitgate check`'s plain HEAD of the base path says the same.
+        let (port, _upstream) = answering(with_lines(pool::ANSWER_HEADER_LINES + 1)).await;
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        assert_eq!(b.answer_to_a_plain_request().await, Err(head_too_large()));
     }
 
     /// The upstream is asked for its own authority and the canonical path under its base:

@@ -78,6 +78,17 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// concurrent clones then hold a few MiB here instead of tens.
 const MAX_READ_BUFFER: usize = 64 * 1024;
 
+/// The most header lines an upstream's answer may have: hyper's own limit, its default, which
+/// [`handshake`] keeps (set, hyper would allocate its list of lines for every answer). An
+/// answer with more, or whose head is over [`ANSWER_HEAD_MAX`], fails its request with hyper's
+/// "message head is too large" (`hyper::Error::is_parse_too_large`).
+pub const ANSWER_HEADER_LINES: usize = 100;
+
+/// How much of an upstream's answer hyper reads looking for the end of its head: its read
+/// buffer's bound. A head not whole by then is refused (one a little longer may still pass, if
+/// its end came in the same read).
+pub const ANSWER_HEAD_MAX: usize = MAX_READ_BUFFER;
+
 /// Where the pool connects.
 pub struct Origin {
     pub host: String,
