@@ -202,8 +202,8 @@ enum RatelimitCommand {
     Set {
         /// A user's name, or token:ID for a project or repository token.
         user: String,
-        /// Requests allowed in a burst.
-        #[arg(long, allow_negative_numbers = true)]
+        /// Requests allowed in a burst (from 1).
+        #[arg(long, allow_negative_numbers = true, value_parser = burst_capacity)]
         capacity: u32,
         /// Requests added back per second (may be fractional; from 0.0000116, one a day, to 1000000).
         #[arg(long, allow_negative_numbers = true)]
@@ -295,7 +295,7 @@ enum TokenCommand {
         id: String,
         /// Keep the old secret working this many seconds (0: refused at once; at most 604800,
         /// 7 days).
-        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = overlap_seconds)]
         overlap_seconds: u32,
         /// Read the owner's password from the first line of stdin (personal tokens).
         #[arg(long)]
@@ -336,6 +336,50 @@ fn days_of_expiry(s: &str) -> Result<u32, String> {
         Ok(days) if days < 1 => Err("the expiry must be at least 1 day".into()),
         Ok(days) => Ok(u32::try_from(days).unwrap_or(u32::MAX)),
         Err(_) => Err(format!("'{s}' is not a whole number of days")),
+    }
+}
+
+/// A whole number as typed (` 30 `, `-1`, `+5`), or `None` if it is none; one past what any
+/// count holds is the most or the least there is, so that it is refused as out of range rather
+/// than as no number at all.
+fn whole_number(s: &str) -> Option<i64> {
+    let t = s.trim();
+    let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(t.parse().unwrap_or(if t.starts_with('-') {
+        i64::MIN
+    } else {
+        i64::MAX
+    }))
+}
+
+/// `--capacity`: requests in a burst, at least one (the store refuses an empty bucket), said
+/// in words rather than clap's "-1 is not in 0..=4294967295".
+fn burst_capacity(s: &str) -> Result<u32, String> {
+    match whole_number(s).map(u32::try_from) {
+        Some(Ok(n)) if n >= 1 => Ok(n),
+        Some(_) => Err(format!(
+            "the capacity must be a whole number of requests from 1 to {}",
+            u32::MAX
+        )),
+        None => Err(format!("'{s}' is not a whole number of requests")),
+    }
+}
+
+/// `--overlap-seconds`: none or more, said in words below that; past what the count holds it
+/// is the most, for the rotation to refuse in its own words as it does any overlap over
+/// [`gitgate::lifecycle::MAX_OVERLAP_SECS`] (`at most 604800 seconds (7 days)`), never a count
+/// wrapped around to a short one.
+fn overlap_seconds(s: &str) -> Result<u32, String> {
+    match whole_number(s) {
+        Some(n) if n < 0 => Err(format!(
+            "the overlap must be a whole number of seconds from 0 to {} (7 days)",
+            gitgate::lifecycle::MAX_OVERLAP_SECS
+        )),
+        Some(n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+        None => Err(format!("'{s}' is not a whole number of seconds")),
     }
 }
 
@@ -937,7 +981,8 @@ const GITGATE_TARGETS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::{
-        days_of_expiry, log_filter_problem, said_unchanged, with_a_level, without_h2_warnings,
+        burst_capacity, days_of_expiry, log_filter_problem, overlap_seconds, said_unchanged,
+        with_a_level, without_h2_warnings,
     };
 
     #[test]
@@ -1163,6 +1208,48 @@ mod tests {
         }
         use clap::CommandFactory;
         walk(&super::Cli::command(), "gitgate");
+    }
+
+    /// `--capacity` and `--overlap-seconds` say what they take in words, for a negative
+    /// number (and the capacity for one past its range) or for no number, never clap's "-1 is
+    /// not in 0..=4294967295"; and take what is in it.
+    #[test]
+    fn capacity_and_overlap_say_in_words_what_they_take() {
+        let capacity = "the capacity must be a whole number of requests from 1 to 4294967295";
+        for out in [
+            "-1",
+            "0",
+            "4294967296",
+            "-99999999999999999999",
+            "99999999999999999999",
+        ] {
+            assert_eq!(burst_capacity(out), Err(capacity.to_string()), "{out}");
+        }
+        assert_eq!(burst_capacity(" 1 "), Ok(1));
+        assert_eq!(burst_capacity("+5"), Ok(5));
+        assert_eq!(burst_capacity("4294967295"), Ok(u32::MAX));
+        assert_eq!(
+            burst_capacity("ten"),
+            Err("'ten' is not a whole number of requests".to_string())
+        );
+        assert_eq!(
+            burst_capacity("1.5"),
+            Err("'1.5' is not a whole number of requests".to_string())
+        );
+
+        let overlap = "the overlap must be a whole number of seconds from 0 to 604800 (7 days)";
+        for out in ["-1", "-99999999999999999999"] {
+            assert_eq!(overlap_seconds(out), Err(overlap.to_string()), "{out}");
+        }
+        assert_eq!(overlap_seconds("0"), Ok(0));
+        assert_eq!(overlap_seconds("604800"), Ok(604_800));
+        // Past the week, the rotation refuses it; past the count, it is the most.
+        assert_eq!(overlap_seconds("604801"), Ok(604_801));
+        assert_eq!(overlap_seconds("4294967297"), Ok(u32::MAX));
+        assert_eq!(
+            overlap_seconds("-"),
+            Err("'-' is not a whole number of seconds".to_string())
+        );
     }
 
     /// A span filter (`TARGET[SPAN]=LEVEL`) is tracing's own syntax, left to it; an empty

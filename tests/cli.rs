@@ -559,6 +559,55 @@ fn token_create_with_expiry_days() {
     .fails_with("refill must be from 0.0000116 (one request a day) to at most 1000000");
 }
 
+/// `--capacity` and `--overlap-seconds` refuse a negative number in words that say what they
+/// take, as `--expiry-days` and `--refill` do, not clap's "-1 is not in 0..=4294967295"; and a
+/// value past what they take is said in words too (a week for the overlap, not 4294967295).
+#[test]
+fn a_count_out_of_its_range_is_said_in_words() {
+    let sb = user_sandbox();
+    let token = sb.scoped_token("--project", "team", "ci", "REPO_READ");
+    let capacity = "the capacity must be a whole number of requests from 1 to 4294967295";
+    for bad in ["-1", "0"] {
+        let run = sb.cli(&[
+            "ratelimit",
+            "set",
+            "alice",
+            "--capacity",
+            bad,
+            "--refill",
+            "1",
+        ]);
+        run.fails_with(capacity);
+        assert!(!run.stderr.contains("is not in"), "{run}");
+    }
+    for (bad, said) in [
+        (
+            "-1",
+            "the overlap must be a whole number of seconds from 0 to 604800 (7 days)",
+        ),
+        (
+            "604801",
+            "the overlap may be at most 604800 seconds (7 days)",
+        ),
+        (
+            "4294967296",
+            "the overlap may be at most 604800 seconds (7 days)",
+        ),
+    ] {
+        let run = sb.cli(&["token", "rotate", &token.id, "--overlap-seconds", bad]);
+        run.fails_with(said);
+        assert!(!run.stderr.contains("is not in"), "{run}");
+    }
+    // Nothing was changed by either: no override, and the token's secret still works.
+    assert!(
+        !sb.cli(&["ratelimit", "list"]).ok().contains("alice"),
+        "an override was set"
+    );
+    let shown = sb.cli(&["token", "show", &token.id, "--json"]);
+    let j: Value = serde_json::from_str(shown.ok()).unwrap();
+    assert!(j["rotatedAt"].is_null(), "{j}");
+}
+
 #[test]
 fn personal_token_with_wrong_password_is_refused_and_nothing_created() {
     let sb = user_sandbox();
