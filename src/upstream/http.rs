@@ -70,8 +70,6 @@ pub struct HttpBackend {
     /// Made once per worker at the start and kept for the process's life, so that each answer's
     /// body can name it in its errors without a copy or a shared count.
     address: &'static str,
-    /// `[upstream] socket`, as its path is written in errors: said to the log, never to clients.
-    socket: Option<String>,
     /// The upstream's host and port, for recognising its redirects.
     origin: headers::UpstreamOrigin,
     /// gitgate's git prefix as clients see it: `""` for `/`, else like `/scm`.
@@ -156,7 +154,6 @@ impl HttpBackend {
                 }
                 .into_boxed_str(),
             ),
-            socket: cfg.socket.as_ref().map(|p| p.display().to_string()),
             origin: headers::UpstreamOrigin::new(https, authority),
             client_prefix: git_prefix.trim_end_matches('/').to_string(),
             host,
@@ -637,18 +634,12 @@ impl HttpBackend {
                      gitgate's log says why)",
                 )
             },
-            // A socket's path is this server's (`/run/git/nginx.sock is a regular file, not a
-            // Unix socket`): the client hears what is wrong, the log also where, as the
-            // upstream's address names the socket.
-            _ => {
-                let said = match &self.socket {
-                    Some(path) => cause.replace(path.as_str(), "the upstream's socket"),
-                    None => cause,
-                };
-                self.naming_upstream(ForwardError::bad_gateway(format!(
-                    "cannot reach the upstream git server ({said})"
-                )))
-            }
+            // A socket's error does not name its path, which is this server's (`the upstream's
+            // socket is a regular file, not a Unix socket`): the client hears what is wrong, the
+            // log also where, as the upstream's address names the socket.
+            _ => self.naming_upstream(ForwardError::bad_gateway(format!(
+                "cannot reach the upstream git server ({cause})"
+            ))),
         }
     }
 
@@ -1352,6 +1343,16 @@ mod tests {
         assert!(
             logged.contains(&format!("via unix:{}", file.display())),
             "{logged}"
+        );
+        // The readiness check's warning (and `gitgate check`'s) names it too.
+        let why = b.ready().await.unwrap_err();
+        assert_eq!(
+            why,
+            format!(
+                "upstream http://git.internal/git via unix:{} unreachable: the upstream's \
+                 socket is a regular file, not a Unix socket",
+                file.display()
+            )
         );
     }
 

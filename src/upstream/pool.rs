@@ -461,7 +461,9 @@ impl Pool {
 
 /// A connection to `path` refused because it is no socket says what it is instead: the
 /// kernel's "Connection refused" reads as a server that is down. (A socket no server listens
-/// on any more is refused too, and keeps those words.)
+/// on any more is refused too, and keeps those words.) The path is left out, as the kernel's
+/// errors leave it: the error reaches git (`remote: ...`), and every log line or `check`
+/// warning that says it names the upstream, `via unix:PATH`, already.
 async fn not_a_socket(path: &std::path::Path, e: io::Error) -> io::Error {
     use std::os::unix::fs::FileTypeExt;
     if e.kind() != io::ErrorKind::ConnectionRefused {
@@ -476,7 +478,7 @@ async fn not_a_socket(path: &std::path::Path, e: io::Error) -> io::Error {
     let what = crate::small_file::kind(&found);
     io::Error::new(
         e.kind(),
-        format!("{} is {what}, not a Unix socket", path.display()),
+        format!("the upstream's socket is {what}, not a Unix socket"),
     )
 }
 
@@ -783,7 +785,7 @@ mod tests {
             match over_socket(path.clone()).checkout(Inline).await {
                 Err(ConnectError::Io(e)) => assert_eq!(
                     e.to_string(),
-                    format!("{} is {what}, not a Unix socket", path.display())
+                    format!("the upstream's socket is {what}, not a Unix socket")
                 ),
                 Err(e) => panic!("{e}"),
                 Ok(_) => panic!("connected to {}", path.display()),
