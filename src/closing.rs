@@ -168,7 +168,8 @@ mod tests {
     /// A client that stopped reading does not keep a closed connection's socket for good: it
     /// is let go once its send queue has not shrunk for [`NO_PROGRESS`] — the 5 s the README
     /// promises of a stop ("given up once nothing has moved for 5 s"): not before, and not a
-    /// second later. The test takes that long.
+    /// second later (with the time the client's window takes to stop opening). The test takes
+    /// that long.
     #[tokio::test]
     async fn a_queue_that_stopped_moving_is_given_up_after_no_progress() {
         const PROMISED: Duration = Duration::from_secs(5);
@@ -180,9 +181,10 @@ mod tests {
         let took = started.elapsed();
         assert!(took >= PROMISED, "given up after {took:?}");
         // The queue may still move a little at first (the client's window opening): measured
-        // 5.4 s. A second more is no longer the promise.
+        // 5.37 s, and 6.37 s with a second more, which is no longer the promise. The bound
+        // between leaves a loaded machine's late timers 0.8 s.
         assert!(
-            took < PROMISED + Duration::from_millis(950),
+            took < PROMISED + Duration::from_millis(1200),
             "given up only after {took:?}"
         );
     }
