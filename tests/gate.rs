@@ -2961,7 +2961,49 @@ fn a_ref_the_repository_fails_to_write_is_a_warning_not_a_refusal() {
         line.contains("WARN") && line.contains("refs/heads/nb failed to update ref"),
         "{line}"
     );
+    // git's words, which with side-band reached only the client.
+    assert!(line.contains("nb.lock': File exists"), "{line}");
     assert!(!log.contains("refused some of a push's refs"), "{log}");
+}
+
+/// Two pushes to one ref at once: the second finds the ref moved (here a `pre-receive` hook
+/// creates it, as a push landing meanwhile would) and git answers `failed to update ref`, as
+/// for a lock file left behind. That is the everyday race, not the repository failing: an
+/// `info` line with git's words (which went to the client on side-band, and nowhere else),
+/// not the warning that sends an operator looking for a full disk.
+#[test]
+fn a_push_that_loses_a_race_for_its_ref_is_not_a_repository_failure() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    let work = sb.root().join("work");
+    sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
+        .ok();
+    let hook = sb.bare("team/app").join("hooks/pre-receive");
+    fs::write(
+        &hook,
+        "#!/bin/sh\nenv -u GIT_QUARANTINE_PATH git update-ref refs/heads/nb refs/heads/main\n",
+    )
+    .unwrap();
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+    sb.commit_file(&work, "f.txt", b"second", "second");
+    sb.git(&work, &["push", "origin", "HEAD:refs/heads/nb"])
+        .fails_with("reference already exists");
+    server.stop();
+    let log = fs::read_to_string(sb.server_log()).unwrap();
+    assert!(
+        !log.contains("failed to update some of a push's refs"),
+        "{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("another push updated some of a push's refs first"))
+        .unwrap_or_else(|| panic!("no line for the push that lost the race: {log}"));
+    assert!(
+        line.contains("INFO")
+            && line.contains("refs/heads/nb failed to update ref")
+            && line.contains("cannot lock ref 'refs/heads/nb': reference already exists"),
+        "{line}"
+    );
 }
 
 /// A repository that does not take pushes over HTTP (`http.receivepack false`) gets a bare

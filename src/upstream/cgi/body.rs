@@ -203,9 +203,10 @@ async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>)
 /// its `200` (smart HTTP has no other way), so the request line says `status=200
 /// outcome=complete` and only git's user would know. A pack refused (`unpack <error>`: a full
 /// disk, a quarantine it could not write, `receive.maxInputSize`) is the server's to look at:
-/// a warning. Refs refused one by one (`ng`: a hook declined, a ref that moved meanwhile) are
-/// the repository's rules at work: a line at `info`. A push with no report (the 4-byte probe
-/// git sends before a large pack) says nothing.
+/// a warning, and so is a ref git could not write (a lock file left behind), with git's own
+/// words. Refs refused one by one (`ng`: a hook declined, a ref another push moved meanwhile)
+/// are the repository's rules at work, or two pushes at once: a line at `info`. A push with no
+/// report (the 4-byte probe git sends before a large pack) says nothing.
 fn log_a_refused_push(push: &Finishing) {
     if !push.said.has_begun() {
         return;
@@ -215,8 +216,14 @@ fn log_a_refused_push(push: &Finishing) {
         tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused a push's pack (git told its user why; a full disk or the repository's limits, say)");
     } else if push.said.failed() > 0 {
         // Not a policy: git could not write what was allowed (a full disk at a ref's lock
-        // file, a lock left behind). Its own words are in the stderr line before this one.
-        tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository failed to update some of a push's refs (git's own failure, not a refusal: a full disk, a lock file left behind, permissions; git's stderr says which)");
+        // file, a lock left behind). Its own words went to the client on side-band, and are
+        // repeated here (without side-band they are the stderr line before this one).
+        let said = push.said.git_errors();
+        tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), git_said = %LogText(&said), "the repository failed to update some of a push's refs (git's own failure, not a refusal: a full disk, a lock file left behind, permissions; git_said, or git's stderr, says which)");
+    } else if push.said.raced() > 0 {
+        // Two pushes to one branch at once: the one that came second is told so by git, and
+        // pushes again after a fetch. The repository is well.
+        tracing::info!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), git_said = %LogText(&push.said.git_errors()), "another push updated some of a push's refs first (pushes to one ref at once; git told its user, who fetches and pushes again)");
     } else if outcome.contains(" refused: ") {
         tracing::info!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused some of a push's refs");
     }

@@ -8,11 +8,23 @@
 //! took for the report, so that a refused push could read as applied. The answer is followed
 //! pkt-line by pkt-line from its first byte ([`PktLines`]); only channel 1 (or, without side-band, the lines
 //! themselves) is read as the report. Memory is one pkt-line at most and a bounded list.
+//!
+//! Channel 2 is read for one more thing: git's own `error:` lines, which with side-band go to
+//! the client and nowhere else (not to receive-pack's stderr). They tell a ref that another
+//! push moved first (`cannot lock ref '<ref>': is at <a> but expected <b>`: two pushes to one
+//! branch at once, the everyday race) from a ref the repository could not write (a lock file
+//! left behind, a full disk), both reported as `ng <ref> failed to update ref`; and they are
+//! the words the log of such a failure repeats. A hook could print such a line too: at worst
+//! a failure is then logged at `info` as a race, never a refusal as applied.
 
 use crate::pkt_line::{Pkt, PktLines};
 
 /// The most refused refs named in the outcome; the rest are counted.
 const REFUSED_NAMED: usize = 100;
+
+/// The most of git's `error:` lines from channel 2 kept for the log, and the most of each.
+const ERRORS_KEPT: usize = 3;
+const ERROR_LINE_KEPT: usize = 512;
 
 /// receive-pack's report, as far as its answer has come (see the module's doc).
 #[derive(Debug, Default)]
@@ -28,8 +40,17 @@ pub(super) struct Report {
     updated: u64,
     refused: Vec<String>,
     refused_count: u64,
-    /// Refused refs whose reason is git's own failure, not a refusal (see [`FAILURES`]).
+    /// Refused refs whose reason is git's own failure, not a refusal (see [`FAILURES`]): the
+    /// first [`REFUSED_NAMED`] named, all counted.
+    failed: Vec<String>,
     failed_count: u64,
+    /// Channel 2's line so far (see [`ERROR_LINE_KEPT`]).
+    text: Vec<u8>,
+    /// Refs git could not lock because they had moved since the push began (see
+    /// [`moved_meanwhile`]), the first [`REFUSED_NAMED`].
+    moved: Vec<String>,
+    /// git's first [`ERRORS_KEPT`] `error:` lines on channel 2.
+    errors: Vec<String>,
 }
 
 /// receive-pack's reasons (`ng <ref> <reason>`) that are the repository failing to do what
@@ -51,6 +72,7 @@ impl Report {
             return;
         }
         let mut channel_one = Vec::new();
+        let mut channel_two = Vec::new();
         let mut lines = Vec::new();
         let sideband = &mut self.sideband;
         let outer = self.outer.feed(data, |pkt| {
@@ -58,6 +80,7 @@ impl Report {
                 let banded = *sideband.get_or_insert(matches!(payload.first(), Some(1..=3)));
                 match (banded, payload.split_first()) {
                     (true, Some((1, rest))) => channel_one.extend_from_slice(rest),
+                    (true, Some((2, rest))) => channel_two.extend_from_slice(rest),
                     (true, _) => {}
                     (false, _) => lines.push(payload.to_vec()),
                 }
@@ -74,6 +97,33 @@ impl Report {
         for line in lines {
             self.line(&line);
         }
+        self.text(&channel_two);
+    }
+
+    /// Reads channel 2's text, line by line (`\n`, or `\r` after progress), for git's own
+    /// `error:` lines; each line is kept to [`ERROR_LINE_KEPT`] bytes.
+    fn text(&mut self, data: &[u8]) {
+        for &byte in data {
+            if byte != b'\n' && byte != b'\r' {
+                if self.text.len() < ERROR_LINE_KEPT {
+                    self.text.push(byte);
+                }
+                continue;
+            }
+            let line = String::from_utf8_lossy(&self.text).into_owned();
+            self.text.clear();
+            if !line.starts_with("error: ") {
+                continue;
+            }
+            if let Some(name) = moved_meanwhile(&line) {
+                if self.moved.len() < REFUSED_NAMED {
+                    self.moved.push(name.to_owned());
+                }
+            }
+            if self.errors.len() < ERRORS_KEPT {
+                self.errors.push(line);
+            }
+        }
     }
 
     fn line(&mut self, payload: &[u8]) {
@@ -88,6 +138,10 @@ impl Report {
             let reason = refused.split_once(' ').map_or("", |(_, reason)| reason);
             if FAILURES.contains(&reason) {
                 self.failed_count += 1;
+                if self.failed.len() < REFUSED_NAMED {
+                    let name = refused.split_once(' ').map_or(refused, |(name, _)| name);
+                    self.failed.push(name.to_owned());
+                }
             }
             if self.refused.len() < REFUSED_NAMED {
                 self.refused.push(refused.to_owned());
@@ -96,9 +150,23 @@ impl Report {
     }
 
     /// How many refs the repository failed to update for reasons of its own (see
-    /// [`FAILURES`]), not refused.
+    /// [`FAILURES`]), not refused, and not because another push moved them first.
     pub(super) fn failed(&self) -> u64 {
-        self.failed_count
+        self.failed_count - self.raced()
+    }
+
+    /// How many refs could not be updated because another push moved them after this one
+    /// began: git said so on channel 2 (see the module's doc).
+    pub(super) fn raced(&self) -> u64 {
+        self.failed
+            .iter()
+            .filter(|name| self.moved.contains(name))
+            .count() as u64
+    }
+
+    /// git's own `error:` lines on channel 2, joined for the log; empty without any.
+    pub(super) fn git_errors(&self) -> String {
+        self.errors.join(" / ")
     }
 
     /// Whether the report has begun (its `unpack` line came).
@@ -130,6 +198,18 @@ impl Report {
             }
         )
     }
+}
+
+/// The ref named by git's error for a ref it could not lock because it is no longer what the
+/// push was told it was: another push updated, created or deleted it meanwhile. Ref names
+/// cannot hold `:`, so the name ends at the first `': `.
+fn moved_meanwhile(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("error: cannot lock ref '")?;
+    let (name, why) = rest.split_once("': ")?;
+    let moved = (why.starts_with("is at ") && why.contains(" but expected "))
+        || why == "reference already exists"
+        || why.starts_with("reference is missing but expected ");
+    moved.then_some(name)
 }
 
 #[cfg(test)]
@@ -172,6 +252,61 @@ mod tests {
         let mut policy = Report::default();
         policy.feed(&only_policy);
         assert_eq!(policy.failed(), 0, "a ref named like the reason is not one");
+    }
+
+    /// Two pushes to one branch at once: the one that loses gets `ng <ref> failed to update
+    /// ref` as a full disk would, and only git's `error:` line on channel 2 (split over
+    /// packets here) says the ref had moved. That is a race, not the repository failing; a
+    /// lock file left behind stays a failure, and git's words are kept for its log.
+    #[test]
+    fn a_ref_another_push_moved_first_is_a_race_not_a_failure() {
+        let raced = |errors: &[&str], refs: &[&str]| {
+            let mut answer = Vec::new();
+            for error in errors {
+                let line = format!("{error}\n");
+                let (first, second) = line.as_bytes().split_at(line.len() / 2);
+                answer.extend(banded(2, first));
+                answer.extend(banded(2, second));
+            }
+            let mut report = pkt(b"unpack ok\n");
+            for name in refs {
+                report.extend(pkt(format!("ng {name} failed to update ref\n").as_bytes()));
+            }
+            report.extend_from_slice(b"0000");
+            answer.extend(banded(1, &report));
+            let mut read = Report::default();
+            for piece in answer.chunks(7) {
+                read.feed(piece);
+            }
+            (read.raced(), read.failed(), read.git_errors())
+        };
+        let moved = "error: cannot lock ref 'refs/heads/main': is at \
+                     7fb67336bc9ccec806b7895be09d8377f848734c but expected \
+                     21a31f584e21c56e2525d07f967a431ee409f599";
+        assert_eq!(
+            raced(&[moved], &["refs/heads/main"]),
+            (1, 0, moved.to_owned())
+        );
+        let created = "error: cannot lock ref 'refs/heads/nb': reference already exists";
+        let deleted = "error: cannot lock ref 'refs/heads/gone': reference is missing but \
+                       expected 21a31f584e21c56e2525d07f967a431ee409f599";
+        assert_eq!(
+            raced(&[created, deleted], &["refs/heads/nb", "refs/heads/gone"]).0,
+            2
+        );
+        let left = "error: cannot lock ref 'refs/heads/main': Unable to create \
+                    '/srv/repos/team/app.git/refs/heads/main.lock': File exists.";
+        assert_eq!(
+            raced(&[left], &["refs/heads/main"]),
+            (0, 1, left.to_owned())
+        );
+        // The race of another ref does not excuse this one; without git's words it is a failure.
+        assert_eq!(raced(&[created], &["refs/heads/main"]).1, 1);
+        assert_eq!(raced(&[], &["refs/heads/main"]), (0, 1, String::new()));
+        // A hook's chatter is not git's error, and a long line is cut.
+        let long = format!("error: {}", "x".repeat(4000));
+        let (_, _, said) = raced(&["hook: checking", &long, "warning: x"], &["refs/heads/a"]);
+        assert_eq!(said.len(), ERROR_LINE_KEPT, "{said}");
     }
 
     /// A hook's words on channel 2 that look like report lines — pkt-lines and all, as a hook
