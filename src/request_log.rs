@@ -446,6 +446,13 @@ impl Body for LoggedBody {
                 tracing::info!(request_id = %self.id(), error = %LogText(&e.to_string()), "the client stopped sending its request body");
                 self.finish("idle-timeout");
             }
+            // A request over the backend's buffer whose answer had begun (its rest fitted the
+            // pipe, so the `413` before the answer could not be told): cut, as any failed
+            // stream, but this server's setting met, not a backend failure to count.
+            Poll::Ready(Some(Err(e))) if crate::upstream::OverRequestBuffer::is(e) => {
+                tracing::warn!(request_id = %self.id(), error = %LogText(&e.to_string()), "response stream cut: the request was larger than the git backend takes");
+                self.finish("stream-error");
+            }
             Poll::Ready(Some(Err(e))) => {
                 // Named as the request's own line names it, which follows: on a busy server the
                 // two are told apart by these fields, not by their order.

@@ -916,14 +916,23 @@ fn the_backends_request_buffer_can_be_raised_for_large_negotiations() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    server.stop();
+    // This server's setting met, not a backend that failed (`502`, counted and alerted on as
+    // one, with git's advice to set a variable gitgate does not pass on): `413`, and the log
+    // names the setting.
+    let answer = String::from_utf8_lossy(&answer);
     assert!(
-        server
-            .log_text()
-            .contains("request was larger than our maximum size"),
-        "{}",
-        server.log_text()
+        answer.starts_with("HTTP/1.1 413")
+            && answer.contains("can raise [upstream] max_request_buffer_mib"),
+        "{answer}"
     );
+    server.stop();
+    let log = server.log_text();
+    assert!(
+        log.contains("request was larger than our maximum size")
+            && log.contains("raise [upstream] max_request_buffer_mib"),
+        "{log}"
+    );
+    assert!(!log.contains("backend failed"), "{log}");
 
     let config = sb.config_text().replace(
         "project_root = \"repos\"\n",
@@ -942,6 +951,56 @@ fn the_backends_request_buffer_can_be_raised_for_large_negotiations() {
     let log = server.log_text();
     let second = &log[log.rfind("listening on").unwrap()..];
     assert!(!second.contains("larger than our maximum size"), "{log}");
+}
+
+/// A request just over the backend's buffer: the rest of it fits the pipe, so gitgate has
+/// fed it whole and sent the `200` head before git dies on it, and the answer is cut. The log
+/// still names the setting to raise and does not call it a failed backend.
+#[test]
+fn a_request_just_over_the_backends_buffer_is_not_a_backend_failure() {
+    let (sb, token) = team_sandbox();
+    let config = sb.config_text().replace(
+        "project_root = \"repos\"\n",
+        "project_root = \"repos\"\nmax_request_buffer_mib = 1\n",
+    );
+    fs::write(sb.config(), config).unwrap();
+    let tip = sb.rev(&sb.bare("team/app"), "main");
+    let want = format!("0032want {tip}\n");
+    let body = want.repeat((1024 * 1024 + 20_000) / want.len());
+    let mut server = sb.serve();
+    for _ in 0..3 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let head = format!(
+            "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+             Content-Type: application/x-git-upload-pack-request\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            basic("alice", &token.secret)
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(format!("{:x}\r\n", body.len()).as_bytes())
+            .unwrap();
+        s.write_all(body.as_bytes()).unwrap();
+        s.write_all(b"\r\n0\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert!(
+            answer.starts_with(b"HTTP/1.1 413") || answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    server.stop();
+    let log = server.log_text();
+    assert_eq!(
+        log.matches("raise [upstream] max_request_buffer_mib")
+            .count(),
+        3,
+        "{log}"
+    );
+    assert!(!log.contains("backend failed"), "{log}");
+    assert!(!log.contains("response stream failed"), "{log}");
 }
 
 /// Every `Content-Encoding` spelling the gate lets through as gzip (a trailing comma, an empty

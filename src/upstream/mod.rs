@@ -32,7 +32,7 @@ use crate::request_id::RequestSource;
 
 pub use cgi::CgiBackend;
 pub use http::HttpBackend;
-pub use progress::{MalformedRequest, UploadStalled};
+pub use progress::{MalformedRequest, OverRequestBuffer, UploadStalled};
 
 /// The configured backend.
 pub enum Upstream {
@@ -66,7 +66,8 @@ pub enum Fault {
     /// The client (its upload stopped arriving).
     Client,
     /// This server's own setup (two directories answer to one repository, or one is reached
-    /// through a link, or lies inside another repository): no backend asked.
+    /// through a link, or lies inside another repository: no backend asked; or a request over
+    /// `[upstream] max_request_buffer_mib`, which git http-backend refused).
     Server,
     /// This server is at its cap of backend processes (`[upstream] max_processes`): no backend
     /// asked. Said in the log where the cap is reached, once a minute, not per request.
@@ -381,6 +382,21 @@ impl Upstream {
                         }
                         cgi::CgiError::UploadStalled(_) => {
                             return client(StatusCode::REQUEST_TIMEOUT)
+                        }
+                        // A limit of this server's setup that a fetch met (git shows no reason
+                        // for a refused POST; the log names the setting): not a backend that
+                        // failed, to be counted and alerted on as one.
+                        cgi::CgiError::TooLarge(_) => {
+                            return ForwardError {
+                                status: StatusCode::PAYLOAD_TOO_LARGE,
+                                message: "this request is larger than the server's git takes \
+                                          (a fetch naming very many refs); its administrator \
+                                          can raise [upstream] max_request_buffer_mib"
+                                    .to_string(),
+                                detail: Some(e.to_string()),
+                                fault: Fault::Server,
+                                retry_after: None,
+                            }
                         }
                         // Ended before its headers: git http-backend writes them before it
                         // starts the service, so nothing of a push was applied through it (a

@@ -124,6 +124,36 @@ impl MalformedRequest {
     }
 }
 
+/// git http-backend refused a chunked request larger than it buffers (a fetch whose
+/// negotiation names hundreds of thousands of refs): its `GIT_HTTP_MAX_REQUEST_BUFFER`, which
+/// gitgate sets from `[upstream] max_request_buffer_mib` — and only from it, the backend's
+/// environment being cleared, so git's own advice to set the variable would not help. This
+/// server's setting, not a backend failure; carries how the backend ended.
+#[derive(Debug)]
+pub struct OverRequestBuffer(pub String);
+
+impl std::fmt::Display for OverRequestBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request is larger than git http-backend takes: raise [upstream] \
+             max_request_buffer_mib (git's GIT_HTTP_MAX_REQUEST_BUFFER, 10 MiB unless set, \
+             which gitgate passes on from that setting only); {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for OverRequestBuffer {}
+
+impl OverRequestBuffer {
+    /// Whether `e` is an [`OverRequestBuffer`].
+    pub fn is(e: &std::io::Error) -> bool {
+        e.get_ref()
+            .is_some_and(|inner| inner.is::<OverRequestBuffer>())
+    }
+}
+
 /// How long an answer's body has been silent, for a body that fails after `idle` of it: its
 /// own frames and those of a request body still going up both count as moving.
 ///

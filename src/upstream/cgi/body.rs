@@ -418,6 +418,9 @@ impl CgiBody {
                     Some(Err(e)) if crate::upstream::MalformedRequest::is(&e) => {
                         Err(CgiError::Malformed(e.to_string()))
                     }
+                    Some(Err(e)) if crate::upstream::OverRequestBuffer::is(&e) => {
+                        Err(CgiError::TooLarge(e.to_string()))
+                    }
                     Some(Err(e)) => Err(CgiError::Failed(e.to_string())),
                     first => {
                         self.early = Some(first);
@@ -632,9 +635,16 @@ impl Body for CgiBody {
             Ok(info) if info.success() && info.refused_a_malformed_request() => Poll::Ready(Some(
                 Err(crate::upstream::MalformedRequest(info.to_string()).into_io()),
             )),
-            // git http-backend dying after its headers (a chunked request over
-            // GIT_HTTP_MAX_REQUEST_BUFFER) says `fatal: ...` and exits 0, "having reported the
-            // failure": with no answer after the headers, that is no answer at all.
+            // git http-backend dying after its headers on a chunked request over its buffer
+            // says `fatal: ...` and exits 0, "having reported the failure": a limit of this
+            // server's setup, told as one (see [`crate::upstream::OverRequestBuffer`]).
+            Ok(info) if info.success() && info.refused_a_request_too_large() => {
+                Poll::Ready(Some(Err(io::Error::other(
+                    crate::upstream::OverRequestBuffer(info.to_string()),
+                ))))
+            }
+            // Any other `fatal: ...` then exit 0: with no answer after the headers, that is no
+            // answer at all.
             Ok(info) if info.success() => Poll::Ready(Some(Err(io::Error::other(format!(
                 "the CGI backend failed after sending its response headers, without an answer \
                  (it exited 0 after a fatal error): {info}"

@@ -163,6 +163,9 @@ pub enum CgiError {
     /// As [`CgiError::Failed`], but git died on a request body it could not read (a hand-made
     /// client's garbage): the client's doing, not the backend's.
     Malformed(String),
+    /// As [`CgiError::Failed`], but git http-backend refused a chunked request larger than
+    /// `[upstream] max_request_buffer_mib`: this server's setting, not a failed backend.
+    TooLarge(String),
 }
 
 impl fmt::Display for CgiError {
@@ -176,7 +179,7 @@ impl fmt::Display for CgiError {
                 write!(f, "the CGI backend ended before sending a response: {why}")
             }
             CgiError::Failed(why) => write!(f, "{why}, before any of its answer went out"),
-            CgiError::Malformed(why) => write!(f, "{why}"),
+            CgiError::Malformed(why) | CgiError::TooLarge(why) => write!(f, "{why}"),
             CgiError::TimedOut(after) => write!(
                 f,
                 "the CGI backend sent no response for {}s; it was ended",
@@ -234,6 +237,7 @@ impl CgiError {
             CgiError::Stopped => "the server stopped before the CGI backend answered",
             CgiError::Failed(_) => "the CGI backend ended with an error before its answer",
             CgiError::Malformed(_) => "git could not read the request",
+            CgiError::TooLarge(_) => "the request is larger than git http-backend takes",
         }
     }
 }
@@ -274,7 +278,8 @@ impl std::error::Error for CgiError {
             | CgiError::Busy(_)
             | CgiError::Stopped
             | CgiError::Failed(_)
-            | CgiError::Malformed(_) => None,
+            | CgiError::Malformed(_)
+            | CgiError::TooLarge(_) => None,
         }
     }
 }

@@ -129,6 +129,16 @@ impl ExitInfo {
             .is_some_and(|l| l.starts_with("fatal:"))
     }
 
+    /// Whether git http-backend died on a chunked request larger than it buffers (its
+    /// `GIT_HTTP_MAX_REQUEST_BUFFER`, which gitgate sets from `[upstream]
+    /// max_request_buffer_mib`): `fatal: request was larger than our maximum size (N); try
+    /// setting GIT_HTTP_MAX_REQUEST_BUFFER`.
+    pub(super) fn refused_a_request_too_large(&self) -> bool {
+        self.last_stderr
+            .as_deref()
+            .is_some_and(|l| l.contains("request was larger than our maximum size"))
+    }
+
     /// Whether git died on what the client sent (see [`is_malformed_request`]).
     pub(super) fn refused_a_malformed_request(&self) -> bool {
         self.last_stderr

@@ -1063,6 +1063,42 @@ async fn a_backend_that_dies_after_its_head_while_the_body_is_coming_has_failed(
     }
 }
 
+/// git http-backend refusing a chunked request over its buffer (a fetch naming very many
+/// refs) writes its head, `fatal: request was larger than our maximum size ...; try setting
+/// GIT_HTTP_MAX_REQUEST_BUFFER` and exits 0, with the request still coming: this server's
+/// setting met, naming the setting to raise (`[upstream] max_request_buffer_mib`, since the
+/// variable in gitgate's own environment is not passed on), not a backend that failed.
+#[tokio::test]
+async fn a_request_over_the_request_buffer_names_the_setting_to_raise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = script(
+        tmp.path(),
+        "too-large.cgi",
+        "printf 'Status: 200 OK\\r\\nContent-Type: application/x-git-upload-pack-result\\r\\n\\r\\n'; \
+         echo 'fatal: request was larger than our maximum size (10485760); try setting \
+         GIT_HTTP_MAX_REQUEST_BUFFER' >&2; exit 0",
+    );
+    let headers = HeaderMap::new();
+    let req = request(
+        &Method::POST,
+        "/team/app.git/git-upload-pack",
+        None,
+        &headers,
+    );
+    match serve(&backend, req, || Stalled(Arc::new(()))).await {
+        Err(e @ CgiError::TooLarge(_)) => {
+            let said = e.to_string();
+            assert!(
+                said.contains("raise [upstream] max_request_buffer_mib")
+                    && said.contains("larger than our maximum size (10485760)"),
+                "{said}"
+            );
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(resp) => panic!("answered {}", resp.status()),
+    }
+}
+
 /// What a `GET /x` to `backend` answered after its headers, read to the end, and how that
 /// end came: cleanly, or with the body's error.
 async fn body_and_end(backend: &CgiBackend) -> (Vec<u8>, Result<(), std::io::Error>) {
@@ -1103,7 +1139,7 @@ async fn a_fatal_error_and_exit_0_after_headers_without_an_answer_is_a_failure()
             name,
             "text/plain",
             answer,
-            "fatal: request was larger than our maximum size",
+            "fatal: not a git repository",
             0,
         );
         let (got, ended) = body_and_end(&backend).await;
@@ -1113,7 +1149,7 @@ async fn a_fatal_error_and_exit_0_after_headers_without_an_answer_is_a_failure()
                 assert!(fails, "{name}: {e}");
                 let msg = e.to_string();
                 assert!(
-                    msg.contains("without an answer") && msg.contains("larger than our maximum"),
+                    msg.contains("without an answer") && msg.contains("not a git repository"),
                     "{msg}"
                 );
             }
