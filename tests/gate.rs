@@ -3025,6 +3025,32 @@ fn a_ref_the_repository_fails_to_write_is_a_warning_not_a_refusal() {
     assert!(!log.contains("refused some of a push's refs"), "{log}");
 }
 
+/// A repository gitgate finds (a folder with `HEAD`, `objects` and `refs`) that git cannot
+/// open — its `HEAD` damaged here; `objects` unreadable by gitgate's user does the same — gets
+/// git http-backend's bare `404` ("Not a git repository" on stderr only). git would print
+/// "repository not found", the client's mistake it seems; the reason says it is there and
+/// broken.
+#[test]
+fn a_repository_git_cannot_open_is_not_called_missing() {
+    let (sb, token) = team_sandbox();
+    // git http-backend itself, not the sandbox's wrapper, whose bare 404 could be its own.
+    let direct = sb.config_text().replace(
+        sb.cgi_script().to_str().unwrap(),
+        common::git_http_backend().to_str().unwrap(),
+    );
+    fs::write(sb.config(), direct).unwrap();
+    let mut server = sb.serve();
+    fs::write(sb.bare("team/app").join("HEAD"), "garbage\n").unwrap();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    let clone = sb.git(sb.root(), &["clone", &url, "work"]);
+    clone.fails_with(
+        "remote: repository 'team/app' is on this server, but git cannot open it (damaged, or \
+         not readable by the server's user)",
+    );
+    server.stop();
+    assert!(server.log_text().contains("Not a git repository"));
+}
+
 /// Two pushes to one ref at once: the second finds the ref moved (here a `pre-receive` hook
 /// creates it, as a push landing meanwhile would) and git answers `failed to update ref`, as
 /// for a lock file left behind. That is the everyday race, not the repository failing: an

@@ -164,6 +164,17 @@ fn unexplained(status: StatusCode, git_req: &GitRequest, git_http_backend: bool)
             git_req.repo, git_req.backend_path
         );
     }
+    // git http-backend's `404` to a smart request is its `Not a git repository` (on stderr
+    // only): gitgate answers for a repository that is not there itself, so this one is, but
+    // git cannot open it — a `HEAD` it cannot read, `objects` or `refs` gitgate's user may not
+    // enter. Not the client's mistake that git's own "repository not found" would suggest.
+    if status == StatusCode::NOT_FOUND && git_http_backend {
+        return format!(
+            "repository '{}' is on this server, but git cannot open it (damaged, or not readable \
+             by the server's user); the server's log has git's error output",
+            git_req.repo
+        );
+    }
     // Only receive-pack writes: its advertisement and its pack.
     let push = git_req.access == crate::permission::Access::Write;
     let hint = if status == StatusCode::FORBIDDEN && push && git_http_backend {
@@ -517,6 +528,12 @@ mod tests {
         let said = unexplained(StatusCode::FORBIDDEN, &push, true);
         assert!(said.contains("http.receivepack false"), "{said}");
         let said = unexplained(StatusCode::NOT_FOUND, &push, true);
+        assert_eq!(
+            said,
+            "repository 'team/app' is on this server, but git cannot open it (damaged, or not \
+             readable by the server's user); the server's log has git's error output"
+        );
+        let said = unexplained(StatusCode::NOT_FOUND, &push, false);
         assert!(
             said.starts_with("the git backend refused this request (404"),
             "{said}"
