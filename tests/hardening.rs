@@ -466,6 +466,41 @@ fn a_revocation_made_before_the_index_was_deleted_holds_after_a_restart() {
     assert_eq!(status(&get(&server, IR, &server.read_token)), 200);
 }
 
+/// The same, with the server killed (SIGKILL: the OOM killer, a stop that ran out of time)
+/// instead of stopped: no stop of its own writes the deleted log back. It was written into the
+/// store file as soon as the deletion was seen, so the revocation holds; before, the revoked
+/// token worked again after the restart, and its audit event was gone.
+#[test]
+fn a_revocation_made_before_the_index_was_deleted_holds_after_a_kill() {
+    let mut server = Server::start("");
+    let w = server.write_token.clone();
+    let id = &w[4..16];
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    gitgate(&server.config(), &["token", "revoke", id], None);
+    assert_eq!(status(&get(&server, IR, &w)), 401);
+    let db = server.path("gitgate.db");
+    for suffix in ["-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", db.display())).unwrap();
+    }
+    assert_eq!(status(&get(&server, IR, &w)), 503);
+    assert!(
+        server
+            .log()
+            .contains("its own log was written into the store file now"),
+        "{}",
+        server.log()
+    );
+    server.kill();
+    server.start_again();
+    assert_revoked_after_the_restart(&server, &w, id);
+    assert!(gitgate(
+        &server.config(),
+        &["audit", "--action", "token.revoked", "--target", id],
+        None
+    )
+    .contains(id));
+}
+
 /// A backup moved over the store file without stopping gitgate first (which the README asks
 /// for), its `-wal` and `-shm` left in place: they hold the old file's log, which the next start
 /// would apply to the restored file. The stop says so and what to remove, and leaves a marker

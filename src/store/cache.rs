@@ -371,6 +371,42 @@ impl AuthCache {
         }
     }
 
+    /// Whether no other process can have begun a `-wal` or `-shm` of its own beside the store:
+    /// each name is either gone or still this process's open file. Only then may this
+    /// process's log be written into the store file at once ([`Store::check_file`]): another
+    /// process with new ones open may hold pages of the file in its cache, which that write
+    /// would change under it.
+    ///
+    /// [`Store::check_file`]: super::Store::check_file
+    pub(super) fn no_other_logs(&self, store_path: &Path) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
+            let resolved = std::fs::canonicalize(store_path).ok();
+            let ours_or_gone = |f: &Option<File>, fixed: &Path, suffix: &str| {
+                let path = match &resolved {
+                    Some(r) => sidecar(r, suffix),
+                    None => fixed.to_path_buf(),
+                };
+                match std::fs::metadata(path) {
+                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                    Ok(named) => f
+                        .as_ref()
+                        .and_then(|f| f.metadata().ok())
+                        .is_some_and(|open| (named.dev(), named.ino()) == (open.dev(), open.ino())),
+                }
+            };
+            ours_or_gone(&seen.shm, &seen.shm_path, "-shm")
+                && ours_or_gone(&seen.wal, &seen.wal_path, "-wal")
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = store_path;
+            false
+        }
+    }
+
     /// The WAL index header as it is now, if it can be read cleanly.
     pub(super) fn header_now(&self) -> Option<Header> {
         self.seen

@@ -277,6 +277,12 @@ struct Inner {
     changes_reported: AtomicBool,
     /// Why the store gave up (with `replaced`): the file was found damaged, not changed.
     damaged: AtomicBool,
+    /// When this process wrote its own log into the store file on seeing its `-wal` and `-shm`
+    /// deleted ([`Inner::apply_own_log`]): the store file written up to then was written by this
+    /// process, not by another's checkpoint ([`Inner::changed_files`]).
+    own_log_applied_at: Mutex<Option<std::time::SystemTime>>,
+    /// [`Inner::apply_own_log`] ran (it runs once).
+    own_log_tried: AtomicBool,
     /// Says when [`Store::check_file`]'s full checks can be skipped; set by `serve`
     /// ([`Store::watch_folders`]), unset where inotify is not available (they then run on every
     /// operation).
@@ -850,6 +856,8 @@ impl Store {
                 replaced: AtomicBool::new(false),
                 changes_reported: AtomicBool::new(false),
                 damaged: AtomicBool::new(false),
+                own_log_applied_at: Mutex::new(None),
+                own_log_tried: AtomicBool::new(false),
                 watch: std::sync::OnceLock::new(),
                 batch_writer: writer::BatchWriter::new(),
                 miss_slots: tokio::sync::Semaphore::new(MISS_READERS),
@@ -1040,6 +1048,8 @@ impl Store {
             }
         }
         if self.inner.cache.index_unlinked(&self.inner.path) {
+            // Before the file's write lock, which `changed_files` reads under.
+            self.inner.apply_own_log();
             let known = self.inner.file.write().unwrap_or_else(|p| p.into_inner());
             return Err(self.give_up(
                 known,
@@ -1687,6 +1697,70 @@ impl Inner {
         std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone())
     }
 
+    /// The store's `-wal` and `-shm` were just seen deleted (or moved away) under this process:
+    /// write its log — still open, and now the only copy of its commits since the last
+    /// checkpoint (a token revoked a minute ago) — into the store file at once, rather than
+    /// only at the stop ([`Inner::drop`]). A process killed in between (SIGKILL, the OOM
+    /// killer, a stop that runs out of time) would otherwise lose them with the deleted log,
+    /// and the revoked token would work again after its restart. Done only while no other
+    /// process has begun a log of its own or written the file since the deletion (the
+    /// conditions the stop's checkpoint keeps to), and said in the log either way.
+    fn apply_own_log(&self) {
+        if self.damaged.load(Ordering::SeqCst)
+            || self.replaced.load(Ordering::SeqCst)
+            || self.own_log_tried.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        if !self.cache.no_other_logs(&self.path) || self.changed_files().is_some() {
+            tracing::error!(
+                path = %crate::log_value::LogFile(&self.path),
+                "the store's -wal and -shm were deleted while gitgate was running, and another \
+                 process has begun new ones or written the store file since: gitgate's own log \
+                 is not written into the store now (the stop says what becomes of it)"
+            );
+            return;
+        }
+        let conn = self.cache.watcher();
+        // PASSIVE: waits for no reader; what a reader still needs is written at the stop, as
+        // before.
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        });
+        *self
+            .own_log_applied_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(std::time::SystemTime::now());
+        match done {
+            Ok((_, log, written)) if written >= log => tracing::warn!(
+                path = %crate::log_value::LogFile(&self.path),
+                pages = written,
+                "the store's -wal and -shm were deleted while gitgate was running: its own log \
+                 was written into the store file now, so the changes made before the deletion \
+                 are kept even if gitgate is killed before its stop"
+            ),
+            Ok((_, log, written)) => tracing::error!(
+                path = %crate::log_value::LogFile(&self.path),
+                pages = written,
+                of = log,
+                "the store's -wal and -shm were deleted while gitgate was running: only part \
+                 of its own log could be written into the store file now (a read was under \
+                 way); the rest is written at the stop, and is lost if gitgate is killed first"
+            ),
+            Err(e) => tracing::error!(
+                path = %crate::log_value::LogFile(&self.path),
+                error = %crate::log_value::LogText(&e.to_string()),
+                "the store's -wal and -shm were deleted while gitgate was running, and its own \
+                 log could not be written into the store file now: it is written at the stop, \
+                 and is lost if gitgate is killed first"
+            ),
+        }
+    }
+
     fn changed_files(&self) -> Option<FileChange> {
         let resolved = self.resolved();
         let wal = format!("{}-wal", resolved.display());
@@ -1697,7 +1771,17 @@ impl Inner {
             // if a checkpoint wrote the store file since (`wal_checkpoint(TRUNCATE)` leaves that
             // log empty, the commits in the file): only checkpoints write it, and none of this
             // process's after the deletion.
-            let file_written_since = self.cache.index_changed_at().is_some_and(|deleted| {
+            // This process's own write of its log into the file (`apply_own_log`) is not
+            // another's: the file counts as written since only after it.
+            let applied = *self
+                .own_log_applied_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let since = self
+                .cache
+                .index_changed_at()
+                .map(|deleted| applied.map_or(deleted, |applied| applied.max(deleted)));
+            let file_written_since = since.is_some_and(|deleted| {
                 std::fs::metadata(&resolved)
                     .and_then(|m| m.modified())
                     .is_ok_and(|written| written > deleted)
@@ -1724,6 +1808,23 @@ impl Inner {
         let resolved = self.resolved();
         let wal = format!("{}-wal", resolved.display());
         match change {
+            FileChange::LogsDeletedAndRewritten
+                if self
+                    .own_log_applied_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some() =>
+            {
+                tracing::error!(
+                    "the store's -wal and -shm were deleted while gitgate was running, and \
+                     another process has written to the store since (to {wal}, or into the file \
+                     by a checkpoint): gitgate's own log was written into {path} when the \
+                     deletion was seen; what it wrote to that log after (changes made through \
+                     the REST API, last uses, audit events) is left unapplied: check recent \
+                     token and user changes",
+                    path = self.path.display()
+                )
+            }
             FileChange::LogsDeletedAndRewritten => tracing::error!(
                 "the store's -wal and -shm were deleted while gitgate was running, and \
                  another process has written to the store since (to {wal}, or into the file by a \

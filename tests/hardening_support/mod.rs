@@ -125,6 +125,12 @@ impl Server {
         assert!(status.success(), "gitgate's stop: {status}");
     }
 
+    /// Kill the server (SIGKILL: the OOM killer, a stop that ran out of time): no stop of its
+    /// own runs.
+    pub fn kill(&mut self) {
+        self.server.stop();
+    }
+
     /// Start the server again on the same sandbox (on a new port) after [`Server::stop`].
     pub fn start_again(&mut self) {
         self.server = self.sandbox.serve_with_env(&[("GITGATE_LOG", "info")]);
