@@ -591,8 +591,24 @@ pub const RANDOM_PART_SHAPE: &str = "a run of 40 or more letters, digits, '-' an
 /// `secret_like_run`, with digits, as [`names_a_secret`] asks of a token's name): with the
 /// token id that every request line has, it gives the whole secret back. The check of the
 /// whole secret is [`holds_a_token`]'s.
+///
+/// Looked for in the path as it came and decoded, as [`holds_a_token`] looks (leniently, up to
+/// three levels of encoding): the gate refuses a repository holding one once decoded, and the
+/// request line, which writes the path as it came, must not write it escaped (`%6D%32...`),
+/// which any log reader decodes back.
 pub fn has_a_secrets_random_part(path: &str) -> bool {
-    secret_like_run(path, true)
+    let mut text = std::borrow::Cow::Borrowed(path);
+    for _ in 0..3 {
+        if secret_like_run(&text, true) {
+            return true;
+        }
+        if !text.contains('%') {
+            return false;
+        }
+        let decoded = lenient_percent_decode(text.as_bytes());
+        text = std::borrow::Cow::Owned(String::from_utf8_lossy(&decoded).into_owned());
+    }
+    secret_like_run(&text, true)
 }
 
 /// RFC 6750 `b64token` (the same as RFC 7235 `token68`):

@@ -736,6 +736,34 @@ mod tests {
         assert!(said.contains("looks like a token secret"), "{said}");
     }
 
+    /// A secret's random part percent-encoded in a path (`%6D%32...`, which the gate decodes
+    /// and refuses `400`) is not written either: the request line has the path as it came, and
+    /// a log reader decodes it back to the random part.
+    #[test]
+    fn a_path_holding_a_percent_encoded_random_part_is_not_logged() {
+        let random = "Q7wErTy9UiOp2AsDfGh4JkLzXc8VbNm1QwErTy6UiOp";
+        let encoded: String = random.bytes().map(|b| format!("%{b:02X}")).collect();
+        // Every character escaped, one of them alone, and the escapes escaped once more.
+        let once = format!(
+            "{}%{:02X}{}",
+            &random[..20],
+            random.as_bytes()[20],
+            &random[21..]
+        );
+        let twice = encoded.replace('%', "%25");
+        for path in [
+            format!("/team/x{encoded}.git/info/refs"),
+            format!("/team/{once}.git/info/refs"),
+            format!("/team/{twice}.git/info/refs"),
+        ] {
+            let said = loggable_path(&path).to_string();
+            assert!(
+                said.contains("looks like a token secret"),
+                "{path} was written as {said}"
+            );
+        }
+    }
+
     /// A request line written for a request the gate did not classify (no repository)
     /// checks its path for a secret: one pasted into a URL is not written.
     #[test]

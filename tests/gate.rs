@@ -4142,6 +4142,21 @@ fn secrets_never_reach_the_log_or_the_database() {
         ],
     )
     .fails_with("the repository path holds what looks like a gitgate token");
+    // ... or that random part percent-encoded, as a URL encoder writes it: the gate decodes
+    // it and refuses it, and its request line, which has the path as it came, must not
+    // write it escaped either (a log reader decodes it back; checked below).
+    let escaped: String = random.bytes().map(|b| format!("%{b:02X}")).collect();
+    let request = format!(
+        "GET /team/x{escaped}.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let answer = common::raw_http(server.port, request.as_bytes());
+    assert_eq!(
+        answer.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     // A repository's own name of that shape is refused the same way, and told it is its name
     // (`grant add` and `token create` refuse it too: `policy::tests::targets`).
     sb.git(
@@ -4249,6 +4264,14 @@ fn secrets_never_reach_the_log_or_the_database() {
                 "{piece:?} of a secret is in the store"
             );
         }
+    }
+    // Nor escaped: any 12 of its characters percent-encoded (the path sent above).
+    for piece in escaped.as_bytes().chunks(3).collect::<Vec<_>>().windows(12) {
+        let piece = String::from_utf8(piece.concat()).unwrap();
+        assert!(
+            !contains(&log, &piece),
+            "{piece:?}, a piece of a secret escaped, is in the log"
+        );
     }
     for id in [&personal.id, &scoped.id, &revoked.id] {
         assert!(
