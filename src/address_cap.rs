@@ -85,10 +85,11 @@ impl Drop for AddressPlace {
     }
 }
 
-/// The answer to every request on a connection past the cap.
+/// The answer to every request on a connection past the cap: one line, without its end
+/// ([`crate::gate::text`] ends it, as it does every refusal's).
 pub fn refusal(max: usize) -> String {
     format!(
-        "too many connections from your address (at most {max} at once); close some and try again\n"
+        "too many connections from your address (at most {max} at once); close some and try again"
     )
 }
 
@@ -128,6 +129,15 @@ mod tests {
             cap.open.lock().unwrap().get(&ip("192.0.2.1")).is_none(),
             "no entry left"
         );
+    }
+
+    /// The answer's body is the reason and one line end, as every refusal's: a reason that
+    /// brought its own end was sent with a blank line after it.
+    #[test]
+    fn the_refusal_is_one_line_in_its_answer() {
+        let reason = refusal(3);
+        assert!(!reason.contains('\n'), "{reason:?}");
+        assert!(reason.contains("(at most 3 at once)"), "{reason:?}");
     }
 
     #[test]
