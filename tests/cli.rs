@@ -3460,6 +3460,51 @@ fn a_store_on_a_full_disk_is_refused_by_check_and_serve_alike() {
     assert_eq!(sidecars(), 0, "left behind by a start that failed");
 }
 
+/// With `[rate_limit] enabled = false` the server counts no principal's requests, so an
+/// override set for one (a smaller bucket for an abusive user) has no effect: `ratelimit set`,
+/// `exempt` and `list` say so instead of confirming it as if it were in force. With rate
+/// limiting on, they say nothing of the kind.
+#[test]
+fn rate_limit_overrides_say_they_have_no_effect_while_rate_limiting_is_off() {
+    let off = Sandbox::with(common::Setup {
+        extra: "\n[rate_limit]\nenabled = false\n".into(),
+        ..Default::default()
+    });
+    off.add_user("alice", PASSWORD);
+    let on = user_sandbox();
+    let set = [
+        "ratelimit",
+        "set",
+        "alice",
+        "--capacity",
+        "5",
+        "--refill",
+        "0.5",
+    ];
+    for (sb, is_off) in [(&off, true), (&on, false)] {
+        for args in [
+            &set[..],
+            &["ratelimit", "exempt", "alice"][..],
+            &["ratelimit", "list"][..],
+        ] {
+            let run = sb.cli(args);
+            run.ok();
+            assert_eq!(
+                run.stderr
+                    .contains("rate limiting is off in this configuration"),
+                is_off,
+                "{args:?}: {run}"
+            );
+            if is_off {
+                assert!(run.stderr.contains("have no effect"), "{args:?}: {run}");
+            }
+        }
+    }
+    // The JSON listing on stdout stays JSON.
+    let listed = off.cli_json(&["ratelimit", "list", "--json"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+}
+
 /// A rate-limit command that finds what it asks for in place says so, exits 0 (as `user
 /// disable` twice does) and audits nothing; a rule for a revoked token, which never counts
 /// again, is refused.

@@ -50,6 +50,9 @@ pub struct OpenStore {
     /// The embedded backend's `project_root` (`None` for an HTTP upstream, whose repositories
     /// gitgate cannot see): where a new grant's or token's repositories would be.
     pub project_root: Option<std::path::PathBuf>,
+    /// The config's `[rate_limit] enabled`: while false the server counts no principal's
+    /// requests, so a rate-limit override has no effect (the `ratelimit` commands say so).
+    pub rate_limiting: bool,
     /// Dropped after the store (fields drop in order): the copy's folder is removed then.
     _snapshot: Option<crate::store::Snapshot>,
     /// The store's path and what was there, when this command made the store.
@@ -150,6 +153,7 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
             store,
             git_prefix: config.server.git_prefix,
             project_root: served_from(&config.upstream),
+            rate_limiting: config.rate_limit.enabled,
             _snapshot: Some(snapshot),
             made: None,
         });
@@ -193,6 +197,7 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
         store,
         project_root: served_from(&config.upstream),
         git_prefix: config.server.git_prefix,
+        rate_limiting: config.rate_limit.enabled,
         _snapshot: None,
         made,
     })

@@ -4,8 +4,23 @@
 
 use serde_json::json;
 
-use super::{print_json, when};
+use super::{print_json, when, OpenStore};
 use crate::store::{Actor, RateRule, Store};
+
+/// What `set`, `exempt` and `list` add while `[rate_limit] enabled = false`: the server then
+/// counts no principal's requests, so a stored override — a smaller bucket for one abusive
+/// user included — has no effect, and saying only that it was set would make it look in force.
+const WHILE_OFF: &str = "note: rate limiting is off in this configuration ([rate_limit] \
+                         enabled = false): no principal's requests are counted, so overrides \
+                         have no effect until it is set to true and gitgate restarted \
+                         ([rate_limit] max_concurrent applies all the same)";
+
+/// Says [`WHILE_OFF`] when rate limiting is off.
+fn say_if_off(store: &OpenStore) {
+    if !store.rate_limiting {
+        note!("{WHILE_OFF}");
+    }
+}
 
 /// `alice` (or `user:alice`, as `ratelimit list` shows it) → `user:alice`; `token:ID` stays as
 /// it is.
@@ -28,7 +43,7 @@ fn principal(who: &str) -> Result<String, String> {
     Ok(crate::guard::user_principal(who))
 }
 
-pub fn set(store: &Store, who: &str, capacity: u32, refill: f64) -> Result<(), String> {
+pub fn set(store: &OpenStore, who: &str, capacity: u32, refill: f64) -> Result<(), String> {
     let p = principal(who)?;
     let rule = RateRule::Limits {
         capacity,
@@ -41,15 +56,17 @@ pub fn set(store: &Store, who: &str, capacity: u32, refill: f64) -> Result<(), S
         "{p}: capacity {capacity}, refill {refill}/s{}",
         unchanged(changed)
     );
+    say_if_off(store);
     Ok(())
 }
 
-pub fn exempt(store: &Store, who: &str) -> Result<(), String> {
+pub fn exempt(store: &OpenStore, who: &str) -> Result<(), String> {
     let p = principal(who)?;
     let changed = store
         .set_rate_limit(&p, RateRule::Exempt, &Actor::cli())
         .map_err(|e| not_a_user(store, who, e))?;
     note!("{p}: exempt from rate limiting{}", unchanged(changed));
+    say_if_off(store);
     Ok(())
 }
 
@@ -95,8 +112,12 @@ fn unchanged(changed: bool) -> &'static str {
     }
 }
 
-pub fn list(store: &Store, as_json: bool) -> Result<(), String> {
+pub fn list(store: &OpenStore, as_json: bool) -> Result<(), String> {
     let all = store.rate_limits().map_err(|e| e.to_string())?;
+    if !all.usable.is_empty() || !all.unreadable.is_empty() {
+        // On stderr, so that the listing itself (and its JSON) stays as it is.
+        say_if_off(store);
+    }
     if as_json {
         let mut rows: Vec<serde_json::Value> = all.usable.iter().map(|o| json!(o)).collect();
         rows.extend(all.unreadable.iter().map(
