@@ -186,6 +186,16 @@ impl Guard {
             .rate_limits()
             .map_err(|e| format!("cannot read the rate-limit overrides: {e}"))?;
         said_unreadable(&rules.unreadable, &[]);
+        let stored = rules.usable.len() + rules.unreadable.len();
+        if !rate_limit.enabled && stored > 0 {
+            // Set by an operator who may expect them to hold (a small bucket for one abusive
+            // user): with the buckets off they are never looked at.
+            tracing::warn!(
+                overrides = stored,
+                "rate limiting is off ([rate_limit] enabled = false): the rate-limit overrides in \
+                 the store (gitgate ratelimit list) have no effect"
+            );
+        }
         let rate = rate_limit.enabled.then(|| {
             (
                 RateLimiter::new(),

@@ -3503,6 +3503,21 @@ fn rate_limit_overrides_say_they_have_no_effect_while_rate_limiting_is_off() {
     // The JSON listing on stdout stays JSON.
     let listed = off.cli_json(&["ratelimit", "list", "--json"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    // And the server says it at its start, where the override would have been read.
+    let server = off.serve();
+    let warned = |g: &common::Server| {
+        g.log_text()
+            .contains("rate limiting is off ([rate_limit] enabled = false)")
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while !warned(&server) && Instant::now() < until {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(warned(&server), "{}", server.log_text());
+    drop(server);
+    let server = on.serve();
+    thread::sleep(Duration::from_millis(300));
+    assert!(!warned(&server), "{}", server.log_text());
 }
 
 /// A rate-limit command that finds what it asks for in place says so, exits 0 (as `user
