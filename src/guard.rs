@@ -59,6 +59,11 @@ pub enum Verdict {
     TooManyInFlight { principal: String, max: u32 },
 }
 
+/// The wait a request refused for its principal's requests in flight is told, in `Retry-After`
+/// and in words: clones take seconds to minutes, so a short wait is the honest hint, and the
+/// same number in both places.
+const IN_FLIGHT_RETRY_SECS: u64 = 5;
+
 impl Verdict {
     /// A rate limit's refusal, in the log as the request `id` it refused (the address
     /// throttle's block has a line of its own about the address, said once per block; the
@@ -85,8 +90,7 @@ impl Verdict {
             | Verdict::RateLimited {
                 retry_after_secs, ..
             } => *retry_after_secs,
-            // Clones take seconds to minutes; a short wait is the honest hint.
-            Verdict::TooManyInFlight { .. } => 5,
+            Verdict::TooManyInFlight { .. } => IN_FLIGHT_RETRY_SECS,
         }
     }
 
@@ -94,7 +98,8 @@ impl Verdict {
     pub fn message(&self) -> String {
         match self {
             Verdict::TooManyInFlight { principal, max } => format!(
-                "too many requests in flight for {principal} (at most {max} at once); try again shortly"
+                "too many requests in flight for {principal} (at most {max} at once); try again \
+                 in {IN_FLIGHT_RETRY_SECS} s, or once one of them has finished"
             ),
             Verdict::AddressBlocked { retry_after_secs } => format!(
                 "too many failed authentications from your address; try again in {retry_after_secs} s"
@@ -841,8 +846,17 @@ mod tests {
             })
         );
         let refused = g.acquire_slot("user:alice", Operation::Dumb).err().unwrap();
-        // Told to come back shortly, not at once.
+        // Told to come back shortly, not at once, and in words how soon: the seconds of its
+        // `Retry-After`.
         assert!(refused.retry_after_secs() > 0, "{refused:?}");
+        assert!(
+            refused.message().ends_with(&format!(
+                "(at most 1 at once); try again in {} s, or once one of them has finished",
+                refused.retry_after_secs()
+            )),
+            "{}",
+            refused.message()
+        );
         let _post = g.acquire_slot("user:alice", rpc).unwrap();
         assert!(g.acquire_slot("user:alice", rpc).is_err());
         // Another principal has places of its own.

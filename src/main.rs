@@ -97,7 +97,8 @@ enum Command {
 enum UserCommand {
     /// Add a user (prompts for the password unless --password-stdin).
     Add {
-        /// The new user's name: 1-64 of a-z 0-9 . _ -, first a letter or digit.
+        /// The new user's name: 1-64 of a-z 0-9 . _ -, first a letter or digit, with no ggt_ or
+        /// ggt- in it (how a token starts).
         name: String,
         /// Make the user an administrator (ADMIN on every repository).
         #[arg(long)]
