@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  git client ──▶ server (over 100 header fields ─▶ 431, on HTTP/2 too; a connection over its
-//!                        address's cap ─▶ 503; both logged; /healthz, /readyz)
+//!                        address's cap ─▶ 503; both logged; /healthz, /readyz: GET or
+//!                        HEAD, other methods ─▶ 405)
 //!                        ──▶ gate ──┬─ a request_id for each of its log lines
 //!                                   ├─ client address: the peer, or behind trusted_proxies the right-most
 //!                                   │     untrusted X-Forwarded-For entry (unreadable: 400)
@@ -128,7 +129,7 @@
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
 //!   one thread; limits, store and cache are shared.
 //! - [`health`] answers `/healthz` and `/readyz` (an outcome remembered for a second, so probes
-//!   cannot flood the upstream); the server routes them before the gate, and runs the readiness
+//!   cannot flood the upstream; another method than `GET` or `HEAD` is a `405`); the server routes them before the gate, and runs the readiness
 //!   check once as it starts, so that an unreachable backend shows in the start's log; an
 //!   outage is logged as news (its start, a change of cause, a reminder a minute, its end).
 //!   The server also follows the audit events of command-line changes made while it runs
