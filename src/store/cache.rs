@@ -335,19 +335,13 @@ impl AuthCache {
         {
             use std::os::unix::fs::MetadataExt;
             let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
-            // SQLite finds the `-wal` and `-shm` beside the store path with its symbolic links
-            // resolved; a path that does not resolve is refused by the store file's own check.
-            let now = std::fs::canonicalize(store_path).ok();
-            let beside = |fixed: &Path, suffix: &str| match &now {
-                Some(resolved) => sidecar(resolved, suffix),
-                None => fixed.to_path_buf(),
-            };
+            let beside = sidecars_now(store_path);
             let gone = |f: &Option<File>, path: PathBuf| {
                 f.as_ref().is_some_and(|f| match f.metadata() {
                     Ok(open) => {
                         open.nlink() == 0
                             || match std::fs::metadata(path) {
-                                Ok(named) => (named.dev(), named.ino()) != (open.dev(), open.ino()),
+                                Ok(named) => !same_file(&named, &open),
                                 // Gone from its place. Another error (a folder made unreadable)
                                 // says nothing of the file: the store path's own check, in the
                                 // same folder, refuses that operation without giving up for good.
@@ -381,24 +375,17 @@ impl AuthCache {
     pub(super) fn no_other_logs(&self, store_path: &Path) -> bool {
         #[cfg(unix)]
         {
-            use std::os::unix::fs::MetadataExt;
             let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
-            let resolved = std::fs::canonicalize(store_path).ok();
-            let ours_or_gone = |f: &Option<File>, fixed: &Path, suffix: &str| {
-                let path = match &resolved {
-                    Some(r) => sidecar(r, suffix),
-                    None => fixed.to_path_buf(),
-                };
-                match std::fs::metadata(path) {
-                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-                    Ok(named) => f
-                        .as_ref()
-                        .and_then(|f| f.metadata().ok())
-                        .is_some_and(|open| (named.dev(), named.ino()) == (open.dev(), open.ino())),
-                }
+            let beside = sidecars_now(store_path);
+            let ours_or_gone = |f: &Option<File>, path: PathBuf| match std::fs::metadata(path) {
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                Ok(named) => f
+                    .as_ref()
+                    .and_then(|f| f.metadata().ok())
+                    .is_some_and(|open| same_file(&named, &open)),
             };
-            ours_or_gone(&seen.shm, &seen.shm_path, "-shm")
-                && ours_or_gone(&seen.wal, &seen.wal_path, "-wal")
+            ours_or_gone(&seen.shm, beside(&seen.shm_path, "-shm"))
+                && ours_or_gone(&seen.wal, beside(&seen.wal_path, "-wal"))
         }
         #[cfg(not(unix))]
         {
@@ -532,6 +519,26 @@ impl AuthCache {
         }
         state.unknown.insert(id.to_owned());
     }
+}
+
+/// Where a `-wal` or `-shm` (`suffix`) is now, for [`AuthCache::index_unlinked`] and
+/// [`AuthCache::no_other_logs`]: SQLite finds them beside the store path with its symbolic
+/// links resolved; a path that does not resolve (refused by the store file's own check) leaves
+/// the name known at the start (`fixed`).
+#[cfg(unix)]
+fn sidecars_now(store_path: &Path) -> impl Fn(&Path, &str) -> PathBuf {
+    let resolved = std::fs::canonicalize(store_path).ok();
+    move |fixed, suffix| match &resolved {
+        Some(resolved) => sidecar(resolved, suffix),
+        None => fixed.to_path_buf(),
+    }
+}
+
+/// Whether a name's file (`named`) is the one this process has open (`open`).
+#[cfg(unix)]
+fn same_file(named: &std::fs::Metadata, open: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (named.dev(), named.ino()) == (open.dev(), open.ino())
 }
 
 /// The writer's commit of bookkeeping, from [`AuthCache::begin_own_commit`] to
