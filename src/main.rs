@@ -734,12 +734,12 @@ fn init_logging(serving: bool) -> Result<Option<log_queue::Flush>, String> {
             if let Some(problem) = log_filter_problem(&value) {
                 return Err(format!("GITGATE_LOG={value:?}: {problem}"));
             }
-            tracing_subscriber::EnvFilter::try_new(without_h2_warnings(&with_a_level(
+            tracing_subscriber::EnvFilter::try_new(without_library_warnings(&with_a_level(
                 &value, default,
             )))
             .map_err(|e| format!("GITGATE_LOG={value:?} is not a log filter: {e}"))?
         }
-        _ => tracing_subscriber::EnvFilter::new(without_h2_warnings(default)),
+        _ => tracing_subscriber::EnvFilter::new(without_library_warnings(default)),
     };
     // A log that cannot be written (a full disk, a reader gone) loses its lines, as nginx's
     // does: tracing's own report of the failure would be a panic in `eprintln!`, and with it
@@ -803,26 +803,42 @@ fn with_a_level(value: &str, default: &str) -> String {
     }
 }
 
-/// `filter` with h2's warnings off (`,h2=error`), unless it names h2 or asks for debug lines
-/// from everything (a bare `debug` or `trace`; `gitgate::cgi=debug` is not h2's).
-/// Each of them is an HTTP/2 connection h2 closed for a client's excess, which any client can
-/// have written at will, many a second, without the client's address: gitgate says those
-/// itself, with the address, once a minute (see `server::excessive_load`).
-fn without_h2_warnings(filter: &str) -> String {
-    let wants_h2 = filter.split(',').map(str::trim).any(|d| {
-        let target = d.split(['=', '[']).next().unwrap_or(d);
-        target == "h2"
-            || target.starts_with("h2::")
-            || matches!(
-                d.to_ascii_lowercase().as_str(),
-                "debug" | "trace" | "4" | "5"
-            )
+/// The libraries whose warnings are about what a client sent, which any client can have them
+/// write at will, many a second, without the client's address, and which the operator cannot
+/// mend: h2's, each an HTTP/2 connection it closed for a client's excess (gitgate says those
+/// itself, with the address, once a minute: see `server::excessive_load`), and rustls's, each
+/// an odd TLS handshake (an IP address or a name no host has as the SNI, a renegotiation asked
+/// for) — a handshake that failed gitgate logs itself, at debug level, with the address.
+const CLIENTS_LIBRARIES: [&str; 2] = ["h2", "rustls"];
+
+/// `filter` with the warnings of [`CLIENTS_LIBRARIES`] off (`,h2=error,rustls=error`), each
+/// unless the filter names it or asks for debug lines from everything (a bare `debug` or
+/// `trace`; `gitgate::cgi=debug` is not h2's).
+fn without_library_warnings(filter: &str) -> String {
+    let directives: Vec<&str> = filter.split(',').map(str::trim).collect();
+    let everything_in_detail = directives.iter().any(|d| {
+        matches!(
+            d.to_ascii_lowercase().as_str(),
+            "debug" | "trace" | "4" | "5"
+        )
     });
-    if wants_h2 {
-        filter.to_string()
-    } else {
-        format!("{filter},h2=error")
+    let mut out = filter.to_string();
+    if everything_in_detail {
+        return out;
     }
+    for library in CLIENTS_LIBRARIES {
+        let named = directives.iter().any(|d| {
+            let target = d.split(['=', '[']).next().unwrap_or(d);
+            target == library
+                || target
+                    .strip_prefix(library)
+                    .is_some_and(|rest| rest.starts_with("::"))
+        });
+        if !named {
+            out.push_str(&format!(",{library}=error"));
+        }
+    }
+    out
 }
 
 const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
@@ -983,7 +999,7 @@ const GITGATE_TARGETS: &[&str] = &[
 mod tests {
     use super::{
         burst_capacity, days_of_expiry, log_filter_problem, overlap_seconds, said_unchanged,
-        with_a_level, without_h2_warnings,
+        with_a_level, without_library_warnings,
     };
 
     #[test]
@@ -1014,26 +1030,49 @@ mod tests {
     }
 
     #[test]
-    fn h2s_warnings_are_off_unless_asked_for() {
-        assert_eq!(without_h2_warnings("info"), "info,h2=error");
-        assert_eq!(without_h2_warnings("warn"), "warn,h2=error");
+    fn the_warnings_of_clients_libraries_are_off_unless_asked_for() {
         assert_eq!(
-            without_h2_warnings("info,gitgate::request=off"),
-            "info,gitgate::request=off,h2=error"
+            without_library_warnings("info"),
+            "info,h2=error,rustls=error"
+        );
+        assert_eq!(
+            without_library_warnings("warn"),
+            "warn,h2=error,rustls=error"
+        );
+        assert_eq!(
+            without_library_warnings("info,gitgate::request=off"),
+            "info,gitgate::request=off,h2=error,rustls=error"
         );
         for as_is in [
-            "h2=warn",
-            "info,h2=info",
+            "h2=warn,rustls=warn",
+            "info,h2=info,rustls::msgs=debug",
             "debug",
             "TRACE",
             "4",
-            "info,h2::proto=debug",
         ] {
-            assert_eq!(without_h2_warnings(as_is), as_is);
+            assert_eq!(without_library_warnings(as_is), as_is);
         }
-        // Debug lines of something else are not h2's.
-        for quiet in ["info,gitgate::cgi=debug", "info,hyper=trace", "h2x=warn"] {
-            assert_eq!(without_h2_warnings(quiet), format!("{quiet},h2=error"));
+        // One named, the other still off.
+        assert_eq!(without_library_warnings("h2=warn"), "h2=warn,rustls=error");
+        assert_eq!(
+            without_library_warnings("info,h2::proto=debug"),
+            "info,h2::proto=debug,rustls=error"
+        );
+        assert_eq!(
+            without_library_warnings("info,rustls=warn"),
+            "info,rustls=warn,h2=error"
+        );
+        // Debug lines of something else are not theirs.
+        for quiet in [
+            "info,gitgate::cgi=debug",
+            "info,hyper=trace",
+            "h2x=warn",
+            "rustlsx=warn",
+        ] {
+            assert_eq!(
+                without_library_warnings(quiet),
+                format!("{quiet},h2=error,rustls=error")
+            );
         }
     }
 

@@ -356,6 +356,94 @@ fn a_stalled_plain_http_request_on_the_https_port_does_not_hold_a_stop() {
     );
 }
 
+/// A TLS ClientHello whose server name (SNI) is `name`, and nothing a server could agree on
+/// besides: enough for the server to read, and refuse or answer.
+fn client_hello_naming(name: &[u8]) -> Vec<u8> {
+    let be16 = |n: usize| u16::try_from(n).unwrap().to_be_bytes();
+    // server_name: a list of one host_name.
+    let mut list = vec![0];
+    list.extend(be16(name.len()));
+    list.extend(name);
+    let mut sni = be16(list.len()).to_vec();
+    sni.extend(list);
+    let mut extensions = vec![0, 0];
+    extensions.extend(be16(sni.len()));
+    extensions.extend(sni);
+    // TLS 1.2 in the legacy version, no session id, one suite (TLS_AES_128_GCM_SHA256), no
+    // compression.
+    let mut body = vec![3, 3];
+    body.extend([7u8; 32]);
+    body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend(be16(extensions.len()));
+    body.extend(extensions);
+    let mut handshake = vec![1, 0];
+    handshake.extend(be16(body.len()));
+    handshake.extend(body);
+    let mut record = vec![22, 3, 1];
+    record.extend(be16(handshake.len()));
+    record.extend(handshake);
+    record
+}
+
+/// What a client puts in its TLS handshake is not gitgate's operator's to mend, and any client
+/// can send it on every connection: rustls's warnings about it (an IP address or a name no host
+/// has as the SNI) are off by default, as h2's are, instead of `WARN rustls::...` lines without
+/// the client's address. A failed handshake is gitgate's to log, at debug level.
+#[test]
+fn a_clients_odd_tls_hello_writes_no_warning_of_the_tls_library() {
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [("server-a.pem", "cert.pem"), ("server-a.key", "key.pem")] {
+        std::fs::copy(common::fixture(&format!("tls/{from}")), dir.path().join(to)).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.path().join("key.pem"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let mut config = cgi_config(dir.path(), "");
+    config.push_str("[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
+    let mut g = start(dir.path(), &config);
+    for name in [&b"127.0.0.1"[..], b"bad_name!"] {
+        let mut s = connect(g.port);
+        s.write_all(&client_hello_naming(name)).unwrap();
+        // Refused (no suite in common, or the name): a fatal alert, then the close.
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert_eq!(answer.first(), Some(&21), "no alert: {answer:?}");
+    }
+    // The server still answers.
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls::pki_types::CertificateDer::pem_file_iter(common::fixture("tls/ca.pem")).unwrap()
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(client), "localhost".try_into().unwrap())
+            .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, connect(g.port));
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    g.stop();
+    let log = g.log_text();
+    assert!(
+        !log.contains("rustls") && !log.contains("SNI") && !log.contains("bad_name"),
+        "{log}"
+    );
+}
+
 /// An HTTP/2 frame on stream 0 with no flags.
 fn h2_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     h2_frame_on(kind, 0, 0, payload)
