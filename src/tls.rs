@@ -326,6 +326,21 @@ fn pair_problem(
     e: &rustls::Error,
 ) -> String {
     let (cert, key) = (cert.display(), key.display());
+    // rustls says "unexpected error: failed to parse private key as RSA, ECDSA, or EdDSA" for
+    // a key it reads but cannot sign with, as a 1024-bit RSA key or a P-521 one.
+    if provider
+        .key_provider
+        .load_private_key(private.clone_key())
+        .is_err()
+    {
+        let kind = key_kind(private).unwrap_or_else(|| "a key of another kind".to_string());
+        return format!(
+            "[server.tls] key = \"{key}\" is {kind}, which gitgate cannot sign with (rustls, \
+             with ring, signs with keys of RSA of 2048 to 4096 bits, ECDSA on P-256 or P-384, or \
+             Ed25519): make a key of one of those (`openssl genpkey -algorithm EC -pkeyopt \
+             ec_paramgen_curve:P-256`) and a certificate for it"
+        );
+    }
     let said = e.to_string();
     if said.contains("UnsupportedCertVersion") {
         return format!(
@@ -363,6 +378,71 @@ fn pair_problem(
         );
     }
     format!("[server.tls] cert = \"{cert}\" cannot be served with key = \"{key}\": {e}")
+}
+
+/// What kind of key a private key is, in words (`an RSA key of 1024 bits`, `an ECDSA key on
+/// the curve P-521`), read from its DER: PKCS#8's algorithm, PKCS#1's modulus, SEC1's curve.
+/// `None` when it cannot be told.
+fn key_kind(private: &PrivateKeyDer<'_>) -> Option<String> {
+    // Object identifiers' contents (RFC 8017, RFC 5480, RFC 8410, RFC 3279).
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    const RSA_PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
+    const EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const DSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x01];
+    const X25519: &[u8] = &[0x2b, 0x65, 0x6e];
+    const X448: &[u8] = &[0x2b, 0x65, 0x6f];
+    const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+    const ED448: &[u8] = &[0x2b, 0x65, 0x71];
+    match private {
+        PrivateKeyDer::Pkcs1(k) => rsa_kind(k.secret_pkcs1_der()),
+        PrivateKeyDer::Sec1(k) => {
+            let (key, _) = der_take(k.secret_sec1_der(), 0x30)?;
+            let rest = der_take(key, 0x02)?.1; // version
+            let rest = der_take(rest, 0x04)?.1; // privateKey
+            let (parameters, _) = der_take(rest, 0xa0)?;
+            Some(ec_kind(der_take(parameters, 0x06)?.0))
+        }
+        PrivateKeyDer::Pkcs8(k) => {
+            let (info, _) = der_take(k.secret_pkcs8_der(), 0x30)?;
+            let rest = der_take(info, 0x02)?.1; // version
+            let (algorithm, rest) = der_take(rest, 0x30)?;
+            let (oid, parameters) = der_take(algorithm, 0x06)?;
+            let named = |words: &str| Some(words.to_string());
+            match oid {
+                RSA => rsa_kind(der_take(rest, 0x04)?.0),
+                RSA_PSS => named("an RSA-PSS key (one bound to RSA-PSS signatures)"),
+                EC => Some(ec_kind(der_take(parameters, 0x06)?.0)),
+                DSA => named("a DSA key"),
+                X25519 | X448 => named("a key for key agreement (X25519 or X448), not signatures"),
+                ED25519 => named("an Ed25519 key"),
+                ED448 => named("an Ed448 key"),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `an RSA key of N bits`, N read from a PKCS#1 `RSAPrivateKey`'s modulus.
+fn rsa_kind(pkcs1: &[u8]) -> Option<String> {
+    let (key, _) = der_take(pkcs1, 0x30)?;
+    let rest = der_take(key, 0x02)?.1; // version
+    let (modulus, _) = der_take(rest, 0x02)?;
+    let first = modulus.iter().position(|&b| b != 0)?;
+    let bits = (modulus.len() - first) * 8 - modulus[first].leading_zeros() as usize;
+    Some(format!("an RSA key of {bits} bits"))
+}
+
+/// An ECDSA key on the named curve whose object identifier is `curve` (RFC 5480, SEC 2).
+fn ec_kind(curve: &[u8]) -> String {
+    let name = match curve {
+        [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07] => "P-256",
+        [0x2b, 0x81, 0x04, 0x00, 0x22] => "P-384",
+        [0x2b, 0x81, 0x04, 0x00, 0x23] => "P-521",
+        [0x2b, 0x81, 0x04, 0x00, 0x0a] => "secp256k1",
+        _ => return "an ECDSA key on a curve other than P-256 and P-384".to_string(),
+    };
+    format!("an ECDSA key on the curve {name}")
 }
 
 /// When a certificate may be used (RFC 5280 §4.1.2.5), in epoch milliseconds.
@@ -947,6 +1027,37 @@ mod tests {
             e.contains("is encrypted with a passphrase") && e.contains("openssl pkey"),
             "{e}"
         );
+    }
+
+    /// A key of a kind rustls (with ring) cannot sign with is named for what it is, with the
+    /// kinds it can, rather than as rustls's "unexpected error: failed to parse private key as
+    /// RSA, ECDSA, or EdDSA", which a 1024-bit RSA key or a P-521 one is.
+    #[test]
+    fn a_key_of_a_kind_rustls_cannot_sign_with_is_named() {
+        for (cert, key, kind) in [
+            ("rsa-1024.pem", "rsa-1024.key", "an RSA key of 1024 bits"),
+            (
+                "rsa-1024.pem",
+                "rsa-1024-pkcs1.key",
+                "an RSA key of 1024 bits",
+            ),
+            ("p521.pem", "p521.key", "an ECDSA key on the curve P-521"),
+            (
+                "p521.pem",
+                "p521-sec1.key",
+                "an ECDSA key on the curve P-521",
+            ),
+            ("server-a.pem", "ed448.key", "an Ed448 key"),
+        ] {
+            let e = CertStore::load(&fixture(cert), &fixture(key)).unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "{key}\" is {kind}, which gitgate cannot sign with"
+                )) && e.contains("RSA of 2048 to 4096 bits, ECDSA on P-256 or P-384, or Ed25519")
+                    && !e.contains("unexpected error"),
+                "{e}"
+            );
+        }
     }
 
     /// Clients that speak HTTP/2 are offered it first, and HTTP/1.1 is there for the rest:
