@@ -168,16 +168,35 @@ pub fn connection_trouble(e: &(dyn std::error::Error + 'static)) -> Option<(bool
             false,
             format!("the client ended the TLS connection (its alert: {alert:?})"),
         ),
-        rustls::Error::PeerIncompatible(why) => (
-            false,
-            format!("the client speaks no TLS this server does (TLS 1.2 and 1.3 only): {why:?}"),
-        ),
+        rustls::Error::PeerIncompatible(why) => (false, format!("{}: {why:?}", incompatible(why))),
         rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => (
             false,
             "the client does not speak TLS (another protocol on the HTTPS port)".into(),
         ),
         other => (false, format!("TLS: {other}")),
     })
+}
+
+/// What a client lacks that this server needs, in words: a TLS version (a TLS 1.0 or 1.1
+/// client, which sends no signature algorithms), or — from a client that speaks TLS 1.2, whose
+/// operator would otherwise look at its version — a cipher suite or key exchange of rustls's
+/// (ring's) defaults.
+fn incompatible(why: &rustls::PeerIncompatible) -> &'static str {
+    use rustls::PeerIncompatible as P;
+    match why {
+        P::NoCipherSuitesInCommon => {
+            "the client offers no cipher suite this server takes (TLS 1.3's, or TLS 1.2's ECDHE \
+             with AES-GCM or ChaCha20-Poly1305, signed as the server's key can sign — ECDSA or \
+             RSA; an old client offers only CBC suites or RSA key exchange)"
+        }
+        P::NoKxGroupsInCommon => {
+            "the client offers no key exchange this server takes (ECDHE on X25519, P-256 or P-384)"
+        }
+        P::NoSignatureSchemesInCommon => {
+            "the client accepts no signature scheme this server's key can make"
+        }
+        _ => "the client speaks no TLS this server does (TLS 1.2 and 1.3 only)",
+    }
 }
 
 /// The rustls error in `e`'s chain, looking inside I/O errors too (whose `source` skips the
@@ -901,6 +920,24 @@ mod tests {
             !refused && words.contains("TLS 1.2 and 1.3 only"),
             "{words}"
         );
+        // A TLS 1.2 client with only old cipher suites, or key exchanges, speaks TLS 1.2: what
+        // it lacks is said instead.
+        for (why, lacks) in [
+            (
+                rustls::PeerIncompatible::NoCipherSuitesInCommon,
+                "the client offers no cipher suite this server takes",
+            ),
+            (
+                rustls::PeerIncompatible::NoKxGroupsInCommon,
+                "the client offers no key exchange this server takes (ECDHE on X25519, P-256 or P-384)",
+            ),
+        ] {
+            let (refused, words) = said(&io(rustls::Error::PeerIncompatible(why))).unwrap();
+            assert!(
+                !refused && words.contains(lacks) && !words.contains("speaks no TLS"),
+                "{words}"
+            );
+        }
         assert_eq!(said(&std::io::Error::other("plain")), None);
     }
 
