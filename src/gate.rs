@@ -145,6 +145,34 @@ pub(crate) struct RequestLog {
     pub(crate) token_id: Option<String>,
 }
 
+/// What [`Gate::decide`] found: the token's record, the presented secret's hash, the time the
+/// decision was made at, and the policy's decision.
+struct Decided {
+    record: Arc<AuthRecord>,
+    presented_hash: [u8; 32],
+    now: i64,
+    authorized: Result<Identity, Deny>,
+}
+
+/// [`Gate::still_admitted`] for one request, as the CGI runner asks it after a wait.
+struct AskAgain<'a> {
+    gate: &'a Gate,
+    headers: &'a HeaderMap,
+    git_req: &'a GitRequest,
+    remote: SocketAddr,
+    /// Why it was refused, for the gate's answer.
+    refused: std::sync::Mutex<Option<Refusal>>,
+}
+
+impl crate::upstream::cgi::StillAllowed for AskAgain<'_> {
+    fn ask(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(
+            self.gate
+                .still_admitted(self.headers, self.git_req, self.remote, &self.refused),
+        )
+    }
+}
+
 impl Gate {
     /// Handle one request; never fails (every error is an answer).
     pub async fn handle(
@@ -341,6 +369,15 @@ impl Gate {
                     }
                     Seen::End | Seen::Waiting => {}
                 });
+                // Asked again if the request waits for a backend process: what let it in was
+                // decided before the wait (see `Gate::still_admitted`).
+                let still_allowed = AskAgain {
+                    gate: &self,
+                    headers: &parts.headers,
+                    git_req: &git_req,
+                    remote,
+                    refused: std::sync::Mutex::new(None),
+                };
                 match self
                     .upstream
                     .forward(
@@ -353,6 +390,7 @@ impl Gate {
                             client: remote,
                             id,
                         },
+                        Some(&still_allowed),
                     )
                     .await
                 {
@@ -366,6 +404,27 @@ impl Gate {
                             pending.line().connection.rpc_expected();
                         }
                         resp
+                    }
+                    // Refused when asked again after its wait: answered (audited, counted) as
+                    // the same request arriving now would be.
+                    Err(e) if e.fault == Fault::Refused => {
+                        pending.line().forwarded = false;
+                        let refusal = still_allowed
+                            .refused
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .take();
+                        match refusal {
+                            Some(refusal) => self.refusal(
+                                refusal,
+                                id,
+                                remote,
+                                &pending.line().who,
+                                credentials::not_sent_by_git(&parts.headers),
+                                credentials::fingerprint(&parts.headers),
+                            ),
+                            None => text(e.status, &e.message),
+                        }
                     }
                     // The client's body broke (bad chunked framing, or the client stopped
                     // sending): the backend failing on it is the client's fault, not an upstream
@@ -403,8 +462,9 @@ impl Gate {
                             Fault::Stopping => {
                                 tracing::warn!(request_id = %id, repo = %loggable_repo(git_req.repo.as_str()), remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "answered 503 at the stop: the backend had not begun its answer")
                             }
-                            // The client's doing (its upload stopped arriving).
-                            Fault::Client => {
+                            // The client's doing (its upload stopped arriving); or, without the
+                            // gate's refusal at hand (not seen: answered above), its credentials.
+                            Fault::Client | Fault::Refused => {
                                 tracing::info!(request_id = %id, repo = %loggable_repo(git_req.repo.as_str()), remote = %remote.ip(), user = %LogValue(&identity.user), token_id = %identity.token_id, error = %LogText(&e.to_string()), "request refused")
                             }
                         }
@@ -539,38 +599,14 @@ impl Gate {
         })?;
         log.token_id = Some(id.as_str().to_string());
 
-        // Hot path: a cache hit costs a hash lookup and a read of the WAL index header (an id
-        // the store did not have, as much); a miss reads SQLite, here or on the blocking pool.
-        let record = match self.store.cached_auth_record(id.as_str()) {
-            Ok(CacheLookup::Hit(hit)) => hit,
-            Ok(CacheLookup::Unknown) => return Err(Refusal::InvalidToken),
-            Ok(CacheLookup::Miss(at)) => self.load_record(id.as_str(), at).await?,
-            Err(e) => return Err(Refusal::StoreDown(e)),
-        };
-        store_answered();
-        // Hashed only for an id the store holds: ids are not secret (they are logged), so an
-        // unknown one refused sooner tells nothing the log does not.
-        let presented_hash = token::hash(secret.expose());
-        let now = clock::now_ms();
-        if !record.secret_matches(&presented_hash, now) {
-            if record.replaced_secret_matches(&presented_hash, now) {
-                // A token that would not authenticate anyway (revoked, expired, its owner
-                // disabled) says that: a new secret would not help.
-                let why = match policy::authorize(
-                    &record,
-                    basic_user,
-                    &git_req.repo,
-                    git_req.access,
-                    remote.ip(),
-                    now,
-                ) {
-                    Err(Deny::Unauthenticated(m)) => m,
-                    _ => replaced_secret(&record.token),
-                };
-                return Err(Refusal::Denied(Deny::Unauthenticated(why)));
-            }
-            return Err(Refusal::InvalidToken);
-        }
+        let Decided {
+            record,
+            presented_hash,
+            now,
+            authorized,
+        } = self
+            .decide(&id, secret, basic_user, &git_req, remote)
+            .await?;
         if let Some(until) = record.previous_used(&presented_hash, now) {
             tracing::info!(request_id = %request_id, token_id = %record.token.id, remote = %remote.ip(), until = %clock::datetime(until), "the token's previous secret was used, inside its rotation's overlap: a client still holds it, and is refused once the overlap ends (said at most once a minute per token)");
         }
@@ -580,15 +616,6 @@ impl Gate {
             (TokenKind::Personal, Some(owner)) => owner.slug.clone(),
             _ => record.token.name.clone(),
         });
-
-        let authorized = policy::authorize(
-            &record,
-            basic_user,
-            &git_req.repo,
-            git_req.access,
-            remote.ip(),
-            now,
-        );
         // The token authenticated its request, whatever comes of it next (a 403 for its
         // permission or its networks, a 429): that is its last use, as Bitbucket's
         // `lastAuthenticated` counts it — and a secret used from a network it may not be used
@@ -621,6 +648,101 @@ impl Gate {
             .await
             .map_err(Refusal::Guarded)?;
         Ok((git_req, identity, slot))
+    }
+
+    /// The token's record, read through the cache, with the presented secret checked against
+    /// it (a token the store does not have, or a secret not its own, is the `Refusal`), and the
+    /// policy's decision for this request now. Asked by [`Gate::admit`], and again by
+    /// [`Gate::still_admitted`] for a request that waited before its backend started.
+    async fn decide(
+        &self,
+        id: &token::TokenId,
+        secret: &credentials::Secret,
+        basic_user: Option<&str>,
+        git_req: &GitRequest,
+        remote: SocketAddr,
+    ) -> Result<Decided, Refusal> {
+        // Hot path: a cache hit costs a hash lookup and a read of the WAL index header (an id
+        // the store did not have, as much); a miss reads SQLite, here or on the blocking pool.
+        let record = match self.store.cached_auth_record(id.as_str()) {
+            Ok(CacheLookup::Hit(hit)) => hit,
+            Ok(CacheLookup::Unknown) => return Err(Refusal::InvalidToken),
+            Ok(CacheLookup::Miss(at)) => self.load_record(id.as_str(), at).await?,
+            Err(e) => return Err(Refusal::StoreDown(e)),
+        };
+        store_answered();
+        // Hashed only for an id the store holds: ids are not secret (they are logged), so an
+        // unknown one refused sooner tells nothing the log does not.
+        let presented_hash = token::hash(secret.expose());
+        let now = clock::now_ms();
+        if !record.secret_matches(&presented_hash, now) {
+            if record.replaced_secret_matches(&presented_hash, now) {
+                // A token that would not authenticate anyway (revoked, expired, its owner
+                // disabled) says that: a new secret would not help.
+                let why = match policy::authorize(
+                    &record,
+                    basic_user,
+                    &git_req.repo,
+                    git_req.access,
+                    remote.ip(),
+                    now,
+                ) {
+                    Err(Deny::Unauthenticated(m)) => m,
+                    _ => replaced_secret(&record.token),
+                };
+                return Err(Refusal::Denied(Deny::Unauthenticated(why)));
+            }
+            return Err(Refusal::InvalidToken);
+        }
+        let authorized = policy::authorize(
+            &record,
+            basic_user,
+            &git_req.repo,
+            git_req.access,
+            remote.ip(),
+            now,
+        );
+        Ok(Decided {
+            record,
+            presented_hash,
+            now,
+            authorized,
+        })
+    }
+
+    /// Whether a request [`Gate::admit`] let in is still let in, asked after it waited for a
+    /// backend process (`[upstream] max_processes`: up to 10 s, a clone's or push's `POST`
+    /// longer). A revocation, a disabled owner, a removed grant or an expiry that came during
+    /// the wait refuses it here, before a backend runs, as it would refuse a request arriving
+    /// now: the CLI's and the API's answer to a revocation promise that the next request is
+    /// refused, and a queued push must not land after its token was revoked. The refusal is
+    /// kept in `refused` for the gate to answer with (audited and counted as any other).
+    async fn still_admitted(
+        &self,
+        headers: &HeaderMap,
+        git_req: &GitRequest,
+        remote: SocketAddr,
+        refused: &std::sync::Mutex<Option<Refusal>>,
+    ) -> bool {
+        let decided = async {
+            let creds = credentials::from_headers(headers).map_err(Refusal::NoCredentials)?;
+            let (basic_user, secret) = match &creds {
+                Credentials::Basic { user, secret } => (Some(user.as_str()), secret),
+                Credentials::Bearer { secret } => (None, secret),
+            };
+            let id = token::parse(secret.expose()).ok_or(Refusal::InvalidToken)?;
+            let decided = self
+                .decide(&id, secret, basic_user, git_req, remote)
+                .await?;
+            decided.authorized.map(|_| ()).map_err(Refusal::Denied)
+        };
+        match decided.await {
+            Ok(()) => true,
+            Err(refusal) => {
+                *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(refusal);
+                false
+            }
+        }
     }
 
     /// A cache miss (seen at `at`): read the token's record here when that cannot wait (see

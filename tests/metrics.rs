@@ -639,6 +639,61 @@ fn past_max_processes_git_requests_wait_then_are_told_the_server_is_busy() {
     assert!(!log.contains(&secret), "{log}");
 }
 
+/// A request let in, then kept waiting for a place under `[upstream] max_processes`, is asked
+/// again before its backend starts: its token revoked during the wait, it is refused as a request
+/// arriving then would be (401, the reason git shows, audited), not served after the
+/// revocation's answer said the next request is refused (before 2026-12-06 it got the ref
+/// advertisement, a push its pack applied). One still allowed after its wait is served.
+#[test]
+fn a_token_revoked_while_its_request_waits_for_a_backend_is_refused_when_it_gets_one() {
+    let sb = Sandbox::new();
+    let (server, url, secret) =
+        one_process_at_a_time(&sb, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n", "write");
+    let port = wait_for_metrics_port(&server);
+    let ci = sb.personal_token("alice", PASSWORD, "ci", &["REPO_READ"]);
+    let laptop_url = url.clone();
+    let ci_url = server.url_with("alice", &ci.secret, "team/app");
+    let metric_is = |series: &str, value: f64| {
+        let asked = Instant::now();
+        loop {
+            let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
+            if sample(&text, series) == value {
+                return;
+            }
+            assert!(asked.elapsed() < Duration::from_secs(5), "{series}: {text}");
+            thread::sleep(Duration::from_millis(25));
+        }
+    };
+
+    // A push whose client sends its headers and none of its pack holds the one place.
+    let (held, _) = push_holding_a_place(&server, &secret);
+    metric_is("gitgate_backend_processes", 1.0);
+    // Both tokens' requests are let in, and wait.
+    let waiting = [ci_url, laptop_url].map(|url| {
+        let cmd = sb.git_command(sb.root(), &["ls-remote", &url]);
+        thread::spawn(move || common::run(cmd, None))
+    });
+    metric_is("gitgate_backend_waiting", 2.0);
+    sb.cli(&["token", "revoke", &ci.id]).ok();
+    drop(held);
+
+    let [revoked, still_allowed] = waiting.map(|w| w.join().unwrap());
+    revoked.fails_with("remote: token 'ci' has been revoked");
+    assert!(still_allowed.ok().contains("refs/heads/main"));
+    // Failed authentications are written in batches, a moment later.
+    let asked = Instant::now();
+    loop {
+        let failed = sb.cli_json(&["audit", "--action", "auth.failed", "--json"]);
+        if failed.to_string().contains("token 'ci' has been revoked") {
+            break;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(5), "{failed}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let log = server.log_text();
+    assert!(!log.contains(&secret) && !log.contains(&ci.secret), "{log}");
+}
+
 /// A stop while requests wait for a place under `[upstream] max_processes`: they are answered
 /// before the grace period ends — git prints why — not cut off with their connections at its
 /// end (git then says `Authentication failed`).

@@ -75,6 +75,10 @@ pub enum Fault {
     /// This server is stopping, and the backend's answer had not begun when its grace period
     /// was nearly over.
     Stopping,
+    /// Asked again after it waited for a backend process, the gate no longer lets the request
+    /// in (a token revoked meanwhile, say): no backend asked. The gate answers it as it answers
+    /// any refusal of its credentials or permission.
+    Refused,
 }
 
 /// Says that a git process could not be started for want of processes or file descriptors
@@ -320,6 +324,9 @@ impl Upstream {
     /// connection's address (the HTTP upstream builds `X-Forwarded-For` from it), its `client`
     /// the address the request comes from once trusted proxies are seen through (the CGI's
     /// `REMOTE_ADDR`), its `id` the one the CGI backend's log lines carry.
+    ///
+    /// `still_allowed` is asked again before a backend starts if the request had to wait for
+    /// one (see [`cgi::CgiRequest::still_allowed`]); `false` is a [`Fault::Refused`].
     pub async fn forward<B>(
         &self,
         parts: &Parts,
@@ -327,6 +334,7 @@ impl Upstream {
         git_req: &GitRequest,
         identity: &Identity,
         source: RequestSource,
+        still_allowed: Option<&dyn cgi::StillAllowed>,
     ) -> Result<Response<ResponseBody>, ForwardError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -352,6 +360,7 @@ impl Upstream {
                     token_id: &identity.token_id,
                     remote_addr: client.ip(),
                     request_id,
+                    still_allowed,
                 };
                 let resp = backend.serve(req, body).await.map_err(|e| {
                     // The client's doing, said in full (it names no server path).
@@ -413,6 +422,15 @@ impl Upstream {
                         // starts the service, so nothing of a push was applied through it (a
                         // CGI program that answers only once done could have begun). Or ended
                         // while its body was still being fed: its input closed, a push fails.
+                        cgi::CgiError::NoLongerAllowed => {
+                            return ForwardError {
+                                status: StatusCode::FORBIDDEN,
+                                message: e.summary().to_string(),
+                                detail: Some(e.to_string()),
+                                fault: Fault::Refused,
+                                retry_after: None,
+                            }
+                        }
                         cgi::CgiError::Stopped => {
                             return ForwardError {
                                 detail: Some(e.to_string()),

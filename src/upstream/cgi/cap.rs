@@ -134,6 +134,16 @@ pub enum Asking {
 pub struct Place {
     cap: Arc<ProcessCap>,
     principal: Box<str>,
+    /// Whether the request had to wait for it: what let the request in was decided before the
+    /// wait, and is asked again after it (see `CgiRequest::still_allowed`).
+    waited: bool,
+}
+
+impl Place {
+    /// Whether the request waited for this place (the cap was reached when it asked).
+    pub fn waited(&self) -> bool {
+        self.waited
+    }
 }
 
 impl Drop for Place {
@@ -296,7 +306,10 @@ impl ProcessCap {
             tokio::pin!(freed);
             freed.as_mut().enable();
             let why = match self.take(asking, going_on, principal) {
-                Ok(place) => return Ok(place),
+                Ok(mut place) => {
+                    place.waited = true;
+                    return Ok(place);
+                }
                 Err(share @ Full::Share { .. }) => {
                     share_seen = Some(share);
                     share
@@ -393,6 +406,7 @@ impl ProcessCap {
         Ok(Place {
             cap: self.clone(),
             principal: principal.into(),
+            waited: false,
         })
     }
 
@@ -581,6 +595,23 @@ mod tests {
         drop(first);
         assert_eq!(waiting.await.unwrap(), Ok(()));
         assert_eq!(cap.in_use(), 0);
+    }
+
+    /// A place taken at once says so, and one that came after a wait says that: the runner asks
+    /// the gate again only then (`CgiRequest::still_allowed`).
+    #[tokio::test]
+    async fn a_place_says_whether_its_request_waited_for_it() {
+        let cap = cap(1, 5000, 5000);
+        let first = cap.place(Advertisement, "alice").await.unwrap();
+        assert!(!first.waited());
+        let waiting = tokio::spawn({
+            let cap = cap.clone();
+            async move { cap.place(Advertisement, "bob").await.map(|p| p.waited()) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(first);
+        assert_eq!(waiting.await.unwrap(), Ok(true));
+        assert!(!cap.place(Advertisement, "carol").await.unwrap().waited());
     }
 
     #[tokio::test]

@@ -230,6 +230,7 @@ mod tests {
             token_id: "abcdefghijkl",
             remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             request_id: crate::request_id::RequestId::next(),
+            still_allowed: None,
         };
         let env = cgi_env(&req, Path::new("/srv/git"));
         let get = |k: &str| {
@@ -267,6 +268,7 @@ mod tests {
             token_id: "abcdefghijkl",
             remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             request_id: crate::request_id::RequestId::next(),
+            still_allowed: None,
         };
         let length = |path_info| {
             cgi_env(&req(path_info), Path::new("/srv/git"))
@@ -291,6 +293,7 @@ mod tests {
             token_id: "abcdefghijkl",
             remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             request_id: crate::request_id::RequestId::next(),
+            still_allowed: None,
         };
         cgi_env(&req, Path::new("/srv/git"))
     }
@@ -387,6 +390,7 @@ mod tests {
             token_id: "abcdefghijkl",
             remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             request_id: crate::request_id::RequestId::next(),
+            still_allowed: None,
         };
         assert!(is_push(&req(&Method::POST)));
         assert!(!is_push(&req(&Method::GET)));

@@ -133,6 +133,25 @@ pub struct CgiRequest<'a> {
     pub remote_addr: IpAddr,
     /// The request's id, in the lines the backend's stdio and a finishing push write.
     pub request_id: RequestId,
+    /// Asked again once the request has waited for a place under `[upstream] max_processes`
+    /// (up to 10 s, a clone's or push's `POST` longer): the gate let it in before the wait, and
+    /// a token revoked, an owner disabled or a grant removed meanwhile must stop it before a
+    /// backend runs — the revocation's answer promised the next request is refused. `false`
+    /// ends the request with [`CgiError::NoLongerAllowed`]. `None`: not asked again.
+    pub still_allowed: Option<&'a dyn StillAllowed>,
+}
+
+/// Whether a request let in before it waited may still be served (see
+/// [`CgiRequest::still_allowed`]): the gate's question, asked by the runner.
+pub trait StillAllowed: Send + Sync {
+    /// `true` if the request may still be served now.
+    fn ask(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
+}
+
+impl fmt::Debug for dyn StillAllowed + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StillAllowed")
+    }
 }
 
 /// Why the backend could not produce a response. Once headers have been sent, failures show up
@@ -157,6 +176,9 @@ pub enum CgiError {
     Busy(Busy),
     /// The server stopped before the program sent its header block; it was ended.
     Stopped,
+    /// The request waited for a place, and what let it in no longer does
+    /// ([`CgiRequest::still_allowed`]): no backend was started.
+    NoLongerAllowed,
     /// The program failed after its header block but before any of its answer went out (it
     /// stopped reading its input and exited with an error): the why, as its body says it.
     Failed(String),
@@ -218,6 +240,10 @@ impl fmt::Display for CgiError {
             CgiError::Stopped => f.write_str(
                 "the server stopped before the CGI backend sent its headers; it was ended",
             ),
+            CgiError::NoLongerAllowed => f.write_str(
+                "the request waited for a backend process, and its credentials or permission no \
+                 longer let it in; no backend was started",
+            ),
         }
     }
 }
@@ -235,6 +261,7 @@ impl CgiError {
             CgiError::UploadStalled(_) => "the request body stopped arriving",
             CgiError::Busy(_) => "the server is busy",
             CgiError::Stopped => "the server stopped before the CGI backend answered",
+            CgiError::NoLongerAllowed => "the request is no longer allowed",
             CgiError::Failed(_) => "the CGI backend ended with an error before its answer",
             CgiError::Malformed(_) => "git could not read the request",
             CgiError::TooLarge(_) => "the request is larger than git http-backend takes",
@@ -277,6 +304,7 @@ impl std::error::Error for CgiError {
             | CgiError::UploadStalled(_)
             | CgiError::Busy(_)
             | CgiError::Stopped
+            | CgiError::NoLongerAllowed
             | CgiError::Failed(_)
             | CgiError::Malformed(_)
             | CgiError::TooLarge(_) => None,
@@ -654,6 +682,13 @@ impl CgiBackend {
             }
             None => None,
         };
+        if place.as_ref().is_some_and(cap::Place::waited) {
+            if let Some(still_allowed) = req.still_allowed {
+                if !still_allowed.ask().await {
+                    return Err(CgiError::NoLongerAllowed);
+                }
+            }
+        }
         let mut child = self.spawn_with_patience(&req).await?;
         let stdin = child.stdin.take().expect("stdin is piped");
         let mut stdout = child.stdout.take().expect("stdout is piped");

@@ -356,6 +356,7 @@ fn request<'a>(
         token_id: "abcdefghijkl",
         remote_addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
         request_id: crate::request_id::RequestId::next(),
+        still_allowed: None,
     }
 }
 
