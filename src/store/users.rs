@@ -318,7 +318,10 @@ impl Store {
 impl Store {
     /// Count a wrong password for `slug`. After `max` consecutive failures the password is locked
     /// until `now + lock_ms` (an audit event `user.locked`). Returns the lock's end when locked.
-    /// Unknown users are not recorded.
+    /// Unknown users are not recorded, nor is a failure while a lock is in force: it comes from
+    /// a login checked before the lock was made (logins run at once), and counted it would
+    /// carry over, so that the next lock came after fewer than `max` wrong passwords (or, with
+    /// `max` of them in flight, a second lock pushed the first one's end further out).
     pub fn record_password_failure(
         &self,
         slug: &str,
@@ -331,6 +334,9 @@ impl Store {
             let Some(user) = find_user(tx, slug)? else {
                 return Ok(None);
             };
+            if user.locked_until.is_some_and(|until| now < until) {
+                return Ok(None);
+            }
             let failures: i64 = tx.query_row(
                 "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ?1 RETURNING failed_logins",
                 [user.id],
@@ -629,6 +635,39 @@ mod tests {
         );
         assert_eq!(store.user("alice").unwrap().unwrap().role, Role::User);
         assert_eq!(store.users().unwrap()[0].role, Role::User);
+    }
+
+    /// Wrong passwords of logins checked before a lock was made, and answered after it, are not
+    /// counted towards the next one: after the lock ends, the next lock takes `max` wrong
+    /// passwords again (16 wrong passwords sent at once left 3 counted, and the next lock came
+    /// after 7).
+    #[test]
+    fn a_wrong_password_in_flight_when_the_lock_is_made_does_not_count_towards_the_next() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        let fail = |now| {
+            store
+                .record_password_failure("alice", now, 3, 60_000, &actor())
+                .unwrap()
+        };
+        assert_eq!((fail(1000), fail(1000)), (None, None));
+        assert_eq!(fail(1000), Some(61_000));
+        // Checked before the lock, answered after it.
+        assert_eq!((fail(1001), fail(1002), fail(1003)), (None, None, None));
+        assert_eq!(
+            store.user("alice").unwrap().unwrap().locked_until,
+            Some(61_000)
+        );
+        // The lock is over: three wrong passwords again before the next.
+        assert_eq!((fail(61_000), fail(61_001)), (None, None));
+        assert_eq!(fail(61_002), Some(121_002));
+        let locks = store
+            .audit_events(None, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "user.locked")
+            .count();
+        assert_eq!(locks, 2);
     }
 
     /// A new password says it lifted a lock only when there was one in force: a lock that had
