@@ -811,7 +811,8 @@ impl Store {
         if let Some(why) = schema::why_not_a_gitgate_store(&conn).map_err(explain)? {
             return Err(open_err(why));
         }
-        let found = schema::refuse_newer(&conn).map_err(explain)?;
+        // Refused before its journal mode is touched.
+        schema::refuse_newer(&conn).map_err(explain)?;
         // WAL is a property of the file: set once, every later connection sees it.
         let mode = switch_to_wal(&conn).map_err(explain)?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -819,12 +820,15 @@ impl Store {
                 "could not switch to WAL mode (got '{mode}')"
             )));
         }
-        schema::migrate(&mut conn).map_err(explain)?;
-        let migrated_from = (found != 0 && found < schema::CURRENT).then_some(found);
-        if migrated_from.is_some() {
+        // A new store (version 0) is made, not migrated; and one another process migrated
+        // while this one waited to is not said to be migrated by this one.
+        let migrated_from = schema::migrate(&mut conn)
+            .map_err(explain)?
+            .filter(|&from| from != 0);
+        if let Some(from) = migrated_from {
             tracing::info!(
                 path = %crate::log_value::LogFile(path),
-                "migrated the token store from schema {found} to {}",
+                "migrated the token store from schema {from} to {}",
                 schema::CURRENT
             );
         }
@@ -2675,6 +2679,34 @@ mod tests {
         drop(store);
         let again = Store::open(&dir.path().join("t.db")).unwrap();
         assert_eq!(again.migrated_from(), None, "a store at this schema");
+    }
+
+    /// A store migrated by another process while this one waited for the write lock to do it
+    /// (`serve` and a CLI command started together after an upgrade) is not said to be migrated
+    /// by this one: both said `migrated the token store from schema 1 to 5`, and a step done by
+    /// each was said whole by both.
+    #[test]
+    fn a_migration_another_process_made_first_is_not_said_to_be_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/store-v1/gitgate.db");
+        std::fs::copy(fixture, &path).unwrap();
+        // The other process: it holds the write lock, and migrates once this one has looked.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let opening = std::thread::spawn({
+            let path = path.clone();
+            move || Store::open(&path).map(|s| s.migrated_from())
+        });
+        // The opening reads the version (1), then waits for the lock (up to BUSY_TIMEOUT).
+        std::thread::sleep(Duration::from_millis(500));
+        other.execute_batch(&schema::migrations_after(1)).unwrap();
+        other
+            .pragma_update(None, "user_version", schema::CURRENT)
+            .unwrap();
+        other.execute_batch("COMMIT").unwrap();
+        let migrated_from = opening.join().unwrap().unwrap();
+        assert_eq!(migrated_from, None, "the other process migrated it");
     }
 
     /// Fewer misses are read at once than connections are pooled, so that a burst of them is

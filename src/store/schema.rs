@@ -1,7 +1,7 @@
 //! The schema and its migrations, numbered by `PRAGMA user_version`.
 //!
 //! A migration is appended, never edited: a file created by an older gitgate is brought forward
-//! step by step, each step in its own transaction.
+//! step by step, all the steps in one transaction.
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -347,22 +347,36 @@ fn newer(version: i64) -> rusqlite::Error {
     )
 }
 
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let version = refuse_newer(conn)?;
-    if version == CURRENT {
-        return Ok(());
+/// Bring the schema up to date, and say from which version if this call did it: `None` when
+/// the store was current already — also when another process (`serve` and a CLI command
+/// started together after an upgrade) migrated it while this one waited for the write lock,
+/// so that only the process that migrated says so. A store already at this version is only
+/// read, so that opening it (every CLI command does) works while another process holds the
+/// write lock. All the steps are one transaction: a migration cut off (a kill, a full disk)
+/// leaves the store at the version it had, and two processes never share one.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Option<i64>> {
+    if refuse_newer(conn)? == CURRENT {
+        return Ok(None);
     }
-    loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Read again under the write lock: another process may have migrated meanwhile.
-        let version = refuse_newer(&tx)?;
-        if version == CURRENT {
-            return Ok(());
-        }
-        tx.execute_batch(MIGRATIONS[version as usize])?;
-        tx.pragma_update(None, "user_version", version + 1)?;
-        tx.commit()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Read again under the write lock: another process may have migrated meanwhile.
+    let from = refuse_newer(&tx)?;
+    if from == CURRENT {
+        return Ok(None);
     }
+    for (version, step) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(Some(from))
+}
+
+/// The migrations after `version`, as one batch: what a migration from it runs (for a test
+/// that brings a store forward on a connection of its own, inside a transaction it holds).
+#[cfg(test)]
+pub(crate) fn migrations_after(version: i64) -> String {
+    MIGRATIONS[version as usize..].concat()
 }
 
 #[cfg(test)]
@@ -536,6 +550,26 @@ mod tests {
         let mut reader = Connection::open(&path).unwrap();
         migrate(&mut reader).unwrap();
         writer.execute_batch("COMMIT").unwrap();
+    }
+
+    /// A migration that fails part-way (here its third step, on a table in its way; a kill or
+    /// a full disk alike) leaves the store at the version it had, with none of the steps
+    /// before made: an older gitgate still serving it goes on, and the next start does it all.
+    #[test]
+    fn a_migration_cut_off_leaves_the_store_as_it_was() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch("CREATE TABLE rate_limits (x)").unwrap();
+        assert!(migrate(&mut conn).is_err());
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+        assert!(!has_column(&conn, "tokens", "previous_hash").unwrap());
+        conn.execute_batch("DROP TABLE rate_limits").unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), Some(1));
+        assert_eq!(migrate(&mut conn).unwrap(), None);
     }
 
     #[test]
