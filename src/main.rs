@@ -385,6 +385,9 @@ fn overlap_seconds(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
+    // First, before the command line is read: a SIGHUP to a server starting is a reload once it
+    // listens, not the end of the start (see the function).
+    gitgate::signals::hold_hangups_until_listening();
     // A file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) reached by the log would kill the
     // server with SIGXFSZ, mid-line, with nothing said; ignored, the write fails (EFBIG) and
     // loses its line, as one on a full disk does, and the server goes on. Its git processes
@@ -422,6 +425,11 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return refuse_the_command_line(e),
     };
+    // Only the server hears a SIGHUP (as a reload once it listens); a command ends on it, as
+    // one whose terminal closed should.
+    if !matches!(args.command, Command::Serve) {
+        gitgate::signals::let_hangups_end_the_process();
+    }
     let changes_the_store =
         !matches!(args.command, Command::Serve | Command::Check) && !args.command.only_reads();
     // Who revokes a leaked token, or disables its owner, is told in so many words when the store

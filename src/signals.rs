@@ -2,9 +2,14 @@
 //! certificate and the upstream credentials, and SIGUSR1 and SIGUSR2 are logged and ignored.
 //!
 //! Each handler is installed when its value is made, before the store is opened, and stays
-//! installed: a SIGHUP from a certificate-renewal hook while gitgate is starting must not end
-//! it (the default action), and a second stop signal during the drain must reach us — it cuts
-//! the grace period short, as an operator pressing Ctrl-C twice expects.
+//! installed: a second stop signal during the drain must reach us — it cuts the grace period
+//! short, as an operator pressing Ctrl-C twice expects. A SIGHUP from a certificate-renewal
+//! hook while gitgate is starting must not end it (the default action): from the first line of
+//! `main` it is remembered ([`hold_hangups_until_listening`]), and answered once the server
+//! listens.
+
+#[cfg(unix)]
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(unix)]
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -69,21 +74,67 @@ impl StopSignals {
     }
 }
 
+/// Set by [`hold_hangups_until_listening`]'s handler: a SIGHUP came before
+/// [`HangupSignal::listen`].
+#[cfg(unix)]
+static HANGUP_DURING_START: AtomicBool = AtomicBool::new(false);
+
+/// From the first line of `main` until [`HangupSignal::listen`], a SIGHUP is remembered instead
+/// of ending the process (its default action). The start reads the config, the TLS files and
+/// the upstream's secret, and builds each worker's backend, before the runtime that listens for
+/// signals runs: a renewal hook or `systemctl reload` in that time killed gitgate with nothing
+/// logged, and systemd counts a death by SIGHUP as a clean exit, which `Restart=on-failure`
+/// does not restart. One remembered so is answered as a reload once the server listens: the
+/// files may have changed after the start read them.
+pub fn hold_hangups_until_listening() {
+    #[cfg(unix)]
+    {
+        extern "C" fn remember(_: libc::c_int) {
+            HANGUP_DURING_START.store(true, Ordering::SeqCst);
+        }
+        let handler: extern "C" fn(libc::c_int) = remember;
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe; a handler
+        // (not SIG_IGN) is reset to the default in the git processes gitgate starts.
+        unsafe {
+            libc::signal(libc::SIGHUP, handler as libc::sighandler_t);
+        }
+    }
+}
+
+/// Undoes [`hold_hangups_until_listening`] for a command other than `serve`: a SIGHUP ends it
+/// (its terminal closed), one that came already too.
+pub fn let_hangups_end_the_process() {
+    #[cfg(unix)]
+    // SAFETY: SIG_DFL has no handler to run; raise only delivers the signal to this thread.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_DFL);
+        if HANGUP_DURING_START.swap(false, Ordering::SeqCst) {
+            libc::raise(libc::SIGHUP);
+        }
+    }
+}
+
 /// SIGHUP.
 pub struct HangupSignal {
     #[cfg(unix)]
     hangup: Option<Signal>,
+    /// One came while gitgate started, before this listened: the first [`HangupSignal::next`].
+    #[cfg(unix)]
+    heard_during_start: bool,
 }
 
 impl HangupSignal {
     pub fn listen() -> HangupSignal {
         #[cfg(unix)]
         {
+            let hangup = listen(
+                SignalKind::hangup(),
+                "SIGHUP (certificate and credentials reload disabled)",
+            );
+            // Read after the runtime's handler is in place: none falls between the two.
             HangupSignal {
-                hangup: listen(
-                    SignalKind::hangup(),
-                    "SIGHUP (certificate and credentials reload disabled)",
-                ),
+                hangup,
+                heard_during_start: HANGUP_DURING_START.swap(false, Ordering::SeqCst),
             }
         }
         #[cfg(not(unix))]
@@ -94,6 +145,9 @@ impl HangupSignal {
     pub async fn next(&mut self) -> bool {
         #[cfg(unix)]
         {
+            if std::mem::take(&mut self.heard_during_start) {
+                return true;
+            }
             match &mut self.hangup {
                 Some(s) => s.recv().await.is_some(),
                 None => false,

@@ -3714,6 +3714,63 @@ fn user_signals_are_logged_and_ignored() {
     assert!(log.contains("shutting down on SIGTERM"), "{log}");
 }
 
+/// A SIGHUP while gitgate starts (a certificate-renewal hook, `systemctl reload` just after a
+/// start) does not end it: before the runtime listened for it, its default action killed the
+/// process with nothing logged, and systemd counts a death by SIGHUP as a clean exit, which
+/// `Restart=on-failure` leaves down. It is answered as a reload once gitgate listens. The start
+/// is made long enough to signal inside it: four workers, each loading the system's CA roots for
+/// an HTTPS upstream, after the warning of a likely wrong setting that the start logs first.
+#[test]
+fn a_sighup_during_the_start_is_answered_once_listening() {
+    let sb = Sandbox::new();
+    let config = sb.root().join("slow-start.toml");
+    fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 4\ntrusted_proxies = [\"0.0.0.0/1\"]\n\
+         [store]\npath = \"gitgate.db\"\n\
+         [upstream]\nurl = \"https://127.0.0.1:1/\"\n",
+    )
+    .unwrap();
+    let log = sb.root().join("slow-start.log");
+    let mut child = common::gitgate_command(&config)
+        .arg("serve")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text().contains("a setting that is likely wrong") {
+        assert!(child.try_wait().unwrap().is_none(), "{}", text());
+        assert!(Instant::now() < deadline, "{}", text());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let sent = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    while common::listening_at(&text()).is_none() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "gitgate ended with {status} on a SIGHUP during its start:\n{}",
+                text()
+            );
+        }
+        assert!(Instant::now() < deadline, "{}", text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    while !text().contains("SIGHUP: no [server.tls] and no [upstream.credentials] configured") {
+        assert!(child.try_wait().unwrap().is_none(), "{}", text());
+        assert!(Instant::now() < deadline, "{}", text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "{}", text());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A second stop signal ends the grace period at once: an operator who presses Ctrl-C twice does
 /// not wait for it (30 s by default, up to a year allowed).
 #[test]
