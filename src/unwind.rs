@@ -33,7 +33,10 @@ pub fn install_hook() {
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        tracing::error!(target: "gitgate::panic", %location, "panic: {message}");
+        // The message is free text that may repeat what a client sent (a slice's panic quotes
+        // the string it cut, an `unwrap` the error's `Debug`): written as `LogText`, so that a
+        // token secret in it is not, and a newline in it cannot start a forged log line.
+        tracing::error!(target: "gitgate::panic", %location, "panic: {}", crate::log_value::LogText(&message));
     }));
 }
 
@@ -249,10 +252,15 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::OK);
     }
 
+    /// The panic hook is the process's: one test at a time puts gitgate's in place (another
+    /// putting the harness's back meanwhile would leave a panic unlogged).
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// Promise 11 of docs/SECURITY.md: a panic is logged, with its message — a formatted one
     /// too, whose payload is a `String` — and the place in the source where it happened.
     #[test]
     fn a_panic_is_logged_with_its_message_and_where_it_happened() {
+        let _hook = HOOK.lock().unwrap_or_else(|e| e.into_inner());
         let logged = crate::store::test_support::logged(|| {
             let previous = std::panic::take_hook();
             install_hook();
@@ -261,7 +269,44 @@ mod tests {
             std::panic::set_hook(previous);
             assert!(caught.is_err());
         });
-        assert!(logged.contains("panic: a formatted 42"), "{logged}");
+        assert!(logged.contains("panic: \"a formatted 42\""), "{logged}");
         assert!(logged.contains("location=src/unwind.rs:"), "{logged}");
+    }
+
+    /// Promise 12 of docs/SECURITY.md, for panics: a panic's message can repeat what a client
+    /// sent (slicing a string panics with the string in its message, an `unwrap` with the
+    /// error's `Debug`), and the hook writes it with the token secret in it left out and its
+    /// line breaks escaped, as every other free text of the log is.
+    #[test]
+    fn a_panic_message_holding_a_secret_or_a_line_break_is_logged_without_them() {
+        let secret = crate::token::generate().unwrap().secret;
+        let header = format!("Basic {}é", secret.expose());
+        let _hook = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+        let logged = crate::store::test_support::logged(|| {
+            let previous = std::panic::take_hook();
+            install_hook();
+            // The panic Rust itself raises for a cut inside a character quotes the string.
+            let cut = header.len() - 1;
+            let caught = catch_unwind(|| std::hint::black_box(&header)[..cut].len());
+            let forged = catch_unwind(|| {
+                panic!(
+                    "bad value\nlevel=INFO outcome=ok user=admin {}",
+                    std::hint::black_box(1)
+                )
+            });
+            std::panic::set_hook(previous);
+            assert!(caught.is_err() && forged.is_err());
+        });
+        assert!(logged.contains("is not a char boundary"), "{logged}");
+        assert!(!logged.contains(secret.expose()), "{logged}");
+        assert!(
+            logged.contains("<a token secret, not repeated>"),
+            "{logged}"
+        );
+        assert!(
+            logged.lines().all(|line| !line.starts_with("level=INFO")),
+            "{logged}"
+        );
+        assert!(logged.contains("bad value\\nlevel=INFO"), "{logged}");
     }
 }
