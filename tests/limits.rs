@@ -2499,6 +2499,62 @@ fn upstream_connections_are_kept_alive_and_reused() {
     );
 }
 
+/// Promise 2 of docs/SECURITY.md, over an HTTP upstream: the upstream is sent the path and
+/// query gitgate classified and authorised — rebuilt from the decoded, checked parts under
+/// its base path — never the client's spelling of them, so that no upstream decodes or reads
+/// them another way (a second decode, a parameter gitgate did not look at).
+#[test]
+fn the_upstream_is_sent_the_canonical_path_and_query_never_the_clients_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, heads) = keep_alive_upstream(usize::MAX);
+    let (g, auth) = start_in_front_of_url(
+        dir.path(),
+        &format!("http://127.0.0.1:{upstream_port}/base"),
+        "",
+    );
+    for (sent, forwarded) in [
+        (
+            "/te%61m/app%2Egit/info/refs?x=1&service=git%2Dupload-pack&y",
+            "/base/team/app.git/info/refs?service=git-upload-pack",
+        ),
+        (
+            "/team/%61pp/info/refs?service=git-upload-pack",
+            "/base/team/app/info/refs?service=git-upload-pack",
+        ),
+        ("/team/app.git/HEAD?foo=bar", "/base/team/app.git/HEAD"),
+    ] {
+        let mut s = connect(g.port);
+        s.write_all(
+            format!(
+                "GET {sent} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
+                 Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let (out, _) = read_until_closed(&mut s);
+        assert!(out.starts_with("HTTP/1.1 200"), "{sent}: {out}");
+        let (_, head) = heads.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(
+            head.starts_with(&format!("GET {forwarded} HTTP/1.1\r\n")),
+            "{sent} was forwarded as:\n{head}"
+        );
+    }
+    // A query that names its service twice is no one request: refused, never forwarded.
+    let mut s = connect(g.port);
+    s.write_all(
+        format!(
+            "GET /team/app.git/info/refs?service=git-upload-pack&service=git-receive-pack \
+             HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (out, _) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_not_forwarded(&heads);
+}
+
 #[test]
 fn an_upstream_closing_idle_connections_never_costs_a_request() {
     let dir = tempfile::tempdir().unwrap();
