@@ -1745,6 +1745,38 @@ async fn an_ended_backend_takes_what_it_started_with_it() {
     panic!("still running after the request ended: {left:?}");
 }
 
+/// Promise 10 of docs/SECURITY.md: what the backend started gets SIGTERM first, the group's,
+/// so that git's helpers clean up (a half-written pack, a push's quarantined objects) before
+/// the SIGKILL that follows for what is left; a SIGTERM to the backend alone would leave them
+/// only the SIGKILL.
+#[tokio::test]
+async fn an_ended_backends_helpers_are_sent_sigterm_before_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mark = tmp.path().join("helper-got-sigterm");
+    let backend = script(
+        tmp.path(),
+        "helper.cgi",
+        &format!(
+            "(trap 'echo term > {}; exit 0' TERM; while :; do sleep 0.05; done) &\n\
+             printf 'Content-Type: text/plain\\r\\n\\r\\nstarted\\n'; exec yes",
+            mark.display()
+        ),
+    );
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let mut body = serve(&backend, req, empty).await.unwrap().into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    // Waited for past the SIGKILL 2 s later: a helper that got only that never writes it.
+    for _ in 0..150 {
+        if mark.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the backend's helper was never sent SIGTERM");
+}
+
 /// Readiness asks for a program that is a file: a folder in its place (`program` set to
 /// git's exec-path rather than the backend in it) is not ready, though it can be "executed"
 /// (entered), and the project root is there.
