@@ -14,6 +14,8 @@
 //!   them back to back, which hyper queues into one `writev`. Frames are never copied or merged,
 //!   and a stream that pauses is flushed within those few rounds (microseconds), so git's
 //!   progress messages are not held back.
+//! - [`LengthUnsaid`] hides a body's known length, so that hyper's client sends it chunked
+//!   rather than with a `Content-Length` (see where the HTTP upstream uses it for pushes).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -94,6 +96,50 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// `inner` with the same frames and end, but — when `hidden` — its length unknown to whoever
+/// sends it: hyper's client then sends it chunked instead of with a `Content-Length` it would
+/// take from an exact size hint. (A flag rather than a choice of types keeps one body type for
+/// the caller.)
+pub struct LengthUnsaid<B> {
+    inner: B,
+    hidden: bool,
+}
+
+impl<B> LengthUnsaid<B> {
+    pub fn hiding(inner: B, hidden: bool) -> Self {
+        LengthUnsaid { inner, hidden }
+    }
+}
+
+impl<B> Body for LengthUnsaid<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        if !self.hidden {
+            return inner;
+        }
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower());
+        hint
     }
 }
 
@@ -323,6 +369,23 @@ mod tests {
     #[tokio::test]
     async fn passes_every_byte_through() {
         let body = Batched::new(Full::new(Bytes::from_static(b"hello")));
+        let out = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&out[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_length_unsaid_body_has_no_exact_size_and_the_same_bytes() {
+        let full = Full::new(Bytes::from_static(b"hello"));
+        assert_eq!(full.size_hint().exact(), Some(5));
+        assert_eq!(
+            LengthUnsaid::hiding(full.clone(), false)
+                .size_hint()
+                .exact(),
+            Some(5)
+        );
+        let body = LengthUnsaid::hiding(full, true);
+        assert_eq!(body.size_hint().exact(), None);
+        assert!(!body.is_end_stream());
         let out = body.collect().await.unwrap().to_bytes();
         assert_eq!(&out[..], b"hello");
     }

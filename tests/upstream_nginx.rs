@@ -294,6 +294,25 @@ fn live_processes_of_group(group: u32) -> usize {
         .count()
 }
 
+/// git's processes (`git http-backend` and what it runs) of a process group that still run.
+fn git_processes_of_group(group: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let name = head.split_once('(').map_or("", |(_, n)| n);
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+            pgrp == Some(group) && name.starts_with("git") && state != "Z" && state != "X"
+        })
+        .count()
+}
+
 /// Whether process `pid` holds the socket that listens on 127.0.0.1:`port` (true when
 /// `/proc/net/tcp` cannot be read: nothing can be told then).
 fn listens_on(pid: u32, port: u16) -> bool {
@@ -2495,4 +2514,80 @@ fn post_through(port: u16, repo: &str, password: &str, body: &[u8], chunked: boo
     drop(stream);
     let _ = sending.join();
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A small push (git sends one of less than its 1 MiB `http.postBuffer` with a
+/// `Content-Length`) whose client goes away half-way: gitgate sends pushes up chunked, so that
+/// nginx tells git http-backend no `CONTENT_LENGTH`. Told one, git http-backend copies the body
+/// itself and loops at full CPU for good on its early end, holding one of fcgiwrap's workers
+/// (four here): a few such pushes and the upstream answers nothing more (seen in a soak run).
+#[test]
+fn a_push_cut_off_on_its_way_up_leaves_no_git_process_behind_fcgiwrap() {
+    let Some(w) = World::new("a_push_cut_off_on_its_way_up_leaves_no_git_process_behind_fcgiwrap")
+    else {
+        return;
+    };
+    let g = w.serve(&Options::default());
+    // A commit of 256 KiB that does not compress, packed whole.
+    let src = w.path("src");
+    w.git_ok(&src, &["init", "-q", "-b", "main"]);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..256 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    commit_file(&w, &src, "noise.bin", &noise);
+    let head = w.git_ok(&src, &["rev-parse", "HEAD"]).trim().to_owned();
+    let mut packing = git_command(&src, &w.home())
+        .args(["pack-objects", "--stdout", "--revs", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    packing.stdin.take().unwrap().write_all(b"HEAD\n").unwrap();
+    let pack = packing.wait_with_output().unwrap().stdout;
+    assert!(pack.len() > 200 * 1024, "pack of {} bytes", pack.len());
+    let command = format!("{} {head} refs/heads/cut\0report-status\n", "0".repeat(40));
+    let mut body = format!("{:04x}{command}0000", command.len() + 4).into_bytes();
+    body.extend_from_slice(&pack);
+
+    let group = w.nginx.fcgiwrap.id();
+    assert_eq!(git_processes_of_group(group), 0);
+    let mut stream = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    let head = format!(
+        "POST /scm/team/app.git/git-receive-pack HTTP/1.1\r\nHost: git\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\nContent-Length: {}\r\n\r\n",
+        basic("alice", &w.token),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body[..body.len() / 2]).unwrap();
+    wait_for(
+        "the push's git http-backend",
+        Duration::from_secs(10),
+        || git_processes_of_group(group) > 0,
+    );
+    // The client goes away with half of its pack sent.
+    drop(stream);
+    wait_for(
+        "the cut push's git processes behind fcgiwrap to end",
+        Duration::from_secs(10),
+        || git_processes_of_group(group) == 0,
+    );
+    assert!(
+        !w.bare().join("refs/heads/cut").exists(),
+        "a push cut off half-way made its ref"
+    );
+    let quarantined: Vec<_> = std::fs::read_dir(w.bare().join("objects"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("tmp_objdir-incoming"))
+        .collect();
+    assert!(quarantined.is_empty(), "left behind: {quarantined:?}");
+    // The upstream still serves.
+    assert_eq!(advertise(&w, &g).0, 200);
 }

@@ -43,10 +43,10 @@ use super::progress::{Progress, Silence, UploadStalled};
 use super::secret::UpstreamSecret;
 use super::stop::{StopClock, Stopped};
 use super::{Fault, ForwardError};
-use crate::body::{Batched, Observed, Seen};
+use crate::body::{Batched, LengthUnsaid, Observed, Seen};
 use crate::config::HttpUpstream;
 use crate::gate::ResponseBody;
-use crate::git::GitRequest;
+use crate::git::{GitRequest, Operation, Service};
 use crate::network::Cidr;
 use crate::policy::Identity;
 use crate::request_id::RequestSource;
@@ -246,6 +246,17 @@ impl HttpBackend {
         B::Error: std::fmt::Display + Send,
     {
         let bodiless = body.is_end_stream();
+        // A push goes up chunked, its length unsaid. Told a length (nginx's `fastcgi_param
+        // CONTENT_LENGTH $content_length`, as the README's example has it), git http-backend
+        // copies that many bytes to receive-pack itself and, when they stop short — a push cut
+        // off on its way up, its client gone —, loops on the end of its input at full CPU for
+        // good, holding one of fcgiwrap's few workers: a handful of such pushes and the upstream
+        // answers nothing more. Without a length it hands its input to receive-pack, which
+        // fails cleanly at the early end. (The embedded runner withholds `CONTENT_LENGTH` from
+        // a push for the same reason.) Every git server takes chunked pushes: git sends large
+        // ones so.
+        let push = !bodiless && git_req.operation == Operation::Rpc(Service::ReceivePack);
+        let body = LengthUnsaid::hiding(body, push);
         let activity = Progress::new();
         // Each frame of the client's body on its way upstream is activity; its end says the
         // upload is done (see `pool::Connection::detach`).
@@ -297,6 +308,9 @@ impl HttpBackend {
                 },
             );
             headers.insert(HOST, self.host.clone());
+            if push {
+                headers.remove(hyper::header::CONTENT_LENGTH);
+            }
             let mut req = Request::new(body);
             *req.method_mut() = parts.method.clone();
             *req.uri_mut() = self.target(git_req)?;
