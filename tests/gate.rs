@@ -3163,6 +3163,72 @@ fn a_push_the_backend_refuses_without_a_reason_gets_one() {
     }
 }
 
+/// `git archive --remote` over HTTP (protocol v2 POSTs to `git-upload-archive`, a read) is
+/// served by a newer git http-backend (2.47 here), unless `http.uploadarchive` is false: then
+/// it answers a bare `403` ("Service not enabled", on stderr only); an older one (2.39) a bare
+/// `404` for every repository, which gitgate told as a repository git cannot open ("damaged,
+/// or not readable by the server's user"; see `upstream::tests`). Both are now told as what
+/// they are, with the token accepted.
+#[test]
+fn git_archive_remote_refused_by_the_backend_is_told_why() {
+    let (sb, token) = team_sandbox();
+    let direct = sb.config_text().replace(
+        sb.cgi_script().to_str().unwrap(),
+        common::git_http_backend().to_str().unwrap(),
+    );
+    fs::write(sb.config(), direct).unwrap();
+    let server = sb.serve();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    let archive = || {
+        sb.git(
+            sb.root(),
+            &[
+                "-c",
+                "protocol.version=2",
+                "archive",
+                "--remote",
+                &url,
+                "main",
+                "README",
+            ],
+        )
+    };
+    // Served as a read by a newer git: the tar has the file.
+    let served = archive();
+    let git_is_new = served.success();
+    if git_is_new {
+        assert!(served.stdout.contains("team/app\n"), "{served}");
+    }
+    sb.git(
+        &sb.bare("team/app"),
+        &["config", "http.uploadarchive", "false"],
+    )
+    .ok();
+    let refused = archive();
+    assert!(!refused.success(), "{refused}");
+    let auth = basic("alice", &token.secret);
+    let post = format!(
+        "POST /team/app.git/git-upload-archive HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: {auth}\r\nGit-Protocol: version=2\r\n\
+         Content-Type: application/x-git-upload-archive-request\r\nContent-Length: 4\r\n\
+         Connection: close\r\n\r\n0000"
+    );
+    let resp = raw_http(server.port, post.as_bytes());
+    let status = if git_is_new { 403 } else { 404 };
+    assert_eq!(resp.status, status, "{resp:?}");
+    let text = resp.text();
+    assert!(
+        text.starts_with("git http-backend refused git-upload-archive, git archive --remote (")
+            && text.contains("http.uploadarchive false; your token was accepted"),
+        "{text}"
+    );
+    assert!(!text.contains("cannot open"), "{text}");
+    // The repository itself is served as before.
+    let clone = sb.root().join("clone");
+    sb.git(sb.root(), &["clone", "-q", &url, clone.to_str().unwrap()])
+        .ok();
+}
+
 /// `GITGATE_LOG=gitgate::request=off` drops the request lines and nothing else: a filter of
 /// target pairs alone refines the default level (it used to silence every line, errors too).
 #[test]

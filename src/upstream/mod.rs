@@ -160,6 +160,22 @@ fn unexplained(status: StatusCode, git_req: &GitRequest, git_http_backend: bool)
              log has its error output"
         );
     }
+    // `git archive --remote` over HTTP (protocol v2's POST to `git-upload-archive`): an older
+    // git http-backend (2.39 here) does not serve it at all (a bare `404`, "Request not
+    // supported", which the `404` below would tell as a repository git cannot open), a newer
+    // one (2.47 here) not where `http.uploadarchive` is false (a bare `403`, "Service not
+    // enabled").
+    let archive = matches!(
+        git_req.operation,
+        Operation::Advertise(Service::UploadArchive) | Operation::Rpc(Service::UploadArchive)
+    );
+    if archive && git_http_backend {
+        return format!(
+            "git http-backend refused git-upload-archive, git archive --remote ({status}): an older \
+             git http-backend does not serve it over HTTP, a newer one not with \
+             http.uploadarchive false; your token was accepted"
+        );
+    }
     // A dumb-HTTP file that is not there: git asks for some that may well be missing
     // (`objects/info/alternates`), and goes on without a word.
     if status == StatusCode::NOT_FOUND && git_req.operation == Operation::Dumb {
@@ -558,6 +574,21 @@ mod tests {
         );
         let said = unexplained(StatusCode::BAD_GATEWAY, &push, true);
         assert!(said.starts_with("the git backend failed (502"), "{said}");
+        // An older git http-backend answers every `git archive --remote` with a bare `404`:
+        // not a repository git cannot open.
+        let archive = classify("POST", "/team/app.git/git-upload-archive", None, "/").unwrap();
+        let said = unexplained(StatusCode::NOT_FOUND, &archive, true);
+        assert!(
+            said.starts_with(
+                "git http-backend refused git-upload-archive, git archive --remote (404"
+            ),
+            "{said}"
+        );
+        let said = unexplained(StatusCode::NOT_FOUND, &archive, false);
+        assert!(
+            said.starts_with("the git backend refused this request (404"),
+            "{said}"
+        );
     }
 
     #[test]
