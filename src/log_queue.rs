@@ -19,7 +19,8 @@
 //! counts them (`gitgate_log_lines_dropped_total`); a line says how many were lost where they
 //! were, when the queue is written. At the stop, what is queued is written before the process exits, for
 //! [`FLUSH_PATIENCE`] at most: a reader that never reads again must not keep the server from
-//! stopping either. A regular file is written as before (a file has no reader to wait for).
+//! stopping either. A regular file is written as before (a file has no reader to wait for),
+//! at its end from the start on (see `append_from_now_on`: rotated by `copytruncate`).
 //!
 //! Used by `serve` only: a command's few warnings are written as they come.
 
@@ -77,7 +78,10 @@ impl Direct {
         // SAFETY: filled by fstat (zeroed before in any case).
         let mode = unsafe { stat.assume_init() }.st_mode & libc::S_IFMT;
         match mode {
-            libc::S_IFREG => Direct::File(fd),
+            libc::S_IFREG => {
+                append_from_now_on(fd);
+                Direct::File(fd)
+            }
             libc::S_IFSOCK => Direct::Socket(fd),
             libc::S_IFIFO | libc::S_IFCHR => {
                 let path =
@@ -135,6 +139,26 @@ impl Direct {
             }
         }
         done
+    }
+}
+
+/// Makes every later write to the regular file `fd` go to its end (`O_APPEND`), as `2>>` would.
+///
+/// gitgate cannot reopen its log (it has only the descriptor it was given), so a log file is
+/// rotated by copying it and emptying it in place (logrotate's `copytruncate`). A file opened
+/// without `O_APPEND` — `serve 2>gitgate.log`, systemd's `StandardError=file:` — is written at
+/// the descriptor's own offset: after the emptying, the next line landed at that old offset,
+/// and the file began with as many NUL bytes as the rotated log had held. Set on the open file
+/// description itself, so that the writer thread and anything else writing to stderr append
+/// too; a file is only ever added to, so nothing else sharing it is harmed. A failure leaves
+/// the file as it was.
+fn append_from_now_on(fd: std::os::fd::RawFd) {
+    // SAFETY: reads and sets the status flags of a descriptor that fstat has just seen open.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 && flags & libc::O_APPEND == 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_APPEND);
+        }
     }
 }
 
@@ -740,6 +764,42 @@ mod tests {
             reader.read(&mut drained).is_err(),
             "written before the rest"
         );
+    }
+
+    /// A log file opened without `O_APPEND` (`serve 2>gitgate.log`) and emptied in place by a
+    /// rotation (`copytruncate`) gets its next line at its start, not after a run of NUL bytes
+    /// as long as what the rotation took away.
+    #[test]
+    fn a_log_file_emptied_by_a_rotation_is_written_from_its_start() {
+        use std::io::{Read, Seek};
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitgate.log");
+        let mut log = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let direct = Direct::for_fd(log.as_raw_fd());
+        assert!(matches!(direct, Direct::File(_)), "{direct:?}");
+        assert_eq!(direct.write(b"before the rotation\n"), 20);
+        log.write_all(b"and through the descriptor itself\n")
+            .unwrap();
+        // logrotate's copytruncate: the copy is made, the file emptied in place.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert_eq!(direct.write(b"after\n"), 6);
+        log.write_all(b"again\n").unwrap();
+        let mut text = String::new();
+        let mut reader = std::fs::File::open(&path).unwrap();
+        reader.rewind().unwrap();
+        reader.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "after\nagain\n");
     }
 
     /// A pipe's two ends, and how its write end is written without blocking (on a

@@ -3424,6 +3424,84 @@ fn a_log_reader_that_stops_reading_does_not_stop_the_server() {
     assert!(last.contains("stopped:"), "{last}");
 }
 
+/// A log file rotated with logrotate's `copytruncate` (gitgate cannot reopen its stderr) while
+/// the server writes to it through a descriptor opened without `O_APPEND` — `serve
+/// 2>gitgate.log`, systemd's `StandardError=file:` — goes on from its start: no run of NUL bytes
+/// as long as the log the rotation took away.
+#[test]
+fn a_log_file_emptied_by_copytruncate_goes_on_from_its_start() {
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    let path = sb.root().join("written-not-appended.log");
+    let log = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        sb.gitgate_command()
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let port = loop {
+        if let Some((_, port)) = common::listening_at(&fs::read_to_string(&path).unwrap()) {
+            break port;
+        }
+        assert!(child.0.try_wait().unwrap().is_none(), "serve exited");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no listening line"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let refs = |n: u32| {
+        let resp = common::try_raw_http(
+            port,
+            format!("GET /team/app.git/info/refs?service=git-upload-pack&n={n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(resp.status, 401);
+    };
+    refs(1);
+    // copytruncate: the copy is taken, then the file is emptied in place.
+    let rotated = fs::read(&path).unwrap();
+    assert!(rotated.len() > 200, "{}", String::from_utf8_lossy(&rotated));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    refs(2);
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(child.0.wait().unwrap().success());
+    let after = fs::read(&path).unwrap();
+    let text = String::from_utf8_lossy(&after);
+    assert!(!after.contains(&0), "NUL bytes before the lines: {text:?}");
+    assert!(
+        text.contains("status=401") && !text.contains("listening on"),
+        "the second request's line, not the first lines again: {text}"
+    );
+    assert!(
+        text.lines().last().unwrap_or_default().contains("stopped:"),
+        "{text}"
+    );
+}
+
 /// A `GITGATE_LOG_FORMAT` that is neither `text` nor `json` refuses the start, with exit 1,
 /// rather than writing lines a pipeline would drop.
 #[test]
