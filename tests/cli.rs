@@ -2334,6 +2334,43 @@ fn check_warns_of_repositories_git_would_refuse_for_their_owner() {
     assert!(!named.ok().contains("dubious"), "{named}");
 }
 
+/// A service account often has no home folder (`useradd -r`, `adduser --system`:
+/// `/nonexistent`), where `git config --global` fails: check's advice for a repository of
+/// another owner is then the system's config, which git reads for that user.
+#[test]
+fn check_advises_the_system_git_config_for_a_user_without_a_home_folder() {
+    let sb = user_sandbox();
+    sb.create_repo("team/app");
+    if !common::give_to_nobody(&sb.bare("team/app")) {
+        return;
+    }
+    let system = sb.root().join("system-gitconfig");
+    std::fs::write(&system, "").unwrap();
+    let check = || {
+        let mut cmd = sb.gitgate_command();
+        cmd.arg("check")
+            .env("HOME", sb.root().join("nonexistent"))
+            .env("GIT_CONFIG_SYSTEM", &system);
+        run(cmd, None)
+    };
+    let refused = check();
+    let text = refused.ok();
+    assert!(
+        text.contains("detected dubious ownership")
+            && text.contains("nonexistent does not exist")
+            && text.contains("git config --system --add safe.directory PATH")
+            && !text.contains("--global --add"),
+        "{text}"
+    );
+    std::fs::write(
+        &system,
+        format!("[safe]\n\tdirectory = {}\n", sb.bare("team/app").display()),
+    )
+    .unwrap();
+    let named = check();
+    assert!(!named.ok().contains("dubious"), "{named}");
+}
+
 /// A push cut off before receive-pack could clean up (gitgate SIGKILLed, a crash, fcgiwrap)
 /// leaves its quarantined objects on disk for two weeks: check and the start name them once
 /// they are an hour old, and not while a push could still be writing them.

@@ -386,14 +386,39 @@ fn owned_by_another_user(repositories: &[Repository]) -> Option<String> {
         1 => String::new(),
         n => format!(" and {} more", n - 1),
     };
+    let home = std::env::var_os("HOME");
+    let home_is_folder = home.as_deref().is_some_and(|home| Path::new(home).is_dir());
     Some(format!(
         "{}{more} belongs to uid {owner}, not to uid {me} that this runs as: git http-backend \
          serves a repository only to its owner (\"detected dubious ownership\"), so every \
          request for it gets a 500; run gitgate as the repositories' owner, or name them in \
-         git's safe.directory for gitgate's user (git config --global --add safe.directory \
-         PATH, or '*' for every repository)",
-        first.display()
+         git's safe.directory for gitgate's user ({})",
+        first.display(),
+        safe_directory_advice(home.as_deref(), home_is_folder)
     ))
+}
+
+/// Pure: how to name a repository in `safe.directory` for this user. Its own (`--global`) git
+/// config lives in its home folder, which a service account often lacks (`useradd -r`,
+/// Debian's `adduser --system`: `/nonexistent`): there `git config --global` fails (`could not
+/// lock config file /nonexistent/.gitconfig`), and only the system's config, written by root,
+/// is read by the backend.
+fn safe_directory_advice(home: Option<&std::ffi::OsStr>, home_is_folder: bool) -> String {
+    match home {
+        Some(_) if home_is_folder => {
+            "git config --global --add safe.directory PATH as that user, or '*' for every \
+             repository"
+                .to_owned()
+        }
+        Some(home) => format!(
+            "its home folder {} does not exist, so git reads no --global config for it: as \
+             root, git config --system --add safe.directory PATH, or '*' for every repository",
+            Path::new(home).display()
+        ),
+        None => "HOME is not set, so git reads no --global config for it: as root, git config \
+                 --system --add safe.directory PATH, or '*' for every repository"
+            .to_owned(),
+    }
 }
 
 /// Pure: whether git's `safe.directory` values (one a line) name `repo`: `*`, its path, or
@@ -443,7 +468,9 @@ fn chain_dates(chain: &crate::tls::ChainValidity, now: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{chain_dates, counted, holder_text, safe_directory_names, Holder};
+    use super::{
+        chain_dates, counted, holder_text, safe_directory_advice, safe_directory_names, Holder,
+    };
 
     #[test]
     fn a_holder_of_another_build_is_named_with_both_builds() {
@@ -459,6 +486,25 @@ mod tests {
         assert_eq!(
             holder_text(&h, Some("bbbb")),
             " by gitgate (pid 7, build aaaa; this program is build bbbb: a restart runs it)"
+        );
+    }
+
+    #[test]
+    fn safe_directory_advice_names_the_config_git_will_read_for_this_user() {
+        use std::ffi::OsStr;
+        let home = safe_directory_advice(Some(OsStr::new("/home/git")), true);
+        assert!(home.contains("git config --global --add"), "{home}");
+        let none = safe_directory_advice(Some(OsStr::new("/nonexistent")), false);
+        assert!(
+            none.contains("/nonexistent does not exist")
+                && none.contains("git config --system --add")
+                && !none.contains("--global --add"),
+            "{none}"
+        );
+        let unset = safe_directory_advice(None, false);
+        assert!(
+            unset.contains("HOME is not set") && unset.contains("--system --add"),
+            "{unset}"
         );
     }
 
