@@ -239,6 +239,25 @@ pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
+/// `why` a TLS file could not be read, and, when this user may not read it, what to change. A
+/// service run as an unprivileged user (`User=git`) meets keys made for root alone — certbot
+/// writes its private keys 0600 root — at its start or at the SIGHUP after a renewal, where a
+/// bare "Permission denied" did not say whose permission.
+fn with_read_advice(why: String, path: &Path) -> String {
+    let denied =
+        std::fs::File::open(path).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+    if denied {
+        format!(
+            "{why}: this process (uid {}) may not read it; check its owner and mode, and those \
+             of the folders above it (a certificate tool's keys are often root's alone: give \
+             gitgate's user a copy, in certbot's --deploy-hook say)",
+            rustix::process::geteuid().as_raw()
+        )
+    } else {
+        why
+    }
+}
+
 /// A certificate chain and key read and checked.
 struct Pair {
     certified: CertifiedKey,
@@ -254,8 +273,10 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Pair,
     let named = |setting: &str, path: &Path, e: &dyn std::fmt::Display| {
         format!("[server.tls] {setting} = \"{}\": {e}", path.display())
     };
-    let cert_pem = crate::small_file::read(cert).map_err(|e| named("cert", cert, &e))?;
-    let key_pem = crate::small_file::read(key).map_err(|e| named("key", key, &e))?;
+    let cert_pem = crate::small_file::read(cert)
+        .map_err(|e| named("cert", cert, &with_read_advice(e, cert)))?;
+    let key_pem =
+        crate::small_file::read(key).map_err(|e| named("key", key, &with_read_advice(e, key)))?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| named("cert", cert, &pem_problem(&e)))?;

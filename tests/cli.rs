@@ -2938,6 +2938,52 @@ fn a_cgi_program_this_user_cannot_run_is_refused_at_start() {
     assert!(out.stderr.contains("cannot be run by this user"), "{out}");
 }
 
+/// A TLS key this user may not read — certbot's are root's alone, and the service runs as
+/// `git` — is refused by `check` and `serve` with whose permission is missing and what to
+/// change, not a bare "Permission denied".
+#[test]
+fn a_tls_key_this_user_may_not_read_is_named_with_the_user_and_what_to_change() {
+    use std::os::unix::process::CommandExt;
+    if !rustix::process::geteuid().is_root() {
+        common::skipping("not root: the other-user case is left out");
+        return;
+    }
+    let set_mode = |path: &std::path::Path, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().join("privkey.pem");
+    fs::copy(common::fixture("tls/server-a.key"), &key).unwrap();
+    set_mode(&key, 0o600);
+    let sb = Sandbox::with(common::Setup {
+        server_extra: format!(
+            "\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            common::fixture("tls/server-a.pem").display(),
+            key.display()
+        ),
+        ..Default::default()
+    });
+    set_mode(root.path(), 0o755);
+    set_mode(sb.root(), 0o755);
+    set_mode(&sb.config(), 0o644);
+    for command in ["check", "serve"] {
+        let mut cmd = sb.gitgate_command();
+        cmd.arg(command).uid(65534).gid(65534);
+        let out = run(cmd, None);
+        assert!(!out.success(), "{command}: {out}");
+        assert!(
+            out.stderr
+                .contains(&format!("key = \"{}\": ", key.display()))
+                && out.stderr.contains("Permission denied")
+                && out
+                    .stderr
+                    .contains("this process (uid 65534) may not read it; check its owner and mode"),
+            "{command}: {out}"
+        );
+    }
+}
+
 /// `serve` on the sandbox's config as a user other than the store's owner: `nobody` when the
 /// tests run as root (as in CI), where file modes do not stop root; otherwise this user, with
 /// the write bits taken away by the caller. It must refuse to start.
