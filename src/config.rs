@@ -414,6 +414,7 @@ impl Config {
                     .into(),
             );
         }
+        warnings.extend(self.files_anyone_may_change());
         if crate::network::Cidr::cover_half_of_a_family(&self.auth_failures.exempt) {
             warnings.push(
                 "[auth_failures] exempt covers half or more of all IPv4 or IPv6 addresses: the \
@@ -423,6 +424,46 @@ impl Config {
             );
         }
         warnings
+    }
+
+    /// The config file, and the token store's folder, when every user of the machine may
+    /// change them: whoever can edit `proxy.toml` chooses the program gitgate runs (`cgi`) and
+    /// where tokens are checked, and whoever can rename files in the store's folder can put a
+    /// store of their own, with their own tokens, in place for the next start. A group is a
+    /// choice; everyone is a mistake (a `chmod 777` to get a service going, an unpacked
+    /// archive's modes).
+    fn files_anyone_may_change(&self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut said = Vec::new();
+        if let Ok(meta) = std::fs::metadata(&self.source) {
+            if anyone_may_change(meta.mode(), false) {
+                said.push(format!(
+                    "{} can be written by every user of this machine (mode {:04o}): anyone \
+                     could choose the program gitgate runs and the store it checks tokens in; \
+                     chmod o-w it",
+                    self.source.display(),
+                    meta.mode() & 0o7777
+                ));
+            }
+        }
+        let folder = match self.store.path.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => return said,
+        };
+        if let Ok(meta) = std::fs::metadata(folder) {
+            if anyone_may_change(meta.mode(), true) {
+                said.push(format!(
+                    "the token store's folder {} can be written by every user of this machine \
+                     (mode {:04o}): anyone could put a store of their own, with their own \
+                     tokens, in place of {} for the next start; chmod o-w it",
+                    folder.display(),
+                    meta.mode() & 0o7777,
+                    self.store.path.display()
+                ));
+            }
+        }
+        said
     }
 
     /// A refusal of the token store, said with where its path comes from (this file's
@@ -1569,8 +1610,25 @@ pub fn normalise_prefix(prefix: &str) -> Result<String, String> {
     Ok(format!("/{trimmed}"))
 }
 
+/// Pure: whether a file or folder of `mode` may be changed by every user: written to by
+/// others, for a folder without the sticky bit (`/tmp`'s `1777` lets nobody rename another's
+/// files).
+fn anyone_may_change(mode: u32, folder: bool) -> bool {
+    mode & 0o002 != 0 && !(folder && mode & 0o1000 != 0)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_what_every_user_may_change_is_said() {
+        assert!(anyone_may_change(0o100666, false));
+        assert!(anyone_may_change(0o40777, true));
+        assert!(!anyone_may_change(0o41777, true), "sticky: /tmp");
+        assert!(!anyone_may_change(0o100664, false), "a group is a choice");
+        assert!(!anyone_may_change(0o40775, true));
+        assert!(!anyone_may_change(0o100644, false));
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -2984,6 +2984,55 @@ fn a_tls_key_this_user_may_not_read_is_named_with_the_user_and_what_to_change() 
     }
 }
 
+/// A config file, or a store's folder, that every user of the machine may change (a `chmod 777`
+/// to get a service going) lets anyone choose the program gitgate runs or put a store of their
+/// own in place: `check` and the start warn of each; a sticky folder (`/tmp`) is not warned of.
+#[test]
+fn check_and_the_start_warn_of_a_config_or_store_folder_anyone_may_change() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = user_sandbox();
+    let set_mode = |path: &std::path::Path, mode: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let folder = sb.db().parent().unwrap().to_path_buf();
+    let before = sb.cli(&["check"]);
+    assert!(
+        !before.ok().contains("every user of this machine"),
+        "{before}"
+    );
+    set_mode(&sb.config(), 0o666);
+    set_mode(&folder, 0o777);
+    let out = sb.cli(&["check"]);
+    let text = out.ok();
+    assert!(
+        text.contains(&format!(
+            "warning: {} can be written by every user of this machine (mode 0666)",
+            sb.config().display()
+        )) && text.contains(&format!(
+            "warning: the token store's folder {} can be written by every user of this machine \
+             (mode 0777)",
+            folder.display()
+        )),
+        "{text}"
+    );
+    let server = sb.serve();
+    let log = server.log_text();
+    assert!(
+        log.contains("can be written by every user of this machine (mode 0666)")
+            && log.contains("the token store's folder"),
+        "{log}"
+    );
+    drop(server);
+    set_mode(&sb.config(), 0o644);
+    set_mode(&folder, 0o1777);
+    let sticky = sb.cli(&["check"]);
+    assert!(
+        !sticky.ok().contains("every user of this machine"),
+        "{sticky}"
+    );
+    set_mode(&folder, 0o700);
+}
+
 /// `serve` on the sandbox's config as a user other than the store's owner: `nobody` when the
 /// tests run as root (as in CI), where file modes do not stop root; otherwise this user, with
 /// the write bits taken away by the caller. It must refuse to start.
