@@ -146,22 +146,22 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Credentials, CredentialError>
 }
 
 /// Whether the request's one `Authorization` header is one git did not send itself, well-formed
-/// or not (it decides how a refusal is answered, see `Gate::unauthenticated`): the Bearer
-/// scheme, which git never sends, or Basic spelled otherwise than `Basic`, as libcurl always
-/// writes it — CI checkouts put `AUTHORIZATION: basic ...` in `http.extraHeader`
-/// (actions/checkout, Azure Pipelines). To a 401 for such a header git would ask for a user
-/// name instead of printing the reason.
+/// or not (it decides how a refusal is answered, see `Gate::unauthenticated`): anything but
+/// Basic spelled `Basic`, as libcurl always writes it (and the only scheme gitgate's challenge
+/// offers) — Bearer, Basic spelled otherwise (CI checkouts put `AUTHORIZATION: basic ...` in
+/// `http.extraHeader`: actions/checkout, Azure Pipelines), a scheme gitgate does not take
+/// (`token ...`, which Gitea's and GitHub's CI recipes write) or a token with no scheme. To a
+/// 401 for such a header git would ask for a user name instead of printing the reason, and
+/// what it then sent would not replace the header anyway.
 pub fn not_sent_by_git(headers: &HeaderMap) -> bool {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     match (values.next(), values.next()) {
         (Some(value), None) => {
             let v = value.as_bytes().trim_ascii_start();
-            let scheme = |name: &[u8]| {
-                v.len() >= name.len()
-                    && v[..name.len()].eq_ignore_ascii_case(name)
-                    && v.get(name.len()).is_none_or(|&b| b == b' ' || b == b'\t')
-            };
-            scheme(b"bearer") || (scheme(b"basic") && !v.starts_with(b"Basic"))
+            let gits_own = v.starts_with(b"Basic")
+                && v.get(b"Basic".len())
+                    .is_none_or(|&b| b == b' ' || b == b'\t');
+            !gits_own
         }
         _ => false,
     }
@@ -230,9 +230,30 @@ pub fn parse(value: &[u8]) -> Result<Credentials, CredentialError> {
     } else if scheme.eq_ignore_ascii_case(b"bearer") {
         parse_bearer(param)
     } else {
-        Err(Malformed("unsupported authorization scheme"))
+        Err(unknown_scheme(scheme))
     }
 }
+
+/// The refusal of a scheme that is neither Basic nor Bearer, never repeating it: what stands
+/// there may be the secret itself (`Authorization: ggt_...`, the scheme left out).
+fn unknown_scheme(scheme: &[u8]) -> CredentialError {
+    let starts_like_a_token = scheme.len() >= crate::token::PREFIX.len()
+        && scheme[..crate::token::PREFIX.len()]
+            .eq_ignore_ascii_case(crate::token::PREFIX.as_bytes());
+    CredentialError::Malformed(if starts_like_a_token {
+        TOKEN_WITHOUT_SCHEME
+    } else {
+        UNKNOWN_SCHEME
+    })
+}
+
+/// Git's refusal of a header with a token and no scheme (the REST API words its own).
+pub const TOKEN_WITHOUT_SCHEME: &str =
+    "the header holds a token with no scheme before it: write it as `Authorization: Bearer <token>`";
+
+/// Git's refusal of a scheme other than Basic or Bearer (the REST API words its own).
+pub const UNKNOWN_SCHEME: &str = "the scheme is neither Basic nor Bearer: send the token as \
+     `Authorization: Bearer <token>`, or as the password of Basic credentials";
 
 fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     use CredentialError::Malformed;
@@ -764,8 +785,41 @@ mod tests {
         ] {
             assert!(with(&by_hand), "{by_hand}");
         }
-        assert!(!with("Basically x"));
+        assert!(!with("Basic"));
         assert!(!not_sent_by_git(&HeaderMap::new()));
+        // Nor are a scheme gitgate does not take (Gitea's `token`), one that only begins like
+        // Basic, and a token with no scheme git's own: their refusal must reach the CI log.
+        for by_hand in [
+            "token ggt_x".to_string(),
+            "Basically x".into(),
+            "ggt_x".into(),
+            String::new(),
+        ] {
+            assert!(with(&by_hand), "{by_hand:?}");
+        }
+    }
+
+    /// The refusal of a scheme gitgate does not take says which it takes, and never repeats
+    /// what stood in the scheme's place (a secret written without its scheme, say).
+    #[test]
+    fn an_unknown_scheme_is_refused_with_the_schemes_taken_and_never_repeated() {
+        let secret = "ggt_abcdefgh2345_GI7nQx0b2V9kP3sLmT8wYz1cRf4hJ6dNq5uEa7iOg2B_vf4il2";
+        for (value, said) in [
+            (
+                "token ggt_abcdefgh2345",
+                "neither Basic nor Bearer: send the token as",
+            ),
+            ("Negotiate YII=", "neither Basic nor Bearer"),
+            (
+                secret,
+                "a token with no scheme before it: write it as `Authorization: Bearer",
+            ),
+            ("GGT_x y", "a token with no scheme before it"),
+        ] {
+            let err = parse(value.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(said), "{value}: {err}");
+            assert!(!err.contains("ggt_abc") && !err.contains("YII"), "{err}");
+        }
     }
 
     #[test]
@@ -974,7 +1028,11 @@ mod tests {
             b"Basicx YTpi",
             b"abc",
         ] {
-            assert_eq!(malformed(v), "unsupported authorization scheme");
+            assert!(
+                malformed(v).starts_with("the scheme is neither Basic nor Bearer: "),
+                "{}",
+                malformed(v)
+            );
         }
         assert_eq!(malformed(b""), "header is empty");
         assert_eq!(malformed(b"   "), "header is empty");
@@ -1038,14 +1096,22 @@ mod tests {
         }
     }
 
-    /// A scheme that only begins with `basic` or `bearer` is neither: whoever sent it, it is no
-    /// header that git's refusal must be worded for.
+    /// A scheme that only begins with `basic` or `bearer` is neither: it is refused as a scheme
+    /// gitgate does not take — by hand, as git sends only `Basic`, so that git prints why.
     #[test]
     fn a_scheme_that_only_begins_like_basic_or_bearer_is_not_taken_for_one() {
-        for value in ["basically x", "BASICAUTH x", "Bearerx y", "bearer_token y"] {
+        for value in [
+            "basically x",
+            "BASICAUTH x",
+            "Bearerx y",
+            "bearer_token y",
+            "Basically x",
+        ] {
+            let err = parse(value.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains("neither Basic nor Bearer"), "{value}: {err}");
             let mut h = HeaderMap::new();
             h.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
-            assert!(!not_sent_by_git(&h), "{value}");
+            assert!(not_sent_by_git(&h), "{value}");
         }
     }
 

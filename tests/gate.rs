@@ -1937,6 +1937,35 @@ fn a_refused_bearer_token_shows_its_reason_in_git() {
     }
 }
 
+/// A CI recipe written for another server sends the token with a scheme gitgate does not take
+/// (Gitea's `Authorization: token ...`), or with none at all. git sends only `Basic` itself, so
+/// the refusal is worded for git to print — a 401 would make it ask for a user name ("could not
+/// read Username" in the CI log) — and says which schemes are taken, never repeating the secret.
+#[test]
+fn a_token_sent_with_a_scheme_gitgate_does_not_take_shows_why_in_git() {
+    let (sb, server, token) = team_setup();
+    for (header, said) in [
+        (
+            format!("http.extraHeader=Authorization: token {}", token.secret),
+            "remote: unusable Authorization header: the scheme is neither Basic nor Bearer: send \
+             the token as `Authorization: Bearer <token>`",
+        ),
+        (
+            format!("http.extraHeader=Authorization: {}", token.secret),
+            "remote: unusable Authorization header: the header holds a token with no scheme \
+             before it: write it as `Authorization: Bearer <token>`",
+        ),
+    ] {
+        let run = sb.git(
+            sb.root(),
+            &["-c", &header, "ls-remote", &server.url("team/app")],
+        );
+        run.fails_with(said);
+        assert!(!run.stderr.contains("could not read Username"), "{run}");
+        assert!(!run.stderr.contains(&token.secret), "{run}");
+    }
+}
+
 #[test]
 fn personal_token_works_as_bearer() {
     let (sb, server, token) = team_setup();
@@ -3733,14 +3762,15 @@ fn no_credentials_gets_a_401_challenge_never_a_2xx() {
         "Basic !!!not-base64!!!".to_owned(),
         basic("alice", "hunter2"),
         basic("alice", ""),
-        format!("Digest username=\"alice\", response=\"{}\"", token.secret),
         format!("Basic {}", common::base64(token.secret.as_bytes())), // no colon
     ] {
         check_401(&auth, &http_get(server.port, target, Some(&auth)));
     }
-    // ... but a Bearer header, which git only sends as an extra header (to a 401 it would ask
-    // for a user name and never print the reason), gets a 403 with the reason, no challenge.
-    for auth in ["Bearer", "Bearer not-a-token", "bearer ggt_x"] {
+    // ... but a header git does not send itself — Bearer, or a scheme gitgate never offers —
+    // which git only sends as an extra header (to a 401 it would ask for a user name and never
+    // print the reason), gets a 403 with the reason, no challenge.
+    let digest = format!("Digest username=\"alice\", response=\"{}\"", token.secret);
+    for auth in ["Bearer", "Bearer not-a-token", "bearer ggt_x", &digest] {
         let resp = http_get(server.port, target, Some(auth));
         assert_eq!(resp.status, 403, "{auth}: {resp:?}");
         assert_eq!(resp.header("WWW-Authenticate"), None, "{auth}: {resp:?}");

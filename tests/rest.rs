@@ -286,6 +286,36 @@ fn who_may_do_what() {
     );
 }
 
+/// A header with a scheme gitgate does not take, or a token with none, is refused over the API
+/// in the API's terms (a user name and password), never with git's advice to send a token.
+#[test]
+fn an_unknown_scheme_or_a_bare_token_is_told_the_api_takes_a_password() {
+    let (_install, server) = setup();
+    let (_, secret) = personal(&server, "alice", &["REPO_WRITE"]);
+    for (header, said) in [
+        (
+            format!("token {secret}"),
+            "unusable Authorization header: the scheme is not Basic; the REST API takes your \
+             gitgate user name and password with HTTP Basic",
+        ),
+        (
+            secret.clone(),
+            "unusable Authorization header: it holds a gitgate token, and the REST API takes \
+             your gitgate user name and password with HTTP Basic (not a token)",
+        ),
+    ] {
+        let request = format!(
+            "GET {API}/users/alice HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {header}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let resp = common::raw_http(server.port, request.as_bytes());
+        assert_eq!(resp.status, 401, "{}", resp.text());
+        assert!(resp.text().contains(said), "{}", resp.text());
+        assert!(!resp.text().contains("Bearer"), "{}", resp.text());
+        assert!(!resp.text().contains(&secret), "{}", resp.text());
+    }
+}
+
 #[test]
 fn tokens_and_bad_passwords_cannot_manage_tokens() {
     let (install, server) = setup();

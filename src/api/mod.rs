@@ -731,6 +731,22 @@ fn authenticate(
                  password (not a token)",
             ))
         }
+        // Git's words for these would tell the caller to send a token, which the API never
+        // takes.
+        Err(CredentialError::Malformed(credentials::TOKEN_WITHOUT_SCHEME)) => {
+            audit("anonymous", "a token without a scheme");
+            Err(unauthorized(
+                "unusable Authorization header: it holds a gitgate token, and the REST API takes \
+                 your gitgate user name and password with HTTP Basic (not a token)",
+            ))
+        }
+        Err(e @ CredentialError::Malformed(credentials::UNKNOWN_SCHEME)) => {
+            audit("anonymous", &e.to_string());
+            Err(unauthorized(
+                "unusable Authorization header: the scheme is not Basic; the REST API takes your \
+                 gitgate user name and password with HTTP Basic",
+            ))
+        }
         Err(e) => {
             audit("anonymous", &e.to_string());
             Err(unauthorized(&e.to_string()))
