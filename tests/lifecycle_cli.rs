@@ -1133,6 +1133,44 @@ fn grant_add_says_whether_it_added_replaced_or_changed_nothing() {
     assert!(audit.contains("team write -> read"), "{audit}");
 }
 
+/// Narrowing or removing a project's grant does not close a repository of it to a user who has
+/// a grant of their own on that repository: the CLI says what they still hold there, rather than
+/// that their tokens lose access.
+#[test]
+fn removing_a_project_grant_says_what_the_repository_grants_still_give() {
+    let install = setup();
+    install.cli_ok(&["grant", "add", "alice", "team/app", "admin"], "");
+    let narrowed = install.cli(&["grant", "add", "alice", "team", "read"], "");
+    assert!(
+        narrowed.ok().is_empty()
+            && narrowed.stderr.contains(
+                "note: 'alice' still has admin on team/app (a grant on the repository itself"
+            ),
+        "{narrowed}"
+    );
+    let removed = install.cli(&["grant", "remove", "alice", "team"], "");
+    assert!(
+        removed.ok().is_empty()
+            && removed.stderr.contains(
+                "removed the grant of 'alice' on team; but 'alice' still has admin on team/app \
+                 (a grant on the repository itself; the highest grant covering a repository \
+                 counts)"
+            )
+            && !removed.stderr.contains("lose it at once"),
+        "{removed}"
+    );
+    // A repository grant at or below the project's new level leaves nothing to say.
+    install.cli_ok(&["grant", "add", "alice", "team", "admin"], "");
+    let wider = install.cli(&["grant", "add", "alice", "team", "write"], "");
+    assert!(
+        wider.stderr.contains("still has admin on team/app"),
+        "{wider}"
+    );
+    install.cli_ok(&["grant", "add", "alice", "team/app", "read"], "");
+    let same = install.cli(&["grant", "add", "alice", "team", "admin"], "");
+    assert!(!same.stderr.contains("still has"), "{same}");
+}
+
 /// Narrowing or removing a repository's grant does not close the repository to a user whose
 /// project grant (or administrator role) covers it: the CLI says what they still hold there,
 /// rather than that the change took effect.

@@ -76,9 +76,9 @@ pub fn remove(store: &Store, name: &str, target: &str) -> Result<(), String> {
 
 /// What `name` holds on `target` beyond `granted` (the level of the grant on it, `None` when
 /// there is none): the administrator role (ADMIN on every repository), or a grant on the
-/// repository's project — the highest grant covering a repository counts. An operator who
-/// narrows or removes a repository's grant to close it to someone must not read that it is
-/// closed when it is not.
+/// repository's project — the highest grant covering a repository counts —, or, for a project,
+/// the grants of its repositories above `granted`. An operator who narrows or removes a grant
+/// to close a repository to someone must not read that it is closed when it is not.
 fn held_beyond(
     store: &Store,
     name: &str,
@@ -93,12 +93,34 @@ fn held_beyond(
             Level::Admin
         )));
     }
+    let grants = store.grants(Some(name)).map_err(|e| e.to_string())?;
     let Target::Repo(repo) = target else {
-        return Ok(None);
+        // A project's grant narrowed or removed leaves the grants of its repositories: those
+        // above the project's new level still open them.
+        let above: Vec<String> = grants
+            .iter()
+            .filter_map(|g| {
+                let Ok(Target::Repo(r)) = Target::parse(&g.target) else {
+                    return None;
+                };
+                let level = g.level?;
+                (target.covers(&r) && Some(level) > granted).then(|| format!("{level} on {r}"))
+            })
+            .collect();
+        return Ok(match above.as_slice() {
+            [] => None,
+            [one] => Some(format!(
+                "'{name}' still has {one} (a grant on the repository itself; the highest grant \
+                 covering a repository counts)"
+            )),
+            all => Some(format!(
+                "'{name}' still has {} (grants on the repositories themselves; the highest \
+                 grant covering a repository counts)",
+                all.join(", ")
+            )),
+        });
     };
-    let through = store
-        .grants(Some(name))
-        .map_err(|e| e.to_string())?
+    let through = grants
         .into_iter()
         .filter_map(|g| {
             let covering = Target::parse(&g.target).ok()?;
