@@ -223,8 +223,9 @@ pub fn authorize(
                     let message = match crate::store::as_written_down(presented) {
                         crate::store::NOT_A_USER_NAME => format!(
                             "token '{name}' does not belong to the user name given (not repeated: \
-                             it is not written as user names are, in lower case, and may be a \
-                             password typed at git's Username prompt)"
+                             user names have only lower-case letters, digits, '.', '_' and '-', \
+                             so it is none — an e-mail address is not one either — and it may \
+                             be a password typed at git's Username prompt)"
                         ),
                         presented => {
                             format!("token '{name}' does not belong to user '{presented}'")

@@ -4227,6 +4227,27 @@ fn failing_backend_is_a_502_and_the_proxy_keeps_serving() {
 // ---------------------------------------------------------------------------------------------
 // Secrets
 
+/// An e-mail address in lower case, as people type at git's Username prompt, is no user name:
+/// the refusal says what user names are made of (not that it has capitals, which it has not)
+/// and does not repeat it.
+#[test]
+fn an_email_address_given_as_the_user_name_is_told_what_user_names_are() {
+    let (sb, server, token) = team_setup();
+    let run = sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with("alice%40example.com", &token.secret, "team/app"),
+        ],
+    );
+    let said = run.fails_with(
+        "remote: token 'laptop' does not belong to the user name given (not repeated: user names \
+         have only lower-case letters, digits, '.', '_' and '-', so it is none — an e-mail address \
+         is not one either — and it may be a password typed at git's Username prompt)",
+    );
+    assert!(!said.contains("example.com"), "{run}");
+}
+
 #[test]
 fn secrets_never_reach_the_log_or_the_database() {
     let sb = Sandbox::new();
