@@ -3121,14 +3121,20 @@ fn an_upload_goes_on_while_the_client_does_not_read_an_answer_that_started_early
         let Some((s, mut reader)) = request else {
             return;
         };
+        // A push goes up chunked (see `upstream::http`), any other body with its length.
         let mut length = 0;
+        let mut chunked = false;
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                 return;
             }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
                 length = v.trim().parse::<usize>().unwrap();
+            }
+            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
             }
             if line == "\r\n" {
                 break;
@@ -3156,7 +3162,28 @@ fn an_upload_goes_on_while_the_client_does_not_read_an_answer_that_started_early
             writer
         });
         let mut body = Vec::new();
-        let _ = (&mut reader).take(length as u64).read_to_end(&mut body);
+        if chunked {
+            loop {
+                let mut size = String::new();
+                if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                    break;
+                }
+                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                if size == 0 {
+                    break;
+                }
+                let mut chunk = Vec::with_capacity(size);
+                let _ = (&mut reader).take(size as u64).read_to_end(&mut chunk);
+                let whole = chunk.len() == size;
+                body.extend_from_slice(&chunk);
+                let mut crlf = String::new();
+                if !whole || reader.read_line(&mut crlf).unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+        } else {
+            let _ = (&mut reader).take(length as u64).read_to_end(&mut body);
+        }
         let _ = received_tx.send(body.len());
         if let Ok(mut writer) = answer.join() {
             let _ = writer.write_all(b"0\r\n\r\n");
