@@ -675,18 +675,21 @@ impl Gate {
         // unknown one refused sooner tells nothing the log does not.
         let presented_hash = token::hash(secret.expose());
         let now = clock::now_ms();
+        let authorize = || {
+            policy::authorize(
+                &record,
+                basic_user,
+                &git_req.repo,
+                git_req.access,
+                remote.ip(),
+                now,
+            )
+        };
         if !record.secret_matches(&presented_hash, now) {
             if record.replaced_secret_matches(&presented_hash, now) {
                 // A token that would not authenticate anyway (revoked, expired, its owner
                 // disabled) says that: a new secret would not help.
-                let why = match policy::authorize(
-                    &record,
-                    basic_user,
-                    &git_req.repo,
-                    git_req.access,
-                    remote.ip(),
-                    now,
-                ) {
+                let why = match authorize() {
                     Err(Deny::Unauthenticated(m)) => m,
                     _ => replaced_secret(&record.token),
                 };
@@ -694,14 +697,7 @@ impl Gate {
             }
             return Err(Refusal::InvalidToken);
         }
-        let authorized = policy::authorize(
-            &record,
-            basic_user,
-            &git_req.repo,
-            git_req.access,
-            remote.ip(),
-            now,
-        );
+        let authorized = authorize();
         Ok(Decided {
             record,
             presented_hash,
