@@ -56,7 +56,8 @@
 //!                                         │     commands read from its body as it passes:
 //!                                         │     push_commands)
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...),
-//!                                         │     on a TCP port or a Unix socket; git's pkt-lines
+//!                                         │     on a TCP port or a Unix socket (a push sent
+//!                                         │     chunked, its length unsaid); git's pkt-lines
 //!                                         │     followed through its answer (upstream::framing),
 //!                                         │     which fails if it ends cut short, however cleanly
 //!                                         │     the HTTP ends
@@ -155,8 +156,9 @@
 //! - [`gate`] walks the steps above and turns every refusal into an answer in one place:
 //!   `404/400/405` for what is not a git request (never forwarded), `501` for a request body in a
 //!   transfer coding other than `chunked` (never forwarded), `401` with a Basic challenge
-//!   for missing or bad credentials (`403` without one for a refused Bearer token, or CI's
-//!   lower-case `basic`, which git did not send itself and would answer a 401 to by prompting), `403` for too little
+//!   for missing or bad credentials (`403` without one for any header but git's own `Basic`: a
+//!   Bearer token, CI's lower-case `basic`, Gitea's `token` scheme, a token with no scheme, which
+//!   git did not send itself and would answer a 401 to by prompting), `403` for too little
 //!   permission, `503` when the store
 //!   cannot be read, is gone, was found damaged, or was replaced by another file or had its
 //!   `-wal`/`-shm` deleted (fail closed; a replaced or damaged one until a restart), `502` when the backend fails. Every refusal carries a
@@ -196,7 +198,8 @@
 //!   missing one is a `404` without starting git); at most `[upstream] max_processes` of them
 //!   run at once over the server ([`upstream::cgi::ProcessCap`]: a start waits up to 10 s and
 //!   is then a `503`, the rest of an exchange under way goes first, places shared out by token
-//!   while some wait).
+//!   while some wait; a request that waited is asked again by the gate before its backend
+//!   starts, so that a token revoked during the wait is refused).
 //! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which
 //!   token; the expiry policy; expiry never changes) for both interfaces: [`cli`], the
 //!   operator's command line, and [`api`], the Bitbucket-shaped REST API under `/rest/`, which
