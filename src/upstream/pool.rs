@@ -79,7 +79,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const MAX_READ_BUFFER: usize = 64 * 1024;
 
 /// The most header lines an upstream's answer may have: hyper's own limit, its default, which
-/// [`handshake`] keeps (set, hyper would allocate its list of lines for every answer). An
+/// `handshake` keeps (set, hyper would allocate its list of lines for every answer). An
 /// answer with more, or whose head is over [`ANSWER_HEAD_MAX`], fails its request with hyper's
 /// "message head is too large" (`hyper::Error::is_parse_too_large`).
 pub const ANSWER_HEADER_LINES: usize = 100;
