@@ -1753,13 +1753,18 @@ async fn an_ended_backend_takes_what_it_started_with_it() {
 async fn an_ended_backends_helpers_are_sent_sigterm_before_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let mark = tmp.path().join("helper-got-sigterm");
+    let ready = tmp.path().join("helper-ready");
+    // The backend answers only once its helper has set its trap: a SIGTERM before that (a busy
+    // machine scheduling the helper late) would end it by the default action, unrecorded.
     let backend = script(
         tmp.path(),
         "helper.cgi",
         &format!(
-            "(trap 'echo term > {}; exit 0' TERM; while :; do sleep 0.05; done) &\n\
+            "(trap 'echo term > {mark}; exit 0' TERM; : > {ready}; while :; do sleep 0.05; done) &\n\
+             while [ ! -e {ready} ]; do sleep 0.01; done\n\
              printf 'Content-Type: text/plain\\r\\n\\r\\nstarted\\n'; exec yes",
-            mark.display()
+            mark = mark.display(),
+            ready = ready.display()
         ),
     );
     let headers = HeaderMap::new();
