@@ -3390,14 +3390,6 @@ fn a_log_reader_that_stops_reading_does_not_stop_the_server() {
     use std::io::{BufRead, BufReader, Read};
     let sb = Sandbox::new();
     sb.create_repo("team/app");
-    /// Killed if the test fails half-way: a server stuck on its log would outlive it.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut child = Killed(
         sb.gitgate_command()
             .arg("serve")
@@ -3468,13 +3460,6 @@ fn a_log_file_emptied_by_copytruncate_goes_on_from_its_start() {
         .truncate(true)
         .open(&path)
         .unwrap();
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut child = Killed(
         sb.gitgate_command()
             .arg("serve")
@@ -4953,4 +4938,15 @@ fn a_running_server_gives_up_a_store_found_damaged_by(command: &[&str]) {
     // Every later open refuses the store, naming the marker.
     sb.cli(&["user", "list"])
         .fails_with("-damaged says the store was found damaged");
+}
+
+/// A server started by hand in a test, killed if the test fails half-way: one stuck on its log
+/// would outlive it.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

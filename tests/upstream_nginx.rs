@@ -2531,15 +2531,7 @@ fn a_push_cut_off_on_its_way_up_leaves_no_git_process_behind_fcgiwrap() {
     // A commit of 256 KiB that does not compress, packed whole.
     let src = w.path("src");
     w.git_ok(&src, &["init", "-q", "-b", "main"]);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let noise: Vec<u8> = (0..256 * 1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = common::noise(256 * 1024, 0x9E37_79B9_7F4A_7C15);
     commit_file(&w, &src, "noise.bin", &noise);
     let head = w.git_ok(&src, &["rev-parse", "HEAD"]).trim().to_owned();
     let mut packing = git_command(&src, &w.home())
