@@ -198,8 +198,9 @@
 //!   missing one is a `404` without starting git); at most `[upstream] max_processes` of them
 //!   run at once over the server ([`upstream::cgi::ProcessCap`]: a start waits up to 10 s and
 //!   is then a `503`, the rest of an exchange under way goes first, places shared out by token
-//!   while some wait; a request that waited is asked again by the gate before its backend
-//!   starts, so that a token revoked during the wait is refused).
+//!   while some wait; a request that waited, for a place or for the host to have processes
+//!   again, is asked again by the gate before its backend starts, so that a token revoked
+//!   during the wait is refused).
 //! - [`lifecycle`] holds every token rule (who may create, list, edit, rotate and revoke which
 //!   token; the expiry policy; expiry never changes) for both interfaces: [`cli`], the
 //!   operator's command line, and [`api`], the Bitbucket-shaped REST API under `/rest/`, which

@@ -134,7 +134,8 @@ pub struct CgiRequest<'a> {
     /// The request's id, in the lines the backend's stdio and a finishing push write.
     pub request_id: RequestId,
     /// Asked again once the request has waited for a place under `[upstream] max_processes`
-    /// (up to 10 s, a clone's or push's `POST` longer): the gate let it in before the wait, and
+    /// (up to 10 s, a clone's or push's `POST` longer), or for processes or descriptors to come
+    /// free on this host (up to 0.5 s, a `POST` 5 s): the gate let it in before the wait, and
     /// a token revoked, an owner disabled or a grant removed meanwhile must stop it before a
     /// backend runs — the revocation's answer promised the next request is refused. `false`
     /// ends the request with [`CgiError::NoLongerAllowed`]. `None`: not asked again.
@@ -870,17 +871,10 @@ impl CgiBackend {
         } else {
             SPAWN_PATIENCE
         };
-        let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(10);
-        loop {
-            match self.command(req).spawn().map_err(CgiError::Spawn) {
-                Err(e) if e.is_overload() && started.elapsed() + pause <= patience => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(250));
-                }
-                spawned => return spawned,
-            }
-        }
+        with_patience(patience, req.still_allowed, || {
+            self.command(req).spawn().map_err(CgiError::Spawn)
+        })
+        .await
     }
 
     /// The child's command line and its complete environment.
@@ -903,6 +897,35 @@ impl CgiBackend {
             .process_group(0)
             .kill_on_drop(true);
         cmd
+    }
+}
+
+/// `start` tried until it gives something other than an overload (see
+/// [`CgiError::is_overload`]), pausing 10 ms, then twice as long each time up to 250 ms, for at
+/// most `patience`. The gate let the request in before these pauses, as before a wait for a
+/// place under `[upstream] max_processes`: a token revoked, an owner disabled or a grant
+/// removed during them must stop it before its backend runs, so `still_allowed` is asked after
+/// each pause ([`CgiError::NoLongerAllowed`] when it says no).
+async fn with_patience<T>(
+    patience: Duration,
+    still_allowed: Option<&dyn StillAllowed>,
+    mut start: impl FnMut() -> Result<T, CgiError>,
+) -> Result<T, CgiError> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match start() {
+            Err(e) if e.is_overload() && started.elapsed() + pause <= patience => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+                if let Some(still_allowed) = still_allowed {
+                    if !still_allowed.ask().await {
+                        return Err(CgiError::NoLongerAllowed);
+                    }
+                }
+            }
+            started_or_failed => return started_or_failed,
+        }
     }
 }
 

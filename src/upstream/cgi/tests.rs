@@ -483,6 +483,79 @@ fn running_out_of_processes_or_files_is_an_overload_not_a_failure() {
     assert!(!CgiError::Exited("exit status: 1; nothing on stderr".into()).is_overload());
 }
 
+/// What the gate answers when the runner asks again (`CgiRequest::still_allowed`).
+struct Answers {
+    allowed: bool,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl StillAllowed for Answers {
+    fn ask(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move { self.allowed })
+    }
+}
+
+/// The host out of processes: the start is tried again after a pause, and the request, let in
+/// before that pause, is asked again first. A token revoked during it stops the request with
+/// no backend started; one still allowed gets its backend.
+#[tokio::test]
+async fn a_request_that_waited_for_the_host_to_have_processes_is_asked_again_before_its_start() {
+    fn out_of_processes<T>() -> Result<T, CgiError> {
+        Err(CgiError::Spawn(io::Error::from_raw_os_error(11)))
+    }
+    for allowed in [false, true] {
+        let answers = Answers {
+            allowed,
+            asked: Default::default(),
+        };
+        let mut tries = 0;
+        let started = with_patience(Duration::from_secs(5), Some(&answers), || {
+            tries += 1;
+            if tries < 3 {
+                out_of_processes()
+            } else {
+                Ok("started")
+            }
+        })
+        .await;
+        if allowed {
+            assert_eq!(started.unwrap(), "started");
+            assert_eq!((tries, answers.asked.into_inner()), (3, 2));
+        } else {
+            assert!(
+                matches!(started, Err(CgiError::NoLongerAllowed)),
+                "{started:?}"
+            );
+            assert_eq!(
+                (tries, answers.asked.into_inner()),
+                (1, 1),
+                "no second start"
+            );
+        }
+    }
+    // Not asked (a request the gate does not ask again): tried again as before.
+    let mut tries = 0;
+    let started = with_patience(Duration::from_secs(5), None, || {
+        tries += 1;
+        if tries < 2 {
+            out_of_processes()
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert!(started.is_ok() && tries == 2);
+    // Out of patience: the overload itself is the answer, and nothing is asked.
+    let answers = Answers {
+        allowed: true,
+        asked: Default::default(),
+    };
+    let started = with_patience(Duration::ZERO, Some(&answers), out_of_processes::<()>).await;
+    assert!(matches!(&started, Err(e) if e.is_overload()), "{started:?}");
+    assert_eq!(answers.asked.into_inner(), 0);
+}
+
 #[tokio::test]
 async fn a_backend_that_sends_no_headers_in_time_is_ended_with_a_timeout() {
     let dir = tempfile::tempdir().unwrap();
