@@ -224,15 +224,34 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         }
         return fail("wrong password", wrong());
     }
+    let Some(account) = store.user(user)? else {
+        return fail("unknown user", wrong());
+    };
+    // A lock made while this password was being checked refuses it too: guesses run at once,
+    // and argon2 takes its time, so without this the guesses in flight when the lock was made
+    // were each still answered, the right one with a login.
+    let now = clock::now_ms();
+    let lock_made_meanwhile = account
+        .locked_until
+        .into_iter()
+        .chain(unrecorded::locked_until(store, user, now))
+        .max()
+        .filter(|&until| now < until);
+    if let Some(until) = lock_made_meanwhile {
+        tracing::info!(
+            user,
+            source = %crate::log_value::LogValue(&actor.source),
+            until = %clock::datetime(until),
+            "password login refused: locked while its password was being checked"
+        );
+        return fail("password locked", wrong());
+    }
     // Forgetting earlier failures is no reason to refuse the right password: with the store
     // unwritable, a right guess would otherwise get an answer of its own (a 500).
     if let Err(e) = store.clear_password_failures(user) {
         tracing::warn!(user, error = %crate::log_value::LogText(&e.to_string()), "could not clear a user's earlier wrong passwords in the token store");
     }
     unrecorded::forget(store, user);
-    let Some(account) = store.user(user)? else {
-        return fail("unknown user", wrong());
-    };
     if !account.active {
         tracing::info!(user, source = %crate::log_value::LogValue(&actor.source), "password login refused: user disabled");
         return fail("user disabled", wrong());
@@ -1075,6 +1094,44 @@ mod tests {
             )
             .unwrap();
         (dir, store)
+    }
+
+    /// Guesses run at once: a lock made by the wrong ones while the right one's argon2 runs
+    /// refuses the right one too, as a lock made before it came would.
+    #[test]
+    fn a_lock_made_while_the_right_password_is_checked_refuses_it() {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let (_dir, store) = setup();
+        // alice's password hashed at 60 passes instead of 2, so that its check (about half a
+        // second, more on a busy machine) surely outlasts the lock made beside it.
+        let params = argon2::Params::new(19 * 1024, 60, 1, None).unwrap();
+        let slow = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(b"pw", &SaltString::encode_b64(&[7; 16]).unwrap())
+            .unwrap()
+            .to_string();
+        store
+            .set_password("alice", &slow, clock::now_ms(), &actor())
+            .unwrap();
+        let refused = std::thread::scope(|s| {
+            let right = s.spawn(|| login(&store, "alice", "pw", &actor()));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            // The wrong password that completes the count (one, here).
+            let locked = store
+                .record_password_failure("alice", clock::now_ms(), 1, PASSWORD_LOCK_MS, &actor())
+                .unwrap();
+            assert!(locked.is_some());
+            right.join().unwrap().unwrap_err()
+        });
+        assert!(
+            refused.to_string().contains("wrong user name or password"),
+            "{refused}"
+        );
+        // Once lifted, the same password logs in.
+        store.unlock_user("alice", &actor()).unwrap();
+        assert_eq!(
+            login(&store, "alice", "pw", &actor()).unwrap(),
+            user("alice")
+        );
     }
 
     #[test]
