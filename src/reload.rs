@@ -27,6 +27,10 @@ const CERTIFICATE_LOOKED_AT_EVERY: Duration = Duration::from_secs(3600);
 /// it has passed: every time it looks).
 const CERTIFICATE_WARNED_EVERY: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a SIGHUP's reload may take before the log says it has not finished (a file it
+/// reads does not answer).
+const RELOAD_SAID_LATE_AFTER: Duration = Duration::from_secs(10);
+
 /// The served chain's expiry and problems, at start and on reload: into the metrics, and into
 /// the log when its expiry is near or one of its intermediates is out of its dates (a served
 /// certificate out of them is refused by [`CertStore`]); unread dates are said too.
@@ -93,88 +97,123 @@ pub(crate) async fn reload_on_hangup(
             tracing::info!("SIGHUP ignored: gitgate is stopping");
             continue;
         }
-        // Read once: what it says of the edits, and whether a restart would read the files this
-        // reload read (not when the config file now names others).
-        let on_disk = Config::load(&running.source);
-        config_said_on_hangup(&running, &on_disk);
-        let on_disk = on_disk.ok();
-        let same = |part: &dyn Fn(&Config) -> String| {
-            on_disk
-                .as_ref()
-                .is_none_or(|now| part(now) == part(&running))
-        };
-        let restart = |same: bool, what: &str| {
-            if same {
-                ", so a restart would fail (`gitgate check` says more)".to_string()
-            } else {
-                format!("; the config file now names other {what}, which a restart would read")
-            }
-        };
-        if let Some(secret) = &upstream_secret {
-            let from = secret.describe();
-            match secret.reload() {
-                Ok(Reloaded::FromFile) => {
-                    tracing::info!(
-                        from = %from,
-                        "SIGHUP: upstream credentials read again; new requests use them"
-                    );
-                    if let Some(warning) = secret.file_readable_by_all() {
-                        tracing::warn!("{warning}");
-                    }
-                }
-                Ok(Reloaded::Unchanged) => tracing::info!(
+        // On a thread of its own, not this one, which accepts the connections: a file that
+        // does not answer (a hung network mount under the certificate, a FIFO in its place)
+        // would stop them all. A thread, not `spawn_blocking`: the runtime's end waits for
+        // those, and the stop must not wait for a read that may never end.
+        let (certs, upstream_secret, running) =
+            (certs.clone(), upstream_secret.clone(), running.clone());
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let started = std::thread::Builder::new()
+            .name("gitgate-reload".into())
+            .spawn(move || {
+                reload(certs.as_deref(), upstream_secret.as_deref(), &running);
+                let _ = done.send(());
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "SIGHUP: cannot start a thread to reload on; nothing was read again");
+            continue;
+        }
+        // One reload at a time: a SIGHUP meanwhile is answered once this one ends.
+        tokio::pin!(finished);
+        if tokio::time::timeout(RELOAD_SAID_LATE_AFTER, &mut finished)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "SIGHUP: the reload has not finished after {}s: a file it reads (the config \
+                 file, the TLS certificate or key, the upstream credentials) does not answer; \
+                 connections are still taken with the certificate and credentials in use",
+                RELOAD_SAID_LATE_AFTER.as_secs()
+            );
+            let _ = finished.await;
+        }
+    }
+}
+
+/// What a SIGHUP reads again (see [`reload_on_hangup`]), on a thread that may block.
+fn reload(certs: Option<&CertStore>, upstream_secret: Option<&UpstreamSecret>, running: &Config) {
+    // Read once: what it says of the edits, and whether a restart would read the files this
+    // reload read (not when the config file now names others).
+    let on_disk = Config::load(&running.source);
+    config_said_on_hangup(running, &on_disk);
+    let on_disk = on_disk.ok();
+    let same = |part: &dyn Fn(&Config) -> String| {
+        on_disk
+            .as_ref()
+            .is_none_or(|now| part(now) == part(running))
+    };
+    let restart = |same: bool, what: &str| {
+        if same {
+            ", so a restart would fail (`gitgate check` says more)".to_string()
+        } else {
+            format!("; the config file now names other {what}, which a restart would read")
+        }
+    };
+    if let Some(secret) = &upstream_secret {
+        let from = secret.describe();
+        match secret.reload() {
+            Ok(Reloaded::FromFile) => {
+                tracing::info!(
                     from = %from,
-                    "SIGHUP: upstream credentials come from the environment, which changes only with a restart"
-                ),
-                Err(e) => {
-                    let credentials = |c: &Config| match &c.upstream {
-                        crate::config::Upstream::Http(h) => format!("{:?}", h.credentials),
-                        crate::config::Upstream::Cgi { .. } => String::new(),
-                    };
-                    tracing::error!(
-                        error = %LogText(&e.to_string()),
-                        "SIGHUP: keeping the current upstream credentials, the new ones are \
-                         unusable{}",
-                        restart(same(&credentials), "credentials")
-                    )
+                    "SIGHUP: upstream credentials read again; new requests use them"
+                );
+                if let Some(warning) = secret.file_readable_by_all() {
+                    tracing::warn!("{warning}");
                 }
             }
-        }
-        match &certs {
-            None if upstream_secret.is_none() => tracing::info!(
-                "SIGHUP: no [server.tls] and no [upstream.credentials] configured, nothing to reload"
+            Ok(Reloaded::Unchanged) => tracing::info!(
+                from = %from,
+                "SIGHUP: upstream credentials come from the environment, which changes only with a restart"
             ),
-            None => {}
-            Some(c) => match c.reload() {
-                Ok(()) => {
-                    tracing::info!(
-                        cert = %c.cert_path().display(),
-                        "SIGHUP: TLS certificate reloaded; new connections use it"
-                    );
-                    certificate_dates_said(c);
-                    // A renewal may write the new key with another mode: said as at a start.
-                    if let Some(warning) = crate::tls::key_readable_by_all(c.key_path()) {
-                        tracing::warn!("{warning}");
-                    }
-                }
-                Err(e) => match c
-                    .validity()
-                    .and_then(|chain| chain.expiry_note(crate::clock::now_ms()))
-                {
-                    Some((true, note)) => tracing::error!(
-                        error = %LogText(&e.to_string()),
-                        "SIGHUP: the new TLS certificate is unusable, and the one served is no \
-                         better: {note}"
-                    ),
-                    // The start loads the same files, and refuses them as this does.
-                    _ => tracing::error!(
-                        error = %LogText(&e.to_string()),
-                        "SIGHUP: keeping the current TLS certificate, the new one is unusable{}",
-                        restart(same(&|c: &Config| format!("{:?}", c.server.tls)), "TLS files")
-                    ),
-                },
-            },
+            Err(e) => {
+                let credentials = |c: &Config| match &c.upstream {
+                    crate::config::Upstream::Http(h) => format!("{:?}", h.credentials),
+                    crate::config::Upstream::Cgi { .. } => String::new(),
+                };
+                tracing::error!(
+                    error = %LogText(&e.to_string()),
+                    "SIGHUP: keeping the current upstream credentials, the new ones are \
+                     unusable{}",
+                    restart(same(&credentials), "credentials")
+                )
+            }
         }
+    }
+    match &certs {
+        None if upstream_secret.is_none() => tracing::info!(
+            "SIGHUP: no [server.tls] and no [upstream.credentials] configured, nothing to reload"
+        ),
+        None => {}
+        Some(c) => match c.reload() {
+            Ok(()) => {
+                tracing::info!(
+                    cert = %c.cert_path().display(),
+                    "SIGHUP: TLS certificate reloaded; new connections use it"
+                );
+                certificate_dates_said(c);
+                // A renewal may write the new key with another mode: said as at a start.
+                if let Some(warning) = crate::tls::key_readable_by_all(c.key_path()) {
+                    tracing::warn!("{warning}");
+                }
+            }
+            Err(e) => match c
+                .validity()
+                .and_then(|chain| chain.expiry_note(crate::clock::now_ms()))
+            {
+                Some((true, note)) => tracing::error!(
+                    error = %LogText(&e.to_string()),
+                    "SIGHUP: the new TLS certificate is unusable, and the one served is no \
+                     better: {note}"
+                ),
+                // The start loads the same files, and refuses them as this does.
+                _ => tracing::error!(
+                    error = %LogText(&e.to_string()),
+                    "SIGHUP: keeping the current TLS certificate, the new one is unusable{}",
+                    restart(same(&|c: &Config| format!("{:?}", c.server.tls)), "TLS files")
+                ),
+            },
+        },
     }
 }
 

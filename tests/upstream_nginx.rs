@@ -1820,6 +1820,54 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     assert!(g.log_text().contains("not-made"), "{}", g.log_text());
 }
 
+/// A SIGHUP whose reload cannot read the certificate (a hung network mount under it; here a
+/// FIFO with no writer in its place) holds up no connection: the reload waits on a thread of
+/// its own, the certificate in use stays, and the log says the reload has not finished. Nor
+/// does it hold up the stop.
+#[test]
+fn a_reload_that_cannot_read_the_certificate_holds_up_no_connection() {
+    let Some(w) = World::new("a_reload_that_cannot_read_the_certificate_holds_up_no_connection")
+    else {
+        return;
+    };
+    let mut g = w.serve(&Options {
+        tls: true,
+        ..Options::default()
+    });
+    std::fs::remove_file(w.path("cert.pem")).unwrap();
+    let made = Command::new("mkfifo")
+        .arg(w.path("cert.pem"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    g.signal("HUP");
+    // The reload says nothing until it has read the file: time for it to be stuck opening it.
+    std::thread::sleep(Duration::from_millis(300));
+    let (cert, mut conn) = tls_connect(g.port);
+    assert_eq!(cert, pem_der("tls/server-a.pem"), "the certificate in use");
+    assert!(healthz_on(&mut conn).contains("200"));
+    wait_for("the late reload said", Duration::from_secs(20), || {
+        g.log_text()
+            .contains("SIGHUP: the reload has not finished after 10s")
+    });
+    let (cert, _) = tls_connect(g.port);
+    assert_eq!(cert, pem_der("tls/server-a.pem"));
+    let start = Instant::now();
+    g.signal("TERM");
+    let status = loop {
+        if let Some(s) = g.exit_status() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the stop waited for the reload:\n{}",
+            g.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}\n{}", g.log_text());
+}
+
 #[test]
 fn bad_certificate_at_start_is_a_clear_error() {
     let Some(w) = World::new("bad_certificate_at_start_is_a_clear_error") else {
