@@ -248,6 +248,8 @@ pub struct Metrics {
     tokens_expiring_soon: AtomicU64,
     /// The served TLS certificate's notAfter, epoch seconds; 0 without TLS (or unread dates).
     tls_certificate_expiry: AtomicI64,
+    /// SIGHUPs that kept a file in use because its new content was unusable.
+    reload_failures: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -275,6 +277,7 @@ impl Metrics {
             backend_waiting: AtomicI64::new(0),
             tokens_expiring_soon: AtomicU64::new(0),
             tls_certificate_expiry: AtomicI64::new(0),
+            reload_failures: AtomicU64::new(0),
         }
     }
 
@@ -290,6 +293,12 @@ impl Metrics {
     /// go on trusting it; one on the series' absence sees the change).
     pub fn tls_certificate_expiry_unknown(&self) {
         self.tls_certificate_expiry.store(0, Relaxed);
+    }
+
+    /// A SIGHUP kept the TLS certificate or the upstream credentials in use: the new ones were
+    /// unusable (said in the log). What an alert on a renewal that did not load watches.
+    pub fn reload_failed(&self) {
+        self.reload_failures.fetch_add(1, Relaxed);
     }
 
     /// The calling thread's copy of the per-request figures.
@@ -510,7 +519,7 @@ impl Metrics {
                 self.connections_cut[why as usize].load(Relaxed)
             );
         }
-        let simple: [(&str, &str, &str, String); 17] = [
+        let simple: [(&str, &str, &str, String); 18] = [
             (
                 "gitgate_throttled_requests_total",
                 "counter",
@@ -612,6 +621,12 @@ impl Metrics {
                 "gauge",
                 "Live tokens that expire within 7 days (refreshed every minute).",
                 self.tokens_expiring_soon.load(Relaxed).to_string(),
+            ),
+            (
+                "gitgate_reload_failures_total",
+                "counter",
+                "SIGHUPs that kept the TLS certificate or the upstream credentials in use because the new ones were unusable (the log says why).",
+                self.reload_failures.load(Relaxed).to_string(),
             ),
         ];
         for (name, kind, help, value) in simple {
@@ -894,7 +909,10 @@ mod tests {
         m.accept_failed(false);
         m.accept_failed(true);
         m.accept_failed(true);
+        assert!(text.contains("gitgate_reload_failures_total 0\n"));
+        m.reload_failed();
         let text = m.render((0, 0));
+        assert!(text.contains("gitgate_reload_failures_total 1\n"));
         assert!(text.contains("gitgate_accept_failures_total{listener=\"git\"} 1\n"));
         assert!(text.contains("gitgate_accept_failures_total{listener=\"metrics\"} 2\n"));
         assert!(text.starts_with(&format!(

@@ -167,6 +167,7 @@ fn reload(certs: Option<&CertStore>, upstream_secret: Option<&UpstreamSecret>, r
                 "SIGHUP: upstream credentials come from the environment, which changes only with a restart"
             ),
             Err(e) => {
+                METRICS.reload_failed();
                 let credentials = |c: &Config| match &c.upstream {
                     crate::config::Upstream::Http(h) => format!("{:?}", h.credentials),
                     crate::config::Upstream::Cgi { .. } => String::new(),
@@ -197,22 +198,25 @@ fn reload(certs: Option<&CertStore>, upstream_secret: Option<&UpstreamSecret>, r
                     tracing::warn!("{warning}");
                 }
             }
-            Err(e) => match c
-                .validity()
-                .and_then(|chain| chain.expiry_note(crate::clock::now_ms()))
-            {
-                Some((true, note)) => tracing::error!(
-                    error = %LogText(&e.to_string()),
-                    "SIGHUP: the new TLS certificate is unusable, and the one served is no \
-                     better: {note}"
-                ),
-                // The start loads the same files, and refuses them as this does.
-                _ => tracing::error!(
-                    error = %LogText(&e.to_string()),
-                    "SIGHUP: keeping the current TLS certificate, the new one is unusable{}",
-                    restart(same(&|c: &Config| format!("{:?}", c.server.tls)), "TLS files")
-                ),
-            },
+            Err(e) => {
+                METRICS.reload_failed();
+                match c
+                    .validity()
+                    .and_then(|chain| chain.expiry_note(crate::clock::now_ms()))
+                {
+                    Some((true, note)) => tracing::error!(
+                        error = %LogText(&e.to_string()),
+                        "SIGHUP: the new TLS certificate is unusable, and the one served is no \
+                         better: {note}"
+                    ),
+                    // The start loads the same files, and refuses them as this does.
+                    _ => tracing::error!(
+                        error = %LogText(&e.to_string()),
+                        "SIGHUP: keeping the current TLS certificate, the new one is unusable{}",
+                        restart(same(&|c: &Config| format!("{:?}", c.server.tls)), "TLS files")
+                    ),
+                }
+            }
         },
     }
 }

@@ -1713,10 +1713,22 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     let Some(w) = World::new("certificate_reloads_on_sighup_without_dropping_connections") else {
         return;
     };
+    let metrics_port = common::free_port();
     let g = w.serve(&Options {
         tls: true,
+        server: Box::leak(format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n").into()),
         ..Options::default()
     });
+    // SIGHUPs that kept a file in use, as /metrics counts them.
+    let reload_failures = || {
+        let scraped = common::http_get(metrics_port, "/metrics", None);
+        let text = String::from_utf8_lossy(&scraped.body).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("gitgate_reload_failures_total "))
+            .unwrap_or_else(|| panic!("no gitgate_reload_failures_total in:\n{text}"))
+            .to_string()
+    };
+    assert_eq!(reload_failures(), "0");
     let (cert, mut old) = tls_connect(g.port);
     assert_eq!(cert, pem_der("tls/server-a.pem"));
     assert!(healthz_on(&mut old).contains("200"));
@@ -1744,6 +1756,7 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     });
     let (cert, _) = tls_connect(g.port);
     assert_eq!(cert, pem_der("tls/server-b.pem"), "a new connection sees B");
+    assert_eq!(reload_failures(), "0", "a reload that loaded");
     assert!(
         healthz_on(&mut old).contains("200"),
         "the connection opened before the reload still works"
@@ -1760,6 +1773,11 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     let (cert, _) = tls_connect(g.port);
     assert_eq!(cert, pem_der("tls/server-b.pem"));
     assert!(g.log_text().contains("cert.pem"), "{}", g.log_text());
+    assert_eq!(
+        reload_failures(),
+        "1",
+        "a reload that kept the certificate in use"
+    );
 
     // An expired certificate (a renewal that failed and left an old one): kept out too.
     std::fs::copy(fixture("tls/expired.pem"), w.path("cert.pem")).unwrap();
