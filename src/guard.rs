@@ -102,15 +102,34 @@ impl Verdict {
                  in {IN_FLIGHT_RETRY_SECS} s, or once one of them has finished"
             ),
             Verdict::AddressBlocked { retry_after_secs } => format!(
-                "too many failed authentications from your address; try again in {retry_after_secs} s"
+                "too many failed authentications from your address; try again in {}",
+                wait_in_words(*retry_after_secs)
             ),
             Verdict::RateLimited {
                 principal,
                 retry_after_secs,
             } => format!(
-                "rate limit exceeded for {principal}; try again in {retry_after_secs} s"
+                "rate limit exceeded for {principal}; try again in {}",
+                wait_in_words(*retry_after_secs)
             ),
         }
+    }
+}
+
+/// A wait as a person reads it: seconds up to two minutes (what `Retry-After` says), then
+/// minutes, then hours and minutes — a limit of a few requests a day is "23 h 57 min", not
+/// "86207 s". Rounded up: the client that comes back when told is let in.
+fn wait_in_words(secs: u64) -> String {
+    if secs < 120 {
+        return format!("{secs} s");
+    }
+    let minutes = secs.div_ceil(60);
+    if minutes < 120 {
+        return format!("{minutes} min");
+    }
+    match (minutes / 60, minutes % 60) {
+        (hours, 0) => format!("{hours} h"),
+        (hours, minutes) => format!("{hours} h {minutes} min"),
     }
 }
 
@@ -444,6 +463,34 @@ impl Guard {
 mod tests {
     use super::*;
     use crate::git::Service;
+
+    #[test]
+    fn a_wait_is_said_in_the_unit_a_person_reads_it_in_and_never_shorter() {
+        let said = |secs| wait_in_words(secs);
+        assert_eq!(said(1), "1 s");
+        assert_eq!(said(119), "119 s");
+        assert_eq!(said(120), "2 min");
+        assert_eq!(said(121), "3 min");
+        assert_eq!(said(3600), "60 min");
+        assert_eq!(said(7140), "119 min");
+        assert_eq!(said(7141), "2 h");
+        assert_eq!(said(7200), "2 h");
+        assert_eq!(said(86_207), "23 h 57 min");
+        // No overflow at the end of the range.
+        assert_eq!(said(u64::MAX), "5124095576030431 h 1 min");
+        let refused = Verdict::RateLimited {
+            principal: "user:alice".into(),
+            retry_after_secs: 86_207,
+        };
+        assert_eq!(
+            refused.message(),
+            "rate limit exceeded for user:alice; try again in 23 h 57 min"
+        );
+        let blocked = Verdict::AddressBlocked {
+            retry_after_secs: 3600,
+        };
+        assert!(blocked.message().ends_with("try again in 60 min"));
+    }
     use crate::permission::{TokenKind, TokenPermissions};
     use crate::store::test_support::{actor, temp_store};
     use crate::store::Role;
