@@ -31,6 +31,9 @@ pub enum Target {
     Repo(RepoPath),
 }
 
+/// The longest name of a folder on Linux's file systems, in bytes.
+const NAME_MAX: usize = 255;
+
 impl Target {
     /// `team` → project, `team/app` (or `team/app.git`) → repository.
     pub fn parse(s: &str) -> Result<Target, String> {
@@ -71,7 +74,8 @@ impl Target {
         Ok(target)
     }
 
-    /// Refuses a target whose git paths are not git's under `git_prefix`: with `/`, every path
+    /// Refuses a target whose name no folder can have (over [`NAME_MAX`] bytes), or whose git
+    /// paths are not git's under `git_prefix`: with `/`, every path
     /// under `/rest/` is the REST API's ([`crate::api::is_api_path`]), so a project `rest`
     /// could never be cloned. Nor is one whose path has the shape of a token secret's random
     /// part (a long mixed-case run with digits, `Platform-Services-Api-Gateway-V2-Deployment`):
@@ -82,6 +86,16 @@ impl Target {
             Target::Project(p) => (p.as_str(), p.as_str()),
             Target::Repo(r) => (r.project(), r.as_str()),
         };
+        // No file system here takes a folder name over 255 bytes (Linux's NAME_MAX): no
+        // repository could be found under a longer one.
+        if let Some(long) = path.split('/').find(|name| name.len() > NAME_MAX) {
+            return Err(format!(
+                "'{}...' is {} bytes long, and no folder's name may be longer than {NAME_MAX}: \
+                 a repository could never be served under it; shorten it",
+                long.chars().take(24).collect::<String>(),
+                long.len()
+            ));
+        }
         if crate::credentials::has_a_secrets_random_part(path) {
             return Err(format!(
                 "'{path}' has {}, the shape of a token secret: gitgate refuses requests for \
@@ -663,6 +677,14 @@ mod tests {
             assert!(e.contains("ggt_"), "{e}");
         }
         assert!(Target::parse_new("team/ggcalc", "/").is_ok());
+        // ... nor one no folder can be named (the gate could only answer 404).
+        let key = "a".repeat(256);
+        for held in [key.clone(), format!("{key}/app"), format!("team/{key}")] {
+            let e = Target::parse_new(&held, "/scm").unwrap_err();
+            assert!(e.contains("256 bytes long") && !e.contains(&key), "{e}");
+            assert!(Target::parse(&held).unwrap().served_under("/scm").is_err());
+        }
+        assert!(Target::parse_new(&"a".repeat(255), "/scm").is_ok());
         // ... nor one whose name has the shape of a secret's random part, which the gate
         // refuses as such (`credentials::has_a_secrets_random_part`): a grant given for it
         // left its users with "the repository path holds what looks like a gitgate token".
