@@ -1824,3 +1824,74 @@ fn wrong_tokens_under_lower_case_basic_are_throttled_too() {
         server.backend_hits()
     );
 }
+
+/// A rotation's old secret still in use is said in the log once a minute per token; the wall
+/// clock stepped back an hour (an NTP correction) after a saying must not keep the next use
+/// unsaid for that hour — the record, cached across the writer's commits, kept the time of the
+/// saying, an hour "ahead" of the clock.
+#[test]
+fn a_wall_clock_stepped_back_does_not_silence_the_old_secrets_use() {
+    let Some(lib) = common::faketime_library() else {
+        return;
+    };
+    let clock = tempfile::tempdir().unwrap();
+    let offset = clock.path().join("offset");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let server = Server::start_env(
+        "",
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let old = server.read_token.clone();
+    let id = &old[4..16];
+    // Two hours of overlap: an hour back stays inside it.
+    let new = gitgate(
+        &server.config(),
+        &[
+            "token",
+            "rotate",
+            id,
+            "--overlap-seconds",
+            "7200",
+            "--password-stdin",
+        ],
+        Some("pw\n"),
+    );
+    assert!(new.starts_with("ggt_") && new != old);
+    let said = || {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("previous secret was used") && l.contains(id))
+            .count()
+    };
+    assert_eq!(status(&get(&server, IR, &old)), 200);
+    wait_for("the old secret's use to be said", || said() == 1);
+    // Within the minute: not said again.
+    assert_eq!(status(&get(&server, IR, &old)), 200);
+
+    std::fs::write(&offset, "-3600\n").unwrap();
+    let resp = get(&server, IR, &old);
+    assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+    wait_for("the old secret's use after the step to be said", || {
+        said() == 2
+    });
+    // The step reached gitgate: what it said last names the overlap's end (unchanged) from a
+    // clock an hour back — seen in the line's own time.
+    let log = server.log();
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("previous secret was used"))
+        .unwrap()
+        .to_string();
+    let first = log
+        .lines()
+        .find(|l| l.contains("previous secret was used"))
+        .unwrap()
+        .to_string();
+    assert!(last[..19] < first[..19], "{first}\n{last}");
+}

@@ -153,7 +153,10 @@ impl AuthRecord {
     /// When the overlap of the secret `presented` ends, if it is the previous one (inside its
     /// rotation's overlap, not the current one), and this process has not said so in the last
     /// minute: a client still holds the old secret, which the operator planning the rotation
-    /// must hear before the overlap ends. Nothing to do for a token never rotated.
+    /// must hear before the overlap ends. Nothing to do for a token never rotated. A saying
+    /// more than [`FUTURE_USE_MS`] later than `now` is no saying at all (the wall clock went
+    /// back since, as in [`AuthRecord::claim_use`]): else the record, cached across the
+    /// writer's commits, kept the line unsaid for as long as the clock was stepped back.
     pub fn previous_used(&self, presented: &[u8], now: i64) -> Option<i64> {
         let (hash, until) = self.previous.as_ref()?;
         if now >= *until
@@ -163,7 +166,7 @@ impl AuthRecord {
             return None;
         }
         let said = self.previous_said.0.load(Ordering::Relaxed);
-        (now.saturating_sub(said) >= 60_000
+        ((said.saturating_sub(now) > FUTURE_USE_MS || now.saturating_sub(said) >= 60_000)
             && self
                 .previous_said
                 .0
@@ -1889,6 +1892,22 @@ mod tests {
         assert_eq!(record.previous_used(&old, now + 59_999), None);
         assert_eq!(record.previous_used(&old, now + 60_000), Some(until));
         assert_eq!(record.previous_used(&old, until), None);
+    }
+
+    /// The wall clock stepped back (an NTP correction) after the previous secret's use was
+    /// said: the next use is said again, not kept unsaid until the clock is back where it was.
+    /// Within a minute of the saying, a moment earlier (two requests racing) is not a step.
+    #[test]
+    fn a_use_of_the_previous_secret_is_said_again_after_the_clock_went_back() {
+        let (_d, store) = temp_store();
+        let id = &alices_tokens(&store, 1)[0];
+        let now = clock::now_ms();
+        let until = now + 7_200_000;
+        let (record, old) = rotated_with_overlap(&store, id, until);
+        assert_eq!(record.previous_used(&old, now), Some(until));
+        assert_eq!(record.previous_used(&old, now - FUTURE_USE_MS), None);
+        assert_eq!(record.previous_used(&old, now - 3_600_000), Some(until));
+        assert_eq!(record.previous_used(&old, now - 3_600_000 + 1), None);
     }
 
     /// A revoked token stays as it was revoked: neither edited nor given a new secret.
