@@ -176,7 +176,19 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     // Failures counted in memory while the store took no writes go into it once it does, where
     // `user unlock` and `user passwd` see them.
     unrecorded::offer(store, user, now);
-    let stored_lock = store.user(user)?.and_then(|u| u.locked_until);
+    let mut stored_lock = store.user(user)?.and_then(|u| u.locked_until);
+    if let Some(until) = stored_lock.filter(|&until| lock_made_ahead(until, now)) {
+        // Kept as it is if it cannot be written: a longer lock, never none.
+        if let Ok(capped) = store.cap_password_lock(user, now, PASSWORD_LOCK_MS) {
+            tracing::warn!(
+                user,
+                was = %clock::datetime(until),
+                until = %capped.map_or_else(|| "-".into(), clock::datetime),
+                "a password lock ended further ahead than a lock lasts: the wall clock went back since it was made (or was ahead then); it now ends a lock's length from now"
+            );
+            stored_lock = capped;
+        }
+    }
     let unrecorded_lock = unrecorded::locked_until(store, user, now);
     if let Some(until) = stored_lock.into_iter().chain(unrecorded_lock).max() {
         if now < until {
@@ -461,6 +473,12 @@ pub const MAX_LIVE_TOKENS: u64 = crate::store::MAX_LIVE_PERSONAL_TOKENS;
 pub const PASSWORD_FAILURES_BEFORE_LOCK: u32 = 10;
 /// How long the lock lasts unless an administrator lifts it with `gitgate user unlock`.
 pub const PASSWORD_LOCK_MS: i64 = 15 * 60 * 1000;
+
+/// Whether a password lock ending at `until` was made on a clock ahead of `now`'s: it ends
+/// more than [`PASSWORD_LOCK_MS`] from now, longer than any lock is made for.
+fn lock_made_ahead(until: i64, now: i64) -> bool {
+    until.saturating_sub(now) > PASSWORD_LOCK_MS
+}
 
 /// A valid argon2id hash of nothing anyone knows, computed once, for [`login`]'s unknown users.
 fn dummy_hash() -> &'static str {
@@ -1151,6 +1169,15 @@ mod tests {
     /// A store that takes no writes (a full disk) still counts wrong passwords towards the
     /// lock, and answers them as any wrong password: a 500 for a wrong guess only (and 200 for
     /// the right one) told a guesser which was right, with nothing limiting the guesses.
+    /// A lock ending further ahead than a lock lasts can only come from a clock ahead of now's.
+    #[test]
+    fn a_lock_made_ahead_is_one_ending_further_than_a_lock_lasts() {
+        assert!(!lock_made_ahead(1000 + PASSWORD_LOCK_MS, 1000));
+        assert!(lock_made_ahead(1001 + PASSWORD_LOCK_MS, 1000));
+        assert!(!lock_made_ahead(500, 1000));
+        assert!(!lock_made_ahead(i64::MIN, i64::MAX));
+    }
+
     #[test]
     fn wrong_passwords_the_store_cannot_record_still_lock() {
         let (_dir, store) = setup();

@@ -846,6 +846,53 @@ fn the_lock_lifts_by_itself_after_the_lock_time() {
     assert_eq!(alice_later["lockedUntil"], Value::Null, "{alice_later}");
 }
 
+/// A lock made before the wall clock went back an hour (an NTP correction) lasts the lock time
+/// from the first login tried after the step, not an hour more: its end, an hour and a quarter
+/// ahead of the clock by then, is moved to a lock time from then. Still locked at that login
+/// (the lock stands), and a minute before the moved end; lifted a minute after it.
+#[test]
+fn a_lock_made_before_the_clock_went_back_lasts_no_longer_than_a_lock() {
+    let Some(lib) = common::faketime_library() else {
+        return;
+    };
+    let install = setup();
+    wrong_passwords(&install, LOCK_AFTER);
+    let locked = alice(&install)["lockedUntil"].as_i64().unwrap();
+    let create = create_args();
+    let pw = format!("{PW}\n");
+
+    let back = -3600;
+    assert_login_refused(&cli_later(&install, lib, back, &create, &pw));
+    // Read at the clock gitgate has then: at the real one, the moved lock has ended.
+    let list = cli_later(&install, lib, back, &["user", "list", "--json"], "");
+    let moved = json_of(list.ok())
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "alice")
+        .and_then(|u| u["lockedUntil"].as_i64())
+        .unwrap_or_else(|| panic!("no lock at all: {list}"));
+    assert!(
+        moved < locked - 3_000_000,
+        "the lock's end did not move: {locked} then {moved}"
+    );
+    assert_login_refused(&cli_later(
+        &install,
+        lib,
+        back + LOCK_SECS - 60,
+        &create,
+        &pw,
+    ));
+    assert_login_ok(&cli_later(
+        &install,
+        lib,
+        back + LOCK_SECS + 60,
+        &create,
+        &pw,
+    ));
+    assert_eq!(token_ids(&install).len(), 1);
+}
+
 /// An administrator's `user passwd` for a user who locked themselves out lifts the lock and
 /// forgets the wrong passwords (tries at the old password): the new password works at once, the
 /// CLI and the audit event say the lock went with it.

@@ -432,6 +432,25 @@ impl Store {
         })
     }
 
+    /// Makes a password lock of `slug` that ends more than `lock_ms` after `now` end `lock_ms`
+    /// from now, and returns its end as it is then (`None`: no lock in force). Such a lock was
+    /// made on a wall clock ahead of this one — stepped back since (an NTP correction), or
+    /// another host's — and no lock is made for longer than `lock_ms`: kept, it would refuse the
+    /// user's password for as long again as the clock went back. Not audited: the lock stands,
+    /// only its end moves, and the server's log says so.
+    pub fn cap_password_lock(&self, slug: &str, now: i64, lock_ms: i64) -> Result<Option<i64>> {
+        let capped = now.saturating_add(lock_ms);
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE users SET locked_until = ?1 WHERE slug = ?2 AND locked_until > ?1",
+                params![capped, slug],
+            )?;
+            Ok(find_user(tx, slug)?
+                .and_then(|u| u.locked_until)
+                .filter(|&until| now < until))
+        })
+    }
+
     /// A correct password: forget earlier failures (no audit event; nothing changed for anyone).
     pub fn clear_password_failures(&self, slug: &str) -> Result<()> {
         self.with_conn(|c| {
@@ -694,6 +713,37 @@ mod tests {
             .map(|e| e.detail)
             .collect();
         assert_eq!(details, ["", "lock lifted"]);
+    }
+
+    /// A lock ending further ahead than a lock lasts is moved to end a lock's length from now;
+    /// one within that, or none, is left as it is.
+    #[test]
+    fn a_lock_ending_further_ahead_than_a_lock_lasts_is_moved_nearer() {
+        let (_d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        assert_eq!(
+            store.cap_password_lock("alice", 1000, 60_000).unwrap(),
+            None
+        );
+        let until = store
+            .record_password_failure("alice", 4_000_000, 1, 60_000, &actor())
+            .unwrap();
+        assert_eq!(until, Some(4_060_000));
+        // The clock an hour back: the lock ends a minute from then.
+        let back = 4_000_000 - 3_600_000;
+        assert_eq!(
+            store.cap_password_lock("alice", back, 60_000).unwrap(),
+            Some(back + 60_000)
+        );
+        assert_eq!(
+            store.user("alice").unwrap().unwrap().locked_until,
+            Some(back + 60_000)
+        );
+        // Within a lock's length: unchanged.
+        assert_eq!(
+            store.cap_password_lock("alice", back + 1, 60_000).unwrap(),
+            Some(back + 60_000)
+        );
     }
 
     /// Wrong passwords counted in memory while the store took no writes lock the user when,
