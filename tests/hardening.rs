@@ -1895,3 +1895,63 @@ fn a_wall_clock_stepped_back_does_not_silence_the_old_secrets_use() {
         .to_string();
     assert!(last[..19] < first[..19], "{first}\n{last}");
 }
+
+/// A token's expiry is judged at each request on the wall clock, whatever the token cache
+/// holds: with nothing committed to the store since the token was last let in (its record
+/// cached as valid), the clock moving past its expiry (time passing, or an NTP step forward)
+/// refuses the next request — ten seconds before it, the same secret is still let in.
+#[test]
+fn a_token_cached_as_valid_is_refused_once_the_clock_passes_its_expiry() {
+    let Some(lib) = common::faketime_library() else {
+        return;
+    };
+    let clock = tempfile::tempdir().unwrap();
+    let offset = clock.path().join("offset");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let server = Server::start_env(
+        "",
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let secret = gitgate(
+        &server.config(),
+        &[
+            "token",
+            "create",
+            "--project",
+            "team",
+            "--name",
+            "ci",
+            "--permission",
+            "PROJECT_READ",
+            "--expiry-days",
+            "1",
+        ],
+        None,
+    );
+    assert!(secret.starts_with("ggt_"), "{secret}");
+    // Let in, and so cached; nothing is committed from here on but the writer's last uses,
+    // which leave the cache as it is.
+    assert_eq!(status(&get(&server, IR, &secret)), 200);
+    std::fs::write(&offset, "+86390\n").unwrap();
+    assert_eq!(status(&get(&server, IR, &secret)), 200);
+    std::fs::write(&offset, "+86401\n").unwrap();
+    let refused = get(&server, IR, &secret);
+    assert_eq!(
+        status(&refused),
+        401,
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
+    assert!(
+        String::from_utf8_lossy(&refused).contains("token 'ci' expired on"),
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
+    // The other tokens, which do not expire, are let in at that clock.
+    assert_eq!(status(&get(&server, IR, &server.read_token)), 200);
+}
