@@ -1496,6 +1496,69 @@ fn a_web_page_of_another_site_is_refused_before_its_password_counts() {
     assert!(ok, "{err}");
 }
 
+/// SECURITY.md promise 17: another site's page may not read the API either. It never sees the
+/// answer, but its `<img src>` has the browser send the password it was once given for the
+/// API, and each such call was a password check and a token of the user's rate-limit bucket,
+/// the one their git requests draw from: before these were refused (before the password), a
+/// page's images emptied alice's bucket and her clone was refused `429`. A link of another
+/// site that she follows to the API (her click: `Sec-Fetch-User: ?1`) is still answered.
+#[test]
+fn a_web_page_of_another_site_cannot_spend_its_users_rate_limit() {
+    let install = Install::new_with("[rate_limit]\ncapacity = 3\nrefill_per_second = 0.01\n");
+    install.add_user("alice", false);
+    install.cli_ok(&["grant", "add", "alice", "team", "write"], "");
+    let server = install.serve();
+    // The first token of alice's three.
+    let (_id, secret) = personal(&server, "alice", &["REPO_READ"]);
+    let fetches = [
+        // `<img src>`, `<script src>`.
+        (
+            "GET",
+            "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: image\r\n",
+        ),
+        // An `<iframe>`: a navigation, inside the page.
+        (
+            "GET",
+            "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: iframe\r\n",
+        ),
+        // A window the page opened, sent to the API by its script (no click: no
+        // Sec-Fetch-User), as often as it likes.
+        (
+            "GET",
+            "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n",
+        ),
+        // `fetch(url, {credentials: "include"})`, over plain HTTP (no Sec-Fetch-*), and its
+        // preflight.
+        ("GET", "Origin: https://evil.example\r\n"),
+        (
+            "OPTIONS",
+            "Origin: https://evil.example\r\nAccess-Control-Request-Method: DELETE\r\n\
+             Sec-Fetch-Site: same-site\r\nSec-Fetch-Mode: cors\r\n",
+        ),
+    ];
+    for round in 0..2 {
+        for (method, extra) in fetches {
+            let resp = as_alice(&server, method, "/users/alice", extra, "");
+            let text = String::from_utf8_lossy(&resp.body);
+            assert_eq!(resp.status, 403, "{round}: {method} {extra:?}: {text}");
+            assert!(
+                text.contains("web page of another site")
+                    && text.contains("not a page that fetches from it"),
+                "{text}"
+            );
+            assert!(resp.header("access-control-allow-origin").is_none());
+        }
+    }
+    // A link alice followed from another site's page (the second token), then her clone (the
+    // third): none of the ten fetches above took one.
+    let link = "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\n\
+                Sec-Fetch-Dest: document\r\nSec-Fetch-User: ?1\r\n";
+    let resp = as_alice(&server, "GET", "/users/alice", link, "");
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let (ok, err) = ls_remote(&install, &server, "alice", &secret);
+    assert!(ok, "{err}");
+}
+
 /// A secret pasted where a field, a value or a header goes is not repeated in the error that
 /// quotes it: the answer goes back into a CI log or a proxy's capture.
 #[test]

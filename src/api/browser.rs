@@ -15,6 +15,14 @@
 //!   another site: `Sec-Fetch-Site` other than `none` or `same-origin`, or an `Origin` that is
 //!   not the address asked (`Host`, or HTTP/2's `:authority`). Browsers send them; scripts and
 //!   the CLI send neither, and are not affected.
+//! - nor a read, unless it is a link its user followed to the API (`Sec-Fetch-Mode: navigate`,
+//!   `Sec-Fetch-Dest: document`, `Sec-Fetch-User: ?1`): a page may not read the API, but its
+//!   `<img src>` would still
+//!   have the browser send the password, and every such call costs a password check and a token
+//!   of the user's rate-limit bucket, the one their git requests draw from. A page firing them
+//!   kept a user's clones refused `429` for as long as it was open. A read's `Origin` (sent
+//!   only by a cross-origin `fetch`, and by its preflight `OPTIONS`) must be the address asked
+//!   too.
 //!
 //! Bitbucket refuses the same requests ("XSRF check failed") unless told otherwise by a header.
 
@@ -30,18 +38,25 @@ pub fn refusal(
     headers: &HeaderMap,
     body_follows: bool,
 ) -> Option<(StatusCode, String)> {
-    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        return None;
-    }
+    let change = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let takes = if change {
+        "the API takes changes from scripts and the CLI"
+    } else {
+        "the API answers scripts, the CLI and a link followed to it, not a page that fetches \
+         from it"
+    };
     // Every line of each header: a second, cross-site one must not hide behind a first.
     for site in headers.get_all("sec-fetch-site") {
         let site = site.to_str().unwrap_or("?");
-        if !site.eq_ignore_ascii_case("none") && !site.eq_ignore_ascii_case("same-origin") {
+        if !site.eq_ignore_ascii_case("none")
+            && !site.eq_ignore_ascii_case("same-origin")
+            && (change || !is_a_followed_link(method, headers))
+        {
             return Some((
                 StatusCode::FORBIDDEN,
                 format!(
                     "refused: this request comes from a web page of another site \
-                     (Sec-Fetch-Site: {site}); the API takes changes from scripts and the CLI"
+                     (Sec-Fetch-Site: {site}); {takes}"
                 ),
             ));
         }
@@ -53,10 +68,13 @@ pub fn refusal(
                 StatusCode::FORBIDDEN,
                 format!(
                     "refused: this request comes from a web page of another site (Origin: \
-                     {origin}); the API takes changes from scripts and the CLI"
+                     {origin}); {takes}"
                 ),
             ));
         }
+    }
+    if !change {
+        return None;
     }
     if body_follows && !is_json(headers) {
         let given: Vec<String> = headers
@@ -82,6 +100,23 @@ pub fn refusal(
         ));
     }
     None
+}
+
+/// Whether a `GET` is a browser following a link to the API in its window, as its user asked
+/// (a top-level navigation by a click or a key: `Sec-Fetch-Mode: navigate`, `Sec-Fetch-Dest:
+/// document` and `Sec-Fetch-User: ?1`, each in every line of it), which shows the answer to
+/// its user and to no page. An `<iframe>`'s is not (its `Sec-Fetch-Dest` is `iframe`), nor an
+/// `<img>`'s or a `fetch`'s, nor a window the page's script sends to one address after another
+/// (no `Sec-Fetch-User`): each would cost a password check and a rate-limit token.
+fn is_a_followed_link(method: &Method, headers: &HeaderMap) -> bool {
+    let every_line_is = |name: &str, want: &str| {
+        let mut lines = headers.get_all(name).iter().peekable();
+        lines.peek().is_some() && lines.all(|v| v.as_bytes().eq_ignore_ascii_case(want.as_bytes()))
+    };
+    *method == Method::GET
+        && every_line_is("sec-fetch-mode", "navigate")
+        && every_line_is("sec-fetch-dest", "document")
+        && every_line_is("sec-fetch-user", "?1")
 }
 
 /// Whether `origin` (`scheme://host[:port]`) names the address the request was sent to.
@@ -175,7 +210,14 @@ mod tests {
                     "{method} {cross:?}"
                 );
             }
-            assert_eq!(refused(Method::GET, cross), None, "{cross:?}");
+            // Nor read it: a page's `<img>` would have the browser send the password.
+            for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+                assert_eq!(
+                    refused(method.clone(), cross),
+                    Some(StatusCode::FORBIDDEN),
+                    "{method} {cross:?}"
+                );
+            }
         }
         // The same site, and scripts (no such header): let through.
         for own in [
@@ -186,6 +228,122 @@ mod tests {
             &[],
         ] {
             assert_eq!(refused(Method::POST, own), None, "{own:?}");
+        }
+    }
+
+    /// A link of another site's page followed to the API is answered, as a URL typed in is:
+    /// the answer is for the user, in their window. Anything else such a page has the browser
+    /// send is not, whatever it claims beside.
+    #[test]
+    fn a_page_of_another_site_may_link_to_the_api_but_not_fetch_from_it() {
+        let host = ("host", "git.example.com:8080");
+        let link = [
+            host,
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document"),
+            ("sec-fetch-user", "?1"),
+        ];
+        assert_eq!(refused(Method::GET, &link), None);
+        let same_site_link = [
+            host,
+            ("sec-fetch-site", "same-site"),
+            ("sec-fetch-mode", "Navigate"),
+            ("sec-fetch-dest", "DOCUMENT"),
+            ("sec-fetch-user", "?1"),
+        ];
+        assert_eq!(refused(Method::GET, &same_site_link), None);
+        // The same headers on a change (a form's POST is a navigation too), or a HEAD, which no
+        // link sends.
+        for method in [Method::POST, Method::HEAD] {
+            assert_eq!(
+                refused(method.clone(), &link),
+                Some(StatusCode::FORBIDDEN),
+                "{method}"
+            );
+        }
+        for fetched in [
+            // `<img src>`, `<script src>`, `fetch(url, {mode: "no-cors"})`.
+            &[
+                host,
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "no-cors"),
+                ("sec-fetch-dest", "image"),
+            ][..],
+            // An `<iframe>`: a navigation, but inside the page.
+            &[
+                host,
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-dest", "iframe"),
+            ],
+            // Not all said: not a link followed.
+            &[host, ("sec-fetch-site", "cross-site")],
+            &[
+                host,
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-user", "?1"),
+            ],
+            // A window the page's script navigates, without its user's click.
+            &[
+                host,
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-dest", "document"),
+            ],
+            // A second line of either must not make a fetch pass for a link.
+            &[
+                host,
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-mode", "no-cors"),
+                ("sec-fetch-dest", "document"),
+                ("sec-fetch-user", "?1"),
+            ],
+            &[
+                host,
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-dest", "image"),
+                ("sec-fetch-dest", "document"),
+                ("sec-fetch-user", "?1"),
+            ],
+            // A cross-origin `fetch` in CORS mode says its page's origin.
+            &[host, ("origin", "https://evil.example")],
+            &[
+                host,
+                ("origin", "https://evil.example"),
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-dest", "document"),
+                ("sec-fetch-user", "?1"),
+            ],
+        ] {
+            assert_eq!(
+                refused(Method::GET, fetched),
+                Some(StatusCode::FORBIDDEN),
+                "{fetched:?}"
+            );
+        }
+        // Reads of the site itself, and of scripts.
+        for own in [
+            &[
+                host,
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "cors"),
+            ][..],
+            &[
+                host,
+                ("sec-fetch-site", "none"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            &[host, ("origin", "http://git.example.com:8080")],
+            &[host],
+        ] {
+            for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+                assert_eq!(refused(method.clone(), own), None, "{method} {own:?}");
+            }
         }
     }
 

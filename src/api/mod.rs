@@ -11,7 +11,8 @@
 //! - **No changes from web pages** (`browser`): a body must be JSON by its `Content-Type`,
 //!   and a change must not come from a page of another site (`Origin`, `Sec-Fetch-Site`),
 //!   since a browser would send a password it was once given for the API with another site's
-//!   form.
+//!   form; nor a read but a link followed (each would cost the user a password check and a
+//!   token of their rate-limit bucket).
 //! - **Small JSON, fully read, then synchronous work**: request bodies are capped at
 //!   [`MAX_BODY`] and collected with `Limited`; then password verification (argon2, deliberately
 //!   slow) runs in `spawn_blocking`, off the async workers that stream git traffic; then the
@@ -390,7 +391,8 @@ pub async fn handle(
         if let Some(refusal) = unreadable_body(&parts.headers) {
             return Err(refusal);
         }
-        // Before the password is checked: a change a web page could have made (see `browser`).
+        // Before the password is checked: a change a web page could have made, or a read by
+        // a page of another site (see `browser`).
         // A body known to have bytes is judged now, before it is read; one of unknown length
         // (chunked, or HTTP/2 without a Content-Length) once read, when it may prove empty —
         // an empty body needs no type.
