@@ -1559,6 +1559,54 @@ fn a_web_page_of_another_site_cannot_spend_its_users_rate_limit() {
     assert!(ok, "{err}");
 }
 
+/// An answer that quotes what someone wrote (a token named `<script>...`, a path) is, opened in
+/// a browser, the JSON or text it says it is: `X-Content-Type-Options: nosniff` on every
+/// answer of the API, its refusals included, and on git's plain-text refusals. A page sniffed
+/// out of one would run on the API's origin, where the browser sends the password it was given
+/// and another site's refusal does not apply. It fails if any of them lacks the header.
+#[test]
+fn an_answer_quoting_a_script_is_never_sniffed_into_a_page() {
+    let (_install, server) = setup();
+    let script = "<script>alert(document.domain)</script>";
+    let body = json!({"name": script, "permissions": ["REPO_READ"]}).to_string();
+    let answers = [
+        ("create", server.api("PUT", "/users/alice", "alice", &body)),
+        ("list", server.api("GET", "/users/alice", "alice", "")),
+        (
+            "not found",
+            server.api(
+                "GET",
+                "/users/%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+                "alice",
+                "",
+            ),
+        ),
+        (
+            "no password",
+            server.request("GET", &format!("{API}/users/alice"), Auth::None, ""),
+        ),
+        (
+            "git's refusal",
+            server.request("GET", "/%3Cscript%3Ealert(1)%3C/script%3E", Auth::None, ""),
+        ),
+    ];
+    for (what, resp) in &answers {
+        assert_eq!(
+            resp.header("x-content-type-options"),
+            Some("nosniff"),
+            "{what}: {resp:?}"
+        );
+        let content_type = resp.header("content-type").unwrap_or("");
+        assert!(
+            content_type.starts_with("application/json") || content_type.starts_with("text/plain"),
+            "{what}: {resp:?}"
+        );
+    }
+    // The create and the list do quote the name as given.
+    assert_eq!(answers[0].1.status, 200, "{:?}", answers[0].1);
+    assert!(answers[1].1.body.contains(script), "{:?}", answers[1].1);
+}
+
 /// A secret pasted where a field, a value or a header goes is not repeated in the error that
 /// quotes it: the answer goes back into a CI log or a proxy's capture.
 #[test]

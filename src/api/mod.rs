@@ -44,6 +44,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+    X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
@@ -557,6 +558,9 @@ pub async fn handle(
     }
     // Answers may carry a secret (create, rotate): never cache any of them.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // An answer quotes what callers wrote (a token's name, a path): a browser must take it for
+    // the JSON it says it is, never sniff a `<script>` in it into a page of the API's origin.
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if status == StatusCode::UNAUTHORIZED {
         if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
             headers.insert(WWW_AUTHENTICATE, v);
