@@ -702,6 +702,27 @@ fn header_fields<B>(req: &Request<B>) -> usize {
     all - crumbs.saturating_sub(1)
 }
 
+/// The fewest bytes an HTTP/1 request's head can have taken on the wire: its request line and
+/// each field as `name: value` with its CRLF, and the blank line. hyper's own limit
+/// (`max_buf_size`) is checked only while a head is incomplete: one read that brings the rest
+/// in — over TLS a read returns all the plaintext at hand, many records' worth — ended heads of
+/// up to about twice `[server] max_header_bytes` that were let through. This count holds every
+/// head to it; an HTTP/2 one is held by its header list's size, in h2.
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    // `GET /path HTTP/1.1\r\n`
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + "\r\n".len())
+        .sum();
+    line + fields + "\r\n".len()
+}
+
 /// How many connections over their address's cap may wait for their `503` at once, beside
 /// `max_connections` (see [`accept`]).
 const OVER_CAP_SLOTS: usize = 64;
@@ -1370,6 +1391,7 @@ impl Connection {
         let gate = self.gate;
         let requests = activity.clone();
         let over_address_cap = self.over_address_cap;
+        let max_head = self.settings.limits.max_header_bytes;
         // Over the cap, the first request's answer is the connection's last: told to close as
         // soon as that request has come (HTTP/2 finishes its streams and sends GOAWAY; HTTP/1
         // also says `Connection: close`), so that an HTTP/2 client learns to go at once instead
@@ -1416,6 +1438,24 @@ impl Connection {
                         "too-many-header-fields",
                     );
                     // Counted with HTTP/1's parser's 431s (which count this for HTTP/1.1).
+                    METRICS.unparsable_request();
+                    return Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)));
+                }
+                if req.version() != Version::HTTP_2 && head_bytes(&req) > max_head {
+                    let resp = crate::gate::text(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        &format!(
+                            "the request's head is over [server] max_header_bytes ({max_head} \
+                             bytes)"
+                        ),
+                    );
+                    crate::request_log::log_answered_before_the_gate(
+                        &req,
+                        remote,
+                        resp.status(),
+                        "head-too-large",
+                    );
+                    // Counted with HTTP/1's parser's 431s, which count most of them.
                     METRICS.unparsable_request();
                     return Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)));
                 }
@@ -1615,6 +1655,32 @@ fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A head is counted as the bytes it took at least: as written plainly, whatever spaces
+    /// the client put around its values, every line of a repeated field.
+    #[test]
+    fn a_heads_bytes_are_its_line_and_fields_as_written_plainly() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/team/app.git/git-upload-pack?x=1")
+            .header("host", "git.example.com")
+            .header("x-a", "1")
+            .header("x-a", "22")
+            .body(())
+            .unwrap();
+        let written = "POST /team/app.git/git-upload-pack?x=1 HTTP/1.1\r\n\
+                       host: git.example.com\r\nx-a: 1\r\nx-a: 22\r\n\r\n";
+        assert_eq!(head_bytes(&req), written.len());
+        // An absolute target counts whole.
+        let req = Request::builder()
+            .uri("http://git.example.com:8080/")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            head_bytes(&req),
+            "GET http://git.example.com:8080/ HTTP/1.1\r\n\r\n".len()
+        );
+    }
 
     #[test]
     fn a_tls_connection_speaks_only_what_its_handshake_agreed() {
