@@ -97,14 +97,16 @@ impl Nginx {
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let sock = dir.join("fcgi.sock");
         // The backend, behind a wrapper tests switch with flag files: `slow` holds each POST
-        // for 2 s; `cut` lets a POST's answer through to its 100,000th byte only, the backend
+        // for 2 s; `anonymous` leaves REMOTE_USER out, as a web server does that is not told
+        // to make gitgate's identity header that variable; `cut` lets a POST's answer through to its 100,000th byte only, the backend
         // dying there of a broken pipe (as one killed mid-answer) while fcgiwrap and nginx end
         // the answer cleanly.
         let wrapper = dir.join("backend.sh");
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\nif [ \"$REQUEST_METHOD\" = POST ] && [ -f '{d}/slow' ]; then touch '{d}/started'; sleep 2; fi\n\
+                "#!/bin/sh\nif [ -f '{d}/anonymous' ]; then unset REMOTE_USER; fi\n\
+                 if [ \"$REQUEST_METHOD\" = POST ] && [ -f '{d}/slow' ]; then touch '{d}/started'; sleep 2; fi\n\
                  if [ \"$REQUEST_METHOD\" = POST ] && [ -f '{d}/cut' ]; then '{b}' | head -c 100000; exit 0; fi\n\
                  exec '{b}'\n",
                 d = dir.display(),
@@ -2044,6 +2046,51 @@ fn a_gateway_failure_page_from_the_upstream_is_told_and_logged_as_a_backend_fail
             && l.contains("upstream http://127.0.0.1:")),
         "{log}"
     );
+}
+
+/// An upstream that does not pass gitgate's identity header on as REMOTE_USER (Apache or
+/// lighttpd set up as `man git-http-backend` shows): git http-backend refuses every push with a
+/// bodiless `403`, which git shows as "returned error: 403" alone. gitgate tells git whose
+/// refusal it is, and its log tells the operator what to set.
+#[test]
+fn a_push_the_upstream_refuses_without_a_reason_is_told_as_its_refusal() {
+    let Some(w) = World::new("a_push_the_upstream_refuses_without_a_reason") else {
+        return;
+    };
+    std::fs::write(w.nginx.dir.join("anonymous"), "").unwrap();
+    let g = w.serve(&Options::default());
+    let url = w.url(&g);
+    let work = w.path("work");
+    w.git_ok(w.dir.path(), &["clone", "-q", &url, work.to_str().unwrap()]);
+    commit_file(&w, &work, "b.txt", b"b\n");
+    let out = w.git(&work, &["push", "-q", "origin", "main"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "remote: the upstream git server refused this request (403 Forbidden) without saying \
+             why to the client (your token was accepted)"
+        ),
+        "{said}"
+    );
+    assert!(!said.contains(&w.token), "{said}");
+    let log = g.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused a request gitgate allowed")
+                && l.contains("pass gitgate's x-forwarded-user header on as REMOTE_USER")
+                && l.contains("upstream=\"http://127.0.0.1:")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("path=/scm/team/app.git/info/refs") && l.contains("status=403")),
+        "{log}"
+    );
+    // Told the user, the same push goes through and is the user's in the reflog.
+    std::fs::remove_file(w.nginx.dir.join("anonymous")).unwrap();
+    w.git_ok(&work, &["push", "-q", "origin", "main"]);
+    assert!(reflog(&w).contains("alice"), "{}", reflog(&w));
 }
 
 #[test]

@@ -48,6 +48,7 @@ use crate::config::HttpUpstream;
 use crate::gate::ResponseBody;
 use crate::git::{GitRequest, Operation, Service};
 use crate::network::Cidr;
+use crate::permission::Access;
 use crate::policy::Identity;
 use crate::request_id::RequestSource;
 
@@ -440,6 +441,19 @@ impl HttpBackend {
                      show; the server's log says more",
                 )
             });
+        }
+        if resp.status() == StatusCode::FORBIDDEN && !plain_text(resp.headers()) {
+            // git shows only "returned error: 403" for a refusal without text, and the user,
+            // whom gitgate has just allowed, cannot tell whose it is. Most often it is git
+            // http-backend refusing a push that came without REMOTE_USER: a web server set up
+            // as `man git-http-backend` shows (Apache, lighttpd) does not make gitgate's
+            // identity header that variable unless told to.
+            // Told as the embedded runner tells git http-backend's bare refusals; not a
+            // failure of the upstream's (a repository may be read-only on purpose), but the
+            // operator hears what to look at.
+            let (told, likely) = unexplained_refusal(git_req.access, &self.identity_header);
+            tracing::warn!(request_id = %source.id, upstream = self.address, likely = %crate::log_value::LogText(&likely), "the upstream git server refused a request gitgate allowed, without saying why");
+            return Ok(crate::gate::text(StatusCode::FORBIDDEN, told));
         }
         let asked = parts.uri.path_and_query();
         let inbound = parts;
@@ -837,6 +851,33 @@ fn a_gateway_failure_page(status: StatusCode, headers: &hyper::HeaderMap) -> boo
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
     );
     gateway && !plain_text(headers)
+}
+
+/// Pure: what git is told of an upstream's `403` that does not say why (no body, or a page
+/// rather than text), and, for the operator's log, what most likely causes it — for a push,
+/// git http-backend behind a web server that does not make gitgate's identity header its
+/// REMOTE_USER.
+fn unexplained_refusal(
+    access: Access,
+    identity_header: &hyper::header::HeaderName,
+) -> (&'static str, String) {
+    let likely = if access == Access::Write {
+        format!(
+            "git http-backend refuses every push that comes without REMOTE_USER: have the \
+             upstream pass gitgate's {identity_header} header on as REMOTE_USER (the README \
+             shows it for nginx, Apache and lighttpd), or the repository does not take pushes \
+             (http.receivepack false)"
+        )
+    } else {
+        "git http-backend refuses so a repository whose http.uploadpack is false; a web \
+         server's own access rule may too"
+            .to_string()
+    };
+    (
+        "the upstream git server refused this request (403 Forbidden) without saying why to \
+         the client (your token was accepted); the server's log has its reason",
+        likely,
+    )
 }
 
 /// What servers answer plain HTTP on their TLS port with, in their `400` page: nginx, Go's
@@ -2035,6 +2076,53 @@ mod tests {
         let b = backend(&format!("http://127.0.0.1:{port}/git"));
         let resp = advertisement(&b).await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        upstream.await.unwrap();
+    }
+
+    /// An upstream's `403` without text (git http-backend's to a push without REMOTE_USER is
+    /// bodiless; Apache's own is a page) stays a `403`, but git is told in text that it is the
+    /// upstream's refusal and that its token was accepted; one in text, a git server's own
+    /// reason, goes to git as it came.
+    #[tokio::test]
+    async fn an_upstreams_403_without_a_reason_says_whose_refusal_it_is() {
+        for answer in [
+            &b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n\
+              <p>denied</p>",
+        ] {
+            let (port, upstream) = answering(answer).await;
+            let b = backend(&format!("http://127.0.0.1:{port}/git"));
+            let resp = advertisement(&b).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+            assert_eq!(resp.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
+            let said = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                String::from_utf8_lossy(&said),
+                "the upstream git server refused this request (403 Forbidden) without saying \
+                 why to the client (your token was accepted); the server's log has its reason\n"
+            );
+            upstream.await.unwrap();
+        }
+
+        let header = hyper::header::HeaderName::from_static("x-forwarded-user");
+        let (_, likely) = unexplained_refusal(Access::Write, &header);
+        assert!(
+            likely.contains("pass gitgate's x-forwarded-user header on as REMOTE_USER"),
+            "{likely}"
+        );
+        let (_, likely) = unexplained_refusal(Access::Read, &header);
+        assert!(likely.contains("http.uploadpack"), "{likely}");
+
+        let (port, upstream) = answering(
+            b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\n\
+              not for you",
+        )
+        .await;
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        let resp = advertisement(&b).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let said = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&said[..], b"not for you");
         upstream.await.unwrap();
     }
 
