@@ -1,0 +1,313 @@
+//! End to end in front of the other web servers the README shows running `git http-backend`
+//! behind gitgate (its "Other web servers" section): the real `git` client → gitgate → Apache
+//! 2.4 (`mod_cgid`) or lighttpd → `git http-backend`, on loopback, each test with its own ports
+//! and temporary folder, configured as the README says. What is checked is what those setups
+//! need beyond `man git-http-backend`: the user gitgate authenticated reaches git http-backend
+//! as `REMOTE_USER` (pushes are allowed, and attributed in the reflog), and pushes, which gitgate
+//! sends chunked, arrive whole.
+//!
+//! Without `apache2` or `lighttpd` (they are not in `.ci/run`'s packages) a test prints a notice
+//! and passes.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Sandbox, Server};
+
+const PASSWORD: &str = "correct horse";
+const UPSTREAM_SECRET: &str = "upstream-s3cret";
+
+fn find(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+/// The program, or `None` with a notice saying what to install.
+fn program(test: &str, name: &str, package: &str) -> Option<PathBuf> {
+    let found = find(name);
+    if found.is_none() {
+        eprintln!("NOTICE: skipping {test}: {name} is not installed (apt-get install {package})");
+    }
+    found
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
+
+/// A web server in a process group of its own (Apache forks its workers and `mod_cgid`'s
+/// daemon): all of it goes with the test.
+struct WebServer {
+    child: Child,
+}
+
+impl WebServer {
+    fn start(mut cmd: Command, port: u16, log: &Path) -> WebServer {
+        let mut child = cmd
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the web server");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the web server exited ({status}): {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the web server did not start: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        WebServer { child }
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sandbox with `team/app` (one commit), alice with write on `team` and her token, the
+/// folders open to the web server's user (`nobody` when the tests run as root: neither server
+/// serves as root).
+struct World {
+    sandbox: Sandbox,
+    token: String,
+}
+
+impl World {
+    fn new() -> World {
+        let sandbox = Sandbox::new();
+        sandbox.create_repo("team/app");
+        sandbox
+            .git(
+                sandbox.root(),
+                &[
+                    "--git-dir",
+                    sandbox.bare("team/app").to_str().unwrap(),
+                    "config",
+                    "core.logAllRefUpdates",
+                    "true",
+                ],
+            )
+            .ok();
+        sandbox.add_user("alice", PASSWORD);
+        sandbox.grant("alice", "team", "write");
+        let token = sandbox
+            .personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"])
+            .secret;
+        std::fs::set_permissions(sandbox.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        if is_root() {
+            let given = Command::new("chown")
+                .args(["-R", "65534:65534"])
+                .arg(sandbox.repos())
+                .status()
+                .unwrap();
+            assert!(given.success());
+        }
+        World { sandbox, token }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.sandbox.root().join(p)
+    }
+
+    /// gitgate in front of `url`, sending the upstream secret as a bearer token.
+    fn serve(&self, url: &str) -> Server {
+        let secret = self.path("upstream.secret");
+        std::fs::write(&secret, format!("{UPSTREAM_SECRET}\n")).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(
+            self.sandbox.config(),
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\ngit_prefix = \"/\"\n\
+                 [store]\npath = \"gitgate.db\"\n\
+                 [upstream]\nurl = \"{url}\"\n\
+                 [upstream.credentials]\nscheme = \"bearer\"\nfile = \"upstream.secret\"\n\
+                 [auth]\nrealm = \"gitgate\"\n"
+            ),
+        )
+        .unwrap();
+        self.sandbox.serve()
+    }
+
+    /// Clone through gitgate, push a commit with 3 MB of noise (past git's 1 MiB post buffer:
+    /// chunked from git too), fetch it back into a second clone; the reflog names alice.
+    fn clone_push_fetch(&self, g: &Server) {
+        let s = &self.sandbox;
+        let url = g.url_with("alice", &self.token, "team/app");
+        let a = self.path("a");
+        let b = self.path("b");
+        s.git(s.root(), &["clone", "-q", &url, a.to_str().unwrap()])
+            .ok();
+        s.git(s.root(), &["clone", "-q", &url, b.to_str().unwrap()])
+            .ok();
+        let noise: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let pushed = s.commit_file(&a, "noise.bin", &noise, "noise");
+        s.git(&a, &["push", "-q", "origin", "main"]).ok();
+        s.git(&b, &["-c", "protocol.version=0", "pull", "-q", "--ff-only"])
+            .ok();
+        assert_eq!(s.rev(&b, "HEAD"), pushed);
+        assert_eq!(std::fs::read(b.join("noise.bin")).unwrap(), noise);
+        let reflog =
+            std::fs::read_to_string(s.bare("team/app").join("logs/refs/heads/main")).unwrap();
+        let last = reflog.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&pushed) && last.contains("alice <alice@"),
+            "{reflog}"
+        );
+        let log = g.log_text();
+        assert!(!log.contains("backend failed"), "{log}");
+    }
+}
+
+/// Apache 2.4 with `mod_cgid`, set up as the README's "Other web servers" section has it:
+/// `SetEnvIf` makes gitgate's `X-Forwarded-User` the `REMOTE_USER` git http-backend needs for a
+/// push, and `Require expr` lets only gitgate's bearer secret in.
+#[test]
+fn clone_and_push_through_apache_as_the_readme_sets_it_up() {
+    let test = "clone_and_push_through_apache_as_the_readme_sets_it_up";
+    let Some(apache) = program(test, "apache2", "apache2") else {
+        return;
+    };
+    let modules = Path::new("/usr/lib/apache2/modules");
+    if !modules.join("mod_cgid.so").is_file() {
+        eprintln!(
+            "NOTICE: skipping {test}: no mod_cgid in {}",
+            modules.display()
+        );
+        return;
+    }
+    let w = World::new();
+    let dir = w.path("apache");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let port = common::free_port();
+    let user = if is_root() {
+        "User #65534\nGroup #65534\n"
+    } else {
+        ""
+    };
+    let load = [
+        "mpm_event",
+        "authz_core",
+        "alias",
+        "env",
+        "setenvif",
+        "cgid",
+    ]
+    .iter()
+    .map(|m| format!("LoadModule {m}_module {}/mod_{m}.so\n", modules.display()))
+    .collect::<String>();
+    let conf = format!(
+        "ServerRoot \"{dir}\"\nServerName localhost\nDefaultRuntimeDir \"{dir}\"\n\
+         PidFile \"{dir}/httpd.pid\"\nErrorLog \"{dir}/error.log\"\nScriptSock \"{dir}/cgid.sock\"\n\
+         {load}{user}\
+         Listen 127.0.0.1:{port}\n\
+         SetEnv GIT_PROJECT_ROOT {repos}\n\
+         SetEnv GIT_HTTP_EXPORT_ALL\n\
+         SetEnvIf X-Forwarded-User \"^(.+)$\" REMOTE_USER=$1\n\
+         ScriptAlias /git/ {backend}/\n\
+         <Directory \"{backend_dir}\">\n    Require all granted\n</Directory>\n\
+         <Location /git/>\n    Require expr \"%{{HTTP:Authorization}} == 'Bearer {UPSTREAM_SECRET}'\"\n</Location>\n",
+        dir = dir.display(),
+        repos = w.sandbox.repos().display(),
+        backend = common::git_http_backend().display(),
+        backend_dir = common::git_http_backend().parent().unwrap().display(),
+    );
+    std::fs::write(dir.join("httpd.conf"), conf).unwrap();
+    let mut cmd = Command::new(apache);
+    cmd.arg("-f")
+        .arg(dir.join("httpd.conf"))
+        .arg("-DFOREGROUND");
+    let _apache = WebServer::start(cmd, port, &dir.join("error.log"));
+
+    // Only gitgate's secret is let in: past gitgate, a client could name any user.
+    let past = common::raw_http(
+        port,
+        b"GET /git/team/app.git/info/refs?service=git-receive-pack HTTP/1.1\r\n\
+          Host: localhost\r\nX-Forwarded-User: alice\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(past.status, 403);
+
+    let g = w.serve(&format!("http://127.0.0.1:{port}/git"));
+    w.clone_push_fetch(&g);
+}
+
+/// lighttpd, set up as the README's section has it: it cannot make a variable of a header, so
+/// a wrapper makes `HTTP_X_FORWARDED_USER` the `REMOTE_USER`.
+#[test]
+fn clone_and_push_through_lighttpd_as_the_readme_sets_it_up() {
+    let test = "clone_and_push_through_lighttpd_as_the_readme_sets_it_up";
+    let Some(lighttpd) = program(test, "lighttpd", "lighttpd") else {
+        return;
+    };
+    let w = World::new();
+    let dir = w.path("lighttpd");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let wrapper = dir.join("git-backend");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nREMOTE_USER=\"$HTTP_X_FORWARDED_USER\" exec {}\n",
+            common::git_http_backend().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = common::free_port();
+    let user = if is_root() {
+        "server.username = \"nobody\"\nserver.groupname = \"nogroup\"\n"
+    } else {
+        ""
+    };
+    let conf = format!(
+        "server.modules = ( \"mod_alias\", \"mod_cgi\", \"mod_setenv\" )\n\
+         server.document-root = \"{dir}\"\n\
+         server.errorlog = \"{dir}/error.log\"\n\
+         {user}\
+         server.bind = \"127.0.0.1\"\nserver.port = {port}\n\
+         alias.url += ( \"/git\" => \"{wrapper}\" )\n\
+         $HTTP[\"url\"] =~ \"^/git\" {{\n\
+             cgi.assign = ( \"\" => \"\" )\n\
+             setenv.add-environment = ( \"GIT_PROJECT_ROOT\" => \"{repos}\", \"GIT_HTTP_EXPORT_ALL\" => \"\" )\n\
+         }}\n",
+        dir = dir.display(),
+        wrapper = wrapper.display(),
+        repos = w.sandbox.repos().display(),
+    );
+    std::fs::write(dir.join("lighttpd.conf"), conf).unwrap();
+    let mut cmd = Command::new(lighttpd);
+    cmd.arg("-D").arg("-f").arg(dir.join("lighttpd.conf"));
+    let _lighttpd = WebServer::start(cmd, port, &dir.join("error.log"));
+
+    let g = w.serve(&format!("http://127.0.0.1:{port}/git"));
+    w.clone_push_fetch(&g);
+}
