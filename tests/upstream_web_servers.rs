@@ -32,11 +32,14 @@ fn find(name: &str) -> Option<PathBuf> {
     found
 }
 
-/// The program, or `None` with a notice saying what to install.
+/// The program, or `None` with a notice saying what to install (under `CI`, which installs
+/// it, a failure: see `common::skipping`).
 fn program(test: &str, name: &str, package: &str) -> Option<PathBuf> {
     let found = find(name);
     if found.is_none() {
-        eprintln!("NOTICE: skipping {test}: {name} is not installed (apt-get install {package})");
+        common::skipping(&format!(
+            "{test}: {name} is not installed (apt-get install {package})"
+        ));
     }
     found
 }
@@ -198,10 +201,7 @@ fn clone_and_push_through_apache_as_the_readme_sets_it_up() {
     };
     let modules = Path::new("/usr/lib/apache2/modules");
     if !modules.join("mod_cgid.so").is_file() {
-        eprintln!(
-            "NOTICE: skipping {test}: no mod_cgid in {}",
-            modules.display()
-        );
+        common::skipping(&format!("{test}: no mod_cgid in {}", modules.display()));
         return;
     }
     let w = World::new();
