@@ -2915,7 +2915,11 @@ fn a_backend_error_without_a_reason_gets_one() {
     if !common::give_to_nobody(&sb.bare("team/app")) {
         return;
     }
-    let server = sb.serve();
+    // The backend's git reads the config of gitgate's HOME: the sandbox's, not that of the
+    // user running the tests (whose `safe.directory = *` would serve the repository).
+    let home = sb.home();
+    std::fs::create_dir_all(&home).unwrap();
+    let server = sb.serve_with_env(&[("HOME", home.to_str().unwrap())]);
     let url = server.url_with("alice", &token.secret, "team/app");
     sb.git(sb.root(), &["ls-remote", &url]).fails_with(
         "remote: the git backend failed (500 Internal Server Error) without saying why",
