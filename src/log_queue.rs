@@ -21,6 +21,9 @@
 //! [`FLUSH_PATIENCE`] at most: a reader that never reads again must not keep the server from
 //! stopping either. A regular file is written as before (a file has no reader to wait for),
 //! at its end from the start on (see `append_from_now_on`: rotated by `copytruncate`).
+//! A write that fails (a full disk under a log file) loses its line, counted with the dropped
+//! ones; the part of a line it left is ended with a newline before the next line, so that one
+//! is whole, and the loss is said once a line can be written again.
 //!
 //! Used by `serve` only: a command's few warnings are written as they come.
 
@@ -60,6 +63,9 @@ pub enum Direct {
     Socket(std::os::fd::RawFd),
     /// A regular file: written as it comes (it blocks on nothing a reader does).
     File(std::os::fd::RawFd),
+    /// A test's stand-in for a descriptor, taking what its script says.
+    #[cfg(test)]
+    Scripted(tests::Script),
 }
 
 impl Direct {
@@ -105,9 +111,9 @@ impl Direct {
     }
 
     /// Writes what it can of `bytes` without blocking: how much went out (all of it, or less
-    /// when the reader is behind). Errors other than a full buffer lose the line, as a failed
-    /// write always did: counted as written.
-    fn write(&self, bytes: &[u8]) -> usize {
+    /// when the reader is behind), and the error that stopped it, if one other than a full
+    /// buffer did (a full disk under a log file, a reader gone): the rest of the line is lost.
+    fn write(&self, bytes: &[u8]) -> (usize, Option<std::io::Error>) {
         use std::os::fd::AsRawFd;
         let mut done = 0;
         while done < bytes.len() {
@@ -115,7 +121,7 @@ impl Direct {
             // SAFETY: writes from a live slice of its own length.
             let n = unsafe {
                 match self {
-                    Direct::Never => return 0,
+                    Direct::Never => return (0, None),
                     Direct::Nonblocking(fd) => {
                         libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len())
                     }
@@ -126,19 +132,24 @@ impl Direct {
                         libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
                     ),
                     Direct::File(fd) => libc::write(*fd, rest.as_ptr().cast(), rest.len()),
+                    #[cfg(test)]
+                    Direct::Scripted(script) => script.write(rest),
                 }
             };
             match usize::try_from(n) {
-                Ok(0) => return bytes.len(),
+                Ok(0) => return (done, Some(std::io::ErrorKind::WriteZero.into())),
                 Ok(n) => done += n,
-                Err(_) => match std::io::Error::last_os_error().kind() {
-                    std::io::ErrorKind::Interrupted => {}
-                    std::io::ErrorKind::WouldBlock => return done,
-                    _ => return bytes.len(),
-                },
+                Err(_) => {
+                    let error = std::io::Error::last_os_error();
+                    match error.kind() {
+                        std::io::ErrorKind::Interrupted => {}
+                        std::io::ErrorKind::WouldBlock => return (done, None),
+                        _ => return (done, Some(error)),
+                    }
+                }
             }
         }
-        done
+        (done, None)
     }
 }
 
@@ -178,7 +189,22 @@ pub struct LogQueue {
 /// times are earlier than its own).
 enum Entry {
     Line(Vec<u8>),
-    Dropped { count: u64, since_ms: i64 },
+    Dropped {
+        count: u64,
+        since_ms: i64,
+    },
+    /// Lines a failed write lost ([`Lost`]), said where they were once writing works again.
+    Lost(Lost),
+}
+
+/// Lines lost because writing them failed — a full disk under a log file — since `since_ms`
+/// (epoch ms), with the first error; `torn` when the last write left part of a line in the
+/// log, which the next line must not be glued to.
+struct Lost {
+    count: u64,
+    since_ms: i64,
+    error: String,
+    torn: bool,
 }
 
 #[derive(Default)]
@@ -191,12 +217,27 @@ struct State {
     /// Entries are being written (taken from the queue, not yet out).
     writing: bool,
     closed: bool,
+    /// Lines lost to failed writes, not yet said (see [`LogQueue::push`]).
+    lost: Option<Lost>,
 }
 
 impl State {
     fn queue(&mut self, line: &[u8]) {
         self.bytes += line.len();
         self.entries.push_back(Entry::Line(line.to_vec()));
+    }
+
+    /// One line lost to a failed write (`error`), `torn` if part of it was written.
+    fn lose_one(&mut self, error: &std::io::Error, torn: bool) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        let lost = self.lost.get_or_insert_with(|| Lost {
+            count: 0,
+            since_ms: crate::clock::now_ms(),
+            error: error.to_string(),
+            torn: false,
+        });
+        lost.count += 1;
+        lost.torn = torn;
     }
 
     /// One line dropped here: counted in the marker at the queue's end, or a new one.
@@ -248,14 +289,38 @@ impl LogQueue {
         let mut line = line;
         // Nothing waits before it: out now, under the lock, so that lines keep their order.
         if state.entries.is_empty() && !state.writing {
-            let written = self.direct.write(line);
-            if written == line.len() {
+            // A line cut short by a failed write (a full disk) is ended first: the next line
+            // glued to its fragment would be lost to a log reader too.
+            if state.lost.as_ref().is_some_and(|lost| lost.torn) {
+                match self.direct.write(b"\n") {
+                    (1, _) => {}
+                    (_, Some(error)) => return state.lose_one(&error, true),
+                    (_, None) => state.queue(b"\n"),
+                }
+                if let Some(lost) = &mut state.lost {
+                    lost.torn = false;
+                }
+            }
+        }
+        if state.entries.is_empty() && !state.writing {
+            let (written, error) = self.direct.write(line);
+            if let Some(error) = error {
+                return state.lose_one(&error, written > 0);
+            }
+            // Writing works again: the lines lost before are said after this one's start.
+            let lost = state.lost.take();
+            if written == line.len() && lost.is_none() {
                 return;
             }
             // The rest of a line begun must follow it, whatever the queue holds.
             line = &line[written..];
-            if written > 0 {
-                state.queue(line);
+            if written > 0 || lost.is_some() {
+                if !line.is_empty() {
+                    state.queue(line);
+                }
+                if let Some(lost) = lost {
+                    state.entries.push_back(Entry::Lost(lost));
+                }
                 self.wake_the_writer(&mut state);
                 return;
             }
@@ -318,9 +383,10 @@ impl LogQueue {
 
     /// The writer: until the queue closes, writes what is queued to `out`, many lines to a
     /// write; a failed write loses its lines, as a log on a full disk does. Where lines were
-    /// dropped, `say_dropped` is told how many and since when (epoch ms), and what it logs (a line of the log's own
-    /// format, through this queue's [`LogQueue::push`]) is written there.
-    pub fn write_to(&self, mut out: impl Write, say_dropped: impl Fn(u64, i64)) {
+    /// dropped, `say_dropped` is told how many and since when (epoch ms), and the error of the
+    /// write that lost them if a failed write did (not a full queue), and what it logs (a line
+    /// of the log's own format, through this queue's [`LogQueue::push`]) is written there.
+    pub fn write_to(&self, mut out: impl Write, say_dropped: impl Fn(u64, i64, Option<&str>)) {
         let mut batch = Vec::with_capacity(64 * 1024);
         while let Some(entries) = self.take() {
             batch.clear();
@@ -329,7 +395,12 @@ impl LogQueue {
                     Entry::Line(line) => batch.extend_from_slice(&line),
                     Entry::Dropped { count, since_ms } => {
                         SAYING_DROPS.set(Some(std::mem::take(&mut batch)));
-                        say_dropped(count, since_ms);
+                        say_dropped(count, since_ms, None);
+                        batch = SAYING_DROPS.take().unwrap_or_default();
+                    }
+                    Entry::Lost(lost) => {
+                        SAYING_DROPS.set(Some(std::mem::take(&mut batch)));
+                        say_dropped(lost.count, lost.since_ms, Some(&lost.error));
                         batch = SAYING_DROPS.take().unwrap_or_default();
                     }
                 }
@@ -351,8 +422,12 @@ pub fn start_writer(queue: &Arc<LogQueue>) -> std::io::Result<()> {
         .map(drop)
 }
 
-/// The warning written where `dropped` lines were lost, the first of them at `since_ms`.
-fn say_dropped(dropped: u64, since_ms: i64) {
+/// The warning written where `dropped` lines were lost, the first of them at `since_ms`: for a
+/// full queue, or for the `error` of a failed write.
+fn say_dropped(dropped: u64, since_ms: i64, error: Option<&str>) {
+    if let Some(error) = error {
+        return say_lost(dropped, since_ms, error);
+    }
     tracing::warn!(
         target: "gitgate::log_queue",
         dropped,
@@ -362,6 +437,18 @@ fn say_dropped(dropped: u64, since_ms: i64) {
         "log lines dropped: the log's reader did not keep up (more than {} MiB of lines waited \
          to be written); see gitgate_log_lines_dropped_total",
         QUEUE_BYTES / (1024 * 1024)
+    );
+}
+
+/// The warning written once lines can be written again after some could not be.
+fn say_lost(dropped: u64, since_ms: i64, error: &str) {
+    tracing::warn!(
+        target: "gitgate::log_queue",
+        dropped,
+        since = %crate::clock::datetime(since_ms),
+        error = %crate::log_value::LogText(error),
+        "log lines dropped: writing them failed (a full disk under the log file, say); see \
+         gitgate_log_lines_dropped_total"
     );
 }
 
@@ -449,8 +536,9 @@ mod tests {
     /// it could be written, later than the lines queued before the first drop.
     #[test]
     fn the_drop_warning_says_how_many_and_since_when() {
-        let said =
-            crate::store::test_support::logged(|| super::say_dropped(14_052, 1_764_944_431_000));
+        let said = crate::store::test_support::logged(|| {
+            super::say_dropped(14_052, 1_764_944_431_000, None)
+        });
         assert!(said.contains("dropped=14052"), "{said}");
         assert!(said.contains("since=2025-12-05T14:20:31Z"), "{said}");
         assert!(said.contains("gitgate_log_lines_dropped_total"), "{said}");
@@ -469,7 +557,7 @@ mod tests {
                 let queue = Arc::clone(&queue);
                 let noted = Arc::clone(&queue);
                 std::thread::spawn(move || {
-                    queue.write_to(stuck, |n, _| {
+                    queue.write_to(stuck, |n, _, _| {
                         noted.push(format!("{n} log line(s) dropped\n").as_bytes(), false);
                     });
                 })
@@ -570,7 +658,7 @@ mod tests {
         let queue = LogQueue::new(QUEUE_BYTES, direct);
         let writer = {
             let queue = Arc::clone(&queue);
-            std::thread::spawn(move || queue.write_to(writer_end, |_, _| {}))
+            std::thread::spawn(move || queue.write_to(writer_end, |_, _, _| {}))
         };
         // The first line is in the pipe when push returns: no thread in between.
         queue.push(b"first\n", false);
@@ -616,6 +704,102 @@ mod tests {
         assert!(!never.queue.close(Duration::from_millis(200)));
     }
 
+    /// A descriptor's stand-in: each write takes at most the next count of its plan, or fails
+    /// with `ENOSPC` (`None`: a full disk); past the plan it takes everything. What it took is
+    /// in `out`, which a test's writer thread writes to as well.
+    pub struct Script {
+        plan: Mutex<VecDeque<Option<usize>>>,
+        out: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl std::fmt::Debug for Script {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Script")
+        }
+    }
+
+    impl Script {
+        pub fn write(&self, bytes: &[u8]) -> isize {
+            match self.plan.lock().unwrap().pop_front() {
+                Some(None) => {
+                    // SAFETY: this thread's errno, as a failed write(2) sets it.
+                    unsafe { *libc::__errno_location() = libc::ENOSPC };
+                    -1
+                }
+                Some(Some(most)) => {
+                    let n = most.min(bytes.len());
+                    self.out.lock().unwrap().extend_from_slice(&bytes[..n]);
+                    n as isize
+                }
+                None => {
+                    self.out.lock().unwrap().extend_from_slice(bytes);
+                    bytes.len() as isize
+                }
+            }
+        }
+    }
+
+    /// What a writer thread writes: into the [`Script`]'s `out`, after what it took.
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A log file on a full disk: a line cut short by the failed write, then lines that could
+    /// not be written at all. Once the disk has room again, the next line starts on a line of
+    /// its own — not glued to the fragment, where a log reader would lose it too — and the
+    /// loss is said right after it (the line whose write found room), counted in `gitgate_log_lines_dropped_total`, with the error.
+    #[test]
+    fn lines_a_full_disk_lost_are_said_and_the_next_is_not_glued_to_a_fragment() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        // "first" whole; 4 bytes of "second" and then ENOSPC; "third" and "fourth" fail; the
+        // newline that ends the fragment fails once more; then there is room.
+        let plan = [Some(100), Some(4), None, None, None, None]
+            .into_iter()
+            .collect();
+        let script = Script {
+            plan: Mutex::new(plan),
+            out: Arc::clone(&out),
+        };
+        let queue = LogQueue::new(QUEUE_BYTES, Direct::Scripted(script));
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let queue = Arc::clone(&queue);
+            let noted = Arc::clone(&queue);
+            let said = Arc::clone(&said);
+            let shared = Shared(Arc::clone(&out));
+            std::thread::spawn(move || {
+                queue.write_to(shared, |n, _, error| {
+                    said.lock().unwrap().push(error.map(str::to_owned));
+                    noted.push(format!("{n} log line(s) lost\n").as_bytes(), true);
+                })
+            })
+        };
+        let dropped_before = DROPPED.load(Ordering::Relaxed);
+        for line in ["first", "second", "third", "fourth", "fifth", "sixth"] {
+            queue.push(format!("{line}\n").as_bytes(), false);
+        }
+        assert!(queue.close(Duration::from_secs(5)));
+        writer.join().unwrap();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text, "first\nseco\nsixth\n4 log line(s) lost\n",
+            "the line after the fragment, then the loss"
+        );
+        assert!(DROPPED.load(Ordering::Relaxed) - dropped_before >= 4);
+        let said = said.lock().unwrap();
+        assert_eq!(said.len(), 1, "{said:?}");
+        let error = said[0].as_deref().expect("said as lost to a failed write");
+        assert!(error.contains("No space left on device"), "{error}");
+    }
+
     /// A queue of `capacity` without a writer, and without writing where the lines are made.
     fn unwritten(capacity: usize) -> Arc<LogQueue> {
         LogQueue::new(capacity, Direct::Never)
@@ -630,6 +814,7 @@ mod tests {
             .map(|e| match e {
                 Entry::Line(line) => Ok(String::from_utf8_lossy(line).into_owned()),
                 Entry::Dropped { count, .. } => Err(*count),
+                Entry::Lost(lost) => Err(lost.count),
             })
             .collect()
     }
@@ -714,7 +899,9 @@ mod tests {
             .iter()
             .map(|e| match e {
                 Entry::Line(l) => l.len(),
-                Entry::Dropped { .. } => panic!("the rest of a line begun was dropped"),
+                Entry::Dropped { .. } | Entry::Lost(_) => {
+                    panic!("the rest of a line begun was dropped")
+                }
             })
             .sum();
         let mut sent = Vec::new();
@@ -783,7 +970,7 @@ mod tests {
             .unwrap();
         let direct = Direct::for_fd(log.as_raw_fd());
         assert!(matches!(direct, Direct::File(_)), "{direct:?}");
-        assert_eq!(direct.write(b"before the rotation\n"), 20);
+        assert_eq!(direct.write(b"before the rotation\n").0, 20);
         log.write_all(b"and through the descriptor itself\n")
             .unwrap();
         // logrotate's copytruncate: the copy is made, the file emptied in place.
@@ -793,7 +980,7 @@ mod tests {
             .unwrap()
             .set_len(0)
             .unwrap();
-        assert_eq!(direct.write(b"after\n"), 6);
+        assert_eq!(direct.write(b"after\n").0, 6);
         log.write_all(b"again\n").unwrap();
         let mut text = String::new();
         let mut reader = std::fs::File::open(&path).unwrap();

@@ -649,8 +649,9 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP gitgate_log_lines_dropped_total Log lines dropped because the log's reader \
-             did not keep up (a full queue of lines waiting to be written to stderr; the log says \
-             how many when it writes again).\n\
+             did not keep up (a full queue of lines waiting to be written to stderr), or because \
+             writing them failed (a full disk under the log file); the log says how many when it \
+             writes again.\n\
              # TYPE gitgate_log_lines_dropped_total counter\n\
              gitgate_log_lines_dropped_total {}",
             crate::log_queue::DROPPED.load(Relaxed),
