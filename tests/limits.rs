@@ -1923,6 +1923,83 @@ fn git_that_cannot_fork_is_a_shortage_of_processes() {
     }
 }
 
+/// A push that receive-pack refused because it could not start a process of its own (`error:
+/// cannot fork()`: the process limit of gitgate's user, as with `prlimit --nproc`) — its pack,
+/// for want of `unpack-objects`, or its ref, for want of the connectivity check's `rev-list` —
+/// is said in the log as the shortage of processes it is: not as a refusal git explained to
+/// its user (git printed only `unpacker error` or `missing necessary objects`), a full disk,
+/// or the repository's rules.
+#[test]
+fn a_push_refused_for_want_of_processes_is_logged_as_that_shortage() {
+    let pkt = |line: &str| format!("{:04x}{line}", line.len() + 4);
+    for (unpack, refused, helper) in [
+        (
+            "unpack unpack-objects abnormal exit\n",
+            "ng refs/heads/main unpacker error\n",
+            "unpack-objects",
+        ),
+        (
+            "unpack ok\n",
+            "ng refs/heads/main missing necessary objects\n",
+            "rev-list",
+        ),
+    ] {
+        let report = format!("{}{}0000", pkt(unpack), pkt(refused));
+        let dir = tempfile::tempdir().unwrap();
+        bare_team_app(dir.path());
+        let cgi = dir.path().join("backend.sh");
+        std::fs::write(
+            &cgi,
+            format!(
+                "#!/bin/sh\ncat >/dev/null\n\
+                 printf 'Content-Type: application/x-git-receive-pack-result\\r\\n\\r\\n'\n\
+                 printf '{report}'\n\
+                 echo 'error: cannot fork() for {helper}: Resource temporarily unavailable' >&2\n\
+                 exit 0\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let config = cgi_config(dir.path(), "").replace("/bin/true", cgi.to_str().unwrap());
+        let (mut g, auth) = start_with_token(dir.path(), &config, "PROJECT_WRITE");
+        let zero = "0".repeat(40);
+        let new = "1".repeat(40);
+        let body = format!(
+            "{}0000PACK",
+            pkt(&format!("{zero} {new} refs/heads/main\0report-status\n"))
+        );
+        let mut s = connect(g.port);
+        s.write_all(
+            format!(
+                "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n\
+                 Authorization: Basic {auth}\r\n\
+                 Content-Type: application/x-git-receive-pack-request\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let (out, _) = read_until_closed(&mut s);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains(refused.trim_end()), "{out}");
+        g.stop();
+        let log = g.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("gitgate::cgi") && l.contains("refused"))
+            .unwrap_or_else(|| panic!("no line for the refused push: {log}"));
+        assert!(line.contains("WARN"), "{line}");
+        assert!(
+            line.contains("this server is out of processes")
+                && line.contains("not a broken repository"),
+            "{line}"
+        );
+        assert!(!line.contains("git told its user why"), "{line}");
+    }
+}
+
 /// A log that cannot be written (its disk full, here `/dev/full`) loses its lines and nothing
 /// else: the server goes on answering, where tracing's report of the failed write used to
 /// panic inside the panic hook and abort the whole process.

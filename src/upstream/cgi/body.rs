@@ -206,13 +206,26 @@ async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>)
 /// a warning, and so is a ref git could not write (a lock file left behind), with git's own
 /// words. Refs refused one by one (`ng`: a hook declined, a ref another push moved meanwhile)
 /// are the repository's rules at work, or two pushes at once: a line at `info`. A push with no
-/// report (the 4-byte probe git sends before a large pack) says nothing.
-fn log_a_refused_push(push: &Finishing) {
+/// report (the 4-byte probe git sends before a large pack) says nothing. A push refused, whole
+/// or in part, while receive-pack could not start a process of its own (`error: cannot
+/// fork()` on its stderr, `info`: for `unpack-objects` or `index-pack`, which refuses the
+/// pack, or the `rev-list` of its connectivity check, which refuses the refs as `missing
+/// necessary objects`) is a shortage of processes, and said as one: its user read only that
+/// refusal, and the repository is well.
+fn log_a_refused_push(push: &Finishing, info: &super::process::ExitInfo) {
     if !push.said.has_begun() {
         return;
     }
     let outcome = push.said.outcome();
-    if outcome.starts_with("refused:") {
+    let could_not_fork = [&info.first_error, &info.last_stderr]
+        .into_iter()
+        .flatten()
+        .any(|said| super::git_could_not_fork(said));
+    let refused =
+        outcome.starts_with("refused:") || push.said.failed() > 0 || outcome.contains(" refused: ");
+    if refused && could_not_fork {
+        tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "git refused a push, or some of its refs, because it could not start a process of its own: this server is out of processes (the process limit of gitgate's user: ulimit -u, systemd's TasksMax), a capacity problem, not a broken repository, a full disk or the repository's rules; git told its user only the refusal (`unpacker error`, `missing necessary objects`)");
+    } else if outcome.starts_with("refused:") {
         tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused a push's pack (git told its user why; a full disk or the repository's limits, say)");
     } else if push.said.failed() > 0 {
         // Not a policy: git could not write what was allowed (a full disk at a ref's lock
@@ -625,7 +638,7 @@ impl Body for CgiBody {
         match info {
             Ok(info) if info.success() && (this.answered || !info.reported_a_failure()) => {
                 if let Some(push) = &this.finishing {
-                    log_a_refused_push(push);
+                    log_a_refused_push(push, &info);
                 }
                 Poll::Ready(None)
             }
