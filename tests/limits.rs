@@ -1923,6 +1923,62 @@ fn git_that_cannot_fork_is_a_shortage_of_processes() {
     }
 }
 
+/// A memory limit reached (here gitgate's address space held below what it has, with
+/// `prlimit --as`, so that no git process can be started: `ENOMEM`) is a shortage, as one of
+/// processes or descriptors is: `503` with `Retry-After` and the reason git prints, said in
+/// the log once — not a `502` "backend failed" error line per request.
+#[test]
+fn a_memory_limit_that_stops_a_git_process_starting_is_a_shortage() {
+    let dir = tempfile::tempdir().unwrap();
+    bare_team_app(dir.path());
+    let cgi = dir.path().join("backend.sh");
+    std::fs::write(
+        &cgi,
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nserved\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = cgi_config(dir.path(), "workers = 1").replace("/bin/true", cgi.to_str().unwrap());
+    let (mut g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
+    // Served once, so that what a request needs is in place before the limit.
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", g.pid())).unwrap();
+    let size_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let limit = (size_kib - 1) * 1024;
+    let set = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &g.pid().to_string(),
+            &format!("--as={limit}:{limit}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(set.success());
+    for _ in 0..3 {
+        let (out, _) = info_refs(&g, &auth);
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        assert!(out.contains("retry-after: 5\r\n"), "{out}");
+        assert!(
+            out.contains("the server cannot start another git process now"),
+            "{out}"
+        );
+    }
+    g.stop();
+    let log = g.log_text();
+    assert_eq!(
+        log.matches("cannot start a git process").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("or memory"), "{log}");
+    assert!(!log.contains("backend failed"), "{log}");
+}
+
 /// A push that receive-pack refused because it could not start a process of its own (`error:
 /// cannot fork()`: the process limit of gitgate's user, as with `prlimit --nproc`) — its pack,
 /// for want of `unpack-objects`, or its ref, for want of the connectivity check's `rev-list` —

@@ -81,8 +81,8 @@ pub enum Fault {
     Refused,
 }
 
-/// Says that a git process could not be started for want of processes or file descriptors
-/// (`EAGAIN`, `EMFILE`, `ENFILE`): at once, then at most once a minute with how many since — a
+/// Says that a git process could not be started for want of processes, file descriptors or
+/// memory (`EAGAIN`, `EMFILE`, `ENFILE`, `ENOMEM`): at once, then at most once a minute with how many since — a
 /// burst of clones past the limit would otherwise write one error line per request.
 fn out_of_processes_or_descriptors(e: &cgi::CgiError) {
     use crate::repeats::{Due, SaidInTime};
@@ -93,9 +93,10 @@ fn out_of_processes_or_descriptors(e: &cgi::CgiError) {
         tracing::warn!(
             times,
             error = %crate::log_value::LogText(error),
-            "cannot start a git process: this process is out of processes or file descriptors \
-             (its open-files limit, LimitNOFILE under systemd, or the system's); git requests are \
-             answered 503 until some come free"
+            "cannot start a git process: this process is out of processes, file descriptors or \
+             memory (its open-files limit, LimitNOFILE under systemd, or the system's; its \
+             process limit, TasksMax; a memory limit, MemoryMax); git requests are answered 503 \
+             until some come free"
         );
     };
     let error = e.to_string();

@@ -271,14 +271,19 @@ impl CgiError {
 }
 
 impl CgiError {
-    /// The backend could not be started for want of processes or file descriptors: the server
-    /// is overloaded for now, not broken.
+    /// The backend could not be started for want of processes, file descriptors or memory (a
+    /// memory limit, `MemoryMax` or `ulimit -v`, reached by the clones under way: `ENOMEM`,
+    /// which git's own `cannot fork()` below counts too): the server is overloaded for now,
+    /// not broken.
     pub fn is_overload(&self) -> bool {
         const EAGAIN: i32 = 11;
+        const ENOMEM: i32 = 12;
         const ENFILE: i32 = 23;
         const EMFILE: i32 = 24;
         match self {
-            CgiError::Spawn(e) => matches!(e.raw_os_error(), Some(EAGAIN | ENFILE | EMFILE)),
+            CgiError::Spawn(e) => {
+                matches!(e.raw_os_error(), Some(EAGAIN | ENOMEM | ENFILE | EMFILE))
+            }
             // git http-backend started, but could not start upload-pack or receive-pack: the
             // same shortage, one process further down.
             CgiError::Exited(why) => git_could_not_fork(why),

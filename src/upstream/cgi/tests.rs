@@ -468,7 +468,8 @@ async fn an_answer_declared_empty_is_complete_with_its_head() {
 
 #[test]
 fn running_out_of_processes_or_files_is_an_overload_not_a_failure() {
-    for errno in [11, 23, 24] {
+    // EAGAIN, ENOMEM (a memory limit reached), ENFILE, EMFILE.
+    for errno in [11, 12, 23, 24] {
         assert!(CgiError::Spawn(io::Error::from_raw_os_error(errno)).is_overload());
     }
     assert!(!CgiError::Spawn(io::Error::from_raw_os_error(2)).is_overload());
