@@ -1923,6 +1923,75 @@ fn git_that_cannot_fork_is_a_shortage_of_processes() {
     }
 }
 
+/// The open-files limit as gitgate's `/proc/PID/limits` says it (soft, hard), and the lowest
+/// soft limit that leaves exactly one descriptor free for it (descriptors are taken lowest
+/// first, and a new one must be below the limit).
+fn one_descriptor_left(pid: u32) -> u64 {
+    let mut open: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    open.sort_unstable();
+    (1..)
+        .find(|&limit| limit - open.iter().filter(|&&fd| fd < limit).count() as u64 == 1)
+        .unwrap()
+}
+
+fn set_open_files(pid: u32, soft: u64) {
+    let set = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(set.success());
+}
+
+/// An HTTP upstream that cannot be connected to because gitgate is out of file descriptors
+/// (its open-files limit, lowered with `prlimit` to leave one: the client's connection takes
+/// it) is this server's shortage, as for the CGI runner: `503` with `Retry-After` and the
+/// reason git prints, said in the log once — not `502` "cannot reach the upstream git server"
+/// with an error line per request, which points at a healthy upstream. Served again as soon
+/// as descriptors are back.
+#[test]
+fn an_upstream_not_connected_to_for_want_of_descriptors_is_a_shortage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, _heads) = scripted_upstream(1, |_| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec()
+    });
+    let (mut g, auth) = start_in_front_of(dir.path(), port, "");
+    // Served once, so that what a request needs (the token in the cache) is in place.
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    std::thread::sleep(Duration::from_millis(200));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", g.pid())).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap();
+    set_open_files(g.pid(), one_descriptor_left(g.pid()));
+    for _ in 0..3 {
+        let (out, _) = info_refs(&g, &auth);
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        assert!(out.contains("retry-after: 5\r\n"), "{out}");
+        assert!(
+            out.contains("the server cannot open another connection to the git server now"),
+            "{out}"
+        );
+    }
+    set_open_files(g.pid(), soft);
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    g.stop();
+    let log = g.log_text();
+    assert_eq!(
+        log.matches("cannot open a connection to the upstream git server")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("backend failed"), "{log}");
+}
+
 /// A memory limit reached (here gitgate's address space held below what it has, with
 /// `prlimit --as`, so that no git process can be started: `ENOMEM`) is a shortage, as one of
 /// processes or descriptors is: `503` with `Retry-After` and the reason git prints, said in

@@ -651,6 +651,23 @@ impl HttpBackend {
     /// name gitgate asked for, the upstream's internal ones.
     fn connect_error(&self, e: ConnectError) -> ForwardError {
         let cause = e.to_string();
+        if let ConnectError::Io(io) = &e {
+            if is_local_shortage(io) {
+                out_of_connections(self.address, &cause);
+                return ForwardError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: "the server cannot open another connection to the git server now; \
+                              try again in a moment"
+                        .to_string(),
+                    detail: Some(format!(
+                        "cannot open a connection to upstream {}: {cause}",
+                        self.address
+                    )),
+                    fault: Fault::Busy,
+                    retry_after: Some(HeaderValue::from_static("5")),
+                };
+            }
+        }
         match e {
             ConnectError::TimedOut { .. } => self.naming_upstream(ForwardError::gateway_timeout(
                 format!("the upstream git server did not answer in time ({cause})"),
@@ -1316,9 +1333,75 @@ fn unreadable_redirect(locations: &[&HeaderValue]) -> ForwardError {
     }
 }
 
+/// Whether a connection to the upstream failed for want of something of this server's own —
+/// file descriptors (`EMFILE`, `ENFILE`), local ports (`EADDRNOTAVAIL`: every ephemeral port in
+/// use or waiting out its `TIME_WAIT`), kernel memory (`ENOBUFS`, `ENOMEM`) — rather than
+/// the upstream's: the server is overloaded for now, as when the CGI runner cannot start a
+/// git process, not cut off from its upstream.
+fn is_local_shortage(e: &io::Error) -> bool {
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const EADDRNOTAVAIL: i32 = 99;
+    const ENOBUFS: i32 = 105;
+    matches!(
+        e.raw_os_error(),
+        Some(ENOMEM | ENFILE | EMFILE | EADDRNOTAVAIL | ENOBUFS)
+    )
+}
+
+/// Says that no connection to the upstream could be opened for want of this server's own
+/// descriptors or ports: at once, then at most once a minute with how many since — a burst of
+/// clones past the limit would otherwise write one error line per request.
+fn out_of_connections(upstream: &str, error: &str) {
+    use crate::repeats::{Due, SaidInTime};
+    static SAID: std::sync::OnceLock<Arc<SaidInTime>> = std::sync::OnceLock::new();
+    let said = SAID.get_or_init(|| Arc::new(SaidInTime::new(Duration::from_secs(60))));
+    let say = |times: u64, upstream: &str, error: &str| {
+        tracing::warn!(
+            times,
+            upstream = %crate::log_value::LogText(upstream),
+            error = %crate::log_value::LogText(error),
+            "cannot open a connection to the upstream git server: this process is out of file \
+             descriptors (its open-files limit, LimitNOFILE under systemd, or the system's) or \
+             of local ports (net.ipv4.ip_local_port_range); git requests are answered 503 until \
+             some come free"
+        );
+    };
+    if let Some(times) = said.with(|r| r.failed(std::time::Instant::now())) {
+        say(times, upstream, error);
+    }
+    let (upstream, error) = (upstream.to_owned(), error.to_owned());
+    said.look_again_later(false, move |due| {
+        if let Due::Unsaid(times) = due {
+            say(times, &upstream, &error);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This server's own shortages are told from an upstream that cannot be reached.
+    #[test]
+    fn out_of_descriptors_or_ports_is_a_local_shortage_not_an_unreachable_upstream() {
+        // ENOMEM, ENFILE, EMFILE, EADDRNOTAVAIL, ENOBUFS.
+        for errno in [12, 23, 24, 99, 105] {
+            assert!(
+                is_local_shortage(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        // ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT: the upstream's, or the way's.
+        for errno in [111, 113, 101, 110] {
+            assert!(
+                !is_local_shortage(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        assert!(!is_local_shortage(&io::Error::other("no such host")));
+    }
     use crate::config::Config;
     use std::path::Path;
 
