@@ -201,10 +201,25 @@ fn say(checked: Result<(), (NotReady, String)>, now: Instant) {
 
 /// Runs the checks: what failed, with its details for the log.
 async fn check(gate: &Gate) -> Result<(), (NotReady, String)> {
+    // A thread of its own, not tokio's blocking pool, whose first thread failing to start (a
+    // process limit reached) is a panic: the start's check then panicked, and "ready" was
+    // never said. A probe a second at most (see `remembered`) costs one thread start.
     let store = gate.store.clone();
-    let pinged = match tokio::task::spawn_blocking(move || store.ping()).await {
-        Ok(pinged) => pinged.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("the check failed: {e}")),
+    let (pinged_tx, pinging) = tokio::sync::oneshot::channel();
+    let started = std::thread::Builder::new()
+        .name("gitgate-ping".into())
+        .spawn(move || {
+            let _ = pinged_tx.send(store.ping());
+        });
+    let pinged = match started {
+        Err(e) => Err(format!(
+            "cannot start a thread to read it: {e} (the process limit of gitgate's user, \
+             ulimit -u or TasksMax)"
+        )),
+        Ok(_) => match pinging.await {
+            Ok(pinged) => pinged.map_err(|e| e.to_string()),
+            Err(_) => Err("the check failed: its thread ended".to_string()),
+        },
     };
     if let Err(why) = pinged {
         return Err(("token store unreadable", why));

@@ -453,9 +453,21 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
             _ = stopping.wait_for(|stopping| *stopping) => {}
         }
     });
+    // A thread of its own, as for the store's open: tokio's blocking pool panics when its
+    // first thread cannot start (a process limit reached), which here, on the main thread,
+    // ended the process with a panic right after it said it was listening.
     if let UpstreamConfig::Cgi { project_root, .. } = &config.upstream {
         let project_root = project_root.clone();
-        tokio::task::spawn_blocking(move || say_stale_quarantines(&project_root));
+        std::thread::Builder::new()
+            .name("gitgate-quarantines".into())
+            .spawn(move || say_stale_quarantines(&project_root))
+            .map_err(|e| {
+                format!(
+                    "cannot start a thread to look for the objects of cut-off pushes: {e} (the \
+                     process limit of gitgate's user, ulimit -u or TasksMax, leaves no room for \
+                     its threads)"
+                )
+            })?;
     }
     let address_cap = settings
         .limits

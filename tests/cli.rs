@@ -3828,6 +3828,86 @@ fn a_process_limit_too_tight_for_the_threads_stops_the_start_with_the_reason() {
     assert!(!out.stderr.contains("panic"), "{out}");
 }
 
+/// Whatever process limit (`RLIMIT_NPROC`) the start meets, it serves, or stops with the
+/// reason — never with a panic: with room for the store's and the log's threads but not one
+/// more, the look for cut-off pushes' objects in tokio's blocking pool (whose first thread
+/// failing to start is a panic) ended the process with "OS can't spawn worker thread" right
+/// after it said it was listening; a little more room, and the start's readiness check, or
+/// the metrics' count of expiring tokens, panicked instead. Root is not held to the limit, so
+/// the server runs as an unused uid (needs root, as CI is).
+#[test]
+fn no_process_limit_makes_the_start_panic() {
+    use std::os::unix::process::CommandExt;
+    if !rustix::process::geteuid().is_root() {
+        common::skipping("not root: a process limit for another user is left out");
+        return;
+    }
+    let sb = Sandbox::with(common::Setup {
+        server_extra: "workers = 2".into(),
+        extra: "[metrics]\nlisten = \"127.0.0.1:0\"\n".into(),
+        ..Default::default()
+    });
+    const UID: u32 = 54_322;
+    let own =
+        |path: &std::path::Path| std::os::unix::fs::chown(path, Some(UID), Some(UID)).unwrap();
+    own(sb.root());
+    own(&sb.config());
+    for limit in 2..=9u64 {
+        let log = sb.root().join(format!("serve-{limit}.log"));
+        let mut cmd = sb.gitgate_command();
+        cmd.arg("serve")
+            .uid(UID)
+            .gid(UID)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        // SAFETY: setrlimit is async-signal-safe; the limit is this child's alone.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let by = Instant::now() + Duration::from_secs(5);
+        let ended = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            let said = fs::read_to_string(&log).unwrap_or_default();
+            // Checked at the start: ready, or not (for want of a thread to read the store).
+            if said.contains("ready:") || Instant::now() > by {
+                break None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        if ended.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let said = fs::read_to_string(&log).unwrap();
+        assert!(!said.contains("panic"), "limit {limit}: {said}");
+        match ended {
+            Some(status) => {
+                assert!(!status.success(), "limit {limit}: {said}");
+                assert!(
+                    said.contains("cannot start") && said.contains("Resource temporarily"),
+                    "limit {limit}: {said}"
+                );
+            }
+            // Serving: the start's check said whether it is ready ("not ready: ..." with the
+            // reason, when no thread could read the store).
+            None => assert!(said.contains("ready:"), "limit {limit}: {said}"),
+        }
+    }
+}
+
 /// `ratelimit set NAME` for a name that is no user but project or repository tokens' (`ci`)
 /// says how to name them: `token:ID`, one each.
 #[test]
