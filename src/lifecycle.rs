@@ -189,19 +189,24 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
             stored_lock = capped;
         }
     }
-    let unrecorded_lock = unrecorded::locked_until(store, user, now);
-    if let Some(until) = stored_lock.into_iter().chain(unrecorded_lock).max() {
-        if now < until {
-            // The same argon2 time as any other answer.
-            let _ = password::verify(password, dummy_hash());
-            tracing::info!(
-                user,
-                source = %crate::log_value::LogValue(&actor.source),
-                until = %clock::datetime(until),
-                "password login refused: locked"
-            );
-            return fail("password locked", wrong());
-        }
+    // The later of the store's lock and one counted in memory (see `unrecorded`), if in force.
+    let lock_in_force = |stored: Option<i64>, now: i64| {
+        stored
+            .into_iter()
+            .chain(unrecorded::locked_until(store, user, now))
+            .max()
+            .filter(|&until| now < until)
+    };
+    if let Some(until) = lock_in_force(stored_lock, now) {
+        // The same argon2 time as any other answer.
+        let _ = password::verify(password, dummy_hash());
+        tracing::info!(
+            user,
+            source = %crate::log_value::LogValue(&actor.source),
+            until = %clock::datetime(until),
+            "password login refused: locked"
+        );
+        return fail("password locked", wrong());
     }
     let Some(hash) = store.password_hash(user)? else {
         // Spend the same argon2 time as for a real user, so that the answer's timing does not
@@ -242,14 +247,7 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     // A lock made while this password was being checked refuses it too: guesses run at once,
     // and argon2 takes its time, so without this the guesses in flight when the lock was made
     // were each still answered, the right one with a login.
-    let now = clock::now_ms();
-    let lock_made_meanwhile = account
-        .locked_until
-        .into_iter()
-        .chain(unrecorded::locked_until(store, user, now))
-        .max()
-        .filter(|&until| now < until);
-    if let Some(until) = lock_made_meanwhile {
+    if let Some(until) = lock_in_force(account.locked_until, clock::now_ms()) {
         tracing::info!(
             user,
             source = %crate::log_value::LogValue(&actor.source),

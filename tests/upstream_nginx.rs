@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{basic, fixture, Server};
+use common::{basic, find, fixture, Server};
 
 const PASSWORD: &str = "correct horse";
 const UPSTREAM_SECRET: &str = "upstream-s3cret";
@@ -27,16 +27,6 @@ struct Tools {
     nginx: PathBuf,
     fcgiwrap: PathBuf,
     backend: PathBuf,
-}
-
-fn find(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    found
 }
 
 /// The tools, or `None` (with a notice) when they are missing outside CI.
@@ -1688,19 +1678,8 @@ fn a_silent_tls_connection_does_not_hold_up_a_stop() {
     let (_, mut other) = tls_connect(g.port);
     assert!(healthz_on(&mut other).contains("200"));
     drop(other);
-    let start = Instant::now();
-    g.signal("TERM");
-    let status = loop {
-        if let Some(s) = g.exit_status() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "gitgate waited for a connection that never began its handshake:\n{}",
-            g.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Not held up by a connection that never began its handshake.
+    let status = g.stop_within(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     assert!(
         !g.log_text().contains("grace period over"),
@@ -1872,19 +1851,8 @@ fn a_reload_that_cannot_read_the_certificate_holds_up_no_connection() {
     });
     let (cert, _) = tls_connect(g.port);
     assert_eq!(cert, pem_der("tls/server-a.pem"));
-    let start = Instant::now();
-    g.signal("TERM");
-    let status = loop {
-        if let Some(s) = g.exit_status() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the stop waited for the reload:\n{}",
-            g.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Not held up by the reload.
+    let status = g.stop_within(Duration::from_secs(10));
     assert!(status.success(), "{status:?}\n{}", g.log_text());
 }
 

@@ -17,20 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Sandbox, Server};
+use common::{find, Sandbox, Server};
 
 const PASSWORD: &str = "correct horse";
 const UPSTREAM_SECRET: &str = "upstream-s3cret";
-
-fn find(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    found
-}
 
 /// The program, or `None` with a notice saying what to install (under `CI`, which installs
 /// it, a failure: see `common::skipping`).

@@ -50,6 +50,18 @@ pub fn gitgate_command(config: &Path) -> Command {
     cmd
 }
 
+/// A program on `PATH` or in the system's `sbin` folders (where Debian puts nginx, fcgiwrap,
+/// Apache and lighttpd), or `None`.
+pub fn find(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
