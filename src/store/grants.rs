@@ -169,7 +169,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{actor, edit_by_hand, temp_store};
+    use super::super::test_support::{actor, edit_by_hand, personal_token, temp_store};
     use super::*;
     use crate::store::Role;
 
@@ -260,5 +260,45 @@ mod tests {
             store.grants(Some("ghost")),
             Err(crate::store::StoreError::NotFound(m)) if m == "no user 'ghost'"
         ));
+    }
+
+    /// The grants the policy weighs for a personal token are its owner's alone: the
+    /// authorization read (`auth_record`) must hand no user another's grants, and a user
+    /// without any gets none.
+    #[test]
+    fn a_tokens_record_carries_its_owners_grants_and_no_one_elses() {
+        let (_d, store) = temp_store();
+        let team = Target::parse("team").unwrap();
+        let other = Target::parse("other/app").unwrap();
+        for user in ["alice", "bob", "carol"] {
+            store.add_user(user, "h", Role::User, &actor()).unwrap();
+        }
+        store
+            .add_grant("alice", &team, Level::Write, &actor())
+            .unwrap();
+        store
+            .add_grant("bob", &other, Level::Read, &actor())
+            .unwrap();
+        for (id, name, owner, expected) in [
+            (
+                "aaaaaaaaaaaa",
+                "a",
+                "alice",
+                vec![(team.clone(), Level::Write)],
+            ),
+            (
+                "bbbbbbbbbbbb",
+                "b",
+                "bob",
+                vec![(other.clone(), Level::Read)],
+            ),
+            ("cccccccccccc", "c", "carol", vec![]),
+        ] {
+            store
+                .insert_token(&personal_token(id, name, owner), &actor())
+                .unwrap();
+            let record = store.auth_record(id).unwrap().unwrap();
+            assert_eq!(record.owner.unwrap().grants, expected, "{owner}");
+        }
     }
 }
