@@ -751,4 +751,36 @@ mod tests {
         let r = personal("REPO_WRITE", Role::User, &[("team/app", Level::Write)]);
         assert!(check(&r, None, "team/app2", Access::Read).is_err());
     }
+
+    /// SECURITY.md promise 2: a grant on `TEAM` does not open `team`. The policy compares
+    /// repository paths as written: `team/App` is another repository than `team/app` (on a
+    /// file system that folds case it would be the same folder, which the embedded runner
+    /// refuses on its own; over an HTTP upstream the policy is all there is). A path spelled
+    /// in another case is refused, with a word that paths are case-sensitive.
+    #[test]
+    fn a_repository_grant_or_token_covers_its_path_in_its_own_case_only() {
+        let r = personal("REPO_WRITE", Role::User, &[("team/app", Level::Write)]);
+        assert!(check(&r, None, "team/app", Access::Write).is_ok());
+        for other in ["team/App", "TEAM/APP", "Team/app"] {
+            assert!(
+                matches!(
+                    check(&r, None, other, Access::Read),
+                    Err(Deny::Forbidden(m)) if m.contains("case-sensitive: their grant is on team/app")
+                ),
+                "{other}"
+            );
+        }
+        for kind_scope in [
+            (TokenKind::Repository, "team/app"),
+            (TokenKind::Project, "team"),
+        ] {
+            let t = scoped(kind_scope.0, kind_scope.1, "REPO_WRITE");
+            assert!(check(&t, None, "team/app", Access::Write).is_ok());
+            for other in ["team/App", "TEAM/APP", "Team/app"] {
+                let answer = check(&t, None, other, Access::Read);
+                let in_scope = kind_scope.0 == TokenKind::Project && other.starts_with("team/");
+                assert_eq!(answer.is_ok(), in_scope, "{kind_scope:?} {other}");
+            }
+        }
+    }
 }
