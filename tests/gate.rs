@@ -4237,6 +4237,39 @@ fn an_email_address_given_as_the_user_name_is_told_what_user_names_are() {
     assert!(!said.contains("example.com"), "{run}");
 }
 
+/// SECURITY.md promise 12: a path holding `ggt_` is refused before it is logged or audited, even
+/// where it is too short to have a secret's random part (which the gate refuses on its own): a
+/// token cut short when pasted into a URL, or a repository named `ggt_calc`, which no grant or
+/// token can be given for (`policy::Target::parse_new`). With valid credentials, so that only
+/// the path refuses it.
+#[test]
+fn a_path_holding_the_token_prefix_is_refused_before_it_is_logged() {
+    let (sb, mut server, token) = team_setup();
+    let cut_short = &token.secret[..30];
+    for repo in ["team/ggt_calc".to_string(), format!("team/{cut_short}")] {
+        let resp = http_get(
+            server.port,
+            &format!("/{repo}.git/info/refs?service=git-upload-pack"),
+            Some(&common::basic("alice", &token.secret)),
+        );
+        assert_eq!(resp.status, 400, "{repo}: {}", resp.text());
+        assert!(
+            resp.text()
+                .contains("the repository path holds what looks like a gitgate token"),
+            "{repo}: {}",
+            resp.text()
+        );
+    }
+    assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
+    server.stop_within(Duration::from_secs(10));
+    let log = server.log_text();
+    assert!(
+        !log.contains(cut_short),
+        "the cut-short secret was logged:\n{log}"
+    );
+    assert!(!log.contains("ggt_calc"), "{log}");
+}
+
 #[test]
 fn secrets_never_reach_the_log_or_the_database() {
     let sb = Sandbox::new();
