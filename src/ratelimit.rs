@@ -544,4 +544,31 @@ mod tests {
         b.charge(Cost::Advertisement, &L, RPC_CREDIT_MS + 2);
         assert_eq!(b.rpc_credits, 2 * RPC_CREDITS);
     }
+
+    /// SECURITY.md gives the number (promise 7 and its known limits): an advertisement pays
+    /// for the 16 POSTs of its principal that follow it, so one token of the bucket buys at
+    /// most 17 requests that may each start a pack. Counted with the number written out, as
+    /// the other tests count in `RPC_CREDITS` and would follow it wherever it went.
+    #[test]
+    fn an_advertisement_pays_for_the_sixteen_posts_the_documentation_says() {
+        let one = Limits {
+            capacity: 1,
+            refill_per_second: 0.0,
+        };
+        let mut b = Bucket::full(&one, 0);
+        assert_eq!(
+            b.charge(Cost::Advertisement, &one, 0),
+            Decision::Allow { remaining: 0 }
+        );
+        for n in 1..=16 {
+            assert!(
+                matches!(b.charge(Cost::Rpc, &one, 0), Decision::Allow { .. }),
+                "POST {n}"
+            );
+        }
+        assert!(
+            matches!(b.charge(Cost::Rpc, &one, 0), Decision::Limited { .. }),
+            "the 17th POST"
+        );
+    }
 }
