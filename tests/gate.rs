@@ -1992,6 +1992,29 @@ fn personal_token_works_as_bearer() {
 // ---------------------------------------------------------------------------------------------
 // Refused credentials: 401 with a reason git shows as `remote: ...`
 
+/// A secret forged for a real token's id: its checksum matches (anyone can compute it) and the
+/// id is found, so only the comparison with the stored hash can refuse it — as `invalid token`,
+/// never forwarded. (`wrong_secret_is_refused` changes a character, which the checksum refuses
+/// before the store is asked.)
+#[test]
+fn a_forged_secret_for_a_real_tokens_id_is_refused() {
+    let (sb, server, token) = team_setup();
+    let id = gitgate::token::parse(&token.secret).expect("a real secret");
+    let forged = gitgate::token::generate_with_id(&id).unwrap();
+    let forged = forged.expose();
+    assert_eq!(gitgate::token::parse(forged), Some(id));
+    assert_ne!(forged, token.secret);
+    let url = server.url_with("alice", forged, "team/app");
+    sb.git(sb.root(), &["ls-remote", &url])
+        .fails_with("remote: invalid token");
+    assert!(
+        sb.hits().is_empty(),
+        "a refused request reached the backend: {:#?}",
+        sb.hits()
+    );
+    assert!(!server.log_text().contains(forged));
+}
+
 #[test]
 fn wrong_secret_is_refused() {
     let (sb, server, token) = team_setup();
