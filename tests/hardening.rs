@@ -724,27 +724,54 @@ fn restart_after_the_index_was_deleted(asked_before_the_stop: bool, checkpointed
     );
 }
 
+/// A server whose wall clock a test steps: libfaketime reads the offset from a file at every
+/// call, the monotonic clock left alone (an NTP step moves only the wall clock). `None` where
+/// libfaketime is missing (see `common::faketime_library`).
+fn server_with_a_steppable_clock(config: &str) -> Option<(Server, SteppedClock)> {
+    let lib = common::faketime_library()?;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = SteppedClock {
+        offset: dir.path().join("offset"),
+        _dir: dir,
+    };
+    clock.set("+0");
+    let server = Server::start_env(
+        config,
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME_TIMESTAMP_FILE", clock.offset.to_str().unwrap()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    Some((server, clock))
+}
+
+/// The wall clock of a [`server_with_a_steppable_clock`].
+struct SteppedClock {
+    offset: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SteppedClock {
+    /// Sets the server's wall clock `offset` (libfaketime's form: `+86400`, `-3600`) from the
+    /// real one, from its next reading on.
+    fn set(&self, offset: &str) {
+        std::fs::write(&self.offset, format!("{offset}\n")).unwrap();
+    }
+}
+
 /// Rate limits and the failed-authentication throttle measure intervals, on a monotonic clock:
 /// the wall clock stepped back an hour (an NTP correction, a VM resumed from a snapshot) must
 /// neither stop a bucket's refill nor keep an address blocked for that hour.
 #[test]
 fn a_wall_clock_stepped_back_neither_stops_the_refill_nor_lengthens_a_block() {
-    let Some(lib) = common::faketime_library() else {
-        return;
-    };
-    let clock = tempfile::tempdir().unwrap();
-    let offset = clock.path().join("offset");
-    std::fs::write(&offset, "+0\n").unwrap();
-    let server = Server::start_env(
+    let Some((server, clock)) = server_with_a_steppable_clock(
         "[rate_limit]\ncapacity = 2\nrefill_per_second = 2\n\
          [auth_failures]\nmax = 2\nwindow_seconds = 2\n",
-        &[
-            ("LD_PRELOAD", lib),
-            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
-            ("FAKETIME_NO_CACHE", "1"),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ],
-    );
+    ) else {
+        return;
+    };
     let w = server.write_token.clone();
     // The bucket emptied, and the address blocked by two bad tokens.
     assert_eq!(status(&get(&server, IR, &w)), 200);
@@ -769,7 +796,7 @@ fn a_wall_clock_stepped_back_neither_stops_the_refill_nor_lengthens_a_block() {
     assert!(retry <= 2, "Retry-After {retry}");
 
     // The wall clock goes back an hour; the block (2 s) and the refill (2 a second) do not.
-    std::fs::write(&offset, "-3600\n").unwrap();
+    clock.set("-3600");
     std::thread::sleep(Duration::from_millis(2600));
     let resp = get(&server, IR, &server.read_token);
     assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
@@ -1831,21 +1858,9 @@ fn wrong_tokens_under_lower_case_basic_are_throttled_too() {
 /// saying, an hour "ahead" of the clock.
 #[test]
 fn a_wall_clock_stepped_back_does_not_silence_the_old_secrets_use() {
-    let Some(lib) = common::faketime_library() else {
+    let Some((server, clock)) = server_with_a_steppable_clock("") else {
         return;
     };
-    let clock = tempfile::tempdir().unwrap();
-    let offset = clock.path().join("offset");
-    std::fs::write(&offset, "+0\n").unwrap();
-    let server = Server::start_env(
-        "",
-        &[
-            ("LD_PRELOAD", lib),
-            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
-            ("FAKETIME_NO_CACHE", "1"),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ],
-    );
     let old = server.read_token.clone();
     let id = &old[4..16];
     // Two hours of overlap: an hour back stays inside it.
@@ -1874,7 +1889,7 @@ fn a_wall_clock_stepped_back_does_not_silence_the_old_secrets_use() {
     // Within the minute: not said again.
     assert_eq!(status(&get(&server, IR, &old)), 200);
 
-    std::fs::write(&offset, "-3600\n").unwrap();
+    clock.set("-3600");
     let resp = get(&server, IR, &old);
     assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
     wait_for("the old secret's use after the step to be said", || {
@@ -1902,21 +1917,9 @@ fn a_wall_clock_stepped_back_does_not_silence_the_old_secrets_use() {
 /// refuses the next request — ten seconds before it, the same secret is still let in.
 #[test]
 fn a_token_cached_as_valid_is_refused_once_the_clock_passes_its_expiry() {
-    let Some(lib) = common::faketime_library() else {
+    let Some((server, clock)) = server_with_a_steppable_clock("") else {
         return;
     };
-    let clock = tempfile::tempdir().unwrap();
-    let offset = clock.path().join("offset");
-    std::fs::write(&offset, "+0\n").unwrap();
-    let server = Server::start_env(
-        "",
-        &[
-            ("LD_PRELOAD", lib),
-            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
-            ("FAKETIME_NO_CACHE", "1"),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ],
-    );
     let secret = gitgate(
         &server.config(),
         &[
@@ -1937,9 +1940,9 @@ fn a_token_cached_as_valid_is_refused_once_the_clock_passes_its_expiry() {
     // Let in, and so cached; nothing is committed from here on but the writer's last uses,
     // which leave the cache as it is.
     assert_eq!(status(&get(&server, IR, &secret)), 200);
-    std::fs::write(&offset, "+86390\n").unwrap();
+    clock.set("+86390");
     assert_eq!(status(&get(&server, IR, &secret)), 200);
-    std::fs::write(&offset, "+86401\n").unwrap();
+    clock.set("+86401");
     let refused = get(&server, IR, &secret);
     assert_eq!(
         status(&refused),
