@@ -125,7 +125,7 @@ impl Nginx {
             sock.exists()
         });
 
-        let user = if is_root() {
+        let user = if common::is_root() {
             "user root root;".to_string()
         } else {
             String::new()
@@ -329,14 +329,6 @@ fn listens_on(pid: u32, port: u16) -> bool {
         std::fs::read_link(fd.path())
             .is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
     })
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2379,7 +2371,11 @@ impl Front {
         let dir = dir.join("front");
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let (streaming, default) = (common::free_port(), common::free_port());
-        let user = if is_root() { "user root root;" } else { "" };
+        let user = if common::is_root() {
+            "user root root;"
+        } else {
+            ""
+        };
         let conf = format!(
             "{user}\ndaemon off;\nmaster_process off;\nworker_processes 1;\n\
              pid {d}/nginx.pid;\nerror_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\

@@ -34,14 +34,6 @@ fn program(test: &str, name: &str, package: &str) -> Option<PathBuf> {
     found
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false)
-}
-
 /// A web server in a process group of its own (Apache forks its workers and `mod_cgid`'s
 /// daemon): all of it goes with the test.
 struct WebServer {
@@ -114,7 +106,7 @@ impl World {
             .personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"])
             .secret;
         std::fs::set_permissions(sandbox.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        if is_root() {
+        if common::is_root() {
             let given = Command::new("chown")
                 .args(["-R", "65534:65534"])
                 .arg(sandbox.repos())
@@ -199,7 +191,7 @@ fn clone_and_push_through_apache_as_the_readme_sets_it_up() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let port = common::free_port();
-    let user = if is_root() {
+    let user = if common::is_root() {
         "User #65534\nGroup #65534\n"
     } else {
         ""
@@ -273,7 +265,7 @@ fn clone_and_push_through_lighttpd_as_the_readme_sets_it_up() {
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let port = common::free_port();
-    let user = if is_root() {
+    let user = if common::is_root() {
         "server.username = \"nobody\"\nserver.groupname = \"nogroup\"\n"
     } else {
         ""

@@ -50,6 +50,11 @@ pub fn gitgate_command(config: &Path) -> Command {
     cmd
 }
 
+/// Whether the tests run as root (web servers are then told which user to run as).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
 /// A program on `PATH` or in the system's `sbin` folders (where Debian puts nginx, fcgiwrap,
 /// Apache and lighttpd), or `None`.
 pub fn find(name: &str) -> Option<PathBuf> {
