@@ -3,14 +3,16 @@
 //! # The path of one request
 //!
 //! ```text
-//!  git client ──▶ server (over 100 header fields ─▶ 431, on HTTP/2 too; a connection over its
-//!                        address's cap ─▶ 503; both logged; /healthz, /readyz: GET or
+//!  git client ──▶ server (over 100 header fields ─▶ 431, on HTTP/2 too; an HTTP/1 head over
+//!                        max_header_bytes ─▶ 431, over TLS too; a connection over its
+//!                        address's cap ─▶ 503; all logged; /healthz, /readyz: GET or
 //!                        HEAD, other methods ─▶ 405)
 //!                        ──▶ gate ──┬─ a request_id for each of its log lines
 //!                                   ├─ client address: the peer, or behind trusted_proxies the right-most
 //!                                   │     untrusted X-Forwarded-For entry (unreadable: 400)
 //!                                   ├─ /rest/... ─▶ api::handle (a path and query over 8 KiB ─▶ 414, Host as
-//!                                   │     below ─▶ 400, the address guard ─▶ 429, then management: the
+//!                                   │     below ─▶ 400, the address guard ─▶ 429, another site's page
+//!                                   │     (Origin, Sec-Fetch-Site) ─▶ 403, then management: the
 //!                                   │     user's password only, then the user's rate-limit bucket, 429); never forwarded
 //!                                   ├─ its own loop mark (X-Gitgate-Hop)?  ─▶ 508 (a request it sent upstream came back)
 //!                                   ├─ a path and query over 8 KiB ─▶ 414
