@@ -74,7 +74,7 @@ impl Target {
         Ok(target)
     }
 
-    /// Refuses a target whose name no folder can have (over [`NAME_MAX`] bytes), or whose git
+    /// Refuses a target whose name no folder can have (over `NAME_MAX` bytes), or whose git
     /// paths are not git's under `git_prefix`: with `/`, every path
     /// under `/rest/` is the REST API's ([`crate::api::is_api_path`]), so a project `rest`
     /// could never be cloned. Nor is one whose path has the shape of a token secret's random

@@ -154,7 +154,7 @@ impl AuthRecord {
     /// rotation's overlap, not the current one), and this process has not said so in the last
     /// minute: a client still holds the old secret, which the operator planning the rotation
     /// must hear before the overlap ends. Nothing to do for a token never rotated. A saying
-    /// more than [`FUTURE_USE_MS`] later than `now` is no saying at all (the wall clock went
+    /// more than `FUTURE_USE_MS` later than `now` is no saying at all (the wall clock went
     /// back since, as in [`AuthRecord::claim_use`]): else the record, cached across the
     /// writer's commits, kept the line unsaid for as long as the clock was stepped back.
     pub fn previous_used(&self, presented: &[u8], now: i64) -> Option<i64> {
