@@ -455,6 +455,12 @@ impl HttpBackend {
             tracing::warn!(request_id = %source.id, upstream = self.address, likely = %crate::log_value::LogText(&likely), "the upstream git server refused a request gitgate allowed, without saying why");
             return Ok(crate::gate::text(StatusCode::FORBIDDEN, told));
         }
+        if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // git prints only `RPC failed; HTTP 413` for a push's: the upstream's limit on
+            // request bodies (nginx's is 1 MB unless set; Apache's 1 GiB), which only its
+            // operator can raise, is said where gitgate sees it. Passed on as it came.
+            tracing::warn!(request_id = %source.id, upstream = self.address, "the upstream git server refused a request as too large (413): raise its limit on request bodies (nginx: client_max_body_size 0; Apache: LimitRequestBody 0)");
+        }
         let asked = parts.uri.path_and_query();
         let inbound = parts;
         let (mut parts, body) = resp.into_parts();
@@ -2207,6 +2213,33 @@ mod tests {
         let said = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&said[..], b"not for you");
         upstream.await.unwrap();
+    }
+
+    /// An upstream's `413` (a push over nginx's `client_max_body_size`, 1 MB unless set) goes
+    /// to git as it came, which prints only `RPC failed; HTTP 413`; the log says which limit
+    /// to raise.
+    #[test]
+    fn an_upstreams_413_is_logged_with_the_limit_to_raise() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let log = crate::store::test_support::logged(|| {
+            runtime.block_on(async {
+                let (port, upstream) =
+                    answering(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n").await;
+                let b = backend(&format!("http://127.0.0.1:{port}/git"));
+                let resp = advertisement(&b).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+                upstream.await.unwrap();
+            })
+        });
+        assert!(
+            log.contains("refused a request as too large (413)")
+                && log.contains("client_max_body_size 0")
+                && log.contains("LimitRequestBody 0"),
+            "{log}"
+        );
     }
 
     /// `check`'s plain `HEAD` waits no longer than the upstream's idle timeout when that is
