@@ -205,20 +205,14 @@ async fn check(gate: &Gate) -> Result<(), (NotReady, String)> {
     // process limit reached) is a panic: the start's check then panicked, and "ready" was
     // never said. A probe a second at most (see `remembered`) costs one thread start.
     let store = gate.store.clone();
-    let (pinged_tx, pinging) = tokio::sync::oneshot::channel();
-    let started = std::thread::Builder::new()
-        .name("gitgate-ping".into())
-        .spawn(move || {
-            let _ = pinged_tx.send(store.ping());
-        });
-    let pinged = match started {
+    let pinged = match crate::own_thread::run("gitgate-ping", move || store.ping()) {
         Err(e) => Err(format!(
             "cannot start a thread to read it: {e} (the process limit of gitgate's user, \
              ulimit -u or TasksMax)"
         )),
-        Ok(_) => match pinging.await {
-            Ok(pinged) => pinged.map_err(|e| e.to_string()),
-            Err(_) => Err("the check failed: its thread ended".to_string()),
+        Ok(pinging) => match pinging.await {
+            Some(pinged) => pinged.map_err(|e| e.to_string()),
+            None => Err("the check failed: its thread ended".to_string()),
         },
     };
     if let Err(why) = pinged {

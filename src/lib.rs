@@ -248,6 +248,7 @@ pub mod log_value;
 pub mod metrics;
 pub mod network;
 pub mod open_files;
+pub mod own_thread;
 pub mod password;
 pub mod permission;
 pub mod pkt_line;

@@ -951,6 +951,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::metrics",
     "gitgate::network",
     "gitgate::open_files",
+    "gitgate::own_thread",
     "gitgate::password",
     "gitgate::permission",
     "gitgate::pkt_line",

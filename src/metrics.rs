@@ -824,19 +824,16 @@ async fn refresh_expiring(store: Store) {
         // (a process limit reached) is a panic: it ended this loop for good, and the gauge
         // was never refreshed again.
         let s = store.clone();
-        let (counted_tx, counting) = tokio::sync::oneshot::channel();
-        let started = std::thread::Builder::new()
-            .name("gitgate-expiring".into())
-            .spawn(move || {
-                let _ = counted_tx.send(s.count_expiring(clock::now_ms(), EXPIRY_WINDOW_MS));
-            });
+        let started = crate::own_thread::run("gitgate-expiring", move || {
+            s.count_expiring(clock::now_ms(), EXPIRY_WINDOW_MS)
+        });
         match started {
-            Ok(_) => match counting.await {
-                Ok(Ok(n)) => METRICS.tokens_expiring_soon.store(n, Relaxed),
-                Ok(Err(e)) => {
+            Ok(counting) => match counting.await {
+                Some(Ok(n)) => METRICS.tokens_expiring_soon.store(n, Relaxed),
+                Some(Err(e)) => {
                     tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), "metrics: could not count expiring tokens")
                 }
-                Err(_) => tracing::warn!("metrics: expiry count task failed"),
+                None => tracing::warn!("metrics: expiry count task failed"),
             },
             Err(e) => {
                 tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), "metrics: could not start a thread to count expiring tokens (tried again at the next refresh)")

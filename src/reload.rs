@@ -99,21 +99,20 @@ pub(crate) async fn reload_on_hangup(
         }
         // On a thread of its own, not this one, which accepts the connections: a file that
         // does not answer (a hung network mount under the certificate, a FIFO in its place)
-        // would stop them all. A thread, not `spawn_blocking`: the runtime's end waits for
-        // those, and the stop must not wait for a read that may never end.
+        // would stop them all; nor tokio's blocking pool, whose end the runtime's end waits
+        // for: the stop must not wait for a read that may never end.
         let (certs, upstream_secret, running) =
             (certs.clone(), upstream_secret.clone(), running.clone());
-        let (done, finished) = tokio::sync::oneshot::channel::<()>();
-        let started = std::thread::Builder::new()
-            .name("gitgate-reload".into())
-            .spawn(move || {
-                reload(certs.as_deref(), upstream_secret.as_deref(), &running);
-                let _ = done.send(());
-            });
-        if let Err(e) = started {
-            tracing::error!(error = %e, "SIGHUP: cannot start a thread to reload on; nothing was read again");
-            continue;
-        }
+        let started = crate::own_thread::run("gitgate-reload", move || {
+            reload(certs.as_deref(), upstream_secret.as_deref(), &running)
+        });
+        let finished = match started {
+            Ok(finished) => finished,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: cannot start a thread to reload on; nothing was read again");
+                continue;
+            }
+        };
         // One reload at a time: a SIGHUP meanwhile is answered once this one ends.
         tokio::pin!(finished);
         if tokio::time::timeout(RELOAD_SAID_LATE_AFTER, &mut finished)

@@ -328,16 +328,11 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     // A thread of its own rather than tokio's blocking pool, whose first thread failing to
     // start (a process limit reached) is a panic, not an error to say.
     let path = config.store.path.clone();
-    let (opened_tx, opening) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("gitgate-store-open".into())
-        .spawn(move || {
-            let _ = opened_tx.send(open_store(&path));
-        })
+    let opening = crate::own_thread::run("gitgate-store-open", move || open_store(&path))
         .map_err(|e| format!("cannot start a thread to open the token store: {e}"))?;
     let store = tokio::select! {
         opened = opening => opened
-            .map_err(|_| "opening the token store failed: its thread ended".to_string())?
+            .ok_or_else(|| "opening the token store failed: its thread ended".to_string())?
             .map_err(|e| config.store_refusal(e))?,
         signal = stop.next() => {
             tracing::info!(
