@@ -101,8 +101,8 @@
 //!   [`log_queue`] writes the server's without ever blocking a request on a log reader that
 //!   stopped reading (a queue behind a write that would block).
 //! - [`server`] accepts connections (hyper, HTTP/1.1 and HTTP/2 — over TLS, the one ALPN
-//!   agreed — TLS via [`tls`] with the certificate reloaded on SIGHUP and its chain's expiry
-//!   looked at hourly by [`reload`]; a plain HTTP request on the HTTPS port is answered `400` in plain
+//!   agreed — TLS via [`tls`] with the certificate reloaded on SIGHUP, on a thread of its own,
+//!   and its chain's expiry looked at hourly by [`reload`]; a plain HTTP request on the HTTPS port is answered `400` in plain
 //!   HTTP with what to do), with a header-read
 //!   deadline (also for a connection
 //!   waiting for a request: a silent one is closed after it), an idle timeout ([`idle`]:
@@ -126,7 +126,8 @@
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
 //!   Everything that can fail on a bad setting is checked before the store is opened (the
 //!   open-files limit: [`open_files`]); a
-//!   thread that cannot be started (a process limit) stops the start with the reason. An IPv6
+//!   thread that cannot be started (a process limit) stops the start with the reason (work
+//!   kept off tokio's blocking pool, whose failing start is a panic: [`own_thread`]). An IPv6
 //!   listener takes IPv4 clients too (`IPV6_V6ONLY` off, whatever the host's default). One
 //!   single-threaded
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
