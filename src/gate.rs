@@ -134,6 +134,9 @@ enum Refusal {
     Guarded(Verdict),
     /// A request this process sent upstream came back (508): see `request_id::own_mark`.
     Loop,
+    /// A request a web page of another site had a browser send (403), before its credentials
+    /// were looked at: see `cross_site`.
+    FromAnotherSite(String),
 }
 
 /// Facts about one request for its log line.
@@ -580,6 +583,17 @@ impl Gate {
         }
         log.repo = Some(git_req.repo.to_string());
         log.access = Some(git_req.access.as_str());
+        // Before the credentials are looked at: a browser that holds them for this site sends
+        // them with what another site's page has it fetch, each a token of its user's bucket
+        // (see `cross_site`). git never says it comes from a page.
+        if let Some(said) =
+            crate::cross_site::from_another_site(req.method(), req.uri(), req.headers())
+        {
+            return Err(Refusal::FromAnotherSite(format!(
+                "refused: this request comes from a web page of another site ({said}); git \
+                 URLs answer git, not a page that fetches from them"
+            )));
+        }
         self.guard
             .check_address(remote.ip(), clock::monotonic_ms())
             .map_err(Refusal::Guarded)?;
@@ -858,6 +872,10 @@ impl Gate {
                     reason = %LogText(&m),
                     "access refused"
                 );
+                text(StatusCode::FORBIDDEN, &m)
+            }
+            Refusal::FromAnotherSite(m) => {
+                malformed_said(id, remote, 403, &m);
                 text(StatusCode::FORBIDDEN, &m)
             }
             Refusal::TooLong(m) => {

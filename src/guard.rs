@@ -50,10 +50,12 @@ pub const REFRESH_AFTER_MS: i64 = 4_000;
 pub enum Verdict {
     /// Too many failed authentications from this address.
     AddressBlocked { retry_after_secs: u64 },
-    /// The principal's bucket is empty.
+    /// The principal's bucket is empty. `log`: whether this refusal is the one to log, with
+    /// how many went unlogged before it (see [`crate::ratelimit::SAY_EVERY_MS`]).
     RateLimited {
         principal: String,
         retry_after_secs: u64,
+        log: Option<u32>,
     },
     /// The principal already has the most requests in flight it may have.
     TooManyInFlight { principal: String, max: u32 },
@@ -72,6 +74,7 @@ impl Verdict {
         if let Verdict::RateLimited {
             principal,
             retry_after_secs,
+            log: Some(unlogged),
         } = self
         {
             tracing::info!(
@@ -79,7 +82,9 @@ impl Verdict {
                 request_id = %id,
                 principal = %crate::log_value::LogValue(principal),
                 retry_after_secs,
-                "rate limit exceeded"
+                unlogged,
+                "rate limit exceeded (said at most once a minute per principal: unlogged counts \
+                 its refusals since the last such line, each in the request log with status=429)"
             );
         }
     }
@@ -108,6 +113,7 @@ impl Verdict {
             Verdict::RateLimited {
                 principal,
                 retry_after_secs,
+                ..
             } => format!(
                 "rate limit exceeded for {principal}; try again in {}",
                 wait_in_words(*retry_after_secs)
@@ -398,9 +404,13 @@ impl Guard {
         match limiter.check(principal, cost, limits, now) {
             Decision::Allow { .. } => Ok(()),
             // Said by the caller, with the request's id (see [`Verdict::say`]).
-            Decision::Limited { retry_after_secs } => Err(Verdict::RateLimited {
+            Decision::Limited {
+                retry_after_secs,
+                log,
+            } => Err(Verdict::RateLimited {
                 principal: principal.to_string(),
                 retry_after_secs,
+                log,
             }),
         }
     }
@@ -481,6 +491,7 @@ mod tests {
         let refused = Verdict::RateLimited {
             principal: "user:alice".into(),
             retry_after_secs: 86_207,
+            log: None,
         };
         assert_eq!(
             refused.message(),

@@ -27,6 +27,8 @@
 //!                                   ├─ body framing: Transfer- only chunked ─▶ 501, Content-Length one
 //!                                   │   length ─▶ 400, Content- only gzip ─▶ 415,
 //!                                   │   a GET or HEAD saying it has a body ─▶ 400
+//!                                   ├─ another site's page (Sec-Fetch-Site, Origin: cross_site; git sends
+//!                                   │     neither) ─▶ 403, before the credentials cost a rate-limit token
 //!                                   ├─ guard: source address blocked?      ─▶ 429 (no store read; a sliding window,
 //!                                   │     IPv6 by /64, `exempt` networks never; one atomic read while no
 //!                                   │     address is blocked)
@@ -235,6 +237,7 @@ pub mod clock;
 pub mod closing;
 pub mod config;
 pub mod credentials;
+pub mod cross_site;
 pub mod gate;
 pub mod git;
 pub mod guard;

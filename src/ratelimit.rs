@@ -86,9 +86,20 @@ impl Limits {
 pub enum Decision {
     /// Go ahead; `remaining` whole tokens are left.
     Allow { remaining: u32 },
-    /// Over the limit: try again in `retry_after_secs` seconds (at least 1).
-    Limited { retry_after_secs: u64 },
+    /// Over the limit: try again in `retry_after_secs` seconds (at least 1). `log`: whether
+    /// this refusal is the one to log (see [`SAY_EVERY_MS`]), with how many of the principal's
+    /// refusals since its last line went unlogged.
+    Limited {
+        retry_after_secs: u64,
+        log: Option<u32>,
+    },
 }
+
+/// A principal's refusals are logged at most once in this long: a client that ignores
+/// `Retry-After` and floods would otherwise double the log's lines (each request has its own
+/// line, with `status=429`, besides). The line after a quiet spell says how many refusals went
+/// unlogged before it.
+pub const SAY_EVERY_MS: i64 = 60_000;
 
 /// One principal's bucket.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -99,6 +110,10 @@ pub struct Bucket {
     rpc_credits: u32,
     /// ... until then.
     credits_until_ms: i64,
+    /// When a refusal of this bucket's was last logged (`None`: never) ...
+    said_at_ms: Option<i64>,
+    /// ... and how many were refused since, unlogged.
+    unsaid: u32,
 }
 
 impl Bucket {
@@ -109,7 +124,23 @@ impl Bucket {
             updated_ms: now,
             rpc_credits: 0,
             credits_until_ms: 0,
+            said_at_ms: None,
+            unsaid: 0,
         }
+    }
+
+    /// Whether a refusal at `now` is to be logged: the first one, and then the first after
+    /// [`SAY_EVERY_MS`] since the last logged one, with the count of those not logged between.
+    /// A `now` before the last line (it cannot be, on the monotonic clock) logs.
+    fn log_refusal(&mut self, now: i64) -> Option<u32> {
+        if let Some(said) = self.said_at_ms {
+            if (0..SAY_EVERY_MS).contains(&now.saturating_sub(said)) {
+                self.unsaid = self.unsaid.saturating_add(1);
+                return None;
+            }
+        }
+        self.said_at_ms = Some(now);
+        Some(std::mem::take(&mut self.unsaid))
     }
 
     /// Charge a request of this cost: an advertisement takes a token and pays for the POSTs
@@ -162,6 +193,8 @@ impl Bucket {
             // At most what an empty refill gives: a rate so small that the wait overflows
             // (`1e-300` per second) is no reason to answer `Retry-After: 18446744073709551615`.
             retry_after_secs: (secs.min(f64::from(u32::MAX)) as u64).max(1),
+            // Decided by the limiter, which keeps the bucket.
+            log: None,
         }
     }
 
@@ -272,7 +305,15 @@ impl RateLimiter {
             entry.1 = limits;
             entry.0.tokens = entry.0.tokens.min(f64::from(limits.capacity));
         }
-        entry.0.charge(cost, &limits, now)
+        match entry.0.charge(cost, &limits, now) {
+            Decision::Limited {
+                retry_after_secs, ..
+            } => Decision::Limited {
+                retry_after_secs,
+                log: entry.0.log_refusal(now),
+            },
+            allowed => allowed,
+        }
     }
 
     /// How many buckets are held (for tests and metrics).
@@ -307,13 +348,15 @@ mod tests {
         assert_eq!(
             b.take(&L, 0),
             Decision::Limited {
-                retry_after_secs: 1
+                retry_after_secs: 1,
+                log: None
             }
         );
         assert_eq!(
             b.take(&L, 500),
             Decision::Limited {
-                retry_after_secs: 1
+                retry_after_secs: 1,
+                log: None
             }
         );
         assert_eq!(b.take(&L, 1000), Decision::Allow { remaining: 0 });
@@ -332,13 +375,15 @@ mod tests {
         assert_eq!(
             b.take(&slow, 0),
             Decision::Limited {
-                retry_after_secs: 10
+                retry_after_secs: 10,
+                log: None
             }
         );
         assert_eq!(
             b.take(&slow, 2_500),
             Decision::Limited {
-                retry_after_secs: 8
+                retry_after_secs: 8,
+                log: None
             }
         );
         // A rate so small the wait overflows waits as long as no refill at all.
@@ -351,8 +396,52 @@ mod tests {
         assert_eq!(
             b.take(&tiny, 5_000),
             Decision::Limited {
-                retry_after_secs: u64::from(u32::MAX)
+                retry_after_secs: u64::from(u32::MAX),
+                log: None
             }
+        );
+    }
+
+    /// A flood past the limit is logged once a minute per principal, each line with the
+    /// refusals left out since the last; another principal's refusals are their own.
+    #[test]
+    fn a_principals_refusals_are_logged_once_a_minute_with_the_count_left_out() {
+        let none = Limits {
+            capacity: 1,
+            refill_per_second: 0.0,
+        };
+        let rl = RateLimiter::new();
+        let log_of = |d: Decision| match d {
+            Decision::Limited { log, .. } => log,
+            Decision::Allow { .. } => panic!("allowed"),
+        };
+        assert!(matches!(
+            rl.check("alice", Cost::Token, none, 0),
+            Decision::Allow { .. }
+        ));
+        assert_eq!(log_of(rl.check("alice", Cost::Token, none, 0)), Some(0));
+        for at in [1, 30_000, SAY_EVERY_MS - 1] {
+            assert_eq!(
+                log_of(rl.check("alice", Cost::Token, none, at)),
+                None,
+                "{at}"
+            );
+        }
+        rl.check("bob", Cost::Token, none, 10);
+        assert_eq!(log_of(rl.check("bob", Cost::Token, none, 10)), Some(0));
+        // A POST without credit is refused and counted like any request.
+        assert_eq!(log_of(rl.check("alice", Cost::Rpc, none, 59_000)), None);
+        assert_eq!(
+            log_of(rl.check("alice", Cost::Token, none, SAY_EVERY_MS)),
+            Some(4)
+        );
+        assert_eq!(
+            log_of(rl.check("alice", Cost::Token, none, SAY_EVERY_MS + 1)),
+            None
+        );
+        assert_eq!(
+            log_of(rl.check("alice", Cost::Token, none, 3 * SAY_EVERY_MS)),
+            Some(1)
         );
     }
 

@@ -153,6 +153,26 @@ fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
     );
     // All of alice's personal tokens share her bucket.
     assert_eq!(status(&get(&server, IR, &server.read_token)), 429);
+    // That second refusal, within the minute, is in the request log only: a client flooding
+    // past its limit does not double the log's lines. (Lines are written in order: once its
+    // request line is there, a line of its own would be too.)
+    wait_for("the second 429's request line", || {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("gitgate::request") && l.contains("status=429"))
+            .count()
+            == 2
+    });
+    let log = server.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("rate limit exceeded"))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(said.contains("unlogged=0"), "{said}");
 
     // The RPC that follows an advertisement is paid for by it: a clone is one request.
     let resp = upload_pack_post(&server, &w);
@@ -190,6 +210,66 @@ fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
     assert_eq!(header(&resp, "retry-after").as_deref(), Some("10"));
     gitgate(&server.config(), &["ratelimit", "clear", "alice"], None);
     assert!(!gitgate(&server.config(), &["ratelimit", "list"], None).contains("user:alice"));
+}
+
+/// A browser that holds alice's token for this site sends it with what another site's page has
+/// it fetch (`<img src>` of `info/refs`): such requests are refused before the token is looked
+/// at, so they cannot empty her bucket and keep her own clones refused `429`.
+#[test]
+fn a_web_page_of_another_site_cannot_spend_a_git_users_rate_limit() {
+    let server = Server::start(
+        "[rate_limit]\ncapacity = 2\nrefill_per_second = 0.01\n[auth_failures]\nmax = 1000\n",
+    );
+    let page = |extra: &str| {
+        server.raw(
+            format!(
+                "GET {IR} HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n{extra}Connection: close\r\n\r\n",
+                basic("alice", &server.write_token)
+            )
+            .as_bytes(),
+        )
+    };
+    for extra in [
+        "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: image\r\n",
+        "Sec-Fetch-Site: same-site\r\n",
+        "Origin: https://evil.example\r\n",
+    ]
+    .iter()
+    .cycle()
+    .take(9)
+    {
+        let resp = page(extra);
+        assert_eq!(status(&resp), 403, "{}", String::from_utf8_lossy(&resp));
+        assert!(
+            String::from_utf8_lossy(&resp).contains("a web page of another site"),
+            "{}",
+            String::from_utf8_lossy(&resp)
+        );
+    }
+    // Her bucket is whole: two exchanges, then the limit.
+    assert_eq!(status(&get(&server, IR, &server.write_token)), 200);
+    // A link she followed is hers, as one typed in is.
+    let followed = page(
+        "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n\
+         Sec-Fetch-User: ?1\r\n",
+    );
+    assert_eq!(
+        status(&followed),
+        200,
+        "{}",
+        String::from_utf8_lossy(&followed)
+    );
+    assert_eq!(status(&get(&server, IR, &server.write_token)), 429);
+    let log = server.log();
+    assert!(
+        log.contains("refused a request for its form")
+            && log.contains("Sec-Fetch-Site: cross-site"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&server.write_token),
+        "the token is in the log"
+    );
 }
 
 /// `POST git-upload-pack` as alice with `secret` (an empty request: git answers at once).

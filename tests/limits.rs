@@ -1992,6 +1992,93 @@ fn an_upstream_not_connected_to_for_want_of_descriptors_is_a_shortage() {
     assert!(!log.contains("backend failed"), "{log}");
 }
 
+/// Descriptors come free within milliseconds as other requests end: a request whose HTTP
+/// upstream cannot be connected to for want of them tries again for a moment, as the CGI
+/// runner does to start git — a `POST` going on with a clone or push (whose refusal git prints
+/// no reason for) for up to 5 s — and is served when they come back meanwhile, not answered
+/// `503` at the first try.
+#[test]
+fn a_post_waits_a_moment_for_descriptors_to_reach_its_upstream() {
+    // An upstream that answers one request per connection and closes it (so that each
+    // request needs a new one): an advertisement to a GET, a whole protocol-v0 negotiation
+    // round to a POST once its 4-byte body is in. It tells the test each request it read.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = listener.local_addr().unwrap().port();
+    let (heads, got_one) = mpsc::channel();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+                let body: &[u8] = if got.starts_with(b"GET ") {
+                    b"001e# service=git-upload-pack\n0000"
+                } else {
+                    b"0008NAK\n"
+                };
+                if got.windows(4).any(|w| w == b"\r\n\r\n")
+                    && (got.starts_with(b"GET ") || got.ends_with(b"0000"))
+                {
+                    let _ = s.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                    let _ = s.write_all(body);
+                    let _ = heads.send(String::from_utf8_lossy(&got).into_owned());
+                    break;
+                }
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (mut g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    // Served once, so that what a request needs (the token in the cache) is in place.
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    std::thread::sleep(Duration::from_millis(200));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", g.pid())).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap();
+    while got_one.try_recv().is_ok() {}
+    set_open_files(g.pid(), one_descriptor_left(g.pid()));
+    let port = g.port;
+    let post = std::thread::spawn(move || {
+        let mut s = connect(port);
+        s.write_all(
+            format!(
+                "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n\
+                 Authorization: Basic {auth}\r\nContent-Type: application/x-git-upload-pack-request\r\n\
+                 Content-Length: 4\r\nConnection: close\r\n\r\n0000"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        read_until_closed(&mut s).0
+    });
+    // Short of descriptors for a second: the POST is not sent upstream meanwhile ...
+    assert!(
+        got_one.recv_timeout(Duration::from_secs(1)).is_err(),
+        "sent upstream with no descriptor to spare"
+    );
+    set_open_files(g.pid(), soft);
+    // ... and is once they are back.
+    let answer = post.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("0008NAK\n"), "{answer}");
+    let head = got_one.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(head.starts_with("POST "), "{head}");
+    g.stop();
+    let log = g.log_text();
+    assert!(!log.contains("backend failed"), "{log}");
+}
+
 /// A memory limit reached (here gitgate's address space held below what it has, with
 /// `prlimit --as`, so that no git process can be started: `ENOMEM`) is a shortage, as one of
 /// processes or descriptors is: `503` with `Retry-After` and the reason git prints, said in

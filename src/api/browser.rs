@@ -24,9 +24,11 @@
 //!   only by a cross-origin `fetch`, and by its preflight `OPTIONS`) must be the address asked
 //!   too.
 //!
+//! The judgement of where a request comes from is `cross_site`'s, which the git URLs use too.
+//!
 //! Bitbucket refuses the same requests ("XSRF check failed") unless told otherwise by a header.
 
-use hyper::header::{HeaderMap, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::header::{HeaderMap, CONTENT_TYPE};
 use hyper::{Method, StatusCode, Uri};
 
 /// Why a request is refused as one a web page could have made: its status (`403` for a page of
@@ -45,33 +47,13 @@ pub fn refusal(
         "the API answers scripts, the CLI and a link followed to it, not a page that fetches \
          from it"
     };
-    // Every line of each header: a second, cross-site one must not hide behind a first.
-    for site in headers.get_all("sec-fetch-site") {
-        let site = site.to_str().unwrap_or("?");
-        if !site.eq_ignore_ascii_case("none")
-            && !site.eq_ignore_ascii_case("same-origin")
-            && (change || !is_a_followed_link(method, headers))
-        {
-            return Some((
-                StatusCode::FORBIDDEN,
-                format!(
-                    "refused: this request comes from a web page of another site \
-                     (Sec-Fetch-Site: {site}); {takes}"
-                ),
-            ));
-        }
-    }
-    for origin in headers.get_all(ORIGIN) {
-        let origin = origin.to_str().unwrap_or("?");
-        if !same_origin(origin, uri, headers) {
-            return Some((
-                StatusCode::FORBIDDEN,
-                format!(
-                    "refused: this request comes from a web page of another site (Origin: \
-                     {origin}); {takes}"
-                ),
-            ));
-        }
+    if let Some(said) = crate::cross_site::from_another_site(method, uri, headers) {
+        return Some((
+            StatusCode::FORBIDDEN,
+            format!(
+                "refused: this request comes from a web page of another site ({said}); {takes}"
+            ),
+        ));
     }
     if !change {
         return None;
@@ -100,35 +82,6 @@ pub fn refusal(
         ));
     }
     None
-}
-
-/// Whether a `GET` is a browser following a link to the API in its window, as its user asked
-/// (a top-level navigation by a click or a key: `Sec-Fetch-Mode: navigate`, `Sec-Fetch-Dest:
-/// document` and `Sec-Fetch-User: ?1`, each in every line of it), which shows the answer to
-/// its user and to no page. An `<iframe>`'s is not (its `Sec-Fetch-Dest` is `iframe`), nor an
-/// `<img>`'s or a `fetch`'s, nor a window the page's script sends to one address after another
-/// (no `Sec-Fetch-User`): each would cost a password check and a rate-limit token.
-fn is_a_followed_link(method: &Method, headers: &HeaderMap) -> bool {
-    let every_line_is = |name: &str, want: &str| {
-        let mut lines = headers.get_all(name).iter().peekable();
-        lines.peek().is_some() && lines.all(|v| v.as_bytes().eq_ignore_ascii_case(want.as_bytes()))
-    };
-    *method == Method::GET
-        && every_line_is("sec-fetch-mode", "navigate")
-        && every_line_is("sec-fetch-dest", "document")
-        && every_line_is("sec-fetch-user", "?1")
-}
-
-/// Whether `origin` (`scheme://host[:port]`) names the address the request was sent to.
-fn same_origin(origin: &str, uri: &Uri, headers: &HeaderMap) -> bool {
-    let Some((_, authority)) = origin.split_once("://") else {
-        return false; // `null`, or nothing an origin looks like
-    };
-    let asked = uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()));
-    asked.is_some_and(|asked| authority.eq_ignore_ascii_case(asked))
 }
 
 /// `application/json`, or a `+json` type, with any parameters (`; charset=utf-8`), said once.

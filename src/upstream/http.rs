@@ -36,8 +36,10 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
+use super::cgi::StillAllowed;
 use super::framing::AnswerFraming;
 use super::headers::{self, Outbound, Redirect};
+use super::patience::{Patience, Pause};
 use super::pool::{self, ConnectError, Connection, Driving, Origin, OutBody, Pool};
 use super::progress::{Progress, Silence, UploadStalled};
 use super::secret::UpstreamSecret;
@@ -222,6 +224,7 @@ impl HttpBackend {
         git_req: &GitRequest,
         identity: &Identity,
         source: RequestSource,
+        still_allowed: Option<&dyn StillAllowed>,
     ) -> Result<Response<ResponseBody>, ForwardError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -229,7 +232,7 @@ impl HttpBackend {
     {
         // Every failure of the upstream's names it in the log (the client's message leaves it
         // out), whatever part of the exchange it came from.
-        self.exchange(parts, body, git_req, identity, source)
+        self.exchange(parts, body, git_req, identity, source, still_allowed)
             .await
             .map_err(|e| self.naming_upstream(e))
     }
@@ -241,6 +244,7 @@ impl HttpBackend {
         git_req: &GitRequest,
         identity: &Identity,
         source: RequestSource,
+        still_allowed: Option<&dyn StillAllowed>,
     ) -> Result<Response<ResponseBody>, ForwardError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -324,7 +328,7 @@ impl HttpBackend {
         let req = build(body)?;
 
         // Wait for the answer while anything moves: the request body streaming out counts.
-        let sent = self.send(req, rebuild);
+        let sent = self.send(req, rebuild, still_allowed);
         tokio::pin!(sent);
         // At a stop, an answer that has not begun before the cut is answered by gitgate.
         let stop = self.stop.due();
@@ -604,10 +608,15 @@ impl HttpBackend {
     /// on a new connection — when hyper hands it back unsent, or when it has no body and
     /// `rebuild` can make it again. A request whose body has started streaming cannot be
     /// replayed: that failure is the client's 502.
+    ///
+    /// A connection that cannot be opened for want of this server's own descriptors or ports
+    /// is tried again for a moment, as the CGI runner tries to start its backend (see
+    /// [`super::patience`]), the gate asked after each pause whether the request may still go.
     async fn send(
         &self,
         mut req: Request<OutBody>,
         rebuild: Option<&(dyn Fn(OutBody) -> Result<Request<OutBody>, ForwardError> + Sync)>,
+        still_allowed: Option<&dyn StillAllowed>,
     ) -> Result<(Response<Incoming>, Connection), ForwardError> {
         // git's answers to a POST are the packs, streamed; to a GET, the ref advertisements.
         let driving = if req.method() == Method::POST {
@@ -616,13 +625,24 @@ impl HttpBackend {
             Driving::OwnTask
         };
         let mut fresh_only = false;
+        let mut patience = Patience::for_method(req.method());
         loop {
-            let mut conn = if fresh_only {
+            let opened = if fresh_only {
                 self.pool.connect_new(driving).await
             } else {
                 self.pool.checkout(driving).await
-            }
-            .map_err(|e| self.connect_error(e))?;
+            };
+            let mut conn = match opened {
+                Ok(conn) => conn,
+                Err(ConnectError::Io(io)) if is_local_shortage(&io) => {
+                    match patience.pause(still_allowed).await {
+                        Pause::TryAgain => continue,
+                        Pause::Spent => return Err(self.connect_error(ConnectError::Io(io))),
+                        Pause::NoLongerAllowed => return Err(Self::no_longer_allowed()),
+                    }
+                }
+                Err(e) => return Err(self.connect_error(e)),
+            };
             let sending = conn.connection.sender.try_send_request(req);
             match conn.connection.exchange(sending).await {
                 Ok(resp) => return Ok((resp, conn.connection)),
@@ -652,7 +672,23 @@ impl HttpBackend {
         }
     }
 
-    /// 504 when connecting timed out, 502 otherwise, with the cause in words. A refused TLS
+    /// A request the gate refused when asked again after a pause for a connection (see
+    /// [`HttpBackend::send`]): answered as the gate's refusal, which it keeps.
+    fn no_longer_allowed() -> ForwardError {
+        ForwardError {
+            status: StatusCode::FORBIDDEN,
+            message: "the request is no longer allowed".to_string(),
+            detail: Some(
+                "refused when asked again after waiting for a connection to the upstream"
+                    .to_string(),
+            ),
+            fault: Fault::Refused,
+            retry_after: None,
+        }
+    }
+
+    /// 504 when connecting timed out, 502 otherwise (503 for this server's own shortage), with
+    /// the cause in words. A refused TLS
     /// handshake's cause stays in the log: rustls's words name the certificate's names and the
     /// name gitgate asked for, the upstream's internal ones.
     fn connect_error(&self, e: ConnectError) -> ForwardError {
@@ -1655,6 +1691,7 @@ mod tests {
             &git_req("/team/app.git/info/refs", Some("service=git-upload-pack")),
             &alice(),
             from(peer),
+            None,
         )
         .await
     }
@@ -1929,7 +1966,7 @@ mod tests {
                         .boxed_unsync(),
                 )
                 .unwrap();
-            let (resp, connection) = b.send(req, None).await.unwrap();
+            let (resp, connection) = b.send(req, None, None).await.unwrap();
             let (parts, inner) = resp.into_parts();
             // The body as `forward` makes it, without the batching around it.
             let mut upstream_body = Box::pin(UpstreamBody::new(
@@ -2035,6 +2072,7 @@ mod tests {
                 &head,
                 &alice(),
                 from(peer),
+                None,
             )
             .await
             .unwrap();
@@ -2333,7 +2371,7 @@ mod tests {
         let push =
             crate::git::classify("POST", "/team/app.git/git-receive-pack", None, "/").unwrap();
         let e = b
-            .forward(&parts, Endless, &push, &alice(), from(peer))
+            .forward(&parts, Endless, &push, &alice(), from(peer), None)
             .await
             .unwrap_err();
         assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT, "{e}");

@@ -11,6 +11,7 @@ pub mod cgi;
 mod framing;
 pub mod headers;
 pub mod http;
+pub mod patience;
 pub mod pool;
 mod progress;
 pub mod secret;
@@ -490,7 +491,7 @@ impl Upstream {
             }
             Upstream::Http(backend) => {
                 backend
-                    .forward(parts, body, git_req, identity, source)
+                    .forward(parts, body, git_req, identity, source, still_allowed)
                     .await
             }
         }

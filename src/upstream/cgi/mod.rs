@@ -57,6 +57,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::patience::{Patience, Pause};
 use super::progress::{Progress, Silence};
 use super::stop::{StopClock, Stopped};
 use crate::request_id::RequestId;
@@ -66,12 +67,6 @@ use hyper::header::{self, HeaderMap};
 use hyper::{Method, Response};
 use tokio::process::Command;
 use tokio::sync::oneshot;
-
-/// How long a request that starts an exchange (an advertisement) tries again to start its
-/// backend when out of processes or descriptors, and one going on with an exchange (see
-/// `CgiBackend::spawn_with_patience`).
-const SPAWN_PATIENCE: Duration = Duration::from_millis(500);
-const SPAWN_PATIENCE_GOING_ON: Duration = Duration::from_secs(5);
 
 mod body;
 mod cap;
@@ -862,21 +857,13 @@ impl CgiBackend {
     }
 
     /// The backend started, tried again for a little while when this process is out of
-    /// processes or file descriptors (`EAGAIN`, `EMFILE`, `ENFILE`): they come free within
-    /// milliseconds as other requests end. A request going on with an exchange already under
-    /// way (a clone's or push's `POST`) waits longest, as at `max_processes`: git shows no
-    /// reason for a refused `POST` (`RPC failed; HTTP 503`), while it prints the `503`'s reason
-    /// for an advertisement.
+    /// processes, file descriptors or memory (see [`CgiError::is_overload`] and
+    /// [`super::patience`]).
     async fn spawn_with_patience(
         &self,
         req: &CgiRequest<'_>,
     ) -> Result<tokio::process::Child, CgiError> {
-        let patience = if *req.method == Method::POST {
-            SPAWN_PATIENCE_GOING_ON
-        } else {
-            SPAWN_PATIENCE
-        };
-        with_patience(patience, req.still_allowed, || {
+        with_patience(Patience::for_method(req.method), req.still_allowed, || {
             self.command(req).spawn().map_err(CgiError::Spawn)
         })
         .await
@@ -906,29 +893,21 @@ impl CgiBackend {
 }
 
 /// `start` tried until it gives something other than an overload (see
-/// [`CgiError::is_overload`]), pausing 10 ms, then twice as long each time up to 250 ms, for at
-/// most `patience`. The gate let the request in before these pauses, as before a wait for a
-/// place under `[upstream] max_processes`: a token revoked, an owner disabled or a grant
-/// removed during them must stop it before its backend runs, so `still_allowed` is asked after
-/// each pause ([`CgiError::NoLongerAllowed`] when it says no).
+/// [`CgiError::is_overload`]), with `patience`'s pauses; the gate is asked after each whether
+/// the request may still be served ([`CgiError::NoLongerAllowed`] when it says no), as after a
+/// wait for a place under `[upstream] max_processes`.
 async fn with_patience<T>(
-    patience: Duration,
+    mut patience: Patience,
     still_allowed: Option<&dyn StillAllowed>,
     mut start: impl FnMut() -> Result<T, CgiError>,
 ) -> Result<T, CgiError> {
-    let started = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(10);
     loop {
         match start() {
-            Err(e) if e.is_overload() && started.elapsed() + pause <= patience => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(250));
-                if let Some(still_allowed) = still_allowed {
-                    if !still_allowed.ask().await {
-                        return Err(CgiError::NoLongerAllowed);
-                    }
-                }
-            }
+            Err(e) if e.is_overload() => match patience.pause(still_allowed).await {
+                Pause::TryAgain => {}
+                Pause::Spent => return Err(e),
+                Pause::NoLongerAllowed => return Err(CgiError::NoLongerAllowed),
+            },
             started_or_failed => return started_or_failed,
         }
     }

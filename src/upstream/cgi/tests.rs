@@ -511,14 +511,18 @@ async fn a_request_that_waited_for_the_host_to_have_processes_is_asked_again_bef
             asked: Default::default(),
         };
         let mut tries = 0;
-        let started = with_patience(Duration::from_secs(5), Some(&answers), || {
-            tries += 1;
-            if tries < 3 {
-                out_of_processes()
-            } else {
-                Ok("started")
-            }
-        })
+        let started = with_patience(
+            Patience::new(Duration::from_secs(5)),
+            Some(&answers),
+            || {
+                tries += 1;
+                if tries < 3 {
+                    out_of_processes()
+                } else {
+                    Ok("started")
+                }
+            },
+        )
         .await;
         if allowed {
             assert_eq!(started.unwrap(), "started");
@@ -537,7 +541,7 @@ async fn a_request_that_waited_for_the_host_to_have_processes_is_asked_again_bef
     }
     // Not asked (a request the gate does not ask again): tried again as before.
     let mut tries = 0;
-    let started = with_patience(Duration::from_secs(5), None, || {
+    let started = with_patience(Patience::new(Duration::from_secs(5)), None, || {
         tries += 1;
         if tries < 2 {
             out_of_processes()
@@ -552,7 +556,12 @@ async fn a_request_that_waited_for_the_host_to_have_processes_is_asked_again_bef
         allowed: true,
         asked: Default::default(),
     };
-    let started = with_patience(Duration::ZERO, Some(&answers), out_of_processes::<()>).await;
+    let started = with_patience(
+        Patience::new(Duration::ZERO),
+        Some(&answers),
+        out_of_processes::<()>,
+    )
+    .await;
     assert!(matches!(&started, Err(e) if e.is_overload()), "{started:?}");
     assert_eq!(answers.asked.into_inner(), 0);
 }
