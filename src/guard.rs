@@ -51,7 +51,7 @@ pub enum Verdict {
     /// Too many failed authentications from this address.
     AddressBlocked { retry_after_secs: u64 },
     /// The principal's bucket is empty. `log`: whether this refusal is the one to log, with
-    /// how many went unlogged before it (see [`crate::ratelimit::SAY_EVERY_MS`]).
+    /// how many went unlogged before it (see [`crate::repeats::Refusals`]).
     RateLimited {
         principal: String,
         retry_after_secs: u64,
@@ -67,9 +67,10 @@ pub enum Verdict {
 const IN_FLIGHT_RETRY_SECS: u64 = 5;
 
 impl Verdict {
-    /// A rate limit's refusal, in the log as the request `id` it refused (the address
-    /// throttle's block has a line of its own about the address, said once per block; the
-    /// in-flight cap's is written at each refusal, by [`Guard::acquire_slot`]).
+    /// A rate limit's refusal, in the log as the request `id` it refused, when it is the one to
+    /// log (see [`crate::repeats::Refusals`]; the address throttle's block has a line of its
+    /// own about the address, said once per block; the in-flight cap's is written by
+    /// [`Guard::acquire_slot`]).
     pub fn say(&self, id: crate::request_id::RequestId) {
         if let Verdict::RateLimited {
             principal,
@@ -346,19 +347,29 @@ impl Guard {
 
     /// Step 3: a place among the principal's requests in flight, held until the response ends
     /// — for a POST, one that carries on an exchange, up to twice the cap (see [`InFlight`]).
-    /// Refused with a log line per refusal (without the request's id: the gate's says it).
+    /// Refused with a log line at most once a minute per principal while it has requests in
+    /// flight (see [`crate::repeats::Refusals`]; without the request's id: the gate's line
+    /// says it, with `status=429`).
     pub fn acquire_slot(&self, principal: &str, operation: Operation) -> Result<Slot, Verdict> {
         let slot = match operation {
             Operation::Rpc(_) => self.inflight.try_continue(principal),
             Operation::Advertise(_) | Operation::Dumb => self.inflight.try_acquire(principal),
         };
         slot.ok_or_else(|| {
-            tracing::info!(
-                target: "gitgate::ratelimit",
-                principal = %crate::log_value::LogValue(principal),
-                max = self.inflight.max(),
-                "too many requests in flight"
-            );
+            if let Some(unlogged) = self
+                .inflight
+                .refused(principal, crate::clock::monotonic_ms())
+            {
+                tracing::info!(
+                    target: "gitgate::ratelimit",
+                    principal = %crate::log_value::LogValue(principal),
+                    max = self.inflight.max(),
+                    unlogged,
+                    "too many requests in flight (said at most once a minute per principal: \
+                     unlogged counts its refusals since the last such line, each in the request \
+                     log with status=429)"
+                );
+            }
             Verdict::TooManyInFlight {
                 principal: principal.to_string(),
                 max: self.inflight.max(),

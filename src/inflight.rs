@@ -17,10 +17,20 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::repeats::Refusals;
+
 /// Counts of requests in flight per principal, shared by every connection.
 pub struct InFlight {
     max: u32,
-    counts: Mutex<HashMap<Arc<str>, u32>>,
+    counts: Mutex<HashMap<Arc<str>, Place>>,
+}
+
+/// One principal's requests in flight, and its refusals for the log (forgotten with it when
+/// its last request ends: a refusal after that is news).
+#[derive(Default)]
+struct Place {
+    count: u32,
+    refusals: Refusals,
 }
 
 /// One request's place; dropping it frees the place.
@@ -60,11 +70,11 @@ impl InFlight {
         let mut counts = self.counts();
         // A principal with requests in flight already has its key: no allocation then.
         let key = match counts.get_key_value(principal) {
-            Some((_, &count)) if count >= limit => return None,
+            Some((_, place)) if place.count >= limit => return None,
             Some((key, _)) => key.clone(),
             None => Arc::from(principal),
         };
-        *counts.entry(key.clone()).or_insert(0) += 1;
+        counts.entry(key.clone()).or_default().count += 1;
         Some(Slot {
             held: Some((self.clone(), key)),
         })
@@ -72,10 +82,19 @@ impl InFlight {
 
     /// Requests of `principal` in flight now (always 0 without a cap: nothing is counted).
     pub fn current(&self, principal: &str) -> u32 {
-        self.counts().get(principal).copied().unwrap_or(0)
+        self.counts().get(principal).map_or(0, |place| place.count)
     }
 
-    fn counts(&self) -> MutexGuard<'_, HashMap<Arc<str>, u32>> {
+    /// After a refusal of `principal`'s at `now` (monotonic ms): whether to log it (see
+    /// [`Refusals`]). Its requests having all ended meanwhile, it is news.
+    pub fn refused(&self, principal: &str, now: i64) -> Option<u32> {
+        match self.counts().get_mut(principal) {
+            Some(place) => place.refusals.refused(now),
+            None => Some(0),
+        }
+    }
+
+    fn counts(&self) -> MutexGuard<'_, HashMap<Arc<str>, Place>> {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -86,9 +105,9 @@ impl Drop for Slot {
             return;
         };
         let mut counts = owner.counts();
-        if let Some(count) = counts.get_mut(&principal) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+        if let Some(place) = counts.get_mut(&principal) {
+            place.count = place.count.saturating_sub(1);
+            if place.count == 0 {
                 // Idle principals cost no memory.
                 counts.remove(&principal);
             }
@@ -131,6 +150,23 @@ mod tests {
         drop((posts, more));
         assert_eq!(inflight.current("token:ci"), 0);
         assert!(InFlight::new(0).try_continue("token:ci").is_some());
+    }
+
+    /// Refusals for the cap are logged once a minute while the principal keeps requests in
+    /// flight; once they have all ended, the next refusal is news.
+    #[test]
+    fn refusals_are_logged_once_a_minute_while_the_principal_is_in_flight() {
+        let inflight = InFlight::new(1);
+        let held = inflight.try_acquire("token:ci").unwrap();
+        assert!(inflight.try_acquire("token:ci").is_none());
+        assert_eq!(inflight.refused("token:ci", 0), Some(0));
+        assert_eq!(inflight.refused("token:ci", 59_999), None);
+        assert_eq!(inflight.refused("token:ci", 60_000), Some(1));
+        assert_eq!(inflight.refused("token:ci", 60_001), None);
+        drop(held);
+        let _held = inflight.try_acquire("token:ci").unwrap();
+        assert_eq!(inflight.refused("token:ci", 60_002), Some(0));
+        assert_eq!(inflight.refused("user:nobody", 0), Some(0));
     }
 
     #[test]

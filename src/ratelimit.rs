@@ -28,6 +28,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
 use crate::git::Operation;
+use crate::repeats::Refusals;
 
 /// Number of shards; a small power of two is plenty for a 2–16 core machine.
 const SHARDS: usize = 16;
@@ -87,19 +88,13 @@ pub enum Decision {
     /// Go ahead; `remaining` whole tokens are left.
     Allow { remaining: u32 },
     /// Over the limit: try again in `retry_after_secs` seconds (at least 1). `log`: whether
-    /// this refusal is the one to log (see [`SAY_EVERY_MS`]), with how many of the principal's
+    /// this refusal is the one to log (see [`Refusals`]), with how many of the principal's
     /// refusals since its last line went unlogged.
     Limited {
         retry_after_secs: u64,
         log: Option<u32>,
     },
 }
-
-/// A principal's refusals are logged at most once in this long: a client that ignores
-/// `Retry-After` and floods would otherwise double the log's lines (each request has its own
-/// line, with `status=429`, besides). The line after a quiet spell says how many refusals went
-/// unlogged before it.
-pub const SAY_EVERY_MS: i64 = 60_000;
 
 /// One principal's bucket.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -110,10 +105,8 @@ pub struct Bucket {
     rpc_credits: u32,
     /// ... until then.
     credits_until_ms: i64,
-    /// When a refusal of this bucket's was last logged (`None`: never) ...
-    said_at_ms: Option<i64>,
-    /// ... and how many were refused since, unlogged.
-    unsaid: u32,
+    /// Its refusals, for the log.
+    refusals: Refusals,
 }
 
 impl Bucket {
@@ -124,23 +117,8 @@ impl Bucket {
             updated_ms: now,
             rpc_credits: 0,
             credits_until_ms: 0,
-            said_at_ms: None,
-            unsaid: 0,
+            refusals: Refusals::default(),
         }
-    }
-
-    /// Whether a refusal at `now` is to be logged: the first one, and then the first after
-    /// [`SAY_EVERY_MS`] since the last logged one, with the count of those not logged between.
-    /// A `now` before the last line (it cannot be, on the monotonic clock) logs.
-    fn log_refusal(&mut self, now: i64) -> Option<u32> {
-        if let Some(said) = self.said_at_ms {
-            if (0..SAY_EVERY_MS).contains(&now.saturating_sub(said)) {
-                self.unsaid = self.unsaid.saturating_add(1);
-                return None;
-            }
-        }
-        self.said_at_ms = Some(now);
-        Some(std::mem::take(&mut self.unsaid))
     }
 
     /// Charge a request of this cost: an advertisement takes a token and pays for the POSTs
@@ -310,7 +288,7 @@ impl RateLimiter {
                 retry_after_secs, ..
             } => Decision::Limited {
                 retry_after_secs,
-                log: entry.0.log_refusal(now),
+                log: entry.0.refusals.refused(now),
             },
             allowed => allowed,
         }
@@ -333,6 +311,7 @@ impl RateLimiter {
 mod tests {
     use super::*;
     use crate::git::Service;
+    use crate::repeats::REFUSALS_SAID_EVERY_MS;
 
     const L: Limits = Limits {
         capacity: 3,
@@ -420,7 +399,7 @@ mod tests {
             Decision::Allow { .. }
         ));
         assert_eq!(log_of(rl.check("alice", Cost::Token, none, 0)), Some(0));
-        for at in [1, 30_000, SAY_EVERY_MS - 1] {
+        for at in [1, 30_000, REFUSALS_SAID_EVERY_MS - 1] {
             assert_eq!(
                 log_of(rl.check("alice", Cost::Token, none, at)),
                 None,
@@ -432,15 +411,15 @@ mod tests {
         // A POST without credit is refused and counted like any request.
         assert_eq!(log_of(rl.check("alice", Cost::Rpc, none, 59_000)), None);
         assert_eq!(
-            log_of(rl.check("alice", Cost::Token, none, SAY_EVERY_MS)),
+            log_of(rl.check("alice", Cost::Token, none, REFUSALS_SAID_EVERY_MS)),
             Some(4)
         );
         assert_eq!(
-            log_of(rl.check("alice", Cost::Token, none, SAY_EVERY_MS + 1)),
+            log_of(rl.check("alice", Cost::Token, none, REFUSALS_SAID_EVERY_MS + 1)),
             None
         );
         assert_eq!(
-            log_of(rl.check("alice", Cost::Token, none, 3 * SAY_EVERY_MS)),
+            log_of(rl.check("alice", Cost::Token, none, 3 * REFUSALS_SAID_EVERY_MS)),
             Some(1)
         );
     }

@@ -119,6 +119,39 @@ impl Repeats {
     }
 }
 
+/// A principal's refusals (a rate limit's, the cap of requests in flight), logged at most once
+/// per [`REFUSALS_SAID_EVERY_MS`]: a client that ignores `Retry-After` and floods would
+/// otherwise double the log's lines (each request has its own line besides, with its status).
+/// The line after a quiet spell says how many refusals went unlogged before it. Kept with the
+/// principal's other state (its bucket, its count in flight), in 16 bytes, on the monotonic
+/// clock in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// When one was last logged (`None`: never) ...
+    said_at_ms: Option<i64>,
+    /// ... and how many were refused since, unlogged.
+    unsaid: u32,
+}
+
+/// How often a principal's refusals of one kind are logged at most.
+pub const REFUSALS_SAID_EVERY_MS: i64 = 60_000;
+
+impl Refusals {
+    /// One more refusal at `now`: `Some(n)` when it is the one to log (the first, and then the
+    /// first a minute after the last logged one), `n` the refusals not logged between; `None`
+    /// to stay quiet. A `now` before the last line (it cannot be, on the monotonic clock) logs.
+    pub fn refused(&mut self, now: i64) -> Option<u32> {
+        if let Some(said) = self.said_at_ms {
+            if (0..REFUSALS_SAID_EVERY_MS).contains(&now.saturating_sub(said)) {
+                self.unsaid = self.unsaid.saturating_add(1);
+                return None;
+            }
+        }
+        self.said_at_ms = Some(now);
+        Some(std::mem::take(&mut self.unsaid))
+    }
+}
+
 /// [`Repeats`] for a failure said with its cause: a cause other than the last one said is said
 /// at once, as news (a store that was missing and is now a different file), the same cause at
 /// most once per window.

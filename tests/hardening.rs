@@ -1747,6 +1747,24 @@ fn a_post_carrying_on_an_exchange_is_not_refused_at_the_cap() {
     });
     let resp = upload_pack();
     assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
+    // Two refusals within the minute: one line about the cap, the second only in the request
+    // log (lines are written in order: once its request line is there, a line of its own
+    // would be too).
+    wait_for("the second 429's request line", || {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("gitgate::request") && l.contains("status=429"))
+            .count()
+            == 2
+    });
+    let log = server.log();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("too many requests in flight"))
+        .collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains("unlogged=0"), "{log}");
     drop((first, second));
 }
 
