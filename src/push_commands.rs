@@ -159,18 +159,19 @@ impl Commands {
 }
 
 /// Whether git takes `name` for a ref's name (`git check-ref-format`'s rules, roughly): no
-/// space, control character or `~^:?*[\`, no `..` or `@{`, no empty or dot-led component, and
-/// no `.lock`, `/` or `.` at the end.
+/// space, control character or `~^:?*[\`, no `..` or `@{`, not `@` alone, no empty or dot-led
+/// component nor one ending in `.lock` (a lock file's name), and no `/` or `.` at the end.
 fn is_a_ref_name(name: &str) -> bool {
-    name.bytes()
-        .all(|b| b > b' ' && b != 0x7f && !b"~^:?*[\\".contains(&b))
+    name != "@"
+        && name
+            .bytes()
+            .all(|b| b > b' ' && b != 0x7f && !b"~^:?*[\\".contains(&b))
         && !name.contains("..")
         && !name.contains("@{")
-        && !name.ends_with(".lock")
         && !name.ends_with(['/', '.'])
         && name
             .split('/')
-            .all(|part| !part.is_empty() && !part.starts_with('.'))
+            .all(|part| !part.is_empty() && !part.starts_with('.') && !part.ends_with(".lock"))
 }
 
 /// An object id shortened as git shortens it in its own output.
@@ -441,6 +442,19 @@ mod tests {
             p.to_string(),
             "refs/heads/main 1a2b3c4..5d6e7f8, then no more pkt-lines"
         );
+    }
+
+    /// git refuses `.lock` at the end of any component, not only of the whole name (a lock
+    /// file's name: `refs/heads/x.lock/y` could not be created beside the lock of
+    /// `refs/heads/x`), and `@` alone; `git check-ref-format` agrees with each case here.
+    #[test]
+    fn a_component_ending_in_lock_or_a_lone_at_sign_is_no_ref_name() {
+        for name in ["refs/heads/x.lock/y", "refs/tags/v1.lock/a/b", "@"] {
+            assert!(!is_a_ref_name(name), "{name}");
+        }
+        for name in ["refs/heads/@", "refs/heads/x.locks/y", "refs/heads/lock/y"] {
+            assert!(is_a_ref_name(name), "{name}");
+        }
     }
 
     /// DEL (0x7f) is a control character to git: a name with it is no ref name.
