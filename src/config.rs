@@ -523,7 +523,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let err = |message: String| ConfigError {
             file: path.to_path_buf(),
-            message,
+            message: on_one_line(message),
         };
         tables_where_tables_go(text).map_err(err)?;
         let raw: RawConfig = toml::from_str(text).map_err(|e| err(toml_message(&e, text)))?;
@@ -785,7 +785,7 @@ impl Config {
     pub fn check_paths(&self) -> Result<(), ConfigError> {
         let err = |message: String| ConfigError {
             file: self.source.clone(),
-            message,
+            message: on_one_line(message),
         };
         match &self.upstream {
             Upstream::Cgi {
@@ -1578,6 +1578,25 @@ fn without_quoted_strings(msg: &str) -> String {
     out
 }
 
+/// `message` on one line, as every refusal is: a control character in it — from a value the
+/// refusal repeats, written with TOML's escapes (`listen = "a\nb"`) — is written as its escape,
+/// as the file has it. A line break let the rest read as a line of its own in the journal.
+fn on_one_line(message: String) -> String {
+    if !message.chars().any(char::is_control) {
+        return message;
+    }
+    message
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Whether `name` can be an environment variable's name (as shells take them).
 fn is_variable_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -1646,6 +1665,25 @@ realm = "gitgate"
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(Path::new("/etc/gitgate/proxy.toml"), text).map_err(|e| e.to_string())
+    }
+
+    /// A value written with TOML's escapes (`"a\nb"`) and repeated in a refusal is repeated as
+    /// written, on the refusal's one line: a line break in it made the refusal two lines in
+    /// the journal, the second looking like one of its own (found by `tests/randomised.rs`).
+    #[test]
+    fn a_value_repeated_in_a_refusal_keeps_it_on_one_line() {
+        for (key, value) in [
+            ("listen", r#""a\nb""#),
+            ("git_prefix", r#""/scm\r\nx""#),
+            ("listen", r#""127.0.0.1:80\u0000""#),
+        ] {
+            let text = GOOD.replacen(&format!("{key} = "), &format!("{key} = {value} #"), 1);
+            let e = parse(&text).unwrap_err();
+            assert!(!e.chars().any(char::is_control), "{e:?}");
+            assert!(e.contains(&format!("[server] {key}")), "{e}");
+        }
+        let e = parse(&GOOD.replacen("listen = ", r#"listen = "a\tb\nc" #"#, 1)).unwrap_err();
+        assert!(e.contains(r#""a\tb\nc""#), "{e}");
     }
 
     #[test]
