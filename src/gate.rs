@@ -814,6 +814,7 @@ impl Gate {
                 )
             }
             Refusal::NotGit(Rejection::NotFound(m)) => text(StatusCode::NOT_FOUND, &m),
+            Refusal::NotGit(Rejection::LfsUnsupported) => lfs_unsupported(),
             Refusal::NotGit(Rejection::BadRequest(m)) => {
                 // That one has its warning already, naming the proxy.
                 if m != UNREADABLE_FORWARDED_FOR {
@@ -1066,6 +1067,27 @@ pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
         .insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     resp
 }
+
+/// What an LFS client is told: a `404` in the Git LFS API's error form, a JSON object with a
+/// `message`, as `application/vnd.git-lfs+json`. git-lfs prints that message; to any other
+/// answer it prints "Repository or object not found", a guess that sends the user after their
+/// access, followed by the request's URL with whatever token the remote's URL holds.
+fn lfs_unsupported() -> Response<ResponseBody> {
+    let body = serde_json::json!({ "message": LFS_UNSUPPORTED_SAID }).to_string();
+    let mut resp = text(StatusCode::NOT_FOUND, "");
+    *resp.body_mut() = Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.git-lfs+json; charset=utf-8"),
+    );
+    resp
+}
+
+/// The reason an LFS client prints (git-lfs: `batch response: ...`).
+const LFS_UNSUPPORTED_SAID: &str = "Git LFS is not supported yet: this server (gitgate) passes on \
+     git's own requests only, so LFS objects can be neither uploaded nor downloaded through it";
 
 /// Whether the request is a push's POST, whose commands are read as it passes (see
 /// [`PushCommands`]): not the 4-byte probe (`0000`) git sends before a large push, which

@@ -221,7 +221,13 @@ pub enum Rejection {
         message: String,
         allow: &'static str,
     },
+    /// A Git LFS API path (`info/lfs/...`), which gitgate neither serves nor passes on (→ 404,
+    /// in the LFS API's own error form, so that the LFS client prints the reason).
+    LfsUnsupported,
 }
+
+/// Why an LFS request is refused.
+const LFS_UNSUPPORTED: &str = "Git LFS is not supported yet";
 
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -229,6 +235,7 @@ impl fmt::Display for Rejection {
             Rejection::NotFound(r)
             | Rejection::BadRequest(r)
             | Rejection::MethodNotAllowed { message: r, .. } => f.write_str(r),
+            Rejection::LfsUnsupported => f.write_str(LFS_UNSUPPORTED),
         }
     }
 }
@@ -299,7 +306,7 @@ pub fn classify(
     }
     let (endpoint, suffix_len) = match_suffix(segments).ok_or_else(not_a_git_endpoint)?;
     if endpoint == Endpoint::Lfs {
-        return Err(Rejection::NotFound("Git LFS is not supported yet".into()));
+        return Err(Rejection::LfsUnsupported);
     }
     let split = segments
         .len()
@@ -360,7 +367,7 @@ pub fn classify(
             }
             (Access::Read, Operation::Dumb, None)
         }
-        Endpoint::Lfs => return Err(Rejection::NotFound("Git LFS is not supported yet".into())),
+        Endpoint::Lfs => return Err(Rejection::LfsUnsupported),
     };
 
     Ok(GitRequest {
@@ -671,7 +678,7 @@ mod tests {
     fn outcome(r: &Result<GitRequest, Rejection>) -> Want {
         match r {
             Result::Ok(g) => Ok(g.access, g.operation),
-            Err(Rejection::NotFound(_)) => NotFound,
+            Err(Rejection::NotFound(_) | Rejection::LfsUnsupported) => NotFound,
             Err(Rejection::BadRequest(_)) => Bad,
             Err(Rejection::MethodNotAllowed { .. }) => Method,
         }

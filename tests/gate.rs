@@ -1205,10 +1205,10 @@ fn the_git_processes_gitgate_starts_dump_no_core_either() {
     }
 }
 
-/// A method a git path does not take (old git's WebDAV push, `OPTIONS`), and Git LFS: refused
-/// before any credential is looked at, with what it takes, and never forwarded.
+/// A method a git path does not take (old git's WebDAV push, `OPTIONS`): refused before any
+/// credential is looked at, with what it takes, and never forwarded.
 #[test]
-fn methods_git_paths_do_not_take_and_lfs_are_refused_unforwarded() {
+fn methods_git_paths_do_not_take_are_refused_unforwarded() {
     let (sb, server, _) = team_setup();
     for (request, status, said) in [
         (
@@ -1226,11 +1226,6 @@ fn methods_git_paths_do_not_take_and_lfs_are_refused_unforwarded() {
             405,
             "a dumb-HTTP file accepts GET or HEAD, not DELETE",
         ),
-        (
-            "POST /team/app.git/info/lfs/objects/batch HTTP/1.1",
-            404,
-            "Git LFS is not supported yet",
-        ),
     ] {
         let resp = raw_http(
             server.port,
@@ -1243,6 +1238,51 @@ fn methods_git_paths_do_not_take_and_lfs_are_refused_unforwarded() {
         assert_eq!(resp.text().trim(), said, "{request}");
         if status == 405 {
             assert!(resp.header("allow").is_some(), "{resp:?}");
+        }
+    }
+    assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
+}
+
+/// Git LFS is refused before any credential is looked at, never forwarded, and in the LFS API's
+/// own error form (a JSON `message`, `application/vnd.git-lfs+json`): the only answer whose
+/// reason git-lfs prints. To the text it was before, git-lfs printed "Repository or object not
+/// found ... Check that it exists and that you have proper access to it", and the URL, with the
+/// token of a remote URL that holds one (`tests/clients.rs` drives git-lfs itself).
+#[test]
+fn git_lfs_is_refused_in_the_lfs_apis_own_error_form() {
+    let (sb, server, token) = team_setup();
+    let auth = basic("alice", &token.secret);
+    let body = r#"{"operation":"upload","objects":[]}"#;
+    for (method, path) in [
+        ("POST", "/team/app.git/info/lfs/objects/batch"),
+        ("POST", "/team/app.git/info/lfs/locks/verify"),
+        ("GET", "/team/app.git/info/lfs/locks"),
+    ] {
+        for authorization in [String::new(), format!("Authorization: {auth}\r\n")] {
+            let resp = raw_http(
+                server.port,
+                format!(
+                    "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{authorization}\
+                     Accept: application/vnd.git-lfs+json\r\n\
+                     Content-Type: application/vnd.git-lfs+json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            assert_eq!(resp.status, 404, "{method} {path}: {resp:?}");
+            assert_eq!(
+                resp.header("content-type"),
+                Some("application/vnd.git-lfs+json; charset=utf-8"),
+                "{resp:?}"
+            );
+            let said: serde_json::Value = serde_json::from_str(&resp.text())
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {resp:?}"));
+            let message = said["message"].as_str().unwrap_or_default();
+            assert!(
+                message.starts_with("Git LFS is not supported yet: this server (gitgate)"),
+                "{said}"
+            );
         }
     }
     assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
