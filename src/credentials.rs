@@ -130,6 +130,15 @@ pub const TOKEN_AS_USER: &str = "the Basic user name is a gitgate token (or hold
      token as the password and your user name as the user (any name for a project or repository \
      token)";
 
+/// [`TOKEN_AS_USER`] with no password after it: what git sends for a URL with the token where
+/// the user name goes (`https://TOKEN@host/...`, GitHub's style). git asks for a password when
+/// such a name is refused, and no password can help, so the gate answers it so that git prints
+/// it (see `Gate::refusal`).
+pub const TOKEN_AS_USER_WITHOUT_PASSWORD: &str = "the Basic user name is a gitgate token (or \
+     holds one), with no password after it, as a URL such as `https://TOKEN@host/...` sends: \
+     give the token as the password and your user name as the user (any name for a project or \
+     repository token), as in `https://alice:TOKEN@host/...`";
+
 /// Read the credentials from a request's headers. More than one `Authorization` header is
 /// malformed rather than "take the first": a backend or another proxy might take the last.
 pub fn from_headers(headers: &HeaderMap) -> Result<Credentials, CredentialError> {
@@ -292,7 +301,11 @@ fn parse_basic(param: &[u8]) -> Result<Credentials, CredentialError> {
     // part of the user name (`"ggt_..."` pasted from JSON, `alice@ggt_...`) or only the secret's
     // random part.
     if holds_a_secret(user) {
-        return Err(Malformed(TOKEN_AS_USER));
+        return Err(Malformed(if secret.is_empty() {
+            TOKEN_AS_USER_WITHOUT_PASSWORD
+        } else {
+            TOKEN_AS_USER
+        }));
     }
     // Checked after the user name, so that `https://TOKEN@host/...` — which git sends with an
     // empty password first — is told where the token goes.
@@ -933,7 +946,7 @@ mod tests {
         // is told where the token goes, not that the password is empty.
         let token_user = format!("Basic {}", b64(&format!("{secret}:")));
         let reason = malformed(token_user.as_bytes());
-        assert!(reason.contains("is a gitgate token"), "{reason}");
+        assert_eq!(reason, TOKEN_AS_USER_WITHOUT_PASSWORD);
         // ... also when it is only part of the user name, or only the random part.
         for user in [
             format!("\"{secret}\""),

@@ -845,6 +845,15 @@ impl Gate {
             Refusal::NoCredentials(e @ CredentialError::NoBearerToken) => {
                 self.unauthenticated(by_hand, &e.to_string())
             }
+            // `https://TOKEN@host/...`: to a 401, git would ask for a password ("could not read
+            // Password" in a CI log, the reason never printed), and none can help — the name is
+            // refused whatever follows it. To a 403 git prints the reason.
+            Refusal::NoCredentials(
+                e @ CredentialError::Malformed(credentials::TOKEN_AS_USER_WITHOUT_PASSWORD),
+            ) => {
+                self.audit_failure(id, remote, log, tried, &e.to_string());
+                text(StatusCode::FORBIDDEN, &e.to_string())
+            }
             Refusal::NoCredentials(e) => {
                 self.audit_failure(id, remote, log, tried, &e.to_string());
                 self.unauthenticated(by_hand, &e.to_string())

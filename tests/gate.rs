@@ -1288,6 +1288,51 @@ fn git_lfs_is_refused_in_the_lfs_apis_own_error_form() {
     assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
 }
 
+/// The token where the user name goes, with no password after it (`https://TOKEN@host/...`,
+/// GitHub's style, common in CI scripts): git prints why it is refused, and where the token
+/// goes. To the 401 this had before, git asked for a password — which cannot help, the name is
+/// refused whatever follows it — and said only "could not read Password for
+/// 'http://<the token>@...'". The same with a password (`TOKEN:x-oauth-basic`) stays a 401,
+/// whose reason git prints, and which makes a credential helper forget it.
+#[test]
+fn a_token_as_the_user_name_without_a_password_is_told_where_the_token_goes() {
+    let (sb, server, token) = team_setup();
+    let run = sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with_user(&token.secret, "team/app"),
+        ],
+    );
+    run.fails_with(
+        "remote: unusable Authorization header: the Basic user name is a gitgate token (or \
+         holds one), with no password after it, as a URL such as `https://TOKEN@host/...` \
+         sends: give the token as the password and your user name as the user",
+    );
+    assert!(!run.stderr.contains("could not read Password"), "{run}");
+    assert!(!run.stderr.contains(&token.secret[17..]), "{run}");
+    let with_password = sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with(&token.secret, "x-oauth-basic", "team/app"),
+        ],
+    );
+    with_password.fails_with("fatal: Authentication failed");
+    // Still a failed authentication, audited without the secret; never forwarded.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sb
+        .cli(&["audit"])
+        .ok()
+        .contains("with no password after it")
+    {
+        assert!(Instant::now() < deadline, "the refusal was not audited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sb.cli(&["audit"]).ok().contains(&token.secret[17..]));
+    assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
+}
+
 /// A protocol v2 request git cannot read (a hand-made client's): upload-pack dies on it after
 /// its answer began. Logged as the client's doing, `malformed-request`, not as a backend that
 /// failed (`response stream failed`, counted in gitgate_upstream_errors_total).

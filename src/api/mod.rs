@@ -730,7 +730,9 @@ fn authenticate(
                  (not a token)",
             ))
         }
-        Err(CredentialError::Malformed(credentials::TOKEN_AS_USER)) => {
+        Err(CredentialError::Malformed(
+            credentials::TOKEN_AS_USER | credentials::TOKEN_AS_USER_WITHOUT_PASSWORD,
+        )) => {
             audit("anonymous", "a token as the user name");
             Err(unauthorized(
                 "the user name is a gitgate token: the REST API takes your gitgate user name and \
