@@ -319,7 +319,9 @@ mod header_hygiene {
 
     use gitgate::network::Cidr;
     use gitgate::request_id::RequestId;
-    use gitgate::upstream::headers::{to_client, to_upstream, valid_git_protocol, Outbound};
+    use gitgate::upstream::headers::{
+        client_address, to_client, to_upstream, valid_git_protocol, Outbound,
+    };
     use hyper::header::{HeaderMap, HeaderName, HeaderValue};
     use proptest::prelude::*;
 
@@ -470,6 +472,12 @@ mod header_hygiene {
             prop_assert_eq!(xff.len(), 1);
             let xff = xff[0].to_str().unwrap();
             prop_assert!(xff.ends_with(&peer.to_string()), "{}", xff);
+            // It starts with the client gitgate took (a request whose client it cannot read is
+            // never forwarded): what a client wrote left of that is not passed on.
+            if let Ok(client) = client_address(peer, &inbound, &trusted) {
+                let first = xff.split(", ").next().unwrap_or_default();
+                prop_assert_eq!(first, client.to_string(), "{}", xff);
+            }
             if !trusted_peer {
                 prop_assert_eq!(xff, peer.to_string());
                 prop_assert_eq!(values(&sent, "x-forwarded-proto"), vec![out.proto]);

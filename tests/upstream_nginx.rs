@@ -2127,7 +2127,9 @@ fn a_trusted_front_proxy_extends_x_forwarded_for_but_not_the_identity() {
     else {
         return;
     };
-    // Here the test itself plays the load balancer on 127.0.0.1.
+    // Here the test itself plays the load balancer on 127.0.0.1, which appended the client's
+    // address, 203.0.113.9, to an X-Forwarded-For the client sent itself (6.6.6.6): that part
+    // proves nothing and does not reach the upstream.
     let g = w.serve(&Options {
         trusted: "127.0.0.0/8",
         ..Options::default()
@@ -2136,7 +2138,7 @@ fn a_trusted_front_proxy_extends_x_forwarded_for_but_not_the_identity() {
         w.dir.path(),
         &[
             "-c",
-            "http.extraHeader=X-Forwarded-For: 203.0.113.9",
+            "http.extraHeader=X-Forwarded-For: 6.6.6.6, 203.0.113.9",
             "-c",
             "http.extraHeader=X-Forwarded-Proto: https",
             "-c",

@@ -227,7 +227,7 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
         .filter(|h| valid_host(h));
 
     let chain = if trusted {
-        forwarded_chain(inbound)
+        forwarded_chain(inbound, out.trusted_proxies)
     } else {
         Vec::new()
     };
@@ -1076,10 +1076,21 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
         .map(|ip| ip.to_canonical())
 }
 
-/// The addresses of a trusted proxy's `X-Forwarded-For` to pass on, left to right: those right
-/// of any entry that is not an address (what is left of garbage is not worth passing on).
-fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
-    let mut chain: Vec<IpAddr> = forwarded_from_the_right(headers).map_while(|e| e).collect();
+/// The addresses of a trusted proxy's `X-Forwarded-For` to pass on, left to right: those the
+/// walk of [`client_address`] reads — the client and the trusted proxies right of it. What is
+/// further left the client wrote itself (a proxy such as nginx's `$proxy_add_x_forwarded_for`
+/// appends to the client's own header), so it is dropped as a direct client's header is: an
+/// upstream that takes the left-most entry for the client (as many do) would be told an address
+/// of the client's choosing. Nor is anything left of an entry that is not an address.
+fn forwarded_chain(headers: &HeaderMap, trusted: &[Cidr]) -> Vec<IpAddr> {
+    let mut chain = Vec::new();
+    for entry in forwarded_from_the_right(headers) {
+        let Some(ip) = entry else { break };
+        chain.push(ip);
+        if !trusted.iter().any(|c| c.contains(ip)) {
+            break; // the client
+        }
+    }
     chain.reverse();
     chain
 }
@@ -1564,12 +1575,33 @@ mod tests {
         ]);
         let i = ident();
         let h = to_upstream(&inbound, &out(&i, &trusted));
-        assert_eq!(
-            all(&h, "x-forwarded-for"),
-            ["203.0.113.5, 198.51.100.1, 198.51.100.2, 192.0.2.7"]
-        );
+        // The client is 198.51.100.2, the right-most entry the trusted peer did not vouch
+        // for; what is left of it the client wrote itself, and is not passed on.
+        assert_eq!(all(&h, "x-forwarded-for"), ["198.51.100.2, 192.0.2.7"]);
         assert_eq!(all(&h, "x-forwarded-proto"), ["http"]);
         assert_eq!(all(&h, "x-forwarded-host"), ["git.example.com"]);
+
+        // Behind a chain of trusted proxies: the client and every proxy right of it.
+        let trusted: Vec<Cidr> = vec![
+            "192.0.2.0/24".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let inbound = map(&[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.5, 10.0.0.3"),
+            ("x-forwarded-for", "::ffff:10.0.0.4"),
+        ]);
+        let h = to_upstream(&inbound, &out(&i, &trusted));
+        assert_eq!(
+            all(&h, "x-forwarded-for"),
+            ["203.0.113.5, 10.0.0.3, 10.0.0.4, 192.0.2.7"]
+        );
+        // Trusted proxies only: all of them (the left-most is the client, as gitgate takes it).
+        let inbound = map(&[("x-forwarded-for", "10.0.0.2, 10.0.0.3")]);
+        let h = to_upstream(&inbound, &out(&i, &trusted));
+        assert_eq!(
+            all(&h, "x-forwarded-for"),
+            ["10.0.0.2, 10.0.0.3, 192.0.2.7"]
+        );
 
         // Garbage in the chain: only what is right of it, and the peer.
         let inbound = map(&[("x-forwarded-for", "203.0.113.5, <script>")]);
