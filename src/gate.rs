@@ -191,11 +191,20 @@ impl Gate {
         let id = RequestId::next();
         let client = client_address(peer.ip(), req.headers(), &self.trusted_proxies);
         if client.is_err() {
-            tracing::warn!(
-                request_id = %id,
-                peer = %peer,
-                "refused: the trusted proxy's X-Forwarded-For names no client address"
-            );
+            if req.headers().contains_key("x-forwarded-for") {
+                tracing::warn!(
+                    request_id = %id,
+                    peer = %peer,
+                    "refused: the trusted proxy's X-Forwarded-For names no client address"
+                );
+            } else {
+                tracing::warn!(
+                    request_id = %id,
+                    peer = %peer,
+                    "refused: the trusted proxy names the client in a Forwarded header, which \
+                     gitgate does not read; have it send X-Forwarded-For"
+                );
+            }
         }
         let remote = SocketAddr::new(*client.as_ref().unwrap_or(&peer.ip()), peer.port());
         // The management API, before git classification: never forwarded upstream.

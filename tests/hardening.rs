@@ -1874,11 +1874,31 @@ fn behind_a_trusted_proxy_the_client_address_is_what_counts() {
         "{}",
         String::from_utf8_lossy(&api)
     );
+    // A balancer that names the client in `Forwarded` (RFC 7239) alone: gitgate reads only
+    // X-Forwarded-For, and the balancer's own address would be every client's.
+    let forwarded_only = server.raw(
+        format!(
+            "GET {IR} HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
+             Forwarded: for=203.0.113.5\r\nConnection: close\r\n\r\n",
+            basic("alice", &server.read_token)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        status(&forwarded_only),
+        400,
+        "{}",
+        String::from_utf8_lossy(&forwarded_only)
+    );
     // Logged like every request: one line with its status, from the proxy's address.
     let log = server.log();
     assert!(
         log.lines()
             .any(|l| l.contains("status=400") && l.contains("remote=127.0.0.1")),
+        "{log}"
+    );
+    assert!(
+        log.contains("names the client in a Forwarded header, which gitgate does not read"),
         "{log}"
     );
 }

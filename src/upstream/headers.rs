@@ -1019,6 +1019,9 @@ pub struct UnreadableForwardedFor;
 /// An entry the walk reaches that is not an address (a proxy writing `unknown`, or passing on
 /// a client's header unchecked) is an error, never the peer: the peer is the load balancer, and
 /// its address would be every client's — for allowed networks, the throttle and the audit.
+/// So is a trusted peer's `Forwarded` (RFC 7239: HAProxy's `option forwarded`) without any
+/// `X-Forwarded-For`: it names a client gitgate does not read (nor does nginx's realip), and
+/// taken for a request of the proxy's own it would make the proxy every client again.
 pub fn client_address(
     peer: IpAddr,
     inbound: &HeaderMap,
@@ -1027,6 +1030,9 @@ pub fn client_address(
     let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
     if !is_trusted(peer) {
         return Ok(peer);
+    }
+    if !inbound.contains_key("x-forwarded-for") && inbound.contains_key("forwarded") {
+        return Err(UnreadableForwardedFor);
     }
     let mut client = peer;
     for entry in forwarded_from_the_right(inbound) {
@@ -1249,6 +1255,22 @@ mod tests {
         assert_eq!(client_address(direct, &h, &trusted), Ok(direct));
         // No header: the peer.
         assert_eq!(client_address(lb, &HeaderMap::new(), &trusted), Ok(lb));
+        // A `Forwarded` alone names a client gitgate does not read: not taken for the
+        // balancer's own request, which would make the balancer every client.
+        let mut fwd = HeaderMap::new();
+        fwd.insert("forwarded", HeaderValue::from_static("for=203.0.113.9"));
+        assert_eq!(
+            client_address(lb, &fwd, &trusted),
+            Err(UnreadableForwardedFor)
+        );
+        // Beside an X-Forwarded-For, that is what counts; from a direct client, nothing does.
+        fwd.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.10"));
+        assert_eq!(
+            client_address(lb, &fwd, &trusted),
+            Ok("203.0.113.10".parse::<IpAddr>().unwrap())
+        );
+        fwd.remove("x-forwarded-for");
+        assert_eq!(client_address(direct, &fwd, &trusted), Ok(direct));
     }
 
     #[test]
