@@ -99,7 +99,7 @@ impl FromStr for Cidr {
         } else if let Ok(v6) = Ipv6Addr::from_str(addr_text) {
             IpAddr::V6(v6)
         } else {
-            return Err(bad("not an IPv4 or IPv6 address"));
+            return Err(bad(&not_an_address(addr_text, prefix_text)));
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix_text {
@@ -133,6 +133,27 @@ impl FromStr for Cidr {
         };
         Ok(Cidr { addr, prefix })
     }
+}
+
+/// Why `text` is not an address, for the IPv6 spellings that are right elsewhere: with a zone
+/// (`fe80::1%eth0`, as `ip addr` shows a link-local address) — a network has none, and a peer's
+/// address is compared without its zone — or in brackets (`[::1]`, as in a URL).
+fn not_an_address(text: &str, prefix: Option<&str>) -> String {
+    let prefix = prefix.map(|p| format!("/{p}")).unwrap_or_default();
+    if let Some((addr, zone)) = text.split_once('%') {
+        if Ipv6Addr::from_str(addr).is_ok() {
+            return format!(
+                "a zone (%{zone}) names an interface, which a network does not have; write \
+                 {addr}{prefix} (link-local clients match on any interface)"
+            );
+        }
+    }
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        if Ipv6Addr::from_str(inner).is_ok() {
+            return format!("write the IPv6 address without brackets, {inner}{prefix}");
+        }
+    }
+    "not an IPv4 or IPv6 address".into()
 }
 
 impl fmt::Display for Cidr {
@@ -268,6 +289,33 @@ mod tests {
         }
         let msg = "10.0.0.0/40".parse::<Cidr>().unwrap_err();
         assert!(msg.contains("at most 32"), "{msg}");
+    }
+
+    /// IPv6 as `ip addr` (with a zone) and URLs (in brackets) write it is refused, saying what
+    /// to write instead rather than "not an IPv6 address".
+    #[test]
+    fn a_zone_or_brackets_are_refused_with_what_to_write() {
+        let msg = "fe80::1%lo".parse::<Cidr>().unwrap_err();
+        assert!(
+            msg.contains("a zone (%lo)") && msg.contains("write fe80::1 "),
+            "{msg}"
+        );
+        let msg = "fe80::%eth0/10".parse::<Cidr>().unwrap_err();
+        assert!(
+            msg.contains("a zone (%eth0)") && msg.contains("write fe80::/10 "),
+            "{msg}"
+        );
+        let msg = "[::1]".parse::<Cidr>().unwrap_err();
+        assert!(msg.contains("without brackets, ::1"), "{msg}");
+        let msg = "[2001:db8::]/32".parse::<Cidr>().unwrap_err();
+        assert!(msg.contains("without brackets, 2001:db8::/32 "), "{msg}");
+        for other in ["example.com", "10.0.0.1%lo", "[10.0.0.1]"] {
+            let msg = other.parse::<Cidr>().unwrap_err();
+            assert!(
+                msg.contains("not an IPv4 or IPv6 address"),
+                "{other}: {msg}"
+            );
+        }
     }
 
     #[test]
