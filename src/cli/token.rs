@@ -364,7 +364,7 @@ fn print_details(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Resul
     let owner_disabled = owner_is_disabled(store, t);
     if let Some(at) = t.revoked_at {
         // Who did it is the audit's: the event names the actor and where from.
-        match store.who_revoked(&t.id) {
+        match store.who_revoked(&t.id, at) {
             Ok(Some((actor, source))) => outln!(
                 "revoked:     {} by {} from {}",
                 when(Some(at)),
