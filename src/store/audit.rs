@@ -555,13 +555,24 @@ impl Store {
         after: AuditCursor,
         limit: usize,
     ) -> Result<Vec<AuditEvent>> {
+        // A listing `--since` a moment starts there, and the span's start is the cursor's time:
+        // with two lower bounds on `at` SQLite walks the index from only one of them, and
+        // from the cursor's `START` it read every older event first (`--since` today took 4.7 s
+        // for three events on a store of ten million).
+        let after = match filter.since {
+            Some(since) if after.at < since => AuditCursor {
+                at: since,
+                id: i64::MIN,
+            },
+            _ => after,
+        };
         self.with_conn(|c| {
             // The rest of the cursor's millisecond, then what comes after it: each part one
             // index range that starts where the page does.
             let mut stmt = c.prepare_cached(&page_sql())?;
             let rows = stmt.query_map(
                 params![
-                    filter.since.unwrap_or(i64::MIN),
+                    after.at,
                     after.at,
                     after.id,
                     limit as i64,
@@ -1159,6 +1170,40 @@ mod tests {
             store.who_revoked("t1", revoked_at + 3_600_000).unwrap(),
             None
         );
+    }
+
+    /// A listing `--since` a moment reads from that moment on: a day of older events is not
+    /// read to find the three after it (4.7 s on a store of ten million events), and each
+    /// page of a long listing starts where the last ended.
+    #[test]
+    fn a_listing_since_a_moment_does_not_read_the_events_before_it() {
+        let (_dir, store) = temp_store();
+        fill_events(&store, 0, 86_400);
+        let since = 86_400 * 1000 - 2500;
+        let filter = AuditFilter::since(Some(since));
+        let (page, thousands) = thousand_steps_of(&store, &page_sql(), || {
+            store.audit_page(&filter, AuditCursor::START, 10)
+        });
+        let targets: Vec<String> = page.unwrap().into_iter().map(|e| e.target).collect();
+        assert_eq!(targets, ["junk86398", "junk86399", "junk86400"]);
+        assert!(thousands < 20, "{thousands} thousand steps");
+        // Page by page from a moment: the same events as in one page, each page cheap.
+        let since = 86_400 * 1000 - 50_500;
+        let filter = AuditFilter::since(Some(since));
+        let whole = store.audit_page(&filter, AuditCursor::START, 100).unwrap();
+        assert_eq!(whole.len(), 51);
+        let mut paged = Vec::new();
+        let mut cursor = AuditCursor::START;
+        loop {
+            let (page, thousands) =
+                thousand_steps_of(&store, &page_sql(), || store.audit_page(&filter, cursor, 7));
+            assert!(thousands < 20, "{thousands} thousand steps");
+            let page = page.unwrap();
+            let Some(last) = page.last() else { break };
+            cursor = AuditCursor::after(last);
+            paged.extend(page.into_iter().map(|e| e.id));
+        }
+        assert_eq!(paged, whole.iter().map(|e| e.id).collect::<Vec<_>>());
     }
 
     /// An event whose time was edited by hand into a real number is placed by its value
