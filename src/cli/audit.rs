@@ -1,8 +1,9 @@
 //! `gitgate audit`: print audit events, oldest first — all of them, or the newest `--limit`,
 //! of those in a span of time, of an action, by an actor or about a target.
 //!
-//! The table only grows (repeated failures are folded into one row, but nothing is deleted), so
-//! the listing is read and printed a page at a time: memory stays flat however long it is, and
+//! The table grows for good with people's changes (failed authentications are folded into one
+//! row per repeat and capped by `[auth_failures] keep_in_audit`, but changes are never
+//! deleted), so the listing is read and printed a page at a time: memory stays flat however long it is, and
 //! the newest events are never cut off behind a fixed cap.
 
 use super::out_raw;
