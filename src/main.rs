@@ -45,6 +45,12 @@ enum Command {
     /// without starting, as `nginx -t` does: exit 1 where `serve` would refuse to start.
     /// Changes nothing.
     Check,
+    /// Copy the token store, consistently, into a new file (mode 0600), also while gitgate
+    /// serves it; the store is read as it is, never migrated. Restore: see the README.
+    Backup {
+        /// The new file (refused if there is one already).
+        file: std::path::PathBuf,
+    },
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -430,8 +436,10 @@ fn main() -> ExitCode {
     if !matches!(args.command, Command::Serve) {
         gitgate::signals::let_hangups_end_the_process();
     }
-    let changes_the_store =
-        !matches!(args.command, Command::Serve | Command::Check) && !args.command.only_reads();
+    let changes_the_store = !matches!(
+        args.command,
+        Command::Serve | Command::Check | Command::Backup { .. }
+    ) && !args.command.only_reads();
     // Who revokes a leaked token, or disables its owner, is told in so many words when the store
     // failed it: what they meant to stop still works.
     let still_works = match &args.command {
@@ -580,6 +588,10 @@ fn run(args: Cli) -> Result<(), String> {
     if let Command::Check = args.command {
         return cli::check::run(&args.config);
     }
+    // Before the store is opened: opening it would migrate an older one.
+    if let Command::Backup { file } = &args.command {
+        return cli::backup::run(&args.config, file);
+    }
     let store = cli::open_store(
         &args.config,
         !args.command.only_reads(),
@@ -594,7 +606,9 @@ fn run(args: Cli) -> Result<(), String> {
 
 fn run_command(store: &cli::OpenStore, command: Command) -> Result<(), String> {
     match command {
-        Command::Serve | Command::Check => unreachable!("handled above"),
+        Command::Serve | Command::Check | Command::Backup { .. } => {
+            unreachable!("handled above")
+        }
         Command::User(cmd) => match cmd {
             UserCommand::Add {
                 name,
@@ -927,6 +941,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::build_id",
     "gitgate::cli",
     "gitgate::cli::audit",
+    "gitgate::cli::backup",
     "gitgate::cli::check",
     "gitgate::cli::grant",
     "gitgate::cli::policy",

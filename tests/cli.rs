@@ -4020,3 +4020,63 @@ fn a_config_file_this_user_cannot_read_is_told_whose_it_must_be() {
     }
     fs::set_permissions(sb.config(), fs::Permissions::from_mode(0o644)).unwrap();
 }
+
+/// `gitgate backup FILE` copies the store beside a running server — what is still in the
+/// server's write-ahead log included, which a `cp` of the file would miss — into a new file
+/// readable by its owner only, whatever the umask; restored, it is the store, and the token
+/// made last still clones. A file already there (the store itself, an older backup) is refused
+/// and left as it is. An older store is copied as it is, not migrated.
+#[test]
+fn backup_copies_a_live_store_into_a_new_private_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    sb.create_repo("team/app");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "read");
+    let server = sb.serve();
+    // Made while the server has the store open: in its -wal, not yet in the file.
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let wal = sb.root().join("gitgate.db-wal");
+    assert!(fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0);
+    let backup = sb.root().join("backup.db");
+    let said = sb.cli(&["backup", backup.to_str().unwrap()]).stderr.clone();
+    assert!(said.contains("backed up the token store"), "{said}");
+    let mode = fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Already there: refused, unchanged — the store itself too.
+    let before = fs::read(&backup).unwrap();
+    sb.cli(&["backup", backup.to_str().unwrap()])
+        .fails_with("is there already: a backup goes to a new file (nothing was written)");
+    assert_eq!(fs::read(&backup).unwrap(), before);
+    sb.cli(&["backup", sb.db().to_str().unwrap()])
+        .fails_with("is there already");
+    drop(server);
+    // Restored as the README says: the store replaced, no -wal or -shm beside it.
+    for file in ["gitgate.db-wal", "gitgate.db-shm"] {
+        let _ = fs::remove_file(sb.root().join(file));
+    }
+    fs::copy(&backup, sb.db()).unwrap();
+    let server = sb.serve();
+    let git = sb.git(
+        sb.root(),
+        &[
+            "ls-remote",
+            &server.url_with("alice", &token.secret, "team/app"),
+        ],
+    );
+    assert!(git.ok().contains("refs/heads/main"), "{git}");
+    drop(server);
+
+    // A store of the first build: its backup keeps its version, and so does the store.
+    let old = Sandbox::new();
+    fs::copy(common::fixture("store-v1/gitgate.db"), old.db()).unwrap();
+    let version = |db: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    let backup = old.root().join("backup.db");
+    old.cli(&["backup", backup.to_str().unwrap()]).ok();
+    assert_eq!((version(&old.db()), version(&backup)), (1, 1));
+}

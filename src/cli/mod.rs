@@ -28,6 +28,7 @@ macro_rules! note {
 }
 
 pub mod audit;
+pub mod backup;
 pub mod check;
 pub mod grant;
 pub mod policy;

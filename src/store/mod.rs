@@ -636,15 +636,62 @@ impl Store {
     /// changed during the copy). A store from a newer gitgate, another program's database or no
     /// file at all is refused as by [`Store::open`]; an older schema is migrated in the copy.
     pub fn snapshot(path: &Path, into: Snapshot) -> Result<Snapshot> {
+        Store::copy_consistently(path, into.path(), "the temporary folder (TMPDIR)")?;
+        Ok(into)
+    }
+
+    /// A backup of the store at `path` in the new file `to` (`gitgate backup`): the copy
+    /// [`Store::snapshot`] makes, with no sqlite3 program needed — a host with gitgate alone
+    /// has no other safe way (a `cp` of a live store misses what is still in its `-wal`). Read
+    /// as the store is, without migrating it or writing beside it; made readable by its owner
+    /// only (it holds password hashes) and on the disk before this returns. A file already at
+    /// `to` is refused, left as it is: it may be the store itself, or an older backup.
+    pub fn back_up(path: &Path, to: &Path) -> Result<u64> {
+        if to.symlink_metadata().is_ok() {
+            return Err(StoreError::Refused(format!(
+                "{} is there already: a backup goes to a new file (nothing was written)",
+                to.display()
+            )));
+        }
+        let synced = || -> std::io::Result<u64> {
+            let file = std::fs::File::open(to)?;
+            file.sync_all()?;
+            if let Some(folder) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::File::open(folder)?.sync_all()?;
+            }
+            Ok(file.metadata()?.len())
+        };
+        let copied = Store::copy_consistently(path, to, "the backup's folder").and_then(|()| {
+            synced().map_err(|e| {
+                StoreError::Refused(format!(
+                    "the copy in {} could not be written to the disk ({e}): it was removed",
+                    to.display()
+                ))
+            })
+        });
+        if copied.is_err() {
+            let _ = std::fs::remove_file(to);
+        }
+        copied
+    }
+
+    /// A consistent copy of the store at `path` made in the new file `target` (mode 0600),
+    /// without writing to the store or beside it. SQLite's `VACUUM INTO` copies one read
+    /// transaction, so a server committing meanwhile is seen whole or not at all (a store
+    /// without a `-wal`, read without locks, is copied again if it changed during the copy).
+    /// A store from a newer gitgate, another program's database or no file at all is refused
+    /// as by [`Store::open`]. `where_to` names the target's folder in a failure.
+    fn copy_consistently(path: &Path, target_path: &Path, where_to: &str) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
         let open_err = |message: String| StoreError::Open {
             path: path.to_path_buf(),
             message,
         };
         let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
-        let target = into.path().to_str().ok_or_else(|| {
+        let target = target_path.to_str().ok_or_else(|| {
             open_err(format!(
-                "the temporary folder {} (TMPDIR) is not UTF-8",
-                into.dir().display()
+                "{} ({where_to}) is not UTF-8",
+                target_path.display()
             ))
         })?;
         for _ in 0..SNAPSHOT_TRIES {
@@ -661,7 +708,21 @@ impl Store {
                 return Err(open_err(why));
             }
             schema::refuse_newer(conn).map_err(explain)?;
-            let _ = std::fs::remove_file(into.path());
+            let _ = std::fs::remove_file(target_path);
+            // Made empty first, 0600 whatever the umask: `VACUUM INTO` fills an empty file
+            // and keeps its mode.
+            let made = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(target_path);
+            if let Err(e) = made {
+                return Err(StoreError::Refused(format!(
+                    "cannot make {} ({where_to}) to copy the token store {} into: {e}",
+                    target_path.display(),
+                    path.display()
+                )));
+            }
             #[cfg(test)]
             test_support::run_during_the_copy();
             #[cfg(test)]
@@ -670,16 +731,20 @@ impl Store {
             let unchanged = !read_only.immutable || file_state(path) == before;
             drop(read_only);
             match copied {
-                Ok(_) if unchanged => return Ok(into),
+                Ok(_) if unchanged => return Ok(()),
                 Err(e) if unchanged => {
-                    return Err(open_err(format!(
-                        "cannot copy it to read it ({e}); the copy went to {} (TMPDIR)",
-                        into.dir().display()
-                    )))
+                    let _ = std::fs::remove_file(target_path);
+                    return Err(StoreError::Refused(format!(
+                        "cannot copy the token store {} into {} ({where_to}): {e}; the \
+                         unfinished copy was removed",
+                        path.display(),
+                        target_path.display()
+                    )));
                 }
                 _ => std::thread::sleep(std::time::Duration::from_millis(100)),
             }
         }
+        let _ = std::fs::remove_file(target_path);
         Err(open_err(format!(
             "it changed while it was being copied, {SNAPSHOT_TRIES} times (a gitgate command or \
              server writing it): try again"
