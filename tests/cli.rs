@@ -4077,6 +4077,13 @@ fn backup_copies_a_live_store_into_a_new_private_file() {
             .unwrap()
     };
     let backup = old.root().join("backup.db");
+    // Not under a name of the store's own files, which would be read as its log or a marker.
+    for name in ["gitgate.db-wal", "gitgate.db-damaged"] {
+        let beside = old.root().join(name);
+        old.cli(&["backup", beside.to_str().unwrap()])
+            .fails_with("is a name of the store's own files");
+        assert!(!beside.exists(), "{name}");
+    }
     old.cli(&["backup", backup.to_str().unwrap()]).ok();
     assert_eq!((version(&old.db()), version(&backup)), (1, 1));
 }

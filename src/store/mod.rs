@@ -653,6 +653,24 @@ impl Store {
                 to.display()
             )));
         }
+        // Nor a name of the store's own files beside it (`gitgate.db-wal`, `-shm`, the
+        // `-damaged` and `-replaced` markers): SQLite would read the copy as the store's
+        // log, and gitgate a marker as one, refusing the store.
+        let real = real_path(path);
+        let folder = |p: &Path| {
+            let parent = p.parent().filter(|p| !p.as_os_str().is_empty());
+            std::fs::canonicalize(parent.unwrap_or(Path::new("."))).ok()
+        };
+        if let (Some(store), Some(name)) = (real.file_name(), to.file_name()) {
+            let ours = format!("{}-", store.to_string_lossy());
+            if name.to_string_lossy().starts_with(&ours) && folder(&real) == folder(to) {
+                return Err(StoreError::Refused(format!(
+                    "{} is a name of the store's own files ({ours}wal, {ours}shm, its \
+                     markers): give the backup another name (nothing was written)",
+                    to.display()
+                )));
+            }
+        }
         let synced = || -> std::io::Result<u64> {
             let file = std::fs::File::open(to)?;
             file.sync_all()?;
