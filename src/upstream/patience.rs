@@ -83,25 +83,34 @@ impl Patience {
 mod tests {
     use super::*;
 
-    /// 10, 20, 40, 80, 160 ms fit in half a second (310 ms), the next 250 would not.
+    /// The pauses double from 10 ms up to 250 ms, and those taken never add up to more than
+    /// the limit. Said of the pauses, not of the clock: a test descheduled for a moment (a
+    /// loaded machine) sleeps late, which may leave out a pause at the end but changes neither
+    /// property. (It counted the tries a wall clock allowed, and failed when the process was
+    /// stopped for 300 ms.)
     #[tokio::test]
-    async fn pauses_double_from_10_ms_and_stop_within_the_limit() {
-        let started = tokio::time::Instant::now();
-        let mut patience = Patience::for_method(&Method::GET);
-        let mut tries = 0;
-        while patience.pause(None).await == Pause::TryAgain {
-            tries += 1;
+    async fn pauses_double_from_10_ms_to_250_ms_and_stay_within_the_limit() {
+        let limit = Duration::from_millis(700);
+        let mut patience = Patience::new(limit);
+        let mut taken = Vec::new();
+        loop {
+            let pause = patience.pause;
+            match patience.pause(None).await {
+                Pause::TryAgain => taken.push(pause),
+                Pause::Spent => break,
+                Pause::NoLongerAllowed => unreachable!("not asked"),
+            }
+            assert!(taken.len() < 20, "never spent: {taken:?}");
         }
-        assert_eq!(tries, 5);
-        assert!(started.elapsed() >= Duration::from_millis(310));
-        // Then in 250 ms steps: 310 + 250 ms fit in 700 (the sleeps' lateness with them),
-        // another 250 would not.
-        let mut patience = Patience::new(Duration::from_millis(700));
-        let mut tries = 0;
-        while patience.pause(None).await == Pause::TryAgain {
-            tries += 1;
-        }
-        assert_eq!(tries, 6);
+        let schedule = [10, 20, 40, 80, 160, 250, 250].map(Duration::from_millis);
+        assert!(!taken.is_empty(), "not one pause within {limit:?}");
+        assert_eq!(taken, schedule[..taken.len()], "{taken:?}");
+        assert!(taken.iter().sum::<Duration>() <= limit, "{taken:?}");
+        // A limit shorter than the first pause is spent at once.
+        assert_eq!(
+            Patience::new(Duration::from_millis(9)).pause(None).await,
+            Pause::Spent
+        );
     }
 
     #[test]
