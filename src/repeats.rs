@@ -122,8 +122,10 @@ impl Repeats {
 /// A principal's refusals (a rate limit's, the cap of requests in flight), logged at most once
 /// per [`REFUSALS_SAID_EVERY_MS`]: a client that ignores `Retry-After` and floods would
 /// otherwise double the log's lines (each request has its own line besides, with its status).
-/// The line after a quiet spell says how many refusals went unlogged before it. Kept with the
-/// principal's other state (its bucket, its count in flight), in 16 bytes, on the monotonic
+/// The line after a quiet spell says how many refusals went unlogged before it; refusals left
+/// unlogged when the state is forgotten (the bucket refilled and swept, the last request in
+/// flight ended) are counted by no line, only by their request lines. Kept with the
+/// principal's other state (its bucket, its count in flight), in 24 bytes, on the monotonic
 /// clock in milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Refusals {
