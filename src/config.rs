@@ -1581,7 +1581,8 @@ fn without_quoted_strings(msg: &str) -> String {
 /// `message` on one line, as every refusal is: a control character in it — from a value the
 /// refusal repeats, written with TOML's escapes (`listen = "a\nb"`) — is written as its escape,
 /// as the file has it. A line break let the rest read as a line of its own in the journal.
-fn on_one_line(message: String) -> String {
+/// (Also the start's own last line, in `main`.)
+pub fn on_one_line(message: String) -> String {
     if !message.chars().any(char::is_control) {
         return message;
     }

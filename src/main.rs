@@ -485,16 +485,7 @@ fn main() -> ExitCode {
             // so that a filter on the log's format (journald, logfmt) keeps the one line that
             // says why it stopped; unless the filter silences that, then as any command's.
             if serving && tracing::enabled!(target: "gitgate::server", tracing::Level::ERROR) {
-                let one_line: String = message
-                    .chars()
-                    .map(|c| {
-                        if c.is_control() {
-                            c.escape_default().to_string()
-                        } else {
-                            c.to_string()
-                        }
-                    })
-                    .collect();
+                let one_line = gitgate::config::on_one_line(message.to_string());
                 tracing::error!(target: "gitgate::server", "{one_line}");
             } else {
                 gitgate::cli::note(format_args!("gitgate: {message}"));

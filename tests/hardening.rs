@@ -29,6 +29,19 @@ fn get(server: &Server, target: &str, secret: &str) -> Vec<u8> {
     )
 }
 
+/// Until `n` request lines with `field` (`status=429`) are in the server's log: lines are
+/// written in order, so a line a request writes before its request line is there by then too.
+fn wait_for_request_lines(server: &Server, field: &str, n: usize) {
+    wait_for(&format!("{n} request lines with {field}"), || {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("gitgate::request") && l.contains(field))
+            .count()
+            == n
+    });
+}
+
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !check() {
@@ -156,14 +169,7 @@ fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
     // That second refusal, within the minute, is in the request log only: a client flooding
     // past its limit does not double the log's lines. (Lines are written in order: once its
     // request line is there, a line of its own would be too.)
-    wait_for("the second 429's request line", || {
-        server
-            .log()
-            .lines()
-            .filter(|l| l.contains("gitgate::request") && l.contains("status=429"))
-            .count()
-            == 2
-    });
+    wait_for_request_lines(&server, "status=429", 2);
     let log = server.log();
     assert_eq!(
         log.lines()
@@ -1750,14 +1756,7 @@ fn a_post_carrying_on_an_exchange_is_not_refused_at_the_cap() {
     // Two refusals within the minute: one line about the cap, the second only in the request
     // log (lines are written in order: once its request line is there, a line of its own
     // would be too).
-    wait_for("the second 429's request line", || {
-        server
-            .log()
-            .lines()
-            .filter(|l| l.contains("gitgate::request") && l.contains("status=429"))
-            .count()
-            == 2
-    });
+    wait_for_request_lines(&server, "status=429", 2);
     let log = server.log();
     let said: Vec<&str> = log
         .lines()
