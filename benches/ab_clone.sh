@@ -15,7 +15,7 @@ NEW=$1 OLD=$2 PAIRS=${3:-12}
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=benches/ab_common.sh
 . "$HERE/ab_common.sh"
-RUNS=0 BIG_MB=1 CONCURRENT=1 hold $((PAIRS * 2 * 20 + 120))
+RUNS=0 BIG_MB=1 CONCURRENT=1 hold $((PAIRS * 2 * 40 + 300)) # generous: see ab.sh
 TOKEN_URL=$(grep -o "^clone gitgate_http [^ ]*" "$HOLD_LOG" | awk '{print $3}')
 
 read -r NEW_PORT NEW_PID < <(start_gitgate "$W/ab-clone-new" "$W/gg-http/gitgate.toml" "$NEW")
