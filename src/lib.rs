@@ -9,7 +9,7 @@
 //!                        HEAD, other methods ─▶ 405)
 //!                        ──▶ gate ──┬─ a request_id for each of its log lines
 //!                                   ├─ client address: the peer, or behind trusted_proxies the right-most
-//!                                   │     untrusted X-Forwarded-For entry (unreadable: 400)
+//!                                   │     untrusted X-Forwarded-For entry (unreadable, or only a Forwarded header: 400)
 //!                                   ├─ /rest/... ─▶ api::handle (a path and query over 8 KiB ─▶ 414, Host as
 //!                                   │     below ─▶ 400, the address guard ─▶ 429, another site's page
 //!                                   │     (Origin, Sec-Fetch-Site) ─▶ 403, then management: the
@@ -17,6 +17,7 @@
 //!                                   ├─ its own loop mark (X-Gitgate-Hop)?  ─▶ 508 (a request it sent upstream came back)
 //!                                   ├─ a path and query over 8 KiB ─▶ 414
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
+//!                                   │     (git LFS's paths ─▶ 404 in the LFS API's JSON, which git-lfs prints)
 //!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 it or :authority, and
 //!                                   │     none, Host or :authority, that is empty or no host name (letters, digits, .-_) and optional port, or names another host
 //!                                   │     than the :authority or the absolute target's ─▶ 400 (refusals for the request's form:
@@ -60,7 +61,10 @@
 //!                                         │     commands read from its body as it passes:
 //!                                         │     push_commands)
 //!                                         ├─ http: an existing git server (nginx+fcgiwrap, Gitea, ...),
-//!                                         │     on a TCP port or a Unix socket (a push sent
+//!                                         │     on a TCP port or a Unix socket (a connection
+//!                                         │     this host is short of descriptors or ports for
+//!                                         │     tried again for a moment, upstream::patience,
+//!                                         │     as the CGI runner's start is; a push sent
 //!                                         │     chunked, its length unsaid); git's pkt-lines
 //!                                         │     followed through its answer (upstream::framing),
 //!                                         │     which fails if it ends cut short, however cleanly

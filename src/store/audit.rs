@@ -445,7 +445,7 @@ impl Store {
 
     /// Who revoked token `id` at `revoked_at` (its row's time), and from where: the actor and
     /// source of its newest `token.revoked` event of that moment, if the audit still has it.
-    /// Looked for within [`REVOKED_EVENT_SLACK_MS`] of `revoked_at` — the event is written in
+    /// Looked for within `REVOKED_EVENT_SLACK_MS` of `revoked_at` — the event is written in
     /// the revocation's own transaction, with the same clock — on the `at` index: the table
     /// has no index on its target, and a token revoked a year ago was otherwise found by
     /// reading every event since (`token show` took 20 s on a store of ten million events).
