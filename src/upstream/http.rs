@@ -625,7 +625,10 @@ impl HttpBackend {
             Driving::OwnTask
         };
         let mut fresh_only = false;
-        let mut patience = Patience::for_method(req.method());
+        // Made at the first shortage, which is when its time starts: a request that meets
+        // none (nearly all) reads no clock for it.
+        let mut patience: Option<Patience> = None;
+        let method = req.method().clone();
         loop {
             let opened = if fresh_only {
                 self.pool.connect_new(driving).await
@@ -635,6 +638,7 @@ impl HttpBackend {
             let mut conn = match opened {
                 Ok(conn) => conn,
                 Err(ConnectError::Io(io)) if is_local_shortage(&io) => {
+                    let patience = patience.get_or_insert_with(|| Patience::for_method(&method));
                     match patience.pause(still_allowed).await {
                         Pause::TryAgain => continue,
                         Pause::Spent => return Err(self.connect_error(ConnectError::Io(io))),
