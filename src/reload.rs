@@ -226,9 +226,12 @@ fn reload(certs: Option<&CertStore>, upstream_secret: Option<&UpstreamSecret>, r
 /// next restart would then fail.
 fn config_said_on_hangup(running: &Config, on_disk: &Result<Config, crate::config::ConfigError>) {
     match on_disk {
+        // The refusal quotes the file's line, which may hold a secret pasted by mistake: not
+        // repeated, as the start and `check` do not repeat it either.
         Err(e) => tracing::warn!(
             "SIGHUP: the config file no longer loads, so a restart would fail (the running \
-             settings are kept; `gitgate check` says more): {e}"
+             settings are kept; `gitgate check` says more): {}",
+            crate::credentials::without_secrets_in_an_answer(&e.to_string())
         ),
         Ok(now) => {
             // New certificate or key files: a restart loads them as the start does, and

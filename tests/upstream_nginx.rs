@@ -1776,12 +1776,25 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
         "{}",
         g.log_text()
     );
-    std::fs::write(&w.config, format!("{config}oops = [\n")).unwrap();
+    // Broken by a token pasted by mistake into a value the refusal quotes: the log does not
+    // repeat it (nor does the start, nor `check`).
+    let pasted = "ggt_sEcReTsEcReTsEcReTsEcReTsEcReTsEcReT42";
+    assert!(config.contains("listen = \"127.0.0.1:0\""), "{config}");
+    std::fs::write(
+        &w.config,
+        config.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{pasted}\""),
+            1,
+        ),
+    )
+    .unwrap();
     g.signal("HUP");
     wait_for("the broken file said", Duration::from_secs(10), || {
         g.log_text()
             .contains("the config file no longer loads, so a restart would fail")
     });
+    assert!(!g.log_text().contains(&pasted[4..]), "{}", g.log_text());
     // Other TLS files named, whose key is not the certificate's: a restart would fail too.
     std::fs::copy(fixture("tls/server-b.pem"), w.path("cert2.pem")).unwrap();
     std::fs::copy(fixture("tls/server-a.key"), w.path("key2.pem")).unwrap();
