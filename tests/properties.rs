@@ -13,6 +13,9 @@
 //!
 //! The fuzz targets in `fuzz/` search the same ground for longer; these run on every build.
 
+mod plain_backend;
+use plain_backend::plain_resolve as resolve;
+
 use base64::Engine;
 use gitgate::credentials::{self, CredentialError, Credentials};
 use gitgate::git::{self, RepoPath};
@@ -90,36 +93,6 @@ fn query() -> impl Strategy<Value = Option<String>> {
         .prop_map(|q| Some(q.to_string())),
         "[ -~]{0,12}".prop_map(Some),
     ]
-}
-
-/// What a plain backend makes of a request path: percent-decode once, then resolve it like a
-/// filesystem path (drop empty and `.` segments, `..` pops). `None` if it does not decode.
-fn resolve(raw: &str) -> Option<String> {
-    let mut bytes = Vec::new();
-    let b = raw.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            bytes.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            bytes.push(b[i]);
-            i += 1;
-        }
-    }
-    let decoded = String::from_utf8(bytes).ok()?;
-    let mut out: Vec<&str> = Vec::new();
-    for seg in decoded.split(['/', '\\']) {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    Some(format!("/{}", out.join("/")))
 }
 
 fn assert_clean(repo: &str) {

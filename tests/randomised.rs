@@ -18,6 +18,8 @@
 //! when it fails; `GITGATE_RANDOM_SEED=<seed> GITGATE_RANDOM_CASES=1` replays it, and
 //! `GITGATE_RANDOM_CASES=<n>` runs more (the defaults keep each test to a few seconds).
 
+mod plain_backend;
+use plain_backend::{decode, plain_resolve};
 use std::net::IpAddr;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
@@ -281,45 +283,6 @@ fn query(rng: &mut Rng) -> Option<String> {
     let n = 1 + rng.below(3);
     let pairs: Vec<&str> = (0..n).map(|_| rng.pick(PAIRS)).collect();
     Some(pairs.join("&"))
-}
-
-/// Percent-decode once, strictly: `None` for a malformed escape.
-fn decode(raw: &str) -> Option<Vec<u8>> {
-    let b = raw.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return None;
-            }
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(out)
-}
-
-/// What a plain backend makes of a path: decoded once, then resolved as a file system
-/// resolves it (`.` and empty segments dropped, `..` pops; `\` a separator, as on Windows).
-/// `None` if it does not decode to UTF-8.
-fn plain_resolve(raw: &str) -> Option<String> {
-    let decoded = String::from_utf8(decode(raw)?).ok()?;
-    let mut out: Vec<&str> = Vec::new();
-    for seg in decoded.split(['/', '\\']) {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    Some(format!("/{}", out.join("/")))
 }
 
 /// git http-backend's reading of the `service` parameter: `&`-separated pairs, `+` a space,
