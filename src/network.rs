@@ -90,6 +90,19 @@ impl FromStr for Cidr {
         let bad = |why: &str| {
             format!("'{s}' is not a network: {why} (use CIDR such as 10.0.0.0/8 or 2001:db8::/32)")
         };
+        // Several networks in one item (`"10.0.0.0/8, 192.168.0.0/16"`, as an allowlist is
+        // often written elsewhere) would otherwise be refused for a prefix that is "not a
+        // number", which sends the reader to the wrong place.
+        if let Some(sep) = s
+            .trim()
+            .chars()
+            .find(|c| matches!(c, ',' | ';' | ' ' | '\t'))
+        {
+            return Err(bad(&format!(
+                "it holds several, separated by {sep:?}; give each network on its own (a list \
+                 item of its own, or the option once for each)"
+            )));
+        }
         let (addr_text, prefix_text) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
@@ -289,6 +302,29 @@ mod tests {
         }
         let msg = "10.0.0.0/40".parse::<Cidr>().unwrap_err();
         assert!(msg.contains("at most 32"), "{msg}");
+    }
+
+    /// Several networks in one item are refused as such, not for a prefix that is "not a
+    /// number".
+    #[test]
+    fn several_networks_in_one_item_are_refused_as_several() {
+        for (text, sep) in [
+            ("10.0.0.0/8, 192.168.0.0/16", "','"),
+            ("10.0.0.0/8,192.168.0.0/16", "','"),
+            ("10.0.0.1 10.0.0.2", "' '"),
+            ("::1;127.0.0.1", "';'"),
+        ] {
+            let msg = text.parse::<Cidr>().unwrap_err();
+            assert!(
+                msg.contains(&format!("it holds several, separated by {sep}"))
+                    && msg.contains("each network on its own"),
+                "{text}: {msg}"
+            );
+            let msg = parse_new_list(&[text]).unwrap_err();
+            assert!(msg.contains("it holds several"), "{text}: {msg}");
+        }
+        // Spaces around one network are not several (a list's items are trimmed).
+        assert!(parse_list(&[" 10.0.0.0/8 "]).is_ok());
     }
 
     /// IPv6 as `ip addr` (with a zone) and URLs (in brackets) write it is refused, saying what
