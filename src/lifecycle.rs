@@ -523,7 +523,9 @@ impl ExpiryPolicy {
         match (token.expires_at, self.max_expiry_days) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(at), Some(max)) => at - token.created_at <= i64::from(max) * DAY_MS,
+            // Saturating: a row gitgate never writes (created before 1970, expiring at the end
+            // of time) would overflow, and a wrapped lifetime would read as within the maximum.
+            (Some(at), Some(max)) => at.saturating_sub(token.created_at) <= i64::from(max) * DAY_MS,
         }
     }
 
@@ -1950,6 +1952,38 @@ mod tests {
         let mut over = t.clone();
         over.expires_at = Some(t.created_at + 30 * DAY_MS + 1);
         assert!(!p.compliant(&over));
+    }
+
+    /// A token row gitgate never writes (changed by hand, or from another tool: created before
+    /// 1970, expiring at the end of time) is as far over the maximum as it reads: its lifetime
+    /// overflowed, a panic in a debug build (a `500` for the token list, `policy show` killed)
+    /// and in a release build a wrap to a negative lifetime, which read as within any maximum,
+    /// so that such a token was listed compliant and given a new secret by a rotation.
+    #[test]
+    fn a_lifetime_too_long_to_count_is_over_the_maximum() {
+        let (_d, store) = setup();
+        let (t, _) = create(
+            &store,
+            &user("alice"),
+            personal("alice", Some(30)),
+            &actor(),
+        )
+        .unwrap();
+        let p = ExpiryPolicy {
+            expiry_required: true,
+            max_expiry_days: Some(30),
+        };
+        for (created_at, expires_at) in [(-1, i64::MAX), (i64::MIN, 0), (i64::MIN, i64::MAX)] {
+            let mut endless = t.clone();
+            endless.created_at = created_at;
+            endless.expires_at = Some(expires_at);
+            assert!(!p.compliant(&endless), "{created_at} to {expires_at}");
+        }
+        // Expiring before its creation is within any maximum, as it always was.
+        let mut backwards = t.clone();
+        backwards.created_at = i64::MAX;
+        backwards.expires_at = Some(i64::MIN);
+        assert!(p.compliant(&backwards));
     }
 
     /// The longest overlap, a week, is allowed; only a longer one is refused.
