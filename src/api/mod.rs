@@ -672,11 +672,20 @@ fn dispatch(
     }
 }
 
-/// A blocking task that panicked or was cancelled.
+/// A blocking task that panicked or was cancelled. Its error is not repeated: a panic's is its
+/// message (`task 41 panicked with message "byte index 12 is not a char boundary; it is inside
+/// ... of `...`"`), which quotes whatever the code was handling — a row of the store, another
+/// user's token name, the call's own headers — and which the panic hook has logged already
+/// (`unwind::install_hook`), as the answer to a panic of the git side says nothing of it either.
 fn task_failed(e: tokio::task::JoinError) -> ApiError {
+    let what = if e.is_panic() {
+        "gitgate hit an internal error"
+    } else {
+        "gitgate is stopping"
+    };
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        format!("the request failed: {e}"),
+        format!("the request failed: {what}; the reason is in gitgate's log"),
     )
 }
 
@@ -804,6 +813,27 @@ fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A REST call whose work panicked is a `500` that says so, and no more: the panic's message
+    /// (here a slice's, quoting the text it cut, as a real one would a store row or a header)
+    /// was answered to the caller in full.
+    #[tokio::test]
+    async fn a_panic_in_a_call_is_answered_without_its_message() {
+        let quoted = "another user's token name, or the call's own Authorization header";
+        let panicked = tokio::task::spawn_blocking(move || {
+            let cut = std::hint::black_box(1);
+            format!("é{quoted}")[..cut].len()
+        })
+        .await
+        .unwrap_err();
+        let e = task_failed(panicked);
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let answered = e.body().to_string();
+        assert!(!answered.contains(quoted), "{answered}");
+        assert!(!answered.contains("char boundary"), "{answered}");
+        assert!(answered.contains("internal error"), "{answered}");
+        assert!(answered.contains("gitgate's log"), "{answered}");
+    }
 
     #[test]
     fn a_store_failure_tells_the_caller_no_path_and_no_detail() {
