@@ -4321,6 +4321,57 @@ fn failing_backend_is_a_502_and_the_proxy_keeps_serving() {
     );
 }
 
+/// A backend's `Content-Length` that is no length (`-5`) is a `502` that says why, and the
+/// proxy keeps serving: passed on, hyper refused to write the head, and the client got no
+/// answer at all (curl: `Empty reply from server`; over HTTP/2 a reset stream), logged as a
+/// `200` whose client had left.
+#[test]
+fn a_backend_length_that_is_no_length_is_a_502_not_an_empty_reply() {
+    use std::io::{Read, Write};
+    let sb = Sandbox::with(Setup {
+        backend: Backend::Failing,
+        ..Setup::default()
+    });
+    sb.create_repo("team/app");
+    sb.create_repo("team/badlength");
+    sb.add_user("alice", PASSWORD);
+    sb.grant("alice", "team", "read");
+    let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let server = sb.serve();
+    let auth = basic("alice", &token.secret);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /team/badlength.git/info/refs?service=git-upload-pack HTTP/1.1\r\n\
+                 Host: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer:?}");
+    assert!(
+        answer.contains("the CGI backend sent an unusable header block"),
+        "{answer:?}"
+    );
+    assert!(
+        server.log_text().contains("unusable Content-Length"),
+        "{}",
+        server.log_text()
+    );
+    let resp = http_get(
+        server.port,
+        "/team/app.git/info/refs?service=git-upload-pack",
+        Some(&auth),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Secrets
 

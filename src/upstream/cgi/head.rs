@@ -118,6 +118,19 @@ pub fn parse_head(block: &[u8]) -> Result<Head, CgiError> {
             status = Some(parse_status(value)?);
             continue;
         }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if headers.contains_key(header::CONTENT_LENGTH) {
+                return Err(CgiError::BadHeaders(
+                    "more than one Content-Length line".to_owned(),
+                ));
+            }
+            if !is_a_length(value) {
+                return Err(CgiError::BadHeaders(format!(
+                    "unusable Content-Length: {:?}",
+                    String::from_utf8_lossy(value)
+                )));
+            }
+        }
         let parsed = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value));
         let (Ok(name), Ok(value)) = parsed else {
             tracing::warn!(
@@ -139,6 +152,18 @@ pub fn parse_head(block: &[u8]) -> Result<Head, CgiError> {
         StatusCode::OK
     });
     Ok(Head { status, headers })
+}
+
+/// Whether a `Content-Length` value is one length a client can read: digits only, at most
+/// `i64::MAX`. Passed on, anything else (`-5`, `4, 5`, twenty digits) is a head hyper refuses
+/// to write: the client got no answer at all (an empty reply over HTTP/1.1, a reset stream over
+/// HTTP/2), and the log said `200` and blamed the client for leaving. One past `i64::MAX` hyper
+/// writes, but curl (and so git) cannot hold it ("Overflow Content-Length"), ignores it and
+/// reads to the connection's close: an answer cut short there read as a whole one.
+fn is_a_length(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.iter().all(u8::is_ascii_digit)
+        && std::str::from_utf8(value).is_ok_and(|v| v.parse::<i64>().is_ok())
 }
 
 /// `404 Not Found` → 404. Only the code matters; the reason phrase is hyper's to write. A 1xx
@@ -263,6 +288,44 @@ mod tests {
             parse_head(b"Status: 200\nStatus: 500\n\n"),
             Err(CgiError::BadHeaders(_))
         ));
+    }
+
+    /// A `Content-Length` that is not one length is refused here, as a `Status` that is not one
+    /// status is: passed on, hyper would refuse to write the head, and the client got nothing.
+    #[test]
+    fn a_content_length_that_is_no_length_is_refused() {
+        for value in [
+            "-5",
+            "+5",
+            "",
+            "4, 4",
+            "0x10",
+            "99999999999999999999999",
+            "18446744073709551616",
+            "18446744073709551615",
+            "9223372036854775808",
+            "\u{ff}",
+        ] {
+            let head = format!("Content-Type: text/plain\r\nContent-Length: {value}\r\n\r\n");
+            assert!(
+                matches!(parse_head(head.as_bytes()), Err(CgiError::BadHeaders(_))),
+                "{value:?}"
+            );
+        }
+        assert!(matches!(
+            parse_head(b"Content-Length: 4\r\ncontent-length: 4\r\n\r\n"),
+            Err(CgiError::BadHeaders(_))
+        ));
+        for value in ["0", "4", "9223372036854775807"] {
+            let head = format!("Content-Length: {value}\r\n\r\n");
+            assert_eq!(
+                parse_head(head.as_bytes()).unwrap().headers["content-length"],
+                value
+            );
+        }
+        // Blanks around it are not part of it.
+        let head = parse_head(b"Content-Length:  12\t\r\n\r\n").unwrap();
+        assert_eq!(head.headers["content-length"], "12");
     }
 
     /// Output that reaches the cap with no end of headers in it is a broken backend, even if
