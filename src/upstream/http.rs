@@ -389,6 +389,18 @@ impl HttpBackend {
                 resp.status()
             )));
         }
+        if let Some(length) = hyper::body::Body::size_hint(resp.body())
+            .exact()
+            .filter(|&n| i64::try_from(n).is_err())
+        {
+            // hyper reads lengths up to 2^64-3, but curl, and so git, holds none past i64::MAX
+            // ("Overflow Content-Length"): passed on, it was ignored and the answer read to the
+            // connection's close, where one cut short read as whole.
+            return Err(ForwardError::bad_gateway(format!(
+                "the upstream git server's answer says it is {length} bytes long \
+                 (Content-Length), more than git can read"
+            )));
+        }
         if resp.status() == StatusCode::UNAUTHORIZED
             || resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED
         {
@@ -1900,6 +1912,35 @@ mod tests {
                 other => panic!("{case}: {other:?}"),
             }
         }
+    }
+
+    /// An answer longer than `i64::MAX` bytes by its `Content-Length` is a 502 that says so:
+    /// curl, and so git, cannot hold such a length, ignores it and reads to the close, so an
+    /// answer cut short there (here: 4 bytes) read as a whole one. `i64::MAX` is passed on.
+    #[tokio::test]
+    async fn an_answer_longer_than_git_can_count_is_a_502() {
+        let of_length = |length: &str| -> &'static [u8] {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+                 Content-Length: {length}\r\n\r\n0000"
+            )
+            .into_bytes()
+            .leak()
+        };
+        for length in ["9223372036854775808", "18446744073709551613"] {
+            let (port, _upstream) = answering(of_length(length)).await;
+            let b = backend(&format!("http://127.0.0.1:{port}/git"));
+            let e = advertisement(&b).await.unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_GATEWAY, "{e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("says it is {length} bytes long")),
+                "{e}"
+            );
+        }
+        let (port, _upstream) = answering(of_length("9223372036854775807")).await;
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        assert_eq!(advertisement(&b).await.unwrap().status(), StatusCode::OK);
     }
 
     /// An empty advertisement of `Content-Length: 0` is a 502 with the reason: the client's
