@@ -90,7 +90,11 @@ impl Nginx {
         // for 2 s; `anonymous` leaves REMOTE_USER out, as a web server does that is not told
         // to make gitgate's identity header that variable; `cut` lets a POST's answer through to its 100,000th byte only, the backend
         // dying there of a broken pipe (as one killed mid-answer) while fcgiwrap and nginx end
-        // the answer cleanly.
+        // the answer cleanly; `packdies` has upload-pack's pack-objects fail after 100,000 bytes
+        // of its pack (through `uploadpack.packObjectsHook`, which git takes from its command
+        // line's config only), upload-pack then saying so on side-band channel 3 and dying.
+        let pack_dies = dir.join("pack-dies.sh");
+        std::fs::write(&pack_dies, "#!/bin/sh\n\"$@\" | head -c 100000\nexit 1\n").unwrap();
         let wrapper = dir.join("backend.sh");
         std::fs::write(
             &wrapper,
@@ -98,15 +102,19 @@ impl Nginx {
                 "#!/bin/sh\nif [ -f '{d}/anonymous' ]; then unset REMOTE_USER; fi\n\
                  if [ \"$REQUEST_METHOD\" = POST ] && [ -f '{d}/slow' ]; then touch '{d}/started'; sleep 2; fi\n\
                  if [ \"$REQUEST_METHOD\" = POST ] && [ -f '{d}/cut' ]; then '{b}' | head -c 100000; exit 0; fi\n\
+                 if [ \"$REQUEST_METHOD\" = POST ] && [ -f '{d}/packdies' ]; then \
+                 GIT_CONFIG_PARAMETERS=\"'uploadpack.packobjectshook'='{p}'\" exec '{b}'; fi\n\
                  exec '{b}'\n",
                 d = dir.display(),
-                b = tools.backend.display()
+                b = tools.backend.display(),
+                p = pack_dies.display()
             ),
         )
         .unwrap();
         Command::new("chmod")
             .arg("+x")
             .arg(&wrapper)
+            .arg(&pack_dies)
             .status()
             .unwrap();
 
@@ -1168,6 +1176,63 @@ fn an_answer_whose_git_process_died_mid_pack_is_logged_as_broken_off() {
         );
     }
     // The POSTs' own lines say it too.
+    let broken_posts = log
+        .lines()
+        .filter(|l| l.contains("method=POST") && l.contains("outcome=stream-error"))
+        .count();
+    assert_eq!(broken_posts, 2, "{log}");
+}
+
+/// When the pack-objects behind upload-pack fails mid-pack (killed by the OOM killer or an
+/// operator, or stopped on an object it cannot read), upload-pack tells its client so on
+/// side-band channel 3 — "aborting due to possible repository corruption on the remote side"
+/// — and dies, and nginx + fcgiwrap end the answer cleanly. The clone fails; gitgate logs and
+/// counts it as the upstream's failure, as the embedded runner does (git's exit status 1 there),
+/// not as a request git refused and told its client why, `outcome=complete`, which it did.
+#[test]
+fn a_clone_whose_pack_objects_died_mid_pack_is_the_upstreams_failure() {
+    let Some(w) = World::new("a_clone_whose_pack_objects_died_mid_pack_is_the_upstreams_failure")
+    else {
+        return;
+    };
+    let g = w.serve(&Options::default());
+    let url = w.url(&g);
+    let a = w.path("a");
+    w.git_ok(w.dir.path(), &["clone", "-q", &url, a.to_str().unwrap()]);
+    // 1 MiB that does not compress: the pack is well past the 100,000 bytes pack-objects gives.
+    let data = common::noise(1 << 20, 0x5851_F42D_4C95_7F2D);
+    commit_file(&w, &a, "big.bin", &data);
+    w.git_ok(&a, &["push", "-q", "origin", "main"]);
+
+    std::fs::write(w.nginx.dir.join("packdies"), "").unwrap();
+    for version in ["0", "2"] {
+        let to = w.path(&format!("died-v{version}"));
+        let protocol = format!("protocol.version={version}");
+        let out = w.git(
+            w.dir.path(),
+            &["-c", &protocol, "clone", "-q", &url, to.to_str().unwrap()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "protocol v{version}: {stderr}");
+        // git still shows upload-pack's words.
+        assert!(
+            stderr.contains("aborting due to possible repository corruption"),
+            "protocol v{version}: {stderr}"
+        );
+    }
+    let log = log_once_it_has_n(&g, "response stream failed", 2);
+    assert!(
+        !log.contains("git refused the request and told its client why"),
+        "a failed pack is no refusal:\n{log}"
+    );
+    let failed = lines_with(&log, "response stream failed");
+    assert_eq!(failed.len(), 2, "one failure per clone:\n{log}");
+    for line in failed {
+        assert!(
+            line.contains("pack-objects failed") && line.contains("repo=team/app"),
+            "{line}"
+        );
+    }
     let broken_posts = log
         .lines()
         .filter(|l| l.contains("method=POST") && l.contains("outcome=stream-error"))

@@ -250,11 +250,20 @@ impl AnswerFraming {
     /// `ERR` line or channel-3 message, cut at [`REFUSAL_MAX`] bytes): the backend refused the
     /// request and told its client why.
     pub fn refusal(&self) -> Option<String> {
-        (self.at == (At::Length { got: 0, value: 0 }) && self.last == Last::Error).then(|| {
+        (self.at == (At::Length { got: 0, value: 0 })
+            && self.last == Last::Error
+            && !self.pack_failed())
+        .then(|| {
             String::from_utf8_lossy(&self.refusal)
-                .trim_end()
+                .trim_end_matches(|c: char| c == '\0' || c.is_whitespace())
                 .to_string()
         })
+    }
+
+    /// Whether the last line is upload-pack's word that its `pack-objects` failed mid-pack
+    /// ([`PACK_FAILED`]): git's own error line, but no refusal of the client's request.
+    fn pack_failed(&self) -> bool {
+        self.last == Last::Error && said_pack_failed(&self.refusal)
     }
 
     /// Why the answer, ended here, was cut short; `None` when it is whole or cannot be told.
@@ -264,6 +273,11 @@ impl AnswerFraming {
             At::Length { got: 1.., .. } => Some("it ended inside a pkt-line's length"),
             At::Payload { .. } => Some("it ended inside a pkt-line"),
             At::Length { got: 0, .. } => match self.last {
+                Last::Error if self.pack_failed() => Some(
+                    "git upload-pack ended it saying its pack-objects failed (\"aborting due to \
+                     possible repository corruption on the remote side\": killed, out of memory, \
+                     or an object it could not read)",
+                ),
                 Last::Closing | Last::Error => None,
                 // A protocol-v0 negotiation round.
                 Last::Negotiation
@@ -278,6 +292,21 @@ impl AnswerFraming {
             },
         }
     }
+}
+
+/// What upload-pack sends on side-band channel 3 (and then dies) when the `pack-objects` it
+/// runs fails mid-pack: killed (the OOM killer, an operator), or stopped on an object it
+/// cannot read. It is the only thing upload-pack says on that channel, and never a refusal of
+/// the client's request: the clone fails (`early EOF`), and the failure is the backend's. An
+/// HTTP upstream ends such an answer cleanly (nginx + fcgiwrap do), and the embedded runner
+/// sees it as git's exit status 1; without this the former was logged as a request git
+/// refused, `outcome=complete`, and not counted as an upstream error.
+const PACK_FAILED: &[u8] = b"aborting due to possible repository corruption";
+
+/// Pure: whether the text of git's error line (`refusal`, after its channel byte or `ERR `) is
+/// upload-pack's [`PACK_FAILED`].
+fn said_pack_failed(text: &[u8]) -> bool {
+    text.windows(PACK_FAILED.len()).any(|w| w == PACK_FAILED)
 }
 
 /// Pure: whether a payload beginning with `head` is git's own error: `ERR ...`, or side-band
@@ -545,7 +574,7 @@ mod tests {
         let mut answer = pkt(b"NAK\n");
         answer.extend(pkt(b"\x01PACK..."));
         answer.extend(pkt(
-            b"\x03fatal: git upload-pack: aborting due to possible corruption",
+            b"\x03fatal: the repository is in maintenance, try again later",
         ));
         assert_eq!(fed_in(result(), &answer, 6), None);
         let err = pkt(b"ERR upload-pack: not our ref 1111111111111111111111111111111111111111");
@@ -554,7 +583,7 @@ mod tests {
         for size in [1, 3, 4, 5, 6, 4096] {
             assert_eq!(
                 followed(result(), &answer, size).refusal().as_deref(),
-                Some("fatal: git upload-pack: aborting due to possible corruption"),
+                Some("fatal: the repository is in maintenance, try again later"),
                 "pieces of {size}"
             );
             assert_eq!(
@@ -567,6 +596,40 @@ mod tests {
         let mut adv = pkt(b"# service=git-upload-pack\n");
         adv.extend(pkt(b"ERRx\n"));
         assert!(fed_in(advertisement(), &adv, 6).is_some());
+    }
+
+    /// upload-pack's word that its pack-objects failed mid-pack (what it sends, trailing NUL
+    /// included, before it dies) ends a clone that failed, by the backend's fault: cut short,
+    /// and no refusal; in pieces of any size, and as a protocol-v2 answer's last line too.
+    #[test]
+    fn upload_packs_word_that_its_pack_failed_is_a_cut_not_a_refusal() {
+        let abort =
+            pkt(b"\x03aborting due to possible repository corruption on the remote side.\0");
+        let mut v0 = pkt(b"NAK\n");
+        v0.extend(pkt(b"\x01PACK..."));
+        v0.extend(&abort);
+        let mut v2 = pkt(b"packfile\n");
+        v2.extend(pkt(b"\x01PACK..."));
+        v2.extend(&abort);
+        for answer in [&v0, &v2] {
+            for size in [1, 3, 4, 5, 6, 4096] {
+                let f = followed(result(), answer, size);
+                assert!(
+                    f.cut_short()
+                        .is_some_and(|why| why.contains("pack-objects failed")),
+                    "pieces of {size}: {:?}",
+                    f.cut_short()
+                );
+                assert_eq!(f.refusal(), None, "pieces of {size}");
+            }
+        }
+        // Another channel-3 message is still git's refusal, told whole, its NUL not kept.
+        let other = [&pkt(b"NAK\n")[..], &pkt(b"\x03not today\0")].concat();
+        assert_eq!(fed_in(result(), &other, 3), None);
+        assert_eq!(
+            followed(result(), &other, 3).refusal().as_deref(),
+            Some("not today")
+        );
     }
 
     #[test]
