@@ -212,6 +212,7 @@ fn clone_and_push_through_apache_as_the_readme_sets_it_up() {
          PidFile \"{dir}/httpd.pid\"\nErrorLog \"{dir}/error.log\"\nScriptSock \"{dir}/cgid.sock\"\n\
          {load}{user}\
          Listen 127.0.0.1:{port}\n\
+         Timeout 300\n\
          SetEnv GIT_PROJECT_ROOT {repos}\n\
          SetEnv GIT_HTTP_EXPORT_ALL\n\
          SetEnvIf X-Forwarded-User \"^(.+)$\" REMOTE_USER=$1\n\
@@ -275,7 +276,7 @@ fn clone_and_push_through_lighttpd_as_the_readme_sets_it_up() {
          server.document-root = \"{dir}\"\n\
          server.errorlog = \"{dir}/error.log\"\n\
          {user}\
-         server.bind = \"127.0.0.1\"\nserver.port = {port}\n\
+         server.bind = \"127.0.0.1\"\nserver.port = {port}\nserver.max-read-idle = 300\n\
          alias.url += ( \"/git\" => \"{wrapper}\" )\n\
          $HTTP[\"url\"] =~ \"^/git\" {{\n\
              cgi.assign = ( \"\" => \"\" )\n\
