@@ -161,6 +161,10 @@ struct Batch {
     events: Vec<(Event, Repeats)>,
     /// Index into `events` by their identity's hash (`key`).
     index: HashMap<u64, Vec<usize>>,
+    /// The event of `events` the last [`Batch::add`] counted or kept: a flood of refusals is
+    /// mostly one event repeated, which is then compared with it and counted, not hashed twice
+    /// (its identity, then that hash in `index`) and looked up.
+    last: Option<usize>,
     total: u64,
     /// Events not kept because [`DISTINCT`] were already waiting.
     dropped: u64,
@@ -186,18 +190,30 @@ impl Batch {
             last: event.at,
         };
         let identity = event.identity();
-        let key = key(&identity);
-        match self.waiting(key, &identity) {
-            Some(i) => self.count(i, seen_as),
-            None => self.keep(key, event.to_owned(), seen_as),
+        if let Some(i) = self
+            .last
+            .filter(|&i| self.events[i].0.identity() == identity)
+        {
+            self.count(i, seen_as);
+            return;
         }
+        let key = key(&identity);
+        self.last = match self.waiting(key, &identity) {
+            Some(i) => {
+                self.count(i, seen_as);
+                Some(i)
+            }
+            None => self.keep(key, event.to_owned(), seen_as),
+        };
     }
 
     fn add_repeated(&mut self, event: Event, seen_as: Repeats) {
         let key = key(&event.identity());
         match self.waiting(key, &event.identity()) {
             Some(i) => self.count(i, seen_as),
-            None => self.keep(key, event, seen_as),
+            None => {
+                self.keep(key, event, seen_as);
+            }
         }
     }
 
@@ -217,15 +233,18 @@ impl Batch {
         self.total += seen_as.count;
     }
 
-    /// Keep a new event, unless [`DISTINCT`] are waiting already (then it is only counted).
-    fn keep(&mut self, key: u64, event: Event, seen_as: Repeats) {
+    /// Keep a new event, unless [`DISTINCT`] are waiting already (then it is only counted);
+    /// where it was kept.
+    fn keep(&mut self, key: u64, event: Event, seen_as: Repeats) -> Option<usize> {
         if self.events.len() >= DISTINCT {
             self.dropped += seen_as.count;
-            return;
+            return None;
         }
         self.total += seen_as.count;
-        self.index.entry(key).or_default().push(self.events.len());
+        let at = self.events.len();
+        self.index.entry(key).or_default().push(at);
         self.events.push((event, seen_as));
+        Some(at)
     }
 }
 
@@ -368,6 +387,7 @@ impl Pending {
         // Rows in the order the events first happened, whichever thread saw them.
         all.events.sort_by_key(|(e, _)| e.at);
         all.index.clear();
+        all.last = None;
         (all, last_uses, left)
     }
 
@@ -1397,6 +1417,42 @@ mod tests {
             .unwrap()
             .iter()
             .all(|e| !e.target.starts_with("eve")));
+    }
+
+    /// Each event is counted as its own, whether it repeats the one added just before it
+    /// (compared, not hashed) or one further back; the first time of each is kept.
+    #[test]
+    fn a_repeat_of_the_last_event_or_an_earlier_one_is_counted_as_its_own() {
+        let mut batch = super::Batch::default();
+        let event = |at, target| super::EventRef {
+            at,
+            name: "ci",
+            source: "127.0.0.1",
+            action: "auth.failed",
+            target,
+            detail: "invalid token (repo team/app)",
+        };
+        for (at, target) in [(1, "aaa"), (2, "aaa"), (3, "bbb"), (4, "aaa"), (5, "bbb")] {
+            batch.add(&event(at, target));
+        }
+        batch.add(&super::EventRef {
+            detail: "invalid token (repo team/other)",
+            ..event(6, "bbb")
+        });
+        let counted: Vec<(&str, &str, u64, i64, i64)> = batch
+            .events
+            .iter()
+            .map(|(e, r)| (e.target.as_str(), e.detail.as_str(), r.count, e.at, r.last))
+            .collect();
+        assert_eq!(
+            counted,
+            [
+                ("aaa", "invalid token (repo team/app)", 3, 1, 4),
+                ("bbb", "invalid token (repo team/app)", 2, 3, 5),
+                ("bbb", "invalid token (repo team/other)", 1, 6, 6),
+            ]
+        );
+        assert_eq!(batch.total, 6);
     }
 
     /// A store locked by another process is waited for, however many tries it takes: the
