@@ -867,9 +867,14 @@ impl Gate {
                 self.audit_failure(id, remote, log, tried, &e.to_string());
                 self.unauthenticated(by_hand, &e.to_string())
             }
+            // The refusal of a flood of wrong tokens: its words are made once, not per answer.
             Refusal::InvalidToken => {
-                self.audit_failure(id, remote, log, tried, "invalid token");
-                self.unauthenticated(by_hand, "invalid token")
+                self.audit_failure(id, remote, log, tried, INVALID_TOKEN);
+                if by_hand {
+                    said(StatusCode::FORBIDDEN, INVALID_TOKEN_SAID)
+                } else {
+                    self.challenged(said(StatusCode::UNAUTHORIZED, INVALID_TOKEN_SAID))
+                }
             }
             Refusal::NotAToken(what, bearer) => {
                 self.audit_failure(id, remote, log, tried, what.audit_reason());
@@ -960,7 +965,11 @@ impl Gate {
 
     /// 401 with the Basic challenge, so git asks its credential helper and retries.
     fn challenge(&self, message: &str) -> Response<ResponseBody> {
-        let mut resp = text(StatusCode::UNAUTHORIZED, message);
+        self.challenged(text(StatusCode::UNAUTHORIZED, message))
+    }
+
+    /// `resp`, a 401, with the Basic challenge.
+    fn challenged(&self, mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
         if let Some(v) = &self.challenge {
             // A clone shares the value's bytes.
             resp.headers_mut().insert(WWW_AUTHENTICATE, v.clone());
@@ -1062,6 +1071,13 @@ pub fn method_not_allowed(message: &str, allow: &'static str) -> Response<Respon
     resp
 }
 
+/// Why a token the store does not hold (or whose secret is not its own) is refused: the
+/// client's answer and the audit event's reason.
+const INVALID_TOKEN: &str = "invalid token";
+
+/// [`INVALID_TOKEN`] as its answer's body.
+const INVALID_TOKEN_SAID: &str = "invalid token\n";
+
 /// A one-line `text/plain` answer; git shows it as `remote: ...`.
 pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
     // A message may quote what the client sent; never a token secret in it.
@@ -1069,7 +1085,18 @@ pub fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
     let mut line = String::with_capacity(message.len() + 1);
     line.push_str(&message);
     line.push('\n');
-    let body = Full::new(Bytes::from(line))
+    answer(status, Bytes::from(line))
+}
+
+/// [`text`] of a fixed line (its `\n` included), which quotes nothing the client sent: its
+/// bytes are the program's own, not copied, nor looked through for secrets.
+fn said(status: StatusCode, line: &'static str) -> Response<ResponseBody> {
+    answer(status, Bytes::from_static(line.as_bytes()))
+}
+
+/// A `text/plain` answer of `body`, as [`text`] makes it.
+fn answer(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    let body = Full::new(body)
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut resp = Response::new(body);
@@ -1347,6 +1374,22 @@ mod tests {
             body_on_a_get(&Method::POST, &with(CONTENT_LENGTH, "5")),
             None
         );
+    }
+
+    /// The fixed answer to a wrong token is the one [`super::text`] makes of its reason: the
+    /// same status, fields and body.
+    #[tokio::test]
+    async fn the_fixed_refusal_of_a_wrong_token_is_what_text_makes_of_it() {
+        use http_body_util::BodyExt;
+        use hyper::StatusCode;
+        let fixed = super::said(StatusCode::UNAUTHORIZED, super::INVALID_TOKEN_SAID);
+        let made = super::text(StatusCode::UNAUTHORIZED, super::INVALID_TOKEN);
+        assert_eq!(fixed.status(), made.status());
+        assert_eq!(fixed.headers(), made.headers());
+        let body = |r: hyper::Response<super::ResponseBody>| async {
+            r.into_body().collect().await.unwrap().to_bytes()
+        };
+        assert_eq!(body(fixed).await, body(made).await);
     }
 
     #[test]
