@@ -39,7 +39,7 @@
 
 use std::net::IpAddr;
 
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, GetAll, HeaderMap, HeaderName, HeaderValue};
 
 use crate::network::Cidr;
 use crate::request_id::RequestId;
@@ -189,10 +189,11 @@ pub fn is_reserved(name: &HeaderName) -> bool {
 /// The headers to send upstream for a request that arrived with `inbound`.
 pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(inbound.len() + 5);
+    let connection = ConnectionNames::of(inbound);
     for (name, value) in inbound {
         let n = name.as_str();
         // The identity header is never on the list (`is_reserved`, checked by the config).
-        if !PASSED_ON.contains(&n) || named_by_connection(inbound, n) {
+        if !PASSED_ON.contains(&n) || connection.names(n) {
             continue;
         }
         headers.append(name.clone(), value.clone());
@@ -214,7 +215,7 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     }
 
     if let Some(v) = single(inbound, "git-protocol")
-        .filter(|v| valid_git_protocol(v) && !named_by_connection(inbound, "git-protocol"))
+        .filter(|v| valid_git_protocol(v) && !connection.names("git-protocol"))
     {
         headers.insert(HeaderName::from_static("git-protocol"), v.clone());
     }
@@ -348,6 +349,7 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
             ))
         }
     }
+    let connection = ConnectionNames::of(headers);
     let gone: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
@@ -357,7 +359,7 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
                 || is_for_a_front_server(n)
                 || is_for_shared_caches(n)
                 || n == "authorization"
-                || named_by_connection(headers, n)
+                || connection.names(n)
         })
         .cloned()
         .collect();
@@ -988,12 +990,64 @@ fn has_dot_segments(reference: &str) -> bool {
 /// belongs to the connection, not the message. Allocation-free: it runs for every header of
 /// every request and response.
 pub(crate) fn named_by_connection(headers: &HeaderMap, name: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
+    named_in(&headers.get_all(header::CONNECTION), name)
+}
+
+/// [`named_by_connection`] with the `Connection` values found already.
+fn named_in(connection: &GetAll<'_, HeaderValue>, name: &str) -> bool {
+    connection
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(name))
+}
+
+/// What a request's or an answer's `Connection` header names, read once for a pass over all its
+/// fields, each of which is asked about ([`ConnectionNames::names`]): not looked up, checked
+/// as text and split again for every field. The first few names are kept; a header naming
+/// more (no client or server does) is read again for each field, as [`named_by_connection`]
+/// reads it.
+struct ConnectionNames<'h> {
+    first: [&'h str; 4],
+    len: usize,
+    more: bool,
+    all: GetAll<'h, HeaderValue>,
+}
+
+impl<'h> ConnectionNames<'h> {
+    fn of(headers: &'h HeaderMap) -> Self {
+        let all = headers.get_all(header::CONNECTION);
+        let mut first = [""; 4];
+        let (mut len, mut more) = (0, false);
+        let listed = all
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','));
+        for t in listed {
+            if len == first.len() {
+                more = true;
+                break;
+            }
+            first[len] = t.trim();
+            len += 1;
+        }
+        ConnectionNames {
+            first,
+            len,
+            more,
+            all,
+        }
+    }
+
+    /// Whether `name` is one of the names, as [`named_by_connection`] tells.
+    fn names(&self, name: &str) -> bool {
+        if self.more {
+            return named_in(&self.all, name);
+        }
+        self.first[..self.len]
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(name))
+    }
 }
 
 /// The header's value if it is present exactly once.
@@ -1191,6 +1245,54 @@ fn identity_value(user: &str) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    /// The names of a `Connection` header read once are the names it is asked about each time:
+    /// trimmed, in any case, over several lines, past the few kept (read again), and none from a
+    /// value that is not text.
+    #[test]
+    fn connection_names_read_once_are_those_read_for_each_field() {
+        let cases: [&[&[u8]]; 6] = [
+            &[],
+            &[b"keep-alive"],
+            &[b"close, X-Secret ,git-protocol"],
+            &[b"TE", b" upgrade,keep-alive "],
+            &[b"a, b, c, d, e, X-Secret, git-protocol"],
+            &[b"x-secret, caf\xc3\xa9", b"git-protocol"],
+        ];
+        let asked = [
+            "keep-alive",
+            "close",
+            "x-secret",
+            "git-protocol",
+            "te",
+            "upgrade",
+            "e",
+            "user-agent",
+        ];
+        for lines in cases {
+            let mut h = HeaderMap::new();
+            for line in lines {
+                h.append(header::CONNECTION, HeaderValue::from_bytes(line).unwrap());
+            }
+            let once = super::ConnectionNames::of(&h);
+            for name in asked {
+                assert_eq!(
+                    once.names(name),
+                    named_by_connection(&h, name),
+                    "{name} in {h:?}"
+                );
+            }
+        }
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("a, b, c, d, e, X-Secret"),
+        );
+        assert!(
+            super::ConnectionNames::of(&h).names("x-secret"),
+            "past the few kept"
+        );
+    }
+
     #[test]
     fn only_chunked_request_framing_is_passed_on() {
         let with = |values: &[&str]| {
