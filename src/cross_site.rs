@@ -13,8 +13,12 @@
 //! looked at. The REST API (`api::browser`) and the git URLs (`gate`) each refuse what this
 //! finds, with their own words.
 
-use hyper::header::{HeaderMap, HOST, ORIGIN};
+use hyper::header::{HeaderMap, HeaderName, HOST, ORIGIN};
 use hyper::{Method, Uri};
+
+/// `Sec-Fetch-Site`, made once: every git request is looked at for it (a name given as text is
+/// checked and matched against the standard ones at each lookup).
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 /// The line that says the request comes from a page of another site (`Sec-Fetch-Site:
 /// cross-site`, `Origin: https://evil.example`), as the request wrote it, if one does.
@@ -25,7 +29,7 @@ use hyper::{Method, Uri};
 /// page; a change may not.
 pub fn from_another_site(method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<String> {
     let change = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-    for site in headers.get_all("sec-fetch-site") {
+    for site in headers.get_all(&SEC_FETCH_SITE) {
         let site = site.to_str().unwrap_or("?");
         if !site.eq_ignore_ascii_case("none")
             && !site.eq_ignore_ascii_case("same-origin")
