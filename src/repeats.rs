@@ -154,6 +154,63 @@ impl Refusals {
     }
 }
 
+impl Refusals {
+    /// Whether a line was said within the last [`REFUSALS_SAID_EVERY_MS`] before `now`: the
+    /// next refusal would stay quiet.
+    fn said_lately(&self, now: i64) -> bool {
+        self.said_at_ms
+            .is_some_and(|said| (0..REFUSALS_SAID_EVERY_MS).contains(&now.saturating_sub(said)))
+    }
+}
+
+/// [`Refusals`] of requests whose principal is not known — refused for their form, or as a
+/// web page of another site's, before any credentials are read — kept per key (the client's
+/// address and the reason it was told). A page of another site that fires `<img src>` at a
+/// repository every second, or a client that repeats one malformed request, would otherwise
+/// add a second line to each of its requests; a new reason, or another address, is still said
+/// at once. At most `most` keys are kept (a key costs some 50 bytes): when the map is full,
+/// the keys not said within the last window are forgotten (their unlogged refusals are counted
+/// by their request lines only), and while it is still full, every other key shares one count
+/// — clients that vary what they send cannot grow the map, nor get a line per request back.
+#[derive(Debug)]
+pub struct RefusalsBy<K> {
+    keys: std::collections::HashMap<K, Refusals>,
+    most: usize,
+    /// The keys that found no room.
+    overflow: Refusals,
+}
+
+impl<K: std::hash::Hash + Eq> RefusalsBy<K> {
+    pub fn new(most: usize) -> RefusalsBy<K> {
+        RefusalsBy {
+            keys: std::collections::HashMap::new(),
+            most,
+            overflow: Refusals::default(),
+        }
+    }
+
+    /// One more refusal for `key` at `now` (monotonic milliseconds): as [`Refusals::refused`],
+    /// `Some(n)` when it is the one to log, `n` the refusals of its key not logged before it.
+    pub fn refused(&mut self, key: K, now: i64) -> Option<u32> {
+        if !self.keys.contains_key(&key) && self.keys.len() >= self.most {
+            self.keys.retain(|_, r| r.said_lately(now));
+            if self.keys.len() >= self.most {
+                return self.overflow.refused(now);
+            }
+        }
+        self.keys.entry(key).or_default().refused(now)
+    }
+
+    /// How many keys are kept.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
 /// [`Repeats`] for a failure said with its cause: a cause other than the last one said is said
 /// at once, as news (a store that was missing and is now a different file), the same cause at
 /// most once per window.
@@ -352,6 +409,31 @@ mod tests {
         assert_eq!(r.ended_quietly(s(58 + 60)), Some(30));
         assert_eq!(r.ended_quietly(s(58 + 61)), None);
         assert_eq!(r.failed(s(200)), Some(1));
+    }
+
+    /// Refusals whose principal is unknown are said once a minute per key, a new key at once;
+    /// a full map forgets the keys said long ago, and shares one count among the rest.
+    #[test]
+    fn refusals_are_said_once_a_minute_per_key_and_the_keys_are_bounded() {
+        let min = REFUSALS_SAID_EVERY_MS;
+        let mut r = RefusalsBy::new(2);
+        assert_eq!(r.refused("a", 0), Some(0));
+        for t in 1..100 {
+            assert_eq!(r.refused("a", t * 10), None, "{t}");
+        }
+        // Another key is news, whatever the first one's count.
+        assert_eq!(r.refused("b", 1_000), Some(0));
+        assert_eq!(r.refused("a", min), Some(99));
+        assert_eq!(r.refused("a", min + 1), None);
+        // Full: a third key shares the overflow's count while both are said lately ...
+        assert_eq!(r.refused("c", min + 2), Some(0));
+        assert_eq!(r.refused("d", min + 3), None);
+        assert_eq!(r.refused("c", min + 4), None);
+        assert_eq!(r.len(), 2);
+        // ... and takes the place of one said a minute ago once there is one.
+        assert_eq!(r.refused("c", 1_000 + min), Some(0));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.refused("b", 1_000 + min + 1), None);
     }
 
     #[test]

@@ -29,13 +29,27 @@ use crate::request_id::RequestId;
 
 use crate::gate::{Inbound, RequestLog, ResponseBody};
 
-/// Why a request was refused for its form (`400`, `415`, `501`): the request line has only its
-/// status, and the reason the client was told (`unknown service: ...`, `invalid
-/// percent-encoding ...`) is otherwise nowhere the operator can read it. Written as the answer
-/// is, with what looks like a secret left out (the reason may quote the request), and quoted
-/// with control characters escaped, and cut at [`MALFORMED_SAID`] bytes: a reason can quote a
-/// header value of any length, which any client can send.
+/// Why a request was refused for its form (`400`, `415`, `501`), or as a web page of another
+/// site's (`403`): the request line has only its status, and the reason the client was told
+/// (`unknown service: ...`, `invalid percent-encoding ...`) is otherwise nowhere the operator
+/// can read it. Written as the answer is, with what looks like a secret left out (the reason
+/// may quote the request), and quoted with control characters escaped, and cut at
+/// [`MALFORMED_SAID`] bytes: a reason can quote a header value of any length, which any client
+/// can send.
+///
+/// Said at most once a minute for one address and one reason, with `unlogged` the refusals of
+/// both since its last such line (see [`FORM_REFUSALS`]): a page of another site that a
+/// browser keeps loading, or a client that repeats one malformed request, would otherwise
+/// write two lines for each of its requests. Each refusal still has its request line.
 pub(crate) fn malformed_said(id: RequestId, remote: SocketAddr, status: u16, reason: &str) {
+    let key = (remote.ip(), status, reason_key(reason));
+    let Some(unlogged) = FORM_REFUSALS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .refused(key, crate::clock::monotonic_ms())
+    else {
+        return;
+    };
     let reason = credentials::without_secrets(reason.trim_end());
     let mut end = reason.len().min(MALFORMED_SAID);
     while !reason.is_char_boundary(end) {
@@ -48,8 +62,29 @@ pub(crate) fn malformed_said(id: RequestId, remote: SocketAddr, status: u16, rea
         status,
         // A `String`'s Debug: quoted, its control characters escaped.
         reason = %LogText(&format!("{}{cut}", &reason[..end])),
+        unlogged,
         "refused a request for its form"
     );
+}
+
+/// The refusals [`malformed_said`] has said, by client address, status and reason (its hash:
+/// a reason can be as long as the header it quotes), for the lines it leaves out. At most
+/// [`FORM_REFUSAL_KEYS`] are kept; see [`RefusalsBy`](crate::repeats::RefusalsBy).
+static FORM_REFUSALS: std::sync::LazyLock<
+    std::sync::Mutex<crate::repeats::RefusalsBy<(std::net::IpAddr, u16, u64)>>,
+> = std::sync::LazyLock::new(|| {
+    std::sync::Mutex::new(crate::repeats::RefusalsBy::new(FORM_REFUSAL_KEYS))
+});
+
+/// The most addresses and reasons whose form refusals are counted apart (some 200 KiB).
+const FORM_REFUSAL_KEYS: usize = 4096;
+
+/// A reason, as a key of [`FORM_REFUSALS`]: its hash (two reasons that share one share a count).
+fn reason_key(reason: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    reason.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The most of a form refusal's reason the log repeats.

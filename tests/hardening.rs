@@ -278,6 +278,70 @@ fn a_web_page_of_another_site_cannot_spend_a_git_users_rate_limit() {
     );
 }
 
+/// A page of another site that a browser keeps loading (or a client repeating one malformed
+/// request) is refused once per request, in the request log, and its reason is said once a
+/// minute per address and reason, with `unlogged=` the refusals since — not a second line per
+/// request. Another reason from the same address is news, said at once.
+#[test]
+fn a_flood_of_refusals_for_their_form_says_its_reason_once_with_a_count() {
+    let server = Server::start("[auth_failures]\nmax = 1000\n");
+    let send = |extra: &str| {
+        server.raw(
+            format!(
+                "GET {IR} HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n{extra}Connection: close\r\n\r\n",
+                basic("alice", &server.write_token)
+            )
+            .as_bytes(),
+        )
+    };
+    let image =
+        "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: image\r\n";
+    for _ in 0..30 {
+        assert_eq!(status(&send(image)), 403);
+    }
+    assert_eq!(status(&send("Origin: https://evil.example\r\n")), 403);
+    for _ in 0..5 {
+        assert_eq!(status(&send("Content-Encoding: br\r\n")), 415);
+    }
+    // Each refusal has its request line (target `gitgate::request`, not `gitgate::request_log`).
+    let request_lines = |status: &str| {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("gitgate::request: ") && l.contains(status))
+            .count()
+    };
+    wait_for("the request lines", || {
+        request_lines("status=403") == 31 && request_lines("status=415") == 5
+    });
+    let log = server.log();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused a request for its form"))
+        .collect();
+    assert_eq!(said.len(), 3, "{log}");
+    assert!(
+        said[0].contains("Sec-Fetch-Site: cross-site")
+            && said[0].contains("status=403")
+            && said[0].contains("remote=127.0.0.1")
+            && said[0].contains(" unlogged=0"),
+        "{}",
+        said[0]
+    );
+    assert!(
+        said[1].contains("Origin: https://evil.example"),
+        "{}",
+        said[1]
+    );
+    assert!(said[2].contains("status=415"), "{}", said[2]);
+    // The line names the request it was said for, as every line a request writes does.
+    let first = log
+        .lines()
+        .find(|l| l.contains("gitgate::request: ") && l.contains("status=403"))
+        .unwrap();
+    assert_eq!(request_id_in(said[0]), request_id_in(first));
+}
+
 /// `POST git-upload-pack` as alice with `secret` (an empty request: git answers at once).
 fn upload_pack_post(server: &Server, secret: &str) -> Vec<u8> {
     let body = b"0000";
