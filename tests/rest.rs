@@ -1471,6 +1471,22 @@ fn a_web_page_of_another_site_is_refused_before_its_password_counts() {
     // The right password from another site's page is refused the same way.
     let (got, text) = send("POST", &edit, PW, pages[0], rename);
     assert_eq!(got, 403, "{text}");
+    // The operator reads why, as for the git URLs: once per address and reason (four pages,
+    // thirteen refusals), not only `status=403` in the request lines.
+    let log = server.log_text();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused a request for its form") && l.contains("status=403"))
+        .collect();
+    assert_eq!(said.len(), pages.len(), "{log}");
+    for page in pages {
+        let page = page.trim_end();
+        assert!(
+            said.iter().any(|l| l.contains(page)),
+            "{page} not said: {said:?}"
+        );
+    }
+    assert!(!log.contains(PW), "the password is in the log");
     // Neither the lock nor the throttle counted any of it: the right password works from a
     // script and from the API's own origin, and alice is not locked.
     let (got, text) = send("POST", &edit, PW, "", r#"{"name":"renamed"}"#);

@@ -377,6 +377,14 @@ pub async fn handle(
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().map(str::to_string);
 
+    // A request refused for its form or as a web page's, before any password: its reason is
+    // said in the log as the git URLs say theirs (once a minute per address and reason, see
+    // `request_log::malformed_said`), else the request line's `status=403` is all the
+    // operator has.
+    let for_its_form = |status: StatusCode, message: String| {
+        crate::request_log::malformed_said(id, remote, status.as_u16(), &message);
+        ApiError::new(status, message)
+    };
     let read = async {
         if credentials::holds_a_token(&path) {
             return Err(ApiError::bad_request(
@@ -390,7 +398,7 @@ pub async fn handle(
             )));
         }
         if let Some(refusal) = unreadable_body(&parts.headers) {
-            return Err(refusal);
+            return Err(for_its_form(refusal.status, refusal.message));
         }
         // Before the password is checked: a change a web page could have made, or a read by
         // a page of another site (see `browser`).
@@ -403,7 +411,7 @@ pub async fn handle(
             &parts.headers,
             hyper::body::Body::size_hint(&body).lower() > 0,
         ) {
-            return Err(ApiError::new(status, message));
+            return Err(for_its_form(status, message));
         }
         if !parts.headers.contains_key(AUTHORIZATION) {
             return Err(credentials_required());
@@ -415,7 +423,7 @@ pub async fn handle(
                     if let Some((status, message)) =
                         browser::refusal(&parts.method, &parts.uri, &parts.headers, true)
                     {
-                        return Err(ApiError::new(status, message));
+                        return Err(for_its_form(status, message));
                     }
                 }
                 Ok(Ok(bytes))
