@@ -1100,6 +1100,13 @@ fn a_store_locked_by_another_writer_still_serves_and_the_write_is_tried_again() 
     conn.execute_batch("ROLLBACK").unwrap();
     wait_for("the last use to be written", || last_used(&conn).is_some());
     assert!(!server.log().contains("they are lost"));
+    // And the log, which said the writes wait, says that the wait is over.
+    wait_for("the end of the wait to be said", || {
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("the token store takes audit events and last uses again"))
+    });
 }
 
 /// Child processes of `pid` (Linux).

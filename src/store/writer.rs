@@ -321,6 +321,10 @@ struct Pending {
     failures: std::sync::atomic::AtomicU32,
     /// Writes in a row that found the store locked by another process (never given up).
     busy_waits: std::sync::atomic::AtomicU32,
+    /// Since when writes have failed or waited for the lock, until one is made: its end is
+    /// said too, else an operator who read "wait for the lock" or "trying again" never learns
+    /// that they were written.
+    troubled_since: Mutex<Option<Instant>>,
     /// Most failure rows kept (see the module doc); 0 keeps them all.
     failure_cap: std::sync::atomic::AtomicU64,
     /// Failure rows written outside the batches (in their own transactions: a failed REST
@@ -566,6 +570,7 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
             Ok(()) => {
                 pending.failures.store(0, Ordering::Relaxed);
                 pending.busy_waits.store(0, Ordering::Relaxed);
+                said_written_again(&pending);
                 drop(writing);
                 // Counted once written (a window that failed is tried again with its count).
                 drops.dropped(batch.dropped, Instant::now());
@@ -970,6 +975,11 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super
 /// A window that could not be written: kept for the next window unless it has had its
 /// [`ATTEMPTS`], then given up.
 fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: LastUses) {
+    pending
+        .troubled_since
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(Instant::now);
     if matches!(e, super::StoreError::Busy) {
         // Another process holds the write lock (a backup, an open `sqlite3`, a long CLI
         // change): the events wait for it however long it takes, as the start-up warning says —
@@ -1005,6 +1015,24 @@ fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: Las
     let mut held = pending.held_back.lock().unwrap_or_else(|p| p.into_inner());
     held.events.absorb(batch);
     held.last_uses.absorb(last_uses);
+}
+
+/// A write made after others failed or waited for the lock: said once, with how long the
+/// trouble lasted (a warning, as the failures were: a log read at `warn` sees both ends).
+fn said_written_again(pending: &Pending) {
+    let since = pending
+        .troubled_since
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(since) = since {
+        tracing::warn!(
+            for_s = since.elapsed().as_secs(),
+            "the token store takes audit events and last uses again: those that waited for \
+             its lock, or were being tried again, are written (any given up before are logged \
+             above as lost)"
+        );
+    }
 }
 
 /// Log and count what is lost; the events themselves go to the log, so that the audit trail
