@@ -190,20 +190,35 @@ impl Gate {
         // request logged as from the proxy.
         let id = RequestId::next();
         let client = client_address(peer.ip(), req.headers(), &self.trusted_proxies);
+        // Said once a minute per proxy (with `unlogged`): a misconfigured one sends every
+        // request so, and each has its request line besides.
         if client.is_err() {
-            if req.headers().contains_key("x-forwarded-for") {
-                tracing::warn!(
-                    request_id = %id,
-                    peer = %peer,
-                    "refused: the trusted proxy's X-Forwarded-For names no client address"
-                );
-            } else {
-                tracing::warn!(
-                    request_id = %id,
-                    peer = %peer,
-                    "refused: the trusted proxy names the client in a Forwarded header, which \
-                     gitgate does not read; have it send X-Forwarded-For"
-                );
+            let forwarded_for = req.headers().contains_key("x-forwarded-for");
+            if let Some(unlogged) = crate::request_log::form_refusal_to_say(
+                peer.ip(),
+                400,
+                if forwarded_for {
+                    "x-forwarded-for"
+                } else {
+                    "forwarded"
+                },
+            ) {
+                if forwarded_for {
+                    tracing::warn!(
+                        request_id = %id,
+                        peer = %peer,
+                        unlogged,
+                        "refused: the trusted proxy's X-Forwarded-For names no client address"
+                    );
+                } else {
+                    tracing::warn!(
+                        request_id = %id,
+                        peer = %peer,
+                        unlogged,
+                        "refused: the trusted proxy names the client in a Forwarded header, which \
+                         gitgate does not read; have it send X-Forwarded-For"
+                    );
+                }
             }
         }
         let remote = SocketAddr::new(*client.as_ref().unwrap_or(&peer.ip()), peer.port());

@@ -42,12 +42,7 @@ use crate::gate::{Inbound, RequestLog, ResponseBody};
 /// browser keeps loading, or a client that repeats one malformed request, would otherwise
 /// write two lines for each of its requests. Each refusal still has its request line.
 pub(crate) fn malformed_said(id: RequestId, remote: SocketAddr, status: u16, reason: &str) {
-    let key = (remote.ip(), status, reason_key(reason));
-    let Some(unlogged) = FORM_REFUSALS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .refused(key, crate::clock::monotonic_ms())
-    else {
+    let Some(unlogged) = form_refusal_to_say(remote.ip(), status, reason) else {
         return;
     };
     let reason = credentials::without_secrets(reason.trim_end());
@@ -78,6 +73,24 @@ static FORM_REFUSALS: std::sync::LazyLock<
 
 /// The most addresses and reasons whose form refusals are counted apart (some 200 KiB).
 const FORM_REFUSAL_KEYS: usize = 4096;
+
+/// Whether a refusal of `status` for `reason` to `from` is the one to say now (see
+/// [`malformed_said`]): `Some(n)`, `n` those of the same address and reason left unsaid since
+/// the last line; `None` to stay quiet. Also for a trusted proxy's unreadable
+/// `X-Forwarded-For`, which a misconfigured proxy sends with every request.
+pub(crate) fn form_refusal_to_say(
+    from: std::net::IpAddr,
+    status: u16,
+    reason: &str,
+) -> Option<u32> {
+    FORM_REFUSALS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .refused(
+            (from, status, reason_key(reason)),
+            crate::clock::monotonic_ms(),
+        )
+}
 
 /// A reason, as a key of [`FORM_REFUSALS`]: its hash (two reasons that share one share a count).
 fn reason_key(reason: &str) -> u64 {

@@ -1971,6 +1971,20 @@ fn behind_a_trusted_proxy_the_client_address_is_what_counts() {
         log.contains("names the client in a Forwarded header, which gitgate does not read"),
         "{log}"
     );
+    // A proxy that sends every request so is warned of once a minute, not once a request:
+    // the git request's and the API's (and three more) under one warning, each with its
+    // request line.
+    for _ in 0..3 {
+        let r = get_via_proxy(&server, IR, &server.read_token, "unknown");
+        assert_eq!(status(&r), 400);
+    }
+    let log = server.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("X-Forwarded-For names no client address"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains(" unlogged=0"), "{}", warned[0]);
 }
 
 /// SECURITY.md promise 6: Basic spelled `basic` (as CI checkouts write it into
