@@ -29,7 +29,7 @@ use serde_json::Value;
 /// How long any single child process (git, gitgate CLI) may run.
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(90);
 /// How long `gitgate serve` may take to log its listening address (a deadline, not a wait: the
-/// harness polls the log every 25 ms; generous because suites start servers in parallel on
+/// harness polls the log every 1 to 20 ms; generous because suites start servers in parallel on
 /// two cores).
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -165,6 +165,19 @@ pub fn faketime_library() -> Option<&'static str> {
     None
 }
 
+/// The first pause of a loop that polls a child process or a log: most git and CLI commands
+/// end within a few milliseconds, and a suite runs thousands of them, so a fixed 20 ms pause
+/// made each one take 20 ms at least.
+const FIRST_POLL: Duration = Duration::from_millis(1);
+/// The longest pause between two polls: a long command is not polled more than 50 times a
+/// second.
+const LAST_POLL: Duration = Duration::from_millis(20);
+
+/// The pause after `pause`: twice as long, up to [`LAST_POLL`].
+fn next_poll(pause: Duration) -> Duration {
+    (pause * 2).min(LAST_POLL)
+}
+
 /// Runs `cmd` to completion (feeding `stdin`), killing it after [`COMMAND_DEADLINE`].
 pub fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
     let what = format!("{cmd:?}");
@@ -198,6 +211,7 @@ pub fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
         buf
     });
     let start = Instant::now();
+    let mut pause = FIRST_POLL;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -208,7 +222,8 @@ pub fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
             let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
             panic!("{what} did not finish within {COMMAND_DEADLINE:?}; stderr:\n{stderr}");
         }
-        thread::sleep(Duration::from_millis(20));
+        thread::sleep(pause);
+        pause = next_poll(pause);
     };
     Run {
         what,
@@ -623,6 +638,7 @@ impl Server {
             prefix: prefix.to_owned(),
         };
         let start = Instant::now();
+        let mut pause = FIRST_POLL;
         loop {
             let text = server.log_text();
             let text = text.get(earlier..).unwrap_or_default();
@@ -637,7 +653,8 @@ impl Server {
             if start.elapsed() > STARTUP_DEADLINE {
                 panic!("gitgate serve did not log `listening on http://127.0.0.1:PORT` within {STARTUP_DEADLINE:?}; log:\n{text}");
             }
-            thread::sleep(Duration::from_millis(25));
+            thread::sleep(pause);
+            pause = next_poll(pause);
         }
     }
 
