@@ -46,7 +46,7 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -1393,14 +1393,25 @@ fn quarantines(server: &Server) -> Vec<String> {
 }
 
 /// A push cut off while one worker already lets as many pushes finish alone as it may (8,
-/// each in a slow pre-receive hook here) is ended, but as at a stop — input closed first,
-/// output still read — so that receive-pack removes its quarantine too (its output unread, it
-/// died of SIGPIPE and left it).
+/// each in a pre-receive hook that waits for the test's word here) is ended, but as at a stop —
+/// input closed first, output still read — so that receive-pack removes its quarantine too (its
+/// output unread, it died of SIGPIPE and left it).
 #[test]
 fn a_push_cut_off_past_the_finishing_cap_leaves_no_quarantined_objects() {
     let server = Server::start_with("workers = 1", "");
     let hook = server.path("repos/team/app.git/hooks/pre-receive");
-    std::fs::write(&hook, "#!/bin/sh\nsleep 8\n").unwrap();
+    // The eight stay in their hooks until `go` is there (30 s at most, should the test fail
+    // first): as long as the test needs them there, and not a fixed 8 s more.
+    let go = server.path("hook-go");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ni=0\nwhile [ ! -e '{}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); \
+             done\n",
+            go.display()
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let (commit, pack) = a_push_pack(&server);
     let whole: Vec<TcpStream> = (0..8)
@@ -1429,6 +1440,7 @@ fn a_push_cut_off_past_the_finishing_cap_leaves_no_quarantined_objects() {
         log.contains("pushes are already finishing without theirs: ending this one"),
         "{log}"
     );
+    std::fs::write(&go, "").unwrap();
     wait_for("the eight to finish", || quarantines(&server).is_empty());
 }
 
