@@ -178,6 +178,10 @@ pub struct RefusalsBy<K> {
     most: usize,
     /// The keys that found no room.
     overflow: Refusals,
+    /// When the full map was last looked through for keys to forget: at most once a second,
+    /// so that a flood from more addresses than it holds does not pay a pass over every key
+    /// for each of its refusals.
+    swept_at_ms: Option<i64>,
 }
 
 impl<K: std::hash::Hash + Eq> RefusalsBy<K> {
@@ -186,6 +190,7 @@ impl<K: std::hash::Hash + Eq> RefusalsBy<K> {
             keys: std::collections::HashMap::new(),
             most,
             overflow: Refusals::default(),
+            swept_at_ms: None,
         }
     }
 
@@ -193,7 +198,13 @@ impl<K: std::hash::Hash + Eq> RefusalsBy<K> {
     /// `Some(n)` when it is the one to log, `n` the refusals of its key not logged before it.
     pub fn refused(&mut self, key: K, now: i64) -> Option<u32> {
         if !self.keys.contains_key(&key) && self.keys.len() >= self.most {
-            self.keys.retain(|_, r| r.said_lately(now));
+            if self
+                .swept_at_ms
+                .is_none_or(|swept| !(0..SWEPT_EVERY_MS).contains(&now.saturating_sub(swept)))
+            {
+                self.swept_at_ms = Some(now);
+                self.keys.retain(|_, r| r.said_lately(now));
+            }
             if self.keys.len() >= self.most {
                 return self.overflow.refused(now);
             }
@@ -210,6 +221,9 @@ impl<K: std::hash::Hash + Eq> RefusalsBy<K> {
         self.keys.is_empty()
     }
 }
+
+/// How often at most a full [`RefusalsBy`] looks for keys to forget.
+const SWEPT_EVERY_MS: i64 = 1_000;
 
 /// [`Repeats`] for a failure said with its cause: a cause other than the last one said is said
 /// at once, as news (a store that was missing and is now a different file), the same cause at
@@ -430,10 +444,32 @@ mod tests {
         assert_eq!(r.refused("d", min + 3), None);
         assert_eq!(r.refused("c", min + 4), None);
         assert_eq!(r.len(), 2);
-        // ... and takes the place of one said a minute ago once there is one.
-        assert_eq!(r.refused("c", 1_000 + min), Some(0));
+        // ... and takes the place of one said a minute ago once there is one (and a second
+        // has passed since the map was last looked through, at min + 2).
+        assert_eq!(r.refused("c", 1_000 + min + 2), Some(0));
         assert_eq!(r.len(), 2);
-        assert_eq!(r.refused("b", 1_000 + min + 1), None);
+        assert_eq!(r.refused("b", 1_000 + min + 3), None);
+    }
+
+    /// A full map is looked through for keys to forget at most once a second: a key that
+    /// could take a forgotten one's place waits for the next pass, sharing the overflow's
+    /// count until then.
+    #[test]
+    fn a_full_map_is_swept_at_most_once_a_second() {
+        let min = REFUSALS_SAID_EVERY_MS;
+        let mut r = RefusalsBy::new(2);
+        assert_eq!(r.refused("a", 0), Some(0));
+        assert_eq!(r.refused("b", 1), Some(0));
+        // Full, "a" and "b" said lately: a pass finds nothing to forget, the overflow says "c".
+        assert_eq!(r.refused("c", min - 500), Some(0));
+        assert_eq!(r.len(), 2);
+        // 600 ms on, "a" and "b" could go, but the last pass was within the second: none now,
+        // and "d" shares the overflow's count.
+        assert_eq!(r.refused("d", min + 100), None);
+        assert_eq!(r.len(), 2);
+        // A second after that pass, they go, and "e" takes a place of its own.
+        assert_eq!(r.refused("e", min + 500), Some(0));
+        assert_eq!(r.len(), 1);
     }
 
     #[test]
