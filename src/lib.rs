@@ -21,7 +21,7 @@
 //!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 it or :authority, and
 //!                                   │     none, Host or :authority, that is empty or no host name (letters, digits, .-_) and optional port, or names another host
 //!                                   │     than the :authority or the absolute target's ─▶ 400 (refusals for the request's form:
-//!                                   │     400/415/501, their reason logged)
+//!                                   │     400/415/501, their reason logged once a minute per address and reason)
 //!                                   ├─ a repository path holding a token secret (`ggt_`, a whole one
 //!                                   │     without it: its checksum tells, or its random part alone)
 //!                                   │     ─▶ 400, its path logged as a placeholder
@@ -68,10 +68,14 @@
 //!                                         │     chunked, its length unsaid); git's pkt-lines
 //!                                         │     followed through its answer (upstream::framing),
 //!                                         │     which fails if it ends cut short, however cleanly
-//!                                         │     the HTTP ends
+//!                                         │     the HTTP ends, or with upload-pack's word that
+//!                                         │     its pack-objects failed; a Content-Length past
+//!                                         │     i64::MAX, which git cannot hold ─▶ 502
 //!                                         └─ cgi:  git http-backend run by gitgate itself (its
 //!                                               head held until the body is fed: a program that
-//!                                               dies before it is a 502, a stop before it a 503; an exit
+//!                                               dies before it, or a head with a Status or a
+//!                                               Content-Length that is none, is a 502, a stop
+//!                                               before it a 503; an exit
 //!                                               after the answer began cuts it off, unless git's
 //!                                               own ERR packet ended it — and no `error:` of
 //!                                               its own came before it, nor is the object it
