@@ -469,7 +469,9 @@ async fn not_a_socket(path: &std::path::Path, e: io::Error) -> io::Error {
     if e.kind() != io::ErrorKind::ConnectionRefused {
         return e;
     }
-    let Ok(found) = tokio::fs::metadata(path).await else {
+    // A stat of a local path, here, not on tokio's blocking pool, whose first thread failing
+    // to start (a process limit reached) is a panic.
+    let Ok(found) = std::fs::metadata(path) else {
         return e;
     };
     if found.file_type().is_socket() {

@@ -629,22 +629,25 @@ impl CgiBackend {
     }
 
     /// Readiness: the program is still there and the project root can be read.
+    ///
+    /// On a thread of its own, not tokio's blocking pool (as `tokio::fs` would), whose first
+    /// thread failing to start (a process limit reached) is a panic: the start's readiness
+    /// check then ended the process right after it said it was listening (seen with
+    /// `RLIMIT_NPROC` at 6, `tests/cli.rs` `no_process_limit_makes_the_start_panic`).
     pub async fn ready(&self) -> Result<(), String> {
-        let meta = tokio::fs::metadata(&self.program)
+        let program = self.program.clone();
+        let project_root = self.project_root.clone();
+        let checking =
+            crate::own_thread::run("gitgate-ready", move || ready_now(&program, &project_root))
+                .map_err(|e| {
+                    format!(
+                "cannot start a thread to look at the CGI program: {e} (the process limit of \
+                 gitgate's user, ulimit -u or TasksMax)"
+            )
+                })?;
+        checking
             .await
-            .map_err(|e| format!("CGI program {}: {e}", self.program.display()))?;
-        if !meta.is_file() {
-            return Err(format!(
-                "CGI program {} is not a file",
-                self.program.display()
-            ));
-        }
-        may_execute(&self.program)
-            .map_err(|e| format!("CGI program {}: {e}", self.program.display()))?;
-        tokio::fs::read_dir(&self.project_root)
-            .await
-            .map(drop)
-            .map_err(|e| format!("project root {}: {e}", self.project_root.display()))
+            .unwrap_or_else(|| Err("the check failed: its thread ended".to_string()))
     }
 
     /// Runs the backend for one authorised request.
@@ -974,6 +977,19 @@ impl CgiBackend {
             }
         }
     }
+}
+
+/// [`CgiBackend::ready`]'s checks, on the thread that runs them.
+fn ready_now(program: &Path, project_root: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(program)
+        .map_err(|e| format!("CGI program {}: {e}", program.display()))?;
+    if !meta.is_file() {
+        return Err(format!("CGI program {} is not a file", program.display()));
+    }
+    may_execute(program).map_err(|e| format!("CGI program {}: {e}", program.display()))?;
+    std::fs::read_dir(project_root)
+        .map(drop)
+        .map_err(|e| format!("project root {}: {e}", project_root.display()))
 }
 
 #[cfg(test)]
