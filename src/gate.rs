@@ -247,6 +247,7 @@ impl Gate {
                 return refused(text(StatusCode::URI_TOO_LONG, &m));
             }
             if let Some(m) = host_problem(req.version(), req.uri(), req.headers()) {
+                malformed_said(id, remote, 400, m);
                 return refused(text(StatusCode::BAD_REQUEST, m));
             }
             // Password guessing on the API counts for the address throttle like bad tokens do

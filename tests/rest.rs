@@ -1702,6 +1702,46 @@ fn a_secret_pasted_into_a_call_is_not_repeated_in_its_error() {
     assert!(!server.log_text().contains(&random[..20]));
 }
 
+/// A call refused for its form before its password is read — two `Host` headers, a token
+/// secret in its path — has its reason said in the log, as the git URLs' refusals and the
+/// API's others (another site's page, an encoded body) have: the request line's `status=400`
+/// alone told the operator nothing. The secret is not in the log.
+#[test]
+fn a_call_refused_for_its_form_has_its_reason_logged() {
+    let (_install, server) = setup();
+    let (_, secret) = personal(&server, "alice", &["REPO_READ"]);
+    let get = |path: &str, extra: &str| {
+        common::try_raw_http(
+            server.port,
+            format!(
+                "GET {API}{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    let r = get("/users/alice", "Host: evil.example\r\n");
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let r = get(&format!("/users/alice/{secret}"), "");
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let said = |what: &str| {
+        server
+            .log_text()
+            .lines()
+            .any(|l| l.contains("refused a request for its form") && l.contains(what))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(said("only one Host header") && said("looks like a token secret")) {
+        assert!(
+            Instant::now() < deadline,
+            "a reason not said:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!server.log_text().contains(&secret[8..]));
+}
+
 /// A body or a query that cannot be read as it was meant is refused, and changes nothing: a
 /// coded body (JSON all the same, or gzip), a filter given twice. An escaped query name is
 /// read as its name, not ignored as an unknown one.

@@ -377,19 +377,21 @@ pub async fn handle(
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().map(str::to_string);
 
-    // A request refused for its form or as a web page's, before any password: its reason is
-    // said in the log as the git URLs say theirs (once a minute per address and reason, see
-    // `request_log::malformed_said`), else the request line's `status=403` is all the
-    // operator has.
+    // A request refused for its form (a token secret in its path, an unreadable body) or as a
+    // web page's, before any password: its reason is said in the log as the git URLs say
+    // theirs (once a minute per address and reason, see `request_log::malformed_said`), else
+    // the request line's `status=400` or `403` is all the operator has.
     let for_its_form = |status: StatusCode, message: String| {
         crate::request_log::malformed_said(id, remote, status.as_u16(), &message);
         ApiError::new(status, message)
     };
     let read = async {
         if credentials::holds_a_token(&path) {
-            return Err(ApiError::bad_request(
+            return Err(for_its_form(
+                StatusCode::BAD_REQUEST,
                 "the path holds what looks like a token secret; a token is named by its id \
-                 (the 12 characters after ggt_), and its secret never goes in a URL",
+                 (the 12 characters after ggt_), and its secret never goes in a URL"
+                    .to_string(),
             ));
         }
         if under_base(&path).is_none() {
