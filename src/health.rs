@@ -205,16 +205,10 @@ async fn check(gate: &Gate) -> Result<(), (NotReady, String)> {
     // process limit reached) is a panic: the start's check then panicked, and "ready" was
     // never said. A probe a second at most (see `remembered`) costs one thread start.
     let store = gate.store.clone();
-    let pinged = match crate::own_thread::run("gitgate-ping", move || store.ping()) {
-        Err(e) => Err(format!(
-            "cannot start a thread to read it: {e} (the process limit of gitgate's user, \
-             ulimit -u or TasksMax)"
-        )),
-        Ok(pinging) => match pinging.await {
-            Some(pinged) => pinged.map_err(|e| e.to_string()),
-            None => Err("the check failed: its thread ended".to_string()),
-        },
-    };
+    let pinged = crate::own_thread::check("gitgate-ping", "read it", move || {
+        store.ping().map_err(|e| e.to_string())
+    })
+    .await;
     if let Err(why) = pinged {
         return Err(("token store unreadable", why));
     }

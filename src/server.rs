@@ -329,7 +329,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     // start (a process limit reached) is a panic, not an error to say.
     let path = config.store.path.clone();
     let opening = crate::own_thread::run("gitgate-store-open", move || open_store(&path))
-        .map_err(|e| format!("cannot start a thread to open the token store: {e}"))?;
+        .map_err(|e| crate::own_thread::cannot_start("open the token store", &e))?;
     let store = tokio::select! {
         opened = opening => opened
             .ok_or_else(|| "opening the token store failed: its thread ended".to_string())?
@@ -457,11 +457,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
             .name("gitgate-quarantines".into())
             .spawn(move || say_stale_quarantines(&project_root))
             .map_err(|e| {
-                format!(
-                    "cannot start a thread to look for the objects of cut-off pushes: {e} (the \
-                     process limit of gitgate's user, ulimit -u or TasksMax, leaves no room for \
-                     its threads)"
-                )
+                crate::own_thread::cannot_start("look for the objects of cut-off pushes", &e)
             })?;
     }
     let address_cap = settings

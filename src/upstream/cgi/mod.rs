@@ -637,17 +637,10 @@ impl CgiBackend {
     pub async fn ready(&self) -> Result<(), String> {
         let program = self.program.clone();
         let project_root = self.project_root.clone();
-        let checking =
-            crate::own_thread::run("gitgate-ready", move || ready_now(&program, &project_root))
-                .map_err(|e| {
-                    format!(
-                "cannot start a thread to look at the CGI program: {e} (the process limit of \
-                 gitgate's user, ulimit -u or TasksMax)"
-            )
-                })?;
-        checking
-            .await
-            .unwrap_or_else(|| Err("the check failed: its thread ended".to_string()))
+        crate::own_thread::check("gitgate-ready", "look at the CGI program", move || {
+            ready_now(&program, &project_root)
+        })
+        .await
     }
 
     /// Runs the backend for one authorised request.
