@@ -34,6 +34,28 @@ fn program(test: &str, name: &str, package: &str) -> Option<PathBuf> {
     found
 }
 
+/// The README's block of `lang` (its "Other web servers" section), its values for a real
+/// site (`from`) made this test's (`to`), each of which must be in it: the test runs the
+/// set-up as a reader copies it, comments and all.
+fn readme_block(lang: &str, values: &[(&str, &str)]) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let fence = format!("```{lang}\n");
+    let start = readme
+        .find(&fence)
+        .unwrap_or_else(|| panic!("no {fence:?} in the README"))
+        + fence.len();
+    let mut block = readme[start..start + readme[start..].find("```").unwrap()].to_string();
+    for (from, to) in values {
+        assert!(
+            block.contains(from),
+            "the README's {lang} block has no {from:?}:\n{block}"
+        );
+        block = block.replace(from, to);
+    }
+    block
+}
+
 /// A web server in a process group of its own (Apache forks its workers and `mod_cgid`'s
 /// daemon): all of it goes with the test.
 struct WebServer {
@@ -211,18 +233,22 @@ fn clone_and_push_through_apache_as_the_readme_sets_it_up() {
         "ServerRoot \"{dir}\"\nServerName localhost\nDefaultRuntimeDir \"{dir}\"\n\
          PidFile \"{dir}/httpd.pid\"\nErrorLog \"{dir}/error.log\"\nScriptSock \"{dir}/cgid.sock\"\n\
          {load}{user}\
-         Listen 127.0.0.1:{port}\n\
-         Timeout 300\n\
-         SetEnv GIT_PROJECT_ROOT {repos}\n\
-         SetEnv GIT_HTTP_EXPORT_ALL\n\
-         SetEnvIf X-Forwarded-User \"^(.+)$\" REMOTE_USER=$1\n\
-         ScriptAlias /git/ {backend}/\n\
          <Directory \"{backend_dir}\">\n    Require all granted\n</Directory>\n\
-         <Location /git/>\n    Require expr \"%{{HTTP:Authorization}} == 'Bearer {UPSTREAM_SECRET}'\"\n</Location>\n",
+         {readme}",
         dir = dir.display(),
-        repos = w.sandbox.repos().display(),
-        backend = common::git_http_backend().display(),
         backend_dir = common::git_http_backend().parent().unwrap().display(),
+        readme = readme_block(
+            "apache",
+            &[
+                ("127.0.0.1:8081", &format!("127.0.0.1:{port}")),
+                ("/srv/git", &w.sandbox.repos().display().to_string()),
+                (
+                    "/usr/lib/git-core/git-http-backend/",
+                    &format!("{}/", common::git_http_backend().display()),
+                ),
+                ("<the secret>", UPSTREAM_SECRET),
+            ],
+        ),
     );
     std::fs::write(dir.join("httpd.conf"), conf).unwrap();
     let mut cmd = Command::new(apache);
@@ -276,15 +302,16 @@ fn clone_and_push_through_lighttpd_as_the_readme_sets_it_up() {
          server.document-root = \"{dir}\"\n\
          server.errorlog = \"{dir}/error.log\"\n\
          {user}\
-         server.bind = \"127.0.0.1\"\nserver.port = {port}\nserver.max-read-idle = 300\n\
-         alias.url += ( \"/git\" => \"{wrapper}\" )\n\
-         $HTTP[\"url\"] =~ \"^/git\" {{\n\
-             cgi.assign = ( \"\" => \"\" )\n\
-             setenv.add-environment = ( \"GIT_PROJECT_ROOT\" => \"{repos}\", \"GIT_HTTP_EXPORT_ALL\" => \"\" )\n\
-         }}\n",
+         {readme}",
         dir = dir.display(),
-        wrapper = wrapper.display(),
-        repos = w.sandbox.repos().display(),
+        readme = readme_block(
+            "lighttpd",
+            &[
+                ("8081", &port.to_string()),
+                ("/usr/local/lib/git-backend", &wrapper.display().to_string()),
+                ("/srv/git", &w.sandbox.repos().display().to_string()),
+            ],
+        ),
     );
     std::fs::write(dir.join("lighttpd.conf"), conf).unwrap();
     let mut cmd = Command::new(lighttpd);
