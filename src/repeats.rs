@@ -143,18 +143,14 @@ impl Refusals {
     /// first a minute after the last logged one), `n` the refusals not logged between; `None`
     /// to stay quiet. A `now` before the last line (it cannot be, on the monotonic clock) logs.
     pub fn refused(&mut self, now: i64) -> Option<u32> {
-        if let Some(said) = self.said_at_ms {
-            if (0..REFUSALS_SAID_EVERY_MS).contains(&now.saturating_sub(said)) {
-                self.unsaid = self.unsaid.saturating_add(1);
-                return None;
-            }
+        if self.said_lately(now) {
+            self.unsaid = self.unsaid.saturating_add(1);
+            return None;
         }
         self.said_at_ms = Some(now);
         Some(std::mem::take(&mut self.unsaid))
     }
-}
 
-impl Refusals {
     /// Whether a line was said within the last [`REFUSALS_SAID_EVERY_MS`] before `now`: the
     /// next refusal would stay quiet.
     fn said_lately(&self, now: i64) -> bool {
