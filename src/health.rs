@@ -103,9 +103,13 @@ fn failed(outage: &mut Option<Outage>, cause: (NotReady, String), now: Instant) 
 }
 
 /// The last readiness check and when it ran (one per gate, that is per worker). Its lock is
-/// held while a check runs, so that concurrent probes share it.
+/// held while a check runs, so that concurrent probes share it; a probe whose client gives up
+/// drops it, so the store's ping on its own thread is one at a time by `ping` as well.
 #[derive(Default)]
-pub struct Readiness(Mutex<Option<(Instant, Result<(), NotReady>)>>);
+pub struct Readiness {
+    last: Mutex<Option<(Instant, Result<(), NotReady>)>>,
+    ping: crate::own_thread::OneAtATime,
+}
 
 /// The answer to a probe, or `None` if the request is not one. A probe's path asked with another
 /// method than `GET` or `HEAD` is answered `405` with `Allow: GET, HEAD`, as any resource that
@@ -145,7 +149,7 @@ pub async fn check_at_start(gate: &Gate) {
 }
 
 async fn ready(gate: &Gate) -> Result<(), NotReady> {
-    let mut last = gate.readiness.0.lock().await;
+    let mut last = gate.readiness.last.lock().await;
     if let Some(outcome) = remembered(*last, Instant::now()) {
         return outcome;
     }
@@ -203,12 +207,20 @@ fn say(checked: Result<(), (NotReady, String)>, now: Instant) {
 async fn check(gate: &Gate) -> Result<(), (NotReady, String)> {
     // A thread of its own, not tokio's blocking pool, whose first thread failing to start (a
     // process limit reached) is a panic: the start's check then panicked, and "ready" was
-    // never said. A probe a second at most (see `remembered`) costs one thread start.
+    // never said. A probe a second at most (see `remembered`) costs one thread start, and a
+    // ping stuck on a hung file system is "unreadable" after `CHECK_WITHIN`, with no other
+    // started until it returns.
     let store = gate.store.clone();
-    let pinged = crate::own_thread::check("gitgate-ping", "read it", move || {
-        store.ping().map_err(|e| e.to_string())
-    })
-    .await;
+    let pinged = gate
+        .readiness
+        .ping
+        .check(
+            "gitgate-ping",
+            "read it",
+            crate::own_thread::CHECK_WITHIN,
+            move || store.ping().map_err(|e| e.to_string()),
+        )
+        .await;
     if let Err(why) = pinged {
         return Err(("token store unreadable", why));
     }

@@ -110,6 +110,8 @@ pub struct CgiBackend {
     /// `GIT_HTTP_MAX_REQUEST_BUFFER` for git http-backend (`[upstream]
     /// max_request_buffer_mib`); `None`: git's own default.
     max_request_buffer_mib: Option<u32>,
+    /// The readiness check's look at the program, one at a time (see [`CgiBackend::ready`]).
+    readiness: crate::own_thread::OneAtATime,
 }
 
 /// What the backend is told about one request. Everything here has already been checked by the
@@ -598,6 +600,7 @@ impl CgiBackend {
             cap: None,
             stop: Arc::default(),
             max_request_buffer_mib: None,
+            readiness: Default::default(),
         }
     }
 
@@ -633,14 +636,20 @@ impl CgiBackend {
     /// On a thread of its own, not tokio's blocking pool (as `tokio::fs` would), whose first
     /// thread failing to start (a process limit reached) is a panic: the start's readiness
     /// check then ended the process right after it said it was listening (seen with
-    /// `RLIMIT_NPROC` at 6, `tests/cli.rs` `no_process_limit_makes_the_start_panic`).
+    /// `RLIMIT_NPROC` at 6, `tests/cli.rs` `no_process_limit_makes_the_start_panic`). One at a
+    /// time, waited for `CHECK_WITHIN`: a look stuck on a hung file system (the repositories on
+    /// NFS) is "not ready", and no other thread is started for it until it returns.
     pub async fn ready(&self) -> Result<(), String> {
         let program = self.program.clone();
         let project_root = self.project_root.clone();
-        crate::own_thread::check("gitgate-ready", "look at the CGI program", move || {
-            ready_now(&program, &project_root)
-        })
-        .await
+        self.readiness
+            .check(
+                "gitgate-ready",
+                "look at the CGI program",
+                crate::own_thread::CHECK_WITHIN,
+                move || ready_now(&program, &project_root),
+            )
+            .await
     }
 
     /// Runs the backend for one authorised request.
