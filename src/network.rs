@@ -93,15 +93,18 @@ impl FromStr for Cidr {
         // Several networks in one item (`"10.0.0.0/8, 192.168.0.0/16"`, as an allowlist is
         // often written elsewhere) would otherwise be refused for a prefix that is "not a
         // number", which sends the reader to the wrong place.
-        if let Some(sep) = s
-            .trim()
-            .chars()
-            .find(|c| matches!(c, ',' | ';' | ' ' | '\t'))
-        {
-            return Err(bad(&format!(
-                "it holds several, separated by {sep:?}; give each network on its own (a list \
-                 item of its own, or the option once for each)"
-            )));
+        let separator = |c: char| matches!(c, ',' | ';' | ' ' | '\t');
+        if let Some(sep) = s.trim().chars().find(|&c| separator(c)) {
+            // One network and a stray separator (`"10.0.0.0/8,"`) is not several.
+            let parts = s.split(separator).filter(|p| !p.is_empty()).count();
+            return Err(bad(&if parts > 1 {
+                format!(
+                    "it holds several, separated by {sep:?}; give each network on its own (a \
+                     list item of its own, or the option once for each)"
+                )
+            } else {
+                format!("it has a stray {sep:?}; write the network alone")
+            }));
         }
         let (addr_text, prefix_text) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -325,6 +328,19 @@ mod tests {
         }
         // Spaces around one network are not several (a list's items are trimmed).
         assert!(parse_list(&[" 10.0.0.0/8 "]).is_ok());
+        // One network and a stray separator is not several either: the stray one is named.
+        for (text, sep) in [
+            ("10.0.0.0/8,", "','"),
+            (";::1", "';'"),
+            ("10.0.0.1,,", "','"),
+        ] {
+            let msg = text.parse::<Cidr>().unwrap_err();
+            assert!(
+                msg.contains(&format!("it has a stray {sep}; write the network alone"))
+                    && !msg.contains("several"),
+                "{text}: {msg}"
+            );
+        }
     }
 
     /// IPv6 as `ip addr` (with a zone) and URLs (in brackets) write it is refused, saying what
