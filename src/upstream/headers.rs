@@ -208,10 +208,12 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
             }
         }
     }
-    // The body's length, once: over HTTP/2 a client may repeat it (HTTP/1.1 repeats are merged
-    // or refused by hyper), and the h2 layer holds the body to the first value.
-    if let Some(v) = inbound.get(header::CONTENT_LENGTH) {
-        headers.insert(header::CONTENT_LENGTH, v.clone());
+    // The body's length, once and as the plain number hyper frames the body by: over HTTP/2 a
+    // client may repeat it (the h2 layer holds the body to the first value), and over HTTP/1.1
+    // hyper takes `5, 5` and `010` — which nginx refuses (a list, with its own `400`) or hands
+    // on as it came (`$content_length`), for git http-backend to read `010` in octal, as 8.
+    if let Some(n) = stated_length(inbound) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
 
     if let Some(v) = single(inbound, "git-protocol")
@@ -537,19 +539,49 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     v.parse().ok()
 }
 
+/// The one length a message's `Content-Length` lines state, as a number (leading zeros and
+/// repeats gone); `None` without one, or with lines that state none.
+fn stated_length(headers: &HeaderMap) -> Option<u64> {
+    match the_one_length(headers) {
+        Ok(Length::Usual) => headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|v| v.parse().ok()),
+        Ok(Length::Repeated(n)) => Some(n),
+        Ok(Length::None) | Err(()) => None,
+    }
+}
+
 /// Why a request's `Content-Length` cannot be passed on, if it cannot: it must be one length
 /// (digits only), however often repeated. Over HTTP/1.1 hyper refuses any other itself; over
 /// HTTP/2 the h2 layer resets the stream for most, but reads an empty value as `0` and holds
 /// only the first of repeated ones — forwarded, the backend would get a header it refuses
 /// (nginx answers its own `400`) or a length the body does not have. Such requests get `400`
 /// and are never forwarded.
+///
+/// A length past `i64::MAX` is refused too: hyper reads up to 2^64-3, but git http-backend
+/// reads `CONTENT_LENGTH` as a signed number and dies on a larger one (after it started), and
+/// web servers hold it in an `off_t` (nginx answers its own `400` page).
 pub fn unusable_content_length(inbound: &HeaderMap) -> Option<String> {
     match the_one_length(inbound) {
-        Ok(_) => None,
-        Err(()) => Some(format!(
-            "Content-Length {} is not one length: send the body's length in bytes once, or \
-             no Content-Length",
-            all_content_lengths(inbound)
+        Ok(Length::None) => return None,
+        Ok(_) => {}
+        Err(()) => {
+            return Some(format!(
+                "Content-Length {} is not one length: send the body's length in bytes once, \
+                 or no Content-Length",
+                all_content_lengths(inbound)
+            ))
+        }
+    }
+    // Digits past `u64::MAX` are no `u64` either: as much too large.
+    match stated_length(inbound) {
+        Some(n) if i64::try_from(n).is_ok() => None,
+        _ => Some(format!(
+            "Content-Length {} is more than any git server reads (at most {} bytes): send the \
+             body's length in bytes, or no Content-Length",
+            all_content_lengths(inbound),
+            i64::MAX
         )),
     }
 }
@@ -1815,6 +1847,56 @@ mod tests {
         ] {
             let m = unusable_content_length(&map(bad)).expect("refused");
             assert!(m.contains("is not one length"), "{bad:?}: {m}");
+        }
+    }
+
+    /// A length past `i64::MAX` is one hyper reads (up to 2^64-3) and no git server does: git
+    /// http-backend reads `CONTENT_LENGTH` as a signed number and dies on it (a `500` after the
+    /// process started), nginx answers its own `400` page. Refused here, as a length, before
+    /// anything is forwarded; `i64::MAX` itself and leading zeros are lengths.
+    #[test]
+    fn a_request_content_length_past_i64_max_is_refused() {
+        for bad in [
+            &[("content-length", "9223372036854775808")][..],
+            &[("content-length", "18446744073709551613")],
+            &[("content-length", "18446744073709551615")],
+            &[("content-length", "99999999999999999999999")],
+            &[
+                ("content-length", "9223372036854775808"),
+                ("content-length", "9223372036854775808"),
+            ],
+        ] {
+            let m = unusable_content_length(&map(bad)).expect("refused");
+            assert!(
+                m.contains(bad[0].1) && m.contains("at most 9223372036854775807 bytes"),
+                "{bad:?}: {m}"
+            );
+        }
+        for fine in ["9223372036854775807", "0009223372036854775807", "005", "0"] {
+            assert_eq!(
+                unusable_content_length(&map(&[("content-length", fine)])),
+                None,
+                "{fine}"
+            );
+        }
+    }
+
+    /// The length goes upstream as the number it is: hyper takes `010` and `5, 5`, and what
+    /// is behind gitgate may read them otherwise — nginx refuses a list with its own `400`,
+    /// and hands `$content_length` on as it came, so git http-backend behind it read `010` as
+    /// `CONTENT_LENGTH` in octal, 8.
+    #[test]
+    fn the_length_goes_upstream_as_a_plain_number() {
+        let i = ident();
+        for (sent, passed) in [
+            (&[("content-length", "010")][..], "10"),
+            (&[("content-length", "5, 5")], "5"),
+            (&[("content-length", "5"), ("content-length", "005")], "5"),
+            (&[("content-length", "0")], "0"),
+            (&[("content-length", "12")], "12"),
+        ] {
+            let h = to_upstream(&map(sent), &out(&i, &[]));
+            assert_eq!(all(&h, "content-length"), [passed], "{sent:?}");
         }
     }
 
