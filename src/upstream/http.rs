@@ -389,6 +389,14 @@ impl HttpBackend {
                 resp.status()
             )));
         }
+        if !crate::upstream::cgi::is_a_final_status(resp.status()) {
+            // Three digits past 599, which hyper's client reads and RFC 9110 calls no status.
+            return Err(ForwardError::bad_gateway(format!(
+                "the upstream git server answered with status {}, which is no HTTP status (a \
+                 final one is from 200 to 599)",
+                resp.status().as_u16()
+            )));
+        }
         if let Some(length) = hyper::body::Body::size_hint(resp.body())
             .exact()
             .filter(|&n| i64::try_from(n).is_err())
@@ -2323,6 +2331,30 @@ mod tests {
                 && log.contains("LimitRequestBody 0"),
             "{log}"
         );
+    }
+
+    /// An upstream's status of three digits past 599 (hyper's client reads 100-999) is no HTTP
+    /// status (RFC 9110 §15): a `502` that names it, not passed on for git to guess at.
+    #[tokio::test]
+    async fn an_upstreams_status_past_599_is_a_502_naming_it() {
+        for status in ["600 Odd", "999 Custom"] {
+            let (port, upstream) = answering(format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+            ))
+            .await;
+            let b = backend(&format!("http://127.0.0.1:{port}/git"));
+            let Err(e) = advertisement(&b).await else {
+                panic!("{status}: passed on");
+            };
+            assert_eq!(e.status, StatusCode::BAD_GATEWAY, "{status}");
+            let code = &status[..3];
+            assert!(
+                e.message.contains(&format!("status {code}")),
+                "{status}: {}",
+                e.message
+            );
+            upstream.await.unwrap();
+        }
     }
 
     /// `check`'s plain `HEAD` waits no longer than the upstream's idle timeout when that is

@@ -168,16 +168,25 @@ fn is_a_length(value: &[u8]) -> bool {
 
 /// `404 Not Found` → 404. Only the code matters; the reason phrase is hyper's to write. A 1xx
 /// is no final answer (a `101` would switch the client's connection to nothing, a `100` ends
-/// it in hyper's 500): refused like any unusable status, a 502.
+/// it in hyper's 500), and three digits past 599 are no status at all (RFC 9110 §15: hyper
+/// writes `HTTP/1.1 999`, and a client may take it for anything): refused like any unusable
+/// status, a 502 that names it.
 pub(super) fn parse_status(value: &[u8]) -> Result<StatusCode, CgiError> {
     let code = value.split(|&b| b == b' ').next().unwrap_or_default();
     match StatusCode::from_bytes(code) {
-        Ok(status) if code.len() == 3 && !status.is_informational() => Ok(status),
+        Ok(status) if code.len() == 3 && is_a_final_status(status) => Ok(status),
         _ => Err(CgiError::BadHeaders(format!(
-            "unusable Status: {:?}",
+            "unusable Status: {:?} (a final HTTP status is three digits from 200 to 599)",
             String::from_utf8_lossy(value)
         ))),
     }
+}
+
+/// Whether `status` is one a client reads as the final answer: 200-599. hyper takes any three
+/// digits from 100 (RFC 9110 §15 calls what is past 599 invalid, and a client "SHOULD" read it
+/// as a 5xx, which git only guesses at), and a 1xx is an interim answer.
+pub fn is_a_final_status(status: StatusCode) -> bool {
+    (200..600).contains(&status.as_u16())
 }
 
 #[cfg(test)]
@@ -288,6 +297,33 @@ mod tests {
             parse_head(b"Status: 200\nStatus: 500\n\n"),
             Err(CgiError::BadHeaders(_))
         ));
+    }
+
+    /// A status of three digits outside 100-599 is none (RFC 9110 §15: "invalid"): hyper writes
+    /// `HTTP/1.1 999`, and what a client makes of it is anyone's guess. A 502 that names it,
+    /// as for every other unusable head; the whole of 200-599 is passed on.
+    #[test]
+    fn a_status_outside_100_to_599_is_refused_naming_it() {
+        for status in [
+            "600",
+            "999 Custom",
+            "099",
+            "000",
+            "1000",
+            "200abc",
+            "20",
+            "2OO",
+        ] {
+            let head = format!("Status: {status}\r\n\r\n");
+            match parse_head(head.as_bytes()) {
+                Err(CgiError::BadHeaders(why)) => assert!(why.contains(status), "{why}"),
+                other => panic!("{status:?}: {other:?}"),
+            }
+        }
+        for (status, code) in [("200 OK", 200), ("599", 599), ("451 Gone", 451)] {
+            let head = format!("Status: {status}\r\n\r\n");
+            assert_eq!(parse_head(head.as_bytes()).unwrap().status.as_u16(), code);
+        }
     }
 
     /// A `Content-Length` that is not one length is refused here, as a `Status` that is not one

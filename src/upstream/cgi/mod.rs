@@ -80,7 +80,7 @@ mod stdio;
 
 pub use body::CgiBody;
 pub use cap::{Asking, Busy, Full, ProcessCap};
-pub use head::{parse_head, Head, MAX_HEADER_BLOCK};
+pub use head::{is_a_final_status, parse_head, Head, MAX_HEADER_BLOCK};
 pub use process::may_execute;
 
 use body::Finishing;
