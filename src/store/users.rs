@@ -152,6 +152,38 @@ fn user_from_row(r: &rusqlite::Row) -> rusqlite::Result<User> {
     })
 }
 
+/// The stored count of wrong passwords in a row of user `id`, as SQLite holds it: gitgate
+/// writes a whole number from 0 up to the lock's, but an operator may have written anything.
+fn stored_failures(c: &rusqlite::Connection, id: i64) -> Result<rusqlite::types::Value> {
+    Ok(
+        c.query_row("SELECT failed_logins FROM users WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// The count of wrong passwords in a row after `more`, from the `stored` one, and the stored
+/// one as text when it is none gitgate writes (a whole number from 0 to below `max`): such a
+/// count, changed by hand, is taken as `max`, so that the next wrong password locks. Fail
+/// closed: read as it stands, a negative count let a million guesses through before the lock
+/// (-1000000), and one at `i64::MAX` overflowed into a REAL whose read failed the write.
+fn failures_after(stored: rusqlite::types::Value, more: u32, max: u32) -> (i64, Option<String>) {
+    use rusqlite::types::Value;
+    match stored {
+        Value::Integer(n) if (0..i64::from(max)).contains(&n) => (n + i64::from(more), None),
+        other => {
+            let shown = match other {
+                Value::Integer(n) => n.to_string(),
+                Value::Real(x) => x.to_string(),
+                Value::Text(t) => format!("{:?}", crate::log_value::kept(&t, 40).0),
+                Value::Null => "NULL".into(),
+                Value::Blob(b) => format!("a blob of {} bytes", b.len()),
+            };
+            (i64::from(max), Some(shown))
+        }
+    }
+}
+
 pub(super) fn find_user(c: &rusqlite::Connection, slug: &str) -> Result<Option<User>> {
     Ok(c.prepare_cached(
         "SELECT id, slug, role, active, created_at, locked_until FROM users WHERE slug = ?1",
@@ -337,12 +369,12 @@ impl Store {
             if user.locked_until.is_some_and(|until| now < until) {
                 return Ok(None);
             }
-            let failures: i64 = tx.query_row(
-                "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ?1 RETURNING failed_logins",
-                [user.id],
-                |r| r.get(0),
-            )?;
+            let (failures, edited) = failures_after(stored_failures(tx, user.id)?, 1, max);
             if failures < i64::from(max) {
+                tx.execute(
+                    "UPDATE users SET failed_logins = ?1 WHERE id = ?2",
+                    params![failures, user.id],
+                )?;
                 return Ok(None);
             }
             let until = now + lock_ms;
@@ -350,12 +382,16 @@ impl Store {
                 "UPDATE users SET locked_until = ?1, failed_logins = 0 WHERE id = ?2",
                 params![until, user.id],
             )?;
+            let count = match edited {
+                Some(stored) => format!("a wrong password, with {stored} stored as the count of wrong ones in a row, which gitgate never writes (edited by hand?)"),
+                None => format!("{failures} wrong passwords"),
+            };
             record(
                 tx,
                 actor,
                 "user.locked",
                 slug,
-                &format!("{failures} wrong passwords; password logins refused until {}", clock::datetime(until)),
+                &format!("{count}; password logins refused until {}", clock::datetime(until)),
             )?;
             Ok(Some(until))
         })
@@ -402,21 +438,28 @@ impl Store {
                     ),
                 ),
                 None => {
-                    let total: i64 = tx.query_row(
-                        "UPDATE users SET failed_logins = failed_logins + ?1 WHERE id = ?2 \
-                         RETURNING failed_logins",
-                        params![failures, user.id],
-                        |r| r.get(0),
-                    )?;
+                    let (total, edited) =
+                        failures_after(stored_failures(tx, user.id)?, failures, max);
                     if total < i64::from(max) {
+                        tx.execute(
+                            "UPDATE users SET failed_logins = ?1 WHERE id = ?2",
+                            params![total, user.id],
+                        )?;
                         return Ok(());
                     }
                     let until = now + lock_ms;
+                    let count = match edited {
+                        Some(stored) => format!(
+                            "{failures} wrong password(s), with {stored} stored as the count of \
+                             wrong ones in a row, which gitgate never writes (edited by hand?)"
+                        ),
+                        None => format!("{total} wrong passwords"),
+                    };
                     (
                         Some(until),
                         format!(
-                            "{total} wrong passwords (some counted in memory while the store \
-                             took no writes); password logins refused until {}",
+                            "{count} (some counted in memory while the store took no writes); \
+                             password logins refused until {}",
                             clock::datetime(until)
                         ),
                     )
@@ -455,7 +498,7 @@ impl Store {
     pub fn clear_password_failures(&self, slug: &str) -> Result<()> {
         self.with_conn(|c| {
             c.prepare_cached(
-                "UPDATE users SET failed_logins = 0 WHERE slug = ?1 AND failed_logins > 0",
+                "UPDATE users SET failed_logins = 0 WHERE slug = ?1 AND failed_logins IS NOT 0",
             )?
             .execute([slug])?;
             Ok(())
@@ -469,7 +512,7 @@ impl Store {
             let user = require_user(tx, slug)?;
             let lifted = tx.execute(
                 "UPDATE users SET locked_until = NULL, failed_logins = 0 \
-                 WHERE id = ?1 AND (locked_until IS NOT NULL OR failed_logins > 0)",
+                 WHERE id = ?1 AND (locked_until IS NOT NULL OR failed_logins IS NOT 0)",
                 [user.id],
             )?;
             if lifted == 0 {
@@ -549,6 +592,99 @@ mod tests {
                 "{secretish}: {e}"
             );
         }
+    }
+
+    /// A count of wrong passwords changed by hand to what gitgate never writes fails closed:
+    /// the next wrong password locks. A negative one had to climb back over zero first (-1e6:
+    /// a million guesses without a lock); one at `i64::MAX` overflowed into a REAL, whose read
+    /// failed the write, so no wrong password was recorded at all; text was read as 0.
+    #[test]
+    fn a_count_of_wrong_passwords_gitgate_never_writes_locks_at_the_next_one() {
+        let (d, store) = temp_store();
+        store
+            .add_user("alice", "hash", Role::User, &actor())
+            .unwrap();
+        for stored in [
+            "-1",
+            "-1000000",
+            "-9223372036854775808",
+            "9223372036854775807",
+            "9223372036854775806",
+            "10",
+            "2.5",
+            "'many'",
+        ] {
+            edit_by_hand(
+                &d,
+                &format!("UPDATE users SET failed_logins = {stored}, locked_until = NULL"),
+            );
+            assert_eq!(
+                store
+                    .record_password_failure("alice", 1000, 10, 60_000, &actor())
+                    .unwrap(),
+                Some(61_000),
+                "{stored}"
+            );
+            let said = store.audit_events(None, 10_000).unwrap().pop().unwrap();
+            assert_eq!(said.action, "user.locked");
+            assert!(said.detail.contains("edited by hand"), "{}", said.detail);
+            // Counted in memory while the store took no writes, then written: the same.
+            edit_by_hand(
+                &d,
+                &format!("UPDATE users SET failed_logins = {stored}, locked_until = NULL"),
+            );
+            store
+                .record_password_failures_from_memory(
+                    "alice",
+                    1,
+                    None,
+                    0,
+                    1000,
+                    10,
+                    60_000,
+                    &actor(),
+                )
+                .unwrap();
+            assert_eq!(
+                store.user("alice").unwrap().unwrap().locked_until,
+                Some(61_000),
+                "{stored}"
+            );
+        }
+        // A right password, or an unlock, sets such a count back to zero too.
+        edit_by_hand(
+            &d,
+            "UPDATE users SET failed_logins = -5, locked_until = NULL",
+        );
+        store.clear_password_failures("alice").unwrap();
+        assert_eq!(
+            store
+                .record_password_failure("alice", 1000, 10, 60_000, &actor())
+                .unwrap(),
+            None
+        );
+        edit_by_hand(
+            &d,
+            "UPDATE users SET failed_logins = -5, locked_until = NULL",
+        );
+        assert!(store.unlock_user("alice", &actor()).unwrap());
+        assert_eq!(
+            store
+                .record_password_failure("alice", 1000, 10, 60_000, &actor())
+                .unwrap(),
+            None
+        );
+        // What gitgate writes counts as before: the tenth locks.
+        edit_by_hand(
+            &d,
+            "UPDATE users SET failed_logins = 9, locked_until = NULL",
+        );
+        assert_eq!(
+            store
+                .record_password_failure("alice", 1000, 10, 60_000, &actor())
+                .unwrap(),
+            Some(61_000)
+        );
     }
 
     /// `active` changed by hand to a number gitgate does not write is not read as active (any
