@@ -34,10 +34,54 @@ pub fn install_hook() {
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
         // The message is free text that may repeat what a client sent (a slice's panic quotes
-        // the string it cut, an `unwrap` the error's `Debug`): written as `LogText`, so that a
-        // token secret in it is not, and a newline in it cannot start a forged log line.
+        // the string it cut, an `unwrap` the error's `Debug`): the string a slice quotes is
+        // left out, and the rest written as `LogText`, so that a token secret in it is not,
+        // and a newline in it cannot start a forged log line.
+        let message = without_the_string_cut(&message);
         tracing::error!(target: "gitgate::panic", %location, "panic: {}", crate::log_value::LogText(&message));
     }));
+}
+
+/// A panic message without the string a string's slice quotes: `end byte index 9 is not a
+/// char boundary; it is inside 'é' (bytes 8..10) of `alice:hunter2é``, `... is out of bounds
+/// of `...``, `begin > end (9 > 3) when slicing `...`` (the standard library's words, the
+/// string last, up to 256 bytes of it and then `[...]`) say `<14 bytes, not repeated>` in its
+/// place. What a request's handling cuts can be a secret that nothing marks as one — the Basic
+/// credentials decoded, the `Authorization` header's base64 of them, a password — which the
+/// log's search for token secrets cannot find; the location says where the panic was. Any
+/// other message is kept as it is.
+fn without_the_string_cut(message: &str) -> std::borrow::Cow<'_, str> {
+    const SLICES: [&str; 5] = [
+        "byte index ",
+        "start byte index ",
+        "end byte index ",
+        "begin > end ",
+        "begin <= end ",
+    ];
+    if !SLICES.iter().any(|words| message.starts_with(words)) {
+        return message.into();
+    }
+    let (quoted, cut) = match message.strip_suffix("[...]") {
+        Some(rest) => (rest, true),
+        None => (message, false),
+    };
+    let Some(quoted) = quoted.strip_suffix('`') else {
+        return message.into();
+    };
+    let opening = [" of `", " when slicing `"]
+        .iter()
+        .filter_map(|lead| quoted.find(lead).map(|at| at + lead.len()))
+        .min();
+    let Some(start) = opening else {
+        return message.into();
+    };
+    let length = quoted.len() - start;
+    let said = if cut {
+        format!("<more than {length} bytes, not repeated>")
+    } else {
+        format!("<{length} bytes, not repeated>")
+    };
+    format!("{}{said}`", &quoted[..start]).into()
 }
 
 pin_project_lite::pin_project! {
@@ -300,7 +344,7 @@ mod tests {
         assert!(logged.contains("is not a char boundary"), "{logged}");
         assert!(!logged.contains(secret.expose()), "{logged}");
         assert!(
-            logged.contains("<a token secret, not repeated>"),
+            logged.contains(&format!("<{} bytes, not repeated>", header.len())),
             "{logged}"
         );
         assert!(
@@ -308,5 +352,75 @@ mod tests {
             "{logged}"
         );
         assert!(logged.contains("bad value\\nlevel=INFO"), "{logged}");
+    }
+
+    /// A string's slice that panics quotes the whole string it cut (up to 256 bytes), and the
+    /// strings a request's handling cuts hold secrets nothing marks as such: the Basic
+    /// credentials decoded (`alice:correct-horse`), the `Authorization` header itself (base64
+    /// of them), a REST login's password. The hook says how long the string was and where the
+    /// panic happened, never the string.
+    #[test]
+    fn a_panic_quoting_the_string_it_cut_is_logged_without_it() {
+        use base64::Engine;
+        let decoded = String::from("alice:correct-horse-battery-é");
+        let encoded = base64::engine::general_purpose::STANDARD.encode("bob:staple-zebra");
+        let header = format!("Basic {encoded}");
+        let _hook = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+        let logged = crate::store::test_support::logged(|| {
+            let previous = std::panic::take_hook();
+            install_hook();
+            let inside_a_char =
+                catch_unwind(|| std::hint::black_box(&decoded)[..decoded.len() - 1].len());
+            let past_the_end =
+                catch_unwind(|| std::hint::black_box(&header)[..header.len() + 1].len());
+            let reversed = catch_unwind(|| {
+                let (from, to) = std::hint::black_box((9, 3));
+                header[from..to].len()
+            });
+            let long = "x".repeat(300) + &decoded;
+            let cut_short = catch_unwind(|| std::hint::black_box(&long)[..long.len() - 1].len());
+            std::panic::set_hook(previous);
+            assert!(
+                inside_a_char.is_err()
+                    && past_the_end.is_err()
+                    && reversed.is_err()
+                    && cut_short.is_err()
+            );
+        });
+        for secret in ["correct-horse", "staple-zebra", &encoded, "xxxxxxxx"] {
+            assert!(!logged.contains(secret), "{secret} in {logged}");
+        }
+        for said in [
+            "is not a char boundary",
+            "is out of bounds of",
+            "when slicing",
+            &format!("<{} bytes, not repeated>", decoded.len()),
+            &format!("<{} bytes, not repeated>", header.len()),
+            "<more than 256 bytes, not repeated>",
+            "location=src/unwind.rs:",
+        ] {
+            assert!(logged.contains(said), "{said} not in {logged}");
+        }
+    }
+
+    /// Only the quoted string of a slice's panic goes: other messages are kept as they are.
+    #[test]
+    fn only_the_string_a_slice_quotes_is_left_out() {
+        for kept in [
+            "boom",
+            "called `Option::unwrap()` on a `None` value",
+            "a message of `ours`",
+            "byte index 3 is out of bounds",
+        ] {
+            assert_eq!(without_the_string_cut(kept), kept);
+        }
+        assert_eq!(
+            without_the_string_cut("end byte index 9 is out of bounds of `alice:pw`"),
+            "end byte index 9 is out of bounds of `<8 bytes, not repeated>`"
+        );
+        assert_eq!(
+            without_the_string_cut("begin > end (4 > 2) when slicing `a`b`[...]"),
+            "begin > end (4 > 2) when slicing `<more than 3 bytes, not repeated>`"
+        );
     }
 }
