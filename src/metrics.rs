@@ -752,6 +752,12 @@ pub async fn serve(
         };
         let (stream, _) = match accepted {
             Ok(conn) => conn,
+            Err(e) if crate::server::accept_failed_for_good(&e) => {
+                METRICS.accept_failed(true);
+                // Not the server's end: git is served as before, only /metrics no longer.
+                tracing::error!(error = %crate::log_value::LogText(&e.to_string()), "metrics: the listening socket cannot accept connections any more (something shut it down or closed it under gitgate): /metrics is no longer served until gitgate is started again");
+                return;
+            }
             Err(e) => {
                 METRICS.accept_failed(true);
                 // As the main listener's: once per window, not every 50 ms.

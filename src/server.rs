@@ -161,6 +161,20 @@ fn mark_listed_descriptors_close_on_exec() {
 /// count ([`Repeats`]); also the metrics listener's.
 pub(crate) const ACCEPT_FAILURES_WINDOW: Duration = Duration::from_secs(10);
 
+/// Whether a failed `accept` means the listening socket can accept nothing any more: it was
+/// shut down or closed under gitgate (`EINVAL`: no longer listening; `EBADF`, `ENOTSOCK`: the
+/// descriptor is not the socket), which no wait mends. Everything else passes — out of file
+/// descriptors or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`), a connection reset before it
+/// was taken (`ECONNABORTED`), a firewall's `EPERM`, and the network errors Linux hands on from
+/// the new connection (`EPROTO`, `ENETDOWN`, `EHOSTUNREACH`, `EOPNOTSUPP`, ...) — and is waited
+/// out.
+pub(crate) fn accept_failed_for_good(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EBADF | libc::ENOTSOCK | libc::EFAULT)
+    )
+}
+
 /// What to do about a listen address refused: a port below 1024 for want of privilege (a
 /// service user, as the README's systemd unit runs gitgate, on 443), or an address this
 /// machine does not have ("Cannot assign requested address" alone does not say which part is
@@ -464,8 +478,9 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         .limits
         .max_connections_per_address
         .map(|max| AddressCap::new(max, config.server.trusted_proxies.clone()));
-    accept(
+    let accepting = accept(
         listener,
+        local,
         &workers,
         &settings.limits,
         address_cap,
@@ -516,7 +531,9 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
              written (see above)"
         );
     }
-    Ok(Ended::Served)
+    // A listening socket that failed for good ends the process with its reason (exit 1), so
+    // that a supervisor starts it again rather than taking the stop for one it asked for.
+    accepting.map(|_| Ended::Served)
 }
 
 /// How often the server looks for audit events of command-line changes to log.
@@ -777,14 +794,18 @@ fn least_busy(workers: &[Worker]) -> &Worker {
         .expect("at least one worker")
 }
 
-/// Accept connections until `shutdown` completes, handing each to the least busy worker.
+/// Accept connections until `shutdown` completes (`Ok`, naming the signal), handing each to the
+/// least busy worker, or until the listening socket fails for good (`Err`, saying why): a
+/// process left up with a socket that accepts nothing serves nobody, and only says so in a
+/// warning every ten seconds.
 async fn accept(
     listener: TcpListener,
+    local: std::net::SocketAddr,
     workers: &[Worker],
     limits: &Limits,
     address_cap: Option<Arc<AddressCap>>,
     shutdown: impl Future<Output = &'static str>,
-) {
+) -> Result<&'static str, String> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let over_cap_slots = Arc::new(Semaphore::new(OVER_CAP_SLOTS));
     let mut accept_failures = Repeats::new(ACCEPT_FAILURES_WINDOW);
@@ -792,7 +813,7 @@ async fn accept(
     // log, not only as clients waiting.
     let mut at_the_cap = Repeats::new(ACCEPT_FAILURES_WINDOW);
     tokio::pin!(shutdown);
-    let signal = 'accepting: loop {
+    let ended: Result<&'static str, String> = 'accepting: loop {
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => {
                 // A load that hovers at the cap is one run, said once per window.
@@ -806,7 +827,7 @@ async fn accept(
                 p
             }
             Err(tokio::sync::TryAcquireError::Closed) => {
-                break 'accepting "the connection slots' end"
+                break 'accepting Ok("the connection slots' end")
             }
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 if let Some(times) = at_the_cap.failed(Instant::now()) {
@@ -822,9 +843,9 @@ async fn accept(
                     p = slots.clone().acquire_owned() => match p {
                         Ok(p) => p,
                         // Never closed: the semaphore lives as long as this loop.
-                        Err(_) => break 'accepting "the connection slots' end",
+                        Err(_) => break 'accepting Ok("the connection slots' end"),
                     },
-                    signal = &mut shutdown => break 'accepting signal,
+                    signal = &mut shutdown => break 'accepting Ok(signal),
                 }
             }
         };
@@ -837,6 +858,14 @@ async fn accept(
                     Ok((stream, remote)) => {
                         let ip = remote.ip().to_canonical();
                         (stream, std::net::SocketAddr::new(ip, remote.port()))
+                    }
+                    Err(e) if accept_failed_for_good(&e) => {
+                        crate::metrics::METRICS.accept_failed(false);
+                        break 'accepting Err(format!(
+                            "the listening socket on {local} cannot accept connections any \
+                             more ({e}): something shut it down or closed it under gitgate; \
+                             gitgate stopped, to be started again"
+                        ));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning,
@@ -920,14 +949,24 @@ async fn accept(
                     tracing::error!("a worker thread has stopped; refusing the connection");
                 }
             }
-            signal = &mut shutdown => break 'accepting signal,
+            signal = &mut shutdown => break 'accepting Ok(signal),
         }
     };
     drop(listener);
-    tracing::info!(
-        "shutting down on {signal}: no new connections; waiting up to {}s for requests in flight",
-        limits.shutdown_grace.as_secs()
-    );
+    match &ended {
+        Ok(signal) => tracing::info!(
+            "shutting down on {signal}: no new connections; waiting up to {}s for requests in \
+             flight",
+            limits.shutdown_grace.as_secs()
+        ),
+        Err(why) => tracing::error!(
+            error = %LogText(why),
+            "shutting down: the listening socket failed for good; waiting up to {}s for \
+             requests in flight, then exiting with status 1",
+            limits.shutdown_grace.as_secs()
+        ),
+    }
+    ended
 }
 
 /// One worker: serve the connections it is given until the acceptor closes its inbox, then
@@ -1658,6 +1697,39 @@ fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a socket that accepts nothing any more ends the accepting: what runs out (files,
+    /// memory) comes back, and a connection's own error is that connection's.
+    #[test]
+    fn only_a_socket_that_no_longer_listens_ends_the_accepting() {
+        use std::io::Error;
+        for lasting in [libc::EINVAL, libc::EBADF, libc::ENOTSOCK, libc::EFAULT] {
+            assert!(
+                accept_failed_for_good(&Error::from_raw_os_error(lasting)),
+                "{lasting}"
+            );
+        }
+        for passing in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::ECONNABORTED,
+            libc::EPERM,
+            libc::EPROTO,
+            libc::EOPNOTSUPP,
+            libc::ENETDOWN,
+            libc::EHOSTUNREACH,
+            libc::EINTR,
+            libc::EAGAIN,
+        ] {
+            assert!(
+                !accept_failed_for_good(&Error::from_raw_os_error(passing)),
+                "{passing}"
+            );
+        }
+        assert!(!accept_failed_for_good(&Error::other("not the OS's")));
+    }
 
     /// A head is counted as the bytes it took at least: as written plainly, whatever spaces
     /// the client put around its values, every line of a repeated field.

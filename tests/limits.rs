@@ -1775,6 +1775,96 @@ fn running_out_of_descriptors_is_logged_once_per_window_and_the_recovery_too() {
     assert!(times > 5, "20 a second for 1.5 s: {line}");
 }
 
+/// `pid`'s listening socket on `port`, taken into this process with `pidfd_getfd` (the same
+/// socket, not a copy: what is done to it here is done to gitgate's). `None` where the kernel
+/// or its rules do not allow it (before Linux 5.6, no right to trace `pid`, a seccomp filter).
+fn listening_socket_of(pid: libc::pid_t, port: u16) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open of a live child's pid; the descriptor it returns is owned from here.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor just returned to this process, owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        let entry = entry.ok()?;
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|to| to.to_string_lossy().starts_with("socket:"));
+        let Some(number) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: pidfd_getfd with a live pidfd; the descriptor it returns is owned from here.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), number, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: as above.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut listening: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a live c_int of the length given.
+        let asked = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTCONN,
+                (&mut listening as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        let listener = TcpListener::from(fd);
+        if asked == 0 && listening == 1 && listener.local_addr().is_ok_and(|a| a.port() == port) {
+            return Some(listener.into());
+        }
+    }
+    None
+}
+
+/// A listening socket that something shut down under the server (`EINVAL` from every accept,
+/// for good) stops it with status 1 and the reason, within moments: it stayed up serving
+/// nobody, its clients refused, and said only "accept failed: new connections wait in the
+/// listen backlog" every ten seconds, which no backlog did.
+#[test]
+fn a_listening_socket_shut_down_under_the_server_stops_it_saying_why() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = start(dir.path(), &cgi_config(dir.path(), "workers = 1"));
+    let Some(socket) = listening_socket_of(g.pid() as libc::pid_t, g.port) else {
+        common::skipping("pidfd_getfd is not allowed here: the listening socket shut down");
+        return;
+    };
+    // SAFETY: shutdown of a socket descriptor this process owns.
+    let shut = unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RDWR) };
+    assert_eq!(shut, 0, "shutdown: {}", std::io::Error::last_os_error());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = g.exit_status() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after its listening socket was shut down:\n{}",
+            g.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = g.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("cannot accept connections any more") && log.contains("Invalid argument"),
+        "{log}"
+    );
+    assert!(!log.contains("wait in the listen backlog"), "{log}");
+}
+
 /// A bare repository `team/app` under `dir/repos`, for the embedded runner of [`cgi_config`].
 fn bare_team_app(dir: &Path) -> std::path::PathBuf {
     let repo = dir.join("repos/team/app.git");
