@@ -1107,6 +1107,52 @@ fn a_fetch_git_refuses_through_nginx_is_logged_with_gits_reason() {
     assert!(!log.contains("backend failed"), "{log}");
 }
 
+/// A push over git's `receive.maxInputSize` behind fcgiwrap: receive-pack stops reading it,
+/// and fcgiwrap, its writes to git refused, answers a bare `502` ("An error occurred while
+/// reading the request"), git's own reason lost; git shows `RPC failed; HTTP 502`, then
+/// `Everything up-to-date`. gitgate's log says that git failed the push there, with the limits
+/// that do this — it said only `status=502`.
+#[test]
+fn a_push_git_failed_behind_fcgiwrap_is_logged_with_the_likely_limits() {
+    let Some(w) = World::new("a_push_git_failed_behind_fcgiwrap_is_logged_with_the_likely_limits")
+    else {
+        return;
+    };
+    run_git(
+        &w.dir.path().join("repos/team/app.git"),
+        &w.dir.path().join("home"),
+        &["config", "receive.maxInputSize", "100k"],
+    );
+    let g = w.serve(&Options::default());
+    let here = w.path("here");
+    w.git_ok(
+        w.dir.path(),
+        &["clone", "-q", &w.url(&g), here.to_str().unwrap()],
+    );
+    commit_file(
+        &w,
+        &here,
+        "big",
+        &common::noise(1 << 20, 0x2545_F491_4F6C_DD1D),
+    );
+    let out = w.git(&here, &["push", "origin", "HEAD:main"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("HTTP 502"),
+        "{stderr}"
+    );
+    let log = log_with(&g, "the upstream git server failed a push");
+    let said = lines_with(&log, "the upstream git server failed a push");
+    assert!(
+        said.len() == 1
+            && said[0].contains("WARN")
+            && said[0].contains("status=502")
+            && said[0].contains("receive.maxInputSize")
+            && said[0].contains("request_id="),
+        "{log}"
+    );
+}
+
 /// The lines of `log` that hold `needle`.
 fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(needle)).collect()

@@ -380,6 +380,29 @@ impl HttpBackend {
                  needs an HTTP/1.1 upstream",
             ));
         }
+        if push
+            && resp.status().is_server_error()
+            && !a_gateway_failure_page(resp.status(), resp.headers())
+        {
+            // git prints no reason for a failed POST ("RPC failed; HTTP 502", then "Everything
+            // up-to-date", which it is not), and fcgiwrap, whose writes to a git that stopped
+            // reading are refused, answers a bare "An error occurred while reading the request"
+            // in place of git's own words (receive.maxInputSize's "pack exceeds maximum allowed
+            // size"). The push's pack had gone up (the advertisement and the probe came back
+            // whole): its git failed on it. Said where the operator looks. (A gateway's page is
+            // said on its own, below.)
+            tracing::warn!(
+                request_id = %source.id,
+                upstream = self.address,
+                status = resp.status().as_u16(),
+                "the upstream git server failed a push: git there stopped reading it or ended \
+                 part-way, most often for a limit behind gitgate (git's receive.maxInputSize, \
+                 which fcgiwrap answers with a bare 502 \"An error occurred while reading the \
+                 request\"), a full disk or a hook that failed; git shows only \"RPC failed\", \
+                 then \"Everything up-to-date\", which it is not; the upstream's error log, or \
+                 git's stderr there, says which"
+            );
+        }
         if resp.status().is_informational() {
             // hyper's client passes 1xx answers on as final only when they are: a `101` it was
             // not asked for (gitgate never asks for an upgrade), which would leave the client's
