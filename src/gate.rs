@@ -1212,6 +1212,18 @@ fn replaced_secret(token: &crate::store::TokenRecord) -> String {
 /// the one the client connected to; one with neither names no host at all. HTTP/1.0 may leave
 /// it out.
 pub fn host_problem(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<&'static str> {
+    // An absolute target of another scheme (`GET ftp://host/team/app.git/info/refs`, which
+    // hyper takes; HTTP/2's `:scheme` alike) asks for what gitgate does not serve: refused,
+    // not answered as the same path over http.
+    if uri
+        .scheme_str()
+        .is_some_and(|s| !s.eq_ignore_ascii_case("http") && !s.eq_ignore_ascii_case("https"))
+    {
+        return Some(
+            "the request target's scheme is neither http nor https: gitgate answers only http \
+             and https requests",
+        );
+    }
     let mut hosts = headers.get_all(HOST).iter();
     let (first, more) = (hosts.next(), hosts.next().is_some());
     if more {
@@ -1406,6 +1418,39 @@ mod tests {
             r.into_body().collect().await.unwrap().to_bytes()
         };
         assert_eq!(body(fixed).await, body(made).await);
+    }
+
+    /// An absolute target of another scheme than http or https (`GET ftp://git.example.com/
+    /// team/app.git/info/refs`, which hyper takes) asks for what gitgate does not serve: it was
+    /// answered as the same path over http, a guess at what was meant.
+    #[test]
+    fn an_absolute_target_of_another_scheme_is_refused() {
+        let host = hosts(&["git.example.com"]);
+        for target in [
+            "ftp://git.example.com/team/app.git/info/refs",
+            "FTP://git.example.com/team/app.git/info/refs",
+            "ws://git.example.com/team/app.git/info/refs",
+            "git://git.example.com/team/app.git/info/refs",
+        ] {
+            let uri: Uri = target.parse().unwrap();
+            let problem = host_problem(Version::HTTP_11, &uri, &host);
+            assert!(
+                problem.is_some_and(|p| p.contains("neither http nor https")),
+                "{target}: {problem:?}"
+            );
+        }
+        for target in [
+            "http://git.example.com/team/app.git/info/refs",
+            "HTTPS://git.example.com/team/app.git/info/refs",
+            "/team/app.git/info/refs",
+        ] {
+            let uri: Uri = target.parse().unwrap();
+            assert_eq!(
+                host_problem(Version::HTTP_11, &uri, &host),
+                None,
+                "{target}"
+            );
+        }
     }
 
     #[test]
