@@ -35,7 +35,7 @@ use crate::inflight::Slot;
 use crate::log_value::{LogText, LogValue};
 use crate::metrics::METRICS;
 use crate::permission::TokenKind;
-use crate::policy::{self, Deny, Identity};
+use crate::policy::{self, AuthFailure, Deny, Identity};
 use crate::push_commands::PushCommands;
 use crate::request_id::{RequestId, RequestSource};
 use crate::request_log::{
@@ -121,7 +121,8 @@ enum Refusal {
     /// The secret cannot be a token (an account password, a token cut short): what it is
     /// instead, and whether it came as a Bearer token.
     NotAToken(token::NotAToken, bool),
-    InvalidToken,
+    /// A token the store does not have, or a secret not its own: which of the two.
+    InvalidToken(AuthFailure),
     Denied(Deny),
     /// A request body framed in a way gitgate cannot pass on (501).
     Unframeable(String),
@@ -146,6 +147,30 @@ pub(crate) struct RequestLog {
     pub(crate) access: Option<&'static str>,
     pub(crate) user: Option<String>,
     pub(crate) token_id: Option<String>,
+    /// Why its credentials were refused, when they were (see [`AuthFailure`]).
+    pub(crate) auth: Option<AuthFailure>,
+}
+
+impl Refusal {
+    /// Why the credentials were refused, when this is their refusal (a `401`, or its `403`
+    /// for credentials git did not send itself): the word its request line carries.
+    fn auth_failure(&self) -> Option<AuthFailure> {
+        Some(match self {
+            Refusal::NoCredentials(CredentialError::Missing | CredentialError::NoPassword) => {
+                AuthFailure::NoCredentials
+            }
+            Refusal::NoCredentials(CredentialError::NoBearerToken) => AuthFailure::EmptyBearer,
+            Refusal::NoCredentials(CredentialError::Malformed(
+                credentials::TOKEN_AS_USER_WITHOUT_PASSWORD,
+            )) => AuthFailure::TokenAsUser,
+            Refusal::NoCredentials(CredentialError::Malformed(_)) => AuthFailure::MalformedHeader,
+            Refusal::NotAToken(token::NotAToken::Damaged, _) => AuthFailure::NotAToken,
+            Refusal::NotAToken(token::NotAToken::Mistyped, _) => AuthFailure::MistypedToken,
+            Refusal::NotAToken(token::NotAToken::Password, _) => AuthFailure::Password,
+            Refusal::InvalidToken(why) | Refusal::Denied(Deny::Unauthenticated(why, _)) => *why,
+            _ => return None,
+        })
+    }
 }
 
 /// What [`Gate::decide`] found: the token's record, the presented secret's hash, the time the
@@ -443,14 +468,17 @@ impl Gate {
                             .unwrap_or_else(|p| p.into_inner())
                             .take();
                         match refusal {
-                            Some(refusal) => self.refusal(
-                                refusal,
-                                id,
-                                remote,
-                                &pending.line().who,
-                                credentials::not_sent_by_git(&parts.headers),
-                                credentials::fingerprint(&parts.headers),
-                            ),
+                            Some(refusal) => {
+                                pending.line().who.auth = refusal.auth_failure();
+                                self.refusal(
+                                    refusal,
+                                    id,
+                                    remote,
+                                    &pending.line().who,
+                                    credentials::not_sent_by_git(&parts.headers),
+                                    credentials::fingerprint(&parts.headers),
+                                )
+                            }
                             None => text(e.status, &e.message),
                         }
                     }
@@ -509,6 +537,7 @@ impl Gate {
                 // answered (see `Gate::unauthenticated`): read for refusals only.
                 let by_hand = credentials::not_sent_by_git(req.headers());
                 let tried = credentials::fingerprint(req.headers());
+                pending.line().who.auth = refusal.auth_failure();
                 let mut resp =
                     self.refusal(refusal, id, remote, &pending.line().who, by_hand, tried);
                 // A client waiting for `100 Continue` before it sends its body (libgit2, curl)
@@ -659,7 +688,7 @@ impl Gate {
         // permission or its networks, a 429): that is its last use, as Bitbucket's
         // `lastAuthenticated` counts it — and a secret used from a network it may not be used
         // from shows there.
-        if !matches!(authorized, Err(Deny::Unauthenticated(_))) {
+        if !matches!(authorized, Err(Deny::Unauthenticated(..))) {
             self.note_use(&record, now, remote);
         }
         let identity = authorized.map_err(Refusal::Denied)?;
@@ -705,7 +734,9 @@ impl Gate {
         // the store did not have, as much); a miss reads SQLite, here or on the blocking pool.
         let record = match self.store.cached_auth_record(id.as_str()) {
             Ok(CacheLookup::Hit(hit)) => hit,
-            Ok(CacheLookup::Unknown) => return Err(Refusal::InvalidToken),
+            Ok(CacheLookup::Unknown) => {
+                return Err(Refusal::InvalidToken(AuthFailure::UnknownToken))
+            }
             Ok(CacheLookup::Miss(at)) => self.load_record(id.as_str(), at).await?,
             Err(e) => return Err(Refusal::StoreDown(e)),
         };
@@ -728,13 +759,16 @@ impl Gate {
             if record.replaced_secret_matches(&presented_hash, now) {
                 // A token that would not authenticate anyway (revoked, expired, its owner
                 // disabled) says that: a new secret would not help.
-                let why = match authorize() {
-                    Err(Deny::Unauthenticated(m)) => m,
-                    _ => replaced_secret(&record.token),
+                let denied = match authorize() {
+                    Err(denied @ Deny::Unauthenticated(..)) => denied,
+                    _ => Deny::Unauthenticated(
+                        AuthFailure::ReplacedSecret,
+                        replaced_secret(&record.token),
+                    ),
                 };
-                return Err(Refusal::Denied(Deny::Unauthenticated(why)));
+                return Err(Refusal::Denied(denied));
             }
-            return Err(Refusal::InvalidToken);
+            return Err(Refusal::InvalidToken(AuthFailure::WrongSecret));
         }
         let authorized = authorize();
         Ok(Decided {
@@ -765,7 +799,8 @@ impl Gate {
                 Credentials::Basic { user, secret } => (Some(user.as_str()), secret),
                 Credentials::Bearer { secret } => (None, secret),
             };
-            let id = token::parse(secret.expose()).ok_or(Refusal::InvalidToken)?;
+            let id = token::parse(secret.expose())
+                .ok_or(Refusal::InvalidToken(AuthFailure::NotAToken))?;
             let decided = self
                 .decide(&id, secret, basic_user, git_req, remote)
                 .await?;
@@ -788,14 +823,16 @@ impl Gate {
         if let Some(read) = self.store.load_auth_record_now(id, at) {
             return read
                 .map_err(Refusal::StoreDown)?
-                .ok_or(Refusal::InvalidToken);
+                .ok_or(Refusal::InvalidToken(AuthFailure::UnknownToken));
         }
         let _slot = self.store.miss_slots().acquire().await.map_err(|_| {
             Refusal::StoreDown(StoreError::Invalid("the store is shutting down".into()))
         })?;
         let at = match self.store.cached_auth_record(id) {
             Ok(CacheLookup::Hit(hit)) => return Ok(hit),
-            Ok(CacheLookup::Unknown) => return Err(Refusal::InvalidToken),
+            Ok(CacheLookup::Unknown) => {
+                return Err(Refusal::InvalidToken(AuthFailure::UnknownToken))
+            }
             Ok(CacheLookup::Miss(at)) => at,
             Err(e) => return Err(Refusal::StoreDown(e)),
         };
@@ -807,7 +844,7 @@ impl Gate {
                 Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
             })?
             .map_err(Refusal::StoreDown)?
-            .ok_or(Refusal::InvalidToken)
+            .ok_or(Refusal::InvalidToken(AuthFailure::UnknownToken))
     }
 
     /// Record the token's last use off the request path, at most every few seconds per token:
@@ -884,7 +921,7 @@ impl Gate {
                 self.unauthenticated(by_hand, &e.to_string())
             }
             // The refusal of a flood of wrong tokens: its words are made once, not per answer.
-            Refusal::InvalidToken => {
+            Refusal::InvalidToken(_) => {
                 self.audit_failure(id, remote, log, tried, INVALID_TOKEN);
                 if by_hand {
                     said(StatusCode::FORBIDDEN, INVALID_TOKEN_SAID)
@@ -896,7 +933,7 @@ impl Gate {
                 self.audit_failure(id, remote, log, tried, what.audit_reason());
                 self.unauthenticated(by_hand, what.message_for(bearer))
             }
-            Refusal::Denied(Deny::Unauthenticated(m)) => {
+            Refusal::Denied(Deny::Unauthenticated(_, m)) => {
                 self.audit_failure(id, remote, log, tried, &m);
                 self.unauthenticated(by_hand, &m)
             }

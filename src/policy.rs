@@ -160,8 +160,8 @@ pub struct Identity {
 /// Why a request is refused; the message is shown to the git user as `remote: ...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Deny {
-    /// 401: the credentials do not stand for anyone who may act now.
-    Unauthenticated(String),
+    /// 401: the credentials do not stand for anyone who may act now, and why, in a word.
+    Unauthenticated(AuthFailure, String),
     /// 403: a valid token without enough permission.
     Forbidden(String),
 }
@@ -169,7 +169,70 @@ pub enum Deny {
 impl Deny {
     pub fn message(&self) -> &str {
         match self {
-            Deny::Unauthenticated(m) | Deny::Forbidden(m) => m,
+            Deny::Unauthenticated(_, m) | Deny::Forbidden(m) => m,
+        }
+    }
+}
+
+/// Why credentials were refused, in a word from a fixed list: the request's own log line says
+/// it (`auth=revoked`), so that whoever reads one refused request's line can tell why without
+/// finding its `auth.failed` audit event (which has the words the client was told, and is
+/// folded with its repeats). Never anything the client sent, so never a secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credentials, or a user name without a password: git's first round trip, before it
+    /// asks its credential helper (a challenge, not a failure).
+    NoCredentials,
+    /// `Authorization: Bearer` with nothing after it (an empty CI variable).
+    EmptyBearer,
+    /// An `Authorization` header that cannot be read (not base64, no colon, another scheme).
+    MalformedHeader,
+    /// A token's secret given as the URL's user name, without a password.
+    TokenAsUser,
+    /// Not a whole token: cut short, or with characters added.
+    NotAToken,
+    /// A token's length with a wrong character (its checksum does not match).
+    MistypedToken,
+    /// Not shaped as a token at all: an account password, most likely.
+    Password,
+    /// A well-formed token whose id the store does not have.
+    UnknownToken,
+    /// A token id the store has, with a secret that is not its own.
+    WrongSecret,
+    /// The secret a rotation replaced, after its overlap ended.
+    ReplacedSecret,
+    Revoked,
+    Expired,
+    /// A personal token sent with an empty user name.
+    NoUserName,
+    /// A personal token sent with a user name other than its owner's.
+    WrongUser,
+    /// A personal token whose owner is disabled.
+    UserDisabled,
+    /// A token whose owner or scope the store does not have (a damaged record).
+    Orphaned,
+}
+
+impl AuthFailure {
+    /// The word the log writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::NoCredentials => "no-credentials",
+            AuthFailure::EmptyBearer => "empty-bearer",
+            AuthFailure::MalformedHeader => "malformed-header",
+            AuthFailure::TokenAsUser => "token-as-user-name",
+            AuthFailure::NotAToken => "not-a-whole-token",
+            AuthFailure::MistypedToken => "mistyped-token",
+            AuthFailure::Password => "password-not-token",
+            AuthFailure::UnknownToken => "unknown-token",
+            AuthFailure::WrongSecret => "wrong-secret",
+            AuthFailure::ReplacedSecret => "replaced-secret",
+            AuthFailure::Revoked => "revoked",
+            AuthFailure::Expired => "expired",
+            AuthFailure::NoUserName => "no-user-name",
+            AuthFailure::WrongUser => "wrong-user",
+            AuthFailure::UserDisabled => "user-disabled",
+            AuthFailure::Orphaned => "orphaned-token",
         }
     }
 }
@@ -188,16 +251,17 @@ pub fn authorize(
     let token = &record.token;
     let name = &token.name;
     if token.revoked_at.is_some() {
-        return Err(Deny::Unauthenticated(format!(
-            "token '{name}' has been revoked"
-        )));
+        return Err(Deny::Unauthenticated(
+            AuthFailure::Revoked,
+            format!("token '{name}' has been revoked"),
+        ));
     }
     if let Some(expires) = token.expires_at {
         if now >= expires {
-            return Err(Deny::Unauthenticated(format!(
-                "token '{name}' expired on {}",
-                clock::datetime(expires)
-            )));
+            return Err(Deny::Unauthenticated(
+                AuthFailure::Expired,
+                format!("token '{name}' expired on {}", clock::datetime(expires)),
+            ));
         }
     }
     // Checked once every 401 is ruled out: a wrong user or a disabled owner is told "not
@@ -222,13 +286,19 @@ pub fn authorize(
     let (user, effective) = match token.kind {
         TokenKind::Personal => {
             let Some(owner) = &record.owner else {
-                return Err(Deny::Unauthenticated("invalid token".into()));
+                return Err(Deny::Unauthenticated(
+                    AuthFailure::Orphaned,
+                    "invalid token".into(),
+                ));
             };
             if let Some(presented) = basic_user {
                 if presented.is_empty() {
-                    return Err(Deny::Unauthenticated(format!(
-                        "token '{name}' is a personal token: give its owner's user name with it"
-                    )));
+                    return Err(Deny::Unauthenticated(
+                        AuthFailure::NoUserName,
+                        format!(
+                            "token '{name}' is a personal token: give its owner's user name with it"
+                        ),
+                    ));
                 }
                 // User names are lower-case (see `store::users`), so no two differ in case
                 // alone: `Alice`, as people and single sign-on helpers type it, is alice.
@@ -245,14 +315,14 @@ pub fn authorize(
                             format!("token '{name}' does not belong to user '{presented}'")
                         }
                     };
-                    return Err(Deny::Unauthenticated(message));
+                    return Err(Deny::Unauthenticated(AuthFailure::WrongUser, message));
                 }
             }
             if !owner.active {
-                return Err(Deny::Unauthenticated(format!(
-                    "user '{}' is disabled",
-                    owner.slug
-                )));
+                return Err(Deny::Unauthenticated(
+                    AuthFailure::UserDisabled,
+                    format!("user '{}' is disabled", owner.slug),
+                ));
             }
             from_allowed_network()?;
             let owner_level = if owner.role == Role::Admin {
@@ -298,7 +368,10 @@ pub fn authorize(
         }
         TokenKind::Project | TokenKind::Repository => {
             let Some(scope) = &token.scope else {
-                return Err(Deny::Unauthenticated("invalid token".into()));
+                return Err(Deny::Unauthenticated(
+                    AuthFailure::Orphaned,
+                    "invalid token".into(),
+                ));
             };
             from_allowed_network()?;
             if !scope.covers(repo) {
@@ -459,7 +532,10 @@ mod tests {
         );
         assert_eq!(
             wrong_user.unwrap_err(),
-            Deny::Unauthenticated("token 'laptop' does not belong to user 'mallory'".into())
+            Deny::Unauthenticated(
+                AuthFailure::WrongUser,
+                "token 'laptop' does not belong to user 'mallory'".into()
+            )
         );
         // The owner's name in another case is the owner (names are lower-case).
         let inside = "10.1.2.3".parse().unwrap();
@@ -478,11 +554,14 @@ mod tests {
         disabled.owner.as_mut().unwrap().active = false;
         assert_eq!(
             at(&disabled, "127.0.0.1").unwrap_err(),
-            Deny::Unauthenticated("user 'alice' is disabled".into())
+            Deny::Unauthenticated(AuthFailure::UserDisabled, "user 'alice' is disabled".into())
         );
         // Revocation is still reported first: the token is dead wherever it comes from.
         r.token.revoked_at = Some(1);
-        assert!(matches!(at(&r, "127.0.0.1"), Err(Deny::Unauthenticated(_))));
+        assert!(matches!(
+            at(&r, "127.0.0.1"),
+            Err(Deny::Unauthenticated(AuthFailure::Revoked, _))
+        ));
     }
 
     #[test]
@@ -491,6 +570,7 @@ mod tests {
         assert_eq!(
             check(&r, Some(""), "team/app", Access::Read).unwrap_err(),
             Deny::Unauthenticated(
+                AuthFailure::NoUserName,
                 "token 'laptop' is a personal token: give its owner's user name with it".into()
             )
         );
@@ -587,25 +667,25 @@ mod tests {
         let mut r = personal("REPO_WRITE", Role::User, &[("team", Level::Write)]);
         assert!(matches!(
             check(&r, Some("bob"), "team/app", Access::Read),
-            Err(Deny::Unauthenticated(m)) if m == "token 'laptop' does not belong to user 'bob'"
+            Err(Deny::Unauthenticated(AuthFailure::WrongUser, m)) if m == "token 'laptop' does not belong to user 'bob'"
         ));
         r.owner.as_mut().unwrap().active = false;
         assert!(matches!(
             check(&r, None, "team/app", Access::Read),
-            Err(Deny::Unauthenticated(m)) if m == "user 'alice' is disabled"
+            Err(Deny::Unauthenticated(AuthFailure::UserDisabled, m)) if m == "user 'alice' is disabled"
         ));
         r.owner.as_mut().unwrap().active = true;
         r.token.expires_at = Some(NOW);
         assert!(matches!(
             check(&r, None, "team/app", Access::Read),
-            Err(Deny::Unauthenticated(m)) if m == "token 'laptop' expired on 2026-10-01T00:00:00Z"
+            Err(Deny::Unauthenticated(AuthFailure::Expired, m)) if m == "token 'laptop' expired on 2026-10-01T00:00:00Z"
         ));
         r.token.expires_at = Some(NOW + 1);
         assert!(check(&r, None, "team/app", Access::Read).is_ok());
         r.token.revoked_at = Some(NOW - 1);
         assert!(matches!(
             check(&r, None, "team/app", Access::Read),
-            Err(Deny::Unauthenticated(m)) if m.contains("revoked")
+            Err(Deny::Unauthenticated(AuthFailure::Revoked, m)) if m.contains("revoked")
         ));
     }
 

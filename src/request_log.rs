@@ -191,6 +191,8 @@ impl LogLine {
             duration_ms = self.started.elapsed().as_micros() as f64 / 1000.0,
             outcome = %outcome,
             agent = %LogAgent(self.agent.as_ref()),
+            // Only on a request whose credentials were refused: why, in a word.
+            auth = self.who.auth.map(|why| tracing::field::display(why.as_str())),
             "request"
         );
     }

@@ -2172,3 +2172,122 @@ fn a_token_cached_as_valid_is_refused_once_the_clock_passes_its_expiry() {
     // The other tokens, which do not expire, are let in at that clock.
     assert_eq!(status(&get(&server, IR, &server.read_token)), 200);
 }
+
+/// A refused request's own line says why its credentials were refused, in a word (`auth=`):
+/// whoever holds one 401's line (or the 403 of a Bearer token) can tell an unknown token from
+/// a revoked or expired one, a wrong secret, a wrong user or an unreadable header, without
+/// finding its `auth.failed` event (folded with its repeats, and stored up to a second later).
+/// The word is from a fixed list: never what the client sent. A request let in has none.
+#[test]
+fn a_refused_requests_line_says_why_its_credentials_were_refused() {
+    let server = Server::start("[auth_failures]\nexempt = [\"127.0.0.0/8\"]\n");
+    let (w, r) = (server.write_token.clone(), server.read_token.clone());
+    gitgate(&server.config(), &["token", "revoke", &r[4..16]], None);
+    let unknown = gitgate::token::generate()
+        .unwrap()
+        .secret
+        .expose()
+        .to_owned();
+    let id = gitgate::token::parse(&w).unwrap();
+    let wrong = gitgate::token::generate_with_id(&id)
+        .unwrap()
+        .expose()
+        .to_owned();
+    // Each case under a User-Agent of its own, by which its line is found.
+    let with = |case: usize, authorization: &str| {
+        server.raw(
+            format!(
+                "GET {IR} HTTP/1.1\r\nHost: t\r\nUser-Agent: case-{case}\r\n{authorization}\
+                 Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    let cases: Vec<(String, u16, &str)> = vec![
+        (String::new(), 401, "no-credentials"),
+        (
+            format!("Authorization: {}\r\n", basic("alice", &r)),
+            401,
+            "revoked",
+        ),
+        (
+            format!("Authorization: {}\r\n", basic("alice", &unknown)),
+            401,
+            "unknown-token",
+        ),
+        (
+            format!("Authorization: {}\r\n", basic("alice", &wrong)),
+            401,
+            "wrong-secret",
+        ),
+        (
+            format!("Authorization: {}\r\n", basic("bob", &w)),
+            401,
+            "wrong-user",
+        ),
+        (
+            format!(
+                "Authorization: {}\r\n",
+                basic("alice", &common::flip_secret(&w))
+            ),
+            401,
+            "mistyped-token",
+        ),
+        (
+            format!("Authorization: {}\r\n", basic("alice", "hunter2")),
+            401,
+            "password-not-token",
+        ),
+        (
+            "Authorization: Basic !!!notbase64\r\n".into(),
+            401,
+            "malformed-header",
+        ),
+        (
+            format!("Authorization: Bearer {unknown}\r\n"),
+            403,
+            "unknown-token",
+        ),
+        (
+            format!("Authorization: {}\r\n", basic("alice", &w)),
+            200,
+            "-",
+        ),
+    ];
+    for (case, (authorization, want, _)) in cases.iter().enumerate() {
+        let resp = with(case, authorization);
+        assert_eq!(
+            status(&resp),
+            *want,
+            "{authorization}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+    }
+    wait_for_request_lines(&server, "agent=case-", cases.len());
+    let log = server.log();
+    for (case, (authorization, want, why)) in cases.iter().enumerate() {
+        let agent = format!("agent=case-{case} ");
+        let line = log
+            .lines()
+            .find(|l| {
+                l.contains("gitgate::request")
+                    && (l.contains(&agent) || l.ends_with(agent.trim_end()))
+            })
+            .unwrap_or_else(|| panic!("no request line with {agent}:\n{log}"));
+        assert!(line.contains(&format!("status={want} ")), "{line}");
+        if *why == "-" {
+            assert!(!line.contains("auth="), "{line}");
+        } else {
+            assert!(
+                line.contains(&format!(" auth={why}")),
+                "{authorization}: {line}"
+            );
+        }
+    }
+    for secret in [&w, &r, &unknown, &wrong] {
+        assert!(
+            !log.contains(&secret[17..60]),
+            "a secret in the log:\n{log}"
+        );
+    }
+}

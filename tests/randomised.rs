@@ -1498,7 +1498,7 @@ fn decisions_are_the_models() {
                     "{deny:?}"
                 );
                 match deny {
-                    Deny::Unauthenticated(_) => Decision::Unauthenticated,
+                    Deny::Unauthenticated(..) => Decision::Unauthenticated,
                     Deny::Forbidden(_) => Decision::Forbidden,
                 }
             }
