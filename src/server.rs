@@ -652,6 +652,7 @@ fn open_store(path: &std::path::Path) -> Result<Store, String> {
         // cannot write: tokens are read beside it, and the writer's commits wait their turn.
         Err(crate::store::StoreError::Busy) => tracing::warn!(
             store = %crate::log_value::LogFile(path),
+            held = %LogText(&crate::store::write_lock_said(path)),
             "the token store is locked by another process: serving; its writes (audit events, \
              last uses) wait until the lock is released"
         ),

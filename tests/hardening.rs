@@ -980,9 +980,17 @@ fn a_start_while_another_process_holds_the_write_lock_serves() {
     let conn = rusqlite::Connection::open(server.path("gitgate.db")).unwrap();
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
     server.restart();
-    assert!(server
-        .log()
-        .contains("the token store is locked by another process: serving"));
+    let log = server.log();
+    let warned = log
+        .lines()
+        .find(|l| l.contains("the token store is locked by another process: serving"))
+        .unwrap_or_else(|| panic!("{log}"));
+    // Named, with what to do: SQLite says only "database is locked".
+    assert!(
+        warned.contains(&format!("held by process {}", std::process::id()))
+            && warned.contains("COMMIT or ROLLBACK"),
+        "{warned}"
+    );
     assert_eq!(status(&get(&server, IR, &w)), 200);
     conn.execute_batch("ROLLBACK").unwrap();
 }
@@ -1083,6 +1091,15 @@ fn a_store_locked_by_another_writer_still_serves_and_the_write_is_tried_again() 
     wait_for("the failed last-use write to be logged", || {
         server.log().contains("wait for the lock")
     });
+    let log = server.log();
+    let waiting = log
+        .lines()
+        .find(|l| l.contains("wait for the lock"))
+        .unwrap();
+    assert!(
+        waiting.contains(&format!("held by process {}", std::process::id())),
+        "{waiting}"
+    );
     assert_eq!(status(&get(&server, IR, &w)), 200);
     let id = &w[4..16];
     let last_used = |conn: &rusqlite::Connection| -> Option<i64> {

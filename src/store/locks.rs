@@ -210,6 +210,85 @@ pub(super) fn others_holding(_path: &Path) -> BTreeSet<u32> {
     BTreeSet::new()
 }
 
+/// Where SQLite's write lock of a database in WAL mode is (`WAL_WRITE_LOCK`: the first of the
+/// lock bytes it keeps in the `-shm`, after the 120 bytes of the index header).
+const WAL_WRITE_LOCK_BYTE: u64 = 120;
+
+/// The processes other than this one that hold the write lock of the store at `db`: in WAL
+/// mode a write lock on [`WAL_WRITE_LOCK_BYTE`] of its `-shm` (a transaction that writes, or
+/// a `BEGIN IMMEDIATE` left open in a `sqlite3` shell), or one that keeps every other process
+/// out (see [`lockers`]). Empty if none, or unknown (no `/proc/locks`).
+#[cfg(target_os = "linux")]
+pub fn write_lock_holders(db: &Path) -> BTreeSet<u32> {
+    let shm = shm_of(db);
+    let (Some(text), Some(db)) = (read_locks(), key(db)) else {
+        return BTreeSet::new();
+    };
+    write_lock_holders_in(&text, db, key(&shm))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn write_lock_holders(_db: &Path) -> BTreeSet<u32> {
+    BTreeSet::new()
+}
+
+/// The `-shm` beside the store file at `db`.
+fn shm_of(db: &Path) -> std::path::PathBuf {
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    shm.into()
+}
+
+/// [`write_lock_holders`] of `db` (and its `-shm`, if there is one) in `/proc/locks`'s `text`.
+fn write_lock_holders_in(text: &str, db: FileKey, shm: Option<FileKey>) -> BTreeSet<u32> {
+    let mut holders = lockers_in(text, db);
+    holders.extend(
+        held_locks(text)
+            .into_iter()
+            .filter(|h| {
+                Some(h.file) == shm
+                    && h.write
+                    && h.start == WAL_WRITE_LOCK_BYTE
+                    && h.pid != std::process::id()
+            })
+            .map(|h| h.pid),
+    );
+    holders
+}
+
+/// Who holds the write lock of the store at `db`, and what the operator can do about it, in
+/// words for a warning: SQLite itself only says `database is locked`. The holder is named
+/// with its command (`process 4242 (sqlite3)`) when `/proc/locks` shows it; else the files to
+/// ask `fuser` about.
+pub fn write_lock_said(db: &Path) -> String {
+    let holders: Vec<String> = write_lock_holders(db)
+        .into_iter()
+        .map(
+            |pid| match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+                Ok(comm) if !comm.trim().is_empty() => {
+                    format!("process {pid} ({})", comm.trim())
+                }
+                _ => format!("process {pid}"),
+            },
+        )
+        .collect();
+    match holders.as_slice() {
+        [] => format!(
+            "the process holding it cannot be told from here (it may have let go just now); \
+             `fuser -v {db} {shm}` lists the processes that have the store open — an open \
+             sqlite3 shell inside a transaction, a backup, a long gitgate command: end its \
+             transaction (COMMIT or ROLLBACK) or the process",
+            db = db.display(),
+            shm = shm_of(db).display()
+        ),
+        named => format!(
+            "held by {}: end its transaction (COMMIT or ROLLBACK in a sqlite3 shell) or the \
+             process",
+            named.join(", ")
+        ),
+    }
+}
+
 /// [`lockers`] of `db` in `/proc/locks`'s `text`.
 fn lockers_in(text: &str, db: FileKey) -> BTreeSet<u32> {
     held_locks(text)
@@ -247,6 +326,32 @@ mod tests {
         // The holder, once; a process waiting for the lock holds nothing, and one merely
         // reading (a running gitgate) keeps nobody out.
         assert_eq!(lockers_in(held, db).into_iter().collect::<Vec<_>>(), [4242]);
+    }
+
+    /// The holder of a WAL store's write lock is the process with a write lock on byte 120
+    /// of its `-shm`; readers' locks there (bytes 123 on) and a lock waited for are no hold.
+    #[test]
+    fn who_holds_the_write_lock_of_a_store_in_wal_mode() {
+        let db = ((0xfe, 0x00), 10036068);
+        let shm = ((0xfe, 0x00), 10036070);
+        let held = "1: POSIX  ADVISORY  WRITE 4242 fe:00:10036070 120 120\n\
+                    2: POSIX  ADVISORY  READ 4242 fe:00:10036070 123 123\n\
+                    3: POSIX  ADVISORY  READ 5151 fe:00:10036070 124 124\n\
+                    4: -> POSIX  ADVISORY  WRITE 77 fe:00:10036070 120 120\n\
+                    5: POSIX  ADVISORY  READ 5151 fe:00:10036070 128 128\n\
+                    6: POSIX  ADVISORY  WRITE 6000 fe:00:99 120 120\n";
+        let holders = write_lock_holders_in(held, db, Some(shm));
+        assert_eq!(holders.into_iter().collect::<Vec<_>>(), [4242]);
+        // Without a -shm, only a hold on the store file itself counts.
+        assert!(write_lock_holders_in(held, db, None).is_empty());
+        // One that keeps every process out is a holder too.
+        let exclusive = "1: POSIX  ADVISORY  WRITE 31 fe:00:10036068 1073741824 1073741824\n";
+        assert_eq!(
+            write_lock_holders_in(exclusive, db, Some(shm))
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [31]
+        );
     }
 
     const LOCKS: &str = "\

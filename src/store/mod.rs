@@ -18,7 +18,7 @@ mod cache;
 mod files;
 mod grants;
 mod locks;
-pub use locks::lockers;
+pub use locks::{lockers, write_lock_said};
 mod ratelimits;
 mod schema;
 mod settings;

@@ -589,8 +589,9 @@ fn run(store: Weak<Inner>, pending: Arc<Pending>) {
                 drop(store_now);
             }
             Err(e) => {
+                let path = store_now.path().to_path_buf();
                 drop(store_now);
-                failed(&pending, &e, batch, last_uses);
+                failed(&pending, &e, batch, last_uses, Some(&path));
                 // Try again after a pause, with whatever the next window brings.
                 drop(writing);
                 std::thread::sleep(RETRY_PAUSE);
@@ -974,7 +975,13 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super
 
 /// A window that could not be written: kept for the next window unless it has had its
 /// [`ATTEMPTS`], then given up.
-fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: LastUses) {
+fn failed(
+    pending: &Pending,
+    e: &super::StoreError,
+    batch: Batch,
+    last_uses: LastUses,
+    store: Option<&std::path::Path>,
+) {
     pending
         .troubled_since
         .lock()
@@ -986,10 +993,13 @@ fn failed(pending: &Pending, e: &super::StoreError, batch: Batch, last_uses: Las
         // held in memory within the window's caps, repeats folded, retried every pause.
         let waits = pending.busy_waits.fetch_add(1, Ordering::Relaxed);
         if waits.is_multiple_of(60) {
+            // Who holds it, and what to do: SQLite says only "database is locked".
+            let held = store.map(super::locks::write_lock_said);
             tracing::warn!(
                 error = %LogText(&e.to_string()),
                 events = batch.total,
                 tokens = last_uses.tokens.len(),
+                held = held.as_deref().map(|h| tracing::field::display(LogText(h))),
                 "the token store is locked by another process: audit events and last uses wait for the lock"
             );
         }
@@ -1503,6 +1513,7 @@ mod tests {
                 &crate::store::StoreError::Busy,
                 batch,
                 super::LastUses::default(),
+                None,
             );
         }
         let held = pending.held_back.lock().unwrap();
@@ -1894,7 +1905,7 @@ mod tests {
         let mut batch = super::Batch::default();
         batch.add(&failure(1, "eve"));
         for attempt in 1..ATTEMPTS {
-            super::failed(&pending, &error, batch, super::LastUses::default());
+            super::failed(&pending, &error, batch, super::LastUses::default(), None);
             assert_eq!(
                 pending.failures.load(std::sync::atomic::Ordering::Relaxed),
                 attempt
@@ -1902,7 +1913,8 @@ mod tests {
             batch = std::mem::take(&mut pending.held_back.lock().unwrap().events);
             assert_eq!(batch.total, 1, "not held for try {}", attempt + 1);
         }
-        let log = logged(|| super::failed(&pending, &error, batch, super::LastUses::default()));
+        let log =
+            logged(|| super::failed(&pending, &error, batch, super::LastUses::default(), None));
         assert!(
             log.contains("only logged"),
             "not given up at the last try: {log}"
