@@ -319,6 +319,9 @@ struct Pending {
     held_back: Mutex<Gathered>,
     /// Failed writes in a row.
     failures: std::sync::atomic::AtomicU32,
+    /// Failed writes (not for a lock) as the log says them: the first at once, then at most
+    /// once a minute with how many since, for as long as they fail (a full disk).
+    failures_said: Mutex<FailuresSaid>,
     /// Writes in a row that found the store locked by another process (never given up).
     busy_waits: std::sync::atomic::AtomicU32,
     /// Since when writes have failed or waited for the lock, until one is made: its end is
@@ -457,7 +460,7 @@ impl BatchWriter {
             );
             // The last try: nobody is left to try again.
             if let Err(e) = write(store, &batch, &last_uses) {
-                give_up(&e, &batch, &last_uses);
+                give_up(&e, &batch, &last_uses, true);
                 return false;
             }
         }
@@ -973,6 +976,21 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super
     Ok(())
 }
 
+/// Failed writes of the store's writer, said in the log (see [`Pending::failures_said`]): a
+/// write is tried again every second for as long as the store fails it, and a full disk can
+/// last for hours — a warning for each try was one line a second, and the lines of last uses
+/// given up one more every five.
+struct FailuresSaid(crate::repeats::RepeatedCause);
+
+impl Default for FailuresSaid {
+    fn default() -> FailuresSaid {
+        FailuresSaid(crate::repeats::RepeatedCause::new(FAILURES_SAID_EVERY))
+    }
+}
+
+/// How often, at most, failed writes of one cause are warned of.
+const FAILURES_SAID_EVERY: Duration = Duration::from_secs(60);
+
 /// A window that could not be written: kept for the next window unless it has had its
 /// [`ATTEMPTS`], then given up.
 fn failed(
@@ -1009,19 +1027,30 @@ fn failed(
         return;
     }
     let attempt = pending.failures.fetch_add(1, Ordering::Relaxed) + 1;
+    let said = pending
+        .failures_said
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .0
+        .failed(&e.to_string(), Instant::now());
     if attempt >= ATTEMPTS {
         // Counted (and logged) before the count of tries starts over: whoever sees it start
         // over sees the loss counted too.
-        give_up(e, &batch, &last_uses);
+        give_up(e, &batch, &last_uses, said.is_some());
         pending.failures.store(0, Ordering::Release);
         return;
     }
-    tracing::warn!(
-        error = %LogText(&e.to_string()),
-        events = batch.total,
-        tokens = last_uses.tokens.len(),
-        "could not write audit events and last uses (try {attempt} of {ATTEMPTS}); trying again"
-    );
+    if let Some(failed_writes) = said {
+        tracing::warn!(
+            error = %LogText(&e.to_string()),
+            events = batch.total,
+            tokens = last_uses.tokens.len(),
+            failed_writes,
+            "could not write audit events and last uses (try {attempt} of {ATTEMPTS}); trying \
+             again every second (said again at most once a minute while it fails, with how many \
+             writes failed since)"
+        );
+    }
     let mut held = pending.held_back.lock().unwrap_or_else(|p| p.into_inner());
     held.events.absorb(batch);
     held.last_uses.absorb(last_uses);
@@ -1036,8 +1065,16 @@ fn said_written_again(pending: &Pending) {
         .unwrap_or_else(|p| p.into_inner())
         .take();
     if let Some(since) = since {
+        let failed_writes = pending
+            .failures_said
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .ended()
+            .unwrap_or(0);
         tracing::warn!(
             for_s = since.elapsed().as_secs(),
+            failed_writes,
             "the token store takes audit events and last uses again: those that waited for \
              its lock, or were being tried again, are written (any given up before are logged \
              above as lost)"
@@ -1046,8 +1083,10 @@ fn said_written_again(pending: &Pending) {
 }
 
 /// Log and count what is lost; the events themselves go to the log, so that the audit trail
-/// keeps them even where the store could not.
-fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses) {
+/// keeps them even where the store could not. Last uses lost are said only with the failure's
+/// own line (`say_last_uses`), at most once a minute: they are bookkeeping, given up every
+/// few seconds while the store fails, and counted in the metric.
+fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses, say_last_uses: bool) {
     if !batch.is_empty() {
         tracing::warn!(error = %LogText(&e.to_string()), events = batch.total, "could not write audit events; they are lost from the store and only logged");
         for (event, repeats) in &batch.events {
@@ -1062,7 +1101,7 @@ fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses) {
             );
         }
     }
-    if !last_uses.is_empty() {
+    if !last_uses.is_empty() && say_last_uses {
         tracing::warn!(error = %LogText(&e.to_string()), tokens = last_uses.tokens.len(), "could not record last use");
     }
     for _ in 0..batch.total + last_uses.tokens.len() as u64 {
@@ -1926,6 +1965,35 @@ mod tests {
         );
     }
 
+    /// A store that keeps failing writes (a full disk, for hours) is warned of once, then at
+    /// most once a minute with how many writes failed since — not once a try (every second),
+    /// nor with a line of last uses given up every five tries; the line that says the writes
+    /// work again says how many failed in all.
+    #[test]
+    fn a_store_that_keeps_failing_writes_is_warned_of_once_a_minute() {
+        let pending = super::Pending::default();
+        let error = crate::store::StoreError::Invalid("database or disk is full".into());
+        let log = logged(|| {
+            for _ in 0..3 * ATTEMPTS {
+                let mut uses = super::LastUses::default();
+                uses.note("tok", used(1, "192.0.2.1"));
+                super::failed(&pending, &error, super::Batch::default(), uses, None);
+                pending.held_back.lock().unwrap().last_uses = super::LastUses::default();
+            }
+        });
+        let warned = log
+            .matches("could not write audit events and last uses")
+            .count();
+        assert_eq!(warned, 1, "{log}");
+        assert!(!log.contains("could not record last use"), "{log}");
+        *pending.troubled_since.lock().unwrap() = Some(Instant::now());
+        let log = logged(|| super::said_written_again(&pending));
+        assert!(
+            log.contains(&format!("failed_writes={}", 3 * ATTEMPTS)),
+            "{log}"
+        );
+    }
+
     /// Last uses given up are counted as lost side effects too, not only audit events.
     #[test]
     fn last_uses_given_up_are_counted_as_failed_side_effects() {
@@ -1935,7 +2003,7 @@ mod tests {
             uses.note(&format!("t{i}"), used(1, "192.0.2.1"));
         }
         let error = crate::store::StoreError::Invalid("disk full".into());
-        super::give_up(&error, &super::Batch::default(), &uses);
+        super::give_up(&error, &super::Batch::default(), &uses, true);
         // The count is the whole process's: other tests only add to it.
         assert!(crate::metrics::METRICS.side_effect_failures() >= counted + 1000);
     }
