@@ -220,6 +220,7 @@ impl Gate {
         if client.is_err() {
             let forwarded_for = req.headers().contains_key("x-forwarded-for");
             if let Some(unlogged) = crate::request_log::form_refusal_to_say(
+                id,
                 peer.ip(),
                 400,
                 if forwarded_for {

@@ -61,6 +61,32 @@ pub enum Verdict {
     TooManyInFlight { principal: String, max: u32 },
 }
 
+/// The tail of a principal's burst of rate-limit refusals (see
+/// [`crate::repeats::Refusals::tail`]): those since its last line, not logged till now.
+pub(crate) fn rate_limit_tail_said(principal: &str, unlogged: u32) {
+    tracing::info!(
+        target: "gitgate::ratelimit",
+        principal = %crate::log_value::LogValue(principal),
+        unlogged,
+        "rate limit exceeded: the tail of a burst, the principal's refusals since its last such \
+         line, not logged till now (said a minute after that line, as its bucket is forgotten, \
+         or at the stop)"
+    );
+}
+
+/// The tail of a principal's burst of refusals for its requests in flight (see
+/// [`crate::repeats::Refusals::tail`]).
+pub(crate) fn in_flight_tail_said(principal: &str, unlogged: u32) {
+    tracing::info!(
+        target: "gitgate::ratelimit",
+        principal = %crate::log_value::LogValue(principal),
+        unlogged,
+        "too many requests in flight: the tail of a burst, the principal's refusals since its \
+         last such line, not logged till now (said a minute after that line, as its last \
+         request ends, or at the stop)"
+    );
+}
+
 /// The wait a request refused for its principal's requests in flight is told, in `Retry-After`
 /// and in words: clones take seconds to minutes, so a short wait is the honest hint, and the
 /// same number in both places.
@@ -193,6 +219,10 @@ fn said_unreadable(now: &[UnreadableOverride], before: &[UnreadableOverride]) {
 /// How often `serve` sweeps the address throttle ([`Guard::sweep`]).
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How often `serve` looks for the tails of bursts of refusals to say: a tail is said within
+/// this of its minute's end.
+pub const TAILS_SAID_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Shared by every connection.
 pub struct Guard {
     store: Store,
@@ -262,6 +292,22 @@ impl Guard {
 
     /// Forget the addresses whose failures no longer count, and give back what a flood of
     /// them took (see [`Throttle::sweep`]). `serve` calls it every [`SWEEP_EVERY`].
+    ///
+    /// (See also [`Guard::say_refusal_tails`], called more often.)
+    /// Says the tails of principals' bursts of refusals (rate limit, requests in flight) due
+    /// at `now`, or all of them when `now_or_never` (at the stop): see
+    /// [`crate::repeats::Refusals::tail`]. `serve` calls it every [`TAILS_SAID_EVERY`].
+    pub fn say_refusal_tails(&self, now: i64, now_or_never: bool) {
+        if let Some((limiter, _)) = &self.rate {
+            for (principal, unlogged) in limiter.refusal_tails(now, now_or_never) {
+                rate_limit_tail_said(&principal, unlogged);
+            }
+        }
+        for (principal, unlogged) in self.inflight.refusal_tails(now, now_or_never) {
+            in_flight_tail_said(&principal, unlogged);
+        }
+    }
+
     pub fn sweep(&self, now: i64) {
         let swept = self.throttle.sweep(now);
         if swept.shrunk {

@@ -94,6 +94,18 @@ impl InFlight {
         }
     }
 
+    /// The tails of principals' bursts of refusals due at `now` (see
+    /// [`Refusals::tail`]): each principal with refusals unlogged since its last line, and how
+    /// many.
+    pub fn refusal_tails(&self, now: i64, now_or_never: bool) -> Vec<(Arc<str>, u32)> {
+        self.counts()
+            .iter_mut()
+            .filter_map(|(principal, place)| {
+                Some((principal.clone(), place.refusals.tail(now, now_or_never)?))
+            })
+            .collect()
+    }
+
     fn counts(&self) -> MutexGuard<'_, HashMap<Arc<str>, Place>> {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -105,12 +117,19 @@ impl Drop for Slot {
             return;
         };
         let mut counts = owner.counts();
+        let mut tail = None;
         if let Some(place) = counts.get_mut(&principal) {
             place.count = place.count.saturating_sub(1);
             if place.count == 0 {
+                // Its burst's last refusals, said as the place is forgotten (once let go).
+                tail = place.refusals.tail(crate::clock::monotonic_ms(), true);
                 // Idle principals cost no memory.
                 counts.remove(&principal);
             }
+        }
+        drop(counts);
+        if let Some(unlogged) = tail {
+            crate::guard::in_flight_tail_said(&principal, unlogged);
         }
     }
 }

@@ -271,10 +271,35 @@ impl RateLimiter {
             .shard(principal)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        // The tails of the bursts of principals whose buckets are forgotten here, said once
+        // the shard is let go: else those refusals are counted by no line.
+        let mut forgotten = Vec::new();
         if shard.buckets.len() >= shard.sweep_at {
-            shard.buckets.retain(|_, (b, l)| !b.is_idle(l, now));
+            shard.buckets.retain(|principal, (b, l)| {
+                let idle = b.is_idle(l, now);
+                if let Some(n) = idle.then(|| b.refusals.tail(now, true)).flatten() {
+                    forgotten.push((principal.clone(), n));
+                }
+                !idle
+            });
             shard.sweep_at = (shard.buckets.len() * 2).max(MIN_SWEEP_AT);
         }
+        let decision = Self::charge_in(&mut shard, principal, cost, limits, now);
+        drop(shard);
+        for (principal, unlogged) in forgotten {
+            crate::guard::rate_limit_tail_said(&principal, unlogged);
+        }
+        decision
+    }
+
+    /// [`RateLimiter::check`] in its shard.
+    fn charge_in(
+        shard: &mut Shard,
+        principal: &str,
+        cost: Cost,
+        limits: Limits,
+        now: i64,
+    ) -> Decision {
         let entry = shard
             .buckets
             .entry(principal.to_string())
@@ -292,6 +317,22 @@ impl RateLimiter {
             },
             allowed => allowed,
         }
+    }
+
+    /// The tails of principals' bursts of refusals due at `now` (see
+    /// [`Refusals::tail`]): each principal with refusals unlogged since its last line, and how
+    /// many.
+    pub fn refusal_tails(&self, now: i64, now_or_never: bool) -> Vec<(String, u32)> {
+        let mut tails = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (principal, (bucket, _)) in shard.buckets.iter_mut() {
+                if let Some(n) = bucket.refusals.tail(now, now_or_never) {
+                    tails.push((principal.clone(), n));
+                }
+            }
+        }
+        tails
     }
 
     /// How many buckets are held (for tests and metrics).

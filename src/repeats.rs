@@ -122,11 +122,11 @@ impl Repeats {
 /// A principal's refusals (a rate limit's, the cap of requests in flight), logged at most once
 /// per [`REFUSALS_SAID_EVERY_MS`]: a client that ignores `Retry-After` and floods would
 /// otherwise double the log's lines (each request has its own line besides, with its status).
-/// The line after a quiet spell says how many refusals went unlogged before it; refusals left
-/// unlogged when the state is forgotten (the bucket refilled and swept, the last request in
-/// flight ended) are counted by no line, only by their request lines. Kept with the
-/// principal's other state (its bucket, its count in flight), in 24 bytes, on the monotonic
-/// clock in milliseconds.
+/// The line after a quiet spell says how many refusals went unlogged before it; those of a
+/// burst that stopped, which no next refusal says, are said as its tail ([`Refusals::tail`]):
+/// once its minute has passed, when the state is forgotten (the bucket refilled and swept, the
+/// last request in flight ended), or at the stop. Kept with the principal's other state (its
+/// bucket, its count in flight), in 24 bytes, on the monotonic clock in milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Refusals {
     /// When one was last logged (`None`: never) ...
@@ -151,6 +151,19 @@ impl Refusals {
         Some(std::mem::take(&mut self.unsaid))
     }
 
+    /// The refusals left unlogged since the last line, as the tail of their burst: `Some(n)`
+    /// (`n` > 0) once [`REFUSALS_SAID_EVERY_MS`] has passed since that line — a burst that
+    /// stopped has no next refusal to say its count — or at once when `now_or_never` (the state
+    /// is about to be forgotten, or the process stops). The burst is over then: the next
+    /// refusal is news, said at once (not a minute late), as after a quiet spell.
+    pub fn tail(&mut self, now: i64, now_or_never: bool) -> Option<u32> {
+        if self.unsaid == 0 || (!now_or_never && self.said_lately(now)) {
+            return None;
+        }
+        self.said_at_ms = None;
+        Some(std::mem::take(&mut self.unsaid))
+    }
+
     /// Whether a line was said within the last [`REFUSALS_SAID_EVERY_MS`] before `now`: the
     /// next refusal would stay quiet.
     fn said_lately(&self, now: i64) -> bool {
@@ -168,11 +181,13 @@ impl Refusals {
 /// the keys not said within the last window are forgotten (their unlogged refusals are counted
 /// by their request lines only), and while it is still full, every other key shares one count
 /// — clients that vary what they send cannot grow the map, nor get a line per request back.
+/// Each key keeps a `T` given with the refusal that was said last (the request id of its
+/// line), which its tail names ([`RefusalsBy::tails`]).
 #[derive(Debug)]
-pub struct RefusalsBy<K> {
-    keys: std::collections::HashMap<K, Refusals>,
+pub struct RefusalsBy<K, T = ()> {
+    keys: std::collections::HashMap<K, (Refusals, T)>,
     most: usize,
-    /// The keys that found no room.
+    /// The keys that found no room, and those forgotten with refusals unsaid.
     overflow: Refusals,
     /// When the full map was last looked through for keys to forget: at most once a second,
     /// so that a flood from more addresses than it holds does not pay a pass over every key
@@ -180,8 +195,15 @@ pub struct RefusalsBy<K> {
     swept_at_ms: Option<i64>,
 }
 
-impl<K: std::hash::Hash + Eq> RefusalsBy<K> {
+impl<K: std::hash::Hash + Eq + Clone> RefusalsBy<K> {
     pub fn new(most: usize) -> RefusalsBy<K> {
+        RefusalsBy::with_tags(most)
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, T: Copy + Default> RefusalsBy<K, T> {
+    /// As [`RefusalsBy::new`], each key keeping a `T` (see [`RefusalsBy::refused_with`]).
+    pub fn with_tags(most: usize) -> RefusalsBy<K, T> {
         RefusalsBy {
             keys: std::collections::HashMap::new(),
             most,
@@ -193,19 +215,53 @@ impl<K: std::hash::Hash + Eq> RefusalsBy<K> {
     /// One more refusal for `key` at `now` (monotonic milliseconds): as [`Refusals::refused`],
     /// `Some(n)` when it is the one to log, `n` the refusals of its key not logged before it.
     pub fn refused(&mut self, key: K, now: i64) -> Option<u32> {
+        self.refused_with(key, now, T::default())
+    }
+
+    /// [`RefusalsBy::refused`], keeping `tag` with the key when this refusal is the one said.
+    pub fn refused_with(&mut self, key: K, now: i64, tag: T) -> Option<u32> {
         if !self.keys.contains_key(&key) && self.keys.len() >= self.most {
             if self
                 .swept_at_ms
                 .is_none_or(|swept| !(0..SWEPT_EVERY_MS).contains(&now.saturating_sub(swept)))
             {
                 self.swept_at_ms = Some(now);
-                self.keys.retain(|_, r| r.said_lately(now));
+                // A key forgotten with refusals unsaid leaves them to the overflow's tail.
+                let overflow = &mut self.overflow;
+                self.keys.retain(|_, (r, _)| {
+                    let keep = r.said_lately(now);
+                    if !keep {
+                        overflow.unsaid = overflow.unsaid.saturating_add(r.unsaid);
+                    }
+                    keep
+                });
             }
             if self.keys.len() >= self.most {
                 return self.overflow.refused(now);
             }
         }
-        self.keys.entry(key).or_default().refused(now)
+        let (refusals, kept) = self.keys.entry(key).or_default();
+        let said = refusals.refused(now);
+        if said.is_some() {
+            *kept = tag;
+        }
+        said
+    }
+
+    /// The tails due at `now` (see [`Refusals::tail`]): each key's, with the tag of its last
+    /// line, and the overflow's (`None`: keys that found no room or were forgotten).
+    pub fn tails(&mut self, now: i64, now_or_never: bool) -> Vec<(Option<K>, u32, T)> {
+        let mut tails: Vec<(Option<K>, u32, T)> = self
+            .keys
+            .iter_mut()
+            .filter_map(|(key, (r, tag))| {
+                Some((Some(key.clone()), r.tail(now, now_or_never)?, *tag))
+            })
+            .collect();
+        if let Some(n) = self.overflow.tail(now, now_or_never) {
+            tails.push((None, n, T::default()));
+        }
+        tails
     }
 
     /// How many keys are kept.
@@ -445,6 +501,37 @@ mod tests {
         assert_eq!(r.refused("c", 1_000 + min + 2), Some(0));
         assert_eq!(r.len(), 2);
         assert_eq!(r.refused("b", 1_000 + min + 3), None);
+    }
+
+    /// A burst that stops is not left with its last minute's count unsaid: its tail is due a
+    /// minute after its last line (or at once at a stop), once, and only when there is one.
+    #[test]
+    fn the_tail_of_a_burst_is_said_once_its_minute_has_passed() {
+        let min = REFUSALS_SAID_EVERY_MS;
+        let mut r = Refusals::default();
+        assert_eq!(r.refused(0), Some(0));
+        for t in 1..=7 {
+            assert_eq!(r.refused(t), None);
+        }
+        assert_eq!(r.tail(min - 1, false), None, "before its minute");
+        assert_eq!(r.tail(min, false), Some(7));
+        assert_eq!(r.tail(min + 1, true), None, "said already");
+        // The burst is over: the next refusal is news, said at once; its own repeats are
+        // quiet again, and said at a stop whatever the window.
+        assert_eq!(r.refused(min + 2), Some(0));
+        assert_eq!(r.refused(min + 3), None);
+        assert_eq!(
+            r.tail(min + 4, true),
+            Some(1),
+            "at a stop, whatever the window"
+        );
+        // Per key, with the tag of the key's last line; keys without a tail say nothing.
+        let mut by: RefusalsBy<&str, u32> = RefusalsBy::with_tags(8);
+        assert_eq!(by.refused_with("a", 0, 11), Some(0));
+        assert_eq!(by.refused_with("a", 1, 12), None);
+        assert_eq!(by.refused_with("b", 2, 21), Some(0));
+        assert_eq!(by.tails(min + 5, false), vec![(Some("a"), 1, 11)]);
+        assert!(by.tails(min + 6, true).is_empty());
     }
 
     /// A full map is looked through for keys to forget at most once a second: a key that

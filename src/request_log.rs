@@ -42,7 +42,7 @@ use crate::gate::{Inbound, RequestLog, ResponseBody};
 /// browser keeps loading, or a client that repeats one malformed request, would otherwise
 /// write two lines for each of its requests. Each refusal still has its request line.
 pub(crate) fn malformed_said(id: RequestId, remote: SocketAddr, status: u16, reason: &str) {
-    let Some(unlogged) = form_refusal_to_say(remote.ip(), status, reason) else {
+    let Some(unlogged) = form_refusal_to_say(id, remote.ip(), status, reason) else {
         return;
     };
     let reason = credentials::without_secrets(reason.trim_end());
@@ -63,13 +63,46 @@ pub(crate) fn malformed_said(id: RequestId, remote: SocketAddr, status: u16, rea
 }
 
 /// The refusals [`malformed_said`] has said, by client address, status and reason (its hash:
-/// a reason can be as long as the header it quotes), for the lines it leaves out. At most
-/// [`FORM_REFUSAL_KEYS`] are kept; see [`RefusalsBy`](crate::repeats::RefusalsBy).
-static FORM_REFUSALS: std::sync::LazyLock<
-    std::sync::Mutex<crate::repeats::RefusalsBy<(std::net::IpAddr, u16, u64)>>,
-> = std::sync::LazyLock::new(|| {
-    std::sync::Mutex::new(crate::repeats::RefusalsBy::new(FORM_REFUSAL_KEYS))
-});
+/// a reason can be as long as the header it quotes), for the lines it leaves out, each with
+/// the request whose line said it last (which its tail names: that line has the reason). At
+/// most [`FORM_REFUSAL_KEYS`] are kept; see [`RefusalsBy`](crate::repeats::RefusalsBy).
+type FormRefusals = crate::repeats::RefusalsBy<(std::net::IpAddr, u16, u64), Option<RequestId>>;
+
+static FORM_REFUSALS: std::sync::LazyLock<std::sync::Mutex<FormRefusals>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::Mutex::new(crate::repeats::RefusalsBy::with_tags(FORM_REFUSAL_KEYS))
+    });
+
+/// The tails of bursts of refusals for their form (see
+/// [`Refusals::tail`](crate::repeats::Refusals::tail)): for each address and reason whose
+/// refusals since its last line went unlogged, a line with how many, once its minute has
+/// passed (or at once when `now_or_never`: at the stop), naming in `after_request_id` the
+/// request whose line has the reason. Else a burst's last minute is counted by no line.
+pub(crate) fn say_form_refusal_tails(now_or_never: bool) {
+    let tails = FORM_REFUSALS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .tails(crate::clock::monotonic_ms(), now_or_never);
+    for (key, unlogged, last) in tails {
+        let after = last.map_or_else(|| "-".to_string(), |id| id.to_string());
+        match key {
+            Some((remote, status, _)) => tracing::info!(
+                remote = %remote,
+                status,
+                unlogged,
+                after_request_id = %after,
+                "refused a request for its form: the tail of a burst, the refusals of this \
+                 address and reason since the line of after_request_id (which has the reason), \
+                 not logged till now"
+            ),
+            None => tracing::info!(
+                unlogged,
+                "refused a request for its form: the tail of a burst, refusals of addresses and \
+                 reasons not counted apart (more than are kept at once), not logged till now"
+            ),
+        }
+    }
+}
 
 /// The most addresses and reasons whose form refusals are counted apart (some 200 KiB).
 const FORM_REFUSAL_KEYS: usize = 4096;
@@ -79,6 +112,7 @@ const FORM_REFUSAL_KEYS: usize = 4096;
 /// the last line; `None` to stay quiet. Also for a trusted proxy's unreadable
 /// `X-Forwarded-For`, which a misconfigured proxy sends with every request.
 pub(crate) fn form_refusal_to_say(
+    id: RequestId,
     from: std::net::IpAddr,
     status: u16,
     reason: &str,
@@ -86,9 +120,10 @@ pub(crate) fn form_refusal_to_say(
     FORM_REFUSALS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .refused(
+        .refused_with(
             (from, status, reason_key(reason)),
             crate::clock::monotonic_ms(),
+            Some(id),
         )
 }
 

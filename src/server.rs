@@ -365,6 +365,7 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         crate::clock::monotonic_ms(),
     )?);
     tokio::spawn(sweep_addresses(Arc::downgrade(&guard)));
+    tokio::spawn(say_refusal_tails(Arc::downgrade(&guard)));
     follow_command_line_changes(&store);
     let gates: Vec<Arc<Gate>> = upstreams
         .into_iter()
@@ -507,6 +508,9 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     for t in threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
+    // No request is left: the counts of refusals not logged yet, which no next refusal will say.
+    guard.say_refusal_tails(crate::clock::monotonic_ms(), true);
+    crate::request_log::say_form_refusal_tails(true);
     // No request is left: write what the store's writer still holds (audit events and last
     // uses of the last window), which would otherwise end with the process.
     // And tell now of store files changed under the running server, which the store's last
@@ -618,6 +622,21 @@ async fn sweep_addresses(guard: std::sync::Weak<Guard>) {
         every.tick().await;
         let Some(guard) = guard.upgrade() else { return };
         guard.sweep(crate::clock::monotonic_ms());
+    }
+}
+
+/// Says the tails of bursts of refusals (see [`crate::repeats::Refusals::tail`]) every
+/// [`crate::guard::TAILS_SAID_EVERY`] until the guard is gone: a burst logged once a minute
+/// with `unlogged=` would otherwise leave its last minute's count unsaid when it stops.
+async fn say_refusal_tails(guard: std::sync::Weak<Guard>) {
+    let mut every = tokio::time::interval(crate::guard::TAILS_SAID_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(guard) = guard.upgrade() else { return };
+        guard.say_refusal_tails(crate::clock::monotonic_ms(), false);
+        crate::request_log::say_form_refusal_tails(false);
     }
 }
 

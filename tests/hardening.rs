@@ -2308,3 +2308,56 @@ fn a_refused_requests_line_says_why_its_credentials_were_refused() {
         );
     }
 }
+
+/// A burst of refusals logged once a minute (`unlogged=`) does not lose its tail: the refusals
+/// after its last line, which no next refusal will say, are said once its minute has passed or,
+/// as here, at the stop — per address and reason for refusals of their form (naming the request
+/// whose line has the reason), per principal for the rate limit.
+#[test]
+fn the_tail_of_a_burst_of_refusals_is_said_at_the_stop() {
+    let mut server = Server::start(
+        "[rate_limit]\ncapacity = 1\nrefill_per_second = 0.01\n[auth_failures]\nmax = 1000\n",
+    );
+    let w = server.write_token.clone();
+    let image =
+        "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: image\r\n";
+    let from_a_page = format!(
+        "GET {IR} HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n{image}Connection: close\r\n\r\n",
+        basic("alice", &w)
+    );
+    for _ in 0..6 {
+        assert_eq!(status(&server.raw(from_a_page.as_bytes())), 403);
+    }
+    assert_eq!(status(&get(&server, IR, &w)), 200);
+    for _ in 0..4 {
+        assert_eq!(status(&get(&server, IR, &w)), 429);
+    }
+    wait_for_request_lines(&server, "status=429", 4);
+    server.stop();
+    let log = server.log();
+    let first = log
+        .lines()
+        .find(|l| l.contains("refused a request for its form") && l.contains(" unlogged=0"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let tail = log
+        .lines()
+        .find(|l| l.contains("refused a request for its form: the tail of a burst"))
+        .unwrap_or_else(|| panic!("no tail of the form refusals:\n{log}"));
+    assert!(
+        tail.contains(" unlogged=5")
+            && tail.contains("status=403")
+            && tail.contains(&format!("after_request_id={}", request_id_in(first))),
+        "{tail}"
+    );
+    let rate_tail = log
+        .lines()
+        .find(|l| l.contains("rate limit exceeded: the tail of a burst"))
+        .unwrap_or_else(|| panic!("no tail of the rate limit's refusals:\n{log}"));
+    assert!(
+        rate_tail.contains("principal=user:alice") && rate_tail.contains(" unlogged=3"),
+        "{rate_tail}"
+    );
+    // Said before the stop's last line.
+    let stopped = log.find("stopped: every connection closed").unwrap();
+    assert!(log.find(rate_tail).unwrap() < stopped, "{log}");
+}
