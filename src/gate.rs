@@ -1051,11 +1051,12 @@ impl Gate {
             let scratch = &mut *scratch.borrow_mut();
             let (source, detail) = scratch.fill(remote.ip(), reason, log.repo.as_deref());
             // Batched by the store's audit writer: one commit per batch, not per refusal.
-            self.store.record_event_later(
+            self.store.record_request_event_later(
                 (log.user.as_deref().unwrap_or("anonymous"), source),
                 "auth.failed",
                 log.token_id.as_deref().unwrap_or_default(),
                 detail,
+                Some(id),
             );
         });
     }

@@ -1172,12 +1172,24 @@ fn a_rotation_whose_secret_cannot_be_shown_is_undone() {
         .collect();
     assert_eq!(undone.len(), 1, "{audit}");
     assert_no_secrets(&audit);
-    // Every event has the same fields, `lastAt` (of repeats) null where there were none.
+    // Every event has the same fields, `lastAt` (of repeats) null where there were none, and
+    // `requestId` where no request made it.
     for e in audit.as_array().unwrap() {
         let keys: Vec<&String> = e.as_object().unwrap().keys().collect();
         assert_eq!(
             keys,
-            ["action", "actor", "at", "count", "detail", "id", "lastAt", "source", "target"],
+            [
+                "action",
+                "actor",
+                "at",
+                "count",
+                "detail",
+                "id",
+                "lastAt",
+                "requestId",
+                "source",
+                "target"
+            ],
             "{e}"
         );
     }

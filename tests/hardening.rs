@@ -2361,3 +2361,44 @@ fn the_tail_of_a_burst_of_refusals_is_said_at_the_stop() {
     let stopped = log.find("stopped: every connection closed").unwrap();
     assert!(log.find(rate_tail).unwrap() < stopped, "{log}");
 }
+
+/// A failed authentication's audit row keeps the `request_id` of the request that made it,
+/// so that the row and the request's log line can be joined; repeats folded into one row keep
+/// the first one's.
+#[test]
+fn a_failed_authentications_audit_row_names_its_request() {
+    let server = Server::start("[auth_failures]\nmax = 1000\n");
+    let wrong = common::flip_secret(&server.write_token);
+    for _ in 0..3 {
+        assert_eq!(status(&get(&server, IR, &wrong)), 401);
+    }
+    wait_for_request_lines(&server, "status=401", 3);
+    let log = server.log();
+    let first = log
+        .lines()
+        .find(|l| l.contains("gitgate::request: ") && l.contains("status=401"))
+        .unwrap();
+    let id = request_id_in(first);
+    let mut events = serde_json::Value::Null;
+    wait_for("the auth.failed audit event", || {
+        events = serde_json::from_str(&gitgate(
+            &server.config(),
+            &["audit", "--json", "--action", "auth.failed"],
+            None,
+        ))
+        .unwrap();
+        events.as_array().is_some_and(|a| !a.is_empty())
+    });
+    let rows = events.as_array().unwrap();
+    let counted: i64 = rows.iter().map(|e| e["count"].as_i64().unwrap()).sum();
+    assert_eq!(counted, 3, "{events}");
+    assert_eq!(rows[0]["requestId"], id, "{events}");
+    // And its audit log line says it too.
+    let is_audit = |l: &&str| l.contains("gitgate::audit") && l.contains("action=\"auth.failed\"");
+    wait_for("the audit line", || {
+        server.log().lines().any(|l| is_audit(&l))
+    });
+    let log = server.log();
+    let audit = log.lines().find(is_audit).unwrap();
+    assert!(audit.contains(&format!("request_id={id}")), "{audit}");
+}

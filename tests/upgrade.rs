@@ -53,7 +53,7 @@ fn a_store_of_the_first_build_keeps_its_tokens_users_and_audit() {
     assert!(
         server
             .log_text()
-            .contains("migrated the token store from schema 1 to 5"),
+            .contains("migrated the token store from schema 1 to 6"),
         "{}",
         server.log_text()
     );
@@ -134,9 +134,9 @@ fn a_store_of_the_first_build_keeps_its_tokens_users_and_audit() {
     );
     drop(server);
 
-    // Migrated to this build's version: 5 (a new migration raises it here too, and the
+    // Migrated to this build's version: 6 (a new migration raises it here too, and the
     // fixture then shows it runs on a store of every earlier version's data).
-    assert_eq!(version(&sb.db()), 5, "migrated to this build's version");
+    assert_eq!(version(&sb.db()), 6, "migrated to this build's version");
     // The grants as they were, no more.
     let grants = sb.cli_json(&["grant", "list", "--json"]);
     let grants: Vec<(&str, &str, &str)> = grants
@@ -178,6 +178,16 @@ fn a_store_of_the_first_build_keeps_its_tokens_users_and_audit() {
     first.sort();
     let first: Vec<&str> = first.iter().map(|(_, e)| e.as_str()).collect();
     assert_eq!(first, FIRST_BUILD_AUDIT, "{first:#?}");
+    // They name no request (the column migration 6 added): `null`, not a guess.
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["at"].as_i64().is_some_and(|at| at < 1_735_776_000_000))
+            .all(|e| e.get("requestId") == Some(&serde_json::Value::Null)),
+        "{audit}"
+    );
     // And the token's record as the first build wrote it, now used by this one.
     let show = sb.cli_json(&["token", "show", "xmh3qguqzq47", "--json"]);
     assert_eq!(show["name"], "laptop", "{show}");
@@ -207,7 +217,7 @@ fn a_command_that_migrates_the_store_says_so_once() {
     assert!(listed.contains("laptop"), "{first}");
     assert!(
         first.stderr.contains(&format!(
-            "note: migrated the token store {} from schema 1 to 5: a gitgate older than this \
+            "note: migrated the token store {} from schema 1 to 6: a gitgate older than this \
              one that still serves it now refuses every token (503)",
             sb.db().display()
         )),

@@ -23,6 +23,11 @@ pub struct AuditEvent {
     /// Epoch milliseconds of the last repeat (when `count` > 1; `null` in JSON otherwise, so
     /// that every event has the same fields).
     pub last_at: Option<i64>,
+    /// The `request_id` of the request it happened in, as its log lines have it (the first
+    /// one's, for repeats folded into one row): a failed authentication or a block made by a
+    /// request. `null` for an event no request of gitgate's made (the command line, a store
+    /// from before schema version 6).
+    pub request_id: Option<String>,
 }
 
 /// Which events a listing shows: all of them by default, or those in a span of time, of an
@@ -204,7 +209,7 @@ pub(super) fn log_lost_event(
 }
 
 /// An event of a row selected as `id, at, actor, action, target, detail, source, count,
-/// last_at`.
+/// last_at, request_id`.
 /// Column `i` of an audit row as a whole number: a time edited by hand into a real number
 /// (`julianday('now')`) is placed by its value, as the listing's filters place it, rather than
 /// failing the whole listing. Rounded up: the next page starts after the last event's time, and
@@ -235,6 +240,8 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEvent> {
         source: r.get(6)?,
         count: number(7)?.unwrap_or(1),
         last_at: number(8)?,
+        // Text as gitgate writes it; anything else (edited by hand) is left out.
+        request_id: r.get::<_, Option<String>>(9).ok().flatten(),
     })
 }
 
@@ -250,6 +257,20 @@ pub(super) fn log_event(
     detail: &str,
     repeats: Option<&Repeats>,
 ) {
+    log_event_in(at, actor, action, target, detail, repeats, None);
+}
+
+/// [`log_event`] of an event a request made: with its `request_id`, as the request's own
+/// lines have it (the first's, for repeats).
+pub(super) fn log_event_in(
+    at: i64,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: &str,
+    repeats: Option<&Repeats>,
+    request: Option<crate::request_id::RequestId>,
+) {
     let count = repeats.map_or(1, |r| r.count.max(1));
     tracing::info!(
         target: "gitgate::audit",
@@ -260,6 +281,7 @@ pub(super) fn log_event(
         detail,
         count,
         at,
+        request_id = request.map(tracing::field::display),
         "audit"
     );
 }
@@ -316,13 +338,30 @@ pub(super) fn insert_repeated(
     at: i64,
     repeats: Option<&Repeats>,
 ) -> Result<()> {
+    insert_repeated_in(conn, actor, action, target, detail, at, repeats, None)
+}
+
+/// [`insert_repeated`] of an event a request made (`request`: its id, which joins the row to
+/// the request's log lines).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn insert_repeated_in(
+    conn: &rusqlite::Connection,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: &str,
+    at: i64,
+    repeats: Option<&Repeats>,
+    request: Option<crate::request_id::RequestId>,
+) -> Result<()> {
     let (count, last_at) = match repeats {
         Some(r) if r.count > 1 => (r.count as i64, Some(r.last)),
         _ => (1, None),
     };
     conn.prepare_cached(
-        "INSERT INTO audit_events (at, actor, action, target, detail, source, count, last_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO audit_events
+           (at, actor, action, target, detail, source, count, last_at, request_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         at,
@@ -332,7 +371,8 @@ pub(super) fn insert_repeated(
         detail,
         actor.source,
         count,
-        last_at
+        last_at,
+        request.map(|id| id.to_string())
     ])?;
     Ok(())
 }
@@ -342,12 +382,12 @@ fn page_sql() -> String {
     format!(
         "SELECT * FROM (
            SELECT * FROM (
-             SELECT id, at, actor, action, target, detail, source, count, last_at
+             SELECT id, at, actor, action, target, detail, source, count, last_at, request_id
              FROM audit_events WHERE at = ?2 AND id > ?3 AND {FILTERED}
              ORDER BY id LIMIT ?4)
            UNION ALL
            SELECT * FROM (
-             SELECT id, at, actor, action, target, detail, source, count, last_at
+             SELECT id, at, actor, action, target, detail, source, count, last_at, request_id
              FROM audit_events WHERE at > ?2 AND {FILTERED}
              ORDER BY at, id LIMIT ?4))
          ORDER BY at, id LIMIT ?4"
@@ -392,6 +432,19 @@ impl Store {
         target: &str,
         detail: &str,
     ) {
+        self.record_request_event_later(actor, action, target, detail, None);
+    }
+
+    /// [`Store::record_event_later`] for an event `request` made: the row keeps its id (the
+    /// first's, for repeats folded into it).
+    pub fn record_request_event_later(
+        &self,
+        actor: (&str, &str),
+        action: &'static str,
+        target: &str,
+        detail: &str,
+        request: Option<crate::request_id::RequestId>,
+    ) {
         let (name, source) = actor;
         self.inner.batch_writer.send(
             &self.inner,
@@ -402,6 +455,7 @@ impl Store {
                 action,
                 target,
                 detail,
+                request,
             },
         );
     }
@@ -490,7 +544,7 @@ impl Store {
     ) -> Result<Vec<AuditEvent>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, at, actor, action, target, detail, source, count, last_at
+                "SELECT id, at, actor, action, target, detail, source, count, last_at, request_id
                  FROM audit_events WHERE id > ?1 AND id <= ?2 AND actor LIKE 'cli:%'
                  ORDER BY id LIMIT ?3",
             )?;

@@ -91,6 +91,12 @@ ALTER TABLE users ADD COLUMN locked_until INTEGER;
 ALTER TABLE audit_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE audit_events ADD COLUMN last_at INTEGER;
 "#,
+    // 6: the request an event happened in (a failed authentication, a block), by the
+    // `request_id` of its log lines: what joins an audit row to the request that made it.
+    // NULL for the rest, and for the rows of older versions.
+    r#"
+ALTER TABLE audit_events ADD COLUMN request_id TEXT;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -285,11 +291,12 @@ pub fn lost_columns(conn: &Connection, version: i64) -> rusqlite::Result<Option<
 /// A column each migration adds, by the version it makes: a store whose `user_version` is
 /// below one whose column it has was not made by gitgate's migrations, and the next would fail
 /// on it (`duplicate column name`) — a start that `check` could not foresee.
-const MADE_BY: [(i64, &str, &str); 4] = [
+const MADE_BY: [(i64, &str, &str); 5] = [
     (2, "tokens", "previous_hash"),
     (3, "rate_limits", "refill_per_second"),
     (4, "users", "failed_logins"),
     (5, "audit_events", "count"),
+    (6, "audit_events", "request_id"),
 ];
 
 /// Whether the store's `table` has `column` (none when the table is not there).
@@ -521,6 +528,34 @@ mod tests {
             };
             assert!(e.contains(why), "{version}: {e}");
         }
+    }
+
+    /// A store of schema 5, whose audit rows named no request, is brought to 6 with its rows
+    /// as they were: their `request_id` is NULL, and a new row can name one.
+    #[test]
+    fn audit_rows_of_a_store_before_version_6_are_kept_without_a_request() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&MIGRATIONS[..5].concat()).unwrap();
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute(
+            "INSERT INTO audit_events (at, actor, action, target) VALUES (1, 'a', 'auth.failed', 't')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), Some(5));
+        assert_eq!(lost_columns(&conn, CURRENT).unwrap(), None);
+        let row: (i64, Option<String>) = conn
+            .query_row("SELECT count, request_id FROM audit_events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(row, (1, None));
+        conn.execute(
+            "INSERT INTO audit_events (at, actor, action, target, request_id) \
+             VALUES (2, 'a', 'auth.failed', 't', '0123456789abcdef')",
+            [],
+        )
+        .unwrap();
     }
 
     #[test]

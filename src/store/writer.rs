@@ -55,7 +55,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::audit::{insert_repeated, log_event, log_lost_event, Repeats};
+use super::audit::{
+    insert_repeated, insert_repeated_in, log_event, log_event_in, log_lost_event, Repeats,
+};
 use super::tokens::write_last_use;
 use super::{Actor, Inner, Store};
 
@@ -94,6 +96,9 @@ pub(super) struct Event {
     pub action: &'static str,
     pub target: String,
     pub detail: String,
+    /// The request it happened in (its first, for repeats folded into one row): what joins
+    /// the row to that request's log line. Not part of what makes two events the same.
+    pub request: Option<crate::request_id::RequestId>,
 }
 
 /// An event as the code that adds it has it: borrowed, made an [`Event`] (copied) only when it
@@ -105,6 +110,8 @@ pub(super) struct EventRef<'a> {
     pub action: &'static str,
     pub target: &'a str,
     pub detail: &'a str,
+    /// The request it happened in, if any.
+    pub request: Option<crate::request_id::RequestId>,
 }
 
 /// What makes two events the same event (everything but the time): compared to fold repeats,
@@ -139,6 +146,7 @@ impl EventRef<'_> {
             action: self.action,
             target: self.target.to_string(),
             detail: self.detail.to_string(),
+            request: self.request,
         }
     }
 }
@@ -942,7 +950,7 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super
     // Nothing here is read by a decision: the token cache keeps its entries across it.
     store.write_bookkeeping(|tx| {
         for (e, repeats) in &batch.events {
-            insert_repeated(
+            insert_repeated_in(
                 tx,
                 &e.actor,
                 e.action,
@@ -950,6 +958,7 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super
                 &e.detail,
                 e.at,
                 Some(repeats),
+                e.request,
             )?;
         }
         if let Some((actor, detail)) = &summary {
@@ -961,13 +970,14 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super
         Ok(())
     })?;
     for (e, repeats) in &batch.events {
-        log_event(
+        log_event_in(
             e.at,
             &e.actor,
             e.action,
             &e.target,
             &e.detail,
             Some(repeats),
+            e.request,
         );
     }
     if let Some((actor, detail)) = &summary {
@@ -1508,6 +1518,7 @@ mod tests {
             action: "auth.failed",
             target,
             detail: "invalid token (repo team/app)",
+            request: None,
         };
         for (at, target) in [(1, "aaa"), (2, "aaa"), (3, "bbb"), (4, "aaa"), (5, "bbb")] {
             batch.add(&event(at, target));
@@ -1546,6 +1557,7 @@ mod tests {
                 action: "auth.failed",
                 target: "eve",
                 detail: "while locked",
+                request: None,
             });
             super::failed(
                 &pending,
@@ -1668,6 +1680,7 @@ mod tests {
                 action: "auth.failed",
                 target: &format!("t{i}"),
                 detail: "bad",
+                request: None,
             });
         }
         // A repeat of one already waiting is still folded in, not dropped.
@@ -1678,6 +1691,7 @@ mod tests {
             action: "auth.failed",
             target: "t0",
             detail: "bad",
+            request: None,
         });
         assert_eq!(batch.events.len(), super::DISTINCT);
         assert_eq!(batch.dropped, 5);
@@ -1882,6 +1896,7 @@ mod tests {
             action: "auth.failed",
             target,
             detail: "bad",
+            request: None,
         }
     }
 
