@@ -567,11 +567,20 @@ impl Gate {
             return Ok(response);
         }
         let (parts, body) = response.into_parts();
+        // Only a forwarded git answer's framing is followed (the backend's `200` of one of
+        // git's content types).
+        let framing = line
+            .forwarded
+            .then(|| {
+                crate::upstream::framing::AnswerFraming::for_answer(parts.status, &parts.headers)
+            })
+            .flatten();
         let body = LoggedBody {
             inner: body,
             _slot: slot,
             bytes_out: 0,
             done: Some(line),
+            framing,
         };
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }

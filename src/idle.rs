@@ -75,6 +75,13 @@ struct Clocks {
     rpc_came: tokio::sync::Notify,
     /// Requests opened on the connection so far: at a stop, whether its client went on asking.
     opened: AtomicU64,
+    /// The last write to the connection's stream did not take all it was given (or waited):
+    /// bytes of an answer may still be in hyper's buffers.
+    write_unfinished: std::sync::atomic::AtomicBool,
+    /// The client closed the connection (its end of the stream came) when everything written
+    /// had been taken by the socket and acknowledged by the client's TCP, on HTTP/1: it had
+    /// every byte handed to the connection (see [`Activity::left_with_everything`]).
+    left_with_everything: std::sync::atomic::AtomicBool,
 }
 
 /// Milliseconds on the coarse monotonic clock. Its few milliseconds of resolution are plenty
@@ -99,6 +106,8 @@ impl Activity {
             rpc_expected: std::sync::atomic::AtomicBool::new(false),
             rpc_came: tokio::sync::Notify::new(),
             opened: AtomicU64::new(0),
+            write_unfinished: std::sync::atomic::AtomicBool::new(false),
+            left_with_everything: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -149,6 +158,34 @@ impl Activity {
             return None;
         }
         self.bytes_acked()
+    }
+
+    /// Whether the client, when it closed the connection, had every byte handed to it: on
+    /// HTTP/1 (whose answers hyper writes in order, with nothing held back per stream), with
+    /// nothing left unwritten in the stream's last write and nothing in the socket's send queue
+    /// unacknowledged. A client that closes with unread bytes resets the connection instead
+    /// (no end of stream is read); one that closed before the rest of an answer was written
+    /// had not acknowledged it. What is written is all the answer's bytes handed to hyper.
+    pub fn left_with_everything(&self) -> bool {
+        self.0.left_with_everything.load(Ordering::Acquire)
+    }
+
+    /// The end of the client's stream was read: whether it had everything (see
+    /// [`Activity::left_with_everything`]), read now, while the socket is open.
+    fn client_closed(&self) {
+        let everything = !self.0.http2.load(Ordering::Relaxed)
+            && !self.0.write_unfinished.load(Ordering::Relaxed)
+            && self.0.socket.load(Ordering::Relaxed) >= 0
+            && self.send_queue() == 0;
+        self.0
+            .left_with_everything
+            .store(everything, Ordering::Release);
+    }
+
+    /// A write to the stream took `written` of `offered` bytes (`None`: it waited or failed).
+    fn wrote(&self, written: Option<usize>, offered: usize) {
+        let unfinished = written.is_none_or(|n| n < offered);
+        self.0.write_unfinished.store(unfinished, Ordering::Relaxed);
     }
 
     /// Whether gitgate closed the connection for idling (see [`until_idle_or_drained`]).
@@ -760,9 +797,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ActivityIo<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.byte_moved();
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            if buf.filled().len() > before {
+                self.activity.byte_moved();
+            } else if room {
+                // The end of the client's stream: it closed the connection (or its sending).
+                self.activity.client_closed();
+            }
         }
         polled
     }
@@ -778,6 +821,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ActivityIo<IO> {
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.byte_moved();
         }
+        let written = match &polled {
+            Poll::Ready(Ok(n)) => Some(*n),
+            _ => None,
+        };
+        self.activity.wrote(written, buf.len());
         polled
     }
 
@@ -790,6 +838,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ActivityIo<IO> {
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.byte_moved();
         }
+        let written = match &polled {
+            Poll::Ready(Ok(n)) => Some(*n),
+            _ => None,
+        };
+        self.activity
+            .wrote(written, bufs.iter().map(|b| b.len()).sum());
         polled
     }
 

@@ -469,6 +469,10 @@ pub(crate) struct LoggedBody {
     pub(crate) _slot: Option<Slot>,
     pub(crate) bytes_out: u64,
     pub(crate) done: Option<LogLine>,
+    /// The answer's git framing, followed as its bytes are handed to the connection, for a
+    /// git answer (see [`AnswerFraming`](crate::upstream::framing::AnswerFraming)): whether a
+    /// client that left had all of it.
+    pub(crate) framing: Option<crate::upstream::framing::AnswerFraming>,
 }
 
 impl LoggedBody {
@@ -508,6 +512,9 @@ impl Body for LoggedBody {
                 if let Some(data) = frame.data_ref() {
                     self.bytes_out += data.len() as u64;
                     METRICS.response_bytes(data.len() as u64);
+                    if let Some(framing) = &mut self.framing {
+                        framing.feed(data);
+                    }
                 }
             }
             // A backend that answered before reading the whole request (git http-backend does,
@@ -578,9 +585,16 @@ impl Drop for LoggedBody {
         let Some(connection) = self.done.as_ref().map(|l| &l.connection) else {
             return;
         };
+        // A client that hung up right after the last flush-pkt of a whole git answer, before
+        // the HTTP answer's own end came from the backend (dulwich does), with every byte
+        // handed to it delivered: it had the whole answer.
+        let had_it_all = || {
+            connection.left_with_everything()
+                && self.framing.as_ref().is_some_and(|f| f.ends_whole())
+        };
         let outcome = match crate::server::unfinished_outcome(connection) {
             _ if self.inner.is_end_stream() => "complete",
-            "client-gone" if head => "complete",
+            "client-gone" if head || had_it_all() => "complete",
             unfinished => unfinished,
         };
         self.finish(outcome);

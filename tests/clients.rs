@@ -258,3 +258,45 @@ fn git_lfs_prints_why_gitgate_refuses_it_and_the_push_stops() {
         .log_text()
         .contains("path=/team/app.git/info/lfs/objects/batch"));
 }
+
+/// Clones with dulwich's porcelain into `DEST` (user name and password as its arguments).
+const DULWICH_CLONE: &str = r#"
+import os
+from dulwich import porcelain
+secret = open(os.environ["SECRET_FILE"]).read()
+porcelain.clone(os.environ["URL"], os.environ["DEST"], username=os.environ["USER_NAME"],
+                password=secret, errstream=open(os.devnull, "wb"))
+print("cloned")
+"#;
+
+/// dulwich closes its connection right after the last flush-pkt of an answer, before the
+/// chunked answer's own end (which gitgate writes once the backend has ended it): such an
+/// answer, which the client had whole, is logged `outcome=complete`, not `client-gone` (as it
+/// was in about half of dulwich's requests).
+#[test]
+fn a_client_that_hangs_up_after_the_last_flush_of_a_whole_answer_had_it_all() {
+    if !python_has("dulwich", "python3-dulwich") {
+        return;
+    }
+    let (sb, server, personal, _) = team();
+    let url = server.url("team/app");
+    for i in 0..6 {
+        let dest = format!("clone-{i}");
+        let env = [
+            ("URL", url.as_str()),
+            ("USER_NAME", "alice"),
+            ("DEST", dest.as_str()),
+        ];
+        let run = python(&sb, sb.root(), DULWICH_CLONE, &env, &personal.secret);
+        assert!(run.stdout.contains("cloned"), "{run}");
+    }
+    let log = server.log_text();
+    let answered: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("gitgate::request: ") && l.contains("status=200"))
+        .collect();
+    assert_eq!(answered.len(), 12, "{log}");
+    for line in answered {
+        assert!(line.contains("outcome=complete"), "{line}");
+    }
+}

@@ -97,6 +97,11 @@ pub struct AnswerFraming {
     sections: bool,
     /// The text of the last line when it is git's own error (up to [`REFUSAL_MAX`] bytes).
     refusal: Vec<u8>,
+    /// Flush-pkts (or v2 response ends) so far, up to 255.
+    closings: u8,
+    /// How the answer opened: its first line's first bytes, when a line came before anything
+    /// else (`# se` of smart HTTP's `# service=...` line, `shal` of a shallow list).
+    first_line: Option<[u8; 4]>,
 }
 
 impl AnswerFraming {
@@ -140,6 +145,8 @@ impl AnswerFraming {
             side_band: false,
             sections: false,
             refusal: Vec::new(),
+            closings: 0,
+            first_line: None,
         })
     }
 
@@ -206,6 +213,11 @@ impl AnswerFraming {
         self.side_band |= matches!(head.first(), Some(1..=3));
         // No v0 answer's line starts so (v0's are upper-case `ACK`/`NAK`, `shallow`, `ERR`).
         self.sections |= self.last == Last::Nothing && head == b"ackn";
+        if self.last == Last::Nothing {
+            let mut first = [0u8; 4];
+            first[..head.len()].copy_from_slice(head);
+            self.first_line = Some(first);
+        }
         self.last = if is_error(head) {
             if head.len() < 4 {
                 // A payload shorter than its head: its text is all there.
@@ -228,7 +240,10 @@ impl AnswerFraming {
     fn line_of_length(&mut self, value: u16) -> At {
         let next = At::Length { got: 0, value: 0 };
         match value {
-            0 | 2 => self.last = Last::Closing,
+            0 | 2 => {
+                self.last = Last::Closing;
+                self.closings = self.closings.saturating_add(1);
+            }
             1 => self.last = Last::Delimiter,
             4 => self.last = Last::Line,
             // 3 is no length git writes; past the maximum, neither.
@@ -264,6 +279,35 @@ impl AnswerFraming {
     /// ([`PACK_FAILED`]): git's own error line, but no refusal of the client's request.
     fn pack_failed(&self) -> bool {
         self.last == Last::Error && said_pack_failed(&self.refusal)
+    }
+
+    /// Whether what came so far is, for certain, a whole answer: it ends with the flush-pkt
+    /// that ends this kind of answer, and no other — stricter than [`AnswerFraming::cut_short`],
+    /// which is asked only where the answer did end, and takes any closing flush there. For
+    /// a client that hung up right after that flush, before its HTTP answer's own end (dulwich
+    /// closes so), whether it had the whole answer. A flush that can come mid-answer is none:
+    /// smart HTTP's advertisement has one after its `# service=...` line, and a protocol-v0
+    /// fetch after its shallow list (a bare one for an empty list, which is also all of a v2
+    /// `ls-refs` of an empty repository: not told apart, so not whole); a v0 negotiation round,
+    /// whose `NAK` also opens a pack's answer, neither.
+    pub fn ends_whole(&self) -> bool {
+        if self.at != (At::Length { got: 0, value: 0 }) || self.last != Last::Closing {
+            return false;
+        }
+        match self.kind {
+            Kind::Advertisement => {
+                let service_line = self.first_line.is_some_and(|h| &h == b"# se");
+                self.closings >= if service_line { 2 } else { 1 }
+            }
+            Kind::FetchResult => {
+                self.side_band
+                    || self.sections
+                    || self
+                        .first_line
+                        .is_some_and(|h| &h != b"shal" && &h != b"unsh")
+            }
+            Kind::PushResult => true,
+        }
     }
 
     /// Why the answer, ended here, was cut short; `None` when it is whole or cannot be told.
@@ -852,5 +896,50 @@ mod tests {
             );
         }
         assert!(AnswerFraming::for_answer(ok, &HeaderMap::new()).is_none());
+    }
+
+    /// An answer is whole, for a client that left at its last flush, only at the flush that
+    /// ends it: not at the one after smart HTTP's `# service=` line, nor after a v0 fetch's
+    /// shallow list, nor at a v0 negotiation's `NAK`.
+    #[test]
+    fn an_answer_ends_whole_only_at_its_own_last_flush() {
+        let framing = |content_type: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, content_type.parse().unwrap());
+            AnswerFraming::for_answer(StatusCode::OK, &headers).unwrap()
+        };
+        let advertisement = "application/x-git-upload-pack-advertisement";
+        let result = "application/x-git-upload-pack-result";
+        let mut f = framing(advertisement);
+        f.feed(b"001e# service=git-upload-pack\n0000");
+        assert!(!f.ends_whole(), "the flush after the service line");
+        f.feed(b"003d0123456789012345678901234567890123456789 refs/heads/main\n");
+        assert!(!f.ends_whole(), "inside the refs");
+        f.feed(b"0000");
+        assert!(f.ends_whole());
+        // Protocol v2's advertisement has no service line: its first flush ends it.
+        let mut f = framing(advertisement);
+        f.feed(b"000eversion 2\n0000");
+        assert!(f.ends_whole());
+        // A v0 fetch: shallow list, flush, NAK, then the pack on side-band, then the flush.
+        let mut f = framing(result);
+        f.feed(b"0035shallow 0123456789012345678901234567890123456789\n0000");
+        assert!(!f.ends_whole(), "the flush after the shallow list");
+        f.feed(b"0008NAK\n");
+        assert!(!f.ends_whole(), "a NAK");
+        f.feed(b"0009\x01PACK0000");
+        assert!(f.ends_whole());
+        // A bare flush first (an empty shallow list, or an empty ls-refs): not told apart.
+        let mut f = framing(result);
+        f.feed(b"0000");
+        assert!(!f.ends_whole());
+        // Cut inside a line, or before any flush: not whole.
+        let mut f = framing(result);
+        f.feed(b"0009\x01PA");
+        assert!(!f.ends_whole());
+        // A push's report ends at its flush.
+        let mut f = framing("application/x-git-receive-pack-result");
+        f.feed(b"000eunpack ok\n0000");
+        assert!(f.ends_whole());
     }
 }

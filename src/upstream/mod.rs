@@ -8,7 +8,7 @@
 //!   answer came whole (an HTTP server can end cleanly an answer its git process broke off).
 
 pub mod cgi;
-mod framing;
+pub(crate) mod framing;
 pub mod headers;
 pub mod http;
 pub mod patience;
