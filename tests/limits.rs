@@ -2209,7 +2209,7 @@ fn a_memory_limit_that_stops_a_git_process_starting_is_a_shortage() {
     assert!(set.success());
     for _ in 0..3 {
         let (out, _) = info_refs(&g, &auth);
-        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}\n{}", g.log_text());
         assert!(out.contains("retry-after: 5\r\n"), "{out}");
         assert!(
             out.contains("the server cannot start another git process now"),
