@@ -2234,8 +2234,9 @@ fn check_knows_a_gitgate_of_another_name_or_build_and_names_its_build() {
     ];
     for (name, bytes, other_build) in copies {
         let copy = sb.root().join(name);
-        fs::write(&copy, bytes).unwrap();
-        fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let staged = sb.root().join(format!("{name}.bytes"));
+        fs::write(&staged, bytes).unwrap();
+        common::install_executable(&staged, &copy);
         if let Some(other) = other_build {
             assert_eq!(build_id_of(&copy), other);
         }

@@ -3046,7 +3046,7 @@ fn a_repository_folder_gitgate_may_not_read_is_a_server_error_not_a_404() {
     let (sb, token) = team_sandbox();
     // Its own copy of the binary, which that user can run wherever the build lies.
     let bin = sb.root().join("gitgate");
-    fs::copy(common::gitgate_bin(), &bin).unwrap();
+    common::install_executable(Path::new(common::gitgate_bin()), &bin);
     if !common::give_to_nobody(sb.root()) {
         return;
     }

@@ -67,6 +67,27 @@ pub fn find(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// Copies the program `from` to `to` with mode 755, ready to be run at once, by a child process
+/// (`install`): a file this process holds open for writing is inherited by every child that
+/// another test's thread forks meanwhile, until that child's `exec`, and running a file that any
+/// process holds open for writing fails with `Text file busy` (ETXTBSY). With more test
+/// threads, running a copy just written with `fs::write` failed so (tests/cli.rs).
+pub fn install_executable(from: &Path, to: &Path) {
+    let out = Command::new("install")
+        .args(["-m", "755"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("install (coreutils)");
+    assert!(
+        out.status.success(),
+        "install {} {}: {}",
+        from.display(),
+        to.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
