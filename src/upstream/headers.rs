@@ -1215,9 +1215,33 @@ pub(crate) fn is_git_protocol(b: &[u8]) -> bool {
 pub fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 255
-        && h.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b".-:[]_".contains(&c))
+        && h.bytes().all(|c| HOST_BYTES[usize::from(c)])
         && is_host_and_port(h.as_bytes())
+}
+
+/// The bytes [`valid_host`] takes: letters, digits and `.-:[]_`. A table, since every git
+/// request's `Host` is looked at twice (the gate's `host_problem`, then [`to_upstream`]): a
+/// `contains` of a short list per byte cost about 330 instructions more a look (callgrind).
+const HOST_BYTES: [bool; 256] = byte_set(b".-:[]_");
+
+/// The bytes a host name or IPv4 address in a `Host` may hold (RFC 3986's unreserved and
+/// sub-delimiting characters, and `%`), for [`is_host_and_port`].
+const NAME_BYTES: [bool; 256] = byte_set(b"-._~!$&'()*+,;=%");
+
+/// Letters, digits and `extra`, as a table indexed by byte.
+const fn byte_set(extra: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        set[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        set[extra[i] as usize] = true;
+        i += 1;
+    }
+    set
 }
 
 /// Whether `h` is a `Host` value as RFC 9110 (section 7.2) writes one: a host — a name or an
@@ -1247,13 +1271,13 @@ pub fn is_host_and_port(h: &[u8]) -> bool {
             None => (h, None),
         },
     };
-    let name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b);
+    // Up to five digits, at most 65535 (empty is the default port).
     let port_ok = port.is_none_or(|p| {
         p.len() <= 5
             && p.iter().all(u8::is_ascii_digit)
-            && (p.is_empty() || std::str::from_utf8(p).is_ok_and(|t| t.parse::<u16>().is_ok()))
+            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
     });
-    host.iter().all(name) && port_ok
+    host.iter().all(|&b| NAME_BYTES[usize::from(b)]) && port_ok
 }
 
 /// The user as a header value: visible ASCII and spaces as they are, anything else (and `%`)
@@ -2504,6 +2528,55 @@ mod tests {
         assert!(!valid_host("git.example.com:65536"));
         assert!(!valid_host("git.example.com:065535"));
         assert!(is_host_and_port(b"[::1]:65535"));
+    }
+
+    /// The tables [`valid_host`] and [`is_host_and_port`] read take the bytes the lists they
+    /// replaced took, and the port is read as `u16` reads it: every byte alone, as a name and
+    /// after a `:`, and every port of up to six digits (leading zeros too).
+    #[test]
+    fn the_host_tables_take_what_the_lists_took() {
+        let listed = |b: u8, extra: &[u8]| b.is_ascii_alphanumeric() || extra.contains(&b);
+        for b in 0..=255u8 {
+            assert_eq!(HOST_BYTES[usize::from(b)], listed(b, b".-:[]_"), "{b}");
+            assert_eq!(
+                NAME_BYTES[usize::from(b)],
+                listed(b, b"-._~!$&'()*+,;=%"),
+                "{b}"
+            );
+            assert_eq!(
+                is_host_and_port(&[b'a', b, b'b']),
+                b != b':' && listed(b, b"-._~!$&'()*+,;=%"),
+                "{b}"
+            );
+        }
+        let port_as_u16_reads_it = |p: &str| {
+            p.is_empty()
+                || (p.len() <= 5
+                    && p.bytes().all(|d| d.is_ascii_digit())
+                    && p.parse::<u16>().is_ok())
+        };
+        for width in 0..=6 {
+            let top = if width == 0 {
+                1
+            } else {
+                10u32.pow(width.min(6))
+            };
+            let step = if width == 6 { 7 } else { 1 };
+            for n in (0..top).step_by(step) {
+                let port = if width == 0 {
+                    String::new()
+                } else {
+                    format!("{n:0width$}", width = width as usize)
+                };
+                let host = format!("git.example.com:{port}");
+                assert_eq!(
+                    is_host_and_port(host.as_bytes()),
+                    port_as_u16_reads_it(&port),
+                    "{host}"
+                );
+                assert_eq!(valid_host(&host), port_as_u16_reads_it(&port), "{host}");
+            }
+        }
     }
 
     /// An upstream's `Authorization` (its credentials echoed, say) never reaches the client.
