@@ -667,15 +667,17 @@ impl Gate {
             Credentials::Basic { user, secret } => (Some(user.as_str()), secret),
             Credentials::Bearer { secret } => (None, secret),
         };
-        // Until the token says whose it is, the name the client sent, if it could be a user's.
+        // Until the token says whose it is, the name the client sent, if it could be a user's
+        // (one that holds a secret `from_headers` refused already).
         log.user = basic_user
             .filter(|u| !u.is_empty())
-            .map(|u| crate::store::as_written_down(u).to_string());
+            .map(|u| crate::store::as_written_down_unsecret(u).to_string());
         let id = token::parse(secret.expose()).ok_or_else(|| {
             let bearer = matches!(creds, Credentials::Bearer { .. });
             Refusal::NotAToken(token::NotAToken::of(secret.expose()), bearer)
         })?;
-        log.token_id = Some(id.as_str().to_string());
+        // The log keeps the id parsed, not a copy of it.
+        let id: &str = log.token_id.insert(id.into_string());
 
         let Decided {
             record,
@@ -683,16 +685,18 @@ impl Gate {
             now,
             authorized,
         } = self
-            .decide(&id, secret, basic_user, &git_req, remote)
+            .decide(id, secret, basic_user, &git_req, remote)
             .await?;
         if let Some(until) = record.previous_used(&presented_hash, now) {
             tracing::info!(request_id = %request_id, token_id = %record.token.id, remote = %remote.ip(), until = %clock::datetime(until), "the token's previous secret was used, inside its rotation's overlap: a client still holds it, and is refused once the overlap ends (said at most once a minute per token)");
         }
         // From here on the log names whom the token stands for, not the name the client chose:
-        // a refused request must not be logged under somebody else's name.
-        log.user = Some(match (&record.token.kind, &record.owner) {
-            (TokenKind::Personal, Some(owner)) => owner.slug.clone(),
-            _ => record.token.name.clone(),
+        // a refused request must not be logged under somebody else's name. An allowed one is
+        // logged as whom the policy let in, copied once.
+        log.user = Some(match (&authorized, &record.token.kind, &record.owner) {
+            (Ok(identity), _, _) => identity.user.clone(),
+            (Err(_), TokenKind::Personal, Some(owner)) => owner.slug.clone(),
+            (Err(_), _, _) => record.token.name.clone(),
         });
         // The token authenticated its request, whatever comes of it next (a 403 for its
         // permission or its networks, a 429): that is its last use, as Bitbucket's
@@ -702,7 +706,6 @@ impl Gate {
             self.note_use(&record, now, remote);
         }
         let identity = authorized.map_err(Refusal::Denied)?;
-        log.user = Some(identity.user.clone());
         // Refused once its credentials are (a 401 or 403 says more), before it takes a place or
         // a token of its principal's.
         // Known empty: a `Content-Length: 0`, or an HTTP/2 HEADERS frame that ended its stream
@@ -734,7 +737,7 @@ impl Gate {
     /// [`Gate::still_admitted`] for a request that waited before its backend started.
     async fn decide(
         &self,
-        id: &token::TokenId,
+        id: &str,
         secret: &credentials::Secret,
         basic_user: Option<&str>,
         git_req: &GitRequest,
@@ -742,12 +745,12 @@ impl Gate {
     ) -> Result<Decided, Refusal> {
         // Hot path: a cache hit costs a hash lookup and a read of the WAL index header (an id
         // the store did not have, as much); a miss reads SQLite, here or on the blocking pool.
-        let record = match self.store.cached_auth_record(id.as_str()) {
+        let record = match self.store.cached_auth_record(id) {
             Ok(CacheLookup::Hit(hit)) => hit,
             Ok(CacheLookup::Unknown) => {
                 return Err(Refusal::InvalidToken(AuthFailure::UnknownToken))
             }
-            Ok(CacheLookup::Miss(at)) => self.load_record(id.as_str(), at).await?,
+            Ok(CacheLookup::Miss(at)) => self.load_record(id, at).await?,
             Err(e) => return Err(Refusal::StoreDown(e)),
         };
         store_answered();
@@ -812,7 +815,7 @@ impl Gate {
             let id = token::parse(secret.expose())
                 .ok_or(Refusal::InvalidToken(AuthFailure::NotAToken))?;
             let decided = self
-                .decide(&id, secret, basic_user, git_req, remote)
+                .decide(id.as_str(), secret, basic_user, git_req, remote)
                 .await?;
             decided.authorized.map(|_| ()).map_err(Refusal::Denied)
         };

@@ -74,6 +74,11 @@ impl TokenId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id's text, without a copy (the gate's request log keeps it).
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 impl fmt::Display for TokenId {

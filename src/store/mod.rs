@@ -53,7 +53,10 @@ pub use tokens::{
     too_many_personal_tokens, validate_name, AuthRecord, NewToken, Owner, ReplacedSecret,
     TokenEdit, TokenRecord, MAX_LIVE_PERSONAL_TOKENS,
 };
-pub use users::{as_written_down, no_such_user, validate_slug, Role, User, NOT_A_USER_NAME};
+pub use users::{
+    as_written_down, as_written_down_unsecret, no_such_user, validate_slug, Role, User,
+    NOT_A_USER_NAME,
+};
 
 /// How long a connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
