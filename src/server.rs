@@ -370,10 +370,12 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     let gates: Vec<Arc<Gate>> = upstreams
         .into_iter()
         .map(|upstream| {
+            let challenge = crate::gate::basic_challenge(&config.auth.realm);
             Arc::new(Gate {
                 git_prefix: config.server.git_prefix.clone(),
                 realm: config.auth.realm.clone(),
-                challenge: crate::gate::basic_challenge(&config.auth.realm),
+                wrong_token_fields: crate::gate::wrong_token_fields(challenge.as_ref()),
+                challenge,
                 guard: guard.clone(),
                 trusted_proxies: config.server.trusted_proxies.clone(),
                 store: store.clone(),
