@@ -1176,7 +1176,7 @@ fn said_with(status: StatusCode, line: &'static str, fields: HeaderMap) -> Respo
     resp
 }
 
-/// The fields of the `401` for a wrong token: those [`said`] gives it, and the challenge
+/// The fields of the `401` for a wrong token: those `said` gives it, and the challenge
 /// (`Gate::challenged`), in the same order.
 pub fn wrong_token_fields(challenge: Option<&HeaderValue>) -> HeaderMap {
     let mut fields = said(StatusCode::UNAUTHORIZED, INVALID_TOKEN_SAID)
