@@ -20,13 +20,15 @@
 //!                                   │     (git LFS's paths ─▶ 404 in the LFS API's JSON, which git-lfs prints)
 //!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 it or :authority, and
 //!                                   │     none, Host or :authority, that is empty or no host name (letters, digits, .-_) and optional port, or names another host
-//!                                   │     than the :authority or the absolute target's ─▶ 400 (refusals for the request's form:
+//!                                   │     than the :authority or the absolute target's, or an absolute target neither
+//!                                   │     http nor https ─▶ 400 (refusals for the request's form:
 //!                                   │     400/415/501, their reason logged once a minute per address and reason)
 //!                                   ├─ a repository path holding a token secret (`ggt_`, a whole one
 //!                                   │     without it: its checksum tells, or its random part alone)
 //!                                   │     ─▶ 400, its path logged as a placeholder
 //!                                   ├─ body framing: Transfer- only chunked ─▶ 501, Content-Length one
-//!                                   │   length ─▶ 400, Content- only gzip ─▶ 415,
+//!                                   │   length of at most i64::MAX ─▶ 400 (sent on as that plain number),
+//!                                   │   Content- only gzip ─▶ 415,
 //!                                   │   a GET or HEAD saying it has a body ─▶ 400
 //!                                   ├─ another site's page (Sec-Fetch-Site, Origin: cross_site; git sends
 //!                                   │     neither) ─▶ 403, before the credentials cost a rate-limit token
@@ -70,11 +72,13 @@
 //!                                         │     which fails if it ends cut short, however cleanly
 //!                                         │     the HTTP ends, or with upload-pack's word that
 //!                                         │     its pack-objects failed; a Content-Length past
-//!                                         │     i64::MAX, which git cannot hold ─▶ 502
+//!                                         │     i64::MAX, which git cannot hold, or a status
+//!                                         │     past 599 ─▶ 502
 //!                                         └─ cgi:  git http-backend run by gitgate itself (its
 //!                                               head held until the body is fed: a program that
-//!                                               dies before it, or a head with a Status or a
-//!                                               Content-Length that is none, is a 502, a stop
+//!                                               dies before it, or a head with a Status that is
+//!                                               none or past 599 or a Content-Length that is
+//!                                               none, is a 502, a stop
 //!                                               before it a 503; an exit
 //!                                               after the answer began cuts it off, unless git's
 //!                                               own ERR packet ended it — and no `error:` of
@@ -87,12 +91,17 @@
 //!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
 //!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
 //!  a failed window tried again (up to 5 times; a store another process holds locked is
-//!  waited for, however long), written out at shutdown too; metrics (relaxed
+//!  waited for, however long, the holder named from /proc/locks; a write that keeps failing,
+//!  a full disk, warned of once and then once a minute), written out at shutdown too; each
+//!  `auth.failed` row keeps its request_id; metrics (relaxed
 //!  atomics, a copy per thread, added up and rendered only when scraped); one log line per
 //!  request (request_log; its `request_id` first, as in every line the request writes; its User-Agent
 //!  last, unless it holds what looks like a token secret; a push's `push commands` line just
 //!  before it; free text never holding what looks like a secret), when its answer's body ends
-//!  — or, as 499 `client-gone`, when the client hangs up before it has an answer,
+//!  (a refusal of credentials says why: `auth=`, a word from a fixed list) — or, as 499
+//!  `client-gone`, when the client hangs up before it has an answer (one that hangs up over
+//!  HTTP/1 after the last flush-pkt of a whole git answer, all of it written and its send
+//!  queue empty, had it all: `complete`),
 //!  `idle-timeout`, when the client idles (gitgate closes the connection for idling, over TLS
 //!  with `close_notify`; lets go of an HTTP/2 stream given no window; or the backend waited
 //!  that long for an upload the client stopped sending once the answer had begun; before, it
@@ -133,7 +142,9 @@
 //!   still queued lingers until they are out ([`closing`]), either given up after 5 s without
 //!   progress;
 //!   what is left at the end of the grace period, or at a second signal, is cut
-//!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]).
+//!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]; a
+//!   listening socket that fails for good — shut down or closed under gitgate — stops the
+//!   process the same way, exit status 1, for a supervisor to start it again).
 //!   Everything that can fail on a bad setting is checked before the store is opened (the
 //!   open-files limit: [`open_files`]); a
 //!   thread that cannot be started (a process limit) stops the start with the reason (work
@@ -144,7 +155,9 @@
 //!   one thread; limits, store and cache are shared.
 //! - [`health`] answers `/healthz` and `/readyz` (an outcome remembered for a second, so probes
 //!   cannot flood the upstream; another method than `GET` or `HEAD` is a `405`); the server routes them before the gate, and runs the readiness
-//!   check once as it starts, so that an unreachable backend shows in the start's log; an
+//!   check once as it starts, so that an unreachable backend shows in the start's log; a
+//!   look at the store or the CGI program stuck over 5 s (a hung file system) is "not ready",
+//!   and no other starts until it returns ([`own_thread::OneAtATime`]); an
 //!   outage is logged as news (its start, a change of cause, a reminder a minute, its end).
 //!   The server also follows the audit events of command-line changes made while it runs
 //!   and logs them (`via="command-line"`), once a second and at its stop.
@@ -234,7 +247,8 @@
 //!   `Retry-After`, and count time on a monotonic clock ([`clock::monotonic_ms`]); their
 //!   per-principal overrides are read before the first request is served. Behind `trusted_proxies` they see the client's address
 //!   ([`upstream::headers::client_address`]). [`unwind`] turns a panic in a request
-//!   into a logged `500` so that no input can take the process down.
+//!   into a logged `500` so that no input can take the process down (the text a string's
+//!   slice quotes in its panic left out: it may be a password).
 
 pub mod address_cap;
 pub mod api;
