@@ -187,7 +187,9 @@ pub(super) struct Repeats {
 }
 
 /// The log line of an audit event the store could not take: the event in full, so that the
-/// log keeps what the audit table lost.
+/// log keeps what the audit table lost — the request it happened in too (`request_id`, as
+/// its row would have had it), else the line of a lost `auth.failed` could not be joined to
+/// its request's.
 pub(super) fn log_lost_event(
     error: &super::StoreError,
     actor: &Actor,
@@ -195,6 +197,7 @@ pub(super) fn log_lost_event(
     target: &str,
     detail: &str,
     count: u64,
+    request: Option<crate::request_id::RequestId>,
 ) {
     tracing::warn!(
         error = %crate::log_value::LogText(&error.to_string()),
@@ -204,6 +207,7 @@ pub(super) fn log_lost_event(
         target = target,
         detail,
         count,
+        request_id = request.map(tracing::field::display),
         "could not write an audit event to the store; it is only logged"
     );
 }
@@ -414,7 +418,7 @@ impl Store {
     /// an event the store cannot take is still logged, with why it is not in the store.
     pub fn record_event_or_log(&self, actor: &Actor, action: &str, target: &str, detail: &str) {
         if let Err(e) = self.record_event(actor, action, target, detail) {
-            log_lost_event(&e, actor, action, target, detail, 1);
+            log_lost_event(&e, actor, action, target, detail, 1, None);
             crate::metrics::METRICS.side_effect_failure();
         }
     }

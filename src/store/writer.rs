@@ -1108,6 +1108,7 @@ fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses, say_last_
                 &event.target,
                 &event.detail,
                 repeats.count,
+                event.request,
             );
         }
     }
@@ -1459,6 +1460,31 @@ mod tests {
         assert!(
             log.contains("auth.failed") && log.contains("mallory") && log.contains("bad token"),
             "the lost event itself is not in the log: {log}"
+        );
+    }
+
+    /// A lost event a request made keeps that request's id in its log line, as its row would
+    /// have: the line is all that is left to join the failure to its request's lines.
+    #[test]
+    fn a_lost_event_of_a_request_is_logged_with_its_request_id() {
+        let (_dir, store) = temp_store();
+        refuse_audit_inserts(store.path());
+        let id = crate::request_id::RequestId::next();
+        store.record_request_event_later(
+            ("test", "local"),
+            "auth.failed",
+            "mallory",
+            "bad token",
+            Some(id),
+        );
+        let log = logged(|| assert!(!store.inner.batch_writer.flush(&store)));
+        let lost = log
+            .lines()
+            .find(|l| l.contains("it is only logged") && l.contains("mallory"))
+            .unwrap_or_else(|| panic!("the lost event is not in the log: {log}"));
+        assert!(
+            lost.contains(&format!("request_id={id}")),
+            "the lost event's line does not name its request: {lost}"
         );
     }
 
