@@ -81,7 +81,21 @@ fn without_the_string_cut(message: &str) -> std::borrow::Cow<'_, str> {
     } else {
         format!("<{length} bytes, not repeated>")
     };
-    format!("{}{said}`", &quoted[..start]).into()
+    format!("{}{said}`", without_the_char_cut(&quoted[..start])).into()
+}
+
+/// The words of a slice's panic before the string it quotes, without the character the cut
+/// fell inside (`it is inside 'é' (bytes 28..30)`): that character is the string's, a
+/// password's letter, and is said as `a character` (its bytes still say where).
+fn without_the_char_cut(words: &str) -> std::borrow::Cow<'_, str> {
+    const INSIDE: &str = "; it is inside ";
+    let Some(at) = words.find(INSIDE).map(|at| at + INSIDE.len()) else {
+        return words.into();
+    };
+    let Some(end) = words[at..].find(" (bytes ").map(|end| at + end) else {
+        return words.into();
+    };
+    format!("{}a character{}", &words[..at], &words[end..]).into()
 }
 
 pin_project_lite::pin_project! {
@@ -387,11 +401,11 @@ mod tests {
                     && cut_short.is_err()
             );
         });
-        for secret in ["correct-horse", "staple-zebra", &encoded, "xxxxxxxx"] {
+        for secret in ["correct-horse", "staple-zebra", &encoded, "xxxxxxxx", "é"] {
             assert!(!logged.contains(secret), "{secret} in {logged}");
         }
         for said in [
-            "is not a char boundary",
+            "is not a char boundary; it is inside a character (bytes",
             "is out of bounds of",
             "when slicing",
             &format!("<{} bytes, not repeated>", decoded.len()),
@@ -417,6 +431,14 @@ mod tests {
         assert_eq!(
             without_the_string_cut("end byte index 9 is out of bounds of `alice:pw`"),
             "end byte index 9 is out of bounds of `<8 bytes, not repeated>`"
+        );
+        // The character a cut fell inside is the string's too.
+        assert_eq!(
+            without_the_string_cut(
+                "byte index 4 is not a char boundary; it is inside 'ü' (bytes 3..5) of `pwdü!`"
+            ),
+            "byte index 4 is not a char boundary; it is inside a character (bytes 3..5) of \
+             `<6 bytes, not repeated>`"
         );
         assert_eq!(
             without_the_string_cut("begin > end (4 > 2) when slicing `a`b`[...]"),
