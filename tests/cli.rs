@@ -2693,6 +2693,37 @@ fn a_new_store_is_readable_by_its_owner_only() {
     assert_eq!(mode(&target), 0o600, "through a link: {:o}", mode(&target));
 }
 
+/// A store reached through a symbolic link keeps its `-wal` and `-shm` beside the real file
+/// (where SQLite puts them): a start while another process holds its write lock names that
+/// process, as it does for a store at its own path — the `-shm` looked at was the one beside
+/// the link, which is not there, so the holder was never found.
+#[test]
+fn a_start_on_a_linked_store_names_the_process_holding_its_write_lock() {
+    let sb = Sandbox::new();
+    let real = sb.root().join("real");
+    fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(real.join("store.db"), sb.db()).unwrap();
+    sb.cli_stdin(
+        &["user", "add", "alice", "--password-stdin"],
+        "pw-1234567890\n",
+    )
+    .ok();
+    // This process holds the write lock, as a sqlite3 shell inside `BEGIN IMMEDIATE` would.
+    let conn = rusqlite::Connection::open(real.join("store.db")).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let server = sb.serve();
+    let log = server.log_text();
+    let warned = log
+        .lines()
+        .find(|l| l.contains("the token store is locked by another process: serving"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        warned.contains(&format!("held by process {}", std::process::id())),
+        "{warned}"
+    );
+    conn.execute_batch("ROLLBACK").unwrap();
+}
+
 /// A gitgate store with a user, in rollback mode, its `user_version` then set to `version` by
 /// hand; and the file's bytes.
 fn a_store_set_to_version(version: i64) -> (Sandbox, Vec<u8>) {

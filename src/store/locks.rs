@@ -232,11 +232,10 @@ pub fn write_lock_holders(_db: &Path) -> BTreeSet<u32> {
     BTreeSet::new()
 }
 
-/// The `-shm` beside the store file at `db`.
+/// The `-shm` of the store at `db`: beside the real file, where SQLite keeps it — a store
+/// configured through a symbolic link has none beside the link (or a stale one).
 fn shm_of(db: &Path) -> std::path::PathBuf {
-    let mut shm = db.as_os_str().to_owned();
-    shm.push("-shm");
-    shm.into()
+    super::files::sidecar(&super::files::real_path(db), "-shm")
 }
 
 /// [`write_lock_holders`] of `db` (and its `-shm`, if there is one) in `/proc/locks`'s `text`.
