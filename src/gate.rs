@@ -163,8 +163,10 @@ impl Refusal {
                 AuthFailure::NoCredentials
             }
             Refusal::NoCredentials(CredentialError::NoBearerToken) => AuthFailure::EmptyBearer,
+            // With a password after it or without (`https://TOKEN@host/...`, or GitHub's
+            // `TOKEN:x-oauth-basic`): the token is where the user name goes, either way.
             Refusal::NoCredentials(CredentialError::Malformed(
-                credentials::TOKEN_AS_USER_WITHOUT_PASSWORD,
+                credentials::TOKEN_AS_USER_WITHOUT_PASSWORD | credentials::TOKEN_AS_USER,
             )) => AuthFailure::TokenAsUser,
             Refusal::NoCredentials(CredentialError::Malformed(_)) => AuthFailure::MalformedHeader,
             Refusal::NotAToken(token::NotAToken::Damaged, _) => AuthFailure::NotAToken,

@@ -187,7 +187,8 @@ pub enum AuthFailure {
     EmptyBearer,
     /// An `Authorization` header that cannot be read (not base64, no colon, another scheme).
     MalformedHeader,
-    /// A token's secret given as the URL's user name, without a password.
+    /// A token's secret given as (or in) the user name, with a password after it or without
+    /// (`https://TOKEN@host/...`).
     TokenAsUser,
     /// Not a whole token: cut short, or with characters added.
     NotAToken,

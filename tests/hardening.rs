@@ -2260,6 +2260,18 @@ fn a_refused_requests_line_says_why_its_credentials_were_refused() {
             401,
             "malformed-header",
         ),
+        // The token where the user name goes: as `https://TOKEN@host/...` sends it, and with
+        // a password after it (GitHub's `TOKEN:x-oauth-basic`), which was `malformed-header`.
+        (
+            format!("Authorization: {}\r\n", basic(&w, "")),
+            403,
+            "token-as-user-name",
+        ),
+        (
+            format!("Authorization: {}\r\n", basic(&w, "x-oauth-basic")),
+            401,
+            "token-as-user-name",
+        ),
         (
             format!("Authorization: Bearer {unknown}\r\n"),
             403,
