@@ -207,9 +207,9 @@ fn say(checked: Result<(), (NotReady, String)>, now: Instant) {
 async fn check(gate: &Gate) -> Result<(), (NotReady, String)> {
     // A thread of its own, not tokio's blocking pool, whose first thread failing to start (a
     // process limit reached) is a panic: the start's check then panicked, and "ready" was
-    // never said. A probe a second at most (see `remembered`) costs one thread start, and a
-    // ping stuck on a hung file system is "unreadable" after `CHECK_WITHIN`, with no other
-    // started until it returns.
+    // never said. One of those started with the server (`own_thread::stand_by`), and a ping
+    // stuck on a hung file system is "unreadable" after `CHECK_WITHIN`, with no other run
+    // until it returns.
     let store = gate.store.clone();
     let pinged = gate
         .readiness

@@ -146,9 +146,12 @@
 //!   listening socket that fails for good — shut down or closed under gitgate — stops the
 //!   process the same way, exit status 1, for a supervisor to start it again).
 //!   Everything that can fail on a bad setting is checked before the store is opened (the
-//!   open-files limit: [`open_files`]); a
-//!   thread that cannot be started (a process limit) stops the start with the reason (work
-//!   kept off tokio's blocking pool, whose failing start is a panic: [`own_thread`]). An IPv6
+//!   open-files limit: [`open_files`]); every
+//!   thread the server runs work on is started with it — threads of its own, waiting for work
+//!   ([`own_thread`]), and each runtime's blocking pool, kept whole ([`blocking_pool`]) — so
+//!   that one that cannot be started (a process or memory limit) stops the start with the
+//!   reason, and a limit met later meets no thread start (under a memory limit, one aborted
+//!   the process). An IPv6
 //!   listener takes IPv4 clients too (`IPV6_V6ONLY` off, whatever the host's default). One
 //!   single-threaded
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on
@@ -252,6 +255,7 @@
 
 pub mod address_cap;
 pub mod api;
+pub mod blocking_pool;
 pub mod body;
 pub mod build_id;
 pub mod cli;

@@ -421,23 +421,23 @@ mod unrecorded {
         if RUNNING.swap(true, Ordering::AcqRel) {
             return;
         }
-        let started = std::thread::Builder::new()
-            .name("gitgate-unrecorded-logins".into())
-            .spawn(|| loop {
-                std::thread::sleep(RETRY);
-                let waiting: Vec<(Store, String)> = counts()
-                    .iter()
-                    .map(|((_, user), c)| (c.store.clone(), user.clone()))
-                    .collect();
-                for (store, user) in &waiting {
-                    offer(store, user, clock::now_ms());
-                }
-                let counts = counts();
-                if counts.is_empty() {
-                    RUNNING.store(false, Ordering::Release);
-                    return;
-                }
-            });
+        // One of the threads the server started with (see `own_thread`): one started now,
+        // under a memory limit, could abort the process. Its end is not awaited.
+        let started = crate::own_thread::run("gitgate-unrecorded-logins", || loop {
+            std::thread::sleep(RETRY);
+            let waiting: Vec<(Store, String)> = counts()
+                .iter()
+                .map(|((_, user), c)| (c.store.clone(), user.clone()))
+                .collect();
+            for (store, user) in &waiting {
+                offer(store, user, clock::now_ms());
+            }
+            let counts = counts();
+            if counts.is_empty() {
+                RUNNING.store(false, Ordering::Release);
+                return;
+            }
+        });
         if started.is_err() {
             RUNNING.store(false, Ordering::Release);
         }

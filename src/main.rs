@@ -928,6 +928,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::api::scoped_tokens",
     "gitgate::api::tokens",
     "gitgate::api::users_tokens",
+    "gitgate::blocking_pool",
     "gitgate::body",
     "gitgate::build_id",
     "gitgate::cli",

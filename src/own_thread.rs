@@ -5,6 +5,16 @@
 //! thread that cannot start is an error its caller says in words, and one that never ends holds
 //! up only those who await it.
 //!
+//! The threads are started up front ([`stand_by`], as `serve` starts) and wait for work, each
+//! going back to waiting when its work is done: under a memory limit (`RLIMIT_AS`: `ulimit -v`,
+//! systemd's `LimitAS=`) a thread started later may not fail as an error at all. glibc hands a
+//! new thread the stack of one that ended, needing no memory for it, and the standard library
+//! then maps the thread's signal stack inside the new thread, where a failure aborts the whole
+//! process ("failed to allocate an alternative stack"): a readiness probe, a SIGHUP or a
+//! metrics scrape ended the server. A thread is started after the start only when every one is
+//! busy, and only once the memory a thread needs was found free ([`room_for_a_thread`]);
+//! else its caller is told, as of a process limit.
+//!
 //! A readiness check ([`OneAtATime`]) runs at most once at a time and is waited for a bounded
 //! time: a check stuck in the kernel (the repositories or the store on a hung NFS mount) is
 //! answered "not ready" after [`CHECK_WITHIN`], and no other thread is started for it until it
@@ -12,32 +22,146 @@
 //! more each time, without bound.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Starts `work` on a new thread named `name`. Its result, once it has run, comes out of the
-/// returned future: `None` if the thread ended without one (a panic, said in the log by
-/// [`crate::unwind`]). `Err` when no thread could start.
+/// Work handed to a waiting thread: it says its own outcome (a channel of its own).
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads waiting for work: where to send each its next.
+static WAITING: Mutex<Vec<mpsc::Sender<Job>>> = Mutex::new(Vec::new());
+
+/// The name of a thread waiting for work; while it runs some, the kernel knows it by the name
+/// [`run`] was given (`ps -L`, `/proc/PID/task/*/comm`: a check stuck on a hung mount shows as
+/// `gitgate-ping`).
+const WAITING_NAME: &str = "gitgate-waiting";
+
+/// Starts `count` threads that wait for work from [`run`], so that none has to start later
+/// (see the module's doc). `Err` when one cannot start: the caller says it with
+/// [`cannot_start`].
+pub fn stand_by(count: usize) -> std::io::Result<()> {
+    for _ in 0..count {
+        let next = start_waiting()?;
+        WAITING.lock().unwrap_or_else(|e| e.into_inner()).push(next);
+    }
+    Ok(())
+}
+
+/// Starts one thread that runs the work sent to it, one piece at a time, and after each puts
+/// itself back among the [`WAITING`]; it lives as long as the process.
+fn start_waiting() -> std::io::Result<mpsc::Sender<Job>> {
+    let (next, work) = mpsc::channel::<Job>();
+    let itself = next.clone();
+    std::thread::Builder::new()
+        .name(WAITING_NAME.into())
+        .spawn(move || {
+            allocate_now();
+            while let Ok(job) = work.recv() {
+                job();
+                set_thread_name(WAITING_NAME);
+                WAITING
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(itself.clone());
+            }
+        })?;
+    Ok(next)
+}
+
+/// Makes the allocators' state for the calling thread, as a thread started up front does at
+/// once: mimalloc (gitgate's allocator) maps it at a thread's first allocation, and glibc's
+/// malloc (which the C library itself uses: a thread-local's destructor is registered with
+/// it) gives a thread its arena at its first, mapping one. Either failing later, a memory
+/// limit reached by then, aborts the process ("failed to register TLS destructor: out of
+/// memory").
+pub fn allocate_now() {
+    std::hint::black_box(Vec::<u8>::with_capacity(64));
+    // SAFETY: a block from glibc's malloc, freed at once (`free` takes a null pointer too).
+    unsafe { libc::free(std::hint::black_box(libc::malloc(64))) };
+}
+
+/// The name the kernel shows for the calling thread (at most 15 bytes are kept).
+fn set_thread_name(name: &str) {
+    let mut bytes = [0u8; 16];
+    let kept = name.len().min(15);
+    bytes[..kept].copy_from_slice(&name.as_bytes()[..kept]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes, which `bytes` is.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, bytes.as_ptr());
+    }
+}
+
+/// How much address space a thread started now may need: its stack (the standard library's
+/// 2 MiB), its signal stack and guard pages, and as much again of margin for what other threads
+/// map meanwhile.
+const THREAD_ROOM: usize = 4 << 20;
+
+/// `Ok` when the memory a new thread needs can be mapped now; else the error of the mapping
+/// (`ENOMEM`: a memory limit reached). Looked at before a thread is started after the start:
+/// a thread the standard library cannot give a signal stack aborts the process instead of
+/// failing (see the module's doc). What other threads map between this look and the thread's
+/// start is left to the margin.
+pub fn room_for_a_thread() -> std::io::Result<()> {
+    // SAFETY: a new private anonymous mapping, unmapped at once; nothing points into it.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            THREAD_ROOM,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        );
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::munmap(at, THREAD_ROOM);
+    }
+    Ok(())
+}
+
+/// Runs `work` on a thread of its own, known to the kernel as `name` meanwhile: one of those
+/// waiting ([`stand_by`]), or, when all are busy, a new one, which waits for more work after.
+/// Its result, once it has run, comes out of the returned future: `None` if it ended without
+/// one (a panic, said in the log by [`crate::unwind`]; the thread lives on). `Err` when no
+/// thread could start: none was free, and there is no room for another
+/// ([`room_for_a_thread`]) or it could not start.
 pub fn run<T: Send + 'static>(
     name: &str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<impl Future<Output = Option<T>>> {
     let (done, result) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            let _ = done.send(work());
-        })?;
-    Ok(async move { result.await.ok() })
+    let name = name.to_string();
+    let mut job: Job = Box::new(move || {
+        set_thread_name(&name);
+        if let Ok(outcome) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+            let _ = done.send(outcome);
+        }
+    });
+    loop {
+        let waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let thread = match waiting {
+            Some(thread) => thread,
+            None => {
+                room_for_a_thread()?;
+                start_waiting()?
+            }
+        };
+        // A thread that is gone (never: each holds its own sender) hands the work back.
+        match thread.send(job) {
+            Ok(()) => return Ok(async move { result.await.ok() }),
+            Err(mpsc::SendError(back)) => job = back,
+        }
+    }
 }
 
 /// Why no thread could start `to` do some work ("read the token store"): the error, and where
-/// the limit that stopped it is set. Said in these words wherever gitgate starts a thread of
+/// the limits that stopped it are set. Said in these words wherever gitgate starts a thread of
 /// its own, so that an operator who has read it once knows it again.
 pub fn cannot_start(to: &str, e: &std::io::Error) -> String {
     format!(
         "cannot start a thread to {to}: {e} (the process limit of gitgate's user, ulimit -u or \
-         TasksMax)"
+         TasksMax, or its memory limit, ulimit -v or LimitAS)"
     )
 }
 
@@ -132,7 +256,7 @@ mod tests {
             cannot_start("read it", &e),
             format!(
                 "cannot start a thread to read it: {e} (the process limit of gitgate's user, \
-                 ulimit -u or TasksMax)"
+                 ulimit -u or TasksMax, or its memory limit, ulimit -v or LimitAS)"
             )
         );
         let ready = OneAtATime::default();

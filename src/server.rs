@@ -79,10 +79,15 @@ pub fn run(config: Config) -> Result<(), String> {
     crate::request_id::seed();
     keep_inherited_descriptors_from_children();
     crate::open_files::raise_limit(config.server.limits.max_connections, config.server.workers)?;
-    let main = tokio::runtime::Builder::new_current_thread()
+    // Every thread the server needs after its start is started now (see `own_thread` and
+    // `blocking_pool`): one started later under a memory limit could abort the process.
+    crate::own_thread::stand_by(own_threads(config.server.workers))
+        .map_err(|e| crate::own_thread::cannot_start("wait for work", &e))?;
+    let main = crate::blocking_pool::configure(&mut tokio::runtime::Builder::new_current_thread())
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    crate::blocking_pool::start(&main)?;
     let ended = main.block_on(run_workers(config));
     if matches!(ended, Ok(Ended::BeforeTheStore)) {
         // The store's open is still waiting on a lock held elsewhere, in a blocking thread: a
@@ -90,6 +95,15 @@ pub fn run(config: Config) -> Result<(), String> {
         main.shutdown_background();
     }
     ended.map(|_| ())
+}
+
+/// The threads of its own ([`crate::own_thread::run`]) the server may run work on at once: each
+/// worker's two readiness checks (the store's ping, the CGI program's look: one at a time each),
+/// a SIGHUP's reload, the metrics' count of expiring tokens and the retries of unrecorded
+/// logins (the start's look for cut-off pushes' objects ends before any of those but the
+/// first checks). Started with the server, so that none starts later.
+fn own_threads(workers: usize) -> usize {
+    2 * workers + 3
 }
 
 /// How [`run_workers`] ended without an error.
@@ -429,11 +443,14 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         let settings = settings.clone();
         let cut_off = cut_off.clone();
         let runtime = Unstarted(Some(
-            tokio::runtime::Builder::new_current_thread()
+            crate::blocking_pool::configure(&mut tokio::runtime::Builder::new_current_thread())
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start the async runtime: {e}"))?,
         ));
+        if let Some(built) = &runtime.0 {
+            crate::blocking_pool::start(built)?;
+        }
         let thread = std::thread::Builder::new()
             .name(format!("gitgate-worker-{}", i + 1))
             .spawn(move || {
@@ -467,15 +484,19 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     });
     // A thread of its own, as for the store's open: tokio's blocking pool panics when its
     // first thread cannot start (a process limit reached), which here, on the main thread,
-    // ended the process with a panic right after it said it was listening.
+    // ended the process with a panic right after it said it was listening. One of those
+    // started with the server: a thread started now, after the line that tells the server
+    // is up, could meet a memory limit set since and abort the process (see `own_thread`).
     if let UpstreamConfig::Cgi { project_root, .. } = &config.upstream {
         let project_root = project_root.clone();
-        std::thread::Builder::new()
-            .name("gitgate-quarantines".into())
-            .spawn(move || say_stale_quarantines(&project_root))
+        drop(
+            crate::own_thread::run("gitgate-quarantines", move || {
+                say_stale_quarantines(&project_root)
+            })
             .map_err(|e| {
                 crate::own_thread::cannot_start("look for the objects of cut-off pushes", &e)
-            })?;
+            })?,
+        );
     }
     let address_cap = settings
         .limits

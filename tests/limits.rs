@@ -2234,6 +2234,108 @@ fn a_memory_limit_that_stops_a_git_process_starting_is_a_shortage() {
     assert!(!log.contains("backend failed"), "{log}");
 }
 
+/// The address-space size of process `pid` (`VmSize`), in bytes.
+fn address_space(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Holds process `pid`'s address space (`RLIMIT_AS`, as `ulimit -v` or systemd's `LimitAS=`
+/// set it) to `bytes`.
+fn limit_address_space(pid: u32, bytes: u64) {
+    let set = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--as={bytes}:{bytes}")])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(set.success());
+}
+
+/// The lines of `g`'s log that hold `needle`, waited for (up to 10 s) until there are `n`.
+fn wait_for_lines(g: &Server, needle: &str, n: usize) -> String {
+    let by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = g.log_text();
+        if log.matches(needle).count() >= n {
+            return log;
+        }
+        assert!(Instant::now() < by, "no {n} lines with {needle:?}:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A memory limit met after the start (the address space held to what the server has, as
+/// `ulimit -v` or `LimitAS=` would, reached) starts no thread, and so ends nothing: the
+/// standard library maps a new thread's signal stack inside it, and aborts the process when it
+/// cannot (glibc gives the thread the stack of one that ended, so its start needs no memory).
+/// A SIGHUP's reload, the readiness check and the management API's password check (on a
+/// worker's blocking pool, started on its first call) all started one: the process died with
+/// "failed to allocate an alternative stack" at the first. Now they run on threads started
+/// with the server, and it answers each: the reload said, `/readyz` and the API answered, and
+/// a clone refused with the `503` of a git process that cannot start.
+#[test]
+fn a_memory_limit_met_after_the_start_starts_no_thread_that_ends_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    bare_team_app(dir.path());
+    let cgi = dir.path().join("backend.sh");
+    std::fs::write(
+        &cgi,
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nserved\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = cgi_config(dir.path(), "workers = 2").replace("/bin/true", cgi.to_str().unwrap());
+    let (mut g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
+    // Served once, so that what a request needs is in place before the limit; the readiness
+    // check's threads have run and ended by the start's "ready" line.
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    wait_for_lines(&g, "ready:", 1);
+    limit_address_space(g.pid(), address_space(g.pid()));
+    g.signal("HUP");
+    wait_for_lines(&g, "SIGHUP: no [server.tls]", 1);
+    assert!(g.alive(), "{}", g.log_text());
+    // Connections open on both workers at once (each goes to the one with fewer), then a call
+    // of the API on each, with an empty password: its check runs on the worker's blocking
+    // pool (and refuses at once, without hashing).
+    let mut open: Vec<TcpStream> = (0..2).map(|_| connect(g.port)).collect();
+    for s in &mut open {
+        s.write_all(
+            b"GET /rest/access-tokens/1.0/users/alice HTTP/1.1\r\nHost: x\r\n\
+              Authorization: Basic YWxpY2U6\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    }
+    for s in &mut open {
+        let (out, _) = read_until_closed(s);
+        assert!(
+            out.starts_with("HTTP/1.1 401") && out.contains("the password is empty"),
+            "{out}\n{}",
+            g.log_text()
+        );
+    }
+    let mut s = connect(g.port);
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (out, _) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 "), "{out}\n{}", g.log_text());
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}\n{}", g.log_text());
+    assert!(
+        out.contains("the server cannot start another git process now"),
+        "{out}"
+    );
+    assert!(g.alive(), "{}", g.log_text());
+    g.stop();
+    let log = g.log_text();
+    assert!(!log.contains("alternative stack"), "{log}");
+    assert!(!log.contains("panic"), "{log}");
+}
+
 /// A push that receive-pack refused because it could not start a process of its own (`error:
 /// cannot fork()`: the process limit of gitgate's user, as with `prlimit --nproc`) — its pack,
 /// for want of `unpack-objects`, or its ref, for want of the connectivity check's `rev-list` —

@@ -1,0 +1,139 @@
+//! tokio's blocking pool, each runtime's, with all its threads started with the runtime and
+//! kept for its life: a `spawn_blocking` (a token read on a cache miss, a password check, the
+//! CGI runner's look at a process group, the upstream's name looked up) never starts a thread.
+//!
+//! The pool starts threads as work comes and ends them after 10 s idle, and a thread started
+//! late can end the process. Under a memory limit (`RLIMIT_AS`: `ulimit -v`, systemd's
+//! `LimitAS=`) glibc hands a new thread the stack of one that ended, and the standard library
+//! then maps its signal stack inside the new thread, where a failure aborts the process
+//! ("failed to allocate an alternative stack"); under a process limit the pool's first thread
+//! failing to start is a panic. With its threads all there from the start, a limit met later
+//! is met by what the work itself needs (a git process that cannot start: a `503`), never by
+//! a thread.
+//!
+//! The price: a pool of [`THREADS`] per runtime, where tokio allows 512; a ninth blocking call
+//! at once waits for one of the eight to end (the store's misses are four at a time
+//! process-wide, `Store::miss_slots`; password checks two per core, `api`).
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// The blocking threads of each runtime (each worker's, the main one's).
+pub const THREADS: usize = 8;
+
+/// How long the start waits for one of the pool's threads to say it runs. A thread starts in
+/// microseconds; one that is not there after this never started (tokio says nothing of a
+/// thread it could not start once it has one).
+const STARTED_WITHIN: Duration = Duration::from_secs(10);
+
+/// `builder` with a pool of [`THREADS`] threads that never end for idling (named
+/// `gitgate-block`); [`start`] starts them.
+pub fn configure(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    builder
+        .max_blocking_threads(THREADS)
+        .thread_keep_alive(Duration::MAX)
+        .thread_name("gitgate-block")
+}
+
+/// Starts all of `runtime`'s blocking threads now (built with [`configure`]): one blocking call
+/// per thread, each held until all are running, so that each needs a thread of its own. Before
+/// each, a thread of the process's own is looked for room ([`crate::own_thread::room_for_a_thread`])
+/// and started and ended: tokio's failing start of the pool's first thread is a panic, and of a
+/// later one is not said at all; this says it, in [`crate::own_thread::cannot_start`]'s words.
+pub fn start(runtime: &tokio::runtime::Runtime) -> Result<(), String> {
+    let cannot = |e: &std::io::Error| crate::own_thread::cannot_start("block on", e);
+    let running = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let released = Release(Arc::new((Mutex::new(false), Condvar::new())));
+    for n in 1..=THREADS {
+        crate::own_thread::room_for_a_thread().map_err(|e| cannot(&e))?;
+        std::thread::Builder::new()
+            .name("gitgate-block".into())
+            .spawn(|| {})
+            .map_err(|e| cannot(&e))?
+            .join()
+            .map_err(|_| "a thread started to try the blocking pool's start failed".to_string())?;
+        let (arrived, release) = (running.clone(), released.0.clone());
+        runtime.spawn_blocking(move || {
+            crate::own_thread::allocate_now();
+            *arrived.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            arrived.1.notify_all();
+            let (done, wake) = &*release;
+            let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+            while !*done {
+                done = wake.wait(done).unwrap_or_else(|e| e.into_inner());
+            }
+        });
+        let (count, arrived) = &*running;
+        let count = count.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, _) = arrived
+            .wait_timeout_while(count, STARTED_WITHIN, |count| *count < n)
+            .unwrap_or_else(|e| e.into_inner());
+        if *count < n {
+            return Err(format!(
+                "cannot start the blocking threads: {} of {THREADS} started within {} s (the \
+                 process limit of gitgate's user, ulimit -u or TasksMax, or its memory limit, \
+                 ulimit -v or LimitAS)",
+                *count,
+                STARTED_WITHIN.as_secs()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Lets the held blocking calls of [`start`] return when dropped, whether all started or not.
+struct Release(Arc<(Mutex<bool>, Condvar)>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        *self.0 .0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.0 .1.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The threads of the pool's number [`THREADS`] are all running once `start` returns, and
+    /// stay: a burst of blocking calls, each held until all run, starts no other and needs
+    /// no more than those.
+    #[test]
+    fn every_blocking_thread_runs_from_the_start_and_no_other_starts() {
+        let runtime = configure(&mut tokio::runtime::Builder::new_current_thread())
+            .enable_all()
+            .build()
+            .unwrap();
+        start(&runtime).unwrap();
+        let threads = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter(|t| {
+                    let comm = t.as_ref().unwrap().path().join("comm");
+                    std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "gitgate-block")
+                })
+                .count()
+        };
+        let before = threads();
+        assert!(before >= THREADS, "{before}");
+        let all = Arc::new(std::sync::Barrier::new(THREADS));
+        let names: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let all = all.clone();
+                runtime.spawn_blocking(move || {
+                    all.wait();
+                    std::thread::current().id()
+                })
+            })
+            .collect();
+        let ids: std::collections::HashSet<_> = runtime.block_on(async {
+            let mut ids = std::collections::HashSet::new();
+            for n in names {
+                ids.insert(n.await.unwrap());
+            }
+            ids
+        });
+        assert_eq!(ids.len(), THREADS);
+        assert_eq!(threads(), before);
+    }
+}
