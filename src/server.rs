@@ -558,7 +558,8 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
              written (see above)"
         );
     }
-    // A listening socket that failed for good ends the process with its reason (exit 1), so
+    // A listening socket that failed for good, or a worker that stopped (a panic outside a
+    // connection), ends the process with its reason (exit 1), so
     // that a supervisor starts it again rather than taking the stop for one it asked for.
     accepting.map(|_| Ended::Served)
 }
@@ -829,12 +830,38 @@ impl Drop for Unstarted {
     }
 }
 
-/// The worker with the fewest open connections (the first of equals).
-fn least_busy(workers: &[Worker]) -> &Worker {
+/// The running worker with the fewest open connections (the first of equals); `None` when none
+/// runs. One that stopped has none open, and was the least busy for every connection after.
+fn least_busy(workers: &[Worker]) -> Option<&Worker> {
     workers
         .iter()
+        .filter(|w| !w.inbox.is_closed())
         .min_by_key(|w| w.open.load(Ordering::Relaxed))
-        .expect("at least one worker")
+}
+
+/// Which worker stopped while connections are still handed out: its inbox was dropped, which
+/// before the drain begins only a panic outside a connection's task does (in its loop or its
+/// runtime), its connections cut with it. Never completes while all run.
+async fn a_worker_stopped(workers: &[Worker]) -> usize {
+    let mut closed: Vec<_> = workers.iter().map(|w| Box::pin(w.inbox.closed())).collect();
+    std::future::poll_fn(|cx| {
+        for (i, c) in closed.iter_mut().enumerate() {
+            if c.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(i);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Why the accepting ended when worker `i` stopped (see [`a_worker_stopped`]).
+fn worker_stopped(i: usize) -> String {
+    format!(
+        "worker {i} stopped (its panic is in the log above): its connections were cut, and a \
+         server short of a worker serves at part of its capacity; gitgate stopped, to be \
+         started again"
+    )
 }
 
 /// Accept connections until `shutdown` completes (`Ok`, naming the signal), handing each to the
@@ -856,6 +883,8 @@ async fn accept(
     // log, not only as clients waiting.
     let mut at_the_cap = Repeats::new(ACCEPT_FAILURES_WINDOW);
     tokio::pin!(shutdown);
+    let stopped = a_worker_stopped(workers);
+    tokio::pin!(stopped);
     let ended: Result<&'static str, String> = 'accepting: loop {
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => {
@@ -889,6 +918,7 @@ async fn accept(
                         Err(_) => break 'accepting Ok("the connection slots' end"),
                     },
                     signal = &mut shutdown => break 'accepting Ok(signal),
+                    i = &mut stopped => break 'accepting Err(worker_stopped(i)),
                 }
             }
         };
@@ -979,7 +1009,10 @@ async fn accept(
                     }
                     Admission::Admitted(_) => permit,
                 };
-                let worker = least_busy(workers);
+                let Some(worker) = least_busy(workers) else {
+                    tracing::error!("every worker has stopped; refusing the connection");
+                    continue;
+                };
                 worker.open.fetch_add(1, Ordering::Relaxed);
                 let accepted = Accepted {
                     stream,
@@ -993,6 +1026,7 @@ async fn accept(
                 }
             }
             signal = &mut shutdown => break 'accepting Ok(signal),
+            i = &mut stopped => break 'accepting Err(worker_stopped(i)),
         }
     };
     drop(listener);
@@ -1004,8 +1038,9 @@ async fn accept(
         ),
         Err(why) => tracing::error!(
             error = %LogText(why),
-            "shutting down: the listening socket failed for good; waiting up to {}s for \
-             requests in flight, then exiting with status 1",
+            "shutting down: gitgate cannot go on serving (the listening socket failed for \
+             good, or a worker stopped); waiting up to {}s for requests in flight, then \
+             exiting with status 1",
             limits.shutdown_grace.as_secs()
         ),
     }
@@ -1741,6 +1776,52 @@ fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
 mod tests {
     use super::*;
 
+    /// A worker that stops while the server runs (a panic in its loop, outside any connection:
+    /// its inbox dropped) stops the accepting, with the reason, so that the process ends with
+    /// status 1 for its supervisor to start again; the connections that come meanwhile go to a
+    /// worker that runs. Before, the stopped worker, with no connection open, was the least
+    /// busy for every connection after: each was refused with an error line, the process up
+    /// and serving no one.
+    #[tokio::test]
+    async fn a_worker_that_stops_stops_the_accepting() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let (first, mut running) = Worker::new();
+        let (second, stopping) = Worker::new();
+        let workers = [first, second];
+        let limits = Limits::default();
+        let accepting = accept(
+            listener,
+            local,
+            &workers,
+            &limits,
+            None,
+            std::future::pending(),
+        );
+        tokio::pin!(accepting);
+        // A connection first, handed to the first worker: both run.
+        let _client = TcpStream::connect(local).await.unwrap();
+        tokio::select! {
+            handed = running.rx.recv() => assert!(handed.is_some()),
+            ended = &mut accepting => panic!("the accepting ended: {ended:?}"),
+        }
+        // The second worker stops; the next connection goes to the first, and the accepting
+        // ends with the reason.
+        drop(stopping);
+        let _next = TcpStream::connect(local).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), &mut accepting)
+            .await
+            .expect("the accepting went on with a worker stopped");
+        assert_eq!(ended, Err(worker_stopped(1)));
+        assert!(
+            worker_stopped(1).starts_with("worker 1 stopped")
+                && worker_stopped(1).contains("gitgate stopped"),
+            "{}",
+            worker_stopped(1)
+        );
+        assert!(least_busy(&workers).is_some_and(|w| !w.inbox.is_closed()));
+    }
+
     /// Only a socket that accepts nothing any more ends the accepting: what runs out (files,
     /// memory) comes back, and a connection's own error is that connection's.
     #[test]
@@ -1828,13 +1909,14 @@ mod tests {
         let (b, _ib) = Worker::new();
         let (c, _ic) = Worker::new();
         let workers = [a, b, c];
-        assert!(std::ptr::eq(least_busy(&workers), &workers[0]));
+        let least = |workers: &[Worker]| least_busy(workers).unwrap() as *const Worker;
+        assert!(std::ptr::eq(least(&workers), &workers[0]));
         workers[0].open.store(2, Ordering::Relaxed);
         workers[1].open.store(1, Ordering::Relaxed);
         workers[2].open.store(1, Ordering::Relaxed);
-        assert!(std::ptr::eq(least_busy(&workers), &workers[1]));
+        assert!(std::ptr::eq(least(&workers), &workers[1]));
         workers[1].open.store(5, Ordering::Relaxed);
-        assert!(std::ptr::eq(least_busy(&workers), &workers[2]));
+        assert!(std::ptr::eq(least(&workers), &workers[2]));
     }
 
     #[test]
