@@ -535,7 +535,7 @@ impl Metrics {
             (
                 "gitgate_unparsable_requests_total",
                 "counter",
-                "Requests refused before gitgate saw them: by HTTP/1's parser, 400 (a malformed request line or header), 414 (URI too long), 431 (head over max_header_bytes or 100 fields); on HTTP/2, 431 for over 100 header fields. Not in gitgate_requests_total.",
+                "Requests refused before gitgate saw them: by HTTP/1's parser, 400 (a malformed request line or header), 414 (URI too long), 431 (head over max_header_bytes or 100 fields, or a Content-Length past 2^64-3); on HTTP/2, 431 for over 100 header fields. Not in gitgate_requests_total.",
                 self.unparsable_requests.load(Relaxed).to_string(),
             ),
             (

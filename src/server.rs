@@ -1709,14 +1709,18 @@ impl Connection {
                 Some(status) => {
                     METRICS.unparsable_request();
                     let said = e.to_string();
-                    // hyper's words are the same for a head over its size and one over its
-                    // count of fields (a short head of 101 fields): both causes named, so that
-                    // raising max_header_bytes is not taken for the cure of the second.
+                    // hyper's words are the same for a head over its size, one over its
+                    // count of fields (a short head of 101 fields) and one whose
+                    // Content-Length is past what it counts (2^64-2, 2^64-1): all causes
+                    // named, so that raising max_header_bytes is not taken for the cure of the
+                    // others.
                     let said = if status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
                         format!(
-                            "{said}: over [server] max_header_bytes ({} bytes), or over \
-                             {MAX_HEADER_FIELDS} header fields",
-                            self.settings.limits.max_header_bytes
+                            "{said}: the head is over [server] max_header_bytes ({} bytes), \
+                             holds over {MAX_HEADER_FIELDS} header fields, or says a \
+                             Content-Length over {}, the most hyper reads",
+                            self.settings.limits.max_header_bytes,
+                            u64::MAX - 2
                         )
                     } else {
                         said
