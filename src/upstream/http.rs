@@ -1032,10 +1032,11 @@ fn plain_text(headers: &hyper::HeaderMap) -> bool {
 /// there that adds headers), and the operator must know which limit it passed.
 fn head_too_large() -> String {
     format!(
-        "the upstream git server's answer has too many header lines (more than {}) or too \
-         large a head (over {} KiB) for gitgate to read",
+        "the upstream git server's answer has too many header lines (more than {}), too \
+         large a head (over {} KiB), or a Content-Length over {}, for gitgate to read",
         pool::ANSWER_HEADER_LINES,
-        pool::ANSWER_HEAD_MAX / 1024
+        pool::ANSWER_HEAD_MAX / 1024,
+        u64::MAX - 2
     )
 }
 
@@ -1820,8 +1821,9 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_GATEWAY, "{e}");
             assert_eq!(
                 e.message,
-                "the upstream git server's answer has too many header lines (more than 100) or \
-                 too large a head (over 64 KiB) for gitgate to read"
+                "the upstream git server's answer has too many header lines (more than 100), \
+                 too large a head (over 64 KiB), or a Content-Length over \
+                 18446744073709551613, for gitgate to read"
             );
             let logged = e.to_string();
             assert!(
@@ -1967,6 +1969,19 @@ mod tests {
                 e.to_string()
                     .contains(&format!("says it is {length} bytes long")),
                 "{e}"
+            );
+        }
+        // Past 2^64-3 hyper refuses the head itself, in the words of one too large: those
+        // say the length too, not the head's size alone.
+        for length in ["18446744073709551614", "18446744073709551615"] {
+            let (port, _upstream) = answering(of_length(length)).await;
+            let b = backend(&format!("http://127.0.0.1:{port}/git"));
+            let e = advertisement(&b).await.unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_GATEWAY, "{e}");
+            assert!(
+                e.message
+                    .contains("or a Content-Length over 18446744073709551613, for gitgate"),
+                "{length}: {e}"
             );
         }
         let (port, _upstream) = answering(of_length("9223372036854775807")).await;
