@@ -1597,6 +1597,9 @@ mod tests {
         // The default port said or left out is the same host; another port is not.
         let default_port = hosts(&["git.example.com:80"]);
         assert_eq!(host_problem(v11, &absolute, &default_port), None);
+        // Its leading zeros are the number's, as the config's URLs read them.
+        let padded = hosts(&["git.example.com:00080"]);
+        assert_eq!(host_problem(v11, &absolute, &padded), None);
         let other_port = hosts(&["git.example.com:8080"]);
         assert!(host_problem(v11, &absolute, &other_port).is_some());
         // HTTP/1.0 may leave Host out, but one that disagrees is refused as well.
@@ -1613,6 +1616,9 @@ mod tests {
             "host:80:80",
             "h@x",
             "host:65536",
+            "host:0",
+            "host:00000",
+            "[::1]:0",
             "[::1]x",
             "host/x",
             "",
@@ -1641,6 +1647,7 @@ mod tests {
             "xn--bcher-kva.example",
             "host:",
             "[::1]:",
+            "host:00080",
         ] {
             assert_eq!(host_problem(v11, &uri, &hosts(&[good])), None, "{good}");
         }
@@ -1675,6 +1682,7 @@ mod tests {
             "https://alice@git.example.com/team/app.git",
             "https://ggt_x@git.example.com/team/app.git",
             "https://git.example.com:99999/team/app.git",
+            "https://git.example.com:0/team/app.git",
         ] {
             let uri: Uri = bad.parse().unwrap();
             assert_eq!(

@@ -19,7 +19,7 @@
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
 //!                                   │     (git LFS's paths ─▶ 404 in the LFS API's JSON, which git-lfs prints)
 //!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 it or :authority, and
-//!                                   │     none, Host or :authority, that is empty or no host name (letters, digits, .-_) and optional port, or names another host
+//!                                   │     none, Host or :authority, that is empty or no host name (letters, digits, .-_) and optional port (1-65535), or names another host
 //!                                   │     than the :authority or the absolute target's, or an absolute target neither
 //!                                   │     http nor https ─▶ 400 (refusals for the request's form:
 //!                                   │     400/415/501, their reason logged once a minute per address and reason)

@@ -1285,7 +1285,10 @@ const fn byte_set(extra: &[u8]) -> [bool; 256] {
 /// Whether `h` is a `Host` value as RFC 9110 (section 7.2) writes one: a host — a name or an
 /// IPv4 address (letters, digits, `-._~`, and the rest of RFC 3986's unreserved and
 /// sub-delimiting characters), or an IPv6 address in brackets — and an optional `:port` of
-/// digits up to 65535. `[::1`, `]]::[[`, `:::`, `[]` and `[::1]:99999` are not.
+/// digits from 1 to 65535, leading zeros read as `u16` reads them (`:00080` is port 80, as the
+/// config's URLs read it). `[::1`, `]]::[[`, `:::`, `[]`, `[::1]:99999` and `host:0` are not:
+/// no client reaches a server on port 0, which the config refuses too, and a backend given it
+/// as the forwarded host would write it into the links it makes.
 pub fn is_host_and_port(h: &[u8]) -> bool {
     let (host, port) = match h.strip_prefix(b"[") {
         Some(rest) => {
@@ -1309,11 +1312,13 @@ pub fn is_host_and_port(h: &[u8]) -> bool {
             None => (h, None),
         },
     };
-    // Up to five digits, at most 65535 (empty is the default port).
+    // Up to five digits, from 1 to 65535 (empty is the default port).
     let port_ok = port.is_none_or(|p| {
-        p.len() <= 5
-            && p.iter().all(u8::is_ascii_digit)
-            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
+        p.is_empty()
+            || (p.len() <= 5
+                && p.iter().all(u8::is_ascii_digit)
+                && (1..=u32::from(u16::MAX))
+                    .contains(&p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'))))
     });
     host.iter().all(|&b| NAME_BYTES[usize::from(b)]) && port_ok
 }
@@ -2596,11 +2601,17 @@ mod tests {
         assert!(!valid_host("git.example.com:65536"));
         assert!(!valid_host("git.example.com:065535"));
         assert!(is_host_and_port(b"[::1]:65535"));
+        // Port 0 is no port a client reached; leading zeros are the number's.
+        assert!(!valid_host("git.example.com:0"));
+        assert!(!valid_host("git.example.com:00000"));
+        assert!(!is_host_and_port(b"[::1]:0"));
+        assert!(valid_host("git.example.com:00080"));
+        assert!(valid_host("git.example.com:"));
     }
 
     /// The tables [`valid_host`] and [`is_host_and_port`] read take the bytes the lists they
     /// replaced took, and the port is read as `u16` reads it: every byte alone, as a name and
-    /// after a `:`, and every port of up to six digits (leading zeros too).
+    /// after a `:`, and every port of up to six digits (leading zeros too), 0 left out.
     #[test]
     fn the_host_tables_take_what_the_lists_took() {
         let listed = |b: u8, extra: &[u8]| b.is_ascii_alphanumeric() || extra.contains(&b);
@@ -2621,7 +2632,7 @@ mod tests {
             p.is_empty()
                 || (p.len() <= 5
                     && p.bytes().all(|d| d.is_ascii_digit())
-                    && p.parse::<u16>().is_ok())
+                    && p.parse::<u16>().is_ok_and(|n| n != 0))
         };
         for width in 0..=6 {
             let top = if width == 0 {
