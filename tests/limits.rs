@@ -2741,6 +2741,74 @@ fn an_upstream_that_cannot_be_connected_to_in_time_is_504() {
     drop(held);
 }
 
+/// An upstream's `204` that says a `Content-Length` (which RFC 9110, section 8.6, forbids in
+/// one) reaches the client without it, over HTTP/1.1 and HTTP/2 alike: a client over HTTP/2
+/// (curl and git through nghttp2) refuses such an answer, and a stream whose answer cannot be
+/// read is no `204`.
+#[test]
+fn a_204_with_a_content_length_reaches_the_client_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in upstream.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let mut s = connect(g.port);
+    s.write_all(
+        format!(
+            "GET /team/app.git/HEAD HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (out, _) = read_until_closed(&mut s);
+    assert!(out.starts_with("HTTP/1.1 204"), "{out}\n{}", g.log_text());
+    assert!(
+        !out.to_ascii_lowercase().contains("content-length"),
+        "{out}"
+    );
+    let h2 = std::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-o", "/dev/null"])
+        .args(["-w", "%{http_version} %{http_code}", "-H"])
+        .arg(format!("Authorization: Basic {auth}"))
+        .arg(format!("http://127.0.0.1:{}/team/app.git/HEAD", g.port))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&h2.stderr);
+    assert_eq!(h2.status.code(), Some(0), "{said}\n{}", g.log_text());
+    assert_eq!(String::from_utf8_lossy(&h2.stdout), "2 204", "{said}");
+    // The same of the embedded runner's program.
+    let dir = tempfile::tempdir().unwrap();
+    bare_team_app(dir.path());
+    let cgi = dir.path().join("backend.sh");
+    std::fs::write(
+        &cgi,
+        "#!/bin/sh\nprintf 'Status: 204 No Content\\r\\nContent-Length: 5\\r\\n\\r\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = cgi_config(dir.path(), "").replace("/bin/true", cgi.to_str().unwrap());
+    let (g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
+    let h2 = std::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-o", "/dev/null"])
+        .args(["-w", "%{http_version} %{http_code}", "-H"])
+        .arg(format!("Authorization: Basic {auth}"))
+        .arg(format!("http://127.0.0.1:{}/team/app.git/HEAD", g.port))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&h2.stderr);
+    assert_eq!(h2.status.code(), Some(0), "{said}\n{}", g.log_text());
+    assert_eq!(String::from_utf8_lossy(&h2.stdout), "2 204", "{said}");
+}
+
 #[test]
 fn an_upstream_that_resets_mid_stream_is_never_a_complete_answer() {
     let dir = tempfile::tempdir().unwrap();

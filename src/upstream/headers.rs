@@ -410,6 +410,16 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
     Ok(())
 }
 
+/// Drops the `Content-Length` of a `204` answer, which says none (RFC 9110, section 8.6: a
+/// server must not send one in it), from an upstream or the CGI program. hyper leaves it out
+/// over HTTP/1.1, but passes it on over HTTP/2, where the client (nghttp2: curl, and so git)
+/// refuses the whole answer as malformed (`PROTOCOL_ERROR`), while gitgate logged a `204`.
+pub fn no_length_in_a_204(status: hyper::StatusCode, headers: &mut HeaderMap) {
+    if status == hyper::StatusCode::NO_CONTENT {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+}
+
 /// Keep an answer to an authenticated request out of shared caches. git http-backend marks
 /// the files of dumb HTTP — loose objects, packs, their indexes — `Cache-Control: public,
 /// max-age=31536000` (they never change), and `public` (like `s-maxage`, `must-revalidate` and

@@ -512,6 +512,7 @@ impl HttpBackend {
         let inbound = parts;
         let (mut parts, body) = resp.into_parts();
         headers::to_client(&mut parts.headers).map_err(ForwardError::bad_gateway)?;
+        headers::no_length_in_a_204(parts.status, &mut parts.headers);
         // Every Location is checked, as bytes: one that cannot be read as text, or a second
         // one, could name the upstream's internal address past the rewriting below.
         let locations: Vec<&HeaderValue> = parts.headers.get_all(LOCATION).iter().collect();

@@ -792,10 +792,15 @@ impl CgiBackend {
 
         let mut head = parse_head(&head)?;
         crate::upstream::headers::private_to_shared_caches(&mut head.headers);
-        let declared = head
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        // A `204` has no body, whatever length it says (which is not passed on).
+        let declared = if head.status == hyper::StatusCode::NO_CONTENT {
+            crate::upstream::headers::no_length_in_a_204(head.status, &mut head.headers);
+            Some(0)
+        } else {
+            head.headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        };
         let label = format!("{} (user {})", req.path_info, req.remote_user);
         let mut body = CgiBody {
             prefix: rest,
