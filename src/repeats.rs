@@ -154,13 +154,15 @@ impl Refusals {
     /// The refusals left unlogged since the last line, as the tail of their burst: `Some(n)`
     /// (`n` > 0) once [`REFUSALS_SAID_EVERY_MS`] has passed since that line — a burst that
     /// stopped has no next refusal to say its count — or at once when `now_or_never` (the state
-    /// is about to be forgotten, or the process stops). The burst is over then: the next
-    /// refusal is news, said at once (not a minute late), as after a quiet spell.
+    /// is about to be forgotten, or the process stops). The tail is the line of its minute: a
+    /// refusal within the minute after it is counted by the next line, as after any other, so
+    /// that a client refused every few seconds still gets one line a minute, not a tail and a
+    /// new first line each minute.
     pub fn tail(&mut self, now: i64, now_or_never: bool) -> Option<u32> {
         if self.unsaid == 0 || (!now_or_never && self.said_lately(now)) {
             return None;
         }
-        self.said_at_ms = None;
+        self.said_at_ms = Some(now);
         Some(std::mem::take(&mut self.unsaid))
     }
 
@@ -516,15 +518,18 @@ mod tests {
         assert_eq!(r.tail(min - 1, false), None, "before its minute");
         assert_eq!(r.tail(min, false), Some(7));
         assert_eq!(r.tail(min + 1, true), None, "said already");
-        // The burst is over: the next refusal is news, said at once; its own repeats are
-        // quiet again, and said at a stop whatever the window.
-        assert_eq!(r.refused(min + 2), Some(0));
+        // The tail is the line of its minute: the refusals within the minute after it are
+        // quiet, their tail due a minute after it, or said at a stop whatever the window.
+        assert_eq!(r.refused(min + 2), None);
         assert_eq!(r.refused(min + 3), None);
+        assert_eq!(r.tail(2 * min - 1, false), None, "within the tail's minute");
         assert_eq!(
             r.tail(min + 4, true),
-            Some(1),
+            Some(2),
             "at a stop, whatever the window"
         );
+        // A refusal a minute after the last line, a tail, is said at once.
+        assert_eq!(r.refused(2 * min + 4), Some(0));
         // Per key, with the tag of the key's last line; keys without a tail say nothing.
         let mut by: RefusalsBy<&str, u32> = RefusalsBy::with_tags(8);
         assert_eq!(by.refused_with("a", 0, 11), Some(0));
@@ -532,6 +537,39 @@ mod tests {
         assert_eq!(by.refused_with("b", 2, 21), Some(0));
         assert_eq!(by.tails(min + 5, false), vec![(Some("a"), 1, 11)]);
         assert!(by.tails(min + 6, true).is_empty());
+    }
+
+    /// A client refused every 11 s, its tails looked for every 5 s as the server does: a
+    /// tail is the line of its minute, so the refusal after it is counted by the next line,
+    /// not said at once — one line a minute at most, and every refusal counted by one.
+    #[test]
+    fn sparse_refusals_and_their_tails_are_said_at_most_once_a_minute() {
+        let min = REFUSALS_SAID_EVERY_MS;
+        let mut r = Refusals::default();
+        let mut said_at = Vec::new();
+        let mut counted = 0;
+        let mut refused = 0;
+        for t in (0..600_000).step_by(1_000) {
+            if t % 11_000 == 3_000 {
+                refused += 1;
+                if let Some(n) = r.refused(t) {
+                    said_at.push(t);
+                    counted += n + 1;
+                }
+            }
+            if t % 5_000 == 0 {
+                if let Some(n) = r.tail(t, false) {
+                    said_at.push(t);
+                    counted += n;
+                }
+            }
+        }
+        counted += r.tail(600_000, true).unwrap_or(0);
+        assert_eq!(counted, refused);
+        for two in said_at.windows(2) {
+            assert!(two[1] - two[0] >= min, "lines at {said_at:?}");
+        }
+        assert!(said_at.len() >= 9, "{said_at:?}");
     }
 
     /// A full map is looked through for keys to forget at most once a second: a key that
