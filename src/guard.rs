@@ -82,8 +82,7 @@ pub(crate) fn in_flight_tail_said(principal: &str, unlogged: u32) {
         principal = %crate::log_value::LogValue(principal),
         unlogged,
         "too many requests in flight: the tail of a burst, the principal's refusals since its \
-         last such line, not logged till now (said a minute after that line, as its last \
-         request ends, or at the stop)"
+         last such line, not logged till now (said a minute after that line, or at the stop)"
     );
 }
 
@@ -393,9 +392,9 @@ impl Guard {
 
     /// Step 3: a place among the principal's requests in flight, held until the response ends
     /// — for a POST, one that carries on an exchange, up to twice the cap (see [`InFlight`]).
-    /// Refused with a log line at most once a minute per principal while it has requests in
-    /// flight (see [`crate::repeats::Refusals`]; without the request's id: the gate's line
-    /// says it, with `status=429`).
+    /// Refused with a log line at most once a minute per principal, its requests ending and
+    /// starting meanwhile or not (see [`crate::repeats::Refusals`]; without the request's id:
+    /// the gate's line says it, with `status=429`).
     pub fn acquire_slot(&self, principal: &str, operation: Operation) -> Result<Slot, Verdict> {
         let slot = match operation {
             Operation::Rpc(_) => self.inflight.try_continue(principal),

@@ -25,8 +25,10 @@ pub struct InFlight {
     counts: Mutex<HashMap<Arc<str>, Place>>,
 }
 
-/// One principal's requests in flight, and its refusals for the log (forgotten with it when
-/// its last request ends: a refusal after that is news).
+/// One principal's requests in flight, and its refusals for the log. Forgotten when its last
+/// request ends, or, if a refusal of its was logged within the last minute, once that minute
+/// has passed ([`InFlight::refusal_tails`]): a client whose requests keep ending and starting
+/// would otherwise be told anew after each end, not once a minute.
 #[derive(Default)]
 struct Place {
     count: u32,
@@ -86,7 +88,8 @@ impl InFlight {
     }
 
     /// After a refusal of `principal`'s at `now` (monotonic ms): whether to log it (see
-    /// [`Refusals`]). Its requests having all ended meanwhile, it is news.
+    /// [`Refusals`]). Forgotten meanwhile (no request in flight, and its last line a minute
+    /// old), it is news.
     pub fn refused(&self, principal: &str, now: i64) -> Option<u32> {
         match self.counts().get_mut(principal) {
             Some(place) => place.refusals.refused(now),
@@ -96,14 +99,17 @@ impl InFlight {
 
     /// The tails of principals' bursts of refusals due at `now` (see
     /// [`Refusals::tail`]): each principal with refusals unlogged since its last line, and how
-    /// many.
+    /// many. Principals with no request in flight whose last line is a minute old are
+    /// forgotten here.
     pub fn refusal_tails(&self, now: i64, now_or_never: bool) -> Vec<(Arc<str>, u32)> {
-        self.counts()
-            .iter_mut()
-            .filter_map(|(principal, place)| {
-                Some((principal.clone(), place.refusals.tail(now, now_or_never)?))
-            })
-            .collect()
+        let mut tails = Vec::new();
+        self.counts().retain(|principal, place| {
+            if let Some(n) = place.refusals.tail(now, now_or_never) {
+                tails.push((principal.clone(), n));
+            }
+            place.count > 0 || place.refusals.said_lately(now)
+        });
+        tails
     }
 
     fn counts(&self) -> MutexGuard<'_, HashMap<Arc<str>, Place>> {
@@ -120,9 +126,12 @@ impl Drop for Slot {
         let mut tail = None;
         if let Some(place) = counts.get_mut(&principal) {
             place.count = place.count.saturating_sub(1);
-            if place.count == 0 {
+            // A principal refused within the last minute is kept till that minute has passed
+            // (see [`Place`]); its tail is said then, by `refusal_tails`.
+            let now = || crate::clock::monotonic_ms();
+            if place.count == 0 && !place.refusals.said_lately(now()) {
                 // Its burst's last refusals, said as the place is forgotten (once let go).
-                tail = place.refusals.tail(crate::clock::monotonic_ms(), true);
+                tail = place.refusals.tail(now(), true);
                 // Idle principals cost no memory.
                 counts.remove(&principal);
             }
@@ -171,21 +180,40 @@ mod tests {
         assert!(InFlight::new(0).try_continue("token:ci").is_some());
     }
 
-    /// Refusals for the cap are logged once a minute while the principal keeps requests in
-    /// flight; once they have all ended, the next refusal is news.
+    /// Refusals for the cap are logged once a minute per principal, a tail included, while
+    /// its requests keep ending and starting; a principal idle for a minute after its last
+    /// line is forgotten, and its next refusal is news. (On the monotonic clock: a request
+    /// ends at the time of the `drop`.)
     #[test]
-    fn refusals_are_logged_once_a_minute_while_the_principal_is_in_flight() {
+    fn refusals_are_logged_once_a_minute_while_the_principals_requests_come_and_go() {
         let inflight = InFlight::new(1);
+        let t0 = crate::clock::monotonic_ms();
         let held = inflight.try_acquire("token:ci").unwrap();
         assert!(inflight.try_acquire("token:ci").is_none());
-        assert_eq!(inflight.refused("token:ci", 0), Some(0));
-        assert_eq!(inflight.refused("token:ci", 59_999), None);
-        assert_eq!(inflight.refused("token:ci", 60_000), Some(1));
-        assert_eq!(inflight.refused("token:ci", 60_001), None);
+        assert_eq!(inflight.refused("token:ci", t0), Some(0));
+        assert_eq!(inflight.refused("token:ci", t0 + 1), None);
+        // Its last request ends within the minute of that line: no tail yet, nothing forgotten.
         drop(held);
+        let held = inflight.try_acquire("token:ci").unwrap();
+        assert_eq!(
+            inflight.refused("token:ci", t0 + 2),
+            None,
+            "within the minute"
+        );
+        drop(held);
+        assert!(inflight.refusal_tails(t0 + 59_999, false).is_empty());
+        assert_eq!(
+            inflight.refusal_tails(t0 + 60_000, false),
+            vec![(Arc::from("token:ci"), 2)]
+        );
+        // The tail is the line of its minute; idle a minute after it, the place is forgotten.
+        assert!(inflight.refusal_tails(t0 + 119_999, false).is_empty());
+        assert_eq!(inflight.counts.lock().unwrap().len(), 1);
+        assert!(inflight.refusal_tails(t0 + 120_000, false).is_empty());
+        assert!(inflight.counts.lock().unwrap().is_empty());
         let _held = inflight.try_acquire("token:ci").unwrap();
-        assert_eq!(inflight.refused("token:ci", 60_002), Some(0));
-        assert_eq!(inflight.refused("user:nobody", 0), Some(0));
+        assert_eq!(inflight.refused("token:ci", t0 + 120_001), Some(0));
+        assert_eq!(inflight.refused("user:nobody", t0), Some(0));
     }
 
     #[test]

@@ -125,8 +125,9 @@ impl Repeats {
 /// The line after a quiet spell says how many refusals went unlogged before it; those of a
 /// burst that stopped, which no next refusal says, are said as its tail ([`Refusals::tail`]):
 /// once its minute has passed, when the state is forgotten (the bucket refilled and swept, the
-/// last request in flight ended), or at the stop. Kept with the principal's other state (its
-/// bucket, its count in flight), in 24 bytes, on the monotonic clock in milliseconds.
+/// place in flight let go, its last request ended and its last line a minute old), or at the
+/// stop. Kept with the principal's other state (its bucket, its count in flight), in 24 bytes,
+/// on the monotonic clock in milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Refusals {
     /// When one was last logged (`None`: never) ...
@@ -168,7 +169,7 @@ impl Refusals {
 
     /// Whether a line was said within the last [`REFUSALS_SAID_EVERY_MS`] before `now`: the
     /// next refusal would stay quiet.
-    fn said_lately(&self, now: i64) -> bool {
+    pub fn said_lately(&self, now: i64) -> bool {
         self.said_at_ms
             .is_some_and(|said| (0..REFUSALS_SAID_EVERY_MS).contains(&now.saturating_sub(said)))
     }
