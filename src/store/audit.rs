@@ -187,11 +187,14 @@ pub(super) struct Repeats {
 }
 
 /// The log line of an audit event the store could not take: the event in full, so that the
-/// log keeps what the audit table lost — the request it happened in too (`request_id`, as
-/// its row would have had it), else the line of a lost `auth.failed` could not be joined to
-/// its request's.
+/// log keeps what the audit table lost — the time it happened (`at`, its first's for
+/// repeats, as its row and its `audit` line have it: the line's own time is the give-up's,
+/// up to seconds later), and the request it happened in (`request_id`, as its row would have
+/// had it), else the line of a lost `auth.failed` could not be joined to its request's.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn log_lost_event(
     error: &super::StoreError,
+    at: i64,
     actor: &Actor,
     action: &str,
     target: &str,
@@ -207,6 +210,7 @@ pub(super) fn log_lost_event(
         target = target,
         detail,
         count,
+        at,
         request_id = request.map(tracing::field::display),
         "could not write an audit event to the store; it is only logged"
     );
@@ -417,8 +421,9 @@ impl Store {
     /// [`Store::record_event`] for a caller that cannot fail on it (a refusal being answered):
     /// an event the store cannot take is still logged, with why it is not in the store.
     pub fn record_event_or_log(&self, actor: &Actor, action: &str, target: &str, detail: &str) {
+        let at = clock::now_ms();
         if let Err(e) = self.record_event(actor, action, target, detail) {
-            log_lost_event(&e, actor, action, target, detail, 1, None);
+            log_lost_event(&e, at, actor, action, target, detail, 1, None);
             crate::metrics::METRICS.side_effect_failure();
         }
     }

@@ -1103,6 +1103,7 @@ fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses, say_last_
             let (actor, action) = (&event.actor, event.action);
             log_lost_event(
                 e,
+                event.at,
                 actor,
                 action,
                 &event.target,
@@ -1486,6 +1487,33 @@ mod tests {
             lost.contains(&format!("request_id={id}")),
             "the lost event's line does not name its request: {lost}"
         );
+    }
+
+    /// The line of a lost event has the time it happened (`at`, epoch ms, as its row and its
+    /// `audit` line would), not only the time of the give-up, which can be seconds later.
+    #[test]
+    fn a_lost_events_line_has_the_time_it_happened() {
+        let (_dir, store) = temp_store();
+        refuse_audit_inserts(store.path());
+        let before = crate::clock::now_ms();
+        store.record_event_later(("test", "local"), "auth.failed", "trudy", "bad token");
+        let after = crate::clock::now_ms();
+        // The give-up comes in a later millisecond, so that its time is not the event's.
+        while crate::clock::now_ms() <= after {
+            std::hint::spin_loop();
+        }
+        let log = logged(|| assert!(!store.inner.batch_writer.flush(&store)));
+        let lost = log
+            .lines()
+            .find(|l| l.contains("it is only logged") && l.contains("trudy"))
+            .unwrap_or_else(|| panic!("the lost event is not in the log: {log}"));
+        let at: i64 = lost
+            .split(' ')
+            .find_map(|field| field.strip_prefix("at="))
+            .unwrap_or_else(|| panic!("the lost event's line has no time: {lost}"))
+            .parse()
+            .unwrap();
+        assert!((before..=after).contains(&at), "{before}..={after}: {lost}");
     }
 
     /// Promise 9: a write that keeps failing is tried 5 times, a second or more apart, then
