@@ -39,6 +39,7 @@ fn build_store(path: &Path) -> (Store, String) {
         name: "bench".into(),
         source: "local".into(),
         logged_in_as_admin: None,
+        request: None,
     };
     store
         .add_user("alice", "not-a-real-hash", Role::User, &actor)

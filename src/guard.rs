@@ -380,7 +380,8 @@ impl Guard {
              runner's or an office NAT's, goes in [auth_failures] exempt, read at start)"
         );
         let store = self.store.clone();
-        let actor = Actor::gitgate(addr.to_string());
+        // The row names the request whose failure made the block, as the warning above does.
+        let actor = Actor::gitgate(addr.to_string()).in_request(id);
         let target = addr.to_string();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = store.record_event(&actor, "auth.throttled", &target, &detail) {

@@ -93,7 +93,8 @@
 //!  a failed window tried again (up to 5 times; a store another process holds locked is
 //!  waited for, however long, the holder named from /proc/locks; a write that keeps failing,
 //!  a full disk, warned of once and then once a minute), written out at shutdown too; each
-//!  `auth.failed` row keeps its request_id; metrics (relaxed
+//!  audit row a request made (`auth.failed`, `auth.throttled`, a REST call's) keeps its
+//!  request_id; metrics (relaxed
 //!  atomics, a copy per thread, added up and rendered only when scraped); one log line per
 //!  request (request_log; its `request_id` first, as in every line the request writes; its User-Agent
 //!  last, unless it holds what looks like a token secret; a push's `push commands` line just

@@ -1093,6 +1093,7 @@ mod tests {
             name: "test".into(),
             source: "local".into(),
             logged_in_as_admin: None,
+            request: None,
         }
     }
 

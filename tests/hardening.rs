@@ -98,6 +98,14 @@ fn repeated_failures_block_the_address_before_the_store_is_read() {
             && !l.contains("address blocked")),
         "no 401 request line with {id}:\n{log}"
     );
+    // So does its audit row: the on-call person joins it to that request's line.
+    let rows: serde_json::Value = serde_json::from_str(&gitgate(
+        &server.config(),
+        &["audit", "--json", "--action", "auth.throttled"],
+        None,
+    ))
+    .unwrap();
+    assert_eq!(rows[0]["requestId"], id, "{rows}");
     // ... decided before the store is read: with the store gone, still 429, not 503.
     let db = server.path("gitgate.db");
     let away = server.path("gitgate.db.away");

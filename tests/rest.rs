@@ -2530,3 +2530,76 @@ fn disabling_an_admin_and_tightening_the_policy_say_what_stays() {
         "{said}"
     );
 }
+
+/// The audit rows a REST call makes name its request, as a failed git authentication's do:
+/// a token created, a wrong password, and the lock it makes join the request's log line by
+/// `requestId`. A row the command line made names none.
+#[test]
+fn the_audit_rows_of_a_rest_call_name_its_request() {
+    let (install, server) = setup();
+    let (token, _) = personal(&server, "alice", &["REPO_READ"]);
+    let wrong = server.request(
+        "GET",
+        &format!("{API}/users/bob"),
+        Auth::Basic("bob", "not-his-password"),
+        "",
+    );
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    // The request lines are written as the answers end; the rows of failures by the writer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line_of = |status: &str, method: &str| -> Option<String> {
+        server
+            .log_text()
+            .lines()
+            .find(|l| {
+                l.contains("api=true")
+                    && l.contains(&format!("status={status}"))
+                    && l.contains(&format!("method={method}"))
+            })
+            .map(str::to_string)
+    };
+    let id_in = |line: &str| -> String {
+        line.split("request_id=")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or_else(|| panic!("no request_id: {line}"))
+            .to_string()
+    };
+    let rows = |action: &str| -> Vec<Value> {
+        let listed = install.cli_ok(&["audit", "--json", "--action", action], "");
+        serde_json::from_str::<Value>(&listed)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    while line_of("200", "PUT").is_none()
+        || line_of("401", "GET").is_none()
+        || rows("auth.failed").is_empty()
+    {
+        assert!(Instant::now() < deadline, "{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let created = id_in(&line_of("200", "PUT").unwrap());
+    let refused = id_in(&line_of("401", "GET").unwrap());
+    assert_ne!(created, refused);
+    let row = rows("token.created")
+        .into_iter()
+        .find(|r| r["target"] == token.as_str())
+        .unwrap();
+    assert_eq!(row["requestId"], created.as_str(), "{row}");
+    let row = rows("auth.failed").remove(0);
+    assert_eq!(row["requestId"], refused.as_str(), "{row}");
+    // Its audit line says it too.
+    let audit = server
+        .log_text()
+        .lines()
+        .find(|l| l.contains("gitgate::audit") && l.contains("action=\"token.created\""))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{}", server.log_text()));
+    assert!(audit.contains(&format!("request_id={created}")), "{audit}");
+    // The command line's rows (setup's users) name no request.
+    for row in rows("user.added") {
+        assert_eq!(row["requestId"], Value::Null, "{row}");
+    }
+}

@@ -55,6 +55,7 @@ use crate::credentials::{self, CredentialError, Credentials};
 use crate::gate::ResponseBody;
 use crate::guard::{Guard, Verdict};
 use crate::lifecycle::{self, Caller};
+use crate::request_id::RequestId;
 use crate::store::{Actor, Store, StoreError};
 
 /// Where the token API lives.
@@ -474,7 +475,7 @@ pub async fn handle(
                     let store = store.clone();
                     tokio::task::spawn_blocking(move || {
                         let _permit = permit;
-                        login(&store, &path, &headers, remote)
+                        login(&store, &path, &headers, remote, id)
                     })
                     .await
                     .unwrap_or_else(|e| Err(task_failed(e)))
@@ -630,12 +631,13 @@ fn login(
     path: &str,
     headers: &HeaderMap,
     remote: SocketAddr,
+    id: RequestId,
 ) -> Result<Login, ApiError> {
     let Some(rest) = under_base(path) else {
         return Err(ApiError::not_found(format!("no REST resource at {path}")));
     };
     let segments = path_segments(rest)?;
-    let (caller, actor) = authenticate(store, headers, remote)?;
+    let (caller, actor) = authenticate(store, headers, remote, id)?;
     Ok(Login {
         path: path.to_owned(),
         segments,
@@ -725,10 +727,12 @@ fn path_segments(rest: &str) -> Result<Vec<String>, ApiError> {
 }
 
 /// HTTP Basic with a user's password, and nothing else.
+/// The audit rows of the call (its failure, or the changes it makes) name the request `id`.
 fn authenticate(
     store: &Store,
     headers: &HeaderMap,
     remote: SocketAddr,
+    id: RequestId,
 ) -> Result<(Caller, Actor), ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let source = remote.ip().to_string();
@@ -737,6 +741,7 @@ fn authenticate(
             name: name.to_string(),
             source: source.clone(),
             logged_in_as_admin: None,
+            request: Some(id),
         };
         store.record_event_or_log(&actor, "auth.failed", name, &format!("REST API: {reason}"));
     };
@@ -803,6 +808,7 @@ fn authenticate(
                 name: lifecycle::name_written_down(store, &user),
                 source: source.clone(),
                 logged_in_as_admin: None,
+                request: Some(id),
             };
             let caller = lifecycle::login(store, &user, secret.expose(), &actor)?;
             // Logged in, the name is the account's, however it was typed (`ROOT` is root): the
@@ -812,6 +818,7 @@ fn authenticate(
                     name: slug.clone(),
                     source,
                     logged_in_as_admin: Some(*admin),
+                    request: Some(id),
                 },
                 Caller::Operator => actor,
             };
@@ -999,7 +1006,7 @@ mod tests {
             HeaderValue::from_static("Basic cm9vdDpwdw=="),
         );
         let remote: SocketAddr = "192.0.2.1:4000".parse().unwrap();
-        let (caller, as_root) = authenticate(&store, &headers, remote).unwrap();
+        let (caller, as_root) = authenticate(&store, &headers, remote, RequestId::next()).unwrap();
         assert_eq!(as_root.logged_in_as_admin, Some(true));
         store.set_user_role("root", Role::User, &actor()).unwrap();
         let strict = lifecycle::ExpiryPolicy {

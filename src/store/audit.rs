@@ -24,9 +24,10 @@ pub struct AuditEvent {
     /// that every event has the same fields).
     pub last_at: Option<i64>,
     /// The `request_id` of the request it happened in, as its log lines have it (the first
-    /// one's, for repeats folded into one row): a failed authentication or a block made by a
-    /// request. `null` for an event no request of gitgate's made (the command line, a store
-    /// from before schema version 6).
+    /// one's, for repeats folded into one row): a failed authentication, a block made by a
+    /// request, a change made through the REST API. `null` for an event no request of
+    /// gitgate's made (the command line, gitgate's own pruning, a store from before schema
+    /// version 6).
     pub request_id: Option<String>,
 }
 
@@ -118,7 +119,7 @@ pub(super) fn record(
         caller_still_stands(conn, &actor.name, was_admin)?;
     }
     let at = clock::now_ms();
-    insert_repeated(conn, actor, action, target, detail, at, None)?;
+    insert_repeated_in(conn, actor, action, target, detail, at, None, actor.request)?;
     UNCOMMITTED.with(|u| {
         u.borrow_mut().push(Uncommitted {
             at,
@@ -175,7 +176,10 @@ pub(super) fn after_transaction(committed: bool) {
     let events = UNCOMMITTED.with(|u| std::mem::take(&mut *u.borrow_mut()));
     if committed {
         for e in events {
-            log_event(e.at, &e.actor, &e.action, &e.target, &e.detail, None);
+            let request = e.actor.request;
+            log_event_in(
+                e.at, &e.actor, &e.action, &e.target, &e.detail, None, request,
+            );
         }
     }
 }
@@ -723,6 +727,7 @@ mod tests {
             name: slug.into(),
             source: "127.0.0.1".into(),
             logged_in_as_admin: Some(admin),
+            request: None,
         };
         let tokens = |store: &Store| store.tokens(None).unwrap().len();
         store
@@ -1092,6 +1097,7 @@ mod tests {
             name: "mallory".into(),
             source: "10.0.0.1".into(),
             logged_in_as_admin: None,
+            request: None,
         };
         store
             .write(|tx| {
@@ -1154,6 +1160,7 @@ mod tests {
                 name: name.into(),
                 source: source.into(),
                 logged_in_as_admin: None,
+                request: None,
             };
             store.record_event(&by, "token.revoked", "t1", "").unwrap();
         }
@@ -1216,6 +1223,7 @@ mod tests {
             name: "bob".into(),
             source: "10.0.0.2".into(),
             logged_in_as_admin: None,
+            request: None,
         };
         store.record_event(&by, "token.revoked", "t1", "").unwrap();
         let revoked_at = store.audit_events(None, 10).unwrap()[0].at;

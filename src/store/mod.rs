@@ -100,6 +100,10 @@ pub struct Actor {
     /// transaction, that the account is still active and (if it was) still an administrator:
     /// an account disabled or demoted while its call was under way changes nothing.
     pub logged_in_as_admin: Option<bool>,
+    /// The request this is done in (a REST call, a git request's failure that blocked its
+    /// address): its audit rows keep its id, which joins them to the request's log lines.
+    /// `None` for the command line and gitgate's own bookkeeping.
+    pub request: Option<crate::request_id::RequestId>,
 }
 
 impl Actor {
@@ -110,6 +114,15 @@ impl Actor {
             name: "gitgate".into(),
             source: source.into(),
             logged_in_as_admin: None,
+            request: None,
+        }
+    }
+
+    /// This actor, acting in `request`: the audit rows it makes name the request.
+    pub fn in_request(self, request: crate::request_id::RequestId) -> Actor {
+        Actor {
+            request: Some(request),
+            ..self
         }
     }
 
@@ -147,6 +160,7 @@ impl Actor {
             name: format!("cli:{user}"),
             source: format!("local:uid={}", rustix::process::getuid().as_raw()),
             logged_in_as_admin: None,
+            request: None,
         }
     }
 }
@@ -2143,6 +2157,7 @@ pub(crate) mod test_support {
             name: "test".into(),
             source: "local".into(),
             logged_in_as_admin: None,
+            request: None,
         }
     }
 

@@ -142,6 +142,8 @@ impl EventRef<'_> {
                 name: self.name.to_string(),
                 source: self.source.to_string(),
                 logged_in_as_admin: None,
+                // Kept apart, in `request`: not part of what makes two events the same.
+                request: None,
             },
             action: self.action,
             target: self.target.to_string(),
