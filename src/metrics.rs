@@ -90,6 +90,19 @@ impl Outcome {
     }
 }
 
+/// The request line's outcomes of a git request whose answer was not sent whole: the client
+/// hung up (before its answer, a 499, or during it), idled, was cut off at the end of a stop's
+/// grace period, the backend's answer broke off, git could not read the request, or gitgate
+/// failed. `complete` is none of them.
+pub const UNFINISHED: [&str; 6] = [
+    "client-gone",
+    "idle-timeout",
+    "shutdown",
+    "stream-error",
+    "malformed-request",
+    "internal-error",
+];
+
 /// A histogram with fixed upper bounds (seconds); observations in nanoseconds.
 pub struct Histogram {
     bounds_ns: &'static [u64],
@@ -226,6 +239,8 @@ pub struct Metrics {
     /// `requests`; few enough for one copy.
     api_requests: [AtomicU64; 5],
     upstream_errors: AtomicU64,
+    /// Git requests whose answer was not sent whole, by [`UNFINISHED`] outcome: few (one copy).
+    unfinished: [AtomicU64; UNFINISHED.len()],
     side_effect_failures: AtomicU64,
     audit_events_dropped: AtomicU64,
     /// Connections refused for their address's connection cap.
@@ -264,6 +279,7 @@ impl Metrics {
             shards: [const { Shard::new() }; SHARDS],
             api_requests: [const { AtomicU64::new(0) }; 5],
             upstream_errors: AtomicU64::new(0),
+            unfinished: [const { AtomicU64::new(0) }; UNFINISHED.len()],
             side_effect_failures: AtomicU64::new(0),
             audit_events_dropped: AtomicU64::new(0),
             address_cap_refusals: AtomicU64::new(0),
@@ -332,6 +348,17 @@ impl Metrics {
             shard.upstream_status[op as usize][class].fetch_add(1, Relaxed);
         }
         shard.request_duration.observe(took);
+    }
+
+    /// A git request's line said `outcome`: counted when it is one of [`UNFINISHED`] (an
+    /// answer not sent whole), not for `complete`, which most are.
+    pub fn request_ended(&self, outcome: &str) {
+        if outcome == "complete" {
+            return;
+        }
+        if let Some(i) = UNFINISHED.iter().position(|&o| o == outcome) {
+            self.unfinished[i].fetch_add(1, Relaxed);
+        }
     }
 
     /// Bytes of a git request's body, as they arrive: a long push counts while it uploads, and
@@ -502,6 +529,25 @@ impl Metrics {
                 "gitgate_api_requests_total{{status=\"{}xx\"}} {}",
                 i + 1,
                 n.load(Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP gitgate_requests_unfinished_total Git requests (in gitgate_requests_total \
+             too) whose answer was not sent whole, by the outcome of their log line: \
+             client-gone (the client hung up before its answer, logged 499, or during it), \
+             idle-timeout (the client idled, or stopped sending its upload once the answer had \
+             begun), shutdown (cut off at the end of a stop's grace period), stream-error (the \
+             backend's answer broke off: in gitgate_upstream_errors_total too, unless the \
+             request was larger than the embedded backend takes), \
+             malformed-request (git could not read the request), internal-error (a bug in \
+             gitgate, answered 500).\n\
+             # TYPE gitgate_requests_unfinished_total counter\n",
+        );
+        for (i, outcome) in UNFINISHED.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "gitgate_requests_unfinished_total{{outcome=\"{outcome}\"}} {}",
+                self.unfinished[i].load(Relaxed)
             );
         }
         out.push_str(
@@ -864,6 +910,29 @@ mod tests {
         // A framing gitgate does not pass on is the client's, not gitgate's failing.
         assert_eq!(Outcome::of(false, 501), Outcome::Rejected);
         assert_eq!(Outcome::of(false, 503), Outcome::ServerError);
+    }
+
+    #[test]
+    fn answers_not_sent_whole_are_counted_by_their_outcome() {
+        let m = Metrics::new();
+        for outcome in [
+            "complete",
+            "client-gone",
+            "client-gone",
+            "shutdown",
+            "unparsable",
+        ] {
+            m.request_ended(outcome);
+        }
+        let text = m.render((0, 0));
+        let said = |outcome: &str, n: u64| {
+            format!("gitgate_requests_unfinished_total{{outcome=\"{outcome}\"}} {n}\n")
+        };
+        assert!(text.contains(&said("client-gone", 2)), "{text}");
+        assert!(text.contains(&said("shutdown", 1)), "{text}");
+        assert!(text.contains(&said("idle-timeout", 0)), "{text}");
+        assert!(!text.contains("outcome=\"complete\"}"), "{text}");
+        assert!(!text.contains("outcome=\"unparsable\""), "{text}");
     }
 
     #[test]

@@ -186,6 +186,7 @@ impl LogLine {
             backend_status(self.forwarded, self.status),
             self.started.elapsed(),
         );
+        METRICS.request_ended(outcome);
         // A classified request's repository was checked for a token already (in `admit`, on
         // its decoded form, before `repo` was set); its path holds nothing else but the
         // configured prefix and a fixed git suffix, so it needs no second scan.

@@ -864,3 +864,70 @@ fn past_max_processes_a_clone_under_way_is_never_refused_half_way() {
     let cloned = runs.iter().filter(|r| r.success()).count();
     assert!(cloned >= 5, "{cloned} of 20 cloned:\n{log}");
 }
+
+/// A client that goes away before it has its answer is counted by how its request ended, as
+/// its log line says it (`outcome=client-gone`, `status=499`): an on-call person sees clients
+/// giving up (a slow backend, a network cutting connections) without reading the log.
+#[test]
+fn requests_whose_client_went_away_are_counted_by_their_outcome() {
+    use std::os::fd::AsRawFd;
+    let (sb, server, port) = serving_team_app_to_alice();
+    sb.grant("alice", "team", "read");
+    let reader = sb.personal_token("alice", PASSWORD, "reader", &["REPO_READ"]);
+    let scrape = || String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
+    let gone = "gitgate_requests_unfinished_total{outcome=\"client-gone\"}";
+    assert_eq!(sample(&scrape(), gone), 0.0);
+    // An upload-pack POST whose chunked body stops short (a chunk of 0x40 bytes, 20 of which
+    // come): the backend starts on it and waits for the rest, no answer begun.
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let head = format!(
+        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-git-upload-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n\
+         40\r\n0014command=ls-refs\n",
+        common::basic("alice", &reader.secret)
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    while sample(&scrape(), "gitgate_backend_processes") < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "{}", scrape());
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The client resets its connection (a linger of 0): gone before its answer.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0);
+    drop(s);
+    let logged = || {
+        server
+            .log_text()
+            .lines()
+            .any(|l| l.contains("git-upload-pack") && l.contains("outcome=client-gone"))
+    };
+    while !logged() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{}",
+            server.log_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Counted with the line (written and counted together).
+    let text = scrape();
+    assert_eq!(sample(&text, gone), 1.0, "{text}");
+    for other in ["idle-timeout", "shutdown", "stream-error"] {
+        let series = format!("gitgate_requests_unfinished_total{{outcome=\"{other}\"}}");
+        assert_eq!(sample(&text, &series), 0.0, "{text}");
+    }
+}
