@@ -588,8 +588,17 @@ fn run(args: Cli) -> Result<(), String> {
         !args.command.only_reads(),
         args.command.may_create_the_store(),
     )?;
+    // A command that found the store locked names who holds it (unless it read a private
+    // copy, whose locks are its own).
+    let result = run_command(&store, args.command).map_err(|e| {
+        if !store.is_a_private_copy() {
+            cli::naming_the_lock_holder(e, || gitgate::store::write_lock_said(store.path()))
+        } else {
+            e
+        }
+    });
     // A store made for this command goes with it when it fails: a typo leaves no new store.
-    run_command(&store, args.command).map_err(|e| match store.undo_if_new() {
+    result.map_err(|e| match store.undo_if_new() {
         Some(note) => format!("{e}\n{note}"),
         None => e,
     })

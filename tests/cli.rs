@@ -997,6 +997,12 @@ fn token_revoke() {
         let said = run.fails_with("locked by another process");
         assert!(said.contains("nothing was changed"), "{said}");
         assert!(said.contains(&still_works), "{said}");
+        // Who holds it is named, as `serve` names it: this test's connection, in a transaction.
+        assert!(
+            said.contains(&format!("(held by process {}", std::process::id()))
+                && said.contains("end its transaction"),
+            "{said}"
+        );
     }
     let list = sb.cli_json(&["token", "list", "--json"]);
     assert_eq!(

@@ -61,6 +61,12 @@ pub struct OpenStore {
 }
 
 impl OpenStore {
+    /// Whether the command reads a private copy of the store ([`crate::store::Snapshot`]),
+    /// not the store itself.
+    pub fn is_a_private_copy(&self) -> bool {
+        self._snapshot.is_some()
+    }
+
     /// After a command that failed: a store it made is undone (see
     /// [`crate::store::undo_a_new_store`]); what to tell the operator, who was warned of its
     /// making, after the failure itself.
@@ -182,7 +188,9 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
     // store (a store created by `sudo gitgate ...`, run as another user), instead of SQLite's
     // bare "attempt to write a readonly database" after the work.
     if writes {
-        store.check_writable().map_err(|e| e.to_string())?;
+        store.check_writable().map_err(|e| {
+            naming_the_lock_holder(e.to_string(), || crate::store::write_lock_said(path))
+        })?;
     }
     if let Some(from) = store.migrated_from() {
         // `serve` logs it; a command's is otherwise unseen, and takes down an older server.
@@ -515,6 +523,22 @@ pub fn read_new_password(from_stdin: bool, prompt: &str) -> Result<String, Strin
 /// exits without a message, as a command killed by SIGPIPE would.
 pub const STDOUT_CLOSED: &str = "standard output was closed";
 
+/// How a command's failure begins when another process held the store's write lock past
+/// SQLite's busy timeout ([`StoreError::Busy`](crate::store::StoreError::Busy)).
+pub const STORE_LOCKED: &str = "the token store is locked by another process";
+
+/// A command's failure `message`, with the holder of the store's write lock named after
+/// [`STORE_LOCKED`] (`held`: [`crate::store::write_lock_said`], read while it still holds it),
+/// as `serve` names it: SQLite says only that the store is locked, and the operator who must
+/// end that transaction — a `sqlite3` shell left open, a backup — would have to find it alone.
+/// Any other message is returned as it is.
+pub fn naming_the_lock_holder(message: String, held: impl FnOnce() -> String) -> String {
+    match message.split_once(STORE_LOCKED) {
+        Some((before, after)) => format!("{before}{STORE_LOCKED} ({}){after}", held()),
+        None => message,
+    }
+}
+
 /// Write one line to standard output (see `outln!`).
 pub fn out(line: std::fmt::Arguments<'_>) -> Result<(), String> {
     use std::io::Write;
@@ -592,6 +616,24 @@ pub fn when(ms: Option<i64>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_store_locked_by_another_process_is_said_with_its_holder() {
+        let held = || "held by process 4242 (sqlite3): end its transaction".to_string();
+        assert_eq!(
+            super::naming_the_lock_holder(
+                "the token store is locked by another process; try again in a moment".into(),
+                held
+            ),
+            "the token store is locked by another process (held by process 4242 (sqlite3): \
+             end its transaction); try again in a moment"
+        );
+        // Another failure: as it was, and the locks are not read.
+        assert_eq!(
+            super::naming_the_lock_holder("no user 'bob'".into(), || unreachable!()),
+            "no user 'bob'"
+        );
+    }
+
     use super::{live_scoped_tokens, width};
     use crate::lifecycle::{self, Caller, CreateRequest, Subject};
 
