@@ -755,6 +755,36 @@ fn wrong_passwords_in_a_row_lock_password_logins_until_unlocked() {
     assert_eq!(token_ids(&install).len(), tokens.len() + 1);
 }
 
+/// `user list` shows how close a user is to the lock: their wrong passwords in a row against
+/// the lock's count (`FAILED 3/10`; `failedLogins` and `lockAfterFailedLogins` in `--json`),
+/// back to 0 after a right password.
+#[test]
+fn user_list_shows_how_close_a_user_is_to_the_lock() {
+    let install = setup();
+    let failed = |install: &Install| -> String {
+        let text = install.cli_ok(&["user", "list"], "");
+        let header = text.lines().next().unwrap();
+        assert!(header.contains(" FAILED "), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("alice "))
+            .unwrap_or_else(|| panic!("no alice in {text}"));
+        line.split_whitespace().nth(3).unwrap().to_owned()
+    };
+    assert_eq!(alice(&install)["failedLogins"], 0);
+    assert_eq!(failed(&install), format!("0/{LOCK_AFTER}"));
+    wrong_passwords(&install, 3);
+    let listed = alice(&install);
+    assert_eq!(listed["failedLogins"], 3, "{listed}");
+    assert_eq!(listed["lockAfterFailedLogins"], LOCK_AFTER, "{listed}");
+    assert_eq!(failed(&install), format!("3/{LOCK_AFTER}"));
+    assert_eq!(alice_status(&install), "active");
+    // The right password sets the count back.
+    assert_login_ok(&create_with_password(&install, PW));
+    assert_eq!(alice(&install)["failedLogins"], 0);
+    assert_eq!(failed(&install), format!("0/{LOCK_AFTER}"));
+}
+
 /// `user unlock` also forgets wrong passwords short of the lock: `LOCK_AFTER - 1` wrong, an
 /// unlock, `LOCK_AFTER - 1` wrong again leave alice unlocked, and one more locks her.
 #[test]

@@ -29,11 +29,23 @@ pub fn list(store: &Store, json: bool) -> Result<(), String> {
     for u in &mut users {
         u.locked_until = u.locked_until.filter(|&until| until > now);
     }
+    let lock_after = crate::lifecycle::PASSWORD_FAILURES_BEFORE_LOCK;
     if json {
-        return print_json(&json!(users));
+        // With the lock's count beside each user's, so that a script sees how close it is.
+        let mut listed = json!(users);
+        for u in listed.as_array_mut().into_iter().flatten() {
+            u["lockAfterFailedLogins"] = json!(lock_after);
+        }
+        return print_json(&listed);
     }
     let w = super::width(24, users.iter().map(|u| &u.slug));
-    outln!("{:<w$} {:<6} {:<9} CREATED", "NAME", "ROLE", "STATUS");
+    outln!(
+        "{:<w$} {:<6} {:<9} {:<8} CREATED",
+        "NAME",
+        "ROLE",
+        "STATUS",
+        "FAILED"
+    );
     for u in users {
         let locked = u.locked_until.is_some();
         let status = match (u.active, locked) {
@@ -42,14 +54,25 @@ pub fn list(store: &Store, json: bool) -> Result<(), String> {
             (true, false) => "active",
         };
         outln!(
-            "{:<w$} {:<6} {:<9} {}",
+            "{:<w$} {:<6} {:<9} {:<8} {}",
             u.slug,
             u.role,
             status,
+            failed_of(u.failed_logins, lock_after),
             when(Some(u.created_at))
         );
     }
     Ok(())
+}
+
+/// A user's wrong passwords in a row against the lock's count, as `user list` shows them
+/// (`3/10`: seven more lock password logins); `?/10` for a count gitgate does not write
+/// (changed by hand), which the next wrong password takes as the lock's.
+fn failed_of(failed: Option<i64>, lock_after: u32) -> String {
+    match failed {
+        Some(n) if n < i64::from(lock_after) => format!("{n}/{lock_after}"),
+        _ => format!("?/{lock_after}"),
+    }
 }
 
 pub fn set_active(store: &Store, name: &str, active: bool) -> Result<(), String> {
@@ -155,4 +178,18 @@ pub fn passwd(store: &Store, name: &str, password_stdin: bool) -> Result<(), Str
         note!("password of '{name}' changed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failed_of;
+
+    #[test]
+    fn wrong_passwords_are_shown_against_the_lock() {
+        assert_eq!(failed_of(Some(0), 10), "0/10");
+        assert_eq!(failed_of(Some(9), 10), "9/10");
+        // None gitgate writes: the next wrong password locks.
+        assert_eq!(failed_of(Some(10), 10), "?/10");
+        assert_eq!(failed_of(None, 10), "?/10");
+    }
 }

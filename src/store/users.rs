@@ -57,6 +57,12 @@ pub struct User {
     pub created_at: i64,
     /// Until when (epoch ms) password logins are refused after too many failures; tokens still work.
     pub locked_until: Option<i64>,
+    /// Wrong passwords in a row since the last right one, a change of password or an unlock:
+    /// how close the user is to the lock (which sets it back to 0). `None` when the store holds
+    /// no count gitgate writes (a negative or other value, changed by hand), which the next
+    /// wrong password takes as the lock's count. Wrong passwords a server counted in memory
+    /// while its store took no writes are not in it until they are written.
+    pub failed_logins: Option<i64>,
 }
 
 /// A user slug: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit. Kept strict because it
@@ -165,6 +171,10 @@ fn user_from_row(r: &rusqlite::Row) -> rusqlite::Result<User> {
         },
         created_at: r.get(4)?,
         locked_until: r.get(5)?,
+        failed_logins: match r.get::<_, rusqlite::types::Value>(6)? {
+            rusqlite::types::Value::Integer(n) if n >= 0 => Some(n),
+            _ => None,
+        },
     })
 }
 
@@ -202,7 +212,8 @@ fn failures_after(stored: rusqlite::types::Value, more: u32, max: u32) -> (i64, 
 
 pub(super) fn find_user(c: &rusqlite::Connection, slug: &str) -> Result<Option<User>> {
     Ok(c.prepare_cached(
-        "SELECT id, slug, role, active, created_at, locked_until FROM users WHERE slug = ?1",
+        "SELECT id, slug, role, active, created_at, locked_until, failed_logins FROM users \
+         WHERE slug = ?1",
     )?
     .query_row([slug], user_from_row)
     .optional()?)
@@ -273,7 +284,8 @@ impl Store {
     pub fn users(&self) -> Result<Vec<User>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, slug, role, active, created_at, locked_until FROM users ORDER BY slug",
+                "SELECT id, slug, role, active, created_at, locked_until, failed_logins FROM users \
+                 ORDER BY slug",
             )?;
             let rows = stmt.query_map([], user_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
