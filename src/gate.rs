@@ -586,6 +586,7 @@ impl Gate {
             bytes_out: 0,
             done: Some(line),
             framing,
+            handed: Default::default(),
         };
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }

@@ -82,6 +82,9 @@ struct Clocks {
     /// had been taken by the socket and acknowledged by the client's TCP, on HTTP/1: it had
     /// every byte handed to the connection (see [`Activity::left_with_everything`]).
     left_with_everything: std::sync::atomic::AtomicBool,
+    /// Writes to the connection's stream that took bytes, so far: whether the connection wrote
+    /// after a moment (see [`Activity::all_out_since`]).
+    writes: AtomicU64,
 }
 
 /// Milliseconds on the coarse monotonic clock. Its few milliseconds of resolution are plenty
@@ -108,6 +111,7 @@ impl Activity {
             opened: AtomicU64::new(0),
             write_unfinished: std::sync::atomic::AtomicBool::new(false),
             left_with_everything: std::sync::atomic::AtomicBool::new(false),
+            writes: AtomicU64::new(0),
         }))
     }
 
@@ -186,6 +190,30 @@ impl Activity {
     fn wrote(&self, written: Option<usize>, offered: usize) {
         let unfinished = written.is_none_or(|n| n < offered);
         self.0.write_unfinished.store(unfinished, Ordering::Relaxed);
+        if written.is_some_and(|n| n > 0) {
+            self.0.writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The writes to the connection's stream so far (see [`Activity::all_out_since`]).
+    pub fn writes(&self) -> u64 {
+        self.0.writes.load(Ordering::Relaxed)
+    }
+
+    /// Whether, on HTTP/2, everything the connection had to write when its write count was
+    /// `writes` is out and acknowledged: it has written since, its last write took all it was
+    /// given, and its socket's send queue is empty (all acknowledged by the client's TCP).
+    /// Asked when a stream ends unfinished (the client reset it): h2 writes what it holds for
+    /// its streams each time it drives the connection, until the socket takes no more, so a
+    /// write after the moment that left nothing unwritten, with nothing unacknowledged, took
+    /// everything queued by then. Asked only while the socket is open (it is set to none when
+    /// the connection's stream is dropped).
+    pub fn all_out_since(&self, writes: u64) -> bool {
+        self.0.http2.load(Ordering::Relaxed)
+            && self.writes() > writes
+            && !self.0.write_unfinished.load(Ordering::Relaxed)
+            && self.0.socket.load(Ordering::Relaxed) >= 0
+            && self.send_queue() == 0
     }
 
     /// Whether gitgate closed the connection for idling (see [`until_idle_or_drained`]).
@@ -787,6 +815,14 @@ pub struct ActivityIo<IO> {
 impl<IO> ActivityIo<IO> {
     pub fn new(inner: IO, activity: Activity) -> Self {
         ActivityIo { inner, activity }
+    }
+}
+
+impl<IO> Drop for ActivityIo<IO> {
+    fn drop(&mut self) {
+        // The socket closes with the stream (or is handed on to linger): its number is no
+        // longer the connection's to look at.
+        self.activity.0.socket.store(-1, Ordering::Relaxed);
     }
 }
 

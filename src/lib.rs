@@ -101,8 +101,8 @@
 //!  before it; free text never holding what looks like a secret), when its answer's body ends
 //!  (a refusal of credentials says why: `auth=`, a word from a fixed list) — or, as 499
 //!  `client-gone`, when the client hangs up before it has an answer (one that hangs up over
-//!  HTTP/1 after the last flush-pkt of a whole git answer, all of it written and its send
-//!  queue empty, had it all: `complete`),
+//!  HTTP/1, or resets its HTTP/2 stream, after the last flush-pkt of a whole git answer, all
+//!  of it written and its send queue empty, had it all: `complete`),
 //!  `idle-timeout`, when the client idles (gitgate closes the connection for idling, over TLS
 //!  with `close_notify`; lets go of an HTTP/2 stream given no window; or the backend waited
 //!  that long for an upload the client stopped sending once the answer had begun; before, it

@@ -474,6 +474,26 @@ pub(crate) struct LoggedBody {
     /// git answer (see [`AnswerFraming`](crate::upstream::framing::AnswerFraming)): whether a
     /// client that left had all of it.
     pub(crate) framing: Option<crate::upstream::framing::AnswerFraming>,
+    /// For a git answer, where its last data stands with h2: the connection's write count
+    /// when it was handed over, and whether hyper has asked for more since — which over HTTP/2
+    /// it does only once the stream has the window for all it holds (see [`Handed`]).
+    pub(crate) handed: Handed,
+}
+
+/// Where the last data of a git answer stands: not yet handed over, handed over when the
+/// connection had made `writes` writes, or that and asked for more since (hyper's HTTP/2
+/// side asks only once h2 has the stream's window for everything it holds: queued to go out
+/// at the connection's next write).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Handed {
+    #[default]
+    Nothing,
+    At {
+        writes: u64,
+    },
+    AskedAgain {
+        writes: u64,
+    },
 }
 
 impl LoggedBody {
@@ -511,10 +531,16 @@ impl Body for LoggedBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.bytes_out += data.len() as u64;
+                    let this = &mut *self;
+                    this.bytes_out += data.len() as u64;
                     METRICS.response_bytes(data.len() as u64);
-                    if let Some(framing) = &mut self.framing {
+                    if let Some(framing) = &mut this.framing {
                         framing.feed(data);
+                        if let Some(line) = &this.done {
+                            this.handed = Handed::At {
+                                writes: line.connection.writes(),
+                            };
+                        }
                     }
                 }
             }
@@ -564,7 +590,11 @@ impl Body for LoggedBody {
                 self.finish("stream-error");
             }
             Poll::Ready(None) => self.finish("complete"),
-            Poll::Pending => {}
+            Poll::Pending => {
+                if let Handed::At { writes } = self.handed {
+                    self.handed = Handed::AskedAgain { writes };
+                }
+            }
         }
         polled
     }
@@ -588,10 +618,17 @@ impl Drop for LoggedBody {
         };
         // A client that hung up right after the last flush-pkt of a whole git answer, before
         // the HTTP answer's own end came from the backend (dulwich does), with every byte
-        // handed to it delivered: it had the whole answer.
+        // handed to it delivered: it had the whole answer. Over HTTP/1 it closed the
+        // connection with everything written acknowledged; over HTTP/2 it reset the stream
+        // (Go's net/http does, closing a body read through) once h2 had the window for all of
+        // it, and the connection has written since with everything acknowledged.
+        let delivered = || match self.handed {
+            Handed::AskedAgain { writes } => connection.all_out_since(writes),
+            Handed::Nothing | Handed::At { .. } => false,
+        };
         let had_it_all = || {
-            connection.left_with_everything()
-                && self.framing.as_ref().is_some_and(|f| f.ends_whole())
+            self.framing.as_ref().is_some_and(|f| f.ends_whole())
+                && (connection.left_with_everything() || delivered())
         };
         let outcome = match crate::server::unfinished_outcome(connection) {
             _ if self.inner.is_end_stream() => "complete",

@@ -4960,3 +4960,135 @@ fn a_log_past_the_file_size_limit_loses_lines_but_the_server_goes_on() {
     assert_eq!(ask().unwrap().status, 401);
     server.stop();
 }
+
+/// An HTTP/2 client that resets its stream right after the last flush-pkt of a whole git
+/// answer — before the answer's own end, which comes only once the backend has ended its body
+/// (Go's net/http does so when a client closes a body it has read through, as go-git does) —
+/// had it all: its request line says `outcome=complete`, as an HTTP/1 client's that hangs up so
+/// does. One that resets before the answer is whole is still `client-gone`. The upstream sends
+/// the answer (of team/app whole, of team/early its service line alone) and holds its last
+/// chunk until the test is done.
+#[test]
+fn an_http2_client_that_resets_after_the_last_flush_of_a_whole_answer_had_it_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let holding = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = holding.local_addr().unwrap().port();
+    let (released_tx, released) = mpsc::channel::<()>();
+    let released = std::sync::Arc::new(std::sync::Mutex::new(released));
+    std::thread::spawn(move || {
+        for mut s in holding.incoming().flatten() {
+            let released = released.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                // A connection closed without a request is gitgate's readiness check.
+                let n = s.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                let early = String::from_utf8_lossy(&buf[..n]).contains("/team/early.git/");
+                let mut answer = String::from("001e# service=git-upload-pack\n0000");
+                if !early {
+                    answer.push_str(
+                        "003de69de29bb2d1d6434b8b29ae775ad8c2e48c5391 refs/heads/main\n0000",
+                    );
+                }
+                let _ = s.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\n\
+                         Content-Type: application/x-git-upload-pack-advertisement\r\n\
+                         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{answer}\r\n",
+                        answer.len()
+                    )
+                    .as_bytes(),
+                );
+                // The answer's end waits for the test (the client gone by then).
+                let _ = released
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(30));
+                let _ = s.write_all(b"0\r\n\r\n");
+            });
+        }
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let outcome_of = |repo: &str, through: &[u8]| -> String {
+        let _open = reset_after(g.port, &auth, repo, through);
+        let log = log_once_it_has(&g, &format!("repo={repo} "));
+        let line = log
+            .lines()
+            .find(|l| l.contains("gitgate::request") && l.contains(&format!("repo={repo} ")))
+            .unwrap_or_else(|| panic!("{log}"))
+            .to_string();
+        assert!(line.contains("status=200"), "{line}");
+        line
+    };
+    let whole = outcome_of("team/app", b"refs/heads/main\n0000");
+    let early = outcome_of("team/early", b"git-upload-pack\n0000");
+    drop(released_tx);
+    assert!(whole.contains("outcome=complete"), "{whole}");
+    assert!(early.contains("outcome=client-gone"), "{early}");
+}
+
+/// An info/refs GET of `repo` over HTTP/2 (h2c) to `port`, its answer read until it ends with
+/// `through`, then its stream let go of (hyper sends RST_STREAM). Returns once it has; the
+/// connection stays open until the sender returned is dropped, so that the stream ends by its
+/// reset, not by the connection's close.
+fn reset_after(
+    port: u16,
+    auth: &str,
+    repo: &str,
+    through: &[u8],
+) -> tokio::sync::oneshot::Sender<()> {
+    use http_body_util::BodyExt;
+    let (keep_tx, keep) = tokio::sync::oneshot::channel::<()>();
+    let (reset_tx, reset) = mpsc::channel::<()>();
+    let (auth, repo, through) = (auth.to_string(), repo.to_string(), through.to_vec());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let (mut sender, connection) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(connection);
+            let request = hyper::Request::builder()
+                .uri(format!(
+                    "http://127.0.0.1:{port}/{repo}.git/info/refs?service=git-upload-pack"
+                ))
+                .header("authorization", format!("Basic {auth}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let answer = sender.send_request(request).await.unwrap();
+            assert_eq!(answer.status(), 200);
+            let mut body = answer.into_body();
+            let mut received = Vec::new();
+            while !received.ends_with(&through) {
+                let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                    .await
+                    .expect("the answer's bytes within 10 s")
+                    .expect("more of the answer")
+                    .unwrap();
+                if let Ok(data) = frame.into_data() {
+                    received.extend_from_slice(&data);
+                }
+            }
+            drop(body);
+            reset_tx.send(()).unwrap();
+            // The connection (and its task, which sends the reset) lives on until told.
+            let _ = keep.await;
+            drop(sender);
+        });
+    });
+    reset
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the answer read and let go of");
+    keep_tx
+}
