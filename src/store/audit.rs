@@ -427,7 +427,7 @@ impl Store {
     pub fn record_event_or_log(&self, actor: &Actor, action: &str, target: &str, detail: &str) {
         let at = clock::now_ms();
         if let Err(e) = self.record_event(actor, action, target, detail) {
-            log_lost_event(&e, at, actor, action, target, detail, 1, None);
+            log_lost_event(&e, at, actor, action, target, detail, 1, actor.request);
             crate::metrics::METRICS.side_effect_failure();
         }
     }
@@ -659,6 +659,22 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{actor, logged, temp_store};
+
+    /// A REST call's event the store cannot take (a wrong password, its store refusing
+    /// inserts) is logged with the call's request id, as its row would have had it.
+    #[test]
+    fn a_lost_event_of_a_rest_call_is_logged_with_its_request_id() {
+        let (_dir, store) = temp_store();
+        super::super::test_support::refuse_audit_inserts(store.path());
+        let id = crate::request_id::RequestId::next();
+        let caller = actor().in_request(id);
+        let log = logged(|| store.record_event_or_log(&caller, "auth.failed", "bob", "REST API"));
+        let lost = log
+            .lines()
+            .find(|l| l.contains("it is only logged"))
+            .unwrap_or_else(|| panic!("the lost event is not in the log: {log}"));
+        assert!(lost.contains(&format!("request_id={id}")), "{lost}");
+    }
     use super::*;
     use crate::store::StoreError;
 
