@@ -704,30 +704,47 @@ fn a_token_revoked_while_its_request_waits_for_a_backend_is_refused_when_it_gets
 
 /// A stop while requests wait for a place under `[upstream] max_processes`: they are answered
 /// before the grace period ends — git prints why — not cut off with their connections at its
-/// end (git then says `Authentication failed`).
+/// end (git then says `Authentication failed`, which the reason checked rules out).
 #[test]
 fn a_stop_answers_the_requests_waiting_for_a_backend_process() {
-    // Answered a second before the 3 s grace period ends.
-    let answered = stop_with_a_request_waiting(3, None);
+    // Answered a second before the 3 s grace period ends, so not at once. Measured from the
+    // signal to git's exit, on a machine as loaded as it may be: no upper bound but a loose one
+    // (the reason git printed says the answer came before the cut).
+    let answered = stop_with_a_request_waiting(3, Stop::Once);
     assert!(
-        (Duration::from_millis(1500)..Duration::from_secs(3)).contains(&answered),
+        (Duration::from_millis(1500)..Duration::from_secs(15)).contains(&answered),
         "{answered:?}"
     );
 }
 
 /// The same when the stop cuts connections at once: a second stop signal, a grace period of 0.
+/// The cut gives back the place of the request that held it: the request waiting for it must
+/// still be answered as the stop's (before 2026-12-07 it could take that place first, on a
+/// worker whose drain had not begun, and have its advertisement answered; git's next request
+/// then found the listener closed: `Failed to connect`, in CI at four test threads).
 #[test]
 fn a_stop_that_cuts_at_once_still_answers_the_requests_waiting_for_a_backend_process() {
-    let answered = stop_with_a_request_waiting(30, Some(Duration::from_millis(1200)));
-    assert!(answered < Duration::from_secs(4), "{answered:?}");
-    let answered = stop_with_a_request_waiting(0, None);
-    assert!(answered < Duration::from_secs(2), "{answered:?}");
+    // Well before the 30 s grace period, or the 10 s a request waits for a place, would end.
+    let answered = stop_with_a_request_waiting(30, Stop::Twice);
+    assert!(answered < Duration::from_secs(9), "{answered:?}");
+    let answered = stop_with_a_request_waiting(0, Stop::Once);
+    assert!(answered < Duration::from_secs(9), "{answered:?}");
+}
+
+/// How [`stop_with_a_request_waiting`] stops gitgate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// One SIGTERM.
+    Once,
+    /// A SIGTERM, then another that gitgate takes as a second stop signal (one within a second
+    /// of the first is the same stop).
+    Twice,
 }
 
 /// gitgate with one backend process held by a push and `git ls-remote` waiting for it, stopped
-/// with SIGTERM (and a second one `second_signal` later): how long after the first signal git
-/// had its answer, which must be the stop's reason.
-fn stop_with_a_request_waiting(grace: u64, second_signal: Option<Duration>) -> Duration {
+/// as `stop` says: how long after the signal that ends the wait git had its answer, which must
+/// be the stop's reason.
+fn stop_with_a_request_waiting(grace: u64, stop: Stop) -> Duration {
     let sb = Sandbox::with(Setup {
         server_extra: format!("shutdown_grace_seconds = {grace}"),
         ..Setup::default()
@@ -757,34 +774,57 @@ fn stop_with_a_request_waiting(grace: u64, second_signal: Option<Duration>) -> D
     let ls_remote = thread::spawn(move || common::run(cmd, None));
     waiting(1.0);
     // ... and the stop comes first: it is answered, with the reason.
-    let stopped = Instant::now();
+    let mut stopped = Instant::now();
     server.signal("TERM");
-    if let Some(after) = second_signal {
-        thread::sleep(after);
-        server.signal("TERM");
+    if stop == Stop::Twice {
+        stopped = second_stop_signal(&server);
     }
     let run = ls_remote.join().unwrap();
     let answered = stopped.elapsed();
-    let waited = "remote: the server is stopping, and no git process came free before it does; \
-                  try again in a moment";
-    // A stop that cuts at once (a second signal, or a grace period of 0) cuts the held push
-    // off, which frees its place: the waiting request can take it in the moment before the
-    // stop answers the waiters, and is then answered as one whose backend had not answered
-    // yet. Either way it gets the stop's 503 and why.
-    let started = "remote: the server is stopping, and the git server had not answered before it \
-                   did; try again in a moment";
-    let cuts_at_once = second_signal.is_some() || grace == 0;
-    if cuts_at_once && run.stderr.contains(started) {
-        run.fails_with(started);
-    } else {
-        run.fails_with(waited);
-    }
+    // A stop that cuts at once cuts the held push off, which frees its place: the waiting
+    // request is answered all the same, as one that waited for a place.
+    run.fails_with(
+        "remote: the server is stopping, and no git process came free before it does; try \
+         again in a moment",
+    );
     server.stop_within(Duration::from_secs(10));
     drop(held);
     let log = server.log_text();
     assert!(log.contains("status=503"), "{log}");
     assert!(!log.contains(&secret), "{log}");
     answered
+}
+
+/// After a first SIGTERM, one that gitgate takes as a second stop signal (its log says so):
+/// sent a second after the stop began, as the log dates it, and again until gitgate says it
+/// took one, however late a loaded machine lets it look. When the one taken was sent.
+fn second_stop_signal(server: &common::Server) -> Instant {
+    let asked = Instant::now();
+    while !server.log_text().contains("shutting down on SIGTERM") {
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "{}",
+            server.log_text()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    // One within a second of the first is the same stop: ignored.
+    thread::sleep(Duration::from_millis(1100));
+    loop {
+        let sent = Instant::now();
+        server.signal("TERM");
+        while sent.elapsed() < Duration::from_secs(1) {
+            if server.log_text().contains("second stop signal") {
+                return sent;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "no second stop signal taken:\n{}",
+            server.log_text()
+        );
+    }
 }
 
 /// At the stop both listeners close while the requests under way drain, so that a new process

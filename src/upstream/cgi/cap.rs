@@ -305,10 +305,18 @@ impl ProcessCap {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let why = match self.take(asking, going_on, principal) {
+            let why = match self.take_after_a_wait(asking, going_on, principal) {
                 Ok(mut place) => {
                     place.waited = true;
                     return Ok(place);
+                }
+                Err(Full::Stopping) => {
+                    self.answered_at_stop.fetch_add(1, Ordering::Relaxed);
+                    return Err(Busy {
+                        max: self.max,
+                        waited: wait.min(started.elapsed()),
+                        why: Full::Stopping,
+                    });
                 }
                 Err(share @ Full::Share { .. }) => {
                     share_seen = Some(share);
@@ -337,6 +345,31 @@ impl ProcessCap {
         }
     }
 
+    /// A place for a request that has waited, unless a stop has said that the requests still
+    /// waiting are answered now: a place that comes free after that (a second stop signal, or
+    /// a grace period of 0, cuts off the request that held it) would start a backend process
+    /// the stop cuts off in turn — or, on a worker whose drain has not begun yet, one that
+    /// answers the advertisement, whose POST then finds the listener closed (`Failed to
+    /// connect`), where git should have printed the stop's reason. Asked under the state's
+    /// lock: a place given back is given back after the stop that cut its holder set the time,
+    /// so a place seen free here is seen with that time.
+    fn take_after_a_wait(
+        self: &Arc<Self>,
+        asking: Asking,
+        going_on: bool,
+        principal: &str,
+    ) -> Result<Place, Full> {
+        let state = self.state();
+        let answered_by = *self
+            .waits_end_by
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if answered_by.is_some_and(|end| end <= tokio::time::Instant::now()) {
+            return Err(Full::Stopping);
+        }
+        self.take_in(state, asking, going_on, principal)
+    }
+
     /// A place if one is free for this request now, else why not.
     fn take(
         self: &Arc<Self>,
@@ -344,7 +377,17 @@ impl ProcessCap {
         going_on: bool,
         principal: &str,
     ) -> Result<Place, Full> {
-        let mut state = self.state();
+        self.take_in(self.state(), asking, going_on, principal)
+    }
+
+    /// [`ProcessCap::take`], with the state's lock held already.
+    fn take_in(
+        self: &Arc<Self>,
+        mut state: MutexGuard<'_, State>,
+        asking: Asking,
+        going_on: bool,
+        principal: &str,
+    ) -> Result<Place, Full> {
         // The fair share: the cap divided among the tokens that hold or wait for places, this
         // one counted. It binds only while another token waits: rounded down while one below it
         // waits, which the place is then kept for; else rounded up, so that no place stays idle
@@ -1011,6 +1054,42 @@ mod tests {
         assert_eq!(busy.why, Full::Stopping);
         assert!(busy.waited < Duration::from_secs(5), "{:?}", busy.waited);
         assert_eq!(cap.answered_at_stop(), 1);
+    }
+
+    /// A stop that cuts at once (a second stop signal, a grace period of 0) cuts off the request
+    /// holding a place, which gives it back; a request still waiting is answered as the stop's
+    /// all the same, and does not start a backend the stop would have to cut off too (or, on a
+    /// worker whose drain had not begun, one that answers it while the listener is closed
+    /// already). Here the place is given back before the waiting request's task runs again.
+    #[tokio::test]
+    async fn a_place_the_stops_cut_gives_back_goes_to_no_request_waiting() {
+        let cap = cap(1, 30_000, 30_000);
+        let alice = cap.place(Advertisement, "alice").await.unwrap();
+        let bob = tokio::spawn({
+            let cap = cap.clone();
+            async move { cap.place(Advertisement, "bob").await.map(drop) }
+        });
+        while cap
+            .state()
+            .principals
+            .get("bob")
+            .is_none_or(|p| p.waiting == 0)
+        {
+            tokio::task::yield_now().await;
+        }
+        cap.stopping(Duration::ZERO);
+        drop(alice);
+        let busy = tokio::time::timeout(Duration::from_secs(10), bob)
+            .await
+            .expect("answered at once")
+            .unwrap()
+            .expect_err("the place went to a request waiting at a stop that cut at once");
+        assert_eq!(busy.why, Full::Stopping);
+        assert_eq!(cap.answered_at_stop(), 1);
+        assert_eq!(cap.in_use(), 0);
+        // A request asking after the stop still takes a free place at once (a push's POST on
+        // a connection the stop lets carry it).
+        assert!(cap.place(Other, "alice").await.is_ok());
     }
 
     /// A token held to its share while another waits is no sign that the cap is reached: the
