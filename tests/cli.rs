@@ -1901,9 +1901,8 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     );
 
     // An upstream that does not answer is a warning, as at a start.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed = common::closed_port();
+    let port = closed.port;
     let cgi_line = format!(
         "cgi = \"{}\"\nproject_root = \"repos\"\n",
         sb.cgi_script().display()
@@ -1984,34 +1983,26 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
     drop(taken);
     // Held by a gitgate serving this very configuration (its live server): a warning naming
     // it; by a gitgate serving another one: serve cannot start, an error naming that one.
-    let port = common::free_port();
-    let live = variant(
+    // It listens on a port of its own choosing (0), which its configuration then names: a
+    // port found free and named before the start could be taken meanwhile by another test.
+    let live = sb.root().join("live.toml");
+    fs::write(&live, sb.config_text()).unwrap();
+    let mut cmd = common::gitgate_command(&live);
+    cmd.current_dir(sb.root()).arg("serve");
+    let mut running = common::Server::start(cmd, sb.root().join("live.log"), "/");
+    let port = running.port;
+    variant(
         "live.toml",
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:{port}\""),
     );
-    let mut running = common::gitgate_command(&live)
-        .current_dir(sb.root())
-        .arg("serve")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the live server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let checked = check(&live);
     let text = format!("{}{}", checked.stdout, checked.stderr);
     assert!(
         checked.success()
             && text.contains(&format!(
                 "warning: listen http://127.0.0.1:{port}: in use now by gitgate (pid {})",
-                running.id()
+                running.pid()
             )),
         "{checked}"
     );
@@ -2025,14 +2016,12 @@ fn check_reports_what_serve_would_make_of_the_config_and_changes_nothing() {
         !out.success()
             && out.stderr.contains(&format!(
                 "in use by another gitgate (pid {}, serving {}",
-                running.id(),
+                running.pid(),
                 fs::canonicalize(&live).unwrap().display()
             )),
         "{out}"
     );
-    // SAFETY: a signal to the child this test started.
-    unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGTERM) };
-    running.wait().unwrap();
+    running.stop_within(Duration::from_secs(30));
     // 192.0.2.0/24 is reserved for documentation: no machine has it.
     let absent = variant(
         "absent.toml",
@@ -2246,8 +2235,18 @@ fn check_knows_a_gitgate_of_another_name_or_build_and_names_its_build() {
         if let Some(other) = other_build {
             assert_eq!(build_id_of(&copy), other);
         }
-        let port = common::free_port();
+        // It listens on a port of its own choosing (0), which its configuration then names: a
+        // port found free and named before the start could be taken meanwhile by another test.
         let config = sb.root().join("live.toml");
+        fs::write(&config, sb.config_text()).unwrap();
+        let mut serve = Command::new(&copy);
+        serve
+            .env_remove("GITGATE_CONFIG")
+            .env_remove("GITGATE_LOG")
+            .current_dir(sb.root())
+            .args(["--config", "live.toml", "serve"]);
+        let mut running = common::Server::start(serve, sb.root().join(format!("{name}.log")), "/");
+        let port = running.port;
         fs::write(
             &config,
             sb.config_text().replace(
@@ -2256,20 +2255,6 @@ fn check_knows_a_gitgate_of_another_name_or_build_and_names_its_build() {
             ),
         )
         .unwrap();
-        let mut running = Command::new(&copy)
-            .env_remove("GITGATE_CONFIG")
-            .env_remove("GITGATE_LOG")
-            .current_dir(sb.root())
-            .args(["--config", "live.toml", "serve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "{name} did not start");
-            thread::sleep(Duration::from_millis(50));
-        }
         let mut cmd = Command::new(gitgate_bin());
         cmd.env_remove("GITGATE_CONFIG")
             .current_dir(sb.root())
@@ -2280,16 +2265,14 @@ fn check_knows_a_gitgate_of_another_name_or_build_and_names_its_build() {
             Some(other) => format!(
                 "in use now by {name} (pid {}, build {other}; this program is build {ours}: a \
                  restart runs it)",
-                running.id()
+                running.pid()
             ),
             None => format!(
                 "in use now by {name} (pid {}) (by the running",
-                running.id()
+                running.pid()
             ),
         };
-        // SAFETY: a signal to the child this test started.
-        unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGTERM) };
-        running.wait().unwrap();
+        running.stop_within(Duration::from_secs(30));
         assert!(
             checked.success() && text.contains(&named),
             "{name}: {checked}"

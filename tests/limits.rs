@@ -2419,10 +2419,8 @@ fn a_push_refused_for_want_of_processes_is_logged_as_that_shortage() {
 #[test]
 fn a_log_that_cannot_be_written_does_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let config = cgi_config(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, cgi_config(dir.path(), "")).unwrap();
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
@@ -2433,6 +2431,21 @@ fn a_log_that_cannot_be_written_does_not_stop_the_server() {
         .stderr(full)
         .spawn()
         .unwrap();
+    // It listens on port 0, and its log, which would say the port, is lost: the port is the
+    // one its listening socket has. (One found free and named in the config could be taken
+    // by another test's server before it listens.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        if let [port] = common::listening_ports(child.id())[..] {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "the server never listened");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the server ended at its start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let ask = |request: &str| -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -2982,8 +2995,9 @@ fn a_flood_of_readiness_probes_is_not_a_flood_of_upstream_connections() {
 #[test]
 fn readiness_failures_are_shared_remembered_and_name_no_address() {
     let dir = tempfile::tempdir().unwrap();
-    // An upstream that is down: a port nothing listens on.
-    let upstream_port = common::free_port();
+    // An upstream that is down: a port nothing listens on (nor can, while the test runs).
+    let closed = common::closed_port();
+    let upstream_port = closed.port;
     let (g, _) = start_in_front_of(dir.path(), upstream_port, "");
     let started = Instant::now();
     let port = g.port;
@@ -3497,8 +3511,24 @@ fn an_upstream_that_leads_back_to_gitgate_is_told_as_a_loop() {
 /// hop after hop until a limit.
 #[test]
 fn a_loop_through_two_gitgates_is_told_as_a_loop() {
+    // Each names the other's port before either listens: ports found free, and taken again if
+    // another test's server took one first (the start that could not listen fails).
+    for attempt in 1.. {
+        let ports = [common::free_port(), common::free_port()];
+        if ports[0] != ports[1] && a_loop_through_two_gitgates_on(ports) {
+            return;
+        }
+        assert!(
+            attempt < 5,
+            "the two gitgates' ports were taken five times over"
+        );
+    }
+}
+
+/// [`a_loop_through_two_gitgates_is_told_as_a_loop`] on `ports`; `false` when one of them was
+/// taken before its gitgate could listen on it.
+fn a_loop_through_two_gitgates_on(ports: [u16; 2]) -> bool {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let ports = [common::free_port(), common::free_port()];
     let config = |me: usize| {
         format!(
             "[server]\nlisten = \"127.0.0.1:{}\"\nworkers = {WORKERS}\n[store]\n\
@@ -3530,8 +3560,21 @@ fn a_loop_through_two_gitgates_is_told_as_a_loop() {
         std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
     }
-    let mut a = start(dirs[0].path(), &config(0));
-    let mut b = start(dirs[1].path(), &config(1));
+    let start = |dir: &Path, config: &str| {
+        let path = dir.join("proxy.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = common::gitgate_command(&path);
+        cmd.arg("serve");
+        Server::try_start(cmd, dir.join("gitgate.log"), "").map_err(|e| {
+            assert!(e.contains("Address already in use"), "{e}");
+        })
+    };
+    let (Ok(mut a), Ok(mut b)) = (
+        start(dirs[0].path(), &config(0)),
+        start(dirs[1].path(), &config(1)),
+    ) else {
+        return false;
+    };
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{}", tokens[0]));
     let (out, _) = info_refs(&a, &auth);
     assert!(out.starts_with("HTTP/1.1 508"), "{out}");
@@ -3554,6 +3597,7 @@ fn a_loop_through_two_gitgates_is_told_as_a_loop() {
         (2, 1),
         "{a_log}\n{b_log}"
     );
+    true
 }
 
 /// An HTTP/1.0 upstream reads no chunked request body: it answers as if the body were empty

@@ -225,7 +225,7 @@ impl Nginx {
         }
         let pid = child.id();
         self.child = Some(child);
-        if listens_on(pid, self.port) && listens_on(pid, self.tls_port) {
+        if common::listens_on(pid, self.port) && common::listens_on(pid, self.tls_port) {
             return true;
         }
         self.stop_nginx();
@@ -311,32 +311,6 @@ fn git_processes_of_group(group: u32) -> usize {
             pgrp == Some(group) && name.starts_with("git") && state != "Z" && state != "X"
         })
         .count()
-}
-
-/// Whether process `pid` holds the socket that listens on 127.0.0.1:`port` (true when
-/// `/proc/net/tcp` cannot be read: nothing can be told then).
-fn listens_on(pid: u32, port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return true;
-    };
-    // The address as the kernel prints it (127.0.0.1 in the byte order of this machine, the
-    // port in hex); `0A` is LISTEN; the tenth field the socket's inode.
-    let local = format!("{:08X}:{port:04X}", u32::from_ne_bytes([127, 0, 0, 1]));
-    let sockets: Vec<String> = table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
-        })
-        .collect();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path())
-            .is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1797,12 +1771,12 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     let Some(w) = World::new("certificate_reloads_on_sighup_without_dropping_connections") else {
         return;
     };
-    let metrics_port = common::free_port();
     let g = w.serve(&Options {
         tls: true,
-        server: Box::leak(format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n").into()),
+        server: "[metrics]\nlisten = \"127.0.0.1:0\"\n",
         ..Options::default()
     });
+    let metrics_port = g.metrics_port();
     // SIGHUPs that kept a file in use, as /metrics counts them.
     let reload_failures = || {
         let scraped = common::http_get(metrics_port, "/metrics", None);
@@ -2496,7 +2470,33 @@ impl Front {
     fn start(dir: &Path, nginx: &Path, gitgate: u16) -> Front {
         let dir = dir.join("front");
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        let (streaming, default) = (common::free_port(), common::free_port());
+        // Ports from `free_port` are let go before nginx binds them, and another test's server
+        // can take one first: then nginx fails, or answers on one port while the other is
+        // another's, and it is started again on new ports.
+        for attempt in 1.. {
+            let (streaming, default) = (common::free_port(), common::free_port());
+            if streaming != default {
+                if let Some(front) = Front::launch(&dir, nginx, gitgate, streaming, default) {
+                    return front;
+                }
+            }
+            assert!(
+                attempt < 5,
+                "the front nginx's ports were taken five times over"
+            );
+        }
+        unreachable!()
+    }
+
+    /// nginx on `streaming` and `default`, once it answers on both; `None` (nginx stopped) when
+    /// it could not bind them, or another process listens on one of them.
+    fn launch(
+        dir: &Path,
+        nginx: &Path,
+        gitgate: u16,
+        streaming: u16,
+        default: u16,
+    ) -> Option<Front> {
         let user = if common::is_root() {
             "user root root;"
         } else {
@@ -2521,7 +2521,7 @@ impl Front {
         std::fs::write(&conf_path, conf).unwrap();
         let mut child = Command::new(nginx)
             .arg("-p")
-            .arg(&dir)
+            .arg(dir)
             .arg("-c")
             .arg(&conf_path)
             .arg("-e")
@@ -2536,22 +2536,28 @@ impl Front {
             || TcpStream::connect(("127.0.0.1", default)).is_err()
         {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "nginx exited ({status}): {}",
-                    std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                // Its ports taken: tried again on others.
+                assert!(
+                    log.contains("Address already in use"),
+                    "nginx exited ({status}): {log}"
                 );
+                return None;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
-                "nginx did not start"
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Front {
+        let front = Front {
             child,
             streaming,
             default,
-        }
+        };
+        let pid = front.child.id();
+        (common::listens_on(pid, streaming) && common::listens_on(pid, default)).then_some(front)
     }
 }
 

@@ -63,21 +63,40 @@ struct WebServer {
 }
 
 impl WebServer {
-    fn start(mut cmd: Command, port: u16, log: &Path) -> WebServer {
-        let mut child = cmd
+    /// The server `command` gives for a port (its configuration written for it), once it
+    /// answers there, and the port. A port from `free_port` is let go before the server binds
+    /// it, and another test's server can take it first: the server then fails to start, or
+    /// what answers is the other one; either way it is started again on another port.
+    fn start(command: impl Fn(u16) -> Command, log: &Path) -> (WebServer, u16) {
+        for attempt in 1.. {
+            let port = common::free_port();
+            if let Some(server) = WebServer::launch(command(port), port, log) {
+                return (server, port);
+            }
+            assert!(
+                attempt < 5,
+                "the web server could not listen on a free port five times over: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        unreachable!()
+    }
+
+    /// `cmd`, once it answers on `port`; `None` (stopped) if it exits first or another process
+    /// listens there.
+    fn launch(mut cmd: Command, port: u16, log: &Path) -> Option<WebServer> {
+        let child = cmd
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the web server");
+        let mut server = WebServer { child };
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "the web server exited ({status}): {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
+            if let Ok(Some(_)) = server.child.try_wait() {
+                return None;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
@@ -86,7 +105,7 @@ impl WebServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        WebServer { child }
+        common::listens_on(server.child.id(), port).then_some(server)
     }
 }
 
@@ -212,7 +231,6 @@ fn clone_and_push_through_apache_as_the_readme_sets_it_up() {
     let dir = w.path("apache");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let port = common::free_port();
     let user = if common::is_root() {
         "User #65534\nGroup #65534\n"
     } else {
@@ -229,33 +247,36 @@ fn clone_and_push_through_apache_as_the_readme_sets_it_up() {
     .iter()
     .map(|m| format!("LoadModule {m}_module {}/mod_{m}.so\n", modules.display()))
     .collect::<String>();
-    let conf = format!(
-        "ServerRoot \"{dir}\"\nServerName localhost\nDefaultRuntimeDir \"{dir}\"\n\
-         PidFile \"{dir}/httpd.pid\"\nErrorLog \"{dir}/error.log\"\nScriptSock \"{dir}/cgid.sock\"\n\
-         {load}{user}\
-         <Directory \"{backend_dir}\">\n    Require all granted\n</Directory>\n\
-         {readme}",
-        dir = dir.display(),
-        backend_dir = common::git_http_backend().parent().unwrap().display(),
-        readme = readme_block(
-            "apache",
-            &[
-                ("127.0.0.1:8081", &format!("127.0.0.1:{port}")),
-                ("/srv/git", &w.sandbox.repos().display().to_string()),
-                (
-                    "/usr/lib/git-core/git-http-backend/",
-                    &format!("{}/", common::git_http_backend().display()),
-                ),
-                ("<the secret>", UPSTREAM_SECRET),
-            ],
-        ),
-    );
-    std::fs::write(dir.join("httpd.conf"), conf).unwrap();
-    let mut cmd = Command::new(apache);
-    cmd.arg("-f")
-        .arg(dir.join("httpd.conf"))
-        .arg("-DFOREGROUND");
-    let _apache = WebServer::start(cmd, port, &dir.join("error.log"));
+    let apache_on = |port: u16| {
+        let conf = format!(
+            "ServerRoot \"{dir}\"\nServerName localhost\nDefaultRuntimeDir \"{dir}\"\n\
+             PidFile \"{dir}/httpd.pid\"\nErrorLog \"{dir}/error.log\"\nScriptSock \"{dir}/cgid.sock\"\n\
+             {load}{user}\
+             <Directory \"{backend_dir}\">\n    Require all granted\n</Directory>\n\
+             {readme}",
+            dir = dir.display(),
+            backend_dir = common::git_http_backend().parent().unwrap().display(),
+            readme = readme_block(
+                "apache",
+                &[
+                    ("127.0.0.1:8081", &format!("127.0.0.1:{port}")),
+                    ("/srv/git", &w.sandbox.repos().display().to_string()),
+                    (
+                        "/usr/lib/git-core/git-http-backend/",
+                        &format!("{}/", common::git_http_backend().display()),
+                    ),
+                    ("<the secret>", UPSTREAM_SECRET),
+                ],
+            ),
+        );
+        std::fs::write(dir.join("httpd.conf"), conf).unwrap();
+        let mut cmd = Command::new(&apache);
+        cmd.arg("-f")
+            .arg(dir.join("httpd.conf"))
+            .arg("-DFOREGROUND");
+        cmd
+    };
+    let (_apache, port) = WebServer::start(apache_on, &dir.join("error.log"));
 
     // Only gitgate's secret is let in: past gitgate, a client could name any user.
     let past = common::raw_http(
@@ -291,32 +312,34 @@ fn clone_and_push_through_lighttpd_as_the_readme_sets_it_up() {
     )
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = common::free_port();
     let user = if common::is_root() {
         "server.username = \"nobody\"\nserver.groupname = \"nogroup\"\n"
     } else {
         ""
     };
-    let conf = format!(
-        "server.modules = ( \"mod_alias\", \"mod_cgi\", \"mod_setenv\" )\n\
-         server.document-root = \"{dir}\"\n\
-         server.errorlog = \"{dir}/error.log\"\n\
-         {user}\
-         {readme}",
-        dir = dir.display(),
-        readme = readme_block(
-            "lighttpd",
-            &[
-                ("8081", &port.to_string()),
-                ("/usr/local/lib/git-backend", &wrapper.display().to_string()),
-                ("/srv/git", &w.sandbox.repos().display().to_string()),
-            ],
-        ),
-    );
-    std::fs::write(dir.join("lighttpd.conf"), conf).unwrap();
-    let mut cmd = Command::new(lighttpd);
-    cmd.arg("-D").arg("-f").arg(dir.join("lighttpd.conf"));
-    let _lighttpd = WebServer::start(cmd, port, &dir.join("error.log"));
+    let lighttpd_on = |port: u16| {
+        let conf = format!(
+            "server.modules = ( \"mod_alias\", \"mod_cgi\", \"mod_setenv\" )\n\
+             server.document-root = \"{dir}\"\n\
+             server.errorlog = \"{dir}/error.log\"\n\
+             {user}\
+             {readme}",
+            dir = dir.display(),
+            readme = readme_block(
+                "lighttpd",
+                &[
+                    ("8081", &port.to_string()),
+                    ("/usr/local/lib/git-backend", &wrapper.display().to_string()),
+                    ("/srv/git", &w.sandbox.repos().display().to_string()),
+                ],
+            ),
+        );
+        std::fs::write(dir.join("lighttpd.conf"), conf).unwrap();
+        let mut cmd = Command::new(&lighttpd);
+        cmd.arg("-D").arg("-f").arg(dir.join("lighttpd.conf"));
+        cmd
+    };
+    let (_lighttpd, port) = WebServer::start(lighttpd_on, &dir.join("error.log"));
 
     let g = w.serve(&format!("http://127.0.0.1:{port}/git"));
     w.clone_push_fetch(&g);

@@ -639,7 +639,13 @@ impl Server {
     /// Runs `cmd` (a `gitgate ... serve` command) with stderr appended to `log`, and waits for
     /// its `listening on http(s)://127.0.0.1:PORT` line; fails the test if the process exits first
     /// or stays silent past [`STARTUP_DEADLINE`].
-    pub fn start(mut cmd: Command, log: PathBuf, prefix: &str) -> Server {
+    pub fn start(cmd: Command, log: PathBuf, prefix: &str) -> Server {
+        Server::try_start(cmd, log, prefix).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Server::start`], with a process that exits before it listens as an error: its
+    /// exit status and log.
+    pub fn try_start(mut cmd: Command, log: PathBuf, prefix: &str) -> Result<Server, String> {
         let log_file = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -666,16 +672,42 @@ impl Server {
             if let Some((scheme, port)) = listening_at(text) {
                 server.scheme = scheme;
                 server.port = port;
-                return server;
+                return Ok(server);
             }
             if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("gitgate serve exited with {status} before listening; log:\n{text}");
+                return Err(format!(
+                    "gitgate serve exited with {status} before listening; log:\n{text}"
+                ));
             }
             if start.elapsed() > STARTUP_DEADLINE {
                 panic!("gitgate serve did not log `listening on http://127.0.0.1:PORT` within {STARTUP_DEADLINE:?}; log:\n{text}");
             }
             thread::sleep(pause);
             pause = next_poll(pause);
+        }
+    }
+
+    /// The port of its `[metrics] listen` (`127.0.0.1:0` in the config), once its log says it
+    /// (at most [`STARTUP_DEADLINE`]).
+    pub fn metrics_port(&self) -> u16 {
+        const MARK: &str = "metrics on http://127.0.0.1:";
+        let start = Instant::now();
+        loop {
+            let log = self.log_text();
+            if let Some(at) = log.find(MARK) {
+                let digits: String = log[at + MARK.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                if let Some(port) = digits.parse().ok().filter(|&p| p != 0) {
+                    return port;
+                }
+            }
+            assert!(
+                start.elapsed() < STARTUP_DEADLINE,
+                "no `metrics on` line:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -885,8 +917,11 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A `GET` of `target` (path and query, sent verbatim) with optional `Authorization` value.
-/// A port on 127.0.0.1 that nothing listens on (bound, then let go).
+/// A port on 127.0.0.1 that nothing listens on (bound, then let go), for a program that cannot
+/// be told to listen on port 0 and say which port it took (nginx, Apache, lighttpd). Another
+/// listener — another test's server on port 0 — can take it before the program binds it, and
+/// the program's start must then be tried again on another ([`listens_on`] tells): where the
+/// program is gitgate, it listens on port 0 and its log says the port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -895,6 +930,74 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port on 127.0.0.1 that refuses connections for as long as this lives: bound, never
+/// listening, so that no other listener can take it meanwhile (as one can a [`free_port`]).
+pub struct ClosedPort {
+    _socket: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+/// See [`ClosedPort`].
+pub fn closed_port() -> ClosedPort {
+    use rustix::net::{AddressFamily, SocketType};
+    let socket = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(
+        &socket,
+        &std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
+    )
+    .unwrap();
+    let bound = std::net::SocketAddrV4::try_from(rustix::net::getsockname(&socket).unwrap())
+        .expect("an IPv4 address");
+    ClosedPort {
+        _socket: socket,
+        port: bound.port(),
+    }
+}
+
+/// The ports on 127.0.0.1 that process `pid` listens on (read from `/proc`: the listening
+/// sockets in `/proc/net/tcp`, and the process's descriptors that are those sockets).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
+        return Vec::new();
+    };
+    // The address as the kernel prints it (127.0.0.1 in the byte order of this machine, the
+    // port in hex); `0A` is LISTEN; the tenth field the socket's inode.
+    let local = format!("{:08X}:", u32::from_ne_bytes([127, 0, 0, 1]));
+    let sockets: Vec<(String, u16)> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = f.get(1)?.strip_prefix(&local)?;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            (f.len() > 9 && f[3] == "0A").then(|| (format!("socket:[{}]", f[9]), port))
+        })
+        .collect();
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut ports: Vec<u16> = fds
+        .flatten()
+        .filter_map(|fd| {
+            let target = fs::read_link(fd.path()).ok()?;
+            sockets
+                .iter()
+                .find(|(s, _)| target.as_os_str() == s.as_str())
+                .map(|(_, port)| *port)
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Whether process `pid` listens on 127.0.0.1:`port` — and not another process that took the
+/// port first (see [`free_port`]).
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    listening_ports(pid).contains(&port)
+}
+
+/// A `GET` of `target` (path and query, sent verbatim) with optional `Authorization` value.
 pub fn http_get(port: u16, target: &str, authorization: Option<&str>) -> Response {
     let mut req =
         format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: git/2.47.0\r\n");
