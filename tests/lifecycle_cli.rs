@@ -962,8 +962,154 @@ fn passwd_lifts_a_lock_and_forgets_the_wrong_passwords() {
     assert!(changed.iter().any(|e| e["detail"] == ""), "{changed:?}");
 }
 
-/// `gitgate ARGS` of `install` run on a terminal (`script` gives it one), typing `typed`;
-/// (success, everything the terminal showed).
+/// A session on a terminal that `script` (util-linux) makes: what it shows is read as it comes,
+/// and lines are typed once a prompt is up — shown, and echo off — not after a time a loaded
+/// machine can outlast (typed ahead, a line could be echoed before the prompt turns echo off).
+struct Terminal {
+    script: std::process::Child,
+    typing: Option<std::process::ChildStdin>,
+    shown: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long a terminal session waits for what it expects.
+const TERMINAL_DEADLINE: Duration = Duration::from_secs(30);
+
+impl Terminal {
+    /// `line` run by `script`'s shell on a terminal of its own.
+    fn start(line: &str) -> Terminal {
+        let mut script = std::process::Command::new("script")
+            .args(["-qec", line, "/dev/null"])
+            .env_remove("GITGATE_CONFIG")
+            .env_remove("GITGATE_LOG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs");
+        let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut out = script.stdout.take().unwrap();
+        let reader = std::thread::spawn({
+            let shown = shown.clone();
+            move || {
+                use std::io::Read;
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = out.read(&mut chunk) {
+                    shown.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            }
+        });
+        Terminal {
+            typing: script.stdin.take(),
+            script,
+            shown,
+            reader: Some(reader),
+        }
+    }
+
+    fn shown(&self) -> String {
+        String::from_utf8_lossy(&self.shown.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until `done` holds for what the terminal shows (and the terminal itself).
+    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) {
+        let start = std::time::Instant::now();
+        while !done(&self.shown()) {
+            assert!(
+                start.elapsed() < TERMINAL_DEADLINE,
+                "{what} never came; the terminal showed:\n{}",
+                self.shown()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the terminal shows `text`.
+    fn wait_for(&self, text: &str) {
+        self.wait_until(text, |shown| shown.contains(text));
+    }
+
+    /// Waits until the `n`-th password prompt is up: shown, and the terminal's echo off.
+    fn wait_for_prompt(&self, n: usize) {
+        self.wait_until(&format!("password prompt {n}"), |shown| {
+            let prompts =
+                shown.matches("assword for ").count() + shown.matches("Retype it: ").count();
+            prompts >= n && self.echo_off()
+        });
+    }
+
+    /// Whether the terminal's echo is off: read from the terminal (`/dev/pts/N`) that the
+    /// process `script` started has as its standard input, output or error (a shell running
+    /// a command `</dev/tty` may hold its input as `/dev/tty`, which names no terminal here).
+    fn echo_off(&self) -> bool {
+        use std::os::unix::fs::OpenOptionsExt;
+        let script = self.script.id().to_string();
+        let Some(terminal) = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: the fields after the last ')'.
+            let (_, rest) = stat.rsplit_once(')')?;
+            (rest.split_whitespace().nth(1)? == script).then_some(())?;
+            ["fd/0", "fd/1", "fd/2"].into_iter().find_map(|fd| {
+                let file = std::fs::read_link(e.path().join(fd)).ok()?;
+                file.starts_with("/dev/pts").then_some(file)
+            })
+        }) else {
+            return false;
+        };
+        let Ok(tty) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(&terminal)
+        else {
+            return false;
+        };
+        // SAFETY: tcgetattr fills the termios it is given, on a descriptor open here.
+        let mut settings: libc::termios = unsafe { std::mem::zeroed() };
+        let read = unsafe { libc::tcgetattr(std::os::fd::AsRawFd::as_raw_fd(&tty), &mut settings) };
+        read == 0 && settings.c_lflag & libc::ECHO == 0
+    }
+
+    fn type_in(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.typing.as_mut().unwrap().write_all(bytes).unwrap();
+    }
+
+    /// Waits for the session to end, its input held open until then (its end would answer a
+    /// prompt): whether it succeeded, and everything the terminal showed.
+    fn finish(mut self) -> (bool, String) {
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.script.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < TERMINAL_DEADLINE,
+                "the terminal session did not end; it showed:\n{}",
+                self.shown()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.typing.take();
+        self.reader.take().unwrap().join().unwrap();
+        let mut err = String::new();
+        if let Some(mut stderr) = self.script.stderr.take() {
+            use std::io::Read;
+            let _ = stderr.read_to_string(&mut err);
+        }
+        (status.success(), self.shown() + &err)
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        // A test that failed half-way: the session goes with it.
+        let _ = self.script.kill();
+        let _ = self.script.wait();
+    }
+}
+
+/// `gitgate ARGS` of `install` run on a terminal (`script` gives it one), typing `typed` a line
+/// at a time, each once its prompt is up; (success, everything the terminal showed).
 fn at_a_terminal(install: &Install, args: &[&str], typed: &str) -> (bool, String) {
     let mut line = format!(
         "{} --config {}",
@@ -974,61 +1120,37 @@ fn at_a_terminal(install: &Install, args: &[&str], typed: &str) -> (bool, String
         line.push(' ');
         line.push_str(a);
     }
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env_remove("GITGATE_CONFIG")
-        .env_remove("GITGATE_LOG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux) runs");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        // One line at a time, each after its prompt is up (typed ahead, a line could be read
-        // before the prompt turns echo off).
-        for l in typed.split_inclusive('\n') {
-            std::thread::sleep(Duration::from_millis(500));
-            stdin.write_all(l.as_bytes()).unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    let mut terminal = Terminal::start(&line);
+    for (n, l) in typed.split_inclusive('\n').enumerate() {
+        terminal.wait_for_prompt(n + 1);
+        terminal.type_in(l.as_bytes());
     }
-    let out = child.wait_with_output().unwrap();
-    let shown =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), shown)
+    terminal.finish()
 }
 
-/// `sh -c SCRIPT gitgate CONFIG` on a terminal (`script` gives it one): `typed` is typed a
-/// second in, and the terminal's input is held open `hold` longer (its end would answer a
-/// prompt); everything the terminal showed.
-fn shell_on_a_terminal(script: &str, config: &Path, typed: &[u8], hold: Duration) -> String {
-    let mut run = std::process::Command::new("script")
-        .arg("-qec")
-        .arg(format!(
-            "sh -c '{}' {} {}",
-            script.replace('\'', "'\\''"),
-            common::gitgate_bin(),
-            config.display()
-        ))
-        .arg("/dev/null")
-        .env_remove("GITGATE_CONFIG")
-        .env_remove("GITGATE_LOG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux) runs");
-    let mut typing = run.stdin.take().unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+/// `sh -c SCRIPT gitgate CONFIG` on a terminal (`script` gives it one): `typed` is typed once
+/// the first password prompt is up, and the terminal's input is held open until the session
+/// ends (its end would answer a prompt), which it must once it has shown `last`; everything
+/// the terminal showed.
+fn shell_on_a_terminal(script: &str, config: &Path, typed: &[u8], last: &str) -> String {
+    let mut terminal = Terminal::start(&format!(
+        "sh -c '{}' {} {}",
+        script.replace('\'', "'\\''"),
+        common::gitgate_bin(),
+        config.display()
+    ));
     if !typed.is_empty() {
-        use std::io::Write;
-        typing.write_all(typed).unwrap();
+        terminal.wait_for_prompt(1);
+        terminal.type_in(typed);
     }
-    std::thread::sleep(hold);
-    drop(typing);
-    String::from_utf8_lossy(&run.wait_with_output().unwrap().stdout).into_owned()
+    terminal.wait_for(last);
+    terminal.finish().1
 }
+
+/// In a script on a terminal: wait (up to 30 s) until a prompt has turned the terminal's echo
+/// off, which the command started in the background does once its prompt is up.
+const UNTIL_ECHO_IS_OFF: &str = "i=0; until stty -a </dev/tty | grep -q -- ' -echo ' || \
+     [ $i -ge 600 ]; do sleep 0.05; i=$((i+1)); done; ";
 
 /// A stop signal while a prompt waits with echo off (on a store that is there already) sets the
 /// terminal back to echoing, and the command ends as the signal ends it (128 + 15): a shell
@@ -1036,16 +1158,13 @@ fn shell_on_a_terminal(script: &str, config: &Path, typed: &[u8], hold: Duration
 #[test]
 fn a_command_stopped_at_its_password_prompt_sets_the_terminal_back() {
     let install = setup();
-    let script = "\"$0\" --config \"$1\" user passwd alice </dev/tty & p=$!; sleep 1; \
+    let script = format!(
+        "\"$0\" --config \"$1\" user passwd alice </dev/tty & p=$!; {UNTIL_ECHO_IS_OFF}\
          stty -a </dev/tty | grep -o -- ' -\\?echo ' | head -1 | sed 's/^/during:/'; \
          kill -TERM $p; wait $p; echo \"status=$?\"; \
-         stty -a </dev/tty | grep -o -- ' -\\?echo ' | head -1 | sed 's/^/after:/'";
-    let shown = shell_on_a_terminal(
-        script,
-        &install.path().join("gitgate.toml"),
-        b"",
-        Duration::from_secs(2),
+         stty -a </dev/tty | grep -o -- ' -\\?echo ' | head -1 | sed 's/^/after:/'"
     );
+    let shown = shell_on_a_terminal(&script, &install.path().join("gitgate.toml"), b"", "after:");
     assert!(
         shown.contains("during: -echo"),
         "the prompt turns echo off: {shown}"
@@ -1068,7 +1187,7 @@ fn ctrl_c_at_a_password_prompt_exits_130_and_a_new_store_is_taken_back() {
             "\"$0\" --config \"$1\" {args} </dev/tty; echo \"status=$?\"; \
              stty -a </dev/tty | grep -o -- ' -\\?echo ' | head -1 | sed 's/^/after:/'"
         );
-        shell_on_a_terminal(&script, config, b"\x03", Duration::from_secs(1))
+        shell_on_a_terminal(&script, config, b"\x03", "after:")
     };
     let config = install.path().join("gitgate.toml");
     let shown = at_ctrl_c(&config, "user passwd alice");
@@ -1089,9 +1208,11 @@ fn ctrl_c_at_a_password_prompt_exits_130_and_a_new_store_is_taken_back() {
     assert!(!new_store.exists(), "the new store was left: {shown}");
 
     // SIGQUIT (`kill -QUIT`) at the prompt takes the new store back too, and ends as it would.
-    let script = "\"$0\" --config \"$1\" user add bob --admin </dev/tty & p=$!; sleep 1; \
-         kill -QUIT $p; wait $p; echo \"status=$?\"";
-    let shown = shell_on_a_terminal(script, &fresh, b"", Duration::from_secs(2));
+    let script = format!(
+        "\"$0\" --config \"$1\" user add bob --admin </dev/tty & p=$!; {UNTIL_ECHO_IS_OFF}\
+         kill -QUIT $p; wait $p; echo \"status=$?\""
+    );
+    let shown = shell_on_a_terminal(&script, &fresh, b"", "status=");
     assert!(shown.contains("status=131"), "{shown}");
     assert!(shown.contains("was taken back"), "{shown}");
     for extra in ["", "-wal", "-shm"] {
