@@ -815,7 +815,7 @@ fn a_first_user_add_waiting_for_its_password(
     }
     assert!(sb.db().exists(), "the command made no store to take back");
     // Made, and waiting for the password.
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    common::wait_until_reading_stdin(child.id());
     (child, stdin)
 }
 

@@ -2308,6 +2308,13 @@ fn password_guesses_whose_client_hangs_up_still_count_for_the_throttle() {
     let install = Install::new_with("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");
     install.add_user("alice", false);
     let server = install.serve();
+    let logged = || {
+        server
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("api=true") && l.contains("status=401"))
+            .count()
+    };
     // As many as the throttle allows (a fourth could be refused 429 before its check, by the
     // third's failure), each a different password (the same one again would count once).
     for i in 0..3 {
@@ -2323,28 +2330,22 @@ fn password_guesses_whose_client_hangs_up_still_count_for_the_throttle() {
             .as_bytes(),
         )
         .unwrap();
-        // Long enough for the server to have read the request under a loaded CI (a request
-        // whose connection is already closed when it is first read is dropped unread, and
-        // checks nothing: see the README), well short of the password check (≈ 100 ms).
-        std::thread::sleep(std::time::Duration::from_millis(40));
+        // Hung up once the server has read the request, which it then begins on at once (a
+        // request whose connection is already closed when it is first read is dropped unread,
+        // and checks nothing: see the README), before the password check ends (≈ 100 ms).
+        common::wait_until_read_by_server(&s);
         drop(s);
-    }
-    // Each check ends on its own (argon2 on the blocking pool), answered to nobody.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let logged = || {
-        server
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("api=true") && l.contains("status=401"))
-            .count()
-    };
-    while logged() < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            server.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Each check ends on its own (argon2 on the blocking pool), answered to nobody; one
+        // at a time, so that none is refused for the checks in progress.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while logged() < i + 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                server.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
     let r = server.api("GET", "/users/alice", "alice", "");
     assert_eq!(r.status, 429, "{}", r.body);

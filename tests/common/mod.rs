@@ -997,6 +997,84 @@ pub fn listens_on(pid: u32, port: u16) -> bool {
     listening_ports(pid).contains(&port)
 }
 
+/// Waits until the server at the other end of `stream` (on this machine) has read every byte
+/// sent on it: its TCP took them (nothing is left unacknowledged in `stream`'s send queue),
+/// and its socket's receive queue is empty (`/proc/net/tcp`). A test that hangs up once the
+/// server has begun on a request waits for this, not for a time a loaded machine can outlast.
+pub fn wait_until_read_by_server(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let local = stream.local_addr().unwrap();
+    let peer = stream.peer_addr().unwrap();
+    let hex = |a: std::net::SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(ip) => {
+            format!("{:08X}:{:04X}", u32::from_ne_bytes(ip.octets()), a.port())
+        }
+        std::net::IpAddr::V6(_) => panic!("an IPv4 connection is looked up"),
+    };
+    // The server's socket: its local address is this one's peer.
+    let (server_side, client_side) = (hex(peer), hex(local));
+    let start = Instant::now();
+    loop {
+        let mut unsent: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int: the bytes not yet acknowledged.
+        let asked = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) };
+        assert_eq!(asked, 0, "{}", std::io::Error::last_os_error());
+        let unread = fs::read_to_string("/proc/net/tcp")
+            .unwrap()
+            .lines()
+            .skip(1)
+            .find_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                (f.len() > 4 && f[1] == server_side && f[2] == client_side).then(|| {
+                    let (_, rx) = f[4].split_once(':').unwrap();
+                    u64::from_str_radix(rx, 16).unwrap()
+                })
+            });
+        if unsent == 0 && unread == Some(0) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not read what was sent ({unsent} bytes unacknowledged, \
+             {unread:?} unread)"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits until a thread of process `pid` is blocked reading its standard input (its
+/// `/proc/PID/task/*/syscall` says `read` on descriptor 0): a command waiting for a password
+/// piped to it, which a test then signals or feeds, and not after a time a loaded machine can
+/// outlast.
+pub fn wait_until_reading_stdin(pid: u32) {
+    // `read`'s number, as the first field of `/proc/PID/syscall` gives it.
+    #[cfg(target_arch = "x86_64")]
+    const READ: &str = "0";
+    #[cfg(target_arch = "aarch64")]
+    const READ: &str = "63";
+    let start = Instant::now();
+    loop {
+        let reading = fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|task| {
+                fs::read_to_string(task.path().join("syscall")).is_ok_and(|call| {
+                    let mut fields = call.split_whitespace();
+                    fields.next() == Some(READ) && fields.next() == Some("0x0")
+                })
+            });
+        if reading {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "process {pid} never waited for its standard input"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A `GET` of `target` (path and query, sent verbatim) with optional `Authorization` value.
 pub fn http_get(port: u16, target: &str, authorization: Option<&str>) -> Response {
     let mut req =
