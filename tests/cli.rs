@@ -3832,9 +3832,10 @@ fn a_process_limit_too_tight_for_the_threads_stops_the_start_with_the_reason() {
         |path: &std::path::Path| std::os::unix::fs::chown(path, Some(UID), Some(UID)).unwrap();
     own(sb.root());
     own(&sb.config());
-    // One thread, its own: the first the start makes, to open the store, cannot start. (With
-    // more, which thread fails first depends on when that one has exited: each start refuses
-    // as this one does, with the reason.)
+    // One thread, its own: the first the start makes cannot start. Since e879b2d that is one
+    // of the threads started up front to wait for work (before, the one that opens the store);
+    // with more room, which thread fails first depends on when that one has exited: each start
+    // refuses as this one does, with the reason and the limit to look at.
     let mut cmd = sb.gitgate_command();
     cmd.arg("serve").uid(UID).gid(UID);
     // SAFETY: setrlimit is async-signal-safe; the limit is this child's alone.
@@ -3854,8 +3855,9 @@ fn a_process_limit_too_tight_for_the_threads_stops_the_start_with_the_reason() {
     assert!(!out.success(), "{out}");
     assert!(
         out.stderr
-            .contains("cannot start a thread to open the token store")
-            && out.stderr.contains("Resource temporarily unavailable"),
+            .contains("cannot start a thread to wait for work")
+            && out.stderr.contains("Resource temporarily unavailable")
+            && out.stderr.contains("ulimit -u"),
         "{out}"
     );
     assert!(!out.stderr.contains("panic"), "{out}");
