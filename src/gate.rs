@@ -39,11 +39,12 @@ use crate::policy::{self, AuthFailure, Deny, Identity};
 use crate::push_commands::PushCommands;
 use crate::request_id::{RequestId, RequestSource};
 use crate::request_log::{
-    kept_of_path, loggable_path, loggable_repo, malformed_said, LogLine, LogMethod, LoggedBody,
-    Unanswered, CLIENT_GONE_BEFORE_ANSWER,
+    kept_of_path, loggable_path, loggable_repo, malformed_said, AnswerFollowed, LogLine, LogMethod,
+    LoggedBody, Unanswered, CLIENT_GONE_BEFORE_ANSWER,
 };
 use crate::store::{AuthRecord, CacheLookup, CacheVersion, Store, StoreError};
 use crate::token;
+use crate::upstream::framing::{AnswerFraming, WholeAt};
 use crate::upstream::headers::client_address;
 use crate::upstream::{Fault, Upstream};
 
@@ -571,15 +572,18 @@ impl Gate {
             line.write(0, "client-gone");
             return Ok(response);
         }
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
         // Only a forwarded git answer's framing is followed (the backend's `200` of one of
-        // git's content types).
-        let framing = line
-            .forwarded
-            .then(|| {
-                crate::upstream::framing::AnswerFraming::for_answer(parts.status, &parts.headers)
-            })
-            .flatten();
+        // git's content types), and once: the HTTP upstream follows its answers itself, and
+        // hands on how far one is whole; the embedded runner's are followed here.
+        let followed_upstream = parts.extensions.remove::<Arc<WholeAt>>();
+        let framing = match followed_upstream {
+            _ if !line.forwarded => None,
+            Some(whole) => Some(AnswerFollowed::Upstream(whole)),
+            None => {
+                AnswerFraming::for_answer(parts.status, &parts.headers).map(AnswerFollowed::Here)
+            }
+        };
         let body = LoggedBody {
             inner: body,
             _slot: slot,

@@ -26,6 +26,7 @@ use crate::inflight::Slot;
 use crate::log_value::{LogText, LogValue};
 use crate::metrics::{Operation, Outcome, METRICS};
 use crate::request_id::RequestId;
+use crate::upstream::framing::{AnswerFraming, WholeAt};
 
 use crate::gate::{Inbound, RequestLog, ResponseBody};
 
@@ -470,10 +471,8 @@ pub(crate) struct LoggedBody {
     pub(crate) _slot: Option<Slot>,
     pub(crate) bytes_out: u64,
     pub(crate) done: Option<LogLine>,
-    /// The answer's git framing, followed as its bytes are handed to the connection, for a
-    /// git answer (see [`AnswerFraming`](crate::upstream::framing::AnswerFraming)): whether a
-    /// client that left had all of it.
-    pub(crate) framing: Option<crate::upstream::framing::AnswerFraming>,
+    /// The answer's git framing, for a git answer: whether a client that left had all of it.
+    pub(crate) framing: Option<AnswerFollowed>,
     /// For a git answer, where its last data stands with h2: the connection's write count
     /// when it was handed over, and whether hyper has asked for more since — which over HTTP/2
     /// it does only once the stream has the window for all it holds (see [`Handed`]).
@@ -494,6 +493,35 @@ pub(crate) enum Handed {
     AskedAgain {
         writes: u64,
     },
+}
+
+/// A git answer's framing as the request line learns it: once per answer, by whoever follows
+/// it already.
+pub(crate) enum AnswerFollowed {
+    /// Followed here, as its bytes are handed to the connection (the embedded CGI runner's
+    /// answers; see [`AnswerFraming`]).
+    Here(AnswerFraming),
+    /// Followed by the HTTP upstream as they came, which says how far it is whole (see
+    /// [`WholeAt`]).
+    Upstream(Arc<WholeAt>),
+}
+
+impl AnswerFollowed {
+    /// The answer's next bytes are handed to the connection.
+    fn handed(&mut self, data: &[u8]) {
+        if let AnswerFollowed::Here(framing) = self {
+            framing.feed(data);
+        }
+    }
+
+    /// Whether the answer's first `handed` bytes, all handed to the connection, are for
+    /// certain all of it (see [`AnswerFraming::ends_whole`]).
+    fn whole_at(&self, handed: u64) -> bool {
+        match self {
+            AnswerFollowed::Here(framing) => framing.ends_whole(),
+            AnswerFollowed::Upstream(whole) => whole.is_at(handed),
+        }
+    }
 }
 
 impl LoggedBody {
@@ -535,7 +563,7 @@ impl Body for LoggedBody {
                     this.bytes_out += data.len() as u64;
                     METRICS.response_bytes(data.len() as u64);
                     if let Some(framing) = &mut this.framing {
-                        framing.feed(data);
+                        framing.handed(data);
                         if let Some(line) = &this.done {
                             this.handed = Handed::At {
                                 writes: line.connection.writes(),
@@ -627,7 +655,9 @@ impl Drop for LoggedBody {
             Handed::Nothing | Handed::At { .. } => false,
         };
         let had_it_all = || {
-            self.framing.as_ref().is_some_and(|f| f.ends_whole())
+            self.framing
+                .as_ref()
+                .is_some_and(|f| f.whole_at(self.bytes_out))
                 && (connection.left_with_everything() || delivered())
         };
         let outcome = match crate::server::unfinished_outcome(connection) {

@@ -27,7 +27,11 @@
 //! nothing.
 //!
 //! Following costs a few instructions per pkt-line (of up to 65,520 bytes) and nothing per
-//! byte: payloads are skipped, not read.
+//! byte: payloads are skipped, not read. Each answer is followed once: the HTTP upstream's
+//! follower also tells the request line how far the answer is whole ([`WholeAt`]), which the
+//! line asks of a client that hung up before the answer's end.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE};
 use hyper::StatusCode;
@@ -102,6 +106,8 @@ pub struct AnswerFraming {
     /// How the answer opened: its first line's first bytes, when a line came before anything
     /// else (`# se` of smart HTTP's `# service=...` line, `shal` of a shallow list).
     first_line: Option<[u8; 4]>,
+    /// Bytes followed so far.
+    followed: u64,
 }
 
 impl AnswerFraming {
@@ -147,11 +153,13 @@ impl AnswerFraming {
             refusal: Vec::new(),
             closings: 0,
             first_line: None,
+            followed: 0,
         })
     }
 
     /// Follow the next piece of the answer.
     pub fn feed(&mut self, mut data: &[u8]) {
+        self.followed += data.len() as u64;
         while let Some(&byte) = data.first() {
             match &mut self.at {
                 At::Unframed => return,
@@ -335,6 +343,49 @@ impl AnswerFraming {
                 _ => Some("it ended without git's closing flush-pkt"),
             },
         }
+    }
+}
+
+/// How far an answer the HTTP upstream follows is whole, for the request line: the number of
+/// the answer's bytes after which its [`AnswerFraming`] last said it was
+/// ([`AnswerFraming::ends_whole`]), or none since more came. The upstream notes it as the
+/// answer's frames come, and hands it on with the answer (in its `extensions`); the request
+/// line (`request_log::LoggedBody`) sees the same frames later, as they are handed to the
+/// client's connection (`body::Batched` between the two can hold some back), and counts their
+/// bytes: a client that hung up had the whole answer only when all the upstream followed up to
+/// that point was handed on. So each answer's pkt-lines are read once, not once by each.
+#[derive(Debug)]
+pub struct WholeAt(AtomicU64);
+
+impl WholeAt {
+    /// Not whole (an answer of `u64::MAX` bytes never comes).
+    const NOWHERE: u64 = u64::MAX;
+
+    /// An answer not (yet) whole.
+    pub fn new() -> WholeAt {
+        WholeAt(AtomicU64::new(Self::NOWHERE))
+    }
+
+    /// `framing` has followed the answer so far. Relaxed: the upstream's body and the request
+    /// line's are polled, and dropped, on one task.
+    pub fn note(&self, framing: &AnswerFraming) {
+        let at = if framing.ends_whole() {
+            framing.followed
+        } else {
+            Self::NOWHERE
+        };
+        self.0.store(at, Ordering::Relaxed);
+    }
+
+    /// Whether the answer's first `handed` bytes are, for certain, all of it.
+    pub fn is_at(&self, handed: u64) -> bool {
+        self.0.load(Ordering::Relaxed) == handed
+    }
+}
+
+impl Default for WholeAt {
+    fn default() -> Self {
+        WholeAt::new()
     }
 }
 
@@ -941,5 +992,28 @@ mod tests {
         let mut f = framing("application/x-git-receive-pack-result");
         f.feed(b"000eunpack ok\n0000");
         assert!(f.ends_whole());
+    }
+
+    /// The request line is told the answer is whole only for as many bytes as the upstream
+    /// followed up to its last flush: not for fewer (a frame held back, not handed on yet),
+    /// nor once more came.
+    #[test]
+    fn an_answer_is_whole_to_the_request_line_only_where_all_followed_was_handed_on() {
+        let answer = whole_pack_answer();
+        let (before, flush) = answer.split_at(answer.len() - 4);
+        let mut f = result();
+        let whole = WholeAt::new();
+        assert!(!whole.is_at(0), "nothing came");
+        f.feed(before);
+        whole.note(&f);
+        assert!(!whole.is_at(before.len() as u64), "before its flush");
+        f.feed(flush);
+        whole.note(&f);
+        assert!(whole.is_at(answer.len() as u64));
+        assert!(!whole.is_at(before.len() as u64), "its flush not handed on");
+        f.feed(b"0005x");
+        whole.note(&f);
+        assert!(!whole.is_at(answer.len() as u64), "more came after it");
+        assert!(!whole.is_at(answer.len() as u64 + 5));
     }
 }

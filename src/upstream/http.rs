@@ -37,7 +37,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::cgi::StillAllowed;
-use super::framing::AnswerFraming;
+use super::framing::{AnswerFraming, WholeAt};
 use super::headers::{self, Outbound, Redirect};
 use super::patience::{Patience, Pause};
 use super::pool::{self, ConnectError, Connection, Driving, Origin, OutBody, Pool};
@@ -621,6 +621,10 @@ impl HttpBackend {
             .then(|| AnswerFraming::for_answer(parts.status, &parts.headers))
             .flatten();
         let mut body = UpstreamBody::new(self, body, connection, upload, framing, source.id);
+        // How far it is whole goes to the request line with the answer: one follower for both.
+        if let Some(whole) = &body.whole {
+            parts.extensions.insert(whole.clone());
+        }
         if body.inner.is_end_stream() {
             // No body at all (204, 304, HEAD): the connection is free now.
             body.release();
@@ -1205,6 +1209,8 @@ struct UpstreamBody {
     trailers_seen: bool,
     /// git's framing of the answer, followed to tell an answer cut short from a whole one.
     framing: Option<AnswerFraming>,
+    /// Where the request line learns how far the answer is whole (see [`WholeAt`]).
+    whole: Option<Arc<WholeAt>>,
     /// The answer's last frame has gone out and git's framing says it was cut short: the next
     /// poll fails with this reason instead of ending the body.
     cut: Option<&'static str>,
@@ -1243,6 +1249,7 @@ impl UpstreamBody {
             connection: Some((backend.pool.clone(), connection)),
             upload,
             trailers_seen: false,
+            whole: framing.as_ref().map(|_| Arc::new(WholeAt::new())),
             framing,
             cut: None,
             address: backend.address,
@@ -1330,8 +1337,12 @@ impl Body for UpstreamBody {
                     self.release();
                     return Poll::Ready(self.ended());
                 }
-                if let (Some(framing), Some(data)) = (&mut self.framing, frame.data_ref()) {
+                let this = &mut *self;
+                if let (Some(framing), Some(data)) = (&mut this.framing, frame.data_ref()) {
                     framing.feed(data);
+                    if let Some(whole) = &this.whole {
+                        whole.note(framing);
+                    }
                 }
                 if self.inner.is_end_stream() {
                     self.release();
