@@ -22,7 +22,6 @@
 use std::error::Error as StdError;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -272,26 +271,26 @@ impl HttpBackend {
         // A body of unknown length goes up chunked (a push, a large fetch's negotiation), which
         // only an HTTP/1.1 server reads.
         let chunked = !bodiless && unsent.is_none();
-        let uploaded = Arc::new(AtomicBool::new(bodiless || unsent == Some(0)));
-        let done = uploaded.clone();
-        // Whether the upload waits for the client (its body was polled and had nothing) rather
-        // than for the upstream (which stopped reading it): a stall is then the client's.
-        let waiting_for_client = Arc::new(AtomicBool::new(false));
-        let waiting = waiting_for_client.clone();
+        if bodiless || unsent == Some(0) {
+            activity.finished();
+        }
         let body = Observed::new(body, move |s: Seen<'_, B::Error>| {
-            waiting.store(matches!(s, Seen::Waiting), Ordering::Relaxed);
+            // Whether the upload waits for the client (its body was polled and had nothing)
+            // rather than for the upstream (which stopped reading it): a stall is then the
+            // client's.
+            touched.waiting(matches!(s, Seen::Waiting));
             match s {
                 Seen::Frame(frame) => {
                     touched.touch();
                     if let (Some(left), Some(data)) = (&mut unsent, frame.data_ref()) {
                         *left = left.saturating_sub(data.len() as u64);
                         if *left == 0 {
-                            done.store(true, Ordering::Relaxed);
+                            touched.finished();
                         }
                     }
                 }
                 Seen::Error(_) | Seen::Waiting => {}
-                Seen::End => done.store(true, Ordering::Relaxed),
+                Seen::End => touched.finished(),
             }
         })
         .map_err(|e| io::Error::other(e.to_string()))
@@ -341,14 +340,12 @@ impl HttpBackend {
                 Stopped = &mut stop => {
                     return Err(super::stopped_before_the_answer(
                         git_req,
-                        uploaded.load(Ordering::Relaxed),
+                        activity.is_finished(),
                     ));
                 }
                 _ = tokio::time::sleep(wait) => {
                     if activity.idle() >= self.idle_timeout {
-                        if !uploaded.load(Ordering::Relaxed)
-                            && waiting_for_client.load(Ordering::Relaxed)
-                        {
+                        if !activity.is_finished() && activity.waiting_for_client() {
                             return Err(ForwardError {
                                 status: StatusCode::REQUEST_TIMEOUT,
                                 message: format!(
@@ -603,17 +600,13 @@ impl HttpBackend {
                 }
             }
         }
-        let upload = if uploaded.load(Ordering::Relaxed) {
+        let upload = if activity.is_finished() {
             None
         } else {
             // The answer started while the client is still sending: the upload must go on even
             // when nobody reads the answer.
             connection.detach();
-            Some(Upload {
-                activity,
-                done: uploaded,
-                waiting_for_client,
-            })
+            Some(Upload { activity })
         };
         // git's framing, followed through the answer: the upstream's HTTP framing can say
         // "whole" for an answer its git process broke off (see `super::framing`).
@@ -1226,11 +1219,10 @@ const UPLOAD_AFTER_ANSWER: Duration = Duration::from_secs(5);
 /// A request body still being sent upstream while the answer comes.
 struct Upload {
     /// Moves with each of its frames: a push's pack may take longer to go up than the
-    /// upstream's idle timeout, with nothing coming back meanwhile.
+    /// upstream's idle timeout, with nothing coming back meanwhile. Says too whether it is
+    /// over, and whether it waits for the client's next frame (not for the upstream to read
+    /// on).
     activity: Progress,
-    done: Arc<AtomicBool>,
-    /// The upload waits for the client's next frame (not for the upstream to read on).
-    waiting_for_client: Arc<AtomicBool>,
 }
 
 impl UpstreamBody {
@@ -1298,7 +1290,7 @@ impl UpstreamBody {
     fn release(&mut self) {
         if let Some((pool, connection)) = self.connection.take() {
             match &self.upload {
-                Some(u) if !u.done.load(Ordering::Relaxed) => {
+                Some(u) if !u.activity.is_finished() => {
                     connection.close_within(UPLOAD_AFTER_ANSWER)
                 }
                 _ => pool.put(connection),
@@ -1366,9 +1358,10 @@ impl Body for UpstreamBody {
                 let this = &mut *self;
                 let upload = this.upload.as_ref().map(|u| &u.activity);
                 ready!(this.silence.poll_over(upload, cx));
-                let client_stalled = this.upload.as_ref().is_some_and(|u| {
-                    !u.done.load(Ordering::Relaxed) && u.waiting_for_client.load(Ordering::Relaxed)
-                });
+                let client_stalled = this
+                    .upload
+                    .as_ref()
+                    .is_some_and(|u| !u.activity.is_finished() && u.activity.waiting_for_client());
                 if client_stalled {
                     return Poll::Ready(Some(Err(UploadStalled(this.silence.idle()).into_io())));
                 }

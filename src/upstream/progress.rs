@@ -18,43 +18,62 @@ use tokio::time::Sleep;
 #[derive(Clone)]
 pub struct Progress {
     start: Instant,
-    last_ms: Arc<AtomicU64>,
+    /// One allocation per request for all the upload's flags.
+    shared: Arc<Moved>,
+}
+
+/// What an upload has done, as both sides see it.
+#[derive(Default)]
+struct Moved {
+    /// When something last moved, in milliseconds from [`Progress::start`].
+    last_ms: AtomicU64,
     /// The upload waits for the client (its body was asked for a frame and had none), not for
     /// the backend to read on; see [`Progress::waiting_for_client`].
-    waiting: Arc<AtomicBool>,
+    waiting: AtomicBool,
+    /// The upload is over: the body's end has been sent on (see [`Progress::finished`]).
+    finished: AtomicBool,
 }
 
 impl Progress {
     pub fn new() -> Progress {
         Progress {
             start: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-            waiting: Arc::new(AtomicBool::new(false)),
+            shared: Arc::default(),
         }
     }
 
     /// Whether the upload now waits for the client's next frame (`true`), or for nothing from
     /// it: the backend reads on, or the upload is over (`false`).
     pub fn waiting(&self, for_client: bool) {
-        self.waiting.store(for_client, Ordering::Relaxed);
+        self.shared.waiting.store(for_client, Ordering::Relaxed);
     }
 
     /// Whether the upload waits for the client: a silence then is the client's, not the
     /// backend's ([`UploadStalled`]).
     pub fn waiting_for_client(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed)
+        self.shared.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The upload is over: all of the body has been sent on.
+    pub fn finished(&self) {
+        self.shared.finished.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the upload is over (see [`Progress::finished`]).
+    pub fn is_finished(&self) -> bool {
+        self.shared.finished.load(Ordering::Relaxed)
     }
 
     /// Something moved now.
     pub fn touch(&self) {
         let now = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(now, Ordering::Relaxed);
+        self.shared.last_ms.store(now, Ordering::Relaxed);
     }
 
     /// How long since something last moved (or since [`Progress::new`]).
     pub fn idle(&self) -> Duration {
         let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        Duration::from_millis(now.saturating_sub(self.shared.last_ms.load(Ordering::Relaxed)))
     }
 }
 
