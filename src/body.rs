@@ -212,6 +212,13 @@ where
                 return Poll::Ready(last);
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
+                // The body's last frame, with nothing held: nothing to wait for, nor to hold it
+                // in (a small answer's only frame, nearly all of the refusals' and the hop's).
+                Poll::Ready(Some(Ok(frame)))
+                    if this.held.is_empty() && this.inner.is_end_stream() =>
+                {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
                 Poll::Ready(Some(Ok(frame))) if frame.is_data() => {
                     this.held_bytes += frame.data_ref().map_or(0, |d| d.len());
                     this.held.push_back(frame);
@@ -364,6 +371,23 @@ mod tests {
         let (seen, woke) = drive(Scripted([None, None, Some(5)].into_iter().collect()));
         assert_eq!(seen, [None, None, Some(5)]);
         assert_eq!(woke, 0);
+    }
+
+    /// A body's last frame, with nothing held before it, goes on as it comes: nothing is
+    /// waited for after it, and no queue is made to hold it (a small answer's only frame).
+    #[test]
+    fn a_last_frame_with_nothing_held_is_not_held() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut body = Batched::new(Scripted([Some(7)].into_iter().collect()));
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(f))) => assert_eq!(f.into_data().unwrap().len(), 7),
+            _ => panic!("the frame did not come at the first poll"),
+        }
+        assert!(body.is_end_stream());
+        assert_eq!(body.held.capacity(), 0, "a queue was made for it");
+        assert_eq!(count.0.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
