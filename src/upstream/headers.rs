@@ -230,8 +230,8 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     }
 
     let trusted = out.trusted_proxies.iter().any(|c| c.contains(out.peer));
-    let own_host = inbound
-        .get(header::HOST)
+    let host_field = inbound.get(header::HOST);
+    let own_host = host_field
         .and_then(|v| v.to_str().ok())
         .or(out.authority)
         .filter(|h| valid_host(h));
@@ -269,12 +269,19 @@ pub fn to_upstream(inbound: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
         HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
     );
 
-    let host = trusted
+    let forwarded_host = trusted
         .then(|| single(inbound, &X_FORWARDED_HOST).and_then(|v| v.to_str().ok()))
         .flatten()
-        .filter(|h| valid_host(h))
-        .or(own_host);
-    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        .filter(|h| valid_host(h));
+    let host = match (forwarded_host, own_host) {
+        (Some(h), _) => HeaderValue::from_str(h).ok(),
+        // The client's own `Host` (nearly every request): its value shared, not copied.
+        (None, Some(h)) if host_field.is_some_and(|v| v.as_bytes() == h.as_bytes()) => {
+            host_field.cloned()
+        }
+        (None, h) => h.and_then(|h| HeaderValue::from_str(h).ok()),
+    };
+    if let Some(v) = host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), v);
     }
 
