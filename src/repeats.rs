@@ -184,12 +184,21 @@ impl Refusals {
 /// the keys not said within the last window are forgotten (their unlogged refusals are counted
 /// by their request lines only), and while it is still full, every other key shares one count
 /// — clients that vary what they send cannot grow the map, nor get a line per request back.
+/// And at most `most_per_client` of them are one client's ([`RefusalsBy::per_client`]; the
+/// client of a key is what `client_of` makes of it): one client that sends a new reason with
+/// each request would otherwise hold every key, said anew each minute so never forgotten, and
+/// the first refusal of any other address — a new attacker's — would go to the shared count,
+/// unsaid; its keys past its share go to that count instead.
 /// Each key keeps a `T` given with the refusal that was said last (the request id of its
 /// line), which its tail names ([`RefusalsBy::tails`]).
 #[derive(Debug)]
-pub struct RefusalsBy<K, T = ()> {
+pub struct RefusalsBy<K, T = (), C = ()> {
     keys: std::collections::HashMap<K, (Refusals, T)>,
     most: usize,
+    /// How many keys each client holds (none: no entry), and the most it may.
+    held: std::collections::HashMap<C, usize>,
+    most_per_client: usize,
+    client_of: fn(&K) -> C,
     /// The keys that found no room, and those forgotten with refusals unsaid.
     overflow: Refusals,
     /// When the full map was last looked through for keys to forget: at most once a second,
@@ -207,9 +216,29 @@ impl<K: std::hash::Hash + Eq + Clone> RefusalsBy<K> {
 impl<K: std::hash::Hash + Eq + Clone, T: Copy + Default> RefusalsBy<K, T> {
     /// As [`RefusalsBy::new`], each key keeping a `T` (see [`RefusalsBy::refused_with`]).
     pub fn with_tags(most: usize) -> RefusalsBy<K, T> {
+        RefusalsBy::per_client(most, most, |_| ())
+    }
+}
+
+impl<K, T, C> RefusalsBy<K, T, C>
+where
+    K: std::hash::Hash + Eq + Clone,
+    T: Copy + Default,
+    C: std::hash::Hash + Eq,
+{
+    /// At most `most` keys, and at most `most_per_client` of one client's (`client_of` says
+    /// whose a key is), each keeping a `T`.
+    pub fn per_client(
+        most: usize,
+        most_per_client: usize,
+        client_of: fn(&K) -> C,
+    ) -> RefusalsBy<K, T, C> {
         RefusalsBy {
             keys: std::collections::HashMap::new(),
             most,
+            held: std::collections::HashMap::new(),
+            most_per_client,
+            client_of,
             overflow: Refusals::default(),
             swept_at_ms: None,
         }
@@ -223,25 +252,15 @@ impl<K: std::hash::Hash + Eq + Clone, T: Copy + Default> RefusalsBy<K, T> {
 
     /// [`RefusalsBy::refused`], keeping `tag` with the key when this refusal is the one said.
     pub fn refused_with(&mut self, key: K, now: i64, tag: T) -> Option<u32> {
-        if !self.keys.contains_key(&key) && self.keys.len() >= self.most {
-            if self
-                .swept_at_ms
-                .is_none_or(|swept| !(0..SWEPT_EVERY_MS).contains(&now.saturating_sub(swept)))
-            {
-                self.swept_at_ms = Some(now);
-                // A key forgotten with refusals unsaid leaves them to the overflow's tail.
-                let overflow = &mut self.overflow;
-                self.keys.retain(|_, (r, _)| {
-                    let keep = r.said_lately(now);
-                    if !keep {
-                        overflow.unsaid = overflow.unsaid.saturating_add(r.unsaid);
-                    }
-                    keep
-                });
+        if !self.keys.contains_key(&key) {
+            let client = (self.client_of)(&key);
+            if self.no_room_for(&client) {
+                self.sweep(now);
+                if self.no_room_for(&client) {
+                    return self.overflow.refused(now);
+                }
             }
-            if self.keys.len() >= self.most {
-                return self.overflow.refused(now);
-            }
+            *self.held.entry(client).or_default() += 1;
         }
         let (refusals, kept) = self.keys.entry(key).or_default();
         let said = refusals.refused(now);
@@ -249,6 +268,40 @@ impl<K: std::hash::Hash + Eq + Clone, T: Copy + Default> RefusalsBy<K, T> {
             *kept = tag;
         }
         said
+    }
+
+    /// Whether a new key of `client`'s finds no place: the map is full, or the client holds
+    /// its share of it.
+    fn no_room_for(&self, client: &C) -> bool {
+        self.keys.len() >= self.most
+            || self
+                .held
+                .get(client)
+                .is_some_and(|&held| held >= self.most_per_client)
+    }
+
+    /// Forgets the keys not said within the last window, at most once a [`SWEPT_EVERY_MS`]:
+    /// a key forgotten with refusals unsaid leaves them to the overflow's tail.
+    fn sweep(&mut self, now: i64) {
+        if self
+            .swept_at_ms
+            .is_some_and(|swept| (0..SWEPT_EVERY_MS).contains(&now.saturating_sub(swept)))
+        {
+            return;
+        }
+        self.swept_at_ms = Some(now);
+        let (overflow, held, client_of) = (&mut self.overflow, &mut self.held, self.client_of);
+        self.keys.retain(|key, (r, _)| {
+            let keep = r.said_lately(now);
+            if !keep {
+                overflow.unsaid = overflow.unsaid.saturating_add(r.unsaid);
+                if let Some(n) = held.get_mut(&client_of(key)) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            keep
+        });
+        held.retain(|_, n| *n > 0);
     }
 
     /// The tails due at `now` (see [`Refusals::tail`]): each key's, with the tag of its last
@@ -277,7 +330,7 @@ impl<K: std::hash::Hash + Eq + Clone, T: Copy + Default> RefusalsBy<K, T> {
     }
 }
 
-/// How often at most a full [`RefusalsBy`] looks for keys to forget.
+/// How often at most a [`RefusalsBy`] with no room for a new key looks for keys to forget.
 const SWEPT_EVERY_MS: i64 = 1_000;
 
 /// [`Repeats`] for a failure said with its cause: a cause other than the last one said is said
@@ -592,6 +645,33 @@ mod tests {
         // A second after that pass, they go, and "e" takes a place of its own.
         assert_eq!(r.refused("e", min + 500), Some(0));
         assert_eq!(r.len(), 1);
+    }
+
+    /// One client sending a new reason with each refusal holds its share of the keys, no
+    /// more: another client's first refusal is still said at once (it went to the shared
+    /// count, unsaid, once the first held every key), and the first one's keys past its share
+    /// share that count. Its keys forgotten, it has its share again.
+    #[test]
+    fn one_client_varying_its_reason_cannot_take_every_key() {
+        let min = REFUSALS_SAID_EVERY_MS;
+        let mut r: RefusalsBy<(&str, u32), (), &str> = RefusalsBy::per_client(64, 4, |k| k.0);
+        let mut said = 0;
+        for i in 0..1_000 {
+            said += u32::from(r.refused(("flood", i), i64::from(i)).is_some());
+        }
+        assert_eq!(
+            r.refused(("new", 0), 1_000),
+            Some(0),
+            "another client's first"
+        );
+        assert_eq!(r.refused(("new", 1), 1_001), Some(0));
+        // The first client's four keys, and the shared count's first line.
+        assert_eq!(said, 5);
+        assert_eq!(r.len(), 6);
+        // A minute on, its keys said long ago are forgotten, and it has places again; the
+        // other's, said within the minute, stay.
+        assert_eq!(r.refused(("flood", 5_000), min + 500), Some(0));
+        assert_eq!(r.len(), 3);
     }
 
     #[test]

@@ -67,11 +67,19 @@ pub(crate) fn malformed_said(id: RequestId, remote: SocketAddr, status: u16, rea
 /// a reason can be as long as the header it quotes), for the lines it leaves out, each with
 /// the request whose line said it last (which its tail names: that line has the reason). At
 /// most [`FORM_REFUSAL_KEYS`] are kept; see [`RefusalsBy`](crate::repeats::RefusalsBy).
-type FormRefusals = crate::repeats::RefusalsBy<(std::net::IpAddr, u16, u64), Option<RequestId>>;
+/// At most [`FORM_REFUSAL_KEYS_PER_CLIENT`] are one client's (an IPv6 address counts by its
+/// /64, as [`crate::network::client_key`] has it): one client that varies its reason would
+/// otherwise hold them all, and another address's first refusal would go unsaid.
+type FormRefusals =
+    crate::repeats::RefusalsBy<(std::net::IpAddr, u16, u64), Option<RequestId>, std::net::IpAddr>;
 
 static FORM_REFUSALS: std::sync::LazyLock<std::sync::Mutex<FormRefusals>> =
     std::sync::LazyLock::new(|| {
-        std::sync::Mutex::new(crate::repeats::RefusalsBy::with_tags(FORM_REFUSAL_KEYS))
+        std::sync::Mutex::new(crate::repeats::RefusalsBy::per_client(
+            FORM_REFUSAL_KEYS,
+            FORM_REFUSAL_KEYS_PER_CLIENT,
+            |(from, _, _)| crate::network::client_key(*from),
+        ))
     });
 
 /// The tails of bursts of refusals for their form (see
@@ -107,6 +115,11 @@ pub(crate) fn say_form_refusal_tails(now_or_never: bool) {
 
 /// The most addresses and reasons whose form refusals are counted apart (some 200 KiB).
 const FORM_REFUSAL_KEYS: usize = 4096;
+
+/// The most reasons of one client (an address, an IPv6 /64) counted apart: a client refused
+/// for its form has one reason or a few (a misconfigured tool, a page of another site). Its
+/// others share the count of those that find no room. 256 clients fill the map.
+const FORM_REFUSAL_KEYS_PER_CLIENT: usize = 16;
 
 /// Whether a refusal of `status` for `reason` to `from` is the one to say now (see
 /// [`malformed_said`]): `Some(n)`, `n` those of the same address and reason left unsaid since
