@@ -383,11 +383,9 @@ impl Guard {
         // The row names the request whose failure made the block, as the warning above does.
         let actor = Actor::gitgate(addr.to_string()).in_request(id);
         let target = addr.to_string();
+        // A row the store cannot take (a full disk) is logged whole: what it would have held.
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.record_event(&actor, "auth.throttled", &target, &detail) {
-                tracing::warn!(error = %LogText(&e.to_string()), "could not write the audit event");
-                crate::metrics::METRICS.side_effect_failure();
-            }
+            store.record_event_or_log(&actor, "auth.throttled", &target, &detail);
         });
     }
 

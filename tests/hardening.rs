@@ -115,6 +115,49 @@ fn repeated_failures_block_the_address_before_the_store_is_read() {
     assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
 }
 
+/// A block whose `auth.throttled` row the store cannot take (a full disk; here a trigger that
+/// refuses audit rows) is logged with what the row would have held — the address, the detail,
+/// the blocking request — not with the store's error alone: the log is then the only record.
+#[test]
+fn a_block_the_store_cannot_audit_is_logged_with_its_row() {
+    let server = Server::start("[auth_failures]\nmax = 3\nwindow_seconds = 60\n");
+    rusqlite::Connection::open(server.path("gitgate.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit_events \
+             BEGIN SELECT RAISE(ABORT, 'no space left (test)'); END;",
+        )
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(status(&get(&server, IR, &format!("ggt_wrong{i}"))), 401);
+    }
+    let lost = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("it is only logged") && l.contains("auth.throttled"))
+            .map(str::to_owned)
+    };
+    wait_for("the lost auth.throttled row's line", || {
+        lost(&server.log()).is_some()
+    });
+    let log = server.log();
+    let lost = lost(&log).unwrap();
+    let blocked = log
+        .lines()
+        .find(|l| l.contains("address blocked after repeated authentication failures"))
+        .unwrap();
+    let id = request_id_in(blocked);
+    for field in [
+        "no space left (test)".to_string(),
+        "actor=gitgate".to_string(),
+        "source=127.0.0.1".to_string(),
+        "target=\"127.0.0.1\"".to_string(),
+        "3 failed authentications within 60 s: blocked for 60 s".to_string(),
+        format!("request_id={id}"),
+    ] {
+        assert!(lost.contains(&field), "{field} not in: {lost}");
+    }
+}
+
 /// A CI fleet behind one NAT address, exempt: one job's bad token must not block the others.
 /// Its failures are still audited.
 #[test]
