@@ -227,3 +227,34 @@ fn a_command_that_migrates_the_store_says_so_once() {
     assert_eq!(again.ok(), listed);
     assert!(!again.stderr.contains("migrated"), "{again}");
 }
+
+/// A store that must be migrated as it is opened, while another process holds its write lock
+/// (a `sqlite3` shell inside `BEGIN IMMEDIATE`; in WAL mode that lock is on the `-shm`): the
+/// command stops after the busy timeout naming that process and what to do, as a lock met
+/// after the open is named, and nothing is migrated. Only a holder in `locking_mode=EXCLUSIVE`
+/// (a lock on the store file itself) used to be named; this one was "another process".
+#[test]
+fn a_migration_waiting_on_another_processs_write_lock_names_that_process() {
+    let sb = Sandbox::new();
+    fs::copy(fixture("store-v1/gitgate.db"), sb.db()).unwrap();
+    let conn = rusqlite::Connection::open(sb.db()).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    // This process holds the write lock, as a sqlite3 shell inside `BEGIN IMMEDIATE` would.
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let listed = sb.cli(&["token", "list"]);
+    let said = listed.fails_with("keeps it locked for more than 5 s");
+    assert!(
+        said.contains(&format!("process {} (", std::process::id()))
+            && said.contains("COMMIT or ROLLBACK")
+            && said.contains("nothing was changed"),
+        "{said}"
+    );
+    conn.execute_batch("ROLLBACK").unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1, "migrated all the same");
+}

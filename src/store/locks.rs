@@ -260,18 +260,7 @@ fn write_lock_holders_in(text: &str, db: FileKey, shm: Option<FileKey>) -> BTree
 /// with its command (`process 4242 (sqlite3)`) when `/proc/locks` shows it; else the files to
 /// ask `fuser` about.
 pub fn write_lock_said(db: &Path) -> String {
-    let holders: Vec<String> = write_lock_holders(db)
-        .into_iter()
-        .map(
-            |pid| match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-                Ok(comm) if !comm.trim().is_empty() => {
-                    format!("process {pid} ({})", comm.trim())
-                }
-                _ => format!("process {pid}"),
-            },
-        )
-        .collect();
-    match holders.as_slice() {
+    match write_lock_holders_named(db).as_slice() {
         [] => format!(
             "the process holding it cannot be told from here (it may have let go just now); \
              `fuser -v {db} {shm}` lists the processes that have the store open — an open \
@@ -286,6 +275,22 @@ pub fn write_lock_said(db: &Path) -> String {
             named.join(", ")
         ),
     }
+}
+
+/// The [`write_lock_holders`] of the store at `db`, each with its command if known:
+/// `process 4242 (sqlite3)`.
+pub(super) fn write_lock_holders_named(db: &Path) -> Vec<String> {
+    write_lock_holders(db)
+        .into_iter()
+        .map(
+            |pid| match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+                Ok(comm) if !comm.trim().is_empty() => {
+                    format!("process {pid} ({})", comm.trim())
+                }
+                _ => format!("process {pid}"),
+            },
+        )
+        .collect()
 }
 
 /// [`lockers`] of `db` in `/proc/locks`'s `text`.

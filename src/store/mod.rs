@@ -1627,18 +1627,22 @@ fn begins_as_sqlite(path: &Path) -> bool {
 /// descriptors, its limit; for a full disk, the space left.
 fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
     match e.sqlite_error_code() {
-        // Past the busy timeout: another process keeps the store locked even for reading (a
-        // write lock held on, or `PRAGMA locking_mode=EXCLUSIVE`). Said with who, if known.
+        // Past the busy timeout: another process keeps the store locked even for reading
+        // (`PRAGMA locking_mode=EXCLUSIVE`), or holds its write lock while this one must write
+        // (a migration as the store is opened: a `sqlite3` shell inside `BEGIN IMMEDIATE`, a
+        // long change). Said with who, if known: the one holding the write lock in WAL mode
+        // holds it on the `-shm`, not on the store file.
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-            let who: Vec<String> = locks::lockers(path).iter().map(u32::to_string).collect();
-            let who = match who.as_slice() {
+            let who = match locks::write_lock_holders_named(path).as_slice() {
                 [] => "another process".to_string(),
-                pids => format!("process {}", pids.join(", ")),
+                named => named.join(", "),
             };
             format!(
-                "{e}: {who} keeps it locked for more than 5 s (a change still under way, or a \
-                 connection in locking_mode=EXCLUSIVE, which shuts every other process out), \
-                 so gitgate cannot read it; nothing was changed. End that process's hold on it"
+                "{e}: {who} keeps it locked for more than 5 s (a change still under way, a \
+                 sqlite3 shell inside a transaction, or a connection in locking_mode=EXCLUSIVE, \
+                 which shuts every other process out), so gitgate cannot open it; nothing was \
+                 changed. End that process's transaction (COMMIT or ROLLBACK in a sqlite3 \
+                 shell) or the process"
             )
         }
         // A file that does not even begin as SQLite's do was most likely never the store (a
