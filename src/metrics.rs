@@ -489,7 +489,7 @@ impl Metrics {
             crate::build_id::own().unwrap_or("-")
         );
         out.push_str(
-            "# HELP gitgate_requests_total Requests to the git port by operation and outcome (what is not a git request, such as GET /, as operation none, outcome rejected); not the REST API's or the probes'.\n\
+            "# HELP gitgate_requests_total Requests to the git port by operation and outcome (what is not a git request, such as GET /, as operation none, outcome rejected, and so is a probe's path asked with a method other than GET or HEAD, answered 405); not the REST API's or the probes'.\n\
              # TYPE gitgate_requests_total counter\n",
         );
         for (o, op) in OPERATIONS.iter().enumerate() {

@@ -277,8 +277,9 @@ impl fmt::Display for LogAgent<'_> {
 /// The log line of an answer the server gives before the gate sees the request (a connection
 /// over its address's cap, too many header fields), in the request log's format with what is
 /// known: every answer is in the log. `outcome` says which refusal it was. Not counted in
-/// `gitgate_requests_total` (no git request was looked at); the cap's refusals have a counter
-/// of their own.
+/// `gitgate_requests_total` (no git request was looked at) but for a probe's path asked with
+/// another method (counted by the server as the gate counts a git path asked so); the cap's
+/// refusals and the heads refused for their size have counters of their own.
 pub fn log_answered_before_the_gate<B>(
     req: &hyper::Request<B>,
     remote: SocketAddr,

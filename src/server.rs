@@ -1580,14 +1580,22 @@ impl Connection {
                     return Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)));
                 }
                 let resp = match health::probe(&gate, req.method(), req.uri().path()).await {
-                    // A probe's path with a method it does not take: logged as the gate would
-                    // log its refusal (a probe's answer itself is not, there are so many).
+                    // A probe's path with a method it does not take: logged and counted as the
+                    // gate logs and counts a git path asked so (operation none, outcome
+                    // rejected; answered at once, so in the duration's first bucket) — a
+                    // probe's answer itself is in neither, there are so many.
                     Some(resp) if resp.status() == StatusCode::METHOD_NOT_ALLOWED => {
                         crate::request_log::log_answered_before_the_gate(
                             &req,
                             remote,
                             resp.status(),
                             "method-not-allowed",
+                        );
+                        METRICS.request_done(
+                            metrics::Operation::None,
+                            metrics::Outcome::Rejected,
+                            None,
+                            Duration::ZERO,
                         );
                         resp
                     }

@@ -489,6 +489,46 @@ fn requests_the_parser_refuses_are_logged_and_counted() {
     );
 }
 
+/// A probe's path asked with a method it does not take (a `405`, logged
+/// `outcome=method-not-allowed`) is counted as the gate counts a git path asked so: operation
+/// none, outcome rejected. The probes' own answers are in no counter.
+#[test]
+fn a_probe_path_asked_with_another_method_is_counted_as_rejected() {
+    let (_sb, server, port) = serving_team_app_to_alice();
+    let answer = |request: &[u8]| {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    for request in [
+        "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "DELETE /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        // The gate's own 405, for comparison.
+        "DELETE /team/app.git/info/refs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let got = answer(request.as_bytes());
+        assert!(got.starts_with("HTTP/1.1 405"), "{request}: {got}");
+    }
+    assert_eq!(http_get(server.port, "/healthz", None).status, 200);
+    assert_eq!(http_get(server.port, "/readyz", None).status, 200);
+    let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
+    let rejected = "gitgate_requests_total{operation=\"none\",outcome=\"rejected\"}";
+    assert_eq!(sample(&text, rejected), 3.0, "{text}");
+    let counted: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("gitgate_requests_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(counted, 3.0, "{text}");
+    assert!(server
+        .log_text()
+        .lines()
+        .any(|l| l.contains("path=/readyz") && l.contains("outcome=method-not-allowed")));
+}
+
 #[test]
 fn requests_from_an_address_blocked_for_failed_authentications_are_counted_apart() {
     let (_sb, server, port) = serving_team_app_to_alice();
