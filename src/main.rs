@@ -113,7 +113,11 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// List users.
+    /// List users: role, status, and wrong passwords in a row against the lock, as the store
+    /// has them. Wrong passwords a running server could not write into the store (a full
+    /// disk, a store made read-only) are counted in its memory only, and shown here once
+    /// written (within 5 s of the store taking writes again); meanwhile its log has them
+    /// (ERROR "could not record a wrong password", with the user).
     List {
         /// Print JSON instead of text.
         #[arg(long)]

@@ -783,6 +783,14 @@ fn user_list_shows_how_close_a_user_is_to_the_lock() {
     assert_login_ok(&create_with_password(&install, PW));
     assert_eq!(alice(&install)["failedLogins"], 0);
     assert_eq!(failed(&install), format!("0/{LOCK_AFTER}"));
+    // What it cannot show: wrong passwords a server counts in its memory while its store takes
+    // no writes, and where they are meanwhile.
+    let help = install.cli_ok(&["user", "list", "--help"], "");
+    assert!(
+        help.contains("counted in its memory only")
+            && help.contains("could not record a wrong password"),
+        "{help}"
+    );
 }
 
 /// `user unlock` also forgets wrong passwords short of the lock: `LOCK_AFTER - 1` wrong, an
