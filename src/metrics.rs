@@ -403,17 +403,17 @@ impl Metrics {
         self.throttled.fetch_add(1, Relaxed);
     }
 
-    /// A request HTTP/1's parser refused (see [`crate::server`]'s unparsable requests).
     /// A connection closed by gitgate's own timeouts (not by a stop, not by the client).
     pub fn connection_cut(&self, why: Cut) {
         self.connections_cut[why as usize].fetch_add(1, Relaxed);
     }
 
+    /// A request refused before the gate saw it for its head: by HTTP/1's parser (see
+    /// [`crate::server`]'s unparsable requests), or over the head's size or field count.
     pub fn unparsable_request(&self) {
         self.unparsable_requests.fetch_add(1, Relaxed);
     }
 
-    /// The backend could not be reached, or failed before or while answering.
     /// The embedded backend started a process ([`Metrics::backend_process_reaped`] once it
     /// is reaped).
     pub fn backend_process_started(&self) {
@@ -434,28 +434,29 @@ impl Metrics {
         self.backend_waiting.fetch_sub(1, Relaxed);
     }
 
-    /// A request answered 503 because `[upstream] max_processes` backends ran for its wait.
     /// An accept failed on git's listener (`metrics: false`) or the metrics one: out of file
     /// descriptors, most often, when the log says it once per window.
     pub fn accept_failed(&self, metrics: bool) {
         self.accept_failures[usize::from(metrics)].fetch_add(1, Relaxed);
     }
 
+    /// A request answered 503 because `[upstream] max_processes` backends ran for its wait.
     pub fn backend_busy(&self) {
         self.backend_busy.fetch_add(1, Relaxed);
     }
 
+    /// The backend could not be reached, or failed before or while answering.
     pub fn upstream_error(&self) {
         self.upstream_errors.fetch_add(1, Relaxed);
     }
 
-    /// An audit event or a last-used time could not be written (the request was served anyway).
     /// Side effects lost so far (for tests).
     #[cfg(test)]
     pub fn side_effect_failures(&self) -> u64 {
         self.side_effect_failures.load(Relaxed)
     }
 
+    /// An audit event or a last-used time could not be written (the request was served anyway).
     pub fn side_effect_failure(&self) {
         self.side_effect_failures.fetch_add(1, Relaxed);
     }
