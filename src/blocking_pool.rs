@@ -13,7 +13,10 @@
 //!
 //! The price: a pool of [`THREADS`] per runtime, where tokio allows 512; a ninth blocking call
 //! at once waits for one of the eight to end (the store's misses are four at a time
-//! process-wide, `Store::miss_slots`; password checks two per core, `api`).
+//! process-wide, `Store::miss_slots`; password checks two per core, `api`). What can hang for
+//! seconds waits for its turn outside the pool, where giving up ends the wait, so that it never
+//! takes all eight: lookups of the upstream's name four at a time (`upstream::lookup`: a
+//! resolver that does not answer).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;

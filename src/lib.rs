@@ -152,7 +152,9 @@
 //!   ([`own_thread`]), and each runtime's blocking pool, kept whole ([`blocking_pool`]) — so
 //!   that one that cannot be started (a process or memory limit) stops the start with the
 //!   reason, and a limit met later meets no thread start (under a memory limit, one aborted
-//!   the process). An IPv6
+//!   the process). Work that can hang for seconds takes few of the pool's eight threads, so
+//!   that token reads and password checks still find one: lookups of the upstream's name
+//!   ([`upstream::lookup`]) four at a time. An IPv6
 //!   listener takes IPv4 clients too (`IPV6_V6ONLY` off, whatever the host's default). One
 //!   single-threaded
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on

@@ -1019,6 +1019,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::upstream::framing",
     "gitgate::upstream::headers",
     "gitgate::upstream::http",
+    "gitgate::upstream::lookup",
     "gitgate::upstream::patience",
     "gitgate::upstream::pool",
     "gitgate::upstream::progress",

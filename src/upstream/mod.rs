@@ -11,6 +11,7 @@ pub mod cgi;
 pub(crate) mod framing;
 pub mod headers;
 pub mod http;
+pub mod lookup;
 pub mod patience;
 pub mod pool;
 mod progress;

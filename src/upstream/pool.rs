@@ -54,6 +54,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use super::lookup::Lookups;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -298,6 +299,8 @@ pub struct Pool {
     idle: Mutex<Stacks>,
     /// Whether a sweeper task runs (see [`sweep`]).
     sweeping: AtomicBool,
+    /// The upstream's name looked up, a few at a time (see [`super::lookup`]).
+    lookups: Lookups,
 }
 
 impl Pool {
@@ -308,6 +311,7 @@ impl Pool {
             idle_timeout,
             idle: Mutex::new(Stacks::default()),
             sweeping: AtomicBool::new(false),
+            lookups: Lookups::default(),
         }
     }
 
@@ -444,7 +448,14 @@ impl Pool {
                 accepted = true;
                 return over(stream, &o.tls).await;
             }
-            let tcp = TcpStream::connect((o.host.as_str(), o.port))
+            // Not `TcpStream::connect((host, port))`: its lookup of a name would take a
+            // blocking thread for as long as a resolver that does not answer holds it.
+            let addresses = self
+                .lookups
+                .addresses(&o.host, o.port)
+                .await
+                .map_err(ConnectError::Io)?;
+            let tcp = TcpStream::connect(addresses.as_slice())
                 .await
                 .map_err(ConnectError::Io)?;
             accepted = true;
