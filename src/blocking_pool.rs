@@ -16,7 +16,8 @@
 //! process-wide, `Store::miss_slots`; password checks two per core, `api`). What can hang for
 //! seconds waits for its turn outside the pool, where giving up ends the wait, so that it never
 //! takes all eight: lookups of the upstream's name four at a time (`upstream::lookup`: a
-//! resolver that does not answer).
+//! resolver that does not answer), blocks' audit events one at a time (`guard`: a store
+//! write-locked by another process).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;

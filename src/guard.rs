@@ -231,6 +231,8 @@ pub struct Guard {
     /// `[auth_failures] exempt`: addresses whose failures the throttle does not count.
     exempt: Vec<crate::network::Cidr>,
     overrides: RwLock<Overrides>,
+    /// The blocks' audit events are written one at a time (see [`Guard::failed_auth`]).
+    block_events: Arc<tokio::sync::Semaphore>,
 }
 
 impl Guard {
@@ -286,6 +288,7 @@ impl Guard {
                 ),
                 unreadable: rules.unreadable,
             }),
+            block_events: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -383,9 +386,22 @@ impl Guard {
         // The row names the request whose failure made the block, as the warning above does.
         let actor = Actor::gitgate(addr.to_string()).in_request(id);
         let target = addr.to_string();
-        // A row the store cannot take (a full disk) is logged whole: what it would have held.
-        tokio::task::spawn_blocking(move || {
-            store.record_event_or_log(&actor, "auth.throttled", &target, &detail);
+        // One at a time, each waiting for its turn here rather than on the blocking pool: a
+        // write waits up to the store's busy timeout (5 s) for a write lock held elsewhere (a
+        // `sqlite3` shell, a backup), and blocks from many addresses meanwhile took every
+        // blocking thread of the worker, so that its token reads on a cache miss and its
+        // password checks waited behind them all. A row the store cannot take (a full disk)
+        // is logged whole: what it would have held.
+        let turns = self.block_events.clone();
+        tokio::spawn(async move {
+            let Ok(turn) = turns.acquire_owned().await else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                store.record_event_or_log(&actor, "auth.throttled", &target, &detail);
+            })
+            .await;
         });
     }
 
@@ -790,6 +806,44 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         panic!("no auth.throttled audit event");
+    }
+
+    /// Blocks from many addresses while another process holds the store's write lock (a
+    /// `sqlite3` shell, a backup): their audit events wait for the lock one at a time, and the
+    /// worker's other blocking work (a token read on a cache miss, a password check) still
+    /// runs at once. Before, each event took a blocking thread for the store's busy timeout
+    /// (5 s), and the read waited behind them all.
+    #[test]
+    fn block_events_waiting_for_the_store_leave_blocking_threads_to_the_rest() {
+        let runtime =
+            crate::blocking_pool::configure(&mut tokio::runtime::Builder::new_current_thread())
+                .enable_all()
+                .build()
+                .unwrap();
+        crate::blocking_pool::start(&runtime).unwrap();
+        let (_d, store) = temp_store();
+        let holder = rusqlite::Connection::open(store.path()).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let g = guard(store.clone(), 60);
+        runtime.block_on(async {
+            for i in 0..3 * crate::blocking_pool::THREADS {
+                let addr: IpAddr = format!("192.0.2.{}", i + 1).parse().unwrap();
+                g.failed_auth(addr, 1, 0, RequestId::next());
+                g.failed_auth(addr, 2, 1, RequestId::next());
+                assert!(g.check_address(addr, 2).is_err());
+            }
+            // The events' tasks, if any (this runtime's only ones), run up to their writes.
+            let tasks = tokio::runtime::Handle::current().metrics();
+            while g.block_events.available_permits() > 0 && tasks.num_alive_tasks() > 0 {
+                tokio::task::yield_now().await;
+            }
+            let read = tokio::task::spawn_blocking(|| "the token's record");
+            let read = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+                .await
+                .expect("a store read waited behind the blocks' audit events");
+            assert_eq!(read.unwrap(), "the token's record");
+        });
+        holder.execute_batch("COMMIT").unwrap();
     }
 
     /// A guard blocking after two failures, except for the `exempt` networks; its store's
