@@ -954,41 +954,154 @@ pub fn closed_port() -> ClosedPort {
     }
 }
 
-/// The ports on 127.0.0.1 that process `pid` listens on (read from `/proc`: the listening
-/// sockets in `/proc/net/tcp`, and the process's descriptors that are those sockets).
-pub fn listening_ports(pid: u32) -> Vec<u16> {
+/// The listening sockets on 127.0.0.1 in `/proc/net/tcp`: for each, its port, its socket's
+/// inode and how many connections wait in its accept queue (the kernel prints that as the
+/// receive queue of a socket in LISTEN).
+fn listeners() -> Vec<Listener> {
     let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
         return Vec::new();
     };
     // The address as the kernel prints it (127.0.0.1 in the byte order of this machine, the
-    // port in hex); `0A` is LISTEN; the tenth field the socket's inode.
+    // port in hex); `0A` is LISTEN; the fifth field the queues (tx:rx), the tenth the inode.
     let local = format!("{:08X}:", u32::from_ne_bytes([127, 0, 0, 1]));
-    let sockets: Vec<(String, u16)> = table
+    table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             let port = f.get(1)?.strip_prefix(&local)?;
             let port = u16::from_str_radix(port, 16).ok()?;
-            (f.len() > 9 && f[3] == "0A").then(|| (format!("socket:[{}]", f[9]), port))
+            let (_, waiting) = f.get(4)?.split_once(':')?;
+            if f.len() <= 9 || f[3] != "0A" {
+                return None;
+            }
+            Some(Listener {
+                port,
+                inode: f[9].parse().ok()?,
+                waiting: usize::from_str_radix(waiting, 16).ok()?,
+            })
         })
-        .collect();
+        .collect()
+}
+
+/// One of [`listeners`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Listener {
+    port: u16,
+    inode: u64,
+    waiting: usize,
+}
+
+/// The inodes of the sockets process `pid` holds open.
+fn socket_inodes(pid: u32) -> Vec<u64> {
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
-    let mut ports: Vec<u16> = fds
-        .flatten()
+    fds.flatten()
         .filter_map(|fd| {
             let target = fs::read_link(fd.path()).ok()?;
-            sockets
-                .iter()
-                .find(|(s, _)| target.as_os_str() == s.as_str())
-                .map(|(_, port)| *port)
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
         })
+        .collect()
+}
+
+/// The listening sockets on 127.0.0.1 that process `pid` holds: (port, the socket's inode).
+/// A test that checks a stop let go of them looks for these sockets, which nothing else can
+/// be, and not at whether their ports are free: another listener of the test run can take a
+/// port the moment it is let go.
+pub fn listening_sockets(pid: u32) -> Vec<(u16, u64)> {
+    let held = socket_inodes(pid);
+    let mut sockets: Vec<(u16, u64)> = listeners()
+        .into_iter()
+        .filter(|l| held.contains(&l.inode))
+        .map(|l| (l.port, l.inode))
         .collect();
-    ports.sort_unstable();
+    sockets.sort_unstable();
+    sockets
+}
+
+/// Whether the listening socket with `inode` still listens, in whatever process holds it (a
+/// child that inherited it too).
+pub fn still_listening(inode: u64) -> bool {
+    listeners().iter().any(|l| l.inode == inode)
+}
+
+/// The ports on 127.0.0.1 that process `pid` listens on (read from `/proc`: the listening
+/// sockets in `/proc/net/tcp`, and the process's descriptors that are those sockets).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let mut ports: Vec<u16> = listening_sockets(pid).iter().map(|&(p, _)| p).collect();
     ports.dedup();
     ports
+}
+
+/// Waits (30 s at most) until no more than `left` connections wait to be accepted on
+/// 127.0.0.1:`port`: the server has taken in the ones this test opened, and not after a time
+/// a loaded machine can outlast. `connect` returns once the kernel has the connection, before
+/// the server's `accept`, and the server's clocks (a header deadline, an idle timeout) start
+/// at the accept.
+pub fn wait_until_accepted(port: u16, left: usize) {
+    let start = Instant::now();
+    loop {
+        let waiting: usize = listeners()
+            .iter()
+            .filter(|l| l.port == port)
+            .map(|l| l.waiting)
+            .sum();
+        if waiting <= left {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{waiting} connections still wait to be accepted on port {port}"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// When the server's log line `line` was written, from the time it starts with (the text
+/// format's RFC 3339 UTC time, `2026-12-07T05:06:16.123456Z`). A test that pins how long the
+/// server took from an event of its own (a signal taken) to another measures between two such
+/// times: from the test's side it would count the start of `kill` and its own wake-ups, which a
+/// loaded machine stretches by seconds.
+pub fn logged_at(line: &str) -> Option<SystemTime> {
+    let stamp = line.get(..line.find('Z')?)?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut ymd = date.splitn(3, '-').map(str::parse::<i64>);
+    let (y, m, d) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
+    let mut hms = time.splitn(3, ':');
+    let (h, min) = (
+        hms.next()?.parse::<u64>().ok()?,
+        hms.next()?.parse::<u64>().ok()?,
+    );
+    let seconds: f64 = hms.next()?.parse().ok()?;
+    // Days since 1970-01-01 of a date in the proleptic Gregorian calendar (Howard Hinnant's
+    // days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    Some(
+        UNIX_EPOCH
+            + Duration::from_secs(days * 86_400 + h * 3_600 + min * 60)
+            + Duration::from_secs_f64(seconds),
+    )
+}
+
+/// The time of the first line of `log` that holds `needle` (see [`logged_at`]).
+#[track_caller]
+pub fn time_of(log: &str, needle: &str) -> SystemTime {
+    let line = log
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?}:\n{log}"));
+    logged_at(line).unwrap_or_else(|| panic!("no time at the start of {line:?}"))
 }
 
 /// Whether process `pid` listens on 127.0.0.1:`port` — and not another process that took the
@@ -1047,32 +1160,67 @@ pub fn wait_until_read_by_server(stream: &TcpStream) {
 /// piped to it, which a test then signals or feeds, and not after a time a loaded machine can
 /// outlast.
 pub fn wait_until_reading_stdin(pid: u32) {
-    // `read`'s number, as the first field of `/proc/PID/syscall` gives it.
-    #[cfg(target_arch = "x86_64")]
-    const READ: &str = "0";
-    #[cfg(target_arch = "aarch64")]
-    const READ: &str = "63";
     let start = Instant::now();
-    loop {
-        let reading = fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|task| {
-                fs::read_to_string(task.path().join("syscall")).is_ok_and(|call| {
-                    let mut fields = call.split_whitespace();
-                    fields.next() == Some(READ) && fields.next() == Some("0x0")
-                })
-            });
-        if reading {
-            return;
-        }
+    while !reading_stdin(pid) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "process {pid} never waited for its standard input"
         );
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Waits until a process that `pid` started (or one they started) is blocked reading its
+/// standard input, as [`wait_until_reading_stdin`]: a server's CGI program that has begun on a
+/// request and waits for the rest of its body.
+pub fn wait_until_a_descendant_reads_stdin(pid: u32) {
+    let start = Instant::now();
+    while !descendants(pid).into_iter().any(reading_stdin) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no process under {pid} waited for its standard input"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether a thread of process `pid` is blocked reading its standard input.
+fn reading_stdin(pid: u32) -> bool {
+    // `read`'s number, as the first field of `/proc/PID/syscall` gives it.
+    #[cfg(target_arch = "x86_64")]
+    const READ: &str = "0";
+    #[cfg(target_arch = "aarch64")]
+    const READ: &str = "63";
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|task| {
+            fs::read_to_string(task.path().join("syscall")).is_ok_and(|call| {
+                let mut fields = call.split_whitespace();
+                fields.next() == Some(READ) && fields.next() == Some("0x0")
+            })
+        })
+}
+
+/// The processes `pid` started, and those they started, and so on (from each thread's
+/// `/proc/PID/task/TID/children`).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = vec![pid];
+    while let Some(parent) = next.pop() {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let list = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in list.split_whitespace().filter_map(|p| p.parse().ok()) {
+                found.push(child);
+                next.push(child);
+            }
+        }
+    }
+    found
 }
 
 /// A `GET` of `target` (path and query, sent verbatim) with optional `Authorization` value.
