@@ -896,26 +896,38 @@ fn a_stop_lets_go_of_the_metrics_address_with_the_git_one() {
     let scrapers: Vec<TcpStream> = (0..17)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
-    thread::sleep(Duration::from_millis(300));
+    common::wait_until_accepted(port, 1);
+    // The two listening sockets, by inode. That they are gone is what is checked, not that
+    // their ports can be bound: another test's listener (on port 0) can take a port the moment
+    // it is let go, and a bind would then fail with gitgate's part done. A socket gitgate
+    // still held, itself or in a child that inherited it, would still be listed as listening.
+    let listening = common::listening_sockets(server.pid());
+    let mut ports: Vec<u16> = listening.iter().map(|&(p, _)| p).collect();
+    ports.dedup();
+    assert_eq!(ports, sorted([server.port, port]), "{listening:?}");
     server.signal("TERM");
     let asked = Instant::now();
-    let (git, metrics) = loop {
-        let git = std::net::TcpListener::bind(("127.0.0.1", server.port));
-        let metrics = std::net::TcpListener::bind(("127.0.0.1", port));
-        if let (Ok(git), Ok(metrics)) = (git, metrics) {
-            break (git, metrics);
-        }
+    while let Some(&(held_port, _)) = listening
+        .iter()
+        .find(|&&(_, inode)| common::still_listening(inode))
+    {
         assert!(
-            asked.elapsed() < Duration::from_secs(5),
-            "the listeners were not let go of:\n{}",
+            asked.elapsed() < Duration::from_secs(10),
+            "the listener on port {held_port} was not let go of:\n{}",
             server.log_text()
         );
-        thread::sleep(Duration::from_millis(50));
-    };
+        thread::sleep(Duration::from_millis(20));
+    }
     // Still draining: the addresses came free before the process ended.
     assert!(server.alive(), "{}", server.log_text());
-    drop((git, metrics, held, scrapers));
+    drop((held, scrapers));
     server.stop_within(Duration::from_secs(15));
+}
+
+/// `ports` in order.
+fn sorted<const N: usize>(mut ports: [u16; N]) -> [u16; N] {
+    ports.sort_unstable();
+    ports
 }
 
 /// A burst of clones past `[upstream] max_processes`: the POST of a clone already let in goes
