@@ -2243,35 +2243,9 @@ fn a_post_waits_a_moment_for_descriptors_to_reach_its_upstream() {
 #[test]
 fn a_memory_limit_that_stops_a_git_process_starting_is_a_shortage() {
     let dir = tempfile::tempdir().unwrap();
-    bare_team_app(dir.path());
-    let cgi = dir.path().join("backend.sh");
-    std::fs::write(
-        &cgi,
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nserved\\n'\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let config = cgi_config(dir.path(), "workers = 1").replace("/bin/true", cgi.to_str().unwrap());
-    let (mut g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
-    // Served once, so that what a request needs is in place before the limit.
-    let (out, _) = info_refs(&g, &auth);
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", g.pid())).unwrap();
-    let size_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    let limit = (size_kib - 1) * 1024;
-    let set = std::process::Command::new("prlimit")
-        .args([
-            "--pid",
-            &g.pid().to_string(),
-            &format!("--as={limit}:{limit}"),
-        ])
-        .status()
-        .expect("prlimit (util-linux)");
-    assert!(set.success());
+    let (mut g, auth) = served_once_before_a_memory_limit(dir.path(), 1);
+    // Below what it has: not even a page more.
+    limit_address_space(g.pid(), address_space(g.pid()) - 1024);
     for _ in 0..3 {
         let (out, _) = info_refs(&g, &auth);
         assert!(out.starts_with("HTTP/1.1 503"), "{out}\n{}", g.log_text());
@@ -2290,6 +2264,32 @@ fn a_memory_limit_that_stops_a_git_process_starting_is_a_shortage() {
     );
     assert!(log.contains("or memory"), "{log}");
     assert!(!log.contains("backend failed"), "{log}");
+}
+
+/// A gitgate in `dir` with `workers` worker threads, before a test holds its memory: its CGI
+/// program (a shell's `printf`) answers every request with a small `200` of its own, and one
+/// info/refs has been served with the project token's Basic credentials returned, so that what
+/// a request needs is in place before the limit; the readiness check's threads have run and
+/// ended by the start's `ready:` line, waited for.
+fn served_once_before_a_memory_limit(dir: &Path, workers: usize) -> (Server, String) {
+    bare_team_app(dir);
+    // Written beside, then installed: a program written here and run at once can be `Text
+    // file busy` (see `common::install_executable`).
+    let script = dir.join("backend.sh.in");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nserved\\n'\n",
+    )
+    .unwrap();
+    let cgi = dir.join("backend.sh");
+    common::install_executable(&script, &cgi);
+    let config = cgi_config(dir, &format!("workers = {workers}"))
+        .replace("/bin/true", cgi.to_str().unwrap());
+    let (g, auth) = start_with_token(dir, &config, "PROJECT_READ");
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    wait_for_lines(&g, "ready:", 1);
+    (g, auth)
 }
 
 /// The address-space size of process `pid` (`VmSize`), in bytes.
@@ -2338,21 +2338,7 @@ fn wait_for_lines(g: &Server, needle: &str, n: usize) -> String {
 #[test]
 fn a_memory_limit_met_after_the_start_starts_no_thread_that_ends_the_process() {
     let dir = tempfile::tempdir().unwrap();
-    bare_team_app(dir.path());
-    let cgi = dir.path().join("backend.sh");
-    std::fs::write(
-        &cgi,
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nserved\\n'\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let config = cgi_config(dir.path(), "workers = 2").replace("/bin/true", cgi.to_str().unwrap());
-    let (mut g, auth) = start_with_token(dir.path(), &config, "PROJECT_READ");
-    // Served once, so that what a request needs is in place before the limit; the readiness
-    // check's threads have run and ended by the start's "ready" line.
-    let (out, _) = info_refs(&g, &auth);
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    wait_for_lines(&g, "ready:", 1);
+    let (mut g, auth) = served_once_before_a_memory_limit(dir.path(), 2);
     limit_address_space(g.pid(), address_space(g.pid()));
     g.signal("HUP");
     wait_for_lines(&g, "SIGHUP: no [server.tls]", 1);
