@@ -4934,7 +4934,16 @@ fn a_stop_after_a_pushs_probe_still_lets_its_post_come() {
     let advertised = answer(&mut s);
     assert!(advertised.starts_with("HTTP/1.1 200"), "{advertised}");
     server.signal("TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    // The stop has begun before the probe.
+    let began = Instant::now();
+    while !server.log_text().contains("shutting down on SIGTERM") {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "the stop never began:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // git's probe (a flush packet, four bytes), then, 3 s later, the same again in the pack's
     // place: three times the second a connection with nothing awaited is held.
     let post = format!(

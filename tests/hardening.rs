@@ -435,7 +435,7 @@ fn every_worker_thread_counts_against_the_same_limits() {
     let conns: Vec<TcpStream> = (0..8)
         .map(|_| TcpStream::connect(server.addr).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_until_accepted(server.addr.port(), 0);
     let request = format!(
         "GET {IR} HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
         basic("alice", &server.write_token)
