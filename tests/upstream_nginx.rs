@@ -79,6 +79,9 @@ struct Nginx {
     child: Option<Child>,
     fcgiwrap: Child,
     nginx_bin: PathBuf,
+    /// Its TCP ports while it is down between `stop_nginx_holding_its_ports` and
+    /// `start_nginx`, held by sockets bound but not listening.
+    held: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Nginx {
@@ -156,6 +159,7 @@ impl Nginx {
             child: None,
             fcgiwrap,
             nginx_bin: tools.nginx.clone(),
+            held: Vec::new(),
         };
         // A port from `free_port` is let go before nginx binds it, and another listener can
         // take it first: another test's gitgate on port 0, or its nginx (a CI run's first
@@ -180,8 +184,10 @@ impl Nginx {
         n
     }
 
-    /// nginx again on the ports it had (after `stop_nginx`): gitgate's config names them.
+    /// nginx again on the ports it had (after `stop_nginx_holding_its_ports`): gitgate's
+    /// config names them. The ports are let go of only now, just before nginx binds them.
     fn start_nginx(&mut self) {
+        self.held.clear();
         assert!(
             self.launch(),
             "nginx restarted, but another process listens on 127.0.0.1:{} or :{}",
@@ -230,6 +236,31 @@ impl Nginx {
         }
         self.stop_nginx();
         false
+    }
+
+    /// nginx gone, its TCP ports held until `start_nginx`: each by a socket bound to it but not
+    /// listening, so that a connection to it is still refused, as to a port nothing has, but a
+    /// bind to port 0 — every other test's gitgate, and `common::free_port` — is not given it
+    /// meanwhile (the kernel passes over a bound port: seen in a network namespace whose
+    /// ephemeral range was two ports). A whole-suite run once met another test's listener on
+    /// one in the seconds nginx was down, and nginx could not come back. `SO_REUSEADDR`, as
+    /// nginx's own sockets have, so that its connections' `TIME_WAIT` does not stop the bind;
+    /// the listener's own socket may take a moment to go.
+    fn stop_nginx_holding_its_ports(&mut self) {
+        use rustix::net::{AddressFamily, SocketType};
+        self.stop_nginx();
+        for port in [self.port, self.tls_port] {
+            let socket =
+                rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+            rustix::net::sockopt::set_socket_reuseaddr(&socket, true).unwrap();
+            let at = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
+            wait_for(
+                "nginx's port to be free to hold",
+                Duration::from_secs(10),
+                || rustix::net::bind(&socket, &at).is_ok(),
+            );
+            self.held.push(socket);
+        }
     }
 
     fn stop_nginx(&mut self) {
@@ -826,7 +857,7 @@ fn clone_push_and_v2_over_the_upstreams_unix_socket() {
         );
     }
     // Down: a 502 whose log line names the URL and the socket; back: served again.
-    w.nginx.stop_nginx();
+    w.nginx.stop_nginx_holding_its_ports();
     let (status, _, body) = advertise(&w, &g);
     assert_eq!(status, 502, "{body}");
     let socket = w.path("nginx/nginx.sock");
@@ -1269,7 +1300,7 @@ fn upstream_down_is_502_then_recovers() {
     let url = w.url(&g);
     w.git_ok(w.dir.path(), &["ls-remote", &url]);
 
-    w.nginx.stop_nginx();
+    w.nginx.stop_nginx_holding_its_ports();
     let (status, head, body) = advertise(&w, &g);
     assert_eq!(status, 502, "{head}\n{body}");
     assert!(
@@ -1345,7 +1376,7 @@ fn the_start_reports_whether_the_backend_answers() {
     assert!(!log.contains("not ready"), "{log}");
     drop(g);
 
-    w.nginx.stop_nginx();
+    w.nginx.stop_nginx_holding_its_ports();
     let g = w.serve(&Options::default());
     let log = log_with(&g, "not ready: git backend unreachable");
     let upstream = format!("127.0.0.1:{}", w.nginx.port);
