@@ -79,6 +79,9 @@ pub enum Error {
     Conflict(String),
     /// The store failed (busy, broken).
     Store(StoreError),
+    /// Not possible now, for a reason of the server's own that passes (503): a password that
+    /// could not be checked for want of memory.
+    Unavailable(String),
 }
 
 impl fmt::Display for Error {
@@ -88,7 +91,8 @@ impl fmt::Display for Error {
             | Error::Unauthenticated(m)
             | Error::Forbidden(m)
             | Error::NotFound(m)
-            | Error::Conflict(m) => f.write_str(m),
+            | Error::Conflict(m)
+            | Error::Unavailable(m) => f.write_str(m),
             Error::Store(e) => write!(f, "{e}"),
         }
     }
@@ -197,9 +201,14 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
             .max()
             .filter(|&until| now < until)
     };
+    // A password that could not be checked (its memory not had) is neither right nor wrong:
+    // answered as the server's shortage, and not counted towards the lock.
+    let unchecked = |e: password::NoMemory| password_unchecked(&e, &shown, actor);
     if let Some(until) = lock_in_force(stored_lock, now) {
-        // The same argon2 time as any other answer.
-        let _ = password::verify(password, dummy_hash());
+        // The same argon2 time as any other answer, and the same answer when it cannot be had.
+        dummy_hash()
+            .and_then(|hash| password::verify(password, hash))
+            .map_err(unchecked)?;
         tracing::info!(
             user,
             source = %crate::log_value::LogValue(&actor.source),
@@ -211,10 +220,12 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     let Some(hash) = store.password_hash(user)? else {
         // Spend the same argon2 time as for a real user, so that the answer's timing does not
         // tell which user names exist.
-        let _ = password::verify(password, dummy_hash());
+        dummy_hash()
+            .and_then(|hash| password::verify(password, hash))
+            .map_err(unchecked)?;
         return fail("unknown user", wrong());
     };
-    if !password::verify(password, &hash) {
+    if !password::verify(password, &hash).map_err(unchecked)? {
         let locked = match store.record_password_failure(
             user,
             now,
@@ -479,10 +490,51 @@ fn lock_made_ahead(until: i64, now: i64) -> bool {
 }
 
 /// A valid argon2id hash of nothing anyone knows, computed once, for [`login`]'s unknown users.
-fn dummy_hash() -> &'static str {
+/// One that could not be made for want of memory is made at the next login: kept, an empty
+/// hash would answer unknown users at once, telling their names from real ones by the time.
+fn dummy_hash() -> Result<&'static str, password::NoMemory> {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| password::hash("gitgate: no such user").unwrap_or_default())
+    if let Some(hash) = HASH.get() {
+        return Ok(hash);
+    }
+    match password::hash("gitgate: no such user") {
+        Ok(hash) => Ok(HASH.get_or_init(|| hash)),
+        Err(password::HashError::NoMemory(e)) => Err(e),
+        // No randomness from the OS for its salt: none is kept, and it is tried again.
+        Err(password::HashError::Refused(_)) => Ok(""),
+    }
 }
+
+/// A password check that could not run for want of memory ([`password::NoMemory`]): said in
+/// the log at once, then at most once a minute with how many since (a flood of logins at the
+/// limit would otherwise write a line each), and answered as the server's passing shortage.
+fn password_unchecked(e: &password::NoMemory, user: &str, actor: &Actor) -> Error {
+    use std::sync::{LazyLock, Mutex};
+    static SAID: LazyLock<Mutex<crate::repeats::Repeats>> = LazyLock::new(|| {
+        Mutex::new(crate::repeats::Repeats::new(
+            std::time::Duration::from_secs(60),
+        ))
+    });
+    let due = SAID
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .failed(std::time::Instant::now());
+    if let Some(times) = due {
+        tracing::error!(
+            user,
+            source = %crate::log_value::LogValue(&actor.source),
+            times,
+            error = %crate::log_value::LogText(&e.to_string()),
+            "a password could not be checked: its login is answered 503 and not counted as a \
+             failure; said again at most once a minute while it goes on"
+        );
+    }
+    Error::Unavailable(PASSWORD_UNCHECKED.to_string())
+}
+
+/// What a caller whose password could not be checked for want of memory is told.
+pub const PASSWORD_UNCHECKED: &str = "gitgate cannot check a password now: it is short of \
+    memory (the reason is in gitgate's log); try again in a moment";
 
 /// The global expiry policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1113,6 +1165,31 @@ mod tests {
             )
             .unwrap();
         (dir, store)
+    }
+
+    /// A password whose check cannot get its memory is neither right nor wrong: the login is
+    /// refused as the server's passing shortage (`Unavailable`, the REST API's `503`), and
+    /// counts for nothing towards the lock. Here the stored hash asks for 4 TiB.
+    #[test]
+    fn a_password_that_cannot_be_checked_is_unavailable_and_not_counted() {
+        let (_dir, store) = setup();
+        let stored = format!(
+            "$argon2id$v=19$m={},t=1,p=1$BwcHBwcHBwcHBwcHBwcHBw$\
+             AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            u32::MAX
+        );
+        store
+            .set_password("alice", &stored, clock::now_ms(), &actor())
+            .unwrap();
+        for password in ["pw", "wrong"] {
+            match login(&store, "alice", password, &actor()) {
+                Err(Error::Unavailable(m)) => assert_eq!(m, PASSWORD_UNCHECKED),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(store.user("alice").unwrap().unwrap().failed_logins, Some(0));
+        // The other users' passwords are checked as ever.
+        assert!(login(&store, "bob", "pw", &actor()).is_ok());
     }
 
     /// Guesses run at once: a lock made by the wrong ones while the right one's argon2 runs

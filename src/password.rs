@@ -1,39 +1,145 @@
 //! User passwords, which guard only management (token creation and the REST API; git always uses
 //! tokens). Stored as argon2id PHC strings — a deliberately slow hash, unlike token secrets, because
 //! people choose passwords with little entropy.
+//!
+//! Each hash and each check works in memory of its own, 19 MiB by argon2's default (the stored
+//! hash's `m=` for a check), set aside here with [`Vec::try_reserve_exact`] rather than by the
+//! argon2 crate's own `vec!`: under a memory limit (`RLIMIT_AS`: `ulimit -v`, systemd's
+//! `LimitAS=`) an allocation the standard library cannot make aborts the whole process, where
+//! this one is an error, [`NoMemory`], which the REST API answers with a `503` and the log says.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use std::fmt;
+
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+
+/// The memory a password's hash or check needs could not be had: the process is at its memory
+/// limit (or a stored hash asks for more than there is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoMemory {
+    /// How much was asked for.
+    pub bytes: usize,
+}
+
+impl fmt::Display for NoMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot set aside the {} MiB of memory a password's hash takes (argon2): gitgate is \
+             at its memory limit (the address space of LimitAS or ulimit -v, or the machine's \
+             memory)",
+            self.bytes.div_ceil(1 << 20)
+        )
+    }
+}
+
+impl std::error::Error for NoMemory {}
+
+/// The memory argon2 works in for `params`, zeroed; `Err` rather than an abort when it cannot be
+/// had.
+fn memory_for(params: &Params) -> Result<Vec<Block>, NoMemory> {
+    let count = params.block_count();
+    let no_memory = NoMemory {
+        bytes: count.saturating_mul(Block::SIZE),
+    };
+    let mut blocks = Vec::new();
+    blocks.try_reserve_exact(count).map_err(|_| no_memory)?;
+    blocks.resize(count, Block::default());
+    Ok(blocks)
+}
+
+/// Why a password could not be hashed.
+#[derive(Debug)]
+pub enum HashError {
+    /// The password itself is refused; the words say why and what to do.
+    Refused(String),
+    /// Its memory could not be had.
+    NoMemory(NoMemory),
+}
+
+impl fmt::Display for HashError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashError::Refused(why) => f.write_str(why),
+            HashError::NoMemory(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<HashError> for String {
+    fn from(e: HashError) -> String {
+        e.to_string()
+    }
+}
 
 /// Hash `password` with argon2id and a fresh 16-byte salt from the OS.
-pub fn hash(password: &str) -> Result<String, String> {
+pub fn hash(password: &str) -> Result<String, HashError> {
     if password.is_empty() {
-        return Err("the password is empty".into());
+        return Err(HashError::Refused("the password is empty".into()));
     }
     // A login refuses a token in place of the password (tokens cannot manage tokens), so an
     // account with one as its password could never log in.
     if crate::token::parse(password).is_some() {
-        return Err(
+        return Err(HashError::Refused(
             "that is a gitgate access token, which logins refuse: choose another password".into(),
-        );
+        ));
     }
+    let refused = |e: String| HashError::Refused(format!("cannot hash the password: {e}"));
     let mut salt = [0u8; 16];
-    getrandom::getrandom(&mut salt).map_err(|e| format!("no randomness from the OS: {e}"))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| format!("cannot hash the password: {e}"))
+    getrandom::getrandom(&mut salt)
+        .map_err(|e| HashError::Refused(format!("no randomness from the OS: {e}")))?;
+    let params = Params::default();
+    let mut memory = memory_for(&params).map_err(HashError::NoMemory)?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+        .hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, &mut memory)
+        .map_err(|e| refused(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| refused(e.to_string()))?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| refused(e.to_string()))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| refused(e.to_string()))?),
+    };
+    Ok(phc.to_string())
 }
 
-/// Whether `password` matches the stored PHC string (constant-time inside argon2).
-pub fn verify(password: &str, stored: &str) -> bool {
-    match PasswordHash::new(stored) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
+/// Whether `password` matches the stored PHC string (compared in constant time); `Err` when
+/// the memory its check needs could not be had, so that nothing is known.
+pub fn verify(password: &str, stored: &str) -> Result<bool, NoMemory> {
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return Ok(false);
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Ok(false);
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
+        return Ok(false);
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return Ok(false),
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return Ok(false);
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return Ok(false);
+    };
+    let mut memory = memory_for(&params)?;
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let out = &mut out[..expected.len()];
+    if Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password.as_bytes(), salt, out, &mut memory)
+        .is_err()
+    {
+        return Ok(false);
     }
+    // `Output`'s comparison takes the same time wherever the two differ.
+    Ok(Output::new(out).is_ok_and(|computed| computed == expected))
 }
 
 #[cfg(test)]
@@ -43,19 +149,69 @@ mod tests {
     #[test]
     fn hash_and_verify() {
         let h = hash("correct horse").unwrap();
-        assert!(h.starts_with("$argon2id$"));
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
         assert!(!h.contains("correct horse"));
-        assert!(verify("correct horse", &h));
-        assert!(!verify("wrong", &h));
-        assert!(!verify("correct horse", "not a hash"));
+        assert_eq!(verify("correct horse", &h), Ok(true));
+        assert_eq!(verify("wrong", &h), Ok(false));
+        assert_eq!(verify("correct horse", "not a hash"), Ok(false));
         assert_ne!(h, hash("correct horse").unwrap());
         assert!(hash("").is_err());
+    }
+
+    /// Hashes made here and by the argon2 crate's own `PasswordHasher` (what stored every
+    /// password before) are checked alike, both ways, whatever their parameters.
+    #[test]
+    fn hashes_are_the_argon2_crates_own() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let salt = SaltString::encode_b64(&[7; 16]).unwrap();
+        let theirs = Argon2::default()
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        assert_eq!(verify("correct horse", &theirs), Ok(true));
+        assert_eq!(verify("correct hors", &theirs), Ok(false));
+        let ours = hash("correct horse").unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default()
+            .verify_password(b"correct horse", &parsed)
+            .is_ok());
+        // Other parameters, algorithm and output length, as a hash stored by another tool.
+        let params = Params::new(64, 1, 2, Some(48)).unwrap();
+        let other = Argon2::new(Algorithm::Argon2i, Version::V0x10, params)
+            .hash_password(b"pw", &salt)
+            .unwrap()
+            .to_string();
+        assert_eq!(verify("pw", &other), Ok(true));
+        assert_eq!(verify("pq", &other), Ok(false));
+    }
+
+    /// A check whose memory cannot be had is an error, not an abort of the process: here a
+    /// stored hash asking for 4 TiB (`m=4294967295`, as one edited by hand could), which the
+    /// argon2 crate's own `vec!` could not get either — and aborted the test process with
+    /// "memory allocation of 4398046510080 bytes failed".
+    #[test]
+    fn memory_that_cannot_be_had_is_an_error_not_an_abort() {
+        let salt = SaltString::encode_b64(&[7; 16]).unwrap();
+        let stored = format!(
+            "$argon2id$v=19$m={},t=1,p=1${}$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            u32::MAX,
+            salt.as_str()
+        );
+        assert!(PasswordHash::new(&stored).is_ok(), "{stored}");
+        let e = verify("pw", &stored).unwrap_err();
+        assert_eq!(e.bytes, (u32::MAX as usize / 4 * 4) * 1024);
+        let said = e.to_string();
+        assert!(
+            said.starts_with("cannot set aside the 4194304 MiB of memory")
+                && said.contains("LimitAS"),
+            "{said}"
+        );
     }
 
     #[test]
     fn a_token_is_refused_as_a_password() {
         let token = crate::token::generate().unwrap();
-        let e = hash(token.secret.expose()).unwrap_err();
+        let e = hash(token.secret.expose()).unwrap_err().to_string();
         assert!(e.contains("choose another password"), "{e}");
         assert!(!e.contains(token.secret.expose()));
     }

@@ -167,6 +167,7 @@ impl From<lifecycle::Error> for ApiError {
             E::Forbidden(_) => StatusCode::FORBIDDEN,
             E::NotFound(_) => StatusCode::NOT_FOUND,
             E::Conflict(_) => StatusCode::CONFLICT,
+            E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::Store(StoreError::Busy) | E::Store(StoreError::Open { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -984,6 +985,10 @@ mod tests {
         assert_eq!(
             ApiError::from(lifecycle::Error::NotFound("x".into())).status,
             StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::from(lifecycle::Error::Unavailable("x".into())).status,
+            StatusCode::SERVICE_UNAVAILABLE
         );
     }
 
