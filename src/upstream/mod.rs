@@ -84,30 +84,29 @@ pub enum Fault {
 }
 
 /// Says that a git process could not be started for want of processes, file descriptors or
-/// memory (`EAGAIN`, `EMFILE`, `ENFILE`, `ENOMEM`): at once, then at most once a minute with how many since — a
+/// memory (`EAGAIN`, `EMFILE`, `ENFILE`, `ENOMEM`), naming the limit to raise
+/// ([`cgi::CgiError::shortage`]): at once, then at most once a minute with how many since — a
 /// burst of clones past the limit would otherwise write one error line per request.
 fn out_of_processes_or_descriptors(e: &cgi::CgiError) {
     use crate::repeats::{Due, SaidInTime};
     static SAID: std::sync::OnceLock<std::sync::Arc<SaidInTime>> = std::sync::OnceLock::new();
     let said = SAID
         .get_or_init(|| std::sync::Arc::new(SaidInTime::new(std::time::Duration::from_secs(60))));
-    let say = |times: u64, error: &str| {
+    let say = |times: u64, error: &str, shortage: &str| {
         tracing::warn!(
             times,
             error = %crate::log_value::LogText(error),
-            "cannot start a git process: this process is out of processes, file descriptors or \
-             memory (its open-files limit, LimitNOFILE under systemd, or the system's; its \
-             process limit, TasksMax; a memory limit, MemoryMax); git requests are answered 503 \
-             until some come free"
+            "cannot start a git process: this process is out of {shortage}; git requests are \
+             answered 503 until some come free"
         );
     };
-    let error = e.to_string();
+    let (error, shortage) = (e.to_string(), e.shortage());
     if let Some(times) = said.with(|r| r.failed(std::time::Instant::now())) {
-        say(times, &error);
+        say(times, &error, shortage);
     }
     said.look_again_later(false, move |due| {
         if let Due::Unsaid(times) = due {
-            say(times, &error);
+            say(times, &error, shortage);
         }
     });
 }

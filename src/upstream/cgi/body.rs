@@ -199,6 +199,16 @@ async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>)
     }
 }
 
+/// What git ran out of, with the limit to raise, when it said it could not start a process of
+/// its own (`error: cannot fork() for ...: <the C library's words>` on its stderr).
+fn fork_shortage(info: &super::process::ExitInfo) -> Option<&'static str> {
+    [&info.first_error, &info.last_stderr]
+        .into_iter()
+        .flatten()
+        .find(|said| super::git_could_not_fork(said))
+        .map(|said| super::git_fork_shortage(said))
+}
+
 /// A push answered whole whose repository refused some of it: receive-pack reports that inside
 /// its `200` (smart HTTP has no other way), so the request line says `status=200
 /// outcome=complete` and only git's user would know. A pack refused (`unpack <error>`: a full
@@ -210,21 +220,18 @@ async fn drain(mut stdout: ChildStdout, finishing: Option<(Finishing, Telling)>)
 /// or in part, while receive-pack could not start a process of its own (`error: cannot
 /// fork()` on its stderr, `info`: for `unpack-objects` or `index-pack`, which refuses the
 /// pack, or the `rev-list` of its connectivity check, which refuses the refs as `missing
-/// necessary objects`) is a shortage of processes, and said as one: its user read only that
-/// refusal, and the repository is well.
+/// necessary objects`) is a shortage of processes or memory, and said as one, with the limit
+/// to raise: its user read only that refusal, and the repository is well.
 fn log_a_refused_push(push: &Finishing, info: &super::process::ExitInfo) {
     if !push.said.has_begun() {
         return;
     }
     let outcome = push.said.outcome();
-    let could_not_fork = [&info.first_error, &info.last_stderr]
-        .into_iter()
-        .flatten()
-        .any(|said| super::git_could_not_fork(said));
+    let could_not_fork = fork_shortage(info);
     let refused =
         outcome.starts_with("refused:") || push.said.failed() > 0 || outcome.contains(" refused: ");
-    if refused && could_not_fork {
-        tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "git refused a push, or some of its refs, because it could not start a process of its own: this server is out of processes (the process limit of gitgate's user: ulimit -u, systemd's TasksMax), a capacity problem, not a broken repository, a full disk or the repository's rules; git told its user only the refusal (`unpacker error`, `missing necessary objects`)");
+    if let Some(shortage) = could_not_fork.filter(|_| refused) {
+        tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "git refused a push, or some of its refs, because it could not start a process of its own: this server is out of {shortage}, a capacity problem, not a broken repository, a full disk or the repository's rules; git told its user only the refusal (`unpacker error`, `missing necessary objects`)");
     } else if outcome.starts_with("refused:") {
         tracing::warn!(target: "gitgate::cgi", request_id = %push.request_id, push = %LogValue(&push.label), outcome = %LogText(&outcome), "the repository refused a push's pack (git told its user why; a full disk or the repository's limits, say)");
     } else if push.said.failed() > 0 {
@@ -696,15 +703,11 @@ impl Body for CgiBody {
                 None if info.refused_a_malformed_request() => Poll::Ready(Some(Err(
                     crate::upstream::MalformedRequest(info.to_string()).into_io(),
                 ))),
-                None if [&info.first_error, &info.last_stderr]
-                    .into_iter()
-                    .flatten()
-                    .any(|said| super::git_could_not_fork(said)) =>
-                {
+                None if fork_shortage(&info).is_some() => {
+                    let shortage = fork_shortage(&info).unwrap_or_default();
                     Poll::Ready(Some(Err(io::Error::other(format!(
                         "git could not start a process of its own after its response headers: \
-                         this server is out of processes (the process limit of gitgate's user: \
-                         ulimit -u, systemd's TasksMax), a capacity problem, not a broken \
+                         this server is out of {shortage}, a capacity problem, not a broken \
                          repository; {info}"
                     )))))
                 }

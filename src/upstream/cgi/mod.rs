@@ -268,15 +268,11 @@ impl CgiError {
 }
 
 impl CgiError {
-    /// The backend could not be started for want of processes, file descriptors or memory (a
-    /// memory limit, `MemoryMax` or `ulimit -v`, reached by the clones under way: `ENOMEM`,
-    /// which git's own `cannot fork()` below counts too): the server is overloaded for now,
-    /// not broken.
+    /// The backend could not be started for want of processes, file descriptors or memory
+    /// (`ENOMEM`: gitgate's address-space limit, `LimitAS` or `ulimit -v`, reached by the
+    /// clones under way, which git's own `cannot fork()` below counts too): the server is
+    /// overloaded for now, not broken. [`CgiError::shortage`] says which.
     pub fn is_overload(&self) -> bool {
-        const EAGAIN: i32 = 11;
-        const ENOMEM: i32 = 12;
-        const ENFILE: i32 = 23;
-        const EMFILE: i32 = 24;
         match self {
             CgiError::Spawn(e) => {
                 matches!(e.raw_os_error(), Some(EAGAIN | ENOMEM | ENFILE | EMFILE))
@@ -287,11 +283,65 @@ impl CgiError {
             _ => false,
         }
     }
+
+    /// For an overload ([`CgiError::is_overload`]): what ran out, and the limit to raise.
+    pub fn shortage(&self) -> &'static str {
+        match self {
+            CgiError::Spawn(e) => shortage(e.raw_os_error()),
+            CgiError::Exited(why) => git_fork_shortage(why),
+            _ => shortage(None),
+        }
+    }
+}
+
+const EAGAIN: i32 = 11;
+const ENOMEM: i32 = 12;
+const ENFILE: i32 = 23;
+const EMFILE: i32 = 24;
+
+/// Pure: what ran out when a process could not start with `errno`, and the limit that gave the
+/// error, for the operator to raise. Memory is the address space's limit (`RLIMIT_AS`: systemd's
+/// `LimitAS=`, `ulimit -v`), which refuses a process's start with `ENOMEM`; a cgroup's
+/// `MemoryMax=` refuses none (it reclaims, then its OOM killer ends a process).
+pub(crate) fn shortage(errno: Option<i32>) -> &'static str {
+    match errno {
+        Some(EAGAIN) => {
+            "processes (the process limit of gitgate's user: ulimit -u, systemd's TasksMax)"
+        }
+        Some(ENOMEM) => {
+            "memory (gitgate's address-space limit: ulimit -v, systemd's LimitAS; or, with \
+             vm.overcommit_memory = 2, the system's commit limit)"
+        }
+        Some(EMFILE) => {
+            "file descriptors (gitgate's open-files limit: ulimit -n, systemd's LimitNOFILE)"
+        }
+        Some(ENFILE) => "file descriptors (the system's: fs.file-max)",
+        _ => {
+            "processes, file descriptors or memory (the process limit of gitgate's user, \
+             TasksMax; its open-files limit, LimitNOFILE; its address-space limit, LimitAS)"
+        }
+    }
+}
+
+/// Pure: [`shortage`] by git's words of a process it could not start (`error: cannot fork()
+/// for upload-pack: Resource temporarily unavailable`, the C library's words for the error).
+pub(super) fn git_fork_shortage(said: &str) -> &'static str {
+    let errno = [
+        ("Resource temporarily unavailable", EAGAIN),
+        ("Cannot allocate memory", ENOMEM),
+        ("Too many open files in system", ENFILE),
+        ("Too many open files", EMFILE),
+    ]
+    .into_iter()
+    .find(|(words, _)| said.contains(words))
+    .map(|(_, errno)| errno);
+    shortage(errno)
 }
 
 /// Whether git's words say it could not start a process of its own (`error: cannot fork() for
 /// upload-pack: Resource temporarily unavailable`): the process limit of gitgate's user
-/// (`ulimit -u`, systemd's `TasksMax`), a capacity problem rather than a broken backend.
+/// (`ulimit -u`, systemd's `TasksMax`) or its address-space limit (`Cannot allocate memory`),
+/// a capacity problem rather than a broken backend ([`git_fork_shortage`] says which).
 pub(super) fn git_could_not_fork(said: &str) -> bool {
     said.contains("cannot fork()")
 }

@@ -484,6 +484,37 @@ fn running_out_of_processes_or_files_is_an_overload_not_a_failure() {
     assert!(!CgiError::Exited("exit status: 1; nothing on stderr".into()).is_overload());
 }
 
+/// Each shortage names the limit that gave its error, for the operator to raise: `ENOMEM` at a
+/// process's start is the address space's limit (`LimitAS`, `ulimit -v`), not a cgroup's
+/// `MemoryMax`, which refuses no process (the words said `MemoryMax` before); git's own
+/// `cannot fork()` is read by the C library's words for the error.
+#[test]
+fn a_shortage_names_the_limit_to_raise() {
+    let spawn = |errno| CgiError::Spawn(io::Error::from_raw_os_error(errno)).shortage();
+    let memory = spawn(12);
+    assert!(
+        memory.starts_with("memory (") && memory.contains("LimitAS"),
+        "{memory}"
+    );
+    assert!(memory.contains("ulimit -v"), "{memory}");
+    assert!(spawn(11).starts_with("processes (") && spawn(11).contains("TasksMax"));
+    assert!(spawn(24).contains("LimitNOFILE"));
+    assert!(spawn(23).contains("fs.file-max"));
+    let git = |words: &str| {
+        CgiError::Exited(format!(
+            "exit status: 1; last stderr line: \"error: cannot fork() for upload-pack: {words}\""
+        ))
+        .shortage()
+    };
+    assert_eq!(git("Cannot allocate memory"), memory);
+    assert_eq!(git("Resource temporarily unavailable"), spawn(11));
+    assert_eq!(git("Too many open files"), spawn(24));
+    assert_eq!(git("Too many open files in system"), spawn(23));
+    for errno in [11, 12, 23, 24] {
+        assert!(!spawn(errno).contains("MemoryMax"), "{}", spawn(errno));
+    }
+}
+
 /// What the gate answers when the runner asks again (`CgiRequest::still_allowed`).
 struct Answers {
     allowed: bool,
