@@ -12,7 +12,9 @@
 //! finish (then `run` returns and the process exits 0); SIGHUP reloads the TLS certificate
 //! and the upstream credentials ([`crate::reload`]). A panic while handling a request becomes a 500 for that request
 //! ([`crate::unwind`]); one while streaming is caught by tokio and ends that connection only.
-//! Either way it is logged and the process lives on.
+//! Either way it is logged and the process lives on. One outside any connection — a worker's
+//! loop, or the accept loop itself — stops the accepting: the requests in
+//! flight drain, and the process exits with status 1 for its supervisor to start it again.
 
 use crate::log_value::LogText;
 use std::convert::Infallible;
@@ -502,13 +504,16 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         .limits
         .max_connections_per_address
         .map(|max| AddressCap::new(max, config.server.trusted_proxies.clone()));
-    let accepting = accept(
-        listener,
-        local,
-        &workers,
-        &settings.limits,
-        address_cap,
-        stop.next(),
+    let accepting = until_its_panic(
+        accept(
+            listener,
+            local,
+            &workers,
+            &settings.limits,
+            address_cap,
+            stop.next(),
+        ),
+        settings.limits.shutdown_grace,
     )
     .await;
     let _ = stopping_now.send(true);
@@ -558,8 +563,8 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
              written (see above)"
         );
     }
-    // A listening socket that failed for good, or a worker that stopped (a panic outside a
-    // connection), ends the process with its reason (exit 1), so
+    // A listening socket that failed for good, a worker that stopped (a panic outside a
+    // connection), or the accepting's own panic, ends the process with its reason (exit 1), so
     // that a supervisor starts it again rather than taking the stop for one it asked for.
     accepting.map(|_| Ended::Served)
 }
@@ -862,6 +867,49 @@ fn worker_stopped(i: usize) -> String {
          server short of a worker serves at part of its capacity; gitgate stopped, to be \
          started again"
     )
+}
+
+/// `accepting` ([`accept`]) with a panic of its own — in the accept loop, outside any
+/// connection — ending it as a stopped worker does: with the reason ([`accepting_stopped`];
+/// the panic's message is in the log, by [`crate::unwind::install_hook`]), the listening socket
+/// closed with the panicked loop, and the drain and exit status 1 to follow. Unwinding through
+/// the main thread ended the process at once instead (status 101), cutting every request in
+/// flight, with no word of why beyond the panic.
+async fn until_its_panic(
+    accepting: impl Future<Output = Result<&'static str, String>>,
+    grace: Duration,
+) -> Result<&'static str, String> {
+    let ended = {
+        let mut accepting = std::pin::pin!(accepting);
+        std::future::poll_fn(|cx| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                accepting.as_mut().poll(cx)
+            })) {
+                Ok(std::task::Poll::Ready(ended)) => std::task::Poll::Ready(Some(ended)),
+                Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+                Err(_) => std::task::Poll::Ready(None),
+            }
+        })
+        .await
+        // The panicked loop is dropped here, its listening socket with it.
+    };
+    ended.unwrap_or_else(|| {
+        let why = accepting_stopped();
+        tracing::error!(
+            error = %LogText(&why),
+            "shutting down: gitgate cannot go on serving (its accepting of connections \
+             panicked); waiting up to {}s for requests in flight, then exiting with status 1",
+            grace.as_secs()
+        );
+        Err(why)
+    })
+}
+
+/// Why the accepting ended when it panicked (see [`until_its_panic`]).
+fn accepting_stopped() -> String {
+    "the accepting of connections stopped (its panic is in the log above): no new connection \
+     is taken; gitgate stopped, to be started again"
+        .to_string()
 }
 
 /// Accept connections until `shutdown` completes (`Ok`, naming the signal), handing each to the
@@ -1832,6 +1880,45 @@ mod tests {
             worker_stopped(1)
         );
         assert!(least_busy(&workers).is_some_and(|w| !w.inbox.is_closed()));
+    }
+
+    /// A panic of the accepting itself (here the stop signal's future it polls, standing for
+    /// any bug in the loop) ends it with the reason, as a stopped worker does, so that the
+    /// server drains and exits with status 1; the listening socket is closed with it. Before, it
+    /// unwound through the main thread: the process ended at once, status 101, its requests
+    /// in flight cut.
+    #[tokio::test]
+    async fn a_panic_of_the_accepting_ends_it_with_the_reason() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let (worker, _inbox) = Worker::new();
+        let workers = [worker];
+        let limits = Limits::default();
+        async fn panics_when_polled() -> &'static str {
+            panic!("on purpose")
+        }
+        let ended = until_its_panic(
+            accept(
+                listener,
+                local,
+                &workers,
+                &limits,
+                None,
+                panics_when_polled(),
+            ),
+            limits.shutdown_grace,
+        )
+        .await;
+        assert_eq!(ended, Err(accepting_stopped()));
+        assert!(
+            accepting_stopped().contains("its panic is in the log above")
+                && accepting_stopped().contains("gitgate stopped"),
+            "{}",
+            accepting_stopped()
+        );
+        // Nothing listens there any more.
+        let refused = TcpStream::connect(local).await;
+        assert!(refused.is_err(), "{refused:?}");
     }
 
     /// Only a socket that accepts nothing any more ends the accepting: what runs out (files,
