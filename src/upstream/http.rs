@@ -672,7 +672,9 @@ impl HttpBackend {
         let method = req.method().clone();
         loop {
             let opened = if fresh_only {
-                self.pool.connect_new(driving).await
+                // Boxed, as `Pool::checkout` boxes its own: the rare second attempt must not
+                // make every request's future kilobytes larger.
+                Box::pin(self.pool.connect_new(driving)).await
             } else {
                 self.pool.checkout(driving).await
             };
@@ -2507,5 +2509,25 @@ mod tests {
         assert_eq!(port_of(&a("git.example.com"), false), 80);
         assert_eq!(port_of(&a("git.example.com:8443"), true), 8443);
         assert_eq!(port_of(&a("[::1]:3000"), false), 3000);
+    }
+
+    /// Every request's future holds `send`'s: one that held a new connection's opening inline
+    /// (kilobytes: a name resolved, TCP, TLS, hyper's handshake) made each request's future
+    /// that much larger, copied whole into hyper's dispatcher per request — a refused one's
+    /// too. The opening is boxed, so `send` is smaller than it.
+    #[test]
+    fn sending_holds_no_connection_opening_inline() {
+        let http = backend("http://127.0.0.1:9/x");
+        let req = Request::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        let send = std::mem::size_of_val(&http.send(req, None, None));
+        let opening = std::mem::size_of_val(&http.pool.connect_new(Driving::Inline));
+        assert!(
+            send < opening,
+            "send's future is {send} bytes, a connection's opening {opening}"
+        );
     }
 }
