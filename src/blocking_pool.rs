@@ -85,6 +85,18 @@ pub fn start(runtime: &tokio::runtime::Runtime) -> Result<(), String> {
     Ok(())
 }
 
+/// A current-thread runtime as each worker's, its blocking threads started: for tests of work
+/// that shares them.
+#[cfg(test)]
+pub fn started_for_a_test() -> tokio::runtime::Runtime {
+    let runtime = configure(&mut tokio::runtime::Builder::new_current_thread())
+        .enable_all()
+        .build()
+        .unwrap();
+    start(&runtime).unwrap();
+    runtime
+}
+
 /// Lets the held blocking calls of [`start`] return when dropped, whether all started or not.
 struct Release(Arc<(Mutex<bool>, Condvar)>);
 
@@ -104,7 +116,9 @@ mod tests {
     /// no more than those.
     #[test]
     fn every_blocking_thread_runs_from_the_start_and_no_other_starts() {
+        // A name of this runtime's own: other tests in this process start pools of their own.
         let runtime = configure(&mut tokio::runtime::Builder::new_current_thread())
+            .thread_name("pool-under-test")
             .enable_all()
             .build()
             .unwrap();
@@ -114,7 +128,7 @@ mod tests {
                 .unwrap()
                 .filter(|t| {
                     let comm = t.as_ref().unwrap().path().join("comm");
-                    std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "gitgate-block")
+                    std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "pool-under-test")
                 })
                 .count()
         };

@@ -815,12 +815,7 @@ mod tests {
     /// (5 s), and the read waited behind them all.
     #[test]
     fn block_events_waiting_for_the_store_leave_blocking_threads_to_the_rest() {
-        let runtime =
-            crate::blocking_pool::configure(&mut tokio::runtime::Builder::new_current_thread())
-                .enable_all()
-                .build()
-                .unwrap();
-        crate::blocking_pool::start(&runtime).unwrap();
+        let runtime = crate::blocking_pool::started_for_a_test();
         let (_d, store) = temp_store();
         let holder = rusqlite::Connection::open(store.path()).unwrap();
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();

@@ -112,12 +112,7 @@ mod tests {
     /// the store read waited behind all of them.
     #[test]
     fn hanging_lookups_leave_blocking_threads_to_the_store() {
-        let runtime =
-            crate::blocking_pool::configure(&mut tokio::runtime::Builder::new_current_thread())
-                .enable_all()
-                .build()
-                .unwrap();
-        crate::blocking_pool::start(&runtime).unwrap();
+        let runtime = crate::blocking_pool::started_for_a_test();
         let _release = Release;
         let lookups = Arc::new(Lookups::default());
         runtime.block_on(async {
