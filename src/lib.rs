@@ -145,7 +145,8 @@
 //!   what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]; a
 //!   listening socket that fails for good — shut down or closed under gitgate — stops the
-//!   process the same way, exit status 1, for a supervisor to start it again).
+//!   process the same way, exit status 1, for a supervisor to start it again, as does a panic
+//!   outside any connection: in a worker's loop or in the accepting itself).
 //!   Everything that can fail on a bad setting is checked before the store is opened (the
 //!   open-files limit: [`open_files`]); every
 //!   thread the server runs work on is started with it — threads of its own, waiting for work
