@@ -1327,26 +1327,10 @@ fn the_upload_pack_log_line(server: &Server) -> String {
 /// not as a `400` sent (as one that only closed its sending side is, below).
 #[test]
 fn a_client_that_resets_mid_body_is_logged_as_gone_before_its_answer() {
-    use std::os::fd::AsRawFd;
     let server = Server::start("");
     let s = half_a_chunked_body(&server);
-    // Closed with a linger of 0: a reset, not a FIN.
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a `linger` of the size given.
-    let set = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::from_ref(&linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(set, 0);
-    drop(s);
+    // Closed with a reset, not a FIN.
+    common::close_with_a_reset(s);
     let line = the_upload_pack_log_line(&server);
     assert!(line.contains("status=499"), "{line}");
     assert!(line.contains("outcome=client-gone"), "{line}");

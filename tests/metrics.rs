@@ -972,7 +972,6 @@ fn past_max_processes_a_clone_under_way_is_never_refused_half_way() {
 /// giving up (a slow backend, a network cutting connections) without reading the log.
 #[test]
 fn requests_whose_client_went_away_are_counted_by_their_outcome() {
-    use std::os::fd::AsRawFd;
     let (sb, server, port) = serving_team_app_to_alice();
     sb.grant("alice", "team", "read");
     let reader = sb.personal_token("alice", PASSWORD, "reader", &["REPO_READ"]);
@@ -994,23 +993,8 @@ fn requests_whose_client_went_away_are_counted_by_their_outcome() {
         assert!(started.elapsed() < Duration::from_secs(10), "{}", scrape());
         thread::sleep(Duration::from_millis(20));
     }
-    // The client resets its connection (a linger of 0): gone before its answer.
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a `linger` of the size given.
-    let set = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::from_ref(&linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(set, 0);
-    drop(s);
+    // The client resets its connection: gone before its answer.
+    common::close_with_a_reset(s);
     let logged = || {
         server
             .log_text()

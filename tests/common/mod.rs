@@ -1361,3 +1361,25 @@ pub fn group_alive(group: u32) -> bool {
         })
     })
 }
+
+/// Closes `s` with a reset (`SO_LINGER` of 0), not a FIN: a client gone at once, its unread
+/// data and the server's unsent answer thrown away.
+pub fn close_with_a_reset(s: std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    drop(s);
+}
