@@ -16,8 +16,9 @@
 //! process-wide, `Store::miss_slots`; password checks two per core, `api`). What can hang for
 //! seconds waits for its turn outside the pool, where giving up ends the wait, so that it never
 //! takes all eight: lookups of the upstream's name four at a time (`upstream::lookup`: a
-//! resolver that does not answer), blocks' audit events one at a time (`guard`: a store
-//! write-locked by another process).
+//! resolver that does not answer). Blocks' audit events, which wait for a store write-locked
+//! by another process, are not written here at all: the store's writer batches them with the
+//! failures' on its own thread (`guard`).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;

@@ -35,7 +35,7 @@ use crate::git::Operation;
 use crate::inflight::{InFlight, Slot};
 use crate::ratelimit::{Cost, Decision, Limits, RateLimiter};
 use crate::request_id::RequestId;
-use crate::store::{Actor, RateRule, Store, TokenRecord, UnreadableOverride};
+use crate::store::{RateRule, Store, TokenRecord, UnreadableOverride};
 use crate::throttle::{self, Throttle};
 
 /// How stale the cached overrides may get: a change applies within this.
@@ -231,8 +231,6 @@ pub struct Guard {
     /// `[auth_failures] exempt`: addresses whose failures the throttle does not count.
     exempt: Vec<crate::network::Cidr>,
     overrides: RwLock<Overrides>,
-    /// The blocks' audit events are written one at a time (see [`Guard::failed_auth`]).
-    block_events: Arc<tokio::sync::Semaphore>,
 }
 
 impl Guard {
@@ -288,7 +286,6 @@ impl Guard {
                 ),
                 unreadable: rules.unreadable,
             }),
-            block_events: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -382,27 +379,23 @@ impl Guard {
              retry_after_secs, and at a restart; an address that must never be blocked, a CI \
              runner's or an office NAT's, goes in [auth_failures] exempt, read at start)"
         );
-        let store = self.store.clone();
-        // The row names the request whose failure made the block, as the warning above does.
-        let actor = Actor::gitgate(addr.to_string()).in_request(id);
+        // Batched with the failures' rows by the store's writer (its own thread, one commit a
+        // window), the row keeping the block's time and the request whose failure made it, as
+        // the warning above does. Written on its own instead (a task and a transaction per
+        // block, waiting for a write lock held elsewhere, a `sqlite3` shell or a backup, one
+        // block at a time), blocks from many addresses (an IPv6 /48 has 65,536 /64s) piled up
+        // a task each for as long as the lock was held, without bound; each row was timed
+        // when it was written, not when the block was made; and each commit emptied the token
+        // cache of every worker. The writer holds what waits for a lock within its caps, and a
+        // row the store cannot take (a full disk) is logged whole: what it would have held.
         let target = addr.to_string();
-        // One at a time, each waiting for its turn here rather than on the blocking pool: a
-        // write waits up to the store's busy timeout (5 s) for a write lock held elsewhere (a
-        // `sqlite3` shell, a backup), and blocks from many addresses meanwhile took every
-        // blocking thread of the worker, so that its token reads on a cache miss and its
-        // password checks waited behind them all. A row the store cannot take (a full disk)
-        // is logged whole: what it would have held.
-        let turns = self.block_events.clone();
-        tokio::spawn(async move {
-            let Ok(turn) = turns.acquire_owned().await else {
-                return;
-            };
-            let _ = tokio::task::spawn_blocking(move || {
-                let _turn = turn;
-                store.record_event_or_log(&actor, "auth.throttled", &target, &detail);
-            })
-            .await;
-        });
+        self.store.record_request_event_later(
+            ("gitgate", &target),
+            "auth.throttled",
+            &target,
+            &detail,
+            Some(id),
+        );
     }
 
     /// Step 3: a place among the principal's requests in flight, held until the response ends
@@ -809,36 +802,85 @@ mod tests {
     }
 
     /// Blocks from many addresses while another process holds the store's write lock (a
-    /// `sqlite3` shell, a backup): their audit events wait for the lock one at a time, and the
-    /// worker's other blocking work (a token read on a cache miss, a password check) still
-    /// runs at once. Before, each event took a blocking thread for the store's busy timeout
-    /// (5 s), and the read waited behind them all.
+    /// `sqlite3` shell, a backup): their audit events wait for the lock in the store's writer,
+    /// holding nothing of the worker's — no task, no blocking thread, so that its token reads
+    /// on a cache miss and its password checks run at once — and once the lock is let go each
+    /// row has its block's time and request. Before, each block was a task of its own, waiting
+    /// for its turn to write (one at a time) for as long as the lock was held, so that blocks
+    /// from many addresses piled up without bound (24 tasks here), and each row was timed when
+    /// it was written, after the lock; before that, each took a blocking thread for the
+    /// store's busy timeout (5 s), and the read waited behind them all.
     #[test]
-    fn block_events_waiting_for_the_store_leave_blocking_threads_to_the_rest() {
+    fn block_events_waiting_for_the_store_hold_nothing_of_the_worker() {
         let runtime = crate::blocking_pool::started_for_a_test();
         let (_d, store) = temp_store();
         let holder = rusqlite::Connection::open(store.path()).unwrap();
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();
         let g = guard(store.clone(), 60);
-        runtime.block_on(async {
-            for i in 0..3 * crate::blocking_pool::THREADS {
+        let blocks = 3 * crate::blocking_pool::THREADS;
+        let mut made = Vec::new();
+        let blocked_by = runtime.block_on(async {
+            let mut ids = Vec::new();
+            for i in 0..blocks {
                 let addr: IpAddr = format!("192.0.2.{}", i + 1).parse().unwrap();
+                let id = RequestId::next();
+                let before = crate::clock::now_ms();
                 g.failed_auth(addr, 1, 0, RequestId::next());
-                g.failed_auth(addr, 2, 1, RequestId::next());
+                g.failed_auth(addr, 2, 1, id);
+                made.push((addr.to_string(), before, crate::clock::now_ms()));
+                ids.push(id.to_string());
                 assert!(g.check_address(addr, 2).is_err());
             }
-            // The events' tasks, if any (this runtime's only ones), run up to their writes.
-            let tasks = tokio::runtime::Handle::current().metrics();
-            while g.block_events.available_permits() > 0 && tasks.num_alive_tasks() > 0 {
+            // Whatever the blocks started on this runtime runs up to where it waits.
+            for _ in 0..100 {
                 tokio::task::yield_now().await;
             }
+            let alive = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
+            assert_eq!(alive, 0, "tasks left waiting by {blocks} blocks");
             let read = tokio::task::spawn_blocking(|| "the token's record");
             let read = tokio::time::timeout(std::time::Duration::from_secs(10), read)
                 .await
                 .expect("a store read waited behind the blocks' audit events");
             assert_eq!(read.unwrap(), "the token's record");
+            ids
         });
+        // The lock is let go some time after the last block: a row timed at its writing
+        // would be later than its block.
+        let last_made = made.last().unwrap().2;
+        while crate::clock::now_ms() <= last_made + 50 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         holder.execute_batch("COMMIT").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let rows = loop {
+            let rows: Vec<_> = store
+                .audit_events(None, 1_000)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == "auth.throttled")
+                .collect();
+            if rows.len() == blocks || std::time::Instant::now() > deadline {
+                break rows;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(rows.len(), blocks, "{rows:?}");
+        for ((addr, before, after), id) in made.iter().zip(&blocked_by) {
+            let row = rows.iter().find(|r| &r.target == addr).unwrap();
+            assert!(
+                (*before..=*after).contains(&row.at),
+                "{addr}'s row is timed {}, its block was made within {before}..={after}",
+                row.at
+            );
+            assert_eq!(
+                (row.actor.as_str(), row.source.as_str()),
+                ("gitgate", addr.as_str())
+            );
+            assert_eq!(row.request_id.as_deref(), Some(id.as_str()));
+            assert!(row.detail.contains("blocked for 60 s"), "{}", row.detail);
+        }
     }
 
     /// A guard blocking after two failures, except for the `exempt` networks; its store's
@@ -901,7 +943,8 @@ mod tests {
         }
         assert_eq!(g.check_address(neighbour, 20), Ok(()));
         assert_eq!(g.check_address(nat, 20), Ok(()));
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Whatever the store's writer holds (a block's row would wait there) is written now.
+        assert!(g.store.flush_pending_writes());
         let events = g.store.audit_events(None, 10).unwrap();
         assert!(
             !events.iter().any(|e| e.action == "auth.throttled"),
