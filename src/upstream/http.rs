@@ -758,9 +758,11 @@ impl HttpBackend {
             }
         }
         match e {
-            ConnectError::TimedOut { .. } => self.naming_upstream(ForwardError::gateway_timeout(
-                format!("the upstream git server did not answer in time ({cause})"),
-            )),
+            ConnectError::TimedOut { .. } | ConnectError::LookupTimedOut => {
+                self.naming_upstream(ForwardError::gateway_timeout(format!(
+                    "the upstream git server did not answer in time ({cause})"
+                )))
+            }
             ConnectError::Tls(_) => ForwardError {
                 detail: Some(format!("upstream {}: {cause}", self.address)),
                 ..ForwardError::bad_gateway(

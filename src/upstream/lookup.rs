@@ -25,39 +25,51 @@ use tokio::sync::Semaphore;
 /// to the store, the password checks and the CGI runner.
 pub const AT_ONCE: usize = crate::blocking_pool::THREADS / 2;
 
+/// How a name is looked up: the C library's resolver, but in tests.
+type Look = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
+
 /// One worker's lookups (one per upstream connection pool).
 #[derive(Debug)]
-pub struct Lookups(Arc<Semaphore>);
+pub struct Lookups {
+    turns: Arc<Semaphore>,
+    look: Look,
+}
 
 impl Default for Lookups {
     fn default() -> Self {
-        Lookups(Arc::new(Semaphore::new(AT_ONCE)))
+        Lookups {
+            turns: Arc::new(Semaphore::new(AT_ONCE)),
+            look: |host, port| {
+                std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map(Iterator::collect)
+            },
+        }
     }
 }
 
 impl Lookups {
+    /// Lookups made by `look` rather than the resolver (for tests: one that hangs).
+    #[cfg(test)]
+    pub(crate) fn by(look: Look) -> Lookups {
+        Lookups {
+            look,
+            ..Lookups::default()
+        }
+    }
+
     /// The addresses of `host` (a name or an address, without brackets) with `port`: an
     /// address at once, a name looked up on the blocking pool when a lookup's turn comes.
     pub async fn addresses(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        self.addresses_by(host, port, |host, port| {
-            std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map(Iterator::collect)
-        })
-        .await
+        self.addresses_by(host, port, self.look).await
     }
 
     /// [`Lookups::addresses`], names looked up by `look`.
-    async fn addresses_by(
-        &self,
-        host: &str,
-        port: u16,
-        look: fn(&str, u16) -> io::Result<Vec<SocketAddr>>,
-    ) -> io::Result<Vec<SocketAddr>> {
+    async fn addresses_by(&self, host: &str, port: u16, look: Look) -> io::Result<Vec<SocketAddr>> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
         // Never closed.
         let turn = self
-            .0
+            .turns
             .clone()
             .acquire_owned()
             .await
@@ -137,7 +149,7 @@ mod tests {
             // The resolver answers again: the lookups that had their turn end, and those given
             // up before theirs never run.
             drop(Release);
-            while lookups.0.available_permits() < AT_ONCE {
+            while lookups.turns.available_permits() < AT_ONCE {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert_eq!(STARTED.load(Ordering::SeqCst), AT_ONCE);

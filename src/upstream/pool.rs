@@ -106,6 +106,9 @@ pub enum ConnectError {
     /// Nothing answered within the connect timeout; `in_handshake`: the connection was
     /// accepted, and the TLS handshake did not finish.
     TimedOut { in_handshake: bool },
+    /// The upstream's name was not looked up within the connect timeout: no connection was
+    /// even tried (a resolver that does not answer).
+    LookupTimedOut,
     /// The TCP connection failed (refused, unreachable, name not resolved).
     Io(io::Error),
     /// The TLS handshake failed (certificate not trusted, wrong name, protocol).
@@ -123,6 +126,11 @@ impl std::fmt::Display for ConnectError {
             ConnectError::TimedOut { in_handshake: true } => {
                 f.write_str("the connection was accepted, but the TLS handshake timed out")
             }
+            ConnectError::LookupTimedOut => f.write_str(
+                "the upstream's name was not looked up within the connect timeout, so no \
+                 connection was tried: the resolver does not answer (the name servers of \
+                 /etc/resolv.conf), or too slowly",
+            ),
             ConnectError::Io(e) => write!(f, "{e}"),
             ConnectError::Tls(e) => match (certificate_dates(e), tls_hint(e)) {
                 (Some(said), _) => write!(f, "TLS handshake failed: {said}"),
@@ -444,6 +452,9 @@ impl Pool {
         let o = &self.origin;
         // Whether the upstream accepted the connection: a timeout after it is the handshake's.
         let mut accepted = false;
+        // Whether its name was looked up (an address is at once): a timeout before it is the
+        // resolver's, which "connect timed out" would have an on-call look for in the network.
+        let mut looked_up = false;
         let connected = tokio::time::timeout(self.connect_timeout, async {
             if let Some(path) = &o.socket {
                 let stream = match UnixStream::connect(path).await {
@@ -460,6 +471,7 @@ impl Pool {
                 .addresses(&o.host, o.port)
                 .await
                 .map_err(ConnectError::Io)?;
+            looked_up = true;
             let tcp = TcpStream::connect(addresses.as_slice())
                 .await
                 .map_err(ConnectError::Io)?;
@@ -469,8 +481,12 @@ impl Pool {
             over(tcp, &o.tls).await
         })
         .await;
-        connected.unwrap_or(Err(ConnectError::TimedOut {
-            in_handshake: accepted && o.tls.is_some(),
+        connected.unwrap_or(Err(if o.socket.is_none() && !looked_up {
+            ConnectError::LookupTimedOut
+        } else {
+            ConnectError::TimedOut {
+                in_handshake: accepted && o.tls.is_some(),
+            }
         }))
     }
 }
@@ -716,6 +732,42 @@ mod tests {
             }
         }
         true
+    }
+
+    /// A name whose lookup does not end within the connect timeout (a resolver that does not
+    /// answer) is said to be that, not "connect timed out", which sent whoever read it to look
+    /// for the upstream's network; and the request's answer is a 504 as for a connect that
+    /// timed out.
+    #[tokio::test]
+    async fn a_name_not_looked_up_in_time_is_said_so_not_a_connect_timeout() {
+        fn hangs(_: &str, _: u16) -> io::Result<Vec<std::net::SocketAddr>> {
+            std::thread::sleep(Duration::from_secs(1));
+            Ok(vec![])
+        }
+        let mut pool = Pool::new(
+            Origin {
+                socket: None,
+                host: "git-backend.invalid".into(),
+                port: 9,
+                tls: None,
+            },
+            Duration::from_millis(100),
+            Duration::from_secs(30),
+        );
+        pool.lookups = super::super::lookup::Lookups::by(hangs);
+        let e = pool.connect_new(Driving::Inline).await.err().unwrap();
+        assert!(matches!(e, ConnectError::LookupTimedOut), "{e:?}");
+        let said = e.to_string();
+        assert!(
+            said.contains("name was not looked up") && said.contains("resolver"),
+            "{said}"
+        );
+        // An address is not looked up: its timeout stays the connect's.
+        assert!(!ConnectError::TimedOut {
+            in_handshake: false
+        }
+        .to_string()
+        .contains("looked up"));
     }
 
     fn pool(port: u16, idle: Duration) -> Arc<Pool> {
