@@ -13,7 +13,7 @@
 //!
 //! So at most [`AT_ONCE`] lookups run at a time per worker (half its blocking threads); a
 //! connect waits for its turn here, where its connect timeout can end the wait, and a lookup
-//! given up before its turn never runs. An address (`127.0.0.1`, `::1`) is not looked up.
+//! given up before its turn, or before a blocking thread took it, never runs. An address (`127.0.0.1`, `::1`) is not looked up.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -76,13 +76,26 @@ impl Lookups {
             .map_err(io::Error::other)?;
         let host = host.to_string();
         // The turn ends with the lookup, not with the connect that asked for it: one given up
-        // on still holds its blocking thread.
-        tokio::task::spawn_blocking(move || {
+        // on still holds its blocking thread. One given up before a thread took it (all of
+        // them busy with the store's reads and password checks) never starts, and its turn
+        // comes back: else it would still run, for nobody, holding a turn and then a thread.
+        let mut lookup = NotStartedIfGivenUp(tokio::task::spawn_blocking(move || {
             let _turn = turn;
             look(&host, port)
-        })
-        .await
-        .map_err(|e| io::Error::other(format!("the lookup of the upstream's name failed: {e}")))?
+        }));
+        (&mut lookup.0).await.map_err(|e| {
+            io::Error::other(format!("the lookup of the upstream's name failed: {e}"))
+        })?
+    }
+}
+
+/// A lookup on the blocking pool that does not start once given up (dropped): tokio runs a
+/// blocking task it has not started yet unless it is aborted; one running already runs on.
+struct NotStartedIfGivenUp(tokio::task::JoinHandle<io::Result<Vec<SocketAddr>>>);
+
+impl Drop for NotStartedIfGivenUp {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -154,6 +167,61 @@ mod tests {
             }
             assert_eq!(STARTED.load(Ordering::SeqCst), AT_ONCE);
         });
+    }
+
+    /// A connect that gives up on a lookup whose turn had come but that no blocking thread
+    /// had taken yet (all eight busy: store reads, password checks) leaves it never run, and
+    /// its turn free. Before, it ran once a thread came free, for nobody, holding the turn.
+    #[test]
+    fn a_lookup_given_up_before_a_thread_took_it_never_runs() {
+        static RAN: AtomicUsize = AtomicUsize::new(0);
+        fn counted(_: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+            RAN.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![])
+        }
+        let runtime = crate::blocking_pool::started_for_a_test();
+        let lookups = Lookups::default();
+        // Every blocking thread busy until `free` is set.
+        let busy = Arc::new((Mutex::new((0usize, false)), Condvar::new()));
+        for _ in 0..crate::blocking_pool::THREADS {
+            let busy = busy.clone();
+            runtime.spawn_blocking(move || {
+                let (state, wake) = &*busy;
+                let mut state = state.lock().unwrap();
+                state.0 += 1;
+                wake.notify_all();
+                while !state.1 {
+                    state = wake.wait(state).unwrap();
+                }
+            });
+        }
+        {
+            let (state, wake) = &*busy;
+            let mut state = state.lock().unwrap();
+            while state.0 < crate::blocking_pool::THREADS {
+                state = wake.wait(state).unwrap();
+            }
+        }
+        runtime.block_on(async {
+            let connect = lookups.addresses_by("git-backend.invalid", 80, counted);
+            let given_up = tokio::time::timeout(Duration::from_millis(100), connect).await;
+            assert!(given_up.is_err(), "{given_up:?}");
+            {
+                let (state, wake) = &*busy;
+                state.lock().unwrap().1 = true;
+                wake.notify_all();
+            }
+            // Once the threads are free, the given-up lookup's turn comes back, run or not.
+            while lookups.turns.available_permits() < AT_ONCE {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // And a lookup asked for now runs at once.
+            lookups
+                .addresses_by("git-backend.invalid", 80, counted)
+                .await
+                .unwrap();
+        });
+        assert_eq!(RAN.load(Ordering::SeqCst), 1, "the given-up lookup ran");
     }
 
     /// An address is taken as it is, no lookup; a name is looked up.
