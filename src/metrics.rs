@@ -778,9 +778,42 @@ pub async fn serve(
     listener: TcpListener,
     store: Store,
     limits: Limits,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     tokio::spawn(refresh_expiring(store.clone()));
+    said_if_it_panics(accept_scrapers(listener, store, limits, stopping)).await;
+}
+
+/// `accepting` ([`accept_scrapers`]), with a panic of its own (in the accept loop, outside any
+/// scraper's connection) said as the end of /metrics, as a socket that fails for good is: an
+/// ERROR line naming the consequence, after the panic's own. The panicked loop is dropped, its
+/// listening socket with it, so a scraper is refused at once (its target shows down) rather
+/// than left in the backlog. Before, the task just ended: /metrics was gone until a restart,
+/// and only the panic's line told of it, with no word of what it ended.
+///
+/// Neither restarted nor the process stopped. The loop's panic is a bug that would come back
+/// with the same input, so a restart would turn it into a loop of panics in the log; and
+/// stopping gitgate would make a fault of an optional side listener an outage of every clone
+/// and push, and with a supervisor's `Restart=on-failure` possibly a loop of restarts. git is
+/// served on, as when the metrics socket fails for good; the scraper's "target down" and this
+/// line say what to restart.
+async fn said_if_it_panics(accepting: impl std::future::Future<Output = ()>) {
+    if crate::unwind::unless_it_panics(accepting).await.is_none() {
+        tracing::error!(
+            "metrics: the accepting of /metrics connections panicked (its panic is in the log \
+             above): /metrics is no longer served until gitgate is started again; git is \
+             served as before"
+        );
+    }
+}
+
+/// The accept loop of [`serve`].
+async fn accept_scrapers(
+    listener: TcpListener,
+    store: Store,
+    limits: Limits,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPERS));
     let mut accept_failures = Repeats::new(crate::server::ACCEPT_FAILURES_WINDOW);
     loop {
@@ -899,6 +932,38 @@ async fn refresh_expiring(store: Store) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panic of the metrics accept loop itself is said as the end of /metrics (ERROR, what
+    /// it ends), and its listening socket is closed with it: a scraper is refused. Before, the
+    /// task ended with the panic, and nothing said /metrics was no longer served.
+    #[test]
+    fn a_panic_of_the_metrics_accepting_is_said_and_closes_its_socket() {
+        let mut refused = None;
+        let log = crate::store::test_support::logged(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let local = listener.local_addr().unwrap();
+                said_if_it_panics(async move {
+                    let _listening = listener;
+                    panic!("on purpose")
+                })
+                .await;
+                refused = Some(tokio::net::TcpStream::connect(local).await);
+            });
+        });
+        assert!(
+            log.contains("ERROR")
+                && log.contains("the accepting of /metrics connections panicked")
+                && log.contains("/metrics is no longer served until gitgate is started again"),
+            "{log}"
+        );
+        let refused = refused.unwrap();
+        assert!(refused.is_err(), "{refused:?}");
+    }
 
     #[test]
     fn outcomes_follow_status_unless_forwarded() {

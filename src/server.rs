@@ -879,20 +879,8 @@ async fn until_its_panic(
     accepting: impl Future<Output = Result<&'static str, String>>,
     grace: Duration,
 ) -> Result<&'static str, String> {
-    let ended = {
-        let mut accepting = std::pin::pin!(accepting);
-        std::future::poll_fn(|cx| {
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                accepting.as_mut().poll(cx)
-            })) {
-                Ok(std::task::Poll::Ready(ended)) => std::task::Poll::Ready(Some(ended)),
-                Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-                Err(_) => std::task::Poll::Ready(None),
-            }
-        })
-        .await
-        // The panicked loop is dropped here, its listening socket with it.
-    };
+    // The panicked loop is dropped with its panic, its listening socket with it.
+    let ended = crate::unwind::unless_it_panics(accepting).await;
     ended.unwrap_or_else(|| {
         let why = accepting_stopped();
         tracing::error!(

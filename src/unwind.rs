@@ -19,6 +19,23 @@ use hyper::{Response, StatusCode};
 
 use crate::gate::{text, ResponseBody};
 
+/// What `running` ends with, or `None` if it panicked: polled inside `catch_unwind`, and
+/// dropped (with whatever it held: a listening socket) at the panic. For a loop that runs
+/// outside any request and whose end must be said and acted on (the git listener's accepting
+/// drains and exits, the metrics listener's says /metrics is gone), not left to end its task
+/// with nothing but the panic's line. The panic's message is logged by [`install_hook`].
+pub async fn unless_it_panics<T>(running: impl Future<Output = T>) -> Option<T> {
+    let mut running = std::pin::pin!(running);
+    std::future::poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(cx))) {
+            Ok(Poll::Ready(ended)) => Poll::Ready(Some(ended)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        },
+    )
+    .await
+}
+
 /// Log panics with `tracing` (in addition to nothing else: the default hook's stderr print is
 /// replaced, since stderr is the log).
 pub fn install_hook() {
