@@ -91,12 +91,25 @@ pub fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     crate::blocking_pool::start(&main)?;
     let ended = main.block_on(run_workers(config));
-    if matches!(ended, Ok(Ended::BeforeTheStore)) {
-        // The store's open is still waiting on a lock held elsewhere, in a blocking thread: a
-        // stop is not held up for it (SQLite leaves nothing half-done when a process ends).
-        main.shutdown_background();
-    }
+    // With BeforeTheStore, the store's open may still wait on a lock held elsewhere, in a
+    // blocking thread: a stop is not held up for it (SQLite leaves nothing half-done when a
+    // process ends). Once served, the store's work is done and flushed (`run_workers`).
+    let_go(main);
     ended.map(|_| ())
+}
+
+/// Let a runtime go once its work has ended, without waiting for its blocking threads, as
+/// dropping it does. What they may still run is nobody's any more: a lookup of the upstream's
+/// name given up by its connect (one `getaddrinfo` against a resolver that does not answer
+/// runs 5 s per try and name server, up to 30 s with three), or a store read for a request cut
+/// at the stop. A dropped runtime waited for them, so the process's exit after a drain that
+/// was over could wait up to that long, its supervisor's stop with it (systemd's
+/// `TimeoutStopSec` then kills it). The store's writes are not among them: the REST calls'
+/// are waited for ([`crate::api::wait_for_store_work`]) and the store's writer flushed, in
+/// [`run_workers`], after every worker has ended; queued blocking work is dropped unrun at a
+/// runtime's end, as it was by its drop.
+fn let_go(runtime: tokio::runtime::Runtime) {
+    runtime.shutdown_background();
 }
 
 /// The threads of its own ([`crate::own_thread::run`]) the server may run work on at once: each
@@ -461,7 +474,8 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
                     .0
                     .take()
                     .expect("a worker's runtime is started once");
-                runtime.block_on(work(gate, settings, inbox, cut_off))
+                runtime.block_on(work(gate, settings, inbox, cut_off));
+                let_go(runtime);
             })
             .map_err(|e| format!("cannot start a worker thread: {e}"))?;
         workers.push(worker);
@@ -543,7 +557,11 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
     // uses of the last window), which would otherwise end with the process.
     // And tell now of store files changed under the running server, which the store's last
     // close would otherwise tell after the "stopped" line that ends the log.
+    // The workers' runtimes were let go without waiting for their blocking threads
+    // ([`let_go`]): first the REST calls' store work that is still running (calls cut at the
+    // stop), so that the flush comes after it and the process's end cuts none of it.
     let written = tokio::task::spawn_blocking(move || {
+        crate::api::wait_for_store_work();
         let written = store.flush_pending_writes();
         // The command line's last changes, made within the follower's last second.
         log_command_line_changes(&store);
@@ -1823,6 +1841,59 @@ fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A runtime let go at the stop does not wait for a lookup of the upstream's name that its
+    /// connect gave up on and that hangs (a resolver that does not answer). Before, the
+    /// runtime's drop waited for the lookup, and the process's exit after the drain with it (up
+    /// to 30 s).
+    #[test]
+    fn a_runtime_let_go_does_not_wait_for_a_hanging_lookup() {
+        use crate::upstream::lookup::Lookups;
+        use std::sync::{mpsc, Condvar, Mutex};
+        static LOOKING: AtomicBool = AtomicBool::new(false);
+        static ANSWER: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+        fn hanging(_: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+            LOOKING.store(true, Ordering::SeqCst);
+            let answered = ANSWER.0.lock().unwrap();
+            drop(ANSWER.1.wait_while(answered, |a| !*a).unwrap());
+            Ok(vec![])
+        }
+        /// The lookup ends when the test does, whatever it found.
+        struct Answer;
+        impl Drop for Answer {
+            fn drop(&mut self) {
+                *ANSWER.0.lock().unwrap() = true;
+                ANSWER.1.notify_all();
+            }
+        }
+        let _answer = Answer;
+        let runtime = crate::blocking_pool::started_for_a_test();
+        runtime.block_on(async {
+            let lookups = Lookups::by(hanging);
+            let connect = async {
+                lookups.addresses("git-backend.example", 80).await.unwrap();
+            };
+            // Given up once it runs on its blocking thread, as a connect's timeout does.
+            tokio::select! {
+                () = connect => unreachable!("the lookup hangs"),
+                () = async {
+                    while !LOOKING.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                } => {}
+            }
+        });
+        let (stopped, let_gone) = mpsc::channel();
+        std::thread::spawn(move || {
+            let_go(runtime);
+            let _ = stopped.send(());
+        });
+        let waited = let_gone.recv_timeout(Duration::from_secs(10));
+        assert!(
+            waited.is_ok(),
+            "the runtime's stop waited for a lookup nobody awaits"
+        );
+    }
 
     /// A worker that stops while the server runs (a panic in its loop, outside any connection:
     /// its inbox dropped) stops the accepting, with the reason, so that the process ends with

@@ -36,7 +36,7 @@ mod tokens;
 mod users_tokens;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -474,7 +474,9 @@ pub async fn handle(
                 // First the password, within the permit...
                 let checked = {
                     let store = store.clone();
+                    let in_flight = StoreWork::begin();
                     tokio::task::spawn_blocking(move || {
+                        let _in_flight = in_flight;
                         let _permit = permit;
                         login(&store, &path, &headers, remote, id)
                     })
@@ -502,7 +504,9 @@ pub async fn handle(
                             } else {
                                 method.clone()
                             };
+                            let in_flight = StoreWork::begin();
                             tokio::task::spawn_blocking(move || {
+                                let _in_flight = in_flight;
                                 dispatch(
                                     &store,
                                     login,
@@ -599,6 +603,47 @@ pub fn password_checks() -> usize {
 
 static PASSWORD_CHECKS: LazyLock<Arc<Semaphore>> =
     LazyLock::new(|| Arc::new(Semaphore::new(password_checks())));
+
+/// The REST calls' store work on a blocking thread (a login, which records a failed password,
+/// and the call's own work), counted from its spawn, queued or running, to its end: what a
+/// call changes is not cut short by the process's end. A call cut at the stop (its connection
+/// closed at the grace's end, or by a second signal) leaves its work running on; the stop does
+/// not wait for the runtime's blocking threads (they may hold a lookup of the upstream's name
+/// that nobody awaits, see `server`), so it waits for these ([`wait_for_store_work`]) before
+/// the store's last flush.
+static STORE_WORK: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// One REST call's store work in flight ([`STORE_WORK`]); ends when dropped, with the blocking
+/// task's closure that holds it (run to its end, or dropped unrun at a runtime's shutdown).
+struct StoreWork;
+
+impl StoreWork {
+    fn begin() -> StoreWork {
+        *STORE_WORK.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        StoreWork
+    }
+}
+
+impl Drop for StoreWork {
+    fn drop(&mut self) {
+        *STORE_WORK.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        STORE_WORK.1.notify_all();
+    }
+}
+
+/// Wait (blocking) until no REST call's store work is in flight: at the stop, after every
+/// worker has ended, before the store's last flush. Each is bounded by its own work (a password
+/// check, store writes within the store's busy timeout); a queued one is run by one of the
+/// blocking threads lookups cannot take (`upstream::lookup::AT_ONCE`), or dropped unrun.
+pub fn wait_for_store_work() {
+    let (count, ended) = &STORE_WORK;
+    let count = count.lock().unwrap_or_else(|e| e.into_inner());
+    drop(
+        ended
+            .wait_while(count, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+}
 
 fn credentials_required() -> ApiError {
     ApiError::new(
@@ -831,6 +876,25 @@ fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stop's wait for the REST calls' store work ends with the last of it, not before:
+    /// the workers' runtimes are let go without waiting for their blocking threads, and this
+    /// wait is what keeps a call's writes from being cut by the process's end.
+    #[test]
+    fn the_stop_waits_for_a_calls_store_work_in_flight() {
+        let in_flight = StoreWork::begin();
+        let (waited, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            wait_for_store_work();
+            let _ = waited.send(());
+        });
+        assert!(
+            ended.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the wait ended with a call's store work still in flight"
+        );
+        drop(in_flight);
+        assert!(ended.recv_timeout(Duration::from_secs(10)).is_ok());
+    }
 
     /// A REST call whose work panicked is a `500` that says so, and no more: the panic's message
     /// (here a slice's, quoting the text it cut, as a real one would a store row or a header)
