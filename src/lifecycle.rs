@@ -525,16 +525,34 @@ fn password_unchecked(e: &password::NoMemory, user: &str, actor: &Actor) -> Erro
             source = %crate::log_value::LogValue(&actor.source),
             times,
             error = %crate::log_value::LogText(&e.to_string()),
-            "a password could not be checked: its login is answered 503 and not counted as a \
-             failure; said again at most once a minute while it goes on"
+            "a password could not be checked: its login is refused as unavailable (a REST \
+             call's 503) and not counted as a failure; said again at most once a minute while \
+             it goes on"
         );
     }
-    Error::Unavailable(PASSWORD_UNCHECKED.to_string())
+    Error::Unavailable(password_unchecked_told(actor).to_string())
 }
 
-/// What a caller whose password could not be checked for want of memory is told.
+/// What a caller whose password could not be checked for want of memory is told, by where
+/// the reason was said: a REST call (its actor carries the request's id) in gitgate's log,
+/// which its administrator reads; the command line (`gitgate token create` as the owner), which
+/// checks the password in its own process, on its own stderr, in the ERROR line just above.
+fn password_unchecked_told(actor: &Actor) -> &'static str {
+    if actor.request.is_some() {
+        PASSWORD_UNCHECKED
+    } else {
+        PASSWORD_UNCHECKED_HERE
+    }
+}
+
+/// What a REST call whose password could not be checked for want of memory is told.
 pub const PASSWORD_UNCHECKED: &str = "gitgate cannot check a password now: it is short of \
     memory (the reason is in gitgate's log); try again in a moment";
+
+/// What the command line says when it could not check the owner's password for want of
+/// memory: its own, not the server's.
+pub const PASSWORD_UNCHECKED_HERE: &str = "the password cannot be checked now: this command is \
+    short of memory (the reason is in the ERROR line above); try again in a moment";
 
 /// The global expiry policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1181,9 +1199,21 @@ mod tests {
         store
             .set_password("alice", &stored, clock::now_ms(), &actor())
             .unwrap();
+        let rest_call = Actor {
+            request: Some(crate::request_id::RequestId::next()),
+            ..actor()
+        };
         for password in ["pw", "wrong"] {
-            match login(&store, "alice", password, &actor()) {
+            match login(&store, "alice", password, &rest_call) {
                 Err(Error::Unavailable(m)) => assert_eq!(m, PASSWORD_UNCHECKED),
+                other => panic!("{other:?}"),
+            }
+            // The command line said the reason on its own stderr, not in a server's log.
+            match login(&store, "alice", password, &Actor::cli()) {
+                Err(Error::Unavailable(m)) => {
+                    assert_eq!(m, PASSWORD_UNCHECKED_HERE);
+                    assert!(!m.contains("gitgate's log"), "{m}");
+                }
                 other => panic!("{other:?}"),
             }
         }
