@@ -30,7 +30,10 @@ use crate::network;
 use crate::password;
 use crate::permission::{TokenKind, TokenPermissions};
 use crate::policy::Target;
-use crate::store::{Actor, NewToken, ReplacedSecret, Store, StoreError, TokenEdit, TokenRecord};
+use crate::store::{
+    Actor, ExpiryTest, Listing, NewToken, ReplacedSecret, Store, StoreError, TokenEdit, TokenPage,
+    TokenRecord,
+};
 use crate::token::{self, TokenId};
 
 /// The longest overlap a rotation may keep the old secret valid for: one week.
@@ -599,6 +602,22 @@ impl ExpiryPolicy {
         }
     }
 
+    /// The tokens of a listing of every token that are (`compliant`) or are not compliant,
+    /// and active at `now` — an expired token breaks no policy —, as [`ExpiryPolicy::compliant`]
+    /// tells them apart; `None` when no token can be (none breaks a policy that requires no
+    /// expiry).
+    pub fn listing(&self, compliant: bool, now: i64) -> Option<Listing<'static>> {
+        let expiry = match (self.expiry_required, compliant) {
+            (false, true) => None,
+            (false, false) => return None,
+            (true, meets) => Some(ExpiryTest {
+                max_lifetime_ms: self.max_expiry_days.map(|max| i64::from(max) * DAY_MS),
+                meets,
+            }),
+        };
+        Some(Listing::Active { now, expiry })
+    }
+
     /// The tokens an admin has to act on: active at `now` (an expired or revoked token opens
     /// nothing, so it breaks no policy) and not compliant.
     pub fn breaches<'a>(&self, tokens: &'a [TokenRecord], now: i64) -> Vec<&'a TokenRecord> {
@@ -937,24 +956,59 @@ pub fn create(
     Ok((record, fresh.secret))
 }
 
-/// The tokens of `subject` that `caller` may see, newest first, revoked ones included.
-pub fn list(store: &Store, caller: &Caller, subject: &Subject) -> Result<Vec<TokenRecord>> {
+/// Whether `caller` may list `subject`'s tokens, and, for a user's, that the user exists: the
+/// answer to who asks and about whom comes before the one to a bad page (`?limit=0`).
+pub fn may_list(store: &Store, caller: &Caller, subject: &Subject) -> Result<()> {
     may_manage(caller, subject)?;
-    Ok(match subject {
-        Subject::Personal(user) => store.tokens(Some(user))?,
-        Subject::Scoped(target) => store.scoped_tokens(target)?,
-    })
+    if let Subject::Personal(user) = subject {
+        if store.user(user)?.is_none() {
+            return Err(Error::NotFound(crate::store::no_such_user(user)));
+        }
+    }
+    Ok(())
 }
 
-/// Every token not revoked, of every kind, newest first, to `each` until it says `false`
-/// (administrators only; `each` must not use the store).
-pub fn each_unrevoked(
+/// One page of `subject`'s tokens that are not revoked, newest first (see [`may_list`]).
+pub fn list_page(
     store: &Store,
     caller: &Caller,
-    each: impl FnMut(TokenRecord) -> bool,
-) -> Result<()> {
+    subject: &Subject,
+    start: usize,
+    limit: usize,
+) -> Result<TokenPage> {
+    may_manage(caller, subject)?;
+    let listing = match subject {
+        Subject::Personal(user) => Listing::Personal(user),
+        Subject::Scoped(target) => Listing::Scoped(target),
+    };
+    Ok(store.token_page(listing, start, limit)?)
+}
+
+/// One page of every token not revoked, of every kind, newest first; with `compliant`, only
+/// the active ones that meet the expiry policy, or only those that do not (administrators
+/// only).
+pub fn all_page(
+    store: &Store,
+    caller: &Caller,
+    compliant: Option<(bool, &ExpiryPolicy)>,
+    start: usize,
+    limit: usize,
+) -> Result<TokenPage> {
     may_list_all(caller)?;
-    Ok(store.each_unrevoked_token(each)?)
+    let listing = match compliant {
+        None => Listing::Every,
+        Some((want, policy)) => match policy.listing(want, clock::now_ms()) {
+            Some(listing) => listing,
+            None => {
+                return Ok(TokenPage {
+                    tokens: Vec::new(),
+                    start: 0,
+                    next: None,
+                })
+            }
+        },
+    };
+    Ok(store.token_page(listing, start, limit)?)
 }
 
 /// Whether `caller` may list every token: administrators only.
@@ -2015,18 +2069,21 @@ mod tests {
         create(&store, &user("alice"), personal("alice", None), &actor()).unwrap();
         create(&store, &user("bob"), personal("bob", None), &actor()).unwrap();
         let alice = Subject::Personal("alice".into());
-        assert_eq!(list(&store, &user("alice"), &alice).unwrap().len(), 1);
-        assert_eq!(list(&store, &user("root"), &alice).unwrap().len(), 1);
+        let list = |caller: &Caller, subject: &Subject| {
+            list_page(&store, caller, subject, 0, 25).map(|page| page.tokens)
+        };
+        assert_eq!(list(&user("alice"), &alice).unwrap().len(), 1);
+        assert_eq!(list(&user("root"), &alice).unwrap().len(), 1);
         assert!(matches!(
-            list(&store, &user("bob"), &alice),
+            list(&user("bob"), &alice),
             Err(Error::Forbidden(_))
         ));
         let team = Subject::Scoped(Target::parse("team").unwrap());
         assert!(matches!(
-            list(&store, &user("alice"), &team),
+            list(&user("alice"), &team),
             Err(Error::Forbidden(_))
         ));
-        assert!(list(&store, &user("root"), &team).unwrap().is_empty());
+        assert!(list(&user("root"), &team).unwrap().is_empty());
     }
 
     #[test]
@@ -2154,19 +2211,72 @@ mod tests {
     fn only_administrators_may_go_through_every_token() {
         let (_d, store) = setup();
         create(&store, &user("alice"), personal("alice", None), &actor()).unwrap();
-        let mut seen = 0;
-        let refused = each_unrevoked(&store, &user("alice"), |_| {
-            seen += 1;
-            true
-        });
+        let refused = all_page(&store, &user("alice"), None, 0, 25);
         assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
-        assert_eq!(seen, 0);
-        each_unrevoked(&store, &user("root"), |_| {
-            seen += 1;
-            true
-        })
-        .unwrap();
-        assert_eq!(seen, 1);
+        let page = all_page(&store, &user("root"), None, 0, 25).unwrap();
+        assert_eq!(page.tokens.len(), 1);
+    }
+
+    /// The store's listing of the tokens that meet, or break, the expiry policy (SQL) picks
+    /// the tokens [`ExpiryPolicy::compliant`] and `is_active` pick, for every policy: no
+    /// expiry, a past one, a lifetime at the maximum and one past it, and lifetimes past i64
+    /// both ways (rows gitgate never writes, where SQLite's arithmetic leaves integers).
+    #[test]
+    fn the_stores_compliance_listing_is_the_policys_own() {
+        let (dir, store) = setup();
+        let now = clock::now_ms();
+        let lifetimes: [(i64, Option<i64>); 8] = [
+            (now, None),
+            (now - 10 * DAY_MS, Some(now - DAY_MS)),
+            (now, Some(now + 30 * DAY_MS)),
+            (now, Some(now + 30 * DAY_MS + 1)),
+            (now, Some(now + 400 * DAY_MS)),
+            (i64::MIN, Some(i64::MAX)),
+            (i64::MAX, Some(i64::MAX)),
+            (now - DAY_MS, Some(now + DAY_MS)),
+        ];
+        let scope = Target::parse("team/app").unwrap();
+        for (i, (created, expires)) in lifetimes.iter().enumerate() {
+            let (id, name) = (format!("tokencompl{i:02}"), format!("t{i}"));
+            let mut new = crate::store::test_support::repository_token(&id, &name, &scope);
+            new.expires_at = *expires;
+            store.insert_token(&new, &actor()).unwrap();
+            crate::store::test_support::edit_by_hand(
+                &dir,
+                &format!("UPDATE tokens SET created_at = {created} WHERE id = '{id}'"),
+            );
+        }
+        let every = store.tokens(None).unwrap();
+        let ids = |tokens: &[TokenRecord]| {
+            let mut ids: Vec<String> = tokens.iter().map(|t| t.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        for policy in [
+            ExpiryPolicy::default(),
+            ExpiryPolicy {
+                expiry_required: true,
+                max_expiry_days: None,
+            },
+            ExpiryPolicy {
+                expiry_required: true,
+                max_expiry_days: Some(30),
+            },
+        ] {
+            for want in [true, false] {
+                let page = all_page(&store, &user("root"), Some((want, &policy)), 0, 1000);
+                let expected: Vec<TokenRecord> = every
+                    .iter()
+                    .filter(|t| t.is_active(now) && policy.compliant(t) == want)
+                    .cloned()
+                    .collect();
+                assert_eq!(
+                    ids(&page.unwrap().tokens),
+                    ids(&expected),
+                    "{policy:?}, compliant={want}"
+                );
+            }
+        }
     }
 
     /// Changing a revoked token is a conflict (409), whatever the edit asks for: its state is

@@ -1089,4 +1089,199 @@ mod tests {
             lifecycle::ExpiryPolicy::default()
         );
     }
+
+    /// A GET of `path` (under the API's base) with `query`, as `who` (an administrator when
+    /// `admin`), through the routing every call takes; the answer's JSON and the token rows
+    /// it read from the store.
+    fn listed(store: &Store, who: &str, admin: bool, path: &str, query: &str) -> (Value, u64) {
+        let login = Login {
+            path: format!("{BASE}{path}"),
+            segments: path.split('/').map(str::to_string).collect(),
+            caller: Caller::User {
+                slug: who.into(),
+                admin,
+            },
+            actor: crate::store::test_support::actor(),
+        };
+        let before = crate::store::rows_read::count();
+        let reply = dispatch(store, login, &Method::GET, Some(query), b"", "/")
+            .unwrap_or_else(|e| panic!("{path}?{query}: {}", e.message));
+        let read = crate::store::rows_read::count() - before;
+        (reply.body.unwrap(), read)
+    }
+
+    /// `n` repository tokens of `scope` written straight into the store (one transaction),
+    /// each a millisecond older than the one before, every `revoked_every`th revoked.
+    fn many_tokens(
+        dir: &tempfile::TempDir,
+        scope: &str,
+        prefix: char,
+        n: usize,
+        revoked_every: usize,
+    ) {
+        let mut c = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        let tx = c.transaction().unwrap();
+        for i in 0..n {
+            let revoked = (revoked_every > 0 && i % revoked_every == 0).then_some(1i64);
+            tx.execute(
+                "INSERT INTO tokens (id, kind, name, scope, permissions, secret_hash, created_at, \
+                 created_by, revoked_at) VALUES (?1, 'repository', ?2, ?3, 'REPO_READ', \
+                 zeroblob(32), ?4, 'test', ?5)",
+                rusqlite::params![
+                    format!("{prefix}{i:011}"),
+                    format!("t{i}"),
+                    scope,
+                    1_700_000_000_000i64 - i as i64,
+                    revoked
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    fn ids(page: &Value) -> Vec<String> {
+        page["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The pages of a listing at their edges, for each listing (a repository's, everyone's,
+    /// the policy's breaches, a user's): a page ending exactly at the end is the last one; a
+    /// start at or past the end is an empty last page starting at the end; a limit over 1000
+    /// is 1000; pages of any size together are the whole listing once, newest first, revoked
+    /// tokens and another repository's left out.
+    #[test]
+    fn listings_page_at_their_edges() {
+        use crate::store::test_support::{actor, personal_token, temp_store};
+        use crate::store::Role;
+        let (dir, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        // 50 of team/app that count (60, every sixth revoked), and 7 of team/apple.
+        many_tokens(&dir, "team/app", 'a', 60, 6);
+        many_tokens(&dir, "team/apple", 'b', 7, 0);
+        for i in 0..12 {
+            let id = format!("p{i:011}");
+            store
+                .insert_token(&personal_token(&id, "laptop", "alice"), &actor())
+                .unwrap();
+            if i % 3 == 0 {
+                store.revoke_token(&id, &actor()).unwrap();
+            }
+        }
+        let strict = lifecycle::ExpiryPolicy {
+            expiry_required: true,
+            max_expiry_days: Some(30),
+        };
+        lifecycle::set_policy(&store, &Caller::Operator, strict.into(), &actor()).unwrap();
+        for (who, admin, path, filter, total) in [
+            ("root", true, "projects/team/repos/app", "", 50),
+            ("root", true, "admin/tokens", "", 50 + 7 + 8),
+            ("root", true, "admin/tokens", "compliant=false&", 50 + 7 + 8),
+            ("alice", false, "users/alice", "", 8),
+        ] {
+            let get = |q: &str| {
+                let (page, read) = listed(&store, who, admin, path, &format!("{filter}{q}"));
+                let limit = page["limit"].as_u64().unwrap();
+                assert!(read <= limit + 1, "{path}?{filter}{q}: {read} rows read");
+                page
+            };
+            let whole = get("limit=5000");
+            assert_eq!(whole["limit"], 1000, "{path}");
+            assert_eq!(whole["size"], total, "{path}");
+            assert_eq!(whole["isLastPage"], true);
+            let every = ids(&whole);
+            for size in [1, 7, total / 2, total, total + 1] {
+                let (mut paged, mut start) = (Vec::new(), 0);
+                loop {
+                    let p = get(&format!("start={start}&limit={size}"));
+                    assert_eq!(p["start"], start, "{path} by {size}");
+                    assert_eq!(p["size"].as_u64().unwrap() as usize, ids(&p).len());
+                    paged.extend(ids(&p));
+                    if p["isLastPage"] == true {
+                        assert!(p.get("nextPageStart").is_none());
+                        break;
+                    }
+                    assert_eq!(p["size"], size, "{path}: only the last page is short");
+                    start = p["nextPageStart"].as_u64().unwrap();
+                }
+                assert_eq!(paged, every, "{path} by {size}");
+            }
+            // Ending exactly at the end: the last page, nothing said to follow.
+            let exact = get(&format!("start={}&limit={}", total - 5, 5));
+            assert_eq!(
+                (exact["size"].clone(), exact["isLastPage"].clone()),
+                (json!(5), json!(true))
+            );
+            assert!(exact.get("nextPageStart").is_none());
+            let before = get(&format!("start={}&limit={}", total - 6, 5));
+            assert_eq!(before["nextPageStart"], total - 1);
+            for past in [
+                total.to_string(),
+                (total + 1).to_string(),
+                "99999999999999999999999".into(),
+            ] {
+                let p = get(&format!("start={past}"));
+                assert_eq!(
+                    (
+                        p["size"].clone(),
+                        p["start"].clone(),
+                        p["isLastPage"].clone()
+                    ),
+                    (json!(0), json!(total), json!(true)),
+                    "{path}?start={past}"
+                );
+            }
+        }
+        // Newest first, the same instant by id.
+        let (page, _) = listed(&store, "root", true, "projects/team/repos/app", "limit=3");
+        assert_eq!(ids(&page), ["a00000000001", "a00000000002", "a00000000003"]);
+        // None breaks a policy that requires no expiry: an empty page at 0.
+        lifecycle::set_policy(
+            &store,
+            &Caller::Operator,
+            lifecycle::ExpiryPolicy::default().into(),
+            &actor(),
+        )
+        .unwrap();
+        let (none, _) = listed(
+            &store,
+            "root",
+            true,
+            "admin/tokens",
+            "compliant=false&start=5",
+        );
+        assert_eq!(
+            (none["size"].clone(), none["start"].clone()),
+            (json!(0), json!(0))
+        );
+    }
+
+    /// A listing reads one page of the store's rows (and one more), however many tokens there
+    /// are and wherever the page is: before, each read all of them into memory and took its
+    /// page (a repository's 3,000 tokens for a page of 25; every token up to the page's end
+    /// for `admin/tokens`), which with the benchmarks' million tokens held a blocking thread
+    /// for seconds and the whole table in memory for one administrator's call.
+    #[test]
+    fn a_listing_reads_one_page_of_rows() {
+        use crate::store::test_support::temp_store;
+        let (dir, store) = temp_store();
+        many_tokens(&dir, "team/app", 'a', 3000, 0);
+        for (path, query) in [
+            ("projects/team/repos/app", "limit=25"),
+            ("projects/team/repos/app", "start=2950&limit=25"),
+            ("admin/tokens", "start=2950&limit=25"),
+            ("admin/tokens", "compliant=true&start=2950&limit=25"),
+        ] {
+            let (page, read) = listed(&store, "root", true, path, query);
+            assert_eq!(page["size"], 25, "{path}?{query}");
+            assert!(
+                read <= 26,
+                "{path}?{query}: {read} rows read for a page of 25"
+            );
+        }
+    }
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::{method_not_allowed, ApiError, ApiResult, Call, Reply};
 use crate::lifecycle::{self, CreateRequest, EditRequest, ExpiryPolicy, Subject};
 use crate::policy::Target;
-use crate::store::{Store, TokenRecord};
+use crate::store::{Store, TokenPage, TokenRecord};
 
 /// Page size when the client gives none, and the most it may ask for.
 const DEFAULT_LIMIT: usize = 25;
@@ -23,10 +23,10 @@ pub fn collection(call: &Call, subject: &Subject) -> ApiResult {
     match call.method.as_str() {
         "GET" => {
             let policy = lifecycle::policy(call.store)?;
-            let tokens = lifecycle::list(call.store, &call.caller, subject)?;
-            let listed: Vec<&TokenRecord> =
-                tokens.iter().filter(|t| t.revoked_at.is_none()).collect();
-            page(call, listed, |t| token_json(call.store, t, &policy))
+            lifecycle::may_list(call.store, &call.caller, subject)?;
+            let (start, limit) = window(call)?;
+            let page = lifecycle::list_page(call.store, &call.caller, subject, start, limit)?;
+            Ok(Reply::ok(page_json(call.store, page, limit, &policy)))
         }
         "PUT" => {
             if let Subject::Scoped(target) = subject {
@@ -325,15 +325,6 @@ pub fn token_json(store: &Store, t: &TokenRecord, policy: &ExpiryPolicy) -> Valu
     v
 }
 
-/// Bitbucket's paged list: `start` and `limit` from the query; `size`, `isLastPage` and
-/// `nextPageStart` (only when there is a next page) in the answer.
-/// One page of `items` as the call's `start` and `limit` ask, each rendered by `render` — only
-/// those on the page, as rendering may read the store (a personal token's user).
-pub fn page<T>(call: &Call, items: Vec<T>, render: impl Fn(&T) -> Value) -> ApiResult {
-    let (start, limit) = window(call)?;
-    Ok(Reply::ok(paged(&items, start, limit, render)))
-}
-
 /// The page a call asks for: `start` (0) and `limit` (25, at most 1000), or why not.
 pub fn window(call: &Call) -> Result<(usize, usize), ApiError> {
     let number = |name: &str, default: usize| -> Result<usize, ApiError> {
@@ -366,29 +357,24 @@ pub fn window(call: &Call) -> Result<(usize, usize), ApiError> {
     Ok((start, limit))
 }
 
-/// One page of `items` in Bitbucket's shape. A `start` past the end is answered as the end
-/// (an empty last page), not echoed: a number beyond 2^53 is no number to a JSON reader.
-fn paged<T>(items: &[T], start: usize, limit: usize, render: impl Fn(&T) -> Value) -> Value {
-    let total = items.len();
-    let start = start.min(total);
-    let page: Vec<Value> = items[start..].iter().take(limit).map(render).collect();
-    let is_last = start.saturating_add(page.len()) >= total;
-    page_json(start, limit, page, is_last)
-}
-
-/// A page in Bitbucket's shape: `values` from `start` (already capped at the end), `limit` as
-/// used, and whether more follow.
-pub fn page_json(start: usize, limit: usize, page: Vec<Value>, is_last: bool) -> Value {
-    let size = page.len();
+/// A page of tokens in Bitbucket's shape: `values` from `start` (where the listing ends when
+/// asked past it: a number beyond 2^53 is no number to a JSON reader), `limit` as used,
+/// `isLastPage`, and `nextPageStart` when more follow.
+pub fn page_json(store: &Store, page: TokenPage, limit: usize, policy: &ExpiryPolicy) -> Value {
+    let values: Vec<Value> = page
+        .tokens
+        .iter()
+        .map(|t| token_json(store, t, policy))
+        .collect();
     let mut out = json!({
-        "size": size,
+        "size": values.len(),
         "limit": limit,
-        "start": start,
-        "isLastPage": is_last,
-        "values": page,
+        "start": page.start,
+        "isLastPage": page.next.is_none(),
+        "values": values,
     });
-    if !is_last {
-        out["nextPageStart"] = json!(start + size);
+    if let Some(next) = page.next {
+        out["nextPageStart"] = json!(next);
     }
     out
 }
@@ -556,37 +542,6 @@ mod tests {
             v["repository"],
             json!({"slug": "tools/app", "project": {"key": "team"}})
         );
-    }
-
-    #[test]
-    fn pages() {
-        let values: Vec<u32> = (0..5).collect();
-        let paged = |values: Vec<u32>, start, limit| paged(&values, start, limit, |i| json!(i));
-        let p = paged(values.clone(), 0, 2);
-        assert_eq!(p["values"], json!([0, 1]));
-        assert_eq!(
-            (p["isLastPage"].clone(), p["nextPageStart"].clone()),
-            (json!(false), json!(2))
-        );
-        let p = paged(values.clone(), 4, 2);
-        assert_eq!(p["values"], json!([4]));
-        assert_eq!(p["isLastPage"], true);
-        assert!(p.get("nextPageStart").is_none());
-        let p = paged(values.clone(), 3, 2);
-        assert_eq!(
-            (p["size"].clone(), p["isLastPage"].clone()),
-            (json!(2), json!(true))
-        );
-        let p = paged(values, 99, 25);
-        assert_eq!(
-            (
-                p["size"].clone(),
-                p["isLastPage"].clone(),
-                p["start"].clone()
-            ),
-            (json!(0), json!(true), json!(5))
-        );
-        assert_eq!(paged(vec![], 0, 25)["isLastPage"], true);
     }
 
     #[test]

@@ -49,9 +49,11 @@ pub(crate) use files::{
 pub use files::{low_on_space, readable_by_others, undo_a_new_store, BeforeANewStore};
 pub use grants::{Grant, GrantChange};
 pub use ratelimits::{RateOverride, RateOverrides, RateRule, UnreadableOverride};
+#[cfg(test)]
+pub(crate) use tokens::rows_read;
 pub use tokens::{
-    too_many_personal_tokens, validate_name, AuthRecord, NewToken, Owner, ReplacedSecret,
-    TokenEdit, TokenRecord, MAX_LIVE_PERSONAL_TOKENS,
+    too_many_personal_tokens, validate_name, AuthRecord, ExpiryTest, Listing, NewToken, Owner,
+    ReplacedSecret, TokenEdit, TokenPage, TokenRecord, MAX_LIVE_PERSONAL_TOKENS,
 };
 pub use users::{
     as_written_down, as_written_down_unsecret, no_such_user, validate_slug, Role, User,

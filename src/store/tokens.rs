@@ -298,49 +298,128 @@ fn tokens_where(
     condition: &str,
     param: Option<&str>,
 ) -> Result<Vec<TokenRecord>> {
-    let mut out = Vec::new();
-    each_token_where(c, condition, param, |t| {
-        out.push(t);
-        true
-    })?;
-    Ok(out)
-}
-
-/// Each token whose row meets `condition`, newest first, to `each` until it says `false`: a
-/// listing that keeps one page of many thousands holds that page, not all of them.
-fn each_token_where(
-    c: &rusqlite::Connection,
-    condition: &str,
-    param: Option<&str>,
-    mut each: impl FnMut(TokenRecord) -> bool,
-) -> Result<()> {
     let mut stmt = c.prepare_cached(&format!(
         "{SELECT} WHERE {condition} ORDER BY t.created_at DESC, t.id"
     ))?;
-    let rows = stmt.query_map([param], token_from_row)?;
-    for row in rows {
-        match row {
-            Ok(row) => {
-                if !each(row.0) {
-                    break;
-                }
+    let mut out = Vec::new();
+    for row in stmt.query_map([param], token_from_row)? {
+        out.extend(listed(row)?);
+    }
+    Ok(out)
+}
+
+/// A row of a listing, or none when it cannot be read: one row edited by hand into what
+/// gitgate cannot read must not hide every other token from the operator: left out, and said
+/// (its id named). It authenticates nothing either way (see `token_from_row`).
+fn listed(row: rusqlite::Result<TokenRow>) -> Result<Option<TokenRecord>> {
+    match row {
+        Ok(row) => Ok(Some(row.0)),
+        Err(e @ rusqlite::Error::ToSqlConversionFailure(_)) => {
+            tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), "a token row that cannot be read is left out of the list");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Which tokens a listing of the REST API shows, newest first: never a revoked one.
+#[derive(Clone, Copy, Debug)]
+pub enum Listing<'a> {
+    /// A user's personal tokens.
+    Personal(&'a str),
+    /// A project's or a repository's tokens.
+    Scoped(&'a Target),
+    /// Every token.
+    Every,
+    /// Every token that still opens something at `now` (not expired either), and with
+    /// `expiry` only those whose expiry meets it, or only those whose expiry does not.
+    Active {
+        now: i64,
+        expiry: Option<ExpiryTest>,
+    },
+}
+
+/// A rule on a token's expiry: it has one, at most `max_lifetime_ms` after its creation when
+/// that is given. `meets`: the tokens that keep it, else those that break it.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpiryTest {
+    pub max_lifetime_ms: Option<i64>,
+    pub meets: bool,
+}
+
+/// One page of a [`Listing`].
+#[derive(Debug)]
+pub struct TokenPage {
+    pub tokens: Vec<TokenRecord>,
+    /// Where the page starts: where it was asked to, or the listing's end when that is before.
+    pub start: usize,
+    /// Where the next page starts, if tokens follow this one: the page's rows counted, a row
+    /// that cannot be read among them (left out of `tokens`, and said in the log).
+    pub next: Option<usize>,
+}
+
+impl Listing<'_> {
+    /// The SQL condition on `t` (tokens) and `u` (their owner), and its parameters.
+    fn condition(&self) -> (String, Vec<rusqlite::types::Value>) {
+        use rusqlite::types::Value;
+        match *self {
+            Listing::Personal(user) => (
+                "t.revoked_at IS NULL AND u.slug = ?1".into(),
+                vec![Value::Text(user.into())],
+            ),
+            // The two spellings a stored scope reads back as this one in (`Target::parse`):
+            // as written, and a repository with `.git` (`team/app.git`, edited by hand).
+            Listing::Scoped(scope) => {
+                let text = scope.to_string();
+                let with_git = match scope {
+                    Target::Repo(_) => format!("{text}.git"),
+                    Target::Project(_) => text.clone(),
+                };
+                (
+                    "t.revoked_at IS NULL AND t.owner_id IS NULL AND t.scope IN (?1, ?2)".into(),
+                    vec![Value::Text(text), Value::Text(with_git)],
+                )
             }
-            // One row edited by hand into what gitgate cannot read must not hide every other
-            // token from the operator: left out, and said (its id named). It authenticates
-            // nothing either way (see `token_from_row`).
-            Err(e @ rusqlite::Error::ToSqlConversionFailure(_)) => {
-                tracing::warn!(error = %crate::log_value::LogText(&e.to_string()), "a token row that cannot be read is left out of the list")
+            Listing::Every => ("t.revoked_at IS NULL".into(), vec![]),
+            Listing::Active { now, expiry } => {
+                let active = "t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?1)";
+                let Some(test) = expiry else {
+                    return (active.into(), vec![Value::Integer(now)]);
+                };
+                // Never NULL (`created_at` is NOT NULL), so that NOT is its opposite. A
+                // lifetime past i64 is a REAL in SQLite, on the same side of the maximum as
+                // `ExpiryPolicy::compliant`'s saturated one.
+                let meets = "(t.expires_at IS NOT NULL \
+                     AND (?2 IS NULL OR t.expires_at - t.created_at <= ?2))";
+                let not = if test.meets { "" } else { "NOT " };
+                (
+                    format!("{active} AND {not}{meets}"),
+                    vec![
+                        Value::Integer(now),
+                        test.max_lifetime_ms.map_or(Value::Null, Value::Integer),
+                    ],
+                )
             }
-            Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+}
+
+/// The rows read into token records on this thread, for tests of how much a listing reads.
+#[cfg(test)]
+pub(crate) mod rows_read {
+    use std::cell::Cell;
+    thread_local!(pub(crate) static ROWS: Cell<u64> = const { Cell::new(0) });
+    pub(crate) fn count() -> u64 {
+        ROWS.with(Cell::get)
+    }
 }
 
 /// A token row, or why it cannot be read, naming the token: one row edited by hand into what
 /// gitgate cannot read (an unknown permission, a date that is text) fails what reads it — a
 /// listing, an authentication (`503`, fail closed) — and the operator must know which.
 fn token_from_row(r: &rusqlite::Row) -> rusqlite::Result<TokenRow> {
+    #[cfg(test)]
+    rows_read::ROWS.with(|n| n.set(n.get() + 1));
     read_token_row(r).map_err(|e| match r.get::<_, String>(0) {
         // (The variant whose text is the message alone.)
         Ok(id) => rusqlite::Error::ToSqlConversionFailure(
@@ -532,30 +611,62 @@ impl Store {
         })
     }
 
-    /// Every token not revoked, newest first, to `each` until it says `false` (see
-    /// `each_token_where`). `each` must not use the store: the scan holds a connection.
-    pub fn each_unrevoked_token(&self, each: impl FnMut(TokenRecord) -> bool) -> Result<()> {
-        // (`?1 IS NULL`: the statement is always given its one parameter.)
-        self.with_conn(|c| each_token_where(c, "t.revoked_at IS NULL AND ?1 IS NULL", None, each))
-    }
-
-    /// The project or repository tokens of `scope`, newest first: read by SQL, not by reading
-    /// every token of the store for a REST page of one project's.
-    pub fn scoped_tokens(&self, scope: &Target) -> Result<Vec<TokenRecord>> {
-        let scope_text = scope.to_string();
-        // Rows whose scope begins so (`team/app.git` edited by hand is `team/app` read back),
-        // then those whose scope reads back as this one.
-        let rows = self.with_conn(|c| {
-            tokens_where(
-                c,
-                "t.owner_id IS NULL AND substr(t.scope, 1, length(?1)) = ?1",
-                Some(&scope_text),
-            )
-        })?;
-        Ok(rows
-            .into_iter()
-            .filter(|t| t.scope.as_ref() == Some(scope))
-            .collect())
+    /// One page of `listing`: its tokens from `start` (0 is the newest), at most `limit` of
+    /// them. SQLite sorts the ids alone and reads the page's rows only, so that a page of a
+    /// million tokens holds a page, not the table; one past the page says whether more follow.
+    /// A personal listing of a user that does not exist is [`StoreError::NotFound`].
+    pub fn token_page(&self, listing: Listing, start: usize, limit: usize) -> Result<TokenPage> {
+        let (condition, params) = listing.condition();
+        let (first, last) = (params.len() + 1, params.len() + 2);
+        let sql = format!(
+            "{SELECT} WHERE t.rowid IN (SELECT t.rowid FROM tokens t \
+               LEFT JOIN users u ON u.id = t.owner_id WHERE {condition} \
+               ORDER BY t.created_at DESC, t.id LIMIT ?{last} OFFSET ?{first}) \
+             ORDER BY t.created_at DESC, t.id"
+        );
+        let count_sql = format!(
+            "SELECT count(*) FROM tokens t LEFT JOIN users u ON u.id = t.owner_id \
+             WHERE {condition}"
+        );
+        let wanted = limit.saturating_add(1);
+        self.with_conn(|c| {
+            if let Listing::Personal(user) = listing {
+                require_user(c, user)?;
+            }
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut bound = params.clone();
+            bound.push(i64::try_from(start).unwrap_or(i64::MAX).into());
+            bound.push(i64::try_from(wanted).unwrap_or(i64::MAX).into());
+            let (mut tokens, mut rows) = (Vec::new(), 0usize);
+            for row in stmt.query_map(rusqlite::params_from_iter(bound), token_from_row)? {
+                rows += 1;
+                if rows > limit {
+                    break;
+                }
+                // One that cannot be read still counts for the pages' starts.
+                tokens.extend(listed(row)?);
+            }
+            if rows > limit {
+                return Ok(TokenPage {
+                    tokens,
+                    start,
+                    next: Some(start + limit),
+                });
+            }
+            // Nothing from `start` on: where the listing ends, not a number past it.
+            let start = if rows == 0 && start > 0 {
+                let total: i64 =
+                    c.query_row(&count_sql, rusqlite::params_from_iter(params), |r| r.get(0))?;
+                start.min(usize::try_from(total).unwrap_or(0))
+            } else {
+                start
+            };
+            Ok(TokenPage {
+                tokens,
+                start,
+                next: None,
+            })
+        })
     }
 
     /// Revoke the token `id` whose row cannot be read (see `token_from_row`), without reading
@@ -1436,16 +1547,14 @@ mod tests {
             [],
         )
         .unwrap();
-        let mut ids: Vec<String> = store
-            .scoped_tokens(&app)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
-        ids.sort();
-        assert_eq!(ids, ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]);
-        let team = Target::parse("team").unwrap();
-        assert!(store.scoped_tokens(&team).unwrap().is_empty());
+        let listed = |scope: &Target| -> Vec<String> {
+            let page = store.token_page(Listing::Scoped(scope), 0, 25).unwrap();
+            let mut ids: Vec<String> = page.tokens.into_iter().map(|t| t.id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(listed(&app), ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]);
+        assert!(listed(&Target::parse("team").unwrap()).is_empty());
     }
 
     #[test]
