@@ -206,12 +206,17 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     };
     // A password that could not be checked (its memory not had) is neither right nor wrong:
     // answered as the server's shortage, and not counted towards the lock.
-    let unchecked = |e: password::NoMemory| password_unchecked(&e, &shown, actor);
+    let unchecked = |e: password::Unchecked| password_unchecked(&e, &shown, actor);
+    // The argon2 time of a check whose answer is known without one.
+    let as_long_as_a_check = || {
+        dummy_hash()
+            .map_err(password::Unchecked::from)
+            .and_then(|hash| password::verify(password, hash))
+            .map_err(unchecked)
+    };
     if let Some(until) = lock_in_force(stored_lock, now) {
         // The same argon2 time as any other answer, and the same answer when it cannot be had.
-        dummy_hash()
-            .and_then(|hash| password::verify(password, hash))
-            .map_err(unchecked)?;
+        as_long_as_a_check()?;
         tracing::info!(
             user,
             source = %crate::log_value::LogValue(&actor.source),
@@ -223,12 +228,29 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     let Some(hash) = store.password_hash(user)? else {
         // Spend the same argon2 time as for a real user, so that the answer's timing does not
         // tell which user names exist.
-        dummy_hash()
-            .and_then(|hash| password::verify(password, hash))
-            .map_err(unchecked)?;
+        as_long_as_a_check()?;
         return fail("unknown user", wrong());
     };
-    if !password::verify(password, &hash).map_err(unchecked)? {
+    let right = match password::verify(password, &hash) {
+        Ok(right) => right,
+        // A hash edited by hand that asks for days of a thread (or memory the machine lacks):
+        // refused, as any failed login is, in a check's time, and said to the operator. Not
+        // a wrong password: nothing is counted towards the lock.
+        Err(e @ password::Unchecked::BeyondLimits(_)) => {
+            as_long_as_a_check()?;
+            tracing::error!(
+                user,
+                source = %crate::log_value::LogValue(&actor.source),
+                error = %crate::log_value::LogText(&e.to_string()),
+                "a password login is refused unchecked: the user's stored password hash asks for \
+                 more than gitgate checks; every login of the user is refused until the \
+                 password is set again"
+            );
+            return fail("stored password hash beyond what gitgate checks", wrong());
+        }
+        Err(e) => return Err(unchecked(e)),
+    };
+    if !right {
         let locked = match store.record_password_failure(
             user,
             now,
@@ -511,7 +533,7 @@ fn dummy_hash() -> Result<&'static str, password::NoMemory> {
 /// A password check that could not run for want of memory ([`password::NoMemory`]): said in
 /// the log at once, then at most once a minute with how many since (a flood of logins at the
 /// limit would otherwise write a line each), and answered as the server's passing shortage.
-fn password_unchecked(e: &password::NoMemory, user: &str, actor: &Actor) -> Error {
+fn password_unchecked(e: &password::Unchecked, user: &str, actor: &Actor) -> Error {
     use std::sync::{LazyLock, Mutex};
     static SAID: LazyLock<Mutex<crate::repeats::Repeats>> = LazyLock::new(|| {
         Mutex::new(crate::repeats::Repeats::new(
@@ -1239,41 +1261,67 @@ mod tests {
         (dir, store)
     }
 
-    /// A password whose check cannot get its memory is neither right nor wrong: the login is
-    /// refused as the server's passing shortage (`Unavailable`, the REST API's `503`), and
-    /// counts for nothing towards the lock. Here the stored hash asks for 4 TiB.
+    /// A stored hash asking for more than gitgate checks (edited by hand: passes by the
+    /// billion, which held the check's thread for days) refuses the login unchecked, as any
+    /// failed login is answered, with an ERROR naming the user and what to do; it counts
+    /// nothing towards the lock, whatever the password. Other users log in as ever, and the
+    /// password set again logs in.
     #[test]
-    fn a_password_that_cannot_be_checked_is_unavailable_and_not_counted() {
+    fn a_stored_hash_beyond_what_gitgate_checks_refuses_the_login_and_says_so() {
         let (_dir, store) = setup();
-        let stored = format!(
-            "$argon2id$v=19$m={},t=1,p=1$BwcHBwcHBwcHBwcHBwcHBw$\
-             AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-            u32::MAX
-        );
+        let stored = "$argon2id$v=19$m=19456,t=4294967295,p=1$BwcHBwcHBwcHBwcHBwcHBw$\
+             AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
         store
-            .set_password("alice", &stored, clock::now_ms(), &actor())
+            .set_password("alice", stored, clock::now_ms(), &actor())
             .unwrap();
+        let log = crate::store::test_support::logged(|| {
+            for password in ["pw", "wrong"] {
+                match login(&store, "alice", password, &actor()) {
+                    Err(Error::Unauthenticated(m)) => {
+                        assert!(m.contains("wrong user name or password"), "{m}")
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        });
+        let said = log
+            .lines()
+            .find(|l| l.contains("refused unchecked"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            said.contains("ERROR") && said.contains("user=\"alice\""),
+            "{said}"
+        );
+        assert!(
+            said.contains("t=4294967295") && said.contains("gitgate user passwd"),
+            "{said}"
+        );
+        assert_eq!(store.user("alice").unwrap().unwrap().failed_logins, Some(0));
+        assert!(login(&store, "bob", "pw", &actor()).is_ok());
+        store
+            .set_password(
+                "alice",
+                &password::hash("pw").unwrap(),
+                clock::now_ms(),
+                &actor(),
+            )
+            .unwrap();
+        assert!(login(&store, "alice", "pw", &actor()).is_ok());
+    }
+
+    /// A password that could not be checked for want of memory is told by where its reason
+    /// was said: a REST call (its actor has the request's id) in gitgate's log, the command line
+    /// on its own stderr, in the ERROR line above — not in a server's log it may not have.
+    #[test]
+    fn a_password_unchecked_is_told_where_its_reason_was_said() {
         let rest_call = Actor {
             request: Some(crate::request_id::RequestId::next()),
             ..actor()
         };
-        for password in ["pw", "wrong"] {
-            match login(&store, "alice", password, &rest_call) {
-                Err(Error::Unavailable(m)) => assert_eq!(m, PASSWORD_UNCHECKED),
-                other => panic!("{other:?}"),
-            }
-            // The command line said the reason on its own stderr, not in a server's log.
-            match login(&store, "alice", password, &Actor::cli()) {
-                Err(Error::Unavailable(m)) => {
-                    assert_eq!(m, PASSWORD_UNCHECKED_HERE);
-                    assert!(!m.contains("gitgate's log"), "{m}");
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        assert_eq!(store.user("alice").unwrap().unwrap().failed_logins, Some(0));
-        // The other users' passwords are checked as ever.
-        assert!(login(&store, "bob", "pw", &actor()).is_ok());
+        assert_eq!(password_unchecked_told(&rest_call), PASSWORD_UNCHECKED);
+        let here = password_unchecked_told(&Actor::cli());
+        assert_eq!(here, PASSWORD_UNCHECKED_HERE);
+        assert!(!here.contains("gitgate's log"), "{here}");
     }
 
     /// Guesses run at once: a lock made by the wrong ones while the right one's argon2 runs
@@ -1282,9 +1330,10 @@ mod tests {
     fn a_lock_made_while_the_right_password_is_checked_refuses_it() {
         use argon2::password_hash::{PasswordHasher, SaltString};
         let (_dir, store) = setup();
-        // alice's password hashed at 60 passes instead of 2, so that its check (about half a
-        // second, more on a busy machine) surely outlasts the lock made beside it.
-        let params = argon2::Params::new(19 * 1024, 60, 1, None).unwrap();
+        // alice's password hashed at 50 passes instead of 2 (near the most gitgate checks), so
+        // that its check (about half a second, more on a busy machine) surely outlasts the
+        // lock made beside it.
+        let params = argon2::Params::new(19 * 1024, 50, 1, None).unwrap();
         let slow = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
             .hash_password(b"pw", &SaltString::encode_b64(&[7; 16]).unwrap())
             .unwrap()

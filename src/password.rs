@@ -105,9 +105,78 @@ pub fn hash(password: &str) -> Result<String, HashError> {
     Ok(phc.to_string())
 }
 
+/// The most memory a stored hash may ask a check for: 1 GiB (`m=1048576`), 54 times what
+/// gitgate's hashes ask (`m=19456`, argon2's default, the only one gitgate has ever written)
+/// and more than any published recommendation for a login (RFC 9106's strongest takes 2 GiB
+/// for a disk's key, with one pass).
+pub const MAX_MEMORY_KIB: u32 = 1 << 20;
+
+/// The most work a stored hash may ask for, its memory times its passes (KiB): one pass over
+/// [`MAX_MEMORY_KIB`], 27 times gitgate's own (`m=19456,t=2`), and as many times its time.
+pub const MAX_WORK_KIB: u64 = 1 << 20;
+
+/// The most lanes a stored hash may name (`p=`): gitgate's have 1, RFC 9106 says 4.
+pub const MAX_LANES: u32 = 16;
+
+/// Why a stored hash asks for more than any gitgate ever made or would make
+/// ([`MAX_MEMORY_KIB`], [`MAX_WORK_KIB`], [`MAX_LANES`]) — a hash edited by hand (`t=4294967295`
+/// would hold a password check and its thread for days, a large `m=` memory the machine may
+/// not have) —, if it does.
+pub fn beyond_limits(params: &Params) -> Option<String> {
+    let (m, t, p) = (params.m_cost(), params.t_cost(), params.p_cost());
+    let why = if m > MAX_MEMORY_KIB {
+        format!("m={m} (KiB of memory) is over the {MAX_MEMORY_KIB} gitgate checks")
+    } else if u64::from(m) * u64::from(t) > MAX_WORK_KIB {
+        format!(
+            "m={m},t={t} (memory times passes) is over the {MAX_WORK_KIB} gitgate checks (t={} at \
+             that memory)",
+            MAX_WORK_KIB / u64::from(m)
+        )
+    } else if p > MAX_LANES {
+        format!("p={p} (lanes) is over the {MAX_LANES} gitgate checks")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{why}; gitgate makes m={},t={},p={}",
+        Params::DEFAULT_M_COST,
+        Params::DEFAULT_T_COST,
+        Params::DEFAULT_P_COST
+    ))
+}
+
+/// Why a password could not be checked, so that nothing is known of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unchecked {
+    /// Its memory could not be had.
+    NoMemory(NoMemory),
+    /// The stored hash asks for more than gitgate checks (see [`beyond_limits`]).
+    BeyondLimits(String),
+}
+
+impl fmt::Display for Unchecked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unchecked::NoMemory(e) => write!(f, "{e}"),
+            Unchecked::BeyondLimits(why) => write!(
+                f,
+                "the stored password hash asks for more than gitgate checks: {why} (was it \
+                 edited by hand?); set the password again (gitgate user passwd)"
+            ),
+        }
+    }
+}
+
+impl From<NoMemory> for Unchecked {
+    fn from(e: NoMemory) -> Self {
+        Unchecked::NoMemory(e)
+    }
+}
+
 /// Whether `password` matches the stored PHC string (compared in constant time); `Err` when
-/// the memory its check needs could not be had, so that nothing is known.
-pub fn verify(password: &str, stored: &str) -> Result<bool, NoMemory> {
+/// it could not be checked — the memory its check needs could not be had, or the hash asks
+/// for more than gitgate checks (see [`beyond_limits`]) —, so that nothing is known.
+pub fn verify(password: &str, stored: &str) -> Result<bool, Unchecked> {
     let Ok(parsed) = PasswordHash::new(stored) else {
         return Ok(false);
     };
@@ -125,6 +194,9 @@ pub fn verify(password: &str, stored: &str) -> Result<bool, NoMemory> {
     let Ok(params) = Params::try_from(&parsed) else {
         return Ok(false);
     };
+    if let Some(why) = beyond_limits(&params) {
+        return Err(Unchecked::BeyondLimits(why));
+    }
     let mut salt_bytes = [0u8; 64];
     let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
         return Ok(false);
@@ -159,7 +231,8 @@ mod tests {
     }
 
     /// Hashes made here and by the argon2 crate's own `PasswordHasher` (what stored every
-    /// password before) are checked alike, both ways, whatever their parameters.
+    /// password before) are checked alike, both ways, whatever their parameters within the
+    /// limits.
     #[test]
     fn hashes_are_the_argon2_crates_own() {
         use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -185,20 +258,14 @@ mod tests {
         assert_eq!(verify("pq", &other), Ok(false));
     }
 
-    /// A check whose memory cannot be had is an error, not an abort of the process: here a
-    /// stored hash asking for 4 TiB (`m=4294967295`, as one edited by hand could), which the
-    /// argon2 crate's own `vec!` could not get either — and aborted the test process with
-    /// "memory allocation of 4398046510080 bytes failed".
+    /// A check whose memory cannot be had is an error, not an abort of the process: here the
+    /// memory of a hash asking for 4 TiB (`m=4294967295`), which the argon2 crate's own `vec!`
+    /// could not get either — and aborted the test process with "memory allocation of
+    /// 4398046510080 bytes failed". (A stored hash asking for it is refused before: see
+    /// `a_stored_hash_beyond_what_gitgate_makes_is_not_checked`.)
     #[test]
     fn memory_that_cannot_be_had_is_an_error_not_an_abort() {
-        let salt = SaltString::encode_b64(&[7; 16]).unwrap();
-        let stored = format!(
-            "$argon2id$v=19$m={},t=1,p=1${}$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-            u32::MAX,
-            salt.as_str()
-        );
-        assert!(PasswordHash::new(&stored).is_ok(), "{stored}");
-        let e = verify("pw", &stored).unwrap_err();
+        let e = memory_for(&Params::new(u32::MAX, 1, 1, None).unwrap()).unwrap_err();
         assert_eq!(e.bytes, (u32::MAX as usize / 4 * 4) * 1024);
         let said = e.to_string();
         assert!(
@@ -206,6 +273,72 @@ mod tests {
                 && said.contains("LimitAS"),
             "{said}"
         );
+    }
+
+    /// A stored hash asking for more than any gitgate made or would make is refused, not
+    /// checked: passes by the billion (before, the check ran for days on its thread, holding a
+    /// password check's place), memory by the terabyte (before, tried: refused only where the
+    /// machine could not map it), lanes by the million. What gitgate makes, and hashes up to
+    /// the limits (the argon2 crate's own, other variants and versions, a gigabyte of memory),
+    /// are checked as ever.
+    #[test]
+    fn a_stored_hash_beyond_what_gitgate_makes_is_not_checked() {
+        use argon2::password_hash::PasswordHasher;
+        let salt = SaltString::encode_b64(&[7; 16]).unwrap();
+        let stored = |params: &str| {
+            format!(
+                "$argon2id$v=19${params}${}$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                salt.as_str()
+            )
+        };
+        for (params, said) in [
+            (
+                "m=19456,t=4294967295,p=1",
+                "m=19456,t=4294967295 (memory times passes)",
+            ),
+            ("m=19456,t=54,p=1", "t=53 at that memory"),
+            (
+                "m=4294967295,t=1,p=1",
+                "m=4294967295 (KiB of memory) is over the 1048576",
+            ),
+            ("m=1048577,t=1,p=1", "m=1048577"),
+            ("m=134217728,t=1,p=16777215", "m=134217728"),
+            ("m=8192,t=1,p=1024", "p=1024 (lanes) is over the 16"),
+        ] {
+            let hash = stored(params);
+            assert!(PasswordHash::new(&hash).is_ok(), "{hash}");
+            let started = std::time::Instant::now();
+            match verify("pw", &hash) {
+                Err(e @ Unchecked::BeyondLimits(_)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(said), "{params}: {e}");
+                    assert!(e.contains("gitgate makes m=19456,t=2,p=1"), "{e}");
+                    assert!(e.contains("gitgate user passwd"), "{e}");
+                }
+                other => panic!("{params}: {other:?}"),
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{params}"
+            );
+        }
+        // At the limits: checked.
+        let at_limits = Params::new(19456, 53, 16, None).unwrap();
+        assert_eq!(beyond_limits(&at_limits), None);
+        assert_eq!(
+            beyond_limits(&Params::new(MAX_MEMORY_KIB, 1, 1, None).unwrap()),
+            None
+        );
+        assert_eq!(beyond_limits(&Params::default()), None);
+        let made = Argon2::new(
+            Algorithm::Argon2d,
+            Version::V0x10,
+            Params::new(4096, 3, 4, None).unwrap(),
+        )
+        .hash_password(b"pw", &salt)
+        .unwrap()
+        .to_string();
+        assert_eq!(verify("pw", &made), Ok(true));
     }
 
     #[test]

@@ -2604,3 +2604,44 @@ fn the_audit_rows_of_a_rest_call_name_its_request() {
         assert_eq!(row["requestId"], Value::Null, "{row}");
     }
 }
+
+/// A user's stored password hash edited by hand (with SQLite) to ask for passes by the
+/// billion is refused at once, answered as any failed login, and said in the log as an ERROR
+/// naming the user: before, its check ran on a blocking thread for days, holding one of the
+/// few password checks, and the call got no answer (here the client's 30 s read timeout).
+/// Other users log in as ever.
+#[test]
+fn a_password_hash_edited_beyond_what_gitgate_checks_is_refused_at_once() {
+    let (install, server) = setup();
+    let changed = rusqlite::Connection::open(install.path().join("gitgate.db"))
+        .unwrap()
+        .execute(
+            "UPDATE users SET password_hash = replace(password_hash, ',t=2,', ',t=4294967295,') \
+             WHERE slug = 'alice'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let r = server.api("GET", "/users/alice", "alice", "");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.error_message().contains("wrong user name or password"),
+        "{}",
+        r.body
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        let log = server.log_text();
+        if let Some(line) = log.lines().find(|l| l.contains("refused unchecked")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        said.contains("ERROR") && said.contains("alice") && said.contains("t=4294967295"),
+        "{said}"
+    );
+    let r = server.api("GET", "/users/bob", "bob", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+}
