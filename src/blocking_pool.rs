@@ -16,9 +16,11 @@
 //! process-wide, `Store::miss_slots`; password checks two per core, `api`). What can hang for
 //! seconds waits for its turn outside the pool, where giving up ends the wait, so that it never
 //! takes all eight: lookups of the upstream's name four at a time (`upstream::lookup`: a
-//! resolver that does not answer). Blocks' audit events, which wait for a store write-locked
-//! by another process, are not written here at all: the store's writer batches them with the
-//! failures' on its own thread (`guard`).
+//! resolver that does not answer), REST calls' store work two at a time process-wide
+//! (`api::STORE_WORK_AT_ONCE`: a store locked by another process, a listing of a large one).
+//! Blocks' audit events, which wait for a store write-locked by another process, are not
+//! written here at all: the store's writer batches them with the failures' on its own thread
+//! (`guard`).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;

@@ -155,8 +155,9 @@
 //!   reason, and a limit met later meets no thread start (under a memory limit, one aborted
 //!   the process). Work that can hang for seconds takes few of the pool's eight threads, so
 //!   that token reads and password checks still find one: lookups of the upstream's name
-//!   ([`upstream::lookup`]) four at a time; blocks' audit events, batched by the store's
-//!   writer with the failures', take none. An IPv6
+//!   ([`upstream::lookup`]) four at a time, REST calls' store work two at a time
+//!   ([`api::STORE_WORK_AT_ONCE`]); blocks' audit events, batched by the store's writer with
+//!   the failures', take none. An IPv6
 //!   listener takes IPv4 clients too (`IPV6_V6ONLY` off, whatever the host's default). One
 //!   single-threaded
 //!   event loop per core (`[server] workers`): a connection and its upstream connection stay on

@@ -18,7 +18,9 @@
 //!   slow) runs in `spawn_blocking`, off the async workers that stream git traffic; then the
 //!   call takes a token from its user's rate-limit bucket (the one their git requests use, as
 //!   in Bitbucket; asked only after the password, so nobody can empty another's bucket); then
-//!   the store calls run in `spawn_blocking` too.
+//!   the store calls run in `spawn_blocking` too, [`STORE_WORK_AT_ONCE`] calls at a time over
+//!   the process (a call waits up to 10 s for its turn, outside the blocking pool, then is a
+//!   `503`), so that slow calls never take the blocking threads git's token reads need.
 //! - **All rules live in [`crate::lifecycle`]**: this module parses paths and JSON, calls the
 //!   lifecycle, and renders its answers and errors. Errors have Bitbucket's shape,
 //!   `{"errors":[{"context":null,"message":"...","exceptionName":"..."}]}`, with the status
@@ -505,7 +507,7 @@ pub async fn handle(
                                 method.clone()
                             };
                             let in_flight = StoreWork::begin();
-                            tokio::task::spawn_blocking(move || {
+                            in_turn(&STORE_TURNS, STORE_WORK_WAIT, move || {
                                 let _in_flight = in_flight;
                                 dispatch(
                                     &store,
@@ -517,7 +519,6 @@ pub async fn handle(
                                 )
                             })
                             .await
-                            .unwrap_or_else(|e| Err(task_failed(e)))
                         }
                     },
                 }
@@ -643,6 +644,47 @@ pub fn wait_for_store_work() {
             .wait_while(count, |n| *n > 0)
             .unwrap_or_else(|e| e.into_inner()),
     );
+}
+
+/// How many calls may do their store work (after the password) at once, over the process: a
+/// quarter of a worker's blocking threads ([`crate::blocking_pool::THREADS`]). A call is
+/// milliseconds of SQLite, but one can take seconds — a store another process holds locked is
+/// waited for up to the busy timeout, a listing sorts every token of a large store — and
+/// without a bound a few administrators' scripts took every blocking thread of a worker, so
+/// that a git request's token read on a cache miss waited behind them all.
+pub const STORE_WORK_AT_ONCE: usize = crate::blocking_pool::THREADS / 4;
+
+/// How long a call waits for its turn at the store (outside the blocking pool) before it is
+/// answered `503`: two of the store's busy timeouts.
+const STORE_WORK_WAIT: Duration = Duration::from_secs(10);
+
+/// The turns of [`STORE_WORK_AT_ONCE`] calls' store work.
+static STORE_TURNS: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(STORE_WORK_AT_ONCE)));
+
+/// `work` on the blocking pool once a place among `places` is free, waited for outside the
+/// pool for at most `wait` (then a `503`); the place is held until the work ends.
+async fn in_turn<T: Send + 'static>(
+    places: &Arc<Semaphore>,
+    wait: Duration,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let Ok(Ok(turn)) = tokio::time::timeout(wait, places.clone().acquire_owned()).await else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "gitgate is busy with other management calls (it does {} at a time); try \
+                 again in a moment",
+                STORE_WORK_AT_ONCE
+            ),
+        ));
+    };
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await
+    .unwrap_or_else(|e| Err(task_failed(e)))
 }
 
 fn credentials_required() -> ApiError {
@@ -1283,5 +1325,84 @@ mod tests {
                 "{path}?{query}: {read} rows read for a page of 25"
             );
         }
+    }
+
+    /// REST calls whose store work hangs (a store locked by another process, a listing of a
+    /// large store: here work that waits until released) take at most
+    /// [`STORE_WORK_AT_ONCE`] of a worker's blocking threads, the rest waiting outside the
+    /// pool and answered `503` when their wait ends: a git request's token read on a cache miss
+    /// (on the blocking pool) still runs at once. Before, each call took a thread of its own,
+    /// and the read waited behind all of them.
+    #[test]
+    fn slow_rest_calls_leave_blocking_threads_to_token_reads() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Condvar, Mutex};
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        static ANSWERED: AtomicUsize = AtomicUsize::new(0);
+        static RELEASED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+        struct Release;
+        impl Drop for Release {
+            fn drop(&mut self) {
+                *RELEASED.0.lock().unwrap() = true;
+                RELEASED.1.notify_all();
+            }
+        }
+        let runtime = crate::blocking_pool::started_for_a_test();
+        let release = Release;
+        let places = Arc::new(Semaphore::new(STORE_WORK_AT_ONCE));
+        runtime.block_on(async {
+            let calls: Vec<_> = (0..3 * crate::blocking_pool::THREADS)
+                .map(|_| {
+                    let places = places.clone();
+                    tokio::spawn(async move {
+                        let answer = in_turn(&places, Duration::from_millis(300), || {
+                            STARTED.fetch_add(1, Ordering::SeqCst);
+                            let (released, wake) = &RELEASED;
+                            let mut released = released.lock().unwrap();
+                            while !*released {
+                                released = wake.wait(released).unwrap();
+                            }
+                            Ok(())
+                        })
+                        .await;
+                        ANSWERED.fetch_add(1, Ordering::SeqCst);
+                        answer
+                    })
+                })
+                .collect();
+            // Every call has asked for its turn (those that got one run).
+            while STARTED.load(Ordering::SeqCst) < STORE_WORK_AT_ONCE {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // The token read of a git request, as the gate makes it on a miss.
+            let read = tokio::task::spawn_blocking(|| "the token's record");
+            let read = tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .expect("a token read waited behind slow REST calls");
+            assert_eq!(read.unwrap(), "the token's record");
+            // Those that found no place are answered when their wait ends; the others run.
+            let calls_made = 3 * crate::blocking_pool::THREADS;
+            while ANSWERED.load(Ordering::SeqCst) < calls_made - STORE_WORK_AT_ONCE {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(STARTED.load(Ordering::SeqCst), STORE_WORK_AT_ONCE);
+            drop(release);
+            let mut busy = 0;
+            for call in calls {
+                match call.await.unwrap() {
+                    Ok(()) => {}
+                    Err(e) => {
+                        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+                        assert!(
+                            e.message.contains("busy with other management calls"),
+                            "{}",
+                            e.message
+                        );
+                        busy += 1;
+                    }
+                }
+            }
+            assert_eq!(busy, calls_made - STORE_WORK_AT_ONCE);
+        });
     }
 }
