@@ -839,33 +839,17 @@ impl Gate {
     }
 
     /// A cache miss (seen at `at`): read the token's record here when that cannot wait (see
-    /// [`Store::load_auth_record_now`]), else on the blocking pool, a few at a time (see
-    /// [`Store::miss_slots`]). A request that waited for its turn looks in the cache again
-    /// first — another request for the same token has usually read it meanwhile.
+    /// [`Store::load_auth_record_now`]), else on the blocking pool, a few at a time and within
+    /// a deadline (see [`Store::load_auth_record_in_turn`]).
     async fn load_record(&self, id: &str, at: CacheVersion) -> Result<Arc<AuthRecord>, Refusal> {
         if let Some(read) = self.store.load_auth_record_now(id, at) {
             return read
                 .map_err(Refusal::StoreDown)?
                 .ok_or(Refusal::InvalidToken(AuthFailure::UnknownToken));
         }
-        let _slot = self.store.miss_slots().acquire().await.map_err(|_| {
-            Refusal::StoreDown(StoreError::Invalid("the store is shutting down".into()))
-        })?;
-        let at = match self.store.cached_auth_record(id) {
-            Ok(CacheLookup::Hit(hit)) => return Ok(hit),
-            Ok(CacheLookup::Unknown) => {
-                return Err(Refusal::InvalidToken(AuthFailure::UnknownToken))
-            }
-            Ok(CacheLookup::Miss(at)) => at,
-            Err(e) => return Err(Refusal::StoreDown(e)),
-        };
-        let store = self.store.clone();
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || store.load_auth_record(&id, at))
+        self.store
+            .load_auth_record_in_turn(id)
             .await
-            .map_err(|e| {
-                Refusal::StoreDown(StoreError::Invalid(format!("lookup task failed: {e}")))
-            })?
             .map_err(Refusal::StoreDown)?
             .ok_or(Refusal::InvalidToken(AuthFailure::UnknownToken))
     }

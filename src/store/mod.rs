@@ -75,6 +75,15 @@ const MISS_READERS: usize = 4;
 /// 1–3 ms now and then (the host's scheduling), and a pause after each of those kept most misses
 /// off the inline path.
 const INLINE_STALL: Duration = Duration::from_millis(20);
+/// How long a request waits for its token's record on a cache miss, its turn among the
+/// four places of the misses (`MISS_READERS`) and the read together, before it is refused (`503`): two busy timeouts, so
+/// that a read waiting for a store another process holds locked ends with the busy timeout's
+/// answer first. A read that never ends (a hung file system) keeps its place and its thread.
+pub const MISS_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How a cache miss reads its token's record: [`Store::load_auth_record`] (a test's own that
+/// hangs).
+type MissRead = fn(&Store, &str, CacheVersion) -> Result<Option<Arc<AuthRecord>>>;
 const INLINE_PAUSE_MS: i64 = 1_000;
 
 /// The answer of [`Store::cached_auth_record`].
@@ -307,7 +316,7 @@ struct Inner {
     /// operation).
     watch: std::sync::OnceLock<watch::FolderWatch>,
     batch_writer: writer::BatchWriter,
-    miss_slots: tokio::sync::Semaphore,
+    miss_slots: Arc<tokio::sync::Semaphore>,
     /// Until when (monotonic ms) misses are not read inline: see [`INLINE_STALL`].
     inline_paused_until: AtomicI64,
     /// The store file, open for the header check ([`Store::check_file`]) for as long as the
@@ -966,7 +975,7 @@ impl Store {
                 own_log_tried: AtomicBool::new(false),
                 watch: std::sync::OnceLock::new(),
                 batch_writer: writer::BatchWriter::new(),
-                miss_slots: tokio::sync::Semaphore::new(MISS_READERS),
+                miss_slots: Arc::new(tokio::sync::Semaphore::new(MISS_READERS)),
                 inline_paused_until: AtomicI64::new(0),
                 header: std::fs::File::open(&opened).ok(),
                 migrated_from,
@@ -1504,6 +1513,57 @@ impl Store {
     /// for a place usually finds its token already read by one that went first.
     pub fn miss_slots(&self) -> &tokio::sync::Semaphore {
         &self.inner.miss_slots
+    }
+
+    /// [`Store::load_auth_record`] on the blocking pool in its turn among the
+    /// [`Store::miss_slots`], within [`MISS_DEADLINE`]: what a cache miss that could not be
+    /// read inline waits for. The cache is looked in again when the turn comes — another
+    /// request for the same token has usually read it meanwhile. Past the deadline the miss is
+    /// an error (the request a `503`), and a read still running keeps its place until it ends:
+    /// a read that hangs holds one of the few places, never more threads. Before, a hung file
+    /// system held the places and every later miss waited for one with no end (its client
+    /// until gitgate's idle timeout, 5 minutes, closed the connection as the client's idling).
+    pub async fn load_auth_record_in_turn(&self, id: &str) -> Result<Option<Arc<AuthRecord>>> {
+        self.load_in_turn_by(id, MISS_DEADLINE, Store::load_auth_record)
+            .await
+    }
+
+    /// [`Store::load_auth_record_in_turn`], the record read by `read` within `deadline`.
+    async fn load_in_turn_by(
+        &self,
+        id: &str,
+        deadline: Duration,
+        read: MissRead,
+    ) -> Result<Option<Arc<AuthRecord>>> {
+        let late = || {
+            StoreError::Invalid(format!(
+                "the token store did not answer a read within {} s (its file system hangs, or \
+                 the machine is overloaded); tokens not in the cache are refused until it does",
+                deadline.as_secs_f64()
+            ))
+        };
+        let until = tokio::time::Instant::now() + deadline;
+        let places = self.inner.miss_slots.clone().acquire_owned();
+        let turn = match tokio::time::timeout_at(until, places).await {
+            Err(_) => return Err(late()),
+            Ok(Err(_)) => return Err(StoreError::Invalid("the store is shutting down".into())),
+            Ok(Ok(turn)) => turn,
+        };
+        let at = match self.cached_auth_record(id)? {
+            CacheLookup::Hit(hit) => return Ok(Some(hit)),
+            CacheLookup::Unknown => return Ok(None),
+            CacheLookup::Miss(at) => at,
+        };
+        let (store, id) = (self.clone(), id.to_string());
+        let reading = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            read(&store, &id, at)
+        });
+        match tokio::time::timeout_at(until, reading).await {
+            Err(_) => Err(late()),
+            Ok(Err(e)) => Err(StoreError::Invalid(format!("lookup task failed: {e}"))),
+            Ok(Ok(found)) => found,
+        }
     }
 
     /// Both steps at once: from the cache when valid, else read and cached.
@@ -2814,6 +2874,80 @@ mod tests {
         other.execute_batch("COMMIT").unwrap();
         let migrated_from = opening.join().unwrap().unwrap();
         assert_eq!(migrated_from, None, "the other process migrated it");
+    }
+
+    /// Cache misses whose reads hang (a hung file system: here a read that waits until
+    /// released) are refused at their deadline, those that waited for a place too, and take
+    /// no more blocking threads than there are places: another blocking read still runs at
+    /// once. Before, a miss waited for its place without end once the places were held.
+    #[test]
+    fn misses_whose_reads_hang_are_refused_at_their_deadline() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::{Condvar, Mutex};
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        static RELEASED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+        struct Release;
+        impl Drop for Release {
+            fn drop(&mut self) {
+                *RELEASED.0.lock().unwrap() = true;
+                RELEASED.1.notify_all();
+            }
+        }
+        fn hanging(_: &Store, _: &str, _: CacheVersion) -> Result<Option<Arc<AuthRecord>>> {
+            STARTED.fetch_add(1, Ordering::SeqCst);
+            let (released, wake) = &RELEASED;
+            let mut released = released.lock().unwrap();
+            while !*released {
+                released = wake.wait(released).unwrap();
+            }
+            Ok(None)
+        }
+        let (_d, store) = temp_store();
+        use test_support::{actor, personal_token};
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        store
+            .insert_token(&personal_token("abcdefghijkl", "laptop", "alice"), &actor())
+            .unwrap();
+        let ids = ["abcdefghijkl".to_string()];
+        let runtime = crate::blocking_pool::started_for_a_test();
+        let release = Release;
+        runtime.block_on(async {
+            let misses: Vec<_> = (0..3 * MISS_READERS)
+                .map(|_| {
+                    let (store, id) = (store.clone(), ids[0].clone());
+                    tokio::spawn(async move {
+                        store
+                            .load_in_turn_by(&id, Duration::from_millis(300), hanging)
+                            .await
+                    })
+                })
+                .collect();
+            for miss in misses {
+                let refused = tokio::time::timeout(Duration::from_secs(10), miss)
+                    .await
+                    .expect("a miss waited past its deadline")
+                    .unwrap()
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    refused.contains("did not answer a read within 0.3 s"),
+                    "{refused}"
+                );
+            }
+            assert_eq!(STARTED.load(Ordering::SeqCst), MISS_READERS);
+            let read = tokio::task::spawn_blocking(|| "another read");
+            let read = tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .expect("a blocking read waited behind the hanging misses");
+            assert_eq!(read.unwrap(), "another read");
+            // The file system answers again: the places come back, and the next miss is read.
+            drop(release);
+            while store.miss_slots().available_permits() < MISS_READERS {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let found = store.load_auth_record_in_turn(&ids[0]).await.unwrap();
+            assert!(found.is_some());
+        });
     }
 
     /// Fewer misses are read at once than connections are pooled, so that a burst of them is
