@@ -22,9 +22,16 @@ pub fn now_ms() -> i64 {
 /// Expiry, audit times and last uses stay on the wall clock, where they are compared with
 /// dates.
 pub fn monotonic_ms() -> i64 {
+    monotonic_ms_at(std::time::Instant::now())
+}
+
+/// [`monotonic_ms`] of a moment read already: a request reads the clock once as it starts and
+/// once as its credentials are decided, and its throttle checks take those instead of reading
+/// it again (each read is a `clock_gettime`).
+pub fn monotonic_ms_at(at: std::time::Instant) -> i64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(std::time::Instant::now);
-    i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX)
+    let start = *START.get_or_init(|| at);
+    i64::try_from(at.saturating_duration_since(start).as_millis()).unwrap_or(i64::MAX)
 }
 
 /// `2026-10-01` (UTC) for epoch milliseconds.
@@ -198,6 +205,26 @@ mod tests {
             b < now_ms(),
             "counted from the process's first call, not the epoch"
         );
+    }
+
+    #[test]
+    fn a_moment_read_already_is_on_the_monotonic_clock() {
+        let before = monotonic_ms();
+        let at = std::time::Instant::now();
+        let after = monotonic_ms();
+        let ms = monotonic_ms_at(at);
+        assert!(before <= ms && ms <= after, "{before} {ms} {after}");
+        // The moment given, not the moment asked: five seconds on is five seconds on.
+        let later = monotonic_ms_at(at + std::time::Duration::from_secs(5));
+        assert!(
+            before + 5000 <= later && later <= after + 5000,
+            "{before} {later} {after}"
+        );
+        // A moment before the clock's start (this process began less than an hour ago) is
+        // its start, not a wrap-around.
+        if let Some(earlier) = at.checked_sub(std::time::Duration::from_secs(3600)) {
+            assert_eq!(monotonic_ms_at(earlier), 0);
+        }
     }
 
     #[test]

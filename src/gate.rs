@@ -188,6 +188,16 @@ struct Decided {
     authorized: Result<Identity, Deny>,
 }
 
+/// What [`Gate::refusal`] needs of a refused request besides the refusal: whether git sent its
+/// credentials itself (see `Gate::unauthenticated`), which credentials it tried (see
+/// [`credentials::fingerprint`]), and when, on [`clock::monotonic_ms`] (the moment it was
+/// decided, read once with the decision's time).
+struct Attempt {
+    by_hand: bool,
+    tried: u64,
+    at_ms: i64,
+}
+
 /// [`Gate::still_admitted`] for one request, as the CGI runner asks it after a wait.
 struct AskAgain<'a> {
     gate: &'a Gate,
@@ -353,12 +363,14 @@ impl Gate {
         let log = &mut pending.line().who;
 
         let admitted = match client {
-            Ok(_) => self.admit(&req, id, remote, log).await,
+            Ok(_) => self.admit(&req, id, remote, started, log).await,
             Err(_) => Err(Refusal::NotGit(Rejection::BadRequest(
                 UNREADABLE_FORWARDED_FOR.into(),
             ))),
         };
-        METRICS.auth_decided(started.elapsed());
+        // Read once: the decision's time, and the moment the throttle counts a refusal at.
+        let decided = Instant::now();
+        METRICS.auth_decided(decided.saturating_duration_since(started));
         let mut slot = None;
         let mut gone_before_answer = false;
         let response = match admitted {
@@ -477,14 +489,12 @@ impl Gate {
                         match refusal {
                             Some(refusal) => {
                                 pending.line().who.auth = refusal.auth_failure();
-                                self.refusal(
-                                    refusal,
-                                    id,
-                                    remote,
-                                    &pending.line().who,
-                                    credentials::not_sent_by_git(&parts.headers),
-                                    credentials::fingerprint(&parts.headers),
-                                )
+                                let attempt = Attempt {
+                                    by_hand: credentials::not_sent_by_git(&parts.headers),
+                                    tried: credentials::fingerprint(&parts.headers),
+                                    at_ms: clock::monotonic_ms(),
+                                };
+                                self.refusal(refusal, id, remote, &pending.line().who, attempt)
                             }
                             None => text(e.status, &e.message),
                         }
@@ -542,11 +552,13 @@ impl Gate {
             Err(refusal) => {
                 // Whether git sent the credentials itself decides how a refusal of them is
                 // answered (see `Gate::unauthenticated`): read for refusals only.
-                let by_hand = credentials::not_sent_by_git(req.headers());
-                let tried = credentials::fingerprint(req.headers());
+                let attempt = Attempt {
+                    by_hand: credentials::not_sent_by_git(req.headers()),
+                    tried: credentials::fingerprint(req.headers()),
+                    at_ms: clock::monotonic_ms_at(decided),
+                };
                 pending.line().who.auth = refusal.auth_failure();
-                let mut resp =
-                    self.refusal(refusal, id, remote, &pending.line().who, by_hand, tried);
+                let mut resp = self.refusal(refusal, id, remote, &pending.line().who, attempt);
                 // A client waiting for `100 Continue` before it sends its body (libgit2, curl)
                 // gets none: hyper closes the connection after this answer, since it cannot
                 // know whether a body follows. Said in the answer, so that the client sends
@@ -601,6 +613,7 @@ impl Gate {
         req: &Request<Incoming>,
         request_id: RequestId,
         remote: SocketAddr,
+        started: Instant,
         log: &mut RequestLog,
     ) -> Result<(GitRequest, Identity, Slot), Refusal> {
         // First: a looped request would otherwise be refused for its credentials (none, or
@@ -668,8 +681,9 @@ impl Gate {
                  URLs answer git, not a page that fetches from them"
             )));
         }
+        // On the request's first clock read: nothing waited since.
         self.guard
-            .check_address(remote.ip(), clock::monotonic_ms())
+            .check_address(remote.ip(), clock::monotonic_ms_at(started))
             .map_err(Refusal::Guarded)?;
 
         let creds = credentials::from_headers(req.headers()).map_err(Refusal::NoCredentials)?;
@@ -870,9 +884,13 @@ impl Gate {
         id: RequestId,
         remote: SocketAddr,
         log: &RequestLog,
-        by_hand: bool,
-        tried: u64,
+        attempt: Attempt,
     ) -> Response<ResponseBody> {
+        let Attempt {
+            by_hand,
+            tried,
+            at_ms,
+        } = attempt;
         match refusal {
             Refusal::Loop => {
                 tracing::error!(request_id = %id, remote = %remote.ip(), "gitgate's own request came back to it: [upstream] url leads to this gitgate (a loop, by a name, another of its addresses or a proxy between); point it at the git server");
@@ -920,16 +938,16 @@ impl Gate {
             Refusal::NoCredentials(
                 e @ CredentialError::Malformed(credentials::TOKEN_AS_USER_WITHOUT_PASSWORD),
             ) => {
-                self.audit_failure(id, remote, log, tried, &e.to_string());
+                self.audit_failure(id, remote, log, (tried, at_ms), &e.to_string());
                 text(StatusCode::FORBIDDEN, &e.to_string())
             }
             Refusal::NoCredentials(e) => {
-                self.audit_failure(id, remote, log, tried, &e.to_string());
+                self.audit_failure(id, remote, log, (tried, at_ms), &e.to_string());
                 self.unauthenticated(by_hand, &e.to_string())
             }
             // The refusal of a flood of wrong tokens: its words are made once, not per answer.
             Refusal::InvalidToken(_) => {
-                self.audit_failure(id, remote, log, tried, INVALID_TOKEN);
+                self.audit_failure(id, remote, log, (tried, at_ms), INVALID_TOKEN);
                 if by_hand {
                     said(StatusCode::FORBIDDEN, INVALID_TOKEN_SAID)
                 } else {
@@ -941,11 +959,11 @@ impl Gate {
                 }
             }
             Refusal::NotAToken(what, bearer) => {
-                self.audit_failure(id, remote, log, tried, what.audit_reason());
+                self.audit_failure(id, remote, log, (tried, at_ms), what.audit_reason());
                 self.unauthenticated(by_hand, what.message_for(bearer))
             }
             Refusal::Denied(Deny::Unauthenticated(_, m)) => {
-                self.audit_failure(id, remote, log, tried, &m);
+                self.audit_failure(id, remote, log, (tried, at_ms), &m);
                 self.unauthenticated(by_hand, &m)
             }
             Refusal::Denied(Deny::Forbidden(m)) => {
@@ -1047,12 +1065,11 @@ impl Gate {
         id: RequestId,
         remote: SocketAddr,
         log: &RequestLog,
-        tried: u64,
+        (tried, at_ms): (u64, i64),
         reason: &str,
     ) {
         METRICS.auth_failure();
-        self.guard
-            .failed_auth(remote.ip(), tried, clock::monotonic_ms(), id);
+        self.guard.failed_auth(remote.ip(), tried, at_ms, id);
         // A flood of refusals is mostly one event repeated: its address and detail are written
         // into this thread's reused buffers (the address only when it changed), and the store's
         // writer copies them only for an event not already waiting (a repeat is counted,
