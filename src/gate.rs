@@ -147,7 +147,8 @@ enum Refusal {
 /// Facts about one request for its log line.
 #[derive(Default)]
 pub(crate) struct RequestLog {
-    pub(crate) repo: Option<String>,
+    /// Shared with the request's [`GitRequest`]: not a copy.
+    pub(crate) repo: Option<Arc<str>>,
     pub(crate) access: Option<&'static str>,
     pub(crate) user: Option<String>,
     pub(crate) token_id: Option<String>,
@@ -668,7 +669,7 @@ impl Gate {
                 return Err(Refusal::NotGit(Rejection::BadRequest(m.into())));
             }
         }
-        log.repo = Some(git_req.repo.to_string());
+        log.repo = Some(git_req.repo.shared());
         log.access = Some(git_req.access.as_str());
         // Before the credentials are looked at: a browser that holds them for this site sends
         // them with what another site's page has it fetch, each a token of its user's bucket
@@ -687,19 +688,19 @@ impl Gate {
             .map_err(Refusal::Guarded)?;
 
         let creds = credentials::from_headers(req.headers()).map_err(Refusal::NoCredentials)?;
-        let (basic_user, secret) = match &creds {
-            Credentials::Basic { user, secret } => (Some(user.as_str()), secret),
+        let bearer = matches!(creds, Credentials::Bearer { .. });
+        let (user, secret) = match creds {
+            Credentials::Basic { user, secret } => (Some(user), secret),
             Credentials::Bearer { secret } => (None, secret),
         };
         // Until the token says whose it is, the name the client sent, if it could be a user's
-        // (one that holds a secret `from_headers` refused already).
-        log.user = basic_user
-            .filter(|u| !u.is_empty())
-            .map(|u| crate::store::as_written_down_unsecret(u).to_string());
-        let id = token::parse(secret.expose()).ok_or_else(|| {
-            let bearer = matches!(creds, Credentials::Bearer { .. });
-            Refusal::NotAToken(token::NotAToken::of(secret.expose()), bearer)
-        })?;
+        // (one that holds a secret `from_headers` refused already): moved into the log, and
+        // read back from there, unless the log holds something else.
+        let (logged, unlogged) = user_for_the_log(user);
+        log.user = logged;
+        let basic_user = unlogged.as_deref().or(log.user.as_deref());
+        let id = token::parse(secret.expose())
+            .ok_or_else(|| Refusal::NotAToken(token::NotAToken::of(secret.expose()), bearer))?;
         // The log keeps the id parsed, not a copy of it.
         let id: &str = log.token_id.insert(id.into_string());
 
@@ -709,7 +710,7 @@ impl Gate {
             now,
             authorized,
         } = self
-            .decide(id, secret, basic_user, &git_req, remote)
+            .decide(id, &secret, basic_user, &git_req, remote)
             .await?;
         if let Some(until) = record.previous_used(&presented_hash, now) {
             tracing::info!(request_id = %request_id, token_id = %record.token.id, remote = %remote.ip(), until = %clock::datetime(until), "the token's previous secret was used, inside its rotation's overlap: a client still holds it, and is refused once the overlap ends (said at most once a minute per token)");
@@ -1089,6 +1090,25 @@ impl Gate {
     }
 }
 
+/// A Basic user name (`None`: Bearer) as the request log holds it until the token says whose it
+/// is — itself if it could be a user's (moved, not copied), else `<not a user name>`, and none
+/// if empty — and, when that is not the name as sent, the name as sent (for the policy).
+fn user_for_the_log(user: Option<String>) -> (Option<String>, Option<String>) {
+    let Some(user) = user else {
+        return (None, None);
+    };
+    if user.is_empty() {
+        return (None, Some(user));
+    }
+    let written = crate::store::as_written_down_unsecret(&user);
+    // The same place: the name itself, not the placeholder.
+    if std::ptr::eq(written, user.as_str()) {
+        (Some(user), None)
+    } else {
+        (Some(written.to_string()), Some(user))
+    }
+}
+
 /// [`Gate::audit_failure`]'s buffers, reused from one refusal to the next on a thread.
 struct AuditScratch {
     /// The address `source` spells.
@@ -1463,7 +1483,10 @@ fn connection_ended(e: &hyper::Error) -> Option<Ended> {
 
 #[cfg(test)]
 mod tests {
-    use super::{body_on_a_get, host_problem, overlong_target, AuditScratch, LONGEST_TARGET};
+    use super::{
+        body_on_a_get, host_problem, overlong_target, user_for_the_log, AuditScratch,
+        LONGEST_TARGET,
+    };
     use crate::request_log::PATH_KEPT;
     use hyper::header::HOST;
     use hyper::{HeaderMap, Uri, Version};
@@ -1725,6 +1748,29 @@ mod tests {
             None
         );
         assert!(host_problem(v2, &explicit, &hosts(&["git.example.com:8443"])).is_some());
+    }
+
+    /// The log holds a user name as `admit` always wrote it (the name, `<not a user name>`, or
+    /// none for an empty one), and the policy gets the name as sent, whichever holds it.
+    #[test]
+    fn a_basic_user_name_is_moved_into_the_log_unless_it_logs_otherwise() {
+        let sent = String::from("alice");
+        let at = sent.as_ptr();
+        let (logged, unlogged) = user_for_the_log(Some(sent));
+        assert_eq!(logged.as_deref(), Some("alice"));
+        assert_eq!(logged.map(|l| l.as_ptr()), Some(at), "moved, not copied");
+        assert_eq!(unlogged, None);
+        for (sent, logged) in [("Alice", "<not a user name>"), ("", "-")] {
+            let (l, u) = user_for_the_log(Some(sent.to_string()));
+            assert_eq!(l.as_deref().unwrap_or("-"), logged, "{sent}");
+            // As `admit` reads it for the policy.
+            assert_eq!(
+                u.as_deref().or(l.as_deref()),
+                Some(sent),
+                "{sent}: the policy sees what was sent"
+            );
+        }
+        assert_eq!(user_for_the_log(None), (None, None), "Bearer");
     }
 
     #[test]

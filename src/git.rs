@@ -34,8 +34,11 @@ const SEGMENT_PUNCTUATION: &[u8] = b"._-+~";
 ///
 /// Only [`RepoPath::parse`] and [`classify`] build one, so holding a `RepoPath` means the path
 /// is safe to compare against grants and to hand to a backend.
+///
+/// Shared rather than copied ([`RepoPath::shared`]): every request's log line holds its
+/// repository beside the request's own, refused or not.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RepoPath(String);
+pub struct RepoPath(std::sync::Arc<str>);
 
 impl RepoPath {
     /// Parse operator input such as `team/app` or `team/app.git` (not percent-decoded).
@@ -73,7 +76,7 @@ impl RepoPath {
             Some(_) => &joined[..joined.len() - ".git".len()],
             None => joined,
         };
-        Ok(RepoPath(repo.to_string()))
+        Ok(RepoPath(repo.into()))
     }
 
     /// The normalised path, e.g. `team/app`.
@@ -86,6 +89,11 @@ impl RepoPath {
         // A RepoPath always has at least two segments, so there is a '/'; fall back to the whole
         // path rather than panic if that invariant were ever broken.
         self.0.split_once('/').map_or(&self.0, |(p, _)| p)
+    }
+
+    /// The normalised path, shared with this one (no copy).
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        self.0.clone()
     }
 }
 
