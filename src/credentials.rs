@@ -163,7 +163,18 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Credentials, CredentialError>
 /// 401 for such a header git would ask for a user name instead of printing the reason, and
 /// what it then sent would not replace the header anyway.
 pub fn not_sent_by_git(headers: &HeaderMap) -> bool {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
+    not_sent_by_git_of(&headers.get_all(AUTHORIZATION))
+}
+
+/// [`not_sent_by_git`] and [`fingerprint`] of one refused request, its `Authorization` header
+/// looked up once for both.
+pub fn as_tried(headers: &HeaderMap) -> (bool, u64) {
+    let values = headers.get_all(AUTHORIZATION);
+    (not_sent_by_git_of(&values), fingerprint_of(&values))
+}
+
+fn not_sent_by_git_of(values: &hyper::header::GetAll<'_, hyper::header::HeaderValue>) -> bool {
+    let mut values = values.iter();
     match (values.next(), values.next()) {
         (Some(value), None) => {
             let v = value.as_bytes().trim_ascii_start();
@@ -182,11 +193,15 @@ pub fn not_sent_by_git(headers: &HeaderMap) -> bool {
 /// sends them again after every `401` (libgit2 does, up to ten times within milliseconds) tries
 /// no new secret.
 pub fn fingerprint(headers: &HeaderMap) -> u64 {
+    fingerprint_of(&headers.get_all(AUTHORIZATION))
+}
+
+fn fingerprint_of(values: &hyper::header::GetAll<'_, hyper::header::HeaderValue>) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static KEY: std::sync::LazyLock<std::hash::RandomState> =
         std::sync::LazyLock::new(std::hash::RandomState::new);
     let mut hasher = KEY.build_hasher();
-    for value in headers.get_all(AUTHORIZATION) {
+    for value in values {
         hasher.write(value.as_bytes());
         hasher.write_u8(0xff);
     }
@@ -687,6 +702,30 @@ mod tests {
             Err(CredentialError::Malformed(r)) => r,
             other => panic!("{value:?}: expected Malformed, got {other:?}"),
         }
+    }
+
+    /// One look at the header gives what the two looks gave: for none, one of git's, one git
+    /// did not send, and two.
+    #[test]
+    fn as_tried_is_not_sent_by_git_and_the_fingerprint() {
+        let mut sets = vec![HeaderMap::new()];
+        for values in [
+            &["Basic YTpi"][..],
+            &["Bearer x"],
+            &["basic YTpi"],
+            &["Basic YTpi", "Basic YTpj"],
+        ] {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(AUTHORIZATION, HeaderValue::from_static(v));
+            }
+            sets.push(h);
+        }
+        for h in &sets {
+            assert_eq!(as_tried(h), (not_sent_by_git(h), fingerprint(h)), "{h:?}");
+        }
+        assert!(as_tried(&sets[2]).0 && !as_tried(&sets[1]).0);
+        assert_ne!(as_tried(&sets[1]).1, as_tried(&sets[4]).1);
     }
 
     #[test]

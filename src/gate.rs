@@ -490,9 +490,10 @@ impl Gate {
                         match refusal {
                             Some(refusal) => {
                                 pending.line().who.auth = refusal.auth_failure();
+                                let (by_hand, tried) = credentials::as_tried(&parts.headers);
                                 let attempt = Attempt {
-                                    by_hand: credentials::not_sent_by_git(&parts.headers),
-                                    tried: credentials::fingerprint(&parts.headers),
+                                    by_hand,
+                                    tried,
                                     at_ms: clock::monotonic_ms(),
                                 };
                                 self.refusal(refusal, id, remote, &pending.line().who, attempt)
@@ -553,9 +554,10 @@ impl Gate {
             Err(refusal) => {
                 // Whether git sent the credentials itself decides how a refusal of them is
                 // answered (see `Gate::unauthenticated`): read for refusals only.
+                let (by_hand, tried) = credentials::as_tried(req.headers());
                 let attempt = Attempt {
-                    by_hand: credentials::not_sent_by_git(req.headers()),
-                    tried: credentials::fingerprint(req.headers()),
+                    by_hand,
+                    tried,
                     at_ms: clock::monotonic_ms_at(decided),
                 };
                 pending.line().who.auth = refusal.auth_failure();
