@@ -80,8 +80,8 @@ struct Nginx {
     fcgiwrap: Child,
     nginx_bin: PathBuf,
     /// Its TCP ports while it is down between `stop_nginx_holding_its_ports` and
-    /// `start_nginx`, held by sockets bound but not listening.
-    held: Vec<std::os::fd::OwnedFd>,
+    /// `start_nginx` (see `common::hold_port`).
+    held: Vec<common::ClosedPort>,
 }
 
 impl Nginx {
@@ -238,29 +238,15 @@ impl Nginx {
         false
     }
 
-    /// nginx gone, its TCP ports held until `start_nginx`: each by a socket bound to it but not
-    /// listening, so that a connection to it is still refused, as to a port nothing has, but a
-    /// bind to port 0 — every other test's gitgate, and `common::free_port` — is not given it
-    /// meanwhile (the kernel passes over a bound port: seen in a network namespace whose
-    /// ephemeral range was two ports). A whole-suite run once met another test's listener on
-    /// one in the seconds nginx was down, and nginx could not come back. `SO_REUSEADDR`, as
-    /// nginx's own sockets have, so that its connections' `TIME_WAIT` does not stop the bind;
-    /// the listener's own socket may take a moment to go.
+    /// nginx gone, its TCP ports held until `start_nginx` (`common::hold_port`): a connection
+    /// to them is still refused, as to a port nothing has, but no other test's listener can
+    /// take one meanwhile, and nginx could then not come back.
     fn stop_nginx_holding_its_ports(&mut self) {
-        use rustix::net::{AddressFamily, SocketType};
         self.stop_nginx();
-        for port in [self.port, self.tls_port] {
-            let socket =
-                rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-            rustix::net::sockopt::set_socket_reuseaddr(&socket, true).unwrap();
-            let at = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
-            wait_for(
-                "nginx's port to be free to hold",
-                Duration::from_secs(10),
-                || rustix::net::bind(&socket, &at).is_ok(),
-            );
-            self.held.push(socket);
-        }
+        self.held = vec![
+            common::hold_port(self.port),
+            common::hold_port(self.tls_port),
+        ];
     }
 
     fn stop_nginx(&mut self) {

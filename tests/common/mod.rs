@@ -931,7 +931,9 @@ pub fn free_port() -> u16 {
 }
 
 /// A port on 127.0.0.1 that refuses connections for as long as this lives: bound, never
-/// listening, so that no other listener can take it meanwhile (as one can a [`free_port`]).
+/// listening, so that no other listener can take it meanwhile (as one can a [`free_port`]): a
+/// bind to port 0 — every other test's gitgate, and [`free_port`] — is not given a bound port
+/// (seen in a network namespace whose ephemeral range was two ports).
 pub struct ClosedPort {
     _socket: std::os::fd::OwnedFd,
     pub port: u16,
@@ -939,19 +941,51 @@ pub struct ClosedPort {
 
 /// See [`ClosedPort`].
 pub fn closed_port() -> ClosedPort {
-    use rustix::net::{AddressFamily, SocketType};
-    let socket = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-    rustix::net::bind(
-        &socket,
-        &std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
-    )
-    .unwrap();
+    let socket = socket_bound_to(0, false).unwrap();
     let bound = std::net::SocketAddrV4::try_from(rustix::net::getsockname(&socket).unwrap())
         .expect("an IPv4 address");
     ClosedPort {
         _socket: socket,
         port: bound.port(),
     }
+}
+
+/// `port`, which a server of the test's (nginx, a web server) has just let go of, held as a
+/// [`ClosedPort`] while the server is down, to be dropped just before the server is started
+/// again on it: its clients' configuration (gitgate's upstream URL) names that port. Let go of
+/// meanwhile, another test's listener on port 0 could take it, and the server could not come
+/// back (a whole-suite run met that with nginx). `SO_REUSEADDR`, as a web server's own sockets
+/// have, so that the connections' `TIME_WAIT` does not stop the bind; the server's listening
+/// socket may take a moment to go, which this waits for (10 s at most).
+pub fn hold_port(port: u16) -> ClosedPort {
+    let start = Instant::now();
+    loop {
+        match socket_bound_to(port, true) {
+            Ok(socket) => {
+                return ClosedPort {
+                    _socket: socket,
+                    port,
+                }
+            }
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "port {port} was not free to hold within 10 s: {e}"
+            ),
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A TCP socket bound to `port` on 127.0.0.1 (0: one the kernel picks), not listening.
+fn socket_bound_to(port: u16, reuse_address: bool) -> rustix::io::Result<std::os::fd::OwnedFd> {
+    use rustix::net::{AddressFamily, SocketType};
+    let socket = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None)?;
+    if reuse_address {
+        rustix::net::sockopt::set_socket_reuseaddr(&socket, true)?;
+    }
+    let at = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
+    rustix::net::bind(&socket, &at)?;
+    Ok(socket)
 }
 
 /// The listening sockets on 127.0.0.1 in `/proc/net/tcp`: for each, its port, its socket's
