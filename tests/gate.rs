@@ -4053,18 +4053,12 @@ fn a_second_stop_signal_cuts_the_grace_period_short() {
     server.signal("TERM");
     // Sent once gitgate has taken the first: two signals pending at once are taken in no
     // particular order (seen at four test threads: the log named SIGINT).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fs::read_to_string(sb.server_log())
-        .unwrap()
-        .contains("shutting down on SIGTERM")
-    {
-        assert!(Instant::now() < deadline, "SIGTERM not taken");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    server.stop_began();
     // A second signal within a second is the same stop (SIGINT from the terminal, SIGTERM
-    // from a supervisor): gitgate still waits.
+    // from a supervisor): gitgate still waits. (It logs nothing for a signal passed over: the
+    // rest of the second is the wait.)
     server.signal("INT");
-    std::thread::sleep(Duration::from_millis(1300));
+    server.past_the_stops_first_second();
     assert!(
         server.exit_status().is_none(),
         "gitgate did not wait for the request"
@@ -4079,7 +4073,8 @@ fn a_second_stop_signal_cuts_the_grace_period_short() {
     // The backend sends its headers, then nothing for 5 s; without the second signal gitgate
     // would wait for it and log it complete. Cut off, the backend is reaped after its 2 s TERM
     // grace.
-    let status = server.stop_within(Duration::from_secs(4));
+    server.second_stop_signal();
+    let status = server.exit_within(Duration::from_secs(4), "the second stop signal");
     assert!(status.success(), "{status}");
     let log = fs::read_to_string(sb.server_log()).unwrap();
     assert!(log.contains("second stop signal"), "{log}");
@@ -4935,15 +4930,7 @@ fn a_stop_after_a_pushs_probe_still_lets_its_post_come() {
     assert!(advertised.starts_with("HTTP/1.1 200"), "{advertised}");
     server.signal("TERM");
     // The stop has begun before the probe.
-    let began = Instant::now();
-    while !server.log_text().contains("shutting down on SIGTERM") {
-        assert!(
-            began.elapsed() < Duration::from_secs(30),
-            "the stop never began:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    server.stop_began();
     // git's probe (a flush packet, four bytes), then, 3 s later, the same again in the pack's
     // place: three times the second a connection with nothing awaited is held.
     let post = format!(

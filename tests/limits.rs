@@ -5031,9 +5031,7 @@ fn a_second_stop_signal_answers_a_request_whose_cgi_program_has_sent_nothing() {
     };
     let stopped = Instant::now();
     g.signal("TERM");
-    // Past the second in which a signal is the same stop.
-    std::thread::sleep(Duration::from_millis(1500));
-    g.signal("TERM");
+    g.second_stop_signal();
     let run = ls_remote.join().unwrap();
     run.fails_with(
         "remote: the server is stopping, and the git server had not answered before it did; \

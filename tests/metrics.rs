@@ -827,7 +827,7 @@ fn stop_with_a_request_waiting(grace: u64, stop: Stop) -> Duration {
     let mut stopped = Instant::now();
     server.signal("TERM");
     if stop == Stop::Twice {
-        stopped = second_stop_signal(&server);
+        stopped = server.second_stop_signal();
     }
     let run = ls_remote.join().unwrap();
     let answered = stopped.elapsed();
@@ -843,38 +843,6 @@ fn stop_with_a_request_waiting(grace: u64, stop: Stop) -> Duration {
     assert!(log.contains("status=503"), "{log}");
     assert!(!log.contains(&secret), "{log}");
     answered
-}
-
-/// After a first SIGTERM, one that gitgate takes as a second stop signal (its log says so):
-/// sent a second after the stop began, as the log dates it, and again until gitgate says it
-/// took one, however late a loaded machine lets it look. When the one taken was sent.
-fn second_stop_signal(server: &common::Server) -> Instant {
-    let asked = Instant::now();
-    while !server.log_text().contains("shutting down on SIGTERM") {
-        assert!(
-            asked.elapsed() < Duration::from_secs(10),
-            "{}",
-            server.log_text()
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
-    // One within a second of the first is the same stop: ignored.
-    thread::sleep(Duration::from_millis(1100));
-    loop {
-        let sent = Instant::now();
-        server.signal("TERM");
-        while sent.elapsed() < Duration::from_secs(1) {
-            if server.log_text().contains("second stop signal") {
-                return sent;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(20),
-            "no second stop signal taken:\n{}",
-            server.log_text()
-        );
-    }
 }
 
 /// At the stop both listeners close while the requests under way drain, so that a new process

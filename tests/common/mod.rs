@@ -633,6 +633,11 @@ pub struct Server {
     pub scheme: &'static str,
     pub log: PathBuf,
     prefix: String,
+    /// Where its own lines begin in `log` (a restarted server appends to the same log).
+    own_lines_from: usize,
+    /// When the test first saw the log say the stop began (see
+    /// [`Server::past_the_stops_first_second`]).
+    stop_seen: std::cell::Cell<Option<Instant>>,
 }
 
 impl Server {
@@ -663,6 +668,8 @@ impl Server {
             scheme: "http",
             log,
             prefix: prefix.to_owned(),
+            own_lines_from: earlier,
+            stop_seen: std::cell::Cell::new(None),
         };
         let start = Instant::now();
         let mut pause = FIRST_POLL;
@@ -770,18 +777,85 @@ impl Server {
     /// restart does; its exit status.
     pub fn stop_within(&mut self, limit: Duration) -> ExitStatus {
         self.signal("TERM");
-        let stopped = Instant::now();
+        self.exit_within(limit, "SIGTERM")
+    }
+
+    /// Waits (at most `limit`) for gitgate to exit, after `what` (said if it does not); its exit
+    /// status.
+    pub fn exit_within(&mut self, limit: Duration, what: &str) -> ExitStatus {
+        let asked = Instant::now();
         loop {
             if let Some(s) = self.exit_status() {
                 return s;
             }
             assert!(
-                stopped.elapsed() < limit,
-                "gitgate did not exit within {limit:?} of SIGTERM:\n{}",
+                asked.elapsed() < limit,
+                "gitgate did not exit within {limit:?} of {what}:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Returns once the log has said the stop began (`shutting down on SIG...`, 10 s at most)
+    /// and a second more has passed: a stop signal before then is the same stop, passed over
+    /// (gitgate logs nothing for it).
+    pub fn past_the_stops_first_second(&self) {
+        let seen = self.stop_began();
+        // A little more than the second: gitgate times it from a moment after its log line.
+        thread::sleep(Duration::from_millis(1100).saturating_sub(seen.elapsed()));
+    }
+
+    /// Once the log says the stop began (`shutting down on SIG...`; 10 s at most): when this
+    /// test first saw it say so.
+    pub fn stop_began(&self) -> Instant {
+        if let Some(seen) = self.stop_seen.get() {
+            return seen;
+        }
+        let asked = Instant::now();
+        while !self.own_log().contains("shutting down on SIG") {
+            assert!(
+                asked.elapsed() < Duration::from_secs(10),
+                "the stop never began:\n{}",
+                self.own_log()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        let seen = Instant::now();
+        self.stop_seen.set(Some(seen));
+        seen
+    }
+
+    /// After the first stop signal, one that gitgate takes as a second (its log says so):
+    /// SIGTERM once [`Server::past_the_stops_first_second`], and again each second until the log
+    /// says it was taken, however late a loaded machine lets gitgate begin its stop. When the
+    /// one taken was sent.
+    pub fn second_stop_signal(&self) -> Instant {
+        self.past_the_stops_first_second();
+        let asked = Instant::now();
+        loop {
+            let sent = Instant::now();
+            self.signal("TERM");
+            while sent.elapsed() < Duration::from_secs(1) {
+                if self.own_log().contains("second stop signal") {
+                    return sent;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(20),
+                "no second stop signal taken:\n{}",
+                self.own_log()
+            );
+        }
+    }
+
+    /// Its own lines of `log`.
+    fn own_log(&self) -> String {
+        let log = self.log_text();
+        log.get(self.own_lines_from..)
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
