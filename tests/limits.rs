@@ -4270,16 +4270,7 @@ fn h2_request_to(
         .build()
         .unwrap();
     runtime.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(connection);
+        let mut sender = h2_connection(port).await;
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(uri)
@@ -4313,6 +4304,24 @@ fn h2_request_to(
             trailers,
         }
     })
+}
+
+/// An HTTP/2 connection (prior knowledge, hyper's client) to gitgate on `port`, for requests
+/// without a body; driven by a task of its own on the caller's runtime.
+async fn h2_connection(
+    port: u16,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    sender
 }
 
 /// A stream read at about `per_second` bytes a second: 16 KiB at a time, then a pause; and not
@@ -4518,15 +4527,8 @@ fn an_http2_client_that_stopped_reading_does_not_hold_the_stop() {
     let (mut g, auth) = a_big_answer_over_tls(dir.path(), 2 << 20);
     let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _reader = a_slow_http2_get(g.port, auth, stalled.clone());
-    let sent = Instant::now();
-    while !g.log_text().contains("outcome=complete") && sent.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        g.log_text().contains("outcome=complete"),
-        "{}",
-        g.log_text()
-    );
+    let log = log_once_it_has(&g, "outcome=complete");
+    assert!(log.contains("outcome=complete"), "{log}");
     stalled.store(true, std::sync::atomic::Ordering::Relaxed);
     let stopping = Instant::now();
     // The default grace period is 30 s: this gives up 5 s after nothing moved, and the socket
@@ -5240,16 +5242,7 @@ fn reset_after(
             .build()
             .unwrap();
         runtime.block_on(async {
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let (mut sender, connection) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(tcp),
-            )
-            .await
-            .unwrap();
-            tokio::spawn(connection);
+            let mut sender = h2_connection(port).await;
             let request = hyper::Request::builder()
                 .uri(format!(
                     "http://127.0.0.1:{port}/{repo}.git/info/refs?service=git-upload-pack"

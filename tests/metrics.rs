@@ -421,20 +421,23 @@ fn bytes_are_counted_while_a_clone_streams_not_only_at_its_end() {
     drop(s);
 }
 
+/// What gitgate on `port` answers to `request`, sent as given, until it closes: as text.
+fn raw_answer(port: u16, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[test]
 fn requests_the_parser_refuses_are_logged_and_counted() {
     let sb = Sandbox::new();
     with_metrics_listener(&sb);
     let server = sb.serve();
     let port = wait_for_metrics_port(&server);
-    let answer = |request: &[u8]| {
-        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(request).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let answer = |request: &[u8]| raw_answer(server.port, request);
     let garbage = answer(b"\x16\x03\x01 hello there\r\n\r\n");
     assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
     let big = format!(
@@ -505,14 +508,7 @@ fn requests_the_parser_refuses_are_logged_and_counted() {
 #[test]
 fn a_probe_path_asked_with_another_method_is_counted_as_rejected() {
     let (_sb, server, port) = serving_team_app_to_alice();
-    let answer = |request: &[u8]| {
-        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(request).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let answer = |request: &[u8]| raw_answer(server.port, request);
     for request in [
         "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         "DELETE /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
