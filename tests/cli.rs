@@ -3335,7 +3335,7 @@ fn a_read_commands_copy_is_removed_when_a_signal_stops_it() {
             );
             thread::sleep(Duration::from_millis(20));
         }
-        thread::sleep(Duration::from_millis(300));
+        common::wait_until_blocked_in(child.id(), &["pipe_write"], Duration::from_millis(300));
         assert!(
             child.try_wait().unwrap().is_none(),
             "the command did not wait"
@@ -3668,20 +3668,16 @@ fn rate_limit_overrides_say_they_have_no_effect_while_rate_limiting_is_off() {
     // The JSON listing on stdout stays JSON.
     let listed = off.cli_json(&["ratelimit", "list", "--json"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
-    // And the server says it at its start, where the override would have been read.
+    // And the server says it at its start, where the overrides are read: before its
+    // `listening on` line, which `serve` waits for.
     let server = off.serve();
     let warned = |g: &common::Server| {
         g.log_text()
             .contains("rate limiting is off ([rate_limit] enabled = false)")
     };
-    let until = Instant::now() + Duration::from_secs(5);
-    while !warned(&server) && Instant::now() < until {
-        thread::sleep(Duration::from_millis(50));
-    }
     assert!(warned(&server), "{}", server.log_text());
     drop(server);
     let server = on.serve();
-    thread::sleep(Duration::from_millis(300));
     assert!(!warned(&server), "{}", server.log_text());
 }
 

@@ -660,7 +660,11 @@ fn a_revocation_made_before_the_index_was_deleted_holds_after_a_restart() {
         std::fs::remove_file(format!("{}{suffix}", db.display())).unwrap();
     }
     assert_eq!(status(&get(&server, IR, &w)), 503);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    wait_for("the writer's failed try", || {
+        server
+            .log()
+            .contains("could not write audit events and last uses (try 1 of")
+    });
     server.restart();
     let resp = get(&server, IR, &w);
     assert_eq!(status(&resp), 401, "{}", String::from_utf8_lossy(&resp));

@@ -2117,10 +2117,11 @@ fn an_upstream_not_connected_to_for_want_of_descriptors_is_a_shortage() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec()
     });
     let (mut g, auth) = start_in_front_of(dir.path(), port, "");
-    // Served once, so that what a request needs (the token in the cache) is in place.
+    // Served once, so that what a request needs (the token in the cache) is in place; its
+    // connections (the client's, the upstream's) closed before the descriptors are counted.
     let (out, _) = info_refs(&g, &auth);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    std::thread::sleep(Duration::from_millis(200));
+    common::wait_for_no_connections(g.pid());
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", g.pid())).unwrap();
     let soft: u64 = limits
         .lines()
@@ -2195,10 +2196,11 @@ fn a_post_waits_a_moment_for_descriptors_to_reach_its_upstream() {
     });
     let dir = tempfile::tempdir().unwrap();
     let (mut g, auth) = start_in_front_of(dir.path(), upstream_port, "");
-    // Served once, so that what a request needs (the token in the cache) is in place.
+    // Served once, so that what a request needs (the token in the cache) is in place; its
+    // connections (the client's, the upstream's) closed before the descriptors are counted.
     let (out, _) = info_refs(&g, &auth);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    std::thread::sleep(Duration::from_millis(200));
+    common::wait_for_no_connections(g.pid());
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", g.pid())).unwrap();
     let soft: u64 = limits
         .lines()
@@ -4208,8 +4210,19 @@ fn a_small_push_refused_before_its_body_is_sent_gets_the_refusal_cleanly() {
     for _ in 0..3 {
         let mut s = connect(g.port);
         s.write_all(push_head(&auth, 64 << 10).as_bytes()).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        // The answer has come whole (and is left unread) before the body is sent ...
+        let start = Instant::now();
+        let mut peeked = [0u8; 4096];
+        while !s
+            .peek(&mut peeked)
+            .is_ok_and(|n| peeked[..n].ends_with(b"refused"))
+        {
+            assert!(start.elapsed() < Duration::from_secs(10), "no answer");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         s.write_all(&[b'p'; 64 << 10]).unwrap();
+        // ... and read late. (No event says that a reset gitgate might send for the body has
+        // come: the time is the wait.)
         std::thread::sleep(Duration::from_millis(300));
         let mut answer = Vec::new();
         let read = s.read_to_end(&mut answer);
@@ -4503,7 +4516,10 @@ fn an_http2_answer_under_way_at_a_stop_reaches_a_slow_client_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (mut g, auth) = a_big_answer_over_tls(dir.path(), SIZE);
     let reader = a_slow_http2_get(g.port, auth, Default::default());
-    std::thread::sleep(Duration::from_millis(1000));
+    // The stop comes once gitgate has taken the whole answer from the upstream (its request
+    // logged `complete`), megabytes of it still to reach the client.
+    let log = log_once_it_has(&g, "outcome=complete");
+    assert!(log.contains("outcome=complete"), "{log}");
     g.signal("TERM");
     let (received, broke) = reader.join().unwrap();
     assert_eq!(broke, None, "after {} of {SIZE} bytes", received.len());

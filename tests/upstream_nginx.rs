@@ -1947,8 +1947,13 @@ fn a_reload_that_cannot_read_the_certificate_holds_up_no_connection() {
         .unwrap();
     assert!(made.success());
     g.signal("HUP");
-    // The reload says nothing until it has read the file: time for it to be stuck opening it.
-    std::thread::sleep(Duration::from_millis(300));
+    // The reload says nothing until it has read the file: it is stuck opening it (a thread
+    // waits in the kernel for the FIFO's writer).
+    common::wait_until_blocked_in(
+        g.pid(),
+        &["wait_for_partner", "fifo_open"],
+        Duration::from_millis(300),
+    );
     let (cert, mut conn) = tls_connect(g.port);
     assert_eq!(cert, pem_der("tls/server-a.pem"), "the certificate in use");
     assert!(healthz_on(&mut conn).contains("200"));

@@ -1118,6 +1118,76 @@ fn socket_inodes(pid: u32) -> Vec<u64> {
         .collect()
 }
 
+/// Waits (10 s at most) until a thread of process `pid` sleeps in one of the kernel's functions
+/// `places`, as `/proc/PID/task/TID/wchan` names them (a name in it will do: kernels differ,
+/// `pipe_write` or `anon_pipe_write`): the process has come to the point that blocks. Where the
+/// kernel names no function there (every thread's `wchan` reads `0`, this process's sleeping
+/// ones too), `instead` is slept.
+pub fn wait_until_blocked_in(pid: u32, places: &[&str], instead: Duration) {
+    let wchans = |pid: &str| -> Vec<String> {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter_map(|t| fs::read_to_string(t.path().join("wchan")).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // This test binary's own threads wait too (the harness's, the other tests'): named?
+    if !wchans("self").iter().any(|w| !w.is_empty() && w != "0") {
+        thread::sleep(instead);
+        return;
+    }
+    let start = Instant::now();
+    loop {
+        let now = wchans(&pid.to_string());
+        if now.iter().any(|w| places.iter().any(|p| w.contains(p))) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no thread of process {pid} came to sleep in {places:?}: {now:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits (10 s at most) until process `pid` holds no TCP connection, only listening sockets:
+/// the connections of the requests it served are closed (their descriptors free again).
+pub fn wait_for_no_connections(pid: u32) {
+    let start = Instant::now();
+    loop {
+        let held = socket_inodes(pid);
+        let connected: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|table| fs::read_to_string(table).ok())
+            .flat_map(|table| {
+                // The fourth field the state (`0A` LISTEN), the tenth the socket's inode.
+                table
+                    .lines()
+                    .skip(1)
+                    .filter(|line| {
+                        let f: Vec<&str> = line.split_whitespace().collect();
+                        f.len() > 9
+                            && f[3] != "0A"
+                            && f[9].parse().is_ok_and(|inode| held.contains(&inode))
+                    })
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if connected.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "process {pid} still holds connections: {connected:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The listening sockets on 127.0.0.1 that process `pid` holds: (port, the socket's inode).
 /// A test that checks a stop let go of them looks for these sockets, which nothing else can
 /// be, and not at whether their ports are free: another listener of the test run can take a
