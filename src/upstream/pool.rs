@@ -1028,13 +1028,35 @@ mod tests {
             } else {
                 Unasked::After(Duration::from_millis(2))
             };
-            let (port, accepted) =
-                upstream_serving(move |s| answers_and_unasked_ones(s, extra)).await;
+            let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let closing = closed.clone();
+            let (port, accepted) = upstream_serving(move |s| {
+                let closing = closing.clone();
+                async move {
+                    answers_and_unasked_ones(s, extra).await;
+                    closing.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .await;
             let p = pool(port, Duration::from_secs(30));
-            for driving in [Inline, Inline, Inline, OwnTask, OwnTask, OwnTask] {
+            for (n, driving) in [Inline, Inline, Inline, OwnTask, OwnTask, OwnTask]
+                .into_iter()
+                .enumerate()
+            {
                 // `get` checks that the answer is `ok`, not the extra `XX`.
                 get(&p, driving).await;
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // The next request once the unasked-for answer has come and been read: the
+                // connection closed by gitgate's side, seen by the upstream (a blind pause here
+                // raced the 2 ms write on a loaded machine, and the next request went out first).
+                let by = tokio::time::Instant::now() + Duration::from_secs(10);
+                while closed.load(Ordering::SeqCst) <= n {
+                    assert!(
+                        tokio::time::Instant::now() < by,
+                        "together: {together}: the connection that got an unasked-for answer \
+                         after request {n} was kept open"
+                    );
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
             assert_eq!(accepted.load(Ordering::SeqCst), 6, "together: {together}");
         }
