@@ -144,10 +144,13 @@
 //!   still queued lingers until they are out ([`closing`]), either given up after 5 s without
 //!   progress;
 //!   what is left at the end of the grace period, or at a second signal, is cut
-//!   off by its worker, its backends reaped, then pending writes are flushed; [`signals`]; a
+//!   off by its worker, its backends reaped, then the REST calls' store work still running
+//!   is waited for and pending writes are flushed, and the process ends without waiting for
+//!   a lookup of the upstream's name nobody awaits any more; [`signals`]; a
 //!   listening socket that fails for good — shut down or closed under gitgate — stops the
 //!   process the same way, exit status 1, for a supervisor to start it again, as does a panic
-//!   outside any connection: in a worker's loop or in the accepting itself).
+//!   outside any connection: in a worker's loop or in the accepting itself; a panic of the
+//!   `/metrics` listener's accepting ends `/metrics` alone, said in an ERROR, its port closed).
 //!   Everything that can fail on a bad setting is checked before the store is opened (the
 //!   open-files limit: [`open_files`]); every
 //!   thread the server runs work on is started with it — threads of its own, waiting for work
