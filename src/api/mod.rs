@@ -595,11 +595,21 @@ pub async fn handle(
     resp
 }
 
-/// How many API requests may check a password at once: two per core. Each argon2 check takes
-/// about 19 MiB and a core for tens of milliseconds; without a cap, a burst of anonymous logins
-/// would run one per connection before the address throttle had counted any of them.
+/// How many API requests may check a password at once, over the process
+/// ([`password_checks_for`] this machine's cores).
 pub fn password_checks() -> usize {
-    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+    password_checks_for(std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Two per core, and at most half of a worker's blocking threads
+/// ([`crate::blocking_pool::THREADS`]). Each argon2 check takes about 19 MiB and a core for
+/// tens of milliseconds; without a cap, a burst of anonymous logins would run one per
+/// connection before the address throttle had counted any of them. The checks run on the
+/// blocking threads of the worker their connection landed on, and a burst's connections can
+/// all land on one worker: past half of its threads they would leave too few for that
+/// worker's token reads on a cache miss (with four cores and more, two per core was all 8).
+pub fn password_checks_for(cores: usize) -> usize {
+    (2 * cores.max(1)).min(crate::blocking_pool::THREADS / 2)
 }
 
 static PASSWORD_CHECKS: LazyLock<Arc<Semaphore>> =
@@ -1323,6 +1333,22 @@ mod tests {
             assert!(
                 read <= 26,
                 "{path}?{query}: {read} rows read for a page of 25"
+            );
+        }
+    }
+
+    /// Password checks: two per core, but never more than half of one worker's blocking
+    /// threads, where a burst's checks can all land (on 4 cores and more, two per core took all
+    /// 8 of them).
+    #[test]
+    fn password_checks_leave_a_worker_half_its_blocking_threads() {
+        assert_eq!(password_checks_for(0), 2);
+        assert_eq!(password_checks_for(1), 2);
+        assert_eq!(password_checks_for(2), 4);
+        for cores in [3, 4, 16, 256] {
+            assert_eq!(
+                password_checks_for(cores),
+                crate::blocking_pool::THREADS / 2
             );
         }
     }
