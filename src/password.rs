@@ -145,6 +145,15 @@ pub fn beyond_limits(params: &Params) -> Option<String> {
     ))
 }
 
+/// Why a stored PHC string asks for more than gitgate checks ([`beyond_limits`]), if it does:
+/// for `gitgate check`, which says so before the user's next login is refused for it. A
+/// string that is not an argon2 hash at all is not this question's (its logins are refused as
+/// wrong).
+pub fn stored_beyond_limits(stored: &str) -> Option<String> {
+    let parsed = PasswordHash::new(stored).ok()?;
+    beyond_limits(&Params::try_from(&parsed).ok()?)
+}
+
 /// Why a password could not be checked, so that nothing is known of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unchecked {
@@ -281,6 +290,18 @@ mod tests {
     /// machine could not map it), lanes by the million. What gitgate makes, and hashes up to
     /// the limits (the argon2 crate's own, other variants and versions, a gigabyte of memory),
     /// are checked as ever.
+    /// `gitgate check`'s question: a stored hash over the limits is named with why, gitgate's
+    /// own and a string that is no hash are not.
+    #[test]
+    fn a_stored_hash_beyond_the_limits_is_told_without_a_password() {
+        let own = hash("pw").unwrap();
+        assert_eq!(stored_beyond_limits(&own), None);
+        assert_eq!(stored_beyond_limits("not a hash"), None);
+        let edited = own.replace("t=2", "t=4294967295");
+        let why = stored_beyond_limits(&edited).expect(&edited);
+        assert!(why.contains("t=4294967295"), "{why}");
+    }
+
     #[test]
     fn a_stored_hash_beyond_what_gitgate_makes_is_not_checked() {
         use argon2::password_hash::PasswordHasher;

@@ -2296,6 +2296,36 @@ fn check_warns_of_a_store_none_of_whose_tokens_can_be_used() {
     assert!(!run.ok().contains("warning"), "{run}");
 }
 
+/// A stored password hash edited beyond what gitgate checks refuses every login of its user,
+/// which the server says only at the next one: check says so beforehand, naming the user, why,
+/// and the command that mends it.
+#[test]
+fn check_warns_of_a_stored_password_hash_beyond_what_gitgate_checks() {
+    let sb = user_sandbox();
+    sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let run = sb.cli(&["check"]);
+    assert!(!run.ok().contains("warning"), "{run}");
+    let conn = rusqlite::Connection::open(sb.db()).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE users SET password_hash = replace(password_hash, 't=2,', 't=4294967295,') \
+             WHERE slug = 'alice'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    let run = sb.cli(&["check"]);
+    let text = run.ok();
+    assert!(
+        text.contains("warning: store")
+            && text.contains("user 'alice': the stored password hash asks for more than")
+            && text.contains("t=4294967295")
+            && text.contains("gitgate user passwd alice"),
+        "{text}"
+    );
+}
+
 /// A repository owned by another user than gitgate's gets a `500` for every request (git's
 /// "detected dubious ownership") while `/readyz` says ready: check says so beforehand, and not
 /// once git's `safe.directory` names it.

@@ -294,6 +294,19 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         warnings += 1;
         outln!("warning: store {store}: {e}");
     }
+    // A hash edited beyond what gitgate checks refuses every login of its user, said otherwise
+    // only by the ERROR at the next one.
+    for (user, why) in inspection
+        .iter()
+        .flat_map(|i| i.passwords_beyond_limits.iter())
+    {
+        warnings += 1;
+        outln!(
+            "warning: store {store}: user '{user}': the stored password hash asks for more than \
+             gitgate checks ({why}), so every password login of the user is refused; set it \
+             again with `gitgate user passwd {user}`"
+        );
+    }
     let empty = "it refuses every git request until a token is made (if the store is \
                  elsewhere, fix [store] path)";
     match inspection {

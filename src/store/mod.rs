@@ -363,6 +363,9 @@ pub struct Inspection {
     pub usable_tokens: Option<i64>,
     /// The store's settings (the expiry policy), by key.
     pub settings: std::collections::HashMap<String, String>,
+    /// Users whose stored password hash asks for more than gitgate checks (edited by hand),
+    /// with why ([`crate::password::stored_beyond_limits`]): every login of theirs is refused.
+    pub passwords_beyond_limits: Vec<(String, String)>,
 }
 
 /// A copy of a store and its `-wal` in a folder of its own (mode 0700, in the temporary
@@ -645,6 +648,21 @@ impl Store {
                 })
                 .map_err(explain)?
         };
+        let passwords_beyond_limits = if version == 0 {
+            Vec::new()
+        } else {
+            conn.prepare("SELECT slug, password_hash FROM users ORDER BY slug")
+                .and_then(|mut q| {
+                    q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(explain)?
+                .into_iter()
+                .filter_map(|(user, stored)| {
+                    crate::password::stored_beyond_limits(&stored).map(|why| (user, why))
+                })
+                .collect()
+        };
         Ok(Some(Inspection {
             schema: version,
             current: schema::CURRENT,
@@ -652,6 +670,7 @@ impl Store {
             unrevoked_tokens,
             usable_tokens,
             settings,
+            passwords_beyond_limits,
         }))
     }
 
