@@ -42,6 +42,23 @@ pub fn configure(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::
         .thread_name("gitgate-block")
 }
 
+/// `work` on the blocking pool, for a caller that may give up waiting for it (a deadline, a
+/// connect timeout): dropped before a thread took it, it never starts — tokio otherwise runs
+/// a blocking task it has not started yet, for nobody, holding what it holds (a turn, then a
+/// thread) — and one running already runs to its end.
+pub async fn unless_given_up<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    struct AbortedIfDropped<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortedIfDropped<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortedIfDropped(tokio::task::spawn_blocking(work));
+    (&mut task.0).await
+}
+
 /// Starts all of `runtime`'s blocking threads now (built with [`configure`]): one blocking call
 /// per thread, each held until all are running, so that each needs a thread of its own. Before
 /// each, a thread of the process's own is looked for room ([`crate::own_thread::room_for_a_thread`])

@@ -1574,7 +1574,9 @@ impl Store {
             CacheLookup::Miss(at) => at,
         };
         let (store, id) = (self.clone(), id.to_string());
-        let reading = tokio::task::spawn_blocking(move || {
+        // Given up at the deadline before a thread took it, the read never starts, and its
+        // place comes back.
+        let reading = crate::blocking_pool::unless_given_up(move || {
             let _turn = turn;
             read(&store, &id, at)
         });

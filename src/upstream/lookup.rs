@@ -79,23 +79,12 @@ impl Lookups {
         // on still holds its blocking thread. One given up before a thread took it (all of
         // them busy with the store's reads and password checks) never starts, and its turn
         // comes back: else it would still run, for nobody, holding a turn and then a thread.
-        let mut lookup = NotStartedIfGivenUp(tokio::task::spawn_blocking(move || {
+        crate::blocking_pool::unless_given_up(move || {
             let _turn = turn;
             look(&host, port)
-        }));
-        (&mut lookup.0).await.map_err(|e| {
-            io::Error::other(format!("the lookup of the upstream's name failed: {e}"))
-        })?
-    }
-}
-
-/// A lookup on the blocking pool that does not start once given up (dropped): tokio runs a
-/// blocking task it has not started yet unless it is aborted; one running already runs on.
-struct NotStartedIfGivenUp(tokio::task::JoinHandle<io::Result<Vec<SocketAddr>>>);
-
-impl Drop for NotStartedIfGivenUp {
-    fn drop(&mut self) {
-        self.0.abort();
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("the lookup of the upstream's name failed: {e}")))?
     }
 }
 
