@@ -2326,6 +2326,30 @@ fn check_warns_of_a_stored_password_hash_beyond_what_gitgate_checks() {
     );
 }
 
+/// A stored password hash edited into what is not text (a BLOB) is no question of the
+/// hash's limits: check still passes, as serve still starts. Before, check read every hash as
+/// text and failed whole ("Invalid column type Blob"), exit 1, where serve would start.
+#[test]
+fn check_passes_a_stored_password_hash_that_is_not_text() {
+    let sb = user_sandbox();
+    sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let conn = rusqlite::Connection::open(sb.db()).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE users SET password_hash = CAST(password_hash AS BLOB) WHERE slug = 'alice'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    let run = sb.cli(&["check"]);
+    let text = run.ok();
+    assert!(
+        text.contains("1 user, 1 token not revoked") && !text.contains("user 'alice'"),
+        "{text}"
+    );
+}
+
 /// A repository owned by another user than gitgate's gets a `500` for every request (git's
 /// "detected dubious ownership") while `/readyz` says ready: check says so beforehand, and not
 /// once git's `safe.directory` names it.

@@ -651,15 +651,21 @@ impl Store {
         let passwords_beyond_limits = if version == 0 {
             Vec::new()
         } else {
+            // Only text is this question's: a value edited in by hand as a BLOB (or text that
+            // is not UTF-8) is no hash to read parameters from, and must not fail the whole
+            // check, where serve starts and serves every other user.
+            let text = |r: &rusqlite::Row, i: usize| -> rusqlite::Result<Option<String>> {
+                Ok(r.get_ref(i)?.as_str().ok().map(str::to_owned))
+            };
             conn.prepare("SELECT slug, password_hash FROM users ORDER BY slug")
                 .and_then(|mut q| {
-                    q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                    q.query_map([], |r| Ok((text(r, 0)?, text(r, 1)?)))?
                         .collect::<rusqlite::Result<Vec<_>>>()
                 })
                 .map_err(explain)?
                 .into_iter()
                 .filter_map(|(user, stored)| {
-                    crate::password::stored_beyond_limits(&stored).map(|why| (user, why))
+                    Some((user?, crate::password::stored_beyond_limits(&stored?)?))
                 })
                 .collect()
         };
