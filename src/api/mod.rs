@@ -473,55 +473,42 @@ pub async fn handle(
                 bytes_in = body.len();
                 let headers = parts.headers;
                 let path = path.clone();
-                // First the password, within the permit...
-                let checked = {
-                    let store = store.clone();
-                    let in_flight = StoreWork::begin();
-                    tokio::task::spawn_blocking(move || {
-                        let _in_flight = in_flight;
-                        let _permit = permit;
-                        login(&store, &path, &headers, remote, id)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(task_failed(e)))
+                let checking = store.clone();
+                // HEAD is GET without the body (hyper sends the head only).
+                let routed = if method == Method::HEAD {
+                    Method::GET
+                } else {
+                    method.clone()
                 };
-                if let Ok(login) = &checked {
-                    user = Some(login.user().to_string());
-                }
-                match checked {
-                    Err(e) => Err(e),
-                    // ...then the caller's bucket, then the work.
-                    Ok(login) => match guard
-                        .check_api_call(login.user(), clock::monotonic_ms())
-                        .await
-                    {
-                        Err(verdict) => {
-                            verdict.say(id);
-                            Err(ApiError::rate_limited(&verdict))
-                        }
-                        Ok(()) => {
-                            // HEAD is GET without the body (hyper sends the head only).
-                            let routed = if method == Method::HEAD {
-                                Method::GET
-                            } else {
-                                method.clone()
-                            };
-                            let in_flight = StoreWork::begin();
-                            in_turn(&STORE_TURNS, STORE_WORK_WAIT, move || {
-                                let _in_flight = in_flight;
-                                dispatch(
-                                    &store,
-                                    login,
-                                    &routed,
-                                    query.as_deref(),
-                                    &body,
-                                    &git_prefix,
-                                )
-                            })
-                            .await
+                login_then_work(
+                    &STORE_WORK,
+                    &STORE_TURNS,
+                    STORE_WORK_WAIT,
+                    // First the password, within the permit...
+                    move || {
+                        let _permit = permit;
+                        login(&checking, &path, &headers, remote, id)
+                    },
+                    // ...then the caller's bucket...
+                    |login: &Login| {
+                        user = Some(login.user().to_string());
+                        let who = login.user().to_string();
+                        async move {
+                            guard
+                                .check_api_call(&who, clock::monotonic_ms())
+                                .await
+                                .map_err(|verdict| {
+                                    verdict.say(id);
+                                    ApiError::rate_limited(&verdict)
+                                })
                         }
                     },
-                }
+                    // ...then the work.
+                    move |login| {
+                        dispatch(&store, login, &routed, query.as_deref(), &body, &git_prefix)
+                    },
+                )
+                .await
             }
         },
     };
@@ -616,29 +603,60 @@ static PASSWORD_CHECKS: LazyLock<Arc<Semaphore>> =
     LazyLock::new(|| Arc::new(Semaphore::new(password_checks())));
 
 /// The REST calls' store work on a blocking thread (a login, which records a failed password,
-/// and the call's own work), counted from its spawn, queued or running, to its end: what a
+/// and the call's own work), counted from the login's spawn, queued or running, to the work's
+/// end, the wait for the caller's bucket between them included ([`login_then_work`]): what a
 /// call changes is not cut short by the process's end. A call cut at the stop (its connection
 /// closed at the grace's end, or by a second signal) leaves its work running on; the stop does
 /// not wait for the runtime's blocking threads (they may hold a lookup of the upstream's name
 /// that nobody awaits, see `server`), so it waits for these ([`wait_for_store_work`]) before
 /// the store's last flush.
-static STORE_WORK: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+static STORE_WORK: StoreWorks = StoreWorks::new();
 
-/// One REST call's store work in flight ([`STORE_WORK`]); ends when dropped, with the blocking
-/// task's closure that holds it (run to its end, or dropped unrun at a runtime's shutdown).
-struct StoreWork;
+/// A count of store work in flight, and its end told ([`STORE_WORK`]; a test's own).
+struct StoreWorks {
+    count: Mutex<usize>,
+    ended: Condvar,
+}
 
-impl StoreWork {
-    fn begin() -> StoreWork {
-        *STORE_WORK.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        StoreWork
+impl StoreWorks {
+    const fn new() -> StoreWorks {
+        StoreWorks {
+            count: Mutex::new(0),
+            ended: Condvar::new(),
+        }
+    }
+
+    fn begin(&'static self) -> StoreWork {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        StoreWork(self)
+    }
+
+    /// How many are in flight now.
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait (blocking) until none is in flight.
+    fn wait(&self) {
+        let count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        drop(
+            self.ended
+                .wait_while(count, |n| *n > 0)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
     }
 }
 
+/// One piece of store work in flight (see [`StoreWorks`]); ends when dropped, with the blocking
+/// task's closure or the call's future that holds it (run to its end, or dropped unrun at a
+/// runtime's shutdown).
+struct StoreWork(&'static StoreWorks);
+
 impl Drop for StoreWork {
     fn drop(&mut self) {
-        *STORE_WORK.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        STORE_WORK.1.notify_all();
+        *self.0.count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.0.ended.notify_all();
     }
 }
 
@@ -647,13 +665,7 @@ impl Drop for StoreWork {
 /// check, store writes within the store's busy timeout); a queued one is run by one of the
 /// blocking threads lookups cannot take (`upstream::lookup::AT_ONCE`), or dropped unrun.
 pub fn wait_for_store_work() {
-    let (count, ended) = &STORE_WORK;
-    let count = count.lock().unwrap_or_else(|e| e.into_inner());
-    drop(
-        ended
-            .wait_while(count, |n| *n > 0)
-            .unwrap_or_else(|e| e.into_inner()),
-    );
+    STORE_WORK.wait();
 }
 
 /// How many calls may do their store work (after the password) at once, over the process: a
@@ -695,6 +707,44 @@ async fn in_turn<T: Send + 'static>(
     })
     .await
     .unwrap_or_else(|e| Err(task_failed(e)))
+}
+
+/// A call's store work once its body is read: `login` (its password) on the blocking pool,
+/// then `bucket` (its rate limit), then `work` in its turn among `turns` ([`in_turn`]),
+/// counted in `works` as one from the login's spawn to the work's end. Never none between the
+/// two: a call cut at the stop goes on in a task of its own (the gate spawns it, so that a
+/// password check's failure is counted however soon its client hangs up), which on worker 0,
+/// the main runtime, outlives its connection, and the stop's wait ([`wait_for_store_work`])
+/// would end while it waited for its bucket, its work then run after the store's last flush
+/// and cut by the process's end. The login is counted on its own too, for a call dropped
+/// while its password is checked (a worker's runtime let go): its failure is still recorded.
+async fn login_then_work<L, T, B>(
+    works: &'static StoreWorks,
+    turns: &Arc<Semaphore>,
+    wait: Duration,
+    login: impl FnOnce() -> Result<L, ApiError> + Send + 'static,
+    bucket: impl FnOnce(&L) -> B,
+    work: impl FnOnce(L) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    L: Send + 'static,
+    T: Send + 'static,
+    B: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let call = works.begin();
+    let in_login = works.begin();
+    let login = tokio::task::spawn_blocking(move || {
+        let _in_login = in_login;
+        login()
+    })
+    .await
+    .unwrap_or_else(|e| Err(task_failed(e)))?;
+    bucket(&login).await?;
+    in_turn(turns, wait, move || {
+        let _call = call;
+        work(login)
+    })
+    .await
 }
 
 fn credentials_required() -> ApiError {
@@ -934,10 +984,11 @@ mod tests {
     /// wait is what keeps a call's writes from being cut by the process's end.
     #[test]
     fn the_stop_waits_for_a_calls_store_work_in_flight() {
-        let in_flight = StoreWork::begin();
+        static WORKS: StoreWorks = StoreWorks::new();
+        let in_flight = WORKS.begin();
         let (waited, ended) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            wait_for_store_work();
+            WORKS.wait();
             let _ = waited.send(());
         });
         assert!(
@@ -946,6 +997,64 @@ mod tests {
         );
         drop(in_flight);
         assert!(ended.recv_timeout(Duration::from_secs(10)).is_ok());
+    }
+
+    /// A call's store work is counted from its login's start to its work's end as one, the
+    /// wait for its bucket between them included: a call cut at the stop goes on in a task of
+    /// its own (on worker 0, the main runtime, past its connection's end), and the stop's wait
+    /// must not end there, letting the call's work run after the store's last flush, cut by
+    /// the process's end. Before, the login and the work were counted each on its own, and
+    /// between them none was. The count ends with the work, and with a call refused by its
+    /// bucket.
+    #[test]
+    fn a_calls_store_work_is_counted_from_its_login_to_its_works_end() {
+        static WORKS: StoreWorks = StoreWorks::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let turns = Arc::new(Semaphore::new(STORE_WORK_AT_ONCE));
+        runtime.block_on(async {
+            for refused in [false, true] {
+                let (in_bucket, bucket_reached) = tokio::sync::oneshot::channel::<()>();
+                let (let_through, through) = tokio::sync::oneshot::channel::<()>();
+                let turns = turns.clone();
+                let call = tokio::spawn(async move {
+                    login_then_work(
+                        &WORKS,
+                        &turns,
+                        Duration::from_secs(10),
+                        || Ok("alice"),
+                        move |_: &&str| async move {
+                            let _ = in_bucket.send(());
+                            let _ = through.await;
+                            if refused {
+                                Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "no"))
+                            } else {
+                                Ok(())
+                            }
+                        },
+                        |who| Ok(who.len()),
+                    )
+                    .await
+                });
+                bucket_reached.await.unwrap();
+                assert_eq!(
+                    WORKS.in_flight(),
+                    1,
+                    "nothing counted between a call's login and its work"
+                );
+                let_through.send(()).unwrap();
+                let answer = call.await.unwrap();
+                assert_eq!(
+                    answer.is_err(),
+                    refused,
+                    "{:?}",
+                    answer.map_err(|e| e.status)
+                );
+                assert_eq!(WORKS.in_flight(), 0, "counted past the call's end");
+            }
+        });
     }
 
     /// A REST call whose work panicked is a `500` that says so, and no more: the panic's message
