@@ -233,20 +233,27 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
     };
     let right = match password::verify(password, &hash) {
         Ok(right) => right,
-        // A hash edited by hand that asks for days of a thread (or memory the machine lacks):
-        // refused, as any failed login is, in a check's time, and said to the operator. Not
-        // a wrong password: nothing is counted towards the lock.
-        Err(e @ password::Unchecked::BeyondLimits(_)) => {
+        // A hash edited by hand that asks for days of a thread (or memory the machine lacks),
+        // or that names argon2 but that argon2 cannot check: refused, as any failed login is,
+        // in a check's time, and said to the operator. Not a wrong password: nothing is
+        // counted towards the lock.
+        Err(e @ (password::Unchecked::BeyondLimits(_) | password::Unchecked::Unreadable(_))) => {
             as_long_as_a_check()?;
             tracing::error!(
                 user,
                 source = %crate::log_value::LogValue(&actor.source),
                 error = %crate::log_value::LogText(&e.to_string()),
-                "a password login is refused unchecked: the user's stored password hash asks for \
-                 more than gitgate checks; every login of the user is refused until the \
-                 password is set again"
+                "a password login is refused unchecked: gitgate does not check the user's \
+                 stored password hash; every login of the user is refused until the password \
+                 is set again"
             );
-            return fail("stored password hash beyond what gitgate checks", wrong());
+            let reason = match e {
+                password::Unchecked::BeyondLimits(_) => {
+                    "stored password hash beyond what gitgate checks"
+                }
+                _ => "stored password hash gitgate cannot check",
+            };
+            return fail(reason, wrong());
         }
         Err(e) => return Err(unchecked(e)),
     };
@@ -1307,6 +1314,43 @@ mod tests {
             )
             .unwrap();
         assert!(login(&store, "alice", "pw", &actor()).is_ok());
+    }
+
+    /// A stored string that names argon2 but that argon2 cannot check (passes past 2^32 - 1,
+    /// one more than the test above edits in) refuses the login unchecked as that one does:
+    /// the same answer, an ERROR naming the user and what to do, nothing counted. Before, it
+    /// was taken for a wrong password: counted towards the lock (ten and the user was locked
+    /// out, the right password too), and said nowhere.
+    #[test]
+    fn a_stored_argon2_hash_argon2_cannot_check_refuses_the_login_and_says_so() {
+        let (_dir, store) = setup();
+        let stored = "$argon2id$v=19$m=19456,t=4294967296,p=1$BwcHBwcHBwcHBwcHBwcHBw$\
+             AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        store
+            .set_password("alice", stored, clock::now_ms(), &actor())
+            .unwrap();
+        let log = crate::store::test_support::logged(|| {
+            for password in ["pw", "wrong"] {
+                match login(&store, "alice", password, &actor()) {
+                    Err(Error::Unauthenticated(m)) => {
+                        assert!(m.contains("wrong user name or password"), "{m}")
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        });
+        let said = log
+            .lines()
+            .find(|l| l.contains("refused unchecked"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            said.contains("ERROR")
+                && said.contains("user=\"alice\"")
+                && said.contains("t=4294967296")
+                && said.contains("gitgate user passwd"),
+            "{said}"
+        );
+        assert_eq!(store.user("alice").unwrap().unwrap().failed_logins, Some(0));
     }
 
     /// A password that could not be checked for want of memory is told by where its reason

@@ -145,13 +145,13 @@ pub fn beyond_limits(params: &Params) -> Option<String> {
     ))
 }
 
-/// Why a stored PHC string asks for more than gitgate checks ([`beyond_limits`]), if it does:
-/// for `gitgate check`, which says so before the user's next login is refused for it. A
-/// string that is not an argon2 hash at all is not this question's (its logins are refused as
-/// wrong).
-pub fn stored_beyond_limits(stored: &str) -> Option<String> {
-    let parsed = PasswordHash::new(stored).ok()?;
-    beyond_limits(&Params::try_from(&parsed).ok()?)
+/// Why gitgate does not check a stored PHC string ([`Unchecked::BeyondLimits`] or
+/// [`Unchecked::Unreadable`]), if it does not: read as [`verify`] reads it, without a password
+/// or any hashing, for `gitgate check`, which says so before the user's next login is refused
+/// for it. A string that names no argon2 at all is not this question's (its logins are refused
+/// as wrong).
+pub fn stored_unchecked(stored: &str) -> Option<Unchecked> {
+    read_stored(stored).err()
 }
 
 /// Why a password could not be checked, so that nothing is known of it.
@@ -161,6 +161,10 @@ pub enum Unchecked {
     NoMemory(NoMemory),
     /// The stored hash asks for more than gitgate checks (see [`beyond_limits`]).
     BeyondLimits(String),
+    /// The stored string names argon2 (argon2id, argon2i or argon2d) but is no hash argon2
+    /// can check: a number past 2^32 - 1 or of zero passes, a version argon2 does not have, a
+    /// salt or a hash missing or unreadable (edited by hand). Not a wrong password either.
+    Unreadable(String),
 }
 
 impl fmt::Display for Unchecked {
@@ -170,6 +174,11 @@ impl fmt::Display for Unchecked {
             Unchecked::BeyondLimits(why) => write!(
                 f,
                 "the stored password hash asks for more than gitgate checks: {why} (was it \
+                 edited by hand?); set the password again (gitgate user passwd)"
+            ),
+            Unchecked::Unreadable(why) => write!(
+                f,
+                "the stored password hash names argon2 but cannot be checked: {why} (was it \
                  edited by hand?); set the password again (gitgate user passwd)"
             ),
         }
@@ -182,43 +191,84 @@ impl From<NoMemory> for Unchecked {
     }
 }
 
-/// Whether `password` matches the stored PHC string (compared in constant time); `Err` when
-/// it could not be checked — the memory its check needs could not be had, or the hash asks
-/// for more than gitgate checks (see [`beyond_limits`]) —, so that nothing is known.
-pub fn verify(password: &str, stored: &str) -> Result<bool, Unchecked> {
+/// A stored hash as a check needs it.
+struct Stored {
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+    salt: [u8; 64],
+    salt_len: usize,
+    expected: Output,
+}
+
+/// `stored` read for a check: `None` when it names no argon2 at all (a wrong password, as
+/// ever); `Err` when it names argon2 but gitgate does not check it — beyond the limits, or no
+/// hash argon2 can check. Before, such a string was taken for a wrong password: counted towards
+/// the user's lock and said nowhere, where one a number smaller (`t=4294967295`, beyond the
+/// limits) was refused unchecked and said.
+fn read_stored(stored: &str) -> Result<Option<Stored>, Unchecked> {
     let Ok(parsed) = PasswordHash::new(stored) else {
-        return Ok(false);
-    };
-    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
-        return Ok(false);
+        return Ok(None);
     };
     let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
-        return Ok(false);
+        return Ok(None);
     };
-    let version = match parsed.version.map(Version::try_from) {
+    let unreadable = |why: String| Unchecked::Unreadable(why);
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(unreadable("it has no salt or no hash".into()));
+    };
+    let version = match parsed.version {
         None => Version::default(),
-        Some(Ok(version)) => version,
-        Some(Err(_)) => return Ok(false),
+        Some(v) => Version::try_from(v)
+            .map_err(|_| unreadable(format!("v={v} is no version of argon2's (16 or 19)")))?,
     };
-    let Ok(params) = Params::try_from(&parsed) else {
-        return Ok(false);
-    };
+    let params = Params::try_from(&parsed)
+        .map_err(|e| unreadable(format!("its parameters {} ({e})", parsed.params)))?;
     if let Some(why) = beyond_limits(&params) {
         return Err(Unchecked::BeyondLimits(why));
     }
     let mut salt_bytes = [0u8; 64];
-    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+    let salt_len = salt
+        .decode_b64(&mut salt_bytes)
+        .map_err(|e| unreadable(format!("its salt ({e})")))?
+        .len();
+    if salt_len < argon2::MIN_SALT_LEN {
+        return Err(unreadable(format!(
+            "its salt of {salt_len} bytes (argon2 takes {} at least)",
+            argon2::MIN_SALT_LEN
+        )));
+    }
+    Ok(Some(Stored {
+        algorithm,
+        version,
+        params,
+        salt: salt_bytes,
+        salt_len,
+        expected,
+    }))
+}
+
+/// Whether `password` matches the stored PHC string (compared in constant time); `Err` when
+/// it could not be checked — the memory its check needs could not be had, or the hash is one
+/// gitgate does not check (see [`Unchecked`]) —, so that nothing is known.
+pub fn verify(password: &str, stored: &str) -> Result<bool, Unchecked> {
+    let Some(Stored {
+        algorithm,
+        version,
+        params,
+        salt,
+        salt_len,
+        expected,
+    }) = read_stored(stored)?
+    else {
         return Ok(false);
     };
     let mut memory = memory_for(&params)?;
     let mut out = [0u8; Output::MAX_LENGTH];
     let out = &mut out[..expected.len()];
-    if Argon2::new(algorithm, version, params)
-        .hash_password_into_with_memory(password.as_bytes(), salt, out, &mut memory)
-        .is_err()
-    {
-        return Ok(false);
-    }
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password.as_bytes(), &salt[..salt_len], out, &mut memory)
+        .map_err(|e| Unchecked::Unreadable(e.to_string()))?;
     // `Output`'s comparison takes the same time wherever the two differ.
     Ok(Output::new(out).is_ok_and(|computed| computed == expected))
 }
@@ -295,11 +345,66 @@ mod tests {
     #[test]
     fn a_stored_hash_beyond_the_limits_is_told_without_a_password() {
         let own = hash("pw").unwrap();
-        assert_eq!(stored_beyond_limits(&own), None);
-        assert_eq!(stored_beyond_limits("not a hash"), None);
+        assert_eq!(stored_unchecked(&own), None);
+        assert_eq!(stored_unchecked("not a hash"), None);
         let edited = own.replace("t=2", "t=4294967295");
-        let why = stored_beyond_limits(&edited).expect(&edited);
-        assert!(why.contains("t=4294967295"), "{why}");
+        match stored_unchecked(&edited) {
+            Some(Unchecked::BeyondLimits(why)) => assert!(why.contains("t=4294967295"), "{why}"),
+            other => panic!("{edited}: {other:?}"),
+        }
+    }
+
+    /// A stored string that names argon2 but that argon2 cannot check — a number past 2^32 - 1
+    /// (one more than the passes `a_stored_hash_beyond_the_limits_is_told_without_a_password`
+    /// edits in), none or a leading zero, too little memory for its lanes, a version argon2
+    /// does not have, no salt or a salt too short — is refused unchecked and said, as one
+    /// beyond the limits is, by `verify` and by `stored_unchecked` (gitgate check) alike. Before,
+    /// `verify` took each for a wrong password: counted towards the user's lock, said nowhere,
+    /// and `gitgate check` was silent. A string that names no argon2 (another scheme, whatever
+    /// its parameters) is still a wrong password, for both.
+    #[test]
+    fn a_stored_argon2_string_argon2_cannot_check_is_told_not_taken_for_a_wrong_password() {
+        let salt = "BwcHBwcHBwcHBwcHBwcHBw";
+        let hash = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        for (stored, said) in [
+            (
+                format!("$argon2id$v=19$m=19456,t=4294967296,p=1${salt}${hash}"),
+                "t=4294967296",
+            ),
+            (
+                format!("$argon2id$v=19$m=19456,t=0,p=1${salt}${hash}"),
+                "t=0",
+            ),
+            (
+                format!("$argon2id$v=19$m=19456,t=02,p=1${salt}${hash}"),
+                "t=02",
+            ),
+            (format!("$argon2i$v=19$m=7,t=1,p=1${salt}${hash}"), "m=7"),
+            (
+                format!("$argon2d$v=20$m=19456,t=2,p=1${salt}${hash}"),
+                "v=20",
+            ),
+            (
+                format!("$argon2id$v=19$m=19456,t=2,p=1${salt}"),
+                "no salt or no hash",
+            ),
+            (
+                format!("$argon2id$v=19$m=19456,t=2,p=1$BwcHBwc${hash}"),
+                "salt of 5 bytes",
+            ),
+        ] {
+            assert!(PasswordHash::new(&stored).is_ok(), "{stored}");
+            let told = match verify("pw", &stored) {
+                Err(e @ Unchecked::Unreadable(_)) => e,
+                other => panic!("{stored}: {other:?}"),
+            };
+            assert!(told.to_string().contains(said), "{stored}: {told}");
+            assert!(told.to_string().contains("gitgate user passwd"), "{told}");
+            assert_eq!(stored_unchecked(&stored), Some(told), "{stored}");
+        }
+        let other = format!("$pbkdf2$m=19456,t=4294967296,p=1${salt}${hash}");
+        assert_eq!(verify("pw", &other), Ok(false));
+        assert_eq!(stored_unchecked(&other), None);
     }
 
     #[test]

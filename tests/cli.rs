@@ -2324,6 +2324,23 @@ fn check_warns_of_a_stored_password_hash_beyond_what_gitgate_checks() {
             && text.contains("gitgate user passwd alice"),
         "{text}"
     );
+    // One more pass than a u32 holds: no hash argon2 can check, said too.
+    let conn = rusqlite::Connection::open(sb.db()).unwrap();
+    conn.execute(
+        "UPDATE users SET password_hash = replace(password_hash, 't=4294967295,', \
+         't=4294967296,') WHERE slug = 'alice'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let run = sb.cli(&["check"]);
+    let text = run.ok();
+    assert!(
+        text.contains("user 'alice': the stored password hash names argon2 but cannot be checked")
+            && text.contains("t=4294967296")
+            && text.contains("gitgate user passwd alice"),
+        "{text}"
+    );
 }
 
 /// A stored password hash edited into what is not text (a BLOB) is no question of the

@@ -294,17 +294,23 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         warnings += 1;
         outln!("warning: store {store}: {e}");
     }
-    // A hash edited beyond what gitgate checks refuses every login of its user, said otherwise
-    // only by the ERROR at the next one.
-    for (user, why) in inspection
-        .iter()
-        .flat_map(|i| i.passwords_beyond_limits.iter())
-    {
+    // A hash edited beyond what gitgate checks, or into one argon2 cannot check, refuses every
+    // login of its user, said otherwise only by the ERROR at the next one.
+    for (user, unchecked) in inspection.iter().flat_map(|i| i.passwords_unchecked.iter()) {
+        let what = match unchecked {
+            crate::password::Unchecked::BeyondLimits(why) => {
+                format!("asks for more than gitgate checks ({why})")
+            }
+            crate::password::Unchecked::Unreadable(why) => {
+                format!("names argon2 but cannot be checked ({why})")
+            }
+            crate::password::Unchecked::NoMemory(_) => continue,
+        };
         warnings += 1;
         outln!(
-            "warning: store {store}: user '{user}': the stored password hash asks for more than \
-             gitgate checks ({why}), so every password login of the user is refused; set it \
-             again with `gitgate user passwd {user}`"
+            "warning: store {store}: user '{user}': the stored password hash {what}, so every \
+             password login of the user is refused; set it again with `gitgate user passwd \
+             {user}`"
         );
     }
     let empty = "it refuses every git request until a token is made (if the store is \

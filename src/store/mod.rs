@@ -363,9 +363,10 @@ pub struct Inspection {
     pub usable_tokens: Option<i64>,
     /// The store's settings (the expiry policy), by key.
     pub settings: std::collections::HashMap<String, String>,
-    /// Users whose stored password hash asks for more than gitgate checks (edited by hand),
-    /// with why ([`crate::password::stored_beyond_limits`]): every login of theirs is refused.
-    pub passwords_beyond_limits: Vec<(String, String)>,
+    /// Users whose stored password hash gitgate does not check (edited by hand: beyond its
+    /// limits, or no hash argon2 can check), with why ([`crate::password::stored_unchecked`]):
+    /// every login of theirs is refused.
+    pub passwords_unchecked: Vec<(String, crate::password::Unchecked)>,
 }
 
 /// A copy of a store and its `-wal` in a folder of its own (mode 0700, in the temporary
@@ -648,7 +649,7 @@ impl Store {
                 })
                 .map_err(explain)?
         };
-        let passwords_beyond_limits = if version == 0 {
+        let passwords_unchecked = if version == 0 {
             Vec::new()
         } else {
             // Only text is this question's: a value edited in by hand as a BLOB (or text that
@@ -665,7 +666,7 @@ impl Store {
                 .map_err(explain)?
                 .into_iter()
                 .filter_map(|(user, stored)| {
-                    Some((user?, crate::password::stored_beyond_limits(&stored?)?))
+                    Some((user?, crate::password::stored_unchecked(&stored?)?))
                 })
                 .collect()
         };
@@ -676,7 +677,7 @@ impl Store {
             unrevoked_tokens,
             usable_tokens,
             settings,
-            passwords_beyond_limits,
+            passwords_unchecked,
         }))
     }
 
