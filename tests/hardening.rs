@@ -50,6 +50,18 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// That `retry` (a `Retry-After`) is what a bucket refilling one token every `per_token`
+/// seconds says when it was emptied at most `since` ago: `per_token` less the seconds refilled
+/// since (rounded up), never less than 1.
+#[track_caller]
+fn assert_retry_after_within(retry: u64, per_token: u64, since: Duration) {
+    let least = (per_token as f64 - since.as_secs_f64()).ceil().max(1.0) as u64;
+    assert!(
+        (least..=per_token).contains(&retry),
+        "Retry-After {retry}, not within {least}..={per_token} ({since:?} after the first request)"
+    );
+}
+
 /// The `request_id` a log line carries.
 fn request_id_in(line: &str) -> &str {
     line.split("request_id=")
@@ -190,17 +202,21 @@ fn an_exempt_address_is_never_blocked() {
 
 #[test]
 fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
+    // One token every 20 s: the third request is refused however long a loaded machine takes
+    // over the first two (each runs `git http-backend`). With one every 2 s, as before, two
+    // that took 2 s let the third through.
     let server = Server::start(
-        "[rate_limit]\ncapacity = 2\nrefill_per_second = 0.5\n[auth_failures]\nmax = 1000\n",
+        "[rate_limit]\ncapacity = 2\nrefill_per_second = 0.05\n[auth_failures]\nmax = 1000\n",
     );
     let w = server.write_token.clone();
+    let started = Instant::now();
     assert_eq!(status(&get(&server, IR, &w)), 200);
     assert_eq!(status(&get(&server, IR, &w)), 200);
     let resp = get(&server, IR, &w);
     assert_eq!(status(&resp), 429, "{}", String::from_utf8_lossy(&resp));
-    // One token every 2 s: Retry-After is 2, or 1 if this machine took over a second so far.
+    // Retry-After: the 20 s of a token, less what has refilled since the first request.
     let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
-    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_retry_after_within(retry, 20, started.elapsed());
     assert!(String::from_utf8_lossy(&resp).contains("rate limit exceeded for user:alice"));
     // Its log line names the request it refused, by the id of its request line (a 429).
     let log = server.log();
@@ -261,10 +277,14 @@ fn rate_limit_counts_exchanges_not_round_trips_and_obeys_overrides() {
         None,
     );
     std::thread::sleep(OVERRIDES_TTL);
+    let started = Instant::now();
     assert_eq!(status(&get(&server, IR, &w)), 200);
     let resp = get(&server, IR, &w);
     assert_eq!(status(&resp), 429);
-    assert_eq!(header(&resp, "retry-after").as_deref(), Some("10"));
+    // The override's 10 s a token (the default's would say 20), less what refilled between
+    // the two: a second of a loaded machine's made it 9, and an exact "10" failed.
+    let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+    assert_retry_after_within(retry, 10, started.elapsed());
     gitgate(&server.config(), &["ratelimit", "clear", "alice"], None);
     assert!(!gitgate(&server.config(), &["ratelimit", "list"], None).contains("user:alice"));
 }
