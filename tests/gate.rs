@@ -1320,7 +1320,7 @@ fn a_token_as_the_user_name_without_a_password_is_told_where_the_token_goes() {
     );
     with_password.fails_with("fatal: Authentication failed");
     // Still a failed authentication, audited without the secret; never forwarded.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     while !sb
         .cli(&["audit"])
         .ok()
@@ -1594,7 +1594,7 @@ fn a_request_refused_for_its_permission_is_still_the_tokens_last_use() {
         Some(&basic("alice", &token.secret)),
     );
     assert_eq!(refused.status, 403, "{refused:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     while last_used(&token.id).is_none() {
         assert!(Instant::now() < deadline, "the 403's use was never written");
         std::thread::sleep(Duration::from_millis(20));
@@ -2019,7 +2019,7 @@ fn a_refused_bearer_token_shows_its_reason_in_git() {
     run.fails_with("remote: token 'laptop' has been revoked");
     assert!(!run.stderr.contains("could not read Username"), "{run}");
     // Still a failed authentication: audited (within the audit's 100 ms window).
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     while !sb.cli(&["audit"]).ok().contains("auth.failed") {
         assert!(Instant::now() < deadline, "the refusal was not audited");
         std::thread::sleep(Duration::from_millis(50));
@@ -2185,7 +2185,7 @@ fn token_revoked_from_cli_while_serving_is_refused_next_request() {
     run.fails_with("Authentication failed");
     // The server's log has the revocation too, made at the terminal (once, within a second):
     // a log shipped to a SIEM shows it as it shows the REST API's.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     let revoked = |log: &str| {
         log.lines()
             .filter(|l| {
@@ -4199,7 +4199,7 @@ fn a_backend_that_ignores_sigterm_is_ended_with_its_group_before_exit() {
         .map(|_| start_info_refs(server.port, "team/stubborn", &token))
         .collect();
     let noted = std::path::PathBuf::from(format!("{}.stubborn", sb.hits_log().display()));
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     let groups: Vec<u32> = loop {
         let groups: Vec<u32> = fs::read_to_string(&noted)
             .unwrap_or_default()
@@ -4242,7 +4242,7 @@ fn a_client_that_gives_up_before_the_answer_is_still_logged() {
     let s = start_info_refs(server.port, "team/slow", &token);
     backend_started(&sb, "team/slow");
     drop(s);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + common::EVENT_DEADLINE;
     let line = loop {
         let log = fs::read_to_string(sb.server_log()).unwrap();
         if let Some(line) = log.lines().find(|l| l.contains("repo=team/slow")) {
@@ -5143,7 +5143,7 @@ fn a_running_server_gives_up_a_store_found_damaged_by(command: &[&str]) {
         sb.db().file_name().unwrap().to_string_lossy()
     ));
     assert!(marker.exists(), "no marker beside the store");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     loop {
         let run = sb.git(sb.root(), &["ls-remote", &url]);
         if !run.success() {

@@ -255,11 +255,11 @@ fn cuts(g: &Server, reason: &str) -> u64 {
         .unwrap()
 }
 
-/// Waits until `g` has counted at least `n` cuts for `reason` (5 s at most): a cut is counted
+/// Waits until `g` has counted at least `n` cuts for `reason` ([`common::EVENT_DEADLINE`] at most): a cut is counted
 /// once its connection's task has closed it, so a client can see the close a moment before the
 /// count moves. The callers then check the exact counts.
 fn wait_for_cuts(g: &Server, reason: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     while cuts(g, reason) < n && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -667,7 +667,7 @@ fn an_http2_answer_whose_stream_gets_no_window_lets_go_of_its_backend() {
         "let go after {took:?}, before the idle timeout"
     );
     let log = || std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     let line = loop {
         let log = log();
         if let Some(line) = log
@@ -688,7 +688,7 @@ fn an_http2_answer_whose_stream_gets_no_window_lets_go_of_its_backend() {
     // Given a window now, the stalled stream is reset, not resumed.
     s.write_all(&h2_frame_on(8, 0, 1, &65_535u32.to_be_bytes()))
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     while !frames
         .lock()
         .unwrap()
@@ -790,7 +790,7 @@ fn a_client_reading_slowly_but_steadily_is_not_cut_off_as_idle() {
     let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
     assert_eq!(answer.len() - head_end, BIG_ANSWER, "cut off:\n{log}");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     let line = loop {
         let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
         if let Some(l) = log.lines().find(|l| l.contains("outcome=")) {
@@ -1674,11 +1674,12 @@ fn the_running_server_raises_its_open_files_limit() {
     );
 }
 
-/// `g`'s log once it has `needle`, or as it is after 10 s (for the caller's assertion to show).
+/// `g`'s log once it has `needle`, or as it is after [`common::EVENT_DEADLINE`] (for the
+/// caller's assertion to show).
 /// A deadline, not a wait: it returns as soon as the line is there. (2 s was what a loaded
 /// machine, running more tests at once, could take to get a line written.)
 fn log_once_it_has(g: &Server, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     loop {
         let log = g.log_text();
         if log.contains(needle) || Instant::now() > deadline {

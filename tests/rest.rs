@@ -1730,7 +1730,7 @@ fn a_call_refused_for_its_form_has_its_reason_logged() {
             .lines()
             .any(|l| l.contains("refused a request for its form") && l.contains(what))
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
     while !(said("only one Host header") && said("looks like a token secret")) {
         assert!(
             Instant::now() < deadline,

@@ -1326,7 +1326,7 @@ fn upstream_down_is_502_then_recovers() {
     // A check's outcome answers for a second (the start's own check included): the outage
     // shows within one, and so does the recovery.
     let readyz_turns = |want: u16| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let deadline = std::time::Instant::now() + common::EVENT_DEADLINE;
         loop {
             let (status, _, body) = http(g.port, "GET", "/readyz", &[]);
             if status == want {
@@ -1344,7 +1344,7 @@ fn upstream_down_is_502_then_recovers() {
     // The recovery is in the log too, not only in the probe's answer: written by the first
     // check that passes (a probe may be answered by another worker's outcome of the last
     // second, from before the outage, without a check).
-    wait_for("the recovery's log line", Duration::from_secs(5), || {
+    wait_for("the recovery's log line", common::EVENT_DEADLINE, || {
         let _ = http(g.port, "GET", "/readyz", &[]);
         g.log_text()
             .contains("ready again: the token store and the git backend answer")
@@ -1826,7 +1826,7 @@ fn certificate_reloads_on_sighup_without_dropping_connections() {
     wait_for("the reload", Duration::from_secs(10), || {
         g.log_text().contains("TLS certificate reloaded")
     });
-    wait_for("the key's mode said", Duration::from_secs(5), || {
+    wait_for("the key's mode said", common::EVENT_DEADLINE, || {
         key_open(&g.log_text()) == before + 1
     });
     let (cert, _) = tls_connect(g.port);

@@ -1187,7 +1187,7 @@ mod tests {
         let p = pool(port, Duration::from_secs(30));
         assert!(!get(&p, Inline).await);
         // No request comes to check the connection out: the sweeper closes it.
-        tokio::time::timeout(SWEEP_EVERY * 3, closed.recv())
+        tokio::time::timeout(SWEEP_EVERY * 10, closed.recv())
             .await
             .expect("gitgate held a connection the upstream had closed")
             .unwrap();
@@ -1203,7 +1203,7 @@ mod tests {
         for (driving, idle) in [(OwnTask, (0, 1)), (Inline, (1, 0))] {
             assert!(!get(&p, driving).await);
             assert_eq!(p.idle_count(), idle);
-            tokio::time::timeout(SWEEP_EVERY * 3, closed.recv())
+            tokio::time::timeout(SWEEP_EVERY * 10, closed.recv())
                 .await
                 .unwrap_or_else(|_| {
                     panic!("an idle {driving:?} connection was held past its timeout")

@@ -33,6 +33,12 @@ pub const COMMAND_DEADLINE: Duration = Duration::from_secs(90);
 /// two cores).
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 
+/// How long a test waits for an event that comes on its own once its cause is done (a log
+/// line, an audit row, a counter that moves, a probe's answer that turns): a deadline, not a
+/// wait, so it can be long. Waits of 3 to 5 s failed where CI's loaded two cores stretched the
+/// server's second-long windows and the test's own polls (each a CLI process or a request).
+pub const EVENT_DEADLINE: Duration = Duration::from_secs(30);
+
 /// A password no other string in the suite contains, so finding it anywhere is a leak.
 pub const PASSWORD: &str = "pw-Quokka-7f3a9c-Marzipan";
 
