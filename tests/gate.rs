@@ -3945,8 +3945,11 @@ fn a_request_past_the_grace_period_is_cut_off_and_logged() {
         slow_backend_setup("workers = 1\nshutdown_grace_seconds = 1", "team/stalling");
     // The backend sends its headers, then nothing for 5 s; the stop comes once it runs, with a
     // 1 s grace.
-    let s = start_info_refs(server.port, "team/stalling", &token);
-    backend_started(&sb, "team/stalling");
+    let mut s = start_info_refs(server.port, "team/stalling", &token);
+    // Begun: the client has the answer's head. (That the backend had started, as before, was
+    // no proof: it notes the request before it writes its headers, and a stop before gitgate
+    // had them, half the 1 s grace before it, answered `503` instead of cutting an answer.)
+    answer_begun(&mut s);
     let status = server.stop_within(Duration::from_secs(4));
     assert!(status.success(), "{status}");
     let log = fs::read_to_string(sb.server_log()).unwrap();
@@ -4127,10 +4130,15 @@ fn a_head_request_is_logged_as_complete() {
 
 /// A push whose backend answers with its headers before reading the pack (git http-backend
 /// does) keeps its connection for as long as its body keeps arriving, however long that is.
+///
+/// An idle timeout of 3 s, and the body over some 4.5 s: with 1 s, as before, the backend had
+/// half a second (its answer's deadline, a little under the idle timeout) to start and take the
+/// body, which a loaded machine's process start could outlast: the push was cut off (seen in a
+/// whole run at load, "gitgate closed the connection: Broken pipe").
 #[test]
 fn a_push_uploading_for_longer_than_the_idle_timeout_is_not_cut_off() {
     let sb = Sandbox::with(Setup {
-        server_extra: "idle_timeout_seconds = 1".into(),
+        server_extra: "idle_timeout_seconds = 3".into(),
         ..Setup::default()
     });
     sb.create_repo("team/app");
@@ -4139,7 +4147,7 @@ fn a_push_uploading_for_longer_than_the_idle_timeout_is_not_cut_off() {
     let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
     let server = sb.serve();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(common::EVENT_DEADLINE)).unwrap();
     std::io::Write::write_all(
         &mut s,
         format!(
@@ -4151,7 +4159,7 @@ fn a_push_uploading_for_longer_than_the_idle_timeout_is_not_cut_off() {
         .as_bytes(),
     )
     .unwrap();
-    // One pkt-line (a command receive-pack will refuse), a byte every 250 ms for ~3 s, then
+    // One pkt-line (a command receive-pack will refuse), 7 bytes every 300 ms for ~4.5 s, then
     // the flush and the end of the body.
     let zero = "0".repeat(40);
     let pkt = format!("{zero} {zero} refs/heads/main\n");
@@ -4162,9 +4170,9 @@ fn a_push_uploading_for_longer_than_the_idle_timeout_is_not_cut_off() {
         frame.extend_from_slice(chunk);
         frame.extend_from_slice(b"\r\n");
         std::io::Write::write_all(&mut s, &frame).expect("gitgate closed the connection");
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(300));
     }
-    assert!(started.elapsed() > Duration::from_secs(2));
+    assert!(started.elapsed() > Duration::from_secs(4));
     std::io::Write::write_all(&mut s, b"4\r\n0000\r\n0\r\n\r\n").unwrap();
     let mut out = Vec::new();
     let _ = std::io::Read::read_to_end(&mut s, &mut out);
@@ -4172,6 +4180,28 @@ fn a_push_uploading_for_longer_than_the_idle_timeout_is_not_cut_off() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     // The backend's answer arrived whole (its last chunk), not cut off.
     assert!(out.ends_with("0\r\n\r\n"), "{out}");
+}
+
+/// Reads the head of the answer that comes on `s` ([`common::EVENT_DEADLINE`] at most): once
+/// it has, the answer has begun, as gitgate sees it too.
+fn answer_begun(s: &mut std::net::TcpStream) {
+    s.set_read_timeout(Some(common::EVENT_DEADLINE)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match std::io::Read::read(s, &mut byte) {
+            Ok(1) => head.push(byte[0]),
+            got => panic!(
+                "no answer head ({got:?}): {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
 }
 
 /// Waits (at most 10 s) until the backend has been started for `repo`: it notes each request
