@@ -1948,21 +1948,75 @@ fn bare_team_app(dir: &Path) -> std::path::PathBuf {
 }
 
 /// A gitgate with the embedded runner (`/bin/true`) in `dir`, a project token's Basic
-/// credentials read into its cache and a connection to it accepted while descriptors are to
-/// spare; then its open-files limit lowered to what it has open. The previous limit is returned
-/// for [`restore_open_files_limit`].
+/// credentials read into its cache, the token's last use written, and a connection to it
+/// accepted while descriptors are to spare; then its open-files limit lowered to what it has
+/// open. The previous limit is returned for [`restore_open_files_limit`].
 fn at_its_descriptor_limit(dir: &Path) -> (Server, String, TcpStream, libc::pid_t, libc::rlimit) {
     bare_team_app(dir);
     let config = cgi_config(dir, "workers = 1");
     let (g, auth) = start_with_token(dir, &config, "PROJECT_READ");
     let (out, _) = info_refs(&g, &auth);
     assert!(!out.starts_with("HTTP/1.1 401"), "{out}");
+    let pid = g.pid() as libc::pid_t;
+    // The store's writer commits that request's last use (0.1 s on, or later on a loaded
+    // machine). A lookup that comes between that commit and the writer's check that the commit
+    // was its own reads the store (src/store/cache.rs), on a new connection while the writer
+    // holds the pooled one — which at the limit cannot be opened: a 503 for the token store,
+    // not for the git process. So the last use is in the store and the writer waits for events
+    // again before the limit is lowered: nothing is committed until the next request.
+    wait_until_written_and_the_writer_waits(dir, pid);
     let s = connect(g.port);
     // Accepted, its descriptor open, before the limit is lowered to what is open.
     common::wait_until_accepted(g.port, 0);
-    let pid = g.pid() as libc::pid_t;
     let before = lower_open_files_limit(pid, open_files(pid));
     (g, auth, s, pid, before)
+}
+
+/// Waits until a token's last use is in the store of `dir` and the store's writer thread of
+/// gitgate `pid` (`gitgate-writer`) sleeps, waiting for the next events. Between its commit
+/// and that sleep the thread runs or waits for a core; it does not sleep.
+fn wait_until_written_and_the_writer_waits(dir: &Path, pid: libc::pid_t) {
+    let db = dir.join("gitgate.db");
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
+    let used = || {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        conn.query_row(
+            "SELECT count(*) FROM tokens WHERE last_used_at IS NOT NULL",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            > 0
+    };
+    while !used() {
+        assert!(Instant::now() < deadline, "the last use was not written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let writer_state = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim_end() == "gitgate-writer")
+            })
+            .and_then(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            // `TID (NAME) STATE ...`
+            .and_then(|stat| stat.rsplit_once(") ")?.1.chars().next())
+    };
+    loop {
+        let state = writer_state();
+        if state == Some('S') {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store's writer did not come to wait (state {state:?})"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A CGI backend that cannot be started for want of file descriptors (or processes) is the
