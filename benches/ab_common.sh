@@ -33,6 +33,10 @@ start_gitgate() {
 	local dir=$1 i=0
 	mkdir -p "$dir"
 	cp "$2" "$dir/gitgate.toml"
+	# Emptied here, before the start: a folder used before (ab.sh's `new4` for each of its
+	# modes) holds the last run's "listening on", which the wait below could read before the
+	# new process truncates its log, and take the stopped gitgate's port for the new one's.
+	: >"$dir/log"
 	GITGATE_LOG=warn,gitgate=info,gitgate::request=warn,gitgate::audit=warn \
 		"$3" --config "$dir/gitgate.toml" serve >/dev/null 2>"$dir/log" &
 	local pid=$!
