@@ -18,7 +18,7 @@ use hyper::{Method, Uri};
 
 /// `Sec-Fetch-Site`, made once: every git request is looked at for it (a name given as text is
 /// checked and matched against the standard ones at each lookup).
-static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+pub(crate) static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 /// The line that says the request comes from a page of another site (`Sec-Fetch-Site:
 /// cross-site`, `Origin: https://evil.example`), as the request wrote it, if one does.

@@ -28,6 +28,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use crate::body::{Observed, Seen};
 use crate::clock;
 use crate::credentials::{self, CredentialError, Credentials};
+use crate::fields_present::FieldsPresent;
 use crate::git::{self, GitRequest, Rejection};
 use crate::guard::{self, Guard, Verdict};
 use crate::idle::Activity;
@@ -340,12 +341,17 @@ impl Gate {
             });
         }
         let started = Instant::now();
+        // The fields the checks below look for, found in one pass: a check whose field is
+        // absent is not asked (see `fields_present`).
+        let fields = FieldsPresent::of(req.headers());
         let method = req.method().clone();
         // A clone of the URI shares its bytes: the log line costs no copy of the path.
         let uri = req.uri().clone();
         // Likewise the client's User-Agent: which git (or library, or CI runner) asked.
-        let agent = req.headers().get(hyper::header::USER_AGENT).cloned();
-        let inbound = Arc::new(Inbound::default());
+        let agent = fields
+            .user_agent
+            .then(|| req.headers().get(hyper::header::USER_AGENT).cloned())
+            .flatten();
         // Logged as 499 if the client goes away before it has an answer (hyper then drops this
         // future), so that no request leaves the log and the metrics unseen.
         let mut pending = Unanswered(Some(LogLine {
@@ -357,14 +363,16 @@ impl Gate {
             who: RequestLog::default(),
             status: CLIENT_GONE_BEFORE_ANSWER,
             forwarded: false,
-            inbound: inbound.clone(),
+            // A refused request's body is never read into it: it shares one (see
+            // `Inbound::unread`), and a forwarded one is given its own below.
+            inbound: Inbound::unread(),
             started,
             connection: exchange.clone(),
         }));
         let log = &mut pending.line().who;
 
         let admitted = match client {
-            Ok(_) => self.admit(&req, id, remote, started, log).await,
+            Ok(_) => self.admit(&req, fields, id, remote, started, log).await,
             Err(_) => Err(Refusal::NotGit(Rejection::BadRequest(
                 UNREADABLE_FORWARDED_FOR.into(),
             ))),
@@ -377,6 +385,8 @@ impl Gate {
         let response = match admitted {
             Ok((git_req, identity, held)) => {
                 slot = Some(held);
+                let inbound = Arc::new(Inbound::default());
+                pending.line().inbound = inbound.clone();
                 // Forwarded (counted as allowed) unless the backend fails, also if the client
                 // goes while the backend is still answering.
                 pending.line().forwarded = true;
@@ -388,7 +398,10 @@ impl Gate {
                 let a_post = parts.method == Method::POST;
                 // A body that ends short of its length is broken off too: an HTTP/2 client that
                 // resets its stream with NO_ERROR mid-upload ends it so, without an error.
-                let promised = crate::upstream::headers::content_length(&parts.headers);
+                let promised = fields
+                    .content_length
+                    .then(|| crate::upstream::headers::content_length(&parts.headers))
+                    .flatten();
                 // A push's commands are read as they pass, for its log line.
                 let mut reading_push = a_push_with_commands(&git_req, &parts.headers);
                 if reading_push {
@@ -567,6 +580,7 @@ impl Gate {
                 // know whether a body follows. Said in the answer, so that the client sends
                 // its next request on a new connection rather than into the closing one.
                 if req.version() == Version::HTTP_11
+                    && fields.expect
                     && req.headers().contains_key(hyper::header::EXPECT)
                     && !req.body().is_end_stream()
                 {
@@ -614,6 +628,7 @@ impl Gate {
     async fn admit(
         &self,
         req: &Request<Incoming>,
+        fields: FieldsPresent,
         request_id: RequestId,
         remote: SocketAddr,
         started: Instant,
@@ -622,7 +637,7 @@ impl Gate {
         // First: a looped request would otherwise be refused for its credentials (none, or
         // gitgate's own upstream ones), audited and throttled as gitgate's own address's
         // failure, or let in as often as its upstream credentials allow.
-        if crate::request_id::came_from_this_process(req.headers()) {
+        if fields.hop_mark && crate::request_id::came_from_this_process(req.headers()) {
             return Err(Refusal::Loop);
         }
         if let Some(m) = overlong_target(req.uri()) {
@@ -656,14 +671,21 @@ impl Gate {
                 credentials::RANDOM_PART_SHAPE
             ))));
         }
-        if let Some(m) = crate::upstream::headers::unsupported_transfer_coding(req.headers()) {
-            return Err(Refusal::Unframeable(m));
+        // Each says nothing of a request without its field.
+        if fields.transfer_encoding {
+            if let Some(m) = crate::upstream::headers::unsupported_transfer_coding(req.headers()) {
+                return Err(Refusal::Unframeable(m));
+            }
         }
-        if let Some(m) = crate::upstream::headers::unusable_content_length(req.headers()) {
-            return Err(Refusal::NotGit(Rejection::BadRequest(m)));
+        if fields.content_length {
+            if let Some(m) = crate::upstream::headers::unusable_content_length(req.headers()) {
+                return Err(Refusal::NotGit(Rejection::BadRequest(m)));
+            }
         }
-        if let Some(m) = crate::upstream::headers::unsupported_content_coding(req.headers()) {
-            return Err(Refusal::UnsupportedCoding(m));
+        if fields.content_encoding {
+            if let Some(m) = crate::upstream::headers::unsupported_content_coding(req.headers()) {
+                return Err(Refusal::UnsupportedCoding(m));
+            }
         }
         // A body known empty (nearly every GET: no length, no coding) needs no header looked at.
         if !req.body().is_end_stream() {
@@ -676,8 +698,10 @@ impl Gate {
         // Before the credentials are looked at: a browser that holds them for this site sends
         // them with what another site's page has it fetch, each a token of its user's bucket
         // (see `cross_site`). git never says it comes from a page.
-        if let Some(said) =
-            crate::cross_site::from_another_site(req.method(), req.uri(), req.headers())
+        if let Some(said) = fields
+            .from_a_page
+            .then(|| crate::cross_site::from_another_site(req.method(), req.uri(), req.headers()))
+            .flatten()
         {
             return Err(Refusal::FromAnotherSite(format!(
                 "refused: this request comes from a web page of another site ({said}); git \
@@ -1442,8 +1466,9 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// What the client's request body has done so far (one allocation per request, shared by the
-/// body on its way to the backend and the log line).
+/// What the client's request body has done so far (one allocation per forwarded request,
+/// shared by the body on its way to the backend and the log line; a refused request's line
+/// shares its thread's [`Inbound::unread`]).
 #[derive(Default)]
 pub(crate) struct Inbound {
     pub(crate) bytes: AtomicU64,
@@ -1459,6 +1484,18 @@ pub(crate) struct Inbound {
     /// A push's commands, read as its body passes (unset for every other request: one word of
     /// this allocation, not the reader's).
     pub(crate) push: std::sync::OnceLock<Box<std::sync::Mutex<PushCommands>>>,
+}
+
+impl Inbound {
+    /// What a request whose body nobody reads (a refused one) logs: nothing read, nothing
+    /// broken — one per thread, shared, so that a refusal allocates none. Nothing writes into
+    /// it: only a forwarded request's body is followed, into an `Inbound` of its own.
+    pub(crate) fn unread() -> Arc<Inbound> {
+        thread_local! {
+            static UNREAD: Arc<Inbound> = Arc::default();
+        }
+        UNREAD.with(Arc::clone)
+    }
 }
 
 /// How a request body's connection ended under it.
@@ -1486,12 +1523,14 @@ fn connection_ended(e: &hyper::Error) -> Option<Ended> {
 #[cfg(test)]
 mod tests {
     use super::{
-        body_on_a_get, host_problem, overlong_target, user_for_the_log, AuditScratch,
+        body_on_a_get, host_problem, overlong_target, user_for_the_log, AuditScratch, Inbound,
         LONGEST_TARGET,
     };
     use crate::request_log::PATH_KEPT;
     use hyper::header::HOST;
     use hyper::{HeaderMap, Uri, Version};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
 
     fn hosts(values: &[&'static str]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -1750,6 +1789,25 @@ mod tests {
             None
         );
         assert!(host_problem(v2, &explicit, &hosts(&["git.example.com:8443"])).is_some());
+    }
+
+    /// A refused request's log line shares its thread's `Inbound`, which says nothing was read
+    /// (no allocation per refusal); another thread has its own, and a forwarded request gets a
+    /// fresh one (`Gate::handle`), never the shared one.
+    #[test]
+    fn a_refused_requests_inbound_is_its_threads_and_says_nothing_was_read() {
+        let one = Inbound::unread();
+        assert!(Arc::ptr_eq(&one, &Inbound::unread()), "one per thread");
+        assert_eq!(one.bytes.load(Ordering::Relaxed), 0);
+        assert!(!one.broke.load(Ordering::Relaxed));
+        assert!(!one.closed.load(Ordering::Relaxed));
+        assert!(!one.reset.load(Ordering::Relaxed));
+        assert!(one.broke_because.get().is_none());
+        assert!(one.push.get().is_none());
+        let other = std::thread::spawn(|| Arc::as_ptr(&Inbound::unread()) as usize)
+            .join()
+            .unwrap();
+        assert_ne!(other, Arc::as_ptr(&one) as usize, "another thread's own");
     }
 
     /// The log holds a user name as `admit` always wrote it (the name, `<not a user name>`, or

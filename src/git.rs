@@ -66,9 +66,11 @@ impl RepoPath {
 
     /// Build from validated segments joined by `/`; strips one `.git` from the last one.
     fn from_joined(joined: &str) -> Result<RepoPath, String> {
-        let Some((_, last)) = joined.rsplit_once('/') else {
+        // By byte, as `pieces` splits (see there).
+        let Some(slash) = joined.bytes().rposition(|b| b == b'/') else {
             return Err("a repository path needs a project and a repository name".into());
         };
+        let last = &joined[slash + 1..];
         let repo = match last.strip_suffix(".git") {
             Some(stripped) if stripped.is_empty() || stripped.ends_with(".git") => {
                 return Err(format!("'{last}' is not a valid repository name"));
@@ -88,7 +90,7 @@ impl RepoPath {
     pub fn project(&self) -> &str {
         // A RepoPath always has at least two segments, so there is a '/'; fall back to the whole
         // path rather than panic if that invariant were ever broken.
-        self.0.split_once('/').map_or(&self.0, |(p, _)| p)
+        split_once_at(&self.0, b'/').map_or(&self.0, |(p, _)| p)
     }
 
     /// The normalised path, shared with this one (no copy).
@@ -285,7 +287,7 @@ pub fn classify(
             "'{raw_path}' is not under the git prefix '{git_prefix}'"
         ))
     })?;
-    if rest.contains('\\') || contains_ignore_case(rest, "%5c") {
+    if has_a_backslash(rest) {
         return Err(Rejection::BadRequest(
             "backslashes are not allowed in repository paths".into(),
         ));
@@ -295,14 +297,14 @@ pub fn classify(
     // [`SEGMENTS_ON_STACK`]), as this runs for every request.
     let mut on_stack = [""; SEGMENTS_ON_STACK];
     let on_heap: Vec<&str>;
-    let mut parts = rest.split('/');
+    let mut parts = pieces(rest, b'/');
     let mut n = 0;
     for (slot, part) in on_stack.iter_mut().zip(parts.by_ref()) {
         *slot = part;
         n += 1;
     }
     let segments: &[&str] = if n == SEGMENTS_ON_STACK && parts.next().is_some() {
-        on_heap = rest.split('/').collect();
+        on_heap = pieces(rest, b'/').collect();
         &on_heap
     } else {
         &on_stack[..n]
@@ -430,11 +432,51 @@ fn strip_prefix<'a>(raw_path: &'a str, prefix: &str) -> Option<&'a str> {
     }
 }
 
-fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+/// Whether `rest` holds a backslash, also percent-encoded (`%5c`, `%5C`): one pass over it.
+fn has_a_backslash(rest: &str) -> bool {
+    let bytes = rest.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'\\'
+            || (b == b'%'
+                && bytes
+                    .get(i + 1..i + 3)
+                    .is_some_and(|hex| hex.eq_ignore_ascii_case(b"5c")))
+    })
+}
+
+/// `text` split at each `at` (an ASCII byte), as `str::split` splits at a `char`. For the few
+/// short pieces of a request's path and query, each `str::split` step's search set-up costs
+/// more than looking at the bytes one by one: this runs for every git request, a refused one
+/// too.
+fn pieces(text: &str, at: u8) -> impl Iterator<Item = &str> {
+    debug_assert!(at.is_ascii());
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let now = rest?;
+        Some(match now.bytes().position(|b| b == at) {
+            Some(i) => {
+                // Next to an ASCII byte: both ends are on character boundaries.
+                rest = Some(&now[i + 1..]);
+                &now[..i]
+            }
+            None => {
+                rest = None;
+                now
+            }
+        })
+    })
+}
+
+/// `text` split at its first `at` (an ASCII byte), as `str::split_once` does, by [`pieces`]'
+/// byte search.
+fn split_once_at(text: &str, at: u8) -> Option<(&str, &str)> {
+    let i = text.bytes().position(|b| b == at)?;
+    Some((&text[..i], &text[i + 1..]))
+}
+
+/// Whether `text` holds `byte` (ASCII), looked for byte by byte (see [`pieces`]).
+fn holds(text: &str, byte: u8) -> bool {
+    text.bytes().any(|b| b == byte)
 }
 
 /// Recognise the git suffix on the raw (undecoded) tail segments.
@@ -503,7 +545,7 @@ fn push_decoded_segment(raw: &str, out: &mut String) -> Result<(), Rejection> {
     }
     // Almost every path has no escapes: then the segment is checked as it stands.
     let decoded;
-    let segment = if raw.contains('%') {
+    let segment = if holds(raw, b'%') {
         let bytes = percent_decode(raw.as_bytes()).ok_or_else(|| {
             Rejection::BadRequest("invalid percent-encoding in repository path".into())
         })?;
@@ -545,7 +587,7 @@ pub(crate) fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
 
 /// [`percent_decode`], without a copy for the usual text that has no escapes.
 fn decoded(raw: &str) -> Option<Cow<'_, [u8]>> {
-    if raw.contains('%') {
+    if holds(raw, b'%') {
         percent_decode(raw.as_bytes()).map(Cow::Owned)
     } else {
         Some(Cow::Borrowed(raw.as_bytes()))
@@ -571,8 +613,8 @@ fn service_param(raw_query: Option<&str>) -> Result<Option<Service>, Rejection> 
         return Ok(None);
     };
     let mut found = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+    for pair in pieces(query, b'&').filter(|p| !p.is_empty()) {
+        let (raw_key, raw_value) = split_once_at(pair, b'=').unwrap_or((pair, ""));
         let bad_escape =
             || Rejection::BadRequest("invalid percent-encoding in the query string".into());
         let key = decoded(raw_key).ok_or_else(bad_escape)?;
@@ -1048,5 +1090,47 @@ mod tests {
         let r = classify("POST", "/team/info/lfs/objects/batch", None, "/").unwrap_err();
         assert!(matches!(r, Rejection::NotFound(_)), "{r:?}");
         assert_ne!(r.to_string(), "Git LFS is not supported yet");
+    }
+
+    /// `pieces` and `split_once_at` split as `str::split` and `split_once` do, and
+    /// `has_a_backslash` finds what the search of `\\` and `%5c` it replaced found.
+    #[test]
+    fn the_byte_searches_agree_with_strs_own() {
+        let texts = [
+            "",
+            "/",
+            "//",
+            "team/app.git/info/refs",
+            "/team/app.git/info/refs/",
+            "service=git-upload-pack&&x=%5C&=",
+            "a=b=c",
+            "é/ü&%5c/ß=",
+            "team\\app",
+            "team%5capp",
+            "%5",
+            "%",
+            "x%5Cy",
+            "x%5",
+            "%%5c",
+        ];
+        for text in texts {
+            for at in [b'/', b'&', b'='] {
+                let ours: Vec<&str> = pieces(text, at).collect();
+                let std: Vec<&str> = text.split(char::from(at)).collect();
+                assert_eq!(ours, std, "{text:?} at {}", char::from(at));
+                assert_eq!(
+                    split_once_at(text, at),
+                    text.split_once(char::from(at)),
+                    "{text:?}"
+                );
+                assert_eq!(holds(text, at), text.contains(char::from(at)), "{text:?}");
+            }
+            let old = text.contains('\\')
+                || text
+                    .as_bytes()
+                    .windows(3)
+                    .any(|w| w.eq_ignore_ascii_case(b"%5c"));
+            assert_eq!(has_a_backslash(text), old, "{text:?}");
+        }
     }
 }

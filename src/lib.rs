@@ -14,6 +14,10 @@
 //!                                   │     below ─▶ 400, the address guard ─▶ 429, another site's page
 //!                                   │     (Origin, Sec-Fetch-Site) ─▶ 403, then management: the
 //!                                   │     user's password only, then the user's rate-limit bucket, 429); never forwarded
+//!                                   ├─ which of the fields the checks below read are there (loop mark,
+//!                                   │     Transfer-/Content-Encoding, Content-Length, Origin, Sec-Fetch-Site,
+//!                                   │     Expect, User-Agent): one pass over the names (fields_present);
+//!                                   │     a check whose field is absent, which would find nothing, is left out
 //!                                   ├─ its own loop mark (X-Gitgate-Hop)?  ─▶ 508 (a request it sent upstream came back)
 //!                                   ├─ a path and query over 8 KiB ─▶ 414
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
@@ -274,6 +278,7 @@ pub mod closing;
 pub mod config;
 pub mod credentials;
 pub mod cross_site;
+pub mod fields_present;
 pub mod gate;
 pub mod git;
 pub mod guard;

@@ -958,6 +958,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::config",
     "gitgate::credentials",
     "gitgate::cross_site",
+    "gitgate::fields_present",
     "gitgate::gate",
     "gitgate::git",
     "gitgate::guard",

@@ -61,7 +61,8 @@ impl fmt::Display for RequestId {
 pub const MARK_HEADER: &str = "x-gitgate-hop";
 
 /// [`MARK_HEADER`] as a header name, made once: every request looks for it.
-static MARK_NAME: hyper::header::HeaderName = hyper::header::HeaderName::from_static(MARK_HEADER);
+pub(crate) static MARK_NAME: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static(MARK_HEADER);
 
 /// This process's mark on the requests it sends upstream: 128 random bits, drawn once. A
 /// request that comes back to gitgate with it has looped — `[upstream] url` leads to gitgate

@@ -409,6 +409,75 @@ fn cases(w: &str, r: &str) -> Vec<(&'static str, Vec<u8>, u16)> {
             ),
             415,
         ),
+        // The gate looks for each of these fields in one pass over the names
+        // (`fields_present`): spelled in capitals or odd case, or on a second line after a
+        // harmless first, each is refused as in its usual spelling.
+        (
+            "Content-Encoding br, in capitals",
+            req(
+                "POST",
+                "/team/app.git/git-upload-pack",
+                &format!("{ar}CONTENT-ENCODING: br\r\nContent-Length: 0\r\n"),
+            ),
+            415,
+        ),
+        (
+            "Content-Encoding br on a second line",
+            req(
+                "POST",
+                "/team/app.git/git-upload-pack",
+                &format!(
+                    "{ar}Content-Encoding: gzip\r\ncontent-encoding: br\r\nContent-Length: 0\r\n"
+                ),
+            ),
+            415,
+        ),
+        (
+            "Transfer-Encoding gzip, chunked, in capitals",
+            req(
+                "POST",
+                "/team/app.git/git-upload-pack",
+                &format!("{ar}TRANSFER-ENCODING: gzip, chunked\r\n"),
+            ),
+            501,
+        ),
+        (
+            "Transfer-Encoding gzip, then chunked on a second line",
+            req(
+                "POST",
+                "/team/app.git/git-upload-pack",
+                &format!("{ar}Transfer-Encoding: gzip\r\ntRANSFER-eNCODING: chunked\r\n"),
+            ),
+            501,
+        ),
+        (
+            "Content-Length past what git servers read, in capitals",
+            req(
+                "POST",
+                "/team/app.git/git-upload-pack",
+                &format!("{ar}CONTENT-LENGTH: 9223372036854775808\r\n"),
+            ),
+            400,
+        ),
+        (
+            "Origin of another site, in capitals",
+            req("GET", IR, &format!("{aw}ORIGIN: https://evil.example\r\n")),
+            403,
+        ),
+        (
+            "Sec-Fetch-Site cross-site, in odd case",
+            req("GET", IR, &format!("{aw}sEC-fETCH-sITE: cross-site\r\n")),
+            403,
+        ),
+        (
+            "Sec-Fetch-Site cross-site on a second line",
+            req(
+                "GET",
+                IR,
+                &format!("{aw}Sec-Fetch-Site: same-origin\r\nsec-fetch-site: cross-site\r\n"),
+            ),
+            403,
+        ),
         (
             "Transfer-Encoding not ending in chunked",
             req(
