@@ -1268,6 +1268,29 @@ mod tests {
         (dir, store)
     }
 
+    /// alice's password hash set to `stored`; a login with the right password and one with a
+    /// wrong one are each refused as any failed login is answered. The ERROR line that said the
+    /// hash was refused unchecked.
+    fn refused_unchecked_with(store: &Store, stored: &str) -> String {
+        store
+            .set_password("alice", stored, clock::now_ms(), &actor())
+            .unwrap();
+        let log = crate::store::test_support::logged(|| {
+            for password in ["pw", "wrong"] {
+                match login(store, "alice", password, &actor()) {
+                    Err(Error::Unauthenticated(m)) => {
+                        assert!(m.contains("wrong user name or password"), "{m}")
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        });
+        log.lines()
+            .find(|l| l.contains("refused unchecked"))
+            .unwrap_or_else(|| panic!("{log}"))
+            .to_string()
+    }
+
     /// A stored hash asking for more than gitgate checks (edited by hand: passes by the
     /// billion, which held the check's thread for days) refuses the login unchecked, as any
     /// failed login is answered, with an ERROR naming the user and what to do; it counts
@@ -1276,25 +1299,11 @@ mod tests {
     #[test]
     fn a_stored_hash_beyond_what_gitgate_checks_refuses_the_login_and_says_so() {
         let (_dir, store) = setup();
-        let stored = "$argon2id$v=19$m=19456,t=4294967295,p=1$BwcHBwcHBwcHBwcHBwcHBw$\
-             AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-        store
-            .set_password("alice", stored, clock::now_ms(), &actor())
-            .unwrap();
-        let log = crate::store::test_support::logged(|| {
-            for password in ["pw", "wrong"] {
-                match login(&store, "alice", password, &actor()) {
-                    Err(Error::Unauthenticated(m)) => {
-                        assert!(m.contains("wrong user name or password"), "{m}")
-                    }
-                    other => panic!("{other:?}"),
-                }
-            }
-        });
-        let said = log
-            .lines()
-            .find(|l| l.contains("refused unchecked"))
-            .unwrap_or_else(|| panic!("{log}"));
+        let said = refused_unchecked_with(
+            &store,
+            "$argon2id$v=19$m=19456,t=4294967295,p=1$BwcHBwcHBwcHBwcHBwcHBw$\
+             AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        );
         assert!(
             said.contains("ERROR") && said.contains("user=\"alice\""),
             "{said}"
@@ -1324,25 +1333,11 @@ mod tests {
     #[test]
     fn a_stored_argon2_hash_argon2_cannot_check_refuses_the_login_and_says_so() {
         let (_dir, store) = setup();
-        let stored = "$argon2id$v=19$m=19456,t=4294967296,p=1$BwcHBwcHBwcHBwcHBwcHBw$\
-             AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-        store
-            .set_password("alice", stored, clock::now_ms(), &actor())
-            .unwrap();
-        let log = crate::store::test_support::logged(|| {
-            for password in ["pw", "wrong"] {
-                match login(&store, "alice", password, &actor()) {
-                    Err(Error::Unauthenticated(m)) => {
-                        assert!(m.contains("wrong user name or password"), "{m}")
-                    }
-                    other => panic!("{other:?}"),
-                }
-            }
-        });
-        let said = log
-            .lines()
-            .find(|l| l.contains("refused unchecked"))
-            .unwrap_or_else(|| panic!("{log}"));
+        let said = refused_unchecked_with(
+            &store,
+            "$argon2id$v=19$m=19456,t=4294967296,p=1$BwcHBwcHBwcHBwcHBwcHBw$\
+             AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        );
         assert!(
             said.contains("ERROR")
                 && said.contains("user=\"alice\"")
