@@ -340,6 +340,13 @@ pub(super) fn refuse_the_logs_of_a_replaced_file(
     shm: &Path,
 ) -> std::result::Result<(), String> {
     let marker = replaced_marker(real);
+    // Looked for by `stat`, which takes no descriptor, as the damage marker is: a process out
+    // of them must not take its failed read for a marker, and be told to remove the logs.
+    if let Err(e) = std::fs::symlink_metadata(&marker) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Ok(());
+        }
+    }
     let said = match std::fs::read_to_string(&marker) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Ok(said) => said.trim().to_string(),

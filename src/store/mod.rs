@@ -489,7 +489,7 @@ fn read_only_connection(path: &Path) -> Result<Option<ReadOnly>> {
     if !path.exists() {
         return Ok(None);
     }
-    let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
+    let explain = |e: Unopened| open_err(e.explained(path));
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     // Through a symbolic link, SQLite keeps the `-wal` and `-shm` beside the real file.
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -518,20 +518,21 @@ fn read_only_connection(path: &Path) -> Result<Option<ReadOnly>> {
             copy.db.clone()
         };
         scratch = Some(copy);
-        Connection::open_with_flags(db, flags)
+        open_connection(&db, flags)
     } else if wal.exists() {
-        Connection::open_with_flags(path, flags)
+        open_connection(path, flags)
     } else {
         // No `-wal`: no connection has the store open (the last one to close removes it), and
         // everything is in the file itself. Read it as it is: a read-only connection would
         // otherwise create the `-wal` and `-shm` beside it, owned by whoever runs the check.
-        Connection::open_with_flags(
-            format!("file:{}?immutable=1", uri_path(path)),
+        open_connection(
+            Path::new(&format!("file:{}?immutable=1", uri_path(path))),
             flags | OpenFlags::SQLITE_OPEN_URI,
         )
     }
     .map_err(explain)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(explain)?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|error| explain(Unopened { error, os: None }))?;
     Ok(Some(ReadOnly {
         conn,
         scratch,
@@ -553,12 +554,13 @@ impl Store {
             path: path.to_path_buf(),
             message,
         };
-        let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         let before = file_state(path);
         let Some(read_only) = read_only_connection(path)? else {
             return Ok(None);
         };
         let conn = &read_only.conn;
+        let explain =
+            |e: rusqlite::Error| open_err(explain_open_error(path, &e, system_errno(conn, &e)));
         let real = real_path(path);
         // The running servers are told as by any process that finds the store damaged — when
         // what was read is the store as it is: through its log with a server's `-shm`, or a
@@ -759,7 +761,6 @@ impl Store {
             path: path.to_path_buf(),
             message,
         };
-        let explain = |e: rusqlite::Error| open_err(explain_open_error(path, &e));
         let target = target_path.to_str().ok_or_else(|| {
             open_err(format!(
                 "{} ({where_to}) is not UTF-8",
@@ -776,6 +777,8 @@ impl Store {
                 return Err(open_err("there is no file there".into()));
             };
             let conn = &read_only.conn;
+            let explain =
+                |e: rusqlite::Error| open_err(explain_open_error(path, &e, system_errno(conn, &e)));
             if let Some(why) = schema::why_not_a_gitgate_store(conn).map_err(explain)? {
                 return Err(open_err(why));
             }
@@ -894,13 +897,21 @@ impl Store {
         refuse_what_cannot_be_opened(path)?;
         // Damage met as the store is opened (its schema read, its migration) is told to the
         // other processes on it as any found later is: a running server may not have met it.
-        let explain = |e: rusqlite::Error| {
-            if is_damage(&e) {
+        let explain = |unopened: Unopened| {
+            let e = &unopened.error;
+            if is_damage(e) {
                 let told =
                     tell_of_damage(&real_path(path), &format!("SQLite found it damaged ({e})"));
                 return open_err(format!("{e}: the store is damaged{told}; {RESTORE}"));
             }
-            open_err(explain_open_error(path, &e))
+            open_err(unopened.explained(path))
+        };
+        // A statement's failure on the connection `c`, with the system's error under it.
+        let on = |c: &Connection, error: rusqlite::Error| {
+            explain(Unopened {
+                os: system_errno(c, &error),
+                error,
+            })
         };
         // The file the connections open is the one `file` names below, unless it was replaced
         // in between: then it is looked at again before anything is served.
@@ -945,13 +956,13 @@ impl Store {
                 .open(path);
         }
         let mut conn = connect(path, true).map_err(explain)?;
-        if let Some(why) = schema::why_not_a_gitgate_store(&conn).map_err(explain)? {
+        if let Some(why) = schema::why_not_a_gitgate_store(&conn).map_err(|e| on(&conn, e))? {
             return Err(open_err(why));
         }
         // Refused before its journal mode is touched.
-        schema::refuse_newer(&conn).map_err(explain)?;
+        schema::refuse_newer(&conn).map_err(|e| on(&conn, e))?;
         // WAL is a property of the file: set once, every later connection sees it.
-        let mode = switch_to_wal(&conn).map_err(explain)?;
+        let mode = switch_to_wal(&conn).map_err(|e| on(&conn, e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(open_err(format!(
                 "could not switch to WAL mode (got '{mode}')"
@@ -960,7 +971,7 @@ impl Store {
         // A new store (version 0) is made, not migrated; and one another process migrated
         // while this one waited to is not said to be migrated by this one.
         let migrated_from = schema::migrate(&mut conn)
-            .map_err(explain)?
+            .map_err(|e| on(&conn, e))?
             .filter(|&from| from != 0);
         if let Some(from) = migrated_from {
             tracing::info!(
@@ -969,7 +980,9 @@ impl Store {
                 schema::CURRENT
             );
         }
-        if let Some(lost) = schema::lost_columns(&conn, schema::CURRENT).map_err(explain)? {
+        if let Some(lost) =
+            schema::lost_columns(&conn, schema::CURRENT).map_err(|e| on(&conn, e))?
+        {
             return Err(open_err(lost_columns_said(&lost)));
         }
         let watcher = connect(path, false).map_err(explain)?;
@@ -1080,7 +1093,7 @@ impl Store {
             trial.map_err(|e| match e.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
                     StoreError::Open {
-                        message: explain_open_error(&path, &e),
+                        message: explain_open_error(&path, &e, system_errno(conn, &e)),
                         path: path.clone(),
                     }
                 }
@@ -1279,7 +1292,7 @@ impl Store {
             Some(c) => c,
             None => connect(&self.inner.path, false).map_err(|e| StoreError::Open {
                 path: self.inner.path.clone(),
-                message: e.to_string(),
+                message: e.explained(&self.inner.path),
             })?,
         };
         // A store migrated by a newer gitgate under this running one: nothing is read or
@@ -1297,12 +1310,21 @@ impl Store {
     /// [`schema::refuse_newer`], as the store being unavailable (`503` for the REST API, as
     /// for git), not a failure of the call.
     fn refuse_newer(&self, c: &Connection) -> Result<()> {
-        schema::refuse_newer(c).map(drop).map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(_, Some(message)) => StoreError::Open {
-                path: self.inner.path.clone(),
-                message,
-            },
-            other => other.into(),
+        schema::refuse_newer(c).map(drop).map_err(|e| {
+            // The first read of a connection opens its `-wal` and `-shm`: said as an open.
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) {
+                return StoreError::Open {
+                    path: self.inner.path.clone(),
+                    message: explain_open_error(&self.inner.path, &e, system_errno(c, &e)),
+                };
+            }
+            match e {
+                rusqlite::Error::SqliteFailure(_, Some(message)) => StoreError::Open {
+                    path: self.inner.path.clone(),
+                    message,
+                },
+                other => other.into(),
+            }
         })
     }
 
@@ -1661,21 +1683,31 @@ pub type SettingsCheck<'a> = &'a dyn Fn(&dyn Fn(&str) -> Result<Option<String>>)
 const RESTORE: &str =
     "restore it from a backup (see \"Backing up and restoring the store\" in the README)";
 
-/// How many more descriptors an open of the store takes: the file, its `-wal` and `-shm`, and
-/// the folder (SQLite syncs it when it creates the `-wal`).
-const DESCRIPTORS_TO_OPEN: u64 = 4;
-
-/// `(open, limit)` when this process has too few file descriptors left to open the store:
-/// SQLite says "unable to open database file" for that as for a file it may not write.
-fn descriptors_run_out() -> Option<(u64, u64)> {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current?;
-    let open = match std::fs::read_dir("/proc/self/fd") {
-        // Less the listing's own descriptor.
-        Ok(listed) => (listed.count() as u64).saturating_sub(1),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => limit,
-        Err(_) => return None,
-    };
-    (open + DESCRIPTORS_TO_OPEN > limit).then_some((open, limit))
+/// What is said of an open that failed (`said`, SQLite's words) for want of file descriptors,
+/// if the system's error `os` says so (`EMFILE`: this process's open-files limit; `ENFILE`:
+/// the system's). Said the same however many files are open, so that a server refusing
+/// request after request for it says it once per its window (`gate.rs`), not once per request.
+fn out_of_descriptors(said: &str, os: Option<i32>) -> Option<String> {
+    match os? {
+        libc::EMFILE => {
+            let limit = match rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+            {
+                Some(limit) => format!(" of {limit}"),
+                None => String::new(),
+            };
+            Some(format!(
+                "{said}: this process has reached its open-files limit{limit} (too many open \
+                 files); raise the open-files limit (ulimit -n, systemd LimitNOFILE), or see \
+                 what holds its files (ls /proc/{pid}/fd)",
+                pid = std::process::id()
+            ))
+        }
+        libc::ENFILE => Some(format!(
+            "{said}: the system has as many files open as it allows (too many open files in \
+             system); raise its limit (sysctl fs.file-max) or end what holds them"
+        )),
+        _ => None,
+    }
 }
 
 /// Whether SQLite found the store's file damaged where it read it ("database disk image is
@@ -1714,8 +1746,10 @@ fn begins_as_sqlite(path: &Path) -> bool {
 
 /// SQLite's words for a failed open, and what to do about it: for a store this process may not
 /// write, which user needs to write which file and folder; for a process out of file
-/// descriptors, its limit; for a full disk, the space left.
-fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
+/// descriptors, its limit; for a full disk, the space left. `os` is the system's error under
+/// SQLite's (see [`system_errno`]): SQLite's own words are the same for a file this process
+/// may not open and for a process out of descriptors.
+fn explain_open_error(path: &Path, e: &rusqlite::Error, os: Option<i32>) -> String {
     match e.sqlite_error_code() {
         // Past the busy timeout: another process keeps the store locked even for reading
         // (`PRAGMA locking_mode=EXCLUSIVE`), or holds its write lock while this one must write
@@ -1769,13 +1803,13 @@ fn explain_open_error(path: &Path, e: &rusqlite::Error) -> String {
             if let Some(uri) = said.find(": file:") {
                 said.truncate(uri);
             }
-            if let Some((open, limit)) = descriptors_run_out() {
-                return format!(
-                    "{said}: this process has {open} files open and may have {limit} (too many \
-                     open files); raise the open-files limit (ulimit -n, systemd LimitNOFILE)"
-                );
+            if let Some(out) = out_of_descriptors(&said, os) {
+                return out;
             }
             if let Err(read) = std::fs::File::open(path) {
+                if let Some(out) = out_of_descriptors(&said, read.raw_os_error()) {
+                    return out;
+                }
                 if read.kind() == std::io::ErrorKind::PermissionDenied {
                     return format!(
                         "{said}: this process (uid {uid}) cannot read {file} ({read}); check its \
@@ -2117,23 +2151,109 @@ fn switch_to_wal(conn: &Connection) -> rusqlite::Result<String> {
     }
 }
 
-fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {
+/// A store connection that could not be opened: SQLite's error, and the system's error under
+/// it (an `errno`, see [`system_errno`]) when SQLite kept one.
+#[derive(Debug)]
+struct Unopened {
+    error: rusqlite::Error,
+    os: Option<i32>,
+}
+
+impl Unopened {
+    /// What [`explain_open_error`] says of it.
+    fn explained(&self, path: &Path) -> String {
+        explain_open_error(path, &self.error, self.os)
+    }
+}
+
+/// The system's error under SQLite's `e` on `conn` (`sqlite3_system_errno`), for the failures
+/// SQLite keeps one for (`SQLITE_CANTOPEN`, `SQLITE_IOERR`); `None` for any other. SQLite says
+/// "unable to open database file" for a process out of file descriptors (`EMFILE`) as for a
+/// file it may not open: only this tells them apart.
+fn system_errno(conn: &Connection, e: &rusqlite::Error) -> Option<i32> {
+    let rusqlite::Error::SqliteFailure(failure, _) = e else {
+        return None;
+    };
+    if !matches!(
+        failure.extended_code & 0xff,
+        rusqlite::ffi::SQLITE_CANTOPEN | rusqlite::ffi::SQLITE_IOERR
+    ) {
+        return None;
+    }
+    // SAFETY: the handle of a live connection, asked for a number SQLite keeps in it.
+    let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
+    (errno != 0).then_some(errno)
+}
+
+/// `Connection::open_with_flags`, keeping the system's error of a failed open: SQLite keeps it
+/// in the handle that `rusqlite` closes before it returns (see [`system_errno`]). SQLite's
+/// words are not followed by the file's name, as `rusqlite` has them: every error made of
+/// this one names the store already.
+fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, Unopened> {
+    use std::os::unix::ffi::OsStrExt;
+    let unopened = |error| Unopened { error, os: None };
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| unopened(rusqlite::Error::NulError(e)))?;
+    let flags = flags | OpenFlags::SQLITE_OPEN_EXRESCODE;
+    let mut db: *mut rusqlite::ffi::sqlite3 = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated name and a handle for SQLite to fill, owned by the connection
+    // made of it below, or closed here.
+    let r = unsafe {
+        rusqlite::ffi::sqlite3_open_v2(name.as_ptr(), &mut db, flags.bits(), std::ptr::null())
+    };
+    if r == rusqlite::ffi::SQLITE_OK {
+        // SAFETY: opened above, and owned by nothing else.
+        return unsafe { Connection::from_handle_owned(db) }.map_err(unopened);
+    }
+    let failure = rusqlite::ffi::Error::new(r);
+    let (message, os) = if db.is_null() {
+        (None, None)
+    } else {
+        // SAFETY: the handle sqlite3_open_v2 gave back, read before it is closed.
+        unsafe {
+            let said = std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_errmsg(db));
+            let errno = rusqlite::ffi::sqlite3_system_errno(db);
+            (
+                Some(said.to_string_lossy().into_owned()),
+                (errno != 0).then_some(errno),
+            )
+        }
+    };
+    // SAFETY: the handle of a failed open, closed once; a null one is harmless.
+    unsafe { rusqlite::ffi::sqlite3_close(db) };
+    Err(Unopened {
+        error: rusqlite::Error::SqliteFailure(failure, message),
+        os,
+    })
+}
+
+fn connect(path: &Path, create: bool) -> Result<Connection, Unopened> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    // FULL: each commit is on the disk before it is acknowledged. With WAL, NORMAL would sync
-    // only at checkpoints, and a power loss or OS crash could undo a revocation already
-    // answered "revoked" (or lose a token already printed). Commits are few — changes made by
-    // people, and the request path's audit events and last-used times in batches (`writer`) —
-    // so one sync each costs nothing a request waits for.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(conn)
+    let conn = open_connection(path, flags)?;
+    // The first read (`synchronous` reads the schema) opens the `-wal` and `-shm`: a failure
+    // there keeps its system error too.
+    let set_up = || -> rusqlite::Result<()> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        // FULL: each commit is on the disk before it is acknowledged. With WAL, NORMAL would
+        // sync only at checkpoints, and a power loss or OS crash could undo a revocation
+        // already answered "revoked" (or lose a token already printed). Commits are few —
+        // changes made by people, and the request path's audit events and last-used times in
+        // batches (`writer`) — so one sync each costs nothing a request waits for.
+        conn.pragma_update(None, "synchronous", "FULL")
+    };
+    match set_up() {
+        Ok(()) => Ok(conn),
+        Err(error) => Err(Unopened {
+            os: system_errno(&conn, &error),
+            error,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -2466,6 +2586,144 @@ mod tests {
         let store = Store::open(&path).unwrap();
         let err = store.ping().unwrap_err().to_string();
         assert!(err.contains("malformed"), "{err}");
+    }
+
+    /// What says "out of file descriptors" is the system's error under SQLite's "unable to
+    /// open database file", not how many files this process has open (it was a count against
+    /// the limit: a guess either way).
+    #[test]
+    fn out_of_descriptors_is_told_by_the_system_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        std::fs::write(&path, "").unwrap();
+        let cannot_open = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some("unable to open database file".into()),
+        );
+        let said = |os| explain_open_error(&path, &cannot_open, os);
+        let emfile = said(Some(libc::EMFILE));
+        let limit = "unable to open database file: this process has reached its open-files limit";
+        assert!(
+            emfile.starts_with(limit) && emfile.contains("(too many open files)"),
+            "{emfile}"
+        );
+        let enfile = said(Some(libc::ENFILE));
+        assert!(enfile.contains("too many open files in system"), "{enfile}");
+        for os in [
+            None,
+            Some(libc::EACCES),
+            Some(libc::ENOENT),
+            Some(libc::EIO),
+        ] {
+            let said = said(os);
+            assert!(!said.contains("open files"), "{os:?}: {said}");
+            assert!(said.contains("must be able to write"), "{os:?}: {said}");
+        }
+    }
+
+    /// Set for the child process of
+    /// [`a_connection_that_cannot_be_opened_for_want_of_descriptors_says_so`].
+    const DESCRIPTOR_CHILD: &str = "GITGATE_TEST_DESCRIPTOR_LIMIT_CHILD";
+
+    /// An open of a store connection that fails for want of file descriptors (`EMFILE`) says
+    /// so, with what to do — SQLite's "unable to open database file" is also its word for a
+    /// file this process may not open — when a server's call opens one (the main file, or the
+    /// `-wal` at the first read), as at the start and in a check. Run in a child process
+    /// (this test binary again), whose open-files limit alone is lowered.
+    #[test]
+    fn a_connection_that_cannot_be_opened_for_want_of_descriptors_says_so() {
+        if std::env::var_os(DESCRIPTOR_CHILD).is_some() {
+            return at_the_descriptor_limit();
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::a_connection_that_cannot_be_opened_for_want_of_descriptors_says_so",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(DESCRIPTOR_CHILD, "1")
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{said}");
+        assert!(
+            said.contains("checked at the limit"),
+            "the child ran:\n{said}"
+        );
+    }
+
+    /// The open-files limit at which this process can open `free` more files: the limit bounds
+    /// the numbers of its descriptors, not how many are open, and a new one takes the lowest
+    /// number free.
+    fn limit_leaving(free: usize) -> u64 {
+        let listing = format!("/proc/{}/fd", std::process::id());
+        let open: std::collections::HashSet<u64> = std::fs::read_dir(&listing)
+            .unwrap()
+            .flatten()
+            // Not the listing's own, closed once it is read.
+            .filter(|e| std::fs::read_link(e.path()).ok() != Some(PathBuf::from(&listing)))
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        (0..).filter(|n| !open.contains(n)).nth(free).unwrap()
+    }
+
+    /// The child's part: opens at the limit, none or one descriptor left.
+    fn at_the_descriptor_limit() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let (dir, store) = temp_store();
+        let path = dir.path().join("t.db");
+        store.setting("x").unwrap();
+        let before = getrlimit(Resource::Nofile);
+        let mut said = Vec::new();
+        // None left: the store file cannot be opened; one: the file can, its `-wal` cannot.
+        // The next call opens a connection: the pooled one is held (as the store's writer held
+        // it, committing). Not closed: SQLite keeps a closed connection's descriptor of the
+        // file for the next open of it, which would then need one less.
+        let held = store.inner.idle.lock().unwrap().pop();
+        assert!(held.is_some());
+        for (free, call) in [(0, "a call, none left"), (1, "a call, one left")] {
+            let lowered = Rlimit {
+                current: Some(limit_leaving(free)),
+                maximum: before.maximum,
+            };
+            setrlimit(Resource::Nofile, lowered).unwrap();
+            let at_run_time = store.setting("x").map(drop).map_err(|e| e.to_string());
+            setrlimit(Resource::Nofile, before).unwrap();
+            said.push((call, at_run_time));
+        }
+        drop(held);
+        // At a start (`Store::open`) and in a check (`Store::inspect`), none left.
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(limit_leaving(0)),
+                maximum: before.maximum,
+            },
+        )
+        .unwrap();
+        let started = Store::open(&path).map(drop).map_err(|e| e.to_string());
+        let checked = Store::inspect(&path).map(drop).map_err(|e| e.to_string());
+        setrlimit(Resource::Nofile, before).unwrap();
+        said.push(("a start", started));
+        said.push(("a check", checked));
+        for (what, said) in said {
+            let said = said.expect_err("an open at the limit failed");
+            assert!(
+                said.contains("open-files limit") && said.contains("(too many open files)"),
+                "{what}: {said}"
+            );
+            assert!(!said.contains("must be able to write"), "{what}: {said}");
+            println!("{what}: {said}");
+        }
+        // With descriptors again, the store is served.
+        store.inner.idle.lock().unwrap().clear();
+        assert_eq!(store.setting("x").unwrap(), None);
+        println!("checked at the limit");
     }
 
     #[test]
