@@ -1959,11 +1959,12 @@ fn at_its_descriptor_limit(dir: &Path) -> (Server, String, TcpStream, libc::pid_
     assert!(!out.starts_with("HTTP/1.1 401"), "{out}");
     let pid = g.pid() as libc::pid_t;
     // The store's writer commits that request's last use (0.1 s on, or later on a loaded
-    // machine). A lookup that comes between that commit and the writer's check that the commit
-    // was its own reads the store (src/store/cache.rs), on a new connection while the writer
-    // holds the pooled one — which at the limit cannot be opened: a 503 for the token store,
-    // not for the git process. So the last use is in the store and the writer waits for events
-    // again before the limit is lowered: nothing is committed until the next request.
+    // machine), on a connection of its own that it opens for that first commit: at the limit
+    // it could not (logged, and tried again). So the last use is in the store and the writer
+    // waits for events again before the limit is lowered: nothing is committed until the next
+    // request. (Before the writer had a connection of its own, a lookup between its commit and
+    // its check that the commit was its own, src/store/cache.rs, opened one while the writer
+    // held the pooled one: at the limit, a 503 for the token store, not for the git process.)
     wait_until_written_and_the_writer_waits(dir, pid);
     let s = connect(g.port);
     // Accepted, its descriptor open, before the limit is lowered to what is open.

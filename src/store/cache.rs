@@ -36,7 +36,10 @@
 //! the store, as a miss, and leaves the cache alone ([`UNSURE`]) — under load, taking the
 //! writer's commit for anyone's there emptied the cache about once a second. Any other commit
 //! — the CLI's, the REST API's, one that slipped in around the writer's — still empties the
-//! cache on the next lookup.
+//! cache on the next lookup. The writer commits on a connection of its own
+//! (`Store::with_writers_conn`), so such a read finds the readers' pooled connection idle: on
+//! the pool's only one, the writer made it open another, which a server at its open-files
+//! limit could not — a valid cached token answered `503`.
 //!
 //! Unknown ids are remembered too, apart and fewer ([`MAX_UNKNOWN`]; the set starts over when
 //! full), and dropped with everything else at any commit but the writer's own — creating a
@@ -1111,6 +1114,49 @@ mod tests {
         assert!(!is_hit(&server), "not alone: the cache starts over");
         let fresh = server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
         assert!(fresh.token.revoked_at.is_some());
+    }
+
+    /// The writer commits on a connection of its own, opened once: a lookup in its gap, which
+    /// reads the store, finds the readers' pooled connection idle and opens none. On the pool's
+    /// only connection, the writer had that lookup open one — which at the open-files limit
+    /// failed, and a valid cached token got a `503`.
+    #[test]
+    fn a_lookup_during_the_writers_commit_opens_no_connection() {
+        use crate::store::test_support::OPENED;
+        let (_dir, server, _cli) = cached_in_a_fresh_store();
+        let opened = || OPENED.with(|n| n.get());
+        // A last use of its own each time: one the store has already is no commit at all.
+        let commit = |at: i64, between: &dyn Fn()| {
+            server
+                .write_bookkeeping_then(
+                    |tx| {
+                        tx.execute("UPDATE tokens SET last_used_at = ?1", [at])?;
+                        Ok(())
+                    },
+                    between,
+                )
+                .unwrap();
+        };
+        let before = opened();
+        commit(1, &|| {});
+        let writers = opened() - before;
+        assert!(writers <= 1, "{writers} connections for one commit");
+        for at in 2..5 {
+            let before = opened();
+            commit(at, &|| {
+                assert!(!is_hit(&server), "unsure: the store is read");
+                server.auth_record_cached("abcdefghijkl").unwrap().unwrap();
+            });
+            assert_eq!(
+                opened(),
+                before,
+                "the writer's commit or the lookup in its gap opened a connection"
+            );
+        }
+        assert!(
+            is_hit(&server),
+            "the writer's commits alone: the cache is kept"
+        );
     }
 
     /// After a writer's commit that another connection's commit came with, the cache starts

@@ -286,6 +286,15 @@ impl From<rusqlite::Error> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Where a call's connection comes from and goes back to (see [`Store::with_conn_held`]).
+#[derive(Clone, Copy)]
+enum Held {
+    /// The pool every other call shares.
+    Pooled,
+    /// The store's writer thread's own ([`Inner::writer_conn`]).
+    Writer,
+}
+
 /// A handle on the store; cheap to clone and safe to share between threads.
 #[derive(Clone)]
 pub struct Store {
@@ -295,6 +304,10 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// The store's writer thread's own connection (see [`Store::with_writers_conn`]): opened on
+    /// its first commit and kept, dropped as the pooled ones are (a replaced file, a
+    /// read-only open). Never one of `idle`.
+    writer_conn: Mutex<Option<Connection>>,
     cache: cache::AuthCache,
     /// Which file the pooled connections have open (see [`Store::check_file`]).
     file: RwLock<Option<FileId>>,
@@ -1005,6 +1018,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 idle: Mutex::new(vec![conn]),
+                writer_conn: Mutex::new(None),
                 cache,
                 file: RwLock::new(file),
                 replaced: AtomicBool::new(false),
@@ -1247,6 +1261,11 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
+            self.inner
+                .writer_conn
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             self.inner.cache.clear();
         }
         drop(known);
@@ -1286,20 +1305,54 @@ impl Store {
         check_schema: bool,
         f: impl FnOnce(&mut Connection) -> Result<T>,
     ) -> Result<T> {
+        self.with_conn_held(Held::Pooled, check_schema, f)
+    }
+
+    /// [`Store::with_conn`] on the writer thread's own connection (opened if it has none yet),
+    /// for everything the writer does (its commits, its look at the failure rows). It commits
+    /// about once a second: on a pooled connection, a cache miss read meanwhile — one that
+    /// falls between the writer's commit and its look at whose commit it was reads the store
+    /// (`UNSURE`, see `cache.rs`) — found the only pooled connection taken and opened one,
+    /// which at the open-files limit failed: a valid cached token refused with a `503`.
+    pub(super) fn with_writers_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
+        self.with_conn_held(Held::Writer, true, f)
+    }
+
+    fn with_conn_held<T>(
+        &self,
+        held: Held,
+        check_schema: bool,
+        f: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
         let file = self.check_file()?;
-        let pooled = self.inner.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let conn = match pooled {
+        let kept = match held {
+            Held::Pooled => self.inner.idle.lock().ok().and_then(|mut idle| idle.pop()),
+            Held::Writer => self
+                .inner
+                .writer_conn
+                .lock()
+                .ok()
+                .and_then(|mut own| own.take()),
+        };
+        let conn = match kept {
             Some(c) => c,
-            None => connect(&self.inner.path, false).map_err(|e| StoreError::Open {
-                path: self.inner.path.clone(),
-                message: e.explained(&self.inner.path),
-            })?,
+            None => {
+                #[cfg(test)]
+                test_support::OPENED.with(|n| n.set(n.get() + 1));
+                connect(&self.inner.path, false).map_err(|e| StoreError::Open {
+                    path: self.inner.path.clone(),
+                    message: e.explained(&self.inner.path),
+                })?
+            }
         };
         // A store migrated by a newer gitgate under this running one: nothing is read or
         // written through tables it may not read rightly — the REST API's logins, lists and
         // changes, the writer's audit rows — as no token is decided from them (one cached
         // statement; not on a cached token's path).
-        self.run_on(file, conn, |c| {
+        self.run_on(file, conn, held, |c| {
             if check_schema {
                 self.refuse_newer(c)?;
             }
@@ -1341,14 +1394,16 @@ impl Store {
             .lock()
             .ok()
             .and_then(|mut idle| idle.pop())?;
-        Some(self.run_on(file, conn, f))
+        Some(self.run_on(file, conn, Held::Pooled, f))
     }
 
-    /// [`Store::with_conn`]'s common part: run `f`, give up on a damaged store, pool `conn`.
+    /// [`Store::with_conn`]'s common part: run `f`, give up on a damaged store, keep `conn`
+    /// where it is `held`.
     fn run_on<T>(
         &self,
         file: FileId,
         mut conn: Connection,
+        held: Held,
         f: impl FnOnce(&mut Connection) -> Result<T>,
     ) -> Result<T> {
         let out = f(&mut conn);
@@ -1378,9 +1433,21 @@ impl Store {
         let known = self.inner.file.read().unwrap_or_else(|p| p.into_inner());
         if !poolable || self.inner.replaced.load(Ordering::Relaxed) || *known != Some(file) {
             drop(conn);
-        } else if let Ok(mut idle) = self.inner.idle.lock() {
-            if idle.len() < POOL_SIZE {
-                idle.push(conn);
+        } else {
+            match held {
+                Held::Pooled => {
+                    if let Ok(mut idle) = self.inner.idle.lock() {
+                        if idle.len() < POOL_SIZE {
+                            idle.push(conn);
+                        }
+                    }
+                }
+                // A second one (a stop's flush while the thread pruned) is not kept.
+                Held::Writer => {
+                    if let Ok(mut own) = self.inner.writer_conn.lock() {
+                        own.get_or_insert(conn);
+                    }
+                }
             }
         }
         drop(known);
@@ -1403,7 +1470,9 @@ impl Store {
 
     /// Run `f` in a write transaction that changes nothing an auth decision reads — the writer
     /// thread's audit rows and tokens' last uses — and tell the token cache, so that it keeps
-    /// its entries across this commit (see `cache.rs`).
+    /// its entries across this commit (see `cache.rs`). On the writer's own connection
+    /// ([`Store::with_writers_conn`]), whose `PRAGMA data_version` moves only for the other
+    /// connections' commits.
     fn write_bookkeeping(
         &self,
         f: impl FnOnce(&rusqlite::Transaction) -> Result<()>,
@@ -1419,7 +1488,7 @@ impl Store {
         after_commit: impl FnOnce(),
     ) -> Result<()> {
         let cache = &self.inner.cache;
-        let out = self.with_conn(|conn| {
+        let out = self.with_writers_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Under the write lock: no other connection can commit until ours has.
             // Ended however this goes on: an error, or a panic, must not leave lookups unsure
@@ -1921,6 +1990,14 @@ impl Inner {
         {
             keep_log_on_close(conn);
         }
+        if let Some(conn) = self
+            .writer_conn
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            keep_log_on_close(conn);
+        }
         keep_log_on_close(&self.cache.watcher());
     }
 
@@ -2336,6 +2413,9 @@ pub(crate) mod test_support {
     thread_local! {
         /// How many copies [`Store::snapshot`] made on this thread.
         pub static COPIES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        /// How many connections [`Store::with_conn`] and its kin opened on this thread (none
+        /// kept for them).
+        pub static OPENED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     }
 
     /// Have `f` run in the middle of this thread's next [`Store::snapshot`] copy.
@@ -2756,6 +2836,9 @@ mod tests {
         let (dir, store) = temp_store();
         let path = dir.path().join("t.db");
         store.setting("x").unwrap();
+        // The writer's own connection, open.
+        store.write_bookkeeping(|_| Ok(())).unwrap();
+        assert!(store.inner.writer_conn.lock().unwrap().is_some());
         // A copy moved over the live file (a restored backup), then a commit to it that stays
         // in its write-ahead log while its writer is open.
         let copy = dir.path().join("copy.db");
@@ -2768,8 +2851,11 @@ mod tests {
 
         let err = store.setting("x").unwrap_err().to_string();
         assert!(err.contains("restart gitgate"), "{err}");
-        // For good, even for what was cached or pooled before.
+        // For good, even for what was cached or pooled before; the writer's connection goes
+        // with the pooled ones.
         assert!(store.setting("x").is_err());
+        assert!(store.inner.writer_conn.lock().unwrap().is_none());
+        assert!(store.write_bookkeeping(|_| Ok(())).is_err());
         // The server's connections to the old file go away (a server stopping): SQLite sees
         // that their file has moved and leaves the new file's log alone ...
         drop(store);

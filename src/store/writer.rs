@@ -45,6 +45,10 @@
 //! full. Changes made by people are never deleted.
 //!
 //! The writer holds only a weak reference to the store and ends when the store is dropped.
+//! It reads and writes on a connection of its own, opened once and kept
+//! (`Store::with_writers_conn`), never one of the pool the lookups read on: a lookup in the
+//! moment after its commit reads the store (see `cache.rs`), and found the pool's only
+//! connection taken by it and opened another — at the open-files limit, a failure.
 
 use crate::log_value::LogText;
 use std::cell::RefCell;
@@ -794,7 +798,7 @@ fn prune_rows_of(store: &Store, cap: u64, kind: Failures) -> Result<Pruned, supe
     // Walking the ids down: the `cap`th newest failure row and the one after it. Only with
     // more than `cap` is anything deleted, and then from the `cap`th on, so that with the
     // `audit.pruned` event written below there are `cap` again.
-    let at_the_cap: Vec<i64> = store.with_conn(|c| {
+    let at_the_cap: Vec<i64> = store.with_writers_conn(|c| {
         let mut q = c.prepare(&format!(
             "SELECT id FROM audit_events WHERE {condition} \
              ORDER BY id DESC LIMIT 2 OFFSET ?1"
