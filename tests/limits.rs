@@ -764,10 +764,11 @@ fn an_answer_cut_off_by_the_idle_timeout_is_logged_as_such() {
     drop(s);
 }
 
-/// A client that reads slowly but steadily (32 KiB a second: a loaded CI machine, a slow disk)
+/// A client that reads slowly but steadily (128 KiB a second: a loaded CI machine, a slow disk)
 /// is not idle, though gitgate's writes stay blocked for far longer than the idle timeout (the
-/// kernel wakes a blocked writer once a third of its send buffer has drained): its answer is
-/// delivered whole. It was cut off after the timeout, as the client's fault.
+/// kernel wakes a blocked writer once a third of its send buffer has drained: over 1 MiB of
+/// its 4 MiB here, more than the client reads in the 6 s): its answer is delivered whole. It
+/// was cut off after the timeout, as the client's fault.
 #[test]
 fn a_client_reading_slowly_but_steadily_is_not_cut_off_as_idle() {
     let dir = tempfile::tempdir().unwrap();
@@ -775,8 +776,15 @@ fn a_client_reading_slowly_but_steadily_is_not_cut_off_as_idle() {
     // cut, which any timeout shows; 10 s made the test wait 15 s.
     let (_g, mut s) = a_big_answer_behind(dir.path(), 3, true);
     // Slowly for 6 s, past the 3 s timeout (and the second gitgate looks on for), then all.
+    // 32 KiB a read, not 8: all gitgate can see of a client's reading is its acknowledgements,
+    // and over loopback (a 64 KiB MSS) its window opens again only once about 93 KiB of its
+    // buffer is free. At 8 KiB every 250 ms that was every 3 to 4.7 s (measured with a `yes`
+    // on one core): as long as the timeout and the second gitgate looks on for, so that such
+    // a client acknowledged nothing for that long and was idle by gitgate's rule, and the test
+    // failed under load. At 32 KiB it opens every ¾ s or so, well within the timeout. (Over a
+    // real link, an MSS of 1448, a client acknowledges as it reads, however slowly.)
     let mut answer = Vec::new();
-    let mut buf = [0u8; 8192];
+    let mut buf = [0u8; 32 * 1024];
     let slow_until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < slow_until {
         match s.read(&mut buf) {
