@@ -3075,14 +3075,13 @@ fn an_upstream_that_resets_mid_stream_is_never_a_complete_answer() {
     assert_eq!(h2.status.code(), Some(92), "{said}");
 }
 
-#[test]
-fn an_upstream_that_trickles_is_not_cut_off_but_is_once_it_stops() {
-    let dir = tempfile::tempdir().unwrap();
-    // Sends a chunk every 400 ms for 2.4 s (longer than the 1 s idle timeout), then holds the
-    // connection open and says nothing: the timer set at the first wait fires while chunks
-    // still come, and must wait on from the last chunk instead of cutting the answer.
+/// An upstream that sends a chunk of a chunked 200 every 400 ms for 2.4 s, seven in all, then
+/// holds the connection open and says nothing; each chunk's number is sent to the receiver
+/// once written.
+fn trickling_upstream() -> (u16, mpsc::Receiver<u8>) {
     let trickling = TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream_port = trickling.local_addr().unwrap().port();
+    let (sent, chunks) = mpsc::channel();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for mut s in trickling.incoming().flatten() {
@@ -3097,12 +3096,18 @@ fn an_upstream_that_trickles_is_not_cut_off_but_is_once_it_stops() {
             );
             for i in 0..7u8 {
                 let _ = s.write_all(format!("11\r\nchunk-{i:02}-of-seven\r\n").as_bytes());
+                let _ = sent.send(i);
                 std::thread::sleep(Duration::from_millis(400));
             }
             held.push(s);
         }
     });
-    let (out, took) = info_refs_via(dir.path(), upstream_port, "idle_timeout_seconds = 1\n");
+    (upstream_port, chunks)
+}
+
+/// The answer of [`trickling_upstream`] through gitgate with a 1 s upstream idle timeout: all
+/// seven chunks, never ended cleanly, cut about 1 s after the last chunk (sent at about 2.4 s).
+fn assert_trickled_then_cut(out: &str, took: Duration) {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     for i in 0..7 {
         assert!(out.contains(&format!("chunk-{i:02}-of-seven")), "{out}");
@@ -3111,11 +3116,53 @@ fn an_upstream_that_trickles_is_not_cut_off_but_is_once_it_stops() {
         !out.ends_with("0\r\n\r\n"),
         "a stalled answer ended cleanly: {out}"
     );
-    // The last chunk left at about 2.4 s; the cut comes about 1 s after it.
     assert!(
         took >= Duration::from_millis(3200) && took < Duration::from_secs(8),
         "{took:?}"
     );
+}
+
+#[test]
+fn an_upstream_that_trickles_is_not_cut_off_but_is_once_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    // Chunks every 400 ms for 2.4 s (longer than the 1 s idle timeout), then silence: the timer
+    // set at the first wait fires while chunks still come, and must wait on from the last chunk
+    // instead of cutting the answer.
+    let (upstream_port, _chunks) = trickling_upstream();
+    let (out, took) = info_refs_via(dir.path(), upstream_port, "idle_timeout_seconds = 1\n");
+    assert_trickled_then_cut(&out, took);
+}
+
+/// A gitgate held (stopped here; a loaded machine does it too) for longer than the upstream's
+/// idle timeout while the upstream goes on sending finds the upstream's bytes waiting in the
+/// socket when it runs again: the upstream was not silent. The answer's timer fired before the
+/// connection's own task (an info/refs answer's) saw its socket readable, and the answer was
+/// cut as "the upstream response stalled for 1s" with three chunks of seven.
+#[test]
+fn an_upstream_is_not_judged_silent_for_the_time_gitgate_itself_was_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, chunks) = trickling_upstream();
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "idle_timeout_seconds = 1\n");
+    let pid = g.pid().to_string();
+    let holding = std::thread::spawn(move || {
+        // From just after the third chunk (0.8 s) for 1.3 s, past the 1 s timeout: the fourth
+        // to sixth come meanwhile.
+        while chunks.recv().unwrap() < 2 {}
+        std::thread::sleep(Duration::from_millis(100));
+        let kill = |signal: &str| {
+            let sent = std::process::Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap();
+            assert!(sent.success(), "kill {signal} {pid}");
+        };
+        kill("-STOP");
+        std::thread::sleep(Duration::from_millis(1300));
+        kill("-CONT");
+    });
+    let (out, took) = info_refs(&g, &auth);
+    holding.join().unwrap();
+    assert_trickled_then_cut(&out, took);
 }
 
 #[test]

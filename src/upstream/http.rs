@@ -1211,6 +1211,9 @@ struct UpstreamBody {
     /// The answer's last frame has gone out and git's framing says it was cut short: the next
     /// poll fails with this reason instead of ending the body.
     cut: Option<&'static str>,
+    /// The idle timeout ran out since the last frame with the upstream's bytes waiting unread
+    /// in the socket, and was given once more (see `poll_frame`).
+    unread_once: bool,
     /// The upstream, named in the body's errors as in the head's.
     address: &'static str,
     /// The request's id, for the log line of an answer git ended with its refusal.
@@ -1248,6 +1251,7 @@ impl UpstreamBody {
             whole: framing.as_ref().map(|_| Arc::new(WholeAt::new())),
             framing,
             cut: None,
+            unread_once: false,
             address: backend.address,
             request_id,
         }
@@ -1325,6 +1329,7 @@ impl Body for UpstreamBody {
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 self.silence.heard();
+                self.unread_once = false;
                 if frame.is_trailers() {
                     // The upstream's trailers end the body here, unsent: git sends none, and
                     // they are header fields the head's filter never saw (`Set-Cookie`, the
@@ -1362,6 +1367,19 @@ impl Body for UpstreamBody {
                 let this = &mut *self;
                 let upload = this.upload.as_ref().map(|u| &u.activity);
                 ready!(this.silence.poll_over(upload, cx));
+                // The upstream's bytes wait unread in the socket: it was not silent, gitgate did
+                // not read (its worker held, and the connection's own task not run yet since
+                // they came). It is heard now, once: bytes still unread a timeout later are
+                // ones the connection does not read, and the answer fails as stalled.
+                let unread = this
+                    .connection
+                    .as_ref()
+                    .is_some_and(|(_, c)| c.has_unread_bytes());
+                if unread && !this.unread_once {
+                    this.unread_once = true;
+                    this.silence.heard();
+                    ready!(this.silence.poll_over(upload, cx));
+                }
                 let client_stalled = this
                     .upload
                     .as_ref()

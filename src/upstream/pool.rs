@@ -47,6 +47,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -206,10 +207,17 @@ pub struct Connection {
     driver: Option<Driver>,
     /// The task of its own, once it has one (see [`Connection::detach`] and [`Connection::close_within`]).
     task: Option<tokio::task::AbortHandle>,
+    /// The socket under the connection (TCP or Unix, under TLS if any), owned by its state
+    /// machine: for [`Connection::has_unread_bytes`].
+    socket: RawFd,
 }
 
 impl Connection {
-    fn new<T>(sender: SendRequest<OutBody>, conn: http1::Connection<T, OutBody>) -> Connection
+    fn new<T>(
+        sender: SendRequest<OutBody>,
+        conn: http1::Connection<T, OutBody>,
+        socket: RawFd,
+    ) -> Connection
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -217,7 +225,18 @@ impl Connection {
             sender,
             driver: Some(Box::pin(conn)),
             task: None,
+            socket,
         }
+    }
+
+    /// Whether bytes the upstream sent wait in the connection's socket, not read yet. Asked by
+    /// an answer's body whose next frame is pending: its state machine, which owns the socket,
+    /// then still runs (one that ended has ended the body), on this worker's thread, so the
+    /// socket is open. A connection on a task of its own reads them only once that task runs:
+    /// a worker held past the upstream's idle timeout (a loaded machine, a stopped process)
+    /// can see its body's timer fire before it sees the socket readable.
+    pub fn has_unread_bytes(&self) -> bool {
+        unread_bytes(self.socket) > 0
     }
 
     /// Move the connection along — write, flush, read and decode what has arrived — on the
@@ -462,7 +481,8 @@ impl Pool {
                     Err(e) => return Err(ConnectError::Io(not_a_socket(path, e).await)),
                 };
                 accepted = true;
-                return over(stream, &o.tls).await;
+                let socket = stream.as_raw_fd();
+                return over(stream, socket, &o.tls).await;
             }
             // Not `TcpStream::connect((host, port))`: its lookup of a name would take a
             // blocking thread for as long as a resolver that does not answer holds it.
@@ -478,7 +498,8 @@ impl Pool {
             accepted = true;
             // Request heads and small answers are single writes: do not hold them back.
             tcp.set_nodelay(true).map_err(ConnectError::Io)?;
-            over(tcp, &o.tls).await
+            let socket = tcp.as_raw_fd();
+            over(tcp, socket, &o.tls).await
         })
         .await;
         connected.unwrap_or(Err(if o.socket.is_none() && !looked_up {
@@ -516,9 +537,11 @@ async fn not_a_socket(path: &std::path::Path, e: io::Error) -> io::Error {
     )
 }
 
-/// HTTP/1 over a connected stream, after a TLS handshake if the upstream is https.
+/// HTTP/1 over a connected stream (whose socket is `socket`), after a TLS handshake if the
+/// upstream is https.
 async fn over<S>(
     stream: S,
+    socket: RawFd,
     tls: &Option<(TlsConnector, ServerName<'static>)>,
 ) -> Result<Connection, ConnectError>
 where
@@ -527,7 +550,7 @@ where
     match tls {
         None => handshake(TokioIo::new(stream))
             .await
-            .map(|(sender, conn)| Connection::new(sender, conn))
+            .map(|(sender, conn)| Connection::new(sender, conn, socket))
             .map_err(ConnectError::Http),
         Some((connector, name)) => {
             let tls = connector
@@ -536,7 +559,7 @@ where
                 .map_err(ConnectError::Tls)?;
             handshake(TokioIo::new(tls))
                 .await
-                .map(|(sender, conn)| Connection::new(sender, conn))
+                .map(|(sender, conn)| Connection::new(sender, conn, socket))
                 .map_err(ConnectError::Http)
         }
     }
@@ -584,6 +607,19 @@ async fn sweep(pool: Weak<Pool>) {
 }
 
 /// Set up HTTP/1.1 on a connected stream.
+/// The bytes received on the socket `fd` (open) and not read yet; 0 when unknown.
+fn unread_bytes(fd: RawFd) -> usize {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD (SIOCINQ for a TCP socket) writes one int through the pointer, which
+    // points at `unread`; the caller keeps `fd` open.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread as *mut libc::c_int) };
+    if r == 0 {
+        usize::try_from(unread).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 async fn handshake<T>(io: T) -> hyper::Result<(SendRequest<OutBody>, http1::Connection<T, OutBody>)>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -604,6 +640,29 @@ mod tests {
     use tokio::net::TcpListener;
     use tokio::sync::mpsc::UnboundedReceiver;
     use Driving::{Inline, OwnTask};
+
+    /// What an answer's body looks at when the upstream's idle timeout runs out: the bytes
+    /// received on the socket and not read yet, none once they are read.
+    #[test]
+    fn unread_bytes_are_those_received_and_not_read_yet() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut upstream, _) = listener.accept().unwrap();
+        assert_eq!(unread_bytes(ours.as_raw_fd()), 0);
+        upstream.write_all(b"11\r\nchunk-00-of-seven\r\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while unread_bytes(ours.as_raw_fd()) < 23 {
+            assert!(std::time::Instant::now() < deadline, "never received");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut head = [0u8; 4];
+        ours.read_exact(&mut head).unwrap();
+        assert_eq!(unread_bytes(ours.as_raw_fd()), 19);
+        let mut rest = [0u8; 19];
+        ours.read_exact(&mut rest).unwrap();
+        assert_eq!(unread_bytes(ours.as_raw_fd()), 0);
+    }
 
     /// A certificate refused for its dates is said with the date, the same at every check (the
     /// readiness log compares causes by their words), and an unknown issuer with what to do.
