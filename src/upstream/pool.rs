@@ -606,7 +606,6 @@ async fn sweep(pool: Weak<Pool>) {
     }
 }
 
-/// Set up HTTP/1.1 on a connected stream.
 /// The bytes received on the socket `fd` (open) and not read yet; 0 when unknown.
 fn unread_bytes(fd: RawFd) -> usize {
     let mut unread: libc::c_int = 0;
@@ -620,6 +619,7 @@ fn unread_bytes(fd: RawFd) -> usize {
     }
 }
 
+/// Set up HTTP/1.1 on a connected stream.
 async fn handshake<T>(io: T) -> hyper::Result<(SendRequest<OutBody>, http1::Connection<T, OutBody>)>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
