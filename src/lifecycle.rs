@@ -677,9 +677,13 @@ pub fn policy(store: &Store) -> Result<ExpiryPolicy> {
 /// The policy as a store's settings say (see `Store::inspect`): for `check`, which reads the
 /// store without opening it.
 pub fn policy_of_settings(
-    settings: &std::collections::HashMap<String, String>,
+    settings: &std::collections::HashMap<String, Result<String, String>>,
 ) -> crate::store::Result<ExpiryPolicy> {
-    policy_from(&|key| Ok(settings.get(key).cloned()))
+    policy_from(&|key| match settings.get(key) {
+        None => Ok(None),
+        Some(Ok(value)) => Ok(Some(value.clone())),
+        Some(Err(why)) => Err(StoreError::Unreadable(why.clone())),
+    })
 }
 
 /// The policy as the settings read by `setting` say. A value gitgate does not write (changed by

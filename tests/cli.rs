@@ -2878,6 +2878,62 @@ fn a_dumped_store_is_told_how_to_get_its_version_back() {
     assert_eq!(fs::read(sb.db()).unwrap(), before, "the file was changed");
 }
 
+/// An expiry policy changed by hand into a BLOB (not text at all): `check` warns of it by its
+/// key and goes on with the rest, instead of failing the store's whole inspection with
+/// SQLite's "Invalid column type Blob"; every command that reads the policy refuses with the
+/// same words, nothing is created on it, and setting the policy again mends it.
+#[test]
+fn an_expiry_policy_edited_into_a_blob_is_told_by_its_key() {
+    let sb = Sandbox::new();
+    sb.add_admin("root", "root-password-1");
+    let set_whole = || {
+        sb.cli(&common::REQUIRE_EXPIRY_WITHIN_30_DAYS)
+            .ok()
+            .to_owned()
+    };
+    set_whole();
+    rusqlite::Connection::open(sb.db())
+        .unwrap()
+        .execute(
+            "UPDATE settings SET value = X'3330' WHERE key = 'policy.max_expiry_days'",
+            [],
+        )
+        .unwrap();
+    let said = "the setting policy.max_expiry_days in the store is a BLOB of 2 bytes";
+    let checked = sb.cli(&["check"]);
+    assert!(
+        checked.stdout.contains("warning: store") && checked.stdout.contains(said),
+        "{checked}"
+    );
+    // The inspection went on past the settings: the store's own lines are there.
+    assert!(checked.stdout.contains("store "), "{checked}");
+    assert!(
+        !format!("{checked}").contains("Invalid column type"),
+        "{checked}"
+    );
+    sb.cli(&["policy", "show"]).fails_with(said);
+    sb.cli(&[
+        "token",
+        "create",
+        "--project",
+        "team",
+        "--name",
+        "p1",
+        "--permission",
+        "PROJECT_READ",
+    ])
+    .fails_with(said);
+    let made: i64 = rusqlite::Connection::open(sb.db())
+        .unwrap()
+        .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(made, 0);
+    set_whole();
+    assert!(sb.cli(&["policy", "show"]).ok().contains("30"));
+    let rechecked = sb.cli(&["check"]);
+    assert!(!rechecked.stdout.contains(said), "{rechecked}");
+}
+
 /// An expiry policy changed by hand into a value gitgate does not write: `check` warns of it,
 /// and no token is created on a guess of it (it was read as no policy at all).
 #[test]

@@ -374,8 +374,9 @@ pub struct Inspection {
     /// Of those, the ones a request could use now: not expired, and not of a disabled user
     /// (`None` if a store of an older schema could not say).
     pub usable_tokens: Option<i64>,
-    /// The store's settings (the expiry policy), by key.
-    pub settings: std::collections::HashMap<String, String>,
+    /// The store's settings (the expiry policy), by key: each value as gitgate writes it, or
+    /// why it is not (a value edited by hand into a BLOB: see [`setting_text`]).
+    pub settings: std::collections::HashMap<String, Result<String, String>>,
     /// Users whose stored password hash gitgate does not check (edited by hand: beyond its
     /// limits, or no hash argon2 can check), with why ([`crate::password::stored_unchecked`]):
     /// every login of theirs is refused.
@@ -657,10 +658,16 @@ impl Store {
         let settings = if version == 0 {
             Default::default()
         } else {
+            // A value that is not text is told for its key, not made the whole check's
+            // failure: the check goes on to everything else serve depends on.
             conn.prepare("SELECT key, value FROM settings")
                 .and_then(|mut q| {
-                    q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<rusqlite::Result<_>>()
+                    q.query_map([], |r| {
+                        let key: String = r.get(0)?;
+                        let value = setting_text(&key, r.get_ref(1)?).map_err(|e| e.to_string());
+                        Ok((key, value))
+                    })?
+                    .collect::<rusqlite::Result<_>>()
                 })
                 .map_err(explain)?
         };
@@ -1738,9 +1745,32 @@ fn setting_in(c: &Connection, key: &str) -> Result<Option<String>> {
     let mut stmt = c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?;
     let mut rows = stmt.query([key])?;
     Ok(match rows.next()? {
-        Some(row) => Some(row.get(0)?),
+        Some(row) => Some(setting_text(key, row.get_ref(0)?)?),
         None => None,
     })
+}
+
+/// A setting's value as the text gitgate writes, or why it is not that: a value edited in by
+/// hand as a BLOB (or text that is not UTF-8) is refused with its key and what to do, not
+/// with SQLite's "Invalid column type Blob" — the policy it holds is decided on by nothing.
+fn setting_text(key: &str, value: rusqlite::types::ValueRef<'_>) -> Result<String> {
+    use rusqlite::types::ValueRef;
+    let kind = match value {
+        ValueRef::Text(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => return Ok(text.to_owned()),
+            Err(_) => format!("text of {} bytes that is not UTF-8", bytes.len()),
+        },
+        ValueRef::Blob(bytes) => format!("a BLOB of {} bytes", bytes.len()),
+        ValueRef::Null => "NULL".to_owned(),
+        ValueRef::Integer(n) => format!("the number {n}"),
+        ValueRef::Real(x) => format!("the number {x}"),
+    };
+    Err(StoreError::Unreadable(format!(
+        "the setting {key} in the store is {kind}, not the text gitgate writes (changed by \
+         hand?); nothing is decided on it — set the policy again: gitgate policy set \
+         --expiry-required yes|no --max-expiry-days N (or --no-max-expiry-days), or a PUT of \
+         admin/policy with both expiryRequired and maxExpiryDays"
+    )))
 }
 
 /// A condition on the settings checked inside the transaction of a change, so that a setting
@@ -3426,5 +3456,51 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(e.contains("ends with /"), "{e}");
+    }
+
+    /// A setting edited by hand into a BLOB: a read of it says which setting and what to do,
+    /// not SQLite's "Invalid column type"; a check reads the rest and holds the same words for
+    /// that key; a setting written as text reads as before.
+    #[test]
+    fn a_setting_that_is_not_text_is_refused_by_its_key() {
+        let (dir, store) = test_support::temp_store();
+        store
+            .set_settings(
+                &[("policy.expiry_required", "true".into())],
+                "policy.changed",
+                "test",
+                &test_support::actor(),
+            )
+            .unwrap();
+        Connection::open(dir.path().join("t.db"))
+            .unwrap()
+            .execute(
+                "INSERT INTO settings (key, value) VALUES ('policy.max_expiry_days', X'3330')",
+                [],
+            )
+            .unwrap();
+        let said = "the setting policy.max_expiry_days in the store is a BLOB of 2 bytes";
+        let e = store
+            .setting("policy.max_expiry_days")
+            .expect_err("a BLOB is no setting")
+            .to_string();
+        assert!(e.contains(said) && e.contains("gitgate policy set"), "{e}");
+        assert!(!e.contains("Invalid column type"), "{e}");
+        assert_eq!(
+            store.setting("policy.expiry_required").unwrap().as_deref(),
+            Some("true")
+        );
+        let inspection = Store::inspect(&dir.path().join("t.db"))
+            .expect("the check reads the store")
+            .expect("there is a store");
+        assert_eq!(
+            inspection.settings.get("policy.expiry_required"),
+            Some(&Ok("true".to_owned()))
+        );
+        let held = inspection.settings.get("policy.max_expiry_days");
+        assert!(
+            matches!(held, Some(Err(why)) if why.contains(said)),
+            "{held:?}"
+        );
     }
 }
