@@ -239,14 +239,19 @@ pub fn login(store: &Store, user: &str, password: &str, actor: &Actor) -> Result
         // counted towards the lock.
         Err(e @ (password::Unchecked::BeyondLimits(_) | password::Unchecked::Unreadable(_))) => {
             as_long_as_a_check()?;
-            tracing::error!(
-                user,
-                source = %crate::log_value::LogValue(&actor.source),
-                error = %crate::log_value::LogText(&e.to_string()),
-                "a password login is refused unchecked: gitgate does not check the user's \
-                 stored password hash; every login of the user is refused until the password \
-                 is set again"
-            );
+            let why = e.to_string();
+            if let Some(times) = refused_unchecked_due(user, &why) {
+                tracing::error!(
+                    user,
+                    source = %crate::log_value::LogValue(&actor.source),
+                    times,
+                    error = %crate::log_value::LogText(&why),
+                    "a password login is refused unchecked: gitgate does not check the user's \
+                     stored password hash; every login of the user is refused until the \
+                     password is set again (said again at most once a minute for this user \
+                     and hash while it goes on)"
+                );
+            }
             let reason = match e {
                 password::Unchecked::BeyondLimits(_) => {
                     "stored password hash beyond what gitgate checks"
@@ -564,6 +569,31 @@ fn password_unchecked(e: &password::Unchecked, user: &str, actor: &Actor) -> Err
     }
     Error::Unavailable(password_unchecked_told(actor).to_string())
 }
+
+/// Whether a login refused unchecked (a stored hash edited by hand beyond what gitgate checks,
+/// or one argon2 cannot read) is to be said now, and how many times since it was last said:
+/// at once for a user and hash not said in the last minute, then at most once a minute. Each
+/// attempt at such a user's login was an ERROR line: whoever can reach the REST API could
+/// write the operator's log at the rate of the address throttle. Kept per user and hash (a
+/// second user's, or a new hash's, is news), at most [`REFUSED_UNCHECKED_KEPT`] of them.
+fn refused_unchecked_due(user: &str, why: &str) -> Option<u64> {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    type Said = HashMap<(String, String), crate::repeats::Repeats>;
+    static SAID: LazyLock<Mutex<Said>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (user.to_owned(), why.to_owned());
+    if said.len() >= REFUSED_UNCHECKED_KEPT && !said.contains_key(&key) {
+        // More broken hashes than any store holds by accident: start again rather than grow.
+        said.clear();
+    }
+    said.entry(key)
+        .or_insert_with(|| crate::repeats::Repeats::new(std::time::Duration::from_secs(60)))
+        .failed(std::time::Instant::now())
+}
+
+/// The most users and hashes [`refused_unchecked_due`] keeps counts for.
+const REFUSED_UNCHECKED_KEPT: usize = 1024;
 
 /// What a caller whose password could not be checked for want of memory is told, by where
 /// the reason was said: a REST call (its actor carries the request's id) in gitgate's log,
@@ -1274,7 +1304,8 @@ mod tests {
 
     /// alice's password hash set to `stored`; a login with the right password and one with a
     /// wrong one are each refused as any failed login is answered. The ERROR line that said the
-    /// hash was refused unchecked.
+    /// hash was refused unchecked: one for the two (each test's hash is its own, so tests run
+    /// side by side do not share a count).
     fn refused_unchecked_with(store: &Store, stored: &str) -> String {
         store
             .set_password("alice", stored, clock::now_ms(), &actor())
@@ -1289,10 +1320,14 @@ mod tests {
                 }
             }
         });
-        log.lines()
-            .find(|l| l.contains("refused unchecked"))
-            .unwrap_or_else(|| panic!("{log}"))
-            .to_string()
+        // Two attempts, one line: the second within the minute is counted, not said.
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("refused unchecked"))
+            .collect();
+        assert_eq!(said.len(), 1, "{log}");
+        assert!(said[0].contains("times=1"), "{log}");
+        said[0].to_string()
     }
 
     /// A stored hash asking for more than gitgate checks (edited by hand: passes by the
