@@ -375,7 +375,7 @@ pub struct Inspection {
     /// (`None` if a store of an older schema could not say).
     pub usable_tokens: Option<i64>,
     /// The store's settings (the expiry policy), by key: each value as gitgate writes it, or
-    /// why it is not (a value edited by hand into a BLOB: see [`setting_text`]).
+    /// why it is not (a value edited by hand into a BLOB: see `setting_text`).
     pub settings: std::collections::HashMap<String, Result<String, String>>,
     /// Users whose stored password hash gitgate does not check (edited by hand: beyond its
     /// limits, or no hash argon2 can check), with why ([`crate::password::stored_unchecked`]):
