@@ -2878,27 +2878,45 @@ fn a_dumped_store_is_told_how_to_get_its_version_back() {
     assert_eq!(fs::read(sb.db()).unwrap(), before, "the file was changed");
 }
 
+/// A sandbox with an admin and the whole expiry policy set (30 days), then `edit` run on its
+/// store by hand (SQL).
+fn sandbox_with_policy_edited(edit: &str) -> Sandbox {
+    let sb = Sandbox::new();
+    sb.add_admin("root", "root-password-1");
+    sb.cli(&common::REQUIRE_EXPIRY_WITHIN_30_DAYS).ok();
+    rusqlite::Connection::open(sb.db())
+        .unwrap()
+        .execute(edit, [])
+        .unwrap();
+    sb
+}
+
+/// A project token `p1` with read permission, created as the admin (the policy is read first).
+const CREATE_P1: [&str; 8] = [
+    "token",
+    "create",
+    "--project",
+    "team",
+    "--name",
+    "p1",
+    "--permission",
+    "PROJECT_READ",
+];
+
 /// An expiry policy changed by hand into a BLOB (not text at all): `check` warns of it by its
 /// key and goes on with the rest, instead of failing the store's whole inspection with
 /// SQLite's "Invalid column type Blob"; every command that reads the policy refuses with the
 /// same words, nothing is created on it, and setting the policy again mends it.
 #[test]
 fn an_expiry_policy_edited_into_a_blob_is_told_by_its_key() {
-    let sb = Sandbox::new();
-    sb.add_admin("root", "root-password-1");
+    let sb = sandbox_with_policy_edited(
+        "UPDATE settings SET value = X'3330' WHERE key = 'policy.max_expiry_days'",
+    );
     let set_whole = || {
         sb.cli(&common::REQUIRE_EXPIRY_WITHIN_30_DAYS)
             .ok()
             .to_owned()
     };
-    set_whole();
-    rusqlite::Connection::open(sb.db())
-        .unwrap()
-        .execute(
-            "UPDATE settings SET value = X'3330' WHERE key = 'policy.max_expiry_days'",
-            [],
-        )
-        .unwrap();
     let said = "the setting policy.max_expiry_days in the store is a BLOB of 2 bytes";
     let checked = sb.cli(&["check"]);
     assert!(
@@ -2912,17 +2930,7 @@ fn an_expiry_policy_edited_into_a_blob_is_told_by_its_key() {
         "{checked}"
     );
     sb.cli(&["policy", "show"]).fails_with(said);
-    sb.cli(&[
-        "token",
-        "create",
-        "--project",
-        "team",
-        "--name",
-        "p1",
-        "--permission",
-        "PROJECT_READ",
-    ])
-    .fails_with(said);
+    sb.cli(&CREATE_P1).fails_with(said);
     let made: i64 = rusqlite::Connection::open(sb.db())
         .unwrap()
         .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
@@ -2938,21 +2946,14 @@ fn an_expiry_policy_edited_into_a_blob_is_told_by_its_key() {
 /// and no token is created on a guess of it (it was read as no policy at all).
 #[test]
 fn an_unreadable_expiry_policy_is_warned_of_and_creates_nothing() {
-    let sb = Sandbox::new();
-    sb.add_admin("root", "root-password-1");
+    let sb = sandbox_with_policy_edited(
+        "UPDATE settings SET value = 'yes' WHERE key = 'policy.expiry_required'",
+    );
     let set_whole = || {
         sb.cli(&common::REQUIRE_EXPIRY_WITHIN_30_DAYS)
             .ok()
             .to_owned()
     };
-    set_whole();
-    rusqlite::Connection::open(sb.db())
-        .unwrap()
-        .execute(
-            "UPDATE settings SET value = 'yes' WHERE key = 'policy.expiry_required'",
-            [],
-        )
-        .unwrap();
     let checked = sb.cli(&["check"]);
     assert!(
         checked.stdout.contains("warning: store")
@@ -2961,17 +2962,7 @@ fn an_unreadable_expiry_policy_is_warned_of_and_creates_nothing() {
     );
     sb.cli(&["policy", "show"])
         .fails_with("the token expiry policy in the store cannot be read");
-    sb.cli(&[
-        "token",
-        "create",
-        "--project",
-        "team",
-        "--name",
-        "p1",
-        "--permission",
-        "PROJECT_READ",
-    ])
-    .fails_with("cannot be read");
+    sb.cli(&CREATE_P1).fails_with("cannot be read");
     // Nothing was made (`token list` itself reads the policy first, so the store is asked).
     let made: i64 = rusqlite::Connection::open(sb.db())
         .unwrap()
