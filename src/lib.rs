@@ -93,10 +93,11 @@
 //!                                               the repository cannot give, is the client's,
 //!                                               `malformed-request`, a 400 if no answer had
 //!                                               begun; a push's report read from channel 1)
-//!  off the hot path, one writer thread: audit of failures (100 ms windows, repeats folded) and
-//!  last-used time/address (at most every 5 s per token, all tokens' in one commit a second),
-//!  a failed window tried again (up to 5 times; a store another process holds locked is
-//!  waited for, however long, the holder named from /proc/locks; a write that keeps failing,
+//!  off the hot path, one writer thread on a store connection of its own (never a reader's):
+//!  audit of failures (100 ms windows, repeats folded) and last-used time/address (at most
+//!  every 5 s per token, all tokens' in one commit a second), a failed window tried again
+//!  (up to 5 times; a store another process holds locked is waited for, however long, the
+//!  holder named from /proc/locks; a write that keeps failing,
 //!  a full disk, warned of once and then once a minute), written out at shutdown too; each
 //!  audit row a request made (`auth.failed`, `auth.throttled`, a REST call's) keeps its
 //!  request_id; metrics (relaxed
