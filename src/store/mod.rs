@@ -1413,7 +1413,7 @@ impl Store {
         held: Held,
         f: impl FnOnce(&mut Connection) -> Result<T>,
     ) -> Result<T> {
-        let out = f(&mut conn);
+        let out = f(&mut conn).map_err(|e| self.out_of_descriptors_on(&conn, e));
         if let Some(e) = out.as_ref().err().filter(|e| e.is_corruption()) {
             // A damaged store (overwritten or truncated in place: the same file, so no other
             // check sees it) fails closed from now on: the cache would otherwise go on admitting
@@ -1459,6 +1459,26 @@ impl Store {
         }
         drop(known);
         out
+    }
+
+    /// A statement's failure on the open connection `conn` for want of file descriptors, said
+    /// as an open's is (see [`out_of_descriptors`]): SQLite opens files after the connection's
+    /// own — a temporary file for a sort or a temporary table too big for memory, whatever
+    /// else a statement needs — and says only "unable to open database file" (or "disk I/O
+    /// error"), its words for a file this process may not open too. As the store unavailable (a `503` for
+    /// the REST API, as a connection that cannot be opened is), in words the same for every
+    /// call: the gate says each cause once. Any other failure is left as it is.
+    fn out_of_descriptors_on(&self, conn: &Connection, e: StoreError) -> StoreError {
+        let StoreError::Sqlite(error) = &e else {
+            return e;
+        };
+        match out_of_descriptors(&error.to_string(), system_errno(conn, error)) {
+            Some(message) => StoreError::Open {
+                path: self.inner.path.clone(),
+                message,
+            },
+            None => e,
+        }
     }
 
     /// Run `f` in a write transaction (`BEGIN IMMEDIATE`), committed if `f` succeeds.
@@ -2745,13 +2765,17 @@ mod tests {
         if std::env::var_os(DESCRIPTOR_CHILD).is_some() {
             return at_the_descriptor_limit();
         }
+        in_a_child(
+            "store::tests::a_connection_that_cannot_be_opened_for_want_of_descriptors_says_so",
+        );
+    }
+
+    /// Runs the test `name` of this binary again in a child process, with [`DESCRIPTOR_CHILD`]
+    /// set: its open-files limit can be lowered without this process's other tests meeting it.
+    /// The child's part says "checked at the limit" once it has.
+    fn in_a_child(name: &str) {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "store::tests::a_connection_that_cannot_be_opened_for_want_of_descriptors_says_so",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
             .env(DESCRIPTOR_CHILD, "1")
             .output()
             .unwrap();
@@ -2833,6 +2857,70 @@ mod tests {
         // With descriptors again, the store is served.
         store.inner.idle.lock().unwrap().clear();
         assert_eq!(store.setting("x").unwrap(), None);
+        println!("checked at the limit");
+    }
+
+    /// Orders 20,000 rows by 200 random bytes each: more than SQLite sorts in memory, so it
+    /// opens a temporary file to sort them (the connection's `temp_store`, a file by default).
+    const A_SORT_ON_DISK: &str = "WITH RECURSIVE n(i) AS \
+        (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) \
+        SELECT i FROM n ORDER BY randomblob(200)";
+
+    /// A statement on a connection already open that opens a file of its own — here a sort's
+    /// temporary file; any file SQLite opens for a statement is met the same way — and fails
+    /// for want of file descriptors says so as an open does, not in SQLite's words alone
+    /// ("unable to open database file"), and in the same words each time (the gate says each
+    /// cause once). Run in a child process, whose open-files limit alone is lowered.
+    #[test]
+    fn a_statement_that_cannot_open_a_file_for_want_of_descriptors_says_so() {
+        if std::env::var_os(DESCRIPTOR_CHILD).is_some() {
+            return a_statement_at_the_descriptor_limit();
+        }
+        in_a_child(
+            "store::tests::a_statement_that_cannot_open_a_file_for_want_of_descriptors_says_so",
+        );
+    }
+
+    /// The child's part: the pooled connection open, a sort on it with no descriptor left.
+    fn a_statement_at_the_descriptor_limit() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let (_dir, store) = temp_store();
+        let sort = |c: &mut Connection| -> Result<i64> {
+            Ok(c.query_row(A_SORT_ON_DISK, [], |r| r.get(0))?)
+        };
+        store.with_conn(sort).unwrap();
+        let before = getrlimit(Resource::Nofile);
+        let lowered = Rlimit {
+            current: Some(limit_leaving(0)),
+            maximum: before.maximum,
+        };
+        setrlimit(Resource::Nofile, lowered).unwrap();
+        let failed: Vec<_> = (0..2).map(|_| store.with_conn(sort)).collect();
+        // What needs no file is still served on that connection.
+        let read = store.setting("x");
+        setrlimit(Resource::Nofile, before).unwrap();
+        assert_eq!(read.unwrap(), None);
+        // The store unavailable, as when a connection cannot be opened: `503` for the REST API.
+        assert!(
+            matches!(failed[0], Err(StoreError::Open { .. })),
+            "{:?}",
+            failed[0]
+        );
+        let said: Vec<_> = failed
+            .into_iter()
+            .map(|f| f.map(drop).map_err(|e| e.to_string()))
+            .collect();
+        let first = said[0].clone().expect_err("a sort at the limit failed");
+        assert!(
+            first.contains("open-files limit") && first.contains("(too many open files)"),
+            "{first}"
+        );
+        assert!(!first.contains("must be able to write"), "{first}");
+        assert_eq!(said[1], Err(first.clone()), "the same words each time");
+        println!("a sort: {first}");
+        // With descriptors again, on the same connection.
+        assert_eq!(store.inner.idle.lock().unwrap().len(), 1);
+        store.with_conn(sort).unwrap();
         println!("checked at the limit");
     }
 
