@@ -45,7 +45,8 @@
 //!                                   ├─ token::parse(secret) → id; store: cache (WAL index header; ids the store
 //!                                   │     lacks remembered too; the writer's own commits keep it, and a
 //!                                   │     lookup during one reads the store) → on a miss SQLite: inline on an idle pooled
-//!                                   │     connection, else on the blocking pool a few at a time,
+//!                                   │     connection (the pool's 8 opened at the start), else on the
+//!                                   │     blocking pool a few at a time,
 //!                                   │     within 10 s, then 503 (Store::load_auth_record_now,
 //!                                   │     Store::load_auth_record_in_turn; a store
 //!                                   │     file deleted, replaced or emptied, or migrated by a newer

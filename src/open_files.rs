@@ -32,9 +32,11 @@ pub(crate) fn wanted(
 }
 
 /// The fewest open files gitgate starts with: what it holds with nothing to serve (measured:
-/// 17 and 4 per worker — stdio, the store's file, log and index for its connections, the
-/// inotify watch, the listeners, each event loop's epoll and wake-up descriptors), room for a
-/// few more store readers, and for [`ROOM_FOR_CONNECTIONS`] connections. Below it a start
+/// 17 and 4 per worker — stdio, the store's file, log and index for its first connections,
+/// the inotify watch, the listeners, each event loop's epoll and wake-up descriptors), the
+/// store's other connections — the 7 more of its pool, opened at the start
+/// (`Store::fill_pool`), and its writer's: two descriptors each, the file and its `-wal`;
+/// measured, 16 more — and room for [`ROOM_FOR_CONNECTIONS`] connections. Below it a start
 /// would listen and then fail every connection ("Too many open files") or never accept one.
 pub(crate) fn needed(workers: usize) -> u64 {
     const AT_REST: u64 = 24;

@@ -701,7 +701,7 @@ fn say_stale_quarantines(project_root: &std::path::Path) {
 
 /// The store as `serve` needs it: writable by this process (asked before the open, which would
 /// otherwise leave a `-wal` and `-shm` of this user's beside a store it cannot write), opened,
-/// watched, and tried with a write.
+/// watched, tried with a write, and its pooled connections opened.
 fn open_store(path: &std::path::Path) -> Result<Store, String> {
     Store::check_can_write(path).map_err(|e| e.to_string())?;
     let store = Store::open(path).map_err(|e| e.to_string())?;
@@ -724,6 +724,7 @@ fn open_store(path: &std::path::Path) -> Result<Store, String> {
         ),
         Err(e) => return Err(e.to_string()),
     }
+    store.fill_pool().map_err(|e| e.to_string())?;
     Ok(store)
 }
 

@@ -1768,6 +1768,26 @@ fn a_store_that_cannot_be_opened_for_want_of_descriptors_is_said_as_such() {
     assert!(failed > 0 && worked > 0, "failed {failed}, worked {worked}");
 }
 
+/// `serve` opens the store's 8 pooled connections at its start (`Store::fill_pool`): two
+/// lookups at once, at the open-files limit, need no new one (the store's unit test
+/// `two_lookups_at_once_at_the_descriptor_limit_open_no_connection`). Counted by the store
+/// file's descriptors before any request: the 8, the cache's watcher and its header's.
+#[test]
+fn the_stores_pooled_connections_are_open_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &cgi_config(dir.path(), "workers = 1"));
+    let store = std::fs::canonicalize(dir.path().join("gitgate.db")).unwrap();
+    let on_the_store = std::fs::read_dir(format!("/proc/{}/fd", g.pid()))
+        .unwrap()
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).ok().as_ref() == Some(&store))
+        .count();
+    assert!(
+        on_the_store >= 10,
+        "{on_the_store} descriptors of the store"
+    );
+}
+
 /// Out of file descriptors, the accept loop backs off and says so once per 10 s with a count —
 /// not 20 lines a second for as long as a client holds its connections — and says when it
 /// accepts again, once none has failed for those 10 s.

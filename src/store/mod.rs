@@ -62,7 +62,7 @@ pub use users::{
 
 /// How long a connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle connections kept for reuse.
+/// Idle connections kept for reuse, all opened at `serve`'s start ([`Store::fill_pool`]).
 const POOL_SIZE: usize = 8;
 /// Cache misses read at once (see [`Store::miss_slots`]): fewer than the pooled connections, so
 /// a burst of misses is read on pooled connections, not new ones.
@@ -1346,14 +1346,7 @@ impl Store {
         };
         let conn = match kept {
             Some(c) => c,
-            None => {
-                #[cfg(test)]
-                test_support::OPENED.with(|n| n.set(n.get() + 1));
-                connect(&self.inner.path, false).map_err(|e| StoreError::Open {
-                    path: self.inner.path.clone(),
-                    message: e.explained(&self.inner.path),
-                })?
-            }
+            None => self.new_connection()?,
         };
         // A store migrated by a newer gitgate under this running one: nothing is read or
         // written through tables it may not read rightly — the REST API's logins, lists and
@@ -1365,6 +1358,34 @@ impl Store {
             }
             f(c)
         })
+    }
+
+    /// A new connection to the store: for a call that finds none kept, or the pool at the
+    /// start ([`Store::fill_pool`]).
+    fn new_connection(&self) -> Result<Connection> {
+        #[cfg(test)]
+        test_support::OPENED.with(|n| n.set(n.get() + 1));
+        connect(&self.inner.path, false).map_err(|e| StoreError::Open {
+            path: self.inner.path.clone(),
+            message: e.explained(&self.inner.path),
+        })
+    }
+
+    /// Open the pooled connections up to `POOL_SIZE`, 8 (`serve`, at its start). Opened only
+    /// as calls first came at once, one was opened exactly when the process had the most files
+    /// open: two cache misses, or a miss and a REST call, at the open-files limit before the
+    /// pool had grown, and a valid token got a `503`. A start that cannot open them says so
+    /// (the open-files limit, as any open at the limit) before anything is served. Each costs
+    /// about 0.1 ms, 50 KiB and two descriptors (the file and its `-wal`, which
+    /// `open_files::needed` counts).
+    pub fn fill_pool(&self) -> Result<()> {
+        let file = self.check_file()?;
+        let idle = self.inner.idle.lock().map_or(POOL_SIZE, |idle| idle.len());
+        for _ in idle..POOL_SIZE {
+            let conn = self.new_connection()?;
+            self.run_on(file, conn, Held::Pooled, |_| Ok(()))?;
+        }
+        Ok(())
     }
 
     /// [`schema::refuse_newer`], as the store being unavailable (`503` for the REST API, as
@@ -2921,6 +2942,62 @@ mod tests {
         // With descriptors again, on the same connection.
         assert_eq!(store.inner.idle.lock().unwrap().len(), 1);
         store.with_conn(sort).unwrap();
+        println!("checked at the limit");
+    }
+
+    /// Two lookups at once at the open-files limit, before any two had come at once — one
+    /// reading its token on a pooled connection, a cache miss read meanwhile — both read on
+    /// connections opened at the start ([`Store::fill_pool`]). Before, the pool had the one
+    /// connection its open left until calls came at once, and the second lookup's new one
+    /// failed: a valid token refused with a `503`. Run in a child process, whose open-files
+    /// limit alone is lowered.
+    #[test]
+    fn two_lookups_at_once_at_the_descriptor_limit_open_no_connection() {
+        if std::env::var_os(DESCRIPTOR_CHILD).is_some() {
+            return two_lookups_at_the_descriptor_limit();
+        }
+        in_a_child("store::tests::two_lookups_at_once_at_the_descriptor_limit_open_no_connection");
+    }
+
+    /// The child's part: a store as `serve` opens it, no descriptor left, two lookups at once.
+    fn two_lookups_at_the_descriptor_limit() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        use std::sync::Barrier;
+        let (_dir, store) = temp_store();
+        store
+            .add_user("alice", "h", Role::User, &test_support::actor())
+            .unwrap();
+        let token = test_support::personal_token("abcdefghijkl", "laptop", "alice");
+        store.insert_token(&token, &test_support::actor()).unwrap();
+        store.fill_pool().unwrap();
+        let before = getrlimit(Resource::Nofile);
+        let lowered = Rlimit {
+            current: Some(limit_leaving(0)),
+            maximum: before.maximum,
+        };
+        setrlimit(Resource::Nofile, lowered).unwrap();
+        let (reading, read) = (Barrier::new(2), Barrier::new(2));
+        let (first, second) = std::thread::scope(|s| {
+            let first = s.spawn(|| {
+                store.with_conn_checking_itself(|c| {
+                    reading.wait();
+                    let found = tokens::auth_record_in(c, "abcdefghijkl");
+                    read.wait();
+                    found
+                })
+            });
+            reading.wait();
+            let second = store.auth_record_cached("abcdefghijkl");
+            read.wait();
+            (first.join().unwrap(), second)
+        });
+        setrlimit(Resource::Nofile, before).unwrap();
+        assert!(first.unwrap().is_some(), "the first lookup found its token");
+        let second = second.map_err(|e| e.to_string());
+        assert!(
+            second.unwrap().is_some(),
+            "the second lookup found its token"
+        );
         println!("checked at the limit");
     }
 
