@@ -183,7 +183,8 @@
 //! - [`upstream::http`] forwards to an existing git server over keep-alive connections from a
 //!   small pool per worker ([`upstream::pool`]), bodies streamed both ways; a `POST`'s answer
 //!   (a pack) is read by the request's own task, which drives its connection, a `GET`'s by the
-//!   connection's task;
+//!   connection's task; a `POST`'s chunked answer is handed to hyper one chunk per read, not one
+//!   per 4 KiB chunk of the upstream's ([`upstream::rechunk`]);
 //!   [`upstream::headers`] decides which headers cross (an allowlist of what git says about the
 //!   content and itself: the client's token never does, nor any header an upstream might take
 //!   for an identity; the identity header is always gitgate's; upstream redirects are pointed

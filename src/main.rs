@@ -1024,6 +1024,7 @@ const GITGATE_TARGETS: &[&str] = &[
     "gitgate::upstream::patience",
     "gitgate::upstream::pool",
     "gitgate::upstream::progress",
+    "gitgate::upstream::rechunk",
     "gitgate::upstream::secret",
     "gitgate::upstream::stop",
 ];

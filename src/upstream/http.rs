@@ -690,6 +690,9 @@ impl HttpBackend {
                 }
                 Err(e) => return Err(self.connect_error(e)),
             };
+            if driving == Driving::Inline {
+                conn.connection.rechunk_answer();
+            }
             let sending = conn.connection.sender.try_send_request(req);
             match conn.connection.exchange(sending).await {
                 Ok(resp) => return Ok((resp, conn.connection)),
@@ -1896,6 +1899,78 @@ mod tests {
     /// An advertisement the upstream ends cleanly without git's closing flush-pkt (its git
     /// process died) passes on what came and then fails, whichever HTTP framing ended it; a
     /// whole one, or an answer that is not git's, ends cleanly.
+    /// A `POST`'s answer — git's pack, which nginx + fcgiwrap send in chunks of 4 KiB — comes
+    /// to the client one frame per read of hyper's, not one per chunk (see
+    /// `super::rechunk`), with every byte.
+    #[tokio::test]
+    async fn a_packs_chunks_reach_the_client_one_frame_per_read_not_one_per_chunk() {
+        // NAK, then 300 lines of side band 1 of 1000 bytes each, then the flush.
+        let mut pack = b"0008NAK\n".to_vec();
+        for k in 0..300u32 {
+            pack.extend_from_slice(b"03e8\x01");
+            pack.extend((0..995u32).map(|i| (i.wrapping_mul(31) ^ k) as u8));
+        }
+        pack.extend_from_slice(b"0000");
+        let mut answer =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-result\r\n\
+                           Transfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        let chunks = pack.chunks(4096).count();
+        for chunk in pack.chunks(4096) {
+            answer.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            answer.extend_from_slice(chunk);
+            answer.extend_from_slice(b"\r\n");
+        }
+        answer.extend_from_slice(b"0\r\n\r\n");
+        // The answer, after the request's head; the request read on to its end, so that the
+        // socket is not closed on bytes unread (a reset, which can cut the answer short).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(s.read_u8().await.unwrap());
+            }
+            s.write_all(&answer).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        });
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        let (parts, ()) = Request::post("/team/app.git/git-upload-pack")
+            .header(HOST, "gitgate.example")
+            .header(CONTENT_TYPE, "application/x-git-upload-pack-request")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut git_req =
+            crate::git::classify("POST", "/team/app.git/git-upload-pack", None, "/").unwrap();
+        git_req.query = None;
+        let peer: std::net::SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let mut body = b
+            .forward(
+                &parts,
+                http_body_util::Full::new(Bytes::from_static(b"0000")),
+                &git_req,
+                &alice(),
+                from(peer),
+                None,
+            )
+            .await
+            .unwrap()
+            .into_body();
+        let (mut got, mut frames) = (Vec::new(), 0);
+        while let Some(frame) = body.frame().await {
+            got.extend_from_slice(frame.unwrap().data_ref().unwrap());
+            frames += 1;
+        }
+        assert_eq!(got, pack);
+        // About 300 KB in hyper's reads, which grow from 8 KiB to 64 KiB: under ten, where
+        // each of the 74 chunks was a frame.
+        assert!(frames < 10, "{frames} frames for {chunks} chunks");
+    }
+
     #[tokio::test]
     async fn an_answer_gits_framing_says_was_cut_short_fails_after_what_came() {
         const ADVERTISEMENT: &str = "application/x-git-upload-pack-advertisement";

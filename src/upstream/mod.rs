@@ -15,6 +15,7 @@ pub mod lookup;
 pub mod patience;
 pub mod pool;
 mod progress;
+pub mod rechunk;
 pub mod secret;
 pub mod stop;
 
