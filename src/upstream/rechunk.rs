@@ -909,6 +909,42 @@ mod tests {
         assert_eq!(got[0].data, data(4096));
     }
 
+    /// An upstream that closes mid-body: hyper sees the end of the stream where the body is not
+    /// over, and fails it (an answer cut short is never taken for a whole one).
+    #[tokio::test]
+    async fn an_answer_closed_mid_body_fails() {
+        let body = data(10_000);
+        for cut in [5, 100, 4096 + 3, 8000] {
+            let wire = chunked_answer(&body, 4096, b"\r\n");
+            let head = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let (near, mut far) = tokio::io::duplex(1 << 20);
+            let arming = Arming::default();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(
+                Rechunk::new(near, arming.clone()),
+            ))
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                while !request.ends_with(b"\r\n\r\n") {
+                    request.push(far.read_u8().await.unwrap());
+                }
+                far.write_all(&wire[..head + cut]).await.unwrap();
+                // Closed here.
+            });
+            arming.arm();
+            let req = hyper::Request::post("/repo.git/git-upload-pack")
+                .header("host", "upstream")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let got = receive(sender.send_request(req).await.unwrap().into_body()).await;
+            assert!(got.error.is_some(), "cut at {cut}: {got:?}");
+            assert!(got.data.len() < body.len(), "cut at {cut}");
+            assert_eq!(got.data, body[..got.data.len()], "cut at {cut}");
+        }
+    }
+
     #[tokio::test]
     async fn reads_into_little_room_hand_on_the_same_body() {
         let body = data(30_000);
