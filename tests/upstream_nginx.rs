@@ -1050,6 +1050,33 @@ fn large_chunked_push_and_clone_stream_with_flat_memory() {
     );
 }
 
+/// Packs of some MiB go both ways through an https upstream, whose answers to a `POST` are
+/// handed on one chunk per read under TLS's plaintext (`upstream::rechunk`): a push, a clone
+/// and a fetch each arrive whole.
+#[test]
+fn packs_of_some_mib_are_pushed_cloned_and_fetched_through_an_https_upstream() {
+    let Some(w) = World::new("packs_of_some_mib_through_an_https_upstream") else {
+        return;
+    };
+    let g = serve_and_clone_with_ca(&w, fixture("tls/ca.pem"));
+    let url = w.url(&g);
+    let a = w.path("a");
+    // 6 MiB that does not compress: the pack is about as large.
+    const SIZE: usize = 6 << 20;
+    let data = common::noise(SIZE, 0x2545_F491_4F6C_DD1D);
+    commit_file(&w, &a, "big.bin", &data);
+    w.git_ok(&a, &["push", "-q", "origin", "main"]);
+    let b = w.path("b");
+    w.git_ok(w.dir.path(), &["clone", "-q", &url, b.to_str().unwrap()]);
+    assert_eq!(std::fs::read(b.join("big.bin")).unwrap(), data);
+    let more = common::noise(SIZE / 2, 0x9E37_79B9_7F4A_7C15);
+    commit_file(&w, &a, "more.bin", &more);
+    w.git_ok(&a, &["push", "-q", "origin", "main"]);
+    w.git_ok(&b, &["pull", "-q", "--ff-only", "origin", "main"]);
+    assert_eq!(std::fs::read(b.join("more.bin")).unwrap(), more);
+    w.git_ok(&b, &["fsck", "--strict"]);
+}
+
 /// A fetch of an object the repository does not have is refused by upload-pack with an `ERR`
 /// packet, which nginx passes on as a whole answer. gitgate passes it on whole too, so git
 /// prints that reason alone, and logs git's reason as the embedded runner does — once per

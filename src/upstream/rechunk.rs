@@ -770,14 +770,14 @@ mod tests {
 
     /// What one answer's body gave through hyper: its data frames, its data and its trailers.
     #[derive(Debug)]
-    struct Received {
-        frames: usize,
-        data: Vec<u8>,
-        trailers: Option<hyper::HeaderMap>,
-        error: Option<String>,
+    pub(super) struct Received {
+        pub(super) frames: usize,
+        pub(super) data: Vec<u8>,
+        pub(super) trailers: Option<hyper::HeaderMap>,
+        pub(super) error: Option<String>,
     }
 
-    async fn receive(mut body: Incoming) -> Received {
+    pub(super) async fn receive(mut body: Incoming) -> Received {
         let mut got = Received {
             frames: 0,
             data: Vec::new(),
@@ -970,5 +970,229 @@ mod tests {
         let (got, after) = decode_split(&out[head..], || usize::MAX).unwrap();
         assert_eq!(got, body);
         assert_eq!(after, b"X-T: 1\r\n\r\nafter");
+    }
+}
+
+/// The IO-level property: hyper's client over a [`Rechunk`] gives, for every answer on the
+/// connection, armed or not, exactly the data and trailers the upstream sent, however the
+/// upstream writes them (pieces of any size, pauses) and however short the reads are (a duplex
+/// of 7 bytes up). hyper always reads into 8 KiB or more, so `poll_body_small` is not reached
+/// here: `reads_into_little_room_hand_on_the_same_body` reads into 7 bytes itself.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One answer on the connection, and whether its request was armed.
+    #[derive(Debug, Clone)]
+    struct Answer {
+        armed: bool,
+        body: Body,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Body {
+        /// Chunks of these sizes, each line in the form its selector picks; the last chunk's
+        /// line in its form; trailers or not; an interim `100 Continue` head before or not.
+        Chunked {
+            chunks: Vec<(usize, u8)>,
+            last: u8,
+            trailers: usize,
+            interim: bool,
+        },
+        /// A `Content-Length` body of this many bytes.
+        Length(usize),
+    }
+
+    /// Bytes rich in what chunk lines are made of, so that data looks like framing.
+    fn bytes_of(len: usize, seed: usize) -> Vec<u8> {
+        const SOME: &[u8] = b"\r\n0aF; \t9\x00\xff";
+        (0..len)
+            .map(|i| SOME[(i.wrapping_mul(7) ^ seed.wrapping_mul(13) ^ (i >> 3)) % SOME.len()])
+            .collect()
+    }
+
+    /// A size line for `len` in one of the forms HTTP allows.
+    fn size_line(len: usize, form: u8) -> String {
+        match form % 8 {
+            0 => format!("{len:x}\r\n"),
+            1 => format!("{len:X}\r\n"),
+            2 => format!("000{len:x}\r\n"),
+            3 => format!("{len:x} \t \r\n"),
+            4 => format!("{len:x};name=value\r\n"),
+            5 => format!("{len:X} ;a;b=\"q r\"\r\n"),
+            6 => format!("{len:x}\t;x\r\n"),
+            _ => format!("0000000000000000{len:X};{}\r\n", "e".repeat(300)),
+        }
+    }
+
+    /// The answer's bytes on the wire, the data it carries and the trailers it has.
+    fn wire_of(answer: &Answer, seed: usize) -> (Vec<u8>, Vec<u8>, Vec<(String, String)>) {
+        match &answer.body {
+            Body::Length(len) => {
+                let data = bytes_of(*len, seed);
+                let mut wire =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+                wire.extend_from_slice(&data);
+                (wire, data, Vec::new())
+            }
+            Body::Chunked {
+                chunks,
+                last,
+                trailers,
+                interim,
+            } => {
+                let mut wire = Vec::new();
+                if *interim {
+                    wire.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                wire.extend_from_slice(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-result\r\nTransfer-Encoding: chunked\r\n\r\n",
+                );
+                let mut data = Vec::new();
+                for (k, &(len, form)) in chunks.iter().enumerate() {
+                    let piece = bytes_of(len, seed + k);
+                    wire.extend_from_slice(size_line(len, form).as_bytes());
+                    wire.extend_from_slice(&piece);
+                    wire.extend_from_slice(b"\r\n");
+                    data.extend_from_slice(&piece);
+                }
+                wire.extend_from_slice(size_line(0, *last).as_bytes());
+                let trailers: Vec<(String, String)> = (0..*trailers)
+                    .map(|k| (format!("x-trailer-{k}"), format!("value {k}")))
+                    .collect();
+                for (name, value) in &trailers {
+                    wire.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+                }
+                wire.extend_from_slice(b"\r\n");
+                (wire, data, trailers)
+            }
+        }
+    }
+
+    fn answer() -> impl Strategy<Value = Answer> {
+        let size = prop_oneof![1..16usize, 1..5000usize, 1..70 * 1024usize];
+        let chunked = (
+            prop::collection::vec((size, any::<u8>()), 0..6),
+            any::<u8>(),
+            0..3usize,
+            any::<bool>(),
+        )
+            .prop_map(|(chunks, last, trailers, interim)| Body::Chunked {
+                chunks,
+                last,
+                trailers,
+                interim,
+            });
+        let length = (0..20_000usize).prop_map(Body::Length);
+        (any::<bool>(), prop_oneof![4 => chunked, 1 => length])
+            .prop_map(|(armed, body)| Answer { armed, body })
+    }
+
+    /// A small deterministic generator, for the upstream's writes and pauses.
+    struct Lcg(u64);
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 33) as usize) % n
+        }
+    }
+
+    /// Each answer sent on one connection through a [`Rechunk`] over a duplex of `room` bytes,
+    /// written in pieces of up to `most` bytes with pauses as `seed` says; checked against what
+    /// hyper gives.
+    async fn run(answers: Vec<Answer>, room: usize, most: usize, seed: u64) {
+        let (near, mut far) = tokio::io::duplex(room);
+        let arming = Arming::default();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(Rechunk::new(near, arming.clone())))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let wires: Vec<_> = answers
+            .iter()
+            .enumerate()
+            .map(|(k, a)| wire_of(a, k * 1000 + seed as usize % 1000))
+            .collect();
+        let sent: Vec<Vec<u8>> = wires.iter().map(|(w, _, _)| w.clone()).collect();
+        tokio::spawn(async move {
+            let mut rng = Lcg(seed);
+            for wire in sent {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    head.push(far.read_u8().await.unwrap());
+                }
+                let mut at = 0;
+                while at < wire.len() {
+                    let n = (1 + rng.below(most)).min(wire.len() - at);
+                    far.write_all(&wire[at..at + n]).await.unwrap();
+                    at += n;
+                    // A pause now and then; a sleep (a timer's tick) rarely, to keep it quick.
+                    match rng.below(256) {
+                        0 => tokio::time::sleep(std::time::Duration::ZERO).await,
+                        1..=63 => tokio::task::yield_now().await,
+                        _ => {}
+                    }
+                }
+            }
+            let _ = far.read_u8().await;
+        });
+        for (k, (answer, (_, data, trailers))) in answers.iter().zip(wires).enumerate() {
+            if answer.armed {
+                arming.arm();
+            }
+            let req = hyper::Request::post("/repo.git/git-upload-pack")
+                .header("host", "upstream")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let got = sender.send_request(req).await.unwrap();
+            let got = super::tests::receive(got.into_body()).await;
+            assert_eq!(got.error, None, "answer {k}");
+            assert!(
+                got.data == data,
+                "answer {k}: {} bytes, not {}",
+                got.data.len(),
+                data.len()
+            );
+            let got_trailers: Vec<(String, String)> = got
+                .trailers
+                .iter()
+                .flatten()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                .collect();
+            assert_eq!(got_trailers, trailers, "answer {k}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn hyper_gets_every_answers_data_and_trailers_as_sent(
+            answers in prop::collection::vec(answer(), 1..4),
+            room in prop_oneof![Just(7usize), Just(64), Just(4096), Just(1 << 20)],
+            most in prop_oneof![Just(3usize), Just(13), Just(4096), Just(200_000)],
+            seed in any::<u64>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    run(answers, room, most, seed),
+                )
+                .await
+                .expect("the exchange hangs");
+            });
+        }
     }
 }
