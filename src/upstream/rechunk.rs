@@ -575,10 +575,11 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A small deterministic generator, for sizes and splits.
-    struct Lcg(u64);
+    /// A small deterministic generator, for sizes and splits (and the property test's writes
+    /// and pauses).
+    pub(super) struct Lcg(pub(super) u64);
     impl Lcg {
-        fn below(&mut self, n: usize) -> usize {
+        pub(super) fn below(&mut self, n: usize) -> usize {
             self.0 = self
                 .0
                 .wrapping_mul(6364136223846793005)
@@ -1093,18 +1094,6 @@ mod properties {
             .prop_map(|(armed, body)| Answer { armed, body })
     }
 
-    /// A small deterministic generator, for the upstream's writes and pauses.
-    struct Lcg(u64);
-    impl Lcg {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((self.0 >> 33) as usize) % n
-        }
-    }
-
     /// Each answer sent on one connection through a [`Rechunk`] over a duplex of `room` bytes,
     /// written in pieces of up to `most` bytes with pauses as `seed` says; checked against what
     /// hyper gives.
@@ -1123,7 +1112,7 @@ mod properties {
             .collect();
         let sent: Vec<Vec<u8>> = wires.iter().map(|(w, _, _)| w.clone()).collect();
         tokio::spawn(async move {
-            let mut rng = Lcg(seed);
+            let mut rng = super::tests::Lcg(seed);
             for wire in sent {
                 let mut head = Vec::new();
                 while !head.ends_with(b"\r\n\r\n") {
