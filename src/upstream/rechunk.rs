@@ -803,6 +803,17 @@ mod tests {
         got
     }
 
+    /// A `POST` of git's on `sender` (armed or not by the caller), and what its answer gave.
+    pub(super) async fn post(
+        sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    ) -> Received {
+        let req = hyper::Request::post("/repo.git/git-upload-pack")
+            .header("host", "upstream")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        receive(sender.send_request(req).await.unwrap().into_body()).await
+    }
+
     /// Each of `answers` sent, on one connection through a [`Rechunk`], for a request armed or
     /// not as said, the whole answer written at once (as a fast upstream's fills the socket);
     /// what hyper gave of each.
@@ -832,12 +843,7 @@ mod tests {
             if armed {
                 arming.arm();
             }
-            let req = hyper::Request::post("/repo.git/git-upload-pack")
-                .header("host", "upstream")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            let answer = sender.send_request(req).await.unwrap();
-            received.push(receive(answer.into_body()).await);
+            received.push(post(&mut sender).await);
         }
         received
     }
@@ -935,11 +941,7 @@ mod tests {
                 // Closed here.
             });
             arming.arm();
-            let req = hyper::Request::post("/repo.git/git-upload-pack")
-                .header("host", "upstream")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            let got = receive(sender.send_request(req).await.unwrap().into_body()).await;
+            let got = post(&mut sender).await;
             assert!(got.error.is_some(), "cut at {cut}: {got:?}");
             assert!(got.data.len() < body.len(), "cut at {cut}");
             assert_eq!(got.data, body[..got.data.len()], "cut at {cut}");
@@ -982,8 +984,6 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
-    use bytes::Bytes;
-    use http_body_util::Empty;
     use hyper_util::rt::TokioIo;
     use proptest::prelude::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1137,12 +1137,7 @@ mod properties {
             if answer.armed {
                 arming.arm();
             }
-            let req = hyper::Request::post("/repo.git/git-upload-pack")
-                .header("host", "upstream")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            let got = sender.send_request(req).await.unwrap();
-            let got = super::tests::receive(got.into_body()).await;
+            let got = super::tests::post(&mut sender).await;
             assert_eq!(got.error, None, "answer {k}");
             assert!(
                 got.data == data,
