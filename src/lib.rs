@@ -94,7 +94,7 @@
 //!                                               the repository cannot give, is the client's,
 //!                                               `malformed-request`, a 400 if no answer had
 //!                                               begun; a push's report read from channel 1)
-//!  off the hot path, one writer thread on a store connection of its own (never a reader's):
+//!  off the hot path, one writer thread on a store connection of its own (never a reader's; opened at the start):
 //!  audit of failures (100 ms windows, repeats folded) and last-used time/address (at most
 //!  every 5 s per token, all tokens' in one commit a second), a failed window tried again
 //!  (up to 5 times; a store another process holds locked is waited for, however long, the

@@ -304,9 +304,10 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    /// The store's writer thread's own connection (see [`Store::with_writers_conn`]): opened on
-    /// its first commit and kept, dropped as the pooled ones are (a replaced file, a
-    /// read-only open). Never one of `idle`.
+    /// The store's writer thread's own connection (see [`Store::with_writers_conn`]): opened at
+    /// `serve`'s start with the pool ([`Store::fill_pool`]), or on its first commit where
+    /// there was no start (the CLI), and kept; dropped as the pooled ones are (a replaced
+    /// file, a read-only open), and opened again on the next commit. Never one of `idle`.
     writer_conn: Mutex<Option<Connection>>,
     cache: cache::AuthCache,
     /// Which file the pooled connections have open (see [`Store::check_file`]).
@@ -1380,19 +1381,29 @@ impl Store {
         })
     }
 
-    /// Open the pooled connections up to `POOL_SIZE`, 8 (`serve`, at its start). Opened only
-    /// as calls first came at once, one was opened exactly when the process had the most files
-    /// open: two cache misses, or a miss and a REST call, at the open-files limit before the
-    /// pool had grown, and a valid token got a `503`. A start that cannot open them says so
-    /// (the open-files limit, as any open at the limit) before anything is served. Each costs
-    /// about 0.1 ms, 50 KiB and two descriptors (the file and its `-wal`, which
-    /// `open_files::needed` counts).
+    /// Open the pooled connections up to `POOL_SIZE`, 8, and the writer's own (`serve`, at its
+    /// start). Opened only as calls first came at once, one was opened exactly when the process
+    /// had the most files open: two cache misses, or a miss and a REST call, at the open-files
+    /// limit before the pool had grown, and a valid token got a `503`. The writer's, opened on
+    /// its first commit, failed that commit at the limit (logged and retried, no client saw
+    /// it). A start that cannot open them says so (the open-files limit, as any open at the
+    /// limit) before anything is served. Each costs about 0.1 ms, 50 KiB and two descriptors
+    /// (the file and its `-wal`, which `open_files::needed` counts).
     pub fn fill_pool(&self) -> Result<()> {
         let file = self.check_file()?;
         let idle = self.inner.idle.lock().map_or(POOL_SIZE, |idle| idle.len());
         for _ in idle..POOL_SIZE {
             let conn = self.new_connection()?;
             self.run_on(file, conn, Held::Pooled, |_| Ok(()))?;
+        }
+        let writers = self
+            .inner
+            .writer_conn
+            .lock()
+            .map_or(true, |own| own.is_some());
+        if !writers {
+            let conn = self.new_connection()?;
+            self.run_on(file, conn, Held::Writer, |_| Ok(()))?;
         }
         Ok(())
     }
@@ -3008,6 +3019,21 @@ mod tests {
             "the second lookup found its token"
         );
         println!("checked at the limit");
+    }
+
+    /// `serve`'s start opens the writer's connection with the pool: its first commit opens
+    /// none (at the open-files limit, that commit failed).
+    #[test]
+    fn the_writers_connection_is_open_from_the_start() {
+        let (_dir, store) = temp_store();
+        store.fill_pool().unwrap();
+        assert!(store.inner.writer_conn.lock().unwrap().is_some());
+        let opened = test_support::OPENED.with(|n| n.get());
+        store.write_bookkeeping(|_| Ok(())).unwrap();
+        assert_eq!(test_support::OPENED.with(|n| n.get()), opened);
+        // Filled again (no second start does; a call twice is harmless), nothing more opens.
+        store.fill_pool().unwrap();
+        assert_eq!(test_support::OPENED.with(|n| n.get()), opened);
     }
 
     #[test]
