@@ -1368,8 +1368,8 @@ impl Store {
     /// (`: > gitgate.db`) changes no name, so inotify does not tell of it and the checks wait
     /// up to `FULL_CHECK_EVERY` — and SQLite, opening a file of no pages, deletes the `-wal`
     /// beside it, the only copy of its commits (see `refuse_a_log_without_its_file`). The
-    /// writer's first connection, opened about 100 ms after `serve` starts, did so when the
-    /// file was emptied in that moment. A new connection is rare; the checks cost a few system
+    /// writer's first connection, then opened about 100 ms after `serve` started, did so when
+    /// the file was emptied in that moment. A new connection is rare; the checks cost a few system
     /// calls. (An emptying between them and SQLite's open is not seen, as for the CLI.)
     fn new_connection(&self) -> Result<Connection> {
         self.check_file_fully()?;
