@@ -34,12 +34,28 @@ pub const THREADS: usize = 8;
 const STARTED_WITHIN: Duration = Duration::from_secs(10);
 
 /// `builder` with a pool of [`THREADS`] threads that never end for idling (named
-/// `gitgate-block`); [`start`] starts them.
+/// `gitgate-block`), each marked as one for [`may_block`]; [`start`] starts them. A
+/// current-thread runtime starts no thread but these: its event loop is the thread that runs
+/// it.
 pub fn configure(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
     builder
         .max_blocking_threads(THREADS)
         .thread_keep_alive(Duration::MAX)
         .thread_name("gitgate-block")
+        .on_thread_start(|| A_BLOCKING_THREAD.with(|b| b.set(true)))
+}
+
+thread_local! {
+    /// This thread is one of a blocking pool's (see [`configure`]).
+    static A_BLOCKING_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread may wait (for a store connection to come back, say): one of a
+/// blocking pool's threads, or one outside any runtime (the command line, a thread of the
+/// process's own). Never an event loop's, or any other thread inside a runtime: a wait there
+/// would hold up every connection it serves.
+pub fn may_block() -> bool {
+    A_BLOCKING_THREAD.with(|b| b.get()) || tokio::runtime::Handle::try_current().is_err()
 }
 
 /// `work` on the blocking pool, for a caller that may give up waiting for it (a deadline, a
@@ -173,5 +189,27 @@ mod tests {
         });
         assert_eq!(ids.len(), THREADS);
         assert_eq!(threads(), before);
+    }
+
+    /// Only an event loop may not wait: its runtime's blocking threads and a thread outside
+    /// any runtime may.
+    #[test]
+    fn an_event_loop_may_not_block_and_the_blocking_threads_may() {
+        let runtime = configure(&mut tokio::runtime::Builder::new_current_thread())
+            .enable_all()
+            .build()
+            .unwrap();
+        let (on_the_loop, on_a_blocking_thread) = runtime.block_on(async {
+            let on_the_loop = may_block();
+            let blocking = tokio::task::spawn_blocking(may_block).await.unwrap();
+            (on_the_loop, blocking)
+        });
+        assert!(!on_the_loop, "the event loop may not block");
+        assert!(on_a_blocking_thread, "a blocking thread may");
+        let _inside = runtime.enter();
+        assert!(!may_block(), "a thread inside the runtime may not");
+        drop(_inside);
+        assert!(may_block(), "a thread outside any runtime may");
+        assert!(std::thread::spawn(may_block).join().unwrap());
     }
 }

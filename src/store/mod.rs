@@ -12,6 +12,15 @@
 //!
 //! The schema is versioned with `PRAGMA user_version`; [`Store::open`] applies the migrations that
 //! a file has not seen yet.
+//!
+//! Calls share eight pooled connections, all opened at `serve`'s start ([`Store::fill_pool`]),
+//! so that none is opened when the process has the most files open; a call that finds all eight
+//! taken opens one more. At the open-files limit that open fails, and the call then waits up to
+//! 2 s (`RETURNED_WITHIN`) for a pooled connection to come back, as one does within
+//! milliseconds, before it fails as the open did (the store unavailable: a `503`). Only on a
+//! thread that may wait — the blocking pool's, or one outside any runtime —, never on an event
+//! loop, whose other connections would wait with it; and only for want of descriptors: a file
+//! replaced or emptied is refused at once.
 
 mod audit;
 mod cache;
@@ -29,9 +38,9 @@ mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -64,6 +73,15 @@ pub use users::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept for reuse, all opened at `serve`'s start ([`Store::fill_pool`]).
 const POOL_SIZE: usize = 8;
+/// How long a call that finds every pooled connection taken and cannot open one for want of
+/// file descriptors waits for one to come back ([`Store::wait_for_a_returned`]) before it fails
+/// as the open did. A call holds its connection for milliseconds (a token's read, a REST call's
+/// statements), so a burst past the eight is served in that time; one that waits seconds waits
+/// for calls that are stuck (a store another process keeps locked, up to the busy timeout; a
+/// hung file system), and would hold its blocking thread, one of eight, and its client for
+/// nothing more. Well within what a cache miss (`MISS_DEADLINE`, 10 s) and a REST call's turn
+/// at the store (10 s) allow, so that this answer, naming the open-files limit, comes first.
+const RETURNED_WITHIN: Duration = Duration::from_secs(2);
 /// Cache misses read at once (see [`Store::miss_slots`]): fewer than the pooled connections, so
 /// a burst of misses is read on pooled connections, not new ones.
 const MISS_READERS: usize = 4;
@@ -304,6 +322,12 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Told when a connection goes back into `idle` while a call waits for one
+    /// ([`Store::wait_for_a_returned`]), and when the store gives up.
+    returned: Condvar,
+    /// The calls waiting on `returned`, counted under `idle`'s lock: a connection put back with
+    /// none waiting tells nobody, so the usual call costs no system call more.
+    waiting: AtomicUsize,
     /// The store's writer thread's own connection (see [`Store::with_writers_conn`]): opened at
     /// `serve`'s start with the pool ([`Store::fill_pool`]), or on its first commit where
     /// there was no start (the CLI), and kept; dropped as the pooled ones are (a replaced
@@ -1026,6 +1050,8 @@ impl Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 idle: Mutex::new(vec![conn]),
+                returned: Condvar::new(),
+                waiting: AtomicUsize::new(0),
                 writer_conn: Mutex::new(None),
                 cache,
                 file: RwLock::new(file),
@@ -1269,6 +1295,8 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
+            // A call waiting for a pooled connection fails now, not at the end of its wait.
+            self.inner.returned.notify_all();
             self.inner
                 .writer_conn
                 .lock()
@@ -1335,7 +1363,7 @@ impl Store {
         check_schema: bool,
         f: impl FnOnce(&mut Connection) -> Result<T>,
     ) -> Result<T> {
-        let file = self.check_file()?;
+        let mut file = self.check_file()?;
         let kept = match held {
             Held::Pooled => self.inner.idle.lock().ok().and_then(|mut idle| idle.pop()),
             Held::Writer => self
@@ -1347,7 +1375,23 @@ impl Store {
         };
         let conn = match kept {
             Some(c) => c,
-            None => self.new_connection()?,
+            None => match self.open_new() {
+                Ok(c) => c,
+                // At the open-files limit, with every pooled connection taken: one comes back
+                // within milliseconds, unlike a descriptor (see `RETURNED_WITHIN`). Anything
+                // else (a replaced or emptied file) fails at once.
+                Err(Unavailable {
+                    error,
+                    out_of_descriptors: true,
+                }) if matches!(held, Held::Pooled) => {
+                    let returned = self.wait_for_a_returned(returned_within());
+                    // Checked again: the file may have been replaced, emptied or deleted
+                    // meanwhile (a store that gave up ends the wait, and is said as such).
+                    file = self.check_file()?;
+                    returned.ok_or(error)?
+                }
+                Err(unavailable) => return Err(unavailable.error),
+            },
         };
         // A store migrated by a newer gitgate under this running one: nothing is read or
         // written through tables it may not read rightly — the REST API's logins, lists and
@@ -1372,13 +1416,62 @@ impl Store {
     /// the file was emptied in that moment. A new connection is rare; the checks cost a few system
     /// calls. (An emptying between them and SQLite's open is not seen, as for the CLI.)
     fn new_connection(&self) -> Result<Connection> {
-        self.check_file_fully()?;
+        self.open_new().map_err(|unavailable| unavailable.error)
+    }
+
+    /// [`Store::new_connection`], saying whether a failure was for want of file descriptors.
+    fn open_new(&self) -> Result<Connection, Unavailable> {
+        self.check_file_fully().map_err(|error| Unavailable {
+            error,
+            out_of_descriptors: false,
+        })?;
         #[cfg(test)]
         test_support::OPENED.with(|n| n.set(n.get() + 1));
-        connect(&self.inner.path, false).map_err(|e| StoreError::Open {
-            path: self.inner.path.clone(),
-            message: e.explained(&self.inner.path),
+        connect(&self.inner.path, false).map_err(|e| Unavailable {
+            out_of_descriptors: e.for_want_of_descriptors(),
+            error: StoreError::Open {
+                path: self.inner.path.clone(),
+                message: e.explained(&self.inner.path),
+            },
         })
+    }
+
+    /// A pooled connection put back within `within` ([`Store::run_on`]), taken; `None` when
+    /// none came back in time, when the store gave up meanwhile, or at once on a thread that
+    /// must not wait: an event loop's (see [`crate::blocking_pool::may_block`]), whose every
+    /// other connection would wait with it. The server's requests meet this only on threads
+    /// that may: a cache miss read on an event loop takes an idle connection or none
+    /// ([`Store::load_auth_record_now`]), and their other calls (a miss read in its turn, the
+    /// REST API's logins and work, the rate-limit overrides read again) run on the blocking
+    /// pool; the readiness ping, the expiring-tokens count and the writer on threads of their
+    /// own. Two reads of `serve`'s start run on the main event loop (the rate-limit overrides
+    /// for the guard, the newest audit id for the command line's follower), before anything is
+    /// served and with the eight just opened: were none idle, they would not wait.
+    fn wait_for_a_returned(&self, within: Duration) -> Option<Connection> {
+        if !crate::blocking_pool::may_block() {
+            return None;
+        }
+        let until = Instant::now() + within;
+        let mut idle = self.inner.idle.lock().ok()?;
+        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        let taken = loop {
+            if self.inner.replaced.load(Ordering::SeqCst) {
+                break None;
+            }
+            if let Some(conn) = idle.pop() {
+                break Some(conn);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            idle = match self.inner.returned.wait_timeout(idle, left) {
+                Ok((idle, _)) => idle,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        };
+        self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        taken
     }
 
     /// Open the pooled connections up to `POOL_SIZE`, 8, and the writer's own (`serve`, at its
@@ -1487,6 +1580,10 @@ impl Store {
                     if let Ok(mut idle) = self.inner.idle.lock() {
                         if idle.len() < POOL_SIZE {
                             idle.push(conn);
+                            // Under the lock the waiters count under: none is missed.
+                            if self.inner.waiting.load(Ordering::Relaxed) > 0 {
+                                self.inner.returned.notify_one();
+                            }
                         }
                     }
                 }
@@ -2332,6 +2429,28 @@ impl Unopened {
     fn explained(&self, path: &Path) -> String {
         explain_open_error(path, &self.error, self.os)
     }
+
+    /// Whether the system's error under SQLite's says this process or the system is out of
+    /// file descriptors (what [`out_of_descriptors`] tells).
+    fn for_want_of_descriptors(&self) -> bool {
+        matches!(self.os, Some(libc::EMFILE | libc::ENFILE))
+    }
+}
+
+/// Why [`Store::open_new`] opened no connection: the error to answer, and whether it was for
+/// want of file descriptors (a pooled connection coming back serves the call then).
+struct Unavailable {
+    error: StoreError,
+    out_of_descriptors: bool,
+}
+
+/// [`RETURNED_WITHIN`], or a test's shorter bound.
+fn returned_within() -> Duration {
+    #[cfg(test)]
+    if let Some(within) = test_support::returned_within() {
+        return within;
+    }
+    RETURNED_WITHIN
 }
 
 /// The system's error under SQLite's `e` on `conn` (`sqlite3_system_errno`), for the failures
@@ -2507,6 +2626,21 @@ pub(crate) mod test_support {
         /// How many connections [`Store::with_conn`] and its kin opened on this thread (none
         /// kept for them).
         pub static OPENED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The bound of a wait for a pooled connection ([`Store::wait_for_a_returned`]) in this
+    /// process, in ms; 0 for [`RETURNED_WITHIN`]. Set only in a child process of the
+    /// descriptor-limit tests, which runs that test alone.
+    static RETURNED_WITHIN_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// Waits for a pooled connection in this process are bounded by `within`.
+    pub fn bound_waits_for_a_connection(within: Duration) {
+        RETURNED_WITHIN_MS.store(within.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn returned_within() -> Option<Duration> {
+        let ms = RETURNED_WITHIN_MS.load(Ordering::Relaxed);
+        (ms > 0).then(|| Duration::from_millis(ms))
     }
 
     /// Have `f` run in the middle of this thread's next [`Store::snapshot`] copy.
@@ -3019,6 +3153,231 @@ mod tests {
             "the second lookup found its token"
         );
         println!("checked at the limit");
+    }
+
+    /// Runs `during` with every pooled connection of `store` held by a thread of its own, as
+    /// calls under way hold them; `let_go(n)` has the first `n` holders put theirs back. All
+    /// are let go at the end, `during`'s panic included.
+    fn with_the_pool_held<T>(store: &Store, during: impl FnOnce(&dyn Fn(usize)) -> T) -> T {
+        use std::sync::{Barrier, Condvar};
+        struct LetGo<'a>(&'a (Mutex<usize>, Condvar));
+        impl LetGo<'_> {
+            fn first(&self, n: usize) {
+                let mut released = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+                *released = n.max(*released);
+                self.0 .1.notify_all();
+            }
+        }
+        impl Drop for LetGo<'_> {
+            fn drop(&mut self) {
+                self.first(POOL_SIZE);
+            }
+        }
+        let released = (Mutex::new(0usize), Condvar::new());
+        let holding = Barrier::new(POOL_SIZE + 1);
+        std::thread::scope(|s| {
+            let let_go = LetGo(&released);
+            for i in 0..POOL_SIZE {
+                let (released, holding) = (&released, &holding);
+                s.spawn(move || {
+                    store.with_conn(|_| {
+                        holding.wait();
+                        let mut n = released.0.lock().unwrap_or_else(|p| p.into_inner());
+                        while *n <= i {
+                            n = released.1.wait(n).unwrap_or_else(|p| p.into_inner());
+                        }
+                        Ok(())
+                    })
+                });
+            }
+            holding.wait();
+            assert!(
+                store.inner.idle.lock().unwrap().is_empty(),
+                "every pooled connection is held"
+            );
+            during(&|n| let_go.first(n))
+        })
+    }
+
+    /// The open-files limit lowered to leave no descriptor, for as long as the value lives.
+    struct AtTheLimit(rustix::process::Rlimit);
+
+    impl AtTheLimit {
+        fn now() -> AtTheLimit {
+            use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+            let before = getrlimit(Resource::Nofile);
+            let lowered = Rlimit {
+                current: Some(limit_leaving(0)),
+                maximum: before.maximum,
+            };
+            setrlimit(Resource::Nofile, lowered).unwrap();
+            AtTheLimit(before)
+        }
+    }
+
+    impl Drop for AtTheLimit {
+        fn drop(&mut self) {
+            use rustix::process::{setrlimit, Resource};
+            setrlimit(Resource::Nofile, self.0).unwrap();
+        }
+    }
+
+    /// A call that finds every pooled connection taken at the open-files limit waits for one
+    /// to come back (about 100 ms here) and is served on it. Before, the open it tried failed
+    /// and so did the call: a burst of more than eight store calls at the limit was answered
+    /// `503`s, though a connection came back within milliseconds. Run in a child process, whose
+    /// open-files limit alone is lowered.
+    #[test]
+    fn a_call_past_the_pooled_connections_at_the_descriptor_limit_waits_for_one() {
+        if std::env::var_os(DESCRIPTOR_CHILD).is_some() {
+            return a_ninth_call_at_the_descriptor_limit();
+        }
+        in_a_child(
+            "store::tests::a_call_past_the_pooled_connections_at_the_descriptor_limit_waits_for_one",
+        );
+    }
+
+    /// The child's part: the eight held, no descriptor left, a ninth call, one let go after
+    /// 100 ms.
+    fn a_ninth_call_at_the_descriptor_limit() {
+        let (_dir, store) = temp_store();
+        store.fill_pool().unwrap();
+        let (read, took, opened) = with_the_pool_held(&store, |let_go| {
+            let _limit = AtTheLimit::now();
+            std::thread::scope(|s| {
+                let ninth = s.spawn(|| {
+                    let started = Instant::now();
+                    let read = store.setting("x").map_err(|e| e.to_string());
+                    let opened = test_support::OPENED.with(|n| n.get());
+                    (read, started.elapsed(), opened)
+                });
+                // Waiting (before, its open failed and so did it), then 100 ms more.
+                while store.inner.waiting.load(Ordering::Relaxed) == 0 {
+                    assert!(!ninth.is_finished(), "{:?}", ninth.join());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                let_go(1);
+                ninth.join().unwrap()
+            })
+        });
+        assert_eq!(read, Ok(None), "the ninth call was served");
+        assert_eq!(opened, 1, "it tried to open a connection first");
+        assert!(took >= Duration::from_millis(100), "{took:?}");
+        assert!(took < RETURNED_WITHIN, "{took:?}");
+        assert_eq!(store.inner.waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(store.inner.idle.lock().unwrap().len(), POOL_SIZE);
+        println!("waited {took:?}; checked at the limit");
+    }
+
+    /// The wait for a pooled connection at the open-files limit is bounded: with the eight held
+    /// for longer, a call on a blocking thread fails after the bound (300 ms here, 2 s when
+    /// serving), with the open's words; on an event loop it does not wait at all. Run in a child
+    /// process, whose open-files limit alone is lowered.
+    #[test]
+    fn a_wait_for_a_pooled_connection_at_the_descriptor_limit_is_bounded() {
+        if std::env::var_os(DESCRIPTOR_CHILD).is_some() {
+            return a_bounded_wait_at_the_descriptor_limit();
+        }
+        in_a_child(
+            "store::tests::a_wait_for_a_pooled_connection_at_the_descriptor_limit_is_bounded",
+        );
+    }
+
+    /// The child's part: the eight held throughout, no descriptor left, a call on the event
+    /// loop and one on a blocking thread.
+    fn a_bounded_wait_at_the_descriptor_limit() {
+        let bound = Duration::from_millis(300);
+        test_support::bound_waits_for_a_connection(bound);
+        let (_dir, store) = temp_store();
+        store.fill_pool().unwrap();
+        // Built with its descriptors before the limit is lowered.
+        let runtime =
+            crate::blocking_pool::configure(&mut tokio::runtime::Builder::new_current_thread())
+                .enable_all()
+                .build()
+                .unwrap();
+        let timed = |call: &dyn Fn() -> Result<Option<String>>| {
+            let started = Instant::now();
+            let read = call().map_err(|e| e.to_string());
+            (read, started.elapsed())
+        };
+        let (on_the_loop, on_a_blocking_thread) = with_the_pool_held(&store, |_| {
+            let _limit = AtTheLimit::now();
+            runtime.block_on(async {
+                let on_the_loop = timed(&|| store.setting("x"));
+                let s = store.clone();
+                let blocking = tokio::task::spawn_blocking(move || timed(&|| s.setting("x")));
+                (on_the_loop, blocking.await.unwrap())
+            })
+        });
+        for (what, (read, took)) in [
+            ("on the event loop", &on_the_loop),
+            ("on a blocking thread", &on_a_blocking_thread),
+        ] {
+            let said = read.clone().expect_err(what);
+            assert!(
+                said.contains("open-files limit") && said.contains("(too many open files)"),
+                "{what}: {said}"
+            );
+            println!("{what}, after {took:?}: {said}");
+        }
+        assert!(on_the_loop.1 < bound / 2, "{:?}", on_the_loop.1);
+        let waited = on_a_blocking_thread.1;
+        assert!(waited >= bound, "{waited:?}");
+        assert!(waited < bound + Duration::from_secs(1), "{waited:?}");
+        assert_eq!(store.inner.waiting.load(Ordering::Relaxed), 0);
+        // The eight back, calls are served at once.
+        assert_eq!(store.setting("x").unwrap(), None);
+        println!("checked at the limit");
+    }
+
+    /// A call waiting for a pooled connection at the open-files limit fails as soon as the
+    /// store gives up (here its file emptied, found by another call), with the store's reason,
+    /// not at the end of its wait with the open's. Run in a child process.
+    #[test]
+    fn a_wait_for_a_pooled_connection_ends_when_the_store_gives_up() {
+        if std::env::var_os(DESCRIPTOR_CHILD).is_some() {
+            return a_wait_as_the_store_gives_up();
+        }
+        in_a_child("store::tests::a_wait_for_a_pooled_connection_ends_when_the_store_gives_up");
+    }
+
+    /// The child's part: the eight held, a ninth call waiting, the file emptied.
+    fn a_wait_as_the_store_gives_up() {
+        let (dir, store) = temp_store();
+        store.fill_pool().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("t.db"))
+            .unwrap();
+        let (read, took) = with_the_pool_held(&store, |_| {
+            std::thread::scope(|s| {
+                let limit = AtTheLimit::now();
+                let ninth = s.spawn(|| {
+                    let started = Instant::now();
+                    let read = store.setting("x").map_err(|e| e.to_string());
+                    (read, started.elapsed())
+                });
+                while store.inner.waiting.load(Ordering::Relaxed) == 0 {
+                    assert!(!ninth.is_finished(), "{:?}", ninth.join());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                drop(limit);
+                file.set_len(0).unwrap();
+                let found = store.setting("x").map(drop).map_err(|e| e.to_string());
+                assert!(
+                    found.as_ref().unwrap_err().contains("found damaged"),
+                    "{found:?}"
+                );
+                ninth.join().unwrap()
+            })
+        });
+        let said = read.expect_err("the store gave up");
+        assert!(said.contains("found damaged"), "{said}");
+        assert!(!said.contains("open-files limit"), "{said}");
+        assert!(took < RETURNED_WITHIN / 2, "{took:?}");
+        println!("ended after {took:?}: {said}; checked at the limit");
     }
 
     /// `serve`'s start opens the writer's connection with the pool: its first commit opens
