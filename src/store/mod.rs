@@ -3058,22 +3058,16 @@ mod tests {
 
     /// The child's part: the pooled connection open, a sort on it with no descriptor left.
     fn a_statement_at_the_descriptor_limit() {
-        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
         let (_dir, store) = temp_store();
         let sort = |c: &mut Connection| -> Result<i64> {
             Ok(c.query_row(A_SORT_ON_DISK, [], |r| r.get(0))?)
         };
         store.with_conn(sort).unwrap();
-        let before = getrlimit(Resource::Nofile);
-        let lowered = Rlimit {
-            current: Some(limit_leaving(0)),
-            maximum: before.maximum,
-        };
-        setrlimit(Resource::Nofile, lowered).unwrap();
+        let limit = AtTheLimit::now();
         let failed: Vec<_> = (0..2).map(|_| store.with_conn(sort)).collect();
         // What needs no file is still served on that connection.
         let read = store.setting("x");
-        setrlimit(Resource::Nofile, before).unwrap();
+        drop(limit);
         assert_eq!(read.unwrap(), None);
         // The store unavailable, as when a connection cannot be opened: `503` for the REST API.
         assert!(
@@ -3115,7 +3109,6 @@ mod tests {
 
     /// The child's part: a store as `serve` opens it, no descriptor left, two lookups at once.
     fn two_lookups_at_the_descriptor_limit() {
-        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
         use std::sync::Barrier;
         let (_dir, store) = temp_store();
         store
@@ -3124,12 +3117,7 @@ mod tests {
         let token = test_support::personal_token("abcdefghijkl", "laptop", "alice");
         store.insert_token(&token, &test_support::actor()).unwrap();
         store.fill_pool().unwrap();
-        let before = getrlimit(Resource::Nofile);
-        let lowered = Rlimit {
-            current: Some(limit_leaving(0)),
-            maximum: before.maximum,
-        };
-        setrlimit(Resource::Nofile, lowered).unwrap();
+        let limit = AtTheLimit::now();
         let (reading, read) = (Barrier::new(2), Barrier::new(2));
         let (first, second) = std::thread::scope(|s| {
             let first = s.spawn(|| {
@@ -3145,7 +3133,7 @@ mod tests {
             read.wait();
             (first.join().unwrap(), second)
         });
-        setrlimit(Resource::Nofile, before).unwrap();
+        drop(limit);
         assert!(first.unwrap().is_some(), "the first lookup found its token");
         let second = second.map_err(|e| e.to_string());
         assert!(
