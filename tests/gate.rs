@@ -4893,38 +4893,197 @@ fn a_stop_between_a_pushs_advertisement_and_its_post_lets_the_push_finish() {
 /// A push whose POST comes after the stop's answers were due (a second before the grace period
 /// ends) is still forwarded, and its backend given half the time left before the cut: it was
 /// answered `503` at once, without asking the backend, and the push failed.
+///
+/// git's POST is held by a relay (see [`relay_holding_a_post`]) and let go 2.1 s after the test
+/// saw the stop begin: past the answers' time (2 s into the 3 s grace period, whose clock the
+/// workers start as the stop's line is written), and as early before the cut as that allows (a
+/// pre-push hook that slept 2.3 s let the POST come 0.35-0.6 s later than that on a loaded
+/// machine, and the push missed the cut now and then). The push then
+/// has the rest of the second for its answer, which a loaded machine's backend processes can
+/// still outlast: a try the machine made too slow shows nothing either way (see
+/// [`too_slow_to_show`]) and is made again on a server started anew, three times at most; a
+/// `503` sooner than half the time the POST had left is the fault this test is for, and fails
+/// it at once.
 #[test]
 fn a_push_whose_post_comes_late_in_the_grace_period_is_still_served() {
     let sb = Sandbox::with(Setup {
-        server_extra: "shutdown_grace_seconds = 3".into(),
+        server_extra: format!("shutdown_grace_seconds = {}", LATE_GRACE.as_secs()),
         ..Setup::default()
     });
     sb.create_repo("team/app");
     sb.add_user("alice", PASSWORD);
     sb.grant("alice", "team", "write");
     let token = sb.personal_token("alice", PASSWORD, "laptop", &["REPO_WRITE"]);
-    let mut server = sb.serve();
-    // The POST comes 2.3 s into the 3 s grace period: past the answers' time (2 s), before the
-    // cut.
-    push_across_a_stop(
-        &sb,
-        &mut server,
-        &token,
-        ("late.txt", b"late\n"),
-        "2.3",
-        &[],
-    );
-    let status = server.stop_within(Duration::from_secs(10));
-    assert!(status.success(), "{status}\n{}", server.log_text());
-    let log = server.log_text();
-    assert!(!log.contains("answered 503 at the stop"), "{log}");
-    assert!(
-        log.lines().any(
-            |l| l.contains("method=POST path=/team/app.git/git-receive-pack")
-                && l.contains("status=200")
-        ),
-        "{log}"
-    );
+    let mut slow = Vec::new();
+    for attempt in 1..=3 {
+        let mut server = sb.serve();
+        let work = sb.root().join(format!("work-{attempt}"));
+        let url = server.url_with("alice", &token.secret, "team/app");
+        sb.git(sb.root(), &["clone", "-q", &url, work.to_str().unwrap()])
+            .ok();
+        let pushed = sb.commit_file(&work, "late.txt", attempt.to_string().as_bytes(), "late");
+        let (relay, held, let_go) = relay_holding_a_post(server.port);
+        let through_relay = url.replace(
+            &format!("127.0.0.1:{}", server.port),
+            &format!("127.0.0.1:{relay}"),
+        );
+        let mut cmd = sb.git_command(&work, &["push", &through_relay, "HEAD:main"]);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let push = cmd.spawn().unwrap();
+        // The advertisement is answered (git sends its POST after it): the stop comes now.
+        held.recv_timeout(common::EVENT_DEADLINE)
+            .unwrap_or_else(|_| panic!("git sent no POST\n{}", server.log_text()));
+        server.signal("TERM");
+        let due = server.stop_began() + Duration::from_millis(2100);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let_go.send(()).unwrap();
+        let out = push.wait_with_output().unwrap();
+        let status = server.stop_within(Duration::from_secs(10));
+        assert!(status.success(), "{status}\n{}", server.log_text());
+        let log = server.own_log();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            assert_eq!(sb.rev(&sb.bare("team/app"), "main"), pushed, "{stderr}");
+            assert!(!log.contains("answered 503 at the stop"), "{log}");
+            assert!(
+                log.lines().any(
+                    |l| l.contains("method=POST path=/team/app.git/git-receive-pack")
+                        && l.contains("status=200")
+                ),
+                "{log}"
+            );
+            return;
+        }
+        match too_slow_to_show(&log) {
+            Ok(why) => slow.push(format!("try {attempt}: {why}")),
+            Err(why) => panic!("{why}\n{stderr}\n{log}"),
+        }
+    }
+    let log = std::fs::read_to_string(sb.server_log()).unwrap_or_default();
+    panic!("the machine was too slow for the push in each try: {slow:#?}\n{log}");
+}
+
+/// A relay to gitgate's `port` that passes each connection's bytes both ways, but holds the
+/// first request that begins `POST ` until told to let it go: its port, the receiver told once
+/// it holds that request, and the sender that lets it go (or a minute, so that a test that
+/// failed leaves no git waiting).
+///
+/// git sends a push's POST as soon as its pack is made; held here, it reaches gitgate at a
+/// moment the test chooses, whatever a loaded machine does to git's processes before it.
+fn relay_holding_a_post(
+    port: u16,
+) -> (
+    u16,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = listener.local_addr().unwrap().port();
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let (let_go, released) = std::sync::mpsc::channel::<()>();
+    let hold = std::sync::Arc::new(std::sync::Mutex::new(Some((held_tx, released))));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return;
+            };
+            let (mut answers, mut to_client) =
+                (server.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut answers, &mut to_client);
+                let _ = to_client.shutdown(std::net::Shutdown::Write);
+            });
+            let hold = hold.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                loop {
+                    let n = match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if buf[..n].starts_with(b"POST ") {
+                        let first = hold.lock().unwrap().take();
+                        if let Some((held, released)) = first {
+                            let _ = held.send(());
+                            let _ = released.recv_timeout(Duration::from_secs(60));
+                        }
+                    }
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (relay, held, let_go)
+}
+
+/// The grace period of [`a_push_whose_post_comes_late_in_the_grace_period_is_still_served`].
+const LATE_GRACE: Duration = Duration::from_secs(3);
+
+/// Why a late push that failed shows nothing about the product, judged from the server's log
+/// (`Ok`), or why it is the fault the test is for (`Err`). Nothing is shown by a POST that came
+/// after the grace period or was cut off at its end, as a stop does (the machine too slow for
+/// the second the push had), nor by a `503` given no sooner than half the time the POST had
+/// left (its backend too slow to begin). Such a `503` comes halfway between the POST's wait's
+/// start and the cut, so the POST had waited at least as long as was left after it until the
+/// cut, and the cut comes no sooner than the grace period after the stop's line: one that came
+/// sooner than that was not given half.
+fn too_slow_to_show(log: &str) -> Result<String, String> {
+    // Seconds since midnight of a log line's timestamp (`2026-12-07T17:51:35.969841Z ...`).
+    let at = |line: &str| -> f64 {
+        let time = &line[line.find('T').unwrap() + 1..line.find('Z').unwrap()];
+        let mut parts = time.split(':').map(|p| p.parse::<f64>().unwrap());
+        let (h, m, s) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        h * 3600.0 + m * 60.0 + s
+    };
+    let stop = log
+        .lines()
+        .find(|l| l.contains("shutting down on SIGTERM"))
+        .map(at)
+        .ok_or("the stop never began")?;
+    let Some(post) = log.lines().find(|l| {
+        l.contains("gitgate::request")
+            && l.contains("method=POST path=/team/app.git/git-receive-pack")
+    }) else {
+        return Ok("the POST did not reach gitgate before the cut".into());
+    };
+    if post.contains("status=503") {
+        let took: f64 = post
+            .split(" duration_ms=")
+            .nth(1)
+            .and_then(|d| d.split(' ').next())
+            .and_then(|d| d.parse().ok())
+            .ok_or("a request line without its duration")?;
+        let took = took / 1000.0;
+        // From the 503 to the soonest the cut can come (across midnight, the day's seconds
+        // start again).
+        let left =
+            (stop + LATE_GRACE.as_secs_f64() - at(post) + 43_200.0).rem_euclid(86_400.0) - 43_200.0;
+        // 20 ms for the timer's and the clocks' grain.
+        return if took + 0.02 >= left {
+            Ok(format!(
+                "answered 503 after {took:.3} s, {left:.3} s before the cut at the soonest"
+            ))
+        } else {
+            Err(format!(
+                "the late POST was answered 503 after {took:.3} s, {left:.3} s before the cut at \
+                 the soonest: not given half the time it had left"
+            ))
+        };
+    }
+    if post.contains("outcome=shutdown") {
+        return Ok("the POST was cut off at the grace period's end".into());
+    }
+    Err("the push failed, and not for a stop too close".into())
 }
 
 /// A push's POST that comes seconds after its probe's answer, a stop having begun before the

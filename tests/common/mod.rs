@@ -857,7 +857,7 @@ impl Server {
     }
 
     /// Its own lines of `log`.
-    fn own_log(&self) -> String {
+    pub fn own_log(&self) -> String {
         let log = self.log_text();
         log.get(self.own_lines_from..)
             .unwrap_or_default()
