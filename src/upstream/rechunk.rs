@@ -814,25 +814,44 @@ mod tests {
         receive(sender.send_request(req).await.unwrap().into_body()).await
     }
 
-    /// Each of `answers` sent, on one connection through a [`Rechunk`], for a request armed or
-    /// not as said, the whole answer written at once (as a fast upstream's fills the socket);
-    /// what hyper gave of each.
-    async fn exchange(answers: Vec<(bool, Vec<u8>)>) -> Vec<Received> {
-        let (near, mut far) = tokio::io::duplex(1 << 20);
+    /// hyper's HTTP/1 client over a [`Rechunk`] over a duplex pipe of `room` bytes, its
+    /// connection driven by a task of its own: the client's sender, the pipe's far end (the
+    /// upstream's side) and the arming.
+    pub(super) async fn client_over_rechunk(
+        room: usize,
+    ) -> (
+        hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        tokio::io::DuplexStream,
+        Arming,
+    ) {
+        let (near, far) = tokio::io::duplex(room);
         let arming = Arming::default();
-        let (mut sender, conn) =
+        let (sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(Rechunk::new(near, arming.clone())))
                 .await
                 .unwrap();
         tokio::spawn(conn);
+        (sender, far, arming)
+    }
+
+    /// A request's head (the tests' requests have no body) read off the upstream's side.
+    pub(super) async fn read_request_head(far: &mut tokio::io::DuplexStream) {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(far.read_u8().await.unwrap());
+        }
+    }
+
+    /// Each of `answers` sent, on one connection through a [`Rechunk`], for a request armed or
+    /// not as said, the whole answer written at once (as a fast upstream's fills the socket);
+    /// what hyper gave of each.
+    async fn exchange(answers: Vec<(bool, Vec<u8>)>) -> Vec<Received> {
+        let (mut sender, mut far, arming) = client_over_rechunk(1 << 20).await;
         let wires: Vec<Vec<u8>> = answers.iter().map(|(_, w)| w.clone()).collect();
         tokio::spawn(async move {
             for wire in wires {
-                // The request's head (no body), then the answer.
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    head.push(far.read_u8().await.unwrap());
-                }
+                // The request's head, then the answer.
+                read_request_head(&mut far).await;
                 far.write_all(&wire).await.unwrap();
             }
             // Kept open until the client is done.
@@ -924,19 +943,9 @@ mod tests {
         for cut in [5, 100, 4096 + 3, 8000] {
             let wire = chunked_answer(&body, 4096, b"\r\n");
             let head = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-            let (near, mut far) = tokio::io::duplex(1 << 20);
-            let arming = Arming::default();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(
-                Rechunk::new(near, arming.clone()),
-            ))
-            .await
-            .unwrap();
-            tokio::spawn(conn);
+            let (mut sender, mut far, arming) = client_over_rechunk(1 << 20).await;
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                while !request.ends_with(b"\r\n\r\n") {
-                    request.push(far.read_u8().await.unwrap());
-                }
+                read_request_head(&mut far).await;
                 far.write_all(&wire[..head + cut]).await.unwrap();
                 // Closed here.
             });
@@ -983,8 +992,6 @@ mod tests {
 /// here: `reads_into_little_room_hand_on_the_same_body` reads into 7 bytes itself.
 #[cfg(test)]
 mod properties {
-    use super::*;
-    use hyper_util::rt::TokioIo;
     use proptest::prelude::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1098,13 +1105,7 @@ mod properties {
     /// written in pieces of up to `most` bytes with pauses as `seed` says; checked against what
     /// hyper gives.
     async fn run(answers: Vec<Answer>, room: usize, most: usize, seed: u64) {
-        let (near, mut far) = tokio::io::duplex(room);
-        let arming = Arming::default();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(Rechunk::new(near, arming.clone())))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let (mut sender, mut far, arming) = super::tests::client_over_rechunk(room).await;
         let wires: Vec<_> = answers
             .iter()
             .enumerate()
@@ -1114,10 +1115,7 @@ mod properties {
         tokio::spawn(async move {
             let mut rng = super::tests::Lcg(seed);
             for wire in sent {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    head.push(far.read_u8().await.unwrap());
-                }
+                super::tests::read_request_head(&mut far).await;
                 let mut at = 0;
                 while at < wire.len() {
                     let n = (1 + rng.below(most)).min(wire.len() - at);
