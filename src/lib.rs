@@ -46,7 +46,8 @@
 //!                                   │     lacks remembered too; the writer's own commits keep it, and a
 //!                                   │     lookup during one reads the store) → on a miss SQLite: inline on an idle pooled
 //!                                   │     connection (the pool's 8 opened at the start), else on the
-//!                                   │     blocking pool a few at a time,
+//!                                   │     blocking pool a few at a time (at the open-files limit, waiting
+//!                                   │     up to 2 s for a pooled connection when all 8 are taken),
 //!                                   │     within 10 s, then 503 (Store::load_auth_record_now,
 //!                                   │     Store::load_auth_record_in_turn; a store
 //!                                   │     file deleted, replaced or emptied, or migrated by a newer
