@@ -101,6 +101,12 @@ FLOOR_BUILT=${FLOOR_BIN:-$(bench_executable hyper_401)}
 [[ -x "$FLOOR_BUILT" ]] || { echo "benches/run.sh: cannot build benches/hyper_401.rs" >&2; exit 1; }
 cp "$FLOOR_BUILT" "$W/hyper-401"
 FLOOR=$W/hyper-401
+# The floor of benchmark 2 (benches/hyper_hop.rs): a bare reverse proxy on hyper, with gitgate's
+# threads and its kind of upstream pool. HOP_FLOOR_BIN: one built before, as FLOOR_BIN.
+HOP_FLOOR_BUILT=${HOP_FLOOR_BIN:-$(bench_executable hyper_hop)}
+[[ -x "$HOP_FLOOR_BUILT" ]] || { echo "benches/run.sh: cannot build benches/hyper_hop.rs" >&2; exit 1; }
+cp "$HOP_FLOOR_BUILT" "$W/hyper-hop"
+HOP_FLOOR=$W/hyper-hop
 # Benchmark 4's criterion binary, built now with the gitgate above and copied: built when its
 # turn came, it took the working tree of that moment (a half-written edit at 19:40 on
 # 2026-12-06 made it fail to compile, 15 minutes into the run). Not built for a HOLD, which ends
@@ -345,6 +351,10 @@ FLOOR_PORT=$(free_port)
 "$FLOOR" --serve "$FLOOR_PORT" "$(nproc)" &
 FLOOR_PID=$!
 PIDS+=($!)
+HOP_FLOOR_PORT=$(free_port)
+"$HOP_FLOOR" --serve "$HOP_FLOOR_PORT" "$(nproc)" --upstream "127.0.0.1:$GIT_PORT" --prefix /static &
+HOP_FLOOR_PID=$!
+PIDS+=($!)
 # COMPARE=/path/to/other/gitgate with --hop: an A/B of two builds, interleaved in every round
 # (rows 2a', 2e', 2f', 3' and 3c'; in a full run the other build is compared on the clone instead, above).
 if [[ -n "${COMPARE:-}" ]] && ((HOP_ONLY)); then
@@ -486,9 +496,10 @@ for _ in 1 2 3 4 5 6 7 8 9 10; do
 	sleep 0.1
 done
 [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$FLOOR_PORT$HOP_PATH") == 401 ]]
+[[ $(curl -s -H "Authorization: $AUTH" "http://127.0.0.1:$HOP_FLOOR_PORT$HOP_PATH") == "hop ok" ]]
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $(head -1 "$W/many.auth" | tr -d '",' )" "http://127.0.0.1:$GG_HOP$HOP_PATH") == 200 ]]
 if [[ -n "${HOLD:-}" ]]; then # keep the set-up running for manual experiments
-	echo "proxy=$PROXY_PORT gitgate=$GG_HOP nginx401=$R401_PORT path=$HOP_PATH auth='$AUTH' dir=$W many=$W/many.lua" >&2
+	echo "proxy=$PROXY_PORT gitgate=$GG_HOP nginx401=$R401_PORT hyperhop=$HOP_FLOOR_PORT path=$HOP_PATH auth='$AUTH' dir=$W many=$W/many.lua" >&2
 	for v in "${!URL[@]}"; do echo "clone $v ${URL[$v]} pids $(serving_pids "$v" 2>/dev/null | tr "\n" " ")" >&2; done
 	sleep "$HOLD"
 	exit 0
@@ -504,7 +515,7 @@ CLK_TCK=$(getconf CLK_TCK)
 # thread's /proc/PID/task/TID/schedstat, in ns), per answer. The proxy nginx is also the origin (2a's set-up);
 # gitgate's row adds the origin nginx, which gitgate's requests keep busy as well, and so does
 # 2c's nginx, a proxy in a process of its own as gitgate is.
-declare -A SCHED_PIDS=([proxy]="$NGINX_PID" [gitgate]="$GG_HOP_PID $NGINX_PID" [proxy2]="$(pgrep -P "$NGINX2_PID" | tr '\n' ' ')$NGINX_PID")
+declare -A SCHED_PIDS=([proxy]="$NGINX_PID" [gitgate]="$GG_HOP_PID $NGINX_PID" [proxy2]="$(pgrep -P "$NGINX2_PID" | tr '\n' ' ')$NGINX_PID" [hyperhop]="$HOP_FLOOR_PID $NGINX_PID")
 declare -A SCHED_CPU=() SCHED_WAIT=()
 sched_ns() { # pids -> "cpu_ns wait_ns", summed over every thread
 	local p
@@ -532,12 +543,14 @@ measure() {
 }
 # Odd rounds go forward, even rounds backward, as the clones do: no row always follows the
 # same one (the 2-worker nginx's round, say) or always comes last.
-WRK_ORDER=(proxy proxy2 gitgate nginx401 gitgate401 hyper401 proxymany gitgatemany)
+WRK_ORDER=(proxy proxy2 gitgate hyperhop nginx401 gitgate401 hyper401 proxymany gitgatemany)
 measure_named() {
 	case $1 in
 	proxy) measure proxy "http://127.0.0.1:$PROXY_PORT$HOP_PATH" ;;
 	proxy2) measure proxy2 "http://127.0.0.1:$PROXY2_PORT$HOP_PATH" ;;
 	gitgate) measure gitgate "http://127.0.0.1:$GG_HOP$HOP_PATH" "$AUTH" ;;
+	# The floor: a bare proxy on hyper, with gitgate's threads, to the same origin, same header.
+	hyperhop) measure hyperhop "http://127.0.0.1:$HOP_FLOOR_PORT$HOP_PATH" "$AUTH" ;;
 	nginx401) measure nginx401 "http://127.0.0.1:$R401_PORT$HOP_PATH" "" expect-non-2xx ;;
 	gitgate401) measure gitgate401 "http://127.0.0.1:$GG_HOP$HOP_PATH" "$BAD_AUTH" expect-non-2xx ;;
 	# The floor: hyper alone, with gitgate's threads, answering the same 401 to the same header.
@@ -557,7 +570,7 @@ for ((round = 1; round <= WRK_ROUNDS; round++)); do
 		measure comparemany "http://127.0.0.1:$GG_HOPB$HOP_PATH" many
 		log "wrk round $round/$WRK_ROUNDS: compare ($COMPARE) ${RPS[compare]}| 401 ${RPS[compare401]}"
 	fi
-	log "wrk round $round/$WRK_ROUNDS: rps proxy ${RPS[proxy]}| proxy2 ${RPS[proxy2]}| gitgate ${RPS[gitgate]}| 401 nginx ${RPS[nginx401]}| 401 gitgate ${RPS[gitgate401]}| 401 hyper ${RPS[hyper401]}| $MANY_TOKENS tokens: proxy ${RPS[proxymany]}| gitgate ${RPS[gitgatemany]}"
+	log "wrk round $round/$WRK_ROUNDS: rps proxy ${RPS[proxy]}| proxy2 ${RPS[proxy2]}| gitgate ${RPS[gitgate]}| bare hyper ${RPS[hyperhop]}| 401 nginx ${RPS[nginx401]}| 401 gitgate ${RPS[gitgate401]}| 401 hyper ${RPS[hyper401]}| $MANY_TOKENS tokens: proxy ${RPS[proxymany]}| gitgate ${RPS[gitgatemany]}"
 done
 mrps() { tr ' ' '\n' <<<"${RPS[$1]}" | grep . | median; }
 mp99() { tr ' ' '\n' <<<"${P99[$1]}" | grep . | median; }
@@ -568,6 +581,13 @@ mwait() { tr ' ' '\n' <<<"${SCHED_WAIT[$1]}" | grep . | median; }
 sched_row() {
 	echo "| 2g | the hop's processes per answer, median of the rounds (µs): CPU; time runnable waiting for a core | nginx proxy_pass (origin in the same process) $(mcpu_sched proxy); $(mwait proxy) | gitgate + origin nginx $(mcpu_sched gitgate); $(mwait gitgate) | $(ratio "$(mcpu_sched gitgate)" "$(mcpu_sched proxy)")× CPU | — | |"
 	echo "| 2h | same, for 2c's nginx: a proxy in a process of its own, as gitgate is | nginx proxy_pass (origin in the same process) $(mcpu_sched proxy); $(mwait proxy) | 2c's nginx + origin nginx $(mcpu_sched proxy2); $(mwait proxy2) | $(ratio "$(mcpu_sched proxy2)" "$(mcpu_sched proxy)")× CPU | — | |"
+}
+# Rows 2i and 2j, the same in both tables.
+hop_floor_rows() {
+	local a b
+	a=$(mrps proxy) b=$(mrps hyperhop)
+	echo "| 2i | hop through a bare proxy on hyper, $(nproc) threads and a connection pool per thread as gitgate (req/s; p99 nginx $(mp99 proxy) ms, hyper $(mp99 hyperhop) ms): the floor of a proxy built on hyper | nginx proxy_pass $a | hyper $b | $(ratio "$b" "$a")× (gitgate $(ratio "$(mrps gitgate)" "$b")× of hyper's) | — | |"
+	echo "| 2j | same as 2g for 2i's bare hyper (µs) | nginx proxy_pass (origin in the same process) $(mcpu_sched proxy); $(mwait proxy) | bare hyper + origin nginx $(mcpu_sched hyperhop); $(mwait hyperhop) | $(ratio "$(mcpu_sched hyperhop)" "$(mcpu_sched proxy)")× CPU (gitgate $(ratio "$(mcpu_sched gitgate)" "$(mcpu_sched hyperhop)")× of hyper's) | — | |"
 }
 # Rows 3b and 3c, the same in both tables.
 floor_rows() {
@@ -588,6 +608,7 @@ if ((HOP_ONLY)); then
 	a=$(mp99 proxy2) b=$(mp99 gitgate)
 	echo "| 2d | hop p99 (ms) | same $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f ms", b-a}') |"
 	sched_row | awk -F' [|] ' '{print $1 " | " $2 " | " $3 " | " $4 " | " $5 " |"}'
+	hop_floor_rows | awk -F' [|] ' '{print $1 " | " $2 " | " $3 " | " $4 " | " $5 " |"}'
 	a=$(mrps proxymany) b=$(mrps gitgatemany)
 	echo "| 2e | hop, $MANY_TOKENS tokens in turn (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
 	a=$(mp99 proxymany) b=$(mp99 gitgatemany)
@@ -595,7 +616,7 @@ if ((HOP_ONLY)); then
 	a=$(mrps nginx401) b=$(mrps gitgate401)
 	echo "| 3 | 401 (req/s) | nginx return 401 $a | $b | $(ratio "$b" "$a")× |"
 	floor_rows | awk -F' [|] ' '{print $1 " | " $2 " | " $3 " | " $4 " | " $5 " |"}'
-	echo "Raw: req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]; 2g/2h CPU µs proxy [${SCHED_CPU[proxy]% }] gitgate [${SCHED_CPU[gitgate]% }] proxy2 [${SCHED_CPU[proxy2]% }], waiting µs proxy [${SCHED_WAIT[proxy]% }] gitgate [${SCHED_WAIT[gitgate]% }] proxy2 [${SCHED_WAIT[proxy2]% }]."
+	echo "Raw: req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], bare hyper [${RPS[hyperhop]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], bare hyper [${P99[hyperhop]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]; 2g/2h CPU µs proxy [${SCHED_CPU[proxy]% }] gitgate [${SCHED_CPU[gitgate]% }] proxy2 [${SCHED_CPU[proxy2]% }] bare hyper [${SCHED_CPU[hyperhop]% }], waiting µs proxy [${SCHED_WAIT[proxy]% }] gitgate [${SCHED_WAIT[gitgate]% }] proxy2 [${SCHED_WAIT[proxy2]% }] bare hyper [${SCHED_WAIT[hyperhop]% }]."
 	if [[ -n "${GG_HOPB:-}" ]]; then
 		a=$(mrps proxy) b=$(mrps compare)
 		echo "| 2a' | hop, $COMPARE (req/s) | nginx proxy_pass $a | $b | $(ratio "$b" "$a")× |"
@@ -704,6 +725,7 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	a=$(mp99 proxy2) b=$(mp99 gitgate) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
 	echo "| 2d | hop p99 (ms), stronger baseline | same $a | $b | $(ratio "$b" "$a")× ($d ms) | ≤ +0.5 ms | $(over_by_at_most "$a" "$b" 0.5) |"
 	sched_row
+	hop_floor_rows
 	a=$(mrps proxymany) b=$(mrps gitgatemany) r=$(ratio "$b" "$a")
 	echo "| 2e | hop with $MANY_TOKENS tokens in use, wrk taking them in turn (req/s) | nginx proxy_pass, same script $a | $b | $r× | (as 2a) ≥ 1.0× | $(at_least "$b" "$a" 1.0) |"
 	a=$(mp99 proxymany) b=$(mp99 gitgatemany) d=$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%+.2f", b-a}')
@@ -721,5 +743,5 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 	echo "| 5a | peak RSS, one clone of $BIG_MB MB ($(awk -v b="$BIG_BYTES" 'BEGIN{printf "%.0f", b/1e6}') MB received) (MiB) | repo size $BIG_MB | $(mb "$RSS_BIG") | $(ratio "$(mb "$RSS_BIG")" "$BIG_MB")× of repo | < 64 MB | $(awk -v k="$RSS_BIG" 'BEGIN{print (k * 1024 < 64e6) ? "yes" : "no"}') |"
 	echo "| 5b | peak RSS, $CONCURRENT concurrent clones of $REPO_MB MB ($CONC_OK/$CONCURRENT complete, ${CONC_SECONDS}s) (MiB) | total served $((REPO_MB * CONCURRENT)) | $(mb "$RSS_CONC") | $(ratio "$(mb "$RSS_CONC")" "$((REPO_MB * CONCURRENT))")× of bytes served | < 64 MB | $(awk -v k="$RSS_CONC" -v ok="$CONC_OK" -v n="$CONCURRENT" 'BEGIN{print (k * 1024 < 64e6 && ok == n) ? "yes" : "no"}') |"
 	echo
-	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }], gitgate→nginx socket [${TIMES[gitgate_unix]% }], pinned (1g) nginx+fcgiwrap [${TIMES[nginx_pinned]:-}] gitgate→nginx [${TIMES[gitgate_pinned]:-}]${TIMES[gitgate_compare]:+, compare [${TIMES[gitgate_compare]% }]}; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }], gitgate→nginx socket [${TICKS[gitgate_unix]% }]${TICKS[gitgate_compare]:+, compare [${TICKS[gitgate_compare]% }]}; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]; 2g/2h CPU µs proxy [${SCHED_CPU[proxy]% }] gitgate [${SCHED_CPU[gitgate]% }] proxy2 [${SCHED_CPU[proxy2]% }], waiting µs proxy [${SCHED_WAIT[proxy]% }] gitgate [${SCHED_WAIT[gitgate]% }] proxy2 [${SCHED_WAIT[proxy2]% }]."
+	echo "Raw: clone seconds nginx [${TIMES[nginx]% }], gitgate→nginx [${TIMES[gitgate_http]% }], gitgate cgi [${TIMES[gitgate_cgi]% }], nginx proxy→nginx [${TIMES[nginx_proxy]% }], gitgate→nginx socket [${TIMES[gitgate_unix]% }], pinned (1g) nginx+fcgiwrap [${TIMES[nginx_pinned]:-}] gitgate→nginx [${TIMES[gitgate_pinned]:-}]${TIMES[gitgate_compare]:+, compare [${TIMES[gitgate_compare]% }]}; serving CPU per clone (ticks of $TICK_MS ms) nginx+fcgiwrap [${TICKS[nginx]% }], gitgate→nginx [${TICKS[gitgate_http]% }], gitgate cgi [${TICKS[gitgate_cgi]% }], nginx proxy [${TICKS[nginx_proxy]% }], gitgate→nginx socket [${TICKS[gitgate_unix]% }]${TICKS[gitgate_compare]:+, compare [${TICKS[gitgate_compare]% }]}; req/s proxy [${RPS[proxy]% }], proxy2 [${RPS[proxy2]% }], gitgate [${RPS[gitgate]% }], bare hyper [${RPS[hyperhop]% }], nginx 401 [${RPS[nginx401]% }], gitgate 401 [${RPS[gitgate401]% }], hyper 401 [${RPS[hyper401]% }], $MANY_TOKENS tokens proxy [${RPS[proxymany]% }] gitgate [${RPS[gitgatemany]% }]; CPU µs per 401 nginx [${CPU_US[nginx401]% }], gitgate [${CPU_US[gitgate401]% }], hyper [${CPU_US[hyper401]% }]; p99 ms proxy [${P99[proxy]% }], proxy2 [${P99[proxy2]% }], gitgate [${P99[gitgate]% }], bare hyper [${P99[hyperhop]% }], nginx 401 [${P99[nginx401]% }], gitgate 401 [${P99[gitgate401]% }], $MANY_TOKENS tokens proxy [${P99[proxymany]% }] gitgate [${P99[gitgatemany]% }]; 2g/2h CPU µs proxy [${SCHED_CPU[proxy]% }] gitgate [${SCHED_CPU[gitgate]% }] proxy2 [${SCHED_CPU[proxy2]% }] bare hyper [${SCHED_CPU[hyperhop]% }], waiting µs proxy [${SCHED_WAIT[proxy]% }] gitgate [${SCHED_WAIT[gitgate]% }] proxy2 [${SCHED_WAIT[proxy2]% }] bare hyper [${SCHED_WAIT[hyperhop]% }]."
 }
