@@ -474,6 +474,9 @@ impl<S: AsyncRead + Unpin> Rechunk<S> {
                 self.pending.clear();
                 self.pending.extend_from_slice(b"0\r\n");
                 self.pending.extend_from_slice(&read[last..]);
+                // And what the head's read brought past this read's room: nothing else hands
+                // it on once the bytes pass through.
+                self.pending.append(&mut std::mem::take(&mut self.carry));
                 self.state = State::Through;
             }
             if decoded.data > 0 {
@@ -982,6 +985,77 @@ mod tests {
         let (got, after) = decode_split(&out[head..], || usize::MAX).unwrap();
         assert_eq!(got, body);
         assert_eq!(after, b"X-T: 1\r\n\r\nafter");
+    }
+    /// The head's read can bring more of the body than the next read has room for after a
+    /// chunk line: the rest is handed on by the reads after it. When the last chunk's line
+    /// came in the part that fitted, what followed it in the head's read (the trailers, or the
+    /// body's final CRLF) was dropped, and hyper waited for it. Here the whole answer comes in
+    /// a head's read of 4 KiB, and the body is read 100 bytes, then 7, at a time.
+    #[tokio::test]
+    async fn what_the_heads_read_brought_past_the_next_reads_room_is_all_handed_on() {
+        let body = data(50);
+        let tail = format!("X-T: {}\r\n\r\n", "t".repeat(300));
+        let mut wire = chunked_answer(&body, 4096, tail.as_bytes());
+        wire.extend_from_slice(b"after");
+        let (mut near, mut far) = tokio::io::duplex(1 << 20);
+        far.write_all(&wire).await.unwrap();
+        drop(far);
+        let arming = Arming::default();
+        arming.arm();
+        let mut rechunk = Rechunk::new(&mut near, arming);
+        let mut out = Vec::new();
+        let mut room = vec![0u8; 4096];
+        for len in [4096, 100].into_iter().chain(std::iter::repeat(7)) {
+            let n = rechunk.read(&mut room[..len]).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&room[..n]);
+        }
+        let head = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(out[..head], wire[..head]);
+        let (got, after) = decode_split(&out[head..], || usize::MAX).unwrap();
+        assert_eq!(got, body);
+        assert_eq!(
+            String::from_utf8_lossy(&after),
+            format!("{tail}after"),
+            "what followed the last chunk"
+        );
+    }
+
+    /// The same through hyper, as it met git's answers: a connection's second answer, read
+    /// whole by the head's read, after a first answer whose last read was small. hyper's
+    /// next read is then smaller than its buffer, and the body's read has only the room the
+    /// head's read left: an answer that ended 12 or 13 bytes short of the buffer's end (here
+    /// 16,371 and 16,372 bytes, without trailers) lost its final CRLF, one with trailers
+    /// lost their end, and hyper waited for them until the upstream's idle timeout cut the
+    /// answer. Sizes around 16 KiB are tried, with and without trailers.
+    #[tokio::test]
+    async fn an_answer_read_whole_with_its_head_after_a_small_read_loses_nothing() {
+        let first = {
+            let body = data(8192 + 1 - "HTTP/1.1 200 OK\r\nContent-Length: 8158\r\n\r\n".len());
+            let mut wire =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            wire.extend_from_slice(&body);
+            assert_eq!(wire.len(), 8193);
+            wire
+        };
+        for tail in ["\r\n", "X-Trailer: some words\r\n\r\n"] {
+            let lines = chunked_answer(&[], 1, tail.as_bytes()).len() + "0000\r\n\r\n".len();
+            for len in 16_360..16_390 {
+                let body = data(len - lines);
+                let second = chunked_answer(&body, 1 << 20, tail.as_bytes());
+                assert_eq!(second.len(), len);
+                let got = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    exchange(vec![(true, first.clone()), (true, second)]),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("an answer of {len} bytes ending {tail:?} hangs"));
+                assert_eq!(got[1].error, None, "{len} bytes");
+                assert!(got[1].data == body, "{len} bytes: not the body");
+            }
+        }
     }
 }
 
