@@ -3596,6 +3596,19 @@ fn an_upstream_answers_framing_and_cookies_stay_behind_gitgate() {
     assert!(out.starts_with("HTTP/1.1 502"), "{out}");
     assert!(out.contains("Transfer-Encoding \"gzip, chunked\""), "{out}");
 
+    // `chunked,`: one `chunked` to gitgate's reading, but hyper's client reads such an answer
+    // to the close, chunk lines and all, which git would take for the body.
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_port, _heads) = scripted_upstream(usize::MAX, |_| {
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\nConnection: close\r\n\r\n\
+          2\r\nok\r\n0\r\n\r\n"
+            .to_vec()
+    });
+    let (g, auth) = start_in_front_of(dir.path(), upstream_port, "");
+    let (out, _) = info_refs(&g, &auth);
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(!out.contains("2\r\nok\r\n0\r\n"), "{out}");
+
     // A Content-Length said twice, or as a list, with one value: hyper's client takes the
     // body by it; passed on as it came, an HTTP/2 client refuses the stream. One value goes on.
     for repeated in [

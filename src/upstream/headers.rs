@@ -69,6 +69,20 @@ pub(crate) fn codings(headers: &HeaderMap, name: HeaderName) -> Vec<&str> {
         .collect()
 }
 
+/// Whether the last coding of the last `Transfer-Encoding` line, empty items included, is
+/// `chunked`: how hyper's client decides that an answer is chunked. `chunked,` (or `chunked`
+/// and then an empty line) is one `chunked` to [`codings`], but hyper reads such an answer to
+/// the connection's close and hands on its chunk lines as the body.
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+}
+
 /// Whether the request body's framing is one gitgate can pass on: `Transfer-Encoding` may only
 /// be `chunked`. hyper removes the chunked framing and gitgate drops the header (hop-by-hop), so
 /// any other coding (`gzip, chunked`) would reach the backend as a body it cannot tell is
@@ -384,8 +398,15 @@ fn is_for_a_front_server(name: &str) -> bool {
 pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
     let codings = codings(headers, header::TRANSFER_ENCODING);
     match codings.as_slice() {
+        [] if headers.contains_key(header::TRANSFER_ENCODING) => {
+            return Err(
+                "the upstream git server sent an empty Transfer-Encoding, which gitgate cannot \
+                 pass on"
+                    .to_owned(),
+            )
+        }
         [] => one_content_length(headers)?,
-        [one] if one.eq_ignore_ascii_case("chunked") => {
+        [one] if one.eq_ignore_ascii_case("chunked") && last_coding_is_chunked(headers) => {
             headers.remove(header::CONTENT_LENGTH);
         }
         _ => {
@@ -2086,6 +2107,33 @@ mod tests {
             let e = to_client(&mut h).unwrap_err();
             assert!(e.contains(coded), "{e}");
         }
+        // Nor one that hyper's client reads as not chunked (its last item empty: the answer
+        // read to the close, its chunk lines as the body) while it lists a single `chunked`.
+        for read_two_ways in [
+            &[("transfer-encoding", "chunked,")][..],
+            &[("transfer-encoding", "chunked ,  ")],
+            &[("transfer-encoding", "chunked"), ("transfer-encoding", "")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", " , "),
+            ],
+        ] {
+            let mut h = map(read_two_ways);
+            let e = to_client(&mut h).unwrap_err();
+            assert!(e.contains("cannot pass on"), "{read_two_ways:?}: {e}");
+        }
+        // Nor an empty one, which is not the absence of one.
+        for empty in [
+            &[("transfer-encoding", "")][..],
+            &[("transfer-encoding", " , ")],
+        ] {
+            let mut h = map(&[empty, &[("content-length", "7")]].concat());
+            let e = to_client(&mut h).unwrap_err();
+            assert!(e.contains("empty Transfer-Encoding"), "{empty:?}: {e}");
+        }
+        // Read the same way by both: one `chunked` last, after an empty item.
+        let mut h = map(&[("transfer-encoding", " , chunked")]);
+        to_client(&mut h).unwrap();
     }
 
     #[test]
