@@ -1028,6 +1028,15 @@ mod tests {
             .saturating_sub(clock.load(Ordering::Acquire))
     }
 
+    /// Whether a clock read (before this call) as moved `ago` ms ago was moved at `before` or
+    /// later. The coarse clock lags by a tick at most (4 or 10 ms); 50 ms is far above that and
+    /// far below the 300 ms that the tests' sleeps add to a clock left unmoved. Measured, not
+    /// a fixed bound: a loaded machine may hold the test's thread for any time between the
+    /// move and the read, and both sides then count it.
+    fn moved_since(ago: u64, before: std::time::Instant) -> bool {
+        u128::from(ago) <= before.elapsed().as_millis() + 50
+    }
+
     /// While an answer is on its way out, the connection does not wait for a request, however
     /// long the answer takes; once it has ended, it does, from its end.
     #[test]
@@ -1056,9 +1065,14 @@ mod tests {
         let activity = Activity::new();
         let request = activity.request_opened();
         std::thread::sleep(Duration::from_millis(300));
+        let dropping = std::time::Instant::now();
         drop(request);
         let waited = activity.waiting_for_request();
-        assert!(waited < Duration::from_millis(100), "{waited:?}");
+        assert!(
+            moved_since(u64::try_from(waited.as_millis()).unwrap(), dropping),
+            "{waited:?}, dropped {:?} ago",
+            dropping.elapsed()
+        );
     }
 
     /// Each frame an answer yields moves the answer clock: an answer still streaming is an
@@ -1071,11 +1085,16 @@ mod tests {
             activity.request_opened(),
         );
         std::thread::sleep(Duration::from_millis(300));
+        let polling = std::time::Instant::now();
         let polled =
             Pin::new(&mut body).poll_frame(&mut Context::from_waker(std::task::Waker::noop()));
         assert!(matches!(polled, Poll::Ready(Some(Ok(_)))));
         let ago = since(&activity, &activity.0.last_answer_ms);
-        assert!(ago < 100, "the answer clock was last moved {ago} ms ago");
+        assert!(
+            moved_since(ago, polling),
+            "the answer clock was last moved {ago} ms ago, polled {:?} ago",
+            polling.elapsed()
+        );
         drop(body);
     }
 
@@ -1095,9 +1114,14 @@ mod tests {
             "the byte clock moved at the end: {since_end} ms ago"
         );
         let mut one = ActivityIo::new(&b"x"[..], activity.clone());
+        let reading = std::time::Instant::now();
         assert_eq!(one.read(&mut buf).await.unwrap(), 1);
         let since_byte = since(&activity, &activity.0.last_byte_ms);
-        assert!(since_byte < 100, "{since_byte} ms");
+        assert!(
+            moved_since(since_byte, reading),
+            "{since_byte} ms, read {:?} ago",
+            reading.elapsed()
+        );
     }
 
     /// Once ended, an [`EndableIo`] reads the end of the stream, even with bytes there to
