@@ -715,7 +715,16 @@ mod tests {
                         heard.lock().unwrap().push((due, started.elapsed()));
                     });
                 }
-                tokio::time::sleep(window * 3).await;
+                // Until the task has said what falls due and ended (it clears looking_again
+                // last), 10 s at most. Waited for, not slept: a thread held past the task's
+                // timers and a fixed sleep's wakes with all of them due, and block_on polls
+                // this future first and returns before the task has run.
+                let waiting = Instant::now();
+                while said.looking_again.load(Ordering::Acquire)
+                    && waiting.elapsed() < Duration::from_secs(10)
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             });
             let heard = heard.lock().unwrap().clone();
             let dues: Vec<Due> = heard.iter().map(|(d, _)| *d).collect();
