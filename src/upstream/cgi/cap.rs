@@ -685,45 +685,58 @@ mod tests {
 
     /// At a stop, a request waiting for a place is answered before the grace period ends (a
     /// second before, or half the grace period when it is shorter), not cut off with its
-    /// connection; one whose own wait ends first is answered then.
+    /// connection; one whose own wait ends first is answered then. Timed from the stop: never
+    /// sooner than its answers' time, whatever the machine does; a try in which the answer was
+    /// seen only at the cut or later, or a wait asked past the answers' time was not seen
+    /// answered within 100 ms (a test thread held that long, on a loaded machine), shows
+    /// nothing and is made again on a new cap, three times at most.
     #[tokio::test]
     async fn a_stop_answers_the_waiting_requests_before_its_grace_period_ends() {
-        let cap = cap(1, 200, 150_000);
-        let _alice = cap.place(Advertisement, "alice").await.unwrap();
-        let waits = |asking, token: &'static str| {
-            let cap = cap.clone();
-            tokio::spawn(async move {
-                let asked = std::time::Instant::now();
-                let busy = cap.place(asking, token).await.unwrap_err();
-                (busy.why, asked.elapsed())
-            })
-        };
-        // alice's POST goes on with her exchange (a long wait); bob's start waits 200 ms.
-        let post = waits(Other, "alice");
-        let start = waits(Advertisement, "bob");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        cap.stopping(Duration::from_millis(800));
-        let (why, waited) = tokio::time::timeout(Duration::from_secs(5), post)
-            .await
-            .expect("answered within the grace period")
-            .unwrap();
-        assert_eq!(why, Full::Stopping);
-        // 100 ms, then half of the 800 ms grace period.
-        assert!(
-            (Duration::from_millis(480)..Duration::from_millis(900)).contains(&waited),
-            "{waited:?}"
-        );
-        assert_eq!(start.await.unwrap().0, Full::AllInUse);
-        // Asked during the stop, past its answering time: answered at once.
-        let late = waits(Other, "alice").await.unwrap();
-        assert_eq!(late.0, Full::Stopping);
-        assert!(late.1 < Duration::from_millis(100), "{:?}", late.1);
-        // A second worker's stop, later, does not move the end.
-        cap.stopping(Duration::from_secs(30));
-        let later = waits(Other, "alice").await.unwrap();
-        assert_eq!(later.0, Full::Stopping);
-        assert!(later.1 < Duration::from_millis(100), "{:?}", later.1);
-        assert_eq!(cap.state().principals["alice"].waiting, 0);
+        let mut tries = Vec::new();
+        for _ in 0..3 {
+            let cap = cap(1, 200, 150_000);
+            let _alice = cap.place(Advertisement, "alice").await.unwrap();
+            let waits = |asking, token: &'static str| {
+                let cap = cap.clone();
+                tokio::spawn(async move {
+                    let asked = std::time::Instant::now();
+                    let busy = cap.place(asking, token).await.unwrap_err();
+                    (busy.why, asked.elapsed(), std::time::Instant::now())
+                })
+            };
+            // alice's POST goes on with her exchange (a long wait); bob's start waits 200 ms.
+            let post = waits(Other, "alice");
+            let start = waits(Advertisement, "bob");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let stopped = std::time::Instant::now();
+            cap.stopping(Duration::from_millis(800));
+            let (why, _, answered) = tokio::time::timeout(Duration::from_secs(5), post)
+                .await
+                .expect("answered within the grace period")
+                .unwrap();
+            assert_eq!(why, Full::Stopping);
+            // Half of the 800 ms grace period after the stop, before its cut.
+            let after = answered - stopped;
+            assert!(after >= Duration::from_millis(400), "{after:?}");
+            assert_eq!(start.await.unwrap().0, Full::AllInUse);
+            // Asked during the stop, past its answering time: answered at once.
+            let late = waits(Other, "alice").await.unwrap();
+            assert_eq!(late.0, Full::Stopping);
+            // A second worker's stop, later, does not move the end.
+            cap.stopping(Duration::from_secs(30));
+            let later = waits(Other, "alice").await.unwrap();
+            assert_eq!(later.0, Full::Stopping);
+            assert_eq!(cap.state().principals["alice"].waiting, 0);
+            let at_once = Duration::from_millis(100);
+            if after < Duration::from_millis(800) && late.1 < at_once && later.1 < at_once {
+                return;
+            }
+            tries.push(format!(
+                "answered {after:?} after the stop; late waits answered after {:?} and {:?}",
+                late.1, later.1
+            ));
+        }
+        panic!("no try was answered in time: {tries:?}");
     }
 
     /// A burst of new exchanges must not starve the requests of those already let in: a place
