@@ -8,6 +8,9 @@
 //! Run by `benches/run.sh` as `hyper_401 --serve PORT [THREADS]`; under `cargo bench` (which
 //! passes `--bench`) it has nothing to measure alone and exits.
 
+#[path = "floor/mod.rs"]
+mod floor;
+
 use std::convert::Infallible;
 
 use bytes::Bytes;
@@ -15,7 +18,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 async fn refuse(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut resp = Response::new(Full::new(Bytes::from_static(b"invalid token\n")));
@@ -33,65 +35,16 @@ async fn refuse(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
     Ok(resp)
 }
 
-/// One thread's server: its own runtime and its own listening socket on the shared port
-/// (`SO_REUSEPORT`, as gitgate's workers).
-fn serve(port: u16) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async move {
-        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-        socket.set_reuseport(true).expect("SO_REUSEPORT");
-        socket
-            .bind(([127, 0, 0, 1], port).into())
-            .expect("the port is free");
-        let listener = socket.listen(1024).expect("listen");
-        let local = tokio::task::LocalSet::new();
-        local
-            .run_until(async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    tokio::task::spawn_local(async move {
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(
-                                TokioIo::new(stream),
-                                hyper::service::service_fn(refuse),
-                            )
-                            .await;
-                    });
-                }
-            })
-            .await
-    });
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(port) = args
-        .iter()
-        .position(|a| a == "--serve")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|p| p.parse::<u16>().ok())
-    else {
+    let Some(port) = floor::arg(&args, "--serve", 1).and_then(|p| p.parse::<u16>().ok()) else {
         eprintln!(
             "hyper_401: the floor of benchmark 3, run by benches/run.sh (--serve PORT [THREADS])"
         );
         return;
     };
-    let threads: usize = args
-        .iter()
-        .position(|a| a == "--serve")
-        .and_then(|i| args.get(i + 2))
+    let threads = floor::arg(&args, "--serve", 2)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
-    let workers: Vec<_> = (0..threads)
-        .map(|_| std::thread::spawn(move || serve(port)))
-        .collect();
-    for worker in workers {
-        let _ = worker.join();
-    }
+    floor::serve(port, threads, refuse);
 }

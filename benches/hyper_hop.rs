@@ -14,6 +14,9 @@
 //! Run by `benches/run.sh` as `hyper_hop --serve PORT THREADS --upstream ADDR --prefix PATH`;
 //! under `cargo bench` (which passes `--bench`) it has nothing to measure alone and exits.
 
+#[path = "floor/mod.rs"]
+mod floor;
+
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,7 +28,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 thread_local! {
     /// This thread's idle upstream connections: the most recently returned is taken first, as
@@ -139,55 +142,11 @@ async fn forward(
     }
 }
 
-/// One thread's server: its own runtime and its own listening socket on the shared port
-/// (`SO_REUSEPORT`, as gitgate's workers).
-fn serve(port: u16, upstream: SocketAddr, prefix: &'static str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async move {
-        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-        socket.set_reuseport(true).expect("SO_REUSEPORT");
-        socket
-            .bind(([127, 0, 0, 1], port).into())
-            .expect("the port is free");
-        let listener = socket.listen(1024).expect("listen");
-        let local = tokio::task::LocalSet::new();
-        local
-            .run_until(async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    tokio::task::spawn_local(async move {
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(
-                                TokioIo::new(stream),
-                                hyper::service::service_fn(move |req| {
-                                    forward(req, upstream, prefix)
-                                }),
-                            )
-                            .await;
-                    });
-                }
-            })
-            .await
-    });
-}
-
-/// The value after `flag`, if any.
-fn arg<'a>(args: &'a [String], flag: &str, nth: usize) -> Option<&'a str> {
-    let i = args.iter().position(|a| a == flag)?;
-    args.get(i + nth).map(String::as_str)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(port), Some(upstream)) = (
-        arg(&args, "--serve", 1).and_then(|p| p.parse::<u16>().ok()),
-        arg(&args, "--upstream", 1).and_then(|a| a.parse::<SocketAddr>().ok()),
+        floor::arg(&args, "--serve", 1).and_then(|p| p.parse::<u16>().ok()),
+        floor::arg(&args, "--upstream", 1).and_then(|a| a.parse::<SocketAddr>().ok()),
     ) else {
         eprintln!(
             "hyper_hop: the floor of benchmark 2, run by benches/run.sh \
@@ -195,18 +154,13 @@ fn main() {
         );
         return;
     };
-    let threads: usize = arg(&args, "--serve", 2)
+    let threads = floor::arg(&args, "--serve", 2)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
-    let prefix: &'static str = arg(&args, "--prefix", 1)
+    let prefix: &'static str = floor::arg(&args, "--prefix", 1)
         .unwrap_or("")
         .trim_end_matches('/')
         .to_owned()
         .leak();
-    let workers: Vec<_> = (0..threads)
-        .map(|_| std::thread::spawn(move || serve(port, upstream, prefix)))
-        .collect();
-    for worker in workers {
-        let _ = worker.join();
-    }
+    floor::serve(port, threads, move |req| forward(req, upstream, prefix));
 }

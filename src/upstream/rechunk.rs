@@ -960,21 +960,21 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn reads_into_little_room_hand_on_the_same_body() {
-        let body = data(30_000);
-        let mut wire = chunked_answer(&body, 4096, b"X-T: 1\r\n\r\n");
-        wire.extend_from_slice(b"after");
+    /// What an armed `Rechunk` hands on of `wire` (all of it written, then the far end
+    /// closed) to reads of the given sizes, the last size repeated to the end; the head
+    /// checked unchanged, and the rest decoded: the body and what followed its last chunk.
+    async fn read_in_sizes(wire: &[u8], sizes: &[usize]) -> (Vec<u8>, Vec<u8>) {
         let (mut near, mut far) = tokio::io::duplex(1 << 20);
-        far.write_all(&wire).await.unwrap();
+        far.write_all(wire).await.unwrap();
         drop(far);
         let arming = Arming::default();
         arming.arm();
         let mut rechunk = Rechunk::new(&mut near, arming);
         let mut out = Vec::new();
-        let mut room = [0u8; 7];
-        loop {
-            let n = rechunk.read(&mut room).await.unwrap();
+        let mut room = vec![0u8; sizes.iter().copied().max().unwrap()];
+        let last = *sizes.last().unwrap();
+        for len in sizes.iter().copied().chain(std::iter::repeat(last)) {
+            let n = rechunk.read(&mut room[..len]).await.unwrap();
             if n == 0 {
                 break;
             }
@@ -982,7 +982,15 @@ mod tests {
         }
         let head = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert_eq!(out[..head], wire[..head]);
-        let (got, after) = decode_split(&out[head..], || usize::MAX).unwrap();
+        decode_split(&out[head..], || usize::MAX).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reads_into_little_room_hand_on_the_same_body() {
+        let body = data(30_000);
+        let mut wire = chunked_answer(&body, 4096, b"X-T: 1\r\n\r\n");
+        wire.extend_from_slice(b"after");
+        let (got, after) = read_in_sizes(&wire, &[7]).await;
         assert_eq!(got, body);
         assert_eq!(after, b"X-T: 1\r\n\r\nafter");
     }
@@ -997,24 +1005,7 @@ mod tests {
         let tail = format!("X-T: {}\r\n\r\n", "t".repeat(300));
         let mut wire = chunked_answer(&body, 4096, tail.as_bytes());
         wire.extend_from_slice(b"after");
-        let (mut near, mut far) = tokio::io::duplex(1 << 20);
-        far.write_all(&wire).await.unwrap();
-        drop(far);
-        let arming = Arming::default();
-        arming.arm();
-        let mut rechunk = Rechunk::new(&mut near, arming);
-        let mut out = Vec::new();
-        let mut room = vec![0u8; 4096];
-        for len in [4096, 100].into_iter().chain(std::iter::repeat(7)) {
-            let n = rechunk.read(&mut room[..len]).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&room[..n]);
-        }
-        let head = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        assert_eq!(out[..head], wire[..head]);
-        let (got, after) = decode_split(&out[head..], || usize::MAX).unwrap();
+        let (got, after) = read_in_sizes(&wire, &[4096, 100, 7]).await;
         assert_eq!(got, body);
         assert_eq!(
             String::from_utf8_lossy(&after),
