@@ -194,7 +194,8 @@
 //!   read — is a `502`, as is one that leads away from gitgate (another site, a path out of
 //!   the git prefix, a URL to gitgate not exactly as the client named it), since git follows
 //!   redirects with its token; the answer's framing is hyper's to redo, its cookies and its
-//!   `Server` stay behind; an HTTP/1.0 answer to a chunked body is a `502`).
+//!   `Server` stay behind; an HTTP/1.0 answer to a chunked body is a `502`, and so is an
+//!   answer whose `Transfer-Encoding` hyper's client would read other than as gitgate does).
 //!   `502`/`504` with a reason when the backend fails or stalls; `408` when the client's
 //!   upload stops while the upstream waits for it; a `4xx`/`5xx` of the embedded CGI without a
 //!   body gets one, since git would print only the status; its head is held until the request
