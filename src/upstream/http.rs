@@ -465,7 +465,9 @@ impl HttpBackend {
             // plain HTTP on its TLS port ("The plain HTTP request was sent to HTTPS port"), and
             // Go's and Apache's alike, to every request. Its start tells which. (A git server's
             // own 400 is text, passed on.)
-            let page = page_start(resp.into_body()).await;
+            // Read while driving the connection: a POST's is driven by the request alone
+            // (see `super::pool`), and its page would otherwise never be read.
+            let page = connection.exchange(page_start(resp.into_body())).await;
             let plain_http_on_tls = self.address.starts_with("http://")
                 && PLAIN_HTTP_ON_TLS.iter().any(|said| {
                     page.windows(said.len())
@@ -2397,6 +2399,68 @@ mod tests {
         let resp = advertisement(&b).await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         upstream.await.unwrap();
+    }
+
+    /// A `POST`'s `400` page is read as a `GET`'s is, although its connection is driven by the
+    /// request (see `super::pool`): the page's bytes that come after the head are read too, at
+    /// once, not after `page_start`'s two seconds with nothing.
+    #[tokio::test]
+    async fn a_posts_400_page_is_read_while_its_connection_is_driven_by_the_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(s.read_u8().await.unwrap());
+            }
+            let page = b"<html><body>The plain HTTP request was sent to HTTPS port</body></html>";
+            let answer = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n",
+                page.len()
+            );
+            s.write_all(answer.as_bytes()).await.unwrap();
+            s.flush().await.unwrap();
+            // The page in a read of its own, after the head was handed on.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(page).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        });
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        let (parts, ()) = Request::post("/team/app.git/git-upload-pack")
+            .header(HOST, "gitgate.example")
+            .header(CONTENT_TYPE, "application/x-git-upload-pack-request")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut git_req =
+            crate::git::classify("POST", "/team/app.git/git-upload-pack", None, "/").unwrap();
+        git_req.query = None;
+        let peer: std::net::SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let began = std::time::Instant::now();
+        let e = b
+            .forward(
+                &parts,
+                http_body_util::Full::new(Bytes::from_static(b"0000")),
+                &git_req,
+                &alice(),
+                from(peer),
+                None,
+            )
+            .await
+            .unwrap_err();
+        let took = began.elapsed();
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY, "{e}");
+        assert!(
+            e.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("write https:// in [upstream] url")),
+            "the page was not read: {e:?}"
+        );
+        // page_start gives up after 2 s; the page came 100 ms after the head.
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
     }
 
     /// An upstream's `403` without text (git http-backend's to a push without REMOTE_USER is
