@@ -20,7 +20,8 @@
 //! seen at checkout, before a request is sent on it; and a sweeper task per pool, running while
 //! any connection is idle, looks at them every second, so that a close is
 //! answered (the socket closed, not left in `CLOSE_WAIT`) and old ones of either kind are
-//! dropped even when no request comes (an upstream without a keep-alive timeout of its own
+//! closed even when no request comes (one whose task still sends request bytes the upstream
+//! does not read, with that task) (an upstream without a keep-alive timeout of its own
 //! would otherwise keep them open for good). A connection still holding request bytes it could not send (the upstream
 //! answered without reading them all) is not ready — hyper takes a new request only with its
 //! write buffer empty — so it too goes on on a task of its own, which flushes them.
@@ -298,6 +299,15 @@ impl Connection {
         }
     }
 
+    /// Close the connection now, its task with it if it has one: dropped alone, a task goes on
+    /// with an exchange nobody waits for any more (request bytes the upstream does not read)
+    /// for as long as the upstream keeps the connection open.
+    fn close(self) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+    }
+
     fn driving(&self) -> Driving {
         if self.driver.is_some() {
             Driving::Inline
@@ -466,15 +476,17 @@ impl Pool {
         None
     }
 
-    /// Drop the connections idle for `idle_timeout` or longer.
+    /// Close the connections idle for `idle_timeout` or longer. One still finishing its
+    /// exchange on its own task by then (request bytes the upstream does not read) is closed
+    /// too, not left to that task (see [`Connection::close`]).
     fn drop_expired(&self, idle: &mut Vec<Idle>, now: Instant) {
         // The stack is ordered by return time: once one is too old, all below it are too.
-        match idle
+        let expired = idle
             .iter()
             .position(|i| now.duration_since(i.since) < self.idle_timeout)
-        {
-            Some(first_fresh) => drop(idle.drain(..first_fresh)),
-            None => idle.clear(),
+            .unwrap_or(idle.len());
+        for old in idle.drain(..expired) {
+            old.connection.close();
         }
     }
 
@@ -1341,6 +1353,72 @@ mod tests {
             p.idle_count(),
             (0, 1),
             "a connection holding unsent bytes was pooled where nobody drives it"
+        );
+    }
+
+    /// A connection still sending request bytes the upstream does not read (it answered early,
+    /// and neither reads on nor closes) is closed when it expires in the pool, its task with
+    /// it: dropped alone, the task would go on trying to send them for as long as the upstream
+    /// keeps the connection open, its socket never closed.
+    #[tokio::test]
+    async fn an_expired_connection_still_sending_is_closed_not_left_to_its_task() {
+        const BODY: usize = 32 << 20;
+        let (read_tx, read) = tokio::sync::oneshot::channel();
+        let read_tx = std::sync::Mutex::new(Some(read_tx));
+        let port = after_one_head(move |s| {
+            let tx = read_tx.lock().unwrap().take();
+            tokio::spawn(async move {
+                let mut s = s;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Reads nothing until well after the connection expired and was swept.
+                tokio::time::sleep(SWEEP_EVERY * 3).await;
+                let mut got = 0usize;
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                if let Some(tx) = tx {
+                    let _ = tx.send(got);
+                }
+            });
+        })
+        .await;
+        let p = pool(port, Duration::from_millis(300));
+        let mut c = p.checkout(Inline).await.unwrap();
+        let req = Request::builder()
+            .method("POST")
+            .uri("/push")
+            .header("host", "up")
+            .body(
+                http_body_util::Full::new(Bytes::from(vec![b'p'; BODY]))
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+            .unwrap();
+        let sending = c.connection.sender.send_request(req);
+        let resp = c.connection.exchange(sending).await.unwrap();
+        c.connection
+            .exchange(resp.into_body().collect())
+            .await
+            .unwrap();
+        p.put(c.connection);
+        assert_eq!(p.idle_count(), (0, 1));
+        let got = tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("the upstream never saw the connection end")
+            .unwrap();
+        assert_eq!(p.idle_count(), (0, 0));
+        // Only what the sockets' buffers held when it was closed: not the whole body.
+        assert!(
+            got < BODY,
+            "the expired connection's task sent the whole body ({got} bytes) after it left the pool"
         );
     }
 
