@@ -423,8 +423,9 @@ impl Pool {
             connection.detach();
         }
         if self.idle_timeout.is_zero() {
-            // No reuse (`pool_idle_timeout_seconds = 0`): dropped, the connection closes (on its
-            // own task once its exchange has finished, if it has one).
+            // No reuse (`pool_idle_timeout_seconds = 0`): closed now, with its task if it has
+            // one (an exchange still finishing then is request bytes nobody waits for).
+            connection.close();
             return;
         }
         let driving = connection.driving();
@@ -1362,7 +1363,32 @@ mod tests {
     /// keeps the connection open, its socket never closed.
     #[tokio::test]
     async fn an_expired_connection_still_sending_is_closed_not_left_to_its_task() {
-        const BODY: usize = 32 << 20;
+        let got = sent_after_put(Duration::from_millis(300)).await;
+        // Only what the sockets' buffers held when it was closed: not the whole body.
+        assert!(
+            got < BODY_UNREAD,
+            "the expired connection's task sent the whole body ({got} bytes) after it left the pool"
+        );
+    }
+
+    /// With a pool idle timeout of 0, a connection given back still sending request bytes the
+    /// upstream does not read is closed at once, its task with it (see the test above).
+    #[tokio::test]
+    async fn with_a_pool_idle_timeout_of_zero_a_connection_still_sending_is_closed() {
+        let got = sent_after_put(Duration::ZERO).await;
+        assert!(
+            got < BODY_UNREAD,
+            "the connection's task sent the whole body ({got} bytes) after it was given back"
+        );
+    }
+
+    /// The request body of [`sent_after_put`], which its upstream does not read at first.
+    const BODY_UNREAD: usize = 32 << 20;
+
+    /// How many bytes of a POST's body of [`BODY_UNREAD`] bytes reach an upstream that
+    /// answers after the head and reads nothing for three sweeps, after the connection was
+    /// given back to a pool of idle timeout `idle` (the pool then holds nothing).
+    async fn sent_after_put(idle: Duration) -> usize {
         let (read_tx, read) = tokio::sync::oneshot::channel();
         let read_tx = std::sync::Mutex::new(Some(read_tx));
         let port = after_one_head(move |s| {
@@ -1390,14 +1416,14 @@ mod tests {
             });
         })
         .await;
-        let p = pool(port, Duration::from_millis(300));
+        let p = pool(port, idle);
         let mut c = p.checkout(Inline).await.unwrap();
         let req = Request::builder()
             .method("POST")
             .uri("/push")
             .header("host", "up")
             .body(
-                http_body_util::Full::new(Bytes::from(vec![b'p'; BODY]))
+                http_body_util::Full::new(Bytes::from(vec![b'p'; BODY_UNREAD]))
                     .map_err(|e| match e {})
                     .boxed_unsync(),
             )
@@ -1409,17 +1435,14 @@ mod tests {
             .await
             .unwrap();
         p.put(c.connection);
-        assert_eq!(p.idle_count(), (0, 1));
+        let kept = if idle.is_zero() { (0, 0) } else { (0, 1) };
+        assert_eq!(p.idle_count(), kept);
         let got = tokio::time::timeout(Duration::from_secs(20), read)
             .await
             .expect("the upstream never saw the connection end")
             .unwrap();
         assert_eq!(p.idle_count(), (0, 0));
-        // Only what the sockets' buffers held when it was closed: not the whole body.
-        assert!(
-            got < BODY,
-            "the expired connection's task sent the whole body ({got} bytes) after it left the pool"
-        );
+        got
     }
 
     /// A connection idle for exactly `idle_timeout` is as old as one idle for longer: dropped,
