@@ -406,18 +406,25 @@ impl Body for Trickle {
     }
 }
 
-/// A one-byte request body frame every 100 ms for 1.5 s: an upload that keeps moving.
-fn trickle() -> Trickle {
+/// A one-byte request body frame every 100 ms for 1.5 s: an upload that keeps moving. Its
+/// writer's task gives when the body was made and when it handed over each frame, or found the
+/// body gone (it then stops): what pace the test's own task kept, whatever gitgate did.
+fn trickle() -> (Trickle, tokio::task::JoinHandle<Vec<std::time::Instant>>) {
+    let made = std::time::Instant::now();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(async move {
+    let writer = tokio::spawn(async move {
+        let mut written = vec![made];
         for _ in 0..15 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if tx.send(Bytes::from_static(b"p")).await.is_err() {
-                return;
+            let sent = tx.send(Bytes::from_static(b"p")).await;
+            written.push(std::time::Instant::now());
+            if sent.is_err() {
+                break;
             }
         }
+        written
     });
-    Trickle(rx)
+    (Trickle(rx), writer)
 }
 
 #[tokio::test]
@@ -615,11 +622,18 @@ async fn a_backend_that_sends_no_headers_in_time_is_ended_with_a_timeout() {
     );
 }
 
+/// While the body trickles in for three times the timeout, a backend says nothing: before its
+/// headers (a CGI program may read the whole body first), or after them (git http-backend's way
+/// with a push: headers first, then nothing until the pack is read).
+///
+/// The 100 ms between frames are this test's own task's sleeps, 400 ms short of the 500 ms
+/// timeout: a test process held longer (a loaded machine) leaves the upload still for the
+/// timeout, and gitgate is right to end the backend there. Such a try shows nothing, and is made
+/// again (three times at most); the frames' real times are measured, and say so. A backend ended
+/// while the frames kept well within the timeout fails at once.
 #[tokio::test]
 async fn a_backend_reading_an_upload_that_moves_is_not_timed_out() {
-    // While the body trickles in for three times the timeout, a backend says nothing: before
-    // its headers (a CGI program may read the whole body first), or after them (git
-    // http-backend's way with a push: headers first, then nothing until the pack is read).
+    let timeout = Duration::from_millis(500);
     for (name, reads) in [
         (
             "reader",
@@ -630,12 +644,54 @@ async fn a_backend_reading_an_upload_that_moves_is_not_timed_out() {
             "printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat >/dev/null; printf 'read'",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let backend = script(dir.path(), name, reads).with_head_timeout(Duration::from_millis(500));
-        let headers = HeaderMap::new();
-        let req = push_request(&headers);
-        let resp = serve(&backend, req, trickle).await.unwrap();
-        assert_eq!(&body_bytes(resp.into_body()).await[..], b"read", "{name}");
+        let mut late = Vec::new();
+        loop {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = script(dir.path(), name, reads).with_head_timeout(timeout);
+            let headers = HeaderMap::new();
+            let req = push_request(&headers);
+            // The last body made is the one served (`serve` makes one per start).
+            let mut writer = None;
+            let answer = match serve(&backend, req, || {
+                let (body, written) = trickle();
+                writer = Some(written);
+                body
+            })
+            .await
+            {
+                Ok(resp) => match resp.into_body().collect().await {
+                    Ok(body) => Ok(body.to_bytes()),
+                    Err(e) => Err(format!("the answer broke off: {e}")),
+                },
+                Err(e) => Err(format!("no answer: {e}")),
+            };
+            if matches!(&answer, Ok(read) if &read[..] == b"read") {
+                break;
+            }
+            let written = tokio::time::timeout(Duration::from_secs(10), writer.unwrap())
+                .await
+                .expect("the test's upload ended")
+                .unwrap();
+            let widest = written
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .max()
+                .unwrap_or_default();
+            // A gap within 50 ms of the timeout is taken for it: a frame's time is taken as it
+            // is handed over, a moment before gitgate takes it, and gitgate counts whole ms.
+            assert!(
+                widest >= timeout - Duration::from_millis(50),
+                "{name}: {answer:?}, though the frames came {widest:?} apart at most"
+            );
+            late.push(format!(
+                "{answer:?}, {} frames offered {widest:?} apart at most",
+                written.len() - 1
+            ));
+            assert!(
+                late.len() < 3,
+                "{name}: the test's upload did not keep its pace in any try: {late:?}"
+            );
+        }
     }
 }
 
