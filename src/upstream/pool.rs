@@ -20,11 +20,13 @@
 //! seen at checkout, before a request is sent on it; and a sweeper task per pool, running while
 //! any connection is idle, looks at them every second, so that a close is
 //! answered (the socket closed, not left in `CLOSE_WAIT`) and old ones of either kind are
-//! closed even when no request comes (one whose task still sends request bytes the upstream
-//! does not read, with that task) (an upstream without a keep-alive timeout of its own
-//! would otherwise keep them open for good). A connection still holding request bytes it could not send (the upstream
-//! answered without reading them all) is not ready — hyper takes a new request only with its
-//! write buffer empty — so it too goes on on a task of its own, which flushes them.
+//! closed even when no request comes (an upstream without a keep-alive timeout of its own
+//! would otherwise keep them open for good). A connection still holding request bytes it
+//! could not send (the upstream answered without reading them all) is not ready — hyper
+//! takes a new request only with its write buffer empty — so it too goes on on a task of its
+//! own, which flushes them; when such a connection leaves the pool unused (expired, given back
+//! with `pool_idle_timeout_seconds = 0`, or to a full stack), its task is ended with it, not
+//! left sending bytes nobody waits for.
 //!
 //! That is for streams. For a small answer the connection's own task is cheaper: each hand-over
 //! of the answer then wakes the request's whole task (hyper's server connection, the gate, the
@@ -445,6 +447,9 @@ impl Pool {
                 self.sweeping.store(true, Ordering::Relaxed);
                 tokio::spawn(sweep(Arc::downgrade(self)));
             }
+        } else {
+            // A full stack: closed now, with its task, as one that expires is.
+            connection.close();
         }
     }
 
@@ -1224,20 +1229,26 @@ mod tests {
     }
 
     /// Reads one request head on each connection it accepts and hands the stream over.
-    async fn after_one_head(then: impl Fn(TcpStream) + Send + 'static) -> u16 {
+    async fn after_one_head(then: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let then = Arc::new(then);
         tokio::spawn(async move {
+            // Each connection on a task of its own: one that sends no request (a connection
+            // only held, to fill a pool) does not hold up the next.
             while let Ok((mut s, _)) = listener.accept().await {
-                let mut seen = Vec::new();
-                let mut byte = [0u8; 1];
-                while !seen.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
+                let then = then.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !seen.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        seen.push(byte[0]);
                     }
-                    seen.push(byte[0]);
-                }
-                then(s);
+                    then(s);
+                });
             }
         });
         port
@@ -1363,7 +1374,7 @@ mod tests {
     /// keeps the connection open, its socket never closed.
     #[tokio::test]
     async fn an_expired_connection_still_sending_is_closed_not_left_to_its_task() {
-        let got = sent_after_put(Duration::from_millis(300)).await;
+        let got = sent_after_put(Duration::from_millis(300), 0).await;
         // Only what the sockets' buffers held when it was closed: not the whole body.
         assert!(
             got < BODY_UNREAD,
@@ -1375,10 +1386,24 @@ mod tests {
     /// upstream does not read is closed at once, its task with it (see the test above).
     #[tokio::test]
     async fn with_a_pool_idle_timeout_of_zero_a_connection_still_sending_is_closed() {
-        let got = sent_after_put(Duration::ZERO).await;
+        let got = sent_after_put(Duration::ZERO, 0).await;
         assert!(
             got < BODY_UNREAD,
             "the connection's task sent the whole body ({got} bytes) after it was given back"
+        );
+    }
+
+    /// And one given back to a worker that already keeps `MAX_IDLE` idle connections of its
+    /// kind.
+    #[tokio::test]
+    async fn a_connection_still_sending_given_back_to_a_full_pool_is_closed() {
+        // Both ends of some 260 connections, beside the other tests' (as in
+        // `no_more_than_max_idle_connections_are_kept`).
+        let _ = crate::open_files::raise_limit(1024, 2);
+        let got = sent_after_put(Duration::from_secs(30), MAX_IDLE).await;
+        assert!(
+            got < BODY_UNREAD,
+            "the connection's task sent the whole body ({got} bytes) after a full pool let it go"
         );
     }
 
@@ -1387,8 +1412,9 @@ mod tests {
 
     /// How many bytes of a POST's body of [`BODY_UNREAD`] bytes reach an upstream that
     /// answers after the head and reads nothing for three sweeps, after the connection was
-    /// given back to a pool of idle timeout `idle` (the pool then holds nothing).
-    async fn sent_after_put(idle: Duration) -> usize {
+    /// given back to a pool of idle timeout `idle` that already kept `full` idle connections
+    /// with their own task (the pool then holds nothing more).
+    async fn sent_after_put(idle: Duration, full: usize) -> usize {
         let (read_tx, read) = tokio::sync::oneshot::channel();
         let read_tx = std::sync::Mutex::new(Some(read_tx));
         let port = after_one_head(move |s| {
@@ -1417,6 +1443,13 @@ mod tests {
         })
         .await;
         let p = pool(port, idle);
+        let mut keep = Vec::new();
+        for _ in 0..full {
+            keep.push(p.checkout(OwnTask).await.unwrap().connection);
+        }
+        for k in keep {
+            p.put(k);
+        }
         let mut c = p.checkout(Inline).await.unwrap();
         let req = Request::builder()
             .method("POST")
@@ -1435,13 +1468,19 @@ mod tests {
             .await
             .unwrap();
         p.put(c.connection);
-        let kept = if idle.is_zero() { (0, 0) } else { (0, 1) };
+        let kept = match (idle.is_zero(), full) {
+            (true, _) => (0, 0),
+            (false, 0) => (0, 1),
+            (false, full) => (0, full),
+        };
         assert_eq!(p.idle_count(), kept);
         let got = tokio::time::timeout(Duration::from_secs(20), read)
             .await
             .expect("the upstream never saw the connection end")
             .unwrap();
-        assert_eq!(p.idle_count(), (0, 0));
+        if full == 0 {
+            assert_eq!(p.idle_count(), (0, 0));
+        }
         got
     }
 
