@@ -1898,6 +1898,31 @@ mod tests {
         assert!(!head.contains("\r\nhost: gitgate.example"), "{head}");
     }
 
+    /// An upload-pack `POST` (its body a flush-pkt) forwarded by a backend for
+    /// `http://127.0.0.1:{port}/git`, as from alice.
+    async fn post_upload_pack(port: u16) -> Result<Response<ResponseBody>, ForwardError> {
+        let b = backend(&format!("http://127.0.0.1:{port}/git"));
+        let (parts, ()) = Request::post("/team/app.git/git-upload-pack")
+            .header(HOST, "gitgate.example")
+            .header(CONTENT_TYPE, "application/x-git-upload-pack-request")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut git_req =
+            crate::git::classify("POST", "/team/app.git/git-upload-pack", None, "/").unwrap();
+        git_req.query = None;
+        let peer: std::net::SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        b.forward(
+            &parts,
+            http_body_util::Full::new(Bytes::from_static(b"0000")),
+            &git_req,
+            &alice(),
+            from(peer),
+            None,
+        )
+        .await
+    }
+
     /// An advertisement the upstream ends cleanly without git's closing flush-pkt (its git
     /// process died) passes on what came and then fails, whichever HTTP framing ended it; a
     /// whole one, or an answer that is not git's, ends cleanly.
@@ -1939,29 +1964,7 @@ mod tests {
             let mut rest = Vec::new();
             let _ = s.read_to_end(&mut rest).await;
         });
-        let b = backend(&format!("http://127.0.0.1:{port}/git"));
-        let (parts, ()) = Request::post("/team/app.git/git-upload-pack")
-            .header(HOST, "gitgate.example")
-            .header(CONTENT_TYPE, "application/x-git-upload-pack-request")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let mut git_req =
-            crate::git::classify("POST", "/team/app.git/git-upload-pack", None, "/").unwrap();
-        git_req.query = None;
-        let peer: std::net::SocketAddr = "127.0.0.1:50000".parse().unwrap();
-        let mut body = b
-            .forward(
-                &parts,
-                http_body_util::Full::new(Bytes::from_static(b"0000")),
-                &git_req,
-                &alice(),
-                from(peer),
-                None,
-            )
-            .await
-            .unwrap()
-            .into_body();
+        let mut body = post_upload_pack(port).await.unwrap().into_body();
         let (mut got, mut frames) = (Vec::new(), 0);
         while let Some(frame) = body.frame().await {
             got.extend_from_slice(frame.unwrap().data_ref().unwrap());
@@ -2428,29 +2431,8 @@ mod tests {
             let mut rest = Vec::new();
             let _ = s.read_to_end(&mut rest).await;
         });
-        let b = backend(&format!("http://127.0.0.1:{port}/git"));
-        let (parts, ()) = Request::post("/team/app.git/git-upload-pack")
-            .header(HOST, "gitgate.example")
-            .header(CONTENT_TYPE, "application/x-git-upload-pack-request")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let mut git_req =
-            crate::git::classify("POST", "/team/app.git/git-upload-pack", None, "/").unwrap();
-        git_req.query = None;
-        let peer: std::net::SocketAddr = "127.0.0.1:50000".parse().unwrap();
         let began = std::time::Instant::now();
-        let e = b
-            .forward(
-                &parts,
-                http_body_util::Full::new(Bytes::from_static(b"0000")),
-                &git_req,
-                &alice(),
-                from(peer),
-                None,
-            )
-            .await
-            .unwrap_err();
+        let e = post_upload_pack(port).await.unwrap_err();
         let took = began.elapsed();
         assert_eq!(e.status, StatusCode::BAD_GATEWAY, "{e}");
         assert!(
