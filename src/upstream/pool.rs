@@ -1344,22 +1344,7 @@ mod tests {
         .await;
         let p = pool(port, Duration::from_secs(30));
         let mut c = p.checkout(Inline).await.unwrap();
-        let req = Request::builder()
-            .method("POST")
-            .uri("/push")
-            .header("host", "up")
-            .body(
-                http_body_util::Full::new(Bytes::from(vec![b'p'; 16 << 20]))
-                    .map_err(|e| match e {})
-                    .boxed_unsync(),
-            )
-            .unwrap();
-        let sending = c.connection.sender.send_request(req);
-        let resp = c.connection.exchange(sending).await.unwrap();
-        c.connection
-            .exchange(resp.into_body().collect())
-            .await
-            .unwrap();
+        post_answered_unread(&mut c.connection, 16 << 20).await;
         p.put(c.connection);
         assert_eq!(
             p.idle_count(),
@@ -1407,6 +1392,28 @@ mod tests {
         );
     }
 
+    /// A `POST` of `len` bytes sent on `connection`, its answer read to the end: the tests'
+    /// upstream answers after the head, without reading the body, which is left on the
+    /// connection's way.
+    async fn post_answered_unread(connection: &mut Connection, len: usize) {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/push")
+            .header("host", "up")
+            .body(
+                http_body_util::Full::new(Bytes::from(vec![b'p'; len]))
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+            .unwrap();
+        let sending = connection.sender.send_request(req);
+        let resp = connection.exchange(sending).await.unwrap();
+        connection
+            .exchange(resp.into_body().collect())
+            .await
+            .unwrap();
+    }
+
     /// The request body of [`sent_after_put`], which its upstream does not read at first.
     const BODY_UNREAD: usize = 32 << 20;
 
@@ -1451,22 +1458,7 @@ mod tests {
             p.put(k);
         }
         let mut c = p.checkout(Inline).await.unwrap();
-        let req = Request::builder()
-            .method("POST")
-            .uri("/push")
-            .header("host", "up")
-            .body(
-                http_body_util::Full::new(Bytes::from(vec![b'p'; BODY_UNREAD]))
-                    .map_err(|e| match e {})
-                    .boxed_unsync(),
-            )
-            .unwrap();
-        let sending = c.connection.sender.send_request(req);
-        let resp = c.connection.exchange(sending).await.unwrap();
-        c.connection
-            .exchange(resp.into_body().collect())
-            .await
-            .unwrap();
+        post_answered_unread(&mut c.connection, BODY_UNREAD).await;
         p.put(c.connection);
         let kept = match (idle.is_zero(), full) {
             (true, _) => (0, 0),
