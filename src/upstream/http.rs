@@ -1898,6 +1898,33 @@ mod tests {
         assert!(!head.contains("\r\nhost: gitgate.example"), "{head}");
     }
 
+    /// An upstream for one connection: after the request's head it writes `parts`, each
+    /// flushed and 100 ms after the one before, then reads the request on to its end, so
+    /// that the socket is not closed on bytes unread (a reset, which can cut the answer
+    /// short).
+    async fn answering_after_the_head(parts: Vec<Vec<u8>>) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(s.read_u8().await.unwrap());
+            }
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                s.write_all(part).await.unwrap();
+                s.flush().await.unwrap();
+            }
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        });
+        port
+    }
+
     /// An upload-pack `POST` (its body a flush-pkt) forwarded by a backend for
     /// `http://127.0.0.1:{port}/git`, as from alice.
     async fn post_upload_pack(port: u16) -> Result<Response<ResponseBody>, ForwardError> {
@@ -1949,21 +1976,7 @@ mod tests {
             answer.extend_from_slice(b"\r\n");
         }
         answer.extend_from_slice(b"0\r\n\r\n");
-        // The answer, after the request's head; the request read on to its end, so that the
-        // socket is not closed on bytes unread (a reset, which can cut the answer short).
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                head.push(s.read_u8().await.unwrap());
-            }
-            s.write_all(&answer).await.unwrap();
-            let mut rest = Vec::new();
-            let _ = s.read_to_end(&mut rest).await;
-        });
+        let port = answering_after_the_head(vec![answer]).await;
         let mut body = post_upload_pack(port).await.unwrap().into_body();
         let (mut got, mut frames) = (Vec::new(), 0);
         while let Some(frame) = body.frame().await {
@@ -2409,28 +2422,13 @@ mod tests {
     /// once, not after `page_start`'s two seconds with nothing.
     #[tokio::test]
     async fn a_posts_400_page_is_read_while_its_connection_is_driven_by_the_request() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                head.push(s.read_u8().await.unwrap());
-            }
-            let page = b"<html><body>The plain HTTP request was sent to HTTPS port</body></html>";
-            let answer = format!(
-                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n",
-                page.len()
-            );
-            s.write_all(answer.as_bytes()).await.unwrap();
-            s.flush().await.unwrap();
-            // The page in a read of its own, after the head was handed on.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            s.write_all(page).await.unwrap();
-            let mut rest = Vec::new();
-            let _ = s.read_to_end(&mut rest).await;
-        });
+        let page = b"<html><body>The plain HTTP request was sent to HTTPS port</body></html>";
+        let head = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n",
+            page.len()
+        );
+        // The page in a read of its own, after the head was handed on.
+        let port = answering_after_the_head(vec![head.into_bytes(), page.to_vec()]).await;
         let began = std::time::Instant::now();
         let e = post_upload_pack(port).await.unwrap_err();
         let took = began.elapsed();
