@@ -1387,8 +1387,21 @@ impl Store {
                     let returned = self.wait_for_a_returned(returned_within());
                     // Checked again: the file may have been replaced, emptied or deleted
                     // meanwhile (a store that gave up ends the wait, and is said as such).
-                    file = self.check_file()?;
-                    returned.ok_or(error)?
+                    // A connection the wait took goes back: dropped, the pool was one short
+                    // for good after a file renamed away and back.
+                    match (self.check_file(), returned) {
+                        (Ok(now), Some(conn)) => {
+                            file = now;
+                            conn
+                        }
+                        (Ok(_), None) => return Err(error),
+                        (Err(e), returned) => {
+                            if let Some(conn) = returned {
+                                self.keep(file, conn, Held::Pooled);
+                            }
+                            return Err(e);
+                        }
+                    }
                 }
                 Err(unavailable) => return Err(unavailable.error),
             },
@@ -1539,15 +1552,27 @@ impl Store {
     }
 
     /// [`Store::with_conn`]'s common part: run `f`, give up on a damaged store, keep `conn`
-    /// where it is `held`.
+    /// where it is `held`. A panic in `f` keeps it too (see [`Unwinding`]).
     fn run_on<T>(
         &self,
         file: FileId,
-        mut conn: Connection,
+        conn: Connection,
         held: Held,
         f: impl FnOnce(&mut Connection) -> Result<T>,
     ) -> Result<T> {
-        let out = f(&mut conn).map_err(|e| self.out_of_descriptors_on(&conn, e));
+        let mut unwinding = Unwinding {
+            store: self,
+            file,
+            held,
+            conn: Some(conn),
+        };
+        let out = match unwinding.conn.as_mut() {
+            Some(conn) => f(conn).map_err(|e| self.out_of_descriptors_on(conn, e)),
+            None => unreachable!("put in just above"),
+        };
+        let Some(conn) = unwinding.conn.take() else {
+            unreachable!("taken only here or by the drop")
+        };
         if let Some(e) = out.as_ref().err().filter(|e| e.is_corruption()) {
             // A damaged store (overwritten or truncated in place: the same file, so no other
             // check sees it) fails closed from now on: the cache would otherwise go on admitting
@@ -1562,6 +1587,13 @@ impl Store {
                 message: format!("{what}; restore it (see the README) and restart gitgate"),
             });
         }
+        self.keep(file, conn, held);
+        out
+    }
+
+    /// Put `conn`, opened on `file`, back where it is `held` (waking a call that waits for a
+    /// pooled one), unless it must not be kept.
+    fn keep(&self, file: FileId, conn: Connection, held: Held) {
         // SQLite opens a file this process cannot write read-only, without a word: such a
         // connection serves this call's reads, but pooled it would fail every write for good,
         // long after the file became writable again (a `chmod` during a backup).
@@ -1596,7 +1628,6 @@ impl Store {
             }
         }
         drop(known);
-        out
     }
 
     /// A statement's failure on the open connection `conn` for want of file descriptors, said
@@ -2434,6 +2465,31 @@ impl Unopened {
     /// file descriptors (what [`out_of_descriptors`] tells).
     fn for_want_of_descriptors(&self) -> bool {
         matches!(self.os, Some(libc::EMFILE | libc::ENFILE))
+    }
+}
+
+/// A call's connection while its `f` runs ([`Store::run_on`]), kept by its drop when `f`
+/// panics: a panic (a bug in a store call, caught by the blocking pool) dropped it, and a call
+/// waiting for a pooled one at the open-files limit was not told, and waited out its full
+/// bound. The unwinding has rolled back any transaction `f` began (rusqlite's drop of it); a
+/// connection still in one is not kept, and the next call opens one. Its busy timeout is set
+/// back, as an inline read of a miss lowers it to zero for its read
+/// ([`Store::load_auth_record_now`]).
+struct Unwinding<'a> {
+    store: &'a Store,
+    file: FileId,
+    held: Held,
+    conn: Option<Connection>,
+}
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take().filter(Connection::is_autocommit) else {
+            return;
+        };
+        if conn.busy_timeout(BUSY_TIMEOUT).is_ok() {
+            self.store.keep(self.file, conn, self.held);
+        }
     }
 }
 
@@ -3366,6 +3422,117 @@ mod tests {
         assert!(!said.contains("open-files limit"), "{said}");
         assert!(took < RETURNED_WITHIN / 2, "{took:?}");
         println!("ended after {took:?}: {said}; checked at the limit");
+    }
+
+    /// A call that waited for a pooled connection at the open-files limit and took one, but
+    /// whose file check then failed (the store file renamed away meanwhile), gives the
+    /// connection back: the file renamed back, the pool has its eight again. Before, the call
+    /// dropped it, and the pool was one short until a restart (at the limit, one call more
+    /// failed). Run in a child process.
+    #[test]
+    fn a_wait_whose_file_check_fails_gives_its_connection_back() {
+        if std::env::var_os(DESCRIPTOR_CHILD).is_some() {
+            return a_wait_whose_check_fails();
+        }
+        in_a_child("store::tests::a_wait_whose_file_check_fails_gives_its_connection_back");
+    }
+
+    /// The child's part: the eight held, a ninth call waiting, the file renamed away, one let
+    /// go, the file renamed back.
+    fn a_wait_whose_check_fails() {
+        let (dir, store) = temp_store();
+        store.fill_pool().unwrap();
+        let (path, away) = (dir.path().join("t.db"), dir.path().join("t.db.away"));
+        let read = with_the_pool_held(&store, |let_go| {
+            std::thread::scope(|s| {
+                let limit = AtTheLimit::now();
+                let ninth = s.spawn(|| store.setting("x").map_err(|e| e.to_string()));
+                while store.inner.waiting.load(Ordering::Relaxed) == 0 {
+                    assert!(!ninth.is_finished(), "{:?}", ninth.join());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::fs::rename(&path, &away).unwrap();
+                let_go(1);
+                let read = ninth.join().unwrap();
+                drop(limit);
+                std::fs::rename(&away, &path).unwrap();
+                read
+            })
+        });
+        let said = read.expect_err("the file was away");
+        assert!(said.contains("unavailable"), "{said}");
+        assert_eq!(
+            store.inner.idle.lock().unwrap().len(),
+            POOL_SIZE,
+            "the connection the wait took is back in the pool"
+        );
+        assert_eq!(store.setting("x").unwrap(), None);
+        println!("{said}; checked at the limit");
+    }
+
+    /// A call that panics gives its connection back, and a call waiting for one at the
+    /// open-files limit is served on it at once. Before, the panic dropped the connection
+    /// without a word to the waiter, which waited out its full bound and then failed with the
+    /// open's words. Run in a child process.
+    #[test]
+    fn a_call_that_panics_gives_its_connection_to_a_waiting_call() {
+        if std::env::var_os(DESCRIPTOR_CHILD).is_some() {
+            return a_panic_while_a_call_waits();
+        }
+        in_a_child("store::tests::a_call_that_panics_gives_its_connection_to_a_waiting_call");
+    }
+
+    /// The child's part: seven pooled connections taken away, the eighth held by a call that
+    /// panics once a ninth waits.
+    fn a_panic_while_a_call_waits() {
+        use std::sync::Barrier;
+        let (_dir, store) = temp_store();
+        store.fill_pool().unwrap();
+        let others: Vec<Connection> = store
+            .inner
+            .idle
+            .lock()
+            .unwrap()
+            .drain(..POOL_SIZE - 1)
+            .collect();
+        let (holding, panic_now) = (Barrier::new(2), Barrier::new(2));
+        let (panicked, read, took) = std::thread::scope(|s| {
+            let panicking = s.spawn(|| {
+                store.with_conn(|c| {
+                    // In a transaction, as a write's call is.
+                    let tx = c.transaction()?;
+                    setting_in(&tx, "x")?;
+                    holding.wait();
+                    panic_now.wait();
+                    panic!("a bug in a store call");
+                    #[allow(unreachable_code)]
+                    Ok(())
+                })
+            });
+            holding.wait();
+            assert!(store.inner.idle.lock().unwrap().is_empty());
+            let limit = AtTheLimit::now();
+            let ninth = s.spawn(|| {
+                let started = Instant::now();
+                let read = store.setting("x").map_err(|e| e.to_string());
+                (read, started.elapsed())
+            });
+            while store.inner.waiting.load(Ordering::Relaxed) == 0 {
+                assert!(!ninth.is_finished(), "{:?}", ninth.join());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            panic_now.wait();
+            let panicked = panicking.join().is_err();
+            let (read, took) = ninth.join().unwrap();
+            drop(limit);
+            (panicked, read, took)
+        });
+        assert!(panicked);
+        assert_eq!(read, Ok(None), "the waiting call was served");
+        assert!(took < RETURNED_WITHIN / 2, "{took:?}");
+        drop(others);
+        assert_eq!(store.inner.idle.lock().unwrap().len(), 1);
+        println!("served after {took:?}; checked at the limit");
     }
 
     /// `serve`'s start opens the writer's connection with the pool: its first commit opens
