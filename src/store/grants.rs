@@ -34,11 +34,22 @@ pub(super) fn grants_of(c: &rusqlite::Connection, user_id: i64) -> Result<Vec<(T
     for row in rows {
         let (target, level) = row?;
         // A row that no longer parses grants nothing: fail closed.
-        if let (Ok(t), Ok(l)) = (Target::parse(&target), level.parse::<Level>()) {
+        if let (Some(t), Ok(l)) = (read_target(&target), level.parse::<Level>()) {
             out.push((t, l));
         }
     }
     Ok(out)
+}
+
+/// A stored grant's target, if it reads as one and is written as gitgate writes it
+/// (`Target`'s text). Another spelling of one (`team/app.git`, edited by hand) grants nothing:
+/// [`Store::add_grant`] and [`Store::remove_grant`] find a grant by that text, so such a row
+/// could be neither lowered nor removed, and its removal said "no grant" while it went on
+/// granting.
+fn read_target(stored: &str) -> Option<Target> {
+    Target::parse(stored)
+        .ok()
+        .filter(|target| target.to_string() == stored)
 }
 
 /// What [`Store::add_grant`] did.
@@ -153,7 +164,7 @@ impl Store {
                 let known = level
                     .parse::<Level>()
                     .ok()
-                    .filter(|_| Target::parse(&target).is_ok());
+                    .filter(|_| read_target(&target).is_some());
                 out.push(Grant {
                     user,
                     target,
@@ -247,6 +258,37 @@ mod tests {
         let listed = &store.grants(Some("alice")).unwrap()[0];
         assert_eq!(listed.level, None);
         assert!(grants_of(&conn, id).unwrap().is_empty());
+    }
+
+    /// A target edited by hand into another spelling of a repository (`team/app.git`, which
+    /// reads as `team/app`) grants nothing, and is listed so: `grant remove` and `grant add`
+    /// find a grant by its target as gitgate writes it (`team/app`), so this row could be
+    /// neither removed nor lowered — the removal found "no grant" (exit 0) and the row went on
+    /// granting write.
+    #[test]
+    fn a_target_not_as_gitgate_writes_it_grants_nothing() {
+        let (d, store) = temp_store();
+        store.add_user("alice", "h", Role::User, &actor()).unwrap();
+        let app = Target::parse("team/app").unwrap();
+        store
+            .add_grant("alice", &app, Level::Write, &actor())
+            .unwrap();
+        store
+            .insert_token(&personal_token("aaaaaaaaaaaa", "a", "alice"), &actor())
+            .unwrap();
+        edit_by_hand(&d, "UPDATE grants SET target = 'team/app.git'");
+        assert!(!store.remove_grant("alice", &app, &actor()).unwrap());
+        let record = store.auth_record("aaaaaaaaaaaa").unwrap().unwrap();
+        assert_eq!(
+            record.owner.unwrap().grants,
+            vec![],
+            "a grant that grant remove cannot find still grants"
+        );
+        let listed = &store.grants(Some("alice")).unwrap()[0];
+        assert_eq!(
+            (listed.target.as_str(), listed.level),
+            ("team/app.git", None)
+        );
     }
 
     /// The grants of a user that is not there are an error, not an empty list that would read
