@@ -3199,6 +3199,21 @@ mod tests {
         println!("checked at the limit");
     }
 
+    /// `call` on a thread of `s`, once the store counts it as waiting for a pooled connection
+    /// (it must come to wait: one that ends first fails the test with what it returned).
+    fn waiting_in<'s, T: Send + std::fmt::Debug + 's>(
+        s: &'s std::thread::Scope<'s, '_>,
+        store: &Store,
+        call: impl FnOnce() -> T + Send + 's,
+    ) -> std::thread::ScopedJoinHandle<'s, T> {
+        let call = s.spawn(call);
+        while store.inner.waiting.load(Ordering::Relaxed) == 0 {
+            assert!(!call.is_finished(), "{:?}", call.join());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        call
+    }
+
     /// Runs `during` with every pooled connection of `store` held by a thread of its own, as
     /// calls under way hold them; `let_go(n)` has the first `n` holders put theirs back. All
     /// are let go at the end, `during`'s panic included.
@@ -3289,17 +3304,13 @@ mod tests {
         let (read, took, opened) = with_the_pool_held(&store, |let_go| {
             let _limit = AtTheLimit::now();
             std::thread::scope(|s| {
-                let ninth = s.spawn(|| {
+                // Waiting (before, its open failed and so did it), then 100 ms more.
+                let ninth = waiting_in(s, &store, || {
                     let started = Instant::now();
                     let read = store.setting("x").map_err(|e| e.to_string());
                     let opened = test_support::OPENED.with(|n| n.get());
                     (read, started.elapsed(), opened)
                 });
-                // Waiting (before, its open failed and so did it), then 100 ms more.
-                while store.inner.waiting.load(Ordering::Relaxed) == 0 {
-                    assert!(!ninth.is_finished(), "{:?}", ninth.join());
-                    std::thread::sleep(Duration::from_millis(5));
-                }
                 std::thread::sleep(Duration::from_millis(100));
                 let_go(1);
                 ninth.join().unwrap()
@@ -3398,15 +3409,11 @@ mod tests {
         let (read, took) = with_the_pool_held(&store, |_| {
             std::thread::scope(|s| {
                 let limit = AtTheLimit::now();
-                let ninth = s.spawn(|| {
+                let ninth = waiting_in(s, &store, || {
                     let started = Instant::now();
                     let read = store.setting("x").map_err(|e| e.to_string());
                     (read, started.elapsed())
                 });
-                while store.inner.waiting.load(Ordering::Relaxed) == 0 {
-                    assert!(!ninth.is_finished(), "{:?}", ninth.join());
-                    std::thread::sleep(Duration::from_millis(5));
-                }
                 drop(limit);
                 file.set_len(0).unwrap();
                 let found = store.setting("x").map(drop).map_err(|e| e.to_string());
@@ -3446,11 +3453,7 @@ mod tests {
         let read = with_the_pool_held(&store, |let_go| {
             std::thread::scope(|s| {
                 let limit = AtTheLimit::now();
-                let ninth = s.spawn(|| store.setting("x").map_err(|e| e.to_string()));
-                while store.inner.waiting.load(Ordering::Relaxed) == 0 {
-                    assert!(!ninth.is_finished(), "{:?}", ninth.join());
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                let ninth = waiting_in(s, &store, || store.setting("x").map_err(|e| e.to_string()));
                 std::fs::rename(&path, &away).unwrap();
                 let_go(1);
                 let read = ninth.join().unwrap();
@@ -3512,15 +3515,11 @@ mod tests {
             holding.wait();
             assert!(store.inner.idle.lock().unwrap().is_empty());
             let limit = AtTheLimit::now();
-            let ninth = s.spawn(|| {
+            let ninth = waiting_in(s, &store, || {
                 let started = Instant::now();
                 let read = store.setting("x").map_err(|e| e.to_string());
                 (read, started.elapsed())
             });
-            while store.inner.waiting.load(Ordering::Relaxed) == 0 {
-                assert!(!ninth.is_finished(), "{:?}", ninth.join());
-                std::thread::sleep(Duration::from_millis(5));
-            }
             panic_now.wait();
             let panicked = panicking.join().is_err();
             let (read, took) = ninth.join().unwrap();
