@@ -231,8 +231,10 @@ pub enum Rejection {
         message: String,
         allow: &'static str,
     },
-    /// A Git LFS API path (`info/lfs/...`), which gitgate neither serves nor passes on (→ 404,
-    /// in the LFS API's own error form, so that the LFS client prints the reason).
+    /// A Git LFS API path (`info/lfs/...` after a repository, whatever follows it, a git
+    /// endpoint's name too, and its letters percent-encoded or not), which gitgate neither
+    /// serves nor passes on (→ 404, in the LFS API's own error form, so that the LFS client
+    /// prints the reason).
     LfsUnsupported,
 }
 
@@ -333,9 +335,19 @@ pub fn classify(
     // checked, then the suffix, which matched exact, allowlisted ASCII patterns and so is
     // already canonical. The repository is the same segments without the path's `.git`.
     let mut backend_path = String::with_capacity(rest.len() + 1);
-    for raw in repo_raw {
+    let mut after_info = false;
+    for (at, raw) in repo_raw.iter().enumerate() {
         backend_path.push('/');
+        let start = backend_path.len();
         push_decoded_segment(raw, &mut backend_path)?;
+        // `info/lfs` after two segments, decoded, is LFS's (as `lfs_suffix` reads it raw) with
+        // a git endpoint's name after it too: never a repository `<repo>/info/lfs`, which an
+        // upstream serving LFS would take for the repository before it.
+        let segment = &backend_path[start..];
+        if at >= 3 && after_info && segment == "lfs" {
+            return Err(Rejection::LfsUnsupported);
+        }
+        after_info = segment == "info";
     }
     let repo = RepoPath::from_joined(&backend_path[1..]).map_err(Rejection::BadRequest)?;
     if git_prefix == "/" && crate::api::is_api_segment(repo.project()) {
@@ -1080,6 +1092,77 @@ mod tests {
             "/team/a%5capp/info/lfs/objects/batch",
         ] {
             assert_eq!(outcome(&classify("GET", path, None, "/")), Bad, "{path}");
+        }
+    }
+
+    /// `info/lfs/` after a repository is Git LFS's, also where a git endpoint follows it
+    /// (`.../info/lfs/objects/info/packs`, `.../info/lfs/git-receive-pack`), and with its
+    /// letters percent-encoded: never a repository `<repo>/info/lfs` to authorise and forward,
+    /// which an upstream serving LFS would read as the repository before it.
+    #[test]
+    fn a_git_endpoint_under_info_lfs_is_lfs_not_a_repository() {
+        let pack = format!("objects/pack/pack-{SHA1}.pack");
+        let loose = format!("objects/{}/{}", &SHA1[..2], &SHA1[2..]);
+        for (method, path, query) in [
+            (
+                "GET",
+                "/team/app.git/info/lfs/objects/info/packs".to_string(),
+                None,
+            ),
+            ("GET", format!("/team/app.git/info/lfs/{pack}"), None),
+            ("GET", format!("/team/app/info/lfs/{loose}"), None),
+            ("HEAD", "/team/app.git/info/lfs/HEAD".to_string(), None),
+            ("GET", "/team/app.git/info/lfs/info/refs".to_string(), None),
+            (
+                "GET",
+                "/team/app.git/info/lfs/info/refs".to_string(),
+                Some("service=git-receive-pack"),
+            ),
+            (
+                "POST",
+                "/team/app.git/info/lfs/git-receive-pack".to_string(),
+                None,
+            ),
+            (
+                "POST",
+                "/team/app.git/info/lfs/git-upload-pack".to_string(),
+                None,
+            ),
+            (
+                "POST",
+                "/group/sub/app.git/info/lfs/git-upload-pack".to_string(),
+                None,
+            ),
+            (
+                "GET",
+                "/team/app.git/info/%6cfs/objects/info/packs".to_string(),
+                None,
+            ),
+            ("GET", "/team/app.git/%69nfo/lfs/HEAD".to_string(), None),
+            (
+                "GET",
+                "/team/app.git/info/lfs/objects/batch/info/refs".to_string(),
+                None,
+            ),
+        ] {
+            assert_eq!(
+                classify(method, &path, query, "/"),
+                Err(Rejection::LfsUnsupported),
+                "{method} {path} ?{query:?}"
+            );
+        }
+        // Under the git prefix too: the prefix is no repository segment.
+        assert_eq!(
+            classify("GET", "/scm/team/app.git/info/lfs/HEAD", None, "/scm"),
+            Err(Rejection::LfsUnsupported)
+        );
+        // Not after one segment (as for LFS's own paths), and `lfs.git` is a repository's name.
+        for path in [
+            "/team/info/lfs/app.git/info/refs",
+            "/team/app/info/lfs.git/info/refs",
+        ] {
+            let g = classify("GET", path, None, "/").unwrap();
+            assert_eq!(g.operation, Operation::Dumb, "{path}");
         }
     }
 

@@ -1288,6 +1288,45 @@ fn git_lfs_is_refused_in_the_lfs_apis_own_error_form() {
     assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
 }
 
+/// A git endpoint's name after `info/lfs/` (`.../info/lfs/objects/info/packs`,
+/// `.../info/lfs/git-receive-pack`), in any spelling, is Git LFS's path too: refused as LFS
+/// before any credential is looked at, not taken for a repository `team/app.git/info/lfs`
+/// (which alice's grant on the project would cover) and authorised.
+#[test]
+fn a_git_endpoint_after_info_lfs_is_refused_as_lfs() {
+    let (sb, server, token) = team_setup();
+    let auth = basic("alice", &token.secret);
+    for (method, path) in [
+        ("GET", "/team/app.git/info/lfs/objects/info/packs"),
+        ("GET", "/team/app.git/info/%6cfs/HEAD"),
+        (
+            "GET",
+            "/team/app/info/lfs/info/refs?service=git-receive-pack",
+        ),
+        ("POST", "/team/app.git/info/lfs/git-receive-pack"),
+    ] {
+        for authorization in [String::new(), format!("Authorization: {auth}\r\n")] {
+            let body = if method == "POST" { "0000" } else { "" };
+            let resp = raw_http(
+                server.port,
+                format!(
+                    "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{authorization}\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            assert_eq!(
+                (resp.status, resp.header("content-type")),
+                (404, Some("application/vnd.git-lfs+json; charset=utf-8")),
+                "{method} {path} {authorization:?}: {}",
+                resp.text()
+            );
+        }
+    }
+    assert!(sb.hits().is_empty(), "{:#?}", sb.hits());
+}
+
 /// The token where the user name goes, with no password after it (`https://TOKEN@host/...`,
 /// GitHub's style, common in CI scripts): git prints why it is refused, and where the token
 /// goes. To the 401 this had before, git asked for a password — which cannot help, the name is
