@@ -335,21 +335,14 @@ pub fn classify(
     // checked, then the suffix, which matched exact, allowlisted ASCII patterns and so is
     // already canonical. The repository is the same segments without the path's `.git`.
     let mut backend_path = String::with_capacity(rest.len() + 1);
-    let mut after_info = false;
-    for (at, raw) in repo_raw.iter().enumerate() {
+    for raw in repo_raw {
         backend_path.push('/');
-        let start = backend_path.len();
         push_decoded_segment(raw, &mut backend_path)?;
-        // `info/lfs` after two segments, decoded, is LFS's (as `lfs_suffix` reads it raw) with
-        // a git endpoint's name after it too: never a repository `<repo>/info/lfs`, which an
-        // upstream serving LFS would take for the repository before it.
-        let segment = &backend_path[start..];
-        if at >= 3 && after_info && segment == "lfs" {
-            return Err(Rejection::LfsUnsupported);
-        }
-        after_info = segment == "info";
     }
     let repo = RepoPath::from_joined(&backend_path[1..]).map_err(Rejection::BadRequest)?;
+    if under_info_lfs(repo.as_str()) {
+        return Err(Rejection::LfsUnsupported);
+    }
     if git_prefix == "/" && crate::api::is_api_segment(repo.project()) {
         // Only a path spelled other than `/rest/` comes here (the gate hands that to the API).
         return Err(Rejection::NotFound(
@@ -398,6 +391,20 @@ pub fn classify(
         operation,
         backend_path,
         query,
+    })
+}
+
+/// Whether a repository path (decoded, without its `.git`: `team/app/info/lfs`) holds `info`
+/// then `lfs` after two segments: Git LFS's path, as `lfs_suffix` reads a raw one, also with
+/// a git endpoint's name after it. [`classify`] refuses it as LFS, never a repository
+/// `<repo>/info/lfs` to authorise and forward, which an upstream serving LFS would take for
+/// the repository before it; so no grant or token can name one (`policy::Target::served_under`).
+pub fn under_info_lfs(repo: &str) -> bool {
+    let mut after_info = false;
+    pieces(repo, b'/').enumerate().any(|(at, segment)| {
+        let lfs = at >= 3 && after_info && segment == "lfs";
+        after_info = segment == "info";
+        lfs
     })
 }
 
@@ -1156,14 +1163,24 @@ mod tests {
             classify("GET", "/scm/team/app.git/info/lfs/HEAD", None, "/scm"),
             Err(Rejection::LfsUnsupported)
         );
-        // Not after one segment (as for LFS's own paths), and `lfs.git` is a repository's name.
+        // Spelled with `.git`, the repository `team/app/info/lfs` is no more served.
+        assert_eq!(
+            classify("GET", "/team/app/info/lfs.git/info/refs", None, "/"),
+            Err(Rejection::LfsUnsupported)
+        );
+        // Not after one segment (as for LFS's own paths), nor `lfs` elsewhere.
         for path in [
             "/team/info/lfs/app.git/info/refs",
-            "/team/app/info/lfs.git/info/refs",
+            "/team/app/lfs/info/refs",
+            "/team/app/info/lfsx/info/refs",
+            "/team/app/xinfo/lfs/info/refs",
+            "/team/app/lfs/info/HEAD",
         ] {
             let g = classify("GET", path, None, "/").unwrap();
             assert_eq!(g.operation, Operation::Dumb, "{path}");
         }
+        assert!(!under_info_lfs("team/app") && !under_info_lfs("team/info/lfs"));
+        assert!(under_info_lfs("team/app/info/lfs") && under_info_lfs("a/b/c/info/lfs/d"));
     }
 
     /// `info/lfs` is Git LFS only after a repository (two segments): after one, the path is

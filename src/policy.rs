@@ -80,7 +80,9 @@ impl Target {
     /// could never be cloned. Nor is one whose path has the shape of a token secret's random
     /// part (a long mixed-case run with digits, `Platform-Services-Api-Gateway-V2-Deployment`):
     /// the gate refuses every request for such a path before it is logged, as it may be a
-    /// secret pasted into a URL, so a grant or token for it could never be used.
+    /// secret pasted into a URL, so a grant or token for it could never be used. Nor is a
+    /// repository under another's `info/lfs/` ([`crate::git::under_info_lfs`]), which the gate
+    /// refuses as Git LFS's path.
     pub fn served_under(&self, git_prefix: &str) -> Result<(), String> {
         let (project, path) = match self {
             Target::Project(p) => (p.as_str(), p.as_str()),
@@ -102,6 +104,12 @@ impl Target {
                  such a path (a token pasted into a URL must never be logged), so it could \
                  never be served; rename it (a shorter name, or one in lower case)",
                 crate::credentials::RANDOM_PART_SHAPE
+            ));
+        }
+        if crate::git::under_info_lfs(path) {
+            return Err(format!(
+                "'{path}' lies under a repository's info/lfs/, Git LFS's path, which gitgate \
+                 refuses as LFS whatever follows it, so it could never be served; rename it"
             ));
         }
         if git_prefix == "/" && crate::api::is_api_path(&format!("/{project}/")) {
@@ -797,6 +805,18 @@ mod tests {
         }
         for git in ["restaurant", "Rest/app", "team/rest"] {
             assert!(Target::parse_new(git, "/").is_ok(), "{git}");
+        }
+        // ... nor a repository under another's `info/lfs/`, which the gate refuses as LFS.
+        for lfs in [
+            "team/app/info/lfs",
+            "team/app.git/info/lfs.git",
+            "a/b/info/lfs/c",
+        ] {
+            let e = Target::parse_new(lfs, "/scm").unwrap_err();
+            assert!(e.contains("info/lfs/") && e.contains("rename it"), "{e}");
+        }
+        for fine in ["team/info/lfs", "team/app/lfs", "team/app/info/lfs-mirror"] {
+            assert!(Target::parse_new(fine, "/scm").is_ok(), "{fine}");
         }
         // ... but one already stored still reads.
         assert!(Target::parse("team/ggt_calc").is_ok());
