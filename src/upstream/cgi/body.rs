@@ -320,7 +320,7 @@ pub(super) async fn finish_alone(
     };
     match ended {
         // Left to exit by itself, as a body read to its end is.
-        None => guard.disarm(),
+        None => guard.disarm_until_exit_grace(),
         Some(reason) => guard.reason = reason,
     }
     drop(guard);
@@ -548,7 +548,7 @@ impl CgiBody {
         self.stdout = None;
         self.buf = BytesMut::new();
         self.exit = None;
-        self.guard.disarm();
+        self.guard.disarm_until_exit_grace();
     }
 }
 
@@ -605,10 +605,10 @@ impl Body for CgiBody {
                 }
                 Ok(_) => {
                     // The backend said all it had to say; from now on it is left to exit by
-                    // itself, even if the body is dropped before we hear how.
+                    // itself (for a while), even if the body is dropped before we hear how.
                     this.buf = BytesMut::new();
                     this.stdout = None;
-                    this.guard.disarm();
+                    this.guard.disarm_until_exit_grace();
                     if let Some(short) = this.left.filter(|&left| left > 0) {
                         // Short of the length it declared, whatever its exit: the client would
                         // take a truncated answer for a whole one, were the body to end cleanly.

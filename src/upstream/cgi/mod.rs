@@ -30,7 +30,9 @@
 //! with an error rather than a clean end of stream; and if it dies before sending headers the
 //! caller gets [`CgiError::Exited`] with the exit status and the last line the child wrote to
 //! stderr. Every child is waited for by a supervisor task, whichever way the request ends
-//! (including the client going away and hyper dropping the body), so there are no zombies.
+//! (including the client going away and hyper dropping the body), so there are no zombies;
+//! and one that has said all it had to say (its stdout closed, or the length it declared sent)
+//! is given `EXIT_GRACE` to exit, then ended, so that none holds its place for good.
 //! A push is not killed when its client goes away, either: once receive-pack has the whole pack
 //! it updates the refs and runs the `post-receive` hook, and killing it then would skip the hook
 //! for a push that did happen (see [`CgiBody`]). Every other request that ends early ends
@@ -89,8 +91,9 @@ use head::read_head;
 use process::{supervise, Counted, KillGuard, KillSwitch, Running, INPUT_CLOSED_GRACE, TERM_GRACE};
 use stdio::{feed_stdin, log_stderr, Break, Feeding};
 
-/// After the backend closed stdout without a header block, how long it may take to exit before
-/// we kill it. It has nothing more to say to us either way.
+/// After the backend closed stdout (without a header block, or after its answer), or sent the
+/// length it declared, how long it may take to exit before we kill it. It has nothing more to
+/// say to us either way.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs a CGI program (normally `git http-backend`) for each request it is given.

@@ -93,8 +93,29 @@ impl KillGuard {
         }
     }
 
-    pub(super) fn disarm(&mut self) {
-        self.switch = None;
+    /// For a backend that has said all it had to say (its stdout closed, or the length it
+    /// declared sent): disarmed, so that it is left to exit by itself, but for
+    /// [`EXIT_GRACE`](super::EXIT_GRACE) at most, as one that closed its stdout before its
+    /// headers. One that stays (a program that hangs, or closes its stdout and goes on) would
+    /// otherwise hold its process, its place under `[upstream] max_processes`, and a chunked
+    /// answer waiting for its exit, for as long as it runs. The wait ends when the supervisor
+    /// has reaped it (it pulls the switch then).
+    pub(super) fn disarm_until_exit_grace(&mut self) {
+        let Some(switch) = self.switch.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let mut ended = switch.subscribe();
+            if tokio::time::timeout(super::EXIT_GRACE, killed(&mut ended))
+                .await
+                .is_err()
+            {
+                switch.kill("it said all it had to say but did not exit");
+            }
+        });
     }
 }
 

@@ -2330,3 +2330,66 @@ async fn the_wait_for_the_backends_ends_when_the_last_is_reaped() {
     assert!(waited < Duration::from_millis(1300), "{waited:?}");
     assert!(reading.await.unwrap().1.is_ok());
 }
+
+/// A backend that has said all it had to say — its stdout closed, or the length it declared
+/// sent — but does not exit is ended after `EXIT_GRACE`, as one that closed its stdout before
+/// its headers is: else a chunked answer never ended (its body waited for the exit), and the
+/// process and its place under `[upstream] max_processes` were held for as long as it ran.
+#[tokio::test]
+async fn a_backend_that_said_all_but_does_not_exit_is_ended_and_its_place_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cap = Arc::new(ProcessCap::with_waits(
+        2,
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+    ));
+    let closes = script(
+        tmp.path(),
+        "closes-stays.cgi",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\nsome'; exec >&-; exec sleep 60",
+    )
+    .with_process_cap(cap.clone());
+    let declares = script(
+        tmp.path(),
+        "declares-stays.cgi",
+        "printf 'Content-Length: 4\\r\\n\\r\\nsome'; exec sleep 60",
+    )
+    .with_process_cap(cap.clone());
+    let headers = HeaderMap::new();
+    let req = request(&Method::GET, "/x", None, &headers);
+    let started = std::time::Instant::now();
+    let chunked = serve(&closes, req, empty).await.unwrap().into_body();
+    let declared = serve(&declares, req, empty).await.unwrap().into_body();
+    assert_eq!(cap.in_use(), 2);
+    // The declared length is a whole answer at once.
+    assert_eq!(&body_bytes(declared).await[..], b"some");
+    let bound = Duration::from_secs(15);
+    // Not `body_until_error`, whose 10 s per frame is the grace itself.
+    let (said, e) = tokio::time::timeout(bound, async move {
+        let mut chunked = chunked;
+        let mut said = Vec::new();
+        loop {
+            match chunked.frame().await {
+                Some(Ok(frame)) => said.extend_from_slice(&frame.into_data().unwrap()),
+                Some(Err(e)) => return (said, e),
+                None => panic!("the body ended cleanly, its backend still running"),
+            }
+        }
+    })
+    .await
+    .expect("the answer of a backend that closed its stdout ended");
+    assert_eq!(said, b"some");
+    assert!(e.to_string().contains("did not exit"), "{e}");
+    let freed = tokio::time::timeout(bound.saturating_sub(started.elapsed()), async {
+        while cap.in_use() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "{} places still held", cap.in_use());
+    assert!(
+        started.elapsed() >= super::EXIT_GRACE,
+        "{:?}",
+        started.elapsed()
+    );
+}
