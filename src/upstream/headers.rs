@@ -383,6 +383,16 @@ fn is_for_a_front_server(name: &str) -> bool {
     name.starts_with("x-accel-") || name.starts_with("x-sendfile") || name == "x-lighttpd-send-file"
 }
 
+/// Whether an answer's header is for gitgate's side alone and never reaches the client: the
+/// upstream's own-site headers ([`UPSTREAM_ONLY`]), an instruction to a front server
+/// ([`is_for_a_front_server`]) and any `Authorization`. Asked of an HTTP upstream's answers
+/// ([`to_client`]) and of the CGI backend's header block alike (`cgi::head`): git
+/// http-backend sends none of them, but the runner may run a wrapper or another CGI program, and
+/// its `X-Accel-Redirect` would have an nginx in front of gitgate serve any file it can read.
+pub(crate) fn stays_behind_gitgate(name: &str) -> bool {
+    UPSTREAM_ONLY.contains(&name) || is_for_a_front_server(name) || name == "authorization"
+}
+
 /// Make an upstream response's headers the client's: hop-by-hop headers, whatever
 /// `Connection` names, any `Authorization`, the upstream's own-site headers (`Set-Cookie`,
 /// `Alt-Svc`, `Content-Location`, `Link`, `Refresh`, `Server`, `X-Powered-By`) and
@@ -423,10 +433,8 @@ pub fn to_client(headers: &mut HeaderMap) -> Result<(), String> {
         .filter(|name| {
             let n = name.as_str();
             HOP_BY_HOP.contains(&n)
-                || UPSTREAM_ONLY.contains(&n)
-                || is_for_a_front_server(n)
+                || stays_behind_gitgate(n)
                 || is_for_shared_caches(n)
-                || n == "authorization"
                 || connection.names(n)
         })
         .cloned()

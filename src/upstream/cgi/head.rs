@@ -144,6 +144,12 @@ pub fn parse_head(block: &[u8]) -> Result<Head, CgiError> {
             tracing::debug!(target: "gitgate::cgi", header = %name, "dropping hop-by-hop header from the CGI backend");
             continue;
         }
+        // As from an HTTP upstream: a wrapper's cookies, server name or front-server
+        // instruction (`X-Accel-Redirect`) stay behind gitgate.
+        if crate::upstream::headers::stays_behind_gitgate(name.as_str()) {
+            tracing::debug!(target: "gitgate::cgi", header = %name, "dropping a header for gitgate's side alone from the CGI backend");
+            continue;
+        }
         headers.append(name, value);
     }
     let status = status.unwrap_or(if headers.contains_key(header::LOCATION) {
@@ -273,6 +279,23 @@ mod tests {
         .unwrap();
         assert_eq!(head.headers.len(), 1);
         assert_eq!(head.headers["x-ok"], "yes");
+    }
+
+    /// A wrapper CGI program's cookies, server name, links and front-server instructions stay
+    /// behind gitgate, as an HTTP upstream's do (`headers::to_client`): an nginx in front of
+    /// gitgate would serve the file an `X-Accel-Redirect` names.
+    #[test]
+    fn parse_head_keeps_what_is_for_gitgates_side_alone() {
+        let head = parse_head(
+            b"Content-Type: text/plain\r\nX-Accel-Redirect: /internal/etc-shadow\r\n\
+              X-Sendfile: /etc/shadow\r\nX-LIGHTTPD-send-file: /etc/shadow\r\n\
+              Set-Cookie: s=1\r\nServer: wrapper/1.0\r\nX-Powered-By: php\r\n\
+              Link: </x>; rel=preload\r\nAuthorization: Basic eDp5\r\nX-Ok: yes\r\n\r\n",
+        )
+        .unwrap();
+        let mut names: Vec<&str> = head.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-ok"]);
     }
 
     #[test]

@@ -26,8 +26,11 @@
 //! client's body breaks off, the child is told by the end of its stdin — a push then fails on
 //! its own (a pack is applied only whole, checked against its trailing checksum), cleaning up
 //! its quarantined objects, which a killed receive-pack leaves on disk — and any other child is
-//! killed; if the child exits non-zero after its headers went out, the response body ends
-//! with an error rather than a clean end of stream; and if it dies before sending headers the
+//! killed. (Not so a push whose body came gzipped, which real git never sends: git
+//! http-backend inflates it itself and dies at a cut or corrupt stream while receive-pack is
+//! still writing, so its quarantine stays, never applied; `check` and the start name one left
+//! for an hour, `repositories::stale_quarantines`.) If the child exits non-zero after its
+//! headers went out, the response body ends with an error rather than a clean end of stream; and if it dies before sending headers the
 //! caller gets [`CgiError::Exited`] with the exit status and the last line the child wrote to
 //! stderr. Every child is waited for by a supervisor task, whichever way the request ends
 //! (including the client going away and hyper dropping the body), so there are no zombies;
