@@ -278,12 +278,18 @@ fn who_may_do_what() {
     assert_eq!(r.status, 403);
     assert_eq!(server.api("GET", "/admin/policy", "alice", "").status, 200);
     assert_eq!(server.api("GET", "/admin/tokens", "alice", "").status, 403);
-    assert_eq!(
-        server
-            .api("GET", "/admin/tokens?limit=abc", "alice", "")
-            .status,
-        403
-    );
+    // Nor is a bad or repeated filter told to her before that she may not list at all.
+    for query in [
+        "limit=abc",
+        "compliant=maybe",
+        "compliant=true&compliant=false",
+    ] {
+        let r = server.api("GET", &format!("/admin/tokens?{query}"), "alice", "");
+        assert_eq!(r.status, 403, "{query}: {}", r.body);
+        assert!(r
+            .error_message()
+            .contains("only administrators can list every token"));
+    }
 }
 
 /// A header with a scheme gitgate does not take, or a token with none, is refused over the API

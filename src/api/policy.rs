@@ -69,6 +69,9 @@ fn all_tokens(call: &Call) -> ApiResult {
     if call.method.as_str() != "GET" {
         return Err(method_not_allowed(call.method, "GET or HEAD"));
     }
+    // Who asks before what they ask: a non-administrator's bad or repeated `compliant` or
+    // `limit` is still a `403`.
+    lifecycle::may_list_all(&call.caller)?;
     let only = match call.query_param("compliant")?.as_deref() {
         None | Some("") => None,
         Some("true") => Some(true),
@@ -79,8 +82,6 @@ fn all_tokens(call: &Call) -> ApiResult {
             )))
         }
     };
-    // Who asks before what they ask: a non-administrator's bad `limit` is still a `403`.
-    lifecycle::may_list_all(&call.caller)?;
     let (start, limit) = window(call)?;
     let policy = lifecycle::policy(call.store)?;
     // Unfiltered: every token not revoked. Filtered by compliance: only the active ones, as an
