@@ -153,6 +153,11 @@ fn user_errors_are_refused() {
         let run = sb.cli_stdin(&["user", "add", bad, "--password-stdin"], "some-password\n");
         assert!(!run.success(), "user name {bad:?} should be refused: {run}");
     }
+    // The names the audit trail writes where no user acted, said before a password is asked.
+    for reserved in ["gitgate", "anonymous"] {
+        sb.cli(&["user", "add", reserved])
+            .fails_with(&format!("'{reserved}' cannot be a user name"));
+    }
     let list = sb.cli_json(&["user", "list", "--json"]);
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
 }

@@ -7,7 +7,7 @@ use crate::password;
 use crate::store::{Actor, Role, Store, StoreError};
 
 pub fn add(store: &Store, name: &str, admin: bool, password_stdin: bool) -> Result<(), String> {
-    crate::store::validate_slug(name).map_err(|e| e.to_string())?;
+    crate::store::validate_new_slug(name).map_err(|e| e.to_string())?;
     // Before the password is asked for, twice; the write checks again.
     if store.user(name).map_err(|e| e.to_string())?.is_some() {
         return Err(format!("user '{name}' already exists"));

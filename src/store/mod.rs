@@ -65,8 +65,8 @@ pub use tokens::{
     ReplacedSecret, TokenEdit, TokenPage, TokenRecord, MAX_LIVE_PERSONAL_TOKENS,
 };
 pub use users::{
-    as_written_down, as_written_down_unsecret, no_such_user, validate_slug, Role, User,
-    NOT_A_USER_NAME,
+    as_written_down, as_written_down_unsecret, no_such_user, validate_new_slug, validate_slug,
+    Role, User, ACTOR_NAMES_OF_NO_USER, NOT_A_USER_NAME,
 };
 
 /// How long a connection waits for another process's write lock before giving up.

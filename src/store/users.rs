@@ -98,6 +98,27 @@ pub fn validate_slug(slug: &str) -> Result<()> {
     }
 }
 
+/// The names the audit trail writes as the actor where no user acted: gitgate itself
+/// ([`Actor::gitgate`]: an address it blocked, old events it pruned) and a caller who named no
+/// user (`anonymous`: a REST call with no user name or a token in its place, a git request with
+/// a Bearer token). A user by one of these names would have their changes recorded under the
+/// same actor, and `gitgate audit --user NAME` would list those events as theirs, so
+/// [`Store::add_user`] refuses them ([`validate_new_slug`]).
+pub const ACTOR_NAMES_OF_NO_USER: [&str; 2] = ["gitgate", "anonymous"];
+
+/// [`validate_slug`] for a user to be added: also none of [`ACTOR_NAMES_OF_NO_USER`].
+pub fn validate_new_slug(slug: &str) -> Result<()> {
+    validate_slug(slug)?;
+    if ACTOR_NAMES_OF_NO_USER.contains(&slug) {
+        return Err(StoreError::Invalid(format!(
+            "'{slug}' cannot be a user name: the audit trail writes it as the actor of what no \
+             user did (gitgate's own actions, or a call that named no user), so this user's \
+             changes could not be told from those; choose another name"
+        )));
+    }
+    Ok(())
+}
+
 /// What a user name sent with a request is written down as (in the log, the audit table and
 /// messages) before it is known to be a user's: itself when it is written as user names are
 /// (lower-case letters, digits, `._-`), else [`NOT_A_USER_NAME`]. Anything else is most often a
@@ -231,7 +252,7 @@ impl Store {
         role: Role,
         actor: &Actor,
     ) -> Result<User> {
-        validate_slug(slug)?;
+        validate_new_slug(slug)?;
         self.write(|tx| {
             if find_user(tx, slug)?.is_some() {
                 return Err(StoreError::Conflict(format!("user '{slug}' already exists")));
@@ -756,6 +777,33 @@ mod tests {
         }
         db.execute("UPDATE users SET active = 0", []).unwrap();
         assert!(!store.user("alice").unwrap().unwrap().active);
+    }
+
+    /// The audit trail writes gitgate's own actions (an address blocked, old events pruned) as
+    /// `gitgate`, and a call that named no user as `anonymous`: a user by either name would
+    /// have their changes, and `gitgate audit --user NAME`, mixed with those. No such user is
+    /// added, and nothing is written.
+    #[test]
+    fn a_user_cannot_take_a_name_the_audit_trail_writes_for_no_user() {
+        let (_d, store) = temp_store();
+        assert!(ACTOR_NAMES_OF_NO_USER.contains(&Actor::gitgate("local").name.as_str()));
+        for name in ["gitgate", "anonymous"] {
+            match store.add_user(name, "hash", Role::Admin, &actor()) {
+                Err(StoreError::Invalid(m)) => {
+                    assert!(
+                        m.contains(&format!("'{name}'")) && m.contains("audit"),
+                        "{m}"
+                    )
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+            assert!(store.user(name).unwrap().is_none(), "{name}");
+        }
+        assert!(store.audit_events(None, 10).unwrap().is_empty());
+        // Names that only begin so are anyone's.
+        for name in ["gitgate-bot", "anonymous2"] {
+            store.add_user(name, "hash", Role::User, &actor()).unwrap();
+        }
     }
 
     #[test]
