@@ -797,11 +797,7 @@ pub fn set_policy(
     change: PolicyChange,
     actor: &Actor,
 ) -> Result<(ExpiryPolicy, bool)> {
-    if !caller.is_admin() {
-        return Err(Error::Forbidden(
-            "only administrators can change the token policy".into(),
-        ));
-    }
+    may_set_policy(caller)?;
     if change.max_expiry_days == Some(Some(0)) {
         return Err(Error::Invalid(
             "maxExpiryDays (--max-expiry-days) must be at least 1 (or null, \
@@ -851,6 +847,17 @@ pub fn set_policy(
         ];
         Ok(((new, true), Some((pairs, new.describe()))))
     })?)
+}
+
+/// Whether `caller` may change the policy: administrators only. [`set_policy`] asks it; the
+/// REST API asks it first too, so that who asks is answered before what they ask (a bad body).
+pub fn may_set_policy(caller: &Caller) -> Result<()> {
+    if !caller.is_admin() {
+        return Err(Error::Forbidden(
+            "only administrators can change the token policy".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Whom a token is for: a user's personal token, or a project or repository token. Also the
@@ -948,6 +955,35 @@ pub fn check_new(
     Ok((permissions, allowed_networks))
 }
 
+/// Whether `caller` may create a token for `subject`: a personal token only its owner, a
+/// project or repository token administrators only. [`create`] asks it; the REST API asks it
+/// first too, so that who asks is answered before what they ask (a bad body or target).
+pub fn may_create(store: &Store, caller: &Caller, subject: &Subject) -> Result<()> {
+    match subject {
+        Subject::Personal(user) if !caller.is(user) => {
+            // An administrator may know who exists (the lists show it): a name that is
+            // nobody's is told as such, not as a rule about other users' tokens.
+            if caller.is_admin() && store.user(user)?.is_none() {
+                return Err(Error::NotFound(crate::store::no_such_user(user)));
+            }
+            Err(Error::Forbidden(if caller.is_admin() {
+                format!(
+                    "administrators cannot create personal tokens for other users: \
+                     '{user}' must create it with their own password"
+                )
+            } else {
+                format!("you may only create personal tokens for yourself, not for '{user}'")
+            }))
+        }
+        Subject::Scoped(_) if !caller.is_admin() => Err(Error::Forbidden(
+            "only administrators (the admin role) can create project and repository \
+             tokens: a grant of admin on a project or repository is not enough"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Create a token; returns its record and the secret, which is shown once and never stored.
 pub fn create(
     store: &Store,
@@ -955,38 +991,11 @@ pub fn create(
     req: CreateRequest,
     actor: &Actor,
 ) -> Result<(TokenRecord, Secret)> {
+    may_create(store, caller, &req.subject)?;
     let (kind, owner, scope) = match &req.subject {
-        Subject::Personal(user) => {
-            if !caller.is(user) {
-                // An administrator may know who exists (the lists show it): a name that is
-                // nobody's is told as such, not as a rule about other users' tokens.
-                if caller.is_admin() && store.user(user)?.is_none() {
-                    return Err(Error::NotFound(crate::store::no_such_user(user)));
-                }
-                return Err(Error::Forbidden(if caller.is_admin() {
-                    format!(
-                        "administrators cannot create personal tokens for other users: \
-                         '{user}' must create it with their own password"
-                    )
-                } else {
-                    format!("you may only create personal tokens for yourself, not for '{user}'")
-                }));
-            }
-            (TokenKind::Personal, Some(user.as_str()), None)
-        }
-        Subject::Scoped(target) => {
-            if !caller.is_admin() {
-                return Err(Error::Forbidden(
-                    "only administrators (the admin role) can create project and repository \
-                     tokens: a grant of admin on a project or repository is not enough"
-                        .into(),
-                ));
-            }
-            match target {
-                Target::Project(_) => (TokenKind::Project, None, Some(target)),
-                Target::Repo(_) => (TokenKind::Repository, None, Some(target)),
-            }
-        }
+        Subject::Personal(user) => (TokenKind::Personal, Some(user.as_str()), None),
+        Subject::Scoped(target @ Target::Project(_)) => (TokenKind::Project, None, Some(target)),
+        Subject::Scoped(target @ Target::Repo(_)) => (TokenKind::Repository, None, Some(target)),
     };
     let (permissions, allowed_networks) = check_new(store, &req)?;
     // Checked in `check_new` for a clear answer, and again inside the write: a policy set
@@ -1211,6 +1220,28 @@ pub fn check_rotation(token: &TokenRecord, overlap_secs: u32) -> Result<()> {
     Ok(())
 }
 
+/// The token `id` if `caller` may give it a new secret: one they may see ([`get`], whose "not
+/// found" hides another subject's token), and a personal token only its owner, because a
+/// rotation hands out a working secret. [`rotate`] asks it; the REST API asks it first too, so
+/// that who asks is answered before what they ask (a bad overlap).
+pub fn may_rotate(
+    store: &Store,
+    caller: &Caller,
+    within: Option<&Subject>,
+    id: &str,
+) -> Result<TokenRecord> {
+    let token = get(store, caller, within, id)?;
+    if let Some(owner) = &token.owner {
+        if !caller.is(owner) {
+            return Err(Error::Forbidden(format!(
+                "only '{owner}' can rotate their personal token '{}': a rotation hands out a new secret",
+                token.name
+            )));
+        }
+    }
+    Ok(token)
+}
+
 /// Give a token a new secret. The old one keeps working for `overlap_secs` (0: stops at once).
 /// A personal token is rotated only by its owner, because rotation hands out a working secret.
 /// Also returns the secret it replaced, for [`undo_rotation`] when the new one cannot be shown.
@@ -1222,15 +1253,7 @@ pub fn rotate(
     overlap_secs: u32,
     actor: &Actor,
 ) -> Result<(TokenRecord, Secret, ReplacedSecret)> {
-    let token = get(store, caller, within, id)?;
-    if let Some(owner) = &token.owner {
-        if !caller.is(owner) {
-            return Err(Error::Forbidden(format!(
-                "only '{owner}' can rotate their personal token '{}': a rotation hands out a new secret",
-                token.name
-            )));
-        }
-    }
+    let token = may_rotate(store, caller, within, id)?;
     check_rotation(&token, overlap_secs)?;
     // A new secret is a new credential, so it follows the policy new tokens follow: a token
     // that breaks it keeps working until revoked or expired, but is not issued a fresh secret.

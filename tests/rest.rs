@@ -219,6 +219,87 @@ fn who_may_do_what() {
             .status,
         404
     );
+    // Who asks before what they ask: one who may not act on alice's tokens is told so (each
+    // was a 400 about the body), and nothing changes. Through bob's own collection, her token
+    // is the 404 a GET of it is.
+    let (rotate, own) = (format!("{item}/rotate"), format!("/users/bob/{id}"));
+    let own_rotate = format!("{own}/rotate");
+    let (overlap, unknown) = (r#"{"overlapSeconds":-1}"#, r#"{"bogus":1}"#);
+    let (not_his, hidden) = ("only manage your own tokens", "no token with id");
+    for (who, method, path, b, status, said) in [
+        (
+            "bob",
+            "PUT",
+            "/users/alice",
+            "{}",
+            403,
+            "only create personal tokens for",
+        ),
+        (
+            "bob",
+            "PUT",
+            "/users/alice",
+            "[",
+            403,
+            "only create personal tokens for",
+        ),
+        (
+            "root",
+            "PUT",
+            "/users/alice",
+            "{}",
+            403,
+            "administrators cannot create",
+        ),
+        ("bob", "POST", &rotate, overlap, 403, not_his),
+        (
+            "root",
+            "POST",
+            &rotate,
+            overlap,
+            403,
+            "only 'alice' can rotate",
+        ),
+        ("bob", "POST", &item, unknown, 403, not_his),
+        ("bob", "DELETE", &item, unknown, 403, not_his),
+        ("bob", "POST", &own_rotate, overlap, 404, hidden),
+        ("bob", "POST", &own, unknown, 404, hidden),
+        ("bob", "DELETE", &own, unknown, 404, hidden),
+    ] {
+        let r = server.api(method, path, who, b);
+        assert_eq!(r.status, status, "{who} {method} {path} {b}: {}", r.body);
+        assert!(r.error_message().contains(said), "{who} {path}: {}", r.body);
+    }
+    let v = server.api("GET", &item, "alice", "").json();
+    assert_eq!((&v["name"], v.get("rotatedDate")), (&json!("laptop"), None));
+    let listed = server.api("GET", "/users/alice", "alice", "").json();
+    assert_eq!(listed["size"], 1);
+    // Her own bad bodies are still told to her, as they were.
+    for (method, path, b, said) in [
+        ("PUT", "/users/alice", "{}", "\"name\" is required"),
+        (
+            "POST",
+            &rotate,
+            overlap,
+            "\"overlapSeconds\" must be a whole number",
+        ),
+        (
+            "POST",
+            &item,
+            unknown,
+            "unknown field \"bogus\": this call takes \"name\"",
+        ),
+        (
+            "DELETE",
+            &item,
+            unknown,
+            "unknown field \"bogus\": this call takes no body",
+        ),
+    ] {
+        let r = server.api(method, path, "alice", b);
+        assert_eq!(r.status, 400, "alice {method} {path} {b}: {}", r.body);
+        assert!(r.error_message().contains(said), "{path}: {}", r.body);
+    }
 
     // An admin cannot create a personal token for someone else...
     let r = server.api("PUT", "/users/alice", "root", &body);
@@ -277,6 +358,44 @@ fn who_may_do_what() {
     );
     assert_eq!(r.status, 403);
     assert_eq!(server.api("GET", "/admin/policy", "alice", "").status, 200);
+    // Nor is she told what is wrong with a policy she may not set, or with a target or body
+    // for a token she may not create (each was a 400 about them), and nothing changes.
+    let policy_only = "only administrators can change the token policy";
+    let admins_only = "only administrators (the admin role) can create";
+    for (path, b, said) in [
+        ("/admin/policy", r#"{"expiryRequired":"yes"}"#, policy_only),
+        ("/admin/policy", unknown, policy_only),
+        ("/projects/team", "{}", admins_only),
+        ("/projects/team/repos/app", "{}", admins_only),
+        ("/projects/rest", &body, admins_only),
+        ("/projects/rest", "{}", admins_only),
+        ("/projects/rest/repos/app", "{}", admins_only),
+    ] {
+        let r = server.api("PUT", path, "alice", b);
+        assert_eq!(r.status, 403, "alice PUT {path} {b}: {}", r.body);
+        assert!(r.error_message().contains(said), "{path}: {}", r.body);
+    }
+    let policy = server.api("GET", "/admin/policy", "alice", "").json();
+    assert_eq!(
+        policy,
+        json!({"expiryRequired": false, "maxExpiryDays": null})
+    );
+    let every = server.api("GET", "/admin/tokens", "root", "").json();
+    assert_eq!(every["size"], 1, "bob's token alone: {every}");
+    // An administrator's bad bodies and targets are still told, as they were.
+    for (path, b, said) in [
+        (
+            "/admin/policy",
+            r#"{"expiryRequired":"yes"}"#,
+            "must be true or false",
+        ),
+        ("/projects/team", "{}", "\"name\" is required"),
+        ("/projects/rest", "{}", "/rest/ is the REST API's"),
+    ] {
+        let r = server.api("PUT", path, "root", b);
+        assert_eq!(r.status, 400, "root PUT {path} {b}: {}", r.body);
+        assert!(r.error_message().contains(said), "{path}: {}", r.body);
+    }
     assert_eq!(server.api("GET", "/admin/tokens", "alice", "").status, 403);
     // Nor is a bad or repeated filter told to her before that she may not list at all.
     for query in [

@@ -25,6 +25,11 @@
 //!   lifecycle, and renders its answers and errors. Errors have Bitbucket's shape,
 //!   `{"errors":[{"context":null,"message":"...","exceptionName":"..."}]}`, with the status
 //!   chosen in one place ([`ApiError::from`]).
+//! - **Who asks before what they ask**: each handler asks the lifecycle whether the caller may
+//!   act (`may_create`, `may_rotate`, `may_set_policy`, `may_list`, `may_list_all`, or `get` for
+//!   one token, whose "not found" hides another's) before it reads the body or the query or
+//!   judges the target; the lifecycle asks again as it acts. A caller who may do nothing there
+//!   is not told how to put their request right, and a bad body never masks a `403`.
 //!
 //! Files: `users_tokens` (`users/{user}/...`), `scoped_tokens` (`projects/{key}/...` and
 //! `projects/{key}/repos/{slug}/...`), `tokens` (the five operations both share, and the token

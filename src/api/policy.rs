@@ -30,6 +30,9 @@ fn policy(call: &Call) -> ApiResult {
     match call.method.as_str() {
         "GET" => Ok(Reply::ok(policy_json(&lifecycle::policy(call.store)?))),
         "PUT" => {
+            // Who asks before what they ask, as for admin/tokens: a non-administrator's bad
+            // body is still a `403`.
+            lifecycle::may_set_policy(&call.caller)?;
             let body = call.json_object(&["expiryRequired", "maxExpiryDays"])?;
             let expiry_required = match body.get("expiryRequired") {
                 None => None,

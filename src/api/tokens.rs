@@ -29,6 +29,9 @@ pub fn collection(call: &Call, subject: &Subject) -> ApiResult {
             Ok(Reply::ok(page_json(call.store, page, limit, &policy)))
         }
         "PUT" => {
+            // Who asks before what they ask: one who may not create here is told so, not what
+            // is wrong with the target or the body.
+            lifecycle::may_create(call.store, &call.caller, subject)?;
             if let Subject::Scoped(target) = subject {
                 target
                     .served_under(call.git_prefix)
@@ -169,9 +172,11 @@ pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
             )))
         }
         "POST" => {
+            // Who asks before what they ask: another's token is a 403 (or, through the caller's
+            // own collection, the 404 a GET gives), whatever the body holds.
+            let token = lifecycle::get(call.store, &call.caller, Some(subject), id)?;
             let body = call.json_object(&EDIT_FIELDS)?;
             if IDENTITY_FIELDS.iter().any(|f| body.contains_key(*f)) {
-                let token = lifecycle::get(call.store, &call.caller, Some(subject), id)?;
                 let shown = token_json(call.store, &token, &lifecycle::policy(call.store)?);
                 if let Some(why) = identity_changed(&body, &shown) {
                     return Err(ApiError::bad_request(why));
@@ -214,11 +219,12 @@ pub fn item(call: &Call, subject: &Subject, id: &str) -> ApiResult {
             Ok(Reply::ok(token_json(call.store, &token, &policy)))
         }
         "DELETE" => {
+            // Who asks before what they ask, as for an update.
+            let token = lifecycle::get(call.store, &call.caller, Some(subject), id)?;
             // No body is taken: a field (`{"dryRun": true}`) is refused, not revoked past.
             call.json_object(&[])?;
             // Revoked already: not found, as a GET says and as Bitbucket, where revoking
             // deletes, answers a repeated DELETE — not a conflict a retrying script fails on.
-            let token = lifecycle::get(call.store, &call.caller, Some(subject), id)?;
             if token.revoked_at.is_some() {
                 return Err(revoked(&token));
             }
@@ -249,6 +255,9 @@ pub fn rotate(call: &Call, subject: &Subject, id: &str) -> ApiResult {
     if call.method.as_str() != "POST" {
         return Err(method_not_allowed(call.method, "POST"));
     }
+    // Who asks before what they ask: a token the caller may not rotate is refused whatever the
+    // overlap asked for.
+    lifecycle::may_rotate(call.store, &call.caller, Some(subject), id)?;
     let body = call.json_object(&["overlapSeconds"])?;
     let overlap = match body.get("overlapSeconds") {
         None | Some(Value::Null) => 0,
