@@ -8,8 +8,9 @@
 //! reason and the connection closed — so git prints why instead of "connection reset".
 //!
 //! The cap is counted on the TCP peer, taken in the acceptor before the connection reaches a
-//! worker, and given back when the connection ends. A trusted proxy (`[server]
-//! trusted_proxies`) has no cap: every client behind it shares its address. Off unless set.
+//! worker, and given back when the connection's socket closes (after its last answer has gone
+//! out: see [`crate::closing`]). A trusted proxy (`[server] trusted_proxies`) has no cap: every
+//! client behind it shares its address. Off unless set.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -12,7 +12,8 @@
 //! goes after the queued bytes), what the client sends read and dropped, until the queue is
 //! empty, the client closes, or the queue stops shrinking for [`NO_PROGRESS`]. The stop waits
 //! for that task as it waits for the connection (a [`Watcher`] of its own), within the grace
-//! period.
+//! period. The task holds the connection's places under `max_connections` and its address's cap
+//! ([`Places`]) until the socket closes: a socket that lingers is still one of the client's.
 
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -24,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::idle::send_queue_of;
+use crate::server::Places;
 
 /// How long a closed connection's send queue may stay as it is (a client that stopped
 /// reading) before the socket is closed all the same. The README promises it of a stop ("given
@@ -40,13 +42,17 @@ pub struct ClosingStream {
     /// Held by the lingering task, so that a stop waits for it; dropped with the stream
     /// otherwise.
     watcher: Option<Watcher>,
+    /// The connection's places, given back when the socket closes (by the lingering task if
+    /// it lingers).
+    places: Option<Places>,
 }
 
 impl ClosingStream {
-    pub fn new(inner: TcpStream, watcher: Option<Watcher>) -> Self {
+    pub fn new(inner: TcpStream, watcher: Option<Watcher>, places: Option<Places>) -> Self {
         ClosingStream {
             inner: Some(inner),
             watcher,
+            places,
         }
     }
 
@@ -70,13 +76,13 @@ impl Drop for ClosingStream {
         }
         // Outside a runtime (never, while serving), the stream closes as it would have.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(linger(stream, self.watcher.take()));
+            runtime.spawn(linger(stream, self.watcher.take(), self.places.take()));
         }
     }
 }
 
 /// Keep `stream` until its send queue has gone out (see the module's doc).
-async fn linger(mut stream: TcpStream, _watcher: Option<Watcher>) {
+async fn linger(mut stream: TcpStream, _watcher: Option<Watcher>, _places: Option<Places>) {
     // hyper shut it down already when it closed the connection itself; a second shutdown
     // fails harmlessly.
     let _ = stream.shutdown().await;
@@ -175,7 +181,7 @@ mod tests {
         const PROMISED: Duration = Duration::from_secs(5);
         let (server, _client) = a_full_send_queue();
         let started = tokio::time::Instant::now();
-        tokio::time::timeout(PROMISED * 4, linger(server, None))
+        tokio::time::timeout(PROMISED * 4, linger(server, None, None))
             .await
             .expect("still lingering long after the queue stopped moving");
         let took = started.elapsed();
@@ -196,7 +202,7 @@ mod tests {
         let (server, client) = a_full_send_queue();
         client.shutdown(std::net::Shutdown::Write).unwrap();
         let started = tokio::time::Instant::now();
-        tokio::time::timeout(NO_PROGRESS * 4, linger(server, None))
+        tokio::time::timeout(NO_PROGRESS * 4, linger(server, None, None))
             .await
             .expect("still lingering");
         // Far from both the moment it takes and the NO_PROGRESS it would wait otherwise.
@@ -213,7 +219,7 @@ mod tests {
     async fn a_stop_waits_while_a_closed_connections_last_bytes_go_out() {
         let graceful = GracefulShutdown::new();
         let (server, client) = a_full_send_queue();
-        drop(ClosingStream::new(server, Some(graceful.watcher())));
+        drop(ClosingStream::new(server, Some(graceful.watcher()), None));
         let mut stop = std::pin::pin!(graceful.shutdown());
         assert!(
             tokio::time::timeout(NO_PROGRESS / 4, stop.as_mut())

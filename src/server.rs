@@ -737,6 +737,16 @@ struct Accepted {
     address: Admission,
 }
 
+/// A connection's places under `max_connections` and under its address's cap, given back when
+/// its socket closes: with the connection, or once its lingering close is over
+/// ([`ClosingStream`]). Given back at the connection's end, a socket still sending its last
+/// answer to a client that reads slowly held none: one address could keep any number of them
+/// open, each a descriptor and a send queue, by reading a little every few seconds.
+pub struct Places {
+    _permit: OwnedSemaphorePermit,
+    _address: Admission,
+}
+
 /// The acceptor's handle on one worker thread.
 struct Worker {
     inbox: mpsc::UnboundedSender<Accepted>,
@@ -1182,6 +1192,10 @@ async fn work(
                 Admission::OverCap { max } => Some(*max),
                 Admission::Admitted(_) => None,
             },
+            places: Some(Places {
+                _permit: permit,
+                _address: address,
+            }),
         };
         let active = METRICS.connection();
         // Counted down however the connection ends: a panic in a body polled by hyper unwinds
@@ -1191,8 +1205,6 @@ async fn work(
             conn.run(stream).await;
             drop(active);
             drop(counted);
-            drop(permit);
-            drop(address);
         });
     }
     let _ = draining_now.send(true);
@@ -1481,6 +1493,9 @@ struct Connection {
     /// The client's address holds its cap of connections already (the cap): every request on
     /// this one is refused.
     over_address_cap: Option<usize>,
+    /// Handed to the socket ([`ClosingStream`]), which gives them back as it closes; dropped
+    /// with the connection if it ends before (a TLS handshake that timed out).
+    places: Option<Places>,
 }
 
 impl Connection {
@@ -1522,7 +1537,7 @@ impl Connection {
         // reading would look active a while longer than the idle timeout.
         activity.watch_socket(std::os::fd::AsRawFd::as_raw_fd(&stream));
         // Closed only once its last bytes have gone out (an answer finished at a stop).
-        let stream = ClosingStream::new(stream, self.closing.take());
+        let stream = ClosingStream::new(stream, self.closing.take(), self.places.take());
         let stream = ActivityIo::new(stream, activity.clone());
         match self.settings.tls.clone() {
             None => self.serve_io(stream, activity, Spoken::Either, None).await,

@@ -2776,6 +2776,83 @@ fn connections_over_an_addresss_cap_leave_the_server_to_other_addresses() {
     drop(silent);
 }
 
+/// A connection gitgate has ended with its last answer still in the socket's send queue (a
+/// client that reads slowly) lingers until that answer has gone out (`closing`), and holds its
+/// places until then: given back at hyper's end, one address could keep any number of such
+/// sockets (descriptors, kernel buffers) past its cap and `max_connections`, by reading a
+/// little every few seconds and connecting again.
+#[test]
+fn a_connection_lingering_over_its_last_answer_keeps_its_addresss_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(
+        dir.path(),
+        &cgi_config(dir.path(), "max_connections_per_address = 1"),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let healthz = |port: u16| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        // A small receive buffer, never read: the answers wait in gitgate's send queue.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut slow = socket
+            .connect(([127, 0, 0, 1], g.port).into())
+            .await
+            .unwrap();
+        let mut requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+        requests
+            .extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        slow.write_all(&requests).await.unwrap();
+        // hyper has written every answer (into the send queue) and ended the connection.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let queued = {
+            let mut n: libc::c_int = 0;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&slow);
+            // SAFETY: FIONREAD on an open socket into an int.
+            assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }, 0);
+            n
+        };
+        // What has not reached the client (the answers are over 100 KB) is on gitgate's side.
+        assert!(queued < 50_000, "{queued} bytes reached the client");
+        let second = healthz(g.port).await;
+        assert!(
+            second.starts_with("HTTP/1.1 503") && second.contains("too many connections"),
+            "a second connection was served while the first lingered: {second}"
+        );
+        // The client goes: the place is given back.
+        drop(slow);
+        let start = Instant::now();
+        loop {
+            let third = healthz(g.port).await;
+            if third.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the place was not given back: {third}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
 /// Over HTTP/2 there is no `Connection: close`: a connection past its address's cap whose client
 /// ignores the GOAWAY (it never answers its PING, and keeps sending requests) is still closed
 /// after `header_read_timeout_seconds`, so that it cannot hold a place under `max_connections`.
