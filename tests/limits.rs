@@ -2754,26 +2754,33 @@ fn connections_over_an_addresss_cap_leave_the_server_to_other_addresses() {
         .enable_all()
         .build()
         .unwrap();
+    // (Within 10 s, not after the silent connections' 30 s.)
     let answer = runtime.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        let mut s = socket
+        let s = socket
             .connect(([127, 0, 0, 1], g.port).into())
             .await
             .unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-            .await
-            .expect("an answer within 10 s, not after the silent connections' 30 s")
-            .unwrap();
-        String::from_utf8_lossy(&out).into_owned()
+        healthz_on(s).await
     });
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(silent);
+}
+
+/// `GET /healthz` with `Connection: close` on `s`: the whole answer, which must come within
+/// 10 s.
+async fn healthz_on(mut s: tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A connection gitgate has ended with its last answer still in the socket's send queue (a
@@ -2793,19 +2800,12 @@ fn a_connection_lingering_over_its_last_answer_keeps_its_addresss_place() {
         .build()
         .unwrap();
     let healthz = |port: u16| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-            .await
-            .expect("an answer within 10 s")
-            .unwrap();
-        String::from_utf8_lossy(&out).into_owned()
+        healthz_on(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        )
+        .await
     };
     runtime.block_on(async {
         use tokio::io::AsyncWriteExt;
