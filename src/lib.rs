@@ -21,7 +21,8 @@
 //!                                   ├─ its own loop mark (X-Gitgate-Hop)?  ─▶ 508 (a request it sent upstream came back)
 //!                                   ├─ a path and query over 8 KiB ─▶ 414
 //!                                   ├─ git::classify(method, path, query) ─▶ GitRequest { repo, access }
-//!                                   │     (git LFS's paths ─▶ 404 in the LFS API's JSON, which git-lfs prints)
+//!                                   │     (git LFS's paths, any path under a repository's info/lfs/ too,
+//!                                   │     ─▶ 404 in the LFS API's JSON, which git-lfs prints)
 //!                                   ├─ Host: exactly one on HTTP/1.1; on HTTP/2 it or :authority, and
 //!                                   │     none, Host or :authority, that is empty or no host name (letters, digits, .-_) and optional port (1-65535), or names another host
 //!                                   │     than the :authority or the absolute target's, or an absolute target neither
@@ -94,7 +95,11 @@
 //!                                               request it could not read, or a shallow fetch
 //!                                               the repository cannot give, is the client's,
 //!                                               `malformed-request`, a 400 if no answer had
-//!                                               begun; a push's report read from channel 1)
+//!                                               begun; a push's report read from channel 1;
+//!                                               its head loses what an HTTP upstream's
+//!                                               does: cookies, Server, X-Accel-*, X-Sendfile;
+//!                                               one that has said all but does not exit is
+//!                                               ended after 10 s)
 //!  off the hot path, one writer thread on a store connection of its own (never a reader's; opened at the start):
 //!  audit of failures (100 ms windows, repeats folded) and last-used time/address (at most
 //!  every 5 s per token, all tokens' in one commit a second), a failed window tried again
@@ -149,7 +154,7 @@
 //!   an answer sent whole reaches its client first — an HTTP/2 connection whose client asks for
 //!   nothing new closes itself once h2 has sent its streams, and a socket closed with bytes
 //!   still queued lingers until they are out ([`closing`]), either given up after 5 s without
-//!   progress;
+//!   progress, and holds its places under `max_connections` and its address's cap until then;
 //!   what is left at the end of the grace period, or at a second signal, is cut
 //!   off by its worker, its backends reaped, then the REST calls' store work still running
 //!   is waited for and pending writes are flushed, and the process ends without waiting for
