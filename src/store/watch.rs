@@ -415,13 +415,26 @@ mod tests {
         assert!(!watch.quiet(), "the store's folder is watched again");
         assert!(settles(&watch));
         // ... and while the folder is gone, tries are spaced: a try that fails waits a window.
-        std::fs::rename(top.path().join("a"), top.path().join("moved")).unwrap();
-        watch.full_check(pass).unwrap();
-        watch.full_check(pass).unwrap();
-        std::fs::rename(top.path().join("moved"), top.path().join("a")).unwrap();
-        watch.full_check(pass).unwrap();
-        assert!(!watch.quiet(), "tried again within the window");
-        assert!(!settles(&watch), "tried again within the window");
+        // Judged only when this thread was not held past the window from the failing try (a
+        // try again is then right); such a try is made again, three times at most.
+        for held in 1.. {
+            std::fs::rename(top.path().join("a"), top.path().join("moved")).unwrap();
+            let failing = std::time::Instant::now();
+            watch.full_check(pass).unwrap();
+            watch.full_check(pass).unwrap();
+            std::fs::rename(top.path().join("moved"), top.path().join("a")).unwrap();
+            watch.full_check(pass).unwrap();
+            let quiet = watch.quiet();
+            let settled = settles(&watch);
+            if failing.elapsed() < FULL_CHECK_EVERY {
+                assert!(!quiet, "tried again within the window");
+                assert!(!settled, "tried again within the window");
+                break;
+            }
+            assert!(held < 3, "held past the window in three tries");
+            std::thread::sleep(FULL_CHECK_EVERY + Duration::from_millis(20));
+            assert!(settles(&watch));
+        }
         std::thread::sleep(FULL_CHECK_EVERY + Duration::from_millis(20));
         assert!(settles(&watch), "not tried again after the window");
     }
