@@ -983,3 +983,53 @@ fn requests_whose_client_went_away_are_counted_by_their_outcome() {
         assert_eq!(sample(&text, &series), 0.0, "{text}");
     }
 }
+
+/// A whole request body whose pkt-lines promise more than it holds (a hand-made client's) makes
+/// git say its input ended early, as a body that broke off does: the client's malformed request,
+/// counted as `malformed-request`, not as a failure of the backend's in
+/// `gitgate_upstream_errors_total`, which an alert on the backend's health watches.
+#[test]
+fn a_whole_body_whose_pkt_lines_promise_more_is_no_upstream_error() {
+    let (sb, server, port) = serving_team_app_to_alice();
+    sb.grant("alice", "team", "read");
+    let reader = sb.personal_token("alice", PASSWORD, "reader", &["REPO_READ"]);
+    // `aaaa` is a pkt-line of 0xaaaa bytes; the body holds 5000, sent whole.
+    let body = "a".repeat(5000);
+    let request = format!(
+        "POST /team/app.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        common::basic("alice", &reader.secret),
+        body.len()
+    );
+    // Its answer (a 200 whose body breaks off) is not what is asked here.
+    let _ = common::try_raw_http(server.port, request.as_bytes());
+    let started = Instant::now();
+    let line = loop {
+        let log = server.log_text();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("gitgate::request") && l.contains("git-upload-pack"))
+        {
+            break line.to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{log}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(line.contains("bytes_in=5000"), "{line}");
+    let text = String::from_utf8(http_get(port, "/metrics", None).body).unwrap();
+    assert_eq!(
+        sample(&text, "gitgate_upstream_errors_total"),
+        0.0,
+        "{line}\n{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gitgate_requests_unfinished_total{outcome=\"malformed-request\"}"
+        ),
+        1.0,
+        "{line}\n{text}"
+    );
+    assert!(line.contains("outcome=malformed-request"), "{line}");
+}

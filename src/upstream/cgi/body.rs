@@ -77,6 +77,12 @@ pub struct CgiBody {
     /// That question being asked, with what to answer once it is.
     /// Boxed: nearly every answer goes without it.
     pub(super) checking: Option<Box<Checking>>,
+    /// Every byte of the request body went to the backend's stdin, which was then closed
+    /// (told while its head was held: see [`CgiBody::hold_until_fed`]). git that then says
+    /// its input ended early (`the remote end hung up unexpectedly`) read a body whose own
+    /// pkt-lines promised more than it held: the client's malformed request, not the
+    /// backend's failure.
+    pub(super) fed_whole: bool,
 }
 
 /// git's refusal of a fetch (`not our ref <oid>`), held while the repository is asked whether a
@@ -423,7 +429,10 @@ impl CgiBody {
         .await;
         match early {
             // Its input's end reached the backend: its answer is due.
-            Err(Ok(Fed::Whole)) => Ok(()),
+            Err(Ok(Fed::Whole)) => {
+                self.fed_whole = true;
+                Ok(())
+            }
             // It stopped reading its input: it answered early, or it died (a receive-pack
             // killed mid-push). Which, its first frame says — held for the answer, or its
             // failure answered `502`, which git shows, rather than a `200` cut off under a
@@ -700,9 +709,14 @@ impl Body for CgiBody {
                     }
                     _ => Poll::Ready(this.refused_by_git(info, &error, None)),
                 },
-                None if info.refused_a_malformed_request() => Poll::Ready(Some(Err(
-                    crate::upstream::MalformedRequest(info.to_string()).into_io(),
-                ))),
+                None if info.refused_a_malformed_request()
+                    || (this.fed_whole && info.found_its_input_cut_short()) =>
+                {
+                    Poll::Ready(Some(Err(crate::upstream::MalformedRequest(
+                        info.to_string(),
+                    )
+                    .into_io())))
+                }
                 None if fork_shortage(&info).is_some() => {
                     let shortage = fork_shortage(&info).unwrap_or_default();
                     Poll::Ready(Some(Err(io::Error::other(format!(

@@ -884,6 +884,7 @@ impl CgiBackend {
                 .then(|| damage::upload_pack_repository(&self.project_root, req.path_info))
                 .flatten(),
             checking: None,
+            fed_whole: false,
         };
         if declared == Some(0) {
             body.declared_length_sent();

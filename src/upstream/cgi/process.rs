@@ -160,6 +160,14 @@ impl ExitInfo {
             .is_some_and(|l| l.contains("request was larger than our maximum size"))
     }
 
+    /// Whether git died saying its input ended before it should have (see
+    /// [`super::stdio::is_input_cut_short`]).
+    pub(super) fn found_its_input_cut_short(&self) -> bool {
+        self.last_stderr
+            .as_deref()
+            .is_some_and(super::stdio::is_input_cut_short)
+    }
+
     /// Whether git died on what the client sent (see [`is_malformed_request`]).
     pub(super) fn refused_a_malformed_request(&self) -> bool {
         self.last_stderr

@@ -185,8 +185,9 @@ fn is_a_missing_file(line: &str) -> bool {
 
 /// Whether a stderr line is git's word that its input ended before it should have (`fatal:
 /// the remote end hung up unexpectedly`, `fatal: early EOF`): its input is the client's
-/// request body, which broke off, or which gitgate ended for a client that left.
-fn is_input_cut_short(line: &str) -> bool {
+/// request body, which broke off, or which gitgate ended for a client that left — or which
+/// came whole but with pkt-lines that promise more than it holds (see `CgiBody::fed_whole`).
+pub(super) fn is_input_cut_short(line: &str) -> bool {
     matches!(
         line,
         "fatal: the remote end hung up unexpectedly" | "fatal: early EOF"
