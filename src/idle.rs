@@ -216,6 +216,14 @@ impl Activity {
             && self.send_queue() == 0
     }
 
+    /// Whether the connection's writes wait on its socket: its last write did not take all it
+    /// was given (or waited), and the socket's send queue holds bytes its client has not
+    /// acknowledged. Every answer on it then waits on its client's reading, not on its own
+    /// stream's window (see `crate::stall`). Never while no socket is watched.
+    pub fn writes_blocked(&self) -> bool {
+        self.0.write_unfinished.load(Ordering::Relaxed) && self.send_queue() > 0
+    }
+
     /// Whether gitgate closed the connection for idling (see [`until_idle_or_drained`]).
     pub fn closed_for_idling(&self) -> bool {
         self.0.closed_for_idling.load(Ordering::Acquire)

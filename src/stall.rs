@@ -17,6 +17,19 @@
 //! dropped — which stops a CGI child, closes the upstream connection, frees the place in
 //! flight and writes the request's log line with `outcome=idle-timeout` — and the body fails
 //! when hyper next polls it, which resets the stream.
+//!
+//! A stream can also go untaken because the whole connection waits on its socket: a client
+//! reading slowly but steadily over a slow link (or from a small buffer) leaves gitgate's
+//! writes blocked, and the kernel wakes a blocked writer only once a third of its send buffer
+//! has drained — with h2's and (over TLS) rustls's buffers full too, seconds or minutes between
+//! two frames of one answer at a few KiB a second. That is no stall of the stream's own: each
+//! look that finds the connection's writes blocked ([`crate::idle::Activity::writes_blocked`])
+//! counts as the stream taking something, looked at every quarter of the limit once an answer
+//! is due, and the connection's idle clocks — which watch its socket's send queue and what the
+//! client acknowledges — close it if its client stopped reading altogether. A stream kept
+//! without a window while others move is let go as before: its connection's socket takes what
+//! gitgate writes. (A client that keeps the socket full with a slow download holds its other
+//! streams too, as it would with one download per connection.)
 
 use std::cell::Cell;
 use std::io;
@@ -31,7 +44,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::gate::ResponseBody;
-use crate::idle::coarse_now_ms;
+use crate::idle::{coarse_now_ms, Activity};
 
 /// `handed_ms` while the body waits for its backend (its last poll was pending).
 pub const WAITING_FOR_BACKEND: u64 = u64::MAX;
@@ -66,24 +79,38 @@ pub struct Watched {
     watch: tokio::task::AbortHandle,
 }
 
-/// `body`, watched for a client that stops taking it for `limit`. Must be called on a tokio
-/// runtime (the watch is a task).
-pub fn watched(body: ResponseBody, limit: Duration) -> ResponseBody {
+/// `body`, an answer on `connection`, watched for a client that stops taking it for `limit`.
+/// Must be called on a tokio runtime (the watch is a task).
+pub fn watched(body: ResponseBody, limit: Duration, connection: Activity) -> ResponseBody {
     let held = Arc::new(Held {
         body: Mutex::new(Some(body)),
         handed_ms: AtomicU64::new(coarse_now_ms()),
     });
-    let watch = tokio::spawn(watch(Arc::downgrade(&held), limit)).abort_handle();
+    let watch = tokio::spawn(watch(Arc::downgrade(&held), limit, connection)).abort_handle();
     Watched { held, watch }.boxed_unsync()
 }
 
-async fn watch(held: Weak<Held>, limit: Duration) {
+async fn watch(held: Weak<Held>, limit: Duration, connection: Activity) {
+    // When a look last found the connection's writes blocked on its socket (see the module
+    // doc); 0: never.
+    let mut blocked_ms = 0;
     loop {
         let Some(answer) = held.upgrade() else {
             return;
         };
-        let handed_ms = answer.handed_ms.load(Ordering::Acquire);
-        let wait = match stalled_for(coarse_now_ms(), handed_ms, limit) {
+        let now_ms = coarse_now_ms();
+        let handed_ms = match answer.handed_ms.load(Ordering::Acquire) {
+            WAITING_FOR_BACKEND => WAITING_FOR_BACKEND,
+            handed_ms => {
+                if (blocked_ms > 0 || stalled_for(now_ms, handed_ms, limit).is_ok())
+                    && connection.writes_blocked()
+                {
+                    blocked_ms = now_ms;
+                }
+                handed_ms.max(blocked_ms)
+            }
+        };
+        let wait = match stalled_for(now_ms, handed_ms, limit) {
             Ok(()) => {
                 let backend = answer.body.lock().unwrap_or_else(|e| e.into_inner()).take();
                 tracing::info!(
@@ -96,6 +123,7 @@ async fn watch(held: Weak<Held>, limit: Duration) {
                 CUTTING_OFF.with(|c| c.set(false));
                 return;
             }
+            Err(wait) if blocked_ms > 0 => wait.min(limit / 4),
             Err(wait) => wait,
         };
         drop(answer);
@@ -189,7 +217,7 @@ mod tests {
         let body = http_body_util::Full::new(Bytes::from_static(b"hello"))
             .map_err(|never| match never {})
             .boxed_unsync();
-        let mut w = watched(body, Duration::from_millis(50));
+        let mut w = watched(body, Duration::from_millis(50), Activity::new());
         let frame = w.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "hello");
         assert!(w.frame().await.is_none());
@@ -252,7 +280,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_nobody_polls_is_let_go_and_then_fails() {
         let (body, dropped, as_cut) = flagged();
-        let mut w = watched(body, Duration::from_millis(100));
+        let mut w = watched(body, Duration::from_millis(100), Activity::new());
         assert!(let_go(&dropped).await, "a stalled answer was kept");
         assert!(as_cut.load(Ordering::SeqCst), "not let go as a stall");
         assert!(!cutting_off());
@@ -263,7 +291,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_waiting_for_its_backend_is_kept() {
         let (body, dropped, _) = flagged();
-        let mut w = watched(body, Duration::from_millis(100));
+        let mut w = watched(body, Duration::from_millis(100), Activity::new());
         // Polled: pending (the backend has nothing yet), and so for longer than the limit.
         let waiting = tokio::time::timeout(Duration::from_millis(400), w.frame()).await;
         assert!(waiting.is_err(), "the stand-in backend answered");
@@ -281,7 +309,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_let_go_is_not_at_its_end() {
         let (body, dropped, _) = flagged();
-        let mut w = watched(body, Duration::from_millis(100));
+        let mut w = watched(body, Duration::from_millis(100), Activity::new());
         assert!(let_go(&dropped).await, "a stalled answer was kept");
         assert!(!w.is_end_stream(), "a body let go said it was at its end");
         assert!(w.frame().await.unwrap().is_err());
@@ -294,7 +322,7 @@ mod tests {
         let metrics = tokio::runtime::Handle::current().metrics();
         let before = metrics.num_alive_tasks();
         let (body, _, _) = flagged();
-        let w = watched(body, Duration::from_secs(300));
+        let w = watched(body, Duration::from_secs(300), Activity::new());
         // The watch runs and sleeps.
         for _ in 0..10 {
             tokio::task::yield_now().await;

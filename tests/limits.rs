@@ -4675,6 +4675,11 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SlowReads<IO> 
 /// gitgate over TLS in front of an upstream whose every answer is `size` bytes of a pattern
 /// (`i % 251`), and the Basic credentials of a project token for `team`.
 fn a_big_answer_over_tls(dir: &Path, size: usize) -> (Server, String) {
+    a_big_answer_over_tls_with(dir, size, "")
+}
+
+/// [`a_big_answer_over_tls`], with `server` (lines) added to its `[server]` table.
+fn a_big_answer_over_tls_with(dir: &Path, size: usize, server: &str) -> (Server, String) {
     let (upstream_port, _heads) = scripted_upstream(1, move |_| {
         let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").into_bytes();
         answer.extend((0..size).map(|i| (i % 251) as u8));
@@ -4684,7 +4689,7 @@ fn a_big_answer_over_tls(dir: &Path, size: usize) -> (Server, String) {
         std::fs::copy(common::fixture(&format!("tls/{from}")), dir.join(to)).unwrap();
     }
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {WORKERS}\n[server.tls]\ncert = \"cert.pem\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {WORKERS}\n{server}[server.tls]\ncert = \"cert.pem\"\n\
          key = \"key.pem\"\n[store]\npath = \"gitgate.db\"\n[upstream]\n\
          url = \"http://127.0.0.1:{upstream_port}\"\n"
     );
@@ -4697,6 +4702,16 @@ fn a_slow_http2_get(
     port: u16,
     auth: String,
     stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<u8>, Option<String>)> {
+    an_http2_get_read_at(port, auth, stalled, 2 << 20)
+}
+
+/// [`a_slow_http2_get`], read at `per_second` bytes a second.
+fn an_http2_get_read_at(
+    port: u16,
+    auth: String,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    per_second: u64,
 ) -> std::thread::JoinHandle<(Vec<u8>, Option<String>)> {
     use http_body_util::BodyExt;
     std::thread::spawn(move || {
@@ -4727,7 +4742,7 @@ fn a_slow_http2_get(
                 .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
                 .await
                 .unwrap();
-            let mut tcp = SlowReads::new(tcp, 2 << 20);
+            let mut tcp = SlowReads::new(tcp, per_second);
             tcp.stalled = stalled;
             let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
                 .connect("localhost".try_into().unwrap(), tcp)
@@ -4793,6 +4808,52 @@ fn an_http2_answer_under_way_at_a_stop_reaches_a_slow_client_whole() {
         .all(|(i, b)| *b == (i % 251) as u8));
     let status = g.stop_within(Duration::from_secs(20));
     assert!(status.success(), "{status}");
+}
+
+/// An HTTP/2 answer over TLS to a client that reads slowly but steadily (512 KiB a second,
+/// from a 64 KiB receive buffer) is not cut off by the stalled-stream watch
+/// (`crate::stall`), though hyper asks its body for a frame only as often as the socket,
+/// blocked, takes more (the kernel wakes a blocked writer once a third of its send buffer has
+/// drained; h2 and rustls hold hundreds of KiB more): seconds apart, past a 1 s idle timeout.
+#[test]
+fn an_http2_answer_to_a_client_reading_slowly_but_steadily_is_not_cut_off() {
+    const SIZE: usize = 8 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let (_g, auth) = a_big_answer_over_tls_with(dir.path(), SIZE, "idle_timeout_seconds = 1\n");
+    let reader = an_http2_get_read_at(_g.port, auth, Default::default(), 512 << 10);
+    let (received, broke) = reader.join().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("gitgate.log")).unwrap_or_default();
+    assert_eq!(
+        broke,
+        None,
+        "after {} of {SIZE} bytes:\n{log}",
+        received.len()
+    );
+    assert_eq!(received.len(), SIZE);
+}
+
+/// ... while one that stops reading mid-answer, its socket full, is still closed for idling
+/// within a few seconds of a 1 s idle timeout, and its backend let go.
+#[test]
+fn an_http2_answer_to_a_client_that_stops_reading_is_still_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, auth) = a_big_answer_over_tls_with(dir.path(), 8 << 20, "idle_timeout_seconds = 1\n");
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _reader = an_http2_get_read_at(g.port, auth, stalled.clone(), 512 << 10);
+    std::thread::sleep(Duration::from_secs(2));
+    stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stopped = Instant::now();
+    let log = log_once_it_has(&g, "outcome=");
+    let line = log
+        .lines()
+        .find(|l| l.contains("gitgate::request") && l.contains("outcome="))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("outcome=idle-timeout"), "{line}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stopped.elapsed()
+    );
 }
 
 /// ... but one whose client stopped reading once gitgate had sent its answer whole does not
