@@ -19,6 +19,8 @@
 //! others go on with the last map read — but only while it is younger than
 //! [`OVERRIDES_TTL_MS`]: after an idle spell the map is old, and each request reads the store
 //! itself rather than be judged by it (a burst used to get 429s seconds after an exemption).
+//! A slow read that lands after one begun later is dropped: it would put back the overrides
+//! from before a change the later one saw, as fresh, for another [`REFRESH_AFTER_MS`].
 //! The first read happens before the guard serves anything: an empty map
 //! would hand every principal the defaults, and the burst of a CI fleet arriving at a freshly
 //! started gitgate would be answered 429 despite its exemption. If a refresh fails the last known
@@ -508,10 +510,15 @@ impl Guard {
         let read = tokio::task::spawn_blocking(move || store.rate_limits()).await;
         let mut cached = self.overrides.write().unwrap_or_else(|p| p.into_inner());
         cached.refreshing = false;
+        // A read begun later (once this one's map was a TTL old) may have landed first: what
+        // this one read may then be older than a change that one saw, and would stand for as
+        // fresh, putting the old overrides back for another REFRESH_AFTER_MS. It is dropped.
+        let superseded = now < cached.fetched_at;
         // Read at `now` or later: what was read is at least that fresh. (A failed read keeps
         // the last map, and is not tried again by every request until then either.)
         cached.fetched_at = cached.fetched_at.max(now);
         match read {
+            Ok(Ok(_)) if superseded => {}
             Ok(Ok(list)) => {
                 said_unreadable(&list.unreadable, &cached.unreadable);
                 cached.unreadable = list.unreadable;
@@ -967,6 +974,56 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(
                 g.check_principal(&alice, advertise, OVERRIDES_TTL_MS).await,
+                Ok(())
+            );
+        }
+    }
+
+    /// A refresh whose read of the store was slow (a loaded store, a busy blocking pool) and
+    /// that lands after one begun later, at [`OVERRIDES_TTL_MS`], leaves that one's map in
+    /// place: it used to put back what it read before the exemption, as fresh as the newer
+    /// one, and the exemption, once applied, was withdrawn until the next refresh.
+    #[tokio::test]
+    async fn a_slow_refresh_landing_after_a_later_one_does_not_put_back_the_map_before_it() {
+        use std::future::Future;
+        let (_d, store) = temp_store();
+        let alice = principal(&token(Some("alice")));
+        let advertise = Operation::Advertise(Service::UploadPack);
+        store.add_user("alice", "x", Role::User, &actor()).unwrap();
+        // The refresh due at REFRESH_AFTER_MS reads the store (no override yet), then is held
+        // before it lands: polled once, it waits for its read (unless the read was done by
+        // then, when a new guard tries again).
+        let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+        let (g, slow) = (0..50)
+            .find_map(|_| {
+                let g = Arc::new(guard(store.clone(), 1));
+                let (held, alice) = (g.clone(), alice.clone());
+                let mut slow = Box::pin(async move {
+                    held.check_principal(&alice, advertise, REFRESH_AFTER_MS)
+                        .await
+                });
+                slow.as_mut()
+                    .poll(&mut noop)
+                    .is_pending()
+                    .then_some((g, slow))
+            })
+            .expect("a refresh that waited for its read");
+        // Its read is done meanwhile, on the blocking pool.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        store
+            .set_rate_limit("user:alice", RateRule::Exempt, &actor())
+            .unwrap();
+        // At the TTL the last map is too old to wait on: this request reads it itself.
+        assert_eq!(
+            g.check_principal(&alice, advertise, OVERRIDES_TTL_MS).await,
+            Ok(())
+        );
+        // The slow one lands (asked before the exemption: its own verdict is either).
+        let _ = slow.await;
+        for _ in 0..3 {
+            assert_eq!(
+                g.check_principal(&alice, advertise, OVERRIDES_TTL_MS + 1)
+                    .await,
                 Ok(())
             );
         }
