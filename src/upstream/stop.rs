@@ -193,30 +193,34 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_ends_a_wait_before_its_grace_period_does() {
-        let clock = std::sync::Arc::new(StopClock::default());
-        let task = waiting(&clock);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let stopped = Instant::now();
-        assert_eq!(
-            clock.stopping(Duration::from_millis(800)),
-            1,
-            "one request waits"
-        );
-        let (out, at) = task.await.unwrap();
-        assert_eq!(out, Stopped);
-        // Half of a grace period shorter than two seconds.
-        assert!(
-            at >= stopped + Duration::from_millis(400),
-            "{:?}",
-            at - stopped
-        );
-        assert!(
-            at < stopped + Duration::from_millis(800),
-            "{:?}",
-            at - stopped
-        );
-        assert_eq!(clock.answered(), 1);
-        assert_eq!(clock.waiting.load(Ordering::Relaxed), 0);
+        for tries in 1.. {
+            let clock = std::sync::Arc::new(StopClock::default());
+            let task = waiting(&clock);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let stopped = Instant::now();
+            assert_eq!(
+                clock.stopping(Duration::from_millis(800)),
+                1,
+                "one request waits"
+            );
+            let (out, at) = task.await.unwrap();
+            assert_eq!(out, Stopped);
+            // Half of a grace period shorter than two seconds.
+            assert!(
+                at >= stopped + Duration::from_millis(400),
+                "{:?}",
+                at - stopped
+            );
+            assert_eq!(clock.answered(), 1);
+            assert_eq!(clock.waiting.load(Ordering::Relaxed), 0);
+            if at < stopped + Duration::from_millis(800) {
+                break;
+            }
+            // Woken at the grace period's end: the wait's own, or this thread held 400 ms (a
+            // loaded machine; found by holding the process 0.6 s). Tried again, three times
+            // at most: a wait that lasts the whole grace period fails each.
+            assert!(tries < 3, "ended after {:?}, three times", at - stopped);
+        }
     }
 
     #[tokio::test]
