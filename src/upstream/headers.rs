@@ -976,8 +976,10 @@ impl UpstreamOrigin {
 /// git follows a redirect with its credentials — a token in the URL, or in `http.extraHeader`
 /// as CI sets it — so nothing that leads away from gitgate is passed on ([`Redirect::Away`]):
 /// another site, a path with a `.` or `..` segment (plain or `%2e`-encoded) that could climb
-/// out of the git prefix, a path outside it, or one with an empty segment right after the
-/// upstream's base path (rewritten under the root prefix it would begin `//`: another site).
+/// out of the git prefix, a path outside it, one with an empty segment right after the
+/// upstream's base path (rewritten under the root prefix it would begin `//`: another site),
+/// any holding a tab, and a URL of the upstream's own holding a `\` (WHATWG parsers drop the
+/// one and read the other as `/`, so either can hide a `//` or a `..`).
 /// What stays on gitgate is passed on as it is: a relative reference without dot segments, an
 /// absolute path under the git prefix, and a URL naming gitgate itself as the client did
 /// (`gitgate`, from its request's host) under it.
@@ -991,6 +993,12 @@ pub fn location_to_client(
     client_prefix: &str,
     gitgate: Option<&UpstreamOrigin>,
 ) -> Redirect {
+    // WHATWG parsers (browsers, Python's urllib) drop a tab from anywhere in a URL, so no check
+    // below would see what it hides: `/\t/evil.example` is `//evil.example` to them, `.\t.` a
+    // `..`. A header value may hold one; git sends none.
+    if location.contains('\t') {
+        return Redirect::Away;
+    }
     let on_origin = match upstream.names(location) {
         Named::Upstream(rest) => Some(rest),
         Named::Other => None,
@@ -1031,7 +1039,12 @@ pub fn location_to_client(
             Redirect::Away
         }
     };
-    if !path.starts_with('/') || path.starts_with("//") || has_dot_segments(path) {
+    // A `\` is a `/` in an http(s) URL to WHATWG parsers: `team\..\..\x` climbs out.
+    if !path.starts_with('/')
+        || path.starts_with("//")
+        || has_dot_segments(path)
+        || path.contains('\\')
+    {
         return outside();
     }
     let Some(tail) = path
@@ -2795,5 +2808,38 @@ mod tests {
             location_to_client("http://127.0.256.1:3000/git/x", &up, "/git", "", None),
             Redirect::Away
         );
+    }
+
+    /// A tab anywhere in a URL is dropped by WHATWG parsers (browsers, Python's urllib, and
+    /// what follows them), and a `\` is read as a `/` in an http(s) URL: `/\t/evil.example`
+    /// is `//evil.example`, and `/git/team\..\..\x` climbs out of the git prefix. Neither is
+    /// passed on, nor rewritten into gitgate's own Location, from the upstream's own URL
+    /// included.
+    #[test]
+    fn a_redirect_with_a_tab_or_a_backslash_is_neither_passed_on_nor_rewritten() {
+        let uri: hyper::Uri = "http://127.0.0.1:3000".parse().unwrap();
+        let up = UpstreamOrigin::new(false, uri.authority().unwrap());
+        let uri: hyper::Uri = "https://git.example.com".parse().unwrap();
+        let gitgate = UpstreamOrigin::exactly(true, uri.authority().unwrap());
+        let mut passed = Vec::new();
+        for location in [
+            "/\t/evil.example/x",
+            "/git/\t/evil.example/x",
+            "/git/team/.\t./.\t./.\t./x",
+            "team/.\t./.\t./x",
+            "http://127.0.0.1:3000/git/\t/evil.example/x",
+            "http://127.0.0.1:3000/git/team/.\t./.\t./.\t./x",
+            "http://127.0.0.1:3000/git/team\\..\\..\\x",
+            "http://127.0.0.1:3000/git/team/..\\..\\x",
+            "https://git.example.com/scm/team/.\t./.\t./x",
+        ] {
+            for prefix in ["", "/scm"] {
+                let r = location_to_client(location, &up, "/git", prefix, Some(&gitgate));
+                if matches!(r, Redirect::Unchanged | Redirect::To(_)) {
+                    passed.push(format!("{location:?} under {prefix:?}: {r:?}"));
+                }
+            }
+        }
+        assert!(passed.is_empty(), "{passed:#?}");
     }
 }
