@@ -602,10 +602,20 @@ fn run(args: Cli) -> Result<(), String> {
         }
     });
     // A store made for this command goes with it when it fails: a typo leaves no new store.
-    result.map_err(|e| match store.undo_if_new() {
-        Some(note) => format!("{e}\n{note}"),
-        None => e,
-    })
+    // So does one it wrote nothing to (a first `policy set` of what is so already), since the
+    // command says "nothing changed": the store kept only if the command changed something.
+    match result {
+        Ok(()) => {
+            if let Some(note) = store.undo_if_new_and_unwritten() {
+                cli::note(format_args!("{note}"));
+            }
+            Ok(())
+        }
+        Err(e) => Err(match store.undo_if_new() {
+            Some(note) => format!("{e}\n{note}"),
+            None => e,
+        }),
+    }
 }
 
 fn run_command(store: &cli::OpenStore, command: Command) -> Result<(), String> {

@@ -2994,6 +2994,30 @@ fn policy_set_can_start_a_new_install() {
     assert!(shown.contains("30"), "{shown}");
 }
 
+/// A first `policy set` of what is so already ("nothing changed") leaves no store behind: it
+/// made one to read the policy from, and wrote nothing to it.
+#[test]
+fn a_first_policy_set_that_changes_nothing_leaves_no_store() {
+    let sb = Sandbox::new();
+    assert!(!sb.db().exists());
+    for args in [
+        &["policy", "set", "--expiry-required", "no"][..],
+        &["policy", "set", "--no-max-expiry-days"],
+    ] {
+        let said = sb.cli(args);
+        said.ok();
+        assert!(said.stderr.contains("nothing changed"), "{said}");
+        assert!(said.stderr.contains("was taken back"), "{said}");
+        assert!(!sb.db().exists(), "{args:?} left a store: {said}");
+    }
+    // One that changes the policy keeps the store it made.
+    sb.cli(&["policy", "set", "--expiry-required", "yes"]).ok();
+    assert!(sb.db().exists());
+    // And once the store is there, one that changes nothing leaves it alone.
+    sb.cli(&["policy", "set", "--expiry-required", "yes"]).ok();
+    assert!(sb.db().exists());
+}
+
 /// Only a command that can start a new install creates the store: any other on a mistyped
 /// `[store] path` says so instead of answering "nothing" (or "no user") from a new empty file.
 #[test]

@@ -76,6 +76,17 @@ impl OpenStore {
         let (path, before) = made?;
         crate::store::undo_a_new_store(&path, before).then(|| taken_back(&path, before))
     }
+
+    /// After a command that succeeded: a store it made and wrote nothing to (a first `policy
+    /// set` of what is so already, which says "nothing changed") is undone as after a failure;
+    /// what to tell the operator. A store written to is not looked at again: opening it anew
+    /// would leave its `-wal` and `-shm` behind.
+    pub fn undo_if_new_and_unwritten(self) -> Option<String> {
+        if self.made.is_none() || !self.store.holds_nothing() {
+            return None;
+        }
+        self.undo_if_new()
+    }
 }
 
 impl std::ops::Deref for OpenStore {

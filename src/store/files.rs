@@ -81,30 +81,33 @@ pub fn undo_a_new_store(path: &Path, before: BeforeANewStore) -> bool {
 /// Whether the store at `real` has no row in any table (a store just made has none); `false`
 /// when that cannot be told.
 pub(super) fn holds_nothing(real: &Path) -> bool {
-    let look = || -> rusqlite::Result<bool> {
-        let c = Connection::open_with_flags(real, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let tables: Vec<String> = c
-            .prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-            )?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for table in tables {
-            let any: bool = c.query_row(
-                &format!(
-                    "SELECT EXISTS (SELECT 1 FROM \"{}\")",
-                    table.replace('"', "\"\"")
-                ),
-                [],
-                |r| r.get(0),
-            )?;
-            if any {
-                return Ok(false);
-            }
+    Connection::open_with_flags(real, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| holds_no_row(&c))
+        .unwrap_or(false)
+}
+
+/// Whether the store open on `c` has no row in any table (see [`holds_nothing`]).
+pub(super) fn holds_no_row(c: &Connection) -> rusqlite::Result<bool> {
+    let tables: Vec<String> = c
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for table in tables {
+        let any: bool = c.query_row(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM \"{}\")",
+                table.replace('"', "\"\"")
+            ),
+            [],
+            |r| r.get(0),
+        )?;
+        if any {
+            return Ok(false);
         }
-        Ok(true)
-    };
-    look().unwrap_or(false)
+    }
+    Ok(true)
 }
 
 /// The name SQLite gives a store's write-ahead log (`suffix` `-wal`) or its index (`-shm`): the

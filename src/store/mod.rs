@@ -1322,6 +1322,14 @@ impl Store {
         }
     }
 
+    /// Whether the store has no row in any table (a store just made, which no command has
+    /// written to yet); `false` when that cannot be told. Asked on the store's own connection,
+    /// so that asking leaves nothing beside it.
+    pub fn holds_nothing(&self) -> bool {
+        self.with_conn(|c| Ok(files::holds_no_row(c)?))
+            .unwrap_or(false)
+    }
+
     /// Run `f` on a pooled connection (a new one when none is idle).
     fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         self.with_conn_then(true, f)
