@@ -1116,6 +1116,25 @@ impl Drop for Terminal {
     }
 }
 
+/// `--password-stdin` at a terminal is refused before anything is read: the terminal would
+/// echo the password typed (its prompt without the flag does not), and keep it on the screen.
+#[test]
+fn password_stdin_at_a_terminal_is_refused_and_nothing_is_echoed() {
+    let install = Install::new();
+    let line = format!(
+        "{} --config {} user add dave --password-stdin",
+        common::gitgate_bin(),
+        install.path().join("gitgate.toml").display()
+    );
+    let terminal = Terminal::start(&line);
+    terminal.wait_for("leave --password-stdin out");
+    let (ok, shown) = terminal.finish();
+    assert!(!ok, "{shown}");
+    assert!(shown.contains("nothing was changed"), "{shown}");
+    let users = install.cli(&["user", "list"], "");
+    assert!(!users.stdout.contains("dave"), "{users}");
+}
+
 /// `gitgate ARGS` of `install` run on a terminal (`script` gives it one), typing `typed` a line
 /// at a time, each once its prompt is up; (success, everything the terminal showed).
 fn at_a_terminal(install: &Install, args: &[&str], typed: &str) -> (bool, String) {

@@ -494,8 +494,19 @@ fn prompt_without_echo(prompt: &str) -> Result<String, String> {
 }
 
 /// Read a password: the first line of stdin with `--password-stdin`, else a no-echo prompt.
+/// `--password-stdin` on a terminal is refused before anything is read: the terminal would
+/// show the password as it is typed (and keep it on the screen), where the prompt does not.
 pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
     let password = if from_stdin {
+        if std::io::stdin().is_terminal() {
+            return Err(
+                "--password-stdin reads the password from a pipe or a file, and standard \
+                        input is a terminal, which would show it as it is typed: leave \
+                        --password-stdin out to be asked for it without echo (nothing was \
+                        changed)"
+                    .into(),
+            );
+        }
         let mut line = String::new();
         std::io::stdin()
             .lock()
