@@ -1442,3 +1442,27 @@ fn narrowing_a_repository_grant_says_what_the_project_grant_still_gives() {
         "{admin}"
     );
 }
+
+/// `--password-stdin` reads at most `MAX_PASSWORD_BYTES` (4096) and a line end: a longer
+/// first line, or a stream with no line end (`< /dev/zero`), is refused, and no user is added.
+#[test]
+fn password_stdin_longer_than_the_bound_is_refused_and_nothing_is_added() {
+    let install = Install::new();
+    for (name, input) in [
+        ("dave", format!("{}\n", "a".repeat(4097))),
+        ("erin", "a".repeat(1 << 20)),
+    ] {
+        let err = install.cli_err(&["user", "add", name, "--password-stdin"], &input);
+        assert!(err.contains("longer than 4096 bytes"), "{err}");
+        assert!(err.contains("nothing was changed"), "{err}");
+    }
+    // The bound itself is taken.
+    install.cli_ok(
+        &["user", "add", "frank", "--password-stdin"],
+        &format!("{}\r\n", "a".repeat(4096)),
+    );
+    let users = install.cli(&["user", "list"], "");
+    assert!(users.stdout.contains("frank"), "{users}");
+    assert!(!users.stdout.contains("dave"), "{users}");
+    assert!(!users.stdout.contains("erin"), "{users}");
+}

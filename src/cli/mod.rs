@@ -36,7 +36,7 @@ pub mod ratelimit;
 pub mod token;
 pub mod user;
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Read};
 use std::path::Path;
 
 use crate::config::Config;
@@ -493,7 +493,12 @@ fn prompt_without_echo(prompt: &str) -> Result<String, String> {
     }
 }
 
-/// Read a password: the first line of stdin with `--password-stdin`, else a no-echo prompt.
+/// The longest password `--password-stdin` reads, in bytes: well above any real one, so that
+/// a stream with no line end (`< /dev/zero`) is refused instead of read into memory without end.
+pub const MAX_PASSWORD_BYTES: usize = 4096;
+
+/// Read a password: the first line of stdin with `--password-stdin` (at most
+/// [`MAX_PASSWORD_BYTES`]; a longer one is refused), else a no-echo prompt.
 /// `--password-stdin` on a terminal is refused before anything is read: the terminal would
 /// show the password as it is typed (and keep it on the screen), where the prompt does not.
 pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
@@ -507,12 +512,26 @@ pub fn read_password(from_stdin: bool, prompt: &str) -> Result<String, String> {
                     .into(),
             );
         }
-        let mut line = String::new();
+        // At most the bound and a line end: `< /dev/zero`, or a file with no line end given
+        // by mistake, is not read without end.
+        let mut line = Vec::new();
         std::io::stdin()
             .lock()
-            .read_line(&mut line)
+            .take(MAX_PASSWORD_BYTES as u64 + 2)
+            .read_until(b'\n', &mut line)
             .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
-        line.trim_end_matches(['\n', '\r']).to_string()
+        while line.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+            line.pop();
+        }
+        if line.len() > MAX_PASSWORD_BYTES {
+            return Err(format!(
+                "the password on standard input is longer than {MAX_PASSWORD_BYTES} bytes, \
+                 more than any password: give it alone on one line (nothing was changed)"
+            ));
+        }
+        String::from_utf8(line).map_err(|_| {
+            "cannot read the password from stdin: it is not UTF-8 (nothing was changed)".to_string()
+        })?
     } else {
         if !std::io::stdin().is_terminal() {
             return Err(
