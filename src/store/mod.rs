@@ -472,6 +472,22 @@ impl Snapshot {
 /// How many times [`Store::snapshot`] copies a store that changed under its copy.
 const SNAPSHOT_TRIES: u32 = 5;
 
+/// Give the file `from` the name `to` only if nothing has it: `renameat2(RENAME_NOREPLACE)`,
+/// or on a file system without it a hard link, which never replaces either (then `from` is
+/// still there, for the caller to remove: `Ok(true)`). `AlreadyExists` when something is at
+/// `to`, left as it is.
+fn put_without_replacing(from: &Path, to: &Path) -> std::io::Result<bool> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use rustix::io::Errno;
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(false),
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+            std::fs::hard_link(from, to).map(|()| true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Drop for ScratchCopy {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -737,7 +753,12 @@ impl Store {
     /// changed during the copy). A store from a newer gitgate, another program's database or no
     /// file at all is refused as by [`Store::open`]; an older schema is migrated in the copy.
     pub fn snapshot(path: &Path, into: Snapshot) -> Result<Snapshot> {
-        Store::copy_consistently(path, into.path(), "the temporary folder (TMPDIR)")?;
+        Store::copy_consistently(
+            path,
+            into.path(),
+            into.path(),
+            "the temporary folder (TMPDIR)",
+        )?;
         Ok(into)
     }
 
@@ -746,7 +767,10 @@ impl Store {
     /// has no other safe way (a `cp` of a live store misses what is still in its `-wal`). Read
     /// as the store is, without migrating it or writing beside it; made readable by its owner
     /// only (it holds password hashes) and on the disk before this returns. A file already at
-    /// `to` is refused, left as it is: it may be the store itself, or an older backup.
+    /// `to` is refused, left as it is: it may be the store itself, or an older backup. The copy
+    /// is made under a temporary name beside `to` and put at `to` without replacing anything
+    /// (`renameat2(RENAME_NOREPLACE)`, or a hard link), so a file someone else made there
+    /// meanwhile is refused and left as it is too; a failure removes only the copy this made.
     pub fn back_up(path: &Path, to: &Path) -> Result<u64> {
         if to.symlink_metadata().is_ok() {
             return Err(StoreError::Refused(format!(
@@ -772,46 +796,106 @@ impl Store {
                 )));
             }
         }
+        // The copy is made under a name of its own beside `to` and put at `to` only if nothing
+        // is there then, never replacing: a file someone made at `to` since the check above is
+        // left as it is, and a failure removes only what this made.
+        let Some(name) = to.file_name() else {
+            return Err(StoreError::Refused(format!(
+                "{} names no file: give the backup's file name (nothing was written)",
+                to.display()
+            )));
+        };
+        #[cfg(test)]
+        test_support::run_after_the_check();
+        let temporary = to.with_file_name(format!(
+            ".{}.gitgate-backup-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let folder = to
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let synced = || -> std::io::Result<u64> {
-            let file = std::fs::File::open(to)?;
+            let file = std::fs::File::open(&temporary)?;
             file.sync_all()?;
-            if let Some(folder) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::File::open(folder)?.sync_all()?;
-            }
+            std::fs::File::open(folder)?.sync_all()?;
             Ok(file.metadata()?.len())
         };
-        let copied = Store::copy_consistently(path, to, "the backup's folder").and_then(|()| {
-            synced().map_err(|e| {
+        // From here on the temporary file is this copy's (copy_consistently removes it itself
+        // when it fails), to be removed unless it was renamed to `to`.
+        Store::copy_consistently(path, &temporary, to, "the backup's folder")?;
+        let put = synced()
+            .map_err(|e| {
                 StoreError::Refused(format!(
                     "the copy in {} could not be written to the disk ({e}): it was removed",
                     to.display()
                 ))
             })
-        });
-        if copied.is_err() {
-            let _ = std::fs::remove_file(to);
-        }
-        copied
+            .and_then(|bytes| {
+                let linked = put_without_replacing(&temporary, to).map_err(|e| {
+                    StoreError::Refused(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        format!(
+                            "{} appeared while the backup was being made: it was left as it \
+                             is, and the copy was removed (nothing was written); a backup goes \
+                             to a new file",
+                            to.display()
+                        )
+                    } else {
+                        format!(
+                            "cannot put the copy at {} ({e}): it was removed (nothing was \
+                             written)",
+                            to.display()
+                        )
+                    })
+                })?;
+                Ok((bytes, linked))
+            });
+        let bytes = match put {
+            Ok((bytes, linked)) => {
+                if linked {
+                    let _ = std::fs::remove_file(&temporary);
+                }
+                bytes
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&temporary);
+                return Err(e);
+            }
+        };
+        std::fs::File::open(folder)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| {
+                StoreError::Refused(format!(
+                    "the backup is at {}, but its folder could not be written to the disk \
+                     ({e}): run `sync` before relying on it",
+                    to.display()
+                ))
+            })?;
+        Ok(bytes)
     }
 
-    /// A consistent copy of the store at `path` made in the new file `target` (mode 0600),
-    /// without writing to the store or beside it. SQLite's `VACUUM INTO` copies one read
+    /// A consistent copy of the store at `path` made in the new file `target` (mode 0600; a
+    /// file already there is refused, and only a copy this made is removed; `shown` is the
+    /// name a failure gives it), without writing to the store or beside it. SQLite's `VACUUM INTO` copies one read
     /// transaction, so a server committing meanwhile is seen whole or not at all (a store
     /// without a `-wal`, read without locks, is copied again if it changed during the copy).
     /// A store from a newer gitgate, another program's database or no file at all is refused
     /// as by [`Store::open`]. `where_to` names the target's folder in a failure.
-    fn copy_consistently(path: &Path, target_path: &Path, where_to: &str) -> Result<()> {
+    fn copy_consistently(
+        path: &Path,
+        target_path: &Path,
+        shown: &Path,
+        where_to: &str,
+    ) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let open_err = |message: String| StoreError::Open {
             path: path.to_path_buf(),
             message,
         };
-        let target = target_path.to_str().ok_or_else(|| {
-            open_err(format!(
-                "{} ({where_to}) is not UTF-8",
-                target_path.display()
-            ))
-        })?;
+        let target = target_path
+            .to_str()
+            .ok_or_else(|| open_err(format!("{} ({where_to}) is not UTF-8", shown.display())))?;
         for _ in 0..SNAPSHOT_TRIES {
             // A store without a `-wal` is read `immutable`, without locks (the only way to read
             // it without creating its `-wal` and `-shm`): a writer that opens it meanwhile and
@@ -828,7 +912,6 @@ impl Store {
                 return Err(open_err(why));
             }
             schema::refuse_newer(conn).map_err(explain)?;
-            let _ = std::fs::remove_file(target_path);
             // Made empty first, 0600 whatever the umask: `VACUUM INTO` fills an empty file
             // and keeps its mode.
             let made = std::fs::OpenOptions::new()
@@ -839,7 +922,7 @@ impl Store {
             if let Err(e) = made {
                 return Err(StoreError::Refused(format!(
                     "cannot make {} ({where_to}) to copy the token store {} into: {e}",
-                    target_path.display(),
+                    shown.display(),
                     path.display()
                 )));
             }
@@ -858,10 +941,14 @@ impl Store {
                         "cannot copy the token store {} into {} ({where_to}): {e}; the \
                          unfinished copy was removed",
                         path.display(),
-                        target_path.display()
+                        shown.display()
                     )));
                 }
-                _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+                _ => {
+                    // The copy this made, to be made again.
+                    let _ = std::fs::remove_file(target_path);
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
             }
         }
         let _ = std::fs::remove_file(target_path);
@@ -2707,6 +2794,24 @@ pub(crate) mod test_support {
         (ms > 0).then(|| Duration::from_millis(ms))
     }
 
+    thread_local! {
+        /// Run by [`Store::back_up`] on this thread once `to` was found free.
+        static AFTER_THE_CHECK: std::cell::RefCell<Option<Box<dyn FnOnce() + Send>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// Have `f` run in this thread's next [`Store::back_up`] after it found `to` free, before
+    /// the copy: as another process making a file there at that moment.
+    pub fn after_the_next_backup_check(f: impl FnOnce() + Send + 'static) {
+        AFTER_THE_CHECK.with(|d| *d.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub(super) fn run_after_the_check() {
+        if let Some(f) = AFTER_THE_CHECK.with(|d| d.borrow_mut().take()) {
+            f();
+        }
+    }
+
     /// Have `f` run in the middle of this thread's next [`Store::snapshot`] copy.
     pub fn during_the_next_copy(f: impl FnOnce() + Send + 'static) {
         DURING_THE_COPY.with(|d| *d.borrow_mut() = Some(Box::new(f)));
@@ -2859,6 +2964,57 @@ mod tests {
     /// a 580 MB store) is copied again, so the copy is whole and has the change. Here the write
     /// comes between the copy's read of the schema and of the pages: the file changed, so the
     /// copy is made a second time; unchanged, once.
+    /// `gitgate backup TO`: a file someone makes at `to` after the check that nothing is there
+    /// (or during the copy) is neither removed nor overwritten: the backup fails saying so, and
+    /// only the copy it made is removed. With `to` free, the copy is put there, mode 0600.
+    #[test]
+    fn a_file_made_at_a_backups_name_meanwhile_is_left_as_it_is() {
+        use super::test_support::{actor, after_the_next_backup_check, during_the_next_copy};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Store::open(&path).unwrap();
+        store.add_user("alice", "x", Role::User, &actor()).unwrap();
+        drop(store);
+        let to = dir.path().join("backup.db");
+        let files = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        for during in [false, true] {
+            let theirs = to.clone();
+            let make_theirs = move || std::fs::write(&theirs, b"someone else's").unwrap();
+            if during {
+                during_the_next_copy(make_theirs);
+            } else {
+                after_the_next_backup_check(make_theirs);
+            }
+            let err = Store::back_up(&path, &to).unwrap_err().to_string();
+            assert!(
+                err.contains("appeared while the backup was being made: it was left as it is"),
+                "{err}"
+            );
+            assert_eq!(
+                std::fs::read(&to).unwrap(),
+                b"someone else's",
+                "during {during}"
+            );
+            assert_eq!(files(), ["backup.db", "t.db"], "during {during}");
+            std::fs::remove_file(&to).unwrap();
+        }
+        let bytes = Store::back_up(&path, &to).unwrap();
+        assert_eq!(std::fs::metadata(&to).unwrap().len(), bytes);
+        let mode = std::fs::metadata(&to).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(files(), ["backup.db", "t.db"]);
+        let users = Store::open(&to).unwrap().users().unwrap();
+        assert_eq!(users.len(), 1);
+    }
+
     #[test]
     fn a_store_written_during_its_copy_is_copied_again() {
         use super::test_support::{actor, during_the_next_copy, COPIES};
