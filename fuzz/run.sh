@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every fuzz target for SECONDS each (default 600), one after the other, starting from the
 # committed seeds (fuzz/seeds/TARGET, taken from real git request lines, Authorization headers,
-# token secrets, git http-backend header blocks, git request header blocks and REST bodies). New inputs go
+# token secrets, git http-backend header blocks, git request header blocks, REST bodies and
+# upstreams' redirects). New inputs go
 # to fuzz/corpus/TARGET (not committed); a crash is written to fuzz/artifacts/TARGET and stops
 # the script with an error. Each target's libFuzzer output is in fuzz/logs/TARGET.log; the
 # script prints the executions.
@@ -19,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-600}"
-targets="${TARGETS:-classify credentials token cgi_head headers api_body}"
+targets="${TARGETS:-classify credentials token cgi_head headers api_body location}"
 sanitizer="${SANITIZER:-none}"
 if [ "$sanitizer" != none ]; then
   export RUSTC_BOOTSTRAP=1

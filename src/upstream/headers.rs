@@ -979,7 +979,8 @@ impl UpstreamOrigin {
 /// out of the git prefix, a path outside it, one with an empty segment right after the
 /// upstream's base path (rewritten under the root prefix it would begin `//`: another site),
 /// any holding a tab, and a URL of the upstream's own holding a `\` (WHATWG parsers drop the
-/// one and read the other as `/`, so either can hide a `//` or a `..`).
+/// one and read the other as `/`, so either can hide a `//` or a `..`), and any beginning or
+/// ending with a space (which they strip: ` /a/x` is the path `/a/x`, not a relative reference).
 /// What stays on gitgate is passed on as it is: a relative reference without dot segments, an
 /// absolute path under the git prefix, and a URL naming gitgate itself as the client did
 /// (`gitgate`, from its request's host) under it.
@@ -995,8 +996,9 @@ pub fn location_to_client(
 ) -> Redirect {
     // WHATWG parsers (browsers, Python's urllib) drop a tab from anywhere in a URL, so no check
     // below would see what it hides: `/\t/evil.example` is `//evil.example` to them, `.\t.` a
-    // `..`. A header value may hold one; git sends none.
-    if location.contains('\t') {
+    // `..`. A header value may hold one; git sends none. They also strip spaces from either
+    // end: `  /a/x` is the path `/a/x` to them, not a relative reference.
+    if location.contains('\t') || location.starts_with(' ') || location.ends_with(' ') {
         return Redirect::Away;
     }
     let on_origin = match upstream.names(location) {
@@ -2808,6 +2810,25 @@ mod tests {
             location_to_client("http://127.0.256.1:3000/git/x", &up, "/git", "", None),
             Redirect::Away
         );
+    }
+
+    #[test]
+    fn a_redirect_with_a_space_at_either_end_is_not_passed_on() {
+        // WHATWG parsers strip leading and trailing spaces, so `  /a/x` is the path `/a/x` to
+        // them, outside `/scm`, while read as written it is a relative reference under it
+        // (found by fuzz/fuzz_targets/location.rs). hyper's HTTP/1 parser trims a header
+        // value's ends; this function does not rely on that.
+        let uri: hyper::Uri = "http://127.0.0.1:3000".parse().unwrap();
+        let up = UpstreamOrigin::new(false, uri.authority().unwrap());
+        for location in ["  /a/x", " /login", "/scm/x ", " team/app.git"] {
+            for prefix in ["", "/scm"] {
+                assert_eq!(
+                    location_to_client(location, &up, "/git", prefix, None),
+                    Redirect::Away,
+                    "{location:?} under {prefix:?}"
+                );
+            }
+        }
     }
 
     /// A tab anywhere in a URL is dropped by WHATWG parsers (browsers, Python's urllib, and
