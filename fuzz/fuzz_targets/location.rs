@@ -229,7 +229,10 @@ fn read_host(host: &str) -> Option<Host> {
     Some(Host::Name(name))
 }
 
-/// The URL Standard's IPv4 parser: one to four parts, decimal, octal or hexadecimal.
+/// The URL Standard's IPv4 parser: one to four parts, decimal, octal or hexadecimal. The
+/// oracle's own, not gitgate's `upstream::headers::ipv4_in_any_form` (crate-private, and the
+/// code under test): both follow the same steps of the standard, so a mistake in those steps
+/// would be shared; a check against the `url` crate would be independent.
 fn ipv4(host: &str) -> Option<Ipv4Addr> {
     let parts: Vec<&str> = host.split('.').collect();
     if parts.len() > 4 {
