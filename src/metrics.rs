@@ -630,7 +630,7 @@ impl Metrics {
             (
                 "gitgate_active_connections",
                 "gauge",
-                "Client connections open now.",
+                "Client connections open now (a socket still sending its last answer after gitgate has ended its connection included).",
                 self.active_connections.load(Relaxed).to_string(),
             ),
             (

@@ -47,7 +47,7 @@ use crate::health;
 use crate::idle::{
     until_idle, until_idle_or_drained, Activity, ActivityIo, Closed, EndableIo, Ending, OpenBody,
 };
-use crate::metrics::{self, Cut, METRICS};
+use crate::metrics::{self, ConnectionGuard, Cut, METRICS};
 use crate::reload::{certificate_dates_said, reload_on_hangup, watch_certificate_expiry};
 use crate::repeats::Repeats;
 use crate::signals::{HangupSignal, StopSignals};
@@ -742,9 +742,13 @@ struct Accepted {
 /// ([`ClosingStream`]). Given back at the connection's end, a socket still sending its last
 /// answer to a client that reads slowly held none: one address could keep any number of them
 /// open, each a descriptor and a send queue, by reading a little every few seconds.
+///
+/// It also holds the connection's count in `gitgate_active_connections`, so that the gauge
+/// shows the sockets that take these places: a lingering one included.
 pub struct Places {
     _permit: OwnedSemaphorePermit,
     _address: Admission,
+    _active: ConnectionGuard,
 }
 
 /// The acceptor's handle on one worker thread.
@@ -1195,15 +1199,14 @@ async fn work(
             places: Some(Places {
                 _permit: permit,
                 _address: address,
+                _active: METRICS.connection(),
             }),
         };
-        let active = METRICS.connection();
         // Counted down however the connection ends: a panic in a body polled by hyper unwinds
         // the task past any statement after `run`, and this worker would look busier for good.
         let counted = OpenConnection(open);
         connections.spawn(async move {
             conn.run(stream).await;
-            drop(active);
             drop(counted);
         });
     }
