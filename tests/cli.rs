@@ -2348,6 +2348,41 @@ fn check_warns_of_a_stored_password_hash_beyond_what_gitgate_checks() {
     );
 }
 
+/// A user named as the audit trail's actor where no user acted (`gitgate`, `anonymous`),
+/// made before gitgate refused those names, is still served, but their changes are mixed with
+/// gitgate's own in the audit trail: check names them and says what to do; a name that only
+/// begins so is anyone's.
+#[test]
+fn check_warns_of_a_user_named_as_the_audit_trails_actor_of_no_user() {
+    let sb = user_sandbox();
+    sb.personal_token("alice", PASSWORD, "laptop", &["REPO_READ"]);
+    let conn = rusqlite::Connection::open(sb.db()).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE users SET slug = 'gitgate-bot' WHERE slug = 'alice'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    let run = sb.cli(&["check"]);
+    assert!(!run.ok().contains("warning"), "{run}");
+    for name in ["gitgate", "anonymous"] {
+        let conn = rusqlite::Connection::open(sb.db()).unwrap();
+        conn.execute("UPDATE users SET slug = ?1", [name]).unwrap();
+        drop(conn);
+        let run = sb.cli(&["check"]);
+        let text = run.ok();
+        assert!(
+            text.contains("warning: store")
+                && text.contains(&format!("user '{name}': the audit trail writes this name"))
+                && text.contains(&format!("gitgate user disable {name}"))
+                && text.contains("(1 warning)"),
+            "{text}"
+        );
+    }
+}
+
 /// A stored password hash edited into what is not text (a BLOB) is no question of the
 /// hash's limits: check still passes, as serve still starts. Before, check read every hash as
 /// text and failed whole ("Invalid column type Blob"), exit 1, where serve would start.

@@ -313,6 +313,20 @@ pub fn run(config_path: &Path) -> Result<(), String> {
              {user}`"
         );
     }
+    // Made before such names were refused: each is still served, but its audit trail is mixed.
+    for user in inspection
+        .iter()
+        .flat_map(|i| i.users_named_as_no_user.iter())
+    {
+        warnings += 1;
+        outln!(
+            "warning: store {store}: user '{user}': the audit trail writes this name as the \
+             actor of what no user did (gitgate's own actions, or a call that named no user), \
+             so this user's changes cannot be told from those, and `gitgate audit --user \
+             {user}` lists both; add the person under another name and disable this one \
+             (`gitgate user disable {user}`)"
+        );
+    }
     let empty = "it refuses every git request until a token is made (if the store is \
                  elsewhere, fix [store] path)";
     match inspection {

@@ -406,6 +406,10 @@ pub struct Inspection {
     /// limits, or no hash argon2 can check), with why ([`crate::password::stored_unchecked`]):
     /// every login of theirs is refused.
     pub passwords_unchecked: Vec<(String, crate::password::Unchecked)>,
+    /// Users named as the audit trail's actors where no user acted
+    /// ([`ACTOR_NAMES_OF_NO_USER`]), made before gitgate refused those names: their changes
+    /// cannot be told from gitgate's own, or from anonymous callers'.
+    pub users_named_as_no_user: Vec<String>,
 }
 
 /// A copy of a store and its `-wal` in a folder of its own (mode 0700, in the temporary
@@ -733,6 +737,16 @@ impl Store {
                 })
                 .collect()
         };
+        let users_named_as_no_user = if version == 0 {
+            Vec::new()
+        } else {
+            conn.prepare("SELECT slug FROM users WHERE slug IN (?1, ?2) ORDER BY slug")
+                .and_then(|mut q| {
+                    q.query_map(ACTOR_NAMES_OF_NO_USER, |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(explain)?
+        };
         Ok(Some(Inspection {
             schema: version,
             current: schema::CURRENT,
@@ -741,6 +755,7 @@ impl Store {
             usable_tokens,
             settings,
             passwords_unchecked,
+            users_named_as_no_user,
         }))
     }
 
