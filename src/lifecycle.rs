@@ -887,13 +887,22 @@ fn may_manage(caller: &Caller, subject: &Subject) -> Result<()> {
         Subject::Personal(user) => Err(Error::Forbidden(format!(
             "you may only manage your own tokens, not those of '{user}'"
         ))),
-        Subject::Scoped(_) if caller.is_admin() => Ok(()),
-        Subject::Scoped(_) => Err(Error::Forbidden(
-            "only administrators (the admin role) can manage project and repository tokens: \
-             a grant of admin on a project or repository is not enough"
-                .into(),
-        )),
+        Subject::Scoped(_) => may_manage_scoped(caller),
     }
+}
+
+/// Whether `caller` may see and manage project and repository tokens: administrators only.
+/// The REST API asks it before it reads a `projects/...` path's key and slug, so that who asks
+/// is answered before what they ask (a key that is none).
+pub fn may_manage_scoped(caller: &Caller) -> Result<()> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    Err(Error::Forbidden(
+        "only administrators (the admin role) can manage project and repository tokens: a \
+         grant of admin on a project or repository is not enough"
+            .into(),
+    ))
 }
 
 /// A new token, as asked for.
@@ -975,13 +984,23 @@ pub fn may_create(store: &Store, caller: &Caller, subject: &Subject) -> Result<(
                 format!("you may only create personal tokens for yourself, not for '{user}'")
             }))
         }
-        Subject::Scoped(_) if !caller.is_admin() => Err(Error::Forbidden(
-            "only administrators (the admin role) can create project and repository \
-             tokens: a grant of admin on a project or repository is not enough"
-                .into(),
-        )),
+        Subject::Scoped(_) => may_create_scoped(caller),
         _ => Ok(()),
     }
+}
+
+/// Whether `caller` may create project and repository tokens: administrators only. Asked by
+/// [`may_create`], and by the REST API before it reads a `projects/...` path (see
+/// [`may_manage_scoped`]).
+pub fn may_create_scoped(caller: &Caller) -> Result<()> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    Err(Error::Forbidden(
+        "only administrators (the admin role) can create project and repository tokens: a \
+         grant of admin on a project or repository is not enough"
+            .into(),
+    ))
 }
 
 /// Create a token; returns its record and the secret, which is shown once and never stored.

@@ -226,6 +226,7 @@ fn who_may_do_what() {
     let own_rotate = format!("{own}/rotate");
     let (overlap, unknown) = (r#"{"overlapSeconds":-1}"#, r#"{"bogus":1}"#);
     let (not_his, hidden) = ("only manage your own tokens", "no token with id");
+    let only_admins = "only administrators (the admin role) can manage project";
     for (who, method, path, b, status, said) in [
         (
             "bob",
@@ -265,6 +266,42 @@ fn who_may_do_what() {
         ("bob", "POST", &own_rotate, overlap, 404, hidden),
         ("bob", "POST", &own, unknown, 404, hidden),
         ("bob", "DELETE", &own, unknown, 404, hidden),
+        // Project and repository tokens are administrators' alone: a key or a path shape they
+        // could put right is not told to anyone else (each was a 400 or a 404).
+        ("bob", "GET", "/projects/te!am", "", 403, only_admins),
+        (
+            "bob",
+            "PUT",
+            "/projects/team/repos/a!pp",
+            "{}",
+            403,
+            "only administrators (the admin role) can create",
+        ),
+        ("bob", "GET", "/projects/team/repos", "", 403, only_admins),
+        (
+            "root",
+            "GET",
+            "/projects/te!am",
+            "",
+            400,
+            "is not a project key",
+        ),
+        (
+            "root",
+            "GET",
+            "/projects/team/repos/a!pp",
+            "",
+            400,
+            "is not a repository",
+        ),
+        (
+            "root",
+            "GET",
+            "/projects/team/repos",
+            "",
+            404,
+            "names the repository",
+        ),
     ] {
         let r = server.api(method, path, who, b);
         assert_eq!(r.status, status, "{who} {method} {path} {b}: {}", r.body);

@@ -6,11 +6,18 @@
 //! `projects/{key}/repos` alone is a path without its repository, and said to be one.
 
 use super::{tokens, ApiError, ApiResult, Call};
-use crate::lifecycle::Subject;
+use crate::lifecycle::{self, Subject};
 use crate::policy::Target;
 
-/// Route the path segments after `projects/`.
+/// Route the path segments after `projects/`. Who asks comes first: every path here is an
+/// administrator's, so a non-administrator's `403` is not preceded by a `400` about the key
+/// or a `404` about the path's shape, telling them how to ask for what they may not have.
 pub fn route(call: &Call, segments: &[&str]) -> ApiResult {
+    if call.method == hyper::Method::PUT {
+        lifecycle::may_create_scoped(&call.caller)?;
+    } else {
+        lifecycle::may_manage_scoped(&call.caller)?;
+    }
     match segments {
         [key] => tokens::collection(call, &project(key)?),
         [key, "repos", slug] => tokens::collection(call, &repo(key, slug)?),
