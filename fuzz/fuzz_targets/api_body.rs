@@ -74,8 +74,14 @@ fuzz_target!(|data: &[u8]| {
         }
         (Ok(_), Err(e)) => panic!("accepted what serde_json refuses: {e}"),
         (Err(e), Ok(_)) => {
-            assert!(e.is_data() && e.to_string().contains("appears twice"), "{e}");
-            assert!(repeats_a_field(data), "refused without a repeated field: {e}");
+            assert!(
+                e.is_data() && e.to_string().contains("appears twice"),
+                "{e}"
+            );
+            assert!(
+                repeats_a_field(data),
+                "refused without a repeated field: {e}"
+            );
         }
         (Err(_), Err(_)) => {}
     }
