@@ -394,6 +394,19 @@ fn pair_problem(
         let goes_with = chain.iter().enumerate().skip(1).find(|(_, der)| {
             CertifiedKey::from_der(vec![(*der).clone()], private.clone_key(), provider).is_ok()
         });
+        // The key of the CA that issued the served certificate (its intermediate's, named in
+        // place of the server's own): the file is in the right order, and putting that CA
+        // first, as "the wrong order" would have it, serves a CA's certificate.
+        if let Some((i, _)) = goes_with.filter(|(_, der)| issued(&chain[0], der)) {
+            return format!(
+                "[server.tls] key = \"{key}\" is the private key of cert = \"{cert}\"'s \
+                 certificate {} of {}, the CA that issued the server's certificate, not of the \
+                 server's own (which comes first, as it should): name the server's key, made \
+                 with its certificate (certbot's privkey.pem)",
+                i + 1,
+                chain.len()
+            );
+        }
         if let Some((i, _)) = goes_with {
             return format!(
                 "[server.tls] cert = \"{cert}\": its certificates are in the wrong order: key = \
@@ -616,6 +629,19 @@ pub fn validity(der: &[u8]) -> Option<Validity> {
 pub fn issued_by_itself(der: &[u8]) -> Option<bool> {
     let (issuer, _, subject) = issuer_dates_subject(der)?;
     Some(issuer == subject)
+}
+
+/// Pure: whether DER certificate `issuer` is the one that issued DER certificate `cert` as
+/// their names say (`cert`'s issuer `Name` is `issuer`'s subject, byte for byte), `cert` not
+/// being issued by itself. Names only, no signature checked: enough to tell a CA's key named
+/// in place of the server's from a chain in the wrong order.
+fn issued(cert: &[u8], issuer: &[u8]) -> bool {
+    match (issuer_dates_subject(cert), issuer_dates_subject(issuer)) {
+        (Some((named_issuer, _, subject)), Some((_, _, issuers_subject))) => {
+            named_issuer != subject && named_issuer == issuers_subject
+        }
+        _ => false,
+    }
 }
 
 /// A DER certificate's issuer `Name`, validity and subject `Name` (each element's contents).
@@ -900,6 +926,22 @@ mod tests {
         let e = CertStore::load(&fixture("version1.pem"), &fixture("version1.key")).unwrap_err();
         assert!(
             e.contains("an X.509 version 1 certificate") && !e.contains("UnsupportedCertVersion"),
+            "{e}"
+        );
+    }
+
+    /// The key of the CA that issued the server's certificate, named with a chain in the right
+    /// order, is said to be that CA's: not "the wrong order", whose way out (the CA's
+    /// certificate first) would serve a CA's certificate.
+    #[test]
+    fn the_issuing_cas_key_named_for_the_servers_is_not_said_to_be_the_wrong_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = chain_of(dir.path(), &["own-ca-leaf.pem", "own-ca.pem"]);
+        let e = CertStore::load(&cert, &fixture("own-ca.key")).unwrap_err();
+        assert!(
+            e.contains("is the private key of")
+                && e.contains("certificate 2 of 2, the CA that issued the server's certificate")
+                && !e.contains("wrong order"),
             "{e}"
         );
     }
