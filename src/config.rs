@@ -1532,11 +1532,13 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
     if key.is_empty() {
         return format!("line {line_no}: {msg}");
     }
-    // `listen = 127.0.0.1:8080`: the most common slip, said without repeating the value.
+    // `listen = 127.0.0.1:8080`: the most common slip, said without repeating the value. Not
+    // for a value TOML reads as one (`max_processes = 8` written twice: a duplicate key), which
+    // quotes would not mend.
     let unquoted = line
         .split_once('=')
         .map(|(_, value)| value.trim_start())
-        .is_some_and(|v| !v.starts_with(['"', '\'', '[', '{']));
+        .is_some_and(|v| !v.starts_with(['"', '\'', '[', '{']) && !is_a_toml_value(v));
     let hint = if syntax && unquoted && !line.starts_with('[') {
         " (a text value, such as an address, a path or a name, goes in quotes: key = \"...\")"
     } else {
@@ -1545,6 +1547,12 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
     let shown: String = key.chars().take(80).collect();
     let more = if shown.len() < key.len() { "..." } else { "" };
     format!("line {line_no}, {shown}{more}: {msg}{hint}")
+}
+
+/// Pure: whether `value`, the text after a key's `=`, is a TOML value on its own (a number, a
+/// boolean, a date; a comment after it allowed).
+fn is_a_toml_value(value: &str) -> bool {
+    format!("value = {value}").parse::<toml::Table>().is_ok()
 }
 
 /// `msg` with the text of every `string "..."` serde quotes left out.
@@ -2629,6 +2637,18 @@ env = "UPSTREAM_TOKEN"
         ] {
             let e = parse(other).unwrap_err();
             assert!(e.contains("line 1: not valid TOML: "), "{e}");
+        }
+        // A key written twice is no value to put in quotes, whatever its value.
+        for value in ["8", "true", "5.5 # per second"] {
+            let e = parse(&GOOD.replace(
+                "\"127.0.0.1:8080\"",
+                &format!("\"127.0.0.1:8080\"\nworkers = {value}\nworkers = {value}"),
+            ))
+            .unwrap_err();
+            assert!(
+                e.contains("duplicate key `workers`") && !e.contains("quotes"),
+                "{e}"
+            );
         }
         // A file that is TOML, with a value of the wrong type, is not said to be other than TOML.
         let e = parse(&GOOD.replace("\"127.0.0.1:8080\"", "8080")).unwrap_err();
