@@ -1522,10 +1522,12 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
     let line = text[line_start..].lines().next().unwrap_or("").trim();
     // The key only, never the value: a misplaced secret (`password = "..."` where only `file`
     // or `env` may go) must not end up in the journal.
-    // A line without `=` is shown only as a table header: anything else may be a secret pasted
-    // on a line of its own.
+    // A line without `=` is shown only as a table header, and the text before a `=` only when
+    // it is shaped like a key: anything else may be a secret pasted on a line of its own, and
+    // base64 ends in `=` (`dXNlcjpwYXNz==`, a Basic secret).
     let key = match line.split_once('=') {
-        Some((key, _)) => key.trim(),
+        Some((key, _)) if shaped_like_a_key(key.trim()) => key.trim(),
+        Some(_) => "",
         None if line.starts_with('[') => line,
         None => "",
     };
@@ -1547,6 +1549,20 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
     let shown: String = key.chars().take(80).collect();
     let more = if shown.len() < key.len() { "..." } else { "" };
     format!("line {line_no}, {shown}{more}: {msg}{hint}")
+}
+
+/// Pure: whether `key`, the text before a line's first `=`, has the shape of this file's keys
+/// — words of lower-case letters, digits, `_` and `-`, dotted (`server.tls`) — and so may be
+/// repeated in a refusal. A secret's text before its base64 padding (`Z2l0Z2F0ZTpz...==`) has
+/// capitals, and an `Authorization: Basic ...` line spaces and a `:`.
+fn shaped_like_a_key(key: &str) -> bool {
+    key.split('.').all(|word| {
+        let word = word.trim();
+        !word.is_empty()
+            && word
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    })
 }
 
 /// Pure: whether `value`, the text after a key's `=`, is a TOML value on its own (a number, a
@@ -2088,6 +2104,17 @@ env = "UPSTREAM_TOKEN"
         assert!(e.contains("password"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
         // ... nor one pasted on a line of its own, nor a bare value after its key.
+        // A Basic secret's base64 (`gitgate:Hunter2Secret`) ends in `=`, which made the text
+        // before it read as a key; so does an `Authorization` line with such a secret.
+        for pasted in [
+            "Z2l0Z2F0ZTpIdW50ZXIyU2VjcmV0",
+            "Authorization: Basic Z2l0Z2F0ZTpIdW50ZXIyU2VjcmV0",
+        ] {
+            let e =
+                parse(&GOOD.replace("realm = \"gitgate\"", &format!("{pasted}=="))).unwrap_err();
+            assert!(!e.contains("Z2l0"), "{e}");
+            assert!(e.contains("line 11: "), "{e}");
+        }
         for pasted in ["ggt_hunter2-secret", "file = hunter2-secret"] {
             let e = parse(&GOOD.replace("realm = \"gitgate\"", pasted)).unwrap_err();
             assert!(!e.contains("hunter2"), "{e}");
