@@ -137,10 +137,10 @@ fn reload(certs: Option<&CertStore>, upstream_secret: Option<&UpstreamSecret>, r
     let on_disk = Config::load(&running.source);
     config_said_on_hangup(running, &on_disk);
     let on_disk = on_disk.ok();
-    let same = |part: &dyn Fn(&Config) -> String| {
-        on_disk
-            .as_ref()
-            .is_none_or(|now| part(now) == part(running))
+    // Compared by value, paths by their components: `./cert.pem` is `cert.pem`, and a restart
+    // would read the same file.
+    let same = |part: &dyn Fn(&Config, &Config) -> bool| {
+        on_disk.as_ref().is_none_or(|now| part(now, running))
     };
     let restart = |same: bool, what: &str| {
         if same {
@@ -168,14 +168,17 @@ fn reload(certs: Option<&CertStore>, upstream_secret: Option<&UpstreamSecret>, r
             Err(e) => {
                 METRICS.reload_failed();
                 let credentials = |c: &Config| match &c.upstream {
-                    crate::config::Upstream::Http(h) => format!("{:?}", h.credentials),
-                    crate::config::Upstream::Cgi { .. } => String::new(),
+                    crate::config::Upstream::Http(h) => h.credentials.clone(),
+                    crate::config::Upstream::Cgi { .. } => None,
                 };
                 tracing::error!(
                     error = %LogText(&e.to_string()),
                     "SIGHUP: keeping the current upstream credentials, the new ones are \
                      unusable{}",
-                    restart(same(&credentials), "credentials")
+                    restart(
+                        same(&|a, b| credentials(a) == credentials(b)),
+                        "credentials"
+                    )
                 )
             }
         }
@@ -212,7 +215,7 @@ fn reload(certs: Option<&CertStore>, upstream_secret: Option<&UpstreamSecret>, r
                     _ => tracing::error!(
                         error = %LogText(&e.to_string()),
                         "SIGHUP: keeping the current TLS certificate, the new one is unusable{}",
-                        restart(same(&|c: &Config| format!("{:?}", c.server.tls)), "TLS files")
+                        restart(same(&|a, b| a.server.tls == b.server.tls), "TLS files")
                     ),
                 }
             }
@@ -236,10 +239,11 @@ fn config_said_on_hangup(running: &Config, on_disk: &Result<Config, crate::confi
         Ok(now) => {
             // New certificate or key files: a restart loads them as the start does, and
             // refuses to start if they do not (a key that is not the certificate's).
-            if let Some(tls) =
-                now.server.tls.as_ref().filter(|_| {
-                    format!("{:?}", now.server.tls) != format!("{:?}", running.server.tls)
-                })
+            if let Some(tls) = now
+                .server
+                .tls
+                .as_ref()
+                .filter(|_| now.server.tls != running.server.tls)
             {
                 if let Err(e) = CertStore::load(&tls.cert, &tls.key) {
                     tracing::warn!(
@@ -391,6 +395,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(changed_sections(&a, &b), ["[server]"]);
+    }
+
+    /// TLS files that no longer load, named by the config file as the same files written
+    /// another way (`./c.pem` for `c.pem`), are said to fail a restart too: the restart reads
+    /// them.
+    #[test]
+    fn the_same_tls_files_written_another_way_are_said_to_fail_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = |name: &str| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/tls")
+                .join(name)
+        };
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::copy(fixture("server-a.pem"), &cert).unwrap();
+        std::fs::copy(fixture("server-a.key"), &key).unwrap();
+        let config = |cert: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\n[server.tls]\ncert = \"{cert}\"\n\
+                 key = \"k.pem\"\n[store]\npath = \"g.db\"\n\
+                 [upstream]\nurl = \"http://127.0.0.1:9000\"\n"
+            )
+        };
+        let path = dir.path().join("proxy.toml");
+        let running = Config::parse(&path, &config("c.pem")).unwrap();
+        let certs = CertStore::load(&cert, &key).unwrap();
+        // A renewal gone wrong: a certificate the key does not go with.
+        std::fs::copy(fixture("server-b.pem"), &cert).unwrap();
+        std::fs::write(&path, config("./c.pem")).unwrap();
+        let log = crate::store::test_support::logged(|| reload(Some(&certs), None, &running));
+        assert!(
+            log.contains("keeping the current TLS certificate")
+                && log.contains("so a restart would fail")
+                && !log.contains("names other TLS files"),
+            "{log}"
+        );
     }
 
     /// A config file that now names a store this process cannot write is said to make a
