@@ -1478,6 +1478,11 @@ fn in_the_configs_words(msg: &str) -> String {
             "number too large to fit in target type",
             "number too large for this key",
         ),
+        // serde's word for a list (`trusted_proxies = "10.0.0.0/8"`), which TOML calls an array.
+        (
+            "expected a sequence",
+            "expected a list in brackets, e.g. [\"...\"]",
+        ),
     ] {
         out = out.replace(rust, said);
     }
@@ -2527,6 +2532,12 @@ env = "UPSTREAM_TOKEN"
                 "workers",
                 "workers = 18446744073709551615",
                 "number too large for this key",
+            ),
+            (
+                "trusted_proxies",
+                "trusted_proxies = \"10.0.0.0/8\"",
+                "line 4, trusted_proxies: invalid type: a string (not shown), expected a list in \
+                 brackets, e.g. [\"...\"]",
             ),
         ] {
             let text = GOOD.replace("git_prefix = \"/scm/\"", to);
