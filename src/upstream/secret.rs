@@ -89,10 +89,21 @@ const MAX_HEADER_VALUE: usize = 8 * 1024 - 64;
 fn read(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
     let secret = match &c.source {
         SecretSource::File(path) => crate::small_file::read_to_string(path).map_err(|e| {
-            format!(
-                "[upstream.credentials] file = \"{}\" cannot be read: {e}",
-                path.display()
-            )
+            // A path that leads to nothing may be the secret itself, written where the path of
+            // the file that holds it goes (`file = "glpat-..."`): not repeated, as a secret
+            // pasted in place of `env`'s name is not. One that is there is a file's name.
+            if std::fs::symlink_metadata(path).is_err() {
+                format!(
+                    "[upstream.credentials] file cannot be read: {e} (the path is not shown: \
+                     it may be the secret itself; `file` takes the path of a file that holds \
+                     the secret, and a relative path is taken from the config file's folder)"
+                )
+            } else {
+                format!(
+                    "[upstream.credentials] file = \"{}\" cannot be read: {e}",
+                    path.display()
+                )
+            }
         })?,
         SecretSource::Env(name) => std::env::var(name).map_err(|_| {
             // A secret pasted in place of the name would be shown here: a name is shown only
@@ -306,6 +317,34 @@ mod tests {
         std::fs::remove_file(&f).unwrap();
         assert!(s.reload().unwrap_err().contains("cannot be read"));
         assert_eq!(s.value(), "Bearer two");
+    }
+
+    /// A secret written where the path of its file goes names no file: it is not repeated in
+    /// the refusal (the start's, `check`'s, a SIGHUP's), while a file that is there but cannot
+    /// be read is named.
+    #[test]
+    fn a_secret_given_as_the_files_path_is_not_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        for pasted in [
+            "glpat-Hunter2SecretXyZ",
+            "deploy:Hunter2Secret",
+            "a/Hunter2+b/c==",
+        ] {
+            let e = read(&from_file(
+                CredentialScheme::Bearer,
+                &dir.path().join(pasted),
+            ))
+            .unwrap_err();
+            assert!(
+                !e.contains("Hunter2") && e.contains("cannot be read") && e.contains("not shown"),
+                "{e}"
+            );
+        }
+        let e = read(&from_file(CredentialScheme::Bearer, dir.path())).unwrap_err();
+        assert!(
+            e.contains(&dir.path().display().to_string()) && e.contains("a folder"),
+            "{e}"
+        );
     }
 
     #[test]
