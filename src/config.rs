@@ -560,10 +560,14 @@ impl Config {
                     if t.cert.is_empty() { "cert" } else { "key" }
                 )))
             }
-            Some(t) => Some(Tls {
-                cert: resolve(&t.cert),
-                key: resolve(&t.key),
-            }),
+            Some(t) => {
+                pem_text_refused("[server.tls] cert", &t.cert).map_err(err)?;
+                pem_text_refused("[server.tls] key", &t.key).map_err(err)?;
+                Some(Tls {
+                    cert: resolve(&t.cert),
+                    key: resolve(&t.key),
+                })
+            }
             None => None,
         };
         // Checked as a token's allowed networks are: `127.0.0.2/8` is a typo for one address
@@ -1078,6 +1082,9 @@ fn http_upstream(
             "[upstream] ca_file is empty: name the PEM file of the CA, or remove the key".into(),
         );
     }
+    if let Some(ca) = &raw.ca_file {
+        pem_text_refused("[upstream] ca_file", ca)?;
+    }
     let ca_file = raw.ca_file.as_deref().map(resolve);
     if scheme == "http" && (ca_file.is_some() || raw.system_roots.is_some()) {
         // Named as set, with both ways out: the key may be a leftover, or the URL mistyped.
@@ -1133,7 +1140,10 @@ fn http_upstream(
                                 the secret"
                         .into())
                 }
-                (Some(f), None) => SecretSource::File(resolve(&f)),
+                (Some(f), None) => {
+                    pem_text_refused("[upstream.credentials] file", &f)?;
+                    SecretSource::File(resolve(&f))
+                }
                 (None, Some(e)) if !e.is_empty() => {
                     if !is_variable_name(&e) {
                         return Err(
@@ -1625,6 +1635,20 @@ pub fn on_one_line(message: String) -> String {
             }
         })
         .collect()
+}
+
+/// Refuses the value of `key`, a setting that takes a file's path, when it is the text of a
+/// PEM file (or any text of several lines) pasted where the path goes: taken for a path, it was
+/// repeated — a private key's lines and all — in the refusal of a file not found. Not shown.
+fn pem_text_refused(key: &str, value: &str) -> Result<(), String> {
+    if value.contains("-----BEGIN") || value.contains(['\n', '\r']) {
+        return Err(format!(
+            "{key} holds the text of a PEM file, or several lines, not the path of a file (the \
+             value is not shown): put that text in a file (a private key or a secret in one only \
+             gitgate's user may read) and name the file"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `name` can be an environment variable's name (as shells take them).
@@ -2129,6 +2153,47 @@ env = "UPSTREAM_TOKEN"
         let e = parse(&format!("{GOOD}\n[server]\nworkers = 1\n")).unwrap_err();
         assert_eq!(e.lines().count(), 1, "{e}");
         assert!(e.contains("[server]"), "{e}");
+    }
+
+    /// A PEM file's text pasted where its path goes — a private key's most of all — is refused
+    /// as that, and not repeated: taken for a path, it was shown whole in the refusal of a file
+    /// not found.
+    #[test]
+    fn pem_text_where_a_path_goes_is_refused_unrepeated() {
+        let key =
+            "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG/Hunter2+k\n-----END PRIVATE KEY-----\n";
+        let tls = |cert: &str, key: &str| {
+            format!("{GOOD}[server.tls]\ncert = \"\"\"{cert}\"\"\"\nkey = \"\"\"{key}\"\"\"\n")
+        };
+        let http = |more: &str| {
+            GOOD.replace(
+                "cgi = \"/usr/lib/git-core/git-http-backend\"\nproject_root = \"repos\"",
+                &format!("url = \"https://git.internal/git\"\n{more}"),
+            )
+        };
+        for (text, named) in [
+            (
+                tls("c.pem", key),
+                "[server.tls] key holds the text of a PEM file",
+            ),
+            (
+                tls(key, "k.pem"),
+                "[server.tls] cert holds the text of a PEM file",
+            ),
+            (
+                http(&format!("ca_file = \"\"\"{key}\"\"\"")),
+                "[upstream] ca_file holds the text of a PEM file",
+            ),
+            (
+                http(&format!(
+                    "[upstream.credentials]\nscheme = \"bearer\"\nfile = \"\"\"{key}\"\"\""
+                )),
+                "[upstream.credentials] file holds the text of a PEM file",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains(named) && !e.contains("Hunter2"), "{e}");
+        }
     }
 
     #[test]
