@@ -239,6 +239,14 @@ pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
+/// Pure: `pem` without the UTF-8 byte order mark an editor may put before its first line
+/// (Windows Notepad's "UTF-8 with BOM"). After it the first `-----BEGIN` line is no section's
+/// start to the PEM reader, which skipped the file's first certificate — the server's own, whose
+/// key was then said not to go with the chain — or its key, where openssl reads them.
+pub fn without_byte_order_mark(pem: &[u8]) -> &[u8] {
+    pem.strip_prefix(b"\xef\xbb\xbf").unwrap_or(pem)
+}
+
 /// `why` a TLS file could not be read, and, when this user may not read it, what to change. A
 /// service run as an unprivileged user (`User=git`) meets keys made for root alone — certbot
 /// writes its private keys 0600 root — at its start or at the SIGHUP after a renewal, where a
@@ -277,7 +285,11 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Pair,
         .map_err(|e| named("cert", cert, &with_read_advice(e, cert)))?;
     let key_pem =
         crate::small_file::read(key).map_err(|e| named("key", key, &with_read_advice(e, key)))?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    let (cert_pem, key_pem) = (
+        without_byte_order_mark(&cert_pem),
+        without_byte_order_mark(&key_pem),
+    );
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| named("cert", cert, &pem_problem(&e)))?;
     if chain.is_empty() {
@@ -292,7 +304,7 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Pair,
         || key_pem
             .windows(b"Proc-Type: 4,ENCRYPTED".len())
             .any(|w| w == b"Proc-Type: 4,ENCRYPTED");
-    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+    let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
         // A key under a passphrase: gitgate, started unattended, has none to give.
         _ if encrypted => format!(
             "[server.tls] key = \"{}\" is encrypted with a passphrase, which gitgate cannot \
@@ -944,6 +956,27 @@ mod tests {
                 && !e.contains("wrong order"),
             "{e}"
         );
+    }
+
+    /// A chain and key saved with a UTF-8 byte order mark (an editor's "UTF-8 with BOM") are
+    /// read as openssl reads them: the first certificate is the server's, not skipped.
+    #[test]
+    fn files_saved_with_a_byte_order_mark_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_bom = |name: &str| {
+            let path = dir.path().join(name);
+            let mut bytes = b"\xef\xbb\xbf".to_vec();
+            bytes.extend(std::fs::read(fixture(name)).unwrap());
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let chain = chain_of(dir.path(), &["server-a.pem", "ca.pem"]);
+        let mut bytes = b"\xef\xbb\xbf".to_vec();
+        bytes.extend(std::fs::read(&chain).unwrap());
+        std::fs::write(&chain, bytes).unwrap();
+        let store = CertStore::load(&chain, &with_bom("server-a.key")).unwrap();
+        assert_eq!(serving(&store), der("server-a.pem"));
+        assert_eq!(store.current.read().unwrap().cert.len(), 2);
     }
 
     #[test]

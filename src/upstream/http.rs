@@ -1128,7 +1128,7 @@ fn ca_file_roots(
 ) -> Result<Vec<String>, String> {
     let pem = crate::small_file::read(ca)
         .map_err(|e| format!("[upstream] ca_file = \"{}\": {e}", ca.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    let certs = CertificateDer::pem_slice_iter(crate::tls::without_byte_order_mark(&pem))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
             format!(
