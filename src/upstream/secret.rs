@@ -120,6 +120,9 @@ fn read(c: &UpstreamCredentials) -> Result<HeaderValue, String> {
             }
         })?,
     };
+    // An editor's "UTF-8 with BOM" puts U+FEFF before the first line: sent, it made another
+    // token than the file shows, refused by the upstream (every git request a 502).
+    let secret = secret.strip_prefix('\u{feff}').unwrap_or(&secret);
     let secret = secret.trim_end_matches(['\r', '\n']);
     if secret.is_empty() {
         return Err("[upstream.credentials] the secret is empty".into());
@@ -345,6 +348,20 @@ mod tests {
             e.contains(&dir.path().display().to_string()) && e.contains("a folder"),
             "{e}"
         );
+    }
+
+    /// A secret file saved with a UTF-8 byte order mark (Notepad's "UTF-8 with BOM") gives
+    /// the secret the file shows, not one beginning with U+FEFF.
+    #[test]
+    fn a_secret_file_saved_with_a_byte_order_mark_is_read_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "\u{feff}tok3n\r\n").unwrap();
+        let v = read(&from_file(CredentialScheme::Bearer, &f)).unwrap();
+        assert_eq!(v, "Bearer tok3n");
+        std::fs::write(&f, "\u{feff}gitgate:pw\n").unwrap();
+        let v = read(&from_file(CredentialScheme::Basic, &f)).unwrap();
+        assert_eq!(v, "Basic Z2l0Z2F0ZTpwdw==");
     }
 
     #[test]
