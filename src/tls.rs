@@ -322,6 +322,31 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Pair,
     let now = crate::clock::now_ms();
     let served = validity(&chain[0]);
     if let Some(refused) = served.and_then(|v| v.refusal(now)) {
+        // A renewed certificate added after the old one, or an old one left at the file's top:
+        // the key goes with a later certificate, valid now, that is not the first's CA. "Renew
+        // it" would send the operator to renew again.
+        let renewed = chain.iter().enumerate().skip(1).find(|(_, der)| {
+            !issued(&chain[0], der)
+                && validity(der).is_some_and(|v| v.problem(now).is_none())
+                && CertifiedKey::from_der(vec![(*der).clone()], private.clone_key(), provider)
+                    .is_ok()
+        });
+        if let Some((i, _)) = renewed {
+            let problem = served
+                .and_then(|v| v.problem(now))
+                .unwrap_or_default()
+                .replacen("the certificate ", "", 1);
+            return Err(format!(
+                "[server.tls] cert = \"{}\": its first certificate, served as the server's, {problem} \
+                 (clients refuse it), and key = \"{}\" goes with its certificate {} of {}, valid \
+                 now: put that one first in place of the old (a renewed certificate added after \
+                 it?)",
+                cert.display(),
+                key.display(),
+                i + 1,
+                chain.len()
+            ));
+        }
         return Err(format!(
             "[server.tls] cert = \"{}\": {refused}",
             cert.display()
@@ -956,6 +981,25 @@ mod tests {
                 && !e.contains("wrong order"),
             "{e}"
         );
+    }
+
+    /// A renewed certificate added after the expired one it replaces, the key being the new
+    /// one's: said so, not "renew it" of a certificate already renewed.
+    #[test]
+    fn an_expired_certificate_before_the_renewed_one_is_said_to_be_out_of_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = chain_of(dir.path(), &["expired.pem", "server-a.pem", "ca.pem"]);
+        let e = CertStore::load(&cert, &fixture("server-a.key")).unwrap_err();
+        assert!(
+            e.contains("its first certificate, served as the server's, expired on 2020-01-31")
+                && e.contains("goes with its certificate 2 of 3")
+                && !e.contains("renew it"),
+            "{e}"
+        );
+        // Expired with no renewed one in the file: renew it.
+        let cert = chain_of(dir.path(), &["expired.pem", "server-a.pem"]);
+        let e = CertStore::load(&cert, &fixture("expired.key")).unwrap_err();
+        assert!(e.contains("(renew it)"), "{e}");
     }
 
     /// A chain and key saved with a UTF-8 byte order mark (an editor's "UTF-8 with BOM") are
