@@ -130,8 +130,11 @@ pub(crate) async fn reload_on_hangup(
     }
 }
 
-/// What a SIGHUP reads again (see [`reload_on_hangup`]), on a thread that may block.
+/// What a SIGHUP reads again (see [`reload_on_hangup`]), on a thread that may block. Counted
+/// once in `gitgate_reload_failures_total` when it keeps anything in use, the certificate, the
+/// credentials or both: the metric counts SIGHUPs.
 fn reload(certs: Option<&CertStore>, upstream_secret: Option<&UpstreamSecret>, running: &Config) {
+    let mut kept = false;
     // Read once: what it says of the edits, and whether a restart would read the files this
     // reload read (not when the config file now names others).
     let on_disk = Config::load(&running.source);
@@ -166,7 +169,7 @@ fn reload(certs: Option<&CertStore>, upstream_secret: Option<&UpstreamSecret>, r
                 "SIGHUP: upstream credentials come from the environment, which changes only with a restart"
             ),
             Err(e) => {
-                METRICS.reload_failed();
+                kept = true;
                 let credentials = |c: &Config| match &c.upstream {
                     crate::config::Upstream::Http(h) => h.credentials.clone(),
                     crate::config::Upstream::Cgi { .. } => None,
@@ -201,7 +204,7 @@ fn reload(certs: Option<&CertStore>, upstream_secret: Option<&UpstreamSecret>, r
                 }
             }
             Err(e) => {
-                METRICS.reload_failed();
+                kept = true;
                 match c
                     .validity()
                     .and_then(|chain| chain.expiry_note(crate::clock::now_ms()))
@@ -220,6 +223,9 @@ fn reload(certs: Option<&CertStore>, upstream_secret: Option<&UpstreamSecret>, r
                 }
             }
         },
+    }
+    if kept {
+        METRICS.reload_failed();
     }
 }
 
@@ -397,11 +403,71 @@ mod tests {
         assert_eq!(changed_sections(&a, &b), ["[server]"]);
     }
 
+    /// Held by the tests that call [`reload`], which counts into the process's metrics.
+    static RELOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// The SIGHUPs that kept something in use, as `gitgate_reload_failures_total` says them.
+    fn reload_failures() -> u64 {
+        let text = METRICS.render((0, 0));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("gitgate_reload_failures_total "))
+            .unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    /// A SIGHUP that keeps both the certificate and the upstream credentials is one failed
+    /// reload in the metric, which counts SIGHUPs.
+    #[test]
+    fn a_sighup_that_keeps_both_counts_once() {
+        let _one = RELOADING.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = |name: &str| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/tls")
+                .join(name)
+        };
+        let (cert, key, secret) = (
+            dir.path().join("c.pem"),
+            dir.path().join("k.pem"),
+            dir.path().join("secret"),
+        );
+        std::fs::copy(fixture("server-a.pem"), &cert).unwrap();
+        std::fs::copy(fixture("server-a.key"), &key).unwrap();
+        std::fs::write(&secret, "tok3n\n").unwrap();
+        let text = "[server]\nlisten = \"127.0.0.1:8080\"\n[server.tls]\ncert = \"c.pem\"\n\
+                    key = \"k.pem\"\n[store]\npath = \"g.db\"\n\
+                    [upstream]\nurl = \"http://127.0.0.1:9000\"\n\
+                    [upstream.credentials]\nscheme = \"bearer\"\nfile = \"secret\"\n";
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, text).unwrap();
+        let running = Config::parse(&path, text).unwrap();
+        let certs = CertStore::load(&cert, &key).unwrap();
+        let credentials = match &running.upstream {
+            UpstreamConfig::Http(http) => http.credentials.clone().unwrap(),
+            UpstreamConfig::Cgi { .. } => unreachable!(),
+        };
+        let upstream_secret = UpstreamSecret::load(&credentials).unwrap();
+        std::fs::copy(fixture("server-b.pem"), &cert).unwrap();
+        std::fs::write(&secret, "").unwrap();
+        let before = reload_failures();
+        let log = crate::store::test_support::logged(|| {
+            reload(Some(&certs), Some(&upstream_secret), &running)
+        });
+        assert!(
+            log.contains("keeping the current TLS certificate")
+                && log.contains("keeping the current upstream credentials"),
+            "{log}"
+        );
+        assert_eq!(reload_failures() - before, 1);
+    }
+
     /// TLS files that no longer load, named by the config file as the same files written
     /// another way (`./c.pem` for `c.pem`), are said to fail a restart too: the restart reads
     /// them.
     #[test]
     fn the_same_tls_files_written_another_way_are_said_to_fail_a_restart() {
+        let _one = RELOADING.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let fixture = |name: &str| {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
