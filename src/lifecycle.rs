@@ -895,14 +895,19 @@ fn may_manage(caller: &Caller, subject: &Subject) -> Result<()> {
 /// The REST API asks it before it reads a `projects/...` path's key and slug, so that who asks
 /// is answered before what they ask (a key that is none).
 pub fn may_manage_scoped(caller: &Caller) -> Result<()> {
+    administrators_only(caller, "manage")
+}
+
+/// Ok for an administrator; else the refusal that says only administrators may `act` on
+/// project and repository tokens.
+fn administrators_only(caller: &Caller, act: &str) -> Result<()> {
     if caller.is_admin() {
         return Ok(());
     }
-    Err(Error::Forbidden(
-        "only administrators (the admin role) can manage project and repository tokens: a \
-         grant of admin on a project or repository is not enough"
-            .into(),
-    ))
+    Err(Error::Forbidden(format!(
+        "only administrators (the admin role) can {act} project and repository tokens: a grant \
+         of admin on a project or repository is not enough"
+    )))
 }
 
 /// A new token, as asked for.
@@ -993,14 +998,7 @@ pub fn may_create(store: &Store, caller: &Caller, subject: &Subject) -> Result<(
 /// [`may_create`], and by the REST API before it reads a `projects/...` path (see
 /// [`may_manage_scoped`]).
 pub fn may_create_scoped(caller: &Caller) -> Result<()> {
-    if caller.is_admin() {
-        return Ok(());
-    }
-    Err(Error::Forbidden(
-        "only administrators (the admin role) can create project and repository tokens: a \
-         grant of admin on a project or repository is not enough"
-            .into(),
-    ))
+    administrators_only(caller, "create")
 }
 
 /// Create a token; returns its record and the secret, which is shown once and never stored.
