@@ -1567,3 +1567,26 @@ pub fn close_with_a_reset(s: std::net::TcpStream) {
     assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
     drop(s);
 }
+
+/// A client connection gitgate has ended while most of its last answers wait in gitgate's
+/// send queue, so that the socket lingers (`closing`): 1001 pipelined `GET /healthz`, the last
+/// with `Connection: close`, from a client with a 4 KiB receive buffer that reads nothing.
+/// Returned a second later, once gitgate has written every answer and ended the connection;
+/// what has not reached the client (the answers are over 100 KB) is checked to be on
+/// gitgate's side.
+pub async fn left_lingering(port: u16) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let mut requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+    requests.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    slow.write_all(&requests).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut queued: libc::c_int = 0;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&slow);
+    // SAFETY: FIONREAD on an open socket into an int.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) }, 0);
+    assert!(queued < 50_000, "{queued} bytes reached the client");
+    slow
+}
