@@ -405,7 +405,7 @@ impl Gate {
                 // A push's commands are read as they pass, for its log line.
                 let mut reading_push = a_push_with_commands(&git_req, &parts.headers);
                 if reading_push {
-                    let commands = if parts.headers.contains_key(hyper::header::CONTENT_ENCODING) {
+                    let commands = if a_compressed_body(&parts.headers) {
                         reading_push = false;
                         PushCommands::encoded()
                     } else {
@@ -1296,6 +1296,14 @@ fn a_push_with_commands(git_req: &GitRequest, headers: &hyper::HeaderMap) -> boo
     git_req.operation == git::Operation::Rpc(git::Service::ReceivePack) && !is_a_push_probe(headers)
 }
 
+/// Whether the request body is compressed (`Content-Encoding` gzip or x-gzip, as the backend
+/// is told it): a push's commands cannot be read from it then. A `Content-Encoding` of
+/// `identity`, or one with an empty value, is a plain body that the backend reads as plain —
+/// taken for compressed, its push's commands went unlogged, whatever refs it changed.
+fn a_compressed_body(headers: &hyper::HeaderMap) -> bool {
+    crate::upstream::headers::content_coding(headers).is_some_and(|c| c != "identity")
+}
+
 /// Whether a push's POST is the 4-byte probe (`0000`) git sends before a large push's body.
 fn is_a_push_probe(headers: &hyper::HeaderMap) -> bool {
     headers
@@ -1523,8 +1531,8 @@ fn connection_ended(e: &hyper::Error) -> Option<Ended> {
 #[cfg(test)]
 mod tests {
     use super::{
-        body_on_a_get, host_problem, overlong_target, user_for_the_log, AuditScratch, Inbound,
-        LONGEST_TARGET,
+        a_compressed_body, body_on_a_get, host_problem, overlong_target, user_for_the_log,
+        AuditScratch, Inbound, LONGEST_TARGET,
     };
     use crate::request_log::PATH_KEPT;
     use hyper::header::HOST;
@@ -1538,6 +1546,32 @@ mod tests {
             h.append(HOST, v.parse().unwrap());
         }
         h
+    }
+
+    /// Only gzip and x-gzip (in any case, as the backend is told them) make a compressed
+    /// body: `identity`, or an empty `Content-Encoding`, leaves a push's commands readable.
+    #[test]
+    fn only_a_gzip_coding_makes_a_body_compressed() {
+        use hyper::header::CONTENT_ENCODING;
+        let with = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(CONTENT_ENCODING, v.parse().unwrap());
+            }
+            h
+        };
+        for compressed in [
+            &["gzip"][..],
+            &["x-gzip"],
+            &["GZip"],
+            &["gzip,"],
+            &["", "gzip"],
+        ] {
+            assert!(a_compressed_body(&with(compressed)), "{compressed:?}");
+        }
+        for plain in [&[][..], &["identity"], &["Identity"], &[""], &[" , "]] {
+            assert!(!a_compressed_body(&with(plain)), "{plain:?}");
+        }
     }
 
     #[test]

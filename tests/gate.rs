@@ -657,12 +657,17 @@ fn a_push_logs_the_refs_it_asked_to_change() {
 
 /// A push's POST to team/app as alice, its `body` said to be gzip-encoded; the whole answer.
 fn gzip_push(server: &Server, secret: &str, body: &[u8]) -> String {
+    coded_push(server, secret, "gzip", body)
+}
+
+/// A push's POST to team/app as alice, its `body` said to be in `coding`; the whole answer.
+fn coded_push(server: &Server, secret: &str, coding: &str, body: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let head = format!(
         "POST /team/app.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
-         Content-Type: application/x-git-receive-pack-request\r\nContent-Encoding: gzip\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\nContent-Encoding: {coding}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         basic("alice", secret),
         body.len()
@@ -711,6 +716,33 @@ fn an_encoded_push_still_has_its_push_commands_line() {
         log.lines().any(
             |l| l.contains("push commands") && l.contains("refs=\"unread (the body is encoded")
         ),
+        "{log}"
+    );
+}
+
+/// A push whose `Content-Encoding` is `identity` (or empty) is a plain body, read as plain by
+/// the backend: its commands are read and logged like any push's, not said "unread" — which
+/// let a hand-made client delete a branch with no ref named in the log.
+#[test]
+fn a_push_said_identity_coded_has_its_commands_logged() {
+    let (sb, mut server, token) = team_setup();
+    let url = server.url_with("alice", &token.secret, "team/app");
+    sb.git(sb.root(), &["clone", "-q", &url, "work"]).ok();
+    let work = sb.root().join("work");
+    sb.git(&work, &["push", "-q", "origin", "HEAD:refs/heads/gone"])
+        .ok();
+    let tip = sb.rev(&work, "HEAD");
+    let zero = "0".repeat(40);
+    let command = format!("{tip} {zero} refs/heads/gone\0report-status delete-refs\n");
+    let body = format!("{:04x}{command}0000", command.len() + 4);
+    let answer = coded_push(&server, &token.secret, "identity", body.as_bytes());
+    assert!(answer.contains("ok refs/heads/gone"), "{answer}");
+    server.stop();
+    let log = server.log_text();
+    let said = format!("refs=\"refs/heads/gone deleted (was {})\"", &tip[..7]);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("push commands") && l.contains(&said)),
         "{log}"
     );
 }
