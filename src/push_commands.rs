@@ -9,7 +9,8 @@
 //! followed by `\0` and the capabilities), before a flush-pkt and the pack. Only those lines
 //! are read, as the body passes on its way to the backend: nothing is held back or changed,
 //! at most [`READ_AT_MOST`] bytes are looked at, and at most [`LISTED`] commands are kept
-//! (the rest are counted). The list is what the client asked for; whether each ref was
+//! (the rest are counted). A signed push's commands are inside its certificate, and are read
+//! from its text as git reads them ([`Cert`]). The list is what the client asked for; whether each ref was
 //! changed is the backend's answer (the CGI backend logs a push it refused in part).
 
 use std::fmt;
@@ -26,6 +27,11 @@ pub const READ_AT_MOST: u64 = 1024 * 1024;
 /// The most of a ref name kept (a client chooses it).
 const NAME_KEPT: usize = 200;
 
+/// The most of one line of a push certificate held until its end comes: a command with a
+/// ref name of [`NAME_KEPT`] characters, and room to spare (no ref git can write is longer
+/// than a path, 4 KiB).
+const CERT_LINE_KEPT: usize = 8 * 1024;
+
 /// One command: a ref, from `old` to `new` (all zeros: not there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Command {
@@ -39,6 +45,8 @@ struct Command {
 pub struct PushCommands {
     commands: Commands,
     pkt_lines: PktLines,
+    /// A signed push's certificate, while its lines come.
+    cert: Option<Cert>,
     /// Bytes looked at so far.
     read: u64,
     end: Option<End>,
@@ -92,13 +100,34 @@ impl PushCommands {
         let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         self.read += take as u64;
         let commands = &mut self.commands;
+        let cert = &mut self.cert;
         let mut stop = None;
         let read = self.pkt_lines.feed(&data[..take], |pkt| match pkt {
             Pkt::Line(payload) => {
-                commands.line(payload);
+                match cert {
+                    // The certificate ends at this line (not chomped: git reads its lines
+                    // whole), or at a flush.
+                    Some(c) if payload == b"push-cert-end\n" => {
+                        commands.lines += 1;
+                        c.end(commands);
+                        *cert = None;
+                    }
+                    Some(c) => {
+                        commands.lines += 1;
+                        c.text(payload, commands);
+                    }
+                    None if opens_a_certificate(payload) => {
+                        commands.lines += 1;
+                        *cert = Some(Cert::default());
+                    }
+                    None => commands.line(payload),
+                }
                 true
             }
             Pkt::Flush => {
+                if let Some(mut c) = cert.take() {
+                    c.end(commands);
+                }
                 stop = Some(End::Flush);
                 false
             }
@@ -117,12 +146,19 @@ impl PushCommands {
 }
 
 impl Commands {
-    /// One pkt-line's payload: a command, or a line around them (`shallow <oid>`, a signed
-    /// push's certificate), which is passed over.
+    /// One pkt-line's payload: a command, or a line around them (`shallow <oid>`), which is
+    /// passed over.
     fn line(&mut self, payload: &[u8]) {
         self.lines += 1;
         let line = payload.split(|&b| b == 0).next().unwrap_or_default();
         let line = line.strip_suffix(b"\n").unwrap_or(line);
+        self.command(line);
+    }
+
+    /// One line, without its line end: a command (up to a NUL, as git's C strings end
+    /// there), or else passed over.
+    fn command(&mut self, line: &[u8]) {
+        let line = line.split(|&b| b == 0).next().unwrap_or_default();
         let mut words = line.splitn(3, |&b| b == b' ');
         let (Some(old), Some(new), Some(name)) = (words.next(), words.next(), words.next()) else {
             return;
@@ -155,6 +191,86 @@ impl Commands {
                 new: String::from_utf8_lossy(new).into_owned(),
             });
         }
+    }
+}
+
+/// Whether a pkt-line's payload opens a signed push's certificate: `push-cert`, as git
+/// compares it (its line end taken off, then up to the capabilities' NUL).
+fn opens_a_certificate(payload: &[u8]) -> bool {
+    let line = payload.strip_suffix(b"\n").unwrap_or(payload);
+    line.split(|&b| b == 0).next() == Some(b"push-cert")
+}
+
+/// A signed push's certificate, between its `push-cert` and `push-cert-end` pkt-lines.
+///
+/// Why: git (receive-pack's `queue_commands_from_cert`) takes a signed push's commands from
+/// the certificate's text — its pkt-lines' payloads joined, then split at newlines: the lines
+/// after the header's blank line, up to the signature — not from its pkt-lines one by one. Read
+/// pkt-line by pkt-line, a hand-made push that split a command across two pkt-lines was
+/// logged under the part of its name in the first (`re` for `refs/heads/x`, which git
+/// deleted), and a header line written as a command was logged though git ignores it. Only
+/// the line being read is held, at most [`CERT_LINE_KEPT`] bytes of it.
+#[derive(Debug, Default)]
+struct Cert {
+    part: CertPart,
+    /// The start of the line whose end has not come yet.
+    partial: Vec<u8>,
+    /// Whether any line has ended: the header ends at a blank line after its first (git looks
+    /// for the first `\n\n`).
+    began: bool,
+}
+
+/// Which part of a certificate its lines are in.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum CertPart {
+    /// `certificate version`, `pusher`, `pushee`, `nonce`, push options: no commands.
+    #[default]
+    Header,
+    /// One command a line.
+    Commands,
+    /// From a line that begins an armoured signature (`-----BEGIN PGP SIGNATURE-----`, an SSH
+    /// or X.509 one): no commands. git takes the last such line, and dies on any line in
+    /// between that is no command — as the first such line is none —, so for a push it
+    /// applies, the first is the last.
+    Signature,
+}
+
+impl Cert {
+    /// The next pkt-line's payload of the certificate's text.
+    fn text(&mut self, mut payload: &[u8], commands: &mut Commands) {
+        while let Some(at) = payload.iter().position(|&b| b == b'\n') {
+            self.keep(&payload[..at]);
+            let line = std::mem::take(&mut self.partial);
+            self.line_ended(&line, commands);
+            payload = &payload[at + 1..];
+        }
+        self.keep(payload);
+    }
+
+    /// The certificate's end: a last line without its line end is a command too.
+    fn end(&mut self, commands: &mut Commands) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line_ended(&line, commands);
+        }
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        let room = CERT_LINE_KEPT.saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn line_ended(&mut self, line: &[u8], commands: &mut Commands) {
+        match self.part {
+            CertPart::Header if line.is_empty() && self.began => self.part = CertPart::Commands,
+            CertPart::Header | CertPart::Signature => {}
+            CertPart::Commands if line.starts_with(b"-----BEGIN ") => {
+                self.part = CertPart::Signature
+            }
+            CertPart::Commands => commands.command(line),
+        }
+        self.began = true;
     }
 }
 
@@ -442,6 +558,86 @@ mod tests {
             p.to_string(),
             "refs/heads/main 1a2b3c4..5d6e7f8, then no more pkt-lines"
         );
+    }
+
+    /// A signed push's certificate: `push-cert` and the capabilities, its header, a blank
+    /// line, `commands` as they are given (pkt-line payloads), a signature, `push-cert-end`.
+    fn signed(commands: &[String]) -> String {
+        let mut body = pkt("push-cert\0report-status delete-refs\n");
+        for line in [
+            "certificate version 0.1\n",
+            // A header line written as a command: git reads no command there.
+            &format!("{ZERO} {A} refs/heads/decoy\n"),
+            "pusher x 0 +0000\n",
+            "\n",
+        ] {
+            body.push_str(&pkt(line));
+        }
+        for payload in commands {
+            body.push_str(&pkt(payload));
+        }
+        for line in [
+            "-----BEGIN PGP SIGNATURE-----\n",
+            // Past the signature's start, git reads no command either.
+            &format!("{A} {ZERO} refs/heads/after\n"),
+            "-----END PGP SIGNATURE-----\n",
+            "push-cert-end\n",
+        ] {
+            body.push_str(&pkt(line));
+        }
+        body.push_str("0000PACK");
+        body
+    }
+
+    /// A signed push's commands are read from its certificate's text as git reads them: a
+    /// command split across pkt-lines is one command under its whole name, two in one
+    /// pkt-line are two, and the header's and signature's lines are none (a hand-made push
+    /// could otherwise have a ref logged under a name it did not change).
+    #[test]
+    fn a_certificates_commands_are_read_as_git_reads_them() {
+        let split = [
+            format!("{B} {ZERO} re"),
+            "fs/heads/x\n".to_string(),
+            format!("{ZERO} {A} refs/heads/y\n{A} {B} refs/heads/z\n"),
+        ];
+        let body = signed(&split);
+        for step in [1, 5, body.len()] {
+            let p = read(body.as_bytes(), step);
+            assert!(p.is_done());
+            assert_eq!(
+                p.to_string(),
+                "refs/heads/x deleted (was 5d6e7f8), refs/heads/y created at 1a2b3c4, \
+                 refs/heads/z 1a2b3c4..5d6e7f8",
+                "step {step}"
+            );
+        }
+        // One pkt-line a command, as git itself sends a signed push.
+        let body = signed(&[format!("{A} {B} refs/heads/main\n")]);
+        assert_eq!(
+            read(body.as_bytes(), 7).to_string(),
+            "refs/heads/main 1a2b3c4..5d6e7f8"
+        );
+    }
+
+    /// A certificate's last command may lack its line end: git reads it to the certificate's
+    /// end, `push-cert-end` or a flush.
+    #[test]
+    fn a_certificates_last_line_needs_no_line_end() {
+        let head = format!(
+            "{}{}{}{}",
+            pkt("push-cert\0report-status\n"),
+            pkt("certificate version 0.1\n"),
+            pkt("\n"),
+            pkt(&format!("{A} {B} refs/heads/main")),
+        );
+        for end in ["0012push-cert-end\n0000", "0000"] {
+            let body = format!("{head}{end}");
+            assert_eq!(
+                read(body.as_bytes(), 3).to_string(),
+                "refs/heads/main 1a2b3c4..5d6e7f8",
+                "{end:?}"
+            );
+        }
     }
 
     /// git refuses `.lock` at the end of any component, not only of the whole name (a lock
