@@ -7,7 +7,8 @@
 //! client can put there (a hook that echoes a commit's subject), which a search for `ok refs/`
 //! took for the report, so that a refused push could read as applied. The answer is followed
 //! pkt-line by pkt-line from its first byte ([`PktLines`]); only channel 1 (or, without side-band, the lines
-//! themselves) is read as the report. Memory is one pkt-line at most and a bounded list.
+//! themselves) is read as the report. Memory is one pkt-line at most and a bounded list of
+//! entries of at most [`ENTRY_KEPT`] bytes each.
 //!
 //! Channel 2 is read for one more thing: git's own `error:` lines, which with side-band go to
 //! the client and nowhere else (not to receive-pack's stderr). They tell a ref that another
@@ -21,6 +22,13 @@ use crate::pkt_line::{Pkt, PktLines};
 
 /// The most refused refs named in the outcome; the rest are counted.
 const REFUSED_NAMED: usize = 100;
+
+/// The most of one refused ref's entry (`<ref> <reason>`) or failed ref's name kept: a client
+/// chooses the names, and git reports a name of up to a pkt-line's 65,516 bytes (`ng
+/// refs/heads/a/a/...  failed to lock`), so [`REFUSED_NAMED`] entries kept whole held some
+/// 13 MB per push (refused and failed), all but the first 2 KiB of it past what the log
+/// line holds (`log_value::TEXT_KEPT`).
+const ENTRY_KEPT: usize = 512;
 
 /// The most of git's `error:` lines from channel 2 kept for the log, and the most of each.
 const ERRORS_KEPT: usize = 3;
@@ -140,11 +148,11 @@ impl Report {
                 self.failed_count += 1;
                 if self.failed.len() < REFUSED_NAMED {
                     let name = refused.split_once(' ').map_or(refused, |(name, _)| name);
-                    self.failed.push(name.to_owned());
+                    self.failed.push(kept(name));
                 }
             }
             if self.refused.len() < REFUSED_NAMED {
-                self.refused.push(refused.to_owned());
+                self.refused.push(kept(refused));
             }
         }
     }
@@ -200,6 +208,18 @@ impl Report {
     }
 }
 
+/// `text`, or its first [`ENTRY_KEPT`] bytes (at a character's end) and `...`.
+fn kept(text: &str) -> String {
+    if text.len() <= ENTRY_KEPT {
+        return text.to_owned();
+    }
+    let mut cut = ENTRY_KEPT;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &text[..cut])
+}
+
 /// The ref named by git's error for a ref it could not lock because it is no longer what the
 /// push was told it was: another push updated, created or deleted it meanwhile. Ref names
 /// cannot hold `:`, so the name ends at the first `': `.
@@ -230,6 +250,38 @@ mod tests {
             report.feed(piece);
         }
         report.outcome()
+    }
+
+    /// A refused ref's entry, and a failed ref's name, are kept to [`ENTRY_KEPT`] bytes: a
+    /// report naming [`REFUSED_NAMED`] refs of the longest names a pkt-line holds keeps some
+    /// 100 KiB, not 13 MB.
+    #[test]
+    fn a_long_refused_name_is_kept_cut() {
+        let long = format!("refs/heads/{}", "ab/".repeat(20_000));
+        let mut answer = pkt(b"unpack ok\n");
+        for _ in 0..REFUSED_NAMED {
+            answer.extend(pkt(format!("ng {long} failed to lock\n").as_bytes()));
+        }
+        answer.extend_from_slice(b"0000");
+        let mut report = Report::default();
+        report.feed(&answer);
+        assert_eq!(report.failed(), REFUSED_NAMED as u64);
+        let held: usize = report
+            .refused
+            .iter()
+            .chain(&report.failed)
+            .map(String::len)
+            .sum();
+        assert!(
+            held <= 2 * REFUSED_NAMED * (ENTRY_KEPT + 3),
+            "{held} bytes held"
+        );
+        assert!(report.refused[0].starts_with("refs/heads/ab/ab/"));
+        assert!(report.refused[0].ends_with("..."));
+        assert_eq!(kept("refs/heads/é"), "refs/heads/é");
+        // Its byte ENTRY_KEPT is inside an `é`: the cut is at the character's start.
+        let cut = kept(&format!("x{}", "é".repeat(ENTRY_KEPT)));
+        assert_eq!(cut.len(), ENTRY_KEPT - 1 + "...".len());
     }
 
     /// A ref git could not update (a full disk at its lock file) is told from one a hook
