@@ -107,14 +107,14 @@ impl PushCommands {
                 match cert {
                     // The certificate ends at this line (not chomped: git reads its lines
                     // whole), or at a flush.
-                    Some(c) if payload == b"push-cert-end\n" => {
+                    Some(c) if up_to_a_nul(payload) == b"push-cert-end\n" => {
                         commands.lines += 1;
                         c.end(commands);
                         *cert = None;
                     }
                     Some(c) => {
                         commands.lines += 1;
-                        c.text(payload, commands);
+                        c.text(up_to_a_nul(payload), commands);
                     }
                     None if opens_a_certificate(payload) => {
                         commands.lines += 1;
@@ -192,6 +192,13 @@ impl Commands {
             });
         }
     }
+}
+
+/// A certificate's pkt-line as git adds it to the certificate's text, and compares it with
+/// `push-cert-end`: as a C string, up to its first NUL. What follows a NUL is not in git's
+/// text; read, a line end there split a command git reads whole.
+fn up_to_a_nul(payload: &[u8]) -> &[u8] {
+    payload.split(|&b| b == 0).next().unwrap_or_default()
 }
 
 /// Whether a pkt-line's payload opens a signed push's certificate: `push-cert`, as git
@@ -611,6 +618,13 @@ mod tests {
                 "step {step}"
             );
         }
+        // What follows a NUL in a pkt-line is not in git's text: a line end there does not
+        // split the command around it.
+        let hidden = [format!("{B} {ZERO} re\0\n"), "fs/heads/x\n".to_string()];
+        assert_eq!(
+            read(signed(&hidden).as_bytes(), 3).to_string(),
+            "refs/heads/x deleted (was 5d6e7f8)"
+        );
         // One pkt-line a command, as git itself sends a signed push.
         let body = signed(&[format!("{A} {B} refs/heads/main\n")]);
         assert_eq!(
