@@ -45,8 +45,9 @@ struct Command {
 pub struct PushCommands {
     commands: Commands,
     pkt_lines: PktLines,
-    /// A signed push's certificate, while its lines come.
-    cert: Option<Cert>,
+    /// A signed push's certificate: its text so far, and whether its lines are coming.
+    cert: Cert,
+    in_cert: bool,
     /// Bytes looked at so far.
     read: u64,
     end: Option<End>,
@@ -100,38 +101,41 @@ impl PushCommands {
         let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         self.read += take as u64;
         let commands = &mut self.commands;
-        let cert = &mut self.cert;
+        let (cert, in_cert) = (&mut self.cert, &mut self.in_cert);
         let mut stop = None;
         let read = self.pkt_lines.feed(&data[..take], |pkt| match pkt {
             Pkt::Line(payload) => {
-                match cert {
-                    // The certificate ends at this line (not chomped: git reads its lines
-                    // whole), or at a flush.
-                    Some(c) if up_to_a_nul(payload) == b"push-cert-end\n" => {
+                match *in_cert {
+                    // Its lines pause at this one (not chomped: git reads them whole); a
+                    // `push-cert` later goes on with the same text.
+                    true if up_to_a_nul(payload) == b"push-cert-end\n" => {
                         commands.lines += 1;
-                        c.end(commands);
-                        *cert = None;
+                        *in_cert = false;
                     }
-                    Some(c) => {
+                    true => {
                         commands.lines += 1;
-                        c.text(up_to_a_nul(payload), commands);
+                        cert.text(up_to_a_nul(payload), commands);
                     }
-                    None if opens_a_certificate(payload) => {
+                    false if opens_a_certificate(payload) => {
                         commands.lines += 1;
-                        *cert = Some(Cert::default());
+                        *in_cert = true;
                     }
-                    None => commands.line(payload),
+                    false => commands.line(payload),
                 }
                 true
             }
+            // The list's end is the text's: its last line, if it has no line end, is read
+            // then, as git reads the certificate then.
             Pkt::Flush => {
-                if let Some(mut c) = cert.take() {
-                    c.end(commands);
-                }
+                cert.end(commands);
                 stop = Some(End::Flush);
                 false
             }
             Pkt::Delimiter => {
+                // Inside a certificate, git dies on it; outside, the list ends.
+                if !*in_cert {
+                    cert.end(commands);
+                }
                 stop = Some(End::NotPktLines);
                 false
             }
@@ -208,15 +212,18 @@ fn opens_a_certificate(payload: &[u8]) -> bool {
     line.split(|&b| b == 0).next() == Some(b"push-cert")
 }
 
-/// A signed push's certificate, between its `push-cert` and `push-cert-end` pkt-lines.
+/// A signed push's certificate: the pkt-lines between `push-cert` and `push-cert-end`.
 ///
 /// Why: git (receive-pack's `queue_commands_from_cert`) takes a signed push's commands from
 /// the certificate's text — its pkt-lines' payloads joined, then split at newlines: the lines
 /// after the header's blank line, up to the signature — not from its pkt-lines one by one. Read
 /// pkt-line by pkt-line, a hand-made push that split a command across two pkt-lines was
 /// logged under the part of its name in the first (`re` for `refs/heads/x`, which git
-/// deleted), and a header line written as a command was logged though git ignores it. Only
-/// the line being read is held, at most [`CERT_LINE_KEPT`] bytes of it.
+/// deleted), and a header line written as a command was logged though git ignores it. A push
+/// may send more than one `push-cert ... push-cert-end`: git joins them all into one text,
+/// read at the list's end, so the second's lines go on where the first's stopped (a command
+/// there with no header before it is one). Only the line being read is held, at most
+/// [`CERT_LINE_KEPT`] bytes of it.
 #[derive(Debug, Default)]
 struct Cert {
     part: CertPart,
@@ -254,7 +261,8 @@ impl Cert {
         self.keep(payload);
     }
 
-    /// The certificate's end: a last line without its line end is a command too.
+    /// The end of the certificate's text (the list's end): a last line without its line end
+    /// is read too.
     fn end(&mut self, commands: &mut Commands) {
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
@@ -633,8 +641,8 @@ mod tests {
         );
     }
 
-    /// A certificate's last command may lack its line end: git reads it to the certificate's
-    /// end, `push-cert-end` or a flush.
+    /// A certificate's last command may lack its line end: git reads it at the list's end,
+    /// after `push-cert-end` or at a flush inside the certificate.
     #[test]
     fn a_certificates_last_line_needs_no_line_end() {
         let head = format!(
@@ -652,6 +660,31 @@ mod tests {
                 "{end:?}"
             );
         }
+    }
+
+    /// A second `push-cert ... push-cert-end` goes on with the first's text, as git joins
+    /// them: its command needs no header before it, and a line the first left without its
+    /// line end goes on in it.
+    #[test]
+    fn a_second_certificate_goes_on_with_the_firsts_text() {
+        let body = format!(
+            "{}{}{}{}{}{}{}{}{}{}0000",
+            pkt("push-cert\0report-status\n"),
+            pkt("certificate version 0.1\n"),
+            pkt("\n"),
+            pkt(&format!("{A} {ZERO} refs/heads/a\n")),
+            pkt(&format!("{A} {ZERO} refs/he")),
+            pkt("push-cert-end\n"),
+            pkt("push-cert\n"),
+            pkt("ads/b\n"),
+            pkt(&format!("{A} {ZERO} refs/heads/c\n")),
+            pkt("push-cert-end\n"),
+        );
+        assert_eq!(
+            read(body.as_bytes(), 4).to_string(),
+            "refs/heads/a deleted (was 1a2b3c4), refs/heads/b deleted (was 1a2b3c4), \
+             refs/heads/c deleted (was 1a2b3c4)"
+        );
     }
 
     /// git refuses `.lock` at the end of any component, not only of the whole name (a lock
