@@ -687,6 +687,52 @@ mod tests {
         );
     }
 
+    /// The pkt-line payloads a push's list is made of, certificates' included: commands
+    /// (whole, cut, or two in one), their pieces, blank lines, signature lines, NULs.
+    fn payload() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(format!("{A} {B} refs/heads/main\n")),
+            Just(format!("{ZERO} {A} refs/heads/a\0report-status\n")),
+            Just(format!("{B} {ZERO} refs/he")),
+            Just("ads/x\n".to_string()),
+            Just(format!("{A} {B} refs/heads/y\n{ZERO} {B} refs/tags/t\n")),
+            Just("push-cert\0report-status\n".to_string()),
+            Just("push-cert-end\n".to_string()),
+            Just("push-cert-end\n\0x".to_string()),
+            Just("\n".to_string()),
+            Just("certificate version 0.1\n".to_string()),
+            Just("-----BEGIN PGP SIGNATURE-----\n".to_string()),
+            Just(format!("shallow {A}\n")),
+            "[ -~\n\u{0}]{0,12}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// However a body is cut into pieces, what is read of it is the same as of the whole
+        /// (a certificate's line may span pkt-lines, and pkt-lines pieces), and reading
+        /// never panics.
+        #[test]
+        fn the_pieces_a_body_comes_in_change_nothing(
+            payloads in proptest::collection::vec(payload(), 0..12),
+            end in proptest::prop_oneof![
+                proptest::strategy::Just("0000PACK"),
+                proptest::strategy::Just("0001"),
+                proptest::strategy::Just(""),
+            ],
+            step in 1usize..40,
+        ) {
+            let mut body: String = payloads.iter().map(|p| pkt(p)).collect();
+            body.push_str(end);
+            let whole = read(body.as_bytes(), body.len().max(1));
+            let pieces = read(body.as_bytes(), step);
+            proptest::prop_assert_eq!(whole.to_string(), pieces.to_string());
+            proptest::prop_assert_eq!(whole.is_done(), pieces.is_done());
+        }
+    }
+
     /// git refuses `.lock` at the end of any component, not only of the whole name (a lock
     /// file's name: `refs/heads/x.lock/y` could not be created beside the lock of
     /// `refs/heads/x`), and `@` alone; `git check-ref-format` agrees with each case here.
