@@ -352,7 +352,16 @@ impl fmt::Display for PushCommands {
             Some(End::Encoded) => f.write_str(
                 "unread (the body is encoded, as git never sends a push; the backend decodes it)",
             ),
+            // Commands past the listed ones are counted whatever ends the list: git applies a
+            // list a delimiter ends as one a flush ends.
+            Some(End::NotPktLines) if more > 0 => {
+                write!(f, "{sep}and {more} more, then no more pkt-lines")
+            }
             Some(End::NotPktLines) => write!(f, "{sep}then no more pkt-lines"),
+            None if more > 0 => write!(
+                f,
+                "{sep}and {more} more, and maybe more (the body ended before its list did)"
+            ),
             None => write!(
                 f,
                 "{sep}and maybe more (the body ended before its list did)"
@@ -731,6 +740,26 @@ mod tests {
             proptest::prop_assert_eq!(whole.to_string(), pieces.to_string());
             proptest::prop_assert_eq!(whole.is_done(), pieces.is_done());
         }
+    }
+
+    /// Commands past the listed ones are counted however the list ends: git applies a list a
+    /// delimiter ends (`0001`) as one a flush ends, so a hand-made push of more than
+    /// [`LISTED`] commands ending so had the rest go unmentioned.
+    #[test]
+    fn past_the_listed_ones_commands_are_counted_however_the_list_ends() {
+        let commands: String = (0..LISTED + 2)
+            .map(|i| pkt(&format!("{A} {ZERO} refs/heads/d{i}\n")))
+            .collect();
+        let delimited = read(format!("{commands}0001").as_bytes(), 50).to_string();
+        assert!(
+            delimited.ends_with(", and 2 more, then no more pkt-lines"),
+            "{delimited}"
+        );
+        let cut = read(commands.as_bytes(), 50).to_string();
+        assert!(
+            cut.ends_with(", and 2 more, and maybe more (the body ended before its list did)"),
+            "{cut}"
+        );
     }
 
     /// git refuses `.lock` at the end of any component, not only of the whole name (a lock
