@@ -27,6 +27,13 @@ pub const READ_AT_MOST: u64 = 1024 * 1024;
 /// The most of a ref name kept (a client chooses it).
 const NAME_KEPT: usize = 200;
 
+/// The most bytes of entries the line lists: with its end (`, and N more`, at most some 100
+/// bytes) it stays within what a log field keeps (`log_value::TEXT_KEPT`, 2 KiB), so that long
+/// names never have the field cut before its count — which a hand-made push could use to keep
+/// refs after ten long-named ones out of the log, unnamed and uncounted. Past it, entries are
+/// counted with the rest; the first is always listed (at most some 850 bytes).
+const LIST_BYTES: usize = 1792;
+
 /// The most of one line of a push certificate held until its end comes: a command with a
 /// ref name of [`NAME_KEPT`] characters, and room to spare (no ref git can write is longer
 /// than a path, 4 KiB).
@@ -322,18 +329,26 @@ impl fmt::Display for PushCommands {
             lines,
         } = &self.commands;
         let (count, lines) = (*count, *lines);
-        for (i, c) in listed.iter().enumerate() {
-            if i > 0 {
+        let (mut shown, mut written) = (0u64, 0);
+        for c in listed {
+            let entry = match (is_zero(&c.old), is_zero(&c.new)) {
+                (true, _) => format!("{} created at {}", c.name, short(&c.new)),
+                (_, true) => format!("{} deleted (was {})", c.name, short(&c.old)),
+                _ => format!("{} {}..{}", c.name, short(&c.old), short(&c.new)),
+            };
+            if shown > 0 && written + ", ".len() + entry.len() > LIST_BYTES {
+                break;
+            }
+            if shown > 0 {
                 f.write_str(", ")?;
+                written += ", ".len();
             }
-            match (is_zero(&c.old), is_zero(&c.new)) {
-                (true, _) => write!(f, "{} created at {}", c.name, short(&c.new))?,
-                (_, true) => write!(f, "{} deleted (was {})", c.name, short(&c.old))?,
-                _ => write!(f, "{} {}..{}", c.name, short(&c.old), short(&c.new))?,
-            }
+            f.write_str(&entry)?;
+            written += entry.len();
+            shown += 1;
         }
-        let more = count - listed.len() as u64;
-        let sep = if listed.is_empty() { "" } else { ", " };
+        let more = count - shown;
+        let sep = if shown == 0 { "" } else { ", " };
         match self.end {
             Some(End::Flush) if count == 0 => f.write_str("none"),
             Some(End::Flush) if more > 0 => write!(f, "{sep}and {more} more"),
@@ -759,6 +774,28 @@ mod tests {
         assert!(
             cut.ends_with(", and 2 more, and maybe more (the body ended before its list did)"),
             "{cut}"
+        );
+    }
+
+    /// Long names do not push the count out of the log's field: the entries listed stay
+    /// within [`LIST_BYTES`], the rest are counted, and the field is never cut.
+    #[test]
+    fn long_names_leave_room_for_the_count() {
+        let long = |i: usize| format!("refs/heads/{i}-{}", "é".repeat(NAME_KEPT));
+        let mut body: String = (0..LISTED)
+            .map(|i| pkt(&format!("{ZERO} {A} {}\n", long(i))))
+            .collect();
+        body.push_str(&pkt(&format!("{B} {ZERO} refs/heads/main\n")));
+        body.push_str("0000");
+        let text = read(body.as_bytes(), 999).to_string();
+        let logged = crate::log_value::LogText(&text).to_string();
+        assert!(!logged.contains("bytes in all, cut)"), "{logged}");
+        assert!(text.starts_with("refs/heads/0-é"), "{text}");
+        let shown = text.matches(" created at ").count();
+        assert!(shown >= 2, "{text}");
+        assert!(
+            text.ends_with(&format!(", and {} more", LISTED + 1 - shown)),
+            "{text}"
         );
     }
 
