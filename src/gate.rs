@@ -406,8 +406,7 @@ impl Gate {
                 let mut reading_push = a_push_with_commands(&git_req, &parts.headers);
                 if reading_push {
                     let commands = if a_compressed_body(&parts.headers) {
-                        reading_push = false;
-                        PushCommands::encoded()
+                        PushCommands::gzipped()
                     } else {
                         PushCommands::default()
                     };
@@ -1297,9 +1296,9 @@ fn a_push_with_commands(git_req: &GitRequest, headers: &hyper::HeaderMap) -> boo
 }
 
 /// Whether the request body is compressed (`Content-Encoding` gzip or x-gzip, as the backend
-/// is told it): a push's commands cannot be read from it then. A `Content-Encoding` of
-/// `identity`, or one with an empty value, is a plain body that the backend reads as plain —
-/// taken for compressed, its push's commands went unlogged, whatever refs it changed.
+/// is told it): a push's commands are read from it as it is inflated then. A `Content-Encoding` of
+/// `identity`, or one with an empty value, is a plain body that the backend reads as plain
+/// (taken for compressed, it would not inflate, and its commands went unlogged).
 fn a_compressed_body(headers: &hyper::HeaderMap) -> bool {
     crate::upstream::headers::content_coding(headers).is_some_and(|c| c != "identity")
 }

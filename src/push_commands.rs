@@ -10,10 +10,18 @@
 //! are read, as the body passes on its way to the backend: nothing is held back or changed,
 //! at most [`READ_AT_MOST`] bytes are looked at, and at most [`LISTED`] commands are kept
 //! (the rest are counted). A signed push's commands are inside its certificate, and are read
-//! from its text as git reads them ([`Cert`]). The list is what the client asked for; whether each ref was
+//! from its text as git reads them (`Cert`). The list is what the client asked for; whether each ref was
 //! changed is the backend's answer (the CGI backend logs a push it refused in part).
+//!
+//! A body sent gzip-encoded (`Content-Encoding: gzip`, which git never sends for a push, but
+//! which the backend decodes and applies) is inflated as it passes, for these lines only
+//! ([`PushCommands::gzipped`]): left unread, any write token could keep its refs out of the log
+//! by compressing its push. What is inflated is bounded as a plain body's reading is
+//! ([`READ_AT_MOST`] bytes of it), and is held 32 KiB at a time (`INFLATED_AT_ONCE`), however
+//! much a few compressed bytes stand for.
 
 use std::fmt;
+use std::io::Write;
 
 use crate::pkt_line::{Pkt, PktLines};
 
@@ -26,6 +34,10 @@ pub const READ_AT_MOST: u64 = 1024 * 1024;
 
 /// The most of a ref name kept (a client chooses it).
 const NAME_KEPT: usize = 200;
+
+/// The most inflated bytes of a gzip-encoded body held before they are read: a few compressed
+/// bytes can stand for a thousand times as many.
+const INFLATED_AT_ONCE: usize = 32 * 1024;
 
 /// The most bytes of entries the line lists: with its end (`, and N more`, at most some 100
 /// bytes) it stays within what a log field keeps (`log_value::TEXT_KEPT`, 2 KiB), so that long
@@ -55,9 +67,33 @@ pub struct PushCommands {
     /// A signed push's certificate: its text so far, and whether its lines are coming.
     cert: Cert,
     in_cert: bool,
-    /// Bytes looked at so far.
+    /// Bytes looked at so far (inflated ones, for a gzip-encoded body).
     read: u64,
     end: Option<End>,
+    /// A gzip-encoded body's inflater, while its commands are read.
+    gzip: Option<Box<flate2::write::GzDecoder<Inflated>>>,
+}
+
+/// Where a gzip-encoded body's inflater puts what it inflates: at most [`INFLATED_AT_ONCE`]
+/// bytes, then "would block" until they are read, which the inflater takes as "try again"
+/// (it keeps the rest, and writes it first at its next call).
+#[derive(Debug, Default)]
+struct Inflated(Vec<u8>);
+
+impl Write for Inflated {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = INFLATED_AT_ONCE.saturating_sub(self.0.len());
+        if room == 0 && !buf.is_empty() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(room);
+        self.0.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The commands read so far.
@@ -79,17 +115,16 @@ enum End {
     TooLong,
     /// What came was no pkt-line (a hand-made body).
     NotPktLines,
-    /// The body is encoded (`Content-Encoding: gzip`), which git never sends for a push: a
-    /// hand-made client's, passed on to the backend, which decodes it, but not read here.
-    Encoded,
+    /// The body said gzip-encoded could not be inflated: the backend cannot read it either.
+    NotGzip,
 }
 
 impl PushCommands {
-    /// The commands of a push whose body is encoded: not read, and said so, so that the push
-    /// still has its line.
-    pub fn encoded() -> PushCommands {
+    /// The commands of a push whose body is gzip-encoded (`Content-Encoding: gzip` or
+    /// `x-gzip`), read from it as it is inflated.
+    pub fn gzipped() -> PushCommands {
         PushCommands {
-            end: Some(End::Encoded),
+            gzip: Some(Box::new(flate2::write::GzDecoder::new(Inflated::default()))),
             ..PushCommands::default()
         }
     }
@@ -101,6 +136,54 @@ impl PushCommands {
 
     /// Look at the next bytes of the body.
     pub fn feed(&mut self, data: &[u8]) {
+        if self.end.is_some() {
+            return;
+        }
+        match self.gzip.take() {
+            Some(mut gzip) => {
+                self.inflate(&mut gzip, data);
+                if self.end.is_none() {
+                    self.gzip = Some(gzip);
+                }
+            }
+            None => self.read(data),
+        }
+    }
+
+    /// The next bytes of a gzip-encoded body, inflated and read [`INFLATED_AT_ONCE`] bytes at
+    /// a time, until they are all taken or nothing more is to be read.
+    fn inflate(&mut self, gzip: &mut flate2::write::GzDecoder<Inflated>, mut data: &[u8]) {
+        while self.end.is_none() {
+            // With all of `data` taken, what the inflater still holds is put out too, so that
+            // a body's last bytes are read without a call after them.
+            let step = if data.is_empty() {
+                gzip.flush().map(|()| 0)
+            } else {
+                gzip.write(data)
+            };
+            let inflated = std::mem::take(&mut gzip.get_mut().0);
+            self.read(&inflated);
+            match step {
+                // All of it, or the end of the gzip stream (what follows it is not read).
+                Ok(0) => break,
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    // What was inflated before the bytes that could not be is read first (the
+                    // inflater holds at most as much as `Inflated` takes: it fits).
+                    let _ = gzip.flush();
+                    let inflated = std::mem::take(&mut gzip.get_mut().0);
+                    self.read(&inflated);
+                    if self.end.is_none() {
+                        self.end = Some(End::NotGzip);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next bytes of the body as the backend reads them (inflated, for a gzip-encoded one).
+    fn read(&mut self, data: &[u8]) {
         if self.end.is_some() {
             return;
         }
@@ -364,8 +447,18 @@ impl fmt::Display for PushCommands {
             Some(End::NotPktLines) if count == 0 => {
                 f.write_str("none (its pkt-lines hold no command, then end in what is not one)")
             }
-            Some(End::Encoded) => f.write_str(
-                "unread (the body is encoded, as git never sends a push; the backend decodes it)",
+            Some(End::NotGzip) if count == 0 => f.write_str(
+                "unread (the body is said gzip-encoded, and is not: the backend cannot read it \
+                 either)",
+            ),
+            Some(End::NotGzip) => write!(
+                f,
+                "{sep}{}then what is not gzip (the backend cannot read it either)",
+                if more > 0 {
+                    format!("and {more} more, ")
+                } else {
+                    String::new()
+                }
             ),
             // Commands past the listed ones are counted whatever ends the list: git applies a
             // list a delimiter ends as one a flush ends.
@@ -403,6 +496,103 @@ mod tests {
             p.feed(chunk);
         }
         p
+    }
+
+    /// `plain` gzip-encoded, as a hand-made client could send a push.
+    fn gzip(plain: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(plain).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// `body` gzip-encoded, fed `step` bytes at a time.
+    fn read_gzipped(body: &[u8], step: usize) -> PushCommands {
+        let mut p = PushCommands::gzipped();
+        for chunk in gzip(body).chunks(step) {
+            p.feed(chunk);
+        }
+        p
+    }
+
+    /// A gzip-encoded push (git never sends one; the backend inflates and applies it) is read
+    /// as the same body plain would be, however its compressed bytes are split: said "unread",
+    /// any write token could keep the refs it changed out of the log by compressing its push.
+    #[test]
+    fn a_gzip_encoded_push_is_read_as_its_plain_body() {
+        let commands: String = (0..LISTED + 3)
+            .map(|i| pkt(&format!("{A} {ZERO} refs/heads/d{i}\n")))
+            .collect();
+        for body in [
+            format!(
+                "{}{}0000PACK\x00\x00\x00\x02",
+                pkt(&format!("{A} {B} refs/heads/main\0 report-status\n")),
+                pkt(&format!("{ZERO} {A} refs/tags/v9\n")),
+            ),
+            format!("{commands}0000PACK"),
+            // A list cut off, and one that ends in what is no pkt-line.
+            commands[..commands.len() - 9].to_string(),
+            format!("{}zzzz", pkt(&format!("{B} {ZERO} refs/heads/old\n"))),
+        ] {
+            let plain = read(body.as_bytes(), body.len()).to_string();
+            for step in [usize::MAX, 1, 5, 100] {
+                let p = read_gzipped(body.as_bytes(), step);
+                assert_eq!(p.to_string(), plain, "step {step}");
+            }
+        }
+        assert!(read_gzipped(commands.as_bytes(), 7)
+            .to_string()
+            .contains("refs/heads/d0 deleted (was 1a2b3c4)"));
+    }
+
+    /// What a few compressed bytes stand for is read as a plain body is, no further than
+    /// [`READ_AT_MOST`], and held [`INFLATED_AT_ONCE`] bytes at a time: 64 MiB of `shallow`
+    /// lines (some 64 KiB gzip-encoded) stop the reading at its bound, in one feed.
+    #[test]
+    fn a_small_gzip_body_that_inflates_to_much_is_read_no_further_than_a_plain_one() {
+        let line = pkt(&format!("shallow {A}\n"));
+        let plain = line.repeat(64 * 1024 * 1024 / line.len());
+        let body = gzip(plain.as_bytes());
+        assert!(body.len() < 1024 * 1024, "{}", body.len());
+        let mut p = PushCommands::gzipped();
+        p.feed(&body);
+        assert!(p.is_done());
+        assert_eq!(p.read, READ_AT_MOST);
+        assert_eq!(
+            p.to_string(),
+            "and more (the list was not read past its first 1024 KiB)"
+        );
+    }
+
+    /// A body said gzip-encoded that is not (the backend cannot read it either) is said so,
+    /// with the commands read before what could not be inflated.
+    #[test]
+    fn a_body_said_gzip_that_is_not_is_said_so() {
+        let command = pkt(&format!("{A} {ZERO} refs/heads/x\n"));
+        let mut p = PushCommands::gzipped();
+        p.feed(command.as_bytes());
+        assert!(p.is_done());
+        assert_eq!(
+            p.to_string(),
+            "unread (the body is said gzip-encoded, and is not: the backend cannot read it either)"
+        );
+        // A command, flushed out of the deflate stream, then a block of no type deflate has.
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(command.as_bytes()).unwrap();
+        e.flush().unwrap();
+        let mut body = e.get_ref().clone();
+        body.extend_from_slice(&[0xff; 16]);
+        for step in [body.len(), 3] {
+            let mut p = PushCommands::gzipped();
+            for chunk in body.chunks(step) {
+                p.feed(chunk);
+            }
+            assert!(p.is_done());
+            assert_eq!(
+                p.to_string(),
+                "refs/heads/x deleted (was 1a2b3c4), then what is not gzip (the backend cannot \
+                 read it either)"
+            );
+        }
     }
 
     #[test]
@@ -546,9 +736,6 @@ mod tests {
             p.to_string(),
             "none (its pkt-lines hold no command, then end in what is not one)"
         );
-        assert!(PushCommands::encoded()
-            .to_string()
-            .starts_with("unread (the body is encoded"));
         // One that ends before its flush says so.
         let body = pkt(&format!("{A} {B} refs/heads/main\n"));
         let p = read(&body.as_bytes()[..body.len()], 4);
