@@ -943,15 +943,7 @@ const PRUNED_SINCE: &str = "audit.pruned_since";
 /// One transaction for the window: one row per distinct event, plus the summary of any dropped,
 /// and the tokens' last uses. The events are logged once they are stored.
 fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super::StoreError> {
-    let summary = (batch.dropped > 0).then(|| {
-        let actor = Actor::gitgate("local");
-        let detail = format!(
-            "{} more events (e.g. {}) were not recorded: {DISTINCT} different events were already waiting",
-            batch.dropped,
-            batch.events.first().map_or("auth.failed", |(e, _)| e.action)
-        );
-        (actor, detail)
-    });
+    let summary = dropped_summary(batch);
     let now = crate::clock::now_ms();
     // Nothing here is read by a decision: the token cache keeps its entries across it.
     store.write_bookkeeping(|tx| {
@@ -990,6 +982,19 @@ fn write(store: &Store, batch: &Batch, last_uses: &LastUses) -> Result<(), super
         log_event(now, actor, "audit.dropped", "", detail, None);
     }
     Ok(())
+}
+
+/// The `audit.dropped` event of a window that dropped events: its actor and detail.
+fn dropped_summary(batch: &Batch) -> Option<(Actor, String)> {
+    (batch.dropped > 0).then(|| {
+        let actor = Actor::gitgate("local");
+        let detail = format!(
+            "{} more events (e.g. {}) were not recorded: {DISTINCT} different events were already waiting",
+            batch.dropped,
+            batch.events.first().map_or("auth.failed", |(e, _)| e.action)
+        );
+        (actor, detail)
+    })
 }
 
 /// Failed writes of the store's writer, said in the log (see [`Pending::failures_said`]): a
@@ -1119,10 +1124,19 @@ fn give_up(e: &super::StoreError, batch: &Batch, last_uses: &LastUses, say_last_
             );
         }
     }
+    // The window's dropped events were only in its `audit.dropped` row, counted once written:
+    // given up, they are counted and said here, or nothing would ever say they happened.
+    let summary = dropped_summary(batch);
+    if let Some((actor, detail)) = &summary {
+        crate::metrics::METRICS.audit_events_dropped(batch.dropped);
+        let now = crate::clock::now_ms();
+        log_lost_event(e, now, actor, "audit.dropped", "", detail, 1, None);
+    }
     if !last_uses.is_empty() && say_last_uses {
         tracing::warn!(error = %LogText(&e.to_string()), tokens = last_uses.tokens.len(), "could not record last use");
     }
-    for _ in 0..batch.total + last_uses.tokens.len() as u64 {
+    let rows_lost = batch.total + u64::from(summary.is_some());
+    for _ in 0..rows_lost + last_uses.tokens.len() as u64 {
         crate::metrics::METRICS.side_effect_failure();
     }
 }
@@ -2081,6 +2095,28 @@ mod tests {
         super::give_up(&error, &super::Batch::default(), &uses, true);
         // The count is the whole process's: other tests only add to it.
         assert!(crate::metrics::METRICS.side_effect_failures() >= counted + 1000);
+    }
+
+    /// A window that dropped events and is then given up (a full disk) still counts them in
+    /// `gitgate_audit_events_dropped_total` and logs its `audit.dropped` event as lost: they
+    /// were said only by that row, so nothing said they happened.
+    #[test]
+    fn events_dropped_in_a_window_given_up_are_counted_and_logged() {
+        let mut batch = super::Batch::default();
+        for i in 0..super::DISTINCT + 3 {
+            batch.add(&failure(i as i64, &format!("t{i}")));
+        }
+        assert_eq!(batch.dropped, 3);
+        let counted = crate::metrics::METRICS.audit_events_dropped_so_far();
+        let error = crate::store::StoreError::Invalid("database or disk is full".into());
+        let log = logged(|| super::give_up(&error, &batch, &super::LastUses::default(), true));
+        let lost = log
+            .lines()
+            .find(|l| l.contains("it is only logged") && l.contains("audit.dropped"))
+            .unwrap_or_else(|| panic!("the dropped events are not said: {log}"));
+        assert!(lost.contains("3 more events"), "{lost}");
+        // The count is the whole process's: other tests only add to it.
+        assert!(crate::metrics::METRICS.audit_events_dropped_so_far() >= counted + 3);
     }
 
     /// A single event dropped from a window is still said in an `audit.dropped` row.
