@@ -889,14 +889,18 @@ fn authenticate(
 ) -> Result<(Caller, Actor), ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let source = remote.ip().to_string();
+    // A refusal with no password to check: batched by the store's writer, repeats folded, as
+    // git's failures are. Such a call is no guess, so the address throttle never stops it;
+    // written on its own, each one was a commit that emptied every worker's token cache (every
+    // git request after it read the store), for any client sending `Bearer x` in a loop.
     let audit = |name: &str, reason: &str| {
-        let actor = Actor {
-            name: name.to_string(),
-            source: source.clone(),
-            logged_in_as_admin: None,
-            request: Some(id),
-        };
-        store.record_event_or_log(&actor, "auth.failed", name, &format!("REST API: {reason}"));
+        store.record_request_event_later(
+            (name, &source),
+            "auth.failed",
+            name,
+            &format!("REST API: {reason}"),
+            Some(id),
+        );
     };
     match credentials::from_headers(headers) {
         Err(CredentialError::Missing) => Err(credentials_required()),
@@ -953,6 +957,20 @@ fn authenticate(
             Err(unauthorized(
                 "the user name is empty: the REST API takes your gitgate user name and password \
                  (not a token)",
+            ))
+        }
+        // A token as the password: refused by name, never checked (tokens do not manage
+        // tokens), so no guess either; `lifecycle::login` says the same to the command line,
+        // where its event is written at once.
+        Ok(Credentials::Basic { user, secret })
+            if crate::token::parse(secret.expose()).is_some() =>
+        {
+            audit(
+                &lifecycle::name_written_down(store, &user),
+                "access token used as a management password",
+            );
+            Err(unauthorized(
+                "access tokens cannot be used to manage tokens or users: authenticate with your password",
             ))
         }
         Ok(Credentials::Basic { user, secret }) => {
@@ -1220,6 +1238,43 @@ mod tests {
             ApiError::from(lifecycle::Error::Unavailable("x".into())).status,
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    /// A call refused before any password is checked (a token offered, no user name) is no
+    /// guess, never stopped by the address throttle: its audit event is batched, repeats
+    /// folded into one row, as git's are — not a commit of its own per call, which emptied
+    /// every worker's token cache.
+    #[test]
+    fn refusals_that_check_no_password_are_batched_and_folded() {
+        use crate::store::test_support::temp_store;
+        let (_d, store) = temp_store();
+        let secret = crate::token::generate().unwrap().secret;
+        let token_as_password = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("alice:{}", secret.expose())
+            )
+        );
+        let remote: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        for value in ["Bearer junk", &token_as_password] {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            for _ in 0..3 {
+                assert!(authenticate(&store, &headers, remote, RequestId::next()).is_err());
+            }
+        }
+        let failures = |store: &Store| {
+            store
+                .audit_events(None, 100)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == "auth.failed")
+                .map(|e| e.count)
+                .collect::<Vec<_>>()
+        };
+        assert!(store.flush_pending_writes());
+        assert_eq!(failures(&store), vec![3, 3]);
     }
 
     /// A caller's changes are made as what they logged in as: an administrator demoted while
