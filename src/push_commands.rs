@@ -941,6 +941,9 @@ mod tests {
             let pieces = read(body.as_bytes(), step);
             proptest::prop_assert_eq!(whole.to_string(), pieces.to_string());
             proptest::prop_assert_eq!(whole.is_done(), pieces.is_done());
+            // Gzip-encoded, in pieces too: read as the plain body is.
+            let gzipped = read_gzipped(body.as_bytes(), step);
+            proptest::prop_assert_eq!(whole.to_string(), gzipped.to_string());
         }
     }
 
