@@ -314,6 +314,14 @@ struct Gathered {
     last_uses: LastUses,
 }
 
+/// Whether a batch holds what the writer has not taken: last uses left for a later write, or
+/// events a thread added after the writer emptied its batch, in the moment before the batch
+/// is looked at again — the thread's last, if it ended then (a worker at the stop), which a
+/// batch forgotten with them would lose, unwritten, unlogged and uncounted.
+fn still_waiting(gathered: &Gathered) -> bool {
+    !gathered.last_uses.is_empty() || !gathered.events.is_empty()
+}
+
 /// Events waiting for the writer, and the signal that wakes it.
 #[derive(Default)]
 struct Pending {
@@ -398,12 +406,7 @@ impl Pending {
         }
         // A thread that has ended is forgotten, unless what it gathered is still waiting.
         batches.retain(|b| {
-            Arc::strong_count(b) > 1
-                || !b
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .last_uses
-                    .is_empty()
+            Arc::strong_count(b) > 1 || still_waiting(&b.lock().unwrap_or_else(|p| p.into_inner()))
         });
         // Rows in the order the events first happened, whichever thread saw them.
         all.events.sort_by_key(|(e, _)| e.at);
@@ -1578,6 +1581,27 @@ mod tests {
             .unwrap()
             .iter()
             .all(|e| !e.target.starts_with("eve")));
+    }
+
+    /// A batch whose thread has ended is forgotten only once nothing waits in it: events its
+    /// thread added after the writer emptied it (its last, as it ended) are still taken, as
+    /// last uses left for a later write are.
+    #[test]
+    fn a_batch_is_still_waiting_while_it_holds_events_or_last_uses() {
+        let mut gathered = super::Gathered::default();
+        assert!(!super::still_waiting(&gathered));
+        gathered.events.add(&super::EventRef {
+            at: 1,
+            name: "ci",
+            source: "127.0.0.1",
+            action: "auth.failed",
+            target: "aaa",
+            detail: "invalid token (repo team/app)",
+            request: None,
+        });
+        assert!(super::still_waiting(&gathered));
+        let _ = std::mem::take(&mut gathered.events);
+        assert!(!super::still_waiting(&gathered));
     }
 
     /// Each event is counted as its own, whether it repeats the one added just before it
