@@ -22,6 +22,7 @@
 use std::error::Error as StdError;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -327,7 +328,9 @@ impl HttpBackend {
         let req = build(body)?;
 
         // Wait for the answer while anything moves: the request body streaming out counts.
-        let sent = self.send(req, rebuild, still_allowed);
+        // Whether a connection has been had, for what a timeout names (see `send`).
+        let connected = AtomicBool::new(false);
+        let sent = self.send(req, rebuild, still_allowed, &connected);
         tokio::pin!(sent);
         // At a stop, an answer that has not begun before the cut is answered by gitgate.
         let stop = self.stop.due();
@@ -357,9 +360,9 @@ impl HttpBackend {
                                 retry_after: None,
                             });
                         }
-                        return Err(ForwardError::gateway_timeout(format!(
-                            "the upstream git server sent no answer for {}s",
-                            self.idle_timeout.as_secs()
+                        return Err(ForwardError::gateway_timeout(silent_upstream(
+                            self.idle_timeout,
+                            connected.load(Ordering::Relaxed),
                         )));
                     }
                 }
@@ -655,11 +658,17 @@ impl HttpBackend {
     /// A connection that cannot be opened for want of this server's own descriptors or ports
     /// is tried again for a moment, as the CGI runner tries to start its backend (see
     /// [`super::patience`]), the gate asked after each pause whether the request may still go.
+    ///
+    /// `connected` says, while this waits, whether the connection the request goes on has been
+    /// opened: the wait's idle timeout may end it first (`connect_timeout_seconds` longer than
+    /// `idle_timeout_seconds`, or than the client connection's own idle timeout allows), and a
+    /// server that never accepted the connection did not leave a request unanswered.
     async fn send(
         &self,
         mut req: Request<OutBody>,
         rebuild: Option<&(dyn Fn(OutBody) -> Result<Request<OutBody>, ForwardError> + Sync)>,
         still_allowed: Option<&dyn StillAllowed>,
+        connected: &AtomicBool,
     ) -> Result<(Response<Incoming>, Connection), ForwardError> {
         // git's answers to a POST are the packs, streamed; to a GET, the ref advertisements.
         let driving = if req.method() == Method::POST {
@@ -673,6 +682,7 @@ impl HttpBackend {
         let mut patience: Option<Patience> = None;
         let method = req.method().clone();
         loop {
+            connected.store(false, Ordering::Relaxed);
             let opened = if fresh_only {
                 // Boxed, as `Pool::checkout` boxes its own: the rare second attempt must not
                 // make every request's future kilobytes larger.
@@ -692,6 +702,7 @@ impl HttpBackend {
                 }
                 Err(e) => return Err(self.connect_error(e)),
             };
+            connected.store(true, Ordering::Relaxed);
             if driving == Driving::Inline {
                 conn.connection.rechunk_answer();
             }
@@ -952,6 +963,24 @@ impl HttpBackend {
             Err(e @ ConnectError::Tls(_)) => Err(format!("upstream {upstream}: {e}")),
             Err(e) => Err(format!("upstream {upstream} unreachable: {e}")),
         }
+    }
+}
+
+/// Pure: what a `504` for an upstream that stayed silent for `idle` says — that no answer
+/// came, or, when no connection to it had been opened by then, that connecting took that long:
+/// a server that never accepted the connection (a full listen backlog, a firewall dropping
+/// packets, a resolver or a TLS handshake that does not finish) is not one that left a request
+/// unanswered, and the operator looks elsewhere for each.
+fn silent_upstream(idle: Duration, connected: bool) -> String {
+    let secs = idle.as_secs();
+    if connected {
+        format!("the upstream git server sent no answer for {secs}s")
+    } else {
+        format!(
+            "the upstream git server did not answer in time (no connection to it was opened \
+             within {secs}s: its name's lookup, the TCP connection or the TLS handshake did not \
+             finish)"
+        )
     }
 }
 
@@ -2177,7 +2206,10 @@ mod tests {
                         .boxed_unsync(),
                 )
                 .unwrap();
-            let (resp, connection) = b.send(req, None, None).await.unwrap();
+            let (resp, connection) = b
+                .send(req, None, None, &AtomicBool::new(false))
+                .await
+                .unwrap();
             let (parts, inner) = resp.into_parts();
             // The body as `forward` makes it, without the batching around it.
             let mut upstream_body = Box::pin(UpstreamBody::new(
@@ -2556,6 +2588,42 @@ mod tests {
         drop(silent);
     }
 
+    /// An upstream that does not let itself be connected to within the idle timeout (here an
+    /// https one that accepts and never finishes the handshake, with `connect_timeout_seconds`
+    /// longer than the idle timeout) is a 504 that says connecting took that long, not that it
+    /// "sent no answer", which has the operator look for a hung git server that never saw the
+    /// request.
+    #[tokio::test]
+    async fn a_connection_not_opened_within_the_idle_timeout_is_said_so_not_an_unanswered_request()
+    {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let b = backend_of(&format!(
+            "[upstream]\nurl = \"https://127.0.0.1:{port}/git\"\nca_file = \"{}\"\n\
+             connect_timeout_seconds = 10\nidle_timeout_seconds = 1\n",
+            fixture("ca.pem").display()
+        ));
+        let started = std::time::Instant::now();
+        let Err(e) = advertisement(&b).await else {
+            panic!("answered without a handshake");
+        };
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(!e.message.contains("sent no answer"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("no connection to it was opened within 1s"),
+            "{}",
+            e.message
+        );
+        // Once connected, the words stay those of an upstream that does not answer.
+        assert_eq!(
+            silent_upstream(Duration::from_secs(300), true),
+            "the upstream git server sent no answer for 300s"
+        );
+        drop(silent);
+    }
+
     /// An https upstream is offered HTTP/1.1 alone in the handshake: gitgate speaks nothing
     /// else to it, so an upstream that prefers h2 must not be let choose it.
     #[tokio::test]
@@ -2662,7 +2730,7 @@ mod tests {
                 .map_err(|never| match never {})
                 .boxed_unsync(),
         );
-        let send = std::mem::size_of_val(&http.send(req, None, None));
+        let send = std::mem::size_of_val(&http.send(req, None, None, &AtomicBool::new(false)));
         let opening = std::mem::size_of_val(&http.pool.connect_new(Driving::Inline));
         assert!(
             send < opening,
