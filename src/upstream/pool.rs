@@ -507,7 +507,7 @@ impl Pool {
         let mut looked_up = false;
         let connected = tokio::time::timeout(self.connect_timeout, async {
             if let Some(path) = &o.socket {
-                let stream = match UnixStream::connect(path).await {
+                let stream = match connect_unix(path).await {
                     Ok(stream) => stream,
                     Err(e) => return Err(ConnectError::Io(not_a_socket(path, e).await)),
                 };
@@ -540,6 +540,32 @@ impl Pool {
                 in_handshake: accepted && o.tls.is_some(),
             }
         }))
+    }
+}
+
+/// The first pause, and the longest, while a Unix socket's queue is full (see
+/// [`connect_unix`]).
+const FULL_QUEUE_FIRST_PAUSE: Duration = Duration::from_millis(10);
+const FULL_QUEUE_LONGEST_PAUSE: Duration = Duration::from_millis(100);
+
+/// Connect to the Unix socket at `path`, waiting while its queue of connections not yet
+/// accepted is full. That queue refuses a non-blocking connect at once (`EAGAIN`, "Resource
+/// temporarily unavailable"), where a TCP port's full queue only delays the connection (the
+/// SYN is sent again) until the server accepts: a burst of new connections, or a server slow to
+/// accept for a moment, was a `502` at once over the socket, worded as a server out of reach,
+/// and the same burst over TCP waited its turn. Tried again, pausing 10 ms and then twice as
+/// long each time up to 100 ms, until the caller's connect timeout ends the wait, as it ends a
+/// TCP connect's ("connect timed out", a `504`).
+async fn connect_unix(path: &std::path::Path) -> io::Result<UnixStream> {
+    let mut pause = FULL_QUEUE_FIRST_PAUSE;
+    loop {
+        match UnixStream::connect(path).await {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(FULL_QUEUE_LONGEST_PAUSE);
+            }
+            connected => return connected,
+        }
     }
 }
 
@@ -978,6 +1004,64 @@ mod tests {
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("connected to a closed socket"),
         }
+    }
+
+    /// A Unix socket whose queue of connections not yet accepted is full (a burst, or a server
+    /// slow to accept for a moment) is waited on, as a TCP port's full queue is, until the
+    /// connect timeout: not refused at once with "Resource temporarily unavailable", which
+    /// made every request of the burst a 502 saying the upstream was out of reach.
+    #[tokio::test]
+    async fn a_unix_socket_whose_queue_is_full_is_waited_on_not_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // SAFETY: `listen` on the listener's own open descriptor, to shorten its queue.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let mut queued = Vec::new();
+        loop {
+            match UnixStream::connect(&path).await {
+                Ok(s) => queued.push(s),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(queued.len() < 64, "the queue never filled");
+        }
+        let over_socket = |connect_timeout: Duration| {
+            Arc::new(Pool::new(
+                Origin {
+                    socket: Some(path.clone()),
+                    host: "git.internal".into(),
+                    port: 80,
+                    tls: None,
+                },
+                connect_timeout,
+                Duration::from_secs(30),
+            ))
+        };
+        let started = std::time::Instant::now();
+        match over_socket(Duration::from_millis(300))
+            .checkout(Inline)
+            .await
+        {
+            Err(ConnectError::TimedOut {
+                in_handshake: false,
+            }) => {}
+            Err(e) => panic!("refused at once, not waited on: {e}"),
+            Ok(_) => panic!("connected to a full queue"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        // The server accepts what waited: the connection then goes through, within its timeout.
+        let accepting = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut taken = Vec::new();
+            for _ in 0..=queued.len() {
+                taken.push(listener.accept().unwrap());
+            }
+            taken
+        });
+        let connected = over_socket(Duration::from_secs(10)).checkout(Inline).await;
+        assert!(connected.is_ok(), "{:?}", connected.err());
+        drop(accepting.join().unwrap());
     }
 
     #[tokio::test]
