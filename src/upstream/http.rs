@@ -339,7 +339,9 @@ impl HttpBackend {
             let wait = self.idle_timeout.saturating_sub(activity.idle());
             tokio::select! {
                 biased;
-                r = &mut sent => break r?,
+                r = &mut sent => break r.map_err(|e| {
+                    unanswered_push(e, push && activity.is_finished())
+                })?,
                 Stopped = &mut stop => {
                     return Err(super::stopped_before_the_answer(
                         git_req,
@@ -360,10 +362,13 @@ impl HttpBackend {
                                 retry_after: None,
                             });
                         }
-                        return Err(ForwardError::gateway_timeout(silent_upstream(
-                            self.idle_timeout,
-                            connected.load(Ordering::Relaxed),
-                        )));
+                        return Err(unanswered_push(
+                            ForwardError::gateway_timeout(silent_upstream(
+                                self.idle_timeout,
+                                connected.load(Ordering::Relaxed),
+                            )),
+                            push && activity.is_finished(),
+                        ));
                     }
                 }
             }
@@ -981,6 +986,27 @@ fn silent_upstream(idle: Duration, connected: bool) -> String {
              within {secs}s: its name's lookup, the TCP connection or the TLS handshake did not \
              finish)"
         )
+    }
+}
+
+/// Pure: the upstream's failure to answer a request (`error`), said of a push whose pack had
+/// gone up whole (`a_whole_push`) as the stop says it: git there may still apply it — its hook
+/// ending after gitgate gave up, receive-pack finishing after the connection closed (seen behind
+/// nginx + fcgiwrap: a pre-receive hook silent past the idle timeout, a `504`, and the branch
+/// moved all the same) —, while git here prints `RPC failed` and `Everything up-to-date` and
+/// the log said only that the upstream failed. Errors not of the upstream's, and pushes not
+/// sent whole (which receive-pack refuses), are left as they are.
+fn unanswered_push(error: ForwardError, a_whole_push: bool) -> ForwardError {
+    if !a_whole_push || error.fault != Fault::Backend {
+        return error;
+    }
+    ForwardError {
+        message: format!(
+            "{}; the push had gone to it whole, and may still be applied: fetch to see before \
+             pushing again",
+            error.message
+        ),
+        ..error
     }
 }
 
@@ -2705,6 +2731,71 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT, "{e}");
         assert_eq!(e.fault, Fault::Backend, "{e}");
+    }
+
+    /// A push whose pack has gone up whole and gets no answer within the idle timeout (a
+    /// pre-receive hook silent that long) may still be applied upstream: the 504 says so, as
+    /// the stop's 503 does, not only that the upstream failed. A fetch's does not.
+    #[tokio::test]
+    async fn a_whole_push_left_unanswered_may_still_be_applied_and_its_504_says_so() {
+        // Reads every request to its end, never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                });
+            }
+        });
+        let b = backend_of(&format!(
+            "[upstream]\nurl = \"http://127.0.0.1:{port}/git\"\nidle_timeout_seconds = 1\n"
+        ));
+        let peer: std::net::SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let post = |path: &str| {
+            Request::builder()
+                .method(Method::POST)
+                .uri(path)
+                .header(HOST, "gitgate.example")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let push =
+            crate::git::classify("POST", "/team/app.git/git-receive-pack", None, "/").unwrap();
+        let e = b
+            .forward(
+                &post("/team/app.git/git-receive-pack"),
+                http_body_util::Full::new(Bytes::from_static(b"0000")),
+                &push,
+                &alice(),
+                from(peer),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT, "{e}");
+        assert!(e.message.contains("may still be applied"), "{}", e.message);
+        let fetch =
+            crate::git::classify("POST", "/team/app.git/git-upload-pack", None, "/").unwrap();
+        let e = b
+            .forward(
+                &post("/team/app.git/git-upload-pack"),
+                http_body_util::Full::new(Bytes::from_static(b"0000")),
+                &fetch,
+                &alice(),
+                from(peer),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT, "{e}");
+        assert!(!e.message.contains("push"), "{}", e.message);
+        upstream.abort();
     }
 
     /// An upstream URL without a port is reached on its scheme's: 443 for `https`, 80 for
