@@ -1444,6 +1444,14 @@ impl Body for UpstreamBody {
                     .upload
                     .as_ref()
                     .is_some_and(|u| !u.activity.is_finished() && u.activity.waiting_for_client());
+                // The exchange is over: its connection is closed now, its task with it. Dropped
+                // with the body instead, a connection on a task of its own went on trying to
+                // send the rest of an upload to an upstream that no longer read it (a push
+                // whose answer had begun), holding its socket and the bytes queued there for as
+                // long as the upstream kept the connection open, after the request had ended.
+                if let Some((_, connection)) = this.connection.take() {
+                    connection.close();
+                }
                 if client_stalled {
                     return Poll::Ready(Some(Err(UploadStalled(this.silence.idle()).into_io())));
                 }
@@ -2796,6 +2804,88 @@ mod tests {
         assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT, "{e}");
         assert!(!e.message.contains("push"), "{}", e.message);
         upstream.abort();
+    }
+
+    /// An answer that stalls while the push it answers is still going up, unread by the
+    /// upstream, ends its exchange: the connection is closed with the answer's failure, not left
+    /// on its own task sending the rest of the upload to an upstream that no longer reads it,
+    /// for as long as that upstream keeps the connection open (each such push held a socket and
+    /// megabytes queued in it after its request had ended and been logged).
+    #[tokio::test]
+    async fn a_stalled_answer_closes_its_connection_not_leaves_its_upload_sending() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        /// A request body with always more to send, at once.
+        struct Endless;
+        impl Body for Endless {
+            type Data = Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS)))))
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (failed, told) = tokio::sync::oneshot::channel::<()>();
+        // Answers the push's head at once (as git http-backend does), then reads nothing more
+        // until the answer has failed; then whether the connection ends within 5 s.
+        let upstream = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-receive-pack-result\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            told.await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            })
+            .await
+            .is_ok()
+        });
+        let b = backend_of(&format!(
+            "[upstream]\nurl = \"http://127.0.0.1:{port}/git\"\nidle_timeout_seconds = 1\n"
+        ));
+        let (parts, ()) = Request::builder()
+            .method(Method::POST)
+            .uri("/team/app.git/git-receive-pack")
+            .header(HOST, "gitgate.example")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let peer: std::net::SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let push =
+            crate::git::classify("POST", "/team/app.git/git-receive-pack", None, "/").unwrap();
+        let answer = b
+            .forward(&parts, Endless, &push, &alice(), from(peer), None)
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let mut body = answer.into_body();
+        let e = loop {
+            match body.frame().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break e,
+                None => panic!("the stalled answer ended cleanly"),
+            }
+        };
+        assert!(e.to_string().contains("stalled"), "{e}");
+        drop(body);
+        failed.send(()).unwrap();
+        assert!(
+            upstream.await.unwrap(),
+            "the connection went on sending the upload after its answer failed"
+        );
     }
 
     /// An upstream URL without a port is reached on its scheme's: 443 for `https`, 80 for

@@ -304,7 +304,7 @@ impl Connection {
     /// Close the connection now, its task with it if it has one: dropped alone, a task goes on
     /// with an exchange nobody waits for any more (request bytes the upstream does not read)
     /// for as long as the upstream keeps the connection open.
-    fn close(self) {
+    pub fn close(self) {
         if let Some(task) = self.task {
             task.abort();
         }
