@@ -111,7 +111,8 @@
 //!  atomics, a copy per thread, added up and rendered only when scraped); one log line per
 //!  request (request_log; its `request_id` first, as in every line the request writes; its User-Agent
 //!  last, unless it holds what looks like a token secret; a push's `push commands` line just
-//!  before it; free text never holding what looks like a secret), when its answer's body ends
+//!  before it, read from its body as it passes — inflated, 32 KiB at a time, for a gzip-encoded
+//!  one; free text never holding what looks like a secret), when its answer's body ends
 //!  (a refusal of credentials says why: `auth=`, a word from a fixed list) — or, as 499
 //!  `client-gone`, when the client hangs up before it has an answer (one that hangs up over
 //!  HTTP/1, or resets its HTTP/2 stream, after the last flush-pkt of a whole git answer, all
