@@ -366,24 +366,17 @@ async fn run_workers(config: Config) -> Result<Ended, String> {
         None => None,
     };
 
-    // The open may wait up to SQLite's busy timeout on a lock held by another process: a stop
-    // signal in the meantime ends the start at once, with nothing served.
-    // A thread of its own rather than tokio's blocking pool, whose first thread failing to
-    // start (a process limit reached) is a panic, not an error to say.
-    let path = config.store.path.clone();
-    let opening = crate::own_thread::run("gitgate-store-open", move || open_store(&path))
-        .map_err(|e| crate::own_thread::cannot_start("open the token store", &e))?;
-    let store = tokio::select! {
-        opened = opening => opened
-            .ok_or_else(|| "opening the token store failed: its thread ended".to_string())?
-            .map_err(|e| config.store_refusal(e))?,
-        signal = stop.next() => {
+    // A stop signal in the meantime ends the start, with nothing served.
+    let store = match open_store_unless_stopped(&config.store.path, stop.next()).await {
+        Ok(Opening::Opened(store)) => store,
+        Ok(Opening::Stopped(signal)) => {
             tracing::info!(
                 "stopped: {signal} came while the token store was being opened; nothing was \
                  served"
             );
             return Ok(Ended::BeforeTheStore);
         }
+        Err(e) => return Err(config.store_refusal(e)),
     };
     store.start_writer()?;
     store.keep_failure_events(config.auth_failures.keep_in_audit);
@@ -699,11 +692,65 @@ fn say_stale_quarantines(project_root: &std::path::Path) {
     }
 }
 
+/// How [`open_store_unless_stopped`] ended without an error.
+enum Opening {
+    Opened(Store),
+    /// A stop signal came first (named): nothing is left of a store the start was making.
+    Stopped(&'static str),
+}
+
+/// [`open_store`] on a thread of its own (a thread rather than tokio's blocking pool, whose
+/// first thread failing to start — a process limit reached — is a panic, not an error to
+/// say), unless `stop` completes first. The open of a store there already may wait up to
+/// SQLite's busy timeout on a lock held by another process: the start then ends at once. One
+/// that is making a new store is waited for and its store taken back, as a command's is: the
+/// process's end in the middle left an empty `gitgate.db` and its `-journal`, which `check`
+/// took for a failed restore and every command refused, after a start that said nothing
+/// was served.
+async fn open_store_unless_stopped(
+    path: &std::path::Path,
+    stop: impl Future<Output = &'static str>,
+) -> Result<Opening, String> {
+    let new_store = crate::store::BeforeANewStore::at(path);
+    let owned = path.to_path_buf();
+    let opening =
+        crate::own_thread::run("gitgate-store-open", move || open_store(&owned, new_store))
+            .map_err(|e| crate::own_thread::cannot_start("open the token store", &e))?;
+    tokio::pin!(opening);
+    tokio::select! {
+        opened = &mut opening => opened
+            .ok_or_else(|| "opening the token store failed: its thread ended".to_string())?
+            .map(Opening::Opened),
+        signal = stop => {
+            if let Some(before) = new_store {
+                // Its files closed (dropped) before they are taken back.
+                drop(opening.await);
+                crate::store::undo_a_new_store(path, before);
+            }
+            Ok(Opening::Stopped(signal))
+        }
+    }
+}
+
 /// The store as `serve` needs it: writable by this process (asked before the open, which would
 /// otherwise leave a `-wal` and `-shm` of this user's beside a store it cannot write), opened,
-/// watched, tried with a write, and its pooled connections opened.
-fn open_store(path: &std::path::Path) -> Result<Store, String> {
+/// watched, tried with a write, and its pooled connections opened. A new store (made over what
+/// was there `new_store`) that then fails — a full disk met half-way through its making — is
+/// taken back: a failed start changes nothing on disk, as a failed command does.
+fn open_store(
+    path: &std::path::Path,
+    new_store: Option<crate::store::BeforeANewStore>,
+) -> Result<Store, String> {
     Store::check_can_write(path).map_err(|e| e.to_string())?;
+    let opened = open_checked_store(path);
+    if let (Err(_), Some(before)) = (&opened, new_store) {
+        crate::store::undo_a_new_store(path, before);
+    }
+    opened
+}
+
+/// [`open_store`]'s open and checks, once the store's folder is known to be writable.
+fn open_checked_store(path: &std::path::Path) -> Result<Store, String> {
     let store = Store::open(path).map_err(|e| e.to_string())?;
     store.watch_folders();
     if let Some(warning) = crate::store::readable_by_others(path) {
@@ -1861,6 +1908,43 @@ fn unparsable(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stop signal while the start makes a new store takes the store back, whatever point of
+    /// its making the signal met: nothing is left (no file, no `-journal`, `-wal` or `-shm`),
+    /// and an empty file there before is empty again. Before, the start ended without waiting,
+    /// and the making went on, or was cut, leaving a store behind.
+    #[tokio::test]
+    async fn a_stop_while_a_new_store_is_made_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitgate.db");
+        let left = || {
+            let mut names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        let stopped = open_store_unless_stopped(&path, std::future::ready("SIGTERM")).await;
+        assert!(matches!(stopped, Ok(Opening::Stopped("SIGTERM"))));
+        // What a making left running would do, it has had the time to.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(left(), Vec::<String>::new());
+
+        std::fs::write(&path, "").unwrap();
+        let stopped = open_store_unless_stopped(&path, std::future::ready("SIGINT")).await;
+        assert!(matches!(stopped, Ok(Opening::Stopped("SIGINT"))));
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(left(), vec!["gitgate.db".to_string()]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+
+        // Not stopped, it is made and kept.
+        let never = std::future::pending::<&'static str>();
+        let opened = open_store_unless_stopped(&path, never).await;
+        assert!(matches!(opened, Ok(Opening::Opened(_))));
+        drop(opened);
+        assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    }
 
     /// A runtime let go at the stop does not wait for a lookup of the upstream's name that its
     /// connect gave up on and that hangs (a resolver that does not answer). Before, the

@@ -144,15 +144,10 @@ pub fn open_store(config_path: &Path, writes: bool, may_create: bool) -> Result<
             config.store_path_hint()
         ));
     }
-    let made = match (may_create && writes, empty, path.exists()) {
-        (true, true, _) => {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o7777);
-            Some((path.clone(), BeforeANewStore::AnEmptyFile { mode }))
-        }
-        (true, false, false) => Some((path.clone(), BeforeANewStore::Nothing)),
-        _ => None,
-    };
+    let made = (may_create && writes)
+        .then(|| BeforeANewStore::at(path))
+        .flatten()
+        .map(|before| (path.clone(), before));
     if !writes && Store::check_can_write(path).is_err() {
         // Blocked before the folder is made: one that comes in between waits for the thread.
         let signals = block_stop_signals();

@@ -47,6 +47,20 @@ pub enum BeforeANewStore {
     AnEmptyFile { mode: u32 },
 }
 
+impl BeforeANewStore {
+    /// What is at `path` when opening it would make a new store there: nothing, or an empty
+    /// file (with its mode); `None` when a store (or anything else) is there already.
+    pub fn at(path: &Path) -> Option<BeforeANewStore> {
+        use std::os::unix::fs::PermissionsExt;
+        if is_an_empty_file(path) {
+            let mode = std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o7777);
+            Some(BeforeANewStore::AnEmptyFile { mode })
+        } else {
+            (!path.exists()).then_some(BeforeANewStore::Nothing)
+        }
+    }
+}
+
 /// Undo the store just made at `path` over what was there `before`, once this process is done
 /// with it — unless it holds anything at all (another command's user, written while this one
 /// waited for its password; this command's own change, made before a stop signal came), or
