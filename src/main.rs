@@ -501,7 +501,10 @@ fn main() -> ExitCode {
 
 /// A command line the parser refused (or `--help`, `--version`), printed as the parser would —
 /// but without a token secret it repeats: `user add bob ggt_...`, a secret pasted after the
-/// name, is an "unexpected argument" the parser quotes whole.
+/// name, is an "unexpected argument" the parser quotes whole. Written as a command's output is
+/// (`print!` panicked on a failed write): `gitgate --version | true` ends as SIGPIPE would, 141,
+/// and `--help > /dev/full` says why it failed, 1; a refusal that cannot be written to stderr
+/// is still the parser's exit code.
 fn refuse_the_command_line(e: clap::Error) -> ExitCode {
     use std::io::IsTerminal;
     let rendered = e.render();
@@ -515,9 +518,17 @@ fn refuse_the_command_line(e: clap::Error) -> ExitCode {
     };
     let text = gitgate::credentials::without_secrets(&text);
     if to_stderr {
-        eprint!("{text}");
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(text.as_bytes());
     } else {
-        print!("{text}");
+        match cli::out_raw(&text) {
+            Ok(()) => {}
+            Err(message) if message == cli::STDOUT_CLOSED => return ExitCode::from(141),
+            Err(message) => {
+                gitgate::cli::note(format_args!("gitgate: {message}"));
+                return ExitCode::FAILURE;
+            }
+        }
     }
     ExitCode::from(e.exit_code().clamp(0, 255) as u8)
 }

@@ -1574,6 +1574,42 @@ fn a_reader_that_stops_early_ends_the_output_quietly() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
 }
 
+/// `gitgate --version | true`, `--help | head -1` with the reader gone: ended as SIGPIPE would,
+/// quietly, as any command's output is; a full disk for the output is said in one line. Before,
+/// each was a panic ("failed printing to stdout"), exit 101, with a backtrace under
+/// RUST_BACKTRACE.
+#[test]
+fn help_and_version_to_a_reader_gone_or_a_full_disk_end_without_a_panic() {
+    for arg in ["--version", "--help"] {
+        // The reader gone before the process starts: one dropped after its start may still be
+        // there when the few lines are written.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(gitgate_bin())
+            .arg(arg)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{arg}: {stderr}");
+        assert_eq!(out.status.code(), Some(141), "{arg}: {stderr}");
+
+        let out = Command::new(gitgate_bin())
+            .arg(arg)
+            .stdout(fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{arg}: {stderr}");
+        assert!(
+            stderr.starts_with("gitgate: cannot write to standard output"),
+            "{arg}: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(1), "{arg}: {stderr}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // config selection
 
