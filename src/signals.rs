@@ -6,10 +6,12 @@
 //! short, as an operator pressing Ctrl-C twice expects. A SIGHUP from a certificate-renewal
 //! hook while gitgate is starting must not end it (the default action): from the first line of
 //! `main` it is remembered ([`hold_hangups_until_listening`]), and answered once the server
-//! listens.
+//! listens. So is a stop signal: one before the server's own handler (a `systemctl stop` or
+//! Ctrl-C in the start's first tens of milliseconds) ended it by the signal, with nothing
+//! logged; remembered, it stops the start as any stop does, with its line and exit 0.
 
 #[cfg(unix)]
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 #[cfg(unix)]
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -32,15 +34,27 @@ pub struct StopSignals {
     interrupt: Option<Signal>,
     #[cfg(unix)]
     terminate: Option<Signal>,
+    /// One came while gitgate started, before this listened: the first [`StopSignals::next`].
+    #[cfg(unix)]
+    heard_during_start: Option<&'static str>,
 }
 
 impl StopSignals {
     pub fn listen() -> StopSignals {
         #[cfg(unix)]
         {
+            let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+            let terminate = listen(SignalKind::terminate(), "SIGTERM");
+            // Read after the runtime's handlers are in place: none falls between the two.
+            let heard_during_start = match STOP_DURING_START.swap(0, Ordering::SeqCst) {
+                libc::SIGINT => Some("SIGINT"),
+                libc::SIGTERM => Some("SIGTERM"),
+                _ => None,
+            };
             StopSignals {
-                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
-                terminate: listen(SignalKind::terminate(), "SIGTERM"),
+                interrupt,
+                terminate,
+                heard_during_start,
             }
         }
         #[cfg(not(unix))]
@@ -52,6 +66,9 @@ impl StopSignals {
     pub async fn next(&mut self) -> &'static str {
         #[cfg(unix)]
         {
+            if let Some(signal) = self.heard_during_start.take() {
+                return signal;
+            }
             async fn recv(s: &mut Option<Signal>) {
                 let received = match s {
                     Some(s) => s.recv().await.is_some(),
@@ -79,37 +96,56 @@ impl StopSignals {
 #[cfg(unix)]
 static HANGUP_DURING_START: AtomicBool = AtomicBool::new(false);
 
+/// Set by [`hold_hangups_until_listening`]'s handler: the number of the stop signal (SIGINT or
+/// SIGTERM) that came before [`StopSignals::listen`], 0 for none.
+#[cfg(unix)]
+static STOP_DURING_START: AtomicI32 = AtomicI32::new(0);
+
 /// From the first line of `main` until [`HangupSignal::listen`], a SIGHUP is remembered instead
 /// of ending the process (its default action). The start reads the config, the TLS files and
 /// the upstream's secret, and builds each worker's backend, before the runtime that listens for
 /// signals runs: a renewal hook or `systemctl reload` in that time killed gitgate with nothing
 /// logged, and systemd counts a death by SIGHUP as a clean exit, which `Restart=on-failure`
 /// does not restart. One remembered so is answered as a reload once the server listens: the
-/// files may have changed after the start read them.
+/// files may have changed after the start read them. A SIGINT or SIGTERM is remembered too,
+/// and stops the start once [`StopSignals::listen`] does: before, it ended the process by the
+/// signal (exit 143, no line), where a stop exits 0 and says so.
 pub fn hold_hangups_until_listening() {
     #[cfg(unix)]
     {
-        extern "C" fn remember(_: libc::c_int) {
-            HANGUP_DURING_START.store(true, Ordering::SeqCst);
+        extern "C" fn remember(signal: libc::c_int) {
+            if signal == libc::SIGHUP {
+                HANGUP_DURING_START.store(true, Ordering::SeqCst);
+            } else {
+                STOP_DURING_START.store(signal, Ordering::SeqCst);
+            }
         }
         let handler: extern "C" fn(libc::c_int) = remember;
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe; a handler
         // (not SIG_IGN) is reset to the default in the git processes gitgate starts.
         unsafe {
-            libc::signal(libc::SIGHUP, handler as libc::sighandler_t);
+            for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+                libc::signal(signal, handler as libc::sighandler_t);
+            }
         }
     }
 }
 
 /// Undoes [`hold_hangups_until_listening`] for a command other than `serve`: a SIGHUP ends it
-/// (its terminal closed), one that came already too.
+/// (its terminal closed), and a SIGINT or SIGTERM, one that came already too.
 pub fn let_hangups_end_the_process() {
     #[cfg(unix)]
     // SAFETY: SIG_DFL has no handler to run; raise only delivers the signal to this thread.
     unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_DFL);
+        for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+            libc::signal(signal, libc::SIG_DFL);
+        }
         if HANGUP_DURING_START.swap(false, Ordering::SeqCst) {
             libc::raise(libc::SIGHUP);
+        }
+        let stop = STOP_DURING_START.swap(0, Ordering::SeqCst);
+        if stop != 0 {
+            libc::raise(stop);
         }
     }
 }

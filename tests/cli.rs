@@ -1610,6 +1610,52 @@ fn help_and_version_to_a_reader_gone_or_a_full_disk_end_without_a_panic() {
     }
 }
 
+/// A stop signal that comes while `serve` starts, before its own handlers are in place, stops
+/// the start as a later one does: exit 0 and a "stopped" line. Before, it ended the process by
+/// the signal (status 143) with nothing logged. The signal is sent once the process has
+/// threads (so `main` has begun) and while its 64 workers' threads are being started.
+#[test]
+fn a_stop_signal_early_in_the_start_is_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let repos = dir.path().join("repos");
+    fs::create_dir(&repos).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("proxy.toml");
+    fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 64\n\
+             [store]\npath = \"gitgate.db\"\n\
+             [upstream]\ncgi = \"/usr/lib/git-core/git-http-backend\"\nproject_root = \"repos\"\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(gitgate_bin())
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env_remove("GITGATE_LOG")
+        .env_remove("GITGATE_LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tasks = format!("/proc/{}/task", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_dir(&tasks).map_or(0, |t| t.count()) < 2 {
+        assert!(Instant::now() < deadline, "serve never started a thread");
+        std::hint::spin_loop();
+    }
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{:?}: {log}", out.status);
+    assert!(log.contains("stopped: SIGTERM came"), "{log}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // config selection
 
