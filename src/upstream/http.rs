@@ -1590,6 +1590,21 @@ mod tests {
     use crate::config::Config;
     use std::path::Path;
 
+    /// A request body with always more to send, at once (an upload the upstream stops reading).
+    struct Endless;
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS)))))
+        }
+    }
+
     fn backend(url: &str) -> HttpBackend {
         backend_of(&format!("[upstream]\nurl = \"{url}\"\n"))
     }
@@ -2698,19 +2713,6 @@ mod tests {
     /// out on the upstream's side: a 504 counted against the upstream, not the client's 408.
     #[tokio::test]
     async fn an_upload_the_upstream_stopped_reading_is_its_timeout_not_the_clients() {
-        /// A request body with always more to send, at once.
-        struct Endless;
-        impl Body for Endless {
-            type Data = Bytes;
-            type Error = std::convert::Infallible;
-            fn poll_frame(
-                self: Pin<&mut Self>,
-                _: &mut Context<'_>,
-            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-                static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS)))))
-            }
-        }
         // Takes the connection, never reads from it, never answers.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -2814,19 +2816,6 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_answer_closes_its_connection_not_leaves_its_upload_sending() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        /// A request body with always more to send, at once.
-        struct Endless;
-        impl Body for Endless {
-            type Data = Bytes;
-            type Error = std::convert::Infallible;
-            fn poll_frame(
-                self: Pin<&mut Self>,
-                _: &mut Context<'_>,
-            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-                static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS)))))
-            }
-        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (failed, told) = tokio::sync::oneshot::channel::<()>();
