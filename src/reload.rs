@@ -416,24 +416,30 @@ mod tests {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     }
 
+    /// A file of `fixtures/tls`.
+    fn tls_fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/tls")
+            .join(name)
+    }
+
+    /// The fixture `server-a`'s certificate and key copied into `dir` as `c.pem` and `k.pem`,
+    /// as a config there names them.
+    fn server_a_in(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::copy(tls_fixture("server-a.pem"), &cert).unwrap();
+        std::fs::copy(tls_fixture("server-a.key"), &key).unwrap();
+        (cert, key)
+    }
+
     /// A SIGHUP that keeps both the certificate and the upstream credentials is one failed
     /// reload in the metric, which counts SIGHUPs.
     #[test]
     fn a_sighup_that_keeps_both_counts_once() {
         let _one = RELOADING.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        let fixture = |name: &str| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("fixtures/tls")
-                .join(name)
-        };
-        let (cert, key, secret) = (
-            dir.path().join("c.pem"),
-            dir.path().join("k.pem"),
-            dir.path().join("secret"),
-        );
-        std::fs::copy(fixture("server-a.pem"), &cert).unwrap();
-        std::fs::copy(fixture("server-a.key"), &key).unwrap();
+        let (cert, key) = server_a_in(dir.path());
+        let secret = dir.path().join("secret");
         std::fs::write(&secret, "tok3n\n").unwrap();
         let text = "[server]\nlisten = \"127.0.0.1:8080\"\n[server.tls]\ncert = \"c.pem\"\n\
                     key = \"k.pem\"\n[store]\npath = \"g.db\"\n\
@@ -448,7 +454,7 @@ mod tests {
             UpstreamConfig::Cgi { .. } => unreachable!(),
         };
         let upstream_secret = UpstreamSecret::load(&credentials).unwrap();
-        std::fs::copy(fixture("server-b.pem"), &cert).unwrap();
+        std::fs::copy(tls_fixture("server-b.pem"), &cert).unwrap();
         std::fs::write(&secret, "").unwrap();
         let before = reload_failures();
         let log = crate::store::test_support::logged(|| {
@@ -469,14 +475,7 @@ mod tests {
     fn the_same_tls_files_written_another_way_are_said_to_fail_a_restart() {
         let _one = RELOADING.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        let fixture = |name: &str| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("fixtures/tls")
-                .join(name)
-        };
-        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        std::fs::copy(fixture("server-a.pem"), &cert).unwrap();
-        std::fs::copy(fixture("server-a.key"), &key).unwrap();
+        let (cert, key) = server_a_in(dir.path());
         let config = |cert: &str| {
             format!(
                 "[server]\nlisten = \"127.0.0.1:8080\"\n[server.tls]\ncert = \"{cert}\"\n\
@@ -488,7 +487,7 @@ mod tests {
         let running = Config::parse(&path, &config("c.pem")).unwrap();
         let certs = CertStore::load(&cert, &key).unwrap();
         // A renewal gone wrong: a certificate the key does not go with.
-        std::fs::copy(fixture("server-b.pem"), &cert).unwrap();
+        std::fs::copy(tls_fixture("server-b.pem"), &cert).unwrap();
         std::fs::write(&path, config("./c.pem")).unwrap();
         let log = crate::store::test_support::logged(|| reload(Some(&certs), None, &running));
         assert!(
